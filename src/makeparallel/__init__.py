@@ -1,0 +1,68 @@
+"""makeparallel: run Python functions in parallel on one machine, simply and safely.
+
+    import makeparallel as mp
+
+    @mp.parallel
+    def resize(path): ...
+
+    handle = resize("a.png")      # returns at once
+    thumbnail = handle.get()      # the result, or the task's own exception
+
+Everything public is importable from here; ``__all__`` is the contract.
+"""
+
+from ._decorators import ParallelFunction as ParallelFunction
+from ._decorators import parallel as parallel
+from ._decorators import parallel_fast as parallel_fast
+from ._decorators import parallel_pool as parallel_pool
+from ._decorators import parallel_priority as parallel_priority
+from ._handle import AsyncHandle as AsyncHandle
+from ._metrics import TaskMetrics as TaskMetrics
+from ._metrics import get_all_metrics as get_all_metrics
+from ._metrics import get_metrics as get_metrics
+from ._metrics import profiled as profiled
+from ._metrics import reset_metrics as reset_metrics
+from ._runtime import configure as configure
+from ._runtime import configure_thread_pool as configure_thread_pool
+from ._runtime import get_active_task_count as get_active_task_count
+from ._runtime import get_thread_pool_info as get_thread_pool_info
+from ._runtime import reset_shutdown as reset_shutdown
+from ._runtime import set_max_concurrent_tasks as set_max_concurrent_tasks
+from ._runtime import shutdown as shutdown
+from ._task_context import check_cancelled as check_cancelled
+from ._task_context import get_current_task_id as get_current_task_id
+from ._task_context import report_progress as report_progress
+from .errors import ShutdownError as ShutdownError
+from .errors import TaskCancelledError as TaskCancelledError
+from .errors import TaskError as TaskError
+from .errors import TaskTimeoutError as TaskTimeoutError
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "AsyncHandle",
+    "ParallelFunction",
+    "ShutdownError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskMetrics",
+    "TaskTimeoutError",
+    "check_cancelled",
+    "configure",
+    "configure_thread_pool",
+    "get_active_task_count",
+    "get_all_metrics",
+    "get_current_task_id",
+    "get_metrics",
+    "get_thread_pool_info",
+    "parallel",
+    "parallel_fast",
+    "parallel_pool",
+    "parallel_priority",
+    "profiled",
+    "report_progress",
+    "reset_metrics",
+    "reset_shutdown",
+    "set_max_concurrent_tasks",
+    "shutdown",
+]

@@ -1,0 +1,1 @@
+"""Execution backends: each runs tasks and reports their outcome to the handle."""

@@ -1,0 +1,96 @@
+"""What every backend shares: the lock over its tasks' states, counts, closing.
+
+A backend runs the tasks it is given and nothing else: it knows nothing of
+decorators, metrics or limits. The handle drives its own state machine under the
+backend's lock and calls the ``_locked`` hooks here while holding it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._yielding_lock import YieldingLock
+from ..errors import ShutdownError
+
+if TYPE_CHECKING:
+    from .._handle import AsyncHandle
+
+__all__ = ["Backend"]
+
+
+class Backend:
+    """The base of every backend: a lock, a count of unfinished tasks, a closed flag."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._lock = YieldingLock()
+        self._closed = False
+        self._active = 0  # submitted and not yet ended
+        self._idle_waiters: list[threading.Lock] = []
+
+    def submit(self, handle: AsyncHandle[Any]) -> None:
+        """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Plain data describing the backend, for humans and health checks."""
+        with self._lock:
+            return {"backend": self.name, "active_tasks": self._active, "closed": self._closed}
+
+    def active_count(self) -> int:
+        """Tasks submitted here that have not ended."""
+        return self._active
+
+    def close(self, cancel_pending: bool) -> None:
+        """Refuse new tasks from now on; cancel the queued ones if asked."""
+        with self._lock:
+            self._closed = True
+
+    def reopen(self) -> None:
+        """Accept tasks again after :meth:`close`."""
+        with self._lock:
+            self._closed = False
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Block until no task is unfinished here, or ``timeout`` seconds pass."""
+        with self._lock:
+            if self._active == 0:
+                return True
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._idle_waiters.append(waiter)
+        if waiter.acquire(True, -1 if timeout is None else timeout):
+            return True
+        with self._lock:
+            if waiter in self._idle_waiters:
+                self._idle_waiters.remove(waiter)
+            return self._active == 0
+
+    def _refuse_if_closed_locked(self) -> None:
+        if self._closed:
+            raise ShutdownError(
+                "makeparallel is shut down and accepts no new tasks; call "
+                "makeparallel.reset_shutdown() to accept tasks again"
+            )
+
+    # -- hooks the handle calls -----------------------------------------------------
+
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        """Claim a queued task for the caller to run inline; False if not possible."""
+        return False
+
+    def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
+        """A task ended (under the lock): count it and wake idle waiters."""
+        self._active -= 1
+        if self._active == 0 and self._idle_waiters:
+            self._wake_idle_waiters_locked()
+
+    def _wake_idle_waiters_locked(self) -> None:
+        for waiter in self._idle_waiters:
+            waiter.release()
+        self._idle_waiters.clear()
+
+    def _abandoned(self, handle: AsyncHandle[Any]) -> None:
+        """A running task was timed out or cancelled and may keep its thread busy."""

@@ -1,0 +1,64 @@
+"""Task timeouts: one daemon thread that ends handles whose deadline passed.
+
+Only tasks that have a timeout come here, once, when they start running. The
+thread sleeps until the earliest deadline (or until an earlier one arrives) and
+then calls ``handle._expire()``, which ends the handle only if the task is still
+running. It is a daemon thread: it never holds up interpreter exit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._handle import AsyncHandle
+
+__all__ = ["schedule"]
+
+_condition = threading.Condition(threading.Lock())
+_heap: list[tuple[float, int, AsyncHandle[Any]]] = []
+_order = itertools.count()  # breaks ties between equal deadlines without comparing handles
+_thread: threading.Thread | None = None
+
+
+def schedule(handle: AsyncHandle[Any], deadline: float) -> None:
+    """End ``handle`` with a timeout at ``deadline`` (a ``time.perf_counter`` value)."""
+    global _thread
+    with _condition:
+        heapq.heappush(_heap, (deadline, next(_order), handle))
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_watch, name="makeparallel-deadlines", daemon=True)
+            _thread.start()
+        elif _heap[0][2] is handle:
+            _condition.notify()
+
+
+def _watch() -> None:
+    while True:
+        with _condition:
+            while True:
+                if _heap:
+                    delay = _heap[0][0] - time.perf_counter()
+                    if delay <= 0:
+                        _, _, handle = heapq.heappop(_heap)
+                        break
+                    _condition.wait(delay)
+                else:
+                    _condition.wait()
+        handle._expire()
+
+
+def _reset_after_fork() -> None:
+    global _condition, _thread
+    _condition = threading.Condition(threading.Lock())
+    _heap.clear()
+    _thread = None
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has no deadline thread
+    os.register_at_fork(after_in_child=_reset_after_fork)

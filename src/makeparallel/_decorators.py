@@ -1,0 +1,279 @@
+"""``@parallel``: turn a function into one that returns an :class:`AsyncHandle` at once.
+
+The decorated function keeps its signature for type checkers (``ParamSpec``) and
+its name, docstring and ``__wrapped__`` for humans. Options are checked when the
+decorator is applied, so a mistake shows at the line that made it.
+
+Call-time options: ``f(x, timeout=2)`` and ``f(x, priority=5)`` set the task's
+timeout and priority, unless ``f`` has a parameter of that name, in which case
+the argument is the function's. ``f.options(timeout=2)(x)`` always works.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from . import _runtime
+from ._admission import Limiter
+from ._handle import AsyncHandle
+from ._metrics import FunctionMetrics, metrics_for
+from ._states import FAILED, SUCCEEDED
+from ._validation import check_count, check_priority, check_task_timeout
+
+__all__ = ["ParallelFunction", "parallel"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+OPTION_NAMES = ("backend", "max_concurrent", "name", "priority", "timeout")
+_CALL_TIME_OPTIONS = ("timeout", "priority")
+
+
+class TaskSpec:
+    """What every task of one decorated function shares; it observes their ends."""
+
+    __slots__ = ("backend", "limiter", "metrics", "name", "priority", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        backend: str | None,
+        timeout: float | None,
+        priority: int,
+        limiter: Limiter | None,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self.timeout = timeout
+        self.priority = priority
+        self.limiter = limiter
+        self.metrics: FunctionMetrics = metrics_for(name)
+
+    def task_submitted(self, handle: AsyncHandle[Any]) -> None:
+        """Count the task (called under the backend lock)."""
+        lock = handle._backend._lock
+        shard = self.metrics._shards.get(lock) or self.metrics.counts(lock)
+        shard.total += 1
+
+    def task_finished(self, handle: AsyncHandle[Any]) -> None:
+        """Count the task's end and free its admission slots (under the backend lock)."""
+        for limiter in handle._permits:
+            limiter.release()
+        lock = handle._backend._lock
+        shard = self.metrics._shards.get(lock) or self.metrics.counts(lock)
+        state = handle._state
+        if state == SUCCEEDED:  # the common case, inlined
+            shard.completed += 1
+            shard.seconds += handle._finished_at - handle._started_at  # type: ignore[operator]
+        elif state == FAILED:
+            shard.failed += 1
+            shard.seconds += handle._finished_at - handle._started_at  # type: ignore[operator]
+        else:
+            shard.ended(state, None)
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"unknown option {', '.join(map(repr, unknown))}; the options are "
+            f"{', '.join(OPTION_NAMES)}"
+        )
+    checked = dict(options)
+    if options.get("backend") is not None:
+        _runtime.check_backend_name(options["backend"])
+    if "timeout" in options:
+        checked["timeout"] = check_task_timeout(options["timeout"])
+    if "priority" in options:
+        checked["priority"] = check_priority(options["priority"])
+    if options.get("max_concurrent") is not None:
+        check_count(options["max_concurrent"], "max_concurrent")
+    name = options.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    return checked
+
+
+def _own_parameters(fn: Callable[..., Any]) -> set[str]:
+    """Names of ``fn``'s parameters that a call-time option could collide with."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature
+        return set()
+    return {
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name in _CALL_TIME_OPTIONS
+    }
+
+
+class ParallelFunction(Generic[P, T]):
+    """A function that runs in parallel: calling it returns an :class:`AsyncHandle`.
+
+    Made by :func:`parallel`. ``f.options(...)`` gives a copy with other options;
+    ``f.__wrapped__`` is the plain function, still callable directly.
+    """
+
+    __wrapped__: Callable[P, T]
+
+    def __init__(self, fn: Callable[P, T], options: dict[str, Any], limiter: Limiter | None = None) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self._options = options
+        max_concurrent = options.get("max_concurrent")
+        if limiter is None and max_concurrent is not None:
+            limiter = Limiter(max_concurrent)
+        self._spec = TaskSpec(
+            name=options.get("name") or getattr(fn, "__qualname__", None) or repr(fn),
+            backend=options.get("backend"),
+            timeout=options.get("timeout"),
+            priority=options.get("priority", 0),
+            limiter=limiter,
+        )
+        own = _own_parameters(fn)
+        self._call_time = tuple(o for o in _CALL_TIME_OPTIONS if o not in own)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
+        # The hot path: one handle, one backend lock round, nothing else unless
+        # limits or call-time options are in play.
+        spec = self._spec
+        timeout = spec.timeout
+        priority = spec.priority
+        if kwargs and self._call_time:
+            if "timeout" in kwargs and "timeout" in self._call_time:
+                timeout = check_task_timeout(kwargs.pop("timeout"))
+            if "priority" in kwargs and "priority" in self._call_time:
+                priority = check_priority(kwargs.pop("priority"))
+        backend = _runtime.get_backend(spec.backend)
+        handle = AsyncHandle(
+            self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout
+        )
+        if spec.limiter is None and _runtime.global_limiter.limit is None:
+            backend.submit(handle)
+            return handle
+        handle._permits = permits = self._admit()
+        try:
+            backend.submit(handle)
+        except BaseException:
+            for limiter in permits:
+                limiter.release()
+            raise
+        return handle
+
+    def options(self, **options: Any) -> ParallelFunction[P, T]:
+        """A copy of this function with some options changed.
+
+        Accepts the options of :func:`parallel`. The copy shares this function's
+        metrics (unless renamed) and its ``max_concurrent`` slots (unless changed).
+        """
+        checked = _check_options(options)
+        keeps_limit = "max_concurrent" not in checked
+        return ParallelFunction(
+            self._fn,
+            {**self._options, **checked},
+            self._spec.limiter if keeps_limit else None,
+        )
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self if instance is None else _BoundParallelFunction(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<parallel function {self._spec.name}>"
+
+    def _admit(self) -> tuple[Limiter, ...]:
+        """Take a slot from each limit that applies, waiting while one is full."""
+        permits: list[Limiter] = []
+        try:
+            for limiter in (self._spec.limiter, _runtime.global_limiter):
+                if limiter is not None and limiter.limit is not None:
+                    limiter.acquire()
+                    permits.append(limiter)
+        except BaseException:
+            for limiter in permits:
+                limiter.release()
+            raise
+        return tuple(permits)
+
+
+class _BoundParallelFunction:
+    """A parallel method bound to its instance (what ``obj.method`` gives)."""
+
+    __slots__ = ("_function", "_instance")
+
+    def __init__(self, function: ParallelFunction[..., Any], instance: Any) -> None:
+        self._function = function
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncHandle[Any]:
+        return self._function(self._instance, *args, **kwargs)
+
+    def options(self, **options: Any) -> _BoundParallelFunction:
+        return _BoundParallelFunction(self._function.options(**options), self._instance)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._function, name)
+
+    def __repr__(self) -> str:
+        return f"<bound parallel method {self._function._spec.name} of {self._instance!r}>"
+
+
+@overload
+def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
+@overload
+def parallel(
+    *,
+    backend: str | None = None,
+    timeout: float | None = None,
+    priority: int = 0,
+    max_concurrent: int | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
+def parallel(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
+
+    Use it bare (``@parallel``) or with options (``@parallel(timeout=5)``), on
+    functions, methods, static methods and class methods.
+
+    Args:
+        backend: where tasks run: ``"thread"`` (the default, see
+            ``configure(backend=...)``) or ``"sync"`` (inline, for debugging).
+        timeout: seconds a task may run once started; then its handle fails with
+            ``TaskTimeoutError`` and ``check_cancelled()`` raises inside it.
+        priority: an int; queued tasks with a higher priority start first, tasks
+            of equal priority in submission order.
+        max_concurrent: at most this many tasks of the function in flight; a call
+            over the limit waits until one ends.
+        name: the name in metrics and error notes (default: ``__qualname__``).
+
+    Raises:
+        TypeError: ``fn`` is not callable, is a coroutine function, or an option
+            is unknown or of the wrong type.
+        ValueError: an option has a value out of range.
+    """
+    checked = _check_options(options)
+
+    def decorate(function: Any) -> Any:
+        if isinstance(function, (staticmethod, classmethod)):
+            return type(function)(decorate(function.__func__))
+        if not callable(function):
+            raise TypeError(
+                f"@parallel needs a callable (a function or method), got "
+                f"{function!r} of type {type(function).__name__}"
+            )
+        if inspect.iscoroutinefunction(function):
+            raise TypeError(
+                f"@parallel runs plain functions, and {function.__qualname__} is an "
+                "async function: await it in your event loop instead"
+            )
+        return ParallelFunction(function, checked)
+
+    return decorate if fn is None else decorate(fn)
+
+
+parallel_fast = parallel
+parallel_pool = parallel
+parallel_priority = parallel

@@ -1,0 +1,559 @@
+"""The handle of one task: its state machine, its outcome and everything that watches it.
+
+State machine::
+
+    PENDING --claim--> RUNNING --return/raise--> SUCCEEDED | FAILED
+       |                  |
+       +--cancel()--------+--cancel()--> CANCELLED
+                          +--deadline--> TIMED_OUT
+
+Every transition happens under the lock of the backend that owns the task, so
+exactly one of "the runner finished", "the deadline passed" and "someone cancelled"
+wins. A task that loses (it timed out or was cancelled while running) goes on until
+it returns or calls ``check_cancelled()``; its late outcome is dropped.
+
+Hot path: a handle is one object with ``__slots__``. Nothing is allocated for
+waiting until somebody actually blocks on an unfinished task (``_waiters``), and
+nothing for callbacks or metadata until they are used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from . import _deadlines
+from ._states import CANCELLED, FAILED, PENDING, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
+from ._task_context import _local
+from ._validation import check_wait_timeout
+from .errors import TaskCancelledError, TaskTimeoutError
+
+if TYPE_CHECKING:
+    from ._backends._base import Backend
+
+__all__ = ["AsyncHandle", "TaskObserver"]
+
+T = TypeVar("T")
+
+# Callback kinds, kept with each callback in one list.
+_ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
+
+_Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
+
+_log = logging.getLogger("makeparallel")
+_now = time.perf_counter
+_allocate_lock = threading.Lock
+_task_ids = itertools.count(1)
+
+
+class TaskObserver(Protocol):
+    """Who learns of each task's end: the decorated function's runtime record."""
+
+    name: str
+
+    def task_submitted(self, handle: AsyncHandle[Any]) -> None:
+        """Called once per accepted task, under the backend lock: keep it short."""
+
+    def task_finished(self, handle: AsyncHandle[Any]) -> None:
+        """Called exactly once per task, under the backend lock: keep it short."""
+
+
+class AsyncHandle(Generic[T]):
+    """The handle of a task submitted to run in parallel.
+
+    You get one from calling a ``@parallel`` function. It gives the result or the
+    error, progress, metadata and cancellation. It speaks two vocabularies: the
+    makeparallel one (``get``, ``is_ready``, ``try_get``...) and the one of
+    ``concurrent.futures.Future`` (``result``, ``done``, ``exception``...). It can
+    be awaited from asyncio code.
+
+    Errors:
+        An exception raised by the task comes back from ``get()`` as itself, same
+        type and traceback, with a note naming the task id, function, elapsed time
+        and metadata. The library's own outcomes are ``TaskTimeoutError`` and
+        ``TaskCancelledError``.
+
+    Callbacks:
+        ``on_complete``, ``on_error``, ``on_progress`` and ``add_done_callback`` run
+        once, on the thread that completes the task (or reports the progress),
+        before anyone blocked in ``get()`` is woken. Registered after the event,
+        they run at once on the registering thread. A callback that raises is
+        logged on the ``makeparallel`` logger and harms nothing else.
+
+    Thread-safety:
+        Every method may be called from any thread.
+    """
+
+    __slots__ = (
+        "_args",
+        "_backend",
+        "_callbacks",
+        "_context",
+        "_finished_at",
+        "_fn",
+        "_id",
+        "_kwargs",
+        "_metadata",
+        "_noted",
+        "_observer",
+        "_on_worker",
+        "_permits",
+        "_priority",
+        "_progress",
+        "_progress_message",
+        "_started_at",
+        "_state",
+        "_submitted_at",
+        "_timeout",
+        "_value",
+        "_waiters",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        context: Context,
+        observer: TaskObserver,
+        backend: Backend,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        self._id = next(_task_ids)
+        self._fn: Callable[..., T] | None = fn
+        self._args: tuple[Any, ...] | None = args
+        self._kwargs: dict[str, Any] | None = kwargs
+        self._context: Context | None = context
+        self._observer = observer
+        self._backend = backend
+        self._priority = priority
+        self._timeout = timeout
+        self._state = PENDING
+        self._value: Any = None
+        self._submitted_at = _now()
+        self._started_at: float | None = None
+        self._finished_at: float | None = None
+        self._waiters: list[threading.Lock] | None = None
+        self._callbacks: list[tuple[int, Callable[..., Any]]] | None = None
+        self._progress: float | None = None
+        self._progress_message: str | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._noted = False
+        self._on_worker = False
+        self._permits: tuple[Any, ...] = ()
+
+    # -- results -----------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> T:
+        """Wait for the task and return its result, or raise its error.
+
+        A task that is still queued when you ask for it without a timeout is run
+        right here, on this thread: waiting for it could not be faster, and a task
+        waiting for the tasks it submitted can never deadlock the pool.
+
+        Args:
+            timeout: the longest to wait, in seconds; ``None`` waits as long as it
+                takes.
+
+        Returns:
+            The task's return value.
+
+        Raises:
+            TaskTimeoutError: the wait gave up (the task goes on), or the task ran
+                past its own timeout.
+            TaskCancelledError: the task was cancelled.
+            Exception: whatever the task raised, as itself.
+        """
+        if self._state < SUCCEEDED:
+            self._wait_for_end(timeout)
+        if self._state == SUCCEEDED:
+            return self._value  # type: ignore[no-any-return]
+        raise self._error_for_caller()
+
+    def result(self, timeout: float | None = None) -> T:
+        """``concurrent.futures`` name of :meth:`get`."""
+        return self.get(timeout)
+
+    def try_get(self) -> T | None:
+        """The result if the task succeeded, ``None`` while it runs; raises its error."""
+        if self._state < SUCCEEDED:
+            return None
+        return self.get()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the task and return its error, or ``None`` if it succeeded.
+
+        As in ``concurrent.futures``, a cancelled task raises ``TaskCancelledError``
+        here instead of returning it.
+        """
+        if self._state < SUCCEEDED:
+            self._wait_for_end(timeout)
+        if self._state == SUCCEEDED:
+            return None
+        if self._state == CANCELLED:
+            raise self._value
+        return self._error_for_caller()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
+
+        Never raises the task's error.
+        """
+        check_wait_timeout(timeout)
+        if self._state >= SUCCEEDED:
+            return True
+        if timeout is None and self._run_here_if_queued():
+            return True
+        return self._block(timeout)
+
+    # -- state ---------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        """Whether the task has ended, in any way."""
+        return self._state >= SUCCEEDED
+
+    def done(self) -> bool:
+        """``concurrent.futures`` name of :meth:`is_ready`."""
+        return self._state >= SUCCEEDED
+
+    def running(self) -> bool:
+        """Whether the task is running now."""
+        return self._state == RUNNING
+
+    def cancelled(self) -> bool:
+        """Whether the task was cancelled."""
+        return self._state == CANCELLED
+
+    def is_cancelled(self) -> bool:
+        """Whether the task was cancelled."""
+        return self._state == CANCELLED
+
+    @property
+    def status(self) -> str:
+        """``"pending"``, ``"running"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
+        return STATE_NAMES[self._state]
+
+    def get_task_id(self) -> int:
+        """The task's id, unique in this process."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The name of the task's function, as metrics know it."""
+        return self._observer.name
+
+    def elapsed_time(self) -> float:
+        """Seconds from submission to the end of the task, or to now while it runs."""
+        end = self._finished_at
+        return (end if end is not None else _now()) - self._submitted_at
+
+    # -- cancellation ----------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the task; return whether it was still unfinished.
+
+        Cancellation:
+            A queued task never runs. A running task is asked to stop: the handle
+            ends at once as cancelled, and the task's next ``check_cancelled()``
+            raises so that it can return (Python cannot stop a thread from outside).
+            Unlike ``concurrent.futures``, this works on running tasks too.
+        """
+        backend = self._backend
+        with backend._lock:
+            previous = self._state
+            if previous >= SUCCEEDED:
+                return False
+            error = TaskCancelledError(f"task {self._id} ({self.name}) was cancelled")
+            announce = self._settle_locked(CANCELLED, error)
+        if announce is not None:
+            self._announce(*announce)
+        if previous == RUNNING:
+            backend._abandoned(self)
+        return True
+
+    # -- progress and metadata ----------------------------------------------------
+
+    def get_progress(self) -> float:
+        """The last progress the task reported (0.0 before any), 1.0 once it succeeded."""
+        if self._state == SUCCEEDED:
+            return 1.0
+        progress = self._progress
+        return 0.0 if progress is None else progress
+
+    def get_progress_message(self) -> str | None:
+        """The message of the last progress report, if it had one."""
+        return self._progress_message
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        """Attach a value to the task; it appears in the note of the task's error."""
+        if not isinstance(key, str):
+            raise TypeError(f"metadata key must be a str, got {type(key).__name__}")
+        with self._backend._lock:
+            if self._metadata is None:
+                self._metadata = {}
+            self._metadata[key] = value
+
+    def get_metadata(self, key: str, default: Any = None) -> Any:
+        """The metadata value stored under ``key``, or ``default``."""
+        metadata = self._metadata
+        return default if metadata is None else metadata.get(key, default)
+
+    def get_all_metadata(self) -> dict[str, Any]:
+        """A copy of all the task's metadata."""
+        with self._backend._lock:
+            return dict(self._metadata or {})
+
+    # -- callbacks -----------------------------------------------------------------
+
+    def on_complete(self, callback: Callable[[T], object]) -> AsyncHandle[T]:
+        """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle."""
+        self._register(_ON_COMPLETE, callback)
+        return self
+
+    def on_error(self, callback: Callable[[BaseException], object]) -> AsyncHandle[T]:
+        """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled."""
+        self._register(_ON_ERROR, callback)
+        return self
+
+    def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T]:
+        """Call ``callback(fraction)`` at each progress report; at once if one came already."""
+        self._register(_ON_PROGRESS, callback)
+        return self
+
+    def add_done_callback(self, fn: Callable[[AsyncHandle[T]], object]) -> None:
+        """Call ``fn(handle)`` once when the task ends, however it ends."""
+        self._register(_ON_DONE, fn)
+
+    # -- protocol --------------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> T:
+        if self._state < SUCCEEDED:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            ended = loop.create_future()
+
+            def wake(_: object) -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            self.add_done_callback(lambda _: loop.call_soon_threadsafe(wake, None))
+            await ended
+        return self.get()
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "an AsyncHandle has no truth value: use handle.is_ready() to ask whether "
+            "the task ended, or handle.get() for its result"
+        )
+
+    def __repr__(self) -> str:
+        return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"
+
+    # -- engine side: running --------------------------------------------------------
+
+    def _run(self) -> None:
+        """Run the claimed task on this thread and record its outcome.
+
+        A ``KeyboardInterrupt`` or ``SystemExit`` from the task is recorded and then
+        raised again, so that Ctrl-C reaches a caller running a task inline.
+        """
+        state, value = self._execute()
+        self._finish(state, value)
+        if state == FAILED and not isinstance(value, Exception):
+            raise value
+
+    def _execute(self) -> tuple[int, Any]:
+        """Call the task's function on this thread; return the state and value it ends with."""
+        local = _local
+        outer = getattr(local, "task", None)
+        local.task = self
+        self._started_at = started = _now()
+        if self._timeout is not None:
+            _deadlines.schedule(self, started + self._timeout)
+        try:
+            return SUCCEEDED, self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
+        except BaseException as error:
+            return FAILED, error
+        finally:
+            local.task = outer
+
+    def _finish(self, state: int, value: Any) -> None:
+        lock = self._backend._lock
+        if not lock.try_acquire(False):
+            lock.acquire()
+        try:
+            if self._state != RUNNING:
+                return  # it timed out or was cancelled while running
+            announce = self._settle_locked(state, value)
+        finally:
+            lock.release()
+        if announce is not None:
+            self._announce(*announce)
+
+    def _expire(self) -> None:
+        """The deadline passed: end the handle if the task is still running."""
+        backend = self._backend
+        with backend._lock:
+            if self._state != RUNNING:
+                return
+            error = TaskTimeoutError(
+                f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
+                "it was asked to stop at its next check_cancelled(). Raise the timeout "
+                "if the task needs longer"
+            )
+            announce = self._settle_locked(TIMED_OUT, error)
+        if announce is not None:
+            self._announce(*announce)
+        backend._abandoned(self)
+
+    def _settle_locked(self, state: int, value: Any) -> _Announcement | None:
+        """Record the end; return the callbacks to run and the waiters to wake, if any."""
+        was_pending = self._state == PENDING
+        self._state = state
+        self._value = value
+        self._finished_at = _now()
+        # Drop the references the task held, so a kept handle keeps nothing alive.
+        self._fn = self._args = self._kwargs = self._context = None
+        self._backend._settled_locked(self, was_pending)
+        self._observer.task_finished(self)
+        callbacks, self._callbacks = self._callbacks, None
+        waiters, self._waiters = self._waiters, None
+        if callbacks is None and waiters is None:
+            return None
+        return callbacks, waiters
+
+    def _announce(
+        self,
+        callbacks: list[tuple[int, Callable[..., Any]]] | None,
+        waiters: list[threading.Lock] | None,
+    ) -> None:
+        if callbacks:
+            for kind, callback in callbacks:
+                if kind != _ON_PROGRESS:
+                    self._invoke(kind, callback)
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
+
+    # -- engine side: waiting ------------------------------------------------------
+
+    def _wait_for_end(self, timeout: float | None) -> None:
+        check_wait_timeout(timeout)
+        if timeout is None and self._run_here_if_queued():
+            return
+        if not self._block(timeout):
+            raise TaskTimeoutError(
+                f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
+                f"it is still {STATE_NAMES[self._state]} and goes on. Wait again, or "
+                "cancel it with handle.cancel()"
+            )
+
+    def _run_here_if_queued(self) -> bool:
+        # A task with its own timeout stays on the pool: run inline, its deadline
+        # could not end the wait.
+        if self._state == PENDING and self._timeout is None and self._backend._steal(self):
+            self._run()
+            return True
+        return False
+
+    def _block(self, timeout: float | None) -> bool:
+        backend = self._backend
+        with backend._lock:
+            if self._state >= SUCCEEDED:
+                return True
+            waiter = _allocate_lock()
+            waiter.acquire()
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
+        if timeout is None:
+            waiter.acquire()
+            return True
+        if waiter.acquire(True, timeout):
+            return True
+        with backend._lock:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return self._state >= SUCCEEDED
+
+    # -- engine side: inside the task ------------------------------------------------
+
+    def _raise_if_stopped(self) -> None:
+        if self._state in (CANCELLED, TIMED_OUT):
+            # A fresh exception: the handle's own may be raised concurrently by get().
+            raise type(self._value)(*self._value.args)
+
+    def _report_progress(self, fraction: float, message: str | None) -> None:
+        with self._backend._lock:
+            self._progress = fraction
+            self._progress_message = message
+            listeners = [cb for kind, cb in self._callbacks or () if kind == _ON_PROGRESS]
+        for callback in listeners:
+            self._invoke(_ON_PROGRESS, callback)
+
+    # -- callbacks and errors ---------------------------------------------------------
+
+    def _register(self, kind: int, callback: Callable[..., Any]) -> None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        with self._backend._lock:
+            ended = self._state >= SUCCEEDED
+            if not ended:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append((kind, callback))
+                if kind != _ON_PROGRESS or self._progress is None:
+                    return
+        self._invoke(kind, callback)
+
+    def _invoke(self, kind: int, callback: Callable[..., Any]) -> None:
+        state = self._state
+        try:
+            if kind == _ON_DONE:
+                callback(self)
+            elif kind == _ON_PROGRESS:
+                if self._progress is not None:
+                    callback(self._progress)
+            elif kind == _ON_COMPLETE:
+                if state == SUCCEEDED:
+                    callback(self._value)
+            elif state >= FAILED:
+                callback(self._error_for_caller())
+        except Exception:
+            _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
+
+    def _error_for_caller(self) -> BaseException:
+        """The task's error; a user's exception gets its note the first time out."""
+        error: BaseException = self._value
+        if self._state == FAILED:
+            with self._backend._lock:
+                first = not self._noted
+                self._noted = True
+            if first:
+                _add_note(error, self._describe_failure())
+        return error
+
+    def _describe_failure(self) -> str:
+        note = f"makeparallel: task {self._id} ({self.name}) failed after {self.elapsed_time():.3f} s"
+        metadata = self._metadata
+        return f"{note}; metadata: {metadata!r}" if metadata else note
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``BaseException.add_note`` where it exists (3.11+), its attribute otherwise."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(note)
+    else:  # Python 3.10: store it where 3.11's traceback would look for it
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]

@@ -1,0 +1,244 @@
+"""The process-wide runtime: backends, configuration, admission limits, shutdown, exit.
+
+Backends are created on first use, one of each kind per process. Configuration
+may change at any time and applies to the next submission.
+
+Interpreter exit: the runtime waits for unfinished tasks for at most
+``exit_timeout`` seconds (5 by default), then lets the process go and logs how
+many tasks were abandoned. Worker threads are daemons, so a stuck task can never
+hold the process up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any
+
+from ._admission import Limiter, all_limiters
+from ._backends._base import Backend
+from ._backends._sync import SyncBackend
+from ._backends._thread import ThreadBackend
+from ._validation import check_count, check_wait_timeout
+
+__all__ = [
+    "BACKEND_NAMES",
+    "configure",
+    "configure_thread_pool",
+    "get_active_task_count",
+    "get_backend",
+    "get_thread_pool_info",
+    "global_limiter",
+    "reset_shutdown",
+    "set_max_concurrent_tasks",
+    "shutdown",
+]
+
+_log = logging.getLogger("makeparallel")
+
+_FACTORIES: dict[str, type[Backend]] = {"thread": ThreadBackend, "sync": SyncBackend}
+BACKEND_NAMES = tuple(_FACTORIES)
+ENV_BACKEND = "MAKEPARALLEL_BACKEND"
+
+_lock = threading.Lock()
+_backends: dict[str, Backend] = {}
+_default_backend: str | None = None  # set by configure(); else the environment; else "thread"
+_default_instance: Backend | None = None  # the default backend once resolved: the hot path
+_exit_timeout = 5.0
+_shut_down = False
+_exit_hook_registered = False
+global_limiter = Limiter(None)
+
+
+def check_backend_name(name: Any, source: str = "backend") -> str:
+    """Validate a backend name; the message lists the accepted ones."""
+    if name not in _FACTORIES:
+        accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
+        raise ValueError(f"{source} must be one of {accepted}, got {name!r}")
+    return name  # type: ignore[no-any-return]
+
+
+def default_backend_name() -> str:
+    """The backend used when none is named: configure(), then the environment.
+
+    The environment variable is read when the default backend is first needed.
+    """
+    if _default_backend is not None:
+        return _default_backend
+    from_env = os.environ.get(ENV_BACKEND)
+    if from_env:
+        return check_backend_name(from_env, f"the environment variable {ENV_BACKEND}")
+    return "thread"
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend called ``name`` (the default one if ``None``), started on first use."""
+    global _default_instance
+    if name is None:
+        if _default_instance is None:
+            _default_instance = get_backend(default_backend_name())
+        return _default_instance
+    backend = _backends.get(name)
+    return backend if backend is not None else _create(name)
+
+
+def _create(name: str) -> Backend:
+    global _exit_hook_registered
+    with _lock:
+        backend = _backends.get(name)
+        if backend is None:
+            backend = _FACTORIES[name]()
+            if _shut_down:
+                backend.close(cancel_pending=False)
+            _backends[name] = backend
+        if not _exit_hook_registered:
+            atexit.register(_at_exit)
+            _exit_hook_registered = True
+        return backend
+
+
+def use_default_backend(name: str | None) -> None:
+    """Make ``name`` the default backend; ``None`` goes back to the environment's."""
+    global _default_backend, _default_instance
+    _default_backend = name
+    _default_instance = None
+
+
+def configure(*, backend: str | None = None, exit_timeout: float | None = None) -> None:
+    """Set process-wide defaults.
+
+    Args:
+        backend: the backend for functions that name none: ``"thread"`` (the
+            default) or ``"sync"``. Overrides the ``MAKEPARALLEL_BACKEND``
+            environment variable.
+        exit_timeout: the longest, in seconds, that interpreter exit waits for
+            unfinished tasks before abandoning them (default 5).
+    """
+    global _exit_timeout
+    if backend is not None:
+        check_backend_name(backend)
+    if exit_timeout is not None:
+        check_wait_timeout(exit_timeout, "exit_timeout")
+    if backend is not None:
+        use_default_backend(backend)
+    if exit_timeout is not None:
+        _exit_timeout = float(exit_timeout)
+
+
+def configure_thread_pool(num_threads: int | None = None, stack_size: int | None = None) -> None:
+    """Size the thread pool, before or after it started.
+
+    Args:
+        num_threads: worker threads (an int >= 1); defaults to the cores this
+            process may use. Resizing a running pool is safe: a larger pool starts
+            threads for queued work at once, a smaller one retires idle threads.
+        stack_size: bytes of stack for threads started from now on (at least 32 KiB).
+    """
+    backend = get_backend("thread")
+    assert isinstance(backend, ThreadBackend)
+    backend.configure(num_threads, stack_size)
+
+
+def get_thread_pool_info() -> dict[str, Any]:
+    """The thread pool's size and load: threads live, busy and idle, tasks queued."""
+    return get_backend("thread").info()
+
+
+def set_max_concurrent_tasks(limit: int | None) -> None:
+    """Allow at most ``limit`` tasks in flight at once, across all functions.
+
+    A submission over the limit waits until a task ends (backpressure); it is
+    never dropped. Submissions from inside a task are never made to wait, so that
+    nested parallelism cannot deadlock. ``None`` removes the limit. Tasks already
+    in flight when the limit is first set are not counted.
+    """
+    if limit is not None:
+        check_count(limit, "limit")
+    global_limiter.set_limit(limit)
+
+
+def get_active_task_count() -> int:
+    """Tasks submitted and not yet ended, across every backend."""
+    return sum(backend.active_count() for backend in list(_backends.values()))
+
+
+def wait_until_idle(timeout: float | None = None) -> bool:
+    """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
+    check_wait_timeout(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for backend in list(_backends.values()):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not backend.wait_idle(remaining):
+            return False
+    return True
+
+
+def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) -> bool:
+    """Stop accepting tasks and wait, for at most ``timeout_secs``, for the rest to end.
+
+    It returns within its timeout whatever the tasks do: a stuck task is left to
+    its daemon thread.
+
+    Args:
+        timeout_secs: the longest to wait, in seconds; ``None`` waits as long as
+            it takes.
+        cancel_pending: cancel the tasks that have not started yet.
+
+    Returns:
+        Whether every task ended in time.
+    """
+    global _shut_down
+    check_wait_timeout(timeout_secs, "timeout_secs")
+    with _lock:
+        _shut_down = True
+        backends = list(_backends.values())
+    for limiter in all_limiters():
+        limiter.close()
+    for backend in backends:
+        backend.close(cancel_pending)
+    return wait_until_idle(timeout_secs)
+
+
+def reset_shutdown() -> None:
+    """Accept tasks again after :func:`shutdown`."""
+    global _shut_down
+    with _lock:
+        _shut_down = False
+        backends = list(_backends.values())
+    for limiter in all_limiters():
+        limiter.reopen()
+    for backend in backends:
+        backend.reopen()
+
+
+def is_shut_down() -> bool:
+    """Whether :func:`shutdown` was called and not reset."""
+    return _shut_down
+
+
+def _at_exit() -> None:
+    timeout = _exit_timeout
+    if get_active_task_count() and not wait_until_idle(timeout):
+        _log.warning(
+            "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned "
+            "after waiting %s s; collect results or call makeparallel.shutdown() before "
+            "exiting, or raise configure(exit_timeout=...)",
+            get_active_task_count(),
+            f"{timeout:g}" if math.isfinite(timeout) else timeout,
+        )
+
+
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's threads: start afresh on first use."""
+    global _lock, _default_instance
+    _lock = threading.Lock()
+    _backends.clear()
+    _default_instance = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,58 @@
+"""The library's own failures.
+
+An exception raised by *your* function comes back from ``handle.get()`` as itself
+(same type, same traceback, plus a note naming the task). The classes here are for
+what the library itself has to tell you: the task ran out of time, it was
+cancelled, or the library is shut down. They share one base, :class:`TaskError`,
+and subclass the standard types a caller already catches (``TimeoutError``,
+``concurrent.futures.CancelledError``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+__all__ = [
+    "ShutdownError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskTimeoutError",
+]
+
+
+class TaskError(Exception):
+    """Base of every failure the library itself reports."""
+
+
+# On 3.10 ``concurrent.futures.TimeoutError`` is its own class; from 3.11 it *is*
+# the builtin ``TimeoutError``. Subclass both where they differ so that either
+# ``except`` clause catches ours.
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,)
+    if concurrent.futures.TimeoutError is TimeoutError
+    else (TimeoutError, concurrent.futures.TimeoutError)
+)
+
+
+class TaskTimeoutError(TaskError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task, or a wait for tasks, ran past its time limit.
+
+    Raised by ``handle.get()`` when the task's own ``timeout`` expired, by
+    ``check_cancelled()`` inside that task so that it can stop, and by a bounded
+    wait such as ``handle.get(timeout=...)`` that gave up while the task goes on.
+    """
+
+
+class TaskCancelledError(TaskError, concurrent.futures.CancelledError):
+    """The task was cancelled before it produced a result.
+
+    Raised by ``handle.get()`` on a cancelled task, and by ``check_cancelled()``
+    inside that task so that it can stop.
+    """
+
+
+class ShutdownError(TaskError):
+    """The library was shut down and refuses new tasks.
+
+    Call ``makeparallel.reset_shutdown()`` to accept tasks again.
+    """

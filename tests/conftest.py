@@ -1,0 +1,44 @@
+"""Shared fixtures: every test starts from a clean runtime and must leave one.
+
+After each test: no task may be left unfinished, no thread other than the pool's
+own daemon workers may be left alive, and every setting a test changed is put
+back. A test that leaks fails here, named, instead of breaking a later one.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._backends._thread import default_thread_count
+from makeparallel.testing import wait_until_idle
+
+
+@pytest.fixture(autouse=True)
+def clean_runtime() -> object:
+    before = set(threading.enumerate())
+    yield
+    idle = wait_until_idle(10)
+    mp.reset_shutdown()
+    mp.set_max_concurrent_tasks(None)
+    _runtime.use_default_backend(None)
+    mp.configure(exit_timeout=5.0)
+    mp.configure_thread_pool(num_threads=default_thread_count())
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith("makeparallel-")
+    ]
+    assert idle, "the test left tasks unfinished (release its gates or cancel them)"
+    assert not leaked, f"the test leaked threads: {leaked}"
+
+
+@pytest.fixture
+def gate() -> object:
+    """An event that is always set at teardown, so no task waits on it forever."""
+    event = threading.Event()
+    yield event
+    event.set()
