@@ -4,7 +4,7 @@ Runs in one process, same worker count, alternating rounds so that machine noise
 hits both alike, and prints ratios (higher is better for makeparallel):
 
 * throughput: N no-op tasks submitted, then all collected;
-* latency: one task submitted and collected, again and again;
+* latency: one task submitted and collected, again and again (median);
 * memory: N unfinished tasks held at once (tracemalloc), per task.
 
     python benchmarks/thread_overhead.py [--tasks 20000] [--rounds 5]
@@ -21,14 +21,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import makeparallel as mp
+from makeparallel.testing import wait_until_idle
 
 
 def noop() -> None:
     return None
-
-
-def best_of(rounds: int, run: Callable[[], float]) -> float:
-    return min(run() for _ in range(rounds))
 
 
 def throughput_mp(fn: mp.ParallelFunction[[], None], tasks: int) -> float:
@@ -47,22 +44,26 @@ def throughput_executor(pool: ThreadPoolExecutor, tasks: int) -> float:
     return tasks / (time.perf_counter() - start)
 
 
-def latency_mp(fn: mp.ParallelFunction[[], None], calls: int) -> float:
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn().wait(60)  # wait(timeout) never runs the task inline: a true round trip
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def latencies(fn: mp.ParallelFunction[[], None], pool: ThreadPoolExecutor, calls: int) -> dict[str, float]:
+    """Median seconds per round trip, samples interleaved so noise hits all alike.
 
-
-def latency_executor(pool: ThreadPoolExecutor, calls: int) -> float:
-    samples = []
+    ``get``: what users write, ``fn().get()``; a task still queued when asked for
+    runs on the asking thread. ``hop``: ``fn().wait(60)``, which never runs the
+    task inline, so it measures the hand-off to a worker thread and back.
+    """
+    samples: dict[str, list[float]] = {"get": [], "hop": [], "executor": []}
+    clock = time.perf_counter
     for _ in range(calls):
-        start = time.perf_counter()
+        start = clock()
+        fn().get()
+        samples["get"].append(clock() - start)
+        start = clock()
+        fn().wait(60)
+        samples["hop"].append(clock() - start)
+        start = clock()
         pool.submit(noop).result()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        samples["executor"].append(clock() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def pending_memory(submit: Callable[[], object], tasks: int, release: Callable[[], None]) -> float:
@@ -96,20 +97,20 @@ def main() -> None:
             f"ThreadPoolExecutor {max(theirs):>10,.0f} tasks/s   ratio {max(ours) / max(theirs):.2f}x"
         )
 
-        calls = 2_000
-        our_latency = min(latency_mp(fn, calls) for _ in range(args.rounds))
-        their_latency = min(latency_executor(pool, calls) for _ in range(args.rounds))
-        print(
-            f"latency:    makeparallel {our_latency * 1e6:>8.1f} us       "
-            f"ThreadPoolExecutor {their_latency * 1e6:>8.1f} us       "
-            f"ratio {their_latency / our_latency:.2f}x"
-        )
+        latency = latencies(fn, pool, 5_000)
+        theirs_us = latency["executor"] * 1e6
+        for name, label in (("get", "fn().get()"), ("hop", "fn().wait(60)")):
+            ours_us = latency[name] * 1e6
+            print(
+                f"latency {label:<14} makeparallel {ours_us:>7.1f} us   "
+                f"ThreadPoolExecutor {theirs_us:>7.1f} us   ratio {theirs_us / ours_us:.2f}x"
+            )
 
     gate = threading.Event()
     blocker = mp.parallel(gate.wait)
     blockers = [blocker() for _ in range(workers)]
     our_bytes = pending_memory(fn, args.tasks, gate.set)
-    mp.testing.wait_until_idle(60)
+    wait_until_idle(60)
     del blockers
     gate = threading.Event()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -123,6 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import makeparallel.testing  # noqa: F401  (wait_until_idle)
-
     main()

@@ -145,7 +145,7 @@ class AsyncHandle(Generic[T]):
         self._progress_message: str | None = None
         self._metadata: dict[str, Any] | None = None
         self._noted = False
-        self._on_worker = False
+        self._on_worker = 0  # set by the thread backend: on a worker, abandoned
         self._permits: tuple[Any, ...] = ()
 
     # -- results -----------------------------------------------------------------
@@ -556,4 +556,4 @@ def _add_note(error: BaseException, note: str) -> None:
     if add_note is not None:
         add_note(note)
     else:  # Python 3.10: store it where 3.11's traceback would look for it
-        error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]

@@ -1,7 +1,7 @@
 """Per-function metrics: counts and execution times of every decorated function.
 
-Each function name has one :class:`FunctionMetrics` record, updated under its own
-lock when a task is submitted and when it ends. Readers get a frozen
+Each function name has one :class:`FunctionMetrics` record, counted when a task
+is submitted and when it ends, under the lock the backend already holds then. Readers get a frozen
 :class:`TaskMetrics` snapshot that reads both as attributes (``m.total_tasks``) and
 as a mapping (``m["total_tasks"]``), because code in the wild uses both.
 """
@@ -9,13 +9,13 @@ as a mapping (``m["total_tasks"]``), because code in the wild uses both.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, overload
 
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
+from ._yielding_lock import YieldingLock
 
 __all__ = [
     "FunctionMetrics",
@@ -67,7 +67,7 @@ class _Counts:
 
     __slots__ = ("cancelled", "completed", "failed", "lock", "seconds", "timed_out", "total")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: YieldingLock) -> None:
         self.lock = lock
         self.zero()
 
@@ -102,10 +102,10 @@ class FunctionMetrics:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.Lock()  # guards the shard of callers holding no lock
-        self._shards: dict[threading.Lock, _Counts] = {}
+        self._lock = YieldingLock()  # guards the shard of callers holding no lock
+        self._shards: dict[YieldingLock, _Counts] = {}
 
-    def counts(self, lock: threading.Lock) -> _Counts:
+    def counts(self, lock: YieldingLock) -> _Counts:
         """The shard to change while holding ``lock``."""
         shard = self._shards.get(lock)
         if shard is None:
