@@ -1,0 +1,133 @@
+"""The command line: ``makeparallel demo`` and ``makeparallel info``.
+
+Also runs as ``python -m makeparallel``. ``demo`` measures, on this machine, what
+the thread pool speeds up and what it does not; ``info`` says what this
+interpreter and machine offer (GIL, cores, backends), as text or as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import psutil
+
+from . import __version__, get_thread_pool_info
+from ._demo import free_threaded_build, gil_enabled, render, run_demo
+from ._runtime import BACKEND_NAMES, default_backend_name
+
+__all__ = ["collect_info", "main"]
+
+
+def _usable_cores() -> int | None:
+    """The cores this process may run on, where the platform says (not macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return None
+
+
+def collect_info() -> dict[str, Any]:
+    """What ``info`` reports, as plain JSON-ready data.
+
+    Reading the thread pool's info creates the pool's bookkeeping but starts no
+    thread.
+
+    Raises:
+        ValueError: the environment variable ``MAKEPARALLEL_BACKEND`` names no backend.
+    """
+    return {
+        "makeparallel_version": __version__,
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "free_threaded_build": free_threaded_build(),
+        "gil_enabled": gil_enabled(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "default_backend": default_backend_name(),
+        "backends": list(BACKEND_NAMES),
+        "thread_pool": get_thread_pool_info(),
+    }
+
+
+def _render_info(info: dict[str, Any]) -> str:
+    def known(value: object) -> str:
+        return "unknown" if value is None else str(value)
+
+    pool = info["thread_pool"]
+    rows = [
+        ("makeparallel", info["makeparallel_version"]),
+        ("python", f"{info['python_version']} ({info['python_implementation']})"),
+        ("build", "free-threaded" if info["free_threaded_build"] else "GIL (standard)"),
+        ("GIL enabled now", "yes" if info["gil_enabled"] else "no"),
+        ("logical cores", known(info["logical_cores"])),
+        ("usable cores", known(info["usable_cores"])),
+        ("physical cores", known(info["physical_cores"])),
+        ("default backend", info["default_backend"]),
+        ("backends", ", ".join(info["backends"])),
+        (
+            "thread pool",
+            f"{pool['num_threads']} threads ({pool['live_threads']} started, "
+            f"{pool['busy_threads']} busy), {pool['queued_tasks']} tasks queued",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _info(arguments: argparse.Namespace) -> int:
+    try:
+        info = collect_info()
+    except ValueError as error:  # a bad MAKEPARALLEL_BACKEND: say so, no traceback
+        print(f"makeparallel info: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if arguments.json else _render_info(info))
+    return 0
+
+
+def _demo(arguments: argparse.Namespace) -> int:
+    print(render(run_demo(quick=arguments.quick)))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="makeparallel",
+        description="Run Python functions in parallel on one machine: tools for this machine.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="measure what threads speed up here (GIL-releasing vs pure-Python work)",
+        description="Time two workloads sequentially and with @parallel, and explain the speed-ups.",
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one round: a smoke test, not a measurement"
+    )
+    demo.set_defaults(run=_demo)
+    info = commands.add_parser(
+        "info",
+        help="show the Python build, the GIL, the cores and the backends",
+        description="Show what this interpreter and machine offer to makeparallel.",
+    )
+    info.add_argument("--json", action="store_true", help="print the same as a JSON object")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Raises:
+        SystemExit: with code 2 on a usage error (argparse prints the usage).
+    """
+    arguments = _parser().parse_args(argv)
+    return int(arguments.run(arguments))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
