@@ -11,12 +11,22 @@
 Everything public is importable from here; ``__all__`` is the contract.
 """
 
+from ._collect import ALL_COMPLETED as ALL_COMPLETED
+from ._collect import FIRST_COMPLETED as FIRST_COMPLETED
+from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
+from ._collect import as_completed as as_completed
+from ._collect import gather as gather
+from ._collect import wait as wait
 from ._decorators import ParallelFunction as ParallelFunction
 from ._decorators import parallel as parallel
 from ._decorators import parallel_fast as parallel_fast
 from ._decorators import parallel_pool as parallel_pool
 from ._decorators import parallel_priority as parallel_priority
+from ._group import ParallelContext as ParallelContext
+from ._group import TaskGroup as TaskGroup
 from ._handle import AsyncHandle as AsyncHandle
+from ._map import imap as imap
+from ._map import parallel_map as parallel_map
 from ._metrics import TaskMetrics as TaskMetrics
 from ._metrics import get_all_metrics as get_all_metrics
 from ._metrics import get_metrics as get_metrics
@@ -40,23 +50,32 @@ from .errors import TaskTimeoutError as TaskTimeoutError
 __version__ = "0.3.0"
 
 __all__ = [
+    "ALL_COMPLETED",
     "AsyncHandle",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "ParallelContext",
     "ParallelFunction",
     "ShutdownError",
     "TaskCancelledError",
     "TaskError",
+    "TaskGroup",
     "TaskMetrics",
     "TaskTimeoutError",
+    "as_completed",
     "check_cancelled",
     "configure",
     "configure_thread_pool",
+    "gather",
     "get_active_task_count",
     "get_all_metrics",
     "get_current_task_id",
     "get_metrics",
     "get_thread_pool_info",
+    "imap",
     "parallel",
     "parallel_fast",
+    "parallel_map",
     "parallel_pool",
     "parallel_priority",
     "profiled",
@@ -65,4 +84,5 @@ __all__ = [
     "reset_shutdown",
     "set_max_concurrent_tasks",
     "shutdown",
+    "wait",
 ]

@@ -31,10 +31,12 @@ def all_limiters() -> list[Limiter]:
 class Limiter:
     """Counts tasks in flight against an optional limit."""
 
-    __slots__ = ("__weakref__", "_closed", "_condition", "_in_flight", "limit")
+    __slots__ = ("__weakref__", "_closed", "_condition", "_exempt_tasks", "_in_flight", "limit")
 
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit  # read-only outside set_limit(); a plain slot for the hot path
+    def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
+        """``exempt_tasks``: admit submissions from inside tasks without waiting."""
+        self.limit = limit
+        self._exempt_tasks = exempt_tasks  # read-only outside set_limit(); a plain slot for the hot path
         self._in_flight = 0
         self._closed = False
         self._condition = threading.Condition(threading.Lock())
@@ -52,13 +54,13 @@ class Limiter:
             self._condition.notify_all()
 
     def acquire(self) -> None:
-        """Admit one task, waiting while the limit is reached (not inside a task).
+        """Admit one task, waiting while the limit is reached (unless exempt).
 
         Raises:
             ShutdownError: the library was shut down while this call waited.
         """
         with self._condition:
-            if current_task() is None:
+            if not (self._exempt_tasks and current_task() is not None):
                 while self.limit is not None and self._in_flight >= self.limit:
                     if self._closed:
                         raise ShutdownError(

@@ -24,7 +24,7 @@ from ._metrics import FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 
-__all__ = ["ParallelFunction", "parallel"]
+__all__ = ["ParallelFunction", "as_parallel", "parallel"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -128,7 +128,7 @@ class ParallelFunction(Generic[P, T]):
         if limiter is None and max_concurrent is not None:
             limiter = Limiter(max_concurrent)
         self._spec = TaskSpec(
-            name=options.get("name") or getattr(fn, "__qualname__", None) or repr(fn),
+            name=options.get("name") or _describe(fn),
             backend=options.get("backend"),
             timeout=options.get("timeout"),
             priority=options.get("priority", 0),
@@ -221,6 +221,17 @@ class _BoundParallelFunction:
         return f"<bound parallel method {self._function._spec.name} of {self._instance!r}>"
 
 
+def _describe(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def as_parallel(fn: Callable[..., T], backend: str | None = None) -> Callable[..., AsyncHandle[T]]:
+    """``fn`` itself if it is already parallel, else a parallel version of it."""
+    if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
+        return fn
+    return parallel(fn) if backend is None else parallel(backend=backend)(fn)
+
+
 @overload
 def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 @overload
@@ -266,7 +277,7 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             )
         if inspect.iscoroutinefunction(function):
             raise TypeError(
-                f"@parallel runs plain functions, and {function.__qualname__} is an "
+                f"@parallel runs plain functions, and {_describe(function)} is an "
                 "async function: await it in your event loop instead"
             )
         return ParallelFunction(function, checked)

@@ -524,7 +524,7 @@ class AsyncHandle(Generic[T]):
                 callback(self)
             elif kind == _ON_PROGRESS:
                 if self._progress is not None:
-                    callback(self._progress)
+                    callback(self.get_progress())  # 1.0 once succeeded, as get_progress() says
             elif kind == _ON_COMPLETE:
                 if state == SUCCEEDED:
                     callback(self._value)

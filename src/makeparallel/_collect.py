@@ -1,0 +1,228 @@
+"""Collecting many handles: gather, as_completed, wait.
+
+All three follow the tasks as they end, through one :class:`Completions` queue fed
+by done-callbacks, so a failure is seen the moment it happens, not when the
+collector reaches it in list order. While it has nothing to do and no deadline,
+the collecting thread runs queued tasks itself, like ``handle.get()``.
+
+Ctrl-C (or any exception) while collecting cancels the tasks not yet ended and
+re-raises; the pool stays usable.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from ._handle import AsyncHandle
+from ._progress import ProgressOption, open_progress
+from ._states import SUCCEEDED
+from ._validation import check_wait_timeout
+from .errors import TaskTimeoutError
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Completions",
+    "DoneAndNotDone",
+    "as_completed",
+    "check_on_error",
+    "gather",
+    "wait",
+]
+
+T = TypeVar("T")
+OnError = Literal["raise", "skip", "none"]
+_ON_ERROR = ("raise", "skip", "none")
+_RETURN_WHEN = (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED)
+
+
+def check_on_error(on_error: Any) -> OnError:
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error must be one of 'raise', 'skip', 'none', got {on_error!r}")
+    return on_error  # type: ignore[no-any-return]
+
+
+def _as_handles(handles: Iterable[AsyncHandle[T]]) -> list[AsyncHandle[T]]:
+    items = list(handles)
+    for item in items:
+        if not isinstance(item, AsyncHandle):
+            raise TypeError(
+                f"expected AsyncHandle objects (what a @parallel function returns), got {item!r}"
+            )
+    return items
+
+
+class Completions:
+    """Handles in the order they end; the consumer may run queued ones meanwhile.
+
+    Args:
+        timeout: seconds from now after which :meth:`next` raises ``TaskTimeoutError``.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self._ended: queue.SimpleQueue[AsyncHandle[Any]] = queue.SimpleQueue()
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._timeout = timeout
+        self.outstanding = 0
+        self._total = 0
+        self._candidates: deque[AsyncHandle[Any]] = deque()  # to run inline, oldest first
+
+    @classmethod
+    def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
+        completions = cls(timeout)
+        for handle in handles:
+            completions.add(handle)
+        return completions
+
+    def add(self, handle: AsyncHandle[Any]) -> None:
+        """Follow one more handle."""
+        self.outstanding += 1
+        self._total += 1
+        self._candidates.append(handle)
+        handle.add_done_callback(self._ended.put)
+
+    def next(self) -> AsyncHandle[Any]:
+        """The next handle to end (already-ended ones first, in no set order)."""
+        ended = self._ended
+        while ended.empty() and self._deadline is None:
+            if not self._run_one_queued():
+                break
+        try:
+            if self._deadline is None:
+                handle = ended.get()
+            else:
+                handle = ended.get(timeout=max(0.0, self._deadline - time.monotonic()))
+        except queue.Empty:
+            raise TaskTimeoutError(
+                f"timed out after {self._timeout:g} s with {self.outstanding} of "
+                f"{self._total} tasks unfinished; they go on unless cancelled"
+            ) from None
+        self.outstanding -= 1
+        return handle
+
+    def _run_one_queued(self) -> bool:
+        candidates = self._candidates
+        while candidates:
+            if candidates.popleft()._run_here_if_queued():
+                return True
+        return False
+
+
+def _cancel_all(handles: list[AsyncHandle[Any]]) -> None:
+    for handle in handles:
+        handle.cancel()
+
+
+def gather(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: OnError = "raise",
+    timeout: float | None = None,
+    progress: ProgressOption = False,
+) -> list[T | None]:
+    """Wait for every handle and return their results in submission order.
+
+    Args:
+        handles: the handles to collect; any mix of functions and backends.
+        on_error: ``"raise"`` raises the first failure as soon as it happens and
+            leaves the other tasks running (cancel them if you want); ``"skip"``
+            leaves failed tasks out of the list; ``"none"`` puts ``None`` in
+            their place. Timed-out and cancelled tasks count as failed.
+        timeout: the longest to wait, in seconds, for all of them.
+        progress: ``True`` for a tqdm bar, or a callable ``(done, total)``.
+
+    Raises:
+        TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
+            unfinished. They go on.
+        Exception: with ``on_error="raise"``, the first task error, as itself.
+    """
+    items = _as_handles(handles)
+    check_on_error(on_error)
+    check_wait_timeout(timeout)
+    bar = open_progress(progress, len(items), "gather")
+    completions = Completions.of(items, timeout)
+    try:
+        while completions.outstanding:
+            handle = completions.next()
+            if bar is not None:
+                bar.advance()
+            if on_error == "raise" and handle._state != SUCCEEDED:
+                handle.get()  # raises the task's error, with its note
+    except KeyboardInterrupt:
+        _cancel_all(items)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if on_error == "skip":
+        return [h._value for h in items if h._state == SUCCEEDED]
+    return [h._value if h._state == SUCCEEDED else None for h in items]
+
+
+def as_completed(
+    handles: Iterable[AsyncHandle[T]], timeout: float | None = None
+) -> Iterator[AsyncHandle[T]]:
+    """Yield the handles as their tasks end, ended ones first.
+
+    Raises:
+        TaskTimeoutError: ``timeout`` seconds passed before all ended.
+    """
+    items = _as_handles(handles)
+    check_wait_timeout(timeout)
+    return _yield_completed(items, timeout)
+
+
+def _yield_completed(items: list[AsyncHandle[T]], timeout: float | None) -> Iterator[AsyncHandle[T]]:
+    completions = Completions.of(items, timeout)
+    while completions.outstanding:
+        yield completions.next()
+
+
+class DoneAndNotDone(NamedTuple):
+    """What :func:`wait` returns, as ``concurrent.futures.wait`` does."""
+
+    done: set[AsyncHandle[Any]]
+    not_done: set[AsyncHandle[Any]]
+
+
+def wait(
+    handles: Iterable[AsyncHandle[T]],
+    timeout: float | None = None,
+    return_when: str = ALL_COMPLETED,
+) -> DoneAndNotDone:
+    """Wait until all, the first, or the first failing of the handles end.
+
+    Args:
+        handles: the handles to wait for.
+        timeout: the longest to wait, in seconds; on expiry it returns what is
+            done so far (it does not raise), as ``concurrent.futures.wait``.
+        return_when: ``ALL_COMPLETED``, ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``
+            (the ``concurrent.futures`` constants, re-exported here).
+
+    Returns:
+        ``(done, not_done)``, two sets of handles.
+    """
+    items = _as_handles(handles)
+    check_wait_timeout(timeout)
+    if return_when not in _RETURN_WHEN:
+        raise ValueError(
+            "return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, "
+            f"got {return_when!r}"
+        )
+    completions = Completions.of(items, timeout)
+    try:
+        while completions.outstanding:
+            handle = completions.next()
+            if return_when == FIRST_COMPLETED:
+                break
+            if return_when == FIRST_EXCEPTION and handle._state != SUCCEEDED:
+                break
+    except TaskTimeoutError:
+        pass
+    done = {h for h in items if h.done()}
+    return DoneAndNotDone(done, set(items) - done)

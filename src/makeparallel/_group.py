@@ -1,0 +1,185 @@
+"""Structured groups of tasks: ``with ParallelContext() as ctx: ctx.submit(...)``.
+
+A group owns the tasks submitted through it. Leaving the ``with`` block waits for
+all of them. The first failure, in the body or in any task, cancels the tasks
+not yet ended and is raised when the block exits; every task failure is kept on
+``ctx.errors``. Cancellation of the siblings happens the moment a task fails, on
+the thread that saw the failure, so a failing group does not run to the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._admission import Limiter
+from ._decorators import as_parallel
+from ._handle import AsyncHandle
+from ._states import CANCELLED, SUCCEEDED
+from ._validation import check_count, check_wait_timeout
+from .errors import TaskCancelledError, TaskTimeoutError
+
+__all__ = ["ParallelContext"]
+
+T = TypeVar("T")
+
+
+class ParallelContext:
+    """A group of tasks that end together: the structured way to fan out.
+
+    Args:
+        timeout: seconds from entering the block; when it passes while the block
+            waits for its tasks, the rest are cancelled and ``TaskTimeoutError``
+            is raised.
+        max_concurrent: at most this many of the group's tasks in flight; a
+            submission over the limit waits until one ends.
+        backend: the backend for plain functions submitted to the group
+            (decorated functions keep their own).
+
+    Example::
+
+        with mp.ParallelContext(max_concurrent=8) as ctx:
+            for path in paths:
+                ctx.submit(resize, path)
+        thumbnails = ctx.results()
+
+    Groups nest, inside one another and inside tasks.
+    """
+
+    def __init__(
+        self,
+        timeout: float | None = None,
+        max_concurrent: int | None = None,
+        backend: str | None = None,
+    ) -> None:
+        check_wait_timeout(timeout)
+        if max_concurrent is not None:
+            check_count(max_concurrent, "max_concurrent")
+        self._timeout = timeout
+        self._limiter = None if max_concurrent is None else Limiter(max_concurrent, exempt_tasks=False)
+        self._backend = backend
+        self._handles: list[AsyncHandle[Any]] = []
+        # Plain functions made parallel once per group; keyed by id, kept alive here.
+        self._functions: dict[int, Callable[..., AsyncHandle[Any]]] = {}
+        self._lock = threading.Lock()
+        self._failed = False
+        self._deadline: float | None = None
+        self.errors: list[BaseException] = []
+        """Every failure of the group's tasks (and of the body), in the order seen."""
+
+    def __enter__(self) -> ParallelContext:
+        if self._timeout is not None:
+            self._deadline = time.monotonic() + self._timeout
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self._fail(exc)
+        try:
+            self._wait_all()
+        except BaseException:
+            self._cancel_unfinished()
+            raise
+        if exc is None and self.errors:
+            raise self.errors[0]
+
+    # -- submitting ----------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]:
+        """Run ``fn(*args, **kwargs)`` as a task of the group; return its handle.
+
+        The peer form ``ctx.submit(fn, (a, b))`` (a single tuple and nothing else)
+        passes the tuple's items as the arguments. To pass one tuple as the only
+        argument, wrap it: ``ctx.submit(fn, ((a, b),))``.
+        """
+        if len(args) == 1 and not kwargs and type(args[0]) is tuple:
+            args = args[0]
+        if self._failed:
+            raise TaskCancelledError(
+                "the group already failed and takes no new tasks; see ctx.errors"
+            )
+        function = self._functions.get(id(fn))
+        if function is None:
+            function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
+        if self._limiter is not None:
+            self._limiter.acquire()
+        try:
+            handle: AsyncHandle[T] = function(*args, **kwargs)
+        except BaseException:
+            if self._limiter is not None:
+                self._limiter.release()
+            raise
+        with self._lock:
+            self._handles.append(handle)
+        handle.add_done_callback(self._task_ended)
+        return handle
+
+    def map(self, fn: Callable[..., T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]:
+        """Submit ``fn(item)`` for each item, one task each; return the handles."""
+        return [self.submit(fn, item) for item in iterable]
+
+    def results(self) -> list[Any]:
+        """Wait for every task so far and return their results in submission order.
+
+        Raises the group's first failure, as leaving the block would.
+        """
+        self._wait_all()
+        if self.errors:
+            raise self.errors[0]
+        return [handle.get() for handle in self.handles]
+
+    @property
+    def handles(self) -> list[AsyncHandle[Any]]:
+        """The handles of the group's tasks, in submission order."""
+        with self._lock:
+            return list(self._handles)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _task_ended(self, handle: AsyncHandle[Any]) -> None:
+        if self._limiter is not None:
+            self._limiter.release()
+        state = handle._state
+        if state == SUCCEEDED or (state == CANCELLED and self._failed):
+            return  # a success, or a sibling this group cancelled itself
+        self._fail(handle._error_for_caller())
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            self.errors.append(error)
+            first = not self._failed
+            self._failed = True
+        if first:
+            self._cancel_unfinished()
+
+    def _cancel_unfinished(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+    def _wait_all(self) -> None:
+        waited = 0
+        while waited < len(self._handles):  # tasks may add tasks while we wait
+            handle = self._handles[waited]
+            waited += 1
+            if self._deadline is None:
+                handle.wait()
+                continue
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0 or not handle.wait(remaining):
+                unfinished = sum(1 for h in self.handles if not h.done())
+                self._cancel_unfinished()
+                raise TaskTimeoutError(
+                    f"the group timed out after {self._timeout:g} s; its {unfinished} "
+                    "unfinished task(s) were cancelled"
+                )
+
+
+TaskGroup = ParallelContext
