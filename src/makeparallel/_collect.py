@@ -2,8 +2,12 @@
 
 All three follow the tasks as they end, through one :class:`Completions` queue fed
 by done-callbacks, so a failure is seen the moment it happens, not when the
-collector reaches it in list order. While it has nothing to do and no deadline,
-the collecting thread runs queued tasks itself, like ``handle.get()``.
+collector reaches it in list order.
+
+A collector that is itself a task (nested parallelism) runs queued tasks inline
+while it has nothing else to do, as ``handle.get()`` does, so that tasks waiting
+for their children can never deadlock the pool. Any other collector only waits:
+busy running a task, it could not report another task's failure at once.
 
 Ctrl-C (or any exception) while collecting cancels the tasks not yet ended and
 re-raises; the pool stays usable.
@@ -21,6 +25,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from ._handle import AsyncHandle
 from ._progress import ProgressOption, open_progress
 from ._states import SUCCEEDED
+from ._task_context import current_task
 from ._validation import check_wait_timeout
 from .errors import TaskTimeoutError
 
@@ -59,7 +64,7 @@ def _as_handles(handles: Iterable[AsyncHandle[T]]) -> list[AsyncHandle[T]]:
 
 
 class Completions:
-    """Handles in the order they end; the consumer may run queued ones meanwhile.
+    """Handles in the order they end; a consumer inside a task runs queued ones meanwhile.
 
     Args:
         timeout: seconds from now after which :meth:`next` raises ``TaskTimeoutError``.
@@ -90,9 +95,9 @@ class Completions:
     def next(self) -> AsyncHandle[Any]:
         """The next handle to end (already-ended ones first, in no set order)."""
         ended = self._ended
-        while ended.empty() and self._deadline is None:
-            if not self._run_one_queued():
-                break
+        if self._deadline is None and current_task() is not None:
+            while ended.empty() and self._run_one_queued():
+                pass
         try:
             if self._deadline is None:
                 handle = ended.get()
@@ -145,8 +150,8 @@ def gather(
     check_on_error(on_error)
     check_wait_timeout(timeout)
     bar = open_progress(progress, len(items), "gather")
-    completions = Completions.of(items, timeout)
     try:
+        completions = Completions.of(items, timeout)
         while completions.outstanding:
             handle = completions.next()
             if bar is not None:

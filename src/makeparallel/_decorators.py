@@ -19,6 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _runtime
 from ._admission import Limiter
+from ._backends._base import Backend
 from ._handle import AsyncHandle
 from ._metrics import FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
@@ -152,17 +153,23 @@ class ParallelFunction(Generic[P, T]):
         handle = AsyncHandle(
             self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout
         )
-        if spec.limiter is None and _runtime.global_limiter.limit is None:
-            backend.submit(handle)
-            return handle
-        handle._permits = permits = self._admit()
+        if spec.limiter is not None or _runtime.global_limiter.limit is not None:
+            handle._permits = self._admit()
         try:
             backend.submit(handle)
         except BaseException:
-            for limiter in permits:
-                limiter.release()
+            self._withdraw(handle, backend)
             raise
         return handle
+
+    @staticmethod
+    def _withdraw(handle: AsyncHandle[Any], backend: Backend) -> None:
+        """Undo a submission that raised (shut down, or Ctrl-C landed inside it)."""
+        if backend._holds(handle):
+            handle.cancel()  # accepted: its end frees the slots, like any other
+            return
+        for limiter in handle._permits:
+            limiter.release()
 
     def options(self, **options: Any) -> ParallelFunction[P, T]:
         """A copy of this function with some options changed.
@@ -274,6 +281,11 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             raise TypeError(
                 f"@parallel needs a callable (a function or method), got "
                 f"{function!r} of type {type(function).__name__}"
+            )
+        if isinstance(function, (ParallelFunction, _BoundParallelFunction)):
+            raise TypeError(
+                f"{_describe(function.__wrapped__)} is already parallel; use "
+                ".options(...) to change its options"
             )
         if inspect.iscoroutinefunction(function):
             raise TypeError(

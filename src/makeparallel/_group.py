@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from ._admission import Limiter
 from ._decorators import as_parallel
 from ._handle import AsyncHandle
+from ._runtime import check_backend_name
 from ._states import CANCELLED, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from .errors import TaskCancelledError, TaskTimeoutError
@@ -56,6 +57,8 @@ class ParallelContext:
         backend: str | None = None,
     ) -> None:
         check_wait_timeout(timeout)
+        if backend is not None:
+            check_backend_name(backend)
         if max_concurrent is not None:
             check_count(max_concurrent, "max_concurrent")
         self._timeout = timeout
@@ -66,6 +69,7 @@ class ParallelContext:
         self._functions: dict[int, Callable[..., AsyncHandle[Any]]] = {}
         self._lock = threading.Lock()
         self._failed = False
+        self._cancelling = False  # set once the group cancels its own tasks
         self._deadline: float | None = None
         self.errors: list[BaseException] = []
         """Every failure of the group's tasks (and of the body), in the order seen."""
@@ -148,8 +152,8 @@ class ParallelContext:
         if self._limiter is not None:
             self._limiter.release()
         state = handle._state
-        if state == SUCCEEDED or (state == CANCELLED and self._failed):
-            return  # a success, or a sibling this group cancelled itself
+        if state == SUCCEEDED or (state == CANCELLED and self._cancelling):
+            return  # a success, or a task this group cancelled itself
         self._fail(handle._error_for_caller())
 
     def _fail(self, error: BaseException) -> None:
@@ -161,6 +165,7 @@ class ParallelContext:
             self._cancel_unfinished()
 
     def _cancel_unfinished(self) -> None:
+        self._cancelling = True
         for handle in self.handles:
             handle.cancel()
 

@@ -81,7 +81,9 @@ class AsyncHandle(Generic[T]):
     Callbacks:
         ``on_complete``, ``on_error``, ``on_progress`` and ``add_done_callback`` run
         once, on the thread that completes the task (or reports the progress),
-        before anyone blocked in ``get()`` is woken. Registered after the event,
+        before anyone blocked in ``get()`` is woken; for a timeout, on a thread of
+        their own, so that a slow callback delays no other task's timeout.
+        Registered after the event,
         they run at once on the registering thread. A callback that raises is
         logged on the ``makeparallel`` logger and harms nothing else.
 
@@ -170,6 +172,8 @@ class AsyncHandle(Generic[T]):
             TaskCancelledError: the task was cancelled.
             Exception: whatever the task raised, as itself.
         """
+        if timeout is not None:
+            check_wait_timeout(timeout)
         if self._state < SUCCEEDED:
             self._wait_for_end(timeout)
         if self._state == SUCCEEDED:
@@ -192,6 +196,8 @@ class AsyncHandle(Generic[T]):
         As in ``concurrent.futures``, a cancelled task raises ``TaskCancelledError``
         here instead of returning it.
         """
+        if timeout is not None:
+            check_wait_timeout(timeout)
         if self._state < SUCCEEDED:
             self._wait_for_end(timeout)
         if self._state == SUCCEEDED:
@@ -322,7 +328,7 @@ class AsyncHandle(Generic[T]):
         return self
 
     def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T]:
-        """Call ``callback(fraction)`` at each progress report; at once if one came already."""
+        """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already."""
         self._register(_ON_PROGRESS, callback)
         return self
 
@@ -346,7 +352,13 @@ class AsyncHandle(Generic[T]):
                 if not ended.done():
                     ended.set_result(None)
 
-            self.add_done_callback(lambda _: loop.call_soon_threadsafe(wake, None))
+            def wake_soon(_: object) -> None:
+                try:
+                    loop.call_soon_threadsafe(wake, None)
+                except RuntimeError:  # the await was abandoned and its loop closed
+                    pass
+
+            self.add_done_callback(wake_soon)
             await ended
         return self.get()
 
@@ -413,7 +425,14 @@ class AsyncHandle(Generic[T]):
             )
             announce = self._settle_locked(TIMED_OUT, error)
         if announce is not None:
-            self._announce(*announce)
+            if announce[0]:
+                # This is the one deadline thread: a slow callback must not hold
+                # back every other timeout, so callbacks (then waiters) get a thread.
+                threading.Thread(
+                    target=self._announce, args=announce, name="makeparallel-timeout-callbacks", daemon=True
+                ).start()
+            else:
+                self._announce(*announce)
         backend._abandoned(self)
 
     def _settle_locked(self, state: int, value: Any) -> _Announcement | None:
@@ -448,7 +467,6 @@ class AsyncHandle(Generic[T]):
     # -- engine side: waiting ------------------------------------------------------
 
     def _wait_for_end(self, timeout: float | None) -> None:
-        check_wait_timeout(timeout)
         if timeout is None and self._run_here_if_queued():
             return
         if not self._block(timeout):
@@ -524,7 +542,7 @@ class AsyncHandle(Generic[T]):
                 callback(self)
             elif kind == _ON_PROGRESS:
                 if self._progress is not None:
-                    callback(self.get_progress())  # 1.0 once succeeded, as get_progress() says
+                    callback(self._progress)  # the last report: the event being replayed
             elif kind == _ON_COMPLETE:
                 if state == SUCCEEDED:
                     callback(self._value)

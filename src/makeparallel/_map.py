@@ -37,7 +37,7 @@ from ._collect import Completions, OnError, check_on_error
 from ._decorators import ParallelFunction, _BoundParallelFunction, _describe
 from ._handle import AsyncHandle, _add_note
 from ._progress import Progress, ProgressOption, check_progress, open_progress
-from ._runtime import get_backend
+from ._runtime import check_backend_name, get_backend
 from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
@@ -185,6 +185,8 @@ def _start(
         check_count(max_in_flight, "max_in_flight")
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
+    if backend is not None:
+        check_backend_name(backend)
     items = iter(iterable)  # TypeError for a non-iterable, at the call
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     chunk_task = ParallelFunction(_run_chunk, {"name": f"{name} [map]", "backend": backend or own_backend})
@@ -259,7 +261,8 @@ class _Mapper:
         # Enough chunks in flight to keep every worker (and the consumer) busy.
         self._max_chunks = 2 * workers + 2
         self._max_items = max_in_flight if max_in_flight is not None else _MAX_CHUNK * self._max_chunks
-        self._sizer = _ChunkSizer(chunksize, total, workers, self._max_items)
+        # Several chunks must fit in max_in_flight, or there is nothing to overlap.
+        self._sizer = _ChunkSizer(chunksize, total, workers, max(1, self._max_items // self._max_chunks))
         self._progress_option = progress
         self._name = name
         self._progress: Progress | None = None
@@ -280,14 +283,16 @@ class _Mapper:
                 handle, size = entry
                 chunk = handle.get()
                 self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
-                self._items_in_flight -= size
                 self._sizer.observe(size, handle._finished_at - handle._started_at)  # type: ignore[operator]
-                self._fill()
                 if self._progress is not None:
                     self._progress.advance(size)
                 if self._keep_going:
                     chunk = self._resolve_failures(chunk)
                 yield chunk
+                # Read more only once the consumer took this chunk: what is read
+                # and not yet handed out never exceeds max_in_flight.
+                self._items_in_flight -= size
+                self._fill()
             finished = True
         finally:
             if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped

@@ -77,6 +77,10 @@ class Backend:
 
     # -- hooks the handle calls -----------------------------------------------------
 
+    def _holds(self, handle: AsyncHandle[Any]) -> bool:
+        """Whether ``handle`` was accepted and has not started (or, inline, not ended)."""
+        return False
+
     def _steal(self, handle: AsyncHandle[Any]) -> bool:
         """Claim a queued task for the caller to run inline; False if not possible."""
         return False

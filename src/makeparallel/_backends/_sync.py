@@ -29,3 +29,6 @@ class SyncBackend(Backend):
             handle._observer.task_submitted(handle)
             handle._state = RUNNING
         handle._run()
+
+    def _holds(self, handle: AsyncHandle[Any]) -> bool:
+        return handle._state == RUNNING

@@ -52,6 +52,15 @@ _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
 
 
+def _reset_after_fork() -> None:
+    global _stack_size_lock
+    _stack_size_lock = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def default_thread_count() -> int:
     """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
@@ -175,6 +184,10 @@ class ThreadBackend(Backend):
 
     # -- hooks the handle calls -----------------------------------------------------
 
+    def _holds(self, handle: AsyncHandle[Any]) -> bool:
+        with self._lock:
+            return handle._state == PENDING and handle in self._queues.get(handle._priority, ())
+
     def _steal(self, handle: AsyncHandle[Any]) -> bool:
         with self._lock:
             if handle._state != PENDING:
@@ -231,11 +244,14 @@ class ThreadBackend(Backend):
                         thread.start()
                     finally:
                         threading.stack_size(previous)
-            except RuntimeError:
-                # "can't create new thread at interpreter shutdown": the tasks are
-                # abandoned at exit anyway; keep the count honest.
+            except BaseException as error:
+                # The worker was counted but never started: keep the count honest.
                 with self._lock:
                     self._workers -= 1
+                if not isinstance(error, RuntimeError):
+                    raise  # Ctrl-C landed here
+                # "can't create new thread at interpreter shutdown": the tasks are
+                # abandoned at exit anyway.
 
     def _add_priority_locked(self, priority: int) -> deque[AsyncHandle[Any]]:
         queue: deque[AsyncHandle[Any]] = deque()
@@ -277,7 +293,10 @@ class ThreadBackend(Backend):
                     elif handle._on_worker == _ABANDONED:
                         self._stuck -= 1
                         self._set_capacity_locked()
-                finished, handle = handle, self._next_locked()
+                finished = handle
+                # A surplus worker (the pool shrank, or a stuck task came back)
+                # retires rather than take more work.
+                handle = None if self._workers > self._capacity else self._next_locked()
                 if handle is not None:
                     self._busy += 1
                 elif self._closed or self._workers > self._capacity:
