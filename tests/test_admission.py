@@ -1,0 +1,334 @@
+"""Admission control: ``set_max_concurrent_tasks`` and ``max_concurrent=``.
+
+A submission over a limit blocks its thread until a task ends; it is never
+dropped; submissions from inside a task are admitted at once so that nested
+parallelism cannot deadlock. "Blocked" is shown by an event that a submitting
+thread sets once its call returns: not set while the limit holds, set as soon as
+a slot frees. The negative half (``not event.wait(0.2)``) can only pass wrongly,
+never fail wrongly; the positive half proves the submitter was waiting for us.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+BLOCKED_FOR = 0.2  # how long a blocked submitter is watched for not returning
+
+
+class Submitter:
+    """Submits from another thread and says when the submission call returned."""
+
+    def __init__(self, submit: Callable[[], Any]) -> None:
+        self.submitted = threading.Event()
+        self.handle: Any = None
+        self.error: BaseException | None = None
+        self._submit = submit
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.handle = self._submit()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.submitted.set()
+
+    def join(self) -> None:
+        self._thread.join(5)
+        assert not self._thread.is_alive()
+
+
+class HighWater:
+    """A lock-protected count of tasks running at once, and its maximum."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+@pytest.fixture(autouse=True)
+def big_enough_pool() -> None:
+    # Limits, not threads, must be what holds tasks back here.
+    mp.configure_thread_pool(num_threads=8)
+
+
+@pytest.mark.timeout(20)
+def test_global_limit_blocks_the_next_submission_until_a_task_ends() -> None:
+    mp.set_max_concurrent_tasks(2)
+    gates = [threading.Event() for _ in range(3)]
+    running = threading.Barrier(3)
+    try:
+
+        @mp.parallel
+        def task(i: int) -> int:
+            if i < 2:
+                running.wait(5)
+            assert gates[i].wait(30)
+            return i
+
+        first = [task(0), task(1)]
+        running.wait(5)
+        third = Submitter(lambda: task(2))
+        assert not third.submitted.wait(BLOCKED_FOR), "a third task was admitted over a limit of 2"
+        gates[0].set()
+        assert third.submitted.wait(5), "ending a task did not admit the waiting submission"
+        third.join()
+        assert third.error is None
+    finally:
+        for gate in gates:
+            gate.set()
+    assert [h.get(timeout=5) for h in [*first, third.handle]] == [0, 1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_limited_submissions_are_never_dropped_and_never_exceed_the_limit() -> None:
+    mp.set_max_concurrent_tasks(2)
+    running = HighWater()
+
+    @mp.parallel
+    def square(x: int) -> int:
+        with running:
+            threading.Event().wait(0.001)  # some overlap, were the limit broken
+            return x * x
+
+    handles = [square(i) for i in range(40)]
+    assert [h.get(timeout=5) for h in handles] == [i * i for i in range(40)]
+    assert running.most <= 2
+
+
+@pytest.mark.timeout(20)
+def test_max_concurrent_limits_one_function_only(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(max_concurrent=1)
+    def limited(i: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return i
+
+    @mp.parallel
+    def free(i: int) -> int:
+        return i
+
+    first = limited(1)
+    assert started.wait(5)
+    second = Submitter(lambda: limited(2))
+    assert not second.submitted.wait(BLOCKED_FOR), "max_concurrent=1 admitted a second task"
+    # Other functions are not held back by that limit, on a worker or not.
+    assert [h.get(timeout=5) for h in [free(i) for i in range(5)]] == list(range(5))
+    assert not second.submitted.is_set()
+    gate.set()
+    assert second.submitted.wait(5)
+    second.join()
+    assert second.error is None
+    assert (first.get(timeout=5), second.handle.get(timeout=5)) == (1, 2)
+
+
+@pytest.mark.timeout(20)
+def test_max_concurrent_high_water_mark() -> None:
+    running = HighWater()
+
+    @mp.parallel(max_concurrent=3)
+    def work(i: int) -> int:
+        with running:
+            threading.Event().wait(0.001)
+            return i
+
+    assert [h.get(timeout=5) for h in [work(i) for i in range(30)]] == list(range(30))
+    assert running.most <= 3
+
+
+@pytest.mark.timeout(20)
+def test_options_without_max_concurrent_share_the_limit(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(max_concurrent=1)
+    def limited(i: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return i
+
+    first = limited(1)
+    assert started.wait(5)
+    renamed = limited.options(priority=3, name="limited-renamed")
+    other = Submitter(lambda: renamed(2))
+    assert not other.submitted.wait(BLOCKED_FOR), ".options() escaped the function's limit"
+    gate.set()
+    assert other.submitted.wait(5)
+    other.join()
+    assert other.error is None
+    assert (first.get(timeout=5), other.handle.get(timeout=5)) == (1, 2)
+
+
+@pytest.mark.timeout(20)
+def test_options_with_its_own_max_concurrent_is_not_held_back(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(max_concurrent=1)
+    def limited(i: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return i
+
+    first = limited(1)
+    assert started.wait(5)
+    own = limited.options(max_concurrent=1)
+    copy = Submitter(lambda: own(2))
+    # The copy has its own slot, so it is admitted although the original's is taken;
+    # it then waits on the gate like the first.
+    assert copy.submitted.wait(5), "a copy with its own max_concurrent shared the original's slot"
+    copy.join()
+    gate.set()
+    assert (first.get(timeout=5), copy.handle.get(timeout=5)) == (1, 2)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", ["global", "function"])
+def test_nested_submissions_are_admitted_over_the_limit(where: str) -> None:
+    if where == "global":
+        mp.set_max_concurrent_tasks(1)
+        options: dict[str, Any] = {}
+    else:
+        options = {"max_concurrent": 1}
+
+    @mp.parallel(**options)
+    def tree(depth: int) -> int:
+        if depth == 0:
+            return 1
+        children = [tree(depth - 1) for _ in range(3)]
+        return sum(h.get() for h in children)
+
+    assert tree(2).get(timeout=10) == 9
+    # Every slot came back: a fresh submission from outside any task is admitted.
+    later = Submitter(lambda: tree(0))
+    assert later.submitted.wait(5), "slots taken by nested tasks were never given back"
+    later.join()
+    assert later.handle.get(timeout=5) == 1
+
+
+@pytest.mark.timeout(20)
+def test_lifting_the_limit_releases_a_blocked_submitter(gate: threading.Event) -> None:
+    mp.set_max_concurrent_tasks(1)
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "held"
+
+    @mp.parallel
+    def quick() -> str:
+        return "quick"
+
+    first = held()
+    assert started.wait(5)
+    second = Submitter(quick)
+    assert not second.submitted.wait(BLOCKED_FOR)
+    mp.set_max_concurrent_tasks(None)
+    assert second.submitted.wait(5), "lifting the limit left the submitter waiting"
+    second.join()
+    assert second.error is None
+    assert second.handle.get(timeout=5) == "quick"
+    assert not first.is_ready()
+    gate.set()
+    assert first.get(timeout=5) == "held"
+
+
+@pytest.mark.timeout(20)
+def test_raising_the_limit_releases_a_blocked_submitter(gate: threading.Event) -> None:
+    mp.set_max_concurrent_tasks(1)
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "held"
+
+    first = held()
+    assert started.wait(5)
+    second = Submitter(held)
+    assert not second.submitted.wait(BLOCKED_FOR)
+    mp.set_max_concurrent_tasks(2)
+    assert second.submitted.wait(5)
+    second.join()
+    gate.set()
+    assert (first.get(timeout=5), second.handle.get(timeout=5)) == ("held", "held")
+
+
+@pytest.mark.parametrize(
+    ("limit", "error", "message"),
+    [
+        (0, ValueError, "limit must be an int >= 1, got 0"),
+        (-1, ValueError, "limit must be an int >= 1, got -1"),
+        ("2", TypeError, "limit must be an int >= 1, got '2'"),
+        (2.0, TypeError, "limit must be an int >= 1, got 2.0"),
+    ],
+)
+def test_bad_global_limits_are_rejected(limit: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=f"^{message}$"):
+        mp.set_max_concurrent_tasks(limit)
+
+
+@pytest.mark.parametrize(("limit", "error"), [(0, ValueError), (-1, ValueError), ("2", TypeError)])
+def test_bad_max_concurrent_is_rejected(limit: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_concurrent must be an int >= 1"):
+        mp.parallel(max_concurrent=limit)
+    with pytest.raises(error, match="max_concurrent must be an int >= 1"):
+        mp.parallel(lambda: None).options(max_concurrent=limit)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", ["global", "function"])
+def test_shutdown_while_a_submitter_waits_raises_shutdown_error(
+    where: str, gate: threading.Event
+) -> None:
+    if where == "global":
+        mp.set_max_concurrent_tasks(1)
+        options: dict[str, Any] = {}
+    else:
+        options = {"max_concurrent": 1}
+    started = threading.Event()
+    ran: list[str] = []
+
+    @mp.parallel(**options)
+    def held(label: str) -> str:
+        ran.append(label)
+        started.set()
+        assert gate.wait(30)
+        return label
+
+    first = held("first")
+    assert started.wait(5)
+    waiting = Submitter(lambda: held("second"))
+    assert not waiting.submitted.wait(BLOCKED_FOR)
+    assert mp.shutdown(timeout_secs=0.1) is False  # the first task is still held
+    assert waiting.submitted.wait(5), "shutdown left a submitter waiting for a slot"
+    waiting.join()
+    assert isinstance(waiting.error, mp.ShutdownError)
+    assert "reset_shutdown()" in str(waiting.error)
+    assert waiting.handle is None
+    gate.set()
+    assert first.get(timeout=5) == "first"
+    assert ran == ["first"]
+    # The rejected submission gave its slot back: after a reset the limit admits again.
+    mp.reset_shutdown()
+    assert held("third").get(timeout=5) == "third"

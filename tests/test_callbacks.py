@@ -1,0 +1,594 @@
+"""Callbacks: on_complete, on_error, on_progress and add_done_callback.
+
+Each fires once, with the right argument, on the thread that completes the task
+when registered before the end, and at once on the registering thread when
+registered after it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel import _handle
+
+BACKENDS = ["thread", "sync"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Recorder:
+    """A callback that records its arguments and the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], int, str]] = []
+        self._condition = threading.Condition()
+
+    def __call__(self, *args: Any) -> None:
+        with self._condition:
+            thread = threading.current_thread()
+            self.calls.append((args, thread.ident or 0, thread.name))
+            self._condition.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 5) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: len(self.calls) >= count, timeout)
+
+    @property
+    def args(self) -> list[tuple[Any, ...]]:
+        return [args for args, _, _ in self.calls]
+
+    @property
+    def threads(self) -> list[int]:
+        return [ident for _, ident, _ in self.calls]
+
+    @property
+    def thread_names(self) -> list[str]:
+        return [name for _, _, name in self.calls]
+
+
+class GatedTask:
+    """A thread-backend task that records its thread, signals it started, waits for the gate."""
+
+    def __init__(self, gate: threading.Event, *, fail: BaseException | None = None) -> None:
+        self.gate = gate
+        self.started = threading.Event()
+        self.thread: int | None = None
+        self.fail = fail
+
+        @mp.parallel(backend="thread", name="callbacks-gated")
+        def body(value: Any = "done") -> Any:
+            self.thread = threading.get_ident()
+            self.started.set()
+            assert gate.wait(5), "the test never opened the gate"
+            if self.fail is not None:
+                raise self.fail
+            return value
+
+        self.function = body
+
+    def start(self, value: Any = "done") -> mp.AsyncHandle[Any]:
+        handle = self.function(value)
+        assert self.started.wait(5)
+        return handle
+
+
+def poll_until_stopped(gate: threading.Event) -> None:
+    """A task body that runs until the gate opens or the library stops it."""
+    while not gate.wait(0.01):
+        mp.check_cancelled()
+
+
+def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
+    """Keep every worker busy on ``gate`` so that the next task stays queued."""
+    mp.configure_thread_pool(1)
+    info = mp.get_thread_pool_info()
+    # Stuck threads (still running a timed-out task) are replaced, so the pool
+    # may grow back to this many; it never exceeds it, nor the threads live now.
+    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
+    live = max(info["live_threads"], capacity)
+
+    @mp.parallel(backend="thread", name="hold-the-pool")
+    def blocker() -> None:
+        assert gate.wait(5), "the test never opened the gate"
+
+    return [blocker() for _ in range(max(1, live))]
+
+
+def register_all(handle: mp.AsyncHandle[Any]) -> dict[str, Recorder]:
+    recorders = {kind: Recorder() for kind in ("complete", "error", "progress", "done")}
+    handle.on_complete(recorders["complete"])
+    handle.on_error(recorders["error"])
+    handle.on_progress(recorders["progress"])
+    handle.add_done_callback(recorders["done"])
+    return recorders
+
+
+# -- registered before the end ---------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_success_callbacks_run_once_on_the_completing_thread(gate: threading.Event) -> None:
+    task = GatedTask(gate)
+    handle = task.start(41)
+    recorders = register_all(handle)
+    gate.set()
+    assert handle.get(5) == 41
+    assert recorders["complete"].wait_for(1) and recorders["done"].wait_for(1)
+    assert recorders["complete"].args == [(41,)]
+    assert recorders["done"].args == [(handle,)]
+    assert recorders["complete"].threads == [task.thread]
+    assert recorders["done"].threads == [task.thread]
+    assert task.thread != threading.get_ident()
+    assert recorders["error"].calls == []
+    assert recorders["progress"].calls == []  # no progress was reported
+    # Asking again fires nothing again.
+    assert handle.get() == 41
+    handle.exception()
+    assert len(recorders["complete"].calls) == 1
+    assert len(recorders["done"].calls) == 1
+
+
+@pytest.mark.timeout(10)
+def test_error_callbacks_run_once_on_the_completing_thread(gate: threading.Event) -> None:
+    error = RuntimeError("task failed")
+    task = GatedTask(gate, fail=error)
+    handle = task.start()
+    recorders = register_all(handle)
+    gate.set()
+    with pytest.raises(RuntimeError):
+        handle.get(5)
+    assert recorders["error"].wait_for(1) and recorders["done"].wait_for(1)
+    assert recorders["error"].args == [(error,)]  # the very object the task raised
+    assert recorders["error"].threads == [task.thread]
+    assert recorders["done"].args == [(handle,)]
+    assert recorders["done"].threads == [task.thread]
+    assert recorders["complete"].calls == []
+    assert any("failed after" in note for note in getattr(error, "__notes__", []))
+    with pytest.raises(RuntimeError):
+        handle.get()
+    assert len(recorders["error"].calls) == 1
+
+
+@pytest.mark.timeout(10)
+def test_blocked_get_returns_after_every_callback_ran(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Know for sure that the getter blocks before the task ends: the handle
+    # allocates a waiter lock only for a caller that is about to block.
+    blocking = threading.Event()
+    allocate = _handle._allocate_lock
+
+    def allocate_and_signal() -> Any:
+        blocking.set()
+        return allocate()
+
+    monkeypatch.setattr(_handle, "_allocate_lock", allocate_and_signal)
+    ran: list[str] = []
+    slow_callback_done = threading.Event()
+
+    def slow_callback(_: object) -> None:
+        # Widen the window in which a getter woken too early would return.
+        assert not slow_callback_done.wait(0.05)
+        ran.append("slow")
+
+    task = GatedTask(gate)
+    handle = task.start("value")
+    handle.on_complete(lambda value: ran.append(f"complete {value}"))
+    handle.add_done_callback(slow_callback)
+    handle.add_done_callback(lambda h: ran.append(f"done {h.result()}"))
+
+    def open_gate_once_blocked() -> None:
+        if blocking.wait(5):
+            gate.set()
+
+    opener = threading.Thread(target=open_gate_once_blocked)
+    opener.start()
+    try:
+        assert handle.get() == "value"
+        seen_when_get_returned = list(ran)
+    finally:
+        gate.set()
+        opener.join(5)
+    assert blocking.is_set()
+    assert seen_when_get_returned == ["complete value", "slow", "done value"]
+
+
+@pytest.mark.timeout(10)
+def test_done_callback_may_read_the_result(gate: threading.Event) -> None:
+    task = GatedTask(gate)
+    handle = task.start(7)
+    results: list[Any] = []
+    finished = threading.Event()
+
+    def read(h: mp.AsyncHandle[Any]) -> None:
+        results.append((h.result(), h.exception(), h.done()))
+        finished.set()
+
+    handle.add_done_callback(read)
+    gate.set()
+    assert finished.wait(5)
+    assert results == [(7, None, True)]
+
+
+@pytest.mark.timeout(10)
+def test_timeout_fires_on_error_once(gate: threading.Event) -> None:
+    @mp.parallel(backend="thread", timeout=0.05, name="callbacks-timeout")
+    def slow() -> None:
+        poll_until_stopped(gate)
+
+    handle = slow()
+    recorders = register_all(handle)
+    assert recorders["error"].wait_for(1)
+    assert recorders["done"].wait_for(1)
+    (error,) = recorders["error"].args[0]
+    assert isinstance(error, mp.TaskTimeoutError)
+    # The deadline ended the task: its callbacks ran on a thread of the deadline
+    # machinery (so a slow one holds back no other timeout), not the task's thread.
+    assert recorders["error"].thread_names == ["makeparallel-timeout-callbacks"]
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(5)
+    assert recorders["complete"].calls == []
+    assert len(recorders["error"].calls) == 1
+
+
+@pytest.mark.timeout(20)
+def test_slow_timeout_callback_does_not_delay_other_timeouts(gate: threading.Event) -> None:
+    # The callbacks of a timed-out task run on the thread that ended it; that must
+    # not hold back the deadlines of every other task in the process.
+    in_callback = threading.Event()
+    release = threading.Event()
+    task_gate = threading.Event()
+    callback_threads: list[str] = []
+
+    @mp.parallel(backend="thread", timeout=0.05, name="callbacks-slow-timeout")
+    def slow() -> None:
+        poll_until_stopped(task_gate)
+
+    def slow_callback(_: BaseException) -> None:
+        callback_threads.append(threading.current_thread().name)
+        in_callback.set()
+        release.wait(10)
+
+    blockers = hold_the_pool(gate)
+    first = slow()  # queued: its callback is surely registered before it starts
+    first.on_error(slow_callback)
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    try:
+        assert in_callback.wait(5)
+        second = slow()
+        with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.05 s"):
+            second.get(2)  # its own 0.05 s timeout, not this wait, must end it
+    finally:
+        release.set()
+        task_gate.set()
+    assert len(callback_threads) == 1
+    with pytest.raises(mp.TaskTimeoutError):
+        first.get(5)
+
+
+@pytest.mark.timeout(10)
+def test_cancelling_a_running_task_fires_on_error_on_the_cancelling_thread(
+    gate: threading.Event,
+) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def long_running() -> str:
+        started.set()
+        try:
+            poll_until_stopped(gate)
+        finally:
+            stopped.set()
+        return "late result"
+
+    handle = long_running()
+    assert started.wait(5)
+    recorders = register_all(handle)
+    assert handle.cancel() is True
+    # Callbacks of an event run before the call that caused it returns.
+    assert len(recorders["error"].calls) == 1
+    (error,) = recorders["error"].args[0]
+    assert isinstance(error, mp.TaskCancelledError)
+    assert recorders["error"].threads == [threading.get_ident()]
+    assert recorders["done"].args == [(handle,)]
+    assert stopped.wait(5)  # the task saw the cancellation at check_cancelled()
+    assert recorders["complete"].calls == []
+    assert len(recorders["error"].calls) == 1
+
+
+@pytest.mark.timeout(10)
+def test_cancelling_a_queued_task_fires_on_error(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+
+    @mp.parallel(backend="thread")
+    def never_runs() -> None:
+        pass
+
+    handle = never_runs()
+    recorders = register_all(handle)
+    assert handle.cancel()
+    assert len(recorders["error"].calls) == 1
+    (error,) = recorders["error"].args[0]
+    assert isinstance(error, concurrent.futures.CancelledError)
+    assert recorders["done"].args == [(handle,)]
+    assert recorders["complete"].calls == []
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    assert len(recorders["error"].calls) == 1
+
+
+# -- registered after the end ----------------------------------------------------------
+
+
+def test_callbacks_registered_after_success_run_at_once_here(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> str:
+        return "result"
+
+    handle = work()
+    assert handle.get(5) == "result"
+    recorders = register_all(handle)
+    me = threading.get_ident()
+    assert recorders["complete"].calls == [(("result",), me, threading.current_thread().name)]
+    assert recorders["done"].args == [(handle,)]
+    assert recorders["done"].threads == [me]
+    assert recorders["error"].calls == []
+    assert recorders["progress"].calls == []
+
+
+def test_callbacks_registered_after_failure_run_at_once_here(backend: str) -> None:
+    raised: list[BaseException] = []
+
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        error = ValueError("bad input")
+        raised.append(error)
+        raise error
+
+    handle = fail()
+    handle.wait(5)
+    recorders = register_all(handle)
+    assert recorders["error"].args == [(raised[0],)]
+    assert recorders["error"].threads == [threading.get_ident()]
+    assert recorders["done"].args == [(handle,)]
+    assert recorders["complete"].calls == []
+
+
+def test_callbacks_registered_after_timeout_run_at_once_here(
+    backend: str, gate: threading.Event
+) -> None:
+    @mp.parallel(backend=backend, timeout=0.05)
+    def slow() -> None:
+        poll_until_stopped(gate)
+
+    handle = slow()
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(5)
+    recorders = register_all(handle)
+    assert len(recorders["error"].calls) == 1
+    assert isinstance(recorders["error"].args[0][0], mp.TaskTimeoutError)
+    assert recorders["error"].threads == [threading.get_ident()]
+    assert recorders["complete"].calls == []
+
+
+def test_progress_callback_registered_after_success_gets_the_last_report(
+    backend: str,
+) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        mp.report_progress(0.25)
+        mp.report_progress(0.75, "almost")
+
+    handle = work()
+    handle.get(5)
+    recorder = Recorder()
+    handle.on_progress(recorder)
+    # The last report is replayed (get_progress() says 1.0 once it succeeded).
+    assert recorder.args == [(0.75,)]
+    assert handle.get_progress() == 1.0
+    assert recorder.threads == [threading.get_ident()]
+
+
+def test_progress_callback_registered_after_failure_gets_the_last_report(
+    backend: str,
+) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        mp.report_progress(0.25)
+        mp.report_progress(0.75, "almost")
+        raise RuntimeError("stopped")
+
+    handle = work()
+    handle.wait(5)
+    recorder = Recorder()
+    handle.on_progress(recorder)
+    assert recorder.args == [(0.75,)]
+    assert recorder.threads == [threading.get_ident()]
+
+
+# -- progress callbacks while running --------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_progress_callbacks_run_on_the_reporting_thread(gate: threading.Event) -> None:
+    go = threading.Event()
+    reported = threading.Event()
+    task_thread: list[int] = []
+
+    @mp.parallel(backend="thread")
+    def work() -> None:
+        task_thread.append(threading.get_ident())
+        assert go.wait(5)
+        mp.report_progress(0.5, "half")
+        reported.set()
+        assert gate.wait(5)
+        mp.report_progress(1.0)
+
+    handle = work()
+    early = Recorder()
+    handle.on_progress(early)
+    go.set()
+    assert reported.wait(5)
+    assert early.args == [(0.5,)]
+    assert early.threads == task_thread
+    late = Recorder()
+    handle.on_progress(late)  # a report came already: called at once, here
+    assert late.args == [(0.5,)]
+    assert late.threads == [threading.get_ident()]
+    gate.set()
+    handle.get(5)
+    assert early.args == [(0.5,), (1.0,)]
+    assert late.args == [(0.5,), (1.0,)]
+    assert late.threads[1] == task_thread[0]
+
+
+# -- a callback that raises ------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_raising_callback_is_logged_and_harms_nothing(
+    gate: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+
+    def broken(_: object) -> None:
+        raise ZeroDivisionError("callback bug")
+
+    task = GatedTask(gate)
+    handle = task.start("kept")
+    handle.on_complete(broken)
+    handle.add_done_callback(broken)
+    after = Recorder()
+    handle.on_complete(after)
+    done_after = Recorder()
+    handle.add_done_callback(done_after)
+    gate.set()
+    assert handle.get(5) == "kept"
+    assert after.wait_for(1) and done_after.wait_for(1)
+    assert after.args == [("kept",)]
+    assert handle.status == "succeeded"
+    records = [r for r in caplog.records if r.name == "makeparallel"]
+    assert len(records) == 2
+    for record in records:
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], ZeroDivisionError)
+        assert str(handle.get_task_id()) in record.getMessage()
+
+
+def test_raising_callback_registered_after_the_end_is_logged(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        raise KeyError("task error")
+
+    def broken(_: object) -> None:
+        raise RuntimeError("callback bug")
+
+    handle = fail()
+    handle.wait(5)
+    handle.on_error(broken)  # does not raise here
+    still = Recorder()
+    handle.on_error(still)
+    assert len(still.calls) == 1
+    with pytest.raises(KeyError, match="task error"):
+        handle.get()
+    records = [r for r in caplog.records if r.name == "makeparallel"]
+    assert len(records) == 1
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], RuntimeError)
+
+
+def test_raising_progress_callback_does_not_fail_the_task(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+
+    def broken(_: float) -> None:
+        raise RuntimeError("progress callback bug")
+
+    @mp.parallel(backend=backend)
+    def work() -> str:
+        mp.report_progress(0.5)
+        return "finished"
+
+    handle = work()
+    handle.wait(5)
+    handle.on_progress(broken)
+    assert handle.get() == "finished"
+    assert len([r for r in caplog.records if r.name == "makeparallel"]) == 1
+
+
+# -- registration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["on_complete", "on_error", "on_progress", "add_done_callback"])
+def test_non_callable_callback_is_rejected(backend: str, method: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    handle.get(5)
+    with pytest.raises(TypeError, match="callable"):
+        getattr(handle, method)("not a function")
+    with pytest.raises(TypeError, match="callable"):
+        getattr(handle, method)(None)
+
+
+@pytest.mark.timeout(10)
+def test_non_callable_is_rejected_before_the_end(gate: threading.Event) -> None:
+    task = GatedTask(gate)
+    handle = task.start()
+    with pytest.raises(TypeError, match="callable"):
+        handle.on_complete(42)  # type: ignore[arg-type]
+    gate.set()
+    assert handle.get(5) == "done"
+
+
+def test_registration_methods_chain(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 5
+
+    handle = work()
+    seen: list[Any] = []
+    chained = (
+        handle.on_complete(seen.append)
+        .on_error(seen.append)
+        .on_progress(seen.append)
+    )
+    assert chained is handle
+    assert handle.add_done_callback(lambda h: None) is None  # as in concurrent.futures
+    handle.get(5)
+    assert seen == [5]
+
+
+@pytest.mark.timeout(10)
+def test_many_callbacks_each_fire_once(gate: threading.Event) -> None:
+    task = GatedTask(gate)
+    handle = task.start(3)
+    recorders = [Recorder() for _ in range(20)]
+    for recorder in recorders:
+        handle.on_complete(recorder)
+    gate.set()
+    handle.get(5)
+    for recorder in recorders:
+        assert recorder.wait_for(1)
+        assert recorder.args == [(3,)]

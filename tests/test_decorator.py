@@ -1,0 +1,525 @@
+"""``@parallel``: forms, metadata, methods, options, call-time options and validation."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import threading
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+BACKENDS = ["thread", "sync"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+def poll_until_stopped(gate: threading.Event) -> None:
+    """A task body that runs until the gate opens or the library stops it."""
+    while not gate.wait(0.01):
+        mp.check_cancelled()
+
+
+# -- forms -----------------------------------------------------------------------------
+
+
+def test_bare_decorator_returns_a_handle() -> None:
+    @mp.parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    handle = double(21)
+    assert isinstance(handle, mp.AsyncHandle)
+    assert handle.get(5) == 42
+    assert isinstance(double, mp.ParallelFunction)
+
+
+def test_decorator_with_empty_parentheses(backend: str) -> None:
+    @mp.parallel()
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double.options(backend=backend)(4).get(5) == 8
+
+
+def test_decorator_with_options(backend: str) -> None:
+    @mp.parallel(backend=backend, name="decorator-with-options", priority=3, timeout=30)
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    handle = add(1, y=2)
+    assert handle.get(5) == 3
+    assert handle.name == "decorator-with-options"
+
+
+def test_functional_form_with_options(backend: str) -> None:
+    def triple(x: int) -> int:
+        return 3 * x
+
+    parallel_triple = mp.parallel(backend=backend)(triple)
+    assert parallel_triple(3).get(5) == 9
+    assert mp.parallel(triple).options(backend=backend)(2).get(5) == 6
+
+
+def test_positional_and_keyword_arguments_reach_the_function(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def collect(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    assert collect(1, "two", three=3).get(5) == ((1, "two"), {"three": 3})
+
+
+def test_sync_backend_runs_on_the_calling_thread() -> None:
+    @mp.parallel(backend="sync")
+    def where() -> int:
+        return threading.get_ident()
+
+    handle = where()
+    assert handle.is_ready()  # it ran before the call returned
+    assert handle.get() == threading.get_ident()
+
+
+def test_thread_backend_runs_on_a_pool_thread(gate: threading.Event) -> None:
+    ran_on: list[str] = []
+    started = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def where() -> None:
+        ran_on.append(threading.current_thread().name)
+        started.set()
+        assert gate.wait(5)
+
+    handle = where()
+    assert started.wait(5)
+    gate.set()
+    handle.get(5)
+    assert ran_on[0].startswith("makeparallel-")
+
+
+# -- metadata --------------------------------------------------------------------------
+
+
+def test_functools_metadata_is_kept() -> None:
+    def original(x: int, *, scale: float = 1.0) -> float:
+        """Scale a number."""
+        return x * scale
+
+    wrapped = mp.parallel(original)
+    assert wrapped.__name__ == "original"
+    assert wrapped.__qualname__ == original.__qualname__
+    assert wrapped.__doc__ == "Scale a number."
+    assert wrapped.__module__ == __name__
+    assert wrapped.__wrapped__ is original
+    assert inspect.signature(wrapped) == inspect.signature(original)
+
+
+def test_wrapped_is_callable_directly() -> None:
+    @mp.parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double.__wrapped__(5) == 10  # a plain value, no handle
+
+
+def test_repr_names_the_function() -> None:
+    @mp.parallel(name="repr-check")
+    def work() -> None:
+        pass
+
+    assert "repr-check" in repr(work)
+
+
+def test_default_name_is_the_qualname(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        pass
+
+    assert work().name == work.__qualname__
+    assert work.__qualname__.endswith("<locals>.work")
+
+
+# -- methods ---------------------------------------------------------------------------
+
+
+class Counter:
+    """A class with every kind of parallel method."""
+
+    factor = 10
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    @mp.parallel
+    def add(self, x: int) -> int:
+        return self.start + x
+
+    @mp.parallel(backend="sync", name="Counter.add_sync")
+    def add_sync(self, x: int) -> int:
+        return self.start + x
+
+    @staticmethod
+    @mp.parallel
+    def static_below(x: int) -> int:
+        return x + 1
+
+    @mp.parallel
+    @staticmethod
+    def static_above(x: int) -> int:
+        return x + 2
+
+    @mp.parallel(backend="sync")
+    @staticmethod
+    def static_above_with_options(x: int) -> int:
+        return x + 3
+
+    @classmethod
+    @mp.parallel
+    def class_below(cls, x: int) -> int:
+        return cls.factor * x
+
+    @mp.parallel
+    @classmethod
+    def class_above(cls, x: int) -> int:
+        return cls.factor * x + 1
+
+    @mp.parallel(backend="sync")
+    @classmethod
+    def class_above_with_options(cls, x: int) -> int:
+        return cls.factor * x + 2
+
+
+class SubCounter(Counter):
+    factor = 100
+
+
+def test_instance_method() -> None:
+    counter = Counter(5)
+    assert counter.add(2).get(5) == 7
+    assert counter.add_sync(3).get(5) == 8
+    assert Counter.add(counter, 4).get(5) == 9  # through the class, self passed
+
+
+def test_instance_methods_bind_their_own_instance() -> None:
+    handles = [Counter(i).add(100) for i in range(20)]
+    assert [h.get(5) for h in handles] == [100 + i for i in range(20)]
+
+
+def test_bound_method_options_override_the_decorator() -> None:
+    counter = Counter(1)
+    handle = counter.add_sync.options(backend="thread", name="Counter.add_sync.renamed")(1)
+    assert handle.get(5) == 2
+    assert handle.name == "Counter.add_sync.renamed"
+
+
+def test_bound_method_options(backend: str) -> None:
+    counter = Counter(10)
+    bound = counter.add.options(backend=backend)
+    assert bound(5).get(5) == 15
+    assert "Counter" in repr(counter.add)
+
+
+@pytest.mark.parametrize("method", ["static_below", "static_above", "static_above_with_options"])
+def test_staticmethod_in_both_orders(method: str) -> None:
+    offset = {"static_below": 1, "static_above": 2, "static_above_with_options": 3}[method]
+    assert getattr(Counter, method)(1).get(5) == 1 + offset
+    assert getattr(Counter(0), method)(1).get(5) == 1 + offset
+
+
+@pytest.mark.parametrize("method", ["class_below", "class_above", "class_above_with_options"])
+def test_classmethod_in_both_orders(method: str) -> None:
+    offset = {"class_below": 0, "class_above": 1, "class_above_with_options": 2}[method]
+    assert getattr(Counter, method)(2).get(5) == 20 + offset
+    assert getattr(Counter(0), method)(2).get(5) == 20 + offset
+    assert getattr(SubCounter, method)(2).get(5) == 200 + offset
+
+
+def test_staticmethod_options(backend: str) -> None:
+    assert Counter.static_above.options(backend=backend)(1).get(5) == 3
+
+
+def test_staticmethod_with_options_runs_on_its_backend() -> None:
+    assert Counter.static_above_with_options(1).is_ready()  # sync: done on return
+
+
+# -- options() -------------------------------------------------------------------------
+
+
+def test_options_returns_a_copy_and_leaves_the_original(backend: str) -> None:
+    @mp.parallel(name="options-original")
+    def work() -> int:
+        return threading.get_ident()
+
+    renamed = work.options(name="options-renamed", backend=backend)
+    assert isinstance(renamed, mp.ParallelFunction)
+    assert renamed is not work
+    handle = renamed()
+    handle.get(5)
+    assert handle.name == "options-renamed"
+    original = work()
+    original.get(5)
+    assert original.name == "options-original"
+
+
+def test_options_timeout_applies(backend: str, gate: threading.Event) -> None:
+    @mp.parallel(backend=backend)
+    def slow() -> None:
+        poll_until_stopped(gate)
+
+    with pytest.raises(mp.TaskTimeoutError, match="timed out"):
+        slow.options(timeout=0.05)().get(5)
+
+
+def test_options_can_be_chained(backend: str) -> None:
+    @mp.parallel
+    def work() -> str:
+        return "done"
+
+    chained = work.options(name="options-chained").options(backend=backend)
+    handle = chained()
+    assert handle.get(5) == "done"
+    assert handle.name == "options-chained"
+
+
+# -- call-time options -----------------------------------------------------------------
+
+
+def test_call_time_timeout_is_taken_by_the_library(backend: str, gate: threading.Event) -> None:
+    received: list[dict[str, Any]] = []
+
+    @mp.parallel(backend=backend)
+    def slow(**kwargs: Any) -> None:
+        received.append(kwargs)
+        poll_until_stopped(gate)
+
+    handle = slow(timeout=0.05)
+    with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.05 s"):
+        handle.get(5)
+    assert received == [{}]  # the function never saw the option
+
+
+def test_call_time_priority_is_taken_by_the_library(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work(x: int, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    assert work(1, priority=7).get(5) == {}
+    assert work(1, other=1, priority=7).get(5) == {"other": 1}
+
+
+def test_call_time_options_are_validated_at_the_call(backend: str) -> None:
+    ran: list[int] = []
+
+    @mp.parallel(backend=backend)
+    def work(x: int) -> None:
+        ran.append(x)
+
+    with pytest.raises(ValueError, match="timeout"):
+        work(1, timeout=-1)
+    with pytest.raises(TypeError, match="timeout"):
+        work(2, timeout="soon")
+    with pytest.raises(TypeError, match="priority"):
+        work(3, priority="high")
+    with pytest.raises(TypeError, match="priority"):
+        work(4, priority=1.5)
+    assert ran == []  # none of the rejected calls submitted a task
+
+
+def test_timeout_parameter_goes_to_the_function(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def f(x: int, timeout: float) -> float:
+        return timeout
+
+    assert f(1, timeout=0.001).get(5) == 0.001
+    assert f(1, timeout=-1).get(5) == -1  # the function's own value: not validated
+    assert f(1, 2).get(5) == 2
+
+
+def test_priority_parameter_goes_to_the_function(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def f(*, priority: str) -> str:
+        return priority
+
+    assert f(priority="high").get(5) == "high"
+
+
+def test_one_option_taken_the_other_passed(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def f(priority: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        return priority, kwargs
+
+    assert f(priority="p", timeout=30).get(5) == ("p", {})
+
+
+def test_options_never_clash_with_parameters(backend: str, gate: threading.Event) -> None:
+    @mp.parallel(backend=backend)
+    def f(timeout: float) -> float:
+        poll_until_stopped(gate)
+        return timeout
+
+    handle = f.options(timeout=0.05)(timeout=99)
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(5)
+
+
+def test_method_call_time_options(backend: str) -> None:
+    class Service:
+        @mp.parallel(backend=backend)
+        def handle(self, request: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+            return request, kwargs
+
+    assert Service().handle("r", priority=2, timeout=30).get(5) == ("r", {})
+
+
+# -- validation at decoration ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("not_callable", [42, "f", object(), [1]])
+def test_non_callable_is_rejected(not_callable: object) -> None:
+    with pytest.raises(TypeError, match="callable"):
+        mp.parallel(not_callable)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="callable"):
+        mp.parallel(backend="sync")(not_callable)  # type: ignore[arg-type]
+
+
+def test_async_function_is_rejected() -> None:
+    async def fetch() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"async function.*fetch|fetch.*async function"):
+        mp.parallel(fetch)
+    with pytest.raises(TypeError, match="async"):
+        mp.parallel(timeout=1)(fetch)
+
+
+def test_async_staticmethod_is_rejected() -> None:
+    with pytest.raises(TypeError, match="async"):
+
+        class Holder:
+            @mp.parallel
+            @staticmethod
+            async def fetch() -> None:
+                pass
+
+
+def test_async_partial_is_rejected() -> None:
+    async def fetch(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="async"):
+        mp.parallel(functools.partial(fetch, 1))
+
+
+def test_unknown_option_lists_the_accepted_ones() -> None:
+    accepted = "backend, max_concurrent, name, priority, timeout"
+    with pytest.raises(TypeError, match=rf"'retries'.*{accepted}"):
+        mp.parallel(retries=3)
+
+    @mp.parallel
+    def work() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=rf"'bogus'.*{accepted}"):
+        work.options(bogus=1)
+
+
+def test_bad_backend_lists_the_accepted_values() -> None:
+    with pytest.raises(ValueError, match=r"backend.*'thread'.*'sync'.*'gpu'"):
+        mp.parallel(backend="gpu")
+
+    @mp.parallel
+    def work() -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"backend.*'thread'.*'sync'"):
+        work.options(backend="threads")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        (-1, ValueError),
+        (-0.001, ValueError),
+        (0, ValueError),
+        (0.0, ValueError),
+        (math.nan, ValueError),
+        (-math.inf, ValueError),
+        ("5", TypeError),
+        (True, TypeError),
+        ([1], TypeError),
+    ],
+)
+def test_bad_timeout_is_rejected(timeout: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout"):
+        mp.parallel(timeout=timeout)
+
+    @mp.parallel
+    def work() -> None:
+        pass
+
+    with pytest.raises(error, match="timeout"):
+        work.options(timeout=timeout)
+    with pytest.raises(error, match="timeout"):
+        work(timeout=timeout)
+
+
+def test_infinite_timeout_means_none(backend: str) -> None:
+    @mp.parallel(backend=backend, timeout=math.inf)
+    def work() -> int:
+        return 1
+
+    assert work().get(5) == 1
+
+
+@pytest.mark.parametrize("priority", [1.5, "1", True, False, None])
+def test_bad_priority_is_rejected(priority: object) -> None:
+    with pytest.raises(TypeError, match="priority"):
+        mp.parallel(priority=priority)
+
+    @mp.parallel
+    def work() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="priority"):
+        work.options(priority=priority)
+
+
+def test_negative_priority_is_accepted(backend: str) -> None:
+    @mp.parallel(backend=backend, priority=-5)
+    def work() -> str:
+        return "ok"
+
+    assert work().get(5) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("max_concurrent", "error"),
+    [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)],
+)
+def test_bad_max_concurrent_is_rejected(max_concurrent: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_concurrent"):
+        mp.parallel(max_concurrent=max_concurrent)
+
+
+@pytest.mark.parametrize("name", ["", 3, b"bytes"])
+def test_bad_name_is_rejected(name: object) -> None:
+    with pytest.raises(TypeError, match="name"):
+        mp.parallel(name=name)
+
+    @mp.parallel
+    def work() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="name"):
+        work.options(name=name)
+
+
+def test_validation_happens_before_the_function_is_given() -> None:
+    # The mistake shows on the line with the options, even if never applied.
+    with pytest.raises(ValueError, match="timeout"):
+        mp.parallel(timeout=-1)

@@ -1,0 +1,125 @@
+"""After ``os.fork()`` the child starts its runtime afresh and works.
+
+The child has none of the parent's threads: no workers, no deadline thread, and
+none of the parent's tasks. Each child reports through its exit code only (0: all
+checks passed) and leaves with ``os._exit`` so that no pytest machinery runs in it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import pytest
+
+import makeparallel as mp
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only"),
+    # Python 3.12+ warns that forking a multi-threaded process may deadlock:
+    # that is the very situation under test.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+
+def run_in_child(body: Callable[[], None], timeout: float = 20) -> int:
+    """Fork; run ``body`` in the child; return the child's exit code (0: passed)."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not finish within {timeout} s (deadlock?)")
+        threading.Event().wait(0.01)
+
+
+@mp.parallel
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_can_submit_and_get_results() -> None:
+    assert [h.get(timeout=5) for h in [square(i) for i in range(10)]] == [i * i for i in range(10)]
+    assert mp.get_thread_pool_info()["live_threads"] >= 1  # the parent's pool is running
+
+    def child() -> None:
+        info = mp.get_thread_pool_info()
+        assert info["live_threads"] == 0, info  # no inherited workers
+        handles = [square(i) for i in range(20)]
+        assert [h.get(timeout=5) for h in handles] == [i * i for i in range(20)]
+        assert mp.get_active_task_count() == 0
+
+    assert run_in_child(child) == 0
+    # The parent's pool is unharmed.
+    assert square(7).get(timeout=5) == 49
+
+
+@pytest.mark.timeout(30)
+def test_a_child_forked_while_tasks_run_starts_with_none(gate: threading.Event) -> None:
+    mp.configure_thread_pool(num_threads=4)
+    mp.set_max_concurrent_tasks(2)
+    started = threading.Barrier(3)
+
+    @mp.parallel
+    def held() -> str:
+        started.wait(5)
+        assert gate.wait(30)
+        return "held"
+
+    handles = [held(), held()]  # both global slots taken
+    started.wait(5)
+    assert mp.get_active_task_count() == 2
+
+    def child() -> None:
+        # The parent's running tasks are not the child's: no count, no slot taken.
+        assert mp.get_active_task_count() == 0
+        results = [h.get(timeout=5) for h in [square(i) for i in range(2)]]
+        assert results == [0, 1]
+
+    assert run_in_child(child) == 0
+    gate.set()
+    assert [h.get(timeout=5) for h in handles] == ["held", "held"]
+
+
+@pytest.mark.timeout(30)
+def test_timeouts_work_in_a_forked_child() -> None:
+    @mp.parallel(timeout=30)
+    def quick() -> int:
+        return 1
+
+    assert quick().get(timeout=5) == 1  # the parent's deadline thread is started
+
+    def child() -> None:
+        @mp.parallel(timeout=0.1)
+        def poll() -> None:
+            never = threading.Event()
+            for _ in range(1000):
+                never.wait(0.01)
+                mp.check_cancelled()
+
+        handle = poll()
+        try:
+            handle.get(timeout=5)
+        except mp.TaskTimeoutError as error:
+            assert "timed out after 0.1 s" in str(error), error
+        else:
+            raise AssertionError("the child's task did not time out")
+
+    assert run_in_child(child) == 0

@@ -1,0 +1,706 @@
+"""``AsyncHandle``: results, state, waiting, cancellation, awaiting and what it keeps alive."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import gc
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+BACKENDS = ["thread", "sync"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Boom(Exception):
+    """A user error with a custom signature."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+
+
+def gated_task(
+    gate: threading.Event, name: str | None = None
+) -> tuple[Callable[..., mp.AsyncHandle[Any]], threading.Event]:
+    """A thread-backend function that signals it started, then waits for the gate."""
+    started = threading.Event()
+
+    def body(value: Any = "done") -> Any:
+        started.set()
+        assert gate.wait(5), "the test never opened the gate"
+        return value
+
+    options: dict[str, Any] = {"backend": "thread"}
+    if name is not None:
+        options["name"] = name
+    return mp.parallel(body).options(**options), started
+
+
+def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
+    """Keep every worker thread busy on ``gate``, so that the next task stays queued.
+
+    The pool is shrunk to one thread. Threads above the new size retire only once
+    they find no work, so as many blockers are queued as there are live threads:
+    no thread can ever be free for a task queued after them.
+    """
+    mp.configure_thread_pool(1)
+    info = mp.get_thread_pool_info()
+    # Stuck threads (still running a timed-out task) are replaced, so the pool
+    # may grow back to this many; it never exceeds it, nor the threads live now.
+    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
+    live = max(info["live_threads"], capacity)
+
+    @mp.parallel(backend="thread", name="hold-the-pool")
+    def blocker() -> None:
+        assert gate.wait(5), "the test never opened the gate"
+
+    return [blocker() for _ in range(max(1, live))]
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+def test_get_and_result_return_the_value(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def double(x: int) -> int:
+        return 2 * x
+
+    handle = double(4)
+    assert handle.get() == 8
+    assert handle.result() == 8
+    assert handle.get(timeout=5) == 8
+    assert handle.result(timeout=0) == 8
+    assert handle.try_get() == 8
+
+
+def test_get_returns_none_results(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def nothing() -> None:
+        return None
+
+    handle = nothing()
+    assert handle.get(5) is None
+    assert handle.is_ready()
+
+
+def test_get_raises_the_task_error(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        raise Boom(7, "custom signature")
+
+    handle = fail()
+    with pytest.raises(Boom) as caught:
+        handle.get(5)
+    assert caught.value.code == 7
+    with pytest.raises(Boom):
+        handle.result()
+    with pytest.raises(Boom):
+        handle.try_get()
+
+
+def test_finished_handle_state(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    handle.get(5)
+    assert handle.is_ready() and handle.done()
+    assert not handle.running()
+    assert not handle.cancelled() and not handle.is_cancelled()
+    assert handle.status == "succeeded"
+
+
+def test_failed_handle_state(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        raise ValueError("no")
+
+    handle = fail()
+    assert handle.wait(5) is True  # wait never raises the task's error
+    assert handle.is_ready() and handle.done()
+    assert not handle.running() and not handle.cancelled()
+    assert handle.status == "failed"
+
+
+def test_running_handle_state(gate: threading.Event) -> None:
+    work, started = gated_task(gate)
+    handle = work(5)
+    assert started.wait(5)
+    assert handle.running()
+    assert not handle.is_ready() and not handle.done()
+    assert not handle.cancelled()
+    assert handle.status == "running"
+    assert handle.try_get() is None
+    gate.set()
+    assert handle.get(5) == 5
+    assert not handle.running()
+    assert handle.status == "succeeded"
+
+
+def test_queued_handle_state(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    work, _ = gated_task(gate)
+    queued = work(3)
+    assert queued.status == "pending"
+    assert not queued.running() and not queued.is_ready()
+    assert queued.try_get() is None
+    gate.set()
+    assert queued.get(5) == 3
+    for blocker in blockers:
+        blocker.get(5)
+
+
+# -- task ids, names, elapsed time -----------------------------------------------------
+
+
+def test_task_ids_are_unique_and_increasing(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work(x: int) -> int:
+        return x
+
+    handles = [work(i) for i in range(50)]
+    ids = [h.get_task_id() for h in handles]
+    assert all(isinstance(i, int) for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    for h in handles:
+        h.get(5)
+
+
+def test_task_ids_are_unique_across_threads() -> None:
+    @mp.parallel(backend="sync")
+    def work() -> None:
+        pass
+
+    barrier = threading.Barrier(4)
+    ids: list[list[int]] = [[] for _ in range(4)]
+
+    def submitter(slot: list[int]) -> None:
+        barrier.wait(5)
+        for _ in range(250):
+            slot.append(work().get_task_id())
+
+    threads = [threading.Thread(target=submitter, args=(slot,)) for slot in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    every = [i for slot in ids for i in slot]
+    assert len(every) == 1000
+    assert len(set(every)) == 1000
+    assert all(slot == sorted(slot) for slot in ids)
+
+
+def test_name_is_the_function_name(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        pass
+
+    handle = work()
+    assert handle.name == work.__qualname__
+    named = work.options(name="handle-name")()
+    assert named.name == "handle-name"
+    handle.get(5)
+    named.get(5)
+
+
+def test_elapsed_time_grows_while_running_and_stops_at_the_end(gate: threading.Event) -> None:
+    work, started = gated_task(gate)
+    handle = work()
+    assert started.wait(5)
+    first = handle.elapsed_time()
+    second = handle.elapsed_time()
+    assert 0 <= first <= second
+    gate.set()
+    handle.get(5)
+    final = handle.elapsed_time()
+    assert final >= second
+    assert handle.elapsed_time() == final  # frozen once the task ended
+
+
+def test_elapsed_time_of_finished_task_is_frozen(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        pass
+
+    handle = work()
+    handle.get(5)
+    final = handle.elapsed_time()
+    assert final >= 0
+    assert handle.elapsed_time() == final
+
+
+# -- bounded waits ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_get_timeout_gives_up_and_the_task_goes_on(gate: threading.Event) -> None:
+    work, started = gated_task(gate, name="get-timeout")
+    handle = work("finished")
+    assert started.wait(5)
+    with pytest.raises(mp.TaskTimeoutError, match=r"gave up waiting .* still running") as caught:
+        handle.get(timeout=0.05)
+    assert isinstance(caught.value, TimeoutError)
+    assert isinstance(caught.value, concurrent.futures.TimeoutError)
+    assert isinstance(caught.value, mp.TaskError)
+    assert "get-timeout" in str(caught.value)
+    assert not handle.is_ready()  # giving up did not end the task
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.01)
+    gate.set()
+    assert handle.get(5) == "finished"
+    assert handle.status == "succeeded"
+
+
+@pytest.mark.timeout(10)
+def test_get_timeout_zero_on_unfinished_task(gate: threading.Event) -> None:
+    work, started = gated_task(gate)
+    handle = work()
+    assert started.wait(5)
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(timeout=0)
+    gate.set()
+    assert handle.get(5) == "done"
+
+
+@pytest.mark.timeout(10)
+def test_wait_returns_false_then_true(gate: threading.Event) -> None:
+    work, started = gated_task(gate)
+    handle = work()
+    assert started.wait(5)
+    assert handle.wait(0.05) is False
+    assert handle.wait(0) is False
+    gate.set()
+    assert handle.wait(5) is True
+    assert handle.wait(0) is True
+    assert handle.get(0) == "done"
+
+
+def test_wait_without_timeout(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 3
+
+    handle = work()
+    assert handle.wait() is True
+    assert handle.get(0) == 3
+
+
+@pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)])
+def test_bad_wait_timeouts_are_rejected(
+    gate: threading.Event, timeout: object, error: type[Exception]
+) -> None:
+    work, started = gated_task(gate)
+    handle = work()
+    assert started.wait(5)
+    with pytest.raises(error, match="timeout"):
+        handle.wait(timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        handle.get(timeout)  # type: ignore[arg-type]
+    gate.set()
+    handle.get(5)
+
+
+@pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), ("1", TypeError)])
+def test_bad_get_timeout_is_rejected_even_when_finished(
+    backend: str, timeout: object, error: type[Exception]
+) -> None:
+    # A mistake must show whether or not the task happened to be done already.
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    assert handle.wait(5)
+    with pytest.raises(error, match="timeout"):
+        handle.wait(timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        handle.get(timeout)  # type: ignore[arg-type]
+    with pytest.raises(error, match="timeout"):
+        handle.exception(timeout)  # type: ignore[arg-type]
+
+
+# -- exception() -----------------------------------------------------------------------
+
+
+def test_exception_is_none_after_success(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    assert work().exception(5) is None
+
+
+def test_exception_returns_the_task_error(backend: str) -> None:
+    raised: list[BaseException] = []
+
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        error = KeyError("missing")
+        raised.append(error)
+        raise error
+
+    handle = fail()
+    error = handle.exception(5)
+    assert error is raised[0]
+    assert handle.exception() is error
+
+
+def test_exception_waits_for_the_end(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def fail() -> None:
+        started.set()
+        assert gate.wait(5)
+        raise OSError("late")
+
+    handle = fail()
+    assert started.wait(5)
+    with pytest.raises(mp.TaskTimeoutError, match="gave up waiting"):
+        handle.exception(0.05)
+    gate.set()
+    assert isinstance(handle.exception(5), OSError)
+
+
+def test_exception_raises_for_a_cancelled_task(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    work, _ = gated_task(gate)
+    handle = work()
+    assert handle.cancel()
+    with pytest.raises(mp.TaskCancelledError):
+        handle.exception()
+    with pytest.raises(concurrent.futures.CancelledError):
+        handle.exception(0)
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+
+
+# -- protocol: bool, repr --------------------------------------------------------------
+
+
+def test_bool_is_refused(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 0
+
+    handle = work()
+    with pytest.raises(TypeError, match=r"is_ready\(\)"):
+        bool(handle)
+    with pytest.raises(TypeError, match="is_ready"):
+        if handle:  # the likely misuse
+            pass
+    handle.get(5)
+
+
+def test_repr_names_id_function_and_state(backend: str) -> None:
+    @mp.parallel(backend=backend, name="repr-fn")
+    def work() -> None:
+        pass
+
+    handle = work()
+    handle.get(5)
+    text = repr(handle)
+    assert str(handle.get_task_id()) in text
+    assert "repr-fn" in text
+    assert "succeeded" in text
+
+
+def test_repr_of_running_task(gate: threading.Event) -> None:
+    work, started = gated_task(gate, name="repr-running")
+    handle = work()
+    assert started.wait(5)
+    assert "running" in repr(handle)
+    assert "repr-running" in repr(handle)
+    gate.set()
+    handle.get(5)
+
+
+# -- await -----------------------------------------------------------------------------
+
+
+def test_await_a_finished_task(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> str:
+        return "awaited"
+
+    handle = work()
+    handle.wait(5)
+
+    async def main() -> str:
+        return await handle
+
+    assert asyncio.run(main()) == "awaited"
+
+
+def test_await_a_failing_task(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        raise LookupError("awaited failure")
+
+    async def main() -> None:
+        await fail()
+
+    with pytest.raises(LookupError, match="awaited failure"):
+        asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_await_an_unfinished_task_without_blocking_the_loop(gate: threading.Event) -> None:
+    work, started = gated_task(gate)
+    loop_ran: list[str] = []
+    openers: list[threading.Thread] = []
+
+    def open_gate_from_another_thread() -> None:
+        loop_ran.append("opener scheduled")  # the loop is free while we await
+        opener = threading.Thread(target=gate.set)
+        openers.append(opener)
+        opener.start()
+
+    async def main() -> Any:
+        handle = work("from the pool")
+        assert started.wait(5)
+        assert not handle.is_ready()
+        # Runs on the loop's next turn, that is once the await below has suspended.
+        asyncio.get_running_loop().call_soon(open_gate_from_another_thread)
+        return await handle
+
+    assert asyncio.run(main()) == "from the pool"
+    assert loop_ran == ["opener scheduled"]
+    for opener in openers:
+        opener.join(5)
+
+
+@pytest.mark.timeout(10)
+def test_await_an_unfinished_failing_task(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def fail() -> None:
+        started.set()
+        assert gate.wait(5)
+        raise ArithmeticError("late failure")
+
+    async def main() -> None:
+        handle = fail()
+        assert started.wait(5)
+        asyncio.get_running_loop().call_soon(gate.set)
+        await handle
+
+    with pytest.raises(ArithmeticError, match="late failure"):
+        asyncio.run(main())
+
+
+@pytest.mark.timeout(10)
+def test_abandoned_await_leaves_no_error_behind(
+    gate: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An await given up (asyncio.wait_for timed out) in an event loop that has
+    # since closed: the task's later end must not log an error.
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+    work, started = gated_task(gate)
+    handle = work("late")
+    assert started.wait(5)
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(handle, 0.01)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    gate.set()
+    assert handle.get(5) == "late"
+    errors = [r for r in caplog.records if r.name == "makeparallel"]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+# -- cancel() --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_cancel_a_queued_task(gate: threading.Event) -> None:
+    ran: list[str] = []
+    blockers = hold_the_pool(gate)
+
+    @mp.parallel(backend="thread", name="cancel-queued")
+    def victim() -> None:
+        ran.append("victim")
+
+    @mp.parallel(backend="thread")
+    def after() -> str:
+        return "after"
+
+    handle = victim()
+    later = after()  # queued behind the victim
+    assert handle.status == "pending"
+    assert handle.cancel() is True
+    assert handle.cancelled() and handle.is_cancelled()
+    assert handle.is_ready() and handle.done()
+    assert handle.status == "cancelled"
+    assert handle.cancel() is False  # already ended
+    with pytest.raises(mp.TaskCancelledError, match="cancel") as caught:
+        handle.get(5)
+    assert isinstance(caught.value, concurrent.futures.CancelledError)
+    assert isinstance(caught.value, mp.TaskError)
+    assert "cancel-queued" in str(caught.value)
+    with pytest.raises(concurrent.futures.CancelledError):
+        handle.result()
+    with pytest.raises(mp.TaskCancelledError):
+        handle.try_get()
+    assert handle.wait(0) is True
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    # A bounded wait never runs the task inline: a worker passed the victim's
+    # queue entry to reach this one.
+    assert later.wait(5)
+    assert later.get() == "after"
+    assert ran == []
+
+
+def test_cancel_a_finished_task(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    assert handle.get(5) == 1
+    assert handle.cancel() is False
+    assert not handle.cancelled()
+    assert handle.status == "succeeded"
+    assert handle.get() == 1
+
+
+def test_cancel_a_failed_task(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def fail() -> None:
+        raise ValueError("failed first")
+
+    handle = fail()
+    handle.wait(5)
+    assert handle.cancel() is False
+    with pytest.raises(ValueError):
+        handle.get()
+
+
+# -- context variables -----------------------------------------------------------------
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+def test_contextvars_reach_the_task_and_do_not_leak_back(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def read_and_change() -> str:
+        seen = request_id.get()
+        request_id.set("changed inside the task")
+        return seen
+
+    token = request_id.set("from the submitter")
+    try:
+        handle = read_and_change()
+        assert handle.get(5) == "from the submitter"
+        assert request_id.get() == "from the submitter"
+    finally:
+        request_id.reset(token)
+
+
+def test_contextvars_are_copied_at_submission(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def read_later() -> str:
+        started.set()
+        assert gate.wait(5)
+        return request_id.get()
+
+    token = request_id.set("at submission")
+    try:
+        handle = read_later()
+        assert started.wait(5)
+        request_id.set("after submission")
+        gate.set()
+        assert handle.get(5) == "at submission"
+    finally:
+        request_id.reset(token)
+
+
+def test_tasks_do_not_see_each_others_context(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def set_then_read(value: str) -> str:
+        before = request_id.get()
+        request_id.set(value)
+        return before
+
+    handles = [set_then_read(str(i)) for i in range(20)]
+    assert [h.get(5) for h in handles] == ["unset"] * 20
+
+
+# -- references ------------------------------------------------------------------------
+
+
+class Payload:
+    """An argument object that can be weakly referenced."""
+
+
+def test_ended_handle_drops_its_arguments(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def use(positional: Payload, *, keyword: Payload) -> int:
+        return 1
+
+    positional, keyword = Payload(), Payload()
+    refs = [weakref.ref(positional), weakref.ref(keyword)]
+    handle = use(positional, keyword=keyword)
+    assert handle.get(5) == 1
+    del positional, keyword
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert handle.get() == 1  # the handle itself is alive and still answers
+
+
+def test_cancelled_handle_drops_its_arguments(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+
+    @mp.parallel(backend="thread")
+    def use(payload: Payload) -> None:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    handle = use(payload)
+    assert handle.cancel()
+    del payload
+    gc.collect()
+    assert ref() is None
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+
+
+def test_ended_handle_drops_the_function(backend: str) -> None:
+    class Callable_:
+        def __call__(self) -> int:
+            return 2
+
+    fn = Callable_()
+    ref = weakref.ref(fn)
+    handle = mp.parallel(fn).options(backend=backend)()
+    assert handle.get(5) == 2
+    del fn
+    gc.collect()
+    # The decorated function is gone from this frame too: only the handle is left.
+    assert ref() is None

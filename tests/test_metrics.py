@@ -1,0 +1,551 @@
+"""Per-function metrics: counts, times, snapshots, reset, ``@profiled``, and exactness."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel.testing import wait_until_idle
+
+BACKENDS = ["thread", "sync"]
+
+FIELDS = {
+    "name",
+    "total_tasks",
+    "completed_tasks",
+    "failed_tasks",
+    "cancelled_tasks",
+    "timed_out_tasks",
+    "total_execution_time_ms",
+    "average_execution_time_ms",
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+def unique_name(label: str = "metrics") -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+def counts(name: str) -> dict[str, int]:
+    metrics = mp.get_metrics(name)
+    assert metrics is not None, f"no metrics recorded under {name!r}"
+    return {
+        "total": metrics.total_tasks,
+        "completed": metrics.completed_tasks,
+        "failed": metrics.failed_tasks,
+        "cancelled": metrics.cancelled_tasks,
+        "timed_out": metrics.timed_out_tasks,
+    }
+
+
+def busy_for(seconds: float) -> float:
+    """Work (not wait) for ``seconds``; return how long it really took."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pass
+    return time.perf_counter() - started
+
+
+def poll_until_stopped(gate: threading.Event) -> None:
+    """A task body that runs until the gate opens or the library stops it."""
+    while not gate.wait(0.01):
+        mp.check_cancelled()
+
+
+def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
+    """Keep every worker busy on ``gate`` so that the next task stays queued."""
+    mp.configure_thread_pool(1)
+    info = mp.get_thread_pool_info()
+    # Stuck threads (still running a timed-out task) are replaced, so the pool
+    # may grow back to this many; it never exceeds it, nor the threads live now.
+    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
+    live = max(info["live_threads"], capacity)
+
+    @mp.parallel(backend="thread", name="hold-the-pool")
+    def blocker() -> None:
+        assert gate.wait(5), "the test never opened the gate"
+
+    return [blocker() for _ in range(max(1, live))]
+
+
+# -- counts ----------------------------------------------------------------------------
+
+
+def test_completed_and_failed_counts(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work(x: int) -> int:
+        if x % 3 == 0:
+            raise ValueError(x)
+        return x
+
+    handles = [work(x) for x in range(10)]  # 0, 3, 6, 9 fail
+    for x, handle in enumerate(handles):
+        if x % 3 == 0:
+            with pytest.raises(ValueError):
+                handle.get(5)
+        else:
+            assert handle.get(5) == x
+    assert counts(name) == {"total": 10, "completed": 6, "failed": 4, "cancelled": 0, "timed_out": 0}
+
+
+def test_counts_are_up_to_date_when_get_returns(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work() -> None:
+        pass
+
+    for done in range(1, 6):
+        work().get(5)
+        assert counts(name)["completed"] == done
+
+
+@pytest.mark.timeout(10)
+def test_cancelled_count(gate: threading.Event) -> None:
+    name = unique_name()
+    blockers = hold_the_pool(gate)
+
+    @mp.parallel(backend="thread", name=name)
+    def never_runs() -> None:
+        pass
+
+    handles = [never_runs() for _ in range(3)]
+    assert all(h.cancel() for h in handles)
+    assert counts(name) == {"total": 3, "completed": 0, "failed": 0, "cancelled": 3, "timed_out": 0}
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    assert counts(name)["cancelled"] == 3  # the skipped queue entries count nothing more
+
+
+@pytest.mark.timeout(10)
+def test_cancelled_running_task_is_counted_once(gate: threading.Event) -> None:
+    name = unique_name()
+    started = threading.Event()
+    stopped = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def long_running() -> None:
+        started.set()
+        try:
+            poll_until_stopped(gate)
+        finally:
+            stopped.set()
+
+    handle = long_running()
+    assert started.wait(5)
+    assert handle.cancel()
+    assert stopped.wait(5)
+    assert wait_until_idle(5)
+    assert counts(name) == {"total": 1, "completed": 0, "failed": 0, "cancelled": 1, "timed_out": 0}
+
+
+@pytest.mark.timeout(10)
+def test_timed_out_count(backend: str, gate: threading.Event) -> None:
+    name = unique_name()
+    stopped = threading.Event()
+
+    @mp.parallel(backend=backend, name=name, timeout=0.05)
+    def slow() -> None:
+        try:
+            poll_until_stopped(gate)
+        finally:
+            stopped.set()
+
+    handle = slow()
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(5)
+    assert stopped.wait(5)  # the task's late failure must not be counted too
+    assert counts(name) == {"total": 1, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 1}
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert metrics.total_execution_time_ms == 0.0  # only tasks that ran to their end
+    assert metrics.average_execution_time_ms == 0.0
+
+
+def test_bounded_wait_that_gives_up_counts_nothing(gate: threading.Event) -> None:
+    name = unique_name()
+    started = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def work() -> None:
+        started.set()
+        assert gate.wait(5)
+
+    handle = work()
+    assert started.wait(5)
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(0.01)
+    assert counts(name) == {"total": 1, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
+    gate.set()
+    handle.get(5)
+    assert counts(name)["completed"] == 1
+
+
+# -- times -----------------------------------------------------------------------------
+
+
+def test_execution_times_are_consistent(backend: str) -> None:
+    name = unique_name()
+    measured: list[float] = []
+
+    @mp.parallel(backend=backend, name=name)
+    def work(fail: bool) -> None:
+        measured.append(busy_for(0.002))
+        if fail:
+            raise RuntimeError("failed after working")
+
+    wall_started = time.perf_counter()
+    for fail in (False, False, True, False, True):
+        handle = work(fail)  # one at a time: the tasks never overlap
+        handle.wait(5)
+    wall = time.perf_counter() - wall_started
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert metrics.completed_tasks == 3 and metrics.failed_tasks == 2
+    assert len(measured) == 5
+    # Milliseconds, covering at least the time each function ran, and no more
+    # than the wall time around them all.
+    assert metrics.total_execution_time_ms >= sum(measured) * 1000
+    assert metrics.total_execution_time_ms <= wall * 1000
+    assert metrics.average_execution_time_ms == pytest.approx(
+        metrics.total_execution_time_ms / (metrics.completed_tasks + metrics.failed_tasks)
+    )
+    assert metrics.average_execution_time_ms >= min(measured) * 1000
+
+
+def test_no_tasks_means_zero_times(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work() -> None:
+        pass
+
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert metrics.total_tasks == 0
+    assert metrics.total_execution_time_ms == 0.0
+    assert metrics.average_execution_time_ms == 0.0
+
+
+# -- snapshots -------------------------------------------------------------------------
+
+
+def test_attribute_and_mapping_access_agree(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work() -> int:
+        return 1
+
+    work().get(5)
+    metrics = mp.get_metrics(name)
+    assert isinstance(metrics, mp.TaskMetrics)
+    as_dict = dict(metrics)
+    assert set(as_dict) == FIELDS
+    assert len(metrics) == len(FIELDS)
+    for key in FIELDS:
+        assert metrics[key] == getattr(metrics, key)
+        assert as_dict[key] == getattr(metrics, key)
+    assert metrics["total_tasks"] == metrics.total_tasks == 1
+    assert metrics["name"] == name
+    assert metrics.as_dict() == as_dict
+    assert "total_tasks" in metrics
+    assert metrics.get("no_such_field") is None
+    with pytest.raises(KeyError):
+        metrics["no_such_field"]
+
+
+def test_snapshot_is_frozen(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work() -> None:
+        pass
+
+    work().get(5)
+    snapshot = mp.get_metrics(name)
+    assert snapshot is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.total_tasks = 99  # type: ignore[misc]
+    work().get(5)
+    assert snapshot.total_tasks == 1  # a snapshot does not change afterwards
+    assert counts(name)["total"] == 2
+
+
+def test_unknown_name_has_no_metrics() -> None:
+    assert mp.get_metrics(unique_name("never-used")) is None
+
+
+def test_get_all_metrics_contains_every_name(backend: str) -> None:
+    first, second = unique_name(), unique_name()
+
+    @mp.parallel(backend=backend, name=first)
+    def one() -> None:
+        pass
+
+    one().get(5)
+    one.options(name=second)().get(5)
+    every = mp.get_all_metrics()
+    assert isinstance(every, dict)
+    assert every[first] == mp.get_metrics(first)
+    assert every[second] == mp.get_metrics(second)
+    assert every[first].total_tasks == 1 and every[second].total_tasks == 1
+    assert all(key == value.name for key, value in every.items())
+
+
+def test_default_name_is_the_qualname(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def metrics_default_named() -> None:
+        pass
+
+    name = metrics_default_named.__qualname__
+    before = mp.get_metrics(name)
+    already = 0 if before is None else before.total_tasks
+    metrics_default_named().get(5)
+    assert counts(name)["total"] == already + 1
+
+
+def test_options_share_the_record_unless_renamed(backend: str) -> None:
+    name, renamed = unique_name(), unique_name()
+
+    @mp.parallel(name=name)
+    def work() -> None:
+        pass
+
+    work.options(backend=backend)().get(5)
+    work.options(backend=backend, priority=2)().get(5)
+    work.options(backend=backend, name=renamed)().get(5)
+    assert counts(name)["total"] == 2
+    assert counts(renamed)["total"] == 1
+
+
+def test_counts_sum_over_backends() -> None:
+    name = unique_name()
+
+    @mp.parallel(name=name)
+    def work() -> None:
+        pass
+
+    for backend in BACKENDS:
+        for _ in range(3):
+            work.options(backend=backend)().get(5)
+    assert counts(name) == {"total": 6, "completed": 6, "failed": 0, "cancelled": 0, "timed_out": 0}
+
+
+# -- reset -----------------------------------------------------------------------------
+
+
+def test_reset_metrics_zeroes_every_record(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work(fail: bool) -> None:
+        if fail:
+            raise ValueError("x")
+
+    work(False).get(5)
+    work(True).wait(5)
+    assert counts(name)["total"] == 2
+    mp.reset_metrics()
+    metrics = mp.get_metrics(name)
+    assert metrics is not None  # the name stays known
+    assert name in mp.get_all_metrics()
+    assert dict(metrics) == {
+        "name": name,
+        "total_tasks": 0,
+        "completed_tasks": 0,
+        "failed_tasks": 0,
+        "cancelled_tasks": 0,
+        "timed_out_tasks": 0,
+        "total_execution_time_ms": 0.0,
+        "average_execution_time_ms": 0.0,
+    }
+    work(False).get(5)
+    assert counts(name) == {"total": 1, "completed": 1, "failed": 0, "cancelled": 0, "timed_out": 0}
+
+
+# -- @profiled -------------------------------------------------------------------------
+
+
+def test_profiled_counts_plain_calls() -> None:
+    name = unique_name("profiled")
+    raised: list[BaseException] = []
+
+    @mp.profiled(name=name)
+    def divide(a: float, b: float) -> float:
+        """Divide a by b."""
+        try:
+            return a / b
+        except ZeroDivisionError as error:
+            raised.append(error)
+            raise
+
+    assert divide(6, 3) == 2.0  # the value itself, called in this thread
+    assert divide(1, 4) == 0.25
+    with pytest.raises(ZeroDivisionError) as caught:
+        divide(1, 0)
+    assert caught.value is raised[0]
+    assert counts(name) == {"total": 3, "completed": 2, "failed": 1, "cancelled": 0, "timed_out": 0}
+    assert divide.__name__ == "divide"
+    assert divide.__doc__ == "Divide a by b."
+    assert divide.__wrapped__(1, 2) == 0.5  # the plain function: not counted
+    assert counts(name)["total"] == 3
+
+
+def test_profiled_bare_uses_the_qualname() -> None:
+    @mp.profiled
+    def profiled_default_named(x: int) -> int:
+        return x + 1
+
+    name = profiled_default_named.__qualname__
+    before = mp.get_metrics(name)
+    already = 0 if before is None else before.total_tasks
+    assert profiled_default_named(1) == 2
+    assert counts(name)["total"] == already + 1
+
+
+def test_profiled_measures_time() -> None:
+    name = unique_name("profiled")
+    measured: list[float] = []
+
+    @mp.profiled(name=name)
+    def work() -> None:
+        measured.append(busy_for(0.002))
+
+    wall_started = time.perf_counter()
+    work()
+    work()
+    wall = time.perf_counter() - wall_started
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert sum(measured) * 1000 <= metrics.total_execution_time_ms <= wall * 1000
+    assert metrics.average_execution_time_ms == pytest.approx(metrics.total_execution_time_ms / 2)
+
+
+def test_profiled_rejects_non_callables() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        mp.profiled(42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="callable"):
+        mp.profiled(name="x")("not callable")  # type: ignore[arg-type]
+
+
+def test_profiled_is_reset_too() -> None:
+    name = unique_name("profiled")
+
+    @mp.profiled(name=name)
+    def work() -> None:
+        pass
+
+    work()
+    mp.reset_metrics()
+    assert counts(name)["total"] == 0
+    work()
+    assert counts(name) == {"total": 1, "completed": 1, "failed": 0, "cancelled": 0, "timed_out": 0}
+
+
+# -- exact under concurrency -----------------------------------------------------------
+
+
+def run_in_threads(target: Any, threads: int = 4) -> None:
+    """Run ``target(index)`` on ``threads`` threads released together; re-raise failures."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(5)
+            target(index)
+        except BaseException as error:  # reported below, on the test's thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert not any(worker.is_alive() for worker in workers)
+    assert not errors, errors
+
+
+@pytest.mark.timeout(30)
+def test_counts_are_exact_under_concurrent_submission(backend: str) -> None:
+    name = unique_name()
+
+    @mp.parallel(backend=backend, name=name)
+    def work(x: int) -> int:
+        if x % 5 == 0:
+            raise ValueError(x)
+        return x
+
+    def submit_and_collect(index: int) -> None:
+        handles = [work(index * 500 + i) for i in range(500)]
+        for handle in handles:
+            handle.wait(10)
+
+    run_in_threads(submit_and_collect)
+    assert counts(name) == {"total": 2000, "completed": 1600, "failed": 400, "cancelled": 0, "timed_out": 0}
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert metrics.average_execution_time_ms == pytest.approx(metrics.total_execution_time_ms / 2000)
+
+
+@pytest.mark.timeout(30)
+def test_profiled_counts_are_exact_under_concurrency() -> None:
+    name = unique_name("profiled")
+
+    @mp.profiled(name=name)
+    def work(x: int) -> int:
+        if x % 4 == 0:
+            raise ValueError(x)
+        return x
+
+    def call(index: int) -> None:
+        for i in range(500):
+            try:
+                work(i)
+            except ValueError:
+                pass
+
+    run_in_threads(call)
+    assert counts(name) == {"total": 2000, "completed": 1500, "failed": 500, "cancelled": 0, "timed_out": 0}
+
+
+@pytest.mark.timeout(30)
+def test_snapshots_while_counting_never_lose_tasks() -> None:
+    name = unique_name()
+    stop = threading.Event()
+    seen: list[int] = []
+
+    @mp.parallel(backend="thread", name=name)
+    def work() -> None:
+        pass
+
+    def read() -> None:
+        while not stop.is_set():
+            metrics = mp.get_metrics(name)
+            if metrics is not None:
+                seen.append(metrics.total_tasks)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        run_in_threads(lambda _: [h.wait(10) for h in [work() for _ in range(250)]])
+    finally:
+        stop.set()
+        reader.join(10)
+    assert seen == sorted(seen)  # totals only ever grow
+    assert counts(name)["total"] == 1000
+    assert counts(name)["completed"] == 1000

@@ -1,0 +1,445 @@
+"""Shutdown, interpreter exit and Ctrl-C: the library never hangs a process.
+
+In-process tests drive ``shutdown()``/``reset_shutdown()``; the exit tests run
+real interpreters in subprocesses, because only a real exit runs the exit hook.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import makeparallel as mp
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+def resize(num_threads: int) -> None:
+    """Size the pool and wait until workers left over by earlier tests are gone."""
+    mp.configure_thread_pool(num_threads=num_threads)
+
+    def settled() -> bool:
+        info = mp.get_thread_pool_info()
+        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
+
+    assert wait_until(settled), mp.get_thread_pool_info()
+
+
+def hold_one_worker(gate: threading.Event) -> mp.AsyncHandle[str]:
+    resize(1)
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "held"
+
+    handle = held()
+    assert started.wait(5)
+    return handle
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_python(code: str, timeout: float = 30) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` in a fresh interpreter; return the result and the wall time."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    return result, time.monotonic() - started
+
+
+# -- shutdown() and reset_shutdown() ----------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_waits_for_running_tasks_and_returns_true(gate: threading.Event) -> None:
+    mp.configure_thread_pool(num_threads=2)
+    started = threading.Barrier(3)
+
+    @mp.parallel
+    def held(i: int) -> int:
+        started.wait(5)
+        assert gate.wait(30)
+        return i
+
+    handles = [held(0), held(1)]
+    started.wait(5)
+    outcome: list[bool] = []
+    returned = threading.Event()
+
+    def stop() -> None:
+        outcome.append(mp.shutdown(timeout_secs=10))
+        returned.set()
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    assert not returned.wait(0.2), "shutdown() returned while tasks were still running"
+    gate.set()
+    assert returned.wait(5)
+    thread.join(5)
+    assert outcome == [True]
+    assert [h.get() for h in handles] == [0, 1]
+    assert mp.get_active_task_count() == 0
+
+
+def test_shutdown_with_nothing_running_returns_true() -> None:
+    @mp.parallel
+    def quick(i: int) -> int:
+        return i
+
+    assert [h.get(timeout=5) for h in [quick(i) for i in range(10)]] == list(range(10))
+    assert mp.shutdown() is True
+    assert mp.shutdown(timeout_secs=0) is True  # a second call is harmless
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_shutdown_refuses_new_tasks_until_reset(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def quick() -> str:
+        return "ran"
+
+    assert mp.shutdown(timeout_secs=5) is True
+    with pytest.raises(mp.ShutdownError, match=r"call makeparallel\.reset_shutdown\(\)") as caught:
+        quick()
+    assert isinstance(caught.value, mp.TaskError)
+    with pytest.raises(mp.ShutdownError):
+        quick.options(priority=1)()
+    assert mp.get_active_task_count() == 0
+
+    mp.reset_shutdown()
+    assert quick().get(timeout=5) == "ran"
+
+
+def test_a_backend_first_used_after_shutdown_refuses_too() -> None:
+    # Only the thread backend may exist yet; "sync" is created after shutdown.
+    mp.shutdown(timeout_secs=5)
+
+    @mp.parallel(backend="sync")
+    def quick() -> str:
+        return "ran"
+
+    with pytest.raises(mp.ShutdownError):
+        quick()
+    mp.reset_shutdown()
+    assert quick().get() == "ran"
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_with_a_stuck_task_returns_false_in_time(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel
+    def stuck() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "released"
+
+    handle = stuck()
+    assert started.wait(5)
+    began = time.monotonic()
+    assert mp.shutdown(timeout_secs=0.2) is False
+    elapsed = time.monotonic() - began
+    assert 0.2 <= elapsed + 0.01 and elapsed < 2, elapsed
+    assert mp.get_active_task_count() == 1
+    gate.set()
+    assert handle.get(timeout=5) == "released"  # the task was not harmed
+    assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(20)
+def test_cancel_pending_cancels_queued_tasks_and_lets_running_ones_finish(
+    gate: threading.Event,
+) -> None:
+    held = hold_one_worker(gate)
+    ran: list[int] = []
+
+    @mp.parallel
+    def queued(i: int) -> int:
+        ran.append(i)
+        return i
+
+    handles = [queued(i) for i in range(3)]
+    assert mp.get_active_task_count() == 4  # one running, three queued
+    assert mp.shutdown(timeout_secs=0.1, cancel_pending=True) is False
+    assert [h.status for h in handles] == ["cancelled"] * 3
+    for handle in handles:
+        with pytest.raises(mp.TaskCancelledError):
+            handle.get()
+    assert mp.get_thread_pool_info()["queued_tasks"] == 0
+    assert mp.get_active_task_count() == 1
+    assert held.running()
+    gate.set()
+    assert held.get(timeout=5) == "held"
+    assert ran == []
+    assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(20)
+def test_without_cancel_pending_queued_tasks_still_run(gate: threading.Event) -> None:
+    held = hold_one_worker(gate)
+
+    @mp.parallel
+    def queued(i: int) -> int:
+        return i
+
+    handles = [queued(i) for i in range(3)]
+    assert mp.shutdown(timeout_secs=0.1) is False
+    assert [h.status for h in handles] == ["pending"] * 3
+    gate.set()
+    # Accepted before the shutdown, they are run to their end.
+    assert [h.get(timeout=5) for h in handles] == [0, 1, 2]
+    assert held.get(timeout=5) == "held"
+    assert mp.shutdown(timeout_secs=5) is True
+
+
+@pytest.mark.timeout(20)
+def test_active_task_count_counts_queued_and_running(gate: threading.Event) -> None:
+    held = hold_one_worker(gate)
+    assert mp.get_active_task_count() == 1
+
+    @mp.parallel
+    def queued() -> None:
+        return None
+
+    handles = [queued() for _ in range(4)]
+    assert mp.get_active_task_count() == 5
+    gate.set()
+    assert held.wait(5)
+    for handle in handles:
+        assert handle.wait(5)
+    assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(20)
+def test_idle_workers_exit_after_shutdown() -> None:
+    resize(2)
+    together = threading.Barrier(3)
+    threads: list[threading.Thread] = []
+
+    @mp.parallel
+    def meet() -> None:
+        threads.append(threading.current_thread())
+        together.wait(5)
+
+    handles = [meet(), meet()]
+    together.wait(5)
+    for handle in handles:
+        assert handle.wait(5)
+    assert mp.shutdown(timeout_secs=5) is True
+    assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 0), (
+        mp.get_thread_pool_info()
+    )
+    assert wait_until(lambda: not any(t.is_alive() for t in threads))
+    # After a reset the pool starts threads again.
+    mp.reset_shutdown()
+    assert mp.parallel(threading.current_thread)().get(timeout=5) not in threads
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
+)
+def test_bad_shutdown_timeouts_are_rejected_without_shutting_down(
+    value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="timeout_secs must be a number of seconds"):
+        mp.shutdown(timeout_secs=value)  # type: ignore[arg-type]
+    assert mp.parallel(lambda: 1)().get(timeout=5) == 1
+
+
+# -- interpreter exit -------------------------------------------------------------------
+
+STUCK_FOREVER = """
+import threading
+import makeparallel as mp
+{configure}
+never = threading.Event()
+
+@mp.parallel
+def stuck():
+    never.wait()
+
+handle = stuck()
+print("submitted", flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+def test_exit_abandons_a_stuck_task_after_the_default_exit_timeout() -> None:
+    result, wall = run_python(STUCK_FOREVER.format(configure=""))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "submitted\n"
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr
+    assert "after waiting 5 s" in result.stderr
+    assert 5 <= wall < 10, wall
+
+
+@pytest.mark.timeout(40)
+def test_exit_abandons_a_stuck_task_after_a_configured_exit_timeout() -> None:
+    result, wall = run_python(STUCK_FOREVER.format(configure="mp.configure(exit_timeout=0.5)"))
+    assert result.returncode == 0, result.stderr
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr
+    assert "after waiting 0.5 s" in result.stderr
+    assert 0.5 <= wall < 3, wall
+
+
+@pytest.mark.timeout(40)
+def test_exit_runs_every_uncollected_task(tmp_path: Path) -> None:
+    out = tmp_path / "done.txt"
+    result, _ = run_python(
+        f"""
+        import threading
+        import makeparallel as mp
+
+        go = threading.Event()
+        lock = threading.Lock()
+
+        @mp.parallel
+        def work(i):
+            assert go.wait(20)
+            with lock, open({str(out)!r}, "a") as f:
+                f.write(f"{{i}}\\n")
+
+        handles = [work(i) for i in range(50)]
+        go.set()  # the last statement: every task is still unfinished at exit
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "abandoned" not in result.stderr
+    assert sorted(int(line) for line in out.read_text().split()) == list(range(50))
+
+
+@pytest.mark.timeout(40)
+def test_sync_backend_at_exit() -> None:
+    result, _ = run_python(
+        """
+        import atexit
+        import makeparallel as mp
+
+        @mp.parallel(backend="sync")
+        def double(x):
+            print("double", x, flush=True)
+            return 2 * x
+
+        # Registered before the library's own exit hook, so it runs after it.
+        @atexit.register
+        def late():
+            print("late", double(21).get(), flush=True)
+
+        handles = [double(i) for i in range(3)]  # never collected
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines() == [
+        "double 0",
+        "double 1",
+        "double 2",
+        "double 21",
+        "late 42",
+    ]
+
+
+@pytest.mark.timeout(40)
+def test_thread_backend_task_submitted_after_the_exit_hook_still_runs() -> None:
+    # Python 3.12+ refuses to start threads this late; get() then runs the task inline.
+    result, _ = run_python(
+        """
+        import atexit
+        import makeparallel as mp
+
+        @mp.parallel
+        def double(x):
+            return 2 * x
+
+        @atexit.register
+        def late():
+            print("late", double(21).get(), flush=True)
+
+        mp.configure_thread_pool(num_threads=2)  # the pool exists, its exit hook too
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "late 42\n"
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process (POSIX)")
+def test_ctrl_c_interrupts_a_waiting_get() -> None:
+    code = textwrap.dedent(
+        """
+        import threading
+        import makeparallel as mp
+
+        started = threading.Event()
+
+        @mp.parallel
+        def long():
+            started.set()
+            for _ in range(6000):  # about a minute, checking for cancellation
+                mp.check_cancelled()
+                threading.Event().wait(0.01)
+
+        handle = long()
+        assert started.wait(10)
+        print("ready", flush=True)
+        handle.get()
+        print("get returned", flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert "get returned" not in stdout
+    assert elapsed < 10, f"exit took {elapsed:.1f} s after Ctrl-C"

@@ -1,0 +1,491 @@
+"""The thread pool: lazy start, sizing, introspection, priorities, inline claiming.
+
+Every ordering asserted here is forced by events and barriers; nothing waits on
+the clock except bounded polls of a condition the pool reaches by itself (a
+thread retiring), which give up after a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+WORKER_PREFIX = "makeparallel-thread-"
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+def resize(num_threads: int) -> None:
+    """Size the pool and wait until threads left over from earlier tests are gone.
+
+    Surplus and stuck workers of an earlier test retire on their own, shortly
+    after that test's teardown; waiting for them keeps each test's pool exact.
+    """
+    mp.configure_thread_pool(num_threads=num_threads)
+
+    def settled() -> bool:
+        info = mp.get_thread_pool_info()
+        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
+
+    assert wait_until(settled), mp.get_thread_pool_info()
+
+
+def hold(count: int, gate: threading.Event) -> list[mp.AsyncHandle[str]]:
+    """Occupy ``count`` workers with tasks blocked on ``gate``; return once all run."""
+    running = threading.Barrier(count + 1)
+
+    @mp.parallel
+    def held() -> str:
+        running.wait(5)
+        assert gate.wait(30)
+        return "held"
+
+    handles = [held() for _ in range(count)]
+    running.wait(5)
+    return handles
+
+
+def run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+# -- lazy start and configuration before start ------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_pool_starts_no_thread_before_the_first_submission() -> None:
+    result = run_python(
+        """
+        import threading
+        import makeparallel as mp
+
+        def workers():
+            return [t for t in threading.enumerate() if t.name.startswith("makeparallel-thread-")]
+
+        assert workers() == [], workers()
+
+        @mp.parallel
+        def where():
+            return threading.current_thread().name
+
+        assert workers() == [], "decorating started threads"
+        info = mp.get_thread_pool_info()
+        assert info["live_threads"] == 0, info
+        assert workers() == [], "asking for info started threads"
+        name = where().get(timeout=5)  # a bounded get never runs the task inline
+        assert name.startswith("makeparallel-thread-"), name
+        assert workers(), "no worker thread after a submission"
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(40)
+def test_configure_before_the_pool_starts() -> None:
+    result = run_python(
+        """
+        import threading
+        import makeparallel as mp
+
+        mp.configure_thread_pool(num_threads=3)
+        info = mp.get_thread_pool_info()
+        assert info["num_threads"] == 3 and info["live_threads"] == 0, info
+
+        together = threading.Barrier(4)
+
+        @mp.parallel
+        def meet():
+            together.wait(5)  # only passes if 3 tasks run at once
+            return threading.current_thread().name
+
+        handles = [meet() for _ in range(3)]
+        together.wait(5)
+        names = {h.get(timeout=5) for h in handles}
+        assert len(names) == 3, names
+        assert mp.get_thread_pool_info()["live_threads"] == 3
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(40)
+def test_stack_size_is_accepted_and_does_not_leak_into_other_threads() -> None:
+    # In a subprocess: there is no way back to the platform's default stack size,
+    # so this must not change the pool the rest of the suite runs on.
+    result = run_python(
+        """
+        import threading
+        import makeparallel as mp
+
+        mp.configure_thread_pool(num_threads=2, stack_size=256 * 1024)
+        assert mp.get_thread_pool_info()["stack_size"] == 256 * 1024
+
+        @mp.parallel
+        def depth(n):
+            return 0 if n == 0 else 1 + depth.__wrapped__(n - 1)
+
+        assert [h.get(timeout=5) for h in [depth(100) for _ in range(4)]] == [100] * 4
+        # threading.stack_size() is process-wide: the pool must put it back.
+        assert threading.stack_size() == 0, threading.stack_size()
+        mp.configure_thread_pool(stack_size=32 * 1024)  # the documented minimum
+        assert mp.get_thread_pool_info()["stack_size"] == 32 * 1024
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (0, ValueError, "num_threads must be an int >= 1, got 0"),
+        (-1, ValueError, "num_threads must be an int >= 1, got -1"),
+        (1.5, TypeError, "num_threads must be an int >= 1, got 1.5"),
+        (True, TypeError, "num_threads must be an int >= 1, got True"),
+    ],
+)
+def test_bad_num_threads_is_rejected(value: Any, error: type[Exception], message: str) -> None:
+    before = mp.get_thread_pool_info()["num_threads"]
+    with pytest.raises(error, match=f"^{message}$"):
+        mp.configure_thread_pool(num_threads=value)
+    assert mp.get_thread_pool_info()["num_threads"] == before
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "pattern"),
+    [
+        (0, ValueError, r"stack_size must be at least 32768 bytes \(32 KiB\) or None, got 0"),
+        (1000, ValueError, r"stack_size must be at least 32768 bytes .* got 1000"),
+        ("x", TypeError, r"stack_size must be an int number of bytes or None, got 'x'"),
+        (True, TypeError, r"stack_size must be an int number of bytes or None, got True"),
+    ],
+)
+def test_bad_stack_size_is_rejected(value: Any, error: type[Exception], pattern: str) -> None:
+    before = mp.get_thread_pool_info()
+    with pytest.raises(error, match=pattern):
+        mp.configure_thread_pool(num_threads=before["num_threads"] + 1, stack_size=value)
+    after = mp.get_thread_pool_info()
+    # A rejected call changes nothing, not even the valid half of it.
+    assert after["stack_size"] == before["stack_size"]
+    assert after["num_threads"] == before["num_threads"]
+
+
+# -- introspection ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_info_reflects_busy_and_queued_work(gate: threading.Event) -> None:
+    resize(2)
+    held = hold(2, gate)
+
+    @mp.parallel
+    def queued(i: int) -> int:
+        return i
+
+    waiting = [queued(i) for i in range(3)]
+    info = mp.get_thread_pool_info()
+    assert {
+        "num_threads",
+        "live_threads",
+        "busy_threads",
+        "idle_threads",
+        "queued_tasks",
+    } <= set(info)
+    assert info["num_threads"] == 2
+    assert info["live_threads"] == 2
+    assert info["busy_threads"] == 2
+    assert info["idle_threads"] == 0
+    assert info["queued_tasks"] == 3
+    assert info["active_tasks"] == 5
+    assert mp.get_active_task_count() == 5
+
+    gate.set()
+    for handle in held + waiting:
+        assert handle.wait(5)
+    assert [h.get() for h in waiting] == [0, 1, 2]
+    info = mp.get_thread_pool_info()
+    # A worker parks in the same step in which it ends its last task.
+    assert (info["busy_threads"], info["idle_threads"], info["queued_tasks"]) == (0, 2, 0)
+    assert info["live_threads"] == 2
+    assert mp.get_active_task_count() == 0
+
+
+# -- resizing a running pool ------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_growing_a_running_pool_starts_queued_work(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+    ran = threading.Event()
+
+    @mp.parallel
+    def signal() -> None:
+        ran.set()
+
+    handle = signal()
+    assert mp.get_thread_pool_info()["queued_tasks"] == 1
+    mp.configure_thread_pool(num_threads=2)
+    assert ran.wait(5), "the larger pool did not start the queued task"
+    assert not held.is_ready(), "the first task was supposed to be still held"
+    assert handle.wait(5)
+    gate.set()
+    assert held.get(timeout=5) == "held"
+
+
+@pytest.mark.timeout(20)
+def test_shrinking_retires_surplus_idle_threads() -> None:
+    resize(4)
+    together = threading.Barrier(5)
+    lock = threading.Lock()
+    threads: list[threading.Thread] = []
+
+    @mp.parallel
+    def meet() -> None:
+        with lock:
+            threads.append(threading.current_thread())
+        together.wait(5)  # forces four distinct workers
+
+    handles = [meet() for _ in range(4)]
+    together.wait(5)
+    for handle in handles:
+        assert handle.wait(5)
+    assert len(set(threads)) == 4
+    assert all(t.name.startswith(WORKER_PREFIX) for t in threads)
+
+    mp.configure_thread_pool(num_threads=1)
+    assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1), (
+        mp.get_thread_pool_info()
+    )
+    assert wait_until(lambda: sum(t.is_alive() for t in threads) == 1), [
+        (t.name, t.is_alive()) for t in threads
+    ]
+    (survivor,) = [t for t in threads if t.is_alive()]
+    assert mp.get_thread_pool_info()["idle_threads"] == 1
+
+    @mp.parallel
+    def where() -> threading.Thread:
+        return threading.current_thread()
+
+    assert where().get(timeout=5) is survivor  # the one left still works
+
+
+@pytest.mark.timeout(30)
+def test_shrinking_caps_how_many_tasks_run_at_once() -> None:
+    """After a shrink to 1, surplus workers retire instead of taking queued work."""
+    resize(3)
+    running = threading.Barrier(4)
+    gates = [threading.Event() for _ in range(3)]
+    go = threading.Event()
+    try:
+
+        @mp.parallel
+        def held(i: int) -> int:
+            running.wait(5)
+            assert gates[i].wait(30)
+            return i
+
+        @mp.parallel
+        def queued(i: int) -> int:
+            assert go.wait(30)
+            return i
+
+        busy = [held(i) for i in range(3)]
+        running.wait(5)
+        backlog = [queued(i) for i in range(3)]
+        mp.configure_thread_pool(num_threads=1)
+
+        # Two of the three workers finish their task while the pool is over size:
+        # they must retire, leaving the backlog for the one worker allowed.
+        for i in range(2):
+            gates[i].set()
+            assert busy[i].wait(5)
+        info = mp.get_thread_pool_info()
+        assert info["queued_tasks"] == 3, (
+            f"a pool resized to 1 thread started queued tasks on surplus workers: {info}"
+        )
+        assert info["busy_threads"] == 1, info
+    finally:
+        for event in (*gates, go):
+            event.set()
+    for handle in busy + backlog:
+        assert handle.wait(5)
+
+
+# -- priorities -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_priorities_order_queued_tasks(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+    lock = threading.Lock()
+    order: list[int] = []
+
+    @mp.parallel
+    def record(index: int) -> None:
+        with lock:
+            order.append(index)
+
+    priorities = [0, 5, -1, 5, 10]
+    # priority= at call time (type checkers do not know call-time options)
+    handles = [record(i, priority=p) for i, p in enumerate(priorities)]  # type: ignore[call-arg]
+    assert order == []
+    gate.set()
+    assert held.wait(5)
+    for handle in handles:
+        assert handle.wait(5)  # a bounded wait never runs a task inline
+    # 10 first; the two 5s in submission order; then 0; then -1.
+    assert [priorities[i] for i in order] == [10, 5, 5, 0, -1]
+    assert order == [4, 1, 3, 0, 2]
+
+
+@pytest.mark.timeout(20)
+def test_priority_from_options_and_decorator(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+    lock = threading.Lock()
+    order: list[str] = []
+
+    def record(label: str) -> None:
+        with lock:
+            order.append(label)
+
+    low = mp.parallel(priority=-3)(record)
+    high = low.options(priority=7)
+    handles = [low("low"), mp.parallel(record)("default"), high("high")]
+    gate.set()
+    assert held.wait(5)
+    for handle in handles:
+        assert handle.wait(5)
+    assert order == ["high", "default", "low"]
+
+
+# -- inline claiming ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_get_runs_a_queued_task_inline_on_the_waiting_thread(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+
+    @mp.parallel
+    def ident() -> int:
+        return threading.get_ident()
+
+    handle = ident()
+    assert handle.status == "pending"
+    assert handle.get() == threading.get_ident()
+    assert held.running(), "the worker was supposed to stay held"
+    gate.set()
+    assert held.get(timeout=5) == "held"
+
+
+@pytest.mark.timeout(20)
+def test_bounded_waits_never_run_a_task_inline(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+
+    @mp.parallel
+    def ident() -> int:
+        return threading.get_ident()
+
+    handle = ident()
+    with pytest.raises(mp.TaskTimeoutError, match="gave up waiting"):
+        handle.get(timeout=0.1)
+    assert handle.status == "pending"
+    assert handle.wait(timeout=0.1) is False
+    assert handle.wait(timeout=0) is False
+    assert handle.status == "pending"
+    gate.set()
+    assert handle.get(timeout=5) != threading.get_ident()
+    assert held.get(timeout=5) == "held"
+
+
+@pytest.mark.timeout(20)
+def test_wait_without_timeout_also_runs_inline(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+    seen: list[int] = []
+
+    @mp.parallel
+    def ident() -> None:
+        seen.append(threading.get_ident())
+
+    handle = ident()
+    assert handle.wait() is True
+    assert seen == [threading.get_ident()]
+    gate.set()
+    assert held.wait(5)
+
+
+@pytest.mark.timeout(20)
+def test_a_task_with_its_own_timeout_is_never_run_inline(gate: threading.Event) -> None:
+    resize(1)
+    (held,) = hold(1, gate)
+
+    @mp.parallel(timeout=30)
+    def ident() -> int:
+        return threading.get_ident()
+
+    handle = ident()
+    waiter_ident: list[int] = []
+    result: list[int] = []
+    done = threading.Event()
+
+    def waiter() -> None:
+        waiter_ident.append(threading.get_ident())
+        result.append(handle.get())  # unbounded: would run it inline if allowed
+        done.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        # Inline, the task would end at once: the worker is held.
+        assert not done.wait(0.2), "the task with a timeout ran inline"
+    finally:
+        gate.set()
+    assert done.wait(5)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert result[0] != waiter_ident[0]
+    assert held.get(timeout=5) == "held"

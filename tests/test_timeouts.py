@@ -1,0 +1,354 @@
+"""Task timeouts: the handle fails at the deadline, the task is asked to stop, and
+a worker stuck in a timed-out task is replaced, within bounds.
+
+Deadlines are short (0.1 s) and every wait for them is bounded by seconds, so a
+slow machine makes these tests slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+def resize(num_threads: int) -> None:
+    """Size the pool and wait until workers left stuck by earlier tests are gone."""
+    mp.configure_thread_pool(num_threads=num_threads)
+
+    def settled() -> bool:
+        info = mp.get_thread_pool_info()
+        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
+
+    assert wait_until(settled), mp.get_thread_pool_info()
+
+
+class Stopped:
+    """What a cooperative task saw when ``check_cancelled()`` stopped it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.error: BaseException | None = None
+
+
+def cooperate(stopped: Stopped, never: threading.Event) -> str:
+    """Poll ``check_cancelled()`` until it raises; record what it raised."""
+    try:
+        for _ in range(3000):  # about 30 s at most: the test times out first
+            if never.wait(0.01):
+                return "released"
+            mp.check_cancelled()
+        return "never stopped"
+    except BaseException as error:
+        stopped.error = error
+        raise
+    finally:
+        stopped.event.set()
+
+
+class Monitor:
+    """Samples the pool's live thread count from a thread of its own; keeps the maximum."""
+
+    def __init__(self) -> None:
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.most = max(self.most, mp.get_thread_pool_info()["live_threads"])
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        assert not self._thread.is_alive()
+        return self.most
+
+
+# -- the handle and the task ------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_cooperative_task_times_out_with_a_clear_error(gate: threading.Event) -> None:
+    stopped = Stopped()
+
+    @mp.parallel(timeout=0.1)
+    def poll() -> str:
+        return cooperate(stopped, gate)
+
+    handle = poll()
+    with pytest.raises(mp.TaskTimeoutError) as caught:
+        handle.get(timeout=5)
+    error = caught.value
+    assert isinstance(error, TimeoutError)
+    assert isinstance(error, mp.TaskError)
+    message = str(error)
+    assert f"task {handle.get_task_id()} ({poll.__wrapped__.__qualname__})" in message
+    assert "timed out after 0.1 s" in message
+    assert "check_cancelled()" in message
+    assert handle.status == "timed out"
+    assert handle.is_ready() and not handle.cancelled()
+    # Inside the task, check_cancelled() raised the same kind of error.
+    assert stopped.event.wait(5)
+    assert isinstance(stopped.error, mp.TaskTimeoutError)
+    assert "timed out after 0.1 s" in str(stopped.error)
+
+
+@pytest.mark.timeout(20)
+def test_the_handle_fails_at_the_deadline_even_if_the_task_goes_on(gate: threading.Event) -> None:
+    started, finished = threading.Event(), threading.Event()
+
+    @mp.parallel(timeout=0.1)
+    def ignore_deadline() -> str:
+        started.set()
+        assert gate.wait(30)  # never calls check_cancelled()
+        finished.set()
+        return "late"
+
+    handle = ignore_deadline()
+    assert started.wait(5)
+    started_at = time.monotonic()
+    with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.1 s"):
+        handle.get(timeout=5)  # a wait that gave up would say "gave up waiting"
+    assert time.monotonic() - started_at < 4
+    assert not finished.is_set(), "the handle only failed once the task returned"
+    assert handle.status == "timed out"
+    gate.set()
+    assert finished.wait(5)
+    # The late result is dropped: the handle stays timed out.
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(timeout=5)
+    assert handle.status == "timed out"
+
+
+@pytest.mark.timeout(20)
+def test_a_stuck_timed_out_task_does_not_block_the_pool(gate: threading.Event) -> None:
+    resize(1)
+    started, finished = threading.Event(), threading.Event()
+
+    @mp.parallel(timeout=0.1)
+    def stuck() -> None:
+        started.set()
+        assert gate.wait(30)
+        finished.set()
+
+    @mp.parallel
+    def later() -> int:
+        return threading.get_ident()
+
+    stuck_handle = stuck()
+    assert started.wait(5)
+    queued = later()  # queued behind the stuck task on the one worker
+    assert stuck_handle.wait(5)
+    assert stuck_handle.status == "timed out"
+    # A bounded get never runs the task inline: a replacement worker must run it.
+    assert queued.get(timeout=5) != threading.get_ident()
+    assert not finished.is_set(), "the stuck task was supposed to be still held"
+    info = mp.get_thread_pool_info()
+    assert info["stuck_threads"] == 1
+    assert info["live_threads"] == 2
+    gate.set()
+    assert finished.wait(5)
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0)
+    assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1)
+
+
+@pytest.mark.timeout(30)
+def test_replacing_stuck_workers_is_bounded(gate: threading.Event) -> None:
+    resize(1)
+    started = [threading.Event() for _ in range(3)]
+    monitor = Monitor()
+    try:
+
+        @mp.parallel(timeout=0.1)
+        def stuck(i: int) -> int:
+            started[i].set()
+            assert gate.wait(30)
+            return i
+
+        handles = [stuck(i) for i in range(3)]
+        # The first times out and is replaced; the second starts, times out too.
+        assert started[0].wait(5)
+        assert handles[0].wait(5)
+        assert started[1].wait(5)
+        assert handles[1].wait(5)
+        assert [h.status for h in handles[:2]] == ["timed out", "timed out"]
+        info = mp.get_thread_pool_info()
+        # With 1 thread configured, at most 1 replacement: the third task waits.
+        assert info["live_threads"] <= 2, info
+        assert info["stuck_threads"] == 2, info
+        assert info["queued_tasks"] == 1, info
+        assert not started[2].is_set()
+        assert handles[2].status == "pending"
+    finally:
+        gate.set()
+        most = monitor.stop()
+    assert most <= 2, f"a 1-thread pool ran {most} threads at once"
+    # Released, the stuck workers run the last task and the pool shrinks back.
+    assert handles[2].get(timeout=5) == 2
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0)
+    assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1), (
+        mp.get_thread_pool_info()
+    )
+
+
+def _by_decorator(fn: Callable[..., str]) -> Callable[[], mp.AsyncHandle[str]]:
+    return mp.parallel(timeout=0.1)(fn)
+
+
+def _at_call_time(fn: Callable[..., str]) -> Callable[[], mp.AsyncHandle[str]]:
+    parallel_fn = mp.parallel(fn)
+    return lambda: parallel_fn(timeout=0.1)
+
+
+def _by_options(fn: Callable[..., str]) -> Callable[[], mp.AsyncHandle[str]]:
+    return mp.parallel(fn).options(timeout=0.1)
+
+
+def _call_time_overrides_decorator(fn: Callable[..., str]) -> Callable[[], mp.AsyncHandle[str]]:
+    parallel_fn = mp.parallel(timeout=60)(fn)
+    return lambda: parallel_fn(timeout=0.1)
+
+
+def _options_override_decorator(fn: Callable[..., str]) -> Callable[[], mp.AsyncHandle[str]]:
+    return mp.parallel(timeout=60)(fn).options(timeout=0.1)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "make",
+    [
+        _by_decorator,
+        _at_call_time,
+        _by_options,
+        _call_time_overrides_decorator,
+        _options_override_decorator,
+    ],
+)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_every_way_of_setting_a_timeout(
+    make: Callable[[Callable[..., str]], Callable[[], mp.AsyncHandle[str]]],
+    backend: str,
+    gate: threading.Event,
+) -> None:
+    mp.configure(backend=backend)
+    stopped = Stopped()
+
+    def poll() -> str:
+        return cooperate(stopped, gate)
+
+    submit = make(poll)
+    handle = submit()
+    if backend == "sync":
+        # The task ran to its end (stopped by check_cancelled) inside the call.
+        assert handle.is_ready()
+    with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.1 s"):
+        handle.get(timeout=5)
+    assert stopped.event.wait(5)
+    assert isinstance(stopped.error, mp.TaskTimeoutError)
+    assert handle.status == "timed out"
+
+
+@pytest.mark.timeout(20)
+def test_sync_backend_timeout_reports_the_thread_it_ran_on(gate: threading.Event) -> None:
+    stopped = Stopped()
+    ran_on: list[int] = []
+
+    @mp.parallel(backend="sync", timeout=0.1)
+    def poll() -> str:
+        ran_on.append(threading.get_ident())
+        return cooperate(stopped, gate)
+
+    handle = poll()
+    assert ran_on == [threading.get_ident()]
+    assert handle.status == "timed out"
+    assert isinstance(stopped.error, mp.TaskTimeoutError)
+    with pytest.raises(TimeoutError):
+        handle.get()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_task_that_ends_in_time_is_not_timed_out_later(
+    backend: str, gate: threading.Event
+) -> None:
+    @mp.parallel(backend=backend, timeout=0.1)
+    def quick() -> str:
+        return "done"
+
+    handle = quick()
+    assert handle.get(timeout=5) == "done"
+
+    # Deadlines are handled in order by one thread: once a later deadline has
+    # fired, the quick task's deadline has been handled too.
+    stopped = Stopped()
+
+    @mp.parallel(timeout=0.2)
+    def marker() -> str:
+        return cooperate(stopped, gate)
+
+    later = marker()
+    assert later.wait(5)
+    assert later.status == "timed out"
+    assert handle.status == "succeeded"
+    assert handle.get() == "done"
+    assert handle.exception() is None
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        ("1", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_bad_timeouts_are_rejected(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="timeout must be a number of seconds"):
+        mp.parallel(timeout=value)
+
+    f = mp.parallel(lambda: None)
+    with pytest.raises(error, match="timeout must be a number of seconds"):
+        f(timeout=value)  # type: ignore[call-arg]
+    with pytest.raises(error, match="timeout must be a number of seconds"):
+        f.options(timeout=value)
+    assert mp.get_active_task_count() == 0  # a rejected call submits nothing
+
+
+@pytest.mark.timeout(20)
+def test_infinite_timeout_means_none(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(timeout=float("inf"))
+    def held() -> int:
+        started.set()
+        assert gate.wait(30)
+        return threading.get_ident()
+
+    handle = held()
+    # No timeout, so an unbounded get from an idle thread may run it inline:
+    # what matters is that it never times out.
+    assert started.wait(5)
+    assert not handle.wait(0.2)
+    gate.set()
+    assert handle.get(timeout=5) != threading.get_ident()
