@@ -32,20 +32,16 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._states import CANCELLED, PENDING, RUNNING
+from .._states import CANCELLED, RUNNING
 from .._validation import check_count
-from ._base import Backend
+from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
 __all__ = ["ThreadBackend", "default_thread_count"]
-
-# How the worker relates to the task it runs (``handle._on_worker``).
-_INLINE, _ON_WORKER, _ABANDONED = 0, 1, 2
 
 _MIN_STACK_SIZE = 32 * 1024
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
@@ -81,7 +77,7 @@ def check_stack_size(stack_size: Any) -> int | None:
     return stack_size
 
 
-class ThreadBackend(Backend):
+class ThreadBackend(QueueingBackend):
     """A pool of worker threads with priorities, inline claiming and replacement."""
 
     name = "thread"
@@ -90,9 +86,6 @@ class ThreadBackend(Backend):
         super().__init__()
         self._num_threads = default_thread_count() if num_threads is None else num_threads
         self._stack_size = stack_size
-        self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
-        self._priorities = [0]  # keys of _queues, highest first
-        self._queued = 0  # tasks still pending in the queues (stale entries excluded)
         self._workers = 0  # live worker threads
         self._busy = 0  # workers running a task
         self._stuck = 0  # workers still running a task that was timed out or cancelled
@@ -171,11 +164,7 @@ class ThreadBackend(Backend):
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
             self._closed = True
-            pending = (
-                [h for q in self._queues.values() for h in q if h._state == PENDING]
-                if cancel_pending
-                else []
-            )
+            pending = self._pending_locked() if cancel_pending else []
             parked, self._parked = self._parked, []
         for handle in pending:
             handle.cancel()
@@ -184,26 +173,14 @@ class ThreadBackend(Backend):
 
     # -- hooks the handle calls -----------------------------------------------------
 
-    def _holds(self, handle: AsyncHandle[Any]) -> bool:
-        with self._lock:
-            return handle._state == PENDING and handle in self._queues.get(handle._priority, ())
-
-    def _steal(self, handle: AsyncHandle[Any]) -> bool:
-        with self._lock:
-            if handle._state != PENDING:
-                return False
-            handle._state = RUNNING
-            self._queued -= 1
-            return True
-
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         if was_pending:
             self._queued -= 1  # cancelled while queued; its entry is skipped later
-        elif handle._on_worker == _ON_WORKER and handle._state >= CANCELLED:
+        elif handle._on_worker == ON_WORKER and handle._state >= CANCELLED:
             # Timed out or cancelled while a worker runs it: the worker stays busy
             # until the task returns. Marked here, under the lock that the worker's
             # own bookkeeping takes, so that the two always agree.
-            handle._on_worker = _ABANDONED
+            handle._on_worker = ABANDONED
             self._stuck += 1
             self._set_capacity_locked()
         self._active -= 1
@@ -253,29 +230,6 @@ class ThreadBackend(Backend):
                 # "can't create new thread at interpreter shutdown": the tasks are
                 # abandoned at exit anyway.
 
-    def _add_priority_locked(self, priority: int) -> deque[AsyncHandle[Any]]:
-        queue: deque[AsyncHandle[Any]] = deque()
-        self._queues[priority] = queue
-        self._priorities = sorted(self._queues, reverse=True)
-        return queue
-
-    def _next_locked(self) -> AsyncHandle[Any] | None:
-        """Pop and claim the next pending task, highest priority first, FIFO within one."""
-        for priority in self._priorities:
-            queue = self._queues[priority]
-            while queue:
-                handle = queue.popleft()
-                if handle._state == PENDING:
-                    handle._state = RUNNING
-                    handle._on_worker = _ON_WORKER
-                    self._queued -= 1
-                    return handle
-            if priority != 0:
-                del self._queues[priority]
-                self._priorities = sorted(self._queues, reverse=True)
-                return self._next_locked()
-        return None
-
     def _work(self, park: threading.Lock) -> None:
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
@@ -290,7 +244,7 @@ class ThreadBackend(Backend):
                     self._busy -= 1
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(*outcome)
-                    elif handle._on_worker == _ABANDONED:
+                    elif handle._on_worker == ABANDONED:
                         self._stuck -= 1
                         self._set_capacity_locked()
                 finished = handle

@@ -1,0 +1,92 @@
+"""The queue that pool backends share: deques by priority, claimed under the lock.
+
+Highest priority first, first in first out among equals. Entries are never
+searched for: a task cancelled or claimed elsewhere is marked (its state is no
+longer PENDING) and skipped when it reaches the front.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .._states import PENDING, RUNNING
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._handle import AsyncHandle
+
+__all__ = ["ON_WORKER", "QueueingBackend"]
+
+# handle._on_worker: 0 run inline by a waiter, 1 on a worker, 2 on a worker and abandoned.
+INLINE, ON_WORKER, ABANDONED = 0, 1, 2
+
+
+class QueueingBackend(Backend):
+    """A backend whose workers take tasks from priority queues."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
+        self._priorities = [0]  # keys of _queues, highest first
+        self._queued = 0  # tasks still pending in the queues (stale entries excluded)
+
+    def _enqueue_locked(self, handle: AsyncHandle[Any]) -> None:
+        queue = self._queues.get(handle._priority)
+        if queue is None:
+            queue = self._add_priority_locked(handle._priority)
+        queue.append(handle)
+        self._queued += 1
+
+    def _requeue_locked(self, handle: AsyncHandle[Any]) -> None:
+        """Put a claimed task that never started back at the front of its queue."""
+        handle._state = PENDING
+        queue = self._queues.get(handle._priority)
+        if queue is None:
+            queue = self._add_priority_locked(handle._priority)
+        queue.appendleft(handle)
+        self._queued += 1
+
+    def _add_priority_locked(self, priority: int) -> deque[AsyncHandle[Any]]:
+        queue: deque[AsyncHandle[Any]] = deque()
+        self._queues[priority] = queue
+        self._priorities = sorted(self._queues, reverse=True)
+        return queue
+
+    def _next_locked(self) -> AsyncHandle[Any] | None:
+        """Pop and claim the next pending task, highest priority first, FIFO within one."""
+        for priority in self._priorities:
+            queue = self._queues[priority]
+            while queue:
+                handle = queue.popleft()
+                if handle._state == PENDING:
+                    handle._state = RUNNING
+                    handle._on_worker = ON_WORKER
+                    self._queued -= 1
+                    return handle
+            if priority != 0:
+                del self._queues[priority]
+                self._priorities = sorted(self._queues, reverse=True)
+                return self._next_locked()
+        return None
+
+    def _pending_locked(self) -> list[AsyncHandle[Any]]:
+        return [h for q in self._queues.values() for h in q if h._state == PENDING]
+
+    def _holds(self, handle: AsyncHandle[Any]) -> bool:
+        with self._lock:
+            return handle._state == PENDING and handle in self._queues.get(handle._priority, ())
+
+    def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
+        if was_pending:
+            self._queued -= 1  # cancelled while queued; its entry is skipped later
+        super()._settled_locked(handle, was_pending)
+
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        with self._lock:
+            if handle._state != PENDING:
+                return False
+            handle._state = RUNNING
+            handle._on_worker = INLINE
+            self._queued -= 1
+            return True
