@@ -37,7 +37,7 @@ def test_info_prints_the_interpreter_and_the_pool(capsys: pytest.CaptureFixture[
     version = ".".join(map(str, sys.version_info[:3]))
     assert re.search(rf"^python\s+{re.escape(version)} \(", out, re.MULTILINE), out
     assert re.search(r"^GIL enabled now\s+(yes|no)$", out, re.MULTILINE), out
-    assert re.search(r"^backends\s+thread, sync$", out, re.MULTILINE), out
+    assert re.search(r"^backends\s+thread, process, sync, auto$", out, re.MULTILINE), out
     threads = mp.get_thread_pool_info()["num_threads"]
     assert re.search(rf"^thread pool\s+{threads} threads ", out, re.MULTILINE), out
 
@@ -50,7 +50,7 @@ def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str
         assert isinstance(info[key], expected), (key, info[key])
     assert info["makeparallel_version"] == mp.__version__
     assert info["default_backend"] == "thread"
-    assert info["backends"] == ["thread", "sync"]
+    assert info["backends"] == ["thread", "process", "sync", "auto"]
     assert info["thread_pool"]["num_threads"] == mp.get_thread_pool_info()["num_threads"]
     if info["gil_enabled"] is False:
         assert info["free_threaded_build"] is True  # only such a build can run without it
@@ -71,7 +71,7 @@ def test_info_explains_a_bad_backend_in_the_environment(
     assert main(["info"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "MAKEPARALLEL_BACKEND must be one of 'thread', 'sync', got 'warp-drive'" in captured.err
+    assert "MAKEPARALLEL_BACKEND must be one of 'thread', 'process', 'sync', 'auto', got 'warp-drive'" in captured.err
 
 
 def test_demo_quick_prints_both_workloads_and_their_speedups(

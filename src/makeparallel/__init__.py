@@ -33,8 +33,10 @@ from ._metrics import get_metrics as get_metrics
 from ._metrics import profiled as profiled
 from ._metrics import reset_metrics as reset_metrics
 from ._runtime import configure as configure
+from ._runtime import configure_process_pool as configure_process_pool
 from ._runtime import configure_thread_pool as configure_thread_pool
 from ._runtime import get_active_task_count as get_active_task_count
+from ._runtime import get_process_pool_info as get_process_pool_info
 from ._runtime import get_thread_pool_info as get_thread_pool_info
 from ._runtime import reset_shutdown as reset_shutdown
 from ._runtime import set_max_concurrent_tasks as set_max_concurrent_tasks
@@ -45,7 +47,9 @@ from ._task_context import report_progress as report_progress
 from .errors import ShutdownError as ShutdownError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TaskError as TaskError
+from .errors import TaskSerializationError as TaskSerializationError
 from .errors import TaskTimeoutError as TaskTimeoutError
+from .errors import WorkerCrashedError as WorkerCrashedError
 
 __version__ = "0.3.0"
 
@@ -61,16 +65,20 @@ __all__ = [
     "TaskError",
     "TaskGroup",
     "TaskMetrics",
+    "TaskSerializationError",
     "TaskTimeoutError",
+    "WorkerCrashedError",
     "as_completed",
     "check_cancelled",
     "configure",
+    "configure_process_pool",
     "configure_thread_pool",
     "gather",
     "get_active_task_count",
     "get_all_metrics",
     "get_current_task_id",
     "get_metrics",
+    "get_process_pool_info",
     "get_thread_pool_info",
     "imap",
     "parallel",

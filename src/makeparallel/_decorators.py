@@ -188,6 +188,11 @@ class ParallelFunction(Generic[P, T]):
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else _BoundParallelFunction(self, instance)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to another process: the function and options travel, not the
+        # limiter or the metrics record, which belong to this process.
+        return (ParallelFunction, (self._fn, self._options))
+
     def __repr__(self) -> str:
         return f"<parallel function {self._spec.name}>"
 

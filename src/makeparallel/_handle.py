@@ -104,6 +104,7 @@ class AsyncHandle(Generic[T]):
         "_noted",
         "_observer",
         "_on_worker",
+        "_payload",
         "_permits",
         "_priority",
         "_progress",
@@ -149,6 +150,7 @@ class AsyncHandle(Generic[T]):
         self._noted = False
         self._on_worker = 0  # set by the thread backend: on a worker, abandoned
         self._permits: tuple[Any, ...] = ()
+        self._payload: Any = None  # the pickled call, on the process backend
 
     # -- results -----------------------------------------------------------------
 
@@ -261,8 +263,13 @@ class AsyncHandle(Generic[T]):
 
     # -- cancellation ----------------------------------------------------------------
 
-    def cancel(self) -> bool:
+    def cancel(self, force: bool = False) -> bool:
         """Cancel the task; return whether it was still unfinished.
+
+        Args:
+            force: on the process backend, terminate the worker process running
+                the task (a new one takes its place). Threads cannot be killed, so
+                elsewhere it changes nothing.
 
         Cancellation:
             A queued task never runs. A running task is asked to stop: the handle
@@ -280,7 +287,7 @@ class AsyncHandle(Generic[T]):
         if announce is not None:
             self._announce(*announce)
         if previous == RUNNING:
-            backend._abandoned(self)
+            backend._abandoned(self, force)
         return True
 
     # -- progress and metadata ----------------------------------------------------
@@ -420,8 +427,7 @@ class AsyncHandle(Generic[T]):
                 return
             error = TaskTimeoutError(
                 f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
-                "it was asked to stop at its next check_cancelled(). Raise the timeout "
-                "if the task needs longer"
+                f"{backend.stop_hint}. Raise the timeout if the task needs longer"
             )
             announce = self._settle_locked(TIMED_OUT, error)
         if announce is not None:
@@ -442,7 +448,7 @@ class AsyncHandle(Generic[T]):
         self._value = value
         self._finished_at = _now()
         # Drop the references the task held, so a kept handle keeps nothing alive.
-        self._fn = self._args = self._kwargs = self._context = None
+        self._fn = self._args = self._kwargs = self._context = self._payload = None
         self._backend._settled_locked(self, was_pending)
         self._observer.task_finished(self)
         callbacks, self._callbacks = self._callbacks, None

@@ -15,9 +15,12 @@ import atexit
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any
+
+from collections.abc import Callable
 
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
@@ -28,9 +31,11 @@ from ._validation import check_count, check_wait_timeout
 __all__ = [
     "BACKEND_NAMES",
     "configure",
+    "configure_process_pool",
     "configure_thread_pool",
     "get_active_task_count",
     "get_backend",
+    "get_process_pool_info",
     "get_thread_pool_info",
     "global_limiter",
     "reset_shutdown",
@@ -40,8 +45,18 @@ __all__ = [
 
 _log = logging.getLogger("makeparallel")
 
-_FACTORIES: dict[str, type[Backend]] = {"thread": ThreadBackend, "sync": SyncBackend}
-BACKEND_NAMES = tuple(_FACTORIES)
+def _process_backend() -> Backend:
+    from ._backends._process import ProcessBackend  # subprocess, sockets: only when used
+
+    return ProcessBackend()
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {
+    "thread": ThreadBackend,
+    "process": _process_backend,
+    "sync": SyncBackend,
+}
+BACKEND_NAMES = (*_FACTORIES, "auto")
 ENV_BACKEND = "MAKEPARALLEL_BACKEND"
 
 _lock = threading.Lock()
@@ -54,9 +69,22 @@ _exit_hook_registered = False
 global_limiter = Limiter(None)
 
 
+def free_threaded() -> bool:
+    """Whether this interpreter runs Python bytecode in parallel (GIL disabled)."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_gil_enabled is not None and not is_gil_enabled()
+
+
+def resolve_auto(name: str) -> str:
+    """``"auto"``: threads where they run Python in parallel, processes where not."""
+    if name != "auto":
+        return name
+    return "thread" if free_threaded() else "process"
+
+
 def check_backend_name(name: Any, source: str = "backend") -> str:
     """Validate a backend name; the message lists the accepted ones."""
-    if name not in _FACTORIES:
+    if name not in BACKEND_NAMES:
         accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
         raise ValueError(f"{source} must be one of {accepted}, got {name!r}")
     return name  # type: ignore[no-any-return]
@@ -83,7 +111,7 @@ def get_backend(name: str | None = None) -> Backend:
             _default_instance = get_backend(default_backend_name())
         return _default_instance
     backend = _backends.get(name)
-    return backend if backend is not None else _create(name)
+    return backend if backend is not None else _create(resolve_auto(name))
 
 
 def _create(name: str) -> Backend:
@@ -113,8 +141,9 @@ def configure(*, backend: str | None = None, exit_timeout: float | None = None) 
 
     Args:
         backend: the backend for functions that name none: ``"thread"`` (the
-            default) or ``"sync"``. Overrides the ``MAKEPARALLEL_BACKEND``
-            environment variable.
+            default), ``"process"``, ``"auto"`` (threads on a free-threaded
+            Python, processes otherwise) or ``"sync"``. Overrides the
+            ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
             unfinished tasks before abandoning them (default 5).
     """
@@ -141,6 +170,26 @@ def configure_thread_pool(num_threads: int | None = None, stack_size: int | None
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)
     backend.configure(num_threads, stack_size)
+
+
+def configure_process_pool(num_workers: int | None = None) -> None:
+    """Size the process pool, before or after it started.
+
+    Args:
+        num_workers: worker processes (an int >= 1); defaults to the cores this
+            process may use. A larger pool starts workers as work arrives; a
+            smaller one stops surplus workers once they are idle.
+    """
+    from ._backends._process import ProcessBackend
+
+    backend = get_backend("process")
+    assert isinstance(backend, ProcessBackend)
+    backend.configure(num_workers)
+
+
+def get_process_pool_info() -> dict[str, Any]:
+    """The process pool's size and load: workers live and busy, tasks queued, restarts."""
+    return get_backend("process").info()
 
 
 def get_thread_pool_info() -> dict[str, Any]:
@@ -200,7 +249,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
         limiter.close()
     for backend in backends:
         backend.close(cancel_pending)
-    return wait_until_idle(timeout_secs)
+    finished = wait_until_idle(timeout_secs)
+    for backend in backends:
+        backend.terminate()  # no worker process outlives shutdown, busy or not
+    return finished
 
 
 def reset_shutdown() -> None:
@@ -223,13 +275,19 @@ def is_shut_down() -> bool:
 def _at_exit() -> None:
     timeout = _exit_timeout
     if get_active_task_count() and not wait_until_idle(timeout):
-        _log.warning(
-            "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned "
-            "after waiting %s s; collect results or call makeparallel.shutdown() before "
-            "exiting, or raise configure(exit_timeout=...)",
-            get_active_task_count(),
-            f"{timeout:g}" if math.isfinite(timeout) else timeout,
-        )
+        _log_abandoned(timeout)
+    for backend in list(_backends.values()):
+        backend.terminate()  # no orphaned or zombie worker process
+
+
+def _log_abandoned(timeout: float) -> None:
+    _log.warning(
+        "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned "
+        "after waiting %s s; collect results or call makeparallel.shutdown() before "
+        "exiting, or raise configure(exit_timeout=...)",
+        get_active_task_count(),
+        f"{timeout:g}" if math.isfinite(timeout) else timeout,
+    )
 
 
 def _reset_after_fork() -> None:

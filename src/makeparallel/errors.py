@@ -16,7 +16,9 @@ __all__ = [
     "ShutdownError",
     "TaskCancelledError",
     "TaskError",
+    "TaskSerializationError",
     "TaskTimeoutError",
+    "WorkerCrashedError",
 ]
 
 
@@ -55,4 +57,21 @@ class ShutdownError(TaskError):
     """The library was shut down and refuses new tasks.
 
     Call ``makeparallel.reset_shutdown()`` to accept tasks again.
+    """
+
+
+class WorkerCrashedError(TaskError):
+    """The worker process running the task died (a crash, a signal, ``os._exit``).
+
+    Only that task fails; the pool starts a new worker in its place. The message
+    gives the exit code or the signal, as ``SIGKILL(-9)``.
+    """
+
+
+class TaskSerializationError(TaskError):
+    """A task's function, arguments or result could not be sent between processes.
+
+    Raised at submission for the function and arguments, and by ``get()`` for a
+    result. The message names the object that failed; the thread backend needs no
+    pickling at all.
     """

@@ -23,6 +23,8 @@ class Backend:
     """The base of every backend: a lock, a count of unfinished tasks, a closed flag."""
 
     name: ClassVar[str]
+    #: How a task that timed out is stopped, for the error message.
+    stop_hint: ClassVar[str] = "it was asked to stop at its next check_cancelled()"
 
     def __init__(self) -> None:
         self._lock = YieldingLock()
@@ -96,5 +98,8 @@ class Backend:
             waiter.release()
         self._idle_waiters.clear()
 
-    def _abandoned(self, handle: AsyncHandle[Any]) -> None:
-        """A running task was timed out or cancelled and may keep its thread busy."""
+    def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
+        """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
+
+    def terminate(self) -> None:
+        """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""

@@ -187,7 +187,7 @@ class ThreadBackend(QueueingBackend):
         if self._active == 0 and self._idle_waiters:
             self._wake_idle_waiters_locked()
 
-    def _abandoned(self, handle: AsyncHandle[Any]) -> None:
+    def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
             spawn = self._reserve_workers_locked(self._queued - len(self._parked))
         self._spawn(spawn)

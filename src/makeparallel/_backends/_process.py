@@ -1,0 +1,436 @@
+"""The ``"process"`` backend: a persistent pool of worker processes, for pure-Python CPU work.
+
+Data flow::
+
+    submit() --pickle, then queue--> queues[priority] --wake--> loop thread
+                                                                 |  one pipe per worker,
+                  handle settles <--results, progress, logs---   |  owned by the parent
+                                                                 v
+                                              worker process: run tasks in order
+
+Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebble):
+
+* One pipe per worker, owned by the parent, and one loop thread that waits on
+  all of them and on a wake-up pipe. Dispatch *is* the assignment: the parent
+  always knows which task each worker runs, so a dead worker fails exactly its
+  own task, and no lock is shared with the workers (none can be left held by a
+  killed process).
+* A worker gets a small window of tasks at a time (more when tasks are short),
+  so it never waits for a round trip; results come back in batches. A task with
+  a timeout is sent only to an idle worker and nothing is sent behind it, so its
+  clock starts when it starts.
+* At a timeout, or ``cancel(force=True)``, the worker running the task is
+  terminated (then killed), the task fails, the tasks sent behind it go back to
+  the queue, and a new worker takes its place. A worker that dies on its own
+  fails its task with ``WorkerCrashedError``, exit code or signal named.
+* Workers are fresh interpreters (``subprocess`` with the pipe passed down), never
+  forks of this possibly threaded process, and they do not re-import your
+  ``__main__``: functions from it travel by value. A worker exits as soon as its
+  pipe closes, so it never outlives the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from .. import _deadlines, _serialization
+from .._states import FAILED, RUNNING, SUCCEEDED, TIMED_OUT
+from .._validation import check_count
+from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
+from ._queueing import QueueingBackend
+from ._thread import default_thread_count
+
+if TYPE_CHECKING:
+    from .._handle import AsyncHandle
+
+__all__ = ["ProcessBackend"]
+
+_WORKER_MAIN = (
+    "import sys; from makeparallel._backends._process_worker import main; "
+    "main(int(sys.argv[1]), int(sys.argv[2]))"
+)
+_TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+_SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
+
+
+class _Worker:
+    """The parent's view of one worker process."""
+
+    __slots__ = ("conn", "kill_at", "killing", "outstanding", "process")
+
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
+        self.killing = False
+        self.kill_at: float | None = None
+
+
+def describe_exit(code: int | None) -> str:
+    """``"exit code 3"`` or ``"signal SIGKILL(-9)"``, as loky names them."""
+    if code is None:
+        return "an unknown exit"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}({code})"
+        except ValueError:
+            return f"signal {-code}({code})"
+    return f"exit code {code}"
+
+
+class ProcessBackend(QueueingBackend):
+    """A pool of worker processes fed by one loop thread."""
+
+    name = "process"
+    stop_hint = "its worker process was stopped, and a new one took its place"
+
+    def __init__(self, num_workers: int | None = None) -> None:
+        if os.name != "posix":  # pragma: no cover - the test machines are POSIX
+            raise RuntimeError(
+                "the process backend needs a POSIX system (Linux, macOS) for now; "
+                "use backend='thread' here"
+            )
+        super().__init__()
+        self._num_workers = default_thread_count() if num_workers is None else num_workers
+        self._workers: list[_Worker] = []
+        self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._loop: threading.Thread | None = None
+        self._terminating = False
+        self._restarts = 0
+        self._mean_seconds = 0.0
+        self._window = 2
+
+    # -- configuration and state -------------------------------------------------------
+
+    def configure(self, num_workers: int | None) -> None:
+        """Set the number of worker processes; applies as workers start and end."""
+        if num_workers is not None:
+            check_count(num_workers, "num_workers")
+            with self._lock:
+                self._num_workers = num_workers
+                surplus = self._workers[num_workers:]
+                for worker in surplus:
+                    if not worker.outstanding:
+                        worker.killing = True
+            self._wake()
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "backend": self.name,
+                "num_workers": self._num_workers,
+                "live_workers": len(self._workers),
+                "busy_workers": sum(1 for w in self._workers if w.outstanding),
+                "queued_tasks": self._queued,
+                "active_tasks": self._active,
+                "worker_restarts": self._restarts,
+                "worker_pids": [w.process.pid for w in self._workers],
+                "closed": self._closed,
+            }
+
+    # -- submission --------------------------------------------------------------------
+
+    def submit(self, handle: AsyncHandle[Any]) -> None:
+        payload = _serialize_call(handle)
+        with self._lock:
+            self._refuse_if_closed_locked()
+            handle._payload = payload
+            self._enqueue_locked(handle)
+            self._active += 1
+            handle._observer.task_submitted(handle)
+            start_loop = self._loop is None
+            if start_loop:
+                self._loop = threading.Thread(
+                    target=self._run_loop, name="makeparallel-process-loop", daemon=True
+                )
+        if start_loop:
+            self._loop.start()  # type: ignore[union-attr]
+        else:
+            self._wake()
+
+    def close(self, cancel_pending: bool) -> None:
+        with self._lock:
+            self._closed = True
+            pending = self._pending_locked() if cancel_pending else []
+        for handle in pending:
+            handle.cancel()
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._closed = False
+            self._terminating = False
+
+    def terminate(self) -> None:
+        """Stop every worker now; a task still running fails with ``ShutdownError``."""
+        with self._lock:
+            self._terminating = True
+            workers = list(self._workers)
+        for worker in workers:
+            _stop(worker.process)
+        for worker in workers:
+            self._worker_died(worker)
+
+    # -- hooks the handle calls -----------------------------------------------------
+
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        return False  # a process task never runs in this process
+
+    def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
+        with self._lock:
+            worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
+            if worker is None:
+                return
+            if worker.outstanding[0] is handle and (force or handle._state == TIMED_OUT):
+                worker.killing = True
+            else:  # ask it to stop at its next check_cancelled(), or never to start
+                self._control.append((worker, ("cancel", handle._id, handle._value)))
+        self._wake()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def _run_loop(self) -> None:
+        while self._maintain():
+            with self._lock:
+                workers = {w.conn: w for w in self._workers}
+            ready = wait([self._wake_r, *workers], timeout=self._next_kill_in())
+            for source in ready:
+                if source == self._wake_r:
+                    while True:
+                        try:
+                            if not os.read(self._wake_r, 4096):
+                                break
+                        except BlockingIOError:
+                            break
+                else:
+                    self._receive(workers[source])  # type: ignore[index]
+
+    def _maintain(self) -> bool:
+        """Start and stop workers, send control messages, dispatch; False to end the loop."""
+        with self._lock:
+            if self._terminating or (self._closed and self._active == 0 and not self._workers):
+                self._loop = None
+                return False
+            missing = self._num_workers - len(self._workers) if self._queued and not self._terminating else 0
+        for _ in range(max(0, missing)):
+            worker = _start_worker()
+            with self._lock:
+                self._workers.append(worker)
+        self._kill_marked()
+        while self._control:
+            worker, message = self._control.popleft()
+            _send(worker, message, [])
+        for worker in list(self._workers):
+            self._dispatch(worker)
+        return True
+
+    def _dispatch(self, worker: _Worker) -> None:
+        batch: list[AsyncHandle[Any]] = []
+        with self._lock:
+            if worker.killing:
+                return
+            outstanding = worker.outstanding
+            while len(outstanding) < self._window:
+                if outstanding and outstanding[-1]._timeout is not None:
+                    break  # nothing goes behind a task with a timeout
+                handle = self._next_locked()
+                if handle is None:
+                    break
+                if handle._timeout is not None and outstanding:
+                    self._requeue_locked(handle)  # it waits for an idle worker
+                    break
+                handle._started_at = time.perf_counter()
+                outstanding.append(handle)
+                batch.append(handle)
+        if not batch:
+            return
+        tasks, buffers = [], []
+        for handle in batch:
+            data, task_buffers = handle._payload
+            tasks.append((handle._id, handle.name, data, [memoryview(b).nbytes for b in task_buffers]))
+            buffers.extend(task_buffers)  # the payload stays: a crash may send it again
+        _send(worker, ("tasks", tasks), buffers)
+        for handle in batch:
+            if handle._timeout is not None:
+                _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = pickle.loads(worker.conn.recv_bytes())
+            kind = message[0]
+            if kind == "done":
+                for task_id, ok, data, sizes, seconds in message[1]:
+                    buffers = [_receive_buffer(worker.conn, size) for size in sizes]
+                    with self._lock:
+                        handle = worker.outstanding.popleft()
+                    self._settle(handle, ok, data, buffers, seconds)
+            elif kind == "progress":
+                _, task_id, fraction, text = message
+                running = [h for h in worker.outstanding if h._id == task_id]
+                if running and running[0]._state == RUNNING:
+                    running[0]._report_progress(fraction, text)
+            elif kind == "log":
+                _emit_log(message[1])
+        except (EOFError, OSError):
+            self._worker_died(worker)
+
+    def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
+        self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
+        self._window = 32 if self._mean_seconds < _SHORT_TASK else 2
+        if handle._state != RUNNING:
+            return  # timed out or cancelled meanwhile: the late outcome is dropped
+        try:
+            value = _serialization.loads(data, buffers)
+        except Exception as error:
+            ok, value = False, TaskSerializationError(
+                f"the result of task {handle._id} ({handle.name}) came back from the worker "
+                f"but could not be unpickled here: {type(error).__name__}: {error}"
+            )
+        else:
+            if not ok:
+                value, remote_traceback = value
+                if remote_traceback:
+                    value.__cause__ = _serialization.RemoteTraceback(remote_traceback)
+        handle._started_at = time.perf_counter() - seconds
+        handle._finish(SUCCEEDED if ok else FAILED, value)
+
+    def _worker_died(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker not in self._workers:
+                return  # already handled
+            self._workers.remove(worker)
+            outstanding = list(worker.outstanding)
+            worker.outstanding.clear()
+            for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
+                if handle._state == RUNNING:
+                    self._requeue_locked(handle)
+            if not self._terminating:
+                self._restarts += 1
+            terminating = self._terminating
+        code = _stop(worker.process)
+        worker.conn.close()
+        if outstanding and outstanding[0]._state == RUNNING:
+            handle = outstanding[0]
+            error: Exception
+            if terminating:
+                error = ShutdownError(
+                    f"task {handle._id} ({handle.name}) was still running when makeparallel "
+                    "shut down, and its worker process was stopped"
+                )
+            else:
+                error = WorkerCrashedError(
+                    f"the worker process (pid {worker.process.pid}) running task {handle._id} "
+                    f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
+                    "worker, and no other task was affected"
+                )
+            handle._finish(FAILED, error)
+        self._wake()
+
+    def _kill_marked(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if not worker.killing:
+                continue
+            if worker.kill_at is None:
+                worker.process.terminate()
+                worker.kill_at = now + _TERMINATE_GRACE
+            elif now >= worker.kill_at and worker.process.poll() is None:
+                worker.process.kill()
+
+    def _next_kill_in(self) -> float | None:
+        deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+
+def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle the task's call; a failure names the object that could not be pickled."""
+    call = (handle._fn, handle._args, handle._kwargs)
+    try:
+        return _serialization.dumps(call)
+    except Exception as error:
+        raise TaskSerializationError(
+            f"task {handle._id} ({handle.name}) cannot be sent to a worker process: "
+            f"{_culprit(call)} could not be pickled ({type(error).__name__}: {error}). "
+            "Everything a process task receives must be picklable; backend='thread' "
+            "needs no pickling"
+        ) from error
+
+
+def _culprit(call: tuple[Any, tuple[Any, ...] | None, dict[str, Any] | None]) -> str:
+    fn, args, kwargs = call
+    candidates: list[tuple[str, Any]] = [(f"the function {fn!r}", fn)]
+    candidates += [(f"argument {i} ({type(a).__name__})", a) for i, a in enumerate(args or ())]
+    candidates += [(f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in (kwargs or {}).items()]
+    for description, candidate in candidates:
+        try:
+            _serialization.dumps(candidate)
+        except Exception:
+            return description
+    return "the call"
+
+
+def _start_worker() -> _Worker:
+    parent_end, child_end = socket.socketpair()
+    try:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(logging.getLogger().getEffectiveLevel())],
+            pass_fds=(child_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    finally:
+        child_end.close()
+    return _Worker(process, Connection(parent_end.detach()))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int | None:
+    """Make sure ``process`` is gone and reaped (no zombie); return its exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(_TERMINATE_GRACE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def _send(worker: _Worker, message: tuple[Any, ...], buffers: list[Any]) -> None:
+    try:
+        worker.conn.send_bytes(pickle.dumps(message, protocol=5))
+        for buffer in buffers:
+            worker.conn.send_bytes(buffer)
+    except OSError:
+        pass  # the worker died; the loop sees its pipe close and handles it
+
+
+def _receive_buffer(conn: Connection, size: int) -> bytearray:
+    buffer = bytearray(size)
+    conn.recv_bytes_into(buffer)
+    return buffer
+
+
+def _emit_log(attributes: dict[str, Any]) -> None:
+    record = logging.makeLogRecord(attributes)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)

@@ -1,0 +1,204 @@
+"""A worker process of the ``"process"`` backend: runs the tasks the parent sends.
+
+Two threads. A reader thread takes every message off the pipe at once, so that a
+cancel reaches a task while it runs, and exits the process the moment the pipe
+closes (the parent is gone: no orphan). The main thread runs tasks in the order
+they came, and sends results back in batches while more tasks wait.
+
+Messages are pickled tuples, each followed by its out-of-band buffers:
+
+    parent -> worker   ("tasks", [(task_id, name, data, buffer_sizes), ...])
+                       ("cancel", task_id, error)
+    worker -> parent   ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
+                       ("progress", task_id, fraction, message)
+                       ("log", record_attributes)
+
+Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .. import _serialization
+from .._states import CANCELLED, RUNNING
+from .._task_context import _local
+from ..errors import TaskError, TaskSerializationError
+
+__all__ = ["main"]
+
+_BATCH = 64  # results held back at most while more tasks wait
+
+
+class _RemoteTask:
+    """What ``report_progress``, ``check_cancelled`` and friends see in a worker."""
+
+    __slots__ = ("_id", "_state", "_stop_error", "_worker")
+
+    def __init__(self, task_id: int, worker: _Worker) -> None:
+        self._id = task_id
+        self._state = RUNNING
+        self._stop_error: BaseException | None = None
+        self._worker = worker
+
+    def get_task_id(self) -> int:
+        return self._id
+
+    def _report_progress(self, fraction: float, message: str | None) -> None:
+        self._worker.send(("progress", self._id, fraction, message), [])
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop_error is not None:
+            raise type(self._stop_error)(*self._stop_error.args)
+
+
+class _ForwardingHandler(logging.Handler):
+    """Sends each log record to the parent, whose handlers then emit it."""
+
+    def __init__(self, worker: _Worker) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            attributes = dict(record.__dict__)
+            attributes["msg"] = record.getMessage()
+            attributes["args"] = None
+            if record.exc_info:
+                attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            attributes["exc_info"] = None
+            self._worker.send(("log", attributes), [])
+        except Exception:
+            self.handleError(record)
+
+
+class _Worker:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._send_lock = threading.Lock()
+        self._inbox: deque[Any] = deque()
+        self._has_mail = threading.Condition(threading.Lock())
+        self._cancelled: dict[int, BaseException] = {}
+        self._current: _RemoteTask | None = None
+
+    def send(self, message: tuple[Any, ...], buffers: list[Any]) -> None:
+        header = pickle.dumps(message, protocol=5)
+        with self._send_lock:
+            self._conn.send_bytes(header)
+            for buffer in buffers:
+                self._conn.send_bytes(buffer)
+
+    def serve(self) -> None:
+        """Run tasks until the process is ended (the reader exits it on EOF)."""
+        threading.Thread(target=self._read, name="makeparallel-worker-reader", daemon=True).start()
+        done: list[tuple[Any, ...]] = []
+        buffers: list[Any] = []
+        while True:
+            with self._has_mail:
+                while not self._inbox:
+                    if done:
+                        break
+                    self._has_mail.wait()
+                task = self._inbox.popleft() if self._inbox else None
+                more_waiting = bool(self._inbox)
+            if task is not None:
+                entry, entry_buffers = self._run(*task)
+                done.append(entry)
+                buffers.extend(entry_buffers)
+            if done and (not more_waiting or len(done) >= _BATCH):
+                self.send(("done", done), buffers)
+                done, buffers = [], []
+
+    def _run(self, task_id: int, name: str, data: bytes, buffers: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
+        with self._has_mail:
+            stop_error = self._cancelled.pop(task_id, None)
+        if stop_error is not None:  # cancelled before it started: never run it
+            return (task_id, False, b"", [], 0.0), []
+        task = _RemoteTask(task_id, self)
+        self._current = task
+        _local.task = task
+        started = time.perf_counter()
+        try:
+            fn, args, kwargs = _serialization.loads(data, buffers)
+            value, ok = fn(*args, **kwargs), True
+        except BaseException as error:  # SystemExit too: it ends the task, not the worker
+            value, ok = (error, "".join(traceback.format_exception(error))), False
+        finally:
+            seconds = time.perf_counter() - started
+            _local.task = None
+            self._current = None
+        try:
+            result, result_buffers = _serialization.dumps(value)
+        except Exception as error:
+            detail = f"{type(error).__name__}: {error}"
+            if ok:
+                failure = TaskSerializationError(
+                    f"the result of task {task_id} ({name}) could not be pickled to send it "
+                    f"back from the worker process: {detail}. Return picklable data, or use "
+                    "backend='thread', which needs no pickling"
+                )
+                value = (failure, "")
+            else:  # the task's own exception cannot travel: send what describes it
+                kind = type(value[0]).__qualname__
+                value = (TaskError(f"task {task_id} ({name}) raised {kind}: {value[0]} ({detail})"), value[1])
+            ok = False
+            result, result_buffers = _serialization.dumps(value)
+        sizes = [memoryview(b).nbytes for b in result_buffers]
+        return (task_id, ok, result, sizes, seconds), result_buffers
+
+    def _read(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                message = pickle.loads(conn.recv_bytes())
+                kind = message[0]
+                if kind == "tasks":
+                    tasks = [
+                        (task_id, name, data, [_receive_buffer(conn, size) for size in sizes])
+                        for task_id, name, data, sizes in message[1]
+                    ]
+                    with self._has_mail:
+                        self._inbox.extend(tasks)
+                        self._has_mail.notify()
+                elif kind == "cancel":
+                    self._cancel(message[1], message[2])
+        except (EOFError, OSError):
+            os._exit(0)  # the parent closed the pipe or died: never outlive it
+
+    def _cancel(self, task_id: int, error: BaseException) -> None:
+        current = self._current
+        if current is not None and current._id == task_id:
+            current._stop_error = error
+            current._state = CANCELLED
+            return
+        with self._has_mail:
+            self._cancelled[task_id] = error
+
+
+def _receive_buffer(conn: Connection, size: int) -> bytearray:
+    buffer = bytearray(size)  # writable, so NumPy arrays built on it are too
+    conn.recv_bytes_into(buffer)
+    return buffer
+
+
+def main(fd: int, log_level: int) -> None:
+    """Serve tasks on the connection ``fd`` until the parent closes it.
+
+    The parent passes its ``sys.path`` in ``PYTHONPATH``, so its modules import
+    here, and the level of its root logger, so records it would drop never travel.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = _Worker(Connection(fd))
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardingHandler(worker)]
+    root.setLevel(log_level)
+    worker.serve()

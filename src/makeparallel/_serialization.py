@@ -1,0 +1,111 @@
+"""Pickling between processes: by reference where possible, by value where not.
+
+* A ``@parallel`` function travels as a reference (module and qualified name);
+  the worker imports the module and takes the undecorated function from the
+  decorator. Plain pickle cannot do this: the name points at the decorator, not
+  at the function.
+* Everything pickle cannot send by reference (lambdas, closures, functions of
+  ``__main__``) goes by value, through cloudpickle.
+* Exceptions of your own classes are rebuilt without calling ``__init__``, so a
+  custom signature survives the trip.
+* Large buffers (``bytearray``, ``memoryview``, NumPy arrays) travel out of band
+  (pickle protocol 5): sent as they are, not copied into the pickle stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import sys
+from types import FunctionType
+from typing import Any
+
+__all__ = ["RemoteTraceback", "dumps", "loads"]
+
+_OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text.
+
+    Set as ``__cause__`` of the exception that ``get()`` raises, so that the
+    printed traceback shows where the task failed in the worker.
+    """
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; return the stream and the buffers sent out of band."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
+            return True  # in band
+        buffers.append(buffer)
+        return False
+
+    stream = io.BytesIO()
+    _pickler_class()(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
+    return stream.getvalue(), buffers
+
+
+@functools.cache
+def _pickler_class() -> type[pickle.Pickler]:
+    import cloudpickle  # type: ignore[import-untyped]  # only the process backend needs it
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def reducer_override(self, obj: Any) -> Any:
+            reduced = _reduce(obj)
+            return super().reducer_override(obj) if reduced is NotImplemented else reduced
+
+    return Pickler
+
+
+def loads(data: bytes, buffers: list[Any]) -> Any:
+    """Unpickle what :func:`dumps` made."""
+    return pickle.loads(data, buffers=buffers)
+
+
+def _reduce(obj: Any) -> Any:
+    if isinstance(obj, FunctionType):
+        reference = _parallel_reference(obj)
+        return NotImplemented if reference is None else (_undecorated, reference)
+    if isinstance(obj, BaseException) and type(obj).__module__ != "builtins":
+        return (_rebuild_exception, (type(obj), obj.args, getattr(obj, "__dict__", {})))
+    if isinstance(obj, memoryview) and obj.contiguous:
+        return (memoryview, (pickle.PickleBuffer(obj),))
+    return NotImplemented
+
+
+def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
+    """``(module, qualname)`` if that name holds a @parallel wrapper of ``fn``."""
+    from ._decorators import ParallelFunction
+
+    target: Any = sys.modules.get(fn.__module__)
+    if target is None or fn.__module__ == "__main__":
+        return None
+    for part in fn.__qualname__.split("."):
+        target = getattr(target, part, None)
+    if isinstance(target, ParallelFunction) and target.__wrapped__ is fn:
+        return fn.__module__, fn.__qualname__
+    return None
+
+
+def _undecorated(module: str, qualname: str) -> Any:
+    import importlib
+
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target.__wrapped__
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    error = cls.__new__(cls)
+    error.args = args
+    if state:
+        error.__dict__.update(state)
+    return error
