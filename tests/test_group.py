@@ -1,0 +1,505 @@
+"""Structured groups: ``ParallelContext`` (also ``TaskGroup``).
+
+A group owns the tasks submitted through it: leaving the block waits for them; a
+failure in the body or in a task cancels the rest and is raised at exit; a group
+timeout cancels the rest and raises ``TaskTimeoutError``. Orderings are forced
+with events; a task that must notice its cancellation polls ``check_cancelled()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel.testing import wait_until_idle
+
+BACKENDS = ["thread", "sync"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Boom(Exception):
+    """A user error with a custom signature."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail(code: int = 1) -> None:
+    raise Boom(code, "failed on purpose")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition the pool reaches by itself (a thread retiring), bounded."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+class Cancellable:
+    """A task body that signals it started, then waits for the gate while polling
+    ``check_cancelled()``; it records whether it saw its cancellation."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.started = threading.Event()
+        self.saw_cancellation = threading.Event()
+
+    def __call__(self) -> str:
+        self.started.set()
+        try:
+            for _ in range(1000):  # at most ~10 s
+                if self.gate.wait(0.01):
+                    return "released"
+                mp.check_cancelled()
+        except mp.TaskCancelledError:
+            self.saw_cancellation.set()
+            raise
+        raise AssertionError("the test never opened the gate nor cancelled the task")
+
+
+class Recorder:
+    """A task body that records that it ran."""
+
+    def __init__(self) -> None:
+        self.ran = threading.Event()
+
+    def __call__(self) -> str:
+        self.ran.set()
+        return "ran"
+
+
+def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
+    """Keep every worker busy on ``gate`` (outside any group), so later tasks stay queued.
+
+    The pool is shrunk to one thread; as many blockers are queued as there are
+    live threads, so that no thread can be free for a task queued after them.
+    """
+    mp.configure_thread_pool(1)
+    live = mp.get_thread_pool_info()["live_threads"]
+
+    @mp.parallel(backend="thread", name="hold-the-pool")
+    def blocker() -> None:
+        assert gate.wait(10), "the test never opened the gate"
+
+    return [blocker() for _ in range(max(1, live))]
+
+
+# -- submitting and collecting ------------------------------------------------------------
+
+
+def test_task_group_is_parallel_context() -> None:
+    assert mp.TaskGroup is mp.ParallelContext
+
+
+def test_submit_plain_and_decorated_functions(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def decorated(x: int) -> str:
+        return f"decorated {x}"
+
+    with mp.ParallelContext(backend=backend) as ctx:
+        a = ctx.submit(add, 1, 2)
+        b = ctx.submit(decorated, 3)
+        c = ctx.submit(add, 4, b=5)
+        d = ctx.submit(square, 6)
+    assert all(isinstance(h, mp.AsyncHandle) for h in (a, b, c, d))
+    assert all(h.done() for h in (a, b, c, d))  # the exit waited for every task
+    assert ctx.results() == [3, "decorated 3", 9, 36]
+    assert ctx.handles == [a, b, c, d]
+
+
+def test_submit_the_peer_tuple_form(backend: str) -> None:
+    def pair(value: Any) -> Any:
+        return value
+
+    with mp.ParallelContext(backend=backend) as ctx:
+        ctx.submit(add, (1, 2))  # the tuple's items are the arguments
+        ctx.submit(add, (5,))
+        ctx.submit(pair, ((1, 2),))  # one tuple as the only argument
+    assert ctx.results() == [3, 5, (1, 2)]
+
+
+def test_map_returns_handles_in_item_order(backend: str) -> None:
+    with mp.ParallelContext(backend=backend) as ctx:
+        handles = ctx.map(square, range(10))
+    assert len(handles) == 10
+    assert all(isinstance(h, mp.AsyncHandle) for h in handles)
+    assert [h.get() for h in handles] == [i * i for i in range(10)]
+    assert ctx.results() == [i * i for i in range(10)]
+
+
+def test_results_inside_the_block_waits_for_the_tasks_so_far(backend: str) -> None:
+    with mp.ParallelContext(backend=backend) as ctx:
+        ctx.map(square, [1, 2])
+        assert ctx.results() == [1, 4]
+        ctx.submit(square, 3)
+    assert ctx.results() == [1, 4, 9]
+
+
+def test_an_empty_group() -> None:
+    with mp.ParallelContext() as ctx:
+        pass
+    assert ctx.results() == []
+    assert ctx.errors == []
+
+
+def test_exit_waits_for_every_task(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)
+    started = threading.Barrier(3)
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        if i < 2:
+            started.wait(5)  # two tasks certainly run on workers
+        assert gate.wait(5)
+        total = sum(range(200_000))  # some work left after the gate opens
+        with lock:
+            finished.append(i)
+        return total
+
+    with mp.ParallelContext(backend="thread") as ctx:
+        for i in range(6):
+            ctx.submit(work, i)
+        started.wait(5)
+        gate.set()  # the last thing the body does; the tasks still have work to do
+    assert all(h.done() for h in ctx.handles)
+    assert sorted(finished) == list(range(6))
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def test_body_error_cancels_unfinished_tasks_and_propagates(gate: threading.Event) -> None:
+    sibling = Cancellable(gate)
+    with pytest.raises(KeyError, match="from the body"):
+        with mp.ParallelContext(backend="thread") as ctx:
+            running = ctx.submit(sibling)
+            assert sibling.started.wait(5)
+            raise KeyError("from the body")
+    assert running.cancelled()
+    assert sibling.saw_cancellation.wait(5), "the running task never saw its cancellation"
+
+
+def test_body_error_propagates_on_every_backend(backend: str) -> None:
+    with pytest.raises(KeyError):
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(square, 2)
+            raise KeyError("body")
+
+
+def test_body_error_leaves_queued_tasks_never_run(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    queued = Recorder()
+    with pytest.raises(KeyError):
+        with mp.ParallelContext(backend="thread") as ctx:
+            handle = ctx.submit(queued)
+            raise KeyError("body")
+    assert handle.cancelled()
+    gate.set()
+    assert all(b.wait(5) for b in blockers)
+    assert not queued.ran.is_set()
+
+
+def test_task_failure_is_raised_at_exit_as_itself(backend: str) -> None:
+    with pytest.raises(Boom) as caught:
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(fail, 5)
+    assert caught.value.code == 5
+    assert ctx.errors == [caught.value]
+
+
+def test_task_failure_cancels_a_running_sibling(gate: threading.Event) -> None:
+    sibling = Cancellable(gate)
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend="thread") as ctx:
+            running = ctx.submit(sibling)
+            assert sibling.started.wait(5)
+            failing = ctx.submit(fail, 2)
+    assert failing.status == "failed"
+    assert running.cancelled()
+    assert sibling.saw_cancellation.wait(5), "the running sibling never saw its cancellation"
+    assert len(ctx.errors) == 1 and isinstance(ctx.errors[0], Boom)
+
+
+def test_task_failure_cancels_a_queued_sibling_that_never_runs(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    queued = Recorder()
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend="thread") as ctx:
+            failing = ctx.submit(fail, 3)
+            sibling = ctx.submit(queued)
+            assert failing.wait()  # queued behind the blockers: runs here, inline, and fails
+            assert sibling.cancelled()
+    gate.set()
+    assert all(b.wait(5) for b in blockers)
+    assert wait_until_idle(5)
+    assert not queued.ran.is_set(), "a sibling queued behind a failed task ran"
+
+
+def test_a_sibling_queued_behind_a_failure_on_the_same_worker_never_runs() -> None:
+    # One worker: it runs the failing task, and the sibling waits in the queue
+    # behind it. The group must cancel the sibling before it can start.
+    mp.configure_thread_pool(1)
+    assert wait_until(
+        lambda: mp.get_thread_pool_info()["live_threads"] <= 1
+        and mp.get_thread_pool_info()["stuck_threads"] == 0
+    ), mp.get_thread_pool_info()
+    go = threading.Event()
+    queued = Recorder()
+
+    def fail_when_told() -> None:
+        assert go.wait(5)
+        raise Boom(4, "on the worker")
+
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend="thread") as ctx:
+            failing = ctx.submit(fail_when_told)
+            sibling = ctx.submit(queued)
+            go.set()
+            assert failing.wait(5)  # bounded: never runs it inline
+    assert sibling.cancelled()
+    # Let the worker finish whatever it took on, then look.
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0)
+    assert not queued.ran.is_set(), "a sibling queued behind a failed task ran"
+
+
+def test_every_failure_is_on_errors_and_the_first_is_raised(backend: str) -> None:
+    with pytest.raises(LookupError) as caught:
+        with mp.ParallelContext(backend=backend) as ctx:
+            failing = ctx.submit(fail, 6)
+            failing.wait(5)
+            raise LookupError("the body fails after the task did")
+    # the body's error propagates; the task's failure is kept too
+    assert len(ctx.errors) == 2
+    assert isinstance(ctx.errors[0], Boom) and ctx.errors[0].code == 6
+    assert ctx.errors[1] is caught.value
+
+
+def test_submitting_to_a_failed_group_raises_cancelled(backend: str) -> None:
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(fail, 7).wait(5)
+            with pytest.raises(mp.TaskCancelledError, match="ctx.errors"):
+                ctx.submit(square, 2)
+            with pytest.raises(mp.TaskCancelledError):
+                ctx.map(square, [1, 2])
+    assert len(ctx.handles) == 1
+
+
+def test_results_raise_the_first_failure(backend: str) -> None:
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(square, 2)
+            ctx.submit(fail, 8)
+            with pytest.raises(Boom):
+                ctx.results()
+
+
+# -- timeouts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_group_timeout_cancels_the_rest_and_raises(gate: threading.Event) -> None:
+    slow = Cancellable(gate)
+    with pytest.raises(mp.TaskTimeoutError, match="timed out") as caught:
+        with mp.ParallelContext(timeout=0.2, backend="thread") as ctx:
+            done = ctx.submit(square, 3)
+            running = ctx.submit(slow)
+            assert slow.started.wait(5)
+    assert isinstance(caught.value, TimeoutError)
+    assert done.get() == 9
+    assert running.cancelled()
+    assert slow.saw_cancellation.wait(5)
+
+
+@pytest.mark.timeout(20)
+def test_group_timeout_does_not_record_its_own_cancellations_as_failures(gate: threading.Event) -> None:
+    # As when a task fails: the siblings the group cancels itself are not
+    # failures of theirs, so ctx.errors must not hold their TaskCancelledError.
+    mp.configure_thread_pool(2)
+    first, second = Cancellable(gate), Cancellable(gate)
+    with pytest.raises(mp.TaskTimeoutError):
+        with mp.ParallelContext(timeout=0.1, backend="thread") as ctx:
+            ctx.submit(first)
+            ctx.submit(second)
+            assert first.started.wait(5) and second.started.wait(5)
+    cancelled = [e for e in ctx.errors if isinstance(e, mp.TaskCancelledError)]
+    assert cancelled == [], f"ctx.errors after a group timeout: {ctx.errors!r}"
+
+
+@pytest.mark.timeout(20)
+def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    queued = Recorder()
+    with pytest.raises(mp.TaskTimeoutError):
+        with mp.ParallelContext(timeout=0.1, backend="thread") as ctx:
+            handle = ctx.submit(queued)
+    assert handle.cancelled()
+    gate.set()
+    assert all(b.wait(5) for b in blockers)
+    assert not queued.ran.is_set()
+
+
+def test_group_timeout_not_reached(backend: str) -> None:
+    with mp.ParallelContext(timeout=30, backend=backend) as ctx:
+        ctx.map(square, range(5))
+    assert ctx.results() == [0, 1, 4, 9, 16]
+
+
+# -- nesting ------------------------------------------------------------------------------------
+
+
+def test_groups_nest_inside_groups(backend: str) -> None:
+    with mp.ParallelContext(backend=backend) as outer:
+        outer.submit(square, 2)
+        with mp.ParallelContext(backend=backend) as inner:
+            inner.map(square, [3, 4])
+        outer.submit(add, *inner.results())
+    assert inner.results() == [9, 16]
+    assert outer.results() == [4, 25]
+
+
+def test_an_inner_failure_fails_the_outer_group(gate: threading.Event) -> None:
+    sibling = Cancellable(gate)
+    with pytest.raises(Boom):
+        with mp.ParallelContext(backend="thread") as outer:
+            running = outer.submit(sibling)
+            assert sibling.started.wait(5)
+            with mp.ParallelContext(backend="thread") as inner:
+                inner.submit(fail, 9)
+    assert len(inner.errors) == 1
+    assert running.cancelled()
+    assert sibling.saw_cancellation.wait(5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_groups_nest_inside_tasks(threads: int) -> None:
+    # More outer tasks than threads, each waiting for its own group: waiting runs
+    # queued tasks inline, so this cannot deadlock even on one thread.
+    mp.configure_thread_pool(threads)
+
+    @mp.parallel(backend="thread")
+    def fan_out(n: int) -> int:
+        with mp.ParallelContext() as ctx:
+            ctx.map(square, range(n))
+        return sum(ctx.results())
+
+    with mp.ParallelContext() as ctx:
+        ctx.map(fan_out, range(6))
+    assert ctx.results() == [sum(i * i for i in range(n)) for n in range(6)]
+
+
+def test_a_failing_group_inside_a_task_fails_that_task(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def fan_out() -> None:
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(square, 1)
+            ctx.submit(fail, 10)
+
+    with pytest.raises(Boom) as caught:
+        fan_out().get(5)
+    assert caught.value.code == 10
+
+
+# -- max_concurrent -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_max_concurrent_bounds_the_tasks_in_flight() -> None:
+    mp.configure_thread_pool(4)  # room for more than the bound
+    lock = threading.Lock()
+    running = 0
+    high_water = 0
+    pair = threading.Barrier(2)
+
+    def work(i: int) -> int:
+        nonlocal running, high_water
+        with lock:
+            running += 1
+            high_water = max(high_water, running)
+        try:
+            pair.wait(5)  # two at a time meet here: the bound is reached, not undershot
+        finally:
+            with lock:
+                running -= 1
+        return i
+
+    with mp.ParallelContext(max_concurrent=2, backend="thread") as ctx:
+        ctx.map(work, range(8))
+    assert ctx.results() == list(range(8))
+    assert high_water == 2
+
+
+@pytest.mark.timeout(20)
+def test_max_concurrent_makes_submit_wait(gate: threading.Event) -> None:
+    mp.configure_thread_pool(4)
+    releases = [threading.Event() for _ in range(3)]
+    started = [threading.Event() for _ in range(3)]
+    submitted = [threading.Event() for _ in range(3)]
+
+    def work(i: int) -> int:
+        started[i].set()
+        assert releases[i].wait(5)
+        return i
+
+    with mp.ParallelContext(max_concurrent=2, backend="thread") as ctx:
+
+        def submitter() -> None:
+            for i in range(3):
+                ctx.submit(work, i)
+                submitted[i].set()
+
+        thread = threading.Thread(target=submitter)
+        thread.start()
+        try:
+            assert started[0].wait(5) and started[1].wait(5)
+            assert submitted[1].wait(5)
+            # the third submission waits for a free slot (negative check, bounded)
+            assert not submitted[2].wait(0.2)
+            assert not started[2].is_set()
+            releases[0].set()
+            assert submitted[2].wait(5) and started[2].wait(5)
+        finally:
+            for release in releases:
+                release.set()
+            thread.join(5)
+    assert ctx.results() == [0, 1, 2]
+
+
+# -- bad options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "pattern"),
+    [
+        ({"timeout": -1}, ValueError, "timeout"),
+        ({"timeout": "1"}, TypeError, "timeout"),
+        ({"max_concurrent": 0}, ValueError, "max_concurrent"),
+        ({"max_concurrent": 1.5}, TypeError, "max_concurrent"),
+        ({"backend": "gpu"}, ValueError, "backend"),
+    ],
+)
+def test_bad_group_options(options: dict[str, Any], error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        mp.ParallelContext(**options)

@@ -1,0 +1,308 @@
+"""Ctrl-C stops a batch: the process ends promptly, with a clean KeyboardInterrupt.
+
+Each test runs a script in a child process that starts a long batch and says
+"ready" once work is under way; the test then sends SIGINT, as a terminal's
+Ctrl-C would, and checks that the child exits within a few seconds with a
+non-zero status, reports the KeyboardInterrupt on stderr, and prints no
+traceback from a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._backends._thread import ThreadBackend
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child is POSIX-only"),
+    pytest.mark.timeout(40),
+]
+
+EXIT_WITHIN = 10.0
+
+# Prints "ready" from the first item to run, so the batch is certainly under way.
+WORK = """
+import sys
+import threading
+import makeparallel as mp
+
+_announced = threading.Event()
+
+def work(i):
+    if not _announced.is_set():
+        _announced.set()
+        print("ready", flush=True)
+    return sum(range(2000))
+"""
+
+MAP_SCRIPT = WORK + """
+mp.parallel_map(work, range(50_000_000))
+print("the map finished: it should have been interrupted", flush=True)
+"""
+
+# Says "ready" from the progress callable once thousands of items are done, so
+# the signal lands in a map in full flow (chunks grown, every worker busy).
+MAP_IN_FLOW_SCRIPT = """
+import makeparallel as mp
+
+def work(i):
+    return sum(range(2000))
+
+def announce(done, total):
+    if done >= 5000 and not getattr(announce, "said", False):
+        announce.said = True
+        print("ready", flush=True)
+
+mp.parallel_map(work, range(50_000_000), progress=announce)
+print("the map finished: it should have been interrupted", flush=True)
+"""
+
+IMAP_SCRIPT = WORK + """
+for _ in mp.imap(work, range(50_000_000), ordered=False):
+    pass
+print("the map finished: it should have been interrupted", flush=True)
+"""
+
+# The tasks stay quiet; the progress callable, which gather calls on its own
+# thread as handles end, says "ready", so the signal certainly lands in gather.
+GATHER_SCRIPT = """
+import makeparallel as mp
+
+@mp.parallel
+def work(i):
+    return sum(range(2000))
+
+def announce(done, total):
+    if done == 1:
+        print("ready", flush=True)
+
+handles = [work(i) for i in range(200_000)]
+mp.gather(handles, progress=announce)
+print("gather finished: it should have been interrupted", flush=True)
+"""
+
+
+def interrupt(script: str) -> tuple[int, str, str]:
+    """Run ``script``, send SIGINT once it says "ready"; return (code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the child says it is under way
+        if line.strip() != "ready":
+            out, err = proc.communicate(timeout=EXIT_WITHIN)
+            pytest.fail(f"the child never got ready: {line!r}{out!r}\n{err}")
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the child was still running {EXIT_WITHIN:g} s after Ctrl-C\n{err}")
+        return proc.returncode, line + out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def check_clean_interrupt(code: int, out: str, err: str) -> None:
+    assert code != 0, f"exit status {code}\n{out}\n{err}"
+    assert "KeyboardInterrupt" in err, err
+    assert "Exception in thread" not in err, err
+    assert "makeparallel-thread" not in err, err
+    assert "should have been interrupted" not in out
+
+
+@pytest.mark.parametrize(
+    "script",
+    [MAP_SCRIPT, MAP_IN_FLOW_SCRIPT, IMAP_SCRIPT],
+    ids=["parallel_map", "parallel_map_in_flow", "imap_unordered"],
+)
+def test_ctrl_c_stops_a_map(script: str) -> None:
+    check_clean_interrupt(*interrupt(script))
+
+
+def test_ctrl_c_stops_gather() -> None:
+    check_clean_interrupt(*interrupt(GATHER_SCRIPT))
+
+
+def test_ctrl_c_stops_a_map_on_the_sync_backend() -> None:
+    script = MAP_SCRIPT.replace("mp.parallel_map(work, range(50_000_000))", 'mp.parallel_map(work, range(50_000_000), backend="sync")')
+    assert 'backend="sync"' in script
+    check_clean_interrupt(*interrupt(script))
+
+
+# -- the pool after an interrupt, in this process ---------------------------------------------
+
+RECOVER_SCRIPT = WORK + """
+import time
+try:
+    mp.parallel_map(work, range(50_000_000))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+# As in a REPL or a notebook: the next batch must run, and nothing is left over.
+print(mp.parallel_map(abs, range(-3, 0)), flush=True)
+print(mp.gather([mp.parallel(abs)(-4)]), flush=True)
+from makeparallel.testing import wait_until_idle
+print("idle", wait_until_idle(5), flush=True)
+"""
+
+
+def test_a_caught_ctrl_c_leaves_the_library_usable() -> None:
+    code, out, err = interrupt(RECOVER_SCRIPT)
+    assert code == 0, err
+    assert out.splitlines()[1:] == ["interrupted", "[3, 2, 1]", "[4]", "idle True"], out + err
+    assert "Exception in thread" not in err and "makeparallel-thread" not in err, err
+
+
+# Run in a child: the pool this leaves behind when the test fails would be
+# short of a worker for every later test of the session.
+PHANTOM_WORKER_SCRIPT = """
+import threading
+import makeparallel as mp
+
+mp.configure_thread_pool(1)
+gate, started = threading.Event(), threading.Event()
+
+@mp.parallel
+def hold():
+    started.set()
+    assert gate.wait(10)
+    return "held"
+
+held = hold()
+assert started.wait(5)  # the one worker is busy: the next submission starts a thread
+mp.configure_thread_pool(2)
+
+def interrupted_start(self):
+    raise KeyboardInterrupt  # Ctrl-C, landing while submit() starts the thread
+
+real_start = threading.Thread.start
+threading.Thread.start = interrupted_start
+try:
+    mp.parallel(lambda: "queued")()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+finally:
+    threading.Thread.start = real_start
+gate.set()
+assert held.wait(5)
+
+# Two tasks that can only finish together: the pool needs two real workers.
+meet = threading.Barrier(2)
+
+@mp.parallel
+def together():
+    meet.wait(5)
+    return "met"
+
+pair = [together(), together()]
+assert all(h.wait(10) for h in pair)  # bounded waits never run a task inline
+alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+print([h.status for h in pair], flush=True)
+print("counted", mp.get_thread_pool_info()["live_threads"], "alive", alive, flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+def test_an_interrupt_while_the_pool_starts_a_worker_leaves_full_capacity() -> None:
+    # Ctrl-C can land while submit() starts a new worker thread (the child of
+    # test_ctrl_c_stops_a_map has been seen interrupted inside Thread.__init__).
+    # The pool must not go on counting a worker that never started.
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PHANTOM_WORKER_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "interrupted"
+    assert lines[1] == "['succeeded', 'succeeded']", (
+        f"the two tasks never ran together: the pool is a worker short ({lines[2]})"
+    )
+
+
+# -- an interrupt at the worst moment, injected ---------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_an_interrupt_right_after_a_chunk_is_submitted_still_cancels_it(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    # Ctrl-C lands inside submit(), after the chunk was queued (the child of
+    # test_ctrl_c_stops_a_map shows it landing while submit() starts a thread).
+    # The map must still cancel that chunk: nothing it started may go on.
+    real_submit = ThreadBackend.submit
+    submitted = 0
+
+    def submit_then_interrupt(self: ThreadBackend, handle: mp.AsyncHandle[Any]) -> None:
+        nonlocal submitted
+        real_submit(self, handle)
+        submitted += 1
+        if submitted == 3:
+            raise KeyboardInterrupt
+
+    def held(x: int) -> int:
+        assert gate.wait(10)
+        return x
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ThreadBackend, "submit", submit_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            mp.parallel_map(held, range(100), chunksize=1, backend="thread")
+    unfinished = mp.get_active_task_count()
+    gate.set()
+    assert submitted == 3
+    assert unfinished == 0, f"{unfinished} chunk(s) submitted before Ctrl-C were never cancelled"
+
+
+@pytest.mark.timeout(20)
+def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    # gather follows each handle with a done-callback before it starts waiting;
+    # with many handles that takes a while, and Ctrl-C may land there.
+    @mp.parallel(backend="thread")
+    def held(x: int) -> int:
+        assert gate.wait(10)
+        return x
+
+    handles = [held(i) for i in range(10)]
+    real_add = mp.AsyncHandle.add_done_callback
+    followed = 0
+
+    def add_then_interrupt(self: mp.AsyncHandle[Any], fn: Callable[..., object]) -> None:
+        nonlocal followed
+        real_add(self, fn)
+        followed += 1
+        if followed == 5:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mp.AsyncHandle, "add_done_callback", add_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            mp.gather(handles)
+    states = [h.status for h in handles]
+    gate.set()
+    assert followed == 5
+    assert states == ["cancelled"] * 10, f"Ctrl-C in gather left tasks going on: {states}"

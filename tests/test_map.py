@@ -1,0 +1,489 @@
+"""Batch maps: ``parallel_map`` (a list) and ``imap`` (lazy), in chunks.
+
+Correctness is checked as properties (hypothesis): for any input and chunk size
+the result equals ``list(map(fn, xs))``. Laziness is measured by counting how many
+items were pulled from a generator. Orderings are forced with a gate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import makeparallel as mp
+from makeparallel.testing import wait_until_idle
+
+BACKENDS = ["thread", "sync"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Boom(Exception):
+    """A user error with a custom signature."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+
+
+def triple_plus_one(x: int) -> int:
+    return 3 * x + 1
+
+
+def fail_on_multiples_of_five(x: int) -> int:
+    if x % 5 == 0:
+        raise Boom(x, "multiple of five")
+    return x
+
+
+class Counted:
+    """An endless generator that counts how many items were pulled from it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return self._generate()
+
+    def _generate(self) -> Iterator[int]:
+        for i in itertools.count():
+            self.pulled += 1
+            yield i
+
+
+# -- correctness as properties --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=50, deadline=None)
+@given(xs=st.lists(st.integers()), chunksize=st.integers(min_value=1, max_value=50))
+def test_ordered_map_equals_builtin_map(backend: str, xs: list[int], chunksize: int) -> None:
+    expected = list(map(triple_plus_one, xs))
+    assert mp.parallel_map(triple_plus_one, xs, chunksize=chunksize, backend=backend) == expected
+    assert list(mp.imap(triple_plus_one, xs, chunksize=chunksize, backend=backend)) == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=50, deadline=None)
+@given(xs=st.lists(st.integers()), chunksize=st.integers(min_value=1, max_value=50))
+def test_unordered_map_gives_the_same_multiset(backend: str, xs: list[int], chunksize: int) -> None:
+    expected = sorted(map(triple_plus_one, xs))
+    got = mp.parallel_map(triple_plus_one, xs, chunksize=chunksize, ordered=False, backend=backend)
+    assert sorted(got) == expected  # type: ignore[type-var]
+    lazy = mp.imap(triple_plus_one, xs, chunksize=chunksize, ordered=False, backend=backend)
+    assert sorted(lazy) == expected  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=50, deadline=None)
+@given(
+    xs=st.lists(st.integers()),
+    chunksize=st.none() | st.integers(min_value=1, max_value=50),
+    ordered=st.booleans(),
+)
+def test_map_over_a_generator_without_length(
+    backend: str, xs: list[int], chunksize: int | None, ordered: bool
+) -> None:
+    expected = list(map(triple_plus_one, xs))
+    got = mp.parallel_map(
+        triple_plus_one, (x for x in xs), chunksize=chunksize, ordered=ordered, backend=backend
+    )
+    if ordered:
+        assert got == expected
+    else:
+        assert sorted(got) == sorted(expected)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 100_000])
+def test_automatic_chunk_size_gives_right_results(backend: str, size: int) -> None:
+    xs = list(range(size))
+    expected = [triple_plus_one(x) for x in xs]
+    assert mp.parallel_map(triple_plus_one, xs, backend=backend) == expected
+    assert list(mp.imap(triple_plus_one, iter(xs), backend=backend)) == expected
+    unordered = mp.parallel_map(triple_plus_one, xs, ordered=False, backend=backend)
+    assert sorted(unordered) == expected  # type: ignore[type-var]
+
+
+def test_a_small_max_in_flight_still_maps_everything(backend: str) -> None:
+    xs = range(500)
+    assert mp.parallel_map(triple_plus_one, xs, max_in_flight=1, backend=backend) == [
+        triple_plus_one(x) for x in xs
+    ]
+    assert sorted(mp.imap(triple_plus_one, xs, max_in_flight=3, ordered=False, backend=backend)) == [  # type: ignore[type-var]
+        triple_plus_one(x) for x in xs
+    ]
+
+
+def test_parallel_map_returns_a_list(backend: str) -> None:
+    result = mp.parallel_map(triple_plus_one, (1, 2, 3), backend=backend)
+    assert isinstance(result, list)
+    assert result == [4, 7, 10]
+
+
+# -- functions accepted ------------------------------------------------------------------------
+
+
+def test_a_lambda_and_a_builtin(backend: str) -> None:
+    assert mp.parallel_map(lambda s: s.upper(), ["a", "b"], backend=backend) == ["A", "B"]
+    assert mp.parallel_map(len, ["", "ab", "abc"], backend=backend) == [0, 2, 3]
+
+
+def test_a_decorated_function_is_mapped_with_its_own_backend() -> None:
+    caller = threading.get_ident()
+
+    @mp.parallel(backend="sync")
+    def where(x: int) -> tuple[int, int]:
+        return x, threading.get_ident()
+
+    results = mp.parallel_map(where, range(20), chunksize=3)
+    assert [x for x, _ in results] == list(range(20))  # type: ignore[misc]
+    assert {ident for _, ident in results} == {caller}  # type: ignore[misc]
+
+
+def test_a_decorated_function_returns_plain_results(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert mp.parallel_map(double, range(10)) == [2 * x for x in range(10)]
+    assert list(mp.imap(double, range(10), ordered=False)) != []
+
+
+def test_a_bound_parallel_method(backend: str) -> None:
+    class Scaler:
+        def __init__(self, factor: int) -> None:
+            self.factor = factor
+
+        @mp.parallel(backend=backend)
+        def scale(self, x: int) -> int:
+            return self.factor * x
+
+    scaler = Scaler(4)
+    assert mp.parallel_map(scaler.scale, range(10), chunksize=3) == [4 * x for x in range(10)]
+    assert list(mp.imap(scaler.scale, [1, 2])) == [4, 8]
+
+
+def test_the_backend_argument_runs_inline_on_sync() -> None:
+    caller = threading.get_ident()
+    idents = mp.parallel_map(lambda _: threading.get_ident(), range(50), backend="sync")
+    assert set(idents) == {caller}
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_a_failing_item_raises_its_own_exception_with_its_index(backend: str) -> None:
+    def fail_on_13(x: int) -> int:
+        if x == 13:
+            raise Boom(13, "unlucky")
+        return x
+
+    for chunksize in (None, 1, 4, 100):
+        with pytest.raises(Boom) as caught:
+            mp.parallel_map(fail_on_13, range(30), chunksize=chunksize, backend=backend)
+        assert caught.value.code == 13
+        notes = [n for n in caught.value.__notes__ if "raised by item" in n]
+        assert len(notes) == 1
+        assert "item 13 (13)" in notes[0]
+
+
+def test_the_note_names_a_short_repr_of_the_item(backend: str) -> None:
+    def fail_on_long(s: str) -> int:
+        if len(s) > 100:
+            raise ValueError("too long")
+        return len(s)
+
+    items = ["short", "x" * 10_000]
+    with pytest.raises(ValueError, match="too long") as caught:
+        mp.parallel_map(fail_on_long, items, backend=backend)
+    (note,) = [n for n in caught.value.__notes__ if "raised by item" in n]
+    assert "item 1" in note
+    assert "'xxx" in note and "..." in note
+    assert len(note) < 200
+
+
+def test_a_failing_item_of_a_generator_names_its_index(backend: str) -> None:
+    with pytest.raises(Boom) as caught:
+        list(mp.imap(fail_on_multiples_of_five, (x for x in range(1, 20)), chunksize=3, backend=backend))
+    assert caught.value.code == 5
+    assert any("item 4 (5)" in note for note in caught.value.__notes__)
+
+
+@pytest.mark.parametrize(
+    ("on_error", "expected"),
+    [
+        ("skip", [x for x in range(23) if x % 5]),
+        ("none", [None if x % 5 == 0 else x for x in range(23)]),
+    ],
+)
+@pytest.mark.parametrize("chunksize", [None, 1, 4, 50])
+def test_skip_and_none(backend: str, on_error: str, expected: list[Any], chunksize: int | None) -> None:
+    got = mp.parallel_map(
+        fail_on_multiples_of_five, range(23), chunksize=chunksize, on_error=on_error, backend=backend  # type: ignore[arg-type]
+    )
+    assert got == expected
+    lazy = mp.imap(
+        fail_on_multiples_of_five, range(23), chunksize=chunksize, on_error=on_error, ordered=False, backend=backend  # type: ignore[arg-type]
+    )
+    assert sorted(lazy, key=lambda v: -1 if v is None else v) == sorted(
+        expected, key=lambda v: -1 if v is None else v
+    )
+
+
+def test_skip_when_everything_fails(backend: str) -> None:
+    assert mp.parallel_map(fail_on_multiples_of_five, [0, 5, 10], on_error="skip", backend=backend) == []
+
+
+# -- laziness and memory ---------------------------------------------------------------------
+
+
+def test_imap_reads_nothing_before_the_first_result_is_asked_for() -> None:
+    source = Counted()
+    iterator = mp.imap(triple_plus_one, source)
+    assert source.pulled == 0
+    assert next(iterator) == 1
+    iterator.close()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("chunksize", [None, 1, 50])
+def test_imap_over_an_endless_generator_stays_bounded(backend: str, chunksize: int | None) -> None:
+    source = Counted()
+    iterator = mp.imap(triple_plus_one, source, max_in_flight=100, chunksize=chunksize, backend=backend)
+    try:
+        got = list(itertools.islice(iterator, 10))
+        assert got == [triple_plus_one(x) for x in range(10)]
+        assert source.pulled <= 10 + 100, f"pulled {source.pulled} items to hand out 10"
+    finally:
+        iterator.close()
+
+
+@pytest.mark.timeout(20)
+def test_imap_keeps_reading_while_results_are_consumed() -> None:
+    source = Counted()
+    iterator = mp.imap(triple_plus_one, source, max_in_flight=16)
+    try:
+        for expected, got in zip(range(5000), iterator):
+            assert got == triple_plus_one(expected)
+        assert source.pulled <= 5000 + 16
+    finally:
+        iterator.close()
+
+
+# -- ordering --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_unordered_yields_results_as_they_arrive(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)  # one worker each for item 0 and item 1
+    item0_ended = threading.Event()
+
+    def held_first(x: int) -> int:
+        if x == 0:
+            gate.wait(5)
+            item0_ended.set()
+        return x
+
+    iterator = mp.imap(held_first, [0, 1], chunksize=1, ordered=False, backend="thread")
+    first = next(iterator)
+    item0_still_held = not item0_ended.is_set()
+    gate.set()
+    rest = list(iterator)
+    assert first == 1 and rest == [0]
+    assert item0_still_held, (
+        "item 1 came out only after item 0 ended: the consuming thread ran the "
+        "held chunk inline instead of yielding the result that had arrived"
+    )
+
+
+def test_ordered_yields_in_input_order_even_when_later_items_end_first(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)
+    later_done = threading.Event()
+
+    def held_first(x: int) -> int:
+        if x == 0:
+            assert gate.wait(5)
+        else:
+            later_done.set()
+        return x
+
+    iterator = mp.imap(held_first, [0, 1, 2, 3], chunksize=1, backend="thread")
+
+    def release_when_later_items_ran() -> None:
+        later_done.wait(5)
+        gate.set()
+
+    releaser = threading.Thread(target=release_when_later_items_ran)
+    releaser.start()
+    try:
+        assert list(iterator) == [0, 1, 2, 3]
+    finally:
+        gate.set()
+        releaser.join(5)
+
+
+# -- timeouts, early close, cancellation ---------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_map_timeout_raises(gate: threading.Event, ordered: bool) -> None:
+    def held(x: int) -> int:
+        if x == 3:
+            assert gate.wait(10)
+        return x
+
+    with pytest.raises(mp.TaskTimeoutError, match="timed out") as caught:
+        mp.parallel_map(held, range(10), chunksize=1, timeout=0.2, ordered=ordered, backend="thread")
+    assert isinstance(caught.value, TimeoutError)
+    gate.set()
+    assert wait_until_idle(5)
+    assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(20)
+def test_imap_timeout_raises_from_the_iterator(gate: threading.Event) -> None:
+    def held(x: int) -> int:
+        if x >= 2:
+            assert gate.wait(10)
+        return x
+
+    iterator = mp.imap(held, range(10), chunksize=1, timeout=0.2, backend="thread")
+    with pytest.raises(mp.TaskTimeoutError):
+        list(iterator)
+    gate.set()
+
+
+def test_map_with_a_timeout_that_is_not_reached(backend: str) -> None:
+    assert mp.parallel_map(triple_plus_one, range(100), timeout=30, backend=backend) == [
+        triple_plus_one(x) for x in range(100)
+    ]
+
+
+@pytest.mark.timeout(20)
+def test_closing_imap_early_cancels_chunks_in_flight(gate: threading.Event) -> None:
+    lock = threading.Lock()
+    started: list[int] = []
+
+    def held(x: int) -> int:
+        with lock:
+            started.append(x)
+        if x > 0:
+            assert gate.wait(10)
+        return x
+
+    iterator = mp.imap(held, range(1000), chunksize=1, max_in_flight=8, backend="thread")
+    assert next(iterator) == 0
+    assert mp.get_active_task_count() > 0
+    iterator.close()
+    assert mp.get_active_task_count() == 0  # every chunk in flight was cancelled
+    gate.set()
+    assert wait_until_idle(5)
+    assert mp.get_active_task_count() == 0
+    with lock:
+        assert max(started) <= 8  # nothing past the in-flight window was ever started
+
+
+@pytest.mark.timeout(20)
+def test_a_cancelled_chunk_stops_before_its_next_item(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)
+    lock = threading.Lock()
+    ran: list[int] = []
+    first_running = threading.Event()
+
+    def held(x: int) -> int:
+        with lock:
+            ran.append(x)
+        if x == 0:
+            first_running.set()
+            assert gate.wait(10)
+        return x
+
+    # One chunk of ten items; the consumer waits on it with a timeout (so it never
+    # runs it inline), times out, and cancels it while item 0 is held.
+    with pytest.raises(mp.TaskTimeoutError):
+        mp.parallel_map(held, range(10), chunksize=10, timeout=0.2, backend="thread")
+    assert first_running.is_set()
+    gate.set()
+    assert wait_until_idle(5)
+    # the worker's chunk may take a moment to notice; a task finished on the pool
+    # after it proves it moved on
+    probe = mp.parallel(backend="thread")(lambda: None)
+    for handle in [probe() for _ in range(4)]:
+        assert handle.wait(5)
+    with lock:
+        assert ran == [0]
+
+
+def test_an_error_cancels_the_rest(gate: threading.Event) -> None:
+    lock = threading.Lock()
+    started: list[int] = []
+
+    def fail_first(x: int) -> int:
+        with lock:
+            started.append(x)
+        if x == 0:
+            raise Boom(0, "first")
+        assert gate.wait(10)
+        return x
+
+    with pytest.raises(Boom):
+        mp.parallel_map(fail_first, range(1000), chunksize=1, max_in_flight=4, backend="thread")
+    assert mp.get_active_task_count() == 0
+    gate.set()
+    assert wait_until_idle(5)
+    with lock:
+        assert max(started) < 4 + 4  # the input was not read on after the failure
+
+
+# -- bad options -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"chunksize": 0}, ValueError, "chunksize"),
+        ({"chunksize": -3}, ValueError, "chunksize"),
+        ({"chunksize": 2.5}, TypeError, "chunksize"),
+        ({"chunksize": True}, TypeError, "chunksize"),
+        ({"max_in_flight": 0}, ValueError, "max_in_flight"),
+        ({"max_in_flight": "8"}, TypeError, "max_in_flight"),
+        ({"ordered": "yes"}, TypeError, "ordered"),
+        ({"ordered": 1}, TypeError, "ordered"),
+        ({"on_error": "x"}, ValueError, "on_error"),
+        ({"timeout": -1}, ValueError, "timeout"),
+        ({"timeout": "soon"}, TypeError, "timeout"),
+        ({"progress": "yes"}, TypeError, "progress"),
+        ({"backend": "gpu"}, ValueError, "backend"),
+    ],
+)
+def test_bad_options_are_rejected_at_the_call(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        mp.parallel_map(triple_plus_one, [1, 2], **kwargs)
+    with pytest.raises(error, match=pattern):
+        mp.imap(triple_plus_one, [1, 2], **kwargs)  # at the call, not at the first next()
+
+
+@pytest.mark.parametrize("fn", [None, 3, "triple_plus_one"])
+def test_a_non_callable_fn_is_rejected(fn: Any) -> None:
+    with pytest.raises(TypeError, match="fn must be callable"):
+        mp.parallel_map(fn, [1, 2])
+    with pytest.raises(TypeError, match="fn must be callable"):
+        mp.imap(fn, [1, 2])
+
+
+@pytest.mark.parametrize("iterable", [3, None, object()])
+def test_a_non_iterable_is_rejected(iterable: Any) -> None:
+    with pytest.raises(TypeError, match="iterable"):
+        mp.parallel_map(triple_plus_one, iterable)
+    with pytest.raises(TypeError, match="iterable"):
+        mp.imap(triple_plus_one, iterable)

@@ -1,0 +1,281 @@
+"""Progress for batches: a tqdm bar (``progress=True``) or a callable ``(done, total)``.
+
+Bars are read from captured stderr; that a bar was closed is read from tqdm's
+registry of open bars (``tqdm._instances``). Task-side progress
+(``report_progress``) is covered by the handle tests; one check here that it
+reaches ``on_progress`` while the handles are gathered.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+tqdm_module = pytest.importorskip("tqdm")
+tqdm = tqdm_module.tqdm
+
+BACKENDS = ["thread", "sync"]
+INSTALL_HINT = 'pip install "makeparallel[progress]"'
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def no_tqdm_monitor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tqdm starts a daemon monitor thread with its first bar; the leak check
+    (conftest) would report it, and it is tqdm's, not ours: keep it off."""
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
+
+
+def open_bars() -> set[Any]:
+    """The tqdm bars not yet closed."""
+    return set(getattr(tqdm, "_instances", ()))
+
+
+@pytest.fixture
+def no_bar_left_open() -> Iterator[None]:
+    """Fail if a test leaves a tqdm bar of its own open."""
+    before = open_bars()
+    yield
+    assert open_bars() - before == set(), "a progress bar was left open"
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def fail_on_seven(x: int) -> int:
+    if x == 7:
+        raise ValueError("seven")
+    return x
+
+
+class Recorder:
+    """A progress callable that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int | None]] = []
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.calls.append((done, total))
+
+    def check_counts_up_to(self, total: int | None, last_done: int) -> None:
+        assert self.calls, "the progress callable was never called"
+        dones = [done for done, _ in self.calls]
+        assert dones == sorted(set(dones)), f"done must only increase: {dones}"
+        assert all(t == total for _, t in self.calls)
+        assert dones[-1] == last_done
+        assert dones[0] > 0
+
+
+# -- tqdm bars ---------------------------------------------------------------------------------
+
+
+def test_parallel_map_draws_a_bar_to_100_percent(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    assert mp.parallel_map(double, range(50), progress=True, backend=backend) == [2 * x for x in range(50)]
+    err = capsys.readouterr().err
+    assert "50/50" in err
+    assert "100%" in err
+
+
+def test_imap_draws_a_bar_to_100_percent(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    assert list(mp.imap(double, list(range(30)), progress=True, backend=backend)) == [2 * x for x in range(30)]
+    err = capsys.readouterr().err
+    assert "30/30" in err
+    assert "100%" in err
+
+
+def test_a_bar_over_a_generator_counts_items(
+    capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    assert len(mp.parallel_map(double, (x for x in range(40)), progress=True)) == 40
+    err = capsys.readouterr().err
+    assert "40item" in err  # no total to show, so the count and no percentage
+    assert "%" not in err
+
+
+def test_gather_draws_a_bar_to_100_percent(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    work = mp.parallel(backend=backend)(double)
+    assert mp.gather([work(i) for i in range(12)], progress=True) == [2 * i for i in range(12)]
+    err = capsys.readouterr().err
+    assert "12/12" in err
+    assert "100%" in err
+
+
+def test_no_bar_without_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    mp.parallel_map(double, range(20))
+    list(mp.imap(double, range(20), progress=False))
+    mp.gather([mp.parallel(double)(1)], progress=None)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_bar_closes_when_the_map_fails(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    with pytest.raises(ValueError, match="seven"):
+        mp.parallel_map(fail_on_seven, range(20), chunksize=1, progress=True, backend=backend)
+    assert open_bars() == set()
+    assert "/20" in capsys.readouterr().err  # the failed bar was printed, then closed
+    # and a new bar can be drawn afterwards
+    assert mp.parallel_map(double, range(5), progress=True, backend=backend) == [0, 2, 4, 6, 8]
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_the_bar_closes_when_gather_fails(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    work = mp.parallel(backend=backend)(fail_on_seven)
+    with pytest.raises(ValueError, match="seven"):
+        mp.gather([work(i) for i in range(10)], progress=True)
+    assert open_bars() == set()
+    assert "/10" in capsys.readouterr().err
+
+
+def test_the_bar_closes_when_imap_is_closed_early(
+    capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    iterator = mp.imap(double, range(1000), progress=True, chunksize=1)
+    assert next(iterator) == 0
+    iterator.close()
+    assert open_bars() == set()
+    assert "/1000" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(20)
+def test_the_bar_closes_when_the_map_times_out(
+    gate: threading.Event, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    def held(x: int) -> int:
+        if x == 2:
+            assert gate.wait(10)
+        return x
+
+    with pytest.raises(mp.TaskTimeoutError):
+        mp.parallel_map(held, range(5), chunksize=1, timeout=0.2, progress=True, backend="thread")
+    assert open_bars() == set()
+    gate.set()
+    assert "/5" in capsys.readouterr().err
+
+
+# -- progress callables ---------------------------------------------------------------------------
+
+
+def test_parallel_map_calls_the_callable_up_to_the_total(backend: str) -> None:
+    recorder = Recorder()
+    mp.parallel_map(double, range(100), progress=recorder, backend=backend)
+    recorder.check_counts_up_to(total=100, last_done=100)
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 7])
+def test_imap_calls_the_callable_up_to_the_total(backend: str, chunksize: int | None) -> None:
+    recorder = Recorder()
+    list(mp.imap(double, list(range(50)), chunksize=chunksize, ordered=False, progress=recorder, backend=backend))
+    recorder.check_counts_up_to(total=50, last_done=50)
+
+
+def test_a_generator_has_no_total(backend: str) -> None:
+    recorder = Recorder()
+    mp.parallel_map(double, (x for x in range(64)), progress=recorder, backend=backend)
+    recorder.check_counts_up_to(total=None, last_done=64)
+    recorder = Recorder()
+    list(mp.imap(double, (x for x in range(10)), progress=recorder, backend=backend))
+    recorder.check_counts_up_to(total=None, last_done=10)
+
+
+def test_gather_calls_the_callable_once_per_handle(backend: str) -> None:
+    recorder = Recorder()
+    work = mp.parallel(backend=backend)(double)
+    mp.gather([work(i) for i in range(6)], progress=recorder)
+    assert recorder.calls == [(k, 6) for k in range(1, 7)]
+
+
+def test_failed_items_count_as_done(backend: str) -> None:
+    recorder = Recorder()
+    assert len(mp.parallel_map(fail_on_seven, range(20), on_error="skip", progress=recorder, backend=backend)) == 19
+    recorder.check_counts_up_to(total=20, last_done=20)
+    recorder = Recorder()
+    work = mp.parallel(backend=backend)(fail_on_seven)
+    mp.gather([work(i) for i in range(10)], on_error="none", progress=recorder)
+    recorder.check_counts_up_to(total=10, last_done=10)
+
+
+def test_the_callable_runs_on_the_collecting_thread() -> None:
+    caller = threading.get_ident()
+    idents: set[int] = set()
+    mp.parallel_map(double, range(200), progress=lambda done, total: idents.add(threading.get_ident()))
+    assert idents == {caller}
+
+
+# -- missing tqdm, bad options ---------------------------------------------------------------------
+
+
+def test_a_bar_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # ``import tqdm`` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
+        mp.parallel_map(double, range(5), progress=True)
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
+        mp.imap(double, range(5), progress=True)
+    handle = mp.parallel(double)(3)
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
+        mp.gather([handle], progress=True)
+    assert handle.get(5) == 6
+    # a callable needs no tqdm
+    recorder = Recorder()
+    assert mp.parallel_map(double, range(5), progress=recorder) == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("option", ["yes", 1, 0.5, object()])
+def test_a_bad_progress_option_is_a_type_error(option: Any) -> None:
+    with pytest.raises(TypeError, match="progress"):
+        mp.parallel_map(double, range(5), progress=option)
+    with pytest.raises(TypeError, match="progress"):
+        mp.imap(double, range(5), progress=option)
+    handle = mp.parallel(double)(3)
+    with pytest.raises(TypeError, match="progress"):
+        mp.gather([handle], progress=option)
+    assert handle.get(5) == 6
+
+
+# -- task-side progress ------------------------------------------------------------------------------
+
+
+def test_report_progress_reaches_on_progress_while_gathering(gate: threading.Event) -> None:
+    lock = threading.Lock()
+    seen: dict[int, list[float]] = {}
+
+    @mp.parallel(backend="thread")
+    def stepped(i: int) -> int:
+        mp.report_progress(0.5, "half way")
+        assert gate.wait(5)
+        mp.report_progress(1.0)
+        return i
+
+    def listener(i: int) -> Callable[[float], None]:
+        def on_progress(fraction: float) -> None:
+            with lock:
+                seen.setdefault(i, []).append(fraction)
+
+        return on_progress
+
+    handles = [stepped(i) for i in range(3)]
+    for i, handle in enumerate(handles):
+        handle.on_progress(listener(i))
+    gate.set()
+    assert mp.gather(handles) == [0, 1, 2]
+    with lock:
+        assert seen == {0: [0.5, 1.0], 1: [0.5, 1.0], 2: [0.5, 1.0]}
