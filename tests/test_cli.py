@@ -28,7 +28,10 @@ INFO_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 # One table row per workload: label, sequential, parallel, speed-up.
-_ROW = re.compile(r"^(?P<label>.+?)\s+(?P<seq>\d+\.\d+)s\s+(?P<par>\d+\.\d+)s\s+(?P<speedup>\S+)x$")
+_ROW = re.compile(
+    r"^(?P<label>.+?)\s+(?P<backend>thread|process)\s+(?P<seq>\d+\.\d+)s\s+"
+    r"(?P<par>\d+\.\d+)s\s+(?P<speedup>\S+)x$"
+)
 
 
 def test_info_prints_the_interpreter_and_the_pool(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,19 +86,21 @@ def test_demo_quick_prints_both_workloads_and_their_speedups(
     for line in out.splitlines():
         match = _ROW.match(line)
         if match:
-            rows[match["label"]] = match
-    labels = sorted(rows)
-    assert len(labels) == 2, out
-    assert labels[0].startswith("hashlib.sha256"), out
-    assert labels[1].startswith("pure-Python loop"), out
+            rows[(match["label"].split(",")[0], match["backend"])] = match
+    assert sorted(rows) == [
+        ("hashlib.sha256", "thread"),
+        ("pure-Python loop", "process"),
+        ("pure-Python loop", "thread"),
+    ], out
     for row in rows.values():
         sequential, in_parallel, speedup = (float(row[k]) for k in ("seq", "par", "speedup"))
         assert sequential >= 0 and in_parallel >= 0 and speedup > 0, row.group(0)
     assert "releases the GIL" in out
     if gil_enabled():
-        assert "no speed-up for pure-Python code" in out
+        assert "no speed-up for pure-Python code on threads" in out
     else:
         assert "pure-Python code speeds up too" in out
+    assert "worker processes each have an interpreter and a GIL of their own" in out
 
 
 @pytest.mark.parametrize("argv", [["bogus"], [], ["info", "--frobnicate"]])

@@ -22,6 +22,7 @@ from ._decorators import parallel as parallel
 from ._decorators import parallel_fast as parallel_fast
 from ._decorators import parallel_pool as parallel_pool
 from ._decorators import parallel_priority as parallel_priority
+from ._gil_watch import GilBoundWarning as GilBoundWarning
 from ._group import ParallelContext as ParallelContext
 from ._group import TaskGroup as TaskGroup
 from ._handle import AsyncHandle as AsyncHandle
@@ -58,6 +59,7 @@ __all__ = [
     "AsyncHandle",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "GilBoundWarning",
     "ParallelContext",
     "ParallelFunction",
     "ShutdownError",

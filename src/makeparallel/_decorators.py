@@ -20,6 +20,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from . import _runtime
 from ._admission import Limiter
 from ._backends._base import Backend
+from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
@@ -37,7 +38,7 @@ _CALL_TIME_OPTIONS = ("timeout", "priority")
 class TaskSpec:
     """What every task of one decorated function shares; it observes their ends."""
 
-    __slots__ = ("backend", "limiter", "metrics", "name", "priority", "timeout")
+    __slots__ = ("backend", "cpu_watch", "limiter", "metrics", "name", "priority", "timeout")
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class TaskSpec:
         self.priority = priority
         self.limiter = limiter
         self.metrics: FunctionMetrics = metrics_for(name)
+        self.cpu_watch = None if _runtime.free_threaded() else GilWatch(name)
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Count the task (called under the backend lock)."""

@@ -1,12 +1,13 @@
-"""``makeparallel demo``: what threads speed up on this Python, measured here.
+"""``makeparallel demo``: what threads and processes speed up on this Python, measured here.
 
-Two workloads, each split into as many tasks as the thread pool has threads, run
-once after the other on the calling thread and once with ``@parallel``:
+Two workloads, each split into as many tasks as the pools have workers, run once
+after the other on the calling thread and once with ``@parallel``:
 
 * hashing large buffers with ``hashlib.sha256``, which releases the GIL while it
   hashes (buffers over 2 KiB), so the threads hash at the same time;
-* a pure-Python loop, which needs the GIL for every bytecode, so on a GIL build
-  the threads take turns and nothing is gained.
+* a pure-Python loop, which needs the GIL for every bytecode: on a GIL build the
+  threads take turns and nothing is gained, while worker processes (each with an
+  interpreter and a GIL of its own) run it on every core.
 
 The total work is fixed and split among the tasks, so a machine with more cores
 finishes sooner rather than doing more. Each timing is the best of a few rounds,
@@ -23,11 +24,12 @@ import sysconfig
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import get_thread_pool_info, parallel
+from . import GilBoundWarning, gather, get_thread_pool_info, parallel
 
 __all__ = [
     "DemoReport",
@@ -65,6 +67,7 @@ class Workload:
     releases_gil: bool
     function: Callable[..., object]
     arguments: Sequence[tuple[Any, ...]]
+    backend: str = "thread"
 
 
 @dataclass(frozen=True)
@@ -132,18 +135,25 @@ def _hash_workload(tasks: int, size: _Size) -> Workload:
     )
 
 
-def _loop_workload(tasks: int, size: _Size) -> Workload:
+def _loop_workload(tasks: int, size: _Size, backend: str) -> Workload:
     share = size.loop_iterations // tasks
     return Workload(
         label=f"pure-Python loop, {share * tasks / 1e6:g}M steps",
         releases_gil=False,
         function=sum_squares_mod,
         arguments=[(i * share, (i + 1) * share) for i in range(tasks)],
+        backend=backend,
     )
 
 
 def _meet(barrier: threading.Barrier) -> None:
     barrier.wait(timeout=30)
+
+
+def _warm_up_processes(workers: int) -> None:
+    """Start the worker processes, so that interpreter start-up is not timed."""
+    touch = parallel(backend="process", name="makeparallel.demo.warm_up")(sum_squares_mod)
+    gather([touch(0, 1000) for _ in range(4 * workers)])
 
 
 def _warm_up(threads: int) -> None:
@@ -167,13 +177,15 @@ def _time_sequential(workload: Workload) -> tuple[float, list[object]]:
 
 
 def _time_parallel(workload: Workload) -> tuple[float, list[object]]:
-    function = parallel(backend="thread", name=f"makeparallel.demo.{workload.function.__name__}")(
-        workload.function
-    )
-    started = time.perf_counter()
-    handles = [function(*arguments) for arguments in workload.arguments]
-    results = [handle.get() for handle in handles]
-    return time.perf_counter() - started, results
+    function = parallel(
+        backend=workload.backend, name=f"makeparallel.demo.{workload.function.__name__}"
+    )(workload.function)
+    with warnings.catch_warnings():  # GIL-bound work on threads is the point here
+        warnings.simplefilter("ignore", GilBoundWarning)
+        started = time.perf_counter()
+        handles = [function(*arguments) for arguments in workload.arguments]
+        results = [handle.get() for handle in handles]
+        return time.perf_counter() - started, results
 
 
 def _measure(workload: Workload, rounds: int) -> Measurement:
@@ -193,7 +205,7 @@ def _measure(workload: Workload, rounds: int) -> Measurement:
 
 
 def run_demo(quick: bool = False) -> DemoReport:
-    """Measure both workloads on the thread backend.
+    """Measure both workloads on the thread backend, and the pure-Python one on processes.
 
     Args:
         quick: much smaller sizes and a single round (a smoke test, not a measurement).
@@ -202,7 +214,12 @@ def run_demo(quick: bool = False) -> DemoReport:
     threads = int(get_thread_pool_info()["num_threads"])
     tasks = max(2, threads)
     _warm_up(threads)
-    workloads = (_hash_workload(tasks, size), _loop_workload(tasks, size))
+    _warm_up_processes(tasks)
+    workloads = (
+        _hash_workload(tasks, size),
+        _loop_workload(tasks, size, "thread"),
+        _loop_workload(tasks, size, "process"),
+    )
     return DemoReport(
         threads=threads,
         tasks=tasks,
@@ -220,6 +237,13 @@ def _build_words(report: DemoReport) -> str:
 
 
 def _explain(measurement: Measurement, report: DemoReport) -> str:
+    if measurement.workload.backend == "process":
+        return (
+            "worker processes each have an interpreter and a GIL of their own, so "
+            "pure-Python code runs on every core: use @parallel(backend='process') "
+            "(or 'auto') for it. The time includes sending arguments and results "
+            "between processes."
+        )
     if measurement.workload.releases_gil:
         return (
             "hashlib.sha256 releases the GIL while it hashes large buffers, so the "
@@ -236,10 +260,9 @@ def _explain(measurement: Measurement, report: DemoReport) -> str:
         else "this is a GIL build"
     )
     return (
-        f"no speed-up for pure-Python code, because {why}: Python bytecode needs the "
-        "GIL whichever thread runs it, so the threads take turns. A process backend "
-        "is planned for this work; a free-threaded Python (3.13t or later) runs it "
-        "in parallel on threads."
+        f"no speed-up for pure-Python code on threads, because {why}: Python bytecode "
+        "needs the GIL whichever thread runs it, so the threads take turns. A "
+        "free-threaded Python (3.13t or later) runs it in parallel on threads."
     )
 
 
@@ -248,16 +271,18 @@ def render(report: DemoReport) -> str:
     best = f"best of {report.rounds}" if report.rounds > 1 else "1 round"
     lines = [
         f"makeparallel demo: {_build_words(report)}",
-        f"thread pool: {report.threads} thread(s); each workload split into "
-        f"{report.tasks} tasks; wall times, {best}",
+        f"pools: {report.threads} thread(s), {report.tasks} worker process(es); each "
+        f"workload split into {report.tasks} tasks; wall times, {best}",
         "",
     ]
     label_width = max(len("workload"), *(len(m.workload.label) for m in report.measurements))
-    header = f"{'workload':<{label_width}}  {'sequential':>10}  {'parallel':>10}  {'speed-up':>8}"
+    header = (
+        f"{'workload':<{label_width}}  {'backend':<8}  {'sequential':>10}  {'parallel':>10}  {'speed-up':>8}"
+    )
     lines += [header, "-" * len(header)]
     for m in report.measurements:
         lines.append(
-            f"{m.workload.label:<{label_width}}  {m.sequential_s:>9.3f}s  "
+            f"{m.workload.label:<{label_width}}  {m.workload.backend:<8}  {m.sequential_s:>9.3f}s  "
             f"{m.parallel_s:>9.3f}s  {m.speedup:>7.2f}x"
         )
     notes = [_explain(m, report) for m in report.measurements]

@@ -55,6 +55,8 @@ class TaskObserver(Protocol):
     """Who learns of each task's end: the decorated function's runtime record."""
 
     name: str
+    #: Measures tasks on threads to notice GIL-bound work, or ``None``.
+    cpu_watch: Any
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._states import CANCELLED, RUNNING
@@ -230,6 +231,15 @@ class ThreadBackend(QueueingBackend):
                 # "can't create new thread at interpreter shutdown": the tasks are
                 # abandoned at exit anyway.
 
+    def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any]:
+        """Run a task measuring its thread's CPU time, for the GIL watch."""
+        overlapping = self._busy > 1
+        cpu = time.thread_time()
+        outcome = handle._execute()
+        overlapping = overlapping or self._busy > 1
+        watch.record(handle._started_at, time.perf_counter(), time.thread_time() - cpu, overlapping)
+        return outcome
+
     def _work(self, park: threading.Lock) -> None:
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
@@ -268,4 +278,8 @@ class ThreadBackend(QueueingBackend):
                     return
                 park.acquire()
                 continue
-            outcome = handle._execute()
+            watch = handle._observer.cpu_watch
+            if watch is not None and watch.active:
+                outcome = self._execute_watched(handle, watch)
+            else:
+                outcome = handle._execute()

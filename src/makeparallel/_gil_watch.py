@@ -1,0 +1,82 @@
+"""Noticing GIL-bound work on the thread backend, and saying so once.
+
+On a standard CPython, threads that run pure-Python code take turns on the GIL:
+several of them together use about one core. That is measurable: while tasks
+overlap, add up the CPU time each task's thread used and divide by the wall time
+they spanned. Code that releases the GIL (hashlib, NumPy, I/O...) gets close to
+one core per thread; waiting on I/O uses almost none; GIL-bound code stays near
+one core however many threads run it.
+
+Each decorated function watches its first tasks that ran alongside others and
+took at least a millisecond, decides once, and stops measuring. On a
+free-threaded build nothing is watched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+
+__all__ = ["GilBoundWarning", "GilWatch"]
+
+_log = logging.getLogger("makeparallel")
+
+_SAMPLES = 16  # overlapping tasks to look at before deciding
+_GIVE_UP_AFTER = 1_000  # tasks seen without enough samples (too short, or alone)
+_MIN_TASK_SECONDS = 0.001
+
+
+class GilBoundWarning(RuntimeWarning):
+    """A ``@parallel`` function on threads is held back by the GIL."""
+
+
+class GilWatch:
+    """Measures overlapping tasks of one function until it can tell."""
+
+    __slots__ = ("_cpu", "_first_start", "_last_end", "_lock", "_seen", "_samples", "_wall", "active", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.active = (os.cpu_count() or 1) > 1
+        self._lock = threading.Lock()
+        self._seen = self._samples = 0
+        self._cpu = self._wall = 0.0
+        self._first_start = float("inf")
+        self._last_end = float("-inf")
+
+    def record(self, started: float, ended: float, cpu: float, overlapping: bool) -> None:
+        """One task ran from ``started`` to ``ended``, using ``cpu`` seconds of its thread."""
+        with self._lock:
+            if not self.active:
+                return
+            self._seen += 1
+            if overlapping and ended - started >= _MIN_TASK_SECONDS:
+                self._samples += 1
+                self._cpu += cpu
+                self._wall += ended - started
+                self._first_start = min(self._first_start, started)
+                self._last_end = max(self._last_end, ended)
+            if self._samples < _SAMPLES and self._seen < _GIVE_UP_AFTER:
+                return
+            self.active = False
+            if self._samples < _SAMPLES:
+                return
+            span = self._last_end - self._first_start
+            speedup = self._cpu / span  # cores kept busy: what the threads achieved
+            concurrency = self._wall / span  # tasks running at once, on average
+        if concurrency >= 1.5 and 0.5 <= speedup < 1.25:
+            self._warn(speedup, concurrency)
+
+    def _warn(self, speedup: float, concurrency: float) -> None:
+        message = (
+            f"parallel function {self.name!r} looks GIL-bound: {concurrency:.1f} tasks ran "
+            f"at once on threads but together used {speedup:.2f} cores, a speed-up of "
+            f"{speedup:.2f}x. Pure-Python code needs the GIL on this Python; run it with "
+            f"@parallel(backend='process') (or backend='auto') to use every core"
+        )
+        try:
+            warnings.warn(message, GilBoundWarning, stacklevel=2)
+        except Exception:  # warnings turned into errors: a worker thread is no place to raise
+            _log.warning(message)

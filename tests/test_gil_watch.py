@@ -1,0 +1,78 @@
+"""The GIL watch: decides from overlapping tasks whether threads are held back by the GIL."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._gil_watch import GilWatch
+
+
+def feed(watch: GilWatch, cpu_per_task: float, tasks: int = 16, overlapping: bool = True) -> None:
+    """Pairs of 10 ms tasks running side by side, each using ``cpu_per_task`` of CPU."""
+    for i in range(tasks):
+        start = (i // 2) * 0.010
+        watch.record(start, start + 0.010, cpu_per_task, overlapping)
+
+
+def test_gil_bound_tasks_warn_once_naming_the_function_and_the_fix() -> None:
+    watch = GilWatch("crunch")
+    with pytest.warns(mp.GilBoundWarning, match=r"'crunch' looks GIL-bound.*backend='process'"):
+        feed(watch, cpu_per_task=0.005)  # two at a time, one core between them
+    assert not watch.active
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed(watch, cpu_per_task=0.005)  # decided already: silent from now on
+
+
+@pytest.mark.parametrize(
+    "cpu_per_task",
+    [pytest.param(0.010, id="releases the GIL: a core per task"), pytest.param(0.0002, id="waits on I/O")],
+)
+def test_work_that_runs_in_parallel_or_waits_stays_silent(cpu_per_task: float) -> None:
+    watch = GilWatch("fine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed(watch, cpu_per_task=cpu_per_task)
+    assert not watch.active
+
+
+def test_tasks_that_never_overlap_decide_nothing_and_stop_after_a_while() -> None:
+    watch = GilWatch("alone")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed(watch, cpu_per_task=0.005, tasks=999, overlapping=False)
+        assert watch.active
+        feed(watch, cpu_per_task=0.005, tasks=1, overlapping=False)
+    assert not watch.active  # gave up measuring: it costs a little per task
+
+
+def test_a_warning_turned_into_an_error_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    watch = GilWatch("strict")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed(watch, cpu_per_task=0.005)
+    assert "looks GIL-bound" in caplog.text
+
+
+def test_thread_tasks_feed_the_watch_of_their_function() -> None:
+    meet = threading.Barrier(2)
+
+    @mp.parallel(backend="thread", name="gil-watch-feed")
+    def pair() -> None:
+        meet.wait(5)  # two at once: overlapping by construction
+        total = 0
+        for i in range(200_000):  # long enough to count (well over a millisecond)
+            total += i
+
+    mp.configure_thread_pool(2)
+    watch = pair._spec.cpu_watch
+    assert watch is not None and watch.active
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.GilBoundWarning)
+        for _ in range(10):
+            assert all(h.wait(10) for h in [pair(), pair()])
+    assert not watch.active  # it measured enough overlapping tasks and decided
