@@ -175,14 +175,16 @@ class ProcessBackend(QueueingBackend):
             self._terminating = False
 
     def terminate(self) -> None:
-        """Stop every worker now; a task still running fails with ``ShutdownError``."""
+        """Stop every worker now; a task still running fails with ``ShutdownError``.
+
+        The loop thread owns the pipes, so it does the stopping; this waits for it.
+        """
         with self._lock:
             self._terminating = True
-            workers = list(self._workers)
-        for worker in workers:
-            _stop(worker.process)
-        for worker in workers:
-            self._worker_died(worker)
+            loop = self._loop
+        if loop is not None:
+            self._wake()
+            loop.join(timeout=4 * _TERMINATE_GRACE + 1)
 
     # -- hooks the handle calls -----------------------------------------------------
 
@@ -226,6 +228,14 @@ class ProcessBackend(QueueingBackend):
 
     def _maintain(self) -> bool:
         """Start and stop workers, send control messages, dispatch; False to end the loop."""
+        with self._lock:
+            terminating = self._terminating
+            workers = list(self._workers)
+        if terminating:
+            for worker in workers:
+                worker.conn.close()  # end of file: a worker ends on its own
+            for worker in workers:
+                self._worker_died(worker)
         with self._lock:
             if self._terminating or (self._closed and self._active == 0 and not self._workers):
                 self._loop = None
@@ -326,8 +336,8 @@ class ProcessBackend(QueueingBackend):
             if not self._terminating:
                 self._restarts += 1
             terminating = self._terminating
-        code = _stop(worker.process)
         worker.conn.close()
+        code = _stop(worker.process)
         if outstanding and outstanding[0]._state == RUNNING:
             handle = outstanding[0]
             error: Exception
@@ -404,13 +414,19 @@ def _start_worker() -> _Worker:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int | None:
-    """Make sure ``process`` is gone and reaped (no zombie); return its exit code."""
-    if process.poll() is None:
+    """Make sure ``process`` is gone and reaped (no zombie); return its exit code.
+
+    The caller closed the worker's pipe first, which ends an idle worker cleanly
+    and a busy one at once; one that does not end is terminated, then killed.
+    """
+    try:
+        return process.wait(_TERMINATE_GRACE)
+    except subprocess.TimeoutExpired:
         process.terminate()
-        try:
-            process.wait(_TERMINATE_GRACE)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    try:
+        return process.wait(_TERMINATE_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
     return process.wait()
 
 

@@ -37,6 +37,7 @@ from ..errors import TaskError, TaskSerializationError
 __all__ = ["main"]
 
 _BATCH = 64  # results held back at most while more tasks wait
+_STOP = ("stop",)  # put in the inbox when the parent is gone
 
 
 class _RemoteTask:
@@ -110,6 +111,8 @@ class _Worker:
                     self._has_mail.wait()
                 task = self._inbox.popleft() if self._inbox else None
                 more_waiting = bool(self._inbox)
+            if task is _STOP:
+                return
             if task is not None:
                 entry, entry_buffers = self._run(*task)
                 done.append(entry)
@@ -172,7 +175,19 @@ class _Worker:
                 elif kind == "cancel":
                     self._cancel(message[1], message[2])
         except (EOFError, OSError):
-            os._exit(0)  # the parent closed the pipe or died: never outlive it
+            self._parent_gone()
+
+    def _parent_gone(self) -> None:
+        """The parent closed the pipe or died: never outlive it.
+
+        An idle worker ends normally (its interpreter shuts down cleanly); one still
+        running a task ends at once, task and all.
+        """
+        if self._current is not None:
+            os._exit(0)
+        with self._has_mail:
+            self._inbox.appendleft(_STOP)
+            self._has_mail.notify()
 
     def _cancel(self, task_id: int, error: BaseException) -> None:
         current = self._current
