@@ -73,6 +73,6 @@ def test_thread_tasks_feed_the_watch_of_their_function() -> None:
     assert watch is not None and watch.active
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mp.GilBoundWarning)
-        for _ in range(10):
+        for _ in range(20):  # each pair gives one or two overlapping samples: 16 needed
             assert all(h.wait(10) for h in [pair(), pair()])
     assert not watch.active  # it measured enough overlapping tasks and decided

@@ -22,8 +22,20 @@ FIELDS = {
     "failed_tasks",
     "cancelled_tasks",
     "timed_out_tasks",
+    "running_tasks",
+    "queued_tasks",
     "total_execution_time_ms",
     "average_execution_time_ms",
+    "min_execution_time_ms",
+    "max_execution_time_ms",
+    "p50_execution_time_ms",
+    "p95_execution_time_ms",
+    "p99_execution_time_ms",
+    "average_queue_wait_ms",
+    "p50_queue_wait_ms",
+    "p95_queue_wait_ms",
+    "p99_queue_wait_ms",
+    "max_queue_wait_ms",
 }
 
 
@@ -363,16 +375,7 @@ def test_reset_metrics_zeroes_every_record(backend: str) -> None:
     metrics = mp.get_metrics(name)
     assert metrics is not None  # the name stays known
     assert name in mp.get_all_metrics()
-    assert dict(metrics) == {
-        "name": name,
-        "total_tasks": 0,
-        "completed_tasks": 0,
-        "failed_tasks": 0,
-        "cancelled_tasks": 0,
-        "timed_out_tasks": 0,
-        "total_execution_time_ms": 0.0,
-        "average_execution_time_ms": 0.0,
-    }
+    assert dict(metrics) == {"name": name, **{field: 0 for field in FIELDS - {"name"}}}
     work(False).get(5)
     assert counts(name) == {"total": 1, "completed": 1, "failed": 0, "cancelled": 0, "timed_out": 0}
 

@@ -22,7 +22,7 @@ from ._admission import Limiter
 from ._backends._base import Backend
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
-from ._metrics import FunctionMetrics, metrics_for
+from ._metrics import FOLD_AT, FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 
@@ -69,14 +69,24 @@ class TaskSpec:
         lock = handle._backend._lock
         shard = self.metrics._shards.get(lock) or self.metrics.counts(lock)
         state = handle._state
+        started = handle._started_at
+        if started is None:  # cancelled before it started
+            shard.cancelled += 1
+            return
         if state == SUCCEEDED:  # the common case, inlined
             shard.completed += 1
-            shard.seconds += handle._finished_at - handle._started_at  # type: ignore[operator]
-        elif state == FAILED:
-            shard.failed += 1
-            shard.seconds += handle._finished_at - handle._started_at  # type: ignore[operator]
+            shard.new_durations.append(handle._finished_at - started)  # type: ignore[operator]
+            waits = shard.new_waits
+            waits.append(started - handle._submitted_at)
+            if len(waits) >= FOLD_AT:
+                shard.fold()
         else:
-            shard.ended(state, None)
+            ran_to_end = state == FAILED
+            shard.count_end(
+                state,
+                handle._finished_at - started if ran_to_end else None,  # type: ignore[operator]
+                started - handle._submitted_at,
+            )
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:

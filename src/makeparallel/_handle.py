@@ -31,6 +31,7 @@ from . import _deadlines
 from ._states import CANCELLED, FAILED, PENDING, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
+from ._yielding_lock import acquire_yielding
 from .errors import TaskCancelledError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -410,8 +411,8 @@ class AsyncHandle(Generic[T]):
 
     def _finish(self, state: int, value: Any) -> None:
         lock = self._backend._lock
-        if not lock.try_acquire(False):
-            lock.acquire()
+        if not lock.acquire(False):
+            acquire_yielding(lock)
         try:
             if self._state != RUNNING:
                 return  # it timed out or was cancelled while running

@@ -9,17 +9,22 @@ as a mapping (``m["total_tasks"]``), because code in the wild uses both.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, overload
 
+from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
-from ._yielding_lock import YieldingLock
+from ._runtime import queued_by_name
+import threading
 
 __all__ = [
+    "Counts",
     "FunctionMetrics",
     "TaskMetrics",
+    "all_records",
     "get_all_metrics",
     "get_metrics",
     "metrics_for",
@@ -32,7 +37,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class TaskMetrics(Mapping[str, Any]):
-    """A snapshot of one function's metrics, read as attributes or as a mapping."""
+    """A snapshot of one function's metrics, read as attributes or as a mapping.
+
+    Times are in milliseconds. Execution times count tasks that ran to their end
+    (succeeded or failed); queue waits count every task that started. Percentiles
+    come from a fixed-size histogram and are within about 20% of the exact value.
+    """
 
     name: str
     total_tasks: int
@@ -40,8 +50,20 @@ class TaskMetrics(Mapping[str, Any]):
     failed_tasks: int
     cancelled_tasks: int
     timed_out_tasks: int
+    running_tasks: int
+    queued_tasks: int
     total_execution_time_ms: float
     average_execution_time_ms: float
+    min_execution_time_ms: float
+    max_execution_time_ms: float
+    p50_execution_time_ms: float
+    p95_execution_time_ms: float
+    p99_execution_time_ms: float
+    average_queue_wait_ms: float
+    p50_queue_wait_ms: float
+    p95_queue_wait_ms: float
+    p99_queue_wait_ms: float
+    max_queue_wait_ms: float
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELD_NAMES:
@@ -60,23 +82,52 @@ class TaskMetrics(Mapping[str, Any]):
 
 
 _FIELD_NAMES = tuple(field.name for field in fields(TaskMetrics))
+FOLD_AT = 256  # durations gathered before they are folded into the histograms
 
 
-class _Counts:
-    """One shard of a record, only ever changed under the lock it names."""
+class Counts:
+    """One shard of a record, only ever changed under the lock it names.
 
-    __slots__ = ("cancelled", "completed", "failed", "lock", "seconds", "timed_out", "total")
+    Durations are appended to short lists on the hot path and folded into the
+    histograms in batches (at 256, and before every read), which costs a third
+    of counting them one by one.
+    """
 
-    def __init__(self, lock: YieldingLock) -> None:
+    __slots__ = (
+        "cancelled",
+        "completed",
+        "durations",
+        "failed",
+        "lock",
+        "new_durations",
+        "new_waits",
+        "timed_out",
+        "total",
+        "waits",
+    )
+
+    def __init__(self, lock: threading.Lock) -> None:
         self.lock = lock
         self.zero()
 
     def zero(self) -> None:
         self.total = self.completed = self.failed = self.cancelled = self.timed_out = 0
-        self.seconds = 0.0
+        self.durations = Histogram()  # run to the end: succeeded or failed
+        self.waits = Histogram()  # from submission to start
+        self.new_durations: list[float] = []
+        self.new_waits: list[float] = []
 
-    def ended(self, state: int, seconds: float | None) -> None:
-        """Count a task that ended in ``state``, having run ``seconds`` if it ran to its end."""
+    @property
+    def ended(self) -> int:
+        return self.completed + self.failed + self.cancelled + self.timed_out
+
+    def count_end(self, state: int, seconds: float | None, waited: float | None) -> None:
+        """Count a task that ended in ``state``.
+
+        Args:
+            seconds: how long it ran, if it ran to its end.
+            waited: how long it waited to start, if it started.
+        """
         if state == SUCCEEDED:
             self.completed += 1
         elif state == FAILED:
@@ -86,7 +137,28 @@ class _Counts:
         elif state == TIMED_OUT:
             self.timed_out += 1
         if seconds is not None:
-            self.seconds += seconds
+            self.new_durations.append(seconds)
+        if waited is not None:
+            self.new_waits.append(waited)
+        if len(self.new_durations) >= FOLD_AT or len(self.new_waits) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move the durations gathered since the last fold into the histograms."""
+        self.durations.add_all(self.new_durations)
+        self.waits.add_all(self.new_waits)
+        self.new_durations = []
+        self.new_waits = []
+
+    def merge(self, other: Counts) -> None:
+        other.fold()
+        self.total += other.total
+        self.completed += other.completed
+        self.failed += other.failed
+        self.cancelled += other.cancelled
+        self.timed_out += other.timed_out
+        self.durations.merge(other.durations)
+        self.waits.merge(other.waits)
 
 
 class FunctionMetrics:
@@ -102,42 +174,59 @@ class FunctionMetrics:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = YieldingLock()  # guards the shard of callers holding no lock
-        self._shards: dict[YieldingLock, _Counts] = {}
+        self._lock = threading.Lock()  # guards the shard of callers holding no lock
+        self._shards: dict[threading.Lock, Counts] = {}
 
-    def counts(self, lock: YieldingLock) -> _Counts:
+    def counts(self, lock: threading.Lock) -> Counts:
         """The shard to change while holding ``lock``."""
         shard = self._shards.get(lock)
         if shard is None:
-            shard = self._shards.setdefault(lock, _Counts(lock))  # atomic: one wins
+            shard = self._shards.setdefault(lock, Counts(lock))  # atomic: one wins
         return shard
 
-    def counted(self) -> _Counts:
+    def counted(self) -> Counts:
         """The shard guarded by the record's own lock, for callers holding none."""
         return self.counts(self._lock)
 
-    def snapshot(self) -> TaskMetrics:
-        total = completed = failed = cancelled = timed_out = 0
-        seconds = 0.0
+    def merged(self) -> Counts:
+        """All shards added up, as a consistent copy per shard."""
+        merged = Counts(self._lock)
         for shard in list(self._shards.values()):
             with shard.lock:
-                total += shard.total
-                completed += shard.completed
-                failed += shard.failed
-                cancelled += shard.cancelled
-                timed_out += shard.timed_out
-                seconds += shard.seconds
-        ran = completed + failed
-        total_ms = seconds * 1000.0
+                merged.merge(shard)
+        return merged
+
+    def snapshot(self, queued: int = 0) -> TaskMetrics:
+        """The record as plain numbers; ``queued``: this function's tasks not yet started."""
+        counts = self.merged()
+        durations, waits = counts.durations, counts.waits
+        in_flight = max(0, counts.total - counts.ended)
+        queued = min(queued, in_flight)
+
+        def ms(seconds: float) -> float:
+            return seconds * 1000.0
+
         return TaskMetrics(
             name=self.name,
-            total_tasks=total,
-            completed_tasks=completed,
-            failed_tasks=failed,
-            cancelled_tasks=cancelled,
-            timed_out_tasks=timed_out,
-            total_execution_time_ms=total_ms,
-            average_execution_time_ms=total_ms / ran if ran else 0.0,
+            total_tasks=counts.total,
+            completed_tasks=counts.completed,
+            failed_tasks=counts.failed,
+            cancelled_tasks=counts.cancelled,
+            timed_out_tasks=counts.timed_out,
+            running_tasks=in_flight - queued,
+            queued_tasks=queued,
+            total_execution_time_ms=ms(durations.total),
+            average_execution_time_ms=ms(durations.total / durations.count) if durations.count else 0.0,
+            min_execution_time_ms=ms(durations.minimum) if durations.count else 0.0,
+            max_execution_time_ms=ms(durations.maximum),
+            p50_execution_time_ms=ms(durations.quantile(0.50)),
+            p95_execution_time_ms=ms(durations.quantile(0.95)),
+            p99_execution_time_ms=ms(durations.quantile(0.99)),
+            average_queue_wait_ms=ms(waits.total / waits.count) if waits.count else 0.0,
+            p50_queue_wait_ms=ms(waits.quantile(0.50)),
+            p95_queue_wait_ms=ms(waits.quantile(0.95)),
+            p99_queue_wait_ms=ms(waits.quantile(0.99)),
+            max_queue_wait_ms=ms(waits.maximum),
         )
 
     def reset(self) -> None:
@@ -157,6 +246,11 @@ def metrics_for(name: str) -> FunctionMetrics:
     return record
 
 
+def all_records() -> list[FunctionMetrics]:
+    """Every function's live record."""
+    return list(_records.values())
+
+
 def get_metrics(name: str) -> TaskMetrics | None:
     """A snapshot of the metrics of the function named ``name``, or ``None`` if unknown.
 
@@ -164,12 +258,13 @@ def get_metrics(name: str) -> TaskMetrics | None:
     function's ``__qualname__`` (its plain name for a module-level function).
     """
     record = _records.get(name)
-    return None if record is None else record.snapshot()
+    return None if record is None else record.snapshot(queued_by_name().get(name, 0))
 
 
 def get_all_metrics() -> dict[str, TaskMetrics]:
     """Snapshots of every function's metrics, by name."""
-    return {name: record.snapshot() for name, record in list(_records.items())}
+    queued = queued_by_name()
+    return {name: record.snapshot(queued.get(name, 0)) for name, record in list(_records.items())}
 
 
 def reset_metrics() -> None:
@@ -215,7 +310,7 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
                 return result
             finally:
                 with counts.lock:
-                    counts.ended(state, time.perf_counter() - started)
+                    counts.count_end(state, time.perf_counter() - started, 0.0)
 
         return measured  # type: ignore[return-value]
 

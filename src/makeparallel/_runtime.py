@@ -210,6 +210,15 @@ def set_max_concurrent_tasks(limit: int | None) -> None:
     global_limiter.set_limit(limit)
 
 
+def queued_by_name() -> dict[str, int]:
+    """Tasks not yet started, by function name, across every pool (for metrics)."""
+    queued: dict[str, int] = {}
+    for backend in list(_backends.values()):
+        for name, count in backend.queued_by_name().items():
+            queued[name] = queued.get(name, 0) + count
+    return queued
+
+
 def get_active_task_count() -> int:
     """Tasks submitted and not yet ended, across every backend."""
     return sum(backend.active_count() for backend in list(_backends.values()))

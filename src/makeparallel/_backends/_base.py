@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._yielding_lock import YieldingLock
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -27,7 +26,7 @@ class Backend:
     stop_hint: ClassVar[str] = "it was asked to stop at its next check_cancelled()"
 
     def __init__(self) -> None:
-        self._lock = YieldingLock()
+        self._lock = threading.Lock()
         self._closed = False
         self._active = 0  # submitted and not yet ended
         self._idle_waiters: list[threading.Lock] = []
@@ -40,6 +39,10 @@ class Backend:
         """Plain data describing the backend, for humans and health checks."""
         with self._lock:
             return {"backend": self.name, "active_tasks": self._active, "closed": self._closed}
+
+    def queued_by_name(self) -> dict[str, int]:
+        """Tasks queued here and not started, by the name of their function."""
+        return {}
 
     def active_count(self) -> int:
         """Tasks submitted here that have not ended."""

@@ -15,8 +15,9 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   always knows which task each worker runs, so a dead worker fails exactly its
   own task, and no lock is shared with the workers (none can be left held by a
   killed process).
-* A worker gets a small window of tasks at a time (more when tasks are short),
-  so it never waits for a round trip; results come back in batches. A task with
+* A worker gets one task at a time, so queued tasks start by priority; once
+  tasks prove short (under a millisecond on average), it gets a window of them,
+  so that it never waits for a round trip. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
 * At a timeout, or ``cancel(force=True)``, the worker running the task is
@@ -111,8 +112,10 @@ class ProcessBackend(QueueingBackend):
         self._loop: threading.Thread | None = None
         self._terminating = False
         self._restarts = 0
-        self._mean_seconds = 0.0
-        self._window = 2
+        # Tasks sent to a worker ahead of time: one (so priorities hold) until
+        # tasks prove short, then enough that workers never wait for a round trip.
+        self._mean_seconds = _SHORT_TASK
+        self._window = 1
 
     # -- configuration and state -------------------------------------------------------
 
@@ -305,7 +308,7 @@ class ProcessBackend(QueueingBackend):
 
     def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
-        self._window = 32 if self._mean_seconds < _SHORT_TASK else 2
+        self._window = 32 if self._mean_seconds < _SHORT_TASK else 1
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
         try:

@@ -3,7 +3,7 @@
 Two threads. A reader thread takes every message off the pipe at once, so that a
 cancel reaches a task while it runs, and exits the process the moment the pipe
 closes (the parent is gone: no orphan). The main thread runs tasks in the order
-they came, and sends results back in batches while more tasks wait.
+they came, and sends each result back as soon as its task ends.
 
 Messages are pickled tuples, each followed by its out-of-band buffers:
 
@@ -36,7 +36,6 @@ from ..errors import TaskError, TaskSerializationError
 
 __all__ = ["main"]
 
-_BATCH = 64  # results held back at most while more tasks wait
 _STOP = ("stop",)  # put in the inbox when the parent is gone
 
 
@@ -99,27 +98,22 @@ class _Worker:
                 self._conn.send_bytes(buffer)
 
     def serve(self) -> None:
-        """Run tasks until the process is ended (the reader exits it on EOF)."""
+        """Run tasks until the parent is gone.
+
+        Each result is sent the moment its task ends: holding results back to
+        batch them would lose finished work if a later task crashed the worker,
+        and would blame the wrong task for the crash.
+        """
         threading.Thread(target=self._read, name="makeparallel-worker-reader", daemon=True).start()
-        done: list[tuple[Any, ...]] = []
-        buffers: list[Any] = []
         while True:
             with self._has_mail:
                 while not self._inbox:
-                    if done:
-                        break
                     self._has_mail.wait()
-                task = self._inbox.popleft() if self._inbox else None
-                more_waiting = bool(self._inbox)
+                task = self._inbox.popleft()
             if task is _STOP:
                 return
-            if task is not None:
-                entry, entry_buffers = self._run(*task)
-                done.append(entry)
-                buffers.extend(entry_buffers)
-            if done and (not more_waiting or len(done) >= _BATCH):
-                self.send(("done", done), buffers)
-                done, buffers = [], []
+            entry, buffers = self._run(*task)
+            self.send(("done", [entry]), buffers)
 
     def _run(self, task_id: int, name: str, data: bytes, buffers: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
         with self._has_mail:

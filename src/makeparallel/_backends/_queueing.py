@@ -70,6 +70,14 @@ class QueueingBackend(Backend):
                 return self._next_locked()
         return None
 
+    def queued_by_name(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for handle in self._pending_locked():
+                name = handle._observer.name
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
         return [h for q in self._queues.values() for h in q if h._state == PENDING]
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._states import CANCELLED, RUNNING
 from .._validation import check_count
+from .._yielding_lock import acquire_yielding
 from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
 
 if TYPE_CHECKING:
@@ -136,8 +137,8 @@ class ThreadBackend(QueueingBackend):
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         lock = self._lock
-        if not lock.try_acquire(False):
-            lock.acquire()
+        if not lock.acquire(False):
+            acquire_yielding(lock)
         try:
             if self._closed:
                 self._refuse_if_closed_locked()
@@ -246,8 +247,8 @@ class ThreadBackend(QueueingBackend):
         outcome: tuple[int, Any] = (0, None)
         while True:
             announce = None
-            if not lock.try_acquire(False):
-                lock.acquire()
+            if not lock.acquire(False):
+                acquire_yielding(lock)
             try:
                 if handle is not None:
                     # One lock round per task: settle the last task, claim the next.
