@@ -1,10 +1,17 @@
 """Ctrl-C stops a batch: the process ends promptly, with a clean KeyboardInterrupt.
 
-Each test runs a script in a child process that starts a long batch and says
-"ready" once work is under way; the test then sends SIGINT, as a terminal's
+The signal tests run a script in a child process that starts a long batch and
+says "ready" once work is under way; the test then sends SIGINT, as a terminal's
 Ctrl-C would, and checks that the child exits within a few seconds with a
 non-zero status, reports the KeyboardInterrupt on stderr, and prints no
 traceback from a worker thread.
+
+A real signal lands wherever the main thread happens to be, so the unlucky
+moments are then injected deterministically: a KeyboardInterrupt raised inside
+``submit()``, inside gather's set-up, or at the entry of each library function in
+turn. After any of them the library must stay usable (what a REPL or a notebook
+user needs) and must not leave tasks running that nobody can cancel. Tests that
+could leave the library broken when they fail run in a child process.
 """
 
 from __future__ import annotations
@@ -47,23 +54,6 @@ def work(i):
 
 MAP_SCRIPT = WORK + """
 mp.parallel_map(work, range(50_000_000))
-print("the map finished: it should have been interrupted", flush=True)
-"""
-
-# Says "ready" from the progress callable once thousands of items are done, so
-# the signal lands in a map in full flow (chunks grown, every worker busy).
-MAP_IN_FLOW_SCRIPT = """
-import makeparallel as mp
-
-def work(i):
-    return sum(range(2000))
-
-def announce(done, total):
-    if done >= 5000 and not getattr(announce, "said", False):
-        announce.said = True
-        print("ready", flush=True)
-
-mp.parallel_map(work, range(50_000_000), progress=announce)
 print("the map finished: it should have been interrupted", flush=True)
 """
 
@@ -130,23 +120,13 @@ def check_clean_interrupt(code: int, out: str, err: str) -> None:
     assert "should have been interrupted" not in out
 
 
-@pytest.mark.parametrize(
-    "script",
-    [MAP_SCRIPT, MAP_IN_FLOW_SCRIPT, IMAP_SCRIPT],
-    ids=["parallel_map", "parallel_map_in_flow", "imap_unordered"],
-)
+@pytest.mark.parametrize("script", [MAP_SCRIPT, IMAP_SCRIPT], ids=["parallel_map", "imap_unordered"])
 def test_ctrl_c_stops_a_map(script: str) -> None:
     check_clean_interrupt(*interrupt(script))
 
 
 def test_ctrl_c_stops_gather() -> None:
     check_clean_interrupt(*interrupt(GATHER_SCRIPT))
-
-
-def test_ctrl_c_stops_a_map_on_the_sync_backend() -> None:
-    script = MAP_SCRIPT.replace("mp.parallel_map(work, range(50_000_000))", 'mp.parallel_map(work, range(50_000_000), backend="sync")')
-    assert 'backend="sync"' in script
-    check_clean_interrupt(*interrupt(script))
 
 
 # -- the pool after an interrupt, in this process ---------------------------------------------
@@ -306,3 +286,128 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
     gate.set()
     assert followed == 5
     assert states == ["cancelled"] * 10, f"Ctrl-C in gather left tasks going on: {states}"
+
+
+# CPython looks for a pending signal when a Python function starts (among other
+# places), so Ctrl-C can surface as KeyboardInterrupt at the entry of any of the
+# library's functions that the main thread runs. This script injects one at each
+# such entry in turn, during a batch, and after each checks that the library is
+# still usable: a new batch completes, and no task is left unfinished for ever.
+# It runs in a child because a failure can leave the library's lock taken.
+#
+# One place is left out, on purpose: the few calls made while a task's end is
+# being recorded (inside AsyncHandle._settle_locked, under the backend lock).
+# Pure Python cannot defer a KeyboardInterrupt there without taking over the
+# process's SIGINT handler, which would change Ctrl-C for asyncio and for the
+# user's own handler; docs/architecture.md records this known limit.
+INTERRUPT_EVERYWHERE_SCRIPT = """
+import faulthandler
+import os
+import sys
+import threading
+
+import makeparallel as mp
+from makeparallel.testing import wait_until_idle
+
+BACKEND, BATCH = sys.argv[1], sys.argv[2]
+PACKAGE = os.path.dirname(mp.__file__)
+
+
+def work(i):
+    return 2 * i
+
+
+def batch():
+    if BATCH == "map":
+        return mp.parallel_map(work, range(6), chunksize=2, backend=BACKEND)
+    task = mp.parallel(backend=BACKEND)(work)
+    return mp.gather([task(i) for i in range(4)])
+
+
+def settling(frame):
+    while frame is not None:
+        if frame.f_code.co_name == "_settle_locked":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupted(at):
+    calls, where = 0, None
+
+    def tracer(frame, event, arg):
+        nonlocal calls, where
+        if event == "call" and frame.f_code.co_filename.startswith(PACKAGE) and not settling(frame):
+            calls += 1
+            if calls == at:
+                where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+                current[1] = where
+                sys.settrace(None)
+                raise KeyboardInterrupt
+        return None
+
+    sys.settrace(tracer)
+    try:
+        batch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return calls, where
+
+
+def still_usable():
+    done = []
+    probe = threading.Thread(target=lambda: done.append(batch()), daemon=True)
+    probe.start()
+    probe.join(3)
+    return bool(done)
+
+
+current = [0, None]  # the entry being interrupted, and where it was
+
+
+def watchdog():
+    # The interrupted batch itself may hang: report where, then end the child.
+    while True:
+        before = current[0]
+        threading.Event().wait(10)
+        if current[0] == before:
+            print(f"after Ctrl-C at the entry of {current[1]}: the interrupted batch hangs", flush=True)
+            faulthandler.dump_traceback(all_threads=True)
+            os._exit(1)
+
+
+threading.Thread(target=watchdog, daemon=True).start()
+entries, _ = interrupted(0)
+for at in range(1, entries + 1):
+    current[0] = at
+    _, where = interrupted(at)
+    if not still_usable():
+        print(f"after Ctrl-C at the entry of {where}: the next batch hangs", flush=True)
+        os._exit(1)
+    if not wait_until_idle(3):
+        print(
+            f"after Ctrl-C at the entry of {where}: "
+            f"{mp.get_active_task_count()} task(s) never end",
+            flush=True,
+        )
+        os._exit(1)
+print(f"usable after Ctrl-C at each of {entries} function entries", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("batch", ["map", "gather"])
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_an_interrupt_at_any_function_entry_leaves_the_library_usable(backend: str, batch: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(INTERRUPT_EVERYWHERE_SCRIPT), backend, batch],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("usable after Ctrl-C"), result.stdout + result.stderr

@@ -22,15 +22,20 @@ from ._decorators import parallel as parallel
 from ._decorators import parallel_fast as parallel_fast
 from ._decorators import parallel_pool as parallel_pool
 from ._decorators import parallel_priority as parallel_priority
+from ._events import TaskEvent as TaskEvent
+from ._events import add_task_listener as add_task_listener
+from ._events import remove_task_listener as remove_task_listener
 from ._gil_watch import GilBoundWarning as GilBoundWarning
 from ._group import ParallelContext as ParallelContext
 from ._group import TaskGroup as TaskGroup
 from ._handle import AsyncHandle as AsyncHandle
+from ._health import health as health
 from ._map import imap as imap
 from ._map import parallel_map as parallel_map
 from ._metrics import TaskMetrics as TaskMetrics
 from ._metrics import get_all_metrics as get_all_metrics
 from ._metrics import get_metrics as get_metrics
+from ._metrics import metrics_snapshot as metrics_snapshot
 from ._metrics import profiled as profiled
 from ._metrics import reset_metrics as reset_metrics
 from ._runtime import configure as configure
@@ -45,6 +50,9 @@ from ._runtime import shutdown as shutdown
 from ._task_context import check_cancelled as check_cancelled
 from ._task_context import get_current_task_id as get_current_task_id
 from ._task_context import report_progress as report_progress
+from ._task_logging import TaskContextFilter as TaskContextFilter
+from ._task_logging import add_task_context as add_task_context
+from ._task_logging import enable_task_logging as enable_task_logging
 from .errors import ShutdownError as ShutdownError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TaskError as TaskError
@@ -64,17 +72,22 @@ __all__ = [
     "ParallelFunction",
     "ShutdownError",
     "TaskCancelledError",
+    "TaskContextFilter",
     "TaskError",
+    "TaskEvent",
     "TaskGroup",
     "TaskMetrics",
     "TaskSerializationError",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "add_task_context",
+    "add_task_listener",
     "as_completed",
     "check_cancelled",
     "configure",
     "configure_process_pool",
     "configure_thread_pool",
+    "enable_task_logging",
     "gather",
     "get_active_task_count",
     "get_all_metrics",
@@ -82,13 +95,16 @@ __all__ = [
     "get_metrics",
     "get_process_pool_info",
     "get_thread_pool_info",
+    "health",
     "imap",
+    "metrics_snapshot",
     "parallel",
     "parallel_fast",
     "parallel_map",
     "parallel_pool",
     "parallel_priority",
     "profiled",
+    "remove_task_listener",
     "report_progress",
     "reset_metrics",
     "reset_shutdown",

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _runtime
+from . import _events, _runtime
 from ._admission import Limiter
 from ._backends._base import Backend
 from ._gil_watch import GilWatch
@@ -167,6 +167,8 @@ class ParallelFunction(Generic[P, T]):
         )
         if spec.limiter is not None or _runtime.global_limiter.limit is not None:
             handle._permits = self._admit()
+        if _events.listeners:  # before submit: an inline backend runs the task within it
+            _events.emit("submitted", handle)
         try:
             backend.submit(handle)
         except BaseException:

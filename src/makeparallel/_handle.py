@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from . import _deadlines
+from . import _deadlines, _events
 from ._states import CANCELLED, FAILED, PENDING, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
@@ -287,8 +287,7 @@ class AsyncHandle(Generic[T]):
                 return False
             error = TaskCancelledError(f"task {self._id} ({self.name}) was cancelled")
             announce = self._settle_locked(CANCELLED, error)
-        if announce is not None:
-            self._announce(*announce)
+        self._after_settle(announce)
         if previous == RUNNING:
             backend._abandoned(self, force)
         return True
@@ -402,6 +401,8 @@ class AsyncHandle(Generic[T]):
         self._started_at = started = _now()
         if self._timeout is not None:
             _deadlines.schedule(self, started + self._timeout)
+        if _events.listeners:
+            _events.emit("started", self)
         try:
             return SUCCEEDED, self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
         except BaseException as error:
@@ -419,8 +420,8 @@ class AsyncHandle(Generic[T]):
             announce = self._settle_locked(state, value)
         finally:
             lock.release()
-        if announce is not None:
-            self._announce(*announce)
+        if announce is not None or _events.listeners:
+            self._after_settle(announce)
 
     def _expire(self) -> None:
         """The deadline passed: end the handle if the task is still running."""
@@ -433,15 +434,14 @@ class AsyncHandle(Generic[T]):
                 f"{backend.stop_hint}. Raise the timeout if the task needs longer"
             )
             announce = self._settle_locked(TIMED_OUT, error)
-        if announce is not None:
-            if announce[0]:
-                # This is the one deadline thread: a slow callback must not hold
-                # back every other timeout, so callbacks (then waiters) get a thread.
-                threading.Thread(
-                    target=self._announce, args=announce, name="makeparallel-timeout-callbacks", daemon=True
-                ).start()
-            else:
-                self._announce(*announce)
+        if announce is not None and announce[0] or _events.listeners:
+            # This is the one deadline thread: a slow callback or listener must not
+            # hold back every other timeout, so they (then waiters) get a thread.
+            threading.Thread(
+                target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
+            ).start()
+        elif announce is not None:
+            self._announce(*announce)
         backend._abandoned(self)
 
     def _settle_locked(self, state: int, value: Any) -> _Announcement | None:
@@ -459,6 +459,13 @@ class AsyncHandle(Generic[T]):
         if callbacks is None and waiters is None:
             return None
         return callbacks, waiters
+
+    def _after_settle(self, announce: _Announcement | None) -> None:
+        """Run callbacks, wake waiters, tell listeners: everything after the end."""
+        if announce is not None:
+            self._announce(*announce)
+        if _events.listeners:
+            _events.emit("finished", self)
 
     def _announce(
         self,

@@ -9,6 +9,7 @@ as a mapping (``m["total_tasks"]``), because code in the wild uses both.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
-from ._runtime import queued_by_name
+from ._runtime import get_active_task_count, pool_infos, queued_by_name
 import threading
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "get_all_metrics",
     "get_metrics",
     "metrics_for",
+    "metrics_snapshot",
     "profiled",
     "reset_metrics",
 ]
@@ -265,6 +267,37 @@ def get_all_metrics() -> dict[str, TaskMetrics]:
     """Snapshots of every function's metrics, by name."""
     queued = queued_by_name()
     return {name: record.snapshot(queued.get(name, 0)) for name, record in list(_records.items())}
+
+
+def _buckets(histogram: Histogram) -> list[list[Any]]:
+    return [["+Inf" if math.isinf(le) else le, count] for le, count in histogram.cumulative()]
+
+
+def metrics_snapshot() -> dict[str, Any]:
+    """Everything measured, as plain JSON-serialisable data.
+
+    ``functions`` maps each name to its :class:`TaskMetrics` fields plus the
+    cumulative histograms of execution time and queue wait in seconds
+    (``[upper bound, samples at or below it]`` pairs, the last bound ``"+Inf"``)
+    and their sums; ``pools`` describes each pool started so far.
+    """
+    queued = queued_by_name()
+    functions: dict[str, Any] = {}
+    for record in all_records():
+        counts = record.merged()
+        functions[record.name] = {
+            **record.snapshot(queued.get(record.name, 0)).as_dict(),
+            "execution_time_buckets": _buckets(counts.durations),
+            "execution_time_sum_seconds": counts.durations.total,
+            "queue_wait_buckets": _buckets(counts.waits),
+            "queue_wait_sum_seconds": counts.waits.total,
+        }
+    return {
+        "time": time.time(),
+        "active_tasks": get_active_task_count(),
+        "functions": functions,
+        "pools": pool_infos(),
+    }
 
 
 def reset_metrics() -> None:

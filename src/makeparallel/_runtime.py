@@ -38,6 +38,7 @@ __all__ = [
     "get_process_pool_info",
     "get_thread_pool_info",
     "global_limiter",
+    "pool_infos",
     "reset_shutdown",
     "set_max_concurrent_tasks",
     "shutdown",
@@ -208,6 +209,11 @@ def set_max_concurrent_tasks(limit: int | None) -> None:
     if limit is not None:
         check_count(limit, "limit")
     global_limiter.set_limit(limit)
+
+
+def pool_infos() -> dict[str, dict[str, Any]]:
+    """``info()`` of every backend started so far, by name."""
+    return {name: backend.info() for name, backend in list(_backends.items())}
 
 
 def queued_by_name() -> dict[str, int]:

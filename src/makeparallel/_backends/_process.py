@@ -45,7 +45,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _deadlines, _serialization
+from .. import _deadlines, _events, _serialization
 from .._states import FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -285,6 +285,8 @@ class ProcessBackend(QueueingBackend):
         for handle in batch:
             if handle._timeout is not None:
                 _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
+            if _events.listeners:
+                _events.emit("started", handle)
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -302,7 +304,11 @@ class ProcessBackend(QueueingBackend):
                 if running and running[0]._state == RUNNING:
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
-                _emit_log(message[1])
+                attributes = message[1]
+                owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
+                if owner:
+                    attributes["task_metadata"] = owner[0].get_all_metadata()
+                _emit_log(attributes)
         except (EOFError, OSError):
             self._worker_died(worker)
 

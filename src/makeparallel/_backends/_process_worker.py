@@ -32,6 +32,7 @@ from typing import Any
 from .. import _serialization
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
+from .._task_logging import _stamp
 from ..errors import TaskError, TaskSerializationError
 
 __all__ = ["main"]
@@ -42,10 +43,11 @@ _STOP = ("stop",)  # put in the inbox when the parent is gone
 class _RemoteTask:
     """What ``report_progress``, ``check_cancelled`` and friends see in a worker."""
 
-    __slots__ = ("_id", "_state", "_stop_error", "_worker")
+    __slots__ = ("_id", "_state", "_stop_error", "_worker", "name")
 
-    def __init__(self, task_id: int, worker: _Worker) -> None:
+    def __init__(self, task_id: int, name: str, worker: _Worker) -> None:
         self._id = task_id
+        self.name = name
         self._state = RUNNING
         self._stop_error: BaseException | None = None
         self._worker = worker
@@ -70,6 +72,7 @@ class _ForwardingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            _stamp(record)  # the task's id and name, known here; the parent adds metadata
             attributes = dict(record.__dict__)
             attributes["msg"] = record.getMessage()
             attributes["args"] = None
@@ -120,7 +123,7 @@ class _Worker:
             stop_error = self._cancelled.pop(task_id, None)
         if stop_error is not None:  # cancelled before it started: never run it
             return (task_id, False, b"", [], 0.0), []
-        task = _RemoteTask(task_id, self)
+        task = _RemoteTask(task_id, name, self)
         self._current = task
         _local.task = task
         started = time.perf_counter()

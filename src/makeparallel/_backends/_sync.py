@@ -25,9 +25,11 @@ class SyncBackend(Backend):
     def submit(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
             self._refuse_if_closed_locked()
+            # Counted and RUNNING together, before any Python call that a Ctrl-C
+            # could interrupt: _holds() then sees it, and the submitter cancels it.
             self._active += 1
-            handle._observer.task_submitted(handle)
             handle._state = RUNNING
+            handle._observer.task_submitted(handle)
         handle._run()
 
     def _holds(self, handle: AsyncHandle[Any]) -> bool:

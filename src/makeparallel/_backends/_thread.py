@@ -35,6 +35,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import _events
 from .._states import CANCELLED, RUNNING
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
@@ -272,13 +273,15 @@ class ThreadBackend(QueueingBackend):
                     retire = False
             finally:
                 lock.release()
-            if announce is not None:
-                finished._announce(*announce)  # type: ignore[union-attr]
+            if announce is not None or (finished is not None and _events.listeners):
+                finished._after_settle(announce)  # type: ignore[union-attr]
             if handle is None:
                 if retire:
                     return
                 park.acquire()
                 continue
+            if handle._state != RUNNING:
+                continue  # cancelled by a callback announced just above: never start it
             watch = handle._observer.cpu_watch
             if watch is not None and watch.active:
                 outcome = self._execute_watched(handle, watch)

@@ -1,0 +1,100 @@
+"""Task events for custom exporters: submitted, started, finished.
+
+A listener is called with a :class:`TaskEvent` for each event of each task, on the
+thread where it happened (the submitter, the worker, or whoever ended the task),
+outside every lock of the library. It must be quick and must not block; one that
+raises is logged and harms nothing. With no listener registered, tasks pay one
+check of a module attribute per event, nothing more.
+
+The built-in exporters (Prometheus, StatsD) do not listen: they read the
+metrics, so they cost nothing per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._states import STATE_NAMES
+
+if TYPE_CHECKING:
+    from ._handle import AsyncHandle
+
+__all__ = ["TaskEvent", "add_task_listener", "emit", "listeners", "remove_task_listener"]
+
+_log = logging.getLogger("makeparallel")
+_lock = threading.Lock()
+
+#: The listeners, replaced (never changed in place) so that emitters read it without a lock.
+listeners: tuple[Callable[[TaskEvent], object], ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One event in the life of a task.
+
+    Attributes:
+        kind: ``"submitted"``, ``"started"`` or ``"finished"``.
+        task_id: the task's id (``handle.get_task_id()``).
+        name: the function's name, as metrics know it.
+        status: the task's state then: ``"pending"``, ``"running"``,
+            ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``.
+        time: wall-clock time of the event (``time.time()``).
+        queue_wait: seconds from submission to start, once it started.
+        duration: seconds it ran, once it finished having started.
+        metadata: a copy of the task's metadata.
+    """
+
+    kind: str
+    task_id: int
+    name: str
+    status: str
+    time: float
+    queue_wait: float | None
+    duration: float | None
+    metadata: dict[str, Any]
+
+
+def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
+    """Call ``listener(event)`` for every task event from now on."""
+    global listeners
+    if not callable(listener):
+        raise TypeError(f"listener must be callable, got {listener!r}")
+    with _lock:
+        listeners = (*listeners, listener)
+
+
+def remove_task_listener(listener: Callable[[TaskEvent], object]) -> None:
+    """Stop calling ``listener``; raises ``ValueError`` if it was not added."""
+    global listeners
+    with _lock:
+        if listener not in listeners:
+            raise ValueError(f"{listener!r} is not a task listener")
+        remaining = list(listeners)
+        remaining.remove(listener)
+        listeners = tuple(remaining)
+
+
+def emit(kind: str, handle: AsyncHandle[Any]) -> None:
+    """Tell every listener that ``kind`` happened to ``handle``."""
+    started = handle._started_at
+    finished = handle._finished_at
+    event = TaskEvent(
+        kind=kind,
+        task_id=handle._id,
+        name=handle._observer.name,
+        status=STATE_NAMES[handle._state],
+        time=time.time(),
+        queue_wait=None if started is None else started - handle._submitted_at,
+        duration=None if started is None or finished is None else finished - started,
+        metadata=dict(handle._metadata or {}),
+    )
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            _log.exception("task listener %r raised on %s", listener, event)

@@ -1,0 +1,80 @@
+"""``health()``: whether the library can do its work, and if not, why.
+
+Serve it as ``/health`` from a web framework (see the README). The status is
+``"ok"``, ``"degraded"`` (working, but a threshold is crossed: queues saturated,
+workers stuck or missing, memory short) or ``"unhealthy"`` (not accepting work:
+shut down). ``live`` says the process should be kept; ``ready`` that it should be
+sent work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._runtime import global_limiter, is_shut_down, pool_infos
+from ._validation import check_count
+
+__all__ = ["health"]
+
+OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
+
+
+def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -> dict[str, Any]:
+    """Check the pools, the queues, the memory and the shutdown state.
+
+    Args:
+        memory_limit_percent: system memory in use above which the status is
+            degraded.
+        queue_limit: queued tasks per pool above which it is saturated; default:
+            ten per worker.
+
+    Returns:
+        ``{"status", "live", "ready", "reasons", "pools", "memory_percent"}``;
+        ``reasons`` is a list of sentences, empty when all is well.
+    """
+    if not 0 < memory_limit_percent <= 100:
+        raise ValueError(f"memory_limit_percent must be in (0, 100], got {memory_limit_percent!r}")
+    if queue_limit is not None:
+        check_count(queue_limit, "queue_limit")
+    pools = pool_infos()
+    reasons: list[str] = []
+    for name, info in pools.items():
+        reasons += _pool_reasons(name, info, queue_limit)
+    limit = global_limiter.limit
+    if limit is not None and global_limiter.in_flight >= limit:
+        reasons.append(f"at the concurrency limit: {global_limiter.in_flight} of {limit} tasks in flight")
+    memory_percent = _memory_percent()
+    if memory_percent >= memory_limit_percent:
+        reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
+    status = DEGRADED if reasons else OK
+    if is_shut_down():
+        status = UNHEALTHY
+        reasons.insert(0, "shut down: no new tasks are accepted (reset_shutdown() reopens)")
+    return {
+        "status": status,
+        "live": True,
+        "ready": status != UNHEALTHY,
+        "reasons": reasons,
+        "pools": pools,
+        "memory_percent": memory_percent,
+    }
+
+
+def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> list[str]:
+    reasons = []
+    workers = info.get("num_threads", info.get("num_workers", 1))
+    queued = info.get("queued_tasks", 0)
+    limit = queue_limit if queue_limit is not None else 10 * workers
+    if queued > limit:
+        reasons.append(f"{name} pool saturated: {queued} tasks queued for {workers} workers (limit {limit})")
+    if info.get("stuck_threads"):
+        reasons.append(f"{name} pool: {info['stuck_threads']} thread(s) stuck in timed-out or cancelled tasks")
+    if queued and info.get("live_workers", info.get("live_threads", workers)) == 0 and not info.get("closed"):
+        reasons.append(f"{name} pool: tasks are queued but no worker is alive yet")
+    return reasons
+
+
+def _memory_percent() -> float:
+    import psutil  # a runtime dependency; imported here, as only health needs it
+
+    return float(psutil.virtual_memory().percent)

@@ -1,0 +1,139 @@
+"""Prometheus export: a collector for a ``prometheus_client`` registry, and a server.
+
+    from makeparallel.prometheus import start_http_server
+    start_http_server(9100)            # http://127.0.0.1:9100/metrics
+
+The collector reads :func:`makeparallel.metrics_snapshot` at each scrape, so it
+costs nothing per task. Metrics, labelled by function (and pool):
+
+* ``makeparallel_tasks_total{function,status}`` (counter; status: completed,
+  failed, cancelled, timed_out) and ``makeparallel_tasks_submitted_total{function}``;
+* ``makeparallel_tasks_running{function}``, ``makeparallel_tasks_queued{function}``;
+* ``makeparallel_task_duration_seconds{function}`` and
+  ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
+  of 4 apart from 1 us);
+* ``makeparallel_pool_workers{pool,state}`` (busy, idle), ``makeparallel_pool_queued_tasks{pool}``,
+  ``makeparallel_pool_worker_restarts_total{pool}``.
+
+Needs the optional extra: ``pip install "makeparallel[prometheus]"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import makeparallel
+
+__all__ = ["MakeparallelCollector", "register", "start_http_server"]
+
+_STATUSES = (
+    ("completed", "completed_tasks"),
+    ("failed", "failed_tasks"),
+    ("cancelled", "cancelled_tasks"),
+    ("timed_out", "timed_out_tasks"),
+)
+
+
+def _client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as error:
+        raise ImportError(
+            "the Prometheus export needs prometheus-client: "
+            'pip install "makeparallel[prometheus]"'
+        ) from error
+    return prometheus_client
+
+
+class MakeparallelCollector:
+    """A ``prometheus_client`` collector of makeparallel's metrics."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        snapshot = makeparallel.metrics_snapshot()
+        functions = snapshot["functions"]
+        ended = CounterMetricFamily(
+            "makeparallel_tasks", "Tasks that ended, by function and how", labels=["function", "status"]
+        )
+        submitted = CounterMetricFamily(
+            "makeparallel_tasks_submitted", "Tasks submitted, by function", labels=["function"]
+        )
+        running = GaugeMetricFamily("makeparallel_tasks_running", "Tasks running now", labels=["function"])
+        queued = GaugeMetricFamily(
+            "makeparallel_tasks_queued", "Tasks waiting to start", labels=["function"]
+        )
+        durations = HistogramMetricFamily(
+            "makeparallel_task_duration_seconds",
+            "Run time of tasks that ran to their end",
+            labels=["function"],
+        )
+        waits = HistogramMetricFamily(
+            "makeparallel_task_queue_wait_seconds",
+            "Time from submission to start",
+            labels=["function"],
+        )
+        for name, metrics in functions.items():
+            for status, field in _STATUSES:
+                ended.add_metric([name, status], metrics[field])
+            submitted.add_metric([name], metrics["total_tasks"])
+            running.add_metric([name], metrics["running_tasks"])
+            queued.add_metric([name], metrics["queued_tasks"])
+            durations.add_metric(
+                [name], _buckets(metrics["execution_time_buckets"]), metrics["execution_time_sum_seconds"]
+            )
+            waits.add_metric([name], _buckets(metrics["queue_wait_buckets"]), metrics["queue_wait_sum_seconds"])
+        yield from (ended, submitted, running, queued, durations, waits)
+        yield from _pool_metrics(snapshot["pools"])
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: families depend on what ran
+
+
+def _buckets(pairs: list[list[Any]]) -> list[tuple[str, float]]:
+    return [(le if isinstance(le, str) else repr(float(le)), count) for le, count in pairs]
+
+
+def _pool_metrics(pools: dict[str, dict[str, Any]]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    workers = GaugeMetricFamily("makeparallel_pool_workers", "Pool workers, by state", labels=["pool", "state"])
+    queue = GaugeMetricFamily("makeparallel_pool_queued_tasks", "Tasks queued in the pool", labels=["pool"])
+    restarts = CounterMetricFamily(
+        "makeparallel_pool_worker_restarts", "Worker processes replaced after a crash or kill", labels=["pool"]
+    )
+    for pool, info in pools.items():
+        live = info.get("live_threads", info.get("live_workers", 0))
+        busy = info.get("busy_threads", info.get("busy_workers", 0))
+        workers.add_metric([pool, "busy"], busy)
+        workers.add_metric([pool, "idle"], max(0, live - busy))
+        queue.add_metric([pool], info.get("queued_tasks", 0))
+        if "worker_restarts" in info:
+            restarts.add_metric([pool], info["worker_restarts"])
+    yield from (workers, queue, restarts)
+
+
+def register(registry: Any = None) -> MakeparallelCollector:
+    """Register a collector with ``registry`` (default: the global one); return it."""
+    client = _client()
+    collector = MakeparallelCollector()
+    (registry if registry is not None else client.REGISTRY).register(collector)
+    return collector
+
+
+def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) -> Any:
+    """Register the collector and serve ``/metrics`` on ``addr:port``.
+
+    Returns what ``prometheus_client.start_http_server`` returns (the server and
+    its thread in current versions; call ``server.shutdown()`` to stop). The
+    address defaults to loopback: expose it deliberately.
+    """
+    client = _client()
+    registry = registry if registry is not None else client.REGISTRY
+    register(registry)
+    return client.start_http_server(port, addr=addr, registry=registry)
