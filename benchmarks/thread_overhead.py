@@ -7,7 +7,11 @@ hits both alike, and prints ratios (higher is better for makeparallel):
 * latency: one task submitted and collected, again and again (median);
 * memory: N unfinished tasks held at once (tracemalloc), per task.
 
-    python benchmarks/thread_overhead.py [--tasks 20000] [--rounds 5]
+    python benchmarks/thread_overhead.py [--tasks 20000] [--rounds 5] [--exporters]
+
+``--exporters`` runs it with every exporter on: the Prometheus collector
+registered and scraped meanwhile, a StatsD exporter flushing every 0.1 s, and
+task logging enabled.
 """
 
 from __future__ import annotations
@@ -78,11 +82,37 @@ def pending_memory(submit: Callable[[], object], tasks: int, release: Callable[[
     return (after - before) / tasks
 
 
+def start_exporters() -> None:
+    """Prometheus (registered, scraped in a loop), StatsD (flushing fast), task logging."""
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from makeparallel.prometheus import start_http_server
+    from makeparallel.statsd import StatsdExporter
+
+    server, _ = start_http_server(0, registry=CollectorRegistry())
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+
+    def scrape() -> None:
+        while True:
+            urllib.request.urlopen(url).read()
+            time.sleep(0.1)
+
+    threading.Thread(target=scrape, daemon=True).start()
+    StatsdExporter("127.0.0.1", 8125, interval=0.1).start()
+    mp.enable_task_logging()
+    print("exporters on: Prometheus (scraped every 0.1 s), StatsD (flushed every 0.1 s), task logging")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--exporters", action="store_true", help="with every exporter on")
     args = parser.parse_args()
+    if args.exporters:
+        start_exporters()
     workers = mp.get_thread_pool_info()["num_threads"]
     fn = mp.parallel(noop)
     print(f"{args.tasks} no-op tasks, {workers} workers each, best of {args.rounds} rounds")
