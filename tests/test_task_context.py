@@ -454,7 +454,7 @@ def test_user_notes_are_kept(backend: str) -> None:
     @mp.parallel(backend=backend)
     def work() -> None:
         error = ValueError("with a note")
-        error.add_note("added by the task")
+        error.__notes__ = ["added by the task"]  # what add_note() does, also on 3.10
         raise error
 
     with pytest.raises(ValueError) as caught:

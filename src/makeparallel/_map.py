@@ -248,7 +248,7 @@ class _Mapper:
         name: str,
     ) -> None:
         backend = get_backend(chunk_task._spec.backend)
-        workers = backend.info().get("num_threads", 1)
+        workers = backend.worker_count()
         self._fn = fn
         self._items = items
         self._total = total

@@ -18,10 +18,13 @@ import functools
 import io
 import pickle
 import sys
+import weakref
 from types import FunctionType
 from typing import Any
 
-__all__ = ["RemoteTraceback", "dumps", "loads"]
+from ._decorators import ParallelFunction
+
+__all__ = ["RemoteTraceback", "dumps", "dumps_function", "loads"]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 
@@ -64,6 +67,31 @@ def _pickler_class() -> type[pickle.Pickler]:
     return Pickler
 
 
+def dumps_function(fn: Any) -> bytes:
+    """Pickle a task's function, once: later calls reuse the bytes.
+
+    Only plain functions without a closure are cached: their pickle cannot
+    change, except for the globals a function sent by value carries, which stay
+    as they were the first time (like the standard library's pools, whose
+    workers never see later changes either). Closures, bound methods and other
+    callables, whose state may change between calls, are pickled every time.
+    """
+    cacheable = type(fn) is FunctionType and fn.__closure__ is None
+    if cacheable:
+        cached = _functions.get(fn)
+        if cached is not None:
+            return cached
+    stream = io.BytesIO()
+    _pickler_class()(stream, protocol=5).dump(fn)
+    data = stream.getvalue()
+    if cacheable:
+        _functions[fn] = data
+    return data
+
+
+_functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
 def loads(data: bytes, buffers: list[Any]) -> Any:
     """Unpickle what :func:`dumps` made."""
     return pickle.loads(data, buffers=buffers)
@@ -82,8 +110,6 @@ def _reduce(obj: Any) -> Any:
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
     """``(module, qualname)`` if that name holds a @parallel wrapper of ``fn``."""
-    from ._decorators import ParallelFunction
-
     target: Any = sys.modules.get(fn.__module__)
     if target is None or fn.__module__ == "__main__":
         return None

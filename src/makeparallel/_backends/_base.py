@@ -40,6 +40,10 @@ class Backend:
         with self._lock:
             return {"backend": self.name, "active_tasks": self._active, "closed": self._closed}
 
+    def worker_count(self) -> int:
+        """How many tasks can run at once here."""
+        return 1
+
     def queued_by_name(self) -> dict[str, int]:
         """Tasks queued here and not started, by the name of their function."""
         return {}

@@ -16,8 +16,9 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   own task, and no lock is shared with the workers (none can be left held by a
   killed process).
 * A worker gets one task at a time, so queued tasks start by priority; once
-  tasks prove short (under a millisecond on average), it gets a window of them,
-  so that it never waits for a round trip. A task with
+  tasks prove short (under a millisecond on average), it gets a window of them
+  (every idle worker first, and no more than its fair share of the queue), so
+  that it never waits for a round trip. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
 * At a timeout, or ``cancel(force=True)``, the worker running the task is
@@ -131,6 +132,9 @@ class ProcessBackend(QueueingBackend):
                         worker.killing = True
             self._wake()
 
+    def worker_count(self) -> int:
+        return self._num_workers
+
     def info(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -227,7 +231,7 @@ class ProcessBackend(QueueingBackend):
                         except BlockingIOError:
                             break
                 else:
-                    self._receive(workers[source])  # type: ignore[index]
+                    self._receive_all(workers[source])  # type: ignore[index]
 
     def _maintain(self) -> bool:
         """Start and stop workers, send control messages, dispatch; False to end the loop."""
@@ -252,17 +256,22 @@ class ProcessBackend(QueueingBackend):
         while self._control:
             worker, message = self._control.popleft()
             _send(worker, message, [])
-        for worker in list(self._workers):
-            self._dispatch(worker)
+        workers = list(self._workers)
+        for worker in workers:  # one task to every idle worker first
+            if not worker.outstanding:
+                self._dispatch(worker, 1)
+        for worker in workers:  # then fill windows, by a fair share of the queue
+            self._dispatch(worker, min(self._window, 1 + self._queued // max(1, len(workers))))
         return True
 
-    def _dispatch(self, worker: _Worker) -> None:
+    def _dispatch(self, worker: _Worker, window: int) -> None:
+        """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
             if worker.killing:
                 return
             outstanding = worker.outstanding
-            while len(outstanding) < self._window:
+            while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
                 handle = self._next_locked()
@@ -278,8 +287,9 @@ class ProcessBackend(QueueingBackend):
             return
         tasks, buffers = [], []
         for handle in batch:
-            data, task_buffers = handle._payload
-            tasks.append((handle._id, handle.name, data, [memoryview(b).nbytes for b in task_buffers]))
+            function, data, task_buffers = handle._payload
+            sizes = [memoryview(b).nbytes for b in task_buffers]
+            tasks.append((handle._id, handle.name, function, data, sizes))
             buffers.extend(task_buffers)  # the payload stays: a crash may send it again
         _send(worker, ("tasks", tasks), buffers)
         for handle in batch:
@@ -287,6 +297,15 @@ class ProcessBackend(QueueingBackend):
                 _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
             if _events.listeners:
                 _events.emit("started", handle)
+
+    def _receive_all(self, worker: _Worker) -> None:
+        """Take every message waiting on the pipe: one wake-up, many results."""
+        self._receive(worker)
+        try:
+            while worker in self._workers and worker.conn.poll(0):
+                self._receive(worker)
+        except (EOFError, OSError):
+            self._worker_died(worker)
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -380,11 +399,15 @@ class ProcessBackend(QueueingBackend):
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
 
-def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle the task's call; a failure names the object that could not be pickled."""
+def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
+    """Pickle the task's call: the function (cached) and the arguments.
+
+    A failure names the object that could not be pickled.
+    """
     call = (handle._fn, handle._args, handle._kwargs)
     try:
-        return _serialization.dumps(call)
+        data, buffers = _serialization.dumps((handle._args, handle._kwargs))
+        return _serialization.dumps_function(handle._fn), data, buffers
     except Exception as error:
         raise TaskSerializationError(
             f"task {handle._id} ({handle.name}) cannot be sent to a worker process: "

@@ -37,6 +37,7 @@ from ..errors import TaskError, TaskSerializationError
 
 __all__ = ["main"]
 
+_FUNCTIONS_KEPT = 256  # unpickled task functions kept, by their pickled bytes
 _STOP = ("stop",)  # put in the inbox when the parent is gone
 
 
@@ -92,6 +93,7 @@ class _Worker:
         self._has_mail = threading.Condition(threading.Lock())
         self._cancelled: dict[int, BaseException] = {}
         self._current: _RemoteTask | None = None
+        self._functions: dict[bytes, Any] = {}
 
     def send(self, message: tuple[Any, ...], buffers: list[Any]) -> None:
         header = pickle.dumps(message, protocol=5)
@@ -118,7 +120,18 @@ class _Worker:
             entry, buffers = self._run(*task)
             self.send(("done", [entry]), buffers)
 
-    def _run(self, task_id: int, name: str, data: bytes, buffers: list[Any]) -> tuple[tuple[Any, ...], list[Any]]:
+    def _function(self, data: bytes) -> Any:
+        """The function pickled as ``data``, unpickled once and kept (a few hundred at most)."""
+        fn = self._functions.get(data)
+        if fn is None:
+            if len(self._functions) >= _FUNCTIONS_KEPT:
+                self._functions.clear()
+            fn = self._functions[data] = _serialization.loads(data, [])
+        return fn
+
+    def _run(
+        self, task_id: int, name: str, function: bytes, data: bytes, buffers: list[Any]
+    ) -> tuple[tuple[Any, ...], list[Any]]:
         with self._has_mail:
             stop_error = self._cancelled.pop(task_id, None)
         if stop_error is not None:  # cancelled before it started: never run it
@@ -128,7 +141,8 @@ class _Worker:
         _local.task = task
         started = time.perf_counter()
         try:
-            fn, args, kwargs = _serialization.loads(data, buffers)
+            fn = self._function(function)
+            args, kwargs = _serialization.loads(data, buffers)
             value, ok = fn(*args, **kwargs), True
         except BaseException as error:  # SystemExit too: it ends the task, not the worker
             value, ok = (error, "".join(traceback.format_exception(error))), False
@@ -163,8 +177,8 @@ class _Worker:
                 kind = message[0]
                 if kind == "tasks":
                     tasks = [
-                        (task_id, name, data, [_receive_buffer(conn, size) for size in sizes])
-                        for task_id, name, data, sizes in message[1]
+                        (task_id, name, function, data, [_receive_buffer(conn, size) for size in sizes])
+                        for task_id, name, function, data, sizes in message[1]
                     ]
                     with self._has_mail:
                         self._inbox.extend(tasks)

@@ -118,6 +118,9 @@ class ThreadBackend(QueueingBackend):
             park.release()
         self._spawn(spawn)
 
+    def worker_count(self) -> int:
+        return self._num_threads
+
     def info(self) -> dict[str, Any]:
         with self._lock:
             return {

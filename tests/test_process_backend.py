@@ -1,0 +1,649 @@
+"""The process backend behaves as the thread backend does, one pickle away.
+
+Results, the user's own exceptions (with the worker's traceback as ``__cause__``),
+every kind of callable, progress, task ids, cancellation, metadata, callbacks,
+priorities, limits, metrics, collecting, groups, maps, logging, large buffers and
+the ways of choosing the backend: each is checked through real worker processes.
+
+The tasks are module-level functions of this module: they travel by reference,
+and the workers import this module (the parent passes its ``sys.path`` down).
+Closures and lambdas travel by value. A test and a worker signal each other with
+marker files (:class:`Flags`); the test waits for them in bounded polls, never in
+a bare sleep.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._serialization import RemoteTraceback
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(30),
+]
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+on_process = mp.parallel(backend="process")
+
+# -- signalling between the test and a worker process ----------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.005)
+    return True
+
+
+class Flags:
+    """Marker files in one directory: how a test and a worker process signal each other.
+
+    It holds only a path, so it pickles, and a task receives it as an argument.
+    A flag is set by creating its file (atomically, with optional text).
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def set(self, name: str, text: str = "") -> None:
+        temporary = self.path(f".{name}.{os.getpid()}.tmp")
+        with open(temporary, "w") as file:
+            file.write(text)
+        os.replace(temporary, self.path(name))
+
+    def is_set(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def read(self, name: str) -> str:
+        return Path(self.path(name)).read_text()
+
+    def wait(self, name: str, timeout: float = 10.0) -> bool:
+        return wait_until(lambda: self.is_set(name), timeout)
+
+    def wait_for_release(self, name: str, timeout: float = 30.0) -> bool:
+        """In a task: wait for ``name``, or for the test's teardown to release everything."""
+        return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Flags]:
+    """Marker files for one test; teardown releases every task still waiting on one."""
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("teardown")
+
+
+@pytest.fixture
+def one_worker() -> Iterator[None]:
+    """A pool of exactly one worker process; the previous size is put back afterwards."""
+    before = mp.get_process_pool_info()["num_workers"]
+    mp.configure_process_pool(1)
+    try:
+        # The surplus workers (idle: the last test left nothing running) are retired.
+        assert wait_until(lambda: mp.get_process_pool_info()["live_workers"] <= 1), mp.get_process_pool_info()
+        yield
+    finally:
+        mp.configure_process_pool(before)
+
+
+# -- tasks: module-level, so they travel by reference ------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def worker_pid_of(_: object) -> int:
+    return os.getpid()
+
+
+def fail_with_value_error(n: int) -> None:
+    raise ValueError(f"bad value {n}")  # the line the remote traceback must show
+
+
+class MyError(Exception):
+    """A user exception whose ``__init__`` does not take its message."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def fail_with_my_error(code: int) -> None:
+    raise MyError(code, "custom signature")
+
+
+def succeed_unless_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return x
+
+
+@mp.parallel(backend="process")
+def decorated_square(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+class Multiplier:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def times(self, x: int) -> int:
+        return x * self.factor
+
+    @mp.parallel(backend="process")
+    def parallel_times(self, x: int) -> tuple[int, int]:
+        return x * self.factor, os.getpid()
+
+
+def current_task_id() -> int | None:
+    return mp.get_current_task_id()
+
+
+def report_then_wait(flags: Flags) -> str:
+    mp.report_progress(0.25, "quarter")
+    mp.report_progress(0.5, "half")
+    flags.set("reported")
+    assert flags.wait_for_release("go")
+    return "done"
+
+
+def loop_until_cancelled(flags: Flags) -> str:
+    flags.set("started", str(os.getpid()))
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            mp.check_cancelled()
+            time.sleep(0.01)  # workload, in the worker
+    except BaseException as error:
+        flags.set("stopped", type(error).__name__)
+        raise
+    return "never cancelled"
+
+
+def hold(flags: Flags, tag: str = "") -> str:
+    """Hold a worker until the test sets ``go<tag>``."""
+    flags.set(f"holding{tag}", str(os.getpid()))
+    assert flags.wait_for_release(f"go{tag}")
+    return f"held{tag}"
+
+
+def record_order(flags: Flags, label: str) -> str:
+    with open(flags.path("order"), "a") as file:
+        file.write(label + "\n")
+    return label
+
+
+def log_from_worker(logger_name: str) -> int:
+    log = logging.getLogger(logger_name)
+    log.warning("hello %s from %d", "parent", os.getpid())
+    log.error("an error record")
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.exception("with a traceback")
+    return os.getpid()
+
+
+def describe_buffer(data: Any) -> tuple[str, str, Any]:
+    return type(data).__name__, hashlib.sha256(data).hexdigest(), data
+
+
+def slice_of(data: bytearray) -> memoryview:
+    return memoryview(data)[3:-5]
+
+
+# -- results and errors ----------------------------------------------------------------------
+
+
+def test_results_come_back_from_worker_processes() -> None:
+    handles = [on_process(square)(i) for i in range(50)]
+    assert [h.get(timeout=20) for h in handles] == [i * i for i in range(50)]
+    assert on_process(add)(2, y=40).get(timeout=20) == 42
+    pid = on_process(worker_pid)().get(timeout=20)
+    assert pid != os.getpid()
+    assert pid in mp.get_process_pool_info()["worker_pids"]
+
+
+def test_user_exception_comes_back_as_itself_with_the_remote_traceback() -> None:
+    handle = on_process(fail_with_value_error)(3)
+    with pytest.raises(ValueError) as info:
+        handle.get(timeout=20)
+    error = info.value
+    assert type(error) is ValueError
+    assert str(error) == "bad value 3"
+    cause = error.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    text = str(cause)
+    assert "fail_with_value_error" in text
+    assert 'raise ValueError(f"bad value {n}")' in text
+    notes = getattr(error, "__notes__", [])
+    assert any(
+        note.startswith(f"makeparallel: task {handle.get_task_id()} (fail_with_value_error) failed after")
+        for note in notes
+    ), notes
+
+
+def test_exception_with_a_custom_init_signature_survives_the_trip() -> None:
+    with pytest.raises(MyError) as info:
+        on_process(fail_with_my_error)(7).get(timeout=20)
+    assert type(info.value) is MyError
+    assert str(info.value) == "7: custom signature"
+    assert info.value.code == 7
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "fail_with_my_error" in str(info.value.__cause__)
+
+
+# -- every kind of callable ------------------------------------------------------------------
+
+
+def closure() -> tuple[Callable[..., Any], tuple[Any, ...], Any]:
+    factor = 3
+
+    def times_factor(x: int) -> int:
+        return x * factor
+
+    return on_process(times_factor), (4,), 12
+
+
+def lambda_() -> tuple[Callable[..., Any], tuple[Any, ...], Any]:
+    return on_process(lambda x: x + 1), (41,), 42
+
+
+def nested() -> tuple[Callable[..., Any], tuple[Any, ...], Any]:
+    def inner(x: int) -> int:
+        return x - 1
+
+    def outer(x: int) -> int:
+        return inner(x) * 2
+
+    return on_process(outer), (5,), 8
+
+
+def bound_method() -> tuple[Callable[..., Any], tuple[Any, ...], Any]:
+    return on_process(Multiplier(5).times), (3,), 15
+
+
+def partial() -> tuple[Callable[..., Any], tuple[Any, ...], Any]:
+    return on_process(functools.partial(add, y=10)), (5,), 15
+
+
+@pytest.mark.parametrize("make", [closure, lambda_, nested, bound_method, partial])
+def test_callables_of_every_kind_run_in_a_worker(make: Callable[[], tuple[Callable[..., Any], tuple[Any, ...], Any]]) -> None:
+    submit, args, expected = make()
+    assert submit(*args).get(timeout=20) == expected
+
+
+def test_parallel_decorated_module_function_travels_by_reference() -> None:
+    value, pid = decorated_square(6).get(timeout=20)
+    assert value == 36
+    assert pid != os.getpid()
+
+
+def test_parallel_decorated_method_runs_in_a_worker() -> None:
+    value, pid = Multiplier(4).parallel_times(5).get(timeout=20)
+    assert value == 20
+    assert pid != os.getpid()
+
+
+# -- the task's view of itself -----------------------------------------------------------------
+
+
+def test_report_progress_in_a_worker_reaches_the_handle(flags: Flags) -> None:
+    seen: list[float] = []
+    handle = on_process(report_then_wait)(flags)
+    handle.on_progress(seen.append)
+    assert flags.wait("reported")
+    assert wait_until(lambda: handle.get_progress() == 0.5), handle.get_progress()
+    assert handle.get_progress_message() == "half"
+    flags.set("go")
+    assert handle.get(timeout=20) == "done"
+    # Progress and the result come down one pipe, in order: every report has been
+    # handled (and its callbacks run) before the result settles the handle. A callback
+    # registered after the first report is called at once with the last one.
+    assert seen and seen[-1] == 0.5, seen
+    assert set(seen) <= {0.25, 0.5} and seen == sorted(seen), seen
+    assert handle.get_progress() == 1.0
+
+
+def test_current_task_id_in_a_worker_is_the_handle_id() -> None:
+    handles = [on_process(current_task_id)() for _ in range(5)]
+    assert [h.get(timeout=20) for h in handles] == [h.get_task_id() for h in handles]
+    assert mp.get_current_task_id() is None
+
+
+def test_check_cancelled_in_a_worker_raises_after_cancel(flags: Flags, one_worker: None) -> None:
+    restarts = mp.get_process_pool_info()["worker_restarts"]
+    handle = on_process(loop_until_cancelled)(flags)
+    assert flags.wait("started")
+    pid = int(flags.read("started"))
+    assert handle.cancel() is True
+    assert handle.cancelled()  # at once, not when the worker notices
+    with pytest.raises(mp.TaskCancelledError):
+        handle.get(timeout=1)
+    assert flags.wait("stopped")
+    assert flags.read("stopped") == "TaskCancelledError"
+    # The worker stopped the task itself and went back to the pool: the one
+    # worker there runs the next task, and it was never replaced.
+    assert on_process(worker_pid)().get(timeout=20) == pid
+    assert mp.get_process_pool_info()["worker_restarts"] == restarts
+
+
+# -- metadata, callbacks, priorities, limits, metrics ---------------------------------------------
+
+
+def test_metadata_appears_in_the_error_note() -> None:
+    handle = on_process(fail_with_value_error)(1)
+    handle.set_metadata("request", "r-17")
+    assert handle.get_metadata("request") == "r-17"
+    assert handle.get_all_metadata() == {"request": "r-17"}
+    with pytest.raises(ValueError) as info:
+        handle.get(timeout=20)
+    assert any("metadata: {'request': 'r-17'}" in note for note in info.value.__notes__)
+
+
+def test_callbacks_fire_with_the_result_and_the_error() -> None:
+    results: list[int] = []
+    errors: list[BaseException] = []
+    ended: list[mp.AsyncHandle[Any]] = []
+    ok = on_process(square)(9).on_complete(results.append).on_error(errors.append)
+    ok.add_done_callback(ended.append)
+    bad = on_process(fail_with_my_error)(5).on_complete(results.append).on_error(errors.append)
+    assert ok.get(timeout=20) == 81
+    assert bad.wait(20)
+    # Callbacks run before waiters wake (or at once, if registered after the end).
+    assert results == [81]
+    assert ended == [ok]
+    assert len(errors) == 1 and type(errors[0]) is MyError and errors[0].code == 5
+
+
+PRIORITIES = [(0, "low"), (5, "high"), (1, "mid"), (5, "high-2"), (-3, "lowest")]
+BY_PRIORITY = ["high", "high-2", "mid", "low", "lowest"]
+
+
+def submit_by_priority(flags: Flags) -> list[mp.AsyncHandle[str]]:
+    """Submit PRIORITIES while the one worker is held; the first gets time to be taken up.
+
+    The pause after the first submission stands for the gap between submissions in
+    real code. It is a bounded wait for the pool to take the task up if it is going
+    to, so the outcome does not depend on how fast the loop thread is: it ends early
+    when the pool dispatched the task (to the busy worker), or after 0.5 s when it
+    keeps it queued, as it should.
+    """
+    record = on_process(record_order)
+    (priority, label), *rest = PRIORITIES
+    handles = [record(flags, label, priority=priority)]
+    wait_until(lambda: mp.get_process_pool_info()["queued_tasks"] == 0, timeout=0.5)
+    handles += [record(flags, label, priority=priority) for priority, label in rest]
+    return handles
+
+
+def test_queued_tasks_start_by_priority(flags: Flags, one_worker: None) -> None:
+    blocker = on_process(hold)(flags)
+    assert flags.wait("holding")
+    handles = submit_by_priority(flags)
+    flags.set("go")
+    assert blocker.get(timeout=20) == "held"
+    assert mp.gather(handles, timeout=20) == [label for _, label in PRIORITIES]
+    order = flags.read("order").split()
+    # As on the thread backend: a task that has not started yet yields to a
+    # higher-priority one submitted after it, even if the pool already sent it
+    # to the (busy) worker's window.
+    assert order == BY_PRIORITY, f"queued tasks ran in the order {order}, not by priority"
+
+
+def test_queued_tasks_behind_a_task_with_a_timeout_start_by_priority(flags: Flags, one_worker: None) -> None:
+    # A task with a timeout runs alone on its worker: nothing is sent behind it.
+    blocker = on_process(hold)(flags, timeout=25)
+    assert flags.wait("holding")
+    handles = submit_by_priority(flags)
+    flags.set("go")
+    assert blocker.get(timeout=20) == "held"
+    assert mp.gather(handles, timeout=20) == [label for _, label in PRIORITIES]
+    assert flags.read("order").split() == BY_PRIORITY
+
+
+def test_max_concurrent_holds_back_a_submission(flags: Flags) -> None:
+    limited = mp.parallel(backend="process", max_concurrent=1)(hold)
+    first = limited(flags, "-1")
+    assert flags.wait("holding-1")
+    submitted = threading.Event()
+    second: list[mp.AsyncHandle[str]] = []
+
+    def submit_second() -> None:
+        second.append(limited(flags, "-2"))
+        submitted.set()
+
+    thread = threading.Thread(target=submit_second)
+    thread.start()
+    try:
+        # A negative check: it cannot fail while the limit works.
+        assert not submitted.wait(0.3), "max_concurrent=1 let a second task in"
+        assert not flags.is_set("holding-2")
+        flags.set("go-1")
+        assert first.get(timeout=20) == "held-1"
+        assert submitted.wait(10)
+        flags.set("go-2")
+        assert second[0].get(timeout=20) == "held-2"
+    finally:
+        flags.set("go-1")
+        flags.set("go-2")
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_metrics_count_process_tasks() -> None:
+    name = f"process-metrics-{uuid.uuid4().hex}"
+    fn = mp.parallel(backend="process", name=name)(succeed_unless_negative)
+    handles = [fn(x) for x in (1, 2, 3, -1, -2)]
+    assert all(h.wait(20) for h in handles)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert metrics.total_tasks == 5
+    assert metrics.completed_tasks == 3
+    assert metrics.failed_tasks == 2
+    assert metrics.cancelled_tasks == 0
+    assert metrics.timed_out_tasks == 0
+    assert metrics.total_execution_time_ms >= 0.0
+
+
+# -- collecting, groups, maps ---------------------------------------------------------------------
+
+
+def test_gather_collects_process_tasks() -> None:
+    assert mp.gather([on_process(square)(i) for i in range(20)], timeout=20) == [i * i for i in range(20)]
+    with pytest.raises(MyError) as info:
+        mp.gather([on_process(square)(2), on_process(fail_with_my_error)(11)], timeout=20)
+    assert info.value.code == 11
+
+
+def test_parallel_context_on_processes() -> None:
+    with mp.ParallelContext(backend="process", timeout=20) as ctx:
+        for i in range(10):
+            ctx.submit(square, i)
+        ctx.submit(add, 1, 2)
+    assert ctx.results() == [i * i for i in range(10)] + [3]
+
+    with pytest.raises(MyError) as info:
+        with mp.ParallelContext(backend="process", timeout=20) as ctx:
+            ctx.submit(square, 2)
+            ctx.submit(fail_with_my_error, 4)
+    assert info.value.code == 4
+    assert any(type(e) is MyError for e in ctx.errors)
+
+
+def test_parallel_map_and_imap_on_processes_equal_map() -> None:
+    items = range(1000)
+    expected = list(map(square, items))
+    before = mp.get_metrics("square [map]")
+    chunks_before = 0 if before is None else before.total_tasks
+    assert mp.parallel_map(square, items, backend="process") == expected
+    after = mp.get_metrics("square [map]")
+    assert after is not None
+    assert 1 <= after.total_tasks - chunks_before < len(items), "the map was not chunked"
+    assert list(mp.imap(square, items, backend="process")) == expected
+    assert sorted(mp.imap(square, items, backend="process", ordered=False)) == sorted(expected)  # type: ignore[type-var]
+    assert mp.parallel_map(square, items, backend="process", chunksize=37) == expected
+    pids = set(mp.parallel_map(worker_pid_of, range(64), backend="process"))
+    assert os.getpid() not in pids
+
+
+def test_progress_callable_on_a_process_map() -> None:
+    calls: list[tuple[int, int | None]] = []
+    result = mp.parallel_map(square, range(500), backend="process", progress=lambda done, total: calls.append((done, total)))
+    assert result == [i * i for i in range(500)]
+    assert calls and calls[-1] == (500, 500), calls
+    dones = [done for done, _ in calls]
+    assert dones == sorted(set(dones)), calls  # strictly increasing
+    assert {total for _, total in calls} == {500}
+
+
+# -- logging ---------------------------------------------------------------------------------------
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        pid = on_process(log_from_worker)(name).get(timeout=20)
+    finally:
+        logger.removeHandler(handler)
+    # Records come down the worker's pipe ahead of its result, and the parent's
+    # loop thread emits them before it settles the handle.
+    received = [(r.levelno, r.getMessage()) for r in handler.records]
+    assert received == [
+        (logging.WARNING, f"hello parent from {pid}"),
+        (logging.ERROR, "an error record"),
+        (logging.ERROR, "with a traceback"),
+    ]
+    assert all(r.name == name and r.process == pid for r in handler.records)
+    assert pid != os.getpid()
+    assert "ZeroDivisionError" in (handler.records[2].exc_text or "")
+
+
+# -- large buffers ---------------------------------------------------------------------------------
+
+
+def test_large_bytearray_round_trips_intact() -> None:
+    data = bytearray(os.urandom(8 * 1024 * 1024))
+    kind, digest, echoed = on_process(describe_buffer)(data).get(timeout=20)
+    assert kind == "bytearray"
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert type(echoed) is bytearray
+    assert echoed == data
+
+
+def test_large_memoryview_round_trips_intact() -> None:
+    data = bytearray(os.urandom(8 * 1024 * 1024))
+    view = memoryview(data)[7:-11]  # contiguous, not at the start of its buffer
+    kind, digest, echoed = on_process(describe_buffer)(view).get(timeout=20)
+    assert kind == "memoryview"
+    assert digest == hashlib.sha256(view).hexdigest()
+    assert bytes(echoed) == bytes(view)
+    # A memoryview as the result, too.
+    result = on_process(slice_of)(data).get(timeout=20)
+    assert isinstance(result, memoryview)
+    assert bytes(result) == bytes(data[3:-5])
+
+
+# -- choosing the backend -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="on a free-threaded build auto means threads"
+)
+def test_auto_backend_is_process_on_a_gil_build() -> None:
+    pid = mp.parallel(backend="auto")(worker_pid)().get(timeout=20)
+    assert pid != os.getpid()
+    assert pid in mp.get_process_pool_info()["worker_pids"]
+
+
+def test_configure_backend_process_makes_it_the_default() -> None:
+    mp.configure(backend="process")  # the conftest puts the default back
+    pid = mp.parallel(worker_pid)().get(timeout=20)
+    assert pid != os.getpid()
+    assert pid in mp.get_process_pool_info()["worker_pids"]
+    assert os.getpid() not in set(mp.parallel_map(worker_pid_of, range(16)))
+
+
+def test_environment_variable_selects_the_process_backend() -> None:
+    script = textwrap.dedent(
+        """
+        import json, os
+        import makeparallel as mp
+
+        def pid():
+            return os.getpid()
+
+        task_pid = mp.parallel(pid)().get(timeout=20)
+        print(json.dumps({
+            "me": os.getpid(),
+            "task": task_pid,
+            "workers": mp.get_process_pool_info()["worker_pids"],
+        }))
+        """
+    )
+    env = dict(os.environ, MAKEPARALLEL_BACKEND="process")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=25)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["task"] != seen["me"]
+    assert seen["task"] in seen["workers"]
+
+
+def test_state_of_a_closure_is_sent_afresh_with_every_call() -> None:
+    # Plain functions are pickled once and reused; a closure's cells may change
+    # between calls, so it must travel anew each time.
+    counter = [0]
+
+    def read() -> int:
+        return counter[0]
+
+    task = mp.parallel(read, backend="process")
+    first = task().get(30)
+    counter[0] = 41
+    assert (first, task().get(30)) == (0, 41)
