@@ -261,7 +261,7 @@ class ProcessBackend(QueueingBackend):
             if not worker.outstanding:
                 self._dispatch(worker, 1)
         for worker in workers:  # then fill windows, by a fair share of the queue
-            self._dispatch(worker, min(self._window, 1 + self._queued // max(1, len(workers))))
+            self._dispatch(worker, min(self._window, self._queued // max(1, len(workers))))
         return True
 
     def _dispatch(self, worker: _Worker, window: int) -> None:

@@ -1,0 +1,499 @@
+"""Faults in worker processes: each fails its own task, and nothing else, and nothing hangs.
+
+One table (in the manner of loky's crash cases) injects every failure a process
+task can meet: the worker exits, segfaults or is killed, the task times out or
+calls ``sys.exit``, something cannot be pickled or unpickled on either side. Each
+row runs among 100 good tasks on a pool of two, and names the exception the bad
+task must raise, a pattern on its message, and whether its worker is replaced.
+
+Then: ``cancel(force=True)`` kills the worker; ``shutdown`` leaves no child
+process, even with a stuck task; interpreter exit and Ctrl-C (in subprocesses)
+end promptly and leave no worker behind. pytest-timeout's ``faulthandler_timeout``
+dumps every thread's traceback should anything hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import psutil
+import pytest
+
+import makeparallel as mp
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(30),
+]
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+POOL_SIZE = 2
+
+on_process = mp.parallel(backend="process")
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.005)
+    return True
+
+
+def info() -> dict[str, Any]:
+    return mp.get_process_pool_info()
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs.
+
+    Our own children must be reaped (no zombie). A process that was another
+    process's child may linger as a zombie until this machine's init reaps it:
+    it no longer runs, which is what counts.
+    """
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return False
+        return process.ppid() != os.getpid()
+    except psutil.NoSuchProcess:
+        return True
+
+
+def worker_children() -> list[psutil.Process]:
+    """This process's children (and theirs) that are makeparallel workers, or zombies."""
+    leftovers = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "_process_worker" in " ".join(child.cmdline()):
+                leftovers.append(child)
+        except psutil.ZombieProcess:
+            leftovers.append(child)  # an unreaped child is a leak too
+        except psutil.NoSuchProcess:
+            pass
+    return leftovers
+
+
+class Flags:
+    """Marker files in one directory: how a test and a worker process signal each other."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def set(self, name: str, text: str = "") -> None:
+        temporary = self.path(f".{name}.{os.getpid()}.tmp")
+        with open(temporary, "w") as file:
+            file.write(text)
+        os.replace(temporary, self.path(name))
+
+    def is_set(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def read(self, name: str) -> str:
+        return Path(self.path(name)).read_text()
+
+    def wait(self, name: str, timeout: float = 10.0) -> bool:
+        return wait_until(lambda: self.is_set(name), timeout)
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Flags]:
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("teardown")  # releases any task still waiting
+
+
+@pytest.fixture
+def pool() -> Iterator[None]:
+    """A pool of POOL_SIZE workers; the previous size is put back afterwards."""
+    before = info()["num_workers"]
+    mp.configure_process_pool(POOL_SIZE)
+    try:
+        assert wait_until(lambda: info()["live_workers"] <= POOL_SIZE), info()
+        yield
+    finally:
+        mp.configure_process_pool(before)
+
+
+def run_script(script: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+# -- tasks (module level: they travel by reference) -----------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def raise_value_error() -> None:
+    raise ValueError("bad value 3")
+
+
+def exit_with_3() -> None:
+    os._exit(3)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_long() -> None:
+    time.sleep(30)
+
+
+def call_sys_exit() -> None:
+    sys.exit(2)
+
+
+def return_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def raise_unpicklable_error() -> None:
+    raise ValueError(threading.Lock())
+
+
+def _raise_lookup_error(message: str) -> None:
+    raise LookupError(message)
+
+
+def _fail_in(pid: int) -> object:
+    if os.getpid() == pid:
+        raise RuntimeError("this object cannot be rebuilt in the parent")
+    return object()
+
+
+class CrashesWhenUnpickled:
+    """An argument whose unpickling (in the worker) ends the worker."""
+
+    def __reduce__(self) -> Any:
+        return (os._exit, (5,))
+
+
+class RaisesWhenUnpickled:
+    """An argument whose unpickling (in the worker) raises."""
+
+    def __reduce__(self) -> Any:
+        return (_raise_lookup_error, ("raised while unpickling",))
+
+
+class FailsToLoadIn:
+    """A result that pickles in the worker and fails to unpickle in process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> Any:
+        return (_fail_in, (self.pid,))
+
+
+def return_unloadable(parent: int) -> FailsToLoadIn:
+    return FailsToLoadIn(parent)
+
+
+def closure_over_a_lock() -> Callable[[], int]:
+    lock = threading.Lock()
+
+    def locked() -> int:
+        with lock:
+            return 1
+
+    return locked
+
+
+def record_pid_and_wait(flags: Flags) -> str:
+    flags.set("pid", str(os.getpid()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not flags.is_set("teardown"):
+        time.sleep(0.01)  # workload, in the worker
+    return "not killed"
+
+
+def record_pid_and_sleep(flags: Flags) -> None:
+    flags.set("pid", str(os.getpid()))
+    time.sleep(60)
+
+
+# -- the failure table ------------------------------------------------------------------------------
+
+
+class Fault(NamedTuple):
+    submit: Callable[[], mp.AsyncHandle[Any]]  # submits the bad task
+    expected: type[BaseException]  # its exact type
+    match: str  # a pattern on its message
+    at_submit: bool = False  # raised by the submission itself, not by get()
+    replaces_worker: bool = False  # its worker dies and the pool starts a new one
+
+
+FAULTS = {
+    "raises": Fault(lambda: on_process(raise_value_error)(), ValueError, r"^bad value 3$"),
+    "os._exit(3)": Fault(lambda: on_process(exit_with_3)(), mp.WorkerCrashedError, r"exit code 3", replaces_worker=True),
+    "segfault": Fault(lambda: on_process(segfault)(), mp.WorkerCrashedError, r"signal SIGSEGV\(-11\)", replaces_worker=True),
+    "SIGKILL": Fault(lambda: on_process(kill_self)(), mp.WorkerCrashedError, r"signal SIGKILL\(-9\)", replaces_worker=True),
+    "timeout": Fault(
+        lambda: on_process(sleep_long)(timeout=0.3), mp.TaskTimeoutError, r"timed out after 0.3 s", replaces_worker=True
+    ),
+    # SystemExit ends the task, not the worker: it comes back as the task's error.
+    "sys.exit(2)": Fault(lambda: on_process(call_sys_exit)(), SystemExit, r"^2$"),
+    "unpicklable result": Fault(
+        lambda: on_process(return_lock)(), mp.TaskSerializationError, r"result of task \d+ \(return_lock\) could not be pickled"
+    ),
+    "unpicklable exception": Fault(
+        lambda: on_process(raise_unpicklable_error)(), mp.TaskError, r"raised ValueError: .*cannot pickle"
+    ),
+    "result fails to unpickle in the parent": Fault(
+        lambda: on_process(return_unloadable)(os.getpid()),
+        mp.TaskSerializationError,
+        r"could not be unpickled here: RuntimeError: this object cannot be rebuilt",
+    ),
+    "argument crashes the worker when unpickled": Fault(
+        lambda: on_process(identity)(CrashesWhenUnpickled()), mp.WorkerCrashedError, r"exit code 5", replaces_worker=True
+    ),
+    "argument raises when unpickled": Fault(
+        lambda: on_process(identity)(RaisesWhenUnpickled()), LookupError, r"^raised while unpickling$"
+    ),
+    "unpicklable argument": Fault(
+        lambda: on_process(identity)(threading.Lock()),
+        mp.TaskSerializationError,
+        r"cannot be sent to a worker process: argument 0 \(lock\) could not be pickled",
+        at_submit=True,
+    ),
+    "unpicklable function": Fault(
+        lambda: on_process(closure_over_a_lock())(),
+        mp.TaskSerializationError,
+        r"cannot be sent to a worker process: the function .*locked.* could not be pickled",
+        at_submit=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
+def test_a_fault_fails_only_its_own_task(fault: Fault, pool: None) -> None:
+    restarts = info()["worker_restarts"]
+    good = on_process(square)
+    handles = [good(i) for i in range(50)]
+    bad: mp.AsyncHandle[Any] | None = None
+    if fault.at_submit:
+        with pytest.raises(fault.expected) as raised:
+            fault.submit()
+    else:
+        bad = fault.submit()
+    handles += [good(i) for i in range(50, 100)]
+
+    outcomes: list[Any] = []
+    for handle in handles:
+        try:
+            outcomes.append(handle.get(timeout=20))
+        except Exception as error:
+            outcomes.append(error)
+    wrong = {i: repr(o) for i, o in enumerate(outcomes) if o != i * i}
+    assert not wrong, f"good tasks that did not return their result: {wrong}"
+
+    if bad is not None:
+        with pytest.raises(fault.expected) as raised:
+            bad.get(timeout=20)
+    error = raised.value
+    assert type(error) is fault.expected, repr(error)
+    assert _search(fault.match, str(error)), f"{fault.match!r} not in {str(error)!r}"
+
+    if fault.replaces_worker:
+        # A timed-out task's handle ends at its deadline, before its worker is gone.
+        assert wait_until(lambda: info()["worker_restarts"] > restarts), info()
+        assert info()["worker_restarts"] == restarts + 1, f"more workers replaced than the bad task's: {info()}"
+    else:
+        assert info()["worker_restarts"] == restarts, info()
+    # The pool is whole again once it has work.
+    assert on_process(square)(12).get(timeout=20) == 144
+    assert info()["live_workers"] == POOL_SIZE, info()
+
+
+def _search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+# -- forced cancellation -----------------------------------------------------------------------------
+
+
+def test_cancel_force_kills_the_worker(flags: Flags, pool: None) -> None:
+    restarts = info()["worker_restarts"]
+    handle = on_process(record_pid_and_wait)(flags)
+    assert flags.wait("pid")
+    pid = int(flags.read("pid"))
+    assert handle.cancel(force=True) is True
+    assert handle.cancelled()
+    with pytest.raises(mp.TaskCancelledError):
+        handle.get(timeout=1)
+    assert wait_until(lambda: gone(pid)), f"worker {pid} still runs after cancel(force=True)"
+    assert not psutil.pid_exists(pid)  # reaped: no zombie left behind
+    assert wait_until(lambda: info()["worker_restarts"] == restarts + 1), info()
+    assert on_process(worker_pid)().get(timeout=20) != pid
+
+
+# -- shutdown -------------------------------------------------------------------------------------------
+
+
+def test_shutdown_leaves_no_worker_process() -> None:
+    assert mp.parallel_map(square, range(200), backend="process") == [i * i for i in range(200)]
+    pids = info()["worker_pids"]
+    assert pids and worker_children()
+    assert mp.shutdown(5) is True
+    assert worker_children() == []
+    assert all(not psutil.pid_exists(pid) for pid in pids)
+    assert info()["live_workers"] == 0
+
+
+def test_shutdown_with_a_stuck_task_stops_its_worker(flags: Flags) -> None:
+    stuck = on_process(record_pid_and_sleep)(flags)
+    assert flags.wait("pid")
+    pid = int(flags.read("pid"))
+    started = time.monotonic()
+    assert mp.shutdown(0.5) is False
+    assert time.monotonic() - started < 3.0
+    with pytest.raises(mp.ShutdownError, match="still running when makeparallel shut down"):
+        stuck.get(timeout=1)
+    assert not psutil.pid_exists(pid)
+    assert worker_children() == []
+    with pytest.raises(mp.ShutdownError):
+        on_process(square)(2)
+    mp.reset_shutdown()
+    assert on_process(square)(3).get(timeout=20) == 9
+
+
+# -- interpreter exit and Ctrl-C, in subprocesses -------------------------------------------------------
+
+EXIT_SCRIPT = """
+import json, sys, time
+import makeparallel as mp
+
+if len(sys.argv) > 1:
+    mp.configure(exit_timeout=float(sys.argv[1]))
+
+def sleepy():
+    mp.report_progress(0.5)
+    time.sleep(60)
+
+handle = mp.parallel(backend="process")(sleepy)()
+deadline = time.monotonic() + 20
+while handle.get_progress() < 0.5 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps({"running": handle.get_progress() == 0.5, "pids": mp.get_process_pool_info()["worker_pids"]}), flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("exit_timeout", [None, 0.5], ids=["default-exit-timeout", "exit-timeout-0.5"])
+def test_interpreter_exit_with_a_running_task_leaves_no_worker(exit_timeout: float | None) -> None:
+    proc = run_script(EXIT_SCRIPT, *([] if exit_timeout is None else [str(exit_timeout)]))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert line, err
+    state = json.loads(line)
+    assert state["running"] and state["pids"], (line, err)
+    assert proc.returncode == 0, err
+    waited = 5.0 if exit_timeout is None else exit_timeout
+    assert elapsed < waited + 4.0, f"exit took {elapsed:.1f} s with exit_timeout {waited:g}"
+    assert "abandoned" in err, err
+    assert all(wait_until(lambda: gone(pid), 5) for pid in state["pids"]), state
+
+
+CTRL_C_SCRIPT = """
+import json
+import makeparallel as mp
+
+def cpu_heavy(i):
+    return sum(j * j for j in range(300_000))
+
+announced = []
+
+def announce(done, total):
+    # Called in the parent as chunks end: the map is certainly under way.
+    if not announced:
+        announced.append(True)
+        print(json.dumps(mp.get_process_pool_info()["worker_pids"]), flush=True)
+        print("ready", flush=True)
+
+mp.parallel_map(cpu_heavy, range(1000), backend="process", progress=announce)
+print("the map finished: it should have been interrupted", flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_stops_a_process_map_and_leaves_no_worker() -> None:
+    proc = run_script(CTRL_C_SCRIPT)
+    try:
+        assert proc.stdout is not None
+        pids_line = proc.stdout.readline()
+        ready = proc.stdout.readline()
+        if ready.strip() != "ready":
+            out, err = proc.communicate(timeout=20)
+            pytest.fail(f"the child never got ready: {pids_line!r} {ready!r} {out!r}\n{err}")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the child was still running 15 s after Ctrl-C\n{err}")
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0, (out, err)
+    assert "KeyboardInterrupt" in err, err
+    assert "should have been interrupted" not in out
+    assert elapsed < 15
+    pids = json.loads(pids_line)
+    assert pids
+    assert all(wait_until(lambda: gone(pid), 5) for pid in pids), pids
