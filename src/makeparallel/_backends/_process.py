@@ -69,13 +69,14 @@ _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
 class _Worker:
     """The parent's view of one worker process."""
 
-    __slots__ = ("conn", "kill_at", "killing", "outstanding", "process")
+    __slots__ = ("conn", "kill_at", "killing", "outstanding", "process", "retiring")
 
     def __init__(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         self.killing = False
+        self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
 
 
@@ -129,7 +130,7 @@ class ProcessBackend(QueueingBackend):
                 surplus = self._workers[num_workers:]
                 for worker in surplus:
                     if not worker.outstanding:
-                        worker.killing = True
+                        worker.killing = worker.retiring = True
             self._wake()
 
     def worker_count(self) -> int:
@@ -361,7 +362,7 @@ class ProcessBackend(QueueingBackend):
             for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                 if handle._state == RUNNING:
                     self._requeue_locked(handle)
-            if not self._terminating:
+            if not (self._terminating or worker.retiring):
                 self._restarts += 1
             terminating = self._terminating
         worker.conn.close()
