@@ -27,6 +27,8 @@ def clean_runtime() -> object:
     _runtime.use_default_backend(None)
     mp.configure(exit_timeout=5.0)
     mp.configure_thread_pool(num_threads=default_thread_count())
+    if "process" in _runtime._backends:  # never start the process pool just to size it
+        mp.configure_process_pool(num_workers=default_thread_count())
     leaked = [
         t
         for t in threading.enumerate()
