@@ -238,6 +238,7 @@ class FunctionMetrics:
 
 
 _records: dict[str, FunctionMetrics] = {}
+_resets = 0  # reset_metrics() calls so far: exporters of deltas start over
 
 
 def metrics_for(name: str) -> FunctionMetrics:
@@ -276,7 +277,9 @@ def _buckets(histogram: Histogram) -> list[list[Any]]:
 def metrics_snapshot() -> dict[str, Any]:
     """Everything measured, as plain JSON-serialisable data.
 
-    ``functions`` maps each name to its :class:`TaskMetrics` fields plus the
+    ``resets`` counts the calls of :func:`reset_metrics`, so that an exporter of
+    differences knows to start over. ``functions`` maps each name to its
+    :class:`TaskMetrics` fields plus the
     cumulative histograms of execution time and queue wait in seconds
     (``[upper bound, samples at or below it]`` pairs, the last bound ``"+Inf"``)
     and their sums; ``pools`` describes each pool started so far.
@@ -294,6 +297,7 @@ def metrics_snapshot() -> dict[str, Any]:
         }
     return {
         "time": time.time(),
+        "resets": _resets,
         "active_tasks": get_active_task_count(),
         "functions": functions,
         "pools": pool_infos(),
@@ -306,8 +310,10 @@ def reset_metrics() -> None:
     Tasks in flight at the time are counted when they end, so right after a
     reset the ended counts may briefly exceed ``total_tasks``.
     """
+    global _resets
     for record in list(_records.values()):
         record.reset()
+    _resets += 1
 
 
 @overload

@@ -70,6 +70,7 @@ class StatsdExporter:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
         self._previous: dict[str, dict[str, Any]] = {}
+        self._resets = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,6 +105,9 @@ class StatsdExporter:
             _log.exception("the StatsD exporter could not flush")
 
     def _lines(self, snapshot: dict[str, Any]) -> Iterator[str]:
+        if snapshot["resets"] != self._resets:  # reset_metrics(): count from zero again
+            self._previous.clear()
+            self._resets = snapshot["resets"]
         for name, metrics in snapshot["functions"].items():
             previous = self._previous.get(name, {})
             base = f"{self._prefix}.{_safe(name)}"
@@ -137,7 +141,7 @@ class StatsdExporter:
 
 
 def _delta(now: int, before: int) -> int:
-    return now - before if now >= before else now  # lower: the metrics were reset
+    return now - before
 
 
 def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] | None) -> Iterator[str]:

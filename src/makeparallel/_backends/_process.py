@@ -60,7 +60,7 @@ __all__ = ["ProcessBackend"]
 
 _WORKER_MAIN = (
     "import sys; from makeparallel._backends._process_worker import main; "
-    "main(int(sys.argv[1]), int(sys.argv[2]))"
+    "main(int(sys.argv[1]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
@@ -436,7 +436,7 @@ def _start_worker() -> _Worker:
     try:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(logging.getLogger().getEffectiveLevel())],
+            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno())],
             pass_fds=(child_end.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,

@@ -216,15 +216,16 @@ def _receive_buffer(conn: Connection, size: int) -> bytearray:
     return buffer
 
 
-def main(fd: int, log_level: int) -> None:
+def main(fd: int) -> None:
     """Serve tasks on the connection ``fd`` until the parent closes it.
 
     The parent passes its ``sys.path`` in ``PYTHONPATH``, so its modules import
-    here, and the level of its root logger, so records it would drop never travel.
+    here. Every log record is forwarded (the root logger here is at DEBUG): the
+    parent's loggers decide, as they are configured at the time, which to emit.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = _Worker(Connection(fd))
     root = logging.getLogger()
     root.handlers[:] = [_ForwardingHandler(worker)]
-    root.setLevel(log_level)
+    root.setLevel(logging.DEBUG)
     worker.serve()

@@ -1,0 +1,404 @@
+"""Task events: submitted, started, finished, on every backend, and listener hygiene.
+
+Listeners are called on whatever thread the event happened on, and "finished" is
+announced *after* waiters are woken, so a test never assumes an event arrived
+because ``get()`` returned: it waits (bounded) for the event itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+BACKENDS = ["thread", "sync", "process"]
+STATUSES = {"pending", "running", "succeeded", "failed", "cancelled", "timed out"}
+
+
+def unique_name(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+class Recorder:
+    """A listener that keeps the events of the tasks it is told about, thread-safely."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self.events: list[mp.TaskEvent] = []
+        self.threads: list[str] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: mp.TaskEvent) -> None:
+        if self.name is not None and event.name != self.name:
+            return  # another test's straggler
+        with self._changed:
+            self.events.append(event)
+            self.threads.append(threading.current_thread().name)
+            self._changed.notify_all()
+
+    def of(self, task_id: int) -> list[mp.TaskEvent]:
+        with self._changed:
+            return [e for e in self.events if e.task_id == task_id]
+
+    def wait_finished(self, task_id: int, timeout: float = 20.0) -> list[mp.TaskEvent]:
+        """The task's events once its "finished" event arrived (bounded wait)."""
+        with self._changed:
+            arrived = self._changed.wait_for(
+                lambda: any(e.task_id == task_id and e.kind == "finished" for e in self.events), timeout
+            )
+            assert arrived, f"no finished event for task {task_id}; got {self.events}"
+            return [e for e in self.events if e.task_id == task_id]
+
+    def wait_kind(self, task_id: int, kind: str, timeout: float = 20.0) -> mp.TaskEvent:
+        with self._changed:
+            arrived = self._changed.wait_for(
+                lambda: any(e.task_id == task_id and e.kind == kind for e in self.events), timeout
+            )
+            assert arrived, f"no {kind} event for task {task_id}; got {self.events}"
+            return next(e for e in self.events if e.task_id == task_id and e.kind == kind)
+
+
+@pytest.fixture
+def listen() -> Iterator[Callable[[Callable[[mp.TaskEvent], object]], None]]:
+    """Add listeners for one test; each is removed at teardown, whatever happens."""
+    added: list[Callable[[mp.TaskEvent], object]] = []
+
+    def add(listener: Callable[[mp.TaskEvent], object]) -> None:
+        mp.add_task_listener(listener)
+        added.append(listener)
+
+    try:
+        yield add
+    finally:
+        for listener in added:
+            try:
+                mp.remove_task_listener(listener)
+            except ValueError:
+                pass  # the test removed it itself
+
+
+# -- module-level task bodies: they travel by reference to worker processes -----------------
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def wait_for_byte(fifo: str) -> str:
+    """Block until the test writes a byte into the FIFO ``fifo`` (at most 20 s)."""
+    fd = os.open(fifo, os.O_RDONLY)  # the test holds it open for writing: no block here
+    try:
+        readable, _, _ = select.select([fd], [], [], 20)
+        return os.read(fd, 1).decode() if readable else ""
+    finally:
+        os.close(fd)
+
+
+class Fifo:
+    """A named pipe the test writes into to release a task, on any backend."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "release")
+        os.mkfifo(self.path)
+        # Held open read-write: a task opening it to read never blocks on open,
+        # and blocks on read until the test writes.
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def release(self) -> None:
+        os.write(self._fd, b"x" * 16)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Fifo]:
+    pipe = Fifo(tmp_path)
+    try:
+        yield pipe
+    finally:
+        pipe.release()  # whatever still waits may go
+        pipe.close()
+
+
+# -- the sequence of events ------------------------------------------------------------------
+
+
+def assert_well_formed(events: list[mp.TaskEvent], task_id: int, name: str) -> None:
+    for event in events:
+        assert isinstance(event, mp.TaskEvent)
+        assert event.task_id == task_id
+        assert event.name == name
+        assert event.status in STATUSES
+        assert isinstance(event.time, float)
+        assert isinstance(event.metadata, dict)
+    times = [e.time for e in events]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_succeeded_task_emits_submitted_started_finished(backend: str, listen: Any) -> None:
+    name = unique_name("events-ok")
+    recorder = Recorder(name)
+    listen(recorder)
+    handle = mp.parallel(backend=backend, name=name)(add_one)(41)
+    assert handle.get(20) == 42
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    assert_well_formed(events, handle.get_task_id(), name)
+    submitted, started, finished = events
+    assert submitted.status == "pending"
+    assert submitted.queue_wait is None and submitted.duration is None
+    assert started.status == "running"
+    assert started.queue_wait is not None and started.queue_wait >= 0
+    assert started.duration is None
+    assert finished.status == "succeeded"
+    assert finished.queue_wait is not None and finished.queue_wait >= 0
+    assert finished.duration is not None and finished.duration >= 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_task_finishes_as_failed(backend: str, listen: Any) -> None:
+    name = unique_name("events-fail")
+    recorder = Recorder(name)
+    listen(recorder)
+    handle = mp.parallel(backend=backend, name=name)(fail)("boom")
+    with pytest.raises(ValueError, match="boom"):
+        handle.get(20)
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    assert_well_formed(events, handle.get_task_id(), name)
+    finished = events[-1]
+    assert finished.status == "failed"
+    assert finished.duration is not None and finished.duration >= 0
+    assert finished.queue_wait is not None
+
+
+def test_events_arrive_on_the_threads_where_they_happen(listen: Any) -> None:
+    name = unique_name("events-threads")
+    recorder = Recorder(name)
+    listen(recorder)
+    handle = mp.parallel(backend="thread", name=name)(add_one)(1)
+    handle.get(10)
+    recorder.wait_finished(handle.get_task_id())
+    submitter, worker, finisher = recorder.threads
+    assert submitter == threading.current_thread().name
+    # Started on the worker (or on this thread, if get() claimed the queued task).
+    assert worker == finisher
+
+
+def test_process_task_is_started_at_dispatch_and_finishes_later(listen: Any, fifo: Fifo) -> None:
+    name = unique_name("events-process")
+    recorder = Recorder(name)
+    listen(recorder)
+    handle = mp.parallel(backend="process", name=name)(wait_for_byte)(fifo.path)
+    task_id = handle.get_task_id()
+    started = recorder.wait_kind(task_id, "started")  # sent to a worker: "started"
+    assert started.status == "running"
+    assert started.queue_wait is not None and started.queue_wait >= 0
+    handle.set_metadata("stage", "released")
+    assert [e.kind for e in recorder.of(task_id)] == ["submitted", "started"]
+    fifo.release()
+    assert handle.get(20) == "x"
+    events = recorder.wait_finished(task_id)
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    finished = events[-1]
+    assert finished.status == "succeeded"
+    assert finished.duration is not None and finished.duration >= 0
+    assert finished.metadata == {"stage": "released"}
+    assert started.metadata == {}  # copied at the event
+
+
+def test_metadata_is_copied_at_each_event(listen: Any, gate: threading.Event) -> None:
+    name = unique_name("events-metadata")
+    recorder = Recorder(name)
+    listen(recorder)
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def held() -> str:
+        running.set()
+        assert gate.wait(10)
+        return "done"
+
+    handle = held()
+    assert running.wait(10)
+    handle.set_metadata("user", "ada")
+    gate.set()
+    assert handle.get(10) == "done"
+    submitted, started, finished = recorder.wait_finished(handle.get_task_id())
+    assert submitted.metadata == {} and started.metadata == {}
+    assert finished.metadata == {"user": "ada"}
+    handle.set_metadata("user", "changed afterwards")
+    finished.metadata["mutated"] = True
+    assert finished.metadata == {"user": "ada", "mutated": True}
+    assert handle.get_all_metadata() == {"user": "changed afterwards"}
+
+
+def test_cancelled_queued_task_has_no_started_event(listen: Any, gate: threading.Event) -> None:
+    mp.configure_thread_pool(1)
+    holder_running = threading.Event()
+
+    @mp.parallel(backend="thread", name=unique_name("events-holder"))
+    def holder() -> None:
+        holder_running.set()
+        assert gate.wait(10)
+
+    name = unique_name("events-cancel-queued")
+    recorder = Recorder(name)
+    listen(recorder)
+    blocker = holder()
+    assert holder_running.wait(10)
+    handle = mp.parallel(backend="thread", name=name)(add_one)(1)
+    handle.set_metadata("why", "cancelled")
+    assert handle.cancel()
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "finished"]
+    finished = events[-1]
+    assert finished.status == "cancelled"
+    assert finished.queue_wait is None and finished.duration is None
+    assert finished.metadata == {"why": "cancelled"}
+    gate.set()
+    blocker.get(10)
+
+
+def test_cancelled_running_task(listen: Any, gate: threading.Event) -> None:
+    name = unique_name("events-cancel-running")
+    recorder = Recorder(name)
+    listen(recorder)
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def poll() -> None:
+        running.set()
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    handle = poll()
+    assert running.wait(10)
+    assert handle.cancel()
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    finished = events[-1]
+    assert finished.status == "cancelled"
+    assert finished.queue_wait is not None
+    assert finished.duration is not None and finished.duration >= 0
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_timed_out_task(backend: str, listen: Any, gate: threading.Event) -> None:
+    name = unique_name("events-timeout")
+    recorder = Recorder(name)
+    listen(recorder)
+
+    @mp.parallel(backend=backend, name=name, timeout=0.05)
+    def poll() -> None:
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    handle = poll()
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(10)
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    finished = events[-1]
+    assert finished.status == "timed out"
+    assert finished.duration is not None and finished.duration >= 0.05
+    assert finished.queue_wait is not None
+
+
+# -- listener hygiene -------------------------------------------------------------------------
+
+
+def test_a_raising_listener_is_logged_and_the_others_still_run(
+    listen: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+    name = unique_name("events-raising")
+    before = Recorder(name)
+    after = Recorder(name)
+
+    def broken(event: mp.TaskEvent) -> None:
+        if event.name == name:
+            raise RuntimeError("listener is broken")
+
+    listen(before)
+    listen(broken)
+    listen(after)
+    handle = mp.parallel(backend="sync", name=name)(add_one)(1)
+    assert handle.get(5) == 2  # the task is unharmed
+    task_id = handle.get_task_id()
+    assert [e.kind for e in before.of(task_id)] == ["submitted", "started", "finished"]
+    assert [e.kind for e in after.of(task_id)] == ["submitted", "started", "finished"]
+    logged = [r for r in caplog.records if r.name == "makeparallel" and "listener" in r.getMessage()]
+    assert len(logged) == 3, [r.getMessage() for r in caplog.records]
+    for record in logged:
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+        assert "broken" in record.getMessage()  # names the listener
+
+
+def test_remove_task_listener_stops_the_calls(listen: Any) -> None:
+    name = unique_name("events-remove")
+    recorder = Recorder(name)
+    mp.add_task_listener(recorder)
+    try:
+        first = mp.parallel(backend="sync", name=name)(add_one)(1)
+    finally:
+        mp.remove_task_listener(recorder)
+    second = mp.parallel(backend="sync", name=name)(add_one)(2)
+    assert second.get(5) == 3
+    assert len(recorder.of(first.get_task_id())) == 3
+    assert recorder.of(second.get_task_id()) == []
+
+
+def test_the_same_listener_added_twice_is_called_twice_and_removed_once_at_a_time() -> None:
+    name = unique_name("events-twice")
+    recorder = Recorder(name)
+    mp.add_task_listener(recorder)
+    try:
+        mp.add_task_listener(recorder)
+        try:
+            handle = mp.parallel(backend="sync", name=name)(add_one)(1)
+            assert len(recorder.of(handle.get_task_id())) == 6
+        finally:
+            mp.remove_task_listener(recorder)
+        handle = mp.parallel(backend="sync", name=name)(add_one)(1)
+        assert len(recorder.of(handle.get_task_id())) == 3
+    finally:
+        mp.remove_task_listener(recorder)
+
+
+def test_removing_an_unknown_listener_raises_value_error() -> None:
+    def never_added(event: mp.TaskEvent) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="not a task listener"):
+        mp.remove_task_listener(never_added)
+
+
+@pytest.mark.parametrize("not_callable", [None, 42, "listener"])
+def test_a_non_callable_listener_raises_type_error(not_callable: Any) -> None:
+    with pytest.raises(TypeError, match="must be callable"):
+        mp.add_task_listener(not_callable)
+
+
+def test_task_event_is_frozen() -> None:
+    event = mp.TaskEvent(
+        kind="submitted", task_id=1, name="f", status="pending", time=0.0, queue_wait=None, duration=None, metadata={}
+    )
+    with pytest.raises(AttributeError):
+        event.kind = "started"  # type: ignore[misc]

@@ -1,0 +1,187 @@
+"""``health()``: ok, degraded (saturated queue, concurrency limit, memory), unhealthy."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+
+KEYS = {"status", "live", "ready", "reasons", "pools", "memory_percent"}
+
+
+def unique_name(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes (for state with no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.005)
+    return True
+
+
+def no_stuck_threads() -> bool:
+    """An earlier test's timed-out task may still run on a thread for a moment."""
+    return bool(mp.get_thread_pool_info()["stuck_threads"] == 0)
+
+
+def hold_one_thread(gate: threading.Event) -> mp.AsyncHandle[None]:
+    """A 1-thread pool, its thread running a task until ``gate`` opens."""
+    mp.configure_thread_pool(1)
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=unique_name("health-holder"))
+    def holder() -> None:
+        running.set()
+        assert gate.wait(10), "the test never opened the gate"
+
+    handle = holder()
+    assert running.wait(10), "the holder never started"
+    return handle
+
+
+def test_ok_when_idle() -> None:
+    mp.get_thread_pool_info()  # the thread pool exists, idle
+    assert wait_until(no_stuck_threads)
+    report = mp.health(memory_limit_percent=100.0)
+    assert set(report) == KEYS
+    assert report["status"] == "ok", report["reasons"]
+    assert report["live"] is True and report["ready"] is True
+    assert report["reasons"] == []
+    assert "thread" in report["pools"]
+    assert report["pools"]["thread"]["queued_tasks"] == 0
+    assert 0.0 < report["memory_percent"] <= 100.0
+
+
+def test_default_arguments_report_the_same_shape() -> None:
+    report = mp.health()
+    assert set(report) == KEYS
+    assert report["status"] in {"ok", "degraded"}
+    assert report["live"] is True and report["ready"] is True
+
+
+@pytest.mark.timeout(20)
+def test_degraded_when_a_pool_queue_saturates(gate: threading.Event) -> None:
+    holder = hold_one_thread(gate)
+
+    @mp.parallel(backend="thread", name=unique_name("health-queued"))
+    def queued() -> None:
+        pass
+
+    handles = [queued() for _ in range(4)]  # more than queue_limit=3, behind the holder
+    report = mp.health(memory_limit_percent=100.0, queue_limit=3)
+    assert report["status"] == "degraded"
+    assert report["ready"] is True and report["live"] is True
+    saturated = [r for r in report["reasons"] if "saturated" in r]
+    assert len(saturated) == 1, report["reasons"]
+    assert saturated[0].startswith("thread pool")  # names the pool
+    assert "4 tasks queued" in saturated[0] and "limit 3" in saturated[0]
+    assert report["pools"]["thread"]["queued_tasks"] == 4
+    # At the limit is not over it.
+    assert handles[0].cancel()
+    at_limit = mp.health(memory_limit_percent=100.0, queue_limit=3)
+    assert at_limit["pools"]["thread"]["queued_tasks"] == 3
+    assert not any("saturated" in r for r in at_limit["reasons"]), at_limit["reasons"]
+    gate.set()
+    holder.get(10)
+    for handle in handles[1:]:
+        handle.get(10)
+    assert not any("saturated" in r for r in mp.health(memory_limit_percent=100.0, queue_limit=3)["reasons"])
+
+
+@pytest.mark.timeout(20)
+def test_default_queue_limit_is_ten_per_worker(gate: threading.Event) -> None:
+    holder = hold_one_thread(gate)
+
+    @mp.parallel(backend="thread", name=unique_name("health-default-limit"))
+    def queued() -> None:
+        pass
+
+    handles = [queued() for _ in range(10)]
+    assert not any("saturated" in r for r in mp.health(memory_limit_percent=100.0)["reasons"])
+    handles.append(queued())
+    reasons = mp.health(memory_limit_percent=100.0)["reasons"]
+    assert any("saturated" in r and "limit 10" in r for r in reasons), reasons
+    gate.set()
+    holder.get(10)
+    for handle in handles:
+        handle.get(10)
+
+
+@pytest.mark.timeout(20)
+def test_degraded_at_the_global_concurrency_limit(gate: threading.Event) -> None:
+    mp.set_max_concurrent_tasks(1)  # conftest removes the limit afterwards
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=unique_name("health-limited"))
+    def held() -> None:
+        running.set()
+        assert gate.wait(10)
+
+    handle = held()
+    assert running.wait(10)
+    report = mp.health(memory_limit_percent=100.0)
+    assert report["status"] == "degraded"
+    assert report["ready"] is True
+    limit_reasons = [r for r in report["reasons"] if "concurrency limit" in r]
+    assert limit_reasons == ["at the concurrency limit: 1 of 1 tasks in flight"], report["reasons"]
+    gate.set()
+    handle.get(10)
+    assert not any("concurrency limit" in r for r in mp.health(memory_limit_percent=100.0)["reasons"])
+
+
+@pytest.mark.parametrize("limit", ["just below", 0.001])
+def test_degraded_on_memory(limit: Any) -> None:
+    used = mp.health()["memory_percent"]
+    threshold = max(0.001, used - 2.0) if limit == "just below" else limit
+    report = mp.health(memory_limit_percent=threshold)
+    assert report["status"] == "degraded"
+    assert report["ready"] is True
+    memory = [r for r in report["reasons"] if r.startswith("memory")]
+    assert len(memory) == 1, report["reasons"]
+    assert f"limit {threshold:g}%" in memory[0]
+
+
+def test_unhealthy_and_not_ready_after_shutdown_then_ok_after_reset() -> None:
+    mp.get_thread_pool_info()
+    assert wait_until(no_stuck_threads)
+    try:
+        assert mp.shutdown(timeout_secs=10)
+        report = mp.health(memory_limit_percent=100.0)
+        assert report["status"] == "unhealthy"
+        assert report["ready"] is False
+        assert report["live"] is True  # keep the process: it is not broken
+        assert report["reasons"][0].startswith("shut down")
+        assert "reset_shutdown()" in report["reasons"][0]
+    finally:
+        mp.reset_shutdown()
+    report = mp.health(memory_limit_percent=100.0)
+    assert report["status"] == "ok", report["reasons"]
+    assert report["ready"] is True
+    assert report["reasons"] == []
+
+
+@pytest.mark.parametrize("value", [0, -1, 100.5, 1000, float("nan")])
+def test_memory_limit_out_of_range_is_rejected(value: float) -> None:
+    with pytest.raises(ValueError, match=r"memory_limit_percent must be in \(0, 100\]"):
+        mp.health(memory_limit_percent=value)
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("3", TypeError), (True, TypeError)])
+def test_bad_queue_limit_is_rejected(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="queue_limit must be an int >= 1"):
+        mp.health(queue_limit=value)
+
+
+def test_limits_at_the_edges_are_accepted() -> None:
+    assert mp.health(memory_limit_percent=100.0, queue_limit=1)["live"] is True
+    assert mp.health(memory_limit_percent=1e-9)["status"] == "degraded"

@@ -1,0 +1,256 @@
+"""Prometheus export: a real exposition server on loopback, scraped and parsed."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+import makeparallel
+import makeparallel as mp
+
+_BOUND_BEFORE = "prometheus" in vars(makeparallel)
+import makeparallel.prometheus as mp_prometheus  # noqa: E402
+
+if not _BOUND_BEFORE:
+    # Importing a submodule binds it on the package, and test_public_api checks the
+    # package's public attributes: leave the package as this file found it.
+    del makeparallel.prometheus
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def unique_name(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+class Exposition:
+    """The server ``start_http_server`` started, and how to scrape it."""
+
+    def __init__(self, port: int, registry: CollectorRegistry) -> None:
+        self.port = port
+        self.registry = registry
+        # No proxy from the environment may take a request to loopback elsewhere.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def scrape(self) -> str:
+        with self._opener.open(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            body: bytes = response.read()
+            return body.decode()
+
+    def samples(self) -> tuple[dict[str, Any], Samples]:
+        families = {family.name: family for family in text_string_to_metric_families(self.scrape())}
+        samples: Samples = {}
+        for family in families.values():
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return families, samples
+
+
+@pytest.fixture
+def exposition() -> Iterator[Exposition]:
+    before = set(threading.enumerate())
+    registry = CollectorRegistry()
+    server, thread = mp_prometheus.start_http_server(0, registry=registry)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        yield Exposition(server.server_port, registry)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        assert not thread.is_alive(), "the exposition server's thread did not stop"
+        # Request threads (daemons the server does not track) end right after
+        # their response; wait for them so that none outlives the test.
+        for other in set(threading.enumerate()) - before:
+            if not other.name.startswith("makeparallel-"):
+                other.join(10)
+
+
+def labels(**pairs: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(pairs.items()))
+
+
+def run_every_outcome(name: str, gate: threading.Event) -> None:
+    """Three tasks succeed, one fails, one is cancelled while running, one times out."""
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def work(mode: str) -> str:
+        if mode == "fail":
+            raise ValueError("failed on purpose")
+        if mode in ("cancel", "timeout"):
+            running.set()
+            while not gate.wait(0.005):
+                mp.check_cancelled()
+        return mode
+
+    for _ in range(3):
+        assert work("ok").get(10) == "ok"
+    with pytest.raises(ValueError):
+        work("fail").get(10)
+    cancelled = work("cancel")
+    assert running.wait(10)
+    assert cancelled.cancel()
+    timed_out = work.options(timeout=0.05)("timeout")
+    with pytest.raises(mp.TaskTimeoutError):
+        timed_out.get(10)
+
+
+def test_scraped_counts_histograms_and_pool_gauges(exposition: Exposition, gate: threading.Event) -> None:
+    name = unique_name("prometheus")
+    run_every_outcome(name, gate)
+    families, samples = exposition.samples()
+
+    for status, expected in (("completed", 3), ("failed", 1), ("cancelled", 1), ("timed_out", 1)):
+        assert samples[("makeparallel_tasks_total", labels(function=name, status=status))] == expected, status
+    assert families["makeparallel_tasks"].type == "counter"
+    assert samples[("makeparallel_tasks_submitted_total", labels(function=name))] == 6
+    assert samples[("makeparallel_tasks_running", labels(function=name))] == 0
+    assert samples[("makeparallel_tasks_queued", labels(function=name))] == 0
+
+    # Execution time: the four tasks that ran to their end (succeeded or failed).
+    assert families["makeparallel_task_duration_seconds"].type == "histogram"
+    buckets = [
+        (le, value)
+        for (sample, sample_labels), value in samples.items()
+        if sample == "makeparallel_task_duration_seconds_bucket"
+        for le in [dict(sample_labels)["le"]]
+        if dict(sample_labels)["function"] == name
+    ]
+    bounds = [float(le) for le, _ in buckets]
+    assert bounds == sorted(bounds) and math.isinf(bounds[-1])
+    assert buckets[-1][0] == "+Inf"
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts), "bucket counts must be cumulative"
+    count = samples[("makeparallel_task_duration_seconds_count", labels(function=name))]
+    assert counts[-1] == count == 4
+    assert samples[("makeparallel_task_duration_seconds_sum", labels(function=name))] > 0
+    # Every task started, so every one has a queue wait.
+    assert samples[("makeparallel_task_queue_wait_seconds_count", labels(function=name))] == 6
+    assert samples[("makeparallel_task_queue_wait_seconds_bucket", labels(function=name, le="+Inf"))] == 6
+
+    # The thread pool's gauges (busy may still count the threads of the cancelled
+    # and timed-out tasks, which return at their next check_cancelled()).
+    busy = samples[("makeparallel_pool_workers", labels(pool="thread", state="busy"))]
+    idle = samples[("makeparallel_pool_workers", labels(pool="thread", state="idle"))]
+    assert busy >= 0 and idle >= 0
+    assert samples[("makeparallel_pool_queued_tasks", labels(pool="thread"))] == 0
+    assert families["makeparallel_pool_workers"].type == "gauge"
+    assert families["makeparallel_pool_queued_tasks"].type == "gauge"
+
+
+def test_the_buckets_match_the_snapshot(exposition: Exposition) -> None:
+    name = unique_name("prometheus-buckets")
+
+    @mp.parallel(backend="sync", name=name)
+    def work(x: int) -> int:
+        return x
+
+    for x in range(5):
+        work(x).get(5)
+    _, samples = exposition.samples()
+    snapshot = mp.metrics_snapshot()["functions"][name]
+    for le, expected in snapshot["execution_time_buckets"]:
+        key = "+Inf" if le == "+Inf" else repr(float(le))
+        scraped = samples[("makeparallel_task_duration_seconds_bucket", labels(function=name, le=key))]
+        assert scraped == expected, le
+    assert samples[("makeparallel_task_duration_seconds_sum", labels(function=name))] == pytest.approx(
+        snapshot["execution_time_sum_seconds"]
+    )
+
+
+@pytest.mark.timeout(30)
+def test_live_gauges_while_tasks_run_and_wait(exposition: Exposition, gate: threading.Event) -> None:
+    mp.configure_thread_pool(1)
+    name = unique_name("prometheus-live")
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def held() -> None:
+        running.set()
+        assert gate.wait(10)
+
+    first = held()
+    assert running.wait(10)
+    rest = [held() for _ in range(2)]
+    _, samples = exposition.samples()
+    assert samples[("makeparallel_tasks_running", labels(function=name))] == 1
+    assert samples[("makeparallel_tasks_queued", labels(function=name))] == 2
+    assert samples[("makeparallel_pool_queued_tasks", labels(pool="thread"))] == 2
+    assert samples[("makeparallel_pool_workers", labels(pool="thread", state="busy"))] >= 1
+    gate.set()
+    for handle in [first, *rest]:
+        handle.get(10)
+    _, samples = exposition.samples()
+    assert samples[("makeparallel_tasks_running", labels(function=name))] == 0
+    assert samples[("makeparallel_tasks_queued", labels(function=name))] == 0
+
+
+def test_register_on_a_fresh_registry() -> None:
+    name = unique_name("prometheus-registered")
+
+    @mp.parallel(backend="sync", name=name)
+    def work() -> None:
+        pass
+
+    work().get(5)
+    registry = CollectorRegistry()
+    collector = mp_prometheus.register(registry)
+    assert isinstance(collector, mp_prometheus.MakeparallelCollector)
+    assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 1
+    assert registry.get_sample_value("makeparallel_tasks_submitted_total", {"function": name}) == 1
+    work().get(5)  # read at each collection: nothing is cached
+    assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 2
+    registry.unregister(collector)
+
+
+def test_without_prometheus_client_register_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # "import prometheus_client" fails
+    with pytest.raises(ImportError, match=r"makeparallel\[prometheus\]"):
+        mp_prometheus.register(object())
+    with pytest.raises(ImportError, match=r"makeparallel\[prometheus\]"):
+        mp_prometheus.start_http_server(0)
+
+
+def test_the_module_imports_without_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    monkeypatch.delitem(sys.modules, "makeparallel.prometheus")  # put back afterwards
+    missing = object()
+    bound = vars(makeparallel).get("prometheus", missing)
+    try:
+        fresh = importlib.import_module("makeparallel.prometheus")
+        assert fresh is not mp_prometheus
+        with pytest.raises(ImportError, match=r"pip install \"makeparallel\[prometheus\]\""):
+            fresh.register()
+    finally:
+        if bound is missing:
+            if "prometheus" in vars(makeparallel):
+                delattr(makeparallel, "prometheus")
+        else:
+            makeparallel.prometheus = bound
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.timeout(60)
+def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
+    assert mp.parallel(backend="process", name=unique_name("prometheus-process"))(add_one)(1).get(30) == 2
+    _, samples = exposition.samples()
+    info = mp.get_process_pool_info()
+    assert samples[("makeparallel_pool_worker_restarts_total", labels(pool="process"))] == info["worker_restarts"]
+    assert samples[("makeparallel_pool_queued_tasks", labels(pool="process"))] == 0
+    assert ("makeparallel_pool_workers", labels(pool="process", state="idle")) in samples

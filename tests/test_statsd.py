@@ -1,0 +1,487 @@
+"""StatsD export: a real UDP socket on loopback receives what the exporter sends.
+
+Flushes are made with ``exporter.flush()`` (not the timer) so that each test
+knows which packets belong to which flush: the last line of every flush is the
+``busy`` gauge of the last pool, so a flush has arrived once that line has
+(datagrams from one socket over loopback arrive in order).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import makeparallel
+import makeparallel as mp
+from makeparallel import _metrics
+
+_BOUND_BEFORE = "statsd" in vars(makeparallel)
+from makeparallel.statsd import StatsdExporter  # noqa: E402
+
+if not _BOUND_BEFORE:
+    # Importing a submodule binds it on the package, and test_public_api checks the
+    # package's public attributes: leave the package as this file found it.
+    del makeparallel.statsd
+
+MAX_PACKET = 1432
+LINE = re.compile(r"^(?P<name>[^:|\n]+):(?P<value>-?[0-9.e+-]+)\|(?P<type>c|ms|g)(?:\|@(?P<rate>[0-9.e+-]+))?$")
+
+
+def unique_name(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    value: float
+    type: str
+    rate: float | None
+
+    @classmethod
+    def parse(cls, text: str) -> Line:
+        match = LINE.match(text)
+        assert match, f"not a StatsD line: {text!r}"
+        rate = match["rate"]
+        return cls(match["name"], float(match["value"]), match["type"], None if rate is None else float(rate))
+
+
+class StatsdServer:
+    """A UDP socket on 127.0.0.1 (port 0), read by a thread into a list of packets."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.05)  # so that the reader notices stop() promptly
+        self.port: int = self.socket.getsockname()[1]
+        self.packets: list[bytes] = []
+        self._changed = threading.Condition()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._receive, name="statsd-test-receiver", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                packet = self.socket.recv(65535)
+            except TimeoutError:
+                continue
+            with self._changed:
+                self.packets.append(packet)
+                self._changed.notify_all()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+        self.socket.close()
+
+    def lines(self, since: int = 0) -> list[str]:
+        with self._changed:
+            packets = self.packets[since:]
+        return [line for packet in packets for line in packet.decode().split("\n")]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def flush(self, exporter: StatsdExporter, prefix: str = "test") -> list[Line]:
+        """``exporter.flush()``, then every line of that flush, once it all arrived."""
+        pools = list(mp.metrics_snapshot()["pools"])
+        assert pools, "no pool started: a flush would have no last line to wait for"
+        last = f"{prefix}.pool.{sanitised(pools[-1])}.busy:"
+        with self._changed:
+            start = len(self.packets)
+        exporter.flush()
+
+        def arrived() -> bool:
+            return any(line.startswith(last) for packet in self.packets[start:] for line in packet.decode().split("\n"))
+
+        assert self.wait(arrived), f"the flush never arrived whole; got {self.lines(start)}"
+        return [Line.parse(text) for text in self.lines(start)]
+
+
+def sanitised(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", name).strip("_") or "unnamed"
+
+
+@pytest.fixture
+def server() -> Iterator[StatsdServer]:
+    receiver = StatsdServer()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture
+def exporter(server: StatsdServer) -> Iterator[StatsdExporter]:
+    sender = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600)
+    try:
+        yield sender
+    finally:
+        sender.stop()
+
+
+def of(lines: list[Line], base: str) -> dict[str, list[Line]]:
+    """The lines under ``base.``, by the rest of their name."""
+    found: dict[str, list[Line]] = {}
+    for line in lines:
+        if line.name.startswith(base + "."):
+            found.setdefault(line.name[len(base) + 1 :], []).append(line)
+    return found
+
+
+def counter(lines: dict[str, list[Line]], key: str) -> float:
+    entries = lines.get(key, [])
+    assert all(line.type == "c" for line in entries)
+    return sum(line.value for line in entries)
+
+
+def sampled_count(lines: dict[str, list[Line]], key: str) -> float:
+    """How many samples the timer lines stand for: the sum of 1/rate."""
+    entries = lines.get(key, [])
+    assert all(line.type == "ms" for line in entries)
+    return sum(1.0 if line.rate is None else 1.0 / line.rate for line in entries)
+
+
+def make_work(name: str, backend: str = "sync") -> Any:
+    @mp.parallel(backend=backend, name=name)
+    def work(seconds: float = 0.0, fail: bool = False) -> None:
+        if seconds:
+            time.sleep(seconds)  # the workload: a known duration
+        if fail:
+            raise ValueError("failed on purpose")
+
+    return work
+
+
+def run(work: Any, succeed: int = 0, fail: int = 0, seconds: float = 0.0) -> None:
+    for _ in range(succeed):
+        work(seconds).get(10)
+    for _ in range(fail):
+        with pytest.raises(ValueError):
+            work(seconds, fail=True).get(10)
+
+
+# -- what one flush says ------------------------------------------------------------------------
+
+
+def test_counters_timers_and_pool_gauges(server: StatsdServer, exporter: StatsdExporter) -> None:
+    name = unique_name("statsd")
+    work = make_work(name)
+    run(work, succeed=4, fail=2, seconds=0.02)
+    lines = server.flush(exporter)
+    mine = of(lines, f"test.{name}")
+    assert counter(mine, "completed") == 4
+    assert counter(mine, "failed") == 2
+    assert counter(mine, "submitted") == 6
+    assert "cancelled" not in mine and "timed_out" not in mine  # nothing changed: nothing sent
+    assert [line.value for line in mine["completed"]] == [4]  # one line per counter
+    # Timers: one line per bucket, sampled so that the server counts every task.
+    assert round(sampled_count(mine, "duration")) == 6
+    assert round(sampled_count(mine, "queue_wait")) == 6
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.min_execution_time_ms >= 20.0
+    for line in mine["duration"]:
+        # A line's value is the midpoint 2.5 L of its bucket (L, 4L]: that bucket
+        # must hold some of the durations, all between the minimum and the maximum.
+        low, high = line.value / 2.5, line.value / 2.5 * 4
+        assert low < metrics.max_execution_time_ms and high >= metrics.min_execution_time_ms, line
+    # Gauges for every pool started so far.
+    pools = mp.metrics_snapshot()["pools"]
+    for pool in pools:
+        gauges = of(lines, f"test.pool.{sanitised(pool)}")
+        assert [g.type for g in gauges["queued"]] == ["g"] and [g.type for g in gauges["busy"]] == ["g"]
+        assert gauges["queued"][0].value >= 0 and gauges["busy"][0].value >= 0
+    assert of(lines, "test.pool.sync")["queued"][0].value == 0
+
+
+@pytest.mark.timeout(20)
+def test_pool_gauges_show_queued_and_busy(
+    server: StatsdServer, exporter: StatsdExporter, gate: threading.Event
+) -> None:
+    mp.configure_thread_pool(1)
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=unique_name("statsd-held"))
+    def held() -> None:
+        running.set()
+        assert gate.wait(10)
+
+    first = held()
+    assert running.wait(10)
+    rest = [held() for _ in range(2)]
+    gauges = of(server.flush(exporter), "test.pool.thread")
+    assert gauges["queued"][0].value == 2
+    assert gauges["busy"][0].value >= 1
+    gate.set()
+    for handle in [first, *rest]:
+        handle.get(10)
+    gauges = of(server.flush(exporter), "test.pool.thread")
+    assert gauges["queued"][0].value == 0  # gauges are sent every flush, changed or not
+
+
+def test_cancelled_and_timed_out_counters(server: StatsdServer, exporter: StatsdExporter, gate: threading.Event) -> None:
+    name = unique_name("statsd-outcomes")
+    running = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def poll() -> None:
+        running.set()
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    cancelled = poll()
+    assert running.wait(10)
+    assert cancelled.cancel()
+    with pytest.raises(mp.TaskTimeoutError):
+        poll.options(timeout=0.05)().get(10)
+    mine = of(server.flush(exporter), f"test.{name}")
+    assert counter(mine, "cancelled") == 1
+    assert counter(mine, "timed_out") == 1
+    assert counter(mine, "submitted") == 2
+    assert "completed" not in mine and "duration" not in mine  # neither ran to its end
+    assert round(sampled_count(mine, "queue_wait")) == 2
+
+
+# -- deltas ---------------------------------------------------------------------------------------
+
+
+def test_a_second_flush_sends_only_the_increase(server: StatsdServer, exporter: StatsdExporter) -> None:
+    name = unique_name("statsd-delta")
+    work = make_work(name)
+    run(work, succeed=3, fail=1)
+    first = of(server.flush(exporter), f"test.{name}")
+    assert (counter(first, "completed"), counter(first, "failed"), counter(first, "submitted")) == (3, 1, 4)
+    run(work, succeed=2)
+    second = of(server.flush(exporter), f"test.{name}")
+    assert counter(second, "completed") == 2
+    assert counter(second, "submitted") == 2
+    assert "failed" not in second
+    assert round(sampled_count(second, "duration")) == 2
+    assert round(sampled_count(second, "queue_wait")) == 2
+    third = of(server.flush(exporter), f"test.{name}")
+    assert third == {}  # nothing happened: nothing is sent
+
+
+def test_counts_restart_after_reset_metrics_without_negative_numbers(
+    server: StatsdServer, exporter: StatsdExporter
+) -> None:
+    name = unique_name("statsd-reset")
+    work = make_work(name)
+    run(work, succeed=3, seconds=0.02)  # every duration in the bucket (16 ms, 65 ms]
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 3
+    mp.reset_metrics()
+    run(work, succeed=2, seconds=0.02)
+    lines = server.flush(exporter)
+    assert all(line.value >= 0 for line in lines), [line for line in lines if line.value < 0]
+    assert all(line.rate is None or line.rate > 0 for line in lines)
+    mine = of(lines, f"test.{name}")
+    assert counter(mine, "completed") == 2
+    assert counter(mine, "submitted") == 2
+    assert round(sampled_count(mine, "duration")) == 2
+
+
+def test_after_reset_more_tasks_than_before_are_all_counted(server: StatsdServer, exporter: StatsdExporter) -> None:
+    """After ``reset_metrics()`` the next flush must send every task since the reset.
+
+    The exporter tells a reset from growth only by a count going down, so when
+    as many or more tasks end after the reset than had been sent before it, it
+    sends only the difference (here 1 instead of 3).
+    """
+    name = unique_name("statsd-reset-more")
+    work = make_work(name)
+    run(work, succeed=2)
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 2
+    mp.reset_metrics()
+    run(work, succeed=3)
+    mine = of(server.flush(exporter), f"test.{name}")
+    assert counter(mine, "completed") == 3, "tasks that ended after reset_metrics() were lost"
+    assert counter(mine, "submitted") == 3
+
+
+def test_after_reset_every_timer_sample_is_sent(server: StatsdServer, exporter: StatsdExporter) -> None:
+    """Timers after ``reset_metrics()``: the same guess, made per bucket, loses samples.
+
+    Before the reset: one 20 ms task and two 100 ms tasks (buckets (16, 65] ms and
+    (65, 262] ms). After it: two 20 ms tasks. The counters see 3 -> 2 and restart
+    correctly, but the 20 ms bucket went 1 -> 2, which reads as growth by one.
+    """
+    name = unique_name("statsd-reset-timers")
+    work = make_work(name)
+    run(work, succeed=1, seconds=0.02)
+    run(work, succeed=2, seconds=0.1)
+    assert round(sampled_count(of(server.flush(exporter), f"test.{name}"), "duration")) == 3
+    mp.reset_metrics()
+    run(work, succeed=2, seconds=0.02)
+    mine = of(server.flush(exporter), f"test.{name}")
+    assert counter(mine, "completed") == 2  # the counter restarts right
+    assert round(sampled_count(mine, "duration")) == 2, f"timer samples lost after reset_metrics(): {mine['duration']}"
+
+
+def test_a_flush_racing_reset_metrics_sends_no_negative_counts(
+    server: StatsdServer, exporter: StatsdExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timer flush may land while ``reset_metrics()`` is half done.
+
+    The reset is held right after this test's record was zeroed, and a flush
+    runs then (on its own thread, in case the library makes it wait for the
+    reset: after a bounded wait the reset goes on). Whatever the interleaving,
+    the counts sent after the reset must add up to the tasks run after it, and
+    none may be negative.
+    """
+    name = unique_name("statsd-reset-race")
+    work = make_work(name)
+    run(work, succeed=5)
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 5
+
+    zeroed, resume = threading.Event(), threading.Event()
+    original_reset = _metrics.FunctionMetrics.reset
+
+    def reset_then_pause(record: _metrics.FunctionMetrics) -> None:
+        original_reset(record)
+        if record.name == name:
+            zeroed.set()
+            resume.wait(10)
+
+    monkeypatch.setattr(_metrics.FunctionMetrics, "reset", reset_then_pause)
+    during: list[Line] = []
+    resetter = threading.Thread(target=mp.reset_metrics, name="test-statsd-resetter")
+    flusher = threading.Thread(target=lambda: during.extend(server.flush(exporter)), name="test-statsd-flusher")
+    resetter.start()
+    try:
+        assert zeroed.wait(10), "reset_metrics() never reached this test's record"
+        flusher.start()
+        flusher.join(2)  # done, or waiting for the reset to finish
+    finally:
+        resume.set()
+        resetter.join(10)
+        if flusher.ident is not None:
+            flusher.join(10)
+    assert not resetter.is_alive() and not flusher.is_alive()
+    run(work, succeed=2)
+    after = server.flush(exporter)
+    sent = [line for line in during + after if line.name.startswith(f"test.{name}.")]
+    assert all(line.value >= 0 for line in sent), [line for line in sent if line.value < 0]
+    completed = sum(line.value for line in sent if line.name.endswith(".completed"))
+    assert completed == 2, f"after the reset, 2 tasks completed; the flushes sent {completed}: {sent}"
+
+
+# -- robustness --------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback UDP port nothing listens on (bound, noted, closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_nothing_listening_neither_raises_nor_blocks(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="makeparallel")
+    name = unique_name("statsd-nobody")
+    work = make_work(name, backend="thread")
+    exporter = StatsdExporter("127.0.0.1", closed_port(), prefix="test", interval=0.01)
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            run(work, succeed=2, fail=1)
+            exporter.flush()  # ICMP "port unreachable" comes back: must not raise
+        assert time.monotonic() - started < 10.0
+        exporter.start()  # the timer thread flushes into the void too
+        handles = [work() for _ in range(20)]
+        assert mp.gather(handles, timeout=10) == [None] * 20
+    finally:
+        exporter.stop()
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.completed_tasks, metrics.failed_tasks) == (30, 5)
+    assert not [r for r in caplog.records if "StatsD" in r.getMessage()]
+
+
+def test_start_runs_the_timer_thread_and_stop_joins_it(server: StatsdServer) -> None:
+    name = unique_name("statsd-timer")
+    work = make_work(name)
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=0.02)
+    assert exporter.start() is exporter
+    try:
+        with pytest.raises(RuntimeError, match="already started"):
+            exporter.start()
+        thread = exporter._thread
+        assert thread is not None and thread.is_alive() and thread.daemon
+        run(work, succeed=3)
+        wanted = f"test.{name}.completed:3|c"
+        assert server.wait(lambda: wanted in server.lines()), "the timer never flushed"
+    finally:
+        exporter.stop()
+    assert not thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "makeparallel-statsd"]
+
+
+def test_stop_flushes_once_more(server: StatsdServer) -> None:
+    name = unique_name("statsd-final")
+    work = make_work(name)
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600).start()
+    try:
+        run(work, succeed=2)
+    finally:
+        exporter.stop()  # the timer would not fire for an hour: this flush is stop()'s
+    wanted = f"test.{name}.completed:2|c"
+    assert server.wait(lambda: wanted in server.lines()), server.lines()
+
+
+def test_stop_without_start_closes_the_socket() -> None:
+    exporter = StatsdExporter("127.0.0.1", closed_port())
+    exporter.stop()
+    assert exporter._socket.fileno() == -1
+
+
+def test_packets_never_exceed_the_ethernet_payload(server: StatsdServer, exporter: StatsdExporter) -> None:
+    base = unique_name("statsd-many")
+    names = [f"{base}-{i:03d}-{'x' * 60}" for i in range(60)]
+    for function_name in names:
+        run(make_work(function_name), succeed=1)
+    server.flush(exporter)
+    packets = list(server.packets)
+    assert all(len(packet) <= MAX_PACKET for packet in packets), max(map(len, packets))
+    carrying = [p for p in packets if base.encode() in p]
+    assert len(carrying) >= 2, "60 functions' lines cannot fit one packet"
+    for packet in packets:
+        for text in packet.decode().split("\n"):
+            Line.parse(text)  # lines are never split across packets
+    received = server.lines()
+    for function_name in names:
+        assert f"test.{function_name}.completed:1|c" in received
+
+
+@pytest.mark.parametrize("interval", [0, -1, float("nan"), "1", None])
+def test_bad_interval_is_rejected(interval: Any) -> None:
+    with pytest.raises(ValueError, match="interval must be a number of seconds > 0"):
+        StatsdExporter(interval=interval)
+
+
+def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:
+    token = uuid.uuid4().hex
+    name = f"my.module fn {token}: v|2"
+    run(make_work(name), succeed=1)
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test.app.", interval=3600)
+    try:
+        lines = server.flush(exporter, prefix="test.app")
+    finally:
+        exporter.stop()
+    expected = f"test.app.my_module_fn_{token}_v_2"
+    assert counter(of(lines, expected), "completed") == 1
+    for line in lines:
+        assert " " not in line.name
+        assert line.name.startswith("test.app.")  # the prefix's trailing dot is not doubled
