@@ -32,6 +32,8 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         ``{"status", "live", "ready", "reasons", "pools", "memory_percent"}``;
         ``reasons`` is a list of sentences, empty when all is well.
     """
+    if isinstance(memory_limit_percent, bool) or not isinstance(memory_limit_percent, (int, float)):
+        raise TypeError(f"memory_limit_percent must be a number, got {memory_limit_percent!r}")
     if not 0 < memory_limit_percent <= 100:
         raise ValueError(f"memory_limit_percent must be in (0, 100], got {memory_limit_percent!r}")
     if queue_limit is not None:

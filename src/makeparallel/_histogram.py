@@ -1,9 +1,9 @@
 """A fixed-size histogram of durations: bounded memory however many tasks run.
 
 Buckets grow by a factor of sqrt(2) from 1 microsecond to about 3 minutes, so a
-quantile read from them (interpolating inside the bucket) is within about 20% of
-the true value, with 56 counters per histogram, whether it saw ten durations or
-ten billion. Not thread-safe: the metrics record guards it.
+quantile read from them (interpolating inside the bucket) falls in the bucket of
+the true value (typically within 20%, at worst about 40%), with 56 counters per
+histogram, whether it saw ten durations or ten billion. Not thread-safe: the metrics record guards it.
 """
 
 from __future__ import annotations

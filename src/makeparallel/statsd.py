@@ -62,7 +62,7 @@ class StatsdExporter:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 8125, prefix: str = "makeparallel", interval: float = 1.0
     ) -> None:
-        if not isinstance(interval, (int, float)) or not interval > 0:
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
         self._address = (host, port)
         self._prefix = prefix.rstrip(".")
@@ -113,7 +113,7 @@ class StatsdExporter:
             base = f"{self._prefix}.{_safe(name)}"
             for status, field in _STATUSES:
                 delta = _delta(metrics[field], previous.get(field, 0))
-                if delta:
+                if delta > 0:  # never negative: a StatsD counter only adds
                     yield f"{base}.{status}:{delta}|c"
             for timer, field in (("duration", "execution_time_buckets"), ("queue_wait", "queue_wait_buckets")):
                 yield from _timer_lines(f"{base}.{timer}", metrics[field], previous.get(field))
