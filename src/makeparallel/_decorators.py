@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -22,7 +23,7 @@ from ._admission import Limiter
 from ._backends._base import Backend
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
-from ._metrics import FOLD_AT, FunctionMetrics, metrics_for
+from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 
@@ -38,7 +39,7 @@ _CALL_TIME_OPTIONS = ("timeout", "priority")
 class TaskSpec:
     """What every task of one decorated function shares; it observes their ends."""
 
-    __slots__ = ("backend", "cpu_watch", "limiter", "metrics", "name", "priority", "timeout")
+    __slots__ = ("_last_shard", "backend", "cpu_watch", "limiter", "metrics", "name", "priority", "timeout")
 
     def __init__(
         self,
@@ -54,20 +55,26 @@ class TaskSpec:
         self.priority = priority
         self.limiter = limiter
         self.metrics: FunctionMetrics = metrics_for(name)
+        self._last_shard: tuple[Any, Counts] = (None, self.metrics.counted())  # no lock is None
         self.cpu_watch = None if _runtime.free_threaded() else GilWatch(name)
+
+    def _shard(self, lock: threading.Lock) -> Counts:
+        """The metrics shard for ``lock``; the last one is kept at hand."""
+        last_lock, shard = self._last_shard
+        if last_lock is not lock:
+            shard = self.metrics.counts(lock)
+            self._last_shard = (lock, shard)  # one store: readers see a whole pair
+        return shard
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Count the task (called under the backend lock)."""
-        lock = handle._backend._lock
-        shard = self.metrics._shards.get(lock) or self.metrics.counts(lock)
-        shard.total += 1
+        self._shard(handle._backend._lock).total += 1
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
         for limiter in handle._permits:
             limiter.release()
-        lock = handle._backend._lock
-        shard = self.metrics._shards.get(lock) or self.metrics.counts(lock)
+        shard = self._shard(handle._backend._lock)
         state = handle._state
         started = handle._started_at
         if started is None:  # cancelled before it started
@@ -161,7 +168,9 @@ class ParallelFunction(Generic[P, T]):
                 timeout = check_task_timeout(kwargs.pop("timeout"))
             if "priority" in kwargs and "priority" in self._call_time:
                 priority = check_priority(kwargs.pop("priority"))
-        backend = _runtime.get_backend(spec.backend)
+        backend = _runtime._default_instance if spec.backend is None else None
+        if backend is None:
+            backend = _runtime.get_backend(spec.backend)
         handle = AsyncHandle(
             self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout
         )

@@ -120,6 +120,8 @@ class AsyncHandle(Generic[T]):
         "_waiters",
     )
 
+    _payload: Any  # the pickled call, set by the process backend only
+
     def __init__(
         self,
         fn: Callable[..., T],
@@ -153,7 +155,6 @@ class AsyncHandle(Generic[T]):
         self._noted = False
         self._on_worker = 0  # set by the thread backend: on a worker, abandoned
         self._permits: tuple[Any, ...] = ()
-        self._payload: Any = None  # the pickled call, on the process backend
 
     # -- results -----------------------------------------------------------------
 

@@ -286,7 +286,10 @@ class ThreadBackend(QueueingBackend):
             if handle._state != RUNNING:
                 continue  # cancelled by a callback announced just above: never start it
             watch = handle._observer.cpu_watch
-            if watch is not None and watch.active:
+            if watch is None:
+                outcome = handle._execute()
+            elif watch.active:
                 outcome = self._execute_watched(handle, watch)
-            else:
+            else:  # it decided: stop asking
+                handle._observer.cpu_watch = None
                 outcome = handle._execute()
