@@ -670,3 +670,14 @@ def test_state_of_a_closure_is_sent_afresh_with_every_call() -> None:
     first = task().get(30)
     counter[0] = 41
     assert (first, task().get(30)) == (0, 41)
+
+
+def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
+    from makeparallel._serialization import dumps, large_bytes_out_of_band, loads
+
+    big = bytes(range(256)) * 4096  # 1 MiB
+    data, buffers = dumps((large_bytes_out_of_band(big), large_bytes_out_of_band(b"small")))
+    assert len(buffers) == 1 and len(data) < 1024  # not copied into the pickle stream
+    received = [bytearray(buffer.raw()) for buffer in buffers]
+    assert loads(data, received) == (big, b"small")
+    assert type(loads(data, received)[0]) is bytes

@@ -8,8 +8,9 @@
   ``__main__``) goes by value, through cloudpickle.
 * Exceptions of your own classes are rebuilt without calling ``__init__``, so a
   custom signature survives the trip.
-* Large buffers (``bytearray``, ``memoryview``, NumPy arrays) travel out of band
-  (pickle protocol 5): sent as they are, not copied into the pickle stream.
+* Large buffers (``bytearray``, ``memoryview``, NumPy arrays, and ``bytes``
+  passed as an argument or returned as a result) travel out of band (pickle
+  protocol 5): sent as they are, not copied into the pickle stream.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from ._decorators import ParallelFunction
 
-__all__ = ["RemoteTraceback", "dumps", "dumps_function", "loads"]
+__all__ = ["RemoteTraceback", "dumps", "dumps_function", "large_bytes_out_of_band", "loads"]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 
@@ -38,6 +39,29 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + str(self.args[0]) if self.args else ""
+
+
+class _LargeBytes:
+    """A large ``bytes`` object, sent out of band like a ``bytearray``.
+
+    Pickle writes ``bytes`` into its stream by itself, without asking us; wrapped
+    in this, it travels as a buffer instead and comes back as ``bytes``.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (bytes, (pickle.PickleBuffer(self.data),))
+
+
+def large_bytes_out_of_band(value: Any) -> Any:
+    """``value`` wrapped to travel out of band if it is a large ``bytes``, else itself."""
+    if type(value) is bytes and len(value) >= _OUT_OF_BAND_MIN:
+        return _LargeBytes(value)
+    return value
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:

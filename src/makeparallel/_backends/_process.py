@@ -407,7 +407,10 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
     """
     call = (handle._fn, handle._args, handle._kwargs)
     try:
-        data, buffers = _serialization.dumps((handle._args, handle._kwargs))
+        wrap = _serialization.large_bytes_out_of_band
+        args = tuple(map(wrap, handle._args or ()))
+        kwargs = {key: wrap(value) for key, value in (handle._kwargs or {}).items()}
+        data, buffers = _serialization.dumps((args, kwargs))
         return _serialization.dumps_function(handle._fn), data, buffers
     except Exception as error:
         raise TaskSerializationError(
