@@ -4,49 +4,11 @@ handle ends at once, and the pool's counts stay right."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 import makeparallel as mp
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
-
-
-def resize(num_threads: int) -> None:
-    """Size the pool and wait until workers left over by earlier tests are gone."""
-    mp.configure_thread_pool(num_threads=num_threads)
-
-    def settled() -> bool:
-        info = mp.get_thread_pool_info()
-        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
-
-    assert wait_until(settled), mp.get_thread_pool_info()
-
-
-def hold_one_worker(gate: threading.Event) -> mp.AsyncHandle[str]:
-    """Size the pool to one thread and occupy it with a task blocked on ``gate``."""
-    resize(1)
-    started = threading.Event()
-
-    @mp.parallel
-    def held() -> str:
-        started.set()
-        assert gate.wait(30)
-        return "held"
-
-    handle = held()
-    assert started.wait(5)
-    return handle
+from pool_helpers import hold_one_worker, wait_until
 
 
 @pytest.mark.timeout(20)

@@ -9,13 +9,12 @@ with events; a task that must notice its cancellation polls ``check_cancelled()`
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
+from pool_helpers import wait_until
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -44,16 +43,6 @@ def square(x: int) -> int:
 
 def fail(code: int = 1) -> None:
     raise Boom(code, "failed on purpose")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition the pool reaches by itself (a thread retiring), bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
 
 
 class Cancellable:

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
+from pool_helpers import wait_until
 
 KEYS = {"status", "live", "ready", "reasons", "pools", "memory_percent"}
 
 
 def unique_name(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (for state with no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.005)
-    return True
 
 
 def no_stuck_threads() -> bool:

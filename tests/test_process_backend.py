@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from pool_helpers import wait_until
 from makeparallel._serialization import RemoteTraceback
 
 pytestmark = [
@@ -44,16 +45,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 on_process = mp.parallel(backend="process")
 
 # -- signalling between the test and a worker process ----------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.005)
-    return True
 
 
 class Flags:

@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
+from pool_helpers import wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -42,16 +43,6 @@ POOL_SIZE = 2
 on_process = mp.parallel(backend="process")
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.005)
-    return True
 
 
 def info() -> dict[str, Any]:

@@ -13,52 +13,16 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import makeparallel as mp
+from pool_helpers import hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
-
-
-def resize(num_threads: int) -> None:
-    """Size the pool and wait until workers left over by earlier tests are gone."""
-    mp.configure_thread_pool(num_threads=num_threads)
-
-    def settled() -> bool:
-        info = mp.get_thread_pool_info()
-        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
-
-    assert wait_until(settled), mp.get_thread_pool_info()
-
-
-def hold_one_worker(gate: threading.Event) -> mp.AsyncHandle[str]:
-    resize(1)
-    started = threading.Event()
-
-    @mp.parallel
-    def held() -> str:
-        started.set()
-        assert gate.wait(30)
-        return "held"
-
-    handle = held()
-    assert started.wait(5)
-    return handle
 
 
 def child_env() -> dict[str, str]:

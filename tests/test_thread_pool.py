@@ -12,45 +12,19 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
+from pool_helpers import resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORKER_PREFIX = "makeparallel-thread-"
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
-
-
-def resize(num_threads: int) -> None:
-    """Size the pool and wait until threads left over from earlier tests are gone.
-
-    Surplus and stuck workers of an earlier test retire on their own, shortly
-    after that test's teardown; waiting for them keeps each test's pool exact.
-    """
-    mp.configure_thread_pool(num_threads=num_threads)
-
-    def settled() -> bool:
-        info = mp.get_thread_pool_info()
-        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
-
-    assert wait_until(settled), mp.get_thread_pool_info()
 
 
 def hold(count: int, gate: threading.Event) -> list[mp.AsyncHandle[str]]:

@@ -15,29 +15,9 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from pool_helpers import resize, wait_until
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.01)
-    return True
-
-
-def resize(num_threads: int) -> None:
-    """Size the pool and wait until workers left stuck by earlier tests are gone."""
-    mp.configure_thread_pool(num_threads=num_threads)
-
-    def settled() -> bool:
-        info = mp.get_thread_pool_info()
-        return bool(info["live_threads"] <= num_threads and info["stuck_threads"] == 0)
-
-    assert wait_until(settled), mp.get_thread_pool_info()
 
 
 class Stopped:
