@@ -19,7 +19,6 @@ from typing import Any, TypeVar, overload
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import get_active_task_count, pool_infos, queued_by_name
-import threading
 
 __all__ = [
     "Counts",
