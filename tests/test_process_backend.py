@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import wait_until
+from pool_helpers import Flags, wait_until
 from makeparallel._serialization import RemoteTraceback
 
 pytestmark = [
@@ -45,39 +45,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 on_process = mp.parallel(backend="process")
 
 # -- signalling between the test and a worker process ----------------------------------------
-
-
-class Flags:
-    """Marker files in one directory: how a test and a worker process signal each other.
-
-    It holds only a path, so it pickles, and a task receives it as an argument.
-    A flag is set by creating its file (atomically, with optional text).
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
-
-    def set(self, name: str, text: str = "") -> None:
-        temporary = self.path(f".{name}.{os.getpid()}.tmp")
-        with open(temporary, "w") as file:
-            file.write(text)
-        os.replace(temporary, self.path(name))
-
-    def is_set(self, name: str) -> bool:
-        return os.path.exists(self.path(name))
-
-    def read(self, name: str) -> str:
-        return Path(self.path(name)).read_text()
-
-    def wait(self, name: str, timeout: float = 10.0) -> bool:
-        return wait_until(lambda: self.is_set(name), timeout)
-
-    def wait_for_release(self, name: str, timeout: float = 30.0) -> bool:
-        """In a task: wait for ``name``, or for the test's teardown to release everything."""
-        return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
 
 
 @pytest.fixture

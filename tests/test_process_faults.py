@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from pool_helpers import wait_until
+from pool_helpers import Flags, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -77,31 +77,6 @@ def worker_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return leftovers
-
-
-class Flags:
-    """Marker files in one directory: how a test and a worker process signal each other."""
-
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
-
-    def set(self, name: str, text: str = "") -> None:
-        temporary = self.path(f".{name}.{os.getpid()}.tmp")
-        with open(temporary, "w") as file:
-            file.write(text)
-        os.replace(temporary, self.path(name))
-
-    def is_set(self, name: str) -> bool:
-        return os.path.exists(self.path(name))
-
-    def read(self, name: str) -> str:
-        return Path(self.path(name)).read_text()
-
-    def wait(self, name: str, timeout: float = 10.0) -> bool:
-        return wait_until(lambda: self.is_set(name), timeout)
 
 
 @pytest.fixture
