@@ -16,7 +16,7 @@ from ._base import Backend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ON_WORKER", "QueueingBackend"]
+__all__ = ["ABANDONED", "INLINE", "ON_WORKER", "QueueingBackend"]
 
 # handle._on_worker: 0 run inline by a waiter, 1 on a worker, 2 on a worker and abandoned.
 INLINE, ON_WORKER, ABANDONED = 0, 1, 2
