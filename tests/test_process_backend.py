@@ -630,7 +630,7 @@ def test_state_of_a_closure_is_sent_afresh_with_every_call() -> None:
     assert (first, task().get(30)) == (0, 41)
 
 
-def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
+def test_large_bytes_and_bytearrays_travel_out_of_band_and_come_back_as_themselves() -> None:
     from makeparallel._serialization import dumps, large_bytes_out_of_band, loads
 
     big = bytes(range(256)) * 4096  # 1 MiB
@@ -639,3 +639,7 @@ def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
     received = [bytearray(buffer.raw()) for buffer in buffers]
     assert loads(data, received) == (big, b"small")
     assert type(loads(data, received)[0]) is bytes
+    data, buffers = dumps(large_bytes_out_of_band(bytearray(big)))
+    assert len(buffers) == 1 and len(data) < 1024
+    assert loads(data, [bytearray(buffers[0].raw())]) == bytearray(big)
+    assert type(loads(data, [bytearray(buffers[0].raw())])) is bytearray

@@ -8,9 +8,10 @@
   ``__main__``) goes by value, through cloudpickle.
 * Exceptions of your own classes are rebuilt without calling ``__init__``, so a
   custom signature survives the trip.
-* Large buffers (``bytearray``, ``memoryview``, NumPy arrays, and ``bytes``
-  passed as an argument or returned as a result) travel out of band (pickle
-  protocol 5): sent as they are, not copied into the pickle stream.
+* Large buffers travel out of band (pickle protocol 5): sent as they are, not
+  copied into the pickle stream. That is ``memoryview`` and NumPy arrays
+  anywhere, and ``bytes`` and ``bytearray`` passed as arguments or returned as
+  results (pickle copies those into its stream unless told otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import io
 import pickle
 import sys
+import threading
 import weakref
 from types import FunctionType
 from typing import Any
@@ -41,42 +43,71 @@ class RemoteTraceback(Exception):
         return "\n" + str(self.args[0]) if self.args else ""
 
 
-class _LargeBytes:
-    """A large ``bytes`` object, sent out of band like a ``bytearray``.
+class _LargeBuffer:
+    """A large ``bytes`` or ``bytearray``, sent out of band.
 
-    Pickle writes ``bytes`` into its stream by itself, without asking us; wrapped
-    in this, it travels as a buffer instead and comes back as ``bytes``.
+    Pickle writes both into its stream by itself, without consulting
+    ``reducer_override``; wrapped in this, they travel as a protocol-5 buffer
+    instead and come back as what they were.
     """
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (bytes, (pickle.PickleBuffer(self.data),))
+        return (type(self.data), (pickle.PickleBuffer(self.data),))
 
 
 def large_bytes_out_of_band(value: Any) -> Any:
-    """``value`` wrapped to travel out of band if it is a large ``bytes``, else itself."""
-    if type(value) is bytes and len(value) >= _OUT_OF_BAND_MIN:
-        return _LargeBytes(value)
+    """``value`` wrapped to travel out of band if it is a large bytes or bytearray."""
+    if type(value) in (bytes, bytearray) and len(value) >= _OUT_OF_BAND_MIN:
+        return _LargeBuffer(value)
     return value
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; return the stream and the buffers sent out of band."""
-    buffers: list[pickle.PickleBuffer] = []
+    """Pickle ``obj``; return the stream and the buffers sent out of band.
 
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+    Each thread keeps one pickler and reuses it (clearing its memo): making a
+    cloudpickle pickler costs ten times more than pickling a small call.
+    """
+    kept = getattr(_picklers, "kept", None)
+    if kept is None:
+        kept = _picklers.kept = _ReusablePickler()
+    try:
+        return kept.dumps(obj)
+    except BaseException:
+        _picklers.kept = None  # a pickler that failed half-way is not reused
+        raise
+
+
+class _ReusablePickler:
+    __slots__ = ("buffers", "pickler", "stream")
+
+    def __init__(self) -> None:
+        self.stream = io.BytesIO()
+        self.buffers: list[pickle.PickleBuffer] = []
+        self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
+
+    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
             return True  # in band
-        buffers.append(buffer)
+        self.buffers.append(buffer)
         return False
 
-    stream = io.BytesIO()
-    _pickler_class()(stream, protocol=5, buffer_callback=out_of_band).dump(obj)
-    return stream.getvalue(), buffers
+    def dumps(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+        stream = self.stream
+        stream.seek(0)
+        stream.truncate()
+        self.buffers = []
+        self.pickler.clear_memo()
+        self.pickler.dump(obj)
+        return stream.getvalue(), self.buffers
+
+
+_picklers = threading.local()
 
 
 @functools.cache
