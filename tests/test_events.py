@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from pool_helpers import wait_until
 
 BACKENDS = ["thread", "sync", "process"]
 STATUSES = {"pending", "running", "succeeded", "failed", "cancelled", "timed out"}
@@ -402,3 +403,34 @@ def test_task_event_is_frozen() -> None:
     )
     with pytest.raises(AttributeError):
         event.kind = "started"  # type: ignore[misc]
+
+
+def test_a_task_that_timed_out_on_a_worker_finishes_once() -> None:
+    # The deadline ends the handle; the worker, when the task finally returns,
+    # must not report a second end.
+    name = unique_name("events-timeout-once")
+    release, second_end = threading.Event(), threading.Event()
+    ends: list[mp.TaskEvent] = []
+
+    def listen(event: mp.TaskEvent) -> None:
+        if event.name == name and event.kind == "finished":
+            ends.append(event)
+            if len(ends) > 1:
+                second_end.set()
+
+    @mp.parallel(backend="thread", timeout=0.05, name=name)
+    def overstays() -> None:
+        assert release.wait(10)
+
+    mp.add_task_listener(listen)
+    try:
+        handle = overstays()
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(10)
+        release.set()
+        # The worker's bookkeeping for the returned task clears the stuck count.
+        assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0)
+        assert not second_end.wait(0.3)  # bounded: can only fail if a second end comes
+    finally:
+        mp.remove_task_listener(listen)
+    assert [event.status for event in ends] == ["timed out"]

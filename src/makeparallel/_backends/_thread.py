@@ -250,7 +250,7 @@ class ThreadBackend(QueueingBackend):
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = (0, None)
         while True:
-            announce = None
+            announce = settled = None
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
@@ -259,10 +259,10 @@ class ThreadBackend(QueueingBackend):
                     self._busy -= 1
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(*outcome)
+                        settled = handle
                     elif handle._on_worker == ABANDONED:
                         self._stuck -= 1
                         self._set_capacity_locked()
-                finished = handle
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work.
                 handle = None if self._workers > self._capacity else self._next_locked()
@@ -276,8 +276,8 @@ class ThreadBackend(QueueingBackend):
                     retire = False
             finally:
                 lock.release()
-            if announce is not None or (finished is not None and _events.listeners):
-                finished._after_settle(announce)  # type: ignore[union-attr]
+            if settled is not None and (announce is not None or _events.listeners):
+                settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
             if handle is None:
                 if retire:
                     return
