@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import makeparallel as mp
 
@@ -87,3 +88,29 @@ class Flags:
     def wait_for_release(self, name: str, timeout: float = 30.0) -> bool:
         """In a task: wait for ``name``, or for the test's teardown to release everything."""
         return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
+
+
+def poll_until_stopped(gate: threading.Event) -> None:
+    """A task body that runs until the gate opens or the library stops it."""
+    while not gate.wait(0.01):
+        mp.check_cancelled()
+
+
+def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
+    """Keep every worker thread busy on ``gate``, so that the next task stays queued.
+
+    The pool is shrunk to one thread. Threads above the new size retire only once
+    they find no work, and stuck threads (still running a timed-out task) are
+    replaced, so as many blockers are queued as threads could ever be live: no
+    thread can be free for a task queued after them.
+    """
+    mp.configure_thread_pool(1)
+    info = mp.get_thread_pool_info()
+    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
+    live = max(info["live_threads"], capacity)
+
+    @mp.parallel(backend="thread", name="hold-the-pool")
+    def blocker() -> None:
+        assert gate.wait(10), "the test never opened the gate"
+
+    return [blocker() for _ in range(max(1, live))]

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+from pool_helpers import poll_until_stopped
 
 import makeparallel as mp
 
@@ -18,12 +19,6 @@ BACKENDS = ["thread", "sync"]
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
-
-
-def poll_until_stopped(gate: threading.Event) -> None:
-    """A task body that runs until the gate opens or the library stops it."""
-    while not gate.wait(0.01):
-        mp.check_cancelled()
 
 
 # -- forms -----------------------------------------------------------------------------

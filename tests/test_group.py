@@ -12,9 +12,9 @@ import threading
 from typing import Any
 
 import pytest
+from pool_helpers import hold_the_pool, wait_until
 
 import makeparallel as mp
-from pool_helpers import wait_until
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -76,22 +76,6 @@ class Recorder:
     def __call__(self) -> str:
         self.ran.set()
         return "ran"
-
-
-def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
-    """Keep every worker busy on ``gate`` (outside any group), so later tasks stay queued.
-
-    The pool is shrunk to one thread; as many blockers are queued as there are
-    live threads, so that no thread can be free for a task queued after them.
-    """
-    mp.configure_thread_pool(1)
-    live = mp.get_thread_pool_info()["live_threads"]
-
-    @mp.parallel(backend="thread", name="hold-the-pool")
-    def blocker() -> None:
-        assert gate.wait(10), "the test never opened the gate"
-
-    return [blocker() for _ in range(max(1, live))]
 
 
 # -- submitting and collecting ------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pool_helpers import hold_the_pool
 
 import makeparallel as mp
 
@@ -47,27 +48,6 @@ def gated_task(
     if name is not None:
         options["name"] = name
     return mp.parallel(body).options(**options), started
-
-
-def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
-    """Keep every worker thread busy on ``gate``, so that the next task stays queued.
-
-    The pool is shrunk to one thread. Threads above the new size retire only once
-    they find no work, so as many blockers are queued as there are live threads:
-    no thread can ever be free for a task queued after them.
-    """
-    mp.configure_thread_pool(1)
-    info = mp.get_thread_pool_info()
-    # Stuck threads (still running a timed-out task) are replaced, so the pool
-    # may grow back to this many; it never exceeds it, nor the threads live now.
-    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
-    live = max(info["live_threads"], capacity)
-
-    @mp.parallel(backend="thread", name="hold-the-pool")
-    def blocker() -> None:
-        assert gate.wait(5), "the test never opened the gate"
-
-    return [blocker() for _ in range(max(1, live))]
 
 
 # -- results ---------------------------------------------------------------------------

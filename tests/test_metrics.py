@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from pool_helpers import hold_the_pool, poll_until_stopped
 
 import makeparallel as mp
 from makeparallel.testing import wait_until_idle
@@ -66,28 +67,6 @@ def busy_for(seconds: float) -> float:
     while time.perf_counter() - started < seconds:
         pass
     return time.perf_counter() - started
-
-
-def poll_until_stopped(gate: threading.Event) -> None:
-    """A task body that runs until the gate opens or the library stops it."""
-    while not gate.wait(0.01):
-        mp.check_cancelled()
-
-
-def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
-    """Keep every worker busy on ``gate`` so that the next task stays queued."""
-    mp.configure_thread_pool(1)
-    info = mp.get_thread_pool_info()
-    # Stuck threads (still running a timed-out task) are replaced, so the pool
-    # may grow back to this many; it never exceeds it, nor the threads live now.
-    capacity = info["num_threads"] + min(info["stuck_threads"], info["num_threads"])
-    live = max(info["live_threads"], capacity)
-
-    @mp.parallel(backend="thread", name="hold-the-pool")
-    def blocker() -> None:
-        assert gate.wait(5), "the test never opened the gate"
-
-    return [blocker() for _ in range(max(1, live))]
 
 
 # -- counts ----------------------------------------------------------------------------
