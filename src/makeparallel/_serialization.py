@@ -23,11 +23,14 @@ import sys
 import threading
 import weakref
 from types import FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._decorators import ParallelFunction
 
-__all__ = ["RemoteTraceback", "dumps", "dumps_function", "large_bytes_out_of_band", "loads"]
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = ["RemoteTraceback", "dumps", "dumps_function", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 
@@ -145,6 +148,23 @@ def dumps_function(fn: Any) -> bytes:
 
 
 _functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
+def send_message(conn: Connection, message: tuple[Any, ...], buffers: list[Any]) -> None:
+    """Send one message between parent and worker: the pickled tuple, then its buffers."""
+    conn.send_bytes(pickle.dumps(message, protocol=5))
+    for buffer in buffers:
+        conn.send_bytes(buffer)
+
+
+def receive_buffer(conn: Connection, size: int) -> bytearray:
+    """Read one out-of-band buffer of ``size`` bytes from ``conn``, straight into place.
+
+    A bytearray, so that NumPy arrays built on it are writable.
+    """
+    buffer = bytearray(size)
+    conn.recv_bytes_into(buffer)
+    return buffer
 
 
 def loads(data: bytes, buffers: list[Any]) -> Any:

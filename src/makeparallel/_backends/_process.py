@@ -314,7 +314,7 @@ class ProcessBackend(QueueingBackend):
             kind = message[0]
             if kind == "done":
                 for task_id, ok, data, sizes, seconds in message[1]:
-                    buffers = [_receive_buffer(worker.conn, size) for size in sizes]
+                    buffers = [_serialization.receive_buffer(worker.conn, size) for size in sizes]
                     with self._lock:
                         handle = worker.outstanding.popleft()
                     self._settle(handle, ok, data, buffers, seconds)
@@ -468,17 +468,10 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: list[Any]) -> None:
     try:
-        worker.conn.send_bytes(pickle.dumps(message, protocol=5))
-        for buffer in buffers:
-            worker.conn.send_bytes(buffer)
+        _serialization.send_message(worker.conn, message, buffers)
     except OSError:
         pass  # the worker died; the loop sees its pipe close and handles it
 
-
-def _receive_buffer(conn: Connection, size: int) -> bytearray:
-    buffer = bytearray(size)
-    conn.recv_bytes_into(buffer)
-    return buffer
 
 
 def _emit_log(attributes: dict[str, Any]) -> None:

@@ -96,11 +96,8 @@ class _Worker:
         self._functions: dict[bytes, Any] = {}
 
     def send(self, message: tuple[Any, ...], buffers: list[Any]) -> None:
-        header = pickle.dumps(message, protocol=5)
-        with self._send_lock:
-            self._conn.send_bytes(header)
-            for buffer in buffers:
-                self._conn.send_bytes(buffer)
+        with self._send_lock:  # threads of a task may log while it sends its result
+            _serialization.send_message(self._conn, message, buffers)
 
     def serve(self) -> None:
         """Run tasks until the parent is gone.
@@ -177,7 +174,7 @@ class _Worker:
                 kind = message[0]
                 if kind == "tasks":
                     tasks = [
-                        (task_id, name, function, data, [_receive_buffer(conn, size) for size in sizes])
+                        (task_id, name, function, data, [_serialization.receive_buffer(conn, size) for size in sizes])
                         for task_id, name, function, data, sizes in message[1]
                     ]
                     with self._has_mail:
@@ -209,11 +206,6 @@ class _Worker:
         with self._has_mail:
             self._cancelled[task_id] = error
 
-
-def _receive_buffer(conn: Connection, size: int) -> bytearray:
-    buffer = bytearray(size)  # writable, so NumPy arrays built on it are too
-    conn.recv_bytes_into(buffer)
-    return buffer
 
 
 def main(fd: int) -> None:
