@@ -201,41 +201,45 @@ class FunctionMetrics:
 
     def snapshot(self, queued: int = 0) -> TaskMetrics:
         """The record as plain numbers; ``queued``: this function's tasks not yet started."""
-        counts = self.merged()
-        durations, waits = counts.durations, counts.waits
-        in_flight = max(0, counts.total - counts.ended)
-        queued = min(queued, in_flight)
-
-        def ms(seconds: float) -> float:
-            return seconds * 1000.0
-
-        return TaskMetrics(
-            name=self.name,
-            total_tasks=counts.total,
-            completed_tasks=counts.completed,
-            failed_tasks=counts.failed,
-            cancelled_tasks=counts.cancelled,
-            timed_out_tasks=counts.timed_out,
-            running_tasks=in_flight - queued,
-            queued_tasks=queued,
-            total_execution_time_ms=ms(durations.total),
-            average_execution_time_ms=ms(durations.total / durations.count) if durations.count else 0.0,
-            min_execution_time_ms=ms(durations.minimum) if durations.count else 0.0,
-            max_execution_time_ms=ms(durations.maximum),
-            p50_execution_time_ms=ms(durations.quantile(0.50)),
-            p95_execution_time_ms=ms(durations.quantile(0.95)),
-            p99_execution_time_ms=ms(durations.quantile(0.99)),
-            average_queue_wait_ms=ms(waits.total / waits.count) if waits.count else 0.0,
-            p50_queue_wait_ms=ms(waits.quantile(0.50)),
-            p95_queue_wait_ms=ms(waits.quantile(0.95)),
-            p99_queue_wait_ms=ms(waits.quantile(0.99)),
-            max_queue_wait_ms=ms(waits.maximum),
-        )
+        return task_metrics(self.name, self.merged(), queued)
 
     def reset(self) -> None:
         for shard in list(self._shards.values()):
             with shard.lock:
                 shard.zero()
+
+
+def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
+    """``counts`` (all shards of one record, merged) as plain numbers."""
+    durations, waits = counts.durations, counts.waits
+    in_flight = max(0, counts.total - counts.ended)
+    queued = min(queued, in_flight)
+
+    def ms(seconds: float) -> float:
+        return seconds * 1000.0
+
+    return TaskMetrics(
+        name=name,
+        total_tasks=counts.total,
+        completed_tasks=counts.completed,
+        failed_tasks=counts.failed,
+        cancelled_tasks=counts.cancelled,
+        timed_out_tasks=counts.timed_out,
+        running_tasks=in_flight - queued,
+        queued_tasks=queued,
+        total_execution_time_ms=ms(durations.total),
+        average_execution_time_ms=ms(durations.total / durations.count) if durations.count else 0.0,
+        min_execution_time_ms=ms(durations.minimum) if durations.count else 0.0,
+        max_execution_time_ms=ms(durations.maximum),
+        p50_execution_time_ms=ms(durations.quantile(0.50)),
+        p95_execution_time_ms=ms(durations.quantile(0.95)),
+        p99_execution_time_ms=ms(durations.quantile(0.99)),
+        average_queue_wait_ms=ms(waits.total / waits.count) if waits.count else 0.0,
+        p50_queue_wait_ms=ms(waits.quantile(0.50)),
+        p95_queue_wait_ms=ms(waits.quantile(0.95)),
+        p99_queue_wait_ms=ms(waits.quantile(0.99)),
+        max_queue_wait_ms=ms(waits.maximum),
+    )
 
 
 _records: dict[str, FunctionMetrics] = {}
@@ -293,7 +297,7 @@ def metrics_snapshot() -> dict[str, Any]:
         for record in all_records():
             counts = record.merged()
             functions[record.name] = {
-                **record.snapshot(queued.get(record.name, 0)).as_dict(),
+                **task_metrics(record.name, counts, queued.get(record.name, 0)).as_dict(),
                 "execution_time_buckets": _buckets(counts.durations),
                 "execution_time_sum_seconds": counts.durations.total,
                 "queue_wait_buckets": _buckets(counts.waits),
