@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _events
+from .._cpus import usable_cpu_count
 from .._states import CANCELLED, RUNNING
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
@@ -61,10 +62,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def default_thread_count() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - platforms without affinity
+    """The CPUs this process may use: its affinity, capped by its cgroup's CPU quota."""
+    return usable_cpu_count()
 
 
 def check_stack_size(stack_size: Any) -> int | None:

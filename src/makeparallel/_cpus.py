@@ -1,0 +1,102 @@
+"""How many CPUs this process may really use: its affinity, capped by its cgroup's CPU quota.
+
+``os.cpu_count()`` reports the host. Inside a container limited to two CPUs on a
+64-core host it says 64, and a pool sized from it runs 32 threads per CPU. Every
+default worker count of the library comes from :func:`usable_cpus` instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["UsableCpus", "cgroup_cpu_quota", "usable_cpu_count", "usable_cpus"]
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+class UsableCpus(NamedTuple):
+    """The usable CPU count and how it was found."""
+
+    cpus: int
+    """At least 1."""
+    source: str
+    """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
+
+
+def _own_cgroup_dirs(root: Path, proc_self_cgroup: Path) -> list[Path]:
+    """This process's cgroup folders from the innermost up to ``root``, v2 first, then v1 ``cpu``."""
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    dirs: list[Path] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # cgroup v2, unified
+            base = root
+        elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller
+            base = next((root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), root / "cpu")
+        else:
+            continue
+        folder = base / path.lstrip("/")
+        while True:
+            dirs.append(folder)
+            if folder == base:
+                break
+            folder = folder.parent
+    return dirs
+
+
+def _quota_at(folder: Path) -> float | None:
+    """The CPU quota set at one cgroup level in CPUs, or ``None`` where none is set."""
+    try:  # v2: "max 100000" or "200000 100000"
+        quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        if quota != "max" and float(period) > 0:
+            return float(quota) / float(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # v1: -1 means no quota
+        quota_us = float((folder / "cpu.cfs_quota_us").read_text())
+        period_us = float((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_SELF_CGROUP) -> float | None:
+    """The tightest CPU quota of this process's cgroup and its ancestors, in CPUs (may be fractional).
+
+    Reads cgroup v2 ``cpu.max`` and v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
+    (the kernel's CFS bandwidth control), walking from this process's own cgroup,
+    named in ``/proc/self/cgroup``, up to the root. ``None`` where no level sets a quota
+    or the files cannot be read (not Linux, no cgroup mounted).
+    """
+    quotas = [q for q in map(_quota_at, _own_cgroup_dirs(root, proc_self_cgroup)) if q is not None]
+    return min(quotas) if quotas else None
+
+
+def usable_cpus(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_SELF_CGROUP) -> UsableCpus:
+    """``min(affinity, ceil(cgroup quota))``, at least 1, with where the figure came from.
+
+    The quota is rounded up, as the JVM and Go's runtime do: a quota of 1.5 CPUs
+    keeps two threads busy part of the time, which beats one thread idle half of it.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        count, source = len(os.sched_getaffinity(0)), "affinity"
+    else:  # pragma: no cover - platforms without affinity (macOS, Windows)
+        count, source = os.cpu_count() or 1, "cpu_count"
+    quota = cgroup_cpu_quota(root, proc_self_cgroup)
+    if quota is not None and math.ceil(quota) < count:
+        count, source = math.ceil(quota), "cgroup quota"
+    return UsableCpus(max(1, count), source)
+
+
+def usable_cpu_count() -> int:
+    """The number of CPUs this process may use (see :func:`usable_cpus`)."""
+    return usable_cpus().cpus

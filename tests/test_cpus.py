@@ -1,0 +1,77 @@
+"""The usable CPU count honours affinity and the cgroup CPU quota, read from a fake cgroup tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from makeparallel._cpus import cgroup_cpu_quota, usable_cpus
+
+
+def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_line)
+    return root, proc
+
+
+def affinity() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def test_v2_quota_is_read_from_the_process_own_cgroup(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/app/web\n", {"app/web/cpu.max": "150000 100000\n"})
+    assert cgroup_cpu_quota(root, proc) == 1.5
+
+
+def test_the_tightest_ancestor_quota_wins(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(
+        tmp_path,
+        "0::/app/web\n",
+        {"app/web/cpu.max": "max 100000\n", "app/cpu.max": "100000 100000\n", "cpu.max": "400000 100000\n"},
+    )
+    assert cgroup_cpu_quota(root, proc) == 1.0
+
+
+def test_v1_quota_and_minus_one_as_none(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(
+        tmp_path,
+        "4:cpu,cpuacct:/docker/abc\n",
+        {
+            "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n",
+            "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+            "cpu,cpuacct/docker/cpu.cfs_quota_us": "-1\n",
+            "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert cgroup_cpu_quota(root, proc) == 0.5
+
+
+def test_no_quota_anywhere_is_none(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": "max 100000\n"})
+    assert cgroup_cpu_quota(root, proc) is None
+    assert cgroup_cpu_quota(tmp_path / "absent", tmp_path / "absent-proc") is None
+
+
+def test_usable_cpus_rounds_a_quota_up_and_caps_affinity(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": "50000 100000\n"})
+    result = usable_cpus(root, proc)
+    assert result.cpus == 1
+    assert result.source == ("cgroup quota" if affinity() > 1 else "affinity")
+
+
+def test_a_quota_above_the_affinity_leaves_the_affinity(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": f"{(affinity() + 3) * 100000} 100000\n"})
+    assert usable_cpus(root, proc) == (affinity(), "affinity")
+
+
+@pytest.mark.parametrize("text", ["garbage\n", "100000 0\n"])
+def test_unreadable_quota_is_ignored(tmp_path: Path, text: str) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": text})
+    assert cgroup_cpu_quota(root, proc) is None
