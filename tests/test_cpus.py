@@ -10,7 +10,7 @@ import pytest
 from makeparallel._cpus import cgroup_cpu_quota, usable_cpus
 
 
-def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
+def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[str, str]:
     root = tmp_path / "cgroup"
     for relative, text in files.items():
         path = root / relative
@@ -18,7 +18,7 @@ def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[
         path.write_text(text)
     proc = tmp_path / "proc_self_cgroup"
     proc.write_text(proc_line)
-    return root, proc
+    return str(root), str(proc)
 
 
 def affinity() -> int:
@@ -56,7 +56,7 @@ def test_v1_quota_and_minus_one_as_none(tmp_path: Path) -> None:
 def test_no_quota_anywhere_is_none(tmp_path: Path) -> None:
     root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": "max 100000\n"})
     assert cgroup_cpu_quota(root, proc) is None
-    assert cgroup_cpu_quota(tmp_path / "absent", tmp_path / "absent-proc") is None
+    assert cgroup_cpu_quota(str(tmp_path / "absent"), str(tmp_path / "absent-proc")) is None
 
 
 def test_usable_cpus_rounds_a_quota_up_and_caps_affinity(tmp_path: Path) -> None:

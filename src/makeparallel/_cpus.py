@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["UsableCpus", "cgroup_cpu_quota", "usable_cpu_count", "usable_cpus"]
 
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
-_PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+_CGROUP_ROOT = "/sys/fs/cgroup"
+_PROC_SELF_CGROUP = "/proc/self/cgroup"
 
 
 class UsableCpus(NamedTuple):
@@ -27,49 +26,51 @@ class UsableCpus(NamedTuple):
     """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
 
 
-def _own_cgroup_dirs(root: Path, proc_self_cgroup: Path) -> list[Path]:
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as file:
+        return file.read()
+
+
+def _own_cgroup_dirs(root: str, proc_self_cgroup: str) -> list[str]:
     """This process's cgroup folders from the innermost up to ``root``, v2 first, then v1 ``cpu``."""
     try:
-        lines = proc_self_cgroup.read_text().splitlines()
+        lines = _read(proc_self_cgroup).splitlines()
     except OSError:
         return []
-    dirs: list[Path] = []
+    dirs: list[str] = []
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and controllers == "":  # cgroup v2, unified
             base = root
-        elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller
-            base = next((root / name for name in (controllers, "cpu,cpuacct", "cpu") if (root / name).is_dir()), root / "cpu")
+        elif "cpu" in controllers.split(","):  # cgroup v1: mounted under one of these names
+            mounts = [os.path.join(root, name) for name in (controllers, "cpu,cpuacct", "cpu")]
+            base = next((mount for mount in mounts if os.path.isdir(mount)), mounts[-1])
         else:
             continue
-        folder = base / path.lstrip("/")
-        while True:
-            dirs.append(folder)
-            if folder == base:
-                break
-            folder = folder.parent
+        parts = [part for part in path.split("/") if part]
+        dirs.extend(os.path.join(base, *parts[:depth]) for depth in range(len(parts), -1, -1))
     return dirs
 
 
-def _quota_at(folder: Path) -> float | None:
+def _quota_at(folder: str) -> float | None:
     """The CPU quota set at one cgroup level in CPUs, or ``None`` where none is set."""
     try:  # v2: "max 100000" or "200000 100000"
-        quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        quota, _, period = _read(os.path.join(folder, "cpu.max")).strip().partition(" ")
         if quota != "max" and float(period) > 0:
             return float(quota) / float(period)
         return None
     except (OSError, ValueError):
         pass
     try:  # v1: -1 means no quota
-        quota_us = float((folder / "cpu.cfs_quota_us").read_text())
-        period_us = float((folder / "cpu.cfs_period_us").read_text())
+        quota_us = float(_read(os.path.join(folder, "cpu.cfs_quota_us")))
+        period_us = float(_read(os.path.join(folder, "cpu.cfs_period_us")))
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_SELF_CGROUP) -> float | None:
+def cgroup_cpu_quota(root: str = _CGROUP_ROOT, proc_self_cgroup: str = _PROC_SELF_CGROUP) -> float | None:
     """The tightest CPU quota of this process's cgroup and its ancestors, in CPUs (may be fractional).
 
     Reads cgroup v2 ``cpu.max`` and v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``
@@ -81,7 +82,7 @@ def cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_S
     return min(quotas) if quotas else None
 
 
-def usable_cpus(root: Path = _CGROUP_ROOT, proc_self_cgroup: Path = _PROC_SELF_CGROUP) -> UsableCpus:
+def usable_cpus(root: str = _CGROUP_ROOT, proc_self_cgroup: str = _PROC_SELF_CGROUP) -> UsableCpus:
     """``min(affinity, ceil(cgroup quota))``, at least 1, with where the figure came from.
 
     The quota is rounded up, as the JVM and Go's runtime do: a quota of 1.5 CPUs
