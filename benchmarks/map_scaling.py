@@ -1,0 +1,97 @@
+"""Fixed and per-item cost of ``parallel_map`` from 100 to 1,000,000 items, side by side.
+
+For each size, a no-op mapped over ``range(size)``:
+
+* processes: ``mp.parallel_map(..., backend="process")`` against ``Pool.map``
+  (its own chunksize) and ``ProcessPoolExecutor.map`` with chunksize
+  ``size // (4 * workers)``, pools warmed, same worker count;
+* threads: ``mp.parallel_map`` against a plain list comprehension (a no-op is
+  GIL-bound, so the loop is the bound nothing can beat) and one ``@parallel`` call
+  (the fixed cost a map of one item should stay near).
+
+Rounds alternate so that machine noise hits all alike; medians are printed with
+ratios (higher is better for makeparallel: the other's time over ours).
+
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+import makeparallel as mp
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def timed(run: Callable[[], list[int]], size: int) -> float:
+    start = time.perf_counter()
+    result = run()
+    elapsed = time.perf_counter() - start
+    assert len(result) == size and result[-1] == size - 1, "wrong results"
+    return elapsed
+
+
+def report(title: str, rows: dict[str, list[float]], ours: str) -> None:
+    base = statistics.median(rows[ours])
+    print(title)
+    for name, samples in rows.items():
+        median = statistics.median(samples)
+        print(f"  {name:<34} {median * 1e3:9.2f} ms   makeparallel {median / base:6.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100,1000,10000,100000,1000000")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--start-method", default="forkserver", help="for the stdlib pools (default: forkserver)")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    mp.configure_process_pool(num_workers=args.workers)
+    context = multiprocessing.get_context(args.start_method)
+    pool = context.Pool(args.workers)
+    executor = ProcessPoolExecutor(args.workers, mp_context=context)
+    single = mp.parallel(noop)
+    for _ in range(3):  # warm: workers started, functions imported
+        mp.parallel_map(noop, range(100), backend="process")
+        pool.map(noop, range(100))
+        list(executor.map(noop, range(100)))
+
+    for size in sizes:
+        items = range(size)
+        processes: dict[str, list[float]] = {"mp.parallel_map (process)": [], "Pool.map": [], "ProcessPoolExecutor.map": []}
+        threads: dict[str, list[float]] = {"mp.parallel_map (thread)": [], "list comprehension": []}
+        chunk = max(1, size // (4 * args.workers))
+        for _ in range(args.rounds):
+            processes["mp.parallel_map (process)"].append(timed(lambda: mp.parallel_map(noop, items, backend="process"), size))
+            processes["Pool.map"].append(timed(lambda: pool.map(noop, items), size))
+            processes["ProcessPoolExecutor.map"].append(timed(lambda: list(executor.map(noop, items, chunksize=chunk)), size))
+            threads["mp.parallel_map (thread)"].append(timed(lambda: mp.parallel_map(noop, items), size))
+            threads["list comprehension"].append(timed(lambda: [noop(x) for x in items], size))
+        report(f"\n{size:,} items, processes ({args.workers} workers)", processes, "mp.parallel_map (process)")
+        report(f"{size:,} items, threads", threads, "mp.parallel_map (thread)")
+
+    one_map = [timed(lambda: mp.parallel_map(noop, range(1)), 1) for _ in range(200)]
+    one_call = [timed(lambda: [single(0).get()], 1) for _ in range(200)]
+    print(
+        f"\nparallel_map of 1 item on threads: {statistics.median(one_map) * 1e6:.1f} us,"
+        f" one @parallel call: {statistics.median(one_call) * 1e6:.1f} us"
+        f" ({statistics.median(one_map) / statistics.median(one_call):.1f}x; target <= 2x)"
+    )
+    pool.close()
+    pool.join()
+    executor.shutdown()
+    mp.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Start-up costs side by side: ``import makeparallel`` and the first result of a cold process pool.
+
+Every figure is measured in a fresh interpreter (``subprocess``), rounds
+alternating so that machine noise hits all alike; medians are printed, with
+ratios (lower is better for makeparallel).
+
+1. import: wall-clock seconds of ``python -c "import X"`` minus those of
+   ``python -c "pass"``, for ``makeparallel`` and ``concurrent.futures`` (which
+   makeparallel must import, for ``CancelledError``); also the cumulative
+   microseconds ``python -X importtime`` reports for each (target: makeparallel at
+   most 1.3x ``concurrent.futures``);
+2. cold start: seconds from before the pool is created to the first result of a
+   no-op task, for ``@mp.parallel(backend="process")``, ``multiprocessing.Pool``
+   and ``ProcessPoolExecutor`` with the ``fork``, ``forkserver`` and ``spawn``
+   start methods.
+
+Bytecode is cached, as an installed package has it: this script unsets
+``PYTHONDONTWRITEBYTECODE`` (which makes every interpreter compile the package
+from source) for its children and imports each module once before timing.
+
+    python benchmarks/startup.py [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+IMPORTS = {"makeparallel": "import makeparallel", "concurrent.futures": "import concurrent.futures"}
+
+# Each program prints the seconds from pool creation to its first result.
+_COLD_PREFIX = "import time\nstart = time.perf_counter()\n"
+COLD = {
+    "makeparallel (process)": (
+        "import makeparallel as mp\n" + _COLD_PREFIX + "print(time.perf_counter() - start"
+        " if mp.parallel(backend='process')(abs)(-1).get() == 1 else 'wrong')\n"
+    ),
+    **{
+        f"Pool ({method})": (
+            "import multiprocessing\n" + _COLD_PREFIX
+            + f"pool = multiprocessing.get_context('{method}').Pool(2)\n"
+            "print(time.perf_counter() - start if pool.apply_async(abs, (-1,)).get() == 1 else 'wrong')\n"
+            "pool.terminate()\n"
+        )
+        for method in ("fork", "forkserver", "spawn")
+    },
+    **{
+        f"ProcessPoolExecutor ({method})": (
+            "import multiprocessing\nfrom concurrent.futures import ProcessPoolExecutor\n" + _COLD_PREFIX
+            + f"pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('{method}'))\n"
+            "print(time.perf_counter() - start if pool.submit(abs, -1).result() == 1 else 'wrong')\n"
+            "pool.shutdown()\n"
+        )
+        for method in ("fork", "forkserver", "spawn")
+    },
+}
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def wall(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def importtime(module: str) -> float:
+    """The cumulative microseconds ``-X importtime`` reports for ``module``."""
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        check=True, env=child_env(), capture_output=True, text=True,
+    ).stderr
+    line = next(line for line in reversed(err.splitlines()) if line.rstrip().endswith(f"| {module}"))
+    return float(line.split("|")[1])
+
+
+def cold(code: str) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, env=child_env(), capture_output=True, text=True
+    ).stdout
+    return float(out.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    for code in [*IMPORTS.values(), *COLD.values()]:  # compile and cache bytecode once
+        wall(code)
+
+    walls: dict[str, list[float]] = {name: [] for name in ["python -c pass", *IMPORTS]}
+    cumulative: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    firsts: dict[str, list[float]] = {name: [] for name in COLD}
+    for _ in range(args.rounds):
+        walls["python -c pass"].append(wall("pass"))
+        for name, code in IMPORTS.items():
+            walls[name].append(wall(code))
+            cumulative[name].append(importtime(name))
+        for name, code in COLD.items():
+            firsts[name].append(cold(code))
+
+    base = statistics.median(walls["python -c pass"])
+    imports = {name: statistics.median(walls[name]) - base for name in IMPORTS}
+    times = {name: statistics.median(cumulative[name]) for name in IMPORTS}
+    print(f"import, median of {args.rounds} fresh interpreters, bytecode cached")
+    for name in IMPORTS:
+        print(f"  {name:<20} wall {imports[name] * 1e3:6.1f} ms   -X importtime {times[name] / 1e3:6.1f} ms")
+    print(
+        f"  makeparallel / concurrent.futures: wall {imports['makeparallel'] / imports['concurrent.futures']:.2f}x,"
+        f" importtime {times['makeparallel'] / times['concurrent.futures']:.2f}x (target <= 1.3x)"
+    )
+    ours = statistics.median(firsts["makeparallel (process)"])
+    print(f"\nfirst result from a cold process pool, median of {args.rounds}")
+    for name, samples in firsts.items():
+        median = statistics.median(samples)
+        print(f"  {name:<32} {median * 1e3:7.1f} ms   makeparallel takes {ours / median:5.2f}x this")
+
+
+if __name__ == "__main__":
+    main()
