@@ -1,6 +1,6 @@
 """The process backend behaves as the thread backend does, one pickle away.
 
-Results, the user's own exceptions (with the worker's traceback as ``__cause__``),
+Results, the user's own exceptions (with the worker's traceback below their chain),
 every kind of callable, progress, task ids, cancellation, metadata, callbacks,
 priorities, limits, metrics, collecting, groups, maps, logging, large buffers and
 the ways of choosing the backend: each is checked through real worker processes.
@@ -33,7 +33,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import Flags, wait_until
-from makeparallel._serialization import RemoteTraceback
+from makeparallel._remote_errors import RemoteTraceback
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),

@@ -6,8 +6,8 @@
   at the function.
 * Everything pickle cannot send by reference (lambdas, closures, functions of
   ``__main__``) goes by value, through cloudpickle.
-* Exceptions of your own classes are rebuilt without calling ``__init__``, so a
-  custom signature survives the trip.
+* Exceptions travel with their own pickling where it is faithful, rebuilt
+  where not, and with their cause chain (:mod:`._remote_errors`).
 * Large buffers travel out of band (pickle protocol 5): sent as they are, not
   copied into the pickle stream. That is ``memoryview`` and NumPy arrays
   anywhere, and ``bytes`` and ``bytearray`` passed as arguments or returned as
@@ -26,24 +26,14 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from ._decorators import ParallelFunction
+from ._remote_errors import reduce_exception
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-__all__ = ["RemoteTraceback", "dumps", "dumps_function", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
+__all__ = ["dumps", "dumps_function", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker process, as text.
-
-    Set as ``__cause__`` of the exception that ``get()`` raises, so that the
-    printed traceback shows where the task failed in the worker.
-    """
-
-    def __str__(self) -> str:
-        return "\n" + str(self.args[0]) if self.args else ""
 
 
 class _LargeBuffer:
@@ -92,7 +82,7 @@ class _ReusablePickler:
     def __init__(self) -> None:
         self.stream = io.BytesIO()
         self.buffers: list[pickle.PickleBuffer] = []
-        self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
+        self.pickler: Any = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
 
     def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
@@ -106,6 +96,8 @@ class _ReusablePickler:
         stream.truncate()
         self.buffers = []
         self.pickler.clear_memo()
+        if self.pickler.open_exceptions:
+            self.pickler.open_exceptions.clear()
         self.pickler.dump(obj)
         return stream.getvalue(), self.buffers
 
@@ -118,7 +110,13 @@ def _pickler_class() -> type[pickle.Pickler]:
     import cloudpickle  # type: ignore[import-untyped]  # only the process backend needs it
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.open_exceptions: dict[int, BaseException] = {}  # see reduce_exception
+
         def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, BaseException):
+                return reduce_exception(obj, self.open_exceptions)
             reduced = _reduce(obj)
             return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
@@ -176,8 +174,6 @@ def _reduce(obj: Any) -> Any:
     if isinstance(obj, FunctionType):
         reference = _parallel_reference(obj)
         return NotImplemented if reference is None else (_undecorated, reference)
-    if isinstance(obj, BaseException) and type(obj).__module__ != "builtins":
-        return (_rebuild_exception, (type(obj), obj.args, getattr(obj, "__dict__", {})))
     if isinstance(obj, memoryview) and obj.contiguous:
         return (memoryview, (pickle.PickleBuffer(obj),))
     return NotImplemented
@@ -202,11 +198,3 @@ def _undecorated(module: str, qualname: str) -> Any:
     for part in qualname.split("."):
         target = getattr(target, part)
     return target.__wrapped__
-
-
-def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    error = cls.__new__(cls)
-    error.args = args
-    if state:
-        error.__dict__.update(state)
-    return error

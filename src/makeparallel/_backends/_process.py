@@ -47,6 +47,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _deadlines, _events, _serialization
+from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -348,7 +349,7 @@ class ProcessBackend(QueueingBackend):
             if not ok:
                 value, remote_traceback = value
                 if remote_traceback:
-                    value.__cause__ = _serialization.RemoteTraceback(remote_traceback)
+                    attach_remote_traceback(value, remote_traceback)
         handle._started_at = time.perf_counter() - seconds
         handle._finish(SUCCEEDED if ok else FAILED, value)
 

@@ -1,0 +1,159 @@
+"""How an exception crosses the process boundary and arrives equal, chain and all.
+
+* **Its own pickling first.** The exception's own ``__reduce_ex__`` is tried in
+  the sending process: rebuilt there, it must give the same type, ``args``,
+  ``str()``, C-level fields (``errno``, ``filename``, ``start``...) and
+  ``__dict__``. Built-in exceptions and classes with their own ``__reduce__``
+  pass.
+* **A rebuild where that fails.** A class whose ``__init__`` takes other
+  arguments than it passes on to ``Exception`` (``MyError(code)`` storing
+  ``f"{code}: ..."`` in ``args``) cannot be rebuilt from its ``args``. It is
+  made with its built-in base's ``__new__`` and ``__init__`` (so ``OSError``'s
+  C-level fields are filled as by ``OSError(errno, strerror, filename)``),
+  without its own ``__init__``; then its C-level fields and ``__dict__`` are
+  set as they were (the approach of mpire's ``populate_exception``).
+* **The chain as objects.** ``__cause__``, ``__context__`` and
+  ``__suppress_context__`` travel with each exception (and with the members of
+  an ``ExceptionGroup``, which its own pickling carries); notes live in
+  ``__dict__``. Tracebacks cannot be pickled: the remote one arrives as text,
+  a :class:`RemoteTraceback` hung below the deepest exception of the chain, so
+  that Python prints it first, where the failure began.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+__all__ = ["RemoteTraceback", "attach_remote_traceback", "reduce_exception"]
+
+_CHAIN_FIELDS = frozenset(
+    {"__cause__", "__context__", "__suppress_context__", "__traceback__", "__dict__", "args", "__notes__"}
+)
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as text.
+
+    Set as ``__cause__`` of the deepest exception of the chain that ``get()``
+    raises, so that the printed traceback starts where the task failed in the
+    worker.
+    """
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+def attach_remote_traceback(error: BaseException, text: str) -> None:
+    """Hang ``text`` below the deepest exception of ``error``'s printed chain."""
+    seen = {id(error)}
+    deepest = error
+    while True:
+        below = deepest.__cause__
+        if below is None and not deepest.__suppress_context__:
+            below = deepest.__context__
+        if below is None or id(below) in seen:
+            break
+        seen.add(id(below))
+        deepest = below
+    deepest.__cause__ = RemoteTraceback(text)
+
+
+def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...]:
+    """The reduction of ``error`` for pickle: its own if faithful, else a rebuild; with its chain.
+
+    ``open_exceptions`` holds the exceptions being pickled in this stream: one met
+    again inside its own chain (a cycle, which pickle cannot rebuild) is cut there.
+    """
+    if id(error) in open_exceptions:
+        return (_none, ())
+    open_exceptions[id(error)] = error  # kept alive, so its id is not reused meanwhile
+    core = _own_reduction(error)
+    if core is None:
+        core = (_rebuild, (type(error), error.args, _c_fields(error), dict(getattr(error, "__dict__", {}))))
+    return (_chained, (core, error.__cause__, error.__context__, error.__suppress_context__))
+
+
+def _own_reduction(error: BaseException) -> tuple[Any, ...] | None:
+    """``error``'s own ``(callable, args, state)``, if rebuilding from it gives an equal exception."""
+    try:
+        reduced = error.__reduce_ex__(5)
+        if not isinstance(reduced, tuple) or any(part is not None for part in reduced[3:]):
+            return None
+        make, args = reduced[0], reduced[1]
+        state = reduced[2] if len(reduced) > 2 else None
+        copy = _apply(make, args, state)
+        if _equal(copy, error):
+            return (make, args, state)
+    except Exception:
+        pass
+    return None
+
+
+def _equal(copy: Any, error: BaseException) -> bool:
+    return (
+        type(copy) is type(error)
+        and copy.args == error.args
+        and str(copy) == str(error)
+        and _c_fields(copy) == _c_fields(error)
+        and getattr(copy, "__dict__", {}) == getattr(error, "__dict__", {})
+    )
+
+
+def _c_fields(error: BaseException) -> dict[str, Any]:
+    """The fields the built-in bases of ``error``'s class define in C (``errno``, ``filename``...)."""
+    fields = {}
+    for klass in type(error).__mro__:
+        if klass.__module__ != "builtins":
+            continue
+        for name, attribute in vars(klass).items():
+            if name in _CHAIN_FIELDS or name in fields:
+                continue
+            if isinstance(attribute, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                fields[name] = getattr(error, name, None)
+    return fields
+
+
+def _apply(make: Any, args: Any, state: Any = None) -> Any:
+    """What unpickling a ``(make, args, state)`` reduction does."""
+    obj = make(*args)
+    if state:
+        setstate = getattr(obj, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+        else:
+            obj.__dict__.update(state)
+    return obj
+
+
+def _chained(core: tuple[Any, ...], cause: Any, context: Any, suppress_context: bool) -> BaseException:
+    error: BaseException = _apply(*core)
+    error.__cause__ = cause
+    error.__context__ = context
+    error.__suppress_context__ = suppress_context
+    return error
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, Any], state: dict[str, Any]) -> BaseException:
+    """``cls`` made without its own ``__init__``, its built-in base's fields filled from ``args``."""
+    base: Any = next(klass for klass in cls.__mro__ if klass.__module__ == "builtins")
+    error: BaseException = base.__new__(cls, *args)
+    try:
+        base.__init__(error, *args)  # OSError(errno, strerror, filename), UnicodeDecodeError(...)...
+    except Exception:
+        pass  # the base takes other arguments: its fields are set below
+    error.args = args
+    for name, value in fields.items():
+        if getattr(error, name, None) == value:
+            continue  # filled by the base's __init__ (and None stays unset: OSError prints a set one)
+        try:
+            setattr(error, name, value)
+        except (AttributeError, TypeError):
+            pass  # read-only
+    if state:
+        error.__dict__.update(state)
+    return error
+
+
+def _none() -> None:
+    return None

@@ -1,0 +1,257 @@
+"""Exceptions raised in worker processes arrive equal, with their whole chain, as objects.
+
+One table of exception families (the ``OSError`` family with its C-level
+fields, ``socket.gaierror``, ``UnicodeDecodeError``, ``CalledProcessError``,
+``JSONDecodeError``, ``ImportError``'s keyword fields, user classes with a
+custom ``__init__`` or ``__reduce__``) times every way an error reaches the
+caller from the process backend: ``get()``, a ``gather``, a map. Then the cause
+chain: explicit and implicit, suppressed, notes, ``ExceptionGroup`` members, and
+the worker's traceback below the deepest exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._remote_errors import RemoteTraceback
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(60),
+]
+
+
+class ConfigMissing(OSError):
+    """A user subclass of OSError, raised as ConfigMissing(errno, strerror, filename)."""
+
+
+class CustomInit(Exception):
+    """Its __init__ takes other arguments than it passes on: rebuilt without __init__."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+class OwnReduce(Exception):
+    """Its own __reduce__ is the way to rebuild it."""
+
+    def __init__(self, table: str, *, row: int) -> None:
+        super().__init__(f"{table} row {row}")
+        self.table = table
+        self.row = row
+
+    def __reduce__(self) -> Any:
+        return (_own_reduce, (self.table, self.row))
+
+
+def _own_reduce(table: str, row: int) -> OwnReduce:
+    return OwnReduce(table, row=row)
+
+
+class MissingFileWithPath(OSError):
+    """An OSError subclass with its own signature: the rebuild still fills errno and filename."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(2, "No such file or directory", path)
+        self.path = path
+
+
+EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
+    "OSError subclass": lambda: ConfigMissing(2, "No such file or directory", "/data/in.csv"),
+    "FileNotFoundError": lambda: FileNotFoundError(2, "No such file or directory", "/x"),
+    "OSError with two filenames": lambda: OSError(18, "Invalid cross-device link", "/a", None, "/b"),
+    "OSError subclass, own signature": lambda: MissingFileWithPath("/etc/app.toml"),
+    "socket.gaierror": lambda: socket.gaierror(-2, "Name or service not known"),
+    "UnicodeDecodeError": lambda: UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"),
+    "CalledProcessError": lambda: subprocess.CalledProcessError(3, ["ls", "-l"], b"out", b"err"),
+    "JSONDecodeError": lambda: json.JSONDecodeError("Expecting value", '{"a": }', 6),
+    "ImportError with name and path": lambda: ImportError("no module", name="plugins.x", path="/p/x.py"),
+    "KeyError": lambda: KeyError("id"),
+    "custom __init__": lambda: CustomInit(7, "custom signature"),
+    "own __reduce__": lambda: OwnReduce("users", row=57),
+    "SyntaxError with its location": lambda: SyntaxError("invalid syntax", ("job.py", 3, 5, "x = (\n", 3, 6)),
+}
+
+_FIELDS = ("errno", "strerror", "filename", "filename2", "encoding", "object", "start", "end", "reason",
+           "returncode", "cmd", "output", "stderr", "msg", "doc", "pos", "lineno", "colno", "name", "path",
+           "offset", "text", "end_lineno", "end_offset", "code", "table", "row")
+
+
+def raise_named(name: str) -> None:
+    raise EXCEPTIONS[name]()
+
+
+def raise_at_item(x: str) -> str:
+    if x != "ok":
+        raise_named(x)
+    return x
+
+
+def describe(error: BaseException) -> dict[str, Any]:
+    """Everything that must arrive equal: type, args, str, fields, __dict__ without our note."""
+    state = {k: v for k, v in vars(error).items() if k != "__notes__"}
+    return {
+        "type": type(error),
+        "args": error.args,
+        "str": str(error),
+        "fields": {f: getattr(error, f, None) for f in _FIELDS},
+        "dict": state,
+    }
+
+
+def via_get(name: str) -> BaseException:
+    with pytest.raises(BaseException) as raised:
+        mp.parallel(backend="process")(raise_named)(name).get(timeout=30)
+    return raised.value
+
+
+def via_gather(name: str) -> BaseException:
+    with pytest.raises(BaseException) as raised:
+        mp.gather([mp.parallel(backend="process")(raise_named)(name)], timeout=30)
+    return raised.value
+
+
+def via_map(name: str) -> BaseException:
+    with pytest.raises(BaseException) as raised:
+        mp.parallel_map(raise_at_item, ["ok", name, "ok"], backend="process", chunksize=3)
+    return raised.value
+
+
+WAYS = {"get": via_get, "gather": via_gather, "parallel_map": via_map}
+
+
+@pytest.mark.parametrize("way", list(WAYS.values()), ids=list(WAYS))
+@pytest.mark.parametrize("name", list(EXCEPTIONS))
+def test_an_exception_arrives_equal(name: str, way: Callable[[str], BaseException]) -> None:
+    arrived = way(name)
+    assert describe(arrived) == describe(EXCEPTIONS[name]())
+    text = "".join(traceback.format_exception(arrived))
+    assert "raise_named" in text, text  # the worker's traceback is shown
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+
+def explicit_cause() -> None:
+    try:
+        {}["id"]
+    except KeyError as error:
+        raise ValueError("bad row") from error
+
+
+def implicit_context() -> None:
+    try:
+        {}["id"]
+    except KeyError:
+        raise ValueError("while handling")
+
+
+def suppressed_context() -> None:
+    try:
+        {}["id"]
+    except KeyError:
+        raise ValueError("no context shown") from None
+
+
+def with_notes() -> None:
+    error = ValueError("noted")
+    error.add_note("row 57 of users.csv")
+    raise error
+
+
+def group_of_chained() -> None:
+    try:
+        raise KeyError("inner")
+    except KeyError as inner:
+        member = ValueError("member")
+        member.__cause__ = inner
+    raise ExceptionGroup("several", [member, TypeError("other")])
+
+
+def cause_of_custom_class() -> None:
+    try:
+        raise CustomInit(3, "deep")
+    except CustomInit as error:
+        raise ConfigMissing(2, "No such file or directory", "/c") from error
+
+
+def failure(fn: Callable[[], None]) -> BaseException:
+    with pytest.raises(BaseException) as raised:
+        mp.parallel(backend="process")(fn)().get(timeout=30)
+    return raised.value
+
+
+def remote_text(error: BaseException) -> str:
+    """The RemoteTraceback hung below the deepest exception of the chain."""
+    deepest = error
+    while True:
+        below = deepest.__cause__ if deepest.__cause__ is not None else (
+            None if deepest.__suppress_context__ else deepest.__context__
+        )
+        if below is None or isinstance(below, RemoteTraceback):
+            break
+        deepest = below
+    assert isinstance(deepest.__cause__, RemoteTraceback), repr(deepest)
+    return str(deepest.__cause__)
+
+
+def test_an_explicit_cause_arrives_as_the_object() -> None:
+    error = failure(explicit_cause)
+    assert type(error) is ValueError and error.args == ("bad row",)
+    cause = error.__cause__
+    assert type(cause) is KeyError and cause.args == ("id",)
+    assert error.__context__ is cause  # one object, as in the worker
+    assert error.__suppress_context__ is True
+    text = remote_text(error)
+    assert "explicit_cause" in text and "KeyError: 'id'" in text
+
+
+def test_an_implicit_context_arrives_as_the_object() -> None:
+    error = failure(implicit_context)
+    assert type(error.__context__) is KeyError and error.__context__.args == ("id",)
+    assert error.__suppress_context__ is False
+    assert isinstance(error.__context__.__cause__, RemoteTraceback)  # below the deepest
+    printed = "".join(traceback.format_exception(error))
+    assert "During handling of the above exception, another exception occurred" in printed
+    assert printed.index("implicit_context") < printed.index("ValueError: while handling")
+
+
+def test_a_suppressed_context_stays_suppressed() -> None:
+    error = failure(suppressed_context)
+    assert error.__suppress_context__ is True
+    assert type(error.__context__) is KeyError
+    assert "suppressed_context" in remote_text(error)
+    printed = "".join(traceback.format_exception(error))
+    assert "KeyError" not in printed.split("The above exception was the direct cause")[-1]
+
+
+def test_notes_arrive_before_the_task_note() -> None:
+    error = failure(with_notes)
+    notes = error.__notes__
+    assert notes[0] == "row 57 of users.csv"
+    assert notes[1].startswith("makeparallel: task ")
+
+
+def test_exception_group_members_keep_their_chains() -> None:
+    error = failure(group_of_chained)
+    assert type(error) is ExceptionGroup
+    member, other = error.exceptions
+    assert type(member) is ValueError and type(other) is TypeError
+    assert type(member.__cause__) is KeyError and member.__cause__.args == ("inner",)
+
+
+def test_a_chain_of_user_classes_arrives_equal() -> None:
+    error = failure(cause_of_custom_class)
+    assert type(error) is ConfigMissing and error.errno == 2 and error.filename == "/c"
+    cause = error.__cause__
+    assert type(cause) is CustomInit and cause.code == 3 and str(cause) == "3: deep"
