@@ -23,6 +23,8 @@ from ._decorators import parallel_fast as parallel_fast
 from ._decorators import parallel_pool as parallel_pool
 from ._decorators import parallel_priority as parallel_priority
 from ._events import TaskEvent as TaskEvent
+from ._executor import Executor as Executor
+from ._executor import ExecutorFuture as ExecutorFuture
 from ._events import add_task_listener as add_task_listener
 from ._events import remove_task_listener as remove_task_listener
 from ._gil_watch import GilBoundWarning as GilBoundWarning
@@ -65,6 +67,8 @@ __version__ = "0.3.0"
 __all__ = [
     "ALL_COMPLETED",
     "AsyncHandle",
+    "Executor",
+    "ExecutorFuture",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "GilBoundWarning",

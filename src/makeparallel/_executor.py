@@ -1,0 +1,338 @@
+"""``Executor``: the library's pools behind the standard ``concurrent.futures.Executor`` interface.
+
+For code that takes an executor (``loop.run_in_executor``, libraries with an
+``executor=`` argument): each ``Executor`` owns a pool of its own, sized by
+``max_workers``, and runs tasks with the library's engine (priority queues,
+metrics, the process backend's fault handling). Its ``shutdown`` stops that pool
+only, never the shared pools that ``@parallel`` functions use.
+
+What ``submit`` returns is a real ``concurrent.futures.Future`` (a subclass):
+``asyncio.wrap_future`` asserts the type, and ``concurrent.futures.wait`` and
+``as_completed`` read its private state. The task's :class:`AsyncHandle` is on
+``future.handle``, for metadata, progress and the library's callbacks. The future
+follows the handle: one done-callback per task, set before the task can start.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from . import _runtime
+from ._backends._base import Backend
+from ._backends._sync import SyncBackend
+from ._backends._thread import ThreadBackend
+from ._cpus import usable_cpu_count
+from ._decorators import TaskSpec, _describe
+from ._handle import _ON_DONE, AsyncHandle
+from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
+from ._validation import check_count, check_wait_timeout
+from .errors import ShutdownError, TaskCancelledError, TaskTimeoutError
+
+__all__ = ["Executor", "ExecutorFuture"]
+
+T = TypeVar("T")
+
+_BACKENDS = ("thread", "process", "sync", "auto")
+
+
+class ExecutorFuture(concurrent.futures.Future[T]):
+    """The ``concurrent.futures.Future`` of a task submitted to an :class:`Executor`.
+
+    It behaves as the standard future does; ``handle`` is the task's
+    :class:`AsyncHandle`, for metadata, progress and ``on_progress`` callbacks.
+
+    Cancellation:
+        As in ``concurrent.futures``, ``cancel()`` cancels a task that has not
+        started and returns ``False`` for one that runs or ended. The handle's own
+        ``future.handle.cancel()`` also stops a running task, cooperatively (its
+        next ``check_cancelled()`` raises); the future then reads as cancelled.
+    """
+
+    handle: AsyncHandle[T]
+
+    def __init__(self, handle: AsyncHandle[T]) -> None:
+        super().__init__()
+        self.handle = handle
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; return whether it is cancelled."""
+        handle = self.handle
+        with handle._backend._lock:
+            if handle._state != PENDING:
+                return handle._state == CANCELLED
+            error = TaskCancelledError(f"task {handle._id} ({handle.name}) was cancelled")
+            announce = handle._settle_locked(CANCELLED, error)
+        handle._after_settle(announce)  # runs _follow below: the future is cancelled
+        return True
+
+    def running(self) -> bool:
+        """Whether the task is running now."""
+        return self.handle._state == RUNNING and not self.done()
+
+    def _follow(self, handle: AsyncHandle[T]) -> None:
+        """The handle ended: end the future the same way (its done-callback)."""
+        state = handle._state
+        if state == SUCCEEDED:
+            self.set_result(handle._value)
+        elif state == CANCELLED:
+            super().cancel()
+            self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait()
+        else:
+            self.set_exception(handle._error_for_caller())
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` running tasks on a pool of the library's own.
+
+    Args:
+        backend: ``"thread"`` (the default), ``"process"``, ``"auto"`` (threads on
+            a free-threaded Python, processes otherwise) or ``"sync"`` (each task
+            runs inside ``submit``).
+        max_workers: threads or worker processes in this executor's pool, an int
+            >= 1; default: the CPUs this process may use (affinity and cgroup
+            quota, :func:`makeparallel._cpus.usable_cpu_count`).
+
+    Raises:
+        ValueError: ``backend`` is not one of the names above, or ``max_workers``
+            is below 1.
+        TypeError: ``max_workers`` is not an int.
+
+    Example::
+
+        with mp.Executor(max_workers=4) as executor:
+            squares = list(executor.map(pow, range(10), itertools.repeat(2)))
+            result = await loop.run_in_executor(executor, blocking_call)
+
+    Differences from the standard executors:
+        A worker process that dies (crash, signal, ``os._exit``) fails only the
+        task it ran, with ``WorkerCrashedError``; a new worker takes its place
+        and the executor stays usable, where ``ProcessPoolExecutor`` breaks as a
+        whole (``BrokenProcessPool``). Functions and arguments for worker
+        processes travel with cloudpickle, so lambdas and closures work.
+
+    Shutdown:
+        ``shutdown()`` stops this executor's pool only. Worker processes are also
+        stopped when the executor is garbage collected or the interpreter exits.
+    """
+
+    def __init__(self, backend: str = "thread", max_workers: int | None = None) -> None:
+        if backend not in _BACKENDS:
+            accepted = ", ".join(repr(name) for name in _BACKENDS)
+            raise ValueError(f"backend must be one of {accepted}, got {backend!r}")
+        if max_workers is not None:
+            check_count(max_workers, "max_workers")
+        self._max_workers = usable_cpu_count() if max_workers is None else max_workers
+        self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
+        self._specs: dict[str, TaskSpec] = {}
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+        self._finalizer = weakref.finalize(self, self._backend.terminate)
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend that runs this executor's tasks."""
+        return self._backend.name
+
+    @property
+    def max_workers(self) -> int:
+        """The size of this executor's pool."""
+        return self._max_workers
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]:
+        """Schedule ``fn(*args, **kwargs)``; return its future at once.
+
+        Raises:
+            RuntimeError: the executor was shut down.
+            TaskSerializationError: on the process backend, ``fn`` or an argument
+                cannot be pickled.
+        """
+        spec = self._spec_for(fn)
+        backend = self._backend
+        handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
+        future = ExecutorFuture(handle)
+        handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
+        if self._shut_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        limiter = _runtime.global_limiter
+        if limiter.limit is not None:
+            limiter.acquire()
+            handle._permits = (limiter,)
+        try:
+            backend.submit(handle)
+        except BaseException as error:
+            if backend._holds(handle):
+                handle.cancel()  # accepted, then interrupted: its end frees the slot
+            else:
+                for permit in handle._permits:
+                    permit.release()
+            if isinstance(error, ShutdownError):
+                raise RuntimeError("cannot schedule new futures after shutdown") from None
+            raise
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Like ``map(fn, *iterables)``, with the calls running in this executor.
+
+        As ``concurrent.futures.Executor.map`` of Python 3.14, on every Python
+        this library supports: results come in input order; without
+        ``buffersize`` every call is submitted at once, with it only that many
+        (chunks) are in flight and the input is read as results are taken.
+
+        Args:
+            fn: a callable taking as many arguments as there are iterables.
+            timeout: seconds, from this call, within which every result must be
+                available; ``None`` waits as long as it takes.
+            chunksize: items per task; above 1, each task runs a chunk of calls
+                (worth it on the process backend for short calls).
+            buffersize: at most this many tasks in flight; the rest of the input
+                is read lazily (use it for long or endless inputs).
+
+        Returns:
+            An iterator of the results. Leaving it early cancels the calls not
+            yet started.
+
+        Raises:
+            TimeoutError: (``TaskTimeoutError``, from ``next()``) a result was not
+                available within ``timeout``; the calls not yet started are
+                cancelled.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            TypeError: ``buffersize`` is not an int or ``None``.
+            RuntimeError: the executor was shut down.
+            Exception: from ``next()``, what a call raised, as itself.
+        """
+        check_wait_timeout(timeout)
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError(f"buffersize must be an int >= 1 or None, got {buffersize!r}")
+            if buffersize < 1:
+                raise ValueError(f"buffersize must be an int >= 1 or None, got {buffersize!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
+        submit_one: Callable[[tuple[Any, ...]], ExecutorFuture[Any]]
+        if chunksize == 1:
+            submit_one = lambda args: self.submit(fn, *args)  # noqa: E731
+        else:
+            submit_one = lambda chunk: self.submit(_run_chunk, fn, chunk)  # noqa: E731
+        in_flight: deque[ExecutorFuture[Any]] = deque(
+            map(submit_one, chunks if buffersize is None else itertools.islice(chunks, buffersize))
+        )
+        refill = chunks if buffersize is not None else None
+        return _results(in_flight, refill, submit_one, deadline, timeout, flatten=chunksize > 1)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new tasks and free the pool once the submitted ones end.
+
+        Args:
+            wait: block until every submitted task has ended (then worker
+                processes are stopped); with ``False`` return at once and free
+                the pool in the background.
+            cancel_futures: cancel the tasks that have not started.
+
+        Calling it more than once is harmless. It never touches the pools of
+        ``@parallel`` functions.
+        """
+        with self._shutdown_lock:
+            self._shut_down = True
+        backend = self._backend
+        backend.close(cancel_pending=cancel_futures)
+        if wait:
+            backend.wait_idle(None)
+            self._finalizer()  # worker processes stop now
+        else:
+            threading.Thread(
+                target=_free_when_idle, args=(backend,), name="makeparallel-executor-shutdown", daemon=True
+            ).start()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
+        return f"<makeparallel.Executor backend={self.backend!r} max_workers={self._max_workers} {state}>"
+
+    def _spec_for(self, fn: Callable[..., Any]) -> TaskSpec:
+        """The observer of ``fn``'s tasks: metrics by the function's name, as ``@parallel``."""
+        name = _describe(fn)
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = self._specs[name] = TaskSpec(name, None, None, 0, None)
+        return spec
+
+
+def _make_backend(name: str, workers: int) -> Backend:
+    if name == "thread":
+        return ThreadBackend(num_threads=workers)
+    if name == "process":
+        from ._backends._process import ProcessBackend  # subprocess, sockets: only when used
+
+        return ProcessBackend(num_workers=workers)
+    return SyncBackend()
+
+
+def _free_when_idle(backend: Backend) -> None:
+    backend.wait_idle(None)
+    backend.terminate()
+
+
+def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
+    """Tuples of up to ``size`` argument tuples (``itertools.batched`` of 3.12)."""
+    while chunk := tuple(itertools.islice(calls, size)):
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
+    return [fn(*args) for args in chunk]
+
+
+def _results(
+    in_flight: deque[ExecutorFuture[Any]],
+    refill: Iterator[tuple[Any, ...]] | None,
+    submit_one: Callable[[tuple[Any, ...]], ExecutorFuture[Any]],
+    deadline: float | None,
+    timeout: float | None,
+    flatten: bool,
+) -> Iterator[Any]:
+    """Yield each future's result (each item of it, for chunks) in order.
+
+    Leaving early (an error, a timeout, ``close()``) cancels the rest.
+    """
+    try:
+        while in_flight:
+            future = in_flight[0]
+            if refill is not None:  # one more in flight for each one taken
+                for args in itertools.islice(refill, 1):
+                    in_flight.append(submit_one(args))
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                result = future.result(remaining)
+            except concurrent.futures.TimeoutError:
+                raise TaskTimeoutError(
+                    f"Executor.map timed out after {timeout:g} s; the calls not yet "
+                    "started were cancelled"
+                ) from None
+            in_flight.popleft()
+            del future  # hold no finished future while the consumer has the result
+            if flatten:
+                yield from result
+            else:
+                yield result
+    finally:
+        for future in in_flight:
+            future.cancel()

@@ -1,0 +1,313 @@
+"""``mp.Executor`` behaves as a ``concurrent.futures.Executor``: the standard library's expectations.
+
+The behaviours CPython's own executor tests check (map order and timeout,
+shutdown with cancel_futures, submit after shutdown, exceptions, a broken
+worker), on the thread and process backends, plus what only this library
+adds: the handle behind each future, and a crash that fails only its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import makeparallel as mp
+from makeparallel import _runtime
+
+from pool_helpers import Flags, wait_until
+
+BACKENDS = ["thread", "process"]
+
+
+@pytest.fixture(params=BACKENDS)
+def executor(request: pytest.FixtureRequest) -> Iterator[mp.Executor]:
+    with mp.Executor(backend=request.param, max_workers=2) as executor:
+        yield executor
+
+
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def wait_for_flag(flags: Flags, name: str) -> str:
+    """Block (in a worker) until the test sets ``name``; bounded so nothing hangs."""
+    assert wait_until(lambda: flags.is_set(name), 30)
+    return name
+
+
+@pytest.fixture
+def flags(tmp_path: object) -> Iterator[Flags]:
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("release")  # whatever the test did, no task waits past its end
+
+
+def test_submit_returns_a_real_future_linked_to_its_handle(executor: mp.Executor) -> None:
+    future = executor.submit(mul, 6, y=7)
+    assert isinstance(future, cf.Future)
+    assert future.result(timeout=30) == 42
+    assert isinstance(future.handle, mp.AsyncHandle)
+    assert future.handle.get() == 42
+    assert future.done() and not future.running() and not future.cancelled()
+
+
+def test_map_keeps_input_order(executor: mp.Executor) -> None:
+    assert list(executor.map(mul, range(50), range(50, 100))) == [x * y for x, y in zip(range(50), range(50, 100))]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 100])
+@pytest.mark.parametrize("buffersize", [None, 1, 4])
+def test_map_chunksize_and_buffersize_keep_order(executor: mp.Executor, chunksize: int, buffersize: int | None) -> None:
+    results = executor.map(mul, range(20), itertools.repeat(3), chunksize=chunksize, buffersize=buffersize)
+    assert list(results) == [3 * x for x in range(20)]
+
+
+def test_map_with_buffersize_reads_an_endless_input_lazily() -> None:
+    with mp.Executor(max_workers=2) as executor:
+        results = executor.map(abs, itertools.count(), buffersize=4)
+        assert list(itertools.islice(results, 10)) == list(range(10))
+        results.close()  # type: ignore[attr-defined]
+
+
+def test_map_without_buffersize_submits_everything_at_the_call() -> None:
+    seen: list[int] = []
+    with mp.Executor(backend="sync") as executor:
+        executor.map(seen.append, range(5))  # never iterated
+    assert seen == list(range(5))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "pattern"),
+    [
+        ({"chunksize": 0}, ValueError, "chunksize must be an int >= 1, got 0"),
+        ({"buffersize": 0}, ValueError, "buffersize must be an int >= 1 or None, got 0"),
+        ({"buffersize": 1.5}, TypeError, "buffersize must be an int >= 1 or None, got 1.5"),
+        ({"timeout": -1}, ValueError, "timeout must be a number of seconds >= 0"),
+    ],
+)
+def test_map_rejects_bad_options(options: dict[str, object], error: type[Exception], pattern: str) -> None:
+    with mp.Executor(backend="sync") as executor, pytest.raises(error, match=pattern):
+        executor.map(abs, [1], **options)  # type: ignore[arg-type]
+
+
+def test_map_timeout_raises_timeout_error_and_cancels_the_rest(flags: Flags) -> None:
+    with mp.Executor(max_workers=1) as executor:
+        results = executor.map(wait_for_flag, [flags, flags, flags], ["release"] * 3, timeout=0.05)
+        with pytest.raises(TimeoutError):
+            next(results)
+        futures_left = executor._backend.active_count()
+        flags.set("release")
+    assert futures_left <= 1  # the running one goes on; the queued ones were cancelled
+
+
+def test_map_raises_a_call_error_when_its_result_is_reached(executor: mp.Executor) -> None:
+    results = executor.map(fail, ["first", "second"])
+    with pytest.raises(ValueError, match="first"):
+        next(results)
+
+
+def test_exceptions_come_back_as_themselves(executor: mp.Executor) -> None:
+    future = executor.submit(fail, "boom")
+    error = future.exception(timeout=30)
+    assert type(error) is ValueError and str(error) == "boom"
+    with pytest.raises(ValueError, match="boom"):
+        future.result()
+
+
+def test_submit_after_shutdown_raises_runtime_error(executor: mp.Executor) -> None:
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(abs, 1)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.map(abs, [1])
+    executor.shutdown()  # twice is harmless
+
+
+def test_shutdown_cancel_futures_cancels_what_has_not_started(gate: threading.Event) -> None:
+    executor = mp.Executor(max_workers=1)
+    started = threading.Event()
+
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "ran"
+
+    running = executor.submit(held)
+    assert started.wait(10)
+    queued = [executor.submit(abs, -i) for i in range(5)]
+    stopper = threading.Thread(target=executor.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    stopper.start()
+    assert all(f.cancelled() for f in queued) or wait_until(lambda: all(f.cancelled() for f in queued))
+    gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert running.result() == "ran"
+    done, not_done = cf.wait(queued, timeout=30)
+    assert not not_done and all(f.cancelled() for f in done)
+    with pytest.raises(cf.CancelledError):
+        queued[0].result()
+
+
+def test_shutdown_without_wait_returns_while_tasks_run(gate: threading.Event) -> None:
+    executor = mp.Executor(max_workers=1)
+    future = executor.submit(gate.wait, 30)
+    executor.shutdown(wait=False)
+    assert not future.done()
+    gate.set()
+    assert future.result(timeout=30) is True
+
+
+def test_shutdown_never_touches_the_shared_pools() -> None:
+    @mp.parallel
+    def shared(x: int) -> int:
+        return x + 1
+
+    for backend in ("thread", "process"):
+        with mp.Executor(backend=backend, max_workers=1) as executor:
+            assert executor.submit(abs, -1).result(timeout=30) == 1
+    assert shared(1).get(timeout=30) == 2
+    assert not _runtime.is_shut_down()
+
+
+def test_cancel_follows_concurrent_futures(gate: threading.Event) -> None:
+    with mp.Executor(max_workers=1) as executor:
+        started = threading.Event()
+
+        def held() -> None:
+            started.set()
+            assert gate.wait(30)
+
+        running = executor.submit(held)
+        assert started.wait(10)
+        queued = executor.submit(abs, -1)
+        assert running.running() and not queued.running()
+        assert running.cancel() is False  # a running future is not cancelled
+        assert queued.cancel() is True
+        assert queued.cancelled() and queued.done()
+        assert queued.cancel() is True  # still cancelled
+        gate.set()
+        assert running.result(timeout=30) is None
+        assert running.cancel() is False
+
+
+def test_the_handle_cancels_a_running_task_cooperatively(gate: threading.Event) -> None:
+    with mp.Executor(max_workers=1) as executor:
+        started = threading.Event()
+
+        def cooperative() -> str:
+            started.set()
+            while not gate.wait(0.01):
+                mp.check_cancelled()
+            return "finished"
+
+        future = executor.submit(cooperative)
+        assert started.wait(10)
+        assert future.handle.cancel() is True
+        assert future.cancelled()
+        assert cf.wait([future], timeout=30).done == {future}
+
+
+def test_progress_and_metadata_reach_the_handle() -> None:
+    reached = threading.Event()
+
+    def reports() -> int:
+        mp.report_progress(0.5, "half")
+        return mp.get_current_task_id() or 0
+
+    with mp.Executor(backend="sync") as executor:
+        future = executor.submit(reports)
+        future.handle.set_metadata("user", "ada")
+        future.handle.on_progress(lambda fraction: reached.set())
+        assert future.result() == future.handle.get_task_id()
+        assert reached.is_set()
+        assert future.handle.get_metadata("user") == "ada"
+
+
+def test_metrics_count_executor_tasks() -> None:
+    def measured_by_executor() -> None:
+        return None
+
+    with mp.Executor(max_workers=2) as executor:
+        cf.wait([executor.submit(measured_by_executor) for _ in range(3)], timeout=30)
+    metrics = mp.get_metrics(measured_by_executor.__qualname__)
+    assert metrics is not None and metrics.completed_tasks == 3
+
+
+def test_a_killed_worker_fails_only_its_task() -> None:
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        pid = executor.submit(os.getpid).result(timeout=30)
+        crash = executor.submit(os.kill, pid, signal.SIGKILL)
+        error = crash.exception(timeout=30)
+        assert isinstance(error, mp.WorkerCrashedError)
+        assert "SIGKILL" in str(error)
+        assert executor.submit(mul, 2, 3).result(timeout=30) == 6  # not broken
+
+
+def test_loop_run_in_executor_and_wrap_future(executor: mp.Executor) -> None:
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        direct = await loop.run_in_executor(executor, mul, 4, 5)
+        wrapped = await asyncio.wrap_future(executor.submit(mul, 2, 2))
+        return direct, wrapped
+
+    assert asyncio.run(main()) == (20, 4)
+
+
+def test_an_asyncio_cancel_reaches_a_queued_task(gate: threading.Event) -> None:
+    with mp.Executor(max_workers=1) as executor:
+        blocker = executor.submit(gate.wait, 30)
+
+        async def main() -> cf.Future[int]:
+            loop = asyncio.get_running_loop()
+            queued = executor.submit(abs, -1)
+            awaiting = asyncio.wrap_future(queued, loop=loop)
+            awaiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await awaiting
+            return queued
+
+        queued = asyncio.run(main())
+        assert queued.cancelled()
+        gate.set()
+        blocker.result(timeout=30)
+
+
+def test_wait_and_as_completed_of_the_standard_library(executor: mp.Executor) -> None:
+    futures = [executor.submit(mul, i, i) for i in range(10)]
+    assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == [i * i for i in range(10)]
+    failing = executor.submit(fail, "first")
+    done, _ = cf.wait([failing, *futures], timeout=30, return_when=cf.FIRST_EXCEPTION)
+    assert failing in done
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "pattern"),
+    [
+        ({"backend": "dask"}, ValueError, "backend must be one of 'thread', 'process', 'sync', 'auto', got 'dask'"),
+        ({"max_workers": 0}, ValueError, "max_workers must be an int >= 1, got 0"),
+        ({"max_workers": "2"}, TypeError, "max_workers must be an int >= 1, got '2'"),
+    ],
+)
+def test_bad_arguments_are_refused(options: dict[str, object], error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        mp.Executor(**options)  # type: ignore[arg-type]
+
+
+def test_default_size_is_the_usable_cpus() -> None:
+    from makeparallel._cpus import usable_cpu_count
+
+    with mp.Executor() as executor:
+        assert executor.max_workers == usable_cpu_count()
+        assert executor.backend == "thread"
+        assert "max_workers" in repr(executor)
