@@ -382,36 +382,8 @@ def test_non_callable_is_rejected(not_callable: object) -> None:
         mp.parallel(backend="sync")(not_callable)  # type: ignore[arg-type]
 
 
-def test_async_function_is_rejected() -> None:
-    async def fetch() -> None:
-        pass
-
-    with pytest.raises(TypeError, match=r"async function.*fetch|fetch.*async function"):
-        mp.parallel(fetch)
-    with pytest.raises(TypeError, match="async"):
-        mp.parallel(timeout=1)(fetch)
-
-
-def test_async_staticmethod_is_rejected() -> None:
-    with pytest.raises(TypeError, match="async"):
-
-        class Holder:
-            @mp.parallel
-            @staticmethod
-            async def fetch() -> None:
-                pass
-
-
-def test_async_partial_is_rejected() -> None:
-    async def fetch(x: int) -> int:
-        return x
-
-    with pytest.raises(TypeError, match="async"):
-        mp.parallel(functools.partial(fetch, 1))
-
-
 def test_unknown_option_lists_the_accepted_ones() -> None:
-    accepted = "backend, max_concurrent, name, priority, timeout"
+    accepted = "async_cancel, backend, max_concurrent, name, priority, timeout"
     with pytest.raises(TypeError, match=rf"'retries'.*{accepted}"):
         mp.parallel(retries=3)
 

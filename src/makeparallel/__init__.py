@@ -11,6 +11,7 @@
 Everything public is importable from here; ``__all__`` is the contract.
 """
 
+from ._async_collect import gather_async as gather_async
 from ._collect import ALL_COMPLETED as ALL_COMPLETED
 from ._collect import FIRST_COMPLETED as FIRST_COMPLETED
 from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
@@ -19,6 +20,7 @@ from ._collect import gather as gather
 from ._collect import wait as wait
 from ._decorators import ParallelFunction as ParallelFunction
 from ._decorators import parallel as parallel
+from ._decorators import parallel_async as parallel_async
 from ._decorators import parallel_fast as parallel_fast
 from ._decorators import parallel_pool as parallel_pool
 from ._decorators import parallel_priority as parallel_priority
@@ -93,6 +95,7 @@ __all__ = [
     "configure_thread_pool",
     "enable_task_logging",
     "gather",
+    "gather_async",
     "get_active_task_count",
     "get_all_metrics",
     "get_current_task_id",
@@ -103,6 +106,7 @@ __all__ = [
     "imap",
     "metrics_snapshot",
     "parallel",
+    "parallel_async",
     "parallel_fast",
     "parallel_map",
     "parallel_pool",

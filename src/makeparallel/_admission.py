@@ -7,6 +7,13 @@ ahead of the pool), and is never dropped.
 Nested parallelism: a task that submits more tasks is never made to wait. If it
 were, tasks holding every slot while waiting for their children would deadlock.
 Such submissions are admitted over the limit and counted like any other.
+
+Event loops: a submission from a thread whose asyncio event loop is running must
+not block that loop (every coroutine on it would stall). There the task is
+accepted at once, held back from starting, and waits in the limiter's queue of
+deferred admissions (:class:`PendingAdmission`); a slot freed by a task's end
+passes to it, and the rest of its admission continues on its loop. Backpressure
+there comes from awaiting the handles.
 """
 
 from __future__ import annotations
@@ -14,11 +21,23 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
+from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import current_task
 from .errors import ShutdownError
 
-__all__ = ["Limiter", "all_limiters"]
+if TYPE_CHECKING:
+    from ._backends._queueing import QueueingBackend
+    from ._handle import AsyncHandle
+
+__all__ = ["Limiter", "PendingAdmission", "all_limiters"]
+
+_SHUT_DOWN_WHILE_WAITING = (
+    "makeparallel was shut down while this submission waited for a free slot; call "
+    "makeparallel.reset_shutdown() to accept tasks again"
+)
 
 _limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
@@ -31,7 +50,7 @@ def all_limiters() -> list[Limiter]:
 class Limiter:
     """Counts tasks in flight against an optional limit."""
 
-    __slots__ = ("__weakref__", "_closed", "_condition", "_exempt_tasks", "_in_flight", "limit")
+    __slots__ = ("__weakref__", "_closed", "_condition", "_deferred", "_exempt_tasks", "_in_flight", "limit")
 
     def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
         """``exempt_tasks``: admit submissions from inside tasks without waiting."""
@@ -40,6 +59,7 @@ class Limiter:
         self._in_flight = 0
         self._closed = False
         self._condition = threading.Condition(threading.Lock())
+        self._deferred: deque[PendingAdmission] = deque()  # oldest first
         _limiters.add(self)
 
     @property
@@ -49,9 +69,15 @@ class Limiter:
 
     def set_limit(self, limit: int | None) -> None:
         """Change the limit; waiting submissions re-check it at once."""
+        admitted = []
         with self._condition:
             self.limit = limit
+            while self._deferred and (limit is None or self._in_flight < limit):
+                admitted.append(self._deferred.popleft())
+                self._in_flight += 1
             self._condition.notify_all()
+        for waiting in admitted:
+            waiting.admitted()
 
     def acquire(self) -> None:
         """Admit one task, waiting while the limit is reached (unless exempt).
@@ -63,24 +89,59 @@ class Limiter:
             if not (self._exempt_tasks and current_task() is not None):
                 while self.limit is not None and self._in_flight >= self.limit:
                     if self._closed:
-                        raise ShutdownError(
-                            "makeparallel was shut down while this submission waited for a "
-                            "free slot; call makeparallel.reset_shutdown() to accept tasks again"
-                        )
+                        raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
                     self._condition.wait()
             self._in_flight += 1
 
-    def release(self) -> None:
-        """One admitted task ended."""
+    def acquire_or_defer(self, waiting: PendingAdmission) -> bool:
+        """Admit one task now and return True, or queue ``waiting`` and return False.
+
+        A queued admission is told with ``waiting.admitted()`` once a slot is
+        its own (the slot is already counted), or ``waiting.refused()`` at shutdown.
+
+        Raises:
+            ShutdownError: the library is shut down and the limit is reached.
+        """
         with self._condition:
-            self._in_flight -= 1
-            self._condition.notify()
+            if (
+                (self._exempt_tasks and current_task() is not None)
+                or self.limit is None
+                or (self._in_flight < self.limit and not self._deferred)
+            ):
+                self._in_flight += 1
+                return True
+            if self._closed:
+                raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+            self._deferred.append(waiting)
+            return False
+
+    def release(self) -> None:
+        """One admitted task ended; its slot goes to the oldest deferred admission, if any.
+
+        Called under a backend's lock: a deferred admission only schedules the
+        rest of its work (``admitted()`` never takes a backend lock).
+        """
+        with self._condition:
+            if self._deferred and (self.limit is None or self._in_flight <= self.limit):
+                waiting = self._deferred.popleft()  # the slot passes on, still counted
+            else:
+                self._in_flight -= 1
+                self._condition.notify()
+                return
+        waiting.admitted()
 
     def close(self) -> None:
-        """Make every waiting and future blocked submission raise ``ShutdownError``."""
+        """Make every waiting and future blocked submission raise ``ShutdownError``.
+
+        Deferred admissions end their tasks with ``ShutdownError``, as a blocked
+        submission would have raised it.
+        """
         with self._condition:
             self._closed = True
+            refused, self._deferred = list(self._deferred), deque()
             self._condition.notify_all()
+        for waiting in refused:
+            waiting.refused()
 
     def reopen(self) -> None:
         with self._condition:
@@ -89,6 +150,79 @@ class Limiter:
     def _reset_after_fork(self) -> None:
         self._condition = threading.Condition(threading.Lock())
         self._in_flight = 0  # the parent's tasks do not exist in the child
+        self._deferred = deque()
+
+
+class PendingAdmission:
+    """A task accepted on a thread whose event loop runs, waiting for its slots there.
+
+    The backend holds the task (counted, not startable) until every limit that
+    applies admitted it; then it is queued to run. Each step after the first
+    runs on the submitter's loop (or, once that loop closed, a thread of its
+    own), never under a backend's lock. A task cancelled meanwhile hands each
+    slot it is given straight back.
+    """
+
+    __slots__ = ("_backend", "_handle", "_limiters", "_loop")
+
+    def __init__(
+        self,
+        handle: AsyncHandle[Any],
+        backend: QueueingBackend,
+        limiters: list[Limiter],
+        loop: Any,
+    ) -> None:
+        self._handle = handle
+        self._backend = backend
+        self._limiters = limiters
+        self._loop = loop
+
+    def start(self) -> None:
+        """Take every slot free now; queue for the first that is not."""
+        while self._limiters:
+            try:
+                if not self._limiters[0].acquire_or_defer(self):
+                    return
+            except ShutdownError as error:
+                self._fail(error)
+                return
+            if not self._keep(self._limiters.pop(0)):
+                return
+        self._backend.release_held(self._handle)
+
+    def admitted(self) -> None:
+        """The first limiter gave this task a slot (called under a backend's lock)."""
+        try:
+            self._loop.call_soon_threadsafe(self._continue)
+        except RuntimeError:  # the loop closed: carry on elsewhere
+            threading.Thread(target=self._continue, name="makeparallel-admission", daemon=True).start()
+
+    def refused(self) -> None:
+        """Shut down while waiting: the task ends with ``ShutdownError``."""
+        self._fail(ShutdownError(_SHUT_DOWN_WHILE_WAITING))
+
+    def _continue(self) -> None:
+        if self._keep(self._limiters.pop(0)):
+            self.start()
+
+    def _keep(self, limiter: Limiter) -> bool:
+        """Record the slot on the task, or give it back if the task already ended."""
+        handle = self._handle
+        with self._backend._lock:
+            alive = handle._state < SUCCEEDED
+            if alive:
+                handle._permits += (limiter,)
+        if not alive:
+            limiter.release()
+        return alive
+
+    def _fail(self, error: BaseException) -> None:
+        handle = self._handle
+        with self._backend._lock:
+            if handle._state != PENDING:
+                return
+            announce = handle._settle_locked(FAILED, error)
+        handle._after_settle(announce)
 
 
 def _reset_all_after_fork() -> None:

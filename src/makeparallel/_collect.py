@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -32,6 +32,7 @@ from .errors import TaskTimeoutError
 __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
+    "Completed",
     "FIRST_EXCEPTION",
     "Completions",
     "DoneAndNotDone",
@@ -171,15 +172,38 @@ def gather(
 
 def as_completed(
     handles: Iterable[AsyncHandle[T]], timeout: float | None = None
-) -> Iterator[AsyncHandle[T]]:
+) -> Completed[T]:
     """Yield the handles as their tasks end, ended ones first.
+
+    Iterate with ``for`` (blocking) or, in asyncio code, with ``async for``
+    (the loop is never blocked; cancelling the consuming coroutine while it
+    waits cancels the tasks not yet ended).
 
     Raises:
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
     """
     items = _as_handles(handles)
     check_wait_timeout(timeout)
-    return _yield_completed(items, timeout)
+    return Completed(items, timeout)
+
+
+class Completed(Iterator[AsyncHandle[T]]):
+    """What :func:`as_completed` returns: iterable with ``for`` and with ``async for``."""
+
+    def __init__(self, items: list[AsyncHandle[T]], timeout: float | None) -> None:
+        self._items = items
+        self._timeout = timeout
+        self._iterator: Iterator[AsyncHandle[T]] | None = None
+
+    def __next__(self) -> AsyncHandle[T]:
+        if self._iterator is None:
+            self._iterator = _yield_completed(self._items, self._timeout)
+        return next(self._iterator)
+
+    def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:
+        from ._async_collect import as_completed_async  # asyncio only for async callers
+
+        return as_completed_async(self._items, self._timeout)
 
 
 def _yield_completed(items: list[AsyncHandle[T]], timeout: float | None) -> Iterator[AsyncHandle[T]]:

@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _events, _runtime
-from ._admission import Limiter
+from ._admission import Limiter, PendingAdmission
 from ._backends._base import Backend
+from ._backends._queueing import QueueingBackend
+from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
@@ -32,14 +34,25 @@ __all__ = ["ParallelFunction", "as_parallel", "parallel"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-OPTION_NAMES = ("backend", "max_concurrent", "name", "priority", "timeout")
+OPTION_NAMES = ("async_cancel", "backend", "max_concurrent", "name", "priority", "timeout")
 _CALL_TIME_OPTIONS = ("timeout", "priority")
 
 
 class TaskSpec:
     """What every task of one decorated function shares; it observes their ends."""
 
-    __slots__ = ("_last_shard", "backend", "cpu_watch", "limiter", "metrics", "name", "priority", "timeout")
+    __slots__ = (
+        "_last_shard",
+        "async_cancel",
+        "backend",
+        "cpu_watch",
+        "is_async",
+        "limiter",
+        "metrics",
+        "name",
+        "priority",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -48,8 +61,12 @@ class TaskSpec:
         timeout: float | None,
         priority: int,
         limiter: Limiter | None,
+        is_async: bool = False,
+        async_cancel: str | None = None,
     ) -> None:
         self.name = name
+        self.is_async = is_async
+        self.async_cancel = async_cancel
         self.backend = backend
         self.timeout = timeout
         self.priority = priority
@@ -57,6 +74,11 @@ class TaskSpec:
         self.metrics: FunctionMetrics = metrics_for(name)
         self._last_shard: tuple[Any, Counts] = (None, self.metrics.counted())  # no lock is None
         self.cpu_watch = None if _runtime.free_threaded() else GilWatch(name)
+
+    @property
+    def async_cancel_forced(self) -> bool:
+        """Whether an ``await`` of this function's task, when cancelled, stops it by force."""
+        return (self.async_cancel or _runtime.async_cancel_mode()) == "force"
 
     def _shard(self, lock: threading.Lock) -> Counts:
         """The metrics shard for ``lock``; the last one is kept at hand."""
@@ -115,6 +137,8 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     name = options.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if options.get("async_cancel") is not None:
+        _runtime.check_async_cancel(options["async_cancel"])
     return checked
 
 
@@ -153,6 +177,8 @@ class ParallelFunction(Generic[P, T]):
             timeout=options.get("timeout"),
             priority=options.get("priority", 0),
             limiter=limiter,
+            is_async=_returns_coroutines(fn),
+            async_cancel=options.get("async_cancel"),
         )
         own = _own_parameters(fn)
         self._call_time = tuple(o for o in _CALL_TIME_OPTIONS if o not in own)
@@ -175,6 +201,9 @@ class ParallelFunction(Generic[P, T]):
             self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout
         )
         if spec.limiter is not None or _runtime.global_limiter.limit is not None:
+            loop = running_loop()
+            if loop is not None and isinstance(backend, QueueingBackend):
+                return self._admit_on_loop(handle, backend, loop)
             handle._permits = self._admit()
         if _events.listeners:  # before submit: an inline backend runs the task within it
             _events.emit("submitted", handle)
@@ -219,6 +248,19 @@ class ParallelFunction(Generic[P, T]):
     def __repr__(self) -> str:
         return f"<parallel function {self._spec.name}>"
 
+    def _admit_on_loop(self, handle: AsyncHandle[T], backend: QueueingBackend, loop: Any) -> AsyncHandle[T]:
+        """Accept the task at once; it starts when the limits admit it (the loop never waits)."""
+        limiters = [
+            limiter
+            for limiter in (self._spec.limiter, _runtime.global_limiter)
+            if limiter is not None and limiter.limit is not None
+        ]
+        if _events.listeners:
+            _events.emit("submitted", handle)
+        backend.hold(handle)
+        PendingAdmission(handle, backend, limiters, loop).start()
+        return handle
+
     def _admit(self) -> tuple[Limiter, ...]:
         """Take a slot from each limit that applies, waiting while one is full."""
         permits: list[Limiter] = []
@@ -256,6 +298,11 @@ class _BoundParallelFunction:
         return f"<bound parallel method {self._function._spec.name} of {self._instance!r}>"
 
 
+def _returns_coroutines(fn: Any) -> bool:
+    """Whether calling ``fn`` is known to give a coroutine (``async def``, or its ``__call__``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
 def _describe(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -277,12 +324,17 @@ def parallel(
     priority: int = 0,
     max_concurrent: int | None = None,
     name: str | None = None,
+    async_cancel: str | None = None,
 ) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
 def parallel(fn: Any = None, /, **options: Any) -> Any:
     """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
 
     Use it bare (``@parallel``) or with options (``@parallel(timeout=5)``), on
-    functions, methods, static methods and class methods.
+    functions, methods, static methods and class methods, plain or ``async def``.
+    An ``async def`` function's coroutine (or the coroutine a plain function
+    returns) runs to completion on an event loop owned by the worker that runs
+    it, one per worker thread or worker process, reused; await its handle from
+    asyncio code.
 
     Args:
         backend: where tasks run: ``"thread"`` (the default, see
@@ -292,12 +344,18 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         priority: an int; queued tasks with a higher priority start first, tasks
             of equal priority in submission order.
         max_concurrent: at most this many tasks of the function in flight; a call
-            over the limit waits until one ends.
+            over the limit waits until one ends. Called on a thread whose asyncio
+            event loop runs, it returns the handle at once and the task waits for
+            its slot instead.
         name: the name in metrics and error notes (default: ``__qualname__``).
+        async_cancel: what cancelling the coroutine that awaits a task does to
+            it: ``"cooperative"`` (``handle.cancel()``) or ``"force"``
+            (``handle.cancel(force=True)``: on the process backend the worker is
+            stopped); default: ``configure(async_cancel=...)``.
 
     Raises:
-        TypeError: ``fn`` is not callable, is a coroutine function, or an option
-            is unknown or of the wrong type.
+        TypeError: ``fn`` is not callable, or an option is unknown or of the
+            wrong type.
         ValueError: an option has a value out of range.
     """
     checked = _check_options(options)
@@ -315,11 +373,6 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
                 f"{_describe(function.__wrapped__)} is already parallel; use "
                 ".options(...) to change its options"
             )
-        if inspect.iscoroutinefunction(function):
-            raise TypeError(
-                f"@parallel runs plain functions, and {_describe(function)} is an "
-                "async function: await it in your event loop instead"
-            )
         return ParallelFunction(function, checked)
 
     return decorate if fn is None else decorate(fn)
@@ -328,3 +381,9 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
 parallel_fast = parallel
 parallel_pool = parallel
 parallel_priority = parallel
+parallel_async = parallel
+"""``parallel`` under the name async code looks for: the same decorator.
+
+It takes ``async def`` functions as well as plain ones, and what it returns is
+awaited: ``await fetch(url)`` from a coroutine, or ``await mp.gather_async(...)``.
+"""

@@ -28,6 +28,7 @@ from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events
+from ._coroutines import is_coroutine, run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
@@ -58,6 +59,8 @@ class TaskObserver(Protocol):
     name: str
     #: Measures tasks on threads to notice GIL-bound work, or ``None``.
     cpu_watch: Any
+    #: Whether the function is known to return coroutines (set once one came back).
+    is_async: bool
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""
@@ -222,6 +225,7 @@ class AsyncHandle(Generic[T]):
             return True
         if timeout is None and self._run_here_if_queued():
             return True
+        self._refuse_to_block_a_loop()
         return self._block(timeout)
 
     # -- state ---------------------------------------------------------------------
@@ -349,28 +353,9 @@ class AsyncHandle(Generic[T]):
     # -- protocol --------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._wait_async().__await__()
+        from ._await import wait_for_handle  # asyncio only once somebody awaits
 
-    async def _wait_async(self) -> T:
-        if self._state < SUCCEEDED:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            ended = loop.create_future()
-
-            def wake(_: object) -> None:
-                if not ended.done():
-                    ended.set_result(None)
-
-            def wake_soon(_: object) -> None:
-                try:
-                    loop.call_soon_threadsafe(wake, None)
-                except RuntimeError:  # the await was abandoned and its loop closed
-                    pass
-
-            self.add_done_callback(wake_soon)
-            await ended
-        return self.get()
+        return wait_for_handle(self).__await__()
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -390,6 +375,8 @@ class AsyncHandle(Generic[T]):
         raised again, so that Ctrl-C reaches a caller running a task inline.
         """
         state, value = self._execute()
+        if state == RUNNING:
+            return  # a coroutine, started on the event loop running on this thread
         self._finish(state, value)
         if state == FAILED and not isinstance(value, Exception):
             raise value
@@ -405,11 +392,28 @@ class AsyncHandle(Generic[T]):
         if _events.listeners:
             _events.emit("started", self)
         try:
-            return SUCCEEDED, self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
+            value = self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
+            if is_coroutine(value):
+                return self._run_coroutine(value)
+            return SUCCEEDED, value
         except BaseException as error:
             return FAILED, error
         finally:
             local.task = outer
+
+    def _run_coroutine(self, coroutine: Any) -> tuple[int, Any]:
+        """Run what an async function returned: on this thread's own loop, or the running one."""
+        self._observer.is_async = True  # learned, for functions that are not ``async def``
+        loop = running_loop()
+        context = self._context
+        assert context is not None
+        if loop is None:
+            return SUCCEEDED, context.run(run_here, coroutine, self)
+        context.run(start_on_running_loop, loop, coroutine, self, self._finish_from_loop)
+        return RUNNING, None
+
+    def _finish_from_loop(self, ok: bool, value: Any) -> None:
+        self._finish(SUCCEEDED if ok else FAILED, value)
 
     def _finish(self, state: int, value: Any) -> None:
         lock = self._backend._lock
@@ -486,6 +490,7 @@ class AsyncHandle(Generic[T]):
     def _wait_for_end(self, timeout: float | None) -> None:
         if timeout is None and self._run_here_if_queued():
             return
+        self._refuse_to_block_a_loop()
         if not self._block(timeout):
             raise TaskTimeoutError(
                 f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
@@ -494,12 +499,30 @@ class AsyncHandle(Generic[T]):
             )
 
     def _run_here_if_queued(self) -> bool:
-        # A task with its own timeout stays on the pool: run inline, its deadline
-        # could not end the wait.
-        if self._state == PENDING and self._timeout is None and self._backend._steal(self):
+        """Run the task here if it is still queued; return whether it ended.
+
+        A task with its own timeout stays on the pool: run inline, its deadline
+        could not end the wait. So does an async task on a thread whose event
+        loop runs: it would have to run on that loop, which this wait blocks.
+        """
+        if (
+            self._state == PENDING
+            and self._timeout is None
+            and not (self._observer.is_async and running_loop() is not None)
+            and self._backend._steal(self)
+        ):
             self._run()
-            return True
+            return self._state >= SUCCEEDED
         return False
+
+    def _refuse_to_block_a_loop(self) -> None:
+        """An async task is awaited, not waited for, on a thread whose event loop runs."""
+        if self._state < SUCCEEDED and self._observer.is_async and running_loop() is not None:
+            raise RuntimeError(
+                f"task {self._id} ({self.name}) runs a coroutine, and this thread's event "
+                "loop is running: waiting here with get(), result(), exception() or wait() "
+                "would block that loop. Use `await handle` (or mp.gather_async) instead"
+            )
 
     def _block(self, timeout: float | None) -> bool:
         backend = self._backend

@@ -30,7 +30,7 @@ import itertools
 import reprlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 from ._collect import Completions, OnError, check_on_error
@@ -137,8 +137,12 @@ def imap(
     timeout: float | None = None,
     on_error: OnError = "raise",
     backend: str | None = None,
-) -> Iterator[R | None]:
+) -> MapIterator[R | None]:
     """Apply ``fn`` to every item in parallel and yield the results lazily.
+
+    Iterate with ``for``, or in asyncio code with ``async for`` (the loop is
+    never blocked while chunks run). Leaving the loop early, an error, or the
+    cancellation of the consuming coroutine cancels the chunks in flight.
 
     Args:
         fn: a plain function of one argument, or a ``@parallel`` one (its
@@ -161,7 +165,43 @@ def imap(
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
     mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
-    return _each(mapper.chunks())
+    return MapIterator(mapper)
+
+
+class MapIterator(Iterator[R]):
+    """What :func:`imap` returns: iterable once, with ``for`` or with ``async for``."""
+
+    def __init__(self, mapper: _Mapper) -> None:
+        self._mapper = mapper
+        self._results: Iterator[R] | None = None
+        self._async = False
+
+    def __next__(self) -> R:
+        if self._results is None:
+            if self._async:
+                raise RuntimeError("this imap is iterated with `async for` already")
+            self._results = _each(self._mapper.chunks())
+        return next(self._results)
+
+    def close(self) -> None:
+        """Stop: cancel the chunks in flight and read no more input."""
+        if self._results is not None:
+            self._results.close()  # type: ignore[attr-defined]
+
+    def __aiter__(self) -> AsyncIterator[R]:
+        if self._results is not None or self._async:
+            raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
+        self._async = True
+        return _each_async(self._mapper.chunks_async())
+
+
+async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
+    try:
+        async for chunk in chunks:
+            for item in chunk:
+                yield item
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _start(
@@ -280,18 +320,10 @@ class _Mapper:
             self._fill()
             while self._in_flight:
                 entry = self._next_done()
-                handle, size = entry
-                chunk = handle.get()
-                self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
-                self._sizer.observe(size, handle._finished_at - handle._started_at)  # type: ignore[operator]
-                if self._progress is not None:
-                    self._progress.advance(size)
-                if self._keep_going:
-                    chunk = self._resolve_failures(chunk)
-                yield chunk
+                yield self._take(entry)
                 # Read more only once the consumer took this chunk: what is read
                 # and not yet handed out never exceeds max_in_flight.
-                self._items_in_flight -= size
+                self._items_in_flight -= entry[1]
                 self._fill()
             finished = True
         finally:
@@ -300,6 +332,55 @@ class _Mapper:
                     handle.cancel()
             if self._progress is not None:
                 self._progress.close()
+
+    async def chunks_async(self) -> AsyncIterator[list[Any]]:
+        """:meth:`chunks` for asyncio code: awaits the chunks instead of blocking."""
+        import asyncio
+
+        from ._async_collect import AsyncCompletions
+        from ._await import ended
+
+        finished = False
+        self._progress = open_progress(self._progress_option, self._total, self._name)
+        try:
+            if not self._ordered:
+                self._completions = AsyncCompletions(self._remaining())  # type: ignore[assignment]
+            self._fill()
+            while self._in_flight:
+                if self._ordered:
+                    entry = self._in_flight[0]
+                    try:
+                        await asyncio.wait_for(ended(entry[0]), self._remaining())
+                    except asyncio.TimeoutError:
+                        self._time_out()
+                else:
+                    try:
+                        done = await self._completions.next()  # type: ignore[union-attr]
+                    except TaskTimeoutError:
+                        self._time_out()
+                    entry = next(entry for entry in self._in_flight if entry[0] is done)
+                yield self._take(entry)
+                self._items_in_flight -= entry[1]
+                self._fill()
+            finished = True
+        finally:
+            if not finished:  # an error, a timeout, cancellation, or the consumer stopped
+                for handle, _ in self._in_flight:
+                    handle.cancel()
+            if self._progress is not None:
+                self._progress.close()
+
+    def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> list[Any]:
+        """The results of a chunk that ended (or its error), once counted and sized."""
+        handle, size = entry
+        chunk = handle.get()
+        self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
+        self._sizer.observe(size, handle._finished_at - handle._started_at)  # type: ignore[operator]
+        if self._progress is not None:
+            self._progress.advance(size)
+        if self._keep_going:
+            chunk = self._resolve_failures(chunk)
+        return chunk
 
     def _resolve_failures(self, chunk: list[Any]) -> list[Any]:
         if self._skip:

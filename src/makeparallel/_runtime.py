@@ -20,12 +20,14 @@ import threading
 import time
 from typing import Any
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
+from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
 
 __all__ = [
@@ -65,6 +67,8 @@ _backends: dict[str, Backend] = {}
 _default_backend: str | None = None  # set by configure(); else the environment; else "thread"
 _default_instance: Backend | None = None  # the default backend once resolved: the hot path
 _exit_timeout = 5.0
+_async_cancel = "cooperative"
+ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
 _exit_hook_registered = False
 global_limiter = Limiter(None)
@@ -137,7 +141,25 @@ def use_default_backend(name: str | None) -> None:
     _default_instance = None
 
 
-def configure(*, backend: str | None = None, exit_timeout: float | None = None) -> None:
+def check_async_cancel(mode: Any) -> str:
+    """``"cooperative"`` or ``"force"``; the message lists both."""
+    if mode not in ASYNC_CANCEL_MODES:
+        raise ValueError(f"async_cancel must be 'cooperative' or 'force', got {mode!r}")
+    return mode  # type: ignore[no-any-return]
+
+
+def async_cancel_mode() -> str:
+    """What cancelling an ``await`` of a handle does to the task, for functions that say nothing."""
+    return _async_cancel
+
+
+def configure(
+    *,
+    backend: str | None = None,
+    exit_timeout: float | None = None,
+    async_cancel: str | None = None,
+    process_contextvars: Iterable[ContextVar[Any]] | None = None,
+) -> None:
     """Set process-wide defaults.
 
     Args:
@@ -147,16 +169,41 @@ def configure(*, backend: str | None = None, exit_timeout: float | None = None) 
             ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
             unfinished tasks before abandoning them (default 5).
+        async_cancel: what cancelling the coroutine that awaits a handle does
+            to the task: ``"cooperative"`` (the default: ``handle.cancel()``, a
+            queued task never runs, a running one's ``check_cancelled()`` raises)
+            or ``"force"`` (``handle.cancel(force=True)``: on the process backend
+            the worker running it is stopped and replaced). A function's own
+            ``@parallel(async_cancel=...)`` wins.
+        process_contextvars: context variables whose values, as the submitter
+            sees them, are set in the worker process before each process task
+            runs (threads see the submitter's whole context anyway). Each must be
+            a global of an importable module (not ``__main__``), so that a worker
+            finds the same variable; values must be picklable. ``[]`` sends none
+            again; none are sent by default, at no cost.
+
+    Raises:
+        ValueError: a value is out of range, or a context variable is not found
+            as a module global.
+        TypeError: a value has the wrong type.
     """
-    global _exit_timeout
+    global _exit_timeout, _async_cancel
     if backend is not None:
         check_backend_name(backend)
     if exit_timeout is not None:
         check_wait_timeout(exit_timeout, "exit_timeout")
+    if async_cancel is not None:
+        check_async_cancel(async_cancel)
+    if process_contextvars is not None:
+        located = locate_contextvars(process_contextvars)
     if backend is not None:
         use_default_backend(backend)
     if exit_timeout is not None:
         _exit_timeout = float(exit_timeout)
+    if async_cancel is not None:
+        _async_cancel = async_cancel
+    if process_contextvars is not None:
+        set_process_contextvars(located)
 
 
 def configure_thread_pool(num_threads: int | None = None, stack_size: int | None = None) -> None:

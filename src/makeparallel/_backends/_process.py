@@ -46,7 +46,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _deadlines, _events, _serialization
+from .. import _deadlines, _events, _process_context, _serialization
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
@@ -199,6 +199,21 @@ class ProcessBackend(QueueingBackend):
 
     def _steal(self, handle: AsyncHandle[Any]) -> bool:
         return False  # a process task never runs in this process
+
+    def _prepare(self, handle: AsyncHandle[Any]) -> None:
+        handle._payload = _serialize_call(handle)
+
+    def _work_arrived(self) -> None:
+        with self._lock:
+            start_loop = self._loop is None
+            if start_loop:
+                self._loop = threading.Thread(
+                    target=self._run_loop, name="makeparallel-process-loop", daemon=True
+                )
+        if start_loop:
+            self._loop.start()  # type: ignore[union-attr]
+        else:
+            self._wake()
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
@@ -411,7 +426,9 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
         wrap = _serialization.large_bytes_out_of_band
         args = tuple(map(wrap, handle._args or ()))
         kwargs = {key: wrap(value) for key, value in (handle._kwargs or {}).items()}
-        data, buffers = _serialization.dumps((args, kwargs))
+        values = _process_context.capture_values(handle._context)
+        sent = (args, kwargs) if values is None else (args, kwargs, values)
+        data, buffers = _serialization.dumps(sent)
         return _serialization.dumps_function(handle._fn), data, buffers
     except Exception as error:
         raise TaskSerializationError(

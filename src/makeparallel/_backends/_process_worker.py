@@ -18,6 +18,7 @@ Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import pickle
@@ -30,6 +31,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import _serialization
+from .._coroutines import is_coroutine, run_here
+from .._process_context import apply_values
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
 from .._task_logging import _stamp
@@ -44,9 +47,10 @@ _STOP = ("stop",)  # put in the inbox when the parent is gone
 class _RemoteTask:
     """What ``report_progress``, ``check_cancelled`` and friends see in a worker."""
 
-    __slots__ = ("_id", "_state", "_stop_error", "_worker", "name")
+    __slots__ = ("_id", "_state", "_stop_error", "_worker", "name", "on_stop")
 
     def __init__(self, task_id: int, name: str, worker: _Worker) -> None:
+        self.on_stop: Any = None  # cancels the task's coroutine, while one runs
         self._id = task_id
         self.name = name
         self._state = RUNNING
@@ -139,8 +143,11 @@ class _Worker:
         started = time.perf_counter()
         try:
             fn = self._function(function)
-            args, kwargs = _serialization.loads(data, buffers)
-            value, ok = fn(*args, **kwargs), True
+            call = _serialization.loads(data, buffers)
+            if len(call) == 2:
+                value, ok = _call(fn, call[0], call[1], task), True
+            else:  # with the submitter's context variables, set in a context of its own
+                value, ok = contextvars.copy_context().run(_call, fn, call[0], call[1], task, call[2]), True
         except BaseException as error:  # SystemExit too: it ends the task, not the worker
             value, ok = (error, "".join(traceback.format_exception(error))), False
         finally:
@@ -202,10 +209,20 @@ class _Worker:
         if current is not None and current._id == task_id:
             current._stop_error = error
             current._state = CANCELLED
+            if current.on_stop is not None:
+                current.on_stop()
             return
         with self._has_mail:
             self._cancelled[task_id] = error
 
+
+
+def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None) -> Any:
+    """Call the task's function; run the coroutine it returns, if it does, on this worker's loop."""
+    if values is not None:
+        apply_values(values)
+    value = fn(*args, **kwargs)
+    return run_here(value, task) if is_coroutine(value) else value
 
 
 def main(fd: int) -> None:

@@ -16,10 +16,11 @@ from ._base import Backend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ABANDONED", "INLINE", "ON_WORKER", "QueueingBackend"]
+__all__ = ["ABANDONED", "HELD", "INLINE", "ON_WORKER", "QueueingBackend"]
 
-# handle._on_worker: 0 run inline by a waiter, 1 on a worker, 2 on a worker and abandoned.
-INLINE, ON_WORKER, ABANDONED = 0, 1, 2
+# handle._on_worker: 0 run inline by a waiter, 1 on a worker, 2 on a worker and
+# abandoned; 3 accepted but held back from the queue (waiting for admission).
+INLINE, ON_WORKER, ABANDONED, HELD = 0, 1, 2, 3
 
 
 class QueueingBackend(Backend):
@@ -90,9 +91,45 @@ class QueueingBackend(Backend):
             self._queued -= 1  # cancelled while queued; its entry is skipped later
         super()._settled_locked(handle, was_pending)
 
-    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+    def hold(self, handle: AsyncHandle[Any]) -> None:
+        """Accept a task that may not start yet: counted as queued, but in no queue.
+
+        :meth:`release_held` queues it once it may start; cancelling it meanwhile
+        ends it like any queued task.
+
+        Raises:
+            ShutdownError: the backend is closed.
+        """
+        self._prepare(handle)
+        with self._lock:
+            self._refuse_if_closed_locked()
+            handle._on_worker = HELD
+            self._queued += 1
+            self._active += 1
+            handle._observer.task_submitted(handle)
+
+    def release_held(self, handle: AsyncHandle[Any]) -> None:
+        """Queue a held task to run, unless it ended meanwhile."""
         with self._lock:
             if handle._state != PENDING:
+                return
+            handle._on_worker = INLINE
+            queue = self._queues.get(handle._priority)
+            if queue is None:
+                queue = self._add_priority_locked(handle._priority)
+            queue.append(handle)
+        self._work_arrived()
+
+    def _prepare(self, handle: AsyncHandle[Any]) -> None:
+        """Ready a task for this backend before it is accepted (the process one pickles it)."""
+
+    def _work_arrived(self) -> None:
+        """A task was queued without ``submit``: start or wake a worker for it."""
+        raise NotImplementedError
+
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        with self._lock:
+            if handle._state != PENDING or handle._on_worker == HELD:
                 return False
             handle._state = RUNNING
             handle._on_worker = INLINE

@@ -166,6 +166,14 @@ class ThreadBackend(QueueingBackend):
         else:
             self._spawn(1)
 
+    def _work_arrived(self) -> None:
+        with self._lock:
+            park = self._parked.pop() if self._parked else None
+            spawn = 0 if park is not None else self._reserve_workers_locked(1)
+        if park is not None:
+            park.release()
+        self._spawn(spawn)
+
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
             self._closed = True

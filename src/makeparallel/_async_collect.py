@@ -1,0 +1,148 @@
+"""Collecting handles from asyncio code: ``async for`` over ``as_completed``, ``gather_async``.
+
+The same rules as the blocking collectors (``_collect``), without blocking the
+loop: each handle's end is delivered to the loop through the batching waker of
+``_await``, into an ``asyncio.Queue`` read in the order the tasks end. One
+difference: cancelling the coroutine that collects (a timeout around it, a
+failing ``TaskGroup``, a client gone) cancels every task not yet ended, as
+cancelling an ``await handle`` cancels its task. ``asyncio`` is imported on
+first use, so that ``import makeparallel`` stays light.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._collect import OnError, _as_handles, check_on_error
+from ._handle import AsyncHandle
+from ._states import SUCCEEDED
+from ._validation import check_wait_timeout
+from .errors import TaskTimeoutError
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["AsyncCompletions", "as_completed_async", "gather_async"]
+
+T = TypeVar("T")
+
+
+class AsyncCompletions:
+    """Handles in the order they end, awaited on the running loop.
+
+    Args:
+        timeout: seconds from now after which :meth:`next` raises ``TaskTimeoutError``.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        import asyncio
+
+        from ._await import running_loop_or_explain, waker_for
+
+        loop = running_loop_or_explain()
+        self._ended: asyncio.Queue[AsyncHandle[Any]] = asyncio.Queue()
+        self._deliver = waker_for(loop).deliver
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._timeout = timeout
+        self.outstanding = 0
+        self._total = 0
+
+    @classmethod
+    def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
+        completions = cls(timeout)
+        for handle in handles:
+            completions.add(handle)
+        return completions
+
+    def add(self, handle: AsyncHandle[Any]) -> None:
+        """Follow one more handle."""
+        self.outstanding += 1
+        self._total += 1
+        put = self._ended.put_nowait
+        deliver = self._deliver
+        handle.add_done_callback(lambda ended: deliver(put, ended))
+
+    async def next(self) -> AsyncHandle[Any]:
+        """The next handle to end."""
+        import asyncio
+
+        if self._deadline is None:
+            handle = await self._ended.get()
+        else:
+            try:
+                handle = await asyncio.wait_for(self._ended.get(), max(0.0, self._deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise TaskTimeoutError(
+                    f"timed out after {self._timeout:g} s with {self.outstanding} of "
+                    f"{self._total} tasks unfinished; they go on unless cancelled"
+                ) from None
+        self.outstanding -= 1
+        return handle
+
+
+def _cancel_unfinished(handles: list[AsyncHandle[Any]]) -> None:
+    for handle in handles:
+        if not handle.done():
+            handle.cancel()
+
+
+async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None) -> AsyncIterator[AsyncHandle[T]]:
+    """What ``async for handle in mp.as_completed(...)`` iterates over."""
+    import asyncio
+
+    completions = AsyncCompletions.of(items, timeout)
+    while completions.outstanding:
+        try:
+            handle = await completions.next()
+        except asyncio.CancelledError:
+            _cancel_unfinished(items)
+            raise
+        yield handle
+
+
+async def gather_async(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: OnError = "raise",
+    timeout: float | None = None,
+) -> list[T | None]:
+    """Await every handle and return their results in submission order.
+
+    The asyncio peer of :func:`gather`, with the same options; the event loop is
+    never blocked.
+
+    Args:
+        handles: the handles to collect; any mix of functions and backends.
+        on_error: ``"raise"`` raises the first failure as soon as it happens and
+            leaves the other tasks running; ``"skip"`` leaves failed tasks out;
+            ``"none"`` puts ``None`` in their place.
+        timeout: the longest to wait, in seconds, for all of them.
+
+    Returns:
+        The results, in the order of ``handles``.
+
+    Raises:
+        TaskTimeoutError: ``timeout`` passed; the tasks go on.
+        asyncio.CancelledError: the awaiting coroutine was cancelled; every task
+            not yet ended is cancelled too.
+        RuntimeError: no asyncio event loop runs (under trio, for one).
+        Exception: with ``on_error="raise"``, the first task error, as itself.
+    """
+    import asyncio
+
+    items = _as_handles(handles)
+    check_on_error(on_error)
+    check_wait_timeout(timeout)
+    completions = AsyncCompletions.of(items, timeout)
+    try:
+        while completions.outstanding:
+            handle = await completions.next()
+            if on_error == "raise" and handle._state != SUCCEEDED:
+                handle.get()  # raises the task's error, with its note
+    except asyncio.CancelledError:
+        _cancel_unfinished(items)
+        raise
+    if on_error == "skip":
+        return [h._value for h in items if h._state == SUCCEEDED]
+    return [h._value if h._state == SUCCEEDED else None for h in items]

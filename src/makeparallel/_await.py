@@ -1,0 +1,125 @@
+"""``await handle``: wait for a task without blocking the event loop; cancellation crosses.
+
+A handle awaited from a coroutine gets one done-callback. When the task ends, on
+whatever thread ends it, the callback puts the await's future in its loop's
+queue and, if none is scheduled yet, schedules one drain with
+``call_soon_threadsafe``. A drain wakes at most ``_BATCH`` awaits per turn of the
+loop and schedules itself again for the rest, so ten thousand tasks ending at
+once cost the loop many short turns instead of one long one: other coroutines
+(a web server's requests) keep being served between them.
+
+Cancellation crosses: when the coroutine awaiting a handle is cancelled
+(``asyncio.timeout``, ``wait_for``, a ``TaskGroup`` failing, a client going away),
+the task is cancelled too: a queued task never runs, a running one is asked to
+stop (``check_cancelled()`` raises in it), and one whose function or
+``mp.configure(async_cancel="force")`` says so is stopped as
+``handle.cancel(force=True)`` stops it. ``asyncio.shield(handle)`` keeps the task
+running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ._handle import AsyncHandle
+
+__all__ = ["ended", "running_loop_or_explain", "wait_for_handle", "waker_for"]
+
+T = TypeVar("T")
+
+_BATCH = 256  # awaits woken per turn of the loop, at most
+
+
+class _LoopWaker:
+    """Runs small callbacks on one event loop, in batches, on behalf of any thread."""
+
+    __slots__ = ("_ended", "_lock", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ended: deque[tuple[Callable[[Any], object], Any]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def deliver(self, fn: Callable[[Any], object], arg: Any, _: object = None) -> None:
+        """Call ``fn(arg)`` on the loop soon; a handle's done-callback, from any thread."""
+        with self._lock:
+            self._ended.append((fn, arg))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the await was abandoned and its loop closed
+            pass
+
+    def _drain(self) -> None:
+        ended = self._ended
+        for _ in range(_BATCH):
+            try:
+                fn, arg = ended.popleft()
+            except IndexError:
+                break
+            fn(arg)
+        with self._lock:
+            if not ended:
+                self._scheduled = False
+                return
+        self._loop.call_soon(self._drain)  # the rest on the next turn: others run between
+
+
+class _Wakers(threading.local):
+    loop: Any = None
+    waker: Any = None
+
+
+_wakers = _Wakers()
+
+
+def waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    if _wakers.loop is not loop:  # one loop runs per thread at a time
+        _wakers.loop = loop
+        _wakers.waker = _LoopWaker(loop)
+    return _wakers.waker  # type: ignore[no-any-return]
+
+
+def running_loop_or_explain() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "awaiting a makeparallel handle needs a running asyncio event loop (asyncio, "
+            "or anyio on its asyncio backend); trio is not supported: there, wait in a "
+            "thread with `await trio.to_thread.run_sync(handle.get)`"
+        ) from None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_for_handle(handle: AsyncHandle[T]) -> T:
+    """The task's result, awaited; cancelling the awaiting coroutine cancels the task."""
+    if not handle.done():
+        try:
+            await ended(handle)
+        except asyncio.CancelledError:
+            if not handle.done():
+                handle.cancel(force=bool(getattr(handle._observer, "async_cancel_forced", False)))
+            raise
+    return handle.get()
+
+
+def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:
+    """A future of the running loop that is done once ``handle`` ended (nothing is cancelled with it)."""
+    loop = running_loop_or_explain()
+    future: asyncio.Future[None] = loop.create_future()
+    handle.add_done_callback(functools.partial(waker_for(loop).deliver, _wake, future))
+    return future

@@ -1,0 +1,123 @@
+"""Coroutines as tasks: each runs on an event loop owned by the thread that runs it.
+
+A task whose function is ``async def``, or a plain function that returns a
+coroutine (a ``functools.wraps`` wrapper, an object with ``async def __call__``, a
+lambda), is run to completion by the worker that took it: every worker thread,
+and the main thread of every worker process, keeps one event loop of its own,
+created on first use and reused for the tasks after. A stopped task (cancelled,
+timed out) cancels its coroutine on that loop.
+
+A thread whose own event loop is already running (a coroutine calls ``get()``,
+which runs a queued task inline; the ``"sync"`` backend called from a
+coroutine) cannot run a second loop: there the coroutine is started on the
+running loop as an ``asyncio`` task, and the handle ends when it does. Waiting
+for it there with ``get()`` would block the loop it needs, so the handle refuses
+and says to ``await`` it instead.
+
+``asyncio`` is imported only when a coroutine first shows up, so that
+``import makeparallel`` stays light.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from types import CoroutineType
+from typing import Any
+
+__all__ = ["is_coroutine", "run_here", "running_loop", "start_on_running_loop"]
+
+
+class _OwnLoop:
+    """One thread's event loop, closed when the thread ends (and its locals are dropped)."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def __del__(self) -> None:
+        if not self.loop.is_closed() and not self.loop.is_running():
+            self.loop.close()
+
+
+_own = threading.local()
+
+
+def is_coroutine(value: object) -> bool:
+    """Whether ``value`` is a coroutine object (what calling an ``async def`` gives)."""
+    return isinstance(value, CoroutineType)
+
+
+def running_loop() -> Any:
+    """The asyncio event loop running on this thread, or ``None``; never imports asyncio."""
+    asyncio = sys.modules.get("asyncio")
+    return None if asyncio is None else asyncio._get_running_loop()
+
+
+def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
+    """Run ``coroutine`` to its end on this thread's own loop; return its result.
+
+    Args:
+        coroutine: what the task's function returned.
+        task: the task running on this thread (an ``AsyncHandle``, or a worker
+            process's view of one); when it is stopped, the coroutine is cancelled.
+
+    Raises:
+        TaskCancelledError: the coroutine was cancelled by something else than
+            the task's own cancellation (whose outcome is dropped anyway).
+        Exception: whatever the coroutine raised.
+    """
+    import asyncio
+
+    own: _OwnLoop | None = getattr(_own, "loop", None)
+    if own is None or own.loop.is_closed():
+        own = _own.loop = _OwnLoop(asyncio.new_event_loop())
+    loop = own.loop
+    future = loop.create_task(coroutine)  # in the current context: the task's own
+    _cancel_when_stopped(task, loop, future)
+    try:
+        return loop.run_until_complete(future)
+    except asyncio.CancelledError:
+        from .errors import TaskCancelledError
+
+        raise TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled") from None
+
+
+def start_on_running_loop(
+    loop: Any,
+    coroutine: Coroutine[Any, Any, Any],
+    task: Any,
+    finish: Callable[[bool, Any], None],
+) -> None:
+    """Start ``coroutine`` on the loop running on this thread; ``finish(ok, value)`` at its end."""
+    future = loop.create_task(coroutine)  # in the current context: the task's own
+
+    def ended(done: Any) -> None:
+        if done.cancelled():
+            from .errors import TaskCancelledError
+
+            finish(False, TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled"))
+        elif done.exception() is not None:
+            finish(False, done.exception())
+        else:
+            finish(True, done.result())
+
+    future.add_done_callback(ended)
+    _cancel_when_stopped(task, loop, future)
+
+
+def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> None:
+    def cancel() -> None:
+        if not future.done():
+            try:
+                loop.call_soon_threadsafe(future.cancel)
+            except RuntimeError:  # the loop closed: nothing left to cancel
+                pass
+
+    add_done_callback = getattr(task, "add_done_callback", None)
+    if add_done_callback is not None:  # a handle: it ends when stopped, and at the end
+        add_done_callback(lambda _: cancel())
+    else:  # a worker process's task: its cancel message calls this
+        task.on_stop = cancel

@@ -1,0 +1,8 @@
+"""Module-level objects for the asyncio tests that worker processes must import by name."""
+
+from __future__ import annotations
+
+import contextvars
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")

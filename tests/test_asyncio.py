@@ -1,0 +1,761 @@
+"""asyncio: nothing blocks the loop, cancellation crosses, async functions run on worker loops.
+
+Every wait here is on an event (a threading.Event, an asyncio.Event, a marker
+file for worker processes), never a sleep that hopes; "must finish" waits are
+generous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+import makeparallel as mp
+from async_helpers import request_id, tenant
+from pool_helpers import Flags, hold_the_pool, poll_until_stopped, resize, wait_until
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+async def on_a_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking wait off the loop (for the test's own bookkeeping)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+# -- admission limits never block the loop --------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_limited_function_returns_at_once_on_a_running_loop(gate: threading.Event) -> None:
+    started: list[int] = []
+
+    @mp.parallel(max_concurrent=2)
+    def limited(n: int) -> int:
+        started.append(n)
+        assert gate.wait(10)
+        return n
+
+    async def main() -> list[Any]:
+        first = [limited(n) for n in range(2)]
+        await on_a_thread(lambda: wait_until(lambda: len(started) == 2))
+        waiting = [limited(n) for n in range(2, 10)]  # over the limit: returned at once
+        ticks = 0
+        for _ in range(5):  # the loop is free: other coroutines run
+            await asyncio.sleep(0)
+            ticks += 1
+        assert ticks == 5
+        assert sorted(started) == [0, 1], "a task over the limit started"
+        assert [h.status for h in waiting] == ["pending"] * 8
+        gate.set()
+        return await mp.gather_async(first + waiting, timeout=30)
+
+    assert run(main()) == list(range(10))
+    assert sorted(started) == list(range(10))
+
+
+@pytest.mark.timeout(30)
+def test_the_global_limit_defers_too_and_keeps_submission_order(gate: threading.Event) -> None:
+    order: list[int] = []
+
+    @mp.parallel
+    def record(n: int) -> int:
+        if n == 0:
+            assert gate.wait(10)
+        order.append(n)
+        return n
+
+    mp.set_max_concurrent_tasks(1)
+    resize(1)
+
+    async def main() -> list[Any]:
+        handles = [record(n) for n in range(6)]
+        assert all(not h.done() for h in handles)
+        gate.set()
+        return await mp.gather_async(handles, timeout=30)
+
+    assert run(main()) == list(range(6))
+    assert order == list(range(6))
+
+
+@pytest.mark.timeout(30)
+def test_a_task_cancelled_while_waiting_for_its_slot_never_runs(gate: threading.Event) -> None:
+    ran: list[int] = []
+
+    @mp.parallel(max_concurrent=1)
+    def limited(n: int) -> int:
+        ran.append(n)
+        if n == 0:
+            assert gate.wait(10)
+        return n
+
+    async def main() -> None:
+        holder = limited(0)
+        waiting = limited(1)
+        later = limited(2)
+        assert waiting.cancel()
+        gate.set()
+        assert await holder == 0
+        assert await later == 2  # the cancelled one's slot went on to the next
+        with pytest.raises(mp.TaskCancelledError):
+            await waiting
+
+    run(main())
+    assert ran == [0, 2]
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_refuses_a_task_waiting_for_its_slot(gate: threading.Event) -> None:
+    @mp.parallel(max_concurrent=1)
+    def limited(n: int) -> int:
+        assert gate.wait(10)
+        return n
+
+    async def main() -> None:
+        holder = limited(0)
+        waiting = limited(1)
+        gate.set()
+        mp.shutdown(timeout_secs=10)
+        assert await holder == 0
+        with pytest.raises(mp.ShutdownError, match="waited for a free slot"):
+            await waiting
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any) -> None:
+    flags = Flags(str(tmp_path))
+    limited = mp.parallel(backend="process", max_concurrent=1)(flagged_square)
+
+    async def main() -> list[Any]:
+        handles = [limited(flags, n) for n in range(4)]
+        assert sum(1 for h in handles if h.status == "pending") >= 3
+        flags.set("go")
+        return await mp.gather_async(handles, timeout=50)
+
+    assert run(main()) == [0, 1, 4, 9]
+
+
+def flagged_square(flags: Flags, n: int) -> int:
+    assert flags.wait_for_release("go")
+    return n * n
+
+
+# -- cancellation crosses ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_the_await_of_a_queued_task_means_it_never_runs(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+    ran = threading.Event()
+
+    @mp.parallel
+    def queued() -> None:
+        ran.set()
+
+    async def main() -> mp.AsyncHandle[None]:
+        handle = queued()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(handle, 0.01)  # type: ignore[arg-type]
+        return handle
+
+    handle = run(main())
+    assert handle.cancelled()
+    gate.set()
+    mp.gather(blockers, timeout=10)
+    assert not ran.is_set()
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_the_await_of_a_running_task_asks_it_to_stop(gate: threading.Event) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+
+    @mp.parallel
+    def running() -> None:
+        started.set()
+        try:
+            poll_until_stopped(gate)
+        except mp.TaskCancelledError:
+            stopped.set()
+            raise
+
+    async def main() -> mp.AsyncHandle[None]:
+        handle = running()
+        await on_a_thread(lambda: started.wait(10))
+        task = asyncio.ensure_future(handle)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return handle
+
+    handle = run(main())
+    assert handle.cancelled()
+    assert stopped.wait(10), "check_cancelled() never raised in the task"
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_sibling_cancels_the_task_awaited_beside_it(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel
+    def running() -> None:
+        started.set()
+        poll_until_stopped(gate)
+
+    async def fail_once_started() -> None:
+        await on_a_thread(lambda: started.wait(10))
+        raise LookupError("sibling failed")
+
+    async def with_group() -> mp.AsyncHandle[None]:
+        handle = running()
+        waiter = asyncio.ensure_future(handle)
+        try:
+            await fail_once_started()
+        except LookupError:
+            waiter.cancel()  # what TaskGroup and anyio do to the siblings
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        return handle
+
+    handle = run(with_group())
+    assert handle.cancelled()
+
+
+@pytest.mark.timeout(30)
+def test_shield_keeps_the_task_running(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(10)
+        return "kept"
+
+    async def main() -> str:
+        handle = held()
+        await on_a_thread(lambda: started.wait(10))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(handle), 0.01)  # type: ignore[arg-type]
+        assert not handle.done()
+        gate.set()
+        return await handle
+
+    assert run(main()) == "kept"
+
+
+def pid_then_wait(flags: Flags) -> int:
+    flags.set("started", str(os.getpid()))
+    assert flags.wait_for_release("never")
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["configure", "per function"])
+def test_force_cancel_on_the_process_backend_stops_the_worker(tmp_path: Any, how: str) -> None:
+    flags = Flags(str(tmp_path))
+    mp.configure_process_pool(num_workers=1)
+    if how == "configure":
+        mp.configure(async_cancel="force")
+        fn = mp.parallel(backend="process")(pid_then_wait)
+    else:
+        fn = mp.parallel(backend="process", async_cancel="force")(pid_then_wait)
+
+    async def main() -> int:
+        handle = fn(flags)
+        await on_a_thread(lambda: flags.wait("started", 30))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(handle, 0.05)  # type: ignore[arg-type]
+        assert handle.cancelled()
+        return int(flags.read("started"))
+
+    try:
+        pid = run(main())
+        assert wait_until(lambda: pid not in mp.get_process_pool_info()["worker_pids"], 30)
+        assert mp.parallel(backend="process")(os.getpid)().get(30) != pid
+    finally:
+        mp.configure(async_cancel="cooperative")
+        flags.set("teardown")
+
+
+def test_async_cancel_is_checked() -> None:
+    with pytest.raises(ValueError, match="async_cancel must be 'cooperative' or 'force', got 'kill'"):
+        mp.configure(async_cancel="kill")
+    with pytest.raises(ValueError, match="async_cancel"):
+        mp.parallel(async_cancel="now")
+
+
+# -- async functions as tasks ------------------------------------------------------------
+
+
+@mp.parallel
+async def loop_of_this_worker(n: int) -> tuple[int, int, int]:
+    await asyncio.sleep(0)
+    return id(asyncio.get_running_loop()), threading.get_ident(), n
+
+
+@mp.parallel(backend="process")
+async def loop_of_this_process(n: int) -> tuple[int, int, int]:
+    await asyncio.sleep(0)
+    return id(asyncio.get_running_loop()), os.getpid(), n
+
+
+def test_an_async_function_runs_on_its_worker_threads_own_loop_reused() -> None:
+    resize(1)
+    results = [loop_of_this_worker(n).result(timeout=10) for n in range(3)]
+    loops = {loop for loop, _, _ in results}
+    threads = {thread for _, thread, _ in results}
+    assert [n for _, _, n in results] == [0, 1, 2]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert len(loops) == 1, "a new loop per task"
+
+
+@pytest.mark.timeout(60)
+def test_an_async_function_runs_on_its_worker_processes_own_loop_reused() -> None:
+    mp.configure_process_pool(num_workers=1)
+    results = [loop_of_this_process(n).get(30) for n in range(3)]
+    assert {pid for _, pid, _ in results} != {os.getpid()}
+    assert len({(loop, pid) for loop, pid, _ in results}) == 1
+
+
+def test_async_functions_run_in_parallel_on_threads() -> None:
+    resize(2)
+    both_in = threading.Barrier(2, timeout=10)
+
+    @mp.parallel
+    async def meet(n: int) -> int:
+        await asyncio.sleep(0)
+        both_in.wait()  # two workers, each with its own loop, at once
+        return n
+
+    assert mp.gather([meet(1), meet(2)], timeout=20) == [1, 2]
+
+
+async def _double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+def _wrapped_async(fn: Callable[[int], Awaitable[int]]) -> Callable[[int], Awaitable[int]]:
+    @functools.wraps(fn)
+    def wrapper(x: int) -> Awaitable[int]:
+        return fn(x)
+
+    return wrapper
+
+
+class _AsyncCallable:
+    async def __call__(self, x: int) -> int:
+        return await _double(x)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [_double, _wrapped_async(_double), _AsyncCallable(), lambda x: _double(x), functools.partial(_double)],
+    ids=["async def", "wraps", "async __call__", "lambda", "partial"],
+)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_whatever_returns_a_coroutine_is_run(fn: Any, backend: str) -> None:
+    assert mp.parallel(backend=backend)(fn)(21).get(30) == 42
+
+    async def main() -> int:
+        return await mp.parallel(backend=backend)(fn)(4)  # type: ignore[no-any-return]
+
+    assert run(main()) == 8
+
+
+def test_get_inside_a_coroutine_on_an_async_task_says_to_await() -> None:
+    async def main() -> int:
+        handle = loop_of_this_worker(7)
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            handle.get()
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            handle.wait(5)
+        _, _, n = await handle
+        assert handle.get() == await handle  # ended: get() is fine now
+        return n
+
+    assert run(main()) == 7
+
+
+def test_an_async_task_is_never_run_inline_on_a_running_loop(gate: threading.Event) -> None:
+    blockers = hold_the_pool(gate)
+
+    async def main() -> int:
+        handle = loop_of_this_worker(3)
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            handle.get()  # queued: a plain task would run inline here
+        assert handle.status == "pending"
+        gate.set()
+        _, thread, n = await handle
+        assert thread != threading.get_ident()
+        return n
+
+    assert run(main()) == 3
+    mp.gather(blockers, timeout=10)
+
+
+def test_on_the_sync_backend_under_a_loop_it_runs_on_that_loop() -> None:
+    @mp.parallel(backend="sync")
+    async def here() -> tuple[int, int]:
+        await asyncio.sleep(0)
+        return id(asyncio.get_running_loop()), threading.get_ident()
+
+    async def main() -> None:
+        handle = here()
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            handle.get()
+        assert await handle == (id(asyncio.get_running_loop()), threading.get_ident())
+
+    run(main())
+    assert here().get(10)[1] == threading.get_ident()  # no loop running: its own loop, inline
+
+
+def test_a_plain_function_returning_a_coroutine_is_learned_as_async() -> None:
+    fn = mp.parallel(backend="sync")(lambda: _double(5))
+
+    async def main() -> int:
+        handle = fn()  # discovered now, started on this loop
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            handle.get()
+        return await handle  # type: ignore[no-any-return]
+
+    assert run(main()) == 10
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_an_async_task_cancels_its_coroutine() -> None:
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    @mp.parallel
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    handle = forever()
+    assert started.wait(10)
+    assert handle.cancel()
+    assert cancelled.wait(10), "the coroutine was not cancelled"
+
+
+@pytest.mark.timeout(30)
+def test_a_timeout_cancels_the_coroutine() -> None:
+    cancelled = threading.Event()
+
+    @mp.parallel(timeout=0.05)
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(mp.TaskTimeoutError):
+        forever().get(20)
+    assert cancelled.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_an_async_process_task_cancels_its_coroutine(tmp_path: Any) -> None:
+    flags = Flags(str(tmp_path))
+    mp.configure_process_pool(num_workers=1)
+    handle = mp.parallel(backend="process")(wait_for_cancel_in_a_coroutine)(flags)
+    assert flags.wait("started", 30)
+    handle.cancel()
+    assert flags.wait("cancelled", 30), "the worker's coroutine was not cancelled"
+    flags.set("teardown")
+
+
+async def wait_for_cancel_in_a_coroutine(flags: Flags) -> None:
+    flags.set("started")
+    try:
+        while not flags.is_set("teardown"):
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        flags.set("cancelled")
+        raise
+
+
+def test_progress_and_check_cancelled_work_inside_an_async_task() -> None:
+    @mp.parallel
+    async def steps() -> int:
+        for n in range(1, 5):
+            await asyncio.sleep(0)
+            mp.check_cancelled()
+            mp.report_progress(n / 4)
+        return mp.get_current_task_id()  # type: ignore[return-value]
+
+    handle = steps()
+    assert handle.get(10) == handle.get_task_id()
+    assert handle.get_progress() == 1.0
+
+
+def test_parallel_async_is_parallel() -> None:
+    assert mp.parallel_async is mp.parallel
+
+
+# -- async collectors ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_async_as_completed_yields_in_the_order_tasks_end(gate: threading.Event) -> None:
+    @mp.parallel
+    def held(n: int) -> int:
+        if n == 0:
+            assert gate.wait(10)
+        return n
+
+    async def main() -> list[int]:
+        seen = []
+        async for handle in mp.as_completed([held(0), held(1)], timeout=20):
+            seen.append(handle.result())
+            gate.set()
+        return seen
+
+    resize(2)
+    assert run(main()) == [1, 0]
+
+
+@pytest.mark.timeout(30)
+def test_async_as_completed_times_out(gate: threading.Event) -> None:
+    work = mp.parallel(poll_until_stopped)
+
+    async def main() -> mp.AsyncHandle[None]:
+        handle = work(gate)
+        with pytest.raises(mp.TaskTimeoutError, match="1 of 1 tasks unfinished"):
+            async for _ in mp.as_completed([handle], timeout=0.01):
+                pass
+        return handle
+
+    handle = run(main())
+    assert not handle.done()  # a timeout leaves the tasks running
+    gate.set()
+    handle.get(10)
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_the_consumer_of_as_completed_cancels_what_is_in_flight(gate: threading.Event) -> None:
+    work = mp.parallel(poll_until_stopped)
+
+    async def main() -> list[mp.AsyncHandle[None]]:
+        handles = [work(gate) for _ in range(3)]
+
+        async def consume() -> None:
+            async for _ in mp.as_completed(handles):
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consume(), 0.01)
+        return handles
+
+    assert all(h.cancelled() for h in run(main()))
+
+
+def test_gather_async_keeps_order_and_the_on_error_modes() -> None:
+    @mp.parallel
+    def parse(text: str) -> int:
+        return int(text)
+
+    async def main() -> None:
+        assert await mp.gather_async([parse(t) for t in "123"]) == [1, 2, 3]
+        handles = [parse(t) for t in ["1", "x", "3"]]
+        assert await mp.gather_async(handles, on_error="none") == [1, None, 3]
+        assert await mp.gather_async(handles, on_error="skip") == [1, 3]
+        with pytest.raises(ValueError, match="invalid literal"):
+            await mp.gather_async(handles)
+        with pytest.raises(ValueError, match="on_error"):
+            await mp.gather_async(handles, on_error="ignore")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="AsyncHandle"):
+            await mp.gather_async([1])  # type: ignore[list-item]
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_gather_async_cancels_the_unfinished_tasks(gate: threading.Event) -> None:
+    work = mp.parallel(poll_until_stopped)
+
+    async def main() -> list[mp.AsyncHandle[None]]:
+        handles = [work(gate) for _ in range(3)]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(mp.gather_async(handles), 0.01)
+        return handles
+
+    assert all(h.cancelled() for h in run(main()))
+
+
+@pytest.mark.timeout(30)
+def test_gather_async_timeout_leaves_the_tasks_running(gate: threading.Event) -> None:
+    work = mp.parallel(poll_until_stopped)
+
+    async def main() -> mp.AsyncHandle[None]:
+        handle = work(gate)
+        with pytest.raises(mp.TaskTimeoutError, match="1 of 1"):
+            await mp.gather_async([handle], timeout=0.01)
+        return handle
+
+    handle = run(main())
+    assert not handle.done()
+    gate.set()
+    handle.get(10)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_async_imap_equals_map(ordered: bool, backend: str) -> None:
+    async def main() -> list[Any]:
+        return [r async for r in mp.imap(abs, range(-300, 300), ordered=ordered, backend=backend)]
+
+    got = run(main())
+    expected = [abs(x) for x in range(-300, 300)]
+    assert (got if ordered else sorted(got)) == (expected if ordered else sorted(expected))
+
+
+def _fail_on_seven(x: int) -> int:
+    if x == 7:
+        raise ArithmeticError(f"item {x}")
+    return x
+
+
+def test_async_imap_raises_the_failing_items_error_and_skips_on_request() -> None:
+    async def main() -> list[Any]:
+        with pytest.raises(ArithmeticError, match="item 7"):
+            async for _ in mp.imap(_fail_on_seven, range(20)):
+                pass
+        return [r async for r in mp.imap(_fail_on_seven, range(10), on_error="skip")]
+
+    assert run(main()) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_the_consumer_of_async_imap_cancels_the_chunks(gate: threading.Event) -> None:
+    events: list[mp.TaskEvent] = []
+
+    def slow(x: int) -> int:
+        poll_until_stopped(gate)
+        return x
+
+    async def main() -> None:
+        async def consume() -> None:
+            async for _ in mp.imap(slow, range(4), chunksize=1):
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consume(), 0.05)
+
+    mp.add_task_listener(events.append)
+    try:
+        run(main())
+    finally:
+        mp.remove_task_listener(events.append)
+    submitted = {e.task_id for e in events if e.kind == "submitted"}
+    cancelled = {e.task_id for e in events if e.kind == "finished" and e.status == "cancelled"}
+    assert submitted and submitted == cancelled
+
+
+def test_an_imap_iterates_one_way_only() -> None:
+    iterator = mp.imap(abs, [1, 2])
+    assert next(iterator) == 1
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="iterated already"):
+            async for _ in iterator:
+                pass
+
+    run(main())
+    iterator.close()
+
+
+# -- context variables ---------------------------------------------------------------------
+
+
+def read_request_id() -> str:
+    return request_id.get("unset")
+
+
+async def read_request_id_async() -> tuple[str, str]:
+    await asyncio.sleep(0)
+    return request_id.get("unset"), tenant.get()
+
+
+def test_an_async_task_on_a_thread_sees_the_submitters_context() -> None:
+    async def main() -> tuple[str, str]:
+        request_id.set("r-17")
+        return await mp.parallel(read_request_id_async)()  # type: ignore[no-any-return]
+
+    assert run(main()) == ("r-17", "none")
+
+
+@pytest.mark.timeout(60)
+def test_process_contextvars_are_an_opt_in() -> None:
+    fn = mp.parallel(backend="process")(read_request_id)
+    afn = mp.parallel(backend="process")(read_request_id_async)
+    context = contextvars.copy_context()
+    context.run(request_id.set, "r-42")
+    assert context.run(fn).get(30) == "unset"  # not sent unless asked
+    mp.configure(process_contextvars=[request_id, tenant])
+    try:
+        assert context.run(fn).get(30) == "r-42"
+        context.run(tenant.set, "acme")
+        assert context.run(afn).get(30) == ("r-42", "acme")
+        assert fn().get(30) == "unset"  # this context never set it
+    finally:
+        mp.configure(process_contextvars=[])
+    assert context.run(fn).get(30) == "unset"
+
+
+def test_process_contextvars_must_be_module_globals() -> None:
+    local: contextvars.ContextVar[int] = contextvars.ContextVar("local_only")
+    with pytest.raises(ValueError, match="'local_only' is not a global of any imported module"):
+        mp.configure(process_contextvars=[local])
+    with pytest.raises(TypeError, match="ContextVar"):
+        mp.configure(process_contextvars=["request_id"])  # type: ignore[list-item]
+
+
+# -- anyio and trio --------------------------------------------------------------------------
+
+
+def test_anyio_on_asyncio_awaits_and_cancels(gate: threading.Event) -> None:
+    anyio = pytest.importorskip("anyio")
+    work = mp.parallel(poll_until_stopped)
+
+    async def main() -> mp.AsyncHandle[None]:
+        assert await loop_of_this_worker(2) is not None
+        handle = work(gate)
+        with anyio.move_on_after(0.01):
+            await handle
+        return handle
+
+    assert anyio.run(main, backend="asyncio").cancelled()
+
+
+def test_trio_gets_a_clear_error() -> None:
+    trio = pytest.importorskip("trio")
+
+    async def main() -> None:
+        handle = mp.parallel(poll_until_stopped)(threading.Event())
+        try:
+            with pytest.raises(RuntimeError, match="trio is not supported"):
+                await handle
+        finally:
+            handle.cancel()
+
+    trio.run(main)
