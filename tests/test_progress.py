@@ -8,6 +8,8 @@ reaches ``on_progress`` while the handles are gathered.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -225,7 +227,8 @@ def test_the_callable_runs_on_the_collecting_thread() -> None:
 
 
 def test_a_bar_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # ``import tqdm`` now raises ImportError
+    for module in ("tqdm", "tqdm.auto", "tqdm.std"):  # importing them now raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
         mp.parallel_map(double, range(5), progress=True)
     with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
@@ -279,3 +282,125 @@ def test_report_progress_reaches_on_progress_while_gathering(gate: threading.Eve
     assert mp.gather(handles) == [0, 1, 2]
     with lock:
         assert seen == {0: [0.5, 1.0], 1: [0.5, 1.0], 2: [0.5, 1.0]}
+
+
+# -- tqdm.auto, tqdm options, logging above the bar -----------------------------------------------
+
+
+class RecordingTqdm(tqdm):  # type: ignore[misc, valid-type]
+    """A tqdm bar that remembers the options of each bar made."""
+
+    made: list[dict[str, Any]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        RecordingTqdm.made.append(kwargs)
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def recording_auto_tqdm(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Stand in for ``tqdm.auto.tqdm`` (what picks a widget in Jupyter, text elsewhere)."""
+    import tqdm.auto
+
+    RecordingTqdm.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingTqdm)
+    return RecordingTqdm.made
+
+
+def test_bars_come_from_tqdm_auto(recording_auto_tqdm: list[dict[str, Any]], no_bar_left_open: None) -> None:
+    mp.parallel_map(double, range(10), progress=True)
+    list(mp.imap(double, range(10), progress=True))
+    mp.gather([mp.parallel(double)(1)], progress=True)
+    assert [(made["total"], made["unit"]) for made in recording_auto_tqdm] == [(10, "item"), (10, "item"), (1, "item")]
+
+
+def test_a_dict_of_tqdm_options_shapes_the_bar(
+    backend: str,
+    recording_auto_tqdm: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    no_bar_left_open: None,
+) -> None:
+    options = {"desc": "doubling", "unit": "number", "leave": True}
+    assert mp.parallel_map(double, range(30), progress=options, backend=backend) == [2 * x for x in range(30)]
+    assert recording_auto_tqdm == [{"total": 30, "desc": "doubling", "unit": "number", "leave": True}]
+    err = capsys.readouterr().err
+    assert "doubling" in err and "30/30" in err and "number" in err
+    assert options == {"desc": "doubling", "unit": "number", "leave": True}  # the caller's dict is untouched
+    work = mp.parallel(backend=backend)(double)
+    assert mp.gather([work(i) for i in range(4)], progress={"desc": "collecting"}) == [0, 2, 4, 6]
+    assert "collecting" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"colour_of_sky": "blue"}, "unknown progress option 'colour_of_sky'"),
+        ({"total": 5}, "may not set total"),
+        ({"iterable": [1]}, "may not set iterable"),
+    ],
+)
+def test_bad_tqdm_options_are_a_type_error_at_the_call(options: dict[str, Any], pattern: str) -> None:
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(double, range(5), progress=options)
+    with pytest.raises(TypeError, match=pattern):
+        mp.imap(double, range(5), progress=options)  # at the call, before iterating
+    handle = mp.parallel(double)(3)
+    with pytest.raises(TypeError, match=pattern):
+        mp.gather([handle], progress=options)
+    assert handle.get(5) == 6
+
+
+@contextlib.contextmanager
+def console_handler() -> Iterator[logging.Handler]:
+    """A console handler on the root logger, as ``logging.basicConfig()`` adds one.
+
+    Made inside the test, so that it writes to the stderr that capsys captures now.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+def root_handlers_seen_by(seen: list[list[logging.Handler]]) -> Callable[[int], int]:
+    def logged(x: int) -> int:
+        seen.append(list(logging.getLogger().handlers))
+        logging.getLogger("jobs").warning("working on %d", x)
+        return x
+
+    return logged
+
+
+def test_redirect_logging_prints_log_lines_through_tqdm_while_the_bar_shows(
+    backend: str, capsys: pytest.CaptureFixture[str], no_bar_left_open: None
+) -> None:
+    seen: list[list[logging.Handler]] = []
+    options = {"desc": "logging", "redirect_logging": True}
+    with console_handler() as console:
+        assert mp.parallel_map(root_handlers_seen_by(seen), range(3), progress=options, backend=backend) == [0, 1, 2]
+        assert len(seen) == 3
+        for handlers in seen:  # while the bar showed, tqdm's handler stood in for the console one
+            assert console not in handlers
+            assert any(type(h).__name__ == "_TqdmLoggingHandler" for h in handlers), handlers
+        assert console in logging.getLogger().handlers  # and it is back
+    assert not any(type(h).__name__ == "_TqdmLoggingHandler" for h in logging.getLogger().handlers)
+    err = capsys.readouterr().err
+    assert all(f"working on {x}" in err for x in range(3)), err
+
+
+def test_redirect_logging_ends_when_the_map_fails(no_bar_left_open: None) -> None:
+    with console_handler() as console:
+        with pytest.raises(ValueError, match="seven"):
+            mp.parallel_map(fail_on_seven, range(10), progress={"redirect_logging": True})
+        assert console in logging.getLogger().handlers
+
+
+def test_logging_is_left_alone_by_default(backend: str) -> None:
+    seen: list[list[logging.Handler]] = []
+    with console_handler() as console:
+        mp.parallel_map(root_handlers_seen_by(seen), range(3), progress={"desc": "plain"}, backend=backend)
+        mp.parallel_map(root_handlers_seen_by(seen), range(3), progress=True, backend=backend)
+    assert seen and all(console in handlers for handlers in seen)

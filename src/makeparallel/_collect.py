@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from ._handle import AsyncHandle
 from ._progress import ProgressOption, open_progress
@@ -125,12 +125,33 @@ def _cancel_all(handles: list[AsyncHandle[Any]]) -> None:
         handle.cancel()
 
 
+@overload
+def gather(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: Literal["raise", "skip"] = "raise",
+    timeout: float | None = None,
+    progress: ProgressOption = False,
+) -> list[T]: ...
+@overload
+def gather(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: Literal["none"],
+    timeout: float | None = None,
+    progress: ProgressOption = False,
+) -> list[T | None]: ...
+@overload
+def gather(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: OnError,
+    timeout: float | None = None,
+    progress: ProgressOption = False,
+) -> list[T | None]: ...
 def gather(
     handles: Iterable[AsyncHandle[T]],
     on_error: OnError = "raise",
     timeout: float | None = None,
     progress: ProgressOption = False,
-) -> list[T | None]:
+) -> list[Any]:
     """Wait for every handle and return their results in submission order.
 
     Args:
@@ -140,9 +161,20 @@ def gather(
             leaves failed tasks out of the list; ``"none"`` puts ``None`` in
             their place. Timed-out and cancelled tasks count as failed.
         timeout: the longest to wait, in seconds, for all of them.
-        progress: ``True`` for a tqdm bar, or a callable ``(done, total)``.
+        progress: ``True`` for a progress bar (``tqdm.auto``), a dict of tqdm
+            options for one, or a callable ``(done, total)`` called as each task
+            ends (see :func:`parallel_map`).
+
+    Returns:
+        The results in the order of ``handles``: ``list[T]``, or
+        ``list[T | None]`` with ``on_error="none"`` (type checkers see which,
+        from the literal).
 
     Raises:
+        TypeError: an item of ``handles`` is not an :class:`AsyncHandle`, or
+            ``progress`` has the wrong type.
+        ValueError: ``on_error`` or ``timeout`` is out of range.
+        ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
             unfinished. They go on.
         Exception: with ``on_error="raise"``, the first task error, as itself.

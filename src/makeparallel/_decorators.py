@@ -334,11 +334,25 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
     An ``async def`` function's coroutine (or the coroutine a plain function
     returns) runs to completion on an event loop owned by the worker that runs
     it, one per worker thread or worker process, reused; await its handle from
-    asyncio code.
+    asyncio code. ``parallel_fast``, ``parallel_pool`` and ``parallel_priority``
+    are the same decorator under the names makeparallel 0.2 used.
+
+    Example::
+
+        @parallel(backend="process", timeout=60)
+        def count_primes(limit: int) -> int: ...
+
+        handle = count_primes(100_000)  # returns at once
+        print(handle.get())             # waits, then the result or the task's error
 
     Args:
-        backend: where tasks run: ``"thread"`` (the default, see
-            ``configure(backend=...)``) or ``"sync"`` (inline, for debugging).
+        backend: where tasks run: ``"thread"`` (a pool of threads in this
+            process; the default unless ``configure(backend=...)`` or the
+            ``MAKEPARALLEL_BACKEND`` environment variable says otherwise),
+            ``"process"`` (a pool of worker processes, each with its own GIL:
+            pure-Python CPU work), ``"auto"`` (threads on a free-threaded Python,
+            processes otherwise) or ``"sync"`` (inline in the caller, for
+            debugging and tests). ``None``: the default backend.
         timeout: seconds a task may run once started; then its handle fails with
             ``TaskTimeoutError`` and ``check_cancelled()`` raises inside it.
         priority: an int; queued tasks with a higher priority start first, tasks
@@ -352,6 +366,10 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             it: ``"cooperative"`` (``handle.cancel()``) or ``"force"``
             (``handle.cancel(force=True)``: on the process backend the worker is
             stopped); default: ``configure(async_cancel=...)``.
+
+    Returns:
+        A :class:`ParallelFunction` (used bare), or a decorator that makes one
+        (called with options).
 
     Raises:
         TypeError: ``fn`` is not callable, or an option is unknown or of the

@@ -31,7 +31,7 @@ import reprlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._collect import Completions, OnError, check_on_error
 from ._decorators import ParallelFunction, _BoundParallelFunction, _describe
@@ -126,6 +126,45 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | None]:
     return fn, _describe(fn), None
 
 
+@overload
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: str | None = None,
+) -> MapIterator[R]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["none"],
+    backend: str | None = None,
+) -> MapIterator[R | None]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
+    backend: str | None = None,
+) -> MapIterator[R | None]: ...
 def imap(
     fn: Callable[[T], R],
     iterable: Iterable[T],
@@ -137,7 +176,7 @@ def imap(
     timeout: float | None = None,
     on_error: OnError = "raise",
     backend: str | None = None,
-) -> MapIterator[R | None]:
+) -> MapIterator[Any]:
     """Apply ``fn`` to every item in parallel and yield the results lazily.
 
     Iterate with ``for``, or in asyncio code with ``async for`` (the loop is
@@ -150,7 +189,10 @@ def imap(
         iterable: the items; read lazily, never more than ``max_in_flight`` ahead.
         chunksize: items per task; by default it adapts to the measured run time.
         ordered: yield in input order (``True``) or as chunks finish (``False``).
-        progress: ``True`` for a tqdm bar, or a callable ``(done, total)``.
+        progress: ``True`` for a progress bar (``tqdm.auto``), a dict of tqdm
+            options for one (``{"desc": "resize", "unit": "image"}``, and
+            ``"redirect_logging": True`` to print log lines above the bar), or a
+            callable ``(done, total)`` called after each chunk.
         max_in_flight: the most items read and not yet yielded (default: enough
             to keep every worker busy, at most 131,072 per chunk).
         timeout: seconds for the whole map; then the rest is cancelled and
@@ -160,8 +202,17 @@ def imap(
             in their place).
         backend: where the chunks run; default: the function's, else the default.
 
+    Returns:
+        The results, to iterate with ``for`` or ``async for``: a
+        ``MapIterator[R]``, or ``MapIterator[R | None]`` with ``on_error="none"``
+        (type checkers see which, from the literal).
+
     Raises:
-        TaskTimeoutError: ``timeout`` passed.
+        TypeError: ``fn`` is not callable, ``iterable`` is not iterable, or an
+            option has the wrong type (raised at the call, not when iterating).
+        ValueError: an option is out of range or ``backend`` names no backend.
+        ImportError: a progress bar is asked for and tqdm is not installed.
+        TaskTimeoutError: ``timeout`` passed (while iterating).
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
     mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
@@ -246,6 +297,45 @@ def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
         chunks.close()  # type: ignore[attr-defined]
 
 
+@overload
+def parallel_map(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: str | None = None,
+) -> list[R]: ...
+@overload
+def parallel_map(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["none"],
+    backend: str | None = None,
+) -> list[R | None]: ...
+@overload
+def parallel_map(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
+    backend: str | None = None,
+) -> list[R | None]: ...
 def parallel_map(
     fn: Callable[[T], R],
     iterable: Iterable[T],
@@ -257,14 +347,22 @@ def parallel_map(
     timeout: float | None = None,
     on_error: OnError = "raise",
     backend: str | None = None,
-) -> list[R | None]:
+) -> list[Any]:
     """Apply ``fn`` to every item in parallel and return the results as a list.
 
     The options are those of :func:`imap`. Equal to ``list(map(fn, iterable))``
     when ``ordered`` is true and nothing fails.
+
+    Returns:
+        ``list[R]``, or ``list[R | None]`` with ``on_error="none"`` (type
+        checkers see which, from the literal).
+
+    Raises:
+        TypeError, ValueError, ImportError, TaskTimeoutError: as :func:`imap`.
+        Exception: with ``on_error="raise"``, the first item error, as itself.
     """
     mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
-    results: list[R | None] = []
+    results: list[Any] = []
     for chunk in mapper.chunks():
         results.extend(chunk)
     return results

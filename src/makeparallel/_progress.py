@@ -1,31 +1,52 @@
 """Progress displays for batches: a tqdm bar, a callable of yours, or nothing.
 
-``progress=True`` draws a tqdm bar (items done, rate, ETA); ``progress=fn`` calls
+``progress=True`` draws a bar with ``tqdm.auto`` (a widget in Jupyter, text in a
+terminal: items done, rate, ETA); ``progress={...}`` draws one with those tqdm
+options (``desc``, ``unit``, ``leave``, ``position``...); ``progress=fn`` calls
 ``fn(done, total)`` on the collecting thread after each step (``total`` is
 ``None`` when the input has no length). tqdm is an optional extra, imported only
 when a bar is asked for.
+
+One key of the dict is ours, not tqdm's: ``"redirect_logging": True`` routes
+logging through ``tqdm.contrib.logging.logging_redirect_tqdm`` while the bar is
+shown, so that log lines print above the bar instead of tearing it. That swaps
+the root logger's console handlers (``StreamHandler`` to stdout or stderr) for
+one that writes through tqdm, and puts them back when the bar closes: in a server,
+where other threads log meanwhile, leave it off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 __all__ = ["Progress", "ProgressOption", "check_progress", "open_progress"]
 
-ProgressOption = Union[bool, Callable[[int, Union[int, None]], object], None]
+ProgressOption = Union[bool, Mapping[str, Any], Callable[[int, Union[int, None]], object], None]
+
+REDIRECT_LOGGING = "redirect_logging"
+_OURS = ("total", "iterable")  # the library sets these itself
 
 
 class Progress:
     """Counts items done and shows the count; close it however the batch ends."""
 
-    __slots__ = ("_bar", "_callback", "done", "total")
+    __slots__ = ("_bar", "_callback", "_cleanup", "done", "total")
 
-    def __init__(self, total: int | None, bar: Any = None, callback: Callable[..., object] | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        bar: Any = None,
+        callback: Callable[..., object] | None = None,
+        cleanup: contextlib.ExitStack | None = None,
+    ) -> None:
         self.done = 0
         self.total = total
         self._bar = bar
         self._callback = callback
+        self._cleanup = cleanup
 
     def advance(self, count: int = 1) -> None:
         self.done += count
@@ -37,37 +58,85 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self._cleanup is not None:  # after the bar: its last line is drawn first
+            self._cleanup.close()
 
 
 def check_progress(option: ProgressOption) -> None:
     """Raise at the call for a bad ``progress=``, or for a bar without tqdm.
 
     Raises:
-        ImportError: ``progress=True`` and tqdm is not installed.
-        TypeError: ``option`` is neither a bool nor a callable.
+        ImportError: a bar is asked for and tqdm is not installed.
+        TypeError: ``option`` is neither a bool, a mapping of tqdm options nor a
+            callable; or the mapping names an argument tqdm does not take, or
+            ``total`` or ``iterable``, which the library sets itself.
     """
     if option is True:
         _tqdm()
+    elif isinstance(option, Mapping):
+        taken = [key for key in _OURS if key in option]
+        if taken:
+            raise TypeError(
+                f"progress options may not set {', '.join(taken)}: the map or gather "
+                f"sets it from its input; got {dict(option)!r}"
+            )
+        unknown = sorted(map(repr, set(option) - _tqdm_options() - {REDIRECT_LOGGING}))
+        if unknown:
+            raise TypeError(
+                f"unknown progress option {', '.join(unknown)}: the keys are tqdm's "
+                f"arguments (desc, unit, leave, position, ...) and {REDIRECT_LOGGING!r}"
+            )
     elif not (option is None or option is False or callable(option)):
-        raise TypeError(f"progress must be True, False or a callable(done, total), got {option!r}")
+        raise TypeError(
+            "progress must be True, False, a dict of tqdm options or a callable(done, total), "
+            f"got {option!r}"
+        )
 
 
 def open_progress(option: ProgressOption, total: int | None, description: str) -> Progress | None:
-    """The display ``option`` asks for, or ``None`` when it asks for none."""
+    """The display ``option`` asks for, or ``None`` when it asks for none.
+
+    Raises:
+        ImportError, TypeError: as :func:`check_progress`.
+    """
     check_progress(option)
     if option is True:
-        return Progress(total, bar=_tqdm()(total=total, desc=description, unit="item"))
+        option = {}
+    if isinstance(option, Mapping):
+        tqdm_options = {"desc": description, "unit": "item", **option}
+        redirect = bool(tqdm_options.pop(REDIRECT_LOGGING, False))
+        tqdm_class = _tqdm()
+        cleanup = contextlib.ExitStack()
+        if redirect:
+            from tqdm.contrib.logging import logging_redirect_tqdm  # type: ignore[import-untyped, unused-ignore]
+
+            cleanup.enter_context(logging_redirect_tqdm(tqdm_class=tqdm_class))
+        try:
+            bar = tqdm_class(total=total, **tqdm_options)
+        except BaseException:
+            cleanup.close()
+            raise
+        return Progress(total, bar=bar, cleanup=cleanup)
     if callable(option):
         return Progress(total, callback=option)
     return None
 
 
+def _tqdm_options() -> set[str]:
+    """The argument names every tqdm bar takes (those of ``tqdm.std.tqdm``)."""
+    _tqdm()  # the ImportError naming the extra, if tqdm is missing
+    from tqdm.std import tqdm  # type: ignore[import-untyped, unused-ignore]
+
+    parameters = inspect.signature(tqdm.__init__).parameters.values()
+    return {p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD} - {"self"}
+
+
 def _tqdm() -> Any:
     try:
-        from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
+        from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
     except ImportError as error:
         raise ImportError(
-            'progress=True draws a bar with tqdm, which is not installed: '
+            "a progress bar is drawn with tqdm, which is not installed: "
             'pip install "makeparallel[progress]" (or pass progress=callable(done, total))'
         ) from error
     return tqdm

@@ -1,0 +1,73 @@
+"""Public docstrings say what the code does: the parameters they document exist,
+and the backends they list are the runtime's backends."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._decorators import OPTION_NAMES
+from makeparallel._runtime import BACKEND_NAMES
+
+PUBLIC_CALLABLES = sorted(name for name in mp.__all__ if callable(getattr(mp, name)))
+
+# "Args:" then indented lines; each argument starts at four spaces: "name: text".
+_ARGS_SECTION = re.compile(r"^Args:\n((?:[ ]{4}.*\n|\n)+)", re.MULTILINE)
+_ARG_NAME = re.compile(r"^[ ]{4}\**(\w+)(?: \([^)]*\))?:", re.MULTILINE)
+
+
+def documented_arguments(doc: str) -> list[str]:
+    """The argument names of a Google-style ``Args:`` section (none without one)."""
+    section = _ARGS_SECTION.search(doc + "\n")
+    return _ARG_NAME.findall(section.group(1)) if section else []
+
+
+def accepted_arguments(obj: Any) -> set[str]:
+    """What a caller may pass by name: the parameters, or the decorator's options."""
+    if obj is mp.parallel:
+        return set(OPTION_NAMES)
+    parameters = inspect.signature(obj).parameters.values()
+    return {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def test_documented_arguments_reads_a_google_style_section() -> None:
+    doc = "Summary.\n\nArgs:\n    first: one.\n        more of it.\n    second (int): two.\n\nRaises:\n    E: x\n"
+    assert documented_arguments(doc) == ["first", "second"]
+    assert documented_arguments("No section here.") == []
+
+
+@pytest.mark.parametrize("name", PUBLIC_CALLABLES)
+def test_every_public_callable_has_a_docstring(name: str) -> None:
+    doc = inspect.getdoc(getattr(mp, name))
+    assert doc and len(doc.split()) >= 4, f"mp.{name} has no docstring worth the name: {doc!r}"
+
+
+WITH_ARGS_SECTION = [name for name in PUBLIC_CALLABLES if documented_arguments(inspect.getdoc(getattr(mp, name)) or "")]
+
+
+def test_the_main_entry_points_document_their_arguments() -> None:
+    assert {"parallel", "imap", "gather", "configure", "shutdown"} <= set(WITH_ARGS_SECTION)
+
+
+@pytest.mark.parametrize("name", WITH_ARGS_SECTION)
+def test_documented_arguments_are_real_ones(name: str) -> None:
+    obj = getattr(mp, name)
+    documented = set(documented_arguments(inspect.getdoc(obj) or ""))
+    accepted = accepted_arguments(obj)
+    assert documented <= accepted, f"mp.{name} documents {documented - accepted}, which it does not take"
+    assert accepted <= documented, f"mp.{name} does not document {accepted - documented}"
+
+
+@pytest.mark.parametrize("function", [mp.parallel, mp.configure], ids=lambda f: f.__name__)
+def test_backend_lists_name_every_backend(function: Any) -> None:
+    doc = inspect.getdoc(function) or ""
+    missing = [name for name in BACKEND_NAMES if f'``"{name}"``' not in doc]
+    assert not missing, f"{function.__name__}'s docstring does not name the backend(s) {missing}"
+
+
+def test_the_old_decorator_names_are_the_decorator() -> None:
+    assert mp.parallel_fast is mp.parallel_pool is mp.parallel_priority is mp.parallel

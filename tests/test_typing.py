@@ -1,0 +1,76 @@
+"""The types users see, checked by the type checkers users run: mypy and pyright.
+
+``tests/typing/check_types.py`` holds ``assert_type`` checks (``parallel_map``,
+``gather`` and ``imap`` give ``list[T]`` unless ``on_error="none"``, handles keep
+their result type); each checker must find no error in it, and must find the
+error in a file that asserts a wrong type, so that a checker that checks nothing
+cannot pass. The file also runs as a program, so that values agree with types.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPING = ROOT / "tests" / "typing"
+CHECKS = TYPING / "check_types.py"
+WRONG = '''
+import makeparallel as mp
+from typing_extensions import assert_type
+
+assert_type(mp.parallel_map(abs, [1, -2]), list[int | None])
+'''
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # The checkers must see this checkout's sources, before any installed copy.
+    env = {**os.environ, "MYPYPATH": str(ROOT / "src"), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False)
+
+
+def mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("mypy", reason='the type checks need mypy: pip install -e ".[test]"')
+    return run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), str(path)], path.parent)
+
+
+def pyright(folder: Path) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("pyright", reason='the type checks need pyright: pip install -e ".[test]"')
+    if shutil.which("node") is None:
+        pytest.skip("pyright needs Node.js")
+    return run([sys.executable, "-m", "pyright", "-p", str(folder / "pyrightconfig.json")], folder)
+
+
+def wrong_checks(tmp_path: Path) -> Path:
+    folder = tmp_path / "wrong"
+    folder.mkdir()
+    (folder / "check_types.py").write_text(WRONG)
+    config = (TYPING / "pyrightconfig.json").read_text().replace('"../../src"', f'"{ROOT / "src"}"')
+    (folder / "pyrightconfig.json").write_text(config)
+    return folder
+
+
+def test_the_checks_run_as_a_program() -> None:
+    completed = run([sys.executable, str(CHECKS)], ROOT)
+    assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.timeout(300)
+def test_mypy_agrees(tmp_path: Path) -> None:
+    completed = mypy(CHECKS, tmp_path / "cache")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    wrong = mypy(wrong_checks(tmp_path) / "check_types.py", tmp_path / "cache")
+    assert wrong.returncode == 1 and "[assert-type]" in wrong.stdout, wrong.stdout + wrong.stderr
+
+
+@pytest.mark.timeout(300)
+def test_pyright_agrees(tmp_path: Path) -> None:
+    completed = pyright(TYPING)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    wrong = pyright(wrong_checks(tmp_path))
+    assert wrong.returncode == 1 and "reportAssertTypeFailure" in wrong.stdout, wrong.stdout + wrong.stderr

@@ -1,0 +1,64 @@
+"""Types a user sees, checked by mypy and pyright (tests/test_typing.py) and run as a program.
+
+Each ``assert_type`` fails the type check if the library's annotations give
+another type; running the file checks that the values agree with the types.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Literal
+
+import makeparallel as mp
+
+if sys.version_info >= (3, 11):
+    from typing import assert_type
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import assert_type
+
+
+@mp.parallel
+def square(x: int) -> int:
+    return x * x
+
+
+def half(x: int) -> float:
+    if x == 3:
+        raise ValueError("three")
+    return x / 2
+
+
+assert_type(square.__wrapped__(2), int)  # the plain function, still callable
+handle = square(3)
+assert_type(handle, mp.AsyncHandle[int])
+assert_type(handle.get(), int)
+assert_type(handle.try_get(), int | None)
+
+# parallel_map: list[R] unless failures may leave holes (on_error="none").
+assert_type(mp.parallel_map(half, [1, 2]), list[float])
+assert_type(mp.parallel_map(half, [1, 3], on_error="skip"), list[float])
+assert_type(mp.parallel_map(half, [1, 2], on_error="raise"), list[float])
+with_holes = mp.parallel_map(half, [1, 3], on_error="none")
+assert_type(with_holes, list[float | None])
+assert with_holes == [0.5, None]
+
+# gather: the same rule.
+assert_type(mp.gather([square(1), square(2)]), list[int])
+assert_type(mp.gather([square(1)], on_error="skip"), list[int])
+assert_type(mp.gather([square(1)], "none"), list[int | None])
+assert_type(mp.gather([square(1)], on_error="none", timeout=5), list[int | None])
+
+# imap: the same rule, lazily.
+assert_type(mp.imap(half, [1, 2]), Iterator[float])
+assert_type(mp.imap(half, [1, 3], on_error="skip"), Iterator[float])
+assert_type(mp.imap(half, [1, 3], on_error="none"), Iterator[float | None])
+assert list(mp.imap(half, [1, 3], on_error="skip")) == [0.5]
+
+
+def choose(policy: Literal["raise", "skip", "none"]) -> list[float | None]:
+    """A policy only known at run time may leave holes: the widest type."""
+    return mp.parallel_map(half, [1, 3], on_error=policy)
+
+
+assert choose("none") == [0.5, None]
