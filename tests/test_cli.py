@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -11,7 +12,8 @@ import pytest
 
 import makeparallel as mp
 from makeparallel.__main__ import main
-from makeparallel._demo import gil_enabled
+from makeparallel import _demo
+from makeparallel._cpus import usable_cpus
 
 INFO_TYPES: dict[str, type | tuple[type, ...]] = {
     "makeparallel_version": str,
@@ -20,11 +22,14 @@ INFO_TYPES: dict[str, type | tuple[type, ...]] = {
     "free_threaded_build": bool,
     "gil_enabled": bool,
     "logical_cores": (int, type(None)),
-    "usable_cores": (int, type(None)),
+    "usable_cores": int,
+    "usable_cores_source": str,
     "physical_cores": (int, type(None)),
+    "memory": dict,
     "default_backend": str,
     "backends": list,
     "thread_pool": dict,
+    "process_pool": dict,
 }
 
 # One table row per workload: label, sequential, parallel, speed-up.
@@ -43,6 +48,13 @@ def test_info_prints_the_interpreter_and_the_pool(capsys: pytest.CaptureFixture[
     assert re.search(r"^backends\s+thread, process, sync, auto$", out, re.MULTILINE), out
     threads = mp.get_thread_pool_info()["num_threads"]
     assert re.search(rf"^thread pool\s+{threads} threads ", out, re.MULTILINE), out
+    workers = mp.get_process_pool_info()["num_workers"]
+    assert re.search(
+        rf"^process pool\s+{workers} workers \(\d+ ready, \d+ busy\), \d+ tasks queued, \d+ restarts$", out, re.MULTILINE
+    ), out
+    cpus, source = usable_cpus()
+    assert re.search(rf"^usable cores\s+{cpus} \(by .+\)$", out, re.MULTILINE), out
+    assert re.search(r"^memory\s+\d+\.\d GiB available of \d+\.\d GiB \(source: \w+", out, re.MULTILINE), out
 
 
 def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,6 +67,10 @@ def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str
     assert info["default_backend"] == "thread"
     assert info["backends"] == ["thread", "process", "sync", "auto"]
     assert info["thread_pool"]["num_threads"] == mp.get_thread_pool_info()["num_threads"]
+    assert info["process_pool"]["num_workers"] == mp.get_process_pool_info()["num_workers"]
+    assert (info["usable_cores"], info["usable_cores_source"]) == tuple(usable_cpus())
+    memory = info["memory"]
+    assert 0 < memory["available_bytes"] <= memory["total_bytes"], memory
     if info["gil_enabled"] is False:
         assert info["free_threaded_build"] is True  # only such a build can run without it
 
@@ -96,11 +112,123 @@ def test_demo_quick_prints_both_workloads_and_their_speedups(
         sequential, in_parallel, speedup = (float(row[k]) for k in ("seq", "par", "speedup"))
         assert sequential >= 0 and in_parallel >= 0 and speedup > 0, row.group(0)
     assert "releases the GIL" in out
-    if gil_enabled():
-        assert "no speed-up for pure-Python code on threads" in out
-    else:
-        assert "pure-Python code speeds up too" in out
     assert "worker processes each have an interpreter and a GIL of their own" in out
+    assert re.search(r"^\d+ usable CPU\(s\) \(\w", out, re.MULTILINE), out
+
+
+def test_demo_prints_each_row_before_measuring_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    seen_when_measuring: list[str] = []
+    measure = _demo._measure
+
+    def watched(workload: _demo.Workload, rounds: int) -> _demo.Measurement:
+        seen_when_measuring.append(out.getvalue())
+        return measure(workload, rounds)
+
+    monkeypatch.setattr(_demo, "_measure", watched)
+    report = _demo.run_demo(quick=True, out=out)
+    assert len(seen_when_measuring) == 3
+    labels = [m.workload.label for m in report.measurements]
+    for index, seen in enumerate(seen_when_measuring):
+        # the row's label is out, its numbers not yet
+        assert not seen.endswith("\n") and seen.splitlines()[-1].startswith(labels[index]), seen
+        for earlier in report.measurements[:index]:
+            assert _demo._row_end(earlier) in seen, f"an earlier row was not printed yet:\n{seen}"
+
+
+# -- the words follow the numbers -----------------------------------------------------------
+
+
+def report_of(*measurements: _demo.Measurement, cpus: int = 2, gil: bool = True) -> _demo.DemoReport:
+    return _demo.DemoReport(
+        threads=cpus, tasks=cpus, rounds=3, gil_enabled=gil, free_threaded_build=not gil,
+        measurements=measurements, cpus=cpus, host_cpus=cpus,
+    )
+
+
+HASHING = _demo.Workload("hashlib.sha256, 1,024 MiB", True, _demo.hash_buffer, [])
+LOOP = _demo.Workload("pure-Python loop, 8M steps", False, _demo.sum_squares_mod, [])
+LOOP_IN_PROCESSES = _demo.Workload("pure-Python loop, 8M steps", False, _demo.sum_squares_mod, [], "process")
+
+
+def timed(workload: _demo.Workload, speedup: float, others: float | None = 0.0) -> _demo.Measurement:
+    return _demo.Measurement(workload, sequential_s=speedup, parallel_s=1.0, others_cpus=others)
+
+
+def test_a_speed_up_is_explained_as_one() -> None:
+    hashing, processes = timed(HASHING, 1.98), timed(LOOP_IN_PROCESSES, 1.9)
+    report = report_of(hashing, timed(LOOP, 1.02), processes)
+    assert "threads hashed at the same time (1.98x): threads speed up work that releases the GIL" in _demo.explain(hashing, report)
+    assert "ran on 2 cores at once (1.90x)" in _demo.explain(processes, report)
+    assert not any("busy" in note for note in _demo._notes(report))
+
+
+@pytest.mark.parametrize("workload", [HASHING, LOOP_IN_PROCESSES], ids=["threads", "processes"])
+def test_a_low_speed_up_on_a_busy_machine_is_blamed_on_the_load(workload: _demo.Workload) -> None:
+    measured = timed(workload, 0.98, others=1.6)
+    report = report_of(measured)
+    words = _demo.explain(measured, report)
+    assert "measured only 0.98x" in words, words
+    assert "other processes kept about 1.6 of this machine's 2 CPUs busy meanwhile, so this figure is low" in words
+    assert "speed up work" not in words and "at once" not in words  # no claim the table contradicts
+    notes = " ".join(_demo._notes(report))
+    assert "the machine was busy" in notes and "lower than this machine gives when it is quiet" in notes
+
+
+def test_a_low_speed_up_on_a_quiet_machine_is_not_blamed_on_load() -> None:
+    measured = timed(HASHING, 1.1, others=0.1)
+    words = _demo.explain(measured, report_of(measured))
+    assert "measured only 1.10x" in words and "no other load was measured" in words
+    assert "busy" not in words
+
+
+def test_a_single_cpu_is_named_as_the_reason() -> None:
+    measured = timed(HASHING, 1.0, others=None)
+    words = _demo.explain(measured, report_of(measured, cpus=1))
+    assert "a single CPU" in words
+
+
+def test_pure_python_on_threads_under_the_gil() -> None:
+    flat = timed(LOOP, 0.98)
+    assert "no speed-up (0.98x) for pure-Python code on threads" in _demo.explain(flat, report_of(flat))
+    lucky = timed(LOOP, 1.4)  # noise: the words must not claim a speed-up the GIL forbids
+    words = _demo.explain(lucky, report_of(lucky))
+    assert "1.40x for pure-Python code on threads" in words and "timing noise" in words
+
+
+def test_pure_python_on_threads_without_the_gil() -> None:
+    fast, slow = timed(LOOP, 1.9), timed(LOOP, 1.0, others=1.5)
+    assert "pure-Python code speeds up too" in _demo.explain(fast, report_of(fast, gil=False))
+    words = _demo.explain(slow, report_of(slow, gil=False))
+    assert "measured only 1.00x" in words and "this figure is low" in words
+
+
+def test_the_load_meter_counts_other_processes_and_not_this_one() -> None:
+    spin = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"
+    meter = _demo.LoadMeter()
+    meter.start()
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
+    for spinner in spinners:
+        assert spinner.wait(timeout=30) == 0
+    others = meter.stop()
+    assert others is not None and others >= _demo.BUSY_CPUS, others
+
+
+def test_the_load_meter_subtracts_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([(10.0, 100.0, 50.0), (12.0, 103.0, 51.5)])  # (clock, machine busy, ours)
+    current: dict[str, float] = {}
+
+    def advance() -> None:
+        current["clock"], current["busy"], current["ours"] = next(readings)
+
+    meter = _demo.LoadMeter()
+    monkeypatch.setattr(_demo.LoadMeter, "_machine_busy", staticmethod(lambda: current["busy"]))
+    monkeypatch.setattr(_demo.LoadMeter, "_our_cpu", staticmethod(lambda: current["ours"]))
+    monkeypatch.setattr(meter, "_clock", lambda: current["clock"])
+    advance()
+    meter.start()
+    advance()
+    assert meter.stop() == pytest.approx((3.0 - 1.5) / 2.0)
 
 
 @pytest.mark.parametrize("argv", [["bogus"], [], ["info", "--frobnicate"]])

@@ -1,8 +1,9 @@
 """The command line: ``makeparallel demo`` and ``makeparallel info``.
 
 Also runs as ``python -m makeparallel``. ``demo`` measures, on this machine, what
-the thread pool speeds up and what it does not; ``info`` says what this
-interpreter and machine offer (GIL, cores, backends), as text or as JSON.
+threads and processes speed up and what they do not, printing each row as it is
+measured; ``info`` says what this interpreter and machine offer (GIL, usable
+cores, memory, backends, the pools), as text or as JSON.
 """
 
 from __future__ import annotations
@@ -16,29 +17,30 @@ from typing import Any
 
 import psutil
 
-from . import __version__, get_thread_pool_info
-from ._demo import free_threaded_build, gil_enabled, render, run_demo
+from . import __version__, get_process_pool_info, get_thread_pool_info
+from ._cpus import usable_cpus
+from ._demo import free_threaded_build, gil_enabled, run_demo
 from ._runtime import BACKEND_NAMES, default_backend_name
 
 __all__ = ["collect_info", "main"]
 
 
-def _usable_cores() -> int | None:
-    """The cores this process may run on, where the platform says (not macOS, Windows)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return None
+def _memory() -> dict[str, Any]:
+    """The memory tasks may use: the host's figures (psutil), in bytes."""
+    memory = psutil.virtual_memory()
+    return {"total_bytes": memory.total, "available_bytes": memory.available, "source": "host"}
 
 
 def collect_info() -> dict[str, Any]:
     """What ``info`` reports, as plain JSON-ready data.
 
-    Reading the thread pool's info creates the pool's bookkeeping but starts no
-    thread.
+    Reading the pools' info creates their bookkeeping but starts no thread and
+    no worker process.
 
     Raises:
         ValueError: the environment variable ``MAKEPARALLEL_BACKEND`` names no backend.
     """
+    cpus = usable_cpus()
     return {
         "makeparallel_version": __version__,
         "python_version": platform.python_version(),
@@ -46,33 +48,60 @@ def collect_info() -> dict[str, Any]:
         "free_threaded_build": free_threaded_build(),
         "gil_enabled": gil_enabled(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": _usable_cores(),
+        "usable_cores": cpus.cpus,
+        "usable_cores_source": cpus.source,
         "physical_cores": psutil.cpu_count(logical=False),
+        "memory": _memory(),
         "default_backend": default_backend_name(),
         "backends": list(BACKEND_NAMES),
         "thread_pool": get_thread_pool_info(),
+        "process_pool": get_process_pool_info(),
     }
+
+
+_CPU_SOURCES = {
+    "affinity": "this process's CPU affinity",
+    "cgroup quota": "the cgroup's CPU quota",
+    "cpu_count": "os.cpu_count()",
+}
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.1f} GiB"
 
 
 def _render_info(info: dict[str, Any]) -> str:
     def known(value: object) -> str:
         return "unknown" if value is None else str(value)
 
-    pool = info["thread_pool"]
+    threads = info["thread_pool"]
+    processes = info["process_pool"]
+    memory = info["memory"]
     rows = [
         ("makeparallel", info["makeparallel_version"]),
         ("python", f"{info['python_version']} ({info['python_implementation']})"),
         ("build", "free-threaded" if info["free_threaded_build"] else "GIL (standard)"),
         ("GIL enabled now", "yes" if info["gil_enabled"] else "no"),
         ("logical cores", known(info["logical_cores"])),
-        ("usable cores", known(info["usable_cores"])),
+        ("usable cores", f"{info['usable_cores']} (by {_CPU_SOURCES.get(info['usable_cores_source'], info['usable_cores_source'])})"),
         ("physical cores", known(info["physical_cores"])),
+        (
+            "memory",
+            f"{_gib(memory['available_bytes'])} available of {_gib(memory['total_bytes'])} "
+            f"(source: {memory['source']})",
+        ),
         ("default backend", info["default_backend"]),
         ("backends", ", ".join(info["backends"])),
         (
             "thread pool",
-            f"{pool['num_threads']} threads ({pool['live_threads']} started, "
-            f"{pool['busy_threads']} busy), {pool['queued_tasks']} tasks queued",
+            f"{threads['num_threads']} threads ({threads['live_threads']} started, "
+            f"{threads['busy_threads']} busy), {threads['queued_tasks']} tasks queued",
+        ),
+        (
+            "process pool",
+            f"{processes['num_workers']} workers ({processes['live_workers']} ready, "
+            f"{processes['busy_workers']} busy), {processes['queued_tasks']} tasks queued, "
+            f"{processes['worker_restarts']} restarts",
         ),
     ]
     width = max(len(name) for name, _ in rows)
@@ -90,7 +119,7 @@ def _info(arguments: argparse.Namespace) -> int:
 
 
 def _demo(arguments: argparse.Namespace) -> int:
-    print(render(run_demo(quick=arguments.quick)))
+    run_demo(quick=arguments.quick, out=sys.stdout)
     return 0
 
 
@@ -111,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     info = commands.add_parser(
         "info",
-        help="show the Python build, the GIL, the cores and the backends",
+        help="show the Python build, the GIL, the cores, memory, backends and pools",
         description="Show what this interpreter and machine offer to makeparallel.",
     )
     info.add_argument("--json", action="store_true", help="print the same as a JSON object")

@@ -13,6 +13,12 @@ The total work is fixed and split among the tasks, so a machine with more cores
 finishes sooner rather than doing more. Each timing is the best of a few rounds,
 sequential and parallel alternating so that machine noise hits both alike, and
 the worker threads are started before anything is timed.
+
+Each row is printed as soon as it is measured, and the explanations follow the
+measured numbers. While a workload is measured, the demo also measures how much
+CPU time *other* processes used (psutil: the machine's busy time less this
+process's and its workers'): a speed-up lower than the work allows, on a busy
+machine, is blamed on the load rather than explained away.
 """
 
 from __future__ import annotations
@@ -27,22 +33,27 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
-from . import GilBoundWarning, gather, get_thread_pool_info, parallel
+import psutil
+
+from . import GilBoundWarning, gather, get_process_pool_info, get_thread_pool_info, parallel
+from ._cpus import usable_cpus
 
 __all__ = [
     "DemoReport",
+    "LoadMeter",
     "Measurement",
     "Workload",
+    "explain",
     "free_threaded_build",
     "gil_enabled",
-    "render",
     "run_demo",
 ]
 
 _MiB = 1 << 20
 _PATTERN = bytes(range(256))  # cheap to repeat, and every page is really written
+BUSY_CPUS = 0.5  # other processes using this many CPUs on average make a run "busy"
 
 
 @dataclass(frozen=True)
@@ -72,11 +83,16 @@ class Workload:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Best wall times of one workload run sequentially and in parallel."""
+    """Best wall times of one workload run sequentially and in parallel.
+
+    ``others_cpus`` is how many CPUs other processes kept busy, on average, while
+    it was measured (``None`` where psutil cannot tell).
+    """
 
     workload: Workload
     sequential_s: float
     parallel_s: float
+    others_cpus: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -93,6 +109,10 @@ class DemoReport:
     gil_enabled: bool
     free_threaded_build: bool
     measurements: tuple[Measurement, ...]
+    cpus: int = 1
+    """CPUs this process may use (:func:`makeparallel._cpus.usable_cpus`)."""
+    host_cpus: int = 1
+    """Logical CPUs of the machine: the load of other processes is counted in these."""
 
 
 def gil_enabled() -> bool:
@@ -146,6 +166,53 @@ def _loop_workload(tasks: int, size: _Size, backend: str) -> Workload:
     )
 
 
+class LoadMeter:
+    """CPU time used by other processes between :meth:`start` and :meth:`stop`, in CPUs.
+
+    The machine's busy time (all CPUs, from ``psutil.cpu_times()``) less the CPU
+    time of this process and of the process pool's workers, divided by the wall
+    time: 1.5 means other processes kept one and a half CPUs busy on average.
+    """
+
+    def __init__(self) -> None:
+        self._clock = time.perf_counter
+        self._started = 0.0
+        self._busy = 0.0
+        self._ours = 0.0
+
+    @staticmethod
+    def _machine_busy() -> float:
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        return sum(times) - idle
+
+    @staticmethod
+    def _our_cpu() -> float:
+        total = 0.0
+        pids = [None, *get_process_pool_info()["worker_pids"]]
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:  # a worker that ended meanwhile
+                continue
+            total += times.user + times.system
+        return total
+
+    def start(self) -> None:
+        self._ours = self._our_cpu()
+        self._busy = self._machine_busy()
+        self._started = self._clock()
+
+    def stop(self) -> float | None:
+        """The other processes' average CPU use since :meth:`start`; ``None`` if unknown."""
+        wall = self._clock() - self._started
+        busy = self._machine_busy() - self._busy
+        ours = self._our_cpu() - self._ours
+        if wall <= 0 or busy <= 0:
+            return None
+        return max(0.0, busy - ours) / wall
+
+
 def _meet(barrier: threading.Barrier) -> None:
     barrier.wait(timeout=30)
 
@@ -191,6 +258,8 @@ def _time_parallel(workload: Workload) -> tuple[float, list[object]]:
 def _measure(workload: Workload, rounds: int) -> Measurement:
     sequential: list[float] = []
     in_parallel: list[float] = []
+    load = LoadMeter()
+    load.start()
     for _ in range(rounds):
         seconds, expected = _time_sequential(workload)
         sequential.append(seconds)
@@ -201,18 +270,30 @@ def _measure(workload: Workload, rounds: int) -> Measurement:
                 f"the parallel run of {workload.label!r} returned {results!r}, "
                 f"the sequential run {expected!r}: please report this bug"
             )
-    return Measurement(workload, min(sequential), min(in_parallel))
+    return Measurement(workload, min(sequential), min(in_parallel), load.stop())
 
 
-def run_demo(quick: bool = False) -> DemoReport:
+def run_demo(quick: bool = False, out: TextIO | None = None) -> DemoReport:
     """Measure both workloads on the thread backend, and the pure-Python one on processes.
 
     Args:
         quick: much smaller sizes and a single round (a smoke test, not a measurement).
+        out: where to print the table as it is measured (a row as each workload
+            ends, then the explanations); ``None`` prints nothing.
+
+    Returns:
+        What was measured, with the load of other processes meanwhile.
     """
     size = _QUICK if quick else _FULL
     threads = int(get_thread_pool_info()["num_threads"])
     tasks = max(2, threads)
+    cpus = usable_cpus()
+    show = _Printer(out)
+    show.line(f"makeparallel demo: {_build_words()}")
+    show.line(
+        f"{cpus.cpus} usable CPU(s) ({cpus.source}); starting {threads} worker thread(s) and "
+        f"{tasks} worker process(es)..."
+    )
     _warm_up(threads)
     _warm_up_processes(tasks)
     workloads = (
@@ -220,77 +301,175 @@ def run_demo(quick: bool = False) -> DemoReport:
         _loop_workload(tasks, size, "thread"),
         _loop_workload(tasks, size, "process"),
     )
-    return DemoReport(
+    show.line(_plan_words(tasks, size.rounds))
+    show.line("")
+    width = _label_width(workloads)
+    for line in _header(width):
+        show.line(line)
+    measurements = []
+    for workload in workloads:
+        show.part(_row_start(workload, width))
+        measurement = _measure(workload, size.rounds)
+        show.line(_row_end(measurement))
+        measurements.append(measurement)
+    report = DemoReport(
         threads=threads,
         tasks=tasks,
         rounds=size.rounds,
         gil_enabled=gil_enabled(),
         free_threaded_build=free_threaded_build(),
-        measurements=tuple(_measure(workload, size.rounds) for workload in workloads),
+        measurements=tuple(measurements),
+        cpus=cpus.cpus,
+        host_cpus=psutil.cpu_count() or cpus.cpus,
     )
+    show.line("")
+    for line in _notes(report):
+        show.line(line)
+    return report
 
 
-def _build_words(report: DemoReport) -> str:
-    build = "free-threaded build" if report.free_threaded_build else "GIL build"
-    gil = "GIL enabled" if report.gil_enabled else "GIL disabled"
+class _Printer:
+    """Writes to ``out`` at once (flushed), or nowhere."""
+
+    def __init__(self, out: TextIO | None) -> None:
+        self._out = out
+
+    def part(self, text: str) -> None:
+        if self._out is not None:
+            self._out.write(text)
+            self._out.flush()
+
+    def line(self, text: str) -> None:
+        self.part(text + "\n")
+
+
+def _build_words() -> str:
+    build = "free-threaded build" if free_threaded_build() else "GIL build"
+    gil = "GIL enabled" if gil_enabled() else "GIL disabled"
     return f"{platform.python_implementation()} {platform.python_version()}, {build}, {gil}"
 
 
-def _explain(measurement: Measurement, report: DemoReport) -> str:
-    if measurement.workload.backend == "process":
+def _plan_words(tasks: int, rounds: int) -> str:
+    best = f"best of {rounds}" if rounds > 1 else "1 round"
+    return f"each workload split into {tasks} tasks, run one after the other, then with @parallel; wall times, {best}"
+
+
+def _label_width(workloads: Sequence[Workload]) -> int:
+    return max(len("workload"), *(len(w.label) for w in workloads))
+
+
+def _header(width: int) -> list[str]:
+    header = f"{'workload':<{width}}  {'backend':<8}  {'sequential':>10}  {'parallel':>10}  {'speed-up':>8}"
+    return [header, "-" * len(header)]
+
+
+def _row_start(workload: Workload, width: int) -> str:
+    return f"{workload.label:<{width}}  {workload.backend:<8}  "
+
+
+def _row_end(m: Measurement) -> str:
+    return f"{m.sequential_s:>9.3f}s  {m.parallel_s:>9.3f}s  {m.speedup:>7.2f}x"
+
+
+def _ideal(report: DemoReport) -> int:
+    """The most a workload split into ``tasks`` tasks can gain on the usable CPUs."""
+    return max(1, min(report.tasks, report.cpus))
+
+
+def _sped_up(m: Measurement, report: DemoReport) -> bool:
+    """At least half the gain the CPUs allow: 1.5x on two, 2.5x on four."""
+    return m.speedup >= 1 + 0.5 * (_ideal(report) - 1) and m.speedup >= 1.2
+
+
+def _busy(m: Measurement) -> bool:
+    return m.others_cpus is not None and m.others_cpus >= BUSY_CPUS
+
+
+def _why_low(m: Measurement, report: DemoReport) -> str:
+    if _busy(m):
+        return (
+            f"other processes kept about {m.others_cpus:.1f} of this machine's "
+            f"{report.host_cpus} CPUs busy meanwhile, so this figure is low: run the demo "
+            "again when the machine is quieter"
+        )
+    if report.cpus < 2:
+        return "this process may use a single CPU, so nothing can run in parallel here"
+    if m.workload.backend == "process":
+        return (
+            "with no other load measured, the cost of sending arguments and results "
+            "between processes held it back (larger tasks repay it)"
+        )
+    return "no other load was measured, so this is what this machine gives this work"
+
+
+def explain(m: Measurement, report: DemoReport) -> str:
+    """One sentence on one measurement, following its numbers (and the load meanwhile)."""
+    speedup = f"{m.speedup:.2f}x"
+    if m.workload.backend == "process":
+        if _sped_up(m, report):
+            return (
+                "worker processes each have an interpreter and a GIL of their own, so the "
+                f"pure-Python code ran on {_ideal(report)} cores at once ({speedup}): use "
+                "@parallel(backend='process') (or 'auto') for such code. The time includes "
+                "sending arguments and results between processes."
+            )
         return (
             "worker processes each have an interpreter and a GIL of their own, so "
-            "pure-Python code runs on every core: use @parallel(backend='process') "
-            "(or 'auto') for it. The time includes sending arguments and results "
-            "between processes."
+            f"pure-Python code can run on every core, but here it measured only {speedup}; "
+            f"{_why_low(m, report)}."
         )
-    if measurement.workload.releases_gil:
+    if m.workload.releases_gil:
+        if _sped_up(m, report):
+            return (
+                "hashlib.sha256 releases the GIL while it hashes large buffers, so the "
+                f"threads hashed at the same time ({speedup}): threads speed up work that "
+                "releases the GIL."
+            )
         return (
-            "hashlib.sha256 releases the GIL while it hashes large buffers, so the "
-            "threads hash at the same time: threads speed up work that releases the GIL."
+            "hashlib.sha256 releases the GIL while it hashes large buffers, so threads can "
+            f"hash at the same time, but here they measured only {speedup}; {_why_low(m, report)}."
         )
     if not report.gil_enabled:
+        if _sped_up(m, report):
+            return (
+                "the GIL is disabled in this free-threaded build, so the threads ran Python "
+                f"bytecode at the same time ({speedup}): pure-Python code speeds up too."
+            )
         return (
-            "the GIL is disabled in this free-threaded build, so the threads run Python "
-            "bytecode at the same time: pure-Python code speeds up too."
+            "the GIL is disabled in this free-threaded build, so threads can run Python "
+            f"bytecode at the same time, but here they measured only {speedup}; "
+            f"{_why_low(m, report)}."
         )
     why = (
         "the GIL is enabled at run time in this free-threaded build"
         if report.free_threaded_build
         else "this is a GIL build"
     )
+    if m.speedup >= 1.2:
+        return (
+            f"{speedup} for pure-Python code on threads, although {why}: Python bytecode "
+            "needs the GIL whichever thread runs it, so this gain is timing noise; expect "
+            "about 1x. A free-threaded Python (3.13t or later) runs it in parallel on threads."
+        )
     return (
-        f"no speed-up for pure-Python code on threads, because {why}: Python bytecode "
-        "needs the GIL whichever thread runs it, so the threads take turns. A "
+        f"no speed-up ({speedup}) for pure-Python code on threads, because {why}: Python "
+        "bytecode needs the GIL whichever thread runs it, so the threads take turns. A "
         "free-threaded Python (3.13t or later) runs it in parallel on threads."
     )
 
 
-def render(report: DemoReport) -> str:
-    """The report as an aligned plain-text table with one explanation per workload."""
-    best = f"best of {report.rounds}" if report.rounds > 1 else "1 round"
-    lines = [
-        f"makeparallel demo: {_build_words(report)}",
-        f"pools: {report.threads} thread(s), {report.tasks} worker process(es); each "
-        f"workload split into {report.tasks} tasks; wall times, {best}",
-        "",
-    ]
-    label_width = max(len("workload"), *(len(m.workload.label) for m in report.measurements))
-    header = (
-        f"{'workload':<{label_width}}  {'backend':<8}  {'sequential':>10}  {'parallel':>10}  {'speed-up':>8}"
-    )
-    lines += [header, "-" * len(header)]
-    for m in report.measurements:
-        lines.append(
-            f"{m.workload.label:<{label_width}}  {m.workload.backend:<8}  {m.sequential_s:>9.3f}s  "
-            f"{m.parallel_s:>9.3f}s  {m.speedup:>7.2f}x"
+def _notes(report: DemoReport) -> list[str]:
+    notes = [explain(m, report) for m in report.measurements]
+    loads = [m.others_cpus for m in report.measurements if m.others_cpus is not None]
+    if loads and max(loads) >= BUSY_CPUS:
+        notes.append(
+            f"the machine was busy: other processes used up to {max(loads):.1f} of its "
+            f"{report.host_cpus} CPUs while the demo ran, so every speed-up above is lower "
+            "than this machine gives when it is quiet."
         )
-    notes = [_explain(m, report) for m in report.measurements]
     if report.threads < 2:
         notes.append(
             "the pool has a single thread (this process may use one core), so "
             "nothing can run in parallel here."
         )
-    lines.append("")
-    lines += [textwrap.fill(note, width=88, initial_indent="* ", subsequent_indent="  ") for note in notes]
-    return "\n".join(lines)
+    return [textwrap.fill(note, width=88, initial_indent="* ", subsequent_indent="  ") for note in notes]
