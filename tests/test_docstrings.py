@@ -15,15 +15,15 @@ from makeparallel._runtime import BACKEND_NAMES
 
 PUBLIC_CALLABLES = sorted(name for name in mp.__all__ if callable(getattr(mp, name)))
 
-# "Args:" then indented lines; each argument starts at four spaces: "name: text".
-_ARGS_SECTION = re.compile(r"^Args:\n((?:[ ]{4}.*\n|\n)+)", re.MULTILINE)
+# "Args:" (or "Keyword Args:") then indented lines; each argument starts at four
+# spaces: "name: text" or "name (type): text".
+_ARGS_SECTION = re.compile(r"^(?:Keyword )?Args:\n((?:[ ]{4}.*\n|\n)+)", re.MULTILINE)
 _ARG_NAME = re.compile(r"^[ ]{4}\**(\w+)(?: \([^)]*\))?:", re.MULTILINE)
 
 
 def documented_arguments(doc: str) -> list[str]:
-    """The argument names of a Google-style ``Args:`` section (none without one)."""
-    section = _ARGS_SECTION.search(doc + "\n")
-    return _ARG_NAME.findall(section.group(1)) if section else []
+    """The argument names of Google-style ``Args:`` sections (none without one)."""
+    return [name for section in _ARGS_SECTION.finditer(doc + "\n") for name in _ARG_NAME.findall(section.group(1))]
 
 
 def accepted_arguments(obj: Any) -> set[str]:
@@ -37,6 +37,7 @@ def accepted_arguments(obj: Any) -> set[str]:
 def test_documented_arguments_reads_a_google_style_section() -> None:
     doc = "Summary.\n\nArgs:\n    first: one.\n        more of it.\n    second (int): two.\n\nRaises:\n    E: x\n"
     assert documented_arguments(doc) == ["first", "second"]
+    assert documented_arguments("S.\n\nKeyword Args:\n    third (str | None): three.\n") == ["third"]
     assert documented_arguments("No section here.") == []
 
 

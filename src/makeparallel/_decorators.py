@@ -345,27 +345,29 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         handle = count_primes(100_000)  # returns at once
         print(handle.get())             # waits, then the result or the task's error
 
-    Args:
-        backend: where tasks run: ``"thread"`` (a pool of threads in this
+    Keyword Args:
+        backend (str | None): where tasks run: ``"thread"`` (a pool of threads in this
             process; the default unless ``configure(backend=...)`` or the
             ``MAKEPARALLEL_BACKEND`` environment variable says otherwise),
             ``"process"`` (a pool of worker processes, each with its own GIL:
             pure-Python CPU work), ``"auto"`` (threads on a free-threaded Python,
             processes otherwise) or ``"sync"`` (inline in the caller, for
             debugging and tests). ``None``: the default backend.
-        timeout: seconds a task may run once started; then its handle fails with
-            ``TaskTimeoutError`` and ``check_cancelled()`` raises inside it.
-        priority: an int; queued tasks with a higher priority start first, tasks
+        timeout (float | None): seconds a task may run once started; then its
+            handle fails with ``TaskTimeoutError`` and ``check_cancelled()``
+            raises inside it.
+        priority (int): queued tasks with a higher priority start first, tasks
             of equal priority in submission order.
-        max_concurrent: at most this many tasks of the function in flight; a call
-            over the limit waits until one ends. Called on a thread whose asyncio
-            event loop runs, it returns the handle at once and the task waits for
-            its slot instead.
-        name: the name in metrics and error notes (default: ``__qualname__``).
-        async_cancel: what cancelling the coroutine that awaits a task does to
-            it: ``"cooperative"`` (``handle.cancel()``) or ``"force"``
-            (``handle.cancel(force=True)``: on the process backend the worker is
-            stopped); default: ``configure(async_cancel=...)``.
+        max_concurrent (int | None): at most this many tasks of the function in
+            flight; a call over the limit waits until one ends. Called on a
+            thread whose asyncio event loop runs, it returns the handle at once
+            and the task waits for its slot instead.
+        name (str | None): the name in metrics and error notes (default:
+            ``__qualname__``).
+        async_cancel (str | None): what cancelling the coroutine that awaits a
+            task does to it: ``"cooperative"`` (``handle.cancel()``) or
+            ``"force"`` (``handle.cancel(force=True)``: on the process backend
+            the worker is stopped); default: ``configure(async_cancel=...)``.
 
     Returns:
         A :class:`ParallelFunction` (used bare), or a decorator that makes one
