@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import OnError, _as_handles, check_on_error
 from ._handle import AsyncHandle
@@ -102,11 +102,29 @@ async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None)
         yield handle
 
 
+@overload
+async def gather_async(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: Literal["raise", "skip"] = "raise",
+    timeout: float | None = None,
+) -> list[T]: ...
+@overload
+async def gather_async(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: Literal["none"],
+    timeout: float | None = None,
+) -> list[T | None]: ...
+@overload
+async def gather_async(
+    handles: Iterable[AsyncHandle[T]],
+    on_error: OnError,
+    timeout: float | None = None,
+) -> list[T | None]: ...
 async def gather_async(
     handles: Iterable[AsyncHandle[T]],
     on_error: OnError = "raise",
     timeout: float | None = None,
-) -> list[T | None]:
+) -> list[Any]:
     """Await every handle and return their results in submission order.
 
     The asyncio peer of :func:`gather`, with the same options; the event loop is
@@ -120,7 +138,9 @@ async def gather_async(
         timeout: the longest to wait, in seconds, for all of them.
 
     Returns:
-        The results, in the order of ``handles``.
+        The results, in the order of ``handles``: ``list[T]``, or
+        ``list[T | None]`` with ``on_error="none"`` (type checkers see which,
+        from the literal).
 
     Raises:
         TaskTimeoutError: ``timeout`` passed; the tasks go on.

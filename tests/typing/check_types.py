@@ -6,11 +6,12 @@ another type; running the file checks that the values agree with the types.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
 from typing import Literal
 
 import makeparallel as mp
+from makeparallel._map import MapIterator  # what imap returns: an iterator, also async
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
@@ -49,11 +50,25 @@ assert_type(mp.gather([square(1)], on_error="skip"), list[int])
 assert_type(mp.gather([square(1)], "none"), list[int | None])
 assert_type(mp.gather([square(1)], on_error="none", timeout=5), list[int | None])
 
-# imap: the same rule, lazily.
-assert_type(mp.imap(half, [1, 2]), Iterator[float])
-assert_type(mp.imap(half, [1, 3], on_error="skip"), Iterator[float])
-assert_type(mp.imap(half, [1, 3], on_error="none"), Iterator[float | None])
+# imap: the same rule, lazily (with for or async for).
+assert_type(mp.imap(half, [1, 2]), MapIterator[float])
+assert_type(mp.imap(half, [1, 3], on_error="skip"), MapIterator[float])
+assert_type(mp.imap(half, [1, 3], on_error="none"), MapIterator[float | None])
 assert list(mp.imap(half, [1, 3], on_error="skip")) == [0.5]
+for value in mp.imap(half, [2]):
+    assert_type(value, float)
+
+
+async def collect() -> None:
+    """gather_async: the same rule, awaited."""
+    assert_type(await mp.gather_async([square(1)]), list[int])
+    assert_type(await mp.gather_async([square(1)], on_error="skip"), list[int])
+    assert_type(await mp.gather_async([square(1)], on_error="none"), list[int | None])
+    async for item in mp.imap(half, [2]):
+        assert_type(item, float)
+
+
+asyncio.run(collect())
 
 
 def choose(policy: Literal["raise", "skip", "none"]) -> list[float | None]:
