@@ -203,34 +203,6 @@ def test_pure_python_on_threads_without_the_gil() -> None:
     assert "measured only 1.00x" in words and "this figure is low" in words
 
 
-def test_the_load_meter_counts_other_processes_and_not_this_one() -> None:
-    spin = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"
-    meter = _demo.LoadMeter()
-    meter.start()
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
-    for spinner in spinners:
-        assert spinner.wait(timeout=30) == 0
-    others = meter.stop()
-    assert others is not None and others >= _demo.BUSY_CPUS, others
-
-
-def test_the_load_meter_subtracts_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    readings = iter([(10.0, 100.0, 50.0), (12.0, 103.0, 51.5)])  # (clock, machine busy, ours)
-    current: dict[str, float] = {}
-
-    def advance() -> None:
-        current["clock"], current["busy"], current["ours"] = next(readings)
-
-    meter = _demo.LoadMeter()
-    monkeypatch.setattr(_demo.LoadMeter, "_machine_busy", staticmethod(lambda: current["busy"]))
-    monkeypatch.setattr(_demo.LoadMeter, "_our_cpu", staticmethod(lambda: current["ours"]))
-    monkeypatch.setattr(meter, "_clock", lambda: current["clock"])
-    advance()
-    meter.start()
-    advance()
-    assert meter.stop() == pytest.approx((3.0 - 1.5) / 2.0)
-
-
 @pytest.mark.parametrize("argv", [["bogus"], [], ["info", "--frobnicate"]])
 def test_usage_errors_exit_with_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

@@ -8,7 +8,29 @@ import warnings
 import pytest
 
 import makeparallel as mp
+from makeparallel import _load
 from makeparallel._gil_watch import GilWatch
+
+
+class ScriptedLoad:
+    """Stands in for the load meter: other processes' load, as the test says."""
+
+    others: float | None = 0.0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> float | None:
+        return ScriptedLoad.others
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedLoad]:
+    """The watch sees an idle machine unless a test says otherwise: CI's load is not the test's."""
+    ScriptedLoad.others = 0.0
+    monkeypatch.setattr(_load, "LoadMeter", ScriptedLoad)
+    monkeypatch.setattr(_load, "recent_load", lambda ours: 0.0)
+    return ScriptedLoad
 
 
 def feed(watch: GilWatch, cpu_per_task: float, tasks: int = 16, overlapping: bool = True) -> None:
@@ -76,3 +98,29 @@ def test_thread_tasks_feed_the_watch_of_their_function() -> None:
         for _ in range(20):  # each pair gives one or two overlapping samples: 16 needed
             assert all(h.wait(10) for h in [pair(), pair()])
     assert not watch.active  # it measured enough overlapping tasks and decided
+
+
+def test_a_busy_machine_is_not_blamed_on_the_gil(
+    quiet_machine: type[ScriptedLoad], caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet_machine.others = 1.5  # other processes kept one and a half CPUs busy meanwhile
+    watch = GilWatch("hashing-on-a-busy-machine")
+    caplog.set_level("DEBUG", logger="makeparallel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed(watch, cpu_per_task=0.005)  # about one core between two tasks: could be either
+    assert not watch.active  # it decided: no warning
+    assert "other processes used 1.5 CPUs" in caplog.text
+
+
+@pytest.mark.parametrize(("recent", "warns"), [(2.0, False), (0.1, True)])
+def test_a_brief_sample_falls_back_on_the_load_average(
+    quiet_machine: type[ScriptedLoad], monkeypatch: pytest.MonkeyPatch, recent: float, warns: bool
+) -> None:
+    quiet_machine.others = None  # sampled too briefly for the CPU counters
+    monkeypatch.setattr(_load, "recent_load", lambda ours: recent)
+    watch = GilWatch("brief")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed(watch, cpu_per_task=0.005)
+    assert [w.category for w in caught] == ([mp.GilBoundWarning] if warns else [])

@@ -39,10 +39,10 @@ import psutil
 
 from . import GilBoundWarning, gather, get_process_pool_info, get_thread_pool_info, parallel
 from ._cpus import usable_cpus
+from ._load import BUSY_CPUS, LoadMeter
 
 __all__ = [
     "DemoReport",
-    "LoadMeter",
     "Measurement",
     "Workload",
     "explain",
@@ -53,7 +53,6 @@ __all__ = [
 
 _MiB = 1 << 20
 _PATTERN = bytes(range(256))  # cheap to repeat, and every page is really written
-BUSY_CPUS = 0.5  # other processes using this many CPUs on average make a run "busy"
 
 
 @dataclass(frozen=True)
@@ -166,53 +165,6 @@ def _loop_workload(tasks: int, size: _Size, backend: str) -> Workload:
     )
 
 
-class LoadMeter:
-    """CPU time used by other processes between :meth:`start` and :meth:`stop`, in CPUs.
-
-    The machine's busy time (all CPUs, from ``psutil.cpu_times()``) less the CPU
-    time of this process and of the process pool's workers, divided by the wall
-    time: 1.5 means other processes kept one and a half CPUs busy on average.
-    """
-
-    def __init__(self) -> None:
-        self._clock = time.perf_counter
-        self._started = 0.0
-        self._busy = 0.0
-        self._ours = 0.0
-
-    @staticmethod
-    def _machine_busy() -> float:
-        times = psutil.cpu_times()
-        idle = times.idle + getattr(times, "iowait", 0.0)
-        return sum(times) - idle
-
-    @staticmethod
-    def _our_cpu() -> float:
-        total = 0.0
-        pids = [None, *get_process_pool_info()["worker_pids"]]
-        for pid in pids:
-            try:
-                times = psutil.Process(pid).cpu_times()
-            except psutil.Error:  # a worker that ended meanwhile
-                continue
-            total += times.user + times.system
-        return total
-
-    def start(self) -> None:
-        self._ours = self._our_cpu()
-        self._busy = self._machine_busy()
-        self._started = self._clock()
-
-    def stop(self) -> float | None:
-        """The other processes' average CPU use since :meth:`start`; ``None`` if unknown."""
-        wall = self._clock() - self._started
-        busy = self._machine_busy() - self._busy
-        ours = self._our_cpu() - self._ours
-        if wall <= 0 or busy <= 0:
-            return None
-        return max(0.0, busy - ours) / wall
-
-
 def _meet(barrier: threading.Barrier) -> None:
     barrier.wait(timeout=30)
 
@@ -258,7 +210,7 @@ def _time_parallel(workload: Workload) -> tuple[float, list[object]]:
 def _measure(workload: Workload, rounds: int) -> Measurement:
     sequential: list[float] = []
     in_parallel: list[float] = []
-    load = LoadMeter()
+    load = LoadMeter(own_pids=lambda: [None, *get_process_pool_info()["worker_pids"]])
     load.start()
     for _ in range(rounds):
         seconds, expected = _time_sequential(workload)

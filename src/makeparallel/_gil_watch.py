@@ -10,6 +10,12 @@ one core however many threads run it.
 Each decorated function watches its first tasks that ran alongside others and
 took at least a millisecond, decides once, and stops measuring. On a
 free-threaded build nothing is watched.
+
+A machine that other processes keep busy looks the same from inside: threads
+that release the GIL get less than a core each, too. So the watch also measures
+the other processes' load while it samples (``_load``), and stays silent when
+they kept half a CPU or more busy: it cannot tell, and a warning that blames the
+GIL for hashlib work on a loaded machine would teach the wrong fix.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import logging
 import os
 import threading
 import warnings
+
+from . import _load
 
 __all__ = ["GilBoundWarning", "GilWatch"]
 
@@ -35,7 +43,18 @@ class GilBoundWarning(RuntimeWarning):
 class GilWatch:
     """Measures overlapping tasks of one function until it can tell."""
 
-    __slots__ = ("_cpu", "_first_start", "_last_end", "_lock", "_seen", "_samples", "_wall", "active", "name")
+    __slots__ = (
+        "_cpu",
+        "_first_start",
+        "_last_end",
+        "_load",
+        "_lock",
+        "_seen",
+        "_samples",
+        "_wall",
+        "active",
+        "name",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -45,6 +64,7 @@ class GilWatch:
         self._cpu = self._wall = 0.0
         self._first_start = float("inf")
         self._last_end = float("-inf")
+        self._load: _load.LoadMeter | None = None  # started with the first sample
 
     def record(self, started: float, ended: float, cpu: float, overlapping: bool) -> None:
         """One task ran from ``started`` to ``ended``, using ``cpu`` seconds of its thread."""
@@ -53,6 +73,9 @@ class GilWatch:
                 return
             self._seen += 1
             if overlapping and ended - started >= _MIN_TASK_SECONDS:
+                if self._load is None:
+                    self._load = _load.LoadMeter()
+                    self._load.start()
                 self._samples += 1
                 self._cpu += cpu
                 self._wall += ended - started
@@ -66,8 +89,23 @@ class GilWatch:
             span = self._last_end - self._first_start
             speedup = self._cpu / span  # cores kept busy: what the threads achieved
             concurrency = self._wall / span  # tasks running at once, on average
-        if concurrency >= 1.5 and 0.5 <= speedup < 1.25:
+        if concurrency >= 1.5 and 0.5 <= speedup < 1.25 and not self._machine_busy(concurrency):
             self._warn(speedup, concurrency)
+
+    def _machine_busy(self, concurrency: float) -> bool:
+        """Whether other processes kept the CPUs busy while the tasks were sampled."""
+        others = self._load.stop() if self._load is not None else None
+        if others is None:  # sampled too briefly to measure: the last minute's load
+            others = _load.recent_load(ours=concurrency)
+        if others is None or others < _load.BUSY_CPUS:
+            return False
+        _log.debug(
+            "makeparallel: %r kept about one core busy, but other processes used %.1f CPUs "
+            "meanwhile, so the GIL cannot be told from the load: no warning",
+            self.name,
+            others,
+        )
+        return True
 
     def _warn(self, speedup: float, concurrency: float) -> None:
         message = (
