@@ -90,7 +90,8 @@ def test_info_explains_a_bad_backend_in_the_environment(
     assert main(["info"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "MAKEPARALLEL_BACKEND must be one of 'thread', 'process', 'sync', 'auto', got 'warp-drive'" in captured.err
+    assert "MAKEPARALLEL_BACKEND must be one of 'thread', 'process', 'sync', 'auto'," in captured.err
+    assert "got 'warp-drive'" in captured.err
 
 
 def test_demo_quick_prints_both_workloads_and_their_speedups(

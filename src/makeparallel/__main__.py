@@ -20,7 +20,7 @@ import psutil
 from . import __version__, get_process_pool_info, get_thread_pool_info
 from ._cpus import usable_cpus
 from ._demo import free_threaded_build, gil_enabled, run_demo
-from ._runtime import BACKEND_NAMES, default_backend_name
+from ._runtime import available_backend_names, default_backend_name
 
 __all__ = ["collect_info", "main"]
 
@@ -53,7 +53,7 @@ def collect_info() -> dict[str, Any]:
         "physical_cores": psutil.cpu_count(logical=False),
         "memory": _memory(),
         "default_backend": default_backend_name(),
-        "backends": list(BACKEND_NAMES),
+        "backends": available_backend_names(),
         "thread_pool": get_thread_pool_info(),
         "process_pool": get_process_pool_info(),
     }

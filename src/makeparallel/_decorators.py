@@ -57,7 +57,7 @@ class TaskSpec:
     def __init__(
         self,
         name: str,
-        backend: str | None,
+        backend: str | Backend | None,
         timeout: float | None,
         priority: int,
         limiter: Limiter | None,
@@ -127,7 +127,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         )
     checked = dict(options)
     if options.get("backend") is not None:
-        _runtime.check_backend_name(options["backend"])
+        _runtime.check_backend(options["backend"])
     if "timeout" in options:
         checked["timeout"] = check_task_timeout(options["timeout"])
     if "priority" in options:
@@ -171,9 +171,11 @@ class ParallelFunction(Generic[P, T]):
         max_concurrent = options.get("max_concurrent")
         if limiter is None and max_concurrent is not None:
             limiter = Limiter(max_concurrent)
+        backend = options.get("backend")
         self._spec = TaskSpec(
             name=options.get("name") or _describe(fn),
-            backend=options.get("backend"),
+            # An executor is resolved to its adapter once, here, not per call.
+            backend=backend if backend is None or isinstance(backend, str) else _runtime.get_backend(backend),
             timeout=options.get("timeout"),
             priority=options.get("priority", 0),
             limiter=limiter,
@@ -242,8 +244,9 @@ class ParallelFunction(Generic[P, T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to another process: the function and options travel, not the
-        # limiter or the metrics record, which belong to this process.
-        return (ParallelFunction, (self._fn, self._options))
+        # limiter, the metrics record or an executor, which belong to this process.
+        options = {k: v for k, v in self._options.items() if k != "backend" or isinstance(v, str)}
+        return (ParallelFunction, (self._fn, options))
 
     def __repr__(self) -> str:
         return f"<parallel function {self._spec.name}>"
@@ -307,7 +310,7 @@ def _describe(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def as_parallel(fn: Callable[..., T], backend: str | None = None) -> Callable[..., AsyncHandle[T]]:
+def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = None) -> Callable[..., AsyncHandle[T]]:
     """``fn`` itself if it is already parallel, else a parallel version of it."""
     if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
         return fn
@@ -319,7 +322,7 @@ def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 @overload
 def parallel(
     *,
-    backend: str | None = None,
+    backend: _runtime.BackendOption | None = None,
     timeout: float | None = None,
     priority: int = 0,
     max_concurrent: int | None = None,
@@ -346,13 +349,16 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         print(handle.get())             # waits, then the result or the task's error
 
     Keyword Args:
-        backend (str | None): where tasks run: ``"thread"`` (a pool of threads in this
-            process; the default unless ``configure(backend=...)`` or the
-            ``MAKEPARALLEL_BACKEND`` environment variable says otherwise),
-            ``"process"`` (a pool of worker processes, each with its own GIL:
-            pure-Python CPU work), ``"auto"`` (threads on a free-threaded Python,
-            processes otherwise) or ``"sync"`` (inline in the caller, for
-            debugging and tests). ``None``: the default backend.
+        backend (str | concurrent.futures.Executor | None): where tasks run:
+            ``"thread"`` (a pool of threads in this process; the default unless
+            ``configure(backend=...)`` or the ``MAKEPARALLEL_BACKEND`` environment
+            variable says otherwise), ``"process"`` (a pool of worker processes,
+            each with its own GIL: pure-Python CPU work), ``"auto"`` (threads on
+            a free-threaded Python, processes otherwise), ``"sync"`` (inline in
+            the caller, for debugging and tests), ``"interpreter"``
+            (sub-interpreters, Python 3.14+) or any ``concurrent.futures.Executor``
+            instance (its adapter runs the tasks there). ``None``: the default
+            backend.
         timeout (float | None): seconds a task may run once started; then its
             handle fails with ``TaskTimeoutError`` and ``check_cancelled()``
             raises inside it.

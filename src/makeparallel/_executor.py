@@ -131,6 +131,8 @@ class Executor(concurrent.futures.Executor):
             check_count(max_workers, "max_workers")
         self._max_workers = usable_cpu_count() if max_workers is None else max_workers
         self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
+        # Read by the executor adapter, should this executor itself serve as a backend.
+        self._makeparallel_in_process = self._backend.name != "process"
         self._specs: dict[str, TaskSpec] = {}
         self._shutdown_lock = threading.Lock()
         self._shut_down = False

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ._admission import Limiter
 from ._decorators import as_parallel
 from ._handle import AsyncHandle
-from ._runtime import check_backend_name
+from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from .errors import TaskCancelledError, TaskTimeoutError
@@ -54,11 +54,11 @@ class ParallelContext:
         self,
         timeout: float | None = None,
         max_concurrent: int | None = None,
-        backend: str | None = None,
+        backend: BackendOption | None = None,
     ) -> None:
         check_wait_timeout(timeout)
         if backend is not None:
-            check_backend_name(backend)
+            check_backend(backend)
         if max_concurrent is not None:
             check_count(max_concurrent, "max_concurrent")
         self._timeout = timeout

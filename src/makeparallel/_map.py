@@ -33,11 +33,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
+from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
 from ._decorators import ParallelFunction, _BoundParallelFunction, _describe
 from ._handle import AsyncHandle, _add_note
 from ._progress import Progress, ProgressOption, check_progress, open_progress
-from ._runtime import check_backend_name, get_backend
+from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
@@ -114,7 +115,7 @@ class _ChunkSizer:
         self._size = max(1, min(wanted, 2 * max(self._size, items)))
 
 
-def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | None]:
+def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
     """The callable to apply per item, the name to report, the backend to use."""
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
@@ -137,7 +138,7 @@ def imap(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: Literal["raise", "skip"] = "raise",
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> MapIterator[R]: ...
 @overload
 def imap(
@@ -150,7 +151,7 @@ def imap(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: Literal["none"],
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> MapIterator[R | None]: ...
 @overload
 def imap(
@@ -163,7 +164,7 @@ def imap(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: OnError,
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> MapIterator[R | None]: ...
 def imap(
     fn: Callable[[T], R],
@@ -175,7 +176,7 @@ def imap(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: OnError = "raise",
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> MapIterator[Any]:
     """Apply ``fn`` to every item in parallel and yield the results lazily.
 
@@ -200,7 +201,9 @@ def imap(
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
             in a note), ``"skip"`` (leave failed items out) or ``"none"`` (``None``
             in their place).
-        backend: where the chunks run; default: the function's, else the default.
+        backend: where the chunks run (a backend name or any
+            ``concurrent.futures.Executor``); default: the function's, else the
+            default.
 
     Returns:
         The results, to iterate with ``for`` or ``async for``: a
@@ -264,7 +267,7 @@ def _start(
     max_in_flight: int | None,
     timeout: float | None,
     on_error: OnError,
-    backend: str | None,
+    backend: BackendOption | None,
 ) -> _Mapper:
     """Check the options of a map (raising at the call) and set it up."""
     plain, name, own_backend = _plain_function(fn)
@@ -277,10 +280,10 @@ def _start(
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if backend is not None:
-        check_backend_name(backend)
+        check_backend(backend)
     items = iter(iterable)  # TypeError for a non-iterable, at the call
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-    chunk_task = ParallelFunction(_run_chunk, {"name": f"{name} [map]", "backend": backend or own_backend})
+    chunk_task = ParallelFunction(_run_chunk, {"name": f"{name} [map]", "backend": backend if backend is not None else own_backend})
     check_progress(progress)
     return _Mapper(
         plain, items, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name
@@ -308,7 +311,7 @@ def parallel_map(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: Literal["raise", "skip"] = "raise",
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> list[R]: ...
 @overload
 def parallel_map(
@@ -321,7 +324,7 @@ def parallel_map(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: Literal["none"],
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> list[R | None]: ...
 @overload
 def parallel_map(
@@ -334,7 +337,7 @@ def parallel_map(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: OnError,
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> list[R | None]: ...
 def parallel_map(
     fn: Callable[[T], R],
@@ -346,7 +349,7 @@ def parallel_map(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     on_error: OnError = "raise",
-    backend: str | None = None,
+    backend: BackendOption | None = None,
 ) -> list[Any]:
     """Apply ``fn`` to every item in parallel and return the results as a list.
 

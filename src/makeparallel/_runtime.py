@@ -18,8 +18,10 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+import weakref
+from typing import Any, Union
 
+import concurrent.futures
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
@@ -54,17 +56,32 @@ def _process_backend() -> Backend:
     return ProcessBackend()
 
 
+def _interpreter_backend() -> Backend:
+    from ._backends._interpreter import InterpreterBackend  # 3.14+ only, and only when used
+
+    return InterpreterBackend()
+
+
+# The registry of backend names: each factory imports its module on first use,
+# so importing the library imports no framework.
 _FACTORIES: dict[str, Callable[[], Backend]] = {
     "thread": ThreadBackend,
     "process": _process_backend,
     "sync": SyncBackend,
+    "interpreter": _interpreter_backend,
 }
-BACKEND_NAMES = (*_FACTORIES, "auto")
+BACKEND_NAMES = ("thread", "process", "sync", "auto", "interpreter")
+
+#: What ``backend=`` accepts: a name, or any ``concurrent.futures.Executor``.
+BackendOption = Union[str, concurrent.futures.Executor]
 ENV_BACKEND = "MAKEPARALLEL_BACKEND"
 
 _lock = threading.Lock()
 _backends: dict[str, Backend] = {}
-_default_backend: str | None = None  # set by configure(); else the environment; else "thread"
+# The adapter of each executor used as a backend, while anything uses it; keyed by
+# id(executor): a live adapter holds its executor, so the id cannot be reused.
+_adapters: weakref.WeakValueDictionary[int, Backend] = weakref.WeakValueDictionary()
+_default_backend: BackendOption | None = None  # set by configure(); else the environment; else "thread"
 _default_instance: Backend | None = None  # the default backend once resolved: the hot path
 _exit_timeout = 5.0
 _async_cancel = "cooperative"
@@ -72,6 +89,11 @@ ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
 _exit_hook_registered = False
 global_limiter = Limiter(None)
+
+
+def available_backend_names() -> list[str]:
+    """The backend names usable here: ``"interpreter"`` needs Python 3.14+."""
+    return [name for name in BACKEND_NAMES if name != "interpreter" or sys.version_info >= (3, 14)]
 
 
 def free_threaded() -> bool:
@@ -95,7 +117,24 @@ def check_backend_name(name: Any, source: str = "backend") -> str:
     return name  # type: ignore[no-any-return]
 
 
-def default_backend_name() -> str:
+def check_backend(value: Any, source: str = "backend") -> BackendOption:
+    """Validate a ``backend=`` option: a backend name or a ``concurrent.futures.Executor``."""
+    if isinstance(value, concurrent.futures.Executor):
+        return value
+    if isinstance(value, str):
+        if value == "interpreter":
+            from ._backends._interpreter import check_available
+
+            check_available()  # at the call that names it, not at the first task
+        return check_backend_name(value, source)
+    accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
+    raise TypeError(
+        f"{source} must be a backend name ({accepted}) or a concurrent.futures.Executor, "
+        f"got {value!r} of type {type(value).__name__}"
+    )
+
+
+def default_backend() -> BackendOption:
     """The backend used when none is named: configure(), then the environment.
 
     The environment variable is read when the default backend is first needed.
@@ -108,15 +147,51 @@ def default_backend_name() -> str:
     return "thread"
 
 
-def get_backend(name: str | None = None) -> Backend:
-    """The backend called ``name`` (the default one if ``None``), started on first use."""
+def default_backend_name() -> str:
+    """The name of :func:`default_backend`; an executor is described by its type."""
+    backend = default_backend()
+    return backend if isinstance(backend, str) else f"executor {type(backend).__qualname__}"
+
+
+def get_backend(name: BackendOption | Backend | None = None) -> Backend:
+    """The backend for ``name`` (the default one if ``None``), started on first use.
+
+    A name gives one of the library's backends; an executor, its adapter; a
+    backend, itself.
+    """
     global _default_instance
     if name is None:
         if _default_instance is None:
-            _default_instance = get_backend(default_backend_name())
+            _default_instance = get_backend(default_backend())
         return _default_instance
-    backend = _backends.get(name)
-    return backend if backend is not None else _create(resolve_auto(name))
+    if isinstance(name, str):
+        backend = _backends.get(name)
+        return backend if backend is not None else _create(resolve_auto(name))
+    if isinstance(name, Backend):
+        return name
+    return _adapter_for(name)
+
+
+def _adapter_for(executor: concurrent.futures.Executor) -> Backend:
+    """The backend that runs tasks on ``executor``: one adapter per executor."""
+    adapter = _adapters.get(id(executor))
+    if adapter is not None:
+        return adapter
+    from ._backends._adapter import ExecutorBackend
+
+    with _lock:
+        adapter = _adapters.get(id(executor))
+        if adapter is None:
+            adapter = ExecutorBackend(executor)
+            if _shut_down:
+                adapter.close(cancel_pending=False)
+            _adapters[id(executor)] = adapter
+        return adapter
+
+
+def _all_backends() -> list[Backend]:
+    """Every backend started so far, executors' adapters included."""
+    return [*_backends.values(), *_adapters.values()]
 
 
 def _create(name: str) -> Backend:
@@ -134,7 +209,7 @@ def _create(name: str) -> Backend:
         return backend
 
 
-def use_default_backend(name: str | None) -> None:
+def use_default_backend(name: BackendOption | None) -> None:
     """Make ``name`` the default backend; ``None`` goes back to the environment's."""
     global _default_backend, _default_instance
     _default_backend = name
@@ -155,7 +230,7 @@ def async_cancel_mode() -> str:
 
 def configure(
     *,
-    backend: str | None = None,
+    backend: BackendOption | None = None,
     exit_timeout: float | None = None,
     async_cancel: str | None = None,
     process_contextvars: Iterable[ContextVar[Any]] | None = None,
@@ -165,8 +240,9 @@ def configure(
     Args:
         backend: the backend for functions that name none: ``"thread"`` (the
             default), ``"process"``, ``"auto"`` (threads on a free-threaded
-            Python, processes otherwise) or ``"sync"``. Overrides the
-            ``MAKEPARALLEL_BACKEND`` environment variable.
+            Python, processes otherwise), ``"sync"``, ``"interpreter"``
+            (Python 3.14+), or any ``concurrent.futures.Executor``.
+            Overrides the ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
             unfinished tasks before abandoning them (default 5).
         async_cancel: what cancelling the coroutine that awaits a handle does
@@ -185,11 +261,12 @@ def configure(
     Raises:
         ValueError: a value is out of range, or a context variable is not found
             as a module global.
-        TypeError: a value has the wrong type.
+        TypeError: a value has the wrong type (``backend`` neither a name nor
+            an executor).
     """
     global _exit_timeout, _async_cancel
     if backend is not None:
-        check_backend_name(backend)
+        check_backend(backend)
     if exit_timeout is not None:
         check_wait_timeout(exit_timeout, "exit_timeout")
     if async_cancel is not None:
@@ -204,6 +281,7 @@ def configure(
         _async_cancel = async_cancel
     if process_contextvars is not None:
         set_process_contextvars(located)
+
 
 
 def configure_thread_pool(num_threads: int | None = None, stack_size: int | None = None) -> None:
@@ -260,13 +338,16 @@ def set_max_concurrent_tasks(limit: int | None) -> None:
 
 def pool_infos() -> dict[str, dict[str, Any]]:
     """``info()`` of every backend started so far, by name."""
-    return {name: backend.info() for name, backend in list(_backends.items())}
+    infos = {name: backend.info() for name, backend in list(_backends.items())}
+    for key, adapter in list(_adapters.items()):
+        infos[f"executor-{key:x}"] = adapter.info()
+    return infos
 
 
 def queued_by_name() -> dict[str, int]:
     """Tasks not yet started, by function name, across every pool (for metrics)."""
     queued: dict[str, int] = {}
-    for backend in list(_backends.values()):
+    for backend in _all_backends():
         for name, count in backend.queued_by_name().items():
             queued[name] = queued.get(name, 0) + count
     return queued
@@ -274,14 +355,14 @@ def queued_by_name() -> dict[str, int]:
 
 def get_active_task_count() -> int:
     """Tasks submitted and not yet ended, across every backend."""
-    return sum(backend.active_count() for backend in list(_backends.values()))
+    return sum(backend.active_count() for backend in _all_backends())
 
 
 def wait_until_idle(timeout: float | None = None) -> bool:
     """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
     check_wait_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
-    for backend in list(_backends.values()):
+    for backend in _all_backends():
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not backend.wait_idle(remaining):
             return False
@@ -306,7 +387,7 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     check_wait_timeout(timeout_secs, "timeout_secs")
     with _lock:
         _shut_down = True
-        backends = list(_backends.values())
+        backends = _all_backends()
     for limiter in all_limiters():
         limiter.close()
     for backend in backends:
@@ -322,7 +403,7 @@ def reset_shutdown() -> None:
     global _shut_down
     with _lock:
         _shut_down = False
-        backends = list(_backends.values())
+        backends = _all_backends()
     for limiter in all_limiters():
         limiter.reopen()
     for backend in backends:
@@ -338,7 +419,7 @@ def _at_exit() -> None:
     timeout = _exit_timeout
     if get_active_task_count() and not wait_until_idle(timeout):
         _log_abandoned(timeout)
-    for backend in list(_backends.values()):
+    for backend in _all_backends():
         backend.terminate()  # no orphaned or zombie worker process
 
 
@@ -357,6 +438,7 @@ def _reset_after_fork() -> None:
     global _lock, _default_instance
     _lock = threading.Lock()
     _backends.clear()
+    _adapters.clear()
     _default_instance = None
 
 

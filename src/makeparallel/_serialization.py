@@ -31,7 +31,7 @@ from ._remote_errors import reduce_exception
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-__all__ = ["dumps", "dumps_function", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
+__all__ = ["dumps", "dumps_function", "dumps_in_band", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 
@@ -121,6 +121,13 @@ def _pickler_class() -> type[pickle.Pickler]:
             return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
     return Pickler
+
+
+def dumps_in_band(obj: Any) -> bytes:
+    """Pickle ``obj`` into one stream, buffers included (for a channel that is not ours)."""
+    stream = io.BytesIO()
+    _pickler_class()(stream, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
 def dumps_function(fn: Any) -> bytes:

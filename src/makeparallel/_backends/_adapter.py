@@ -1,0 +1,268 @@
+"""Any ``concurrent.futures.Executor`` as a backend: one adapter, every executor.
+
+Data flow::
+
+    submit(handle) --executor.submit(...)--> the executor's future
+                                                 | done-callback
+    handle settles  <--result / error / cancel---+
+
+The executor does the queueing, the limits of its own and the running; this
+adapter only hands it callables and maps each future's end onto the handle, so
+handles, collectors, groups, maps, callbacks, metrics and events work as on
+the library's own pools.
+
+Two kinds of executor:
+
+* **In this process** (``ThreadPoolExecutor`` and its subclasses, an
+  ``mp.Executor`` on threads): the executor runs the handle itself. The task
+  starts when a worker of the executor takes it, so timeouts count from there;
+  ``report_progress``, ``check_cancelled`` and ``get_current_task_id`` work; a
+  task still queued is run inline by a waiter, as on the thread pool.
+* **Elsewhere** (processes, sub-interpreters, a cluster): the function and its
+  arguments travel as the library pickles them (``@parallel`` functions by
+  reference, lambdas and closures by value), the result as the executor does.
+  The executor does not say when a task starts, so a task counts as running
+  from its submission, and its timeout counts from there too. Progress and
+  ``check_cancelled`` do not cross: inside the task they are no-ops.
+
+Cancellation and timeouts map onto the future: ``future.cancel()`` stops a
+task the executor has not started. A running task cannot be stopped by a
+standard executor: at its timeout or cancellation its handle ends at once and
+the call is abandoned (it may run to its end; its result is dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import sys
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .. import _deadlines, _events, _serialization
+from .._cpus import usable_cpu_count
+from .._states import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
+from ._base import Backend
+
+if TYPE_CHECKING:
+    from .._handle import AsyncHandle
+
+__all__ = ["ExecutorBackend", "call_remotely"]
+
+
+class ExecutorBackend(Backend):
+    """Runs tasks on a ``concurrent.futures.Executor`` that someone else owns.
+
+    Args:
+        executor: the executor; it stays the caller's: ``mp.shutdown()`` stops
+            sending it tasks (and cancels those it has not started, if asked)
+            but never shuts it down.
+        in_process: whether the executor runs callables in this process; by
+            default, true for thread pools (and not for their sub-interpreter
+            subclass).
+    """
+
+    name: ClassVar[str] = "executor"
+    stop_hint = (
+        "it was cancelled on its executor if it had not started; a call already "
+        "running there cannot be stopped and was abandoned (its result is dropped)"
+    )
+
+    def __init__(self, executor: Any, in_process: bool | None = None) -> None:
+        super().__init__()
+        self._executor = executor
+        self._in_process = runs_in_this_process(executor) if in_process is None else in_process
+        # Accepted and not ended: the executor's future, or None until it gave one.
+        self._futures: dict[AsyncHandle[Any], Any] = {}
+        # Timed out or cancelled while running: the future to cancel, for _abandoned().
+        self._abandoning: dict[AsyncHandle[Any], Any] = {}
+
+    # -- what the runtime asks -------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "backend": self.name,
+                "executor": repr(self._executor),
+                "num_workers": self.worker_count(),
+                "in_process": self._in_process,
+                "active_tasks": self._active,
+                "closed": self._closed,
+            }
+
+    def worker_count(self) -> int:
+        workers = getattr(self._executor, "_max_workers", None)
+        return workers if isinstance(workers, int) and workers > 0 else usable_cpu_count()
+
+    def close(self, cancel_pending: bool) -> None:
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures.items()) if cancel_pending else []
+        for handle, future in futures:
+            if future is not None and (handle._state == PENDING or not self._in_process):
+                self._cancel_future(future)  # an unstarted one is cancelled; its callback ends the handle
+
+    # -- submission ------------------------------------------------------------------
+
+    def submit(self, handle: AsyncHandle[Any]) -> None:
+        call = self._call_for(handle)
+        with self._lock:
+            self._refuse_if_closed_locked()
+            self._active += 1
+            self._futures[handle] = None
+            handle._observer.task_submitted(handle)
+            if not self._in_process:  # it starts out of sight: running from now on
+                handle._state = RUNNING
+                handle._started_at = time.perf_counter()
+        try:
+            future = self._executor.submit(*call)
+        except RuntimeError as error:  # the submitter cancels the handle (_holds)
+            if "shut" not in str(error) and "closed" not in str(error):
+                raise
+            raise ShutdownError(
+                f"task {handle._id} ({handle.name}) was refused by {self._executor!r}, which "
+                f"is shut down or closed ({error}); submit to a running executor"
+            ) from error
+        with self._lock:
+            if handle in self._futures:  # else it ended already
+                self._futures[handle] = future
+        if not self._in_process:
+            if handle._timeout is not None:
+                _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
+            if _events.listeners:
+                _events.emit("started", handle)
+        future.add_done_callback(functools.partial(self._future_done, handle))
+
+    def _call_for(self, handle: AsyncHandle[Any]) -> tuple[Any, ...]:
+        """What to give ``executor.submit``: the handle's runner, or the call to pickle."""
+        if self._in_process:
+            return (self._run, handle)
+        try:
+            function = _serialization.dumps_function(handle._fn)
+            arguments = _serialization.dumps_in_band((handle._args, handle._kwargs))
+        except Exception as error:
+            raise TaskSerializationError(
+                f"task {handle._id} ({handle.name}) cannot be sent to {self._executor!r}: its "
+                f"function or arguments could not be pickled ({type(error).__name__}: {error})"
+            ) from error
+        return (call_remotely, function, arguments)
+
+    def _run(self, handle: AsyncHandle[Any]) -> None:
+        """In the executor's worker thread: claim the handle and run it, unless it ended."""
+        with self._lock:
+            if handle._state != PENDING:
+                return  # cancelled while queued, or a waiter ran it inline
+            handle._state = RUNNING
+        handle._run()
+
+    # -- ends ------------------------------------------------------------------------
+
+    def _future_done(self, handle: AsyncHandle[Any], future: Any) -> None:
+        """The executor's future ended: end the handle the same way, if it has not ended."""
+        with self._lock:
+            self._futures.pop(handle, None)
+        if handle._state >= SUCCEEDED:
+            return  # the common case in this process: the handle ended first
+        if future.cancelled():
+            cancelled = TaskCancelledError(
+                f"task {handle._id} ({handle.name}) was cancelled by its executor {self._executor!r}"
+            )
+            self._end(handle, CANCELLED, cancelled)
+            return
+        error: BaseException | None
+        try:
+            error = future.exception()
+        except BaseException as raised:  # a cancellation that future.cancelled() did not report
+            error = raised
+        if error is None:
+            self._end(handle, SUCCEEDED, future.result())
+        else:
+            self._end(handle, FAILED, self.translate_error(handle, error))
+
+    def _end(self, handle: AsyncHandle[Any], state: int, value: Any) -> None:
+        """End an unfinished handle from outside its run (queued or out of sight)."""
+        with self._lock:
+            if handle._state >= SUCCEEDED:
+                return
+            if handle._started_at is None and state != CANCELLED:
+                handle._started_at = time.perf_counter()  # ran where we could not see it
+            announce = handle._settle_locked(state, value)
+        handle._after_settle(announce)
+
+    def translate_error(self, handle: AsyncHandle[Any], error: BaseException) -> BaseException:
+        """The error the handle gives for what the future raised.
+
+        A broken process pool (``BrokenProcessPool``, loky's ``TerminatedWorkerError``)
+        becomes ``WorkerCrashedError``, its cause chained; anything else stays itself.
+        """
+        process = sys.modules.get("concurrent.futures.process")
+        if process is not None and isinstance(error, process.BrokenProcessPool):
+            crashed = WorkerCrashedError(
+                f"a worker process of {type(self._executor).__name__} died while it held task "
+                f"{handle._id} ({handle.name}): {error}"
+            )
+            crashed.__cause__ = error
+            return crashed
+        return error
+
+    # -- hooks the handle calls -----------------------------------------------------
+
+    def _holds(self, handle: AsyncHandle[Any]) -> bool:
+        # Accepted and not ended: a submission that raised after this cancels it.
+        with self._lock:
+            return handle._state < SUCCEEDED and handle in self._futures
+
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        if not self._in_process:
+            return False
+        with self._lock:
+            if handle._state != PENDING:
+                return False
+            handle._state = RUNNING
+            return True
+
+    def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
+        future = self._futures.pop(handle, None)
+        if future is not None and not was_pending and handle._state >= CANCELLED:
+            self._abandoning[handle] = future  # the handle calls _abandoned() next
+        super()._settled_locked(handle, was_pending)
+
+    def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
+        with self._lock:
+            future = self._abandoning.pop(handle, None)
+        if future is not None:
+            self._cancel_future(future)
+
+    def _cancel_future(self, future: Any) -> None:
+        """Ask the executor to drop ``future``; a standard one cannot once it runs."""
+        future.cancel()
+
+
+def runs_in_this_process(executor: Any) -> bool:
+    """Whether ``executor`` runs callables on threads of this process."""
+    declared = getattr(executor, "_makeparallel_in_process", None)  # an mp.Executor says
+    if isinstance(declared, bool):
+        return declared
+    thread = sys.modules.get("concurrent.futures.thread")
+    if thread is None or not isinstance(executor, thread.ThreadPoolExecutor):
+        return False
+    interpreter = sys.modules.get("concurrent.futures.interpreter")
+    return interpreter is None or not isinstance(executor, interpreter.InterpreterPoolExecutor)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_function(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def call_remotely(function: bytes, arguments: bytes) -> Any:
+    """Run one task's call in the executor's worker; the function is unpickled once per worker.
+
+    Function and arguments travel as the library pickles them (``@parallel``
+    functions by reference, lambdas and closures by value), whatever pickler
+    the executor uses; the result travels as the executor pickles it.
+    """
+    args, kwargs = pickle.loads(arguments)
+    return _load_function(function)(*args, **kwargs)
+

@@ -1,0 +1,352 @@
+"""Any ``concurrent.futures.Executor`` as a backend: the library's API on someone else's pool.
+
+One behaviour table over the executors users bring (``ThreadPoolExecutor`` in
+this process; ``ProcessPoolExecutor`` and loky's reusable executor elsewhere),
+then what differs between running here and running elsewhere: cancellation,
+timeouts, progress, a worker that dies.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from loky import get_reusable_executor
+from pool_helpers import Flags, wait_until
+
+import makeparallel as mp
+from makeparallel import _runtime
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@mp.parallel
+def decorated_square(x: int) -> int:
+    return x * x
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+def wait_for_flag(flags: Flags, name: str) -> str:
+    """Block (in any worker) until the test sets ``name``; bounded so nothing hangs."""
+    assert wait_until(lambda: flags.is_set(name), 30)
+    return name
+
+
+def set_flag(flags: Flags, name: str) -> None:
+    flags.set(name)
+
+
+def own_pid() -> int:
+    return os.getpid()
+
+
+def warmed(executor: cf.Executor) -> cf.Executor:
+    """Start the executor's threads and processes now, before any test looks at threads."""
+    list(executor.map(square, range(8)))
+    return executor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remote_pools() -> Iterator[dict[str, cf.Executor]]:
+    """The process pools, shared by the module and started before any test's thread check."""
+    with cf.ProcessPoolExecutor(max_workers=2) as process_pool:
+        loky_pool = get_reusable_executor(max_workers=2)
+        try:
+            yield {"process_pool": warmed(process_pool), "loky": warmed(loky_pool)}
+        finally:
+            loky_pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def process_pool(remote_pools: dict[str, cf.Executor]) -> cf.Executor:
+    return remote_pools["process_pool"]
+
+
+@pytest.fixture(params=["thread_pool", "process_pool", "loky"])
+def executor(request: pytest.FixtureRequest) -> Iterator[cf.Executor]:
+    if request.param == "thread_pool":
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            yield pool
+    else:
+        yield request.getfixturevalue("remote_pools")[request.param]
+
+
+@pytest.fixture
+def flags(tmp_path: Any) -> Iterator[Flags]:
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("release")  # whatever the test did, no task waits past its end
+
+
+# -- the same API on every executor ----------------------------------------------------------------
+
+
+def test_results_and_handles(executor: cf.Executor) -> None:
+    remote_square = mp.parallel(backend=executor)(square)
+    handle = remote_square(7)
+    assert handle.get(timeout=30) == 49
+    assert handle.is_ready() and handle.status == "succeeded" and handle.get_progress() == 1.0
+    assert mp.gather([remote_square(i) for i in range(6)], timeout=30) == [i * i for i in range(6)]
+
+
+def test_errors_keep_their_type_with_a_note(executor: cf.Executor) -> None:
+    handle = mp.parallel(backend=executor)(fail)("missing")
+    with pytest.raises(KeyError, match="missing") as caught:
+        handle.get(timeout=30)
+    assert any("makeparallel: task" in note for note in getattr(caught.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("fn", [square, decorated_square, lambda x: x * x], ids=["plain", "decorated", "lambda"])
+def test_maps_in_chunks(executor: cf.Executor, fn: Any) -> None:
+    items = range(200)
+    assert mp.parallel_map(fn, items, backend=executor) == [x * x for x in items]
+    assert sorted(mp.imap(fn, items, backend=executor, ordered=False, chunksize=7)) == [x * x for x in items]
+
+
+def test_a_failing_map_item_is_named(executor: cf.Executor) -> None:
+    with pytest.raises(KeyError) as caught:
+        mp.parallel_map(fail, ["a", "b"], backend=executor, chunksize=1)
+    assert any("raised by item 0" in note for note in getattr(caught.value, "__notes__", []))
+
+
+def test_groups_callbacks_metrics_and_events(executor: cf.Executor) -> None:
+    events: list[tuple[str, str]] = []
+    completed: list[int] = []
+    failed: list[BaseException] = []
+    ended = threading.Semaphore(0)
+    name = f"adapter_metrics_{id(executor)}"  # metrics of one parametrization only
+
+    def listen(event: mp.TaskEvent) -> None:
+        if event.name == name:
+            events.append((event.kind, event.status))
+
+    counted = mp.parallel(backend=executor, name=name)(square)
+    mp.add_task_listener(listen)
+    try:
+        with mp.ParallelContext(backend=executor) as group:
+            group.submit(counted, 3).on_complete(completed.append).add_done_callback(lambda _: ended.release())
+            group.submit(square, 4)
+        errors = mp.parallel(backend=executor, name=name)(fail)("x")
+        errors.on_error(failed.append)
+        errors.wait(30)
+        assert ended.acquire(timeout=30)
+    finally:
+        mp.remove_task_listener(listen)
+    assert group.results() == [9, 16]
+    assert completed == [9] and isinstance(failed[0], KeyError)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.completed_tasks == 1 and metrics.failed_tasks == 1
+    # "finished" is told after the callbacks and waiters: wait for it, boundedly.
+    assert wait_until(lambda: len(events) == 6), events
+    assert sorted(kind for kind, _ in events) == ["finished"] * 2 + ["started"] * 2 + ["submitted"] * 2
+    assert sorted(status for kind, status in events if kind == "finished") == ["failed", "succeeded"]
+
+
+def test_configure_makes_an_executor_the_default(executor: cf.Executor) -> None:
+    mp.configure(backend=executor)
+
+    @mp.parallel
+    def where() -> int:
+        return os.getpid()
+
+    in_process = isinstance(executor, cf.ThreadPoolExecutor)
+    assert (where().get(timeout=30) == os.getpid()) == in_process
+    assert "executor" in _runtime.default_backend_name()
+
+
+def test_one_adapter_per_executor_shows_in_health(executor: cf.Executor) -> None:
+    first = mp.parallel(backend=executor)(square)
+    second = mp.parallel(backend=executor)(square)
+    assert first._spec.backend is second._spec.backend
+    assert first(2).get(timeout=30) == 4
+    pools = mp.health()["pools"]
+    assert any(info.get("executor") == repr(executor) for info in pools.values())
+
+
+# -- shutdown -----------------------------------------------------------------------------------------
+
+
+def test_mp_shutdown_refuses_new_tasks_but_leaves_the_executor_running() -> None:
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        remote = mp.parallel(backend=pool)(square)
+        assert remote(2).get(timeout=30) == 4
+        assert mp.shutdown(timeout_secs=10)
+        with pytest.raises(mp.ShutdownError):
+            remote(3)
+        assert pool.submit(square, 5).result(timeout=30) == 25  # still the user's, still running
+        mp.reset_shutdown()
+        assert remote(3).get(timeout=30) == 9
+
+
+def test_an_executor_shut_down_by_its_owner_refuses_with_shutdown_error() -> None:
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    remote = mp.parallel(backend=pool)(square)
+    pool.shutdown()
+    with pytest.raises(mp.ShutdownError, match="shut down") as caught:
+        remote(2)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert mp.get_active_task_count() == 0  # nothing left counted
+
+
+# -- in this process: the executor runs the handle ----------------------------------------------------
+
+
+def test_a_queued_task_cancelled_never_runs(gate: threading.Event) -> None:
+    ran = threading.Event()
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        blocker = mp.parallel(backend=pool)(gate.wait)(30)
+        queued = mp.parallel(backend=pool)(ran.set)()
+        assert queued.status == "pending"
+        assert queued.cancel() is True
+        gate.set()
+        assert blocker.get(timeout=30) is True
+    assert queued.cancelled() and not ran.is_set()
+
+
+def test_in_process_progress_check_cancelled_and_timeout() -> None:
+    progress: list[float] = []
+    stopped = threading.Event()
+
+    def long_task() -> None:
+        mp.report_progress(0.25)
+        try:
+            while True:
+                mp.check_cancelled()
+                threading.Event().wait(0.005)
+        except mp.TaskTimeoutError:
+            stopped.set()
+            raise
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        handle = mp.parallel(backend=pool, timeout=0.2)(long_task)()
+        handle.on_progress(progress.append)
+        with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.2 s"):
+            handle.get(timeout=30)
+        assert stopped.wait(30)
+    assert progress == [0.25]
+
+
+def test_a_waiting_task_runs_its_queued_child_inline() -> None:
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        child = mp.parallel(backend=pool)(square)
+
+        @mp.parallel(backend=pool)
+        def parent() -> int:
+            return child(6).get()  # the only worker waits: the child runs here
+
+        assert parent().get(timeout=30) == 36
+
+
+def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threading.Event) -> None:
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    blocker = mp.parallel(backend=pool)(gate.wait)(30)
+    queued = mp.parallel(backend=pool)(square)(2)
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    assert wait_until(queued.is_ready)
+    gate.set()
+    stopper.join(30)
+    assert blocker.get(timeout=30) is True
+    with pytest.raises(mp.TaskCancelledError, match="cancelled by its executor"):
+        queued.get()
+
+
+# -- elsewhere: the task is out of sight once submitted -----------------------------------------------
+
+
+def test_a_running_remote_task_is_abandoned_at_its_timeout(process_pool: cf.Executor, flags: Flags) -> None:
+    handle = mp.parallel(backend=process_pool, timeout=0.2)(wait_for_flag)(flags, "release")
+    with pytest.raises(mp.TaskTimeoutError, match="abandoned"):
+        handle.get(timeout=30)
+    flags.set("release")  # the abandoned call ends; the pool stays usable
+    assert mp.parallel(backend=process_pool)(square)(3).get(timeout=30) == 9
+
+
+def test_cancelling_a_remote_task_ends_its_handle_at_once(process_pool: cf.Executor, flags: Flags) -> None:
+    remote = mp.parallel(backend=process_pool)
+    # Two running and three in the pool's call queue, which cf counts as running too.
+    held = [remote(wait_for_flag)(flags, "release") for _ in range(6)]
+    never = remote(set_flag)(flags, "ran")
+    assert never.cancel() is True
+    assert never.cancelled()
+    flags.set("release")
+    assert mp.gather(held, timeout=30) == ["release"] * 6
+    assert not flags.is_set("ran")  # it was cancelled on the executor before it started
+
+
+def test_progress_and_check_cancelled_are_no_ops_elsewhere(process_pool: cf.Executor) -> None:
+    def reports() -> int | None:
+        mp.report_progress(0.5)
+        mp.check_cancelled()
+        return mp.get_current_task_id()
+
+    handle = mp.parallel(backend=process_pool)(reports)()
+    assert handle.get(timeout=30) is None
+    assert handle.get_progress() == 1.0
+
+
+def test_a_dead_worker_fails_the_task_with_worker_crashed_error() -> None:
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        pid = mp.parallel(backend=pool)(own_pid)().get(timeout=30)
+        handle = mp.parallel(backend=pool)(os.kill)(pid, signal.SIGKILL)
+        with pytest.raises(mp.WorkerCrashedError, match="a worker process of ProcessPoolExecutor died") as caught:
+            handle.get(timeout=30)
+        assert isinstance(caught.value.__cause__, cf.process.BrokenProcessPool)
+
+
+def test_a_dead_loky_worker_fails_the_task_with_worker_crashed_error() -> None:
+    pool = get_reusable_executor(max_workers=1)
+    try:
+        pid = mp.parallel(backend=pool)(own_pid)().get(timeout=30)
+        handle = mp.parallel(backend=pool)(os.kill)(pid, signal.SIGKILL)
+        with pytest.raises(mp.WorkerCrashedError) as caught:
+            handle.get(timeout=30)
+        assert isinstance(caught.value.__cause__, cf.process.BrokenProcessPool)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_an_unpicklable_argument_fails_at_submission(process_pool: cf.Executor) -> None:
+    with pytest.raises(mp.TaskSerializationError, match="could not be pickled"):
+        mp.parallel(backend=process_pool)(square)(threading.Lock())
+    assert mp.get_active_task_count() == 0
+
+
+# -- names and errors ----------------------------------------------------------------------------------
+
+
+def test_a_backend_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="backend must be a backend name .* or a concurrent.futures.Executor, got 42"):
+        mp.parallel(backend=42)(square)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="concurrent.futures.Executor"):
+        mp.configure(backend=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        mp.parallel_map(square, [1], backend="warp-drive")
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="the interpreter pool exists from 3.14")
+def test_interpreter_backend_names_the_version_it_needs() -> None:
+    message = r"backend='interpreter' needs Python 3.14 or newer .* this is Python 3\.\d+"
+    with pytest.raises(RuntimeError, match=message):
+        mp.parallel(backend="interpreter")(square)
+    with pytest.raises(RuntimeError, match=message):
+        mp.configure(backend="interpreter")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="the interpreter pool exists from 3.14")
+def test_interpreter_backend_runs_tasks_in_sub_interpreters() -> None:  # pragma: no cover - 3.14+
+    assert mp.parallel(backend="interpreter")(square)(9).get(timeout=60) == 81
+    assert mp.parallel_map(square, range(10), backend="interpreter") == [x * x for x in range(10)]
+    with pytest.raises(KeyError):
+        mp.parallel(backend="interpreter")(fail)("x").get(timeout=60)
