@@ -42,7 +42,7 @@ def test_docs_block_runs(block_id: str, code: str, tmp_path: Path) -> None:
     program.write_text(code, encoding="utf-8")
     completed = subprocess.run(
         [sys.executable, str(program)],
-        cwd=tmp_path,
+        cwd=ROOT,  # where the test suite runs, as README blocks do (coverage writes its data here)
         capture_output=True,
         text=True,
         timeout=90,
