@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
 import subprocess
 import sys
+
+from typing import Any
 
 import pytest
 
@@ -122,9 +125,9 @@ def test_demo_prints_each_row_before_measuring_the_next(monkeypatch: pytest.Monk
     seen_when_measuring: list[str] = []
     measure = _demo._measure
 
-    def watched(workload: _demo.Workload, rounds: int) -> _demo.Measurement:
+    def watched(workload: _demo.Workload, rounds: int, on_round: Any) -> _demo.Measurement:
         seen_when_measuring.append(out.getvalue())
-        return measure(workload, rounds)
+        return measure(workload, rounds, on_round)
 
     monkeypatch.setattr(_demo, "_measure", watched)
     report = _demo.run_demo(quick=True, out=out)
@@ -135,6 +138,26 @@ def test_demo_prints_each_row_before_measuring_the_next(monkeypatch: pytest.Monk
         assert not seen.endswith("\n") and seen.splitlines()[-1].startswith(labels[index]), seen
         for earlier in report.measurements[:index]:
             assert _demo._row_end(earlier) in seen, f"an earlier row was not printed yet:\n{seen}"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_each_round_redraws_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_demo, "_QUICK", dataclasses.replace(_demo._QUICK, rounds=2))
+    out = Terminal()
+    report = _demo.run_demo(quick=True, out=out)
+    text = out.getvalue()
+    assert text.count("(round 1 of 2)") == 3, text
+    width = _demo._label_width([m.workload for m in report.measurements])
+    rows = [line for line in text.split("\n") if "\r" in line]  # splitlines() would split at \r
+    assert len(rows) == 3, text
+    for row, measured in zip(rows, report.measurements):
+        shown = row.split("\r")[-1]  # what the terminal shows: the last redraw
+        assert shown.rstrip() == _demo._row_start(measured.workload, width) + _demo._row_end(measured)
+        assert len(shown) >= len(row.split("\r")[-2])  # it wiped the longer line under it
 
 
 # -- the words follow the numbers -----------------------------------------------------------

@@ -207,12 +207,15 @@ def _time_parallel(workload: Workload) -> tuple[float, list[object]]:
         return time.perf_counter() - started, results
 
 
-def _measure(workload: Workload, rounds: int) -> Measurement:
+def _measure(
+    workload: Workload, rounds: int, on_round: Callable[[Measurement, int], None] | None = None
+) -> Measurement:
+    """Time ``workload`` ``rounds`` times; ``on_round(best so far, rounds done)`` after each."""
     sequential: list[float] = []
     in_parallel: list[float] = []
     load = LoadMeter(own_pids=lambda: [None, *get_process_pool_info()["worker_pids"]])
     load.start()
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         seconds, expected = _time_sequential(workload)
         sequential.append(seconds)
         seconds, results = _time_parallel(workload)
@@ -222,6 +225,8 @@ def _measure(workload: Workload, rounds: int) -> Measurement:
                 f"the parallel run of {workload.label!r} returned {results!r}, "
                 f"the sequential run {expected!r}: please report this bug"
             )
+        if on_round is not None and done < rounds:
+            on_round(Measurement(workload, min(sequential), min(in_parallel)), done)
     return Measurement(workload, min(sequential), min(in_parallel), load.stop())
 
 
@@ -260,9 +265,15 @@ def run_demo(quick: bool = False, out: TextIO | None = None) -> DemoReport:
         show.line(line)
     measurements = []
     for workload in workloads:
-        show.part(_row_start(workload, width))
-        measurement = _measure(workload, size.rounds)
-        show.line(_row_end(measurement))
+        start = _row_start(workload, width)
+        show.part(start)
+
+        def so_far(best: Measurement, done: int, start: str = start) -> None:
+            show.redraw(f"{start}{_row_end(best)}  (round {done} of {size.rounds})")
+
+        measurement = _measure(workload, size.rounds, so_far if show.live else None)
+        show.redraw(start + _row_end(measurement))
+        show.line("")
         measurements.append(measurement)
     report = DemoReport(
         threads=threads,
@@ -281,18 +292,34 @@ def run_demo(quick: bool = False, out: TextIO | None = None) -> DemoReport:
 
 
 class _Printer:
-    """Writes to ``out`` at once (flushed), or nowhere."""
+    """Writes to ``out`` at once (flushed), or nowhere.
+
+    On a terminal (``live``), a row being measured is redrawn in place after
+    each round; elsewhere (a pipe, a log) each row is written once, when done.
+    """
 
     def __init__(self, out: TextIO | None) -> None:
         self._out = out
+        self.live = out is not None and out.isatty()
+        self._current = ""  # the unfinished line, as last drawn
 
     def part(self, text: str) -> None:
         if self._out is not None:
             self._out.write(text)
             self._out.flush()
+        self._current = (self._current + text).rsplit("\n", 1)[-1]
 
     def line(self, text: str) -> None:
         self.part(text + "\n")
+
+    def redraw(self, text: str) -> None:
+        """Show ``text`` as the unfinished line: in place on a terminal, else what it adds."""
+        if self.live:
+            padding = " " * max(0, len(self._current) - len(text))  # wipe a longer line
+            self.part("\r" + text + padding)
+        elif text.startswith(self._current):
+            self.part(text[len(self._current):])
+        self._current = text
 
 
 def _build_words() -> str:
