@@ -277,10 +277,10 @@ def test_raising_the_limit_releases_a_blocked_submitter(gate: threading.Event) -
 @pytest.mark.parametrize(
     ("limit", "error", "message"),
     [
-        (0, ValueError, "limit must be an int >= 1, got 0"),
-        (-1, ValueError, "limit must be an int >= 1, got -1"),
-        ("2", TypeError, "limit must be an int >= 1, got '2'"),
-        (2.0, TypeError, "limit must be an int >= 1, got 2.0"),
+        (-1, ValueError, "limit must be an int >= 1, or None or 0 for no limit, got -1"),
+        ("2", TypeError, "limit must be an int >= 1, or None or 0 for no limit, got '2'"),
+        (2.0, TypeError, "limit must be an int >= 1, or None or 0 for no limit, got 2.0"),
+        (False, TypeError, "limit must be an int >= 1, or None or 0 for no limit, got False"),
     ],
 )
 def test_bad_global_limits_are_rejected(limit: Any, error: type[Exception], message: str) -> None:

@@ -41,7 +41,7 @@ def test_progress_of_wrong_type_is_a_type_error(fraction: object) -> None:
         mp.report_progress(fraction)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("message", [1, b"bytes", ["step"]])
+@pytest.mark.parametrize("message", [1.5, b"bytes", ["step"]])  # an int is a task id
 def test_progress_message_must_be_a_string(message: object) -> None:
     with pytest.raises(TypeError, match="message"):
         mp.report_progress(0.5, message)  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
 from ._collect import as_completed as as_completed
 from ._collect import gather as gather
 from ._collect import wait as wait
+from ._compat import start_priority_worker as start_priority_worker
+from ._compat import stop_priority_worker as stop_priority_worker
 from ._decorators import ParallelFunction as ParallelFunction
 from ._decorators import parallel as parallel
 from ._decorators import parallel_async as parallel_async
@@ -33,9 +35,11 @@ from ._gil_watch import GilBoundWarning as GilBoundWarning
 from ._group import ParallelContext as ParallelContext
 from ._group import TaskGroup as TaskGroup
 from ._handle import AsyncHandle as AsyncHandle
+from ._handle import AsyncHandle as AsyncHandleFast
 from ._health import health as health
 from ._map import imap as imap
 from ._map import parallel_map as parallel_map
+from ._metrics import TaskMetrics as PerformanceMetrics
 from ._metrics import TaskMetrics as TaskMetrics
 from ._metrics import get_all_metrics as get_all_metrics
 from ._metrics import get_metrics as get_metrics
@@ -69,6 +73,7 @@ __version__ = "0.3.0"
 __all__ = [
     "ALL_COMPLETED",
     "AsyncHandle",
+    "AsyncHandleFast",
     "Executor",
     "ExecutorFuture",
     "FIRST_COMPLETED",
@@ -76,6 +81,7 @@ __all__ = [
     "GilBoundWarning",
     "ParallelContext",
     "ParallelFunction",
+    "PerformanceMetrics",
     "ShutdownError",
     "TaskCancelledError",
     "TaskContextFilter",
@@ -118,5 +124,7 @@ __all__ = [
     "reset_shutdown",
     "set_max_concurrent_tasks",
     "shutdown",
+    "start_priority_worker",
+    "stop_priority_worker",
     "wait",
 ]

@@ -29,7 +29,7 @@ from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 
-__all__ = ["ParallelFunction", "as_parallel", "parallel"]
+__all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,6 +46,7 @@ class TaskSpec:
         "async_cancel",
         "backend",
         "cpu_watch",
+        "function_name",
         "is_async",
         "limiter",
         "metrics",
@@ -63,8 +64,10 @@ class TaskSpec:
         limiter: Limiter | None,
         is_async: bool = False,
         async_cancel: str | None = None,
+        function_name: str | None = None,
     ) -> None:
         self.name = name
+        self.function_name = function_name or name
         self.is_async = is_async
         self.async_cancel = async_cancel
         self.backend = backend
@@ -142,17 +145,16 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def _own_parameters(fn: Callable[..., Any]) -> set[str]:
-    """Names of ``fn``'s parameters that a call-time option could collide with."""
+def own_parameters(fn: Callable[..., Any], names: tuple[str, ...]) -> set[str]:
+    """Which of ``names`` ``fn`` takes as a named parameter (so the library must not).
+
+    ``**kwargs`` does not count: only a parameter that names itself claims a name.
+    """
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature
         return set()
-    return {
-        p.name
-        for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name in _CALL_TIME_OPTIONS
-    }
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name in names}
 
 
 class ParallelFunction(Generic[P, T]):
@@ -181,8 +183,9 @@ class ParallelFunction(Generic[P, T]):
             limiter=limiter,
             is_async=_returns_coroutines(fn),
             async_cancel=options.get("async_cancel"),
+            function_name=getattr(fn, "__name__", None),
         )
-        own = _own_parameters(fn)
+        own = own_parameters(fn, _CALL_TIME_OPTIONS)
         self._call_time = tuple(o for o in _CALL_TIME_OPTIONS if o not in own)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:

@@ -13,10 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._admission import Limiter
-from ._decorators import as_parallel
+from ._decorators import as_parallel, own_parameters
 from ._handle import AsyncHandle
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
@@ -97,15 +97,44 @@ class ParallelContext:
 
     # -- submitting ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]:
+    @overload
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
+    @overload
+    def submit(self, *, func: Callable[..., T], args: tuple[Any, ...] | list[Any] = ()) -> AsyncHandle[T]: ...
+    def submit(self, *positional: Any, **kwargs: Any) -> AsyncHandle[Any]:
         """Run ``fn(*args, **kwargs)`` as a task of the group; return its handle.
 
-        The peer form ``ctx.submit(fn, (a, b))`` (a single tuple and nothing else)
-        passes the tuple's items as the arguments. To pass one tuple as the only
-        argument, wrap it: ``ctx.submit(fn, ((a, b),))``.
+        The forms of makeparallel 0.2 work too: ``ctx.submit(fn, (a, b))`` (a
+        single tuple and nothing else) passes the tuple's items as the arguments
+        (to pass one tuple as the only argument, wrap it: ``ctx.submit(fn,
+        ((a, b),))``), and so do ``ctx.submit(fn, args=(a, b))`` and
+        ``ctx.submit(func=fn, args=(a, b))``. As for ``timeout=`` on a call,
+        ``args=`` is the library's only when ``fn`` has no parameter named
+        ``args``; otherwise it is passed to ``fn``.
+
+        Raises:
+            TypeError: no function was given, or ``args=`` came with positional
+                arguments too, or is not a tuple or list.
+            TaskCancelledError: the group already failed.
         """
-        if len(args) == 1 and not kwargs and type(args[0]) is tuple:
-            args = args[0]
+        if positional:
+            fn, positional = positional[0], positional[1:]
+        elif "func" in kwargs:
+            fn = kwargs.pop("func")
+        else:
+            raise TypeError("submit() needs the function to run: ctx.submit(fn, *args, **kwargs)")
+        if "args" in kwargs and not own_parameters(fn, ("args",)):
+            if positional:
+                raise TypeError(
+                    "submit() got positional arguments and args= too: give the arguments "
+                    "one way, ctx.submit(fn, a, b) or ctx.submit(fn, args=(a, b))"
+                )
+            packed = kwargs.pop("args")
+            if not isinstance(packed, (tuple, list)):
+                raise TypeError(f"args= must be a tuple or list of arguments, got {packed!r}")
+            positional = tuple(packed)
+        elif len(positional) == 1 and not kwargs and type(positional[0]) is tuple:
+            positional = positional[0]
         if self._failed:
             raise TaskCancelledError(
                 "the group already failed and takes no new tasks; see ctx.errors"
@@ -116,7 +145,7 @@ class ParallelContext:
         if self._limiter is not None:
             self._limiter.acquire()
         try:
-            handle: AsyncHandle[T] = function(*args, **kwargs)
+            handle: AsyncHandle[Any] = function(*positional, **kwargs)
         except BaseException:
             if self._limiter is not None:
                 self._limiter.release()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -57,6 +58,8 @@ class TaskObserver(Protocol):
     """Who learns of each task's end: the decorated function's runtime record."""
 
     name: str
+    #: The function's ``__name__``, for ``handle.get_name()``.
+    function_name: str
     #: Measures tasks on threads to notice GIL-bound work, or ``None``.
     cpu_watch: Any
     #: Whether the function is known to return coroutines (set once one came back).
@@ -98,9 +101,11 @@ class AsyncHandle(Generic[T]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_args",
         "_backend",
         "_callbacks",
+        "_code_done",
         "_context",
         "_finished_at",
         "_fn",
@@ -117,6 +122,7 @@ class AsyncHandle(Generic[T]):
         "_progress_message",
         "_started_at",
         "_state",
+        "_stop_event",
         "_submitted_at",
         "_timeout",
         "_value",
@@ -158,6 +164,9 @@ class AsyncHandle(Generic[T]):
         self._noted = False
         self._on_worker = 0  # set by the thread backend: on a worker, abandoned
         self._permits: tuple[Any, ...] = ()
+        # The task's code has returned, or will never run (see cancel_with_timeout).
+        self._code_done = False
+        self._stop_event: threading.Event | None = None
 
     # -- results -----------------------------------------------------------------
 
@@ -215,11 +224,19 @@ class AsyncHandle(Generic[T]):
             raise self._value
         return self._error_for_caller()
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def wait(self, timeout: float | None = None, *, timeout_secs: float | None = None) -> bool:
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
 
-        Never raises the task's error.
+        Never raises the task's error. ``timeout_secs=`` is the makeparallel 0.2
+        name of ``timeout``.
+
+        Raises:
+            TypeError: both ``timeout`` and ``timeout_secs`` were given.
         """
+        if timeout_secs is not None:
+            if timeout is not None:
+                raise TypeError("give wait() either timeout or timeout_secs (its 0.2 name), not both")
+            timeout = timeout_secs
         check_wait_timeout(timeout)
         if self._state >= SUCCEEDED:
             return True
@@ -264,6 +281,17 @@ class AsyncHandle(Generic[T]):
         """The name of the task's function, as metrics know it."""
         return self._observer.name
 
+    def get_name(self) -> str:
+        """The ``__name__`` of the task's function (makeparallel 0.2's name for it).
+
+        :attr:`name` is the name metrics know, by default the ``__qualname__``.
+        """
+        return self._observer.function_name
+
+    def get_timeout(self) -> float | None:
+        """The task's own timeout in seconds, or ``None`` if it has none."""
+        return self._timeout
+
     def elapsed_time(self) -> float:
         """Seconds from submission to the end of the task, or to now while it runs."""
         end = self._finished_at
@@ -292,10 +320,47 @@ class AsyncHandle(Generic[T]):
                 return False
             error = TaskCancelledError(f"task {self._id} ({self.name}) was cancelled")
             announce = self._settle_locked(CANCELLED, error)
+            if previous == PENDING:
+                self._code_done = True  # it will never run
         self._after_settle(announce)
         if previous == RUNNING:
             backend._abandoned(self, force)
         return True
+
+    def cancel_with_timeout(self, timeout_secs: float, force: bool = False) -> bool:
+        """Cancel the task, then wait up to ``timeout_secs`` for its code to stop.
+
+        :meth:`cancel` ends the handle at once, but a running task's code goes on
+        until it returns or reaches ``check_cancelled()``. This waits for that too,
+        also for a task that already ended as timed out.
+
+        Args:
+            timeout_secs: the longest to wait, in seconds.
+            force: as for :meth:`cancel`: on the process backend, terminate the
+                worker process running the task, also when the handle already
+                ended (timed out or cancelled) but its code still runs.
+
+        Returns:
+            Whether the task's code is no longer running (it returned, or never
+            started): ``False`` if it still runs after ``timeout_secs``.
+
+        Raises:
+            TypeError, ValueError: ``timeout_secs`` is not a number >= 0.
+        """
+        if timeout_secs is None:
+            raise TypeError("timeout_secs must be a number of seconds >= 0, got None")
+        check_wait_timeout(timeout_secs, "timeout_secs")
+        with self._backend._lock:
+            if self._stop_event is None:
+                self._stop_event = threading.Event()
+            stopped = self._stop_event
+        if not self.cancel(force) and force and not self._code_done:
+            self._backend._abandoned(self, True)  # ended (timed out, cancelled) but still running
+        # The runner sets _code_done, then reads _stop_event; this set _stop_event,
+        # then reads _code_done: one of the two sees the other's write.
+        if self._code_done:
+            return True
+        return stopped.wait(None if math.isinf(timeout_secs) else timeout_secs)
 
     # -- progress and metadata ----------------------------------------------------
 
@@ -391,15 +456,28 @@ class AsyncHandle(Generic[T]):
             _deadlines.schedule(self, started + self._timeout)
         if _events.listeners:
             _events.emit("started", self)
+        on_loop = False  # the code goes on as an asyncio task of the running loop
         try:
             value = self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
             if is_coroutine(value):
-                return self._run_coroutine(value)
+                outcome = self._run_coroutine(value)
+                on_loop = outcome[0] == RUNNING
+                return outcome
             return SUCCEEDED, value
         except BaseException as error:
             return FAILED, error
         finally:
             local.task = outer
+            if not on_loop:
+                self._code_done = True
+                if self._stop_event is not None:
+                    self._stop_event.set()
+
+    def _code_returned(self) -> None:
+        """The task's code ended elsewhere (a worker process, a loop): wake ``cancel_with_timeout``."""
+        self._code_done = True
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     def _run_coroutine(self, coroutine: Any) -> tuple[int, Any]:
         """Run what an async function returned: on this thread's own loop, or the running one."""
@@ -413,6 +491,7 @@ class AsyncHandle(Generic[T]):
         return RUNNING, None
 
     def _finish_from_loop(self, ok: bool, value: Any) -> None:
+        self._code_returned()
         self._finish(SUCCEEDED if ok else FAILED, value)
 
     def _finish(self, state: int, value: Any) -> None:

@@ -52,6 +52,7 @@ R = TypeVar("R")
 _TARGET_CHUNK_SECONDS = 0.01
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
+_MISSING: Any = object()  # an argument not given (None is a value to reject)
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
 _short_repr.maxother = 40
@@ -339,10 +340,38 @@ def parallel_map(
     on_error: OnError,
     backend: BackendOption | None = None,
 ) -> list[R | None]: ...
+@overload
 def parallel_map(
-    fn: Callable[[T], R],
-    iterable: Iterable[T],
     *,
+    func: Callable[[T], R],
+    items: Iterable[T],
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: str | None = None,
+) -> list[R]: ...
+@overload
+def parallel_map(
+    *,
+    func: Callable[[T], R],
+    items: Iterable[T],
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
+    backend: str | None = None,
+) -> list[R | None]: ...
+def parallel_map(
+    fn: Any = _MISSING,
+    iterable: Any = _MISSING,
+    *,
+    func: Any = _MISSING,
+    items: Any = _MISSING,
     chunksize: int | None = None,
     ordered: bool = True,
     progress: ProgressOption = False,
@@ -354,21 +383,35 @@ def parallel_map(
     """Apply ``fn`` to every item in parallel and return the results as a list.
 
     The options are those of :func:`imap`. Equal to ``list(map(fn, iterable))``
-    when ``ordered`` is true and nothing fails.
+    when ``ordered`` is true and nothing fails. ``func=`` and ``items=`` are
+    the makeparallel 0.2 names of ``fn`` and ``iterable``.
 
     Returns:
         ``list[R]``, or ``list[R | None]`` with ``on_error="none"`` (type
         checkers see which, from the literal).
 
     Raises:
-        TypeError, ValueError, ImportError, TaskTimeoutError: as :func:`imap`.
+        TypeError, ValueError, ImportError, TaskTimeoutError: as :func:`imap`;
+            also when the function or the items are missing, or given under
+            both names.
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
+    fn = _one_of(fn, func, "fn", "func")
+    iterable = _one_of(iterable, items, "iterable", "items")
     mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
     results: list[Any] = []
     for chunk in mapper.chunks():
         results.extend(chunk)
     return results
+
+
+def _one_of(value: Any, alias: Any, name: str, alias_name: str) -> Any:
+    """The argument given as ``name`` or as its 0.2 name ``alias_name``, exactly once."""
+    if value is _MISSING and alias is _MISSING:
+        raise TypeError(f"parallel_map() needs {name} (or {alias_name}=, its 0.2 name)")
+    if value is not _MISSING and alias is not _MISSING:
+        raise TypeError(f"parallel_map() got both {name} and {alias_name}=; they are the same argument")
+    return alias if value is _MISSING else value
 
 
 class _Mapper:

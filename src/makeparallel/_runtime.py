@@ -87,6 +87,7 @@ _exit_timeout = 5.0
 _async_cancel = "cooperative"
 ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
+_thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 global_limiter = Limiter(None)
 
@@ -293,9 +294,11 @@ def configure_thread_pool(num_threads: int | None = None, stack_size: int | None
             threads for queued work at once, a smaller one retires idle threads.
         stack_size: bytes of stack for threads started from now on (at least 32 KiB).
     """
+    global _thread_pool_configured
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)
     backend.configure(num_threads, stack_size)
+    _thread_pool_configured = True
 
 
 def configure_process_pool(num_workers: int | None = None) -> None:
@@ -319,20 +322,48 @@ def get_process_pool_info() -> dict[str, Any]:
 
 
 def get_thread_pool_info() -> dict[str, Any]:
-    """The thread pool's size and load: threads live, busy and idle, tasks queued."""
-    return get_backend("thread").info()
+    """The thread pool's size and load: threads live, busy and idle, tasks queued.
+
+    ``"configured"`` says whether :func:`configure_thread_pool` was called (as
+    in makeparallel 0.2); ``"num_threads"`` (also ``"current_num_threads"``) is
+    the pool's size either way.
+    """
+    return {**get_backend("thread").info(), "configured": _thread_pool_configured}
 
 
-def set_max_concurrent_tasks(limit: int | None) -> None:
+_NO_LIMIT_GIVEN: Any = object()
+
+
+def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: int | None = _NO_LIMIT_GIVEN) -> None:
     """Allow at most ``limit`` tasks in flight at once, across all functions.
 
     A submission over the limit waits until a task ends (backpressure); it is
     never dropped. Submissions from inside a task are never made to wait, so that
-    nested parallelism cannot deadlock. ``None`` removes the limit. Tasks already
-    in flight when the limit is first set are not counted.
+    nested parallelism cannot deadlock. Tasks already in flight when the limit is
+    first set are not counted.
+
+    Args:
+        limit: an int >= 1; ``None`` or ``0`` removes the limit (``0`` means
+            "no limit" as in ``queue.Queue(maxsize=0)``). ``max_tasks=`` is its
+            makeparallel 0.2 name.
+
+    Raises:
+        TypeError: ``limit`` is not an int or ``None``, or was given twice.
+        ValueError: ``limit`` is negative.
     """
+    if max_tasks is not _NO_LIMIT_GIVEN:
+        if limit is not _NO_LIMIT_GIVEN:
+            raise TypeError("set_max_concurrent_tasks() got both limit and max_tasks=, its 0.2 name")
+        limit = max_tasks
+    elif limit is _NO_LIMIT_GIVEN:
+        raise TypeError("set_max_concurrent_tasks() needs the limit: an int >= 1, or None for none")
+    if limit == 0 and type(limit) is int:
+        limit = None
     if limit is not None:
-        check_count(limit, "limit")
+        try:
+            check_count(limit, "limit")
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"limit must be an int >= 1, or None or 0 for no limit, got {limit!r}") from None
     global_limiter.set_limit(limit)
 
 

@@ -10,7 +10,10 @@ directly.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any, overload
+
+from ._states import SUCCEEDED
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["check_cancelled", "current_task", "get_current_task_id", "report_progress"]
 
 _local = threading.local()
+# Tasks whose id get_current_task_id() gave out, for report_progress(task_id=...).
+_known: weakref.WeakValueDictionary[int, AsyncHandle[object]] = weakref.WeakValueDictionary()
 
 
 def current_task() -> AsyncHandle[object] | None:
@@ -26,9 +31,21 @@ def current_task() -> AsyncHandle[object] | None:
 
 
 def get_current_task_id() -> int | None:
-    """The id of the task running on this thread, or ``None`` outside any task."""
+    """The id of the task running on this thread, or ``None`` outside any task.
+
+    ``report_progress(fraction, task_id)`` with this id reports for this task
+    from any thread (one the task started, for instance).
+    """
     task = current_task()
-    return None if task is None else task.get_task_id()
+    if task is None:
+        return None
+    task_id = task.get_task_id()
+    if task_id not in _known:
+        try:
+            _known[task_id] = task
+        except TypeError:  # a worker process's stand-in for the task: no weak references
+            pass
+    return task_id
 
 
 def check_cancelled() -> None:
@@ -47,7 +64,17 @@ def check_cancelled() -> None:
         task._raise_if_stopped()
 
 
-def report_progress(fraction: float, message: str | None = None) -> None:
+@overload
+def report_progress(fraction: float, message: str | int | None = None, *, task_id: int | None = None) -> None: ...
+@overload
+def report_progress(*, progress: float, message: str | None = None, task_id: int | None = None) -> None: ...
+def report_progress(
+    fraction: Any = None,
+    message: Any = None,
+    *,
+    progress: Any = None,
+    task_id: Any = None,
+) -> None:
     """Tell the task's handle how far the task has come.
 
     The value is readable with ``handle.get_progress()`` and reaches the handle's
@@ -55,19 +82,41 @@ def report_progress(fraction: float, message: str | None = None) -> None:
     only validates its arguments, so the same function can run directly.
 
     Args:
-        fraction: progress between 0.0 and 1.0 inclusive.
-        message: an optional short description of the current step.
+        fraction: progress between 0.0 and 1.0 inclusive (``progress=``, its
+            makeparallel 0.2 name, works too).
+        message: an optional short description of the current step. An ``int``
+            here is a task id instead, as makeparallel 0.2's second argument
+            was: ``report_progress(0.3, mp.get_current_task_id())``.
+        task_id: report for this task rather than the one running on this
+            thread: the task itself, or one whose id ``get_current_task_id()``
+            gave. For a task that has ended, or an id never given out, the
+            call does nothing.
 
     Raises:
-        TypeError: ``fraction`` is not a real number or ``message`` not a string.
+        TypeError: ``fraction`` is missing or not a real number, ``message`` is
+            neither a string nor a task id, or a task id is given twice.
         ValueError: ``fraction`` is NaN, infinite or outside [0, 1].
     """
+    if progress is not None:
+        if fraction is not None:
+            raise TypeError("report_progress() got both fraction and progress=, its 0.2 name")
+        fraction = progress
+    if isinstance(message, int) and not isinstance(message, bool):
+        if task_id is not None:
+            raise TypeError("report_progress() got a task id twice: as its second argument and as task_id=")
+        message, task_id = None, message
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise TypeError(f"progress must be a number between 0.0 and 1.0, got {fraction!r}")
     if not 0.0 <= fraction <= 1.0:  # also false for NaN
         raise ValueError(f"progress must be between 0.0 and 1.0, got {fraction!r}")
     if message is not None and not isinstance(message, str):
         raise TypeError(f"progress message must be a str or None, got {type(message).__name__}")
+    if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
+        raise TypeError(f"task_id must be an int (a task's id), got {task_id!r}")
     task = current_task()
+    if task_id is not None and (task is None or task.get_task_id() != task_id):
+        task = _known.get(task_id)
+        if task is not None and task._state >= SUCCEEDED:
+            task = None  # it ended: progress no longer means anything
     if task is not None:
         task._report_progress(float(fraction), message)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _deadlines, _events, _process_context, _serialization
 from .._remote_errors import attach_remote_traceback
-from .._states import FAILED, RUNNING, SUCCEEDED, TIMED_OUT
+from .._states import FAILED, PENDING, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._queueing import QueueingBackend
@@ -351,6 +351,7 @@ class ProcessBackend(QueueingBackend):
     def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
         self._window = 32 if self._mean_seconds < _SHORT_TASK else 1
+        handle._code_returned()
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
         try:
@@ -398,6 +399,9 @@ class ProcessBackend(QueueingBackend):
                     "worker, and no other task was affected"
                 )
             handle._finish(FAILED, error)
+        for handle in outstanding:
+            if handle._state != PENDING:  # not put back in the queue: it runs nowhere now
+                handle._code_returned()
         self._wake()
 
     def _kill_marked(self) -> None:
