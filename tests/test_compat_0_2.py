@@ -218,6 +218,112 @@ def test_bad_submit_calls_say_what_to_do(call: Any, message: str) -> None:
 # (see test_retry_names below, which checks what exists)
 
 
+# -- README, "Performance Monitoring" ------------------------------------------------------------
+
+
+def test_profiled_example() -> None:
+    from makeparallel import PerformanceMetrics, get_all_metrics, get_metrics, profiled
+
+    @profiled
+    def tracked_function(x: int) -> int:
+        return x**2
+
+    for i in range(100):
+        tracked_function(i)
+    metrics = get_metrics("tracked_function")  # defined in a function: found by its short name
+    assert isinstance(metrics, PerformanceMetrics)
+    assert metrics.total_tasks == 100
+    assert metrics.completed_tasks == 100
+    assert metrics.failed_tasks == 0
+    assert metrics.average_execution_time_ms >= 0
+    all_metrics = get_all_metrics()
+    assert all_metrics["tracked_function"]["total_tasks"] == 100
+
+
+class Worker:
+    @mp.parallel
+    def run(self) -> str:
+        return "worker"
+
+
+class Crawler:
+    @mp.parallel
+    def run(self) -> str:
+        return "crawler"
+
+    @mp.parallel
+    def fetch(self) -> str:
+        return "page"
+
+
+def test_metrics_by_short_name_when_it_is_unambiguous() -> None:
+    def outer() -> mp.AsyncHandle[int]:
+        @mp.parallel
+        def nested_only(x: int) -> int:
+            return x
+
+        return nested_only(1)
+
+    outer().get()
+    Crawler().fetch().get()
+    full = "test_metrics_by_short_name_when_it_is_unambiguous.<locals>.outer.<locals>.nested_only"
+    by_full = mp.get_metrics(full)
+    by_short = mp.get_metrics("nested_only")
+    assert by_full is not None and by_short is not None
+    assert by_short.name == full
+    assert by_short.total_tasks == by_full.total_tasks >= 1
+    assert mp.get_metrics("Crawler.fetch") == mp.get_metrics("fetch")
+
+    everything = mp.get_all_metrics()
+    assert isinstance(everything, dict) and isinstance(everything, mp.MetricsByName)
+    assert "nested_only" in everything
+    assert everything["nested_only"] == everything[full]
+    assert everything.get("nested_only") == everything[full]
+    assert full in list(everything) and "nested_only" not in list(everything)  # iteration: full names
+
+
+def test_an_ambiguous_short_name_is_found_by_no_lookup() -> None:
+    Worker().run().get()
+    Crawler().run().get()
+    everything = mp.get_all_metrics()
+    assert "run" not in everything
+    assert everything.get("run") is None
+    assert everything.get("run", "default") == "default"
+    with pytest.raises(KeyError, match=r"'run' is the short name of 2 functions: 'Crawler.run', 'Worker.run'; use the full name"):
+        everything["run"]
+    with pytest.raises(KeyError, match="'Crawler.run', 'Worker.run'"):
+        mp.get_metrics("run")
+    assert mp.get_metrics("Worker.run") is not None
+    assert everything["Crawler.run"].total_tasks >= 1
+
+
+def test_unknown_names_are_not_found() -> None:
+    everything = mp.get_all_metrics()
+    assert mp.get_metrics("no_such_function") is None
+    assert "no_such_function" not in everything
+    assert everything.get("no_such_function") is None
+    assert 3 not in everything  # type: ignore[comparison-overlap]
+    with pytest.raises(KeyError, match="no_such_function"):
+        everything["no_such_function"]
+
+
+def test_a_given_name_keeps_the_short_name_only_if_it_ends_with_it() -> None:
+    @mp.parallel(name="daily report")
+    def daily() -> int:
+        return 1
+
+    @mp.parallel(name="reports.weekly")
+    def weekly() -> int:
+        return 7
+
+    daily().get()
+    weekly().get()
+    assert mp.get_metrics("daily report") is not None
+    assert mp.get_metrics("daily") is None  # the given name does not end with ".daily"
+    assert mp.get_metrics("weekly") == mp.get_metrics("reports.weekly")
+    assert mp.get_metrics("reports") is None
+
+
 # -- README, "Advanced Configuration" --------------------------------------------------------------
 
 

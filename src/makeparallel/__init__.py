@@ -39,6 +39,7 @@ from ._handle import AsyncHandle as AsyncHandleFast
 from ._health import health as health
 from ._map import imap as imap
 from ._map import parallel_map as parallel_map
+from ._metrics import MetricsByName as MetricsByName
 from ._metrics import TaskMetrics as PerformanceMetrics
 from ._metrics import TaskMetrics as TaskMetrics
 from ._metrics import get_all_metrics as get_all_metrics
@@ -79,6 +80,7 @@ __all__ = [
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "GilBoundWarning",
+    "MetricsByName",
     "ParallelContext",
     "ParallelFunction",
     "PerformanceMetrics",

@@ -74,7 +74,7 @@ class TaskSpec:
         self.timeout = timeout
         self.priority = priority
         self.limiter = limiter
-        self.metrics: FunctionMetrics = metrics_for(name)
+        self.metrics: FunctionMetrics = metrics_for(name, function_name)
         self._last_shard: tuple[Any, Counts] = (None, self.metrics.counted())  # no lock is None
         self.cpu_watch = None if _runtime.free_threaded() else GilWatch(name)
 

@@ -23,8 +23,10 @@ from ._runtime import get_active_task_count, pool_infos, queued_by_name
 __all__ = [
     "Counts",
     "FunctionMetrics",
+    "MetricsByName",
     "TaskMetrics",
     "all_records",
+    "full_names",
     "get_all_metrics",
     "get_metrics",
     "metrics_for",
@@ -243,16 +245,39 @@ def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
 
 
 _records: dict[str, FunctionMetrics] = {}
+# Short names (``__name__``) to the full names (``__qualname__``) of their records;
+# each value a tuple, replaced whole under the lock, so readers need none.
+_short_names: dict[str, tuple[str, ...]] = {}
+_short_names_lock = threading.Lock()
 _resets = 0  # reset_metrics() calls so far: exporters of deltas start over
 _reset_lock = threading.Lock()  # a snapshot sees a reset whole or not at all
 
 
-def metrics_for(name: str) -> FunctionMetrics:
-    """The record for ``name``, created on first use."""
+def metrics_for(name: str, short_name: str | None = None) -> FunctionMetrics:
+    """The record for ``name``, created on first use.
+
+    Args:
+        short_name: the function's ``__name__``. When ``name`` is a dotted
+            name that ends with it (a ``__qualname__`` such as
+            ``outer.<locals>.work``), lookups find the record by the short name
+            too, while no other record has the same one.
+    """
     record = _records.get(name)
     if record is None:
         record = _records.setdefault(name, FunctionMetrics(name))  # atomic: one wins
+    if short_name and name.endswith("." + short_name) and name not in _short_names.get(short_name, ()):
+        with _short_names_lock:
+            known = _short_names.get(short_name, ())
+            if name not in known:
+                _short_names[short_name] = (*known, name)
     return record
+
+
+def full_names(name: str) -> tuple[str, ...]:
+    """The full names a lookup of ``name`` may mean: itself if a record has it, else those of that short name."""
+    if name in _records:
+        return (name,)
+    return _short_names.get(name, ())
 
 
 def all_records() -> list[FunctionMetrics]:
@@ -265,15 +290,72 @@ def get_metrics(name: str) -> TaskMetrics | None:
 
     The name is the ``name=`` given to ``@parallel`` or ``@profiled``, else the
     function's ``__qualname__`` (its plain name for a module-level function).
+    The function's ``__name__`` (its *short name*, as makeparallel 0.2 keyed
+    metrics) finds it too, as long as no other function has that short name:
+    ``get_metrics("run")`` finds ``Worker.run``.
+
+    Raises:
+        KeyError: ``name`` is a short name shared by several functions; the
+            message lists their full names, which find each one.
     """
-    record = _records.get(name)
-    return None if record is None else record.snapshot(queued_by_name().get(name, 0))
+    found = full_names(name)
+    if len(found) > 1:
+        raise KeyError(_ambiguous(name, found))
+    if not found:
+        return None
+    full = found[0]
+    return _records[full].snapshot(queued_by_name().get(full, 0))
 
 
-def get_all_metrics() -> dict[str, TaskMetrics]:
-    """Snapshots of every function's metrics, by name."""
+def _ambiguous(name: str, candidates: tuple[str, ...]) -> str:
+    return (
+        f"{name!r} is the short name of {len(candidates)} functions: "
+        f"{', '.join(map(repr, sorted(candidates)))}; use the full name"
+    )
+
+
+class MetricsByName(dict[str, TaskMetrics]):
+    """What :func:`get_all_metrics` returns: a ``dict`` by full name that short names find too.
+
+    Iteration, ``keys()``, ``items()`` and ``len()`` see each function once,
+    under its full name (its ``name=``, else its ``__qualname__``). Lookups
+    (``[name]``, ``.get(name)``, ``name in``) also accept a function's
+    ``__name__`` when exactly one function has it. A short name that several
+    functions share is not ``in`` the mapping, ``.get()`` gives the default,
+    and ``[name]`` raises a ``KeyError`` listing the full names to use.
+    """
+
+    def __missing__(self, name: str) -> TaskMetrics:
+        found = [full for full in _short_names.get(name, ()) if dict.__contains__(self, full)]
+        if len(found) == 1:
+            return dict.__getitem__(self, found[0])
+        if found:
+            raise KeyError(_ambiguous(name, tuple(found)))
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        if not isinstance(name, str):
+            return False
+        return sum(1 for full in _short_names.get(name, ()) if dict.__contains__(self, full)) == 1
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+def get_all_metrics() -> MetricsByName:
+    """Snapshots of every function's metrics, by full name; short names find them too.
+
+    See :class:`MetricsByName` for how a function's ``__name__`` is looked up.
+    """
     queued = queued_by_name()
-    return {name: record.snapshot(queued.get(name, 0)) for name, record in list(_records.items())}
+    return MetricsByName(
+        {name: record.snapshot(queued.get(name, 0)) for name, record in list(_records.items())}
+    )
 
 
 def _buckets(histogram: Histogram) -> list[list[Any]]:
@@ -343,7 +425,7 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
     def decorate(function: F) -> F:
         if not callable(function):
             raise TypeError(f"@profiled needs a callable, got {function!r}")
-        record = metrics_for(name or function.__qualname__)
+        record = metrics_for(name or function.__qualname__, None if name else function.__name__)
         counts = record.counted()
 
         @functools.wraps(function)
