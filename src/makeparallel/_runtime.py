@@ -344,8 +344,8 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
 
     Args:
         limit: an int >= 1; ``None`` or ``0`` removes the limit (``0`` means
-            "no limit" as in ``queue.Queue(maxsize=0)``). ``max_tasks=`` is its
-            makeparallel 0.2 name.
+            "no limit" as in ``queue.Queue(maxsize=0)``).
+        max_tasks: makeparallel 0.2's name of ``limit``.
 
     Raises:
         TypeError: ``limit`` is not an int or ``None``, or was given twice.

@@ -82,11 +82,11 @@ def report_progress(
     only validates its arguments, so the same function can run directly.
 
     Args:
-        fraction: progress between 0.0 and 1.0 inclusive (``progress=``, its
-            makeparallel 0.2 name, works too).
+        fraction: progress between 0.0 and 1.0 inclusive.
         message: an optional short description of the current step. An ``int``
             here is a task id instead, as makeparallel 0.2's second argument
             was: ``report_progress(0.3, mp.get_current_task_id())``.
+        progress: makeparallel 0.2's name of ``fraction``.
         task_id: report for this task rather than the one running on this
             thread: the task itself, or one whose id ``get_current_task_id()``
             gave. For a task that has ended, or an id never given out, the
