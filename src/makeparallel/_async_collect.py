@@ -28,6 +28,8 @@ __all__ = ["AsyncCompletions", "as_completed_async", "gather_async"]
 
 T = TypeVar("T")
 
+_BATCH = 256  # handles taken in a row, at most, before the loop gets a turn
+
 
 class AsyncCompletions:
     """Handles in the order they end, awaited on the running loop.
@@ -48,12 +50,19 @@ class AsyncCompletions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
+        self._without_yield = 0  # handles taken in a row without the loop getting a turn
 
     @classmethod
-    def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
+    async def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
+        """Follow ``handles``, giving the loop a turn every ``_BATCH`` of them."""
+        import asyncio
+
         completions = cls(timeout)
-        for handle in handles:
-            completions.add(handle)
+        for start in range(0, len(handles), _BATCH):
+            if start:
+                await asyncio.sleep(0)
+            for handle in handles[start : start + _BATCH]:
+                completions.add(handle)
         return completions
 
     def add(self, handle: AsyncHandle[Any]) -> None:
@@ -61,13 +70,25 @@ class AsyncCompletions:
         self.outstanding += 1
         self._total += 1
         put = self._ended.put_nowait
+        if handle.done():
+            put(handle)  # no callback, no hop through the waker
+            return
         deliver = self._deliver
         handle.add_done_callback(lambda ended: deliver(put, ended))
 
     async def next(self) -> AsyncHandle[Any]:
-        """The next handle to end."""
+        """The next handle to end.
+
+        Handles that ended already are taken without suspending; every
+        ``_BATCH`` of them in a row, the loop gets a turn, so that collecting
+        thousands of ended tasks never stalls the other coroutines.
+        """
         import asyncio
 
+        self._without_yield += 1
+        if self._without_yield >= _BATCH:
+            self._without_yield = 0
+            await asyncio.sleep(0)
         if self._deadline is None:
             handle = await self._ended.get()
         else:
@@ -92,7 +113,11 @@ async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None)
     """What ``async for handle in mp.as_completed(...)`` iterates over."""
     import asyncio
 
-    completions = AsyncCompletions.of(items, timeout)
+    try:
+        completions = await AsyncCompletions.of(items, timeout)
+    except asyncio.CancelledError:
+        _cancel_unfinished(items)
+        raise
     while completions.outstanding:
         try:
             handle = await completions.next()
@@ -154,8 +179,8 @@ async def gather_async(
     items = _as_handles(handles)
     check_on_error(on_error)
     check_wait_timeout(timeout)
-    completions = AsyncCompletions.of(items, timeout)
     try:
+        completions = await AsyncCompletions.of(items, timeout)
         while completions.outstanding:
             handle = await completions.next()
             if on_error == "raise" and handle._state != SUCCEEDED:
