@@ -18,7 +18,7 @@ import makeparallel.errors
 import makeparallel.testing
 
 # Public module attributes that are deliberately outside ``__all__``.
-_NOT_IN_ALL = {"__version__", "errors", "testing", "prometheus", "statsd"}  # submodules
+_NOT_IN_ALL = {"__version__", "errors", "testing", "prometheus", "statsd", "fastapi", "flask"}  # submodules
 
 # Modules that ``import makeparallel`` must not load (STYLE.md item 4).
 _HEAVY_MODULES = (

@@ -1,0 +1,174 @@
+"""FastAPI (and any ASGI app): pools that start and stop with the server, health and metrics routes.
+
+    import makeparallel as mp
+    from fastapi import FastAPI
+    from makeparallel.fastapi import lifespan, router
+
+    app = FastAPI(lifespan=lifespan(backend="process", prestart=True, shutdown_timeout=30))
+    app.include_router(router())            # /health/live, /health/ready, /metrics
+
+    @mp.parallel
+    def render(n: int) -> bytes: ...
+
+    @app.get("/render/{n}")
+    async def render_route(n: int) -> bytes:
+        return await render(n)              # the loop is never blocked
+
+:func:`lifespan` configures the pools at start-up (and, with ``prestart``, starts
+their workers before the first request) and at shutdown calls
+``mp.shutdown(timeout_secs=shutdown_timeout, cancel_pending=...)``, off the event
+loop, so that no worker process outlives the server. It is a plain lifespan
+function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
+pools up), or enter ours in yours (``async with mp_lifespan(app): ...``).
+
+Awaiting handles never takes a token of Starlette's thread limiter (the one
+that runs plain ``def`` endpoints): the library's pools are threads and
+processes of their own, and the routes here are ``async def``.
+
+Needs the optional extra: ``pip install "makeparallel[fastapi]"`` (FastAPI and
+prometheus-client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import makeparallel as mp
+
+from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
+
+try:
+    from fastapi import APIRouter
+    from fastapi.responses import JSONResponse, Response
+except ImportError as error:
+    raise ImportError(
+        'makeparallel.fastapi needs FastAPI: pip install "makeparallel[fastapi]"'
+    ) from error
+
+__all__ = ["lifespan", "router"]
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+def lifespan(
+    *,
+    backend: str | None = None,
+    num_threads: int | None = None,
+    num_workers: int | None = None,
+    max_concurrent_tasks: int | None = None,
+    async_cancel: str | None = None,
+    prestart: bool = False,
+    shutdown_timeout: float | None = 30.0,
+    cancel_pending: bool = True,
+    app_lifespan: Lifespan | None = None,
+) -> Lifespan:
+    """A lifespan function for ``FastAPI(lifespan=...)`` that owns the library's pools.
+
+    Args:
+        backend: the default backend (``mp.configure(backend=...)``).
+        num_threads: size of the thread pool (``mp.configure_thread_pool``).
+        num_workers: size of the process pool (``mp.configure_process_pool``).
+        max_concurrent_tasks: a global limit on tasks in flight
+            (``mp.set_max_concurrent_tasks``); from a request, a call over it
+            returns at once and the task waits for its slot.
+        async_cancel: ``"force"`` stops a process task's worker when the request
+            awaiting it is cancelled (a client that disconnected), see
+            ``mp.configure``.
+        prestart: start the workers of ``backend`` (or of the default backend)
+            at start-up, so that the first requests do not pay for starting them.
+        shutdown_timeout: seconds shutdown waits for unfinished tasks before the
+            workers are stopped anyway (``None``: as long as it takes).
+        cancel_pending: cancel the tasks that have not started at shutdown.
+        app_lifespan: your own lifespan function, run inside this one (the pools
+            are up when it starts and still up when it ends); what it yields is
+            the lifespan state.
+
+    Returns:
+        A function of the app that returns an async context manager.
+
+    Raises:
+        ValueError, TypeError: an option is invalid (at once, not at start-up).
+    """
+    mp.parallel(backend=backend, async_cancel=async_cancel)  # checks both now; applied at start-up
+    if shutdown_timeout is not None and not isinstance(shutdown_timeout, (int, float)):
+        raise TypeError(f"shutdown_timeout must be a number of seconds or None, got {shutdown_timeout!r}")
+
+    @contextlib.asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[Any]:
+        mp.reset_shutdown()  # a server started again in this process takes tasks again
+        if backend is not None:
+            mp.configure(backend=backend)
+        if async_cancel is not None:
+            mp.configure(async_cancel=async_cancel)
+        if num_threads is not None:
+            mp.configure_thread_pool(num_threads=num_threads)
+        if num_workers is not None:
+            mp.configure_process_pool(num_workers=num_workers)
+        if max_concurrent_tasks is not None:
+            mp.set_max_concurrent_tasks(max_concurrent_tasks)
+        try:
+            if prestart:
+                await _prestart(backend)
+            if app_lifespan is None:
+                yield None
+            else:
+                async with app_lifespan(app) as state:
+                    yield state
+        finally:
+            stop = functools.partial(mp.shutdown, timeout_secs=shutdown_timeout, cancel_pending=cancel_pending)
+            await asyncio.get_running_loop().run_in_executor(None, stop)
+
+    return run
+
+
+async def _prestart(backend: str | None) -> None:
+    """Start the workers of ``backend`` (the default one if ``None``): a no-op task per worker."""
+    noop = mp.parallel(name="makeparallel.prestart")(int)  # a builtin: nothing to pickle by value
+    if backend is not None:
+        noop = noop.options(backend=backend)
+    workers = mp.get_thread_pool_info()["num_threads"]
+    await mp.gather_async([noop() for _ in range(workers)])
+
+
+def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = False) -> APIRouter:
+    """An ``APIRouter`` with ``GET /health/live``, ``/health/ready`` and ``/metrics``.
+
+    Args:
+        prefix: a path prefix for the three routes (``""``: at the root).
+        registry: the ``prometheus_client`` registry to serve at ``/metrics``,
+            with the library's collector added; default: a registry of its own
+            holding only the library's metrics.
+        include_in_schema: list the routes in the OpenAPI schema.
+
+    Returns:
+        The router, for ``app.include_router(...)``.
+
+    Raises:
+        ImportError: prometheus-client is not installed.
+    """
+    served = metrics_registry(registry)
+    routes = APIRouter(prefix=prefix, include_in_schema=include_in_schema)
+
+    @routes.get("/health/live")
+    async def live() -> JSONResponse:
+        """200 while the library makes progress, else 503."""
+        code, body = health_answer("live")
+        return JSONResponse(body, status_code=code)
+
+    @routes.get("/health/ready")
+    async def ready() -> JSONResponse:
+        """503 only when the library cannot take work; degraded answers 200."""
+        code, body = health_answer("ready")
+        return JSONResponse(body, status_code=code)
+
+    @routes.get("/metrics")
+    async def metrics() -> Response:
+        """The library's metrics in the Prometheus text format."""
+        return Response(metrics_page(served), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return routes

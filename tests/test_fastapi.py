@@ -1,0 +1,229 @@
+"""makeparallel.fastapi on a real uvicorn server on 127.0.0.1, with real httpx clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+import makeparallel as mp
+from pool_helpers import Flags, wait_until
+from web_helpers import uvicorn_server
+
+fastapi = pytest.importorskip("fastapi")
+from makeparallel.fastapi import lifespan, router  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@mp.parallel(backend="process")
+def count_primes(limit: int) -> int:
+    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
+
+
+@mp.parallel(backend="process")
+def wait_for_flag(flags: Flags, name: str) -> int:
+    flags.set(f"started-{name}", str(os.getpid()))
+    flags.wait_for_release("never", 60)
+    return os.getpid()
+
+
+def cpu_app(**options: Any) -> Any:
+    app = fastapi.FastAPI(lifespan=lifespan(**options))
+    app.include_router(router())
+
+    @app.get("/primes/{limit}")
+    async def primes(limit: int) -> dict[str, int]:
+        return {"primes": await count_primes(limit)}
+
+    @app.get("/ping")
+    async def ping() -> str:
+        return "pong"
+
+    @app.get("/hold/{name}")
+    async def hold(name: str, directory: str) -> int:
+        return await wait_for_flag(Flags(directory), name)  # type: ignore[no-any-return]
+
+    return app
+
+
+def test_200_concurrent_requests_on_the_process_backend_all_succeed_and_the_loop_stays_responsive() -> None:
+    app = cpu_app(num_workers=2, prestart=True, shutdown_timeout=10)
+    expected = count_primes.__wrapped__(3000)
+
+    async def main(base: str) -> tuple[list[int], list[float]]:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=100) as client:
+            work = asyncio.gather(*(client.get("/primes/3000") for _ in range(200)))
+            pings: list[float] = []
+            while not work.done() and len(pings) < 50:
+                start = time.perf_counter()
+                answer = await client.get("/ping")
+                pings.append(time.perf_counter() - start)
+                assert answer.text == '"pong"'
+            responses = await work
+        assert {r.status_code for r in responses} == {200}
+        return [r.json()["primes"] for r in responses], pings
+
+    with uvicorn_server(app) as (base, _):
+        results, pings = asyncio.run(main(base))
+    assert results == [expected] * 200
+    assert pings, "no ping was answered while the work ran"
+    # A generous bound: the strict 50 ms figure is for a quiet machine, and this
+    # one runs the clients, the server and two busy workers on shared cores.
+    assert max(pings) < 5.0, f"the event loop stalled: slowest /ping took {max(pings):.3f} s"
+
+
+def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_worker(tmp_path: Any) -> None:
+    flags = Flags(str(tmp_path))
+    app = cpu_app(num_workers=2, shutdown_timeout=1, async_cancel="force")
+    requests: list[threading.Thread] = []
+
+    def request(base: str, name: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{base}/hold/{name}", params={"directory": str(tmp_path)}, timeout=60)
+
+    try:
+        with uvicorn_server(app, graceful=0.5) as (base, _):
+            for name in ("a", "b", "c"):  # running or queued, as the pool dispatches them
+                thread = threading.Thread(target=request, args=(base, name), name=f"test-client-{name}")
+                thread.start()
+                requests.append(thread)
+            names = ("a", "b", "c")
+            assert wait_until(lambda: any(flags.is_set(f"started-{n}") for n in names), 60), "no task started"
+            workers = mp.get_process_pool_info()["worker_pids"]
+            assert workers
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+    finally:
+        flags.set("teardown")
+        for thread in requests:
+            thread.join(30)
+    assert took < 30, f"stopping took {took:.1f} s"
+    assert wait_until(lambda: not any(_alive(pid) for pid in workers), 10), "a worker process outlived the server"
+    assert not [c for c in psutil.Process().children(recursive=True) if _alive(c.pid)], "a child process is left"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_health_routes_follow_the_status_rules(gate: threading.Event) -> None:
+    app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
+    app.include_router(router(prefix="/ops"))
+    held = mp.parallel(lambda: gate.wait(30))
+
+    with uvicorn_server(app) as (base, _):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/ops/health/live").status_code == 200
+            ready = client.get("/ops/health/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "ok"
+
+            mp.set_max_concurrent_tasks(1)  # one task in flight at the limit: degraded, still ready
+            handle = held()
+            ready = client.get("/ops/health/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["status"] == "degraded"
+            gate.set()
+            handle.get(30)
+            mp.set_max_concurrent_tasks(None)
+
+            mp.shutdown(timeout_secs=10)  # cannot take work: not ready, but alive
+            ready = client.get("/ops/health/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "unhealthy"
+            assert client.get("/ops/health/live").status_code == 200
+            mp.reset_shutdown()
+
+            page = client.get("/ops/metrics")
+            assert page.status_code == 200
+            assert page.headers["content-type"].startswith("text/plain")
+            assert 'makeparallel_tasks_total{function="test_health_routes_follow_the_status_rules.<locals>.<lambda>",status="completed"} 1.0' in page.text
+
+
+def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> None:
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def own(app: Any) -> AsyncIterator[dict[str, Any]]:
+        seen.append(f"start: {await mp.parallel(abs)(-2)}")  # the pools are up inside
+        yield {"greeting": "hello"}
+        seen.append(f"stop: {await mp.parallel(abs)(-3)}")  # and still up at the end
+
+    app = fastapi.FastAPI(lifespan=lifespan(app_lifespan=own, num_threads=3, shutdown_timeout=10))
+
+    @app.get("/greeting")
+    async def greeting(request: fastapi.Request) -> str:
+        return request.state.greeting  # type: ignore[no-any-return]
+
+    with uvicorn_server(app) as (base, _):
+        assert httpx.get(f"{base}/greeting", timeout=30).json() == "hello"
+        assert mp.get_thread_pool_info()["num_threads"] == 3
+    assert seen == ["start: 2", "stop: 3"]
+    with pytest.raises(mp.ShutdownError):
+        mp.parallel(abs)(-1)  # the lifespan shut the library down
+
+
+def test_awaiting_tasks_takes_no_token_of_starlettes_thread_limiter(gate: threading.Event) -> None:
+    import anyio.to_thread
+
+    app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
+    started = threading.Barrier(11, timeout=30)
+
+    @mp.parallel
+    def blocking(n: int) -> int:
+        started.wait()
+        assert gate.wait(30)
+        return n
+
+    @app.get("/block/{n}")
+    async def block(n: int) -> int:
+        return await blocking(n)  # type: ignore[no-any-return]
+
+    @app.get("/tokens")
+    async def tokens() -> float:
+        return anyio.to_thread.current_default_thread_limiter().borrowed_tokens  # type: ignore[no-any-return]
+
+    mp.configure_thread_pool(num_threads=10)
+
+    async def main(base: str) -> tuple[list[int], float]:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            work = asyncio.gather(*(client.get(f"/block/{n}") for n in range(10)))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait)
+            borrowed = (await client.get("/tokens")).json()
+            gate.set()
+            return [r.json() for r in await work], borrowed
+
+    with uvicorn_server(app) as (base, _):
+        results, borrowed = asyncio.run(main(base))
+    assert results == list(range(10))
+    assert borrowed == 0
+
+
+def test_options_are_checked_at_once() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        lifespan(backend="gpu")
+    with pytest.raises(ValueError, match="async_cancel"):
+        lifespan(async_cancel="later")
+    with pytest.raises(TypeError, match="shutdown_timeout"):
+        lifespan(shutdown_timeout="soon")  # type: ignore[arg-type]
+
+
+def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "makeparallel.fastapi")
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[fastapi\]"'):
+        importlib.import_module("makeparallel.fastapi")
