@@ -377,16 +377,23 @@ def test_whatever_returns_a_coroutine_is_run(fn: Any, backend: str) -> None:
     assert run(main()) == 8
 
 
-def test_get_inside_a_coroutine_on_an_async_task_says_to_await() -> None:
+def test_get_inside_a_coroutine_on_an_async_task_says_to_await(gate: threading.Event) -> None:
+    @mp.parallel
+    async def gated(n: int) -> int:
+        while not gate.is_set():
+            await asyncio.sleep(0.001)
+        return n
+
     async def main() -> int:
-        handle = loop_of_this_worker(7)
+        handle = gated(7)
         with pytest.raises(RuntimeError, match=r"await handle"):
             handle.get()
         with pytest.raises(RuntimeError, match=r"await handle"):
             handle.wait(5)
-        _, _, n = await handle
-        assert handle.get() == await handle  # ended: get() is fine now
-        return n
+        gate.set()
+        n = await handle
+        assert handle.get() == n  # ended: get() is fine now
+        return n  # type: ignore[no-any-return]
 
     assert run(main()) == 7
 
