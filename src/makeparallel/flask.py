@@ -1,0 +1,158 @@
+"""Flask (and any WSGI app): an extension that configures the pools, serves health and metrics, shuts down at exit.
+
+    import makeparallel as mp
+    from flask import Flask
+    from makeparallel.flask import MakeParallel
+
+    app = Flask(__name__)
+    app.config["MAKEPARALLEL_BACKEND"] = "process"
+    parallel = MakeParallel(app)            # or MakeParallel(), then parallel.init_app(app)
+
+    @mp.parallel
+    def render(n: int) -> bytes: ...
+
+    @app.get("/render/<int:n>")
+    def render_route(n: int):
+        return render(n).get(timeout=30)
+
+Flask's extension conventions: ``MakeParallel(app=None)`` and ``init_app(app)``,
+settings read from ``app.config`` (``MAKEPARALLEL_*`` keys, listed on
+:class:`MakeParallel`), the extension's state in ``app.extensions["makeparallel"]``,
+and a blueprint with ``GET /health/live``, ``/health/ready`` and ``/metrics``
+(the same answers as ``makeparallel.fastapi``).
+
+The pools are shut down once, at interpreter exit (``mp.shutdown`` with the
+configured timeout), never per request or per app context: a
+``teardown_appcontext`` hook would stop the pools after the first request.
+
+Needs the optional extra: ``pip install "makeparallel[flask]"`` (Flask and
+prometheus-client).
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import Any
+
+import makeparallel as mp
+
+from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
+
+try:
+    from flask import Blueprint, Flask, Response, jsonify
+except ImportError as error:
+    raise ImportError('makeparallel.flask needs Flask: pip install "makeparallel[flask]"') from error
+
+__all__ = ["CONFIG_DEFAULTS", "MakeParallel"]
+
+#: The configuration keys the extension reads, with their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "MAKEPARALLEL_BACKEND": None,  # the default backend; None keeps the library's (or the environment's)
+    "MAKEPARALLEL_NUM_THREADS": None,  # thread pool size; None: the usable cores
+    "MAKEPARALLEL_NUM_WORKERS": None,  # process pool size; None: the usable cores
+    "MAKEPARALLEL_MAX_CONCURRENT_TASKS": None,  # a global limit on tasks in flight
+    "MAKEPARALLEL_SHUTDOWN_TIMEOUT": 30.0,  # seconds the exit waits for unfinished tasks
+    "MAKEPARALLEL_CANCEL_PENDING": True,  # cancel the tasks not started at exit
+    "MAKEPARALLEL_ROUTES": True,  # register the health and metrics blueprint
+    "MAKEPARALLEL_URL_PREFIX": "",  # where the blueprint's routes go
+}
+
+
+class MakeParallel:
+    """The Flask extension: ``MakeParallel(app)``, or ``MakeParallel()`` and ``init_app(app)`` later.
+
+    Configuration keys (``app.config``, read by :meth:`init_app`):
+
+    * ``MAKEPARALLEL_BACKEND``: the default backend (``"thread"``, ``"process"``, ``"auto"``, ``"sync"``);
+    * ``MAKEPARALLEL_NUM_THREADS``, ``MAKEPARALLEL_NUM_WORKERS``: pool sizes;
+    * ``MAKEPARALLEL_MAX_CONCURRENT_TASKS``: a global limit on tasks in flight;
+    * ``MAKEPARALLEL_SHUTDOWN_TIMEOUT`` (seconds, default 30) and
+      ``MAKEPARALLEL_CANCEL_PENDING`` (default ``True``): the shutdown at exit;
+    * ``MAKEPARALLEL_ROUTES`` (default ``True``) and ``MAKEPARALLEL_URL_PREFIX``
+      (default ``""``): the health and metrics blueprint.
+
+    Args:
+        app: the Flask app to set up now, or ``None`` to call :meth:`init_app` later.
+        registry: the ``prometheus_client`` registry to serve at ``/metrics``
+            (the library's collector is added to it); default: one of its own.
+    """
+
+    def __init__(self, app: Flask | None = None, *, registry: Any = None) -> None:
+        self._registry = registry
+        self._shutdown_timeout: float | None = CONFIG_DEFAULTS["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
+        self._cancel_pending: bool = CONFIG_DEFAULTS["MAKEPARALLEL_CANCEL_PENDING"]
+        self._exit_hook = False
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Configure the pools from ``app.config``, register the blueprint, arrange the shutdown.
+
+        Raises:
+            ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
+                message names the setting).
+        """
+        for key, default in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, default)
+        config = app.config
+        try:
+            if config["MAKEPARALLEL_BACKEND"] is not None:
+                mp.configure(backend=config["MAKEPARALLEL_BACKEND"])
+            if config["MAKEPARALLEL_NUM_THREADS"] is not None:
+                mp.configure_thread_pool(num_threads=config["MAKEPARALLEL_NUM_THREADS"])
+            if config["MAKEPARALLEL_NUM_WORKERS"] is not None:
+                mp.configure_process_pool(num_workers=config["MAKEPARALLEL_NUM_WORKERS"])
+            if config["MAKEPARALLEL_MAX_CONCURRENT_TASKS"] is not None:
+                mp.set_max_concurrent_tasks(config["MAKEPARALLEL_MAX_CONCURRENT_TASKS"])
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"invalid MAKEPARALLEL_* setting in app.config: {error}") from error
+        timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number of seconds >= 0 or None, got {timeout!r}")
+        self._shutdown_timeout = timeout
+        self._cancel_pending = bool(config["MAKEPARALLEL_CANCEL_PENDING"])
+        app.extensions["makeparallel"] = self
+        if config["MAKEPARALLEL_ROUTES"]:
+            app.register_blueprint(self.blueprint(), url_prefix=config["MAKEPARALLEL_URL_PREFIX"] or None)
+        if not self._exit_hook:
+            # The pools' own exit hook is registered when the first pool starts;
+            # starting it now puts this one after it, and atexit runs the last
+            # registered first: this shutdown, with its settings, comes first.
+            mp.get_thread_pool_info()
+            atexit.register(self.shutdown)
+            self._exit_hook = True
+
+    def shutdown(self) -> bool:
+        """Shut the library down as configured; return whether every task ended in time.
+
+        Called at interpreter exit; call it yourself to stop earlier.
+        """
+        return mp.shutdown(timeout_secs=self._shutdown_timeout, cancel_pending=self._cancel_pending)
+
+    def blueprint(self) -> Blueprint:
+        """A blueprint named ``makeparallel`` with ``/health/live``, ``/health/ready`` and ``/metrics``.
+
+        Raises:
+            ImportError: prometheus-client is not installed.
+        """
+        served = metrics_registry(self._registry)
+        routes = Blueprint("makeparallel", __name__)
+
+        @routes.get("/health/live")
+        def live() -> tuple[Response, int]:
+            """200 while the library makes progress, else 503."""
+            code, body = health_answer("live")
+            return jsonify(body), code
+
+        @routes.get("/health/ready")
+        def ready() -> tuple[Response, int]:
+            """503 only when the library cannot take work; degraded answers 200."""
+            code, body = health_answer("ready")
+            return jsonify(body), code
+
+        @routes.get("/metrics")
+        def metrics() -> Response:
+            """The library's metrics in the Prometheus text format."""
+            return Response(metrics_page(served), content_type=PROMETHEUS_CONTENT_TYPE)
+
+        return routes

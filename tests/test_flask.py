@@ -1,0 +1,146 @@
+"""makeparallel.flask on a real werkzeug threaded server on 127.0.0.1, and with Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+import makeparallel as mp
+from pool_helpers import wait_until
+from web_helpers import werkzeug_server
+
+flask = pytest.importorskip("flask")
+from makeparallel.flask import MakeParallel  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@mp.parallel(backend="process")
+def count_primes(limit: int) -> int:
+    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
+
+
+def make_app(**config: Any) -> Any:
+    app = flask.Flask(__name__)
+    app.config.update(config)
+    return app
+
+
+def test_concurrent_clients_on_a_threaded_werkzeug_server() -> None:
+    app = make_app(MAKEPARALLEL_NUM_WORKERS=2, MAKEPARALLEL_NUM_THREADS=4)
+    MakeParallel(app)
+
+    @app.get("/primes/<int:limit>")
+    def primes(limit: int) -> Any:
+        return {"primes": count_primes(limit).get(timeout=60)}
+
+    expected = count_primes.__wrapped__(3000)
+    with werkzeug_server(app) as base:
+        with httpx.Client(base_url=base, timeout=60) as client, ThreadPoolExecutor(16) as clients:
+            answers = list(clients.map(lambda _: client.get("/primes/3000"), range(64)))
+            assert client.get("/health/ready").status_code == 200  # one request did not shut anything down
+    assert {a.status_code for a in answers} == {200}
+    assert [a.json()["primes"] for a in answers] == [expected] * 64
+    assert mp.get_process_pool_info()["num_workers"] == 2
+    assert mp.get_thread_pool_info()["num_threads"] == 4
+
+
+def test_extension_conventions_and_the_test_client(gate: threading.Event) -> None:
+    extension = MakeParallel()  # the factory pattern: init_app later
+    app = make_app(MAKEPARALLEL_URL_PREFIX="/ops", MAKEPARALLEL_SHUTDOWN_TIMEOUT=7)
+    extension.init_app(app)
+    assert app.extensions["makeparallel"] is extension
+    assert app.config["MAKEPARALLEL_CANCEL_PENDING"] is True  # defaults filled in
+    client = app.test_client()
+
+    assert client.get("/ops/health/live").status_code == 200
+    ready = client.get("/ops/health/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ok"
+
+    mp.set_max_concurrent_tasks(1)  # at the limit: degraded, still ready
+    held = mp.parallel(lambda: gate.wait(30))()
+    ready = client.get("/ops/health/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+    gate.set()
+    held.get(30)
+    mp.set_max_concurrent_tasks(None)
+
+    mp.shutdown(timeout_secs=10)
+    ready = client.get("/ops/health/ready")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "unhealthy"
+    assert client.get("/ops/health/live").status_code == 200
+    mp.reset_shutdown()
+
+    page = client.get("/ops/metrics")
+    assert page.status_code == 200 and page.content_type.startswith("text/plain")
+    assert "makeparallel_tasks_total" in page.get_data(as_text=True)
+
+
+def test_routes_can_be_left_out_and_settings_are_checked() -> None:
+    app = make_app(MAKEPARALLEL_ROUTES=False)
+    MakeParallel(app)
+    assert app.test_client().get("/health/live").status_code == 404
+    with pytest.raises(ValueError, match=r"MAKEPARALLEL_\* setting.*backend must be one of"):
+        MakeParallel(make_app(MAKEPARALLEL_BACKEND="gpu"))
+    with pytest.raises(ValueError, match="MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number"):
+        MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=-1))
+    with pytest.raises(TypeError, match=r"MAKEPARALLEL_\* setting.*num_threads"):
+        MakeParallel(make_app(MAKEPARALLEL_NUM_THREADS="four"))
+
+
+_EXIT_SCRIPT = """
+import json, sys, time
+import makeparallel as mp
+from flask import Flask
+from makeparallel.flask import MakeParallel
+
+app = Flask(__name__)
+app.config.update(MAKEPARALLEL_BACKEND="process", MAKEPARALLEL_NUM_WORKERS=2, MAKEPARALLEL_SHUTDOWN_TIMEOUT=1)
+MakeParallel(app)
+
+@app.get("/sleep")
+def sleep():
+    mp.parallel(time.sleep)(120)  # still running at exit
+    return "started"
+
+client = app.test_client()
+assert mp.parallel(abs)(-1).get(60) == 1  # both workers are up
+for _ in range(3):
+    assert client.get("/sleep").get_data(as_text=True) == "started"  # no shutdown per request
+print(json.dumps(mp.get_process_pool_info()["worker_pids"]), flush=True)
+"""
+
+
+def test_the_pools_shut_down_at_interpreter_exit_not_per_request() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_EXIT_SCRIPT)], capture_output=True, text=True, timeout=90, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    workers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(workers) == 2
+
+    def gone() -> bool:
+        return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
+
+    assert wait_until(gone, 10), "a worker process outlived the app"
+
+
+def test_a_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "flask", None)
+    monkeypatch.delitem(sys.modules, "makeparallel.flask")
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[flask\]"'):
+        importlib.import_module("makeparallel.flask")
