@@ -284,6 +284,27 @@ def test_gather_rejects_bad_timeout(timeout: Any, error: type[Exception]) -> Non
         mp.gather([square(1)], timeout=timeout)
 
 
+@pytest.mark.parametrize("collect", [mp.gather, mp.as_completed, mp.wait])
+@pytest.mark.parametrize("handles", [None, 3, object()])
+def test_collectors_name_the_argument_that_is_not_iterable(
+    collect: Callable[..., Any], handles: Any
+) -> None:
+    # Not Python's bare "'NoneType' object is not iterable".
+    expected = rf"{collect.__name__}\(\) takes an iterable of AsyncHandle objects as its handles argument"
+    with pytest.raises(TypeError, match=expected) as caught:
+        collect(handles)
+    assert repr(handles) in str(caught.value)
+
+
+def test_an_iterable_that_fails_keeps_its_own_error() -> None:
+    def broken() -> Any:
+        yield from ()
+        raise TypeError("the iterable broke")
+
+    with pytest.raises(TypeError, match="the iterable broke"):
+        mp.gather(broken())
+
+
 # -- as_completed ------------------------------------------------------------------------------
 
 
@@ -294,6 +315,22 @@ def test_as_completed_yields_every_handle_once(backend: str) -> None:
     assert len(seen) == len(handles)
     assert set(seen) == set(handles)
     assert all(h.done() for h in seen)
+
+
+def test_as_completed_yields_each_distinct_handle_once(backend: str) -> None:
+    # As concurrent.futures.as_completed does; gather keeps positions instead.
+    square, _ = functions(backend)
+    h1, h2 = square(1), square(2)
+    seen = list(mp.as_completed([h1, h1, h2, h1]))
+    assert sorted(h.get_task_id() for h in seen) == sorted([h1.get_task_id(), h2.get_task_id()])
+    assert mp.gather([h1, h1, h2, h1]) == [1, 1, 4, 1]
+
+
+def test_wait_counts_each_distinct_handle_once(backend: str) -> None:
+    square, _ = functions(backend)
+    h1 = square(3)
+    done, not_done = mp.wait([h1, h1], return_when=mp.ALL_COMPLETED)
+    assert done == {h1} and not_done == set()
 
 
 def test_as_completed_of_nothing_yields_nothing() -> None:

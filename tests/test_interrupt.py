@@ -29,6 +29,9 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._backends._thread import ThreadBackend
+from makeparallel._collect import Completions
+from makeparallel._handle import cancel_all
+from pool_helpers import hold_one_worker, resize
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child is POSIX-only"),
@@ -135,6 +138,163 @@ def test_ctrl_c_stops_a_map(script: str) -> None:
 
 def test_ctrl_c_stops_gather() -> None:
     check_clean_interrupt(*interrupt(GATHER_SCRIPT))
+
+
+# A large batch each; "ready" once the whole batch is submitted, so the signal
+# lands while the program waits for it (or, at worst, just before: then the
+# exit itself must not wait for the batch).
+BATCH = """
+import threading
+import makeparallel as mp
+
+task = mp.parallel(lambda i: sum(range(2000)))
+"""
+
+WAIT_SCRIPT = BATCH + """
+handles = [task(i) for i in range(100_000)]
+print("ready", flush=True)
+mp.wait(handles)
+print("wait finished: it should have been interrupted", flush=True)
+"""
+
+AS_COMPLETED_SCRIPT = BATCH + """
+handles = [task(i) for i in range(100_000)]
+print("ready", flush=True)
+for _ in mp.as_completed(handles):
+    pass
+print("as_completed finished: it should have been interrupted", flush=True)
+"""
+
+GROUP_SCRIPT = BATCH + """
+with mp.ParallelContext() as ctx:
+    for i in range(100_000):
+        ctx.submit(task, i)
+    print("ready", flush=True)
+print("the group finished: it should have been interrupted", flush=True)
+"""
+
+# Ctrl-C while the program is still submitting slow tasks: the exit must not
+# wait for them (it would, for up to exit_timeout).
+SUBMITTING_SCRIPT = """
+import threading
+import makeparallel as mp
+
+started = threading.Event()
+
+@mp.parallel
+def slow(i):
+    if not started.is_set():
+        started.set()
+        print("ready", flush=True)
+    threading.Event().wait(0.05)
+
+mp.configure(exit_timeout=60)
+handles = [slow(i) for i in range(10_000_000)]
+print("submitted all: it should have been interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "script",
+    [WAIT_SCRIPT, AS_COMPLETED_SCRIPT, GROUP_SCRIPT, SUBMITTING_SCRIPT],
+    ids=["wait", "as_completed", "ParallelContext", "while_submitting"],
+)
+def test_ctrl_c_stops_every_kind_of_large_batch(script: str) -> None:
+    check_clean_interrupt(*interrupt(script))
+
+
+def cooperative(gate: threading.Event) -> Callable[[int], int]:
+    """A task body that holds its worker until ``gate`` is set or it is cancelled."""
+
+    def body(i: int) -> int:
+        while not gate.wait(0.01):
+            mp.check_cancelled()
+        return i
+
+    return body
+
+
+def collect_gather(handles: list[mp.AsyncHandle[int]]) -> object:
+    return mp.gather(handles)
+
+
+def collect_wait(handles: list[mp.AsyncHandle[int]]) -> object:
+    return mp.wait(handles)
+
+
+def collect_as_completed(handles: list[mp.AsyncHandle[int]]) -> object:
+    return list(mp.as_completed(handles))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("collect", [collect_gather, collect_wait, collect_as_completed])
+def test_an_interrupted_collector_cancels_its_batch_at_once_without_new_threads(
+    collect: Callable[[list[mp.AsyncHandle[int]]], object],
+    monkeypatch: pytest.MonkeyPatch,
+    gate: threading.Event,
+) -> None:
+    # Both workers run a task of the batch and 2,000 more are queued behind.
+    # Cancelled one by one, in order, each running task cancelled while the
+    # rest were queued started a replacement thread; in bulk, none is needed.
+    resize(2)
+    started = threading.Barrier(3)
+
+    def first(i: int) -> int:
+        started.wait(10)
+        return cooperative(gate)(i)
+
+    task = mp.parallel(backend="thread")(first)
+    handles = [task(i) for i in range(2_002)]
+    started.wait(10)
+
+    def interrupted(self: Completions) -> mp.AsyncHandle[Any]:
+        raise KeyboardInterrupt  # Ctrl-C while the collector waits
+
+    monkeypatch.setattr(Completions, "next", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collect(handles)
+    info = mp.get_thread_pool_info()
+    statuses = {h.status for h in handles}
+    assert statuses == {"cancelled"}, statuses
+    assert info["live_threads"] == 2, f"cancelling the batch started threads: {info}"
+    assert info["queued_tasks"] == 0 and info["active_tasks"] == 0, info
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_group_cancels_the_rest_at_once_without_new_threads(gate: threading.Event) -> None:
+    resize(2)
+    started = threading.Barrier(3)
+    body = cooperative(gate)
+
+    def first(i: int) -> int:
+        started.wait(10)
+        return body(i)
+
+    with pytest.raises(LookupError):
+        with mp.ParallelContext(backend="thread") as ctx:
+            running = [ctx.submit(first, i) for i in range(2)]
+            queued = [ctx.submit(body, i) for i in range(2_000)]
+            started.wait(10)
+            raise LookupError("the block failed")
+    info = mp.get_thread_pool_info()
+    assert {h.status for h in running + queued} == {"cancelled"}
+    assert info["live_threads"] == 2, f"cancelling the group started threads: {info}"
+
+
+@pytest.mark.timeout(30)
+def test_cancel_all_cancels_only_unfinished_handles_once_each(gate: threading.Event) -> None:
+    hold_one_worker(gate)
+    task = mp.parallel(backend="thread")(lambda i: i)
+    done = mp.parallel(backend="sync")(lambda i: i)(7)
+    queued = [task(i) for i in range(5)]
+    seen: list[int] = []
+    for handle in queued:
+        handle.on_error(lambda error, h=handle: seen.append(h.get_task_id()))
+    assert cancel_all([done, *queued, *queued]) == 5
+    assert done.get() == 7
+    assert sorted(seen) == sorted(h.get_task_id() for h in queued)  # each callback once
+    with pytest.raises(mp.TaskCancelledError):
+        queued[0].get()
 
 
 # -- the pool after an interrupt, in this process ---------------------------------------------

@@ -279,6 +279,96 @@ def test_exit_abandons_a_stuck_task_after_a_configured_exit_timeout() -> None:
 
 
 @pytest.mark.timeout(40)
+def test_exit_does_not_wait_again_after_a_shutdown_that_returned_false() -> None:
+    # The program chose how long to wait: exit must not add exit_timeout (60 s
+    # here, longer than this test's own limit) on top of it.
+    result, _ = run_python(
+        STUCK_FOREVER.format(configure="mp.configure(exit_timeout=60)")
+        + "print(mp.shutdown(timeout_secs=0.2, cancel_pending=True), flush=True)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "submitted\nFalse\n"
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr
+    assert "after makeparallel.shutdown() returned" in result.stderr
+
+
+INTERRUPTED_SHUTDOWN = """
+import threading
+import makeparallel as mp
+
+mp.configure(exit_timeout=60)
+mp.configure_thread_pool(1)
+never, started = threading.Event(), threading.Event()
+
+@mp.parallel
+def stuck():
+    started.set()
+    never.wait()
+
+running = stuck()
+assert started.wait(10)
+queued = stuck()
+# shutdown() cancels the queued task first, on this thread: its callback says
+# that shutdown is under way, and the signal then lands in its endless wait.
+queued.on_error(lambda error: print("ready", flush=True))
+try:
+    mp.shutdown(timeout_secs=None, cancel_pending=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process (POSIX)")
+def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(INTERRUPTED_SHUTDOWN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)  # exit_timeout is 60 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert stdout == "interrupted\n"
+    assert "after makeparallel.shutdown() returned" in stderr
+
+
+@pytest.mark.timeout(40)
+def test_exit_waits_again_once_the_shutdown_was_reset(tmp_path: Path) -> None:
+    out = tmp_path / "done.txt"
+    result, _ = run_python(
+        f"""
+        import threading
+        import makeparallel as mp
+
+        mp.shutdown(timeout_secs=1)
+        mp.reset_shutdown()  # a new start: tasks submitted now are waited for at exit
+        go = threading.Event()
+
+        @mp.parallel
+        def work():
+            assert go.wait(20)
+            with open({str(out)!r}, "w") as f:
+                f.write("done")
+
+        handle = work()
+        go.set()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "done"
+
+
+@pytest.mark.timeout(40)
 def test_exit_runs_every_uncollected_task(tmp_path: Path) -> None:
     out = tmp_path / "done.txt"
     result, _ = run_python(

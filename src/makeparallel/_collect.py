@@ -9,8 +9,8 @@ while it has nothing else to do, as ``handle.get()`` does, so that tasks waiting
 for their children can never deadlock the pool. Any other collector only waits:
 busy running a task, it could not report another task's failure at once.
 
-Ctrl-C (or any exception) while collecting cancels the tasks not yet ended and
-re-raises; the pool stays usable.
+Ctrl-C while collecting cancels the tasks not yet ended, in bulk (one lock
+round per backend, see ``cancel_all``), and re-raises; the pool stays usable.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
-from ._handle import AsyncHandle
+from ._handle import AsyncHandle, cancel_all
 from ._progress import ProgressOption, open_progress
 from ._states import SUCCEEDED
 from ._task_context import current_task
@@ -54,14 +54,33 @@ def check_on_error(on_error: Any) -> OnError:
     return on_error  # type: ignore[no-any-return]
 
 
-def _as_handles(handles: Iterable[AsyncHandle[T]]) -> list[AsyncHandle[T]]:
-    items = list(handles)
+def _as_handles(handles: Iterable[AsyncHandle[T]], caller: str) -> list[AsyncHandle[T]]:
+    """The handles as a list; a ``TypeError`` naming ``caller`` for anything else."""
+    try:
+        items = list(handles)
+    except TypeError:
+        if hasattr(handles, "__iter__"):
+            raise  # the iterable itself failed: its own error says why
+        raise TypeError(
+            f"{caller}() takes an iterable of AsyncHandle objects as its handles argument, "
+            f"got {handles!r} ({type(handles).__name__}); pass a list such as [f(1), f(2)]"
+        ) from None
     for item in items:
         if not isinstance(item, AsyncHandle):
             raise TypeError(
-                f"expected AsyncHandle objects (what a @parallel function returns), got {item!r}"
+                f"{caller}() expected AsyncHandle objects (what a @parallel function returns) "
+                f"in its handles argument, got {item!r}"
             )
     return items
+
+
+def _cancel_after_interrupt(handles: object, items: list[AsyncHandle[Any]] | None) -> None:
+    """Ctrl-C while collecting: cancel the tasks, even if it landed while reading ``handles``."""
+    if items is None:
+        if not isinstance(handles, (list, tuple, set, frozenset)):
+            return  # an iterator, partly read: its handles cannot be seen again
+        items = [h for h in handles if isinstance(h, AsyncHandle)]
+    cancel_all(items)
 
 
 class Completions:
@@ -120,11 +139,6 @@ class Completions:
         return False
 
 
-def _cancel_all(handles: list[AsyncHandle[Any]]) -> None:
-    for handle in handles:
-        handle.cancel()
-
-
 @overload
 def gather(
     handles: Iterable[AsyncHandle[T]],
@@ -170,20 +184,25 @@ def gather(
         ``list[T | None]`` with ``on_error="none"`` (type checkers see which,
         from the literal).
 
+    Duplicates keep their places. Ctrl-C while it waits cancels the tasks not
+    yet ended (all at once, however many) and is raised again.
+
     Raises:
-        TypeError: an item of ``handles`` is not an :class:`AsyncHandle`, or
-            ``progress`` has the wrong type.
+        TypeError: ``handles`` is not an iterable of handles, or ``progress``
+            has the wrong type.
         ValueError: ``on_error`` or ``timeout`` is out of range.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
             unfinished. They go on.
         Exception: with ``on_error="raise"``, the first task error, as itself.
     """
-    items = _as_handles(handles)
-    check_on_error(on_error)
-    check_wait_timeout(timeout)
-    bar = open_progress(progress, len(items), "gather")
+    items = None
+    bar = None
     try:
+        items = _as_handles(handles, "gather")
+        check_on_error(on_error)
+        check_wait_timeout(timeout)
+        bar = open_progress(progress, len(items), "gather")
         completions = Completions.of(items, timeout)
         while completions.outstanding:
             handle = completions.next()
@@ -192,7 +211,7 @@ def gather(
             if on_error == "raise" and handle._state != SUCCEEDED:
                 handle.get()  # raises the task's error, with its note
     except KeyboardInterrupt:
-        _cancel_all(items)
+        _cancel_after_interrupt(handles, items)
         raise
     finally:
         if bar is not None:
@@ -211,10 +230,15 @@ def as_completed(
     (the loop is never blocked; cancelling the consuming coroutine while it
     waits cancels the tasks not yet ended).
 
+    Each distinct handle is yielded once, however often it is listed (as
+    ``concurrent.futures.as_completed`` does). Ctrl-C while it waits for the
+    next one cancels the tasks not yet ended.
+
     Raises:
+        TypeError: ``handles`` is not an iterable of handles.
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
     """
-    items = _as_handles(handles)
+    items = list(dict.fromkeys(_as_handles(handles, "as_completed")))
     check_wait_timeout(timeout)
     return Completed(items, timeout)
 
@@ -239,9 +263,13 @@ class Completed(Iterator[AsyncHandle[T]]):
 
 
 def _yield_completed(items: list[AsyncHandle[T]], timeout: float | None) -> Iterator[AsyncHandle[T]]:
-    completions = Completions.of(items, timeout)
-    while completions.outstanding:
-        yield completions.next()
+    try:
+        completions = Completions.of(items, timeout)
+        while completions.outstanding:
+            yield completions.next()
+    except KeyboardInterrupt:  # raised while waiting here, not in the consumer's loop body
+        cancel_all(items)
+        raise
 
 
 class DoneAndNotDone(NamedTuple):
@@ -267,16 +295,22 @@ def wait(
 
     Returns:
         ``(done, not_done)``, two sets of handles.
+
+    Raises:
+        TypeError: ``handles`` is not an iterable of handles.
+        ValueError: ``timeout`` or ``return_when`` is not valid.
+
+    Ctrl-C while it waits cancels the tasks not yet ended and is raised again.
     """
-    items = _as_handles(handles)
+    items = list(dict.fromkeys(_as_handles(handles, "wait")))
     check_wait_timeout(timeout)
     if return_when not in _RETURN_WHEN:
         raise ValueError(
             "return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, "
             f"got {return_when!r}"
         )
-    completions = Completions.of(items, timeout)
     try:
+        completions = Completions.of(items, timeout)
         while completions.outstanding:
             handle = completions.next()
             if return_when == FIRST_COMPLETED:
@@ -285,5 +319,8 @@ def wait(
                 break
     except TaskTimeoutError:
         pass
+    except KeyboardInterrupt:
+        cancel_all(items)
+        raise
     done = {h for h in items if h.done()}
     return DoneAndNotDone(done, set(items) - done)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 
 from ._admission import Limiter
 from ._decorators import as_parallel, own_parameters
-from ._handle import AsyncHandle
+from ._handle import AsyncHandle, cancel_all
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
@@ -195,8 +195,7 @@ class ParallelContext:
 
     def _cancel_unfinished(self) -> None:
         self._cancelling = True
-        for handle in self.handles:
-            handle.cancel()
+        cancel_all(self.handles)
 
     def _wait_all(self) -> None:
         waited = 0

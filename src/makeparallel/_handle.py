@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -39,7 +39,7 @@ from .errors import TaskCancelledError, TaskTimeoutError
 if TYPE_CHECKING:
     from ._backends._base import Backend
 
-__all__ = ["AsyncHandle", "TaskObserver"]
+__all__ = ["AsyncHandle", "TaskObserver", "cancel_all"]
 
 T = TypeVar("T")
 
@@ -318,10 +318,7 @@ class AsyncHandle(Generic[T]):
             previous = self._state
             if previous >= SUCCEEDED:
                 return False
-            error = TaskCancelledError(f"task {self._id} ({self.name}) was cancelled")
-            announce = self._settle_locked(CANCELLED, error)
-            if previous == PENDING:
-                self._code_done = True  # it will never run
+            announce = self._cancel_locked()
         self._after_settle(announce)
         if previous == RUNNING:
             backend._abandoned(self, force)
@@ -361,6 +358,13 @@ class AsyncHandle(Generic[T]):
         if self._code_done:
             return True
         return stopped.wait(None if math.isinf(timeout_secs) else timeout_secs)
+
+    def _cancel_locked(self) -> _Announcement | None:
+        if self._state == PENDING:
+            self._code_done = True  # it will never run
+        return self._settle_locked(
+            CANCELLED, TaskCancelledError(f"task {self._id} ({self._observer.name}) was cancelled")
+        )
 
     # -- progress and metadata ----------------------------------------------------
 
@@ -544,6 +548,11 @@ class AsyncHandle(Generic[T]):
             return None
         return callbacks, waiters
 
+    def _after_cancel(self, announce: _Announcement | None) -> None:
+        """What follows a cancellation made in bulk, if anyone is to hear of it."""
+        if announce is not None or _events.listeners:
+            self._after_settle(announce)
+
     def _after_settle(self, announce: _Announcement | None) -> None:
         """Run callbacks, wake waiters, tell listeners: everything after the end."""
         if announce is not None:
@@ -694,3 +703,24 @@ def _add_note(error: BaseException, note: str) -> None:
         add_note(note)
     else:  # Python 3.10: store it where 3.11's traceback would look for it
         error.__notes__ = [*getattr(error, "__notes__", ()), note]
+
+
+def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
+    """Cancel every unfinished handle of ``handles`` at once; return how many it cancelled.
+
+    Why not ``handle.cancel()`` in a loop: a batch of 200,000 tasks cancelled one
+    by one took a lock round each, and each running task cancelled while the rest
+    were still queued made the pool start a thread to replace its worker. Here each
+    backend's tasks are cancelled in one round of its lock (no worker can start
+    one of them meanwhile), callbacks and waiters follow outside the lock, and the
+    backend then learns of the running tasks it lost all at once, when nothing of
+    the batch is left queued for a replacement thread to run.
+    """
+    by_backend: dict[Backend, list[AsyncHandle[Any]]] = {}
+    for handle in handles:
+        if handle._state < SUCCEEDED:
+            group = by_backend.get(handle._backend)
+            if group is None:
+                by_backend[handle._backend] = group = []
+            group.append(handle)
+    return sum(backend._cancel_together(group) for backend, group in by_backend.items())

@@ -36,7 +36,7 @@ from typing import Any, Literal, NoReturn, TypeVar, overload
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
 from ._decorators import ParallelFunction, _BoundParallelFunction, _describe
-from ._handle import AsyncHandle, _add_note
+from ._handle import AsyncHandle, _add_note, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING
@@ -472,8 +472,7 @@ class _Mapper:
             finished = True
         finally:
             if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped
-                for handle, _ in self._in_flight:
-                    handle.cancel()
+                cancel_all([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
 

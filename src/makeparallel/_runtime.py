@@ -6,14 +6,15 @@ may change at any time and applies to the next submission.
 Interpreter exit: the runtime waits for unfinished tasks for at most
 ``exit_timeout`` seconds (5 by default), then lets the process go and logs how
 many tasks were abandoned. Worker threads are daemons, so a stuck task can never
-hold the process up.
+hold the process up. Exit does not wait at all when the program already decided:
+after :func:`shutdown` (whatever it returned, even interrupted), or when an
+uncaught Ctrl-C ends the program (then queued tasks are cancelled).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import sys
 import threading
@@ -245,7 +246,9 @@ def configure(
             (Python 3.14+), or any ``concurrent.futures.Executor``.
             Overrides the ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
-            unfinished tasks before abandoning them (default 5).
+            unfinished tasks before abandoning them (default 5). Exit does not
+            wait after :func:`shutdown`, nor when an uncaught Ctrl-C ends the
+            program.
         async_cancel: what cancelling the coroutine that awaits a handle does
             to the task: ``"cooperative"`` (the default: ``handle.cancel()``, a
             queued task never runs, a running one's ``check_cancelled()`` raises)
@@ -413,6 +416,9 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
 
     Returns:
         Whether every task ended in time.
+
+    After it, interpreter exit does not wait for tasks again (not even when this
+    returned ``False`` or was interrupted): it abandons what is left at once.
     """
     global _shut_down
     check_wait_timeout(timeout_secs, "timeout_secs")
@@ -447,20 +453,42 @@ def is_shut_down() -> bool:
 
 
 def _at_exit() -> None:
-    timeout = _exit_timeout
-    if get_active_task_count() and not wait_until_idle(timeout):
-        _log_abandoned(timeout)
-    for backend in _all_backends():
+    backends = _all_backends()
+    if _shut_down:
+        # shutdown() already waited (or was interrupted, or the caller chose its
+        # timeout): the program decided, so exit does not wait a second time.
+        if get_active_task_count():
+            _log_abandoned("after makeparallel.shutdown() returned")
+    elif _ending_on_interrupt():
+        # Ctrl-C ended the program: what has not started never will.
+        for backend in backends:
+            backend.close(cancel_pending=True)
+        if get_active_task_count():
+            _log_abandoned("after Ctrl-C")
+    else:
+        timeout = _exit_timeout
+        if get_active_task_count() and not wait_until_idle(timeout):
+            _log_abandoned(f"after waiting {timeout:g} s")
+    for backend in backends:
         backend.terminate()  # no orphaned or zombie worker process
 
 
-def _log_abandoned(timeout: float) -> None:
+def _ending_on_interrupt() -> bool:
+    """Whether the interpreter exits because a ``KeyboardInterrupt`` went uncaught.
+
+    Python stores the exception that ended the program in ``sys.last_value``
+    before it runs the exit hooks (3.10 to 3.13 alike).
+    """
+    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+
+
+def _log_abandoned(when: str) -> None:
     _log.warning(
         "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned "
-        "after waiting %s s; collect results or call makeparallel.shutdown() before "
-        "exiting, or raise configure(exit_timeout=...)",
+        "%s; collect results or call makeparallel.shutdown() before exiting, or raise "
+        "configure(exit_timeout=...)",
         get_active_task_count(),
-        f"{timeout:g}" if math.isfinite(timeout) else timeout,
+        when,
     )
 
 

@@ -7,9 +7,11 @@ backend's lock and calls the ``_locked`` hooks here while holding it.
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._states import RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -107,6 +109,55 @@ class Backend:
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
+
+    def _cancel_together(self, handles: list[AsyncHandle[Any]]) -> int:
+        """Cancel these tasks of this backend in one lock round; return how many ended.
+
+        Callbacks and waiters follow outside the lock, then the running tasks
+        lost are reported at once (see ``makeparallel._handle.cancel_all``).
+        """
+        ended: list[tuple[AsyncHandle[Any], Any]] = []
+        running: list[AsyncHandle[Any]] = []
+        # A batch allocates an error per task, and each garbage collection that
+        # this triggers scans every object alive: with a large batch that cost
+        # three times the cancellation itself (measured, 200,000 tasks).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with self._lock:
+                for handle in handles:
+                    previous = handle._state
+                    if previous >= SUCCEEDED:
+                        continue  # ended meanwhile, or listed twice
+                    ended.append((handle, handle._cancel_locked()))
+                    if previous == RUNNING:
+                        running.append(handle)
+            self._announce_cancelled(ended)
+        finally:
+            if collecting:
+                gc.enable()
+            self._abandoned_all(running)
+        return len(ended)
+
+    @staticmethod
+    def _announce_cancelled(ended: list[tuple[AsyncHandle[Any], Any]]) -> None:
+        announced = 0
+        try:
+            for handle, announce in ended:
+                handle._after_cancel(announce)
+                announced += 1
+        except BaseException:
+            # A second Ctrl-C in a callback: still wake everyone who waits, then stop.
+            for _, announce in ended[announced:]:
+                for waiter in (announce and announce[1]) or ():
+                    if waiter.locked():
+                        waiter.release()
+            raise
+
+    def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
+        """Running tasks cancelled together (:func:`cancel_all`)."""
+        for handle in handles:
+            self._abandoned(handle)
 
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""

@@ -175,8 +175,7 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             self._closed = True
             pending = self._pending_locked() if cancel_pending else []
-        for handle in pending:
-            handle.cancel()
+        self._cancel_together(pending)
 
     def reopen(self) -> None:
         with self._lock:

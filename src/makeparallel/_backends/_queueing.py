@@ -88,8 +88,20 @@ class QueueingBackend(Backend):
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         if was_pending:
-            self._queued -= 1  # cancelled while queued; its entry is skipped later
+            self._dequeued_locked()  # cancelled while queued
         super()._settled_locked(handle, was_pending)
+
+    def _dequeued_locked(self) -> None:
+        """A queued task was cancelled or claimed inline: its entry is now stale.
+
+        Stale entries are skipped when they reach the front. Once none is pending,
+        they are all dropped at once, so the queue keeps no ended task (and no
+        result of a task run inline) alive while the pool has nothing to pop.
+        """
+        self._queued -= 1
+        if not self._queued:
+            for queue in self._queues.values():
+                queue.clear()
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a task that may not start yet: counted as queued, but in no queue.
@@ -133,5 +145,5 @@ class QueueingBackend(Backend):
                 return False
             handle._state = RUNNING
             handle._on_worker = INLINE
-            self._queued -= 1
+            self._dequeued_locked()
             return True

@@ -179,8 +179,7 @@ class ThreadBackend(QueueingBackend):
             self._closed = True
             pending = self._pending_locked() if cancel_pending else []
             parked, self._parked = self._parked, []
-        for handle in pending:
-            handle.cancel()
+        self._cancel_together(pending)
         for park in parked:  # idle workers exit once nothing is queued
             park.release()
 
@@ -188,7 +187,7 @@ class ThreadBackend(QueueingBackend):
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         if was_pending:
-            self._queued -= 1  # cancelled while queued; its entry is skipped later
+            self._dequeued_locked()  # cancelled while queued
         elif handle._on_worker == ON_WORKER and handle._state >= CANCELLED:
             # Timed out or cancelled while a worker runs it: the worker stays busy
             # until the task returns. Marked here, under the lock that the worker's
@@ -201,6 +200,13 @@ class ThreadBackend(QueueingBackend):
             self._wake_idle_waiters_locked()
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
+        self._replace_stuck_workers()
+
+    def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
+        if handles:
+            self._replace_stuck_workers()  # once, for only what is still queued
+
+    def _replace_stuck_workers(self) -> None:
         with self._lock:
             spawn = self._reserve_workers_locked(self._queued - len(self._parked))
         self._spawn(spawn)

@@ -1,0 +1,100 @@
+"""How long a program takes to end after Ctrl-C in the middle of a large batch.
+
+For each way of waiting on a batch (``gather``, ``wait``, a ``ParallelContext``,
+``parallel_map``) and each batch size, a child process submits the batch, says
+"ready" once the first task ran, and is sent SIGINT; the time from the signal
+to the child's exit is measured (best of a few rounds). The same is measured
+for a child that only starts and exits, so that interpreter start-up and exit
+can be told apart. A bulk cancellation keeps the time flat as batches grow.
+
+    python benchmarks/interrupt_latency.py [--sizes 10000 200000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+PRELUDE = """
+import threading
+import makeparallel as mp
+
+_ready = threading.Event()
+
+def ready():
+    print("ready", flush=True)
+
+def work(i):
+    if not _ready.is_set():  # for the map: the first item says it is under way
+        _ready.set()
+        ready()
+    return sum(range(2000))
+
+task = mp.parallel(lambda i: sum(range(2000)))
+"""
+
+# Each batch is submitted whole before "ready", so the signal lands in the wait.
+WAYS = {
+    "gather": """
+handles = [task(i) for i in range(N)]
+ready()
+mp.gather(handles)
+""",
+    "wait": """
+handles = [task(i) for i in range(N)]
+ready()
+mp.wait(handles)
+""",
+    "ParallelContext": """
+with mp.ParallelContext() as ctx:
+    for i in range(N):
+        ctx.submit(task, i)
+    ready()
+""",
+    "parallel_map": "mp.parallel_map(work, range(N * 1000))",
+}
+
+BASELINE = 'print("ready", flush=True)\nimport time\ntime.sleep(60)'
+
+
+def stop_time(body: str, size: int) -> float:
+    """Seconds from SIGINT to the exit of a child running ``body`` with ``N = size``."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    script = PRELUDE + f"N = {size}\n" + textwrap.dedent(body)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the child never got ready ({body!r})")
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        return time.perf_counter() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    baseline = min(stop_time(BASELINE, 0) for _ in range(args.rounds))
+    print(f"seconds from SIGINT to exit, best of {args.rounds}; a bare interpreter exits in {baseline:.3f} s")
+    for name, body in WAYS.items():
+        times = [min(stop_time(body, size) for _ in range(args.rounds)) for size in args.sizes]
+        row = "   ".join(f"{size:>8,} tasks {seconds:6.3f} s" for size, seconds in zip(args.sizes, times))
+        print(f"{name:<16} {row}   largest/smallest {times[-1] / times[0]:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
