@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import OnError, _as_handles, check_on_error
-from ._handle import AsyncHandle
+from ._handle import AsyncHandle, cancel_all
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
 from .errors import TaskTimeoutError
@@ -103,12 +103,6 @@ class AsyncCompletions:
         return handle
 
 
-def _cancel_unfinished(handles: list[AsyncHandle[Any]]) -> None:
-    for handle in handles:
-        if not handle.done():
-            handle.cancel()
-
-
 async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None) -> AsyncIterator[AsyncHandle[T]]:
     """What ``async for handle in mp.as_completed(...)`` iterates over."""
     import asyncio
@@ -122,7 +116,7 @@ async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None)
         try:
             handle = await completions.next()
         except asyncio.CancelledError:
-            _cancel_unfinished(items)
+            cancel_all(items)
             raise
         yield handle
 
@@ -176,7 +170,7 @@ async def gather_async(
     """
     import asyncio
 
-    items = _as_handles(handles)
+    items = _as_handles(handles, "gather_async")
     check_on_error(on_error)
     check_wait_timeout(timeout)
     try:
@@ -186,7 +180,7 @@ async def gather_async(
             if on_error == "raise" and handle._state != SUCCEEDED:
                 handle.get()  # raises the task's error, with its note
     except asyncio.CancelledError:
-        _cancel_unfinished(items)
+        cancel_all(items)
         raise
     if on_error == "skip":
         return [h._value for h in items if h._state == SUCCEEDED]
