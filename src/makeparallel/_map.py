@@ -508,8 +508,7 @@ class _Mapper:
             finished = True
         finally:
             if not finished:  # an error, a timeout, cancellation, or the consumer stopped
-                for handle, _ in self._in_flight:
-                    handle.cancel()
+                cancel_all([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
 
