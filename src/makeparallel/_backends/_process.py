@@ -163,6 +163,9 @@ class ProcessBackend(QueueingBackend):
         self._failed_starts = 0  # initializers that raised, in a row
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
+        # Results a running map chunk streamed so far, the length of its next slice,
+        # and the error of a slice that could not be unpickled here.
+        self._partials: dict[int, tuple[list[Any], int, Exception | None]] = {}
         self._path_version = 0
         _alive.add(self)
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
@@ -467,6 +470,10 @@ class ProcessBackend(QueueingBackend):
                 if owner:
                     attributes["task_metadata"] = owner[0].get_all_metadata()
                 _emit_log(attributes)
+            elif kind == "partial":
+                _, task_id, data, sizes, next_length = message
+                buffers = [_serialization.receive_buffer(worker.conn, size) for size in sizes]
+                self._add_partial(task_id, data, buffers, next_length)
             elif kind == "output":
                 write_relayed(message[1], message[2])
             elif kind == "started":
@@ -482,6 +489,14 @@ class ProcessBackend(QueueingBackend):
         except (EOFError, OSError):
             self._worker_died(worker)
 
+    def _add_partial(self, task_id: int, data: bytes, buffers: list[Any], next_length: int) -> None:
+        done, _, failed = self._partials.get(task_id) or ([], 0, None)
+        try:
+            done.extend(_serialization.loads(data, buffers))
+        except Exception as error:  # the chunk fails with it when it ends
+            failed = failed or error
+        self._partials[task_id] = (done, next_length, failed)
+
     def _started(self, worker: _Worker, task_id: int) -> None:
         """A timed task started on its worker: its timeout counts from now."""
         with self._lock:
@@ -495,10 +510,17 @@ class ProcessBackend(QueueingBackend):
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
         self._window = 32 if self._mean_seconds < _SHORT_TASK else 1
         handle._code_returned()
+        streamed = self._partials.pop(handle._id, None) if self._partials else None
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
         try:
             value = _serialization.loads(data, buffers)
+            if ok and streamed is not None:
+                done, _, failed = streamed
+                if failed is not None:
+                    raise failed
+                done.extend(value)
+                value = done
         except Exception as error:
             ok, value = False, TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
@@ -528,6 +550,7 @@ class ProcessBackend(QueueingBackend):
                 reason = "initializer failed" if init_failure is not None else worker.stop_reason
                 self._restarts[reason] = self._restarts.get(reason, 0) + 1
             terminating = self._terminating
+        streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         worker.conn.close()
         code = _stop(worker.process)
         if init_failure is not None:
@@ -548,6 +571,9 @@ class ProcessBackend(QueueingBackend):
                     f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
                     "worker, and no other task was affected"
                 )
+                # For a map chunk: what it finished, and where its culprit is (_process_chunks).
+                done, next_length, _ = streamed if streamed is not None else ([], 1, None)
+                error._crash = (done, next_length, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         for handle in outstanding:
             if handle._state != PENDING:  # not put back in the queue: it runs nowhere now

@@ -19,6 +19,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("progress", task_id, fraction, message)
                        ("log", record_attributes)
                        ("output", stream, text)            print() and friends
+                       ("partial", task_id, data, buffer_sizes, next_length)  a map chunk's finished slice
 
 Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 """
@@ -73,6 +74,20 @@ class _RemoteTask:
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
         self._worker.send(("progress", self._id, fraction, message), [])
+
+    def _send_partial(self, results: list[Any], next_length: int) -> None:
+        """Send results a map chunk finished, and how many items its next slice holds."""
+        data, buffers = _serialization.dumps(results)
+        sizes = [memoryview(b).nbytes for b in buffers]
+        self._worker.send(("partial", self._id, data, sizes, next_length), buffers)
+
+    def _pickle_error(self, value: Any) -> str | None:
+        """Why ``value`` cannot be pickled, or ``None`` if it can."""
+        try:
+            _serialization.dumps(value)
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
 
     def _raise_if_stopped(self) -> None:
         if self._stop_error is not None:
