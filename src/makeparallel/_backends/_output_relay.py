@@ -69,6 +69,8 @@ class OutputRelay(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._pending:
+            return  # after every task: nothing written is the common case, and needs no lock
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
