@@ -40,6 +40,11 @@ def chatty(n: int) -> int:
     return n
 
 
+def write_bytes() -> None:
+    sys.stdout.buffer.write("bytes, then text: é\n".encode())
+    sys.stdout.buffer.flush()
+
+
 def partial_line() -> str:
     print("no newline at the end", end="")
     return "done"
@@ -54,7 +59,7 @@ def print_then_hang() -> None:
 def print_from_threads(lines: int) -> int:
     def write(tag: str) -> None:
         for i in range(lines):
-            print(f"{tag}-{i}")
+            sys.stdout.write(f"{tag}-{i}\n")  # one write: whole (print() makes two, as everywhere)
 
     threads = [threading.Thread(target=write, args=(tag,)) for tag in "ab"]
     for thread in threads:
@@ -81,6 +86,13 @@ def test_a_partial_line_arrives_when_the_task_ends() -> None:
     assert out.getvalue() == "no newline at the end"
 
 
+def test_bytes_written_to_the_buffer_arrive_as_text() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        on_process(write_bytes)().get(timeout=30)
+    assert out.getvalue() == "bytes, then text: é\n"
+
+
 def test_output_of_a_map_arrives_with_it() -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -91,7 +103,7 @@ def test_output_of_a_map_arrives_with_it() -> None:
     assert len(lines) == 12
 
 
-def test_lines_from_several_threads_of_a_task_all_arrive_whole() -> None:
+def test_writes_from_several_threads_of_a_task_all_arrive_whole() -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert on_process(print_from_threads)(200).get(timeout=30) == 200

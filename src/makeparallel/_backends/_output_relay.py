@@ -19,6 +19,7 @@ worker flushes C's ``stdio`` buffers after every task, so none is held back.
 
 from __future__ import annotations
 
+import codecs
 import io
 import sys
 import threading
@@ -40,6 +41,7 @@ class OutputRelay(io.TextIOBase):
         self._send = send
         self._pending: list[str] = []
         self._lock = threading.Lock()  # the threads of a task may print at once
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # for .buffer
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -54,6 +56,11 @@ class OutputRelay(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+    @property
+    def buffer(self) -> _BinaryRelay:
+        """Bytes written here are decoded (UTF-8) and relayed with the text."""
+        return _BinaryRelay(self)
 
     def fileno(self) -> int:
         """The worker's own descriptor: what C code and child processes write to."""
@@ -82,6 +89,28 @@ class OutputRelay(io.TextIOBase):
             self._send(("output", self._stream, text))
         except OSError:
             pass  # the parent is gone: nobody to print to
+
+
+class _BinaryRelay(io.RawIOBase):
+    """``sys.stdout.buffer`` of a worker: what some libraries write bytes to."""
+
+    def __init__(self, text: OutputRelay) -> None:
+        super().__init__()
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._text.write(self._text._decoder.decode(bytes(view)))  # a character may span writes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def fileno(self) -> int:
+        return self._text.fileno()
 
 
 def write_relayed(stream: int, text: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib
 import logging
 import os
 import pickle
@@ -148,6 +149,7 @@ class _Worker:
                 self.send(("done", [entry]), buffers)
             elif kind == "path":
                 sys.path[:] = payload
+                importlib.invalidate_caches()  # folders listed before may hold new modules now
             elif kind == "setup":
                 self._set_up(*payload)
             else:
