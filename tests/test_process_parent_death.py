@@ -49,11 +49,11 @@ if sys.argv[1] == "fork":
                 still_open.append(fd)
             except OSError:
                 pass
-        print(json.dumps({"child_open_fds": still_open}), flush=True)
+        os.write(1, (json.dumps({"child_open_fds": still_open}) + "\\n").encode())  # one write: the parent writes too
         time.sleep(50)
         os._exit(0)
     state["child"] = child
-print(json.dumps(state), flush=True)
+os.write(1, (json.dumps(state) + "\\n").encode())
 time.sleep(50)
 """
 
