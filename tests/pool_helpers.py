@@ -114,3 +114,11 @@ def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
         assert gate.wait(10), "the test never opened the gate"
 
     return [blocker() for _ in range(max(1, live))]
+
+
+def fresh_process_pool(num_workers: int) -> None:
+    """Stop every worker process, size the pool: the next task starts cold workers."""
+    assert mp.shutdown(10)
+    mp.reset_shutdown()
+    mp.configure_process_pool(num_workers)
+    assert mp.get_process_pool_info()["live_workers"] == 0

@@ -19,7 +19,8 @@ handed to the consumer, so ``imap`` over an endless generator is safe.
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
 names the item's index and a short repr; with ``"skip"`` or ``"none"`` the chunk
-carries on. Ctrl-C, an error, a timeout or closing the ``imap`` iterator early
+carries on. On worker processes a chunk streams its results as it goes, so a
+worker that dies loses only the item it was running (``_process_chunks``). Ctrl-C, an error, a timeout or closing the ``imap`` iterator early
 cancels the chunks in flight; a running chunk stops before its next item.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import reprlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -42,7 +42,9 @@ from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
-from .errors import TaskTimeoutError
+from ._process_chunks import Failure as _Failure
+from ._process_chunks import describe_item, finish_after_crash, run_streaming
+from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
 
@@ -53,29 +55,23 @@ _TARGET_CHUNK_SECONDS = 0.01
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
-_short_repr = reprlib.Repr()
-_short_repr.maxstring = 40
-_short_repr.maxother = 40
 
 
-class _Failure:
-    """An item that raised, kept in place when ``on_error`` is not ``"raise"``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
+def _run_chunk(
+    fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool, one_by_one: bool = False
+) -> list[Any]:
     """Map ``fn`` over one chunk, inside a task.
 
     Items run in slices through ``list.extend(map(...))``, the fastest loop Python
     has. When ``fn`` raises, ``extend`` keeps the results it had appended (CPython
     3.10 to 3.13 alike), so ``len(results)`` is the failing item's position.
-    Between slices the task checks whether it was cancelled or timed out.
+    Between slices the task checks whether it was cancelled or timed out. On a
+    worker process the slices' results are streamed to the parent instead
+    (:func:`run_streaming`; ``one_by_one`` after a crash).
     """
     task = current_task()
+    if hasattr(task, "_send_partial"):
+        return run_streaming(task, fn, items, start, keep_going, one_by_one)
     results: list[Any] = []
     step = max(1, min(_CANCEL_CHECK_EVERY, len(items) // 16))
     position = 0
@@ -85,8 +81,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
         try:
             results.extend(map(fn, items[position : position + step]))
         except Exception as error:
-            item = items[len(results)]
-            _add_note(error, f"makeparallel: raised by item {start + len(results)} ({_short_repr.repr(item)})")
+            _add_note(error, f"makeparallel: raised by {describe_item(start + len(results), items[len(results)])}")
             if not keep_going:
                 raise
             results.append(_Failure(error))
@@ -452,6 +447,7 @@ class _Mapper:
         self._progress: Progress | None = None
         self._in_flight: deque[tuple[AsyncHandle[list[Any]], int]] = deque()
         self._items_in_flight = 0
+        self._chunk_items: dict[int, tuple[int, list[Any]]] = {}
         self._read = 0
         self._exhausted = False
         self._completions: Completions | None = None
@@ -515,14 +511,22 @@ class _Mapper:
     def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> list[Any]:
         """The results of a chunk that ended (or its error), once counted and sized."""
         handle, size = entry
-        chunk = handle.get()
+        try:
+            chunk = handle.get()
+        except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
+            start, items = self._chunk_items[id(handle)]
+            chunk = finish_after_crash(error, items, start, self._keep_going, self._run_again)
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
+        del self._chunk_items[id(handle)]
         self._sizer.observe(size, handle._finished_at - handle._started_at)  # type: ignore[operator]
         if self._progress is not None:
             self._progress.advance(size)
         if self._keep_going:
             chunk = self._resolve_failures(chunk)
         return chunk
+
+    def _run_again(self, items: list[Any], start: int, one_by_one: bool) -> AsyncHandle[list[Any]]:
+        return self._chunk_task(self._fn, items, start, self._keep_going, one_by_one)
 
     def _resolve_failures(self, chunk: list[Any]) -> list[Any]:
         if self._skip:
@@ -539,6 +543,7 @@ class _Mapper:
                 self._exhausted = True
                 return
             handle = self._chunk_task(self._fn, chunk, self._read, self._keep_going)
+            self._chunk_items[id(handle)] = (self._read, chunk)  # to finish it if its worker dies
             self._read += len(chunk)
             self._items_in_flight += len(chunk)
             self._in_flight.append((handle, len(chunk)))

@@ -25,6 +25,7 @@ from typing import Any, Union
 import concurrent.futures
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
+from types import EllipsisType
 
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
@@ -304,23 +305,102 @@ def configure_thread_pool(num_threads: int | None = None, stack_size: int | None
     _thread_pool_configured = True
 
 
-def configure_process_pool(num_workers: int | None = None) -> None:
-    """Size the process pool, before or after it started.
+def configure_process_pool(
+    num_workers: int | None = None,
+    *,
+    initializer: Callable[..., object] | None | EllipsisType = ...,
+    initargs: Iterable[Any] | EllipsisType = ...,
+    max_tasks_per_child: int | None | EllipsisType = ...,
+    prestart: bool = False,
+) -> None:
+    """Size and set up the process pool, before or after it started.
+
+    Options not given keep their current value. Any call also lets a pool that
+    stopped starting workers (its initializer kept failing) start them again.
 
     Args:
         num_workers: worker processes (an int >= 1); defaults to the cores this
             process may use. A larger pool starts workers as work arrives; a
             smaller one stops surplus workers once they are idle.
+        initializer: called as ``initializer(*initargs)`` once in each worker
+            before its first task (load a model, open a connection), and again
+            in each replacement worker; ``None`` removes it. A new initializer
+            replaces the running workers as they become idle. Functions of an
+            importable module share that module's globals with the tasks.
+        initargs: the initializer's arguments (pickled once, now).
+        max_tasks_per_child: replace a worker after it ran this many tasks (an
+            int >= 1; the standard library's name), for C extensions that leak;
+            ``None`` for never (the default). Counted in
+            ``get_process_pool_info()["worker_restart_reasons"]``.
+        prestart: start the workers now rather than with the first task, so that
+            the first request of a service does not wait for them.
+            ``get_process_pool_info()["ready_workers"]`` counts those ready.
+
+    Raises:
+        TypeError: ``initializer`` is not callable, ``initargs`` not iterable, or
+            ``prestart`` not a bool.
+        ValueError: a count is not an int >= 1.
+        TaskSerializationError: the initializer or its arguments cannot be pickled.
+
+    Initializer failures: the tasks sent to a worker whose initializer raised
+    fail with ``WorkerCrashedError`` naming the initializer, its exception as
+    ``__cause__``. After three such starts in a row, the pool starts no more
+    workers and fails new tasks at once, until this function is called again.
+
+    Example::
+
+        mp.configure_process_pool(initializer=load_model, initargs=("small",), prestart=True)
     """
     from ._backends._process import ProcessBackend
 
+    if num_workers is not None:
+        check_count(num_workers, "num_workers")
+    if max_tasks_per_child is not None and max_tasks_per_child is not ...:
+        check_count(max_tasks_per_child, "max_tasks_per_child")
+    if not isinstance(prestart, bool):
+        raise TypeError(f"prestart must be a bool, got {prestart!r}")
+    setup = _worker_setup(initializer, initargs)
     backend = get_backend("process")
     assert isinstance(backend, ProcessBackend)
-    backend.configure(num_workers)
+    backend.configure(num_workers, setup, max_tasks_per_child, prestart)
+
+
+def _worker_setup(initializer: Any, initargs: Any) -> Any:
+    """The pickled initializer, or ``None`` to keep the current one."""
+    from ._backends._process import NO_SETUP, WorkerSetup
+    from ._serialization import dumps_function
+    from .errors import TaskSerializationError
+
+    if initializer is ... and initargs is ...:
+        return None
+    if initializer is ...:
+        raise TypeError("initargs needs an initializer: pass initializer= too")
+    if initializer is None:
+        return NO_SETUP
+    if not callable(initializer):
+        raise TypeError(f"initializer must be callable or None, got {initializer!r}")
+    if initargs is ...:
+        initargs = ()
+    try:
+        arguments = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be an iterable of arguments, got {initargs!r}") from None
+    try:
+        return WorkerSetup(getattr(initializer, "__qualname__", repr(initializer)), dumps_function(initializer), dumps_function(arguments))
+    except Exception as error:
+        raise TaskSerializationError(
+            f"the initializer {initializer!r} or its initargs cannot be sent to the worker processes: "
+            f"{type(error).__name__}: {error}. They must be picklable"
+        ) from error
 
 
 def get_process_pool_info() -> dict[str, Any]:
-    """The process pool's size and load: workers live and busy, tasks queued, restarts."""
+    """The process pool: size, workers live, ready and busy, tasks queued, restarts by reason.
+
+    Also the thread-count variables (``OMP_NUM_THREADS`` and the BLAS ones) its
+    workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are
+    set in this process's environment.
+    """
     return get_backend("process").info()
 
 

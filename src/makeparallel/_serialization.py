@@ -5,7 +5,13 @@
   decorator. Plain pickle cannot do this: the name points at the decorator, not
   at the function.
 * Everything pickle cannot send by reference (lambdas, closures, functions of
-  ``__main__``) goes by value, through cloudpickle.
+  ``__main__``) goes by value, through cloudpickle. So do the functions of a
+  module that a worker could not import by name (imported through a
+  ``sys.path`` entry removed since, or made without a file): whatever the
+  parent can call, a worker can run.
+* A function passed as an argument (the function of a map) is pickled once
+  and unpickled once per worker, as a task's own function is: a worker keeps
+  it, and the module globals it sets persist from one call to the next.
 * Exceptions travel with their own pickling where it is faithful, rebuilt
   where not, and with their cause chain (:mod:`._remote_errors`).
 * Large buffers travel out of band (pickle protocol 5): sent as they are, not
@@ -29,11 +35,23 @@ from ._decorators import ParallelFunction
 from ._remote_errors import reduce_exception
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from multiprocessing.connection import Connection
 
-__all__ = ["dumps", "dumps_function", "dumps_in_band", "large_bytes_out_of_band", "loads", "receive_buffer", "send_message"]
+__all__ = [
+    "dumps",
+    "dumps_function",
+    "dumps_in_band",
+    "large_bytes_out_of_band",
+    "load_function",
+    "loads",
+    "receive_buffer",
+    "send_message",
+    "wrap_argument",
+]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
+_FUNCTIONS_KEPT = 256  # unpickled functions a worker keeps, by their pickled bytes
 
 
 class _LargeBuffer:
@@ -58,6 +76,25 @@ def large_bytes_out_of_band(value: Any) -> Any:
     if type(value) in (bytes, bytearray) and len(value) >= _OUT_OF_BAND_MIN:
         return _LargeBuffer(value)
     return value
+
+
+class _SentFunction:
+    """A function argument, pickled once (:func:`dumps_function`) and unpickled once per worker."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (load_function, (self.data,))
+
+
+def wrap_argument(value: Any) -> Any:
+    """``value`` as it should travel: a function pickled once, large bytes out of band."""
+    if type(value) is FunctionType:
+        return _SentFunction(dumps_function(value))
+    return large_bytes_out_of_band(value)
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -155,7 +192,20 @@ def dumps_function(fn: Any) -> bytes:
 _functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
-def send_message(conn: Connection, message: tuple[Any, ...], buffers: list[Any]) -> None:
+def load_function(data: bytes) -> Any:
+    """The function pickled as ``data``, unpickled once in this process and kept (a few hundred at most)."""
+    fn = _loaded.get(data)
+    if fn is None:
+        if len(_loaded) >= _FUNCTIONS_KEPT:
+            _loaded.clear()
+        fn = _loaded[data] = pickle.loads(data)
+    return fn
+
+
+_loaded: dict[bytes, Any] = {}
+
+
+def send_message(conn: Connection, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
     """Send one message between parent and worker: the pickled tuple, then its buffers."""
     conn.send_bytes(pickle.dumps(message, protocol=5))
     for buffer in buffers:
@@ -179,11 +229,53 @@ def loads(data: bytes, buffers: list[Any]) -> Any:
 
 def _reduce(obj: Any) -> Any:
     if isinstance(obj, FunctionType):
+        if not _importable_by_name(obj.__module__):
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(sys.modules[obj.__module__])
+            return NotImplemented  # cloudpickle sends it, and its module's functions, by value
         reference = _parallel_reference(obj)
         return NotImplemented if reference is None else (_undecorated, reference)
     if isinstance(obj, memoryview) and obj.contiguous:
         return (memoryview, (pickle.PickleBuffer(obj),))
     return NotImplemented
+
+
+def _importable_by_name(module: str) -> bool:
+    """Whether a worker, given this process's ``sys.path``, can import ``module`` by name.
+
+    Asked of the import system's finders as they are now (the answer is kept
+    until ``sys.path`` changes); ``__main__`` and unknown modules are left to
+    cloudpickle, which sends their functions by value.
+    """
+    if module == "__main__" or module not in sys.modules:
+        return True
+    if _importable_for != sys.path:
+        _importable.clear()
+        _importable_for[:] = sys.path
+    known = _importable.get(module)
+    if known is None:
+        known = _importable[module] = _findable(module.partition(".")[0])
+    return known
+
+
+def _findable(top_level: str) -> bool:
+    if top_level in sys.builtin_module_names:
+        return True
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:
+            if find_spec(top_level, None) is not None:
+                return True
+        except Exception:  # a finder that fails is one that cannot find it
+            continue
+    return False
+
+
+_importable: dict[str, bool] = {}
+_importable_for: list[str] = []
 
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:

@@ -28,7 +28,14 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
 * Workers are fresh interpreters (``subprocess`` with the pipe passed down), never
   forks of this possibly threaded process, and they do not re-import your
   ``__main__``: functions from it travel by value. A worker exits as soon as its
-  pipe closes, so it never outlives the parent.
+  pipe closes, and on Linux the kernel kills it when the loop thread that
+  started it ends (``_parent_death``), so it never outlives the parent.
+* A worker is set up before its first task (``sys.path``, BLAS thread limits,
+  the pool's initializer) and says when it is ready; a task with a timeout
+  has its clock started by the worker's "started" message.
+* A worker is replaced for a reason (crashed, timed out, ``max_tasks_per_child``,
+  ...); :meth:`ProcessBackend._recycle_locked` retires one gracefully, and
+  ``info()`` counts the restarts by reason.
 """
 
 from __future__ import annotations
@@ -42,15 +49,20 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Callable, Sequence
+from types import EllipsisType
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
+from .._cpus import usable_cpus
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, PENDING, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
+from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._thread import default_thread_count
 
@@ -61,24 +73,54 @@ __all__ = ["ProcessBackend"]
 
 _WORKER_MAIN = (
     "import sys; from makeparallel._backends._process_worker import main; "
-    "main(int(sys.argv[1]))"
+    "main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
+_FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
+# Each worker's BLAS and OpenMP libraries get usable CPUs // workers threads, unless the
+# user set these (the variables loky sets): N workers x one thread per core oversubscribes.
+THREAD_LIMIT_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+class WorkerSetup(NamedTuple):
+    """What each new worker runs before its first task: the pool's initializer, pickled."""
+
+    name: str  # the initializer's name, for errors
+    initializer: bytes | None
+    initargs: bytes
+
+
+NO_SETUP = WorkerSetup("", None, b"")
 
 
 class _Worker:
     """The parent's view of one worker process."""
 
-    __slots__ = ("conn", "kill_at", "killing", "outstanding", "process", "retiring")
+    __slots__ = (
+        "conn", "init_error", "kill_at", "killing", "leaving", "outstanding", "path_version", "process",
+        "ready", "retiring", "sent", "stop_reason",
+    )
 
-    def __init__(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection, path_version: int) -> None:
         self.process = process
         self.conn = conn
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
+        self.stop_reason = "crashed"  # why it was replaced, if it was: counted in info()
+        self.leaving = False  # recycled: finishes the tasks it has, takes no more
+        self.ready = False  # set up, initializer run
+        self.init_error: BaseException | None = None
+        self.sent = 0  # tasks sent to it, for max_tasks_per_child
+        self.path_version = path_version  # the parent's sys.path it has
 
 
 def describe_exit(code: int | None) -> str:
@@ -114,7 +156,18 @@ class ProcessBackend(QueueingBackend):
         os.set_blocking(self._wake_w, False)
         self._loop: threading.Thread | None = None
         self._terminating = False
-        self._restarts = 0
+        self._restarts: dict[str, int] = {}  # by reason
+        self._setup = NO_SETUP
+        self._max_tasks_per_child: int | None = None
+        self._warm = False  # prestart: keep the pool full even with nothing queued
+        self._failed_starts = 0  # initializers that raised, in a row
+        self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
+        self._path = list(sys.path)  # the sys.path workers get; its version counts changes
+        # Results a running map chunk streamed so far, the length of its next slice,
+        # and the error of a slice that could not be unpickled here.
+        self._partials: dict[int, tuple[list[Any], int, Exception | None]] = {}
+        self._path_version = 0
+        _alive.add(self)
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
         # tasks prove short, then enough that workers never wait for a round trip.
         self._mean_seconds = _SHORT_TASK
@@ -122,17 +175,39 @@ class ProcessBackend(QueueingBackend):
 
     # -- configuration and state -------------------------------------------------------
 
-    def configure(self, num_workers: int | None) -> None:
-        """Set the number of worker processes; applies as workers start and end."""
-        if num_workers is not None:
-            check_count(num_workers, "num_workers")
-            with self._lock:
+    def configure(
+        self,
+        num_workers: int | None,
+        setup: WorkerSetup | None = None,
+        max_tasks_per_child: int | None | EllipsisType = ...,
+        prestart: bool = False,
+    ) -> None:
+        """Set the pool's size and worker set-up; a pool that stopped starting workers starts again.
+
+        A new ``setup`` replaces the running workers as they become idle, so
+        every task from now on runs after the new initializer.
+        """
+        with self._lock:
+            self._failed_starts = 0
+            self._broken = None
+            if num_workers is not None:
                 self._num_workers = num_workers
                 surplus = self._workers[num_workers:]
                 for worker in surplus:
                     if not worker.outstanding:
                         worker.killing = worker.retiring = True
-            self._wake()
+            if setup is not None and setup != self._setup:
+                self._setup = setup
+                for worker in self._workers:
+                    if not worker.retiring:
+                        self._recycle_locked(worker, "")
+            if max_tasks_per_child is not ...:
+                self._max_tasks_per_child = max_tasks_per_child
+            if prestart:
+                self._warm = True
+        if prestart:
+            self._start_loop()
+        self._wake()
 
     def worker_count(self) -> int:
         return self._num_workers
@@ -143,33 +218,47 @@ class ProcessBackend(QueueingBackend):
                 "backend": self.name,
                 "num_workers": self._num_workers,
                 "live_workers": len(self._workers),
+                "ready_workers": sum(1 for w in self._workers if w.ready and not (w.leaving or w.killing)),
                 "busy_workers": sum(1 for w in self._workers if w.outstanding),
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
-                "worker_restarts": self._restarts,
+                "worker_restarts": sum(self._restarts.values()),
+                "worker_restart_reasons": dict(self._restarts),
                 "worker_pids": [w.process.pid for w in self._workers],
+                "max_tasks_per_child": self._max_tasks_per_child,
+                "initializer": self._setup.name or None,
+                "thread_limits": thread_limits(self._num_workers),
                 "closed": self._closed,
             }
 
     # -- submission --------------------------------------------------------------------
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
-        payload = _serialize_call(handle)
+        self._prepare(handle)
         with self._lock:
             self._refuse_if_closed_locked()
-            handle._payload = payload
             self._enqueue_locked(handle)
             self._active += 1
             handle._observer.task_submitted(handle)
             start_loop = self._loop is None
             if start_loop:
-                self._loop = threading.Thread(
-                    target=self._run_loop, name="makeparallel-process-loop", daemon=True
-                )
+                self._loop = self._new_loop_locked()
         if start_loop:
             self._loop.start()  # type: ignore[union-attr]
         else:
             self._wake()
+
+    def _new_loop_locked(self) -> threading.Thread:
+        # The loop thread starts every worker and outlives them: Linux's
+        # parent-death signal fires when the thread that started a worker ends.
+        return threading.Thread(target=self._run_loop, name="makeparallel-process-loop", daemon=True)
+
+    def _start_loop(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                return
+            self._loop = loop = self._new_loop_locked()
+        loop.start()
 
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
@@ -201,18 +290,14 @@ class ProcessBackend(QueueingBackend):
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
+        if sys.path != self._path:  # what the caller can import, its workers can
+            with self._lock:
+                self._path = list(sys.path)
+                self._path_version += 1
 
     def _work_arrived(self) -> None:
-        with self._lock:
-            start_loop = self._loop is None
-            if start_loop:
-                self._loop = threading.Thread(
-                    target=self._run_loop, name="makeparallel-process-loop", daemon=True
-                )
-        if start_loop:
-            self._loop.start()  # type: ignore[union-attr]
-        else:
-            self._wake()
+        self._start_loop()
+        self._wake()
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
@@ -221,6 +306,7 @@ class ProcessBackend(QueueingBackend):
                 return
             if worker.outstanding[0] is handle and (force or handle._state == TIMED_OUT):
                 worker.killing = True
+                worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
             else:  # ask it to stop at its next check_cancelled(), or never to start
                 self._control.append((worker, ("cancel", handle._id, handle._value)))
         self._wake()
@@ -263,9 +349,17 @@ class ProcessBackend(QueueingBackend):
             if self._terminating or (self._closed and self._active == 0 and not self._workers):
                 self._loop = None
                 return False
-            missing = self._num_workers - len(self._workers) if self._queued and not self._terminating else 0
+            broken = self._broken
+            refused = self._take_queued_locked() if broken is not None else []
+            staying = sum(1 for w in self._workers if not w.leaving)
+            wanted = (self._queued or self._warm) and self._broken is None
+            missing = self._num_workers - staying if wanted else 0
+            setup, path, path_version = self._setup, self._path, self._path_version
+        for handle in refused:
+            handle._finish(FAILED, broken())  # type: ignore[misc]
         for _ in range(max(0, missing)):
-            worker = _start_worker()
+            worker = _start_worker(path, path_version, self._num_workers)
+            _send(worker, ("setup", setup.initializer, setup.initargs))
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()
@@ -284,8 +378,11 @@ class ProcessBackend(QueueingBackend):
         """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
-            if worker.killing:
+            if worker.killing or worker.leaving:
                 return
+            limit = self._max_tasks_per_child
+            if limit is not None:
+                window = min(window, limit - worker.sent)
             outstanding = worker.outstanding
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
@@ -299,20 +396,48 @@ class ProcessBackend(QueueingBackend):
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
-        if not batch:
-            return
+            if not batch:
+                return
+            worker.sent += len(batch)
+            if limit is not None and worker.sent >= limit:
+                self._recycle_locked(worker, "max_tasks_per_child")
+            path = self._path if worker.path_version != self._path_version else None
+            worker.path_version = self._path_version
+        if path is not None:
+            _send(worker, ("path", path))
         tasks, buffers = [], []
         for handle in batch:
             function, data, task_buffers = handle._payload
             sizes = [memoryview(b).nbytes for b in task_buffers]
-            tasks.append((handle._id, handle.name, function, data, sizes))
+            # A timed task's clock starts with the worker's "started" message.
+            tasks.append((handle._id, handle.name, function, data, sizes, handle._timeout is not None))
             buffers.extend(task_buffers)  # the payload stays: a crash may send it again
         _send(worker, ("tasks", tasks), buffers)
-        for handle in batch:
-            if handle._timeout is not None:
-                _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
-            if _events.listeners:
+        if _events.listeners:
+            for handle in batch:
                 _events.emit("started", handle)
+
+    def _recycle_locked(self, worker: _Worker, reason: str) -> None:
+        """Replace ``worker`` once it has finished the tasks it has: it takes no more.
+
+        ``reason`` is counted in ``info()["worker_restart_reasons"]``; an empty one
+        (a new set-up) is not counted as a restart. A replacement starts at once.
+        """
+        if worker.leaving:
+            return
+        worker.leaving = True
+        if reason:
+            worker.stop_reason = reason
+        else:
+            worker.retiring = True
+        self._control.append((worker, ("stop",)))
+
+    def _take_queued_locked(self) -> list[AsyncHandle[Any]]:
+        """Claim every queued task (to fail them: the pool starts no workers)."""
+        taken = []
+        while (handle := self._next_locked()) is not None:
+            taken.append(handle)
+        return taken
 
     def _receive_all(self, worker: _Worker) -> None:
         """Take every message waiting on the pipe: one wake-up, many results."""
@@ -344,17 +469,57 @@ class ProcessBackend(QueueingBackend):
                 if owner:
                     attributes["task_metadata"] = owner[0].get_all_metadata()
                 _emit_log(attributes)
+            elif kind == "partial":
+                _, task_id, data, sizes, next_length = message
+                buffers = [_serialization.receive_buffer(worker.conn, size) for size in sizes]
+                self._add_partial(task_id, data, buffers, next_length)
+            elif kind == "output":
+                write_relayed(message[1], message[2])
+            elif kind == "started":
+                self._started(worker, message[1])
+            elif kind == "ready":
+                with self._lock:
+                    worker.ready = True
+                    self._failed_starts = 0
+            elif kind == "init_failed":
+                error, remote_traceback = _serialization.loads(message[1], [])
+                attach_remote_traceback(error, remote_traceback)
+                worker.init_error = error
         except (EOFError, OSError):
             self._worker_died(worker)
+
+    def _add_partial(self, task_id: int, data: bytes, buffers: list[Any], next_length: int) -> None:
+        done, _, failed = self._partials.get(task_id) or ([], 0, None)
+        try:
+            done.extend(_serialization.loads(data, buffers))
+        except Exception as error:  # the chunk fails with it when it ends
+            failed = failed or error
+        self._partials[task_id] = (done, next_length, failed)
+
+    def _started(self, worker: _Worker, task_id: int) -> None:
+        """A timed task started on its worker: its timeout counts from now."""
+        with self._lock:
+            handle = worker.outstanding[0] if worker.outstanding else None
+            if handle is None or handle._id != task_id or handle._state != RUNNING:
+                return
+            handle._started_at = time.perf_counter()
+        _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
 
     def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
         self._window = 32 if self._mean_seconds < _SHORT_TASK else 1
         handle._code_returned()
+        streamed = self._partials.pop(handle._id, None) if self._partials else None
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
         try:
             value = _serialization.loads(data, buffers)
+            if ok and streamed is not None:
+                done, _, failed = streamed
+                if failed is not None:
+                    raise failed
+                done.extend(value)
+                value = done
         except Exception as error:
             ok, value = False, TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
@@ -375,15 +540,23 @@ class ProcessBackend(QueueingBackend):
             self._workers.remove(worker)
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
-            for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
-                if handle._state == RUNNING:
-                    self._requeue_locked(handle)
+            init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
+            if init_failure is None:
+                for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
+                    if handle._state == RUNNING:
+                        self._requeue_locked(handle)
             if not (self._terminating or worker.retiring):
-                self._restarts += 1
+                reason = "initializer failed" if init_failure is not None else worker.stop_reason
+                self._restarts[reason] = self._restarts.get(reason, 0) + 1
             terminating = self._terminating
+        streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         worker.conn.close()
         code = _stop(worker.process)
-        if outstanding and outstanding[0]._state == RUNNING:
+        if init_failure is not None:
+            for handle in outstanding:
+                if handle._state == RUNNING:
+                    handle._finish(FAILED, init_failure())
+        elif outstanding and outstanding[0]._state == RUNNING:
             handle = outstanding[0]
             error: Exception
             if terminating:
@@ -397,11 +570,39 @@ class ProcessBackend(QueueingBackend):
                     f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
                     "worker, and no other task was affected"
                 )
+                # For a map chunk: what it finished, and where its culprit is (_process_chunks).
+                done, next_length, _ = streamed if streamed is not None else ([], 1, None)
+                error._crash = (done, next_length, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         for handle in outstanding:
             if handle._state != PENDING:  # not put back in the queue: it runs nowhere now
                 handle._code_returned()
         self._wake()
+
+    def _initializer_failed_locked(self, worker: _Worker) -> Callable[[], BaseException]:
+        """Count a failed start; after a few in a row, stop starting workers. Return the error's maker."""
+        cause = worker.init_error
+        self._failed_starts += 1
+        gave_up = self._failed_starts >= _FAILED_STARTS_ALLOWED
+        name = self._setup.name
+
+        def make_error() -> BaseException:
+            then = (
+                f"after {_FAILED_STARTS_ALLOWED} failed starts in a row the pool starts no more workers and "
+                "fails new tasks at once, until configure_process_pool() is called again"
+                if gave_up
+                else "the pool will start a new worker"
+            )
+            error = WorkerCrashedError(
+                f"the worker initializer {name} raised {type(cause).__name__}: {cause}; "
+                f"the task was not run, and {then}"
+            )
+            error.__cause__ = cause
+            return error
+
+        if gave_up:
+            self._broken = make_error
+        return make_error
 
     def _kill_marked(self) -> None:
         now = time.monotonic()
@@ -426,7 +627,7 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
     """
     call = (handle._fn, handle._args, handle._kwargs)
     try:
-        wrap = _serialization.large_bytes_out_of_band
+        wrap = _serialization.wrap_argument
         args = tuple(map(wrap, handle._args or ()))
         kwargs = {key: wrap(value) for key, value in (handle._kwargs or {}).items()}
         values = _process_context.capture_values(handle._context)
@@ -455,19 +656,25 @@ def _culprit(call: tuple[Any, tuple[Any, ...] | None, dict[str, Any] | None]) ->
     return "the call"
 
 
-def _start_worker() -> _Worker:
+def thread_limits(num_workers: int) -> dict[str, str]:
+    """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here."""
+    per_worker = str(max(1, usable_cpus().cpus // max(1, num_workers)))
+    return {name: per_worker for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
+
+
+def _start_worker(path: list[str], path_version: int, num_workers: int) -> _Worker:
     parent_end, child_end = socket.socketpair()
     try:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **thread_limits(num_workers))
         process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno())],
+            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
             pass_fds=(child_end.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
         )
     finally:
         child_end.close()
-    return _Worker(process, Connection(parent_end.detach()))
+    return _Worker(process, Connection(parent_end.detach()), path_version)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int | None:
@@ -487,7 +694,7 @@ def _stop(process: subprocess.Popen[bytes]) -> int | None:
     return process.wait()
 
 
-def _send(worker: _Worker, message: tuple[Any, ...], buffers: list[Any]) -> None:
+def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
     try:
         _serialization.send_message(worker.conn, message, buffers)
     except OSError:
@@ -500,3 +707,26 @@ def _emit_log(attributes: dict[str, Any]) -> None:
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)
+
+
+_alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+def _drop_pipes_after_fork() -> None:
+    """In a forked child, close this process's ends of the workers' pipes.
+
+    Kept open, they would keep every worker alive after this process dies, for as
+    long as the child lives (a web server's forked workers, a fork-based pool).
+    """
+    for backend in list(_alive):
+        for worker in backend._workers:
+            worker.conn.close()
+        for fd in (backend._wake_r, backend._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _alive.clear()
+
+
+os.register_at_fork(after_in_child=_drop_pipes_after_fork)

@@ -7,11 +7,19 @@ they came, and sends each result back as soon as its task ends.
 
 Messages are pickled tuples, each followed by its out-of-band buffers:
 
-    parent -> worker   ("tasks", [(task_id, name, data, buffer_sizes), ...])
+    parent -> worker   ("setup", initializer, initargs)    first, always; pickled, or None
+                       ("path", sys_path)                  the parent's sys.path changed
+                       ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
-    worker -> parent   ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
+                       ("stop",)                           finish the tasks sent, then exit
+    worker -> parent   ("ready",)                          set up: tasks may start
+                       ("init_failed", data)               the initializer raised; exiting
+                       ("started", task_id)                a timed task starts: its clock starts
+                       ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
                        ("progress", task_id, fraction, message)
                        ("log", record_attributes)
+                       ("output", stream, text)            print() and friends
+                       ("partial", task_id, data, buffer_sizes, next_length)  a map chunk's finished slice
 
 Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 """
@@ -19,14 +27,18 @@ Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 from __future__ import annotations
 
 import contextvars
+import functools
+import importlib
 import logging
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -37,11 +49,12 @@ from .._states import CANCELLED, RUNNING
 from .._task_context import _local
 from .._task_logging import _stamp
 from ..errors import TaskError, TaskSerializationError
+from ._output_relay import OutputRelay, flush_c_stdio
+from ._parent_death import die_with_parent
 
 __all__ = ["main"]
 
-_FUNCTIONS_KEPT = 256  # unpickled task functions kept, by their pickled bytes
-_STOP = ("stop",)  # put in the inbox when the parent is gone
+_STOP = ("stop", None)  # in the inbox: the parent is gone, or asked this worker to end
 
 
 class _RemoteTask:
@@ -62,6 +75,20 @@ class _RemoteTask:
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
         self._worker.send(("progress", self._id, fraction, message), [])
+
+    def _send_partial(self, results: list[Any], next_length: int) -> None:
+        """Send results a map chunk finished, and how many items its next slice holds."""
+        data, buffers = _serialization.dumps(results)
+        sizes = [memoryview(b).nbytes for b in buffers]
+        self._worker.send(("partial", self._id, data, sizes, next_length), buffers)
+
+    def _pickle_error(self, value: Any) -> str | None:
+        """Why ``value`` cannot be pickled, or ``None`` if it can."""
+        try:
+            _serialization.dumps(value)
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
 
     def _raise_if_stopped(self) -> None:
         if self._stop_error is not None:
@@ -97,14 +124,14 @@ class _Worker:
         self._has_mail = threading.Condition(threading.Lock())
         self._cancelled: dict[int, BaseException] = {}
         self._current: _RemoteTask | None = None
-        self._functions: dict[bytes, Any] = {}
+        self._flush_c_stdio = flush_c_stdio()
 
-    def send(self, message: tuple[Any, ...], buffers: list[Any]) -> None:
+    def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
         with self._send_lock:  # threads of a task may log while it sends its result
             _serialization.send_message(self._conn, message, buffers)
 
     def serve(self) -> None:
-        """Run tasks until the parent is gone.
+        """Set up, then run tasks until the parent is gone or asks this worker to stop.
 
         Each result is sent the moment its task ends: holding results back to
         batch them would lose finished work if a later task crashed the worker,
@@ -115,34 +142,58 @@ class _Worker:
             with self._has_mail:
                 while not self._inbox:
                     self._has_mail.wait()
-                task = self._inbox.popleft()
-            if task is _STOP:
+                kind, payload = self._inbox.popleft()
+            if kind == "task":
+                entry, buffers = self._run(*payload)
+                self._flush_output()
+                self.send(("done", [entry]), buffers)
+            elif kind == "path":
+                sys.path[:] = payload
+                importlib.invalidate_caches()  # folders listed before may hold new modules now
+            elif kind == "setup":
+                self._set_up(*payload)
+            else:
                 return
-            entry, buffers = self._run(*task)
-            self.send(("done", [entry]), buffers)
 
-    def _function(self, data: bytes) -> Any:
-        """The function pickled as ``data``, unpickled once and kept (a few hundred at most)."""
-        fn = self._functions.get(data)
-        if fn is None:
-            if len(self._functions) >= _FUNCTIONS_KEPT:
-                self._functions.clear()
-            fn = self._functions[data] = _serialization.loads(data, [])
-        return fn
+    def _set_up(self, initializer: bytes | None, initargs: bytes) -> None:
+        """Run the pool's initializer, then say so; if it raises, report it and exit."""
+        if initializer is not None:
+            try:
+                fn = _serialization.load_function(initializer)
+                fn(*_serialization.loads(initargs, []))
+            except BaseException as error:
+                self._flush_output()
+                failure = (error, "".join(traceback.format_exception(error)))
+                try:
+                    data, _ = _serialization.dumps(failure)
+                except Exception as unpicklable:
+                    described = TaskError(f"{type(error).__qualname__}: {error} (it cannot be pickled: {unpicklable})")
+                    data, _ = _serialization.dumps((described, failure[1]))
+                self.send(("init_failed", data))
+                os._exit(1)
+            self._flush_output()
+        self.send(("ready",))
+
+    def _flush_output(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._flush_c_stdio()
 
     def _run(
-        self, task_id: int, name: str, function: bytes, data: bytes, buffers: list[Any]
+        self, task_id: int, name: str, function: bytes, data: bytes, buffers: list[Any], timed: bool
     ) -> tuple[tuple[Any, ...], list[Any]]:
         with self._has_mail:
             stop_error = self._cancelled.pop(task_id, None)
         if stop_error is not None:  # cancelled before it started: never run it
             return (task_id, False, b"", [], 0.0), []
+        if timed:
+            self.send(("started", task_id))  # its timeout counts from now
         task = _RemoteTask(task_id, name, self)
         self._current = task
         _local.task = task
         started = time.perf_counter()
         try:
-            fn = self._function(function)
+            fn = _serialization.load_function(function)
             call = _serialization.loads(data, buffers)
             if len(call) == 2:
                 value, ok = _call(fn, call[0], call[1], task), True
@@ -181,16 +232,25 @@ class _Worker:
                 kind = message[0]
                 if kind == "tasks":
                     tasks = [
-                        (task_id, name, function, data, [_serialization.receive_buffer(conn, size) for size in sizes])
-                        for task_id, name, function, data, sizes in message[1]
+                        ("task", (task_id, name, function, data, [_serialization.receive_buffer(conn, size) for size in sizes], timed))
+                        for task_id, name, function, data, sizes, timed in message[1]
                     ]
-                    with self._has_mail:
-                        self._inbox.extend(tasks)
-                        self._has_mail.notify()
+                    self._post(tasks)
                 elif kind == "cancel":
                     self._cancel(message[1], message[2])
+                elif kind == "path":
+                    self._post([("path", message[1])])
+                elif kind == "setup":
+                    self._post([("setup", message[1:])])
+                elif kind == "stop":
+                    self._post([_STOP])
         except (EOFError, OSError):
             self._parent_gone()
+
+    def _post(self, items: list[tuple[str, Any]]) -> None:
+        with self._has_mail:
+            self._inbox.extend(items)
+            self._has_mail.notify()
 
     def _parent_gone(self) -> None:
         """The parent closed the pipe or died: never outlive it.
@@ -199,6 +259,7 @@ class _Worker:
         running a task ends at once, task and all.
         """
         if self._current is not None:
+            self._flush_output()
             os._exit(0)
         with self._has_mail:
             self._inbox.appendleft(_STOP)
@@ -216,7 +277,6 @@ class _Worker:
             self._cancelled[task_id] = error
 
 
-
 def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None) -> Any:
     """Call the task's function; run the coroutine it returns, if it does, on this worker's loop."""
     if values is not None:
@@ -225,16 +285,30 @@ def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None
     return run_here(value, task) if is_coroutine(value) else value
 
 
-def main(fd: int) -> None:
+def main(fd: int, parent_pid: int) -> None:
     """Serve tasks on the connection ``fd`` until the parent closes it.
 
     The parent passes its ``sys.path`` in ``PYTHONPATH``, so its modules import
     here. Every log record is forwarded (the root logger here is at DEBUG): the
     parent's loggers decide, as they are configured at the time, which to emit.
+    ``print()`` output is relayed to the parent's ``sys.stdout`` and ``sys.stderr``.
     """
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = _Worker(Connection(fd))
+    sys.stdout = OutputRelay(0, 1, worker.send)
+    sys.stderr = OutputRelay(1, 2, worker.send)
+    signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
     root = logging.getLogger()
     root.handlers[:] = [_ForwardingHandler(worker)]
     root.setLevel(logging.DEBUG)
     worker.serve()
+
+
+def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
+    """Stopped by the parent (a timeout, ``cancel(force=True)``): send the output first."""
+    try:
+        worker._flush_output()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,137 @@
+"""``print()`` in a worker process reaches the caller's ``sys.stdout``, in order, and is never lost.
+
+A worker's ``sys.stdout`` and ``sys.stderr`` are replaced by :class:`OutputRelay`
+streams. Each complete line is sent to the parent at once, on the pipe that
+carries the task's log records and result, so that it arrives before the
+result and in the order it was written; the parent writes it to its own
+``sys.stdout`` or ``sys.stderr`` *as they are then*, so
+``contextlib.redirect_stdout`` around the wait captures it. A partial line is
+sent when the stream is flushed, when the task ends, and when the worker is
+terminated (its ``SIGTERM`` handler flushes first).
+
+Cost: one message per line written (a few microseconds); a task that prints
+hundreds of thousands of lines should log or return its text instead.
+
+Output written by C code or by child processes straight to file descriptors 1
+and 2 goes to the parent's own descriptors, which the worker inherits; the
+worker flushes C's ``stdio`` buffers after every task, so none is held back.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["OutputRelay", "flush_c_stdio", "write_relayed"]
+
+STREAMS = ("stdout", "stderr")
+
+
+class OutputRelay(io.TextIOBase):
+    """A text stream that sends what is written to it, a line at a time, with ``send``."""
+
+    def __init__(self, stream: int, fileno: int, send: Callable[[tuple[Any, ...]], None]) -> None:
+        super().__init__()
+        self._stream = stream  # 0 stdout, 1 stderr
+        self._fileno = fileno
+        self._send = send
+        self._pending: list[str] = []
+        self._lock = threading.Lock()  # the threads of a task may print at once
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # for .buffer
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def buffer(self) -> _BinaryRelay:
+        """Bytes written here are decoded (UTF-8) and relayed with the text."""
+        return _BinaryRelay(self)
+
+    def fileno(self) -> int:
+        """The worker's own descriptor: what C code and child processes write to."""
+        return self._fileno
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._pending.append(text)
+            if "\n" in text:
+                self._send_pending_locked()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return  # after every task: nothing written is the common case, and needs no lock
+        with self._lock:
+            if self._pending:
+                self._send_pending_locked()
+
+    def _send_pending_locked(self) -> None:
+        text = "".join(self._pending)
+        self._pending.clear()
+        try:
+            self._send(("output", self._stream, text))
+        except OSError:
+            pass  # the parent is gone: nobody to print to
+
+
+class _BinaryRelay(io.RawIOBase):
+    """``sys.stdout.buffer`` of a worker: what some libraries write bytes to."""
+
+    def __init__(self, text: OutputRelay) -> None:
+        super().__init__()
+        self._text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._text.write(self._text._decoder.decode(bytes(view)))  # a character may span writes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+
+def write_relayed(stream: int, text: str) -> None:
+    """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1)."""
+    target = getattr(sys, STREAMS[stream], None)
+    if target is None:
+        return  # no console (pythonw): dropped, as print() would drop it
+    try:
+        target.write(text)
+        target.flush()
+    except Exception:  # a closed or broken stream must not break the pool's loop
+        pass
+
+
+def flush_c_stdio() -> Callable[[], None]:
+    """A function that flushes C's ``stdio`` buffers (``fflush(NULL)``), or does nothing where unavailable."""
+    try:
+        import ctypes
+
+        fflush = ctypes.CDLL(None).fflush
+    except (OSError, AttributeError, ImportError):  # pragma: no cover - every POSIX libc has fflush
+        return lambda: None
+    fflush.argtypes = [ctypes.c_void_p]
+    return lambda: fflush(None)

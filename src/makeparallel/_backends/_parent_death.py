@@ -1,0 +1,37 @@
+"""A worker dies with its parent, even inside a long C call.
+
+The worker's pipe closing is noticed by a thread that needs the GIL, which a
+long C call (``sum(range(10**11))``) holds: such a worker would run on,
+re-parented to init. Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``)
+is delivered by the kernel whatever the process does. It must be ``SIGKILL``:
+a Python handler cannot run during a C call either.
+
+Linux sends it when the *thread* that forked the worker ends, not the process,
+so the parent starts every worker from its pool's loop thread, which outlives
+its workers. The parent may have died between starting the worker and the
+``prctl`` call: the worker then checks that its parent is still the process
+that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+__all__ = ["die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask to be killed when the parent ends (Linux); exit now if it has ended already."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
+            pass
+    if os.getppid() != parent_pid:  # re-parented already: the parent is gone
+        os._exit(0)

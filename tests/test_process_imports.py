@@ -1,0 +1,81 @@
+"""Whatever the parent can call at submit time runs in a worker process.
+
+A module made importable after the pool started (a plugin folder added to
+``sys.path``) is importable in the workers; one imported through a ``sys.path``
+entry removed again (a temporary directory, a tool that extends the path only
+while importing) travels by value. Both for ``@parallel`` tasks and for maps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import makeparallel as mp
+from pool_helpers import fresh_process_pool
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(60),
+]
+
+PLUGIN = """
+import os
+
+def double(x):
+    return helper(x) * 2
+
+def helper(x):
+    return x
+
+def where(_=None):
+    return os.getpid()
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A module of a unique name in a folder of its own (not on sys.path yet)."""
+    name = f"plugin_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(PLUGIN))
+    path_before = list(sys.path)
+    yield name, tmp_path
+    sys.path[:] = path_before
+    sys.modules.pop(name, None)
+
+
+def import_from(name: str, folder: Path) -> ModuleType:
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
+def test_a_folder_added_to_sys_path_after_the_pool_started(plugin: tuple[str, Path]) -> None:
+    assert mp.parallel(backend="process")(os.getpid)().get(timeout=30)  # the pool runs
+    module = import_from(*plugin)
+    assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
+    assert mp.parallel_map(module.double, range(50), backend="process") == [2 * x for x in range(50)]
+
+
+def test_a_module_imported_through_a_path_entry_removed_since(plugin: tuple[str, Path]) -> None:
+    module = import_from(*plugin)
+    sys.path.remove(str(plugin[1]))  # as a tool that extends the path only while importing
+    fresh_process_pool(2)  # no worker ever had that folder on its path
+    assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
+    assert mp.parallel_map(module.double, range(50), backend="process") == [2 * x for x in range(50)]
+
+
+def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:
+    module = import_from(*plugin)
+    module.double = mp.parallel(backend="process")(module.double)
+    sys.path.remove(str(plugin[1]))
+    fresh_process_pool(1)
+    assert module.double(5).get(timeout=30) == 10

@@ -1,0 +1,147 @@
+"""Output written in a worker process reaches the caller, in order, and none is lost.
+
+``print()`` and writes to ``sys.stdout``/``sys.stderr`` in a task land in the
+parent's ``sys.stdout``/``sys.stderr`` as they are when the lines arrive, so
+``contextlib.redirect_stdout`` captures them, before the task's result, and a
+worker stopped at a timeout still delivers what it wrote. Output C code writes
+to file descriptor 1 is not held in the worker's buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from pool_helpers import wait_until
+from test_process_faults import run_script
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(60),
+]
+
+on_process = mp.parallel(backend="process")
+
+
+def chatty(n: int) -> int:
+    print("task line 1 of", n)
+    sys.stdout.write("task line 2, written")
+    sys.stdout.write(" in pieces\n")
+    print("to stderr", n, file=sys.stderr)
+    return n
+
+
+def write_bytes() -> None:
+    sys.stdout.buffer.write("bytes, then text: é\n".encode())
+    sys.stdout.buffer.flush()
+
+
+def partial_line() -> str:
+    print("no newline at the end", end="")
+    return "done"
+
+
+def print_then_hang() -> None:
+    print("a whole line")
+    print("a partial line", end="")
+    time.sleep(60)  # stopped at its timeout
+
+
+def print_from_threads(lines: int) -> int:
+    def write(tag: str) -> None:
+        for i in range(lines):
+            sys.stdout.write(f"{tag}-{i}\n")  # one write: whole (print() makes two, as everywhere)
+
+    threads = [threading.Thread(target=write, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return lines
+
+
+def test_print_is_captured_by_redirect_stdout_in_order() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        print("parent before")
+        assert on_process(chatty)(7).get(timeout=30) == 7
+        print("parent after")
+    assert out.getvalue() == "parent before\ntask line 1 of 7\ntask line 2, written in pieces\nparent after\n"
+    assert err.getvalue() == "to stderr 7\n"
+
+
+def test_a_partial_line_arrives_when_the_task_ends() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert on_process(partial_line)().get(timeout=30) == "done"
+    assert out.getvalue() == "no newline at the end"
+
+
+def test_bytes_written_to_the_buffer_arrive_as_text() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        on_process(write_bytes)().get(timeout=30)
+    assert out.getvalue() == "bytes, then text: é\n"
+
+
+def test_output_of_a_map_arrives_with_it() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert mp.parallel_map(chatty, range(6), backend="process", chunksize=2) == list(range(6))
+    lines = out.getvalue().splitlines()
+    for n in range(6):
+        assert lines.index(f"task line 1 of {n}") + 1 == lines.index("task line 2, written in pieces", lines.index(f"task line 1 of {n}"))
+    assert len(lines) == 12
+
+
+def test_writes_from_several_threads_of_a_task_all_arrive_whole() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert on_process(print_from_threads)(200).get(timeout=30) == 200
+    assert sorted(out.getvalue().splitlines()) == sorted(f"{t}-{i}" for t in "ab" for i in range(200))
+
+
+def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        handle = on_process(print_then_hang)(timeout=1.0)
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+        # The worker flushes at SIGTERM, after the handle timed out: wait for the relay.
+        arrived = wait_until(lambda: "a partial line" in out.getvalue(), 10)
+    assert arrived, out.getvalue()
+    assert out.getvalue() == "a whole line\na partial line"
+
+
+C_LEVEL_SCRIPT = """
+import os, signal, sys
+import makeparallel as mp
+
+os.environ.pop("PYTHONUNBUFFERED", None)  # else the workers' C stdio is unbuffered too
+
+def c_printf():
+    import ctypes
+    ctypes.CDLL(None).printf(b"written by C\\n")  # held in C's stdio buffer: fd 1 is a pipe
+    return os.getpid()
+
+pid = mp.parallel(backend="process")(c_printf)().get(timeout=30)
+os.kill(pid, signal.SIGKILL)  # nothing the worker still held could be written now
+mp.shutdown(10)
+print("parent done", flush=True)
+"""
+
+
+def test_output_written_by_c_code_is_not_held_in_the_worker() -> None:
+    proc = run_script(C_LEVEL_SCRIPT)
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    assert "written by C" in out, (out, err)

@@ -1,0 +1,226 @@
+"""The life of a worker process: set-up, initializer, recycling, warm start, timeouts, thread limits.
+
+Every test runs real worker processes. Tests that need cold workers stop the
+pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._cpus import usable_cpus
+from pool_helpers import fresh_process_pool, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
+    pytest.mark.timeout(60),
+]
+
+on_process = mp.parallel(backend="process")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@pytest.fixture(autouse=True)
+def plain_setup() -> Iterator[None]:
+    yield
+    mp.configure_process_pool(initializer=None, max_tasks_per_child=None)
+
+
+def info() -> dict[str, Any]:
+    return mp.get_process_pool_info()
+
+
+def restarts(reason: str | None = None) -> int:
+    """Workers replaced so far (for ``reason``, or for any)."""
+    if reason is None:
+        return int(info()["worker_restarts"])
+    return int(info()["worker_restart_reasons"].get(reason, 0))
+
+
+# -- tasks and initializers: module level, so they share this module's globals in the worker --
+
+_model: dict[str, Any] = {}
+_calls: list[int] = []
+
+
+def load_model(name: str, sleep: float = 0.0) -> None:
+    time.sleep(sleep)  # a slow start-up, as loading a real model is
+    _model["name"] = name
+    _model["pid"] = os.getpid()
+
+
+def predict(x: int) -> tuple[str | None, int, int]:
+    return _model.get("name"), os.getpid(), x
+
+
+def broken_initializer() -> None:
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+def noop() -> None:
+    return None
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def thread_limits() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in THREAD_VARIABLES}
+
+
+# -- initializer --------------------------------------------------------------------------------
+
+
+def test_the_initializer_runs_once_in_each_worker_before_its_first_task() -> None:
+    fresh_process_pool(2)
+    mp.configure_process_pool(initializer=load_model, initargs=("small",))
+    results = [on_process(predict)(i).get(timeout=30) for i in range(6)]
+    assert all(name == "small" for name, _, _ in results), results
+    mapped = mp.parallel_map(predict, range(40), backend="process")
+    assert [x for _, _, x in mapped] == list(range(40))
+    assert {name for name, _, _ in mapped} == {"small"}
+    assert info()["initializer"] == "load_model"
+
+
+def test_a_new_initializer_replaces_the_running_workers() -> None:
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=load_model, initargs=("first",))
+    first = on_process(predict)(0).get(timeout=30)
+    before = restarts()
+    mp.configure_process_pool(initializer=load_model, initargs=("second",))
+    second = on_process(predict)(0).get(timeout=30)
+    assert first[0] == "first" and second[0] == "second"
+    assert first[1] != second[1]
+    assert restarts() == before  # a new set-up is not a restart
+
+
+def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfigured() -> None:
+    fresh_process_pool(1)
+    before = restarts("initializer failed")
+    mp.configure_process_pool(initializer=broken_initializer)
+    for _ in range(3):  # three failed starts in a row
+        with pytest.raises(mp.WorkerCrashedError, match=r"worker initializer broken_initializer raised ConnectionRefusedError") as raised:
+            on_process(noop)().get(timeout=30)
+        cause = raised.value.__cause__
+        assert type(cause) is ConnectionRefusedError and cause.errno == 111
+    assert "starts no more workers" in str(raised.value)
+    assert restarts("initializer failed") == before + 3
+    # No restart loop: new tasks fail at once, and no worker is started for them.
+    with pytest.raises(mp.WorkerCrashedError, match="until configure_process_pool"):
+        on_process(noop)().get(timeout=30)
+    assert info()["live_workers"] == 0
+    assert restarts("initializer failed") == before + 3
+    mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
+    assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+
+
+def test_an_initializer_that_cannot_be_pickled_is_refused_at_once() -> None:
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(mp.TaskSerializationError, match="cannot be sent to the worker processes"):
+        mp.configure_process_pool(initializer=load_model, initargs=(lock,))
+    with pytest.raises(TypeError, match="initializer must be callable or None, got 3"):
+        mp.configure_process_pool(initializer=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_tasks_per_child must be an int >= 1, got 0"):
+        mp.configure_process_pool(max_tasks_per_child=0)
+
+
+def test_the_function_of_a_map_is_sent_once_so_its_globals_persist() -> None:
+    fresh_process_pool(1)
+    counter: dict[str, int] = {}
+    # A closure's function travels by value: before, every chunk brought a fresh copy.
+    count_calls = eval("lambda x: counter.__setitem__('n', counter.get('n', 0) + 1) or counter['n']", {"counter": counter})
+    results = mp.parallel_map(count_calls, range(30), backend="process", chunksize=1)
+    assert results == list(range(1, 31))
+
+
+# -- timeouts count from the start of the task --------------------------------------------------
+
+
+def test_a_timeout_does_not_count_the_worker_start_up() -> None:
+    fresh_process_pool(2)
+    # Each new worker takes 2 s to set up, longer than the tasks' timeout.
+    mp.configure_process_pool(initializer=load_model, initargs=("slow", 2.0))
+    before = restarts()
+    handles = [on_process(noop)(timeout=1.0) for _ in range(8)]
+    assert [h.get(timeout=30) for h in handles] == [None] * 8
+    assert restarts() == before
+
+
+# -- recycling --------------------------------------------------------------------------------
+
+
+def test_max_tasks_per_child_replaces_a_worker_after_that_many_tasks() -> None:
+    fresh_process_pool(1)
+    before = restarts("max_tasks_per_child")
+    mp.configure_process_pool(max_tasks_per_child=2)
+    pids = [on_process(worker_pid)().get(timeout=30) for _ in range(6)]
+    assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [2, 2, 2], pids
+    assert wait_until(lambda: restarts("max_tasks_per_child") == before + 3), info()
+    assert info()["max_tasks_per_child"] == 2
+
+
+def test_max_tasks_per_child_holds_for_a_queue_of_short_tasks() -> None:
+    fresh_process_pool(2)
+    mp.configure_process_pool(max_tasks_per_child=5)
+    pids = [h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(60)]]
+    assert max(pids.count(pid) for pid in set(pids)) <= 5
+    assert len(set(pids)) >= 12
+
+
+# -- warm start ---------------------------------------------------------------------------------
+
+
+def test_prestart_starts_the_workers_before_any_task() -> None:
+    fresh_process_pool(2)
+    assert info()["ready_workers"] == 0
+    mp.configure_process_pool(initializer=load_model, initargs=("warm",), prestart=True)
+    assert wait_until(lambda: info()["ready_workers"] == 2, 30), info()
+    pids = set(info()["worker_pids"])
+    names = {on_process(predict)(i).get(timeout=30)[0] for i in range(4)}
+    assert names == {"warm"}
+    assert set(info()["worker_pids"]) == pids
+
+
+def test_importing_the_library_starts_no_worker_process() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import makeparallel as mp, psutil, sys\n"
+        "mp.configure_process_pool(2)\n"
+        "print(len(psutil.Process().children()), mp.get_process_pool_info()['live_workers'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["0", "0"], out.stderr
+
+
+# -- BLAS thread limits -------------------------------------------------------------------------
+
+
+def test_workers_get_thread_limits_for_their_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    fresh_process_pool(2)
+    expected = str(max(1, usable_cpus().cpus // 2))
+    assert on_process(thread_limits)().get(timeout=30) == dict.fromkeys(THREAD_VARIABLES, expected)
+    assert info()["thread_limits"] == dict.fromkeys(THREAD_VARIABLES, expected)
+
+
+def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    fresh_process_pool(1)
+    limits = on_process(thread_limits)().get(timeout=30)
+    assert limits["OMP_NUM_THREADS"] == "3"
+    assert limits["MKL_NUM_THREADS"] == str(usable_cpus().cpus)
+    assert "OMP_NUM_THREADS" not in info()["thread_limits"]
