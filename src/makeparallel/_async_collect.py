@@ -110,7 +110,7 @@ async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None)
     try:
         completions = await AsyncCompletions.of(items, timeout)
     except asyncio.CancelledError:
-        _cancel_unfinished(items)
+        cancel_all(items)
         raise
     while completions.outstanding:
         try:
