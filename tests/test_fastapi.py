@@ -86,6 +86,7 @@ def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_wor
     flags = Flags(str(tmp_path))
     app = cpu_app(num_workers=2, shutdown_timeout=1, async_cancel="force")
     requests: list[threading.Thread] = []
+    before = {child.pid for child in _live_children()}  # processes earlier tests left running
 
     def request(base: str, name: str) -> None:
         with contextlib.suppress(httpx.HTTPError):
@@ -110,7 +111,11 @@ def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_wor
     assert took < 30, f"stopping took {took:.1f} s"
     assert wait_until(lambda: not any(_alive(pid) for pid in workers), 10), "a worker process outlived the server"
     # Workers started to replace the killed ones are stopped too (by the pool's loop thread).
-    assert wait_until(lambda: not _live_children(), 30), f"child processes are left: {_live_children()}"
+    assert wait_until(lambda: not _new_children(before), 30), f"child processes are left: {_new_children(before)}"
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    return [child for child in _live_children() if child.pid not in before]
 
 
 def _live_children() -> list[psutil.Process]:
