@@ -3,8 +3,8 @@
 Each test follows an example of 0.2's README or docs (cited by section), with the
 placeholders of the example (``process(data)``, 20 million items) made small and
 real. Where 0.2 behaved differently, the test checks the behaviour that
-``docs/migrating-from-0.2.md`` documents; ``test_migration_guide.py`` runs the
-guide's own examples.
+``docs/migrating-from-0.2.md`` documents; ``test_docs.py`` runs the guide's own
+examples and ``test_migration_guide.py`` checks that they cover it.
 """
 
 from __future__ import annotations
