@@ -6,6 +6,7 @@ import functools
 import inspect
 import math
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -380,6 +381,84 @@ def test_non_callable_is_rejected(not_callable: object) -> None:
         mp.parallel(not_callable)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="callable"):
         mp.parallel(backend="sync")(not_callable)  # type: ignore[arg-type]
+
+
+def _numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def _async_numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+def _passing_through(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A decorator written the usual way, with functools.wraps."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _Counter:
+    def __call__(self, n: int) -> Iterator[int]:
+        yield from range(n)
+
+    def count(self, n: int) -> Iterator[int]:
+        yield from range(n)
+
+
+@pytest.mark.parametrize(
+    ("function", "kind"),
+    [
+        pytest.param(_numbers, "a generator", id="generator function"),
+        pytest.param(_async_numbers, "an async generator", id="async generator function"),
+        pytest.param(functools.partial(_numbers, 3), "a generator", id="partial"),
+        pytest.param(functools.partial(_async_numbers, 3), "an async generator", id="async partial"),
+        pytest.param(_passing_through(_numbers), "a generator", id="functools.wraps decorator"),
+        pytest.param(_passing_through(_async_numbers), "an async generator", id="async under wraps"),
+        pytest.param(functools.partial(_passing_through(_numbers), 3), "a generator", id="partial of wraps"),
+        pytest.param(_passing_through(functools.partial(_numbers, 3)), "a generator", id="wraps of partial"),
+        pytest.param(_Counter().count, "a generator", id="bound generator method"),
+        pytest.param(_Counter(), "a generator", id="callable object"),
+    ],
+)
+def test_generator_functions_are_refused_at_decoration(function: Callable[..., Any], kind: str) -> None:
+    pattern = rf"it is {kind} function.*makeparallel\.imap.*return a list"
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel(function)
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel(backend="sync", timeout=5)(function)
+
+
+def test_generator_methods_are_refused_in_the_class_body() -> None:
+    with pytest.raises(TypeError, match="generator function"):
+
+        class Plain:
+            @mp.parallel
+            def rows(self) -> Iterator[int]:
+                yield 1
+
+    for wrap in (staticmethod, classmethod):
+        with pytest.raises(TypeError, match="generator function"):
+            mp.parallel(wrap(_numbers))  # type: ignore[call-overload]
+
+
+def test_functions_that_collect_a_generator_are_accepted() -> None:
+    @mp.parallel(backend="sync")
+    def squares(n: int) -> list[int]:
+        return [i * i for i in _numbers(n)]
+
+    class Summer:
+        def __call__(self, n: int) -> int:
+            return sum(_numbers(n))
+
+    assert squares(4).get(5) == [0, 1, 4, 9]
+    assert mp.parallel(backend="sync")(_passing_through(sum))([1, 2]).get(5) == 3
+    assert mp.parallel(backend="sync")(Summer())(4).get(5) == 6
+    assert mp.parallel(backend="sync")(functools.partial(Summer(), 5))().get(5) == 10
 
 
 def test_unknown_option_lists_the_accepted_ones() -> None:

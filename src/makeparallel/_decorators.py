@@ -383,8 +383,10 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         (called with options).
 
     Raises:
-        TypeError: ``fn`` is not callable, or an option is unknown or of the
-            wrong type.
+        TypeError: ``fn`` is not callable, is a generator or async generator
+            function (also behind ``functools.partial`` or a ``functools.wraps``
+            decorator: use :func:`imap`, or return a list), or an option is
+            unknown or of the wrong type.
         ValueError: an option has a value out of range.
     """
     checked = _check_options(options)
@@ -402,9 +404,52 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
                 f"{_describe(function.__wrapped__)} is already parallel; use "
                 ".options(...) to change its options"
             )
+        _refuse_generator_function(function)
         return ParallelFunction(function, checked)
 
     return decorate if fn is None else decorate(fn)
+
+
+def _generator_kind(fn: Any) -> str | None:
+    """``"generator"`` or ``"async generator"`` if calling ``fn`` makes one, else ``None``.
+
+    Looks through ``functools.partial``, bound methods, ``functools.wraps``
+    decorators (their ``__wrapped__``) and the ``__call__`` of callable objects.
+    """
+    seen: set[int] = set()
+    while id(fn) not in seen:
+        seen.add(id(fn))
+        if inspect.isasyncgenfunction(fn):
+            return "async generator"
+        if inspect.isgeneratorfunction(fn):  # also sees through partials and methods
+            return "generator"
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif inspect.ismethod(fn):
+            fn = fn.__func__
+        elif getattr(fn, "__wrapped__", None) is not None:
+            fn = fn.__wrapped__
+        elif not inspect.isroutine(fn) and not isinstance(fn, type) and callable(fn):
+            fn = type(fn).__call__
+    return None
+
+
+def _refuse_generator_function(fn: Any) -> None:
+    """Raise ``TypeError`` for a function whose call only creates a generator.
+
+    A task would hand back a generator whose body never ran, on any thread: the
+    work would happen later, on the thread that iterates it, not in parallel.
+    """
+    kind = _generator_kind(fn)
+    if kind is None:
+        return
+    article = "an" if kind.startswith("a") else "a"
+    raise TypeError(
+        f"@parallel cannot run {_describe(fn)}: it is {article} {kind} function (or wraps one), "
+        f"so a task would only create the {kind} and none of its body would run in "
+        "parallel. Map a plain function over the items with makeparallel.imap(fn, items) "
+        "(or parallel_map), or make the function return a list"
+    )
 
 
 parallel_fast = parallel
