@@ -2,8 +2,12 @@
 
 Buckets grow by a factor of sqrt(2) from 1 microsecond to about 3 minutes, so a
 quantile read from them (interpolating inside the bucket) falls in the bucket of
-the true value (typically within 20%, at worst about 40%), with 56 counters per
-histogram, whether it saw ten durations or ten billion. Not thread-safe: the metrics record guards it.
+the true value, with 56 counters per histogram, whether it saw ten durations or
+ten billion. Between 1 us and the last bound that means at most a factor sqrt(2)
+off (41% above or 29% below; typically within 20%). The first bucket spans
+(0, 1 us], so under a microsecond the estimate is only within 1 us of the truth,
+at any ratio; past the last bound it lies between that bound and the largest
+duration seen. Not thread-safe: the metrics record guards it.
 """
 
 from __future__ import annotations

@@ -45,8 +45,11 @@ class TaskMetrics(Mapping[str, Any]):
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles
     come from a fixed-size histogram: they fall in the same bucket as the exact
-    value, buckets being a factor of sqrt(2) wide (typically within 20%, at
-    worst about 40% off).
+    value. Between 1 us and about 3 minutes, buckets are a factor of sqrt(2)
+    wide (typically within 20%, at worst 41% above or 29% below); under 1 us a
+    percentile is only within 1 us of the exact value (the first bucket spans
+    (0, 1 us]), and past about 3 minutes it lies between the last bound and the
+    maximum.
     """
 
     name: str
