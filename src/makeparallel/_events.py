@@ -3,7 +3,9 @@
 A listener is called with a :class:`TaskEvent` for each event of each task, on the
 thread where it happened (the submitter, the worker, or whoever ended the task),
 outside every lock of the library. It must be quick and must not block; one that
-raises is logged and harms nothing. With no listener registered, tasks pay one
+raises (even ``SystemExit`` or another ``BaseException``) is logged and harms
+nothing; only a ``KeyboardInterrupt`` on the main thread is raised again, once
+every listener was called. With no listener registered, tasks pay one
 check of a module attribute per event, nothing more.
 
 The built-in exporters (Prometheus, StatsD) do not listen: they read the
@@ -93,8 +95,16 @@ def emit(kind: str, handle: AsyncHandle[Any]) -> None:
         duration=None if started is None or finished is None else finished - started,
         metadata=dict(handle._metadata or {}),
     )
+    interrupt: KeyboardInterrupt | None = None
     for listener in listeners:
         try:
             listener(event)
-        except Exception:
-            _log.exception("task listener %r raised on %s", listener, event)
+        except BaseException as error:
+            # As for callbacks: nothing a listener raises may end a worker or
+            # loop thread; Ctrl-C on the main thread goes on once all were told.
+            if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                interrupt = interrupt or error
+            else:
+                _log.exception("task listener %r raised on %s", listener, event)
+    if interrupt is not None:
+        raise interrupt

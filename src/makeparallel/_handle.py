@@ -93,8 +93,11 @@ class AsyncHandle(Generic[T]):
         before anyone blocked in ``get()`` is woken; for a timeout, on a thread of
         their own, so that a slow callback delays no other task's timeout.
         Registered after the event,
-        they run at once on the registering thread. A callback that raises is
-        logged on the ``makeparallel`` logger and harms nothing else.
+        they run at once on the registering thread. A callback that raises
+        anything, ``SystemExit`` and other ``BaseException`` included, is logged
+        with its traceback on the ``makeparallel`` logger and harms nothing else:
+        the other callbacks run and waiters are woken. Only a
+        ``KeyboardInterrupt`` on the main thread is raised again, after that.
 
     Thread-safety:
         Every method may be called from any thread.
@@ -565,13 +568,24 @@ class AsyncHandle(Generic[T]):
         callbacks: list[tuple[int, Callable[..., Any]]] | None,
         waiters: list[threading.Lock] | None,
     ) -> None:
-        if callbacks:
-            for kind, callback in callbacks:
+        """Run the callbacks, then wake the waiters, whatever the callbacks raise.
+
+        Ctrl-C raised by a callback on the main thread is raised again, but only
+        after every other callback ran and every waiter was woken.
+        """
+        interrupt: KeyboardInterrupt | None = None
+        try:
+            for kind, callback in callbacks or ():
                 if kind != _ON_PROGRESS:
-                    self._invoke(kind, callback)
-        if waiters:
-            for waiter in waiters:
+                    try:
+                        self._invoke(kind, callback)
+                    except KeyboardInterrupt as error:
+                        interrupt = interrupt or error
+        finally:
+            for waiter in waiters or ():
                 waiter.release()
+        if interrupt is not None:
+            raise interrupt
 
     # -- engine side: waiting ------------------------------------------------------
 
@@ -676,7 +690,12 @@ class AsyncHandle(Generic[T]):
                     callback(self._value)
             elif state >= FAILED:
                 callback(self._error_for_caller())
-        except Exception:
+        except BaseException as error:
+            # SystemExit, GeneratorExit or any BaseException from a callback must
+            # not end the worker or loop thread that runs it; only Ctrl-C on the
+            # main thread goes on, as it would from any other code there.
+            if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise
             _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
 
     def _error_for_caller(self) -> BaseException:

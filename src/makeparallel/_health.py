@@ -2,9 +2,16 @@
 
 Serve it as ``/health`` from a web framework (see the README). The status is
 ``"ok"``, ``"degraded"`` (working, but a threshold is crossed: queues saturated,
-workers stuck or missing, memory short) or ``"unhealthy"`` (not accepting work:
-shut down). ``live`` says the process should be kept; ``ready`` that it should be
-sent work.
+workers stuck or missing, worker processes restarting in a storm, memory short)
+or ``"unhealthy"`` (not accepting work: shut down; or broken: a worker thread or
+the process pool's loop thread died). ``live`` says the process should be kept
+(false once a pool thread died of an error: a task may never end, so restart the
+process); ``ready`` that it should be sent work.
+
+A restart storm: more worker process restarts (crashes, timeouts, forced
+cancels) within the last 10 seconds than the pool has workers. One restart per
+worker in that time is an incident; more means most tasks are failing and the
+pool spends its time starting processes.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         check_count(queue_limit, "queue_limit")
     pools = pool_infos()
     reasons: list[str] = []
+    broken: list[str] = []
     for name, info in pools.items():
         reasons += _pool_reasons(name, info, queue_limit)
+        broken += _broken_reasons(name, info)
     limit = global_limiter.limit
     if limit is not None and global_limiter.in_flight >= limit:
         reasons.append(f"at the concurrency limit: {global_limiter.in_flight} of {limit} tasks in flight")
@@ -49,12 +58,15 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     if memory_percent >= memory_limit_percent:
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
     status = DEGRADED if reasons else OK
+    if broken:
+        status = UNHEALTHY
+        reasons[:0] = broken
     if is_shut_down():
         status = UNHEALTHY
         reasons.insert(0, "shut down: no new tasks are accepted (reset_shutdown() reopens)")
     return {
         "status": status,
-        "live": True,
+        "live": not broken,
         "ready": status != UNHEALTHY,
         "reasons": reasons,
         "pools": pools,
@@ -73,6 +85,28 @@ def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> l
         reasons.append(f"{name} pool: {info['stuck_threads']} thread(s) stuck in timed-out or cancelled tasks")
     if queued and info.get("live_workers", info.get("live_threads", workers)) == 0 and not info.get("closed"):
         reasons.append(f"{name} pool: tasks are queued but no worker is alive yet")
+    restarts = info.get("restarts_in_window", 0)
+    if restarts > workers:
+        reasons.append(
+            f"{name} pool: {restarts} worker restarts in the last {info['restart_window_s']:g} s "
+            f"for {workers} workers (tasks crash or time out)"
+        )
+    return reasons
+
+
+def _broken_reasons(name: str, info: dict[str, Any]) -> list[str]:
+    """What makes the process not live: a pool thread that died of an error."""
+    reasons = []
+    if info.get("dead_threads"):
+        reasons.append(
+            f"{name} pool: {info['dead_threads']} worker thread(s) died of an error (logged); "
+            "a task may never end: restart the process"
+        )
+    if info.get("loop_deaths"):
+        reasons.append(
+            f"{name} pool: its loop thread died of an error {info['loop_deaths']} time(s) (logged); "
+            "tasks were failed: restart the process"
+        )
     return reasons
 
 

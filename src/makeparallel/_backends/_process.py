@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 import weakref
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import EllipsisType
@@ -76,6 +77,10 @@ _WORKER_MAIN = (
     "main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+#: Worker restarts are counted over this many seconds, for ``health()``.
+RESTART_WINDOW = 10.0
+_log = logging.getLogger("makeparallel")
+_now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
 _FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
 # Each worker's BLAS and OpenMP libraries get usable CPUs // workers threads, unless the
@@ -168,6 +173,8 @@ class ProcessBackend(QueueingBackend):
         self._partials: dict[int, tuple[list[Any], int, Exception | None]] = {}
         self._path_version = 0
         _alive.add(self)
+        self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
+        self._loop_deaths = 0  # loop threads that died of an error in the pool itself
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
         # tasks prove short, then enough that workers never wait for a round trip.
         self._mean_seconds = _SHORT_TASK
@@ -224,12 +231,22 @@ class ProcessBackend(QueueingBackend):
                 "active_tasks": self._active,
                 "worker_restarts": sum(self._restarts.values()),
                 "worker_restart_reasons": dict(self._restarts),
+                "restarts_in_window": self._count_recent_restarts_locked(),
+                "restart_window_s": RESTART_WINDOW,
+                "loop_deaths": self._loop_deaths,
                 "worker_pids": [w.process.pid for w in self._workers],
                 "max_tasks_per_child": self._max_tasks_per_child,
                 "initializer": self._setup.name or None,
                 "thread_limits": thread_limits(self._num_workers),
                 "closed": self._closed,
             }
+
+    def _count_recent_restarts_locked(self) -> int:
+        recent = self._recent_restarts
+        horizon = _now() - RESTART_WINDOW
+        while recent and recent[0] < horizon:
+            recent.popleft()
+        return len(recent)
 
     # -- submission --------------------------------------------------------------------
 
@@ -251,7 +268,7 @@ class ProcessBackend(QueueingBackend):
     def _new_loop_locked(self) -> threading.Thread:
         # The loop thread starts every worker and outlives them: Linux's
         # parent-death signal fires when the thread that started a worker ends.
-        return threading.Thread(target=self._run_loop, name="makeparallel-process-loop", daemon=True)
+        return threading.Thread(target=self._run_loop_or_recover, name="makeparallel-process-loop", daemon=True)
 
     def _start_loop(self) -> None:
         with self._lock:
@@ -318,6 +335,47 @@ class ProcessBackend(QueueingBackend):
             os.write(self._wake_w, b"!")
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
+
+    def _run_loop_or_recover(self) -> None:
+        """Run the loop; if it ever raises, fail what it owned so that nothing waits forever.
+
+        Callbacks, listeners and log handlers cannot raise into the loop, so this
+        is the net for a fault of the pool itself. Its workers are stopped, and
+        every task it held, running or queued, fails with ``WorkerCrashedError``;
+        the next submission starts a new loop with new workers. ``health()`` reports the
+        process as not live from then on: tasks were lost to a bug.
+        """
+        try:
+            self._run_loop()
+        except BaseException as error:
+            _log.critical(
+                "the makeparallel process pool's loop thread died; its tasks fail with "
+                "WorkerCrashedError. Restart the process (health() reports it as not live)",
+                exc_info=True,
+            )
+            self._recover_from_loop_death(error)
+
+    def _recover_from_loop_death(self, cause: BaseException) -> None:
+        # Everything the dead loop owned is taken out under the lock first, so that
+        # a task submitted from now on starts a new loop with new workers.
+        with self._lock:
+            self._loop_deaths += 1
+            workers, self._workers = self._workers, []
+            owned = [handle for worker in workers for handle in worker.outstanding]
+            while (handle := self._next_locked()) is not None:
+                owned.append(handle)
+            self._loop = None
+        for worker in workers:
+            worker.conn.close()
+            _stop(worker.process)
+        for handle in owned:
+            handle._finish(
+                FAILED,
+                WorkerCrashedError(
+                    f"task {handle._id} ({handle.name}) was in the process pool when its loop "
+                    f"thread died ({type(cause).__name__}: {cause}); its worker was stopped"
+                ),
+            )
 
     def _run_loop(self) -> None:
         while self._maintain():
@@ -548,6 +606,8 @@ class ProcessBackend(QueueingBackend):
             if not (self._terminating or worker.retiring):
                 reason = "initializer failed" if init_failure is not None else worker.stop_reason
                 self._restarts[reason] = self._restarts.get(reason, 0) + 1
+                self._recent_restarts.append(_now())
+                self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         worker.conn.close()
@@ -706,7 +766,13 @@ def _emit_log(attributes: dict[str, Any]) -> None:
     record = logging.makeLogRecord(attributes)
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
+        try:
+            logger.handle(record)
+        except BaseException:
+            # A handler is the user's code: whatever it raises must not end the
+            # loop. Reported the way logging reports its own handler errors,
+            # since logging it again could raise again.
+            traceback.print_exc()
 
 
 _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()

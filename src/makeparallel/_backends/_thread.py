@@ -30,6 +30,7 @@ finally returns.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ThreadBackend", "default_thread_count"]
 
+_log = logging.getLogger("makeparallel")
 _MIN_STACK_SIZE = 32 * 1024
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
@@ -93,6 +95,7 @@ class ThreadBackend(QueueingBackend):
         self._stuck = 0  # workers still running a task that was timed out or cancelled
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
+        self._dead = 0  # workers that died of an error in the pool itself
 
     # -- configuration ---------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class ThreadBackend(QueueingBackend):
                 "busy_threads": self._busy,
                 "idle_threads": len(self._parked),
                 "stuck_threads": self._stuck,
+                "dead_threads": self._dead,
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
                 "stack_size": self._stack_size,
@@ -228,7 +232,7 @@ class ThreadBackend(QueueingBackend):
             park = threading.Lock()
             park.acquire()
             thread = threading.Thread(
-                target=self._work,
+                target=self._work_or_report,
                 args=(park,),
                 name=f"makeparallel-thread-{next(_thread_numbers)}",
                 daemon=True,
@@ -248,6 +252,28 @@ class ThreadBackend(QueueingBackend):
                     raise  # Ctrl-C landed here
                 # "can't create new thread at interpreter shutdown": the tasks are
                 # abandoned at exit anyway.
+
+    def _work_or_report(self, park: threading.Lock) -> None:
+        """Run :meth:`_work`; if it ever raises, log it, count the death, replace the worker.
+
+        Callbacks and listeners cannot raise into a worker, so this is the net
+        for a fault of the pool itself. The task the worker held may never end,
+        so ``health()`` reports the process as not live from then on.
+        """
+        try:
+            self._work(park)
+        except BaseException:
+            _log.critical(
+                "makeparallel worker thread %s died; a task it ran may never end. "
+                "Restart the process (health() reports it as not live)",
+                threading.current_thread().name,
+                exc_info=True,
+            )
+            with self._lock:
+                self._dead += 1
+                self._workers -= 1
+                spawn = self._reserve_workers_locked(self._queued - len(self._parked))
+            self._spawn(spawn)
 
     def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any]:
         """Run a task measuring its thread's CPU time, for the GIL watch."""
