@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import makeparallel as mp
+from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -277,6 +278,123 @@ def test_imap_keeps_reading_while_results_are_consumed() -> None:
         assert source.pulled <= 5000 + 16
     finally:
         iterator.close()
+
+
+# -- read-ahead in bytes ---------------------------------------------------------------------------
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class Claims:
+    """An item that reports ``size`` bytes to ``sys.getsizeof`` and holds almost none.
+
+    It lets a test read ahead gigabytes' worth of items without allocating them.
+    """
+
+    __slots__ = ("index", "size")
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index = index
+        self.size = size
+
+    def __sizeof__(self) -> int:
+        return self.size
+
+
+def index_of(item: Any) -> int:
+    return int(item.index if isinstance(item, Claims) else item[0])
+
+
+class Ahead:
+    """Items of a claimed size, recording how far reading ran ahead of the consumer."""
+
+    def __init__(self, size: int, wrap: bool = False) -> None:
+        self.size = size
+        self.wrap = wrap
+        self.read = 0
+        self.consumed = 0
+        self.most_ahead = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in itertools.count():
+            self.read += 1
+            self.most_ahead = max(self.most_ahead, self.read - self.consumed)
+            item = Claims(i, self.size)
+            yield (i, item) if self.wrap else item
+
+    def consume(self, results: Iterator[int], count: int) -> None:
+        for expected in range(count):
+            assert next(results) == expected
+            self.consumed += 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wrap", [False, True], ids=["items", "tuples holding them"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_default_read_ahead_of_large_items_stays_under_the_byte_budget(wrap: bool, ordered: bool) -> None:
+    """The field report: 64 KiB items passed 2 GiB read ahead of a slow consumer."""
+    source = Ahead(64 * KIB, wrap)
+    results = mp.imap(index_of, source, ordered=ordered)
+    try:
+        if ordered:
+            source.consume(results, 20_000)
+        else:
+            for _ in range(20_000):
+                next(results)
+                source.consumed += 1
+    finally:
+        results.close()
+    budget_items = DEFAULT_MAX_BYTES_IN_FLIGHT // (64 * KIB)
+    assert source.most_ahead <= budget_items, f"{source.most_ahead} items of 64 KiB read ahead"
+    assert source.most_ahead > mp.get_thread_pool_info()["num_threads"]  # still ahead: workers kept busy
+
+
+@pytest.mark.timeout(60)
+def test_items_larger_than_the_budget_still_run_one_per_worker() -> None:
+    workers = mp.get_thread_pool_info()["num_threads"]
+    source = Ahead(DEFAULT_MAX_BYTES_IN_FLIGHT)  # each claims the whole budget
+    results = mp.imap(index_of, source, backend="thread")
+    try:
+        source.consume(results, 50)
+    finally:
+        results.close()
+    assert source.most_ahead <= workers + 1 + 1  # one per worker, one ready, and the first chunk
+
+
+@pytest.mark.timeout(60)
+def test_the_byte_budget_bounds_a_fixed_chunksize_after_the_first_chunk() -> None:
+    source = Ahead(MIB)
+    results = mp.imap(index_of, source, chunksize=1000)
+    try:
+        source.consume(results, 5000)
+    finally:
+        results.close()
+    # The first chunk (read before any item was sized) plus the budget's worth.
+    assert source.most_ahead <= 1000 + DEFAULT_MAX_BYTES_IN_FLIGHT // MIB
+
+
+@pytest.mark.timeout(60)
+def test_an_explicit_max_in_flight_bounds_items_only() -> None:
+    source = Ahead(MIB)
+    results = mp.imap(index_of, source, chunksize=2000, max_in_flight=10_000)
+    try:
+        source.consume(results, 1)
+    finally:
+        results.close()
+    assert source.most_ahead == 10_000  # five chunks of 2,000: the user's own bound, in items
+
+
+def test_small_items_keep_the_item_bound() -> None:
+    """Plain ints are tiny: the byte budget allows more than the default item bound."""
+    source = Counted()
+    results = mp.imap(triple_plus_one, source, chunksize=50_000)
+    try:
+        assert next(results) == 1
+    finally:
+        results.close()
+    workers = mp.get_thread_pool_info()["num_threads"]
+    assert source.pulled == 50_000 * (2 * workers + 2)  # every chunk slot filled at once
 
 
 # -- ordering --------------------------------------------------------------------------------------

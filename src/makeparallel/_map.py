@@ -15,7 +15,13 @@ quickly reaches large ones (low overhead). With a known length, a chunk never
 exceeds a quarter of its fair share of the items, to keep every worker busy.
 
 Memory: at most ``max_in_flight`` items are read from the iterable and not yet
-handed to the consumer, so ``imap`` over an endless generator is safe.
+handed to the consumer, so ``imap`` over an endless generator is safe. By
+default that bound is also kept under about 256 MiB: a chunk is sized by run
+time, and tens of thousands of cheap items of 64 KiB each would be gigabytes.
+The size of an item is estimated from a few items of each chunk read
+(``sys.getsizeof``, one level into tuples, lists and dicts), and the read-ahead
+in items is capped at the budget over that estimate, never below one item per
+worker plus one, so large items still run in parallel.
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
 names the item's index and a short repr; with ``"skip"`` or ``"none"`` the chunk
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -55,6 +62,10 @@ _TARGET_CHUNK_SECONDS = 0.01
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
+#: Bytes read ahead of the consumer, at most, when ``max_in_flight`` is not given.
+DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+_SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
+_ELEMENT_SAMPLES = 4  # elements sized per container item
 
 
 def _run_chunk(
@@ -87,6 +98,27 @@ def _run_chunk(
             results.append(_Failure(error))
         position = len(results)
     return results
+
+
+def _estimated_size(item: Any) -> float:
+    """Bytes ``item`` holds, estimated: ``sys.getsizeof``, plus a few elements of a container.
+
+    ``getsizeof`` counts a tuple, list or dict without what it refers to, and an
+    item is often a tuple of arguments; a few elements are sized and scaled to
+    the container's length. Deeper structures are underestimated.
+    """
+    size = float(sys.getsizeof(item))
+    kind = type(item)
+    if kind is dict:
+        elements: Iterable[Any] = item.values()
+    elif kind is tuple or kind is list:
+        elements = item
+    else:
+        return size
+    sampled = [sys.getsizeof(element) for element in itertools.islice(elements, _ELEMENT_SAMPLES)]
+    if sampled:
+        size += sum(sampled) * len(item) / len(sampled)
+    return size
 
 
 class _ChunkSizer:
@@ -191,7 +223,9 @@ def imap(
             ``"redirect_logging": True`` to print log lines above the bar), or a
             callable ``(done, total)`` called after each chunk.
         max_in_flight: the most items read and not yet yielded (default: enough
-            to keep every worker busy, at most 131,072 per chunk).
+            to keep every worker busy, at most 131,072 per chunk, and about
+            256 MiB of items by their estimated size, but never fewer than one
+            item per worker plus one; see "Memory" below).
         timeout: seconds for the whole map; then the rest is cancelled and
             ``TaskTimeoutError`` raised.
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
@@ -213,6 +247,21 @@ def imap(
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed (while iterating).
         Exception: with ``on_error="raise"``, the first item error, as itself.
+
+    Memory:
+        Without ``max_in_flight``, the items read ahead of you are kept under
+        about 256 MiB (``DEFAULT_MAX_BYTES_IN_FLIGHT``): the size of an item is
+        estimated with ``sys.getsizeof`` on three items of each chunk read (one
+        level into tuples, lists and dicts), and the number of items read ahead
+        is capped at the budget over that estimate. An explicit
+        ``max_in_flight`` is a bound in items only. The results of the chunks in
+        flight are not counted.
+
+    Example:
+        >>> import makeparallel as mp
+        >>> rows = (bytes(65_536) for _ in range(1_000))  # 64 MiB in all, read lazily
+        >>> sum(mp.imap(len, rows)) == 65_536_000
+        True
     """
     mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
     return MapIterator(mapper)
@@ -440,6 +489,10 @@ class _Mapper:
         # Enough chunks in flight to keep every worker (and the consumer) busy.
         self._max_chunks = 2 * workers + 2
         self._max_items = max_in_flight if max_in_flight is not None else _MAX_CHUNK * self._max_chunks
+        # The default bound is in bytes too; an explicit max_in_flight is the user's own.
+        self._bytes_bounded = max_in_flight is None
+        self._bytes_per_item = 0.0  # estimated from the chunks read so far; 0 until one was
+        self._min_items = workers + 1  # however large the items, enough to keep workers busy
         # Several chunks must fit in max_in_flight, or there is nothing to overlap.
         self._sizer = _ChunkSizer(chunksize, total, workers, max(1, self._max_items // self._max_chunks))
         self._progress_option = progress
@@ -535,13 +588,20 @@ class _Mapper:
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:
-            size = min(self._sizer.next_size(), self._max_items - self._items_in_flight)
+            size = self._sizer.next_size()
+            budget = self._max_items
+            if self._bytes_per_item:
+                budget = self._item_budget()
+                size = min(size, max(1, budget // self._max_chunks))  # several chunks fit
+            size = min(size, budget - self._items_in_flight)
             if size <= 0:
                 return
             chunk = list(itertools.islice(self._items, size))
             if not chunk:
                 self._exhausted = True
                 return
+            if self._bytes_bounded:
+                self._measure_items(chunk)
             handle = self._chunk_task(self._fn, chunk, self._read, self._keep_going)
             self._chunk_items[id(handle)] = (self._read, chunk)  # to finish it if its worker dies
             self._read += len(chunk)
@@ -549,6 +609,22 @@ class _Mapper:
             self._in_flight.append((handle, len(chunk)))
             if not self._ordered:
                 self._follow(handle)
+
+    def _item_budget(self) -> int:
+        """Items that may be read ahead: ``max_in_flight``, and the byte budget's worth."""
+        by_bytes = int(DEFAULT_MAX_BYTES_IN_FLIGHT / self._bytes_per_item)
+        return max(self._min_items, min(self._max_items, by_bytes))
+
+    def _measure_items(self, chunk: list[Any]) -> None:
+        """Update the bytes per item from a few items of a chunk just read.
+
+        The estimate follows larger items at once and smaller ones slowly, so
+        that a run of small items does not open the door to a run of large ones.
+        """
+        last = len(chunk) - 1
+        picks = {0, last // 2, last} if last >= _SIZE_SAMPLES else range(last + 1)
+        per_item = sum(_estimated_size(chunk[i]) for i in picks) / len(picks)
+        self._bytes_per_item = max(per_item, 0.9 * self._bytes_per_item)
 
     def _follow(self, handle: AsyncHandle[Any]) -> None:
         if self._completions is None:
