@@ -140,6 +140,29 @@ def test_a_raising_callback_harms_neither_the_waiters_nor_the_pool(
     assert info.get("dead_threads", 0) == 0 and info.get("loop_deaths", 0) == 0
 
 
+def _exit_while_unpickled() -> None:
+    raise SystemExit("raised while the result was unpickled in the parent")
+
+
+class ExitsWhenUnpickled:
+    """A result whose unpickling, in the parent's loop thread, raises ``SystemExit``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_while_unpickled, ())
+
+
+def exits_when_unpickled() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def test_a_result_raising_systemexit_while_unpickled_fails_its_task_only() -> None:
+    mp.configure_process_pool(1)
+    with pytest.raises(mp.TaskSerializationError, match="SystemExit: raised while the result was unpickled"):
+        mp.parallel(backend="process")(exits_when_unpickled)().get(30)
+    assert mp.parallel(backend="process")(double)(21).get(30) == 42  # the loop thread lives on
+    assert mp.get_process_pool_info()["loop_deaths"] == 0
+
+
 def test_a_callback_raising_systemexit_on_a_done_handle_is_logged_here(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="makeparallel")
     handle = mp.parallel(backend="thread")(double)(1)

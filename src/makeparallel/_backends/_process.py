@@ -578,7 +578,7 @@ class ProcessBackend(QueueingBackend):
                     raise failed
                 done.extend(value)
                 value = done
-        except Exception as error:
+        except BaseException as error:  # unpickling runs the user's code: nothing may end the loop
             ok, value = False, TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
                 f"but could not be unpickled here: {type(error).__name__}: {error}"
