@@ -65,8 +65,9 @@ def pool_of_one(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def gated_work(flags: Flags, fail: bool) -> str:
-    """Report progress, then wait for the test's ``go``; fail or succeed (in any pool)."""
-    mp.report_progress(0.5)
+    """Once the test registered its callbacks, report progress, then wait for ``go`` (in any pool)."""
+    assert flags.wait_for_release("registered")
+    mp.report_progress(0.5)  # after registration: the callbacks run where reports arrive
     flags.set("started")
     assert flags.wait_for_release("go")
     if fail:
@@ -114,6 +115,7 @@ def test_a_raising_callback_harms_neither_the_waiters_nor_the_pool(
         if kind != "listener":
             getattr(handle, kind)(broken)
             getattr(handle, kind)(ran_after.append)  # a later callback of the same kind still runs
+        flags.set("registered")
         assert flags.wait("started")
         waiter_done = threading.Event()
         waiter = threading.Thread(target=lambda: (handle.wait(30), waiter_done.set()))
@@ -219,6 +221,7 @@ def test_a_restart_storm_is_degraded_and_passes(flags: Flags, monkeypatch: pytes
     clock = [__import__("time").monotonic() + 2 * _process.RESTART_WINDOW]  # forgets earlier restarts
     monkeypatch.setattr(_process, "_now", lambda: clock[0])
     work = mp.parallel(backend="process")(gated_work)
+    flags.set("registered")
     for attempt in range(2):  # two restarts for one worker
         handle = work(flags, False)
         assert flags.wait("started", 30)
@@ -240,6 +243,7 @@ def test_one_restart_per_worker_is_not_a_storm(flags: Flags, monkeypatch: pytest
     assert wait_until(lambda: mp.get_process_pool_info()["live_workers"] <= 1)
     clock = [__import__("time").monotonic() + 2 * _process.RESTART_WINDOW]
     monkeypatch.setattr(_process, "_now", lambda: clock[0])
+    flags.set("registered")
     handle = mp.parallel(backend="process")(gated_work)(flags, False)
     assert flags.wait("started", 30)
     assert handle.cancel(force=True)
