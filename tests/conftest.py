@@ -29,6 +29,8 @@ def clean_runtime() -> object:
     mp.configure_thread_pool(num_threads=default_thread_count())
     if "process" in _runtime._backends:  # never start the process pool just to size it
         mp.configure_process_pool(num_workers=default_thread_count())
+        # Workers a test killed are its own restart storm, not the next test's.
+        _runtime._backends["process"]._recent_restarts.clear()  # type: ignore[attr-defined]
     leaked = [
         t
         for t in threading.enumerate()
