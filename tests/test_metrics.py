@@ -37,6 +37,8 @@ FIELDS = {
     "p95_queue_wait_ms",
     "p99_queue_wait_ms",
     "max_queue_wait_ms",
+    "retried_tasks",
+    "retries",
 }
 
 

@@ -47,6 +47,9 @@ from ._metrics import get_metrics as get_metrics
 from ._metrics import metrics_snapshot as metrics_snapshot
 from ._metrics import profiled as profiled
 from ._metrics import reset_metrics as reset_metrics
+from ._retry import Retry as Retry
+from ._retrying import retry as retry
+from ._retrying import retry_backoff as retry_backoff
 from ._runtime import configure as configure
 from ._runtime import configure_process_pool as configure_process_pool
 from ._runtime import configure_thread_pool as configure_thread_pool
@@ -62,6 +65,7 @@ from ._task_context import report_progress as report_progress
 from ._task_logging import TaskContextFilter as TaskContextFilter
 from ._task_logging import add_task_context as add_task_context
 from ._task_logging import enable_task_logging as enable_task_logging
+from .errors import CircuitOpenError as CircuitOpenError
 from .errors import ShutdownError as ShutdownError
 from .errors import TaskCancelledError as TaskCancelledError
 from .errors import TaskError as TaskError
@@ -75,6 +79,7 @@ __all__ = [
     "ALL_COMPLETED",
     "AsyncHandle",
     "AsyncHandleFast",
+    "CircuitOpenError",
     "Executor",
     "ExecutorFuture",
     "FIRST_COMPLETED",
@@ -84,6 +89,7 @@ __all__ = [
     "ParallelContext",
     "ParallelFunction",
     "PerformanceMetrics",
+    "Retry",
     "ShutdownError",
     "TaskCancelledError",
     "TaskContextFilter",
@@ -124,6 +130,8 @@ __all__ = [
     "report_progress",
     "reset_metrics",
     "reset_shutdown",
+    "retry",
+    "retry_backoff",
     "set_max_concurrent_tasks",
     "shutdown",
     "start_priority_worker",

@@ -1,9 +1,10 @@
 """Task timeouts: one daemon thread that ends handles whose deadline passed.
 
-Only tasks that have a timeout come here, once, when they start running. The
-thread sleeps until the earliest deadline (or until an earlier one arrives) and
-then calls ``handle._expire()``, which ends the handle only if the task is still
-running. It is a daemon thread: it never holds up interpreter exit.
+Only tasks that have a timeout come here, once per start. The thread sleeps
+until the earliest deadline (or until an earlier one arrives) and then calls
+``handle._expire()``, which ends the handle only if the task is still running
+that attempt. Retries use the same heap: their entry's ``_expire()`` queues the
+next attempt. It is a daemon thread: it never holds up interpreter exit.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ import itertools
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._handle import AsyncHandle
+__all__ = ["Due", "schedule"]
 
-__all__ = ["schedule"]
+
+class Due(Protocol):
+    """What the heap holds: a handle (its timeout) or a retry entry."""
+
+    def _expire(self) -> None: ...
+
 
 _condition = threading.Condition(threading.Lock())
-_heap: list[tuple[float, int, AsyncHandle[Any]]] = []
+_heap: list[tuple[float, int, Due]] = []
 _order = itertools.count()  # breaks ties between equal deadlines without comparing handles
 _thread: threading.Thread | None = None
 
 
-def schedule(handle: AsyncHandle[Any], deadline: float) -> None:
-    """End ``handle`` with a timeout at ``deadline`` (a ``time.perf_counter`` value)."""
+def schedule(handle: Due, deadline: float) -> None:
+    """Call ``handle._expire()`` at ``deadline`` (a ``time.perf_counter`` value)."""
     global _thread
     with _condition:
         heapq.heappush(_heap, (deadline, next(_order), handle))

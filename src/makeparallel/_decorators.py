@@ -26,6 +26,7 @@ from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
+from ._retry import Retry, check_retry
 from ._states import FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 
@@ -34,7 +35,7 @@ __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-OPTION_NAMES = ("async_cancel", "backend", "max_concurrent", "name", "priority", "timeout")
+OPTION_NAMES = ("async_cancel", "backend", "max_concurrent", "name", "priority", "retry", "timeout")
 _CALL_TIME_OPTIONS = ("timeout", "priority")
 
 
@@ -52,6 +53,7 @@ class TaskSpec:
         "metrics",
         "name",
         "priority",
+        "retry",
         "timeout",
     )
 
@@ -65,9 +67,11 @@ class TaskSpec:
         is_async: bool = False,
         async_cancel: str | None = None,
         function_name: str | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self.name = name
         self.function_name = function_name or name
+        self.retry = retry
         self.is_async = is_async
         self.async_cancel = async_cancel
         self.backend = backend
@@ -94,6 +98,13 @@ class TaskSpec:
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Count the task (called under the backend lock)."""
         self._shard(handle._backend._lock).total += 1
+
+    def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
+        """Count a retry, and the task as retried at its first (under the backend lock)."""
+        shard = self._shard(handle._backend._lock)
+        shard.retries += 1
+        if first:
+            shard.retried += 1
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
@@ -135,6 +146,8 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         checked["timeout"] = check_task_timeout(options["timeout"])
     if "priority" in options:
         checked["priority"] = check_priority(options["priority"])
+    if "retry" in options:
+        checked["retry"] = check_retry(options["retry"])
     if options.get("max_concurrent") is not None:
         check_count(options["max_concurrent"], "max_concurrent")
     name = options.get("name")
@@ -184,6 +197,7 @@ class ParallelFunction(Generic[P, T]):
             is_async=_returns_coroutines(fn),
             async_cancel=options.get("async_cancel"),
             function_name=getattr(fn, "__name__", None),
+            retry=options.get("retry"),
         )
         own = own_parameters(fn, _CALL_TIME_OPTIONS)
         self._call_time = tuple(o for o in _CALL_TIME_OPTIONS if o not in own)
@@ -331,6 +345,7 @@ def parallel(
     max_concurrent: int | None = None,
     name: str | None = None,
     async_cancel: str | None = None,
+    retry: Retry | None = None,
 ) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
 def parallel(fn: Any = None, /, **options: Any) -> Any:
     """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
@@ -377,6 +392,8 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             task does to it: ``"cooperative"`` (``handle.cancel()``) or
             ``"force"`` (``handle.cancel(force=True)``: on the process backend
             the worker is stopped); default: ``configure(async_cancel=...)``.
+        retry (Retry | None): run a failed task again, after a backoff that
+            holds no worker; the handle stays unfinished meanwhile.
 
     Returns:
         A :class:`ParallelFunction` (used bare), or a decorator that makes one
@@ -405,6 +422,9 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
                 ".options(...) to change its options"
             )
         _refuse_generator_function(function)
+        policy = getattr(function, "__makeparallel_retry__", None)
+        if policy is not None:  # @parallel over @retry(...): the policy becomes retry=
+            return ParallelFunction(function.__wrapped__, {"retry": policy, **checked})
         return ParallelFunction(function, checked)
 
     return decorate if fn is None else decorate(fn)

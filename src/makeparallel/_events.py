@@ -1,4 +1,4 @@
-"""Task events for custom exporters: submitted, started, finished.
+"""Task events for custom exporters: submitted, started, retry, finished.
 
 A listener is called with a :class:`TaskEvent` for each event of each task, on the
 thread where it happened (the submitter, the worker, or whoever ended the task),
@@ -40,7 +40,8 @@ class TaskEvent:
     """One event in the life of a task.
 
     Attributes:
-        kind: ``"submitted"``, ``"started"`` or ``"finished"``.
+        kind: ``"submitted"``, ``"started"``, ``"retry"`` (an attempt failed and
+            another is scheduled) or ``"finished"``.
         task_id: the task's id (``handle.get_task_id()``).
         name: the function's name, as metrics know it.
         status: the task's state then: ``"pending"``, ``"running"``,
@@ -49,6 +50,9 @@ class TaskEvent:
         queue_wait: seconds from submission to start, once it started.
         duration: seconds it ran, once it finished having started.
         metadata: a copy of the task's metadata.
+        attempt: for ``"retry"``: the number of the attempt that failed (1 for the first).
+        error: for ``"retry"``: the exception that attempt raised.
+        wait: for ``"retry"``: seconds until the next attempt.
     """
 
     kind: str
@@ -59,6 +63,9 @@ class TaskEvent:
     queue_wait: float | None
     duration: float | None
     metadata: dict[str, Any]
+    attempt: int | None = None
+    error: BaseException | None = None
+    wait: float | None = None
 
 
 def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
@@ -81,8 +88,8 @@ def remove_task_listener(listener: Callable[[TaskEvent], object]) -> None:
         listeners = tuple(remaining)
 
 
-def emit(kind: str, handle: AsyncHandle[Any]) -> None:
-    """Tell every listener that ``kind`` happened to ``handle``."""
+def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
+    """Tell every listener that ``kind`` happened to ``handle``; ``details``: the event's own fields."""
     started = handle._started_at
     finished = handle._finished_at
     event = TaskEvent(
@@ -94,6 +101,7 @@ def emit(kind: str, handle: AsyncHandle[Any]) -> None:
         queue_wait=None if started is None else started - handle._submitted_at,
         duration=None if started is None or finished is None else finished - started,
         metadata=dict(handle._metadata or {}),
+        **details,
     )
     interrupt: KeyboardInterrupt | None = None
     for listener in listeners:

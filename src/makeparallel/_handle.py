@@ -3,8 +3,11 @@
 State machine::
 
     PENDING --claim--> RUNNING --return/raise--> SUCCEEDED | FAILED
-       |                  |
-       +--cancel()--------+--cancel()--> CANCELLED
+       |  ^               |
+       |  |               +--raise/deadline, its retry policy agrees--> RETRY_WAIT
+       |  +---------------------- the wait is over: queued again <---------+
+       |                  |                                                |
+       +--cancel()--------+--cancel()-----------------------------------+--+--> CANCELLED
                           +--deadline--> TIMED_OUT
 
 Every transition happens under the lock of the backend that owns the task, so
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events
 from ._coroutines import is_coroutine, run_here, running_loop, start_on_running_loop
-from ._states import CANCELLED, FAILED, PENDING, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
+from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
 from ._yielding_lock import acquire_yielding
@@ -38,6 +41,7 @@ from .errors import TaskCancelledError, TaskTimeoutError
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
+    from ._retry import Attempts
 
 __all__ = ["AsyncHandle", "TaskObserver", "cancel_all"]
 
@@ -47,6 +51,10 @@ T = TypeVar("T")
 _ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
 
 _Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
+# What _settle_locked returns when the task did not end: it waits to retry, or
+# the outcome was a stale attempt's (timed out, retried, and returned late).
+_RETRYING: _Announcement = (None, None)
+_DROPPED: _Announcement = (None, None)
 
 _log = logging.getLogger("makeparallel")
 _now = time.perf_counter
@@ -64,12 +72,17 @@ class TaskObserver(Protocol):
     cpu_watch: Any
     #: Whether the function is known to return coroutines (set once one came back).
     is_async: bool
+    #: The retry policy (a ``Retry``), or ``None``.
+    retry: Any
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Called exactly once per task, under the backend lock: keep it short."""
+
+    def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
+        """Called when an attempt failed and another is scheduled, under the backend lock."""
 
 
 class AsyncHandle(Generic[T]):
@@ -123,6 +136,7 @@ class AsyncHandle(Generic[T]):
         "_priority",
         "_progress",
         "_progress_message",
+        "_retry",
         "_started_at",
         "_state",
         "_stop_event",
@@ -133,6 +147,7 @@ class AsyncHandle(Generic[T]):
     )
 
     _payload: Any  # the pickled call, set by the process backend only
+    _retry: Attempts  # set at the first retry only: reading it costs nothing before
 
     def __init__(
         self,
@@ -272,8 +287,17 @@ class AsyncHandle(Generic[T]):
 
     @property
     def status(self) -> str:
-        """``"pending"``, ``"running"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
+        """``"pending"``, ``"running"``, ``"waiting to retry"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
         return STATE_NAMES[self._state]
+
+    @property
+    def attempts(self) -> int:
+        """How many times the task started: 0 while first queued, more than 1 after retries."""
+        record: Attempts | None = getattr(self, "_retry", None)
+        if record is None:
+            return int(self._started_at is not None)
+        # Each attempt sets a new start time: one that differs from the retried attempt's started since.
+        return record.retries + int(self._started_at is not record.retried_start)
 
     def get_task_id(self) -> int:
         """The task's id, unique in this process."""
@@ -467,18 +491,30 @@ class AsyncHandle(Generic[T]):
         try:
             value = self._context.run(self._fn, *self._args, **self._kwargs)  # type: ignore[union-attr, arg-type, misc]
             if is_coroutine(value):
-                outcome = self._run_coroutine(value)
+                outcome: tuple[int, Any] = self._run_coroutine(value)
                 on_loop = outcome[0] == RUNNING
-                return outcome
-            return SUCCEEDED, value
+            else:
+                outcome = (SUCCEEDED, value)
         except BaseException as error:
-            return FAILED, error
+            outcome = (self._failed(error), error)
         finally:
             local.task = outer
             if not on_loop:
                 self._code_done = True
                 if self._stop_event is not None:
                     self._stop_event.set()
+        if self._started_at is not started:
+            return RUNNING, None  # timed out, and a retry started since: this outcome is stale
+        return outcome
+
+    def _failed(self, error: BaseException) -> int:
+        """FAILED, or RETRY_WAIT where the retry policy wants another attempt.
+
+        The policy's ``on`` may be the user's predicate: it is asked here, outside
+        every lock; attempts and time are counted under the lock, at the settle.
+        """
+        retry = self._observer.retry
+        return RETRY_WAIT if retry is not None and retry.retries(error) else FAILED
 
     def _code_returned(self) -> None:
         """The task's code ended elsewhere (a worker process, a loop): wake ``cancel_with_timeout``."""
@@ -502,6 +538,8 @@ class AsyncHandle(Generic[T]):
         self._finish(SUCCEEDED if ok else FAILED, value)
 
     def _finish(self, state: int, value: Any) -> None:
+        if state == FAILED:
+            state = self._failed(value)
         lock = self._backend._lock
         if not lock.acquire(False):
             acquire_yielding(lock)
@@ -518,13 +556,22 @@ class AsyncHandle(Generic[T]):
         """The deadline passed: end the handle if the task is still running."""
         backend = self._backend
         with backend._lock:
-            if self._state != RUNNING:
-                return
+            if self._state != RUNNING or _now() < self._started_at + self._timeout:  # type: ignore[operator]
+                return  # ended, or this deadline was an earlier attempt's
             error = TaskTimeoutError(
                 f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
                 f"{backend.stop_hint}. Raise the timeout if the task needs longer"
             )
-            announce = self._settle_locked(TIMED_OUT, error)
+            retry = self._observer.retry
+            if retry is not None and retry.retries(error) and self._retry_later_locked(error):
+                announce: _Announcement | None = _RETRYING
+            else:
+                announce = self._settle_locked(TIMED_OUT, error)
+        if announce is _RETRYING:
+            if _events.listeners:
+                self._after_settle(announce)
+            backend._abandoned(self, True)  # stop the late attempt where a backend can
+            return
         if announce is not None and announce[0] or _events.listeners:
             # This is the one deadline thread: a slow callback or listener must not
             # hold back every other timeout, so they (then waiters) get a thread.
@@ -536,7 +583,18 @@ class AsyncHandle(Generic[T]):
         backend._abandoned(self)
 
     def _settle_locked(self, state: int, value: Any) -> _Announcement | None:
-        """Record the end; return the callbacks to run and the waiters to wake, if any."""
+        """Record the end; return the callbacks to run and the waiters to wake, if any.
+
+        ``state`` RETRY_WAIT: the attempt failed and its policy would retry; it
+        does if attempts, time and the backend allow (then ``_RETRYING``), else the
+        task fails. RUNNING: a stale attempt's outcome, dropped (``_DROPPED``).
+        """
+        if state < SUCCEEDED:
+            if state == RUNNING:
+                return _DROPPED
+            if self._retry_later_locked(value):
+                return _RETRYING
+            state = FAILED
         was_pending = self._state == PENDING
         self._state = state
         self._value = value
@@ -558,10 +616,68 @@ class AsyncHandle(Generic[T]):
 
     def _after_settle(self, announce: _Announcement | None) -> None:
         """Run callbacks, wake waiters, tell listeners: everything after the end."""
+        if announce is _RETRYING or announce is _DROPPED:
+            if announce is _RETRYING and _events.listeners:
+                record = self._retry
+                _events.emit("retry", self, attempt=len(record.failures), error=record.last_error, wait=record.wait)
+            return
         if announce is not None:
             self._announce(*announce)
         if _events.listeners:
             _events.emit("finished", self)
+
+    # -- engine side: retrying -------------------------------------------------------
+
+    def _retry_later_locked(self, error: BaseException) -> bool:
+        """Schedule the next attempt if attempts, time and the backend allow; under the lock."""
+        if self._state != RUNNING:
+            return False
+        retry = self._observer.retry
+        now = _now()
+        record = getattr(self, "_retry", None)
+        if record is None:
+            from ._retry import Attempts  # the first retry of this task: nothing loads before
+
+            record = self._retry = Attempts(self._started_at if self._started_at is not None else now)
+        attempt = len(record.failures) + 1
+        record.failures.append((attempt, type(error).__name__, now - record.first_started))
+        record.last_error = error
+        if attempt >= retry.attempts or self._backend._closed:
+            return False
+        wait = retry.wait(attempt)
+        if retry.timeout is not None and now + wait - record.first_started > retry.timeout:
+            return False
+        record.wait = wait
+        record.due = now + wait
+        record.retries += 1
+        record.retried_start = self._started_at
+        if self._context is not None:  # a timed-out attempt may still run in it: one context, one thread
+            self._context = self._context.copy()
+        self._state = RETRY_WAIT
+        self._on_worker = 0  # no worker holds it now
+        self._observer.task_retried(self, attempt == 1)
+        self._backend._schedule_retry_locked(self, record.due)
+        return True
+
+    def _queued_again_locked(self) -> list[threading.Lock] | None:
+        """The next attempt is queued (under the lock): return the waiters to wake, so they may run it."""
+        self._state = PENDING
+        waiters, self._waiters = self._waiters, None
+        return waiters
+
+    def _retry_due(self) -> None:
+        """The wait is over: queue the next attempt (called by the deadline thread)."""
+        if self._state == RETRY_WAIT:
+            self._backend._resume(self)
+
+    def _give_up_retrying(self) -> None:
+        """The backend cannot run another attempt (it shut down): fail with the last error."""
+        with self._backend._lock:
+            if self._state != RETRY_WAIT:
+                return
+            self._state = RUNNING  # settle as the attempt that failed last
+            announce = self._settle_locked(FAILED, self._retry.last_error)
+        self._after_settle(announce)
 
     def _announce(
         self,
@@ -590,15 +706,52 @@ class AsyncHandle(Generic[T]):
     # -- engine side: waiting ------------------------------------------------------
 
     def _wait_for_end(self, timeout: float | None) -> None:
+        if self._observer.retry is not None:
+            self._wait_retrying(timeout)
+            return
         if timeout is None and self._run_here_if_queued():
             return
         self._refuse_to_block_a_loop()
         if not self._block(timeout):
-            raise TaskTimeoutError(
-                f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
-                f"it is still {STATE_NAMES[self._state]} and goes on. Wait again, or "
-                "cancel it with handle.cancel()"
-            )
+            raise self._gave_up(timeout)  # type: ignore[arg-type]
+
+    def _gave_up(self, timeout: float) -> TaskTimeoutError:
+        return TaskTimeoutError(
+            f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
+            f"it is still {STATE_NAMES[self._state]} and goes on. Wait again, or "
+            "cancel it with handle.cancel()"
+        )
+
+    def _wait_retrying(self, timeout: float | None) -> None:
+        """Wait for a task that may retry; without a timeout, run each queued attempt here.
+
+        Waiters are woken when an attempt is queued again, so a task waiting for
+        a retrying child it submitted runs the child's next attempt itself, and
+        nested work cannot deadlock the pool.
+        """
+        backend = self._backend
+        deadline = None if timeout is None else _now() + timeout
+        while self._state < SUCCEEDED:
+            seen = self._state
+            if deadline is None and self._run_here_if_queued():
+                continue
+            remaining = None if deadline is None else deadline - _now()
+            if remaining is not None and remaining <= 0:
+                raise self._gave_up(timeout)  # type: ignore[arg-type]
+            with backend._lock:
+                if self._state >= SUCCEEDED:
+                    return
+                if self._state == PENDING and seen != PENDING:
+                    continue  # queued again just now: try to run it here
+                waiter = _allocate_lock()
+                waiter.acquire()
+                self._waiters = [waiter] if self._waiters is None else [*self._waiters, waiter]
+            if remaining is None:
+                waiter.acquire()
+            elif not waiter.acquire(True, remaining):
+                with backend._lock:
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
 
     def _run_here_if_queued(self) -> bool:
         """Run the task here if it is still queued; return whether it ended.
@@ -712,7 +865,17 @@ class AsyncHandle(Generic[T]):
     def _describe_failure(self) -> str:
         note = f"makeparallel: task {self._id} ({self.name}) failed after {self.elapsed_time():.3f} s"
         metadata = self._metadata
-        return f"{note}; metadata: {metadata!r}" if metadata else note
+        if metadata:
+            note = f"{note}; metadata: {metadata!r}"
+        record = getattr(self, "_retry", None)
+        if record is None:
+            return note
+        if record.last_error is not self._value:  # the last attempt failed in a way not retried
+            record.failures.append(
+                (len(record.failures) + 1, type(self._value).__name__, self._finished_at - record.first_started)
+            )
+            record.last_error = self._value
+        return f"{note}\n{record.describe()}"
 
 
 def _add_note(error: BaseException, note: str) -> None:

@@ -42,6 +42,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class TaskMetrics(Mapping[str, Any]):
     """A snapshot of one function's metrics, read as attributes or as a mapping.
 
+    ``retried_tasks`` counts tasks run more than once by their retry policy,
+    ``retries`` the attempts after the first. A retried task's execution time is
+    its last attempt's, its queue wait runs from submission to that start.
+
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles
     come from a fixed-size histogram: they fall in the same bucket as the exact
@@ -72,6 +76,8 @@ class TaskMetrics(Mapping[str, Any]):
     p95_queue_wait_ms: float
     p99_queue_wait_ms: float
     max_queue_wait_ms: float
+    retried_tasks: int = 0
+    retries: int = 0
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELD_NAMES:
@@ -109,6 +115,8 @@ class Counts:
         "lock",
         "new_durations",
         "new_waits",
+        "retried",
+        "retries",
         "timed_out",
         "total",
         "waits",
@@ -120,6 +128,7 @@ class Counts:
 
     def zero(self) -> None:
         self.total = self.completed = self.failed = self.cancelled = self.timed_out = 0
+        self.retried = self.retries = 0
         self.durations = Histogram()  # run to the end: succeeded or failed
         self.waits = Histogram()  # from submission to start
         self.new_durations: list[float] = []
@@ -165,6 +174,8 @@ class Counts:
         self.failed += other.failed
         self.cancelled += other.cancelled
         self.timed_out += other.timed_out
+        self.retried += other.retried
+        self.retries += other.retries
         self.durations.merge(other.durations)
         self.waits.merge(other.waits)
 
@@ -244,6 +255,8 @@ def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
         p95_queue_wait_ms=ms(waits.quantile(0.95)),
         p99_queue_wait_ms=ms(waits.quantile(0.99)),
         max_queue_wait_ms=ms(waits.maximum),
+        retried_tasks=counts.retried,
+        retries=counts.retries,
     )
 
 

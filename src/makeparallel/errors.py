@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 
 __all__ = [
+    "CircuitOpenError",
     "ShutdownError",
     "TaskCancelledError",
     "TaskError",
@@ -75,3 +76,21 @@ class TaskSerializationError(TaskError):
     result. The message names the object that failed; the thread backend needs no
     pickling at all.
     """
+
+
+class CircuitOpenError(TaskError):
+    """A circuit breaker refused the call: its dependency has been failing.
+
+    The task never ran. ``breaker`` names the breaker, ``failure_rate`` is the
+    failure rate that opened it (0 to 1), ``retry_at`` the ``time.time()`` at
+    which it lets trial calls through again (``None`` when forced open).
+    """
+
+    def __init__(self, message: str, breaker: str = "", failure_rate: float = 0.0, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.failure_rate = failure_rate
+        self.retry_at = retry_at
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (*self.args, self.breaker, self.failure_rate, self.retry_at))

@@ -8,6 +8,8 @@ costs nothing per task. Metrics, labelled by function (and pool):
 
 * ``makeparallel_tasks_total{function,status}`` (counter; status: completed,
   failed, cancelled, timed_out) and ``makeparallel_tasks_submitted_total{function}``;
+* ``makeparallel_tasks_retried_total{function}`` (tasks run again by their retry
+  policy) and ``makeparallel_task_retries_total{function}`` (attempts after the first);
 * ``makeparallel_tasks_running{function}``, ``makeparallel_tasks_queued{function}``;
 * ``makeparallel_task_duration_seconds{function}`` and
   ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
@@ -64,6 +66,12 @@ class MakeparallelCollector:
         submitted = CounterMetricFamily(
             "makeparallel_tasks_submitted", "Tasks submitted, by function", labels=["function"]
         )
+        retried = CounterMetricFamily(
+            "makeparallel_tasks_retried", "Tasks run again by their retry policy", labels=["function"]
+        )
+        retries = CounterMetricFamily(
+            "makeparallel_task_retries", "Attempts after the first, by function", labels=["function"]
+        )
         running = GaugeMetricFamily("makeparallel_tasks_running", "Tasks running now", labels=["function"])
         queued = GaugeMetricFamily(
             "makeparallel_tasks_queued", "Tasks waiting to start", labels=["function"]
@@ -82,13 +90,15 @@ class MakeparallelCollector:
             for status, field in _STATUSES:
                 ended.add_metric([name, status], metrics[field])
             submitted.add_metric([name], metrics["total_tasks"])
+            retried.add_metric([name], metrics["retried_tasks"])
+            retries.add_metric([name], metrics["retries"])
             running.add_metric([name], metrics["running_tasks"])
             queued.add_metric([name], metrics["queued_tasks"])
             durations.add_metric(
                 [name], _buckets(metrics["execution_time_buckets"]), metrics["execution_time_sum_seconds"]
             )
             waits.add_metric([name], _buckets(metrics["queue_wait_buckets"]), metrics["queue_wait_sum_seconds"])
-        yield from (ended, submitted, running, queued, durations, waits)
+        yield from (ended, submitted, retried, retries, running, queued, durations, waits)
         yield from _pool_metrics(snapshot["pools"])
 
     def describe(self) -> list[Any]:

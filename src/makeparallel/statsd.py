@@ -9,7 +9,8 @@ Every ``interval`` seconds the exporter reads :func:`makeparallel.metrics_snapsh
 and sends what changed since the last flush:
 
 * ``<prefix>.<function>.<status>:<n>|c`` for tasks that ended (completed, failed,
-  cancelled, timed_out) and ``<prefix>.<function>.submitted:<n>|c``;
+  cancelled, timed_out), ``<prefix>.<function>.submitted:<n>|c``, and for
+  retries ``.retried`` (tasks retried) and ``.retries`` (attempts after the first);
 * ``<prefix>.<function>.duration:<ms>|ms|@<rate>`` and ``...queue_wait...``: the
   timers, one line per histogram bucket that gained samples, its value the
   bucket's midpoint and its sample rate 1/count, so the server counts every task;
@@ -42,6 +43,8 @@ _STATUSES = (
     ("cancelled", "cancelled_tasks"),
     ("timed_out", "timed_out_tasks"),
     ("submitted", "total_tasks"),
+    ("retried", "retried_tasks"),
+    ("retries", "retries"),
 )
 
 

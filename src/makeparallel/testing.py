@@ -3,6 +3,7 @@
 ``inline()`` runs every task of functions that name no backend inline, in the
 calling thread (the ``"sync"`` backend): deterministic, and breakpoints work.
 ``wait_until_idle()`` blocks until every submitted task has ended.
+``no_retry_waits()`` makes every retry wait zero seconds, so tests of retries run fast.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import _runtime
+from . import _retry, _runtime
 from ._runtime import wait_until_idle as wait_until_idle
 
-__all__ = ["inline", "wait_until_idle"]
+__all__ = ["inline", "no_retry_waits", "wait_until_idle"]
 
 
 @contextmanager
@@ -25,3 +26,16 @@ def inline() -> Iterator[None]:
         yield
     finally:
         _runtime.use_default_backend(previous)
+
+
+@contextmanager
+def no_retry_waits() -> Iterator[None]:
+    """Within the block, retries wait zero seconds between attempts (in every thread).
+
+    Attempts are still counted, and ``Retry(timeout=...)`` still applies.
+    """
+    _retry.suspend_waits(+1)
+    try:
+        yield
+    finally:
+        _retry.suspend_waits(-1)

@@ -11,6 +11,7 @@ import gc
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import _deadlines
 from .._states import RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
@@ -107,6 +108,14 @@ class Backend:
             waiter.release()
         self._idle_waiters.clear()
 
+    def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
+        """``handle`` waits to retry until ``due`` (``perf_counter``): the deadline thread resumes it."""
+        _deadlines.schedule(_RetryDue(handle), due)
+
+    def _resume(self, handle: AsyncHandle[Any]) -> None:
+        """Queue the next attempt of a task that waited to retry (still counted as active)."""
+        raise NotImplementedError
+
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
 
@@ -161,3 +170,15 @@ class Backend:
 
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""
+
+
+class _RetryDue:
+    """A deadline-heap entry that starts a task's next attempt instead of timing it out."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: AsyncHandle[Any]) -> None:
+        self.handle = handle
+
+    def _expire(self) -> None:
+        self.handle._retry_due()

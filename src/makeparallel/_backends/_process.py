@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpus
 from .._remote_errors import attach_remote_traceback
-from .._states import FAILED, PENDING, RUNNING, SUCCEEDED, TIMED_OUT
+from .._states import FAILED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._output_relay import write_relayed
@@ -276,6 +276,23 @@ class ProcessBackend(QueueingBackend):
                 return
             self._loop = loop = self._new_loop_locked()
         loop.start()
+
+    def _resume(self, handle: AsyncHandle[Any]) -> None:
+        with self._lock:
+            if handle._state != RETRY_WAIT:
+                return  # cancelled during the wait
+            closed = self._closed
+            waiters = None
+            if not closed:
+                waiters = handle._queued_again_locked()
+                self._enqueue_locked(handle)  # its payload was kept for this
+        for waiter in waiters or ():
+            waiter.release()
+        if closed:
+            handle._give_up_retrying()
+            return
+        self._start_loop()
+        self._wake()
 
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
@@ -515,7 +532,9 @@ class ProcessBackend(QueueingBackend):
                     buffers = [_serialization.receive_buffer(worker.conn, size) for size in sizes]
                     with self._lock:
                         handle = worker.outstanding.popleft()
-                    self._settle(handle, ok, data, buffers, seconds)
+                        stale = worker.killing and self._retried_elsewhere_locked(handle)
+                    if not stale:
+                        self._settle(handle, ok, data, buffers, seconds)
             elif kind == "progress":
                 _, task_id, fraction, text = message
                 running = [h for h in worker.outstanding if h._id == task_id]
@@ -612,11 +631,13 @@ class ProcessBackend(QueueingBackend):
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         worker.conn.close()
         code = _stop(worker.process)
+        with self._lock:
+            retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
         if init_failure is not None:
             for handle in outstanding:
                 if handle._state == RUNNING:
                     handle._finish(FAILED, init_failure())
-        elif outstanding and outstanding[0]._state == RUNNING:
+        elif outstanding and outstanding[0]._state == RUNNING and not retried:
             handle = outstanding[0]
             error: Exception
             if terminating:
@@ -663,6 +684,10 @@ class ProcessBackend(QueueingBackend):
         if gave_up:
             self._broken = make_error
         return make_error
+
+    def _retried_elsewhere_locked(self, handle: AsyncHandle[Any]) -> bool:
+        """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
+        return any(handle in w.outstanding for w in self._workers)
 
     def _kill_marked(self) -> None:
         now = time.monotonic()

@@ -2,19 +2,24 @@
 
 Same API and same errors as the pools, with nothing concurrent: for debugging
 (breakpoints and tracebacks stay in your thread) and for deterministic tests.
+A retry's wait, too, is spent in the calling thread.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from .._states import RUNNING
+from .._states import RETRY_WAIT, RUNNING
 from ._base import Backend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
 __all__ = ["SyncBackend"]
+
+_inline = threading.local()  # .handle: the task whose attempts submit() runs now, on this thread
 
 
 class SyncBackend(Backend):
@@ -30,7 +35,24 @@ class SyncBackend(Backend):
             self._active += 1
             handle._state = RUNNING
             handle._observer.task_submitted(handle)
-        handle._run()
+        outer, _inline.handle = getattr(_inline, "handle", None), handle
+        try:
+            handle._run()
+            while handle._state == RETRY_WAIT:  # inline means the caller waits, here
+                time.sleep(max(0.0, handle._retry.due - time.perf_counter()))
+                with self._lock:
+                    if handle._state != RETRY_WAIT:
+                        break  # cancelled meanwhile (by a callback, or another thread)
+                    handle._state = RUNNING
+                handle._run()
+        finally:
+            _inline.handle = outer
+
+    def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
+        if getattr(_inline, "handle", None) is not handle:
+            # It failed after submit() returned (a coroutine on a running loop): no
+            # caller waits for it, so the deadline thread ends it (see _resume).
+            super()._schedule_retry_locked(handle, due)
 
     def _holds(self, handle: AsyncHandle[Any]) -> bool:
         return handle._state == RUNNING

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _events
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, RUNNING
+from .._states import CANCELLED, RETRY_WAIT, RUNNING
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
 from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
@@ -178,6 +178,27 @@ class ThreadBackend(QueueingBackend):
             park.release()
         self._spawn(spawn)
 
+    def _resume(self, handle: AsyncHandle[Any]) -> None:
+        with self._lock:
+            if handle._state != RETRY_WAIT:
+                return  # cancelled during the wait
+            waiters = None
+            if self._closed:
+                park = spawn = None
+            else:
+                waiters = handle._queued_again_locked()
+                self._enqueue_locked(handle)
+                park = self._parked.pop() if self._parked else None
+                spawn = 0 if park is not None else self._reserve_workers_locked(1)
+        for waiter in waiters or ():
+            waiter.release()
+        if spawn is None:
+            handle._give_up_retrying()
+        elif park is not None:
+            park.release()
+        else:
+            self._spawn(spawn)
+
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
             self._closed = True
@@ -299,7 +320,7 @@ class ThreadBackend(QueueingBackend):
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(*outcome)
                         settled = handle
-                    elif handle._on_worker == ABANDONED:
+                    elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
                         self._stuck -= 1
                         self._set_capacity_locked()
                 # A surplus worker (the pool shrank, or a stuck task came back)

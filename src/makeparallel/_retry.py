@@ -1,0 +1,194 @@
+"""Retry with backoff: a frozen policy, and each task's own record of its attempts.
+
+The policy (:class:`Retry`) is configuration only, shared by every call of a
+function; what one call has done so far lives in its handle (:class:`Attempts`),
+so calls never see each other's progress. That split follows stamina
+(hynek/stamina); tenacity keeps statistics on the shared wrapper, and concurrent
+calls overwrite each other's.
+
+A retry never sleeps on a worker: the failed attempt ends, the handle waits in the
+``"waiting to retry"`` state, and the deadline thread puts it back in its pool's
+queue when the wait is over (the ``"sync"`` backend, which runs everything in the
+caller, waits in the caller).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
+
+__all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
+
+RetryOn = Union[type[BaseException], tuple[type[BaseException], ...], Callable[[BaseException], bool]]
+
+# Library outcomes retried only when ``on`` names them (or a subclass) as themselves:
+# retrying every ``TimeoutError`` or ``Exception`` should not silently retry these.
+_EXPLICIT_ONLY = (TaskTimeoutError, CircuitOpenError)
+
+_no_waits_lock = threading.Lock()
+_no_waits = 0  # blocks of makeparallel.testing.no_retry_waits() open now
+
+
+def waits_enabled() -> bool:
+    """Whether retries wait their computed time (``no_retry_waits()`` makes them not)."""
+    return _no_waits == 0
+
+
+def suspend_waits(delta: int) -> None:
+    """Open (+1) or close (-1) a block in which every retry wait is zero."""
+    global _no_waits
+    with _no_waits_lock:
+        _no_waits += delta
+
+
+def _check_on(on: Any) -> None:
+    if isinstance(on, type):
+        if not issubclass(on, BaseException):
+            raise TypeError(f"on must be an exception type, a tuple of them or a predicate, got the type {on.__name__}")
+        return
+    if isinstance(on, tuple):
+        if not on:
+            raise ValueError("on must name at least one exception type, got an empty tuple")
+        for kind in on:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise TypeError(f"on must hold exception types only, got {kind!r}")
+        return
+    if not callable(on):
+        raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
+
+
+def _check_seconds(value: Any, name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When and how often to run a failed task again, and how long to wait between.
+
+    Pass it to ``@parallel(retry=Retry(on=...))``. The wait before attempt n+1 is
+    ``min(wait_max, wait_initial * wait_exp_base ** (n - 1) + uniform(0, wait_jitter))``:
+    exponential backoff with additive jitter, the formula and defaults of stamina.
+
+    Args:
+        on: what to retry: an exception type, a tuple of them, or a predicate
+            ``f(exc) -> bool`` (called on the thread that ran the attempt, outside
+            the library's locks). Required. Never retried, whatever it says:
+            ``KeyboardInterrupt``, ``SystemExit`` and other non-``Exception``
+            errors, and cancellation. ``TaskTimeoutError`` (the task's own
+            ``timeout=``) and ``CircuitOpenError`` are retried only when ``on``
+            is a type or tuple that lists them (or a subclass) as themselves,
+            not through a base class such as ``TimeoutError`` or ``Exception``;
+            a predicate never sees them.
+        attempts: attempts in all, the first included (an int >= 1).
+        timeout: seconds for all attempts and waits together, counted from the
+            first start; no attempt starts after it. ``None``: no limit.
+            Whichever of ``attempts`` and ``timeout`` comes first stops it.
+        wait_initial: seconds before the second attempt (without jitter).
+        wait_max: the longest wait, in seconds.
+        wait_jitter: at most this many seconds are added at random to each wait,
+            so that many callers retrying together spread out.
+        wait_exp_base: the factor by which the wait grows per attempt (1 keeps it
+            constant).
+
+    Raises:
+        TypeError: ``on`` is not an exception type, a tuple of them or a callable;
+            a number is of the wrong type.
+        ValueError: ``attempts`` < 1, a negative or infinite number of seconds,
+            ``wait_exp_base`` < 1, or an empty ``on`` tuple.
+    """
+
+    on: RetryOn
+    attempts: int = 10
+    timeout: float | None = 45.0
+    wait_initial: float = 0.1
+    wait_max: float = 5.0
+    wait_jitter: float = 1.0
+    wait_exp_base: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check_on(self.on)
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"attempts must be an int >= 1, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1 (the first attempt counts), got {self.attempts}")
+        _check_seconds(self.timeout, "timeout", allow_none=True)
+        for name in ("wait_initial", "wait_max", "wait_jitter"):
+            _check_seconds(getattr(self, name), name)
+        _check_seconds(self.wait_exp_base, "wait_exp_base")
+        if self.wait_exp_base < 1:
+            raise ValueError(f"wait_exp_base must be >= 1 (1 keeps waits constant), got {self.wait_exp_base!r}")
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``on`` asks to retry ``error``, before counting attempts or time."""
+        if not isinstance(error, Exception) or isinstance(error, TaskCancelledError):
+            return False
+        on = self.on
+        explicit = isinstance(error, _EXPLICIT_ONLY)
+        if isinstance(on, (type, tuple)):
+            kinds = on if isinstance(on, tuple) else (on,)
+            if explicit:
+                kinds = tuple(k for k in kinds if issubclass(k, _EXPLICIT_ONLY))
+            return isinstance(error, kinds)
+        return not explicit and bool(on(error))
+
+    def wait(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed."""
+        if not waits_enabled():
+            return 0.0
+        return self._backoff(failed_attempt)
+
+    def _backoff(self, failed_attempt: int) -> float:
+        exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer
+        try:
+            grown = self.wait_initial * self.wait_exp_base**exponent
+        except OverflowError:
+            grown = math.inf
+        jitter = random.uniform(0.0, self.wait_jitter) if self.wait_jitter else 0.0
+        return min(self.wait_max, grown + jitter)
+
+
+@dataclass(frozen=True)
+class _LinearRetry(Retry):
+    """Waits growing by ``wait_initial`` per attempt: ``retry_backoff(backoff="linear")``."""
+
+    def _backoff(self, failed_attempt: int) -> float:
+        return min(self.wait_max, self.wait_initial * failed_attempt)
+
+
+def check_retry(retry: Any) -> Retry | None:
+    """``retry=``: a :class:`Retry` or ``None``."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(
+            f"retry must be a makeparallel.Retry (for example Retry(on=ConnectionError)) or None, got {retry!r}"
+        )
+    return retry
+
+
+@dataclass
+class Attempts:
+    """What one task's retries have done so far (kept on its handle, under its backend's lock)."""
+
+    first_started: float
+    #: One ``(attempt number, error type name, seconds since the first start)`` per failed attempt.
+    failures: list[tuple[int, str, float]] = field(default_factory=list)
+    last_error: BaseException | None = None
+    retries: int = 0
+    retried_start: float | None = None  # the start time of the attempt retried last
+    wait: float = 0.0
+    due: float = 0.0
+
+    def describe(self) -> str:
+        """The note listing every failed attempt, for the final error."""
+        lines = [f"attempt {n}: {kind} after {elapsed:.3f} s" for n, kind, elapsed in self.failures]
+        return f"makeparallel: {len(self.failures)} attempt(s) failed: " + "; ".join(lines)

@@ -1,0 +1,141 @@
+"""The 0.2 retry decorators, ``retry(max_retries)`` and ``retry_backoff(...)``, over :class:`Retry`.
+
+On a plain function they retry in the caller, sleeping between attempts (the
+sleep releases the GIL). Stacked with ``@parallel``, in either order, they become
+that task's ``retry=`` policy: one retry mechanism, never a retry inside a retry.
+Their ``on`` is ``Exception``, as in 0.2.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from ._decorators import ParallelFunction, _BoundParallelFunction
+from ._handle import _add_note
+from ._retry import Attempts, Retry, _LinearRetry
+from ._validation import check_count
+
+__all__ = ["RetryingFunction", "retry", "retry_backoff"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BACKOFFS = ("exponential", "linear", "constant")
+
+
+class RetryingFunction:
+    """A plain function that retries in its caller by a :class:`Retry` policy.
+
+    ``@parallel`` applied over it takes the policy as its ``retry=`` option.
+    """
+
+    def __init__(self, fn: Callable[..., Any], policy: Retry) -> None:
+        functools.update_wrapper(self, fn)
+        self.__makeparallel_retry__ = policy
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        policy = self.__makeparallel_retry__
+        fn = self.__wrapped__  # type: ignore[attr-defined]
+        record = Attempts(time.perf_counter())
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as error:
+                now = time.perf_counter()
+                attempt = len(record.failures) + 1
+                record.failures.append((attempt, type(error).__name__, now - record.first_started))
+                wait = policy.wait(attempt)
+                out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
+                if attempt >= policy.attempts or out_of_time or not policy.retries(error):
+                    if attempt > 1:
+                        _add_note(error, record.describe())
+                    raise
+            time.sleep(wait)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self if instance is None else functools.partial(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
+
+
+def _apply(policy: Retry, fn: Any) -> Any:
+    if isinstance(fn, (staticmethod, classmethod)):
+        return type(fn)(_apply(policy, fn.__func__))
+    if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
+        return fn.options(retry=policy)
+    if not callable(fn):
+        raise TypeError(f"a retry decorator needs a callable, got {fn!r}")
+    return RetryingFunction(fn, policy)
+
+
+@overload
+def retry(fn: F, /) -> F: ...
+@overload
+def retry(*, max_retries: int = 3) -> Callable[[F], F]: ...
+def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
+    """Retry a failing function up to ``max_retries`` times, at once (the 0.2 name).
+
+    Every ``Exception`` is retried (never ``KeyboardInterrupt``, ``SystemExit`` or a
+    cancellation); the last attempt's error is raised, with a note listing them all.
+    Over or under ``@parallel`` it becomes the task's ``retry=`` policy.
+
+    Args:
+        max_retries: attempts after the first (an int >= 0).
+
+    Raises:
+        TypeError, ValueError: ``max_retries`` is not an int >= 0.
+    """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+        raise TypeError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {max_retries}")
+    policy = Retry(
+        on=Exception, attempts=max_retries + 1, timeout=None, wait_initial=0.0, wait_max=0.0, wait_jitter=0.0
+    )
+    return functools.partial(_apply, policy) if fn is None else _apply(policy, fn)
+
+
+def retry_backoff(
+    max_attempts: int = 3,
+    backoff: str = "exponential",
+    initial_delay: float = 1.0,
+    max_delay: float = 60.0,
+) -> Callable[[F], F]:
+    """Retry a failing function with growing waits between attempts (the 0.2 name).
+
+    The wait after attempt n is ``initial_delay * 2 ** (n - 1)`` (``"exponential"``),
+    ``initial_delay * n`` (``"linear"``) or ``initial_delay`` (``"constant"``), at
+    most ``max_delay``; no jitter. Every ``Exception`` is retried. Over or under
+    ``@parallel`` it becomes the task's ``retry=`` policy, whose waits hold no worker.
+
+    Args:
+        max_attempts: attempts in all, the first included (an int >= 1).
+        backoff: ``"exponential"``, ``"linear"`` or ``"constant"``.
+        initial_delay: seconds before the second attempt.
+        max_delay: the longest wait, in seconds.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: ``max_attempts`` < 1, an unknown ``backoff``, negative delays.
+    """
+    check_count(max_attempts, "max_attempts")
+    if backoff not in BACKOFFS:
+        raise ValueError(f"backoff must be one of {', '.join(map(repr, BACKOFFS))}, got {backoff!r}")
+    kind = _LinearRetry if backoff == "linear" else Retry
+    try:
+        policy = kind(
+            on=Exception,
+            attempts=max_attempts,
+            timeout=None,
+            wait_initial=initial_delay,
+            wait_max=max_delay,
+            wait_jitter=0.0,
+            wait_exp_base=1.0 if backoff == "constant" else 2.0,
+        )
+    except (TypeError, ValueError) as error:  # name the argument as this function calls it
+        message = str(error).replace("wait_initial", "initial_delay").replace("wait_max", "max_delay")
+        raise type(error)(message) from None
+    return functools.partial(_apply, policy)

@@ -1,0 +1,449 @@
+"""Retry with backoff: the policy, the attempts of one handle, waits that hold no worker."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel.testing import no_retry_waits
+from pool_helpers import resize, wait_until
+
+@pytest.fixture
+def events() -> Iterator[list[mp.TaskEvent]]:
+    seen: list[mp.TaskEvent] = []
+    mp.add_task_listener(seen.append)
+    yield seen
+    mp.remove_task_listener(seen.append)
+
+
+class Flaky:
+    """Fails ``failures`` times with ``error``, then returns the attempt number (thread-safe)."""
+
+    def __init__(self, failures: int, error: type[BaseException] = ConnectionError) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        if calls <= self.failures:
+            raise self.error(f"attempt {calls} failed")
+        return calls
+
+
+def flaky_in_process(path: str, failures: int) -> int:
+    """The process-backend twin of Flaky: counts attempts in a file, as workers share no memory."""
+    with open(path, "a+") as f:
+        f.write("x")
+        f.seek(0)
+        calls = len(f.read())
+    if calls <= failures:
+        raise ConnectionError(f"attempt {calls} failed")
+    return calls
+
+
+# -- the policy ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("on", "error", "retried"),
+    [
+        (ConnectionError, ConnectionError(), True),
+        (ConnectionError, ValueError(), False),
+        ((ConnectionError, ValueError), ValueError(), True),
+        (Exception, KeyboardInterrupt(), False),
+        (BaseException, SystemExit(), False),
+        (Exception, mp.TaskCancelledError(), False),
+        (Exception, mp.TaskTimeoutError(), False),
+        (TimeoutError, mp.TaskTimeoutError(), False),
+        ((mp.TaskTimeoutError,), mp.TaskTimeoutError(), True),
+        (Exception, mp.CircuitOpenError("open"), False),
+        (mp.CircuitOpenError, mp.CircuitOpenError("open"), True),
+        (lambda e: True, ValueError(), True),
+        (lambda e: False, ValueError(), False),
+        (lambda e: True, mp.TaskTimeoutError(), False),
+        (lambda e: True, mp.TaskCancelledError(), False),
+    ],
+)
+def test_what_is_retried(on: Any, error: BaseException, retried: bool) -> None:
+    assert mp.Retry(on=on).retries(error) is retried
+
+
+def test_waits_grow_exponentially_up_to_the_cap() -> None:
+    policy = mp.Retry(on=Exception, wait_initial=0.1, wait_max=1.0, wait_jitter=0.0, wait_exp_base=2.0)
+    assert [policy.wait(n) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
+    assert policy.wait(10_000) == 1.0  # no overflow
+
+
+def test_jitter_adds_at_most_wait_jitter() -> None:
+    random.seed(7)
+    policy = mp.Retry(on=Exception, wait_initial=1.0, wait_max=100.0, wait_jitter=0.5)
+    waits = [policy.wait(1) for _ in range(200)]
+    assert all(1.0 <= w <= 1.5 for w in waits)
+    assert len(set(waits)) > 1
+
+
+def test_no_retry_waits_makes_waits_zero() -> None:
+    policy = mp.Retry(on=Exception, wait_initial=5.0, wait_jitter=0.0)
+    with no_retry_waits():
+        assert policy.wait(3) == 0.0
+    assert policy.wait(1) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"on": int}, TypeError, "on must be an exception type"),
+        ({"on": (ValueError, 3)}, TypeError, "on must hold exception types only"),
+        ({"on": ()}, ValueError, "on must name at least one"),
+        ({"on": "ValueError"}, TypeError, "on must be"),
+        ({"on": Exception, "attempts": 0}, ValueError, "attempts must be an int >= 1"),
+        ({"on": Exception, "attempts": -1}, ValueError, "attempts"),
+        ({"on": Exception, "attempts": 2.0}, TypeError, "attempts"),
+        ({"on": Exception, "timeout": -1}, ValueError, "timeout"),
+        ({"on": Exception, "wait_initial": float("nan")}, ValueError, "wait_initial"),
+        ({"on": Exception, "wait_max": "1"}, TypeError, "wait_max"),
+        ({"on": Exception, "wait_jitter": -0.1}, ValueError, "wait_jitter"),
+        ({"on": Exception, "wait_exp_base": 0.5}, ValueError, "wait_exp_base"),
+    ],
+)
+def test_bad_policy_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        mp.Retry(**kwargs)
+
+
+def test_retry_option_must_be_a_policy() -> None:
+    with pytest.raises(TypeError, match="retry must be a makeparallel.Retry"):
+        mp.parallel(retry=3)
+
+
+def test_policy_is_frozen() -> None:
+    policy = mp.Retry(on=Exception)
+    with pytest.raises(AttributeError):
+        policy.attempts = 3  # type: ignore[misc]
+
+
+# -- one handle, many attempts --------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_flaky_task_succeeds_on_a_later_attempt(backend: str, events: list[mp.TaskEvent]) -> None:
+    flaky = Flaky(2)
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=5), name="flaky_ok")(flaky)
+    mp.reset_metrics()
+    with no_retry_waits():
+        handle = fn()
+        assert handle.get(timeout=30) == 3
+    assert handle.attempts == 3
+    retries = [e for e in events if e.kind == "retry" and e.task_id == handle.get_task_id()]
+    assert [e.attempt for e in retries] == [1, 2]
+    assert all(isinstance(e.error, ConnectionError) and e.wait == 0.0 for e in retries)
+    assert [e.kind for e in events if e.task_id == handle.get_task_id()].count("finished") == 1
+    metrics = mp.get_metrics("flaky_ok")
+    assert metrics is not None
+    assert (metrics.retried_tasks, metrics.retries, metrics.completed_tasks, metrics.total_tasks) == (1, 2, 1, 1)
+
+
+def test_the_process_backend_retries_too(tmp_path: Any) -> None:
+    fn = mp.parallel(backend="process", retry=mp.Retry(on=ConnectionError, attempts=4))(flaky_in_process)
+    with no_retry_waits():
+        handle = fn(str(tmp_path / "calls"), 2)
+        assert handle.get(timeout=60) == 3
+    assert handle.attempts == 3
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_the_last_attempts_error_comes_back_with_a_note_of_every_attempt(backend: str) -> None:
+    flaky = Flaky(10)
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+    with no_retry_waits():
+        handle = fn()
+        with pytest.raises(ConnectionError, match="attempt 3 failed") as caught:
+            handle.get(timeout=30)
+    assert handle.attempts == 3 and flaky.calls == 3
+    note = "\n".join(caught.value.__notes__)
+    assert "3 attempt(s) failed" in note
+    for n in (1, 2, 3):
+        assert f"attempt {n}: ConnectionError after" in note
+
+
+def test_an_error_not_in_on_ends_the_retries_and_is_listed() -> None:
+    calls = iter([ConnectionError("first"), ValueError("second")])
+
+    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=5))
+    def work() -> None:
+        raise next(calls)
+
+    with no_retry_waits():
+        handle = work()
+        with pytest.raises(ValueError, match="second") as caught:
+            handle.get(timeout=30)
+    assert handle.attempts == 2
+    assert "attempt 2: ValueError" in "\n".join(caught.value.__notes__)
+
+
+def test_the_retry_timeout_stops_before_the_attempts_do() -> None:
+    flaky = Flaky(10)
+    fn = mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=100, timeout=0.0))(flaky)
+    handle = fn()
+    with pytest.raises(ConnectionError):
+        handle.get(timeout=30)
+    assert handle.attempts == 1
+
+
+def test_state_is_per_call() -> None:
+    """Two calls of one function count their own attempts (tenacity shares them)."""
+    counts: dict[int, int] = {1: 0, 2: 0}
+
+    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=4))
+    def work(key: int, failures: int) -> int:
+        counts[key] += 1
+        if counts[key] <= failures:
+            raise ConnectionError(key)
+        return counts[key]
+
+    with no_retry_waits():
+        one, two = work(1, 3), work(2, 1)
+        assert (one.get(timeout=30), two.get(timeout=30)) == (4, 2)
+    assert (one.attempts, two.attempts) == (4, 2)
+
+
+def test_failures_not_retried_without_a_policy_keep_attempts_at_one() -> None:
+    @mp.parallel
+    def boom() -> None:
+        raise ConnectionError("once")
+
+    handle = boom()
+    with pytest.raises(ConnectionError):
+        handle.get(timeout=30)
+    assert handle.attempts == 1
+    assert not any("attempt(s) failed" in n for n in getattr(handle.exception(), "__notes__", []))
+
+
+# -- waits hold no worker ----------------------------------------------------------------
+
+
+def test_waiting_retries_hold_no_worker_and_cancel_cleanly(events: list[mp.TaskEvent]) -> None:
+    resize(2)
+    all_waiting = threading.Event()
+    waiting: set[int] = set()
+
+    def note_retry(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == "always_down":
+            waiting.add(event.task_id)
+            if len(waiting) == 20:
+                all_waiting.set()
+
+    mp.add_task_listener(note_retry)
+    try:
+
+        @mp.parallel(name="always_down", retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=600, wait_jitter=0))
+        def always_down() -> None:
+            raise ConnectionError("down")
+
+        @mp.parallel
+        def other_work(x: int) -> int:
+            return x * 2
+
+        handles = [always_down() for _ in range(20)]
+        assert all_waiting.wait(30)
+        for handle in handles:
+            assert handle.status == "waiting to retry"
+            assert not handle.running() and not handle.done()
+            assert handle.attempts == 1
+        # The pool of 2 serves other work meanwhile, from its workers (wait(), never inline).
+        others = [other_work(i) for i in range(10)]
+        assert mp.wait(others, timeout=30).not_done == set()
+        assert [h.result() for h in others] == [i * 2 for i in range(10)]
+        assert mp.get_thread_pool_info()["busy_threads"] == 0
+        with pytest.raises(mp.TaskTimeoutError, match="waiting to retry"):
+            handles[0].get(timeout=0.01)
+        for handle in handles:
+            assert handle.cancel()
+        for handle in handles:
+            assert handle.cancelled()
+            with pytest.raises(mp.TaskCancelledError):
+                handle.get()
+        assert handles[0].elapsed_time() > 0
+    finally:
+        mp.remove_task_listener(note_retry)
+
+
+def test_a_retry_resumes_from_the_heap_after_its_wait() -> None:
+    """A real (short) wait: the deadline thread queues the next attempt; must finish, however slow."""
+    flaky = Flaky(1)
+    fn = mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=2, wait_initial=0.05, wait_jitter=0))(flaky)
+    handle = fn()
+    assert mp.wait([handle], timeout=30).not_done == set()
+    assert handle.result() == 2 and handle.attempts == 2
+
+
+def test_a_parent_waiting_for_a_retrying_child_runs_its_attempts_itself(gate: threading.Event) -> None:
+    """One worker, held by the parent: the child's next attempt must not wait for a free worker."""
+    resize(1)
+    flaky = Flaky(2)
+    child = mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=0.01, wait_jitter=0))(flaky)
+
+    @mp.parallel
+    def parent() -> int:
+        return child().get()
+
+    assert parent().get(timeout=30) == 3
+
+
+# -- the task's own timeout ------------------------------------------------------------
+
+
+def test_a_timed_out_attempt_is_retried_when_on_names_task_timeout_error(gate: threading.Event) -> None:
+    started = threading.Event()
+    attempts = []
+
+    @mp.parallel(timeout=0.05, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))
+    def slow_then_fast() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            started.set()
+            gate.wait(30)  # the stale first attempt: its outcome must be dropped
+            return "stale"
+        return "fresh"
+
+    with no_retry_waits():
+        handle = slow_then_fast()
+        assert handle.get(timeout=30) == "fresh"
+    assert handle.attempts == 2
+    gate.set()
+    assert wait_until(lambda: mp.get_thread_pool_info()["busy_threads"] == 0)
+    assert handle.result() == "fresh"
+    assert mp.get_thread_pool_info()["stuck_threads"] == 0
+
+
+def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
+    @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
+    def stuck() -> None:
+        gate.wait(30)
+
+    handle = stuck()
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(timeout=30)
+    assert handle.attempts == 1
+    gate.set()
+
+
+# -- the 0.2 decorators --------------------------------------------------------------------
+
+
+def test_retry_alone_retries_in_the_caller() -> None:
+    flaky = Flaky(2, ValueError)
+    fn = mp.retry(max_retries=2)(flaky)
+    assert fn() == 3
+    flaky = Flaky(5, ValueError)
+    with pytest.raises(ValueError, match="attempt 3 failed") as caught:
+        mp.retry(max_retries=2)(flaky)()
+    assert "3 attempt(s) failed" in "\n".join(caught.value.__notes__)
+
+
+def test_retry_backoff_alone_waits_in_the_caller() -> None:
+    flaky = Flaky(2)
+    fn = mp.retry_backoff(max_attempts=3, backoff="constant", initial_delay=0.001)(flaky)
+    assert fn() == 3
+
+
+@pytest.mark.parametrize("order", ["retry_outside", "retry_inside"])
+@pytest.mark.parametrize("legacy", ["retry", "retry_backoff"])
+def test_stacked_with_parallel_in_either_order_the_retry_becomes_the_tasks_policy(order: str, legacy: str) -> None:
+    calls: list[int] = []
+
+    def work() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("not yet")
+        return len(calls)
+
+    decorator = mp.retry(max_retries=4) if legacy == "retry" else mp.retry_backoff(max_attempts=5, initial_delay=0.0)
+    fn = decorator(mp.parallel(work)) if order == "retry_outside" else mp.parallel(decorator(work))
+    assert isinstance(fn, mp.ParallelFunction)
+    with no_retry_waits():
+        handle = fn()
+        assert handle.get(timeout=30) == 3
+    assert handle.attempts == 3  # the handle retried: not a retry inside a retry
+
+
+def test_bare_retry_decorator() -> None:
+    flaky = Flaky(3, ValueError)
+    assert mp.retry(flaky)() == 4
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (lambda: mp.retry(max_retries=-1), ValueError, "max_retries"),
+        (lambda: mp.retry(max_retries="3"), TypeError, "max_retries"),
+        (lambda: mp.retry_backoff(max_attempts=0), ValueError, "max_attempts"),
+        (lambda: mp.retry_backoff(backoff="fibonacci"), ValueError, "backoff must be one of"),
+        (lambda: mp.retry_backoff(initial_delay=-1), ValueError, "initial_delay"),
+        (lambda: mp.retry_backoff(max_delay="x"), TypeError, "max_delay"),
+    ],
+)
+def test_legacy_decorators_check_their_arguments(call: Any, error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("backoff", "waits"),
+    [("exponential", [1.0, 2.0, 4.0, 5.0]), ("linear", [1.0, 2.0, 3.0, 4.0]), ("constant", [1.0, 1.0, 1.0, 1.0])],
+)
+def test_legacy_backoff_shapes(backoff: str, waits: list[float]) -> None:
+    fn = mp.retry_backoff(max_attempts=5, backoff=backoff, initial_delay=1.0, max_delay=5.0)(lambda: None)
+    policy = fn.__makeparallel_retry__  # type: ignore[attr-defined]
+    assert [policy.wait(n) for n in range(1, 5)] == waits
+
+
+def slow_first_attempt(path: str) -> str:
+    """Sleeps past its timeout on the first attempt (counted in a file), returns at once later."""
+    import time
+
+    with open(path, "a+") as f:
+        f.write("x")
+        f.seek(0)
+        calls = len(f.read())
+    if calls == 1:
+        time.sleep(60)  # killed with its worker at the timeout
+    return f"attempt {calls}"
+
+
+def test_a_timed_out_process_attempt_is_killed_and_retried(tmp_path: Any) -> None:
+    fn = mp.parallel(backend="process", timeout=0.5, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))(
+        slow_first_attempt
+    )
+    with no_retry_waits():
+        handle = fn(str(tmp_path / "calls"))
+        assert handle.get(timeout=60) == "attempt 2"
+    assert handle.attempts == 2
+    # The killed worker is replaced and the pool keeps working.
+    assert mp.parallel(backend="process")(slow_first_attempt)(str(tmp_path / "calls")).get(timeout=60) == "attempt 3"
+
+
+def test_retries_reach_prometheus() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from makeparallel.prometheus import register
+
+    flaky = Flaky(1)
+    fn = mp.parallel(name="prom_flaky", retry=mp.Retry(on=ConnectionError, attempts=2))(flaky)
+    mp.reset_metrics()
+    with no_retry_waits():
+        fn().get(timeout=30)
+    registry = CollectorRegistry()
+    register(registry)
+    page = generate_latest(registry).decode()
+    assert 'makeparallel_tasks_retried_total{function="prom_flaky"} 1.0' in page
+    assert 'makeparallel_task_retries_total{function="prom_flaky"} 1.0' in page
