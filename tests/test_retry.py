@@ -421,7 +421,8 @@ def slow_first_attempt(path: str) -> str:
 
 
 def test_a_timed_out_process_attempt_is_killed_and_retried(tmp_path: Any) -> None:
-    fn = mp.parallel(backend="process", timeout=0.5, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))(
+    # 5 s: a fresh worker imports this test module within the attempt, slowly on a loaded machine.
+    fn = mp.parallel(backend="process", timeout=5, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))(
         slow_first_attempt
     )
     with no_retry_waits():

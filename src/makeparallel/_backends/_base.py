@@ -113,8 +113,12 @@ class Backend:
         _deadlines.schedule(_RetryDue(handle), due)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
-        """Queue the next attempt of a task that waited to retry (still counted as active)."""
-        raise NotImplementedError
+        """Queue the next attempt of a task that waited to retry (still counted as active).
+
+        A backend that cannot run a task twice keeps this default: the task fails
+        with its last attempt's error (it runs on the deadline thread: never raise).
+        """
+        handle._give_up_retrying()
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
