@@ -462,7 +462,7 @@ def test_functions_that_collect_a_generator_are_accepted() -> None:
 
 
 def test_unknown_option_lists_the_accepted_ones() -> None:
-    accepted = "async_cancel, backend, max_concurrent, name, priority, retry, timeout"
+    accepted = "async_cancel, backend, circuit_breaker, max_concurrent, name, priority, retry, timeout"
     with pytest.raises(TypeError, match=rf"'retries'.*{accepted}"):
         mp.parallel(retries=3)
 

@@ -12,6 +12,9 @@ Everything public is importable from here; ``__all__`` is the contract.
 """
 
 from ._async_collect import gather_async as gather_async
+from ._circuit import CircuitBreaker as CircuitBreaker
+from ._circuit import CircuitState as CircuitState
+from ._circuit import CircuitStatistics as CircuitStatistics
 from ._collect import ALL_COMPLETED as ALL_COMPLETED
 from ._collect import FIRST_COMPLETED as FIRST_COMPLETED
 from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
@@ -79,7 +82,10 @@ __all__ = [
     "ALL_COMPLETED",
     "AsyncHandle",
     "AsyncHandleFast",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
+    "CircuitStatistics",
     "Executor",
     "ExecutorFuture",
     "FIRST_COMPLETED",

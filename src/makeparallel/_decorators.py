@@ -15,6 +15,7 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -26,16 +27,18 @@ from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
+from ._circuit import CircuitBreaker, check_breaker
 from ._retry import Retry, check_retry
-from ._states import FAILED, SUCCEEDED
+from ._states import CANCELLED, FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
+from .errors import CircuitOpenError
 
 __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-OPTION_NAMES = ("async_cancel", "backend", "max_concurrent", "name", "priority", "retry", "timeout")
+OPTION_NAMES = ("async_cancel", "backend", "circuit_breaker", "max_concurrent", "name", "priority", "retry", "timeout")
 _CALL_TIME_OPTIONS = ("timeout", "priority")
 
 
@@ -46,6 +49,7 @@ class TaskSpec:
         "_last_shard",
         "async_cancel",
         "backend",
+        "breaker",
         "cpu_watch",
         "function_name",
         "is_async",
@@ -68,10 +72,12 @@ class TaskSpec:
         async_cancel: str | None = None,
         function_name: str | None = None,
         retry: Retry | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.name = name
         self.function_name = function_name or name
         self.retry = retry
+        self.breaker = breaker
         self.is_async = is_async
         self.async_cancel = async_cancel
         self.backend = backend
@@ -132,6 +138,45 @@ class TaskSpec:
             )
 
 
+
+class GuardedTaskSpec(TaskSpec):
+    """A :class:`TaskSpec` behind a circuit breaker: each attempt's outcome is recorded in it.
+
+    A subclass, so that functions without a breaker pay nothing for it.
+    """
+
+    __slots__ = ()
+
+    def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
+        super().task_retried(handle, first)
+        error = handle._retry.last_error
+        assert error is not None
+        if not isinstance(error, CircuitOpenError):  # a refused attempt never ran
+            started = handle._started_at
+            self._record(handle, self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started)  # type: ignore[union-attr]
+
+    def task_finished(self, handle: AsyncHandle[Any]) -> None:
+        super().task_finished(handle)
+        breaker = self.breaker
+        assert breaker is not None
+        state, value, started = handle._state, handle._value, handle._started_at
+        if state == CANCELLED:
+            breaker.release()
+        elif not isinstance(value, CircuitOpenError):
+            failed = state != SUCCEEDED and breaker.counts_as_failure(value)
+            self._record(handle, failed, None if started is None else handle._finished_at - started)  # type: ignore[operator]
+
+    def _record(self, handle: AsyncHandle[Any], failed: bool, seconds: float | None) -> None:
+        breaker = self.breaker
+        assert breaker is not None
+        change = breaker.record(failed, seconds)
+        if change is not None and _events.listeners:
+            # Under the backend lock here: listeners hear of it from a thread of its own.
+            threading.Thread(
+                target=breaker.announce, args=(change,), name="makeparallel-circuit-event", daemon=True
+            ).start()
+
+
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
@@ -148,6 +193,8 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         checked["priority"] = check_priority(options["priority"])
     if "retry" in options:
         checked["retry"] = check_retry(options["retry"])
+    if "circuit_breaker" in options:
+        checked["circuit_breaker"] = check_breaker(options["circuit_breaker"])
     if options.get("max_concurrent") is not None:
         check_count(options["max_concurrent"], "max_concurrent")
     name = options.get("name")
@@ -179,6 +226,11 @@ class ParallelFunction(Generic[P, T]):
 
     __wrapped__: Callable[P, T]
 
+    def __new__(cls, fn: Callable[P, T], options: dict[str, Any], limiter: Limiter | None = None) -> Any:
+        if cls is ParallelFunction and options.get("circuit_breaker") is not None:
+            cls = _GuardedParallelFunction  # its own __call__: no cost to functions without one
+        return super().__new__(cls)
+
     def __init__(self, fn: Callable[P, T], options: dict[str, Any], limiter: Limiter | None = None) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
@@ -187,7 +239,8 @@ class ParallelFunction(Generic[P, T]):
         if limiter is None and max_concurrent is not None:
             limiter = Limiter(max_concurrent)
         backend = options.get("backend")
-        self._spec = TaskSpec(
+        breaker = options.get("circuit_breaker")
+        self._spec = (TaskSpec if breaker is None else GuardedTaskSpec)(
             name=options.get("name") or _describe(fn),
             # An executor is resolved to its adapter once, here, not per call.
             backend=backend if backend is None or isinstance(backend, str) else _runtime.get_backend(backend),
@@ -198,6 +251,7 @@ class ParallelFunction(Generic[P, T]):
             async_cancel=options.get("async_cancel"),
             function_name=getattr(fn, "__name__", None),
             retry=options.get("retry"),
+            breaker=breaker,
         )
         own = own_parameters(fn, _CALL_TIME_OPTIONS)
         self._call_time = tuple(o for o in _CALL_TIME_OPTIONS if o not in own)
@@ -261,8 +315,12 @@ class ParallelFunction(Generic[P, T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to another process: the function and options travel, not the
-        # limiter, the metrics record or an executor, which belong to this process.
-        options = {k: v for k, v in self._options.items() if k != "backend" or isinstance(v, str)}
+        # limiter, the breaker, the metrics record or an executor, which belong to this process.
+        options = {
+            k: v
+            for k, v in self._options.items()
+            if k != "circuit_breaker" and (k != "backend" or isinstance(v, str))
+        }
         return (ParallelFunction, (self._fn, options))
 
     def __repr__(self) -> str:
@@ -294,6 +352,41 @@ class ParallelFunction(Generic[P, T]):
                 limiter.release()
             raise
         return tuple(permits)
+
+
+class _GuardedParallelFunction(ParallelFunction[P, T]):
+    """A parallel function behind a circuit breaker: each call first asks it for a permit."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
+        spec = self._spec
+        breaker = spec.breaker
+        assert breaker is not None
+        refusal = breaker.admit()
+        if refusal is not None:
+            return self._refused(refusal, args, kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except BaseException:
+            breaker.release()  # never submitted: its permit goes back
+            raise
+
+    def _refused(self, error: CircuitOpenError, args: Any, kwargs: Any) -> AsyncHandle[T]:
+        """A handle already failed with ``error``; or, when its retry policy names it, waiting to retry."""
+        spec = self._spec
+        timeout, priority = spec.timeout, spec.priority
+        if kwargs and self._call_time:
+            if "timeout" in kwargs and "timeout" in self._call_time:
+                timeout = check_task_timeout(kwargs.pop("timeout"))
+            if "priority" in kwargs and "priority" in self._call_time:
+                priority = check_priority(kwargs.pop("priority"))
+        backend = _runtime.get_backend(spec.backend)
+        handle = AsyncHandle(self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout)
+        retry = spec.retry
+        if retry is not None and retry.attempts > 1 and retry.retries(error):
+            backend._accept_refused(handle, error)
+        else:
+            handle._reject(error)
+        return handle
 
 
 class _BoundParallelFunction:

@@ -26,7 +26,7 @@ from ._states import STATE_NAMES
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["TaskEvent", "add_task_listener", "emit", "listeners", "remove_task_listener"]
+__all__ = ["TaskEvent", "add_task_listener", "emit", "emit_circuit", "listeners", "remove_task_listener"]
 
 _log = logging.getLogger("makeparallel")
 _lock = threading.Lock()
@@ -41,7 +41,8 @@ class TaskEvent:
 
     Attributes:
         kind: ``"submitted"``, ``"started"``, ``"retry"`` (an attempt failed and
-            another is scheduled) or ``"finished"``.
+            another is scheduled), ``"finished"``, or ``"circuit"`` (not a task's:
+            a circuit breaker changed state).
         task_id: the task's id (``handle.get_task_id()``).
         name: the function's name, as metrics know it.
         status: the task's state then: ``"pending"``, ``"running"``,
@@ -53,6 +54,9 @@ class TaskEvent:
         attempt: for ``"retry"``: the number of the attempt that failed (1 for the first).
         error: for ``"retry"``: the exception that attempt raised.
         wait: for ``"retry"``: seconds until the next attempt.
+        breaker, old_state, new_state: for ``"circuit"`` (a circuit breaker changed
+            state; ``task_id`` is 0, ``name`` and ``status`` are the breaker's name
+            and new state): the breaker's name and its states before and after.
     """
 
     kind: str
@@ -66,6 +70,9 @@ class TaskEvent:
     attempt: int | None = None
     error: BaseException | None = None
     wait: float | None = None
+    breaker: str | None = None
+    old_state: str | None = None
+    new_state: str | None = None
 
 
 def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
@@ -103,6 +110,29 @@ def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
         metadata=dict(handle._metadata or {}),
         **details,
     )
+    _tell(event)
+
+
+def emit_circuit(breaker: str, old_state: str, new_state: str) -> None:
+    """Tell every listener that the circuit breaker ``breaker`` changed state."""
+    _tell(
+        TaskEvent(
+            kind="circuit",
+            task_id=0,
+            name=breaker,
+            status=new_state,
+            time=time.time(),
+            queue_wait=None,
+            duration=None,
+            metadata={},
+            breaker=breaker,
+            old_state=old_state,
+            new_state=new_state,
+        )
+    )
+
+
+def _tell(event: TaskEvent) -> None:
     interrupt: KeyboardInterrupt | None = None
     for listener in listeners:
         try:

@@ -74,6 +74,8 @@ class TaskObserver(Protocol):
     is_async: bool
     #: The retry policy (a ``Retry``), or ``None``.
     retry: Any
+    #: The circuit breaker (a ``CircuitBreaker``), or ``None``.
+    breaker: Any
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""
@@ -667,8 +669,35 @@ class AsyncHandle(Generic[T]):
 
     def _retry_due(self) -> None:
         """The wait is over: queue the next attempt (called by the deadline thread)."""
-        if self._state == RETRY_WAIT:
+        if self._state != RETRY_WAIT:
+            return
+        breaker = self._observer.breaker
+        refusal = None if breaker is None else breaker.admit()
+        if refusal is None:
             self._backend._resume(self)
+        else:
+            self._refused_again(refusal)
+
+    def _refused_again(self, error: BaseException) -> None:
+        """A circuit breaker refused this attempt: retry later if the policy names the error, else fail."""
+        with self._backend._lock:
+            if self._state != RETRY_WAIT:
+                return
+            self._state = RUNNING  # an attempt that started and failed at once
+            self._started_at = _now()
+            retry = self._observer.retry
+            if retry is not None and retry.retries(error) and self._retry_later_locked(error):
+                announce: _Announcement | None = _RETRYING
+            else:
+                announce = self._settle_locked(FAILED, error)
+        self._after_settle(announce)
+
+    def _reject(self, error: BaseException) -> None:
+        """End a task that was never submitted (its circuit breaker refused it) with ``error``."""
+        self._state = FAILED
+        self._value = error
+        self._finished_at = _now()
+        self._fn = self._args = self._kwargs = self._context = None
 
     def _give_up_retrying(self) -> None:
         """The backend cannot run another attempt (it shut down): fail with the last error."""

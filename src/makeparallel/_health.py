@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._circuit import CircuitState, all_breakers
 from ._runtime import global_limiter, is_shut_down, pool_infos
 from ._validation import check_count
 
@@ -54,6 +55,13 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     limit = global_limiter.limit
     if limit is not None and global_limiter.in_flight >= limit:
         reasons.append(f"at the concurrency limit: {global_limiter.in_flight} of {limit} tasks in flight")
+    for breaker in all_breakers():
+        if breaker.state is CircuitState.OPEN:
+            stats = breaker.statistics()
+            reasons.append(
+                f"circuit breaker {breaker.name!r} is open (failure rate {stats.failure_rate:.0%}): "
+                "calls through it are refused"
+            )
     memory_percent = _memory_percent()
     if memory_percent >= memory_limit_percent:
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, overload
 
+from ._circuit import CircuitBreaker, all_breakers
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import get_active_task_count, pool_infos, queued_by_name
@@ -386,7 +387,8 @@ def metrics_snapshot() -> dict[str, Any]:
     :class:`TaskMetrics` fields plus the
     cumulative histograms of execution time and queue wait in seconds
     (``[upper bound, samples at or below it]`` pairs, the last bound ``"+Inf"``)
-    and their sums; ``pools`` describes each pool started so far.
+    and their sums; ``pools`` describes each pool started so far;
+    ``circuit_breakers`` maps each live breaker's name to its statistics.
     """
     queued = queued_by_name()
     functions: dict[str, Any] = {}
@@ -407,7 +409,14 @@ def metrics_snapshot() -> dict[str, Any]:
         "active_tasks": get_active_task_count(),
         "functions": functions,
         "pools": pool_infos(),
+        "circuit_breakers": {b.name: _breaker_fields(b) for b in all_breakers()},
     }
+
+
+def _breaker_fields(breaker: CircuitBreaker) -> dict[str, Any]:
+    stats = asdict(breaker.statistics())
+    stats["state"] = str(stats["state"])
+    return stats
 
 
 def reset_metrics() -> None:

@@ -15,7 +15,10 @@ costs nothing per task. Metrics, labelled by function (and pool):
   ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
   of 4 apart from 1 us);
 * ``makeparallel_pool_workers{pool,state}`` (busy, idle), ``makeparallel_pool_queued_tasks{pool}``,
-  ``makeparallel_pool_worker_restarts_total{pool}``.
+  ``makeparallel_pool_worker_restarts_total{pool}``;
+* ``makeparallel_circuit_state{breaker,state}`` (1 for the breaker's state, 0 for
+  the others) and ``makeparallel_circuit_calls_total{breaker,kind}`` (successful,
+  failed, slow, not_permitted).
 
 Needs the optional extra: ``pip install "makeparallel[prometheus]"``.
 """
@@ -100,6 +103,7 @@ class MakeparallelCollector:
             waits.add_metric([name], _buckets(metrics["queue_wait_buckets"]), metrics["queue_wait_sum_seconds"])
         yield from (ended, submitted, retried, retries, running, queued, durations, waits)
         yield from _pool_metrics(snapshot["pools"])
+        yield from _circuit_metrics(snapshot["circuit_breakers"])
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: families depend on what ran
@@ -126,6 +130,32 @@ def _pool_metrics(pools: dict[str, dict[str, Any]]) -> Iterator[Any]:
         if "worker_restarts" in info:
             restarts.add_metric([pool], info["worker_restarts"])
     yield from (workers, queue, restarts)
+
+
+_CIRCUIT_STATES = ("closed", "open", "half_open")
+_CIRCUIT_CALLS = (
+    ("successful", "successful_calls"),
+    ("failed", "failed_calls"),
+    ("slow", "slow_calls"),
+    ("not_permitted", "not_permitted_calls"),
+)
+
+
+def _circuit_metrics(breakers: dict[str, dict[str, Any]]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    state = GaugeMetricFamily(
+        "makeparallel_circuit_state", "1 for the circuit breaker's current state", labels=["breaker", "state"]
+    )
+    calls = CounterMetricFamily(
+        "makeparallel_circuit_calls", "Calls through the circuit breaker, by outcome", labels=["breaker", "kind"]
+    )
+    for name, stats in breakers.items():
+        for value in _CIRCUIT_STATES:
+            state.add_metric([name, value], 1.0 if stats["state"] == value else 0.0)
+        for kind, field in _CIRCUIT_CALLS:
+            calls.add_metric([name, kind], stats[field])
+    yield from (state, calls)
 
 
 def register(registry: Any = None) -> MakeparallelCollector:

@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines
-from .._states import RUNNING, SUCCEEDED
+from .._states import RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -111,6 +111,15 @@ class Backend:
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
         """``handle`` waits to retry until ``due`` (``perf_counter``): the deadline thread resumes it."""
         _deadlines.schedule(_RetryDue(handle), due)
+
+    def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
+        """Accept a task whose first attempt a circuit breaker refused, to retry it later."""
+        with self._lock:
+            self._refuse_if_closed_locked()
+            self._active += 1
+            handle._observer.task_submitted(handle)
+            handle._state = RETRY_WAIT
+        handle._refused_again(error)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         """Queue the next attempt of a task that waited to retry (still counted as active).

@@ -1,0 +1,361 @@
+"""Circuit breakers: stop calling a dependency that keeps failing, then try it again carefully.
+
+The design of resilience4j's count-based breaker: a ring of the last ``window``
+call outcomes with running sums, so recording an outcome is O(1); a breaker is
+a counter, not a gate around the call. Its lock guards the bookkeeping only, and
+never a call: calls through one breaker run in parallel (pybreaker holds its
+lock around the call, which serialises them).
+
+States::
+
+    CLOSED --failure or slow-call rate over the window reaches its threshold--> OPEN
+    OPEN --recovery_timeout passed, at the next call--> HALF_OPEN (admits half_open_calls trials)
+    HALF_OPEN --every trial succeeded--> CLOSED;  --a trial failed--> OPEN
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _events
+from ._retry import RetryOn, _check_on
+from .errors import CircuitOpenError, TaskCancelledError
+
+__all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
+
+_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_breakers_lock = threading.Lock()
+
+
+def all_breakers() -> list[CircuitBreaker]:
+    """Every breaker alive now (for health and metrics)."""
+    with _breakers_lock:
+        return sorted(_breakers, key=lambda b: b.name)
+
+
+class CircuitState(str, enum.Enum):
+    """A breaker's state; each member equals its plain string (``"closed"`` ...)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class CircuitStatistics:
+    """A snapshot of one breaker.
+
+    Attributes:
+        name: the breaker's name.
+        state: ``"closed"``, ``"open"`` or ``"half_open"``.
+        failure_rate: failed calls over the calls in the window (0 to 1).
+        slow_call_rate: slow calls over the calls in the window (0 to 1).
+        buffered_calls: calls in the window now (at most ``window``).
+        successful_calls, failed_calls, slow_calls: totals since creation or ``reset()``.
+        not_permitted_calls: calls refused while open or half-open, since then.
+        next_attempt_at: ``time.time()`` from which the open breaker admits trial
+            calls; ``None`` unless open (and forever ``None`` when forced open).
+    """
+
+    name: str
+    state: CircuitState
+    failure_rate: float
+    slow_call_rate: float
+    buffered_calls: int
+    successful_calls: int
+    failed_calls: int
+    slow_calls: int
+    not_permitted_calls: int
+    next_attempt_at: float | None
+
+
+def _check_rate(value: Any, name: str, low_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
+    if not (0 < value <= 1 if low_open else 0 <= value <= 1):
+        raise ValueError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
+    return float(value)
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(value: Any, name: str, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+# Outcomes in the ring: bit 1 failed, bit 2 slow.
+_FAILED, _SLOW = 1, 2
+
+
+class CircuitBreaker:
+    """A count-based circuit breaker for one downstream dependency.
+
+    Guard functions with ``@parallel(circuit_breaker=breaker)``; one breaker may
+    guard many functions. While it is open, a call returns a handle that has
+    already failed with :class:`~makeparallel.CircuitOpenError`, and the task
+    never runs.
+
+    Args:
+        name: the breaker's name, in errors, events, metrics and ``health()``.
+        failure_rate: the failure rate (0 to 1] over the window at which it opens.
+        window: how many of the last calls the rates are computed over.
+        min_calls: calls needed in the window before a rate can open it.
+        slow_call_seconds: a call that runs at least this long is slow; ``None``:
+            no call is slow.
+        slow_call_rate: the slow-call rate (0 to 1] at which it opens.
+        recovery_timeout: seconds it stays open before admitting trial calls.
+        half_open_calls: trial calls admitted when half-open: exactly this many,
+            however many threads call at once. All must succeed to close it.
+        on: what counts as a failure: an exception type, a tuple of them, or a
+            predicate ``f(exc) -> bool``; other errors count as successes (the
+            dependency answered). Cancellations count as nothing.
+        clock: the monotonic clock, in seconds (for tests).
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range,
+            naming it.
+
+    Thread-safety:
+        Every method may be called from any thread. A lock guards the counters
+        only, for a few operations per call.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        failure_rate: float = 0.5,
+        window: int = 20,
+        min_calls: int = 10,
+        slow_call_seconds: float | None = None,
+        slow_call_rate: float = 1.0,
+        recovery_timeout: float = 30.0,
+        half_open_calls: int = 2,
+        on: RetryOn = Exception,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self.name = name
+        self.failure_rate = _check_rate(failure_rate, "failure_rate", low_open=True)
+        self.window = _check_int(window, "window")
+        self.min_calls = _check_int(min_calls, "min_calls")
+        self.slow_call_seconds = _check_seconds(slow_call_seconds, "slow_call_seconds", allow_none=True)
+        self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
+        self.recovery_timeout: float = _check_seconds(recovery_timeout, "recovery_timeout", allow_none=False) or 0.0
+        self.half_open_calls = _check_int(half_open_calls, "half_open_calls")
+        _check_on(on)
+        self.on = on
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CircuitState.CLOSED
+        self._forced = False
+        self._clear_locked()
+        with _breakers_lock:
+            _breakers.add(self)
+
+    def _clear_locked(self) -> None:
+        self._ring = bytearray(self.window)
+        self._next = 0  # where the next outcome goes
+        self._buffered = 0
+        self._failures = self._slows = 0  # sums over the ring
+        self._opened_at = 0.0
+        self._trials_admitted = self._trials_succeeded = 0
+        self._successful = self._failed = self._slow = self._not_permitted = 0
+        self._last_rate = 0.0
+
+    # -- public ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """``"closed"``, ``"open"`` or ``"half_open"`` (a ``str`` enum).
+
+        An open breaker whose recovery time passed reads ``"open"`` until the
+        next call moves it to half-open.
+        """
+        return self._state
+
+    def statistics(self) -> CircuitStatistics:
+        """A frozen snapshot: state, rates, calls by outcome, next attempt time."""
+        with self._lock:
+            return CircuitStatistics(
+                name=self.name,
+                state=self._state,
+                failure_rate=self._failures / self._buffered if self._buffered else 0.0,
+                slow_call_rate=self._slows / self._buffered if self._buffered else 0.0,
+                buffered_calls=self._buffered,
+                successful_calls=self._successful,
+                failed_calls=self._failed,
+                slow_calls=self._slow,
+                not_permitted_calls=self._not_permitted,
+                next_attempt_at=self._next_attempt_wall_locked(),
+            )
+
+    def reset(self) -> None:
+        """Close the breaker and forget every recorded call."""
+        with self._lock:
+            old = self._state
+            self._state = CircuitState.CLOSED
+            self._forced = False
+            self._clear_locked()
+        self._announce(old, CircuitState.CLOSED)
+
+    def force_open(self) -> None:
+        """Open the breaker until :meth:`reset`: every call is refused (for maintenance)."""
+        with self._lock:
+            old = self._state
+            self._state = CircuitState.OPEN
+            self._forced = True
+        self._announce(old, CircuitState.OPEN)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._state.value}>"
+
+    # -- engine side ------------------------------------------------------------------
+
+    def admit(self) -> CircuitOpenError | None:
+        """Take a permit for one call: ``None`` if admitted, else the error to fail it with."""
+        with self._lock:
+            old = self._state
+            if old is CircuitState.OPEN and not self._forced and self._clock() - self._opened_at >= self.recovery_timeout:
+                self._state = CircuitState.HALF_OPEN
+                self._trials_admitted = self._trials_succeeded = 0
+            state = self._state
+            if state is CircuitState.CLOSED or (
+                state is CircuitState.HALF_OPEN and self._trials_admitted < self.half_open_calls
+            ):
+                if state is CircuitState.HALF_OPEN:
+                    self._trials_admitted += 1
+                error = None
+            else:
+                self._not_permitted += 1
+                error = self._refusal_locked()
+        if state is not old:
+            self._announce(old, state)
+        return error
+
+    def counts_as_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` is a failure of the dependency (``on``); cancellations never are."""
+        if isinstance(error, (TaskCancelledError, CircuitOpenError)) or not isinstance(error, Exception):
+            return False
+        on = self.on
+        if isinstance(on, (type, tuple)):
+            return isinstance(error, on)
+        return bool(on(error))
+
+    def record(self, failed: bool, seconds: float | None) -> tuple[CircuitState, CircuitState] | None:
+        """Record one admitted call's outcome; return ``(old, new)`` if the state changed.
+
+        The caller announces the change (``announce``) once outside its own locks.
+        """
+        slow = self.slow_call_seconds is not None and seconds is not None and seconds >= self.slow_call_seconds
+        with self._lock:
+            if failed:
+                self._failed += 1
+            else:
+                self._successful += 1
+            if slow:
+                self._slow += 1
+            old = self._state
+            if old is CircuitState.HALF_OPEN:
+                if failed or slow:
+                    self._open_locked()
+                else:
+                    self._trials_succeeded += 1
+                    if self._trials_succeeded >= self.half_open_calls:
+                        self._state = CircuitState.CLOSED
+                        self._ring = bytearray(self.window)
+                        self._next = self._buffered = self._failures = self._slows = 0
+            elif old is CircuitState.CLOSED:
+                self._push_locked((_FAILED if failed else 0) | (_SLOW if slow else 0))
+                if self._buffered >= self.min_calls and (
+                    self._failures >= self.failure_rate * self._buffered
+                    or (self.slow_call_seconds is not None and self._slows >= self.slow_call_rate * self._buffered)
+                ):
+                    self._open_locked()
+            new = self._state
+        return None if new is old else (old, new)
+
+    def release(self) -> None:
+        """An admitted call was cancelled before its outcome: give its trial permit back."""
+        with self._lock:
+            if self._state is CircuitState.HALF_OPEN and self._trials_admitted > self._trials_succeeded:
+                self._trials_admitted -= 1
+
+    def announce(self, change: tuple[CircuitState, CircuitState] | None) -> None:
+        """Tell listeners of a state change returned by :meth:`record` (outside every lock)."""
+        if change is not None:
+            self._announce(*change)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _push_locked(self, outcome: int) -> None:
+        ring, i = self._ring, self._next
+        if self._buffered == self.window:  # the oldest outcome leaves the sums
+            self._failures -= ring[i] & _FAILED
+            self._slows -= (ring[i] & _SLOW) >> 1
+        else:
+            self._buffered += 1
+        ring[i] = outcome
+        self._failures += outcome & _FAILED
+        self._slows += (outcome & _SLOW) >> 1
+        self._next = (i + 1) % self.window
+
+    def _open_locked(self) -> None:
+        self._last_rate = self._failures / self._buffered if self._buffered else 1.0
+        self._state = CircuitState.OPEN
+        self._opened_at = self._clock()
+
+    def _next_attempt_wall_locked(self) -> float | None:
+        if self._state is not CircuitState.OPEN or self._forced:
+            return None
+        return time.time() + max(0.0, self._opened_at + self.recovery_timeout - self._clock())
+
+    def _refusal_locked(self) -> CircuitOpenError:
+        retry_at = self._next_attempt_wall_locked()
+        if self._forced:
+            when = "it was forced open; breaker.reset() closes it"
+        elif retry_at is None:  # half-open, its trial calls all taken
+            when = f"it is half-open and its {self.half_open_calls} trial call(s) are taken"
+        else:
+            when = f"it lets trial calls through again in {max(0.0, retry_at - time.time()):.1f} s"
+        return CircuitOpenError(
+            f"circuit breaker {self.name!r} is open (failure rate {self._last_rate:.0%}): the call was "
+            f"refused and did not run; {when}",
+            breaker=self.name,
+            failure_rate=self._last_rate,
+            retry_at=retry_at,
+        )
+
+    def _announce(self, old: CircuitState, new: CircuitState) -> None:
+        if old is not new and _events.listeners:
+            _events.emit_circuit(self.name, old.value, new.value)
+
+
+def check_breaker(breaker: Any) -> CircuitBreaker | None:
+    """``circuit_breaker=``: a :class:`CircuitBreaker` or ``None``."""
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise TypeError(f"circuit_breaker must be a makeparallel.CircuitBreaker or None, got {breaker!r}")
+    return breaker

@@ -1,0 +1,345 @@
+"""Circuit breakers: the count-based window, half-open trials under contention, and where it shows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel.testing import no_retry_waits
+from pool_helpers import resize
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def breaker_for(clock: FakeClock, **kwargs: Any) -> mp.CircuitBreaker:
+    options: dict[str, Any] = {"failure_rate": 0.5, "window": 4, "min_calls": 4, "recovery_timeout": 30.0, "half_open_calls": 2}
+    options.update(kwargs)
+    return mp.CircuitBreaker(kwargs.pop("name", "payments"), clock=clock, **{k: v for k, v in options.items() if k != "name"})
+
+
+def guarded(breaker: mp.CircuitBreaker, backend: str = "sync", **options: Any) -> mp.ParallelFunction[[bool], str]:
+    runs: list[bool] = []
+
+    def call(fail: bool) -> str:
+        runs.append(fail)
+        if fail:
+            raise ConnectionError("payments down")
+        return "paid"
+
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, **options)(call)
+    fn.runs = runs  # type: ignore[attr-defined]
+    return fn
+
+
+def outcome(handle: mp.AsyncHandle[Any]) -> str:
+    error = handle.exception(timeout=30)
+    return "ok" if error is None else type(error).__name__
+
+
+def test_it_opens_at_the_failure_rate_over_the_window_and_refuses_without_running(clock: FakeClock) -> None:
+    breaker = breaker_for(clock)
+    pay = guarded(breaker)
+    assert [outcome(pay(f)) for f in (True, False, True)] == ["ConnectionError", "ok", "ConnectionError"]
+    assert breaker.state == "closed"  # 3 calls: under min_calls
+    assert outcome(pay(False)) == "ok"  # 4 calls, 2 failed: 50% reaches the threshold
+    assert breaker.state == "open" and breaker.state is mp.CircuitState.OPEN
+    runs_before = len(pay.runs)  # type: ignore[attr-defined]
+    handle = pay(False)
+    assert handle.done() and not handle.running()  # already failed when returned
+    error = handle.exception()
+    assert isinstance(error, mp.CircuitOpenError) and isinstance(error, mp.TaskError)
+    assert error.breaker == "payments" and error.failure_rate == 0.5 and error.retry_at is not None
+    assert "'payments' is open (failure rate 50%)" in str(error) and "again in 30.0 s" in str(error)
+    assert len(pay.runs) == runs_before  # type: ignore[attr-defined]
+    stats = breaker.statistics()
+    assert (stats.state, stats.failed_calls, stats.successful_calls, stats.not_permitted_calls) == ("open", 2, 2, 1)
+    with pytest.raises(AttributeError):
+        stats.state = "closed"  # type: ignore[misc]
+
+
+def test_the_window_slides_in_constant_steps(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, window=4, min_calls=4, failure_rate=0.75)
+    pay = guarded(breaker)
+    for fail in (True, False, False, False, True, True):  # window now: F F T T... last four: F, F, T, T
+        pay(fail)
+    stats = breaker.statistics()
+    assert stats.buffered_calls == 4 and stats.failure_rate == 0.5 and breaker.state == "closed"
+    pay(True)  # last four: F, T, T, T: 75%
+    assert breaker.state == "open"
+
+
+def test_errors_outside_on_count_as_successes(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, on=ConnectionError)
+
+    @mp.parallel(backend="sync", circuit_breaker=breaker)
+    def bad_request() -> None:
+        raise ValueError("the dependency answered: your input is wrong")
+
+    for _ in range(6):
+        bad_request().exception()
+    assert breaker.state == "closed" and breaker.statistics().successful_calls == 6
+
+
+def test_slow_calls_open_it(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, slow_call_seconds=0.0, slow_call_rate=1.0)
+    pay = guarded(breaker)
+    for _ in range(4):
+        assert outcome(pay(False)) == "ok"
+    assert breaker.state == "open" and breaker.statistics().slow_calls == 4
+
+
+def test_half_open_admits_exactly_its_trials_under_8_submitting_threads(clock: FakeClock, gate: threading.Event) -> None:
+    resize(4)
+    breaker = breaker_for(clock, half_open_calls=2)
+    breaker.force_open()
+    breaker.reset()  # closed, counts cleared
+    pay = guarded(breaker, backend="sync")
+    for _ in range(4):
+        pay(True)
+    assert breaker.state == "open"
+    clock.now += 30.0  # the recovery time passed
+
+    started = threading.Event()
+    entered: list[int] = []
+
+    @mp.parallel(circuit_breaker=breaker)
+    def trial() -> str:
+        entered.append(1)
+        started.set()
+        assert gate.wait(30)
+        return "ok"
+
+    barrier = threading.Barrier(8)
+    handles: list[mp.AsyncHandle[str]] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        barrier.wait()
+        handle = trial()
+        with lock:
+            handles.append(handle)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    refused = [h for h in handles if h.done()]
+    admitted = [h for h in handles if not h.done()]
+    assert len(handles) == 8 and len(admitted) == 2 and len(refused) == 6
+    assert breaker.state == "half_open"
+    assert all(isinstance(h.exception(), mp.CircuitOpenError) for h in refused)
+    assert "half-open" in str(refused[0].exception())
+    gate.set()
+    assert [h.get(timeout=30) for h in admitted] == ["ok", "ok"]
+    assert breaker.state == "closed"  # both trials succeeded
+    assert len(entered) == 2
+
+
+def test_a_failed_trial_opens_it_again(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, half_open_calls=2)
+    pay = guarded(breaker)
+    for _ in range(4):
+        pay(True)
+    clock.now += 31
+    assert outcome(pay(False)) == "ok"
+    assert breaker.state == "half_open"
+    assert outcome(pay(True)) == "ConnectionError"
+    assert breaker.state == "open"
+    assert outcome(pay(False)) == "CircuitOpenError"  # a new recovery time started
+
+
+def test_reset_and_force_open(clock: FakeClock) -> None:
+    breaker = breaker_for(clock)
+    pay = guarded(breaker)
+    breaker.force_open()
+    clock.now += 10_000  # forced open stays open
+    error = pay(False).exception()
+    assert isinstance(error, mp.CircuitOpenError) and "forced open" in str(error) and error.retry_at is None
+    breaker.reset()
+    assert breaker.state == "closed" and outcome(pay(False)) == "ok"
+    assert breaker.statistics().not_permitted_calls == 0 and breaker.statistics().successful_calls == 1
+
+
+def test_state_changes_are_circuit_events(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, name="events_breaker")
+    pay = guarded(breaker, backend="thread")
+    seen: list[mp.TaskEvent] = []
+    opened = threading.Event()
+
+    def listen(event: mp.TaskEvent) -> None:
+        if event.kind == "circuit":
+            seen.append(event)
+            if event.new_state == "open":
+                opened.set()
+
+    mp.add_task_listener(listen)
+    try:
+        for _ in range(4):
+            pay(True).exception(timeout=30)
+        assert opened.wait(30)
+        breaker.reset()
+    finally:
+        mp.remove_task_listener(listen)
+    assert [(e.breaker, e.old_state, e.new_state) for e in seen] == [
+        ("events_breaker", "closed", "open"),
+        ("events_breaker", "open", "closed"),
+    ]
+    assert seen[0].name == "events_breaker" and seen[0].status == "open" and seen[0].task_id == 0
+
+
+def test_calls_through_one_breaker_run_in_parallel(clock: FakeClock) -> None:
+    resize(2)
+    breaker = breaker_for(clock)
+    both = threading.Barrier(2)
+
+    @mp.parallel(circuit_breaker=breaker)
+    def meet() -> bool:
+        both.wait(30)  # only returns if the other call runs at the same time
+        return True
+
+    assert mp.gather([meet(), meet()], timeout=30) == [True, True]
+
+
+def test_one_breaker_guards_many_functions(clock: FakeClock) -> None:
+    breaker = breaker_for(clock)
+    charge, refund = guarded(breaker), guarded(breaker)
+    for fail in (True, True):
+        charge(fail)
+        refund(fail)
+    assert breaker.state == "open"
+    assert outcome(refund(False)) == "CircuitOpenError"
+
+
+def test_health_is_degraded_while_open(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, name="health_breaker")
+    breaker.force_open()
+    report = mp.health(memory_limit_percent=100)
+    assert report["status"] == "degraded"
+    assert any("'health_breaker' is open" in reason for reason in report["reasons"])
+    breaker.reset()
+    assert not any("health_breaker" in reason for reason in mp.health(memory_limit_percent=100)["reasons"])
+
+
+def test_prometheus_series(clock: FakeClock) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from makeparallel.prometheus import register
+
+    breaker = breaker_for(clock, name="prom_breaker")
+    pay = guarded(breaker)
+    for _ in range(4):
+        pay(True)
+    pay(False)
+    registry = CollectorRegistry()
+    register(registry)
+    page = generate_latest(registry).decode()
+    assert 'makeparallel_circuit_state{breaker="prom_breaker",state="open"} 1.0' in page
+    assert 'makeparallel_circuit_state{breaker="prom_breaker",state="closed"} 0.0' in page
+    assert 'makeparallel_circuit_calls_total{breaker="prom_breaker",kind="failed"} 4.0' in page
+    assert 'makeparallel_circuit_calls_total{breaker="prom_breaker",kind="not_permitted"} 1.0' in page
+
+
+# -- with retries -----------------------------------------------------------------------------
+
+
+def test_a_refused_call_is_not_retried_unless_on_names_it(clock: FakeClock) -> None:
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    pay = guarded(breaker, backend="thread", retry=mp.Retry(on=Exception, attempts=5))
+    handle = pay(False)
+    assert isinstance(handle.exception(timeout=30), mp.CircuitOpenError)
+    assert handle.attempts == 0
+
+
+def test_a_refused_call_is_retried_when_on_names_it(clock: FakeClock) -> None:
+    breaker = breaker_for(clock)
+    pay = guarded(breaker, backend="thread", retry=mp.Retry(on=(mp.CircuitOpenError,), attempts=5))
+    for _ in range(4):
+        pay(True).exception(timeout=30)
+    assert breaker.state == "open"
+
+    def recover_at_the_first_retry(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            assert isinstance(event.error, mp.CircuitOpenError)
+            clock.now = max(clock.now, 1000.0 + 31)
+
+    mp.add_task_listener(recover_at_the_first_retry)
+    try:
+        with no_retry_waits():
+            handle = pay(False)
+            assert handle.get(timeout=30) == "paid"  # refused first, then run once recovered
+    finally:
+        mp.remove_task_listener(recover_at_the_first_retry)
+    assert handle.attempts >= 2
+    refused_all = guarded(breaker_for(clock), backend="thread", retry=mp.Retry(on=(mp.CircuitOpenError,), attempts=3))
+    refused_all._spec.breaker.force_open()  # type: ignore[union-attr]
+    with no_retry_waits():
+        handle = refused_all(False)
+        error = handle.exception(timeout=30)
+    assert isinstance(error, mp.CircuitOpenError) and handle.attempts == 3
+
+
+def test_retries_of_a_guarded_call_are_each_recorded(clock: FakeClock) -> None:
+    breaker = breaker_for(clock, window=10, min_calls=10)
+    calls = iter([True, True, False])
+
+    @mp.parallel(circuit_breaker=breaker, retry=mp.Retry(on=ConnectionError, attempts=3))
+    def flaky() -> str:
+        if next(calls):
+            raise ConnectionError("down")
+        return "up"
+
+    with no_retry_waits():
+        assert flaky().get(timeout=30) == "up"
+    stats = breaker.statistics()
+    assert (stats.failed_calls, stats.successful_calls) == (2, 1)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"name": ""}, TypeError, "name"),
+        ({"failure_rate": 0}, ValueError, "failure_rate"),
+        ({"failure_rate": 1.5}, ValueError, "failure_rate"),
+        ({"failure_rate": "half"}, TypeError, "failure_rate"),
+        ({"slow_call_rate": -0.1}, ValueError, "slow_call_rate"),
+        ({"window": 0}, ValueError, "window"),
+        ({"min_calls": 2.5}, TypeError, "min_calls"),
+        ({"half_open_calls": 0}, ValueError, "half_open_calls"),
+        ({"recovery_timeout": -1}, ValueError, "recovery_timeout"),
+        ({"slow_call_seconds": "1"}, TypeError, "slow_call_seconds"),
+        ({"on": int}, TypeError, "on must be"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
+    with pytest.raises(error, match=pattern):
+        mp.CircuitBreaker(**{"name": "bad", **kwargs})
+
+
+def test_the_option_takes_a_breaker_only() -> None:
+    with pytest.raises(TypeError, match="circuit_breaker must be a makeparallel.CircuitBreaker"):
+        mp.parallel(circuit_breaker="payments")
+
+
+def test_state_is_a_str_enum() -> None:
+    assert mp.CircuitState.HALF_OPEN == "half_open" and str(mp.CircuitState.OPEN) == "open"
+    assert isinstance(mp.CircuitState.CLOSED, str)
