@@ -54,6 +54,7 @@ from ._retry import Retry as Retry
 from ._retrying import retry as retry
 from ._retrying import retry_backoff as retry_backoff
 from ._runtime import configure as configure
+from ._runtime import configure_memory_limit as configure_memory_limit
 from ._runtime import configure_process_pool as configure_process_pool
 from ._runtime import configure_thread_pool as configure_thread_pool
 from ._runtime import get_active_task_count as get_active_task_count
@@ -111,6 +112,7 @@ __all__ = [
     "as_completed",
     "check_cancelled",
     "configure",
+    "configure_memory_limit",
     "configure_process_pool",
     "configure_thread_pool",
     "enable_task_logging",

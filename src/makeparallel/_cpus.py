@@ -11,10 +11,13 @@ import math
 import os
 from typing import NamedTuple
 
+from ._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, own_cgroup_dirs
+from ._cgroup import read as _read
+
 __all__ = ["UsableCpus", "cgroup_cpu_quota", "usable_cpu_count", "usable_cpus"]
 
-_CGROUP_ROOT = "/sys/fs/cgroup"
-_PROC_SELF_CGROUP = "/proc/self/cgroup"
+_CGROUP_ROOT = CGROUP_ROOT
+_PROC_SELF_CGROUP = PROC_SELF_CGROUP
 
 
 class UsableCpus(NamedTuple):
@@ -26,31 +29,9 @@ class UsableCpus(NamedTuple):
     """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as file:
-        return file.read()
-
-
 def _own_cgroup_dirs(root: str, proc_self_cgroup: str) -> list[str]:
     """This process's cgroup folders from the innermost up to ``root``, v2 first, then v1 ``cpu``."""
-    try:
-        lines = _read(proc_self_cgroup).splitlines()
-    except OSError:
-        return []
-    dirs: list[str] = []
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":  # cgroup v2, unified
-            base = root
-        elif "cpu" in controllers.split(","):  # cgroup v1: mounted under one of these names
-            mounts = [os.path.join(root, name) for name in (controllers, "cpu,cpuacct", "cpu")]
-            base = next((mount for mount in mounts if os.path.isdir(mount)), mounts[-1])
-        else:
-            continue
-        parts = [part for part in path.split("/") if part]
-        dirs.extend(os.path.join(base, *parts[:depth]) for depth in range(len(parts), -1, -1))
-    return dirs
+    return own_cgroup_dirs(root, proc_self_cgroup, "cpu")
 
 
 def _quota_at(folder: str) -> float | None:

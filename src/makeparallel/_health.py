@@ -16,6 +16,7 @@ pool spends its time starting processes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ._circuit import CircuitState, all_breakers
@@ -62,6 +63,7 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
                 f"circuit breaker {breaker.name!r} is open (failure rate {stats.failure_rate:.0%}): "
                 "calls through it are refused"
             )
+    reasons += _memory_guard_reasons()
     memory_percent = _memory_percent()
     if memory_percent >= memory_limit_percent:
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
@@ -80,6 +82,19 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         "pools": pools,
         "memory_percent": memory_percent,
     }
+
+
+def _memory_guard_reasons() -> list[str]:
+    guard = sys.modules.get("makeparallel._memory_guard")  # loaded only once a limit was configured
+    current = None if guard is None else guard.current_guard()
+    if current is None or not current.paused:
+        return []
+    figures = current.snapshot()
+    return [
+        f"memory is {figures['used_percent']:.0f}% used ({figures['source']}: {figures['used_bytes']} of "
+        f"{figures['limit_bytes']} bytes), over the limit of {figures['limit_percent']:g}%: pools start "
+        "new tasks one at a time"
+    ]
 
 
 def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> list[str]:

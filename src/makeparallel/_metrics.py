@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -388,7 +389,10 @@ def metrics_snapshot() -> dict[str, Any]:
     cumulative histograms of execution time and queue wait in seconds
     (``[upper bound, samples at or below it]`` pairs, the last bound ``"+Inf"``)
     and their sums; ``pools`` describes each pool started so far;
-    ``circuit_breakers`` maps each live breaker's name to its statistics.
+    ``circuit_breakers`` maps each live breaker's name to its statistics;
+    ``memory_limit`` (``None`` until one is configured) gives the memory limit's
+    figures: ``limit_percent``, ``paused``, ``pauses`` (times it paused the
+    pools), ``used_bytes``, ``limit_bytes``, ``used_percent`` and ``source``.
     """
     queued = queued_by_name()
     functions: dict[str, Any] = {}
@@ -410,7 +414,14 @@ def metrics_snapshot() -> dict[str, Any]:
         "functions": functions,
         "pools": pool_infos(),
         "circuit_breakers": {b.name: _breaker_fields(b) for b in all_breakers()},
+        "memory_limit": _memory_limit_fields(),
     }
+
+
+def _memory_limit_fields() -> dict[str, Any] | None:
+    guard = sys.modules.get("makeparallel._memory_guard")  # loaded only once a limit was configured
+    current = None if guard is None else guard.current_guard()
+    return None if current is None else current.snapshot()
 
 
 def _breaker_fields(breaker: CircuitBreaker) -> dict[str, Any]:

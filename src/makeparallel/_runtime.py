@@ -37,6 +37,7 @@ from ._validation import check_count, check_wait_timeout
 __all__ = [
     "BACKEND_NAMES",
     "configure",
+    "configure_memory_limit",
     "configure_process_pool",
     "configure_thread_pool",
     "get_active_task_count",
@@ -205,6 +206,8 @@ def _create(name: str) -> Backend:
             backend = _FACTORIES[name]()
             if _shut_down:
                 backend.close(cancel_pending=False)
+            if memory_paused():
+                backend.set_paused(True)
             _backends[name] = backend
         if not _exit_hook_registered:
             atexit.register(_at_exit)
@@ -412,6 +415,43 @@ def get_thread_pool_info() -> dict[str, Any]:
     the pool's size either way.
     """
     return {**get_backend("thread").info(), "configured": _thread_pool_configured}
+
+
+def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
+    """Start new tasks one at a time while memory in use is over ``max_memory_percent``.
+
+    Memory is this process's budget: its container's (cgroup v2, then v1, the
+    tightest limit of its own cgroup and the ones above), else ``RLIMIT_AS``,
+    else the host's. It is read every 100 ms by a daemon thread, never per task.
+    Over the limit, each pool keeps one worker taking new tasks: queued tasks
+    wait, running ones go on, submissions are still accepted, and a task waiting
+    for its children runs them itself, so nested work is slowed, never
+    deadlocked. Under it again, the pools resume. ``health()`` is degraded
+    meanwhile, and metrics count the pauses.
+
+    Args:
+        max_memory_percent: percent of the memory limit, in (0, 100]; ``None``
+            turns the throttling off.
+
+    Raises:
+        TypeError: not a number or ``None``.
+        ValueError: outside (0, 100].
+    """
+    from . import _memory_guard
+
+    _memory_guard.configure_memory_limit(max_memory_percent, _pause_pools)
+
+
+def _pause_pools(paused: bool) -> None:
+    for backend in list(_backends.values()):
+        backend.set_paused(paused)
+
+
+def memory_paused() -> bool:
+    """Whether the memory limit pauses the pools now."""
+    guard = sys.modules.get("makeparallel._memory_guard")
+    current = None if guard is None else guard.current_guard()
+    return current is not None and current.paused
 
 
 _NO_LIMIT_GIVEN: Any = object()

@@ -18,7 +18,9 @@ costs nothing per task. Metrics, labelled by function (and pool):
   ``makeparallel_pool_worker_restarts_total{pool}``;
 * ``makeparallel_circuit_state{breaker,state}`` (1 for the breaker's state, 0 for
   the others) and ``makeparallel_circuit_calls_total{breaker,kind}`` (successful,
-  failed, slow, not_permitted).
+  failed, slow, not_permitted);
+* with ``configure_memory_limit``: ``makeparallel_memory_paused`` and
+  ``makeparallel_memory_pauses_total``.
 
 Needs the optional extra: ``pip install "makeparallel[prometheus]"``.
 """
@@ -104,6 +106,7 @@ class MakeparallelCollector:
         yield from (ended, submitted, retried, retries, running, queued, durations, waits)
         yield from _pool_metrics(snapshot["pools"])
         yield from _circuit_metrics(snapshot["circuit_breakers"])
+        yield from _memory_metrics(snapshot["memory_limit"])
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: families depend on what ran
@@ -156,6 +159,18 @@ def _circuit_metrics(breakers: dict[str, dict[str, Any]]) -> Iterator[Any]:
         for kind, field in _CIRCUIT_CALLS:
             calls.add_metric([name, kind], stats[field])
     yield from (state, calls)
+
+
+def _memory_metrics(memory: dict[str, Any] | None) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if memory is None:
+        return
+    paused = GaugeMetricFamily("makeparallel_memory_paused", "1 while the memory limit pauses the pools")
+    paused.add_metric([], 1.0 if memory["paused"] else 0.0)
+    pauses = CounterMetricFamily("makeparallel_memory_pauses", "Times the memory limit paused the pools")
+    pauses.add_metric([], memory["pauses"])
+    yield from (paused, pauses)
 
 
 def register(registry: Any = None) -> MakeparallelCollector:

@@ -112,6 +112,9 @@ class Backend:
         """``handle`` waits to retry until ``due`` (``perf_counter``): the deadline thread resumes it."""
         _deadlines.schedule(_RetryDue(handle), due)
 
+    def set_paused(self, paused: bool) -> None:
+        """Start one task at a time (memory is short) or resume; backends without a pool ignore it."""
+
     def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
         """Accept a task whose first attempt a circuit breaker refused, to retry it later."""
         with self._lock:

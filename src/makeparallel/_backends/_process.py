@@ -175,6 +175,7 @@ class ProcessBackend(QueueingBackend):
         _alive.add(self)
         self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
         self._loop_deaths = 0  # loop threads that died of an error in the pool itself
+        self._paused = False  # memory is short: one task runs at a time
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
         # tasks prove short, then enough that workers never wait for a round trip.
         self._mean_seconds = _SHORT_TASK
@@ -234,6 +235,7 @@ class ProcessBackend(QueueingBackend):
                 "restarts_in_window": self._count_recent_restarts_locked(),
                 "restart_window_s": RESTART_WINDOW,
                 "loop_deaths": self._loop_deaths,
+                "paused": self._paused,
                 "worker_pids": [w.process.pid for w in self._workers],
                 "max_tasks_per_child": self._max_tasks_per_child,
                 "initializer": self._setup.name or None,
@@ -293,6 +295,12 @@ class ProcessBackend(QueueingBackend):
             return
         self._start_loop()
         self._wake()
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._paused = paused
+        if self._loop is not None:
+            self._wake()
 
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
@@ -442,6 +450,13 @@ class ProcessBackend(QueueingBackend):
             worker, message = self._control.popleft()
             _send(worker, message, [])
         workers = list(self._workers)
+        if self._paused:  # memory is short: a task starts only when none runs
+            if not any(w.outstanding for w in workers):
+                for worker in workers:
+                    if not worker.killing:
+                        self._dispatch(worker, 1)
+                        break
+            return True
         for worker in workers:  # one task to every idle worker first
             if not worker.outstanding:
                 self._dispatch(worker, 1)

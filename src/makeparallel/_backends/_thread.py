@@ -96,6 +96,7 @@ class ThreadBackend(QueueingBackend):
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
+        self._paused = False  # memory is short: one worker takes new tasks
 
     # -- configuration ---------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class ThreadBackend(QueueingBackend):
                 "idle_threads": len(self._parked),
                 "stuck_threads": self._stuck,
                 "dead_threads": self._dead,
+                "paused": self._paused,
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
                 "stack_size": self._stack_size,
@@ -238,9 +240,21 @@ class ThreadBackend(QueueingBackend):
 
     # -- workers ---------------------------------------------------------------------
 
+    def set_paused(self, paused: bool) -> None:
+        """Paused, one worker takes new tasks and surplus workers retire as their tasks end."""
+        with self._lock:
+            self._paused = paused
+            self._set_capacity_locked()
+            parked, self._parked = (self._parked, []) if paused else ([], self._parked)
+            spawn = 0 if paused else self._reserve_workers_locked(self._queued - len(self._parked))
+        for park in parked:  # idle workers re-check, and the surplus retires
+            park.release()
+        self._spawn(spawn)
+
     def _set_capacity_locked(self) -> None:
         # Replace stuck threads, but never run more than twice the configured size.
-        self._capacity = self._num_threads + min(self._stuck, self._num_threads)
+        size = 1 if self._paused else self._num_threads
+        self._capacity = size + min(self._stuck, size)
 
     def _reserve_workers_locked(self, wanted: int) -> int:
         """Count up to ``wanted`` new workers as live; the caller starts them."""

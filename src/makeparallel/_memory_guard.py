@@ -1,0 +1,149 @@
+"""Memory-aware throttling: while memory in use is over the limit, pools start one task at a time.
+
+A daemon thread reads the memory budget (:mod:`._memory_budget`) every 100 ms,
+never per task. Crossing the limit pauses the pools: each keeps at most one
+worker taking new tasks (the thread pool lowers its capacity to one, so surplus
+workers retire as their tasks end; the process pool sends work to one worker at
+a time). Submissions are still accepted (subject to the admission limits),
+running tasks go on, and a task waiting for its children runs them itself as
+always, so a pause slows nested work but never deadlocks it. Back under the
+limit, the pools resume at full size.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._memory_budget import MemoryBudget, memory_budget
+
+__all__ = ["MemoryGuard", "check_percent", "configure_memory_limit", "current_guard"]
+
+_log = logging.getLogger("makeparallel")
+INTERVAL = 0.1  # seconds between reads of the memory figures
+
+
+def check_percent(value: Any, name: str = "max_memory_percent") -> float:
+    """A percentage in (0, 100]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 100] or None, got {value!r}")
+    if not 0 < value <= 100:
+        raise ValueError(f"{name} must be in (0, 100] (percent of the memory limit), got {value!r}")
+    return float(value)
+
+
+class MemoryGuard:
+    """Pauses and resumes the pools as memory in use crosses ``limit_percent``.
+
+    Args:
+        limit_percent: percent of the budget's limit above which pools pause.
+        pause: called with ``True`` to pause the pools, ``False`` to resume them.
+        reader: returns the current :class:`MemoryBudget` (for tests: a fake).
+    """
+
+    def __init__(
+        self,
+        limit_percent: float,
+        pause: Callable[[bool], None],
+        reader: Callable[[], MemoryBudget] = memory_budget,
+    ) -> None:
+        self.limit_percent = limit_percent
+        self._pause = pause
+        self._reader = reader
+        self._lock = threading.Lock()
+        self.paused = False
+        self.pauses = 0
+        self.last: MemoryBudget | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Read memory once, pause or resume the pools if it crossed the limit; return whether paused."""
+        try:
+            budget = self._reader()
+        except Exception:
+            _log.exception("makeparallel could not read the memory figures; the memory limit is not applied")
+            return self.paused
+        with self._lock:
+            self.last = budget
+            over = budget.percent > self.limit_percent
+            changed = over != self.paused
+            if changed:
+                self.paused = over
+                self.pauses += over
+        if changed:
+            self._pause(over)
+            if over:
+                _log.warning(
+                    "makeparallel: memory is %.0f%% used (%s: %d of %d bytes), over the limit of %g%%: "
+                    "pools start new tasks one at a time until it falls",
+                    budget.percent, budget.source, budget.used, budget.limit, self.limit_percent,
+                )
+        return over
+
+    def start(self) -> None:
+        """Check every 100 ms from a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._watch, name="makeparallel-memory", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching and resume the pools if they were paused."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        with self._lock:
+            was_paused, self.paused = self.paused, False
+        if was_paused:
+            self._pause(False)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.check()
+            self._stop.wait(INTERVAL)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain figures for metrics and health."""
+        with self._lock:
+            last = self.last
+            return {
+                "limit_percent": self.limit_percent,
+                "paused": self.paused,
+                "pauses": self.pauses,
+                "used_bytes": None if last is None else last.used,
+                "limit_bytes": None if last is None else last.limit,
+                "used_percent": None if last is None else last.percent,
+                "source": None if last is None else last.source,
+            }
+
+
+_guard: MemoryGuard | None = None
+_guard_lock = threading.Lock()
+
+
+def current_guard() -> MemoryGuard | None:
+    """The memory guard configured now, if any."""
+    return _guard
+
+
+def configure_memory_limit(
+    max_memory_percent: float | None,
+    pause: Callable[[bool], None],
+    reader: Callable[[], MemoryBudget] = memory_budget,
+) -> MemoryGuard | None:
+    """Replace the guard: a new one watching ``max_memory_percent``, or none for ``None``."""
+    global _guard
+    limit = None if max_memory_percent is None else check_percent(max_memory_percent)
+    with _guard_lock:
+        old, _guard = _guard, None
+        if old is not None:
+            old.stop()
+        if limit is None:
+            return None
+        guard = MemoryGuard(limit, pause, reader)
+        guard.check()  # at once: a process started over the limit starts paused
+        guard.start()
+        _guard = guard
+        return guard

@@ -1,0 +1,208 @@
+"""Memory-aware throttling: the budget read from a fake cgroup tree, pause and resume of the pools."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel import _memory_guard
+from makeparallel._memory_budget import MemoryBudget, cgroup_memory, memory_budget
+from pool_helpers import resize, wait_until
+
+GiB = 1024**3
+
+
+def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[str, str]:
+    root = tmp_path / "cgroup"
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(proc_line)
+    return str(root), str(proc)
+
+
+# -- the budget -------------------------------------------------------------------------------
+
+
+def test_v2_limit_and_usage_less_inactive_file(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(
+        tmp_path,
+        "0::/app/web\n",
+        {
+            "app/web/memory.max": f"{2 * GiB}\n",
+            "app/web/memory.current": f"{GiB}\n",
+            "app/web/memory.stat": f"anon 1000\ninactive_file {GiB // 4}\nactive_file 5\n",
+        },
+    )
+    budget = cgroup_memory(root, proc)
+    assert budget == MemoryBudget(GiB - GiB // 4, 2 * GiB, "cgroup v2")
+    assert budget.percent == pytest.approx(37.5)
+
+
+def test_v2_walks_up_to_the_tightest_limit_and_max_means_none(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(
+        tmp_path,
+        "0::/app/web\n",
+        {
+            "app/web/memory.max": "max\n",
+            "app/web/memory.current": "100\n",
+            "app/memory.max": f"{GiB}\n",
+            "app/memory.current": f"{GiB // 2}\n",
+            "memory.max": f"{4 * GiB}\n",
+            "memory.current": f"{GiB}\n",
+        },
+    )
+    assert cgroup_memory(root, proc) == MemoryBudget(GiB // 2, GiB, "cgroup v2")
+
+
+def test_v1_limit_usage_and_its_unlimited_value(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(
+        tmp_path,
+        "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n",
+        {
+            "memory/docker/abc/memory.limit_in_bytes": f"{GiB}\n",
+            "memory/docker/abc/memory.usage_in_bytes": f"{GiB // 2}\n",
+            "memory/docker/abc/memory.stat": f"cache 7\ntotal_inactive_file {GiB // 4}\n",
+            "memory/docker/memory.limit_in_bytes": "9223372036854771712\n",
+        },
+    )
+    assert cgroup_memory(root, proc) == MemoryBudget(GiB // 4, GiB, "cgroup v1")
+
+
+def test_no_cgroup_limit_falls_back_to_the_host_or_rlimit(tmp_path: Path) -> None:
+    root, proc = fake_cgroup(tmp_path, "0::/\n", {"memory.max": "max\n"})
+    assert cgroup_memory(root, proc) is None
+    budget = memory_budget(root, proc)
+    assert budget.source in ("RLIMIT_AS", "host") and 0 < budget.used and budget.limit > 0
+    unreadable = memory_budget(str(tmp_path / "none"), str(tmp_path / "missing"))
+    assert unreadable.source in ("RLIMIT_AS", "host")
+
+
+# -- the guard ----------------------------------------------------------------------------------
+
+
+class FakeMemory:
+    """An injectable reader: the test sets the figures."""
+
+    def __init__(self, percent: float) -> None:
+        self.percent = percent
+
+    def __call__(self) -> MemoryBudget:
+        return MemoryBudget(int(self.percent * 10), 1000, "cgroup v2")
+
+
+def test_the_guard_pauses_and_resumes_only_at_crossings() -> None:
+    calls: list[bool] = []
+    memory = FakeMemory(50)
+    guard = _memory_guard.MemoryGuard(80.0, calls.append, memory)
+    assert guard.check() is False and calls == []
+    memory.percent = 90
+    assert guard.check() is True and guard.check() is True
+    memory.percent = 70
+    assert guard.check() is False
+    memory.percent = 95
+    guard.check()
+    assert calls == [True, False, True] and guard.pauses == 2
+    guard.stop()  # never started: stopping resumes the pools
+    assert calls[-1] is False and guard.snapshot()["paused"] is False
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (100.5, ValueError), (-1, ValueError), ("80", TypeError), (True, TypeError)])
+def test_bad_limit_names_the_argument(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_memory_percent"):
+        mp.configure_memory_limit(value)
+
+
+@pytest.fixture
+def fake_memory(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """configure_memory_limit() reading a fake budget; turned off at teardown."""
+    memory = FakeMemory(50)
+    monkeypatch.setattr(_memory_guard, "memory_budget", memory)
+    original = _memory_guard.configure_memory_limit
+
+    def configure(percent: Any, pause: Any, reader: Any = None) -> Any:
+        return original(percent, pause, memory)
+
+    monkeypatch.setattr(_memory_guard, "configure_memory_limit", configure)
+    yield memory
+    mp.configure_memory_limit(None)
+
+
+def test_a_paused_thread_pool_starts_one_task_at_a_time_and_resumes(fake_memory: FakeMemory, gate: threading.Event) -> None:
+    resize(4)
+    running = 0
+    high_water = 0
+    lock = threading.Lock()
+    first_running = threading.Event()
+
+    @mp.parallel
+    def work(i: int) -> int:
+        nonlocal running, high_water
+        with lock:
+            running += 1
+            high_water = max(high_water, running)
+        first_running.set()
+        assert gate.wait(30)
+        with lock:
+            running -= 1
+        return i
+
+    fake_memory.percent = 95
+    mp.configure_memory_limit(80)
+    guard = _memory_guard.current_guard()
+    assert guard is not None and guard.paused
+    handles = [work(i) for i in range(8)]  # submissions are accepted while paused
+    assert first_running.wait(30)
+    assert mp.get_thread_pool_info()["paused"] is True
+    report = mp.health(memory_limit_percent=100)
+    assert report["status"] == "degraded"
+    assert any("95% used (cgroup v2: 950 of 1000 bytes), over the limit of 80%" in r for r in report["reasons"])
+    assert mp.metrics_snapshot()["memory_limit"]["pauses"] == 1
+    with lock:
+        assert running == 1  # one at a time while paused
+    fake_memory.percent = 10  # memory falls: the guard's next read resumes the pools
+    assert wait_until(lambda: not mp.get_thread_pool_info()["paused"])
+    assert wait_until(lambda: running == 4)  # all four workers take tasks again
+    gate.set()
+    assert mp.gather(handles, timeout=30) == list(range(8))
+    assert high_water == 4
+
+
+def test_children_of_running_tasks_are_exempt(fake_memory: FakeMemory) -> None:
+    resize(2)
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+
+    @mp.parallel
+    def child(i: int) -> int:
+        return i * i
+
+    @mp.parallel
+    def parent() -> list[int]:
+        return mp.gather([child(i) for i in range(5)])  # run inline while the pool is paused
+
+    assert parent().get(timeout=30) == [0, 1, 4, 9, 16]
+
+
+def test_the_process_pool_pauses_too(fake_memory: FakeMemory) -> None:
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+    handles = [mp.parallel(backend="process")(abs)(-i) for i in range(6)]
+    assert mp.get_process_pool_info()["paused"] is True
+    assert mp.gather(handles, timeout=60) == list(range(6))  # one at a time, but all of them
+
+
+def test_none_turns_it_off(fake_memory: FakeMemory) -> None:
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+    assert mp.get_thread_pool_info()["paused"] is True
+    mp.configure_memory_limit(None)
+    assert mp.get_thread_pool_info()["paused"] is False
+    assert _memory_guard.current_guard() is None
+    assert mp.metrics_snapshot()["memory_limit"] is None
