@@ -439,6 +439,7 @@ def parallel(
     name: str | None = None,
     async_cancel: str | None = None,
     retry: Retry | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
 ) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
 def parallel(fn: Any = None, /, **options: Any) -> Any:
     """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
@@ -487,6 +488,9 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             the worker is stopped); default: ``configure(async_cancel=...)``.
         retry (Retry | None): run a failed task again, after a backoff that
             holds no worker; the handle stays unfinished meanwhile.
+        circuit_breaker (CircuitBreaker | None): a breaker to ask before each
+            call; while it is open, the call returns a handle already failed
+            with ``CircuitOpenError`` and the task never runs.
 
     Returns:
         A :class:`ParallelFunction` (used bare), or a decorator that makes one

@@ -83,6 +83,7 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
     Over or under ``@parallel`` it becomes the task's ``retry=`` policy.
 
     Args:
+        fn: the function, when used bare (``@retry``).
         max_retries: attempts after the first (an int >= 0).
 
     Raises:
