@@ -292,13 +292,16 @@ def configure(
 
 
 
-def configure_thread_pool(num_threads: int | None = None, stack_size: int | None = None) -> None:
+def configure_thread_pool(num_threads: int | str | None = None, stack_size: int | None = None) -> None:
     """Size the thread pool, before or after it started.
 
     Args:
         num_threads: worker threads (an int >= 1); defaults to the cores this
             process may use. Resizing a running pool is safe: a larger pool starts
             threads for queued work at once, a smaller one retires idle threads.
+            ``"auto"``: start at the usable cores and add threads, up to 64,
+            while tasks are queued and the running ones mostly wait rather than
+            compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
         stack_size: bytes of stack for threads started from now on (at least 32 KiB).
     """
     global _thread_pool_configured

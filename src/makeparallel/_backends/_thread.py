@@ -97,18 +97,50 @@ class ThreadBackend(QueueingBackend):
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
+        self._autosizer: Any = None  # num_threads="auto": grows and shrinks the pool
 
     # -- configuration ---------------------------------------------------------------
 
-    def configure(self, num_threads: int | None, stack_size: int | None) -> None:
+    def configure(self, num_threads: int | str | None, stack_size: int | None) -> None:
         """Resize the pool and set the stack size of threads started from now on.
 
         Safe while tasks run: a larger pool starts threads for queued work at once;
         a smaller one lets surplus threads retire as they become idle.
+        ``num_threads="auto"`` hands the size to an :class:`AutoSizer`.
         """
+        if num_threads == "auto":
+            stack_size = check_stack_size(stack_size)
+            self._start_autosizer()
+            if stack_size is not None:
+                self.configure(None, stack_size)
+            return
+        if isinstance(num_threads, str):
+            raise ValueError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
         if num_threads is not None:
             check_count(num_threads, "num_threads")
-        stack_size = check_stack_size(stack_size)
+            self._stop_autosizer()
+        self._resize(num_threads, check_stack_size(stack_size))
+
+    def _start_autosizer(self) -> None:
+        from .._autosize import AutoSizePolicy, AutoSizer
+
+        self._stop_autosizer()
+        cores = default_thread_count()
+        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, None), cores)
+        self._autosizer = sizer
+        self._resize(cores, None)
+        sizer.start()
+
+    def _stop_autosizer(self) -> None:
+        sizer, self._autosizer = self._autosizer, None
+        if sizer is not None:
+            sizer.stop()
+
+    def _load(self) -> tuple[int, int]:
+        with self._lock:
+            return self._queued, self._busy
+
+    def _resize(self, num_threads: int | None, stack_size: int | None) -> None:
         with self._lock:
             if stack_size is not None:
                 self._stack_size = stack_size
@@ -136,6 +168,7 @@ class ThreadBackend(QueueingBackend):
                 "stuck_threads": self._stuck,
                 "dead_threads": self._dead,
                 "paused": self._paused,
+                "auto": self._autosizer is not None,
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
                 "stack_size": self._stack_size,
