@@ -664,6 +664,7 @@ class AsyncHandle(Generic[T]):
     def _queued_again_locked(self) -> list[threading.Lock] | None:
         """The next attempt is queued (under the lock): return the waiters to wake, so they may run it."""
         self._state = PENDING
+        self._code_done = False  # the code runs again: cancel_with_timeout waits for this attempt
         waiters, self._waiters = self._waiters, None
         return waiters
 
