@@ -618,13 +618,14 @@ class AsyncHandle(Generic[T]):
 
     def _after_settle(self, announce: _Announcement | None) -> None:
         """Run callbacks, wake waiters, tell listeners: everything after the end."""
-        if announce is _RETRYING or announce is _DROPPED:
-            if announce is _RETRYING and _events.listeners:
-                record = self._retry
-                _events.emit("retry", self, attempt=len(record.failures), error=record.last_error, wait=record.wait)
-            return
         if announce is not None:
-            self._announce(*announce)
+            callbacks, waiters = announce
+            if callbacks is None and waiters is None:  # not ended: it waits to retry, or a stale outcome
+                if announce is _RETRYING and _events.listeners:
+                    record = self._retry
+                    _events.emit("retry", self, attempt=len(record.failures), error=record.last_error, wait=record.wait)
+                return
+            self._announce(callbacks, waiters)
         if _events.listeners:
             _events.emit("finished", self)
 
@@ -736,12 +737,12 @@ class AsyncHandle(Generic[T]):
     # -- engine side: waiting ------------------------------------------------------
 
     def _wait_for_end(self, timeout: float | None) -> None:
-        if self._observer.retry is not None:
+        if timeout is None and self._run_here_if_queued() and self._state >= SUCCEEDED:
+            return  # (a retrying task may instead wait to retry: then wait below)
+        self._refuse_to_block_a_loop()
+        if self._observer.retry is not None:  # it may be queued again: run or wait for each attempt
             self._wait_retrying(timeout)
             return
-        if timeout is None and self._run_here_if_queued():
-            return
-        self._refuse_to_block_a_loop()
         if not self._block(timeout):
             raise self._gave_up(timeout)  # type: ignore[arg-type]
 
