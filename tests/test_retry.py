@@ -448,3 +448,27 @@ def test_retries_reach_prometheus() -> None:
     page = generate_latest(registry).decode()
     assert 'makeparallel_tasks_retried_total{function="prom_flaky"} 1.0' in page
     assert 'makeparallel_task_retries_total{function="prom_flaky"} 1.0' in page
+
+
+def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
+    waiting = threading.Event()
+
+    def note(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            waiting.set()
+
+    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=600, wait_jitter=0))
+    def down() -> None:
+        raise ConnectionError("still down")
+
+    mp.add_task_listener(note)
+    try:
+        handle = down()
+        assert waiting.wait(30)
+        assert mp.shutdown(timeout_secs=30) is True  # nothing left waiting 600 s
+    finally:
+        mp.remove_task_listener(note)
+        mp.reset_shutdown()
+    with pytest.raises(ConnectionError, match="still down") as caught:
+        handle.get()
+    assert handle.attempts == 1 and "1 attempt(s) failed" in "\n".join(caught.value.__notes__)

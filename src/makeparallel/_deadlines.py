@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Protocol
 
-__all__ = ["Due", "schedule"]
+__all__ = ["Due", "pending", "schedule"]
 
 
 class Due(Protocol):
@@ -41,6 +41,12 @@ def schedule(handle: Due, deadline: float) -> None:
             _thread.start()
         elif _heap[0][2] is handle:
             _condition.notify()
+
+
+def pending() -> list[Due]:
+    """What waits on the heap now (a snapshot)."""
+    with _condition:
+        return [entry for _, _, entry in _heap]
 
 
 def _watch() -> None:

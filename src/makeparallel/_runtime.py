@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from types import EllipsisType
 
+from . import _deadlines
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
 from ._backends._sync import SyncBackend
@@ -552,6 +553,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
         limiter.close()
     for backend in backends:
         backend.close(cancel_pending)
+    for due in _deadlines.pending():  # a closed pool runs no further attempt: end them now
+        give_up = getattr(due, "give_up", None)
+        if give_up is not None:
+            give_up()
     finished = wait_until_idle(timeout_secs)
     for backend in backends:
         backend.terminate()  # no worker process outlives shutdown, busy or not

@@ -198,3 +198,7 @@ class _RetryDue:
 
     def _expire(self) -> None:
         self.handle._retry_due()
+
+    def give_up(self) -> None:
+        """Shutdown: end the task with its last error now, rather than at its due time."""
+        self.handle._give_up_retrying()
