@@ -86,5 +86,5 @@ def test_a_real_pool_grows_while_its_tasks_wait(gate: threading.Event) -> None:
 
 
 def test_bad_num_threads_names_the_argument() -> None:
-    with pytest.raises(ValueError, match='num_threads must be an int >= 1, "auto" or None'):
+    with pytest.raises(TypeError, match='num_threads must be an int >= 1, "auto" or None'):
         mp.configure_thread_pool(num_threads="max")

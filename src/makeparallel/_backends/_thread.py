@@ -115,7 +115,7 @@ class ThreadBackend(QueueingBackend):
                 self.configure(None, stack_size)
             return
         if isinstance(num_threads, str):
-            raise ValueError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
+            raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
         if num_threads is not None:
             check_count(num_threads, "num_threads")
             self._stop_autosizer()
