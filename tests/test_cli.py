@@ -17,6 +17,7 @@ import makeparallel as mp
 from makeparallel.__main__ import main
 from makeparallel import _demo
 from makeparallel._cpus import usable_cpus
+from makeparallel._memory_budget import memory_budget
 
 INFO_TYPES: dict[str, type | tuple[type, ...]] = {
     "makeparallel_version": str,
@@ -57,7 +58,7 @@ def test_info_prints_the_interpreter_and_the_pool(capsys: pytest.CaptureFixture[
     ), out
     cpus, source = usable_cpus()
     assert re.search(rf"^usable cores\s+{cpus} \(by .+\)$", out, re.MULTILINE), out
-    assert re.search(r"^memory\s+\d+\.\d GiB available of \d+\.\d GiB \(source: \w+", out, re.MULTILINE), out
+    assert re.search(r"^memory\s+\d+\.\d GiB in use of \d+\.\d GiB \(source: (cgroup v[12]|RLIMIT_AS|host)\)$", out, re.MULTILINE), out
 
 
 def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,7 +74,9 @@ def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str
     assert info["process_pool"]["num_workers"] == mp.get_process_pool_info()["num_workers"]
     assert (info["usable_cores"], info["usable_cores_source"]) == tuple(usable_cpus())
     memory = info["memory"]
-    assert 0 < memory["available_bytes"] <= memory["total_bytes"], memory
+    budget = memory_budget()
+    assert memory["source"] == budget.source and memory["limit_bytes"] == budget.limit, memory
+    assert memory["used_bytes"] >= 0 and memory["limit_bytes"] > 0, memory
     if info["gil_enabled"] is False:
         assert info["free_threaded_build"] is True  # only such a build can run without it
 

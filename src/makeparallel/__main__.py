@@ -19,6 +19,7 @@ import psutil
 
 from . import __version__, get_process_pool_info, get_thread_pool_info
 from ._cpus import usable_cpus
+from ._memory_budget import memory_budget
 from ._demo import free_threaded_build, gil_enabled, run_demo
 from ._runtime import available_backend_names, default_backend_name
 
@@ -26,9 +27,9 @@ __all__ = ["collect_info", "main"]
 
 
 def _memory() -> dict[str, Any]:
-    """The memory tasks may use: the host's figures (psutil), in bytes."""
-    memory = psutil.virtual_memory()
-    return {"total_bytes": memory.total, "available_bytes": memory.available, "source": "host"}
+    """The memory this process may use: its cgroup's limit, else ``RLIMIT_AS``, else the host's."""
+    budget = memory_budget()
+    return {"used_bytes": budget.used, "limit_bytes": budget.limit, "source": budget.source}
 
 
 def collect_info() -> dict[str, Any]:
@@ -87,7 +88,7 @@ def _render_info(info: dict[str, Any]) -> str:
         ("physical cores", known(info["physical_cores"])),
         (
             "memory",
-            f"{_gib(memory['available_bytes'])} available of {_gib(memory['total_bytes'])} "
+            f"{_gib(memory['used_bytes'])} in use of {_gib(memory['limit_bytes'])} "
             f"(source: {memory['source']})",
         ),
         ("default backend", info["default_backend"]),
