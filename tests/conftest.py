@@ -18,7 +18,10 @@ from makeparallel.testing import wait_until_idle
 
 
 @pytest.fixture(autouse=True)
-def clean_runtime() -> object:
+def clean_runtime(request: pytest.FixtureRequest) -> object:
+    # A module that runs a foreign engine (a Dask cluster) names the prefixes of
+    # the threads that engine starts on its own: those are not the test's leaks.
+    own_threads = ("makeparallel-", *getattr(request.module, "ENGINE_THREAD_PREFIXES", ()))
     before = set(threading.enumerate())
     yield
     idle = wait_until_idle(10)
@@ -34,7 +37,7 @@ def clean_runtime() -> object:
     leaked = [
         t
         for t in threading.enumerate()
-        if t not in before and t.is_alive() and not t.name.startswith("makeparallel-")
+        if t not in before and t.is_alive() and not t.name.startswith(own_threads)
     ]
     assert idle, "the test left tasks unfinished (release its gates or cancel them)"
     assert not leaked, f"the test leaked threads: {leaked}"

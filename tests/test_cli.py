@@ -43,13 +43,17 @@ _ROW = re.compile(
 )
 
 
+# The interpreter pool exists from Python 3.14; distributed is in the test extras.
+BACKENDS_HERE = ["thread", "process", "sync", "auto", *(["interpreter"] if sys.version_info >= (3, 14) else []), "dask"]
+
+
 def test_info_prints_the_interpreter_and_the_pool(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     version = ".".join(map(str, sys.version_info[:3]))
     assert re.search(rf"^python\s+{re.escape(version)} \(", out, re.MULTILINE), out
     assert re.search(r"^GIL enabled now\s+(yes|no)$", out, re.MULTILINE), out
-    assert re.search(r"^backends\s+thread, process, sync, auto$", out, re.MULTILINE), out
+    assert re.search(rf"^backends\s+{', '.join(BACKENDS_HERE)}$", out, re.MULTILINE), out
     threads = mp.get_thread_pool_info()["num_threads"]
     assert re.search(rf"^thread pool\s+{threads} threads ", out, re.MULTILINE), out
     workers = mp.get_process_pool_info()["num_workers"]
@@ -69,7 +73,7 @@ def test_info_json_has_every_key_with_its_type(capsys: pytest.CaptureFixture[str
         assert isinstance(info[key], expected), (key, info[key])
     assert info["makeparallel_version"] == mp.__version__
     assert info["default_backend"] == "thread"
-    assert info["backends"] == ["thread", "process", "sync", "auto"]
+    assert info["backends"] == BACKENDS_HERE
     assert info["thread_pool"]["num_threads"] == mp.get_thread_pool_info()["num_threads"]
     assert info["process_pool"]["num_workers"] == mp.get_process_pool_info()["num_workers"]
     assert (info["usable_cores"], info["usable_cores_source"]) == tuple(usable_cpus())

@@ -468,9 +468,10 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             each with its own GIL: pure-Python CPU work), ``"auto"`` (threads on
             a free-threaded Python, processes otherwise), ``"sync"`` (inline in
             the caller, for debugging and tests), ``"interpreter"``
-            (sub-interpreters, Python 3.14+) or any ``concurrent.futures.Executor``
-            instance (its adapter runs the tasks there). ``None``: the default
-            backend.
+            (sub-interpreters, Python 3.14+), ``"dask"`` (a Dask cluster:
+            ``configure(dask_client=...)`` or the current client) or any
+            ``concurrent.futures.Executor`` instance (its adapter runs the
+            tasks there). ``None``: the default backend.
         timeout (float | None): seconds a task may run once started; then its
             handle fails with ``TaskTimeoutError`` and ``check_cancelled()``
             raises inside it.

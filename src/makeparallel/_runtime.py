@@ -66,6 +66,12 @@ def _interpreter_backend() -> Backend:
     return InterpreterBackend()
 
 
+def _dask_backend() -> Backend:
+    from ._backends._dask import DaskBackend  # imports distributed: only when used
+
+    return DaskBackend(_dask_client)
+
+
 # The registry of backend names: each factory imports its module on first use,
 # so importing the library imports no framework.
 _FACTORIES: dict[str, Callable[[], Backend]] = {
@@ -73,8 +79,9 @@ _FACTORIES: dict[str, Callable[[], Backend]] = {
     "process": _process_backend,
     "sync": SyncBackend,
     "interpreter": _interpreter_backend,
+    "dask": _dask_backend,
 }
-BACKEND_NAMES = ("thread", "process", "sync", "auto", "interpreter")
+BACKEND_NAMES = ("thread", "process", "sync", "auto", "interpreter", "dask")
 
 #: What ``backend=`` accepts: a name, or any ``concurrent.futures.Executor``.
 BackendOption = Union[str, concurrent.futures.Executor]
@@ -85,6 +92,7 @@ _backends: dict[str, Backend] = {}
 # The adapter of each executor used as a backend, while anything uses it; keyed by
 # id(executor): a live adapter holds its executor, so the id cannot be reused.
 _adapters: weakref.WeakValueDictionary[int, Backend] = weakref.WeakValueDictionary()
+_dask_client: Any = None  # configure(dask_client=...); else distributed's current client
 _default_backend: BackendOption | None = None  # set by configure(); else the environment; else "thread"
 _default_instance: Backend | None = None  # the default backend once resolved: the hot path
 _exit_timeout = 5.0
@@ -97,8 +105,15 @@ global_limiter = Limiter(None)
 
 
 def available_backend_names() -> list[str]:
-    """The backend names usable here: ``"interpreter"`` needs Python 3.14+."""
-    return [name for name in BACKEND_NAMES if name != "interpreter" or sys.version_info >= (3, 14)]
+    """The backend names usable here: ``"interpreter"`` needs Python 3.14+, ``"dask"`` distributed."""
+    import importlib.util
+
+    unavailable = set()
+    if sys.version_info < (3, 14):
+        unavailable.add("interpreter")
+    if importlib.util.find_spec("distributed") is None:
+        unavailable.add("dask")
+    return [name for name in BACKEND_NAMES if name not in unavailable]
 
 
 def free_threaded() -> bool:
@@ -241,6 +256,7 @@ def configure(
     exit_timeout: float | None = None,
     async_cancel: str | None = None,
     process_contextvars: Iterable[ContextVar[Any]] | None = None,
+    dask_client: Any = None,
 ) -> None:
     """Set process-wide defaults.
 
@@ -248,8 +264,9 @@ def configure(
         backend: the backend for functions that name none: ``"thread"`` (the
             default), ``"process"``, ``"auto"`` (threads on a free-threaded
             Python, processes otherwise), ``"sync"``, ``"interpreter"``
-            (Python 3.14+), or any ``concurrent.futures.Executor``.
-            Overrides the ``MAKEPARALLEL_BACKEND`` environment variable.
+            (Python 3.14+), ``"dask"`` (a Dask cluster, see ``dask_client``),
+            or any ``concurrent.futures.Executor``. Overrides the
+            ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
             unfinished tasks before abandoning them (default 5). Exit does not
             wait after :func:`shutdown`, nor when an uncaught Ctrl-C ends the
@@ -266,14 +283,17 @@ def configure(
             a global of an importable module (not ``__main__``), so that a worker
             finds the same variable; values must be picklable. ``[]`` sends none
             again; none are sent by default, at no cost.
+        dask_client: the ``distributed.Client`` that ``backend="dask"`` submits
+            to; without one, the current client (``distributed.get_client()``)
+            at each submission.
 
     Raises:
         ValueError: a value is out of range, or a context variable is not found
             as a module global.
         TypeError: a value has the wrong type (``backend`` neither a name nor
-            an executor).
+            an executor, ``dask_client`` not a ``distributed.Client``).
     """
-    global _exit_timeout, _async_cancel
+    global _exit_timeout, _async_cancel, _dask_client
     if backend is not None:
         check_backend(backend)
     if exit_timeout is not None:
@@ -282,6 +302,8 @@ def configure(
         check_async_cancel(async_cancel)
     if process_contextvars is not None:
         located = locate_contextvars(process_contextvars)
+    if dask_client is not None:
+        _check_dask_client(dask_client)
     if backend is not None:
         use_default_backend(backend)
     if exit_timeout is not None:
@@ -290,7 +312,17 @@ def configure(
         _async_cancel = async_cancel
     if process_contextvars is not None:
         set_process_contextvars(located)
+    if dask_client is not None:
+        _dask_client = dask_client
+        dask = _backends.get("dask")
+        if dask is not None:
+            dask.use_client(dask_client)  # type: ignore[attr-defined]
 
+
+def _check_dask_client(client: Any) -> None:
+    distributed = sys.modules.get("distributed")  # a client exists only if it was imported
+    if distributed is None or not isinstance(client, distributed.Client):
+        raise TypeError(f"dask_client must be a distributed.Client, got {client!r}")
 
 
 def configure_thread_pool(num_threads: int | str | None = None, stack_size: int | None = None) -> None:

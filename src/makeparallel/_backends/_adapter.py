@@ -117,8 +117,8 @@ class ExecutorBackend(Backend):
                 handle._started_at = time.perf_counter()
         try:
             future = self._executor.submit(*call)
-        except RuntimeError as error:  # the submitter cancels the handle (_holds)
-            if "shut" not in str(error) and "closed" not in str(error):
+        except Exception as error:  # the submitter cancels the handle (_holds)
+            if not self.is_closed_error(error):
                 raise
             raise ShutdownError(
                 f"task {handle._id} ({handle.name}) was refused by {self._executor!r}, which "
@@ -148,6 +148,11 @@ class ExecutorBackend(Backend):
             ) from error
         return (call_remotely, function, arguments)
 
+    def is_closed_error(self, error: Exception) -> bool:
+        """Whether ``executor.submit`` raised because the executor is shut down."""
+        message = str(error)
+        return isinstance(error, RuntimeError) and ("shut" in message or "closed" in message)
+
     def _run(self, handle: AsyncHandle[Any]) -> None:
         """In the executor's worker thread: claim the handle and run it, unless it ended."""
         with self._lock:
@@ -165,10 +170,7 @@ class ExecutorBackend(Backend):
         if handle._state >= SUCCEEDED:
             return  # the common case in this process: the handle ended first
         if future.cancelled():
-            cancelled = TaskCancelledError(
-                f"task {handle._id} ({handle.name}) was cancelled by its executor {self._executor!r}"
-            )
-            self._end(handle, CANCELLED, cancelled)
+            self._end(handle, *self.cancelled_by_executor(handle))
             return
         error: BaseException | None
         try:
@@ -189,6 +191,11 @@ class ExecutorBackend(Backend):
                 handle._started_at = time.perf_counter()  # ran where we could not see it
             announce = handle._settle_locked(state, value)
         handle._after_settle(announce)
+
+    def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
+        """How a handle ends whose future the executor (or its owner) cancelled."""
+        error = TaskCancelledError(f"task {handle._id} ({handle.name}) was cancelled by its executor {self._executor!r}")
+        return CANCELLED, error
 
     def translate_error(self, handle: AsyncHandle[Any], error: BaseException) -> BaseException:
         """The error the handle gives for what the future raised.

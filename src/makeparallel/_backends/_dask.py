@@ -1,0 +1,119 @@
+"""The ``"dask"`` backend: tasks on a Dask ``distributed`` cluster, through the executor adapter.
+
+It is the adapter around ``client.get_executor(pure=False)`` (Dask's own
+``concurrent.futures`` executor; ``pure=False`` because Dask would otherwise
+run identical calls once and share the result). The client is the one given to
+``mp.configure(dask_client=...)``, else the current one
+(``distributed.get_client()``), looked up at each submission so that a new
+client is picked up.
+
+What differs from other executors that run elsewhere:
+
+* A worker that dies mid-task makes Dask run the task again on another worker,
+  up to ``distributed.scheduler.allowed-failures`` times (3 by default); then
+  Dask raises ``KilledWorker``, which the handle gives as ``WorkerCrashedError``
+  with the ``KilledWorker`` chained as its cause.
+* Cancelling a handle, or its timeout, cancels the Dask future: a queued task
+  never runs; a running one runs on, and its result is released. The scheduler
+  takes new tasks asynchronously, so a cancel sent in the instant after the
+  submission can reach it first, and the call then still runs (its handle is
+  cancelled all the same, and its result dropped).
+* A client closed while tasks run fails them with ``ShutdownError``.
+* Errors raised by the task keep their type, with the worker's traceback.
+  Progress, ``check_cancelled`` and the task id do not cross to the workers
+  (no-ops there); metadata, callbacks and metrics live in this process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+try:
+    import distributed
+    from distributed.client import ClosedClientError
+    from distributed.scheduler import KilledWorker
+except ImportError as missing:  # pragma: no cover - the test extras install distributed
+    raise ImportError(
+        'backend="dask" needs the distributed package: pip install "makeparallel[dask]"'
+    ) from missing
+
+from .._states import FAILED
+from ..errors import ShutdownError, WorkerCrashedError
+from ._adapter import ExecutorBackend
+
+if TYPE_CHECKING:
+    from .._handle import AsyncHandle
+
+__all__ = ["DaskBackend"]
+
+
+class DaskBackend(ExecutorBackend):
+    """Submits each task to a Dask client as ``client.submit(..., pure=False)``."""
+
+    name = "dask"
+    stop_hint = "its Dask future was cancelled (a call already running on a worker runs on)"
+
+    def __init__(self, client: distributed.Client | None = None) -> None:
+        super().__init__(None, in_process=False)
+        self._configured = client
+        self._client: distributed.Client | None = None
+        self._workers = 1
+
+    def use_client(self, client: distributed.Client) -> None:
+        """Submit to ``client`` from now on (``configure(dask_client=...)``)."""
+        with self._lock:
+            self._configured = client
+
+    def submit(self, handle: AsyncHandle[Any]) -> None:
+        self._bind()
+        super().submit(handle)
+
+    def worker_count(self) -> int:
+        if self._client is None:
+            self._bind()  # a map sizes its chunks before its first task
+        return self._workers
+
+    def _bind(self) -> None:
+        """Use the configured client, else the current one; a new client gets a new executor."""
+        client = self._configured if self._configured is not None else _current_client()
+        if client is self._client:
+            return
+        executor = client.get_executor(pure=False)  # type: ignore[no-untyped-call]
+        workers = sum(client.nthreads().values()) if client.status == "running" else 1  # type: ignore[no-untyped-call]
+        with self._lock:
+            self._client, self._executor, self._workers = client, executor, max(1, workers)
+
+    def is_closed_error(self, error: Exception) -> bool:
+        return isinstance(error, ClosedClientError) or super().is_closed_error(error)
+
+    def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
+        client = self._client
+        if client is not None and client.status in ("closing", "closed"):
+            return FAILED, ShutdownError(
+                f"task {handle._id} ({handle.name}) was still unfinished when its Dask client "
+                "was closed"
+            )
+        return super().cancelled_by_executor(handle)
+
+    def translate_error(self, handle: AsyncHandle[Any], error: BaseException) -> BaseException:
+        if isinstance(error, KilledWorker):
+            crashed = WorkerCrashedError(
+                f"the Dask workers running task {handle._id} ({handle.name}) died, as many "
+                "times as the scheduler allows (distributed.scheduler.allowed-failures): "
+                f"{error}"
+            )
+            crashed.__cause__ = error
+            return crashed
+        return super().translate_error(handle, error)
+
+
+def _current_client() -> distributed.Client:
+    """The client of ``distributed.get_client()``, or an error that says what to do."""
+    try:
+        return distributed.get_client()
+    except ValueError as error:
+        raise RuntimeError(
+            "backend='dask' found no Dask client: create one first "
+            "(distributed.Client(...)) or pass it with "
+            "makeparallel.configure(dask_client=client)"
+        ) from error

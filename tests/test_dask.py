@@ -1,0 +1,217 @@
+"""``backend="dask"`` on a real ``distributed.LocalCluster``: two worker processes on 127.0.0.1.
+
+The cluster is started once for the module (a couple of seconds) and really
+loses workers: a task kills its own worker process, and a client is closed
+while its task runs. Cross-process signals are marker files (``Flags``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import pytest
+from distributed import Client, LocalCluster
+from distributed.scheduler import KilledWorker
+from pool_helpers import Flags, wait_until
+
+import makeparallel as mp
+from makeparallel import _runtime
+
+pytestmark = pytest.mark.dask
+
+# Threads the Dask client and cluster start by themselves (callbacks, offloading,
+# nanny watchers of restarted workers); conftest does not count them as leaks.
+ENGINE_THREAD_PREFIXES = ("Dask-", "AsyncProcess", "QueueFeederThread", "IO loop", "ThreadPoolExecutor")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+def wait_for_flag(flags: Flags, name: str) -> str:
+    """Block (on a Dask worker) until the test sets ``name``; bounded so nothing hangs."""
+    assert wait_until(lambda: flags.is_set(name), 30)
+    return name
+
+
+def set_flag(flags: Flags, name: str) -> None:
+    flags.set(name)
+
+
+def kill_own_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reports_progress() -> tuple[int | None, int]:
+    mp.report_progress(0.5)
+    mp.check_cancelled()
+    return mp.get_current_task_id(), os.getpid()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # One retry after a worker dies (the default is 3): the crash test stays short.
+    # One task per worker thread at a time (the default, 1.1, lets a worker take two
+    # while another idles): a task submitted behind busy workers stays queued.
+    config = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+    with dask.config.set(config):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    client = Client(cluster, set_as_default=False)
+    mp.configure(dask_client=client)
+    try:
+        yield client
+    finally:
+        _runtime._dask_client = None
+        _runtime._backends.pop("dask", None)
+        client.close()
+
+
+@pytest.fixture
+def flags(tmp_path: Any) -> Iterator[Flags]:
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("release")  # whatever the test did, no task waits past its end
+
+
+def test_results_come_from_the_workers() -> None:
+    remote = mp.parallel(backend="dask")(os.getpid)
+    assert remote().get(timeout=60) != os.getpid()
+    assert mp.gather([mp.parallel(backend="dask")(square)(i) for i in range(5)], timeout=60) == [0, 1, 4, 9, 16]
+
+
+def test_identical_calls_each_run_pure_false() -> None:
+    remote = mp.parallel(backend="dask")(token)
+    first, second = remote(), remote()
+    assert first.get(timeout=60) != second.get(timeout=60)
+
+
+def test_errors_keep_their_type_and_the_remote_traceback() -> None:
+    handle = mp.parallel(backend="dask")(fail)("missing")
+    handle.set_metadata("batch", 7)
+    with pytest.raises(KeyError, match="missing") as caught:
+        handle.get(timeout=60)
+    frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert "fail" in frames  # the worker's frame, carried back by Dask
+    assert any("'batch': 7" in note for note in getattr(caught.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("fn", [square, lambda x: x * x], ids=["function", "lambda"])
+def test_maps_run_as_chunked_futures(fn: Any) -> None:
+    assert mp.parallel_map(fn, range(100), backend="dask") == [x * x for x in range(100)]
+    assert sorted(mp.imap(fn, range(30), backend="dask", ordered=False, chunksize=4)) == [x * x for x in range(30)]
+
+
+def test_metrics_callbacks_and_progress_stay_here() -> None:
+    done: list[Any] = []
+    handle = mp.parallel(backend="dask", name="dask_progress")(reports_progress)()
+    handle.on_complete(done.append)
+    task_id, pid = handle.get(timeout=60)
+    assert task_id is None and pid != os.getpid()  # no task context crosses to the worker
+    assert handle.get_progress() == 1.0 and done == [(None, pid)]
+    metrics = mp.get_metrics("dask_progress")
+    assert metrics is not None and metrics.completed_tasks == 1
+
+
+def processing(cluster: LocalCluster) -> list[str]:
+    """The keys the scheduler has running on workers (read from its own process)."""
+    return [key for key, task in list(cluster.scheduler.tasks.items()) if task.state == "processing"]
+
+
+def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, flags: Flags) -> None:
+    remote = mp.parallel(backend="dask")
+    held = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
+    assert wait_until(lambda: len(processing(cluster)) == 2, 30)
+    queued = remote(set_flag)(flags, "ran")
+    # The scheduler takes a new graph asynchronously, so a cancel sent at once can
+    # reach it first (documented); cancel once the scheduler holds the task queued.
+    assert wait_until(lambda: any(t.state == "queued" for t in list(cluster.scheduler.tasks.values())), 30)
+    assert queued.cancel() is True
+    with pytest.raises(mp.TaskCancelledError):
+        queued.get()
+    flags.set("release")
+    assert mp.gather(held, timeout=60) == ["release", "release"]
+    assert not flags.is_set("ran")
+
+
+def test_a_timeout_cancels_the_dask_future(cluster: LocalCluster, flags: Flags) -> None:
+    handle = mp.parallel(backend="dask", timeout=0.5)(wait_for_flag)(flags, "release")
+    with pytest.raises(mp.TaskTimeoutError, match="Dask future was cancelled"):
+        handle.get(timeout=60)
+    # Cancelled, the task is no longer processing, though the call still waits on a worker.
+    assert wait_until(lambda: not processing(cluster), 30), processing(cluster)
+    flags.set("release")
+
+
+def test_a_killed_worker_fails_the_task_with_worker_crashed_error(client: Client) -> None:
+    handle = mp.parallel(backend="dask")(kill_own_worker)()
+    with pytest.raises(mp.WorkerCrashedError, match="allowed-failures") as caught:
+        handle.get(timeout=60)
+    assert isinstance(caught.value.__cause__, KilledWorker)
+    client.wait_for_workers(2, timeout=60)  # the nannies restart the killed workers
+    assert mp.parallel(backend="dask")(square)(3).get(timeout=60) == 9
+
+
+def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+    second = Client(cluster, set_as_default=False)
+    mp.configure(dask_client=second)
+    try:
+        handle = mp.parallel(backend="dask")(wait_for_flag)(flags, "release")
+        assert wait_until(lambda: bool(second.processing() and any(second.processing().values())), 30)
+        second.close()
+        with pytest.raises(mp.ShutdownError, match="Dask client was closed"):
+            handle.get(timeout=60)
+        with pytest.raises(mp.ShutdownError, match="shut down or closed"):
+            mp.parallel(backend="dask")(square)(2)
+    finally:
+        flags.set("release")
+        mp.configure(dask_client=client)
+    assert mp.parallel(backend="dask")(square)(4).get(timeout=60) == 16
+
+
+def test_the_current_client_is_used_without_configuration(client: Client) -> None:
+    _runtime._dask_client = None
+    _runtime._backends.pop("dask", None)
+    try:
+        with pytest.raises(RuntimeError, match=r"found no Dask client.*configure\(dask_client=client\)"):
+            mp.parallel(backend="dask")(square)(2)
+        with client.as_current():
+            assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25
+    finally:
+        mp.configure(dask_client=client)
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "makeparallel._backends._dask")
+    with pytest.raises(ImportError, match=r'pip install "makeparallel\[dask\]"'):
+        _runtime._dask_backend()
+
+
+def test_dask_client_must_be_a_client() -> None:
+    with pytest.raises(TypeError, match="dask_client must be a distributed.Client, got 'tcp://x'"):
+        mp.configure(dask_client="tcp://x")
