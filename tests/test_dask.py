@@ -142,20 +142,33 @@ def processing(cluster: LocalCluster) -> list[str]:
     return [key for key, task in list(cluster.scheduler.tasks.items()) if task.state == "processing"]
 
 
-def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, flags: Flags) -> None:
+def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, client: Client, flags: Flags) -> None:
     remote = mp.parallel(backend="dask")
     held = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
     assert wait_until(lambda: len(processing(cluster)) == 2, 30)
+    known = set(cluster.scheduler.tasks)
     queued = remote(set_flag)(flags, "ran")
     # The scheduler takes a new graph asynchronously, so a cancel sent at once can
-    # reach it first (documented); cancel once the scheduler holds the task queued.
-    assert wait_until(lambda: any(t.state == "queued" for t in list(cluster.scheduler.tasks.values())), 30)
+    # reach it first (documented): cancel once the scheduler holds the task for us.
+    assert wait_until(lambda: any(cluster.scheduler.tasks[k].who_wants for k in new_keys(cluster, known)), 30)
+    (key,) = new_keys(cluster, known)
     assert queued.cancel() is True
     with pytest.raises(mp.TaskCancelledError):
         queued.get()
+
+    def held_anywhere() -> bool:
+        on_workers = client.run(lambda dask_worker: key in dask_worker.state.tasks)
+        return key in cluster.scheduler.tasks or any(on_workers.values())
+
+    # Dask cancels asynchronously: release the workers once they dropped the task.
+    assert wait_until(lambda: not held_anywhere(), 30)
     flags.set("release")
     assert mp.gather(held, timeout=60) == ["release", "release"]
     assert not flags.is_set("ran")
+
+
+def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:
+    return [key for key in list(cluster.scheduler.tasks) if key not in known]
 
 
 def test_a_timeout_cancels_the_dask_future(cluster: LocalCluster, flags: Flags) -> None:

@@ -14,10 +14,11 @@ What differs from other executors that run elsewhere:
   Dask raises ``KilledWorker``, which the handle gives as ``WorkerCrashedError``
   with the ``KilledWorker`` chained as its cause.
 * Cancelling a handle, or its timeout, cancels the Dask future: a queued task
-  never runs; a running one runs on, and its result is released. The scheduler
-  takes new tasks asynchronously, so a cancel sent in the instant after the
-  submission can reach it first, and the call then still runs (its handle is
-  cancelled all the same, and its result dropped).
+  never runs; a running one runs on, and its result is released. Dask cancels
+  asynchronously: a cancel sent the instant after the submission can reach the
+  scheduler before the task does, and a worker freed before the cancel reaches
+  it may start the call; either way the handle is cancelled at once and the
+  result dropped.
 * A client closed while tasks run fails them with ``ShutdownError``.
 * Errors raised by the task keep their type, with the worker's traceback.
   Progress, ``check_cancelled`` and the task id do not cross to the workers
