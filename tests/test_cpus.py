@@ -8,17 +8,7 @@ from pathlib import Path
 import pytest
 
 from makeparallel._cpus import cgroup_cpu_quota, usable_cpus
-
-
-def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[str, str]:
-    root = tmp_path / "cgroup"
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text(proc_line)
-    return str(root), str(proc)
+from fake_cgroup import fake_cgroup
 
 
 def affinity() -> int:

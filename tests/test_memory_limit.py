@@ -12,19 +12,9 @@ import makeparallel as mp
 from makeparallel import _memory_guard
 from makeparallel._memory_budget import MemoryBudget, cgroup_memory, memory_budget
 from pool_helpers import resize, wait_until
+from fake_cgroup import fake_cgroup
 
 GiB = 1024**3
-
-
-def fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[str, str]:
-    root = tmp_path / "cgroup"
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    proc = tmp_path / "proc_self_cgroup"
-    proc.write_text(proc_line)
-    return str(root), str(proc)
 
 
 # -- the budget -------------------------------------------------------------------------------
