@@ -214,8 +214,52 @@ def test_bad_submit_calls_say_what_to_do(call: Any, message: str) -> None:
     assert ctx.handles == []
 
 
-# -- README, "Retry Logic" (names from the resilience work) -------------------------------------
-# (see test_retry_names below, which checks what exists)
+# -- README, "Retry Logic"; "Example 2: Web Scraping with Retry Logic"; "Backpressure" ---------
+
+
+def test_retry_example() -> None:
+    from makeparallel import retry
+
+    calls: list[int] = []
+
+    @retry(max_retries=3)
+    def flaky_api_call() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionError("flaky")
+        return "response"
+
+    assert flaky_api_call() == "response"  # "Will retry up to 3 times on failure"
+    assert len(calls) == 4
+
+
+def test_retry_backoff_over_parallel_pool_example() -> None:
+    from makeparallel import parallel_pool, retry_backoff
+
+    calls: list[str] = []
+
+    @retry_backoff(max_attempts=3, backoff="exponential", initial_delay=0.001, max_delay=0.01)
+    @parallel_pool
+    def fetch_url(url: str) -> str:
+        calls.append(url)
+        if len(calls) < 2:
+            raise ConnectionError(url)
+        return f"text of {url}"
+
+    urls = ["https://example.com/page1"]
+    handles = [fetch_url(url) for url in urls]
+    assert [h.get() for h in handles] == ["text of https://example.com/page1"]
+    assert len(calls) == 2
+
+
+def test_configure_memory_limit_example() -> None:
+    from makeparallel import configure_memory_limit
+
+    configure_memory_limit(max_memory_percent=80.0)
+    try:
+        assert mp.parallel(abs)(-3).get() == 3
+    finally:
+        configure_memory_limit(None)
 
 
 # -- README, "Performance Monitoring" ------------------------------------------------------------
