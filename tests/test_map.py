@@ -179,6 +179,41 @@ def test_the_backend_argument_runs_inline_on_sync() -> None:
     assert set(idents) == {caller}
 
 
+def test_maps_of_one_function_keep_one_record_and_follow_the_backend() -> None:
+    # The chunk task of a map is reused across calls: its metrics still count
+    # every call (also after a reset), and a map on another backend runs there.
+    def cached_noop(x: int) -> int:
+        return threading.get_ident()
+
+    name = "test_maps_of_one_function_keep_one_record_and_follow_the_backend.<locals>.cached_noop [map]"
+    caller = threading.get_ident()
+    for backend in ("thread", "sync", "thread"):
+        idents = mp.parallel_map(cached_noop, range(5), chunksize=5, backend=backend)
+        assert len(idents) == 5
+        if backend == "sync":
+            assert set(idents) == {caller}
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.completed_tasks == 3
+    mp.reset_metrics()
+    mp.parallel_map(cached_noop, range(5), chunksize=5)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.completed_tasks == 1
+
+
+def test_a_map_does_not_keep_its_executor_alive() -> None:
+    import gc
+    import weakref
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(2)
+    assert mp.parallel_map(abs, [-1, -2], backend=executor) == [1, 2]
+    executor.shutdown()
+    gone = weakref.ref(executor)
+    del executor
+    gc.collect()
+    assert gone() is None
+
+
 # -- failures ----------------------------------------------------------------------------------
 
 
