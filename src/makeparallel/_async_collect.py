@@ -15,11 +15,10 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._collect import OnError, _as_handles, check_on_error
+from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error
 from ._handle import AsyncHandle, cancel_all
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
-from .errors import TaskTimeoutError
 
 if TYPE_CHECKING:
     import asyncio
@@ -95,10 +94,7 @@ class AsyncCompletions:
             try:
                 handle = await asyncio.wait_for(self._ended.get(), max(0.0, self._deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                raise TaskTimeoutError(
-                    f"timed out after {self._timeout:g} s with {self.outstanding} of "
-                    f"{self._total} tasks unfinished; they go on unless cancelled"
-                ) from None
+                raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
 

@@ -38,6 +38,7 @@ __all__ = [
     "DoneAndNotDone",
     "as_completed",
     "check_on_error",
+    "collect_timeout_error",
     "gather",
     "wait",
 ]
@@ -83,6 +84,13 @@ def _cancel_after_interrupt(handles: object, items: list[AsyncHandle[Any]] | Non
     cancel_all(items)
 
 
+def collect_timeout_error(timeout: float | None, outstanding: int, total: int) -> TaskTimeoutError:
+    """The error of a collector whose ``timeout`` passed with tasks still unfinished."""
+    return TaskTimeoutError(
+        f"timed out after {timeout:g} s with {outstanding} of {total} tasks unfinished; they go on unless cancelled"
+    )
+
+
 class Completions:
     """Handles in the order they end; a consumer inside a task runs queued ones meanwhile.
 
@@ -124,10 +132,7 @@ class Completions:
             else:
                 handle = ended.get(timeout=max(0.0, self._deadline - time.monotonic()))
         except queue.Empty:
-            raise TaskTimeoutError(
-                f"timed out after {self._timeout:g} s with {self.outstanding} of "
-                f"{self._total} tasks unfinished; they go on unless cancelled"
-            ) from None
+            raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
 
