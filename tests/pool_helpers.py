@@ -90,6 +90,12 @@ class Flags:
         return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
 
 
+def wait_for_flag(flags: Flags, name: str) -> str:
+    """A task that blocks, in any worker, until the test sets ``name``; bounded so nothing hangs."""
+    assert flags.wait(name, 30)
+    return name
+
+
 def poll_until_stopped(gate: threading.Event) -> None:
     """A task body that runs until the gate opens or the library stops it."""
     while not gate.wait(0.01):

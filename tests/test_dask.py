@@ -19,7 +19,7 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 from distributed.scheduler import KilledWorker
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
@@ -41,12 +41,6 @@ def fail(message: str) -> None:
 
 def token() -> str:
     return uuid.uuid4().hex
-
-
-def wait_for_flag(flags: Flags, name: str) -> str:
-    """Block (on a Dask worker) until the test sets ``name``; bounded so nothing hangs."""
-    assert wait_until(lambda: flags.is_set(name), 30)
-    return name
 
 
 def set_flag(flags: Flags, name: str) -> None:

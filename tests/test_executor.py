@@ -21,7 +21,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, wait_for_flag, wait_until
 
 BACKENDS = ["thread", "process"]
 
@@ -38,12 +38,6 @@ def mul(x: int, y: int) -> int:
 
 def fail(message: str) -> None:
     raise ValueError(message)
-
-
-def wait_for_flag(flags: Flags, name: str) -> str:
-    """Block (in a worker) until the test sets ``name``; bounded so nothing hangs."""
-    assert wait_until(lambda: flags.is_set(name), 30)
-    return name
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from loky import get_reusable_executor
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
@@ -35,12 +35,6 @@ def decorated_square(x: int) -> int:
 
 def fail(message: str) -> None:
     raise KeyError(message)
-
-
-def wait_for_flag(flags: Flags, name: str) -> str:
-    """Block (in any worker) until the test sets ``name``; bounded so nothing hangs."""
-    assert wait_until(lambda: flags.is_set(name), 30)
-    return name
 
 
 def set_flag(flags: Flags, name: str) -> None:
