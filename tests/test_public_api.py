@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
 import importlib.resources
@@ -29,6 +30,20 @@ _HEAVY_MODULES = (
     "cloudpickle",
     "prometheus_client",
     "distributed",
+)
+
+# Nor may a first task on threads: these load only for the features that need them.
+_NOT_FOR_A_THREAD_TASK = (
+    *_HEAVY_MODULES,
+    "psutil",
+    "dataclasses",
+    "inspect",
+    "random",
+    "makeparallel._backends._process",
+    "makeparallel._circuit",
+    "makeparallel._collect",
+    "makeparallel._map",
+    "makeparallel._retry",
 )
 
 
@@ -98,17 +113,13 @@ def test_py_typed_ships() -> None:
     assert marker.is_file()
 
 
-@pytest.mark.timeout(30)
-def test_import_is_lazy() -> None:
-    code = (
-        "import sys\n"
-        "import makeparallel\n"
-        "print('\\n'.join(sorted(sys.modules)))\n"
-    )
+def modules_loaded_by(code: str) -> set[str]:
+    """The modules in ``sys.modules`` after ``code`` ran in a fresh interpreter."""
+    program = f"{code}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))\n"
     # Not measured by coverage, which imports multiprocessing itself.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKEPARALLEL_", "COVERAGE_"))}
     completed = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", program],
         capture_output=True,
         text=True,
         timeout=25,
@@ -118,13 +129,65 @@ def test_import_is_lazy() -> None:
     assert completed.returncode == 0, completed.stderr
     loaded = set(completed.stdout.split())
     assert "makeparallel" in loaded  # the probe did import the package
-    heavy = sorted(
-        module
-        for module in loaded
-        for banned in _HEAVY_MODULES
-        if module == banned or module.startswith(banned + ".")
-    )
+    return loaded
+
+
+def among(loaded: set[str], banned: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded for b in banned if m == b or m.startswith(b + "."))
+
+
+@pytest.mark.timeout(30)
+def test_import_is_lazy() -> None:
+    loaded = modules_loaded_by("import makeparallel")
+    heavy = among(loaded, _HEAVY_MODULES)
     assert not heavy, f"import makeparallel loaded heavy modules: {heavy}"
+    ours = sorted(m for m in loaded if m.startswith("makeparallel."))
+    assert ours == ["makeparallel.errors"], f"import makeparallel loaded more than its errors: {ours}"
+
+
+@pytest.mark.timeout(30)
+def test_a_first_thread_task_loads_only_what_it_uses() -> None:
+    loaded = modules_loaded_by(
+        "import makeparallel as mp\n"
+        "@mp.parallel\n"
+        "def negate(x):\n"
+        "    return -x\n"
+        "assert negate(-1).get(20) == 1\n"
+    )
+    assert "makeparallel._backends._thread" in loaded  # the probe did run a thread task
+    heavy = among(loaded, _NOT_FOR_A_THREAD_TASK)
+    assert not heavy, f"a first @parallel call on threads loaded: {heavy}"
+
+
+def test_every_lazy_name_is_imported_for_type_checkers() -> None:
+    # The names the package loads on first use (``_LAZY``) and the imports type
+    # checkers and the documentation read (under ``if TYPE_CHECKING:``) must agree.
+    tree = ast.parse(inspect.getsource(mp))
+    guarded = next(
+        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+    )
+    imported = {
+        alias.asname or alias.name: (node.module, alias.name)
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == {name: (module, attribute) for name, (module, attribute) in mp._LAZY.items()}
+    assert set(mp._LAZY) | set(vars(mp.errors)) >= set(mp.__all__)
+
+
+def test_dir_lists_every_public_name_before_use() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", "import makeparallel as mp; print(' '.join(dir(mp)))"],
+        capture_output=True, text=True, timeout=25, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert set(mp.__all__) <= set(completed.stdout.split())
+
+
+def test_an_unknown_name_raises_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'paralel'"):
+        mp.paralel  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_reimport_is_the_same_module() -> None:

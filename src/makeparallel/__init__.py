@@ -9,66 +9,13 @@
     thumbnail = handle.get()      # the result, or the task's own exception
 
 Everything public is importable from here; ``__all__`` is the contract.
+
+Importing the package loads only :mod:`makeparallel.errors` (and the
+``concurrent.futures`` it builds on); every other name loads its module on first
+use (PEP 562), so ``import makeparallel`` costs about what ``import
+concurrent.futures`` does, and a program pays only for the parts it uses.
 """
 
-from ._async_collect import gather_async as gather_async
-from ._circuit import CircuitBreaker as CircuitBreaker
-from ._circuit import CircuitState as CircuitState
-from ._circuit import CircuitStatistics as CircuitStatistics
-from ._collect import ALL_COMPLETED as ALL_COMPLETED
-from ._collect import FIRST_COMPLETED as FIRST_COMPLETED
-from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
-from ._collect import as_completed as as_completed
-from ._collect import gather as gather
-from ._collect import wait as wait
-from ._compat import start_priority_worker as start_priority_worker
-from ._compat import stop_priority_worker as stop_priority_worker
-from ._decorators import ParallelFunction as ParallelFunction
-from ._decorators import parallel as parallel
-from ._decorators import parallel_async as parallel_async
-from ._decorators import parallel_fast as parallel_fast
-from ._decorators import parallel_pool as parallel_pool
-from ._decorators import parallel_priority as parallel_priority
-from ._events import TaskEvent as TaskEvent
-from ._executor import Executor as Executor
-from ._executor import ExecutorFuture as ExecutorFuture
-from ._events import add_task_listener as add_task_listener
-from ._events import remove_task_listener as remove_task_listener
-from ._gil_watch import GilBoundWarning as GilBoundWarning
-from ._group import ParallelContext as ParallelContext
-from ._group import TaskGroup as TaskGroup
-from ._handle import AsyncHandle as AsyncHandle
-from ._handle import AsyncHandle as AsyncHandleFast
-from ._health import health as health
-from ._map import imap as imap
-from ._map import parallel_map as parallel_map
-from ._metrics import MetricsByName as MetricsByName
-from ._metrics import TaskMetrics as PerformanceMetrics
-from ._metrics import TaskMetrics as TaskMetrics
-from ._metrics import get_all_metrics as get_all_metrics
-from ._metrics import get_metrics as get_metrics
-from ._metrics import metrics_snapshot as metrics_snapshot
-from ._metrics import profiled as profiled
-from ._metrics import reset_metrics as reset_metrics
-from ._retry import Retry as Retry
-from ._retrying import retry as retry
-from ._retrying import retry_backoff as retry_backoff
-from ._runtime import configure as configure
-from ._runtime import configure_memory_limit as configure_memory_limit
-from ._runtime import configure_process_pool as configure_process_pool
-from ._runtime import configure_thread_pool as configure_thread_pool
-from ._runtime import get_active_task_count as get_active_task_count
-from ._runtime import get_process_pool_info as get_process_pool_info
-from ._runtime import get_thread_pool_info as get_thread_pool_info
-from ._runtime import reset_shutdown as reset_shutdown
-from ._runtime import set_max_concurrent_tasks as set_max_concurrent_tasks
-from ._runtime import shutdown as shutdown
-from ._task_context import check_cancelled as check_cancelled
-from ._task_context import get_current_task_id as get_current_task_id
-from ._task_context import report_progress as report_progress
-from ._task_logging import TaskContextFilter as TaskContextFilter
-from ._task_logging import add_task_context as add_task_context
-from ._task_logging import enable_task_logging as enable_task_logging
 from .errors import CircuitOpenError as CircuitOpenError
 from .errors import ShutdownError as ShutdownError
 from .errors import TaskCancelledError as TaskCancelledError
@@ -78,6 +25,152 @@ from .errors import TaskTimeoutError as TaskTimeoutError
 from .errors import WorkerCrashedError as WorkerCrashedError
 
 __version__ = "0.3.0"
+
+# ``typing.TYPE_CHECKING`` without importing typing; type checkers know the name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what the checkers and the documentation read; at run time, _LAZY
+    from ._async_collect import gather_async as gather_async
+    from ._circuit import CircuitBreaker as CircuitBreaker
+    from ._circuit import CircuitState as CircuitState
+    from ._circuit import CircuitStatistics as CircuitStatistics
+    from ._collect import ALL_COMPLETED as ALL_COMPLETED
+    from ._collect import FIRST_COMPLETED as FIRST_COMPLETED
+    from ._collect import FIRST_EXCEPTION as FIRST_EXCEPTION
+    from ._collect import as_completed as as_completed
+    from ._collect import gather as gather
+    from ._collect import wait as wait
+    from ._compat import start_priority_worker as start_priority_worker
+    from ._compat import stop_priority_worker as stop_priority_worker
+    from ._decorators import ParallelFunction as ParallelFunction
+    from ._decorators import parallel as parallel
+    from ._decorators import parallel_async as parallel_async
+    from ._decorators import parallel_fast as parallel_fast
+    from ._decorators import parallel_pool as parallel_pool
+    from ._decorators import parallel_priority as parallel_priority
+    from ._events import TaskEvent as TaskEvent
+    from ._events import add_task_listener as add_task_listener
+    from ._events import remove_task_listener as remove_task_listener
+    from ._executor import Executor as Executor
+    from ._executor import ExecutorFuture as ExecutorFuture
+    from ._gil_watch import GilBoundWarning as GilBoundWarning
+    from ._group import ParallelContext as ParallelContext
+    from ._group import TaskGroup as TaskGroup
+    from ._handle import AsyncHandle as AsyncHandle
+    from ._handle import AsyncHandle as AsyncHandleFast
+    from ._health import health as health
+    from ._map import imap as imap
+    from ._map import parallel_map as parallel_map
+    from ._metrics import MetricsByName as MetricsByName
+    from ._metrics import get_all_metrics as get_all_metrics
+    from ._metrics import get_metrics as get_metrics
+    from ._metrics import metrics_snapshot as metrics_snapshot
+    from ._metrics import profiled as profiled
+    from ._metrics import reset_metrics as reset_metrics
+    from ._retry import Retry as Retry
+    from ._retrying import retry as retry
+    from ._retrying import retry_backoff as retry_backoff
+    from ._runtime import configure as configure
+    from ._runtime import configure_memory_limit as configure_memory_limit
+    from ._runtime import configure_process_pool as configure_process_pool
+    from ._runtime import configure_thread_pool as configure_thread_pool
+    from ._runtime import get_active_task_count as get_active_task_count
+    from ._runtime import get_process_pool_info as get_process_pool_info
+    from ._runtime import get_thread_pool_info as get_thread_pool_info
+    from ._runtime import reset_shutdown as reset_shutdown
+    from ._runtime import set_max_concurrent_tasks as set_max_concurrent_tasks
+    from ._runtime import shutdown as shutdown
+    from ._task_context import check_cancelled as check_cancelled
+    from ._task_context import get_current_task_id as get_current_task_id
+    from ._task_context import report_progress as report_progress
+    from ._task_logging import TaskContextFilter as TaskContextFilter
+    from ._task_logging import add_task_context as add_task_context
+    from ._task_logging import enable_task_logging as enable_task_logging
+    from ._task_metrics import TaskMetrics as PerformanceMetrics
+    from ._task_metrics import TaskMetrics as TaskMetrics
+
+#: Each public name loaded on first use: its module, and its name there.
+_LAZY: dict[str, tuple[str, str]] = {
+    "ALL_COMPLETED": ("_collect", "ALL_COMPLETED"),
+    "AsyncHandle": ("_handle", "AsyncHandle"),
+    "AsyncHandleFast": ("_handle", "AsyncHandle"),
+    "CircuitBreaker": ("_circuit", "CircuitBreaker"),
+    "CircuitState": ("_circuit", "CircuitState"),
+    "CircuitStatistics": ("_circuit", "CircuitStatistics"),
+    "Executor": ("_executor", "Executor"),
+    "ExecutorFuture": ("_executor", "ExecutorFuture"),
+    "FIRST_COMPLETED": ("_collect", "FIRST_COMPLETED"),
+    "FIRST_EXCEPTION": ("_collect", "FIRST_EXCEPTION"),
+    "GilBoundWarning": ("_gil_watch", "GilBoundWarning"),
+    "MetricsByName": ("_metrics", "MetricsByName"),
+    "ParallelContext": ("_group", "ParallelContext"),
+    "ParallelFunction": ("_decorators", "ParallelFunction"),
+    "PerformanceMetrics": ("_task_metrics", "TaskMetrics"),
+    "Retry": ("_retry", "Retry"),
+    "TaskContextFilter": ("_task_logging", "TaskContextFilter"),
+    "TaskEvent": ("_events", "TaskEvent"),
+    "TaskGroup": ("_group", "TaskGroup"),
+    "TaskMetrics": ("_task_metrics", "TaskMetrics"),
+    "add_task_context": ("_task_logging", "add_task_context"),
+    "add_task_listener": ("_events", "add_task_listener"),
+    "as_completed": ("_collect", "as_completed"),
+    "check_cancelled": ("_task_context", "check_cancelled"),
+    "configure": ("_runtime", "configure"),
+    "configure_memory_limit": ("_runtime", "configure_memory_limit"),
+    "configure_process_pool": ("_runtime", "configure_process_pool"),
+    "configure_thread_pool": ("_runtime", "configure_thread_pool"),
+    "enable_task_logging": ("_task_logging", "enable_task_logging"),
+    "gather": ("_collect", "gather"),
+    "gather_async": ("_async_collect", "gather_async"),
+    "get_active_task_count": ("_runtime", "get_active_task_count"),
+    "get_all_metrics": ("_metrics", "get_all_metrics"),
+    "get_current_task_id": ("_task_context", "get_current_task_id"),
+    "get_metrics": ("_metrics", "get_metrics"),
+    "get_process_pool_info": ("_runtime", "get_process_pool_info"),
+    "get_thread_pool_info": ("_runtime", "get_thread_pool_info"),
+    "health": ("_health", "health"),
+    "imap": ("_map", "imap"),
+    "metrics_snapshot": ("_metrics", "metrics_snapshot"),
+    "parallel": ("_decorators", "parallel"),
+    "parallel_async": ("_decorators", "parallel_async"),
+    "parallel_fast": ("_decorators", "parallel_fast"),
+    "parallel_map": ("_map", "parallel_map"),
+    "parallel_pool": ("_decorators", "parallel_pool"),
+    "parallel_priority": ("_decorators", "parallel_priority"),
+    "profiled": ("_metrics", "profiled"),
+    "remove_task_listener": ("_events", "remove_task_listener"),
+    "report_progress": ("_task_context", "report_progress"),
+    "reset_metrics": ("_metrics", "reset_metrics"),
+    "reset_shutdown": ("_runtime", "reset_shutdown"),
+    "retry": ("_retrying", "retry"),
+    "retry_backoff": ("_retrying", "retry_backoff"),
+    "set_max_concurrent_tasks": ("_runtime", "set_max_concurrent_tasks"),
+    "shutdown": ("_runtime", "shutdown"),
+    "start_priority_worker": ("_compat", "start_priority_worker"),
+    "stop_priority_worker": ("_compat", "stop_priority_worker"),
+    "wait": ("_collect", "wait"),
+}
+
+
+if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error there
+
+    def __getattr__(name: str) -> object:
+        """Import the module that defines ``name``, once; later lookups find it in the namespace."""
+        try:
+            module_name, attribute = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        # __import__, not importlib.import_module: importlib itself would cost an import.
+        module = __import__(f"{__name__}.{module_name}", fromlist=[attribute])
+        value = getattr(module, attribute)
+        globals()[name] = value
+        return value
+
+del TYPE_CHECKING
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ALL_COMPLETED",

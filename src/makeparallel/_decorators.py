@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from types import CodeType, FunctionType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _events, _runtime
 from ._admission import Limiter, PendingAdmission
@@ -27,11 +27,13 @@ from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
-from ._circuit import CircuitBreaker, check_breaker
-from ._retry import Retry, check_retry
 from ._states import CANCELLED, FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 from .errors import CircuitOpenError
+
+if TYPE_CHECKING:
+    from ._circuit import CircuitBreaker
+    from ._retry import Retry
 
 __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
@@ -192,8 +194,12 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     if "priority" in options:
         checked["priority"] = check_priority(options["priority"])
     if "retry" in options:
+        from ._retry import check_retry  # loaded by the functions that use retries only
+
         checked["retry"] = check_retry(options["retry"])
     if "circuit_breaker" in options:
+        from ._circuit import check_breaker
+
         checked["circuit_breaker"] = check_breaker(options["circuit_breaker"])
     if options.get("max_concurrent") is not None:
         check_count(options["max_concurrent"], "max_concurrent")
@@ -205,11 +211,36 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+# The code flags inspect's predicates read (inspect.CO_*), fixed by CPython.
+_CO_GENERATOR, _CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+
+
+def _plain_code(fn: Any) -> CodeType | None:
+    """The code of ``fn`` if it is a plain function, which ``inspect`` would judge by its code alone.
+
+    Most decorated functions are: reading their code object spares the first
+    ``@parallel`` the import of ``inspect``, which costs about what importing
+    ``concurrent.futures`` does. Anything else goes to ``inspect``: partials,
+    methods, callable objects, and functions with attributes of their own (a
+    ``functools.wraps`` wrapper's ``__wrapped__``, a ``__signature__``, a
+    coroutine marker, a ``partialmethod``...).
+    """
+    if type(fn) is not FunctionType or fn.__dict__:
+        return None
+    return fn.__code__
+
+
 def own_parameters(fn: Callable[..., Any], names: tuple[str, ...]) -> set[str]:
     """Which of ``names`` ``fn`` takes as a named parameter (so the library must not).
 
     ``**kwargs`` does not count: only a parameter that names itself claims a name.
     """
+    code = _plain_code(fn)
+    if code is not None:  # co_varnames: positional parameters, keyword-only ones, then the rest
+        named = code.co_varnames[code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount]
+        return {name for name in named if name in names}
+    import inspect
+
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature
@@ -413,6 +444,11 @@ class _BoundParallelFunction:
 
 def _returns_coroutines(fn: Any) -> bool:
     """Whether calling ``fn`` is known to give a coroutine (``async def``, or its ``__call__``)."""
+    code = _plain_code(fn)
+    if code is not None:
+        return bool(code.co_flags & _CO_COROUTINE)
+    import inspect
+
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
@@ -534,6 +570,13 @@ def _generator_kind(fn: Any) -> str | None:
     Looks through ``functools.partial``, bound methods, ``functools.wraps``
     decorators (their ``__wrapped__``) and the ``__call__`` of callable objects.
     """
+    code = _plain_code(fn)
+    if code is not None:
+        if code.co_flags & _CO_ASYNC_GENERATOR:
+            return "async generator"
+        return "generator" if code.co_flags & _CO_GENERATOR else None
+    import inspect
+
     seen: set[int] = set()
     while id(fn) not in seen:
         seen.add(id(fn))

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._states import STATE_NAMES
@@ -35,9 +34,10 @@ _lock = threading.Lock()
 listeners: tuple[Callable[[TaskEvent], object], ...] = ()
 
 
-@dataclass(frozen=True)
 class TaskEvent:
     """One event in the life of a task.
+
+    Frozen, equal to another event with the same fields.
 
     Attributes:
         kind: ``"submitted"``, ``"started"``, ``"retry"`` (an attempt failed and
@@ -57,7 +57,27 @@ class TaskEvent:
         breaker, old_state, new_state: for ``"circuit"`` (a circuit breaker changed
             state; ``task_id`` is 0, ``name`` and ``status`` are the breaker's name
             and new state): the breaker's name and its states before and after.
+
+    A frozen record with ``__slots__`` rather than a dataclass: importing
+    ``dataclasses`` (and the ``inspect`` it loads) would cost more than the package.
     """
+
+    __slots__ = (
+        "attempt",
+        "breaker",
+        "duration",
+        "error",
+        "kind",
+        "metadata",
+        "name",
+        "new_state",
+        "old_state",
+        "queue_wait",
+        "status",
+        "task_id",
+        "time",
+        "wait",
+    )
 
     kind: str
     task_id: int
@@ -67,12 +87,53 @@ class TaskEvent:
     queue_wait: float | None
     duration: float | None
     metadata: dict[str, Any]
-    attempt: int | None = None
-    error: BaseException | None = None
-    wait: float | None = None
-    breaker: str | None = None
-    old_state: str | None = None
-    new_state: str | None = None
+    attempt: int | None
+    error: BaseException | None
+    wait: float | None
+    breaker: str | None
+    old_state: str | None
+    new_state: str | None
+
+    def __init__(
+        self,
+        kind: str,
+        task_id: int,
+        name: str,
+        status: str,
+        time: float,
+        queue_wait: float | None,
+        duration: float | None,
+        metadata: dict[str, Any],
+        attempt: int | None = None,
+        error: BaseException | None = None,
+        wait: float | None = None,
+        breaker: str | None = None,
+        old_state: str | None = None,
+        new_state: str | None = None,
+    ) -> None:
+        values = locals()
+        for field in _FIELDS:
+            object.__setattr__(self, field, values[field])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"TaskEvent is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"TaskEvent is frozen: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TaskEvent:
+            return NotImplemented
+        return all(getattr(self, field) == getattr(other, field) for field in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and metadata is a dict
+
+    def __repr__(self) -> str:
+        return f"TaskEvent({', '.join(f'{field}={getattr(self, field)!r}' for field in _FIELDS)})"
+
+
+#: The fields in declaration order, as the constructor takes them.
+_FIELDS = tuple(TaskEvent.__annotations__)
 
 
 def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:

@@ -3,7 +3,8 @@
 Each function name has one :class:`FunctionMetrics` record, counted when a task
 is submitted and when it ends, under the lock the backend already holds then. Readers get a frozen
 :class:`TaskMetrics` snapshot that reads both as attributes (``m.total_tasks``) and
-as a mapping (``m["total_tasks"]``), because code in the wild uses both.
+as a mapping (``m["total_tasks"]``), because code in the wild uses both. That record
+class lives in its own module, loaded at the first read: counting needs none of it.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._circuit import CircuitBreaker, all_breakers
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import get_active_task_count, pool_infos, queued_by_name
+
+if TYPE_CHECKING:
+    from ._circuit import CircuitBreaker
+    from ._task_metrics import TaskMetrics
 
 __all__ = [
     "Counts",
     "FunctionMetrics",
     "MetricsByName",
-    "TaskMetrics",
     "all_records",
     "full_names",
     "get_all_metrics",
@@ -40,64 +42,6 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class TaskMetrics(Mapping[str, Any]):
-    """A snapshot of one function's metrics, read as attributes or as a mapping.
-
-    ``retried_tasks`` counts tasks run more than once by their retry policy,
-    ``retries`` the attempts after the first. A retried task's execution time is
-    its last attempt's, its queue wait runs from submission to that start.
-
-    Times are in milliseconds. Execution times count tasks that ran to their end
-    (succeeded or failed); queue waits count every task that started. Percentiles
-    come from a fixed-size histogram: they fall in the same bucket as the exact
-    value. Between 1 us and about 3 minutes, buckets are a factor of sqrt(2)
-    wide (typically within 20%, at worst 41% above or 29% below); under 1 us a
-    percentile is only within 1 us of the exact value (the first bucket spans
-    (0, 1 us]), and past about 3 minutes it lies between the last bound and the
-    maximum.
-    """
-
-    name: str
-    total_tasks: int
-    completed_tasks: int
-    failed_tasks: int
-    cancelled_tasks: int
-    timed_out_tasks: int
-    running_tasks: int
-    queued_tasks: int
-    total_execution_time_ms: float
-    average_execution_time_ms: float
-    min_execution_time_ms: float
-    max_execution_time_ms: float
-    p50_execution_time_ms: float
-    p95_execution_time_ms: float
-    p99_execution_time_ms: float
-    average_queue_wait_ms: float
-    p50_queue_wait_ms: float
-    p95_queue_wait_ms: float
-    p99_queue_wait_ms: float
-    max_queue_wait_ms: float
-    retried_tasks: int = 0
-    retries: int = 0
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in _FIELD_NAMES:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_FIELD_NAMES)
-
-    def __len__(self) -> int:
-        return len(_FIELD_NAMES)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The snapshot as a plain dict."""
-        return asdict(self)
-
-
-_FIELD_NAMES = tuple(field.name for field in fields(TaskMetrics))
 FOLD_AT = 256  # durations gathered before they are folded into the histograms
 
 
@@ -229,6 +173,8 @@ class FunctionMetrics:
 
 def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
     """``counts`` (all shards of one record, merged) as plain numbers."""
+    from ._task_metrics import TaskMetrics  # dataclasses: loaded by the first read, not by counting
+
     durations, waits = counts.durations, counts.waits
     in_flight = max(0, counts.total - counts.ended)
     queued = min(queued, in_flight)
@@ -332,7 +278,7 @@ def _ambiguous(name: str, candidates: tuple[str, ...]) -> str:
     )
 
 
-class MetricsByName(dict[str, TaskMetrics]):
+class MetricsByName(dict[str, "TaskMetrics"]):  # a string: TaskMetrics loads at the first read
     """What :func:`get_all_metrics` returns: a ``dict`` by full name that short names find too.
 
     Iteration, ``keys()``, ``items()`` and ``len()`` see each function once,
@@ -413,9 +359,14 @@ def metrics_snapshot() -> dict[str, Any]:
         "active_tasks": get_active_task_count(),
         "functions": functions,
         "pools": pool_infos(),
-        "circuit_breakers": {b.name: _breaker_fields(b) for b in all_breakers()},
+        "circuit_breakers": _breakers(),
         "memory_limit": _memory_limit_fields(),
     }
+
+
+def _breakers() -> dict[str, Any]:
+    circuit = sys.modules.get("makeparallel._circuit")  # loaded only once a breaker was made
+    return {} if circuit is None else {b.name: _breaker_fields(b) for b in circuit.all_breakers()}
 
 
 def _memory_limit_fields() -> dict[str, Any] | None:
@@ -425,6 +376,8 @@ def _memory_limit_fields() -> dict[str, Any] | None:
 
 
 def _breaker_fields(breaker: CircuitBreaker) -> dict[str, Any]:
+    from dataclasses import asdict  # loaded already, by the breaker's module
+
     stats = asdict(breaker.statistics())
     stats["state"] = str(stats["state"])
     return stats
