@@ -2,17 +2,21 @@
 
 N no-op tasks are submitted from a coroutine (in slices of 256, the loop
 getting a turn between slices, as a well-behaved producer does) and awaited all
-at once with ``asyncio.gather``, while a ticker coroutine on the same loop asks
-to wake every millisecond and records how late it wakes (the loop lag: what
-every other coroutine on the loop, a web request say, would wait). Compared
-with the standard way, ``loop.run_in_executor`` with a ``ThreadPoolExecutor`` of
-the same size; ``mp.gather_async`` and the process backend are measured too.
-Rounds alternate, so that machine noise hits all alike; it prints the best
-throughput of each and the lag percentiles over every round.
+at once, while a ticker coroutine on the same loop asks to wake every
+millisecond and records how late it wakes (the loop lag: what every other
+coroutine on the loop, a web request say, would wait). On the thread and the
+process backends, each with ``asyncio.gather`` of the handles and with
+``mp.gather_async``; compared with the standard way, ``loop.run_in_executor``
+with a ``ThreadPoolExecutor`` of the same size (and, for the process backend, a
+``ProcessPoolExecutor``), awaited with ``asyncio.gather``. Rounds alternate, so
+that machine noise hits all alike; each figure is the median over the rounds of
+that round's throughput, lag p99 and worst lag.
 
-``asyncio.gather`` wraps each handle in an ``asyncio.Task`` (it does so for any
-awaitable that is not a future), and creating and first stepping ten thousand
-tasks takes a turn of the loop each; ``mp.gather_async`` needs none.
+The last row is no library at all: ``asyncio.gather`` of N awaitables that are
+already done. ``asyncio.gather`` wraps each awaitable that is not an asyncio
+future in a task of its own, creating all N in one turn of the loop and
+starting them all in the next: that row is the loop lag ``asyncio.gather``
+itself costs, whatever is awaited. ``mp.gather_async`` creates no task.
 
     python benchmarks/async_overhead.py [--tasks 10000] [--rounds 5] [--workers N]
 
@@ -25,9 +29,9 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
-from concurrent.futures import ThreadPoolExecutor
 
 import makeparallel as mp
 
@@ -37,6 +41,14 @@ SLICE = 256  # tasks submitted between two turns of the loop
 
 def noop() -> None:
     return None
+
+
+class Ended:
+    """An awaitable that is done at once: what asyncio.gather costs by itself."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return None
+        yield  # a generator, as an awaitable's __await__ must be
 
 
 async def measure(run: Callable[[], Awaitable[object]]) -> tuple[float, list[float]]:
@@ -68,14 +80,14 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 async def main(tasks: int, rounds: int, workers: int) -> None:
     mp.configure_thread_pool(num_threads=workers)
-    mp.configure_process_pool(num_workers=workers)
+    mp.configure_process_pool(num_workers=workers, prestart=True)
     on_threads = mp.parallel(backend="thread")(noop)
     on_processes = mp.parallel(backend="process")(noop)
     loop = asyncio.get_running_loop()
-    on_processes().get()  # start the workers before measuring
-    await asyncio.gather(*(on_processes() for _ in range(workers * 4)))
+    await mp.gather_async([on_processes() for _ in range(workers * 4)])  # the workers are warm
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as threads, ProcessPoolExecutor(max_workers=workers) as processes:
+        await asyncio.gather(*(loop.run_in_executor(processes, noop) for _ in range(workers * 4)))
 
         async def submit(start: Callable[[], Any]) -> list[Any]:
             started = []
@@ -84,43 +96,52 @@ async def main(tasks: int, rounds: int, workers: int) -> None:
                 await asyncio.sleep(0)
             return started
 
-        async def with_handles() -> object:
-            return await asyncio.gather(*await submit(on_threads))
+        def gathered(start: Callable[[], Any]) -> Callable[[], Awaitable[object]]:
+            async def run() -> object:
+                return await asyncio.gather(*await submit(start))
 
-        async def with_executor() -> object:
-            return await asyncio.gather(*await submit(lambda: loop.run_in_executor(pool, noop)))
+            return run
 
-        async def with_gather_async() -> object:
-            return await mp.gather_async(await submit(on_threads))
+        def gathered_async(start: Callable[[], Any]) -> Callable[[], Awaitable[object]]:
+            async def run() -> object:
+                return await mp.gather_async(await submit(start))
 
-        async def with_processes() -> object:
-            return await mp.gather_async(await submit(on_processes))
+            return run
 
         runs = {
-            "makeparallel, thread, asyncio.gather": with_handles,
-            "run_in_executor(ThreadPoolExecutor)": with_executor,  # with asyncio.gather
-            "makeparallel, thread, mp.gather_async": with_gather_async,
-            "makeparallel, process, mp.gather_async": with_processes,
+            "thread, asyncio.gather(*handles)": gathered(on_threads),
+            "thread, mp.gather_async(handles)": gathered_async(on_threads),
+            "run_in_executor(ThreadPoolExecutor)": gathered(lambda: loop.run_in_executor(threads, noop)),
+            "process, asyncio.gather(*handles)": gathered(on_processes),
+            "process, mp.gather_async(handles)": gathered_async(on_processes),
+            "run_in_executor(ProcessPoolExecutor)": gathered(lambda: loop.run_in_executor(processes, noop)),
+            "no library: asyncio.gather(*ended)": gathered(Ended),
         }
-        best = dict.fromkeys(runs, float("inf"))
-        lags: dict[str, list[float]] = {name: [] for name in runs}
+        elapsed: dict[str, list[float]] = {name: [] for name in runs}
+        p99: dict[str, list[float]] = {name: [] for name in runs}
+        worst: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
             for name, run in runs.items():
-                elapsed, round_lags = await measure(run)
-                best[name] = min(best[name], elapsed)
-                lags[name] += round_lags
+                seconds, lags = await measure(run)
+                elapsed[name].append(seconds)
+                p99[name].append(percentile(lags, 0.99))
+                worst[name].append(max(lags))
 
-    print(f"{tasks:,} no-op tasks awaited at once, {workers} workers, best of {rounds} rounds")
-    print(f"{'':38} {'tasks/s':>10} {'lag p50':>9} {'lag p99':>9} {'lag max':>9}")
+    median = statistics.median
+    print(f"{tasks:,} no-op tasks awaited at once, {workers} workers, median of {rounds} rounds")
+    print(f"{'':38} {'tasks/s':>10} {'lag p99':>9} {'lag max':>9}")
     for name in runs:
-        samples = lags[name]
         print(
-            f"{name:38} {tasks / best[name]:>10,.0f} "
-            f"{statistics.median(samples) * 1e3:>7.2f}ms {percentile(samples, 0.99) * 1e3:>7.2f}ms "
-            f"{max(samples) * 1e3:>7.2f}ms"
+            f"{name:38} {tasks / median(elapsed[name]):>10,.0f} "
+            f"{median(p99[name]) * 1e3:>7.1f}ms {median(worst[name]) * 1e3:>7.1f}ms"
         )
-    ratio = best["run_in_executor(ThreadPoolExecutor)"] / best["makeparallel, thread, asyncio.gather"]
-    print(f"throughput, thread backend against run_in_executor: {ratio:.2f}x")
+    for backend, executor in (("thread", "ThreadPoolExecutor"), ("process", "ProcessPoolExecutor")):
+        standard = median(elapsed[f"run_in_executor({executor})"])
+        ratios = ", ".join(
+            f"{how} {standard / median(elapsed[f'{backend}, {how}']):.2f}x"
+            for how in ("asyncio.gather(*handles)", "mp.gather_async(handles)")
+        )
+        print(f"throughput, {backend} backend against run_in_executor({executor}): {ratios}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,21 @@
 """Collecting handles from asyncio code: ``async for`` over ``as_completed``, ``gather_async``.
 
 The same rules as the blocking collectors (``_collect``), without blocking the
-loop: each handle's end is delivered to the loop through the batching waker of
-``_await``, into an ``asyncio.Queue`` read in the order the tasks end. One
-difference: cancelling the coroutine that collects (a timeout around it, a
+loop, and waking it as seldom as they can: a done-callback runs on whatever
+thread ends a task, and each wake-up of the loop from another thread costs it a
+turn (a write to its self-pipe, a ``select``, a callback) and the thread that
+ends the task a hand-over of the GIL.
+
+- ``gather_async`` counts the tasks down on the threads that end them and wakes
+  the loop once: when the last one ends, or the first one fails (with
+  ``on_error="raise"``). Ten thousand tasks cost the loop one wake-up.
+- ``as_completed`` (``async for``) keeps the ended handles in a deque that those
+  threads append to, and wakes the loop only when the consumer waits for one:
+  handles that end while the consumer is busy cost the loop nothing.
+
+Following many handles gives the loop a turn every ``_BATCH`` of them, and so
+does taking many ended handles in a row. One difference from the blocking
+collectors: cancelling the coroutine that collects (a timeout around it, a
 failing ``TaskGroup``, a client gone) cancels every task not yet ended, as
 cancelling an ``await handle`` cancels its task. ``asyncio`` is imported on
 first use, so that ``import makeparallel`` stays light.
@@ -11,7 +23,9 @@ first use, so that ``import makeparallel`` stays light.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -27,7 +41,18 @@ __all__ = ["AsyncCompletions", "as_completed_async", "gather_async"]
 
 T = TypeVar("T")
 
-_BATCH = 256  # handles taken in a row, at most, before the loop gets a turn
+_BATCH = 256  # handles followed, or taken, in a row at most before the loop gets a turn
+
+
+async def _follow(handles: list[AsyncHandle[Any]], follow: Any) -> None:
+    """Call ``follow(handle)`` for each handle, giving the loop a turn every ``_BATCH``."""
+    import asyncio
+
+    for start in range(0, len(handles), _BATCH):
+        if start:
+            await asyncio.sleep(0)
+        for handle in handles[start : start + _BATCH]:
+            follow(handle)
 
 
 class AsyncCompletions:
@@ -38,13 +63,14 @@ class AsyncCompletions:
     """
 
     def __init__(self, timeout: float | None) -> None:
-        import asyncio
+        from ._await import running_loop_or_explain, wake, waker_for
 
-        from ._await import running_loop_or_explain, waker_for
-
-        loop = running_loop_or_explain()
-        self._ended: asyncio.Queue[AsyncHandle[Any]] = asyncio.Queue()
-        self._deliver = waker_for(loop).deliver
+        self._loop = running_loop_or_explain()
+        self._deliver = waker_for(self._loop).deliver
+        self._wake = wake
+        self._ended: deque[AsyncHandle[Any]] = deque()  # appended on any thread, taken on the loop's
+        self._waiting: asyncio.Future[None] | None = None  # set while the consumer waits
+        self._lock = threading.Lock()
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
         self.outstanding = 0
@@ -54,26 +80,26 @@ class AsyncCompletions:
     @classmethod
     async def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
         """Follow ``handles``, giving the loop a turn every ``_BATCH`` of them."""
-        import asyncio
-
         completions = cls(timeout)
-        for start in range(0, len(handles), _BATCH):
-            if start:
-                await asyncio.sleep(0)
-            for handle in handles[start : start + _BATCH]:
-                completions.add(handle)
+        await _follow(handles, completions.add)
         return completions
 
     def add(self, handle: AsyncHandle[Any]) -> None:
         """Follow one more handle."""
         self.outstanding += 1
         self._total += 1
-        put = self._ended.put_nowait
         if handle.done():
-            put(handle)  # no callback, no hop through the waker
-            return
-        deliver = self._deliver
-        handle.add_done_callback(lambda ended: deliver(put, ended))
+            self._ended.append(handle)  # on the loop: nobody waits meanwhile
+        else:
+            handle.add_done_callback(self._on_end)
+
+    def _on_end(self, handle: AsyncHandle[Any]) -> None:
+        """A followed task ended (on the thread that ended it): wake the consumer if it waits."""
+        with self._lock:
+            self._ended.append(handle)
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._deliver(self._wake, waiting)
 
     async def next(self) -> AsyncHandle[Any]:
         """The next handle to end.
@@ -81,6 +107,9 @@ class AsyncCompletions:
         Handles that ended already are taken without suspending; every
         ``_BATCH`` of them in a row, the loop gets a turn, so that collecting
         thousands of ended tasks never stalls the other coroutines.
+
+        Raises:
+            TaskTimeoutError: the ``timeout`` given at construction passed.
         """
         import asyncio
 
@@ -88,15 +117,65 @@ class AsyncCompletions:
         if self._without_yield >= _BATCH:
             self._without_yield = 0
             await asyncio.sleep(0)
-        if self._deadline is None:
-            handle = await self._ended.get()
-        else:
+        while True:
+            with self._lock:
+                if self._ended:
+                    handle = self._ended.popleft()
+                    break
+                self._waiting = waiting = self._loop.create_future()
+            self._without_yield = 0
             try:
-                handle = await asyncio.wait_for(self._ended.get(), max(0.0, self._deadline - time.monotonic()))
+                if self._deadline is None:
+                    await waiting
+                else:
+                    await asyncio.wait_for(waiting, max(0.0, self._deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
+            finally:
+                with self._lock:
+                    if self._waiting is waiting:  # it gave up (a timeout, a cancel): nobody waits now
+                        self._waiting = None
         self.outstanding -= 1
         return handle
+
+
+class _Countdown:
+    """Counts tasks down on the threads that end them; one future of the loop says when to look.
+
+    The future is done once every followed task ended or, with
+    ``stop_at_failure``, once the first one did not succeed (``failed``).
+    """
+
+    def __init__(self, total: int, stop_at_failure: bool) -> None:
+        from ._await import running_loop_or_explain, wake, waker_for
+
+        loop = running_loop_or_explain()
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.left = total
+        self.failed: AsyncHandle[Any] | None = None
+        self._stop_at_failure = stop_at_failure
+        self._lock = threading.Lock()
+        self._deliver = waker_for(loop).deliver
+        self._wake = wake
+        if not total:
+            self.future.set_result(None)
+
+    def follow(self, handle: AsyncHandle[Any]) -> None:
+        if handle.done():
+            self.ended(handle)
+        else:
+            handle.add_done_callback(self.ended)
+
+    def ended(self, handle: AsyncHandle[Any]) -> None:
+        """One followed task ended; on whatever thread ended it."""
+        with self._lock:
+            self.left -= 1
+            first_failure = self._stop_at_failure and self.failed is None and handle._state != SUCCEEDED
+            if first_failure:
+                self.failed = handle
+            if not first_failure and self.left:
+                return
+        self._deliver(self._wake, self.future)
 
 
 async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None) -> AsyncIterator[AsyncHandle[T]]:
@@ -169,15 +248,21 @@ async def gather_async(
     items = _as_handles(handles, "gather_async")
     check_on_error(on_error)
     check_wait_timeout(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    countdown = _Countdown(len(items), stop_at_failure=on_error == "raise")
     try:
-        completions = await AsyncCompletions.of(items, timeout)
-        while completions.outstanding:
-            handle = await completions.next()
-            if on_error == "raise" and handle._state != SUCCEEDED:
-                handle.get()  # raises the task's error, with its note
+        await _follow(items, countdown.follow)
+        if deadline is None:
+            await countdown.future
+        else:
+            await asyncio.wait_for(countdown.future, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise collect_timeout_error(timeout, countdown.left, len(items)) from None
     except asyncio.CancelledError:
         cancel_all(items)
         raise
+    if countdown.failed is not None:
+        countdown.failed.get()  # raises the task's error, with its note
     if on_error == "skip":
         return [h._value for h in items if h._state == SUCCEEDED]
     return [h._value if h._state == SUCCEEDED else None for h in items]

@@ -23,13 +23,13 @@ import asyncio
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["ended", "running_loop_or_explain", "wait_for_handle", "waker_for"]
+__all__ = ["ended", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
 
 T = TypeVar("T")
 
@@ -100,26 +100,31 @@ def running_loop_or_explain() -> asyncio.AbstractEventLoop:
         ) from None
 
 
-def _wake(future: asyncio.Future[None]) -> None:
+def wake(future: asyncio.Future[None]) -> None:
+    """Mark ``future`` done, unless its waiter gave up already (a timeout, a cancel)."""
     if not future.done():
         future.set_result(None)
 
 
-async def wait_for_handle(handle: AsyncHandle[T]) -> T:
-    """The task's result, awaited; cancelling the awaiting coroutine cancels the task."""
-    if not handle.done():
-        try:
-            await ended(handle)
-        except asyncio.CancelledError:
-            if not handle.done():
-                handle.cancel(force=bool(getattr(handle._observer, "async_cancel_forced", False)))
-            raise
-    return handle.get()
+def wait_for_end(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
+    """Suspend the awaiting coroutine until ``handle`` ended; cancelling it cancels the task.
+
+    A plain generator rather than a coroutine, driven by ``handle.__await__``:
+    ``asyncio.gather(*handles)`` wraps every handle in a task, and all those
+    tasks take their first step in one turn of the loop, so that step must cost
+    as little as it can.
+    """
+    try:
+        yield from ended(handle).__await__()
+    except asyncio.CancelledError:
+        if not handle.done():
+            handle.cancel(force=bool(getattr(handle._observer, "async_cancel_forced", False)))
+        raise
 
 
 def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:
     """A future of the running loop that is done once ``handle`` ended (nothing is cancelled with it)."""
     loop = running_loop_or_explain()
     future: asyncio.Future[None] = loop.create_future()
-    handle.add_done_callback(functools.partial(waker_for(loop).deliver, _wake, future))
+    handle.add_done_callback(functools.partial(waker_for(loop).deliver, wake, future))
     return future

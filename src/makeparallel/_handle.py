@@ -451,9 +451,11 @@ class AsyncHandle(Generic[T]):
     # -- protocol --------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        from ._await import wait_for_handle  # asyncio only once somebody awaits
+        if self._state < SUCCEEDED:
+            from ._await import wait_for_end  # asyncio only once somebody waits
 
-        return wait_for_handle(self).__await__()
+            yield from wait_for_end(self)
+        return self.get()
 
     def __bool__(self) -> bool:
         raise TypeError(

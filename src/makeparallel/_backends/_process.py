@@ -159,6 +159,7 @@ class ProcessBackend(QueueingBackend):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
         self._terminating = False
         self._restarts: dict[str, int] = {}  # by reason
@@ -356,6 +357,16 @@ class ProcessBackend(QueueingBackend):
     # -- the loop ----------------------------------------------------------------------
 
     def _wake(self) -> None:
+        """Make the loop look again at what changed; one write per look, however many callers.
+
+        Every caller changes the state first and wakes after; the loop clears
+        ``_woken`` before it looks, so a caller that finds it set is seen by that
+        look. A write per submission instead made each one hand the GIL to the
+        loop thread and wait to get it back.
+        """
+        if self._woken:
+            return
+        self._woken = True
         try:
             os.write(self._wake_w, b"!")
         except BlockingIOError:
@@ -415,6 +426,7 @@ class ProcessBackend(QueueingBackend):
                                 break
                         except BlockingIOError:
                             break
+                    self._woken = False  # before _maintain looks: a later wake writes again
                 else:
                     self._receive_all(workers[source])  # type: ignore[index]
 
