@@ -596,6 +596,51 @@ def test_gather_async_keeps_order_and_the_on_error_modes() -> None:
     run(main())
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("on_error", ["raise", "none"])
+def test_gather_async_wakes_the_loop_once_for_many_tasks(gate: threading.Event, on_error: str) -> None:
+    """The tasks are counted down on the threads that end them; the loop hears only of the last.
+
+    Half of them end first, and the loop turns before the rest end: a collector
+    woken per task, or per burst, would be woken twice at least.
+    """
+    first_half = threading.Event()
+
+    @mp.parallel
+    def held(n: int) -> int:
+        assert (first_half if n < 150 else gate).wait(30)
+        return n
+
+    async def main() -> tuple[list[Any], int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return call_soon_threadsafe(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        handles = [held(n) for n in range(300)]  # more than one slice of followed handles
+        gathering = asyncio.ensure_future(mp.gather_async(handles, on_error=on_error, timeout=50))  # type: ignore[arg-type]
+        for _ in range(3):
+            await asyncio.sleep(0)  # it follows every handle, a slice per turn
+        first_half.set()
+        assert wait_until(lambda: all(h.done() for h in handles[:150]), 30)  # blocks the loop: nothing is drained
+        for _ in range(3):
+            await asyncio.sleep(0)  # anything scheduled for the first half runs now
+        gate.set()
+        return await gathering, wakeups
+
+    try:
+        results, wakeups = run(main())
+    finally:
+        first_half.set()
+    assert results == list(range(300))
+    assert wakeups == 1
+
+
 @pytest.mark.timeout(30)
 def test_cancelling_gather_async_cancels_the_unfinished_tasks(gate: threading.Event) -> None:
     work = mp.parallel(poll_until_stopped)
