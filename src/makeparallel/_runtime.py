@@ -32,6 +32,7 @@ from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
+from ._byte_sizes import parse_byte_size
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
 
@@ -350,6 +351,7 @@ def configure_process_pool(
     initializer: Callable[..., object] | None | EllipsisType = ...,
     initargs: Iterable[Any] | EllipsisType = ...,
     max_tasks_per_child: int | None | EllipsisType = ...,
+    max_worker_memory: int | str | None | EllipsisType = ...,
     prestart: bool = False,
 ) -> None:
     """Size and set up the process pool, before or after it started.
@@ -371,14 +373,29 @@ def configure_process_pool(
             int >= 1; the standard library's name), for C extensions that leak;
             ``None`` for never (the default). Counted in
             ``get_process_pool_info()["worker_restart_reasons"]``.
+        max_worker_memory: replace a worker whose resident memory (RSS, as
+            ``ps`` and the OOM killer count it) is over this many bytes after a
+            task ends: an int of bytes, or a string with a unit, binary
+            (``"2GiB"``, ``"512MiB"``: powers of 1024) or decimal (``"1.5GB"``,
+            ``"500MB"``: powers of 1000); ``None`` for never (the default). A
+            task is never stopped for it: the worker finishes the tasks it was
+            sent, then a new one takes its place (a map chunk counts as one
+            task). The limit covers the whole worker, what the initializer
+            loaded included: set it above that, or every worker is replaced
+            after every task (a warning says so). Counted in
+            ``worker_restart_reasons`` as ``"max_worker_memory"``. For the
+            memory of the whole machine or container, see
+            :func:`configure_memory_limit`.
         prestart: start the workers now rather than with the first task, so that
             the first request of a service does not wait for them.
             ``get_process_pool_info()["ready_workers"]`` counts those ready.
 
     Raises:
-        TypeError: ``initializer`` is not callable, ``initargs`` not iterable, or
-            ``prestart`` not a bool.
-        ValueError: a count is not an int >= 1.
+        TypeError: ``initializer`` is not callable, ``initargs`` not iterable,
+            ``max_worker_memory`` neither an int nor a string, or ``prestart``
+            not a bool.
+        ValueError: a count is not an int >= 1, or ``max_worker_memory`` is
+            under one byte or a string that is not a number and a unit.
         TaskSerializationError: the initializer or its arguments cannot be pickled.
 
     Initializer failures: the tasks sent to a worker whose initializer raised
@@ -389,6 +406,7 @@ def configure_process_pool(
     Example::
 
         mp.configure_process_pool(initializer=load_model, initargs=("small",), prestart=True)
+        mp.configure_process_pool(max_worker_memory="2GiB")
     """
     from ._backends._process import ProcessBackend
 
@@ -396,12 +414,14 @@ def configure_process_pool(
         check_count(num_workers, "num_workers")
     if max_tasks_per_child is not None and max_tasks_per_child is not ...:
         check_count(max_tasks_per_child, "max_tasks_per_child")
+    if max_worker_memory is not None and max_worker_memory is not ...:
+        max_worker_memory = parse_byte_size(max_worker_memory, "max_worker_memory")
     if not isinstance(prestart, bool):
         raise TypeError(f"prestart must be a bool, got {prestart!r}")
     setup = _worker_setup(initializer, initargs)
     backend = get_backend("process")
     assert isinstance(backend, ProcessBackend)
-    backend.configure(num_workers, setup, max_tasks_per_child, prestart)
+    backend.configure(num_workers, setup, max_tasks_per_child, prestart, max_worker_memory)
 
 
 def _worker_setup(initializer: Any, initargs: Any) -> Any:

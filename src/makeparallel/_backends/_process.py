@@ -34,8 +34,11 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   the pool's initializer) and says when it is ready; a task with a timeout
   has its clock started by the worker's "started" message.
 * A worker is replaced for a reason (crashed, timed out, ``max_tasks_per_child``,
-  ...); :meth:`ProcessBackend._recycle_locked` retires one gracefully, and
-  ``info()`` counts the restarts by reason.
+  ``max_worker_memory``, ...); :meth:`ProcessBackend._recycle_locked` retires one
+  gracefully, and ``info()`` counts the restarts by reason.
+* ``max_worker_memory`` is checked here, in the parent (``_worker_memory``), after
+  a wake-up that brought results: once per batch of results, not per task,
+  never while the option is off, and before the worker is sent more work.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from .._cpus import usable_cpus
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
+from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
@@ -109,8 +113,8 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "conn", "init_error", "kill_at", "killing", "leaving", "outstanding", "path_version", "process",
-        "ready", "retiring", "sent", "stop_reason",
+        "conn", "init_error", "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version",
+        "process", "ready", "retiring", "sent", "stop_reason",
     )
 
     def __init__(self, process: subprocess.Popen[bytes], conn: Connection, path_version: int) -> None:
@@ -126,6 +130,7 @@ class _Worker:
         self.init_error: BaseException | None = None
         self.sent = 0  # tasks sent to it, for max_tasks_per_child
         self.path_version = path_version  # the parent's sys.path it has
+        self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
 
 
 def describe_exit(code: int | None) -> str:
@@ -165,6 +170,8 @@ class ProcessBackend(QueueingBackend):
         self._restarts: dict[str, int] = {}  # by reason
         self._setup = NO_SETUP
         self._max_tasks_per_child: int | None = None
+        self._max_worker_memory: int | None = None  # bytes of RSS
+        self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # initializers that raised, in a row
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
@@ -190,6 +197,7 @@ class ProcessBackend(QueueingBackend):
         setup: WorkerSetup | None = None,
         max_tasks_per_child: int | None | EllipsisType = ...,
         prestart: bool = False,
+        max_worker_memory: int | None | EllipsisType = ...,
     ) -> None:
         """Set the pool's size and worker set-up; a pool that stopped starting workers starts again.
 
@@ -212,6 +220,9 @@ class ProcessBackend(QueueingBackend):
                         self._recycle_locked(worker, "")
             if max_tasks_per_child is not ...:
                 self._max_tasks_per_child = max_tasks_per_child
+            if max_worker_memory is not ...:
+                self._max_worker_memory = max_worker_memory
+                self._memory_warned = False
             if prestart:
                 self._warm = True
         if prestart:
@@ -239,6 +250,7 @@ class ProcessBackend(QueueingBackend):
                 "paused": self._paused,
                 "worker_pids": [w.process.pid for w in self._workers],
                 "max_tasks_per_child": self._max_tasks_per_child,
+                "max_worker_memory": self._max_worker_memory,
                 "initializer": self._setup.name or None,
                 "thread_limits": thread_limits(self._num_workers),
                 "closed": self._closed,
@@ -543,12 +555,39 @@ class ProcessBackend(QueueingBackend):
 
     def _receive_all(self, worker: _Worker) -> None:
         """Take every message waiting on the pipe: one wake-up, many results."""
+        running = len(worker.outstanding)
         self._receive(worker)
         try:
             while worker in self._workers and worker.conn.poll(0):
                 self._receive(worker)
         except (EOFError, OSError):
             self._worker_died(worker)
+        if self._max_worker_memory is not None and len(worker.outstanding) < running:
+            self._recycle_if_over_memory(worker)
+
+    def _recycle_if_over_memory(self, worker: _Worker) -> None:
+        """Retire ``worker`` if its resident memory is over ``max_worker_memory``; tasks ended just now."""
+        if worker.leaving or worker.killing:
+            return
+        rss = _resident_bytes(worker)
+        with self._lock:
+            limit = self._max_worker_memory
+            if rss is not None and limit is not None and rss > limit and worker in self._workers and not worker.killing:
+                self._recycle_locked(worker, "max_worker_memory")
+
+    def _check_fresh_worker_memory(self, worker: _Worker) -> None:
+        """Warn once if a worker is over ``max_worker_memory`` before any task: each would be replaced after each task."""
+        rss = _resident_bytes(worker)
+        limit = self._max_worker_memory
+        if rss is None or limit is None or rss <= limit or self._memory_warned:
+            return
+        self._memory_warned = True
+        _log.warning(
+            "a new makeparallel worker process uses %d bytes (%.0f MiB) before running any task, over "
+            "max_worker_memory=%d, so every worker will be replaced after every task: raise "
+            "max_worker_memory above what a worker holds once set up (its initializer included)",
+            rss, rss / 2**20, limit,
+        )
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -585,6 +624,8 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     worker.ready = True
                     self._failed_starts = 0
+                if self._max_worker_memory is not None:
+                    self._check_fresh_worker_memory(worker)
             elif kind == "init_failed":
                 error, remote_traceback = _serialization.loads(message[1], [])
                 attach_remote_traceback(error, remote_traceback)
@@ -787,6 +828,13 @@ def _start_worker(path: list[str], path_version: int, num_workers: int) -> _Work
     finally:
         child_end.close()
     return _Worker(process, Connection(parent_end.detach()), path_version)
+
+
+def _resident_bytes(worker: _Worker) -> int | None:
+    """The worker process's resident memory (RSS) in bytes, or ``None`` if it is gone."""
+    if worker.memory_probe is None:
+        worker.memory_probe = ResidentMemory(worker.process.pid)
+    return worker.memory_probe.read()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int | None:
