@@ -32,7 +32,6 @@ from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
-from ._byte_sizes import parse_byte_size
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
 
@@ -415,6 +414,8 @@ def configure_process_pool(
     if max_tasks_per_child is not None and max_tasks_per_child is not ...:
         check_count(max_tasks_per_child, "max_tasks_per_child")
     if max_worker_memory is not None and max_worker_memory is not ...:
+        from ._byte_sizes import parse_byte_size
+
         max_worker_memory = parse_byte_size(max_worker_memory, "max_worker_memory")
     if not isinstance(prestart, bool):
         raise TypeError(f"prestart must be a bool, got {prestart!r}")
