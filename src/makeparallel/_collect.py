@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
+from ._backends._base import BlockingWait
 from ._handle import AsyncHandle, cancel_all
 from ._progress import ProgressOption, open_progress
-from ._states import SUCCEEDED
+from ._states import PENDING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import check_wait_timeout
 from .errors import TaskTimeoutError
@@ -104,7 +105,11 @@ class Completions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
-        self._candidates: deque[AsyncHandle[Any]] = deque()  # to run inline, oldest first
+        # To run inline, oldest first: only for a consumer that is itself a task,
+        # and never a handle that ended (that would keep its result alive).
+        self._candidates: deque[AsyncHandle[Any]] | None = (
+            deque() if timeout is None and current_task() is not None else None
+        )
 
     @classmethod
     def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
@@ -117,20 +122,28 @@ class Completions:
         """Follow one more handle."""
         self.outstanding += 1
         self._total += 1
-        self._candidates.append(handle)
+        candidates = self._candidates
+        if candidates is not None:
+            if len(candidates) > 2 * self.outstanding + 16:  # mostly ended ones: drop them
+                self._candidates = candidates = deque(h for h in candidates if h._state == PENDING)
+            candidates.append(handle)
         handle.add_done_callback(self._ended.put)
 
     def next(self) -> AsyncHandle[Any]:
         """The next handle to end (already-ended ones first, in no set order)."""
         ended = self._ended
-        if self._deadline is None and current_task() is not None:
+        if self._candidates is not None:
             while ended.empty() and self._run_one_queued():
                 pass
         try:
-            if self._deadline is None:
+            if not ended.empty():
                 handle = ended.get()
+            elif self._deadline is None:
+                with BlockingWait():
+                    handle = ended.get()
             else:
-                handle = ended.get(timeout=max(0.0, self._deadline - time.monotonic()))
+                with BlockingWait():
+                    handle = ended.get(timeout=max(0.0, self._deadline - time.monotonic()))
         except queue.Empty:
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
@@ -138,6 +151,7 @@ class Completions:
 
     def _run_one_queued(self) -> bool:
         candidates = self._candidates
+        assert candidates is not None
         while candidates:
             if candidates.popleft()._run_here_if_queued():
                 return True

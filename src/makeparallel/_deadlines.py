@@ -14,6 +14,8 @@ import itertools
 import os
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Due", "pending", "schedule"]
@@ -26,27 +28,34 @@ class Due(Protocol):
 
 
 _condition = threading.Condition(threading.Lock())
-_heap: list[tuple[float, int, Due]] = []
+# A task's timeout is held weakly: a task that ended before its deadline keeps
+# nothing alive here. A retry is held: its task is not done until it runs.
+_heap: list[tuple[float, int, Callable[[], Due | None]]] = []
 _order = itertools.count()  # breaks ties between equal deadlines without comparing handles
 _thread: threading.Thread | None = None
 
 
-def schedule(handle: Due, deadline: float) -> None:
-    """Call ``handle._expire()`` at ``deadline`` (a ``time.perf_counter`` value)."""
+def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
+    """Call ``handle._expire()`` at ``deadline`` (a ``time.perf_counter`` value).
+
+    ``weakly``: forget it if nothing else holds ``handle`` by then.
+    """
     global _thread
     with _condition:
-        heapq.heappush(_heap, (deadline, next(_order), handle))
+        ref: Callable[[], Due | None] = weakref.ref(handle) if weakly else (lambda: handle)
+        entry = (deadline, next(_order), ref)
+        heapq.heappush(_heap, entry)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_watch, name="makeparallel-deadlines", daemon=True)
             _thread.start()
-        elif _heap[0][2] is handle:
+        elif _heap[0] is entry:
             _condition.notify()
 
 
 def pending() -> list[Due]:
     """What waits on the heap now (a snapshot)."""
     with _condition:
-        return [entry for _, _, entry in _heap]
+        return [due for due in (ref() for _, _, ref in _heap) if due is not None]
 
 
 def _watch() -> None:
@@ -56,12 +65,14 @@ def _watch() -> None:
                 if _heap:
                     delay = _heap[0][0] - time.perf_counter()
                     if delay <= 0:
-                        _, _, handle = heapq.heappop(_heap)
+                        handle = heapq.heappop(_heap)[2]()
                         break
                     _condition.wait(delay)
                 else:
                     _condition.wait()
-        handle._expire()
+        if handle is not None:  # else it ended, and was dropped, before its deadline
+            handle._expire()
+            handle = None
 
 
 def _reset_after_fork() -> None:

@@ -32,6 +32,7 @@ from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events
+from ._backends._base import pool_of_this_thread
 from ._coroutines import is_coroutine, run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
@@ -488,7 +489,7 @@ class AsyncHandle(Generic[T]):
         local.task = self
         self._started_at = started = _now()
         if self._timeout is not None:
-            _deadlines.schedule(self, started + self._timeout)
+            _deadlines.schedule(self, started + self._timeout, weakly=True)
         if _events.listeners:
             _events.emit("started", self)
         on_loop = False  # the code goes on as an asyncio task of the running loop
@@ -823,12 +824,22 @@ class AsyncHandle(Generic[T]):
                 self._waiters = [waiter]
             else:
                 self._waiters.append(waiter)
+        pool = pool_of_this_thread()
+        if pool is None:
+            return self._sleep_on(waiter, timeout)
+        pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
+        try:
+            return self._sleep_on(waiter, timeout)
+        finally:
+            pool.worker_unblocks()
+
+    def _sleep_on(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if timeout is None:
             waiter.acquire()
             return True
         if waiter.acquire(True, timeout):
             return True
-        with backend._lock:
+        with self._backend._lock:
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
         return self._state >= SUCCEEDED

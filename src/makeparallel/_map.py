@@ -297,8 +297,9 @@ class MapIterator(Iterator[R]):
 async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
     try:
         async for chunk in chunks:
-            for item in chunk:
-                yield item
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()  # an item handed out is no longer held here
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -360,7 +361,9 @@ def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
     # closes the mapper and cancels the chunks in flight.
     try:
         for chunk in chunks:
-            yield from chunk
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()  # an item handed out is no longer held here
     finally:
         chunks.close()  # type: ignore[attr-defined]
 

@@ -129,7 +129,7 @@ class ExecutorBackend(Backend):
                 self._futures[handle] = future
         if not self._in_process:
             if handle._timeout is not None:
-                _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
+                _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
             if _events.listeners:
                 _events.emit("started", handle)
         future.add_done_callback(functools.partial(self._future_done, handle))

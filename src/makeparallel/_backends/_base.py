@@ -18,7 +18,34 @@ from ..errors import ShutdownError
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "BlockingWait", "pool_of_this_thread"]
+
+_this_thread = threading.local()  # .pool: the backend whose worker this thread is
+
+
+def pool_of_this_thread() -> Backend | None:
+    """The backend whose worker thread this is, or ``None``."""
+    return getattr(_this_thread, "pool", None)
+
+
+class BlockingWait:
+    """Around a wait that blocks: a pool's worker lends its place while it waits.
+
+    Outside a pool's worker thread it does nothing. Inside one, the pool may run
+    one more worker until the wait ends, so that a task waiting for tasks queued
+    behind it cannot stall its pool (see ``ThreadBackend.worker_blocks``).
+    """
+
+    __slots__ = ("_pool",)
+
+    def __enter__(self) -> None:
+        pool = self._pool = pool_of_this_thread()
+        if pool is not None:
+            pool.worker_blocks()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.worker_unblocks()
 
 
 class Backend:
@@ -183,6 +210,12 @@ class Backend:
         """Running tasks cancelled together (:func:`cancel_all`)."""
         for handle in handles:
             self._abandoned(handle)
+
+    def worker_blocks(self) -> None:
+        """One of this backend's worker threads starts waiting for other tasks."""
+
+    def worker_unblocks(self) -> None:
+        """That wait ended."""
 
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""

@@ -648,7 +648,7 @@ class ProcessBackend(QueueingBackend):
             if handle is None or handle._id != task_id or handle._state != RUNNING:
                 return
             handle._started_at = time.perf_counter()
-        _deadlines.schedule(handle, handle._started_at + handle._timeout)  # type: ignore[operator]
+        _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
 
     def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds

@@ -64,6 +64,8 @@ class QueueingBackend(Backend):
                     handle._state = RUNNING
                     handle._on_worker = ON_WORKER
                     self._queued -= 1
+                    if not self._queued and queue:
+                        self._drop_stale_locked()
                     return handle
             if priority != 0:
                 del self._queues[priority]
@@ -100,8 +102,12 @@ class QueueingBackend(Backend):
         """
         self._queued -= 1
         if not self._queued:
-            for queue in self._queues.values():
-                queue.clear()
+            self._drop_stale_locked()
+
+    def _drop_stale_locked(self) -> None:
+        """Nothing is pending: every entry left is stale, and none may keep a task alive."""
+        for queue in self._queues.values():
+            queue.clear()
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a task that may not start yet: counted as queued, but in no queue.

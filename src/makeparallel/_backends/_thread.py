@@ -41,6 +41,7 @@ from .._cpus import usable_cpu_count
 from .._states import CANCELLED, RETRY_WAIT, RUNNING
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
+from ._base import _this_thread
 from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ __all__ = ["ThreadBackend", "default_thread_count"]
 
 _log = logging.getLogger("makeparallel")
 _MIN_STACK_SIZE = 32 * 1024
+# Workers lent to tasks that block in a wait, at most: the default of Java's
+# ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
+MAX_SPARES = 256
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
 
@@ -61,6 +65,9 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+_NO_OUTCOME: tuple[int, Any] = (0, None)
 
 
 def default_thread_count() -> int:
@@ -93,6 +100,7 @@ class ThreadBackend(QueueingBackend):
         self._workers = 0  # live worker threads
         self._busy = 0  # workers running a task
         self._stuck = 0  # workers still running a task that was timed out or cancelled
+        self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
@@ -167,6 +175,7 @@ class ThreadBackend(QueueingBackend):
                 "idle_threads": len(self._parked),
                 "stuck_threads": self._stuck,
                 "dead_threads": self._dead,
+                "blocked_threads": self._blocked,
                 "paused": self._paused,
                 "auto": self._autosizer is not None,
                 "queued_tasks": self._queued,
@@ -284,10 +293,37 @@ class ThreadBackend(QueueingBackend):
             park.release()
         self._spawn(spawn)
 
+    def worker_blocks(self) -> None:
+        """A worker's task waits for other tasks: run one more worker meanwhile.
+
+        As ``ForkJoinPool.managedBlock`` does in Java: the blocked worker lends
+        its place, so tasks queued behind its task (its children) still run and
+        the wait ends on time whatever its timeout. At most ``MAX_SPARES`` such
+        places are lent at once; beyond that a wait with a timeout still ends at
+        its deadline, and one without runs the queued task it waits for inline.
+        """
+        with self._lock:
+            self._blocked += 1
+            self._set_capacity_locked()
+            spawn = self._reserve_workers_locked(self._queued - len(self._parked))
+        self._spawn(spawn)
+
+    def worker_unblocks(self) -> None:
+        """The wait ended: the place lent goes back, a parked surplus worker retires."""
+        with self._lock:
+            self._blocked -= 1
+            self._set_capacity_locked()
+            surplus = min(self._workers - self._capacity, len(self._parked))
+            retiring = [self._parked.pop() for _ in range(surplus)]
+        for park in retiring:
+            park.release()
+
     def _set_capacity_locked(self) -> None:
-        # Replace stuck threads, but never run more than twice the configured size.
+        # Replace stuck threads, but never run more than twice the size for
+        # them; lend a place per blocked worker, up to MAX_SPARES. Paused for
+        # memory, the size is one.
         size = 1 if self._paused else self._num_threads
-        self._capacity = size + min(self._stuck, size)
+        self._capacity = size + min(self._stuck, size) + min(self._blocked, MAX_SPARES)
 
     def _reserve_workers_locked(self, wanted: int) -> int:
         """Count up to ``wanted`` new workers as live; the caller starts them."""
@@ -353,11 +389,12 @@ class ThreadBackend(QueueingBackend):
         return outcome
 
     def _work(self, park: threading.Lock) -> None:
+        _this_thread.pool = self
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
-        outcome: tuple[int, Any] = (0, None)
+        outcome: tuple[int, Any] = _NO_OUTCOME
         while True:
-            announce = settled = None
+            announce = settled = wake = None
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
@@ -370,6 +407,7 @@ class ThreadBackend(QueueingBackend):
                     elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
                         self._stuck -= 1
                         self._set_capacity_locked()
+                    outcome = _NO_OUTCOME  # hold no result while idle or running the next task
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work.
                 handle = None if self._workers > self._capacity else self._next_locked()
@@ -378,6 +416,8 @@ class ThreadBackend(QueueingBackend):
                 elif self._closed or self._workers > self._capacity:
                     self._workers -= 1
                     retire = True
+                    if self._queued and self._parked:
+                        wake = self._parked.pop()  # woken for work it will not take: pass it on
                 else:
                     self._parked.append(park)
                     retire = False
@@ -387,7 +427,10 @@ class ThreadBackend(QueueingBackend):
                 settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
             if handle is None:
                 if retire:
+                    if wake is not None:
+                        wake.release()
                     return
+                settled = announce = None  # an idle worker keeps no task alive
                 park.acquire()
                 continue
             if handle._state != RUNNING:

@@ -1,0 +1,239 @@
+"""Waiting from inside a task always makes progress, and a timeout still holds.
+
+Each test runs on a pool of one thread: the parent task holds it, so the
+children it submits can only run if the parent's wait lends its place (the
+pool then runs a compensating worker) or runs them inline. Every way of waiting
+is tried, with and without a timeout, and with children that have a timeout of
+their own (never run inline). A wait that made no progress would sit out its
+timeout and raise ``TaskTimeoutError``: the tests assert results, not times.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._backends import _thread
+from pool_helpers import resize, wait_until
+
+WAIT = 20.0  # the inner waits' timeout: never reached when the fix works
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def _get(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    return [h.get(timeout=timeout) for h in children]
+
+
+def _result(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    return [h.result(timeout) for h in children]
+
+
+def _wait_then_get(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    assert all(h.wait(timeout) for h in children)
+    return [h.get() for h in children]
+
+
+def _exception(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    assert [h.exception(timeout) for h in children] == [None] * len(children)
+    return [h.get() for h in children]
+
+
+def _gather(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    return mp.gather(children, timeout=timeout)
+
+
+def _as_completed(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    ended = list(mp.as_completed(children, timeout=timeout))
+    assert len(ended) == len(children)
+    return [h.get() for h in children]
+
+
+def _mp_wait(children: list[mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    done, not_done = mp.wait(children, timeout=timeout)
+    assert not not_done
+    return [h.get() for h in children]
+
+
+HANDLE_WAYS: dict[str, Callable[[list[mp.AsyncHandle[int]], float | None], list[int]]] = {
+    "get": _get,
+    "result": _result,
+    "wait_then_get": _wait_then_get,
+    "exception": _exception,
+    "gather": _gather,
+    "as_completed": _as_completed,
+    "mp.wait": _mp_wait,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("own_timeout", [False, True], ids=["children", "children_with_a_timeout"])
+@pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
+@pytest.mark.parametrize("way", HANDLE_WAYS)
+def test_a_task_waiting_for_its_children_on_a_one_thread_pool_makes_progress(
+    way: str, timeout: float | None, own_timeout: bool
+) -> None:
+    resize(1)
+    child = mp.parallel(backend="thread")(double)
+    if own_timeout:
+        child = child.options(timeout=30)
+    collect = HANDLE_WAYS[way]
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        return collect([child(i) for i in range(3)], timeout)
+
+    assert parent().get(timeout=45) == [0, 2, 4]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_a_map_inside_a_task_on_a_one_thread_pool_makes_progress(timeout: float | None, ordered: bool) -> None:
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        results = mp.parallel_map(double, range(50), chunksize=5, timeout=timeout, ordered=ordered, backend="thread")
+        return sorted(results)  # type: ignore[type-var]
+
+    assert parent().get(timeout=45) == [2 * i for i in range(50)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
+def test_a_group_inside_a_task_on_a_one_thread_pool_makes_progress(timeout: float | None) -> None:
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        with mp.ParallelContext(timeout=timeout, backend="thread") as ctx:
+            for i in range(3):
+                ctx.submit(double, i)
+        return ctx.results()
+
+    assert parent().get(timeout=45) == [0, 2, 4]
+
+
+# -- a wait with a timeout still ends at its deadline ------------------------------------------
+
+
+def _expect_timeout(wait: Callable[[], object]) -> str:
+    try:
+        wait()
+    except mp.TaskTimeoutError:
+        return "timed out"
+    return "returned"
+
+
+SHORT = 0.2
+
+
+def _deadline_ways(blocked: mp.AsyncHandle[int]) -> dict[str, Callable[[], str]]:
+    return {
+        "get": lambda: _expect_timeout(lambda: blocked.get(timeout=SHORT)),
+        "result": lambda: _expect_timeout(lambda: blocked.result(SHORT)),
+        "wait": lambda: "timed out" if not blocked.wait(SHORT) else "returned",
+        "exception": lambda: _expect_timeout(lambda: blocked.exception(SHORT)),
+        "gather": lambda: _expect_timeout(lambda: mp.gather([blocked], timeout=SHORT)),
+        "as_completed": lambda: _expect_timeout(lambda: list(mp.as_completed([blocked], timeout=SHORT))),
+        "mp.wait": lambda: "timed out" if mp.wait([blocked], timeout=SHORT).not_done else "returned",
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["get", "result", "wait", "exception", "gather", "as_completed", "mp.wait"])
+def test_a_wait_with_a_timeout_inside_a_task_ends_at_its_deadline(way: str, gate: threading.Event) -> None:
+    # The child blocks until the test sets the gate, which it does only after
+    # the parent's wait gave up. Run inline, the child would hold the parent
+    # (and this test) until the gate: the wait must end at its own deadline.
+    resize(1)
+    child = mp.parallel(backend="thread")(lambda: gate.wait(30))
+
+    @mp.parallel(backend="thread")
+    def parent() -> str:
+        return _deadline_ways(child())[way]()
+
+    outcome = parent().get(timeout=30)
+    gate.set()
+    assert outcome == "timed out"
+
+
+@pytest.mark.timeout(60)
+def test_a_map_with_a_timeout_inside_a_task_ends_at_its_deadline(gate: threading.Event) -> None:
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> str:
+        return _expect_timeout(
+            lambda: mp.parallel_map(lambda i: gate.wait(30), range(4), chunksize=1, timeout=SHORT, backend="thread")
+        )
+
+    outcome = parent().get(timeout=30)
+    gate.set()
+    assert outcome == "timed out"
+
+
+@pytest.mark.timeout(60)
+def test_a_group_with_a_timeout_inside_a_task_ends_at_its_deadline(gate: threading.Event) -> None:
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> str:
+        def body() -> None:
+            with mp.ParallelContext(timeout=SHORT, backend="thread") as ctx:
+                ctx.submit(lambda: gate.wait(30))
+
+        return _expect_timeout(body)
+
+    outcome = parent().get(timeout=30)
+    gate.set()
+    assert outcome == "timed out"
+
+
+# -- the places lent are bounded and given back ------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_places_lent_to_blocked_tasks_are_bounded(monkeypatch: pytest.MonkeyPatch, gate: threading.Event) -> None:
+    # With one place to lend: the parent's wait lends it to the child, whose own
+    # wait finds none left, so the grandchild cannot start and the child's wait
+    # ends at its deadline; the pool never runs a third thread.
+    resize(1)
+    monkeypatch.setattr(_thread, "MAX_SPARES", 1)
+    grandchild = mp.parallel(backend="thread")(lambda: "never")
+
+    @mp.parallel(backend="thread")
+    def child() -> str:
+        return _expect_timeout(lambda: grandchild().get(timeout=SHORT))
+
+    @mp.parallel(backend="thread")
+    def parent() -> str:
+        return child().get(timeout=WAIT)
+
+    assert parent().get(timeout=45) == "timed out"
+    assert mp.get_thread_pool_info()["live_threads"] <= 2
+
+
+@pytest.mark.timeout(60)
+def test_a_lent_place_is_given_back_when_the_wait_ends() -> None:
+    resize(1)
+    child = mp.parallel(backend="thread")(double)
+
+    @mp.parallel(backend="thread")
+    def parent() -> int:
+        return child(21).get(timeout=WAIT)
+
+    assert parent().get(timeout=45) == 42
+
+    def back_to_one() -> bool:
+        info = mp.get_thread_pool_info()
+        return bool(info["live_threads"] == 1 and info["blocked_threads"] == 0)
+
+    assert wait_until(back_to_one), mp.get_thread_pool_info()

@@ -1,0 +1,125 @@
+"""Nothing the library holds keeps a result alive once the user dropped it.
+
+Each result is a fresh ``set`` (which supports weak references and pickles);
+the test keeps only a weak reference, drops its handles, collects garbage and
+checks that the result is gone. Pools are first brought to rest (workers
+parked) so that what is checked is what the library keeps, not a worker still
+on its way back.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from pool_helpers import resize, wait_until
+
+
+def make_result(n: int) -> set[int]:
+    return set(range(n, n + 100))
+
+
+def gone(ref: weakref.ref[Any]) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+def thread_pool_at_rest() -> bool:
+    info = mp.get_thread_pool_info()
+    return bool(info["busy_threads"] == 0 and info["idle_threads"] == info["live_threads"])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("task_timeout", [None, 3600.0], ids=["plain", "with_a_timeout"])
+def test_an_idle_worker_keeps_no_result(task_timeout: float | None) -> None:
+    resize(1)
+    task = mp.parallel(backend="thread", timeout=task_timeout)(make_result)
+    handle = task(1)
+    assert handle.wait(10)
+    ref = weakref.ref(handle.get())
+    assert wait_until(thread_pool_at_rest), mp.get_thread_pool_info()
+    del handle
+    assert gone(ref), gc.get_referrers(ref())
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_running_the_next_task_keeps_no_earlier_result(gate: Any) -> None:
+    resize(1)
+    first = mp.parallel(backend="thread")(make_result)(1)
+    assert first.wait(10)
+    ref = weakref.ref(first.get())
+    del first
+    held = mp.parallel(backend="thread")(lambda: gate.wait(30))()  # the worker is busy with it now
+    assert gone(ref)
+    gate.set()
+    assert held.get(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_the_process_backend_keeps_no_result() -> None:
+    task = mp.parallel(backend="process")(make_result)
+    handles = [task(i) for i in range(4)]
+    refs = [weakref.ref(h.get(timeout=30)) for h in handles]
+    del handles
+    assert wait_until(lambda: all(gone(r) for r in refs), timeout=10)
+
+
+@pytest.mark.timeout(30)
+def test_a_task_run_inline_leaves_nothing_in_the_queue(gate: Any) -> None:
+    # The one worker is busy, so get() runs the queued task on this thread.
+    resize(1)
+    started = threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(30)
+
+    held = mp.parallel(backend="thread")(hold)()
+    assert started.wait(10)
+    handle = mp.parallel(backend="thread")(make_result)(1)
+    ref = weakref.ref(handle.get())
+    del handle
+    assert gone(ref)
+    gate.set()
+    assert held.get(timeout=10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_imap_keeps_no_item_it_handed_out(ordered: bool) -> None:
+    items = mp.imap(make_result, range(40), chunksize=10, ordered=ordered, backend="thread")
+    first = next(items)
+    ref = weakref.ref(first)
+    del first
+    assert gone(ref)  # the rest of its chunk is still to come
+    assert len(list(items)) == 39
+
+
+@pytest.mark.timeout(30)
+def test_an_unordered_map_keeps_no_finished_chunk() -> None:
+    items = mp.imap(make_result, range(200), chunksize=1, ordered=False, backend="thread")
+    refs = [weakref.ref(next(items)) for _ in range(50)]
+    assert wait_until(lambda: all(gone(r) for r in refs), timeout=10)
+    assert len(list(items)) == 150
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("collect", ["gather", "as_completed", "wait"])
+def test_collectors_keep_no_result(collect: str) -> None:
+    task = mp.parallel(backend="thread")(make_result)
+    handles = [task(i) for i in range(20)]
+    if collect == "gather":
+        refs = [weakref.ref(r) for r in mp.gather(handles)]
+    elif collect == "as_completed":
+        refs = [weakref.ref(h.get()) for h in mp.as_completed(handles)]
+    else:
+        mp.wait(handles)
+        refs = [weakref.ref(h.get()) for h in handles]
+    del handles
+    assert wait_until(thread_pool_at_rest)
+    assert all(gone(r) for r in refs)
