@@ -599,6 +599,81 @@ def test_an_error_cancels_the_rest(gate: threading.Event) -> None:
         assert max(started) < 4 + 4  # the input was not read on after the failure
 
 
+# -- a map of one item (one task, without the machinery of many chunks) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "on_error", "expected"),
+    [
+        (2, "raise", [2]),
+        (2, "skip", [2]),
+        (2, "none", [2]),
+        (5, "skip", []),
+        (5, "none", [None]),
+    ],
+)
+def test_a_map_of_one_item(backend: str, item: int, on_error: str, expected: list[Any]) -> None:
+    got = mp.parallel_map(fail_on_multiples_of_five, [item], on_error=on_error, backend=backend)  # type: ignore[call-overload]
+    assert got == expected
+
+
+def test_a_map_of_one_failing_item_raises_it_with_its_index(backend: str) -> None:
+    with pytest.raises(Boom) as caught:
+        mp.parallel_map(fail_on_multiples_of_five, (5,), backend=backend)
+    assert caught.value.code == 5
+    assert any("item 0 (5)" in note for note in caught.value.__notes__)
+
+
+class Lying:
+    """A sized iterable whose length is wrong: ``__len__`` says 1."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("items", [[], [1], [1, 2, 3]])
+def test_a_length_of_one_is_not_trusted(backend: str, items: list[int]) -> None:
+    assert mp.parallel_map(triple_plus_one, Lying(items), backend=backend) == [3 * x + 1 for x in items]
+
+
+def test_a_map_of_one_item_with_progress_or_timeout(backend: str) -> None:
+    seen: list[tuple[int, int | None]] = []
+    assert mp.parallel_map(triple_plus_one, [2], progress=lambda done, total: seen.append((done, total)), backend=backend) == [7]
+    assert seen == [(1, 1)]
+    assert mp.parallel_map(triple_plus_one, [2], timeout=30, backend=backend) == [7]
+
+
+def test_an_interrupted_map_of_one_item_cancels_its_task(gate: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = threading.Event()
+    handles: list[mp.AsyncHandle[Any]] = []
+
+    def interrupted_get(self: mp.AsyncHandle[Any], timeout: float | None = None) -> Any:
+        handles.append(self)
+        assert started.wait(10)
+        raise KeyboardInterrupt  # as Ctrl-C lands in the wait
+
+    def wait_for_the_gate(x: int) -> int:
+        started.set()
+        gate.wait(10)
+        mp.check_cancelled()
+        return x
+
+    monkeypatch.setattr(mp.AsyncHandle, "get", interrupted_get)
+    with pytest.raises(KeyboardInterrupt):
+        mp.parallel_map(wait_for_the_gate, [1], backend="thread")
+    monkeypatch.undo()
+    (handle,) = handles
+    assert handle.cancelled()
+    gate.set()
+    wait_until_idle(10)
+
+
 # -- bad options -------------------------------------------------------------------------------
 
 
@@ -620,11 +695,14 @@ def test_an_error_cancels_the_rest(gate: threading.Event) -> None:
         ({"backend": "gpu"}, ValueError, "backend"),
     ],
 )
-def test_bad_options_are_rejected_at_the_call(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
+@pytest.mark.parametrize("items", [[1, 2], [1]], ids=["two items", "one item"])
+def test_bad_options_are_rejected_at_the_call(
+    kwargs: dict[str, Any], error: type[Exception], pattern: str, items: list[int]
+) -> None:
     with pytest.raises(error, match=pattern):
-        mp.parallel_map(triple_plus_one, [1, 2], **kwargs)
+        mp.parallel_map(triple_plus_one, items, **kwargs)
     with pytest.raises(error, match=pattern):
-        mp.imap(triple_plus_one, [1, 2], **kwargs)  # at the call, not at the first next()
+        mp.imap(triple_plus_one, items, **kwargs)  # at the call, not at the first next()
 
 
 @pytest.mark.parametrize("fn", [None, 3, "triple_plus_one"])

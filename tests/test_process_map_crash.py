@@ -98,6 +98,18 @@ def test_with_on_error_raise_the_error_names_the_item(seconds: float, log: str) 
         mp.parallel_map(work, items, backend="process")
 
 
+@pytest.mark.parametrize(("on_error", "expected"), [("skip", []), ("none", [None])])
+def test_a_map_of_one_item_that_crashes_loses_only_it(on_error: str, expected: list[Any], log: str) -> None:
+    results = mp.parallel_map(work, [Item(CULPRIT, log, 0.0, "exit")], backend="process", on_error=on_error)  # type: ignore[call-overload]
+    assert results == expected
+    assert mp.parallel_map(work, [Item(1, log, 0.0, "exit")], backend="process") == [1]  # the pool goes on
+
+
+def test_a_map_of_one_item_that_crashes_names_it() -> None:
+    with pytest.raises(mp.WorkerCrashedError, match=rf"item 0 \(Item#{CULPRIT}\) of the map crashed its worker process \(exit code 7\)"):
+        mp.parallel_map(work, [Item(CULPRIT, os.devnull, 0.0, "exit")], backend="process")
+
+
 def test_imap_unordered_goes_on_after_a_crash(log: str) -> None:
     items = [Item(i, log, 0.001, "kill") for i in range(ITEMS)]
     results = sorted(mp.imap(work, items, backend="process", ordered=False, on_error="skip"))  # type: ignore[type-var]

@@ -336,24 +336,45 @@ def _start(
     backend: BackendOption | None,
 ) -> _Mapper:
     """Check the options of a map (raising at the call) and set it up."""
+    plain, items, total, chunk_task, name = _checked(
+        fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
+    )
+    return _Mapper(
+        plain, items, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name
+    )
+
+
+def _checked(
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    chunksize: int | None,
+    ordered: bool,
+    progress: ProgressOption,
+    max_in_flight: int | None,
+    timeout: float | None,
+    on_error: OnError,
+    backend: BackendOption | None,
+) -> tuple[Callable[[Any], Any], Iterator[Any], int | None, ParallelFunction[..., list[Any]], str]:
+    """The options of a map, checked (raising at the call): the function to apply, the items,
+    their number if known, the task that runs a chunk and the name to report."""
     plain, name, own_backend = _plain_function(fn)
     check_on_error(on_error)
-    check_wait_timeout(timeout)
+    if timeout is not None:
+        check_wait_timeout(timeout)
     if chunksize is not None:
         check_count(chunksize, "chunksize")
     if max_in_flight is not None:
         check_count(max_in_flight, "max_in_flight")
-    if not isinstance(ordered, bool):
+    if ordered is not True and ordered is not False:
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if backend is not None:
         check_backend(backend)
     items = iter(iterable)  # TypeError for a non-iterable, at the call
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
-    check_progress(progress)
-    return _Mapper(
-        plain, items, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name
-    )
+    if progress is not False:
+        check_progress(progress)
+    return plain, items, total, chunk_task, name
 
 
 def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
@@ -463,13 +484,54 @@ def parallel_map(
             both names.
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
-    fn = _one_of(fn, func, "fn", "func")
-    iterable = _one_of(iterable, items, "iterable", "items")
-    mapper = _start(fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend)
+    if fn is _MISSING or iterable is _MISSING or func is not _MISSING or items is not _MISSING:
+        fn = _one_of(fn, func, "fn", "func")
+        iterable = _one_of(iterable, items, "iterable", "items")
+    plain, rest, total, chunk_task, name = _checked(
+        fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
+    )
+    if total == 1 and progress is False and timeout is None:
+        read = list(itertools.islice(rest, 2))  # trust no __len__: a second item goes the long way
+        if len(read) == 1:
+            return _map_one_item(plain, read[0], chunk_task, on_error)
+        rest = itertools.chain(read, rest)
+    mapper = _Mapper(
+        plain, rest, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name
+    )
     results: list[Any] = []
     for chunk in mapper.chunks():
         results.extend(chunk)
     return results
+
+
+def _map_one_item(
+    fn: Callable[[Any], Any], item: Any, chunk_task: ParallelFunction[..., list[Any]], on_error: OnError
+) -> list[Any]:
+    """``parallel_map`` of one item, with no progress display and no timeout: its one task.
+
+    What keeps many chunks in flight (a :class:`_Mapper`, its chunk sizer, the
+    read-ahead bounds) cost four times the task itself here
+    (``benchmarks/map_scaling.py``); a map of one item needs none of it.
+    """
+    keep_going = on_error != "raise"
+    handle = chunk_task(fn, [item], 0, keep_going)
+    try:
+        chunk = handle.get()
+    except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
+        chunk = finish_after_crash(
+            error, [item], 0, keep_going, lambda items, start, alone: chunk_task(fn, items, start, keep_going, alone)
+        )
+    except BaseException:  # Ctrl-C, or the item's error: the task must not go on
+        handle.cancel()
+        raise
+    return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
+
+
+def _resolve_failures(chunk: list[Any], skip: bool) -> list[Any]:
+    """A chunk's results with its failures left out (``skip``) or ``None`` in their place."""
+    if skip:
+        return [r for r in chunk if type(r) is not _Failure]
+    return [None if type(r) is _Failure else r for r in chunk]
 
 
 def _one_of(value: Any, alias: Any, name: str, alias_name: str) -> Any:
@@ -598,16 +660,11 @@ class _Mapper:
         if self._progress is not None:
             self._progress.advance(size)
         if self._keep_going:
-            chunk = self._resolve_failures(chunk)
+            chunk = _resolve_failures(chunk, self._skip)
         return chunk
 
     def _run_again(self, items: list[Any], start: int, one_by_one: bool) -> AsyncHandle[list[Any]]:
         return self._chunk_task(self._fn, items, start, self._keep_going, one_by_one)
-
-    def _resolve_failures(self, chunk: list[Any]) -> list[Any]:
-        if self._skip:
-            return [r for r in chunk if type(r) is not _Failure]
-        return [None if type(r) is _Failure else r for r in chunk]
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:
