@@ -1,4 +1,4 @@
-"""Start-up costs side by side: ``import makeparallel`` and the first result of a cold process pool.
+"""Start-up costs side by side: ``import makeparallel``, a first task, and the first result of a cold process pool.
 
 Every figure is measured in a fresh interpreter (``subprocess``), rounds
 alternating so that machine noise hits all alike; medians are printed, with
@@ -9,7 +9,12 @@ ratios (lower is better for makeparallel).
    makeparallel must import, for ``CancelledError``); also the cumulative
    microseconds ``python -X importtime`` reports for each (target: makeparallel at
    most 1.3x ``concurrent.futures``);
-2. cold start: seconds from before the pool is created to the first result of a
+2. import and a first task on threads: wall-clock seconds of a program that
+   imports the package and runs one task to its result (``@mp.parallel``, then
+   ``.get()``; ``ThreadPoolExecutor(2).submit(...).result()``), minus those of
+   ``python -c "pass"``: what a short script pays, modules loaded on first use
+   included;
+3. cold start: seconds from before the pool is created to the first result of a
    no-op task, for ``@mp.parallel(backend="process")``, ``multiprocessing.Pool``
    and ``ProcessPoolExecutor`` with the ``fork``, ``forkserver`` and ``spawn``
    start methods.
@@ -31,6 +36,20 @@ import sys
 import time
 
 IMPORTS = {"makeparallel": "import makeparallel", "concurrent.futures": "import concurrent.futures"}
+FIRST_TASK = {
+    "makeparallel": (
+        "import makeparallel as mp\n"
+        "@mp.parallel\n"
+        "def negate(x):\n"
+        "    return -x\n"
+        "assert negate(-1).get() == 1\n"
+    ),
+    "concurrent.futures": (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "with ThreadPoolExecutor(2) as pool:\n"
+        "    assert pool.submit(abs, -1).result() == 1\n"
+    ),
+}
 
 # Each program prints the seconds from pool creation to its first result.
 _COLD_PREFIX = "import time\nstart = time.perf_counter()\n"
@@ -93,17 +112,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    for code in [*IMPORTS.values(), *COLD.values()]:  # compile and cache bytecode once
+    for code in [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values()]:  # compile and cache bytecode once
         wall(code)
 
     walls: dict[str, list[float]] = {name: [] for name in ["python -c pass", *IMPORTS]}
     cumulative: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    first_tasks: dict[str, list[float]] = {name: [] for name in FIRST_TASK}
     firsts: dict[str, list[float]] = {name: [] for name in COLD}
     for _ in range(args.rounds):
         walls["python -c pass"].append(wall("pass"))
         for name, code in IMPORTS.items():
             walls[name].append(wall(code))
             cumulative[name].append(importtime(name))
+        for name, code in FIRST_TASK.items():
+            first_tasks[name].append(wall(code))
         for name, code in COLD.items():
             firsts[name].append(cold(code))
 
@@ -117,6 +139,11 @@ def main() -> None:
         f"  makeparallel / concurrent.futures: wall {imports['makeparallel'] / imports['concurrent.futures']:.2f}x,"
         f" importtime {times['makeparallel'] / times['concurrent.futures']:.2f}x (target <= 1.3x)"
     )
+    tasks = {name: statistics.median(samples) - base for name, samples in first_tasks.items()}
+    print(f"\nimport and a first task on threads, median of {args.rounds} fresh interpreters, bytecode cached")
+    for name in FIRST_TASK:
+        print(f"  {name:<20} wall {tasks[name] * 1e3:6.1f} ms")
+    print(f"  makeparallel / concurrent.futures: wall {tasks['makeparallel'] / tasks['concurrent.futures']:.2f}x")
     ours = statistics.median(firsts["makeparallel (process)"])
     print(f"\nfirst result from a cold process pool, median of {args.rounds}")
     for name, samples in firsts.items():

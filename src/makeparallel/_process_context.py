@@ -14,7 +14,6 @@ an importable module, located once, when configured. With none configured
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Iterable
 from contextvars import Context, ContextVar
@@ -76,5 +75,7 @@ def capture_values(context: Context | None) -> tuple[tuple[str, str, Any], ...] 
 
 def apply_values(values: tuple[tuple[str, str, Any], ...]) -> None:
     """In a worker: set each variable (run this inside the task's own context)."""
+    import importlib  # here: the parent imports this module for every first task, and needs none
+
     for module, attribute, value in values:
         getattr(importlib.import_module(module), attribute).set(value)
