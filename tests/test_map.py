@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import makeparallel as mp
-from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT
+from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -277,6 +277,105 @@ def test_skip_and_none(backend: str, on_error: str, expected: list[Any], chunksi
 
 def test_skip_when_everything_fails(backend: str) -> None:
     assert mp.parallel_map(fail_on_multiples_of_five, [0, 5, 10], on_error="skip", backend=backend) == []
+
+
+# -- chunk sizes -------------------------------------------------------------------------------
+
+UNLIMITED = 10**9
+
+
+def test_a_known_length_starts_with_one_item_per_worker_then_waits_for_a_measure() -> None:
+    sizer = _ChunkSizer(None, 1000, workers=4, limit=UNLIMITED)
+    assert [sizer.next_size() for _ in range(6)] == [1, 1, 1, 1, 0, 0]
+    sizer.observe(1, 0.5, remaining=996)
+    assert sizer.next_size() == 1  # slow items stay one per chunk
+
+
+def test_cheap_items_get_chunks_of_their_measured_time_up_to_pool_maps_size() -> None:
+    sizer = _ChunkSizer(None, 10_000_000, workers=2, limit=UNLIMITED)
+    sizer.observe(1, 1e-6, remaining=9_999_998)  # 1 us per item: 10,000 make 10 ms
+    assert sizer.next_size() == 10_000
+    sizer.observe(10_000, 1e-3, remaining=9_900_000)  # 0.1 us: 100,000 make 10 ms
+    assert sizer.next_size() == 100_000
+    sizer.observe(100_000, 5e-4, remaining=9_000_000)  # 5 ns: 2,000,000, over 10,000,000 / (4 * 2)
+    assert sizer.next_size() == 1_250_000
+
+
+def test_the_rest_of_a_small_map_goes_in_one_chunk_per_worker() -> None:
+    sizer = _ChunkSizer(None, 100, workers=2, limit=UNLIMITED)
+    sizer.observe(1, 50e-6, remaining=98)  # 200 items make 10 ms: the 98 left fit in two chunks
+    assert [sizer.next_size(), sizer.next_size()] == [49, 49]
+    sizer.observe(49, 1e-3, remaining=0)
+    assert sizer.next_size() == 49  # not split again and again
+
+
+def test_the_rest_is_not_split_when_it_is_much_work() -> None:
+    sizer = _ChunkSizer(None, 10_000, workers=2, limit=UNLIMITED)
+    sizer.observe(1, 20e-6, remaining=9_998)  # 500 items make 10 ms; 4,999 per worker would be 100 ms
+    assert sizer.next_size() == 500
+
+
+def test_chunks_stay_under_the_read_ahead_limit() -> None:
+    sizer = _ChunkSizer(None, 1_000_000, workers=2, limit=300)
+    sizer.observe(1, 1e-7, remaining=999_998)
+    assert sizer.next_size() == 300
+
+
+def test_an_unknown_length_grows_at_most_twofold_per_chunk() -> None:
+    sizer = _ChunkSizer(None, None, workers=2, limit=UNLIMITED)
+    assert [sizer.next_size() for _ in range(6)] == [1] * 6  # no length: no share to wait for
+    sizer.observe(1, 1e-7, remaining=None)
+    assert sizer.next_size() == 2
+    sizer.observe(2, 2e-7, remaining=None)
+    assert sizer.next_size() == 4
+    sizer.observe(4, 0.4, remaining=None)  # slower items: smaller at once
+    assert sizer.next_size() == 1
+
+
+def test_a_fixed_chunksize_is_kept() -> None:
+    sizer = _ChunkSizer(7, 1000, workers=2, limit=UNLIMITED)
+    sizer.observe(7, 1e-6, remaining=993)
+    assert [sizer.next_size() for _ in range(3)] == [7, 7, 7]
+
+
+@pytest.mark.timeout(60)
+def test_slow_items_give_every_worker_one_at_once(gate: threading.Event) -> None:
+    workers = 4
+    mp.configure_thread_pool(workers)
+    running: set[int] = set()
+    changed = threading.Condition()
+
+    def slow(x: int) -> int:
+        with changed:
+            running.add(threading.get_ident())
+            changed.notify_all()
+        gate.wait()  # the work of a slow item, until the test has looked
+        return x
+
+    results: list[int] = []
+    runner = threading.Thread(target=lambda: results.extend(mp.parallel_map(slow, range(400), backend="thread")))
+    runner.start()
+    with changed:
+        all_busy = changed.wait_for(lambda: len(running) == workers, timeout=30)
+    gate.set()
+    runner.join(60)
+    assert all_busy, f"only {len(running)} of {workers} workers got an item"
+    assert results == list(range(400))
+
+
+@pytest.mark.timeout(60)
+def test_the_first_result_of_a_map_comes_after_its_first_item(gate: threading.Event) -> None:
+    def slow_after_the_first(x: int) -> int:
+        if x:
+            gate.wait()
+        return x
+
+    iterator = mp.imap(slow_after_the_first, range(1000), timeout=30, backend="thread")
+    try:
+        assert next(iterator) == 0  # a first chunk of more items would wait for the gate, then time out
+    finally:
+        gate.set()
+        iterator.close()
 
 
 # -- laziness and memory ---------------------------------------------------------------------

@@ -6,13 +6,19 @@ Data flow::
                                                        | results list
     consumer <--yield items in order (or as chunks end)-+
 
-Why chunks: a task costs microseconds of bookkeeping, an item of a cheap function
-tens of nanoseconds. Chunk sizes adapt to the measured run time of finished
-chunks: they start at one item and at most double per finished chunk, towards
-about 10 ms of work each, so that a map of heavy items starts with small chunks
-(good balance, early results, prompt cancellation) and a map of cheap items
-quickly reaches large ones (low overhead). With a known length, a chunk never
-exceeds a quarter of its fair share of the items, to keep every worker busy.
+Why chunks: a task costs microseconds of bookkeeping (tens on worker
+processes, a round trip), an item of a cheap function tens of nanoseconds.
+Chunk sizes come from the measured run time of finished chunks, about 10 ms of
+work each (``_ChunkSizer``). The first chunks hold one item, so that a map of
+heavy items starts with every worker on one item (good balance, early results,
+prompt cancellation). With a known length there is one such chunk per worker
+and the rest waits for the first to end: its time sets the size at once, capped
+at ``ceil(len / (4 * workers))`` items (``multiprocessing.Pool.map``'s chunk
+size) so every worker gets several chunks, and items left that are little work
+go in one chunk per worker. A small map of cheap items is thus two waves of
+round trips, a large one a few chunks of 10 ms or more. Without a length, sizes
+at most double per finished chunk: no cap bounds a first measurement that was
+too optimistic.
 
 Memory: at most ``max_in_flight`` items are read from the iterable and not yet
 handed to the consumer, so ``imap`` over an endless generator is safe. By
@@ -122,25 +128,62 @@ def _estimated_size(item: Any) -> float:
 
 
 class _ChunkSizer:
-    """Chooses the size of the next chunk from the run times of finished ones."""
+    """Chooses the size of the next chunk from the run times of finished ones.
+
+    Before any chunk was measured: chunks of one item, one per worker when the
+    length is known (then nothing more until the first one ends), else as many
+    as may be in flight. Each finished chunk then sets the size to about
+    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item:
+
+    * with a known length, at once, capped at ``ceil(len / (4 * workers))``
+      items (the chunk size of ``multiprocessing.Pool.map``), so that every
+      worker gets several chunks; unless all the items left fit in one such
+      chunk per worker, which they then get;
+    * without one, growing at most twofold per finished chunk, as no cap
+      bounds a first measurement that was too optimistic.
+    """
 
     def __init__(self, chunksize: int | None, total: int | None, workers: int, limit: int) -> None:
         self._fixed = chunksize
-        cap = _MAX_CHUNK if total is None else max(1, total // (4 * workers))
+        self._workers = workers
+        self._limit = limit
+        self._known_length = total is not None
+        cap = _MAX_CHUNK if total is None else max(1, -(-total // (4 * workers)))
         self._cap = min(cap, limit)
         self._size = 1
+        # Unmeasured chunks still to hand out; None: no limit (an unknown length).
+        self._probes: int | None = workers if total is not None else None
+        self._measured = False
+        self._last_wave = False  # the items left were split between the workers
 
     def next_size(self) -> int:
+        """Items for the next chunk; 0: wait for a chunk to end first."""
         if self._fixed is not None:
             return self._fixed
-        return min(self._size, self._cap)
+        if not self._measured and self._probes is not None:
+            if self._probes <= 0:
+                return 0
+            self._probes -= 1
+        return self._size
 
-    def observe(self, items: int, seconds: float) -> None:
+    def observe(self, items: int, seconds: float, remaining: int | None) -> None:
+        """Size the next chunks from one that ran ``items`` in ``seconds``; ``remaining``: items not read yet."""
         if self._fixed is not None or items == 0:
             return
         per_item = max(seconds / items, 1e-9)
-        wanted = int(_TARGET_CHUNK_SECONDS / per_item)
-        self._size = max(1, min(wanted, 2 * max(self._size, items)))
+        wanted = max(1, round(_TARGET_CHUNK_SECONDS / per_item))
+        self._measured = True
+        if not self._known_length:
+            self._size = min(wanted, 2 * max(self._size, items), self._cap)
+            return
+        if self._last_wave:
+            return
+        share = max(1, -(-(remaining or 0) // self._workers))
+        if share <= wanted:  # the rest is little work: one chunk per worker, and no more resizing
+            self._size = min(share, self._limit)
+            self._last_wave = True
+        else:
+            self._size = min(wanted, self._cap)
 
 
 def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
@@ -656,7 +699,8 @@ class _Mapper:
             chunk = finish_after_crash(error, items, start, self._keep_going, self._run_again)
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
         del self._chunk_items[id(handle)]
-        self._sizer.observe(size, handle._finished_at - handle._started_at)  # type: ignore[operator]
+        remaining = None if self._total is None else self._total - self._read
+        self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
         if self._progress is not None:
             self._progress.advance(size)
         if self._keep_going:
