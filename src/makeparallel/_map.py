@@ -44,6 +44,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from types import FunctionType
 from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._backends._base import Backend
@@ -90,9 +91,10 @@ def _run_chunk(
     if hasattr(task, "_send_partial"):
         return run_streaming(task, fn, items, start, keep_going, one_by_one)
     results: list[Any] = []
-    step = max(1, min(_CANCEL_CHECK_EVERY, len(items) // 16))
+    count = len(items)
+    step = max(1, min(_CANCEL_CHECK_EVERY, count // 16))
     position = 0
-    while position < len(items):
+    while position < count:
         if task is not None and task._state != RUNNING:
             task._raise_if_stopped()
         try:
@@ -188,6 +190,8 @@ class _ChunkSizer:
 
 def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
     """The callable to apply per item, the name to report, the backend to use."""
+    if type(fn) is FunctionType:  # the common case, answered first
+        return fn, fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
@@ -401,7 +405,8 @@ def _checked(
     """The options of a map, checked (raising at the call): the function to apply, the items,
     their number if known, the task that runs a chunk and the name to report."""
     plain, name, own_backend = _plain_function(fn)
-    check_on_error(on_error)
+    if on_error != "raise":
+        check_on_error(on_error)
     if timeout is not None:
         check_wait_timeout(timeout)
     if chunksize is not None:
