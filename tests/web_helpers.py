@@ -12,8 +12,13 @@ from pool_helpers import wait_until
 
 
 def free_socket() -> socket.socket:
-    """A listening-ready TCP socket bound to a free port of 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening-ready TCP socket bound to a free port of 127.0.0.1.
+
+    Made with ``IPPROTO_TCP``: asyncio sets ``TCP_NODELAY`` only on connections
+    accepted from a socket that says it is TCP; without it, every response
+    waits about 40 ms for the client's delayed ACK (Nagle's algorithm).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
