@@ -82,6 +82,33 @@ def test_200_concurrent_requests_on_the_process_backend_all_succeed_and_the_loop
     assert max(pings) < 5.0, f"the event loop stalled: slowest /ping took {max(pings):.3f} s"
 
 
+def test_prestart_has_every_process_worker_ready_before_the_first_request() -> None:
+    app = cpu_app(num_workers=2, prestart=True, shutdown_timeout=10)
+    with uvicorn_server(app) as (base, _):
+        info = mp.get_process_pool_info()  # start-up ended; no request was sent yet
+        assert info["ready_workers"] == 2, info
+        with httpx.Client(base_url=base, timeout=60) as client:
+            answers = [client.get("/primes/100") for _ in range(4)]
+        assert {a.status_code for a in answers} == {200}
+        assert mp.get_process_pool_info()["worker_pids"] == info["worker_pids"]  # none started for them
+
+
+def test_prestart_fails_start_up_with_the_worker_initializers_error() -> None:
+    app = fastapi.FastAPI(lifespan=lifespan(num_workers=1, prestart=True, shutdown_timeout=10))
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass  # pragma: no cover - start-up fails
+
+    mp.configure_process_pool(initializer=int, initargs=("not a number",))  # raises ValueError in each worker
+    try:
+        with pytest.raises(mp.WorkerCrashedError, match="initializer int raised ValueError") as caught:
+            asyncio.run(start())
+        assert isinstance(caught.value.__cause__, ValueError)
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
 def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_worker(tmp_path: Any) -> None:
     flags = Flags(str(tmp_path))
     app = cpu_app(num_workers=2, shutdown_timeout=1, async_cancel="force")

@@ -15,7 +15,7 @@
         return await render(n)              # the loop is never blocked
 
 :func:`lifespan` configures the pools at start-up (and, with ``prestart``, starts
-their workers before the first request) and at shutdown calls
+the process workers and waits until they are ready, before the first request) and at shutdown calls
 ``mp.shutdown(timeout_secs=shutdown_timeout, cancel_pending=...)``, off the event
 loop, so that no worker process outlives the server. It is a plain lifespan
 function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -53,6 +55,11 @@ except ImportError as error:
 __all__ = ["lifespan", "router"]
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+_log = logging.getLogger("makeparallel")
+
+_READY_WAIT = 60.0  # seconds the lifespan waits for every prestarted worker
+_READY_POLL = 0.01  # seconds between two looks at the pool
 
 
 def lifespan(
@@ -79,8 +86,12 @@ def lifespan(
         async_cancel: ``"force"`` stops a process task's worker when the request
             awaiting it is cancelled (a client that disconnected), see
             ``mp.configure``.
-        prestart: start the workers of ``backend`` (or of the default backend)
-            at start-up, so that the first requests do not pay for starting them.
+        prestart: start the process pool's workers at start-up
+            (``mp.configure_process_pool(prestart=True)``) and wait, without
+            blocking the loop, until each is ready (its initializer ran), so that
+            the first requests do not pay for starting interpreters. A worker
+            initializer that fails makes start-up fail with its error. The
+            thread pool needs no prestart: its threads start in microseconds.
         shutdown_timeout: seconds shutdown waits for unfinished tasks before the
             workers are stopped anyway (``None``: as long as it takes).
         cancel_pending: cancel the tasks that have not started at shutdown.
@@ -93,6 +104,8 @@ def lifespan(
 
     Raises:
         ValueError, TypeError: an option is invalid (at once, not at start-up).
+        WorkerCrashedError: at start-up, with ``prestart``: the worker
+            initializer raised (its exception is the ``__cause__``).
     """
     mp.parallel(backend=backend, async_cancel=async_cancel)  # checks both now; applied at start-up
     if shutdown_timeout is not None and not isinstance(shutdown_timeout, (int, float)):
@@ -107,13 +120,13 @@ def lifespan(
             mp.configure(async_cancel=async_cancel)
         if num_threads is not None:
             mp.configure_thread_pool(num_threads=num_threads)
-        if num_workers is not None:
-            mp.configure_process_pool(num_workers=num_workers)
+        if num_workers is not None or prestart:
+            mp.configure_process_pool(num_workers=num_workers, prestart=prestart)
         if max_concurrent_tasks is not None:
             mp.set_max_concurrent_tasks(max_concurrent_tasks)
         try:
             if prestart:
-                await _prestart(backend)
+                await _workers_ready()
             if app_lifespan is None:
                 yield None
             else:
@@ -126,13 +139,31 @@ def lifespan(
     return run
 
 
-async def _prestart(backend: str | None) -> None:
-    """Start the workers of ``backend`` (the default one if ``None``): a no-op task per worker."""
-    noop = mp.parallel(name="makeparallel.prestart")(int)  # a builtin: nothing to pickle by value
-    if backend is not None:
-        noop = noop.options(backend=backend)
-    workers = mp.get_thread_pool_info()["num_threads"]
-    await mp.gather_async([noop() for _ in range(workers)])
+async def _workers_ready() -> None:
+    """Wait until every process worker started by ``prestart`` is ready; raise if they cannot start.
+
+    A no-op task on the first worker ready surfaces an initializer's failure
+    (after three failed starts the pool gives up, and the task fails with the
+    initializer's error). The rest are awaited for at most ``_READY_WAIT``
+    seconds, in short sleeps of the loop: the pool has no event for each
+    worker's readiness, and a worker that is slow to start must not stop the
+    server from starting.
+    """
+    probe = mp.parallel(name="makeparallel.prestart", backend="process")(int)  # a builtin: nothing to pickle by value
+    await probe()
+    give_up = time.monotonic() + _READY_WAIT
+    while time.monotonic() < give_up:
+        info = mp.get_process_pool_info()
+        if info["ready_workers"] >= info["num_workers"]:
+            return
+        await asyncio.sleep(_READY_POLL)
+    info = mp.get_process_pool_info()
+    _log.warning(
+        "%d of %d process workers ready after %g s at start-up; serving anyway",
+        info["ready_workers"],
+        info["num_workers"],
+        _READY_WAIT,
+    )
 
 
 def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = False) -> APIRouter:
