@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pool_helpers import wait_until
@@ -63,3 +68,48 @@ def werkzeug_server(app: Any) -> Iterator[str]:
         server.shutdown()
         thread.join(30)
         server.server_close()
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@contextmanager
+def broken_pool_server(framework: str, fault: str) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    """Serve ``broken_pool_server.py`` in a child interpreter; yield its base URL and a breaker.
+
+    Calling the breaker kills one of the child's pool threads (``fault``:
+    ``"thread"``, a worker thread; ``"process"``, the process pool's loop thread)
+    and returns the child's report. The child's exit status and output are
+    checked when the block ends.
+    """
+    path = os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)])
+    child = subprocess.Popen(
+        [sys.executable, str(TESTS / "broken_pool_server.py"), framework, fault],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+
+    def break_the_pool() -> dict[str, Any]:
+        child.stdin.write("break\n")  # type: ignore[union-attr]
+        child.stdin.flush()  # type: ignore[union-attr]
+        return json.loads(child.stdout.readline())  # type: ignore[union-attr, no-any-return]
+
+    try:
+        started = child.stdout.readline()
+        assert started, f"the server did not start: {child.stderr.read()}"
+        yield json.loads(started)["base"], break_the_pool
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        errors = child.stderr.read()
+        child.stdout.close()
+        child.stderr.close()
+    assert child.returncode == 0, errors
