@@ -27,6 +27,7 @@ from .errors import WorkerCrashedError as WorkerCrashedError
 __version__ = "0.3.0"
 
 # ``typing.TYPE_CHECKING`` without importing typing; type checkers know the name.
+# A new public name goes in __all__, here and in _LAZY (tests/test_public_api.py checks all three).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # what the checkers and the documentation read; at run time, _LAZY
     from ._async_collect import gather_async as gather_async
