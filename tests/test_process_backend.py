@@ -630,16 +630,58 @@ def test_state_of_a_closure_is_sent_afresh_with_every_call() -> None:
     assert (first, task().get(30)) == (0, 41)
 
 
-def test_large_bytes_and_bytearrays_travel_out_of_band_and_come_back_as_themselves() -> None:
-    from makeparallel._serialization import dumps, large_bytes_out_of_band, loads
+class Holder:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def test_large_bytes_and_bytearrays_travel_out_of_band_wherever_they_are_and_come_back_as_themselves() -> None:
+    from makeparallel._serialization import dumps, loads
 
     big = bytes(range(256)) * 4096  # 1 MiB
-    data, buffers = dumps((large_bytes_out_of_band(big), large_bytes_out_of_band(b"small")))
-    assert len(buffers) == 1 and len(data) < 1024  # not copied into the pickle stream
-    received = [bytearray(buffer.raw()) for buffer in buffers]
-    assert loads(data, received) == (big, b"small")
-    assert type(loads(data, received)[0]) is bytes
-    data, buffers = dumps(large_bytes_out_of_band(bytearray(big)))
-    assert len(buffers) == 1 and len(data) < 1024
-    assert loads(data, [bytearray(buffers[0].raw())]) == bytearray(big)
-    assert type(loads(data, [bytearray(buffers[0].raw())])) is bytearray
+    array = bytearray(big[::-1])
+    field = big[1:]
+    sent = (big, b"small", [(1, array)], {"key": Holder(field)}, "x" * 100_000, big)
+    data, buffers = dumps(sent)
+    assert len(buffers) == 3  # each object once: the second big is a reference to the first
+    assert buffers[0] is big and buffers[1] is array and buffers[2] is field  # as they are, not copied
+    assert len(data) < 100_000 + 1024  # only the str (which has no buffer) is in the stream
+    received = [bytearray(buffer) for buffer in buffers]  # what a receiver reads
+    back = loads(data, received)
+    assert back[:3] == (big, b"small", [(1, array)]) and back[3]["key"].payload == field
+    assert back[5] is back[0]
+    assert type(back[0]) is bytes and type(back[2][0][1]) is bytearray
+    assert back[4] == "x" * 100_000
+    data, buffers = dumps(b"x" * 1000)
+    assert buffers == [] and loads(data, []) == b"x" * 1000  # small ones stay in band
+
+
+def fingerprint(item: tuple[int, bytes | bytearray]) -> tuple[int, str, str]:
+    index, data = item
+    return index, type(data).__name__, hashlib.sha256(data).hexdigest()
+
+
+def test_a_large_item_of_a_map_travels_out_of_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    from makeparallel import _serialization
+
+    streams: list[tuple[int, list[Any]]] = []
+    dumps = _serialization.dumps
+
+    def recording(obj: Any) -> tuple[bytes, list[Any]]:
+        data, buffers = dumps(obj)
+        streams.append((len(data), buffers))
+        return data, buffers
+
+    monkeypatch.setattr(_serialization, "dumps", recording)
+    big = os.urandom(4 * 1024 * 1024)
+    array = bytearray(os.urandom(1024 * 1024))
+    items = [(0, big), (1, array), (2, b"small")]
+    assert mp.parallel_map(fingerprint, items, backend="process") == [
+        (0, "bytes", hashlib.sha256(big).hexdigest()),
+        (1, "bytearray", hashlib.sha256(array).hexdigest()),
+        (2, "bytes", hashlib.sha256(b"small").hexdigest()),
+    ]
+    for data in (big, array):
+        carrying = [size for size, buffers in streams if any(buffer is data for buffer in buffers)]
+        assert carrying, "the item was not sent as an out-of-band buffer"
+        assert max(carrying) < 64 * 1024, "the item was copied into its chunk's pickle stream"

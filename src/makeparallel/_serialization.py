@@ -15,9 +15,9 @@
 * Exceptions travel with their own pickling where it is faithful, rebuilt
   where not, and with their cause chain (:mod:`._remote_errors`).
 * Large buffers travel out of band (pickle protocol 5): sent as they are, not
-  copied into the pickle stream. That is ``memoryview`` and NumPy arrays
-  anywhere, and ``bytes`` and ``bytearray`` passed as arguments or returned as
-  results (pickle copies those into its stream unless told otherwise).
+  copied into the pickle stream. That is ``memoryview`` and NumPy arrays, and
+  ``bytes`` and ``bytearray``, anywhere in what is sent: an argument, an item
+  of a map chunk, a field of an object, a result (:class:`_OutOfBandStream`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import struct
 import sys
 import threading
 import weakref
@@ -42,7 +43,6 @@ __all__ = [
     "dumps",
     "dumps_function",
     "dumps_in_band",
-    "large_bytes_out_of_band",
     "load_function",
     "loads",
     "receive_buffer",
@@ -52,30 +52,6 @@ __all__ = [
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 _FUNCTIONS_KEPT = 256  # unpickled functions a worker keeps, by their pickled bytes
-
-
-class _LargeBuffer:
-    """A large ``bytes`` or ``bytearray``, sent out of band.
-
-    Pickle writes both into its stream by itself, without consulting
-    ``reducer_override``; wrapped in this, they travel as a protocol-5 buffer
-    instead and come back as what they were.
-    """
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (type(self.data), (pickle.PickleBuffer(self.data),))
-
-
-def large_bytes_out_of_band(value: Any) -> Any:
-    """``value`` wrapped to travel out of band if it is a large bytes or bytearray."""
-    if type(value) in (bytes, bytearray) and len(value) >= _OUT_OF_BAND_MIN:
-        return _LargeBuffer(value)
-    return value
 
 
 class _SentFunction:
@@ -91,14 +67,14 @@ class _SentFunction:
 
 
 def wrap_argument(value: Any) -> Any:
-    """``value`` as it should travel: a function pickled once, large bytes out of band."""
+    """``value`` as it should travel: a function pickled once, anything else as it is."""
     if type(value) is FunctionType:
         return _SentFunction(dumps_function(value))
-    return large_bytes_out_of_band(value)
+    return value
 
 
-def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj``; return the stream and the buffers sent out of band.
+def dumps(obj: Any) -> tuple[bytes, list[Any]]:
+    """Pickle ``obj``; return the stream and the buffers sent out of band (bytes-like objects).
 
     Each thread keeps one pickler and reuses it (clearing its memo): making a
     cloudpickle pickler costs ten times more than pickling a small call.
@@ -113,30 +89,89 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         raise
 
 
-class _ReusablePickler:
-    __slots__ = ("buffers", "pickler", "stream")
+# What stands, in a pickle stream, for a large bytes or bytearray sent out of band:
+# the next buffer as it is (a bytearray, as the receiver reads it), or bytes(it).
+_TAKE_BYTEARRAY = pickle.NEXT_BUFFER
+_TAKE_BYTES = b"cbuiltins\nbytes\n" + pickle.NEXT_BUFFER + pickle.TUPLE1 + pickle.REDUCE
+_BYTES_HEADER = struct.Struct("<cI")  # BINBYTES: bytes under 4 GiB
+_BYTES8_HEADER = struct.Struct("<cQ")  # BINBYTES8, BYTEARRAY8
+
+
+_write = io.BytesIO.write
+
+
+class _OutOfBandStream(io.BytesIO):
+    """The file a pickler writes to, which takes large ``bytes`` and ``bytearray`` out of band.
+
+    Pickle writes a bytes or bytearray into its stream itself, without asking
+    ``reducer_override`` or a ``buffer_callback``, so a large one nested in a
+    list, a tuple or an object's fields (a map chunk's items) would be copied
+    into the stream, then copied again by every step that handles the stream.
+    But CPython's picklers (the C one and the Python one alike, since 3.8)
+    write a payload of 64 KiB or more to their file as the object itself,
+    right after its opcode and length (``_Pickler_write_bytes`` in
+    ``Modules/_pickle.c``, ``_Framer.write_large_bytes`` in ``pickle.py``).
+    This file recognises that pair, keeps the object as an out-of-band buffer
+    and writes, instead of the opcode, the protocol-5 opcodes that take the next
+    buffer (and for bytes, ``bytes(buffer)``): the stream holds a few bytes, and
+    the item is sent as it is. A pickler that ever wrote such payloads another
+    way would only lose this shortcut, not correctness.
+    """
 
     def __init__(self) -> None:
-        self.stream = io.BytesIO()
-        self.buffers: list[pickle.PickleBuffer] = []
+        super().__init__()
+        self.buffers: list[Any] = []  # shared with the pickler's buffer_callback: one list, in stream order
+        self.last: Any = b""  # the previous write: its end is the opcode of the payload that follows
+
+    def write(self, data: Any) -> int:
+        kind = type(data)
+        if (kind is bytes or kind is bytearray) and len(data) >= _OUT_OF_BAND_MIN:
+            header = self._header_before(kind, len(data))
+            if header:
+                self.seek(-header, io.SEEK_CUR)
+                self.truncate()
+                _write(self, _TAKE_BYTES if kind is bytes else _TAKE_BYTEARRAY)
+                self.buffers.append(data)
+                self.last = b""
+                return len(data)
+        self.last = data
+        return _write(self, data)
+
+    def _header_before(self, kind: type, size: int) -> int:
+        """The length of the opcode and size of a ``kind`` payload of ``size`` bytes that ends the last write, or 0."""
+        last = self.last
+        if kind is bytearray:
+            return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(pickle.BYTEARRAY8, size)) else 0
+        if size <= 0xFFFFFFFF:
+            return _BYTES_HEADER.size if last.endswith(_BYTES_HEADER.pack(pickle.BINBYTES, size)) else 0
+        return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(pickle.BINBYTES8, size)) else 0
+
+
+class _ReusablePickler:
+    __slots__ = ("pickler", "stream")
+
+    def __init__(self) -> None:
+        self.stream = _OutOfBandStream()
         self.pickler: Any = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
 
     def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
             return True  # in band
-        self.buffers.append(buffer)
+        self.stream.buffers.append(buffer)
         return False
 
-    def dumps(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    def dumps(self, obj: Any) -> tuple[bytes, list[Any]]:
         stream = self.stream
         stream.seek(0)
         stream.truncate()
-        self.buffers = []
+        buffers: list[Any] = []
+        stream.buffers = buffers
         self.pickler.clear_memo()
         if self.pickler.open_exceptions:
             self.pickler.open_exceptions.clear()
         self.pickler.dump(obj)
-        return stream.getvalue(), self.buffers
+        stream.last = b""  # keep no reference to what was sent
+        return stream.getvalue(), buffers
 
 
 _picklers = threading.local()

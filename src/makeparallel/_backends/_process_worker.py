@@ -206,7 +206,7 @@ class _Worker:
             _local.task = None
             self._current = None
         try:
-            result, result_buffers = _serialization.dumps(_serialization.large_bytes_out_of_band(value))
+            result, result_buffers = _serialization.dumps(value)
         except Exception as error:
             detail = f"{type(error).__name__}: {error}"
             if ok:
