@@ -12,7 +12,11 @@ share this process's GIL with the server; on a small machine they still share
 its cores with the server and the workers, so run it on a quiet machine for
 the figure that matters.
 
-    python benchmarks/web_ping.py [--requests 200] [--limit 20000] [--workers N]
+    python benchmarks/web_ping.py [--requests 200] [--limit 20000] [--workers N] [--nice 10]
+
+Workers that fill every core compete with the server's event loop for the CPU;
+``--nice N`` starts them at a lower priority (``os.nice`` as the pool's
+initializer), which the operating system's scheduler then honours.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import socket
 import statistics
 import threading
@@ -42,7 +47,9 @@ def count_primes(limit: int) -> int:
     return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
 
 
-def make_app(workers: int) -> FastAPI:
+def make_app(workers: int, nice: int) -> FastAPI:
+    if nice:  # a lower priority for the workers than for the server's event loop
+        mp.configure_process_pool(initializer=os.nice, initargs=(nice,))
     app = FastAPI(lifespan=lifespan(num_workers=workers, prestart=True, shutdown_timeout=10))
 
     @app.get("/primes/{limit}")
@@ -106,14 +113,14 @@ def describe(samples: list[float]) -> str:
     )
 
 
-def main(requests: int, limit: int, workers: int) -> None:
+def main(requests: int, limit: int, workers: int, nice: int) -> None:
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections
     # accepted from a socket that says it is TCP, and without it Nagle's algorithm
     # holds each response's body until the client's delayed ACK of its headers,
     # about 40 ms on Linux, on every request. `uvicorn --port` binds this way itself.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(make_app(workers), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(make_app(workers, nice), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
     while not server.started:
@@ -137,7 +144,8 @@ def main(requests: int, limit: int, workers: int) -> None:
     finally:
         server.should_exit = True
         thread.join()
-    print(f"{requests} concurrent requests, each count_primes({limit}) on {workers} worker processes")
+    niced = f", niced by {nice}" if nice else ""
+    print(f"{requests} concurrent requests, each count_primes({limit}) on {workers} worker processes{niced}")
     print(f"  all answered in {elapsed:.2f} s ({requests / elapsed:.0f} requests/s), all 200: {all_ok}")
     print(f"  /ping on the idle server: {describe(idle)}")
     print(f"  /ping under load:         {describe(busy)} (target: under 50 ms)")
@@ -148,5 +156,6 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--limit", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=mp.get_thread_pool_info()["num_threads"])
+    parser.add_argument("--nice", type=int, default=0, help="run the workers at this lower priority (os.nice)")
     arguments = parser.parse_args()
-    main(arguments.requests, arguments.limit, arguments.workers)
+    main(arguments.requests, arguments.limit, arguments.workers, arguments.nice)
