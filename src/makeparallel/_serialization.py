@@ -30,14 +30,10 @@ import sys
 import threading
 import weakref
 from types import FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._decorators import ParallelFunction
 from ._remote_errors import reduce_exception
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from multiprocessing.connection import Connection
 
 __all__ = [
     "dumps",
@@ -45,8 +41,6 @@ __all__ = [
     "dumps_in_band",
     "load_function",
     "loads",
-    "receive_buffer",
-    "send_message",
     "wrap_argument",
 ]
 
@@ -238,23 +232,6 @@ def load_function(data: bytes) -> Any:
 
 
 _loaded: dict[bytes, Any] = {}
-
-
-def send_message(conn: Connection, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
-    """Send one message between parent and worker: the pickled tuple, then its buffers."""
-    conn.send_bytes(pickle.dumps(message, protocol=5))
-    for buffer in buffers:
-        conn.send_bytes(buffer)
-
-
-def receive_buffer(conn: Connection, size: int) -> bytearray:
-    """Read one out-of-band buffer of ``size`` bytes from ``conn``, straight into place.
-
-    A bytearray, so that NumPy arrays built on it are writable.
-    """
-    buffer = bytearray(size)
-    conn.recv_bytes_into(buffer)
-    return buffer
 
 
 def loads(data: bytes, buffers: list[Any]) -> Any:

@@ -31,15 +31,14 @@ import functools
 import importlib
 import logging
 import os
-import pickle
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import _serialization
@@ -49,6 +48,7 @@ from .._states import CANCELLED, RUNNING
 from .._task_context import _local
 from .._task_logging import _stamp
 from ..errors import TaskError, TaskSerializationError
+from ._channel import Channel
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import die_with_parent
 
@@ -117,7 +117,7 @@ class _ForwardingHandler(logging.Handler):
 
 
 class _Worker:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self._conn = conn
         self._send_lock = threading.Lock()
         self._inbox: deque[Any] = deque()
@@ -128,7 +128,7 @@ class _Worker:
 
     def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
         with self._send_lock:  # threads of a task may log while it sends its result
-            _serialization.send_message(self._conn, message, buffers)
+            self._conn.send(message, buffers)
 
     def serve(self) -> None:
         """Set up, then run tasks until the parent is gone or asks this worker to stop.
@@ -228,11 +228,11 @@ class _Worker:
         conn = self._conn
         try:
             while True:
-                message = pickle.loads(conn.recv_bytes())
+                message = conn.recv()
                 kind = message[0]
                 if kind == "tasks":
                     tasks = [
-                        ("task", (task_id, name, function, data, [_serialization.receive_buffer(conn, size) for size in sizes], timed))
+                        ("task", (task_id, name, function, data, [conn.recv_frame() for _ in sizes], timed))
                         for task_id, name, function, data, sizes, timed in message[1]
                     ]
                     self._post(tasks)
@@ -295,7 +295,7 @@ def main(fd: int, parent_pid: int) -> None:
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = _Worker(Connection(fd))
+    worker = _Worker(Channel(socket.socket(fileno=fd)))
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
