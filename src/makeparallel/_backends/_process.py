@@ -3,10 +3,10 @@
 Data flow::
 
     submit() --pickle, then queue--> queues[priority] --wake--> loop thread
-                                                                 |  one pipe per worker,
-                  handle settles <--results, progress, logs---   |  owned by the parent
-                                                                 v
-                                              worker process: run tasks in order
+        |                                                        |  one pipe per worker,
+        |         handle settles <--results, progress, logs---   |  owned by the parent
+        |                                                        v
+        +--- a small task, nothing queued, a worker idle --> worker process: run tasks in order
 
 Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebble):
 
@@ -18,7 +18,8 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
 * A worker gets one task at a time, so queued tasks start by priority; once
   tasks prove short (under a millisecond on average), it gets a window of them
   (every idle worker first, and no more than its fair share of the queue), so
-  that it never waits for a round trip. A task with
+  that it never waits for a round trip. With nothing queued, a small task is
+  sent straight to an idle worker by the submitting thread. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
 * At a timeout, or ``cancel(force=True)``, the worker running the task is
@@ -555,12 +556,15 @@ class ProcessBackend(QueueingBackend):
         """A worker ``handle`` may go to straight from ``submit()``; else None (the loop sends it).
 
         Only when nothing is queued (priorities and order hold), the loop has
-        nothing to decide (not paused, broken, stopping or short of workers), and
+        nothing to decide (not paused, broken, stopping, short of workers or
+        watching workers' memory), and
         the task is small enough that sending it never blocks. Sending from the
         submitting thread saves waking the loop thread, a third of a no-op's round trip.
         """
         if self._queued or self._paused or self._broken is not None or self._terminating or self._loop is None:
             return None
+        if self._max_worker_memory is not None:
+            return None  # the loop reads a worker's memory after its task ends, before it gets another
         function, data, buffers = handle._payload
         if buffers or len(function) + len(data) > _DIRECT_BYTES:
             return None
