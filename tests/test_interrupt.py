@@ -297,6 +297,46 @@ def test_cancel_all_cancels_only_unfinished_handles_once_each(gate: threading.Ev
         queued[0].get()
 
 
+@pytest.mark.timeout(30)
+def test_cancel_all_ends_queued_tasks_nobody_waits_on_in_bulk(gate: threading.Event) -> None:
+    # Queued tasks that nobody waits on take the bulk path, with callbacks or
+    # without: listed twice, each still ends once, is counted once, heard of once
+    # by listeners and its callbacks, and its error (made when first asked for)
+    # names it.
+    hold_one_worker(gate)
+    task = mp.parallel(backend="thread", name="bulk")(abs)
+    quiet = [task(-i) for i in range(300)]
+    told = [task(-i) for i in range(50)]
+    seen: list[int] = []
+    for handle in told:
+        handle.on_error(lambda error, h=handle: seen.append(h.get_task_id()))
+    finished: list[int] = []
+
+    def listener(event: mp.TaskEvent) -> None:
+        if event.kind == "finished":
+            finished.append(event.task_id)
+
+    mp.add_task_listener(listener)
+    try:
+        assert cancel_all([*quiet, *told, *quiet[:100], *told[:10]]) == 350
+    finally:
+        mp.remove_task_listener(listener)
+    assert {h.status for h in quiet + told} == {"cancelled"}
+    assert sorted(finished) == sorted(h.get_task_id() for h in quiet + told)
+    assert sorted(seen) == sorted(h.get_task_id() for h in told)
+    info = mp.get_thread_pool_info()
+    assert info["queued_tasks"] == 0 and info["active_tasks"] == 1, info  # the held task
+    metrics = mp.get_metrics("bulk")
+    assert metrics is not None and metrics.cancelled_tasks == 350, metrics
+    handle = quiet[42]
+    assert handle.done() and handle.cancelled() and not handle.running()
+    with pytest.raises(mp.TaskCancelledError, match=rf"task {handle.get_task_id()} \(bulk\) was cancelled") as first:
+        handle.get()
+    with pytest.raises(mp.TaskCancelledError) as again:
+        handle.exception()
+    assert again.value is first.value  # one error per task, whoever asks
+
+
 # -- the pool after an interrupt, in this process ---------------------------------------------
 
 RECOVER_SCRIPT = WORK + """

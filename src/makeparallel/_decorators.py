@@ -114,6 +114,10 @@ class TaskSpec:
         if first:
             shard.retried += 1
 
+    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
+        """Count ``count`` tasks cancelled before they started, together (under ``lock``)."""
+        self._shard(lock).cancelled += count
+
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
         for limiter in handle._permits:
@@ -156,6 +160,11 @@ class GuardedTaskSpec(TaskSpec):
         if not isinstance(error, CircuitOpenError):  # a refused attempt never ran
             started = handle._started_at
             self._record(handle, self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started)  # type: ignore[union-attr]
+
+    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
+        super().tasks_cancelled(lock, count)
+        for _ in range(count):
+            self.breaker.release()  # type: ignore[union-attr]
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         super().task_finished(handle)

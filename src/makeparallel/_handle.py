@@ -82,7 +82,10 @@ class TaskObserver(Protocol):
         """Called once per accepted task, under the backend lock: keep it short."""
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
-        """Called exactly once per task, under the backend lock: keep it short."""
+        """Called once per task that ``tasks_cancelled`` does not count, under the backend lock."""
+
+    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
+        """``count`` queued tasks were cancelled together, before they started (under ``lock``)."""
 
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         """Called when an attempt failed and another is scheduled, under the backend lock."""
@@ -241,9 +244,10 @@ class AsyncHandle(Generic[T]):
             self._wait_for_end(timeout)
         if self._state == SUCCEEDED:
             return None
+        error = self._error_for_caller()
         if self._state == CANCELLED:
-            raise self._value
-        return self._error_for_caller()
+            raise error
+        return error
 
     def wait(self, timeout: float | None = None, *, timeout_secs: float | None = None) -> bool:
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
@@ -897,7 +901,12 @@ class AsyncHandle(Generic[T]):
 
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception gets its note the first time out."""
-        error: BaseException = self._value
+        error: BaseException | None = self._value
+        if error is None:  # cancelled in bulk: its error is made when first asked for
+            with self._backend._lock:
+                if self._value is None:
+                    self._value = TaskCancelledError(f"task {self._id} ({self._observer.name}) was cancelled")
+                return self._value  # type: ignore[no-any-return]
         if self._state == FAILED:
             with self._backend._lock:
                 first = not self._noted
@@ -931,6 +940,46 @@ def _add_note(error: BaseException, note: str) -> None:
         error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
+def cancel_queued_locked(
+    handles: list[AsyncHandle[Any]],
+) -> tuple[list[AsyncHandle[Any]], list[tuple[AsyncHandle[Any], _Announcement]]]:
+    """End queued tasks that nobody waits on as cancelled, under their backend's lock.
+
+    What ``_cancel_locked`` and ``_settle_locked`` do for one task, for a batch:
+    with no waiter or admission permit, the batch is counted at once, and each
+    task's ``TaskCancelledError`` is made only if someone asks for it
+    (``_error_for_caller``): most are never asked for after a Ctrl-C. Returns
+    the tasks it ended (each once, however often listed) that have no
+    callbacks, and those that have, with the callbacks to run; the backend's
+    own counts follow in ``_cancelled_queued_locked``.
+    """
+    now = _now()
+    ended: list[AsyncHandle[Any]] = []
+    told: list[tuple[AsyncHandle[Any], _Announcement]] = []
+    observer: TaskObserver | None = None
+    count = 0
+    for handle in handles:
+        if handle._state != PENDING:
+            continue  # listed twice
+        handle._state = CANCELLED
+        handle._code_done = True  # it will never run
+        handle._finished_at = now
+        handle._fn = handle._args = handle._kwargs = handle._context = handle._payload = None
+        if handle._callbacks is None:
+            ended.append(handle)
+        else:
+            told.append((handle, (handle._callbacks, None)))
+            handle._callbacks = None
+        if handle._observer is not observer:
+            if observer is not None:
+                observer.tasks_cancelled(handle._backend._lock, count)
+            observer, count = handle._observer, 0
+        count += 1
+    if observer is not None:
+        observer.tasks_cancelled(handles[0]._backend._lock, count)
+    return ended, told
+
+
 def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
     """Cancel every unfinished handle of ``handles`` at once; return how many it cancelled.
 
@@ -942,6 +991,10 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
     backend then learns of the running tasks it lost all at once, when nothing of
     the batch is left queued for a replacement thread to run.
     """
+    handles = list(handles)
+    backends = {handle._backend for handle in handles}
+    if len(backends) == 1:  # the usual batch: no grouping (ended handles are skipped there)
+        return backends.pop()._cancel_together(handles)
     by_backend: dict[Backend, list[AsyncHandle[Any]]] = {}
     for handle in handles:
         if handle._state < SUCCEEDED:

@@ -11,8 +11,8 @@ import gc
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _deadlines
-from .._states import RETRY_WAIT, RUNNING, SUCCEEDED
+from .. import _deadlines, _events
+from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -168,8 +168,12 @@ class Backend:
         Callbacks and waiters follow outside the lock, then the running tasks
         lost are reported at once (see ``makeparallel._handle.cancel_all``).
         """
+        from .._handle import cancel_queued_locked  # (a cycle: handles import this module)
+
         ended: list[tuple[AsyncHandle[Any], Any]] = []
         running: list[AsyncHandle[Any]] = []
+        queued: list[AsyncHandle[Any]] = []  # nobody waits: ended in bulk, then those without callbacks
+        told: list[tuple[AsyncHandle[Any], Any]] = []  # ... and those with, and their callbacks
         # A batch allocates an error per task, and each garbage collection that
         # this triggers scans every object alive: with a large batch that cost
         # three times the cancellation itself (measured, 200,000 tasks).
@@ -181,15 +185,35 @@ class Backend:
                     previous = handle._state
                     if previous >= SUCCEEDED:
                         continue  # ended meanwhile, or listed twice
+                    if (  # queued, never started, nobody waits: cancel_queued_locked
+                        previous == PENDING
+                        and handle._started_at is None
+                        and handle._waiters is None
+                        and not handle._permits
+                    ):
+                        queued.append(handle)
+                        continue
                     ended.append((handle, handle._cancel_locked()))
                     if previous == RUNNING:
                         running.append(handle)
+                if queued:
+                    queued, told = cancel_queued_locked(queued)
+                    self._cancelled_queued_locked([*queued, *(handle for handle, _ in told)])
+                    ended += told
             self._announce_cancelled(ended)
+            if queued and _events.listeners:
+                for handle in queued:
+                    handle._after_cancel(None)
         finally:
             if collecting:
                 gc.enable()
             self._abandoned_all(running)
-        return len(ended)
+        return len(ended) + len(queued)
+
+    def _cancelled_queued_locked(self, handles: list[AsyncHandle[Any]]) -> None:
+        """Queued tasks were cancelled together (:func:`cancel_all`): count them as ended."""
+        for handle in handles:
+            self._settled_locked(handle, True)
 
     @staticmethod
     def _announce_cancelled(ended: list[tuple[AsyncHandle[Any], Any]]) -> None:

@@ -93,6 +93,14 @@ class QueueingBackend(Backend):
             self._dequeued_locked()  # cancelled while queued
         super()._settled_locked(handle, was_pending)
 
+    def _cancelled_queued_locked(self, handles: list[AsyncHandle[Any]]) -> None:
+        self._queued -= len(handles)
+        if not self._queued:
+            self._drop_stale_locked()
+        self._active -= len(handles)
+        if self._active == 0 and self._idle_waiters:
+            self._wake_idle_waiters_locked()
+
     def _dequeued_locked(self) -> None:
         """A queued task was cancelled or claimed inline: its entry is now stale.
 
