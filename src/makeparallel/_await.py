@@ -1,6 +1,7 @@
 """``await handle``: wait for a task without blocking the event loop; cancellation crosses.
 
-A handle awaited from a coroutine gets one done-callback. When the task ends, on
+``handle.__await__`` returns at once for a task that ended; otherwise it drives
+:func:`wait_for_end`, and the handle gets one done-callback. When the task ends, on
 whatever thread ends it, the callback puts the await's future in its loop's
 queue and, if none is scheduled yet, schedules one drain with
 ``call_soon_threadsafe``. A drain wakes at most ``_BATCH`` awaits per turn of the
@@ -24,14 +25,12 @@ import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
 __all__ = ["ended", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
-
-T = TypeVar("T")
 
 _BATCH = 256  # awaits woken per turn of the loop, at most
 
