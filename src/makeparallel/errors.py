@@ -8,8 +8,9 @@ and subclass the standard types a caller already catches (``TimeoutError``,
 ``concurrent.futures.CancelledError``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: this module loads with the package,
+# and that line would import the ``__future__`` module too; these annotations
+# are valid at run time.
 import concurrent.futures
 
 __all__ = [
