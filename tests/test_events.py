@@ -7,8 +7,10 @@ because ``get()`` returned: it waits (bounded) for the event itself.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import pickle
 import select
 import threading
 import uuid
@@ -395,6 +397,19 @@ def test_removing_an_unknown_listener_raises_value_error() -> None:
 def test_a_non_callable_listener_raises_type_error(not_callable: Any) -> None:
     with pytest.raises(TypeError, match="must be callable"):
         mp.add_task_listener(not_callable)
+
+
+def test_task_event_is_a_value() -> None:
+    event = mp.TaskEvent(
+        kind="retry", task_id=1, name="f", status="pending", time=0.0, queue_wait=None, duration=None,
+        metadata={"k": 1}, attempt=1, error=ValueError("x"), wait=0.5,
+    )
+    for copied in (pickle.loads(pickle.dumps(event)), copy.copy(event), copy.deepcopy(event)):
+        assert repr(copied) == repr(event)
+        assert (copied.kind, copied.attempt, copied.wait, copied.metadata) == ("retry", 1, 0.5, {"k": 1})
+    same = mp.TaskEvent("retry", 1, "f", "pending", 0.0, None, None, {"k": 1}, 1, event.error, 0.5)
+    assert same == event
+    assert same != mp.TaskEvent("retry", 2, "f", "pending", 0.0, None, None, {"k": 1}, 1, event.error, 0.5)
 
 
 def test_task_event_is_frozen() -> None:

@@ -128,6 +128,10 @@ class TaskEvent:
 
     __hash__ = None  # type: ignore[assignment]  # equal by value, and metadata is a dict
 
+    def __reduce__(self) -> tuple[type[TaskEvent], tuple[Any, ...]]:
+        # Pickled and copied by its fields: the default would set them one by one, which freezing refuses.
+        return (TaskEvent, tuple(getattr(self, field) for field in _FIELDS))
+
     def __repr__(self) -> str:
         return f"TaskEvent({', '.join(f'{field}={getattr(self, field)!r}' for field in _FIELDS)})"
 
