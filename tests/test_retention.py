@@ -60,6 +60,35 @@ def test_a_worker_running_the_next_task_keeps_no_earlier_result(gate: Any) -> No
     assert held.get(timeout=10)
 
 
+@pytest.mark.timeout(30)
+def test_a_worker_that_settles_and_claims_in_one_round_keeps_no_earlier_result(gate: Any) -> None:
+    # Both tasks are queued, so the worker settles the first and claims the
+    # second in one lock round, then runs the second while the first is dropped.
+    resize(1)
+    release_first, second_started = threading.Event(), threading.Event()
+    refs: list[weakref.ref[Any]] = []
+
+    def first_task() -> set[int]:
+        release_first.wait(30)
+        result = make_result(1)
+        refs.append(weakref.ref(result))
+        return result
+
+    def second_task() -> bool:
+        second_started.set()
+        return gate.wait(30)
+
+    first = mp.parallel(backend="thread")(first_task)()
+    second = mp.parallel(backend="thread")(second_task)()
+    release_first.set()
+    assert second_started.wait(10)
+    assert first.wait(10) and first.done()
+    del first
+    assert gone(refs[0]), gc.get_referrers(refs[0]())
+    gate.set()
+    assert second.get(timeout=10)
+
+
 @pytest.mark.timeout(60)
 def test_the_process_backend_keeps_no_result() -> None:
     task = mp.parallel(backend="process")(make_result)

@@ -425,12 +425,12 @@ class ThreadBackend(QueueingBackend):
                 lock.release()
             if settled is not None and (announce is not None or _events.listeners):
                 settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
+            settled = announce = None  # neither an idle worker nor the next task keeps it alive
             if handle is None:
                 if retire:
                     if wake is not None:
                         wake.release()
                     return
-                settled = announce = None  # an idle worker keeps no task alive
                 park.acquire()
                 continue
             if handle._state != RUNNING:
