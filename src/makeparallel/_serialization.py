@@ -32,7 +32,6 @@ import weakref
 from types import FunctionType
 from typing import Any
 
-from ._decorators import ParallelFunction
 from ._remote_errors import reduce_exception
 
 __all__ = [
@@ -297,6 +296,8 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
         return None
     for part in fn.__qualname__.split("."):
         target = getattr(target, part, None)
+    from ._decorators import ParallelFunction  # here: a worker, which only unpickles, never loads the decorators
+
     if isinstance(target, ParallelFunction) and target.__wrapped__ is fn:
         return fn.__module__, fn.__qualname__
     return None

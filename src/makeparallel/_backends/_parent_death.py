@@ -6,9 +6,10 @@ re-parented to init. Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``)
 is delivered by the kernel whatever the process does. It must be ``SIGKILL``:
 a Python handler cannot run during a C call either.
 
-Linux sends it when the *thread* that forked the worker ends, not the process,
-so the parent starts every worker from its pool's loop thread, which outlives
-its workers. The parent may have died between starting the worker and the
+Linux sends it when the *thread* that forked the process ends, not the
+process, so the pool starts its template (and, where there is none, every
+worker) from its loop thread, which outlives them; a worker forked from the
+template asks for the signal on the template's death. The parent may have died between starting the worker and the
 ``prctl`` call: the worker then checks that its parent is still the process
 that started it.
 """

@@ -26,11 +26,14 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   terminated (then killed), the task fails, the tasks sent behind it go back to
   the queue, and a new worker takes its place. A worker that dies on its own
   fails its task with ``WorkerCrashedError``, exit code or signal named.
-* Workers are fresh interpreters (``subprocess`` with the pipe passed down), never
-  forks of this possibly threaded process, and they do not re-import your
-  ``__main__``: functions from it travel by value. A worker exits as soon as its
-  pipe closes, and on Linux the kernel kills it when the loop thread that
-  started it ends (``_parent_death``), so it never outlives the parent.
+* Workers are never forks of this possibly threaded process. On Linux they are
+  forked from a clean, single-threaded template process (``_template``) that the
+  loop thread starts on the first process task; elsewhere they are fresh
+  interpreters (``subprocess`` with the pipe passed down). Neither re-imports
+  your ``__main__``: functions from it travel by value. A worker exits as soon
+  as its pipe closes, and on Linux the kernel kills the template when the loop
+  thread that started it ends, and each worker when its template ends
+  (``_parent_death``), so none outlives the parent.
 * A worker is set up before its first task (``sys.path``, BLAS thread limits,
   the pool's initializer) and says when it is ready; a task with a timeout
   has its clock started by the worker's "started" message.
@@ -71,6 +74,7 @@ from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
+from ._template import ForkedProcess, Template, template_available
 from ._thread import default_thread_count
 
 if TYPE_CHECKING:
@@ -120,7 +124,7 @@ class _Worker:
         "process", "ready", "retiring", "send_lock", "sent", "stop_reason",
     )
 
-    def __init__(self, process: subprocess.Popen[bytes], conn: Channel, path_version: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes] | ForkedProcess, conn: Channel, path_version: int) -> None:
         self.process = process
         self.conn = conn
         # Held while a message is sent: by the loop thread, or by a submitting
@@ -172,6 +176,8 @@ class ProcessBackend(QueueingBackend):
         os.set_blocking(self._wake_w, False)
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
+        self._template: Template | None = None  # forks the workers (Linux); the loop thread owns it
+        self._task_coming = False  # a first task is being pickled: start the workers meanwhile
         self._terminating = False
         self._restarts: dict[str, int] = {}  # by reason
         self._setup = NO_SETUP
@@ -272,6 +278,10 @@ class ProcessBackend(QueueingBackend):
     # -- submission --------------------------------------------------------------------
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
+        if self._loop is None and not self._closed:  # cold: workers start while the task is pickled
+            with self._lock:
+                self._task_coming = True
+            self._start_loop()
         self._prepare(handle)
         with self._lock:
             self._refuse_if_closed_locked()
@@ -439,6 +449,7 @@ class ProcessBackend(QueueingBackend):
         for worker in workers:
             _close(worker)
             _stop(worker.process)
+        self._close_template()
         for handle in owned:
             handle._finish(
                 FAILED,
@@ -454,17 +465,63 @@ class ProcessBackend(QueueingBackend):
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             watched: list[_Worker] = []
+            template: Template | None = None
             while self._maintain():
                 workers = self._workers
                 if workers != watched:
                     _watch(selector, watched, workers)
                     watched = list(workers)
+                if self._template is not template:
+                    _watch_template(selector, template, self._template)
+                    template = self._template
                 for key, _ in selector.select(self._next_kill_in()):
                     if key.data is None:
                         _drain(self._wake_r)
                         self._woken = False  # before _maintain looks: a later wake writes again
+                    elif isinstance(key.data, Template):
+                        key.data.read()  # forks and exits reported
                     else:
                         self._receive_all(key.data)
+        self._close_template()
+
+    def _start_worker(self, path: list[str], path_version: int) -> _Worker:
+        """Start a worker: forked from the template on Linux, else a fresh interpreter."""
+        parent_end, child_end = socket.socketpair()
+        try:
+            environ = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **thread_limits(self._num_workers))
+            forked = self._fork(child_end, path, environ) if template_available() else None
+            process: subprocess.Popen[bytes] | ForkedProcess
+            if forked is not None:
+                process = forked
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
+                    pass_fds=(child_end.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    env=environ,
+                )
+        finally:
+            child_end.close()
+        return _Worker(process, Channel(parent_end), path_version)
+
+    def _fork(self, child_end: socket.socket, path: list[str], environ: dict[str, str]) -> ForkedProcess | None:
+        """A worker forked from the template, started first if need be; None if it cannot start."""
+        template = self._template
+        if template is None or not template.alive:
+            if template is not None:
+                template.close()  # it died: reap it
+            try:
+                template = self._template = Template(environ)
+            except OSError:
+                self._template = None
+                return None
+        return template.fork(child_end, path, environ)
+
+    def _close_template(self) -> None:
+        """Stop the template once the loop has stopped every worker."""
+        template, self._template = self._template, None
+        if template is not None:
+            template.close()
 
     def _maintain(self) -> bool:
         """Start and stop workers, send control messages, dispatch; False to end the loop."""
@@ -483,13 +540,14 @@ class ProcessBackend(QueueingBackend):
             broken = self._broken
             refused = self._take_queued_locked() if broken is not None else []
             staying = sum(1 for w in self._workers if not w.leaving)
-            wanted = (self._queued or self._warm) and self._broken is None
+            wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
+            self._task_coming = False
             missing = self._num_workers - staying if wanted else 0
             setup, path, path_version = self._setup, self._path, self._path_version
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
         for _ in range(max(0, missing)):
-            worker = _start_worker(path, path_version, self._num_workers)
+            worker = self._start_worker(path, path_version)
             _send(worker, ("setup", setup.initializer, setup.initargs))
             with self._lock:
                 self._workers.append(worker)
@@ -683,6 +741,8 @@ class ProcessBackend(QueueingBackend):
             elif kind == "started":
                 self._started(worker, message[1])
             elif kind == "ready":
+                if worker.process.pid is None:  # forked: the template's report may come later
+                    worker.process.pid = message[1]
                 with self._lock:
                     worker.ready = True
                     self._failed_starts = 0
@@ -877,29 +937,16 @@ def thread_limits(num_workers: int) -> dict[str, str]:
     return {name: per_worker for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
 
 
-def _start_worker(path: list[str], path_version: int, num_workers: int) -> _Worker:
-    parent_end, child_end = socket.socketpair()
-    try:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **thread_limits(num_workers))
-        process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
-            pass_fds=(child_end.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    finally:
-        child_end.close()
-    return _Worker(process, Channel(parent_end), path_version)
-
-
 def _resident_bytes(worker: _Worker) -> int | None:
-    """The worker process's resident memory (RSS) in bytes, or ``None`` if it is gone."""
+    """The worker process's resident memory (RSS) in bytes, or ``None`` if it is gone (or not yet known)."""
     if worker.memory_probe is None:
+        if worker.process.pid is None:
+            return None
         worker.memory_probe = ResidentMemory(worker.process.pid)
     return worker.memory_probe.read()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int | None:
+def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
     """Make sure ``process`` is gone and reaped (no zombie); return its exit code.
 
     The caller closed the worker's pipe first, which ends an idle worker cleanly
@@ -927,6 +974,17 @@ def _watch(selector: selectors.BaseSelector, before: list[_Worker], now: list[_W
     for worker in now:
         if worker not in before:
             selector.register(worker.conn, selectors.EVENT_READ, worker)
+
+
+def _watch_template(selector: selectors.BaseSelector, before: Template | None, now: Template | None) -> None:
+    """Make ``selector`` watch the socket of the template ``now`` instead of ``before``'s."""
+    if before is not None:
+        try:
+            selector.unregister(before)
+        except (KeyError, ValueError):
+            pass
+    if now is not None and now.alive:
+        selector.register(now, selectors.EVENT_READ, now)
 
 
 def _drain(fd: int) -> None:
@@ -1002,6 +1060,8 @@ def _drop_pipes_after_fork() -> None:
     for backend in list(_alive):
         for worker in backend._workers:
             worker.conn.close()
+        if backend._template is not None:
+            backend._template.sock.close()  # not its parent: only the socket is ours to drop
         for fd in (backend._wake_r, backend._wake_w):
             try:
                 os.close(fd)

@@ -15,7 +15,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
-    worker -> parent   ("ready",)                          set up: tasks may start
+    worker -> parent   ("ready", pid)                      set up: tasks may start
                        ("init_failed", data)               the initializer raised; exiting
                        ("started", task_id)                a timed task starts: its clock starts
                        ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
@@ -176,7 +176,7 @@ class _Worker:
                 self.send(("init_failed", data))
                 os._exit(1)
             self._flush_output()
-        self.send(("ready",))
+        self.send(("ready", os.getpid()))  # a forked worker's pid may reach the parent first this way
 
     def _flush_output(self) -> None:
         sys.stdout.flush()

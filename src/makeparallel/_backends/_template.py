@@ -1,0 +1,294 @@
+"""The template process: a clean interpreter that forks the pool's workers (Linux).
+
+A worker started as a fresh interpreter pays the interpreter's start-up and the
+worker module's imports, every time: the first result of a cold pool of two
+took 5x ``multiprocessing.Pool``'s with ``fork``, and each replacement after a
+crash or a timeout paid it again. Forking the user's process instead would be
+instant, but that process may be threaded, and a fork of a threaded process can
+deadlock on a lock some other thread held. So the pool starts one *template*
+(what ``multiprocessing``'s forkserver does): a fresh interpreter,
+single-threaded, which imports only the worker module and forks a worker each
+time the pool asks. A fork of it is a ready worker in about a millisecond.
+
+What a fresh interpreter gave each worker, a forked one still gets:
+
+* the parent's *current* ``sys.path``, environment (with the BLAS thread
+  limits) and working directory travel with each request, and the worker sets
+  them before it reads its first message, so a task that imports NumPy sees
+  the limits;
+* the template dies with the user's process (``PR_SET_PDEATHSIG``, asked by the
+  loop thread that started it, which outlives it), and each worker with the
+  template, so the chain ends when the user's process dies, even inside a long
+  C call; a worker also ends when its own pipe to the user's process closes;
+* a worker that returns from its main function exits as a fresh interpreter
+  would (``SystemExit`` unwinds to the top: ``atexit`` handlers run);
+* the pool never signals a process id the template may have reaped and the
+  system reused: it asks the template, which signals only its own unreaped
+  children, and reports each one's exit code when it reaps it.
+
+The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
+packet, and a fork request carries the worker's end of its pipe as ancillary
+data (``SCM_RIGHTS``)::
+
+    pool -> template   ("fork", number, sys_path, environ, cwd) + the worker's socket
+                       ("signal", number, signum)
+    template -> pool   ("forked", number, pid)
+                       ("exited", number, returncode)
+
+Workers are numbered by the pool, so a request never waits for a reply.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess  # the pool's side only: the template process does without it
+
+__all__ = ["ForkedProcess", "Template", "serve", "template_available"]
+
+_TEMPLATE_MAIN = (
+    "import sys; from makeparallel._backends._template import serve; "
+    "import makeparallel._backends._process_worker; "
+    "serve(int(sys.argv[1]), int(sys.argv[2]))"
+)
+_PACKET = 256 * 1024  # the largest request: sys.path and the environment, pickled
+
+
+def template_available() -> bool:
+    """Whether workers are forked from a template here: Linux, where the parent-death chain holds."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and hasattr(socket, "send_fds")
+
+
+class Template:
+    """The pool's side of the template process. Used by the pool's loop thread only."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        import subprocess
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _TEMPLATE_MAIN, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=environ,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.process: subprocess.Popen[bytes] = process
+        self.sock = ours
+        self._poller = select.poll()
+        self._poller.register(ours.fileno(), select.POLLIN)
+        self.alive = True
+        self._numbers = 0
+        self._children: dict[int, ForkedProcess] = {}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def fork(self, worker_end: socket.socket, path: list[str], environ: dict[str, str]) -> ForkedProcess:
+        """Ask for a worker serving ``worker_end``; its process id arrives later (:meth:`read`)."""
+        self._numbers += 1
+        child = ForkedProcess(self, self._numbers)
+        request = pickle.dumps(("fork", child.number, path, environ, os.getcwd()), protocol=5)
+        try:
+            socket.send_fds(self.sock, [request], [worker_end.fileno()])
+        except OSError:
+            self._gone()
+            child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
+            return child
+        self._children[child.number] = child
+        return child
+
+    def signal(self, child: ForkedProcess, signum: int) -> None:
+        if child.returncode is None and self.alive:
+            try:
+                self.sock.send(pickle.dumps(("signal", child.number, signum)))
+            except OSError:
+                self._gone()
+
+    def read(self, timeout: float | None = 0.0) -> None:
+        """Take the template's reports: those waiting now, or the first within ``timeout`` (None: wait)."""
+        while self.alive:
+            if not self._poller.poll(None if timeout is None else timeout * 1000):
+                return
+            try:
+                packet = self.sock.recv(_PACKET)
+            except OSError:
+                packet = b""
+            if not packet:
+                self._gone()
+                return
+            kind, number, value = pickle.loads(packet)
+            child = self._children.get(number)
+            if child is None:
+                continue
+            if kind == "forked":
+                child.pid = value
+            else:
+                child.returncode = value
+                del self._children[number]
+            timeout = 0.0
+
+    def _gone(self) -> None:
+        """The template died (or was closed): its workers died with it (parent-death signal)."""
+        self.sock.close()
+        self.alive = False
+        for child in self._children.values():
+            if child.returncode is None:
+                child.returncode = -signal.SIGKILL
+        self._children.clear()
+
+    def close(self) -> None:
+        """Stop the template once its workers are gone: end of file, then wait for it."""
+        import subprocess
+
+        self._gone()
+        try:
+            self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class ForkedProcess:
+    """A worker forked by the template, behind the part of ``subprocess.Popen``'s interface the pool uses."""
+
+    def __init__(self, template: Template, number: int) -> None:
+        self.template = template
+        self.number = number
+        self.pid: int | None = None  # known once the template reports the fork
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.template.read()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("makeparallel worker", timeout or 0.0)
+            self.template.read(left)
+        return self.returncode
+
+    def terminate(self) -> None:
+        self.template.signal(self, signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.template.signal(self, signal.SIGKILL)
+
+
+# -- in the template process ----------------------------------------------------------------
+
+
+def serve(fd: int, parent_pid: int) -> None:
+    """Fork a worker per request until the pool closes the socket; report each exit.
+
+    Single-threaded, by design: only a process without other threads can be
+    forked safely. Interrupts go to the pool's process, not here.
+    """
+    from ._parent_death import die_with_parent
+
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
+    children: dict[int, int] = {}  # pid -> the pool's number for it
+    template_pid = os.getpid()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for ready, _ in poller.poll():
+            if ready == wake_r:
+                _drain(wake_r)
+                _reap(sock, children)
+                continue
+            data, fds, _, _ = socket.recv_fds(sock, _PACKET, 1)
+            if not data:
+                os._exit(0)  # the pool closed the socket, or its process died
+            request = pickle.loads(data)
+            if request[0] == "signal":
+                _, number, signum = request
+                for pid, known in children.items():
+                    if known == number:
+                        os.kill(pid, signum)  # not reaped yet: the pid is still this child's
+                continue
+            _, number, path, environ, cwd = request
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                _become_worker(fds[0], path, environ, cwd, template_pid)
+                raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
+            os.close(fds[0])
+            children[pid] = number
+            _report(sock, ("forked", number, pid))
+
+
+def _become_worker(fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
+    """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
+    import importlib
+
+    from ._process_worker import main
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass  # the pool's directory was removed: a fresh interpreter could not start there either
+    sys.path[:] = path
+    importlib.invalidate_caches()
+    main(fd, template_pid)
+
+
+def _reap(sock: socket.socket, children: dict[int, int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        number = children.pop(pid, None)
+        if number is not None:
+            _report(sock, ("exited", number, os.waitstatus_to_exitcode(status)))
+
+
+def _report(sock: socket.socket, message: tuple[Any, ...]) -> None:
+    try:
+        sock.send(pickle.dumps(message))
+    except OSError:
+        os._exit(0)  # the pool is gone
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

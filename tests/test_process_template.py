@@ -1,0 +1,156 @@
+"""On Linux, workers are forked from a template process, and keep every promise of a fresh interpreter.
+
+The template is a clean, single-threaded interpreter started by the pool; each
+worker it forks gets the parent's environment, directory and ``sys.path`` of the
+moment it is asked for, dies with the template, and is reaped by it. Elsewhere
+(or when the template cannot be used) workers are fresh interpreters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import makeparallel as mp
+from makeparallel._backends import _process
+from makeparallel._backends._template import template_available
+from makeparallel._cpus import usable_cpus
+from pool_helpers import fresh_process_pool, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(not template_available(), reason="workers are forked from a template on Linux only"),
+    pytest.mark.timeout(60),
+]
+
+on_process = mp.parallel(backend="process")
+VARIABLE = "MAKEPARALLEL_TEMPLATE_TEST"
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def surroundings() -> tuple[str | None, str, list[str], int]:
+    return os.environ.get(VARIABLE), os.getcwd(), list(sys.path), os.getpid()
+
+
+def blas_threads() -> list[int]:
+    import numpy  # noqa: F401  # loads its BLAS, after the worker set the limits
+    import threadpoolctl
+
+    return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+
+def block(path: str) -> None:
+    Path(path, "started").touch()
+    while True:
+        pass  # until its worker is killed
+
+
+def noop_initializer() -> None:
+    return None
+
+
+@pytest.fixture
+def two_workers() -> Iterator[None]:
+    fresh_process_pool(2)
+    yield
+    mp.configure_process_pool(initializer=None)
+
+
+def live_worker_pids() -> list[int]:
+    """The pool's workers, once each has answered (so the template has reported every pid)."""
+    pids = set()
+    for _ in range(50):
+        pids.update(h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(8)])
+        if len(pids) >= 2:
+            break
+    return sorted(pids)
+
+
+def test_workers_are_forked_from_one_single_threaded_template(two_workers: None) -> None:
+    pids = live_worker_pids()
+    assert len(pids) == 2
+    parents = {psutil.Process(pid).ppid() for pid in pids}
+    assert len(parents) == 1, parents
+    template = psutil.Process(parents.pop())
+    assert template.ppid() == os.getpid()
+    assert template.num_threads() == 1  # only a process without other threads can be forked safely
+    assert "_template" in " ".join(template.cmdline())
+
+
+def test_a_forked_worker_gets_the_environment_directory_and_path_of_the_moment(
+    two_workers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live_worker_pids()  # the template runs, started before any of the changes below
+    monkeypatch.setenv(VARIABLE, "set after the pool started")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    mp.configure_process_pool(initializer=noop_initializer)  # every worker is replaced: new forks
+
+    variable, cwd, path, _ = on_process(surroundings)().get(timeout=30)
+
+    assert variable == "set after the pool started"
+    assert cwd == str(tmp_path)
+    assert path[0] == str(tmp_path / "plugins")
+
+
+def test_blas_limits_hold_in_a_forked_worker(two_workers: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    for name in _process.THREAD_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    expected = max(1, usable_cpus().cpus // 2)
+    threads = on_process(blas_threads)().get(timeout=60)
+    assert threads and all(count == expected for count in threads), threads
+
+
+def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_workers: None, tmp_path: Path) -> None:
+    pids = live_worker_pids()
+    template = psutil.Process(psutil.Process(pids[0]).ppid())
+    running = on_process(block)(str(tmp_path))
+    assert wait_until(lambda: (tmp_path / "started").exists(), 30)
+
+    template.send_signal(signal.SIGKILL)
+
+    with pytest.raises(mp.WorkerCrashedError):
+        running.get(timeout=30)
+    assert all(wait_until(lambda pid=pid: not psutil.pid_exists(pid) or _zombie_elsewhere(pid), 15) for pid in pids)
+    assert on_process(worker_pid)().get(timeout=30) not in pids  # a new template forked a new worker
+
+
+def _zombie_elsewhere(pid: int) -> bool:
+    """A worker whose template died is re-parented; its new parent reaps it when it will."""
+    try:
+        process = psutil.Process(pid)
+        return process.status() == psutil.STATUS_ZOMBIE and process.ppid() != os.getpid()
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_shutdown_stops_the_template_too(two_workers: None) -> None:
+    pids = live_worker_pids()
+    template = psutil.Process(psutil.Process(pids[0]).ppid())
+    assert mp.shutdown(10)
+    try:
+        assert not psutil.pid_exists(template.pid)  # stopped and reaped
+        assert psutil.Process().children(recursive=True) == []
+    finally:
+        mp.reset_shutdown()
+
+
+def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_process, "template_available", lambda: False)  # what a system without fork gets
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        pid = executor.submit(worker_pid).result(timeout=60)
+        worker: Any = psutil.Process(pid)
+        assert worker.ppid() == os.getpid()
+        command = " ".join(worker.cmdline())
+        assert "_process_worker" in command and "_template" not in command
