@@ -180,6 +180,8 @@ def _pickler_class() -> type[pickle.Pickler]:
             self.open_exceptions: dict[int, BaseException] = {}  # see reduce_exception
 
         def reducer_override(self, obj: Any) -> Any:
+            if obj is load_function:  # in every call with a function argument: by name, at once
+                return NotImplemented
             if isinstance(obj, BaseException):
                 return reduce_exception(obj, self.open_exceptions)
             reduced = _reduce(obj)
