@@ -66,6 +66,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _TARGET_CHUNK_SECONDS = 0.01
+# A chunk of one item measures mostly a task's fixed cost when items are cheap
+# (tens of microseconds on a worker process, a hundred times a no-op's own), so
+# chunks sized from it aim at this many times the target.
+_ONE_ITEM_SLACK = 4
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
@@ -135,7 +139,9 @@ class _ChunkSizer:
     Before any chunk was measured: chunks of one item, one per worker when the
     length is known (then nothing more until the first one ends), else as many
     as may be in flight. Each finished chunk then sets the size to about
-    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item:
+    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item (four
+    times that after a chunk of one item, whose time is mostly the task's
+    fixed cost when items are cheap):
 
     * with a known length, at once, capped at ``ceil(len / (4 * workers))``
       items (the chunk size of ``multiprocessing.Pool.map``), so that every
@@ -173,7 +179,8 @@ class _ChunkSizer:
         if self._fixed is not None or items == 0:
             return
         per_item = max(seconds / items, 1e-9)
-        wanted = max(1, round(_TARGET_CHUNK_SECONDS / per_item))
+        target = _TARGET_CHUNK_SECONDS * (_ONE_ITEM_SLACK if items == 1 else 1)
+        wanted = max(1, round(target / per_item))
         self._measured = True
         if not self._known_length:
             self._size = min(wanted, 2 * max(self._size, items), self._cap)
