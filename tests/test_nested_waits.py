@@ -10,6 +10,7 @@ timeout and raise ``TaskTimeoutError``: the tests assert results, not times.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -72,17 +73,30 @@ HANDLE_WAYS: dict[str, Callable[[list[mp.AsyncHandle[int]], float | None], list[
 }
 
 
+def double_after_one_failure(x: int, failed: set[int], lock: threading.Lock) -> int:
+    with lock:
+        first = x not in failed
+        failed.add(x)
+    if first:
+        raise ValueError(f"first attempt for {x}")
+    return 2 * x
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("own_timeout", [False, True], ids=["children", "children_with_a_timeout"])
+@pytest.mark.parametrize("children", ["plain", "with_a_timeout", "retrying"])
 @pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
 @pytest.mark.parametrize("way", HANDLE_WAYS)
 def test_a_task_waiting_for_its_children_on_a_one_thread_pool_makes_progress(
-    way: str, timeout: float | None, own_timeout: bool
+    way: str, timeout: float | None, children: str
 ) -> None:
     resize(1)
     child = mp.parallel(backend="thread")(double)
-    if own_timeout:
+    if children == "with_a_timeout":
         child = child.options(timeout=30)
+    elif children == "retrying":
+        retry = mp.Retry(on=ValueError, attempts=2, wait_initial=0.01, wait_max=0.01)
+        flaky = functools.partial(double_after_one_failure, failed=set(), lock=threading.Lock())
+        child = mp.parallel(backend="thread", retry=retry)(flaky)
     collect = HANDLE_WAYS[way]
 
     @mp.parallel(backend="thread")

@@ -765,7 +765,8 @@ class AsyncHandle(Generic[T]):
 
         Waiters are woken when an attempt is queued again, so a task waiting for
         a retrying child it submitted runs the child's next attempt itself, and
-        nested work cannot deadlock the pool.
+        nested work cannot deadlock the pool. With a timeout nothing runs here:
+        a worker that waits lends its place, as in :meth:`_block`.
         """
         backend = self._backend
         deadline = None if timeout is None else _now() + timeout
@@ -784,12 +785,7 @@ class AsyncHandle(Generic[T]):
                 waiter = _allocate_lock()
                 waiter.acquire()
                 self._waiters = [waiter] if self._waiters is None else [*self._waiters, waiter]
-            if remaining is None:
-                waiter.acquire()
-            elif not waiter.acquire(True, remaining):
-                with backend._lock:
-                    if self._waiters is not None and waiter in self._waiters:
-                        self._waiters.remove(waiter)
+            self._sleep_on(waiter, remaining)
 
     def _run_here_if_queued(self) -> bool:
         """Run the task here if it is still queued; return whether it ended.
@@ -828,16 +824,20 @@ class AsyncHandle(Generic[T]):
                 self._waiters = [waiter]
             else:
                 self._waiters.append(waiter)
+        return self._sleep_on(waiter, timeout)
+
+    def _sleep_on(self, waiter: threading.Lock, timeout: float | None) -> bool:
+        """Sleep until ``waiter`` is released or ``timeout`` passes; return whether the task ended."""
         pool = pool_of_this_thread()
         if pool is None:
-            return self._sleep_on(waiter, timeout)
+            return self._sleep(waiter, timeout)
         pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
         try:
-            return self._sleep_on(waiter, timeout)
+            return self._sleep(waiter, timeout)
         finally:
             pool.worker_unblocks()
 
-    def _sleep_on(self, waiter: threading.Lock, timeout: float | None) -> bool:
+    def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if timeout is None:
             waiter.acquire()
             return True
