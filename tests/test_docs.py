@@ -10,13 +10,18 @@ parameter the function lacks) into a failure.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_readme import python_blocks
+
+import makeparallel as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -67,3 +72,29 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert (tmp_path / "site" / "reference" / "index.html").read_text().count('id="makeparallel.parallel_map"') == 1
+
+
+def test_the_web_guides_job_registry_forgets_each_job_keep_seconds_after_it_ended() -> None:
+    """The "return a task id, poll" example: ended jobs expire, so the registry never fills for good."""
+    page = (DOCS / "guides" / "web-services.md").read_text(encoding="utf-8")
+    code = next(code for _, code in python_blocks(page) if "class Jobs" in code)
+    kept = [
+        node
+        for node in ast.parse(code).body
+        if isinstance(node, ast.Import)  # time, uuid, makeparallel: what the class needs, no web framework
+        or (isinstance(node, ast.ImportFrom) and node.module == "collections")
+        or (isinstance(node, ast.ClassDef) and node.name == "Jobs")
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(ast.Module(kept, type_ignores=[]), "web-services.md", "exec"), namespace)
+    now = [1000.0]
+    namespace["time"] = types.SimpleNamespace(monotonic=lambda: now[0])  # a fake clock for the example
+    jobs = namespace["Jobs"](size=1, keep=60.0)
+    ended = mp.parallel(backend="sync")(int)  # each call's task has ended when it returns
+
+    first = jobs.add(ended())
+    assert first is not None
+    assert jobs.add(ended()) is None  # full: the first job is kept 60 s after its end
+    now[0] += 61.0
+    assert jobs.add(ended()) is not None
+    assert first not in jobs.handles
