@@ -1,10 +1,13 @@
-"""A worker that dies inside a map chunk loses only the item it was running.
+"""A worker that dies inside a map chunk loses only the item it was running, and no item runs twice.
 
-One table: the ways a worker dies (``os._exit``, SIGKILL, a segmentation fault)
-x ``on_error`` x items that take milliseconds or microseconds. ``"skip"`` and
-``"none"`` lose only the culprit, ``"raise"`` names its index and repr, and an
-item that ran is never run again (checked for items of a millisecond or more,
-the documented bound). A result that cannot be pickled fails its item alone.
+One table: the ways a worker dies (``os._exit``, SIGKILL of its own pid, a
+segmentation fault) x ``on_error`` x items that take milliseconds (one per
+slice) or microseconds (many per slice). Every item appends its index to a log
+opened with ``O_APPEND`` before it works, so the log counts the runs: each item
+runs exactly once, the culprit included. ``"skip"`` and ``"none"`` lose only
+the culprit, ``"raise"`` names its index and repr. Then the edges of the crash
+journal: results too large for it, results that cannot be pickled, items that
+raised, several crashes in one chunk, and no journal left behind.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel._backends._crash_journal import JOURNAL_BYTES
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(180),
 ]
 
 CULPRIT = 57
 ITEMS = 200
+HOWS = ["exit", "kill", "segfault"]
 
 
 def die(how: str) -> None:
@@ -42,23 +47,32 @@ def die(how: str) -> None:
 
 
 class Item:
-    """An item of the map: where to record that it ran, how long it works, how its worker dies."""
+    """An item of the map: where to record that it ran, how long it works, how its worker dies, what it returns."""
 
-    def __init__(self, index: int, log: str, seconds: float, how: str) -> None:
-        self.index, self.log, self.seconds, self.how = index, log, seconds, how
+    def __init__(
+        self, index: int, log: str, seconds: float = 0.0, how: str = "", culprits: tuple[int, ...] = (CULPRIT,)
+    ) -> None:
+        self.index, self.log, self.seconds, self.how, self.culprits = index, log, seconds, how, culprits
+        self.result: Any = index
+        self.raises = False
 
     def __repr__(self) -> str:
         return f"Item#{self.index}"
 
 
-def work(item: Item) -> int:
-    with open(item.log, "a") as log:  # one small O_APPEND write: atomic
-        log.write(f"{item.index}\n")
+def work(item: Item) -> Any:
+    fd = os.open(item.log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{item.index}\n".encode())  # one small O_APPEND write: atomic
+    finally:
+        os.close(fd)
     if item.seconds:
         time.sleep(item.seconds)  # the workload of a slow item
-    if item.index == CULPRIT and item.how:
+    if item.how and item.index in item.culprits:
         die(item.how)
-    return item.index
+    if item.raises:
+        raise ValueError(f"bad item {item.index}")
+    return item.result() if callable(item.result) else item.result
 
 
 @pytest.fixture
@@ -72,30 +86,77 @@ def runs(log: str) -> Counter[int]:
     return Counter(int(line) for line in Path(log).read_text().split())
 
 
+def ran_once(log: str, indexes: range | list[int]) -> None:
+    ran = runs(log)
+    twice = {i: n for i, n in ran.items() if n > 1}
+    assert not twice, f"items that ran more than once: {twice}"
+    assert set(ran) == set(indexes), f"items that never ran: {sorted(set(indexes) - set(ran))}"
+
+
+@pytest.mark.parametrize("chunksize", [None, ITEMS], ids=["adaptive-chunks", "one-chunk"])
 @pytest.mark.parametrize("seconds", [0.002, 0.0], ids=["ms-items", "us-items"])
-@pytest.mark.parametrize("how", ["exit", "kill", "segfault"])
+@pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("on_error", ["skip", "none"])
-def test_a_crash_loses_only_its_item(on_error: str, how: str, seconds: float, log: str) -> None:
+def test_a_crash_loses_only_its_item_and_runs_none_twice(
+    on_error: str, how: str, seconds: float, chunksize: int | None, log: str
+) -> None:
     items = [Item(i, log, seconds, how) for i in range(ITEMS)]
-    results = mp.parallel_map(work, items, backend="process", on_error=on_error)  # type: ignore[arg-type]
+    results = mp.parallel_map(work, items, backend="process", on_error=on_error, chunksize=chunksize)  # type: ignore[call-overload]
     expected: list[Any] = list(range(ITEMS))
     if on_error == "skip":
         expected.remove(CULPRIT)
     else:
         expected[CULPRIT] = None
     assert results == expected
-    ran = runs(log)
-    assert set(ran) == set(range(ITEMS))
-    if seconds:
-        twice = {i: n for i, n in ran.items() if n > 1 and i != CULPRIT}
-        assert not twice, f"items that ran twice: {twice}"
+    ran_once(log, range(ITEMS))
 
 
 @pytest.mark.parametrize("seconds", [0.002, 0.0], ids=["ms-items", "us-items"])
-def test_with_on_error_raise_the_error_names_the_item(seconds: float, log: str) -> None:
-    items = [Item(i, log, seconds, "exit") for i in range(ITEMS)]
-    with pytest.raises(mp.WorkerCrashedError, match=rf"item {CULPRIT} \(Item#{CULPRIT}\) of the map crashed its worker process \(exit code 7\)"):
-        mp.parallel_map(work, items, backend="process")
+@pytest.mark.parametrize(("how", "exit"), [("exit", r"exit code 7"), ("kill", r"signal SIGKILL\(-9\)"), ("segfault", r"signal SIGSEGV\(-11\)")])
+def test_with_on_error_raise_the_error_names_the_item(how: str, exit: str, seconds: float, log: str) -> None:
+    items = [Item(i, log, seconds, how) for i in range(ITEMS)]
+    with pytest.raises(
+        mp.WorkerCrashedError, match=rf"item {CULPRIT} \(Item#{CULPRIT}\) of the map crashed its worker process \({exit}\)"
+    ):
+        mp.parallel_map(work, items, backend="process", chunksize=ITEMS)
+    ran = runs(log)
+    assert max(ran.values()) == 1, ran
+    assert set(range(CULPRIT + 1)) <= set(ran)  # one chunk: every item up to the culprit ran
+
+
+def slices_as_long_as_the_chunk() -> None:
+    """A worker initializer: after its first item, a chunk sends nothing until it ends."""
+    from makeparallel import _process_chunks
+
+    _process_chunks._SLICE_SECONDS = 3600.0
+
+
+@pytest.fixture
+def unsent_until_the_chunk_ends() -> Iterator[None]:
+    mp.configure_process_pool(initializer=slices_as_long_as_the_chunk)
+    yield
+    mp.configure_process_pool(initializer=None)
+
+
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
+@pytest.mark.parametrize("how", HOWS)
+def test_the_results_not_sent_yet_are_read_from_the_journal(how: str, log: str) -> None:
+    # Items 1 to 56 ran in the slice the culprit ended: their results were never
+    # sent, only journaled; item 20 raised and item 40 returned too much for the journal.
+    items = [Item(i, log, 0.0, how) for i in range(ITEMS)]
+    items[20].raises = True
+    items[40].result = b"x" * (JOURNAL_BYTES + 1)
+    results = mp.parallel_map(work, items, backend="process", on_error="none", chunksize=ITEMS)
+    assert results == [None if i in (20, CULPRIT) else items[i].result for i in range(ITEMS)]
+    ran_once(log, range(ITEMS))
+
+
+def test_several_crashes_in_one_chunk_each_lose_their_item(log: str) -> None:
+    culprits = (3, 57, 58, 199)
+    items = [Item(i, log, 0.0, "kill", culprits) for i in range(ITEMS)]
+    results = mp.parallel_map(work, items, backend="process", on_error="none", chunksize=ITEMS)
+    assert results == [None if i in culprits else i for i in range(ITEMS)]
+    ran_once(log, range(ITEMS))
 
 
 @pytest.mark.parametrize(("on_error", "expected"), [("skip", []), ("none", [None])])
@@ -111,9 +172,53 @@ def test_a_map_of_one_item_that_crashes_names_it() -> None:
 
 
 def test_imap_unordered_goes_on_after_a_crash(log: str) -> None:
-    items = [Item(i, log, 0.001, "kill") for i in range(ITEMS)]
+    items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
     results = sorted(mp.imap(work, items, backend="process", ordered=False, on_error="skip"))  # type: ignore[type-var]
     assert results == [i for i in range(ITEMS) if i != CULPRIT]
+    ran_once(log, range(ITEMS))
+
+
+def test_results_too_large_for_the_journal_are_kept_across_a_crash(log: str) -> None:
+    items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
+    large = {10, 40, 55, 56}  # 56: the item just before the culprit
+    for i in large:
+        items[i].result = bytes([i]) * (JOURNAL_BYTES + 1)
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+    assert results == [items[i].result for i in range(ITEMS) if i != CULPRIT]
+    ran_once(log, range(ITEMS))
+
+
+def test_results_that_fill_the_journal_are_kept_across_a_crash(log: str) -> None:
+    items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
+    for item in items:
+        item.result = str(item.index) * (JOURNAL_BYTES // 100)  # a few hundred kB each: the journal fills up
+    results = mp.parallel_map(work, items, backend="process", on_error="none", chunksize=ITEMS)
+    assert results == [None if i == CULPRIT else items[i].result for i in range(ITEMS)]
+    ran_once(log, range(ITEMS))
+
+
+def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
+    items = [Item(i, log, 0.0, "segfault") for i in range(ITEMS)]
+    kinds: list[Any] = [
+        lambda i: i, lambda i: float(i) / 3, lambda i: f"é{i}\udc80", lambda i: None, lambda i: i % 2 == 0,
+        lambda i: bytearray(b"x" * i), lambda i: (i, [i], {"i": i}), lambda i: 2**80 + i, lambda i: complex(i, 1),
+        lambda i: frozenset({i}), lambda i: memoryview(b"m" * i),
+    ]
+    for item in items:
+        item.result = kinds[item.index % len(kinds)](item.index)
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+    expected = [items[i].result for i in range(ITEMS) if i != CULPRIT]
+    assert [type(r) for r in results] == [type(e) for e in expected]
+    assert results == expected
+    ran_once(log, range(ITEMS))
+
+
+def test_an_item_that_raised_before_the_crash_keeps_its_error(log: str) -> None:
+    items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
+    items[20].raises = items[56].raises = True
+    results = mp.parallel_map(work, items, backend="process", on_error="none", chunksize=ITEMS)
+    assert results == [None if i in (20, 56, CULPRIT) else i for i in range(ITEMS)]
+    ran_once(log, range(ITEMS))
 
 
 def lock_at(x: int) -> Any:
@@ -126,3 +231,48 @@ def test_an_unpicklable_result_fails_its_item_alone() -> None:
     ]
     with pytest.raises(mp.TaskSerializationError, match=r"the result of item 5 \(5\) could not be pickled"):
         mp.parallel_map(lock_at, range(20), backend="process")
+
+
+def test_an_unpicklable_result_then_a_crash_lose_their_two_items(log: str) -> None:
+    items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
+    items[30].result = threading.Lock
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+    assert results == [i for i in range(ITEMS) if i not in (30, CULPRIT)]
+    ran_once(log, range(ITEMS))
+
+
+# -- no journal left behind ---------------------------------------------------------------------------
+
+
+def journal_mappings() -> int:
+    """The crash journals this process has mapped (one per live worker)."""
+    return Path("/proc/self/maps").read_text().count("makeparallel-journal")
+
+
+def journal_descriptors() -> int:
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += "makeparallel-journal" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass  # closed meanwhile (the listing's own descriptor)
+    return found
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_crashed_and_stopped_workers_leave_no_journal(log: str) -> None:
+    shm_before = shm_names()
+    for how in HOWS:
+        items = [Item(i, log, 0.0, how) for i in range(ITEMS)]
+        mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+        live = mp.get_process_pool_info()["live_workers"]
+        assert journal_mappings() == live
+        assert journal_descriptors() == live
+    assert mp.shutdown(5) is True
+    assert journal_mappings() == 0
+    assert journal_descriptors() == 0
+    assert shm_names() <= shm_before  # nothing named in /dev/shm, ever

@@ -31,9 +31,11 @@ worker plus one, so large items still run in parallel.
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
 names the item's index and a short repr; with ``"skip"`` or ``"none"`` the chunk
-carries on. On worker processes a chunk streams its results as it goes, so a
-worker that dies loses only the item it was running (``_process_chunks``). Ctrl-C, an error, a timeout or closing the ``imap`` iterator early
-cancels the chunks in flight; a running chunk stops before its next item.
+carries on. On worker processes each item's result is journaled in shared
+memory as it ends, so a worker that dies loses only the item it was running,
+and no item runs twice (``_process_chunks``). Ctrl-C, an error, a timeout or
+closing the ``imap`` iterator early cancels the chunks in flight; a running
+chunk stops before its next item.
 """
 
 from __future__ import annotations
@@ -79,21 +81,19 @@ _SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
 _ELEMENT_SAMPLES = 4  # elements sized per container item
 
 
-def _run_chunk(
-    fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool, one_by_one: bool = False
-) -> list[Any]:
+def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
     """Map ``fn`` over one chunk, inside a task.
 
     Items run in slices through ``list.extend(map(...))``, the fastest loop Python
     has. When ``fn`` raises, ``extend`` keeps the results it had appended (CPython
     3.10 to 3.13 alike), so ``len(results)`` is the failing item's position.
     Between slices the task checks whether it was cancelled or timed out. On a
-    worker process the slices' results are streamed to the parent instead
-    (:func:`run_streaming`; ``one_by_one`` after a crash).
+    worker process each result is journaled and the slices' results are
+    streamed to the parent instead (:func:`run_streaming`).
     """
     task = current_task()
     if hasattr(task, "_send_partial"):
-        return run_streaming(task, fn, items, start, keep_going, one_by_one)
+        return run_streaming(task, fn, items, start, keep_going)
     results: list[Any] = []
     count = len(items)
     step = max(1, min(_CANCEL_CHECK_EVERY, count // 16))
@@ -719,8 +719,8 @@ class _Mapper:
             chunk = _resolve_failures(chunk, self._skip)
         return chunk
 
-    def _run_again(self, items: list[Any], start: int, one_by_one: bool) -> AsyncHandle[list[Any]]:
-        return self._chunk_task(self._fn, items, start, self._keep_going, one_by_one)
+    def _run_again(self, items: list[Any], start: int) -> AsyncHandle[list[Any]]:
+        return self._chunk_task(self._fn, items, start, self._keep_going)
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:

@@ -72,6 +72,7 @@ from .._validation import check_count
 from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
+from ._crash_journal import JournalReader, create_journal
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._template import ForkedProcess, Template, template_available
@@ -84,7 +85,7 @@ __all__ = ["ProcessBackend"]
 
 _WORKER_MAIN = (
     "import sys; from makeparallel._backends._process_worker import main; "
-    "main(int(sys.argv[1]), int(sys.argv[2]))"
+    "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
@@ -120,13 +121,16 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "conn", "init_error", "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version",
-        "process", "ready", "retiring", "send_lock", "sent", "stop_reason",
+        "conn", "init_error", "journal", "kill_at", "killing", "leaving", "memory_probe", "outstanding",
+        "path_version", "process", "ready", "retiring", "send_lock", "sent", "stop_reason",
     )
 
-    def __init__(self, process: subprocess.Popen[bytes] | ForkedProcess, conn: Channel, path_version: int) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes] | ForkedProcess, conn: Channel, journal: JournalReader, path_version: int
+    ) -> None:
         self.process = process
         self.conn = conn
+        self.journal = journal  # what a map chunk finished, readable after a crash
         # Held while a message is sent: by the loop thread, or by a submitting
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
@@ -188,9 +192,9 @@ class ProcessBackend(QueueingBackend):
         self._failed_starts = 0  # initializers that raised, in a row
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
-        # Results a running map chunk streamed so far, the length of its next slice,
-        # and the error of a slice that could not be unpickled here.
-        self._partials: dict[int, tuple[list[Any], int, Exception | None]] = {}
+        # Results a running map chunk streamed so far, and the error of a slice
+        # that could not be unpickled here.
+        self._partials: dict[int, tuple[list[Any], Exception | None]] = {}
         self._path_version = 0
         _alive.add(self)
         self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
@@ -449,6 +453,7 @@ class ProcessBackend(QueueingBackend):
         for worker in workers:
             _close(worker)
             _stop(worker.process)
+            worker.journal.close()
         self._close_template()
         for handle in owned:
             handle._finish(
@@ -485,26 +490,40 @@ class ProcessBackend(QueueingBackend):
         self._close_template()
 
     def _start_worker(self, path: list[str], path_version: int) -> _Worker:
-        """Start a worker: forked from the template on Linux, else a fresh interpreter."""
+        """Start a worker: forked from the template on Linux, else a fresh interpreter.
+
+        The worker gets its end of the pipe and its crash journal (``_crash_journal``).
+        """
         parent_end, child_end = socket.socketpair()
+        journal_fd = create_journal()
+        journal = None
         try:
+            journal = JournalReader(journal_fd)
             environ = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **thread_limits(self._num_workers))
-            forked = self._fork(child_end, path, environ) if template_available() else None
+            forked = self._fork(child_end, journal_fd, path, environ) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
                 process = forked
             else:
                 process = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid())],
-                    pass_fds=(child_end.fileno(),),
+                    [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid()), str(journal_fd)],
+                    pass_fds=(child_end.fileno(), journal_fd),
                     stdin=subprocess.DEVNULL,
                     env=environ,
                 )
+        except BaseException:
+            parent_end.close()
+            if journal is not None:
+                journal.close()
+            raise
         finally:
             child_end.close()
-        return _Worker(process, Channel(parent_end), path_version)
+            os.close(journal_fd)  # each side's mapping keeps the file
+        return _Worker(process, Channel(parent_end), journal, path_version)
 
-    def _fork(self, child_end: socket.socket, path: list[str], environ: dict[str, str]) -> ForkedProcess | None:
+    def _fork(
+        self, child_end: socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]
+    ) -> ForkedProcess | None:
         """A worker forked from the template, started first if need be; None if it cannot start."""
         template = self._template
         if template is None or not template.alive:
@@ -515,7 +534,7 @@ class ProcessBackend(QueueingBackend):
             except OSError:
                 self._template = None
                 return None
-        return template.fork(child_end, path, environ)
+        return template.fork(child_end, journal_fd, path, environ)
 
     def _close_template(self) -> None:
         """Stop the template once the loop has stopped every worker."""
@@ -733,9 +752,9 @@ class ProcessBackend(QueueingBackend):
                     attributes["task_metadata"] = owner[0].get_all_metadata()
                 _emit_log(attributes)
             elif kind == "partial":
-                _, task_id, data, sizes, next_length = message
+                _, task_id, data, sizes = message
                 buffers = [worker.conn.recv_frame() for _ in sizes]
-                self._add_partial(task_id, data, buffers, next_length)
+                self._add_partial(task_id, data, buffers)
             elif kind == "output":
                 write_relayed(message[1], message[2])
             elif kind == "started":
@@ -755,13 +774,13 @@ class ProcessBackend(QueueingBackend):
         except (EOFError, OSError):
             self._worker_died(worker)
 
-    def _add_partial(self, task_id: int, data: bytes, buffers: list[Any], next_length: int) -> None:
-        done, _, failed = self._partials.get(task_id) or ([], 0, None)
+    def _add_partial(self, task_id: int, data: bytes, buffers: list[Any]) -> None:
+        done, failed = self._partials.get(task_id) or ([], None)
         try:
             done.extend(_serialization.loads(data, buffers))
         except Exception as error:  # the chunk fails with it when it ends
             failed = failed or error
-        self._partials[task_id] = (done, next_length, failed)
+        self._partials[task_id] = (done, failed)
 
     def _started(self, worker: _Worker, task_id: int) -> None:
         """A timed task started on its worker: its timeout counts from now."""
@@ -782,7 +801,7 @@ class ProcessBackend(QueueingBackend):
         try:
             value = _serialization.loads(data, buffers)
             if ok and streamed is not None:
-                done, _, failed = streamed
+                done, failed = streamed
                 if failed is not None:
                     raise failed
                 done.extend(value)
@@ -821,6 +840,8 @@ class ProcessBackend(QueueingBackend):
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
         code = _stop(worker.process)
+        finished = self._journaled(worker, outstanding[0], streamed) if outstanding else None
+        worker.journal.close()
         with self._lock:
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
         if init_failure is not None:
@@ -841,14 +862,33 @@ class ProcessBackend(QueueingBackend):
                     f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
                     "worker, and no other task was affected"
                 )
-                # For a map chunk: what it finished, and where its culprit is (_process_chunks).
-                done, next_length, _ = streamed if streamed is not None else ([], 1, None)
-                error._crash = (done, next_length, describe_exit(code))  # type: ignore[attr-defined]
+                if finished is not None:  # a map chunk: what it finished; the culprit is next (_process_chunks)
+                    error._crash = (finished, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         for handle in outstanding:
             if handle._state != PENDING:  # not put back in the queue: it runs nowhere now
                 handle._code_returned()
         self._wake()
+
+    @staticmethod
+    def _journaled(
+        worker: _Worker, handle: AsyncHandle[Any], streamed: tuple[list[Any], Exception | None] | None
+    ) -> list[Any] | None:
+        """The results a dead worker's map chunk finished: those it sent, then those in its journal.
+
+        ``None`` if the task is no map chunk, if the worker died before the
+        chunk's first item (no item to blame), or if the results cannot all be
+        had (one that cannot be unpickled here): the chunk then fails as a
+        whole, rather than run an item twice.
+        """
+        done, failed = streamed if streamed is not None else ([], None)
+        if failed is not None:
+            return None
+        try:
+            unsent = worker.journal.unsent(handle._id, len(done))
+        except Exception:
+            return None
+        return None if unsent is None else done + unsent
 
     def _initializer_failed_locked(self, worker: _Worker) -> Callable[[], BaseException]:
         """Count a failed start; after a few in a row, stop starting workers. Return the error's maker."""
@@ -1060,6 +1100,7 @@ def _drop_pipes_after_fork() -> None:
     for backend in list(_alive):
         for worker in backend._workers:
             worker.conn.close()
+            worker.journal.close()
         if backend._template is not None:
             backend._template.sock.close()  # not its parent: only the socket is ours to drop
         for fd in (backend._wake_r, backend._wake_w):

@@ -22,7 +22,10 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("progress", task_id, fraction, message)
                        ("log", record_attributes)
                        ("output", stream, text)            print() and friends
-                       ("partial", task_id, data, buffer_sizes, next_length)  a map chunk's finished slice
+                       ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
+
+A map chunk also writes each item's result to the worker's crash journal,
+shared memory the parent reads if this process dies (``_crash_journal``).
 
 Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 """
@@ -53,6 +56,7 @@ from .._task_context import _local
 from .._task_logging import _stamp
 from ..errors import TaskError, TaskSerializationError
 from ._channel import Channel
+from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import die_with_parent
 
@@ -64,7 +68,7 @@ _STOP = ("stop", None)  # in the inbox: the parent is gone, or asked this worker
 class _RemoteTask:
     """What ``report_progress``, ``check_cancelled`` and friends see in a worker."""
 
-    __slots__ = ("_id", "_state", "_stop_error", "_worker", "name", "on_stop")
+    __slots__ = ("_id", "_journal", "_state", "_stop_error", "_worker", "name", "on_stop")
 
     def __init__(self, task_id: int, name: str, worker: _Worker) -> None:
         self.on_stop: Any = None  # cancels the task's coroutine, while one runs
@@ -73,6 +77,7 @@ class _RemoteTask:
         self._state = RUNNING
         self._stop_error: BaseException | None = None
         self._worker = worker
+        self._journal = worker.journal
 
     def get_task_id(self) -> int:
         return self._id
@@ -80,11 +85,11 @@ class _RemoteTask:
     def _report_progress(self, fraction: float, message: str | None) -> None:
         self._worker.send(("progress", self._id, fraction, message), [])
 
-    def _send_partial(self, results: list[Any], next_length: int) -> None:
-        """Send results a map chunk finished, and how many items its next slice holds."""
+    def _send_partial(self, results: list[Any]) -> None:
+        """Send results a map chunk finished."""
         data, buffers = _serialization.dumps(results)
         sizes = [memoryview(b).nbytes for b in buffers]
-        self._worker.send(("partial", self._id, data, sizes, next_length), buffers)
+        self._worker.send(("partial", self._id, data, sizes), buffers)
 
     def _pickle_error(self, value: Any) -> str | None:
         """Why ``value`` cannot be pickled, or ``None`` if it can."""
@@ -121,8 +126,9 @@ class _ForwardingHandler(logging.Handler):
 
 
 class _Worker:
-    def __init__(self, conn: Channel) -> None:
+    def __init__(self, conn: Channel, journal: JournalWriter) -> None:
         self._conn = conn
+        self.journal = journal
         self._send_lock = threading.Lock()
         self._inbox: deque[Any] = deque()
         self._mail_lock = threading.Lock()  # guards the inbox, _busy and _cancelled
@@ -324,8 +330,8 @@ def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None
     return run_here(value, task) if is_coroutine(value) else value
 
 
-def main(fd: int, parent_pid: int) -> None:
-    """Serve tasks on the connection ``fd`` until the parent closes it.
+def main(fd: int, parent_pid: int, journal_fd: int) -> None:
+    """Serve tasks on the connection ``fd`` until the parent closes it; journal map items in ``journal_fd``.
 
     The parent passes its ``sys.path`` in ``PYTHONPATH``, so its modules import
     here. Every log record is forwarded (the root logger here is at DEBUG): the
@@ -334,7 +340,9 @@ def main(fd: int, parent_pid: int) -> None:
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = _Worker(Channel(socket.socket(fileno=fd)))
+    journal = JournalWriter(journal_fd)
+    os.close(journal_fd)  # the mapping keeps the file
+    worker = _Worker(Channel(socket.socket(fileno=fd)), journal)
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))

@@ -27,10 +27,10 @@ What a fresh interpreter gave each worker, a forked one still gets:
   children, and reports each one's exit code when it reaps it.
 
 The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
-packet, and a fork request carries the worker's end of its pipe as ancillary
-data (``SCM_RIGHTS``)::
+packet, and a fork request carries the worker's end of its pipe and its crash
+journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number, sys_path, environ, cwd) + the worker's socket
+    pool -> template   ("fork", number, sys_path, environ, cwd) + the worker's socket and journal
                        ("signal", number, signum)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
@@ -97,13 +97,13 @@ class Template:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def fork(self, worker_end: socket.socket, path: list[str], environ: dict[str, str]) -> ForkedProcess:
-        """Ask for a worker serving ``worker_end``; its process id arrives later (:meth:`read`)."""
+    def fork(self, worker_end: socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]) -> ForkedProcess:
+        """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`)."""
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
         request = pickle.dumps(("fork", child.number, path, environ, os.getcwd()), protocol=5)
         try:
-            socket.send_fds(self.sock, [request], [worker_end.fileno()])
+            socket.send_fds(self.sock, [request], [worker_end.fileno(), journal_fd])
         except OSError:
             self._gone()
             child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
@@ -224,7 +224,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 _drain(wake_r)
                 _reap(sock, children)
                 continue
-            data, fds, _, _ = socket.recv_fds(sock, _PACKET, 1)
+            data, fds, _, _ = socket.recv_fds(sock, _PACKET, 2)
             if not data:
                 os._exit(0)  # the pool closed the socket, or its process died
             request = pickle.loads(data)
@@ -240,14 +240,15 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(fds[0], path, environ, cwd, template_pid)
+                _become_worker(fds[0], fds[1], path, environ, cwd, template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             os.close(fds[0])
+            os.close(fds[1])
             children[pid] = number
             _report(sock, ("forked", number, pid))
 
 
-def _become_worker(fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
+def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
     """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
     import importlib
 
@@ -263,7 +264,7 @@ def _become_worker(fd: int, path: list[str], environ: dict[str, str], cwd: str, 
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
     sys.path[:] = path
     importlib.invalidate_caches()
-    main(fd, template_pid)
+    main(fd, template_pid, journal_fd)
 
 
 def _reap(sock: socket.socket, children: dict[int, int]) -> None:
