@@ -12,6 +12,7 @@ raised, several crashes in one chunk, and no journal left behind.
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import threading
@@ -34,6 +35,10 @@ pytestmark = [
 CULPRIT = 57
 ITEMS = 200
 HOWS = ["exit", "kill", "segfault"]
+
+
+class Colour(enum.IntEnum):
+    RED = 1
 
 
 def die(how: str) -> None:
@@ -151,6 +156,16 @@ def test_the_results_not_sent_yet_are_read_from_the_journal(how: str, log: str) 
     ran_once(log, range(ITEMS))
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
+def test_a_slice_with_more_items_than_the_journal_holds_is_sent_in_parts(log: str) -> None:
+    culprit = 30_000  # the journal holds 16,384 items
+    items = [Item(i, log, 0.0, "kill", (culprit,)) for i in range(40_000)]
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=len(items))
+    assert results == [i for i in range(len(items)) if i != culprit]
+    ran_once(log, range(len(items)))
+
+
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_several_crashes_in_one_chunk_each_lose_their_item(log: str) -> None:
     culprits = (3, 57, 58, 199)
     items = [Item(i, log, 0.0, "kill", culprits) for i in range(ITEMS)]
@@ -178,6 +193,7 @@ def test_imap_unordered_goes_on_after_a_crash(log: str) -> None:
     ran_once(log, range(ITEMS))
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_results_too_large_for_the_journal_are_kept_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     large = {10, 40, 55, 56}  # 56: the item just before the culprit
@@ -188,6 +204,7 @@ def test_results_too_large_for_the_journal_are_kept_across_a_crash(log: str) -> 
     ran_once(log, range(ITEMS))
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_results_that_fill_the_journal_are_kept_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     for item in items:
@@ -197,12 +214,14 @@ def test_results_that_fill_the_journal_are_kept_across_a_crash(log: str) -> None
     ran_once(log, range(ITEMS))
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "segfault") for i in range(ITEMS)]
     kinds: list[Any] = [
         lambda i: i, lambda i: float(i) / 3, lambda i: f"é{i}\udc80", lambda i: None, lambda i: i % 2 == 0,
         lambda i: bytearray(b"x" * i), lambda i: (i, [i], {"i": i}), lambda i: 2**80 + i, lambda i: complex(i, 1),
-        lambda i: frozenset({i}), lambda i: memoryview(b"m" * i),
+        lambda i: frozenset({i}), lambda i: memoryview(b"m" * i), lambda i: Colour.RED, lambda i: 2**63 - 1,
+        lambda i: -(2**63), lambda i: 2**63, lambda i: -0.0, lambda i: float("inf"), lambda i: b"b" * i,
     ]
     for item in items:
         item.result = kinds[item.index % len(kinds)](item.index)
@@ -210,9 +229,11 @@ def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
     expected = [items[i].result for i in range(ITEMS) if i != CULPRIT]
     assert [type(r) for r in results] == [type(e) for e in expected]
     assert results == expected
+    assert [repr(r) for r in results if type(r) is float] == [repr(e) for e in expected if type(e) is float]  # -0.0
     ran_once(log, range(ITEMS))
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_an_item_that_raised_before_the_crash_keeps_its_error(log: str) -> None:
     items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
     items[20].raises = items[56].raises = True
@@ -233,6 +254,7 @@ def test_an_unpicklable_result_fails_its_item_alone() -> None:
         mp.parallel_map(lock_at, range(20), backend="process")
 
 
+@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_an_unpicklable_result_then_a_crash_lose_their_two_items(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     items[30].result = threading.Lock

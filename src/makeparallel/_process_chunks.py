@@ -69,19 +69,16 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
     from ._backends._crash_journal import ResultTooLarge, ResultUnpicklable
 
     journal = task._journal
-    record = journal.record
     position, length, count = 0, 1, len(items)
     while position < count:
         if task._state != RUNNING:
             task._raise_if_stopped()
         end = min(count, position + length)
         results: list[Any] = []
-        journal.begin(task._id, position)
         began = time.perf_counter()
         try:
-            results.extend(map(record, map(fn, items[position:end])))
-        except ResultTooLarge as full:  # too large for the journal: sent now, with the slice
-            results.append(full.value)
+            journal.extend(results, fn, items[position:end], task._id, position)
+        except ResultTooLarge:  # its last result is not in the journal: sent now
             end = position + len(results)
         except ResultUnpicklable as unpicklable:
             failed = position + len(results)

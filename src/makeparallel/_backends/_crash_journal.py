@@ -3,44 +3,49 @@
 A worker that dies (``os._exit``, a segmentation fault, ``SIGKILL``, the
 out-of-memory killer) takes its memory with it, and with it the results of the
 items it finished since it last sent some. So after each item of a map chunk
-the worker appends the item's result to this journal: one shared-memory file
+the worker writes the item's result to this journal: one shared-memory file
 per worker, made by the parent, without a name (``memfd_create``, or an
 unlinked temporary file where that does not exist), mapped by both processes.
 The pages outlive the worker; after a crash the parent reads the items the
 worker finished and had not sent, and knows that the culprit is the next one.
 
-Layout: a header of three 64-bit slots (the task's id, the index in its chunk
-of the first item journaled, and the end of the entries written), then the
-entries. An entry is one item's result, ``marshal`` (version 2, no references)
-for the exact scalar types it writes faithfully, else a pickle; a pickle starts
-with byte ``0x80``, a ``marshal`` entry never does. The end slot is written
-after each entry, so a worker killed in the middle of writing one leaves the
-journal as it was before it.
+Layout, in 64-bit slots: a header (the task's id, and the index in its chunk of
+the first item journaled), then one record of two slots per item (its kind, and
+its value), then a data area. An ``int`` that fits in 64 bits, or a ``float``,
+is its record's value (a map of cheap items mostly returns numbers, and this is
+the cheapest write there is); any other result is serialized into the data
+area, and its record's value is where its bytes end: ``marshal`` (version 2, no
+references) for the exact scalar types it writes faithfully, else a pickle. A
+record's kind is written last, and the records a slice used are zeroed before
+the next slice starts, so a record counts only once it is whole: a worker
+killed in the middle of writing one leaves the journal as it was before it.
 
-Cost: about a quarter of a microsecond per item (``marshal``) to a microsecond
-(a small pickle), and nothing per item in the parent, which reads the journal
-only after a crash. Nothing to clean up: the file has no name, and the kernel
-frees it when the last of the two processes closes it.
+Cost per item, on the worker: two slot writes for a number, a serialization and
+a copy for anything else (about 0.1 and 0.3 microseconds on the machine the
+benchmarks ran on); nothing in the parent, which reads the journal only after a
+crash. Nothing to clean up: the file has no name, and the kernel frees it when
+the last of the two processes closes it.
 """
 
 from __future__ import annotations
 
-import io
 import marshal
 import mmap
 import os
 import pickle
-import struct
 from collections.abc import Callable
 from typing import Any
-
 
 __all__ = ["JOURNAL_BYTES", "JournalReader", "JournalWriter", "ResultTooLarge", "ResultUnpicklable", "create_journal"]
 
 #: Bytes of a journal: a slice of a chunk that fills it is sent before its next item runs.
 JOURNAL_BYTES = 1 << 20
-_HEADER = struct.Struct("qqq")  # task id, index of the first entry in its chunk, end of the entries
-_FIRST_ENTRY = 32
+_RECORDS = 16 * 1024  # items a slice can journal (their records take 256 KiB)
+_FIRST_RECORD = 2  # slot of the first record's kind; slots 0 and 1: task id, first item's index
+_DATA = 8 * (_FIRST_RECORD + 2 * _RECORDS)  # byte offset of the data area
+_END = _FIRST_RECORD + 2 * _RECORDS  # one past the last record's slots
+# Record kinds; 0 is no record (yet).
+_INT, _FLOAT, _DATA_ENTRY = 1, 2, 3
 # Exact types ``marshal`` writes and reads back as they were (it writes any other
 # object with the buffer protocol, a NumPy array included, as bytes: not those).
 _MARSHALLED = frozenset({int, float, complex, str, bytes, bool, type(None)})
@@ -48,10 +53,7 @@ _PICKLE = 0x80  # the first byte of every pickle of protocol 2 or more
 
 
 class ResultTooLarge(Exception):
-    """An item's result does not fit in what is left of the journal: its slice sends it now."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    """The journal has no room for the last result appended: its slice sends it now."""
 
 
 class ResultUnpicklable(Exception):
@@ -62,7 +64,7 @@ class ResultUnpicklable(Exception):
 
 
 def create_journal() -> int:
-    """A new journal file with no name, ``JOURNAL_BYTES`` long; return its descriptor.
+    """A new journal file with no name, ``JOURNAL_BYTES`` long and zeroed; return its descriptor.
 
     Its pages are allocated as they are first written.
     """
@@ -83,53 +85,73 @@ def create_journal() -> int:
 
 
 class JournalWriter:
-    """The worker's side: appends the results of the items of a chunk as they end."""
+    """The worker's side: runs the items of a chunk's slice, journaling each result as it ends."""
 
-    __slots__ = ("_map", "_slots", "record")
+    __slots__ = ("_floats", "_map", "_slots", "_used", "_zeros")
 
     def __init__(self, fd: int) -> None:
         self._map = mmap.mmap(fd, JOURNAL_BYTES)
         self._slots = memoryview(self._map).cast("q")
-        self.record = self._recorder()
+        self._floats = memoryview(self._map).cast("d")  # the same slots, read as floats
+        self._used = 0  # records the last slice wrote
+        self._zeros = memoryview(bytes(_DATA - 8 * _FIRST_RECORD))
 
-    def begin(self, task_id: int, first: int) -> None:
-        """Start journaling a slice of task ``task_id``'s chunk, from its item ``first``.
+    def extend(self, results: list[Any], fn: Callable[[Any], Any], items: list[Any], task_id: int, first: int) -> None:
+        """Append ``fn(item)`` to ``results`` for each item, each journaled before the next item starts.
 
-        Called only after the items before ``first`` were sent to the parent.
-        The old entries are dropped first, so that a worker killed in between
-        leaves no entry under the wrong index.
-        """
-        self._slots[2] = _FIRST_ENTRY
-        self._slots[1] = first
-        self._slots[0] = task_id
-        self._map.seek(_FIRST_ENTRY)
-
-    def _recorder(self) -> Callable[[Any], Any]:
-        """``record(value)``: journal one item's result and return it.
+        ``items`` are task ``task_id``'s chunk's items from index ``first`` on;
+        the items before them were sent to the parent, so their records are
+        dropped first (a worker killed in between leaves no record under the
+        wrong index). One loop, no call per item but ``fn``'s (and the
+        serializer's, for what is not a number): the hot path of a map of
+        cheap items.
 
         Raises:
-            ResultTooLarge: the result does not fit in what is left of the journal.
-            ResultUnpicklable: neither pickle nor the pool's own pickler can pickle it.
+            ResultTooLarge: the journal has no room for the last result appended.
+            ResultUnpicklable: neither pickle nor the pool's own pickler can
+                pickle the result of the item after the last one appended.
+            Exception: what ``fn`` raised, for the item after the last one appended.
         """
-        write, tell, slots = self._map.write, self._map.tell, self._slots
+        slots, floats, journal = self._slots, self._floats, self._map
+        if self._used:
+            journal[8 * _FIRST_RECORD : 8 * (_FIRST_RECORD + 2 * self._used)] = self._zeros[: 16 * self._used]
+        slots[1] = first
+        slots[0] = task_id
+        journal.seek(_DATA)
+        write, append = journal.write, results.append
         to_marshal, dump_marshal, dump_pickle = _MARSHALLED, marshal.dumps, pickle.dumps
-
-        def record(value: Any) -> Any:
-            if type(value) in to_marshal:
-                entry = dump_marshal(value, 2)
-            else:
-                try:
-                    entry = dump_pickle(value, 5)
-                except Exception:
-                    entry = _pickle_otherwise(value)
-            try:
-                write(entry)
-            except ValueError:  # out of room
-                raise ResultTooLarge(value) from None
-            slots[2] = tell()  # now it counts
-            return value
-
-        return record
+        kind = _FIRST_RECORD  # the slot of the next record's kind
+        end = _DATA
+        try:
+            for value in map(fn, items):
+                if kind == _END:  # no record left
+                    append(value)
+                    raise ResultTooLarge
+                if type(value) is int and -9223372036854775808 <= value <= 9223372036854775807:
+                    slots[kind + 1] = value
+                    slots[kind] = _INT
+                elif type(value) is float:
+                    floats[kind + 1] = value
+                    slots[kind] = _FLOAT
+                else:
+                    if type(value) in to_marshal:
+                        entry = dump_marshal(value, 2)
+                    else:
+                        try:
+                            entry = dump_pickle(value, 5)
+                        except Exception:
+                            entry = _pickle_otherwise(value)
+                    try:
+                        end += write(entry)
+                    except ValueError:  # no room left
+                        append(value)
+                        raise ResultTooLarge from None
+                    slots[kind + 1] = end
+                    slots[kind] = _DATA_ENTRY
+                append(value)  # its record's kind was written last: now it counts
+                kind += 2
+        finally:
+            self._used = (kind - _FIRST_RECORD) // 2
 
 
 def _pickle_otherwise(value: Any) -> bytes:
@@ -161,15 +183,31 @@ class JournalReader:
             Exception: whatever unpickling an entry raised (its class cannot be
                 imported here, say).
         """
-        task, first, end = _HEADER.unpack_from(self._map, 0)
-        if task != task_id or first > received or not _FIRST_ENTRY <= end <= JOURNAL_BYTES:
-            return None
-        data = self._map[_FIRST_ENTRY:end]
-        stream = io.BytesIO(data)
-        results = []
-        while (position := stream.tell()) < len(data):
-            results.append(pickle.load(stream) if data[position] == _PICKLE else marshal.load(stream))
-        return results[received - first :]
+        slots = memoryview(self._map).cast("q")
+        floats = memoryview(self._map).cast("d")
+        try:
+            task, first = slots[0], slots[1]
+            if task != task_id or first > received:
+                return None
+            results: list[Any] = []
+            start = _DATA
+            for kind in range(_FIRST_RECORD, _END, 2):
+                code = slots[kind]
+                if code == _INT:
+                    results.append(slots[kind + 1])
+                elif code == _FLOAT:
+                    results.append(floats[kind + 1])
+                elif code == _DATA_ENTRY:
+                    end = slots[kind + 1]
+                    data = self._map[start:end]
+                    start = end
+                    results.append(pickle.loads(data) if data[0] == _PICKLE else marshal.loads(data))
+                else:
+                    break
+            return results[received - first :]
+        finally:
+            slots.release()
+            floats.release()
 
     def close(self) -> None:
         self._map.close()
