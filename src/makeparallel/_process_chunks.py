@@ -66,19 +66,19 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
         Exception: what an item raised, with ``keep_going`` false.
     """
     # Imported here, where it runs (in a worker): the parent's import of makeparallel needs no pickle.
-    from ._backends._crash_journal import ResultTooLarge, ResultUnpicklable
+    from ._backends._crash_journal import SLICE_ITEMS, ResultTooLarge, ResultUnpicklable
 
     journal = task._journal
     position, length, count = 0, 1, len(items)
     while position < count:
         if task._state != RUNNING:
             task._raise_if_stopped()
-        end = min(count, position + length)
+        end = min(count, position + length, position + SLICE_ITEMS)
         results: list[Any] = []
         began = time.perf_counter()
         try:
             journal.extend(results, fn, items[position:end], task._id, position)
-        except ResultTooLarge:  # its last result is not in the journal: sent now
+        except ResultTooLarge:  # its last result is not in the journal: the slice is sent now
             end = position + len(results)
         except ResultUnpicklable as unpicklable:
             failed = position + len(results)

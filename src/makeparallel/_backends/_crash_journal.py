@@ -36,14 +36,15 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["JOURNAL_BYTES", "JournalReader", "JournalWriter", "ResultTooLarge", "ResultUnpicklable", "create_journal"]
+__all__ = ["JOURNAL_BYTES", "SLICE_ITEMS", "JournalReader", "JournalWriter", "ResultTooLarge", "ResultUnpicklable", "create_journal"]
 
 #: Bytes of a journal: a slice of a chunk that fills it is sent before its next item runs.
 JOURNAL_BYTES = 1 << 20
-_RECORDS = 16 * 1024  # items a slice can journal (their records take 256 KiB)
+#: Items a slice may hold: the journal has a record for each (256 KiB in all).
+SLICE_ITEMS = 16 * 1024
 _FIRST_RECORD = 2  # slot of the first record's kind; slots 0 and 1: task id, first item's index
-_DATA = 8 * (_FIRST_RECORD + 2 * _RECORDS)  # byte offset of the data area
-_END = _FIRST_RECORD + 2 * _RECORDS  # one past the last record's slots
+_DATA = 8 * (_FIRST_RECORD + 2 * SLICE_ITEMS)  # byte offset of the data area
+_END = _FIRST_RECORD + 2 * SLICE_ITEMS  # one past the last record's slots
 # Record kinds; 0 is no record (yet).
 _INT, _FLOAT, _DATA_ENTRY = 1, 2, 3
 # Exact types ``marshal`` writes and reads back as they were (it writes any other
@@ -99,12 +100,11 @@ class JournalWriter:
     def extend(self, results: list[Any], fn: Callable[[Any], Any], items: list[Any], task_id: int, first: int) -> None:
         """Append ``fn(item)`` to ``results`` for each item, each journaled before the next item starts.
 
-        ``items`` are task ``task_id``'s chunk's items from index ``first`` on;
-        the items before them were sent to the parent, so their records are
-        dropped first (a worker killed in between leaves no record under the
-        wrong index). One loop, no call per item but ``fn``'s (and the
-        serializer's, for what is not a number): the hot path of a map of
-        cheap items.
+        ``items`` (``SLICE_ITEMS`` at most) are task ``task_id``'s chunk's items
+        from index ``first`` on; the items before them were sent to the
+        parent, so their records are dropped first (a worker killed in between
+        leaves no record under the wrong index). One loop, no call per item
+        but ``fn``'s for a number: the hot path of a map of cheap items.
 
         Raises:
             ResultTooLarge: the journal has no room for the last result appended.
@@ -112,46 +112,58 @@ class JournalWriter:
                 pickle the result of the item after the last one appended.
             Exception: what ``fn`` raised, for the item after the last one appended.
         """
-        slots, floats, journal = self._slots, self._floats, self._map
+        if len(items) > SLICE_ITEMS:
+            raise ValueError(f"a slice of {len(items)} items; the journal holds {SLICE_ITEMS}")
+        slots, floats, journal, entry = self._slots, self._floats, self._map, self._entry
         if self._used:
             journal[8 * _FIRST_RECORD : 8 * (_FIRST_RECORD + 2 * self._used)] = self._zeros[: 16 * self._used]
         slots[1] = first
         slots[0] = task_id
         journal.seek(_DATA)
-        write, append = journal.write, results.append
-        to_marshal, dump_marshal, dump_pickle = _MARSHALLED, marshal.dumps, pickle.dumps
+        append = results.append
+        number, real = _INT, _FLOAT
         kind = _FIRST_RECORD  # the slot of the next record's kind
-        end = _DATA
+        end = _DATA  # the end of the data area's entries
         try:
             for value in map(fn, items):
-                if kind == _END:  # no record left
-                    append(value)
-                    raise ResultTooLarge
-                if type(value) is int and -9223372036854775808 <= value <= 9223372036854775807:
-                    slots[kind + 1] = value
-                    slots[kind] = _INT
+                if type(value) is int:
+                    try:
+                        slots[kind + 1] = value
+                        slots[kind] = number  # written last: now it counts
+                    except ValueError:  # more than 64 bits
+                        end = entry(value, kind, end, results)
                 elif type(value) is float:
                     floats[kind + 1] = value
-                    slots[kind] = _FLOAT
+                    slots[kind] = real
                 else:
-                    if type(value) in to_marshal:
-                        entry = dump_marshal(value, 2)
-                    else:
-                        try:
-                            entry = dump_pickle(value, 5)
-                        except Exception:
-                            entry = _pickle_otherwise(value)
-                    try:
-                        end += write(entry)
-                    except ValueError:  # no room left
-                        append(value)
-                        raise ResultTooLarge from None
-                    slots[kind + 1] = end
-                    slots[kind] = _DATA_ENTRY
-                append(value)  # its record's kind was written last: now it counts
+                    end = entry(value, kind, end, results)
+                append(value)
                 kind += 2
         finally:
             self._used = (kind - _FIRST_RECORD) // 2
+
+    def _entry(self, value: Any, kind: int, end: int, results: list[Any]) -> int:
+        """Journal ``value`` in the data area, its record at slot ``kind``; return the new end of the data.
+
+        Raises:
+            ResultTooLarge: no room left; ``value`` is appended to ``results``.
+            ResultUnpicklable: ``value`` cannot be pickled.
+        """
+        if type(value) in _MARSHALLED:
+            data = marshal.dumps(value, 2)
+        else:
+            try:
+                data = pickle.dumps(value, 5)
+            except Exception:
+                data = _pickle_otherwise(value)
+        try:
+            end += self._map.write(data)
+        except ValueError:  # no room left
+            results.append(value)
+            raise ResultTooLarge from None
+        self._slots[kind + 1] = end
+        self._slots[kind] = _DATA_ENTRY  # written last: now it counts
+        return end
 
 
 def _pickle_otherwise(value: Any) -> bytes:
