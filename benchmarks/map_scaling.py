@@ -13,13 +13,16 @@ For each size, a no-op mapped over ``range(size)``:
 
 Rounds alternate so that machine noise hits all alike; medians are printed with
 ratios (higher is better for makeparallel: the other's time over ours).
+``--work N`` maps a function that loops ``N`` times instead of the no-op (50
+is a few microseconds per item), to see a fixed cost per item in proportion.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import statistics
 import time
@@ -30,6 +33,13 @@ import makeparallel as mp
 
 
 def noop(x: int) -> int:
+    return x
+
+
+def work(loops: int, x: int) -> int:
+    """``x``, after ``loops`` iterations of an empty loop."""
+    for _ in range(loops):
+        pass
     return x
 
 
@@ -55,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--start-method", default="forkserver", help="for the stdlib pools (default: forkserver)")
+    parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
@@ -63,10 +74,11 @@ def main() -> None:
     pool = context.Pool(args.workers)
     executor = ProcessPoolExecutor(args.workers, mp_context=context)
     single = mp.parallel(noop)
+    fn: Callable[[int], int] = noop if args.work == 0 else functools.partial(work, args.work)
     for _ in range(3):  # warm: workers started, functions imported
-        mp.parallel_map(noop, range(100), backend="process")
-        pool.map(noop, range(100))
-        list(executor.map(noop, range(100)))
+        mp.parallel_map(fn, range(100), backend="process")
+        pool.map(fn, range(100))
+        list(executor.map(fn, range(100)))
 
     for size in sizes:
         items = range(size)
@@ -74,11 +86,11 @@ def main() -> None:
         threads: dict[str, list[float]] = {"mp.parallel_map (thread)": [], "list comprehension": []}
         chunk = max(1, size // (4 * args.workers))
         for _ in range(args.rounds):
-            processes["mp.parallel_map (process)"].append(timed(lambda: mp.parallel_map(noop, items, backend="process"), size))
-            processes["Pool.map"].append(timed(lambda: pool.map(noop, items), size))
-            processes["ProcessPoolExecutor.map"].append(timed(lambda: list(executor.map(noop, items, chunksize=chunk)), size))
-            threads["mp.parallel_map (thread)"].append(timed(lambda: mp.parallel_map(noop, items), size))
-            threads["list comprehension"].append(timed(lambda: [noop(x) for x in items], size))
+            processes["mp.parallel_map (process)"].append(timed(lambda: mp.parallel_map(fn, items, backend="process"), size))
+            processes["Pool.map"].append(timed(lambda: pool.map(fn, items), size))
+            processes["ProcessPoolExecutor.map"].append(timed(lambda: list(executor.map(fn, items, chunksize=chunk)), size))
+            threads["mp.parallel_map (thread)"].append(timed(lambda: mp.parallel_map(fn, items), size))
+            threads["list comprehension"].append(timed(lambda: [fn(x) for x in items], size))
         report(f"\n{size:,} items, processes ({args.workers} workers)", processes, "mp.parallel_map (process)")
         report(f"{size:,} items, threads", threads, "mp.parallel_map (thread)")
 

@@ -886,7 +886,7 @@ class ProcessBackend(QueueingBackend):
             return None
         try:
             unsent = worker.journal.unsent(handle._id, len(done))
-        except Exception:
+        except BaseException:  # unpickling runs the user's code: nothing may end the loop
             return None
         return None if unsent is None else done + unsent
 
