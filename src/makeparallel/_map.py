@@ -573,9 +573,7 @@ def _map_one_item(
     try:
         chunk = handle.get()
     except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
-        chunk = finish_after_crash(
-            error, [item], 0, keep_going, lambda items, start, alone: chunk_task(fn, items, start, keep_going, alone)
-        )
+        chunk = finish_after_crash(error, [item], 0, keep_going, lambda items, start: chunk_task(fn, items, start, keep_going))
     except BaseException:  # Ctrl-C, or the item's error: the task must not go on
         handle.cancel()
         raise
