@@ -290,6 +290,8 @@ def test_exit_does_not_wait_again_after_a_shutdown_that_returned_false() -> None
     assert result.stdout == "submitted\nFalse\n"
     assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr
     assert "after makeparallel.shutdown() returned" in result.stderr
+    # The advice fits: exit_timeout plays no part after shutdown().
+    assert "longer timeout_secs" in result.stderr and "exit_timeout" not in result.stderr
 
 
 INTERRUPTED_SHUTDOWN = """

@@ -639,17 +639,20 @@ def _at_exit() -> None:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
         if get_active_task_count():
-            _log_abandoned("after makeparallel.shutdown() returned")
+            _log_abandoned("after makeparallel.shutdown() returned", "give shutdown() a longer timeout_secs to wait for them")
     elif _ending_on_interrupt():
         # Ctrl-C ended the program: what has not started never will.
         for backend in backends:
             backend.close(cancel_pending=True)
         if get_active_task_count():
-            _log_abandoned("after Ctrl-C")
+            _log_abandoned("after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
     else:
         timeout = _exit_timeout
         if get_active_task_count() and not wait_until_idle(timeout):
-            _log_abandoned(f"after waiting {timeout:g} s")
+            _log_abandoned(
+                f"after waiting {timeout:g} s",
+                "collect results or call makeparallel.shutdown() before exiting, or raise configure(exit_timeout=...)",
+            )
     for backend in backends:
         backend.terminate()  # no orphaned or zombie worker process
 
@@ -663,13 +666,13 @@ def _ending_on_interrupt() -> bool:
     return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
 
 
-def _log_abandoned(when: str) -> None:
+def _log_abandoned(when: str, advice: str) -> None:
+    """Warn that tasks were abandoned at exit, with the advice that fits how the program ended."""
     _log.warning(
-        "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned "
-        "%s; collect results or call makeparallel.shutdown() before exiting, or raise "
-        "configure(exit_timeout=...)",
+        "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned %s; %s",
         get_active_task_count(),
         when,
+        advice,
     )
 
 
