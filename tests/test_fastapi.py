@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from pool_helpers import Flags, wait_until
 from web_helpers import broken_pool_server, uvicorn_server
 
 fastapi = pytest.importorskip("fastapi")
-from makeparallel.fastapi import lifespan, router  # noqa: E402
+from makeparallel.fastapi import CancelOnDisconnect, lifespan, router  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -226,6 +227,43 @@ def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> No
     assert seen == ["start: 2", "stop: 3"]
     with pytest.raises(mp.ShutdownError):
         mp.parallel(abs)(-1)  # the lifespan shut the library down
+
+
+def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: threading.Event) -> None:
+    app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
+    app.add_middleware(CancelOnDisconnect)
+    handles: dict[str, mp.AsyncHandle[str]] = {}
+    started = threading.Event()
+    after_response = threading.Event()
+
+    @mp.parallel
+    def until_cancelled() -> str:
+        started.set()
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+        return "ended"
+
+    @app.get("/slow")
+    async def slow() -> str:
+        handles["slow"] = until_cancelled()
+        return await handles["slow"]
+
+    @app.post("/echo")
+    async def echo(request: fastapi.Request, background: fastapi.BackgroundTasks) -> int:
+        body = await request.body()
+        background.add_task(after_response.set)  # runs after the response: never cancelled
+        return len(body)
+
+    with uvicorn_server(app) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert started.wait(30), "the task never started"
+        # (the task may start before the route stored its handle)
+        assert wait_until(lambda: "slow" in handles and handles["slow"].done(), 30), "the task outlived its client"
+        assert handles["slow"].cancelled()
+        assert httpx.post(f"{base}/echo", content=b"x" * 1_000_000, timeout=30).json() == 1_000_000
+        assert after_response.wait(30)
 
 
 def test_awaiting_tasks_takes_no_token_of_starlettes_thread_limiter(gate: threading.Event) -> None:

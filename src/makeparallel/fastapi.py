@@ -21,6 +21,12 @@ loop, so that no worker process outlives the server. It is a plain lifespan
 function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
 pools up), or enter ours in yours (``async with mp_lifespan(app): ...``).
 
+ASGI servers (uvicorn, hypercorn) do not cancel a request whose client went
+away: they only answer ``http.disconnect`` to the app's next ``receive()``,
+which a route that awaits a handle never calls, so the task would run to its
+end for nobody. :class:`CancelOnDisconnect` (``app.add_middleware(CancelOnDisconnect)``)
+cancels such a request, and with it the tasks it awaits.
+
 Awaiting handles never takes a token of Starlette's thread limiter (the one
 that runs plain ``def`` endpoints): the library's pools are threads and
 processes of their own, and the routes here are ``async def``.
@@ -52,7 +58,7 @@ except ImportError as error:
         'makeparallel.fastapi needs FastAPI: pip install "makeparallel[fastapi]"'
     ) from error
 
-__all__ = ["lifespan", "router"]
+__all__ = ["CancelOnDisconnect", "lifespan", "router"]
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
@@ -84,7 +90,8 @@ def lifespan(
             (``mp.set_max_concurrent_tasks``); from a request, a call over it
             returns at once and the task waits for its slot.
         async_cancel: ``"force"`` stops a process task's worker when the request
-            awaiting it is cancelled (a client that disconnected), see
+            awaiting it is cancelled (a client that disconnected, with
+            :class:`CancelOnDisconnect`), see
             ``mp.configure``.
         prestart: start the process pool's workers at start-up
             (``mp.configure_process_pool(prestart=True)``) and wait, without
@@ -203,3 +210,75 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
         return Response(metrics_page(served), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return routes
+
+
+class CancelOnDisconnect:
+    """ASGI middleware: a client that disconnects before its response ended cancels its request.
+
+    The request's coroutine is cancelled as ``asyncio.timeout`` would cancel it,
+    so the handles it awaits are cancelled with it (a queued task never runs, a
+    running one is asked to stop, or its worker stopped with
+    ``async_cancel="force"``). What runs after the response was sent (Starlette's
+    background tasks) is never cancelled. Other scopes (websockets, lifespan)
+    pass through untouched.
+
+    The middleware is the only reader of the server's ``receive``: it hands the
+    request body to the app one message at a time (the app still paces the
+    upload), and watches for ``http.disconnect`` once the body was read.
+
+    Args:
+        app: the ASGI app to wrap; with FastAPI or Starlette, write
+            ``app.add_middleware(CancelOnDisconnect)``.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1)
+        disconnected: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        response_ended = False
+
+        async def read() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set_result(message)
+                    return
+                await body.put(message)
+
+        async def app_receive() -> dict[str, Any]:
+            if body.empty() and disconnected.done():
+                return disconnected.result()
+            next_body = asyncio.ensure_future(body.get())
+            try:
+                await asyncio.wait((next_body, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not next_body.done():
+                    next_body.cancel()
+            return next_body.result() if next_body.done() and not next_body.cancelled() else disconnected.result()
+
+        async def app_send(message: dict[str, Any]) -> None:
+            nonlocal response_ended
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_ended = True
+
+        reader = asyncio.ensure_future(read())
+        request = asyncio.ensure_future(self.app(scope, app_receive, app_send))  # in this context
+        client_left = False
+        try:
+            await asyncio.wait((request, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            if not request.done() and not response_ended:
+                client_left = request.cancel()  # nobody will read the answer
+            try:
+                await request
+            except asyncio.CancelledError:
+                if not client_left:
+                    raise  # the server cancelled this request (its shutdown), not the client
+        finally:
+            reader.cancel()
+            request.cancel()
