@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import Any
 
 import makeparallel as mp
+from makeparallel._backends._template import template_available
 
 try:
     import joblib  # type: ignore[import-not-found, unused-ignore]
@@ -335,7 +336,7 @@ def main() -> None:
         f"best of {args.rounds} rounds; functions from {tasks.__name__}"
     )
     print(
-        f"start methods: makeparallel: fresh interpreters (subprocess); ProcessPoolExecutor and "
+        f"start methods: makeparallel: {'forks of its template process' if template_available() else 'fresh interpreters (subprocess)'}; ProcessPoolExecutor and "
         f"Pool: {method}; {joblib_note}"
     )
 

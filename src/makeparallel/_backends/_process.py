@@ -471,7 +471,8 @@ class ProcessBackend(QueueingBackend):
             selector.register(self._wake_r, selectors.EVENT_READ)
             watched: list[_Worker] = []
             template: Template | None = None
-            while self._maintain():
+            look = True
+            while not look or self._maintain():
                 workers = self._workers
                 if workers != watched:
                     _watch(selector, watched, workers)
@@ -479,14 +480,22 @@ class ProcessBackend(QueueingBackend):
                 if self._template is not template:
                     _watch_template(selector, template, self._template)
                     template = self._template
-                for key, _ in selector.select(self._next_kill_in()):
+                events = selector.select(self._next_kill_in())
+                look = not events  # a kill is due
+                for key, _ in events:
                     if key.data is None:
                         _drain(self._wake_r)
                         self._woken = False  # before _maintain looks: a later wake writes again
+                        look = True
                     elif isinstance(key.data, Template):
                         key.data.read()  # forks and exits reported
+                        look = True
                     else:
                         self._receive_all(key.data)
+                # Results alone, with nothing queued or to send and no worker gone, leave
+                # nothing to do: back to waiting at once, which hands the GIL to the
+                # thread the results woke instead of making it wait for a pass.
+                look = look or bool(self._queued or self._control) or self._workers != watched
         self._close_template()
 
     def _start_worker(self, path: list[str], path_version: int) -> _Worker:

@@ -63,6 +63,7 @@ from ._parent_death import die_with_parent
 __all__ = ["main"]
 
 _STOP = ("stop", None)  # in the inbox: the parent is gone, or asked this worker to end
+_WATCH_AFTER = 0.02  # seconds a task runs before the reader thread watches the pipe
 
 
 class _RemoteTask:
@@ -133,7 +134,13 @@ class _Worker:
         self._inbox: deque[Any] = deque()
         self._mail_lock = threading.Lock()  # guards the inbox, _busy and _cancelled
         self._busy = False  # the main thread is not reading the pipe: the reader thread does
+        self._busy_period = 0  # counts the times _busy became true
         self._became_busy = threading.Condition(self._mail_lock)
+        self._reader_parked = False  # waits for _busy: the main thread wakes it
+        self._reader_polling = False  # watches the pipe: the main thread kicks it when it goes idle
+        self._kick_r, self._kick_w = os.pipe()
+        os.set_blocking(self._kick_r, False)
+        os.set_blocking(self._kick_w, False)
         self._read_lock = threading.Lock()  # held by the thread reading the pipe
         self._cancelled: dict[int, BaseException] = {}
         self._current: _RemoteTask | None = None
@@ -240,11 +247,20 @@ class _Worker:
         while True:
             with self._mail_lock:
                 if self._inbox:
-                    self._busy = True
-                    self._became_busy.notify()
+                    if not self._busy:
+                        self._busy = True
+                        self._busy_period += 1
+                        if self._reader_parked:
+                            self._became_busy.notify()
                     item: tuple[str, Any] = self._inbox.popleft()
                     return item
                 self._busy = False
+                kick = self._reader_polling
+            if kick:  # it watches the pipe: it must stop before this thread reads
+                try:
+                    os.write(self._kick_w, b"!")
+                except BlockingIOError:
+                    pass
             with self._read_lock:
                 with self._mail_lock:
                     if self._inbox:
@@ -255,25 +271,50 @@ class _Worker:
                     return _STOP  # the parent is gone; idle, this worker ends normally
 
     def _read_while_busy(self) -> None:
-        """Read the pipe while a task runs (the main thread reads it when idle)."""
+        """Read the pipe while a task runs (the main thread reads it when idle).
+
+        The pipe is watched only once a task has run for ``_WATCH_AFTER``: a
+        thread watching it during short tasks woke with the main thread at every
+        message and took the GIL from it. A cancel or a closed pipe reaches a
+        running task that much later.
+        """
         conn = self._conn
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
+        pipe = select.poll()
+        pipe.register(conn.fileno(), select.POLLIN)
+        pipe_or_kick = select.poll()
+        pipe_or_kick.register(conn.fileno(), select.POLLIN)
+        pipe_or_kick.register(self._kick_r, select.POLLIN)
         try:
             while True:
                 with self._mail_lock:
-                    while not self._busy:
-                        self._became_busy.wait()
+                    self._wait_for_a_long_task_locked()
+                    self._reader_polling = True
                 with self._read_lock:
                     ready = self._busy and conn.buffered()
                 if not ready:
-                    poller.poll()  # without the lock: the main thread may go idle and read meanwhile
+                    pipe_or_kick.poll()  # without the read lock: the main thread may go idle and read
+                with self._mail_lock:
+                    self._reader_polling = False
+                _drain(self._kick_r)
                 with self._read_lock:
-                    if not self._busy or not (conn.buffered() or poller.poll(0)):
+                    if not self._busy or not (conn.buffered() or pipe.poll(0)):
                         continue
                     self._take(conn.recv())
         except (EOFError, OSError):
             self._parent_gone()
+
+    def _wait_for_a_long_task_locked(self) -> None:
+        """Return once the main thread has been busy for ``_WATCH_AFTER`` seconds on end."""
+        while True:
+            if not self._busy:
+                self._reader_parked = True
+                self._became_busy.wait()
+                self._reader_parked = False
+                continue
+            period = self._busy_period
+            self._became_busy.wait(_WATCH_AFTER)  # nobody notifies: a short task ends meanwhile
+            if self._busy and self._busy_period == period:
+                return
 
     def _take(self, message: tuple[Any, ...]) -> None:
         """Act on a message from the parent, read under the read lock (a task's buffers follow it)."""
@@ -359,3 +400,12 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _drain(fd: int) -> None:
+    """Read every byte waiting on the non-blocking pipe ``fd``."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
