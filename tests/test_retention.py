@@ -9,6 +9,7 @@ on its way back.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import weakref
@@ -152,3 +153,29 @@ def test_collectors_keep_no_result(collect: str) -> None:
     del handles
     assert wait_until(thread_pool_at_rest)
     assert all(gone(r) for r in refs)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("iteration", ["for", "async for"])
+def test_as_completed_lets_go_of_each_handle_it_yielded(iteration: str) -> None:
+    # The consumer keeps only the iterator, as in `for h in as_completed(f(x) for x in xs)`.
+    task = mp.parallel(backend="thread")(make_result)
+    if iteration == "for":
+        completed = mp.as_completed(task(i) for i in range(6))
+        handle = next(completed)
+        ref = weakref.ref(handle.get())
+        del handle
+        assert gone(ref), gc.get_referrers(ref())
+        assert len(list(completed)) == 5
+        return
+
+    async def consume() -> None:
+        completed = mp.as_completed(task(i) for i in range(6)).__aiter__()
+        handle = await completed.__anext__()
+        ref = weakref.ref(handle.get())
+        del handle
+        assert gone(ref), gc.get_referrers(ref())
+        assert len([h async for h in completed]) == 5
+
+    asyncio.run(consume())
+

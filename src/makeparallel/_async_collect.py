@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error
+from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, taken
 from ._handle import AsyncHandle, cancel_all
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
@@ -178,22 +178,22 @@ class _Countdown:
         self._deliver(self._wake, self.future)
 
 
-async def as_completed_async(items: list[AsyncHandle[T]], timeout: float | None) -> AsyncIterator[AsyncHandle[T]]:
-    """What ``async for handle in mp.as_completed(...)`` iterates over."""
+async def as_completed_async(
+    pending: dict[AsyncHandle[T], None], timeout: float | None
+) -> AsyncIterator[AsyncHandle[T]]:
+    """What ``async for handle in mp.as_completed(...)`` iterates over.
+
+    ``pending`` holds the handles not yet yielded, each dropped as it is yielded.
+    """
     import asyncio
 
     try:
-        completions = await AsyncCompletions.of(items, timeout)
+        completions = await AsyncCompletions.of(list(pending), timeout)
+        while completions.outstanding:
+            yield taken(pending, await completions.next())
     except asyncio.CancelledError:
-        cancel_all(items)
+        cancel_all(list(pending))
         raise
-    while completions.outstanding:
-        try:
-            handle = await completions.next()
-        except asyncio.CancelledError:
-            cancel_all(items)
-            raise
-        yield handle
 
 
 @overload

@@ -41,6 +41,7 @@ __all__ = [
     "check_on_error",
     "collect_timeout_error",
     "gather",
+    "taken",
     "wait",
 ]
 
@@ -257,37 +258,49 @@ def as_completed(
         TypeError: ``handles`` is not an iterable of handles.
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
     """
-    items = list(dict.fromkeys(_as_handles(handles, "as_completed")))
+    pending = dict.fromkeys(_as_handles(handles, "as_completed"))
     check_wait_timeout(timeout)
-    return Completed(items, timeout)
+    return Completed(pending, timeout)
 
 
 class Completed(Iterator[AsyncHandle[T]]):
-    """What :func:`as_completed` returns: iterable with ``for`` and with ``async for``."""
+    """What :func:`as_completed` returns: iterable with ``for`` and with ``async for``.
 
-    def __init__(self, items: list[AsyncHandle[T]], timeout: float | None) -> None:
-        self._items = items
+    It follows the handles not yet yielded (to cancel them on Ctrl-C) and lets
+    go of each one as it is yielded, so a result the consumer dropped is freed
+    while the iteration goes on (as ``concurrent.futures.as_completed`` does
+    since bpo-27144).
+    """
+
+    def __init__(self, pending: dict[AsyncHandle[T], None], timeout: float | None) -> None:
+        self._pending = pending
         self._timeout = timeout
         self._iterator: Iterator[AsyncHandle[T]] | None = None
 
     def __next__(self) -> AsyncHandle[T]:
         if self._iterator is None:
-            self._iterator = _yield_completed(self._items, self._timeout)
+            self._iterator = _yield_completed(self._pending, self._timeout)
         return next(self._iterator)
 
     def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:
         from ._async_collect import as_completed_async  # asyncio only for async callers
 
-        return as_completed_async(self._items, self._timeout)
+        return as_completed_async(self._pending, self._timeout)
 
 
-def _yield_completed(items: list[AsyncHandle[T]], timeout: float | None) -> Iterator[AsyncHandle[T]]:
+def taken(pending: dict[AsyncHandle[T], None], handle: AsyncHandle[T]) -> AsyncHandle[T]:
+    """``handle``, no longer pending: returned straight into a ``yield``, so no frame keeps it."""
+    del pending[handle]
+    return handle
+
+
+def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None) -> Iterator[AsyncHandle[T]]:
     try:
-        completions = Completions.of(items, timeout)
+        completions = Completions.of(list(pending), timeout)
         while completions.outstanding:
-            yield completions.next()
+            yield taken(pending, completions.next())
     except KeyboardInterrupt:  # raised while waiting here, not in the consumer's loop body
-        cancel_all(items)
+        cancel_all(list(pending))
         raise
 
 
