@@ -15,7 +15,8 @@ Then the items after the culprit run as a new chunk, and the culprit's failure
 replaced by ``None`` as ``on_error`` says. A result that cannot be pickled
 fails its item alone, the same way; one too large for the journal ends its
 slice and is sent at once, before the next item starts. Cost: one message per
-slice, and a fraction of a microsecond per item for the journal.
+slice but the last, which travels in the chunk's own result message, and a
+fraction of a microsecond per item for the journal.
 """
 
 from __future__ import annotations
@@ -53,12 +54,19 @@ def describe_item(index: int, item: Any) -> str:
 
 
 def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
-    """Run a chunk on a worker, journaling each result and sending each slice's as it ends; return ``[]``.
+    """Run a chunk on a worker, journaling each result and sending each slice's as it ends.
 
     ``task`` is the worker's stand-in for the task (``_journal``,
     ``_send_partial``, ``_pickle_error``). A slice ends early at an item that
     raised, whose result cannot be pickled or does not fit in the journal: its
-    results are sent before the next item starts.
+    results are sent before the next item starts. The last slice, if it ended
+    without any of these, is returned instead, to travel in the task's own
+    result message: one message fewer per chunk (a chunk of one item sends
+    nothing else), and its results are in the journal until that message is
+    sent.
+
+    Returns:
+        The last slice's results, or ``[]`` if it was sent.
 
     Raises:
         TaskSerializationError: an item's result cannot be pickled, with
@@ -76,8 +84,10 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
         end = min(count, position + length, position + SLICE_ITEMS)
         results: list[Any] = []
         began = time.perf_counter()
+        clean = False  # the slice ended without an error or an outsized result
         try:
             journal.extend(results, fn, items[position:end], task._id, position)
+            clean = True
         except ResultTooLarge:  # its last result is not in the journal: the slice is sent now
             end = position + len(results)
         except ResultUnpicklable as unpicklable:
@@ -101,6 +111,8 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
         seconds = time.perf_counter() - began
         first, position = position, end
         length = max(1, int(_SLICE_SECONDS * (end - first) / max(seconds, 1e-9)))
+        if clean and position >= count:
+            return results
         _send(task, results, start + first, items[first:end], keep_going)
     return []
 
