@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import makeparallel as mp
+from makeparallel import _autosize
 from makeparallel._autosize import AutoSizePolicy, AutoSizer
 from makeparallel._backends._thread import ThreadBackend, default_thread_count
 from makeparallel import _runtime
@@ -51,12 +52,186 @@ def test_the_sizer_measures_cpu_against_wall_time() -> None:
     cpu = [0.0]
     load = [(10, 2)]
     sizes: list[int] = []
-    sizer = AutoSizer(AutoSizePolicy(2, 16), lambda: load[0], sizes.append, cores=2, cpu_clock=lambda: cpu[0], clock=lambda: now[0])
+    sizer = AutoSizer(
+        AutoSizePolicy(2, 16), lambda: load[0], sizes.append, cores=2,
+        activity=None, cpu_clock=lambda: cpu[0], clock=lambda: now[0],
+    )
     sizer.step()  # the first sample only sets the baseline
     now[0], cpu[0] = 0.1, 0.19  # 2 busy workers used 95% of 2 cores: computing
     assert sizer.step() == 2 and sizes == []
     now[0], cpu[0] = 0.2, 0.2  # then 5%: waiting
     assert sizer.step() == 12 and sizes == [12]  # 2 busy + 10 queued
+
+
+class FakeThreads:
+    """Per-thread activity and run states for an :class:`AutoSizer`, on a fake clock."""
+
+    def __init__(self, busy: int = 2, queued: int = 10) -> None:
+        self.now = 0.0
+        self.active: dict[int, float] = {}  # seconds each thread ran or was ready to run
+        self.runnable: set[int] = set()
+        self.load = (queued, busy)
+        self.sizes: list[int] = []
+
+    def sizer(self, base: int = 2, bound: int = 16) -> AutoSizer:
+        return AutoSizer(
+            AutoSizePolicy(base, bound), lambda: self.load, self.sizes.append, cores=2,
+            activity=lambda: dict(self.active), runnable=lambda tid: tid in self.runnable, clock=lambda: self.now,
+        )
+
+    def advance(self, seconds: float, **shares: float) -> None:
+        """Let ``seconds`` pass, thread ``t<id>`` active for ``shares[t<id>]`` of them."""
+        self.now += seconds
+        for name, share in shares.items():
+            tid = int(name[1:])
+            self.active[tid] = self.active.get(tid, 0.0) + share * seconds
+
+
+def test_computing_threads_on_a_busy_machine_do_not_grow_the_pool() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=1.0, t2=1.0)
+    sizer.step()  # the baseline
+    for _ in range(10):  # on CPU or waiting for one: active all the time
+        threads.advance(0.03, t1=1.0, t2=0.9)
+        assert sizer.step() == 2
+    assert threads.sizes == []
+
+
+def test_a_clearly_blocked_worker_grows_the_pool_after_one_window() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    threads.advance(0.02, t1=1.0, t2=0.1)
+    assert sizer.step() == 2  # under a window: not judged yet
+    threads.advance(0.01, t1=1.0, t2=0.1)
+    assert sizer.step() == 12 and threads.sizes == [12]  # 2 busy + 10 queued
+
+
+def test_a_passing_dip_averages_out_over_two_windows() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    threads.advance(0.03, t1=1.0, t2=0.5)
+    assert sizer.step() == 2  # partly blocked over one window only: not yet
+    threads.advance(0.03, t1=1.0, t2=1.0)
+    assert sizer.step() == 2  # 0.75 of two windows: computing
+    assert threads.sizes == []
+
+
+def test_a_partly_blocked_worker_grows_the_pool_over_two_windows() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    threads.advance(0.03, t1=1.0, t2=0.6)
+    assert sizer.step() == 2
+    threads.advance(0.03, t1=1.0, t2=0.6)
+    assert sizer.step() == 12
+
+
+def test_the_window_starts_again_after_a_while_to_notice_a_change_of_work() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    for _ in range(8):  # 0.32 s computing: the window starts again at the last of these samples
+        threads.advance(0.04, t1=1.0, t2=1.0)
+        assert sizer.step() == 2
+    threads.advance(0.04, t1=1.0, t2=0.5)  # now one waits half the time: judged from here, not diluted by the past
+    assert sizer.step() == 2
+    threads.advance(0.04, t1=1.0, t2=0.5)
+    assert sizer.step() == 12
+
+
+def test_a_worker_kept_waiting_for_a_cpu_is_not_blocked() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    threads.runnable = {2}  # its wait is counted only once it gets a CPU
+    threads.advance(0.03, t1=1.0, t2=0.0)
+    assert sizer.step() == 2
+    threads.runnable = set()
+    threads.advance(0.03, t1=1.0, t2=0.0)
+    assert sizer.step() == 12
+
+
+def test_idle_and_retiring_threads_are_not_taken_for_blocked_workers() -> None:
+    threads = FakeThreads(busy=2)
+    sizer = threads.sizer()
+    threads.advance(0.0, t1=0.0, t2=0.0, t3=0.0, t4=0.0)
+    sizer.step()
+    for _ in range(3):  # t3 and t4 are parked: the 2 busy workers are the 2 most active threads
+        threads.advance(0.03, t1=1.0, t2=0.95, t3=0.0, t4=0.0)
+        assert sizer.step() == 2
+
+
+def test_an_interval_that_was_partly_idle_is_not_judged() -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.load = (0, 0)  # idle: nothing is read
+    threads.advance(0.1, t1=0.0, t2=0.0)
+    sizer.step()
+    threads.load = (10, 2)  # work arrives: this sample starts a window
+    threads.advance(0.1, t1=0.0, t2=0.0)
+    assert sizer.step() == 2
+    threads.advance(0.03, t1=1.0, t2=1.0)
+    assert sizer.step() == 2 and threads.sizes == []
+
+
+def test_a_queued_task_wakes_an_idle_sizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_autosize, "INTERVAL", 3600.0)  # only a poke can make it sample soon
+    sampled = threading.Event()
+
+    def sample() -> tuple[int, int]:
+        sampled.set()
+        return 0, 0
+
+    sizer = AutoSizer(AutoSizePolicy(2, 16), sample, lambda size: None, cores=2)
+    sizer.start()
+    try:
+        assert not sampled.is_set()
+        sizer.poke()
+        assert sampled.wait(30), "a poke did not wake the sizer"
+    finally:
+        sizer.stop()
+
+
+def test_linux_reports_a_computing_thread_as_active_and_runnable() -> None:
+    if not _autosize._SCHEDSTAT:
+        pytest.skip("per-thread scheduler statistics are Linux's")
+    stop = threading.Event()
+    started = threading.Event()
+
+    def compute() -> None:
+        started.set()
+        while not stop.is_set():
+            sum(range(1000))
+
+    def wait() -> None:
+        stop.wait(60)
+
+    computing = threading.Thread(target=compute, name="makeparallel-thread-test-compute")
+    waiting = threading.Thread(target=wait, name="makeparallel-thread-test-wait")
+    computing.start()
+    waiting.start()
+    try:
+        assert started.wait(30)
+        busy, idle = computing.native_id, waiting.native_id
+        assert busy is not None and idle is not None
+        before = _autosize.pool_thread_activity()
+        assert busy in before and idle in before
+        assert wait_until(lambda: _autosize.pool_thread_activity()[busy] > before[busy] + 0.01, 30)
+        assert _autosize.pool_thread_activity()[idle] - before[idle] < 0.01
+        assert not _autosize.thread_is_runnable(idle)
+        assert _autosize.thread_is_runnable(threading.get_native_id())  # this one runs now
+    finally:
+        stop.set()
+        computing.join(30)
+        waiting.join(30)
 
 
 def test_a_real_pool_grows_while_its_tasks_wait(gate: threading.Event) -> None:

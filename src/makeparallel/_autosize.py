@@ -2,19 +2,30 @@
 
 Threads help work that waits (I/O, sleeps, locks) far beyond the core count,
 and work that computes only up to it. The pool starts at the usable cores; a
-daemon thread samples the queue and the CPU time this process used
-(``time.process_time()``, all threads together, as the GIL watch compares thread
-CPU time with wall time): every 10 ms while tasks are queued, every 100 ms
-otherwise. When tasks are queued, every worker is busy, and the busy workers used
-less than half the CPU they could have (``min(busy, cores)`` cores over the
-interval), they are mostly blocked: the pool grows at once to what would run
-everything queued (at least by one), up to a bound (64 by default). After
-``keep_alive`` seconds with idle workers and an empty queue, it shrinks back to
-what is busy, never below the cores. Nothing is measured per task.
+daemon thread samples the queue every 100 ms, and at once when a task is queued
+behind busy workers (the pool pokes it), then every 10 ms while tasks are queued.
+While every worker is busy, tasks are queued and the pool is under its bound,
+it measures over windows of 30 ms how active each worker thread was: the share
+of the window it ran or was ready to run (on Linux, ``schedstat``: on-CPU plus
+run-queue time; elsewhere the process's CPU time over what the busy workers
+could have used). If the least active busy worker was active under 3/8 of a
+window, or under 3/4 of two windows in a row, the pool is partly blocked: it
+grows at once to what would run everything queued (at least by one), up to a
+bound (64 by default). After ``keep_alive`` seconds with idle workers and an
+empty queue, it shrinks back to what is busy, never below the cores. Nothing
+is measured per task.
+
+Why per thread, with run-queue time: ``time.process_time()`` cannot tell a
+thread that waits for I/O from one ready to compute while other processes hold
+the CPUs, so on a busy machine a pool of hashing threads looked blocked and grew
+to 64 threads (8 runs in 8 on the shared 2-core machine; 1 in 8 now, the first,
+when imports do block). A window that was partly idle, or a single 10 ms
+sample, misjudged computing threads too.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +35,9 @@ __all__ = ["AutoSizePolicy", "AutoSizer"]
 
 INTERVAL = 0.1  # seconds between samples while nothing is queued
 BUSY_INTERVAL = 0.01  # and while tasks are queued: waiting work gains most from growing early
-BLOCKED_BELOW = 0.5  # busy workers using less CPU than this fraction are mostly waiting
+WINDOW = 0.03  # seconds of activity a decision looks at, at least: a few scheduler time slices
+LONGEST_WINDOW = 0.3  # and at most: then it starts again, to notice a change of work
+BLOCKED_BELOW = 0.75  # a busy worker active less than this share of the time is partly waiting
 
 
 class AutoSizePolicy:
@@ -50,8 +63,8 @@ class AutoSizePolicy:
             now: the time, in seconds.
             queued: tasks waiting to start.
             busy: workers running a task.
-            cpu_fraction: CPU time used over the interval, divided by what the
-                busy workers could have used (``min(busy, cores)`` cores).
+            cpu_fraction: the share of the interval the least active busy
+                worker ran or was ready to run (1.0: no evidence of waiting).
         """
         if queued > 0 and busy >= self.size and cpu_fraction < BLOCKED_BELOW:
             self.size = min(self.bound, max(self.size + 1, busy + queued))
@@ -67,14 +80,62 @@ class AutoSizePolicy:
         return self.size
 
 
+def pool_thread_activity(prefix: str = "makeparallel-thread-") -> dict[int, float]:
+    """Seconds each pool thread has run or been ready to run (waiting for a CPU), by native id.
+
+    Linux counts both in ``/proc/self/task/<tid>/schedstat`` (on-CPU and
+    run-queue ns, the first two fields). Their sum tells a thread that waits
+    for I/O (it grows slowly) from one that computes, even while other
+    processes keep the CPUs busy (it grows with the wall clock either way);
+    ``time.process_time()`` alone tells neither.
+    """
+    active: dict[int, float] = {}
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or not thread.name.startswith(prefix):
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as stats:
+                ran, waited = stats.read().split()[:2]
+        except (OSError, ValueError):  # it ended meanwhile
+            continue
+        active[tid] = (int(ran) + int(waited)) / 1e9
+    return active
+
+
+def thread_is_runnable(tid: int) -> bool:
+    """Whether the thread ``tid`` of this process is running or ready to run now (state ``R``).
+
+    Run-queue wait is added to ``schedstat`` only when the thread gets a CPU,
+    so a thread kept waiting for a whole interval looks idle there; its state
+    says otherwise.
+    """
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"R"
+    except (OSError, IndexError):
+        return False
+
+
+_SCHEDSTAT = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+Activity = Callable[[], dict[int, float]]
+
+
 class AutoSizer:
-    """Samples a pool every 100 ms and resizes it by an :class:`AutoSizePolicy`.
+    """Samples a pool and resizes it by an :class:`AutoSizePolicy`.
 
     Args:
         policy: the decision.
         sample: returns ``(queued, busy)`` of the pool.
         resize: sets the pool's size.
         cores: the usable cores.
+        activity: per-thread activity (:func:`pool_thread_activity`, the
+            default where Linux provides it), or ``None`` to judge by
+            ``cpu_clock`` for the whole process.
+        runnable: whether a thread is running or ready to run now: one that
+            looks idle by ``activity`` but is, was kept waiting for a CPU.
+        cpu_clock: CPU seconds of the process, without ``activity``.
+        clock: wall-clock seconds.
     """
 
     def __init__(
@@ -83,6 +144,8 @@ class AutoSizer:
         sample: Callable[[], tuple[int, int]],
         resize: Callable[[int], None],
         cores: int,
+        activity: Activity | None = pool_thread_activity if _SCHEDSTAT else None,
+        runnable: Callable[[int], bool] = thread_is_runnable,
         cpu_clock: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -90,40 +153,87 @@ class AutoSizer:
         self._sample = sample
         self._resize = resize
         self._cores = cores
+        self._activity = activity
+        self._runnable = runnable
         self._cpu_clock = cpu_clock
         self._clock = clock
-        self._stop = threading.Event()
+        self._stop = False
+        self._wake = threading.Event()
+        self._idle = True  # the watcher sleeps INTERVAL: new queued work should wake it
         self._thread: threading.Thread | None = None
-        self._last: tuple[float, float] | None = None
+        self._last: tuple[float, Any] | None = None  # when the pool could grow since, and its reading then
 
     def step(self) -> int:
-        """Take one sample and apply the decision; return the size."""
-        now, cpu = self._clock(), self._cpu_clock()
+        """Take one sample and apply the decision; return the size.
+
+        Activity is read only while the pool could grow (tasks queued, every
+        worker busy, under the bound), and judged over at least ``WINDOW``
+        seconds that were all so.
+        """
         queued, busy = self._sample()
+        now = self._clock()
         fraction = 1.0
-        if self._last is not None and busy:
-            wall = now - self._last[0]
-            if wall > 0:
-                fraction = (cpu - self._last[1]) / (min(busy, self._cores) * wall)
-        self._last = (now, cpu)
+        if queued > 0 and busy >= self.policy.size and self.policy.size < self.policy.bound:
+            elapsed = now - self._last[0] if self._last is not None else 0.0
+            if self._last is None or elapsed >= LONGEST_WINDOW:
+                self._last = (now, self._read())
+            elif elapsed >= WINDOW:
+                # Over all the time since it could grow: clearly blocked after one
+                # window, partly blocked over two (short dips average out).
+                measured = self._fraction(elapsed, busy, self._last[1], self._read())
+                if measured < BLOCKED_BELOW / 2 or elapsed >= 2 * WINDOW:
+                    fraction = measured
+        else:
+            self._last = None
         before = self.policy.size
         size = self.policy.decide(now, queued, busy, fraction)
         if size != before:
             self._resize(size)
         return size
 
+    def _read(self) -> Any:
+        return self._activity() if self._activity is not None else self._cpu_clock()
+
+    def _fraction(self, wall: float, busy: int, before: Any, after: Any) -> float:
+        """The share of a CPU the least active busy worker used or waited for.
+
+        The ``busy`` most active pool threads are taken to be the busy ones:
+        threads that are idle or retiring are not active at all. Without
+        per-thread figures: the CPU the process used, over what the busy
+        workers could have used (``min(busy, cores)`` CPUs).
+        """
+        if self._activity is None:
+            return float(after - before) / (min(busy, self._cores) * wall)
+        shares = sorted(((after[tid] - before[tid]) / wall, tid) for tid in after.keys() & before.keys())[-busy:]
+        least = 1.0
+        for share, tid in shares:
+            if share < least and not (share < BLOCKED_BELOW and self._runnable(tid)):
+                least = share
+        return least
+
+    def poke(self) -> None:
+        """Tasks were queued behind busy workers: sample now rather than at the end of an idle interval."""
+        if self._idle:
+            self._wake.set()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._watch, name="makeparallel-autosize", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop = True
+        self._wake.set()
 
     def _watch(self) -> None:
         interval = INTERVAL
-        while not self._stop.wait(interval):
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop:
+                return
             self.step()
             interval = BUSY_INTERVAL if self._sample()[0] else INTERVAL
+            self._idle = interval == INTERVAL
 
     def describe(self) -> dict[str, Any]:
         return {"auto": True, "auto_bound": self.policy.bound, "auto_base": self.policy.base}

@@ -333,7 +333,7 @@ def configure_thread_pool(num_threads: int | str | None = None, stack_size: int 
             process may use. Resizing a running pool is safe: a larger pool starts
             threads for queued work at once, a smaller one retires idle threads.
             ``"auto"``: start at the usable cores and add threads, up to 64,
-            while tasks are queued and the running ones mostly wait rather than
+            while tasks are queued and the running ones partly wait rather than
             compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
         stack_size: bytes of stack for threads started from now on (at least 32 KiB).
     """

@@ -206,6 +206,8 @@ class ThreadBackend(QueueingBackend):
                 self._workers += 1
                 park = None
             else:
+                if self._autosizer is not None:
+                    self._autosizer.poke()  # queued behind busy workers: may need more of them
                 return
         finally:
             lock.release()
