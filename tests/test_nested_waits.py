@@ -10,9 +10,10 @@ timeout and raise ``TaskTimeoutError``: the tests assert results, not times.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -209,6 +210,70 @@ def test_a_group_with_a_timeout_inside_a_task_ends_at_its_deadline(gate: threadi
     outcome = parent().get(timeout=30)
     gate.set()
     assert outcome == "timed out"
+
+
+# -- an async task awaiting its children -------------------------------------------------------
+
+
+async def _await_each(children: list[mp.AsyncHandle[int]]) -> list[int]:
+    return [await h for h in children]
+
+
+async def _asyncio_gather(children: list[mp.AsyncHandle[int]]) -> list[int]:
+    return list(await asyncio.gather(*children))
+
+
+async def _gather_async(children: list[mp.AsyncHandle[int]]) -> list[int]:
+    return await mp.gather_async(children, timeout=WAIT)
+
+
+async def _async_as_completed(children: list[mp.AsyncHandle[int]]) -> list[int]:
+    ended = [h async for h in mp.as_completed(children, timeout=WAIT)]
+    assert len(ended) == len(children)
+    return [h.result() for h in children]
+
+
+AWAIT_WAYS: dict[str, Callable[[list[mp.AsyncHandle[int]]], Coroutine[Any, Any, list[int]]]] = {
+    "await": _await_each,
+    "asyncio.gather": _asyncio_gather,
+    "gather_async": _gather_async,
+    "async as_completed": _async_as_completed,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", AWAIT_WAYS)
+def test_an_async_task_awaiting_its_children_on_a_one_thread_pool_makes_progress(way: str) -> None:
+    # The parent's coroutine holds the only worker, on the worker's own loop:
+    # a child runs only if the parent's await lends the worker's place.
+    resize(1)
+    child = mp.parallel(backend="thread")(double)
+    collect = AWAIT_WAYS[way]
+
+    @mp.parallel(backend="thread")
+    async def parent() -> list[int]:
+        return await collect([child(i) for i in range(3)])
+
+    assert parent().get(timeout=45) == [0, 2, 4]
+
+    def back_to_one() -> bool:
+        info = mp.get_thread_pool_info()
+        return bool(info["live_threads"] == 1 and info["blocked_threads"] == 0)
+
+    assert wait_until(back_to_one), mp.get_thread_pool_info()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_an_async_imap_inside_an_async_task_on_a_one_thread_pool_makes_progress(ordered: bool) -> None:
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    async def parent() -> list[int]:
+        results = mp.imap(double, range(50), chunksize=5, timeout=WAIT, ordered=ordered, backend="thread")
+        return sorted([x async for x in results])
+
+    assert parent().get(timeout=45) == [2 * i for i in range(50)]
 
 
 # -- the places lent are bounded and given back ------------------------------------------------

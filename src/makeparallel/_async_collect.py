@@ -63,8 +63,9 @@ class AsyncCompletions:
     """
 
     def __init__(self, timeout: float | None) -> None:
-        from ._await import running_loop_or_explain, wake, waker_for
+        from ._await import lend_place_until, running_loop_or_explain, wake, waker_for
 
+        self._lend_place_until = lend_place_until
         self._loop = running_loop_or_explain()
         self._deliver = waker_for(self._loop).deliver
         self._wake = wake
@@ -123,6 +124,7 @@ class AsyncCompletions:
                     handle = self._ended.popleft()
                     break
                 self._waiting = waiting = self._loop.create_future()
+            self._lend_place_until(waiting)
             self._without_yield = 0
             try:
                 if self._deadline is None:
@@ -147,7 +149,7 @@ class _Countdown:
     """
 
     def __init__(self, total: int, stop_at_failure: bool) -> None:
-        from ._await import running_loop_or_explain, wake, waker_for
+        from ._await import lend_place_until, running_loop_or_explain, wake, waker_for
 
         loop = running_loop_or_explain()
         self.future: asyncio.Future[None] = loop.create_future()
@@ -159,6 +161,7 @@ class _Countdown:
         self._wake = wake
         if not total:
             self.future.set_result(None)
+        lend_place_until(self.future)
 
     def follow(self, handle: AsyncHandle[Any]) -> None:
         if handle.done():

@@ -9,6 +9,10 @@ loop and schedules itself again for the rest, so ten thousand tasks ending at
 once cost the loop many short turns instead of one long one: other coroutines
 (a web server's requests) keep being served between them.
 
+An ``async def`` task awaiting other tasks on a pool's worker thread (on that
+worker's own loop) lends the worker's place while it awaits, as a blocking
+``get()`` there does: its children, queued behind it, still run on a full pool.
+
 Cancellation crosses: when the coroutine awaiting a handle is cancelled
 (``asyncio.timeout``, ``wait_for``, a ``TaskGroup`` failing, a client going away),
 the task is cancelled too: a queued task never runs, a running one is asked to
@@ -27,10 +31,12 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from ._backends._base import pool_of_this_thread
+
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["ended", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
+__all__ = ["ended", "lend_place_until", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
 
 _BATCH = 256  # awaits woken per turn of the loop, at most
 
@@ -88,6 +94,37 @@ def waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
     return _wakers.waker  # type: ignore[no-any-return]
 
 
+class _Lent(threading.local):
+    awaits = 0  # awaits of this worker thread's loop not yet ended
+
+
+_lent = _Lent()
+
+
+def lend_place_until(future: asyncio.Future[Any]) -> None:
+    """On a pool's worker thread, lend the worker's place until ``future`` is done.
+
+    The loop running on a worker thread is the worker's own, running one
+    task's coroutine: while that coroutine awaits other tasks the worker does
+    nothing, and on a full pool the tasks it awaits would never start. The
+    place is lent once however many awaits the coroutine has going at a time,
+    and given back when the last one ends (its done-callbacks run on this thread).
+    """
+    pool = pool_of_this_thread()
+    if pool is None or future.done():
+        return
+    if not _lent.awaits:
+        pool.worker_blocks()
+    _lent.awaits += 1
+
+    def give_back(_: object) -> None:
+        _lent.awaits -= 1
+        if not _lent.awaits:
+            pool.worker_unblocks()
+
+    future.add_done_callback(give_back)
+
+
 def running_loop_or_explain() -> asyncio.AbstractEventLoop:
     try:
         return asyncio.get_running_loop()
@@ -126,4 +163,5 @@ def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:
     loop = running_loop_or_explain()
     future: asyncio.Future[None] = loop.create_future()
     handle.add_done_callback(functools.partial(waker_for(loop).deliver, wake, future))
+    lend_place_until(future)
     return future
