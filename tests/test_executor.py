@@ -277,6 +277,25 @@ def test_an_asyncio_cancel_reaches_a_queued_task(gate: threading.Event) -> None:
         blocker.result(timeout=30)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["result", "exception"])
+@pytest.mark.parametrize("timeout", [20.0, None], ids=["with_timeout", "without_timeout"])
+def test_a_task_waiting_for_futures_of_its_own_one_worker_executor_makes_progress(
+    way: str, timeout: float | None
+) -> None:
+    # The parent holds the only worker; its children are queued behind it.
+    with mp.Executor(backend="thread", max_workers=1) as executor:
+
+        def parent() -> list[object]:
+            children = [executor.submit(mul, i, 2) for i in range(3)]
+            if way == "result":
+                return [child.result(timeout) for child in children]
+            return [child.exception(timeout) for child in children]
+
+        expected = [0, 2, 4] if way == "result" else [None, None, None]
+        assert executor.submit(parent).result(timeout=45) == expected
+
+
 def test_wait_and_as_completed_of_the_standard_library(executor: mp.Executor) -> None:
     futures = [executor.submit(mul, i, i) for i in range(10)]
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == [i * i for i in range(10)]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _runtime
-from ._backends._base import Backend
+from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
 from ._cpus import usable_cpu_count
@@ -76,6 +76,37 @@ class ExecutorFuture(concurrent.futures.Future[T]):
     def running(self) -> bool:
         """Whether the task is running now."""
         return self.handle._state == RUNNING and not self.done()
+
+    def result(self, timeout: float | None = None) -> T:
+        """The task's result, as ``concurrent.futures.Future.result`` gives it.
+
+        Inside a task of one of the library's pools it waits as the handle does
+        (see :meth:`_wait_inside_a_task`), so that a task waiting for futures of
+        its own executor cannot deadlock it.
+        """
+        return super().result(self._wait_inside_a_task(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception, as ``concurrent.futures.Future.exception`` gives it (see :meth:`result`)."""
+        return super().exception(self._wait_inside_a_task(timeout))
+
+    def _wait_inside_a_task(self, timeout: float | None) -> float | None:
+        """On a pool's worker, wait through the handle; return what is left of ``timeout``.
+
+        ``concurrent.futures``' own wait would block the worker while the task it
+        waits for stays queued behind it: on a pool of one, forever. The handle's
+        wait runs a queued task inline (without a timeout) or lends the worker's
+        place (with one). The future's done-callback runs before the handle's
+        waiters are woken, so once the handle ended the future has too. Outside
+        a pool's worker nothing changes: the task still runs on the pool.
+        """
+        if self.done() or pool_of_this_thread() is None:
+            return timeout
+        if timeout is None:
+            self.handle.wait()
+            return None
+        self.handle.wait(max(0.0, timeout))
+        return 0.0
 
     def _follow(self, handle: AsyncHandle[T]) -> None:
         """The handle ended: end the future the same way (its done-callback)."""
