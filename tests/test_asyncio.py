@@ -431,6 +431,36 @@ def test_on_the_sync_backend_under_a_loop_it_runs_on_that_loop() -> None:
     assert here().get(10)[1] == threading.get_ident()  # no loop running: its own loop, inline
 
 
+BLOCKING_COLLECTORS: dict[str, Callable[[list[mp.AsyncHandle[Any]]], object]] = {
+    "gather": lambda handles: mp.gather(handles, timeout=30),
+    "wait": lambda handles: mp.wait(handles, timeout=30),
+    "as_completed": lambda handles: list(mp.as_completed(handles, timeout=30)),
+}
+
+
+@pytest.mark.parametrize("backend", ["sync", "thread"])
+@pytest.mark.parametrize("collect", BLOCKING_COLLECTORS)
+def test_blocking_collectors_inside_a_coroutine_on_async_tasks_say_to_await(
+    collect: str, backend: str, gate: threading.Event
+) -> None:
+    # On the "sync" backend the task runs on this very loop: the blocking wait
+    # could only end at its timeout. Like get(), the collectors refuse at once.
+    @mp.parallel(backend=backend)
+    async def gated() -> int:
+        while not gate.is_set():
+            await asyncio.sleep(0.001)
+        return 1
+
+    async def main() -> list[int]:
+        handles = [gated(), gated()]
+        with pytest.raises(RuntimeError, match=r"await handle"):
+            BLOCKING_COLLECTORS[collect](handles)
+        gate.set()
+        return await mp.gather_async(handles, timeout=30)
+
+    assert run(main()) == [1, 1]
+
+
 def test_a_plain_function_returning_a_coroutine_is_learned_as_async() -> None:
     fn = mp.parallel(backend="sync")(lambda: _double(5))
 

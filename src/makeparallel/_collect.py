@@ -120,7 +120,13 @@ class Completions:
         return completions
 
     def add(self, handle: AsyncHandle[Any]) -> None:
-        """Follow one more handle."""
+        """Follow one more handle.
+
+        Raises:
+            RuntimeError: ``handle`` is an unfinished async task and this
+                thread's event loop runs (the wait would block it), as ``get()``.
+        """
+        handle._refuse_to_block_a_loop()
         self.outstanding += 1
         self._total += 1
         candidates = self._candidates
@@ -214,6 +220,8 @@ def gather(
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
             unfinished. They go on.
+        RuntimeError: an unfinished task runs a coroutine and this thread's
+            event loop is running: the wait would block that loop (await instead).
         Exception: with ``on_error="raise"``, the first task error, as itself.
     """
     items = None
@@ -257,6 +265,8 @@ def as_completed(
     Raises:
         TypeError: ``handles`` is not an iterable of handles.
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
+        RuntimeError: an unfinished task runs a coroutine and this thread's
+            event loop is running: the wait would block that loop (await instead).
     """
     pending = dict.fromkeys(_as_handles(handles, "as_completed"))
     check_wait_timeout(timeout)
@@ -331,6 +341,8 @@ def wait(
     Raises:
         TypeError: ``handles`` is not an iterable of handles.
         ValueError: ``timeout`` or ``return_when`` is not valid.
+        RuntimeError: an unfinished task runs a coroutine and this thread's
+            event loop is running: the wait would block that loop (await instead).
 
     Ctrl-C while it waits cancels the tasks not yet ended and is raised again.
     """

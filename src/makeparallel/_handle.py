@@ -809,8 +809,10 @@ class AsyncHandle(Generic[T]):
         if self._state < SUCCEEDED and self._observer.is_async and running_loop() is not None:
             raise RuntimeError(
                 f"task {self._id} ({self.name}) runs a coroutine, and this thread's event "
-                "loop is running: waiting here with get(), result(), exception() or wait() "
-                "would block that loop. Use `await handle` (or mp.gather_async) instead"
+                "loop is running: waiting here with get(), result(), exception(), wait() "
+                "or the blocking mp.gather, mp.wait and mp.as_completed would block that "
+                "loop. Use `await handle` (or mp.gather_async, `async for` over "
+                "mp.as_completed) instead"
             )
 
     def _block(self, timeout: float | None) -> bool:
