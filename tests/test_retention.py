@@ -179,3 +179,36 @@ def test_as_completed_lets_go_of_each_handle_it_yielded(iteration: str) -> None:
 
     asyncio.run(consume())
 
+
+@pytest.mark.timeout(30)
+def test_as_completed_inside_a_task_keeps_no_handle_it_yielded(gate: Any) -> None:
+    # A collector that is itself a task keeps the handles it may run inline;
+    # one that ended on another worker and was yielded must not be kept.
+    resize(2)
+    quick = mp.parallel(backend="thread")(make_result)
+    held = mp.parallel(backend="thread")(lambda: gate.wait(30))
+    all_ended = threading.Event()
+    ended = []
+
+    def count_end(_: object) -> None:
+        ended.append(1)
+        if len(ended) == 5:
+            all_ended.set()
+
+    @mp.parallel(backend="thread")
+    def parent() -> tuple[bool, int]:
+        handles = [quick(i) for i in range(5)]
+        for handle in handles:
+            handle.add_done_callback(count_end)
+        assert all_ended.wait(20)  # the other worker ran them all
+        completed = mp.as_completed([*handles, held()])
+        del handles
+        first = next(completed)
+        ref = weakref.ref(first.get())
+        del first
+        kept = not gone(ref)
+        gate.set()
+        return kept, len(list(completed))
+
+    assert parent().get(timeout=25) == (False, 5)
+

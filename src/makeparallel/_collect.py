@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
@@ -106,9 +107,10 @@ class Completions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
-        # To run inline, oldest first: only for a consumer that is itself a task,
-        # and never a handle that ended (that would keep its result alive).
-        self._candidates: deque[AsyncHandle[Any]] | None = (
+        # To run inline, oldest first: only for a consumer that is itself a task.
+        # Held weakly: a queued task is held by its pool, and an ended one must
+        # not be kept alive here once the consumer took and dropped it.
+        self._candidates: deque[weakref.ref[AsyncHandle[Any]]] | None = (
             deque() if timeout is None and current_task() is not None else None
         )
 
@@ -132,8 +134,8 @@ class Completions:
         candidates = self._candidates
         if candidates is not None:
             if len(candidates) > 2 * self.outstanding + 16:  # mostly ended ones: drop them
-                self._candidates = candidates = deque(h for h in candidates if h._state == PENDING)
-            candidates.append(handle)
+                self._candidates = candidates = deque(r for r in candidates if _pending(r))
+            candidates.append(weakref.ref(handle))
         handle.add_done_callback(self._ended.put)
 
     def next(self) -> AsyncHandle[Any]:
@@ -160,9 +162,15 @@ class Completions:
         candidates = self._candidates
         assert candidates is not None
         while candidates:
-            if candidates.popleft()._run_here_if_queued():
+            handle = candidates.popleft()()
+            if handle is not None and handle._run_here_if_queued():
                 return True
         return False
+
+
+def _pending(ref: weakref.ref[AsyncHandle[Any]]) -> bool:
+    handle = ref()
+    return handle is not None and handle._state == PENDING
 
 
 @overload
