@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,32 @@ def test_a_worker_over_the_limit_after_its_task_is_replaced_before_the_next_task
     pool = mp.metrics_snapshot()["pools"]["process"]
     assert pool["worker_restart_reasons"]["max_worker_memory"] == before + 1
     assert pool["max_worker_memory"] == limit
+
+
+def test_a_worker_over_the_limit_is_retired_before_its_result_is_seen() -> None:
+    # A submission that follows the result may go straight from the submitting
+    # thread to an idle worker: the bloated one must not look idle by then.
+    _, limit = limit_above_an_idle_worker()
+    mp.configure_process_pool(max_worker_memory=limit)
+    ready_when_finished: dict[int, int] = {}
+    told = threading.Condition()
+
+    def listener(event: mp.TaskEvent) -> None:  # called where the task finished: in the pool's loop
+        if event.kind == "finished":
+            ready = info()["ready_workers"]
+            with told:
+                ready_when_finished[event.task_id] = ready
+                told.notify_all()
+
+    mp.add_task_listener(listener)
+    try:
+        handle = on_process(hold_memory)(BALLAST_MIB)
+        handle.get(timeout=30)
+        with told:  # the event may follow the result
+            assert told.wait_for(lambda: handle.get_task_id() in ready_when_finished, timeout=30)
+    finally:
+        mp.remove_task_listener(listener)
+    assert ready_when_finished[handle.get_task_id()] == 0, "the worker still took tasks when its result arrived"
 
 
 def test_a_worker_under_the_limit_is_kept() -> None:

@@ -642,15 +642,12 @@ class ProcessBackend(QueueingBackend):
         """A worker ``handle`` may go to straight from ``submit()``; else None (the loop sends it).
 
         Only when nothing is queued (priorities and order hold), the loop has
-        nothing to decide (not paused, broken, stopping, short of workers or
-        watching workers' memory), and
+        nothing to decide (not paused, broken, stopping or short of workers), and
         the task is small enough that sending it never blocks. Sending from the
         submitting thread saves waking the loop thread, a third of a no-op's round trip.
         """
         if self._queued or self._paused or self._broken is not None or self._terminating or self._loop is None:
             return None
-        if self._max_worker_memory is not None:
-            return None  # the loop reads a worker's memory after its task ends, before it gets another
         function, data, buffers = handle._payload
         if buffers or len(function) + len(data) > _DIRECT_BYTES:
             return None
@@ -710,8 +707,8 @@ class ProcessBackend(QueueingBackend):
         self._receive(worker)
         while worker.conn.buffered() and worker in self._workers:
             self._receive(worker)
-        if self._max_worker_memory is not None and len(worker.outstanding) < running:
-            self._recycle_if_over_memory(worker)
+        if self._max_worker_memory is not None and len(worker.outstanding) < running and worker.outstanding:
+            self._recycle_if_over_memory(worker)  # it still has tasks: checked once per batch of results
 
     def _recycle_if_over_memory(self, worker: _Worker) -> None:
         """Retire ``worker`` if its resident memory is over ``max_worker_memory``; tasks ended just now."""
@@ -742,6 +739,10 @@ class ProcessBackend(QueueingBackend):
             message = worker.conn.recv()
             kind = message[0]
             if kind == "done":
+                if self._max_worker_memory is not None and len(worker.outstanding) <= len(message[1]):
+                    # It is about to be idle: checked before its results are seen and
+                    # while it still looks busy, so that no task is sent to it meanwhile.
+                    self._recycle_if_over_memory(worker)
                 for task_id, ok, data, sizes, seconds in message[1]:
                     buffers = [worker.conn.recv_frame() for _ in sizes]
                     with self._lock:
