@@ -316,3 +316,43 @@ def test_a_lent_place_is_given_back_when_the_wait_ends() -> None:
         return bool(info["live_threads"] == 1 and info["blocked_threads"] == 0)
 
     assert wait_until(back_to_one), mp.get_thread_pool_info()
+
+
+class Fatal(BaseException):
+    """A user's own BaseException, outside every standard family."""
+
+
+def raise_base(make_error: Callable[[], BaseException]) -> None:
+    raise make_error()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "make_error",
+    [lambda: SystemExit(3), GeneratorExit, lambda: Fatal("fatal"), lambda: KeyboardInterrupt("off main")],
+    ids=["SystemExit", "GeneratorExit", "custom BaseException", "KeyboardInterrupt"],
+)
+@pytest.mark.parametrize("way", ["gather_skip", "mp.wait", "exception"])
+def test_a_child_run_inline_that_raises_a_base_exception_fails_only_itself(
+    way: str, make_error: Callable[[], BaseException]
+) -> None:
+    # On a pool of one, the parent runs its queued children inline; the child's
+    # BaseException is the child's error, as if a worker had run it.
+    resize(1)
+    failing = mp.parallel(backend="thread")(raise_base)
+    fine = mp.parallel(backend="thread")(double)
+    error_type = type(make_error())
+
+    @mp.parallel(backend="thread")
+    def parent() -> object:
+        children = [failing(make_error), fine(1)]
+        if way == "gather_skip":
+            return mp.gather(children, on_error="skip")
+        if way == "mp.wait":
+            done, not_done = mp.wait(children)
+            return len(done), len(not_done)
+        return type(children[0].exception())
+
+    expected = {"gather_skip": [2], "mp.wait": (2, 0), "exception": error_type}[way]
+    assert parent().get(timeout=45) == expected
+

@@ -476,14 +476,22 @@ class AsyncHandle(Generic[T]):
     def _run(self) -> None:
         """Run the claimed task on this thread and record its outcome.
 
-        A ``KeyboardInterrupt`` or ``SystemExit`` from the task is recorded and then
-        raised again, so that Ctrl-C reaches a caller running a task inline.
+        On the main thread, a ``KeyboardInterrupt`` or ``SystemExit`` from the task
+        is recorded and then raised again: signals land there, so it is most likely
+        Ctrl-C (or a signal handler's ``sys.exit``) meant for the caller running the
+        task inline. On any other thread no signal lands: every ``BaseException``
+        is the task's own error, as when a worker runs it, so a task's wait for a
+        child it ran inline ends as if a worker had run the child.
         """
         state, value = self._execute()
         if state == RUNNING:
             return  # a coroutine, started on the event loop running on this thread
         self._finish(state, value)
-        if state == FAILED and not isinstance(value, Exception):
+        if (
+            state == FAILED
+            and isinstance(value, (KeyboardInterrupt, SystemExit))
+            and threading.current_thread() is threading.main_thread()
+        ):
             raise value
 
     def _execute(self) -> tuple[int, Any]:
