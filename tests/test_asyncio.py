@@ -291,6 +291,41 @@ def test_force_cancel_on_the_process_backend_stops_the_worker(tmp_path: Any, how
         flags.set("teardown")
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("collector", ["gather_async", "async as_completed", "async imap"])
+def test_force_cancel_crosses_from_the_async_collectors_too(tmp_path: Any, collector: str) -> None:
+    flags = Flags(str(tmp_path))
+    mp.configure_process_pool(num_workers=1)
+    mp.configure(async_cancel="force")
+    fn = mp.parallel(backend="process")(pid_then_wait)
+
+    async def collect() -> None:
+        if collector == "gather_async":
+            await mp.gather_async([fn(flags)])
+        elif collector == "async as_completed":
+            async for _ in mp.as_completed([fn(flags)]):
+                pass
+        else:
+            async for _ in mp.imap(pid_then_wait, [flags], backend="process"):
+                pass
+
+    async def main() -> int:
+        consumer = asyncio.ensure_future(collect())
+        await on_a_thread(lambda: flags.wait("started", 30))
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        return int(flags.read("started"))
+
+    try:
+        pid = run(main())
+        # The task never checks for cancellation: only its worker stopping ends it.
+        assert wait_until(lambda: pid not in mp.get_process_pool_info()["worker_pids"], 30)
+        assert mp.get_process_pool_info()["busy_workers"] == 0
+    finally:
+        flags.set("teardown")
+
+
 def test_async_cancel_is_checked() -> None:
     with pytest.raises(ValueError, match="async_cancel must be 'cooperative' or 'force', got 'kill'"):
         mp.configure(async_cancel="kill")

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, taken
-from ._handle import AsyncHandle, cancel_all
+from ._handle import AsyncHandle
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
 
@@ -195,7 +195,9 @@ async def as_completed_async(
         while completions.outstanding:
             yield taken(pending, await completions.next())
     except asyncio.CancelledError:
-        cancel_all(list(pending))
+        from ._await import cancel_crossing
+
+        cancel_crossing(list(pending))
         raise
 
 
@@ -262,7 +264,9 @@ async def gather_async(
     except asyncio.TimeoutError:
         raise collect_timeout_error(timeout, countdown.left, len(items)) from None
     except asyncio.CancelledError:
-        cancel_all(items)
+        from ._await import cancel_crossing
+
+        cancel_crossing(items)
         raise
     if countdown.failed is not None:
         countdown.failed.get()  # raises the task's error, with its note

@@ -36,7 +36,7 @@ from ._backends._base import pool_of_this_thread
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["ended", "lend_place_until", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
+__all__ = ["cancel_crossing", "ended", "lend_place_until", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
 
 _BATCH = 256  # awaits woken per turn of the loop, at most
 
@@ -156,6 +156,32 @@ def wait_for_end(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
         if not handle.done():
             handle.cancel(force=bool(getattr(handle._observer, "async_cancel_forced", False)))
         raise
+
+
+def cancel_crossing(handles: list[AsyncHandle[Any]]) -> None:
+    """Cancel the unfinished ``handles`` of a cancelled async collector, as a cancelled await would.
+
+    Those whose function (or ``mp.configure``) says ``async_cancel="force"`` are
+    stopped as ``handle.cancel(force=True)`` stops them; the rest are cancelled
+    together, in one round of their backend's lock (``cancel_all``).
+    """
+    from ._handle import cancel_all
+    from ._states import SUCCEEDED
+
+    forced_by_function: dict[int, bool] = {}
+    together: list[AsyncHandle[Any]] = []
+    for handle in handles:
+        if handle._state >= SUCCEEDED:
+            continue
+        observer = handle._observer
+        forced = forced_by_function.get(id(observer))
+        if forced is None:
+            forced = forced_by_function[id(observer)] = bool(getattr(observer, "async_cancel_forced", False))
+        if forced:
+            handle.cancel(force=True)
+        else:
+            together.append(handle)
+    cancel_all(together)
 
 
 def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:

@@ -668,7 +668,7 @@ class _Mapper:
         import asyncio
 
         from ._async_collect import AsyncCompletions
-        from ._await import ended
+        from ._await import cancel_crossing, ended
 
         finished = False
         self._progress = open_progress(self._progress_option, self._total, self._name)
@@ -695,7 +695,7 @@ class _Mapper:
             finished = True
         finally:
             if not finished:  # an error, a timeout, cancellation, or the consumer stopped
-                cancel_all([handle for handle, _ in self._in_flight])
+                cancel_crossing([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
 
