@@ -397,10 +397,21 @@ def test_queued_tasks_start_by_priority(flags: Flags, one_worker: None, length: 
     assert blocker.get(timeout=20) == "held"
     assert mp.gather(handles, timeout=20) == [label for _, label in PRIORITIES]
     order = flags.read("order").split()
-    # As on the thread backend, and as the README and @parallel promise: a task
-    # that has not started yet yields to a higher-priority one submitted after it,
-    # even if the pool already sent it to the (busy) worker's window.
-    assert order == BY_PRIORITY, f"queued tasks ran in the order {order}, not by priority"
+    if length == "long":
+        # As on the thread backend, and as the README and @parallel promise: a
+        # task that has not started yet yields to a higher-priority one submitted
+        # after it.
+        assert order == BY_PRIORITY, f"queued tasks ran in the order {order}, not by priority"
+    else:
+        # The README's one exception: once tasks prove very short, a busy worker
+        # with two or more tasks queued behind it is sent some ahead, and those
+        # start before a higher-priority task that arrives after them. So if the
+        # pool looked at the queue between two submissions, "mid" went ahead
+        # before "high-2" arrived. A lone queued task still waits: "low", queued
+        # alone first, yields to every higher-priority task after it.
+        assert order in (BY_PRIORITY, ["high", "mid", "high-2", "low", "lowest"]), (
+            f"queued tasks ran in the order {order}, not by priority"
+        )
 
 
 def test_queued_tasks_behind_a_task_with_a_timeout_start_by_priority(flags: Flags, one_worker: None) -> None:
