@@ -839,6 +839,21 @@ def test_process_contextvars_are_an_opt_in() -> None:
     assert context.run(fn).get(30) == "unset"
 
 
+@pytest.mark.timeout(60)
+def test_a_function_sent_by_value_may_use_a_process_contextvar() -> None:
+    # A lambda (or any function of a __main__ script) travels by value, with the
+    # globals it uses: the variable itself goes by module and name.
+    fn = mp.parallel(backend="process")(lambda: (request_id.get("unset"), tenant.get()))
+    context = contextvars.copy_context()
+    context.run(request_id.set, "r-7")
+    assert context.run(fn).get(30) == ("unset", "none")  # the variable, but not its value, unless asked
+    mp.configure(process_contextvars=[request_id])
+    try:
+        assert context.run(fn).get(30) == ("r-7", "none")
+    finally:
+        mp.configure(process_contextvars=[])
+
+
 def test_process_contextvars_must_be_module_globals() -> None:
     local: contextvars.ContextVar[int] = contextvars.ContextVar("local_only")
     with pytest.raises(ValueError, match="'local_only' is not a global of any imported module"):

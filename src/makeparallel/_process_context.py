@@ -8,7 +8,9 @@ process task then carries the values they have in the submitter's context, and
 the worker sets them, in a fresh context, before it calls the function.
 
 A variable is found in the worker the way pickle finds a class: as a global of
-an importable module, located once, when configured. With none configured
+an importable module, located once, when configured. A function sent by value
+(a lambda, a function of the ``__main__`` script) that uses a variable carries
+it the same way, by module and name, whether or not it is configured. With none configured
 (the default) the round trip carries nothing more and costs one test.
 """
 
@@ -19,7 +21,14 @@ from collections.abc import Iterable
 from contextvars import Context, ContextVar
 from typing import Any
 
-__all__ = ["apply_values", "capture_values", "locate_contextvars", "set_process_contextvars"]
+__all__ = [
+    "apply_values",
+    "capture_values",
+    "load_contextvar",
+    "locate_contextvars",
+    "reduce_contextvar",
+    "set_process_contextvars",
+]
 
 Located = tuple[tuple[ContextVar[Any], str, str], ...]  # (variable, module, attribute)
 
@@ -79,3 +88,22 @@ def apply_values(values: tuple[tuple[str, str, Any], ...]) -> None:
 
     for module, attribute, value in values:
         getattr(importlib.import_module(module), attribute).set(value)
+
+
+def reduce_contextvar(variable: ContextVar[Any]) -> tuple[Any, tuple[str, str]]:
+    """Pickle ``variable`` by its module and name (a ``ContextVar`` cannot be pickled itself).
+
+    Raises:
+        ValueError: the variable is not a global of an importable module.
+    """
+    for located, module, attribute in _sent:
+        if located is variable:
+            return load_contextvar, (module, attribute)
+    return load_contextvar, _where(variable)
+
+
+def load_contextvar(module: str, attribute: str) -> ContextVar[Any]:
+    """In a worker: the variable ``reduce_contextvar`` named."""
+    import importlib
+
+    return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]

@@ -29,6 +29,7 @@ import struct
 import sys
 import threading
 import weakref
+from contextvars import ContextVar
 from types import FunctionType
 from typing import Any
 
@@ -251,6 +252,10 @@ def _reduce(obj: Any) -> Any:
         return NotImplemented if reference is None else (_undecorated, reference)
     if isinstance(obj, memoryview) and obj.contiguous:
         return (memoryview, (pickle.PickleBuffer(obj),))
+    if isinstance(obj, ContextVar):  # a global of a function sent by value
+        from ._process_context import reduce_contextvar
+
+        return reduce_contextvar(obj)
     return NotImplemented
 
 
