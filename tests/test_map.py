@@ -7,6 +7,7 @@ items were pulled from a generator. Orderings are forced with a gate.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Iterator
@@ -820,3 +821,36 @@ def test_a_non_iterable_is_rejected(iterable: Any) -> None:
         mp.parallel_map(triple_plus_one, iterable)
     with pytest.raises(TypeError, match="iterable"):
         mp.imap(triple_plus_one, iterable)
+
+
+def _rows(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def _async_rows(n: int) -> Any:
+    yield n
+
+
+def _passing_through(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("call", ["parallel_map", "imap"])
+@pytest.mark.parametrize(
+    ("fn", "kind"),
+    [
+        pytest.param(_rows, "a generator", id="generator function"),
+        pytest.param(_async_rows, "an async generator", id="async generator function"),
+        pytest.param(functools.partial(_rows), "a generator", id="partial"),
+        pytest.param(_passing_through(_rows), "a generator", id="functools.wraps decorator"),
+    ],
+)
+def test_a_map_refuses_a_generator_function(call: str, fn: Any, kind: str) -> None:
+    # Each item would give back a generator whose body never ran in parallel.
+    with pytest.raises(TypeError, match=f"cannot map .*it is {kind} function.*returns the item's value"):
+        getattr(mp, call)(fn, range(3))
+

@@ -51,7 +51,7 @@ from typing import Any, Literal, NoReturn, TypeVar, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
-from ._decorators import ParallelFunction, _BoundParallelFunction, _describe
+from ._decorators import ParallelFunction, _BoundParallelFunction, _describe, _generator_kind
 from ._handle import AsyncHandle, _add_note, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
@@ -197,16 +197,34 @@ class _ChunkSizer:
 
 def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
     """The callable to apply per item, the name to report, the backend to use."""
-    if type(fn) is FunctionType:  # the common case, answered first
-        return fn, fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
     if isinstance(fn, ParallelFunction):
-        return fn._fn, fn._spec.name, fn._spec.backend
+        return fn._fn, fn._spec.name, fn._spec.backend  # refused at decoration already
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
+    _refuse_generator_function(fn)
+    if type(fn) is FunctionType:
+        return fn, fn.__qualname__, None
     return fn, _describe(fn), None
+
+
+def _refuse_generator_function(fn: Any) -> None:
+    """Raise ``TypeError`` for a function whose call only creates a generator.
+
+    Each item would give a generator whose body never ran in the map: the work
+    would happen later, on the thread that iterates it, not in parallel.
+    """
+    kind = _generator_kind(fn)
+    if kind is not None:
+        article = "an" if kind.startswith("a") else "a"
+        raise TypeError(
+            f"cannot map {_describe(fn)}: it is {article} {kind} function (or wraps one), "
+            f"so each item would only create {article} {kind} and none of its body "
+            "would run in parallel. Map a function that returns the item's value (a list, "
+            "for several values), or pass the generator's items themselves to the map"
+        )
 
 
 @overload
