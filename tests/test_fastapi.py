@@ -229,12 +229,33 @@ def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> No
         mp.parallel(abs)(-1)  # the lifespan shut the library down
 
 
-def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: threading.Event) -> None:
+@pytest.mark.parametrize("inside", [False, True], ids=["outermost", "inside another middleware"])
+def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: threading.Event, inside: bool) -> None:
     app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
     app.add_middleware(CancelOnDisconnect)
+    if inside:  # a middleware added after it wraps it, and must still get a response
+
+        @app.middleware("http")
+        async def passing(request: fastapi.Request, call_next: Any) -> Any:
+            return await call_next(request)
+
     handles: dict[str, mp.AsyncHandle[str]] = {}
     started = threading.Event()
     after_response = threading.Event()
+    slow_ended = threading.Event()
+    outcomes: list[BaseException | None] = []
+
+    async def served(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The app, and how each /slow request ended, as the server sees it."""
+        try:
+            await app(scope, receive, send)
+            outcomes.append(None)
+        except BaseException as error:
+            outcomes.append(error)
+            raise
+        finally:
+            if scope.get("path") == "/slow":
+                slow_ended.set()
 
     @mp.parallel
     def until_cancelled() -> str:
@@ -254,11 +275,13 @@ def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: thr
         background.add_task(after_response.set)  # runs after the response: never cancelled
         return len(body)
 
-    with uvicorn_server(app) as (base, _):
+    with uvicorn_server(served) as (base, _):
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as client:
             client.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
             assert started.wait(30), "the task never started"
+        assert slow_ended.wait(30), "the request outlived its client"
+        assert outcomes[-1] is None, outcomes  # ended quietly, with a response for the middleware around
         # (the task may start before the route stored its handle)
         assert wait_until(lambda: "slow" in handles and handles["slow"].done(), 30), "the task outlived its client"
         assert handles["slow"].cancelled()

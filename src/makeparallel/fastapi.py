@@ -64,6 +64,7 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 _log = logging.getLogger("makeparallel")
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 _READY_WAIT = 60.0  # seconds the lifespan waits for every prestarted worker
 _READY_POLL = 0.01  # seconds between two looks at the pool
 
@@ -220,7 +221,10 @@ class CancelOnDisconnect:
     running one is asked to stop, or its worker stopped with
     ``async_cancel="force"``). What runs after the response was sent (Starlette's
     background tasks) is never cancelled. Other scopes (websockets, lifespan)
-    pass through untouched.
+    pass through untouched. A request cancelled before its response started
+    answers 499 (nginx's "client closed request"), which the server drops: any
+    middleware around this one still gets a response. Add it last, so that it
+    wraps the others and their work is cancelled too.
 
     The middleware is the only reader of the server's ``receive``: it hands the
     request body to the app one message at a time (the app still paces the
@@ -240,7 +244,7 @@ class CancelOnDisconnect:
             return
         body: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1)
         disconnected: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        response_ended = False
+        response_started = response_ended = False
 
         async def read() -> None:
             while True:
@@ -262,8 +266,9 @@ class CancelOnDisconnect:
             return next_body.result() if next_body.done() and not next_body.cancelled() else disconnected.result()
 
         async def app_send(message: dict[str, Any]) -> None:
-            nonlocal response_ended
+            nonlocal response_started, response_ended
             await send(message)
+            response_started = True
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_ended = True
 
@@ -279,6 +284,9 @@ class CancelOnDisconnect:
             except asyncio.CancelledError:
                 if not client_left:
                     raise  # the server cancelled this request (its shutdown), not the client
+                if not response_started:  # an answer nobody reads, for what wraps this app
+                    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+                    await send({"type": "http.response.body", "body": b""})
         finally:
             reader.cancel()
             request.cancel()
