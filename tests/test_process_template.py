@@ -126,6 +126,19 @@ def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_worker
     assert on_process(worker_pid)().get(timeout=30) not in pids  # a new template forked a new worker
 
 
+def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None) -> None:
+    # Each new template and worker may get the socket numbers of the dead ones:
+    # the pool must still hear from every one of them.
+    for _ in range(3):
+        pids = live_worker_pids()
+        psutil.Process(psutil.Process(pids[0]).ppid()).send_signal(signal.SIGKILL)
+        assert all(wait_until(lambda pid=pid: _zombie_elsewhere(pid), 15) for pid in pids)
+        # A task sent to a dead worker before the pool heard of its death fails; wait for that.
+        assert wait_until(lambda: not set(mp.get_process_pool_info()["worker_pids"]) & set(pids), 15)
+        results = [h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(8)]]
+        assert not set(results) & set(pids)
+
+
 def _zombie_elsewhere(pid: int) -> bool:
     """A worker whose template died is re-parented; its new parent reaps it when it will."""
     try:

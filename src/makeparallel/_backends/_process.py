@@ -473,13 +473,18 @@ class ProcessBackend(QueueingBackend):
             template: Template | None = None
             look = True
             while not look or self._maintain():
+                # Stale sockets leave the selector before new ones join: a new socket
+                # may have the number of one closed since.
+                if template is not None and (template is not self._template or not template.alive):
+                    _unwatch(selector, template)
+                    template = None
                 workers = self._workers
                 if workers != watched:
                     _watch(selector, watched, workers)
                     watched = list(workers)
-                if self._template is not template:
-                    _watch_template(selector, template, self._template)
+                if template is None and self._template is not None and self._template.alive:
                     template = self._template
+                    selector.register(template, selectors.EVENT_READ, template)
                 events = selector.select(self._next_kill_in())
                 look = not events  # a kill is due
                 for key, _ in events:
@@ -1024,24 +1029,17 @@ def _watch(selector: selectors.BaseSelector, before: list[_Worker], now: list[_W
     """Make ``selector`` watch the pipes of the workers ``now`` instead of those ``before``."""
     for worker in before:
         if worker not in now:
-            try:
-                selector.unregister(worker.conn)
-            except (KeyError, ValueError):
-                pass
+            _unwatch(selector, worker.conn)
     for worker in now:
         if worker not in before:
             selector.register(worker.conn, selectors.EVENT_READ, worker)
 
 
-def _watch_template(selector: selectors.BaseSelector, before: Template | None, now: Template | None) -> None:
-    """Make ``selector`` watch the socket of the template ``now`` instead of ``before``'s."""
-    if before is not None:
-        try:
-            selector.unregister(before)
-        except (KeyError, ValueError):
-            pass
-    if now is not None and now.alive:
-        selector.register(now, selectors.EVENT_READ, now)
+def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
+    try:
+        selector.unregister(watched)
+    except (KeyError, ValueError):
+        pass
 
 
 def _drain(fd: int) -> None:

@@ -142,8 +142,11 @@ class Template:
             timeout = 0.0
 
     def _gone(self) -> None:
-        """The template died (or was closed): its workers died with it (parent-death signal)."""
-        self.sock.close()
+        """The template died (or was closed): its workers died with it (parent-death signal).
+
+        The socket stays open until :meth:`close`: the pool's selector must stop
+        watching it first, or a new socket reusing its number would be confused with it.
+        """
         self.alive = False
         for child in self._children.values():
             if child.returncode is None:
@@ -155,6 +158,7 @@ class Template:
         import subprocess
 
         self._gone()
+        self.sock.close()
         try:
             self.process.wait(1.0)
         except subprocess.TimeoutExpired:
