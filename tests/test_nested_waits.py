@@ -20,7 +20,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._backends import _thread
-from pool_helpers import resize, wait_until
+from pool_helpers import poll_until_stopped, resize, wait_until
 
 WAIT = 20.0  # the inner waits' timeout: never reached when the fix works
 
@@ -274,6 +274,42 @@ def test_an_async_imap_inside_an_async_task_on_a_one_thread_pool_makes_progress(
         return sorted([x async for x in results])
 
     assert parent().get(timeout=45) == [2 * i for i in range(50)]
+
+
+@pytest.mark.timeout(60)
+def test_awaits_an_async_task_leaves_behind_are_cancelled_and_give_the_place_back(gate: threading.Event) -> None:
+    # asyncio.gather raises the first failure and leaves the other await going;
+    # the parent's coroutine then ends. As asyncio.run does, what it left behind
+    # is cancelled (and the task it awaited with it): nothing lingers on the
+    # worker's loop to run during its next task, or keeps the place lent.
+    resize(2)
+    children: list[mp.AsyncHandle[str]] = []
+
+    @mp.parallel(backend="thread")
+    def fails() -> str:
+        raise ValueError("first")
+
+    @mp.parallel(backend="thread")
+    def waits() -> str:
+        poll_until_stopped(gate)
+        return "ended"
+
+    @mp.parallel(backend="thread")
+    async def parent() -> str:
+        children.append(waits())
+        try:
+            await asyncio.gather(fails(), children[0])
+        except ValueError:
+            return "failed fast"
+        return "not reached"
+
+    assert parent().get(timeout=45) == "failed fast"
+    assert children[0].wait(30) and children[0].cancelled()
+
+    def given_back() -> bool:
+        return bool(mp.get_thread_pool_info()["blocked_threads"] == 0)
+
+    assert wait_until(given_back, 30), mp.get_thread_pool_info()
 
 
 # -- the places lent are bounded and given back ------------------------------------------------

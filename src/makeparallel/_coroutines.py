@@ -5,7 +5,8 @@ coroutine (a ``functools.wraps`` wrapper, an object with ``async def __call__``,
 lambda), is run to completion by the worker that took it: every worker thread,
 and the main thread of every worker process, keeps one event loop of its own,
 created on first use and reused for the tasks after. A stopped task (cancelled,
-timed out) cancels its coroutine on that loop.
+timed out) cancels its coroutine on that loop. When the coroutine ends, the
+asyncio tasks it left running are cancelled, as ``asyncio.run`` cancels them.
 
 A thread whose own event loop is already running (a coroutine calls ``get()``,
 which runs a queued task inline; the ``"sync"`` backend called from a
@@ -83,6 +84,25 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
         from .errors import TaskCancelledError
 
         raise TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled") from None
+    finally:
+        _cancel_left_behind(loop)
+
+
+def _cancel_left_behind(loop: Any) -> None:
+    """Cancel the asyncio tasks a task's coroutine left running, and let them end, as ``asyncio.run`` does.
+
+    The loop is reused for the worker's next task: what is left on it would
+    otherwise run then, in that task's time, and an await left behind would
+    keep its worker's place lent (``_await.lend_place_until``) and its task running.
+    """
+    import asyncio
+
+    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
 
 def start_on_running_loop(
