@@ -212,3 +212,61 @@ def test_as_completed_inside_a_task_keeps_no_handle_it_yielded(gate: Any) -> Non
 
     assert parent().get(timeout=25) == (False, 5)
 
+
+def _wait_first(handles: list[mp.AsyncHandle[Any]]) -> None:
+    done, _ = mp.wait(handles, return_when=mp.FIRST_COMPLETED)
+    assert done
+
+
+def _wait_timeout(handles: list[mp.AsyncHandle[Any]]) -> None:
+    mp.wait(handles, timeout=0.01)
+
+
+def _gather_timeout(handles: list[mp.AsyncHandle[Any]]) -> None:
+    with pytest.raises(mp.TaskTimeoutError):
+        mp.gather(handles, timeout=0.01)
+
+
+def _as_completed_left_early(handles: list[mp.AsyncHandle[Any]]) -> None:
+    for _ in mp.as_completed(handles):
+        break
+
+
+def _gather_async_timeout(handles: list[mp.AsyncHandle[Any]]) -> None:
+    with pytest.raises(mp.TaskTimeoutError):
+        asyncio.run(mp.gather_async(handles, timeout=0.01))
+
+
+def _async_as_completed_left_early(handles: list[mp.AsyncHandle[Any]]) -> None:
+    async def consume() -> None:
+        completed = mp.as_completed(handles).__aiter__()
+        await completed.__anext__()
+        await completed.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(consume())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "collect",
+    [
+        pytest.param(_wait_first, id="wait FIRST_COMPLETED"),
+        pytest.param(_wait_timeout, id="wait timeout"),
+        pytest.param(_gather_timeout, id="gather timeout"),
+        pytest.param(_as_completed_left_early, id="as_completed left early"),
+        pytest.param(_gather_async_timeout, id="gather_async timeout"),
+        pytest.param(_async_as_completed_left_early, id="async as_completed left early"),
+    ],
+)
+def test_a_collector_that_returns_early_leaves_nothing_on_unfinished_tasks(collect: Any, gate: Any) -> None:
+    # Each call once left a done-callback (and the queue of ended handles it
+    # feeds) on every unfinished task, so a polling loop piled them up.
+    pending = mp.parallel(backend="thread")(lambda: gate.wait(30))()
+    finished = mp.parallel(backend="thread")(make_result)(1)
+    assert finished.wait(10)
+    for _ in range(3):
+        collect([finished, pending])
+    assert not pending._callbacks
+    gate.set()
+    assert pending.get(timeout=10)
+

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, taken
+from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, stop_following, taken
 from ._handle import AsyncHandle
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
@@ -77,6 +77,7 @@ class AsyncCompletions:
         self.outstanding = 0
         self._total = 0
         self._without_yield = 0  # handles taken in a row without the loop getting a turn
+        self.callback = self._on_end  # one object, so that stop_following can remove it
 
     @classmethod
     async def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
@@ -92,7 +93,7 @@ class AsyncCompletions:
         if handle.done():
             self._ended.append(handle)  # on the loop: nobody waits meanwhile
         else:
-            handle.add_done_callback(self._on_end)
+            handle.add_done_callback(self.callback)
 
     def _on_end(self, handle: AsyncHandle[Any]) -> None:
         """A followed task ended (on the thread that ended it): wake the consumer if it waits."""
@@ -159,6 +160,7 @@ class _Countdown:
         self._lock = threading.Lock()
         self._deliver = waker_for(loop).deliver
         self._wake = wake
+        self.callback = self.ended  # one object, so that stop_following can remove it
         if not total:
             self.future.set_result(None)
         lend_place_until(self.future)
@@ -167,7 +169,7 @@ class _Countdown:
         if handle.done():
             self.ended(handle)
         else:
-            handle.add_done_callback(self.ended)
+            handle.add_done_callback(self.callback)
 
     def ended(self, handle: AsyncHandle[Any]) -> None:
         """One followed task ended; on whatever thread ended it."""
@@ -192,8 +194,11 @@ async def as_completed_async(
 
     try:
         completions = await AsyncCompletions.of(list(pending), timeout)
-        while completions.outstanding:
-            yield taken(pending, await completions.next())
+        try:
+            while completions.outstanding:
+                yield taken(pending, await completions.next())
+        finally:  # also when the consumer leaves the loop early
+            stop_following(pending, completions.callback)
     except asyncio.CancelledError:
         from ._await import cancel_crossing
 
@@ -268,6 +273,8 @@ async def gather_async(
 
         cancel_crossing(items)
         raise
+    finally:
+        stop_following(items, countdown.callback)
     if countdown.failed is not None:
         countdown.failed.get()  # raises the task's error, with its note
     if on_error == "skip":

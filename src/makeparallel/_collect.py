@@ -19,7 +19,7 @@ import queue
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
@@ -42,6 +42,7 @@ __all__ = [
     "check_on_error",
     "collect_timeout_error",
     "gather",
+    "stop_following",
     "taken",
     "wait",
 ]
@@ -87,6 +88,19 @@ def _cancel_after_interrupt(handles: object, items: list[AsyncHandle[Any]] | Non
     cancel_all(items)
 
 
+def stop_following(handles: Iterable[AsyncHandle[Any]], callback: Callable[..., Any]) -> None:
+    """Remove a collector's ``callback`` from those of ``handles`` that have not ended.
+
+    A collector that returns before every task ended (a timeout, the first
+    failure, ``FIRST_COMPLETED``, a loop left early) would otherwise leave its
+    callback, and everything the callback holds, on each unfinished task: a
+    loop of ``mp.wait(pending, timeout=1)`` piled up one per task per turn.
+    """
+    for handle in handles:
+        if handle._state < SUCCEEDED:
+            handle._forget_done_callback(callback)
+
+
 def collect_timeout_error(timeout: float | None, outstanding: int, total: int) -> TaskTimeoutError:
     """The error of a collector whose ``timeout`` passed with tasks still unfinished."""
     return TaskTimeoutError(
@@ -103,6 +117,7 @@ class Completions:
 
     def __init__(self, timeout: float | None) -> None:
         self._ended: queue.SimpleQueue[AsyncHandle[Any]] = queue.SimpleQueue()
+        self._put = self._ended.put  # the done-callback, one object so that it can be removed
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._timeout = timeout
         self.outstanding = 0
@@ -136,7 +151,11 @@ class Completions:
             if len(candidates) > 2 * self.outstanding + 16:  # mostly ended ones: drop them
                 self._candidates = candidates = deque(r for r in candidates if _pending(r))
             candidates.append(weakref.ref(handle))
-        handle.add_done_callback(self._ended.put)
+        handle.add_done_callback(self._put)
+
+    def stop_following(self, handles: Iterable[AsyncHandle[Any]]) -> None:
+        """Remove this collector's done-callback from the tasks that have not ended."""
+        stop_following(handles, self._put)
 
     def next(self) -> AsyncHandle[Any]:
         """The next handle to end (already-ended ones first, in no set order)."""
@@ -240,12 +259,15 @@ def gather(
         check_wait_timeout(timeout)
         bar = open_progress(progress, len(items), "gather")
         completions = Completions.of(items, timeout)
-        while completions.outstanding:
-            handle = completions.next()
-            if bar is not None:
-                bar.advance()
-            if on_error == "raise" and handle._state != SUCCEEDED:
-                handle.get()  # raises the task's error, with its note
+        try:
+            while completions.outstanding:
+                handle = completions.next()
+                if bar is not None:
+                    bar.advance()
+                if on_error == "raise" and handle._state != SUCCEEDED:
+                    handle.get()  # raises the task's error, with its note
+        finally:
+            completions.stop_following(items)
     except KeyboardInterrupt:
         _cancel_after_interrupt(handles, items)
         raise
@@ -315,8 +337,11 @@ def taken(pending: dict[AsyncHandle[T], None], handle: AsyncHandle[T]) -> AsyncH
 def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None) -> Iterator[AsyncHandle[T]]:
     try:
         completions = Completions.of(list(pending), timeout)
-        while completions.outstanding:
-            yield taken(pending, completions.next())
+        try:
+            while completions.outstanding:
+                yield taken(pending, completions.next())
+        finally:  # also when the consumer leaves the loop early
+            completions.stop_following(pending)
     except KeyboardInterrupt:  # raised while waiting here, not in the consumer's loop body
         cancel_all(list(pending))
         raise
@@ -363,12 +388,15 @@ def wait(
         )
     try:
         completions = Completions.of(items, timeout)
-        while completions.outstanding:
-            handle = completions.next()
-            if return_when == FIRST_COMPLETED:
-                break
-            if return_when == FIRST_EXCEPTION and handle._state != SUCCEEDED:
-                break
+        try:
+            while completions.outstanding:
+                handle = completions.next()
+                if return_when == FIRST_COMPLETED:
+                    break
+                if return_when == FIRST_EXCEPTION and handle._state != SUCCEEDED:
+                    break
+        finally:
+            completions.stop_following(items)
     except TaskTimeoutError:
         pass
     except KeyboardInterrupt:

@@ -888,6 +888,22 @@ class AsyncHandle(Generic[T]):
                     return
         self._invoke(kind, callback)
 
+    def _forget_done_callback(self, callback: Callable[..., Any]) -> None:
+        """Remove a done-callback registered with ``add_done_callback``, if the task has not ended.
+
+        For collectors that stop following a task before it ends (a timeout, the
+        first failure, ``FIRST_COMPLETED``): each call would otherwise leave one
+        callback on every unfinished task, and a loop of waits pile them up.
+        """
+        with self._backend._lock:
+            callbacks = self._callbacks
+            if callbacks is None:
+                return
+            for index, (kind, registered) in enumerate(callbacks):
+                if kind == _ON_DONE and registered is callback:
+                    del callbacks[index]
+                    return
+
     def _invoke(self, kind: int, callback: Callable[..., Any]) -> None:
         state = self._state
         try:
