@@ -464,3 +464,25 @@ def test_ctrl_c_stops_a_process_map_and_leaves_no_worker() -> None:
     pids = json.loads(pids_line)
     assert pids
     assert all(wait_until(lambda: gone(pid), 5) for pid in pids), pids
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops a worker with SIGSTOP (POSIX)")
+def test_a_task_sent_to_a_worker_that_dies_before_starting_it_runs_elsewhere() -> None:
+    # A worker killed while idle (the OOM killer, an operator, its template's
+    # death) may be sent a task before the pool notices. That task never ran:
+    # it is not to blame, and must run on the replacement worker, not fail.
+    before = info()["num_workers"]
+    mp.configure_process_pool(1)
+    try:
+        victim = on_process(worker_pid)().get(timeout=30)
+        os.kill(victim, signal.SIGSTOP)  # it can no longer read: what is sent next stays unread
+        try:
+            handle = on_process(worker_pid)()
+            assert wait_until(handle.running, 30)  # sent to the stopped worker
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        assert handle.get(timeout=30) != victim
+        assert info()["worker_restarts"] >= 1
+    finally:
+        mp.configure_process_pool(before)

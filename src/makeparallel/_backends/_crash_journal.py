@@ -10,7 +10,9 @@ The pages outlive the worker; after a crash the parent reads the items the
 worker finished and had not sent, and knows that the culprit is the next one.
 
 Layout, in 64-bit slots: a header (the task's id, and the index in its chunk of
-the first item journaled), then one record of two slots per item (its kind, and
+the first item journaled; then the id of the last task the worker started, any
+task: a worker found dead with a task sent to it that it never started, killed
+while idle say, had that task put back in the queue rather than failed), then one record of two slots per item (its kind, and
 its value), then a data area. An ``int`` that fits in 64 bits, or a ``float``,
 is its record's value (a map of cheap items mostly returns numbers, and this is
 the cheapest write there is); any other result is serialized into the data
@@ -42,7 +44,8 @@ __all__ = ["JOURNAL_BYTES", "SLICE_ITEMS", "JournalReader", "JournalWriter", "Re
 JOURNAL_BYTES = 1 << 20
 #: Items a slice may hold: the journal has a record for each (256 KiB in all).
 SLICE_ITEMS = 16 * 1024
-_FIRST_RECORD = 2  # slot of the first record's kind; slots 0 and 1: task id, first item's index
+_STARTED = 2  # slot of the id of the last task the worker started, map chunk or not
+_FIRST_RECORD = 3  # slot of the first record's kind; slots 0 and 1: task id, first item's index
 _DATA = 8 * (_FIRST_RECORD + 2 * SLICE_ITEMS)  # byte offset of the data area
 _END = _FIRST_RECORD + 2 * SLICE_ITEMS  # one past the last record's slots
 # Record kinds; 0 is no record (yet).
@@ -96,6 +99,10 @@ class JournalWriter:
         self._floats = memoryview(self._map).cast("d")  # the same slots, read as floats
         self._used = 0  # records the last slice wrote
         self._zeros = memoryview(bytes(_DATA - 8 * _FIRST_RECORD))
+
+    def started(self, task_id: int) -> None:
+        """The worker starts task ``task_id`` (a map chunk or not): from now on, its death is that task's."""
+        self._slots[_STARTED] = task_id
 
     def extend(self, results: list[Any], fn: Callable[[Any], Any], items: list[Any], task_id: int, first: int) -> None:
         """Append ``fn(item)`` to ``results`` for each item, each journaled before the next item starts.
@@ -183,6 +190,14 @@ class JournalReader:
 
     def __init__(self, fd: int) -> None:
         self._map = mmap.mmap(fd, JOURNAL_BYTES)  # keeps a descriptor of its own
+
+    def started(self) -> int:
+        """The id of the last task the worker started (0: none); read only once the worker is gone."""
+        slots = memoryview(self._map).cast("q")
+        try:
+            return slots[_STARTED]
+        finally:
+            slots.release()
 
     def unsent(self, task_id: int, received: int) -> list[Any] | None:
         """The results of task ``task_id``'s items from index ``received`` on, as journaled.

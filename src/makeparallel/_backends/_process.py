@@ -25,7 +25,9 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
 * At a timeout, or ``cancel(force=True)``, the worker running the task is
   terminated (then killed), the task fails, the tasks sent behind it go back to
   the queue, and a new worker takes its place. A worker that dies on its own
-  fails its task with ``WorkerCrashedError``, exit code or signal named.
+  fails the task it started with ``WorkerCrashedError``, exit code or signal
+  named; a task sent to it that it never started (its journal says which it
+  started) goes back to the queue.
 * Workers are never forks of this possibly threaded process. On Linux they are
   forked from a clean, single-threaded template process (``_template``) that the
   loop thread starts on the first process task; elsewhere they are fresh
@@ -856,9 +858,14 @@ class ProcessBackend(QueueingBackend):
         _close(worker)
         code = _stop(worker.process)
         finished = self._journaled(worker, outstanding[0], streamed) if outstanding else None
+        never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
         with self._lock:
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
+            if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
+                # It died before it started the task (killed while idle, or with
+                # its template): the task is not to blame, and runs elsewhere.
+                self._requeue_locked(outstanding[0])
         if init_failure is not None:
             for handle in outstanding:
                 if handle._state == RUNNING:

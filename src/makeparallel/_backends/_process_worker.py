@@ -206,6 +206,7 @@ class _Worker:
                 self._current = task
         if stop_error is not None:  # cancelled before it started: never run it
             return (task_id, False, b"", [], 0.0), []
+        self.journal.started(task_id)  # dying from now on fails this task; before, it is sent again
         if timed:
             self.send(("started", task_id))  # its timeout counts from now
         _local.task = task
