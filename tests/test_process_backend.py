@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, fresh_process_pool, wait_until
 from makeparallel._remote_errors import RemoteTraceback
 
 pytestmark = [
@@ -57,12 +57,14 @@ def flags(tmp_path: Path) -> Iterator[Flags]:
 
 @pytest.fixture
 def one_worker() -> Iterator[None]:
-    """A pool of exactly one worker process; the previous size is put back afterwards."""
+    """A fresh pool of exactly one worker process; the previous size is put back afterwards.
+
+    Fresh: what earlier tests left (a warm pool, windows in use, workers retiring
+    or starting) would change what an ordering test sees.
+    """
     before = mp.get_process_pool_info()["num_workers"]
-    mp.configure_process_pool(1)
+    fresh_process_pool(1)
     try:
-        # The surplus workers (idle: the last test left nothing running) are retired.
-        assert wait_until(lambda: mp.get_process_pool_info()["live_workers"] <= 1), mp.get_process_pool_info()
         yield
     finally:
         mp.configure_process_pool(before)
