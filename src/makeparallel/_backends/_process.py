@@ -79,6 +79,7 @@ from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._template import ForkedProcess, Template, template_available
 from ._thread import default_thread_count
+from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -177,9 +178,7 @@ class ProcessBackend(QueueingBackend):
         self._num_workers = default_thread_count() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = wakeup_pipe()
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
         self._template: Template | None = None  # forks the workers (Linux); the loop thread owns it
@@ -491,7 +490,7 @@ class ProcessBackend(QueueingBackend):
                 look = not events  # a kill is due
                 for key, _ in events:
                     if key.data is None:
-                        _drain(self._wake_r)
+                        drain(self._wake_r)
                         self._woken = False  # before _maintain looks: a later wake writes again
                         look = True
                     elif isinstance(key.data, Template):
@@ -1048,14 +1047,6 @@ def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
     except (KeyError, ValueError):
         pass
 
-
-def _drain(fd: int) -> None:
-    """Read every wake-up byte waiting on the wake-up pipe ``fd`` (non-blocking)."""
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _close(worker: _Worker) -> None:

@@ -59,6 +59,7 @@ from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import die_with_parent
+from ._wakeup import drain, wakeup_pipe
 
 __all__ = ["main"]
 
@@ -138,9 +139,7 @@ class _Worker:
         self._became_busy = threading.Condition(self._mail_lock)
         self._reader_parked = False  # waits for _busy: the main thread wakes it
         self._reader_polling = False  # watches the pipe: the main thread kicks it when it goes idle
-        self._kick_r, self._kick_w = os.pipe()
-        os.set_blocking(self._kick_r, False)
-        os.set_blocking(self._kick_w, False)
+        self._kick_r, self._kick_w = wakeup_pipe()
         self._read_lock = threading.Lock()  # held by the thread reading the pipe
         self._cancelled: dict[int, BaseException] = {}
         self._current: _RemoteTask | None = None
@@ -296,7 +295,7 @@ class _Worker:
                     pipe_or_kick.poll()  # without the read lock: the main thread may go idle and read
                 with self._mail_lock:
                     self._reader_polling = False
-                _drain(self._kick_r)
+                drain(self._kick_r)
                 with self._read_lock:
                     if not self._busy or not (conn.buffered() or pipe.poll(0)):
                         continue
@@ -402,11 +401,3 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
-
-def _drain(fd: int) -> None:
-    """Read every byte waiting on the non-blocking pipe ``fd``."""
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

@@ -49,6 +49,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._wakeup import drain, wakeup_pipe
+
 if TYPE_CHECKING:
     import subprocess  # the pool's side only: the template process does without it
 
@@ -212,9 +214,7 @@ def serve(fd: int, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
+    wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     children: dict[int, int] = {}  # pid -> the pool's number for it
@@ -225,7 +225,7 @@ def serve(fd: int, parent_pid: int) -> None:
     while True:
         for ready, _ in poller.poll():
             if ready == wake_r:
-                _drain(wake_r)
+                drain(wake_r)
                 _reap(sock, children)
                 continue
             data, fds, _, _ = socket.recv_fds(sock, _PACKET, 2)
@@ -290,10 +290,3 @@ def _report(sock: socket.socket, message: tuple[Any, ...]) -> None:
     except OSError:
         os._exit(0)  # the pool is gone
 
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
