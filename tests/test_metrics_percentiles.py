@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 import makeparallel as mp
 from makeparallel import _histogram, _metrics
 from makeparallel._histogram import BOUNDS, EXPORT_BOUNDS, Histogram
+from pool_helpers import wait_until
 
 SQRT2 = math.sqrt(2)
 
@@ -246,9 +247,22 @@ def test_percentiles_of_known_durations(backend: str, thread_pool_of: Any) -> No
         with lock:
             slept.append(elapsed)
 
-    handles = [sleep_for(d) for d in DURATIONS]
-    for handle in handles:
-        handle.get(10)
+    recorded: list[float] = []  # the durations the library measured, as its events tell them
+
+    def listener(event: mp.TaskEvent) -> None:
+        if event.kind == "finished" and event.name == name and event.duration is not None:
+            with lock:
+                recorded.append(event.duration)
+
+    mp.add_task_listener(listener)
+    try:
+        handles = [sleep_for(d) for d in DURATIONS]
+        for handle in handles:
+            handle.get(10)
+        # (A waiter may wake before the listener hears of the end.)
+        assert wait_until(lambda: len(recorded) == len(DURATIONS), 10), recorded
+    finally:
+        mp.remove_task_listener(listener)
     metrics = snapshot_of(name)
     assert metrics.completed_tasks == metrics.total_tasks == len(DURATIONS)
     assert metrics.running_tasks == metrics.queued_tasks == 0
@@ -266,11 +280,13 @@ def test_percentiles_of_known_durations(backend: str, thread_pool_of: Any) -> No
     assert metrics.average_execution_time_ms == pytest.approx(metrics.total_execution_time_ms / len(DURATIONS))
     assert 55.0 <= metrics.average_execution_time_ms < 55.0 + slack_ms
 
-    # Histogram estimates: within 25% of the sample quantile of what really slept.
+    # Histogram estimates: within 25% of the sample quantile of the durations the
+    # library measured (on a loaded machine those run later than the sleeps
+    # themselves: a woken thread waits for a CPU before the task's end is noted).
     for q, field in ((0.50, "p50_execution_time_ms"), (0.95, "p95_execution_time_ms"), (0.99, "p99_execution_time_ms")):
         estimate = metrics[field]
-        true_ms = interpolated_quantile(slept, q) * 1000
-        assert abs(estimate - true_ms) <= 0.25 * true_ms, (field, estimate, true_ms, sorted(slept))
+        true_ms = interpolated_quantile(recorded, q) * 1000
+        assert abs(estimate - true_ms) <= 0.25 * true_ms, (field, estimate, true_ms, sorted(recorded))
         # And never outside what was observed, nor out of order.
         assert metrics.min_execution_time_ms <= estimate <= metrics.max_execution_time_ms
     assert metrics.p50_execution_time_ms <= metrics.p95_execution_time_ms <= metrics.p99_execution_time_ms
