@@ -150,6 +150,16 @@ class _Worker:
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
 
 
+def _after_failed_start(gave_up: bool) -> str:
+    """What the pool does after a failed start, for the error that reports it."""
+    if gave_up:
+        return (
+            f"after {_FAILED_STARTS_ALLOWED} failed starts in a row the pool starts no more workers and "
+            "fails new tasks at once, until configure_process_pool() is called again"
+        )
+    return "the pool will start a new worker"
+
+
 def describe_exit(code: int | None) -> str:
     """``"exit code 3"`` or ``"signal SIGKILL(-9)"``, as loky names them."""
     if code is None:
@@ -843,6 +853,8 @@ class ProcessBackend(QueueingBackend):
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
+            # Died before it was ready, and not because it was told to: a failed start too.
+            unready = not (worker.ready or worker.leaving or worker.retiring or worker.killing or self._terminating)
             if init_failure is None:
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
@@ -860,6 +872,8 @@ class ProcessBackend(QueueingBackend):
         never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
         with self._lock:
+            if unready and init_failure is None:
+                self._died_unready_locked(code)
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
                 # It died before it started the task (killed while idle, or with
@@ -919,15 +933,9 @@ class ProcessBackend(QueueingBackend):
         name = self._setup.name
 
         def make_error() -> BaseException:
-            then = (
-                f"after {_FAILED_STARTS_ALLOWED} failed starts in a row the pool starts no more workers and "
-                "fails new tasks at once, until configure_process_pool() is called again"
-                if gave_up
-                else "the pool will start a new worker"
-            )
             error = WorkerCrashedError(
                 f"the worker initializer {name} raised {type(cause).__name__}: {cause}; "
-                f"the task was not run, and {then}"
+                f"the task was not run, and {_after_failed_start(gave_up)}"
             )
             error.__cause__ = cause
             return error
@@ -935,6 +943,26 @@ class ProcessBackend(QueueingBackend):
         if gave_up:
             self._broken = make_error
         return make_error
+
+    def _died_unready_locked(self, code: int | None) -> None:
+        """Count a worker that died while it started up; after a few in a row, stop starting workers.
+
+        Its task, never started, went back to the queue; once the pool gives
+        up, the queue fails with this error, not a restart loop.
+        """
+        self._failed_starts += 1
+        if self._failed_starts < _FAILED_STARTS_ALLOWED:
+            return
+        name = self._setup.name
+        during = f"before any task, or in the initializer {name}" if name else "before any task"
+
+        def make_error() -> BaseException:
+            return WorkerCrashedError(
+                f"worker processes died while they started up ({during}), the last with "
+                f"{describe_exit(code)}; the task was not run, and {_after_failed_start(True)}"
+            )
+
+        self._broken = make_error
 
     def _retried_elsewhere_locked(self, handle: AsyncHandle[Any]) -> bool:
         """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
