@@ -337,6 +337,55 @@ def test_cancel_all_ends_queued_tasks_nobody_waits_on_in_bulk(gate: threading.Ev
     assert again.value is first.value  # one error per task, whoever asks
 
 
+# SIGINT handled by a worker thread (the kernel may pick any thread; it does so
+# when the signal lands in the instant the main thread hands over the GIL to go
+# to sleep): the main thread's wait must still see it. The task sends it to its
+# own thread once the main thread waits.
+SIGNAL_ELSEWHERE = """
+import signal
+import sys
+import threading
+import time
+import makeparallel as mp
+
+release = threading.Event()
+
+def main_thread_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    code = frame.f_code if frame is not None else None
+    return code is not None and (code.co_name in ("_sleep", "next") or code.co_filename.endswith("_interruptible.py"))
+
+@mp.parallel
+def lands_elsewhere():
+    while not main_thread_waits():
+        time.sleep(0.001)
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    release.wait(60)
+
+handle = lands_elsewhere()
+try:
+    WAIT
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+release.set()
+"""
+
+
+@pytest.mark.parametrize(
+    "wait",
+    ["handle.get()", "handle.wait()", "mp.gather([handle])", "list(mp.as_completed([handle]))", "mp.wait([handle])"],
+)
+def test_ctrl_c_handled_by_another_thread_still_ends_the_main_threads_wait(wait: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", SIGNAL_ELSEWHERE.replace("WAIT", wait)],
+        capture_output=True,
+        text=True,
+        timeout=EXIT_WITHIN,
+        check=False,
+    )
+    assert completed.stdout.strip() == "interrupted", completed.stdout + completed.stderr
+
+
 # -- the pool after an interrupt, in this process ---------------------------------------------
 
 RECOVER_SCRIPT = WORK + """

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
+from . import _interruptible
 from ._backends._base import BlockingWait
 from ._handle import AsyncHandle, cancel_all
 from ._progress import ProgressOption, open_progress
@@ -168,10 +169,10 @@ class Completions:
                 handle = ended.get()
             elif self._deadline is None:
                 with BlockingWait():
-                    handle = ended.get()
+                    handle = _interruptible.get(ended, None)
             else:
                 with BlockingWait():
-                    handle = ended.get(timeout=max(0.0, self._deadline - time.monotonic()))
+                    handle = _interruptible.get(ended, max(0.0, self._deadline - time.monotonic()))
         except queue.Empty:
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1

@@ -31,7 +31,7 @@ from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from . import _deadlines, _events
+from . import _deadlines, _events, _interruptible
 from ._backends._base import pool_of_this_thread
 from ._coroutines import is_coroutine, run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
@@ -848,10 +848,7 @@ class AsyncHandle(Generic[T]):
             pool.worker_unblocks()
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
-        if timeout is None:
-            waiter.acquire()
-            return True
-        if waiter.acquire(True, timeout):
+        if _interruptible.acquire(waiter, timeout):
             return True
         with self._backend._lock:
             if self._waiters is not None and waiter in self._waiters:
