@@ -34,7 +34,7 @@ from ._decorators import TaskSpec, _describe
 from ._handle import _ON_DONE, AsyncHandle
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
-from .errors import ShutdownError, TaskCancelledError, TaskTimeoutError
+from .errors import ShutdownError, TaskTimeoutError
 
 __all__ = ["Executor", "ExecutorFuture"]
 
@@ -68,8 +68,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         with handle._backend._lock:
             if handle._state != PENDING:
                 return handle._state == CANCELLED
-            error = TaskCancelledError(f"task {handle._id} ({handle.name}) was cancelled")
-            announce = handle._settle_locked(CANCELLED, error)
+            announce = handle._cancel_locked()
         handle._after_settle(announce)  # runs _follow below: the future is cancelled
         return True
 

@@ -396,9 +396,11 @@ class AsyncHandle(Generic[T]):
     def _cancel_locked(self) -> _Announcement | None:
         if self._state == PENDING:
             self._code_done = True  # it will never run
-        return self._settle_locked(
-            CANCELLED, TaskCancelledError(f"task {self._id} ({self._observer.name}) was cancelled")
-        )
+        return self._settle_locked(CANCELLED, self._cancellation())
+
+    def _cancellation(self) -> TaskCancelledError:
+        """The error of this task's cancellation."""
+        return TaskCancelledError(f"task {self._id} ({self._observer.name}) was cancelled")
 
     # -- progress and metadata ----------------------------------------------------
 
@@ -928,7 +930,7 @@ class AsyncHandle(Generic[T]):
         if error is None:  # cancelled in bulk: its error is made when first asked for
             with self._backend._lock:
                 if self._value is None:
-                    self._value = TaskCancelledError(f"task {self._id} ({self._observer.name}) was cancelled")
+                    self._value = self._cancellation()
                 return self._value  # type: ignore[no-any-return]
         if self._state == FAILED:
             with self._backend._lock:
