@@ -17,7 +17,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import Flags, wait_until
-from web_helpers import broken_pool_server, uvicorn_server
+from web_helpers import check_live_fails_for_good, uvicorn_server
 
 fastapi = pytest.importorskip("fastapi")
 from makeparallel.fastapi import CancelOnDisconnect, lifespan, router  # noqa: E402
@@ -192,18 +192,7 @@ def test_health_routes_follow_the_status_rules(gate: threading.Event) -> None:
 @pytest.mark.parametrize("fault", ["thread", "process"])
 def test_health_live_answers_503_once_a_pool_thread_died(fault: str) -> None:
     """A worker thread, or the process pool's loop thread, dies of an error: restart the process."""
-    with broken_pool_server("fastapi", fault) as (base, break_the_pool):
-        with httpx.Client(base_url=base, timeout=30) as client:
-            assert client.get("/health/live").status_code == 200
-            report = break_the_pool()
-            assert report["not_live"], report
-            live = client.get("/health/live")
-            assert live.status_code == 503, live.text
-            body = live.json()
-            assert body["live"] is False and body["status"] == "unhealthy"
-            assert any("died of an error" in reason for reason in body["reasons"]), body["reasons"]
-            assert client.get("/health/ready").status_code == 503  # unhealthy is not ready either
-            assert client.get("/health/live").status_code == 503  # for good: it does not heal
+    check_live_fails_for_good("fastapi", fault)
 
 
 def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> None:

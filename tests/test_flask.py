@@ -17,7 +17,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import wait_until
-from web_helpers import broken_pool_server, werkzeug_server
+from web_helpers import check_live_fails_for_good, werkzeug_server
 
 flask = pytest.importorskip("flask")
 from makeparallel.flask import MakeParallel  # noqa: E402
@@ -89,17 +89,7 @@ def test_extension_conventions_and_the_test_client(gate: threading.Event) -> Non
 @pytest.mark.parametrize("fault", ["thread", "process"])
 def test_health_live_answers_503_once_a_pool_thread_died(fault: str) -> None:
     """On a real werkzeug server and with the test client, in an interpreter whose pool thread died."""
-    with broken_pool_server("flask", fault) as (base, break_the_pool):
-        with httpx.Client(base_url=base, timeout=30) as client:
-            assert client.get("/health/live").status_code == 200
-            report = break_the_pool()
-            assert report["not_live"], report
-            live = client.get("/health/live")
-            assert live.status_code == 503, live.text
-            body = live.json()
-            assert body["live"] is False and body["status"] == "unhealthy"
-            assert any("died of an error" in reason for reason in body["reasons"]), body["reasons"]
-            assert client.get("/health/ready").status_code == 503
+    report = check_live_fails_for_good("flask", fault)
     assert report["test_client"] == {"live": 503, "ready": 503}
 
 

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from pool_helpers import wait_until
 
 
@@ -113,3 +115,23 @@ def broken_pool_server(framework: str, fault: str) -> Iterator[tuple[str, Callab
         child.stdout.close()
         child.stderr.close()
     assert child.returncode == 0, errors
+
+
+def check_live_fails_for_good(framework: str, fault: str) -> dict[str, Any]:
+    """Kill a pool thread of an app served by ``framework``; check the health routes answer 503 for good.
+
+    ``fault`` as for :func:`broken_pool_server`. Returns the child's report.
+    """
+    with broken_pool_server(framework, fault) as (base, break_the_pool):
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/health/live").status_code == 200
+            report = break_the_pool()
+            assert report["not_live"], report
+            live = client.get("/health/live")
+            assert live.status_code == 503, live.text
+            body = live.json()
+            assert body["live"] is False and body["status"] == "unhealthy"
+            assert any("died of an error" in reason for reason in body["reasons"]), body["reasons"]
+            assert client.get("/health/ready").status_code == 503  # unhealthy is not ready either
+            assert client.get("/health/live").status_code == 503  # for good: it does not heal
+    return report
