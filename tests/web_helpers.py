@@ -36,10 +36,13 @@ def uvicorn_server(app: Any, graceful: float = 2.0) -> Iterator[Any]:
     """Serve ``app`` with uvicorn on a free port in a thread; yield (base URL, server).
 
     On exit the server stops (as on SIGTERM: in-flight requests get ``graceful``
-    seconds, then are cancelled) and its thread is joined.
+    seconds, then are cancelled) and its thread is joined, with the AnyIO worker
+    threads its sync routes and background tasks ran on: the server's loop tells
+    them to stop as it ends but does not wait for them.
     """
     import uvicorn
 
+    before = set(threading.enumerate())
     sock = free_socket()
     config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=graceful)
     server = uvicorn.Server(config)
@@ -54,6 +57,10 @@ def uvicorn_server(app: Any, graceful: float = 2.0) -> Iterator[Any]:
         thread.join(60)
         sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
+        workers = [t for t in threading.enumerate() if t not in before and t.name == "AnyIO worker thread"]
+        for worker in workers:
+            worker.join(30)
+        assert not any(t.is_alive() for t in workers), "the server's AnyIO worker threads did not stop"
 
 
 @contextmanager
