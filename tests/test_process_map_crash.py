@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from makeparallel._backends._crash_journal import JOURNAL_BYTES
+from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
 from pool_helpers import wait_until
 
 pytestmark = [
@@ -130,25 +130,10 @@ def test_with_on_error_raise_the_error_names_the_item(how: str, exit: str, secon
     assert set(range(CULPRIT + 1)) <= set(ran)  # one chunk: every item up to the culprit ran
 
 
-def slices_as_long_as_the_chunk() -> None:
-    """A worker initializer: after its first item, a chunk sends nothing until it ends."""
-    from makeparallel import _process_chunks
-
-    _process_chunks._SLICE_SECONDS = 3600.0
-
-
-@pytest.fixture
-def unsent_until_the_chunk_ends() -> Iterator[None]:
-    mp.configure_process_pool(initializer=slices_as_long_as_the_chunk)
-    yield
-    mp.configure_process_pool(initializer=None)
-
-
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 @pytest.mark.parametrize("how", HOWS)
 def test_the_results_not_sent_yet_are_read_from_the_journal(how: str, log: str) -> None:
-    # Items 1 to 56 ran in the slice the culprit ended: their results were never
-    # sent, only journaled; item 20 raised and item 40 returned too much for the journal.
+    # Item 20 raised and item 40 returned too much for the journal: those two
+    # slices were sent; the results of items 41 to 56 were only journaled.
     items = [Item(i, log, 0.0, how) for i in range(ITEMS)]
     items[20].raises = True
     items[40].result = b"x" * (JOURNAL_BYTES + 1)
@@ -157,7 +142,6 @@ def test_the_results_not_sent_yet_are_read_from_the_journal(how: str, log: str) 
     ran_once(log, range(ITEMS))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_a_slice_with_more_items_than_the_journal_holds_is_sent_in_parts(log: str) -> None:
     culprit = 30_000  # the journal holds 16,384 items
     items = [Item(i, log, 0.0, "kill", (culprit,)) for i in range(40_000)]
@@ -166,7 +150,6 @@ def test_a_slice_with_more_items_than_the_journal_holds_is_sent_in_parts(log: st
     ran_once(log, range(len(items)))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_several_crashes_in_one_chunk_each_lose_their_item(log: str) -> None:
     culprits = (3, 57, 58, 199)
     items = [Item(i, log, 0.0, "kill", culprits) for i in range(ITEMS)]
@@ -194,7 +177,6 @@ def test_imap_unordered_goes_on_after_a_crash(log: str) -> None:
     ran_once(log, range(ITEMS))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_results_too_large_for_the_journal_are_kept_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     large = {10, 40, 55, 56}  # 56: the item just before the culprit
@@ -205,7 +187,6 @@ def test_results_too_large_for_the_journal_are_kept_across_a_crash(log: str) -> 
     ran_once(log, range(ITEMS))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_results_that_fill_the_journal_are_kept_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     for item in items:
@@ -215,7 +196,6 @@ def test_results_that_fill_the_journal_are_kept_across_a_crash(log: str) -> None
     ran_once(log, range(ITEMS))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "segfault") for i in range(ITEMS)]
     kinds: list[Any] = [
@@ -234,7 +214,6 @@ def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
     ran_once(log, range(ITEMS))
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_an_item_that_raised_before_the_crash_keeps_its_error(log: str) -> None:
     items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
     items[20].raises = items[56].raises = True
@@ -255,7 +234,6 @@ def test_an_unpicklable_result_fails_its_item_alone() -> None:
         mp.parallel_map(lock_at, range(20), backend="process")
 
 
-@pytest.mark.usefixtures("unsent_until_the_chunk_ends")
 def test_an_unpicklable_result_then_a_crash_lose_their_two_items(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     items[30].result = threading.Lock
@@ -310,3 +288,40 @@ def test_crashed_and_stopped_workers_leave_no_journal(log: str) -> None:
     assert mp.shutdown(5) is True
     assert journal_mappings() == 0
     assert journal_descriptors() == 0
+
+
+def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
+    fd = create_journal()
+    writer, reader = JournalWriter(fd), JournalReader(fd)
+    os.close(fd)
+    try:
+        results: list[Any] = []
+        writer.begin(7, 0)
+        writer.extend(results, lambda i: i - 2, [0, 1, 2])
+        writer.extend(results, lambda i: [i, float(i) / 3, str(i), 2**70 + i][i % 4], [3, 4, 5, 6])
+        assert reader.unsent(7, 0) == results == [-2, -1, 0, 2**70 + 3, 4, 5 / 3, "6"]
+        assert reader.unsent(7, 5) == [5 / 3, "6"]  # the parent received the first five
+        assert reader.unsent(8, 0) is None  # another task's journal
+        writer.begin(7, 7)  # the seven were sent
+        assert reader.unsent(7, 7) == []
+        assert reader.unsent(7, 0) is None  # it holds nothing from before item 7
+        writer.extend(results, lambda i: -1.5, [7])
+        assert reader.unsent(7, 7) == [-1.5]
+        with pytest.raises(ValueError, match="room for 16383"):
+            writer.extend(results, str, [0] * RECORDS)
+    finally:
+        reader.close()
+
+
+def test_an_int_equal_to_the_journals_marker_reads_as_not_written() -> None:
+    # The documented one-in-2**64 case: the reader stops one item early.
+    fd = create_journal()
+    writer, reader = JournalWriter(fd), JournalReader(fd)
+    os.close(fd)
+    try:
+        marker = writer._marker
+        writer.begin(7, 0)
+        writer.extend([], lambda i: marker if i == 1 else i, [0, 1, 2])
+        assert reader.unsent(7, 0) == [0]
+    finally:
+        reader.close()

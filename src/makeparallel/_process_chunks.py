@@ -4,19 +4,20 @@ A worker that dies (``os._exit``, a segmentation fault, ``SIGKILL``, the
 out-of-memory killer) takes with it whatever its chunk had not sent. So on a
 worker process each item's result is written to the worker's crash journal
 (shared memory that outlives the worker, ``_backends._crash_journal``) as soon
-as the item ends, and the chunk sends its results through the pipe in slices of
-about a millisecond of work. When the worker dies, the parent has the results
-of every slice sent and, from the journal, those of every item of the slice
-under way that ended: the culprit is the next item, found exactly. No item runs
-twice, however cheap.
+as the item ends, and the results wait there until the chunk ends and sends
+them with its own result message: one message per chunk, as for any task.
+Results go earlier only when they must: the journal is full
+(``RECORDS`` records, or its data area), or an item raised, or its result
+cannot be pickled or does not fit in the journal. When the worker dies, the
+parent has the results sent and, from the journal, those of every later item
+that ended: the culprit is the next item, found exactly. No item runs twice,
+however cheap.
 
 Then the items after the culprit run as a new chunk, and the culprit's failure
 (a ``WorkerCrashedError`` naming its index and repr) is raised, skipped or
 replaced by ``None`` as ``on_error`` says. A result that cannot be pickled
-fails its item alone, the same way; one too large for the journal ends its
-slice and is sent at once, before the next item starts. Cost: one message per
-slice but the last, which travels in the chunk's own result message, and a
-fraction of a microsecond per item for the journal.
+fails its item alone, the same way. Cost: a fraction of a microsecond per item
+for the journal.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
 __all__ = ["Failure", "describe_item", "finish_after_crash", "run_streaming"]
 
-_SLICE_SECONDS = 0.001  # the work between two messages of a streamed chunk
+_SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -54,19 +55,19 @@ def describe_item(index: int, item: Any) -> str:
 
 
 def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
-    """Run a chunk on a worker, journaling each result and sending each slice's as it ends.
+    """Run a chunk on a worker, journaling each result, and sending results only when they must go.
 
     ``task`` is the worker's stand-in for the task (``_journal``,
-    ``_send_partial``, ``_pickle_error``). A slice ends early at an item that
-    raised, whose result cannot be pickled or does not fit in the journal: its
-    results are sent before the next item starts. The last slice, if it ended
-    without any of these, is returned instead, to travel in the task's own
-    result message: one message fewer per chunk (a chunk of one item sends
-    nothing else), and its results are in the journal until that message is
-    sent.
+    ``_send_partial``, ``_pickle_error``). The items run in slices of about
+    ``_SLICE_SECONDS``, between which the task checks whether it was stopped.
+    Results wait in the journal until the chunk ends, when they travel in the
+    task's own result message (a chunk of up to ``RECORDS`` clean items
+    sends one message), unless they must be sent before the next item starts:
+    the journal is full, or an item raised or gave a result that cannot be
+    pickled or does not fit in the journal (such a result is not in the journal).
 
     Returns:
-        The last slice's results, or ``[]`` if it was sent.
+        The results not sent yet.
 
     Raises:
         TaskSerializationError: an item's result cannot be pickled, with
@@ -74,24 +75,26 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
         Exception: what an item raised, with ``keep_going`` false.
     """
     # Imported here, where it runs (in a worker): the parent's import of makeparallel needs no pickle.
-    from ._backends._crash_journal import SLICE_ITEMS, ResultTooLarge, ResultUnpicklable
+    from ._backends._crash_journal import ResultTooLarge, ResultUnpicklable
 
     journal = task._journal
     position, length, count = 0, 1, len(items)
+    results: list[Any] = []  # those of the items from ``unsent`` on
+    unsent = 0
+    journal.begin(task._id, unsent)
     while position < count:
         if task._state != RUNNING:
             task._raise_if_stopped()
-        end = min(count, position + length, position + SLICE_ITEMS)
-        results: list[Any] = []
+        end = min(count, position + length, position + journal.room())
         began = time.perf_counter()
         clean = False  # the slice ended without an error or an outsized result
         try:
-            journal.extend(results, fn, items[position:end], task._id, position)
+            journal.extend(results, fn, items[position:end])
             clean = True
-        except ResultTooLarge:  # its last result is not in the journal: the slice is sent now
-            end = position + len(results)
+        except ResultTooLarge:  # its last result is not in the journal
+            end = unsent + len(results)
         except ResultUnpicklable as unpicklable:
-            failed = position + len(results)
+            failed = unsent + len(results)
             where = describe_item(start + failed, items[failed])
             error = TaskSerializationError(
                 f"the result of {where} could not be pickled to send it back from the worker "
@@ -102,33 +105,39 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
             results.append(Failure(error))
             end = failed + 1
         except Exception as error:
-            failed = position + len(results)
+            failed = unsent + len(results)
             _add_note(error, f"makeparallel: raised by {describe_item(start + failed, items[failed])}")
             if not keep_going:
                 raise
             results.append(Failure(error))
             end = failed + 1
         seconds = time.perf_counter() - began
-        first, position = position, end
-        length = max(1, int(_SLICE_SECONDS * (end - first) / max(seconds, 1e-9)))
-        if clean and position >= count:
-            return results
-        _send(task, results, start + first, items[first:end], keep_going)
-    return []
+        length = max(1, int(_SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
+        position = end
+        if clean and (position >= count or journal.room()):
+            continue
+        _send(task, results, start + unsent, items, unsent, keep_going)
+        results = []
+        unsent = position
+        journal.begin(task._id, unsent)
+    return results
 
 
-def _send(task: Any, results: list[Any], first: int, items: list[Any], keep_going: bool) -> None:
-    """Send finished results to the parent; an unpicklable one fails its item alone."""
+def _send(task: Any, results: list[Any], first: int, items: list[Any], offset: int, keep_going: bool) -> None:
+    """Send finished results to the parent; an unpicklable one fails its item alone.
+
+    ``results`` are those of ``items[offset:]``, item ``first`` of the map the first.
+    """
     try:
         task._send_partial(results)
         return
     except Exception:
         pass
     checked = []
-    for offset, result in enumerate(results):
+    for index, result in enumerate(results):
         problem = task._pickle_error(result)
         if problem is not None:
-            where = describe_item(first + offset, items[offset])
+            where = describe_item(first + index, items[offset + index])
             if type(result) is Failure:
                 kind = type(result.error).__qualname__
                 result = Failure(TaskError(f"{where} raised {kind}: {result.error} ({problem})"))
