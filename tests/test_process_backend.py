@@ -325,6 +325,37 @@ def test_check_cancelled_in_a_worker_raises_after_cancel(flags: Flags, one_worke
     assert mp.get_process_pool_info()["worker_restarts"] == restarts
 
 
+def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
+    # A cancel can cross its task's result on the pipe, or come before the task
+    # (the parent sends them from different threads): the first is dropped, the
+    # second stops the task when it comes. Driven in this process, deterministically.
+    import pickle
+    import socket
+
+    from makeparallel import _serialization
+    from makeparallel._backends._channel import Channel
+    from makeparallel._backends._crash_journal import JournalWriter, create_journal
+    from makeparallel._backends._process_worker import _Worker
+
+    ours, theirs = socket.socketpair()
+    fd = create_journal()
+    worker = _Worker(Channel(theirs), JournalWriter(fd))
+    os.close(fd)
+    call = (_serialization.dumps_function(abs), pickle.dumps(((-1,), {})), [], False)
+    try:
+        ran, _ = worker._run(1, "abs", *call)
+        assert ran[:2] == (1, True)
+        worker._cancel(1, mp.TaskCancelledError("late"))
+        assert worker._cancelled == {}
+        worker._cancel(2, mp.TaskCancelledError("early"))
+        skipped, _ = worker._run(2, "abs", *call)
+        assert skipped == (2, False, b"", [], 0.0)  # never ran
+        assert worker._cancelled == {}
+    finally:
+        ours.close()
+        theirs.close()
+
+
 # -- metadata, callbacks, priorities, limits, metrics ---------------------------------------------
 
 

@@ -141,7 +141,11 @@ class _Worker:
         self._reader_polling = False  # watches the pipe: the main thread kicks it when it goes idle
         self._kick_r, self._kick_w = wakeup_pipe()
         self._read_lock = threading.Lock()  # held by the thread reading the pipe
-        self._cancelled: dict[int, BaseException] = {}
+        self._cancelled: dict[int, BaseException] = {}  # tasks cancelled before they started
+        # The last tasks that ran: a cancel that crossed one's result on the pipe is
+        # dropped, not kept for good. The parent cancels only tasks whose results it
+        # has not received, at most a window of tasks back (32): 1,024 is plenty.
+        self._ended: deque[int] = deque(maxlen=1024)
         self._current: _RemoteTask | None = None
         self._flush_c_stdio = flush_c_stdio()
 
@@ -222,6 +226,7 @@ class _Worker:
         finally:
             seconds = time.perf_counter() - started
             _local.task = None
+            self._ended.append(task_id)  # first: a cancel finds the task current, or ended
             self._current = None
         try:
             result, result_buffers = _serialization.dumps(value)
@@ -352,10 +357,16 @@ class _Worker:
             self._inbox.appendleft(_STOP)
 
     def _cancel(self, task_id: int, error: BaseException) -> None:
+        """Stop task ``task_id``: the running one at its next check, any other before it starts.
+
+        A task that already ended is left alone. One not seen yet is stopped when
+        it comes: the parent may send its cancel first, from another thread.
+        """
         with self._mail_lock:
             current = self._current
             if current is None or current._id != task_id:
-                self._cancelled[task_id] = error
+                if task_id not in self._ended:
+                    self._cancelled[task_id] = error
                 return
         current._stop_error = error
         current._state = CANCELLED
