@@ -350,6 +350,7 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
         worker._cancel(2, mp.TaskCancelledError("early"))
         skipped, _ = worker._run(2, "abs", *call)
         assert skipped == (2, False, b"", [], 0.0)  # never ran
+        worker._cancel(2, mp.TaskCancelledError("again"))
         assert worker._cancelled == {}
     finally:
         ours.close()

@@ -208,6 +208,7 @@ class _Worker:
             if stop_error is None:
                 self._current = task
         if stop_error is not None:  # cancelled before it started: never run it
+            self._ended.append(task_id)
             return (task_id, False, b"", [], 0.0), []
         self.journal.started(task_id)  # dying from now on fails this task; before, it is sent again
         if timed:
