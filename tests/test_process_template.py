@@ -54,6 +54,11 @@ def block(path: str) -> None:
         pass  # until its worker is killed
 
 
+def cloudpickle_at_start() -> bool:
+    """Whether this worker had cloudpickle when its task began (a function sent by reference needs none)."""
+    return "cloudpickle" in sys.modules
+
+
 def noop_initializer() -> None:
     return None
 
@@ -100,6 +105,16 @@ def test_a_forked_worker_gets_the_environment_directory_and_path_of_the_moment(
     assert variable == "set after the pool started"
     assert cwd == str(tmp_path)
     assert path[0] == str(tmp_path / "plugins")
+
+
+def test_workers_forked_once_the_template_is_idle_have_cloudpickle_already(two_workers: None) -> None:
+    # Every task on a new worker: without the template's preload, each paid
+    # cloudpickle's import on its first function sent by value.
+    mp.configure_process_pool(max_tasks_per_child=1)
+    try:
+        assert wait_until(lambda: on_process(cloudpickle_at_start)().get(timeout=30), 30)
+    finally:
+        mp.configure_process_pool(max_tasks_per_child=None)
 
 
 def test_blas_limits_hold_in_a_forked_worker(two_workers: None, monkeypatch: pytest.MonkeyPatch) -> None:

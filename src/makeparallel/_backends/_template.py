@@ -62,6 +62,7 @@ _TEMPLATE_MAIN = (
     "serve(int(sys.argv[1]), int(sys.argv[2]))"
 )
 _PACKET = 256 * 1024  # the largest request: sys.path and the environment, pickled
+_PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
 
 
 def template_available() -> bool:
@@ -222,8 +223,13 @@ def serve(fd: int, parent_pid: int) -> None:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
+    idle_ms: int | None = _PRELOAD_AFTER_MS
     while True:
-        for ready, _ in poller.poll():
+        events = poller.poll(idle_ms)
+        if not events and idle_ms is not None:  # idle since the first workers were forked
+            idle_ms = None
+            _preload()
+        for ready, _ in events:
             if ready == wake_r:
                 drain(wake_r)
                 _reap(sock, children)
@@ -250,6 +256,21 @@ def serve(fd: int, parent_pid: int) -> None:
             os.close(fds[1])
             children[pid] = number
             _report(sock, ("forked", number, pid))
+
+
+def _preload() -> None:
+    """Import what a worker needs only for some tasks, so that every later fork has it.
+
+    cloudpickle (about 17 ms to import) unpickles every function sent by value,
+    ``__main__``'s included: without it here, each new worker paid that on its
+    first such task, and a pool with ``max_tasks_per_child=1`` paid it on every
+    task. Done once the template has been idle a moment, after the pool's first
+    workers were forked, so that it never delays the first result.
+    """
+    try:
+        import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:  # pragma: no cover - a dependency: a worker would fail the same way on its own
+        pass
 
 
 def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
