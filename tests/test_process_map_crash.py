@@ -42,6 +42,14 @@ class Colour(enum.IntEnum):
     RED = 1
 
 
+class Rejected(Exception):
+    """An exception a task returns, whose ``__init__`` does not take its ``args``."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(f"row {row}: {reason}")
+        self.row = row
+
+
 def die(how: str) -> None:
     if how == "exit":
         os._exit(7)
@@ -211,6 +219,24 @@ def test_rich_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
     assert [type(r) for r in results] == [type(e) for e in expected]
     assert results == expected
     assert [repr(r) for r in results if type(r) is float] == [repr(e) for e in expected if type(e) is float]  # -0.0
+    ran_once(log, range(ITEMS))
+
+
+def test_exceptions_returned_as_results_are_kept_as_they_were_across_a_crash(log: str) -> None:
+    # An exception returned (not raised) is a result like any other: journaled,
+    # it must come back with its class's own fields and its cause chain, even
+    # when its __init__ does not take its args (plain pickle cannot rebuild it).
+    items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
+    for item in items[:CULPRIT]:
+        error = Rejected(item.index, "no id")
+        error.__cause__ = KeyError(f"id {item.index}")
+        item.result = error if item.index % 2 else (item.index, [error])
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+    assert results[CULPRIT:] == list(range(CULPRIT + 1, ITEMS))
+    for index, result in enumerate(results[:CULPRIT]):
+        error = result if index % 2 else result[1][0]
+        assert type(error) is Rejected and error.args == (f"row {index}: no id",) and error.row == index
+        assert type(error.__cause__) is KeyError and error.__cause__.args == (f"id {index}",)
     ran_once(log, range(ITEMS))
 
 

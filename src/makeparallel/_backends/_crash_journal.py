@@ -20,7 +20,9 @@ is its record (a map of cheap items mostly returns numbers, and a single
 store is the cheapest durable write there is); a ``float`` is its record's
 bits, its kind byte saying so; any other result is serialized into the data
 area, and its record is where its bytes end: ``marshal`` (version 2, no
-references) for the exact scalar types it writes faithfully, else a pickle. A
+references) for the exact scalar types it writes faithfully, else a pickle
+that carries exceptions as result messages do (cause chain, custom
+``__init__``: ``_remote_errors``). A
 record is written last, and the records used are reset to the marker once
 their results were sent, so a record counts only once it is whole: a
 worker killed in the middle of writing one leaves the journal as it was
@@ -41,12 +43,15 @@ two processes closes it.
 
 from __future__ import annotations
 
+import io
 import marshal
 import mmap
 import os
 import pickle
 from collections.abc import Callable
 from typing import Any
+
+from .._remote_errors import reduce_exception
 
 __all__ = ["JOURNAL_BYTES", "RECORDS", "JournalReader", "JournalWriter", "ResultTooLarge", "ResultUnpicklable", "create_journal"]
 
@@ -102,7 +107,7 @@ def create_journal() -> int:
 class JournalWriter:
     """The worker's side: runs a chunk's items, journaling each result as it ends, until they are sent."""
 
-    __slots__ = ("_blank", "_floats", "_kinds", "_map", "_marker", "_slots", "_used")
+    __slots__ = ("_blank", "_floats", "_kinds", "_map", "_marker", "_pickler", "_slots", "_used")
 
     def __init__(self, fd: int) -> None:
         self._map = mmap.mmap(fd, JOURNAL_BYTES)
@@ -114,6 +119,7 @@ class JournalWriter:
         self._map[8 * _RECORDS : _DATA] = self._blank  # before the marker: nothing reads as a record
         self._slots[_MARKER] = self._marker
         self._used = 0  # records written since the last begin()
+        self._pickler = _JournalPickler()
 
     def started(self, task_id: int) -> None:
         """The worker starts task ``task_id`` (a map chunk or not): from now on, its death is that task's."""
@@ -187,7 +193,7 @@ class JournalWriter:
             data = marshal.dumps(value, 2)
         else:
             try:
-                data = pickle.dumps(value, 5)
+                data = self._pickler.dumps(value)
             except Exception:
                 data = _pickle_otherwise(value)
         try:
@@ -198,6 +204,39 @@ class JournalWriter:
         self._kinds[_KINDS - _RECORDS + record] = _DATA_ENTRY
         self._slots[record] = end  # written last: now it counts
         return end
+
+
+class _JournalPickler(pickle.Pickler):
+    """The C pickler, reused, which pickles an exception the way the pool does (``reduce_exception``).
+
+    Plain pickle rebuilds an exception from its ``args`` and drops its cause
+    chain: one with a custom ``__init__`` would not even unpickle in the parent,
+    and one with a ``__cause__`` would lose it. So an exception in a result, at
+    any depth, goes as it goes in a result message; everything else is plain
+    pickle's, at plain pickle's speed (``reducer_override`` is asked only about
+    objects that are no ``int``, ``float``, ``str`` or ``bytes``).
+    """
+
+    def __init__(self) -> None:
+        self._stream = io.BytesIO()
+        super().__init__(self._stream, protocol=5)
+        self._open_exceptions: dict[int, BaseException] = {}
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException):
+            return reduce_exception(obj, self._open_exceptions)
+        return NotImplemented
+
+    def dumps(self, value: Any) -> bytes:
+        stream = self._stream
+        stream.seek(0)
+        stream.truncate()
+        self.clear_memo()
+        try:
+            self.dump(value)
+        finally:
+            self._open_exceptions.clear()
+        return stream.getvalue()
 
 
 def _pickle_otherwise(value: Any) -> bytes:
