@@ -12,6 +12,7 @@ raised, several crashes in one chunk, and no journal left behind.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import signal
@@ -69,6 +70,8 @@ class Item:
         self.index, self.log, self.seconds, self.how, self.culprits = index, log, seconds, how, culprits
         self.result: Any = index
         self.raises = False
+        self.wait_for = ""  # a file to wait for before working, until cancelled; raises after 30 s
+
 
     def __repr__(self) -> str:
         return f"Item#{self.index}"
@@ -82,6 +85,16 @@ def work(item: Item) -> Any:
         os.close(fd)
     if item.seconds:
         time.sleep(item.seconds)  # the workload of a slow item
+    if item.wait_for:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(item.wait_for):
+            try:
+                mp.check_cancelled()
+            except mp.TaskCancelledError:
+                break  # the chunk stops before its next item
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{item.wait_for} never appeared")
+            time.sleep(0.005)
     if item.how and item.index in item.culprits:
         die(item.how)
     if item.raises:
@@ -238,6 +251,72 @@ def test_exceptions_returned_as_results_are_kept_as_they_were_across_a_crash(log
         assert type(error) is Rejected and error.args == (f"row {index}: no id",) and error.row == index
         assert type(error.__cause__) is KeyError and error.__cause__.args == (f"id {index}",)
     ran_once(log, range(ITEMS))
+
+
+def wait_after_a_crash(log: str, tmp_path: Path, culprit: int, count: int) -> list[Item]:
+    """``count`` items; ``culprit`` crashes its worker, the item after it waits for ``tmp_path / "release"``.
+
+    Or until it is cancelled: a test that checks what a cancel stops releases it
+    only if it fails, so that the item does not end before the cancel comes.
+    """
+    items = [Item(i, log, 0.0, "exit", (culprit,)) for i in range(count)]
+    items[culprit + 1].wait_for = str(tmp_path / "release")
+    mp.parallel_map(abs, range(4), backend="process")  # a warm pool: the crash comes at once
+    return items
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+def test_the_maps_timeout_holds_for_the_items_after_a_crash(ordered: bool, log: str, tmp_path: Path) -> None:
+    # The items after the culprit run as a new chunk: the map waits for it with
+    # what is left of its timeout, not for as long as it takes.
+    items = wait_after_a_crash(log, tmp_path, 0, 4)
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match="the map timed out after 5 s"):
+            list(mp.imap(work, items, backend="process", ordered=ordered, on_error="skip", chunksize=4, timeout=5))
+        assert runs(log)[1] == 1  # the new chunk ran before the timeout: the crash was handled first
+    except BaseException:
+        (tmp_path / "release").touch()  # item 1 is never released otherwise: only the cancel ends it
+        raise
+    assert wait_until(lambda: mp.get_process_pool_info()["busy_workers"] == 0, 30)
+    assert runs(log) == Counter({0: 1, 1: 1})  # cancelled by the timeout: items 2 and 3 never ran
+
+
+@pytest.mark.timeout(120)
+def test_closing_the_map_cancels_the_items_after_a_crash(log: str, tmp_path: Path) -> None:
+    items = wait_after_a_crash(log, tmp_path, 1, 6)
+    results = mp.imap(work, items, backend="process", on_error="skip", chunksize=6)
+    try:
+        assert next(results) == 0  # at once: the crashed chunk's results up to its culprit
+        assert wait_until(lambda: 2 in runs(log), 30)  # the new chunk of items 2 to 5 runs
+        results.close()  # and is cancelled: item 2 sees it, and ends
+    except BaseException:
+        (tmp_path / "release").touch()
+        raise
+    assert wait_until(lambda: mp.get_process_pool_info()["busy_workers"] == 0, 30)
+    assert runs(log) == Counter({0: 1, 1: 1, 2: 1})
+
+
+@pytest.mark.timeout(120)
+def test_an_async_map_keeps_its_event_loop_running_while_the_items_after_a_crash_run(log: str, tmp_path: Path) -> None:
+    items = wait_after_a_crash(log, tmp_path, 0, 4)
+
+    async def release_once_the_new_chunk_runs() -> None:
+        while 1 not in runs(log):
+            await asyncio.sleep(0.01)
+        (tmp_path / "release").touch()
+
+    async def main() -> list[Any]:
+        releasing = asyncio.ensure_future(release_once_the_new_chunk_runs())
+        results = [r async for r in mp.imap(work, items, backend="process", on_error="none", chunksize=4)]
+        await releasing
+        return results
+
+    try:
+        assert asyncio.run(main()) == [None, 1, 2, 3]
+    finally:
+        (tmp_path / "release").touch()
+    ran_once(log, range(4))
 
 
 def test_an_item_that_raised_before_the_crash_keeps_its_error(log: str) -> None:

@@ -59,7 +59,7 @@ from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import describe_item, finish_after_crash, run_streaming
+from ._process_chunks import after_crash, describe_item, run_streaming
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -591,7 +591,7 @@ def _map_one_item(
     try:
         chunk = handle.get()
     except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
-        chunk = finish_after_crash(error, [item], 0, keep_going, lambda items, start: chunk_task(fn, items, start, keep_going))
+        chunk, _ = after_crash(error, [item], 0, keep_going)
     except BaseException:  # Ctrl-C, or the item's error: the task must not go on
         handle.cancel()
         raise
@@ -668,11 +668,11 @@ class _Mapper:
         try:
             self._fill()
             while self._in_flight:
-                entry = self._next_done()
-                yield self._take(entry)
+                chunk, taken = self._take(self._next_done())
+                yield chunk
                 # Read more only once the consumer took this chunk: what is read
                 # and not yet handed out never exceeds max_in_flight.
-                self._items_in_flight -= entry[1]
+                self._items_in_flight -= taken
                 self._fill()
             finished = True
         finally:
@@ -707,8 +707,9 @@ class _Mapper:
                     except TaskTimeoutError:
                         self._time_out()
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
-                yield self._take(entry)
-                self._items_in_flight -= entry[1]
+                chunk, taken = self._take(entry)
+                yield chunk
+                self._items_in_flight -= taken
                 self._fill()
             finished = True
         finally:
@@ -717,14 +718,20 @@ class _Mapper:
             if self._progress is not None:
                 self._progress.close()
 
-    def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> list[Any]:
-        """The results of a chunk that ended (or its error), once counted and sized."""
+    def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> tuple[list[Any], int]:
+        """The results of a chunk that ended (or its error), once counted and sized; and how many items they are.
+
+        A chunk whose worker died gives its results up to its culprit's
+        failure; a new chunk of its other items takes its place in flight.
+        """
         handle, size = entry
         try:
             chunk = handle.get()
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
             start, items = self._chunk_items[id(handle)]
-            chunk = finish_after_crash(error, items, start, self._keep_going, self._run_again)
+            chunk, size = after_crash(error, items, start, self._keep_going)
+            if size < len(items):
+                self._in_flight.insert(self._in_flight.index(entry), self._run_again(items[size:], start + size))
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
         del self._chunk_items[id(handle)]
         remaining = None if self._total is None else self._total - self._read
@@ -733,10 +740,15 @@ class _Mapper:
             self._progress.advance(size)
         if self._keep_going:
             chunk = _resolve_failures(chunk, self._skip)
-        return chunk
+        return chunk, size
 
-    def _run_again(self, items: list[Any], start: int) -> AsyncHandle[list[Any]]:
-        return self._chunk_task(self._fn, items, start, self._keep_going)
+    def _run_again(self, items: list[Any], start: int) -> tuple[AsyncHandle[list[Any]], int]:
+        """Run the items after a crashed chunk's culprit as a new chunk; its entry in flight."""
+        handle = self._chunk_task(self._fn, items, start, self._keep_going)
+        self._chunk_items[id(handle)] = (start, items)
+        if not self._ordered:
+            self._follow(handle)
+        return handle, len(items)
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:

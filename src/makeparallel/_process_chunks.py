@@ -13,9 +13,10 @@ parent has the results sent and, from the journal, those of every later item
 that ended: the culprit is the next item, found exactly. No item runs twice,
 however cheap.
 
-Then the items after the culprit run as a new chunk, and the culprit's failure
-(a ``WorkerCrashedError`` naming its index and repr) is raised, skipped or
-replaced by ``None`` as ``on_error`` says. A result that cannot be pickled
+Then the culprit's failure (a ``WorkerCrashedError`` naming its index and
+repr) is raised, skipped or replaced by ``None`` as ``on_error`` says, and the
+items after it run as a new chunk in the crashed one's place: the map waits
+for it as for any chunk, so its timeout and cancellation hold. A result that cannot be pickled
 fails its item alone, the same way. Cost: a fraction of a microsecond per item
 for the journal.
 """
@@ -31,7 +32,7 @@ from ._handle import _add_note
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
-__all__ = ["Failure", "describe_item", "finish_after_crash", "run_streaming"]
+__all__ = ["Failure", "after_crash", "describe_item", "run_streaming"]
 
 _SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 
@@ -153,51 +154,30 @@ def _send(task: Any, results: list[Any], first: int, items: list[Any], offset: i
     task._send_partial(checked)
 
 
-def finish_after_crash(
-    error: WorkerCrashedError,
-    items: list[Any],
-    start: int,
-    keep_going: bool,
-    run: Callable[[list[Any], int], Any],
-) -> list[Any]:
-    """The results of a chunk whose worker died: the finished ones, the culprit's failure, the rest.
+def after_crash(error: WorkerCrashedError, items: list[Any], start: int, keep_going: bool) -> tuple[list[Any], int]:
+    """The results of a chunk whose worker died, up to and with the culprit's failure; and how many items they are.
 
-    ``run(items, start)`` submits a new chunk and returns its handle; if its
-    worker dies too, the same again.
+    The items after those did not run: the caller runs them as a new chunk,
+    which it waits for as for any other (a map's timeout, its cancellation and
+    an event loop's other work go on meanwhile), and which is finished the
+    same way if its worker dies too.
 
     Raises:
         WorkerCrashedError: with ``keep_going`` false, naming the culprit item.
         WorkerCrashedError: as it came, if ``error`` is not from a map chunk
             on a worker process.
     """
-    results: list[Any] = []
-    position = 0
-    while True:
-        crash = getattr(error, "_crash", None)
-        if crash is None:
-            raise error
-        done, how = crash
-        results.extend(done)
-        position += len(done)
-        if position == len(items):  # the worker died after its last item
-            return results
-        failure = WorkerCrashedError(
-            f"{describe_item(start + position, items[position])} of the map crashed its worker "
-            f"process ({how}); the pool started a new worker, and the other items were not affected"
-        )
-        if not keep_going:
-            raise failure
-        results.append(Failure(failure))
-        position += 1
-        if position == len(items):
-            return results
-        handle = run(items[position:], start + position)
-        try:
-            results.extend(handle.get())
-            return results
-        except WorkerCrashedError as again:
-            error = again
-            items, start, position = items[position:], start + position, 0
-        except BaseException:
-            handle.cancel()
-            raise
+    crash = getattr(error, "_crash", None)
+    if crash is None:
+        raise error
+    done, how = crash
+    position = len(done)
+    if position == len(items):  # the worker died after its last item
+        return done, position
+    failure = WorkerCrashedError(
+        f"{describe_item(start + position, items[position])} of the map crashed its worker "
+        f"process ({how}); the pool started a new worker, and the other items were not affected"
+    )
+    if not keep_going:
+        raise failure
+    return [*done, Failure(failure)], position + 1
