@@ -357,6 +357,44 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
         theirs.close()
 
 
+def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -> None:
+    # Short tasks travel in windows: the worker holds the next ones in its inbox
+    # while one runs, and reads the pipe only when it runs out of them. A cancel
+    # that arrived meanwhile for a task in the inbox must be read before that task
+    # starts. Driven in this process, deterministically: the main thread's loop
+    # (_next, _run), with the parent's messages written to its pipe.
+    import pickle
+    import socket
+
+    from makeparallel import _serialization
+    from makeparallel._backends._channel import Channel
+    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._process_worker import _Worker
+
+    ours, theirs = socket.socketpair()
+    fd = create_journal()
+    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
+    os.close(fd)
+    call = (_serialization.dumps_function(abs), pickle.dumps(((-1,), {})), [], False)
+    try:
+        worker._post([("task", (task_id, "abs", *call)) for task_id in (1, 2, 3)])  # a window of three
+        kind, task = worker._next()
+        assert (kind, task[0]) == ("task", 1)
+        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran")))
+        journal.cancel_sent()  # as the parent does once it sent one
+        assert worker._run(*task)[0][:2] == (1, True)
+        kind, task = worker._next()
+        assert (kind, task[0]) == ("task", 2)
+        assert worker._run(*task)[0] == (2, False, b"", [], 0.0)  # dropped: it never ran
+        kind, task = worker._next()
+        assert worker._run(*task)[0][:2] == (3, True)
+        assert worker._cancelled == {}
+    finally:
+        journal.close()
+        ours.close()
+        theirs.close()
+
+
 # -- metadata, callbacks, priorities, limits, metrics ---------------------------------------------
 
 

@@ -13,7 +13,9 @@ Layout: a header of 64-bit slots (the task's id, and the index in its chunk
 of the first item journaled; then the id of the last task the worker started,
 any task: a worker found dead with a task sent to it that it never started,
 killed while idle say, had that task put back in the queue rather than failed;
-then the journal's marker), a byte per item (its kind), a 64-bit record per
+then the journal's marker; then how many cancels the parent sent, so that a
+worker holding tasks sent ahead reads its pipe before the next one starts only
+when a cancel waits there), a byte per item (its kind), a 64-bit record per
 item, then a data area. Records not written yet hold the marker, a random
 negative number drawn when the worker starts. An ``int`` that fits in 64 bits
 is its record (a map of cheap items mostly returns numbers, and a single
@@ -61,7 +63,8 @@ JOURNAL_BYTES = 1 << 20
 RECORDS = 16 * 1024
 _STARTED = 2  # slot of the id of the last task the worker started, map chunk or not; 0, 1: task id, first item's index
 _MARKER = 3  # slot of the marker: what a record holds until it is written
-_KINDS = 8 * 4  # byte offset of the kind bytes
+_CANCELS = 4  # slot of the count of cancels the parent sent the worker
+_KINDS = 8 * 5  # byte offset of the kind bytes
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
 # Record kinds; 0 is an ``int`` (or no record, while the record holds the marker).
@@ -124,6 +127,10 @@ class JournalWriter:
     def started(self, task_id: int) -> None:
         """The worker starts task ``task_id`` (a map chunk or not): from now on, its death is that task's."""
         self._slots[_STARTED] = task_id
+
+    def cancels_sent(self) -> int:
+        """How many cancels the parent has sent this worker: when the count moves, one waits on the pipe."""
+        return self._slots[_CANCELS]
 
     def begin(self, task_id: int, first: int) -> None:
         """Journal task ``task_id``'s chunk's items from index ``first`` on, from an empty journal.
@@ -262,6 +269,17 @@ class JournalReader:
         slots = memoryview(self._map).cast("q")
         try:
             return slots[_STARTED]
+        finally:
+            slots.release()
+
+    def cancel_sent(self) -> None:
+        """Count a cancel just sent to the worker (the one thread that sends them calls this)."""
+        try:
+            slots = memoryview(self._map).cast("q")
+        except ValueError:  # closed: the worker is gone
+            return
+        try:
+            slots[_CANCELS] += 1
         finally:
             slots.release()
 

@@ -600,6 +600,8 @@ class ProcessBackend(QueueingBackend):
             worker, message = self._control.popleft()
             with worker.send_lock:
                 _send(worker, message, [])
+            if message[0] == "cancel":  # after the send: when the worker sees the count move, it can read it
+                worker.journal.cancel_sent()
         workers = list(self._workers)
         if self._paused:  # memory is short: a task starts only when none runs
             if not any(w.outstanding for w in workers):

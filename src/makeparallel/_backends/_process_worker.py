@@ -141,6 +141,9 @@ class _Worker:
         self._reader_polling = False  # watches the pipe: the main thread kicks it when it goes idle
         self._kick_r, self._kick_w = wakeup_pipe()
         self._read_lock = threading.Lock()  # held by the thread reading the pipe
+        self._pipe = select.poll()  # whether a message waits on the pipe, asked by the main thread
+        self._pipe.register(conn.fileno(), select.POLLIN)
+        self._cancels_read = 0  # the journal's count of cancels sent, when the main thread last read the pipe
         self._cancelled: dict[int, BaseException] = {}  # tasks cancelled before they started
         # The last tasks that ran: a cancel that crossed one's result on the pipe is
         # dropped, not kept for good. The parent cancels only tasks whose results it
@@ -249,8 +252,19 @@ class _Worker:
         return (task_id, ok, result, sizes, seconds), result_buffers
 
     def _next(self) -> tuple[str, Any]:
-        """The next thing to do: from the inbox, else read from the pipe here (idle)."""
+        """The next thing to do: from the inbox, else read from the pipe here (idle).
+
+        Before a task from the inbox starts (a short task sent ahead behind
+        another, in a window), the pipe is read if the parent has sent a cancel
+        since it was last read (its count in the journal moved): a task
+        cancelled while the one before it ran is dropped when its turn comes,
+        not run. A cancel still on its way when the task starts reaches it
+        running. Polling the pipe before every such task instead cost no-op
+        throughput about 5%; reading the count costs about 0.15 us a task.
+        """
         while True:
+            if self._inbox and self.journal.cancels_sent() != self._cancels_read:
+                self._read_arrived()
             with self._mail_lock:
                 if self._inbox:
                     if not self._busy:
@@ -275,6 +289,17 @@ class _Worker:
                     self._take(self._conn.recv())
                 except (EOFError, OSError):
                     return _STOP  # the parent is gone; idle, this worker ends normally
+
+    def _read_arrived(self) -> None:
+        """Act on the messages that arrived and wait to be read, without waiting for more."""
+        self._cancels_read = self.journal.cancels_sent()  # first: a cancel sent from now on moves it again
+        conn = self._conn
+        with self._read_lock:
+            try:
+                while conn.buffered() or self._pipe.poll(0):
+                    self._take(conn.recv())
+            except (EOFError, OSError):
+                self._parent_gone()
 
     def _read_while_busy(self) -> None:
         """Read the pipe while a task runs (the main thread reads it when idle).
