@@ -253,6 +253,20 @@ def test_exceptions_returned_as_results_are_kept_as_they_were_across_a_crash(log
     ran_once(log, range(ITEMS))
 
 
+def test_objects_pickled_by_value_keep_their_class_across_a_crash(log: str) -> None:
+    class Point:  # local: plain pickle refuses it, so it travels by value, both ways
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    items = [Item(i, log, 0.0, "segfault") for i in range(ITEMS)]
+    for item in items:
+        item.result = Point(item.index)
+    results = mp.parallel_map(work, items, backend="process", on_error="skip", chunksize=ITEMS)
+    assert {type(result) for result in results} == {Point}  # this very class, not a copy of it
+    assert [result.x for result in results] == [i for i in range(ITEMS) if i != CULPRIT]
+    ran_once(log, range(ITEMS))
+
+
 def wait_after_a_crash(log: str, tmp_path: Path, culprit: int, count: int) -> list[Item]:
     """``count`` items; ``culprit`` crashes its worker, the item after it waits for ``tmp_path / "release"``.
 
