@@ -186,6 +186,35 @@ def test_a_map_of_one_item_that_crashes_loses_only_it(on_error: str, expected: l
     assert mp.parallel_map(work, [Item(1, log, 0.0, "exit")], backend="process") == [1]  # the pool goes on
 
 
+class DiesWhenUnpickled:
+    """An item whose unpickling ends the worker: it dies before its chunk's first item ran."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (3,))
+
+    def __repr__(self) -> str:
+        return "DiesWhenUnpickled()"
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+@pytest.mark.parametrize(("on_error", "expected"), [("skip", [4, 5]), ("none", [None, None, None, None, 4, 5])])
+def test_a_chunk_whose_worker_dies_before_its_first_item_loses_its_items_alone(on_error: str, expected: list[Any]) -> None:
+    items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
+    results = mp.parallel_map(identity, items, backend="process", chunksize=4, on_error=on_error)  # type: ignore[call-overload]
+    assert results == expected
+
+
+def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> None:
+    items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
+    with pytest.raises(mp.WorkerCrashedError, match=r"items 0 to 3 of the map were lost with their worker process \(exit code 3\)"):
+        mp.parallel_map(identity, items, backend="process", chunksize=4)
+    with pytest.raises(mp.WorkerCrashedError, match=r"item 0 \(DiesWhenUnpickled\(\)\) of the map crashed its worker process \(exit code 3\)"):
+        mp.parallel_map(identity, [DiesWhenUnpickled()], backend="process")
+
+
 def test_a_map_of_one_item_that_crashes_names_it() -> None:
     with pytest.raises(mp.WorkerCrashedError, match=rf"item 0 \(Item#{CULPRIT}\) of the map crashed its worker process \(exit code 7\)"):
         mp.parallel_map(work, [Item(CULPRIT, os.devnull, 0.0, "exit")], backend="process")

@@ -162,14 +162,33 @@ def after_crash(error: WorkerCrashedError, items: list[Any], start: int, keep_go
     an event loop's other work go on meanwhile), and which is finished the
     same way if its worker dies too.
 
+    A worker that died before the chunk's first item ended, or whose results
+    cannot all be read back here, leaves no item to blame alone: every item of
+    the chunk fails with it (one item: it is the culprit), none runs again.
+
     Raises:
-        WorkerCrashedError: with ``keep_going`` false, naming the culprit item.
-        WorkerCrashedError: as it came, if ``error`` is not from a map chunk
-            on a worker process.
+        WorkerCrashedError: with ``keep_going`` false, naming the culprit item,
+            or the chunk's items when none can be blamed alone.
+        WorkerCrashedError: as it came, if ``error`` is not the death of a
+            worker process.
     """
     crash = getattr(error, "_crash", None)
     if crash is None:
-        raise error
+        how = getattr(error, "_how", None)
+        if how is None:
+            raise error
+        if len(items) == 1:
+            crash = ([], how)
+        else:
+            lost = WorkerCrashedError(
+                f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
+                f"process ({how}), which died before the first of them ended or with a result that "
+                "could not be read back here, so no one of them can be blamed; the pool started a "
+                "new worker, and the other items were not affected"
+            )
+            if not keep_going:
+                raise lost from error
+            return [Failure(lost)] * len(items), len(items)
     done, how = crash
     position = len(done)
     if position == len(items):  # the worker died after its last item

@@ -899,7 +899,8 @@ class ProcessBackend(QueueingBackend):
                     f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
                     "worker, and no other task was affected"
                 )
-                if finished is not None:  # a map chunk: what it finished; the culprit is next (_process_chunks)
+                error._how = describe_exit(code)  # type: ignore[attr-defined]  # for a map (_process_chunks)
+                if finished is not None:  # a map chunk: what it finished; the culprit is next
                     error._crash = (finished, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         for handle in outstanding:
