@@ -141,7 +141,7 @@ class _Worker:
         self._reader_polling = False  # watches the pipe: the main thread kicks it when it goes idle
         self._kick_r, self._kick_w = wakeup_pipe()
         self._read_lock = threading.Lock()  # held by the thread reading the pipe
-        self._pipe = select.poll()  # whether a message waits on the pipe, asked by the main thread
+        self._pipe = select.poll()  # whether a message waits on the pipe, asked under the read lock
         self._pipe.register(conn.fileno(), select.POLLIN)
         self._cancels_read = 0  # the journal's count of cancels sent, when the main thread last read the pipe
         self._cancelled: dict[int, BaseException] = {}  # tasks cancelled before they started
@@ -310,8 +310,6 @@ class _Worker:
         running task that much later.
         """
         conn = self._conn
-        pipe = select.poll()
-        pipe.register(conn.fileno(), select.POLLIN)
         pipe_or_kick = select.poll()
         pipe_or_kick.register(conn.fileno(), select.POLLIN)
         pipe_or_kick.register(self._kick_r, select.POLLIN)
@@ -328,7 +326,7 @@ class _Worker:
                     self._reader_polling = False
                 drain(self._kick_r)
                 with self._read_lock:
-                    if not self._busy or not (conn.buffered() or pipe.poll(0)):
+                    if not self._busy or not (conn.buffered() or self._pipe.poll(0)):
                         continue
                     self._take(conn.recv())
         except (EOFError, OSError):
