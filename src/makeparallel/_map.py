@@ -94,8 +94,18 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
     task = current_task()
     if hasattr(task, "_send_partial"):
         return run_streaming(task, fn, items, start, keep_going)
-    results: list[Any] = []
     count = len(items)
+    if count == 1:  # a map of one item: no slices
+        if task is not None and task._state != RUNNING:
+            task._raise_if_stopped()
+        try:
+            return [fn(items[0])]
+        except Exception as error:
+            _add_note(error, f"makeparallel: raised by {describe_item(start, items[0])}")
+            if not keep_going:
+                raise
+            return [_Failure(error)]
+    results: list[Any] = []
     step = max(1, min(_CANCEL_CHECK_EVERY, count // 16))
     position = 0
     while position < count:
