@@ -294,8 +294,8 @@ def test_a_known_length_starts_with_one_item_per_worker_then_waits_for_a_measure
 
 def test_cheap_items_get_chunks_of_their_measured_time_up_to_pool_maps_size() -> None:
     sizer = _ChunkSizer(None, 10_000_000, workers=2, limit=UNLIMITED)
-    sizer.observe(1, 1e-6, remaining=9_999_998)  # a first item of 1 us: 40,000 make four times 10 ms
-    assert sizer.next_size() == 40_000
+    sizer.observe(1, 1e-6, remaining=9_999_998)  # a first item of 1 us: 250,000 make 25 times 10 ms
+    assert sizer.next_size() == 250_000
     sizer.observe(10_000, 1e-3, remaining=9_900_000)  # 0.1 us: 100,000 make 10 ms
     assert sizer.next_size() == 100_000
     sizer.observe(100_000, 5e-4, remaining=9_000_000)  # 5 ns: 2,000,000, over 10,000,000 / (4 * 2)
@@ -304,7 +304,7 @@ def test_cheap_items_get_chunks_of_their_measured_time_up_to_pool_maps_size() ->
 
 def test_the_rest_of_a_small_map_goes_in_one_chunk_per_worker() -> None:
     sizer = _ChunkSizer(None, 100, workers=2, limit=UNLIMITED)
-    sizer.observe(1, 200e-6, remaining=98)  # 200 items make 40 ms (a first item): the 98 left fit in two chunks
+    sizer.observe(1, 200e-6, remaining=98)  # 1,250 items make 250 ms (a first item): the 98 left fit in two chunks
     assert [sizer.next_size(), sizer.next_size()] == [49, 49]
     sizer.observe(49, 1e-3, remaining=0)
     assert sizer.next_size() == 49  # not split again and again
@@ -312,7 +312,7 @@ def test_the_rest_of_a_small_map_goes_in_one_chunk_per_worker() -> None:
 
 def test_the_rest_is_not_split_when_it_is_much_work() -> None:
     sizer = _ChunkSizer(None, 10_000, workers=2, limit=UNLIMITED)
-    sizer.observe(1, 80e-6, remaining=9_998)  # 500 items make 40 ms (a first item); 4,999 would be 400 ms
+    sizer.observe(1, 500e-6, remaining=9_998)  # 500 items make 250 ms (a first item); 4,999 would be 2.5 s
     assert sizer.next_size() == 500
     sizer.observe(500, 5e-3, remaining=4_000)  # 1,000 make 10 ms: 2,000 per worker would be 20 ms
     assert sizer.next_size() == 1_000

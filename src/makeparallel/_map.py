@@ -70,8 +70,10 @@ R = TypeVar("R")
 _TARGET_CHUNK_SECONDS = 0.01
 # A chunk of one item measures mostly a task's fixed cost when items are cheap
 # (tens of microseconds on a worker process, a hundred times a no-op's own), so
-# chunks sized from it aim at this many times the target.
-_ONE_ITEM_SLACK = 4
+# chunks sized from it aim at this many times the target. Only a known length
+# lets it count (an unknown one grows at most twofold), and there chunks stay
+# under Pool.map's size: the worst case is Pool.map's chunks for one wave.
+_ONE_ITEM_SLACK = 25
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
@@ -149,9 +151,9 @@ class _ChunkSizer:
     Before any chunk was measured: chunks of one item, one per worker when the
     length is known (then nothing more until the first one ends), else as many
     as may be in flight. Each finished chunk then sets the size to about
-    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item (four
-    times that after a chunk of one item, whose time is mostly the task's
-    fixed cost when items are cheap):
+    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item
+    (``_ONE_ITEM_SLACK`` times that after a chunk of one item, whose time is
+    mostly the task's fixed cost when items are cheap):
 
     * with a known length, at once, capped at ``ceil(len / (4 * workers))``
       items (the chunk size of ``multiprocessing.Pool.map``), so that every
