@@ -248,6 +248,31 @@ def test_a_killed_worker_fails_only_its_task() -> None:
         assert executor.submit(mul, 2, 3).result(timeout=30) == 6  # not broken
 
 
+def exit_on_four(x: int) -> int:
+    if x == 4:
+        os._exit(7)
+    return x
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_a_worker_dying_inside_map_names_the_calls_lost(chunksize: int) -> None:
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        results = executor.map(exit_on_four, range(9), chunksize=chunksize)
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        if chunksize == 1:
+            assert next(results) == 3
+        with pytest.raises(mp.WorkerCrashedError) as caught:
+            next(results)
+        assert "exit code 7" in str(caught.value)
+        if chunksize == 1:  # the call was its own task
+            assert "exit_on_four" in str(caught.value) and "no other task was affected" in str(caught.value)
+        else:
+            assert "calls 3 to 5 of Executor.map" in str(caught.value)
+            assert "chunksize=1" in str(caught.value)
+            assert "exit code 7" in str(caught.value.__cause__)
+        assert list(executor.map(exit_on_four, [5, 6, 8], chunksize=chunksize)) == [5, 6, 8]  # not broken
+
+
 def test_loop_run_in_executor_and_wrap_future(executor: mp.Executor) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()

@@ -34,7 +34,7 @@ from ._decorators import TaskSpec, _describe
 from ._handle import _ON_DONE, AsyncHandle
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
-from .errors import ShutdownError, TaskTimeoutError
+from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["Executor", "ExecutorFuture"]
 
@@ -245,6 +245,9 @@ class Executor(concurrent.futures.Executor):
             ValueError: ``chunksize`` or ``buffersize`` is below 1.
             TypeError: ``buffersize`` is not an int or ``None``.
             RuntimeError: the executor was shut down.
+            WorkerCrashedError: from ``next()``, a worker process died running a
+                call; with ``chunksize`` above 1 the calls of its chunk fail
+                together, the error naming their range.
             Exception: from ``next()``, what a call raised, as itself.
         """
         check_wait_timeout(timeout)
@@ -260,12 +263,12 @@ class Executor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
-        submit_one: Callable[[tuple[Any, ...]], ExecutorFuture[Any]]
+        submit_one: Callable[[tuple[Any, ...]], tuple[ExecutorFuture[Any], int]]
         if chunksize == 1:
-            submit_one = lambda args: self.submit(fn, *args)  # noqa: E731
+            submit_one = lambda args: (self.submit(fn, *args), 1)  # noqa: E731
         else:
-            submit_one = lambda chunk: self.submit(_run_chunk, fn, chunk)  # noqa: E731
-        in_flight: deque[ExecutorFuture[Any]] = deque(
+            submit_one = lambda chunk: (self.submit(_run_chunk, fn, chunk), len(chunk))  # noqa: E731
+        in_flight: deque[tuple[ExecutorFuture[Any], int]] = deque(
             map(submit_one, chunks if buffersize is None else itertools.islice(chunks, buffersize))
         )
         refill = chunks if buffersize is not None else None
@@ -334,20 +337,22 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
 
 
 def _results(
-    in_flight: deque[ExecutorFuture[Any]],
+    in_flight: deque[tuple[ExecutorFuture[Any], int]],
     refill: Iterator[tuple[Any, ...]] | None,
-    submit_one: Callable[[tuple[Any, ...]], ExecutorFuture[Any]],
+    submit_one: Callable[[tuple[Any, ...]], tuple[ExecutorFuture[Any], int]],
     deadline: float | None,
     timeout: float | None,
     flatten: bool,
 ) -> Iterator[Any]:
     """Yield each future's result (each item of it, for chunks) in order.
 
-    Leaving early (an error, a timeout, ``close()``) cancels the rest.
+    Each future comes with how many calls it runs. Leaving early (an error, a
+    timeout, ``close()``) cancels the rest.
     """
+    first = 0  # the index of the first call of the oldest future
     try:
         while in_flight:
-            future = in_flight[0]
+            future, calls = in_flight[0]
             if refill is not None:  # one more in flight for each one taken
                 for args in itertools.islice(refill, 1):
                     in_flight.append(submit_one(args))
@@ -359,12 +364,23 @@ def _results(
                     f"Executor.map timed out after {timeout:g} s; the calls not yet "
                     "started were cancelled"
                 ) from None
+            except WorkerCrashedError as error:
+                how = getattr(error, "_how", None)  # set by the process backend for a worker's death
+                if not flatten or how is None:
+                    raise
+                raise WorkerCrashedError(
+                    f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
+                    f"worker process ({how}): with chunksize above 1 they ran as one task, so no "
+                    "one of them can be blamed. The pool started a new worker, and the other "
+                    "chunks were not affected; pass chunksize=1 to run each call as a task of its own"
+                ) from error
             in_flight.popleft()
+            first += calls
             del future  # hold no finished future while the consumer has the result
             if flatten:
                 yield from result
             else:
                 yield result
     finally:
-        for future in in_flight:
+        for future, _ in in_flight:
             future.cancel()
