@@ -273,6 +273,26 @@ def test_a_worker_dying_inside_map_names_the_calls_lost(chunksize: int) -> None:
         assert list(executor.map(exit_on_four, [5, 6, 8], chunksize=chunksize)) == [5, 6, 8]  # not broken
 
 
+@mp.parallel(backend="process")
+def exit_alone(code: int) -> None:
+    os._exit(code)
+
+
+def wait_for_a_dying_task_on_four(x: int) -> int:
+    if x == 4:
+        exit_alone(9).get(timeout=60)  # a task of the call's own, whose worker dies
+    return x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+def test_a_call_raising_the_crash_of_its_own_task_is_not_its_chunks_worker_dying(backend: str) -> None:
+    with mp.Executor(backend=backend, max_workers=2) as executor:
+        with pytest.raises(mp.WorkerCrashedError, match=r"running task \d+ \(exit_alone\) died with exit code 9") as caught:
+            list(executor.map(wait_for_a_dying_task_on_four, range(9), chunksize=3))
+        assert "Executor.map" not in str(caught.value)  # the call raised it, as itself: no chunk's calls were lost
+
+
 def test_loop_run_in_executor_and_wrap_future(executor: mp.Executor) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()

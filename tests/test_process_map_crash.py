@@ -220,6 +220,27 @@ def test_a_map_of_one_item_that_crashes_names_it() -> None:
         mp.parallel_map(work, [Item(CULPRIT, os.devnull, 0.0, "exit")], backend="process")
 
 
+@mp.parallel(backend="process")
+def exit_alone(code: int) -> None:
+    os._exit(code)
+
+
+def wait_for_a_dying_task_on_four(x: int) -> int:
+    if x == 4:
+        exit_alone(9).get(timeout=60)  # a task of the item's own, whose worker dies
+    return x
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+def test_an_item_raising_the_crash_of_its_own_task_is_its_error_as_itself(backend: str) -> None:
+    with pytest.raises(mp.WorkerCrashedError, match=r"running task \d+ \(exit_alone\) died with exit code 9") as caught:
+        mp.parallel_map(wait_for_a_dying_task_on_four, range(9), chunksize=3, backend=backend)
+    assert "makeparallel: raised by item 4 (4)" in caught.value.__notes__
+    assert mp.parallel_map(wait_for_a_dying_task_on_four, range(9), chunksize=3, backend=backend, on_error="skip") == [
+        0, 1, 2, 3, 5, 6, 7, 8
+    ]
+
+
 def test_imap_unordered_goes_on_after_a_crash(log: str) -> None:
     items = [Item(i, log, 0.0, "kill") for i in range(ITEMS)]
     results = sorted(mp.imap(work, items, backend="process", ordered=False, on_error="skip"))  # type: ignore[type-var]

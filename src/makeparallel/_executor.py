@@ -32,6 +32,7 @@ from ._backends._thread import ThreadBackend
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe
 from ._handle import _ON_DONE, AsyncHandle
+from ._process_chunks import disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
@@ -333,7 +334,11 @@ def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any,
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
-    return [fn(*args) for args in chunk]
+    try:
+        return [fn(*args) for args in chunk]
+    except Exception as error:  # a call's own error, even the crash of a task it waited for
+        disown_worker_death(error)
+        raise
 
 
 def _results(

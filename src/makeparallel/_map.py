@@ -59,7 +59,7 @@ from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import after_crash, describe_item, run_streaming
+from ._process_chunks import after_crash, describe_item, disown_worker_death, run_streaming
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -104,6 +104,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
             return [fn(items[0])]
         except Exception as error:
             _add_note(error, f"makeparallel: raised by {describe_item(start, items[0])}")
+            disown_worker_death(error)
             if not keep_going:
                 raise
             return [_Failure(error)]
@@ -117,6 +118,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
             results.extend(map(fn, items[position : position + step]))
         except Exception as error:
             _add_note(error, f"makeparallel: raised by {describe_item(start + len(results), items[len(results)])}")
+            disown_worker_death(error)
             if not keep_going:
                 raise
             results.append(_Failure(error))

@@ -32,7 +32,7 @@ from ._handle import _add_note
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
-__all__ = ["Failure", "after_crash", "describe_item", "run_streaming"]
+__all__ = ["Failure", "after_crash", "describe_item", "disown_worker_death", "run_streaming"]
 
 _SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 
@@ -53,6 +53,21 @@ class Failure:
 def describe_item(index: int, item: Any) -> str:
     """``item 57 ('row 57')``: how errors name an item of a map."""
     return f"item {index} ({_short_repr.repr(item)})"
+
+
+def disown_worker_death(error: Exception) -> None:
+    """Drop the marks of a worker's death from an error that a call of a chunk raised.
+
+    A call that waits for a task of its own whose worker process died raises
+    that task's ``WorkerCrashedError``, marked by the backend as a death
+    (``_how``, ``_crash``; they travel with it from a worker process). Left on,
+    they would make the chunk's consumer take it for the death of the chunk's
+    own worker and fail a range of items or calls, instead of the call's own
+    error, as itself.
+    """
+    if isinstance(error, WorkerCrashedError):
+        vars(error).pop("_how", None)
+        vars(error).pop("_crash", None)
 
 
 def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
@@ -108,6 +123,7 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
         except Exception as error:
             failed = unsent + len(results)
             _add_note(error, f"makeparallel: raised by {describe_item(start + failed, items[failed])}")
+            disown_worker_death(error)
             if not keep_going:
                 raise
             results.append(Failure(error))
