@@ -302,6 +302,17 @@ def test_cheap_items_get_chunks_of_their_measured_time_up_to_pool_maps_size() ->
     assert sizer.next_size() == 1_250_000
 
 
+def test_only_chunks_of_one_item_measured_before_any_larger_one_get_the_slack() -> None:
+    sizer = _ChunkSizer(None, 1_000, workers=2, limit=UNLIMITED)
+    sizer.observe(1, 50e-3, remaining=998)  # the two first items, of 50 ms: 5 make 25 times 10 ms
+    sizer.observe(1, 50e-3, remaining=998)
+    assert sizer.next_size() == 5
+    sizer.observe(5, 250e-3, remaining=990)  # 50 ms an item, measured: one item makes 10 ms
+    assert sizer.next_size() == 1
+    sizer.observe(1, 50e-3, remaining=989)  # a chunk of one slow item, not of a task's fixed cost
+    assert sizer.next_size() == 1  # not 5 (250 ms) again, every other chunk
+
+
 def test_the_rest_of_a_small_map_goes_in_one_chunk_per_worker() -> None:
     sizer = _ChunkSizer(None, 100, workers=2, limit=UNLIMITED)
     sizer.observe(1, 200e-6, remaining=98)  # 1,250 items make 250 ms (a first item): the 98 left fit in two chunks

@@ -70,9 +70,10 @@ R = TypeVar("R")
 _TARGET_CHUNK_SECONDS = 0.01
 # A chunk of one item measures mostly a task's fixed cost when items are cheap
 # (tens of microseconds on a worker process, a hundred times a no-op's own), so
-# chunks sized from it aim at this many times the target. Only a known length
-# lets it count (an unknown one grows at most twofold), and there chunks stay
-# under Pool.map's size: the worst case is Pool.map's chunks for one wave.
+# chunks sized from it aim at this many times the target, until a larger chunk
+# is measured. Only a known length lets it count (an unknown one grows at most
+# twofold), and there chunks stay under Pool.map's size: the worst case is
+# Pool.map's chunks for one wave.
 _ONE_ITEM_SLACK = 25
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
@@ -154,8 +155,10 @@ class _ChunkSizer:
     length is known (then nothing more until the first one ends), else as many
     as may be in flight. Each finished chunk then sets the size to about
     ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item
-    (``_ONE_ITEM_SLACK`` times that after a chunk of one item, whose time is
-    mostly the task's fixed cost when items are cheap):
+    (``_ONE_ITEM_SLACK`` times that while only chunks of one item were
+    measured, whose time is mostly the task's fixed cost when items are cheap;
+    once a larger chunk was, a chunk of one item is one slow item, taken at its
+    time, or sizes would swing between one item and that many times the target):
 
     * with a known length, at once, capped at ``ceil(len / (4 * workers))``
       items (the chunk size of ``multiprocessing.Pool.map``), so that every
@@ -176,6 +179,7 @@ class _ChunkSizer:
         # Unmeasured chunks still to hand out; None: no limit (an unknown length).
         self._probes: int | None = workers if total is not None else None
         self._measured = False
+        self._only_one_item_measured = True  # the slack's condition: no larger chunk measured yet
         self._last_wave = False  # the items left were split between the workers
 
     def next_size(self) -> int:
@@ -193,7 +197,9 @@ class _ChunkSizer:
         if self._fixed is not None or items == 0:
             return
         per_item = max(seconds / items, 1e-9)
-        target = _TARGET_CHUNK_SECONDS * (_ONE_ITEM_SLACK if items == 1 else 1)
+        if items > 1:  # a chunk of one item is now one slow item, not a task's fixed cost
+            self._only_one_item_measured = False
+        target = _TARGET_CHUNK_SECONDS * (_ONE_ITEM_SLACK if self._only_one_item_measured else 1)
         wanted = max(1, round(target / per_item))
         self._measured = True
         if not self._known_length:
