@@ -273,6 +273,24 @@ def test_a_worker_dying_inside_map_names_the_calls_lost(chunksize: int) -> None:
         assert list(executor.map(exit_on_four, [5, 6, 8], chunksize=chunksize)) == [5, 6, 8]  # not broken
 
 
+def exit_on(x: int, culprit: int) -> int:
+    if x == culprit:
+        os._exit(7)
+    return x
+
+
+@pytest.mark.parametrize("buffersize", [None, 1])
+@pytest.mark.parametrize(("culprit", "lost"), [(0, "calls 0 to 3"), (6, "calls 4 to 7"), (9, "calls 8 to 10")], ids=["first", "middle", "last-short"])
+def test_the_calls_lost_with_a_chunk_are_named_by_their_range(culprit: int, lost: str, buffersize: int | None) -> None:
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        results = executor.map(exit_on, range(11), [culprit] * 11, chunksize=4, buffersize=buffersize)
+        taken = list(itertools.islice(results, culprit // 4 * 4))  # the chunks before the culprit's
+        with pytest.raises(mp.WorkerCrashedError, match=rf"{lost} of Executor.map were lost with their worker process \(exit code 7\)"):
+            next(results)
+        assert taken == list(range(culprit // 4 * 4))
+        assert list(executor.map(exit_on, range(11), [-1] * 11, chunksize=4, buffersize=buffersize)) == list(range(11))
+
+
 @mp.parallel(backend="process")
 def exit_alone(code: int) -> None:
     os._exit(code)
