@@ -346,6 +346,13 @@ def test_an_unknown_length_grows_at_most_twofold_per_chunk() -> None:
     assert sizer.next_size() == 1
 
 
+def test_an_unknown_length_takes_no_slack_from_one_item_probes() -> None:
+    sizer = _ChunkSizer(None, None, workers=2, limit=UNLIMITED)
+    for _ in range(6):  # the probes in flight end one by one, each item 10 ms
+        sizer.observe(1, 0.01, remaining=None)
+    assert sizer.next_size() == 1  # 10 ms items make chunks of one, not 25 (250 ms)
+
+
 def test_a_fixed_chunksize_is_kept() -> None:
     sizer = _ChunkSizer(7, 1000, workers=2, limit=UNLIMITED)
     sizer.observe(7, 1e-6, remaining=993)

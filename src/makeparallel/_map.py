@@ -71,9 +71,10 @@ _TARGET_CHUNK_SECONDS = 0.01
 # A chunk of one item measures mostly a task's fixed cost when items are cheap
 # (tens of microseconds on a worker process, a hundred times a no-op's own), so
 # chunks sized from it aim at this many times the target, until a larger chunk
-# is measured. Only a known length lets it count (an unknown one grows at most
-# twofold), and there chunks stay under Pool.map's size: the worst case is
-# Pool.map's chunks for one wave.
+# is measured. Only with a known length, where chunks stay under Pool.map's
+# size: the worst case is Pool.map's chunks for one wave. An unknown length has
+# no such cap, and its probes in flight, each doubling the size as it ends,
+# would reach that many times the target before any real measurement.
 _ONE_ITEM_SLACK = 25
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
@@ -154,9 +155,9 @@ class _ChunkSizer:
     Before any chunk was measured: chunks of one item, one per worker when the
     length is known (then nothing more until the first one ends), else as many
     as may be in flight. Each finished chunk then sets the size to about
-    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item
-    (``_ONE_ITEM_SLACK`` times that while only chunks of one item were
-    measured, whose time is mostly the task's fixed cost when items are cheap;
+    ``_TARGET_CHUNK_SECONDS`` of work at its measured time per item (with a
+    known length, ``_ONE_ITEM_SLACK`` times that while only chunks of one item
+    were measured, whose time is mostly the task's fixed cost when items are cheap;
     once a larger chunk was, a chunk of one item is one slow item, taken at its
     time, or sizes would swing between one item and that many times the target):
 
@@ -199,7 +200,8 @@ class _ChunkSizer:
         per_item = max(seconds / items, 1e-9)
         if items > 1:  # a chunk of one item is now one slow item, not a task's fixed cost
             self._only_one_item_measured = False
-        target = _TARGET_CHUNK_SECONDS * (_ONE_ITEM_SLACK if self._only_one_item_measured else 1)
+        slack = _ONE_ITEM_SLACK if self._known_length and self._only_one_item_measured else 1
+        target = _TARGET_CHUNK_SECONDS * slack
         wanted = max(1, round(target / per_item))
         self._measured = True
         if not self._known_length:
