@@ -248,6 +248,23 @@ def test_a_killed_worker_fails_only_its_task() -> None:
         assert executor.submit(mul, 2, 3).result(timeout=30) == 6  # not broken
 
 
+def fail_on_b(message: str) -> str:
+    if message == "b":
+        raise ValueError(message)
+    return message
+
+
+def test_map_chunks_are_named_and_measured_after_the_function(executor: mp.Executor) -> None:
+    with pytest.raises(ValueError) as caught:
+        list(executor.map(fail_on_b, ["a", "b", "c", "d"], chunksize=2))
+    notes = "\n".join(caught.value.__notes__)
+    assert "fail_on_b [map]" in notes and "_run_chunk" not in notes
+    assert wait_until(lambda: executor._backend.active_count() == 0, 30)
+    metrics = mp.get_metrics("fail_on_b [map]")
+    assert metrics is not None and metrics.failed_tasks >= 1
+    assert mp.get_metrics("_run_chunk") is None
+
+
 def exit_on_four(x: int) -> int:
     if x == 4:
         os._exit(7)

@@ -187,7 +187,12 @@ class Executor(concurrent.futures.Executor):
             TaskSerializationError: on the process backend, ``fn`` or an argument
                 cannot be pickled.
         """
-        spec = self._spec_for(fn)
+        return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+
+    def _submit(
+        self, spec: TaskSpec, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ExecutorFuture[T]:
+        """:meth:`submit`, its task observed (named, measured) by ``spec``."""
         backend = self._backend
         handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
         future = ExecutorFuture(handle)
@@ -268,7 +273,8 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             submit_one = lambda args: (self.submit(fn, *args), 1)  # noqa: E731
         else:
-            submit_one = lambda chunk: (self.submit(_run_chunk, fn, chunk), len(chunk))  # noqa: E731
+            chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
+            submit_one = lambda chunk: (self._submit(chunk_spec, _run_chunk, (fn, chunk), {}), len(chunk))  # noqa: E731
         in_flight: deque[tuple[ExecutorFuture[Any], int]] = deque(
             map(submit_one, chunks if buffersize is None else itertools.islice(chunks, buffersize))
         )
@@ -303,9 +309,8 @@ class Executor(concurrent.futures.Executor):
         state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
         return f"<makeparallel.Executor backend={self.backend!r} max_workers={self._max_workers} {state}>"
 
-    def _spec_for(self, fn: Callable[..., Any]) -> TaskSpec:
-        """The observer of ``fn``'s tasks: metrics by the function's name, as ``@parallel``."""
-        name = _describe(fn)
+    def _spec_named(self, name: str) -> TaskSpec:
+        """The observer of the tasks named ``name``: metrics by the function's name, as ``@parallel``."""
         spec = self._specs.get(name)
         if spec is None:
             spec = self._specs[name] = TaskSpec(name, None, None, 0, None)
