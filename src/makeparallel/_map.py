@@ -52,14 +52,14 @@ from typing import Any, Literal, NoReturn, TypeVar, overload
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
 from ._decorators import ParallelFunction, _BoundParallelFunction, _describe, _generator_kind
-from ._handle import AsyncHandle, _add_note, cancel_all
+from ._handle import AsyncHandle, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import after_crash, describe_item, disown_worker_death, run_streaming
+from ._process_chunks import after_crash, item_raised, run_streaming
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -105,8 +105,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
         try:
             return [fn(items[0])]
         except Exception as error:
-            _add_note(error, f"makeparallel: raised by {describe_item(start, items[0])}")
-            disown_worker_death(error)
+            item_raised(error, start, items[0])
             if not keep_going:
                 raise
             return [_Failure(error)]
@@ -119,8 +118,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list[Any], start: int, keep_goin
         try:
             results.extend(map(fn, items[position : position + step]))
         except Exception as error:
-            _add_note(error, f"makeparallel: raised by {describe_item(start + len(results), items[len(results)])}")
-            disown_worker_death(error)
+            item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
                 raise
             results.append(_Failure(error))

@@ -32,7 +32,7 @@ from ._handle import _add_note
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
-__all__ = ["Failure", "after_crash", "describe_item", "disown_worker_death", "run_streaming"]
+__all__ = ["Failure", "after_crash", "describe_item", "disown_worker_death", "item_raised", "run_streaming"]
 
 _SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 
@@ -53,6 +53,12 @@ class Failure:
 def describe_item(index: int, item: Any) -> str:
     """``item 57 ('row 57')``: how errors name an item of a map."""
     return f"item {index} ({_short_repr.repr(item)})"
+
+
+def item_raised(error: Exception, index: int, item: Any) -> None:
+    """Ready ``error``, raised by item ``index`` of a map, to be raised or kept: a note names the item, and it is the item's own."""
+    _add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
+    disown_worker_death(error)
 
 
 def disown_worker_death(error: Exception) -> None:
@@ -122,8 +128,7 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
             end = failed + 1
         except Exception as error:
             failed = unsent + len(results)
-            _add_note(error, f"makeparallel: raised by {describe_item(start + failed, items[failed])}")
-            disown_worker_death(error)
+            item_raised(error, start + failed, items[failed])
             if not keep_going:
                 raise
             results.append(Failure(error))
