@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
+import select
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 from pool_helpers import poll_until_stopped
 
 import makeparallel as mp
+from makeparallel._decorators import own_parameters
 
 BACKENDS = ["thread", "sync"]
 
@@ -350,6 +354,20 @@ def test_one_option_taken_the_other_passed(backend: str) -> None:
         return priority, kwargs
 
     assert f(priority="p", timeout=30).get(5) == ("p", {})
+
+
+@pytest.mark.parametrize(
+    ("fn", "claimed"),
+    [(abs, set()), (zlib.compress, set()), (select.select, set()), (os.setpriority, {"priority"}), (len, set())],
+    ids=["abs", "zlib.compress", "select.select (timeout positional-only)", "os.setpriority", "len"],
+)
+def test_a_c_function_claims_only_the_options_it_names(fn: Callable[..., Any], claimed: set[str]) -> None:
+    assert own_parameters(fn, ("timeout", "priority")) == claimed
+
+
+def test_a_c_function_takes_the_call_time_options(backend: str) -> None:
+    negate_abs = mp.parallel(backend=backend)(abs)
+    assert negate_abs(-3, timeout=30, priority=1).get(5) == 3
 
 
 def test_options_never_clash_with_parameters(backend: str, gate: threading.Event) -> None:

@@ -162,6 +162,14 @@ def test_a_first_thread_task_loads_only_what_it_uses() -> None:
     assert not heavy, f"a first @parallel call on threads loaded: {heavy}"
 
 
+@pytest.mark.timeout(30)
+def test_a_first_thread_task_of_a_c_function_loads_only_what_it_uses() -> None:
+    loaded = modules_loaded_by("import makeparallel as mp\nassert mp.parallel(abs)(-1).get(20) == 1\n")
+    assert "makeparallel._backends._thread" in loaded
+    heavy = among(loaded, _NOT_FOR_A_THREAD_TASK)
+    assert not heavy, f"a first @parallel call of a C function on threads loaded: {heavy}"
+
+
 def test_every_lazy_name_is_imported_for_type_checkers() -> None:
     # The names the package loads on first use (``_LAZY``) and the imports type
     # checkers and the documentation read (under ``if TYPE_CHECKING:``) must agree.

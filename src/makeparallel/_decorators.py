@@ -16,7 +16,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from types import CodeType, FunctionType
+from types import BuiltinFunctionType, CodeType, FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _events, _runtime
@@ -229,7 +229,8 @@ def _plain_code(fn: Any) -> CodeType | None:
 
     Most decorated functions are: reading their code object spares the first
     ``@parallel`` the import of ``inspect``, which costs about what importing
-    ``concurrent.futures`` does. Anything else goes to ``inspect``: partials,
+    ``concurrent.futures`` does. C functions (``abs``, ``zlib.compress``) are
+    judged by their type and their ``__text_signature__``. Anything else goes to ``inspect``: partials,
     methods, callable objects, and functions with attributes of their own (a
     ``functools.wraps`` wrapper's ``__wrapped__``, a ``__signature__``, a
     coroutine marker, a ``partialmethod``...).
@@ -248,6 +249,12 @@ def own_parameters(fn: Callable[..., Any], names: tuple[str, ...]) -> set[str]:
     if code is not None:  # co_varnames: positional parameters, keyword-only ones, then the rest
         named = code.co_varnames[code.co_posonlyargcount : code.co_argcount + code.co_kwonlyargcount]
         return {name for name in named if name in names}
+    if type(fn) is BuiltinFunctionType:
+        # inspect reads a C function's signature from this text (tokenizing it:
+        # about 7 ms the first time, a regex compiled); a name not in it is no parameter.
+        text: str | None = getattr(fn, "__text_signature__", None)
+        if text is None or not any(name in text for name in names):
+            return set()
     import inspect
 
     try:
@@ -456,6 +463,8 @@ def _returns_coroutines(fn: Any) -> bool:
     code = _plain_code(fn)
     if code is not None:
         return bool(code.co_flags & _CO_COROUTINE)
+    if type(fn) is BuiltinFunctionType:  # a C function: never async def
+        return False
     import inspect
 
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
@@ -584,6 +593,8 @@ def _generator_kind(fn: Any) -> str | None:
         if code.co_flags & _CO_ASYNC_GENERATOR:
             return "async generator"
         return "generator" if code.co_flags & _CO_GENERATOR else None
+    if type(fn) is BuiltinFunctionType:  # a C function: no generator function
+        return None
     import inspect
 
     seen: set[int] = set()

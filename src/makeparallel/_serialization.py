@@ -30,7 +30,7 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from types import FunctionType
+from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 from ._remote_errors import reduce_exception
@@ -213,6 +213,11 @@ def dumps_function(fn: Any) -> bytes:
     workers never see later changes either). Closures, bound methods and other
     callables, whose state may change between calls, are pickled every time.
     """
+    if type(fn) is BuiltinFunctionType:  # a C function goes by reference, as cloudpickle would send it
+        try:
+            return pickle.dumps(fn, protocol=5)  # without importing cloudpickle (about 17 ms, with inspect)
+        except Exception:
+            pass
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
         cached = _functions.get(fn)
