@@ -38,6 +38,9 @@ def helper(x):
 
 def where(_=None):
     return os.getpid()
+
+class Box(dict):
+    pass
 """
 
 
@@ -79,3 +82,12 @@ def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None
     sys.path.remove(str(plugin[1]))
     fresh_process_pool(1)
     assert module.double(5).get(timeout=30) == 10
+
+
+def test_a_c_method_bound_to_an_object_of_such_a_module_and_such_an_argument(plugin: tuple[str, Path]) -> None:
+    module = import_from(*plugin)
+    box = module.Box(answer=42)
+    sys.path.remove(str(plugin[1]))
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(box.get)("answer").get(timeout=30) == 42
+    assert mp.parallel(backend="process")(len)(box).get(timeout=30) == 1  # an argument of its class
