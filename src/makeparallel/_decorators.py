@@ -230,10 +230,10 @@ def _plain_code(fn: Any) -> CodeType | None:
     Most decorated functions are: reading their code object spares the first
     ``@parallel`` the import of ``inspect``, which costs about what importing
     ``concurrent.futures`` does. C functions (``abs``, ``zlib.compress``) are
-    judged by their type and their ``__text_signature__``. Anything else goes to ``inspect``: partials,
-    methods, callable objects, and functions with attributes of their own (a
-    ``functools.wraps`` wrapper's ``__wrapped__``, a ``__signature__``, a
-    coroutine marker, a ``partialmethod``...).
+    judged by their type and their ``__text_signature__``. Anything else goes
+    to ``inspect``: partials, methods, callable objects, and functions with
+    attributes of their own (a ``functools.wraps`` wrapper's ``__wrapped__``, a
+    ``__signature__``, a coroutine marker, a ``partialmethod``...).
     """
     if type(fn) is not FunctionType or fn.__dict__:
         return None

@@ -263,7 +263,7 @@ def _reduce(obj: Any) -> Any:
     if isinstance(obj, FunctionType):
         if not _importable_by_name(obj.__module__):
             _send_by_value(obj.__module__)
-            return NotImplemented  # cloudpickle sends it, and its module's functions, by value
+            return NotImplemented  # cloudpickle sends it, and its module's functions and classes, by value
         reference = _parallel_reference(obj)
         return NotImplemented if reference is None else (_undecorated, reference)
     if isinstance(obj, memoryview) and obj.contiguous:
