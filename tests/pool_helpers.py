@@ -128,3 +128,16 @@ def fresh_process_pool(num_workers: int) -> None:
     mp.reset_shutdown()
     mp.configure_process_pool(num_workers)
     assert mp.get_process_pool_info()["live_workers"] == 0
+
+
+@mp.parallel(backend="process")
+def exit_alone(code: int) -> None:
+    """A process task that kills its own worker with exit code ``code``."""
+    os._exit(code)
+
+
+def wait_for_a_dying_task_on_four(x: int) -> int:
+    """``x``; on 4, first wait for a task of its own whose worker dies (and raise its crash)."""
+    if x == 4:
+        exit_alone(9).get(timeout=60)
+    return x

@@ -21,7 +21,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 
-from pool_helpers import Flags, wait_for_flag, wait_until
+from pool_helpers import Flags, wait_for_a_dying_task_on_four, wait_for_flag, wait_until
 
 BACKENDS = ["thread", "process"]
 
@@ -306,17 +306,6 @@ def test_the_calls_lost_with_a_chunk_are_named_by_their_range(culprit: int, lost
             next(results)
         assert taken == list(range(culprit // 4 * 4))
         assert list(executor.map(exit_on, range(11), [-1] * 11, chunksize=4, buffersize=buffersize)) == list(range(11))
-
-
-@mp.parallel(backend="process")
-def exit_alone(code: int) -> None:
-    os._exit(code)
-
-
-def wait_for_a_dying_task_on_four(x: int) -> int:
-    if x == 4:
-        exit_alone(9).get(timeout=60)  # a task of the call's own, whose worker dies
-    return x
 
 
 @pytest.mark.timeout(120)

@@ -27,7 +27,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
-from pool_helpers import wait_until
+from pool_helpers import wait_for_a_dying_task_on_four, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -218,17 +218,6 @@ def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> No
 def test_a_map_of_one_item_that_crashes_names_it() -> None:
     with pytest.raises(mp.WorkerCrashedError, match=rf"item 0 \(Item#{CULPRIT}\) of the map crashed its worker process \(exit code 7\)"):
         mp.parallel_map(work, [Item(CULPRIT, os.devnull, 0.0, "exit")], backend="process")
-
-
-@mp.parallel(backend="process")
-def exit_alone(code: int) -> None:
-    os._exit(code)
-
-
-def wait_for_a_dying_task_on_four(x: int) -> int:
-    if x == 4:
-        exit_alone(9).get(timeout=60)  # a task of the item's own, whose worker dies
-    return x
 
 
 @pytest.mark.parametrize("backend", ["thread", "sync", "process"])
