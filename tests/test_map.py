@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import makeparallel as mp
-from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer
+from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _start
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -103,6 +103,39 @@ def test_map_over_a_generator_without_length(
         assert got == expected
     else:
         assert sorted(got) == sorted(expected)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=50, deadline=None)
+@given(
+    start=st.integers(-300, 300),
+    stop=st.integers(-300, 300),
+    step=st.integers(-7, 7).filter(bool),
+    chunksize=st.none() | st.integers(min_value=1, max_value=50),
+    ordered=st.booleans(),
+)
+def test_map_over_a_range_equals_builtin_map(
+    backend: str, start: int, stop: int, step: int, chunksize: int | None, ordered: bool
+) -> None:
+    items = range(start, stop, step)
+    expected = list(map(triple_plus_one, items))
+    got = mp.parallel_map(triple_plus_one, items, chunksize=chunksize, ordered=ordered, backend=backend)
+    assert (got if ordered else sorted(got)) == (expected if ordered else sorted(expected))  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("items", "kind"),
+    [(range(10, 100_000, 3), range), (list(range(30_000)), list), (tuple(range(30_000)), list)],
+    ids=["range", "list", "tuple"],
+)
+def test_a_range_is_read_in_chunks_that_are_ranges(items: Any, kind: type) -> None:
+    # A range's chunk is a range: a worker process receives it in a few bytes.
+    mapper = _start(triple_plus_one, items, None, True, False, None, None, "raise", "thread")
+    chunks = mapper.chunks()
+    first = next(chunks)
+    read = [chunk for _, chunk in mapper._chunk_items.values()]
+    assert read and all(type(chunk) is kind for chunk in read)
+    assert first + [x for chunk in chunks for x in chunk] == list(map(triple_plus_one, items))
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 100_000])

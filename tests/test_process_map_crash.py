@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import os
 import signal
 import threading
@@ -136,6 +137,22 @@ def test_a_crash_loses_only_its_item_and_runs_none_twice(
         expected[CULPRIT] = None
     assert results == expected
     ran_once(log, range(ITEMS))
+
+
+def work_at(log: str, index: int) -> Any:
+    return work(Item(index, log, 0.0, "kill"))
+
+
+@pytest.mark.parametrize("chunksize", [None, ITEMS], ids=["adaptive-chunks", "one-chunk"])
+def test_a_crash_in_a_map_over_a_range_loses_only_its_item(chunksize: int | None, log: str) -> None:
+    # A range travels in chunks that are ranges; what follows the culprit runs as a range too.
+    results = mp.parallel_map(
+        functools.partial(work_at, log), range(ITEMS), backend="process", on_error="skip", chunksize=chunksize
+    )
+    assert results == [i for i in range(ITEMS) if i != CULPRIT]
+    ran_once(log, range(ITEMS))
+    with pytest.raises(mp.WorkerCrashedError, match=rf"item {CULPRIT} \({CULPRIT}\) of the map crashed"):
+        mp.parallel_map(functools.partial(work_at, log), range(ITEMS), backend="process", chunksize=chunksize)
 
 
 @pytest.mark.parametrize("seconds", [0.002, 0.0], ids=["ms-items", "us-items"])

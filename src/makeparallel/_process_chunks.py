@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import reprlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._handle import _add_note
@@ -76,7 +76,7 @@ def disown_worker_death(error: Exception) -> None:
         vars(error).pop("_crash", None)
 
 
-def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: int, keep_going: bool) -> list[Any]:
+def run_streaming(task: Any, fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
     """Run a chunk on a worker, journaling each result, and sending results only when they must go.
 
     ``task`` is the worker's stand-in for the task (``_journal``,
@@ -145,7 +145,7 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: list[Any], start: 
     return results
 
 
-def _send(task: Any, results: list[Any], first: int, items: list[Any], offset: int, keep_going: bool) -> None:
+def _send(task: Any, results: list[Any], first: int, items: Sequence[Any], offset: int, keep_going: bool) -> None:
     """Send finished results to the parent; an unpicklable one fails its item alone.
 
     ``results`` are those of ``items[offset:]``, item ``first`` of the map the first.
@@ -175,7 +175,7 @@ def _send(task: Any, results: list[Any], first: int, items: list[Any], offset: i
     task._send_partial(checked)
 
 
-def after_crash(error: WorkerCrashedError, items: list[Any], start: int, keep_going: bool) -> tuple[list[Any], int]:
+def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, keep_going: bool) -> tuple[list[Any], int]:
     """The results of a chunk whose worker died, up to and with the culprit's failure; and how many items they are.
 
     The items after those did not run: the caller runs them as a new chunk,

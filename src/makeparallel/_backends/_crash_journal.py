@@ -50,7 +50,7 @@ import marshal
 import mmap
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._remote_errors import reduce_exception
@@ -152,7 +152,7 @@ class JournalWriter:
         """Records left: how many more items :meth:`extend` may run before the next :meth:`begin`."""
         return RECORDS - self._used
 
-    def extend(self, results: list[Any], fn: Callable[[Any], Any], items: list[Any]) -> None:
+    def extend(self, results: list[Any], fn: Callable[[Any], Any], items: Sequence[Any]) -> None:
         """Append ``fn(item)`` to ``results`` for each item, each journaled before the next item starts.
 
         ``items`` (``room()`` at most) are the chunk's next items, after those
