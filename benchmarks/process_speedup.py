@@ -12,9 +12,11 @@ is better for makeparallel):
 2. no-op throughput: N no-op tasks submitted, then all collected: makeparallel
    vs ``ProcessPoolExecutor.submit`` vs ``Pool.apply_async`` (targets: >= 2x the
    executor, >= 1x the pool);
-3. map throughput: ``mp.parallel_map`` of a no-op over 200,000 ints vs
+3. map throughput: ``mp.parallel_map`` of a no-op over ``range(200_000)`` vs
    ``Pool.map`` (its own chunksize) vs ``ProcessPoolExecutor.map`` with chunksize
-   items // (4 * workers) (target: >= Pool.map).
+   items // (4 * workers) (target: >= Pool.map); then the same over a list of
+   those ints (makeparallel sends a range's chunks as ranges, a few bytes each,
+   and a list's items pickled, as the others do for both).
 
 Part 1 also prints how many worker processes ran the tasks, which shows a pool
 that leaves workers idle. ``--scaling`` repeats part 1 for 1, 2, 4, ... up to
@@ -269,10 +271,9 @@ def throughput(tasks_n: int, rounds: int, pools: Pools, tasks: ModuleType) -> di
 # -- part 3: map throughput -------------------------------------------------------------
 
 
-def map_throughput(items: int, workers: int, rounds: int, pools: Pools, tasks: ModuleType) -> dict[str, float]:
-    data = range(items)
+def map_throughput(data: range | list[int], workers: int, rounds: int, pools: Pools, tasks: ModuleType) -> dict[str, float]:
     expected = list(data)
-    chunk = max(1, items // (4 * workers))
+    chunk = max(1, len(data) // (4 * workers))
 
     def ok(result: list[int]) -> bool:
         return result == expected
@@ -351,8 +352,11 @@ def main() -> None:
         best = throughput(args.tasks, args.rounds, pools, tasks)
         print_rates(best, args.tasks, "tasks", {"ProcessPoolExecutor": 2.0, "Pool.apply_async": 1.0})
 
-        print(f"\n3. map throughput: no-op over {args.items:,} ints")
-        best = map_throughput(args.items, workers, args.rounds, pools, tasks)
+        print(f"\n3. map throughput: no-op over range({args.items:,})")
+        best = map_throughput(range(args.items), workers, args.rounds, pools, tasks)
+        print_rates(best, args.items, "items", {"Pool.map": 1.0})
+        print(f"   the same over a list of those {args.items:,} ints (a range's chunks travel as ranges, a list's items pickled)")
+        best = map_throughput(list(range(args.items)), workers, args.rounds, pools, tasks)
         print_rates(best, args.items, "items", {"Pool.map": 1.0})
     finally:
         pools.close()

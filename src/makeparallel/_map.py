@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import FunctionType
-from typing import Any, Literal, NoReturn, TypeVar, Union, cast, overload
+from typing import Any, Literal, NoReturn, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
@@ -78,7 +78,6 @@ _TARGET_CHUNK_SECONDS = 0.01
 _ONE_ITEM_SLACK = 25
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
-_SLICED = frozenset({list, range})  # items a map slices instead of iterating (``_Mapper._read_chunk``)
 #: A map's items: an iterator, or a sequence it slices.
 _Items = Union[Iterator[Any], list[Any], range]
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
@@ -465,9 +464,11 @@ def _checked(
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if backend is not None:
         check_backend(backend)
-    # A list or range is sliced, not iterated (``_Mapper._read_chunk``); anything else
-    # becomes an iterator now, raising TypeError for a non-iterable at the call.
-    items = cast(_Items, iterable) if type(iterable) in _SLICED else iter(iterable)
+    items: _Items
+    if type(iterable) is list or type(iterable) is range:
+        items = iterable  # sliced, not iterated: ``_Mapper._read_chunk``
+    else:
+        items = iter(iterable)  # TypeError for a non-iterable, at the call
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
     if progress is not False:
