@@ -270,6 +270,20 @@ def test_callables_of_every_kind_run_in_a_worker(make: Callable[[], tuple[Callab
     assert submit(*args).get(timeout=20) == expected
 
 
+def apply_to_each(fn: Callable[[int], int], numbers: range) -> list[int]:
+    return [fn(n) for n in numbers]
+
+
+def test_functions_and_ranges_as_arguments_arrive_whole() -> None:
+    # A call of plain values, functions and ranges is pickled by the C pickler,
+    # each function as its bytes pickled once: a lambda, a closure, a module function.
+    offset = 100
+    numbers = range(30, 3, -4)
+    for fn in (lambda n: n * 2, lambda n: n + offset, square):
+        got = on_process(apply_to_each)(fn, numbers).get(timeout=20)
+        assert got == [fn(n) for n in numbers]
+
+
 def test_parallel_decorated_module_function_travels_by_reference() -> None:
     value, pid = decorated_square(6).get(timeout=20)
     assert value == 36
