@@ -138,6 +138,16 @@ def test_a_range_is_read_in_chunks_that_are_ranges(items: Any, kind: type) -> No
     assert first + [x for chunk in chunks for x in chunk] == list(map(triple_plus_one, items))
 
 
+def test_a_range_longer_than_sys_maxsize_is_read_lazily(backend: str) -> None:
+    # len() of such a range raises OverflowError; map reads it lazily, and so does imap.
+    items = range(-(10**20), 10**20, 3)
+    results = mp.imap(triple_plus_one, items, backend=backend)
+    try:
+        assert list(itertools.islice(results, 1_000)) == list(itertools.islice(map(triple_plus_one, items), 1_000))
+    finally:
+        results.close()
+
+
 @pytest.mark.parametrize("size", [0, 1, 7, 100_000])
 def test_automatic_chunk_size_gives_right_results(backend: str, size: int) -> None:
     xs = list(range(size))

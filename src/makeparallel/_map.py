@@ -469,7 +469,10 @@ def _checked(
         items = iterable  # sliced, not iterated: ``_Mapper._read_chunk``
     else:
         items = iter(iterable)  # TypeError for a non-iterable, at the call
-    total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    try:
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    except OverflowError:  # a range longer than sys.maxsize: sliced all the same, of unknown length
+        total = None
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
     if progress is not False:
         check_progress(progress)
