@@ -138,6 +138,24 @@ def test_a_range_is_read_in_chunks_that_are_ranges(items: Any, kind: type) -> No
     assert first + [x for chunk in chunks for x in chunk] == list(map(triple_plus_one, items))
 
 
+@pytest.mark.parametrize("chunksize", [1, 4, 100])
+def test_a_list_grown_by_its_items_is_mapped_to_its_new_end_as_map_does(chunksize: int) -> None:
+    # The sync backend runs each chunk as it is read, so the list grows before the next read.
+    def run(mapper: Any) -> list[int]:
+        xs = list(range(10))
+
+        def grow(x: int) -> int:
+            if x < 100:
+                xs.append(x + 100)
+            return x
+
+        return list(mapper(grow, xs))
+
+    expected = run(map)
+    assert len(expected) == 20
+    assert run(functools.partial(mp.imap, chunksize=chunksize, backend="sync")) == expected
+
+
 def test_a_range_longer_than_sys_maxsize_is_read_lazily(backend: str) -> None:
     # len() of such a range raises OverflowError; map reads it lazily, and so does imap.
     items = range(-(10**20), 10**20, 3)

@@ -811,7 +811,8 @@ class _Mapper:
         which a worker process receives in a few bytes whatever its length
         (a list of 25,000 ``int`` costs 0.5 ms to pickle and as much to read
         back). Slicing reads a list where its iterator would: a list grown
-        while the map reads it is mapped to its new end, as ``map`` does.
+        while the map reads it, even after a chunk reached its old end (where
+        an iterator stays exhausted), is mapped to its new end, as ``map`` does.
         """
         items = self._items
         if type(items) is list or type(items) is range:
