@@ -2,9 +2,9 @@
 
 Data flow::
 
-    iterable --islice--> chunk of items --submit--> one task per chunk
-                                                       | results list
-    consumer <--yield items in order (or as chunks end)-+
+    iterable --islice (a list or range: a slice)--> chunk --submit--> one task per chunk
+                                                                          | results list
+    consumer <--yield items in order (or as chunks end)-------------------+
 
 Why chunks: a task costs microseconds of bookkeeping (tens on worker
 processes, a round trip), an item of a cheap function tens of nanoseconds.
