@@ -128,7 +128,7 @@ def test_map_over_a_range_equals_builtin_map(
     [(range(10, 100_000, 3), range), (list(range(30_000)), list), (tuple(range(30_000)), list)],
     ids=["range", "list", "tuple"],
 )
-def test_a_range_is_read_in_chunks_that_are_ranges(items: Any, kind: type) -> None:
+def test_a_range_is_read_in_range_chunks_and_other_inputs_in_lists(items: Any, kind: type) -> None:
     # A range's chunk is a range: a worker process receives it in a few bytes.
     mapper = _start(triple_plus_one, items, None, True, False, None, None, "raise", "thread")
     chunks = mapper.chunks()
