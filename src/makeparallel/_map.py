@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import FunctionType
-from typing import Any, Literal, NoReturn, TypeVar, Union, overload
+from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
@@ -85,6 +85,11 @@ _MISSING: Any = object()  # an argument not given (None is a value to reject)
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 _SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
 _ELEMENT_SAMPLES = 4  # elements sized per container item
+
+
+def _is_sliced(items: object) -> TypeGuard[list[Any] | range]:
+    """Whether a map slices ``items`` rather than iterating them: an exact ``list`` or ``range``."""
+    return type(items) is list or type(items) is range
 
 
 def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
@@ -464,11 +469,8 @@ def _checked(
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if backend is not None:
         check_backend(backend)
-    items: _Items
-    if type(iterable) is list or type(iterable) is range:
-        items = iterable  # sliced, not iterated: ``_Mapper._read_chunk``
-    else:
-        items = iter(iterable)  # TypeError for a non-iterable, at the call
+    # A list or range is sliced, not iterated; anything else raises TypeError here if not iterable.
+    items: _Items = iterable if _is_sliced(iterable) else iter(iterable)
     try:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     except OverflowError:  # a range longer than sys.maxsize: sliced all the same, of unknown length
@@ -815,7 +817,7 @@ class _Mapper:
         an iterator stays exhausted), is mapped to its new end, as ``map`` does.
         """
         items = self._items
-        if type(items) is list or type(items) is range:
+        if _is_sliced(items):
             return items[self._read : self._read + size]
         return list(itertools.islice(items, size))
 
