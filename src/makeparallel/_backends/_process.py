@@ -1001,15 +1001,15 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
     try:
         values = _process_context.capture_values(handle._context)
         plain = handle._args or ()
-        wrap = _serialization.wrap_argument
         if values is None and not handle._kwargs:
             # The common small call, and a map's chunk of a range: the C pickler writes
             # what cloudpickle's would, several times faster.
             if all(type(arg) in _PLAIN for arg in plain):
                 return _serialization.dumps_function(handle._fn), pickle.dumps((plain, {}), protocol=5), []
             if all(type(arg) in _PLAIN_OR_FUNCTION for arg in plain):
-                data = pickle.dumps((tuple(map(wrap, plain)), {}), protocol=5)
+                data = pickle.dumps((tuple(map(_serialization.wrap_argument, plain)), {}), protocol=5)
                 return _serialization.dumps_function(handle._fn), data, []
+        wrap = _serialization.wrap_argument
         args = tuple(map(wrap, plain))
         kwargs = {key: wrap(value) for key, value in (handle._kwargs or {}).items()}
         sent = (args, kwargs) if values is None else (args, kwargs, values)
