@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import makeparallel as mp
-from makeparallel._map import DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _start
+from makeparallel import _map
+from makeparallel._map import _FIRST_WAVE_SECONDS, _MAX_CHUNK, DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _run_chunk, _start
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -420,6 +423,101 @@ def test_a_fixed_chunksize_is_kept() -> None:
     assert [sizer.next_size() for _ in range(3)] == [7, 7, 7]
 
 
+def test_a_first_wave_splits_the_items_between_the_workers_under_a_budget() -> None:
+    sizer = _ChunkSizer(None, 1000, workers=4, limit=UNLIMITED, first_wave=True)
+    assert sizer.budget == _FIRST_WAVE_SECONDS
+    assert [sizer.next_size() for _ in range(6)] == [250, 250, 250, 250, 0, 0]
+    sizer.observe(250, 1e-3, remaining=0)  # cheap items: the measure ends the budget
+    assert sizer.budget is None
+    assert sizer.next_size() > 0
+
+
+def test_a_first_wave_stays_under_the_read_ahead_limit_and_the_largest_chunk() -> None:
+    assert _ChunkSizer(None, 100_000, workers=2, limit=300, first_wave=True).next_size() == 300
+    assert _ChunkSizer(None, 10**8, workers=2, limit=UNLIMITED, first_wave=True).next_size() == _MAX_CHUNK
+
+
+@pytest.mark.parametrize(("chunksize", "total"), [(7, 1000), (None, None)], ids=["fixed chunksize", "unknown length"])
+def test_no_first_wave_for_a_fixed_chunksize_or_an_unknown_length(chunksize: int | None, total: int | None) -> None:
+    sizer = _ChunkSizer(chunksize, total, workers=2, limit=UNLIMITED, first_wave=True)
+    assert sizer.budget is None
+    assert sizer.next_size() == (chunksize or 1)
+
+
+def test_a_first_wave_chunk_stopped_after_one_item_gets_no_slack() -> None:
+    sizer = _ChunkSizer(None, 1000, workers=2, limit=UNLIMITED, first_wave=True)
+    sizer.observe(1, 50e-3, remaining=998)  # one item of 50 ms overran the budget: it is slow, not a fixed cost
+    assert sizer.next_size() == 1  # not the 5 (250 ms) an imap's one-item probe would allow
+
+
+class FakeClock:
+    """``time.perf_counter`` for the chunks of a map: it moves only when an item says it worked."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def read(self) -> float:
+        return self.now
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def chunk_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    clock = FakeClock()
+    monkeypatch.setattr(_map, "time", types.SimpleNamespace(perf_counter=clock.read, monotonic=time.monotonic))
+    return clock
+
+
+def test_a_chunk_stops_at_its_budget_between_items(chunk_clock: FakeClock) -> None:
+    def item_of_15_ms(x: int) -> int:
+        chunk_clock.work(0.015)
+        return x
+
+    assert _run_chunk(item_of_15_ms, range(100), 0, False, 0.02) == [0, 1]  # 15 ms, then 30 ms: past the budget
+    assert _run_chunk(item_of_15_ms, range(100), 0, False) == list(range(100))  # no budget: every item
+
+
+def slow_and_failing(clock: FakeClock, failing: frozenset[int]) -> Any:
+    """A function of items that each take 15 ms on ``clock`` and raise for those in ``failing``."""
+
+    def slow_item(x: int) -> int:
+        clock.work(0.015)
+        if x in failing:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    return slow_item
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_map_whose_first_chunks_stop_at_their_budget_loses_no_item(chunk_clock: FakeClock, ordered: bool) -> None:
+    failing = frozenset(range(0, 200, 7))
+    fn = slow_and_failing(chunk_clock, failing)
+    name = f"{fn.__qualname__} [map]"
+    before = mp.get_metrics(name)
+    results = mp.parallel_map(fn, range(200), backend="thread", on_error="none", ordered=ordered)
+    expected = [None if x in failing else x for x in range(200)]
+    if ordered:
+        assert results == expected
+    else:
+        none_first = functools.partial(sorted, key=lambda r: -1 if r is None else r)
+        assert none_first(results) == none_first(expected)
+    after = mp.get_metrics(name)
+    assert after is not None
+    chunks = after.total_tasks - (0 if before is None else before.total_tasks)
+    assert chunks > mp.get_thread_pool_info()["num_threads"], "no first chunk stopped at its budget"
+
+
+@pytest.mark.timeout(60)
+def test_an_error_after_a_first_chunk_stopped_names_its_item(chunk_clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="bad item 63") as caught:
+        mp.parallel_map(slow_and_failing(chunk_clock, frozenset({63})), range(200), backend="thread")
+    assert any("item 63 " in note for note in caught.value.__notes__)
+
+
 @pytest.mark.timeout(60)
 def test_slow_items_give_every_worker_one_at_once(gate: threading.Event) -> None:
     workers = 4
@@ -588,6 +686,34 @@ def test_the_byte_budget_bounds_a_fixed_chunksize_after_the_first_chunk() -> Non
         results.close()
     # The first chunk (read before any item was sized) plus the budget's worth.
     assert source.most_ahead <= 1000 + DEFAULT_MAX_BYTES_IN_FLIGHT // MIB
+
+
+class SizedAhead(Ahead):
+    """:class:`Ahead` with a length, whose items count as consumed when the map's function runs."""
+
+    def __init__(self, size: int, length: int) -> None:
+        super().__init__(size)
+        self.length = length
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(super().__iter__(), self.length)
+
+    def run(self, item: Claims) -> int:
+        with self.lock:
+            self.consumed += 1
+        return item.index
+
+
+@pytest.mark.timeout(60)
+def test_a_parallel_map_sizes_its_first_chunks_by_the_bytes_of_an_item() -> None:
+    size = DEFAULT_MAX_BYTES_IN_FLIGHT // 100
+    source = SizedAhead(size, 2000)  # half the items at once would be gigabytes
+    assert mp.parallel_map(source.run, source, backend="thread") == list(range(2000))
+    assert source.most_ahead <= DEFAULT_MAX_BYTES_IN_FLIGHT // size + 1, f"{source.most_ahead} items read ahead"
 
 
 @pytest.mark.timeout(60)

@@ -139,6 +139,19 @@ def test_a_crash_loses_only_its_item_and_runs_none_twice(
     ran_once(log, range(ITEMS))
 
 
+def test_slow_items_stop_the_first_chunks_and_each_still_runs_once(log: str) -> None:
+    # Items of 30 ms overrun the 20 ms budget of a map's first chunks: they stop
+    # after one item, and their other items run in chunks of their own.
+    items = [Item(i, log, 0.03) for i in range(24)]
+    before = mp.get_metrics("work [map]")
+    assert mp.parallel_map(work, items, backend="process") == list(range(24))
+    ran_once(log, range(24))
+    after = mp.get_metrics("work [map]")
+    assert after is not None
+    workers = mp.get_process_pool_info()["num_workers"]
+    assert after.total_tasks - (0 if before is None else before.total_tasks) > workers, "no first chunk stopped"
+
+
 def work_at(log: str, index: int) -> Any:
     return work(Item(index, log, 0.0, "kill"))
 

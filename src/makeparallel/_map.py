@@ -9,16 +9,21 @@ Data flow::
 Why chunks: a task costs microseconds of bookkeeping (tens on worker
 processes, a round trip), an item of a cheap function tens of nanoseconds.
 Chunk sizes come from the measured run time of finished chunks, about 10 ms of
-work each (``_ChunkSizer``). The first chunks hold one item, so that a map of
-heavy items starts with every worker on one item (good balance, early results,
-prompt cancellation). With a known length there is one such chunk per worker
-and the rest waits for the first to end: its time sets the size at once, capped
-at ``ceil(len / (4 * workers))`` items (``multiprocessing.Pool.map``'s chunk
-size) so every worker gets several chunks, and items left that are little work
-go in one chunk per worker. A small map of cheap items is thus two waves of
-round trips, a large one a few chunks of 10 ms or more. Without a length, sizes
-at most double per finished chunk: no cap bounds a first measurement that was
-too optimistic.
+work each (``_ChunkSizer``). ``imap``'s first chunks hold one item, so that a
+map of heavy items starts with every worker on one item (good balance, early
+results, prompt cancellation). With a known length there is one such chunk per
+worker and the rest waits for the first to end: its time sets the size at once,
+capped at ``ceil(len / (4 * workers))`` items (``multiprocessing.Pool.map``'s
+chunk size) so every worker gets several chunks, and items left that are little
+work go in one chunk per worker. Without a length, sizes at most double per
+finished chunk: no cap bounds a first measurement that was too optimistic.
+``parallel_map``, whose caller waits for the whole list and not for a first
+result, does without that wave of probes when the length is known: its first
+chunks are the items split evenly between the workers, each stopping after
+``_FIRST_WAVE_SECONDS`` of work, and the items a stopped chunk did not reach
+run next, in chunks of the size its measure gives. A small map of cheap items
+is thus one wave of round trips, and slow items are still spread one chunk of
+about 10 ms at a time.
 
 Memory: at most ``max_in_flight`` items are read from the iterable and not yet
 handed to the consumer, so ``imap`` over an endless generator is safe. By
@@ -59,7 +64,7 @@ from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import after_crash, item_raised, run_streaming
+from ._process_chunks import SLICE_SECONDS, after_crash, item_raised, run_streaming
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -76,6 +81,9 @@ _TARGET_CHUNK_SECONDS = 0.01
 # no such cap, and its probes in flight, each doubling the size as it ends,
 # would reach that many times the target before any real measurement.
 _ONE_ITEM_SLACK = 25
+# A parallel_map's first chunks, one per worker, of unmeasured items, stop after
+# this many seconds, and the items they did not reach are chunked from their measure.
+_FIRST_WAVE_SECONDS = 0.02
 _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 #: A map's items: an iterator, or a sequence it slices.
@@ -92,7 +100,9 @@ def _is_sliced(items: object) -> TypeGuard[list[Any] | range]:
     return type(items) is list or type(items) is range
 
 
-def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
+def _run_chunk(
+    fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool, budget: float | None = None
+) -> list[Any]:
     """Map ``fn`` over one chunk, inside a task.
 
     Items run in slices through ``list.extend(map(...))``, the fastest loop Python
@@ -101,10 +111,16 @@ def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_
     Between slices the task checks whether it was cancelled or timed out. On a
     worker process each result is journaled and the slices' results are
     streamed to the parent instead (:func:`run_streaming`).
+
+    With a ``budget`` (seconds), the chunk stops between slices once it has run
+    that long, and returns the results of the items it ran: fewer than
+    ``items``. Its slices then start at one item and are sized to about
+    ``SLICE_SECONDS`` each from the time so far, so that slow items overrun the
+    budget by about one item.
     """
     task = current_task()
     if hasattr(task, "_send_partial"):
-        return run_streaming(task, fn, items, start, keep_going)
+        return run_streaming(task, fn, items, start, keep_going, budget)
     count = len(items)
     if count == 1:  # a map of one item: no slices
         if task is not None and task._state != RUNNING:
@@ -117,11 +133,17 @@ def _run_chunk(fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_
                 raise
             return [_Failure(error)]
     results: list[Any] = []
-    step = max(1, min(_CANCEL_CHECK_EVERY, count // 16))
+    step = max(1, min(_CANCEL_CHECK_EVERY, count // 16)) if budget is None else 1
+    began = time.perf_counter()
     position = 0
     while position < count:
         if task is not None and task._state != RUNNING:
             task._raise_if_stopped()
+        if budget is not None and position:
+            elapsed = time.perf_counter() - began
+            if elapsed >= budget:
+                break
+            step = max(1, min(_CANCEL_CHECK_EVERY, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
         try:
             results.extend(map(fn, items[position : position + step]))
         except Exception as error:
@@ -172,9 +194,18 @@ class _ChunkSizer:
       chunk per worker, which they then get;
     * without one, growing at most twofold per finished chunk, as no cap
       bounds a first measurement that was too optimistic.
+
+    With ``first_wave`` (``parallel_map``, whose caller waits for the whole
+    list, not for a first result) and a known length, the first chunks are the
+    items split evenly between the workers (up to ``_MAX_CHUNK`` each), run
+    under a time budget (:attr:`budget`): a small map of cheap items is one
+    wave of round trips, and slow items stop their chunk early, to be chunked
+    from their measure (by the map: :meth:`_Mapper._continue`).
     """
 
-    def __init__(self, chunksize: int | None, total: int | None, workers: int, limit: int) -> None:
+    def __init__(
+        self, chunksize: int | None, total: int | None, workers: int, limit: int, first_wave: bool = False
+    ) -> None:
         self._fixed = chunksize
         self._workers = workers
         self._limit = limit
@@ -187,6 +218,11 @@ class _ChunkSizer:
         self._measured = False
         self._only_one_item_measured = True  # the slack's condition: no larger chunk measured yet
         self._last_wave = False  # the items left were split between the workers
+        self.budget: float | None = None  # seconds the chunks handed out now may run; None: no limit
+        if first_wave and total is not None and chunksize is None:
+            self._size = max(1, min(-(-total // workers), _MAX_CHUNK, limit))
+            self._only_one_item_measured = False  # no probes: a chunk of one item is one slow item
+            self.budget = _FIRST_WAVE_SECONDS
 
     def next_size(self) -> int:
         """Items for the next chunk; 0: wait for a chunk to end first."""
@@ -209,6 +245,7 @@ class _ChunkSizer:
         target = _TARGET_CHUNK_SECONDS * slack
         wanted = max(1, round(target / per_item))
         self._measured = True
+        self.budget = None
         if not self._known_length:
             self._size = min(wanted, 2 * max(self._size, items), self._cap)
             return
@@ -601,7 +638,8 @@ def parallel_map(
             return _map_one_item(plain, read[0], chunk_task, on_error)
         rest = itertools.chain(read, reader)
     mapper = _Mapper(
-        plain, rest, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name
+        plain, rest, total, chunk_task, chunksize, ordered, progress, max_in_flight, timeout, on_error, name,
+        first_wave=True,
     )
     results: list[Any] = []
     for chunk in mapper.chunks():
@@ -662,6 +700,7 @@ class _Mapper:
         timeout: float | None,
         on_error: OnError,
         name: str,
+        first_wave: bool = False,
     ) -> None:
         backend = get_backend(chunk_task._spec.backend)
         workers = backend.worker_count()
@@ -682,7 +721,7 @@ class _Mapper:
         self._bytes_per_item = 0.0  # estimated from the chunks read so far; 0 until one was
         self._min_items = workers + 1  # however large the items, enough to keep workers busy
         # Several chunks must fit in max_in_flight, or there is nothing to overlap.
-        self._sizer = _ChunkSizer(chunksize, total, workers, max(1, self._max_items // self._max_chunks))
+        self._sizer = _ChunkSizer(chunksize, total, workers, max(1, self._max_items // self._max_chunks), first_wave)
         self._progress_option = progress
         self._name = name
         self._progress: Progress | None = None
@@ -754,9 +793,13 @@ class _Mapper:
         """The results of a chunk that ended (or its error), once counted and sized; and how many items they are.
 
         A chunk whose worker died gives its results up to its culprit's
-        failure; a new chunk of its other items takes its place in flight.
+        failure; a new chunk of its other items takes its place in flight. A
+        chunk that stopped at its time budget gives those of the items it
+        reached; the others run next, in its place (:meth:`_continue`).
         """
         handle, size = entry
+        rest: Sequence[Any] = ()  # the items a chunk stopped at its time budget did not reach
+        rest_start = 0
         try:
             chunk = handle.get()
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
@@ -764,10 +807,18 @@ class _Mapper:
             chunk, size = after_crash(error, items, start, self._keep_going)
             if size < len(items):
                 self._in_flight.insert(self._in_flight.index(entry), self._run_again(items[size:], start + size))
+        else:
+            if len(chunk) < size:
+                start, items = self._chunk_items[id(handle)]
+                size = len(chunk)
+                rest, rest_start = items[size:], start + size
+        place = self._in_flight.index(entry)
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
         del self._chunk_items[id(handle)]
-        remaining = None if self._total is None else self._total - self._read
+        remaining = None if self._total is None else self._total - self._read + len(rest)
         self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
+        if rest:
+            self._continue(place, rest, rest_start)
         if self._progress is not None:
             self._progress.advance(size)
         if self._keep_going:
@@ -776,7 +827,32 @@ class _Mapper:
 
     def _run_again(self, items: Sequence[Any], start: int) -> tuple[AsyncHandle[list[Any]], int]:
         """Run the items after a crashed chunk's culprit as a new chunk; its entry in flight."""
-        handle = self._chunk_task(self._fn, items, start, self._keep_going)
+        return self._start_chunk(items, start, None)
+
+    def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
+        """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.
+
+        Split evenly, into ``_max_chunks`` at most: where more would be needed
+        (slow items), the last one takes the rest, under a budget again.
+        """
+        size = self._sizer.next_size()  # measured by now: no probe is taken
+        count = -(-len(items) // size)
+        pieces: list[tuple[int, int, float | None]]
+        if count > self._max_chunks:
+            cut = (self._max_chunks - 1) * size
+            pieces = [(low, low + size, None) for low in range(0, cut, size)]
+            pieces.append((cut, len(items), _FIRST_WAVE_SECONDS))
+        else:
+            even = -(-len(items) // count)
+            pieces = [(low, min(low + even, len(items)), None) for low in range(0, len(items), even)]
+        for offset, (low, high, budget) in enumerate(pieces):
+            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+
+    def _start_chunk(
+        self, items: Sequence[Any], start: int, budget: float | None
+    ) -> tuple[AsyncHandle[list[Any]], int]:
+        """Submit the chunk of ``items``, item ``start`` of the map the first; its entry in flight."""
+        handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
         self._chunk_items[id(handle)] = (start, items)
         if not self._ordered:
             self._follow(handle)
@@ -785,11 +861,13 @@ class _Mapper:
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:
             size = self._sizer.next_size()
-            budget = self._max_items
+            if self._bytes_bounded and not self._bytes_per_item and size > 1:
+                self._peek()  # a first chunk of many items: their size bounds how many
+            allowed = self._max_items
             if self._bytes_per_item:
-                budget = self._item_budget()
-                size = min(size, max(1, budget // self._max_chunks))  # several chunks fit
-            size = min(size, budget - self._items_in_flight)
+                allowed = self._item_budget()
+                size = min(size, max(1, allowed // self._max_chunks))  # several chunks fit
+            size = min(size, allowed - self._items_in_flight)
             if size <= 0:
                 return
             chunk = self._read_chunk(size)
@@ -798,13 +876,20 @@ class _Mapper:
                 return
             if self._bytes_bounded:
                 self._measure_items(chunk)
-            handle = self._chunk_task(self._fn, chunk, self._read, self._keep_going)
-            self._chunk_items[id(handle)] = (self._read, chunk)  # to finish it if its worker dies
+            self._in_flight.append(self._start_chunk(chunk, self._read, self._sizer.budget))
             self._read += len(chunk)
             self._items_in_flight += len(chunk)
-            self._in_flight.append((handle, len(chunk)))
-            if not self._ordered:
-                self._follow(handle)
+
+    def _peek(self) -> None:
+        """Estimate the size of an item from the next one, before any chunk was read."""
+        items = self._items
+        if _is_sliced(items):
+            first: Sequence[Any] = items[self._read : self._read + 1]
+        else:
+            first = list(itertools.islice(items, 1))
+            self._items = itertools.chain(first, items)  # read, so put back in front
+        if first:
+            self._measure_items(first)
 
     def _read_chunk(self, size: int) -> list[Any] | range:
         """The next ``size`` items (fewer at the end).

@@ -32,9 +32,17 @@ from ._handle import _add_note
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
-__all__ = ["Failure", "after_crash", "describe_item", "disown_worker_death", "item_raised", "run_streaming"]
+__all__ = [
+    "SLICE_SECONDS",
+    "Failure",
+    "after_crash",
+    "describe_item",
+    "disown_worker_death",
+    "item_raised",
+    "run_streaming",
+]
 
-_SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
+SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -76,17 +84,21 @@ def disown_worker_death(error: Exception) -> None:
         vars(error).pop("_crash", None)
 
 
-def run_streaming(task: Any, fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
+def run_streaming(
+    task: Any, fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool, budget: float | None = None
+) -> list[Any]:
     """Run a chunk on a worker, journaling each result, and sending results only when they must go.
 
     ``task`` is the worker's stand-in for the task (``_journal``,
     ``_send_partial``, ``_pickle_error``). The items run in slices of about
-    ``_SLICE_SECONDS``, between which the task checks whether it was stopped.
+    ``SLICE_SECONDS``, between which the task checks whether it was stopped.
     Results wait in the journal until the chunk ends, when they travel in the
     task's own result message (a chunk of up to ``RECORDS`` clean items
     sends one message), unless they must be sent before the next item starts:
     the journal is full, or an item raised or gave a result that cannot be
     pickled or does not fit in the journal (such a result is not in the journal).
+    With a ``budget`` (seconds), the chunk stops between slices once it has run
+    that long, leaving its other items to the parent.
 
     Returns:
         The results not sent yet.
@@ -104,9 +116,12 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: Sequence[Any], sta
     results: list[Any] = []  # those of the items from ``unsent`` on
     unsent = 0
     journal.begin(task._id, unsent)
+    chunk_began = time.perf_counter()
     while position < count:
         if task._state != RUNNING:
             task._raise_if_stopped()
+        if budget is not None and position and time.perf_counter() - chunk_began >= budget:
+            break
         end = min(count, position + length, position + journal.room())
         began = time.perf_counter()
         clean = False  # the slice ended without an error or an outsized result
@@ -134,7 +149,7 @@ def run_streaming(task: Any, fn: Callable[[Any], Any], items: Sequence[Any], sta
             results.append(Failure(error))
             end = failed + 1
         seconds = time.perf_counter() - began
-        length = max(1, int(_SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
+        length = max(1, int(SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
         position = end
         if clean and (position >= count or journal.room()):
             continue
