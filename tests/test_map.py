@@ -444,6 +444,15 @@ def test_no_first_wave_for_a_fixed_chunksize_or_an_unknown_length(chunksize: int
     assert sizer.next_size() == (chunksize or 1)
 
 
+def test_the_rest_of_a_stopped_chunk_is_sized_by_the_measure_not_by_the_last_wave() -> None:
+    sizer = _ChunkSizer(None, 1000, workers=2, limit=UNLIMITED, first_wave=True)
+    sizer.observe(999, 0.02, remaining=0)  # stopped one item short: every item is read, the share is one
+    assert sizer.next_size() == 1
+    assert sizer.measured_size == 125  # 500 items make 10 ms, over 1,000 / (4 * 2)
+    sizer.observe(1, 0.05, remaining=0)  # a slow item stopped the other chunk at once
+    assert sizer.measured_size == 1
+
+
 def test_a_first_wave_chunk_stopped_after_one_item_gets_no_slack() -> None:
     sizer = _ChunkSizer(None, 1000, workers=2, limit=UNLIMITED, first_wave=True)
     sizer.observe(1, 50e-3, remaining=998)  # one item of 50 ms overran the budget: it is slow, not a fixed cost
@@ -477,6 +486,16 @@ def test_a_chunk_stops_at_its_budget_between_items(chunk_clock: FakeClock) -> No
 
     assert _run_chunk(item_of_15_ms, range(100), 0, False, 0.02) == [0, 1]  # 15 ms, then 30 ms: past the budget
     assert _run_chunk(item_of_15_ms, range(100), 0, False) == list(range(100))  # no budget: every item
+
+
+def test_a_chunk_past_its_budget_finishes_when_little_is_left(chunk_clock: FakeClock) -> None:
+    def item_of_2_4_ms(x: int) -> int:
+        chunk_clock.work(0.0024)
+        return x
+
+    # Nine items make 21.6 ms: with 91 left the chunk stops; with one left (2.4 ms) it finishes.
+    assert _run_chunk(item_of_2_4_ms, range(100), 0, False, 0.02) == list(range(9))
+    assert _run_chunk(item_of_2_4_ms, range(10), 0, False, 0.02) == list(range(10))
 
 
 def slow_and_failing(clock: FakeClock, failing: frozenset[int]) -> Any:

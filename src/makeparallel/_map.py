@@ -64,7 +64,7 @@ from ._states import RUNNING
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import SLICE_SECONDS, after_crash, item_raised, run_streaming
+from ._process_chunks import SLICE_SECONDS, after_crash, item_raised, past_budget, run_streaming
 from .errors import TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -113,10 +113,10 @@ def _run_chunk(
     streamed to the parent instead (:func:`run_streaming`).
 
     With a ``budget`` (seconds), the chunk stops between slices once it has run
-    that long, and returns the results of the items it ran: fewer than
-    ``items``. Its slices then start at one item and are sized to about
-    ``SLICE_SECONDS`` each from the time so far, so that slow items overrun the
-    budget by about one item.
+    that long (:func:`past_budget`), and returns the results of the items it
+    ran: fewer than ``items``. Its slices then start at one item and are sized
+    to about ``SLICE_SECONDS`` each from the time so far, so that slow items
+    overrun the budget by about one item.
     """
     task = current_task()
     if hasattr(task, "_send_partial"):
@@ -141,7 +141,7 @@ def _run_chunk(
             task._raise_if_stopped()
         if budget is not None and position:
             elapsed = time.perf_counter() - began
-            if elapsed >= budget:
+            if past_budget(elapsed, budget, position, count - position):
                 break
             step = max(1, min(_CANCEL_CHECK_EVERY, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
         try:
@@ -219,6 +219,9 @@ class _ChunkSizer:
         self._only_one_item_measured = True  # the slack's condition: no larger chunk measured yet
         self._last_wave = False  # the items left were split between the workers
         self.budget: float | None = None  # seconds the chunks handed out now may run; None: no limit
+        # Items of about the target's work at the last measure, at most Pool.map's
+        # chunk: the size of the chunks that take on the items a stopped chunk left.
+        self.measured_size = 1
         if first_wave and total is not None and chunksize is None:
             self._size = max(1, min(-(-total // workers), _MAX_CHUNK, limit))
             self._only_one_item_measured = False  # no probes: a chunk of one item is one slow item
@@ -246,6 +249,7 @@ class _ChunkSizer:
         wanted = max(1, round(target / per_item))
         self._measured = True
         self.budget = None
+        self.measured_size = min(wanted, self._cap)
         if not self._known_length:
             self._size = min(wanted, 2 * max(self._size, items), self._cap)
             return
@@ -815,7 +819,7 @@ class _Mapper:
         place = self._in_flight.index(entry)
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
         del self._chunk_items[id(handle)]
-        remaining = None if self._total is None else self._total - self._read + len(rest)
+        remaining = None if self._total is None else self._total - self._read
         self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
         if rest:
             self._continue(place, rest, rest_start)
@@ -835,7 +839,7 @@ class _Mapper:
         Split evenly, into ``_max_chunks`` at most: where more would be needed
         (slow items), the last one takes the rest, under a budget again.
         """
-        size = self._sizer.next_size()  # measured by now: no probe is taken
+        size = self._sizer.measured_size  # not the last wave's share of the items not read yet
         count = -(-len(items) // size)
         pieces: list[tuple[int, int, float | None]]
         if count > self._max_chunks:

@@ -39,10 +39,12 @@ __all__ = [
     "describe_item",
     "disown_worker_death",
     "item_raised",
+    "past_budget",
     "run_streaming",
 ]
 
 SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
+_FINISH_UNDER = 0.25  # a chunk past its budget finishes if its items left take under this share of it
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -84,6 +86,16 @@ def disown_worker_death(error: Exception) -> None:
         vars(error).pop("_crash", None)
 
 
+def past_budget(elapsed: float, budget: float, done: int, left: int) -> bool:
+    """Whether a chunk that ran ``done`` items in ``elapsed`` seconds stops now, ``left`` items short, under ``budget``.
+
+    Past its budget it stops, unless its items left would take under a quarter
+    of the budget at its pace so far: the round trip of a chunk of so few would
+    cost more than they do.
+    """
+    return elapsed >= budget and elapsed * left > _FINISH_UNDER * budget * done
+
+
 def run_streaming(
     task: Any, fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool, budget: float | None = None
 ) -> list[Any]:
@@ -120,8 +132,9 @@ def run_streaming(
     while position < count:
         if task._state != RUNNING:
             task._raise_if_stopped()
-        if budget is not None and position and time.perf_counter() - chunk_began >= budget:
-            break
+        if budget is not None and position:
+            if past_budget(time.perf_counter() - chunk_began, budget, position, count - position):
+                break
         end = min(count, position + length, position + journal.room())
         began = time.perf_counter()
         clean = False  # the slice ended without an error or an outsized result
