@@ -498,6 +498,24 @@ def test_a_chunk_past_its_budget_finishes_when_little_is_left(chunk_clock: FakeC
     assert _run_chunk(item_of_2_4_ms, range(10), 0, False, 0.02) == list(range(10))
 
 
+def cheap_then_slow(clock: FakeClock, cheap: int) -> Any:
+    """A function of items: those under ``cheap`` take 1 us on ``clock``, the others 15 ms."""
+
+    def item(x: int) -> int:
+        clock.work(1e-6 if x < cheap else 0.015)
+        return x
+
+    return item
+
+
+def test_cheap_items_do_not_carry_a_chunk_far_past_its_budget(chunk_clock: FakeClock) -> None:
+    # Ten cheap items would size the next slice to a millisecond of them (the
+    # whole chunk), and its slow items would all run past the budget in it. The
+    # slices under a budget at most double what the chunk ran: 1, 1, 2, 4, then 8
+    # (items 8 to 15, the slow ones from 10 on), after which the chunk stops.
+    assert _run_chunk(cheap_then_slow(chunk_clock, 10), range(100), 0, False, 0.02) == list(range(16))
+
+
 def slow_and_failing(clock: FakeClock, failing: frozenset[int]) -> Any:
     """A function of items that each take 15 ms on ``clock`` and raise for those in ``failing``."""
 

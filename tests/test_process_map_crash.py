@@ -27,7 +27,10 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _process_chunks
 from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
+from makeparallel._process_chunks import run_streaming
+from makeparallel._states import RUNNING
 from pool_helpers import wait_for_a_dying_task_on_four, wait_until
 
 pytestmark = [
@@ -499,6 +502,36 @@ def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
             writer.extend(results, str, [0] * RECORDS)
     finally:
         reader.close()
+
+
+class Worker:
+    """What ``run_streaming`` needs of a worker's task, in this process, with a clock that moves only when items work."""
+
+    def __init__(self, journal: JournalWriter) -> None:
+        self._journal, self._id, self._state, self.now = journal, 7, RUNNING, 0.0
+        self.sent: list[Any] = []
+
+    def _send_partial(self, results: list[Any]) -> None:
+        self.sent.extend(results)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_cheap_items_do_not_carry_a_chunk_on_a_worker_far_past_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on threads (test_map): the slices under a budget at most double what
+    # the chunk ran, so the slow items after ten cheap ones stop it at item 16.
+    fd = create_journal()
+    writer = JournalWriter(fd)
+    os.close(fd)
+    worker = Worker(writer)
+    monkeypatch.setattr(_process_chunks, "time", worker)
+
+    def cheap_then_slow(x: int) -> int:
+        worker.now += 1e-6 if x < 10 else 0.015
+        return x
+
+    assert worker.sent + run_streaming(worker, cheap_then_slow, range(100), 0, False, 0.02) == list(range(16))
 
 
 def test_an_int_equal_to_the_journals_marker_reads_as_not_written() -> None:

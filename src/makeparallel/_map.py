@@ -115,8 +115,10 @@ def _run_chunk(
     With a ``budget`` (seconds), the chunk stops between slices once it has run
     that long (:func:`past_budget`), and returns the results of the items it
     ran: fewer than ``items``. Its slices then start at one item and are sized
-    to about ``SLICE_SECONDS`` each from the time so far, so that slow items
-    overrun the budget by about one item.
+    to about ``SLICE_SECONDS`` each from the time so far, but hold at most as
+    many items as the chunk ran: slow items overrun the budget by about one
+    item, and slow items after cheap ones by about the work done so far, not
+    by a slice sized from the cheap ones.
     """
     task = current_task()
     if hasattr(task, "_send_partial"):
@@ -143,7 +145,7 @@ def _run_chunk(
             elapsed = time.perf_counter() - began
             if past_budget(elapsed, budget, position, count - position):
                 break
-            step = max(1, min(_CANCEL_CHECK_EVERY, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
+            step = max(1, min(_CANCEL_CHECK_EVERY, position, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
         try:
             results.extend(map(fn, items[position : position + step]))
         except Exception as error:

@@ -110,7 +110,9 @@ def run_streaming(
     the journal is full, or an item raised or gave a result that cannot be
     pickled or does not fit in the journal (such a result is not in the journal).
     With a ``budget`` (seconds), the chunk stops between slices once it has run
-    that long, leaving its other items to the parent.
+    that long (:func:`past_budget`), leaving its other items to the parent; its
+    slices then hold at most as many items as it ran so far, so that a slice
+    sized from cheap items does not run the slow ones after them all at once.
 
     Returns:
         The results not sent yet.
@@ -164,6 +166,8 @@ def run_streaming(
         seconds = time.perf_counter() - began
         length = max(1, int(SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
         position = end
+        if budget is not None:  # cheap items then slow ones: no slice of all of them past the budget
+            length = min(length, position)
         if clean and (position >= count or journal.room()):
             continue
         _send(task, results, start + unsent, items, unsent, keep_going)
