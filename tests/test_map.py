@@ -136,7 +136,7 @@ def test_a_range_is_read_in_range_chunks_and_other_inputs_in_lists(items: Any, k
     mapper = _start(triple_plus_one, items, None, True, False, None, None, "raise", "thread")
     chunks = mapper.chunks()
     first = next(chunks)
-    read = [chunk for _, chunk in mapper._chunk_items.values()]
+    read = [chunk for _, chunk, _ in mapper._chunk_items.values()]
     assert read and all(type(chunk) is kind for chunk in read)
     assert first + [x for chunk in chunks for x in chunk] == list(map(triple_plus_one, items))
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from makeparallel import _process_chunks
+from makeparallel import _map, _process_chunks
 from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
 from makeparallel._process_chunks import run_streaming
 from makeparallel._states import RUNNING
@@ -153,6 +153,29 @@ def test_slow_items_stop_the_first_chunks_and_each_still_runs_once(log: str) -> 
     assert after is not None
     workers = mp.get_process_pool_info()["num_workers"]
     assert after.total_tasks - (0 if before is None else before.total_tasks) > workers, "no first chunk stopped"
+
+
+def test_the_items_after_a_crash_in_a_first_chunk_run_under_its_budget(
+    log: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first chunks hold all the items, split between the workers. Those
+    # after a crash in one must not run in one chunk on one worker, whatever they
+    # cost: they stop at the budget too, and their rest is spread.
+    started: list[tuple[int, int, float | None]] = []
+    start_chunk = _map._Mapper._start_chunk
+
+    def recorded(self: Any, items: Any, start: int, budget: float | None) -> Any:
+        started.append((start, len(items), budget))
+        return start_chunk(self, items, start, budget)
+
+    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    items = [Item(i, log, 0.03, "exit", culprits=(0,)) for i in range(24)]
+    assert mp.parallel_map(work, items, backend="process", on_error="skip") == list(range(1, 24))
+    ran_once(log, range(24))
+    workers = mp.get_process_pool_info()["num_workers"]
+    assert started[0] == (0, -(-24 // workers), _map._FIRST_WAVE_SECONDS)
+    again = next(chunk for chunk in started if chunk[0] == 1)
+    assert again == (1, started[0][1] - 1, _map._FIRST_WAVE_SECONDS)
 
 
 def work_at(log: str, index: int) -> Any:

@@ -733,7 +733,8 @@ class _Mapper:
         self._progress: Progress | None = None
         self._in_flight: deque[tuple[AsyncHandle[list[Any]], int]] = deque()
         self._items_in_flight = 0
-        self._chunk_items: dict[int, tuple[int, Sequence[Any]]] = {}
+        # Each chunk in flight's first item's index, items and time budget.
+        self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
         self._read = 0
         self._exhausted = False
         self._completions: Completions | None = None
@@ -799,9 +800,10 @@ class _Mapper:
         """The results of a chunk that ended (or its error), once counted and sized; and how many items they are.
 
         A chunk whose worker died gives its results up to its culprit's
-        failure; a new chunk of its other items takes its place in flight. A
-        chunk that stopped at its time budget gives those of the items it
-        reached; the others run next, in its place (:meth:`_continue`).
+        failure; a new chunk of its other items takes its place in flight,
+        under the same time budget (a first chunk's other items can be half
+        the map's). A chunk that stopped at its time budget gives those of the
+        items it reached; the others run next, in its place (:meth:`_continue`).
         """
         handle, size = entry
         rest: Sequence[Any] = ()  # the items a chunk stopped at its time budget did not reach
@@ -809,13 +811,14 @@ class _Mapper:
         try:
             chunk = handle.get()
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
-            start, items = self._chunk_items[id(handle)]
+            start, items, budget = self._chunk_items[id(handle)]
             chunk, size = after_crash(error, items, start, self._keep_going)
             if size < len(items):
-                self._in_flight.insert(self._in_flight.index(entry), self._run_again(items[size:], start + size))
+                again = self._start_chunk(items[size:], start + size, budget)
+                self._in_flight.insert(self._in_flight.index(entry), again)
         else:
             if len(chunk) < size:
-                start, items = self._chunk_items[id(handle)]
+                start, items, _ = self._chunk_items[id(handle)]
                 size = len(chunk)
                 rest, rest_start = items[size:], start + size
         place = self._in_flight.index(entry)
@@ -830,10 +833,6 @@ class _Mapper:
         if self._keep_going:
             chunk = _resolve_failures(chunk, self._skip)
         return chunk, size
-
-    def _run_again(self, items: Sequence[Any], start: int) -> tuple[AsyncHandle[list[Any]], int]:
-        """Run the items after a crashed chunk's culprit as a new chunk; its entry in flight."""
-        return self._start_chunk(items, start, None)
 
     def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
         """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.
@@ -859,7 +858,7 @@ class _Mapper:
     ) -> tuple[AsyncHandle[list[Any]], int]:
         """Submit the chunk of ``items``, item ``start`` of the map the first; its entry in flight."""
         handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
-        self._chunk_items[id(handle)] = (start, items)
+        self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered:
             self._follow(handle)
         return handle, len(items)
