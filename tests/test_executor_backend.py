@@ -242,6 +242,34 @@ def test_a_waiting_task_runs_its_queued_child_inline() -> None:
         assert parent().get(timeout=30) == 36
 
 
+def test_a_task_run_inline_by_its_waiter_ends_with_its_own_result(gate: threading.Event) -> None:
+    # The waiter claims the queued task and runs it; the executor's thread then
+    # reaches the task, finds it claimed and returns, ending its future while
+    # the task still runs inline: that future's end is not the task's.
+    running, release = threading.Event(), threading.Event()
+
+    def answer() -> int:
+        running.set()
+        assert release.wait(30)
+        return 42
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        blocker = mp.parallel(backend=pool)(gate.wait)(30)
+        queued = mp.parallel(backend=pool)(answer)()
+        waiter = threading.Thread(target=queued.get)  # no timeout: it runs the task if queued
+        waiter.start()
+        try:
+            assert running.wait(30)  # claimed and running in the waiter's thread
+            gate.set()
+            assert blocker.get(timeout=30) is True
+            pool.submit(int).result(timeout=30)  # the executor's thread has passed the claimed task
+            assert queued.status == "running"
+        finally:
+            release.set()
+            waiter.join(30)
+        assert queued.get(timeout=30) == 42
+
+
 def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threading.Event) -> None:
     pool = cf.ThreadPoolExecutor(max_workers=1)
     blocker = mp.parallel(backend=pool)(gate.wait)(30)

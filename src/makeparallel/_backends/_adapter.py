@@ -169,6 +169,8 @@ class ExecutorBackend(Backend):
             self._futures.pop(handle, None)
         if handle._state >= SUCCEEDED:
             return  # the common case in this process: the handle ended first
+        if self._in_process and not future.cancelled() and future.exception() is None:
+            return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
             self._end(handle, *self.cancelled_by_executor(handle))
             return
