@@ -701,6 +701,61 @@ def test_default_read_ahead_of_large_items_stays_under_the_byte_budget(wrap: boo
     assert source.most_ahead > mp.get_thread_pool_info()["num_threads"]  # still ahead: workers kept busy
 
 
+class GrowingRows:
+    """A sized iterable whose first item is small and the others large (a header, then rows): how far reading ran ahead."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size = count, size
+        self.read = 0
+        self.done = 0
+        self.most_ahead = 0
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Claims]:
+        for i in range(self.count):
+            with self.lock:
+                self.read += 1
+                self.most_ahead = max(self.most_ahead, self.read - self.done)
+            yield Claims(i, 100 if i == 0 else self.size)
+
+    def ran(self, item: Claims) -> int:
+        with self.lock:
+            self.done += 1
+        return item.index
+
+
+@pytest.mark.timeout(60)
+def test_a_parallel_map_reads_no_more_ahead_than_the_byte_budget_when_its_first_item_is_small() -> None:
+    # Its first chunks are sized from the first item: they must not take in
+    # half the items at once when the others are each 8 MiB.
+    rows = GrowingRows(200, 8 * MIB)
+    assert mp.parallel_map(rows.ran, rows, backend="thread") == list(range(200))
+    assert rows.most_ahead <= DEFAULT_MAX_BYTES_IN_FLIGHT // (8 * MIB), f"{rows.most_ahead} items of 8 MiB read ahead"
+
+
+@pytest.mark.timeout(60)
+def test_a_parallel_map_of_a_list_whose_first_item_is_small_sends_no_chunk_past_the_byte_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A list is sliced: its items are in memory already, but a chunk of them is
+    # what a worker process receives, pickled, in one message.
+    largest = 0
+    start_chunk = _map._Mapper._start_chunk
+
+    def recorded(self: Any, items: Any, start: int, budget: float | None) -> Any:
+        nonlocal largest
+        largest = max(largest, len(items))
+        return start_chunk(self, items, start, budget)
+
+    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    rows = list(GrowingRows(200, 8 * MIB))
+    assert mp.parallel_map(index_of, rows, backend="thread") == list(range(200))
+    assert largest * 8 * MIB <= DEFAULT_MAX_BYTES_IN_FLIGHT // 2, f"a chunk of {largest} items of 8 MiB"
+
+
 @pytest.mark.timeout(60)
 def test_items_larger_than_the_budget_still_run_one_per_worker() -> None:
     workers = mp.get_thread_pool_info()["num_threads"]

@@ -393,7 +393,7 @@ def imap(
     Memory:
         Without ``max_in_flight``, the items read ahead of you are kept under
         about 256 MiB (``DEFAULT_MAX_BYTES_IN_FLIGHT``): the size of an item is
-        estimated with ``sys.getsizeof`` on three items of each chunk read (one
+        estimated with ``sys.getsizeof`` on a few items of each chunk read (one
         level into tuples, lists and dicts), and the number of items read ahead
         is capped at the budget over that estimate. An explicit
         ``max_in_flight`` is a bound in items only. The results of the chunks in
@@ -907,9 +907,43 @@ class _Mapper:
         an iterator stays exhausted), is mapped to its new end, as ``map`` does.
         """
         items = self._items
+        if self._bytes_bounded and size > 1 and type(items) is not range:
+            return self._read_within_bytes(size)
         if _is_sliced(items):
             return items[self._read : self._read + size]
         return list(itertools.islice(items, size))
+
+    def _read_within_bytes(self, size: int) -> list[Any]:
+        """The next ``size`` items, fewer at the end or where a chunk's share of the byte budget ends.
+
+        ``size`` was bounded by the items sized so far (a ``parallel_map``'s
+        first chunks, by its first item alone), so larger items after them are
+        looked for: the items are taken in runs that double, and the last of
+        each run is sized, until the chunk would pass its share (the byte
+        budget over ``_max_chunks``): it passes it by one run at most (an
+        iterator's items are read to be sized; a list's last run is not
+        sized when it reaches the list's end).
+        """
+        items = self._items
+        share = DEFAULT_MAX_BYTES_IN_FLIGHT / self._max_chunks
+        if type(items) is list:  # its items are looked at, and the chunk sliced once
+            first, count = self._read, 1
+            while count < size:
+                reach = min(2 * count, size)
+                if first + reach > len(items):
+                    count = size  # the end of the list (or of what it holds by now)
+                    break
+                if reach * max(self._bytes_per_item, _estimated_size(items[first + reach - 1])) > share:
+                    break
+                count = reach
+            return items[first : first + count]
+        chunk = list(itertools.islice(items, 1))
+        while chunk and len(chunk) < size:
+            read = len(chunk)
+            chunk.extend(itertools.islice(items, min(read, size - read)))
+            if len(chunk) == read or len(chunk) * max(self._bytes_per_item, _estimated_size(chunk[-1])) > share:
+                break
+        return chunk
 
     def _item_budget(self) -> int:
         """Items that may be read ahead: ``max_in_flight``, and the byte budget's worth."""
