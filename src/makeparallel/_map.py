@@ -60,7 +60,7 @@ from ._decorators import ParallelFunction, _BoundParallelFunction, _describe, _g
 from ._handle import AsyncHandle, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
-from ._states import RUNNING
+from ._states import RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
@@ -735,6 +735,7 @@ class _Mapper:
         self._items_in_flight = 0
         # Each chunk in flight's first item's index, items and time budget.
         self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
+        self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
         self._read = 0
         self._exhausted = False
         self._completions: Completions | None = None
@@ -824,8 +825,11 @@ class _Mapper:
         place = self._in_flight.index(entry)
         self._in_flight.remove(entry)  # only now: an interrupted get() still cancels it
         del self._chunk_items[id(handle)]
-        remaining = None if self._total is None else self._total - self._read
-        self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
+        if id(handle) in self._went_on:  # measured when its rest went on
+            self._went_on.discard(id(handle))
+        else:
+            remaining = None if self._total is None else self._total - self._read
+            self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
         if rest:
             self._continue(place, rest, rest_start)
         if self._progress is not None:
@@ -856,12 +860,37 @@ class _Mapper:
     def _start_chunk(
         self, items: Sequence[Any], start: int, budget: float | None
     ) -> tuple[AsyncHandle[list[Any]], int]:
-        """Submit the chunk of ``items``, item ``start`` of the map the first; its entry in flight."""
+        """Submit the chunk of ``items``, item ``start`` of the map the first; its entry in flight.
+
+        Out of order, every chunk is followed as it ends; in order, once one has
+        a time budget (a ``parallel_map``'s), so that its rest goes on at once.
+        """
         handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
         self._chunk_items[id(handle)] = (start, items, budget)
-        if not self._ordered:
+        if not self._ordered or budget is not None or self._completions is not None:
             self._follow(handle)
         return handle, len(items)
+
+    def _go_on(self, handle: AsyncHandle[list[Any]]) -> None:
+        """Run the rest of a chunk that stopped at its time budget before its turn to be handed out.
+
+        Its results wait in order; its entry in flight is made the size of
+        those, so that :meth:`_take` finds nothing left to run. A chunk that
+        failed or whose worker died waits for its turn, as any.
+        """
+        entry = next((entry for entry in self._in_flight if entry[0] is handle), None)
+        if entry is None or handle._state != SUCCEEDED:
+            return
+        done = len(handle.get())
+        if done == entry[1]:
+            return
+        start, items, budget = self._chunk_items[id(handle)]
+        place = self._in_flight.index(entry)
+        self._in_flight[place] = (handle, done)
+        self._went_on.add(id(handle))
+        remaining = None if self._total is None else self._total - self._read
+        self._sizer.observe(done, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
+        self._continue(place + 1, items[done:], start + done)
 
     def _fill(self) -> None:
         while not self._exhausted and len(self._in_flight) < self._max_chunks:
@@ -967,7 +996,21 @@ class _Mapper:
         self._completions.add(handle)
 
     def _next_done(self) -> tuple[AsyncHandle[list[Any]], int]:
-        """The chunk to hand out next: the oldest (ordered) or the first to end."""
+        """The chunk to hand out next: the oldest (ordered) or the first to end.
+
+        In order, while the oldest runs, the chunks after it that stopped at
+        their time budget are taken on as they end (:meth:`_go_on`).
+        """
+        if self._ordered and self._completions is not None:  # chunks with a time budget are followed
+            entry = self._in_flight[0]
+            while not entry[0].is_ready():
+                try:
+                    done = self._completions.next()
+                except TaskTimeoutError:
+                    self._time_out()
+                if done is not entry[0]:
+                    self._go_on(done)
+            return entry
         if self._ordered:
             entry = self._in_flight[0]
             remaining = self._remaining()
