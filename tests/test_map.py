@@ -556,24 +556,6 @@ def test_an_error_after_a_first_chunk_stopped_names_its_item(chunk_clock: FakeCl
 
 
 @pytest.mark.timeout(60)
-def test_a_stopped_chunk_goes_on_while_an_earlier_one_still_runs(chunk_clock: FakeClock) -> None:
-    # The map's first item waits for its last: the chunks after the first must
-    # be taken on as they stop at their budget, not once the first one ended.
-    last_ran = threading.Event()
-
-    def item(x: int) -> int:
-        if x == 0:
-            assert last_ran.wait(30), "the items after a stopped chunk waited for the chunk before it"
-        chunk_clock.work(0.03)  # each item overruns the budget
-        if x == 59:
-            last_ran.set()
-        return x
-
-    mp.configure_thread_pool(2)
-    assert mp.parallel_map(item, range(60), backend="thread") == list(range(60))
-
-
-@pytest.mark.timeout(60)
 def test_slow_items_give_every_worker_one_at_once(gate: threading.Event) -> None:
     workers = 4
     mp.configure_thread_pool(workers)

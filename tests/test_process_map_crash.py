@@ -178,6 +178,21 @@ def test_the_items_after_a_crash_in_a_first_chunk_run_under_its_budget(
     assert again == (1, started[0][1] - 1, _map._FIRST_WAVE_SECONDS)
 
 
+def test_a_stopped_chunk_goes_on_while_an_earlier_one_still_runs(log: str, tmp_path: Path) -> None:
+    # The map's first item waits for its last, and every other item overruns
+    # the budget: the chunks after the first must be taken on as they stop at
+    # their budget, not once the first one ended. (On worker processes: the
+    # map never runs a chunk itself, which would stop it taking others on.)
+    last_ran = tmp_path / "last-ran"
+    items = [Item(i, log, 0.03) for i in range(40)]
+    items[0].seconds, items[0].wait_for = 0.0, str(last_ran)
+    items[0].result = functools.partial(os.path.exists, str(last_ran))  # True: it did not wait in vain
+    items[-1].result = functools.partial(Path.touch, last_ran)  # None: it ran, and let the first go on
+    results = mp.parallel_map(work, items, backend="process", timeout=60)
+    assert results == [True, *range(1, 39), None]
+    ran_once(log, range(40))
+
+
 def work_at(log: str, index: int) -> Any:
     return work(Item(index, log, 0.0, "kill"))
 

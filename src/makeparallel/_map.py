@@ -947,25 +947,22 @@ class _Mapper:
 
         ``size`` was bounded by the items sized so far (a ``parallel_map``'s
         first chunks, by its first item alone), so larger items after them are
-        looked for: the items are taken in runs that double, and the last of
-        each run is sized, until the chunk would pass its share (the byte
-        budget over ``_max_chunks``): it passes it by one run at most (an
-        iterator's items are read to be sized; a list's last run is not
-        sized when it reaches the list's end).
+        looked for before the chunk passes its share (the byte budget over
+        ``_max_chunks``). A list's chunk is sized from its middle and last
+        items, looked at in place, and sliced once. An iterator's items must be
+        read to be sized: they are read in runs that double, the last of each
+        run sized, so its chunk passes its share by one run at most.
         """
         items = self._items
         share = DEFAULT_MAX_BYTES_IN_FLIGHT / self._max_chunks
-        if type(items) is list:  # its items are looked at, and the chunk sliced once
-            first, count = self._read, 1
-            while count < size:
-                reach = min(2 * count, size)
-                if first + reach > len(items):
-                    count = size  # the end of the list (or of what it holds by now)
-                    break
-                if reach * max(self._bytes_per_item, _estimated_size(items[first + reach - 1])) > share:
-                    break
-                count = reach
-            return items[first : first + count]
+        first = self._read
+        if type(items) is list:
+            last = min(first + size, len(items)) - 1
+            if last > first:
+                middle = _estimated_size(items[(first + last) // 2])
+                per_item = max(self._bytes_per_item, middle, _estimated_size(items[last]))
+                size = max(1, min(size, int(share / per_item)))
+            return items[first : first + size]
         chunk = list(itertools.islice(items, 1))
         while chunk and len(chunk) < size:
             read = len(chunk)
@@ -1003,6 +1000,9 @@ class _Mapper:
         """
         if self._ordered and self._completions is not None:  # chunks with a time budget are followed
             entry = self._in_flight[0]
+            # A queued oldest chunk runs here, as get() would run it: no wake-up to wait for.
+            if self._deadline is None and entry[0]._run_here_if_queued():
+                return entry
             while not entry[0].is_ready():
                 try:
                     done = self._completions.next()
