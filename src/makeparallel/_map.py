@@ -804,7 +804,8 @@ class _Mapper:
         failure; a new chunk of its other items takes its place in flight,
         under the same time budget (a first chunk's other items can be half
         the map's). A chunk that stopped at its time budget gives those of the
-        items it reached; the others run next, in its place (:meth:`_continue`).
+        items it reached; the others run next, in its place (:meth:`_continue`),
+        unless they went on before its turn (:meth:`_go_on`).
         """
         handle, size = entry
         rest: Sequence[Any] = ()  # the items a chunk stopped at its time budget did not reach
