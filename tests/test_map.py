@@ -680,6 +680,33 @@ class Ahead:
             self.consumed += 1
 
 
+class SizedAhead(Ahead):
+    """:class:`Ahead` with a length, whose items count as consumed when the map's function runs.
+
+    ``first_size``, if given, is what the first item claims instead of ``size``.
+    """
+
+    def __init__(self, size: int, length: int, first_size: int | None = None) -> None:
+        super().__init__(size)
+        self.length = length
+        self.first_size = first_size
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in itertools.islice(super().__iter__(), self.length):
+            if item.index == 0 and self.first_size is not None:
+                item.size = self.first_size
+            yield item
+
+    def run(self, item: Claims) -> int:
+        with self.lock:
+            self.consumed += 1
+        return item.index
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("wrap", [False, True], ids=["items", "tuples holding them"])
 @pytest.mark.parametrize("ordered", [True, False])
@@ -701,38 +728,12 @@ def test_default_read_ahead_of_large_items_stays_under_the_byte_budget(wrap: boo
     assert source.most_ahead > mp.get_thread_pool_info()["num_threads"]  # still ahead: workers kept busy
 
 
-class GrowingRows:
-    """A sized iterable whose first item is small and the others large (a header, then rows): how far reading ran ahead."""
-
-    def __init__(self, count: int, size: int) -> None:
-        self.count, self.size = count, size
-        self.read = 0
-        self.done = 0
-        self.most_ahead = 0
-        self.lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator[Claims]:
-        for i in range(self.count):
-            with self.lock:
-                self.read += 1
-                self.most_ahead = max(self.most_ahead, self.read - self.done)
-            yield Claims(i, 100 if i == 0 else self.size)
-
-    def ran(self, item: Claims) -> int:
-        with self.lock:
-            self.done += 1
-        return item.index
-
-
 @pytest.mark.timeout(60)
 def test_a_parallel_map_reads_no_more_ahead_than_the_byte_budget_when_its_first_item_is_small() -> None:
     # Its first chunks are sized from the first item: they must not take in
     # half the items at once when the others are each 8 MiB.
-    rows = GrowingRows(200, 8 * MIB)
-    assert mp.parallel_map(rows.ran, rows, backend="thread") == list(range(200))
+    rows = SizedAhead(8 * MIB, 200, first_size=100)  # a header, then rows
+    assert mp.parallel_map(rows.run, rows, backend="thread") == list(range(200))
     assert rows.most_ahead <= DEFAULT_MAX_BYTES_IN_FLIGHT // (8 * MIB), f"{rows.most_ahead} items of 8 MiB read ahead"
 
 
@@ -751,7 +752,7 @@ def test_a_parallel_map_of_a_list_whose_first_item_is_small_sends_no_chunk_past_
         return start_chunk(self, items, start, budget)
 
     monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
-    rows = list(GrowingRows(200, 8 * MIB))
+    rows = list(SizedAhead(8 * MIB, 200, first_size=100))
     assert mp.parallel_map(index_of, rows, backend="thread") == list(range(200))
     assert largest * 8 * MIB <= DEFAULT_MAX_BYTES_IN_FLIGHT // 2, f"a chunk of {largest} items of 8 MiB"
 
@@ -778,26 +779,6 @@ def test_the_byte_budget_bounds_a_fixed_chunksize_after_the_first_chunk() -> Non
         results.close()
     # The first chunk (read before any item was sized) plus the budget's worth.
     assert source.most_ahead <= 1000 + DEFAULT_MAX_BYTES_IN_FLIGHT // MIB
-
-
-class SizedAhead(Ahead):
-    """:class:`Ahead` with a length, whose items count as consumed when the map's function runs."""
-
-    def __init__(self, size: int, length: int) -> None:
-        super().__init__(size)
-        self.length = length
-        self.lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(super().__iter__(), self.length)
-
-    def run(self, item: Claims) -> int:
-        with self.lock:
-            self.consumed += 1
-        return item.index
 
 
 @pytest.mark.timeout(60)
