@@ -498,6 +498,27 @@ def test_a_chunk_past_its_budget_finishes_when_little_is_left(chunk_clock: FakeC
     assert _run_chunk(item_of_2_4_ms, range(10), 0, False, 0.02) == list(range(10))
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("entry", ["parallel_map", "imap"])
+def test_a_map_on_the_sync_backend_times_out_between_its_chunks(entry: str) -> None:
+    # Each chunk runs inline, to its end, where the map starts it: nothing else
+    # sees the deadline pass, and the map used to run all 40 items (2 s).
+    ran: list[int] = []
+
+    def item_of_50_ms(x: int) -> int:
+        ran.append(x)
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(mp.TaskTimeoutError, match="the map timed out after 0.2 s"):
+        if entry == "parallel_map":
+            mp.parallel_map(item_of_50_ms, range(40), backend="sync", timeout=0.2)
+        else:
+            list(mp.imap(item_of_50_ms, range(40), backend="sync", timeout=0.2))
+    assert len(ran) < 20, ran  # four items make the 0.2 s, a chunk holds ten at most; then none starts
+    assert ran == list(range(len(ran)))
+
+
 def cheap_then_slow(clock: FakeClock, cheap: int) -> Any:
     """A function of items: those under ``cheap`` take 1 us on ``clock``, the others 15 ms."""
 

@@ -369,7 +369,8 @@ def imap(
             256 MiB of items by their estimated size, but never fewer than one
             item per worker plus one; see "Memory" below).
         timeout: seconds for the whole map; then the rest is cancelled and
-            ``TaskTimeoutError`` raised.
+            ``TaskTimeoutError`` raised. On the ``"sync"`` backend, whose
+            chunks run inline to their end, it is checked between chunks.
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
             in a note), ``"skip"`` (leave failed items out) or ``"none"`` (``None``
             in their place).
@@ -865,7 +866,14 @@ class _Mapper:
 
         Out of order, every chunk is followed as it ends; in order, once one has
         a time budget (a ``parallel_map``'s), so that its rest goes on at once.
+        Past the map's deadline none starts: on the ``"sync"`` backend a chunk
+        runs here, to its end, and nothing else would see the deadline pass.
+
+        Raises:
+            TaskTimeoutError: the map's ``timeout`` has passed.
         """
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._time_out()
         handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
         self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered or budget is not None or self._completions is not None:
