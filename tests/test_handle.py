@@ -76,6 +76,20 @@ def test_get_returns_none_results(backend: str) -> None:
     assert handle.is_ready()
 
 
+def test_keyword_arguments_are_each_tasks_own(backend: str) -> None:
+    # Tasks called without keyword arguments share one empty dict: a task that
+    # changes the keyword arguments it received must not change another's.
+    @mp.parallel(backend=backend)
+    def keywords(**kwargs: Any) -> dict[str, Any]:
+        kwargs["seen"] = True
+        return kwargs
+
+    assert keywords().get(5) == {"seen": True}
+    assert keywords().get(5) == {"seen": True}
+    assert keywords(x=1).get(5) == {"x": 1, "seen": True}
+    assert keywords().get(5) == {"seen": True}
+
+
 def test_get_raises_the_task_error(backend: str) -> None:
     @mp.parallel(backend=backend)
     def fail() -> None:
