@@ -105,7 +105,11 @@ class TaskSpec:
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Count the task (called under the backend lock)."""
-        self._shard(handle._backend._lock).total += 1
+        lock = handle._backend._lock
+        last_lock, shard = self._last_shard  # _shard(), inlined: once per task
+        if last_lock is not lock:
+            shard = self._shard(lock)
+        shard.total += 1
 
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         """Count a retry, and the task as retried at its first (under the backend lock)."""
@@ -120,21 +124,25 @@ class TaskSpec:
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
-        for limiter in handle._permits:
-            limiter.release()
-        shard = self._shard(handle._backend._lock)
+        permits = handle._permits
+        if permits:
+            for limiter in permits:
+                limiter.release()
+        lock = handle._backend._lock
+        last_lock, shard = self._last_shard  # _shard(), inlined: once per task
+        if last_lock is not lock:
+            shard = self._shard(lock)
         state = handle._state
         started = handle._started_at
-        if started is None:  # cancelled before it started
-            shard.cancelled += 1
-            return
-        if state == SUCCEEDED:  # the common case, inlined
+        if state == SUCCEEDED and started is not None:  # the common case, inlined
             shard.completed += 1
             shard.new_durations.append(handle._finished_at - started)  # type: ignore[operator]
             waits = shard.new_waits
             waits.append(started - handle._submitted_at)
             if len(waits) >= FOLD_AT:
                 shard.fold()
+        elif started is None:  # cancelled before it started
+            shard.cancelled += 1
         else:
             ran_to_end = state == FAILED
             shard.count_end(

@@ -29,11 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _interruptible
 from ._backends._base import pool_of_this_thread
-from ._coroutines import is_coroutine, run_here, running_loop, start_on_running_loop
+from ._coroutines import run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
@@ -489,7 +490,7 @@ class AsyncHandle(Generic[T]):
         is the task's own error, as when a worker runs it, so a task's wait for a
         child it ran inline ends as if a worker had run the child.
         """
-        state, value = self._execute()
+        state, value = self._execute(getattr(_local, "task", None))
         if state == RUNNING:
             return  # a coroutine, started on the event loop running on this thread
         self._finish(state, value)
@@ -500,10 +501,13 @@ class AsyncHandle(Generic[T]):
         ):
             raise value
 
-    def _execute(self) -> tuple[int, Any]:
-        """Call the task's function on this thread; return the state and value it ends with."""
+    def _execute(self, outer: AsyncHandle[Any] | None) -> tuple[int, Any]:
+        """Call the task's function on this thread; return the state and value it ends with.
+
+        ``outer``: the task this thread is running, that this one runs inside
+        (a wait ran it inline), current again afterwards; ``None`` on a worker.
+        """
         local = _local
-        outer = getattr(local, "task", None)
         local.task = self
         self._started_at = started = _now()
         if self._timeout is not None:
@@ -517,7 +521,7 @@ class AsyncHandle(Generic[T]):
                 value = self._context.run(self._fn, *self._args, **kwargs)  # type: ignore[union-attr, arg-type, misc]
             else:
                 value = self._context.run(self._fn, *self._args)  # type: ignore[union-attr, arg-type, misc]
-            if is_coroutine(value):
+            if type(value) is CoroutineType:  # is_coroutine(), inlined: no subclass of it exists
                 outcome: tuple[int, Any] = self._run_coroutine(value)
                 on_loop = outcome[0] == RUNNING
             else:
@@ -630,10 +634,11 @@ class AsyncHandle(Generic[T]):
         self._fn = self._args = self._kwargs = self._context = self._payload = None
         self._backend._settled_locked(self, was_pending)
         self._observer.task_finished(self)
-        callbacks, self._callbacks = self._callbacks, None
-        waiters, self._waiters = self._waiters, None
+        callbacks = self._callbacks
+        waiters = self._waiters
         if callbacks is None and waiters is None:
-            return None
+            return None  # nobody to tell: the common case stores nothing more
+        self._callbacks = self._waiters = None
         return callbacks, waiters
 
     def _after_cancel(self, announce: _Announcement | None) -> None:

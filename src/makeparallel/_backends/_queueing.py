@@ -29,7 +29,7 @@ class QueueingBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
-        self._priorities = [0]  # keys of _queues, highest first
+        self._by_priority = list(self._queues.items())  # (priority, its queue), highest first
         self._queued = 0  # tasks still pending in the queues (stale entries excluded)
 
     def _enqueue_locked(self, handle: AsyncHandle[Any]) -> None:
@@ -51,25 +51,28 @@ class QueueingBackend(Backend):
     def _add_priority_locked(self, priority: int) -> deque[AsyncHandle[Any]]:
         queue: deque[AsyncHandle[Any]] = deque()
         self._queues[priority] = queue
-        self._priorities = sorted(self._queues, reverse=True)
+        self._order_queues_locked()
         return queue
+
+    def _order_queues_locked(self) -> None:
+        self._by_priority = sorted(self._queues.items(), reverse=True)  # (priorities are unique)
 
     def _next_locked(self) -> AsyncHandle[Any] | None:
         """Pop and claim the next pending task, highest priority first, FIFO within one."""
-        for priority in self._priorities:
-            queue = self._queues[priority]
+        for priority, queue in self._by_priority:
             while queue:
                 handle = queue.popleft()
                 if handle._state == PENDING:
                     handle._state = RUNNING
                     handle._on_worker = ON_WORKER
-                    self._queued -= 1
-                    if not self._queued and queue:
+                    queued = self._queued - 1
+                    self._queued = queued
+                    if not queued and queue:
                         self._drop_stale_locked()
                     return handle
             if priority != 0:
                 del self._queues[priority]
-                self._priorities = sorted(self._queues, reverse=True)
+                self._order_queues_locked()
                 return self._next_locked()
         return None
 

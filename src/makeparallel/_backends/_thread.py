@@ -259,7 +259,7 @@ class ThreadBackend(QueueingBackend):
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         if was_pending:
             self._dequeued_locked()  # cancelled while queued
-        elif handle._on_worker == ON_WORKER and handle._state >= CANCELLED:
+        elif handle._state >= CANCELLED and handle._on_worker == ON_WORKER:
             # Timed out or cancelled while a worker runs it: the worker stays busy
             # until the task returns. Marked here, under the lock that the worker's
             # own bookkeeping takes, so that the two always agree.
@@ -385,7 +385,7 @@ class ThreadBackend(QueueingBackend):
         """Run a task measuring its thread's CPU time, for the GIL watch."""
         overlapping = self._busy > 1
         cpu = time.thread_time()
-        outcome = handle._execute()
+        outcome = handle._execute(None)
         overlapping = overlapping or self._busy > 1
         watch.record(handle._started_at, time.perf_counter(), time.thread_time() - cpu, overlapping)
         return outcome
@@ -396,13 +396,13 @@ class ThreadBackend(QueueingBackend):
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = _NO_OUTCOME
         while True:
-            announce = settled = wake = None
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
+                announce = settled = None
+                busy = handle is not None  # counted busy since it claimed that task
                 if handle is not None:
                     # One lock round per task: settle the last task, claim the next.
-                    self._busy -= 1
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(*outcome)
                         settled = handle
@@ -413,16 +413,19 @@ class ThreadBackend(QueueingBackend):
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work.
                 handle = None if self._workers > self._capacity else self._next_locked()
-                if handle is not None:
-                    self._busy += 1
-                elif self._closed or self._workers > self._capacity:
-                    self._workers -= 1
-                    retire = True
-                    if self._queued and self._parked:
-                        wake = self._parked.pop()  # woken for work it will not take: pass it on
-                else:
-                    self._parked.append(park)
-                    retire = False
+                if handle is None:
+                    if busy:
+                        self._busy -= 1
+                    if self._closed or self._workers > self._capacity:
+                        self._workers -= 1
+                        retire = True
+                        # Woken for work it will not take: pass the wake-up on.
+                        wake = self._parked.pop() if self._queued and self._parked else None
+                    else:
+                        self._parked.append(park)
+                        retire = False
+                elif not busy:
+                    self._busy += 1  # from one task to the next it stays busy: no count
             finally:
                 lock.release()
             if settled is not None and (announce is not None or _events.listeners):
@@ -439,9 +442,9 @@ class ThreadBackend(QueueingBackend):
                 continue  # cancelled by a callback announced just above: never start it
             watch = handle._observer.cpu_watch
             if watch is None:
-                outcome = handle._execute()
+                outcome = handle._execute(None)  # a worker runs no task around it
             elif watch.active:
                 outcome = self._execute_watched(handle, watch)
             else:  # it decided: stop asking
                 handle._observer.cpu_watch = None
-                outcome = handle._execute()
+                outcome = handle._execute(None)
