@@ -646,6 +646,43 @@ def test_tasks_do_not_see_each_others_context(backend: str) -> None:
     assert [h.get(5) for h in handles] == ["unset"] * 20
 
 
+def test_tasks_submitted_from_an_empty_context_do_not_share_one(backend: str) -> None:
+    # From an empty context, each task starts in a fresh empty one of its own:
+    # what one task sets, no later task on the same thread sees.
+    mp.configure_thread_pool(1)
+
+    @mp.parallel(backend=backend)
+    def set_then_read(value: str) -> str:
+        before = request_id.get()
+        request_id.set(value)
+        return before
+
+    def submit_all() -> list[mp.AsyncHandle[str]]:
+        return [set_then_read(str(i)) for i in range(20)]
+
+    empty = contextvars.Context()
+    assert len(empty) == 0
+    handles = empty.run(submit_all)
+    assert [h.get(5) for h in handles] == ["unset"] * 20
+    assert request_id.get() == "unset"
+
+
+def test_a_retry_sees_what_its_failed_attempt_set_from_an_empty_context() -> None:
+    attempts: list[str] = []
+
+    @mp.parallel(backend="thread", retry=mp.Retry(on=ConnectionError, attempts=2, wait_initial=0.0))
+    def flaky() -> str:
+        attempts.append(request_id.get())
+        request_id.set("set by the first attempt")
+        if len(attempts) == 1:
+            raise ConnectionError("first attempt")
+        return request_id.get()
+
+    handle = contextvars.Context().run(flaky)
+    assert handle.get(5) == "set by the first attempt"
+    assert attempts == ["unset", "set by the first attempt"]
+
+
 # -- references ------------------------------------------------------------------------
 
 

@@ -175,7 +175,10 @@ class AsyncHandle(Generic[T]):
         # No keyword arguments: the shared empty dict, so that a queued task keeps
         # one object fewer alive for the garbage collector to scan.
         self._kwargs: dict[str, Any] | None = kwargs or NO_KWARGS
-        self._context: Context | None = context
+        # An empty context (the usual case outside asyncio) is not kept: the task
+        # gets a fresh empty one when it starts, so a queued task holds one object
+        # fewer for the garbage collector (and 72 bytes less).
+        self._context: Context | None = context if context else None
         self._observer = observer
         self._backend = backend
         self._priority = priority
@@ -515,12 +518,15 @@ class AsyncHandle(Generic[T]):
         if _events.listeners:
             _events.emit("started", self)
         on_loop = False  # the code goes on as an asyncio task of the running loop
+        context = self._context
+        if context is None:  # its caller's context was empty
+            context = self._context = Context()
         try:
             kwargs = self._kwargs
             if kwargs:
-                value = self._context.run(self._fn, *self._args, **kwargs)  # type: ignore[union-attr, arg-type, misc]
+                value = context.run(self._fn, *self._args, **kwargs)  # type: ignore[arg-type, misc]
             else:
-                value = self._context.run(self._fn, *self._args)  # type: ignore[union-attr, arg-type, misc]
+                value = context.run(self._fn, *self._args)  # type: ignore[arg-type, misc]
             if type(value) is CoroutineType:  # is_coroutine(), inlined: no subclass of it exists
                 outcome: tuple[int, Any] = self._run_coroutine(value)
                 on_loop = outcome[0] == RUNNING
