@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,76 @@ def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.M
         assert worker.ppid() == os.getpid()
         command = " ".join(worker.cmdline())
         assert "_process_worker" in command and "_template" not in command
+
+
+def run_fresh(script: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter, where the first process task makes the pool; its output lines."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    here = [str(Path(mp.__file__).parents[1]), str(Path(__file__).parent)]  # the package, pool_helpers
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, env.get("PYTHONPATH")]))
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split()
+
+
+def test_the_template_outlives_the_thread_whose_task_started_it() -> None:
+    # Linux sends the parent-death signal when the thread that started a process
+    # ends: a template started by a short-lived thread (a web request's) must not die with it.
+    out = run_fresh(
+        """
+        import os, threading
+        import psutil
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        getppid = mp.parallel(backend="process")(os.getppid)
+        first = []
+        submitter = threading.Thread(target=lambda: first.append(getppid().get(timeout=30)))
+        submitter.start()
+        tid = submitter.native_id
+        submitter.join()
+        assert wait_until(lambda: not os.path.exists(f"/proc/self/task/{tid}"), 30)  # the thread is gone
+        mp.configure_process_pool(max_tasks_per_child=1)  # from now on each task runs on a new fork
+        later = {getppid().get(timeout=30) for _ in range(3)}
+        print(first[0], *later, psutil.Process(first[0]).status() != psutil.STATUS_ZOMBIE)
+        """
+    )
+    template, *later, alive = out
+    assert set(later) == {template}, out  # every worker forked by the template the first task started
+    assert alive == "True"
+
+
+def test_the_template_holds_no_descriptor_of_the_parent_but_its_socket() -> None:
+    # What subprocess's close_fds gives: a pipe the parent made inheritable reaches
+    # end of file when the parent closes it, though a template and workers started meanwhile.
+    out = run_fresh(
+        """
+        import os, select
+        import makeparallel as mp
+
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        os.close(write_end)
+        readable, _, _ = select.select([read_end], [], [], 30)
+        print(bool(readable) and os.read(read_end, 1) == b"")
+        """
+    )
+    assert out == ["True"]
+
+
+def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
+    out = run_fresh(
+        """
+        import makeparallel as mp, psutil
+        mp.configure_process_pool(2, max_tasks_per_child=5)
+        mp.get_process_pool_info()
+        print(len(psutil.Process().children()))
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        print(len(psutil.Process().children()))
+        """
+    )
+    assert out[0] == "0"
+    assert int(out[1]) >= 1  # the first task started it

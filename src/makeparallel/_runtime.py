@@ -55,6 +55,20 @@ __all__ = [
 _log = logging.getLogger("makeparallel")
 
 def _process_backend() -> Backend:
+    """The process backend, made for its first task: on Linux its template process starts first.
+
+    The template's start-up is the longest part of a cold pool's first result;
+    started before the backend's modules are imported, the two overlap. Only a
+    task does this: configuring or inspecting the pool starts no process.
+    """
+    if not _shut_down:
+        from ._backends._template_start import start_early
+
+        start_early()
+    return _idle_process_backend()
+
+
+def _idle_process_backend() -> Backend:
     from ._backends._process import ProcessBackend  # subprocess, sockets: only when used
 
     return ProcessBackend()
@@ -214,12 +228,12 @@ def _all_backends() -> list[Backend]:
     return [*_backends.values(), *_adapters.values()]
 
 
-def _create(name: str) -> Backend:
+def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
     global _exit_hook_registered
     with _lock:
         backend = _backends.get(name)
         if backend is None:
-            backend = _FACTORIES[name]()
+            backend = (factory or _FACTORIES[name])()
             if _shut_down:
                 backend.close(cancel_pending=False)
             if memory_paused():
@@ -420,7 +434,7 @@ def configure_process_pool(
     if not isinstance(prestart, bool):
         raise TypeError(f"prestart must be a bool, got {prestart!r}")
     setup = _worker_setup(initializer, initargs)
-    backend = get_backend("process")
+    backend = _process_pool()
     assert isinstance(backend, ProcessBackend)
     backend.configure(num_workers, setup, max_tasks_per_child, prestart, max_worker_memory)
 
@@ -461,7 +475,12 @@ def get_process_pool_info() -> dict[str, Any]:
     workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are
     set in this process's environment.
     """
-    return get_backend("process").info()
+    return _process_pool().info()
+
+
+def _process_pool() -> Backend:
+    """The process backend, to configure or inspect it: made if need be, without starting a process."""
+    return _backends.get("process") or _create("process", _idle_process_backend)
 
 
 def get_thread_pool_info() -> dict[str, Any]:

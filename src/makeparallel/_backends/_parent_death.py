@@ -7,9 +7,10 @@ is delivered by the kernel whatever the process does. It must be ``SIGKILL``:
 a Python handler cannot run during a C call either.
 
 Linux sends it when the *thread* that forked the process ends, not the
-process, so the pool starts its template (and, where there is none, every
-worker) from its loop thread, which outlives them; a worker forked from the
-template asks for the signal on the template's death. The parent may have died between starting the worker and the
+process, so each template is started by a thread of its own, which waits for
+it to exit (``_template_start``), and, where there is no template, every
+worker by the pool's loop thread, which outlives them; a worker forked from
+the template asks for the signal on the template's death. The parent may have died between starting the worker and the
 ``prctl`` call: the worker then checks that its parent is still the process
 that started it.
 """

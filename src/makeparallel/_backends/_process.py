@@ -29,12 +29,13 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   named; a task sent to it that it never started (its journal says which it
   started) goes back to the queue.
 * Workers are never forks of this possibly threaded process. On Linux they are
-  forked from a clean, single-threaded template process (``_template``) that the
-  loop thread starts on the first process task; elsewhere they are fresh
-  interpreters (``subprocess`` with the pipe passed down). Neither re-imports
-  your ``__main__``: functions from it travel by value. A worker exits as soon
-  as its pipe closes, and on Linux the kernel kills the template when the loop
-  thread that started it ends, and each worker when its template ends
+  forked from a clean, single-threaded template process (``_template``) that
+  the first process task starts, before this module is even imported
+  (``_template_start``); elsewhere they are fresh interpreters (``subprocess``
+  with the pipe passed down). Neither re-imports your ``__main__``: functions
+  from it travel by value. A worker exits as soon as its pipe closes, and on
+  Linux the kernel kills the template when this process ends (a thread of its
+  own started it and outlives it), and each worker when its template ends
   (``_parent_death``), so none outlives the parent.
 * A worker is set up before its first task (``sys.path``, BLAS thread limits,
   the pool's initializer) and says when it is ready; a task with a timeout
@@ -77,7 +78,7 @@ from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
-from ._template import ForkedProcess, Template, template_available
+from ._template import ForkedProcess, Template, take_template, template_available
 from ._thread import default_thread_count
 from ._wakeup import drain, wakeup_pipe
 
@@ -329,8 +330,9 @@ class ProcessBackend(QueueingBackend):
             self._wake()
 
     def _new_loop_locked(self) -> threading.Thread:
-        # The loop thread starts every worker and outlives them: Linux's
-        # parent-death signal fires when the thread that started a worker ends.
+        # Where there is no template, the loop thread starts every worker and
+        # outlives them: Linux's parent-death signal fires when the thread that
+        # started a worker ends.
         return threading.Thread(target=self._run_loop_or_recover, name="makeparallel-process-loop", daemon=True)
 
     def _start_loop(self) -> None:
@@ -555,7 +557,7 @@ class ProcessBackend(QueueingBackend):
             if template is not None:
                 template.close()  # it died: reap it
             try:
-                template = self._template = Template(environ)
+                template = self._template = take_template()
             except OSError:
                 self._template = None
                 return None

@@ -16,10 +16,11 @@ What a fresh interpreter gave each worker, a forked one still gets:
   limits) and working directory travel with each request, and the worker sets
   them before it reads its first message, so a task that imports NumPy sees
   the limits;
-* the template dies with the user's process (``PR_SET_PDEATHSIG``, asked by the
-  loop thread that started it, which outlives it), and each worker with the
-  template, so the chain ends when the user's process dies, even inside a long
-  C call; a worker also ends when its own pipe to the user's process closes;
+* the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
+  worker with the template, so the chain ends when the user's process dies,
+  even inside a long C call (each template is started by a thread of its
+  own, which outlives it: ``_template_start``); a worker also ends when its
+  own pipe to the user's process closes;
 * a worker that returns from its main function exits as a fresh interpreter
   would (``SystemExit`` unwinds to the top: ``atexit`` handlers run);
 * the pool never signals a process id the template may have reaped and the
@@ -36,6 +37,10 @@ journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
                        ("exited", number, returncode)
 
 Workers are numbered by the pool, so a request never waits for a reply.
+
+The first process task starts the template before the parent imports the
+rest of the process backend (``_template_start``): the template's start-up,
+the longest part of a cold pool's first result, overlaps those imports.
 """
 
 from __future__ import annotations
@@ -47,55 +52,32 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._template_start import StartedTemplate, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
-if TYPE_CHECKING:
-    import subprocess  # the pool's side only: the template process does without it
+__all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
-__all__ = ["ForkedProcess", "Template", "serve", "template_available"]
-
-_TEMPLATE_MAIN = (
-    "import sys; from makeparallel._backends._template import serve; "
-    "import makeparallel._backends._process_worker; "
-    "serve(int(sys.argv[1]), int(sys.argv[2]))"
-)
 _PACKET = 256 * 1024  # the largest request: sys.path and the environment, pickled
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
-
-
-def template_available() -> bool:
-    """Whether workers are forked from a template here: Linux, where the parent-death chain holds."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork") and hasattr(socket, "send_fds")
 
 
 class Template:
     """The pool's side of the template process. Used by the pool's loop thread only."""
 
-    def __init__(self, environ: dict[str, str]) -> None:
-        import subprocess
-
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-c", _TEMPLATE_MAIN, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=environ,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.process: subprocess.Popen[bytes] = process
-        self.sock = ours
+    def __init__(self, started: StartedTemplate) -> None:
+        self._started = started
+        self.sock = socket.socket(fileno=started.sock.detach())
         self._poller = select.poll()
-        self._poller.register(ours.fileno(), select.POLLIN)
+        self._poller.register(self.sock.fileno(), select.POLLIN)
         self.alive = True
         self._numbers = 0
         self._children: dict[int, ForkedProcess] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._started.pid
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -158,15 +140,17 @@ class Template:
 
     def close(self) -> None:
         """Stop the template once its workers are gone: end of file, then wait for it."""
-        import subprocess
-
         self._gone()
         self.sock.close()
-        try:
-            self.process.wait(1.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self._started.wait(1.0)
+
+
+def take_template() -> Template:
+    """The template a first process task started early (``_template_start``), else a new one.
+
+    Raises ``OSError`` if none can start.
+    """
+    return Template(take_started())
 
 
 class ForkedProcess:

@@ -1,0 +1,140 @@
+"""Starting the template process (``_template``): from a thread of its own, and as early as possible.
+
+Linux sends a process's parent-death signal when the *thread* that started it
+ends, not the process. So each template is started by a thread of its own,
+which then waits for it to exit and reaps it: that thread outlives the
+template, whichever thread asked for one (a web request's, say, long gone
+before the pool).
+
+A first process task starts one (:func:`start_early`) before the parent
+imports the rest of the process backend, and this module imports nothing that
+the package has not (``_socket``, not ``socket``): the template's start-up, a
+fresh interpreter and the worker's imports, is the longest part of a cold
+pool's first result, and it overlaps those imports instead of following them.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import sys
+import threading
+
+__all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
+
+# The pool passes only the template's socket: every other descriptor the template
+# inherited is closed first, as subprocess's close_fds would (one listing, where
+# closing every possible number could take a million system calls).
+_TEMPLATE_MAIN = """\
+import os, sys
+fd = int(sys.argv[1])
+for name in os.listdir("/proc/self/fd"):
+    if int(name) > 2 and int(name) != fd:
+        try:
+            os.close(int(name))
+        except OSError:
+            pass
+from makeparallel._backends._template import serve
+import makeparallel._backends._process_worker
+serve(fd, int(sys.argv[2]))
+"""
+
+
+def template_available() -> bool:
+    """Whether workers are forked from a template here: Linux, where the parent-death chain holds."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(os, "fork")
+        and hasattr(os, "posix_spawn")
+        and hasattr(_socket.socket, "sendmsg")  # the worker's pipe travels as SCM_RIGHTS
+    )
+
+
+class StartedTemplate:
+    """A template process, started by a thread of its own that reaps it: its socket, pid and exit code.
+
+    Raises ``OSError`` if it cannot start.
+    """
+
+    def __init__(self) -> None:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        self.sock = ours  # the pool's end: one packet per request or report
+        self.pid: int | None = None
+        self.returncode: int | None = None  # set once it exited and was reaped
+        self._spawned = threading.Event()
+        self._error: OSError | None = None
+        self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
+        self._owner.start()
+        self._spawned.wait()
+        if self._error is not None:
+            ours.close()
+            raise self._error
+
+    def _own(self, theirs: _socket.socket) -> None:
+        """Start the template (a fresh interpreter with this process's ``sys.path``), then wait for it to exit."""
+        try:
+            fd = theirs.fileno()
+            os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
+            environ = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())],
+                environ,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+            )
+        except OSError as error:
+            self._error = error
+            return
+        finally:
+            theirs.close()
+            self._spawned.set()
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by another (SIGCHLD ignored): its exit code is lost
+            self.returncode = 0
+
+    def wait(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that."""
+        import signal  # only here: a first task's parent has not imported it yet
+
+        self._owner.join(timeout)
+        if self.returncode is None and self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+            self._owner.join()
+
+
+_early: StartedTemplate | None = None  # started by a first process task, for the pool it makes
+_early_lock = threading.Lock()
+
+
+def start_early() -> None:
+    """Start a template now, for the pool being made for a first process task (:func:`take_started`)."""
+    global _early
+    if not template_available():
+        return
+    with _early_lock:
+        if _early is None:
+            try:
+                _early = StartedTemplate()
+            except OSError:
+                pass  # the pool tries again, and falls back to fresh interpreters
+
+
+def take_started() -> StartedTemplate:
+    """The template :func:`start_early` started, else a new one; raises ``OSError`` if none can start."""
+    global _early
+    with _early_lock:
+        started, _early = _early, None
+    return started if started is not None else StartedTemplate()
+
+
+def _drop_early_after_fork() -> None:
+    """In a forked child, the early template is not its own: only the socket is its to drop."""
+    global _early
+    if _early is not None:
+        _early.sock.close()
+        _early = None
+
+
+os.register_at_fork(after_in_child=_drop_early_after_fork)
