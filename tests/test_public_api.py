@@ -170,6 +170,15 @@ def test_a_first_thread_task_of_a_c_function_loads_only_what_it_uses() -> None:
     assert not heavy, f"a first @parallel call of a C function on threads loaded: {heavy}"
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked from a template on Linux")
+def test_a_first_process_task_on_linux_does_not_import_subprocess() -> None:
+    # The template forks the workers: subprocess (several ms) serves only the other systems' fresh workers.
+    loaded = modules_loaded_by("import makeparallel as mp\nassert mp.parallel(backend='process')(abs)(-1).get(20) == 1\n")
+    assert "makeparallel._backends._template" in loaded  # the probe did run a process task
+    assert "subprocess" not in loaded
+
+
 def test_every_lazy_name_is_imported_for_type_checkers() -> None:
     # The names the package loads on first use (``_LAZY``) and the imports type
     # checkers and the documentation read (under ``if TYPE_CHECKING:``) must agree.

@@ -56,7 +56,6 @@ import pickle
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -83,6 +82,8 @@ from ._thread import default_thread_count
 from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
+    import subprocess  # imported where used: on Linux the template forks the workers
+
     from .._handle import AsyncHandle
 
 __all__ = ["ProcessBackend"]
@@ -532,6 +533,8 @@ class ProcessBackend(QueueingBackend):
             if forked is not None:
                 process = forked
             else:
+                import subprocess
+
                 process = subprocess.Popen(
                     [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid()), str(journal_fd)],
                     pass_fds=(child_end.fileno(), journal_fd),
@@ -1060,6 +1063,8 @@ def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
     The caller closed the worker's pipe first, which ends an idle worker cleanly
     and a busy one at once; one that does not end is terminated, then killed.
     """
+    import subprocess  # for TimeoutExpired; a first task on Linux has no other use for it
+
     try:
         return process.wait(_TERMINATE_GRACE)
     except subprocess.TimeoutExpired:
