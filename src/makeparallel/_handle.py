@@ -224,10 +224,12 @@ class AsyncHandle(Generic[T]):
         """
         if timeout is not None:
             check_wait_timeout(timeout)
+        if self._state == SUCCEEDED:  # the common case first: collecting ended tasks
+            return self._value  # type: ignore[no-any-return]
         if self._state < SUCCEEDED:
             self._wait_for_end(timeout)
-        if self._state == SUCCEEDED:
-            return self._value  # type: ignore[no-any-return]
+            if self._state == SUCCEEDED:
+                return self._value  # type: ignore[no-any-return]
         raise self._error_for_caller()
 
     def result(self, timeout: float | None = None) -> T:
