@@ -495,7 +495,7 @@ class AsyncHandle(Generic[T]):
         is the task's own error, as when a worker runs it, so a task's wait for a
         child it ran inline ends as if a worker had run the child.
         """
-        state, value = self._execute(getattr(_local, "task", None))
+        state, value = self._execute(_local.__dict__)
         if state == RUNNING:
             return  # a coroutine, started on the event loop running on this thread
         self._finish(state, value)
@@ -506,14 +506,16 @@ class AsyncHandle(Generic[T]):
         ):
             raise value
 
-    def _execute(self, outer: AsyncHandle[Any] | None) -> tuple[int, Any]:
+    def _execute(self, here: dict[str, Any]) -> tuple[int, Any]:
         """Call the task's function on this thread; return the state and value it ends with.
 
-        ``outer``: the task this thread is running, that this one runs inside
-        (a wait ran it inline), current again afterwards; ``None`` on a worker.
+        ``here``: this thread's task-context slots (``_local.__dict__``, what
+        ``current_task()`` reads): the task is current there while it runs,
+        then the one it ran inside of (a wait ran it inline), if any, again.
+        A worker looks the dict up once, not a thread-local attribute twice per task.
         """
-        local = _local
-        local.task = self
+        outer = here.get("task")
+        here["task"] = self
         self._started_at = started = _now()
         if self._timeout is not None:
             _deadlines.schedule(self, started + self._timeout, weakly=True)
@@ -537,7 +539,7 @@ class AsyncHandle(Generic[T]):
         except BaseException as error:
             outcome = (self._failed(error), error)
         finally:
-            local.task = outer
+            here["task"] = outer
             if not on_loop:
                 self._code_done = True
                 if self._stop_event is not None:

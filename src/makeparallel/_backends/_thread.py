@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _events
 from .._cpus import usable_cpu_count
 from .._states import CANCELLED, RETRY_WAIT, RUNNING
+from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
 from ._base import _this_thread
@@ -385,13 +386,14 @@ class ThreadBackend(QueueingBackend):
         """Run a task measuring its thread's CPU time, for the GIL watch."""
         overlapping = self._busy > 1
         cpu = time.thread_time()
-        outcome = handle._execute(None)
+        outcome = handle._execute(_local.__dict__)
         overlapping = overlapping or self._busy > 1
         watch.record(handle._started_at, time.perf_counter(), time.thread_time() - cpu, overlapping)
         return outcome
 
     def _work(self, park: threading.Lock) -> None:
         _this_thread.pool = self
+        here = _local.__dict__  # this thread's current-task slot
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = _NO_OUTCOME
@@ -442,9 +444,9 @@ class ThreadBackend(QueueingBackend):
                 continue  # cancelled by a callback announced just above: never start it
             watch = handle._observer.cpu_watch
             if watch is None:
-                outcome = handle._execute(None)  # a worker runs no task around it
+                outcome = handle._execute(here)
             elif watch.active:
                 outcome = self._execute_watched(handle, watch)
             else:  # it decided: stop asking
                 handle._observer.cpu_watch = None
-                outcome = handle._execute(None)
+                outcome = handle._execute(here)
