@@ -258,3 +258,48 @@ def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
     )
     assert out[0] == "0"
     assert int(out[1]) >= 1  # the first task started it
+
+
+PROBE = '''
+import sys
+
+def log_once(x):
+    had = sorted(m for m in ("logging", "traceback", "concurrent.futures") if m in sys.modules)
+    import logging
+    logging.getLogger("probe").warning("logged by task %s", x)
+    return had
+
+def fail():
+    try:
+        {}["id"]
+    except KeyError as error:
+        raise ValueError("bad row") from error
+'''
+
+
+def test_a_first_worker_imports_logging_only_when_its_task_does_and_forwards_every_record(tmp_path: Path) -> None:
+    # The template imports neither logging nor the errors' concurrent.futures before
+    # forking the first workers: a task that imports logging itself installs the
+    # forwarding as it does, and its first record reaches the parent.
+    (tmp_path / "probe.py").write_text(PROBE)
+    out = run_fresh(
+        f"""
+        import logging, sys, traceback
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+        import probe
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("probe").addHandler(handler)
+        had = mp.parallel(backend="process")(probe.log_once)(7).get(timeout=30)
+        print(",".join(had) or "none")
+        print(len(records), records[0].getMessage().replace(" ", "_"), records[0].task_id is not None)
+        try:
+            mp.parallel(backend="process")(probe.fail)().get(timeout=30)
+        except ValueError as error:
+            print(type(error.__cause__).__name__, "probe.py" in "".join(traceback.format_exception(error)))
+        """
+    )
+    assert out == ["none", "1", "logged_by_task_7", "True", "KeyError", "True"], out

@@ -16,13 +16,21 @@ use (PEP 562), so ``import makeparallel`` costs about what ``import
 concurrent.futures`` does, and a program pays only for the parts it uses.
 """
 
-from .errors import CircuitOpenError as CircuitOpenError
-from .errors import ShutdownError as ShutdownError
-from .errors import TaskCancelledError as TaskCancelledError
-from .errors import TaskError as TaskError
-from .errors import TaskSerializationError as TaskSerializationError
-from .errors import TaskTimeoutError as TaskTimeoutError
-from .errors import WorkerCrashedError as WorkerCrashedError
+from os import environ as _environ
+
+# The process backend's template process (whose forks are the workers) loads the
+# errors on first use, like every other name: with the concurrent.futures and
+# logging they import, they were the largest part of a cold worker's imports,
+# which most tasks never need (``_backends/_template_start``).
+if "_MAKEPARALLEL_TEMPLATE" not in _environ:
+    from .errors import CircuitOpenError as CircuitOpenError
+    from .errors import ShutdownError as ShutdownError
+    from .errors import TaskCancelledError as TaskCancelledError
+    from .errors import TaskError as TaskError
+    from .errors import TaskSerializationError as TaskSerializationError
+    from .errors import TaskTimeoutError as TaskTimeoutError
+    from .errors import WorkerCrashedError as WorkerCrashedError
+del _environ
 
 __version__ = "0.3.0"
 
@@ -88,6 +96,13 @@ if TYPE_CHECKING:  # what the checkers and the documentation read; at run time, 
     from ._task_logging import enable_task_logging as enable_task_logging
     from ._task_metrics import TaskMetrics as PerformanceMetrics
     from ._task_metrics import TaskMetrics as TaskMetrics
+    from .errors import CircuitOpenError as CircuitOpenError
+    from .errors import ShutdownError as ShutdownError
+    from .errors import TaskCancelledError as TaskCancelledError
+    from .errors import TaskError as TaskError
+    from .errors import TaskSerializationError as TaskSerializationError
+    from .errors import TaskTimeoutError as TaskTimeoutError
+    from .errors import WorkerCrashedError as WorkerCrashedError
 
 #: Each public name loaded on first use: its module, and its name there.
 _LAZY: dict[str, tuple[str, str]] = {
@@ -95,6 +110,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "AsyncHandle": ("_handle", "AsyncHandle"),
     "AsyncHandleFast": ("_handle", "AsyncHandle"),
     "CircuitBreaker": ("_circuit", "CircuitBreaker"),
+    "CircuitOpenError": ("errors", "CircuitOpenError"),
     "CircuitState": ("_circuit", "CircuitState"),
     "CircuitStatistics": ("_circuit", "CircuitStatistics"),
     "Executor": ("_executor", "Executor"),
@@ -107,10 +123,16 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ParallelFunction": ("_decorators", "ParallelFunction"),
     "PerformanceMetrics": ("_task_metrics", "TaskMetrics"),
     "Retry": ("_retry", "Retry"),
+    "ShutdownError": ("errors", "ShutdownError"),
+    "TaskCancelledError": ("errors", "TaskCancelledError"),
     "TaskContextFilter": ("_task_logging", "TaskContextFilter"),
+    "TaskError": ("errors", "TaskError"),
     "TaskEvent": ("_events", "TaskEvent"),
     "TaskGroup": ("_group", "TaskGroup"),
     "TaskMetrics": ("_task_metrics", "TaskMetrics"),
+    "TaskSerializationError": ("errors", "TaskSerializationError"),
+    "TaskTimeoutError": ("errors", "TaskTimeoutError"),
+    "WorkerCrashedError": ("errors", "WorkerCrashedError"),
     "add_task_context": ("_task_logging", "add_task_context"),
     "add_task_listener": ("_events", "add_task_listener"),
     "as_completed": ("_collect", "as_completed"),
@@ -156,6 +178,8 @@ if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an err
 
     def __getattr__(name: str) -> object:
         """Import the module that defines ``name``, once; later lookups find it in the namespace."""
+        if name == "errors":  # the submodule, in a template process (above)
+            return __import__(f"{__name__}.errors", fromlist=["TaskError"])
         try:
             module_name, attribute = _LAZY[name]
         except KeyError:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
-import logging
 import os
 import select
 import signal
@@ -43,9 +42,8 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import _serialization
@@ -53,8 +51,6 @@ from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
-from .._task_logging import _stamp
-from ..errors import TaskError, TaskSerializationError
 from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
@@ -104,27 +100,6 @@ class _RemoteTask:
     def _raise_if_stopped(self) -> None:
         if self._stop_error is not None:
             raise type(self._stop_error)(*self._stop_error.args)
-
-
-class _ForwardingHandler(logging.Handler):
-    """Sends each log record to the parent, whose handlers then emit it."""
-
-    def __init__(self, worker: _Worker) -> None:
-        super().__init__()
-        self._worker = worker
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _stamp(record)  # the task's id and name, known here; the parent adds metadata
-            attributes = dict(record.__dict__)
-            attributes["msg"] = record.getMessage()
-            attributes["args"] = None
-            if record.exc_info:
-                attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            attributes["exc_info"] = None
-            self._worker.send(("log", attributes), [])
-        except Exception:
-            self.handleError(record)
 
 
 class _Worker:
@@ -185,11 +160,15 @@ class _Worker:
                 fn = _serialization.load_function(initializer)
                 fn(*_serialization.loads(initargs, []))
             except BaseException as error:
+                import traceback  # with logging: imported only when needed (see _forward_logs)
+
                 self._flush_output()
                 failure = (error, "".join(traceback.format_exception(error)))
                 try:
                     data, _ = _serialization.dumps(failure)
                 except Exception as unpicklable:
+                    from ..errors import TaskError  # concurrent.futures: only a worker that fails pays for it
+
                     described = TaskError(f"{type(error).__qualname__}: {error} (it cannot be pickled: {unpicklable})")
                     data, _ = _serialization.dumps((described, failure[1]))
                 self.send(("init_failed", data))
@@ -226,6 +205,8 @@ class _Worker:
             else:  # with the submitter's context variables, set in a context of its own
                 value, ok = contextvars.copy_context().run(_call, fn, call[0], call[1], task, call[2]), True
         except BaseException as error:  # SystemExit too: it ends the task, not the worker
+            import traceback  # see _set_up
+
             value, ok = (error, "".join(traceback.format_exception(error))), False
         finally:
             seconds = time.perf_counter() - started
@@ -235,6 +216,8 @@ class _Worker:
         try:
             result, result_buffers = _serialization.dumps(value)
         except Exception as error:
+            from ..errors import TaskError, TaskSerializationError  # see _set_up
+
             detail = f"{type(error).__name__}: {error}"
             if ok:
                 failure = TaskSerializationError(
@@ -422,10 +405,65 @@ def main(fd: int, parent_pid: int, journal_fd: int) -> None:
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
-    root = logging.getLogger()
-    root.handlers[:] = [_ForwardingHandler(worker)]
-    root.setLevel(logging.DEBUG)
+    _forward_logs(worker.send)
     worker.serve()
+
+
+def _forward_logs(send: Callable[[tuple[Any, ...]], None]) -> None:
+    """Forward every log record to the parent, from the moment ``logging`` is imported here.
+
+    ``logging`` (with the ``re``, ``traceback`` and ``string`` it imports) was
+    the largest import of a cold worker before its first task, and most tasks
+    never log. So unless the template imported it already, the forwarding
+    handler is installed when a task (or a module it imports) first imports
+    ``logging``: an entry of ``sys.meta_path`` wraps the module's loader, which
+    installs the handler once the module has run and before the importing
+    code gets the module, so no record is logged before the handler is there.
+    """
+    if "logging" in sys.modules:
+        from ._worker_logging import forward_records
+
+        forward_records(send)
+    else:
+        sys.meta_path.insert(0, _ForwardOnImport(send))
+
+
+class _ForwardOnImport:
+    """A ``sys.meta_path`` entry that installs the log forwarding when ``logging`` is imported."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._send = send
+        self._done = False  # it stays in sys.meta_path: removing it could skip a finder another thread iterates
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "logging" or self._done:
+            return None
+        self._done = True
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = None if finder is self or find_spec is None else find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _InstallAfter(spec.loader, self._send)
+                return spec
+        return None
+
+
+class _InstallAfter:
+    """A loader that runs ``logging``'s own, then installs the log forwarding."""
+
+    def __init__(self, loader: Any, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._loader = loader
+        self._send = send
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # what the module keeps is its own loader
+        self._loader.exec_module(module)
+        from ._worker_logging import forward_records
+
+        forward_records(self._send)
 
 
 def _terminated(worker: _Worker, signum: int, frame: Any) -> None:

@@ -248,9 +248,17 @@ def _preload() -> None:
     cloudpickle (about 17 ms to import) unpickles every function sent by value,
     ``__main__``'s included: without it here, each new worker paid that on its
     first such task, and a pool with ``max_tasks_per_child=1`` paid it on every
-    task. Done once the template has been idle a moment, after the pool's first
-    workers were forked, so that it never delays the first result.
+    task. ``logging`` (a task that logs), ``traceback`` (one that raises) and
+    the library's errors (with ``concurrent.futures``), which the first
+    workers import only when a task needs them, likewise. Done once the
+    template has been idle a moment, after the pool's first workers were
+    forked, so that it never delays the first result.
     """
+    import logging  # noqa: F401
+    import traceback  # noqa: F401
+
+    from .. import errors  # noqa: F401
+
     try:
         import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:  # pragma: no cover - a dependency: a worker would fail the same way on its own

@@ -75,7 +75,8 @@ class StartedTemplate:
         try:
             fd = theirs.fileno()
             os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
-            environ = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+            path = os.pathsep.join(p for p in sys.path if p)
+            environ = dict(os.environ, PYTHONPATH=path, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
             self.pid = os.posix_spawn(
                 sys.executable,
                 [sys.executable, "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())],
