@@ -264,7 +264,7 @@ PROBE = '''
 import sys
 
 def log_once(x):
-    had = sorted(m for m in ("logging", "traceback", "concurrent.futures") if m in sys.modules)
+    had = sorted(m for m in ("logging", "traceback", "concurrent.futures", "typing") if m in sys.modules)
     import logging
     logging.getLogger("probe").warning("logged by task %s", x)
     return had
@@ -278,8 +278,8 @@ def fail():
 
 
 def test_a_first_worker_imports_logging_only_when_its_task_does_and_forwards_every_record(tmp_path: Path) -> None:
-    # The template imports neither logging nor the errors' concurrent.futures before
-    # forking the first workers: a task that imports logging itself installs the
+    # The template imports neither logging, typing nor the errors' concurrent.futures
+    # before forking the first workers: a task that imports logging itself installs the
     # forwarding as it does, and its first record reaches the parent.
     (tmp_path / "probe.py").write_text(PROBE)
     out = run_fresh(

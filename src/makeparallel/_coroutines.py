@@ -25,7 +25,11 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine
 from types import CoroutineType
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["is_coroutine", "run_here", "running_loop", "start_on_running_loop"]
 

@@ -19,7 +19,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from contextvars import Context, ContextVar
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Located: TypeAlias = tuple[tuple[ContextVar[Any], str, str], ...]  # (variable, module, attribute)
 
 __all__ = [
     "apply_values",
@@ -30,7 +36,6 @@ __all__ = [
     "set_process_contextvars",
 ]
 
-Located = tuple[tuple[ContextVar[Any], str, str], ...]  # (variable, module, attribute)
 
 _sent: Located = ()
 

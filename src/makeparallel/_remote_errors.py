@@ -23,7 +23,11 @@
 from __future__ import annotations
 
 import types
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["RemoteTraceback", "attach_remote_traceback", "reduce_exception"]
 

@@ -31,9 +31,13 @@ import threading
 import weakref
 from contextvars import ContextVar
 from types import BuiltinFunctionType, FunctionType, ModuleType
-from typing import Any
 
 from ._remote_errors import reduce_exception
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "dumps",

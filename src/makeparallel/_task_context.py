@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, overload
 
 from ._states import SUCCEEDED
 
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, overload
+
     from ._handle import AsyncHandle
 
 __all__ = ["check_cancelled", "current_task", "get_current_task_id", "report_progress"]
@@ -64,10 +67,14 @@ def check_cancelled() -> None:
         task._raise_if_stopped()
 
 
-@overload
-def report_progress(fraction: float, message: str | int | None = None, *, task_id: int | None = None) -> None: ...
-@overload
-def report_progress(*, progress: float, message: str | None = None, task_id: int | None = None) -> None: ...
+if TYPE_CHECKING:  # the signatures checkers see; at run time, the one below
+
+    @overload
+    def report_progress(fraction: float, message: str | int | None = None, *, task_id: int | None = None) -> None: ...
+    @overload
+    def report_progress(*, progress: float, message: str | None = None, task_id: int | None = None) -> None: ...
+
+
 def report_progress(
     fraction: Any = None,
     message: Any = None,

@@ -20,7 +20,11 @@ import pickle
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Channel"]
 

@@ -51,9 +51,13 @@ import mmap
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from .._remote_errors import reduce_exception
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["JOURNAL_BYTES", "RECORDS", "JournalReader", "JournalWriter", "ResultTooLarge", "ResultUnpicklable", "create_journal"]
 

@@ -24,7 +24,11 @@ import io
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["OutputRelay", "flush_c_stdio", "write_relayed"]
 

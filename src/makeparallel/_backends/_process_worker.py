@@ -44,7 +44,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from .. import _serialization
 from .._coroutines import is_coroutine, run_here
@@ -56,6 +55,11 @@ from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import die_with_parent
 from ._wakeup import drain, wakeup_pipe
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["main"]
 

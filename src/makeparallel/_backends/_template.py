@@ -52,10 +52,14 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 from ._template_start import StartedTemplate, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
