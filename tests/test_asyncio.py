@@ -466,6 +466,35 @@ def test_on_the_sync_backend_under_a_loop_it_runs_on_that_loop() -> None:
     assert here().get(10)[1] == threading.get_ident()  # no loop running: its own loop, inline
 
 
+def test_a_threads_own_loop_is_closed_when_it_ends_though_a_failed_tasks_error_is_kept() -> None:
+    """The error's traceback outlives the thread; the loop is closed at the thread's end, not by the collector.
+
+    Collected in a reference cycle, the loop's sockets would be finalized before
+    it is closed, with warnings (errors here) for each of them.
+    """
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    @mp.parallel(backend="sync")
+    async def fails() -> None:
+        loops.append(asyncio.get_running_loop())
+        raise ValueError("kept")
+
+    kept: list[mp.AsyncHandle[None]] = []
+
+    def in_a_thread() -> None:
+        handle = fails()
+        with pytest.raises(ValueError, match="kept"):
+            handle.get(10)  # inline: on this thread's own loop
+        kept.append(handle)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert loops[0].is_closed(), "the loop outlived its thread"
+    assert kept[0].status == "failed"
+
+
 BLOCKING_COLLECTORS: dict[str, Callable[[list[mp.AsyncHandle[Any]]], object]] = {
     "gather": lambda handles: mp.gather(handles, timeout=30),
     "wait": lambda handles: mp.wait(handles, timeout=30),

@@ -76,10 +76,7 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
     """
     import asyncio
 
-    own: _OwnLoop | None = getattr(_own, "loop", None)
-    if own is None or own.loop.is_closed():
-        own = _own.loop = _OwnLoop(asyncio.new_event_loop())
-    loop = own.loop
+    loop = _own_loop()
     future = loop.create_task(coroutine)  # in the current context: the task's own
     _cancel_when_stopped(task, loop, future)
     try:
@@ -90,6 +87,22 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
         raise TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled") from None
     finally:
         _cancel_left_behind(loop)
+
+
+def _own_loop() -> Any:
+    """This thread's own event loop, made on first use.
+
+    Only the thread-local holds the ``_OwnLoop``: were it a local of
+    ``run_here``, a failed task's traceback would hold it through that frame, and
+    keep it past its thread's end, in the error's reference cycles. The garbage
+    collector would then finalize the loop's sockets before the loop is closed.
+    """
+    own: _OwnLoop | None = getattr(_own, "loop", None)
+    if own is None or own.loop.is_closed():
+        import asyncio
+
+        own = _own.loop = _OwnLoop(asyncio.new_event_loop())
+    return own.loop
 
 
 def _cancel_left_behind(loop: Any) -> None:
