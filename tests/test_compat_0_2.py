@@ -356,7 +356,7 @@ def test_a_given_name_keeps_the_short_name_only_if_it_ends_with_it() -> None:
     def daily() -> int:
         return 1
 
-    @mp.parallel(name="reports.weekly")
+    @mp.parallel(name="nightly.weekly")
     def weekly() -> int:
         return 7
 
@@ -364,8 +364,8 @@ def test_a_given_name_keeps_the_short_name_only_if_it_ends_with_it() -> None:
     weekly().get()
     assert mp.get_metrics("daily report") is not None
     assert mp.get_metrics("daily") is None  # the given name does not end with ".daily"
-    assert mp.get_metrics("weekly") == mp.get_metrics("reports.weekly")
-    assert mp.get_metrics("reports") is None
+    assert mp.get_metrics("weekly") == mp.get_metrics("nightly.weekly")
+    assert mp.get_metrics("nightly") is None
 
 
 # -- README, "Advanced Configuration" --------------------------------------------------------------
