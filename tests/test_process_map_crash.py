@@ -16,6 +16,7 @@ import asyncio
 import enum
 import functools
 import os
+import pickle
 import signal
 import threading
 import time
@@ -542,6 +543,53 @@ def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
         reader.close()
 
 
+NUMBERS = {
+    "ints": [0, -1, 2**63 - 1, -(2**63), 5] * 20,
+    "floats": [0.0, -0.0, float("inf"), 1 / 3, -2.5, float("nan")] * 20,
+}
+NOT_ALL_ONE_KIND = {
+    "ints and floats": [1, 2.0] * 50,
+    "bools": [True, False] * 50,
+    "an int subclass": [Colour.RED] * 100,
+    "an int over 64 bits": [1] * 99 + [2**64],
+    "strings": ["1"] * 100,
+}
+
+
+@pytest.mark.parametrize("values", list(NUMBERS.values()), ids=list(NUMBERS))
+def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values: list[Any]) -> None:
+    fd = create_journal()
+    writer = JournalWriter(fd)
+    os.close(fd)
+    writer.begin(7, 0)
+    results: list[Any] = []
+    writer.extend(results, values.__getitem__, range(len(values)))
+    packed = writer.packed(results)
+    assert type(packed) is not list
+    data = pickle.dumps(packed, protocol=5)
+    assert len(data) < 8 * len(values) + 200, "not sent as 8 bytes a number"
+    arrived = pickle.loads(data)
+    assert type(arrived) is list
+    assert repr(arrived) == repr(values)  # nan, -0.0 and every type included
+
+
+@pytest.mark.parametrize("values", list(NOT_ALL_ONE_KIND.values()), ids=list(NOT_ALL_ONE_KIND))
+def test_results_not_all_int_or_all_float_travel_as_they_are(values: list[Any]) -> None:
+    fd = create_journal()
+    writer = JournalWriter(fd)
+    os.close(fd)
+    writer.begin(7, 0)
+    results: list[Any] = []
+    writer.extend(results, values.__getitem__, range(len(values)))
+    assert writer.packed(results) is results
+
+
+@pytest.mark.parametrize("values", [*NUMBERS.values(), NOT_ALL_ONE_KIND["bools"]], ids=[*NUMBERS, "bools"])
+def test_a_map_of_numbers_longer_than_the_journal_returns_them_as_they_were(values: list[Any]) -> None:
+    many = values * (2 * RECORDS // len(values) + 1)  # more than a journal's worth: sent in parts, then the rest
+    assert repr(mp.parallel_map(many.__getitem__, range(len(many)), backend="process", chunksize=len(many))) == repr(many)
+
+
 class Worker:
     """What ``run_streaming`` needs of a worker's task, in this process, with a clock that moves only when items work."""
 
@@ -550,7 +598,7 @@ class Worker:
         self.sent: list[Any] = []
 
     def _send_partial(self, results: list[Any]) -> None:
-        self.sent.extend(results)
+        self.sent.extend(pickle.loads(pickle.dumps(results, protocol=5)))  # as the parent receives them
 
     def perf_counter(self) -> float:
         return self.now

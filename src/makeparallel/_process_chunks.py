@@ -115,7 +115,8 @@ def run_streaming(
     sized from cheap items does not run the slow ones after them all at once.
 
     Returns:
-        The results not sent yet.
+        The results not sent yet, as ``JournalWriter.packed`` has them
+        travel: the parent unpickles a list.
 
     Raises:
         TaskSerializationError: an item's result cannot be pickled, with
@@ -174,7 +175,8 @@ def run_streaming(
         results = []
         unsent = position
         journal.begin(task._id, unsent)
-    return results
+    packed: list[Any] = journal.packed(results)  # a list once unpickled
+    return packed
 
 
 def _send(task: Any, results: list[Any], first: int, items: Sequence[Any], offset: int, keep_going: bool) -> None:
@@ -183,7 +185,7 @@ def _send(task: Any, results: list[Any], first: int, items: Sequence[Any], offse
     ``results`` are those of ``items[offset:]``, item ``first`` of the map the first.
     """
     try:
-        task._send_partial(results)
+        task._send_partial(task._journal.packed(results))
         return
     except Exception:
         pass
