@@ -17,7 +17,12 @@ ratios (lower is better for makeparallel).
 3. cold start: seconds from before the pool is created to the first result of a
    no-op task, for ``@mp.parallel(backend="process")``, ``multiprocessing.Pool``
    and ``ProcessPoolExecutor`` with the ``fork``, ``forkserver`` and ``spawn``
-   start methods.
+   start methods; the task is ``abs``, which every start method can send by
+   name. Then the same for a function of ``__main__``, the usual case in a
+   script or a notebook, which makeparallel sends by value (cloudpickle, in the
+   parent and in the worker), against ``Pool`` with ``fork`` (whose workers
+   have it from the fork; ``spawn`` and ``forkserver`` cannot import the
+   ``__main__`` of ``python -c``).
 
 Bytecode is cached, as an installed package has it: this script unsets
 ``PYTHONDONTWRITEBYTECODE`` (which makes every interpreter compile the package
@@ -79,6 +84,22 @@ COLD = {
 }
 
 
+# The same, the task a function of __main__ (only a forked Pool can run it from ``python -c``).
+_NEGATE = "def negate(x):\n    return -x\n"
+COLD_MAIN = {
+    "makeparallel (process)": (
+        "import makeparallel as mp\n" + _COLD_PREFIX + _NEGATE + "print(time.perf_counter() - start"
+        " if mp.parallel(backend='process')(negate)(-1).get() == 1 else 'wrong')\n"
+    ),
+    "Pool (fork)": (
+        "import multiprocessing\n" + _COLD_PREFIX + _NEGATE
+        + "pool = multiprocessing.get_context('fork').Pool(2)\n"
+        "print(time.perf_counter() - start if pool.apply_async(negate, (-1,)).get() == 1 else 'wrong')\n"
+        "pool.terminate()\n"
+    ),
+}
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -112,13 +133,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    for code in [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values()]:  # compile and cache bytecode once
+    for code in [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values(), *COLD_MAIN.values()]:  # cache bytecode
         wall(code)
 
     walls: dict[str, list[float]] = {name: [] for name in ["python -c pass", *IMPORTS]}
     cumulative: dict[str, list[float]] = {name: [] for name in IMPORTS}
     first_tasks: dict[str, list[float]] = {name: [] for name in FIRST_TASK}
     firsts: dict[str, list[float]] = {name: [] for name in COLD}
+    firsts_main: dict[str, list[float]] = {name: [] for name in COLD_MAIN}
     for _ in range(args.rounds):
         walls["python -c pass"].append(wall("pass"))
         for name, code in IMPORTS.items():
@@ -128,6 +150,8 @@ def main() -> None:
             first_tasks[name].append(wall(code))
         for name, code in COLD.items():
             firsts[name].append(cold(code))
+        for name, code in COLD_MAIN.items():
+            firsts_main[name].append(cold(code))
 
     base = statistics.median(walls["python -c pass"])
     imports = {name: statistics.median(walls[name]) - base for name in IMPORTS}
@@ -144,8 +168,14 @@ def main() -> None:
     for name in FIRST_TASK:
         print(f"  {name:<20} wall {tasks[name] * 1e3:6.1f} ms")
     print(f"  makeparallel / concurrent.futures: wall {tasks['makeparallel'] / tasks['concurrent.futures']:.2f}x")
-    ours = statistics.median(firsts["makeparallel (process)"])
     print(f"\nfirst result from a cold process pool, median of {args.rounds}")
+    report_cold(firsts)
+    print(f"\nthe same, the task a function of __main__, median of {args.rounds}")
+    report_cold(firsts_main)
+
+
+def report_cold(firsts: dict[str, list[float]]) -> None:
+    ours = statistics.median(firsts["makeparallel (process)"])
     for name, samples in firsts.items():
         median = statistics.median(samples)
         print(f"  {name:<32} {median * 1e3:7.1f} ms   makeparallel takes {ours / median:5.2f}x this")
