@@ -255,3 +255,76 @@ def test_a_chain_of_user_classes_arrives_equal() -> None:
     assert type(error) is ConfigMissing and error.errno == 2 and error.filename == "/c"
     cause = error.__cause__
     assert type(cause) is CustomInit and cause.code == 3 and str(cause) == "3: deep"
+
+
+def cause_is_itself() -> None:
+    error = ValueError("bad row")
+    raise error from error  # a chain that loops on itself: legal, and printed fine by Python
+
+
+def cause_is_itself_at_item(x: int) -> int:
+    if x == 1:
+        cause_is_itself()
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_chain_that_loops_arrives_and_the_pool_lives_on() -> None:
+    # A cycle cut by pickling the exception met again as None made pickle's memo
+    # hand that None back for the top exception itself: the pool's loop thread
+    # died on it, the handle never settled and every later process task failed.
+    handle = mp.parallel(backend="process")(cause_is_itself)()
+    with pytest.raises(BaseException) as raised:
+        handle.get(timeout=20)
+    assert type(raised.value) is ValueError and raised.value.args == ("bad row",)
+    with pytest.raises(ValueError, match="bad row"):
+        mp.parallel_map(cause_is_itself_at_item, range(3), backend="process", chunksize=3, timeout=20)
+    assert mp.parallel(backend="process")(abs)(-3).get(timeout=20) == 3
+
+
+def attribute_error_on_a_lock() -> None:
+    import threading
+
+    threading.Lock().aquire()  # a typo on an object that cannot be pickled: AttributeError.obj is the lock
+
+
+def attribute_error_on_a_lock_at_item(x: int) -> int:
+    if x == 1:
+        attribute_error_on_a_lock()
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_an_attribute_error_on_an_unpicklable_object_arrives_as_itself() -> None:
+    # A rebuild that carries AttributeError's C-level field ``obj`` (the lock),
+    # which cannot be pickled, made the error arrive as a TaskError, which
+    # ``except AttributeError`` does not catch (it does on threads).
+    error = failure(attribute_error_on_a_lock)
+    assert type(error) is AttributeError
+    assert str(error) == "'_thread.lock' object has no attribute 'aquire'"
+    assert error.name == "aquire"
+    with pytest.raises(AttributeError, match="aquire"):
+        mp.parallel_map(attribute_error_on_a_lock_at_item, range(3), backend="process", chunksize=3, timeout=30)
+
+
+def looping_error_as_result(x: int) -> dict[str, Any]:
+    error = ValueError(f"bad row {x}")
+    error.__cause__ = error  # as `raise error from error` leaves it
+    return {"error": error, "row": x}
+
+
+def error_repr(error: BaseException) -> str:
+    return repr(error)
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_whose_chain_loops_travels_as_itself_in_results_and_arguments() -> None:
+    # Silently wrong, once: the exception met again inside its own chain was
+    # pickled as None, and pickle's memo then handed that None back for the
+    # exception itself, so results and arguments holding it arrived as None.
+    result = mp.parallel(backend="process")(looping_error_as_result)(1).get(timeout=30)
+    assert type(result["error"]) is ValueError and result["error"].args == ("bad row 1",)
+    results = mp.parallel_map(looping_error_as_result, range(3), backend="process", chunksize=3, timeout=30)
+    assert [type(r["error"]) for r in results] == [ValueError] * 3
+    argument = looping_error_as_result(2)["error"]
+    assert mp.parallel(backend="process")(error_repr)(argument).get(timeout=30) == "ValueError('bad row 2')"

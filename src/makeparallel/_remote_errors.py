@@ -11,11 +11,12 @@
   made with its built-in base's ``__new__`` and ``__init__`` (so ``OSError``'s
   C-level fields are filled as by ``OSError(errno, strerror, filename)``),
   without its own ``__init__``; then its C-level fields and ``__dict__`` are
-  set as they were (the approach of mpire's ``populate_exception``).
+  set as they were (the approach of mpire's ``populate_exception``). A C-level
+  field that cannot be pickled (``AttributeError.obj``, a lock) stays unset.
 * **The chain as objects.** ``__cause__``, ``__context__`` and
   ``__suppress_context__`` travel with each exception (and with the members of
-  an ``ExceptionGroup``, which its own pickling carries); notes live in
-  ``__dict__``. Tracebacks cannot be pickled: the remote one arrives as text,
+  an ``ExceptionGroup``, which its own pickling carries), a chain that loops
+  back (``raise error from error``) included; notes live in ``__dict__``. Tracebacks cannot be pickled: the remote one arrives as text,
   a :class:`RemoteTraceback` hung below the deepest exception of the chain, so
   that Python prints it first, where the failure began.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteTraceback", "attach_remote_traceback", "reduce_exception"]
 
+_ATOMS = frozenset({type(None), int, str, bytes, bool, float})  # field values that always pickle
 _CHAIN_FIELDS = frozenset(
     {"__cause__", "__context__", "__suppress_context__", "__traceback__", "__dict__", "args", "__notes__"}
 )
@@ -66,16 +68,22 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
 def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...]:
     """The reduction of ``error`` for pickle: its own if faithful, else a rebuild; with its chain.
 
-    ``open_exceptions`` holds the exceptions being pickled in this stream: one met
-    again inside its own chain (a cycle, which pickle cannot rebuild) is cut there.
+    The chain is the reduction's state: pickle makes and remembers the
+    exception before it pickles its state, so a chain that comes back to an
+    exception (``raise error from error``) comes back to it on arrival too.
+    ``open_exceptions`` holds the exceptions being pickled in this stream: one
+    met again inside its own arguments or fields, before it exists to refer
+    to, is cut there (``None``).
     """
     if id(error) in open_exceptions:
         return (_none, ())
     open_exceptions[id(error)] = error  # kept alive, so its id is not reused meanwhile
     core = _own_reduction(error)
     if core is None:
-        core = (_rebuild, (type(error), error.args, _c_fields(error), dict(getattr(error, "__dict__", {}))))
-    return (_chained, (core, error.__cause__, error.__context__, error.__suppress_context__))
+        fields = _picklable(_c_fields(error))
+        core = (_rebuild, (type(error), error.args, fields, dict(getattr(error, "__dict__", {}))))
+    chain = (error.__cause__, error.__context__, error.__suppress_context__)
+    return (_apply, core, chain, None, None, _set_chain)
 
 
 def _own_reduction(error: BaseException) -> tuple[Any, ...] | None:
@@ -118,6 +126,25 @@ def _c_fields(error: BaseException) -> dict[str, Any]:
     return fields
 
 
+def _picklable(fields: dict[str, Any]) -> dict[str, Any]:
+    """The C-level fields that pickle can send; not ``AttributeError.obj`` when it is a lock, say.
+
+    The exception arrives as itself without them, where one field that cannot
+    be pickled would make the whole exception arrive as a ``TaskError``.
+    """
+    import pickle
+
+    kept = {}
+    for name, value in fields.items():
+        if type(value) not in _ATOMS:
+            try:
+                pickle.dumps(value, protocol=5)
+            except Exception:
+                continue
+        kept[name] = value
+    return kept
+
+
 def _apply(make: Any, args: Any, state: Any = None) -> Any:
     """What unpickling a ``(make, args, state)`` reduction does."""
     obj = make(*args)
@@ -130,12 +157,9 @@ def _apply(make: Any, args: Any, state: Any = None) -> Any:
     return obj
 
 
-def _chained(core: tuple[Any, ...], cause: Any, context: Any, suppress_context: bool) -> BaseException:
-    error: BaseException = _apply(*core)
-    error.__cause__ = cause
-    error.__context__ = context
-    error.__suppress_context__ = suppress_context
-    return error
+def _set_chain(error: BaseException, chain: tuple[Any, Any, bool]) -> None:
+    """Set the chain of an exception just made, in the order Python sets it (a cause suppresses the context)."""
+    error.__cause__, error.__context__, error.__suppress_context__ = chain
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, Any], state: dict[str, Any]) -> BaseException:
