@@ -209,6 +209,24 @@ def test_prestart_starts_the_workers_before_any_task() -> None:
     assert set(info()["worker_pids"]) == pids
 
 
+def cloudpickle_imported() -> bool:
+    import sys
+
+    return "cloudpickle" in sys.modules
+
+
+@pytest.mark.timeout(60)
+def test_prestarted_workers_can_already_load_a_function_sent_by_value() -> None:
+    # Once only workers forked after the template's idle preload had cloudpickle,
+    # so each prestarted worker imported it (about 17 ms, far more with more
+    # workers than cores) inside its first task of a lambda or of a function of
+    # the main script, and that counted against the task's timeout.
+    fresh_process_pool(1)
+    mp.configure_process_pool(prestart=True)
+    assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()
+    assert on_process(cloudpickle_imported)().get(timeout=30) is True
+
+
 def test_importing_the_library_starts_no_worker_process() -> None:
     import subprocess
     import sys

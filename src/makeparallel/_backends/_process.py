@@ -564,6 +564,8 @@ class ProcessBackend(QueueingBackend):
             except OSError:
                 self._template = None
                 return None
+        if self._warm:  # prestarted: its workers are ready for any task
+            template.preload()
         return template.fork(child_end, journal_fd, path, environ)
 
     def _close_template(self) -> None:

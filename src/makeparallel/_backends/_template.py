@@ -33,6 +33,7 @@ journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 
     pool -> template   ("fork", number, sys_path, environ, cwd) + the worker's socket and journal
                        ("signal", number, signum)
+                       ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
 
@@ -78,6 +79,7 @@ class Template:
         self.alive = True
         self._numbers = 0
         self._children: dict[int, ForkedProcess] = {}
+        self._preloaded = False
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +101,22 @@ class Template:
             return child
         self._children[child.number] = child
         return child
+
+    def preload(self) -> None:
+        """Have the template import what some tasks need before it forks the next worker (once).
+
+        For a prestarted pool, whose workers must be ready for any task: a
+        worker forked before the template's own preload, once idle, imports
+        cloudpickle inside its first task of a function sent by value, and
+        that counts against the task's timeout.
+        """
+        if self._preloaded or not self.alive:
+            return
+        self._preloaded = True
+        try:
+            self.sock.send(pickle.dumps(("preload",)))
+        except OSError:
+            self._gone()
 
     def signal(self, child: ForkedProcess, signum: int) -> None:
         if child.returncode is None and self.alive:
@@ -226,6 +244,11 @@ def serve(fd: int, parent_pid: int) -> None:
             if not data:
                 os._exit(0)  # the pool closed the socket, or its process died
             request = pickle.loads(data)
+            if request[0] == "preload":
+                if idle_ms is not None:
+                    idle_ms = None
+                    _preload()
+                continue
             if request[0] == "signal":
                 _, number, signum = request
                 for pid, known in children.items():
@@ -256,7 +279,8 @@ def _preload() -> None:
     the library's errors (with ``concurrent.futures``), which the first
     workers import only when a task needs them, likewise. Done once the
     template has been idle a moment, after the pool's first workers were
-    forked, so that it never delays the first result.
+    forked, so that it never delays the first result; or before the first
+    fork of a prestarted pool, when the pool asks (``Template.preload``).
     """
     import logging  # noqa: F401
     import traceback  # noqa: F401
