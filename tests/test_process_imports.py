@@ -91,3 +91,24 @@ def test_a_c_method_bound_to_an_object_of_such_a_module_and_such_an_argument(plu
     fresh_process_pool(1)
     assert mp.parallel(backend="process")(box.get)("answer").get(timeout=30) == 42
     assert mp.parallel(backend="process")(len)(box).get(timeout=30) == 1  # an argument of its class
+
+
+@pytest.mark.timeout(60)
+def test_a_module_that_imports_a_sibling_through_a_path_entry_removed_since(tmp_path: Path) -> None:
+    # The function travels by value, and so must the sibling module it uses: by
+    # name, no worker can import it (ModuleNotFoundError, once).
+    name = f"plugin_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}_helper.py").write_text("def triple(x):\n    return 3 * x\n")
+    (tmp_path / f"{name}.py").write_text(f"import {name}_helper\n\ndef work(x):\n    return {name}_helper.triple(x)\n")
+    path_before = list(sys.path)
+    try:
+        module = import_from(name, tmp_path)
+        sys.path.remove(str(tmp_path))  # a temporary folder, or a tool that extends the path while importing
+        fresh_process_pool(2)
+        assert module.work(2) == 6  # the parent can call it
+        assert mp.parallel(backend="process")(module.work)(7).get(timeout=30) == 21
+        assert mp.parallel_map(module.work, range(20), backend="process") == [3 * x for x in range(20)]
+    finally:
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+        sys.modules.pop(f"{name}_helper", None)

@@ -7,8 +7,9 @@
 * Everything pickle cannot send by reference (lambdas, closures, functions of
   ``__main__``) goes by value, through cloudpickle. So do the functions and
   classes of a module that a worker could not import by name (imported through a
-  ``sys.path`` entry removed since, or made without a file): whatever the
-  parent can call, a worker can run.
+  ``sys.path`` entry removed since, or made without a file), and such a module
+  itself where a function sent by value uses it (a sibling it imported):
+  whatever the parent can call, a worker can run.
 * A function passed as an argument (the function of a map) is pickled once
   and unpickled once per worker, as a task's own function is: a worker keeps
   it, and the module globals it sets persist from one call to the next.
@@ -270,6 +271,10 @@ def _reduce(obj: Any) -> Any:
             return NotImplemented  # cloudpickle sends it, and its module's functions and classes, by value
         reference = _parallel_reference(obj)
         return NotImplemented if reference is None else (_undecorated, reference)
+    if isinstance(obj, ModuleType):  # a global of a function sent by value: a sibling module, say
+        if not _importable_by_name(obj.__name__):
+            _send_by_value(obj.__name__)  # cloudpickle sends its namespace, functions by value
+        return NotImplemented
     if isinstance(obj, memoryview) and obj.contiguous:
         return (memoryview, (pickle.PickleBuffer(obj),))
     if isinstance(obj, ContextVar):  # a global of a function sent by value
