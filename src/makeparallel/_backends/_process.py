@@ -591,9 +591,14 @@ class ProcessBackend(QueueingBackend):
             broken = self._broken
             refused = self._take_queued_locked() if broken is not None else []
             staying = sum(1 for w in self._workers if not w.leaving)
+            # Workers recycled for a reason (max_tasks_per_child, max_worker_memory) finish
+            # their tasks, then exit: one may overlap its replacement, the others' wait.
+            # Else with max_tasks_per_child=1 each task sent started a worker: 31 at once
+            # for 30 queued tasks. A new set-up replaces every worker at once.
+            recycled = sum(1 for w in self._workers if w.leaving and not w.retiring)
             wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
-            missing = self._num_workers - staying if wanted else 0
+            missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
             setup, path, path_version = self._setup, self._path, self._path_version
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
