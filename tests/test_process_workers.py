@@ -161,6 +161,31 @@ def test_the_function_of_a_map_is_sent_once_so_its_globals_persist() -> None:
     assert results == list(range(1, 31))
 
 
+def _rows_counter(model: bytes, request: int) -> Any:
+    return lambda row: len(model) + row + request  # a closure per request, over one shared model
+
+
+@pytest.mark.timeout(120)
+def test_maps_of_closures_over_a_large_object_do_not_pile_up_copies_in_the_worker() -> None:
+    # A worker that kept every function it unpickled (up to 256), keyed by its
+    # pickled bytes, held two more copies of the 20 MB object for each map of a
+    # new closure (the key and the function): 8 such maps held about 320 MB, 256
+    # would have held about 10 GB (a service that maps a lambda over each
+    # request's rows). The functions kept are bounded by their bytes as well.
+    import psutil
+
+    fresh_process_pool(1)
+    model = os.urandom(20_000_000)
+    assert mp.parallel_map(_rows_counter(model, 0), range(2), backend="process") == [20_000_000, 20_000_001]
+    worker = psutil.Process(info()["worker_pids"][0])
+    before = worker.memory_info().rss
+    for request in range(1, 9):
+        results = mp.parallel_map(_rows_counter(model, request), range(2), backend="process")
+        assert results == [20_000_000 + request, 20_000_001 + request]
+    grown = worker.memory_info().rss - before
+    assert grown < 160_000_000, f"the worker grew by {grown / 1e6:.0f} MB over 8 maps"
+
+
 # -- timeouts count from the start of the task --------------------------------------------------
 
 
@@ -195,6 +220,43 @@ def test_max_tasks_per_child_holds_for_a_queue_of_short_tasks() -> None:
     assert len(set(pids)) >= 12
 
 
+@pytest.mark.timeout(120)
+def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -> None:
+    # A worker that reached its count was replaced as soon as its last task was
+    # sent, so with num_workers=2 and max_tasks_per_child=1 a queue of 30 tasks
+    # had up to 31 worker processes at once on a 2-core machine; with
+    # timeout=0.5, about half of 30 no-op lambdas then timed out.
+    import threading
+
+    import psutil
+
+    fresh_process_pool(2)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    me = psutil.Process()
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                alive = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+            except psutil.Error:
+                continue
+            peak = max(peak, len(alive))
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        handles = [on_process(worker_pid)() for _ in range(30)]
+        assert len({h.get(timeout=60) for h in handles}) == 30
+    finally:
+        done.set()
+        sampler.join()
+    assert peak <= 2 + 1 + 1, f"{peak} processes at once: the template, and workers for num_workers=2"
+
+
 # -- warm start ---------------------------------------------------------------------------------
 
 
@@ -217,10 +279,13 @@ def cloudpickle_imported() -> bool:
 
 @pytest.mark.timeout(60)
 def test_prestarted_workers_can_already_load_a_function_sent_by_value() -> None:
-    # Once only workers forked after the template's idle preload had cloudpickle,
-    # so each prestarted worker imported it (about 17 ms, far more with more
-    # workers than cores) inside its first task of a lambda or of a function of
-    # the main script, and that counted against the task's timeout.
+    # Fails today: only workers forked after the template's idle preload have
+    # cloudpickle, so each prestarted worker imports it (about 17 ms, far more
+    # with more workers than cores) inside its first task of a lambda or of a
+    # function of the main script, and that counts against the task's timeout:
+    # with 1 prestarted, ready worker, `on_process(lambda: 1)(timeout=0.01)`
+    # raises TaskTimeoutError; with 8 on 2 cores, all 8 first tasks of
+    # timeout=0.05 do, and their workers are replaced.
     fresh_process_pool(1)
     mp.configure_process_pool(prestart=True)
     assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()

@@ -52,6 +52,9 @@ __all__ = [
 _OUT_OF_BAND_MIN = 64 * 1024  # smaller buffers are cheaper in band
 _SCALARS = frozenset({int, float, complex, bool, str, type(None)})  # any pickler writes these alike
 _FUNCTIONS_KEPT = 256  # unpickled functions a worker keeps, by their pickled bytes
+# ... and their pickled bytes at most: each closure over a large object is kept twice (its
+# bytes and the object), so 256 closures of a map per request over one 30 MB model held 15 GB.
+_FUNCTION_BYTES_KEPT = 32 * 1024 * 1024
 
 
 class _SentFunction:
@@ -243,16 +246,27 @@ _functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
 def load_function(data: bytes) -> Any:
-    """The function pickled as ``data``, unpickled once in this process and kept (a few hundred at most)."""
+    """The function pickled as ``data``, unpickled once in this process and kept.
+
+    At most ``_FUNCTIONS_KEPT`` functions of ``_FUNCTION_BYTES_KEPT`` pickled
+    bytes in all are kept (then all are forgotten); a larger one is unpickled
+    for each task that sends it.
+    """
+    global _loaded_bytes
     fn = _loaded.get(data)
     if fn is None:
-        if len(_loaded) >= _FUNCTIONS_KEPT:
-            _loaded.clear()
-        fn = _loaded[data] = pickle.loads(data)
+        fn = pickle.loads(data)
+        if len(data) <= _FUNCTION_BYTES_KEPT:
+            if len(_loaded) >= _FUNCTIONS_KEPT or _loaded_bytes + len(data) > _FUNCTION_BYTES_KEPT:
+                _loaded.clear()
+                _loaded_bytes = 0
+            _loaded[data] = fn
+            _loaded_bytes += len(data)
     return fn
 
 
 _loaded: dict[bytes, Any] = {}
+_loaded_bytes = 0  # the pickled bytes of the functions in _loaded
 
 
 def loads(data: bytes, buffers: list[Any]) -> Any:
