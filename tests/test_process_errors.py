@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import socket
 import subprocess
 import traceback
@@ -328,3 +329,40 @@ def test_an_exception_whose_chain_loops_travels_as_itself_in_results_and_argumen
     assert [type(r["error"]) for r in results] == [ValueError] * 3
     argument = looping_error_as_result(2)["error"]
     assert mp.parallel(backend="process")(error_repr)(argument).get(timeout=30) == "ValueError('bad row 2')"
+
+
+def http_error_with_its_response() -> None:
+    import email.message
+    import urllib.error
+
+    # As urllib.request.urlopen raises it for a 404: its fp is the open response body.
+    raise urllib.error.HTTPError("http://127.0.0.1/missing", 404, "Not Found", email.message.Message(), open(os.devnull, "rb"))
+
+
+@pytest.mark.timeout(60)
+def test_an_http_error_holding_its_response_arrives_as_an_http_error() -> None:
+    # The open response cannot be pickled; with it, the error arrived as a TaskError
+    # and ``except urllib.error.HTTPError`` no longer caught a 404 (it does on
+    # threads). Its type, code, message and url travel without the body.
+    import urllib.error
+
+    error = failure(http_error_with_its_response)
+    assert type(error) is urllib.error.HTTPError
+    assert error.code == 404 and str(error) == "HTTP Error 404: Not Found"
+    assert error.url == "http://127.0.0.1/missing"
+    assert error.fp is None and any("fp" in note for note in error.__notes__)
+
+
+def config_missing_holding_a_lock() -> None:
+    error = ConfigMissing(2, "No such file or directory", "/data/in.csv")
+    error.lock = threading.Lock()  # type: ignore[attr-defined]  # an attribute that cannot be pickled
+    raise error
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_with_an_attribute_that_cannot_be_pickled_arrives_as_itself_with_a_note() -> None:
+    error = failure(config_missing_holding_a_lock)
+    assert type(error) is ConfigMissing
+    assert (error.errno, error.filename, str(error)) == (2, "/data/in.csv", "[Errno 2] No such file or directory: '/data/in.csv'")
+    assert error.lock is None  # type: ignore[attr-defined]
+    assert "makeparallel: lock could not be pickled, and arrived as None" in error.__notes__

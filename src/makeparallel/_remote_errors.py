@@ -12,7 +12,9 @@
   C-level fields are filled as by ``OSError(errno, strerror, filename)``),
   without its own ``__init__``; then its C-level fields and ``__dict__`` are
   set as they were (the approach of mpire's ``populate_exception``). A C-level
-  field that cannot be pickled (``AttributeError.obj``, a lock) stays unset.
+  field that cannot be pickled (``AttributeError.obj``, a lock) stays unset; an
+  attribute that cannot (``HTTPError``'s open response) arrives as ``None``,
+  with a note that says so.
 * **The chain as objects.** ``__cause__``, ``__context__`` and
   ``__suppress_context__`` travel with each exception (and with the members of
   an ``ExceptionGroup``, which its own pickling carries), a chain that loops
@@ -80,8 +82,8 @@ def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseExcept
     open_exceptions[id(error)] = error  # kept alive, so its id is not reused meanwhile
     core = _own_reduction(error)
     if core is None:
-        fields = _picklable(_c_fields(error))
-        core = (_rebuild, (type(error), error.args, fields, dict(getattr(error, "__dict__", {}))))
+        fields = {name: value for name, value in _c_fields(error).items() if _pickles(value)}
+        core = (_rebuild, (type(error), error.args, fields, _picklable_state(error)))
     chain = (error.__cause__, error.__context__, error.__suppress_context__)
     return (_apply, core, chain, None, None, _set_chain)
 
@@ -95,8 +97,8 @@ def _own_reduction(error: BaseException) -> tuple[Any, ...] | None:
         make, args = reduced[0], reduced[1]
         state = reduced[2] if len(reduced) > 2 else None
         copy = _apply(make, args, state)
-        if _equal(copy, error):
-            return (make, args, state)
+        if _equal(copy, error) and (type(state) is not dict or all(map(_pickles, state.values()))):
+            return (make, args, state)  # else the rebuild sends what pickles of its state
     except Exception:
         pass
     return None
@@ -126,23 +128,36 @@ def _c_fields(error: BaseException) -> dict[str, Any]:
     return fields
 
 
-def _picklable(fields: dict[str, Any]) -> dict[str, Any]:
-    """The C-level fields that pickle can send; not ``AttributeError.obj`` when it is a lock, say.
+def _pickles(value: Any) -> bool:
+    """Whether ``value`` can travel as the pool's pickler sends it (functions by value included)."""
+    if type(value) in _ATOMS:
+        return True
+    from ._serialization import dumps_in_band  # on this failure path only
 
-    The exception arrives as itself without them, where one field that cannot
-    be pickled would make the whole exception arrive as a ``TaskError``.
+    try:
+        dumps_in_band(value)
+    except Exception:
+        return False
+    return True
+
+
+def _picklable_state(error: BaseException) -> dict[str, Any]:
+    """``error.__dict__``, with ``None`` for what cannot be pickled, and a note that names it.
+
+    ``urllib.error.HTTPError`` holds its open response: without it, the error
+    still arrives as itself, with its code, message and url, where one
+    attribute that cannot be pickled made the whole exception a ``TaskError``.
+    ``None`` rather than nothing: a class whose ``__getattr__`` reads its
+    ``__dict__`` (``HTTPError`` again) would raise ``KeyError`` on any lookup.
     """
-    import pickle
-
-    kept = {}
-    for name, value in fields.items():
-        if type(value) not in _ATOMS:
-            try:
-                pickle.dumps(value, protocol=5)
-            except Exception:
-                continue
-        kept[name] = value
-    return kept
+    state = dict(getattr(error, "__dict__", {}))
+    dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value)]
+    if dropped:
+        for name in dropped:
+            state[name] = None
+        note = f"makeparallel: {', '.join(dropped)} could not be pickled, and arrived as None"
+        state["__notes__"] = [*state.get("__notes__", ()), note]
+    return state
 
 
 def _apply(make: Any, args: Any, state: Any = None) -> Any:
@@ -171,15 +186,15 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, 
     except Exception:
         pass  # the base takes other arguments: its fields are set below
     error.args = args
-    for name, value in fields.items():
-        if getattr(error, name, None) == value:
-            continue  # filled by the base's __init__ (and None stays unset: OSError prints a set one)
-        try:
-            setattr(error, name, value)
-        except (AttributeError, TypeError):
-            pass  # read-only
-    if state:
+    if state:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
         error.__dict__.update(state)
+    for name, value in fields.items():
+        try:
+            if getattr(error, name, None) == value:
+                continue  # filled by the base's __init__ (and None stays unset: OSError prints a set one)
+            setattr(error, name, value)
+        except Exception:
+            pass  # read-only, or a lookup the class refuses
     return error
 
 
