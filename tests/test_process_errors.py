@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import socket
 import subprocess
+import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -236,6 +237,7 @@ def test_a_suppressed_context_stays_suppressed() -> None:
     assert "KeyError" not in printed.split("The above exception was the direct cause")[-1]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="add_note exists from Python 3.11")
 def test_notes_arrive_before_the_task_note() -> None:
     error = failure(with_notes)
     notes = error.__notes__
@@ -243,6 +245,7 @@ def test_notes_arrive_before_the_task_note() -> None:
     assert notes[1].startswith("makeparallel: task ")
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup exists from Python 3.11")
 def test_exception_group_members_keep_their_chains() -> None:
     error = failure(group_of_chained)
     assert type(error) is ExceptionGroup
