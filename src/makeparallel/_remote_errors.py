@@ -18,8 +18,9 @@
 * **The chain as objects.** ``__cause__``, ``__context__`` and
   ``__suppress_context__`` travel with each exception (and with the members of
   an ``ExceptionGroup``, which its own pickling carries), a chain that loops
-  back (``raise error from error``) included; notes live in ``__dict__``. Tracebacks cannot be pickled: the remote one arrives as text,
-  a :class:`RemoteTraceback` hung below the deepest exception of the chain, so
+  back (``raise error from error``) included; notes live in ``__dict__``.
+  Tracebacks cannot be pickled: the remote one arrives as text, a
+  :class:`RemoteTraceback` hung below the deepest exception of the chain, so
   that Python prints it first, where the failure began.
 """
 
@@ -131,6 +132,8 @@ def _c_fields(error: BaseException) -> dict[str, Any]:
 def _pickles(value: Any) -> bool:
     """Whether ``value`` can travel as the pool's pickler sends it (functions by value included)."""
     if type(value) in _ATOMS:
+        return True
+    if type(value) in (list, tuple) and all(type(item) in _ATOMS for item in value):  # notes, say
         return True
     from ._serialization import dumps_in_band  # on this failure path only
 
