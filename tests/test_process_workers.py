@@ -233,6 +233,7 @@ def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -
     fresh_process_pool(2)
     mp.configure_process_pool(max_tasks_per_child=1)
     me = psutil.Process()
+    others = {p.pid for p in me.children(recursive=True)}  # other tests' processes, still ending
     peak = 0
     done = threading.Event()
 
@@ -240,7 +241,8 @@ def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -
         nonlocal peak
         while not done.is_set():
             try:
-                alive = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+                children = me.children(recursive=True)
+                alive = [p for p in children if p.pid not in others and p.status() != psutil.STATUS_ZOMBIE]
             except psutil.Error:
                 continue
             peak = max(peak, len(alive))
