@@ -281,13 +281,11 @@ def cloudpickle_imported() -> bool:
 
 @pytest.mark.timeout(60)
 def test_prestarted_workers_can_already_load_a_function_sent_by_value() -> None:
-    # Fails today: only workers forked after the template's idle preload have
-    # cloudpickle, so each prestarted worker imports it (about 17 ms, far more
-    # with more workers than cores) inside its first task of a lambda or of a
-    # function of the main script, and that counts against the task's timeout:
-    # with 1 prestarted, ready worker, `on_process(lambda: 1)(timeout=0.01)`
-    # raises TaskTimeoutError; with 8 on 2 cores, all 8 first tasks of
-    # timeout=0.05 do, and their workers are replaced.
+    # Once only workers forked after the template's idle preload had cloudpickle,
+    # so each prestarted worker imported it (about 17 ms, far more with more
+    # workers than cores) inside its first task of a lambda or of a function of
+    # the main script, and that counted against the task's timeout: with 8 on 2
+    # cores, all 8 first tasks of timeout=0.05 timed out, and their workers were replaced.
     fresh_process_pool(1)
     mp.configure_process_pool(prestart=True)
     assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()
