@@ -11,6 +11,7 @@ the worker's traceback below the deepest exception.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -266,9 +267,10 @@ def cause_is_itself() -> None:
     raise error from error  # a chain that loops on itself: legal, and printed fine by Python
 
 
-def cause_is_itself_at_item(x: int) -> int:
+def raising_at_item_one(raise_it: Callable[[], None], x: int) -> int:
+    """A map's function: ``x``, but item 1 raises as ``raise_it`` does."""
     if x == 1:
-        cause_is_itself()
+        raise_it()
     return x
 
 
@@ -281,8 +283,9 @@ def test_a_chain_that_loops_arrives_and_the_pool_lives_on() -> None:
     with pytest.raises(BaseException) as raised:
         handle.get(timeout=20)
     assert type(raised.value) is ValueError and raised.value.args == ("bad row",)
+    mapped = functools.partial(raising_at_item_one, cause_is_itself)
     with pytest.raises(ValueError, match="bad row"):
-        mp.parallel_map(cause_is_itself_at_item, range(3), backend="process", chunksize=3, timeout=20)
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=20)
     assert mp.parallel(backend="process")(abs)(-3).get(timeout=20) == 3
 
 
@@ -290,12 +293,6 @@ def attribute_error_on_a_lock() -> None:
     import threading
 
     threading.Lock().aquire()  # a typo on an object that cannot be pickled: AttributeError.obj is the lock
-
-
-def attribute_error_on_a_lock_at_item(x: int) -> int:
-    if x == 1:
-        attribute_error_on_a_lock()
-    return x
 
 
 @pytest.mark.timeout(60)
@@ -307,8 +304,9 @@ def test_an_attribute_error_on_an_unpicklable_object_arrives_as_itself() -> None
     assert type(error) is AttributeError
     assert str(error) == "'_thread.lock' object has no attribute 'aquire'"
     assert error.name == "aquire"
+    mapped = functools.partial(raising_at_item_one, attribute_error_on_a_lock)
     with pytest.raises(AttributeError, match="aquire"):
-        mp.parallel_map(attribute_error_on_a_lock_at_item, range(3), backend="process", chunksize=3, timeout=30)
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
 
 
 def looping_error_as_result(x: int) -> dict[str, Any]:

@@ -556,14 +556,20 @@ NOT_ALL_ONE_KIND = {
 }
 
 
-@pytest.mark.parametrize("values", list(NUMBERS.values()), ids=list(NUMBERS))
-def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values: list[Any]) -> None:
+def journaled(values: list[Any]) -> tuple[JournalWriter, list[Any]]:
+    """A journal whose chunk's results are ``values``, each journaled as it came; and those results."""
     fd = create_journal()
     writer = JournalWriter(fd)
     os.close(fd)
     writer.begin(7, 0)
     results: list[Any] = []
     writer.extend(results, values.__getitem__, range(len(values)))
+    return writer, results
+
+
+@pytest.mark.parametrize("values", list(NUMBERS.values()), ids=list(NUMBERS))
+def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values: list[Any]) -> None:
+    writer, results = journaled(values)
     packed = writer.packed(results)
     assert type(packed) is not list
     data = pickle.dumps(packed, protocol=5)
@@ -575,12 +581,7 @@ def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values
 
 @pytest.mark.parametrize("values", list(NOT_ALL_ONE_KIND.values()), ids=list(NOT_ALL_ONE_KIND))
 def test_results_not_all_int_or_all_float_travel_as_they_are(values: list[Any]) -> None:
-    fd = create_journal()
-    writer = JournalWriter(fd)
-    os.close(fd)
-    writer.begin(7, 0)
-    results: list[Any] = []
-    writer.extend(results, values.__getitem__, range(len(values)))
+    writer, results = journaled(values)
     assert writer.packed(results) is results
 
 
