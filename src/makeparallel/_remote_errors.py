@@ -135,6 +135,8 @@ def _pickles(value: Any) -> bool:
         return True
     if type(value) in (list, tuple) and all(type(item) in _ATOMS for item in value):  # notes, say
         return True
+    # A pickler of its own, not _serialization.dumps: this runs inside that thread's
+    # reused pickler (its reducer_override), whose stream and memo it would reset.
     from ._serialization import dumps_in_band  # on this failure path only
 
     try:
