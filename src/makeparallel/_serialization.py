@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
-import pickle
+import _pickle  # pickle's C core: a worker need not import pickle.py (``_backends/_template``)
 import struct
 import sys
 import threading
@@ -86,7 +86,7 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     17 ms on a cold worker's first result).
     """
     if type(obj) in _SCALARS:
-        return pickle.dumps(obj, protocol=5), []
+        return _pickle.dumps(obj, protocol=5), []
     kept = getattr(_picklers, "kept", None)
     if kept is None:
         kept = _picklers.kept = _ReusablePickler()
@@ -99,8 +99,10 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
 
 # What stands, in a pickle stream, for a large bytes or bytearray sent out of band:
 # the next buffer as it is (a bytearray, as the receiver reads it), or bytes(it).
-_TAKE_BYTEARRAY = pickle.NEXT_BUFFER
-_TAKE_BYTES = b"cbuiltins\nbytes\n" + pickle.NEXT_BUFFER + pickle.TUPLE1 + pickle.REDUCE
+# Pickle's opcodes, as ``pickle.py`` names them.
+_NEXT_BUFFER, _TUPLE1, _REDUCE, _BINBYTES, _BINBYTES8, _BYTEARRAY8 = b"\x97", b"\x85", b"R", b"B", b"\x8e", b"\x96"
+_TAKE_BYTEARRAY = _NEXT_BUFFER
+_TAKE_BYTES = b"cbuiltins\nbytes\n" + _NEXT_BUFFER + _TUPLE1 + _REDUCE
 _BYTES_HEADER = struct.Struct("<cI")  # BINBYTES: bytes under 4 GiB
 _BYTES8_HEADER = struct.Struct("<cQ")  # BINBYTES8, BYTEARRAY8
 
@@ -149,10 +151,10 @@ class _OutOfBandStream(io.BytesIO):
         """The length of the opcode and size of a ``kind`` payload of ``size`` bytes that ends the last write, or 0."""
         last = self.last
         if kind is bytearray:
-            return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(pickle.BYTEARRAY8, size)) else 0
+            return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(_BYTEARRAY8, size)) else 0
         if size <= 0xFFFFFFFF:
-            return _BYTES_HEADER.size if last.endswith(_BYTES_HEADER.pack(pickle.BINBYTES, size)) else 0
-        return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(pickle.BINBYTES8, size)) else 0
+            return _BYTES_HEADER.size if last.endswith(_BYTES_HEADER.pack(_BINBYTES, size)) else 0
+        return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(_BINBYTES8, size)) else 0
 
 
 class _ReusablePickler:
@@ -162,7 +164,7 @@ class _ReusablePickler:
         self.stream = _OutOfBandStream()
         self.pickler: Any = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
 
-    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
+    def _out_of_band(self, buffer: _pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
             return True  # in band
         self.stream.buffers.append(buffer)
@@ -186,7 +188,7 @@ _picklers = threading.local()
 
 
 @functools.cache
-def _pickler_class() -> type[pickle.Pickler]:
+def _pickler_class() -> type[_pickle.Pickler]:
     import cloudpickle  # type: ignore[import-untyped]  # only the process backend needs it
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -226,7 +228,7 @@ def dumps_function(fn: Any) -> bytes:
         # importing cloudpickle (about 17 ms, with inspect). Not a C method bound to an
         # object, whose class cloudpickle may have to send by value.
         try:
-            return pickle.dumps(fn, protocol=5)
+            return _pickle.dumps(fn, protocol=5)
         except Exception:
             pass
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
@@ -255,7 +257,7 @@ def load_function(data: bytes) -> Any:
     global _loaded_bytes
     fn = _loaded.get(data)
     if fn is None:
-        fn = pickle.loads(data)
+        fn = _pickle.loads(data)
         if len(data) <= _FUNCTION_BYTES_KEPT:
             if len(_loaded) >= _FUNCTIONS_KEPT or _loaded_bytes + len(data) > _FUNCTION_BYTES_KEPT:
                 _loaded.clear()
@@ -271,7 +273,7 @@ _loaded_bytes = 0  # the pickled bytes of the functions in _loaded
 
 def loads(data: bytes, buffers: list[Any]) -> Any:
     """Unpickle what :func:`dumps` made."""
-    return pickle.loads(data, buffers=buffers)
+    return _pickle.loads(data, buffers=buffers)
 
 
 def _reduce(obj: Any) -> Any:
@@ -290,7 +292,7 @@ def _reduce(obj: Any) -> Any:
             _send_by_value(obj.__name__)  # cloudpickle sends its namespace, functions by value
         return NotImplemented
     if isinstance(obj, memoryview) and obj.contiguous:
-        return (memoryview, (pickle.PickleBuffer(obj),))
+        return (memoryview, (_pickle.PickleBuffer(obj),))
     if isinstance(obj, ContextVar):  # a global of a function sent by value
         from ._process_context import reduce_contextvar
 

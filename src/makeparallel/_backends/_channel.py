@@ -16,14 +16,14 @@ and received straight into their own ``bytearray``, never copied on the way.
 
 from __future__ import annotations
 
-import pickle
-import socket
+import _pickle  # pickle's C core: a worker need not import pickle.py, nor the re it imports (_template)
 import struct
-from collections.abc import Sequence
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _socket import socket
+    from collections.abc import Sequence
     from typing import Any
 
 __all__ = ["Channel"]
@@ -38,7 +38,7 @@ class Channel:
 
     __slots__ = ("_pending", "_sock", "_start")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket) -> None:
         self._sock = sock
         self._pending = bytearray()  # read ahead, not yet handed out: from _start on
         self._start = 0
@@ -53,10 +53,10 @@ class Channel:
 
     def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
         """Send ``message`` pickled, then each buffer as it is; raises ``OSError`` if the other end is gone."""
-        data = pickle.dumps(message, protocol=5)
+        data = _pickle.dumps(message, protocol=5)
         parts: list[Any] = [_HEADER.pack(len(data)), data]
         for buffer in buffers:
-            view = buffer.raw() if isinstance(buffer, pickle.PickleBuffer) else memoryview(buffer).cast("B")
+            view = buffer.raw() if isinstance(buffer, _pickle.PickleBuffer) else memoryview(buffer).cast("B")
             if view.nbytes < _JOIN_BELOW:
                 parts += (_HEADER.pack(view.nbytes), view)
                 continue
@@ -76,7 +76,7 @@ class Channel:
 
     def recv(self) -> Any:
         """The next message, unpickled; waits for it. Raises ``EOFError`` when the other end closed."""
-        return pickle.loads(self.recv_frame())
+        return _pickle.loads(self.recv_frame())
 
     def recv_frame(self) -> bytearray:
         """The next frame's bytes; waits for them."""

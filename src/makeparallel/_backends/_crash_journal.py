@@ -53,7 +53,7 @@ import io
 import marshal
 import mmap
 import os
-import pickle
+import _pickle
 from collections.abc import Callable, Sequence
 
 from .._remote_errors import reduce_exception
@@ -276,7 +276,7 @@ def records_to_list(raw: bytes, typecode: Typecode) -> list[Any]:
     return memoryview(raw).cast(typecode).tolist()
 
 
-class _JournalPickler(pickle.Pickler):
+class _JournalPickler(_pickle.Pickler):
     """The C pickler, reused, which pickles an exception the way the pool does (``reduce_exception``).
 
     Plain pickle rebuilds an exception from its ``args`` and drops its cause
@@ -377,7 +377,7 @@ class JournalReader:
                     end = slots[record]
                     data = self._map[start:end]
                     start = end
-                    results.append(pickle.loads(data) if data[0] == _PICKLE else marshal.loads(data))
+                    results.append(_pickle.loads(data) if data[0] == _PICKLE else marshal.loads(data))
             return results[received - first :]
         finally:
             slots.release()

@@ -18,8 +18,14 @@ that started it.
 from __future__ import annotations
 
 import os
-import signal
 import sys
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal's functions without its enums (``_template``)
 
 __all__ = ["die_with_parent"]
 

@@ -32,13 +32,12 @@ Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 
 from __future__ import annotations
 
+import _socket
 import contextvars
 import functools
 import importlib
 import os
 import select
-import signal
-import socket
 import sys
 import threading
 import time
@@ -59,7 +58,10 @@ from ._wakeup import drain, wakeup_pipe
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from typing import Any
+else:
+    import _signal as signal  # signal's functions without its enums (``_template``)
 
 __all__ = ["main"]
 
@@ -405,7 +407,7 @@ def main(fd: int, parent_pid: int, journal_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
-    worker = _Worker(Channel(socket.socket(fileno=fd)), journal)
+    worker = _Worker(Channel(_socket.socket(fileno=fd)), journal)
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))

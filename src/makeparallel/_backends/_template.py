@@ -41,16 +41,20 @@ Workers are numbered by the pool, so a request never waits for a reply.
 
 The first process task starts the template before the parent imports the
 rest of the process backend (``_template_start``): the template's start-up,
-the longest part of a cold pool's first result, overlaps those imports.
+the longest part of a cold pool's first result, overlaps those imports. For
+the same reason this module, and every module a worker loads before its first
+task, imports the C modules under ``pickle``, ``socket`` and ``signal``
+(``_pickle``, ``_socket``, ``_signal``): the Python modules over them import
+``re`` and ``enum``, about 13 ms of a fresh interpreter's time.
 """
 
 from __future__ import annotations
 
+import _pickle
+import _socket
 import os
-import pickle
 import select
-import signal
-import socket
+import struct
 import sys
 import time
 
@@ -60,11 +64,16 @@ from ._wakeup import drain, wakeup_pipe
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from typing import Any
+else:
+    import _signal as signal  # signal's functions without its enums (see the module's docstring)
 
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
 _PACKET = 256 * 1024  # the largest request: sys.path and the environment, pickled
+_FDS = struct.Struct("2i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket and journal
+_FD_BYTES = _FDS.size // 2
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
 
 
@@ -73,7 +82,7 @@ class Template:
 
     def __init__(self, started: StartedTemplate) -> None:
         self._started = started
-        self.sock = socket.socket(fileno=started.sock.detach())
+        self.sock = started.sock
         self._poller = select.poll()
         self._poller.register(self.sock.fileno(), select.POLLIN)
         self.alive = True
@@ -88,13 +97,13 @@ class Template:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def fork(self, worker_end: socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]) -> ForkedProcess:
+    def fork(self, worker_end: _socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]) -> ForkedProcess:
         """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`)."""
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
-        request = pickle.dumps(("fork", child.number, path, environ, os.getcwd()), protocol=5)
+        request = _pickle.dumps(("fork", child.number, path, environ, os.getcwd()), protocol=5)
         try:
-            socket.send_fds(self.sock, [request], [worker_end.fileno(), journal_fd])
+            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(worker_end.fileno(), journal_fd))])
         except OSError:
             self._gone()
             child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
@@ -114,14 +123,14 @@ class Template:
             return
         self._preloaded = True
         try:
-            self.sock.send(pickle.dumps(("preload",)))
+            self.sock.send(_pickle.dumps(("preload",)))
         except OSError:
             self._gone()
 
     def signal(self, child: ForkedProcess, signum: int) -> None:
         if child.returncode is None and self.alive:
             try:
-                self.sock.send(pickle.dumps(("signal", child.number, signum)))
+                self.sock.send(_pickle.dumps(("signal", child.number, signum)))
             except OSError:
                 self._gone()
 
@@ -137,7 +146,7 @@ class Template:
             if not packet:
                 self._gone()
                 return
-            kind, number, value = pickle.loads(packet)
+            kind, number, value = _pickle.loads(packet)
             child = self._children.get(number)
             if child is None:
                 continue
@@ -220,7 +229,7 @@ def serve(fd: int, parent_pid: int) -> None:
 
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
@@ -240,10 +249,10 @@ def serve(fd: int, parent_pid: int) -> None:
                 drain(wake_r)
                 _reap(sock, children)
                 continue
-            data, fds, _, _ = socket.recv_fds(sock, _PACKET, 2)
+            data, fds = _receive(sock)
             if not data:
                 os._exit(0)  # the pool closed the socket, or its process died
-            request = pickle.loads(data)
+            request = _pickle.loads(data)
             if request[0] == "preload":
                 if idle_ms is not None:
                     idle_ms = None
@@ -312,7 +321,7 @@ def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str,
     main(fd, template_pid, journal_fd)
 
 
-def _reap(sock: socket.socket, children: dict[int, int]) -> None:
+def _reap(sock: _socket.socket, children: dict[int, int]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -325,9 +334,20 @@ def _reap(sock: socket.socket, children: dict[int, int]) -> None:
             _report(sock, ("exited", number, os.waitstatus_to_exitcode(status)))
 
 
-def _report(sock: socket.socket, message: tuple[Any, ...]) -> None:
+def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
+    """A request, and the descriptors that came with it (what ``socket.recv_fds`` does)."""
+    data, ancillary, _, _ = sock.recvmsg(_PACKET, _socket.CMSG_SPACE(_FDS.size))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            whole = len(payload) - len(payload) % _FD_BYTES  # a truncated descriptor is dropped, as recv_fds drops it
+            fds += memoryview(payload[:whole]).cast("i").tolist()
+    return data, fds
+
+
+def _report(sock: _socket.socket, message: tuple[Any, ...]) -> None:
     try:
-        sock.send(pickle.dumps(message))
+        sock.send(_pickle.dumps(message))
     except OSError:
         os._exit(0)  # the pool is gone
 
