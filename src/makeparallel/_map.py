@@ -51,12 +51,19 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from types import FunctionType
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
-from ._decorators import ParallelFunction, _BoundParallelFunction, _describe, _generator_kind
+from ._decorators import (
+    _CO_ASYNC_GENERATOR,
+    _CO_GENERATOR,
+    ParallelFunction,
+    _BoundParallelFunction,
+    _describe,
+    _generator_kind,
+    _plain_code,
+)
 from ._handle import AsyncHandle, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
@@ -91,6 +98,7 @@ _Items = Union[Iterator[Any], list[Any], range]
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
 #: Bytes read ahead of the consumer, at most, when ``max_in_flight`` is not given.
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+_GENERATOR_FLAGS = _CO_GENERATOR | _CO_ASYNC_GENERATOR
 _SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
 _ELEMENT_SAMPLES = 4  # elements sized per container item
 
@@ -267,6 +275,11 @@ class _ChunkSizer:
 
 def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
     """The callable to apply per item, the name to report, the backend to use."""
+    code = _plain_code(fn)
+    if code is not None:  # a plain function, the usual case: its code's flags tell all
+        if code.co_flags & _GENERATOR_FLAGS:
+            _refuse_generator_function(fn)
+        return fn, fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
@@ -275,8 +288,6 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend |
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     _refuse_generator_function(fn)
-    if type(fn) is FunctionType:
-        return fn, fn.__qualname__, None
     return fn, _describe(fn), None
 
 
@@ -639,8 +650,10 @@ def parallel_map(
         fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
     )
     if total == 1 and progress is False and timeout is None:
+        if _is_sliced(rest):  # an exact list or range: its length is the truth
+            return _map_one_item(plain, rest[0], chunk_task, on_error)
         reader = iter(rest)
-        read = list(itertools.islice(reader, 2))  # trust no __len__: a second item goes the long way
+        read = list(itertools.islice(reader, 2))  # trust no other __len__: a second item goes the long way
         if len(read) == 1:
             return _map_one_item(plain, read[0], chunk_task, on_error)
         rest = itertools.chain(read, reader)
