@@ -247,6 +247,33 @@ def test_growing_a_running_pool_starts_queued_work(gate: threading.Event) -> Non
 
 
 @pytest.mark.timeout(20)
+def test_a_burst_after_idle_reaches_every_parked_worker() -> None:
+    # A submission wakes one parked worker; the others are woken in turn by the
+    # workers that find more work queued: all four must still run at once.
+    resize(4)
+    together = threading.Barrier(4)
+    warm = [mp.parallel(together.wait)(10) for _ in range(4)]  # four workers started
+    for handle in warm:
+        assert handle.wait(10)
+    assert wait_until(lambda: mp.get_thread_pool_info()["idle_threads"] == 4), mp.get_thread_pool_info()
+    together.reset()
+    threads: set[threading.Thread] = set()
+    lock = threading.Lock()
+
+    @mp.parallel
+    def meet() -> None:
+        with lock:
+            threads.add(threading.current_thread())
+        together.wait(10)  # only four distinct workers at once get past it
+
+    handles = [meet() for _ in range(4)]
+    for handle in handles:
+        assert handle.wait(15)  # never run inline: a wait with a timeout leaves tasks to the pool
+        handle.get()
+    assert len(threads) == 4
+
+
+@pytest.mark.timeout(20)
 def test_shrinking_retires_surplus_idle_threads() -> None:
     resize(4)
     together = threading.Barrier(5)

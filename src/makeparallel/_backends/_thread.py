@@ -10,8 +10,10 @@ Data flow::
 
 Why it is faster than ``ThreadPoolExecutor``:
 
-* A submit takes the pool lock once and wakes a worker only if one is parked;
-  no per-task ``Condition``, no second lock.
+* A submit takes the pool lock once and wakes a worker only if one is parked
+  and none is already on its way; no per-task ``Condition``, no second lock. A
+  woken worker that finds more work queued wakes the next, so a burst pays one
+  wake-up (about 13 us on a 2-core VM) in the submitting thread.
 * ``handle.get()`` on a task still queued runs it right there. That is also what
   makes nested parallelism safe: a task waiting for the tasks it submitted runs
   them itself when every worker is busy.
@@ -103,6 +105,7 @@ class ThreadBackend(QueueingBackend):
         self._stuck = 0  # workers still running a task that was timed out or cancelled
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
+        self._waking = 0  # parked workers released and not yet back under the lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
@@ -157,6 +160,7 @@ class ThreadBackend(QueueingBackend):
                 self._num_threads = num_threads
                 self._set_capacity_locked()
             parked, self._parked = self._parked, []
+            self._waking += len(parked)
             spawn = self._reserve_workers_locked(self._queued)
         for park in parked:  # let each idle worker re-check for work or retirement
             park.release()
@@ -202,7 +206,10 @@ class ThreadBackend(QueueingBackend):
             self._active += 1
             handle._observer.task_submitted(handle)
             if self._parked:
+                if self._waking:
+                    return  # a worker is on its way: it wakes the next if more is queued
                 park = self._parked.pop()
+                self._waking += 1
             elif self._workers < self._capacity:
                 self._workers += 1
                 park = None
@@ -219,7 +226,7 @@ class ThreadBackend(QueueingBackend):
 
     def _work_arrived(self) -> None:
         with self._lock:
-            park = self._parked.pop() if self._parked else None
+            park = self._wake_one_locked()
             spawn = 0 if park is not None else self._reserve_workers_locked(1)
         if park is not None:
             park.release()
@@ -235,7 +242,7 @@ class ThreadBackend(QueueingBackend):
             else:
                 waiters = handle._queued_again_locked()
                 self._enqueue_locked(handle)
-                park = self._parked.pop() if self._parked else None
+                park = self._wake_one_locked()
                 spawn = 0 if park is not None else self._reserve_workers_locked(1)
         for waiter in waiters or ():
             waiter.release()
@@ -251,6 +258,7 @@ class ThreadBackend(QueueingBackend):
             self._closed = True
             pending = self._pending_locked() if cancel_pending else []
             parked, self._parked = self._parked, []
+            self._waking += len(parked)
         self._cancel_together(pending)
         for park in parked:  # idle workers exit once nothing is queued
             park.release()
@@ -291,6 +299,7 @@ class ThreadBackend(QueueingBackend):
             self._paused = paused
             self._set_capacity_locked()
             parked, self._parked = (self._parked, []) if paused else ([], self._parked)
+            self._waking += len(parked)
             spawn = 0 if paused else self._reserve_workers_locked(self._queued - len(self._parked))
         for park in parked:  # idle workers re-check, and the surplus retires
             park.release()
@@ -318,8 +327,16 @@ class ThreadBackend(QueueingBackend):
             self._set_capacity_locked()
             surplus = min(self._workers - self._capacity, len(self._parked))
             retiring = [self._parked.pop() for _ in range(surplus)]
+            self._waking += len(retiring)
         for park in retiring:
             park.release()
+
+    def _wake_one_locked(self) -> threading.Lock | None:
+        """Pop a parked worker's lock for the caller to release, counted as waking; ``None`` if none is parked."""
+        if not self._parked:
+            return None
+        self._waking += 1
+        return self._parked.pop()
 
     def _set_capacity_locked(self) -> None:
         # Replace stuck threads, but never run more than twice the size for
@@ -379,6 +396,7 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 self._dead += 1
                 self._workers -= 1
+                self._waking = 0  # it may have died on its way: never let that stop the wake-ups
                 spawn = self._reserve_workers_locked(self._queued - len(self._parked))
             self._spawn(spawn)
 
@@ -397,10 +415,17 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = _NO_OUTCOME
+        woken = False  # back from its park: no longer on its way
         while True:
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
+                if woken:
+                    if self._waking:  # (reset to 0 if a worker died on its way)
+                        self._waking -= 1
+                    woken = False
+                chain = None
+                spawn = 0
                 announce = settled = None
                 busy = handle is not None  # counted busy since it claimed that task
                 if handle is not None:
@@ -422,14 +447,22 @@ class ThreadBackend(QueueingBackend):
                         self._workers -= 1
                         retire = True
                         # Woken for work it will not take: pass the wake-up on.
-                        wake = self._parked.pop() if self._queued and self._parked else None
+                        wake = self._wake_one_locked() if self._queued else None
                     else:
                         self._parked.append(park)
                         retire = False
                 elif not busy:
                     self._busy += 1  # from one task to the next it stays busy: no count
+                    if self._queued and not self._waking:  # more work: wake or start the next worker
+                        chain = self._wake_one_locked()
+                        if chain is None:
+                            spawn = self._reserve_workers_locked(1)
             finally:
                 lock.release()
+            if chain is not None:
+                chain.release()
+            elif spawn:
+                self._spawn(spawn)
             if settled is not None and (announce is not None or _events.listeners):
                 settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
             settled = announce = None  # neither an idle worker nor the next task keeps it alive
@@ -439,6 +472,7 @@ class ThreadBackend(QueueingBackend):
                         wake.release()
                     return
                 park.acquire()
+                woken = True
                 continue
             if handle._state != RUNNING:
                 continue  # cancelled by a callback announced just above: never start it
