@@ -274,6 +274,33 @@ def test_a_burst_after_idle_reaches_every_parked_worker() -> None:
 
 
 @pytest.mark.timeout(20)
+def test_a_ctrl_c_while_a_worker_thread_is_made_leaves_no_phantom_worker(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted and never started, a worker would hold a place no task can use: the queue would stall."""
+    resize(2)
+    held = hold(2, gate)  # no idle worker: the next task starts a third
+    mp.configure_thread_pool(num_threads=3)
+    made = threading.Thread
+
+    def interrupted(*args: Any, **kwargs: Any) -> threading.Thread:
+        monkeypatch.setattr(threading, "Thread", made)
+        raise KeyboardInterrupt  # as a Ctrl-C landing while the pool makes the thread
+
+    monkeypatch.setattr(threading, "Thread", interrupted)
+
+    @mp.parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    with pytest.raises(KeyboardInterrupt):
+        double(1)
+    assert double(2).get(timeout=10) == 4  # a bounded wait runs nothing inline: a worker must start
+    gate.set()
+    assert [handle.get(timeout=5) for handle in held] == ["held", "held"]
+
+
+@pytest.mark.timeout(20)
 def test_shrinking_retires_surplus_idle_threads() -> None:
     resize(4)
     together = threading.Barrier(5)

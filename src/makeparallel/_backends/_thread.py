@@ -352,16 +352,16 @@ class ThreadBackend(QueueingBackend):
         return spawn
 
     def _spawn(self, count: int) -> None:
-        for _ in range(count):
-            park = threading.Lock()
-            park.acquire()
-            thread = threading.Thread(
-                target=self._work_or_report,
-                args=(park,),
-                name=f"makeparallel-thread-{next(_thread_numbers)}",
-                daemon=True,
-            )
-            try:
+        for started in range(count):
+            try:  # from the first line: a Ctrl-C lands at any call, Thread() included
+                park = threading.Lock()
+                park.acquire()
+                thread = threading.Thread(
+                    target=self._work_or_report,
+                    args=(park,),
+                    name=f"makeparallel-thread-{next(_thread_numbers)}",
+                    daemon=True,
+                )
                 with _stack_size_lock:
                     previous = threading.stack_size(self._stack_size or 0)
                     try:
@@ -369,13 +369,14 @@ class ThreadBackend(QueueingBackend):
                     finally:
                         threading.stack_size(previous)
             except BaseException as error:
-                # The worker was counted but never started: keep the count honest.
+                # This worker and the rest were counted but never started: keep the count honest.
                 with self._lock:
-                    self._workers -= 1
+                    self._workers -= count - started
                 if not isinstance(error, RuntimeError):
                     raise  # Ctrl-C landed here
                 # "can't create new thread at interpreter shutdown": the tasks are
                 # abandoned at exit anyway.
+                return
 
     def _work_or_report(self, park: threading.Lock) -> None:
         """Run :meth:`_work`; if it ever raises, log it, count the death, replace the worker.
