@@ -57,6 +57,9 @@ _MIN_STACK_SIZE = 32 * 1024
 # Workers lent to tasks that block in a wait, at most: the default of Java's
 # ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
 MAX_SPARES = 256
+# Seconds a released parked worker counts as on its way back to the lock: four
+# GIL switch intervals (sys.getswitchinterval(), 5 ms), time enough to get the GIL.
+_WAKE_GRACE = 0.02
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
 
@@ -106,6 +109,7 @@ class ThreadBackend(QueueingBackend):
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._waking = 0  # parked workers released and not yet back under the lock
+        self._woke_at = 0.0  # perf_counter() at the last such release
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
@@ -160,7 +164,7 @@ class ThreadBackend(QueueingBackend):
                 self._num_threads = num_threads
                 self._set_capacity_locked()
             parked, self._parked = self._parked, []
-            self._waking += len(parked)
+            self._released_locked(len(parked))
             spawn = self._reserve_workers_locked(self._queued)
         for park in parked:  # let each idle worker re-check for work or retirement
             park.release()
@@ -195,6 +199,7 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         if not lock.acquire(False):
             acquire_yielding(lock)
+        park = None
         try:
             if self._closed:
                 self._refuse_if_closed_locked()
@@ -206,22 +211,22 @@ class ThreadBackend(QueueingBackend):
             self._active += 1
             handle._observer.task_submitted(handle)
             if self._parked:
-                if self._waking:
-                    return  # a worker is on its way: it wakes the next if more is queued
-                park = self._parked.pop()
-                self._waking += 1
+                if self._worker_on_its_way_locked():
+                    return  # it wakes the next if more is queued
+                park = self._wake_one_locked()
             elif self._workers < self._capacity:
                 self._workers += 1
-                park = None
             else:
                 if self._autosizer is not None:
                     self._autosizer.poke()  # queued behind busy workers: may need more of them
                 return
         finally:
-            lock.release()
-        if park is not None:
-            park.release()
-        else:
+            try:
+                lock.release()
+            finally:
+                if park is not None:  # released here: a Ctrl-C after the pop must not strand the worker
+                    park.release()
+        if park is None:
             self._spawn(1)
 
     def _work_arrived(self) -> None:
@@ -258,7 +263,7 @@ class ThreadBackend(QueueingBackend):
             self._closed = True
             pending = self._pending_locked() if cancel_pending else []
             parked, self._parked = self._parked, []
-            self._waking += len(parked)
+            self._released_locked(len(parked))
         self._cancel_together(pending)
         for park in parked:  # idle workers exit once nothing is queued
             park.release()
@@ -299,7 +304,7 @@ class ThreadBackend(QueueingBackend):
             self._paused = paused
             self._set_capacity_locked()
             parked, self._parked = (self._parked, []) if paused else ([], self._parked)
-            self._waking += len(parked)
+            self._released_locked(len(parked))
             spawn = 0 if paused else self._reserve_workers_locked(self._queued - len(self._parked))
         for park in parked:  # idle workers re-check, and the surplus retires
             park.release()
@@ -327,7 +332,7 @@ class ThreadBackend(QueueingBackend):
             self._set_capacity_locked()
             surplus = min(self._workers - self._capacity, len(self._parked))
             retiring = [self._parked.pop() for _ in range(surplus)]
-            self._waking += len(retiring)
+            self._released_locked(len(retiring))
         for park in retiring:
             park.release()
 
@@ -335,8 +340,29 @@ class ThreadBackend(QueueingBackend):
         """Pop a parked worker's lock for the caller to release, counted as waking; ``None`` if none is parked."""
         if not self._parked:
             return None
-        self._waking += 1
+        self._released_locked(1)
         return self._parked.pop()
+
+    def _released_locked(self, count: int) -> None:
+        """``count`` parked workers are about to be released: on their way until each takes the lock."""
+        if count:
+            self._waking += count
+            self._woke_at = time.perf_counter()
+
+    def _worker_on_its_way_locked(self) -> bool:
+        """Whether a released worker has yet to take the lock, counting only recent releases.
+
+        A release lost on the way (a Ctrl-C between popping a parked worker and
+        releasing it) would keep the count up for good and stop every wake-up:
+        a count older than ``_WAKE_GRACE`` is dropped, and at worst a worker is
+        woken that was not needed.
+        """
+        if not self._waking:
+            return False
+        if time.perf_counter() - self._woke_at < _WAKE_GRACE:
+            return True
+        self._waking = 0
+        return False
 
     def _set_capacity_locked(self) -> None:
         # Replace stuck threads, but never run more than twice the size for
@@ -422,7 +448,7 @@ class ThreadBackend(QueueingBackend):
                 acquire_yielding(lock)
             try:
                 if woken:
-                    if self._waking:  # (reset to 0 if a worker died on its way)
+                    if self._waking:  # (dropped meanwhile if it took too long, or a worker died)
                         self._waking -= 1
                     woken = False
                 chain = None
@@ -454,7 +480,7 @@ class ThreadBackend(QueueingBackend):
                         retire = False
                 elif not busy:
                     self._busy += 1  # from one task to the next it stays busy: no count
-                    if self._queued and not self._waking:  # more work: wake or start the next worker
+                    if self._queued and not self._worker_on_its_way_locked():  # more work: wake or start the next
                         chain = self._wake_one_locked()
                         if chain is None:
                             spawn = self._reserve_workers_locked(1)
