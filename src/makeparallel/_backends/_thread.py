@@ -10,10 +10,8 @@ Data flow::
 
 Why it is faster than ``ThreadPoolExecutor``:
 
-* A submit takes the pool lock once and wakes a worker only if one is parked
-  and none is already on its way; no per-task ``Condition``, no second lock. A
-  woken worker that finds more work queued wakes the next, so a burst pays one
-  wake-up (about 13 us on a 2-core VM) in the submitting thread.
+* A submit takes the pool lock once and wakes a worker only if one is parked;
+  no per-task ``Condition``, no second lock.
 * ``handle.get()`` on a task still queued runs it right there. That is also what
   makes nested parallelism safe: a task waiting for the tasks it submitted runs
   them itself when every worker is busy.
@@ -57,9 +55,6 @@ _MIN_STACK_SIZE = 32 * 1024
 # Workers lent to tasks that block in a wait, at most: the default of Java's
 # ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
 MAX_SPARES = 256
-# Seconds a released parked worker counts as on its way back to the lock: four
-# GIL switch intervals (sys.getswitchinterval(), 5 ms), time enough to get the GIL.
-_WAKE_GRACE = 0.02
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
 
@@ -108,8 +103,6 @@ class ThreadBackend(QueueingBackend):
         self._stuck = 0  # workers still running a task that was timed out or cancelled
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
-        self._waking = 0  # parked workers released and not yet back under the lock
-        self._woke_at = 0.0  # perf_counter() at the last such release
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
@@ -164,7 +157,6 @@ class ThreadBackend(QueueingBackend):
                 self._num_threads = num_threads
                 self._set_capacity_locked()
             parked, self._parked = self._parked, []
-            self._released_locked(len(parked))
             spawn = self._reserve_workers_locked(self._queued)
         for park in parked:  # let each idle worker re-check for work or retirement
             park.release()
@@ -199,7 +191,6 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         if not lock.acquire(False):
             acquire_yielding(lock)
-        park = None
         try:
             if self._closed:
                 self._refuse_if_closed_locked()
@@ -211,27 +202,24 @@ class ThreadBackend(QueueingBackend):
             self._active += 1
             handle._observer.task_submitted(handle)
             if self._parked:
-                if self._worker_on_its_way_locked():
-                    return  # it wakes the next if more is queued
-                park = self._wake_one_locked()
+                park = self._parked.pop()
             elif self._workers < self._capacity:
                 self._workers += 1
+                park = None
             else:
                 if self._autosizer is not None:
                     self._autosizer.poke()  # queued behind busy workers: may need more of them
                 return
         finally:
-            try:
-                lock.release()
-            finally:
-                if park is not None:  # released here: a Ctrl-C after the pop must not strand the worker
-                    park.release()
-        if park is None:
+            lock.release()
+        if park is not None:
+            park.release()
+        else:
             self._spawn(1)
 
     def _work_arrived(self) -> None:
         with self._lock:
-            park = self._wake_one_locked()
+            park = self._parked.pop() if self._parked else None
             spawn = 0 if park is not None else self._reserve_workers_locked(1)
         if park is not None:
             park.release()
@@ -247,7 +235,7 @@ class ThreadBackend(QueueingBackend):
             else:
                 waiters = handle._queued_again_locked()
                 self._enqueue_locked(handle)
-                park = self._wake_one_locked()
+                park = self._parked.pop() if self._parked else None
                 spawn = 0 if park is not None else self._reserve_workers_locked(1)
         for waiter in waiters or ():
             waiter.release()
@@ -263,7 +251,6 @@ class ThreadBackend(QueueingBackend):
             self._closed = True
             pending = self._pending_locked() if cancel_pending else []
             parked, self._parked = self._parked, []
-            self._released_locked(len(parked))
         self._cancel_together(pending)
         for park in parked:  # idle workers exit once nothing is queued
             park.release()
@@ -304,7 +291,6 @@ class ThreadBackend(QueueingBackend):
             self._paused = paused
             self._set_capacity_locked()
             parked, self._parked = (self._parked, []) if paused else ([], self._parked)
-            self._released_locked(len(parked))
             spawn = 0 if paused else self._reserve_workers_locked(self._queued - len(self._parked))
         for park in parked:  # idle workers re-check, and the surplus retires
             park.release()
@@ -332,37 +318,8 @@ class ThreadBackend(QueueingBackend):
             self._set_capacity_locked()
             surplus = min(self._workers - self._capacity, len(self._parked))
             retiring = [self._parked.pop() for _ in range(surplus)]
-            self._released_locked(len(retiring))
         for park in retiring:
             park.release()
-
-    def _wake_one_locked(self) -> threading.Lock | None:
-        """Pop a parked worker's lock for the caller to release, counted as waking; ``None`` if none is parked."""
-        if not self._parked:
-            return None
-        self._released_locked(1)
-        return self._parked.pop()
-
-    def _released_locked(self, count: int) -> None:
-        """``count`` parked workers are about to be released: on their way until each takes the lock."""
-        if count:
-            self._waking += count
-            self._woke_at = time.perf_counter()
-
-    def _worker_on_its_way_locked(self) -> bool:
-        """Whether a released worker has yet to take the lock, counting only recent releases.
-
-        A release lost on the way (a Ctrl-C between popping a parked worker and
-        releasing it) would keep the count up for good and stop every wake-up:
-        a count older than ``_WAKE_GRACE`` is dropped, and at worst a worker is
-        woken that was not needed.
-        """
-        if not self._waking:
-            return False
-        if time.perf_counter() - self._woke_at < _WAKE_GRACE:
-            return True
-        self._waking = 0
-        return False
 
     def _set_capacity_locked(self) -> None:
         # Replace stuck threads, but never run more than twice the size for
@@ -423,7 +380,6 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 self._dead += 1
                 self._workers -= 1
-                self._waking = 0  # it may have died on its way: never let that stop the wake-ups
                 spawn = self._reserve_workers_locked(self._queued - len(self._parked))
             self._spawn(spawn)
 
@@ -442,17 +398,10 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = _NO_OUTCOME
-        woken = False  # back from its park: no longer on its way
         while True:
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
-                if woken:
-                    if self._waking:  # (dropped meanwhile if it took too long, or a worker died)
-                        self._waking -= 1
-                    woken = False
-                chain = None
-                spawn = 0
                 announce = settled = None
                 busy = handle is not None  # counted busy since it claimed that task
                 if handle is not None:
@@ -474,22 +423,14 @@ class ThreadBackend(QueueingBackend):
                         self._workers -= 1
                         retire = True
                         # Woken for work it will not take: pass the wake-up on.
-                        wake = self._wake_one_locked() if self._queued else None
+                        wake = self._parked.pop() if self._queued and self._parked else None
                     else:
                         self._parked.append(park)
                         retire = False
                 elif not busy:
                     self._busy += 1  # from one task to the next it stays busy: no count
-                    if self._queued and not self._worker_on_its_way_locked():  # more work: wake or start the next
-                        chain = self._wake_one_locked()
-                        if chain is None:
-                            spawn = self._reserve_workers_locked(1)
             finally:
                 lock.release()
-            if chain is not None:
-                chain.release()
-            elif spawn:
-                self._spawn(spawn)
             if settled is not None and (announce is not None or _events.listeners):
                 settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
             settled = announce = None  # neither an idle worker nor the next task keeps it alive
@@ -499,7 +440,6 @@ class ThreadBackend(QueueingBackend):
                         wake.release()
                     return
                 park.acquire()
-                woken = True
                 continue
             if handle._state != RUNNING:
                 continue  # cancelled by a callback announced just above: never start it
