@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
 from pool_helpers import resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -298,6 +299,50 @@ def test_a_ctrl_c_while_a_worker_thread_is_made_leaves_no_phantom_worker(
     assert double(2).get(timeout=10) == 4  # a bounded wait runs nothing inline: a worker must start
     gate.set()
     assert [handle.get(timeout=5) for handle in held] == ["held", "held"]
+
+
+class _InterruptedAsItLetsGo:
+    """The pool's lock, where a Ctrl-C lands on the main thread the moment it next lets go of it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self.armed = True
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+        if self.armed and threading.current_thread() is threading.main_thread():
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+@pytest.mark.timeout(20)
+def test_a_ctrl_c_as_a_submission_lets_go_of_the_pool_still_wakes_the_idle_worker_it_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taken off the idle list and never woken, a worker would sleep for good: the pool one short, for ever."""
+    resize(1)
+    assert mp.parallel(abs)(-1).wait(10)  # a bounded wait leaves the task to a worker, which then idles
+    assert wait_until(lambda: mp.get_thread_pool_info()["idle_threads"] == 1), mp.get_thread_pool_info()
+    backend = _runtime.get_backend("thread")
+
+    @mp.parallel
+    def double(x: int) -> int:
+        return 2 * x
+
+    monkeypatch.setattr(backend, "_lock", _InterruptedAsItLetsGo(backend._lock))
+    with pytest.raises(KeyboardInterrupt):
+        double(1)
+    monkeypatch.undo()
+    assert double(2).get(timeout=10) == 4  # the one worker must be awake to run it
 
 
 @pytest.mark.timeout(20)

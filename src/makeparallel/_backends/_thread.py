@@ -191,6 +191,8 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         if not lock.acquire(False):
             acquire_yielding(lock)
+        park = None
+        spawn = False
         try:
             if self._closed:
                 self._refuse_if_closed_locked()
@@ -205,25 +207,29 @@ class ThreadBackend(QueueingBackend):
                 park = self._parked.pop()
             elif self._workers < self._capacity:
                 self._workers += 1
-                park = None
-            else:
-                if self._autosizer is not None:
-                    self._autosizer.poke()  # queued behind busy workers: may need more of them
-                return
+                spawn = True
+            elif self._autosizer is not None:
+                self._autosizer.poke()  # queued behind busy workers: may need more of them
         finally:
-            lock.release()
-        if park is not None:
-            park.release()
-        else:
-            self._spawn(1)
+            try:
+                lock.release()
+            finally:  # also when a Ctrl-C lands as the lock is let go: the worker taken must wake
+                if park is not None:
+                    park.release()
+                elif spawn:
+                    self._spawn(1)
 
     def _work_arrived(self) -> None:
-        with self._lock:
-            park = self._parked.pop() if self._parked else None
-            spawn = 0 if park is not None else self._reserve_workers_locked(1)
-        if park is not None:
-            park.release()
-        self._spawn(spawn)
+        park = None
+        spawn = 0
+        try:
+            with self._lock:
+                park = self._parked.pop() if self._parked else None
+                spawn = 0 if park is not None else self._reserve_workers_locked(1)
+        finally:  # as in submit: a Ctrl-C as the lock is let go must not strand the worker taken
+            if park is not None:
+                park.release()
+            self._spawn(spawn)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
