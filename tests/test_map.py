@@ -1153,3 +1153,25 @@ def test_a_map_refuses_a_generator_function(call: str, fn: Any, kind: str) -> No
     with pytest.raises(TypeError, match=f"cannot map .*it is {kind} function.*returns the item's value"):
         getattr(mp, call)(fn, range(3))
 
+
+async def _async_double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+@pytest.mark.parametrize("call", ["parallel_map", "imap"])
+@pytest.mark.parametrize("items", [[3], [3, 4]], ids=["one item", "two items"])
+@pytest.mark.parametrize(
+    "fn", [_async_double, mp.parallel(_async_double)], ids=["async def function", "parallel async def function"]
+)
+def test_a_map_of_an_async_function_runs_its_body(call: str, items: list[int], fn: Any, backend: str) -> None:
+    """A map of an ``async def`` function gives each item's value, as a ``@parallel`` call of it does.
+
+    ``mp.parallel(_async_double)(3).get()`` is 6, but a map of the same function gives
+    back coroutine objects whose body never ran (and Python warns that they were
+    never awaited): the user's work silently never happens.
+    """
+    assert mp.parallel(_async_double)(3).get(timeout=10) == 6
+    results = list(getattr(mp, call)(fn, items, backend=backend))
+    assert results == [2 * x for x in items], f"{call} gave {results!r}: the coroutines never ran"
+

@@ -55,14 +55,17 @@ from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
+from ._coroutines import run_here
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
+    _CO_COROUTINE,
     _CO_GENERATOR,
     ParallelFunction,
     _BoundParallelFunction,
     _describe,
     _generator_kind,
     _plain_code,
+    _returns_coroutines,
 )
 from ._handle import AsyncHandle, cancel_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
@@ -279,16 +282,36 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend |
     if code is not None:  # a plain function, the usual case: its code's flags tell all
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
-        return fn, fn.__qualname__, None
+        return (_Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
-    if isinstance(fn, ParallelFunction):
-        return fn._fn, fn._spec.name, fn._spec.backend  # refused at decoration already
+    if isinstance(fn, ParallelFunction):  # a generator function was refused at decoration already
+        plain = fn._fn
+        return (_Awaited(plain) if _returns_coroutines(plain) else plain), fn._spec.name, fn._spec.backend
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     _refuse_generator_function(fn)
-    return fn, _describe(fn), None
+    return (_Awaited(fn) if _returns_coroutines(fn) else fn), _describe(fn), None
+
+
+class _Awaited:
+    """An ``async def`` function mapped: each item's coroutine runs to its end where the chunk runs.
+
+    As a ``@parallel`` call of it would (on the worker's own event loop, cancelled
+    with its task); calling it only would give a coroutine whose body never ran.
+    """
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return run_here(self._fn(*args), current_task())
+
+    def __reduce__(self) -> tuple[type[_Awaited], tuple[Callable[..., Any]]]:
+        return _Awaited, (self._fn,)
 
 
 def _refuse_generator_function(fn: Any) -> None:
@@ -367,7 +390,9 @@ def imap(
 
     Args:
         fn: a plain function of one argument, or a ``@parallel`` one (its
-            backend and name are used; the tasks it would make are not).
+            backend and name are used; the tasks it would make are not). An
+            ``async def`` function's coroutine runs to its end for each item, on
+            the worker's own event loop, as a ``@parallel`` call's does.
         iterable: the items; read lazily, never more than ``max_in_flight`` ahead.
         chunksize: items per task; by default it adapts to the measured run time.
         ordered: yield in input order (``True``) or as chunks finish (``False``).
