@@ -482,6 +482,170 @@ def test_an_interrupt_while_the_pool_starts_a_worker_leaves_full_capacity() -> N
     )
 
 
+# Run in a child: a pool left without a worker it can wake would stall every later test.
+# CPython runs a pending signal's handler as a call returns: a Ctrl-C that arrives while
+# the main thread holds the pool lock surfaces as the lock's release returns, before the
+# parked worker's lock is released. The script raises KeyboardInterrupt there, from a
+# profile hook (called as each C call returns).
+PARKED_WORKER_SCRIPT = """
+import os
+import sys
+import threading
+
+import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._backends._thread import ThreadBackend
+
+WHERE = sys.argv[1]
+mp.configure_thread_pool(num_threads=2)
+warm = threading.Barrier(2)
+assert all(h.wait(10) for h in [mp.parallel(warm.wait)(10) for _ in range(2)])  # two workers
+while mp.get_thread_pool_info()["idle_threads"] != 2:  # both parked
+    threading.Event().wait(0.005)
+
+pool_lock = _runtime.get_backend("thread")._lock
+code = getattr(ThreadBackend, WHERE).__code__
+
+
+def called_from(frame):
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    return frame is not None
+
+
+def on_return(frame, event, arg):
+    if (
+        event == "c_return"
+        and getattr(arg, "__self__", None) is pool_lock
+        and arg.__name__ in ("release", "__exit__")
+        and called_from(frame)
+    ):
+        sys.setprofile(None)
+        raise KeyboardInterrupt  # Ctrl-C, surfacing as the pool lock's release returns
+
+
+sys.setprofile(on_return)
+try:
+    if WHERE == "submit":
+        mp.parallel(lambda: "interrupted")()
+    elif WHERE == "close":
+        mp.shutdown()
+    else:
+        mp.configure_thread_pool(num_threads=2)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+finally:
+    sys.setprofile(None)
+mp.reset_shutdown()  # a program that shut the pools down, interrupted, goes on
+
+# Two tasks that can only finish together: the pool needs both its workers.
+meet = threading.Barrier(2)
+pair = [mp.parallel(meet.wait)(5) for _ in range(2)]
+for handle in pair:
+    handle.wait(10)  # bounded waits never run a task inline
+print([h.status for h in pair], flush=True)
+print(mp.get_thread_pool_info(), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "where", ["submit", "_resize", "close"], ids=["submission", "configure_thread_pool", "shutdown"]
+)
+def test_an_interrupt_while_a_parked_worker_is_woken_leaves_the_pool_running(where: str) -> None:
+    """A Ctrl-C caught in a REPL while the pool wakes its idle workers must leave the pool working.
+
+    A submission wakes one idle worker; ``configure_thread_pool`` and ``shutdown``
+    wake them all, after letting go of the pool lock, where a Ctrl-C can land. A
+    worker taken off the idle list and never woken sleeps for good, counted as live:
+    the user sees later tasks stay queued for ever (``wait(timeout)`` times out,
+    ``get_thread_pool_info()`` shows live threads, none idle, tasks queued).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PARKED_WORKER_SCRIPT), where],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "interrupted", result.stdout + result.stderr
+    assert lines[1] == "['succeeded', 'succeeded']", (
+        f"after a Ctrl-C in {where}, two tasks never ran together on a pool of two idle workers: {lines[2]}"
+    )
+
+
+# Run in a child: a worker the pool does not count would outlive the test and be
+# counted against no pool size. Thread.start() creates the thread, then waits for
+# it to run: a Ctrl-C that lands in that wait leaves a running thread behind.
+UNCOUNTED_WORKER_SCRIPT = """
+import os
+import threading
+
+import makeparallel as mp
+
+mp.configure_thread_pool(num_threads=1)
+real = threading.Thread
+
+
+class StartInterrupted(real):
+    def start(self):
+        super().start()
+        raise KeyboardInterrupt  # Ctrl-C while start() waits for the new thread to run
+
+
+threading.Thread = StartInterrupted
+try:
+    mp.parallel(lambda: "interrupted")()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+finally:
+    threading.Thread = real
+
+
+def alive():
+    return sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+
+
+while mp.get_thread_pool_info()["idle_threads"] != 1:  # the thread started, found nothing, parked
+    threading.Event().wait(0.005)
+print("counted", mp.get_thread_pool_info()["live_threads"], "alive", alive(), flush=True)
+# On a pool of one, two tasks that wait for each other can never meet.
+meet = threading.Barrier(2, timeout=3)
+pair = [mp.parallel(meet.wait)() for _ in range(2)]
+for handle in pair:
+    handle.wait(30)
+print([h.status for h in pair], flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupt_as_a_worker_thread_starts_leaves_no_uncounted_worker() -> None:
+    """A Ctrl-C caught while the pool starts a worker must not leave that worker running uncounted.
+
+    A user sees ``get_thread_pool_info()["live_threads"]`` one short of the threads
+    running, and a pool of ``num_threads=1`` running two tasks at once (the pool
+    starts a thread for a place it believes free).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(UNCOUNTED_WORKER_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "interrupted", result.stdout + result.stderr
+    assert lines[1] == "counted 1 alive 1", f"the pool miscounts its worker threads: {lines[1]}"
+    assert lines[2] != "['succeeded', 'succeeded']", "a pool of one thread ran two tasks at once"
+
+
 # -- an interrupt at the worst moment, injected ---------------------------------------------------
 
 

@@ -345,6 +345,45 @@ def test_a_ctrl_c_as_a_submission_lets_go_of_the_pool_still_wakes_the_idle_worke
     assert double(2).get(timeout=10) == 4  # the one worker must be awake to run it
 
 
+@pytest.mark.timeout(30)
+def test_a_worker_thread_that_cannot_start_leaves_no_task_waiting_for_ever(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread the OS refuses (``RuntimeError: can't start new thread``: a full pids cgroup, ``ulimit -u``).
+
+    The pool swallows the error as if the interpreter were shutting down: the task
+    stays pending with a place free in the pool (here beside a busy worker; on a pool
+    with no thread yet, for ever), and ``wait(timeout)`` times out with no error
+    anywhere. The user must learn of it: the submission raises, or the task ends
+    (with the error, or run by a thread started later).
+    """
+    resize(1)
+    gate = threading.Event()
+    held = hold(1, gate)  # the pool's one worker is busy
+    mp.configure_thread_pool(num_threads=2)  # a place is free: the next task needs a new thread
+    assert mp.get_thread_pool_info()["idle_threads"] == 0, mp.get_thread_pool_info()
+    real_start = threading.Thread.start
+    refusals = []
+
+    def refused(self: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        refusals.append(self.name)
+        raise RuntimeError("can't start new thread")  # what _thread.start_new_thread raises
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    try:
+        handle = mp.parallel(lambda: "ran")()
+    except RuntimeError:
+        outcome = "refused at the call"
+    else:
+        try:
+            outcome = "ended" if handle.wait(10) else f"still {handle.status} after 10 s"
+        finally:
+            handle.cancel()
+    gate.set()
+    assert [h.get(timeout=5) for h in held] == ["held"]
+    assert refusals, "the pool started no thread for the task: nothing was refused"
+    assert outcome in ("refused at the call", "ended"), outcome
+
+
 @pytest.mark.timeout(20)
 def test_shrinking_retires_surplus_idle_threads() -> None:
     resize(4)

@@ -350,6 +350,13 @@ def configure_thread_pool(num_threads: int | str | None = None, stack_size: int 
             while tasks are queued and the running ones partly wait rather than
             compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
         stack_size: bytes of stack for threads started from now on (at least 32 KiB).
+
+    Raises:
+        TypeError, ValueError: ``num_threads`` or ``stack_size`` is not valid.
+        RuntimeError: the system refused a new thread (``can't start new
+            thread``: a full pids cgroup, ``ulimit -u``); the pool keeps the
+            threads it has. A task submitted to the pool raises it the same way,
+            and is withdrawn.
     """
     global _thread_pool_configured
     backend = get_backend("thread")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,9 @@ _MIN_STACK_SIZE = 32 * 1024
 MAX_SPARES = 256
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _thread_numbers = itertools.count(1)
+# Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
+# began: one that did says so at once; one that never will costs the Ctrl-C this delay.
+_BEGINS_WITHIN = 0.5
 
 
 def _reset_after_fork() -> None:
@@ -128,7 +132,7 @@ class ThreadBackend(QueueingBackend):
         if num_threads is not None:
             check_count(num_threads, "num_threads")
             self._stop_autosizer()
-        self._resize(num_threads, check_stack_size(stack_size))
+        self._resize(num_threads, check_stack_size(stack_size), refusal_raises=True)
 
     def _start_autosizer(self) -> None:
         from .._autosize import AutoSizePolicy, AutoSizer
@@ -149,18 +153,24 @@ class ThreadBackend(QueueingBackend):
         with self._lock:
             return self._queued, self._busy
 
-    def _resize(self, num_threads: int | None, stack_size: int | None) -> None:
-        with self._lock:
-            if stack_size is not None:
-                self._stack_size = stack_size
-            if num_threads is not None:
-                self._num_threads = num_threads
-                self._set_capacity_locked()
-            parked, self._parked = self._parked, []
-            spawn = self._reserve_workers_locked(self._queued)
-        for park in parked:  # let each idle worker re-check for work or retirement
-            park.release()
-        self._spawn(spawn)
+    def _resize(self, num_threads: int | None, stack_size: int | None, refusal_raises: bool = False) -> None:
+        """Set the pool's size and stack size, and wake the idle workers to act on it (see :meth:`_spawn`)."""
+        parked: list[threading.Lock] = []
+        spawn = 0
+        try:
+            with self._lock:
+                if stack_size is not None:
+                    self._stack_size = stack_size
+                if num_threads is not None:
+                    self._num_threads = num_threads
+                    self._set_capacity_locked()
+                parked, self._parked = self._parked, []
+                spawn = self._reserve_workers_locked(self._queued)
+        finally:  # as in submit: a Ctrl-C as the lock is let go must not leave them asleep
+            try:
+                _release_all(parked)  # let each idle worker re-check for work or retirement
+            finally:
+                self._spawn(spawn, refusal_raises)
 
     def worker_count(self) -> int:
         return self._num_threads
@@ -217,7 +227,7 @@ class ThreadBackend(QueueingBackend):
                 if park is not None:
                     park.release()
                 elif spawn:
-                    self._spawn(1)
+                    self._spawn(1, refusal_raises=True)
 
     def _work_arrived(self) -> None:
         park = None
@@ -253,13 +263,15 @@ class ThreadBackend(QueueingBackend):
             self._spawn(spawn)
 
     def close(self, cancel_pending: bool) -> None:
-        with self._lock:
-            self._closed = True
-            pending = self._pending_locked() if cancel_pending else []
-            parked, self._parked = self._parked, []
-        self._cancel_together(pending)
-        for park in parked:  # idle workers exit once nothing is queued
-            park.release()
+        parked: list[threading.Lock] = []
+        try:
+            with self._lock:
+                self._closed = True
+                pending = self._pending_locked() if cancel_pending else []
+                parked, self._parked = self._parked, []
+            self._cancel_together(pending)
+        finally:  # as in submit: idle workers exit once nothing is queued, or go on after reset_shutdown
+            _release_all(parked)
 
     # -- hooks the handle calls -----------------------------------------------------
 
@@ -340,40 +352,53 @@ class ThreadBackend(QueueingBackend):
         self._workers += spawn
         return spawn
 
-    def _spawn(self, count: int) -> None:
+    def _spawn(self, count: int, refusal_raises: bool = False) -> None:
+        """Start ``count`` workers, already counted.
+
+        A thread the system refuses (``RuntimeError: can't start new thread``: a
+        full pids cgroup, ``ulimit -u``) is uncounted; with ``refusal_raises``
+        (a submission, a resize: a caller to tell) the error is raised, else the
+        tasks wait for a worker that is running. At interpreter shutdown, where
+        every start is refused, the tasks are abandoned anyway.
+        """
         for started in range(count):
+            running: threading.Event | None = None  # set by the new thread as it begins
             try:  # from the first line: a Ctrl-C lands at any call, Thread() included
                 park = threading.Lock()
                 park.acquire()
+                began = threading.Event()
                 thread = threading.Thread(
                     target=self._work_or_report,
-                    args=(park,),
+                    args=(park, began),
                     name=f"makeparallel-thread-{next(_thread_numbers)}",
                     daemon=True,
                 )
                 with _stack_size_lock:
                     previous = threading.stack_size(self._stack_size or 0)
                     try:
+                        running = began
                         thread.start()
                     finally:
                         threading.stack_size(previous)
             except BaseException as error:
                 # This worker and the rest were counted but never started: keep the count honest.
+                # A Ctrl-C inside start() may land once the thread runs (start() then waits for
+                # it to begin): that worker stays counted, as it says at once if it began.
+                runs = running is not None and not isinstance(error, RuntimeError) and running.wait(_BEGINS_WITHIN)
                 with self._lock:
-                    self._workers -= count - started
-                if not isinstance(error, RuntimeError):
-                    raise  # Ctrl-C landed here
-                # "can't create new thread at interpreter shutdown": the tasks are
-                # abandoned at exit anyway.
+                    self._workers -= count - started - runs
+                if not isinstance(error, RuntimeError) or (refusal_raises and not sys.is_finalizing()):
+                    raise  # Ctrl-C landed here, or the caller is told of the refusal
                 return
 
-    def _work_or_report(self, park: threading.Lock) -> None:
+    def _work_or_report(self, park: threading.Lock, began: threading.Event) -> None:
         """Run :meth:`_work`; if it ever raises, log it, count the death, replace the worker.
 
         Callbacks and listeners cannot raise into a worker, so this is the net
         for a fault of the pool itself. The task the worker held may never end,
         so ``health()`` reports the process as not live from then on.
         """
+        began.set()  # for a _spawn interrupted in start(): this worker runs
         try:
             self._work(park)
         except BaseException:
@@ -457,3 +482,18 @@ class ThreadBackend(QueueingBackend):
             else:  # it decided: stop asking
                 handle._observer.cpu_watch = None
                 outcome = handle._execute(here)
+
+
+def _release_all(locks: list[threading.Lock]) -> None:
+    """Release every lock, though a Ctrl-C lands between two (as a release returns): it is raised after."""
+    interrupted: BaseException | None = None
+    rest = iter(locks)
+    while True:
+        try:
+            for lock in rest:
+                lock.release()
+            break
+        except BaseException as error:  # the lock it landed after was released
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
