@@ -7,6 +7,7 @@ items were pulled from a generator. Orderings are forced with a gate.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import threading
@@ -23,6 +24,7 @@ import makeparallel as mp
 from makeparallel import _map
 from makeparallel._map import _FIRST_WAVE_SECONDS, _MAX_CHUNK, DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _run_chunk, _start
 from makeparallel.testing import wait_until_idle
+from pool_helpers import hold_one_worker
 
 BACKENDS = ["thread", "sync"]
 
@@ -1175,3 +1177,57 @@ def test_a_map_of_an_async_function_runs_its_body(call: str, items: list[int], f
     results = list(getattr(mp, call)(fn, items, backend=backend))
     assert results == [2 * x for x in items], f"{call} gave {results!r}: the coroutines never ran"
 
+
+
+def _logged(fn: Any) -> Any:
+    """A plain decorator over an ``async def`` function, as logging or retry decorators are written."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+
+    return wrapper
+
+
+_logged_async_double = _logged(_async_double)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+@pytest.mark.parametrize("call", ["parallel_map", "imap"])
+def test_a_map_of_a_decorated_async_function_runs_its_body(call: str, backend: str) -> None:
+    """A map of an ``async def`` function under a plain decorator gives each item's value.
+
+    ``@parallel`` runs the coroutine such a function returns (``mp.parallel(f)(3).get()``
+    is 6), but the map judges the function by its own code only: the user gets back
+    coroutine objects whose body never ran, and a 'never awaited' warning.
+    """
+    assert mp.parallel(_logged_async_double)(3).get(timeout=10) == 6
+    results = list(getattr(mp, call)(_logged_async_double, [3, 4], backend=backend))
+    unrun = [value for value in results if asyncio.iscoroutine(value)]
+    for coroutine in unrun:
+        coroutine.close()  # no 'never awaited' warning to fall on a later test
+    assert not unrun, f"{call} gave {len(unrun)} coroutine objects whose body never ran"
+    assert results == [6, 8]
+
+
+@pytest.mark.parametrize("items", [[3], [3, 4, 5]], ids=["one item", "three items"])
+def test_a_map_of_an_async_function_called_inside_a_running_event_loop_gives_its_values(
+    items: list[int], gate: threading.Event
+) -> None:
+    """``parallel_map`` of an ``async def`` function on threads works where an event loop runs (a Jupyter cell).
+
+    A map of a plain function works there; one of an ``async def`` function raises
+    ``RuntimeError: Cannot run the event loop while another loop is running``, blamed
+    on item 0, whenever the pool's workers are busy: the caller then runs a queued
+    chunk itself, and starts a second event loop on its thread.
+    """
+    held = hold_one_worker(gate)  # the pool's one worker is busy: the map's chunks stay queued
+
+    async def cell() -> list[int]:
+        return mp.parallel_map(_async_double, items, backend="thread")
+
+    try:
+        assert asyncio.run(cell()) == [2 * x for x in items]
+    finally:
+        gate.set()
+        held.wait(10)

@@ -367,3 +367,71 @@ def test_an_exception_with_an_attribute_that_cannot_be_pickled_arrives_as_itself
     assert (error.errno, error.filename, str(error)) == (2, "/data/in.csv", "[Errno 2] No such file or directory: '/data/in.csv'")
     assert error.lock is None  # type: ignore[attr-defined]
     assert "makeparallel: lock could not be pickled, and arrived as None" in error.__notes__
+
+
+ASYNC_FAILURE_SCRIPT = """
+import asyncio
+import makeparallel as mp
+
+async def fails(x):
+    await asyncio.sleep(0)
+    raise ValueError(x)
+
+try:
+    {call}
+except ValueError:
+    print("raised", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["mp.parallel_map(fails, range(4), backend='process')", "mp.parallel(backend='process')(fails)(1).get(timeout=30)"],
+    ids=["map", "parallel call"],
+)
+def test_a_failing_async_function_on_processes_leaves_no_traceback_at_exit(call: str) -> None:
+    """A program whose ``async def`` task failed on a worker process exits quietly, as on threads.
+
+    The caller catches the task's ``ValueError``; yet as the program exits, stderr gets
+    ``Exception ignored in: <function _OwnLoop.__del__>`` and a ``TypeError: 'NoneType'
+    object is not callable`` traceback from inside asyncio: the worker's own event loop
+    is closed only at interpreter shutdown, by the garbage collector.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", ASYNC_FAILURE_SCRIPT.format(call=call)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "raised", result.stdout + result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+
+
+
+def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_one_is() -> None:
+    """The error for a map of an ``async def`` function that cannot be pickled speaks of the user's function.
+
+    A plain function's map says ``argument 0 (function) could not be pickled``; an
+    ``async def`` one says ``argument 0 (_Awaited)``: a private wrapper the user never
+    wrote, and no word that it is their function that cannot travel.
+    """
+    lock = threading.Lock()  # a closure over it cannot be pickled
+
+    def locked(x: int) -> int:
+        with lock:
+            return x
+
+    async def async_locked(x: int) -> int:
+        with lock:
+            return x
+
+    messages = []
+    for fn in (locked, async_locked):
+        with pytest.raises(mp.TaskSerializationError) as caught:
+            mp.parallel_map(fn, range(2), backend="process")
+        messages.append(str(caught.value))
+    assert "_Awaited" not in messages[1], messages[1]
+    assert messages[1].split("[map]", 1)[1] == messages[0].split("[map]", 1)[1], messages

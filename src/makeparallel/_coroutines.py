@@ -42,8 +42,10 @@ class _OwnLoop:
     def __init__(self, loop: Any) -> None:
         self.loop = loop
 
-    def __del__(self) -> None:
-        if not self.loop.is_closed() and not self.loop.is_running():
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # Not at interpreter shutdown (an error's traceback may keep it until then): the
+        # modules close() needs may be torn down already, and the process ends anyway.
+        if not _finalizing() and not self.loop.is_closed() and not self.loop.is_running():
             self.loop.close()
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -55,7 +56,7 @@ from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
-from ._coroutines import run_here
+from ._coroutines import is_coroutine, run_here, running_loop
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -282,17 +283,55 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend |
     if code is not None:  # a plain function, the usual case: its code's flags tell all
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
-        return (_Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
+        awaited = code.co_flags & _CO_COROUTINE or _wraps_async(fn)
+        return (_Awaited(fn) if awaited else fn), fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
     if isinstance(fn, ParallelFunction):  # a generator function was refused at decoration already
         plain = fn._fn
-        return (_Awaited(plain) if _returns_coroutines(plain) else plain), fn._spec.name, fn._spec.backend
+        awaited = _returns_coroutines(plain) or _wraps_async(plain)
+        return (_Awaited(plain) if awaited else plain), fn._spec.name, fn._spec.backend
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     _refuse_generator_function(fn)
-    return (_Awaited(fn) if _returns_coroutines(fn) else fn), _describe(fn), None
+    return (_Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
+
+
+def _run_on_a_thread_of_its_own(coroutine: Any, task: Any) -> Any:
+    """``run_here`` on a new thread: this one's loop runs, blocked by a map that runs its chunk here.
+
+    A map called where an event loop runs (a notebook cell) runs a queued chunk
+    itself when the workers are busy, as for any function; a coroutine cannot
+    run on the loop that the map blocks, nor on a second one on this thread.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, run_here(coroutine, task)))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="makeparallel-map-coroutine", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _wraps_async(fn: Any) -> bool:
+    """Whether ``fn`` is a decorator's wrapper (``functools.wraps``) around an ``async def`` function."""
+    seen: set[int] = set()
+    wrapped = getattr(fn, "__wrapped__", None)
+    while wrapped is not None and id(wrapped) not in seen:
+        seen.add(id(wrapped))
+        if _returns_coroutines(wrapped):
+            return True
+        wrapped = getattr(wrapped, "__wrapped__", None)
+    return False
 
 
 class _Awaited:
@@ -302,16 +341,21 @@ class _Awaited:
     with its task); calling it only would give a coroutine whose body never ran.
     """
 
-    __slots__ = ("_fn",)
+    __slots__ = ("__wrapped__",)
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        self._fn = fn
+        self.__wrapped__ = fn  # errors name the function, not this (``_process._kind``)
 
     def __call__(self, *args: Any) -> Any:
-        return run_here(self._fn(*args), current_task())
+        value = self.__wrapped__(*args)
+        if not is_coroutine(value):
+            return value
+        if running_loop() is not None:  # a chunk run by a caller blocked on its own running loop
+            return _run_on_a_thread_of_its_own(value, current_task())
+        return run_here(value, current_task())
 
     def __reduce__(self) -> tuple[type[_Awaited], tuple[Callable[..., Any]]]:
-        return _Awaited, (self._fn,)
+        return _Awaited, (self.__wrapped__,)
 
 
 def _refuse_generator_function(fn: Any) -> None:

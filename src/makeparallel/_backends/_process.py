@@ -1039,14 +1039,19 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
 def _culprit(call: tuple[Any, tuple[Any, ...] | None, dict[str, Any] | None]) -> str:
     fn, args, kwargs = call
     candidates: list[tuple[str, Any]] = [(f"the function {fn!r}", fn)]
-    candidates += [(f"argument {i} ({type(a).__name__})", a) for i, a in enumerate(args or ())]
-    candidates += [(f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in (kwargs or {}).items()]
+    candidates += [(f"argument {i} ({_kind(a)})", a) for i, a in enumerate(args or ())]
+    candidates += [(f"keyword argument {k!r} ({_kind(v)})", v) for k, v in (kwargs or {}).items()]
     for description, candidate in candidates:
         try:
             _serialization.dumps(candidate)
         except Exception:
             return description
     return "the call"
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, for an error: the type of what it wraps, if it wraps a function (``__wrapped__``)."""
+    return type(getattr(value, "__wrapped__", value)).__name__
 
 
 def thread_limits(num_workers: int) -> dict[str, str]:
