@@ -835,3 +835,89 @@ def test_an_interrupt_at_any_function_entry_leaves_the_library_usable(backend: s
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("usable after Ctrl-C"), result.stdout + result.stderr
+
+
+# Run in a child: a pool left counting a worker it never started would stall later tests.
+STUCK_REPLACEMENT_SCRIPT = """
+import os
+import sys
+import threading
+
+import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._backends._thread import ThreadBackend
+
+mp.configure_thread_pool(num_threads=1)
+gate = threading.Event()
+running = threading.Event()
+
+
+def stuck():
+    running.set()
+    gate.wait(30)  # never calls check_cancelled(): it goes on after its cancel
+    return "stuck"
+
+
+first = mp.parallel(stuck)()
+assert running.wait(10)
+queued = mp.parallel(lambda: "ran")()  # waits behind the one worker
+
+pool_lock = _runtime.get_backend("thread")._lock
+code = ThreadBackend._replace_stuck_workers.__code__
+
+
+def called_from(frame):
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    return frame is not None
+
+
+def on_return(frame, event, arg):
+    if (
+        event == "c_return"
+        and getattr(arg, "__self__", None) is pool_lock
+        and arg.__name__ in ("release", "__exit__")
+        and called_from(frame)
+    ):
+        sys.setprofile(None)
+        raise KeyboardInterrupt  # Ctrl-C, surfacing as the pool lock's release returns
+
+
+sys.setprofile(on_return)
+try:
+    first.cancel()  # the worker is stuck in it: the pool starts another for the queued task
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+finally:
+    sys.setprofile(None)
+alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+print("counted", mp.get_thread_pool_info()["live_threads"], "alive", alive, flush=True)
+print(queued.wait(10) and queued.status, flush=True)
+gate.set()
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupt_as_the_pool_replaces_a_stuck_worker_leaves_no_phantom_worker() -> None:
+    """A Ctrl-C as ``cancel()`` of a running task makes the pool start a replacement must not leave it uncounted.
+
+    Cancelling a task that goes on running (it never calls ``check_cancelled()``)
+    makes the pool count a new worker for the tasks queued behind it, and start it
+    after letting go of the pool lock, where a Ctrl-C lands. A user then sees
+    ``live_threads`` one above the threads running, and the queued task waits for
+    the stuck one to end instead of running on the replacement.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", STUCK_REPLACEMENT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "interrupted", result.stdout + result.stderr
+    assert lines[1] == "counted 2 alive 2", f"the pool counts a worker it never started: {lines[1]}"
+    assert lines[2] == "succeeded", "the queued task waited behind the stuck one"

@@ -601,3 +601,121 @@ def test_a_task_with_its_own_timeout_is_never_run_inline(gate: threading.Event) 
     assert not thread.is_alive()
     assert result[0] != waiter_ident[0]
     assert held.get(timeout=5) == "held"
+
+
+@pytest.mark.timeout(60)
+def test_a_second_ctrl_c_while_an_interrupted_thread_start_is_judged_leaves_no_phantom_worker() -> None:
+    """Ctrl-C pressed twice as the pool starts a worker must not leave a worker counted that never ran.
+
+    The first Ctrl-C lands inside ``Thread.start()`` before the thread exists; the pool
+    then waits up to 0.5 s to learn whether it began. A second Ctrl-C in that wait (users
+    press it again when nothing seems to happen) skips the uncounting: a user sees
+    ``live_threads`` one above the threads running, and the pool believes its place taken,
+    so of two tasks that need two threads at once only one ever starts.
+    """
+    result = run_python(
+        """
+        import os
+        import threading
+        import makeparallel as mp
+        from makeparallel._backends._thread import _BEGINS_WITHIN
+
+        mp.configure_thread_pool(num_threads=1)
+        gate = threading.Event()
+        running = threading.Event()
+        held = mp.parallel(lambda: (running.set(), gate.wait(30)))()
+        assert running.wait(10)
+        mp.configure_thread_pool(num_threads=2)  # a place is free: the next task needs a new thread
+
+        real_start = threading.Thread.start
+        real_wait = threading.Event.wait
+        caller = threading.current_thread()
+
+        def interrupted_start(self):
+            threading.Thread.start = real_start
+            raise KeyboardInterrupt  # the first Ctrl-C, before the thread was made
+
+        def interrupted_wait(self, timeout=None):
+            if timeout == _BEGINS_WITHIN and threading.current_thread() is caller:
+                threading.Event.wait = real_wait
+                raise KeyboardInterrupt  # the second, as the pool waits to learn if it began
+            return real_wait(self, timeout)
+
+        threading.Thread.start = interrupted_start
+        threading.Event.wait = interrupted_wait
+        try:
+            mp.parallel(lambda: "interrupted")()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        finally:
+            threading.Thread.start = real_start
+            threading.Event.wait = real_wait
+        gate.set()
+        held.wait(10)
+        while mp.get_thread_pool_info()["idle_threads"] != 1:  # the one real worker parked
+            threading.Event().wait(0.005)
+        alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+        print("counted", mp.get_thread_pool_info()["live_threads"], "alive", alive, flush=True)
+        meet = threading.Barrier(2, timeout=5)  # two tasks that wait for each other need both places
+        pair = [mp.parallel(meet.wait)() for _ in range(2)]
+        for handle in pair:
+            handle.wait(30)
+        print([h.status for h in pair], flush=True)
+        os._exit(0)
+        """,
+        timeout=50,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "interrupted", result.stdout + result.stderr
+    assert lines[1] == "counted 1 alive 1", f"the pool counts a worker that never ran: {lines[1]}"
+    assert lines[2] == "['succeeded', 'succeeded']", "a place of the pool is held by no thread"
+
+
+@pytest.mark.timeout(60)
+def test_a_limited_task_from_async_code_whose_thread_is_refused_does_not_wait_for_ever() -> None:
+    """A thread the OS refuses, for a task of a ``max_concurrent`` function called in async code.
+
+    A plain submission now raises the refusal; but a limited task called on a running
+    event loop is held until the limit admits it, and its worker is then started where
+    a refusal is swallowed. On a pool with no thread yet, the user's ``await`` never
+    ends: the task stays pending, with no thread and no error anywhere.
+    """
+    result = run_python(
+        """
+        import asyncio
+        import threading
+        import makeparallel as mp
+
+        real_start = threading.Thread.start
+
+        def refused(self):
+            if self.name.startswith("makeparallel-thread-"):
+                raise RuntimeError("can't start new thread")
+            real_start(self)
+
+        limited = mp.parallel(max_concurrent=1)(lambda: "ran")
+        threading.Thread.start = refused
+
+        async def main():
+            try:
+                return await asyncio.wait_for(asyncio.ensure_future(awaited()), 10)
+            except asyncio.TimeoutError:
+                info = mp.get_thread_pool_info()
+                return f"still waiting: live {info['live_threads']}, queued {info['queued_tasks']}"
+
+        async def awaited():
+            try:
+                return await limited()
+            except RuntimeError as error:
+                return f"raised {error}"
+
+        print(asyncio.run(main()), flush=True)
+        """,
+        timeout=50,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.strip()
+    assert out == "ran" or (out.startswith("raised ") and out.endswith("can't start new thread")), (
+        f"the task was left waiting with no thread: {out}"
+    )

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _events
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, RETRY_WAIT, RUNNING
+from .._states import CANCELLED, FAILED, RETRY_WAIT, RUNNING
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding
@@ -297,9 +297,12 @@ class ThreadBackend(QueueingBackend):
             self._replace_stuck_workers()  # once, for only what is still queued
 
     def _replace_stuck_workers(self) -> None:
-        with self._lock:
-            spawn = self._reserve_workers_locked(self._queued - len(self._parked))
-        self._spawn(spawn)
+        spawn = 0
+        try:
+            with self._lock:
+                spawn = self._reserve_workers_locked(self._queued - len(self._parked))
+        finally:  # as in submit: a Ctrl-C as the lock is let go must not leave them counted, unstarted
+            self._spawn(spawn)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -384,12 +387,24 @@ class ThreadBackend(QueueingBackend):
                 # This worker and the rest were counted but never started: keep the count honest.
                 # A Ctrl-C inside start() may land once the thread runs (start() then waits for
                 # it to begin): that worker stays counted, as it says at once if it began.
-                runs = running is not None and not isinstance(error, RuntimeError) and running.wait(_BEGINS_WITHIN)
+                runs = running is not None and not isinstance(error, RuntimeError) and _began(running)
                 with self._lock:
                     self._workers -= count - started - runs
                 if not isinstance(error, RuntimeError) or (refusal_raises and not sys.is_finalizing()):
                     raise  # Ctrl-C landed here, or the caller is told of the refusal
+                self._fail_queued_if_no_worker(error)
                 return
+
+    def _fail_queued_if_no_worker(self, refusal: RuntimeError) -> None:
+        """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever."""
+        with self._lock:
+            if self._workers:
+                return
+            pending = self._pending_locked()
+        for handle in pending:
+            if self._steal(handle):
+                error = RuntimeError(f"no worker thread could start for task {handle._id} ({handle.name}): {refusal}")
+                handle._finish(FAILED, error)
 
     def _work_or_report(self, park: threading.Lock, began: threading.Event) -> None:
         """Run :meth:`_work`; if it ever raises, log it, count the death, replace the worker.
@@ -497,3 +512,22 @@ def _release_all(locks: list[threading.Lock]) -> None:
             interrupted = error
     if interrupted is not None:
         raise interrupted
+
+
+def _began(began: threading.Event) -> bool:
+    """Whether a thread whose start() was interrupted began, within ``_BEGINS_WITHIN`` seconds.
+
+    A second Ctrl-C during this wait is raised once it is answered: cut short, it
+    would leave the answer to a guess.
+    """
+    interrupted: BaseException | None = None
+    deadline = time.monotonic() + _BEGINS_WITHIN
+    while True:
+        try:
+            answer = began.wait(max(0.0, deadline - time.monotonic()))
+            break
+        except BaseException as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
+    return answer
