@@ -361,8 +361,9 @@ class ThreadBackend(QueueingBackend):
         A thread the system refuses (``RuntimeError: can't start new thread``: a
         full pids cgroup, ``ulimit -u``) is uncounted; with ``refusal_raises``
         (a submission, a resize: a caller to tell) the error is raised, else the
-        tasks wait for a worker that is running. At interpreter shutdown, where
-        every start is refused, the tasks are abandoned anyway.
+        tasks wait for a worker that is running, and fail with the refusal when
+        none is (:meth:`_fail_queued_if_no_worker`). At interpreter shutdown,
+        where every start is refused, the tasks are abandoned anyway.
         """
         for started in range(count):
             running: threading.Event | None = None  # set by the new thread as it begins
