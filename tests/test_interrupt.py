@@ -482,29 +482,12 @@ def test_an_interrupt_while_the_pool_starts_a_worker_leaves_full_capacity() -> N
     )
 
 
-# Run in a child: a pool left without a worker it can wake would stall every later test.
-# CPython runs a pending signal's handler as a call returns: a Ctrl-C that arrives while
-# the main thread holds the pool lock surfaces as the lock's release returns, before the
-# parked worker's lock is released. The script raises KeyboardInterrupt there, from a
-# profile hook (called as each C call returns).
-PARKED_WORKER_SCRIPT = """
-import os
-import sys
-import threading
-
-import makeparallel as mp
-from makeparallel import _runtime
-from makeparallel._backends._thread import ThreadBackend
-
-WHERE = sys.argv[1]
-mp.configure_thread_pool(num_threads=2)
-warm = threading.Barrier(2)
-assert all(h.wait(10) for h in [mp.parallel(warm.wait)(10) for _ in range(2)])  # two workers
-while mp.get_thread_pool_info()["idle_threads"] != 2:  # both parked
-    threading.Event().wait(0.005)
-
+# Part of a child script that imported sys and makeparallel._runtime and defined ``code``:
+# raises KeyboardInterrupt the moment a release of the pool lock, made while ``code``
+# runs, returns. CPython runs a pending signal's handler as a call returns, so that is
+# where a Ctrl-C can surface.
+INTERRUPT_AS_THE_POOL_LOCK_IS_RELEASED = """
 pool_lock = _runtime.get_backend("thread")._lock
-code = getattr(ThreadBackend, WHERE).__code__
 
 
 def called_from(frame):
@@ -522,7 +505,46 @@ def on_return(frame, event, arg):
     ):
         sys.setprofile(None)
         raise KeyboardInterrupt  # Ctrl-C, surfacing as the pool lock's release returns
+"""
 
+
+def run_child(script: str, *args: str) -> tuple[list[str], str]:
+    """Run ``script`` in a fresh interpreter; its output lines, and all it printed (for messages)."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True, timeout=50, env=env
+    )
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed
+    return result.stdout.splitlines(), printed
+
+
+# Run in a child: a pool left without a worker it can wake would stall every later test.
+# CPython runs a pending signal's handler as a call returns: a Ctrl-C that arrives while
+# the main thread holds the pool lock surfaces as the lock's release returns, before the
+# parked worker's lock is released. The script raises KeyboardInterrupt there, from a
+# profile hook (called as each C call returns).
+PARKED_WORKER_SCRIPT = (
+    """
+import os
+import sys
+import threading
+
+import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._backends._thread import ThreadBackend
+
+WHERE = sys.argv[1]
+mp.configure_thread_pool(num_threads=2)
+warm = threading.Barrier(2)
+assert all(h.wait(10) for h in [mp.parallel(warm.wait)(10) for _ in range(2)])  # two workers
+while mp.get_thread_pool_info()["idle_threads"] != 2:  # both parked
+    threading.Event().wait(0.005)
+
+code = getattr(ThreadBackend, WHERE).__code__
+"""
+    + INTERRUPT_AS_THE_POOL_LOCK_IS_RELEASED
+    + """
 
 sys.setprofile(on_return)
 try:
@@ -547,6 +569,7 @@ print([h.status for h in pair], flush=True)
 print(mp.get_thread_pool_info(), flush=True)
 os._exit(0)
 """
+)
 
 
 @pytest.mark.timeout(60)
@@ -562,17 +585,8 @@ def test_an_interrupt_while_a_parked_worker_is_woken_leaves_the_pool_running(whe
     the user sees later tasks stay queued for ever (``wait(timeout)`` times out,
     ``get_thread_pool_info()`` shows live threads, none idle, tasks queued).
     """
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(PARKED_WORKER_SCRIPT), where],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "interrupted", result.stdout + result.stderr
+    lines, printed = run_child(PARKED_WORKER_SCRIPT, where)
+    assert lines[0] == "interrupted", printed
     assert lines[1] == "['succeeded', 'succeeded']", (
         f"after a Ctrl-C in {where}, two tasks never ran together on a pool of two idle workers: {lines[2]}"
     )
@@ -631,17 +645,8 @@ def test_an_interrupt_as_a_worker_thread_starts_leaves_no_uncounted_worker() -> 
     running, and a pool of ``num_threads=1`` running two tasks at once (the pool
     starts a thread for a place it believes free).
     """
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(UNCOUNTED_WORKER_SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "interrupted", result.stdout + result.stderr
+    lines, printed = run_child(UNCOUNTED_WORKER_SCRIPT)
+    assert lines[0] == "interrupted", printed
     assert lines[1] == "counted 1 alive 1", f"the pool miscounts its worker threads: {lines[1]}"
     assert lines[2] != "['succeeded', 'succeeded']", "a pool of one thread ran two tasks at once"
 
@@ -838,7 +843,8 @@ def test_an_interrupt_at_any_function_entry_leaves_the_library_usable(backend: s
 
 
 # Run in a child: a pool left counting a worker it never started would stall later tests.
-STUCK_REPLACEMENT_SCRIPT = """
+STUCK_REPLACEMENT_SCRIPT = (
+    """
 import os
 import sys
 import threading
@@ -862,26 +868,10 @@ first = mp.parallel(stuck)()
 assert running.wait(10)
 queued = mp.parallel(lambda: "ran")()  # waits behind the one worker
 
-pool_lock = _runtime.get_backend("thread")._lock
 code = ThreadBackend._replace_stuck_workers.__code__
-
-
-def called_from(frame):
-    while frame is not None and frame.f_code is not code:
-        frame = frame.f_back
-    return frame is not None
-
-
-def on_return(frame, event, arg):
-    if (
-        event == "c_return"
-        and getattr(arg, "__self__", None) is pool_lock
-        and arg.__name__ in ("release", "__exit__")
-        and called_from(frame)
-    ):
-        sys.setprofile(None)
-        raise KeyboardInterrupt  # Ctrl-C, surfacing as the pool lock's release returns
-
+"""
+    + INTERRUPT_AS_THE_POOL_LOCK_IS_RELEASED
+    + """
 
 sys.setprofile(on_return)
 try:
@@ -896,6 +886,7 @@ print(queued.wait(10) and queued.status, flush=True)
 gate.set()
 os._exit(0)
 """
+)
 
 
 @pytest.mark.timeout(60)
@@ -908,16 +899,7 @@ def test_an_interrupt_as_the_pool_replaces_a_stuck_worker_leaves_no_phantom_work
     ``live_threads`` one above the threads running, and the queued task waits for
     the stuck one to end instead of running on the replacement.
     """
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")}
-    result = subprocess.run(
-        [sys.executable, "-c", STUCK_REPLACEMENT_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "interrupted", result.stdout + result.stderr
+    lines, printed = run_child(STUCK_REPLACEMENT_SCRIPT)
+    assert lines[0] == "interrupted", printed
     assert lines[1] == "counted 2 alive 2", f"the pool counts a worker it never started: {lines[1]}"
     assert lines[2] == "succeeded", "the queued task waited behind the stuck one"
