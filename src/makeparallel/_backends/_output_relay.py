@@ -25,6 +25,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from ._libc import libc_function
+
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,13 +131,10 @@ def write_relayed(stream: int, text: str) -> None:
         pass
 
 
-def flush_c_stdio() -> Callable[[], None]:
+def flush_c_stdio() -> Callable[[], object]:
     """A function that flushes C's ``stdio`` buffers (``fflush(NULL)``), or does nothing where unavailable."""
     try:
-        import ctypes
-
-        fflush = ctypes.CDLL(None).fflush
+        fflush = libc_function("fflush")
     except (OSError, AttributeError, ImportError):  # pragma: no cover - every POSIX libc has fflush
         return lambda: None
-    fflush.argtypes = [ctypes.c_void_p]
     return lambda: fflush(None)
