@@ -260,7 +260,23 @@ def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
     assert int(out[1]) >= 1  # the first task started it
 
 
-LATE_MODULES = ("logging", "traceback", "concurrent.futures", "typing")  # what a first worker does without
+def test_a_first_process_task_imports_neither_pickle_socket_signal_nor_ctypes_in_the_parent() -> None:
+    # Its pool uses the C modules under them: the Python modules import re and enum,
+    # milliseconds of the parent's work while the template starts on the other core.
+    heavy = ("ctypes", "pickle", "signal", "socket")
+    out = run_fresh(
+        f"""
+        import sys
+        import makeparallel as mp
+        before = [m for m in {heavy!r} if m in sys.modules]
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        print(",".join(m for m in {heavy!r} if m in sys.modules and m not in before) or "none")
+        """
+    )
+    assert out == ["none"]
+
+
+LATE_MODULES = ("concurrent.futures", "ctypes", "enum", "logging", "pickle", "re", "socket", "traceback", "typing")  # what a first worker does without
 
 PROBE = f'''
 import sys

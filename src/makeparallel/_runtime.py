@@ -31,7 +31,6 @@ from . import _deadlines
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend
 from ._backends._sync import SyncBackend
-from ._backends._thread import ThreadBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
 
@@ -53,6 +52,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger("makeparallel")
+
+def _thread_backend() -> Backend:
+    from ._backends._thread import ThreadBackend  # only when used: a first process task starts sooner
+
+    return ThreadBackend()
+
 
 def _process_backend() -> Backend:
     """The process backend, made for its first task: on Linux its template process starts first.
@@ -89,7 +94,7 @@ def _dask_backend() -> Backend:
 # The registry of backend names: each factory imports its module on first use,
 # so importing the library imports no framework.
 _FACTORIES: dict[str, Callable[[], Backend]] = {
-    "thread": ThreadBackend,
+    "thread": _thread_backend,
     "process": _process_backend,
     "sync": SyncBackend,
     "interpreter": _interpreter_backend,
@@ -358,6 +363,8 @@ def configure_thread_pool(num_threads: int | str | None = None, stack_size: int 
             threads it has. A task submitted to the pool raises it the same way,
             and is withdrawn.
     """
+    from ._backends._thread import ThreadBackend
+
     global _thread_pool_configured
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)

@@ -50,12 +50,11 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
 
 from __future__ import annotations
 
+import _pickle  # the C modules under pickle and socket: their Python modules import re and enum (``_template``)
+import _socket
 import logging
 import os
-import pickle
 import selectors
-import signal
-import socket
 import sys
 import threading
 import time
@@ -167,6 +166,8 @@ def describe_exit(code: int | None) -> str:
     if code is None:
         return "an unknown exit"
     if code < 0:
+        import signal  # its enum of names: only for a worker that died by one
+
         try:
             return f"signal {signal.Signals(-code).name}({code})"
         except ValueError:
@@ -522,7 +523,7 @@ class ProcessBackend(QueueingBackend):
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
         """
-        parent_end, child_end = socket.socketpair()
+        parent_end, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         journal_fd = create_journal()
         journal = None
         try:
@@ -552,7 +553,7 @@ class ProcessBackend(QueueingBackend):
         return _Worker(process, Channel(parent_end), journal, path_version)
 
     def _fork(
-        self, child_end: socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]
+        self, child_end: _socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]
     ) -> ForkedProcess | None:
         """A worker forked from the template, started first if need be; None if it cannot start."""
         template = self._template
@@ -1004,7 +1005,7 @@ _PLAIN = frozenset({int, float, complex, bool, str, type(None), range})  # argum
 _PLAIN_OR_FUNCTION = _PLAIN | {FunctionType}
 
 
-def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle.PickleBuffer]]:
+def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[_pickle.PickleBuffer]]:
     """Pickle the task's call: the function (cached) and the arguments.
 
     A failure names the object that could not be pickled.
@@ -1017,9 +1018,9 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[pickle
             # The common small call, and a map's chunk of a range: the C pickler writes
             # what cloudpickle's would, several times faster.
             if all(type(arg) in _PLAIN for arg in plain):
-                return _serialization.dumps_function(handle._fn), pickle.dumps((plain, {}), protocol=5), []
+                return _serialization.dumps_function(handle._fn), _pickle.dumps((plain, {}), protocol=5), []
             if all(type(arg) in _PLAIN_OR_FUNCTION for arg in plain):
-                data = pickle.dumps((tuple(map(_serialization.wrap_argument, plain)), {}), protocol=5)
+                data = _pickle.dumps((tuple(map(_serialization.wrap_argument, plain)), {}), protocol=5)
                 return _serialization.dumps_function(handle._fn), data, []
         wrap = _serialization.wrap_argument
         args = tuple(map(wrap, plain))
