@@ -3,11 +3,14 @@
 Runs in one process, same worker count, alternating rounds so that machine noise
 hits both alike, and prints ratios (higher is better for makeparallel):
 
-* throughput: N no-op tasks submitted, then all collected;
+* throughput: N no-op tasks submitted, then all collected; the median over
+  rounds, and the best round in brackets (``ThreadPoolExecutor``'s rounds
+  spread over 2-3x on a shared 2-core machine, 25,000 to 96,000 tasks/s in
+  one run of 30: a best of few rounds is mostly its luckiest one);
 * latency: one task submitted and collected, again and again (median);
 * memory: N unfinished tasks held at once (tracemalloc), per task.
 
-    python benchmarks/thread_overhead.py [--tasks 20000] [--rounds 5] [--exporters]
+    python benchmarks/thread_overhead.py [--tasks 20000] [--rounds 15] [--exporters]
 
 ``--exporters`` runs it with every exporter on: the Prometheus collector
 registered and scraped meanwhile, a StatsD exporter flushing every 0.1 s, and
@@ -108,23 +111,25 @@ def start_exporters() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--exporters", action="store_true", help="with every exporter on")
     args = parser.parse_args()
     if args.exporters:
         start_exporters()
     workers = mp.get_thread_pool_info()["num_threads"]
     fn = mp.parallel(noop)
-    print(f"{args.tasks} no-op tasks, {workers} workers each, best of {args.rounds} rounds")
+    print(f"{args.tasks} no-op tasks, {workers} workers each, median of {args.rounds} rounds (best in brackets)")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ours, theirs = [], []
         for _ in range(args.rounds):
             ours.append(throughput_mp(fn, args.tasks))
             theirs.append(throughput_executor(pool, args.tasks))
+        ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
         print(
-            f"throughput: makeparallel {max(ours):>10,.0f} tasks/s   "
-            f"ThreadPoolExecutor {max(theirs):>10,.0f} tasks/s   ratio {max(ours) / max(theirs):.2f}x"
+            f"throughput: makeparallel {ours_median:>10,.0f} tasks/s ({max(ours):,.0f})   "
+            f"ThreadPoolExecutor {theirs_median:>10,.0f} tasks/s ({max(theirs):,.0f})   "
+            f"ratio {ours_median / theirs_median:.2f}x ({max(ours) / max(theirs):.2f}x)"
         )
 
         latency = latencies(fn, pool, 5_000)
