@@ -14,18 +14,23 @@ Arguments are converted as ``ctypes`` converts them without ``argtypes``: an
 
 from __future__ import annotations
 
+import functools
+
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["libc_function"]
+__all__ = ["libc_call"]
 
 _RTLD_NOW = 2  # <dlfcn.h>; dlopen(NULL) is the program itself, with libc loaded
 
 
-def libc_function(name: str) -> Callable[..., int]:
-    """The C function ``name`` of the running program, callable with ints and ``None``; returns its C ``int``.
+def libc_call(name: str, *arguments: int | None) -> Callable[[], int]:
+    """The C function ``name`` of the running program with ``arguments`` bound: call it for its C ``int``.
+
+    Bound once, so that a call made after every task is one C call (a
+    ``functools.partial``), with no Python frame.
 
     Raises ``OSError`` or ``AttributeError`` where the program has no such function.
     """
@@ -37,5 +42,5 @@ def libc_function(name: str) -> Callable[..., int]:
     except (ImportError, AttributeError):  # a Python whose _ctypes lacks them
         import ctypes
 
-        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
-    return lambda *arguments: call(address, arguments)
+        return functools.partial(getattr(ctypes.CDLL(None), name), *arguments)
+    return functools.partial(call, address, arguments)

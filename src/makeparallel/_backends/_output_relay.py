@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from ._libc import libc_function
+from ._libc import libc_call
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -134,7 +134,6 @@ def write_relayed(stream: int, text: str) -> None:
 def flush_c_stdio() -> Callable[[], object]:
     """A function that flushes C's ``stdio`` buffers (``fflush(NULL)``), or does nothing where unavailable."""
     try:
-        fflush = libc_function("fflush")
+        return libc_call("fflush", None)
     except (OSError, AttributeError, ImportError):  # pragma: no cover - every POSIX libc has fflush
         return lambda: None
-    return lambda: fflush(None)

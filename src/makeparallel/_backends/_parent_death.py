@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._libc import libc_function
+from ._libc import libc_call
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -38,7 +38,7 @@ def die_with_parent(parent_pid: int) -> None:
     """Ask to be killed when the parent ends (Linux); exit now if it has ended already."""
     if sys.platform.startswith("linux"):
         try:
-            libc_function("prctl")(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
         except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
             pass
     if os.getppid() != parent_pid:  # re-parented already: the parent is gone
