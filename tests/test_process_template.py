@@ -276,7 +276,8 @@ def test_a_first_process_task_imports_neither_pickle_socket_signal_nor_ctypes_in
     assert out == ["none"]
 
 
-LATE_MODULES = ("concurrent.futures", "ctypes", "enum", "logging", "pickle", "re", "socket", "traceback", "typing")  # what a first worker does without
+# What a first worker does without (a task that needs one imports it).
+LATE_MODULES = ("concurrent.futures", "ctypes", "enum", "logging", "pickle", "re", "socket", "traceback", "typing")
 
 PROBE = f'''
 import sys

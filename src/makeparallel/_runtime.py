@@ -53,6 +53,7 @@ __all__ = [
 
 _log = logging.getLogger("makeparallel")
 
+
 def _thread_backend() -> Backend:
     from ._backends._thread import ThreadBackend  # only when used: a first process task starts sooner
 

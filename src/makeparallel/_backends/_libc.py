@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["libc_call"]
 
-_RTLD_NOW = 2  # <dlfcn.h>; dlopen(NULL) is the program itself, with libc loaded
+_RTLD_NOW = 2  # <dlfcn.h>
 
 
 def libc_call(name: str, *arguments: int | None) -> Callable[[], int]:
@@ -37,7 +37,8 @@ def libc_call(name: str, *arguments: int | None) -> Callable[[], int]:
     try:
         import _ctypes
 
-        address = _ctypes.dlsym(_ctypes.dlopen(None, _RTLD_NOW), name)  # type: ignore[arg-type]  # NULL: the program
+        program = _ctypes.dlopen(None, _RTLD_NOW)  # type: ignore[arg-type]  # NULL: the program itself
+        address = _ctypes.dlsym(program, name)
         call = _ctypes.call_function
     except (ImportError, AttributeError):  # a Python whose _ctypes lacks them
         import ctypes
