@@ -260,10 +260,10 @@ def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
     assert int(out[1]) >= 1  # the first task started it
 
 
-def test_a_first_process_task_imports_neither_pickle_socket_signal_nor_ctypes_in_the_parent() -> None:
+def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
     # Its pool uses the C modules under them: the Python modules import re and enum,
     # milliseconds of the parent's work while the template starts on the other core.
-    heavy = ("ctypes", "pickle", "signal", "socket")
+    heavy = ("ctypes", "makeparallel._backends._thread", "pickle", "signal", "socket")
     out = run_fresh(
         f"""
         import sys

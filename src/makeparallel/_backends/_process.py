@@ -66,7 +66,7 @@ from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
-from .._cpus import usable_cpus
+from .._cpus import usable_cpu_count, usable_cpus
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
@@ -77,7 +77,6 @@ from ._crash_journal import JournalReader, create_journal
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._template import ForkedProcess, Template, take_template, template_available
-from ._thread import default_thread_count
 from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
@@ -188,7 +187,7 @@ class ProcessBackend(QueueingBackend):
                 "use backend='thread' here"
             )
         super().__init__()
-        self._num_workers = default_thread_count() if num_workers is None else num_workers
+        self._num_workers = usable_cpu_count() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
         self._wake_r, self._wake_w = wakeup_pipe()
