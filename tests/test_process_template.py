@@ -260,6 +260,29 @@ def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
     assert int(out[1]) >= 1  # the first task started it
 
 
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(template: bool) -> None:
+    # socket.setdefaulttimeout makes every later socket non-blocking at the system level,
+    # the pool's pairs included: the worker's end, wrapped there as blocking, failed its
+    # reads, and a task of a few MiB never arrived (TaskTimeoutError).
+    out = run_fresh(
+        f"""
+        import socket
+        socket.setdefaulttimeout(0.5)
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        mp.configure_process_pool(1)
+        data = bytes(8 * 1024 * 1024)
+        handles = [mp.parallel(backend="process")(len)(data) for _ in range(2)]
+        print(*[handle.get(timeout=30) for handle in handles])
+        print(len(mp.parallel(backend="process")(bytes)(8 * 1024 * 1024).get(timeout=30)))
+        """
+    )
+    assert out == [str(8 * 1024 * 1024)] * 3
+
+
 def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
     # Its pool uses the C modules under them: the Python modules import re and enum,
     # milliseconds of the parent's work while the template starts on the other core.

@@ -76,6 +76,7 @@ from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
+from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._wakeup import drain, wakeup_pipe
 
@@ -522,7 +523,7 @@ class ProcessBackend(QueueingBackend):
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
         """
-        parent_end, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        parent_end, child_end = blocking_socketpair(_socket.SOCK_STREAM)
         journal_fd = create_journal()
         journal = None
         try:

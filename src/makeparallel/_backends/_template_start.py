@@ -20,6 +20,8 @@ import os
 import sys
 import threading
 
+from ._socketpair import blocking_socketpair
+
 __all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
 
 # The pool passes only the template's socket: every other descriptor the template
@@ -57,7 +59,7 @@ class StartedTemplate:
     """
 
     def __init__(self) -> None:
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        ours, theirs = blocking_socketpair(_socket.SOCK_SEQPACKET)
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
         self.returncode: int | None = None  # set once it exited and was reaped
