@@ -283,6 +283,31 @@ def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(temp
     assert out == [str(8 * 1024 * 1024)] * 3
 
 
+def test_a_worker_finds_modules_in_a_folder_of_sys_path_made_after_the_template_started() -> None:
+    # The template's imports looked for the folder and remembered it has no finder;
+    # each new worker forgets that (and re-reads every folder) before its first task.
+    out = run_fresh(
+        """
+        import os, sys, tempfile
+        later = os.path.join(tempfile.mkdtemp(), "later")
+        sys.path.insert(0, later)  # missing when the template starts
+        import makeparallel as mp
+        mp.configure_process_pool(1, max_tasks_per_child=1)  # a new fork for every task
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        os.mkdir(later)
+        with open(os.path.join(later, "written_later.py"), "w") as module:
+            module.write("VALUE = 42\\n")
+
+        def value():
+            import written_later
+            return written_later.VALUE
+
+        print(mp.parallel(backend="process")(value)().get(timeout=30))
+        """
+    )
+    assert out == ["42"]
+
+
 def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
     # Its pool uses the C modules under them: the Python modules import re and enum,
     # milliseconds of the parent's work while the template starts on the other core.
@@ -300,7 +325,9 @@ def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_th
 
 
 # What a first worker does without (a task that needs one imports it).
-LATE_MODULES = ("concurrent.futures", "ctypes", "enum", "logging", "pickle", "re", "socket", "traceback", "typing")
+LATE_MODULES = (
+    "concurrent.futures", "ctypes", "enum", "importlib.metadata", "logging", "pickle", "re", "socket", "traceback", "typing"
+)
 
 PROBE = f'''
 import sys

@@ -304,9 +304,7 @@ def _preload() -> None:
 
 def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
     """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
-    import importlib
-
-    from ._process_worker import main
+    from ._process_worker import main, take_path
 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -316,8 +314,7 @@ def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str,
         os.chdir(cwd)
     except OSError:
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
-    sys.path[:] = path
-    importlib.invalidate_caches()
+    take_path(path)
     main(fd, template_pid, journal_fd)
 
 
