@@ -308,6 +308,43 @@ def test_a_worker_finds_modules_in_a_folder_of_sys_path_made_after_the_template_
     assert out == ["42"]
 
 
+def test_a_running_worker_finds_a_namespace_package_portion_added_while_sys_path_changed_and_back() -> None:
+    # A namespace package reads its folders again when sys.path differs from when it
+    # last read them, or when the import system's epoch moved on: here sys.path ends
+    # as it was, and only the epoch tells the worker that a folder gained a portion.
+    out = run_fresh(
+        """
+        import os, sys, tempfile
+        import makeparallel as mp
+        a, b, c = (tempfile.mkdtemp() for _ in range(3))
+        os.mkdir(os.path.join(a, "split_namespace"))
+        with open(os.path.join(a, "split_namespace", "first.py"), "w") as module:
+            module.write("VALUE = 1\\n")
+        sys.path[:0] = [a, b]
+        mp.configure_process_pool(1)
+
+        def first():
+            import split_namespace.first
+            return os.getpid(), split_namespace.first.VALUE
+
+        def second():
+            import split_namespace.second
+            return os.getpid(), split_namespace.second.VALUE
+
+        pid, one = mp.parallel(backend="process")(first)().get(timeout=30)
+        sys.path.insert(0, c)  # a folder for one task: the worker is sent the new path
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        sys.path.remove(c)  # and the old one again
+        os.mkdir(os.path.join(b, "split_namespace"))
+        with open(os.path.join(b, "split_namespace", "second.py"), "w") as module:
+            module.write("VALUE = 2\\n")
+        same_pid, two = mp.parallel(backend="process")(second)().get(timeout=30)
+        print(pid == same_pid, one, two)
+        """
+    )
+    assert out == ["True", "1", "2"]
+
+
 def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
     # Its pool uses the C modules under them: the Python modules import re and enum,
     # milliseconds of the parent's work while the template starts on the other core.

@@ -403,9 +403,11 @@ def take_path(path: list[str]) -> None:
     and ``typing``: about 40 ms) to clear that module's caches, which a worker
     that never imported it cannot have: every new worker paid for it before
     its first task. Where it is not loaded, the same is done without it: each
-    meta path finder's and each path entry finder's ``invalidate_caches()``, and
-    the path entries with no finder (a folder missing then) or a relative
-    path (the directory changed) are forgotten, as ``PathFinder`` forgets them.
+    meta path finder's and each path entry finder's ``invalidate_caches()``; the
+    path entries with no finder (a folder missing then) or a relative path (the
+    directory changed) forgotten, as ``PathFinder`` forgets them; and its
+    namespace packages' epoch moved on, so that each reads its folders again
+    (a private counter, read where it exists, as ``PathFinder`` moves it).
     """
     sys.path[:] = path
     if "importlib.metadata" in sys.modules:
@@ -422,6 +424,9 @@ def take_path(path: list[str]) -> None:
             del cache[entry]
         elif hasattr(finder, "invalidate_caches"):
             finder.invalidate_caches()
+    namespace_path = getattr(sys.modules.get("_frozen_importlib_external"), "_NamespacePath", None)
+    if hasattr(namespace_path, "_epoch"):
+        namespace_path._epoch += 1  # type: ignore[union-attr]
 
 
 def main(fd: int, parent_pid: int, journal_fd: int) -> None:
