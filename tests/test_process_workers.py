@@ -212,6 +212,24 @@ def test_max_tasks_per_child_replaces_a_worker_after_that_many_tasks() -> None:
     assert info()["max_tasks_per_child"] == 2
 
 
+def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> None:
+    # They took no more tasks and nothing replaced them: a task too large to be sent
+    # from submit() (the loop sends those) waited for ever, with both workers idle.
+    fresh_process_pool(2)
+    pids: set[int] = set()
+    for _ in range(50):  # until both workers ran a task
+        pids.update(h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(8)])
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, pids
+    before = restarts("max_tasks_per_child")
+    mp.configure_process_pool(max_tasks_per_child=1)
+    data = bytes(100_000)
+    assert on_process(len)(data).get(timeout=20) == len(data)
+    assert on_process(worker_pid)().get(timeout=20) not in pids
+    assert restarts("max_tasks_per_child") >= before + 2, info()
+
+
 def test_max_tasks_per_child_holds_for_a_queue_of_short_tasks() -> None:
     fresh_process_pool(2)
     mp.configure_process_pool(max_tasks_per_child=5)

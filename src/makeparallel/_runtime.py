@@ -399,8 +399,9 @@ def configure_process_pool(
         initargs: the initializer's arguments (pickled once, now).
         max_tasks_per_child: replace a worker after it ran this many tasks (an
             int >= 1; the standard library's name), for C extensions that leak;
-            ``None`` for never (the default). Counted in
-            ``get_process_pool_info()["worker_restart_reasons"]``.
+            ``None`` for never (the default). Lowered below what a running
+            worker ran already, that worker is replaced once its tasks end.
+            Counted in ``get_process_pool_info()["worker_restart_reasons"]``.
         max_worker_memory: replace a worker whose resident memory (RSS, as
             ``ps`` and the OOM killer count it) is over this many bytes after a
             task ends: an int of bytes, or a string with a unit, binary

@@ -250,6 +250,11 @@ class ProcessBackend(QueueingBackend):
                         self._recycle_locked(worker, "")
             if max_tasks_per_child is not ...:
                 self._max_tasks_per_child = max_tasks_per_child
+                # A worker is recycled as its last task is sent: one that ran its new
+                # count already would take no task, and none would replace it.
+                for worker in self._workers:
+                    if max_tasks_per_child is not None and worker.sent >= max_tasks_per_child:
+                        self._recycle_locked(worker, "max_tasks_per_child")
             if max_worker_memory is not ...:
                 self._max_worker_memory = max_worker_memory
                 self._memory_warned = False
