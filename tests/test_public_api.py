@@ -44,6 +44,7 @@ _NOT_FOR_A_THREAD_TASK = (
     "makeparallel._collect",
     "makeparallel._map",
     "makeparallel._retry",
+    "typing",  # the generic classes subscript without it (makeparallel._generics)
 )
 
 

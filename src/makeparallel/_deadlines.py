@@ -16,7 +16,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # a protocol is for type checkers only
 
 __all__ = ["Due", "pending", "schedule"]
 

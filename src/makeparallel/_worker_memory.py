@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ResidentMemory"]
 
