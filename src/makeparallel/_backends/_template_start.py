@@ -26,9 +26,11 @@ __all__ = ["StartedTemplate", "start_early", "take_started", "template_available
 
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
-# closing every possible number could take a million system calls).
+# closing every possible number could take a million system calls). The garbage
+# collector is off from the first line: see ``_template.serve``.
 _TEMPLATE_MAIN = """\
-import os, sys
+import gc, os, sys
+gc.disable()
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
