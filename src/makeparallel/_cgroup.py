@@ -21,7 +21,8 @@ _V1_MOUNTS = {"cpu": ("cpu,cpuacct", "cpu"), "memory": ("memory",)}
 
 
 def read(path: str) -> str:
-    with open(path, encoding="ascii") as file:
+    # ASCII files, read as UTF-8: its codec is loaded at start-up, ASCII's would be imported.
+    with open(path, encoding="utf-8") as file:
         return file.read()
 
 
