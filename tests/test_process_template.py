@@ -367,11 +367,10 @@ def test_a_running_worker_finds_a_namespace_package_portion_added_while_sys_path
     assert out == ["True", "1", "2"]
 
 
-def test_a_first_process_task_imports_neither_typing_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
+def test_a_first_process_task_imports_neither_pickle_socket_signal_ctypes_nor_the_thread_backend() -> None:
     # Its pool uses the C modules under them: the Python modules import re and enum,
     # milliseconds of the parent's work while the template starts on the other core.
-    # And typing, for the generic classes, would delay the template's start itself.
-    heavy = ("ctypes", "makeparallel._backends._thread", "pickle", "signal", "socket", "typing")
+    heavy = ("ctypes", "makeparallel._backends._thread", "pickle", "signal", "socket")
     out = run_fresh(
         f"""
         import sys

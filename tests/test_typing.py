@@ -74,17 +74,3 @@ def test_pyright_agrees(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     wrong = pyright(wrong_checks(tmp_path))
     assert wrong.returncode == 1 and "reportAssertTypeFailure" in wrong.stdout, wrong.stdout + wrong.stderr
-
-
-def test_the_generic_classes_subscript_at_run_time() -> None:
-    # As annotations that run subscript them (a module without
-    # `from __future__ import annotations`), like the standard library's generic classes.
-    import typing
-
-    import makeparallel as mp
-
-    handle = mp.AsyncHandle[int]
-    assert (typing.get_origin(handle), typing.get_args(handle)) == (mp.AsyncHandle, (int,))
-    function = mp.ParallelFunction[[int], str]
-    assert (typing.get_origin(function), typing.get_args(function)) == (mp.ParallelFunction, ([int], str))
-    assert isinstance(mp.parallel(abs)(-1), mp.AsyncHandle)

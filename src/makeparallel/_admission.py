@@ -22,15 +22,13 @@ import os
 import threading
 import weakref
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import current_task
 from .errors import ShutdownError
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any
-
     from ._backends._queueing import QueueingBackend
     from ._handle import AsyncHandle
 

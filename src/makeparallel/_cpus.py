@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import namedtuple
+from typing import NamedTuple
 
 from ._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, own_cgroup_dirs
 from ._cgroup import read as _read
@@ -20,21 +20,13 @@ _CGROUP_ROOT = CGROUP_ROOT
 _PROC_SELF_CGROUP = PROC_SELF_CGROUP
 
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
-if TYPE_CHECKING:
-    from typing import NamedTuple
+class UsableCpus(NamedTuple):
+    """The usable CPU count and how it was found."""
 
-    class UsableCpus(NamedTuple):
-        """The usable CPU count and how it was found."""
-
-        cpus: int
-        """At least 1."""
-        source: str
-        """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
-
-else:  # the same tuple, from collections: typing.NamedTuple would import typing
-    UsableCpus = namedtuple("UsableCpus", ["cpus", "source"])
-    UsableCpus.__doc__ = "The usable CPU count (at least 1) and how it was found: affinity, cgroup quota or cpu_count."
+    cpus: int
+    """At least 1."""
+    source: str
+    """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
 
 
 def _own_cgroup_dirs(root: str, proc_self_cgroup: str) -> list[str]:

@@ -16,12 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
-if TYPE_CHECKING:
-    from typing import Protocol
-else:
-    Protocol = object  # a protocol is for type checkers only
+from typing import Protocol
 
 __all__ = ["Due", "pending", "schedule"]
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import BuiltinFunctionType, CodeType, FunctionType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _events, _runtime
 from ._admission import Limiter, PendingAdmission
@@ -30,14 +31,9 @@ from ._states import CANCELLED, FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 from .errors import CircuitOpenError
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any, Generic, ParamSpec, TypeVar, overload
-
     from ._circuit import CircuitBreaker
     from ._retry import Retry
-else:
-    from ._generics import Generic, ParamSpec, TypeVar
 
 __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
@@ -493,24 +489,20 @@ def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = N
     return parallel(fn) if backend is None else parallel(backend=backend)(fn)
 
 
-if TYPE_CHECKING:  # the overloads are for type checkers only
-
-    @overload
-    def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
-    @overload
-    def parallel(
-        *,
-        backend: _runtime.BackendOption | None = None,
-        timeout: float | None = None,
-        priority: int = 0,
-        max_concurrent: int | None = None,
-        name: str | None = None,
-        async_cancel: str | None = None,
-        retry: Retry | None = None,
-        circuit_breaker: CircuitBreaker | None = None,
-    ) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
-
-
+@overload
+def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
+@overload
+def parallel(
+    *,
+    backend: _runtime.BackendOption | None = None,
+    timeout: float | None = None,
+    priority: int = 0,
+    max_concurrent: int | None = None,
+    name: str | None = None,
+    async_cancel: str | None = None,
+    retry: Retry | None = None,
+    circuit_breaker: CircuitBreaker | None = None,
+) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
 def parallel(fn: Any = None, /, **options: Any) -> Any:
     """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
 

@@ -18,13 +18,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ._states import STATE_NAMES
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any
-
     from ._handle import AsyncHandle
 
 __all__ = ["TaskEvent", "add_task_listener", "emit", "emit_circuit", "listeners", "remove_task_listener"]

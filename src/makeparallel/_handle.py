@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
 from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _interruptible
 from ._backends._base import pool_of_this_thread
@@ -40,18 +41,9 @@ from ._validation import check_wait_timeout
 from ._yielding_lock import acquire_yielding
 from .errors import TaskCancelledError, TaskTimeoutError
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any, Generic, Protocol, TypeVar
-
     from ._backends._base import Backend
     from ._retry import Attempts
-
-    _Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
-else:
-    from ._generics import Generic, TypeVar
-
-    Protocol = object  # a protocol is for type checkers only
 
 __all__ = ["AsyncHandle", "TaskObserver", "cancel_all"]
 
@@ -60,6 +52,7 @@ T = TypeVar("T")
 # Callback kinds, kept with each callback in one list.
 _ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
 
+_Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
 # What _settle_locked returns when the task did not end: it waits to retry, or
 # the outcome was a stale attempt's (timed out, retried, and returned late).
 _RETRYING: _Announcement = (None, None)

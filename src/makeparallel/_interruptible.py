@@ -18,10 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 __all__ = ["SLICE", "acquire", "get"]
 

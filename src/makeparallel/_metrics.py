@@ -15,19 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import get_active_task_count, pool_infos, queued_by_name
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any, TypeVar, overload
-
     from ._circuit import CircuitBreaker
     from ._task_metrics import TaskMetrics
-
-    F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "Counts",
@@ -42,6 +38,9 @@ __all__ = [
     "profiled",
     "reset_metrics",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 FOLD_AT = 256  # durations gathered before they are folded into the histograms
 
@@ -397,14 +396,10 @@ def reset_metrics() -> None:
         _resets += 1
 
 
-if TYPE_CHECKING:  # the overloads are for type checkers only
-
-    @overload
-    def profiled(fn: F, /) -> F: ...
-    @overload
-    def profiled(*, name: str | None = None) -> Callable[[F], F]: ...
-
-
+@overload
+def profiled(fn: F, /) -> F: ...
+@overload
+def profiled(*, name: str | None = None) -> Callable[[F], F]: ...
 def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
     """Record metrics for a plain function called in the ordinary way.
 

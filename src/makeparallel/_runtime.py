@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+from typing import Any, Union
 
 import concurrent.futures
 from collections.abc import Callable, Iterable
@@ -32,10 +33,6 @@ from ._backends._base import Backend
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
-if TYPE_CHECKING:
-    from typing import Any
 
 __all__ = [
     "BACKEND_NAMES",
@@ -107,7 +104,7 @@ _FACTORIES: dict[str, Callable[[], Backend]] = {
 BACKEND_NAMES = ("thread", "process", "sync", "auto", "interpreter", "dask")
 
 #: What ``backend=`` accepts: a name, or any ``concurrent.futures.Executor``.
-BackendOption = str | concurrent.futures.Executor
+BackendOption = Union[str, concurrent.futures.Executor]
 ENV_BACKEND = "MAKEPARALLEL_BACKEND"
 
 _lock = threading.Lock()

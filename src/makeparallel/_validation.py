@@ -6,10 +6,7 @@ Messages state the rule, the value and, where it is not obvious, the fix.
 from __future__ import annotations
 
 import math
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 __all__ = [
     "check_count",

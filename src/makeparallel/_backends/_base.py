@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import gc
 import threading
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events
 from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any, ClassVar
-
     from .._handle import AsyncHandle
 
 __all__ = ["Backend", "BlockingWait", "pool_of_this_thread"]

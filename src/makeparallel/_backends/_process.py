@@ -60,9 +60,10 @@ import threading
 import time
 import weakref
 import traceback
-from collections import deque, namedtuple
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import EllipsisType, FunctionType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
@@ -79,11 +80,8 @@ from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._wakeup import drain, wakeup_pipe
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
     import subprocess  # imported where used: on Linux the template forks the workers
-
-    from typing import Any, NamedTuple
 
     from .._handle import AsyncHandle
 
@@ -112,17 +110,12 @@ THREAD_LIMIT_VARIABLES = (
 )
 
 
-if TYPE_CHECKING:
+class WorkerSetup(NamedTuple):
+    """What each new worker runs before its first task: the pool's initializer, pickled."""
 
-    class WorkerSetup(NamedTuple):
-        """What each new worker runs before its first task: the pool's initializer, pickled."""
-
-        name: str  # the initializer's name, for errors
-        initializer: bytes | None
-        initargs: bytes
-
-else:  # the same tuple, from collections: typing.NamedTuple would import typing
-    WorkerSetup = namedtuple("WorkerSetup", ["name", "initializer", "initargs"])
+    name: str  # the initializer's name, for errors
+    initializer: bytes | None
+    initargs: bytes
 
 
 NO_SETUP = WorkerSetup("", None, b"")

@@ -8,14 +8,12 @@ longer PENDING) and skipped when it reaches the front.
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from .._states import PENDING, RUNNING
 from ._base import Backend
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any
-
     from .._handle import AsyncHandle
 
 __all__ = ["ABANDONED", "HELD", "INLINE", "ON_WORKER", "QueueingBackend"]

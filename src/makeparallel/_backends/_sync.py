@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from .._states import RETRY_WAIT, RUNNING
 from ._base import Backend
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any
-
     from .._handle import AsyncHandle
 
 __all__ = ["SyncBackend"]

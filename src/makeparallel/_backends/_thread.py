@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from .. import _events
 from .._cpus import usable_cpu_count
@@ -45,10 +46,7 @@ from .._yielding_lock import acquire_yielding
 from ._base import _this_thread
 from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the first task's path
 if TYPE_CHECKING:
-    from typing import Any
-
     from .._handle import AsyncHandle
 
 __all__ = ["ThreadBackend", "default_thread_count"]
