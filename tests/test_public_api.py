@@ -172,6 +172,28 @@ def test_a_first_thread_task_of_a_c_function_loads_only_what_it_uses() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_first_task_evaluates_no_annotation() -> None:
+    # typing.NamedTuple compiles each annotation written as a string into a
+    # ForwardRef: about a millisecond of a first task, for the pools' named tuples.
+    program = (
+        "import typing\n"
+        "made = []\n"
+        "make = typing.ForwardRef.__init__\n"
+        "def counted(self, arg, *args, **kwargs):\n"
+        "    made.append(arg)\n"
+        "    make(self, arg, *args, **kwargs)\n"
+        "typing.ForwardRef.__init__ = counted\n"
+        "import makeparallel as mp\n"
+        "assert mp.parallel(abs)(-1).get(20) == 1\n"
+        "assert mp.parallel(backend='process')(abs)(-1).get(20) == 1\n"
+        "print(made)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=25, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["[]"]
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked from a template on Linux")
 def test_a_first_process_task_on_linux_does_not_import_subprocess() -> None:
     # The template forks the workers: subprocess (several ms) serves only the other systems' fresh workers.

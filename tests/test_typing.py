@@ -74,3 +74,20 @@ def test_pyright_agrees(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     wrong = pyright(wrong_checks(tmp_path))
     assert wrong.returncode == 1 and "reportAssertTypeFailure" in wrong.stdout, wrong.stdout + wrong.stderr
+
+
+def test_the_generic_classes_subscript_at_run_time_as_typing_does() -> None:
+    # Annotations that run (a module without `from __future__ import annotations`,
+    # or pydantic evaluating them) get typing's aliases: hashable, checked, substitutable.
+    import typing
+
+    import makeparallel as mp
+
+    optional = typing.Optional[mp.ParallelFunction[[int], str]]  # hashes its arguments
+    assert typing.get_args(typing.get_args(optional)[0]) == ((int,), str)
+    assert typing.get_args(mp.AsyncHandle[int]) == (int,)
+    with pytest.raises(TypeError):
+        mp.AsyncHandle[int, str]  # type: ignore[misc]
+    P = typing.ParamSpec("P")
+    T = typing.TypeVar("T")
+    assert typing.get_args(mp.ParallelFunction[P, T][[bytes], int]) == ((bytes,), int)

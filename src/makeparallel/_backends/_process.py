@@ -110,12 +110,10 @@ THREAD_LIMIT_VARIABLES = (
 )
 
 
-class WorkerSetup(NamedTuple):
-    """What each new worker runs before its first task: the pool's initializer, pickled."""
-
-    name: str  # the initializer's name, for errors
-    initializer: bytes | None
-    initargs: bytes
+# What each new worker runs before its first task: the pool's initializer, pickled,
+# and its name for errors. Types, not the strings this module's annotations are:
+# typing.NamedTuple compiles each string into a ForwardRef, a millisecond of a first task.
+WorkerSetup = NamedTuple("WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes)])
 
 
 NO_SETUP = WorkerSetup("", None, b"")
