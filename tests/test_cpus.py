@@ -65,3 +65,14 @@ def test_a_quota_above_the_affinity_leaves_the_affinity(tmp_path: Path) -> None:
 def test_unreadable_quota_is_ignored(tmp_path: Path, text: str) -> None:
     root, proc = fake_cgroup(tmp_path, "0::/\n", {"cpu.max": text})
     assert cgroup_cpu_quota(root, proc) is None
+
+
+def test_a_cgroup_named_with_bytes_that_are_not_utf8_is_read(tmp_path: Path) -> None:
+    # A cgroup's name is bytes; decoded as os.fsdecode does, it opens its folder again.
+    folder = os.path.join(os.fsencode(tmp_path / "cgroup"), b"caf\xe9.scope")
+    os.makedirs(folder)
+    with open(os.path.join(folder, b"cpu.max"), "wb") as file:
+        file.write(b"150000 100000\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_bytes(b"0::/caf\xe9.scope\n")
+    assert cgroup_cpu_quota(str(tmp_path / "cgroup"), str(proc)) == 1.5

@@ -21,8 +21,9 @@ _V1_MOUNTS = {"cpu": ("cpu,cpuacct", "cpu"), "memory": ("memory",)}
 
 
 def read(path: str) -> str:
-    # ASCII files, read as UTF-8: its codec is loaded at start-up, ASCII's would be imported.
-    with open(path, encoding="utf-8") as file:
+    # Decoded as os.fsdecode does: a cgroup's name may be any bytes, and the string
+    # gives them back to open(). (ASCII's codec was imported for this; UTF-8's is loaded.)
+    with open(path, encoding="utf-8", errors="surrogateescape") as file:
         return file.read()
 
 
