@@ -266,14 +266,15 @@ def serve(fd: int, parent_pid: int) -> None:
                         os.kill(pid, signum)  # not reaped yet: the pid is still this child's
                 continue
             _, number, path, environ, cwd = request
-            # The garbage collector, as the gc module's documentation advises a process
-            # that forks without exec: off in the template (from its first line, so
-            # none of its start-up goes to collections), everything it holds frozen
-            # before each fork, on again in the child. A worker's collections then
-            # never touch the template's objects, so their pages stay shared.
+            # The garbage collector is off in the template (from its first line, so
+            # that none of its imports goes to collections); a child turns it on with
+            # the template's objects in the oldest generation, as a collection would
+            # have left them (frozen, then unfrozen: gc sees them all, as a fresh
+            # interpreter's does), so its first collections do not walk them.
             gc.freeze()
             pid = os.fork()
             if pid == 0:
+                gc.unfreeze()
                 gc.enable()
                 sock.close()
                 os.close(wake_r)
