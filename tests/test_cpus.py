@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,20 @@ def test_a_cgroup_named_with_bytes_that_are_not_utf8_is_read(tmp_path: Path) -> 
     proc = tmp_path / "proc_self_cgroup"
     proc.write_bytes(b"0::/caf\xe9.scope\n")
     assert cgroup_cpu_quota(str(tmp_path / "cgroup"), str(proc)) == 1.5
+
+
+def test_a_cgroup_named_in_utf8_is_read_in_an_ascii_locale(tmp_path: Path) -> None:
+    # Where the file system's encoding is ASCII, the name still opens its folder.
+    folder = tmp_path / "cgroup" / "café.scope"
+    folder.mkdir(parents=True)
+    (folder / "cpu.max").write_text("150000 100000\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_bytes("0::/café.scope\n".encode())
+    program = (
+        "import sys; from makeparallel._cpus import cgroup_cpu_quota; "
+        f"print(sys.getfilesystemencoding(), cgroup_cpu_quota({str(tmp_path / 'cgroup')!r}, {str(proc)!r}))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    completed = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=25, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["ascii", "1.5"]

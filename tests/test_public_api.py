@@ -44,7 +44,6 @@ _NOT_FOR_A_THREAD_TASK = (
     "makeparallel._collect",
     "makeparallel._map",
     "makeparallel._retry",
-    "encodings.ascii",  # the cgroup files are read with the UTF-8 codec, loaded at start-up
 )
 
 

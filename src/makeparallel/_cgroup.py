@@ -21,10 +21,9 @@ _V1_MOUNTS = {"cpu": ("cpu,cpuacct", "cpu"), "memory": ("memory",)}
 
 
 def read(path: str) -> str:
-    # Decoded as os.fsdecode does: a cgroup's name may be any bytes, and the string
-    # gives them back to open(). (ASCII's codec was imported for this; UTF-8's is loaded.)
-    with open(path, encoding="utf-8", errors="surrogateescape") as file:
-        return file.read()
+    # os.fsdecode: a cgroup's name may be any bytes, and the string gives them back to open().
+    with open(path, "rb") as file:
+        return os.fsdecode(file.read())
 
 
 def own_cgroup_dirs(root: str, proc_self_cgroup: str, controller: str) -> list[str]:
