@@ -171,9 +171,9 @@ def test_a_first_thread_task_of_a_c_function_loads_only_what_it_uses() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_first_task_evaluates_no_annotation() -> None:
+def test_a_first_task_wait_or_map_evaluates_no_annotation() -> None:
     # typing.NamedTuple compiles each annotation written as a string into a
-    # ForwardRef: about a millisecond of a first task, for the pools' named tuples.
+    # ForwardRef: about a millisecond of a first task, for the named tuples.
     program = (
         "import typing\n"
         "made = []\n"
@@ -185,6 +185,8 @@ def test_a_first_task_evaluates_no_annotation() -> None:
         "import makeparallel as mp\n"
         "assert mp.parallel(abs)(-1).get(20) == 1\n"
         "assert mp.parallel(backend='process')(abs)(-1).get(20) == 1\n"
+        "assert len(mp.wait([mp.parallel(abs)(-1)], timeout=20).done) == 1\n"
+        "assert mp.parallel_map(abs, [-1, -2]) == [1, 2]\n"
         "print(made)\n"
     )
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=25, check=False)

@@ -348,11 +348,10 @@ def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None)
         raise
 
 
-class DoneAndNotDone(NamedTuple):
-    """What :func:`wait` returns, as ``concurrent.futures.wait`` does."""
-
-    done: set[AsyncHandle[Any]]
-    not_done: set[AsyncHandle[Any]]
+# Types, not the strings this module's annotations are: typing.NamedTuple compiles
+# each string into a ForwardRef, about a millisecond of a program's first wait or map.
+DoneAndNotDone = NamedTuple("DoneAndNotDone", [("done", set[AsyncHandle[Any]]), ("not_done", set[AsyncHandle[Any]])])
+DoneAndNotDone.__doc__ = """What :func:`wait` returns, as ``concurrent.futures.wait`` does."""
 
 
 def wait(
