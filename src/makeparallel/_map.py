@@ -133,7 +133,8 @@ def _run_chunk(
     by a slice sized from the cheap ones.
     """
     task = current_task()
-    if hasattr(task, "_send_partial"):
+    # A task on a thread is a handle; one on a worker process streams its results.
+    if type(task) is not AsyncHandle and hasattr(task, "_send_partial"):
         return run_streaming(task, fn, items, start, keep_going, budget)
     count = len(items)
     if count == 1:  # a map of one item: no slices
@@ -280,11 +281,10 @@ class _ChunkSizer:
 def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
     """The callable to apply per item, the name to report, the backend to use."""
     code = _plain_code(fn)
-    if code is not None:  # a plain function, the usual case: its code's flags tell all
+    if code is not None:  # a plain function, the usual case: its code's flags tell all (no __wrapped__)
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
-        awaited = code.co_flags & _CO_COROUTINE or _wraps_async(fn)
-        return (_Awaited(fn) if awaited else fn), fn.__qualname__, None
+        return (_Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
