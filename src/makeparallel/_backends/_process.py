@@ -113,7 +113,7 @@ THREAD_LIMIT_VARIABLES = (
 # Types, not the strings this module's annotations are: typing.NamedTuple compiles
 # each string into a ForwardRef, about a millisecond of a first task.
 WorkerSetup = NamedTuple("WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes)])
-WorkerSetup.__doc__ = """What each new worker runs before its first task: the pool's initializer, pickled, and its name for errors."""
+WorkerSetup.__doc__ = "What each new worker runs before its first task: the pool's initializer, pickled, and its name."
 
 
 NO_SETUP = WorkerSetup("", None, b"")
