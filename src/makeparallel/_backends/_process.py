@@ -251,8 +251,7 @@ class ProcessBackend(QueueingBackend):
                 # A worker is recycled as its last task is sent: one that ran its new
                 # count already would take no task, and none would replace it.
                 for worker in self._workers:
-                    if max_tasks_per_child is not None and worker.sent >= max_tasks_per_child:
-                        self._recycle_locked(worker, "max_tasks_per_child")
+                    self._recycle_if_spent_locked(worker)
             if max_worker_memory is not ...:
                 self._max_worker_memory = max_worker_memory
                 self._memory_warned = False
@@ -664,9 +663,7 @@ class ProcessBackend(QueueingBackend):
     def _assigned_locked(self, worker: _Worker, count: int) -> list[str] | None:
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
         worker.sent += count
-        limit = self._max_tasks_per_child
-        if limit is not None and worker.sent >= limit:
-            self._recycle_locked(worker, "max_tasks_per_child")
+        self._recycle_if_spent_locked(worker)
         if worker.path_version == self._path_version:
             return None
         worker.path_version = self._path_version
@@ -712,6 +709,12 @@ class ProcessBackend(QueueingBackend):
                     worker.killing = True
                     worker.stop_reason = "cancelled"
                 self._wake()
+
+    def _recycle_if_spent_locked(self, worker: _Worker) -> None:
+        """Replace ``worker`` once its tasks end if it was sent ``max_tasks_per_child`` of them."""
+        limit = self._max_tasks_per_child
+        if limit is not None and worker.sent >= limit:
+            self._recycle_locked(worker, "max_tasks_per_child")
 
     def _recycle_locked(self, worker: _Worker, reason: str) -> None:
         """Replace ``worker`` once it has finished the tasks it has: it takes no more.
