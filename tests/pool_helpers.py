@@ -122,6 +122,16 @@ def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
     return [blocker() for _ in range(max(1, live))]
 
 
+def live_worker_pids(count: int = 2) -> list[int]:
+    """The pids of ``count`` workers of the process pool, once each has answered a task."""
+    pids: set[int] = set()
+    for _ in range(50):
+        pids.update(h.get(timeout=30) for h in [mp.parallel(backend="process")(os.getpid)() for _ in range(8)])
+        if len(pids) >= count:
+            break
+    return sorted(pids)
+
+
 def fresh_process_pool(num_workers: int) -> None:
     """Stop every worker process, size the pool: the next task starts cold workers."""
     assert mp.shutdown(10)

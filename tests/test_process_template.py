@@ -24,7 +24,7 @@ import makeparallel as mp
 from makeparallel._backends import _process
 from makeparallel._backends._template import template_available
 from makeparallel._cpus import usable_cpus
-from pool_helpers import fresh_process_pool, wait_until
+from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not template_available(), reason="workers are forked from a template on Linux only"),
@@ -84,16 +84,6 @@ def two_workers() -> Iterator[None]:
     fresh_process_pool(2)
     yield
     mp.configure_process_pool(initializer=None)
-
-
-def live_worker_pids() -> list[int]:
-    """The pool's workers, once each has answered (so the template has reported every pid)."""
-    pids = set()
-    for _ in range(50):
-        pids.update(h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(8)])
-        if len(pids) >= 2:
-            break
-    return sorted(pids)
 
 
 def test_workers_are_forked_from_one_single_threaded_template(two_workers: None) -> None:

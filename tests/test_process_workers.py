@@ -15,7 +15,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._cpus import usable_cpus
-from pool_helpers import fresh_process_pool, wait_until
+from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -216,11 +216,7 @@ def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> 
     # They took no more tasks and nothing replaced them: a task too large to be sent
     # from submit() (the loop sends those) waited for ever, with both workers idle.
     fresh_process_pool(2)
-    pids: set[int] = set()
-    for _ in range(50):  # until both workers ran a task
-        pids.update(h.get(timeout=30) for h in [on_process(worker_pid)() for _ in range(8)])
-        if len(pids) == 2:
-            break
+    pids = live_worker_pids()  # both workers ran a task
     assert len(pids) == 2, pids
     before = restarts("max_tasks_per_child")
     mp.configure_process_pool(max_tasks_per_child=1)
