@@ -8,6 +8,7 @@ moment it is asked for, dies with the template, and is reaped by it. Elsewhere
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,61 @@ def test_a_forked_worker_gets_the_environment_directory_and_path_of_the_moment(
     assert variable == "set after the pool started"
     assert cwd == str(tmp_path)
     assert path[0] == str(tmp_path / "plugins")
+
+
+def test_a_forked_worker_takes_the_umask_limits_cpus_and_niceness_of_the_moment() -> None:
+    # In a fresh interpreter: the program changes its own process, which the test's must not.
+    out = run_fresh(
+        """
+        import json, os, resource, tempfile
+        import makeparallel as mp
+
+        def state(folder):
+            path = os.path.join(folder, str(os.getpid()))
+            open(path, "w").close()
+            return [
+                oct(os.stat(path).st_mode & 0o777),
+                sorted(os.sched_getaffinity(0)),
+                os.getpriority(os.PRIO_PROCESS, 0),
+                resource.getrlimit(resource.RLIMIT_NOFILE),
+            ]
+
+        task = mp.parallel(backend="process")(state)
+        folder = tempfile.mkdtemp()
+        before = task(folder).get(timeout=30)  # the template starts with the program's settings
+        os.umask(0o077)
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+        os.nice(1)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft // 2, hard))
+        mp.configure_process_pool(initializer=os.getpid)  # every worker is replaced: new forks
+        after = [task(folder).get(timeout=30) for _ in range(2)]
+        print(json.dumps([before, after, state(folder)], separators=(",", ":")))
+        """
+    )
+    before, after, program = json.loads(out[0])
+    umask, cpus, niceness, limit = program
+    assert before[0] != umask and before[2] != niceness and before[3] != limit  # the template started without them
+    assert after == [program, program]
+    assert (umask, len(cpus)) == ("0o600", 1)
+
+
+def test_a_worker_skips_the_settings_the_system_refuses() -> None:
+    out = run_fresh(
+        """
+        import os, resource
+        from makeparallel._backends._inherited import take
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        take({
+            "umask": 0o027,
+            "cpus": {os.cpu_count() + 4096},  # no such CPU: refused
+            "limits": {resource.RLIMIT_NOFILE: (hard + 1, hard), resource.RLIMIT_CORE: (0, 0)},  # soft over hard: refused
+        })
+        print(oct(os.umask(0)), resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard), resource.getrlimit(resource.RLIMIT_CORE))
+        """
+    )
+    assert out == ["0o27", "True", "(0,", "0)"]
 
 
 def test_workers_forked_once_the_template_is_idle_have_cloudpickle_already(two_workers: None) -> None:

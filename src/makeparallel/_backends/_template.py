@@ -15,7 +15,8 @@ What a fresh interpreter gave each worker, a forked one still gets:
 * the parent's *current* ``sys.path``, environment (with the BLAS thread
   limits) and working directory travel with each request, and the worker sets
   them before it reads its first message, so a task that imports NumPy sees
-  the limits;
+  the limits; so do its umask, resource limits, CPU affinity and niceness
+  where they changed since the template started (``_inherited``);
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -31,7 +32,7 @@ The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
 packet, and a fork request carries the worker's end of its pipe and its crash
 journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number, sys_path, environ, cwd) + the worker's socket and journal
+    pool -> template   ("fork", number, sys_path, environ, cwd, changes) + the worker's socket and journal
                        ("signal", number, signum)
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
@@ -59,6 +60,7 @@ import struct
 import sys
 import time
 
+from ._inherited import changes_since, take
 from ._template_start import StartedTemplate, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
@@ -102,7 +104,8 @@ class Template:
         """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`)."""
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
-        request = _pickle.dumps(("fork", child.number, path, environ, os.getcwd()), protocol=5)
+        changes = changes_since(self._started.inherited)
+        request = _pickle.dumps(("fork", child.number, path, environ, os.getcwd(), changes), protocol=5)
         try:
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(worker_end.fileno(), journal_fd))])
         except OSError:
@@ -265,7 +268,7 @@ def serve(fd: int, parent_pid: int) -> None:
                     if known == number:
                         os.kill(pid, signum)  # not reaped yet: the pid is still this child's
                 continue
-            _, number, path, environ, cwd = request
+            _, number, path, environ, cwd, changes = request
             # The garbage collector is off in the template (from its first line, so
             # that none of its imports goes to collections); a child turns it on with
             # the template's objects in the oldest generation, as a collection would
@@ -279,7 +282,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(fds[0], fds[1], path, environ, cwd, template_pid)
+                _become_worker(fds[0], fds[1], path, environ, cwd, changes, template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             os.close(fds[0])
             os.close(fds[1])
@@ -311,7 +314,15 @@ def _preload() -> None:
         pass
 
 
-def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str, str], cwd: str, template_pid: int) -> None:
+def _become_worker(
+    fd: int,
+    journal_fd: int,
+    path: list[str],
+    environ: dict[str, str],
+    cwd: str,
+    changes: dict[str, Any] | None,
+    template_pid: int,
+) -> None:
     """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
     from ._process_worker import main, take_path
 
@@ -323,6 +334,8 @@ def _become_worker(fd: int, journal_fd: int, path: list[str], environ: dict[str,
         os.chdir(cwd)
     except OSError:
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
+    if changes is not None:
+        take(changes)  # umask, CPUs, niceness, limits changed since the template started (_inherited)
     take_path(path)
     main(fd, template_pid, journal_fd)
 

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 
+from ._inherited import snapshot
 from ._socketpair import blocking_socketpair
 
 __all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
@@ -65,6 +66,9 @@ class StartedTemplate:
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
         self.returncode: int | None = None  # set once it exited and was reaped
+        # What the template inherits (_inherited): the thread started below starts it,
+        # with this thread's CPUs and niceness, and the process's umask and limits.
+        self.inherited = snapshot()
         self._spawned = threading.Event()
         self._error: OSError | None = None
         self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
