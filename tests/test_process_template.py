@@ -353,6 +353,34 @@ def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(temp
     assert out == [str(8 * 1024 * 1024)] * 3
 
 
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@pytest.mark.parametrize("pythonpath", [None, "/opt/plugins"], ids=["no PYTHONPATH", "a PYTHONPATH"])
+def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
+    template: bool, pythonpath: str | None
+) -> None:
+    # The pool once put its sys.path in the workers' PYTHONPATH: a Python a task ran
+    # (a tool, another virtual environment, another version) imported this one's packages.
+    out = run_fresh(
+        f"""
+        import os, subprocess, sys
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        os.environ.pop("PYTHONPATH", None)
+        if {pythonpath!r} is not None:
+            os.environ["PYTHONPATH"] = {pythonpath!r}
+
+        def pythonpaths():
+            child = [sys.executable, "-c", "import os; print(os.environ.get('PYTHONPATH'))"]
+            return os.environ.get("PYTHONPATH"), subprocess.run(child, capture_output=True, text=True).stdout.strip()
+
+        print(*mp.parallel(backend="process")(pythonpaths)().get(timeout=30))
+        """
+    )
+    assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
+
+
 def test_a_worker_finds_modules_in_a_folder_of_sys_path_made_after_the_template_started() -> None:
     # The template's imports looked for the folder and remembered it has no finder;
     # each new worker forgets that (and re-reads every folder) before its first task.

@@ -87,8 +87,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessBackend"]
 
+# The parent's sys.path goes first, as PYTHONPATH would put it, but on the command
+# line: the worker's environment is the program's (see _template_start).
 _WORKER_MAIN = (
-    "import sys; from makeparallel._backends._process_worker import main; "
+    "import os, sys; sys.path[:0] = sys.argv[4].split(os.pathsep); "
+    "from makeparallel._backends._process_worker import main; "
     "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
@@ -530,7 +533,7 @@ class ProcessBackend(QueueingBackend):
         journal = None
         try:
             journal = JournalReader(journal_fd)
-            environ = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p), **thread_limits(self._num_workers))
+            environ = dict(os.environ, **thread_limits(self._num_workers))
             forked = self._fork(child_end, journal_fd, path, environ) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
@@ -539,7 +542,15 @@ class ProcessBackend(QueueingBackend):
                 import subprocess
 
                 process = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER_MAIN, str(child_end.fileno()), str(os.getpid()), str(journal_fd)],
+                    [
+                        sys.executable,
+                        "-c",
+                        _WORKER_MAIN,
+                        str(child_end.fileno()),
+                        str(os.getpid()),
+                        str(journal_fd),
+                        os.pathsep.join(p for p in path if p),
+                    ],
                     pass_fds=(child_end.fileno(), journal_fd),
                     stdin=subprocess.DEVNULL,
                     env=environ,

@@ -432,9 +432,10 @@ def take_path(path: list[str]) -> None:
 def main(fd: int, parent_pid: int, journal_fd: int) -> None:
     """Serve tasks on the connection ``fd`` until the parent closes it; journal map items in ``journal_fd``.
 
-    The parent passes its ``sys.path`` in ``PYTHONPATH``, so its modules import
-    here. Every log record is forwarded (the root logger here is at DEBUG): the
-    parent's loggers decide, as they are configured at the time, which to emit.
+    The parent's ``sys.path`` comes first here (on a fresh interpreter's
+    command line, or from the template), so its modules import. Every log
+    record is forwarded (the root logger here is at DEBUG): the parent's
+    loggers decide, as they are configured at the time, which to emit.
     ``print()`` output is relayed to the parent's ``sys.stdout`` and ``sys.stderr``.
     """
     die_with_parent(parent_pid)

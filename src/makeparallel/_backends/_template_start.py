@@ -32,6 +32,7 @@ __all__ = ["StartedTemplate", "start_early", "take_started", "template_available
 _TEMPLATE_MAIN = """\
 import gc, os, sys
 gc.disable()
+sys.path[:0] = sys.argv[3].split(os.pathsep)
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
@@ -83,11 +84,14 @@ class StartedTemplate:
         try:
             fd = theirs.fileno()
             os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
+            # This process's sys.path goes first, as PYTHONPATH would put it, but on the
+            # command line: the workers' environment must be the program's (a task that
+            # runs another Python must not hand it this one's folders).
             path = os.pathsep.join(p for p in sys.path if p)
-            environ = dict(os.environ, PYTHONPATH=path, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
+            environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
             self.pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())],
+                [sys.executable, "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), path],
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
