@@ -257,13 +257,18 @@ def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.M
         assert "_process_worker" in command and "_template" not in command
 
 
-def run_fresh(script: str) -> list[str]:
-    """Run ``script`` in a fresh interpreter, where the first process task makes the pool; its output lines."""
+def run_fresh(script: str, options: tuple[str, ...] = ()) -> list[str]:
+    """Run ``script`` in a fresh interpreter started with ``options``, where the first process task makes the pool; its output's words."""
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     here = [str(Path(mp.__file__).parents[1]), str(Path(__file__).parent)]  # the package, pool_helpers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, env.get("PYTHONPATH")]))
     completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=50, env=env, check=False
+        [sys.executable, *options, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.split()
@@ -379,6 +384,32 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
         """
     )
     assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_a_worker_runs_with_the_programs_interpreter_options(template: bool) -> None:
+    # -I ignores PYTHONPATH: the package is found through the sys.path the program was given.
+    package = str(Path(mp.__file__).parents[1])
+    out = run_fresh(
+        f"""
+        import json, sys
+        sys.path.insert(0, {package!r})
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def options():
+            flags = sys.flags
+            return [flags.optimize, flags.isolated, flags.utf8_mode, flags.dev_mode, sys.warnoptions, sys._xoptions]
+
+        print(json.dumps([options(), mp.parallel(backend="process")(options)().get(timeout=30)], separators=(",", ":")))
+        """,
+        options=("-I", "-OO", "-X", "utf8", "-W", "error::DeprecationWarning", "-X", "dev"),
+    )
+    program, worker = json.loads(out[0])
+    assert program[:4] == [2, 1, 1, 1]  # the options took, in the program
+    assert worker == program
 
 
 def test_a_worker_finds_modules_in_a_folder_of_sys_path_made_after_the_template_started() -> None:

@@ -38,7 +38,7 @@ def snapshot() -> tuple[int | None, set[int], int, bytes]:
 
 
 def changes_since(inherited: tuple[int | None, set[int], int, bytes]) -> dict[str, Any] | None:
-    """What differs in this process (its main thread) from ``inherited`` (a :func:`snapshot`), by name; ``None`` if nothing.
+    """What differs in this process (its main thread) from ``inherited`` (a :func:`snapshot`); ``None`` if nothing.
 
     Costs two reads of ``/proc`` and two system calls, about 20 microseconds:
     once per worker started, never per task.

@@ -74,6 +74,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from ._interpreter_options import interpreter_options
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -544,6 +545,7 @@ class ProcessBackend(QueueingBackend):
                 process = subprocess.Popen(
                     [
                         sys.executable,
+                        *interpreter_options(),
                         "-c",
                         _WORKER_MAIN,
                         str(child_end.fileno()),

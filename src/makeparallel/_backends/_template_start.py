@@ -21,6 +21,7 @@ import sys
 import threading
 
 from ._inherited import snapshot
+from ._interpreter_options import interpreter_options
 from ._socketpair import blocking_socketpair
 
 __all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
@@ -91,7 +92,7 @@ class StartedTemplate:
             environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
             self.pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), path],
+                [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), path],
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
