@@ -151,6 +151,27 @@ def test_a_forked_worker_takes_the_umask_limits_cpus_and_niceness_of_the_moment(
     assert (umask, len(cpus)) == ("0o600", 1)
 
 
+def test_a_forked_worker_keeps_time_in_the_time_zone_of_the_moment() -> None:
+    out = run_fresh(
+        """
+        import os, time
+        import makeparallel as mp
+
+        def zone():
+            return time.strftime("%Z", time.localtime(0))
+
+        task = mp.parallel(backend="process")(zone)
+        before = task().get(timeout=30)  # the template starts in the program's time zone
+        os.environ["TZ"] = "XYZ-5"  # a POSIX zone: no time zone database needed
+        time.tzset()
+        mp.configure_process_pool(initializer=os.getpid)  # every worker is replaced: new forks
+        print(before, zone(), task().get(timeout=30))
+        """
+    )
+    before, program, worker = out
+    assert (before, program, worker) == (before, "XYZ", "XYZ") and before != "XYZ"
+
+
 def test_a_worker_skips_the_settings_the_system_refuses() -> None:
     out = run_fresh(
         """

@@ -328,8 +328,11 @@ def _become_worker(
 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    zone = os.environ.get("TZ")
     os.environ.clear()
     os.environ.update(environ)
+    if os.environ.get("TZ") != zone:
+        time.tzset()  # the C library's time zone, which a fresh interpreter reads from TZ as it starts
     try:
         os.chdir(cwd)
     except OSError:
