@@ -114,7 +114,7 @@ def test_a_forked_worker_gets_the_environment_directory_and_path_of_the_moment(
     assert path[0] == str(tmp_path / "plugins")
 
 
-def test_a_forked_worker_takes_the_umask_limits_cpus_and_niceness_of_the_moment() -> None:
+def test_a_forked_worker_takes_the_umask_and_limits_of_the_moment_but_not_the_main_threads_cpus() -> None:
     # In a fresh interpreter: the program changes its own process, which the test's must not.
     out = run_fresh(
         """
@@ -126,29 +126,45 @@ def test_a_forked_worker_takes_the_umask_limits_cpus_and_niceness_of_the_moment(
             open(path, "w").close()
             return [
                 oct(os.stat(path).st_mode & 0o777),
-                sorted(os.sched_getaffinity(0)),
-                os.getpriority(os.PRIO_PROCESS, 0),
                 resource.getrlimit(resource.RLIMIT_NOFILE),
+                sorted(os.sched_getaffinity(0)),
             ]
 
+        os.umask(0o022)
         task = mp.parallel(backend="process")(state)
         folder = tempfile.mkdtemp()
-        before = task(folder).get(timeout=30)  # the template starts with the program's settings
+        before = task(folder).get(timeout=30)  # the template starts with these settings
         os.umask(0o077)
-        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-        os.nice(1)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft // 2, hard))
+        # What OpenMP's OMP_PROC_BIND does to the main thread: its pinning is its own.
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
         mp.configure_process_pool(initializer=os.getpid)  # every worker is replaced: new forks
         after = [task(folder).get(timeout=30) for _ in range(2)]
         print(json.dumps([before, after, state(folder)], separators=(",", ":")))
         """
     )
     before, after, program = json.loads(out[0])
-    umask, cpus, niceness, limit = program
-    assert before[0] != umask and before[2] != niceness and before[3] != limit  # the template started without them
-    assert after == [program, program]
-    assert (umask, len(cpus)) == ("0o600", 1)
+    umask, limit, _ = program
+    assert (before[0], umask) == ("0o644", "0o600") and before[1] != limit
+    assert after == [[umask, limit, before[2]]] * 2
+
+
+def test_a_worker_skips_the_limits_the_system_refuses() -> None:
+    out = run_fresh(
+        """
+        import os, resource
+        from makeparallel._backends._inherited import take
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        take({
+            "umask": 0o027,
+            "limits": {resource.RLIMIT_NOFILE: (hard + 1, hard), resource.RLIMIT_CORE: (0, 0)},  # soft over hard: refused
+        })
+        print(oct(os.umask(0)), resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard), *resource.getrlimit(resource.RLIMIT_CORE))
+        """
+    )
+    assert out == ["0o27", "True", "0", "0"]
 
 
 def test_a_forked_worker_keeps_time_in_the_time_zone_of_the_moment() -> None:
@@ -170,24 +186,6 @@ def test_a_forked_worker_keeps_time_in_the_time_zone_of_the_moment() -> None:
     )
     before, program, worker = out
     assert (before, program, worker) == (before, "XYZ", "XYZ") and before != "XYZ"
-
-
-def test_a_worker_skips_the_settings_the_system_refuses() -> None:
-    out = run_fresh(
-        """
-        import os, resource
-        from makeparallel._backends._inherited import take
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        take({
-            "umask": 0o027,
-            "cpus": {os.cpu_count() + 4096},  # no such CPU: refused
-            "limits": {resource.RLIMIT_NOFILE: (hard + 1, hard), resource.RLIMIT_CORE: (0, 0)},  # soft over hard: refused
-        })
-        print(oct(os.umask(0)), resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard), resource.getrlimit(resource.RLIMIT_CORE))
-        """
-    )
-    assert out == ["0o27", "True", "(0,", "0)"]
 
 
 def test_workers_forked_once_the_template_is_idle_have_cloudpickle_already(two_workers: None) -> None:

@@ -15,8 +15,8 @@ What a fresh interpreter gave each worker, a forked one still gets:
 * the parent's *current* ``sys.path``, environment (with the BLAS thread
   limits) and working directory travel with each request, and the worker sets
   them before it reads its first message, so a task that imports NumPy sees
-  the limits; so do its umask, resource limits, CPU affinity and niceness
-  where they changed since the template started (``_inherited``);
+  the limits; so do its umask and resource limits where they changed since
+  the template started (``_inherited``), and a changed ``TZ`` is read again;
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -338,7 +338,7 @@ def _become_worker(
     except OSError:
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
     if changes is not None:
-        take(changes)  # umask, CPUs, niceness, limits changed since the template started (_inherited)
+        take(changes)  # the umask and limits, where they changed since the template started (_inherited)
     take_path(path)
     main(fd, template_pid, journal_fd)
 

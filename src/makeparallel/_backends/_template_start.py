@@ -64,13 +64,11 @@ class StartedTemplate:
     """
 
     def __init__(self) -> None:
+        self.inherited = snapshot()  # the umask and limits the template starts with (_inherited)
         ours, theirs = blocking_socketpair(_socket.SOCK_SEQPACKET)
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
         self.returncode: int | None = None  # set once it exited and was reaped
-        # What the template inherits (_inherited): the thread started below starts it,
-        # with this thread's CPUs and niceness, and the process's umask and limits.
-        self.inherited = snapshot()
         self._spawned = threading.Event()
         self._error: OSError | None = None
         self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
