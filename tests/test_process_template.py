@@ -405,6 +405,54 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
     assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
 
 
+def test_dev_mode_from_the_environment_reaches_workers_though_the_program_removed_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONDEVMODE", "1")
+    out = run_fresh(
+        """
+        import os, sys
+        import makeparallel as mp
+        del os.environ["PYTHONDEVMODE"]  # the setting stays this interpreter's, and its workers'
+
+        def dev_mode():
+            return sys.flags.dev_mode
+
+        print(dev_mode(), mp.parallel(backend="process")(dev_mode)().get(timeout=30))
+        """
+    )
+    assert out == ["True", "True"]
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_a_worker_imports_what_the_program_imports_through_the_same_sys_path(template: bool, tmp_path: Path) -> None:
+    # python -c puts "" (the current folder) first: a module there shadows an installed
+    # one, in the workers too; a folder whose name holds os.pathsep is a folder; and a
+    # sys.path of 200 KB is longer than one command-line argument may be (128 KiB).
+    (tmp_path / "threadpoolctl.py").write_text("")  # shadows the installed threadpoolctl
+    (tmp_path / "a:b").mkdir()
+    (tmp_path / "a:b" / "colon_probe.py").write_text("")
+    out = run_fresh(
+        f"""
+        import os, sys
+        os.chdir({str(tmp_path)!r})
+        sys.path.append({str(tmp_path / "a:b")!r})
+        sys.path += [f"/nonexistent/{{i:04}}/" + "x" * 90 for i in range(2000)]
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def origins():
+            import colon_probe, threadpoolctl
+            return threadpoolctl.__file__, colon_probe.__file__
+
+        print(*origins(), *mp.parallel(backend="process")(origins)().get(timeout=30))
+        """
+    )
+    assert out == [str(tmp_path / "threadpoolctl.py"), str(tmp_path / "a:b" / "colon_probe.py")] * 2
+
+
 @pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
 def test_a_worker_runs_with_the_programs_interpreter_options(template: bool) -> None:
     # -I ignores PYTHONPATH: the package is found through the sys.path the program was given.
@@ -424,7 +472,7 @@ def test_a_worker_runs_with_the_programs_interpreter_options(template: bool) -> 
 
         print(json.dumps([options(), mp.parallel(backend="process")(options)().get(timeout=30)], separators=(",", ":")))
         """,
-        options=("-I", "-OO", "-X", "utf8", "-W", "error::DeprecationWarning", "-X", "dev"),
+        options=("-I", "-B", "-OO", "-X", "utf8", "-W", "error::DeprecationWarning", "-X", "dev"),
     )
     program, worker = json.loads(out[0])
     assert program[:4] == [2, 1, 1, 1]  # the options took, in the program

@@ -12,10 +12,11 @@ first task. Where nothing changed, nothing is sent and the worker does nothing.
 
 Settings of a thread rather than of the process (CPU affinity, niceness and
 scheduling policy on Linux) are not followed: a new process takes them from the
-thread that starts it, which for ``multiprocessing`` is a thread of its own, as
-the template's is, not the thread where the program changed them. Following
-the main thread's instead would spread a mistake: OpenMP with
-``OMP_PROC_BIND`` pins the main thread to one CPU, and every worker would join it.
+thread that starts it, and every worker is forked from the template, which took
+them from the thread whose task started it (as ``multiprocessing.Pool``'s first
+workers take those of the thread that made the pool). Following the main
+thread's at each fork instead spreads a mistake: OpenMP with ``OMP_PROC_BIND``
+pins the main thread to one CPU, and every later worker would run there.
 """
 
 from __future__ import annotations

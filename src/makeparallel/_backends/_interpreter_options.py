@@ -5,18 +5,29 @@ A worker runs the program's code, so it must run it as the program does: with
 open as UTF-8, with ``-W error::DeprecationWarning`` a deprecated call raises.
 The template and each fresh-interpreter worker are started with these options,
 as ``multiprocessing`` starts its ``spawn`` and ``forkserver`` children (the
-mapping is the one ``subprocess._args_from_interpreter_flags`` makes, read
-here without importing ``subprocess``, which costs a first process task about
-3 ms). Options set through the environment (``PYTHONOPTIMIZE``,
-``PYTHONDONTWRITEBYTECODE``...) are passed as well, which changes nothing: the
-new interpreter would read them from the same environment.
+mapping is the one ``subprocess._args_from_interpreter_flags`` makes, but with
+every ``-X`` option, and without importing ``subprocess``, which would cost a
+first process task about 3 ms). Options set through the environment
+(``PYTHONOPTIMIZE``, ``PYTHONDONTWRITEBYTECODE``...) are passed as well, which
+changes nothing: the new interpreter would read them from the same environment.
+
+A ``-W`` option that names a package's warning class
+(``-W ignore::numpy.exceptions.ComplexWarning``) makes the template import that
+package as it starts, as the program did as it started; NumPy's BLAS then
+starts in the template, before the pool's thread limits reach a worker, and
+keeps its own thread count in every worker forked from it.
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["interpreter_options"]
+# typing.TYPE_CHECKING without importing typing: the template's starter imports this on a first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["interpreter_options", "path_arguments"]
 
 # sys.flags read as repeatable single-letter options: -OO is optimize=2, -vv verbose=2.
 _LETTERS = (
@@ -45,6 +56,21 @@ def interpreter_options() -> list[str]:
     if flags.dev_mode:
         implied.add("default")
     options += ["-W" + option for option in sys.warnoptions if option not in implied]
+    if flags.dev_mode:
+        options += ["-X", "dev"]  # also where PYTHONDEVMODE set it, and the program removed it since
     for name, value in getattr(sys, "_xoptions", {}).items():
-        options += ["-X", name if value is True else f"{name}={value}"]
+        if name != "dev":
+            options += ["-X", name if value is True else f"{name}={value}"]
     return options
+
+
+def path_arguments(path: list[Any]) -> list[str]:
+    """The entries of ``path`` (a ``sys.path``) that a command line can carry, one argument each.
+
+    Text entries only, which are all the import system reads, and none with a
+    NUL character, which no argument can hold and no folder name has. One
+    argument per entry: joined, an entry holding ``os.pathsep`` would split,
+    and a long ``sys.path`` would pass the kernel's 128 KiB limit for one
+    argument (``E2BIG``).
+    """
+    return [entry for entry in path if isinstance(entry, str) and "\0" not in entry]

@@ -74,7 +74,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
-from ._interpreter_options import interpreter_options
+from ._interpreter_options import interpreter_options, path_arguments
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -88,10 +88,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessBackend"]
 
-# The parent's sys.path goes first, as PYTHONPATH would put it, but on the command
-# line: the worker's environment is the program's (see _template_start).
+# The parent's sys.path, one argument per entry, becomes the worker's: its environment
+# is the program's (see _template_start).
 _WORKER_MAIN = (
-    "import os, sys; sys.path[:0] = sys.argv[4].split(os.pathsep); "
+    "import sys; sys.path[:] = sys.argv[4:]; "
     "from makeparallel._backends._process_worker import main; "
     "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
 )
@@ -535,7 +535,7 @@ class ProcessBackend(QueueingBackend):
         try:
             journal = JournalReader(journal_fd)
             environ = dict(os.environ, **thread_limits(self._num_workers))
-            forked = self._fork(child_end, journal_fd, path, environ) if template_available() else None
+            forked = self._fork(child_end, journal_fd, environ) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
                 process = forked
@@ -551,7 +551,7 @@ class ProcessBackend(QueueingBackend):
                         str(child_end.fileno()),
                         str(os.getpid()),
                         str(journal_fd),
-                        os.pathsep.join(p for p in path if p),
+                        *path_arguments(path),
                     ],
                     pass_fds=(child_end.fileno(), journal_fd),
                     stdin=subprocess.DEVNULL,
@@ -565,11 +565,12 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        return _Worker(process, Channel(parent_end), journal, path_version)
+        worker = _Worker(process, Channel(parent_end), journal, path_version)
+        if forked is not None:
+            _send(worker, ("path", path))  # first: the worker imports nothing before it has it
+        return worker
 
-    def _fork(
-        self, child_end: _socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]
-    ) -> ForkedProcess | None:
+    def _fork(self, child_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess | None:
         """A worker forked from the template, started first if need be; None if it cannot start."""
         template = self._template
         if template is None or not template.alive:
@@ -582,7 +583,7 @@ class ProcessBackend(QueueingBackend):
                 return None
         if self._warm:  # prestarted: its workers are ready for any task
             template.preload()
-        return template.fork(child_end, journal_fd, path, environ)
+        return template.fork(child_end, journal_fd, environ)
 
     def _close_template(self) -> None:
         """Stop the template once the loop has stopped every worker."""

@@ -12,11 +12,13 @@ time the pool asks. A fork of it is a ready worker in about a millisecond.
 
 What a fresh interpreter gave each worker, a forked one still gets:
 
-* the parent's *current* ``sys.path``, environment (with the BLAS thread
-  limits) and working directory travel with each request, and the worker sets
-  them before it reads its first message, so a task that imports NumPy sees
-  the limits; so do its umask and resource limits where they changed since
-  the template started (``_inherited``), and a changed ``TZ`` is read again;
+* the parent's *current* environment (with the BLAS thread limits) and
+  working directory travel with each request, and the worker sets them before
+  it reads its first message, so a task that imports NumPy sees the limits; so
+  do its umask and resource limits where they changed since the template
+  started (``_inherited``), and a changed ``TZ`` is read again; its
+  ``sys.path`` is the first message on the worker's own pipe, which has no
+  size limit (a request is one packet, which the socket's buffer bounds);
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -32,7 +34,7 @@ The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
 packet, and a fork request carries the worker's end of its pipe and its crash
 journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number, sys_path, environ, cwd, changes) + the worker's socket and journal
+    pool -> template   ("fork", number, environ, cwd, changes) + the worker's socket and journal
                        ("signal", number, signum)
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
@@ -74,7 +76,7 @@ else:
 
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
-_PACKET = 256 * 1024  # the largest request: sys.path and the environment, pickled
+_PACKET = 256 * 1024  # the largest request: the environment, pickled
 _FDS = struct.Struct("2i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket and journal
 _FD_BYTES = _FDS.size // 2
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
@@ -100,12 +102,12 @@ class Template:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def fork(self, worker_end: _socket.socket, journal_fd: int, path: list[str], environ: dict[str, str]) -> ForkedProcess:
+    def fork(self, worker_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess:
         """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`)."""
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
         changes = changes_since(self._started.inherited)
-        request = _pickle.dumps(("fork", child.number, path, environ, os.getcwd(), changes), protocol=5)
+        request = _pickle.dumps(("fork", child.number, environ, os.getcwd(), changes), protocol=5)
         try:
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(worker_end.fileno(), journal_fd))])
         except OSError:
@@ -268,7 +270,7 @@ def serve(fd: int, parent_pid: int) -> None:
                     if known == number:
                         os.kill(pid, signum)  # not reaped yet: the pid is still this child's
                 continue
-            _, number, path, environ, cwd, changes = request
+            _, number, environ, cwd, changes = request
             # The garbage collector is off in the template (from its first line, so
             # that none of its imports goes to collections); a child turns it on with
             # the template's objects in the oldest generation, as a collection would
@@ -282,7 +284,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(fds[0], fds[1], path, environ, cwd, changes, template_pid)
+                _become_worker(fds[0], fds[1], environ, cwd, changes, template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             os.close(fds[0])
             os.close(fds[1])
@@ -317,14 +319,13 @@ def _preload() -> None:
 def _become_worker(
     fd: int,
     journal_fd: int,
-    path: list[str],
     environ: dict[str, str],
     cwd: str,
     changes: dict[str, Any] | None,
     template_pid: int,
 ) -> None:
     """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
-    from ._process_worker import main, take_path
+    from ._process_worker import main
 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -339,7 +340,6 @@ def _become_worker(
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
     if changes is not None:
         take(changes)  # the umask and limits, where they changed since the template started (_inherited)
-    take_path(path)
     main(fd, template_pid, journal_fd)
 
 

@@ -21,7 +21,7 @@ import sys
 import threading
 
 from ._inherited import snapshot
-from ._interpreter_options import interpreter_options
+from ._interpreter_options import interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
 __all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
@@ -33,7 +33,7 @@ __all__ = ["StartedTemplate", "start_early", "take_started", "template_available
 _TEMPLATE_MAIN = """\
 import gc, os, sys
 gc.disable()
-sys.path[:0] = sys.argv[3].split(os.pathsep)
+sys.path[:] = sys.argv[3:]
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
@@ -83,14 +83,13 @@ class StartedTemplate:
         try:
             fd = theirs.fileno()
             os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
-            # This process's sys.path goes first, as PYTHONPATH would put it, but on the
-            # command line: the workers' environment must be the program's (a task that
-            # runs another Python must not hand it this one's folders).
-            path = os.pathsep.join(p for p in sys.path if p)
+            # The template imports from this process's sys.path, which its command line
+            # carries, one argument per entry: the workers' environment must be the
+            # program's (a task that runs another Python must not hand it these folders).
             environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
             self.pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), path],
+                [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), *path_arguments(sys.path)],
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
