@@ -405,6 +405,56 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
     assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
 
 
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_workers_start_though_the_program_removed_the_packages_folder_from_sys_path(template: bool) -> None:
+    # Without site (-S), the package is found only through the folder the program added.
+    package = str(Path(mp.__file__).parents[1])
+    out = run_fresh(
+        f"""
+        import os, sys
+        sys.path.insert(0, {package!r})
+        import makeparallel as mp
+        while {package!r} in sys.path:
+            sys.path.remove({package!r})
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        print(mp.parallel(backend="process")(os.getpid)().get(timeout=30) != os.getpid())
+        """,
+        options=("-S",),
+    )
+    assert out == ["True"]
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_prestarted_workers_run_an_initializer_from_a_folder_added_since_the_last_task(
+    template: bool, tmp_path: Path
+) -> None:
+    (tmp_path / "plugin_setup.py").write_text("import os\ndef setup():\n    os.environ['PLUGIN_SET_UP'] = 'yes'\n")
+    out = run_fresh(
+        f"""
+        import os, sys
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        from pool_helpers import wait_until
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        @mp.parallel(backend="process")
+        def set_up():
+            return os.environ.get("PLUGIN_SET_UP")
+
+        set_up().get(timeout=30)  # the pool runs, with the sys.path of then
+        sys.path.append({str(tmp_path)!r})
+        import plugin_setup
+        mp.configure_process_pool(initializer=plugin_setup.setup, prestart=True)  # no task meanwhile
+        assert wait_until(lambda: mp.get_process_pool_info()["ready_workers"] == mp.get_process_pool_info()["num_workers"], 30)
+        print(set_up().get(timeout=30))
+        """
+    )
+    assert out == ["yes"]
+
+
 def test_dev_mode_from_the_environment_reaches_workers_though_the_program_removed_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

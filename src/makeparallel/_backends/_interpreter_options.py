@@ -20,6 +20,7 @@ keeps its own thread count in every worker forked from it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 # typing.TYPE_CHECKING without importing typing: the template's starter imports this on a first task.
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["interpreter_options", "path_arguments"]
+
+_PACKAGE_FOLDER = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))  # where makeparallel is
 
 # sys.flags read as repeatable single-letter options: -OO is optimize=2, -vv verbose=2.
 _LETTERS = (
@@ -65,12 +68,17 @@ def interpreter_options() -> list[str]:
 
 
 def path_arguments(path: list[Any]) -> list[str]:
-    """The entries of ``path`` (a ``sys.path``) that a command line can carry, one argument each.
+    """``path`` (a ``sys.path``) as a worker takes it: on its command line, one argument per entry, or in a message.
 
-    Text entries only, which are all the import system reads, and none with a
-    NUL character, which no argument can hold and no folder name has. One
-    argument per entry: joined, an entry holding ``os.pathsep`` would split,
-    and a long ``sys.path`` would pass the kernel's 128 KiB limit for one
-    argument (``E2BIG``).
+    Plain text entries only (a ``str`` subclass of ``__main__`` could not be
+    unpickled there; ``bytes`` and other entries find nothing), and none with a
+    NUL character, which no argument can hold and no folder name has. This
+    package's folder is added last where the program has removed it, so that a
+    worker can always import it. One argument per entry: joined, an entry
+    holding ``os.pathsep`` would split, and a long ``sys.path`` would pass the
+    kernel's 128 KiB limit for one argument (``E2BIG``).
     """
-    return [entry for entry in path if isinstance(entry, str) and "\0" not in entry]
+    entries = [str(entry) for entry in path if isinstance(entry, str) and "\0" not in entry]
+    if _PACKAGE_FOLDER not in entries:
+        entries.append(_PACKAGE_FOLDER)
+    return entries

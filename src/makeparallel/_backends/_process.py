@@ -88,11 +88,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessBackend"]
 
-# The parent's sys.path, one argument per entry, becomes the worker's: its environment
-# is the program's (see _template_start).
+# The parent's sys.path, one argument per entry (path_arguments), not in PYTHONPATH: the
+# worker's environment is the program's. It goes first for the import of this package,
+# then becomes the worker's sys.path, exactly (a "" of the parent's then comes first).
 _WORKER_MAIN = (
-    "import sys; sys.path[:] = sys.argv[4:]; "
+    "import sys; sys.path[:0] = sys.argv[4:]; "
     "from makeparallel._backends._process_worker import main; "
+    "sys.path[:] = sys.argv[4:]; "
     "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
@@ -567,7 +569,7 @@ class ProcessBackend(QueueingBackend):
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(process, Channel(parent_end), journal, path_version)
         if forked is not None:
-            _send(worker, ("path", path))  # first: the worker imports nothing before it has it
+            _send(worker, ("path", path_arguments(path)))  # first: the worker imports nothing before it has it
         return worker
 
     def _fork(self, child_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess | None:
@@ -616,6 +618,9 @@ class ProcessBackend(QueueingBackend):
             wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
             missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
+            if missing > 0 and sys.path != self._path:  # changed since the last task: a prestart's initializer needs it
+                self._path = list(sys.path)
+                self._path_version += 1
             setup, path, path_version = self._setup, self._path, self._path_version
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
@@ -1143,7 +1148,7 @@ def _close(worker: _Worker) -> None:
 def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] | None) -> None:
     """Send ``batch`` to ``worker``, after the parent's new ``sys.path`` if it changed; the send lock is held."""
     if path is not None:
-        _send(worker, ("path", path))
+        _send(worker, ("path", path_arguments(path)))
     tasks, buffers = [], []
     for handle in batch:
         function, data, task_buffers = handle._payload

@@ -10,8 +10,9 @@ lock makes sure only one of the two reads at a time.
 
 Messages are pickled tuples, each followed by its out-of-band buffers:
 
-    parent -> worker   ("setup", initializer, initargs)    first, always; pickled, or None
-                       ("path", sys_path)                  the parent's sys.path changed
+    parent -> worker   ("path", sys_path)                  first, for a worker forked from the template;
+                                                           later, when the parent's sys.path changed
+                       ("setup", initializer, initargs)    then, always; pickled, or None
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
@@ -432,10 +433,11 @@ def take_path(path: list[str]) -> None:
 def main(fd: int, parent_pid: int, journal_fd: int) -> None:
     """Serve tasks on the connection ``fd`` until the parent closes it; journal map items in ``journal_fd``.
 
-    The parent's ``sys.path`` comes first here (on a fresh interpreter's
-    command line, or from the template), so its modules import. Every log
-    record is forwarded (the root logger here is at DEBUG): the parent's
-    loggers decide, as they are configured at the time, which to emit.
+    The parent's ``sys.path`` is this worker's (from a fresh interpreter's
+    command line, or the first message to a forked one), so its modules
+    import. Every log record is forwarded (the root logger here is at DEBUG):
+    the parent's loggers decide, as they are configured at the time, which to
+    emit.
     ``print()`` output is relayed to the parent's ``sys.stdout`` and ``sys.stderr``.
     """
     die_with_parent(parent_pid)

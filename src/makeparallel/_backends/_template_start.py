@@ -33,7 +33,7 @@ __all__ = ["StartedTemplate", "start_early", "take_started", "template_available
 _TEMPLATE_MAIN = """\
 import gc, os, sys
 gc.disable()
-sys.path[:] = sys.argv[3:]
+sys.path[:0] = sys.argv[3:]
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
@@ -83,13 +83,14 @@ class StartedTemplate:
         try:
             fd = theirs.fileno()
             os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
-            # The template imports from this process's sys.path, which its command line
-            # carries, one argument per entry: the workers' environment must be the
-            # program's (a task that runs another Python must not hand it these folders).
+            # The template imports from this process's sys.path first, which its command
+            # line carries (path_arguments), not PYTHONPATH: the workers' environment must
+            # be the program's (a task that runs another Python must not get these folders).
             environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
+            command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())]
             self.pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), *path_arguments(sys.path)],
+                [*command, *path_arguments(sys.path)],
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
