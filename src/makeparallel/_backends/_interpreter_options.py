@@ -1,4 +1,4 @@
-"""The command-line options that start a new interpreter with this one's settings: ``-O``, ``-W``, ``-X``, ``-I``...
+"""The command line that starts a new interpreter as this one: its options (``-O``, ``-W``, ``-X``, ``-I``...) and its ``sys.path``.
 
 A worker runs the program's code, so it must run it as the program does: with
 ``python -O`` its ``assert`` statements are gone, with ``-X utf8`` its files
@@ -16,6 +16,10 @@ A ``-W`` option that names a package's warning class
 package as it starts, as the program did as it started; NumPy's BLAS then
 starts in the template, before the pool's thread limits reach a worker, and
 keeps its own thread count in every worker forked from it.
+
+The ``sys.path`` travels as arguments (:func:`path_arguments`), not in
+``PYTHONPATH``, which a worker's environment would keep: a task that ran
+another Python would hand it this interpreter's folders.
 """
 
 from __future__ import annotations
