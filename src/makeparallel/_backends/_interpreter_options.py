@@ -1,4 +1,4 @@
-"""The command line that starts a new interpreter as this one: its options (``-O``, ``-W``, ``-X``, ``-I``...) and its ``sys.path``.
+"""The command line that starts a new interpreter as this one: its options (``-O``, ``-W``, ``-X``...) and ``sys.path``.
 
 A worker runs the program's code, so it must run it as the program does: with
 ``python -O`` its ``assert`` statements are gone, with ``-X utf8`` its files
