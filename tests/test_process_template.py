@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -424,6 +425,30 @@ def test_workers_start_though_the_program_removed_the_packages_folder_from_sys_p
         options=("-S",),
     )
     assert out == ["True"]
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_workers_run_the_copy_of_the_package_the_program_runs(template: bool, tmp_path: Path) -> None:
+    # Another copy stays on sys.path (through PYTHONPATH, as an installed one would):
+    # the one the program imported, from a folder it then removed, is the workers' too.
+    shutil.copytree(Path(mp.__file__).parent, tmp_path / "makeparallel", ignore=shutil.ignore_patterns("__pycache__"))
+    out = run_fresh(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+        sys.path.remove({str(tmp_path)!r})
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def package():
+            return sys.modules["makeparallel"].__file__
+
+        print(package(), mp.parallel(backend="process")(package)().get(timeout=30))
+        """
+    )
+    assert out == [str(tmp_path / "makeparallel" / "__init__.py")] * 2
 
 
 @pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])

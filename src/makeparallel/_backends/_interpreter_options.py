@@ -17,9 +17,10 @@ package as it starts, as the program did as it started; NumPy's BLAS then
 starts in the template, before the pool's thread limits reach a worker, and
 keeps its own thread count in every worker forked from it.
 
-The ``sys.path`` travels as arguments (:func:`path_arguments`), not in
-``PYTHONPATH``, which a worker's environment would keep: a task that ran
-another Python would hand it this interpreter's folders.
+The ``sys.path`` travels as arguments (:func:`path_arguments`), after this
+package's folder (:data:`PACKAGE_FOLDER`), not in ``PYTHONPATH``, which a
+worker's environment would keep: a task that ran another Python would hand it
+this interpreter's folders.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["interpreter_options", "path_arguments"]
+__all__ = ["PACKAGE_FOLDER", "interpreter_options", "path_arguments"]
 
-_PACKAGE_FOLDER = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))  # where makeparallel is
+#: The folder this package was imported from: a new interpreter imports it from there first,
+#: the copy the program runs, wherever the program's sys.path says now (it may have removed it).
+PACKAGE_FOLDER = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 # sys.flags read as repeatable single-letter options: -OO is optimize=2, -vv verbose=2.
 _LETTERS = (
@@ -76,13 +79,9 @@ def path_arguments(path: list[Any]) -> list[str]:
 
     Plain text entries only (a ``str`` subclass of ``__main__`` could not be
     unpickled there; ``bytes`` and other entries find nothing), and none with a
-    NUL character, which no argument can hold and no folder name has. This
-    package's folder is added last where the program has removed it, so that a
-    worker can always import it. One argument per entry: joined, an entry
-    holding ``os.pathsep`` would split, and a long ``sys.path`` would pass the
-    kernel's 128 KiB limit for one argument (``E2BIG``).
+    NUL character, which no argument can hold and no folder name has. One
+    argument per entry: joined, an entry holding ``os.pathsep`` would split,
+    and a long ``sys.path`` would pass the kernel's 128 KiB limit for one
+    argument (``E2BIG``).
     """
-    entries = [str(entry) for entry in path if isinstance(entry, str) and "\0" not in entry]
-    if _PACKAGE_FOLDER not in entries:
-        entries.append(_PACKAGE_FOLDER)
-    return entries
+    return [str.__str__(entry) for entry in path if isinstance(entry, str) and "\0" not in entry]

@@ -74,7 +74,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
-from ._interpreter_options import interpreter_options, path_arguments
+from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._output_relay import write_relayed
 from ._queueing import ON_WORKER, QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -88,13 +88,14 @@ if TYPE_CHECKING:
 
 __all__ = ["ProcessBackend"]
 
-# The parent's sys.path, one argument per entry (path_arguments), not in PYTHONPATH: the
-# worker's environment is the program's. It goes first for the import of this package,
-# then becomes the worker's sys.path, exactly (a "" of the parent's then comes first).
+# This package's folder, then the parent's sys.path, one argument per entry, not in
+# PYTHONPATH: the worker's environment is the program's (_interpreter_options). Both go
+# first for the import of the package the program runs; then the parent's path becomes
+# the worker's, exactly (a "" of the parent's then comes first).
 _WORKER_MAIN = (
     "import sys; sys.path[:0] = sys.argv[4:]; "
     "from makeparallel._backends._process_worker import main; "
-    "sys.path[:] = sys.argv[4:]; "
+    "sys.path[:] = sys.argv[5:]; "
     "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
@@ -553,6 +554,7 @@ class ProcessBackend(QueueingBackend):
                         str(child_end.fileno()),
                         str(os.getpid()),
                         str(journal_fd),
+                        PACKAGE_FOLDER,
                         *path_arguments(path),
                     ],
                     pass_fds=(child_end.fileno(), journal_fd),

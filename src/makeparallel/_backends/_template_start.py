@@ -21,7 +21,7 @@ import sys
 import threading
 
 from ._inherited import snapshot
-from ._interpreter_options import interpreter_options, path_arguments
+from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
 __all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
@@ -83,14 +83,14 @@ class StartedTemplate:
         try:
             fd = theirs.fileno()
             os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
-            # The template imports from this process's sys.path first, which its command
-            # line carries (path_arguments), not PYTHONPATH: the workers' environment must
-            # be the program's (a task that runs another Python must not get these folders).
+            # The template imports from this package's folder and this process's sys.path
+            # first, which its command line carries (_interpreter_options), not PYTHONPATH:
+            # the workers' environment must be the program's.
             environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())]
             self.pid = os.posix_spawn(
                 sys.executable,
-                [*command, *path_arguments(sys.path)],
+                [*command, PACKAGE_FOLDER, *path_arguments(sys.path)],
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
