@@ -225,6 +225,32 @@ def test_process_task_is_started_at_dispatch_and_finishes_later(listen: Any, fif
     assert started.metadata == {}  # copied at the event
 
 
+def test_process_task_is_started_before_it_finishes_however_late_its_sender_goes_on(
+    listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread that sends a task may lose the CPU right after the send, and the
+    # result come back and finish the task before it goes on (seen on a loaded machine).
+    from makeparallel._backends import _process
+
+    name = unique_name("events-process-order")
+    recorder = Recorder(name)
+    listen(recorder)
+    task = mp.parallel(backend="process", name=name)(add_one)
+    assert task(0).get(20) == 1  # a warm worker: the next task is sent by the submitting thread
+    send = _process._send
+
+    def send_then_stall(worker: Any, message: tuple[Any, ...], buffers: Any = ()) -> None:
+        send(worker, message, buffers)
+        if message[0] == "tasks" and threading.current_thread() is threading.main_thread():
+            task_id = message[1][0][0]
+            assert wait_until(lambda: any(e.task_id == task_id and e.kind == "finished" for e in recorder.of(task_id)), 10)
+
+    monkeypatch.setattr(_process, "_send", send_then_stall)
+    handle = task(1)
+    assert handle.get(20) == 2
+    assert [e.kind for e in recorder.wait_finished(handle.get_task_id())] == ["submitted", "started", "finished"]
+
+
 def test_metadata_is_copied_at_each_event(listen: Any, gate: threading.Event) -> None:
     name = unique_name("events-metadata")
     recorder = Recorder(name)

@@ -1158,10 +1158,10 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] 
         # A timed task's clock starts with the worker's "started" message.
         tasks.append((handle._id, handle.name, function, data, sizes, handle._timeout is not None))
         buffers.extend(task_buffers)  # the payload stays: a crash may send it again
-    _send(worker, ("tasks", tasks), buffers)
-    if _events.listeners:
+    if _events.listeners:  # before the send: once sent, the result may come back and finish it first
         for handle in batch:
             _events.emit("started", handle)
+    _send(worker, ("tasks", tasks), buffers)
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
