@@ -428,9 +428,13 @@ def test_workers_start_though_the_program_removed_the_packages_folder_from_sys_p
 
 
 @pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
-def test_workers_run_the_copy_of_the_package_the_program_runs(template: bool, tmp_path: Path) -> None:
+def test_workers_run_the_copy_of_the_package_the_program_runs(
+    template: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Another copy stays on sys.path (through PYTHONPATH, as an installed one would):
     # the one the program imported, from a folder it then removed, is the workers' too.
+    for variable in [name for name in os.environ if name.startswith("COVERAGE_")]:
+        monkeypatch.delenv(variable)  # the copy is no code of the project's to measure
     shutil.copytree(Path(mp.__file__).parent, tmp_path / "makeparallel", ignore=shutil.ignore_patterns("__pycache__"))
     out = run_fresh(
         f"""
