@@ -408,8 +408,13 @@ class ProcessBackend(QueueingBackend):
         handle._payload = _serialize_call(handle)
         if sys.path != self._path:  # what the caller can import, its workers can
             with self._lock:
-                self._path = list(sys.path)
-                self._path_version += 1
+                self._take_path_locked()
+
+    def _take_path_locked(self) -> None:
+        """Have workers take the caller's ``sys.path`` before their next task, if it changed."""
+        if sys.path != self._path:
+            self._path = list(sys.path)
+            self._path_version += 1
 
     def _work_arrived(self) -> None:
         self._start_loop()
@@ -620,9 +625,8 @@ class ProcessBackend(QueueingBackend):
             wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
             missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
-            if missing > 0 and sys.path != self._path:  # changed since the last task: a prestart's initializer needs it
-                self._path = list(sys.path)
-                self._path_version += 1
+            if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
+                self._take_path_locked()
             setup, path, path_version = self._setup, self._path, self._path_version
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
