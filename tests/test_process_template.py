@@ -34,6 +34,10 @@ pytestmark = [
 ]
 
 on_process = mp.parallel(backend="process")
+PACKAGE = str(Path(mp.__file__).parents[1])  # the folder the package is imported from
+# A fresh program's workers, forked from its template, or fresh interpreters (where the
+# script sets _process.template_available = lambda: False before its first task).
+both_ways = pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
 VARIABLE = "MAKEPARALLEL_TEMPLATE_TEST"
 
 
@@ -280,7 +284,7 @@ def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.M
 def run_fresh(script: str, options: tuple[str, ...] = ()) -> list[str]:
     """Run ``script`` in a fresh interpreter started with ``options``, where the first process task makes the pool; its output's words."""
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    here = [str(Path(mp.__file__).parents[1]), str(Path(__file__).parent)]  # the package, pool_helpers
+    here = [PACKAGE, str(Path(__file__).parent)]  # the package, pool_helpers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, env.get("PYTHONPATH")]))
     completed = subprocess.run(
         [sys.executable, *options, "-c", textwrap.dedent(script)],
@@ -355,7 +359,7 @@ def test_configuring_or_inspecting_the_pool_starts_no_template() -> None:
     assert int(out[1]) >= 1  # the first task started it
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(template: bool) -> None:
     # socket.setdefaulttimeout makes every later socket non-blocking at the system level,
     # the pool's pairs included: the worker's end, wrapped there as blocking, failed its
@@ -378,7 +382,7 @@ def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(temp
     assert out == [str(8 * 1024 * 1024)] * 3
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 @pytest.mark.parametrize("pythonpath", [None, "/opt/plugins"], ids=["no PYTHONPATH", "a PYTHONPATH"])
 def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
     template: bool, pythonpath: str | None
@@ -406,17 +410,16 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
     assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_workers_start_though_the_program_removed_the_packages_folder_from_sys_path(template: bool) -> None:
     # Without site (-S), the package is found only through the folder the program added.
-    package = str(Path(mp.__file__).parents[1])
     out = run_fresh(
         f"""
         import os, sys
-        sys.path.insert(0, {package!r})
+        sys.path.insert(0, {PACKAGE!r})
         import makeparallel as mp
-        while {package!r} in sys.path:
-            sys.path.remove({package!r})
+        while {PACKAGE!r} in sys.path:
+            sys.path.remove({PACKAGE!r})
         from makeparallel._backends import _process
         if not {template!r}:
             _process.template_available = lambda: False
@@ -427,7 +430,7 @@ def test_workers_start_though_the_program_removed_the_packages_folder_from_sys_p
     assert out == ["True"]
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_workers_run_the_copy_of_the_package_the_program_runs(
     template: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,7 +458,7 @@ def test_workers_run_the_copy_of_the_package_the_program_runs(
     assert out == [str(tmp_path / "makeparallel" / "__init__.py")] * 2
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_prestarted_workers_run_an_initializer_from_a_folder_added_since_the_last_task(
     template: bool, tmp_path: Path
 ) -> None:
@@ -503,7 +506,7 @@ def test_dev_mode_from_the_environment_reaches_workers_though_the_program_remove
     assert out == ["True", "True"]
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_a_worker_imports_what_the_program_imports_through_the_same_sys_path(template: bool, tmp_path: Path) -> None:
     # python -c puts "" (the current folder) first: a module there shadows an installed
     # one, in the workers too; a folder whose name holds os.pathsep is a folder; and a
@@ -532,14 +535,13 @@ def test_a_worker_imports_what_the_program_imports_through_the_same_sys_path(tem
     assert out == [str(tmp_path / "threadpoolctl.py"), str(tmp_path / "a:b" / "colon_probe.py")] * 2
 
 
-@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+@both_ways
 def test_a_worker_runs_with_the_programs_interpreter_options(template: bool) -> None:
     # -I ignores PYTHONPATH: the package is found through the sys.path the program was given.
-    package = str(Path(mp.__file__).parents[1])
     out = run_fresh(
         f"""
         import json, sys
-        sys.path.insert(0, {package!r})
+        sys.path.insert(0, {PACKAGE!r})
         import makeparallel as mp
         from makeparallel._backends import _process
         if not {template!r}:
