@@ -717,12 +717,15 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
     assert states == ["cancelled"] * 10, f"Ctrl-C in gather left tasks going on: {states}"
 
 
-# CPython looks for a pending signal when a Python function starts (among other
-# places), so Ctrl-C can surface as KeyboardInterrupt at the entry of any of the
-# library's functions that the main thread runs. This script injects one at each
-# such entry in turn, during a batch, and after each checks that the library is
-# still usable: a new batch completes, and no task is left unfinished for ever.
-# It runs in a child because a failure can leave the library's lock taken.
+# CPython runs a pending signal's handler when a Python function starts and as a
+# C call returns (among other places), so Ctrl-C can surface as KeyboardInterrupt
+# at the entry of any of the library's functions that the main thread runs, or
+# right after any call they make into C: after a lock's acquire() returned with
+# the lock taken, after append() put a task in a queue. This script injects one
+# at each such place in turn, during each kind of batch, and after each checks
+# that the library is still usable (what a REPL or a notebook user needs): a new
+# batch completes, and no task is left unfinished for ever. It runs in a child
+# because a failure can leave the library's lock taken.
 #
 # One place is left out, on purpose: the few calls made while a task's end is
 # being recorded (inside AsyncHandle._settle_locked, under the backend lock).
@@ -738,19 +741,34 @@ import threading
 import makeparallel as mp
 from makeparallel.testing import wait_until_idle
 
-BACKEND, BATCH = sys.argv[1], sys.argv[2]
+BACKEND, AT, KINDS = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 PACKAGE = os.path.dirname(mp.__file__)
+# A function's entry is seen by a trace function; a C call's return, by a profile one.
+EVENT, HOOK = ("call", sys.settrace) if AT == "entry" else ("c_return", sys.setprofile)
 
 
 def work(i):
     return 2 * i
 
 
-def batch():
-    if BATCH == "map":
-        return mp.parallel_map(work, range(6), chunksize=2, backend=BACKEND)
+def batch(kind):
     task = mp.parallel(backend=BACKEND)(work)
-    return mp.gather([task(i) for i in range(4)])
+    if kind == "parallel_map":
+        return mp.parallel_map(work, range(6), chunksize=2, backend=BACKEND)
+    if kind == "imap_unordered":
+        return sorted(mp.imap(work, range(6), chunksize=2, ordered=False, backend=BACKEND))
+    if kind == "gather":
+        return mp.gather([task(i) for i in range(4)])
+    if kind == "get":  # a queued task runs inline, on the main thread
+        return [handle.get() for handle in [task(i) for i in range(4)]]
+    if kind == "ParallelContext":
+        with mp.ParallelContext(backend=BACKEND) as ctx:
+            handles = [ctx.submit(work, i) for i in range(4)]
+        return [handle.get() for handle in handles]
+    mp.reset_shutdown()  # shutdown: as a program that shut the pools down, interrupted, goes on
+    handles = [task(i) for i in range(4)]
+    mp.shutdown()
+    return [handle.get() for handle in handles]
 
 
 def settling(frame):
@@ -761,39 +779,42 @@ def settling(frame):
     return False
 
 
-def interrupted(at):
+def interrupted(kind, at):
     calls, where = 0, None
 
-    def tracer(frame, event, arg):
+    def hook(frame, event, arg):
         nonlocal calls, where
-        if event == "call" and frame.f_code.co_filename.startswith(PACKAGE) and not settling(frame):
+        if event == EVENT and frame.f_code.co_filename.startswith(PACKAGE) and not settling(frame):
             calls += 1
             if calls == at:
                 where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+                if AT == "return":
+                    where = f"the return of {arg.__qualname__} in {where}:{frame.f_lineno}"
+                where += f" ({kind})"
                 current[1] = where
-                sys.settrace(None)
+                HOOK(None)
                 raise KeyboardInterrupt
         return None
 
-    sys.settrace(tracer)
+    HOOK(hook)
     try:
-        batch()
+        batch(kind)
     except KeyboardInterrupt:
         pass
     finally:
-        sys.settrace(None)
+        HOOK(None)
     return calls, where
 
 
-def still_usable():
+def still_usable(kind):
     done = []
-    probe = threading.Thread(target=lambda: done.append(batch()), daemon=True)
+    probe = threading.Thread(target=lambda: done.append(batch(kind)), daemon=True)
     probe.start()
-    probe.join(3)
+    probe.join(10)
     return bool(done)
 
 
-current = [0, None]  # the entry being interrupted, and where it was
+current = [0, None]  # the place being interrupted, and where it was
 
 
 def watchdog():
@@ -802,44 +823,100 @@ def watchdog():
         before = current[0]
         threading.Event().wait(10)
         if current[0] == before:
-            print(f"after Ctrl-C at the entry of {current[1]}: the interrupted batch hangs", flush=True)
+            print(f"after Ctrl-C at {current[1]}: the interrupted batch hangs", flush=True)
             faulthandler.dump_traceback(all_threads=True)
             os._exit(1)
 
 
 threading.Thread(target=watchdog, daemon=True).start()
-entries, _ = interrupted(0)
-for at in range(1, entries + 1):
-    current[0] = at
-    _, where = interrupted(at)
-    if not still_usable():
-        print(f"after Ctrl-C at the entry of {where}: the next batch hangs", flush=True)
-        os._exit(1)
-    if not wait_until_idle(3):
-        print(
-            f"after Ctrl-C at the entry of {where}: "
-            f"{mp.get_active_task_count()} task(s) never end",
-            flush=True,
-        )
-        os._exit(1)
-print(f"usable after Ctrl-C at each of {entries} function entries", flush=True)
+total = 0
+for kind in KINDS:
+    places, _ = interrupted(kind, 0)
+    still_usable(kind)
+    for at in range(1, places + 1):
+        current[0] += 1
+        _, where = interrupted(kind, at)
+        if not still_usable(kind):
+            print(f"after Ctrl-C at {where}: the next batch hangs", flush=True)
+            os._exit(1)
+        if not wait_until_idle(10):
+            print(f"after Ctrl-C at {where}: {mp.get_active_task_count()} task(s) never end", flush=True)
+            os._exit(1)
+    total += places
+print(f"usable after Ctrl-C at each of {total} places", flush=True)
 """
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("batch", ["map", "gather"])
-@pytest.mark.parametrize("backend", ["thread", "sync"])
-def test_an_interrupt_at_any_function_entry_leaves_the_library_usable(backend: str, batch: str) -> None:
+EVERY_KIND = "parallel_map,imap_unordered,gather,get,ParallelContext,shutdown"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("at", ["entry", "return"], ids=["function_entries", "c_call_returns"])
+@pytest.mark.parametrize(
+    ("backend", "kinds"),
+    # On processes, fewer kinds: each place costs round trips to a worker, and a
+    # shutdown's restart of the workers 0.2 s (the loop's start after one is
+    # tested below, on its own).
+    [("thread", EVERY_KIND), ("sync", EVERY_KIND), ("process", "imap_unordered,gather,get")],
+    ids=["thread", "sync", "process"],
+)
+def test_an_interrupt_anywhere_leaves_the_library_usable(backend: str, kinds: str, at: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPT_EVERYWHERE_SCRIPT), backend, batch],
+        [sys.executable, "-c", textwrap.dedent(INTERRUPT_EVERYWHERE_SCRIPT), backend, at, kinds],
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=290,
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("usable after Ctrl-C"), result.stdout + result.stderr
+
+
+# Run in a child: a pool whose loop never runs would stall every later test of processes.
+LOOP_START_SCRIPT = """
+import os
+import sys
+import threading
+
+import makeparallel as mp
+
+WHEN = sys.argv[1]
+real_start = threading.Thread.start
+
+
+def interrupted_start(self):
+    if self.name == "makeparallel-process-loop":
+        threading.Thread.start = real_start  # once
+        if WHEN == "after":
+            real_start(self)
+        raise KeyboardInterrupt  # Ctrl-C, as start() calls into C or waits for the thread
+    real_start(self)
+
+
+threading.Thread.start = interrupted_start
+try:
+    mp.parallel(backend="process")(abs)(-1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+handles = [mp.parallel(backend="process")(abs)(-i) for i in range(4)]
+print([h.get(timeout=60) for h in handles], flush=True)
+print(sum(t.name == "makeparallel-process-loop" for t in threading.enumerate()), "loop", flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupt_as_the_process_loop_starts_leaves_one_loop_running(when: str) -> None:
+    """A Ctrl-C caught while the process pool starts its loop thread must leave the pool working.
+
+    Interrupted before the thread began, the pool used to keep it as its loop,
+    and every later task waited for good; interrupted once it began, it must
+    stay the one loop.
+    """
+    lines, printed = run_child(LOOP_START_SCRIPT, when)
+    assert lines == ["interrupted", "[0, 1, 2, 3]", "1 loop"], printed
 
 
 # Run in a child: a pool left counting a worker it never started would stall later tests.

@@ -38,7 +38,7 @@ from ._coroutines import run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
 from ._validation import check_wait_timeout
-from ._yielding_lock import acquire_yielding
+from ._yielding_lock import wait_while_held
 from .errors import TaskCancelledError, TaskTimeoutError
 
 if TYPE_CHECKING:
@@ -582,14 +582,12 @@ class AsyncHandle(Generic[T]):
         if state == FAILED:
             state = self._failed(value)
         lock = self._backend._lock
-        if not lock.acquire(False):
-            acquire_yielding(lock)
-        try:
+        if lock.locked():
+            wait_while_held(lock)
+        with lock:  # the main thread may be here (a task run inline): see _yielding_lock
             if self._state != RUNNING:
                 return  # it timed out or was cancelled while running
             announce = self._settle_locked(state, value)
-        finally:
-            lock.release()
         if announce is not None or _events.listeners:
             self._after_settle(announce)
 
@@ -828,14 +826,23 @@ class AsyncHandle(Generic[T]):
         loop runs: it would have to run on that loop, which this wait blocks.
         """
         if (
-            self._state == PENDING
-            and self._timeout is None
-            and not (self._observer.is_async and running_loop() is not None)
-            and self._backend._steal(self)
+            self._state != PENDING
+            or self._timeout is not None
+            or (self._observer.is_async and running_loop() is not None)
         ):
+            return False
+        try:
+            if not self._backend._steal(self):
+                return False
             self._run()
-            return self._state >= SUCCEEDED
-        return False
+        except BaseException:
+            # Ctrl-C between the claim and the task's end being recorded (CPython
+            # raises it at a function's entry, or as a C call returns): nobody
+            # else will run the task or end it.
+            if self._state == RUNNING:
+                self.cancel()
+            raise
+        return self._state >= SUCCEEDED
 
     def _refuse_to_block_a_loop(self) -> None:
         """An async task is awaited, not waited for, on a thread whose event loop runs."""

@@ -310,33 +310,16 @@ class ProcessBackend(QueueingBackend):
                 self._task_coming = True
             self._start_loop()
         self._prepare(handle)
-        with self._lock:
-            self._refuse_if_closed_locked()
-            self._active += 1
-            handle._observer.task_submitted(handle)
-            worker = self._idle_worker_locked(handle)
-            if worker is not None and worker.send_lock.acquire(False):
-                try:  # the send lock is held until the task is sent
-                    handle._state = RUNNING
-                    handle._on_worker = ON_WORKER
-                    handle._started_at = time.perf_counter()
-                    worker.outstanding.append(handle)
-                    path = self._assigned_locked(worker, 1)
-                except BaseException:
-                    worker.send_lock.release()
-                    raise
-            else:
-                worker = None
-        if worker is not None:
-            self._send_directly(worker, handle, path)
+        idle = self._idle_worker_locked(handle)  # a guess, without the lock: checked again under it
+        if idle is not None and not idle.send_lock.locked() and self._send_directly(idle, handle):
             return
         with self._lock:
-            self._enqueue_locked(handle)
-            start_loop = self._loop is None
-            if start_loop:
-                self._loop = self._new_loop_locked()
-        if start_loop:
-            self._loop.start()  # type: ignore[union-attr]
+            self._refuse_if_closed_locked()
+            self._accept_locked(handle)
+            handle._observer.task_submitted(handle)
+            loop = self._loop
+        if loop is None:
+            self._start_loop()
         else:
             self._wake()
 
@@ -347,11 +330,23 @@ class ProcessBackend(QueueingBackend):
         return threading.Thread(target=self._run_loop_or_recover, name="makeparallel-process-loop", daemon=True)
 
     def _start_loop(self) -> None:
+        """Start the loop thread, unless one runs.
+
+        Started under the lock, and forgotten if ``start()`` raised before it
+        began (Ctrl-C, which CPython raises as a C call returns): else the pool
+        would wait for good on a loop that never runs. A thread forgotten so
+        that begins all the same ends at once (:meth:`_run_loop_or_recover`).
+        """
         with self._lock:
             if self._loop is not None:
                 return
             self._loop = loop = self._new_loop_locked()
-        loop.start()
+            try:
+                loop.start()
+            except BaseException:
+                if not loop.is_alive():
+                    self._loop = None
+                raise
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
@@ -459,6 +454,9 @@ class ProcessBackend(QueueingBackend):
         the next submission starts a new loop with new workers. ``health()`` reports the
         process as not live from then on: tasks were lost to a bug.
         """
+        with self._lock:
+            if self._loop is not threading.current_thread():
+                return  # forgotten: its start() was interrupted (see _start_loop)
         try:
             self._run_loop()
         except BaseException as error:
@@ -717,23 +715,40 @@ class ProcessBackend(QueueingBackend):
             return None  # the loop must start a worker: it hears of the task
         return idle
 
-    def _send_directly(self, worker: _Worker, handle: AsyncHandle[Any], path: list[str] | None) -> None:
-        """Send ``handle`` to ``worker`` from the submitting thread, which holds the send lock.
+    def _send_directly(self, worker: _Worker, handle: AsyncHandle[Any]) -> bool:
+        """Send ``handle`` to the idle ``worker`` from the submitting thread; False if it is idle no more.
 
-        Interrupted before the message left (Ctrl-C), the worker cannot be
-        trusted to answer in the order the parent expects: it is replaced.
+        The worker's send lock is taken first, then the pool's, so that nothing
+        else is sent to it in between; both with ``with``: CPython raises a
+        pending Ctrl-C as a C call returns, and after an ``acquire()`` that
+        would leave the lock taken for good. Interrupted once the task is
+        counted as sent, before the message left or while it did, the worker
+        cannot be trusted to answer in the order the parent expects: it is
+        replaced, and its tasks end as cancelled.
         """
-        sent = False
-        try:
-            _send_tasks(worker, [handle], path)
-            sent = True
-        finally:
-            worker.send_lock.release()
-            if not sent:
+        with worker.send_lock:
+            try:
                 with self._lock:
-                    worker.killing = True
-                    worker.stop_reason = "cancelled"
-                self._wake()
+                    self._refuse_if_closed_locked()
+                    if self._idle_worker_locked(handle) is not worker:
+                        return False
+                    started = time.perf_counter()
+                    self._active += 1  # before the append: a Ctrl-C as it returns finds the task counted
+                    handle._state = RUNNING
+                    handle._on_worker = ON_WORKER
+                    handle._started_at = started
+                    worker.outstanding.append(handle)
+                    handle._observer.task_submitted(handle)
+                    path = self._assigned_locked(worker, 1)
+                _send_tasks(worker, [handle], path)
+            except BaseException:
+                if handle in worker.outstanding:
+                    with self._lock:
+                        worker.killing = True
+                        worker.stop_reason = "cancelled"
+                    self._wake()
+                raise
+        return True
 
     def _recycle_if_spent_locked(self, worker: _Worker) -> None:
         """Replace ``worker`` once its tasks end if it was sent ``max_tasks_per_child`` of them."""

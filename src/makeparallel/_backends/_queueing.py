@@ -36,8 +36,22 @@ class QueueingBackend(Backend):
         queue = self._queues.get(handle._priority)
         if queue is None:
             queue = self._add_priority_locked(handle._priority)
-        queue.append(handle)
         self._queued += 1
+        queue.append(handle)
+
+    def _accept_locked(self, handle: AsyncHandle[Any]) -> None:
+        """Queue a newly submitted task, counted as queued and active.
+
+        Counted before the append: CPython raises a pending Ctrl-C as a C call
+        returns, and after this append the task must already be counted (the
+        interrupted submission's caller cancels it, which uncounts it).
+        """
+        queue = self._queues.get(handle._priority)
+        if queue is None:
+            queue = self._add_priority_locked(handle._priority)
+        self._queued += 1
+        self._active += 1
+        queue.append(handle)
 
     def _requeue_locked(self, handle: AsyncHandle[Any]) -> None:
         """Put a claimed task that never started back at the front of its queue."""
@@ -50,8 +64,11 @@ class QueueingBackend(Backend):
 
     def _add_priority_locked(self, priority: int) -> deque[AsyncHandle[Any]]:
         queue: deque[AsyncHandle[Any]] = deque()
+        # Both stored with no call between: a Ctrl-C as sorted() returns must not
+        # leave a queue that _next_locked never looks at.
+        by_priority = sorted([*self._queues.items(), (priority, queue)], reverse=True)
         self._queues[priority] = queue
-        self._order_queues_locked()
+        self._by_priority = by_priority
         return queue
 
     def _order_queues_locked(self) -> None:

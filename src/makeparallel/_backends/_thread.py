@@ -42,7 +42,7 @@ from .._cpus import usable_cpu_count
 from .._states import CANCELLED, FAILED, RETRY_WAIT, RUNNING
 from .._task_context import _local
 from .._validation import check_count
-from .._yielding_lock import acquire_yielding
+from .._yielding_lock import acquire_yielding, wait_while_held
 from ._base import _this_thread
 from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
 
@@ -199,43 +199,42 @@ class ThreadBackend(QueueingBackend):
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         lock = self._lock
-        if not lock.acquire(False):
-            acquire_yielding(lock)
         park = None
         spawn = False
         try:
-            if self._closed:
-                self._refuse_if_closed_locked()
-            queue = self._queues.get(handle._priority)
-            if queue is None:
-                queue = self._add_priority_locked(handle._priority)
-            queue.append(handle)
-            self._queued += 1
-            self._active += 1
-            handle._observer.task_submitted(handle)
-            if self._parked:
-                park = self._parked.pop()
-            elif self._workers < self._capacity:
-                self._workers += 1
-                spawn = True
-            elif self._autosizer is not None:
-                self._autosizer.poke()  # queued behind busy workers: may need more of them
-        finally:
-            try:
-                lock.release()
-            finally:  # also when a Ctrl-C lands as the lock is let go: the worker taken must wake
-                if park is not None:
-                    park.release()
-                elif spawn:
-                    self._spawn(1, refusal_raises=True)
+            if lock.locked():
+                wait_while_held(lock)
+            with lock:  # not acquire(): a Ctrl-C as it returns would leave the lock taken
+                if self._closed:
+                    self._refuse_if_closed_locked()
+                self._accept_locked(handle)
+                handle._observer.task_submitted(handle)
+                parked = self._parked
+                if parked:  # taken with no call: a Ctrl-C as pop() returned would lose it asleep
+                    park = parked[-1]
+                    del parked[-1]
+                elif self._workers < self._capacity:
+                    self._workers += 1
+                    spawn = True
+                elif self._autosizer is not None:
+                    self._autosizer.poke()  # queued behind busy workers: may need more of them
+        finally:  # also when a Ctrl-C lands as the lock is let go: the worker taken must wake
+            if park is not None:
+                park.release()
+            elif spawn:
+                self._spawn(1, refusal_raises=True)
 
     def _work_arrived(self) -> None:
         park = None
         spawn = 0
         try:
             with self._lock:
-                park = self._parked.pop() if self._parked else None
-                spawn = 0 if park is not None else self._reserve_workers_locked(1)
+                parked = self._parked
+                if parked:  # as in submit: taken with no call
+                    park = parked[-1]
+                    del parked[-1]
+                else:
+                    spawn = self._reserve_workers_locked(1)
         finally:  # as in submit: a Ctrl-C as the lock is let go must not strand the worker taken
             if park is not None:
                 park.release()
