@@ -151,6 +151,13 @@ import threading
 import makeparallel as mp
 
 task = mp.parallel(lambda i: sum(range(2000)))
+# The first use of a collector imports it. CPython ignores a Ctrl-C that lands in
+# an import's clean-up (a weakref callback: "Exception ignored"), as it does in
+# any finaliser; no library can prevent that, so these imports come first.
+mp.wait([task(0)])
+list(mp.as_completed([task(0)]))
+with mp.ParallelContext() as ctx:
+    ctx.submit(task, 0)
 """
 
 WAIT_SCRIPT = BATCH + """

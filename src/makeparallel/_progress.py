@@ -18,7 +18,6 @@ where other threads log meanwhile, leave it off.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
@@ -124,6 +123,8 @@ def open_progress(option: ProgressOption, total: int | None, description: str) -
 
 def _tqdm_options() -> set[str]:
     """The argument names every tqdm bar takes (those of ``tqdm.std.tqdm``)."""
+    import inspect  # only here: the first gather, wait or map of a program does not pay for it
+
     _tqdm()  # the ImportError naming the extra, if tqdm is missing
     from tqdm.std import tqdm  # type: ignore[import-untyped, unused-ignore]
 
