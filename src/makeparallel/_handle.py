@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _interruptible
 from ._backends._base import pool_of_this_thread
+from ._backends._queueing import INLINE
 from ._coroutines import run_here, running_loop, start_on_running_loop
 from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
 from ._task_context import _local
@@ -838,8 +839,9 @@ class AsyncHandle(Generic[T]):
         except BaseException:
             # Ctrl-C between the claim and the task's end being recorded (CPython
             # raises it at a function's entry, or as a C call returns): nobody
-            # else will run the task or end it.
-            if self._state == RUNNING:
+            # else will run this attempt or end it. (A retry's next attempt that
+            # a worker took is not this one.)
+            if self._state == RUNNING and self._on_worker == INLINE:
                 self.cancel()
             raise
         return self._state >= SUCCEEDED

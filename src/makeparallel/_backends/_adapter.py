@@ -109,9 +109,9 @@ class ExecutorBackend(Backend):
         call = self._call_for(handle)
         with self._lock:
             self._refuse_if_closed_locked()
+            handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
             self._futures[handle] = None
-            handle._observer.task_submitted(handle)
             if not self._in_process:  # it starts out of sight: running from now on
                 handle._state = RUNNING
                 handle._started_at = time.perf_counter()

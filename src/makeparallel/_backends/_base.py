@@ -146,8 +146,8 @@ class Backend:
         """Accept a task whose first attempt a circuit breaker refused, to retry it later."""
         with self._lock:
             self._refuse_if_closed_locked()
+            handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
-            handle._observer.task_submitted(handle)
             handle._state = RETRY_WAIT
         handle._refused_again(error)
 

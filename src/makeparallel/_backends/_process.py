@@ -316,7 +316,6 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             self._refuse_if_closed_locked()
             self._accept_locked(handle)
-            handle._observer.task_submitted(handle)
             loop = self._loop
         if loop is None:
             self._start_loop()
@@ -733,12 +732,12 @@ class ProcessBackend(QueueingBackend):
                     if self._idle_worker_locked(handle) is not worker:
                         return False
                     started = time.perf_counter()
+                    handle._observer.task_submitted(handle)
                     self._active += 1  # before the append: a Ctrl-C as it returns finds the task counted
                     handle._state = RUNNING
                     handle._on_worker = ON_WORKER
                     handle._started_at = started
                     worker.outstanding.append(handle)
-                    handle._observer.task_submitted(handle)
                     path = self._assigned_locked(worker, 1)
                 _send_tasks(worker, [handle], path)
             except BaseException:

@@ -40,7 +40,7 @@ class QueueingBackend(Backend):
         queue.append(handle)
 
     def _accept_locked(self, handle: AsyncHandle[Any]) -> None:
-        """Queue a newly submitted task, counted as queued and active.
+        """Queue a newly submitted task, counted as queued, active and in its function's metrics.
 
         Counted before the append: CPython raises a pending Ctrl-C as a C call
         returns, and after this append the task must already be counted (the
@@ -49,6 +49,7 @@ class QueueingBackend(Backend):
         queue = self._queues.get(handle._priority)
         if queue is None:
             queue = self._add_priority_locked(handle._priority)
+        handle._observer.task_submitted(handle)
         self._queued += 1
         self._active += 1
         queue.append(handle)
@@ -149,10 +150,10 @@ class QueueingBackend(Backend):
         self._prepare(handle)
         with self._lock:
             self._refuse_if_closed_locked()
+            handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             handle._on_worker = HELD
             self._queued += 1
             self._active += 1
-            handle._observer.task_submitted(handle)
 
     def release_held(self, handle: AsyncHandle[Any]) -> None:
         """Queue a held task to run, unless it ended meanwhile."""
@@ -177,7 +178,12 @@ class QueueingBackend(Backend):
         with self._lock:
             if handle._state != PENDING or handle._on_worker == HELD:
                 return False
+            # Uncounted from the queue before it is claimed, with no call between:
+            # a Ctrl-C at _drop_stale_locked's entry only leaves stale entries.
+            queued = self._queued - 1
+            self._queued = queued
             handle._state = RUNNING
             handle._on_worker = INLINE
-            self._dequeued_locked()
+            if not queued:
+                self._drop_stale_locked()
             return True

@@ -30,11 +30,11 @@ class SyncBackend(Backend):
     def submit(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
             self._refuse_if_closed_locked()
-            # Counted and RUNNING together, before any Python call that a Ctrl-C
+            # Counted and RUNNING together, after any Python call that a Ctrl-C
             # could interrupt: _holds() then sees it, and the submitter cancels it.
+            handle._observer.task_submitted(handle)
             self._active += 1
             handle._state = RUNNING
-            handle._observer.task_submitted(handle)
         outer, _inline.handle = getattr(_inline, "handle", None), handle
         try:
             handle._run()

@@ -208,7 +208,6 @@ class ThreadBackend(QueueingBackend):
                 if self._closed:
                     self._refuse_if_closed_locked()
                 self._accept_locked(handle)
-                handle._observer.task_submitted(handle)
                 parked = self._parked
                 if parked:  # taken with no call: a Ctrl-C as pop() returned would lose it asleep
                     park = parked[-1]
@@ -364,9 +363,10 @@ class ThreadBackend(QueueingBackend):
         none is (:meth:`_fail_queued_if_no_worker`). At interpreter shutdown,
         where every start is refused, the tasks are abandoned anyway.
         """
-        for started in range(count):
-            running: threading.Event | None = None  # set by the new thread as it begins
-            try:  # from the first line: a Ctrl-C lands at any call, Thread() included
+        started = 0
+        running: threading.Event | None = None  # set by the thread being started as it begins
+        try:  # around the loop: a Ctrl-C lands at any call, Thread() included, and at the loop's turn
+            while started < count:
                 park = threading.Lock()
                 park.acquire()
                 began = threading.Event()
@@ -383,17 +383,18 @@ class ThreadBackend(QueueingBackend):
                         thread.start()
                     finally:
                         threading.stack_size(previous)
-            except BaseException as error:
-                # This worker and the rest were counted but never started: keep the count honest.
-                # A Ctrl-C inside start() may land once the thread runs (start() then waits for
-                # it to begin): that worker stays counted, as it says at once if it began.
-                runs = running is not None and not isinstance(error, RuntimeError) and _began(running)
-                with self._lock:
-                    self._workers -= count - started - runs
-                if not isinstance(error, RuntimeError) or (refusal_raises and not sys.is_finalizing()):
-                    raise  # Ctrl-C landed here, or the caller is told of the refusal
-                self._fail_queued_if_no_worker(error)
-                return
+                started += 1
+                running = None
+        except BaseException as error:
+            # This worker and the rest were counted but never started: keep the count honest.
+            # A Ctrl-C inside start() may land once the thread runs (start() then waits for
+            # it to begin): that worker stays counted, as it says at once if it began.
+            runs = running is not None and not isinstance(error, RuntimeError) and _began(running)
+            with self._lock:
+                self._workers -= count - started - runs
+            if not isinstance(error, RuntimeError) or (refusal_raises and not sys.is_finalizing()):
+                raise  # Ctrl-C landed here, or the caller is told of the refusal
+            self._fail_queued_if_no_worker(error)
 
     def _fail_queued_if_no_worker(self, refusal: RuntimeError) -> None:
         """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever."""
@@ -502,9 +503,11 @@ class ThreadBackend(QueueingBackend):
 def _release_all(locks: list[threading.Lock]) -> None:
     """Release every lock, though a Ctrl-C lands between two (as a release returns): it is raised after."""
     interrupted: BaseException | None = None
-    rest = iter(locks)
+    rest = None
     while True:
         try:
+            if rest is None:
+                rest = iter(locks)  # in the try: a Ctrl-C as iter() returns, too
             for lock in rest:
                 lock.release()
             break
