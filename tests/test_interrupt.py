@@ -737,10 +737,9 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
 #
 # Some places are left out, on purpose: the few calls made while a task's end
 # is being recorded (inside AsyncHandle._settle_locked, under the backend lock),
-# and the entries of the calls that must run once a state changed:
-# AsyncHandle._after_settle (callbacks, waiters), ThreadBackend._spawn (a
-# worker just counted) and _release_all (idle workers taken off their list to be
-# woken). Pure Python cannot defer a KeyboardInterrupt there
+# and the entries of the two calls that must run once a state changed:
+# AsyncHandle._after_settle (callbacks, waiters) and ThreadBackend._spawn (a
+# worker just counted). Pure Python cannot defer a KeyboardInterrupt there
 # without taking over the process's SIGINT handler, which would change Ctrl-C
 # for asyncio and for the user's own handler; docs/architecture.md records
 # these known limits.
@@ -754,12 +753,26 @@ import makeparallel as mp
 from makeparallel.testing import wait_until_idle
 
 BACKEND, AT, KINDS = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+if BACKEND == "executor":
+    from concurrent.futures import ThreadPoolExecutor
+
+    BACKEND = ThreadPoolExecutor(2)
 PACKAGE = os.path.dirname(mp.__file__)
 # A function's entry is seen by a trace function; a C call's return, by a profile one.
 EVENT, HOOK = ("call", sys.settrace) if AT == "entry" else ("c_return", sys.setprofile)
 
 
 def work(i):
+    return 2 * i
+
+
+failed_once = set()
+
+
+def flaky(i):
+    if i not in failed_once:  # the first attempt of each fails
+        failed_once.add(i)
+        raise ConnectionError(i)
     return 2 * i
 
 
@@ -777,6 +790,10 @@ def batch(kind):
         with mp.ParallelContext(backend=BACKEND) as ctx:
             handles = [ctx.submit(work, i) for i in range(4)]
         return [handle.get() for handle in handles]
+    if kind == "retry":
+        failed_once.clear()
+        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0, wait_jitter=0)
+        return mp.gather([mp.parallel(backend=BACKEND, retry=retry)(flaky)(i) for i in range(3)])
     if kind == "resize":  # the pool grows: new workers start
         mp.configure_thread_pool(num_threads=1)
         mp.configure_thread_pool(num_threads=3)
@@ -790,7 +807,7 @@ def batch(kind):
 def known_limit(frame, event):
     # Inside the recording of a task's end, and at the entry of the two calls made
     # right after one (see the comment above the script in the tests).
-    if event == "call" and frame.f_code.co_name in ("_after_settle", "_spawn", "_release_all"):
+    if event == "call" and frame.f_code.co_name in ("_after_settle", "_spawn"):
         return True
     while frame is not None:
         if frame.f_code.co_name == "_settle_locked":
@@ -844,6 +861,13 @@ def miscounts():
             return f"{info['queued_tasks']} task(s) counted as queued"
         if info["live_threads"] > alive:
             return f"{info['live_threads']} worker(s) counted, {alive} running"
+        for _ in range(1000):  # a worker just started parks at once; one lost asleep, never
+            if info["idle_threads"] == info["live_threads"]:
+                break
+            threading.Event().wait(0.005)
+            info = mp.get_thread_pool_info()
+        else:
+            return f"{info['live_threads']} worker(s), {info['idle_threads']} of them idle, with nothing to do"
     for name, m in mp.get_all_metrics().items():
         ended = m.completed_tasks + m.failed_tasks + m.cancelled_tasks + m.timed_out_tasks
         if ended != m.total_tasks:
@@ -888,7 +912,7 @@ print(f"usable after Ctrl-C at each of {total} places", flush=True)
 """
 
 
-EVERY_KIND = "parallel_map,imap_unordered,gather,get,ParallelContext,shutdown"
+EVERY_KIND = "parallel_map,imap_unordered,gather,get,ParallelContext,retry,shutdown"
 THREAD_KINDS = EVERY_KIND.replace("shutdown", "resize,shutdown")  # the pool grows, then shuts down
 
 
@@ -899,8 +923,13 @@ THREAD_KINDS = EVERY_KIND.replace("shutdown", "resize,shutdown")  # the pool gro
     # On processes, fewer kinds: each place costs round trips to a worker, and a
     # shutdown's restart of the workers 0.2 s (the loop's start after one is
     # tested below, on its own).
-    [("thread", THREAD_KINDS), ("sync", EVERY_KIND), ("process", "imap_unordered,gather,get")],
-    ids=["thread", "sync", "process"],
+    [
+        ("thread", THREAD_KINDS),
+        ("sync", EVERY_KIND),
+        ("process", "imap_unordered,gather,get"),
+        ("executor", "gather,get"),  # a concurrent.futures executor
+    ],
+    ids=["thread", "sync", "process", "executor"],
 )
 def test_an_interrupt_anywhere_leaves_the_library_usable(backend: str, kinds: str, at: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
@@ -970,6 +999,61 @@ os._exit(0)
 def test_an_interrupted_inline_run_leaves_the_retry_a_worker_took() -> None:
     lines, printed = run_child(RETRY_TAKEN_SCRIPT)
     assert lines == ["interrupted True", "the second attempt"], printed
+
+
+# A wait about to run a queued task inline finds that the executor's own thread
+# took it first; the Ctrl-C lands as the wait lets go of the lock. The task the
+# executor runs is not the wait's to cancel.
+EXECUTOR_TOOK_IT_SCRIPT = """
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import makeparallel as mp
+
+executor = ThreadPoolExecutor(1)
+gate, started, finish = threading.Event(), threading.Event(), threading.Event()
+executor.submit(gate.wait, 10)  # its one thread is busy: the task below waits in its queue
+
+
+def body():
+    started.set()
+    assert finish.wait(10)
+    return "ran on the executor"
+
+
+task = mp.parallel(backend=executor)(body)()
+
+
+def hook(frame, event, arg):
+    if frame.f_code.co_name != "_steal":
+        return
+    if event == "call":
+        gate.set()
+        assert started.wait(10)  # the executor's thread runs it now
+    elif event == "c_return" and getattr(arg, "__name__", "") == "__exit__":
+        sys.setprofile(None)
+        raise KeyboardInterrupt  # Ctrl-C, as the wait lets go of the lock
+
+
+sys.setprofile(hook)
+try:
+    task.get()
+except KeyboardInterrupt:
+    print("interrupted", task.status, flush=True)
+finally:
+    sys.setprofile(None)
+finish.set()
+print(task.get(timeout=10), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupted_wait_leaves_the_task_an_executor_took() -> None:
+    lines, printed = run_child(EXECUTOR_TOOK_IT_SCRIPT)
+    assert lines == ["interrupted running", "ran on the executor"], printed
 
 
 # Run in a child: a pool whose loop never runs would stall every later test of processes.

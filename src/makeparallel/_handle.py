@@ -34,9 +34,19 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _interruptible
 from ._backends._base import pool_of_this_thread
-from ._backends._queueing import INLINE
 from ._coroutines import run_here, running_loop, start_on_running_loop
-from ._states import CANCELLED, FAILED, PENDING, RETRY_WAIT, RUNNING, STATE_NAMES, SUCCEEDED, TIMED_OUT
+from ._states import (
+    CANCELLED,
+    FAILED,
+    INLINE,
+    PENDING,
+    RETRY_WAIT,
+    RUNNING,
+    STATE_NAMES,
+    SUCCEEDED,
+    TIMED_OUT,
+    UNCLAIMED,
+)
 from ._task_context import _local
 from ._validation import check_wait_timeout
 from ._yielding_lock import wait_while_held
@@ -195,7 +205,7 @@ class AsyncHandle(Generic[T]):
         self._progress_message: str | None = None
         self._metadata: dict[str, Any] | None = None
         self._noted = False
-        self._on_worker = 0  # set by the thread backend: on a worker, abandoned
+        self._on_worker = UNCLAIMED  # who holds it, where a backend says (_states)
         self._permits: tuple[Any, ...] = ()
         # The task's code has returned, or will never run (see cancel_with_timeout).
         self._code_done = False
@@ -696,7 +706,7 @@ class AsyncHandle(Generic[T]):
         if self._context is not None:  # a timed-out attempt may still run in it: one context, one thread
             self._context = self._context.copy()
         self._state = RETRY_WAIT
-        self._on_worker = 0  # no worker holds it now
+        self._on_worker = UNCLAIMED  # no worker holds it now
         self._observer.task_retried(self, attempt == 1)
         self._backend._schedule_retry_locked(self, record.due)
         return True

@@ -7,3 +7,8 @@ ended.
 
 PENDING, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = range(7)
 STATE_NAMES = ("pending", "running", "waiting to retry", "succeeded", "failed", "cancelled", "timed out")
+
+# Who holds a task (``handle._on_worker``): nobody (queued, or a backend that does
+# not say); a waiter that claimed it to run inline; a worker; a worker, though the
+# handle ended (abandoned); nobody yet, as it is held back from the queue (admission).
+UNCLAIMED, INLINE, ON_WORKER, ABANDONED, HELD = range(5)

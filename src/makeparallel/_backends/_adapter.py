@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _serialization
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from .._states import CANCELLED, FAILED, INLINE, PENDING, RUNNING, SUCCEEDED
 from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
 from ._base import Backend
 
@@ -229,6 +229,7 @@ class ExecutorBackend(Backend):
             if handle._state != PENDING:
                 return False
             handle._state = RUNNING
+            handle._on_worker = INLINE  # an interrupted waiter tells its claim by it
             return True
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:

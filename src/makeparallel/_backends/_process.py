@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
 from .._remote_errors import attach_remote_traceback
-from .._states import FAILED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
+from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._validation import check_count
 from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -76,7 +76,7 @@ from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._output_relay import write_relayed
-from ._queueing import ON_WORKER, QueueingBackend
+from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._wakeup import drain, wakeup_pipe

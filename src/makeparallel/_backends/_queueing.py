@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .._states import PENDING, RUNNING
+from .._states import HELD, INLINE, ON_WORKER, PENDING, RUNNING, UNCLAIMED
 from ._base import Backend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ABANDONED", "HELD", "INLINE", "ON_WORKER", "QueueingBackend"]
-
-# handle._on_worker: 0 run inline by a waiter, 1 on a worker, 2 on a worker and
-# abandoned; 3 accepted but held back from the queue (waiting for admission).
-INLINE, ON_WORKER, ABANDONED, HELD = 0, 1, 2, 3
+__all__ = ["QueueingBackend"]
 
 
 class QueueingBackend(Backend):
@@ -160,7 +156,7 @@ class QueueingBackend(Backend):
         with self._lock:
             if handle._state != PENDING:
                 return
-            handle._on_worker = INLINE
+            handle._on_worker = UNCLAIMED
             queue = self._queues.get(handle._priority)
             if queue is None:
                 queue = self._add_priority_locked(handle._priority)

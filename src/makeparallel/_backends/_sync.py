@@ -55,4 +55,6 @@ class SyncBackend(Backend):
             super()._schedule_retry_locked(handle, due)
 
     def _holds(self, handle: AsyncHandle[Any]) -> bool:
-        return handle._state == RUNNING
+        # Waiting to retry too: a Ctrl-C that stopped submit() between attempts
+        # left nobody to run the next one.
+        return handle._state == RUNNING or handle._state == RETRY_WAIT

@@ -29,22 +29,24 @@ finally returns.
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import logging
 import os
 import sys
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import _events
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, FAILED, RETRY_WAIT, RUNNING
+from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding, wait_while_held
 from ._base import _this_thread
-from ._queueing import ABANDONED, ON_WORKER, QueueingBackend
+from ._queueing import QueueingBackend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -57,6 +59,7 @@ _MIN_STACK_SIZE = 32 * 1024
 # ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
 MAX_SPARES = 256
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
+_release = _thread.LockType.release  # a worker's park lock, released from C (_wake_parked_locked)
 _thread_numbers = itertools.count(1)
 # Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
 # began: one that did says so at once; one that never will costs the Ctrl-C this delay.
@@ -155,7 +158,6 @@ class ThreadBackend(QueueingBackend):
 
     def _resize(self, num_threads: int | None, stack_size: int | None, refusal_raises: bool = False) -> None:
         """Set the pool's size and stack size, and wake the idle workers to act on it (see :meth:`_spawn`)."""
-        parked: list[threading.Lock] = []
         spawn = 0
         try:
             with self._lock:
@@ -164,13 +166,10 @@ class ThreadBackend(QueueingBackend):
                 if num_threads is not None:
                     self._num_threads = num_threads
                     self._set_capacity_locked()
-                parked, self._parked = self._parked, []
+                self._wake_parked_locked()  # each idle worker re-checks for work or retirement
                 spawn = self._reserve_workers_locked(self._queued)
-        finally:  # as in submit: a Ctrl-C as the lock is let go must not leave them asleep
-            try:
-                _release_all(parked)  # let each idle worker re-check for work or retirement
-            finally:
-                self._spawn(spawn, refusal_raises)
+        finally:
+            self._spawn(spawn, refusal_raises)
 
     def worker_count(self) -> int:
         return self._num_threads
@@ -261,15 +260,26 @@ class ThreadBackend(QueueingBackend):
             self._spawn(spawn)
 
     def close(self, cancel_pending: bool) -> None:
-        parked: list[threading.Lock] = []
         try:
             with self._lock:
                 self._closed = True
                 pending = self._pending_locked() if cancel_pending else []
-                parked, self._parked = self._parked, []
             self._cancel_together(pending)
-        finally:  # as in submit: idle workers exit once nothing is queued, or go on after reset_shutdown
-            _release_all(parked)
+        finally:  # idle workers exit once nothing is queued, or go on after reset_shutdown
+            with self._lock:
+                self._wake_parked_locked()
+
+    def _wake_parked_locked(self) -> None:
+        """Wake every idle worker, in two C calls.
+
+        CPython raises a pending Ctrl-C at a function's entry and as a C call
+        returns, never inside one: here it lands before any worker is taken
+        off the list, or once all are woken. (Taken off, then woken in a loop
+        of Python, a worker missed by an interrupt slept for good.)
+        """
+        wake = map(_release, self._parked)
+        self._parked = []
+        deque(wake, maxlen=0)
 
     # -- hooks the handle calls -----------------------------------------------------
 
@@ -498,23 +508,6 @@ class ThreadBackend(QueueingBackend):
             else:  # it decided: stop asking
                 handle._observer.cpu_watch = None
                 outcome = handle._execute(here)
-
-
-def _release_all(locks: list[threading.Lock]) -> None:
-    """Release every lock, though a Ctrl-C lands between two (as a release returns): it is raised after."""
-    interrupted: BaseException | None = None
-    rest = None
-    while True:
-        try:
-            if rest is None:
-                rest = iter(locks)  # in the try: a Ctrl-C as iter() returns, too
-            for lock in rest:
-                lock.release()
-            break
-        except BaseException as error:  # the lock it landed after was released
-            interrupted = error
-    if interrupted is not None:
-        raise interrupted
 
 
 def _began(began: threading.Event) -> bool:
