@@ -735,11 +735,10 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
 # queued, and each function's metrics count as many ends as tasks. It runs in a
 # child because a failure can leave the library's lock taken.
 #
-# Some places are left out, on purpose: the few calls made while a task's end
-# is being recorded (inside AsyncHandle._settle_locked, under the backend lock),
-# and the entries of the two calls that must run once a state changed:
-# AsyncHandle._after_settle (callbacks, waiters) and ThreadBackend._spawn (a
-# worker just counted). Pure Python cannot defer a KeyboardInterrupt there
+# Two places are left out, on purpose: the few calls made while a task's end is
+# being recorded (inside AsyncHandle._settle_locked, under the backend lock), and
+# the entry of the call that must run next, AsyncHandle._after_settle (callbacks,
+# waiters). Pure Python cannot defer a KeyboardInterrupt there
 # without taking over the process's SIGINT handler, which would change Ctrl-C
 # for asyncio and for the user's own handler; docs/architecture.md records
 # these known limits.
@@ -805,9 +804,9 @@ def batch(kind):
 
 
 def known_limit(frame, event):
-    # Inside the recording of a task's end, and at the entry of the two calls made
-    # right after one (see the comment above the script in the tests).
-    if event == "call" and frame.f_code.co_name in ("_after_settle", "_spawn"):
+    # Inside the recording of a task's end, and at the entry of the call made right
+    # after one (see the comment above the script in the tests).
+    if event == "call" and frame.f_code.co_name == "_after_settle":
         return True
     while frame is not None:
         if frame.f_code.co_name == "_settle_locked":

@@ -167,7 +167,7 @@ class ThreadBackend(QueueingBackend):
                     self._num_threads = num_threads
                     self._set_capacity_locked()
                 self._wake_parked_locked()  # each idle worker re-checks for work or retirement
-                spawn = self._reserve_workers_locked(self._queued)
+                spawn = self._queued
         finally:
             self._spawn(spawn, refusal_raises)
 
@@ -212,7 +212,6 @@ class ThreadBackend(QueueingBackend):
                     park = parked[-1]
                     del parked[-1]
                 elif self._workers < self._capacity:
-                    self._workers += 1
                     spawn = True
                 elif self._autosizer is not None:
                     self._autosizer.poke()  # queued behind busy workers: may need more of them
@@ -232,7 +231,7 @@ class ThreadBackend(QueueingBackend):
                     park = parked[-1]
                     del parked[-1]
                 else:
-                    spawn = self._reserve_workers_locked(1)
+                    spawn = 1
         finally:  # as in submit: a Ctrl-C as the lock is let go must not strand the worker taken
             if park is not None:
                 park.release()
@@ -249,7 +248,7 @@ class ThreadBackend(QueueingBackend):
                 waiters = handle._queued_again_locked()
                 self._enqueue_locked(handle)
                 park = self._parked.pop() if self._parked else None
-                spawn = 0 if park is not None else self._reserve_workers_locked(1)
+                spawn = 0 if park is not None else 1
         for waiter in waiters or ():
             waiter.release()
         if spawn is None:
@@ -308,8 +307,8 @@ class ThreadBackend(QueueingBackend):
         spawn = 0
         try:
             with self._lock:
-                spawn = self._reserve_workers_locked(self._queued - len(self._parked))
-        finally:  # as in submit: a Ctrl-C as the lock is let go must not leave them counted, unstarted
+                spawn = self._queued - len(self._parked)
+        finally:  # as in submit: a Ctrl-C as the lock is let go must not leave the tasks without workers
             self._spawn(spawn)
 
     # -- workers ---------------------------------------------------------------------
@@ -320,7 +319,7 @@ class ThreadBackend(QueueingBackend):
             self._paused = paused
             self._set_capacity_locked()
             parked, self._parked = (self._parked, []) if paused else ([], self._parked)
-            spawn = 0 if paused else self._reserve_workers_locked(self._queued - len(self._parked))
+            spawn = 0 if paused else self._queued - len(self._parked)
         for park in parked:  # idle workers re-check, and the surplus retires
             park.release()
         self._spawn(spawn)
@@ -337,7 +336,7 @@ class ThreadBackend(QueueingBackend):
         with self._lock:
             self._blocked += 1
             self._set_capacity_locked()
-            spawn = self._reserve_workers_locked(self._queued - len(self._parked))
+            spawn = self._queued - len(self._parked)
         self._spawn(spawn)
 
     def worker_unblocks(self) -> None:
@@ -357,14 +356,12 @@ class ThreadBackend(QueueingBackend):
         size = 1 if self._paused else self._num_threads
         self._capacity = size + min(self._stuck, size) + min(self._blocked, MAX_SPARES)
 
-    def _reserve_workers_locked(self, wanted: int) -> int:
-        """Count up to ``wanted`` new workers as live; the caller starts them."""
-        spawn = max(0, min(wanted, self._capacity - self._workers))
-        self._workers += spawn
-        return spawn
+    def _spawn(self, wanted: int, refusal_raises: bool = False) -> None:
+        """Start up to ``wanted`` workers, as many as the pool's capacity leaves room for.
 
-    def _spawn(self, count: int, refusal_raises: bool = False) -> None:
-        """Start ``count`` workers, already counted.
+        They are counted here, under the lock, not by the caller: a Ctrl-C at
+        this function's entry (where CPython may raise it) then leaves no worker
+        counted that never starts.
 
         A thread the system refuses (``RuntimeError: can't start new thread``: a
         full pids cgroup, ``ulimit -u``) is uncounted; with ``refusal_raises``
@@ -373,9 +370,14 @@ class ThreadBackend(QueueingBackend):
         none is (:meth:`_fail_queued_if_no_worker`). At interpreter shutdown,
         where every start is refused, the tasks are abandoned anyway.
         """
-        started = 0
+        count = started = 0
         running: threading.Event | None = None  # set by the thread being started as it begins
         try:  # around the loop: a Ctrl-C lands at any call, Thread() included, and at the loop's turn
+            if wanted <= 0:
+                return
+            with self._lock:
+                count = max(0, min(wanted, self._capacity - self._workers))
+                self._workers += count
             while started < count:
                 park = threading.Lock()
                 park.acquire()
@@ -437,7 +439,7 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 self._dead += 1
                 self._workers -= 1
-                spawn = self._reserve_workers_locked(self._queued - len(self._parked))
+                spawn = self._queued - len(self._parked)
             self._spawn(spawn)
 
     def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any]:
