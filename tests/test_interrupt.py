@@ -943,6 +943,24 @@ def test_an_interrupt_anywhere_leaves_the_library_usable(backend: str, kinds: st
     assert result.stdout.startswith("usable after Ctrl-C"), result.stdout + result.stderr
 
 
+# The end of a child script that defined ``task`` (queued), ``finish`` (an Event its
+# body waits for), ``hook`` and ``HOOK`` (sys.settrace or sys.setprofile, with which
+# the hook raises KeyboardInterrupt in the wait) and ``report()``: the wait is
+# interrupted, then the task must still end with its own result.
+INTERRUPTED_WAIT = """
+HOOK(hook)
+try:
+    task.get()  # runs the queued task here, unless it was taken first
+except KeyboardInterrupt:
+    print("interrupted", report(), flush=True)
+finally:
+    HOOK(None)
+finish.set()
+print(task.get(timeout=10), flush=True)
+os._exit(0)
+"""
+
+
 # Run in a child: it resizes the pool. A wait runs a queued task inline; its first
 # attempt fails and its retry is queued at once, and taken by the pool's worker;
 # the Ctrl-C lands then, in the wait. The attempt the worker runs is not the wait's
@@ -972,7 +990,7 @@ def flaky():
 task = mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=0, wait_jitter=0))(flaky)()
 
 
-def tracer(frame, event, arg):
+def hook(frame, event, arg):
     if event == "call" and frame.f_code.co_name == "_after_settle":
         sys.settrace(None)
         gate.set()  # the worker takes the retry
@@ -981,17 +999,12 @@ def tracer(frame, event, arg):
     return None
 
 
-sys.settrace(tracer)
-try:
-    task.get()  # runs the queued task here
-except KeyboardInterrupt:
-    print("interrupted", attempts[0] == threading.current_thread().name, flush=True)
-finally:
-    sys.settrace(None)
-finish.set()
-print(task.get(timeout=10), flush=True)
-os._exit(0)
-"""
+HOOK = sys.settrace
+
+
+def report():
+    return attempts[0] == threading.current_thread().name  # the first attempt ran here
+""" + INTERRUPTED_WAIT
 
 
 @pytest.mark.timeout(60)
@@ -1036,17 +1049,12 @@ def hook(frame, event, arg):
         raise KeyboardInterrupt  # Ctrl-C, as the wait lets go of the lock
 
 
-sys.setprofile(hook)
-try:
-    task.get()
-except KeyboardInterrupt:
-    print("interrupted", task.status, flush=True)
-finally:
-    sys.setprofile(None)
-finish.set()
-print(task.get(timeout=10), flush=True)
-os._exit(0)
-"""
+HOOK = sys.setprofile
+
+
+def report():
+    return task.status
+""" + INTERRUPTED_WAIT
 
 
 @pytest.mark.timeout(60)
