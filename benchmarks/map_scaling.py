@@ -4,7 +4,10 @@ For each size, a no-op mapped over ``range(size)``:
 
 * processes: ``mp.parallel_map(..., backend="process")`` against ``Pool.map``
   (its own chunksize) and ``ProcessPoolExecutor.map`` with chunksize
-  ``size // (4 * workers)``, pools warmed, same worker count;
+  ``size // (4 * workers)``, same worker count, each pool in a process of its
+  own (``_isolated``) and warmed for a second: in one process each pool's
+  leftover work landed in the others' timings, and a new ``Pool`` is slow for
+  its first half second or so;
 * threads: ``mp.parallel_map`` against a plain list comprehension (a no-op is
   GIL-bound, so the loop is the bound nothing can beat);
 * a map of one item on threads (the fixed cost of a map), medians over 2,000
@@ -23,18 +26,15 @@ The maps of each size run the same way: in each round, a block of ``BLOCK``
 calls of each kind in turn (one call each from 100,000 items on, where a call
 takes milliseconds and what follows it is lost in them). A process pool too
 finishes its round after a map returns (its result and task threads, its
-workers going back to wait), and run call by call, each map of 100 items
-paid for the pool run before it: ours took 1.0-1.1 ms right after ``Pool``
-and 0.6-0.9 ms right after another map of ours; ``Pool.map`` took 0.65-0.88 ms
-right after ours and 1.2 ms right after its own. In a block each pays its own
-round, as in a program that runs maps in a loop.
+workers going back to wait); in a block each pays its own round, as in a
+program that runs maps in a loop.
 
 Rounds alternate so that machine noise hits all alike; medians are printed with
 ratios (higher is better for makeparallel: the other's time over ours).
 ``--work N`` maps a function that loops ``N`` times instead of the no-op (50
 is a few microseconds per item), to see a fixed cost per item in proportion.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--start-method fork]
 """
 
 from __future__ import annotations
@@ -45,9 +45,14 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+
+from _isolated import Contender, serve
 
 import makeparallel as mp
+
+OURS_PROCESS = "mp.parallel_map (process)"
+PROCESS_MAPS = (OURS_PROCESS, "Pool.map", "ProcessPoolExecutor.map")
 
 
 def noop(x: int) -> int:
@@ -80,45 +85,74 @@ def report(title: str, rows: dict[str, list[float]], ours: str) -> None:
         print(f"  {name:<34} {median * 1e3:9.2f} ms   makeparallel {median / base:6.2f}x")
 
 
+def mapped(args: argparse.Namespace) -> Callable[[int], int]:
+    return noop if args.work == 0 else functools.partial(work, args.work)
+
+
+def contend(name: str, args: argparse.Namespace) -> None:
+    """A contender's process: set up ``name``'s pool, then answer ``[size, calls]`` with each call's seconds."""
+    fn = mapped(args)
+    run: Callable[[range], list[int]]
+    if name == OURS_PROCESS:
+        mp.configure_process_pool(num_workers=args.workers)
+        run = functools.partial(mp.parallel_map, fn, backend="process")
+    else:
+        context = multiprocessing.get_context(args.start_method)
+        if name == "Pool.map":
+            pool = context.Pool(args.workers)
+            run = functools.partial(pool.map, fn)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            executor = ProcessPoolExecutor(args.workers, mp_context=context)
+            run = lambda items: list(executor.map(fn, items, chunksize=max(1, len(items) // (4 * args.workers))))
+
+    serve(lambda size, calls: [timed(lambda: run(range(size)), size) for _ in range(calls)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--start-method", default="forkserver", help="for the stdlib pools (default: forkserver)")
+    parser.add_argument("--start-method", default="fork", help="for the stdlib pools (default: fork, their fastest)")
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
+    parser.add_argument("--contender", choices=PROCESS_MAPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.contender is not None:
+        contend(args.contender, args)
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
 
-    mp.configure_process_pool(num_workers=args.workers)
-    context = multiprocessing.get_context(args.start_method)
-    pool = context.Pool(args.workers)
-    executor = ProcessPoolExecutor(args.workers, mp_context=context)
+    options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
+    contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
+    for contender in contenders:
+        contender.warm(1.0, 100, BLOCK)  # workers started, functions imported, a new Pool's slow start over
     single = mp.parallel(noop)
-    fn: Callable[[int], int] = noop if args.work == 0 else functools.partial(work, args.work)
-    for _ in range(3):  # warm: workers started, functions imported
-        mp.parallel_map(fn, range(100), backend="process")
-        pool.map(fn, range(100))
-        list(executor.map(fn, range(100)))
+    fn = mapped(args)
 
     for size in sizes:
         items = range(size)
-        processes: dict[str, list[float]] = {"mp.parallel_map (process)": [], "Pool.map": [], "ProcessPoolExecutor.map": []}
-        threads: dict[str, list[float]] = {"mp.parallel_map (thread)": [], "list comprehension": []}
-        chunk = max(1, size // (4 * args.workers))
-        runs: dict[str, Callable[[], list[int]]] = {
-            "mp.parallel_map (process)": lambda: mp.parallel_map(fn, items, backend="process"),
-            "Pool.map": lambda: pool.map(fn, items),
-            "ProcessPoolExecutor.map": lambda: list(executor.map(fn, items, chunksize=chunk)),
-            "mp.parallel_map (thread)": lambda: mp.parallel_map(fn, items),
-            "list comprehension": lambda: [fn(x) for x in items],
+        processes: dict[str, list[float]] = {name: [] for name in PROCESS_MAPS}
+        threads: dict[str, Callable[[], list[int]]] = {
+            "mp.parallel_map (thread)": functools.partial(mp.parallel_map, fn, items),
+            "list comprehension": lambda items=items: [fn(x) for x in items],
         }
+        thread_times: dict[str, list[float]] = {name: [] for name in threads}
         block = max(1, min(BLOCK, 100_000 // size))  # calls of one kind in a row: see the docstring
         for _ in range(args.rounds):
-            for name, run in runs.items():
-                (processes if name in processes else threads)[name].extend(timed(run, size) for _ in range(block))
-        report(f"\n{size:,} items, processes ({args.workers} workers)", processes, "mp.parallel_map (process)")
-        report(f"{size:,} items, threads", threads, "mp.parallel_map (thread)")
+            for contender in contenders:
+                processes[contender.name] += contender.run(size, block)
+            for name, run in threads.items():
+                thread_times[name].extend(timed(run, size) for _ in range(block))
+        report(
+            f"\n{size:,} items, processes ({args.workers} workers, each pool in a process of its own)",
+            processes,
+            OURS_PROCESS,
+        )
+        report(f"{size:,} items, threads", thread_times, "mp.parallel_map (thread)")
+    for contender in contenders:
+        contender.close()
 
     threads_executor = ThreadPoolExecutor(mp.get_thread_pool_info()["num_threads"])
     one_item: dict[str, Callable[[], list[int]]] = {
@@ -139,9 +173,6 @@ def main() -> None:
             f"{(ours - median) * 1e6:+6.1f} us"
         )
     threads_executor.shutdown()
-    pool.close()
-    pool.join()
-    executor.shutdown()
     mp.shutdown()
 
 

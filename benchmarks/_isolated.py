@@ -1,0 +1,76 @@
+"""Contenders in processes of their own, timed block by block from the benchmark's process.
+
+Process pools measured in one process disturb each other: each pool's threads
+and its leftover work after a call (results read, workers going back to wait)
+land in the timing of the next call, of another pool. With one call of each
+in turn, ``Pool.apply_async``'s round trip took 0.8-2.2 ms at the median beside
+makeparallel's pool and a ``ProcessPoolExecutor``, and 0.2-0.36 ms in a
+process of its own: the comparison flattered makeparallel. A new ``Pool`` is
+also slow at first: ``Pool.map`` of 100 items took 5-8 ms at the median from
+0.1 to 0.7 s after the pool was made, 0.7-0.9 ms after. So each contender sets
+up its pool in a process of its own (``python SCRIPT --contender NAME ...``)
+and is warmed for a second (:meth:`Contender.warm`); then the benchmark's
+process asks each in turn for a block of timed calls, so that machine noise
+still hits all alike.
+
+The standard library's pools start their workers with ``fork`` unless a
+script is told otherwise: their fastest, and safe in a contender's process,
+which has no other thread when it makes its pool. With ``forkserver``, some
+runs of a ``Pool`` stayed slow throughout (1-3 ms a round trip, against
+0.2-0.3 ms in other runs).
+
+A contender answers each request (a JSON array, one line on its standard
+input) with one JSON line on its standard output, until its input ends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Contender", "serve"]
+
+
+class Contender:
+    """A contender's process: ``python script --contender name *options``, answering one request at a time."""
+
+    def __init__(self, script: str, name: str, options: list[str]) -> None:
+        self.name = name
+        self._process = subprocess.Popen(
+            [sys.executable, script, "--contender", name, *options],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *request: Any) -> Any:
+        """Send ``request``; return the contender's answer. Raises ``RuntimeError`` if its process ended."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"contender {self.name!r} ended with exit code {self._process.wait()}")
+        return json.loads(line)
+
+    def warm(self, seconds: float, *request: Any) -> None:
+        """Send ``request`` again and again for ``seconds``: a new ``Pool`` answers slowly for its first half second or so."""
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            self.run(*request)
+
+    def close(self) -> None:
+        """End its input, then wait for its process to shut its pool down and exit."""
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(60)
+
+
+def serve(answer: Callable[..., Any]) -> None:
+    """In a contender's process: answer each request with ``answer(*request)``, until the input ends."""
+    for line in sys.stdin:
+        print(json.dumps(answer(*json.loads(line))), flush=True)
