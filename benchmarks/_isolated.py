@@ -4,7 +4,7 @@ Process pools measured in one process disturb each other: each pool's threads
 and its leftover work after a call (results read, workers going back to wait)
 land in the timing of the next call, of another pool. With one call of each
 in turn, ``Pool.apply_async``'s round trip took 0.8-2.2 ms at the median beside
-makeparallel's pool and a ``ProcessPoolExecutor``, and 0.2-0.36 ms in a
+makeparallel's pool and a ``ProcessPoolExecutor``, and 0.17-0.36 ms in a
 process of its own: the comparison flattered makeparallel. A new ``Pool`` is
 also slow at first: ``Pool.map`` of 100 items took 5-8 ms at the median from
 0.1 to 0.7 s after the pool was made, 0.7-0.9 ms after. So each contender sets
