@@ -15,9 +15,10 @@ still hits all alike.
 
 The standard library's pools start their workers with ``fork`` unless a
 script is told otherwise: their fastest, and safe in a contender's process,
-which has no other thread when it makes its pool. With ``forkserver``, some
-runs of a ``Pool`` stayed slow throughout (1-3 ms a round trip, against
-0.2-0.3 ms in other runs).
+which has no other thread when it makes its pool. With ``forkserver``, a
+``Pool``'s timings swung within a run and from run to run (a round trip of
+0.2 ms in some blocks, 1-3 ms in others; a burst of 500 no-ops 0.009 to
+1.1 s), which makes such a comparison mean little.
 
 A contender answers each request (a JSON array, one line on its standard
 input) with one JSON line on its standard output, until its input ends.
@@ -26,6 +27,7 @@ input) with one JSON line on its standard output, until its input ends.
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import time
@@ -48,14 +50,29 @@ class Contender:
         )
 
     def run(self, *request: Any) -> Any:
-        """Send ``request``; return the contender's answer. Raises ``RuntimeError`` if its process ended."""
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        line = self._process.stdout.readline()
+        """Send ``request``; return the contender's answer.
+
+        Raises ``RuntimeError`` if its process ended. That is also watched for
+        while waiting: a ``ProcessPoolExecutor``'s workers, orphaned when their
+        parent was killed, keep its output pipe open, so no end of file comes.
+        """
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(request) + "\n")
+            process.stdin.flush()
+        except OSError:  # its end of the pipe is closed: it ended
+            raise self._ended() from None
+        while not select.select([process.stdout], [], [], 1.0)[0]:
+            if process.poll() is not None:
+                raise self._ended()
+        line = process.stdout.readline()
         if not line:
-            raise RuntimeError(f"contender {self.name!r} ended with exit code {self._process.wait()}")
+            raise self._ended()
         return json.loads(line)
+
+    def _ended(self) -> RuntimeError:
+        return RuntimeError(f"contender {self.name!r} ended with exit code {self._process.wait()}")
 
     def warm(self, seconds: float, *request: Any) -> None:
         """Send ``request`` again and again for ``seconds``: a new ``Pool`` answers slowly for its first half second or so."""

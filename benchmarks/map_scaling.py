@@ -115,7 +115,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--start-method", default="fork", help="for the stdlib pools (default: fork, their fastest)")
+    parser.add_argument(
+        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
+        help="for the stdlib pools (default: fork, their fastest)",
+    )
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
     parser.add_argument("--contender", choices=PROCESS_MAPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,6 +126,10 @@ def main() -> None:
         contend(args.contender, args)
         return
     sizes = [int(size) for size in args.sizes.split(",")]
+    if min(*sizes, args.rounds, args.workers) < 1 or args.work < 0:
+        parser.error("--sizes, --rounds and --workers must be at least 1, --work at least 0")
+    work = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
+    print(f"{work} mapped; the standard library's process pools start workers with {args.start_method}")
 
     options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]

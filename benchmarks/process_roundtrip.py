@@ -68,9 +68,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--block", type=int, default=50, help="calls in a row through one pool")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--start-method", default="fork", help="for the stdlib pools (default: fork, their fastest)")
+    parser.add_argument(
+        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
+        help="for the stdlib pools (default: fork, their fastest)",
+    )
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if min(args.calls, args.block, args.workers) < 1:
+        parser.error("--calls, --block and --workers must be at least 1")
     if args.contender is not None:
         contend(args.contender, args.workers, args.start_method)
         return
@@ -80,7 +85,7 @@ def main() -> None:
     for contender in contenders:
         contender.warm(1.0, args.block)
     samples: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for _ in range(max(1, args.calls // args.block)):
+    for _ in range(-(-args.calls // args.block)):  # at least --calls calls
         for contender in contenders:
             samples[contender.name] += contender.run(args.block)
     for contender in contenders:

@@ -335,6 +335,8 @@ def main() -> None:
     if args.contender is not None:
         contend(args.contender, args)
         return
+    if min(args.workers, args.rounds, args.cpu_tasks, args.tasks, args.items) < 1:
+        parser.error("--workers, --rounds, --cpu-tasks, --tasks and --items must be at least 1")
     workers = args.workers
     tasks = task_module(args.by_reference)
 
