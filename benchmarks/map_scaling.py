@@ -128,8 +128,8 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     if min(*sizes, args.rounds, args.workers) < 1 or args.work < 0:
         parser.error("--sizes, --rounds and --workers must be at least 1, --work at least 0")
-    work = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
-    print(f"{work} mapped; the standard library's process pools start workers with {args.start_method}")
+    what = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
+    print(f"{what} mapped; the standard library's process pools start workers with {args.start_method}")
 
     options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
