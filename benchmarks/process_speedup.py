@@ -155,7 +155,6 @@ class Ways:
     """One pool's ways of running each part's work, set up and warmed in this process."""
 
     def __init__(self, name: str, workers: int, method: str, tasks: ModuleType) -> None:
-        self.tasks = tasks
         if name == OURS:
             import makeparallel as mp
 
