@@ -318,10 +318,11 @@ class ThreadBackend(QueueingBackend):
         with self._lock:
             self._paused = paused
             self._set_capacity_locked()
-            parked, self._parked = (self._parked, []) if paused else ([], self._parked)
-            spawn = 0 if paused else self._queued - len(self._parked)
-        for park in parked:  # idle workers re-check, and the surplus retires
-            park.release()
+            if paused:
+                self._wake_parked_locked()  # idle workers re-check, and the surplus retires
+                spawn = 0
+            else:
+                spawn = self._queued - len(self._parked)
         self._spawn(spawn)
 
     def worker_blocks(self) -> None:
