@@ -26,15 +26,17 @@ input) with one JSON line on its standard output, until its input ends.
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
 import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Contender", "serve"]
+__all__ = ["Contender", "add_arguments", "serve"]
 
 
 class Contender:
@@ -91,3 +93,12 @@ def serve(answer: Callable[..., Any]) -> None:
     """In a contender's process: answer each request with ``answer(*request)``, until the input ends."""
     for line in sys.stdin:
         print(json.dumps(answer(*json.loads(line))), flush=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser, contenders: Iterable[str]) -> None:
+    """Add ``--start-method`` (``fork`` by default: see above) and the hidden ``--contender`` that :class:`Contender` passes."""
+    parser.add_argument(
+        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
+        help="for the standard library's pools (default: fork, their fastest)",
+    )
+    parser.add_argument("--contender", choices=tuple(contenders), help=argparse.SUPPRESS)

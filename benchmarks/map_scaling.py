@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from _isolated import Contender, serve
+from _isolated import Contender, add_arguments, serve
 
 import makeparallel as mp
 
@@ -115,12 +115,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
-        help="for the stdlib pools (default: fork, their fastest)",
-    )
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
-    parser.add_argument("--contender", choices=PROCESS_MAPS, help=argparse.SUPPRESS)
+    add_arguments(parser, PROCESS_MAPS)
     args = parser.parse_args()
     if args.contender is not None:
         contend(args.contender, args)

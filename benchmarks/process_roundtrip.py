@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from _isolated import Contender, serve
+from _isolated import Contender, add_arguments, serve
 
 OURS = "makeparallel fn(x).get()"
 CONTENDERS = (OURS, "Pool.apply_async(...).get()", "ProcessPoolExecutor.submit(...).result()")
@@ -68,11 +68,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--block", type=int, default=50, help="calls in a row through one pool")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
-        help="for the stdlib pools (default: fork, their fastest)",
-    )
-    parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    add_arguments(parser, CONTENDERS)
     args = parser.parse_args()
     if min(args.calls, args.block, args.workers) < 1:
         parser.error("--calls, --block and --workers must be at least 1")

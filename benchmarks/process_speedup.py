@@ -47,7 +47,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from _isolated import Contender, serve
+from _isolated import Contender, add_arguments, serve
 
 from makeparallel._backends._template import template_available
 
@@ -322,14 +322,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200_000, help="items mapped in part 3")
     parser.add_argument("--scaling", action="store_true", help="repeat part 1 for 1, 2, 4, ... workers")
     parser.add_argument(
-        "--start-method", default="fork", choices=multiprocessing.get_all_start_methods(),
-        help="for ProcessPoolExecutor and Pool (default: fork, their fastest)",
-    )
-    parser.add_argument(
         "--by-reference", action="store_true",
         help="take the task functions from this file imported as a module, not __main__",
     )
-    parser.add_argument("--contender", choices=(OURS, EXECUTOR, POOL, JOBLIB), help=argparse.SUPPRESS)
+    add_arguments(parser, (OURS, EXECUTOR, POOL, JOBLIB))
     args = parser.parse_args()
     if args.contender is not None:
         contend(args.contender, args)
