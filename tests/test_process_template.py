@@ -119,6 +119,30 @@ def test_a_forked_worker_gets_the_environment_directory_and_path_of_the_moment(
     assert path[0] == str(tmp_path / "plugins")
 
 
+@both_ways
+def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(template: bool) -> None:
+    # A request to the template is one packet, which the socket's buffer bounds (about
+    # 208 KiB): an environment of 300 KB sent in it failed every forked worker's start.
+    # Each variable stays under the 128 KiB the system allows one (any exec fails past it).
+    out = run_fresh(
+        f"""
+        import os
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        for number in range(5):
+            os.environ[f"LARGE_{{number}}"] = str(number) * 60_000
+
+        def large_variables():
+            return sorted((name, len(value), value[0]) for name, value in os.environ.items() if name.startswith("LARGE_"))
+
+        print(mp.parallel(backend="process")(large_variables)().get(timeout=30) == large_variables())
+        """
+    )
+    assert out == ["True"]
+
+
 def test_a_forked_worker_takes_the_umask_and_limits_of_the_moment_but_not_the_main_threads_cpus() -> None:
     # In a fresh interpreter: the program changes its own process, which the test's must not.
     out = run_fresh(

@@ -6,7 +6,7 @@ forked from the template inherits the template's instead, which are the pool's
 process's of the moment the template started: a program that tightened its
 umask or lowered a resource limit after its first process task found every
 later worker ignoring it. So the pool records what the template inherits
-(:func:`snapshot`), sends with each fork request what differs from it now
+(:func:`snapshot`), sends each forked worker what differs from it now
 (:func:`changes_since`), and the worker takes that on (:func:`take`) before its
 first task. Where nothing changed, nothing is sent and the worker does nothing.
 

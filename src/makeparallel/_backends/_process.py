@@ -93,10 +93,11 @@ __all__ = ["ProcessBackend"]
 # first for the import of the package the program runs; then the parent's path becomes
 # the worker's, exactly (a "" of the parent's then comes first).
 _WORKER_MAIN = (
-    "import sys; sys.path[:0] = sys.argv[4:]; "
+    "import sys, _socket; sys.path[:0] = sys.argv[4:]; "
+    "from makeparallel._backends._channel import Channel; "
     "from makeparallel._backends._process_worker import main; "
     "sys.path[:] = sys.argv[5:]; "
-    "main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))"
+    "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
@@ -540,7 +541,7 @@ class ProcessBackend(QueueingBackend):
         try:
             journal = JournalReader(journal_fd)
             environ = dict(os.environ, **thread_limits(self._num_workers))
-            forked = self._fork(child_end, journal_fd, environ) if template_available() else None
+            forked = self._fork(child_end, journal_fd) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
                 process = forked
@@ -572,11 +573,12 @@ class ProcessBackend(QueueingBackend):
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(process, Channel(parent_end), journal, path_version)
-        if forked is not None:
-            _send(worker, ("path", path_arguments(path)))  # first: the worker imports nothing before it has it
+        if forked is not None:  # first, its environment and directory; then its sys.path, before it imports anything
+            _send(worker, forked.template.start_message(environ))
+            _send(worker, ("path", path_arguments(path)))
         return worker
 
-    def _fork(self, child_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess | None:
+    def _fork(self, child_end: _socket.socket, journal_fd: int) -> ForkedProcess | None:
         """A worker forked from the template, started first if need be; None if it cannot start."""
         template = self._template
         if template is None or not template.alive:
@@ -589,7 +591,7 @@ class ProcessBackend(QueueingBackend):
                 return None
         if self._warm:  # prestarted: its workers are ready for any task
             template.preload()
-        return template.fork(child_end, journal_fd, environ)
+        return template.fork(child_end, journal_fd)
 
     def _close_template(self) -> None:
         """Stop the template once the loop has stopped every worker."""

@@ -10,7 +10,9 @@ lock makes sure only one of the two reads at a time.
 
 Messages are pickled tuples, each followed by its out-of-band buffers:
 
-    parent -> worker   ("path", sys_path)                  first, for a worker forked from the template;
+    parent -> worker   ("start", environ, cwd, changes)    first, for a worker forked from the template
+                                                           (read by _template, before this module runs)
+                       ("path", sys_path)                  next, for a worker forked from the template;
                                                            later, when the parent's sys.path changed
                        ("setup", initializer, initargs)    then, always; pickled, or None
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
@@ -33,7 +35,6 @@ Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
 
 from __future__ import annotations
 
-import _socket
 import contextvars
 import functools
 import importlib
@@ -430,11 +431,11 @@ def take_path(path: list[str]) -> None:
         namespace_path._epoch += 1  # type: ignore[union-attr]
 
 
-def main(fd: int, parent_pid: int, journal_fd: int) -> None:
-    """Serve tasks on the connection ``fd`` until the parent closes it; journal map items in ``journal_fd``.
+def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
+    """Serve tasks on ``conn`` until the parent closes it; journal map items in ``journal_fd``.
 
     The parent's ``sys.path`` is this worker's (from a fresh interpreter's
-    command line, or the first message to a forked one), so its modules
+    command line, or a message to a forked one before its set-up), so its modules
     import. Every log record is forwarded (the root logger here is at DEBUG):
     the parent's loggers decide, as they are configured at the time, which to
     emit.
@@ -444,7 +445,7 @@ def main(fd: int, parent_pid: int, journal_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
-    worker = _Worker(Channel(_socket.socket(fileno=fd)), journal)
+    worker = _Worker(conn, journal)
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))

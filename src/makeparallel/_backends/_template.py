@@ -13,12 +13,13 @@ time the pool asks. A fork of it is a ready worker in about a millisecond.
 What a fresh interpreter gave each worker, a forked one still gets:
 
 * the parent's *current* environment (with the BLAS thread limits) and
-  working directory travel with each request, and the worker sets them before
-  it reads its first message, so a task that imports NumPy sees the limits; so
-  do its umask and resource limits where they changed since the template
-  started (``_inherited``), and a changed ``TZ`` is read again; its
-  ``sys.path`` is the first message on the worker's own pipe, which has no
-  size limit (a request is one packet, which the socket's buffer bounds);
+  working directory are the first message on the worker's own pipe, which
+  has no size limit (a request is one packet, which the socket's buffer
+  bounds: an environment of 250 KB in it failed every worker's start), and
+  the worker sets them before it does anything else, so a task that imports
+  NumPy sees the limits; so do its umask and resource limits where they
+  changed since the template started (``_inherited``), and a changed ``TZ``
+  is read again; its ``sys.path`` is the next message there;
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -34,13 +35,16 @@ The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
 packet, and a fork request carries the worker's end of its pipe and its crash
 journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number, environ, cwd, changes) + the worker's socket and journal
+    pool -> template   ("fork", number) + the worker's socket and journal
                        ("signal", number, signum)
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
 
-Workers are numbered by the pool, so a request never waits for a reply.
+Workers are numbered by the pool, so a request never waits for a reply. The
+pool's first message to a forked worker, on the worker's own pipe::
+
+    pool -> worker     ("start", environ, cwd, changes)
 
 The first process task starts the template before the parent imports the
 rest of the process backend (``_template_start``): the template's start-up,
@@ -76,7 +80,7 @@ else:
 
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
-_PACKET = 256 * 1024  # the largest request: the environment, pickled
+_PACKET = 4096  # more than the largest request or report, a few numbers pickled (a longer packet would be cut)
 _FDS = struct.Struct("2i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket and journal
 _FD_BYTES = _FDS.size // 2
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
@@ -102,12 +106,14 @@ class Template:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def fork(self, worker_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess:
-        """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`)."""
+    def fork(self, worker_end: _socket.socket, journal_fd: int) -> ForkedProcess:
+        """Ask for a worker serving ``worker_end``, journaling in ``journal_fd``; its process id arrives later (:meth:`read`).
+
+        The pool then sends the worker :meth:`start_message` first.
+        """
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
-        changes = changes_since(self._started.inherited)
-        request = _pickle.dumps(("fork", child.number, environ, os.getcwd(), changes), protocol=5)
+        request = _pickle.dumps(("fork", child.number))
         try:
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(worker_end.fileno(), journal_fd))])
         except OSError:
@@ -116,6 +122,10 @@ class Template:
             return child
         self._children[child.number] = child
         return child
+
+    def start_message(self, environ: dict[str, str]) -> tuple[str, dict[str, str], str, dict[str, Any] | None]:
+        """What a worker forked now takes on before anything else: ``environ``, this process's directory, umask and limits."""
+        return ("start", environ, os.getcwd(), changes_since(self._started.inherited))
 
     def preload(self) -> None:
         """Have the template import what some tasks need before it forks the next worker (once).
@@ -270,7 +280,7 @@ def serve(fd: int, parent_pid: int) -> None:
                     if known == number:
                         os.kill(pid, signum)  # not reaped yet: the pid is still this child's
                 continue
-            _, number, environ, cwd, changes = request
+            number = request[1]
             # The garbage collector is off in the template (from its first line, so
             # that none of its imports goes to collections); a child turns it on with
             # the template's objects in the oldest generation, as a collection would
@@ -284,7 +294,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(fds[0], fds[1], environ, cwd, changes, template_pid)
+                _become_worker(fds[0], fds[1], template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             os.close(fds[0])
             os.close(fds[1])
@@ -316,19 +326,24 @@ def _preload() -> None:
         pass
 
 
-def _become_worker(
-    fd: int,
-    journal_fd: int,
-    environ: dict[str, str],
-    cwd: str,
-    changes: dict[str, Any] | None,
-    template_pid: int,
-) -> None:
-    """In the forked child: take on the pool's current state, then serve as a worker that dies with the template."""
+def _become_worker(fd: int, journal_fd: int, template_pid: int) -> None:
+    """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
+
+    The worker dies with the template from the start: until the pool's
+    message comes, it waits on its pipe, which a dead pool closes.
+    """
+    from ._channel import Channel
+    from ._parent_death import die_with_parent
     from ._process_worker import main
 
+    die_with_parent(template_pid)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    conn = Channel(_socket.socket(fileno=fd))
+    try:
+        _, environ, cwd, changes = conn.recv()
+    except (EOFError, OSError):
+        return  # the pool is gone: nothing to serve
     zone = os.environ.get("TZ")
     os.environ.clear()
     os.environ.update(environ)
@@ -340,7 +355,7 @@ def _become_worker(
         pass  # the pool's directory was removed: a fresh interpreter could not start there either
     if changes is not None:
         take(changes)  # the umask and limits, where they changed since the template started (_inherited)
-    main(fd, template_pid, journal_fd)
+    main(conn, template_pid, journal_fd)
 
 
 def _reap(sock: _socket.socket, children: dict[int, int]) -> None:
