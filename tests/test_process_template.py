@@ -143,6 +143,24 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
     assert out == ["True"]
 
 
+def test_a_forked_worker_gets_a_variable_too_long_for_any_new_program() -> None:
+    # Linux starts no program given a variable over 128 KiB (E2BIG): the template starts
+    # without it, and its workers get it from the pool, as forks of the program would.
+    out = run_fresh(
+        """
+        import os
+        import makeparallel as mp
+        os.environ["TOO_LONG_TO_EXEC"] = "x" * 200_000
+
+        def too_long():
+            return len(os.environ["TOO_LONG_TO_EXEC"])
+
+        print(mp.parallel(backend="process")(too_long)().get(timeout=30))
+        """
+    )
+    assert out == ["200000"]
+
+
 def test_a_forked_worker_takes_the_umask_and_limits_of_the_moment_but_not_the_main_threads_cpus() -> None:
     # In a fresh interpreter: the program changes its own process, which the test's must not.
     out = run_fresh(

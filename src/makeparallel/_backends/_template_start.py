@@ -86,7 +86,8 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            environ = dict(os.environ, _MAKEPARALLEL_TEMPLATE="1")  # see makeparallel/__init__
+            environ = _environment_for_a_new_program()
+            environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())]
             self.pid = os.posix_spawn(
                 sys.executable,
@@ -114,6 +115,22 @@ class StartedTemplate:
         if self.returncode is None and self.pid is not None:
             os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
             self._owner.join()
+
+
+def _environment_for_a_new_program() -> dict[str, str]:
+    """This process's environment, less any variable no new program can be given.
+
+    Linux refuses to start a program (``E2BIG``) when one of its variables,
+    ``name=value``, is longer than 32 pages (``MAX_ARG_STRLEN``: 128 KiB with
+    4 KiB pages). The template starts without such a variable; its workers
+    get the whole environment from the pool (``Template.start_message``).
+    """
+    longest = 32 * os.sysconf("SC_PAGE_SIZE") - 2  # the "=" and the closing NUL
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if len(value) * 4 + len(name) * 4 <= longest or len(os.fsencode(name)) + len(os.fsencode(value)) <= longest
+    }
 
 
 _early: StartedTemplate | None = None  # started by a first process task, for the pool it makes
