@@ -143,6 +143,40 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
     assert out == ["True"]
 
 
+def test_workers_start_though_the_templates_reports_wait_for_the_pool() -> None:
+    # The template reports each fork to the pool's loop thread, which reads the reports
+    # only once it has started every worker, and blocks sending a worker's environment
+    # when it is larger than the worker's pipe holds, until that worker reads it. Once the
+    # reports filled the socket's buffer (about 300 of them: a pool of 300 workers) the
+    # template blocked on the next, forked no more, and the pool hung. The buffer is made
+    # the system's least here, which holds a few reports, and the environment 300 KB.
+    out = run_fresh(
+        """
+        import os, socket
+        import makeparallel as mp
+        from makeparallel._backends import _template_start
+
+        make_pair = _template_start.blocking_socketpair
+
+        def few_reports_fit(kind):
+            pool_end, template_end = make_pair(kind)
+            template_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+            return pool_end, template_end
+
+        _template_start.blocking_socketpair = few_reports_fit
+        for number in range(5):
+            os.environ[f"LARGE_{number}"] = "x" * 60_000
+        mp.configure_process_pool(12)
+
+        def pid(_):
+            return os.getpid()
+
+        print(len(mp.parallel_map(pid, range(12), chunksize=1, backend="process", timeout=30)))  # 12 workers start
+        """
+    )
+    assert out == ["12"]
+
+
 def test_a_forked_worker_gets_a_variable_too_long_for_any_new_program() -> None:
     # Linux starts no program given a variable over 128 KiB (E2BIG): the template starts
     # without it, and its workers get it from the pool, as forks of the program would.

@@ -65,6 +65,7 @@ import select
 import struct
 import sys
 import time
+from collections import deque
 
 from ._inherited import changes_since, take
 from ._template_start import StartedTemplate, take_started, template_available
@@ -250,20 +251,30 @@ def serve(fd: int, parent_pid: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     children: dict[int, int] = {}  # pid -> the pool's number for it
+    unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
     template_pid = os.getpid()
     poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
+    watched = select.POLLIN
+    poller.register(sock.fileno(), watched)
     poller.register(wake_r, select.POLLIN)
     idle_ms: int | None = _PRELOAD_AFTER_MS
     while True:
+        wanted = (select.POLLIN | select.POLLOUT) if unsent else select.POLLIN
+        if wanted != watched:
+            watched = wanted
+            poller.modify(sock.fileno(), watched)
         events = poller.poll(idle_ms)
         if not events and idle_ms is not None:  # idle since the first workers were forked
             idle_ms = None
             _preload()
-        for ready, _ in events:
+        for ready, mask in events:
             if ready == wake_r:
                 drain(wake_r)
-                _reap(sock, children)
+                _reap(children, sock, unsent)
+                continue
+            if mask & select.POLLOUT:
+                _send_reports(sock, unsent)
+            if mask == select.POLLOUT:
                 continue
             data, fds = _receive(sock)
             if not data:
@@ -299,7 +310,7 @@ def serve(fd: int, parent_pid: int) -> None:
             os.close(fds[0])
             os.close(fds[1])
             children[pid] = number
-            _report(sock, ("forked", number, pid))
+            _report(("forked", number, pid), sock, unsent)
 
 
 def _preload() -> None:
@@ -358,7 +369,7 @@ def _become_worker(fd: int, journal_fd: int, template_pid: int) -> None:
     main(conn, template_pid, journal_fd)
 
 
-def _reap(sock: _socket.socket, children: dict[int, int]) -> None:
+def _reap(children: dict[int, int], sock: _socket.socket, unsent: deque[bytes]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -368,7 +379,7 @@ def _reap(sock: _socket.socket, children: dict[int, int]) -> None:
             return
         number = children.pop(pid, None)
         if number is not None:
-            _report(sock, ("exited", number, os.waitstatus_to_exitcode(status)))
+            _report(("exited", number, os.waitstatus_to_exitcode(status)), sock, unsent)
 
 
 def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
@@ -382,9 +393,27 @@ def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-def _report(sock: _socket.socket, message: tuple[Any, ...]) -> None:
-    try:
-        sock.send(_pickle.dumps(message))
-    except OSError:
-        os._exit(0)  # the pool is gone
+def _report(message: tuple[Any, ...], sock: _socket.socket, unsent: deque[bytes]) -> None:
+    """Send ``message`` to the pool after the reports ``unsent``, or keep it there while the socket is full.
+
+    The template never waits for the pool: the pool's loop thread reads the
+    reports only once it has asked for every worker it starts, and may wait
+    meanwhile for a worker to read its start message, which a template
+    waiting to report the fork before would never fork (a pool of 300 workers
+    filled the socket's buffer with reports, and hung).
+    """
+    unsent.append(_pickle.dumps(message))
+    _send_reports(sock, unsent)
+
+
+def _send_reports(sock: _socket.socket, unsent: deque[bytes]) -> None:
+    """Send the reports ``unsent``, oldest first, as long as the socket has room."""
+    while unsent:
+        try:
+            sock.send(unsent[0], _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            os._exit(0)  # the pool is gone
+        unsent.popleft()
 
