@@ -177,6 +177,33 @@ def test_workers_start_though_the_templates_reports_wait_for_the_pool() -> None:
     assert out == ["12"]
 
 
+@both_ways
+def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template: bool, tmp_path: Path) -> None:
+    # The directory has no path any more (os.getcwd() raises): a fresh interpreter
+    # still starts in it. A forked worker was sent the path, and its start failed.
+    out = run_fresh(
+        f"""
+        import os, tempfile
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        removed = tempfile.mkdtemp(dir={str(tmp_path)!r})
+        os.chdir(removed)
+        os.rmdir(removed)
+
+        def where():
+            try:
+                return os.getcwd()
+            except FileNotFoundError:
+                return os.stat(".").st_ino
+
+        print(mp.parallel(backend="process")(where)().get(timeout=30) == where())
+        """
+    )
+    assert out == ["True"]
+
+
 def test_a_forked_worker_gets_a_variable_too_long_for_any_new_program() -> None:
     # Linux starts no program given a variable over 128 KiB (E2BIG): the template starts
     # without it, and its workers get it from the pool, as forks of the program would.

@@ -12,14 +12,17 @@ time the pool asks. A fork of it is a ready worker in about a millisecond.
 
 What a fresh interpreter gave each worker, a forked one still gets:
 
-* the parent's *current* environment (with the BLAS thread limits) and
-  working directory are the first message on the worker's own pipe, which
-  has no size limit (a request is one packet, which the socket's buffer
-  bounds: an environment of 250 KB in it failed every worker's start), and
-  the worker sets them before it does anything else, so a task that imports
-  NumPy sees the limits; so do its umask and resource limits where they
-  changed since the template started (``_inherited``), and a changed ``TZ``
-  is read again; its ``sys.path`` is the next message there;
+* the parent's *current* environment (with the BLAS thread limits) is the
+  first message on the worker's own pipe, which has no size limit (a request
+  is one packet, which the socket's buffer bounds: an environment of 250 KB
+  in it failed every worker's start), and the worker sets it before it does
+  anything else, so a task that imports NumPy sees the limits; so do its
+  umask and resource limits where they changed since the template started
+  (``_inherited``), and a changed ``TZ`` is read again; its ``sys.path`` is
+  the next message there; its working directory comes with the request, as
+  a descriptor of the directory itself, so that one removed since is still
+  the worker's, as a fresh interpreter's would be (its path failed every
+  start, since ``os.getcwd()`` raises there);
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -32,10 +35,11 @@ What a fresh interpreter gave each worker, a forked one still gets:
   children, and reports each one's exit code when it reaps it.
 
 The socket to the template is a ``SOCK_SEQPACKET`` pair: each request is one
-packet, and a fork request carries the worker's end of its pipe and its crash
-journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
+packet, and a fork request carries the worker's end of its pipe, its crash
+journal (``_crash_journal``) and its working directory as ancillary data
+(``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number) + the worker's socket and journal
+    pool -> template   ("fork", number) + the worker's socket, journal and directory
                        ("signal", number, signum)
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
@@ -44,7 +48,7 @@ journal (``_crash_journal``) as ancillary data (``SCM_RIGHTS``)::
 Workers are numbered by the pool, so a request never waits for a reply. The
 pool's first message to a forked worker, on the worker's own pipe::
 
-    pool -> worker     ("start", environ, cwd, changes)
+    pool -> worker     ("start", environ, changes)
 
 The first process task starts the template before the parent imports the
 rest of the process backend (``_template_start``): the template's start-up,
@@ -82,8 +86,8 @@ else:
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
 _PACKET = 4096  # more than the largest request or report, a few numbers pickled (a longer packet would be cut)
-_FDS = struct.Struct("2i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket and journal
-_FD_BYTES = _FDS.size // 2
+_FDS = struct.Struct("3i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket, journal, directory
+_FD_BYTES = _FDS.size // 3
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
 
 
@@ -115,18 +119,22 @@ class Template:
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
         request = _pickle.dumps(("fork", child.number))
+        directory = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # no permission needed, nor a name
         try:
-            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(worker_end.fileno(), journal_fd))])
+            fds = _FDS.pack(worker_end.fileno(), journal_fd, directory)
+            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         except OSError:
             self._gone()
             child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
             return child
+        finally:
+            os.close(directory)
         self._children[child.number] = child
         return child
 
-    def start_message(self, environ: dict[str, str]) -> tuple[str, dict[str, str], str, dict[str, Any] | None]:
-        """What a worker forked now takes on before anything else: ``environ``, this process's directory, umask and limits."""
-        return ("start", environ, os.getcwd(), changes_since(self._started.inherited))
+    def start_message(self, environ: dict[str, str]) -> tuple[str, dict[str, str], dict[str, Any] | None]:
+        """What a worker forked now takes on before anything else: ``environ``, and this process's umask and limits."""
+        return ("start", environ, changes_since(self._started.inherited))
 
     def preload(self) -> None:
         """Have the template import what some tasks need before it forks the next worker (once).
@@ -305,10 +313,11 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(fds[0], fds[1], template_pid)
+                worker_end, journal_fd, directory = fds
+                _become_worker(worker_end, journal_fd, directory, template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
-            os.close(fds[0])
-            os.close(fds[1])
+            for fd in fds:
+                os.close(fd)
             children[pid] = number
             _report(("forked", number, pid), sock, unsent)
 
@@ -337,7 +346,7 @@ def _preload() -> None:
         pass
 
 
-def _become_worker(fd: int, journal_fd: int, template_pid: int) -> None:
+def _become_worker(fd: int, journal_fd: int, directory: int, template_pid: int) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
     The worker dies with the template from the start: until the pool's
@@ -352,7 +361,7 @@ def _become_worker(fd: int, journal_fd: int, template_pid: int) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn = Channel(_socket.socket(fileno=fd))
     try:
-        _, environ, cwd, changes = conn.recv()
+        _, environ, changes = conn.recv()
     except (EOFError, OSError):
         return  # the pool is gone: nothing to serve
     zone = os.environ.get("TZ")
@@ -361,9 +370,10 @@ def _become_worker(fd: int, journal_fd: int, template_pid: int) -> None:
     if os.environ.get("TZ") != zone:
         time.tzset()  # the C library's time zone, which a fresh interpreter reads from TZ as it starts
     try:
-        os.chdir(cwd)
+        os.fchdir(directory)
     except OSError:
-        pass  # the pool's directory was removed: a fresh interpreter could not start there either
+        pass  # no search permission there any more: the worker stays where the template is
+    os.close(directory)
     if changes is not None:
         take(changes)  # the umask and limits, where they changed since the template started (_inherited)
     main(conn, template_pid, journal_fd)

@@ -53,6 +53,7 @@ def template_available() -> bool:
         sys.platform.startswith("linux")
         and hasattr(os, "fork")
         and hasattr(os, "posix_spawn")
+        and hasattr(os, "O_PATH")  # the worker's directory travels as a descriptor of it
         and hasattr(_socket.socket, "sendmsg")  # the worker's pipe travels as SCM_RIGHTS
     )
 
