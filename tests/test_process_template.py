@@ -204,22 +204,29 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
     assert out == ["True"]
 
 
-def test_a_forked_worker_gets_a_variable_too_long_for_any_new_program() -> None:
-    # Linux starts no program given a variable over 128 KiB (E2BIG): the template starts
-    # without it, and its workers get it from the pool, as forks of the program would.
+@pytest.mark.parametrize(
+    "variables",
+    [{"TOO_LONG_TO_EXEC": 200_000}, {f"TOO_MUCH_{number}": 60_000 for number in range(50)}],
+    ids=["one variable over 128 KiB", "3 MB in all"],
+)
+def test_a_forked_worker_gets_an_environment_too_large_for_any_new_program(variables: dict[str, int]) -> None:
+    # Linux starts no program given a variable over 128 KiB, or strings over ARG_MAX in
+    # all (2 MiB with an 8 MiB stack): E2BIG. The template starts without the largest
+    # variables, and its workers get them from the pool, as forks of the program would.
     out = run_fresh(
-        """
+        f"""
         import os
         import makeparallel as mp
-        os.environ["TOO_LONG_TO_EXEC"] = "x" * 200_000
+        for name, size in {variables!r}.items():
+            os.environ[name] = "x" * size
 
-        def too_long():
-            return len(os.environ["TOO_LONG_TO_EXEC"])
+        def sizes():
+            return {{name: len(os.environ[name]) for name in {list(variables)!r}}}
 
-        print(mp.parallel(backend="process")(too_long)().get(timeout=30))
+        print(mp.parallel(backend="process")(sizes)().get(timeout=30) == {variables!r})
         """
     )
-    assert out == ["200000"]
+    assert out == ["True"]
 
 
 def test_a_forked_worker_takes_the_umask_and_limits_of_the_moment_but_not_the_main_threads_cpus() -> None:

@@ -87,12 +87,13 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            environ = _environment_for_a_new_program()
-            environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())]
+            arguments = [*command, PACKAGE_FOLDER, *path_arguments(sys.path)]
+            environ = _environment_for_a_new_program(arguments)
+            environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
             self.pid = os.posix_spawn(
                 sys.executable,
-                [*command, PACKAGE_FOLDER, *path_arguments(sys.path)],
+                arguments,
                 environ,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             )
@@ -118,20 +119,33 @@ class StartedTemplate:
             self._owner.join()
 
 
-def _environment_for_a_new_program() -> dict[str, str]:
-    """This process's environment, less any variable no new program can be given.
+def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
+    """This process's environment, less what no new program started with ``arguments`` can be given.
 
-    Linux refuses to start a program (``E2BIG``) when one of its variables,
-    ``name=value``, is longer than 32 pages (``MAX_ARG_STRLEN``: 128 KiB with
-    4 KiB pages). The template starts without such a variable; its workers
+    Linux refuses to start a program (``E2BIG``) when one of its strings, an
+    argument or a variable's ``name=value``, is longer than 32 pages
+    (``MAX_ARG_STRLEN``: 128 KiB with 4 KiB pages), or when all of them, with
+    a pointer to each, take more than ``ARG_MAX`` (a quarter of the stack
+    limit: 2 MiB for 8 MiB). The template starts without such a variable,
+    and without the largest others while the whole would not fit; its workers
     get the whole environment from the pool (``Template.start_message``).
     """
-    longest = 32 * os.sysconf("SC_PAGE_SIZE") - 2  # the "=" and the closing NUL
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if len(value) * 4 + len(name) * 4 <= longest or len(os.fsencode(name)) + len(os.fsencode(value)) <= longest
-    }
+    page = os.sysconf("SC_PAGE_SIZE")
+    room = os.sysconf("SC_ARG_MAX") - page  # a page for the program's path and the variable the template gets
+    room -= sum(len(os.fsencode(argument)) + 1 + _POINTER for argument in arguments)
+    variables = list(os.environ.items())  # one reading: another thread may change it meanwhile
+    sizes = {name: len(os.fsencode(name)) + len(os.fsencode(value)) + 2 for name, value in variables}  # "=", NUL
+    kept = {name for name, size in sizes.items() if size <= 32 * page}
+    total = sum(sizes[name] + _POINTER for name in kept)
+    for name in sorted(kept, key=sizes.__getitem__, reverse=True):
+        if total <= room:
+            break
+        kept.remove(name)
+        total -= sizes[name] + _POINTER
+    return {name: value for name, value in variables if name in kept}
+
+
+_POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
 
 
 _early: StartedTemplate | None = None  # started by a first process task, for the pool it makes
