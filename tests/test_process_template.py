@@ -204,6 +204,30 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
     assert out == ["True"]
 
 
+def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_until_the_pool_is_configured() -> None:
+    # Fresh interpreters cannot be given a variable over 128 KiB (E2BIG): the pool's loop
+    # thread died of it, and health() said the process was not live for good. Now the
+    # pool gives up as after any failed starts, with the reason, and works once configured.
+    out = run_fresh(
+        """
+        import os
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        _process.template_available = lambda: False
+        os.environ["TOO_LONG_TO_EXEC"] = "x" * 200_000
+        task = mp.parallel(backend="process")(os.getpid)
+        try:
+            task().get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print("refused to start a worker process" in str(error), "more than the system gives" in str(error))
+        del os.environ["TOO_LONG_TO_EXEC"]
+        mp.configure_process_pool()
+        print(task().get(timeout=30) != os.getpid(), mp.health()["live"])
+        """
+    )
+    assert out == ["True", "True", "True", "True"]
+
+
 @pytest.mark.parametrize(
     "variables",
     [{"TOO_LONG_TO_EXEC": 200_000}, {f"TOO_MUCH_{number}": 60_000 for number in range(50)}],

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import _pickle  # the C modules under pickle and socket: their Python modules import re and enum (``_template``)
 import _socket
+import errno
 import logging
 import os
 import selectors
@@ -209,7 +210,7 @@ class ProcessBackend(QueueingBackend):
         self._max_worker_memory: int | None = None  # bytes of RSS
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
-        self._failed_starts = 0  # initializers that raised, in a row
+        self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -629,8 +630,18 @@ class ProcessBackend(QueueingBackend):
             setup, path, path_version = self._setup, self._path, self._path_version
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
-        for _ in range(max(0, missing)):
-            worker = self._start_worker(path, path_version)
+        started = 0
+        while started < missing:
+            try:
+                worker = self._start_worker(path, path_version)
+            except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
+                with self._lock:
+                    gave_up = self._start_refused_locked(error)
+                if gave_up:
+                    self._wake()  # the next look fails the queued tasks with its error
+                    break
+                continue
+            started += 1
             _send(worker, ("setup", setup.initializer, setup.initargs))
             with self._lock:
                 self._workers.append(worker)
@@ -1026,6 +1037,28 @@ class ProcessBackend(QueueingBackend):
             )
 
         self._broken = make_error
+
+    def _start_refused_locked(self, error: OSError) -> bool:
+        """Count a worker the system refused to start; after a few in a row, stop starting workers.
+
+        Returns whether the pool gave up: then the queued tasks fail with an
+        error that names ``error``, until the pool is configured again.
+        """
+        self._failed_starts += 1
+        if self._failed_starts < _FAILED_STARTS_ALLOWED:
+            return False
+        why = f"{type(error).__name__}: {error}"
+        if error.errno == errno.E2BIG:
+            why += "; the environment and sys.path take more than the system gives a new program"
+
+        def make_error() -> BaseException:
+            return WorkerCrashedError(
+                f"the system refused to start a worker process ({why}); the task was not run, "
+                f"and {_after_failed_start(True)}"
+            )
+
+        self._broken = make_error
+        return True
 
     def _retried_elsewhere_locked(self, handle: AsyncHandle[Any]) -> bool:
         """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
