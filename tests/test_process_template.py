@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,33 @@ def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_worker
         running.get(timeout=30)
     assert all(wait_until(lambda pid=pid: not psutil.pid_exists(pid) or _zombie_elsewhere(pid), 15) for pid in pids)
     assert on_process(worker_pid)().get(timeout=30) not in pids  # a new template forked a new worker
+
+
+def start_slowly(folder: str, release: str) -> None:
+    """An initializer that says it started, then waits for ``release`` to exist."""
+    Path(folder, str(os.getpid())).touch()
+    while not os.path.exists(release):
+        threading.Event().wait(0.01)
+
+
+def test_a_template_killed_while_its_workers_start_counts_as_one_failed_start(tmp_path: Path) -> None:
+    # The workers die with their template, at once: each counted as a failed start, and
+    # after three in a row the pool gave up and failed every task.
+    release = tmp_path / "release"
+    fresh_process_pool(4)
+    try:
+        mp.configure_process_pool(initializer=start_slowly, initargs=(str(tmp_path), str(release)))
+        task = on_process(worker_pid)()
+        assert wait_until(lambda: len(list(tmp_path.iterdir())) == 4, 30)  # four workers in their initializer
+        starting = [int(path.name) for path in tmp_path.iterdir()]
+        psutil.Process(psutil.Process(starting[0]).ppid()).send_signal(signal.SIGKILL)
+        assert all(wait_until(lambda pid=pid: _zombie_elsewhere(pid), 15) for pid in starting)
+        release.touch()
+
+        assert task.get(timeout=30) not in starting  # run by a worker of a new template
+    finally:
+        release.touch()
+        mp.configure_process_pool(initializer=None)
 
 
 def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None) -> None:

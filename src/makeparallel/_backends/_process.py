@@ -945,7 +945,7 @@ class ProcessBackend(QueueingBackend):
         never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
         with self._lock:
-            if unready and init_failure is None:
+            if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 self._died_unready_locked(code)
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
@@ -1148,6 +1148,21 @@ def _resident_bytes(worker: _Worker) -> int | None:
             return None
         worker.memory_probe = ResidentMemory(worker.process.pid)
     return worker.memory_probe.read()
+
+
+def _failed_start_of_its_own(process: subprocess.Popen[bytes] | ForkedProcess) -> bool:
+    """Whether a worker that died before it was ready counts as a failed start (``process`` is reaped).
+
+    Each does, but the workers of a template that died died with it, at once:
+    they count as one, or a single kill of the template while a pool of three
+    or more started made the pool give up.
+    """
+    if not isinstance(process, ForkedProcess) or process.template.alive:
+        return True
+    if process.template.death_counted:
+        return False
+    process.template.death_counted = True
+    return True
 
 
 def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:

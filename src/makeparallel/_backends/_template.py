@@ -100,6 +100,7 @@ class Template:
         self._poller = select.poll()
         self._poller.register(self.sock.fileno(), select.POLLIN)
         self.alive = True
+        self.death_counted = False  # its workers that died starting when it died count as one failed start
         self._numbers = 0
         self._children: dict[int, ForkedProcess] = {}
         self._preloaded = False
