@@ -9,6 +9,7 @@ adds: the handle behind each future, and a crash that fails only its task.
 from __future__ import annotations
 
 import asyncio
+import gc
 import concurrent.futures as cf
 import itertools
 import os
@@ -393,3 +394,19 @@ def test_default_size_is_the_usable_cpus() -> None:
         assert executor.max_workers == usable_cpu_count()
         assert executor.backend == "thread"
         assert "max_workers" in repr(executor)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_process_executors_shut_down_leave_no_descriptor_open() -> None:
+    # Each one's process backend kept its wake-up pipe open for good: two descriptors a time.
+    def use_one() -> None:
+        with mp.Executor("process", max_workers=1) as executor:
+            assert executor.submit(abs, -1).result(timeout=30) == 1
+
+    use_one()  # counted after a first one, which may open what the process keeps for good
+    gc.collect()
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        use_one()
+    gc.collect()
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -199,6 +199,10 @@ class ProcessBackend(QueueingBackend):
         self._workers: list[_Worker] = []
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
         self._wake_r, self._wake_w = wakeup_pipe()
+        # Closed when the backend is collected (an Executor's, once shut down), or in a forked
+        # child; not at exit, when the loop may still use it to stop the workers.
+        self._close_wake_pipe = weakref.finalize(self, _close_all, self._wake_r, self._wake_w)
+        self._close_wake_pipe.atexit = False
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
         self._template: Template | None = None  # forks the workers (Linux); the loop thread owns it
@@ -1269,12 +1273,16 @@ def _drop_pipes_after_fork() -> None:
             worker.journal.close()
         if backend._template is not None:
             backend._template.sock.close()  # not its parent: only the socket is ours to drop
-        for fd in (backend._wake_r, backend._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        backend._close_wake_pipe()  # now, and never again: the numbers may be reused here
     _alive.clear()
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 os.register_at_fork(after_in_child=_drop_pipes_after_fork)
