@@ -205,6 +205,38 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
     assert out == ["True"]
 
 
+def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp_path: Path) -> None:
+    # A program run as another user (sudo -u app, from a home folder of mode 0700) cannot
+    # look up "." where it is: opening the worker's directory that way failed every
+    # start. Root passes every permission check: the script first gives up, for itself
+    # and the programs it starts, the two capabilities that let it (as a user has none).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = run_fresh(
+        f"""
+        import ctypes, os
+        import makeparallel as mp
+        libc = ctypes.CDLL(None, use_errno=True)
+        if os.geteuid() == 0:
+            for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                assert libc.prctl(24, capability, 0, 0, 0) == 0, ctypes.get_errno()  # PR_CAPBSET_DROP
+            header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+            sets = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; twice 32 bits
+            assert libc.capget(header, sets) == 0
+            sets[0] &= ~0b110
+            sets[1] &= ~0b110
+            assert libc.capset(header, sets) == 0, ctypes.get_errno()
+        os.chdir({str(locked)!r})
+        os.chmod(".", 0)
+        try:
+            print(mp.parallel(backend="process")(os.getpid)().get(timeout=30) != os.getpid())
+        finally:
+            os.chmod({str(locked)!r}, 0o700)
+        """
+    )
+    assert out == ["True"]
+
+
 def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_until_the_pool_is_configured() -> None:
     # Fresh interpreters cannot be given a variable over 128 KiB (E2BIG): the pool's loop
     # thread died of it, and health() said the process was not live for good. Now the

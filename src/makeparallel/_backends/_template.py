@@ -120,7 +120,9 @@ class Template:
         self._numbers += 1
         child = ForkedProcess(self, self._numbers)
         request = _pickle.dumps(("fork", child.number))
-        directory = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # no permission needed, nor a name
+        # The directory itself, through the link /proc keeps to it: "." would need search
+        # permission on it, which a program run as another user may not have (sudo -u).
+        directory = os.open("/proc/self/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fds = _FDS.pack(worker_end.fileno(), journal_fd, directory)
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
@@ -373,7 +375,7 @@ def _become_worker(fd: int, journal_fd: int, directory: int, template_pid: int) 
     try:
         os.fchdir(directory)
     except OSError:
-        pass  # no search permission there any more: the worker stays where the template is
+        pass  # no search permission there: it stays in the template's (the program's when that started)
     os.close(directory)
     if changes is not None:
         take(changes)  # the umask and limits, where they changed since the template started (_inherited)
