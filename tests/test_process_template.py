@@ -261,6 +261,35 @@ def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_unt
     assert out == ["True", "True", "True", "True"]
 
 
+def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
+    # Three refusals in a row made the pool give up and fail every task, though a
+    # worker was there to run them and the shortage was brief (a burst of connections).
+    out = run_fresh(
+        """
+        import os, resource
+        import makeparallel as mp
+        mp.configure_process_pool(1)
+        first = mp.parallel(backend="process")(os.getpid)().get(timeout=30)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        files = []
+        try:
+            while True:
+                files.append(open(os.devnull))
+        except OSError:
+            pass
+        mp.configure_process_pool(4)  # three more workers, which cannot start now
+        pids = {handle.get(timeout=30) for handle in [mp.parallel(backend="process")(os.getpid)() for _ in range(8)]}
+        for file in files:
+            file.close()
+        for _ in range(100):  # the shortage is over: the next looks start the three
+            if mp.parallel(backend="process")(os.getpid)().get(timeout=30) and mp.get_process_pool_info()["live_workers"] == 4:
+                break
+        print(pids == {first}, mp.get_process_pool_info()["live_workers"])
+        """
+    )
+    assert out == ["True", "4"]
+
+
 @pytest.mark.parametrize(
     "variables",
     [{"TOO_LONG_TO_EXEC": 200_000}, {f"TOO_MUCH_{number}": 60_000 for number in range(50)}],

@@ -640,9 +640,10 @@ class ProcessBackend(QueueingBackend):
                 worker = self._start_worker(path, path_version)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
-                    gave_up = self._start_refused_locked(error)
-                if gave_up:
-                    self._wake()  # the next look fails the queued tasks with its error
+                    stop = self._start_refused_locked(error)
+                    if self._broken is not None:
+                        self._wake()  # the next look fails the queued tasks with its error
+                if stop:
                     break
                 continue
             started += 1
@@ -1043,11 +1044,16 @@ class ProcessBackend(QueueingBackend):
         self._broken = make_error
 
     def _start_refused_locked(self, error: OSError) -> bool:
-        """Count a worker the system refused to start; after a few in a row, stop starting workers.
+        """Take note of a worker the system refused to start; return whether to stop starting workers now.
 
-        Returns whether the pool gave up: then the queued tasks fail with an
-        error that names ``error``, until the pool is configured again.
+        While the pool has workers, they take the tasks, and the next look
+        tries again: a brief want of descriptors must not fail tasks that the
+        workers there can run. With none, the refusal counts as a failed start;
+        after a few in a row the pool gives up, and the queued tasks fail with
+        an error that names ``error``, until the pool is configured again.
         """
+        if any(not worker.leaving for worker in self._workers):
+            return True
         self._failed_starts += 1
         if self._failed_starts < _FAILED_STARTS_ALLOWED:
             return False
