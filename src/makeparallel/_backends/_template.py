@@ -44,6 +44,7 @@ journal (``_crash_journal``) and its working directory as ancillary data
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
+                       ("refused", number, (errno, strerror)): fork() failed (no process left...)
 
 Workers are numbered by the pool, so a request never waits for a reply. The
 pool's first message to a forked worker, on the worker's own pipe::
@@ -180,9 +181,12 @@ class Template:
                 continue
             if kind == "forked":
                 child.pid = value
-            else:
-                child.returncode = value
-                del self._children[number]
+                continue
+            if kind == "refused":
+                child.refused = OSError(*value)
+                value = 1  # never started: it ends as a fresh interpreter that could not start would
+            child.returncode = value
+            del self._children[number]
             timeout = 0.0
 
     def _gone(self) -> None:
@@ -220,6 +224,7 @@ class ForkedProcess:
         self.number = number
         self.pid: int | None = None  # known once the template reports the fork
         self.returncode: int | None = None
+        self.refused: OSError | None = None  # why the system refused to fork it, if it did
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -309,7 +314,13 @@ def serve(fd: int, parent_pid: int) -> None:
             # have left them (frozen, then unfrozen: gc sees them all, as a fresh
             # interpreter's does), so its first collections do not walk them.
             gc.freeze()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as error:  # no process left (EAGAIN), no memory: the pool hears why
+                for fd in fds:
+                    os.close(fd)
+                _report(("refused", number, (error.errno, error.strerror)), sock, unsent)
+                continue
             if pid == 0:
                 gc.unfreeze()
                 gc.enable()

@@ -73,7 +73,12 @@ class StartedTemplate:
         self._spawned = threading.Event()
         self._error: OSError | None = None
         self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
-        self._owner.start()
+        try:
+            self._owner.start()
+        except RuntimeError as error:  # no thread left (RLIMIT_NPROC): a start the system refused
+            ours.close()
+            theirs.close()
+            raise OSError(f"cannot start the thread that starts the template: {error}") from error
         self._spawned.wait()
         if self._error is not None:
             ours.close()
