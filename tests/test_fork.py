@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,27 @@ def test_timeouts_work_in_a_forked_child() -> None:
             raise AssertionError("the child's task did not time out")
 
     assert run_in_child(child) == 0
+
+
+def test_a_parents_process_executor_refuses_tasks_in_a_child_and_writes_nowhere(tmp_path: Path) -> None:
+    # The child's copy of the pool had its wake-up pipe closed, and a task given to it
+    # wrote a wake-up byte to that number, which the child had reused for a file.
+    executor = mp.Executor("process", max_workers=1)
+    try:
+        assert executor.submit(os.getpid).result(timeout=30) != os.getpid()
+        reused = tmp_path / "reused"
+
+        def body() -> None:
+            files = []
+            while not files or files[-1].fileno() < 64:  # the pool's closed numbers among them
+                files.append(open(reused, "ab"))
+            with pytest.raises(RuntimeError, match="after shutdown"):  # the parent's pool: shut down here
+                executor.submit(os.getpid, b"x" * 100_000)
+            for file in files:
+                file.close()
+            assert reused.read_bytes() == b""
+
+        assert run_in_child(body) == 0
+        assert executor.submit(os.getpid).result(timeout=30) != os.getpid()  # the parent's still works
+    finally:
+        executor.shutdown()

@@ -1272,10 +1272,13 @@ _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 
 def _drop_pipes_after_fork() -> None:
-    """In a forked child, close this process's ends of the workers' pipes.
+    """In a forked child, close this process's ends of the workers' pipes, and refuse tasks.
 
     Kept open, they would keep every worker alive after this process dies, for as
     long as the child lives (a web server's forked workers, a fork-based pool).
+    The pool is the parent's: it is shut down here (an ``Executor`` the parent
+    made refuses tasks in the child), and nothing writes to its closed wake-up
+    pipe, whose number the child may have reused for a file of its own.
     """
     for backend in list(_alive):
         for worker in backend._workers:
@@ -1284,6 +1287,11 @@ def _drop_pipes_after_fork() -> None:
         if backend._template is not None:
             backend._template.sock.close()  # not its parent: only the socket is ours to drop
         backend._close_wake_pipe()  # now, and never again: the numbers may be reused here
+        backend._woken = True  # so _wake() never writes
+        backend._closed = True
+        backend._workers = []
+        backend._template = None
+        backend._lock = threading.Lock()  # another thread of the parent may have held it
     _alive.clear()
 
 
