@@ -136,8 +136,12 @@ def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop
     with pytest.raises(mp.WorkerCrashedError, match="until configure_process_pool"):
         on_process(noop)().get(timeout=30)
     assert info()["live_workers"] == 0 and restarts() == before + 3
+    report = mp.health(memory_limit_percent=100.0)  # it said "ok" while every task failed
+    assert (report["ready"], report["live"]) == (False, True)
+    assert report["reasons"][0].startswith("process pool fails every task until it is configured again: worker")
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+    assert info()["refusing_tasks"] is None
 
 
 def test_an_initializer_that_cannot_be_pickled_is_refused_at_once() -> None:

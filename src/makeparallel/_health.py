@@ -3,8 +3,9 @@
 Serve it as ``/health`` from a web framework (see the README). The status is
 ``"ok"``, ``"degraded"`` (working, but a threshold is crossed: queues saturated,
 workers stuck or missing, worker processes restarting in a storm, memory short)
-or ``"unhealthy"`` (not accepting work: shut down; or broken: a worker thread or
-the process pool's loop thread died). ``live`` says the process should be kept
+or ``"unhealthy"`` (not accepting work: shut down, or a process pool that gave
+up starting workers and fails every task until configured again; or broken: a
+worker thread or the process pool's loop thread died). ``live`` says the process should be kept
 (false once a pool thread died of an error: a task may never end, so restart the
 process); ``ready`` that it should be sent work.
 
@@ -68,9 +69,14 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     if memory_percent >= memory_limit_percent:
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
     status = DEGRADED if reasons else OK
-    if broken:
+    refusing = [
+        f"{name} pool fails every task until it is configured again: {info['refusing_tasks']}"
+        for name, info in pools.items()
+        if info.get("refusing_tasks")
+    ]
+    if refusing or broken:
         status = UNHEALTHY
-        reasons[:0] = broken
+        reasons[:0] = broken + refusing
     if is_shut_down():
         status = UNHEALTHY
         reasons.insert(0, "shut down: no new tasks are accepted (reset_shutdown() reopens)")

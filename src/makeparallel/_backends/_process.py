@@ -299,6 +299,8 @@ class ProcessBackend(QueueingBackend):
                 "initializer": self._setup.name or None,
                 "thread_limits": thread_limits(self._num_workers),
                 "closed": self._closed,
+                # Why new tasks fail at once, since the pool gave up starting workers; else None.
+                "refusing_tasks": None if self._broken is None else str(self._broken()),
             }
 
     def _count_recent_restarts_locked(self) -> int:
