@@ -956,3 +956,38 @@ def test_a_first_worker_imports_logging_only_when_its_task_does_and_forwards_eve
     bare = run_fresh(f"import sys; print(','.join(sorted(m for m in {LATE_MODULES!r} if m in sys.modules)) or 'none')")
     assert out == [bare[0], "1", "logged_by_task_7", "True", "KeyError", "True"], (out, bare)
     assert "logging" not in bare[0]  # else the first line tells nothing of the forwarding
+
+
+def test_the_environment_is_copied_though_another_thread_removes_a_variable_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # dict(os.environ) lists the names, then reads each: a name removed in between
+    # raised KeyError, in the pool's loop thread, which died of it.
+    from collections.abc import Iterator, MutableMapping
+
+    from makeparallel._backends._template_start import environment
+
+    class RemovedWhileCopied(MutableMapping[str, str]):
+        def __init__(self) -> None:
+            self.variables = {"KEPT": "1", "REMOVED": "2"}
+
+        def __setitem__(self, name: str, value: str) -> None:  # pytest sets its own as it goes
+            self.variables[name] = value
+
+        def __delitem__(self, name: str) -> None:
+            del self.variables[name]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(list(self.variables))
+
+        def __len__(self) -> int:
+            return len(self.variables)
+
+        def __getitem__(self, name: str) -> str:
+            if name == "REMOVED":
+                del self.variables[name]  # another thread, between the listing and the reading
+            return self.variables[name]
+
+    monkeypatch.setattr(os, "environ", RemovedWhileCopied())
+    copied = environment()
+    assert "REMOVED" not in copied and copied["KEPT"] == "1"

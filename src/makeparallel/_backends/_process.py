@@ -80,6 +80,7 @@ from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
+from ._template_start import environment
 from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
@@ -547,7 +548,7 @@ class ProcessBackend(QueueingBackend):
         journal = None
         try:
             journal = JournalReader(journal_fd)
-            environ = dict(os.environ, **thread_limits(self._num_workers))
+            environ = {**environment(), **thread_limits(self._num_workers)}
             forked = self._fork(child_end, journal_fd) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:

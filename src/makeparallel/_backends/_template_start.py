@@ -24,7 +24,7 @@ from ._inherited import snapshot
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
-__all__ = ["StartedTemplate", "start_early", "take_started", "template_available"]
+__all__ = ["StartedTemplate", "environment", "start_early", "take_started", "template_available"]
 
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
@@ -138,7 +138,7 @@ def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
     page = os.sysconf("SC_PAGE_SIZE")
     room = os.sysconf("SC_ARG_MAX") - page  # a page for the program's path and the variable the template gets
     room -= sum(len(os.fsencode(argument)) + 1 + _POINTER for argument in arguments)
-    variables = list(os.environ.items())  # one reading: another thread may change it meanwhile
+    variables = list(environment().items())
     sizes = {name: len(os.fsencode(name)) + len(os.fsencode(value)) + 2 for name, value in variables}  # "=", NUL
     kept = {name for name, size in sizes.items() if size <= 32 * page}
     total = sum(sizes[name] + _POINTER for name in kept)
@@ -151,6 +151,19 @@ def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
 
 
 _POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
+
+
+def environment() -> dict[str, str]:
+    """A copy of ``os.environ``, though another thread changes it meanwhile.
+
+    ``dict(os.environ)`` lists the names, then reads each: a name another
+    thread removed in between raised ``KeyError``. Then it reads it again.
+    """
+    while True:
+        try:
+            return dict(os.environ)
+        except KeyError:
+            continue
 
 
 _early: StartedTemplate | None = None  # started by a first process task, for the pool it makes
