@@ -5,9 +5,9 @@ Serve it as ``/health`` from a web framework (see the README). The status is
 workers stuck or missing, worker processes restarting in a storm, memory short)
 or ``"unhealthy"`` (not accepting work: shut down, or a process pool that gave
 up starting workers and fails every task until configured again; or broken: a
-worker thread or the process pool's loop thread died). ``live`` says the process should be kept
-(false once a pool thread died of an error: a task may never end, so restart the
-process); ``ready`` that it should be sent work.
+worker thread or the process pool's loop thread died). ``live`` says the
+process should be kept (false once a pool thread died of an error: a task may
+never end, so restart the process); ``ready`` that it should be sent work.
 
 A restart storm: more worker process restarts (crashes, timeouts, forced
 cancels) within the last 10 seconds than the pool has workers. One restart per

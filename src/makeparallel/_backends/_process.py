@@ -581,7 +581,7 @@ class ProcessBackend(QueueingBackend):
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(process, Channel(parent_end), journal, path_version)
-        if forked is not None:  # first, its environment and directory; then its sys.path, before it imports anything
+        if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", path_arguments(path)))
         return worker

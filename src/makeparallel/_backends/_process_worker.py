@@ -10,7 +10,7 @@ lock makes sure only one of the two reads at a time.
 
 Messages are pickled tuples, each followed by its out-of-band buffers:
 
-    parent -> worker   ("start", environ, cwd, changes)    first, for a worker forked from the template
+    parent -> worker   ("start", environ, changes)         first, for a worker forked from the template
                                                            (read by _template, before this module runs)
                        ("path", sys_path)                  next, for a worker forked from the template;
                                                            later, when the parent's sys.path changed

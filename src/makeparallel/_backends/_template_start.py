@@ -47,6 +47,9 @@ serve(fd, int(sys.argv[2]))
 """
 
 
+_POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
+
+
 def template_available() -> bool:
     """Whether workers are forked from a template here: Linux, where the parent-death chain holds."""
     return (
@@ -148,9 +151,6 @@ def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
         kept.remove(name)
         total -= sizes[name] + _POINTER
     return {name: value for name, value in variables if name in kept}
-
-
-_POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
 
 
 def environment() -> dict[str, str]:
