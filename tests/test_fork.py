@@ -148,3 +148,17 @@ def test_a_parents_process_executor_refuses_tasks_in_a_child_and_writes_nowhere(
         assert executor.submit(os.getpid).result(timeout=30) != os.getpid()  # the parent's still works
     finally:
         executor.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_while_another_thread_starts_a_template_starts_its_own() -> None:
+    # The lock a first process task holds while it starts the template (60-80 ms) was
+    # copied held into a child forked meanwhile: the child's first process task hung.
+    from makeparallel._backends import _template_start
+
+    with _template_start._early_lock:  # as the other thread holds it
+        assert run_in_child(assert_process_task_runs) == 0
+
+
+def assert_process_task_runs() -> None:
+    assert mp.parallel(backend="process")(abs)(-5).get(timeout=15) == 5

@@ -192,8 +192,12 @@ def take_started() -> StartedTemplate:
 
 
 def _drop_early_after_fork() -> None:
-    """In a forked child, the early template is not its own: only the socket is its to drop."""
-    global _early
+    """In a forked child, the early template is not its own: only the socket is its to drop.
+
+    The lock is new: another thread of the parent may have held it, starting a template.
+    """
+    global _early, _early_lock
+    _early_lock = threading.Lock()
     if _early is not None:
         _early.sock.close()
         _early = None
