@@ -162,3 +162,27 @@ def test_a_child_forked_while_another_thread_starts_a_template_starts_its_own() 
 
 def assert_process_task_runs() -> None:
     assert mp.parallel(backend="process")(abs)(-5).get(timeout=15) == 5
+
+
+def wait_for_file(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "done"
+
+
+@pytest.mark.timeout(60)
+def test_a_child_shuts_down_its_copy_of_the_parents_executor_without_waiting_for_the_parents_tasks(
+    tmp_path: Path,
+) -> None:
+    # The child's copy of the pool counted the parent's task in flight as its own:
+    # leaving the Executor's with block (shutdown, waiting) hung in the child for good.
+    release = tmp_path / "release"
+    executor = mp.Executor("process", max_workers=1)
+    try:
+        running = executor.submit(wait_for_file, str(release))
+        assert run_in_child(lambda: executor.shutdown(wait=True)) == 0
+        release.touch()
+        assert running.result(timeout=30) == "done"
+    finally:
+        release.touch()
+        executor.shutdown()

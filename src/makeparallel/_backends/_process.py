@@ -1281,7 +1281,9 @@ def _drop_pipes_after_fork() -> None:
     long as the child lives (a web server's forked workers, a fork-based pool).
     The pool is the parent's: it is shut down here (an ``Executor`` the parent
     made refuses tasks in the child), and nothing writes to its closed wake-up
-    pipe, whose number the child may have reused for a file of its own.
+    pipe, whose number the child may have reused for a file of its own. Its
+    tasks are the parent's too: it holds none here, so that shutting it down
+    (leaving the ``Executor``'s ``with`` block) does not wait for them.
     """
     for backend in list(_alive):
         for worker in backend._workers:
@@ -1295,6 +1297,9 @@ def _drop_pipes_after_fork() -> None:
         backend._workers = []
         backend._template = None
         backend._lock = threading.Lock()  # another thread of the parent may have held it
+        backend._queues = {0: deque()}
+        backend._order_queues_locked()
+        backend._queued = backend._active = 0
     _alive.clear()
 
 
