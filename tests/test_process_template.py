@@ -261,16 +261,19 @@ def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_unt
     assert out == ["True", "True", "True", "True"]
 
 
-def test_a_fork_the_system_refuses_fails_the_tasks_with_the_reason_and_spares_the_running_ones(tmp_path: Path) -> None:
+def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fails_them_with_the_reason(
+    tmp_path: Path,
+) -> None:
     # At the user's process limit fork() raises in the template (EAGAIN): the template
     # died of it, with every worker it had forked, and the tasks failed as killed. Here
-    # the template's fork() is made to refuse (its sitecustomize) once a task runs.
+    # the template's fork() is made to refuse (its sitecustomize) once a file exists.
     (tmp_path / "sitecustomize.py").write_text(
         "import os\n"
         "if '_MAKEPARALLEL_TEMPLATE' in os.environ:\n"
         "    forks = os.fork\n"
         "    def fork():\n"
         "        if os.path.exists(os.environ['FORKS_REFUSED_ONCE']):\n"
+        "            open(os.environ['FORKS_REFUSED_ONCE'] + 'd', 'w').close()\n"
         "            raise BlockingIOError(11, 'Resource temporarily unavailable')\n"
         "        return forks()\n"
         "    os.fork = fork\n"
@@ -287,22 +290,28 @@ def test_a_fork_the_system_refuses_fails_the_tasks_with_the_reason_and_spares_th
             pathlib.Path(path, "running").touch()
             while not os.path.exists(os.path.join(path, "done")):
                 time.sleep(0.01)
-            return "finished"
+            return os.getpid()
 
         running = mp.parallel(backend="process")(wait_for)({str(tmp_path)!r})
         while not os.path.exists({str(tmp_path / "running")!r}):
             time.sleep(0.01)
         pathlib.Path({str(tmp_path / "refuse")!r}).touch()
         mp.configure_process_pool(2)  # a second worker, which the template cannot fork
+        queued = mp.parallel(backend="process")(os.getpid)()  # queued behind the running one: the pool grows
+        while not os.path.exists({str(tmp_path / "refused")!r}):
+            time.sleep(0.01)
+        pathlib.Path({str(tmp_path / "done")!r}).touch()
+        there = running.get(timeout=30)
+        later = {{queued.get(timeout=30)}} | {{mp.parallel(backend="process")(os.getpid)().get(timeout=30) for _ in range(20)}}
+        print(later == {{there}}, mp.get_process_pool_info()["refusing_tasks"])  # the worker there ran them
+        mp.configure_process_pool(initializer=os.getpid)  # every worker replaced: none can start
         try:
             mp.parallel(backend="process")(os.getpid)().get(timeout=30)
         except mp.WorkerCrashedError as error:
             print("refused to start a worker process (BlockingIOError" in str(error))
-        pathlib.Path({str(tmp_path / "done")!r}).touch()
-        print(running.get(timeout=30))
         """
     )
-    assert out == ["True", "finished"]
+    assert out == ["True", "None", "True"]
 
 
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:

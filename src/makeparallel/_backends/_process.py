@@ -102,6 +102,7 @@ _WORKER_MAIN = (
     "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+_RETRY_FORK_AFTER = 1.0  # seconds before a look asks the template again for a worker it could not fork
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
@@ -216,6 +217,7 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
+        self._fork_refused_at: float | None = None  # when the template last could not fork, while workers were there
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -520,8 +522,8 @@ class ProcessBackend(QueueingBackend):
                 if template is None and self._template is not None and self._template.alive:
                     template = self._template
                     selector.register(template, selectors.EVENT_READ, template)
-                events = selector.select(self._next_kill_in())
-                look = not events  # a kill is due
+                events = selector.select(self._next_due_in())
+                look = not events  # a kill is due, or a fork to try again
                 for key, _ in events:
                     if key.data is None:
                         drain(self._wake_r)
@@ -632,6 +634,11 @@ class ProcessBackend(QueueingBackend):
             wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
             missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
+            if self._fork_refused_at is not None:
+                if _now() - self._fork_refused_at < _RETRY_FORK_AFTER:
+                    missing = 0  # the workers there take the tasks; the refusal's report itself woke this look
+                else:
+                    self._fork_refused_at = None
             if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
                 self._take_path_locked()
             setup, path, path_version = self._setup, self._path, self._path_version
@@ -955,7 +962,10 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
-                self._died_unready_locked(code, refused)
+                if refused is not None and self._has_workers_for_tasks_locked():
+                    self._fork_refused_at = _now()  # as _start_refused_locked: the workers there take the tasks
+                else:
+                    self._died_unready_locked(code, refused)
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
                 # It died before it started the task (killed while idle, or with
@@ -1059,7 +1069,7 @@ class ProcessBackend(QueueingBackend):
         after a few in a row the pool gives up, and the queued tasks fail with
         an error that names ``error``, until the pool is configured again.
         """
-        if any(not worker.leaving for worker in self._workers):
+        if self._has_workers_for_tasks_locked():
             return True
         self._failed_starts += 1
         if self._failed_starts < _FAILED_STARTS_ALLOWED:
@@ -1077,6 +1087,10 @@ class ProcessBackend(QueueingBackend):
         self._broken = make_error
         return True
 
+    def _has_workers_for_tasks_locked(self) -> bool:
+        """Whether a worker is there that takes tasks: one not leaving, retiring or being killed."""
+        return any(not (w.leaving or w.retiring or w.killing) for w in self._workers)
+
     def _retried_elsewhere_locked(self, handle: AsyncHandle[Any]) -> bool:
         """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
         return any(handle in w.outstanding for w in self._workers)
@@ -1092,8 +1106,11 @@ class ProcessBackend(QueueingBackend):
             elif now >= worker.kill_at and worker.process.poll() is None:
                 worker.process.kill()
 
-    def _next_kill_in(self) -> float | None:
+    def _next_due_in(self) -> float | None:
+        """Seconds until a worker is to be killed, or a fork the template refused is to be tried again."""
         deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
+        if self._fork_refused_at is not None:
+            deadlines.append(self._fork_refused_at + _RETRY_FORK_AFTER)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
 
