@@ -962,10 +962,12 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
-                if refused is not None and self._has_workers_for_tasks_locked():
-                    self._fork_refused_at = _now()  # as _start_refused_locked: the workers there take the tasks
+                if refused is None:
+                    self._died_unready_locked(code)
+                elif self._has_workers_for_tasks_locked():
+                    self._fork_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
                 else:
-                    self._died_unready_locked(code, refused)
+                    self._start_refused_locked(refused)
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
                 # It died before it started the task (killed while idle, or with
@@ -1037,10 +1039,8 @@ class ProcessBackend(QueueingBackend):
             self._broken = make_error
         return make_error
 
-    def _died_unready_locked(self, code: int | None, refused: OSError | None = None) -> None:
-        """Count a worker that died while it started up, or that ``refused`` says the system did not fork.
-
-        After a few in a row, stop starting workers.
+    def _died_unready_locked(self, code: int | None) -> None:
+        """Count a worker that died while it started up; after a few in a row, stop starting workers.
 
         Its task, never started, went back to the queue; once the pool gives
         up, the queue fails with this error, not a restart loop.
@@ -1050,13 +1050,12 @@ class ProcessBackend(QueueingBackend):
             return
         name = self._setup.name
         during = f"before any task, or in the initializer {name}" if name else "before any task"
-        if refused is not None:
-            what = f"the system refused to start a worker process ({type(refused).__name__}: {refused})"
-        else:
-            what = f"worker processes died while they started up ({during}), the last with {describe_exit(code)}"
 
         def make_error() -> BaseException:
-            return WorkerCrashedError(f"{what}; the task was not run, and {_after_failed_start(True)}")
+            return WorkerCrashedError(
+                f"worker processes died while they started up ({during}), the last with "
+                f"{describe_exit(code)}; the task was not run, and {_after_failed_start(True)}"
+            )
 
         self._broken = make_error
 
