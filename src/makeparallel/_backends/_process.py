@@ -1313,9 +1313,8 @@ def _drop_pipes_after_fork() -> None:
         backend._workers = []
         backend._template = None
         backend._lock = threading.Lock()  # another thread of the parent may have held it
-        backend._queues = {0: deque()}
-        backend._order_queues_locked()
-        backend._queued = backend._active = 0
+        backend._empty_queues()
+        backend._active = 0
     _alive.clear()
 
 

@@ -24,6 +24,10 @@ class QueueingBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
+        self._empty_queues()
+
+    def _empty_queues(self) -> None:
+        """Start with empty queues, claiming no task: new, or in a forked child, whose queued tasks are the parent's."""
         self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
         self._by_priority = list(self._queues.items())  # (priority, its queue), highest first
         self._queued = 0  # tasks still pending in the queues (stale entries excluded)
