@@ -404,6 +404,76 @@ def test_a_forked_worker_takes_the_umask_and_limits_of_the_moment_but_not_the_ma
     assert after == [[umask, limit, before[2]]] * 2
 
 
+# The program replaces its workers until one is forked from a new template: each
+# replacement starts after the change, and the first ones, while the old template
+# still had a worker, are fresh interpreters. Prints [before, after..., program's pid].
+_UNTIL_A_NEW_TEMPLATE = """
+        seen = []
+        for number in range(20):
+            mp.configure_process_pool(initializer=abs, initargs=(number,))  # a new set-up: every worker is replaced
+            seen.append(task().get(timeout=30))
+            if seen[-1][-1] not in (before[-1], os.getpid()):  # its parent: neither the old template nor this program
+                break
+        print(json.dumps([before, *seen, os.getpid()], separators=(",", ":")))
+        """
+
+
+def test_workers_started_after_the_program_changed_its_process_limit_are_not_forks_of_the_template_before() -> None:
+    # The template's fork() obeys the template's limit on processes, not the
+    # program's: one the program raised after a refusal went on refusing.
+    out = run_fresh(
+        """
+        import json, os, resource
+        import makeparallel as mp
+
+        def state():
+            return resource.getrlimit(resource.RLIMIT_NPROC), os.getppid()
+
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(state)
+        before = task().get(timeout=30)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        lower = soft - 1 if soft != resource.RLIM_INFINITY else 1 << 20
+        resource.setrlimit(resource.RLIMIT_NPROC, (lower, hard))
+        """
+        + _UNTIL_A_NEW_TEMPLATE
+    )
+    before, *seen, program = json.loads(out[0])
+    limit = seen[0][0]
+    assert before[1] != program and before[0] != limit  # forked from the template, with the limit before
+    assert all(parent != before[1] for _, parent in seen)
+    assert [state for state, _ in seen] == [limit] * len(seen)
+    assert seen[-1][1] != program  # forked again, from a new template
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a process's group ids takes root")
+def test_workers_started_after_the_program_changed_its_group_ids_run_with_them() -> None:
+    # A worker forked from a template started as root stayed root after the program
+    # dropped its privileges. The group ids stand for the user and group ids alike:
+    # the program stays root, which keeps its files readable to its workers.
+    out = run_fresh(
+        """
+        import json, os
+        import makeparallel as mp
+
+        def ids():
+            return os.getgid(), os.getgroups(), os.getppid()
+
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(ids)
+        before = task().get(timeout=30)
+        os.setgroups([4242])
+        os.setgid(4242)
+        """
+        + _UNTIL_A_NEW_TEMPLATE
+    )
+    before, *seen, program = json.loads(out[0])
+    assert before[0] == 0 and before[2] != program
+    assert [(gid, groups) for gid, groups, _ in seen] == [(4242, [4242])] * len(seen)
+    assert all(parent != before[2] for *_, parent in seen)
+    assert seen[-1][2] != program
+
+
 def test_a_worker_skips_the_limits_the_system_refuses() -> None:
     out = run_fresh(
         """

@@ -1,4 +1,4 @@
-"""What a child process inherits from the process beyond its environment: the umask and the resource limits.
+"""What a child process inherits from the process beyond its environment: the umask, the resource limits, its identity.
 
 A worker started as a fresh interpreter, or forked by ``multiprocessing``,
 inherits these from the pool's process as they are at its start. A worker
@@ -9,6 +9,15 @@ later worker ignoring it. So the pool records what the template inherits
 (:func:`snapshot`), sends each forked worker what differs from it now
 (:func:`changes_since`), and the worker takes that on (:func:`take`) before its
 first task. Where nothing changed, nothing is sent and the worker does nothing.
+
+Some of what a process inherits no fork can take on: its user and group ids
+(a worker forked from a template started as root stayed root after the
+program dropped its privileges, where a fresh interpreter would not have),
+its root directory (``chroot``), its control group, and the limit on how many
+processes it may start, which the template's ``fork()`` obeys, not the
+worker's. Where one of these changed since the template started
+(:func:`departed_since`), the pool forks no more workers from that template
+(``ProcessBackend._fork``).
 
 Settings of a thread rather than of the process (CPU affinity, niceness and
 scheduling policy on Linux) are not followed: a new process takes them from the
@@ -28,25 +37,43 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["changes_since", "snapshot", "take"]
+    #: A process's umask (None where /proc does not say), resource limits as text, and :func:`_identity`.
+    Snapshot = tuple[int | None, bytes, tuple[Any, ...]]
+
+__all__ = ["changes_since", "departed_since", "snapshot", "take"]
 
 _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without importing resource
+_STATUS = "/proc/self/status"
+_IDS = (b"Uid:", b"Gid:", b"Groups:")  # the lines of /proc/self/status with the user and group ids
+_PROCESS_LIMIT = b"Max processes"  # the line of /proc/self/limits with RLIMIT_NPROC
 
 
-def snapshot() -> tuple[int | None, bytes]:
-    """What a process started now inherits: the umask, and the resource limits as text."""
-    return _umask(), _read(_LIMITS)
+def snapshot() -> Snapshot:
+    """What a process started now inherits: the umask, the resource limits as text, and :func:`_identity`."""
+    status = _read(_STATUS)
+    return _umask(status), _read(_LIMITS), _identity(status)
 
 
-def changes_since(inherited: tuple[int | None, bytes]) -> dict[str, Any] | None:
+def departed_since(inherited: Snapshot) -> bool:
+    """Whether this process changed, since ``inherited``, what no fork of a process started then can take on.
+
+    Its user or group ids, root directory or control group, or its limit on
+    processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
+    once per worker forked, never per task.
+    """
+    _, limits, identity = inherited
+    return _identity(_read(_STATUS)) != identity or _process_limit(_read(_LIMITS)) != _process_limit(limits)
+
+
+def changes_since(inherited: Snapshot) -> dict[str, Any] | None:
     """What differs in this process from ``inherited`` (a :func:`snapshot`); ``None`` if nothing.
 
     Costs two reads of ``/proc``, about 35 microseconds: once per worker
     started, never per task.
     """
-    umask, limits = inherited
+    umask, limits, _ = inherited
     changes: dict[str, Any] = {}
-    now = _umask()
+    now = _umask(_read(_STATUS))
     if now != umask and now is not None:
         changes["umask"] = now
     if _read(_LIMITS) != limits:  # rare: only then is ``resource`` imported
@@ -76,15 +103,34 @@ def take(changes: dict[str, Any]) -> None:
                     pass
 
 
-def _umask() -> int | None:
-    """The umask, read without changing it (``os.umask`` sets one: a file another thread made meanwhile would get it).
+def _umask(status: bytes) -> int | None:
+    """The umask in ``status`` (``/proc/self/status``): ``os.umask`` would set one, which a file made meanwhile would get.
 
     ``None`` where ``/proc/self/status`` does not say (Linux before 4.7).
     """
-    for line in _read("/proc/self/status").splitlines():
+    for line in status.splitlines():
         if line.startswith(b"Umask:"):
             return int(line.split()[1], 8)
     return None
+
+
+def _identity(status: bytes) -> tuple[Any, ...]:
+    """The user and group ids in ``status`` (``/proc/self/status``), the root directory and the control group."""
+    try:
+        root = os.stat("/")
+        where = (root.st_dev, root.st_ino)  # /proc/self/root would name it "/" once inside
+    except OSError:
+        where = None
+    ids = tuple(line for line in status.splitlines() if line.startswith(_IDS))
+    return ids, where, _read("/proc/self/cgroup")
+
+
+def _process_limit(limits: bytes) -> bytes:
+    """The line of ``limits`` (``/proc/self/limits``) with the limit on processes."""
+    for line in limits.splitlines():
+        if line.startswith(_PROCESS_LIMIT):
+            return line
+    return b""
 
 
 def _read(path: str) -> bytes:

@@ -589,15 +589,23 @@ class ProcessBackend(QueueingBackend):
         return worker
 
     def _fork(self, child_end: _socket.socket, journal_fd: int) -> ForkedProcess | None:
-        """A worker forked from the template, started first if need be; None if it cannot start."""
+        """A worker forked from the template, started first if need be; None if it cannot start.
+
+        None also while an outdated template (this process changed what a fork
+        of it could not take on, its user say: ``_inherited``) has workers:
+        closing it would kill them, so new ones start as fresh interpreters
+        until they are gone, and the next worker starts a new template.
+        """
         template = self._template
-        if template is None or not template.alive:
-            if template is not None:
-                template.close()  # it died: reap it
+        if template is not None and (not template.alive or template.outdated()):
+            if template.alive and template.has_children:
+                return None
+            template.close()  # it died (reap it), or forks for no one now
+            template = self._template = None
+        if template is None:
             try:
                 template = self._template = take_template()
             except OSError:
-                self._template = None
                 return None
         if self._warm:  # prestarted: its workers are ready for any task
             template.preload()

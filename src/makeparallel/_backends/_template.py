@@ -18,7 +18,9 @@ What a fresh interpreter gave each worker, a forked one still gets:
   in it failed every worker's start), and the worker sets it before it does
   anything else, so a task that imports NumPy sees the limits; so do its
   umask and resource limits where they changed since the template started
-  (``_inherited``), and a changed ``TZ`` is read again; its ``sys.path`` is
+  (``_inherited``; where what no fork can take on changed, its user or group
+  ids say, the pool forks no more from this template: ``ProcessBackend._fork``),
+  and a changed ``TZ`` is read again; its ``sys.path`` is
   the next message there; its working directory comes with the request, as
   a descriptor of the directory itself, so that one removed since is still
   the worker's, as a fresh interpreter's would be (its path failed every
@@ -72,7 +74,7 @@ import sys
 import time
 from collections import deque
 
-from ._inherited import changes_since, take
+from ._inherited import changes_since, departed_since, take
 from ._template_start import StartedTemplate, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
@@ -135,6 +137,18 @@ class Template:
             os.close(directory)
         self._children[child.number] = child
         return child
+
+    def outdated(self) -> bool:
+        """Whether this process changed, since the template started, what a worker forked from it could not take on.
+
+        Its user or group ids, say (``_inherited.departed_since``).
+        """
+        return departed_since(self._started.inherited)
+
+    @property
+    def has_children(self) -> bool:
+        """Whether a worker it forked may still be running (its exit not reported yet)."""
+        return bool(self._children)
 
     def start_message(self, environ: dict[str, str]) -> tuple[str, dict[str, str], dict[str, Any] | None]:
         """What a worker forked now takes on before anything else: ``environ``, and this process's umask and limits."""

@@ -68,7 +68,7 @@ class StartedTemplate:
     """
 
     def __init__(self) -> None:
-        self.inherited = snapshot()  # the umask and limits the template starts with (_inherited)
+        self.inherited = snapshot()  # the umask, limits and identity the template starts with (_inherited)
         ours, theirs = blocking_socketpair(_socket.SOCK_SEQPACKET)
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
