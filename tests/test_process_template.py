@@ -267,6 +267,7 @@ def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fail
     # At the user's process limit fork() raises in the template (EAGAIN): the template
     # died of it, with every worker it had forked, and the tasks failed as killed. Here
     # the template's fork() is made to refuse (its sitecustomize) once a file exists.
+    # Each refusal also counted as a crashed worker's restart, towards a restart storm.
     (tmp_path / "sitecustomize.py").write_text(
         "import os\n"
         "if '_MAKEPARALLEL_TEMPLATE' in os.environ:\n"
@@ -303,7 +304,8 @@ def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fail
         pathlib.Path({str(tmp_path / "done")!r}).touch()
         there = running.get(timeout=30)
         later = {{queued.get(timeout=30)}} | {{mp.parallel(backend="process")(os.getpid)().get(timeout=30) for _ in range(20)}}
-        print(later == {{there}}, mp.get_process_pool_info()["refusing_tasks"])  # the worker there ran them
+        info = mp.get_process_pool_info()
+        print(later == {{there}}, info["refusing_tasks"], info["worker_restarts"])  # the worker there ran them
         mp.configure_process_pool(initializer=os.getpid)  # every worker replaced: none can start
         try:
             mp.parallel(backend="process")(os.getpid)().get(timeout=30)
@@ -311,7 +313,7 @@ def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fail
             print("refused to start a worker process (BlockingIOError" in str(error))
         """
     )
-    assert out == ["True", "None", "True"]
+    assert out == ["True", "None", "0", "True"]  # a refused fork is no restart: health() sees no storm
 
 
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:

@@ -955,11 +955,9 @@ class ProcessBackend(QueueingBackend):
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
                         self._requeue_locked(handle)
+            restart = None
             if not (self._terminating or worker.retiring):
-                reason = "initializer failed" if init_failure is not None else worker.stop_reason
-                self._restarts[reason] = self._restarts.get(reason, 0) + 1
-                self._recent_restarts.append(_now())
-                self._count_recent_restarts_locked()  # forget the old ones: bounded memory
+                restart = "initializer failed" if init_failure is not None else worker.stop_reason
             terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
@@ -967,9 +965,14 @@ class ProcessBackend(QueueingBackend):
         finished = self._journaled(worker, outstanding[0], streamed) if outstanding else None
         never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
+        # Known once it was reaped (_stop): a fork the system refused never started.
+        refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
         with self._lock:
+            if restart is not None and refused is None:  # a refused start is no restart, forked or not
+                self._restarts[restart] = self._restarts.get(restart, 0) + 1
+                self._recent_restarts.append(_now())
+                self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
-                refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
                 if refused is None:
                     self._died_unready_locked(code)
                 elif self._has_workers_for_tasks_locked():
