@@ -205,6 +205,51 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
     assert out == ["True"]
 
 
+@both_ways
+def test_what_a_new_worker_writes_to_its_standard_output_and_error_goes_where_the_programs_go_now(
+    template: bool, tmp_path: Path
+) -> None:
+    # A program that redirected its standard output and error to a log file after its
+    # first task had its later forked workers' C-level output (a child process's, a C
+    # library's) go to the old ones, where a fresh interpreter's went to the log.
+    # Closed, they are os.devnull in the worker: a file the task opens cannot take their number.
+    log = tmp_path / "log"
+    out = run_fresh(
+        f"""
+        import os
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def write(text):
+            os.write(1, text.encode() + b"-out ")
+            os.write(2, text.encode() + b"-err ")
+            return os.path.samestat(os.fstat(1), os.stat(os.devnull)), os.getppid()
+
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(write)
+        _, parent = task("before").get(timeout=30)
+        log = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        saved = os.dup(1), os.dup(2)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker is replaced
+        after = task("after").get(timeout=30)
+        os.close(1)
+        os.close(2)
+        mp.configure_process_pool(initializer=abs, initargs=(2,))
+        closed = task("closed").get(timeout=30)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        print(parent != os.getpid(), after == (False, parent), closed == (True, parent))
+        """
+    )
+    assert out[-3:] == [str(template), "True", "True"]  # forked from the one template, or not forked
+    assert "before-out" in out
+    assert sorted(log.read_text().split()) == ["after-err", "after-out"]
+
+
 def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp_path: Path) -> None:
     # A program run as another user (sudo -u app, from a home folder of mode 0700) cannot
     # look up "." where it is: opening the worker's directory that way failed every

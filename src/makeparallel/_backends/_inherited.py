@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     #: A process's umask (None where /proc does not say), resource limits as text, and :func:`_identity`.
     Snapshot = tuple[int | None, bytes, tuple[Any, ...]]
 
-__all__ = ["changes_since", "departed_since", "snapshot", "take"]
+__all__ = ["changes_since", "departed_since", "inherits_standard_stream", "snapshot", "take"]
 
 _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without importing resource
 _STATUS = "/proc/self/status"
@@ -63,6 +63,19 @@ def departed_since(inherited: Snapshot) -> bool:
     """
     _, limits, identity = inherited
     return _identity(_read(_STATUS)) != identity or _process_limit(_read(_LIMITS)) != _process_limit(limits)
+
+
+def inherits_standard_stream(fd: int) -> bool:
+    """Whether a program started now inherits this process's descriptor ``fd`` (1, standard output; 2, error).
+
+    Not where this process closed it, nor where it marked it close-on-exec: the
+    number may then be one of the pool's own (a worker's pipe, its journal),
+    which a task's output would overwrite. A worker gets ``os.devnull`` there.
+    """
+    try:
+        return os.get_inheritable(fd)
+    except OSError:  # closed
+        return False
 
 
 def changes_since(inherited: Snapshot) -> dict[str, Any] | None:

@@ -75,6 +75,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from ._inherited import inherits_standard_stream
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
@@ -556,24 +557,7 @@ class ProcessBackend(QueueingBackend):
             if forked is not None:
                 process = forked
             else:
-                import subprocess
-
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        *interpreter_options(),
-                        "-c",
-                        _WORKER_MAIN,
-                        str(child_end.fileno()),
-                        str(os.getpid()),
-                        str(journal_fd),
-                        PACKAGE_FOLDER,
-                        *path_arguments(path),
-                    ],
-                    pass_fds=(child_end.fileno(), journal_fd),
-                    stdin=subprocess.DEVNULL,
-                    env=environ,
-                )
+                process = _start_fresh_interpreter(child_end.fileno(), journal_fd, environ, path)
         except BaseException:
             parent_end.close()
             if journal is not None:
@@ -1244,6 +1228,45 @@ def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
     except (KeyError, ValueError):
         pass
 
+
+
+def _start_fresh_interpreter(channel_fd: int, journal_fd: int, environ: dict[str, str], path: list[str]) -> subprocess.Popen[bytes]:
+    """A worker started as a new program, given its pipe's end ``channel_fd`` and its journal ``journal_fd``.
+
+    It gets copies of both numbered 3 or more: where this process closed its
+    standard output or error, one of them may have taken number 1 or 2, where
+    the new program's own go (``os.devnull`` then: ``inherits_standard_stream``);
+    a task's output written there went into the pool's pipe, and its loop thread died.
+    """
+    import fcntl
+    import subprocess
+
+    passed: list[int] = []
+    try:
+        for fd in (channel_fd, journal_fd):
+            passed.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+        standard = [None if inherits_standard_stream(fd) else subprocess.DEVNULL for fd in (1, 2)]
+        return subprocess.Popen(
+            [
+                sys.executable,
+                *interpreter_options(),
+                "-c",
+                _WORKER_MAIN,
+                str(passed[0]),
+                str(os.getpid()),
+                str(passed[1]),
+                PACKAGE_FOLDER,
+                *path_arguments(path),
+            ],
+            pass_fds=passed,
+            stdin=subprocess.DEVNULL,
+            stdout=standard[0],
+            stderr=standard[1],
+            env=environ,
+        )
+    finally:
+        for fd in passed:
+            os.close(fd)
 
 
 def _close(worker: _Worker) -> None:

@@ -24,7 +24,11 @@ What a fresh interpreter gave each worker, a forked one still gets:
   the next message there; its working directory comes with the request, as
   a descriptor of the directory itself, so that one removed since is still
   the worker's, as a fresh interpreter's would be (its path failed every
-  start, since ``os.getcwd()`` raises there);
+  start, since ``os.getcwd()`` raises there); so do its standard output and
+  error, which the worker puts in place of the template's, so that what C
+  code or a child process writes there goes where the program's go now (a
+  program that redirected its own to a log file after its first task had
+  its later workers' go to the old ones);
 * the template dies with the user's process (``PR_SET_PDEATHSIG``), and each
   worker with the template, so the chain ends when the user's process dies,
   even inside a long C call (each template is started by a thread of its
@@ -41,7 +45,8 @@ packet, and a fork request carries the worker's end of its pipe, its crash
 journal (``_crash_journal``) and its working directory as ancillary data
 (``SCM_RIGHTS``)::
 
-    pool -> template   ("fork", number) + the worker's socket, journal and directory
+    pool -> template   ("fork", number) + the worker's socket, journal, directory,
+                       standard output and standard error
                        ("signal", number, signum)
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
@@ -74,7 +79,7 @@ import sys
 import time
 from collections import deque
 
-from ._inherited import changes_since, departed_since, take
+from ._inherited import changes_since, departed_since, inherits_standard_stream, take
 from ._template_start import StartedTemplate, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
@@ -89,8 +94,10 @@ else:
 __all__ = ["ForkedProcess", "Template", "serve", "take_template", "template_available"]
 
 _PACKET = 4096  # more than the largest request or report, a few numbers pickled (a longer packet would be cut)
-_FDS = struct.Struct("3i")  # a fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket, journal, directory
-_FD_BYTES = _FDS.size // 3
+# A fork request's descriptors, as SCM_RIGHTS carries them: the worker's socket,
+# journal, directory, standard output and standard error.
+_FDS = struct.Struct("5i")
+_FD_BYTES = _FDS.size // 5
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
 
 
@@ -127,14 +134,20 @@ class Template:
         # permission on it, which a program run as another user may not have (sudo -u).
         directory = os.open("/proc/self/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fds = _FDS.pack(worker_end.fileno(), journal_fd, directory)
+            outputs = _standard_outputs()
+        except BaseException:
+            os.close(directory)
+            raise
+        try:
+            fds = _FDS.pack(worker_end.fileno(), journal_fd, directory, *outputs)
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         except OSError:
             self._gone()
             child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
             return child
         finally:
-            os.close(directory)
+            for fd in (directory, *outputs):
+                os.close(fd)
         self._children[child.number] = child
         return child
 
@@ -220,6 +233,24 @@ class Template:
         self._gone()
         self.sock.close()
         self._started.wait(1.0)
+
+
+def _standard_outputs() -> list[int]:
+    """Copies of what a program started now would have as its standard output and error (``inherits_standard_stream``).
+
+    Copies, not the numbers: a closed one would fail the whole request. Where
+    it would have none, ``os.devnull``, so that a file the task opens cannot
+    take that number and receive what C code writes there.
+    """
+    outputs: list[int] = []
+    try:
+        for fd in (1, 2):
+            outputs.append(os.dup(fd) if inherits_standard_stream(fd) else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+    except BaseException:
+        for fd in outputs:
+            os.close(fd)
+        raise
+    return outputs
 
 
 def take_template() -> Template:
@@ -341,8 +372,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                worker_end, journal_fd, directory = fds
-                _become_worker(worker_end, journal_fd, directory, template_pid)
+                _become_worker(*fds, template_pid=template_pid)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
@@ -374,7 +404,7 @@ def _preload() -> None:
         pass
 
 
-def _become_worker(fd: int, journal_fd: int, directory: int, template_pid: int) -> None:
+def _become_worker(fd: int, journal_fd: int, directory: int, stdout: int, stderr: int, *, template_pid: int) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
     The worker dies with the template from the start: until the pool's
@@ -384,6 +414,9 @@ def _become_worker(fd: int, journal_fd: int, directory: int, template_pid: int) 
     from ._parent_death import die_with_parent
     from ._process_worker import main
 
+    for received, standard in ((stdout, 1), (stderr, 2)):
+        os.dup2(received, standard)  # the program's of the moment in place of the template's
+        os.close(received)
     die_with_parent(template_pid)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
