@@ -493,6 +493,32 @@ def test_workers_started_after_the_program_changed_its_process_limit_are_not_for
     assert seen[-1][1] != program  # forked again, from a new template
 
 
+def test_workers_started_after_the_program_left_its_session_are_in_its_new_one() -> None:
+    # A program that left its terminal (os.setsid(), as a daemon does) after its first
+    # task had its later workers forked in the old session, where the terminal's
+    # hang-up killed them.
+    out = run_fresh(
+        """
+        import json, os
+        import makeparallel as mp
+
+        def session():
+            return os.getsid(0), os.getpgrp(), os.getppid()
+
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(session)
+        before = task().get(timeout=30)
+        os.setsid()
+        """
+        + _UNTIL_A_NEW_TEMPLATE
+    )
+    before, *seen, program = json.loads(out[0])
+    assert before[0] != program and before[2] != program
+    assert [(sid, group) for sid, group, _ in seen] == [(program, program)] * len(seen)
+    assert all(parent != before[2] for *_, parent in seen)
+    assert seen[-1][2] != program
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a process's group ids takes root")
 def test_workers_started_after_the_program_changed_its_group_ids_run_with_them() -> None:
     # A worker forked from a template started as root stayed root after the program

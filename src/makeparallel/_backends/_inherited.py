@@ -13,7 +13,9 @@ first task. Where nothing changed, nothing is sent and the worker does nothing.
 Some of what a process inherits no fork can take on: its user and group ids
 (a worker forked from a template started as root stayed root after the
 program dropped its privileges, where a fresh interpreter would not have),
-its root directory (``chroot``), its control group, and the limit on how many
+its session and process group (a program that left its terminal with
+``os.setsid()`` had its later workers killed by the terminal's hang-up), its
+root directory (``chroot``), its control group, and the limit on how many
 processes it may start, which the template's ``fork()`` obeys, not the
 worker's. Where one of these changed since the template started
 (:func:`departed_since`), the pool forks no more workers from that template
@@ -57,8 +59,8 @@ def snapshot() -> Snapshot:
 def departed_since(inherited: Snapshot) -> bool:
     """Whether this process changed, since ``inherited``, what no fork of a process started then can take on.
 
-    Its user or group ids, root directory or control group, or its limit on
-    processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
+    Its user or group ids, session or process group, root directory or control
+    group, or its limit on processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
     once per worker forked, never per task.
     """
     _, limits, identity = inherited
@@ -128,14 +130,14 @@ def _umask(status: bytes) -> int | None:
 
 
 def _identity(status: bytes) -> tuple[Any, ...]:
-    """The user and group ids in ``status`` (``/proc/self/status``), the root directory and the control group."""
+    """The user and group ids in ``status`` (``/proc/self/status``), session, process group, root directory and control group."""
     try:
         root = os.stat("/")
         where = (root.st_dev, root.st_ino)  # /proc/self/root would name it "/" once inside
     except OSError:
         where = None
     ids = tuple(line for line in status.splitlines() if line.startswith(_IDS))
-    return ids, where, _read("/proc/self/cgroup")
+    return ids, os.getsid(0), os.getpgrp(), where, _read("/proc/self/cgroup")
 
 
 def _process_limit(limits: bytes) -> bytes:
