@@ -547,6 +547,41 @@ def test_workers_started_after_the_program_changed_its_group_ids_run_with_them()
     assert seen[-1][2] != program
 
 
+@both_ways
+def test_a_new_worker_ignores_the_signals_the_program_ignores_now(template: bool) -> None:
+    # A program that ignored SIGHUP after its first task (to outlive its terminal)
+    # had its later forked workers killed by the hang-up; a fresh interpreter inherits
+    # the signals its parent ignores, and the default for every other.
+    out = run_fresh(
+        f"""
+        import signal
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def ignored():
+            with open("/proc/self/status") as status:
+                mask = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+            return [bool(mask >> (number - 1) & 1) for number in (signal.SIGHUP, signal.SIGUSR1)]
+
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # whatever ran these tests
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        task = mp.parallel(backend="process")(ignored)
+        seen = [task().get(timeout=30)]
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker is replaced
+        seen.append(task().get(timeout=30))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        mp.configure_process_pool(initializer=abs, initargs=(2,))
+        seen.append(task().get(timeout=30))
+        print(seen == [[False, False], [True, True], [False, True]])
+        """
+    )
+    assert out == ["True"]
+
+
 def test_a_worker_skips_the_limits_the_system_refuses() -> None:
     out = run_fresh(
         """

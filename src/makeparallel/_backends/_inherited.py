@@ -1,11 +1,11 @@
-"""What a child process inherits from the process beyond its environment: the umask, the resource limits, its identity.
+"""What a child process inherits from the process beyond its environment: umask, limits, ignored signals, identity.
 
 A worker started as a fresh interpreter, or forked by ``multiprocessing``,
 inherits these from the pool's process as they are at its start. A worker
 forked from the template inherits the template's instead, which are the pool's
 process's of the moment the template started: a program that tightened its
-umask or lowered a resource limit after its first process task found every
-later worker ignoring it. So the pool records what the template inherits
+umask, lowered a resource limit or ignored a signal (``SIGHUP``, say) after
+its first process task found every later worker ignoring it. So the pool records what the template inherits
 (:func:`snapshot`), sends each forked worker what differs from it now
 (:func:`changes_since`), and the worker takes that on (:func:`take`) before its
 first task. Where nothing changed, nothing is sent and the worker does nothing.
@@ -37,10 +37,14 @@ import os
 # typing.TYPE_CHECKING without importing typing: the template imports this before its first fork.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     from typing import Any
 
-    #: A process's umask (None where /proc does not say), resource limits as text, and :func:`_identity`.
-    Snapshot = tuple[int | None, bytes, tuple[Any, ...]]
+    #: A process's umask (None where /proc does not say), ignored signals (a mask),
+    #: resource limits as text, and :func:`_identity`.
+    Snapshot = tuple[int | None, int | None, bytes, tuple[Any, ...]]
+else:
+    import _signal as signal  # signal's functions without its enums (``_template``)
 
 __all__ = ["changes_since", "departed_since", "inherits_standard_stream", "snapshot", "take"]
 
@@ -48,12 +52,16 @@ _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without i
 _STATUS = "/proc/self/status"
 _IDS = (b"Uid:", b"Gid:", b"Groups:")  # the lines of /proc/self/status with the user and group ids
 _PROCESS_LIMIT = b"Max processes"  # the line of /proc/self/limits with RLIMIT_NPROC
+# Signals a worker sets itself, whatever the program's: Python ignores SIGPIPE and SIGXFSZ
+# as any interpreter starts, the worker ignores SIGINT and handles SIGTERM; no process
+# can ignore SIGKILL or SIGSTOP.
+_SIGNALS_OF_ITS_OWN = frozenset({2, 9, 13, 15, 19, 25})  # SIGINT, SIGKILL, SIGPIPE, SIGTERM, SIGSTOP, SIGXFSZ
 
 
 def snapshot() -> Snapshot:
-    """What a process started now inherits: the umask, the resource limits as text, and :func:`_identity`."""
+    """What a process started now inherits: the umask, ignored signals, resource limits as text, and :func:`_identity`."""
     status = _read(_STATUS)
-    return _umask(status), _read(_LIMITS), _identity(status)
+    return _umask(status), _ignored(status), _read(_LIMITS), _identity(status)
 
 
 def departed_since(inherited: Snapshot) -> bool:
@@ -63,7 +71,7 @@ def departed_since(inherited: Snapshot) -> bool:
     group, or its limit on processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
     once per worker forked, never per task.
     """
-    _, limits, identity = inherited
+    _, _, limits, identity = inherited
     return _identity(_read(_STATUS)) != identity or _process_limit(_read(_LIMITS)) != _process_limit(limits)
 
 
@@ -86,11 +94,15 @@ def changes_since(inherited: Snapshot) -> dict[str, Any] | None:
     Costs two reads of ``/proc``, about 35 microseconds: once per worker
     started, never per task.
     """
-    umask, limits, _ = inherited
+    umask, ignored, limits, _ = inherited
     changes: dict[str, Any] = {}
-    now = _umask(_read(_STATUS))
+    status = _read(_STATUS)
+    now = _umask(status)
     if now != umask and now is not None:
         changes["umask"] = now
+    now = _ignored(status)
+    if now != ignored and now is not None:
+        changes["ignored"] = now
     if _read(_LIMITS) != limits:  # rare: only then is ``resource`` imported
         import resource
 
@@ -107,6 +119,8 @@ def take(changes: dict[str, Any]) -> None:
     """
     if "umask" in changes:
         os.umask(changes["umask"])
+    if "ignored" in changes:
+        _ignore(changes["ignored"])
     if "limits" in changes:
         import resource
 
@@ -118,14 +132,42 @@ def take(changes: dict[str, Any]) -> None:
                     pass
 
 
+def _ignore(wanted: int) -> None:
+    """Ignore the signals of the mask ``wanted``, and no other, but those a worker sets itself.
+
+    As a new program would: it starts with the signals its parent ignored
+    ignored, and every other at its default (the handlers are gone with the
+    parent's code).
+    """
+    current = _ignored(_read(_STATUS)) or 0
+    for number in range(1, (current | wanted).bit_length() + 1):
+        bit = 1 << (number - 1)
+        if (current ^ wanted) & bit and number not in _SIGNALS_OF_ITS_OWN:
+            try:
+                signal.signal(number, signal.SIG_IGN if wanted & bit else signal.SIG_DFL)
+            except (OSError, ValueError):  # one the C library keeps for itself
+                pass
+
+
 def _umask(status: bytes) -> int | None:
     """The umask in ``status`` (``/proc/self/status``): ``os.umask`` would set one, which a file made meanwhile would get.
 
     ``None`` where ``/proc/self/status`` does not say (Linux before 4.7).
     """
+    value = _field(status, b"Umask:")
+    return None if value is None else int(value, 8)
+
+
+def _ignored(status: bytes) -> int | None:
+    """The signals ``status`` (``/proc/self/status``) says the process ignores, as a mask: bit ``n - 1`` for signal ``n``."""
+    value = _field(status, b"SigIgn:")
+    return None if value is None else int(value, 16)
+
+
+def _field(status: bytes, name: bytes) -> bytes | None:
     for line in status.splitlines():
-        if line.startswith(b"Umask:"):
-            return int(line.split()[1], 8)
+        if line.startswith(name):
+            return line.split()[1]
     return None
 
 
