@@ -519,6 +519,28 @@ def test_workers_started_after_the_program_left_its_session_are_in_its_new_one()
     assert seen[-1][2] != program
 
 
+def test_an_outdated_template_ends_with_its_last_worker() -> None:
+    # Not at the next worker's start: a template started as root forked as root,
+    # on request, for a program that had dropped its privileges since.
+    out = run_fresh(
+        """
+        import os, resource
+        import psutil
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(os.getppid)
+        template = task().get(timeout=30)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        resource.setrlimit(resource.RLIMIT_NPROC, (soft - 1 if soft != resource.RLIM_INFINITY else 1 << 20, hard))
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # its worker is replaced
+        print(task().get(timeout=30) != template, wait_until(lambda: not psutil.pid_exists(template)))
+        """
+    )
+    assert out == ["True", "True"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a process's group ids takes root")
 def test_workers_started_after_the_program_changed_its_group_ids_run_with_them() -> None:
     # A worker forked from a template started as root stayed root after the program
@@ -580,6 +602,43 @@ def test_a_new_worker_ignores_the_signals_the_program_ignores_now(template: bool
         """
     )
     assert out == ["True"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges takes root")
+def test_a_worker_the_program_may_no_longer_signal_still_ends_at_its_timeout() -> None:
+    # A program that dropped its privileges may not signal the workers it started
+    # before, as root: at a task's timeout the pool's loop thread died of the
+    # PermissionError, and every task in the pool failed with it. Fresh interpreters,
+    # which the program signals itself (a template would signal its forks).
+    out = run_fresh(
+        """
+        import os, time
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        _process.template_available = lambda: False
+
+        def job(seconds):
+            time.sleep(seconds)
+            return os.getuid()
+
+        mp.configure_process_pool(num_workers=2)
+        task = mp.parallel(backend="process")(job)
+        slow = mp.parallel(backend="process", timeout=1.0)(job)
+        assert [h.get(timeout=30) for h in (task(0.2), task(0.2))] == [0, 0]
+        mp.health()  # imports it all, while the interpreter's own files are readable
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        other = task(2)
+        try:
+            slow(30).get(timeout=30)
+        except mp.TaskTimeoutError:
+            print("timed-out")
+        info = mp.get_process_pool_info()
+        print(other.get(timeout=30), info["loop_deaths"], mp.health()["live"])
+        """
+    )
+    assert out == ["timed-out", "0", "0", "True"]
 
 
 def test_a_worker_skips_the_limits_the_system_refuses() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _pickle  # pickle's C core: a worker need not import pickle.py, nor the re it imports (_template)
 import struct
+from _socket import SHUT_WR
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -51,6 +52,10 @@ class Channel:
 
     def close(self) -> None:
         self._sock.close()
+
+    def end_writing(self) -> None:
+        """Send the other end an end of file, and keep reading: its own end of file says when it is gone."""
+        self._sock.shutdown(SHUT_WR)
 
     # -- sending ------------------------------------------------------------------------
 

@@ -595,6 +595,15 @@ class ProcessBackend(QueueingBackend):
             template.preload()
         return template.fork(child_end, journal_fd)
 
+    def _close_template_if_outdated(self, template: Template) -> None:
+        """Close ``template`` once its last worker ended, if it is outdated (``_fork``).
+
+        Not at the next worker's start: a template started as root forked as
+        root, on request, for a program that has dropped its privileges since.
+        """
+        if template is self._template and template.alive and not template.has_children and template.outdated():
+            self._close_template()
+
     def _close_template(self) -> None:
         """Stop the template once the loop has stopped every worker."""
         template, self._template = self._template, None
@@ -951,6 +960,8 @@ class ProcessBackend(QueueingBackend):
         worker.journal.close()
         # Known once it was reaped (_stop): a fork the system refused never started.
         refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
+        if isinstance(worker.process, ForkedProcess):
+            self._close_template_if_outdated(worker.process.template)
         with self._lock:
             if restart is not None and refused is None:  # a refused start is no restart, forked or not
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
@@ -1095,10 +1106,11 @@ class ProcessBackend(QueueingBackend):
             if not worker.killing:
                 continue
             if worker.kill_at is None:
-                worker.process.terminate()
+                if not _signalled(worker.process, kill=False):
+                    _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
             elif now >= worker.kill_at and worker.process.poll() is None:
-                worker.process.kill()
+                _signalled(worker.process, kill=True)
 
     def _next_due_in(self) -> float | None:
         """Seconds until a worker is to be killed, or a fork the template refused is to be tried again."""
@@ -1204,12 +1216,34 @@ def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
     try:
         return process.wait(_TERMINATE_GRACE)
     except subprocess.TimeoutExpired:
-        process.terminate()
+        if not _signalled(process, kill=False):
+            return None  # not ours to stop any more: it ends when it sees its pipe closed
     try:
         return process.wait(_TERMINATE_GRACE)
     except subprocess.TimeoutExpired:
-        process.kill()
+        if not _signalled(process, kill=True):
+            return None
     return process.wait()
+
+
+def _signalled(process: subprocess.Popen[bytes] | ForkedProcess, kill: bool) -> bool:
+    """Send ``process`` SIGKILL (``kill``) or SIGTERM; False if this process may no longer signal it.
+
+    A program that dropped its privileges (``os.setuid``) may not signal a
+    worker it started before, as root (``EPERM``): the loop thread died of it
+    at the worker's timeout, with every task in the pool. A worker also ends
+    when its pipe closes (:func:`_end_writing`): at once if idle, and once its
+    reader thread notices if busy. (A forked one is signalled by its template,
+    which may.)
+    """
+    try:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+    except PermissionError:
+        return False
+    return True
 
 
 def _watch(selector: selectors.BaseSelector, before: list[_Worker], now: list[_Worker]) -> None:
@@ -1267,6 +1301,18 @@ def _start_fresh_interpreter(channel_fd: int, journal_fd: int, environ: dict[str
     finally:
         for fd in passed:
             os.close(fd)
+
+
+def _end_writing(worker: _Worker) -> None:
+    """Send ``worker`` an end of file, which it takes for its parent's death; its own end of file then says it ended."""
+    locked = worker.send_lock.acquire(timeout=_TERMINATE_GRACE)
+    try:
+        worker.conn.end_writing()
+    except OSError:
+        pass  # gone already
+    finally:
+        if locked:
+            worker.send_lock.release()
 
 
 def _close(worker: _Worker) -> None:

@@ -118,12 +118,15 @@ class StartedTemplate:
             self.returncode = 0
 
     def wait(self, timeout: float) -> None:
-        """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that."""
+        """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
         import signal  # only here: a first task's parent has not imported it yet
 
         self._owner.join(timeout)
         if self.returncode is None and self.pid is not None:
-            os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+            try:
+                os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+            except PermissionError:  # this program dropped its privileges since: it ends with its socket closed
+                return
             self._owner.join()
 
 
