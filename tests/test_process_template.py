@@ -641,6 +641,68 @@ def test_a_worker_the_program_may_no_longer_signal_still_ends_at_its_timeout() -
     assert out == ["timed-out", "0", "0", "True"]
 
 
+@both_ways
+def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
+    # A program that made its workers the out-of-memory killer's first choice after its
+    # first task had its later forked workers keep the template's score.
+    out = run_fresh(
+        f"""
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def score():
+            with open("/proc/self/oom_score_adj") as file:
+                return int(file.read())
+
+        task = mp.parallel(backend="process")(score)
+        before = task().get(timeout=30)
+        with open("/proc/self/oom_score_adj", "w") as file:
+            file.write(str(before + 100))  # raising it takes no privilege
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker is replaced
+        print(task().get(timeout=30) - before)
+        """
+    )
+    assert out == ["100"]
+
+
+_SECCOMP = {"x86_64": (317, 135), "aarch64": (277, 92)}  # the seccomp and personality system calls' numbers
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a seccomp filter without no_new_privs takes root")
+@pytest.mark.skipif(os.uname().machine not in _SECCOMP, reason="system call numbers of x86_64 and aarch64 only")
+def test_a_seccomp_filter_the_program_installed_for_all_its_threads_holds_in_its_new_workers() -> None:
+    # Hardening that a later worker forked from the template escaped: a fresh
+    # interpreter started then, by any of the program's threads, has the filter.
+    seccomp, personality = _SECCOMP[os.uname().machine]
+    out = run_fresh(
+        f"""
+        import ctypes, os, struct
+        import makeparallel as mp
+
+        def refused():  # personality(0xffffffff) only reads it: the filter makes it fail
+            libc = ctypes.CDLL(None, use_errno=True)
+            return libc.personality(0xFFFFFFFF) == -1 and ctypes.get_errno()
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        task = mp.parallel(backend="process")(refused)
+        before = task().get(timeout=30)
+        # Load the call's number; personality() fails with EPERM, anything else is allowed.
+        program = b"".join(struct.pack("HBBI", *line) for line in [
+            (0x20, 0, 0, 0), (0x15, 0, 1, {personality}), (0x06, 0, 0, 0x50001), (0x06, 0, 0, 0x7FFF0000),
+        ])
+        code = ctypes.create_string_buffer(program)
+        class Filter(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+        assert libc.syscall({seccomp}, 1, 1, ctypes.byref(Filter(4, ctypes.cast(code, ctypes.c_void_p)))) == 0  # TSYNC
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker is replaced
+        print(before, task().get(timeout=30) == 1, refused() == 1)  # EPERM
+        """
+    )
+    assert out == ["False", "True", "True"]
+
+
 def test_a_worker_skips_the_limits_the_system_refuses() -> None:
     out = run_fresh(
         """

@@ -4,8 +4,9 @@ A worker started as a fresh interpreter, or forked by ``multiprocessing``,
 inherits these from the pool's process as they are at its start. A worker
 forked from the template inherits the template's instead, which are the pool's
 process's of the moment the template started: a program that tightened its
-umask, lowered a resource limit or ignored a signal (``SIGHUP``, say) after
-its first process task found every later worker ignoring it. So the pool records what the template inherits
+umask, lowered a resource limit, ignored a signal (``SIGHUP``, say) or set
+its ``oom_score_adj`` after its first process task found every later worker
+ignoring it. So the pool records what the template inherits
 (:func:`snapshot`), sends each forked worker what differs from it now
 (:func:`changes_since`), and the worker takes that on (:func:`take`) before its
 first task. Where nothing changed, nothing is sent and the worker does nothing.
@@ -13,6 +14,8 @@ first task. Where nothing changed, nothing is sent and the worker does nothing.
 Some of what a process inherits no fork can take on: its user and group ids
 (a worker forked from a template started as root stayed root after the
 program dropped its privileges, where a fresh interpreter would not have),
+its capabilities, ``no_new_privs`` and seccomp filters (a filter the program
+installed for all its threads did not reach its later workers),
 its session and process group (a program that left its terminal with
 ``os.setsid()`` had its later workers killed by the terminal's hang-up), its
 root directory (``chroot``), its control group, and the limit on how many
@@ -20,6 +23,12 @@ processes it may start, which the template's ``fork()`` obeys, not the
 worker's. Where one of these changed since the template started
 (:func:`departed_since`), the pool forks no more workers from that template
 (``ProcessBackend._fork``).
+
+Those of the last three that belong to a thread are read in the thread that
+starts the workers (the pool's loop thread, which starts any fresh
+interpreter), from ``/proc/thread-self``: a new program has the ones of the
+thread that starts it, and a change made by the main thread alone reaches no
+program another thread starts.
 
 Settings of a thread rather than of the process (CPU affinity, niceness and
 scheduling policy on Linux) are not followed: a new process takes them from the
@@ -41,16 +50,20 @@ if TYPE_CHECKING:
     from typing import Any
 
     #: A process's umask (None where /proc does not say), ignored signals (a mask),
-    #: resource limits as text, and :func:`_identity`.
-    Snapshot = tuple[int | None, int | None, bytes, tuple[Any, ...]]
+    #: oom_score_adj and resource limits as text, and :func:`_identity`.
+    Snapshot = tuple[int | None, int | None, bytes, bytes, tuple[Any, ...]]
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
 __all__ = ["changes_since", "departed_since", "inherits_standard_stream", "snapshot", "take"]
 
 _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without importing resource
-_STATUS = "/proc/self/status"
-_IDS = (b"Uid:", b"Gid:", b"Groups:")  # the lines of /proc/self/status with the user and group ids
+# This thread's status: the process's, but for what each thread has of its own (capabilities...).
+_STATUS = "/proc/thread-self/status" if os.path.exists("/proc/thread-self/status") else "/proc/self/status"
+# The lines of the status with what no fork can take on: the user and group ids, the
+# capabilities (CapInh, CapPrm, CapEff, CapBnd, CapAmb), no_new_privs, seccomp.
+_IDENTITY = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp")
+_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 _PROCESS_LIMIT = b"Max processes"  # the line of /proc/self/limits with RLIMIT_NPROC
 # Signals a worker sets itself, whatever the program's: Python ignores SIGPIPE and SIGXFSZ
 # as any interpreter starts, the worker ignores SIGINT and handles SIGTERM; no process
@@ -59,19 +72,20 @@ _SIGNALS_OF_ITS_OWN = frozenset({2, 9, 13, 15, 19, 25})  # SIGINT, SIGKILL, SIGP
 
 
 def snapshot() -> Snapshot:
-    """What a process started now inherits: the umask, ignored signals, resource limits as text, and :func:`_identity`."""
+    """What a process started now inherits: umask, ignored signals, ``oom_score_adj``, resource limits, :func:`_identity`."""
     status = _read(_STATUS)
-    return _umask(status), _ignored(status), _read(_LIMITS), _identity(status)
+    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), _read(_LIMITS), _identity(status)
 
 
 def departed_since(inherited: Snapshot) -> bool:
     """Whether this process changed, since ``inherited``, what no fork of a process started then can take on.
 
-    Its user or group ids, session or process group, root directory or control
-    group, or its limit on processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
+    Its user or group ids, capabilities, ``no_new_privs`` or seccomp filters,
+    session or process group, root directory or control group, or its limit on
+    processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
     once per worker forked, never per task.
     """
-    _, _, limits, identity = inherited
+    *_, limits, identity = inherited
     return _identity(_read(_STATUS)) != identity or _process_limit(_read(_LIMITS)) != _process_limit(limits)
 
 
@@ -91,10 +105,10 @@ def inherits_standard_stream(fd: int) -> bool:
 def changes_since(inherited: Snapshot) -> dict[str, Any] | None:
     """What differs in this process from ``inherited`` (a :func:`snapshot`); ``None`` if nothing.
 
-    Costs two reads of ``/proc``, about 35 microseconds: once per worker
+    Costs three reads of ``/proc``, about 45 microseconds: once per worker
     started, never per task.
     """
-    umask, ignored, limits, _ = inherited
+    umask, ignored, oom_score_adj, limits, _ = inherited
     changes: dict[str, Any] = {}
     status = _read(_STATUS)
     now = _umask(status)
@@ -103,6 +117,9 @@ def changes_since(inherited: Snapshot) -> dict[str, Any] | None:
     now = _ignored(status)
     if now != ignored and now is not None:
         changes["ignored"] = now
+    score = _read(_OOM_SCORE_ADJ)
+    if score != oom_score_adj and score:
+        changes["oom_score_adj"] = score
     if _read(_LIMITS) != limits:  # rare: only then is ``resource`` imported
         import resource
 
@@ -121,6 +138,12 @@ def take(changes: dict[str, Any]) -> None:
         os.umask(changes["umask"])
     if "ignored" in changes:
         _ignore(changes["ignored"])
+    if "oom_score_adj" in changes:
+        try:
+            with open(_OOM_SCORE_ADJ, "wb") as file:
+                file.write(changes["oom_score_adj"])
+        except OSError:  # lower than this process may set (CAP_SYS_RESOURCE): as a refused limit
+            pass
     if "limits" in changes:
         import resource
 
@@ -172,13 +195,13 @@ def _field(status: bytes, name: bytes) -> bytes | None:
 
 
 def _identity(status: bytes) -> tuple[Any, ...]:
-    """The user and group ids in ``status`` (``/proc/self/status``), session, process group, root directory and control group."""
+    """The ids, capabilities, no_new_privs and seccomp in ``status`` (:data:`_STATUS`), session, group, root, cgroup."""
     try:
         root = os.stat("/")
         where = (root.st_dev, root.st_ino)  # /proc/self/root would name it "/" once inside
     except OSError:
         where = None
-    ids = tuple(line for line in status.splitlines() if line.startswith(_IDS))
+    ids = tuple(line for line in status.splitlines() if line.startswith(_IDENTITY))
     return ids, os.getsid(0), os.getpgrp(), where, _read("/proc/self/cgroup")
 
 
