@@ -361,6 +361,50 @@ def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fail
     assert out == ["True", "None", "0", "True"]  # a refused fork is no restart: health() sees no storm
 
 
+@both_ways
+def test_a_worker_the_system_refuses_a_thread_leaves_the_tasks_to_the_workers_there(
+    template: bool, tmp_path: Path
+) -> None:
+    # The user's process limit counts threads: at it, a new worker's reader thread is
+    # refused rather than its fork. That counted as a crash: after three the pool gave
+    # up with workers there, failed every task, and health() said unhealthy. Here
+    # starting that thread fails (the workers' sitecustomize) once a file exists.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, threading\n"
+        "starts = threading.Thread.start\n"
+        "def start(self):\n"
+        "    if self.name == 'makeparallel-worker-reader' and os.path.exists(os.environ['THREADS_REFUSED']):\n"
+        "        raise RuntimeError(\"can't start new thread\")\n"
+        "    return starts(self)\n"
+        "threading.Thread.start = start\n"
+    )
+    out = run_fresh(
+        f"""
+        import os, pathlib, threading
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        os.environ["PYTHONPATH"] = os.pathsep.join([{str(tmp_path)!r}, os.environ["PYTHONPATH"]])  # the workers'
+        os.environ["THREADS_REFUSED"] = {str(tmp_path / "refuse")!r}
+        mp.configure_process_pool(1)
+        task = mp.parallel(backend="process")(os.getpid)
+        there = task().get(timeout=30)
+        pathlib.Path({str(tmp_path / "refuse")!r}).touch()
+        mp.configure_process_pool(3)  # two more workers, which cannot start
+        ran = {{h.get(timeout=30) for h in [task() for _ in range(40)]}}
+        info = mp.get_process_pool_info()
+        print(ran == {{there}}, info["refusing_tasks"], info["worker_restarts"], mp.health()["status"])
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker replaced: none can start
+        try:
+            task().get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print("could not start a thread (can't start new thread)" in str(error))
+        """
+    )
+    assert out == ["True", "None", "0", "ok", "True"]
+
+
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
     # Three refusals in a row made the pool give up and fail every task, though a
     # worker was there to run them and the shortage was brief (a burst of connections).

@@ -103,7 +103,7 @@ _WORKER_MAIN = (
     "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
-_RETRY_FORK_AFTER = 1.0  # seconds before a look asks the template again for a worker it could not fork
+_RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
@@ -136,7 +136,7 @@ class _Worker:
 
     __slots__ = (
         "conn", "init_error", "journal", "kill_at", "killing", "leaving", "memory_probe", "outstanding",
-        "path_version", "process", "ready", "retiring", "send_lock", "sent", "stop_reason",
+        "path_version", "process", "ready", "refused", "retiring", "send_lock", "sent", "stop_reason",
     )
 
     def __init__(
@@ -156,6 +156,7 @@ class _Worker:
         self.leaving = False  # recycled: finishes the tasks it has, takes no more
         self.ready = False  # set up, initializer run
         self.init_error: BaseException | None = None
+        self.refused: OSError | None = None  # why the system refused it what it needed to start (a thread)
         self.sent = 0  # tasks sent to it, for max_tasks_per_child
         self.path_version = path_version  # the parent's sys.path it has
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
@@ -218,7 +219,7 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
-        self._fork_refused_at: float | None = None  # when the template last could not fork, while workers were there
+        self._start_refused_at: float | None = None  # when the system last refused a worker a fork or a thread, while workers were there
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -635,11 +636,11 @@ class ProcessBackend(QueueingBackend):
             wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
             missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
-            if self._fork_refused_at is not None:
-                if _now() - self._fork_refused_at < _RETRY_FORK_AFTER:
+            if self._start_refused_at is not None:
+                if _now() - self._start_refused_at < _RETRY_REFUSED_AFTER:
                     missing = 0  # the workers there take the tasks; the refusal's report itself woke this look
                 else:
-                    self._fork_refused_at = None
+                    self._start_refused_at = None
             if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
                 self._take_path_locked()
             setup, path, path_version = self._setup, self._path, self._path_version
@@ -882,6 +883,8 @@ class ProcessBackend(QueueingBackend):
                     self._failed_starts = 0
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
+            elif kind == "refused":
+                worker.refused = OSError(errno.EAGAIN, f"the worker could not start a thread ({message[1]})")
             elif kind == "init_failed":
                 error, remote_traceback = _serialization.loads(message[1], [])
                 attach_remote_traceback(error, remote_traceback)
@@ -960,6 +963,7 @@ class ProcessBackend(QueueingBackend):
         worker.journal.close()
         # Known once it was reaped (_stop): a fork the system refused never started.
         refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
+        refused = refused or worker.refused
         if isinstance(worker.process, ForkedProcess):
             self._close_template_if_outdated(worker.process.template)
         with self._lock:
@@ -971,7 +975,7 @@ class ProcessBackend(QueueingBackend):
                 if refused is None:
                     self._died_unready_locked(code)
                 elif self._has_workers_for_tasks_locked():
-                    self._fork_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
+                    self._start_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
                 else:
                     self._start_refused_locked(refused)
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
@@ -1113,10 +1117,10 @@ class ProcessBackend(QueueingBackend):
                 _signalled(worker.process, kill=True)
 
     def _next_due_in(self) -> float | None:
-        """Seconds until a worker is to be killed, or a fork the template refused is to be tried again."""
+        """Seconds until a worker is to be killed, or a start the system refused is to be tried again."""
         deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
-        if self._fork_refused_at is not None:
-            deadlines.append(self._fork_refused_at + _RETRY_FORK_AFTER)
+        if self._start_refused_at is not None:
+            deadlines.append(self._start_refused_at + _RETRY_REFUSED_AFTER)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
 

@@ -146,7 +146,13 @@ class _Worker:
         batch them would lose finished work if a later task crashed the worker,
         and would blame the wrong task for the crash.
         """
-        threading.Thread(target=self._read_while_busy, name="makeparallel-worker-reader", daemon=True).start()
+        try:
+            threading.Thread(target=self._read_while_busy, name="makeparallel-worker-reader", daemon=True).start()
+        except RuntimeError as error:
+            # No thread left: the user's process limit counts threads, so there it is this
+            # thread that fails rather than the fork. A start the system refused, not a crash.
+            self.send(("refused", str(error)))
+            os._exit(1)
         while True:
             kind, payload = self._next()
             if kind == "task":
