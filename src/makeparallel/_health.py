@@ -10,7 +10,8 @@ process should be kept (false once a pool thread died of an error: a task may
 never end, so restart the process); ``ready`` that it should be sent work.
 
 A restart storm: more worker process restarts (crashes, timeouts, forced
-cancels) within the last 10 seconds than the pool has workers. One restart per
+cancels, ``max_worker_memory``; not the replacements ``max_tasks_per_child``
+asks for) within the last 10 seconds than the pool has workers. One restart per
 worker in that time is an incident; more means most tasks are failing and the
 pool spends its time starting processes.
 """

@@ -969,8 +969,9 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             if restart is not None and refused is None:  # a refused start is no restart, forked or not
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
-                self._recent_restarts.append(_now())
-                self._count_recent_restarts_locked()  # forget the old ones: bounded memory
+                if restart != "max_tasks_per_child":  # asked for by the configuration: no incident for health()
+                    self._recent_restarts.append(_now())
+                    self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 if refused is None:
                     self._died_unready_locked(code)
