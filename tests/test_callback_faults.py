@@ -266,6 +266,12 @@ def test_workers_replaced_after_max_tasks_per_child_are_no_storm(monkeypatch: py
         assert wait_until(lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("max_tasks_per_child", 0) >= 3, 30)
         assert mp.get_process_pool_info()["restarts_in_window"] == 0
         assert not [r for r in mp.health(memory_limit_percent=100.0)["reasons"] if "restarts" in r]
+        # A worker that dies in its last task crashed, whatever it was to do next.
+        crashed = mp.get_process_pool_info()["worker_restart_reasons"].get("crashed", 0)
+        with pytest.raises(mp.WorkerCrashedError):
+            mp.parallel(backend="process")(os._exit)(3).get(timeout=30)
+        assert wait_until(lambda: mp.get_process_pool_info()["restarts_in_window"] == 1, 30)
+        assert mp.get_process_pool_info()["worker_restart_reasons"]["crashed"] == crashed + 1
     finally:
         mp.configure_process_pool(max_tasks_per_child=None)
 

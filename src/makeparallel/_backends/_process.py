@@ -951,9 +951,16 @@ class ProcessBackend(QueueingBackend):
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
                         self._requeue_locked(handle)
+            # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
+            # exits: one that died with a task still running crashed, whatever it was to do next.
+            crashed = worker.leaving and not worker.killing and bool(outstanding)
             restart = None
-            if not (self._terminating or worker.retiring):
-                restart = "initializer failed" if init_failure is not None else worker.stop_reason
+            if self._terminating or (worker.retiring and not crashed):
+                pass
+            elif init_failure is not None:
+                restart = "initializer failed"
+            else:
+                restart = "crashed" if crashed else worker.stop_reason
             terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
