@@ -686,6 +686,29 @@ def test_a_worker_the_program_may_no_longer_signal_still_ends_at_its_timeout() -
 
 
 @both_ways
+def test_a_worker_ignores_sigchld_as_the_program_did_before_its_first_task(template: bool) -> None:
+    # The template's own handler for SIGCHLD was reset to the default in each fork,
+    # where a fresh interpreter keeps it ignored: a task's subprocess.run() then gets
+    # no exit code (the child is reaped by the system), in the worker as in the program.
+    out = run_fresh(
+        f"""
+        import signal, subprocess
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+
+        def child():
+            return signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN, subprocess.run(["sh", "-c", "exit 3"]).returncode
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        print(mp.parallel(backend="process")(child)().get(timeout=30) == child())
+        """
+    )
+    assert out == ["True"]
+
+
+@both_ways
 def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.

@@ -310,6 +310,7 @@ def serve(fd: int, parent_pid: int) -> None:
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
+    inherited = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
@@ -372,7 +373,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(*fds, template_pid=template_pid)
+                _become_worker(*fds, template_pid=template_pid, child_signal=inherited)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
@@ -404,11 +405,16 @@ def _preload() -> None:
         pass
 
 
-def _become_worker(fd: int, journal_fd: int, directory: int, stdout: int, stderr: int, *, template_pid: int) -> None:
+def _become_worker(
+    fd: int, journal_fd: int, directory: int, stdout: int, stderr: int, *, template_pid: int, child_signal: Any
+) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
     The worker dies with the template from the start: until the pool's
     message comes, it waits on its pipe, which a dead pool closes.
+    ``child_signal``: what the template had for ``SIGCHLD`` before its own
+    handler, ignored where the program ignored it (a task's ``subprocess.run``
+    then gets no exit code, as in a fresh interpreter), else the default.
     """
     from ._channel import Channel
     from ._parent_death import die_with_parent
@@ -419,7 +425,7 @@ def _become_worker(fd: int, journal_fd: int, directory: int, stdout: int, stderr
         os.close(received)
     die_with_parent(template_pid)
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, child_signal)
     conn = Channel(_socket.socket(fileno=fd))
     try:
         _, environ, changes = conn.recv()
