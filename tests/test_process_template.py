@@ -250,6 +250,33 @@ def test_what_a_new_worker_writes_to_its_standard_output_and_error_goes_where_th
     assert sorted(log.read_text().split()) == ["after-err", "after-out"]
 
 
+@both_ways
+def test_new_interpreters_write_nothing_into_the_pools_pipes_where_the_program_closed_its_standard_streams(
+    template: bool, tmp_path: Path
+) -> None:
+    # With descriptors 1 and 2 closed, the template's end of its socket took number 2,
+    # its standard error: what it wrote there as it started (PYTHONPROFILEIMPORTTIME's
+    # report) went into the pool's socket, and the pool's loop thread died of it.
+    result = tmp_path / "result"
+    run_fresh(
+        f"""
+        import os
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        if not {template!r}:
+            _process.template_available = lambda: False
+        os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # read by new interpreters only, as they start
+        os.close(1)
+        os.close(2)
+        task = mp.parallel(backend="process")(os.getpid)
+        pids = {{task().get(timeout=30) for _ in range(3)}}
+        with open({str(result)!r}, "w") as file:
+            file.write(f"{{os.getpid() not in pids}} {{mp.get_process_pool_info()['loop_deaths']}}")
+        """
+    )
+    assert result.read_text() == "True 0"
+
+
 def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp_path: Path) -> None:
     # A program run as another user (sudo -u app, from a home folder of mode 0700) cannot
     # look up "." where it is: opening the worker's directory that way failed every

@@ -1279,18 +1279,23 @@ def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
 def _start_fresh_interpreter(channel_fd: int, journal_fd: int, environ: dict[str, str], path: list[str]) -> subprocess.Popen[bytes]:
     """A worker started as a new program, given its pipe's end ``channel_fd`` and its journal ``journal_fd``.
 
-    It gets copies of both numbered 3 or more: where this process closed its
-    standard output or error, one of them may have taken number 1 or 2, where
-    the new program's own go (``os.devnull`` then: ``inherits_standard_stream``);
-    a task's output written there went into the pool's pipe, and its loop thread died.
+    Where this process closed its standard output or error, one of them may
+    have taken number 1 or 2, where the new program's own go (``os.devnull``
+    then: ``inherits_standard_stream``): it gets a copy numbered 3 or more. A
+    task's output written there went into the pool's pipe, and its loop thread died.
     """
-    import fcntl
     import subprocess
 
-    passed: list[int] = []
+    given: list[int] = []  # the numbers the worker gets
+    copies: list[int] = []  # made here, to close
     try:
         for fd in (channel_fd, journal_fd):
-            passed.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+            if fd < 3:
+                import fcntl
+
+                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                copies.append(fd)
+            given.append(fd)
         standard = [None if inherits_standard_stream(fd) else subprocess.DEVNULL for fd in (1, 2)]
         return subprocess.Popen(
             [
@@ -1298,20 +1303,20 @@ def _start_fresh_interpreter(channel_fd: int, journal_fd: int, environ: dict[str
                 *interpreter_options(),
                 "-c",
                 _WORKER_MAIN,
-                str(passed[0]),
+                str(given[0]),
                 str(os.getpid()),
-                str(passed[1]),
+                str(given[1]),
                 PACKAGE_FOLDER,
                 *path_arguments(path),
             ],
-            pass_fds=passed,
+            pass_fds=given,
             stdin=subprocess.DEVNULL,
             stdout=standard[0],
             stderr=standard[1],
             env=environ,
         )
     finally:
-        for fd in passed:
+        for fd in copies:
             os.close(fd)
 
 

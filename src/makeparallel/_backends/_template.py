@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import _pickle
 import _socket
+import errno
 import gc
 import os
 import select
@@ -134,19 +135,21 @@ class Template:
         # permission on it, which a program run as another user may not have (sudo -u).
         directory = os.open("/proc/self/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            outputs = _standard_outputs()
+            outputs, opened = _standard_outputs()
         except BaseException:
             os.close(directory)
             raise
         try:
             fds = _FDS.pack(worker_end.fileno(), journal_fd, directory, *outputs)
             self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.EBADF:  # another thread closed the program's output meanwhile
+                raise  # a start that failed, as a refused one: the next one looks again
             self._gone()
             child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
             return child
         finally:
-            for fd in (directory, *outputs):
+            for fd in (directory, *opened):
                 os.close(fd)
         self._children[child.number] = child
         return child
@@ -235,22 +238,27 @@ class Template:
         self._started.wait(1.0)
 
 
-def _standard_outputs() -> list[int]:
-    """Copies of what a program started now would have as its standard output and error (``inherits_standard_stream``).
+def _standard_outputs() -> tuple[list[int], list[int]]:
+    """What a program started now would have as its standard output and error (``inherits_standard_stream``).
 
-    Copies, not the numbers: a closed one would fail the whole request. Where
-    it would have none, ``os.devnull``, so that a file the task opens cannot
-    take that number and receive what C code writes there.
+    Returns the two descriptors, and those of them opened here, to close once
+    sent: the program's own where a new program would inherit them, else
+    ``os.devnull``, so that a file the task opens cannot take that number and
+    receive what C code writes there.
     """
     outputs: list[int] = []
+    opened: list[int] = []
     try:
         for fd in (1, 2):
-            outputs.append(os.dup(fd) if inherits_standard_stream(fd) else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            if not inherits_standard_stream(fd):
+                fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                opened.append(fd)
+            outputs.append(fd)
     except BaseException:
-        for fd in outputs:
+        for fd in opened:
             os.close(fd)
         raise
-    return outputs
+    return outputs, opened
 
 
 def take_template() -> Template:

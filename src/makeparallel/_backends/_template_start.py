@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 
-from ._inherited import snapshot
+from ._inherited import inherits_standard_stream, snapshot
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
@@ -88,10 +88,22 @@ class StartedTemplate:
             raise self._error
 
     def _own(self, theirs: _socket.socket) -> None:
-        """Start the template (a fresh interpreter with this process's ``sys.path``), then wait for it to exit."""
+        """Start the template (a fresh interpreter with this process's ``sys.path``), then wait for it to exit.
+
+        Where this process closed its standard output or error, its end of the
+        socket may have taken that number: the template gets a copy numbered 3
+        or more, and ``os.devnull`` there (its own output, ``-X importtime``'s
+        say, went into the pool's socket, and the pool's loop thread died).
+        """
+        moved = None
         try:
             fd = theirs.fileno()
-            os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
+            if fd < 3:
+                import fcntl  # only here: a program that closed its standard streams
+
+                fd = moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)  # inheritable
+            else:
+                os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
@@ -99,17 +111,16 @@ class StartedTemplate:
             arguments = [*command, PACKAGE_FOLDER, *path_arguments(sys.path)]
             environ = _environment_for_a_new_program(arguments)
             environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
-            self.pid = os.posix_spawn(
-                sys.executable,
-                arguments,
-                environ,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
-            )
+            streams = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            streams += [(os.POSIX_SPAWN_OPEN, n, os.devnull, os.O_WRONLY, 0) for n in (1, 2) if not inherits_standard_stream(n)]
+            self.pid = os.posix_spawn(sys.executable, arguments, environ, file_actions=streams)
         except OSError as error:
             self._error = error
             return
         finally:
             theirs.close()
+            if moved is not None:
+                os.close(moved)
             self._spawned.set()
         try:
             _, status = os.waitpid(self.pid, 0)
