@@ -712,6 +712,57 @@ def test_a_worker_the_program_may_no_longer_signal_still_ends_at_its_timeout() -
     assert out == ["timed-out", "0", "0", "True"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges takes root")
+def test_a_worker_the_program_may_no_longer_signal_and_deaf_to_its_pipe_is_replaced_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    # Stuck in a C call that holds the GIL, such a worker never read its end of file:
+    # it stayed in the pool, busy, never replaced, and the loop thread spun at its
+    # deadline, which stayed in the past. (Nor does it die with the program: the
+    # kernel sends a parent-death signal with the parent's rights. The test kills it.)
+    result, stuck = tmp_path / "result", tmp_path / "stuck"
+    try:
+        run_fresh(
+            f"""
+            import ctypes, os
+            import makeparallel as mp
+            from makeparallel._backends import _process
+            from pool_helpers import wait_until
+            _process.template_available = lambda: False
+            quiet = os.open(os.devnull, os.O_WRONLY)  # the stuck worker keeps no pipe of the test's open
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
+
+            def hold_the_gil(seconds):
+                with open({str(stuck)!r}, "w") as file:
+                    file.write(str(os.getpid()))
+                ctypes.PyDLL(None).sleep(seconds)  # a PyDLL call keeps the GIL
+
+            mp.configure_process_pool(num_workers=2)
+            mp.parallel(backend="process")(hold_the_gil)(0).get(timeout=30)  # sent by value: cloudpickle loaded
+            mp.health()  # imports it all, while the interpreter's own files are readable
+            report = open({str(result)!r}, "w")  # while the test's folder is writable
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                mp.parallel(backend="process", timeout=0.5)(hold_the_gil)(60).get(timeout=30)
+            except mp.TaskTimeoutError:
+                timed_out = True
+            replaced = lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("timed out") == 1
+            report.write(f"{{timed_out}} {{wait_until(replaced, 20)}} {{mp.get_process_pool_info()['loop_deaths']}}")
+            report.close()
+            """
+        )
+        assert result.read_text() == "True True 0"
+    finally:
+        if stuck.exists():
+            try:
+                os.kill(int(stuck.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 @both_ways
 def test_a_worker_ignores_sigchld_as_the_program_did_before_its_first_task(template: bool) -> None:
     # The template's own handler for SIGCHLD was reset to the default in each fork,

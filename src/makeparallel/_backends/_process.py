@@ -1122,7 +1122,10 @@ class ProcessBackend(QueueingBackend):
                     _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
             elif now >= worker.kill_at and worker.process.poll() is None:
-                _signalled(worker.process, kill=True)
+                if not _signalled(worker.process, kill=True):
+                    # Not ours to stop, and deaf to its end of file (a C call that holds the
+                    # GIL): it ends when the call returns, and a new worker takes its place now.
+                    self._worker_died(worker)
 
     def _next_due_in(self) -> float | None:
         """Seconds until a worker is to be killed, or a start the system refused is to be tried again."""
