@@ -432,6 +432,38 @@ def test_a_worker_the_system_refuses_a_thread_leaves_the_tasks_to_the_workers_th
     assert out == ["True", "None", "0", "ok", "True"]
 
 
+def test_a_timeout_no_thread_can_enforce_yet_waits_and_the_pool_lives_on() -> None:
+    # At the process limit, which counts threads, the thread that enforces timeouts could
+    # not start when a process task with a timeout started: the pool's loop thread died
+    # of the RuntimeError. The deadline now waits until a thread can start.
+    out = run_fresh(
+        """
+        import os, threading, time
+        import makeparallel as mp
+
+        refuse = True
+        starts = threading.Thread.start
+        def start(self):
+            if refuse and self.name == "makeparallel-deadlines":
+                raise RuntimeError("can't start new thread")
+            return starts(self)
+        threading.Thread.start = start
+
+        task = mp.parallel(backend="process")(os.getpid)
+        task().get(timeout=30)
+        stuck = mp.parallel(backend="process", timeout=0.2)(time.sleep)(60)
+        running = [task().get(timeout=30) for _ in range(3)]  # the loop thread lives on
+        refuse = False
+        mp.parallel(backend="process", timeout=30)(os.getpid)().get(timeout=30)  # starts the thread
+        try:
+            stuck.get(timeout=30)
+        except mp.TaskTimeoutError:
+            print("timed-out", mp.get_process_pool_info()["loop_deaths"])
+        """
+    )
+    assert out == ["timed-out", "0"]
+
+
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
     # Three refusals in a row made the pool give up and fail every task, though a
     # worker was there to run them and the shortage was brief (a burst of connections).

@@ -5,12 +5,17 @@ until the earliest deadline (or until an earlier one arrives) and then calls
 ``handle._expire()``, which ends the handle only if the task is still running
 that attempt. Retries use the same heap: their entry's ``_expire()`` queues the
 next attempt. It is a daemon thread: it never holds up interpreter exit.
+
+Where no thread can start (at the user's process limit, which counts threads),
+the deadline waits on the heap, and the next one scheduled tries again: the
+error reached the caller, the process pool's loop thread, which died of it.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import threading
 import time
@@ -33,6 +38,7 @@ _condition = threading.Condition(threading.Lock())
 _heap: list[tuple[float, int, Callable[[], Due | None]]] = []
 _order = itertools.count()  # breaks ties between equal deadlines without comparing handles
 _thread: threading.Thread | None = None
+_log = logging.getLogger("makeparallel")
 
 
 def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
@@ -47,7 +53,14 @@ def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
         heapq.heappush(_heap, entry)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_watch, name="makeparallel-deadlines", daemon=True)
-            _thread.start()
+            try:
+                _thread.start()
+            except RuntimeError:  # can't start new thread
+                _thread = None
+                _log.warning(
+                    "makeparallel: no thread could start to enforce task timeouts (the process limit "
+                    "counts threads); they take effect once one can, at the next task with a timeout"
+                )
         elif _heap[0] is entry:
             _condition.notify()
 
