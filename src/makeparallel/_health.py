@@ -115,6 +115,11 @@ def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> l
         reasons.append(f"{name} pool: {info['stuck_threads']} thread(s) stuck in timed-out or cancelled tasks")
     if queued and info.get("live_workers", info.get("live_threads", workers)) == 0 and not info.get("closed"):
         reasons.append(f"{name} pool: tasks are queued but no worker is alive yet")
+    if info.get("refused_starts"):
+        reasons.append(
+            f"{name} pool: the system refuses to start more workers ({info['refused_starts']}); "
+            f"{info.get('live_workers')} of {workers} run the tasks"
+        )
     restarts = info.get("restarts_in_window", 0)
     if restarts > workers:
         reasons.append(

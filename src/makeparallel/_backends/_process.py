@@ -220,6 +220,7 @@ class ProcessBackend(QueueingBackend):
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
         self._start_refused_at: float | None = None  # when the system last refused a worker a fork or a thread, while workers were there
+        self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -253,6 +254,7 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             self._failed_starts = 0
             self._broken = None
+            self._short_of_workers = None
             if num_workers is not None:
                 self._num_workers = num_workers
                 surplus = self._workers[num_workers:]
@@ -306,6 +308,7 @@ class ProcessBackend(QueueingBackend):
                 "closed": self._closed,
                 # Why new tasks fail at once, since the pool gave up starting workers; else None.
                 "refusing_tasks": None if self._broken is None else str(self._broken()),
+                "refused_starts": self._short_of_workers,
             }
 
     def _count_recent_restarts_locked(self) -> int:
@@ -881,6 +884,7 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     worker.ready = True
                     self._failed_starts = 0
+                    self._short_of_workers = None
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
             elif kind == "refused":
@@ -982,10 +986,11 @@ class ProcessBackend(QueueingBackend):
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 if refused is None:
                     self._died_unready_locked(code)
-                elif self._has_workers_for_tasks_locked():
-                    self._start_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
                 else:
+                    there = self._has_workers_for_tasks_locked()
                     self._start_refused_locked(refused)
+                    if there:
+                        self._start_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
             retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
                 # It died before it started the task (killed while idle, or with
@@ -1087,6 +1092,7 @@ class ProcessBackend(QueueingBackend):
         an error that names ``error``, until the pool is configured again.
         """
         if self._has_workers_for_tasks_locked():
+            self._short_of_workers = f"{type(error).__name__}: {error}"
             return True
         self._failed_starts += 1
         if self._failed_starts < _FAILED_STARTS_ALLOWED:
