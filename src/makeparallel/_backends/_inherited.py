@@ -24,11 +24,11 @@ worker's. Where one of these changed since the template started
 (:func:`departed_since`), the pool forks no more workers from that template
 (``ProcessBackend._fork``).
 
-Those of the last three that belong to a thread are read in the thread that
-starts the workers (the pool's loop thread, which starts any fresh
-interpreter), from ``/proc/thread-self``: a new program has the ones of the
-thread that starts it, and a change made by the main thread alone reaches no
-program another thread starts.
+Capabilities, ``no_new_privs`` and seccomp filters belong to a thread: they
+are read in the thread that starts the workers (the pool's loop thread, which
+starts any fresh interpreter), from ``/proc/thread-self``. A new program has
+those of the thread that starts it: a change the main thread made for itself
+alone reaches no program another thread starts.
 
 Settings of a thread rather than of the process (CPU affinity, niceness and
 scheduling policy on Linux) are not followed: a new process takes them from the
@@ -68,7 +68,9 @@ _PROCESS_LIMIT = b"Max processes"  # the line of /proc/self/limits with RLIMIT_N
 # Signals a worker sets itself, whatever the program's: Python ignores SIGPIPE and SIGXFSZ
 # as any interpreter starts, the worker ignores SIGINT and handles SIGTERM; no process
 # can ignore SIGKILL or SIGSTOP.
-_SIGNALS_OF_ITS_OWN = frozenset({2, 9, 13, 15, 19, 25})  # SIGINT, SIGKILL, SIGPIPE, SIGTERM, SIGSTOP, SIGXFSZ
+_SIGNALS_OF_ITS_OWN = frozenset(
+    {signal.SIGINT, signal.SIGKILL, signal.SIGPIPE, signal.SIGTERM, signal.SIGSTOP, signal.SIGXFSZ}
+)
 
 
 def snapshot() -> Snapshot:
@@ -173,16 +175,16 @@ def _ignore(wanted: int) -> None:
 
 
 def _umask(status: bytes) -> int | None:
-    """The umask in ``status`` (``/proc/self/status``): ``os.umask`` would set one, which a file made meanwhile would get.
+    """The umask in ``status`` (:data:`_STATUS`): ``os.umask`` would set one, which a file made meanwhile would get.
 
-    ``None`` where ``/proc/self/status`` does not say (Linux before 4.7).
+    ``None`` where the status does not say (Linux before 4.7).
     """
     value = _field(status, b"Umask:")
     return None if value is None else int(value, 8)
 
 
 def _ignored(status: bytes) -> int | None:
-    """The signals ``status`` (``/proc/self/status``) says the process ignores, as a mask: bit ``n - 1`` for signal ``n``."""
+    """The signals ``status`` (:data:`_STATUS`) says the process ignores, as a mask: bit ``n - 1`` for signal ``n``."""
     value = _field(status, b"SigIgn:")
     return None if value is None else int(value, 16)
 

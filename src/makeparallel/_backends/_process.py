@@ -219,7 +219,8 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
-        self._start_refused_at: float | None = None  # when the system last refused a worker a fork or a thread, while workers were there
+        # When the system last refused a worker a fork or a thread, while workers were there.
+        self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
@@ -958,13 +959,9 @@ class ProcessBackend(QueueingBackend):
             # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
             # exits: one that died with a task still running crashed, whatever it was to do next.
             crashed = worker.leaving and not worker.killing and bool(outstanding)
-            restart = None
-            if self._terminating or (worker.retiring and not crashed):
-                pass
-            elif init_failure is not None:
-                restart = "initializer failed"
-            else:
-                restart = "crashed" if crashed else worker.stop_reason
+            restart = None  # counted once the worker is reaped, unless the system refused it its start
+            if not self._terminating and (crashed or not worker.retiring):
+                restart = "initializer failed" if init_failure is not None else "crashed" if crashed else worker.stop_reason
             terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
@@ -1284,8 +1281,9 @@ def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
         pass
 
 
-
-def _start_fresh_interpreter(channel_fd: int, journal_fd: int, environ: dict[str, str], path: list[str]) -> subprocess.Popen[bytes]:
+def _start_fresh_interpreter(
+    channel_fd: int, journal_fd: int, environ: dict[str, str], path: list[str]
+) -> subprocess.Popen[bytes]:
     """A worker started as a new program, given its pipe's end ``channel_fd`` and its journal ``journal_fd``.
 
     Where this process closed its standard output or error, one of them may

@@ -167,7 +167,7 @@ class Template:
         return bool(self._children)
 
     def start_message(self, environ: dict[str, str]) -> tuple[str, dict[str, str], dict[str, Any] | None]:
-        """What a worker forked now takes on before anything else: ``environ``, and this process's umask and limits."""
+        """What a worker forked now takes on before anything else: ``environ``, and what else changed (``_inherited``)."""
         return ("start", environ, changes_since(self._started.inherited))
 
     def preload(self) -> None:
@@ -318,7 +318,7 @@ def serve(fd: int, parent_pid: int) -> None:
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
-    inherited = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
+    child_signal = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
@@ -381,7 +381,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(*fds, template_pid=template_pid, child_signal=inherited)
+                _become_worker(*fds, template_pid=template_pid, child_signal=child_signal)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)

@@ -68,7 +68,7 @@ class StartedTemplate:
     """
 
     def __init__(self) -> None:
-        self.inherited = snapshot()  # the umask, limits and identity the template starts with (_inherited)
+        self.inherited = snapshot()  # what the template inherits from this process as it starts (_inherited)
         ours, theirs = blocking_socketpair(_socket.SOCK_SEQPACKET)
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
@@ -112,7 +112,9 @@ class StartedTemplate:
             environ = _environment_for_a_new_program(arguments)
             environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
             streams = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-            streams += [(os.POSIX_SPAWN_OPEN, n, os.devnull, os.O_WRONLY, 0) for n in (1, 2) if not inherits_standard_stream(n)]
+            streams += [
+                (os.POSIX_SPAWN_OPEN, n, os.devnull, os.O_WRONLY, 0) for n in (1, 2) if not inherits_standard_stream(n)
+            ]
             self.pid = os.posix_spawn(sys.executable, arguments, environ, file_actions=streams)
         except OSError as error:
             self._error = error
