@@ -440,7 +440,7 @@ def test_a_timeout_no_thread_can_enforce_yet_waits_and_the_pool_lives_on() -> No
     # of the RuntimeError. The deadline now waits until a thread can start.
     out = run_fresh(
         """
-        import os, threading, time
+        import logging, os, threading, time
         import makeparallel as mp
 
         refuse = True
@@ -451,19 +451,27 @@ def test_a_timeout_no_thread_can_enforce_yet_waits_and_the_pool_lives_on() -> No
             return starts(self)
         threading.Thread.start = start
 
+        class Raising(logging.Handler):  # the warning must fail nothing, even through a handler that raises
+            warnings = 0
+            def emit(self, record):
+                Raising.warnings += "enforce task timeouts" in record.getMessage()
+                raise ValueError("a handler that raises")
+        logging.getLogger("makeparallel").addHandler(Raising())
+
         task = mp.parallel(backend="process")(os.getpid)
         task().get(timeout=30)
         stuck = mp.parallel(backend="process", timeout=0.2)(time.sleep)(60)
+        others = [mp.parallel(backend="process", timeout=30)(os.getpid)() for _ in range(3)]
         running = [task().get(timeout=30) for _ in range(3)]  # the loop thread lives on
         refuse = False
         mp.parallel(backend="process", timeout=30)(os.getpid)().get(timeout=30)  # starts the thread
         try:
             stuck.get(timeout=30)
         except mp.TaskTimeoutError:
-            print("timed-out", mp.get_process_pool_info()["loop_deaths"])
+            print("timed-out", mp.get_process_pool_info()["loop_deaths"], Raising.warnings)
         """
     )
-    assert out == ["timed-out", "0"]
+    assert out == ["timed-out", "0", "1"]  # warned once
 
 
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
@@ -752,13 +760,15 @@ def test_a_worker_the_program_may_no_longer_signal_and_deaf_to_its_pipe_is_repla
 ) -> None:
     # Stuck in a C call that holds the GIL, such a worker never read its end of file:
     # it stayed in the pool, busy, never replaced, and the loop thread spun at its
-    # deadline, which stayed in the past. (Nor does it die with the program: the
-    # kernel sends a parent-death signal with the parent's rights. The test kills it.)
+    # deadline, which stayed in the past. Once it ends, it is reaped: no zombie stays.
+    # (Nor does it die with the program: the kernel sends a parent-death signal with
+    # the parent's rights. The test kills it if it is left.)
     result, stuck = tmp_path / "result", tmp_path / "stuck"
     try:
         run_fresh(
             f"""
             import ctypes, os
+            import psutil
             import makeparallel as mp
             from makeparallel._backends import _process
             from pool_helpers import wait_until
@@ -775,20 +785,25 @@ def test_a_worker_the_program_may_no_longer_signal_and_deaf_to_its_pipe_is_repla
             mp.configure_process_pool(num_workers=2)
             mp.parallel(backend="process")(hold_the_gil)(0).get(timeout=30)  # sent by value: cloudpickle loaded
             mp.health()  # imports it all, while the interpreter's own files are readable
-            report = open({str(result)!r}, "w")  # while the test's folder is writable
+            report = open({str(result)!r}, "w")  # while the test's folder may be entered
+            holder = open({str(stuck)!r})  # the stuck worker's pid, which it writes in there
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
             try:
-                mp.parallel(backend="process", timeout=0.5)(hold_the_gil)(60).get(timeout=30)
+                mp.parallel(backend="process", timeout=0.5)(hold_the_gil)(4).get(timeout=30)
             except mp.TaskTimeoutError:
                 timed_out = True
             replaced = lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("timed out") == 1
-            report.write(f"{{timed_out}} {{wait_until(replaced, 20)}} {{mp.get_process_pool_info()['loop_deaths']}}")
+            was_replaced = wait_until(replaced, 20)
+            holder.seek(0)
+            pid = int(holder.read())
+            reaped = wait_until(lambda: not psutil.pid_exists(pid), 30)  # a zombie exists
+            report.write(f"{{timed_out}} {{was_replaced}} {{reaped}} {{mp.get_process_pool_info()['loop_deaths']}}")
             report.close()
             """
         )
-        assert result.read_text() == "True True 0"
+        assert result.read_text() == "True True True 0"
     finally:
         if stuck.exists():
             try:

@@ -121,14 +121,17 @@ def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfi
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
 
 
-def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop() -> None:
+@pytest.mark.parametrize("max_tasks_per_child", [None, 1])
+def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop(max_tasks_per_child: int | None) -> None:
     # A worker that dies before it is ready (here its initializer ends the
     # process; a broken environment does the same) never started the task sent
     # to it: the task goes to the next worker, and after three failed starts in
     # a row the pool fails the queue and new tasks at once, until reconfigured.
+    # With max_tasks_per_child=1 the worker counted as leaving once its task was
+    # sent, and its death was no failed start: 200 new workers a second, for good.
     fresh_process_pool(1)
     before = restarts()
-    mp.configure_process_pool(initializer=os._exit, initargs=(3,))
+    mp.configure_process_pool(initializer=os._exit, initargs=(3,), max_tasks_per_child=max_tasks_per_child)
     with pytest.raises(mp.WorkerCrashedError, match=r"died while they started up .* exit code 3") as raised:
         on_process(noop)().get(timeout=30)
     assert "starts no more workers" in str(raised.value)

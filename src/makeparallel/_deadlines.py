@@ -7,8 +7,9 @@ that attempt. Retries use the same heap: their entry's ``_expire()`` queues the
 next attempt. It is a daemon thread: it never holds up interpreter exit.
 
 Where no thread can start (at the user's process limit, which counts threads),
-the deadline waits on the heap, and the next one scheduled tries again: the
-error reached the caller, the process pool's loop thread, which died of it.
+the deadline waits on the heap, and the next one scheduled tries again, with a
+warning once: the error reached the caller, the process pool's loop thread,
+which died of it. Until then no timeout is enforced.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _condition = threading.Condition(threading.Lock())
 _heap: list[tuple[float, int, Callable[[], Due | None]]] = []
 _order = itertools.count()  # breaks ties between equal deadlines without comparing handles
 _thread: threading.Thread | None = None
+_warned = False  # that no thread could start, since one last did
 _log = logging.getLogger("makeparallel")
 
 
@@ -46,7 +48,8 @@ def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
 
     ``weakly``: forget it if nothing else holds ``handle`` by then.
     """
-    global _thread
+    global _thread, _warned
+    warn = False
     with _condition:
         ref: Callable[[], Due | None] = weakref.ref(handle) if weakly else (lambda: handle)
         entry = (deadline, next(_order), ref)
@@ -55,14 +58,20 @@ def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
             _thread = threading.Thread(target=_watch, name="makeparallel-deadlines", daemon=True)
             try:
                 _thread.start()
+                _warned = False
             except RuntimeError:  # can't start new thread
                 _thread = None
-                _log.warning(
-                    "makeparallel: no thread could start to enforce task timeouts (the process limit "
-                    "counts threads); they take effect once one can, at the next task with a timeout"
-                )
+                warn, _warned = not _warned, True
         elif _heap[0] is entry:
             _condition.notify()
+    if warn:  # outside the lock; and a handler that raises must not fail the caller, a pool's loop thread
+        try:
+            _log.warning(
+                "makeparallel: no thread could start to enforce task timeouts (the process limit counts "
+                "threads); none is enforced until one can, at the next task with a timeout or retry"
+            )
+        except Exception:
+            pass
 
 
 def pending() -> list[Due]:
@@ -89,10 +98,11 @@ def _watch() -> None:
 
 
 def _reset_after_fork() -> None:
-    global _condition, _thread
+    global _condition, _thread, _warned
     _condition = threading.Condition(threading.Lock())
     _heap.clear()
     _thread = None
+    _warned = False
 
 
 if hasattr(os, "register_at_fork"):  # a forked child has no deadline thread

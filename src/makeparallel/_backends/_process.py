@@ -222,6 +222,7 @@ class ProcessBackend(QueueingBackend):
         # When the system last refused a worker a fork or a thread, while workers were there.
         self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
+        self._left_to_end: list[subprocess.Popen[bytes] | ForkedProcess] = []  # workers not ours to stop, to reap
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -667,6 +668,8 @@ class ProcessBackend(QueueingBackend):
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()
+        if self._left_to_end:
+            self._reap_left_to_end()
         while self._control:
             worker, message = self._control.popleft()
             with worker.send_lock:
@@ -942,7 +945,12 @@ class ProcessBackend(QueueingBackend):
         handle._started_at = time.perf_counter() - seconds
         handle._finish(SUCCEEDED if ok else FAILED, value)
 
-    def _worker_died(self, worker: _Worker) -> None:
+    def _worker_died(self, worker: _Worker, stoppable: bool = True) -> None:
+        """Take ``worker`` out of the pool, its tasks requeued or failed; ``stoppable``: stop it and reap it first.
+
+        One this process may not signal, deaf to its pipe, is left to end on
+        its own, and reaped then (:meth:`_reap_left_to_end`).
+        """
         with self._lock:
             if worker not in self._workers:
                 return  # already handled
@@ -950,8 +958,10 @@ class ProcessBackend(QueueingBackend):
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
-            # Died before it was ready, and not because it was told to: a failed start too.
-            unready = not (worker.ready or worker.leaving or worker.retiring or worker.killing or self._terminating)
+            # Died before it was ready, and not because it was told to: a failed start too. (Leaving
+            # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
+            # ready or not, and one that died starting was started again and again, uncounted.)
+            unready = not (worker.ready or worker.retiring or worker.killing or self._terminating)
             if init_failure is None:
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
@@ -965,7 +975,11 @@ class ProcessBackend(QueueingBackend):
             terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
-        code = _stop(worker.process)
+        if stoppable:
+            code = _stop(worker.process)
+        else:
+            code = None
+            self._left_to_end.append(worker.process)
         finished = self._journaled(worker, outstanding[0], streamed) if outstanding else None
         never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
@@ -1128,11 +1142,17 @@ class ProcessBackend(QueueingBackend):
                 if not _signalled(worker.process, kill=True):
                     # Not ours to stop, and deaf to its end of file (a C call that holds the
                     # GIL): it ends when the call returns, and a new worker takes its place now.
-                    self._worker_died(worker)
+                    self._worker_died(worker, stoppable=False)
+
+    def _reap_left_to_end(self) -> None:
+        """Reap the workers left to end on their own (:meth:`_worker_died`) that ended: no zombie stays."""
+        self._left_to_end = [process for process in self._left_to_end if process.poll() is None]
 
     def _next_due_in(self) -> float | None:
-        """Seconds until a worker is to be killed, or a start the system refused is to be tried again."""
+        """Seconds until a worker is to be killed, a refused start tried again, or one left to end looked at."""
         deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
+        if self._left_to_end:
+            deadlines.append(time.monotonic() + _TERMINATE_GRACE)
         if self._start_refused_at is not None:
             deadlines.append(self._start_refused_at + _RETRY_REFUSED_AFTER)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
