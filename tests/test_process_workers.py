@@ -135,10 +135,13 @@ def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop
     with pytest.raises(mp.WorkerCrashedError, match=r"died while they started up .* exit code 3") as raised:
         on_process(noop)().get(timeout=30)
     assert "starts no more workers" in str(raised.value)
-    assert restarts() == before + 3
+    # With max_tasks_per_child=1 a spare starts beside the worker given the task: it may die fourth.
+    assert wait_until(lambda: info()["live_workers"] == 0)
+    started = restarts() - before
+    assert started == 3 or (max_tasks_per_child == 1 and started == 4)
     with pytest.raises(mp.WorkerCrashedError, match="until configure_process_pool"):
         on_process(noop)().get(timeout=30)
-    assert info()["live_workers"] == 0 and restarts() == before + 3
+    assert info()["live_workers"] == 0 and restarts() == before + started
     report = mp.health(memory_limit_percent=100.0)  # it said "ok" while every task failed
     assert (report["ready"], report["live"]) == (False, True)
     assert report["reasons"][0].startswith("process pool fails every task until it is configured again: worker")
