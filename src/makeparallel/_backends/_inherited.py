@@ -88,7 +88,7 @@ def departed_since(inherited: Snapshot) -> bool:
     once per worker forked, never per task.
     """
     *_, limits, identity = inherited
-    return _identity(_read(_STATUS)) != identity or _process_limit(_read(_LIMITS)) != _process_limit(limits)
+    return _identity(_read(_STATUS)) != identity or _line(_read(_LIMITS), _PROCESS_LIMIT) != _line(limits, _PROCESS_LIMIT)
 
 
 def inherits_standard_stream(fd: int) -> bool:
@@ -179,20 +179,21 @@ def _umask(status: bytes) -> int | None:
 
     ``None`` where the status does not say (Linux before 4.7).
     """
-    value = _field(status, b"Umask:")
-    return None if value is None else int(value, 8)
+    line = _line(status, b"Umask:")
+    return None if line is None else int(line.split()[1], 8)
 
 
 def _ignored(status: bytes) -> int | None:
     """The signals ``status`` (:data:`_STATUS`) says the process ignores, as a mask: bit ``n - 1`` for signal ``n``."""
-    value = _field(status, b"SigIgn:")
-    return None if value is None else int(value, 16)
+    line = _line(status, b"SigIgn:")
+    return None if line is None else int(line.split()[1], 16)
 
 
-def _field(status: bytes, name: bytes) -> bytes | None:
-    for line in status.splitlines():
-        if line.startswith(name):
-            return line.split()[1]
+def _line(text: bytes, start: bytes) -> bytes | None:
+    """The first line of ``text`` (a file of ``/proc``) that begins with ``start``."""
+    for line in text.splitlines():
+        if line.startswith(start):
+            return line
     return None
 
 
@@ -205,14 +206,6 @@ def _identity(status: bytes) -> tuple[Any, ...]:
         where = None
     ids = tuple(line for line in status.splitlines() if line.startswith(_IDENTITY))
     return ids, os.getsid(0), os.getpgrp(), where, _read("/proc/self/cgroup")
-
-
-def _process_limit(limits: bytes) -> bytes:
-    """The line of ``limits`` (``/proc/self/limits``) with the limit on processes."""
-    for line in limits.splitlines():
-        if line.startswith(_PROCESS_LIMIT):
-            return line
-    return b""
 
 
 def _read(path: str) -> bytes:
