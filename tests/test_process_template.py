@@ -36,9 +36,11 @@ pytestmark = [
 
 on_process = mp.parallel(backend="process")
 PACKAGE = str(Path(mp.__file__).parents[1])  # the folder the package is imported from
-# A fresh program's workers, forked from its template, or fresh interpreters (where the
-# script sets _process.template_available = lambda: False before its first task).
+# A fresh program's workers, forked from its template, or fresh interpreters (run_fresh's
+# template=False; a script that must set up its sys.path first says so itself).
 both_ways = pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+# What run_fresh puts first in a script whose workers are to be fresh interpreters.
+_FRESH_INTERPRETERS = "from makeparallel._backends import _process\n_process.template_available = lambda: False\n"
 VARIABLE = "MAKEPARALLEL_TEMPLATE_TEST"
 
 
@@ -129,9 +131,6 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
         f"""
         import os
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         for number in range(5):
             os.environ[f"LARGE_{{number}}"] = str(number) * 60_000
 
@@ -139,7 +138,8 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
             return sorted((name, len(value), value[0]) for name, value in os.environ.items() if name.startswith("LARGE_"))
 
         print(mp.parallel(backend="process")(large_variables)().get(timeout=30) == large_variables())
-        """
+        """,
+        template=template,
     )
     assert out == ["True"]
 
@@ -186,9 +186,6 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
         f"""
         import os, tempfile
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         removed = tempfile.mkdtemp(dir={str(tmp_path)!r})
         os.chdir(removed)
         os.rmdir(removed)
@@ -200,7 +197,8 @@ def test_a_worker_works_in_the_programs_directory_though_it_was_removed(template
                 return os.stat(".").st_ino
 
         print(mp.parallel(backend="process")(where)().get(timeout=30) == where())
-        """
+        """,
+        template=template,
     )
     assert out == ["True"]
 
@@ -218,9 +216,6 @@ def test_what_a_new_worker_writes_to_its_standard_output_and_error_goes_where_th
         f"""
         import os
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         def write(text):
             os.write(1, text.encode() + b"-out ")
@@ -243,7 +238,8 @@ def test_what_a_new_worker_writes_to_its_standard_output_and_error_goes_where_th
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         print(parent != os.getpid(), after == (False, parent), closed == (True, parent))
-        """
+        """,
+        template=template,
     )
     assert out[-3:] == [str(template), "True", "True"]  # forked from the one template, or not forked
     assert "before-out" in out
@@ -262,9 +258,6 @@ def test_new_interpreters_write_nothing_into_the_pools_pipes_where_the_program_c
         f"""
         import os
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # read by new interpreters only, as they start
         os.close(1)
         os.close(2)
@@ -272,7 +265,8 @@ def test_new_interpreters_write_nothing_into_the_pools_pipes_where_the_program_c
         pids = {{task().get(timeout=30) for _ in range(3)}}
         with open({str(result)!r}, "w") as file:
             file.write(f"{{os.getpid() not in pids}} {{mp.get_process_pool_info()['loop_deaths']}}")
-        """
+        """,
+        template=template,
     )
     assert result.read_text() == "True 0"
 
@@ -410,9 +404,6 @@ def test_a_worker_the_system_refuses_a_thread_leaves_the_tasks_to_the_workers_th
         f"""
         import os, pathlib, threading
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         os.environ["PYTHONPATH"] = os.pathsep.join([{str(tmp_path)!r}, os.environ["PYTHONPATH"]])  # the workers'
         os.environ["THREADS_REFUSED"] = {str(tmp_path / "refuse")!r}
         mp.configure_process_pool(1)
@@ -429,7 +420,8 @@ def test_a_worker_the_system_refuses_a_thread_leaves_the_tasks_to_the_workers_th
             task().get(timeout=30)
         except mp.WorkerCrashedError as error:
             print("could not start a thread (can't start new thread)" in str(error))
-        """
+        """,
+        template=template,
     )
     assert out == ["True", "None", "0", "degraded", "1", "True"]  # degraded: one worker of three
 
@@ -691,9 +683,6 @@ def test_a_new_worker_ignores_the_signals_the_program_ignores_now(template: bool
         f"""
         import signal
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         def ignored():
             with open("/proc/self/status") as status:
@@ -712,7 +701,8 @@ def test_a_new_worker_ignores_the_signals_the_program_ignores_now(template: bool
         mp.configure_process_pool(initializer=abs, initargs=(2,))
         seen.append(task().get(timeout=30))
         print(seen == [[False, False], [True, True], [False, True]])
-        """
+        """,
+        template=template,
     )
     assert out == ["True"]
 
@@ -821,16 +811,14 @@ def test_a_worker_ignores_sigchld_as_the_program_did_before_its_first_task(templ
         f"""
         import signal, subprocess
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         def child():
             return signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN, subprocess.run(["sh", "-c", "exit 3"]).returncode
 
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         print(mp.parallel(backend="process")(child)().get(timeout=30) == child())
-        """
+        """,
+        template=template,
     )
     assert out == ["True"]
 
@@ -842,9 +830,6 @@ def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) 
     out = run_fresh(
         f"""
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         def score():
             with open("/proc/self/oom_score_adj") as file:
@@ -856,7 +841,8 @@ def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) 
             file.write(str(before + 100))  # raising it takes no privilege
         mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker is replaced
         print(task().get(timeout=30) - before)
-        """
+        """,
+        template=template,
     )
     assert out == ["100"]
 
@@ -1050,13 +1036,17 @@ def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.M
         assert "_process_worker" in command and "_template" not in command
 
 
-def run_fresh(script: str, options: tuple[str, ...] = ()) -> list[str]:
-    """Run ``script`` in a fresh interpreter started with ``options``, where the first process task makes the pool; its output's words."""
+def run_fresh(script: str, options: tuple[str, ...] = (), template: bool = True) -> list[str]:
+    """Run ``script`` in a fresh interpreter started with ``options``, where the first process task makes the pool; its output's words.
+
+    ``template`` false: the pool's workers are fresh interpreters (``both_ways``).
+    """
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     here = [PACKAGE, str(Path(__file__).parent)]  # the package, pool_helpers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, env.get("PYTHONPATH")]))
+    code = textwrap.dedent(script) if template else _FRESH_INTERPRETERS + textwrap.dedent(script)
     completed = subprocess.run(
-        [sys.executable, *options, "-c", textwrap.dedent(script)],
+        [sys.executable, *options, "-c", code],
         capture_output=True,
         text=True,
         timeout=50,
@@ -1138,15 +1128,13 @@ def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(temp
         import socket
         socket.setdefaulttimeout(0.5)
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         mp.configure_process_pool(1)
         data = bytes(8 * 1024 * 1024)
         handles = [mp.parallel(backend="process")(len)(data) for _ in range(2)]
         print(*[handle.get(timeout=30) for handle in handles])
         print(len(mp.parallel(backend="process")(bytes)(8 * 1024 * 1024).get(timeout=30)))
-        """
+        """,
+        template=template,
     )
     assert out == [str(8 * 1024 * 1024)] * 3
 
@@ -1162,9 +1150,6 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
         f"""
         import os, subprocess, sys
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
         os.environ.pop("PYTHONPATH", None)
         if {pythonpath!r} is not None:
             os.environ["PYTHONPATH"] = {pythonpath!r}
@@ -1174,7 +1159,8 @@ def test_a_worker_and_the_pythons_it_runs_have_the_programs_pythonpath(
             return os.environ.get("PYTHONPATH"), subprocess.run(child, capture_output=True, text=True).stdout.strip()
 
         print(*mp.parallel(backend="process")(pythonpaths)().get(timeout=30))
-        """
+        """,
+        template=template,
     )
     assert out == [str(pythonpath), str(pythonpath)]  # the worker's, and its child's
 
@@ -1236,10 +1222,7 @@ def test_prestarted_workers_run_an_initializer_from_a_folder_added_since_the_las
         f"""
         import os, sys
         import makeparallel as mp
-        from makeparallel._backends import _process
         from pool_helpers import wait_until
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         @mp.parallel(backend="process")
         def set_up():
@@ -1251,7 +1234,8 @@ def test_prestarted_workers_run_an_initializer_from_a_folder_added_since_the_las
         mp.configure_process_pool(initializer=plugin_setup.setup, prestart=True)  # no task meanwhile
         assert wait_until(lambda: mp.get_process_pool_info()["ready_workers"] == mp.get_process_pool_info()["num_workers"], 30)
         print(set_up().get(timeout=30))
-        """
+        """,
+        template=template,
     )
     assert out == ["yes"]
 
@@ -1290,16 +1274,14 @@ def test_a_worker_imports_what_the_program_imports_through_the_same_sys_path(tem
         sys.path.append({str(tmp_path / "a:b")!r})
         sys.path += [f"/nonexistent/{{i:04}}/" + "x" * 90 for i in range(2000)]
         import makeparallel as mp
-        from makeparallel._backends import _process
-        if not {template!r}:
-            _process.template_available = lambda: False
 
         def origins():
             import colon_probe, threadpoolctl
             return threadpoolctl.__file__, colon_probe.__file__
 
         print(*origins(), *mp.parallel(backend="process")(origins)().get(timeout=30))
-        """
+        """,
+        template=template,
     )
     assert out == [str(tmp_path / "threadpoolctl.py"), str(tmp_path / "a:b" / "colon_probe.py")] * 2
 
