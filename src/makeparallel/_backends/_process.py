@@ -223,6 +223,8 @@ class ProcessBackend(QueueingBackend):
         self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
         self._left_to_end: list[subprocess.Popen[bytes] | ForkedProcess] = []  # workers not ours to stop, to reap
+        # Workers taken out of the pool whose death _worker_died has yet to count: still live in info().
+        self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
         # Results a running map chunk streamed so far, and the error of a slice
@@ -291,7 +293,7 @@ class ProcessBackend(QueueingBackend):
             return {
                 "backend": self.name,
                 "num_workers": self._num_workers,
-                "live_workers": len(self._workers),
+                "live_workers": len(self._workers) + self._dying,
                 "ready_workers": sum(1 for w in self._workers if w.ready and not (w.leaving or w.killing)),
                 "busy_workers": sum(1 for w in self._workers if w.outstanding),
                 "queued_tasks": self._queued,
@@ -490,6 +492,7 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             self._loop_deaths += 1
             workers, self._workers = self._workers, []
+            self._dying = 0  # a death the loop was counting when it died is counted no more
             owned = [handle for worker in workers for handle in worker.outstanding]
             while (handle := self._next_locked()) is not None:
                 owned.append(handle)
@@ -955,6 +958,7 @@ class ProcessBackend(QueueingBackend):
             if worker not in self._workers:
                 return  # already handled
             self._workers.remove(worker)
+            self._dying += 1
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
@@ -989,6 +993,7 @@ class ProcessBackend(QueueingBackend):
         if isinstance(worker.process, ForkedProcess):
             self._close_template_if_outdated(worker.process.template)
         with self._lock:
+            self._dying -= 1  # its death is counted in the same look at info()
             if restart is not None and refused is None:  # a refused start is no restart, forked or not
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
                 if restart != "max_tasks_per_child":  # asked for by the configuration: no incident for health()
