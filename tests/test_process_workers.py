@@ -7,6 +7,7 @@ pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._cpus import usable_cpus
-from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
+from pool_helpers import exit_alone, fresh_process_pool, live_worker_pids, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -119,6 +120,37 @@ def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfi
     assert restarts("initializer failed") == before + 3
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+
+
+def test_a_dying_worker_counts_as_live_until_its_restart_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop takes a dead worker out of the pool, reaps it, then counts its
+    # restart. In between, info() said no worker and no restart: a test that
+    # waited for live_workers == 0 read the restarts one short under load.
+    from makeparallel._backends import _process
+
+    fresh_process_pool(1)
+    assert on_process(noop)().get(timeout=30) is None
+    before = restarts("crashed")
+    reaping, release = threading.Event(), threading.Event()
+    stop = _process._stop
+
+    def slow_stop(process: Any) -> int | None:
+        reaping.set()
+        assert release.wait(30)
+        return stop(process)
+
+    monkeypatch.setattr(_process, "_stop", slow_stop)
+    handle = exit_alone(3)
+    try:
+        assert reaping.wait(30)
+        seen = info()
+        assert (seen["live_workers"], seen["worker_restart_reasons"].get("crashed", 0)) == (1, before)
+    finally:
+        release.set()
+    with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+        handle.get(timeout=30)
+    assert wait_until(lambda: restarts("crashed") == before + 1)
+    assert info()["live_workers"] == 0
 
 
 @pytest.mark.parametrize("max_tasks_per_child", [None, 1])
