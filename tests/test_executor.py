@@ -14,9 +14,14 @@ import concurrent.futures as cf
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import threading
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 import makeparallel as mp
@@ -394,6 +399,56 @@ def test_default_size_is_the_usable_cpus() -> None:
         assert executor.max_workers == usable_cpu_count()
         assert executor.backend == "thread"
         assert "max_workers" in repr(executor)
+
+
+def pid_once_released(flags: Flags) -> int:
+    """A task that says it started, then waits for the test's "go"; its worker's pid."""
+    flags.set("started")
+    assert flags.wait_for_release("go")
+    return os.getpid()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_executor_dropped_without_shutdown_still_ends_its_futures(backend: str, flags: Flags) -> None:
+    # As the standard executors do: shut down as by shutdown(wait=False). Its pool
+    # was stopped at once: the running task failed with ShutdownError, and the
+    # queued ones never ended, so result() without a timeout waited for good.
+    executor = mp.Executor(backend=backend, max_workers=1)
+    futures = [executor.submit(pid_once_released, flags) for _ in range(3)]
+    assert flags.wait("started", 30)
+    gone = weakref.ref(executor)
+    del executor
+    gc.collect()
+    assert gone() is None
+    flags.set("go")
+    pids = {future.result(timeout=30) for future in futures}
+    if backend == "process":
+        (worker,) = pids
+        assert wait_until(lambda: not psutil.pid_exists(worker)), "the dropped executor's worker still runs"
+
+
+_EXIT_WITH_A_TASK_RUNNING = """import gc, os, time
+import makeparallel as mp
+executor = mp.Executor("process", max_workers=1)
+print(executor.submit(os.getpid).result(timeout=30), flush=True)
+executor.submit(time.sleep, 120)
+if {dropped}:
+    del executor
+    gc.collect()
+"""
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["kept", "dropped"])
+def test_exit_stops_an_executors_worker_processes_at_once(dropped: bool) -> None:
+    # Kept or dropped without shutdown(), an executor with a task running does
+    # not hold the program's exit for it: its workers are stopped, and reaped,
+    # before the program ends (not left to die after it, with the template).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    script = _EXIT_WITH_A_TASK_RUNNING.format(dropped=dropped)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    worker = int(completed.stdout.split()[0])
+    assert not psutil.pid_exists(worker), "the executor's worker outlived the program"  # stopped and reaped before it ended
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")

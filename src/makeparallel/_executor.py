@@ -15,6 +15,7 @@ follows the handle: one done-callback per task, set before the task can start.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextvars
 import itertools
@@ -150,8 +151,11 @@ class Executor(concurrent.futures.Executor):
         processes travel with cloudpickle, so lambdas and closures work.
 
     Shutdown:
-        ``shutdown()`` stops this executor's pool only. Worker processes are also
-        stopped when the executor is garbage collected or the interpreter exits.
+        ``shutdown()`` stops this executor's pool only. An executor garbage
+        collected without it is shut down as by ``shutdown(wait=False)``, as the
+        standard executors are: the tasks it was given still run, and their
+        futures end; then its workers stop. At interpreter exit, its worker
+        processes are stopped at once.
     """
 
     def __init__(self, backend: str = "thread", max_workers: int | None = None) -> None:
@@ -167,7 +171,10 @@ class Executor(concurrent.futures.Executor):
         self._specs: dict[str, TaskSpec] = {}
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
-        self._finalizer = weakref.finalize(self, self._backend.terminate)
+        _live.add(self._backend)  # stopped at interpreter exit (_at_exit)
+        # Garbage collected without shutdown(): its tasks finish, then its pool stops.
+        self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
+        self._finalizer.atexit = False
 
     @property
     def backend(self) -> str:
@@ -297,13 +304,12 @@ class Executor(concurrent.futures.Executor):
             self._shut_down = True
         backend = self._backend
         backend.close(cancel_pending=cancel_futures)
+        frees = self._finalizer.detach() is not None  # shut down, it leaves nothing to do when collected
         if wait:
             backend.wait_idle(None)
-            self._finalizer()  # worker processes stop now
-        else:
-            threading.Thread(
-                target=_free_when_idle, args=(backend,), name="makeparallel-executor-shutdown", daemon=True
-            ).start()
+            backend.terminate()  # worker processes stop now
+        elif frees:  # the first call frees the pool
+            _release_in_background(backend)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
@@ -327,9 +333,44 @@ def _make_backend(name: str, workers: int) -> Backend:
     return SyncBackend()
 
 
-def _free_when_idle(backend: Backend) -> None:
-    backend.wait_idle(None)
-    backend.terminate()
+# The pools of executors not shut down, and of those finishing their tasks in the
+# background: stopped at interpreter exit, whatever became of their executor.
+_live: weakref.WeakSet[Backend] = weakref.WeakSet()
+_releasing: set[Backend] = set()
+
+
+def _release_in_background(backend: Backend) -> None:
+    """Refuse new tasks, and stop ``backend`` once its tasks have ended, from a thread of its own.
+
+    Also what the finalizer of an executor garbage collected without
+    ``shutdown()`` calls, so that its futures end, as the standard executors'
+    do. It runs in whatever thread dropped the last reference: maybe one of
+    this very pool's, holding the lock that ``close()`` takes, so even that is
+    left to the new thread.
+    """
+    _releasing.add(backend)
+    try:
+        threading.Thread(target=_free_when_idle, args=(backend,), name="makeparallel-executor-shutdown", daemon=True).start()
+    except RuntimeError:  # no thread left, or the interpreter is exiting: stop it now, its queued tasks cancelled
+        _free_when_idle(backend, wait=False)
+
+
+def _free_when_idle(backend: Backend, wait: bool = True) -> None:
+    """Close ``backend``, wait for its tasks to end (``wait``; else cancel the queued ones), then stop it."""
+    try:
+        backend.close(cancel_pending=not wait)
+        if wait:
+            backend.wait_idle(None)
+        backend.terminate()
+    finally:
+        _releasing.discard(backend)
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Stop the worker processes of every executor left, as the interpreter exits."""
+    for backend in [*_live, *_releasing]:
+        backend.terminate()
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
