@@ -7,16 +7,21 @@ checks passed) and leaves with ``os._exit`` so that no pytest machinery runs in 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import makeparallel as mp
+from makeparallel._states import HELD
+from pool_helpers import wait_until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only"),
@@ -133,12 +138,13 @@ def test_a_parents_process_executor_refuses_tasks_in_a_child_and_writes_nowhere(
     try:
         assert executor.submit(os.getpid).result(timeout=30) != os.getpid()
         reused = tmp_path / "reused"
+        parent = os.getpid()
 
         def body() -> None:
             files = []
             while not files or files[-1].fileno() < 64:  # the pool's closed numbers among them
                 files.append(open(reused, "ab"))
-            with pytest.raises(RuntimeError, match="after shutdown"):  # the parent's pool: shut down here
+            with pytest.raises(RuntimeError, match=f"made by process {parent}, which forked this one"):  # the parent's pool
                 executor.submit(os.getpid, b"x" * 100_000)
             for file in files:
                 file.close()
@@ -186,3 +192,136 @@ def test_a_child_shuts_down_its_copy_of_the_parents_executor_without_waiting_for
     finally:
         release.touch()
         executor.shutdown()
+
+
+def append_pid(path: str) -> int:
+    """A task that appends its process's pid to ``path``: which processes ran it."""
+    with open(path, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_child_forked_while_tasks_run_ends_them_at_once_and_never_runs_them(backend: str, tmp_path: Path) -> None:
+    # The child's copies of the parent's unfinished handles never ended: get() on the
+    # running one waited for good, and on a queued one ran the task again, in the child.
+    release, ran = tmp_path / "release", str(tmp_path / "ran")
+    executor = mp.Executor(backend, max_workers=1)
+    try:
+        running = executor.submit(wait_for_file, str(release)).handle
+        queued = [executor.submit(append_pid, ran).handle for _ in range(3)]
+        parent = os.getpid()
+
+        every: list[mp.AsyncHandle[Any]] = [running, *queued]
+
+        def child() -> None:
+            for handle in every:  # no timeout: it waited, or ran the task here
+                with pytest.raises(mp.TaskError, match=f"unfinished when process {parent} forked this one"):
+                    handle.get()
+            done, not_done = mp.wait(every, timeout=5)
+            assert len(done) == 4 and not not_done
+
+        assert not running.done()
+        assert run_in_child(child) == 0
+        release.touch()
+        assert running.get(timeout=30) == "done"
+        (worker,) = {handle.get(timeout=30) for handle in queued}
+        assert worker == parent if backend == "thread" else worker != parent
+        assert Path(ran).read_text().split() == [str(worker)] * 3  # run once each, never in the child
+    finally:
+        release.touch()
+        executor.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_a_parents_thread_executor_refuses_tasks_in_a_child_rather_than_queue_them_for_good() -> None:
+    # Its pool counted threads the child does not have: a task waited for one for good.
+    with mp.Executor("thread", max_workers=2) as executor:
+        assert executor.submit(abs, -3).result(timeout=5) == 3
+        parent = os.getpid()
+
+        def child() -> None:
+            with pytest.raises(RuntimeError, match=f"made by process {parent}, which forked this one"):
+                executor.submit(abs, -1)
+            executor.shutdown(wait=True)  # nothing of its own to wait for
+
+        assert run_in_child(child) == 0
+        assert executor.submit(abs, -2).result(timeout=5) == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_task_that_forks_goes_on_in_the_child_while_the_other_tasks_end_there(gate: threading.Event) -> None:
+    # Its own code goes on in the child: its handle is not ended under it.
+    mp.configure_thread_pool(num_threads=2)
+    waiting = mp.parallel(gate.wait)(30)
+
+    @mp.parallel
+    def forks() -> int:
+        here = mp.get_current_task_id()
+
+        def child() -> None:
+            assert mp.get_current_task_id() == here and not mine.done()
+            assert waiting.done() and isinstance(waiting.exception(), mp.TaskError)
+
+        return run_in_child(child)
+
+    mine = forks()
+    try:
+        assert mine.get(timeout=20) == 0
+    finally:
+        gate.set()
+    assert waiting.get(timeout=5) is True
+
+
+def _waiting_to_retry(gate: threading.Event, cleanups: list[Callable[[], object]]) -> list[mp.AsyncHandle[Any]]:
+    @mp.parallel(retry=mp.Retry(on=ValueError, attempts=2, wait_initial=60.0))
+    def flaky() -> None:
+        raise ValueError("first attempt")
+
+    handle = flaky()
+    assert wait_until(lambda: handle.status == "waiting to retry")
+    return [handle]
+
+
+def _on_an_executor_of_the_users(gate: threading.Event, cleanups: list[Callable[[], object]]) -> list[mp.AsyncHandle[Any]]:
+    executor = ThreadPoolExecutor(1)
+    cleanups.append(executor.shutdown)
+    gate_wait = mp.parallel(backend=executor)(gate.wait)
+    return [gate_wait(30), gate_wait(30)]  # running, then queued in the executor
+
+
+def _held_for_a_slot(gate: threading.Event, cleanups: list[Callable[[], object]]) -> list[mp.AsyncHandle[Any]]:
+    @mp.parallel(max_concurrent=1)
+    def gated() -> bool:
+        return gate.wait(30)
+
+    async def submit() -> list[mp.AsyncHandle[Any]]:  # from a running loop a task waits for its slot held, not blocking
+        return [gated(), gated()]
+
+    handles = asyncio.run(submit())
+    assert handles[1]._on_worker == HELD
+    return handles
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("waiting", [_waiting_to_retry, _on_an_executor_of_the_users, _held_for_a_slot])
+def test_a_child_ends_the_parents_tasks_wherever_they_wait(waiting: Callable[..., list[mp.AsyncHandle[Any]]], gate: threading.Event) -> None:
+    cleanups: list[Callable[[], object]] = []
+    handles = waiting(gate, cleanups)
+    parent = os.getpid()
+
+    def child() -> None:
+        for handle in handles:
+            with pytest.raises(mp.TaskError, match=f"unfinished when process {parent} forked this one"):
+                handle.get()
+
+    try:
+        assert not any(handle.done() for handle in handles)
+        assert run_in_child(child) == 0
+    finally:
+        gate.set()
+        for handle in handles:
+            handle.cancel()
+        for cleanup in cleanups:
+            cleanup()

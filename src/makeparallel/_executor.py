@@ -19,6 +19,7 @@ import atexit
 import concurrent.futures
 import contextvars
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -171,6 +172,7 @@ class Executor(concurrent.futures.Executor):
         self._specs: dict[str, TaskSpec] = {}
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
+        self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
         _live.add(self._backend)  # stopped at interpreter exit (_at_exit)
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
@@ -205,7 +207,7 @@ class Executor(concurrent.futures.Executor):
         future = ExecutorFuture(handle)
         handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
         if self._shut_down:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise self._refusal()
         limiter = _runtime.global_limiter
         if limiter.limit is not None:
             limiter.acquire()
@@ -219,7 +221,7 @@ class Executor(concurrent.futures.Executor):
                 for permit in handle._permits:
                     permit.release()
             if isinstance(error, ShutdownError):
-                raise RuntimeError("cannot schedule new futures after shutdown") from None
+                raise self._refusal() from None
             raise
         return future
 
@@ -314,6 +316,15 @@ class Executor(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
         return f"<makeparallel.Executor backend={self.backend!r} max_workers={self._max_workers} {state}>"
+
+    def _refusal(self) -> RuntimeError:
+        """The error of a task this executor refuses: it was shut down, or made by the process that forked this one."""
+        if os.getpid() != self._pid:
+            return RuntimeError(
+                f"cannot schedule new futures: this executor was made by process {self._pid}, which "
+                "forked this one, and its pool stays there. Make an executor in this process"
+            )
+        return RuntimeError("cannot schedule new futures after shutdown")
 
     def _spec_named(self, name: str) -> TaskSpec:
         """The observer of the tasks named ``name``: metrics by the function's name, as ``@parallel``."""

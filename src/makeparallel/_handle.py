@@ -50,7 +50,7 @@ from ._states import (
 from ._task_context import _local
 from ._validation import check_wait_timeout
 from ._yielding_lock import wait_while_held
-from .errors import TaskCancelledError, TaskTimeoutError
+from .errors import TaskCancelledError, TaskError, TaskTimeoutError
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
@@ -750,6 +750,25 @@ class AsyncHandle(Generic[T]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
 
+    def _end_in_forked_child(self, parent: int) -> None:
+        """End this task, unfinished as process ``parent`` forked this one, failed: it runs there (``_fork_child``).
+
+        Not through the backend, whose lock a thread of the parent may have held
+        as it forked, and which no longer runs anything here.
+        """
+        self._state = FAILED
+        self._value = TaskError(
+            f"task {self._id} ({self.name}) was unfinished when process {parent} forked this one: "
+            "it runs in that process, and its result reaches no other. Wait for a task in the "
+            "process that submitted it"
+        )
+        self._finished_at = _now()
+        self._fn = self._args = self._kwargs = self._context = self._payload = None
+        callbacks, waiters = self._callbacks, self._waiters
+        self._callbacks = self._waiters = None
+        if callbacks is not None or waiters is not None:
+            self._announce(callbacks, waiters)
+
     def _give_up_retrying(self) -> None:
         """The backend cannot run another attempt (it shut down): fail with the last error."""
         with self._backend._lock:
@@ -1070,3 +1089,6 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
                 by_backend[handle._backend] = group = []
             group.append(handle)
     return sum(backend._cancel_together(group) for backend, group in by_backend.items())
+
+
+from . import _fork_child  # noqa: E402,F401  # its fork hooks: handles exist once this module does

@@ -315,6 +315,10 @@ class ProcessBackend(QueueingBackend):
                 "refused_starts": self._short_of_workers,
             }
 
+    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
+        sent = [handle for worker in [*self._workers] for handle in [*worker.outstanding]]
+        return sent + super()._unfinished_tasks()
+
     def _count_recent_restarts_locked(self) -> int:
         recent = self._recent_restarts
         horizon = _now() - RESTART_WINDOW

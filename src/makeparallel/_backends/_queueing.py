@@ -102,6 +102,9 @@ class QueueingBackend(Backend):
                 counts[name] = counts.get(name, 0) + 1
         return counts
 
+    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
+        return [handle for queue in list(self._queues.values()) for handle in [*queue] if handle._state == PENDING]
+
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
         return [h for q in self._queues.values() for h in q if h._state == PENDING]
 
