@@ -325,3 +325,38 @@ def test_a_child_ends_the_parents_tasks_wherever_they_wait(waiting: Callable[...
             handle.cancel()
         for cleanup in cleanups:
             cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_a_child_ends_a_future_whose_lock_a_thread_of_the_parent_held_as_it_forked(tmp_path: Path) -> None:
+    # The parent's loop thread takes a future's lock to mark it running: forked then,
+    # the child found the lock held for good, and its fork hook hung ending the future.
+    release = tmp_path / "release"
+    executor = mp.Executor("process", max_workers=1)
+    holding, done = threading.Event(), threading.Event()
+    try:
+        future = executor.submit(wait_for_file, str(release))
+
+        def hold() -> None:
+            with future._condition:  # type: ignore[attr-defined]
+                holding.set()
+                done.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+
+        def child() -> None:
+            with pytest.raises(mp.TaskError, match="forked this one"):
+                future.result(timeout=10)
+
+        try:
+            assert run_in_child(child) == 0
+        finally:
+            done.set()
+            holder.join()
+        release.touch()
+        assert future.result(timeout=30) == "done"
+    finally:
+        release.touch()
+        executor.shutdown()

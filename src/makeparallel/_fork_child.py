@@ -20,7 +20,11 @@ submitted between that list and the fork itself is not in it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import _deadlines
@@ -55,15 +59,41 @@ def _forget_unfinished_tasks() -> None:
 
 
 def _end_the_parents_tasks() -> None:
-    """In the child: end every task the parent had unfinished, but the one this thread runs."""
+    """In the child: end every task the parent had unfinished, but the one this thread runs.
+
+    Their callbacks run on a thread of their own: one may take a lock that a
+    thread of the parent held as it forked, held for good here. The lock of a
+    ``concurrent.futures.Future`` that follows a handle (an ``Executor``'s, as
+    its callback's owner) is made anew first, as the standard library does for
+    its own locks after a fork: the parent's thread that started the task may
+    have held it.
+    """
     global _unfinished
     found, _unfinished = _unfinished, []
     if not found:
         return
     parent, running_here = os.getppid(), current_task()
+    announcements = []
     for handle in found:
         if handle._state < SUCCEEDED and handle is not running_here:
-            handle._end_in_forked_child(parent)
+            callbacks = handle._end_in_forked_child(parent)
+            if callbacks:
+                for _, callback in callbacks:
+                    future = getattr(callback, "__self__", None)
+                    if isinstance(future, concurrent.futures.Future):
+                        future._condition = threading.Condition()
+                announcements.append((handle, callbacks))
+    if announcements:
+        announce = functools.partial(_run_callbacks, announcements)
+        try:
+            threading.Thread(target=announce, name="makeparallel-fork-callbacks", daemon=True).start()
+        except RuntimeError:  # no thread left: here, then
+            announce()
+
+
+def _run_callbacks(announcements: list[tuple[AsyncHandle[Any], list[tuple[int, Callable[..., Any]]]]]) -> None:
+    for handle, callbacks in announcements:
+        handle._announce(callbacks, None)
 
 
 if hasattr(os, "register_at_fork"):

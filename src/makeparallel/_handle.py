@@ -750,11 +750,13 @@ class AsyncHandle(Generic[T]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
 
-    def _end_in_forked_child(self, parent: int) -> None:
+    def _end_in_forked_child(self, parent: int) -> list[tuple[int, Callable[..., Any]]] | None:
         """End this task, unfinished as process ``parent`` forked this one, failed: it runs there (``_fork_child``).
 
         Not through the backend, whose lock a thread of the parent may have held
-        as it forked, and which no longer runs anything here.
+        as it forked, and which no longer runs anything here. Its waiters are
+        woken now; its callbacks are returned, for the caller to run where one
+        that blocks on a lock held at the fork blocks nothing else.
         """
         self._state = FAILED
         self._value = TaskError(
@@ -766,8 +768,9 @@ class AsyncHandle(Generic[T]):
         self._fn = self._args = self._kwargs = self._context = self._payload = None
         callbacks, waiters = self._callbacks, self._waiters
         self._callbacks = self._waiters = None
-        if callbacks is not None or waiters is not None:
-            self._announce(callbacks, waiters)
+        for waiter in waiters or ():
+            waiter.release()
+        return callbacks
 
     def _give_up_retrying(self) -> None:
         """The backend cannot run another attempt (it shut down): fail with the last error."""
