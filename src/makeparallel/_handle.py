@@ -769,7 +769,10 @@ class AsyncHandle(Generic[T]):
         callbacks, waiters = self._callbacks, self._waiters
         self._callbacks = self._waiters = None
         for waiter in waiters or ():
-            waiter.release()
+            try:
+                waiter.release()
+            except RuntimeError:  # released by the parent's thread as it forked
+                pass
         return callbacks
 
     def _give_up_retrying(self) -> None:
