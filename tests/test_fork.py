@@ -360,3 +360,106 @@ def test_a_child_ends_a_future_whose_lock_a_thread_of_the_parent_held_as_it_fork
     finally:
         release.touch()
         executor.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_the_parents_callbacks_never_run_in_a_child(gate: threading.Event, tmp_path: Path) -> None:
+    # Ended in every forked child (a fork-based Pool's workers), the parent's task ran
+    # its on_error callback there: an alert for a failure that never happened.
+    calls = tmp_path / "calls"
+
+    def record(kind: str) -> Callable[[object], None]:
+        def callback(_: object) -> None:
+            with open(calls, "a") as file:
+                file.write(f"{kind} {os.getpid()}\n")
+
+        return callback
+
+    handle = mp.parallel(gate.wait)(30)
+    handle.on_error(record("error"))
+    handle.add_done_callback(record("done"))
+
+    def child() -> None:
+        with pytest.raises(mp.TaskError, match="forked this one"):
+            handle.get()
+        handle.add_done_callback(record("child"))  # the child's own: it runs, at once
+
+    assert run_in_child(child) == 0
+    gate.set()
+    assert handle.get(timeout=10) is True
+    lines = calls.read_text().split("\n")
+    assert sorted(line.split()[0] for line in lines if line) == ["child", "done"]
+    assert f"done {os.getpid()}" in lines
+
+
+@mp.parallel
+def inner() -> str:
+    return "inner"
+
+
+@pytest.mark.timeout(60)
+def test_a_task_waiting_on_its_own_tasks_ends_in_a_child_too(gate: threading.Event) -> None:
+    # The parent's task waiting on a task of its own, run inline by the waiting
+    # worker, stayed running in the child: only the inner one was known to end.
+    mp.configure_thread_pool(num_threads=1)
+    started = threading.Event()
+
+    @mp.parallel
+    def outer() -> str:
+        started.set()
+        assert gate.wait(30)
+        return inner().get()
+
+    handles = [outer(), outer()]  # one running, one queued behind it
+    assert started.wait(10)
+    waiter = threading.Thread(target=handles[1].get)  # a plain thread runs the queued one inline
+    waiter.start()
+    assert wait_until(lambda: handles[1].status == "running")
+
+    def child() -> None:
+        for handle in handles:
+            with pytest.raises(mp.TaskError, match="forked this one"):
+                handle.get()
+
+    try:
+        assert run_in_child(child) == 0
+    finally:
+        gate.set()
+        waiter.join(30)
+    assert [handle.get(timeout=10) for handle in handles] == ["inner", "inner"]
+
+
+@pytest.mark.timeout(60)
+def test_tasks_submitted_while_the_process_forks_never_run_in_the_child(tmp_path: Path) -> None:
+    # A task another thread submits as this one forks is the parent's too: the
+    # child never runs it, even where get() would run a queued task inline.
+    ran = str(tmp_path / "ran")
+    submitted: list[mp.AsyncHandle[int]] = []
+    stop = threading.Event()
+    task = mp.parallel(append_pid)
+
+    def submit() -> None:
+        while not stop.is_set() and len(submitted) < 20_000:
+            submitted.append(task(ran))
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    try:
+        assert wait_until(lambda: len(submitted) > 100)
+        children = []
+        for _ in range(5):
+
+            def child() -> None:
+                for handle in list(submitted):
+                    try:
+                        handle.get()
+                    except mp.TaskError:
+                        pass
+
+            children.append(run_in_child(child))
+        assert children == [0] * 5
+    finally:
+        stop.set()
+        submitter.join()
+    mp.gather(submitted)
+    assert set(Path(ran).read_text().split()) == {str(os.getpid())}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._backends._queueing import QueueingBackend
     from ._handle import AsyncHandle
 
-__all__ = ["Limiter", "PendingAdmission", "all_limiters", "held_tasks"]
+__all__ = ["Limiter", "PendingAdmission", "all_limiters"]
 
 _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
@@ -45,11 +45,6 @@ _limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 def all_limiters() -> list[Limiter]:
     """Every limiter alive, for shutdown to wake their waiters."""
     return list(_limiters)
-
-
-def held_tasks() -> list[AsyncHandle[Any]]:
-    """The tasks held back for a slot, in no backend's queue yet, for a fork (``_fork_child``); read without locks."""
-    return [pending._handle for limiter in all_limiters() for pending in [*limiter._deferred]]
 
 
 class Limiter:

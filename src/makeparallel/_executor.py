@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from . import _runtime
+from . import _fork_child, _runtime
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
@@ -68,6 +68,8 @@ class ExecutorFuture(concurrent.futures.Future[T]):
     def cancel(self) -> bool:
         """Cancel the task if it has not started; return whether it is cancelled."""
         handle = self.handle
+        if _fork_child.boundary and self._ended_as_the_parents():
+            return False
         with handle._backend._lock:
             if handle._state != PENDING:
                 return handle._state == CANCELLED
@@ -77,6 +79,8 @@ class ExecutorFuture(concurrent.futures.Future[T]):
 
     def running(self) -> bool:
         """Whether the task is running now."""
+        if _fork_child.boundary:
+            self._ended_as_the_parents()
         return self.handle._state == RUNNING and not self.done()
 
     def result(self, timeout: float | None = None) -> T:
@@ -102,6 +106,8 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         waiters are woken, so once the handle ended the future has too. Outside
         a pool's worker nothing changes: the task still runs on the pool.
         """
+        if _fork_child.boundary:
+            self._ended_as_the_parents()
         if self.done() or pool_of_this_thread() is None:
             return timeout
         if timeout is None:
@@ -109,6 +115,23 @@ class ExecutorFuture(concurrent.futures.Future[T]):
             return None
         self.handle.wait(max(0.0, timeout))
         return 0.0
+
+    def _ended_as_the_parents(self) -> bool:
+        """In a forked child, end this future as its handle, if the task is the parent's (``_fork_child``); whether it was.
+
+        The handle's callbacks, this one's ``_follow`` among them, are the
+        parent's and do not run in the child: the future follows here. Its lock
+        is made anew first, as the standard library does for its own after a
+        fork: the parent's thread that started the task may have held it.
+        """
+        handle = self.handle
+        if handle._id >= _fork_child.boundary or handle._id == _fork_child.running_here:
+            return False
+        if self._state in ("PENDING", "RUNNING"):  # read without its lock
+            handle._ended_as_the_parents()
+            self._condition = threading.Condition()
+            self._follow(handle)
+        return True
 
     def _follow(self, handle: AsyncHandle[T]) -> None:
         """The handle ended: end the future the same way (its done-callback)."""

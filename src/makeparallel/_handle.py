@@ -32,7 +32,7 @@ from contextvars import Context
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from . import _deadlines, _events, _interruptible
+from . import _deadlines, _events, _fork_child, _interruptible
 from ._backends._base import pool_of_this_thread
 from ._coroutines import run_here, running_loop, start_on_running_loop
 from ._states import (
@@ -249,7 +249,7 @@ class AsyncHandle(Generic[T]):
 
     def try_get(self) -> T | None:
         """The result if the task succeeded, ``None`` while it runs; raises its error."""
-        if self._state < SUCCEEDED:
+        if not self.is_ready():
             return None
         return self.get()
 
@@ -284,7 +284,7 @@ class AsyncHandle(Generic[T]):
                 raise TypeError("give wait() either timeout or timeout_secs (its 0.2 name), not both")
             timeout = timeout_secs
         check_wait_timeout(timeout)
-        if self._state >= SUCCEEDED:
+        if self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents()):
             return True
         if timeout is None and self._run_here_if_queued():
             return True
@@ -295,11 +295,11 @@ class AsyncHandle(Generic[T]):
 
     def is_ready(self) -> bool:
         """Whether the task has ended, in any way."""
-        return self._state >= SUCCEEDED
+        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents())
 
     def done(self) -> bool:
         """``concurrent.futures`` name of :meth:`is_ready`."""
-        return self._state >= SUCCEEDED
+        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents())
 
     def running(self) -> bool:
         """Whether the task is running now."""
@@ -368,6 +368,8 @@ class AsyncHandle(Generic[T]):
             raises so that it can return (Python cannot stop a thread from outside).
             Unlike ``concurrent.futures``, this works on running tasks too.
         """
+        if self._id < _fork_child.boundary and self._ended_as_the_parents():
+            return False
         backend = self._backend
         with backend._lock:
             previous = self._state
@@ -479,7 +481,7 @@ class AsyncHandle(Generic[T]):
     # -- protocol --------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        if self._state < SUCCEEDED:
+        if not self.is_ready():
             from ._await import wait_for_end  # asyncio only once somebody waits
 
             yield from wait_for_end(self)
@@ -750,30 +752,26 @@ class AsyncHandle(Generic[T]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
 
-    def _end_in_forked_child(self, parent: int) -> list[tuple[int, Callable[..., Any]]] | None:
-        """End this task, unfinished as process ``parent`` forked this one, failed: it runs there (``_fork_child``).
+    def _ended_as_the_parents(self) -> bool:
+        """Whether this is a task the process that forked this one had not finished; if so it ends here, failed.
 
-        Not through the backend, whose lock a thread of the parent may have held
-        as it forked, and which no longer runs anything here. Its waiters are
-        woken now; its callbacks are returned, for the caller to run where one
-        that blocks on a lock held at the fork blocks nothing else.
+        Asked first by whatever waits on the task, asks whether it ended, adds
+        a callback or cancels it (``_fork_child``). Without the backend's lock,
+        which a thread of the parent may have held as it forked. Its waiters
+        and callbacks are the parent's: dropped, not run.
         """
-        self._state = FAILED
+        if self._id >= _fork_child.boundary or self._state >= SUCCEEDED or self._id == _fork_child.running_here:
+            return False
         self._value = TaskError(
-            f"task {self._id} ({self.name}) was unfinished when process {parent} forked this one: "
-            "it runs in that process, and its result reaches no other. Wait for a task in the "
-            "process that submitted it"
+            f"task {self._id} ({self.name}) was unfinished when process {_fork_child.parent} forked "
+            "this one: it runs in that process, and its result reaches no other. Wait for a task "
+            "in the process that submitted it"
         )
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = self._payload = None
-        callbacks, waiters = self._callbacks, self._waiters
         self._callbacks = self._waiters = None
-        for waiter in waiters or ():
-            try:
-                waiter.release()
-            except RuntimeError:  # released by the parent's thread as it forked
-                pass
-        return callbacks
+        self._state = FAILED  # last: a thread that sees it ended finds the error there
+        return True
 
     def _give_up_retrying(self) -> None:
         """The backend cannot run another attempt (it shut down): fail with the last error."""
@@ -811,6 +809,8 @@ class AsyncHandle(Generic[T]):
     # -- engine side: waiting ------------------------------------------------------
 
     def _wait_for_end(self, timeout: float | None) -> None:
+        if self._id < _fork_child.boundary and self._ended_as_the_parents():
+            return
         if timeout is None and self._run_here_if_queued() and self._state >= SUCCEEDED:
             return  # (a retrying task may instead wait to retry: then wait below)
         self._refuse_to_block_a_loop()
@@ -863,6 +863,7 @@ class AsyncHandle(Generic[T]):
         """
         if (
             self._state != PENDING
+            or (self._id < _fork_child.boundary and self._ended_as_the_parents())
             or self._timeout is not None
             or (self._observer.is_async and running_loop() is not None)
         ):
@@ -944,6 +945,10 @@ class AsyncHandle(Generic[T]):
     def _register(self, kind: int, callback: Callable[..., Any]) -> None:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
+        if self._id < _fork_child.boundary and self._id != _fork_child.running_here:
+            self._ended_as_the_parents()  # the parent's: ended here, and without its backend's lock
+            self._invoke(kind, callback)
+            return
         with self._backend._lock:
             ended = self._state >= SUCCEEDED
             if not ended:
@@ -1084,6 +1089,8 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
     the batch is left queued for a replacement thread to run.
     """
     handles = list(handles)
+    if _fork_child.boundary:  # in a forked child: the parent's end here, not through their backend's lock
+        handles = [handle for handle in handles if not handle._ended_as_the_parents()]
     backends = {handle._backend for handle in handles}
     if len(backends) == 1:  # the usual batch: no grouping (ended handles are skipped there)
         return backends.pop()._cancel_together(handles)
@@ -1095,6 +1102,3 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
                 by_backend[handle._backend] = group = []
             group.append(handle)
     return sum(backend._cancel_together(group) for backend, group in by_backend.items())
-
-
-from . import _fork_child  # noqa: E402,F401  # its fork hooks: handles exist once this module does

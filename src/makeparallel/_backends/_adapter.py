@@ -95,9 +95,6 @@ class ExecutorBackend(Backend):
         workers = getattr(self._executor, "_max_workers", None)
         return workers if isinstance(workers, int) and workers > 0 else usable_cpu_count()
 
-    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
-        return [*self._futures]
-
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
             self._closed = True

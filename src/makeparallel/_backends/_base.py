@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events
@@ -19,20 +18,14 @@ from ..errors import ShutdownError
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["Backend", "BlockingWait", "every_backend", "pool_of_this_thread"]
+__all__ = ["Backend", "BlockingWait", "pool_of_this_thread"]
 
 _this_thread = threading.local()  # .pool: the backend whose worker this thread is
-_every: weakref.WeakSet[Backend] = weakref.WeakSet()  # every backend alive: the runtime's, executors', adapters'
 
 
 def pool_of_this_thread() -> Backend | None:
     """The backend whose worker thread this is, or ``None``."""
     return getattr(_this_thread, "pool", None)
-
-
-def every_backend() -> list[Backend]:
-    """Every backend alive in this process, whoever made it."""
-    return list(_every)
 
 
 class BlockingWait:
@@ -67,7 +60,6 @@ class Backend:
         self._closed = False
         self._active = 0  # submitted and not yet ended
         self._idle_waiters: list[threading.Lock] = []
-        _every.add(self)
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
@@ -89,14 +81,6 @@ class Backend:
     def active_count(self) -> int:
         """Tasks submitted here that have not ended."""
         return self._active
-
-    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
-        """The tasks queued here or running on this backend's workers, for a fork (``_fork_child``).
-
-        Read without the lock, which the forking thread may hold: each
-        container is copied by one C call, which no other thread can interrupt.
-        """
-        return []
 
     def close(self, cancel_pending: bool) -> None:
         """Refuse new tasks from now on; cancel the queued ones if asked."""

@@ -315,10 +315,6 @@ class ProcessBackend(QueueingBackend):
                 "refused_starts": self._short_of_workers,
             }
 
-    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
-        sent = [handle for worker in [*self._workers] for handle in [*worker.outstanding]]
-        return sent + super()._unfinished_tasks()
-
     def _count_recent_restarts_locked(self) -> int:
         recent = self._recent_restarts
         horizon = _now() - RESTART_WINDOW
@@ -1446,7 +1442,7 @@ def _drop_pipes_after_fork() -> None:
         backend._workers = []
         backend._template = None
         backend._lock = threading.Lock()  # another thread of the parent may have held it
-        backend._empty_queues()
+        backend._drop_queues_after_fork()
         backend._active = 0
     _alive.clear()
 

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 __all__ = ["QueueingBackend"]
 
 
+# In a forked child, the queues of the parent's pools, never freed (_drop_queues_after_fork).
+_kept_from_the_parent: list[Any] = []
+
+
 class QueueingBackend(Backend):
     """A backend whose workers take tasks from priority queues."""
 
@@ -27,10 +31,20 @@ class QueueingBackend(Backend):
         self._empty_queues()
 
     def _empty_queues(self) -> None:
-        """Start with empty queues, claiming no task: new, or in a forked child, whose queued tasks are the parent's."""
+        """Start with empty queues, claiming no task."""
         self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
         self._by_priority = list(self._queues.items())  # (priority, its queue), highest first
         self._queued = 0  # tasks still pending in the queues (stale entries excluded)
+
+    def _drop_queues_after_fork(self) -> None:
+        """In a forked child, whose queued tasks are the parent's: empty queues, the parent's kept alive.
+
+        Freed, they would write to every task in them (its reference count): a
+        millisecond per few thousand tasks on every fork, and the child would
+        copy each page of them that it shares with its parent, for nothing.
+        """
+        _kept_from_the_parent.append(self._queues)
+        self._empty_queues()
 
     def _enqueue_locked(self, handle: AsyncHandle[Any]) -> None:
         queue = self._queues.get(handle._priority)
@@ -101,9 +115,6 @@ class QueueingBackend(Backend):
                 name = handle._observer.name
                 counts[name] = counts.get(name, 0) + 1
         return counts
-
-    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
-        return [handle for queue in list(self._queues.values()) for handle in [*queue] if handle._state == PENDING]
 
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
         return [h for q in self._queues.values() for h in q if h._state == PENDING]

@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNI
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding, wait_while_held
-from ._base import _this_thread, every_backend
+from ._base import _this_thread
 from ._queueing import QueueingBackend
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ _thread_numbers = itertools.count(1)
 # Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
 # began: one that did says so at once; one that never will costs the Ctrl-C this delay.
 _BEGINS_WITHIN = 0.5
+_pools: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()  # every thread pool alive, for a fork
 
 
 def _reset_after_fork() -> None:
@@ -72,20 +74,18 @@ def _reset_after_fork() -> None:
     Such a pool (an ``Executor``'s: the library's own are made anew) queued new
     tasks for workers it counted but did not have, and ``result()`` waited for
     good. It now refuses them, as a process pool the parent made does. Its tasks
-    are the parent's (``_fork_child`` ends them here).
+    are the parent's (``_fork_child``).
     """
     global _stack_size_lock
     _stack_size_lock = threading.Lock()  # a thread of the parent may have held it
-    for pool in every_backend():
-        if isinstance(pool, ThreadBackend):
-            pool._lock = threading.Lock()  # as above
-            pool._closed = True
-            pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
-            pool._parked = []
-            pool._slots_of = {}
-            pool._idle_waiters = []
-            pool._autosizer = None
-            pool._empty_queues()
+    for pool in list(_pools):
+        pool._lock = threading.Lock()  # as above
+        pool._closed = True
+        pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
+        pool._parked = []
+        pool._idle_waiters = []
+        pool._autosizer = None
+        pool._drop_queues_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -131,8 +131,7 @@ class ThreadBackend(QueueingBackend):
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
         self._autosizer: Any = None  # num_threads="auto": grows and shrinks the pool
-        # Each live worker's task-context slots (_local.__dict__), by thread: the task it runs, for a fork.
-        self._slots_of: dict[int, dict[str, Any]] = {}
+        _pools.add(self)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -299,10 +298,6 @@ class ThreadBackend(QueueingBackend):
         self._parked = []
         deque(wake, maxlen=0)
 
-    def _unfinished_tasks(self) -> list[AsyncHandle[Any]]:
-        running = [slots.get("task") for slots in [*self._slots_of.values()]]
-        return [handle for handle in running if handle is not None] + super()._unfinished_tasks()
-
     # -- hooks the handle calls -----------------------------------------------------
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
@@ -451,8 +446,6 @@ class ThreadBackend(QueueingBackend):
         so ``health()`` reports the process as not live from then on.
         """
         began.set()  # for a _spawn interrupted in start(): this worker runs
-        me = threading.get_ident()
-        self._slots_of[me] = _local.__dict__
         try:
             self._work(park)
         except BaseException:
@@ -467,8 +460,6 @@ class ThreadBackend(QueueingBackend):
                 self._workers -= 1
                 spawn = self._queued - len(self._parked)
             self._spawn(spawn)
-        finally:
-            self._slots_of.pop(me, None)
 
     def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any]:
         """Run a task measuring its thread's CPU time, for the GIL watch."""
