@@ -8,6 +8,7 @@ checks passed) and leaves with ``os._exit`` so that no pytest machinery runs in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -463,3 +464,56 @@ def test_tasks_submitted_while_the_process_forks_never_run_in_the_child(tmp_path
         submitter.join()
     mp.gather(submitted)
     assert set(Path(ran).read_text().split()) == {str(os.getpid())}
+
+
+@pytest.mark.timeout(60)
+def test_a_childs_wait_on_the_parents_task_never_takes_a_lock_the_parent_held_as_it_forked(gate: threading.Event) -> None:
+    # Only the thread and process pools' locks were made anew in a child: the
+    # error of a task on an executor used as backend took its held lock there, for good.
+    executor = ThreadPoolExecutor(1)
+    try:
+        handle = mp.parallel(backend=executor)(gate.wait)(30)
+        holding, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with handle._backend._lock:
+                holding.set()
+                done.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+
+        def child() -> None:
+            with pytest.raises(mp.TaskError, match="forked this one"):
+                handle.get()
+            handle.set_metadata("seen", True)
+
+        try:
+            assert run_in_child(child) == 0
+        finally:
+            done.set()
+            holder.join()
+        gate.set()
+        assert handle.get(timeout=10) is True
+    finally:
+        gate.set()
+        executor.shutdown()
+
+
+def grandchild_sees(handle: mp.AsyncHandle[Any], parent: int) -> None:
+    def grandchild() -> None:
+        with pytest.raises(mp.TaskError, match=f"unfinished when process {parent} forked"):
+            handle.get()
+
+    assert run_in_child(grandchild) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_of_a_fork_names_the_process_the_task_runs_in(gate: threading.Event) -> None:
+    handle = mp.parallel(gate.wait)(30)
+    try:
+        assert run_in_child(functools.partial(grandchild_sees, handle, os.getpid())) == 0
+    finally:
+        gate.set()
+    assert handle.get(timeout=10) is True

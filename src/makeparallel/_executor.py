@@ -68,7 +68,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
     def cancel(self) -> bool:
         """Cancel the task if it has not started; return whether it is cancelled."""
         handle = self.handle
-        if _fork_child.boundary and self._ended_as_the_parents():
+        if _fork_child.boundary and self._the_parents():
             return False
         with handle._backend._lock:
             if handle._state != PENDING:
@@ -80,7 +80,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
     def running(self) -> bool:
         """Whether the task is running now."""
         if _fork_child.boundary:
-            self._ended_as_the_parents()
+            self._the_parents()
         return self.handle._state == RUNNING and not self.done()
 
     def result(self, timeout: float | None = None) -> T:
@@ -107,7 +107,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         a pool's worker nothing changes: the task still runs on the pool.
         """
         if _fork_child.boundary:
-            self._ended_as_the_parents()
+            self._the_parents()
         if self.done() or pool_of_this_thread() is None:
             return timeout
         if timeout is None:
@@ -116,8 +116,8 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         self.handle.wait(max(0.0, timeout))
         return 0.0
 
-    def _ended_as_the_parents(self) -> bool:
-        """In a forked child, end this future as its handle, if the task is the parent's (``_fork_child``); whether it was.
+    def _the_parents(self) -> bool:
+        """Whether this is the future of a task of a process that forked this one; it has then ended here, as its handle.
 
         The handle's callbacks, this one's ``_follow`` among them, are the
         parent's and do not run in the child: the future follows here. Its lock
@@ -128,7 +128,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         if handle._id >= _fork_child.boundary or handle._id == _fork_child.running_here:
             return False
         if self._state in ("PENDING", "RUNNING"):  # read without its lock
-            handle._ended_as_the_parents()
+            handle._the_parents()
             self._condition = threading.Condition()
             self._follow(handle)
         return True

@@ -26,23 +26,27 @@ import os
 
 from ._task_context import current_task
 
-__all__ = ["boundary", "parent", "running_here"]
+__all__ = ["boundary", "owner", "running_here"]
 
-#: Task ids below it are of the process that forked this one (0: none did).
+#: Task ids below it are of a process that forked this one (0: none did).
 boundary = 0
-#: The process that forked this one, last.
-parent = 0
 #: The id of the task the forking thread ran, which goes on here.
 running_here = -1
+_forks: list[tuple[int, int]] = []  # (boundary, the forking process), oldest first: a fork of a fork has two
+
+
+def owner(task_id: int) -> int:
+    """The process a task of the parent's (an id below :data:`boundary`) runs in: the one that forked first since."""
+    return next(pid for below, pid in _forks if task_id < below)
 
 
 def _note_the_fork() -> None:
     """In the child: tasks from now on are its own."""
-    global boundary, parent, running_here
+    global boundary, running_here
     from ._handle import _task_ids  # imported by then: a handle exists only once it is
 
     boundary = next(_task_ids)
-    parent = os.getppid()
+    _forks.append((boundary, os.getppid()))
     task = current_task()
     running_here = -1 if task is None else task._id
 

@@ -284,7 +284,7 @@ class AsyncHandle(Generic[T]):
                 raise TypeError("give wait() either timeout or timeout_secs (its 0.2 name), not both")
             timeout = timeout_secs
         check_wait_timeout(timeout)
-        if self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents()):
+        if self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents()):
             return True
         if timeout is None and self._run_here_if_queued():
             return True
@@ -295,11 +295,11 @@ class AsyncHandle(Generic[T]):
 
     def is_ready(self) -> bool:
         """Whether the task has ended, in any way."""
-        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents())
+        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents())
 
     def done(self) -> bool:
         """``concurrent.futures`` name of :meth:`is_ready`."""
-        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._ended_as_the_parents())
+        return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents())
 
     def running(self) -> bool:
         """Whether the task is running now."""
@@ -368,7 +368,7 @@ class AsyncHandle(Generic[T]):
             raises so that it can return (Python cannot stop a thread from outside).
             Unlike ``concurrent.futures``, this works on running tasks too.
         """
-        if self._id < _fork_child.boundary and self._ended_as_the_parents():
+        if self._id < _fork_child.boundary and self._the_parents():
             return False
         backend = self._backend
         with backend._lock:
@@ -752,25 +752,26 @@ class AsyncHandle(Generic[T]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
 
-    def _ended_as_the_parents(self) -> bool:
-        """Whether this is a task the process that forked this one had not finished; if so it ends here, failed.
+    def _the_parents(self) -> bool:
+        """Whether this is a task of a process that forked this one; it has ended here then, failed if unfinished there.
 
         Asked first by whatever waits on the task, asks whether it ended, adds
-        a callback or cancels it (``_fork_child``). Without the backend's lock,
-        which a thread of the parent may have held as it forked. Its waiters
-        and callbacks are the parent's: dropped, not run.
+        a callback or cancels it (``_fork_child``). Its waiters and callbacks
+        are the parent's: dropped, not run.
         """
-        if self._id >= _fork_child.boundary or self._state >= SUCCEEDED or self._id == _fork_child.running_here:
+        if self._id >= _fork_child.boundary or self._id == _fork_child.running_here:
             return False
-        self._value = TaskError(
-            f"task {self._id} ({self.name}) was unfinished when process {_fork_child.parent} forked "
-            "this one: it runs in that process, and its result reaches no other. Wait for a task "
-            "in the process that submitted it"
-        )
-        self._finished_at = _now()
-        self._fn = self._args = self._kwargs = self._context = self._payload = None
-        self._callbacks = self._waiters = None
-        self._state = FAILED  # last: a thread that sees it ended finds the error there
+        if self._state < SUCCEEDED:
+            self._value = TaskError(
+                f"task {self._id} ({self.name}) was unfinished when process {_fork_child.owner(self._id)} "
+                "forked this one (or its parent): it runs in that process, and its result reaches no "
+                "other. Wait for a task in the process that submitted it"
+            )
+            self._noted = True  # a failure of no code of its own here: nothing to note
+            self._finished_at = _now()
+            self._fn = self._args = self._kwargs = self._context = self._payload = None
+            self._callbacks = self._waiters = None
+            self._state = FAILED  # last: a thread that sees it ended finds the error there
         return True
 
     def _give_up_retrying(self) -> None:
@@ -809,7 +810,7 @@ class AsyncHandle(Generic[T]):
     # -- engine side: waiting ------------------------------------------------------
 
     def _wait_for_end(self, timeout: float | None) -> None:
-        if self._id < _fork_child.boundary and self._ended_as_the_parents():
+        if self._id < _fork_child.boundary and self._the_parents():
             return
         if timeout is None and self._run_here_if_queued() and self._state >= SUCCEEDED:
             return  # (a retrying task may instead wait to retry: then wait below)
@@ -863,7 +864,7 @@ class AsyncHandle(Generic[T]):
         """
         if (
             self._state != PENDING
-            or (self._id < _fork_child.boundary and self._ended_as_the_parents())
+            or (self._id < _fork_child.boundary and self._the_parents())
             or self._timeout is not None
             or (self._observer.is_async and running_loop() is not None)
         ):
@@ -945,10 +946,8 @@ class AsyncHandle(Generic[T]):
     def _register(self, kind: int, callback: Callable[..., Any]) -> None:
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        if self._id < _fork_child.boundary and self._id != _fork_child.running_here:
-            self._ended_as_the_parents()  # the parent's: ended here, and without its backend's lock
-            self._invoke(kind, callback)
-            return
+        if self._id < _fork_child.boundary:
+            self._the_parents()
         with self._backend._lock:
             ended = self._state >= SUCCEEDED
             if not ended:
@@ -1089,8 +1088,8 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
     the batch is left queued for a replacement thread to run.
     """
     handles = list(handles)
-    if _fork_child.boundary:  # in a forked child: the parent's end here, not through their backend's lock
-        handles = [handle for handle in handles if not handle._ended_as_the_parents()]
+    if _fork_child.boundary:  # in a forked child: the parent's end here, their callbacks not run
+        handles = [handle for handle in handles if not handle._the_parents()]
     backends = {handle._backend for handle in handles}
     if len(backends) == 1:  # the usual batch: no grouping (ended handles are skipped there)
         return backends.pop()._cancel_together(handles)

@@ -8,7 +8,9 @@ backend's lock and calls the ``_locked`` hooks here while holding it.
 from __future__ import annotations
 
 import gc
+import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events
@@ -21,6 +23,21 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "BlockingWait", "pool_of_this_thread"]
 
 _this_thread = threading.local()  # .pool: the backend whose worker this thread is
+_every: weakref.WeakSet[Backend] = weakref.WeakSet()  # every backend alive: the runtime's, executors', adapters'
+
+
+def _new_locks_after_fork() -> None:
+    """In a forked child, every backend gets a new lock: a thread of the parent may have held its own as it forked.
+
+    The child's pools are new, but the parent's tasks keep their backend, and
+    their error's note, metadata and callbacks take its lock there (``_fork_child``).
+    """
+    for backend in list(_every):
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def pool_of_this_thread() -> Backend | None:
@@ -60,6 +77,7 @@ class Backend:
         self._closed = False
         self._active = 0  # submitted and not yet ended
         self._idle_waiters: list[threading.Lock] = []
+        _every.add(self)
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""

@@ -79,7 +79,6 @@ def _reset_after_fork() -> None:
     global _stack_size_lock
     _stack_size_lock = threading.Lock()  # a thread of the parent may have held it
     for pool in list(_pools):
-        pool._lock = threading.Lock()  # as above
         pool._closed = True
         pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
         pool._parked = []
