@@ -517,3 +517,26 @@ def test_a_fork_of_a_fork_names_the_process_the_task_runs_in(gate: threading.Eve
     finally:
         gate.set()
     assert handle.get(timeout=10) is True
+
+
+@pytest.mark.timeout(60)
+def test_an_executors_futures_of_the_parent_are_done_in_a_child(gate: threading.Event) -> None:
+    with mp.Executor("thread", max_workers=1) as executor:
+        futures = [executor.submit(gate.wait, 30) for _ in range(3)]
+        parents_callbacks: list[object] = []
+        futures[2].add_done_callback(parents_callbacks.append)
+
+        def child() -> None:
+            assert futures[0].done() and isinstance(futures[0].exception(), mp.TaskError)
+            called: list[object] = []
+            futures[1].add_done_callback(called.append)
+            assert called == [futures[1]]
+            assert not futures[2].running() and futures[2].done()
+            assert parents_callbacks == []  # the parent's callback does not run here
+
+        try:
+            assert run_in_child(child) == 0
+        finally:
+            gate.set()
+        assert [future.result(timeout=10) for future in futures] == [True] * 3
+        assert parents_callbacks == [futures[2]]

@@ -79,9 +79,19 @@ class ExecutorFuture(concurrent.futures.Future[T]):
 
     def running(self) -> bool:
         """Whether the task is running now."""
+        return not self.done() and self.handle._state == RUNNING
+
+    def done(self) -> bool:
+        """Whether the task ended (in a forked child, a task of the parent's has: ``_fork_child``)."""
         if _fork_child.boundary:
             self._the_parents()
-        return self.handle._state == RUNNING and not self.done()
+        return super().done()
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[T]], object]) -> None:
+        """Call ``fn(future)`` once the task ends, at once if it has (``concurrent.futures``)."""
+        if _fork_child.boundary:
+            self._the_parents()
+        super().add_done_callback(fn)
 
     def result(self, timeout: float | None = None) -> T:
         """The task's result, as ``concurrent.futures.Future.result`` gives it.
@@ -119,10 +129,12 @@ class ExecutorFuture(concurrent.futures.Future[T]):
     def _the_parents(self) -> bool:
         """Whether this is the future of a task of a process that forked this one; it has then ended here, as its handle.
 
-        The handle's callbacks, this one's ``_follow`` among them, are the
-        parent's and do not run in the child: the future follows here. Its lock
-        is made anew first, as the standard library does for its own after a
-        fork: the parent's thread that started the task may have held it.
+        The handle's callbacks, this one's ``_follow`` among them, and the
+        future's own are the parent's, and do not run in the child: the future
+        follows here. Its lock is made anew first, as the standard library does
+        for its own after a fork: the parent's thread that started the task may
+        have held it. ``concurrent.futures.wait()`` and ``as_completed()`` read
+        its state directly, and are not told.
         """
         handle = self.handle
         if handle._id >= _fork_child.boundary or handle._id == _fork_child.running_here:
@@ -130,6 +142,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         if self._state in ("PENDING", "RUNNING"):  # read without its lock
             handle._the_parents()
             self._condition = threading.Condition()
+            self._done_callbacks.clear()  # type: ignore[attr-defined]  # the parent's
             self._follow(handle)
         return True
 
