@@ -540,3 +540,37 @@ def test_an_executors_futures_of_the_parent_are_done_in_a_child(gate: threading.
             gate.set()
         assert [future.result(timeout=10) for future in futures] == [True] * 3
         assert parents_callbacks == [futures[2]]
+
+
+def forks_and_returns_in_both(raise_in_child: bool) -> tuple[int, int | None]:
+    """A task that forks and whose child's copy does not end with os._exit(): it returns, or raises."""
+    pid = os.fork()
+    if pid == 0:
+        if raise_in_child:
+            raise OSError("the child's copy failed")
+        return (0, None)
+    _, status = os.waitpid(pid, 0)
+    return (os.getpid(), os.waitstatus_to_exitcode(status))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("raise_in_child", [False, True], ids=["returns", "raises"])
+def test_a_tasks_forked_copy_that_returns_into_the_worker_exits_there(backend: str, raise_in_child: bool, tmp_path: Path) -> None:
+    # Back in the worker's loop, the child ran the parent's callbacks (thread pool), or
+    # answered on the worker's pipe as if it were the worker (process pool): the parent
+    # saw the child's error for its task, and lost others to the copy.
+    calls = tmp_path / "calls"
+
+    def record(_: object) -> None:
+        with open(calls, "a") as file:
+            file.write(f"{os.getpid()}\n")
+
+    task = mp.parallel(backend=backend)(forks_and_returns_in_both)
+    handle = task(raise_in_child)
+    handle.add_done_callback(record)
+    worker, child_status = handle.get(timeout=30)
+    assert child_status == int(raise_in_child)
+    assert worker == os.getpid() if backend == "thread" else worker != os.getpid()
+    assert mp.gather([mp.parallel(backend=backend)(abs)(-n) for n in range(20)], timeout=30) == list(range(20))
+    assert calls.read_text().split() == [str(os.getpid())]  # the callback ran once, here

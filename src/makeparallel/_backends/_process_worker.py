@@ -112,6 +112,7 @@ class _RemoteTask:
 
 class _Worker:
     def __init__(self, conn: Channel, journal: JournalWriter) -> None:
+        self._pid = os.getpid()
         self._conn = conn
         self.journal = journal
         self._send_lock = threading.Lock()
@@ -157,6 +158,10 @@ class _Worker:
             kind, payload = self._next()
             if kind == "task":
                 entry, buffers = self._run(*payload)
+                if os.getpid() != self._pid:  # the task forked, and its copy returned here
+                    from .._fork_child import leave_forked_child
+
+                    leave_forked_child(f"task {payload[0]} ({payload[1]})", None, not entry[1])
                 self._flush_output()
                 self.send(("done", [entry]), buffers)
             elif kind == "path":

@@ -40,9 +40,9 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .. import _events
+from .. import _events, _fork_child
 from .._cpus import usable_cpu_count
-from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING
+from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding, wait_while_held
@@ -475,7 +475,11 @@ class ThreadBackend(QueueingBackend):
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
         outcome: tuple[int, Any] = _NO_OUTCOME
+        born = _fork_child.generation
         while True:
+            if _fork_child.generation != born and handle is not None:  # in a child the task forked
+                error = outcome[1] if isinstance(outcome[1], BaseException) else None
+                _fork_child.leave_forked_child(f"task {handle._id} ({handle.name})", error, outcome[0] != SUCCEEDED)
             if not lock.acquire(False):
                 acquire_yielding(lock)
             try:
