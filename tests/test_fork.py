@@ -574,3 +574,78 @@ def test_a_tasks_forked_copy_that_returns_into_the_worker_exits_there(backend: s
     assert worker == os.getpid() if backend == "thread" else worker != os.getpid()
     assert mp.gather([mp.parallel(backend=backend)(abs)(-n) for n in range(20)], timeout=30) == list(range(20))
     assert calls.read_text().split() == [str(os.getpid())]  # the callback ran once, here
+
+
+def held_across_a_fork(lock: Any, child: Callable[[], None]) -> int:
+    """Run ``child`` in a fork while a thread of this process holds ``lock``; the child's exit code."""
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        return run_in_child(child)
+    finally:
+        done.set()
+        holder.join()
+
+
+@pytest.mark.timeout(60)
+def test_a_childs_metrics_never_wait_for_a_lock_the_parents_pool_held_as_it_forked() -> None:
+    # A pool's metrics are counted under the pool's lock, which its workers take for
+    # each task: get_metrics() in a child forked then waited for it for good.
+    counted = mp.parallel(name="counted-across-a-fork")(abs)
+    handle = counted(-1)
+    assert handle.get(timeout=10) == 1
+
+    def child() -> None:
+        metrics = mp.get_metrics("counted-across-a-fork")
+        assert metrics is not None and metrics.completed_tasks == 1
+        assert counted(-2).get(timeout=10) == 2
+        assert mp.get_metrics("counted-across-a-fork").completed_tasks == 2  # type: ignore[union-attr]
+
+    assert held_across_a_fork(handle._backend._lock, child) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_childs_circuit_breaker_is_neither_locked_nor_short_of_trials_by_the_parent() -> None:
+    # Its lock held by a thread of the parent as it forked, a breaker's first call in
+    # the child waited for good; half-open, its trials in flight were the parent's
+    # and never reported there, and the child refused every call for good.
+    now = [0.0]
+    breaker = mp.CircuitBreaker("across-a-fork", failure_rate=0.5, window=2, min_calls=2, recovery_timeout=10.0, half_open_calls=1, clock=lambda: now[0])
+    release = threading.Event()
+
+    @mp.parallel(backend="sync", circuit_breaker=breaker)
+    def call(fail: bool) -> str:
+        if fail:
+            raise ConnectionError("down")
+        return "ok"
+
+    @mp.parallel(circuit_breaker=breaker)
+    def trial() -> str:
+        assert release.wait(30)
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            call(True).get()
+    assert breaker.state == "open"
+    now[0] = 11.0
+    pending = trial()  # the one trial of the half-open breaker, in flight at the fork
+    assert breaker.state == "half_open"
+
+    def child() -> None:
+        assert call(False).get(timeout=10) == "ok"  # a trial of its own
+        assert breaker.state == "closed"
+
+    try:
+        assert held_across_a_fork(breaker._lock, child) == 0
+    finally:
+        release.set()
+    assert pending.get(timeout=10) == "ok"

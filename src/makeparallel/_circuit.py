@@ -16,6 +16,7 @@ States::
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import time
 import weakref
@@ -359,3 +360,21 @@ def check_breaker(breaker: Any) -> CircuitBreaker | None:
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
         raise TypeError(f"circuit_breaker must be a makeparallel.CircuitBreaker or None, got {breaker!r}")
     return breaker
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: new locks, and a half-open breaker's trials in flight are the parent's.
+
+    A thread of the parent may have held a lock as it forked. And the trials
+    will report in the parent only: counted as taken here, they made the
+    child refuse every call for good.
+    """
+    global _breakers_lock
+    _breakers_lock = threading.Lock()
+    for breaker in list(_breakers):
+        breaker._lock = threading.Lock()
+        breaker._trials_admitted = breaker._trials_succeeded
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

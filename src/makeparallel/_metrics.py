@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import threading
 import time
@@ -434,3 +435,22 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         return measured  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+def _new_locks_after_fork() -> None:
+    """In a forked child, every shard gets a new lock: a thread of the parent may have held its own as it forked.
+
+    A shard's lock is often a pool's, taken by the parent's workers as they
+    count: ``get_metrics()`` waited for it in the child for good. The child's
+    pools have new locks, and count in new shards; the old ones are only read.
+    """
+    global _short_names_lock, _reset_lock
+    _short_names_lock = threading.Lock()
+    _reset_lock = threading.Lock()
+    for record in list(_records.values()):
+        for shard in list(record._shards.values()):
+            shard.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
