@@ -8,7 +8,9 @@ checks passed) and leaves with ``os._exit`` so that no pytest machinery runs in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import io
 import os
 import threading
 import time
@@ -22,7 +24,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._states import HELD
-from pool_helpers import wait_until
+from pool_helpers import fresh_process_pool, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only"),
@@ -649,3 +651,31 @@ def test_a_childs_circuit_breaker_is_neither_locked_nor_short_of_trials_by_the_p
     finally:
         release.set()
     assert pending.get(timeout=10) == "ok"
+
+
+def forks_a_child_that_prints(size: int) -> int:
+    """A process task whose own forked child prints a long line, then leaves."""
+    pid = os.fork()
+    if pid == 0:
+        print("x" * size, flush=True)
+        os._exit(0)
+    print("y" * size, flush=True)
+    os.waitpid(pid, 0)
+    return size
+
+
+@pytest.mark.timeout(120)
+def test_what_a_process_tasks_own_child_prints_never_garbles_the_workers_pipe(capfd: pytest.CaptureFixture[str]) -> None:
+    # The child sent its lines on the worker's pipe too, in pieces between the
+    # worker's: the parent's loop thread died reading them, and every process task failed.
+    # It now writes them to the worker's descriptor 1 itself, past the parent's sys.stdout.
+    fresh_process_pool(2)  # workers whose descriptor 1 is the one captured now
+    task = mp.parallel(backend="process")(forks_a_child_that_prints)
+    deaths = mp.get_process_pool_info()["loop_deaths"]
+    relayed = io.StringIO()
+    with contextlib.redirect_stdout(relayed):
+        assert mp.gather([task(200_000) for _ in range(4)], timeout=60) == [200_000] * 4
+    assert mp.gather([mp.parallel(backend="process")(abs)(-n) for n in range(10)], timeout=60) == list(range(10))
+    assert mp.get_process_pool_info()["loop_deaths"] == deaths
+    assert relayed.getvalue().split() == ["y" * 200_000] * 4  # the worker's own lines, relayed
+    assert capfd.readouterr().out.split() == ["x" * 200_000] * 4  # the child's, each whole

@@ -15,6 +15,8 @@ hundreds of thousands of lines should log or return its text instead.
 Output written by C code or by child processes straight to file descriptors 1
 and 2 goes to the parent's own descriptors, which the worker inherits; the
 worker flushes C's ``stdio`` buffers after every task, so none is held back.
+A process the task forks writes there too, with its copy of these streams:
+the pipe is the worker's alone (``_process_worker``).
 """
 
 from __future__ import annotations

@@ -137,6 +137,9 @@ class _Worker:
         self._flush_c_stdio = flush_c_stdio()
 
     def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
+        if os.getpid() != self._pid:  # a process the task forked (a fork-based Pool's) shares the pipe
+            _write_from_a_forked_copy(message)
+            return
         with self._send_lock:  # threads of a task may log while it sends its result
             self._conn.send(message, buffers)
 
@@ -440,6 +443,32 @@ def take_path(path: list[str]) -> None:
     namespace_path = getattr(sys.modules.get("_frozen_importlib_external"), "_NamespacePath", None)
     if hasattr(namespace_path, "_epoch"):
         namespace_path._epoch += 1  # type: ignore[union-attr]
+
+
+def _write_from_a_forked_copy(message: tuple[Any, ...]) -> None:
+    """Write what a process the task forked prints or logs to the worker's own descriptors 1 and 2.
+
+    Sent on the worker's pipe, its messages interleaved with the worker's
+    (a line of 60 KB in pieces): the parent's loop thread could not read them,
+    and every process task failed until the program restarted. What else it
+    would send (progress, results) is the worker's to send, and is dropped.
+    """
+    kind = message[0]
+    if kind == "output":
+        text = message[2]
+        descriptor = 1 if message[1] == 0 else 2
+    elif kind == "log":
+        record = message[1]
+        text = f"{record.get('levelname')}:{record.get('name')}:{record.get('msg')}\n"
+        descriptor = 2
+    else:
+        return
+    data = text.encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(descriptor, data) :]
+    except OSError:
+        pass  # closed: nowhere to write
 
 
 def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
