@@ -679,3 +679,22 @@ def test_what_a_process_tasks_own_child_prints_never_garbles_the_workers_pipe(ca
     assert mp.get_process_pool_info()["loop_deaths"] == deaths
     assert relayed.getvalue().split() == ["y" * 200_000] * 4  # the worker's own lines, relayed
     assert capfd.readouterr().out.split() == ["x" * 200_000] * 4  # the child's, each whole
+
+
+@pytest.mark.timeout(60)
+def test_a_child_watches_the_memory_limit_again_from_its_first_pool() -> None:
+    # The watching thread was the parent's: the child's figures stayed those of the
+    # fork, and pools paused then stayed paused.
+    mp.configure_memory_limit(99.0)
+    try:
+        def watching() -> bool:
+            return any(thread.name == "makeparallel-memory" for thread in threading.enumerate())
+
+        def child() -> None:
+            assert not watching()
+            assert square(3).get(timeout=10) == 9
+            assert watching()
+
+        assert run_in_child(child) == 0
+    finally:
+        mp.configure_memory_limit(None)

@@ -13,6 +13,7 @@ limit, the pools resume at full size.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,14 @@ class MemoryGuard:
         self._thread = threading.Thread(target=self._watch, name="makeparallel-memory", daemon=True)
         self._thread.start()
 
+    def watch_here(self) -> None:
+        """Start watching again in a forked child, which has none of the parent's threads (``_after_fork``)."""
+        if self._thread is None:
+            with _guard_lock:
+                if self._thread is None:
+                    self.check()
+                    self.start()
+
     def stop(self) -> None:
         """Stop watching and resume the pools if they were paused."""
         self._stop.set()
@@ -147,3 +156,22 @@ def configure_memory_limit(
         guard.start()
         _guard = guard
         return guard
+
+
+def _after_fork() -> None:
+    """In a forked child: the guard's watching thread is the parent's; its new pools start it again.
+
+    The child's limit went unwatched: its figures stayed those of the fork,
+    and pools paused then stayed paused.
+    """
+    global _guard_lock
+    _guard_lock = threading.Lock()
+    guard = _guard
+    if guard is not None:
+        guard._lock = threading.Lock()
+        guard._stop = threading.Event()
+        guard._thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -544,7 +544,10 @@ def memory_paused() -> bool:
     """Whether the memory limit pauses the pools now."""
     guard = sys.modules.get("makeparallel._memory_guard")
     current = None if guard is None else guard.current_guard()
-    return current is not None and current.paused
+    if current is None:
+        return False
+    current.watch_here()  # in a forked child, its thread is the parent's: the first pool starts it
+    return bool(current.paused)
 
 
 _NO_LIMIT_GIVEN: Any = object()
