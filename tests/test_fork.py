@@ -607,9 +607,9 @@ def test_a_childs_metrics_never_wait_for_a_lock_the_parents_pool_held_as_it_fork
 
     def child() -> None:
         metrics = mp.get_metrics("counted-across-a-fork")
-        assert metrics is not None and metrics.completed_tasks == 1
+        assert metrics is not None and metrics.completed_tasks == 0  # it counts its own
         assert counted(-2).get(timeout=10) == 2
-        assert mp.get_metrics("counted-across-a-fork").completed_tasks == 2  # type: ignore[union-attr]
+        assert mp.get_metrics("counted-across-a-fork").completed_tasks == 1  # type: ignore[union-attr]
 
     assert held_across_a_fork(handle._backend._lock, child) == 0
 
@@ -698,3 +698,26 @@ def test_a_child_watches_the_memory_limit_again_from_its_first_pool() -> None:
         assert run_in_child(child) == 0
     finally:
         mp.configure_memory_limit(None)
+
+
+@pytest.mark.timeout(60)
+def test_a_child_counts_its_own_tasks_only(gate: threading.Event) -> None:
+    # With the parent's counts, every worker of a forking server exported them as
+    # its own, and the parent's tasks in flight as running for good.
+    counted = mp.parallel(name="counted-in-each-process")(abs)
+    assert counted(-1).get(timeout=10) == 1
+    held = mp.parallel(name="counted-in-each-process")(gate.wait)(30)
+
+    def child() -> None:
+        metrics = mp.get_metrics("counted-in-each-process")
+        assert metrics is not None and (metrics.total_tasks, metrics.running_tasks) == (0, 0)
+        assert counted(-2).get(timeout=10) == 2
+        metrics = mp.get_metrics("counted-in-each-process")
+        assert metrics is not None and (metrics.total_tasks, metrics.completed_tasks) == (1, 1)
+
+    try:
+        assert run_in_child(child) == 0
+    finally:
+        gate.set()
+    assert held.get(timeout=10) is True
+    assert mp.get_metrics("counted-in-each-process").completed_tasks == 2  # type: ignore[union-attr]

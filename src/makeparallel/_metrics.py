@@ -437,20 +437,25 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
     return decorate if fn is None else decorate(fn)
 
 
-def _new_locks_after_fork() -> None:
-    """In a forked child, every shard gets a new lock: a thread of the parent may have held its own as it forked.
+def _start_afresh_after_fork() -> None:
+    """In a forked child: every count back to zero, and every shard with a new lock.
 
-    A shard's lock is often a pool's, taken by the parent's workers as they
-    count: ``get_metrics()`` waited for it in the child for good. The child's
-    pools have new locks, and count in new shards; the old ones are only read.
+    The child counts its own tasks: with the parent's, each worker of a
+    forking server exported its parent's counts as its own (summed, they were
+    counted once per worker), and the parent's tasks in flight as running for
+    good. A shard's lock is often a pool's, taken by the parent's workers as
+    they count: ``get_metrics()`` waited for it in the child for good. The
+    child's pools have new locks, and count in new shards.
     """
-    global _short_names_lock, _reset_lock
+    global _short_names_lock, _reset_lock, _resets
     _short_names_lock = threading.Lock()
     _reset_lock = threading.Lock()
     for record in list(_records.values()):
         for shard in list(record._shards.values()):
             shard.lock = threading.Lock()
+            shard.zero()
+    _resets += 1  # exporters of deltas start over
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_after_fork)
+    os.register_at_fork(after_in_child=_start_afresh_after_fork)
