@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import sys
 import threading
 import time
 import traceback
@@ -721,3 +722,41 @@ def test_a_child_counts_its_own_tasks_only(gate: threading.Event) -> None:
         gate.set()
     assert held.get(timeout=10) is True
     assert mp.get_metrics("counted-in-each-process").completed_tasks == 2  # type: ignore[union-attr]
+
+
+def forks_while_another_thread_prints() -> tuple[int, str]:
+    """A process task that forks while a thread of its own holds stdout's lock; its child's exit status and SIGTERM handling."""
+    import signal
+
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sys.stdout._lock:  # type: ignore[attr-defined]  # the relay's, as in the middle of a print
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        print("the child's line", flush=True)
+        os._exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 7)
+    done.set()
+    holder.join()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return os.waitstatus_to_exitcode(status), "ended"
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return -9, "hung"
+
+
+@pytest.mark.timeout(60)
+def test_a_process_tasks_forked_child_prints_and_takes_sigterm_as_by_default() -> None:
+    # It had the worker's SIGTERM handler (Pool.terminate() then waited for good),
+    # and a relay lock held by another thread of the task (its first print waited for good).
+    assert mp.parallel(backend="process")(forks_while_another_thread_prints)().get(timeout=50) == (0, "ended")

@@ -489,6 +489,7 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
+    os.register_at_fork(after_in_child=_leave_the_worker_behind)
     _forward_logs(worker.send)
     worker.serve()
 
@@ -548,6 +549,21 @@ class _InstallAfter:
         from ._worker_logging import forward_records
 
         forward_records(self._send)
+
+
+def _leave_the_worker_behind() -> None:
+    """In a process the task forks (a fork-based ``Pool``'s): SIGTERM as by default, and unlocked output relays.
+
+    With the worker's handler, ``Pool.terminate()`` waited for good: CPython
+    ran it late, after the child blocked on the Pool's lock (a plain program
+    with a Python SIGTERM handler hangs the same way). And a relay's lock,
+    held by another thread of the task as it forked, made the child's first
+    ``print()`` wait for good.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, OutputRelay):
+            stream._lock = threading.Lock()
 
 
 def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
