@@ -143,8 +143,9 @@ def test_a_dying_worker_counts_as_live_until_its_restart_is_counted(monkeypatch:
     handle = exit_alone(3)
     try:
         assert reaping.wait(30)
-        seen = info()
-        assert (seen["live_workers"], seen["worker_restart_reasons"].get("crashed", 0)) == (1, before)
+        seen = info()  # a replacement may be starting meanwhile: it is in worker_pids, the dying one is not
+        assert seen["live_workers"] == len(seen["worker_pids"]) + 1
+        assert seen["worker_restart_reasons"].get("crashed", 0) == before
     finally:
         release.set()
     with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
