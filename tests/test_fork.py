@@ -337,28 +337,14 @@ def test_a_child_ends_a_future_whose_lock_a_thread_of_the_parent_held_as_it_fork
     # the child found the lock held for good, and its fork hook hung ending the future.
     release = tmp_path / "release"
     executor = mp.Executor("process", max_workers=1)
-    holding, done = threading.Event(), threading.Event()
     try:
         future = executor.submit(wait_for_file, str(release))
-
-        def hold() -> None:
-            with future._condition:  # type: ignore[attr-defined]
-                holding.set()
-                done.wait(30)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert holding.wait(10)
 
         def child() -> None:
             with pytest.raises(mp.TaskError, match="forked this one"):
                 future.result(timeout=10)
 
-        try:
-            assert run_in_child(child) == 0
-        finally:
-            done.set()
-            holder.join()
+        assert held_across_a_fork(future._condition, child) == 0  # type: ignore[attr-defined]
         release.touch()
         assert future.result(timeout=30) == "done"
     finally:
@@ -476,27 +462,13 @@ def test_a_childs_wait_on_the_parents_task_never_takes_a_lock_the_parent_held_as
     executor = ThreadPoolExecutor(1)
     try:
         handle = mp.parallel(backend=executor)(gate.wait)(30)
-        holding, done = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with handle._backend._lock:
-                holding.set()
-                done.wait(30)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert holding.wait(10)
 
         def child() -> None:
             with pytest.raises(mp.TaskError, match="forked this one"):
                 handle.get()
             handle.set_metadata("seen", True)
 
-        try:
-            assert run_in_child(child) == 0
-        finally:
-            done.set()
-            holder.join()
+        assert held_across_a_fork(handle._backend._lock, child) == 0
         gate.set()
         assert handle.get(timeout=10) is True
     finally:
