@@ -40,6 +40,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
+def every_backend() -> list[Backend]:
+    """Every backend alive in this process, whoever made it."""
+    return list(_every)
+
+
 def pool_of_this_thread() -> Backend | None:
     """The backend whose worker thread this is, or ``None``."""
     return getattr(_this_thread, "pool", None)

@@ -36,7 +36,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +45,7 @@ from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNI
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding, wait_while_held
-from ._base import _this_thread
+from ._base import _this_thread, every_backend
 from ._queueing import QueueingBackend
 
 if TYPE_CHECKING:
@@ -65,7 +64,6 @@ _thread_numbers = itertools.count(1)
 # Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
 # began: one that did says so at once; one that never will costs the Ctrl-C this delay.
 _BEGINS_WITHIN = 0.5
-_pools: weakref.WeakSet[ThreadBackend] = weakref.WeakSet()  # every thread pool alive, for a fork
 
 
 def _reset_after_fork() -> None:
@@ -78,7 +76,9 @@ def _reset_after_fork() -> None:
     """
     global _stack_size_lock
     _stack_size_lock = threading.Lock()  # a thread of the parent may have held it
-    for pool in list(_pools):
+    for pool in every_backend():
+        if not isinstance(pool, ThreadBackend):
+            continue
         pool._closed = True
         pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
         pool._parked = []
@@ -130,7 +130,6 @@ class ThreadBackend(QueueingBackend):
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
         self._autosizer: Any = None  # num_threads="auto": grows and shrinks the pool
-        _pools.add(self)
 
     # -- configuration ---------------------------------------------------------------
 
