@@ -151,7 +151,8 @@ def test_a_dying_worker_counts_as_live_until_its_restart_is_counted(monkeypatch:
     with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
         handle.get(timeout=30)
     assert wait_until(lambda: restarts("crashed") == before + 1)
-    assert info()["live_workers"] == 0
+    seen = info()  # counted: the dying one is gone (a replacement may be live already)
+    assert seen["live_workers"] == len(seen["worker_pids"])
 
 
 @pytest.mark.parametrize("max_tasks_per_child", [None, 1])
