@@ -18,11 +18,12 @@ ratios (lower is better for makeparallel).
    no-op task, for ``@mp.parallel(backend="process")``, ``multiprocessing.Pool``
    and ``ProcessPoolExecutor`` with the ``fork``, ``forkserver`` and ``spawn``
    start methods; the task is ``abs``, which every start method can send by
-   name. Then the same for a function of ``__main__``, the usual case in a
-   script or a notebook, which makeparallel sends by value (cloudpickle, in the
-   parent and in the worker), against ``Pool`` with ``fork`` (whose workers
-   have it from the fork; ``spawn`` and ``forkserver`` cannot import the
-   ``__main__`` of ``python -c``).
+   name. Then the same against ``Pool`` with ``fork`` for a Python function of
+   a module (``posixpath.basename``), which both send by name, and for a
+   function of ``__main__``, the usual case in a script or a notebook, which
+   makeparallel sends by value (cloudpickle, in the parent and in the worker)
+   and ``Pool``'s workers have from the fork (``spawn`` and ``forkserver``
+   cannot import the ``__main__`` of ``python -c``).
 
 Bytecode is cached, as an installed package has it: this script unsets
 ``PYTHONDONTWRITEBYTECODE`` (which makes every interpreter compile the package
@@ -84,20 +85,26 @@ COLD = {
 }
 
 
+def _cold_against_pool(setup: str, call: str, argument: str, expected: str) -> dict[str, str]:
+    """Programs printing the seconds from pool creation to the result of ``call(argument)``, ``setup`` run first."""
+    return {
+        "makeparallel (process)": (
+            "import makeparallel as mp\n" + _COLD_PREFIX + setup + "print(time.perf_counter() - start"
+            f" if mp.parallel(backend='process')({call})({argument}).get() == {expected} else 'wrong')\n"
+        ),
+        "Pool (fork)": (
+            "import multiprocessing\n" + _COLD_PREFIX + setup
+            + "pool = multiprocessing.get_context('fork').Pool(2)\n"
+            f"print(time.perf_counter() - start if pool.apply_async({call}, ({argument},)).get() == {expected}"
+            " else 'wrong')\npool.terminate()\n"
+        ),
+    }
+
+
+# The same, the task a Python function of a module, which every pool sends by name.
+COLD_MODULE = _cold_against_pool("import posixpath\n", "posixpath.basename", "'a/b'", "'b'")
 # The same, the task a function of __main__ (only a forked Pool can run it from ``python -c``).
-_NEGATE = "def negate(x):\n    return -x\n"
-COLD_MAIN = {
-    "makeparallel (process)": (
-        "import makeparallel as mp\n" + _COLD_PREFIX + _NEGATE + "print(time.perf_counter() - start"
-        " if mp.parallel(backend='process')(negate)(-1).get() == 1 else 'wrong')\n"
-    ),
-    "Pool (fork)": (
-        "import multiprocessing\n" + _COLD_PREFIX + _NEGATE
-        + "pool = multiprocessing.get_context('fork').Pool(2)\n"
-        "print(time.perf_counter() - start if pool.apply_async(negate, (-1,)).get() == 1 else 'wrong')\n"
-        "pool.terminate()\n"
-    ),
-}
+COLD_MAIN = _cold_against_pool("def negate(x):\n    return -x\n", "negate", "-1", "1")
 
 
 def child_env() -> dict[str, str]:
@@ -133,13 +140,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    for code in [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values(), *COLD_MAIN.values()]:  # cache bytecode
+    programs = [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values(), *COLD_MODULE.values(), *COLD_MAIN.values()]
+    for code in programs:  # cache bytecode
         wall(code)
 
     walls: dict[str, list[float]] = {name: [] for name in ["python -c pass", *IMPORTS]}
     cumulative: dict[str, list[float]] = {name: [] for name in IMPORTS}
     first_tasks: dict[str, list[float]] = {name: [] for name in FIRST_TASK}
     firsts: dict[str, list[float]] = {name: [] for name in COLD}
+    firsts_module: dict[str, list[float]] = {name: [] for name in COLD_MODULE}
     firsts_main: dict[str, list[float]] = {name: [] for name in COLD_MAIN}
     for _ in range(args.rounds):
         walls["python -c pass"].append(wall("pass"))
@@ -150,6 +159,8 @@ def main() -> None:
             first_tasks[name].append(wall(code))
         for name, code in COLD.items():
             firsts[name].append(cold(code))
+        for name, code in COLD_MODULE.items():
+            firsts_module[name].append(cold(code))
         for name, code in COLD_MAIN.items():
             firsts_main[name].append(cold(code))
 
@@ -170,6 +181,8 @@ def main() -> None:
     print(f"  makeparallel / concurrent.futures: wall {tasks['makeparallel'] / tasks['concurrent.futures']:.2f}x")
     print(f"\nfirst result from a cold process pool, median of {args.rounds}")
     report_cold(firsts)
+    print(f"\nthe same, the task a Python function of a module (posixpath.basename), median of {args.rounds}")
+    report_cold(firsts_module)
     print(f"\nthe same, the task a function of __main__, median of {args.rounds}")
     report_cold(firsts_main)
 
