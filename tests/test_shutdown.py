@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import makeparallel as mp
-from pool_helpers import hold_one_worker, resize, wait_until
+from pool_helpers import fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -229,6 +229,35 @@ def test_idle_workers_exit_after_shutdown() -> None:
     # After a reset the pool starts threads again.
     mp.reset_shutdown()
     assert mp.parallel(threading.current_thread)().get(timeout=5) not in threads
+
+
+def started_then_stuck_in_c(markers: str) -> int:
+    """Leave a file named by this worker's pid, then hold the GIL in one C call for hours.
+
+    Such a worker reads no end of file and runs no SIGTERM handler: only SIGKILL stops it.
+    """
+    Path(markers, str(os.getpid())).touch()
+    return sum(range(10**13))
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_stops_every_busy_worker_process_however_many(tmp_path: Path) -> None:
+    # A worker stuck in C code takes two grace periods to stop (SIGTERM, then SIGKILL).
+    # Stopped one after another, four of them outlasted what terminate() waits for the
+    # pool's loop, and shutdown() returned with workers still running.
+    fresh_process_pool(4)
+    stuck = mp.parallel(backend="process")(started_then_stuck_in_c)
+    handles = [stuck(str(tmp_path)) for _ in range(4)]
+    assert wait_until(lambda: len(list(tmp_path.iterdir())) == 4, 30)
+    pids = [int(marker.name) for marker in tmp_path.iterdir()]
+    assert mp.shutdown(timeout_secs=0.1) is False
+    assert mp.get_process_pool_info()["live_workers"] == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, and reaped
+    for handle in handles:
+        with pytest.raises(mp.ShutdownError):
+            handle.get(timeout=10)
 
 
 @pytest.mark.parametrize(

@@ -622,8 +622,11 @@ def wait_until_idle(timeout: float | None = None) -> bool:
 def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) -> bool:
     """Stop accepting tasks and wait, for at most ``timeout_secs``, for the rest to end.
 
-    It returns within its timeout whatever the tasks do: a stuck task is left to
-    its daemon thread.
+    It waits within its timeout whatever the tasks do: a stuck task on threads is
+    left to its daemon thread. Then it stops the worker processes, busy or not:
+    told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, all together,
+    so about two seconds more at most; a task still running on one fails with
+    ``ShutdownError``.
 
     Args:
         timeout_secs: the longest to wait, in seconds; ``None`` waits as long as

@@ -627,6 +627,7 @@ class ProcessBackend(QueueingBackend):
         if terminating:
             for worker in workers:
                 _close(worker)  # end of file: a worker ends on its own
+            _stop_together([worker.process for worker in workers])
             for worker in workers:
                 self._worker_died(worker)
         with self._lock:
@@ -1267,6 +1268,29 @@ def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
         if not _signalled(process, kill=True):
             return None
     return process.wait()
+
+
+def _stop_together(processes: list[subprocess.Popen[bytes] | ForkedProcess]) -> None:
+    """Stop ``processes`` as :func:`_stop` stops one, all within the same two grace periods.
+
+    A worker stuck in a C call that holds the GIL reads no end of file and runs
+    no SIGTERM handler: it takes both grace periods. Stopped one after another,
+    four such workers outlasted what ``terminate()`` waits for the loop, and
+    ``shutdown()`` returned with workers still running. Each is reaped
+    afterwards, by :func:`_stop`, at once.
+    """
+    import subprocess  # for TimeoutExpired, as in _stop
+
+    for kill in (False, True):
+        deadline = time.monotonic() + _TERMINATE_GRACE
+        running = []
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                running.append(process)
+        # One this process may no longer signal is left to end on its own (_stop).
+        processes = [process for process in running if process.poll() is None and _signalled(process, kill)]
 
 
 def _signalled(process: subprocess.Popen[bytes] | ForkedProcess, kill: bool) -> bool:
