@@ -260,6 +260,33 @@ def test_shutdown_stops_every_busy_worker_process_however_many(tmp_path: Path) -
             handle.get(timeout=10)
 
 
+def same(x: int) -> int:
+    return x
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_ends_every_task_of_a_pool_whose_worker_reads_nothing(tmp_path: Path) -> None:
+    # Short tasks open a window of tasks sent ahead to a busy worker. Behind a task stuck
+    # in a C call, 1 MB tasks filled the pipe the worker no longer read, and the pool's
+    # loop blocked on it for good: shutdown() left the worker running, and every handle
+    # pending. Tasks still queued when the workers stop were left pending too.
+    fresh_process_pool(1)
+    quick = mp.parallel(backend="process")(same)
+    assert [handle.get(timeout=30) for handle in [quick(i) for i in range(200)]] == list(range(200))
+    stuck = mp.parallel(backend="process")(started_then_stuck_in_c)(str(tmp_path))
+    assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+    large = [mp.parallel(backend="process")(length)(b"x" * 1_000_000) for _ in range(4)]
+    assert mp.shutdown(timeout_secs=0.1) is False
+    assert mp.get_process_pool_info()["live_workers"] == 0
+    for handle in [stuck, *large]:
+        with pytest.raises(mp.ShutdownError):
+            handle.get(timeout=10)
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
 )

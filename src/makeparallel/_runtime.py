@@ -625,8 +625,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     It waits within its timeout whatever the tasks do: a stuck task on threads is
     left to its daemon thread. Then it stops the worker processes, busy or not:
     told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, all together,
-    so about two seconds more at most; a task still running on one fails with
-    ``ShutdownError``.
+    so about two seconds more at most; a process task that has not ended by
+    then, running or queued, fails with ``ShutdownError``.
 
     Args:
         timeout_secs: the longest to wait, in seconds; ``None`` waits as long as

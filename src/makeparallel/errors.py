@@ -56,9 +56,12 @@ class TaskCancelledError(TaskError, concurrent.futures.CancelledError):
 
 
 class ShutdownError(TaskError):
-    """The library was shut down and refuses new tasks.
+    """The library was shut down: it refuses new tasks, and stopped the worker processes.
 
-    Call ``makeparallel.reset_shutdown()`` to accept tasks again.
+    A task submitted after ``makeparallel.shutdown()`` fails with it at once; so
+    does a process task that had not ended when the shutdown stopped the worker
+    processes, running or still queued. Call ``makeparallel.reset_shutdown()``
+    to accept tasks again.
     """
 
 

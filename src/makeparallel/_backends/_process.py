@@ -18,7 +18,9 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
 * A worker gets one task at a time, so queued tasks start by priority; once
   tasks prove short (under a millisecond on average), it gets a window of them
   (every idle worker first, and no more than its fair share of the queue), so
-  that it never waits for a round trip. With nothing queued, a small task is
+  that it never waits for a round trip; what goes ahead stays under 64 KiB, so
+  that a worker which reads nothing (a C call holding its GIL) never blocks the
+  loop's sends. With nothing queued, a small task is
   sent straight to an idle worker by the submitting thread. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
@@ -63,6 +65,7 @@ import weakref
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import islice
 from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -105,6 +108,9 @@ _WORKER_MAIN = (
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
+# What a busy worker's pipe may hold of tasks sent ahead: well under a socket's send buffer, so that
+# sending them never blocks the loop, though the worker reads nothing (a C call holding its GIL).
+_AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
@@ -630,6 +636,16 @@ class ProcessBackend(QueueingBackend):
             _stop_together([worker.process for worker in workers])
             for worker in workers:
                 self._worker_died(worker)
+            with self._lock:  # no worker is left to run what waits in the queue: it ends now
+                left = self._take_queued_locked()
+            for handle in left:
+                handle._finish(
+                    FAILED,
+                    ShutdownError(
+                        f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
+                        "and stopped its worker processes"
+                    ),
+                )
         with self._lock:
             if self._terminating or (self._closed and self._active == 0 and not self._workers):
                 self._loop = None
@@ -705,6 +721,8 @@ class ProcessBackend(QueueingBackend):
             if limit is not None:
                 window = min(window, limit - worker.sent)
             outstanding = worker.outstanding
+            # A busy worker may not read its pipe until its task ends: what goes ahead must fit.
+            room = _AHEAD_BYTES - sum(map(_payload_bytes, islice(outstanding, 1, None))) if outstanding else None
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
@@ -714,6 +732,11 @@ class ProcessBackend(QueueingBackend):
                 if handle._timeout is not None and outstanding:
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
+                if room is not None:
+                    room -= _payload_bytes(handle)
+                    if room < 0:
+                        self._requeue_locked(handle)  # it waits for a worker that reads
+                        break
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
@@ -1416,6 +1439,12 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] 
         for handle in batch:
             _events.emit("started", handle)
     _send(worker, ("tasks", tasks), buffers)
+
+
+def _payload_bytes(handle: AsyncHandle[Any]) -> int:
+    """The bytes ``handle``'s pickled call takes in a worker's pipe."""
+    function, data, buffers = handle._payload
+    return len(function) + len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
