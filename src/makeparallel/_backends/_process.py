@@ -65,7 +65,6 @@ import weakref
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import islice
 from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -141,7 +140,7 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "conn", "init_error", "journal", "kill_at", "killing", "leaving", "memory_probe", "outstanding",
+        "ahead", "conn", "init_error", "journal", "kill_at", "killing", "leaving", "memory_probe", "outstanding",
         "path_version", "process", "ready", "refused", "retiring", "send_lock", "sent", "stop_reason",
     )
 
@@ -155,6 +154,9 @@ class _Worker:
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
+        # Bytes of tasks sent behind a running one since it last had none waiting: at least
+        # what its pipe holds unread (_AHEAD_BYTES).
+        self.ahead = 0
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -721,8 +723,8 @@ class ProcessBackend(QueueingBackend):
             if limit is not None:
                 window = min(window, limit - worker.sent)
             outstanding = worker.outstanding
-            # A busy worker may not read its pipe until its task ends: what goes ahead must fit.
-            room = _AHEAD_BYTES - sum(map(_payload_bytes, islice(outstanding, 1, None))) if outstanding else None
+            if len(outstanding) <= 1:
+                worker.ahead = 0  # none waits behind the running task
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
@@ -732,9 +734,10 @@ class ProcessBackend(QueueingBackend):
                 if handle._timeout is not None and outstanding:
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
-                if room is not None:
-                    room -= _payload_bytes(handle)
-                    if room < 0:
+                if outstanding:  # a busy worker may not read its pipe until its task ends: it must fit
+                    worker.ahead += _payload_bytes(handle)
+                    if worker.ahead > _AHEAD_BYTES:
+                        worker.ahead -= _payload_bytes(handle)
                         self._requeue_locked(handle)  # it waits for a worker that reads
                         break
                 handle._started_at = time.perf_counter()
@@ -1444,7 +1447,9 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] 
 def _payload_bytes(handle: AsyncHandle[Any]) -> int:
     """The bytes ``handle``'s pickled call takes in a worker's pipe."""
     function, data, buffers = handle._payload
-    return len(function) + len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
+    if buffers:
+        return len(function) + len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
+    return len(function) + len(data)
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
