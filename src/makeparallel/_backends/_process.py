@@ -735,11 +735,11 @@ class ProcessBackend(QueueingBackend):
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
                 if outstanding:  # a busy worker may not read its pipe until its task ends: it must fit
-                    worker.ahead += _payload_bytes(handle)
-                    if worker.ahead > _AHEAD_BYTES:
-                        worker.ahead -= _payload_bytes(handle)
+                    size = _payload_bytes(handle)
+                    if worker.ahead + size > _AHEAD_BYTES:
                         self._requeue_locked(handle)  # it waits for a worker that reads
                         break
+                    worker.ahead += size
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
