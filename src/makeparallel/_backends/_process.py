@@ -507,7 +507,10 @@ class ProcessBackend(QueueingBackend):
             self._loop = None
         for worker in workers:
             _close(worker)
-            _stop(worker.process)
+        left_alone = _stop_together([worker.process for worker in workers])
+        for worker in workers:
+            if worker.process not in left_alone:
+                _stop(worker.process)  # ended or killed: reaped at once
             worker.journal.close()
         self._close_template()
         for handle in owned:
@@ -635,9 +638,9 @@ class ProcessBackend(QueueingBackend):
         if terminating:
             for worker in workers:
                 _close(worker)  # end of file: a worker ends on its own
-            _stop_together([worker.process for worker in workers])
+            left_alone = _stop_together([worker.process for worker in workers])
             for worker in workers:
-                self._worker_died(worker)
+                self._worker_died(worker, stoppable=worker.process not in left_alone)
             with self._lock:  # no worker is left to run what waits in the queue: it ends now
                 left = self._take_queued_locked()
             for handle in left:
@@ -1281,32 +1284,29 @@ def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
     The caller closed the worker's pipe first, which ends an idle worker cleanly
     and a busy one at once; one that does not end is terminated, then killed.
     """
-    import subprocess  # for TimeoutExpired; a first task on Linux has no other use for it
-
-    try:
-        return process.wait(_TERMINATE_GRACE)
-    except subprocess.TimeoutExpired:
-        if not _signalled(process, kill=False):
-            return None  # not ours to stop any more: it ends when it sees its pipe closed
-    try:
-        return process.wait(_TERMINATE_GRACE)
-    except subprocess.TimeoutExpired:
-        if not _signalled(process, kill=True):
-            return None
+    if _stop_together([process]):
+        return None  # not ours to stop any more: it ends when it sees its pipe closed
     return process.wait()
 
 
-def _stop_together(processes: list[subprocess.Popen[bytes] | ForkedProcess]) -> None:
-    """Stop ``processes`` as :func:`_stop` stops one, all within the same two grace periods.
+def _stop_together(
+    processes: list[subprocess.Popen[bytes] | ForkedProcess],
+) -> list[subprocess.Popen[bytes] | ForkedProcess]:
+    """End ``processes``, their pipes closed: each a grace period to exit, then SIGTERM, then SIGKILL.
 
-    A worker stuck in a C call that holds the GIL reads no end of file and runs
-    no SIGTERM handler: it takes both grace periods. Stopped one after another,
-    four such workers outlasted what ``terminate()`` waits for the loop, and
-    ``shutdown()`` returned with workers still running. Each is reaped
-    afterwards, by :func:`_stop`, at once.
+    All within the same two grace periods. A worker stuck in a C call that
+    holds the GIL reads no end of file and runs no SIGTERM handler: it takes
+    both. Stopped one after another, four such workers outlasted what
+    ``terminate()`` waits for the loop, and ``shutdown()`` returned with
+    workers still running.
+
+    Returns:
+        Those still running that this process may no longer signal, left to
+        end on their own; the others have exited or been killed, to be reaped.
     """
-    import subprocess  # for TimeoutExpired, as in _stop
+    import subprocess  # for TimeoutExpired; a first task on Linux has no other use for it
 
+    left_alone: list[subprocess.Popen[bytes] | ForkedProcess] = []
     for kill in (False, True):
         deadline = time.monotonic() + _TERMINATE_GRACE
         running = []
@@ -1314,9 +1314,12 @@ def _stop_together(processes: list[subprocess.Popen[bytes] | ForkedProcess]) -> 
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                running.append(process)
-        # One this process may no longer signal is left to end on its own (_stop).
-        processes = [process for process in running if process.poll() is None and _signalled(process, kill)]
+                if process.poll() is None:
+                    running.append(process)
+        processes = []
+        for process in running:
+            (processes if _signalled(process, kill) else left_alone).append(process)
+    return left_alone
 
 
 def _signalled(process: subprocess.Popen[bytes] | ForkedProcess, kill: bool) -> bool:
