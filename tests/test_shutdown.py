@@ -260,14 +260,6 @@ def test_shutdown_stops_every_busy_worker_process_however_many(tmp_path: Path) -
             handle.get(timeout=10)
 
 
-def same(x: int) -> int:
-    return x
-
-
-def length(data: bytes) -> int:
-    return len(data)
-
-
 @pytest.mark.timeout(60)
 def test_shutdown_ends_every_task_of_a_pool_whose_worker_reads_nothing(tmp_path: Path) -> None:
     # Short tasks open a window of tasks sent ahead to a busy worker. Behind a task stuck
@@ -275,11 +267,11 @@ def test_shutdown_ends_every_task_of_a_pool_whose_worker_reads_nothing(tmp_path:
     # loop blocked on it for good: shutdown() left the worker running, and every handle
     # pending. Tasks still queued when the workers stop were left pending too.
     fresh_process_pool(1)
-    quick = mp.parallel(backend="process")(same)
+    quick = mp.parallel(backend="process")(abs)
     assert [handle.get(timeout=30) for handle in [quick(i) for i in range(200)]] == list(range(200))
     stuck = mp.parallel(backend="process")(started_then_stuck_in_c)(str(tmp_path))
     assert wait_until(lambda: any(tmp_path.iterdir()), 30)
-    large = [mp.parallel(backend="process")(length)(b"x" * 1_000_000) for _ in range(4)]
+    large = [mp.parallel(backend="process")(len)(b"x" * 1_000_000) for _ in range(4)]
     assert mp.shutdown(timeout_secs=0.1) is False
     assert mp.get_process_pool_info()["live_workers"] == 0
     for handle in [stuck, *large]:
