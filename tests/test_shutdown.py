@@ -279,6 +279,32 @@ def test_shutdown_ends_every_task_of_a_pool_whose_worker_reads_nothing(tmp_path:
             handle.get(timeout=10)
 
 
+def stuck_in_c_initializer(markers: str) -> None:
+    """A worker initializer that leaves a file named by the worker's pid, then never returns."""
+    started_then_stuck_in_c(markers)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_whose_worker_never_finished_its_initializer_says_it_had_not_started(tmp_path: Path) -> None:
+    # The task was sent to a worker stuck in the pool's initializer. Stopped by
+    # shutdown(), it failed saying it "was still running", which sent the user
+    # looking for a slow task rather than a stuck initializer.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=stuck_in_c_initializer, initargs=(str(tmp_path),))
+    try:
+        handle = mp.parallel(backend="process")(abs)(-1)
+        assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        assert mp.shutdown(timeout_secs=0.1) is False
+        with pytest.raises(mp.ShutdownError, match="had not started") as caught:
+            handle.get(timeout=10)
+        message = str(caught.value)
+        assert "still running the initializer stuck_in_c_initializer" in message
+        assert "was still running when" not in message
+        assert mp.get_process_pool_info()["live_workers"] == 0
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
 )

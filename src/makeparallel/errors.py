@@ -60,8 +60,9 @@ class ShutdownError(TaskError):
 
     A task submitted after ``makeparallel.shutdown()`` fails with it at once; so
     does a process task that had not ended when the shutdown stopped the worker
-    processes, running or still queued. Call ``makeparallel.reset_shutdown()``
-    to accept tasks again.
+    processes, running or still queued: its message says whether it had
+    started, and names the pool's initializer when its worker was still
+    running it. Call ``makeparallel.reset_shutdown()`` to accept tasks again.
     """
 
 

@@ -1049,7 +1049,12 @@ class ProcessBackend(QueueingBackend):
         elif outstanding and outstanding[0]._state == RUNNING and not retried:
             handle = outstanding[0]
             error: Exception
-            if terminating:
+            if terminating and never_started:
+                error = ShutdownError(
+                    f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
+                    f"and stopped its worker process{self._setting_up(worker)}"
+                )
+            elif terminating:
                 error = ShutdownError(
                     f"task {handle._id} ({handle.name}) was still running when makeparallel "
                     "shut down, and its worker process was stopped"
@@ -1107,6 +1112,13 @@ class ProcessBackend(QueueingBackend):
         if gave_up:
             self._broken = make_error
         return make_error
+
+    def _setting_up(self, worker: _Worker) -> str:
+        """What ``worker`` was still doing before its first task, for an error's message; "" once it was ready."""
+        if worker.ready:
+            return ""
+        name = self._setup.name
+        return f", which was still running the initializer {name}" if name else ", which was still starting"
 
     def _died_unready_locked(self, code: int | None) -> None:
         """Count a worker that died while it started up; after a few in a row, stop starting workers.
