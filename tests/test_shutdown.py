@@ -285,22 +285,59 @@ def stuck_in_c_initializer(markers: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_task_whose_worker_never_finished_its_initializer_says_it_had_not_started(tmp_path: Path) -> None:
-    # The task was sent to a worker stuck in the pool's initializer. Stopped by
-    # shutdown(), it failed saying it "was still running", which sent the user
-    # looking for a slow task rather than a stuck initializer.
+def test_tasks_sent_to_a_worker_stuck_in_its_initializer_say_they_had_not_started_and_name_it(
+    tmp_path: Path,
+) -> None:
+    # Stopped by shutdown(), the first task sent to a worker stuck in the pool's
+    # initializer said it "was still running", which sent the user looking for a slow
+    # task rather than the initializer; those sent behind it did not name it.
     fresh_process_pool(1)
+    quick = mp.parallel(backend="process")(abs)
+    assert [handle.get(timeout=30) for handle in [quick(i) for i in range(200)]] == list(range(200))
     mp.configure_process_pool(initializer=stuck_in_c_initializer, initargs=(str(tmp_path),))
     try:
-        handle = mp.parallel(backend="process")(abs)(-1)
+        handles = [quick(-i) for i in range(8)]
         assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        sent = len(handles) - mp.get_process_pool_info()["queued_tasks"]  # to the stuck worker
         assert mp.shutdown(timeout_secs=0.1) is False
-        with pytest.raises(mp.ShutdownError, match="had not started") as caught:
-            handle.get(timeout=10)
-        message = str(caught.value)
-        assert "still running the initializer stuck_in_c_initializer" in message
-        assert "was still running when" not in message
+        messages = []
+        for handle in handles:
+            with pytest.raises(mp.ShutdownError, match="had not started") as caught:
+                handle.get(timeout=10)
+            messages.append(str(caught.value))
+        named = [m for m in messages if "still running the initializer stuck_in_c_initializer" in m]
+        assert sent >= 1 and len(named) >= sent, messages
         assert mp.get_process_pool_info()["live_workers"] == 0
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_stops_a_worker_stuck_in_its_initializer_however_large_the_task_for_it(
+    tmp_path: Path,
+) -> None:
+    # A 32 MB task was sent to a worker whose initializer held the GIL in a C call, and
+    # so read nothing: the pool's loop blocked in the send for good. shutdown() then
+    # returned after 6 s with the worker running and the task pending, and the pool
+    # ran nothing again after reset_shutdown().
+    fresh_process_pool(1)
+    # exec, a builtin, is in the C call at once; an initializer of this module would first
+    # be imported in the worker, whose reader thread would meanwhile take in the whole task.
+    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
+    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
+    try:
+        large = mp.parallel(backend="process")(len)(b"x" * 32_000_000)
+        assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        pid = int(next(tmp_path.iterdir()).name)
+        assert mp.shutdown(timeout_secs=0.1) is False
+        assert mp.get_process_pool_info()["live_workers"] == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, and reaped
+        with pytest.raises(mp.ShutdownError, match="had not started"):
+            large.get(timeout=10)
+        mp.reset_shutdown()
+        mp.configure_process_pool(initializer=None)
+        assert mp.parallel(backend="process")(len)(b"x" * 32_000_000).get(timeout=30) == 32_000_000
     finally:
         mp.configure_process_pool(initializer=None)
 

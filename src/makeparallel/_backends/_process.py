@@ -20,7 +20,8 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   (every idle worker first, and no more than its fair share of the queue), so
   that it never waits for a round trip; what goes ahead stays under 64 KiB, so
   that a worker which reads nothing (a C call holding its GIL) never blocks the
-  loop's sends. With nothing queued, a small task is
+  loop's sends; so does what goes to a worker still running its set-up (the
+  pool's initializer), and a larger task waits until it is ready. With nothing queued, a small task is
   sent straight to an idle worker by the submitting thread. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
@@ -107,8 +108,9 @@ _WORKER_MAIN = (
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
-# What a busy worker's pipe may hold of tasks sent ahead: well under a socket's send buffer, so that
-# sending them never blocks the loop, though the worker reads nothing (a C call holding its GIL).
+# What a busy worker's pipe may hold of tasks sent ahead, or a worker's still running its set-up: well
+# under a socket's send buffer, so that sending them never blocks the loop, though the worker reads
+# nothing (a C call holding its GIL).
 _AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
@@ -737,7 +739,10 @@ class ProcessBackend(QueueingBackend):
                 if handle._timeout is not None and outstanding:
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
-                if outstanding:  # a busy worker may not read its pipe until its task ends: it must fit
+                # A busy worker may not read its pipe until its task ends, nor one still
+                # starting until its set-up ends (the initializer, a C call holding the GIL):
+                # what is sent to either must fit, or the loop's send blocks for good.
+                if outstanding or not worker.ready:
                     size = _payload_bytes(handle)
                     if worker.ahead + size > _AHEAD_BYTES:
                         self._requeue_locked(handle)  # it waits for a worker that reads
@@ -996,7 +1001,8 @@ class ProcessBackend(QueueingBackend):
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
             # ready or not, and one that died starting was started again and again, uncounted.)
             unready = not (worker.ready or worker.retiring or worker.killing or self._terminating)
-            if init_failure is None:
+            terminating = self._terminating
+            if init_failure is None and not terminating:  # (terminating: no worker is left to run them)
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
                         self._requeue_locked(handle)
@@ -1006,7 +1012,6 @@ class ProcessBackend(QueueingBackend):
             restart = None  # counted once the worker is reaped, unless the system refused it its start
             if not self._terminating and (crashed or not worker.retiring):
                 restart = "initializer failed" if init_failure is not None else "crashed" if crashed else worker.stop_reason
-            terminating = self._terminating
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
         if stoppable:
@@ -1050,10 +1055,7 @@ class ProcessBackend(QueueingBackend):
             handle = outstanding[0]
             error: Exception
             if terminating and never_started:
-                error = ShutdownError(
-                    f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
-                    f"and stopped its worker process{self._setting_up(worker)}"
-                )
+                error = self._not_started_at_shutdown(handle, worker)
             elif terminating:
                 error = ShutdownError(
                     f"task {handle._id} ({handle.name}) was still running when makeparallel "
@@ -1069,6 +1071,10 @@ class ProcessBackend(QueueingBackend):
                 if finished is not None:  # a map chunk: what it finished; the culprit is next
                     error._crash = (finished, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
+        if terminating and init_failure is None:
+            for handle in outstanding[1:]:  # sent behind the first: never started
+                if handle._state == RUNNING:
+                    handle._finish(FAILED, self._not_started_at_shutdown(handle, worker))
         for handle in outstanding:
             if handle._state != PENDING:  # not put back in the queue: it runs nowhere now
                 handle._code_returned()
@@ -1113,12 +1119,20 @@ class ProcessBackend(QueueingBackend):
             self._broken = make_error
         return make_error
 
-    def _setting_up(self, worker: _Worker) -> str:
-        """What ``worker`` was still doing before its first task, for an error's message; "" once it was ready."""
-        if worker.ready:
-            return ""
-        name = self._setup.name
-        return f", which was still running the initializer {name}" if name else ", which was still starting"
+    def _not_started_at_shutdown(self, handle: AsyncHandle[Any], worker: _Worker) -> ShutdownError:
+        """The error of ``handle``, sent to ``worker`` and not started when the pool stopped it.
+
+        Where the worker was still starting, the message says so, and names the
+        pool's initializer it was running: the culprit, rather than the task.
+        """
+        doing = ""
+        if not worker.ready:
+            name = self._setup.name
+            doing = f", which was still running the initializer {name}" if name else ", which was still starting"
+        return ShutdownError(
+            f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
+            f"and stopped its worker process{doing}"
+        )
 
     def _died_unready_locked(self, code: int | None) -> None:
         """Count a worker that died while it started up; after a few in a row, stop starting workers.
