@@ -681,7 +681,8 @@ def _at_exit() -> None:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
         if get_active_task_count():
-            _log_abandoned("after makeparallel.shutdown() returned", "give shutdown() a longer timeout_secs to wait for them")
+            # (It may not have returned: a Ctrl-C may have cut it short.)
+            _log_abandoned("after makeparallel.shutdown()", "give shutdown() a longer timeout_secs to wait for them")
     elif _ending_on_interrupt():
         # Ctrl-C ended the program: what has not started never will.
         for backend in backends:
