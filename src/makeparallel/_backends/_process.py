@@ -728,8 +728,8 @@ class ProcessBackend(QueueingBackend):
             if limit is not None:
                 window = min(window, limit - worker.sent)
             outstanding = worker.outstanding
-            if len(outstanding) <= 1:
-                worker.ahead = 0  # none waits behind the running task
+            if len(outstanding) <= 1 and worker.ready:
+                worker.ahead = 0  # none waits behind the running task (one still starting reads none)
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
