@@ -144,6 +144,28 @@ def test_default_name_is_the_qualname(backend: str) -> None:
     assert work.__qualname__.endswith("<locals>.work")
 
 
+class _Scale:
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+def _look_up(table: dict[int, str], key: int) -> str:
+    return table[key]
+
+
+def test_a_partial_or_a_callable_object_is_named_briefly_not_by_its_repr() -> None:
+    # A partial was named by its repr, every bound argument included: over a lookup
+    # table, a name of megabytes, made at each decoration and each map, that every
+    # process task carried; a callable object's repr has its address (a metrics
+    # record per instance).
+    table = {i: str(i) for i in range(100_000)}
+    looked_up = mp.parallel(functools.partial(_look_up, table))
+    assert looked_up(7).name == "partial(_look_up)"
+    assert looked_up(7).get(timeout=10) == "7"
+    assert mp.parallel(_Scale())(3).name == "_Scale"
+    assert mp.parallel(_Scale())(3).get(timeout=10) == 6
+
+
 # -- methods ---------------------------------------------------------------------------
 
 

@@ -479,7 +479,19 @@ def _returns_coroutines(fn: Any) -> bool:
 
 
 def _describe(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
+    """A short, stable name for ``fn``: its ``__qualname__``, else its class's (``partial(f)`` for a partial).
+
+    Not its ``repr``: a partial's holds every argument bound to it (a lookup
+    table made a name of megabytes, which each process task carried and each
+    metrics label repeated), and a callable object's its address (one metrics
+    record per instance).
+    """
+    name = getattr(fn, "__qualname__", None)
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(fn, functools.partial):
+        return f"partial({_describe(fn.func)})"
+    return type(fn).__qualname__
 
 
 def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = None) -> Callable[..., AsyncHandle[T]]:
