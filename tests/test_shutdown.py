@@ -342,6 +342,58 @@ def test_shutdown_stops_a_worker_stuck_in_its_initializer_however_large_the_task
         mp.configure_process_pool(initializer=None)
 
 
+@pytest.mark.timeout(60)
+def test_a_task_with_a_long_name_never_blocks_the_pool_behind_a_worker_stuck_in_its_initializer(
+    tmp_path: Path,
+) -> None:
+    # What goes to a worker still starting is bounded, but the bound counted the
+    # pickled call and not the task's name, which travels with it: a 300 KB name
+    # blocked the pool's loop for good. The message named the pool's initializer of
+    # the moment, not the one the worker was stuck in.
+    fresh_process_pool(1)
+    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
+    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
+    try:
+        handle = mp.parallel(backend="process", name="n" * 300_000)(abs)(-1)
+        assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        mp.configure_process_pool(initializer=print)  # the stuck worker is still running exec
+        assert mp.shutdown(timeout_secs=0.1) is False
+        assert mp.get_process_pool_info()["live_workers"] == 0
+        with pytest.raises(mp.ShutdownError) as caught:
+            handle.get(timeout=10)
+        message = str(caught.value).replace("n" * 300_000, "<name>")
+        assert message.endswith("which was still running the initializer exec"), message
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
+def wait_for_a_go_file(markers: str) -> None:
+    """An initializer: leave a file named by this worker's pid, then wait until a file named go exists."""
+    Path(markers, str(os.getpid())).touch()
+    while not Path(markers, "go").exists():
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_given_a_large_task_while_starting_is_replaced_meanwhile(tmp_path: Path) -> None:
+    # With max_tasks_per_child=1, a worker given its one task is replaced while it
+    # runs it. A task over the bound of what a starting worker is sent waited in the
+    # queue instead, so its worker was replaced only once ready, and set-ups ran one
+    # after another: twice the time with an initializer of 0.5 s.
+    fresh_process_pool(1)
+    mp.configure_process_pool(
+        initializer=wait_for_a_go_file, initargs=(str(tmp_path),), max_tasks_per_child=1
+    )
+    try:
+        handles = [mp.parallel(backend="process")(len)(b"x" * 100_000) for _ in range(2)]
+        # Both workers are in the initializer at once: the second started before the first was ready.
+        assert wait_until(lambda: len(list(tmp_path.iterdir())) >= 2, 30)
+        (tmp_path / "go").touch()
+        assert [handle.get(timeout=30) for handle in handles] == [100_000, 100_000]
+    finally:
+        mp.configure_process_pool(initializer=None, max_tasks_per_child=None)
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]
 )

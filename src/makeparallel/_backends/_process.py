@@ -21,7 +21,7 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   that it never waits for a round trip; what goes ahead stays under 64 KiB, so
   that a worker which reads nothing (a C call holding its GIL) never blocks the
   loop's sends; so does what goes to a worker still running its set-up (the
-  pool's initializer), and a larger task waits until it is ready. With nothing queued, a small task is
+  pool's initializer): the rest is held for it until it is ready. With nothing queued, a small task is
   sent straight to an idle worker by the submitting thread. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
@@ -142,8 +142,9 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "conn", "init_error", "journal", "kill_at", "killing", "leaving", "memory_probe", "outstanding",
-        "path_version", "process", "ready", "refused", "retiring", "send_lock", "sent", "stop_reason",
+        "ahead", "conn", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving",
+        "memory_probe", "outstanding", "path_version", "process", "ready", "refused", "retiring", "send_lock",
+        "sent", "stop_reason",
     )
 
     def __init__(
@@ -156,15 +157,19 @@ class _Worker:
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
-        # Bytes of tasks sent behind a running one since it last had none waiting: at least
-        # what its pipe holds unread (_AHEAD_BYTES).
+        # Bytes of tasks sent behind a running one since it last had none waiting, or
+        # before it was ready: at least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
+        # Batches of tasks given to it before it was ready, and their sys.path if it
+        # changed, that did not fit in that bound: sent once it is (_send_held).
+        self.held: list[tuple[list[AsyncHandle[Any]], list[str] | None]] = []
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
         self.stop_reason = "crashed"  # why it was replaced, if it was: counted in info()
         self.leaving = False  # recycled: finishes the tasks it has, takes no more
         self.ready = False  # set up, initializer run
+        self.initializer = ""  # the name of the pool's initializer it was set up with, if any
         self.init_error: BaseException | None = None
         self.refused: OSError | None = None  # why the system refused it what it needed to start (a thread)
         self.sent = 0  # tasks sent to it, for max_tasks_per_child
@@ -691,18 +696,24 @@ class ProcessBackend(QueueingBackend):
                     break
                 continue
             started += 1
+            worker.initializer = setup.name
             _send(worker, ("setup", setup.initializer, setup.initargs))
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()
         if self._left_to_end:
             self._reap_left_to_end()
+        later = []
         while self._control:
             worker, message = self._control.popleft()
+            if message[0] == "stop" and worker.held:  # after the tasks it holds, or it ends before them
+                later.append((worker, message))
+                continue
             with worker.send_lock:
                 _send(worker, message, [])
             if message[0] == "cancel":  # after the send: when the worker sees the count move, it can read it
                 worker.journal.cancel_sent()
+        self._control.extend(later)
         workers = list(self._workers)
         if self._paused:  # memory is short: a task starts only when none runs
             if not any(w.outstanding for w in workers):
@@ -730,6 +741,8 @@ class ProcessBackend(QueueingBackend):
             outstanding = worker.outstanding
             if len(outstanding) <= 1 and worker.ready:
                 worker.ahead = 0  # none waits behind the running task (one still starting reads none)
+            # Bytes of what the worker may not read for now: its new sys.path, if it changed, then its tasks.
+            unread = 0 if worker.path_version == self._path_version else _path_bytes(self._path)
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
@@ -740,22 +753,41 @@ class ProcessBackend(QueueingBackend):
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
                 # A busy worker may not read its pipe until its task ends, nor one still
-                # starting until its set-up ends (the initializer, a C call holding the GIL):
-                # what is sent to either must fit, or the loop's send blocks for good.
+                # starting until its set-up ends (the initializer, maybe a C call holding the
+                # GIL): what is sent to either must fit, or the loop's send blocks for good.
                 if outstanding or not worker.ready:
-                    size = _payload_bytes(handle)
-                    if worker.ahead + size > _AHEAD_BYTES:
-                        self._requeue_locked(handle)  # it waits for a worker that reads
-                        break
-                    worker.ahead += size
+                    unread += _message_bytes(handle)
+                    if worker.ready:  # sent ahead now, or not at all
+                        if worker.ahead + unread > _AHEAD_BYTES:
+                            self._requeue_locked(handle)  # it waits for a worker that reads
+                            break
+                        worker.ahead += unread
+                        unread = 0
+                else:
+                    unread = 0  # an idle worker reads it all, a new sys.path first
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
             if not batch:
                 return
             path = self._assigned_locked(worker, len(batch))
+            if not worker.ready:  # given to it now (counted, and in order), sent once it reads if too large
+                if worker.held or worker.ahead + unread > _AHEAD_BYTES:
+                    worker.held.append((batch, path))
+                    return
+                worker.ahead += unread
         with worker.send_lock:
             _send_tasks(worker, batch, path)
+
+    def _send_held(self, worker: _Worker) -> None:
+        """Send ``worker``, ready now, the tasks it was given before that did not fit in its pipe then."""
+        with self._lock:
+            held, worker.held = worker.held, []
+            if worker.killing:  # its tasks go back to the queue as it dies: they never reached it
+                return
+        with worker.send_lock:
+            for batch, path in held:
+                _send_tasks(worker, batch, path)
 
     def _assigned_locked(self, worker: _Worker, count: int) -> list[str] | None:
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
@@ -783,7 +815,7 @@ class ProcessBackend(QueueingBackend):
         for worker in self._workers:
             if not worker.leaving:
                 staying += 1
-                if idle is None and not (worker.outstanding or worker.killing):
+                if idle is None and worker.ready and not (worker.outstanding or worker.killing):
                     idle = worker
         if staying < self._num_workers:
             return None  # the loop must start a worker: it hears of the task
@@ -929,6 +961,8 @@ class ProcessBackend(QueueingBackend):
                     self._short_of_workers = None
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
+                if worker.held:
+                    self._send_held(worker)
             elif kind == "refused":
                 worker.refused = OSError(errno.EAGAIN, f"the worker could not start a thread ({message[1]})")
             elif kind == "init_failed":
@@ -996,6 +1030,7 @@ class ProcessBackend(QueueingBackend):
             self._dying += 1
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
+            worker.held = []  # in outstanding, never sent: they never started
             init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
             # Died before it was ready, and not because it was told to: a failed start too. (Leaving
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
@@ -1127,7 +1162,7 @@ class ProcessBackend(QueueingBackend):
         """
         doing = ""
         if not worker.ready:
-            name = self._setup.name
+            name = worker.initializer
             doing = f", which was still running the initializer {name}" if name else ", which was still starting"
         return ShutdownError(
             f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
@@ -1473,12 +1508,19 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] 
     _send(worker, ("tasks", tasks), buffers)
 
 
-def _payload_bytes(handle: AsyncHandle[Any]) -> int:
-    """The bytes ``handle``'s pickled call takes in a worker's pipe."""
+def _message_bytes(handle: AsyncHandle[Any]) -> int:
+    """The bytes ``handle`` takes in a worker's pipe: its pickled call, and its name (UTF-8)."""
     function, data, buffers = handle._payload
+    name = handle.name
+    size = len(function) + len(data) + (len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass")))
     if buffers:
-        return len(function) + len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
-    return len(function) + len(data)
+        size += sum(memoryview(buffer).nbytes for buffer in buffers)
+    return size
+
+
+def _path_bytes(path: list[str]) -> int:
+    """The bytes a ``sys.path`` message takes in a worker's pipe, about."""
+    return sum(len(entry.encode("utf-8", "surrogatepass")) + 8 for entry in path)
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
