@@ -348,21 +348,40 @@ def test_a_task_with_a_long_name_never_blocks_the_pool_behind_a_worker_stuck_in_
 ) -> None:
     # What goes to a worker still starting is bounded, but the bound counted the
     # pickled call and not the task's name, which travels with it: a 300 KB name
-    # blocked the pool's loop for good. The message named the pool's initializer of
-    # the moment, not the one the worker was stuck in.
+    # blocked the pool's loop for good.
     fresh_process_pool(1)
     marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
     mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
     try:
         handle = mp.parallel(backend="process", name="n" * 300_000)(abs)(-1)
         assert wait_until(lambda: any(tmp_path.iterdir()), 30)
-        mp.configure_process_pool(initializer=print)  # the stuck worker is still running exec
         assert mp.shutdown(timeout_secs=0.1) is False
         assert mp.get_process_pool_info()["live_workers"] == 0
         with pytest.raises(mp.ShutdownError) as caught:
             handle.get(timeout=10)
         message = str(caught.value).replace("n" * 300_000, "<name>")
         assert message.endswith("which was still running the initializer exec"), message
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_stopped_at_shutdown_names_the_initializer_its_worker_was_running(tmp_path: Path) -> None:
+    # The message named the pool's initializer of the moment, not the one the worker
+    # was stuck in. A task too large to be sent to that worker before it was ready
+    # is not its own once the pool is set up anew: a new worker runs it.
+    fresh_process_pool(1)
+    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
+    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
+    try:
+        small = mp.parallel(backend="process")(abs)(-1)
+        assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        large = mp.parallel(backend="process")(len)(b"x" * 100_000)
+        mp.configure_process_pool(initializer=print)  # the stuck worker is still running exec
+        assert large.get(timeout=30) == 100_000
+        assert mp.shutdown(timeout_secs=0.1) is False
+        with pytest.raises(mp.ShutdownError, match="still running the initializer exec"):
+            small.get(timeout=10)
     finally:
         mp.configure_process_pool(initializer=None)
 
@@ -392,6 +411,25 @@ def test_a_worker_given_a_large_task_while_starting_is_replaced_meanwhile(tmp_pa
         assert [handle.get(timeout=30) for handle in handles] == [100_000, 100_000]
     finally:
         mp.configure_process_pool(initializer=None, max_tasks_per_child=None)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_cancelled_while_held_for_a_starting_worker_leaves_the_others_to_run(tmp_path: Path) -> None:
+    # Tasks too large for a worker still starting are held for it until it is ready.
+    # One cancelled meanwhile had dropped its pickled call, and sending the rest
+    # killed the pool's loop thread: every other task failed.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=wait_for_a_go_file, initargs=(str(tmp_path),))
+    try:
+        handles = [mp.parallel(backend="process")(len)(b"x" * (100_000 + i)) for i in range(3)]
+        assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+        assert handles[0].cancel()
+        (tmp_path / "go").touch()
+        assert [handle.get(timeout=30) for handle in handles[1:]] == [100_001, 100_002]
+        with pytest.raises(mp.TaskCancelledError):
+            handles[0].get(timeout=10)
+    finally:
+        mp.configure_process_pool(initializer=None)
 
 
 @pytest.mark.parametrize(

@@ -160,9 +160,9 @@ class _Worker:
         # Bytes of tasks sent behind a running one since it last had none waiting, or
         # before it was ready: at least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
-        # Batches of tasks given to it before it was ready, and their sys.path if it
-        # changed, that did not fit in that bound: sent once it is (_send_held).
-        self.held: list[tuple[list[AsyncHandle[Any]], list[str] | None]] = []
+        # Its first tasks, given to it before it was ready, and their sys.path if it changed,
+        # when they did not fit in that bound: sent once it is (_send_held).
+        self.held: tuple[list[AsyncHandle[Any]], list[str] | None] | None = None
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -706,7 +706,7 @@ class ProcessBackend(QueueingBackend):
         later = []
         while self._control:
             worker, message = self._control.popleft()
-            if message[0] == "stop" and worker.held:  # after the tasks it holds, or it ends before them
+            if message[0] == "stop" and worker.held is not None:  # after the tasks it holds, or it ends first
                 later.append((worker, message))
                 continue
             with worker.send_lock:
@@ -733,8 +733,8 @@ class ProcessBackend(QueueingBackend):
         """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
-            if worker.killing or worker.leaving:
-                return
+            if worker.killing or worker.leaving or worker.held is not None:
+                return  # (holding its first tasks: it takes no more until they are sent)
             limit = self._max_tasks_per_child
             if limit is not None:
                 window = min(window, limit - worker.sent)
@@ -770,24 +770,50 @@ class ProcessBackend(QueueingBackend):
                 batch.append(handle)
             if not batch:
                 return
+            fits = worker.ready or worker.ahead + unread <= _AHEAD_BYTES
+            if not fits and len(outstanding) > len(batch):  # behind tasks it has not read: they wait
+                for handle in reversed(batch):
+                    outstanding.pop()
+                    self._requeue_locked(handle)
+                return
             path = self._assigned_locked(worker, len(batch))
-            if not worker.ready:  # given to it now (counted, and in order), sent once it reads if too large
-                if worker.held or worker.ahead + unread > _AHEAD_BYTES:
-                    worker.held.append((batch, path))
-                    return
+            if not fits:  # its first tasks: given to it now (counted, and in order), sent once it is ready
+                worker.held = (batch, path)
+                return
+            if not worker.ready:
                 worker.ahead += unread
         with worker.send_lock:
             _send_tasks(worker, batch, path)
 
     def _send_held(self, worker: _Worker) -> None:
-        """Send ``worker``, ready now, the tasks it was given before that did not fit in its pipe then."""
+        """Send ``worker``, ready now, the first tasks it was given, which did not fit in its pipe before.
+
+        They are all it has, so it reads the whole message before it starts any
+        of them. Those that ended meanwhile (cancelled) are no longer its.
+        """
         with self._lock:
-            held, worker.held = worker.held, []
-            if worker.killing:  # its tasks go back to the queue as it dies: they never reached it
+            held, worker.held = worker.held, None
+            if held is None or worker.killing:  # (killing: they go back to the queue as it dies)
                 return
+            batch, path = held
+            for handle in batch:
+                if handle._state != RUNNING:
+                    worker.outstanding.remove(handle)
+            batch = [handle for handle in batch if handle._state == RUNNING]
         with worker.send_lock:
-            for batch, path in held:
-                _send_tasks(worker, batch, path)
+            _send_tasks(worker, batch, path)
+
+    def _requeue_held_locked(self, worker: _Worker) -> None:
+        """Put the tasks held for ``worker``, which it will not take now, back in the queue, in order."""
+        if worker.held is None:
+            return
+        batch, _ = worker.held
+        worker.held = None
+        worker.sent -= len(batch)
+        for handle in reversed(batch):
+            worker.outstanding.remove(handle)
+            if handle._state == RUNNING:
+                self._requeue_locked(handle)
 
     def _assigned_locked(self, worker: _Worker, count: int) -> list[str] | None:
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
@@ -875,6 +901,8 @@ class ProcessBackend(QueueingBackend):
             worker.stop_reason = reason
         else:
             worker.retiring = True
+        if reason != "max_tasks_per_child":  # (those it holds are its last: it runs them first)
+            self._requeue_held_locked(worker)  # never sent: they run on another worker
         self._control.append((worker, ("stop",)))
 
     def _take_queued_locked(self) -> list[AsyncHandle[Any]]:
@@ -961,7 +989,7 @@ class ProcessBackend(QueueingBackend):
                     self._short_of_workers = None
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
-                if worker.held:
+                if worker.held is not None:
                     self._send_held(worker)
             elif kind == "refused":
                 worker.refused = OSError(errno.EAGAIN, f"the worker could not start a thread ({message[1]})")
@@ -1030,7 +1058,7 @@ class ProcessBackend(QueueingBackend):
             self._dying += 1
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
-            worker.held = []  # in outstanding, never sent: they never started
+            worker.held = None  # in outstanding, never sent: they never started
             init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
             # Died before it was ready, and not because it was told to: a failed start too. (Leaving
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
