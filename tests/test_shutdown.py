@@ -6,6 +6,7 @@ real interpreters in subprocesses, because only a real exit runs the exit hook.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -312,6 +314,23 @@ def test_tasks_sent_to_a_worker_stuck_in_its_initializer_say_they_had_not_starte
         mp.configure_process_pool(initializer=None)
 
 
+@contextlib.contextmanager
+def one_worker_stuck_in_its_initializer(markers: Path) -> Iterator[None]:
+    """A pool of one worker whose initializer leaves a file named by its pid in ``markers``, then never returns.
+
+    The initializer is exec, a builtin, in its C call at once: one of this module
+    would first be imported in the worker, whose reader thread would meanwhile
+    take in a whole task.
+    """
+    fresh_process_pool(1)
+    marker = f"open({str(markers)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
+    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
+    try:
+        yield
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
 @pytest.mark.timeout(60)
 def test_shutdown_stops_a_worker_stuck_in_its_initializer_however_large_the_task_for_it(
     tmp_path: Path,
@@ -320,12 +339,7 @@ def test_shutdown_stops_a_worker_stuck_in_its_initializer_however_large_the_task
     # so read nothing: the pool's loop blocked in the send for good. shutdown() then
     # returned after 6 s with the worker running and the task pending, and the pool
     # ran nothing again after reset_shutdown().
-    fresh_process_pool(1)
-    # exec, a builtin, is in the C call at once; an initializer of this module would first
-    # be imported in the worker, whose reader thread would meanwhile take in the whole task.
-    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
-    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
-    try:
+    with one_worker_stuck_in_its_initializer(tmp_path):
         large = mp.parallel(backend="process")(len)(b"x" * 32_000_000)
         assert wait_until(lambda: any(tmp_path.iterdir()), 30)
         pid = int(next(tmp_path.iterdir()).name)
@@ -338,8 +352,6 @@ def test_shutdown_stops_a_worker_stuck_in_its_initializer_however_large_the_task
         mp.reset_shutdown()
         mp.configure_process_pool(initializer=None)
         assert mp.parallel(backend="process")(len)(b"x" * 32_000_000).get(timeout=30) == 32_000_000
-    finally:
-        mp.configure_process_pool(initializer=None)
 
 
 @pytest.mark.timeout(60)
@@ -349,10 +361,7 @@ def test_a_task_with_a_long_name_never_blocks_the_pool_behind_a_worker_stuck_in_
     # What goes to a worker still starting is bounded, but the bound counted the
     # pickled call and not the task's name, which travels with it: a 300 KB name
     # blocked the pool's loop for good.
-    fresh_process_pool(1)
-    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
-    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
-    try:
+    with one_worker_stuck_in_its_initializer(tmp_path):
         handle = mp.parallel(backend="process", name="n" * 300_000)(abs)(-1)
         assert wait_until(lambda: any(tmp_path.iterdir()), 30)
         assert mp.shutdown(timeout_secs=0.1) is False
@@ -361,8 +370,6 @@ def test_a_task_with_a_long_name_never_blocks_the_pool_behind_a_worker_stuck_in_
             handle.get(timeout=10)
         message = str(caught.value).replace("n" * 300_000, "<name>")
         assert message.endswith("which was still running the initializer exec"), message
-    finally:
-        mp.configure_process_pool(initializer=None)
 
 
 @pytest.mark.timeout(60)
@@ -370,10 +377,7 @@ def test_a_task_stopped_at_shutdown_names_the_initializer_its_worker_was_running
     # The message named the pool's initializer of the moment, not the one the worker
     # was stuck in. A task too large to be sent to that worker before it was ready
     # is not its own once the pool is set up anew: a new worker runs it.
-    fresh_process_pool(1)
-    marker = f"open({str(tmp_path)!r} + '/' + str(__import__('os').getpid()), 'w').close()"
-    mp.configure_process_pool(initializer=exec, initargs=(f"{marker}\nsum(range(10**13))",))
-    try:
+    with one_worker_stuck_in_its_initializer(tmp_path):
         small = mp.parallel(backend="process")(abs)(-1)
         assert wait_until(lambda: any(tmp_path.iterdir()), 30)
         large = mp.parallel(backend="process")(len)(b"x" * 100_000)
@@ -382,8 +386,6 @@ def test_a_task_stopped_at_shutdown_names_the_initializer_its_worker_was_running
         assert mp.shutdown(timeout_secs=0.1) is False
         with pytest.raises(mp.ShutdownError, match="still running the initializer exec"):
             small.get(timeout=10)
-    finally:
-        mp.configure_process_pool(initializer=None)
 
 
 def wait_for_a_go_file(markers: str) -> None:
