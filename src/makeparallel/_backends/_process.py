@@ -517,7 +517,7 @@ class ProcessBackend(QueueingBackend):
         left_alone = _stop_together([worker.process for worker in workers])
         for worker in workers:
             if worker.process not in left_alone:
-                _stop(worker.process)  # ended or killed: reaped at once
+                worker.process.wait()  # exited or killed: reaped at once
             worker.journal.close()
         self._close_template()
         for handle in owned:
@@ -651,13 +651,7 @@ class ProcessBackend(QueueingBackend):
             with self._lock:  # no worker is left to run what waits in the queue: it ends now
                 left = self._take_queued_locked()
             for handle in left:
-                handle._finish(
-                    FAILED,
-                    ShutdownError(
-                        f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
-                        "and stopped its worker processes"
-                    ),
-                )
+                handle._finish(FAILED, self._not_started_at_shutdown(handle))
         with self._lock:
             if self._terminating or (self._closed and self._active == 0 and not self._workers):
                 self._loop = None
@@ -1182,19 +1176,22 @@ class ProcessBackend(QueueingBackend):
             self._broken = make_error
         return make_error
 
-    def _not_started_at_shutdown(self, handle: AsyncHandle[Any], worker: _Worker) -> ShutdownError:
-        """The error of ``handle``, sent to ``worker`` and not started when the pool stopped it.
+    def _not_started_at_shutdown(self, handle: AsyncHandle[Any], worker: _Worker | None = None) -> ShutdownError:
+        """The error of ``handle``, not started when the pool stopped its workers: still queued, or sent to ``worker``.
 
-        Where the worker was still starting, the message says so, and names the
+        Where that worker was still starting, the message says so, and names the
         pool's initializer it was running: the culprit, rather than the task.
         """
-        doing = ""
-        if not worker.ready:
-            name = worker.initializer
-            doing = f", which was still running the initializer {name}" if name else ", which was still starting"
+        if worker is None:
+            stopped = "its worker processes"
+        elif worker.ready:
+            stopped = "its worker process"
+        elif worker.initializer:
+            stopped = f"its worker process, which was still running the initializer {worker.initializer}"
+        else:
+            stopped = "its worker process, which was still starting"
         return ShutdownError(
-            f"task {handle._id} ({handle.name}) had not started when makeparallel shut down "
-            f"and stopped its worker process{doing}"
+            f"task {handle._id} ({handle.name}) had not started when makeparallel shut down and stopped {stopped}"
         )
 
     def _died_unready_locked(self, code: int | None) -> None:
