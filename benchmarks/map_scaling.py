@@ -1,6 +1,8 @@
 """Fixed and per-item cost of ``parallel_map`` from 100 to 1,000,000 items, side by side.
 
-For each size, a no-op mapped over ``range(size)``:
+For each size, a no-op mapped over ``range(size)``, or with ``--items list``
+over a list of the same ints (which every pool pickles, where a range's
+chunks travel as ranges in ours):
 
 * processes: ``mp.parallel_map(..., backend="process")`` against ``Pool.map``
   (its own chunksize) and ``ProcessPoolExecutor.map`` with chunksize
@@ -34,7 +36,7 @@ ratios (higher is better for makeparallel: the other's time over ours).
 ``--work N`` maps a function that loops ``N`` times instead of the no-op (50
 is a few microseconds per item), to see a fixed cost per item in proportion.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--start-method fork]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--items range] [--start-method fork]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import functools
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from _isolated import Contender, add_arguments, serve
@@ -85,6 +87,11 @@ def report(title: str, rows: dict[str, list[float]], ours: str) -> None:
         print(f"  {name:<34} {median * 1e3:9.2f} ms   makeparallel {median / base:6.2f}x")
 
 
+def inputs(kind: str, size: int) -> Sequence[int]:
+    """The ``size`` items mapped: ``range(size)``, or the same numbers in a list (``--items list``)."""
+    return range(size) if kind == "range" else list(range(size))
+
+
 def mapped(args: argparse.Namespace) -> Callable[[int], int]:
     return noop if args.work == 0 else functools.partial(work, args.work)
 
@@ -92,7 +99,7 @@ def mapped(args: argparse.Namespace) -> Callable[[int], int]:
 def contend(name: str, args: argparse.Namespace) -> None:
     """A contender's process: set up ``name``'s pool, then answer ``[size, calls]`` with each call's seconds."""
     fn = mapped(args)
-    run: Callable[[range], list[int]]
+    run: Callable[[Sequence[int]], list[int]]
     if name == OURS_PROCESS:
         mp.configure_process_pool(num_workers=args.workers)
         run = functools.partial(mp.parallel_map, fn, backend="process")
@@ -107,7 +114,11 @@ def contend(name: str, args: argparse.Namespace) -> None:
             executor = ProcessPoolExecutor(args.workers, mp_context=context)
             run = lambda items: list(executor.map(fn, items, chunksize=max(1, len(items) // (4 * args.workers))))
 
-    serve(lambda size, calls: [timed(lambda: run(range(size)), size) for _ in range(calls)])
+    def calls_of(size: int, calls: int) -> list[float]:
+        items = inputs(args.items, size)
+        return [timed(lambda: run(items), size) for _ in range(calls)]
+
+    serve(calls_of)
 
 
 def main() -> None:
@@ -116,6 +127,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
+    parser.add_argument("--items", choices=("range", "list"), default="range", help="what is mapped (default: range)")
     add_arguments(parser, PROCESS_MAPS)
     args = parser.parse_args()
     if args.contender is not None:
@@ -125,9 +137,13 @@ def main() -> None:
     if min(*sizes, args.rounds, args.workers) < 1 or args.work < 0:
         parser.error("--sizes, --rounds and --workers must be at least 1, --work at least 0")
     what = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
-    print(f"{what} mapped; the standard library's process pools start workers with {args.start_method}")
+    print(
+        f"{what} mapped over a {args.items} of ints; "
+        f"the standard library's process pools start workers with {args.start_method}"
+    )
 
     options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
+    options += ["--items", args.items]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
     for contender in contenders:
         contender.warm(1.0, 100, BLOCK)  # workers started, functions imported, a new Pool's slow start over
@@ -135,7 +151,7 @@ def main() -> None:
     fn = mapped(args)
 
     for size in sizes:
-        items = range(size)
+        items = inputs(args.items, size)
         processes: dict[str, list[float]] = {name: [] for name in PROCESS_MAPS}
         threads: dict[str, Callable[[], list[int]]] = {
             "mp.parallel_map (thread)": functools.partial(mp.parallel_map, fn, items),
