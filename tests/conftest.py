@@ -7,6 +7,7 @@ back. A test that leaks fails here, named, instead of breaking a later one.
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -15,6 +16,14 @@ import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends._thread import default_thread_count
 from makeparallel.testing import wait_until_idle
+
+# A program started with Ctrl-C ignored keeps it ignored (CPython installs its
+# handler only where SIGINT is at its default), and so do the programs it starts:
+# the children the Ctrl-C tests interrupt ignored it and ran to their end. A shell
+# starts a background job so (`pytest &` where job control is off). The tests'
+# children start as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
