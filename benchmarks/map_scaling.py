@@ -33,8 +33,9 @@ program that runs maps in a loop.
 
 Rounds alternate so that machine noise hits all alike; medians are printed with
 ratios (higher is better for makeparallel: the other's time over ours).
-``--work N`` maps a function that loops ``N`` times instead of the no-op (50
-is a few microseconds per item), to see a fixed cost per item in proportion.
+``--work N`` maps a function that loops ``N`` times instead of the no-op (on
+the machine of the README's table, 50 is about half a microsecond per item and
+500 about 4), to see a fixed cost per item in proportion.
 
     python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--items range] [--start-method fork]
 """
@@ -142,8 +143,8 @@ def main() -> None:
         f"the standard library's process pools start workers with {args.start_method}"
     )
 
-    options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
-    options += ["--items", args.items]
+    options = ["--workers", str(args.workers), "--start-method", args.start_method]
+    options += ["--work", str(args.work), "--items", args.items]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
     for contender in contenders:
         contender.warm(1.0, 100, BLOCK)  # workers started, functions imported, a new Pool's slow start over
