@@ -20,10 +20,14 @@ from makeparallel.testing import wait_until_idle
 # A program started with Ctrl-C ignored keeps it ignored (CPython installs its
 # handler only where SIGINT is at its default), and so do the programs it starts:
 # the children the Ctrl-C tests interrupt ignored it and ran to their end. A shell
-# starts a background job so (`pytest &` where job control is off). The tests'
-# children start as from a terminal.
+# starts a background job so (`pytest &` where job control is off). A SIGINT
+# blocked in the signal mask, which a new program inherits too, does the same.
+# The tests' children start as from a terminal; so does this process, which a
+# Ctrl-C now stops.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @pytest.fixture(autouse=True)
