@@ -1,6 +1,6 @@
 """Fixed and per-item cost of ``parallel_map`` from 100 to 1,000,000 items, side by side.
 
-For each size, a no-op mapped over ``range(size)``, or with ``--items list``
+For each size, a no-op mapped over ``range(size)``, or with ``--over list``
 over a list of the same ints (which every pool pickles, where a range's
 chunks travel as ranges in ours):
 
@@ -34,10 +34,10 @@ program that runs maps in a loop.
 Rounds alternate so that machine noise hits all alike; medians are printed with
 ratios (higher is better for makeparallel: the other's time over ours).
 ``--work N`` maps a function that loops ``N`` times instead of the no-op (on
-the machine of the README's table, 50 is about half a microsecond per item and
+the machine of the README's table, 50 is about 0.4 microseconds per item and
 500 about 4), to see a fixed cost per item in proportion.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--items range] [--start-method fork]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--over range] [--start-method fork]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def report(title: str, rows: dict[str, list[float]], ours: str) -> None:
 
 
 def inputs(kind: str, size: int) -> Sequence[int]:
-    """The ``size`` items mapped: ``range(size)``, or the same numbers in a list (``--items list``)."""
+    """The ``size`` items mapped: ``range(size)``, or the same numbers in a list (``--over list``)."""
     return range(size) if kind == "range" else list(range(size))
 
 
@@ -116,7 +116,7 @@ def contend(name: str, args: argparse.Namespace) -> None:
             run = lambda items: list(executor.map(fn, items, chunksize=max(1, len(items) // (4 * args.workers))))
 
     def calls_of(size: int, calls: int) -> list[float]:
-        items = inputs(args.items, size)
+        items = inputs(args.over, size)
         return [timed(lambda: run(items), size) for _ in range(calls)]
 
     serve(calls_of)
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
-    parser.add_argument("--items", choices=("range", "list"), default="range", help="what is mapped (default: range)")
+    parser.add_argument("--over", choices=("range", "list"), default="range", help="what is mapped (default: range)")
     add_arguments(parser, PROCESS_MAPS)
     args = parser.parse_args()
     if args.contender is not None:
@@ -139,12 +139,12 @@ def main() -> None:
         parser.error("--sizes, --rounds and --workers must be at least 1, --work at least 0")
     what = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
     print(
-        f"{what} mapped over a {args.items} of ints; "
+        f"{what} mapped over a {args.over} of ints; "
         f"the standard library's process pools start workers with {args.start_method}"
     )
 
-    options = ["--workers", str(args.workers), "--start-method", args.start_method]
-    options += ["--work", str(args.work), "--items", args.items]
+    options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
+    options += ["--over", args.over]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
     for contender in contenders:
         contender.warm(1.0, 100, BLOCK)  # workers started, functions imported, a new Pool's slow start over
@@ -152,7 +152,7 @@ def main() -> None:
     fn = mapped(args)
 
     for size in sizes:
-        items = inputs(args.items, size)
+        items = inputs(args.over, size)
         processes: dict[str, list[float]] = {name: [] for name in PROCESS_MAPS}
         threads: dict[str, Callable[[], list[int]]] = {
             "mp.parallel_map (thread)": functools.partial(mp.parallel_map, fn, items),
