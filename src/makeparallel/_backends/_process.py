@@ -789,11 +789,13 @@ class ProcessBackend(QueueingBackend):
             held, worker.held = worker.held, None
             if held is None or worker.killing:  # (killing: they go back to the queue as it dies)
                 return
-            batch, path = held
-            for handle in batch:
-                if handle._state != RUNNING:
+            held_batch, path = held
+            batch = []
+            for handle in held_batch:
+                if handle._state == RUNNING:
+                    batch.append(handle)
+                else:
                     worker.outstanding.remove(handle)
-            batch = [handle for handle in batch if handle._state == RUNNING]
         with worker.send_lock:
             _send_tasks(worker, batch, path)
 
