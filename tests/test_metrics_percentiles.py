@@ -400,7 +400,7 @@ def test_cancelled_queued_tasks_leave_the_gauges(thread_pool_of: Any, gate: thre
 
 # -- bounded memory ------------------------------------------------------------------------
 
-BATCH = 2_000  # nine more batches: a list of every duration would add over 500 KB
+BATCH = 2_000  # the nine batches after the first add 18,000 durations: kept in a list, over 500 KB
 LIBRARY_FILES = (str(Path(_metrics.__file__)), str(Path(_histogram.__file__)))
 
 

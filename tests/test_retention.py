@@ -30,7 +30,7 @@ def gone(ref: weakref.ref[Any]) -> bool:
 
 
 def all_gone(refs: list[weakref.ref[Any]]) -> bool:
-    """Whether every referent is gone, after one collection (each can take a quarter second late in a run)."""
+    """Whether every referent is gone, after one collection: late in a long run a full one can take a quarter second."""
     gc.collect()
     return all(ref() is None for ref in refs)
 
