@@ -151,3 +151,39 @@ def wait_for_a_dying_task_on_four(x: int) -> int:
     if x == 4:
         exit_alone(9).get(timeout=60)
     return x
+
+
+# -- tasks of the executor tests, here so that a new worker need not import pytest ------
+
+
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def fail_on_b(message: str) -> str:
+    if message == "b":
+        raise ValueError(message)
+    return message
+
+
+def exit_on_four(x: int) -> int:
+    if x == 4:
+        os._exit(7)
+    return x
+
+
+def exit_on(x: int, culprit: int) -> int:
+    if x == culprit:
+        os._exit(7)
+    return x
+
+
+def pid_once_released(flags: Flags) -> int:
+    """A task that says it started, then waits for the test's "go"; its worker's pid."""
+    flags.set("started")
+    assert flags.wait_for_release("go")
+    return os.getpid()

@@ -27,7 +27,20 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 
-from pool_helpers import Flags, wait_for_a_dying_task_on_four, wait_for_flag, wait_until
+# The tasks live in pool_helpers: a new worker imports the module of a task it runs,
+# and this one imports pytest (about 0.3 s a worker, for every executor's workers).
+from pool_helpers import (
+    Flags,
+    exit_on,
+    exit_on_four,
+    fail,
+    fail_on_b,
+    mul,
+    pid_once_released,
+    wait_for_a_dying_task_on_four,
+    wait_for_flag,
+    wait_until,
+)
 
 BACKENDS = ["thread", "process"]
 
@@ -36,14 +49,6 @@ BACKENDS = ["thread", "process"]
 def executor(request: pytest.FixtureRequest) -> Iterator[mp.Executor]:
     with mp.Executor(backend=request.param, max_workers=2) as executor:
         yield executor
-
-
-def mul(x: int, y: int) -> int:
-    return x * y
-
-
-def fail(message: str) -> None:
-    raise ValueError(message)
 
 
 @pytest.fixture
@@ -254,12 +259,6 @@ def test_a_killed_worker_fails_only_its_task() -> None:
         assert executor.submit(mul, 2, 3).result(timeout=30) == 6  # not broken
 
 
-def fail_on_b(message: str) -> str:
-    if message == "b":
-        raise ValueError(message)
-    return message
-
-
 def test_map_chunks_are_named_and_measured_after_the_function(executor: mp.Executor) -> None:
     with pytest.raises(ValueError) as caught:
         list(executor.map(fail_on_b, ["a", "b", "c", "d"], chunksize=2))
@@ -269,12 +268,6 @@ def test_map_chunks_are_named_and_measured_after_the_function(executor: mp.Execu
     metrics = mp.get_metrics("fail_on_b [map]")
     assert metrics is not None and metrics.failed_tasks >= 1
     assert mp.get_metrics("_run_chunk") is None
-
-
-def exit_on_four(x: int) -> int:
-    if x == 4:
-        os._exit(7)
-    return x
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])
@@ -294,12 +287,6 @@ def test_a_worker_dying_inside_map_names_the_calls_lost(chunksize: int) -> None:
             assert "chunksize=1" in str(caught.value)
             assert "exit code 7" in str(caught.value.__cause__)
         assert list(executor.map(exit_on_four, [5, 6, 8], chunksize=chunksize)) == [5, 6, 8]  # not broken
-
-
-def exit_on(x: int, culprit: int) -> int:
-    if x == culprit:
-        os._exit(7)
-    return x
 
 
 @pytest.mark.parametrize("buffersize", [None, 1])
@@ -399,13 +386,6 @@ def test_default_size_is_the_usable_cpus() -> None:
         assert executor.max_workers == usable_cpu_count()
         assert executor.backend == "thread"
         assert "max_workers" in repr(executor)
-
-
-def pid_once_released(flags: Flags) -> int:
-    """A task that says it started, then waits for the test's "go"; its worker's pid."""
-    flags.set("started")
-    assert flags.wait_for_release("go")
-    return os.getpid()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
