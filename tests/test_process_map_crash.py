@@ -13,13 +13,10 @@ raised, several crashes in one chunk, and no journal left behind.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import os
 import pickle
-import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +29,7 @@ from makeparallel import _map, _process_chunks
 from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
 from makeparallel._process_chunks import run_streaming
 from makeparallel._states import RUNNING
+from map_crash_tasks import CULPRIT, Colour, DiesWhenUnpickled, Item, Rejected, identity, lock_at, work, work_at
 from pool_helpers import wait_for_a_dying_task_on_four, wait_until
 
 pytestmark = [
@@ -39,72 +37,8 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-CULPRIT = 57
 ITEMS = 200
 HOWS = ["exit", "kill", "segfault"]
-
-
-class Colour(enum.IntEnum):
-    RED = 1
-
-
-class Rejected(Exception):
-    """An exception a task returns, whose ``__init__`` does not take its ``args``."""
-
-    def __init__(self, row: int, reason: str) -> None:
-        super().__init__(f"row {row}: {reason}")
-        self.row = row
-
-
-def die(how: str) -> None:
-    if how == "exit":
-        os._exit(7)
-    if how == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    import ctypes
-
-    ctypes.string_at(0)  # segmentation fault
-
-
-class Item:
-    """An item of the map: where to record that it ran, how long it works, how its worker dies, what it returns."""
-
-    def __init__(
-        self, index: int, log: str, seconds: float = 0.0, how: str = "", culprits: tuple[int, ...] = (CULPRIT,)
-    ) -> None:
-        self.index, self.log, self.seconds, self.how, self.culprits = index, log, seconds, how, culprits
-        self.result: Any = index
-        self.raises = False
-        self.wait_for = ""  # a file to wait for before working, until cancelled; raises after 30 s
-
-
-    def __repr__(self) -> str:
-        return f"Item#{self.index}"
-
-
-def work(item: Item) -> Any:
-    fd = os.open(item.log, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, f"{item.index}\n".encode())  # one small O_APPEND write: atomic
-    finally:
-        os.close(fd)
-    if item.seconds:
-        time.sleep(item.seconds)  # the workload of a slow item
-    if item.wait_for:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(item.wait_for):
-            try:
-                mp.check_cancelled()
-            except mp.TaskCancelledError:
-                break  # the chunk stops before its next item
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{item.wait_for} never appeared")
-            time.sleep(0.005)
-    if item.how and item.index in item.culprits:
-        die(item.how)
-    if item.raises:
-        raise ValueError(f"bad item {item.index}")
-    return item.result() if callable(item.result) else item.result
 
 
 @pytest.fixture
@@ -194,10 +128,6 @@ def test_a_stopped_chunk_goes_on_while_an_earlier_one_still_runs(log: str, tmp_p
     ran_once(log, range(40))
 
 
-def work_at(log: str, index: int) -> Any:
-    return work(Item(index, log, 0.0, "kill"))
-
-
 @pytest.mark.parametrize("chunksize", [None, ITEMS], ids=["adaptive-chunks", "one-chunk"])
 def test_a_crash_in_a_map_over_a_range_loses_only_its_item(chunksize: int | None, log: str) -> None:
     # A range travels in chunks that are ranges; what follows the culprit runs as a range too.
@@ -256,20 +186,6 @@ def test_a_map_of_one_item_that_crashes_loses_only_it(on_error: str, expected: l
     results = mp.parallel_map(work, [Item(CULPRIT, log, 0.0, "exit")], backend="process", on_error=on_error)  # type: ignore[call-overload]
     assert results == expected
     assert mp.parallel_map(work, [Item(1, log, 0.0, "exit")], backend="process") == [1]  # the pool goes on
-
-
-class DiesWhenUnpickled:
-    """An item whose unpickling ends the worker: it dies before its chunk's first item ran."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os._exit, (3,))
-
-    def __repr__(self) -> str:
-        return "DiesWhenUnpickled()"
-
-
-def identity(x: Any) -> Any:
-    return x
 
 
 @pytest.mark.parametrize(("on_error", "expected"), [("skip", [4, 5]), ("none", [None, None, None, None, 4, 5])])
@@ -450,10 +366,6 @@ def test_an_item_that_raised_before_the_crash_keeps_its_error(log: str) -> None:
     results = mp.parallel_map(work, items, backend="process", on_error="none", chunksize=ITEMS)
     assert results == [None if i in (20, 56, CULPRIT) else i for i in range(ITEMS)]
     ran_once(log, range(ITEMS))
-
-
-def lock_at(x: int) -> Any:
-    return threading.Lock() if x == 5 else x
 
 
 def test_an_unpicklable_result_fails_its_item_alone() -> None:

@@ -1,0 +1,104 @@
+"""The items and tasks of ``test_process_map_crash``, in a module of their own.
+
+A worker imports the module of each function and class it unpickles by name,
+and a test module imports pytest: about 0.3 s for each new worker, and these
+tests crash a worker and start a new one again and again.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import makeparallel as mp
+
+CULPRIT = 57
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Rejected(Exception):
+    """An exception a task returns, whose ``__init__`` does not take its ``args``."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(f"row {row}: {reason}")
+        self.row = row
+
+
+def die(how: str) -> None:
+    if how == "exit":
+        os._exit(7)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    import ctypes
+
+    ctypes.string_at(0)  # segmentation fault
+
+
+class Item:
+    """An item of the map: where to record that it ran, how long it works, how its worker dies, what it returns."""
+
+    def __init__(
+        self, index: int, log: str, seconds: float = 0.0, how: str = "", culprits: tuple[int, ...] = (CULPRIT,)
+    ) -> None:
+        self.index, self.log, self.seconds, self.how, self.culprits = index, log, seconds, how, culprits
+        self.result: Any = index
+        self.raises = False
+        self.wait_for = ""  # a file to wait for before working, until cancelled; raises after 30 s
+
+    def __repr__(self) -> str:
+        return f"Item#{self.index}"
+
+
+def work(item: Item) -> Any:
+    fd = os.open(item.log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{item.index}\n".encode())  # one small O_APPEND write: atomic
+    finally:
+        os.close(fd)
+    if item.seconds:
+        time.sleep(item.seconds)  # the workload of a slow item
+    if item.wait_for:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(item.wait_for):
+            try:
+                mp.check_cancelled()
+            except mp.TaskCancelledError:
+                break  # the chunk stops before its next item
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{item.wait_for} never appeared")
+            time.sleep(0.005)
+    if item.how and item.index in item.culprits:
+        die(item.how)
+    if item.raises:
+        raise ValueError(f"bad item {item.index}")
+    return item.result() if callable(item.result) else item.result
+
+
+
+def work_at(log: str, index: int) -> Any:
+    return work(Item(index, log, 0.0, "kill"))
+
+
+class DiesWhenUnpickled:
+    """An item whose unpickling ends the worker: it dies before its chunk's first item ran."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (3,))
+
+    def __repr__(self) -> str:
+        return "DiesWhenUnpickled()"
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def lock_at(x: int) -> Any:
+    return threading.Lock() if x == 5 else x
