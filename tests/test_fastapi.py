@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -18,23 +17,12 @@ import pytest
 import makeparallel as mp
 from pool_helpers import Flags, wait_until
 from web_helpers import check_live_fails_for_good, uvicorn_server
+from web_tasks import count_primes, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
 from makeparallel.fastapi import CancelOnDisconnect, lifespan, router  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@mp.parallel(backend="process")
-def count_primes(limit: int) -> int:
-    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
-
-
-@mp.parallel(backend="process")
-def wait_for_flag(flags: Flags, name: str) -> int:
-    flags.set(f"started-{name}", str(os.getpid()))
-    flags.wait_for_release("never", 60)
-    return os.getpid()
 
 
 def cpu_app(**options: Any) -> Any:
@@ -51,7 +39,7 @@ def cpu_app(**options: Any) -> Any:
 
     @app.get("/hold/{name}")
     async def hold(name: str, directory: str) -> int:
-        return await wait_for_flag(Flags(directory), name)  # type: ignore[no-any-return]
+        return await wait_until_released(Flags(directory), name)  # type: ignore[no-any-return]
 
     return app
 

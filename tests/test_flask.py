@@ -18,16 +18,12 @@ import pytest
 import makeparallel as mp
 from pool_helpers import wait_until
 from web_helpers import check_live_fails_for_good, werkzeug_server
+from web_tasks import count_primes
 
 flask = pytest.importorskip("flask")
 from makeparallel.flask import MakeParallel  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@mp.parallel(backend="process")
-def count_primes(limit: int) -> int:
-    return sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(2, limit))
 
 
 def make_app(**config: Any) -> Any:
