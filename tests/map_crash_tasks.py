@@ -81,7 +81,6 @@ def work(item: Item) -> Any:
     return item.result() if callable(item.result) else item.result
 
 
-
 def work_at(log: str, index: int) -> Any:
     return work(Item(index, log, 0.0, "kill"))
 

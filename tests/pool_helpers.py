@@ -1,4 +1,9 @@
-"""Helpers shared by the pool tests: bounded polling, exact pool sizes, a held worker, marker files."""
+"""Helpers shared by the pool tests: bounded polling, exact pool sizes, a held worker, marker files, tasks.
+
+It imports no pytest: a new worker imports the module of each task it runs, and a
+task of a test module costs it pytest's import (about 0.3 s), so the tasks of tests
+that start many workers live here or in another module without it.
+"""
 
 from __future__ import annotations
 
