@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import makeparallel as mp
-from makeparallel import _runtime
+from makeparallel import _metrics, _runtime
 from makeparallel._backends._thread import default_thread_count
 from makeparallel.testing import wait_until_idle
 
@@ -62,3 +62,17 @@ def gate() -> object:
     event = threading.Event()
     yield event
     event.set()
+
+
+@pytest.fixture
+def own_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the test a registry of function records of its own, put back after it.
+
+    The records are kept for the process's life (``reset_metrics`` zeroes them),
+    and by the time the exporters' tests run the suite has recorded over 500
+    functions: each scrape or flush then rendered them all, about 43 lines
+    each, seconds per test under coverage. The tests check what the exporters
+    make of their own functions' records, which they name uniquely.
+    """
+    monkeypatch.setattr(_metrics, "_records", {})
+    monkeypatch.setattr(_metrics, "_short_names", {})

@@ -26,6 +26,8 @@ if not _BOUND_BEFORE:
     # package's public attributes: leave the package as this file found it.
     del makeparallel.prometheus
 
+pytestmark = pytest.mark.usefixtures("own_metrics")  # conftest: the suite's other records stay out
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

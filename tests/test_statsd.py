@@ -32,6 +32,8 @@ if not _BOUND_BEFORE:
     # package's public attributes: leave the package as this file found it.
     del makeparallel.statsd
 
+pytestmark = pytest.mark.usefixtures("own_metrics")  # conftest: the suite's other records stay out
+
 MAX_PACKET = 1432
 LINE = re.compile(r"^(?P<name>[^:|\n]+):(?P<value>-?[0-9.e+-]+)\|(?P<type>c|ms|g)(?:\|@(?P<rate>[0-9.e+-]+))?$")
 
