@@ -88,11 +88,11 @@ def test_the_loop_answers_while_200_requests_await_process_tasks(tmp_path: Any) 
             flags.set("teardown")
             return await asyncio.gather(*held)
 
-    try:
-        with uvicorn_server(app) as (base, _):
+    with uvicorn_server(app) as (base, _):
+        try:
             responses = asyncio.run(main(base))
-    finally:
-        flags.set("teardown")
+        finally:
+            flags.set("teardown")  # before the server stops: it waits for its requests
     assert {r.status_code for r in responses} == {200}
     assert len({r.json() for r in responses}) <= 2  # the pool's two workers ran them all
 
