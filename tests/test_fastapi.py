@@ -60,9 +60,10 @@ def test_200_concurrent_requests_on_the_process_backend_all_succeed() -> None:
 
 
 def test_the_loop_answers_while_200_requests_await_process_tasks(tmp_path: Any) -> None:
-    # The 200 tasks are held until the pings were answered: a loop blocked by a
-    # request waiting for its task would answer no ping before the release, and
-    # the ping times out. No clock decides it.
+    # The 200 tasks are held until the pings were answered. A loop blocked by a
+    # request waiting for its task takes in no other request and answers no ping
+    # before the release: the wait for all 200 in the pool, or a ping, times out.
+    # No measured time decides it.
     flags = Flags(str(tmp_path))
     app = cpu_app(num_workers=2, prestart=True, shutdown_timeout=10)
 
