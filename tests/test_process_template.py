@@ -144,6 +144,39 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
     assert out == ["True"]
 
 
+@both_ways
+def test_a_worker_sees_the_programs_arguments_not_its_own_command_line(template: bool) -> None:
+    # A worker's own command line is the pool's (-c, descriptors, sys.path entries): a
+    # settings module parsing sys.argv with argparse as it was imported took it for the
+    # program's, and read the wrong options or made the task fail on them.
+    out = run_fresh(
+        """
+        import json, sys
+        import makeparallel as mp
+
+        def arguments(_=None):
+            return sys.argv
+
+        def show_arguments():
+            print("initializer:" + json.dumps(sys.argv, separators=(",", ":")))
+
+        sys.argv = ["settings.py", "--scale", "10"]  # as the program was started with
+        mp.configure_process_pool(initializer=show_arguments)
+        first = mp.parallel(backend="process")(arguments)().get(timeout=30)
+        sys.argv.append("--later")  # new workers take on the arguments as they are when they start
+        mp.configure_process_pool(initializer=None)  # every worker is replaced
+        later = mp.parallel_map(arguments, [1, 2], backend="process")
+        print("tasks:" + json.dumps([first, later], separators=(",", ":")))
+        """,
+        template=template,
+    )
+    seen = {word.split(":", 1)[0]: json.loads(word.split(":", 1)[1]) for word in out}
+    assert seen["initializer"] == ["settings.py", "--scale", "10"]
+    first, later = seen["tasks"]
+    assert first == ["settings.py", "--scale", "10"]
+    assert later == [["settings.py", "--scale", "10", "--later"]] * 2
+
+
 def test_workers_start_though_the_templates_reports_wait_for_the_pool() -> None:
     # The template reports each fork to the pool's loop thread, which reads the reports
     # only once it has started every worker, and blocks sending a worker's environment

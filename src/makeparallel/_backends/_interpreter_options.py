@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["PACKAGE_FOLDER", "interpreter_options", "path_arguments"]
+__all__ = ["PACKAGE_FOLDER", "interpreter_options", "path_arguments", "program_arguments"]
 
 #: The folder this package was imported from: a new interpreter imports it from there first,
 #: the copy the program runs, wherever the program's sys.path says now (it may have removed it).
@@ -85,3 +85,14 @@ def path_arguments(path: list[Any]) -> list[str]:
     argument (``E2BIG``).
     """
     return [str.__str__(entry) for entry in path if isinstance(entry, str) and "\0" not in entry]
+
+
+def program_arguments() -> list[str]:
+    """This program's ``sys.argv`` as a worker takes it on, its entries as plain text.
+
+    A worker's own command line is the pool's (the template's, or a fresh
+    interpreter's: ``-c``, descriptors, ``sys.path``), which a module reading
+    ``sys.argv`` as it is imported (settings parsed with ``argparse``) would
+    take for the program's, as ``multiprocessing``'s workers never do.
+    """
+    return [str.__str__(entry) if isinstance(entry, str) else str(entry) for entry in getattr(sys, "argv", ())]

@@ -79,7 +79,7 @@ from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._inherited import inherits_standard_stream
-from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
+from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -691,7 +691,7 @@ class ProcessBackend(QueueingBackend):
                 continue
             started += 1
             worker.initializer = setup.name
-            _send(worker, ("setup", setup.initializer, setup.initargs))
+            _send(worker, ("setup", setup.initializer, setup.initargs, program_arguments()))
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()

@@ -14,7 +14,8 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            (read by _template, before this module runs)
                        ("path", sys_path)                  next, for a worker forked from the template;
                                                            later, when the parent's sys.path changed
-                       ("setup", initializer, initargs)    then, always; pickled, or None
+                       ("setup", initializer, initargs, argv)  then, always; pickled, or None;
+                                                           and the program's sys.argv
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
@@ -174,8 +175,9 @@ class _Worker:
             else:
                 return
 
-    def _set_up(self, initializer: bytes | None, initargs: bytes) -> None:
-        """Run the pool's initializer, then say so; if it raises, report it and exit."""
+    def _set_up(self, initializer: bytes | None, initargs: bytes, argv: list[str]) -> None:
+        """Take on the program's ``sys.argv``, run the pool's initializer, then say so; if it raises, report it and exit."""
+        sys.argv = argv
         if initializer is not None:
             try:
                 fn = _serialization.load_function(initializer)
