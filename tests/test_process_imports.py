@@ -76,6 +76,44 @@ def test_a_module_imported_through_a_path_entry_removed_since(plugin: tuple[str,
     assert mp.parallel_map(module.double, range(50), backend="process") == [2 * x for x in range(50)]
 
 
+def test_a_function_sent_by_name_before_its_folder_left_sys_path_goes_by_value_after(
+    plugin: tuple[str, Path],
+) -> None:
+    # A function's pickle is made once and kept: made by name while its folder was on
+    # sys.path, it was sent by name to every later worker, which could not import it.
+    module = import_from(*plugin)
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)  # each task on a new worker
+    try:
+        assert mp.parallel(backend="process")(module.double)(1).get(timeout=30) == 2
+        sys.path.remove(str(plugin[1]))
+        assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
+        assert mp.parallel_map(module.double, range(5), backend="process") == [0, 2, 4, 6, 8]
+    finally:
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
+def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:
+    # Only a module of that name was looked for: a folder put first on sys.path since,
+    # holding another (a plugin's, an installed copy of a checkout), ran its code in the
+    # workers, with no error.
+    name = f"plugin_{uuid.uuid4().hex}"
+    for folder in ("imported", "shadow"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
+    path_before = list(sys.path)
+    try:
+        module = import_from(name, tmp_path / "imported")
+        sys.path.insert(0, str(tmp_path / "shadow"))
+        importlib.invalidate_caches()
+        fresh_process_pool(2)
+        assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "imported"
+        assert mp.parallel_map(module.which, range(4), backend="process") == ["imported"] * 4
+    finally:
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+
+
 def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:
     module = import_from(*plugin)
     module.double = mp.parallel(backend="process")(module.double)

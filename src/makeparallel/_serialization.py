@@ -220,8 +220,10 @@ def dumps_function(fn: Any) -> bytes:
     Only plain functions without a closure are cached: their pickle cannot
     change, except for the globals a function sent by value carries, which stay
     as they were the first time (like the standard library's pools, whose
-    workers never see later changes either). Closures, bound methods and other
-    callables, whose state may change between calls, are pickled every time.
+    workers never see later changes either), and how it travels, by name or by
+    value, which follows ``sys.path``: the cache is dropped when it changes.
+    Closures, bound methods and other callables, whose state may change between
+    calls, are pickled every time.
     """
     if type(fn) is BuiltinFunctionType and type(fn.__self__) is ModuleType:
         # A module's C function goes by reference, as cloudpickle would send it, without
@@ -233,6 +235,9 @@ def dumps_function(fn: Any) -> bytes:
             pass
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
+        if _functions_for != sys.path:  # a module found by name then may not be now, or the reverse
+            _functions.clear()
+            _functions_for[:] = sys.path
         cached = _functions.get(fn)
         if cached is not None:
             return cached
@@ -245,6 +250,7 @@ def dumps_function(fn: Any) -> bytes:
 
 
 _functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_functions_for: list[str] = []  # the sys.path the functions in _functions were pickled under
 
 
 def load_function(data: bytes) -> Any:
@@ -308,11 +314,15 @@ def _send_by_value(module: str) -> None:
 
 
 def _importable_by_name(module: str) -> bool:
-    """Whether a worker, given this process's ``sys.path``, can import ``module`` by name.
+    """Whether a worker, given this process's ``sys.path``, imports ``module`` by name: the same one.
 
     Asked of the import system's finders as they are now (the answer is kept
-    until ``sys.path`` changes); ``__main__`` and unknown modules are left to
-    cloudpickle, which sends their functions by value.
+    until ``sys.path`` changes): its top-level package must be found, from the
+    file it was imported from. Another of the same name found first (a folder
+    put before its own on ``sys.path``, an installed copy of a checkout removed
+    from it) would run other code in the worker, with no error. ``__main__``
+    and unknown modules are left to cloudpickle, which sends their functions by
+    value.
     """
     if module == "__main__" or module not in sys.modules:
         return True
@@ -326,17 +336,20 @@ def _importable_by_name(module: str) -> bool:
 
 
 def _findable(top_level: str) -> bool:
+    """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare)."""
     if top_level in sys.builtin_module_names:
         return True
+    loaded = getattr(sys.modules.get(top_level), "__spec__", None)
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
         try:
-            if find_spec(top_level, None) is not None:
-                return True
+            spec = find_spec(top_level, None)
         except Exception:  # a finder that fails is one that cannot find it
             continue
+        if spec is not None:
+            return loaded is None or spec.origin == loaded.origin
     return False
 
 
