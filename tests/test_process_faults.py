@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, fresh_process_pool, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -464,6 +464,27 @@ def test_ctrl_c_stops_a_process_map_and_leaves_no_worker() -> None:
     pids = json.loads(pids_line)
     assert pids
     assert all(wait_until(lambda: gone(pid), 5) for pid in pids), pids
+
+
+def sigint_of_a_program_run_after_a_ctrl_c() -> tuple[int, str]:
+    """This worker's pid, and what a program it runs has for SIGINT as it starts, after the worker got one."""
+    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C at the terminal reaches the workers too
+    code = "import signal; print('default' if signal.getsignal(signal.SIGINT) is signal.default_int_handler else 'ignored')"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    return os.getpid(), child.stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_a_program_a_task_runs_is_stopped_by_ctrl_c_and_its_worker_is_not() -> None:
+    # The worker ignored SIGINT, and a program its task ran inherited that: a Ctrl-C at
+    # the terminal left it running after the program had ended (on the thread backend
+    # it stops with the program).
+    fresh_process_pool(1)
+    run = mp.parallel(backend="process")(sigint_of_a_program_run_after_a_ctrl_c)
+    first = run().get(timeout=30)
+    second = run().get(timeout=30)
+    assert first[1] == second[1] == "default"
+    assert first[0] == second[0]  # the same worker: its own SIGINT did not end it
 
 
 @pytest.mark.timeout(60)

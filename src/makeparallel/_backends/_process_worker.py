@@ -31,7 +31,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
 A map chunk also writes each item's result to the worker's crash journal,
 shared memory the parent reads if this process dies (``_crash_journal``).
 
-Ctrl-C is ignored here: it reaches the parent, which decides what to cancel.
+Ctrl-C does nothing here (:func:`_interrupted`): it reaches the parent, which decides what to cancel.
 """
 
 from __future__ import annotations
@@ -484,7 +484,8 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     ``print()`` output is relayed to the parent's ``sys.stdout`` and ``sys.stderr``.
     """
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.siginterrupt(signal.SIGINT, False)  # a system call goes on, as with the signal ignored
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
     worker = _Worker(conn, journal)
@@ -566,6 +567,16 @@ def _leave_the_worker_behind() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, OutputRelay):
             stream._lock = threading.Lock()
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    """Ctrl-C in a worker: nothing; it reaches the parent too, which decides what to cancel.
+
+    Not ``SIG_IGN``, which a program the task runs (``subprocess.run``) would
+    inherit: a Ctrl-C at the terminal then left it running after the program
+    had ended, where on the thread backend it stops with the program. A handler
+    is reset to the default by ``exec``.
+    """
 
 
 def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
