@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -150,3 +151,22 @@ def test_a_module_that_imports_a_sibling_through_a_path_entry_removed_since(tmp_
         sys.path[:] = path_before
         sys.modules.pop(name, None)
         sys.modules.pop(f"{name}_helper", None)
+
+
+@pytest.mark.timeout(60)
+def test_a_module_that_runs_process_tasks_as_it_is_imported_fails_them_instead_of_recursing(tmp_path: Path) -> None:
+    # Each worker imported the module to unpickle its function, which ran the map again,
+    # in a pool of its own, whose workers did the same: processes without end, no error.
+    (tmp_path / "report.py").write_text(
+        "import makeparallel as mp\n\n"
+        "def square(x):\n    return x * x\n\n"
+        "TABLE = mp.parallel_map(square, range(10), backend='process')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(mp.__file__).parents[1])])}
+    completed = subprocess.run(
+        [sys.executable, "-c", "import report"], capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "RuntimeError: a process task was submitted in a worker process while it imported" in completed.stderr
+    assert "if __name__ == " in completed.stderr
+
