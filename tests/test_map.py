@@ -906,6 +906,26 @@ def test_map_timeout_raises(gate: threading.Event, ordered: bool) -> None:
     assert mp.get_active_task_count() == 0
 
 
+def stuck_for_good(x: int) -> int:
+    """An item that never ends (a hung read): only a worker process's end stops it."""
+    threading.Event().wait()
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_process_maps_timeout_replaces_the_workers_its_stuck_items_held(ordered: bool) -> None:
+    # Its chunks in flight were cancelled, which a running item never sees: both workers
+    # stayed busy after the map had ended, and the next map timed out waiting for them.
+    mp.configure_process_pool(2)
+    with pytest.raises(mp.TaskTimeoutError, match="timed out"):
+        mp.parallel_map(stuck_for_good, range(2), chunksize=1, timeout=0.5, ordered=ordered, backend="process")
+    assert mp.parallel_map(triple_plus_one, range(8), timeout=30, backend="process") == [
+        triple_plus_one(x) for x in range(8)
+    ]
+    assert mp.get_process_pool_info()["worker_restarts"] >= 2
+
+
 @pytest.mark.timeout(20)
 def test_imap_timeout_raises_from_the_iterator(gate: threading.Event) -> None:
     def held(x: int) -> int:

@@ -1119,7 +1119,16 @@ class _Mapper:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def _time_out(self) -> NoReturn:
+        """End the map at its deadline; its chunks in flight are cancelled.
+
+        A chunk still running on a worker process has its worker replaced
+        (``cancel(force=True)``), as a task's at its own timeout: an item stuck
+        for good (a hung read) kept its worker busy after the map had ended,
+        and the next map on the pool timed out waiting for it.
+        """
         unfinished = self._items_in_flight
+        for handle, _ in self._in_flight:
+            handle.cancel(force=True)
         raise TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s; {unfinished} item(s) in flight "
             "were cancelled and the rest of the input was not read"
