@@ -313,6 +313,31 @@ def test_a_fault_fails_only_its_own_task(fault: Fault, pool: None) -> None:
     assert info()["live_workers"] == POOL_SIZE, info()
 
 
+def start_a_helper_then_exit(pid_file: str) -> None:
+    """Fork a helper process that lives on (its pid in ``pid_file``), then end this worker with exit code 3."""
+    helper = os.fork()
+    if helper == 0:
+        while True:
+            signal.pause()  # until the test kills it
+    Path(pid_file).write_text(str(helper))
+    os._exit(3)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_leaving_a_helper_process_alive_fails_its_task_at_once(tmp_path: Path) -> None:
+    # The helper inherited the worker's end of its pipe, and the parent learns of the
+    # worker's death from that pipe's end of file: the task failed only once the helper
+    # had ended, or never.
+    pid_file = tmp_path / "helper"
+    try:
+        with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+            on_process(start_a_helper_then_exit)(str(pid_file)).get(timeout=30)
+        assert on_process(square)(12).get(timeout=30) == 144
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def _search(pattern: str, text: str) -> bool:
     import re
 

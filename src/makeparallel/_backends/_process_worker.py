@@ -491,7 +491,7 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
-    os.register_at_fork(after_in_child=_leave_the_worker_behind)
+    os.register_at_fork(after_in_child=functools.partial(_leave_the_worker_behind, worker))
     _forward_logs(worker.send)
     worker.serve()
 
@@ -553,15 +553,20 @@ class _InstallAfter:
         forward_records(self._send)
 
 
-def _leave_the_worker_behind() -> None:
-    """In a process the task forks (a fork-based ``Pool``'s): SIGTERM as by default, and unlocked output relays.
+def _leave_the_worker_behind(worker: _Worker) -> None:
+    """In a process the task forks (a fork-based ``Pool``'s): SIGTERM as by default, unlocked output relays, no pipe.
 
     With the worker's handler, ``Pool.terminate()`` waited for good: CPython
     ran it late, after the child blocked on the Pool's lock (a plain program
-    with a Python SIGTERM handler hangs the same way). And a relay's lock,
+    with a Python SIGTERM handler hangs the same way). A relay's lock,
     held by another thread of the task as it forked, made the child's first
-    ``print()`` wait for good.
+    ``print()`` wait for good. And the worker's end of its pipe, which the
+    child never uses (:meth:`_Worker.send`), kept the pipe open in it: the
+    parent learns of the worker's death from its end of file, and a worker
+    that died leaving such a child alive (a helper process it started) failed
+    its task only once the child had ended, or never.
     """
+    worker._conn.close()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, OutputRelay):
