@@ -376,6 +376,16 @@ def test_an_unpicklable_result_fails_its_item_alone() -> None:
         mp.parallel_map(lock_at, range(20), backend="process")
 
 
+@pytest.mark.parametrize("count", [1, 40], ids=["a map of one item", "a map of 40"])
+def test_an_unpicklable_item_is_named_at_submission(count: int) -> None:
+    # The error named the chunk task's argument ("argument 1 (list)"), not the item.
+    items: list[Any] = list(range(count))
+    items[count // 3] = threading.Lock()
+    pattern = rf"item {count // 3} \(<unlocked _thread\..*\) of the map cannot be sent to a worker process: TypeError"
+    with pytest.raises(mp.TaskSerializationError, match=pattern):
+        mp.parallel_map(str, items, backend="process")
+
+
 def test_an_unpicklable_result_then_a_crash_lose_their_two_items(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     items[30].result = threading.Lock

@@ -75,8 +75,8 @@ from ._states import RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import SLICE_SECONDS, after_crash, item_raised, past_budget, run_streaming
-from .errors import TaskTimeoutError, WorkerCrashedError
+from ._process_chunks import SLICE_SECONDS, after_crash, describe_item, item_raised, past_budget, run_streaming
+from .errors import TaskSerializationError, TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
 
@@ -746,7 +746,10 @@ def _map_one_item(
     (``benchmarks/map_scaling.py``); a map of one item needs none of it.
     """
     keep_going = on_error != "raise"
-    handle = chunk_task(fn, [item], 0, keep_going)
+    try:
+        handle = chunk_task(fn, [item], 0, keep_going)
+    except TaskSerializationError as error:
+        _raise_naming_the_item(error, [item], 0)
     try:
         chunk = handle.get()
     except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
@@ -755,6 +758,25 @@ def _map_one_item(
         handle.cancel()
         raise
     return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
+
+
+def _raise_naming_the_item(error: TaskSerializationError, items: Sequence[Any], start: int) -> NoReturn:
+    """Raise ``error``, a chunk's that could not be pickled, as its first item that cannot be, where one alone cannot.
+
+    Else the error named the chunk task's argument (``argument 1 (list)``), not the item.
+    """
+    from . import _serialization
+
+    for offset, item in enumerate(items):
+        try:
+            _serialization.dumps(item)
+        except Exception as problem:
+            raise TaskSerializationError(
+                f"{describe_item(start + offset, item)} of the map cannot be sent to a worker process: "
+                f"{type(problem).__name__}: {problem}. Every item must be picklable; backend='thread' "
+                "needs no pickling"
+            ) from error
+    raise error
 
 
 def _resolve_failures(chunk: list[Any], skip: bool) -> list[Any]:
@@ -956,7 +978,10 @@ class _Mapper:
         """
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
-        handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
+        try:
+            handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
+        except TaskSerializationError as error:
+            _raise_naming_the_item(error, items, start)
         self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered or budget is not None or self._completions is not None:
             self._follow(handle)
