@@ -115,6 +115,37 @@ def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) 
         sys.modules.pop(name, None)
 
 
+@pytest.mark.parametrize("spelling", ["a symlink", "with .."])
+def test_a_module_found_again_through_another_spelling_of_its_folder_still_goes_by_name(
+    spelling: str, tmp_path: Path
+) -> None:
+    # The same file, found through a folder put on sys.path again spelt otherwise, was
+    # taken for another module: it went by value, with globals of its own, which an
+    # initializer setting the module's global no longer reached.
+    name = f"plugin_{uuid.uuid4().hex}"
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / f"{name}.py").write_text(
+        "MODEL = None\n\ndef load():\n    global MODEL\n    MODEL = 'loaded'\n\ndef use(_=None):\n    return MODEL\n"
+    )
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path_before = list(sys.path)
+    try:
+        if spelling == "a symlink":
+            module = import_from(name, tmp_path / "link")
+            sys.path.insert(0, str(tmp_path / "real"))
+        else:
+            module = import_from(name, tmp_path / "real")
+            sys.path.insert(0, str(tmp_path / "real" / "sub" / ".."))
+        importlib.invalidate_caches()
+        fresh_process_pool(1)
+        mp.configure_process_pool(initializer=module.load)
+        assert mp.parallel(backend="process")(module.use)().get(timeout=30) == "loaded"
+    finally:
+        mp.configure_process_pool(initializer=None)
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+
+
 def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:
     module = import_from(*plugin)
     module.double = mp.parallel(backend="process")(module.double)

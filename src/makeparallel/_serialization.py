@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import _pickle  # pickle's C core: a worker need not import pickle.py (``_backends/_template``)
 import struct
 import sys
@@ -349,8 +350,20 @@ def _findable(top_level: str) -> bool:
         except Exception:  # a finder that fails is one that cannot find it
             continue
         if spec is not None:
-            return loaded is None or spec.origin == loaded.origin
+            return loaded is None or _same_file(spec.origin, loaded.origin)
     return False
+
+
+def _same_file(found: str | None, loaded: str | None) -> bool:
+    """Whether two origins of a module are one file: a folder on ``sys.path`` twice (a symlink, ``..``) finds it so."""
+    if found == loaded:
+        return True
+    if not found or not loaded:
+        return False
+    try:
+        return os.path.samefile(found, loaded)
+    except (OSError, ValueError):  # not a file ("frozen", in a zip archive), or none there now
+        return False
 
 
 _importable: dict[str, bool] = {}
