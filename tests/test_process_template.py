@@ -177,6 +177,23 @@ def test_a_worker_sees_the_programs_arguments_not_its_own_command_line(template:
     assert later == [["settings.py", "--scale", "10", "--later"]] * 2
 
 
+def test_a_sys_argv_that_is_no_list_leaves_workers_an_empty_one() -> None:
+    # Read in the pool's loop thread, sys.argv = None (an embedding program's) killed it.
+    out = run_fresh(
+        """
+        import sys
+        import makeparallel as mp
+
+        def arguments():
+            return sys.argv
+
+        sys.argv = None
+        print(mp.parallel(backend="process")(arguments)().get(timeout=30), mp.health()["status"])
+        """
+    )
+    assert out == ["[]", "ok"]
+
+
 def test_workers_start_though_the_templates_reports_wait_for_the_pool() -> None:
     # The template reports each fork to the pool's loop thread, which reads the reports
     # only once it has started every worker, and blocks sending a worker's environment

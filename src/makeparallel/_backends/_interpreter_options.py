@@ -95,4 +95,7 @@ def program_arguments() -> list[str]:
     ``sys.argv`` as it is imported (settings parsed with ``argparse``) would
     take for the program's, as ``multiprocessing``'s workers never do.
     """
-    return [str.__str__(entry) if isinstance(entry, str) else str(entry) for entry in getattr(sys, "argv", ())]
+    argv = getattr(sys, "argv", None)
+    if not isinstance(argv, (list, tuple)):  # None, say, where an embedding program set it so
+        return []
+    return [str.__str__(entry) if isinstance(entry, str) else str(entry) for entry in argv]
