@@ -67,10 +67,9 @@ def _process_backend() -> Backend:
     started before the backend's modules are imported, the two overlap. Only a
     task does this: configuring or inspecting the pool starts no process.
     """
-    from ._backends._template_start import refuse_in_a_worker_unpickling_a_task, start_early
-
-    refuse_in_a_worker_unpickling_a_task()
     if not _shut_down:
+        from ._backends._template_start import start_early
+
         start_early()
     return _idle_process_backend()
 

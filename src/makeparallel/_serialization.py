@@ -234,6 +234,8 @@ def dumps_function(fn: Any) -> bytes:
             return _pickle.dumps(fn, protocol=5)
         except Exception:
             pass
+    if unpickling_a_task and type(fn) is FunctionType:
+        _refuse_a_function_of_a_module_being_imported(fn)
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
         if _functions_for != sys.path:  # a module found by name then may not be now, or the reverse
@@ -289,6 +291,8 @@ def _reduce(obj: Any) -> Any:
             _send_by_value(obj.__module__)
         return NotImplemented
     if isinstance(obj, FunctionType):
+        if unpickling_a_task:
+            _refuse_a_function_of_a_module_being_imported(obj)
         if not _importable_by_name(obj.__module__):
             _send_by_value(obj.__module__)
             return NotImplemented  # cloudpickle sends it, and its module's functions and classes, by value
@@ -305,6 +309,32 @@ def _reduce(obj: Any) -> Any:
 
         return reduce_contextvar(obj)
     return NotImplemented
+
+
+#: In a worker process: its main thread is unpickling a task, and so maybe importing the task's modules.
+unpickling_a_task = False
+
+
+def _refuse_a_function_of_a_module_being_imported(fn: FunctionType) -> None:
+    """Raise ``RuntimeError`` if a worker importing ``fn``'s module for a task would send ``fn`` to a worker.
+
+    A module that runs process tasks of its own functions as it is imported
+    has each worker that imports it (to unpickle one of them) run them again,
+    in a pool of its own, whose workers import it again: processes without
+    end. A function of a module fully imported, or sent by another thread,
+    goes.
+    """
+    module = sys.modules.get(fn.__module__)
+    if getattr(getattr(module, "__spec__", None), "_initializing", False) and (
+        threading.current_thread() is threading.main_thread()
+    ):
+        raise RuntimeError(
+            f"{fn.__qualname__} of module {fn.__module__} was sent to a process task while a worker process "
+            "imported that module to unpickle a task: a module that runs process tasks of its own "
+            "functions when it is imported runs them again in every worker that imports it, without "
+            'end. Run them in a function the program calls, or under `if __name__ == "__main__":`, '
+            "not at a module's top level"
+        )
 
 
 def _send_by_value(module: str) -> None:

@@ -84,7 +84,7 @@ from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
-from ._template_start import environment, refuse_in_a_worker_unpickling_a_task
+from ._template_start import environment
 from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
@@ -340,7 +340,6 @@ class ProcessBackend(QueueingBackend):
     # -- submission --------------------------------------------------------------------
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
-        refuse_in_a_worker_unpickling_a_task()
         if self._loop is None and not self._closed:  # cold: workers start while the task is pickled
             with self._lock:
                 self._task_coming = True

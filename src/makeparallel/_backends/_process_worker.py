@@ -576,35 +576,14 @@ def _leave_the_worker_behind(worker: _Worker) -> None:
 def _unpickled(function: bytes, data: bytes, buffers: list[Any]) -> tuple[Any, Any]:
     """A task's function and call, unpickled: the modules they need are imported now.
 
-    Meanwhile this (main) thread may start no process task
-    (:func:`refuse_process_tasks_while_unpickling`).
+    Meanwhile a function of a module still being imported cannot be sent to
+    a worker from this (main) thread (``_serialization.unpickling_a_task``).
     """
-    global _unpickling
-    _unpickling = True
+    _serialization.unpickling_a_task = True
     try:
         return _serialization.load_function(function), _serialization.loads(data, buffers)
     finally:
-        _unpickling = False
-
-
-_unpickling = False  # the main thread is unpickling a task, so maybe importing its modules
-
-
-def refuse_process_tasks_while_unpickling() -> None:
-    """Raise ``RuntimeError`` in a worker that is importing a task's modules to unpickle it.
-
-    A module that runs process tasks as it is imported has them run again in
-    each worker that imports it to unpickle a task, and in their workers:
-    processes without end (``multiprocessing`` refuses to start a process in a
-    child still importing the program's main module, for the same reason).
-    """
-    if _unpickling and threading.current_thread() is threading.main_thread():
-        raise RuntimeError(
-            "a process task was submitted in a worker process while it imported a module to unpickle "
-            "a task: a module that runs process tasks when it is imported runs them again in every "
-            "worker that imports it, without end. Run them in a function the program calls, or "
-            "under `if __name__ == \"__main__\":`, not at a module's top level"
-        )
+        _serialization.unpickling_a_task = False
 
 
 def _interrupted(signum: int, frame: Any) -> None:

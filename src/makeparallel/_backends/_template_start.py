@@ -24,14 +24,7 @@ from ._inherited import inherits_standard_stream, snapshot
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
-__all__ = [
-    "StartedTemplate",
-    "environment",
-    "refuse_in_a_worker_unpickling_a_task",
-    "start_early",
-    "take_started",
-    "template_available",
-]
+__all__ = ["StartedTemplate", "environment", "start_early", "take_started", "template_available"]
 
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
@@ -55,17 +48,6 @@ serve(fd, int(sys.argv[2]))
 
 
 _POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
-
-
-def refuse_in_a_worker_unpickling_a_task() -> None:
-    """Raise ``RuntimeError`` in a worker process importing a task's modules, before any process starts.
-
-    (``_process_worker.refuse_process_tasks_while_unpickling``; that module is
-    loaded in worker processes only.)
-    """
-    worker = sys.modules.get("makeparallel._backends._process_worker")
-    if worker is not None:
-        worker.refuse_process_tasks_while_unpickling()
 
 
 def template_available() -> bool:
