@@ -512,6 +512,26 @@ def test_a_program_a_task_runs_is_stopped_by_ctrl_c_and_its_worker_is_not() -> N
     assert first[0] == second[0]  # the same worker: its own SIGINT did not end it
 
 
+def sigint_of_a_program_run_here() -> str:
+    """What a program this task runs has for SIGINT as it starts: ``"ignored"`` or ``"default"``."""
+    code = "import signal; print('ignored' if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 'default')"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_where_the_program_ignores_ctrl_c_so_do_the_programs_its_tasks_run() -> None:
+    # As its own children do, and the thread backend's tasks' (started in the background,
+    # under `trap '' INT`): a Ctrl-C at the terminal does not stop them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        fresh_process_pool(1)  # workers started from now on
+        assert mp.parallel(backend="process")(sigint_of_a_program_run_here)().get(timeout=30) == "ignored"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        fresh_process_pool(1)
+    assert mp.parallel(backend="process")(sigint_of_a_program_run_here)().get(timeout=30) == "default"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops a worker with SIGSTOP (POSIX)")
 def test_a_task_sent_to_a_worker_that_dies_before_starting_it_runs_elsewhere() -> None:

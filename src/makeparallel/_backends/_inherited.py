@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
-__all__ = ["changes_since", "departed_since", "inherits_standard_stream", "snapshot", "take"]
+__all__ = ["changes_since", "departed_since", "inherits_standard_stream", "interrupts_ignored", "snapshot", "take"]
 
 _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without importing resource
 # This thread's status: the process's, but for what each thread has of its own (capabilities...).
@@ -89,6 +89,17 @@ def departed_since(inherited: Snapshot) -> bool:
     """
     *_, limits, identity = inherited
     return _identity(_read(_STATUS)) != identity or _line(_read(_LIMITS), _PROCESS_LIMIT) != _line(limits, _PROCESS_LIMIT)
+
+
+def interrupts_ignored() -> bool:
+    """Whether this program ignores SIGINT (Ctrl-C): its workers then ignore it too, not only do nothing on it.
+
+    A worker does nothing on SIGINT, the parent decides what to cancel
+    (``_process_worker._interrupted``). Where the program ignores it (started
+    in the background, ``trap '' INT``), so do the programs it runs, and the
+    worker ignores it too, so that those its tasks run do as well.
+    """
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def inherits_standard_stream(fd: int) -> bool:

@@ -78,7 +78,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
-from ._inherited import inherits_standard_stream
+from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
@@ -691,7 +691,7 @@ class ProcessBackend(QueueingBackend):
                 continue
             started += 1
             worker.initializer = setup.name
-            _send(worker, ("setup", setup.initializer, setup.initargs, program_arguments()))
+            _send(worker, ("setup", setup.initializer, setup.initargs, program_arguments(), interrupts_ignored()))
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()

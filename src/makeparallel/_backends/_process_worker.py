@@ -14,8 +14,9 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            (read by _template, before this module runs)
                        ("path", sys_path)                  next, for a worker forked from the template;
                                                            later, when the parent's sys.path changed
-                       ("setup", initializer, initargs, argv)  then, always; pickled, or None;
-                                                           and the program's sys.argv
+                       ("setup", initializer, initargs, argv, ignore_sigint)  then, always: the
+                                                           initializer pickled, or None; the
+                                                           program's sys.argv; whether it ignores Ctrl-C
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
@@ -175,9 +176,11 @@ class _Worker:
             else:
                 return
 
-    def _set_up(self, initializer: bytes | None, initargs: bytes, argv: list[str]) -> None:
-        """Take on the program's ``sys.argv``, run the pool's initializer, then say so; if it raises, report it and exit."""
+    def _set_up(self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool) -> None:
+        """Take on the program's ``sys.argv`` and Ctrl-C, run the pool's initializer, then say so; if it raises, report it and exit."""
         sys.argv = argv
+        if ignore_sigint:  # as the program does (_inherited.interrupts_ignored), and the programs a task runs
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if initializer is not None:
             try:
                 fn, args = _unpickled(initializer, initargs, [])
