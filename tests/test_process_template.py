@@ -194,6 +194,30 @@ def test_a_sys_argv_that_is_no_list_leaves_workers_an_empty_one() -> None:
     assert out == ["[]", "ok"]
 
 
+def test_arguments_that_are_not_text_reach_workers_as_text() -> None:
+    # str() of each, in the pool's loop thread: a bytes argument under -bb (BytesWarning)
+    # or an object whose __str__ raises killed the loop.
+    out = run_fresh(
+        """
+        import sys
+        import makeparallel as mp
+
+        class Unprintable:
+            def __str__(self):
+                raise ValueError("no text")
+
+        def arguments():
+            return sys.argv
+
+        sys.argv = ["prog", b"bytes-arg", Unprintable()]
+        argv = mp.parallel(backend="process")(arguments)().get(timeout=30)
+        print(argv[:2], argv[2].startswith("<__main__.Unprintable object at"), mp.health()["status"])
+        """,
+        options=("-bb",),
+    )
+    assert out == ["['prog',", "'bytes-arg']", "True", "ok"]
+
+
 def test_workers_start_though_the_templates_reports_wait_for_the_pool() -> None:
     # The template reports each fork to the pool's loop thread, which reads the reports
     # only once it has started every worker, and blocks sending a worker's environment

@@ -98,4 +98,18 @@ def program_arguments() -> list[str]:
     argv = getattr(sys, "argv", None)
     if not isinstance(argv, (list, tuple)):  # None, say, where an embedding program set it so
         return []
-    return [str.__str__(entry) if isinstance(entry, str) else str(entry) for entry in argv]
+    return [_as_text(entry) for entry in argv]
+
+
+def _as_text(entry: object) -> str:
+    """An argument as plain text: ``bytes`` and paths decoded as file names are, anything else as ``str()`` or ``repr``."""
+    if isinstance(entry, str):
+        return str.__str__(entry)
+    try:
+        return os.fsdecode(entry)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    try:
+        return str(entry)
+    except Exception:  # read in the pool's loop thread, which must not die of it
+        return object.__repr__(entry)
