@@ -1152,8 +1152,10 @@ class _Mapper:
         and the next map on the pool timed out waiting for it.
         """
         unfinished = self._items_in_flight
-        for handle, _ in self._in_flight:
-            handle.cancel(force=True)
+        handles = [handle for handle, _ in self._in_flight]
+        cancel_all(handles)  # together: one by one, each running chunk on threads had a thread replace it
+        for handle in handles:
+            handle.cancel_with_timeout(0, force=True)  # its code still runs: on processes, its worker is replaced
         raise TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s; {unfinished} item(s) in flight "
             "were cancelled and the rest of the input was not read"
