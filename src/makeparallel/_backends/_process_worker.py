@@ -487,7 +487,7 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, _interrupted)
-    signal.siginterrupt(signal.SIGINT, False)  # a system call goes on, as with the signal ignored
+    signal.siginterrupt(signal.SIGINT, False)  # SA_RESTART: most system calls go on, as with the signal ignored
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
     worker = _Worker(conn, journal)
