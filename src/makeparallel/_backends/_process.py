@@ -73,7 +73,6 @@ from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
-from .._validation import check_count
 from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel

@@ -76,7 +76,6 @@ import gc
 import os
 import select
 import struct
-import sys
 import time
 from collections import deque
 
