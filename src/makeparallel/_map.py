@@ -1147,9 +1147,10 @@ class _Mapper:
         """End the map at its deadline; its chunks in flight are cancelled.
 
         A chunk still running on a worker process has its worker replaced
-        (``cancel(force=True)``), as a task's at its own timeout: an item stuck
-        for good (a hung read) kept its worker busy after the map had ended,
-        and the next map on the pool timed out waiting for it.
+        (``cancel_with_timeout(0, force=True)``), as a task's at its own
+        timeout: an item stuck for good (a hung read) kept its worker busy
+        after the map had ended, and the next map on the pool timed out
+        waiting for it.
         """
         unfinished = self._items_in_flight
         handles = [handle for handle, _ in self._in_flight]

@@ -102,7 +102,7 @@ def program_arguments() -> list[str]:
 
 
 def _as_text(entry: object) -> str:
-    """An argument as plain text: ``bytes`` and paths decoded as file names are, anything else as ``str()`` or ``repr``."""
+    """An argument as plain text: ``bytes`` and paths decoded as file names, else its ``str()``, or where that raises its ``repr``."""
     if isinstance(entry, str):
         return str.__str__(entry)
     try:

@@ -177,7 +177,10 @@ class _Worker:
                 return
 
     def _set_up(self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool) -> None:
-        """Take on the program's ``sys.argv`` and Ctrl-C, run the pool's initializer, then say so; if it raises, report it and exit."""
+        """Take on the program's ``sys.argv`` and Ctrl-C, run the pool's initializer, then say so.
+
+        If the initializer raises, report it and exit.
+        """
         sys.argv = argv
         if ignore_sigint:  # as the program does (_inherited.interrupts_ignored), and the programs a task runs
             signal.signal(signal.SIGINT, signal.SIG_IGN)
