@@ -491,12 +491,16 @@ def test_ctrl_c_stops_a_process_map_and_leaves_no_worker() -> None:
     assert all(wait_until(lambda: gone(pid), 5) for pid in pids), pids
 
 
+def sigint_of_a_program_run_here() -> str:
+    """What a program this task runs has for SIGINT as it starts: ``"ignored"`` or ``"default"``."""
+    code = "import signal; print('ignored' if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 'default')"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
 def sigint_of_a_program_run_after_a_ctrl_c() -> tuple[int, str]:
     """This worker's pid, and what a program it runs has for SIGINT as it starts, after the worker got one."""
     os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C at the terminal reaches the workers too
-    code = "import signal; print('default' if signal.getsignal(signal.SIGINT) is signal.default_int_handler else 'ignored')"
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
-    return os.getpid(), child.stdout.strip()
+    return os.getpid(), sigint_of_a_program_run_here()
 
 
 @pytest.mark.timeout(60)
@@ -510,12 +514,6 @@ def test_a_program_a_task_runs_is_stopped_by_ctrl_c_and_its_worker_is_not() -> N
     second = run().get(timeout=30)
     assert first[1] == second[1] == "default"
     assert first[0] == second[0]  # the same worker: its own SIGINT did not end it
-
-
-def sigint_of_a_program_run_here() -> str:
-    """What a program this task runs has for SIGINT as it starts: ``"ignored"`` or ``"default"``."""
-    code = "import signal; print('ignored' if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 'default')"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
 
 
 @pytest.mark.timeout(60)
