@@ -238,9 +238,7 @@ def dumps_function(fn: Any) -> bytes:
         _refuse_a_function_of_a_module_being_imported(fn)
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
-        if _functions_for != sys.path:  # a module found by name then may not be now, or the reverse
-            _functions.clear()
-            _functions_for[:] = sys.path
+        _follow_sys_path()  # a module found by name then may not be now, or the reverse
         cached = _functions.get(fn)
         if cached is not None:
             return cached
@@ -253,7 +251,6 @@ def dumps_function(fn: Any) -> bytes:
 
 
 _functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_functions_for: list[str] = []  # the sys.path the functions in _functions were pickled under
 
 
 def load_function(data: bytes) -> Any:
@@ -357,9 +354,7 @@ def _importable_by_name(module: str) -> bool:
     """
     if module == "__main__" or module not in sys.modules:
         return True
-    if _importable_for != sys.path:
-        _importable.clear()
-        _importable_for[:] = sys.path
+    _follow_sys_path()
     known = _importable.get(module)
     if known is None:
         known = _importable[module] = _findable(module.partition(".")[0])
@@ -397,7 +392,15 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
 
 
 _importable: dict[str, bool] = {}
-_importable_for: list[str] = []
+_path_seen: list[str] = []  # the sys.path that _importable and _functions were filled under
+
+
+def _follow_sys_path() -> None:
+    """Forget what depends on ``sys.path`` (which modules import by name, the pickles made so) once it changed."""
+    if _path_seen != sys.path:
+        _importable.clear()
+        _functions.clear()
+        _path_seen[:] = sys.path
 
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
