@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._backends._base import Backend, terminate_all
 from pool_helpers import fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -597,6 +599,86 @@ def test_exit_runs_every_uncollected_task(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "abandoned" not in result.stderr
     assert sorted(int(line) for line in out.read_text().split()) == list(range(50))
+
+
+STUCK_IN_C_IN_THREE_POOLS = """
+import os, sys, time
+from pathlib import Path
+import makeparallel as mp
+
+markers = Path(sys.argv[1])
+
+def stuck_in_c():
+    (markers / str(os.getpid())).touch()
+    return sum(range(10**13))  # one C call holding the GIL: deaf to SIGTERM
+
+mp.configure(exit_timeout=0)
+handles = [mp.parallel(backend="process")(stuck_in_c)()]
+executors = [mp.Executor(backend="process", max_workers=1) for _ in range(2)]
+futures = [executor.submit(stuck_in_c) for executor in executors]
+deadline = time.monotonic() + 30
+while len(list(markers.iterdir())) < 3 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(len(list(markers.iterdir())), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_exit_stops_the_workers_of_every_pool_and_executor_together(tmp_path: Path) -> None:
+    # Each pool's worker stuck in C takes two grace periods to stop (SIGTERM, then
+    # SIGKILL). Stopped one pool after another, this program took 7 s to exit; stopped
+    # together, the two grace periods once.
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", STUCK_IN_C_IN_THREE_POOLS, str(tmp_path)],
+        timeout=50,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "3\n"  # every worker was stuck in C when the program ended
+    for marker in tmp_path.iterdir():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(marker.name), 0)  # killed, none left behind
+    assert wall < 6, wall  # one pool after another: 3 x 2 s of grace at least
+
+
+class _RecordedBackend(Backend):
+    """Records when it is told to stop and when it is waited for."""
+
+    name = "recorded"
+
+    def __init__(self, label: str, record: list[str]) -> None:
+        super().__init__()
+        self._label = label
+        self._record = record
+
+    def begin_terminate(self) -> None:
+        self._record.append(f"begin {self._label}")
+
+    def terminate(self) -> None:
+        self._record.append(f"wait {self._label}")
+
+
+@pytest.mark.timeout(10)
+def test_terminate_all_tells_every_pool_to_stop_before_waiting_for_any() -> None:
+    record: list[str] = []
+    terminate_all([_RecordedBackend("a", record), _RecordedBackend("b", record), _RecordedBackend("c", record)])
+    assert record == ["begin a", "begin b", "begin c", "wait a", "wait b", "wait c"]
+
+
+@pytest.mark.timeout(10)
+def test_shutdown_tells_every_pool_to_stop_before_waiting_for_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    record: list[str] = []
+    pools = [_RecordedBackend("a", record), _RecordedBackend("b", record)]
+    monkeypatch.setattr(_runtime, "_all_backends", lambda: pools)
+    try:
+        assert mp.shutdown(timeout_secs=1) is True
+    finally:
+        mp.reset_shutdown()
+    assert record == ["begin a", "begin b", "wait a", "wait b"]
 
 
 @pytest.mark.timeout(40)

@@ -15,7 +15,6 @@ follows the handle: one done-callback per task, set before the task can start.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextvars
 import itertools
@@ -209,7 +208,8 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
-        _live.add(self._backend)  # stopped at interpreter exit (_at_exit)
+        _live.add(self._backend)  # stopped at interpreter exit (_left_at_exit)
+        _runtime.stop_at_exit(_left_at_exit)
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
         self._finalizer.atexit = False
@@ -413,11 +413,9 @@ def _free_when_idle(backend: Backend, wait: bool = True) -> None:
         _releasing.discard(backend)
 
 
-@atexit.register
-def _at_exit() -> None:
-    """Stop the worker processes of every executor left, as the interpreter exits."""
-    for backend in [*_live, *_releasing]:
-        backend.terminate()
+def _left_at_exit() -> list[Backend]:
+    """The pools of the executors left as the interpreter exits, which exit stops with the runtime's."""
+    return [*_live, *_releasing]
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:

@@ -29,7 +29,7 @@ from types import EllipsisType
 
 from . import _deadlines
 from ._admission import Limiter, all_limiters
-from ._backends._base import Backend
+from ._backends._base import Backend, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._validation import check_count, check_wait_timeout
@@ -121,6 +121,7 @@ ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
 _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
+_also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
 global_limiter = Limiter(None)
 
 
@@ -235,7 +236,6 @@ def _all_backends() -> list[Backend]:
 
 
 def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
-    global _exit_hook_registered
     with _lock:
         backend = _backends.get(name)
         if backend is None:
@@ -245,10 +245,27 @@ def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
             if memory_paused():
                 backend.set_paused(True)
             _backends[name] = backend
-        if not _exit_hook_registered:
-            atexit.register(_at_exit)
-            _exit_hook_registered = True
+        _register_exit_hook_locked()
         return backend
+
+
+def _register_exit_hook_locked() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_at_exit)
+        _exit_hook_registered = True
+
+
+def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
+    """Have interpreter exit stop the workers of ``pools()`` too (an ``Executor``'s), together with the runtime's.
+
+    Exit does not wait for their tasks: it stops them at once, as
+    ``Executor.shutdown(wait=False)`` would have left them.
+    """
+    with _lock:
+        if pools not in _also_at_exit:
+            _also_at_exit.append(pools)
+        _register_exit_hook_locked()
 
 
 def use_default_backend(name: BackendOption | None) -> None:
@@ -624,8 +641,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
 
     It waits within its timeout whatever the tasks do: a stuck task on threads is
     left to its daemon thread. Then it stops the worker processes, busy or not:
-    told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, all together,
-    so about two seconds more at most; a process task that has not ended by
+    told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, every pool's
+    workers together, so about two seconds more at most; a process task that has not ended by
     then, running or queued, fails with ``ShutdownError``.
 
     Args:
@@ -653,8 +670,7 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
         if give_up is not None:
             give_up()
     finished = wait_until_idle(timeout_secs)
-    for backend in backends:
-        backend.terminate()  # no worker process outlives shutdown, busy or not
+    terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
     return finished
 
 
@@ -696,8 +712,8 @@ def _at_exit() -> None:
                 f"after waiting {timeout:g} s",
                 "collect results or call makeparallel.shutdown() before exiting, or raise configure(exit_timeout=...)",
             )
-    for backend in backends:
-        backend.terminate()  # no orphaned or zombie worker process
+    # No orphaned or zombie worker process; every pool's stopped at once.
+    terminate_all([*backends, *(pool for pools in _also_at_exit for pool in pools())])
 
 
 def _ending_on_interrupt() -> bool:

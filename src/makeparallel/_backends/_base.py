@@ -20,7 +20,7 @@ from ..errors import ShutdownError
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["Backend", "BlockingWait", "pool_of_this_thread"]
+__all__ = ["Backend", "BlockingWait", "pool_of_this_thread", "terminate_all"]
 
 _this_thread = threading.local()  # .pool: the backend whose worker this thread is
 _every: weakref.WeakSet[Backend] = weakref.WeakSet()  # every backend alive: the runtime's, executors', adapters'
@@ -43,6 +43,19 @@ if hasattr(os, "register_at_fork"):
 def every_backend() -> list[Backend]:
     """Every backend alive in this process, whoever made it."""
     return list(_every)
+
+
+def terminate_all(backends: list[Backend]) -> None:
+    """Stop the workers of ``backends`` together: each is told to stop first, then each is waited for.
+
+    A worker stuck in a C call that holds the GIL takes two grace periods to
+    stop (``SIGTERM``, then ``SIGKILL``). Stopped one pool after another, a
+    program with three process pools took three times that to exit.
+    """
+    for backend in backends:
+        backend.begin_terminate()
+    for backend in backends:
+        backend.terminate()
 
 
 def pool_of_this_thread() -> Backend | None:
@@ -263,6 +276,9 @@ class Backend:
 
     def worker_unblocks(self) -> None:
         """That wait ended."""
+
+    def begin_terminate(self) -> None:
+        """Start stopping the workers and return at once; :meth:`terminate` waits for them to stop."""
 
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""

@@ -415,16 +415,23 @@ class ProcessBackend(QueueingBackend):
             self._closed = False
             self._terminating = False
 
-    def terminate(self) -> None:
-        """Stop every worker now; a task still running fails with ``ShutdownError``.
+    def begin_terminate(self) -> None:
+        """Have the loop thread stop every worker, without waiting; a task still running fails with ``ShutdownError``.
 
-        The loop thread owns the pipes, so it does the stopping; this waits for it.
+        The loop thread owns the pipes, so it does the stopping.
         """
         with self._lock:
             self._terminating = True
             loop = self._loop
         if loop is not None:
             self._wake()
+
+    def terminate(self) -> None:
+        """Stop every worker now (:meth:`begin_terminate`), and wait for the loop thread to have done it."""
+        self.begin_terminate()
+        with self._lock:
+            loop = self._loop
+        if loop is not None:
             loop.join(timeout=4 * _TERMINATE_GRACE + 1)
 
     # -- hooks the handle calls -----------------------------------------------------
