@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -101,3 +102,21 @@ def identity(x: Any) -> Any:
 
 def lock_at(x: int) -> Any:
     return threading.Lock() if x == 5 else x
+
+
+PLUGIN = "class Thing:\n    def __init__(self, index):\n        self.index = index\n"
+
+
+def plugin_object_at_the_culprit(item: tuple[int, str]) -> Any:
+    """Item ``CULPRIT``'s result is of a class from ``folder``, which only the worker puts on ``sys.path``.
+
+    So the parent cannot unpickle it (``ModuleNotFoundError``).
+    """
+    index, folder = item
+    if index != CULPRIT:
+        return index
+    if folder not in sys.path:
+        sys.path.append(folder)
+    import plugin_of_the_workers  # type: ignore[import-not-found]
+
+    return plugin_of_the_workers.Thing(index)

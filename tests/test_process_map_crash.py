@@ -29,7 +29,19 @@ from makeparallel import _map, _process_chunks
 from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
 from makeparallel._process_chunks import run_streaming
 from makeparallel._states import RUNNING
-from map_crash_tasks import CULPRIT, Colour, DiesWhenUnpickled, Item, Rejected, identity, lock_at, work, work_at
+from map_crash_tasks import (
+    CULPRIT,
+    PLUGIN,
+    Colour,
+    DiesWhenUnpickled,
+    Item,
+    Rejected,
+    identity,
+    lock_at,
+    plugin_object_at_the_culprit,
+    work,
+    work_at,
+)
 from pool_helpers import wait_for_a_dying_task_on_four, wait_until
 
 pytestmark = [
@@ -206,6 +218,53 @@ def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> No
 def test_a_map_of_one_item_that_crashes_names_it() -> None:
     with pytest.raises(mp.WorkerCrashedError, match=rf"item 0 \(Item#{CULPRIT}\) of the map crashed its worker process \(exit code 7\)"):
         mp.parallel_map(work, [Item(CULPRIT, os.devnull, 0.0, "exit")], backend="process")
+
+
+@pytest.fixture
+def plugin_folder(tmp_path: Path) -> str:
+    """A folder that only the workers put on ``sys.path``, holding the module of the culprit's result."""
+    (tmp_path / "plugin_of_the_workers.py").write_text(PLUGIN)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("on_error", ["skip", "none"])
+def test_a_result_that_cannot_be_unpickled_here_fails_its_item_alone_with_chunks_of_one(
+    on_error: str, plugin_folder: str
+) -> None:
+    items = [(i, plugin_folder) for i in range(ITEMS)]
+    results = mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=1, on_error=on_error)  # type: ignore[call-overload]
+    if on_error == "skip":
+        assert results == [i for i in range(ITEMS) if i != CULPRIT]
+    else:
+        assert results == [None if i == CULPRIT else i for i in range(ITEMS)]
+
+
+def test_a_result_that_cannot_be_unpickled_here_fails_the_items_of_its_chunk_and_the_map_goes_on(
+    plugin_folder: str,
+) -> None:
+    items = [(i, plugin_folder) for i in range(ITEMS)]
+    results = mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10, on_error="none")
+    lost = range(CULPRIT - CULPRIT % 10, CULPRIT - CULPRIT % 10 + 10)  # the culprit's chunk: 50 to 59
+    assert results == [None if i in lost else i for i in range(ITEMS)]
+
+
+def test_a_result_that_cannot_be_unpickled_here_names_its_item_or_its_chunk(plugin_folder: str) -> None:
+    items = [(i, plugin_folder) for i in range(ITEMS)]
+    with pytest.raises(mp.TaskSerializationError, match=rf"the result of item {CULPRIT} \(\({CULPRIT}, '.*'\)\) of the map came back from the worker process but could not be unpickled here: ModuleNotFoundError: No module named 'plugin_of_the_workers'") as caught:
+        mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=1)
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+    with pytest.raises(mp.TaskSerializationError, match=r"the results of items 50 to 59 of the map came back from the worker process together"):
+        mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10)
+
+
+@pytest.mark.parametrize(("on_error", "expected"), [("skip", []), ("none", [None])])
+def test_a_map_of_one_item_whose_result_cannot_be_unpickled_here_loses_only_it(
+    on_error: str, expected: list[Any], plugin_folder: str
+) -> None:
+    results = mp.parallel_map(plugin_object_at_the_culprit, [(CULPRIT, plugin_folder)], backend="process", on_error=on_error)  # type: ignore[call-overload]
+    assert results == expected
+    with pytest.raises(mp.TaskSerializationError, match=rf"the result of item 0 \(\({CULPRIT}, "):
+        mp.parallel_map(plugin_object_at_the_culprit, [(CULPRIT, plugin_folder)], backend="process")
 
 
 @pytest.mark.parametrize("backend", ["thread", "sync", "process"])

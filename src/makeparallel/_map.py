@@ -75,7 +75,15 @@ from ._states import RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
-from ._process_chunks import SLICE_SECONDS, after_crash, describe_item, item_raised, past_budget, run_streaming
+from ._process_chunks import (
+    SLICE_SECONDS,
+    after_crash,
+    after_unreadable,
+    describe_item,
+    item_raised,
+    past_budget,
+    run_streaming,
+)
 from .errors import TaskSerializationError, TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["imap", "parallel_map"]
@@ -754,6 +762,8 @@ def _map_one_item(
         chunk = handle.get()
     except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
         chunk, _ = after_crash(error, [item], 0, keep_going)
+    except TaskSerializationError as error:  # its result, or the item's error, could not be unpickled here
+        chunk = after_unreadable(error, [item], 0, keep_going)
     except BaseException:  # Ctrl-C, or the item's error: the task must not go on
         handle.cancel()
         raise
@@ -923,6 +933,9 @@ class _Mapper:
             if size < len(items):
                 again = self._start_chunk(items[size:], start + size, budget)
                 self._in_flight.insert(self._in_flight.index(entry), again)
+        except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here
+            start, items, _ = self._chunk_items[id(handle)]
+            chunk = after_unreadable(error, items, start, self._keep_going)
         else:
             if len(chunk) < size:
                 start, items, _ = self._chunk_items[id(handle)]

@@ -36,6 +36,7 @@ __all__ = [
     "SLICE_SECONDS",
     "Failure",
     "after_crash",
+    "after_unreadable",
     "describe_item",
     "disown_worker_death",
     "item_raised",
@@ -255,3 +256,37 @@ def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, kee
     if not keep_going:
         raise failure
     return [*done, Failure(failure)], position + 1
+
+
+def after_unreadable(error: TaskSerializationError, items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
+    """The results of a chunk that ran on a worker, but whose results could not be unpickled here: its items' failures.
+
+    A result of a class this process cannot import (one from a folder only
+    the worker put on ``sys.path``, say) travels with the chunk's others, and
+    none of them can be read back alone: every item of the chunk fails with
+    it, as ``on_error`` says, and the map goes on. None runs again.
+
+    Raises:
+        TaskSerializationError: with ``keep_going`` false, naming the item, or
+            the chunk's items.
+        TaskSerializationError: ``error`` as it came, if it is not such a failure.
+    """
+    cause = getattr(error, "_unreadable", None)
+    if cause is None:
+        raise error
+    problem = f"{type(cause).__name__}: {cause}"
+    if len(items) == 1:
+        lost = TaskSerializationError(
+            f"the result of {describe_item(start, items[0])} of the map came back from the worker process "
+            f"but could not be unpickled here: {problem}. Return data this process can import too"
+        )
+    else:
+        lost = TaskSerializationError(
+            f"the results of items {start} to {start + len(items) - 1} of the map came back from the worker "
+            f"process together, and one of them (or an item's error) could not be unpickled here: {problem}. "
+            "Return data this process can import too; with chunksize=1 only the item whose result cannot be fails"
+        )
+    if not keep_going:
+        raise lost from cause
+    lost.__cause__ = cause
+    return [Failure(lost)] * len(items)

@@ -1035,10 +1035,12 @@ class ProcessBackend(QueueingBackend):
                 done.extend(value)
                 value = done
         except BaseException as error:  # unpickling runs the user's code: nothing may end the loop
-            ok, value = False, TaskSerializationError(
+            unreadable = TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
                 f"but could not be unpickled here: {type(error).__name__}: {error}"
             )
+            vars(unreadable)["_unreadable"] = error  # a map fails the chunk's items with it (after_unreadable)
+            ok, value = False, unreadable
         else:
             if not ok:
                 value, remote_traceback = value
