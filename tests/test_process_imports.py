@@ -94,6 +94,26 @@ def test_a_function_sent_by_name_before_its_folder_left_sys_path_goes_by_value_a
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
+def test_a_function_is_pickled_once_under_each_sys_path_a_program_goes_back_and_forth_between(
+    plugin: tuple[str, Path], tmp_path: Path
+) -> None:
+    # A plugin loader that puts a folder on sys.path around each submission re-pickled
+    # the function on each one (60 us a submission, against 5): a change dropped every
+    # pickle made, and every answer of which modules workers import by name.
+    from makeparallel import _serialization
+
+    module = import_from(*plugin)
+    first = _serialization.dumps_function(module.double)
+    sys.path.append(str(tmp_path / "elsewhere"))
+    under_the_other = _serialization.dumps_function(module.double)
+    sys.path.pop()
+    assert _serialization.dumps_function(module.double) is first
+    sys.path.append(str(tmp_path / "elsewhere"))
+    assert _serialization.dumps_function(module.double) is under_the_other
+    sys.path.pop()
+    assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
+
+
 def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:
     # Only a module of that name was looked for: a folder put first on sys.path since,
     # holding another (a plugin's, an installed copy of a checkout), ran its code in the

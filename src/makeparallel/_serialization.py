@@ -222,7 +222,8 @@ def dumps_function(fn: Any) -> bytes:
     change, except for the globals a function sent by value carries, which stay
     as they were the first time (like the standard library's pools, whose
     workers never see later changes either), and how it travels, by name or by
-    value, which follows ``sys.path``: the cache is dropped when it changes.
+    value, which follows ``sys.path``: a pickle is kept for the ``sys.path`` it
+    was made under (:func:`_under_sys_path`).
     Closures, bound methods and other callables, whose state may change between
     calls, are pickled every time.
     """
@@ -238,19 +239,16 @@ def dumps_function(fn: Any) -> bytes:
         _refuse_a_function_of_a_module_being_imported(fn)
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
-        _follow_sys_path()  # a module found by name then may not be now, or the reverse
-        cached = _functions.get(fn)
+        functions = _under_sys_path().functions  # a module found by name then may not be now, or the reverse
+        cached = functions.get(fn)
         if cached is not None:
             return cached
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(fn)
     data = stream.getvalue()
     if cacheable:
-        _functions[fn] = data
+        functions[fn] = data
     return data
-
-
-_functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
 def load_function(data: bytes) -> Any:
@@ -354,10 +352,10 @@ def _importable_by_name(module: str) -> bool:
     """
     if module == "__main__" or module not in sys.modules:
         return True
-    _follow_sys_path()
-    known = _importable.get(module)
+    importable = _under_sys_path().importable
+    known = importable.get(module)
     if known is None:
-        known = _importable[module] = _findable(module.partition(".")[0])
+        known = importable[module] = _findable(module.partition(".")[0])
     return known
 
 
@@ -391,16 +389,41 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
         return False
 
 
-_importable: dict[str, bool] = {}
-_path_seen: list[str] = []  # the sys.path that _importable and _functions were filled under
+class _PathAnswers:
+    """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so."""
+
+    __slots__ = ("functions", "importable")
+
+    def __init__(self) -> None:
+        self.importable: dict[str, bool] = {}
+        self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
-def _follow_sys_path() -> None:
-    """Forget what depends on ``sys.path`` (which modules import by name, the pickles made so) once it changed."""
+_PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
+_answers_by_path: dict[tuple[str, ...], _PathAnswers] = {}  # oldest first
+_path_seen: list[str] = []  # the sys.path of _answers
+_answers = _PathAnswers()
+
+
+def _under_sys_path() -> _PathAnswers:
+    """The answers under ``sys.path`` as it is now: those kept for it, if it was so before, else new ones.
+
+    A program that puts a folder on ``sys.path`` around each submission (a
+    plugin loader) re-pickled its function on each one (60 us a submission,
+    against 5) when a change dropped every answer.
+    """
+    global _answers
     if _path_seen != sys.path:
-        _importable.clear()
-        _functions.clear()
-        _path_seen[:] = sys.path
+        path = tuple(sys.path)
+        answers = _answers_by_path.pop(path, None)
+        if answers is None:
+            answers = _PathAnswers()
+            if len(_answers_by_path) >= _PATHS_KEPT:
+                del _answers_by_path[next(iter(_answers_by_path))]
+        _answers_by_path[path] = answers  # now the newest
+        _answers = answers
+        _path_seen[:] = path
+    return _answers
 
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
