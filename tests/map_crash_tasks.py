@@ -120,3 +120,15 @@ def plugin_object_at_the_culprit(item: tuple[int, str]) -> Any:
     import plugin_of_the_workers  # type: ignore[import-not-found]
 
     return plugin_of_the_workers.Thing(index)
+
+
+def logged_plugin_object_at_the_culprit(item: tuple[int, str, str, float]) -> Any:
+    """As :func:`plugin_object_at_the_culprit`, each item recorded in ``log`` as it runs, then ``seconds`` long."""
+    index, folder, log, seconds = item
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return plugin_object_at_the_culprit((index, folder))

@@ -753,6 +753,26 @@ def test_large_bytes_and_bytearrays_travel_out_of_band_wherever_they_are_and_com
     assert buffers == [] and loads(data, []) == b"x" * 1000  # small ones stay in band
 
 
+@pytest.mark.parametrize(
+    "value",
+    [[], [1], list(range(2500)), [[1, 2], [3, [4, 5]]], [Holder(b"x")] * 3, [b"y" * 200_000, bytearray(70_000)], [None, 1.5, ValueError("e")]],
+    ids=["empty", "one", "appended-in-batches", "nested", "shared", "out-of-band", "mixed"],
+)
+def test_the_length_of_a_pickled_list_is_read_without_unpickling_it(value: list[Any]) -> None:
+    from makeparallel._serialization import dumps, list_length
+
+    data, _ = dumps(value)
+    assert list_length(data) == len(value)
+
+
+@pytest.mark.parametrize("value", [(1, 2), {"a": [1, 2]}, 5, "text", Holder(b"[]")])
+def test_what_is_no_list_has_no_length_read(value: Any) -> None:
+    from makeparallel._serialization import dumps, list_length
+
+    data, _ = dumps(value)
+    assert list_length(data) is None
+
+
 def fingerprint(item: tuple[int, bytes | bytearray]) -> tuple[int, str, str]:
     index, data = item
     return index, type(data).__name__, hashlib.sha256(data).hexdigest()

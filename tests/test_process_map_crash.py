@@ -38,11 +38,12 @@ from map_crash_tasks import (
     Rejected,
     identity,
     lock_at,
+    logged_plugin_object_at_the_culprit,
     plugin_object_at_the_culprit,
     work,
     work_at,
 )
-from pool_helpers import wait_for_a_dying_task_on_four, wait_until
+from pool_helpers import fresh_process_pool, wait_for_a_dying_task_on_four, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -250,11 +251,43 @@ def test_a_result_that_cannot_be_unpickled_here_fails_the_items_of_its_chunk_and
 
 def test_a_result_that_cannot_be_unpickled_here_names_its_item_or_its_chunk(plugin_folder: str) -> None:
     items = [(i, plugin_folder) for i in range(ITEMS)]
-    with pytest.raises(mp.TaskSerializationError, match=rf"the result of item {CULPRIT} \(\({CULPRIT}, '.*'\)\) of the map came back from the worker process but could not be unpickled here: ModuleNotFoundError: No module named 'plugin_of_the_workers'") as caught:
+    with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(\({CULPRIT}, '.*'\)\) of the map ran on a worker process, but its result \(or its error\) could not be unpickled here: ModuleNotFoundError: No module named 'plugin_of_the_workers'") as caught:
         mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=1)
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
-    with pytest.raises(mp.TaskSerializationError, match=r"the results of items 50 to 59 of the map came back from the worker process together"):
+    with pytest.raises(mp.TaskSerializationError, match=r"items 50 to 59 of the map ran on a worker process, and their results came back together"):
         mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10)
+
+
+def test_a_chunk_stopped_at_its_budget_fails_only_the_items_it_ran_when_its_results_cannot_be_unpickled(
+    log: str, plugin_folder: str
+) -> None:
+    # The first chunks stop at a time budget (20 ms): the culprit, 50 ms long, first in
+    # its chunk, ends it. Its items that never ran were failed too, and never ran.
+    items = [(CULPRIT + i, plugin_folder, log, 0.05) for i in range(16)]
+    results = mp.parallel_map(logged_plugin_object_at_the_culprit, items, backend="process", on_error="none")
+    ran_once(log, range(CULPRIT, CULPRIT + 16))
+    failed = [i for i, result in enumerate(results) if result is None]
+    assert failed == list(range(len(failed))) and failed, results  # the culprit's chunk, from the culprit on
+    assert len(failed) < 8  # those the chunk ran, not the half of the map it was given
+    assert results[len(failed) :] == [CULPRIT + i for i in range(len(failed), 16)]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_item_waiting_for_a_task_whose_result_cannot_be_unpickled_raises_that_error_as_itself(
+    backend: str, plugin_folder: str
+) -> None:
+    # The map's own workers never imported the culprit's module: they cannot read its result either.
+    fresh_process_pool(2)
+    inner = mp.parallel(backend="process")(plugin_object_at_the_culprit)
+
+    def outer(index: int) -> Any:
+        return inner((index, plugin_folder)).get(timeout=60)
+
+    with pytest.raises(mp.TaskSerializationError, match=r"the result of task \d+ \(plugin_object_at_the_culprit\) came back") as caught:
+        mp.parallel_map(outer, range(CULPRIT - 5, CULPRIT + 5), chunksize=4, backend=backend)
+    assert f"makeparallel: raised by item 5 ({CULPRIT})" in caught.value.__notes__
+    results = mp.parallel_map(outer, range(CULPRIT - 5, CULPRIT + 5), chunksize=4, backend=backend, on_error="none")
+    assert results == [None if i == CULPRIT else i for i in range(CULPRIT - 5, CULPRIT + 5)]
 
 
 @pytest.mark.parametrize(("on_error", "expected"), [("skip", []), ("none", [None])])
@@ -263,7 +296,7 @@ def test_a_map_of_one_item_whose_result_cannot_be_unpickled_here_loses_only_it(
 ) -> None:
     results = mp.parallel_map(plugin_object_at_the_culprit, [(CULPRIT, plugin_folder)], backend="process", on_error=on_error)  # type: ignore[call-overload]
     assert results == expected
-    with pytest.raises(mp.TaskSerializationError, match=rf"the result of item 0 \(\({CULPRIT}, "):
+    with pytest.raises(mp.TaskSerializationError, match=rf"item 0 \(\({CULPRIT}, '.*'\)\) of the map ran on a worker process, but its result"):
         mp.parallel_map(plugin_object_at_the_culprit, [(CULPRIT, plugin_folder)], backend="process")
 
 

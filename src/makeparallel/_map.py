@@ -763,7 +763,7 @@ def _map_one_item(
     except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
         chunk, _ = after_crash(error, [item], 0, keep_going)
     except TaskSerializationError as error:  # its result, or the item's error, could not be unpickled here
-        chunk = after_unreadable(error, [item], 0, keep_going)
+        chunk, _ = after_unreadable(error, [item], 0, keep_going)
     except BaseException:  # Ctrl-C, or the item's error: the task must not go on
         handle.cancel()
         raise
@@ -935,7 +935,8 @@ class _Mapper:
                 self._in_flight.insert(self._in_flight.index(entry), again)
         except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here
             start, items, _ = self._chunk_items[id(handle)]
-            chunk = after_unreadable(error, items, start, self._keep_going)
+            chunk, size = after_unreadable(error, items, start, self._keep_going)
+            rest, rest_start = items[size:], start + size  # a chunk stopped at its budget: run the others
         else:
             if len(chunk) < size:
                 start, items, _ = self._chunk_items[id(handle)]

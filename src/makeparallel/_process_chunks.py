@@ -73,18 +73,22 @@ def item_raised(error: Exception, index: int, item: Any) -> None:
 
 
 def disown_worker_death(error: Exception) -> None:
-    """Drop the marks of a worker's death from an error that a call of a chunk raised.
+    """Drop the marks of a worker's death, or of unreadable results, from an error that a call of a chunk raised.
 
     A call that waits for a task of its own whose worker process died raises
     that task's ``WorkerCrashedError``, marked by the backend as a death
-    (``_how``, ``_crash``; they travel with it from a worker process). Left on,
-    they would make the chunk's consumer take it for the death of the chunk's
-    own worker and fail a range of items or calls, instead of the call's own
-    error, as itself.
+    (``_how``, ``_crash``; they travel with it from a worker process); one
+    whose task's results could not be unpickled raises its
+    ``TaskSerializationError``, marked so (``_unreadable``). Left on, they
+    would make the chunk's consumer take it for the death of the chunk's own
+    worker, or its own unreadable results, and fail a range of items or calls,
+    instead of the call's own error, as itself.
     """
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
+    elif isinstance(error, TaskSerializationError):
+        vars(error).pop("_unreadable", None)  # its own task's results, not the chunk's (after_unreadable)
 
 
 def past_budget(elapsed: float, budget: float, done: int, left: int) -> bool:
@@ -258,35 +262,43 @@ def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, kee
     return [*done, Failure(failure)], position + 1
 
 
-def after_unreadable(error: TaskSerializationError, items: Sequence[Any], start: int, keep_going: bool) -> list[Any]:
-    """The results of a chunk that ran on a worker, but whose results could not be unpickled here: its items' failures.
+def after_unreadable(
+    error: TaskSerializationError, items: Sequence[Any], start: int, keep_going: bool
+) -> tuple[list[Any], int]:
+    """The failures of the items of a chunk that ran on a worker, whose results could not be unpickled here; and how many.
 
     A result of a class this process cannot import (one from a folder only
     the worker put on ``sys.path``, say) travels with the chunk's others, and
-    none of them can be read back alone: every item of the chunk fails with
-    it, as ``on_error`` says, and the map goes on. None runs again.
+    none of them can be read back alone: every item of the chunk that ran
+    fails with it, as ``on_error`` says, and the map goes on. None runs again.
+    A chunk stopped at its time budget ran fewer than its items: the backend
+    counts its results without unpickling them (``_unreadable``), and the
+    caller runs the items after those, as for any such chunk. Where that
+    count is not known, every item of the chunk fails.
 
     Raises:
         TaskSerializationError: with ``keep_going`` false, naming the item, or
             the chunk's items.
         TaskSerializationError: ``error`` as it came, if it is not such a failure.
     """
-    cause = getattr(error, "_unreadable", None)
-    if cause is None:
+    unreadable = getattr(error, "_unreadable", None)
+    if unreadable is None:
         raise error
+    cause, sent = unreadable
+    ran = sent if sent is not None and 0 < sent <= len(items) else len(items)
     problem = f"{type(cause).__name__}: {cause}"
-    if len(items) == 1:
+    if ran == 1:
         lost = TaskSerializationError(
-            f"the result of {describe_item(start, items[0])} of the map came back from the worker process "
-            f"but could not be unpickled here: {problem}. Return data this process can import too"
+            f"{describe_item(start, items[0])} of the map ran on a worker process, but its result (or its "
+            f"error) could not be unpickled here: {problem}. Return data this process can import too"
         )
     else:
         lost = TaskSerializationError(
-            f"the results of items {start} to {start + len(items) - 1} of the map came back from the worker "
-            f"process together, and one of them (or an item's error) could not be unpickled here: {problem}. "
+            f"items {start} to {start + ran - 1} of the map ran on a worker process, and their results came "
+            f"back together, but one of them (or an item's error) could not be unpickled here: {problem}. "
             "Return data this process can import too; with chunksize=1 only the item whose result cannot be fails"
         )
     if not keep_going:
         raise lost from cause
     lost.__cause__ = cause
-    return [Failure(lost)] * len(items)
+    return [Failure(lost)] * ran, ran

@@ -45,6 +45,7 @@ __all__ = [
     "dumps",
     "dumps_function",
     "dumps_in_band",
+    "list_length",
     "load_function",
     "loads",
     "wrap_argument",
@@ -278,6 +279,41 @@ _loaded_bytes = 0  # the pickled bytes of the functions in _loaded
 def loads(data: bytes, buffers: list[Any]) -> Any:
     """Unpickle what :func:`dumps` made."""
     return _pickle.loads(data, buffers=buffers)
+
+
+def list_length(data: bytes) -> int | None:
+    """How many items the list pickled as ``data`` holds, read without unpickling them; ``None`` if no list.
+
+    For results that cannot be unpickled here: a map learns how many items of
+    its chunk ran. The pickle's opcodes are read with ``pickletools``, and
+    the stack followed by their stack effects: the items appended to the
+    object at the bottom of the stack, the list, are counted.
+
+    Raises:
+        ValueError: ``data`` is not a whole pickle.
+    """
+    import pickletools
+
+    depth = 0  # objects on the stack, marks left out
+    marks: list[int] = []  # the depth at each mark
+    count = 0
+    for opcode, _, _ in pickletools.genops(data):
+        before, after = opcode.stack_before, opcode.stack_after
+        if depth == 0 and after and opcode.name != "EMPTY_LIST" and after != [pickletools.markobject]:
+            return None  # the first object is no list
+        if opcode.name == "APPENDS" and marks[-1] == 1:  # appends to the list, at the bottom
+            count += depth - marks[-1]
+        elif opcode.name == "APPEND" and depth == 2:
+            count += 1
+        if pickletools.markobject in before:  # pops through the last mark
+            depth = marks.pop() - before.index(pickletools.markobject)
+        else:
+            depth -= len(before)
+        if after == [pickletools.markobject]:
+            marks.append(depth)
+        else:
+            depth += len(after)
+    return count
 
 
 def _reduce(obj: Any) -> Any:

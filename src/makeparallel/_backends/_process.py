@@ -136,6 +136,10 @@ WorkerSetup.__doc__ = "What each new worker runs before its first task: the pool
 
 NO_SETUP = WorkerSetup("", None, b"")
 
+# What a running map chunk streamed (``ProcessBackend._partials``): the results read, the
+# error of a slice that could not be, and how many results such slices held (None: unknown).
+_Streamed = tuple[list[Any], Exception | None, int | None]
+
 
 class _Worker:
     """The parent's view of one worker process."""
@@ -241,9 +245,9 @@ class ProcessBackend(QueueingBackend):
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         self._path = list(sys.path)  # the sys.path workers get; its version counts changes
-        # Results a running map chunk streamed so far, and the error of a slice
-        # that could not be unpickled here.
-        self._partials: dict[int, tuple[list[Any], Exception | None]] = {}
+        # Results a running map chunk streamed so far, the error of a slice that could
+        # not be unpickled here, and how many results such slices held (None: unknown).
+        self._partials: dict[int, _Streamed] = {}
         self._path_version = 0
         _alive.add(self)
         self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
@@ -1003,12 +1007,14 @@ class ProcessBackend(QueueingBackend):
             self._worker_died(worker)
 
     def _add_partial(self, task_id: int, data: bytes, buffers: list[Any]) -> None:
-        done, failed = self._partials.get(task_id) or ([], None)
+        done, failed, unread = self._partials.get(task_id) or ([], None, 0)
         try:
             done.extend(_serialization.loads(data, buffers))
         except Exception as error:  # the chunk fails with it when it ends
             failed = failed or error
-        self._partials[task_id] = (done, failed)
+            length = _list_length(data)
+            unread = None if unread is None or length is None else unread + length
+        self._partials[task_id] = (done, failed, unread)
 
     def _started(self, worker: _Worker, task_id: int) -> None:
         """A timed task started on its worker: its timeout counts from now."""
@@ -1029,7 +1035,7 @@ class ProcessBackend(QueueingBackend):
         try:
             value = _serialization.loads(data, buffers)
             if ok and streamed is not None:
-                done, failed = streamed
+                done, failed, _ = streamed
                 if failed is not None:
                     raise failed
                 done.extend(value)
@@ -1039,7 +1045,9 @@ class ProcessBackend(QueueingBackend):
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
                 f"but could not be unpickled here: {type(error).__name__}: {error}"
             )
-            vars(unreadable)["_unreadable"] = error  # a map fails the chunk's items with it (after_unreadable)
+            # A map fails the items of the chunk that ran with it (after_unreadable): how
+            # many results there were, if a list (a chunk stopped at its budget has fewer).
+            vars(unreadable)["_unreadable"] = (error, _results_sent(streamed, data) if ok else None)
             ok, value = False, unreadable
         else:
             if not ok:
@@ -1149,7 +1157,7 @@ class ProcessBackend(QueueingBackend):
 
     @staticmethod
     def _journaled(
-        worker: _Worker, handle: AsyncHandle[Any], streamed: tuple[list[Any], Exception | None] | None
+        worker: _Worker, handle: AsyncHandle[Any], streamed: _Streamed | None
     ) -> list[Any] | None:
         """The results a dead worker's map chunk finished: those it sent, then those in its journal.
 
@@ -1158,7 +1166,7 @@ class ProcessBackend(QueueingBackend):
         had (one that cannot be unpickled here): the chunk then fails as a
         whole, rather than run an item twice.
         """
-        done, failed = streamed if streamed is not None else ([], None)
+        done, failed, _ = streamed if streamed is not None else ([], None, 0)
         if failed is not None:
             return None
         try:
@@ -1416,6 +1424,23 @@ def _stop_together(
         for process in running:
             (processes if _signalled(process, kill) else left_alone).append(process)
     return left_alone
+
+
+def _list_length(data: bytes) -> int | None:
+    """How many results a pickled slice or result of a map chunk holds, unread; ``None`` if not known."""
+    try:
+        return _serialization.list_length(data)
+    except Exception:  # not a whole pickle
+        return None
+
+
+def _results_sent(streamed: _Streamed | None, data: bytes) -> int | None:
+    """How many results a map chunk sent in all, read or not; ``None`` if not known (then it fails whole)."""
+    length = _list_length(data)
+    if length is None or streamed is None:
+        return length
+    done, _, unread = streamed
+    return None if unread is None else len(done) + unread + length
 
 
 def _signalled(process: subprocess.Popen[bytes] | ForkedProcess, kill: bool) -> bool:
