@@ -114,6 +114,55 @@ def test_a_function_is_pickled_once_under_each_sys_path_a_program_goes_back_and_
     assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
 
 
+def test_a_module_imported_again_from_another_folder_is_asked_about_again_under_the_same_sys_path(
+    tmp_path: Path,
+) -> None:
+    # Whether a worker imports a module by name was kept per sys.path alone: a module
+    # imported again from another folder (put first, then taken off again) went by
+    # name, and the workers ran the first folder's code.
+    name = f"plug_{uuid.uuid4().hex}"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(f"def run(_=None):\n    return {folder!r}\n")
+    path_before = list(sys.path)
+    try:
+        module = import_from(name, tmp_path / "a")
+        assert mp.parallel(backend="process")(module.run)().get(timeout=30) == "a"
+        del sys.modules[name]
+        module = import_from(name, tmp_path / "b")
+        sys.path.remove(str(tmp_path / "b"))  # sys.path as it was when "a" was asked about
+        assert mp.parallel(backend="process")(module.run)().get(timeout=30) == "b"
+    finally:
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+
+
+def test_a_pickle_made_while_another_thread_changed_sys_path_is_not_kept(
+    plugin: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sys.path is every thread's: kept under the sys.path it was asked under, an answer
+    # found under another would hold there for good.
+    from makeparallel import _serialization
+
+    module = import_from(*plugin)
+    other = str(tmp_path / "elsewhere")
+    findable = _serialization._findable
+
+    def found_while_sys_path_changes(top_level: str) -> bool:
+        sys.path.append(other)
+        return findable(top_level)
+
+    monkeypatch.setattr(_serialization, "_findable", found_while_sys_path_changes)
+    asked_under = _serialization._under_sys_path()
+    _serialization.dumps_function(module.double)
+    monkeypatch.setattr(_serialization, "_findable", findable)
+    assert module.double not in asked_under.functions
+    assert plugin[0] not in asked_under.importable
+    sys.path.remove(other)
+    first = _serialization.dumps_function(module.double)  # made under the sys.path it is kept under
+    assert _serialization.dumps_function(module.double) is first
+
+
 def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:
     # Only a module of that name was looked for: a folder put first on sys.path since,
     # holding another (a plugin's, an installed copy of a checkout), ran its code in the

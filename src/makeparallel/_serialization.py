@@ -240,15 +240,15 @@ def dumps_function(fn: Any) -> bytes:
         _refuse_a_function_of_a_module_being_imported(fn)
     cacheable = type(fn) is FunctionType and fn.__closure__ is None
     if cacheable:
-        functions = _under_sys_path().functions  # a module found by name then may not be now, or the reverse
-        cached = functions.get(fn)
+        answers = _under_sys_path()  # a module found by name then may not be now, or the reverse
+        cached = answers.functions.get(fn)
         if cached is not None:
             return cached
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(fn)
     data = stream.getvalue()
-    if cacheable:
-        functions[fn] = data
+    if cacheable and answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
+        answers.functions[fn] = data
     return data
 
 
@@ -388,11 +388,15 @@ def _importable_by_name(module: str) -> bool:
     """
     if module == "__main__" or module not in sys.modules:
         return True
-    importable = _under_sys_path().importable
-    known = importable.get(module)
-    if known is None:
-        known = importable[module] = _findable(module.partition(".")[0])
-    return known
+    answers = _under_sys_path()
+    origin = getattr(getattr(sys.modules.get(module), "__spec__", None), "origin", None)
+    known = answers.importable.get(module)
+    if known is not None and known[0] == origin:
+        return known[1]
+    found = _findable(module.partition(".")[0])
+    if answers.path == sys.path:  # as above
+        answers.importable[module] = (origin, found)
+    return found
 
 
 def _findable(top_level: str) -> bool:
@@ -426,19 +430,34 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
 
 
 class _PathAnswers:
-    """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so."""
+    """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so.
 
-    __slots__ = ("functions", "importable")
+    The answer for a module is kept with the file it was loaded from: one
+    imported again from another folder since is asked again.
+    """
 
-    def __init__(self) -> None:
-        self.importable: dict[str, bool] = {}
+    __slots__ = ("functions", "importable", "path")
+
+    def __init__(self, path: list[str]) -> None:
+        self.path = path
+        self.importable: dict[str, tuple[str | None, bool]] = {}
         self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
 _answers_by_path: dict[tuple[str, ...], _PathAnswers] = {}  # oldest first
-_path_seen: list[str] = []  # the sys.path of _answers
-_answers = _PathAnswers()
+_answers = _PathAnswers([])  # under the sys.path of the last call
+_answers_lock = threading.Lock()
+
+
+def _new_answers_lock_after_fork() -> None:
+    """In a forked child, a new lock: a thread of the parent may have held it as it forked."""
+    global _answers_lock
+    _answers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_answers_lock_after_fork)
 
 
 def _under_sys_path() -> _PathAnswers:
@@ -446,20 +465,21 @@ def _under_sys_path() -> _PathAnswers:
 
     A program that puts a folder on ``sys.path`` around each submission (a
     plugin loader) re-pickled its function on each one (60 us a submission,
-    against 5) when a change dropped every answer.
+    against 5) when a change dropped every answer. An answer found while
+    another thread changed ``sys.path`` is not kept (its callers check).
     """
     global _answers
-    if _path_seen != sys.path:
-        path = tuple(sys.path)
-        answers = _answers_by_path.pop(path, None)
-        if answers is None:
-            answers = _PathAnswers()
-            if len(_answers_by_path) >= _PATHS_KEPT:
+    answers = _answers
+    if answers.path != sys.path:
+        with _answers_lock:
+            path = tuple(sys.path)
+            kept = _answers_by_path.pop(path, None)
+            answers = kept if kept is not None else _PathAnswers(list(path))
+            while len(_answers_by_path) >= _PATHS_KEPT:
                 del _answers_by_path[next(iter(_answers_by_path))]
-        _answers_by_path[path] = answers  # now the newest
-        _answers = answers
-        _path_seen[:] = path
-    return _answers
+            _answers_by_path[path] = answers  # now the newest
+            _answers = answers
+    return answers
 
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
