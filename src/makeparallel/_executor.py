@@ -208,8 +208,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
-        with _pools_lock:
-            _live.add(self._backend)  # stopped at interpreter exit (_left_at_exit)
+        _live.add(self._backend)  # stopped at interpreter exit (_left_at_exit)
         _runtime.stop_at_exit(_left_at_exit)
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
@@ -385,7 +384,6 @@ def _make_backend(name: str, workers: int) -> Backend:
 # background: stopped at interpreter exit, whatever became of their executor.
 _live: weakref.WeakSet[Backend] = weakref.WeakSet()
 _releasing: set[Backend] = set()
-_pools_lock = threading.Lock()  # an executor made by a thread while exit lists them must not fail the listing
 
 
 def _release_in_background(backend: Backend) -> None:
@@ -397,8 +395,7 @@ def _release_in_background(backend: Backend) -> None:
     this very pool's, holding the lock that ``close()`` takes, so even that is
     left to the new thread.
     """
-    with _pools_lock:
-        _releasing.add(backend)
+    _releasing.add(backend)
     try:
         threading.Thread(target=_free_when_idle, args=(backend,), name="makeparallel-executor-shutdown", daemon=True).start()
     except RuntimeError:  # no thread left, or the interpreter is exiting: stop it now, its queued tasks cancelled
@@ -413,14 +410,12 @@ def _free_when_idle(backend: Backend, wait: bool = True) -> None:
             backend.wait_idle(None)
         backend.terminate()
     finally:
-        with _pools_lock:
-            _releasing.discard(backend)
+        _releasing.discard(backend)
 
 
 def _left_at_exit() -> list[Backend]:
     """The pools of the executors left as the interpreter exits, which exit stops with the runtime's."""
-    with _pools_lock:
-        return [*_live, *_releasing]
+    return [*_live, *_releasing]
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
