@@ -431,6 +431,31 @@ def test_exit_stops_an_executors_worker_processes_at_once(dropped: bool) -> None
     assert not psutil.pid_exists(worker), "the executor's worker outlived the program"  # stopped and reaped before it ended
 
 
+_EXECUTORS_IN_CYCLES = """import gc
+import makeparallel as mp
+for threshold in range(1, 200):
+    gc.set_threshold(100_000)
+    gc.collect()
+    executor = mp.Executor("thread", max_workers=1)
+    executor.itself = executor  # in a cycle: only the collector frees it, and runs its finalizer
+    del executor
+    gc.set_threshold(threshold)  # the next collection falls somewhere in the next executor's making
+    mp.Executor("thread", max_workers=1)
+print("made them all")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_executors_freed_by_the_garbage_collector_while_another_is_made_never_deadlock() -> None:
+    # The collector may run an executor's finalizer inside another executor's
+    # __init__: a lock taken in both, to list the pools exit stops, deadlocked
+    # there, and interpreter exit then waited for it for good.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run([sys.executable, "-c", _EXECUTORS_IN_CYCLES], capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "made them all\n"
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 def test_process_executors_shut_down_leave_no_descriptor_open() -> None:
     # Each one's process backend kept its wake-up pipe open for good: two descriptors a time.

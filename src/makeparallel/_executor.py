@@ -208,7 +208,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
-        _live.add(self._backend)  # stopped at interpreter exit (_left_at_exit)
+        _live.add(weakref.ref(self._backend, _live.discard))  # stopped at interpreter exit (_left_at_exit)
         _runtime.stop_at_exit(_left_at_exit)
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
@@ -382,7 +382,7 @@ def _make_backend(name: str, workers: int) -> Backend:
 
 # The pools of executors not shut down, and of those finishing their tasks in the
 # background: stopped at interpreter exit, whatever became of their executor.
-_live: weakref.WeakSet[Backend] = weakref.WeakSet()
+_live: set[weakref.ref[Backend]] = set()
 _releasing: set[Backend] = set()
 
 
@@ -415,7 +415,11 @@ def _free_when_idle(backend: Backend, wait: bool = True) -> None:
 
 def _left_at_exit() -> list[Backend]:
     """The pools of the executors left as the interpreter exits, which exit stops with the runtime's."""
-    return [*_live, *_releasing]
+    # Copied in one C call each: a thread making an executor meanwhile, or a finalizer the
+    # garbage collector runs, made iterating them raise, and exit then stopped no pool.
+    # (A lock around them deadlocked: a finalizer may run while its own thread holds it.)
+    live = [ref() for ref in _live.copy()]
+    return [backend for backend in live if backend is not None] + list(_releasing.copy())
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
