@@ -104,7 +104,10 @@ def lock_at(x: int) -> Any:
     return threading.Lock() if x == 5 else x
 
 
-PLUGIN = "class Thing:\n    def __init__(self, index):\n        self.index = index\n"
+PLUGIN = (
+    "class Thing:\n    def __init__(self, index):\n        self.index = index\n\n\n"
+    "class Refused(Exception):\n    pass\n"
+)
 
 
 def plugin_object_at_the_culprit(item: tuple[int, str]) -> Any:
@@ -132,3 +135,20 @@ def logged_plugin_object_at_the_culprit(item: tuple[int, str, str, float]) -> An
         os.close(fd)
     time.sleep(seconds)
     return plugin_object_at_the_culprit((index, folder))
+
+
+def logged_refusal_at_the_culprit(item: tuple[int, str, str]) -> int:
+    """Item ``CULPRIT`` raises an exception of a class only the worker imports (see ``PLUGIN``); the others return ints."""
+    index, folder, log = item
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, f"{index}\n".encode())
+    finally:
+        os.close(fd)
+    if index == CULPRIT:
+        if folder not in sys.path:
+            sys.path.append(folder)
+        import plugin_of_the_workers  # type: ignore[import-not-found]
+
+        raise plugin_of_the_workers.Refused(index)
+    return index

@@ -765,7 +765,9 @@ def test_the_length_of_a_pickled_list_is_read_without_unpickling_it(value: list[
     assert list_length(data) == len(value)
 
 
-@pytest.mark.parametrize("value", [(1, 2), {"a": [1, 2]}, 5, "text", Holder(b"[]")])
+@pytest.mark.parametrize(
+    "value", [(1, 2), {"a": [1, 2]}, 5, "text", Holder(b"[]"), ([1, 2, 3],), ([1, 2, 3], "x"), ([], 1, 2), {1: [1, 2]}]
+)
 def test_what_is_no_list_has_no_length_read(value: Any) -> None:
     from makeparallel._serialization import dumps, list_length
 

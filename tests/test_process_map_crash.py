@@ -39,6 +39,7 @@ from map_crash_tasks import (
     identity,
     lock_at,
     logged_plugin_object_at_the_culprit,
+    logged_refusal_at_the_culprit,
     plugin_object_at_the_culprit,
     work,
     work_at,
@@ -270,6 +271,21 @@ def test_a_chunk_stopped_at_its_budget_fails_only_the_items_it_ran_when_its_resu
     assert failed == list(range(len(failed))) and failed, results  # the culprit's chunk, from the culprit on
     assert len(failed) < 8  # those the chunk ran, not the half of the map it was given
     assert results[len(failed) :] == [CULPRIT + i for i in range(len(failed), 16)]
+
+
+def test_an_error_that_cannot_be_unpickled_here_fails_only_the_items_its_chunk_ran_when_numbers_follow_it(
+    log: str, plugin_folder: str
+) -> None:
+    # The culprit's error goes to the parent at once, and cannot be read there; the
+    # results after it are numbers, sent as a copy of their journal records at the
+    # chunk's end. Their count was not read from those, and every item the chunk was
+    # given failed, though most never ran.
+    items = [(CULPRIT + i, plugin_folder, log) for i in range(20_000)]
+    results = mp.parallel_map(logged_refusal_at_the_culprit, items, backend="process", on_error="none")
+    ran_once(log, range(CULPRIT, CULPRIT + 20_000))
+    failed = [i for i, result in enumerate(results) if result is None]
+    assert failed == list(range(len(failed))) and failed  # the items the culprit's chunk ran
+    assert results[len(failed) :] == [CULPRIT + i for i in range(len(failed), 20_000)]
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])

@@ -293,10 +293,16 @@ def after_unreadable(
             f"error) could not be unpickled here: {problem}. Return data this process can import too"
         )
     else:
+        items_named = f"items {start} to {start + ran - 1} of the map"
+        what = (
+            f"{items_named} ran on a worker process, and their results came back together, but one of them "
+            "(or an item's error)"
+            if ran == sent  # else only that they were sent: an item that raised stopped the chunk
+            else f"{items_named} went to a worker process together, and a result or an error of theirs"
+        )
         lost = TaskSerializationError(
-            f"items {start} to {start + ran - 1} of the map ran on a worker process, and their results came "
-            f"back together, but one of them (or an item's error) could not be unpickled here: {problem}. "
-            "Return data this process can import too; with chunksize=1 only the item whose result cannot be fails"
+            f"{what} could not be unpickled here: {problem}. Return data this process can import too; "
+            "with chunksize=1 only the item whose result cannot be fails"
         )
     if not keep_going:
         raise lost from cause

@@ -281,6 +281,9 @@ def loads(data: bytes, buffers: list[Any]) -> Any:
     return _pickle.loads(data, buffers=buffers)
 
 
+_KEEP_THE_LIST = frozenset({"APPEND", "APPENDS", "STOP"})  # opcodes that pop the list and leave it, or end
+
+
 def list_length(data: bytes) -> int | None:
     """How many items the list pickled as ``data`` holds, read without unpickling them; ``None`` if no list.
 
@@ -309,6 +312,8 @@ def list_length(data: bytes) -> int | None:
             depth = marks.pop() - before.index(pickletools.markobject)
         else:
             depth -= len(before)
+        if before and depth == 0 and before != after and opcode.name not in _KEEP_THE_LIST:
+            return None  # the list went into another object (a tuple, say): that one is what was pickled
         if after == [pickletools.markobject]:
             marks.append(depth)
         else:

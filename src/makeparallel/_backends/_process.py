@@ -1032,6 +1032,7 @@ class ProcessBackend(QueueingBackend):
         streamed = self._partials.pop(handle._id, None) if self._partials else None
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
+        value: Any = None
         try:
             value = _serialization.loads(data, buffers)
             if ok and streamed is not None:
@@ -1047,7 +1048,9 @@ class ProcessBackend(QueueingBackend):
             )
             # A map fails the items of the chunk that ran with it (after_unreadable): how
             # many results there were, if a list (a chunk stopped at its budget has fewer).
-            vars(unreadable)["_unreadable"] = (error, _results_sent(streamed, data) if ok else None)
+            # The last results may have been read (an earlier slice was not): their count is theirs.
+            last = len(value) if type(value) is list else _list_length(data)
+            vars(unreadable)["_unreadable"] = (error, _results_sent(streamed, last) if ok else None)
             ok, value = False, unreadable
         else:
             if not ok:
@@ -1434,13 +1437,15 @@ def _list_length(data: bytes) -> int | None:
         return None
 
 
-def _results_sent(streamed: _Streamed | None, data: bytes) -> int | None:
-    """How many results a map chunk sent in all, read or not; ``None`` if not known (then it fails whole)."""
-    length = _list_length(data)
-    if length is None or streamed is None:
-        return length
+def _results_sent(streamed: _Streamed | None, last: int | None) -> int | None:
+    """How many results a map chunk sent in all, read or not, ``last`` in its result; ``None`` if not known.
+
+    (Not known, the chunk fails whole.)
+    """
+    if last is None or streamed is None:
+        return last
     done, _, unread = streamed
-    return None if unread is None else len(done) + unread + length
+    return None if unread is None else len(done) + unread + last
 
 
 def _signalled(process: subprocess.Popen[bytes] | ForkedProcess, kill: bool) -> bool:
