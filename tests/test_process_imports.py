@@ -148,19 +148,59 @@ def test_a_pickle_made_while_another_thread_changed_sys_path_is_not_kept(
     other = str(tmp_path / "elsewhere")
     findable = _serialization._findable
 
-    def found_while_sys_path_changes(top_level: str) -> bool:
+    def found_while_sys_path_changes(top_level: str, path: list[str]) -> bool:
         sys.path.append(other)
-        return findable(top_level)
+        return findable(top_level, path)
 
     monkeypatch.setattr(_serialization, "_findable", found_while_sys_path_changes)
     asked_under = _serialization._under_sys_path()
     _serialization.dumps_function(module.double)
     monkeypatch.setattr(_serialization, "_findable", findable)
     assert module.double not in asked_under.functions
-    assert plugin[0] not in asked_under.importable
     sys.path.remove(other)
     first = _serialization.dumps_function(module.double)  # made under the sys.path it is kept under
     assert _serialization.dumps_function(module.double) is first
+
+
+class _PutsAFolderBackInTurn:
+    """The finder of a folder on ``sys.path`` that, asked about ``name``, moves ``folder`` ahead of itself, then back.
+
+    What another thread's push and pop do as the path finder walks ``sys.path``.
+    """
+
+    def __init__(self, name: str, folder: str) -> None:
+        self.name, self.folder, self.calls = name, folder, 0
+
+    def find_spec(self, fullname: str, target: object = None) -> None:
+        if fullname == self.name:
+            self.calls += 1
+            sys.path.remove(self.folder)
+            sys.path.insert(0 if self.calls == 1 else 1, self.folder)
+        return None
+
+
+def test_a_folder_another_thread_moves_as_the_finders_look_is_not_missed(tmp_path: Path) -> None:
+    # The path finder walked sys.path itself: a folder moved ahead of the entry being
+    # looked at was missed, a module of the same name further on was found instead,
+    # and sys.path looked as it was by the end, so the wrong answer was kept.
+    name = f"plug_{uuid.uuid4().hex}"
+    for folder in ("a", "b", "x"):
+        (tmp_path / folder).mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / f"{name}.py").write_text(f"def run(_=None):\n    return {folder!r}\n")
+    from makeparallel import _serialization
+
+    path_before = list(sys.path)
+    try:
+        module = import_from(name, tmp_path / "a")
+        sys.path[:0] = [str(tmp_path / "x"), str(tmp_path / "b")]  # b's module would be found, not a's
+        sys.path_importer_cache[str(tmp_path / "x")] = _PutsAFolderBackInTurn(name, str(tmp_path / "b"))  # type: ignore[assignment]
+        assert _serialization._importable_by_name(name) is False
+        assert mp.parallel(backend="process")(module.run)().get(timeout=30) == "a"
+    finally:
+        sys.path[:] = path_before
+        sys.path_importer_cache.pop(str(tmp_path / "x"), None)
+        sys.modules.pop(name, None)
 
 
 def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:

@@ -398,14 +398,21 @@ def _importable_by_name(module: str) -> bool:
     known = answers.importable.get(module)
     if known is not None and known[0] == origin:
         return known[1]
-    found = _findable(module.partition(".")[0])
-    if answers.path == sys.path:  # as above
-        answers.importable[module] = (origin, found)
+    found = _findable(module.partition(".")[0], answers.path)
+    answers.importable[module] = (origin, found)
     return found
 
 
-def _findable(top_level: str) -> bool:
-    """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare)."""
+def _findable(top_level: str, path: list[str]) -> bool:
+    """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare).
+
+    The path finder looks along ``path``, a copy of ``sys.path``, not along
+    ``sys.path`` itself: another thread that puts a folder on it and takes it
+    off again as the finder walks it had a folder missed, and a module found
+    elsewhere, under a ``sys.path`` that looked unchanged by the end.
+    """
+    from importlib.machinery import PathFinder
+
     if top_level in sys.builtin_module_names:
         return True
     loaded = getattr(sys.modules.get(top_level), "__spec__", None)
@@ -414,7 +421,7 @@ def _findable(top_level: str) -> bool:
         if find_spec is None:
             continue
         try:
-            spec = find_spec(top_level, None)
+            spec = find_spec(top_level, path if finder is PathFinder else None)
         except Exception:  # a finder that fails is one that cannot find it
             continue
         if spec is not None:
