@@ -477,8 +477,8 @@ def _under_sys_path() -> _PathAnswers:
 
     A program that puts a folder on ``sys.path`` around each submission (a
     plugin loader) re-pickled its function on each one (60 us a submission,
-    against 5) when a change dropped every answer. An answer found while
-    another thread changed ``sys.path`` is not kept (its callers check).
+    against 5) when a change dropped every answer. A pickle made while
+    another thread changed ``sys.path`` is not kept (:func:`dumps_function`).
     """
     global _answers
     answers = _answers
