@@ -148,7 +148,7 @@ def test_a_pickle_made_while_another_thread_changed_sys_path_is_not_kept(
     other = str(tmp_path / "elsewhere")
     findable = _serialization._findable
 
-    def found_while_sys_path_changes(top_level: str, path: list[str]) -> bool:
+    def found_while_sys_path_changes(top_level: str, path: list[str]) -> tuple[bool, str | None]:
         sys.path.append(other)
         return findable(top_level, path)
 
@@ -253,6 +253,62 @@ def test_a_module_found_again_through_another_spelling_of_its_folder_still_goes_
         mp.configure_process_pool(initializer=None)
         sys.path[:] = path_before
         sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``''`` first on sys.path (``python -c``, the REPL, notebooks), folders ``first`` and ``second``, a module name.
+
+    Each folder holds a module of that name whose ``which()`` returns the
+    folder's name. The working directory, sys.path and sys.modules are put back.
+    """
+    name = f"plugin_{uuid.uuid4().hex}"
+    for folder in ("first", "second", "empty"):
+        (tmp_path / folder).mkdir()
+    for folder in ("first", "second"):
+        (tmp_path / folder / f"{name}.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
+    path_before, directory_before = list(sys.path), os.getcwd()
+    sys.path.insert(0, "")
+    try:
+        yield name, tmp_path
+    finally:
+        os.chdir(directory_before)
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("there", ["another module of its name", "none"])
+def test_a_module_imported_through_the_working_directory_left_since(
+    there: str, through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Sent by name while the program was in its folder, the function kept going by name
+    # after an os.chdir, and a worker started since resolved '' in the new directory: it
+    # ran the other module's code there, with no error, or failed to import it.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(name)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    os.chdir(folders / ("second" if there == "another module of its name" else "empty"))
+    fresh_process_pool(2)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    assert mp.parallel_map(module.which, range(4), backend="process") == ["first"] * 4
+
+
+def test_a_module_imported_through_the_working_directory_by_a_worker_started_in_another(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The worker resolved '' in the directory it started in, and ran the module of that
+    # name there, with no error.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(os.getcwd)().get(timeout=30) == str(folders / "first")
+    os.chdir(folders / "second")
+    importlib.invalidate_caches()
+    module = importlib.import_module(name)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+    assert mp.parallel_map(module.which, range(4), backend="process") == ["second"] * 4
 
 
 def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:

@@ -7,7 +7,8 @@
 * Everything pickle cannot send by reference (lambdas, closures, functions of
   ``__main__``) goes by value, through cloudpickle. So do the functions and
   classes of a module that a worker could not import by name (imported through a
-  ``sys.path`` entry removed since, or made without a file), and such a module
+  ``sys.path`` entry removed since, or through ``''`` from a working directory
+  left since, or made without a file), and such a module
   itself where a function sent by value uses it (a sibling it imported):
   whatever the parent can call, a worker can run.
 * A function passed as an argument (the function of a map) is pickled once
@@ -243,12 +244,22 @@ def dumps_function(fn: Any) -> bytes:
         answers = _under_sys_path()  # a module found by name then may not be now, or the reverse
         cached = answers.functions.get(fn)
         if cached is not None:
-            return cached
+            data, directory = cached
+            if directory is None:
+                return data
+            if directory == current_directory():
+                _calls.directory = directory
+                return data
+        directory_before, _calls.directory = getattr(_calls, "directory", None), None
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(fn)
     data = stream.getvalue()
-    if cacheable and answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
-        answers.functions[fn] = data
+    if cacheable:
+        directory = _calls.directory  # where a module it went by name was found through '', if so
+        if directory is None:
+            _calls.directory = directory_before
+        if answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
+            answers.functions[fn] = (data, directory)
     return data
 
 
@@ -396,15 +407,24 @@ def _importable_by_name(module: str) -> bool:
     answers = _under_sys_path()
     origin = getattr(getattr(sys.modules.get(module), "__spec__", None), "origin", None)
     known = answers.importable.get(module)
-    if known is not None and known[0] == origin:
-        return known[1]
-    found = _findable(module.partition(".")[0], answers.path)
-    answers.importable[module] = (origin, found)
+    if known is not None and known[0] == origin and (known[2] is None or known[2] == current_directory()):
+        found, directory = known[1], known[2]
+    else:
+        found, directory = _findable(module.partition(".")[0], answers.path)
+        answers.importable[module] = (origin, found, directory)
+    if directory is not None:
+        _calls.directory = directory
     return found
 
 
-def _findable(top_level: str, path: list[str]) -> bool:
+def _findable(top_level: str, path: list[str]) -> tuple[bool, str | None]:
     """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare).
+
+    And the working directory it is found in, where the path finder finds it
+    through a relative entry of ``path`` (``''``), else None: there, a worker
+    finds it only while its ``sys.path`` is made absolute in that directory
+    (:func:`workers_path`), and a module of the name in another directory, or
+    none, after an ``os.chdir``.
 
     The path finder looks along ``path``, a copy of ``sys.path``, not along
     ``sys.path`` itself: another thread that puts a folder on it and takes it
@@ -414,7 +434,7 @@ def _findable(top_level: str, path: list[str]) -> bool:
     from importlib.machinery import PathFinder
 
     if top_level in sys.builtin_module_names:
-        return True
+        return True, None
     loaded = getattr(sys.modules.get(top_level), "__spec__", None)
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
@@ -424,9 +444,23 @@ def _findable(top_level: str, path: list[str]) -> bool:
             spec = find_spec(top_level, path if finder is PathFinder else None)
         except Exception:  # a finder that fails is one that cannot find it
             continue
-        if spec is not None:
-            return loaded is None or _same_file(spec.origin, loaded.origin)
-    return False
+        if spec is None:
+            continue
+        if loaded is not None and not _same_file(spec.origin, loaded.origin):
+            return False, None
+        if finder is not PathFinder or not spec.origin:
+            return True, None
+        relative = [entry for entry in path if isinstance(entry, str) and not os.path.isabs(entry)]
+        if relative:
+            directory = current_directory()
+            try:
+                through = PathFinder.find_spec(top_level, relative)
+            except Exception:
+                through = None
+            if through is not None and _same_file(through.origin, spec.origin):
+                return True, directory
+        return True, None
+    return False, None
 
 
 def _same_file(found: str | None, loaded: str | None) -> bool:
@@ -441,19 +475,68 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
         return False
 
 
+def current_directory() -> str:
+    """This process's working directory; ``""`` where it was removed (a relative path finds nothing then)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
+
+
+def workers_path(path: list[Any], directory: str) -> list[Any]:
+    """``path`` (a copy of ``sys.path``) as workers take it: its relative entries made absolute in ``directory``.
+
+    A relative entry (``''``, which ``python -c``, the REPL and notebooks put
+    first) stands for a folder of the working directory, which this process
+    may change (``os.chdir``) while a worker keeps the one it started in: there
+    it imported another module of the same name, with no error, or none. Made
+    absolute in the directory where this process found the modules it sends
+    by name, it finds them there. Dropped where ``directory`` is ``""`` (it was
+    removed): they find nothing here then.
+    """
+    resolved = []
+    for entry in path:
+        if not isinstance(entry, str) or os.path.isabs(entry):
+            resolved.append(entry)
+        elif directory:
+            resolved.append(os.path.join(directory, entry) if entry else directory)
+    return resolved
+
+
+def has_relative_entry(path: list[Any]) -> bool:
+    """Whether ``path`` (a copy of ``sys.path``) has an entry the working directory resolves (``''``, say)."""
+    return any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
+
+
+def pickled_in_directory() -> str | None:
+    """The working directory the last pickles made on this thread hold to, and forget it; None if none does.
+
+    A pickle sends by name a module found through a relative entry of
+    ``sys.path`` in that directory: a worker must look there (:func:`workers_path`).
+    """
+    directory = getattr(_calls, "directory", None)
+    _calls.directory = None
+    return directory
+
+
+_calls = threading.local()  # directory: see pickled_in_directory
+
+
 class _PathAnswers:
     """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so.
 
     The answer for a module is kept with the file it was loaded from: one
-    imported again from another folder since is asked again.
+    imported again from another folder since is asked again. So is one found
+    through a relative entry, once the working directory changed; and a pickle
+    kept holds to the working directory of the modules it sends so, if any.
     """
 
     __slots__ = ("functions", "importable", "path")
 
     def __init__(self, path: list[str]) -> None:
         self.path = path
-        self.importable: dict[str, tuple[str | None, bool]] = {}
-        self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+        self.importable: dict[str, tuple[str | None, bool, str | None]] = {}  # origin, found, in directory
+        self.functions: weakref.WeakKeyDictionary[Any, tuple[bytes, str | None]] = weakref.WeakKeyDictionary()
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder

@@ -244,7 +244,12 @@ class ProcessBackend(QueueingBackend):
         # Workers taken out of the pool whose death _worker_died has yet to count: still live in info().
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
-        self._path = list(sys.path)  # the sys.path workers get; its version counts changes
+        self._path_seen = list(sys.path)  # sys.path when workers were last told it; its version counts changes
+        # Where its relative entries ('') were made absolute (None: it has none), and the sys.path workers get.
+        self._path_directory = (
+            _serialization.current_directory() if _serialization.has_relative_entry(self._path_seen) else None
+        )
+        self._path = _serialization.workers_path(self._path_seen, self._path_directory or "")
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
@@ -444,16 +449,31 @@ class ProcessBackend(QueueingBackend):
         return False  # a process task never runs in this process
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
+        _serialization.pickled_in_directory()  # forgets what earlier pickles of this thread held to
         handle._payload = _serialize_call(handle)
-        if sys.path != self._path:  # what the caller can import, its workers can
-            with self._lock:
-                self._take_path_locked()
+        directory = _serialization.pickled_in_directory()  # it sends by name a module found through ''
+        if sys.path != self._path_seen or (directory is not None and directory != self._path_directory):
+            with self._lock:  # what the caller can import, its workers can
+                self._take_path_locked(directory)
 
-    def _take_path_locked(self) -> None:
-        """Have workers take the caller's ``sys.path`` before their next task, if it changed."""
-        if sys.path != self._path:
-            self._path = list(sys.path)
-            self._path_version += 1
+    def _take_path_locked(self, directory: str | None = None) -> None:
+        """Have workers take the caller's ``sys.path`` before their next task, if it changed.
+
+        Its relative entries are made absolute in ``directory``, where a task
+        found a module it sends by name; else in the working directory, where
+        ``sys.path`` itself changed (``_serialization.workers_path``).
+        """
+        moved = sys.path != self._path_seen
+        path = list(sys.path) if moved else self._path_seen
+        if not _serialization.has_relative_entry(path):
+            directory = None
+        elif directory is None:
+            directory = _serialization.current_directory() if moved else self._path_directory
+        if not moved and directory == self._path_directory:
+            return
+        self._path_seen, self._path_directory = path, directory
+        self._path = _serialization.workers_path(path, directory or "")
+        self._path_version += 1
 
     def _work_arrived(self) -> None:
         self._start_loop()
