@@ -7,6 +7,7 @@ that start many workers live here or in another module without it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -192,3 +193,8 @@ def pid_once_released(flags: Flags) -> int:
     flags.set("started")
     assert flags.wait_for_release("go")
     return os.getpid()
+
+
+def which_of(module: str) -> str:
+    """``which()`` of module ``module``, imported here by name (in a worker: along its own ``sys.path``)."""
+    return importlib.import_module(module).which()  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 
 import makeparallel as mp
-from pool_helpers import fresh_process_pool
+from pool_helpers import fresh_process_pool, which_of
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -259,22 +259,40 @@ def test_a_module_found_again_through_another_spelling_of_its_folder_still_goes_
 def through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``''`` first on sys.path (``python -c``, the REPL, notebooks), folders ``first`` and ``second``, a module name.
 
-    Each folder holds a module of that name whose ``which()`` returns the
-    folder's name. The working directory, sys.path and sys.modules are put back.
+    Each folder, and its ``lib``, holds a module of that name whose ``which()``
+    returns the folder's name (and ``marked()`` what its initializer ``mark()``
+    set). The working directory, sys.path and sys.modules are put back.
     """
     name = f"plugin_{uuid.uuid4().hex}"
-    for folder in ("first", "second", "empty"):
-        (tmp_path / folder).mkdir()
+    (tmp_path / "empty").mkdir()
     for folder in ("first", "second"):
-        (tmp_path / folder / f"{name}.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
+        (tmp_path / folder / "lib").mkdir(parents=True)
+        for where in (tmp_path / folder, tmp_path / folder / "lib"):
+            (where / f"{name}.py").write_text(MARKED.format(folder=folder))
     path_before, directory_before = list(sys.path), os.getcwd()
     sys.path.insert(0, "")
     try:
         yield name, tmp_path
     finally:
+        mp.configure_process_pool(initializer=None)
         os.chdir(directory_before)
         sys.path[:] = path_before
         sys.modules.pop(name, None)
+
+
+MARKED = """
+MARK = None
+
+def mark():
+    global MARK
+    MARK = "marked"
+
+def marked(_=None):
+    return MARK
+
+def which(_=None):
+    return {folder!r}
+"""
 
 
 @pytest.mark.parametrize("there", ["another module of its name", "none"])
@@ -309,6 +327,42 @@ def test_a_module_imported_through_the_working_directory_by_a_worker_started_in_
     module = importlib.import_module(name)
     assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
     assert mp.parallel_map(module.which, range(4), backend="process") == ["second"] * 4
+
+
+@pytest.mark.parametrize("entry", ["", "lib"])
+def test_a_module_imported_through_a_relative_entry_goes_by_name_wherever_the_program_goes(
+    entry: str, through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Asked again after an os.chdir, the module went by value: its functions no longer saw
+    # the globals its initializer set in the worker. A relative entry other than '' was
+    # still found by the path finder's cached finder, in the first folder: the new
+    # directory's module of the name ran in the workers.
+    name, folders = through_the_working_directory
+    sys.path.insert(0, entry)
+    os.chdir(folders / "first")
+    module = importlib.import_module(name)
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=module.mark)
+    task = mp.parallel(backend="process")(module.marked)
+    assert task().get(timeout=30) == "marked"
+    for there in ("second", "empty", "first"):
+        os.chdir(folders / there)
+        assert task().get(timeout=30) == "marked"
+        fresh_process_pool(1)
+        assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+        assert task().get(timeout=30) == "marked"
+
+
+def test_a_task_imports_from_the_working_directory_of_its_worker(through_the_working_directory: tuple[str, Path]) -> None:
+    # What the program did not send, a task imports as it did: '' is the worker's own
+    # working directory, the program's when the worker started.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "second"
 
 
 def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:

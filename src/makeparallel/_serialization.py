@@ -7,10 +7,12 @@
 * Everything pickle cannot send by reference (lambdas, closures, functions of
   ``__main__``) goes by value, through cloudpickle. So do the functions and
   classes of a module that a worker could not import by name (imported through a
-  ``sys.path`` entry removed since, or through ``''`` from a working directory
-  left since, or made without a file), and such a module
+  ``sys.path`` entry removed since, or made without a file), and such a module
   itself where a function sent by value uses it (a sibling it imported):
   whatever the parent can call, a worker can run.
+* A module loaded through a relative ``sys.path`` entry (``''``) goes by name
+  with the folder it was loaded from, which workers import it from, whatever
+  their working directory and the parent's now (:func:`take_pins`).
 * A function passed as an argument (the function of a map) is pickled once
   and unpickled once per worker, as a task's own function is: a worker keeps
   it, and the module globals it sets persist from one call to the next.
@@ -244,22 +246,23 @@ def dumps_function(fn: Any) -> bytes:
         answers = _under_sys_path()  # a module found by name then may not be now, or the reverse
         cached = answers.functions.get(fn)
         if cached is not None:
-            data, directory = cached
-            if directory is None:
-                return data
-            if directory == current_directory():
-                _calls.directory = directory
-                return data
-        directory_before, _calls.directory = getattr(_calls, "directory", None), None
+            data, pins = cached
+            if pins is not None:  # _pin(pins), inlined: this is every submission of such a function
+                noted = _calls.__dict__
+                before = noted.get("pins")
+                noted["pins"] = pins if before is None or before is pins else {**before, **pins}
+            return data
+        pins_before, _calls.pins = getattr(_calls, "pins", None), None
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(fn)
     data = stream.getvalue()
     if cacheable:
-        directory = _calls.directory  # where a module it went by name was found through '', if so
-        if directory is None:
-            _calls.directory = directory_before
+        pins = _calls.pins  # the modules it sends by name that a relative entry found, if any
+        _calls.pins = pins_before
+        if pins is not None:
+            _pin(pins)
         if answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
-            answers.functions[fn] = (data, directory)
+            answers.functions[fn] = (data, pins)
     return data
 
 
@@ -407,24 +410,27 @@ def _importable_by_name(module: str) -> bool:
     answers = _under_sys_path()
     origin = getattr(getattr(sys.modules.get(module), "__spec__", None), "origin", None)
     known = answers.importable.get(module)
-    if known is not None and known[0] == origin and (known[2] is None or known[2] == current_directory()):
-        found, directory = known[1], known[2]
+    top_level = module.partition(".")[0]
+    if known is not None and known[0] == origin:
+        found, folder = known[1], known[2]
     else:
-        found, directory = _findable(module.partition(".")[0], answers.path)
-        answers.importable[module] = (origin, found, directory)
-    if directory is not None:
-        _calls.directory = directory
+        found, folder = _findable(top_level, answers.path)
+        answers.importable[module] = (origin, found, folder)
+    if folder is not None:
+        _pin({top_level: folder})
     return found
 
 
 def _findable(top_level: str, path: list[str]) -> tuple[bool, str | None]:
     """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare).
 
-    And the working directory it is found in, where the path finder finds it
-    through a relative entry of ``path`` (``''``), else None: there, a worker
-    finds it only while its ``sys.path`` is made absolute in that directory
-    (:func:`workers_path`), and a module of the name in another directory, or
-    none, after an ``os.chdir``.
+    And the folder to find it in, where it was loaded through a relative
+    entry of ``path`` (``''``, which ``python -c``, the REPL and notebooks put
+    first), else None. Such an entry stands for the working directory, which
+    this process may change while each worker keeps the one it started in: a
+    worker found another module of the name, or none. So such a module is
+    looked for, here and in the workers, in the folder it was loaded from
+    (:func:`take_pins`), whatever the working directory is now.
 
     The path finder looks along ``path``, a copy of ``sys.path``, not along
     ``sys.path`` itself: another thread that puts a folder on it and takes it
@@ -436,6 +442,14 @@ def _findable(top_level: str, path: list[str]) -> tuple[bool, str | None]:
     if top_level in sys.builtin_module_names:
         return True, None
     loaded = getattr(sys.modules.get(top_level), "__spec__", None)
+    folder = _relative_folder(loaded, path)
+    if folder is not None:
+        try:
+            spec = PathFinder.find_spec(top_level, [folder])
+        except Exception:  # a finder that fails is one that cannot find it
+            spec = None
+        found = spec is not None and _same_file(spec.origin, getattr(loaded, "origin", None))
+        return found, folder if found else None
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
@@ -444,23 +458,27 @@ def _findable(top_level: str, path: list[str]) -> tuple[bool, str | None]:
             spec = find_spec(top_level, path if finder is PathFinder else None)
         except Exception:  # a finder that fails is one that cannot find it
             continue
-        if spec is None:
-            continue
-        if loaded is not None and not _same_file(spec.origin, loaded.origin):
-            return False, None
-        if finder is not PathFinder or not spec.origin:
-            return True, None
-        relative = [entry for entry in path if isinstance(entry, str) and not os.path.isabs(entry)]
-        if relative:
-            directory = current_directory()
-            try:
-                through = PathFinder.find_spec(top_level, relative)
-            except Exception:
-                through = None
-            if through is not None and _same_file(through.origin, spec.origin):
-                return True, directory
-        return True, None
+        if spec is not None:
+            return loaded is None or _same_file(spec.origin, loaded.origin), None
     return False, None
+
+
+def _relative_folder(loaded: Any, path: list[str]) -> str | None:
+    """The folder a module (its spec ``loaded``) was loaded from, if only a relative entry of ``path`` can have found it.
+
+    That is: ``path`` has a relative entry, and the module's folder, the one
+    holding its file (or its package's), is none of the absolute entries.
+    """
+    origin = getattr(loaded, "origin", None)
+    if not isinstance(origin, str) or not os.path.isabs(origin) or not _has_relative_entry(path):
+        return None
+    folder = os.path.dirname(origin)
+    if getattr(loaded, "submodule_search_locations", None) is not None:  # a package: its __init__'s folder's
+        folder = os.path.dirname(folder)
+    for entry in path:
+        if isinstance(entry, str) and os.path.isabs(entry) and _same_file(entry, folder):
+            return None
+    return folder
 
 
 def _same_file(found: str | None, loaded: str | None) -> bool:
@@ -475,68 +493,51 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
         return False
 
 
-def current_directory() -> str:
-    """This process's working directory; ``""`` where it was removed (a relative path finds nothing then)."""
-    try:
-        return os.getcwd()
-    except OSError:
-        return ""
-
-
-def workers_path(path: list[Any], directory: str) -> list[Any]:
-    """``path`` (a copy of ``sys.path``) as workers take it: its relative entries made absolute in ``directory``.
-
-    A relative entry (``''``, which ``python -c``, the REPL and notebooks put
-    first) stands for a folder of the working directory, which this process
-    may change (``os.chdir``) while a worker keeps the one it started in: there
-    it imported another module of the same name, with no error, or none. Made
-    absolute in the directory where this process found the modules it sends
-    by name, it finds them there. Dropped where ``directory`` is ``""`` (it was
-    removed): they find nothing here then.
-    """
-    resolved = []
-    for entry in path:
-        if not isinstance(entry, str) or os.path.isabs(entry):
-            resolved.append(entry)
-        elif directory:
-            resolved.append(os.path.join(directory, entry) if entry else directory)
-    return resolved
-
-
-def has_relative_entry(path: list[Any]) -> bool:
+def _has_relative_entry(path: list[Any]) -> bool:
     """Whether ``path`` (a copy of ``sys.path``) has an entry the working directory resolves (``''``, say)."""
     return any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
 
 
-def pickled_in_directory() -> str | None:
-    """The working directory the last pickles made on this thread hold to, and forget it; None if none does.
+def take_pins() -> dict[str, str] | None:
+    """The modules the pickles made on this thread since the last call send by name from a pinned folder; forgets them.
 
-    A pickle sends by name a module found through a relative entry of
-    ``sys.path`` in that directory: a worker must look there (:func:`workers_path`).
+    A top-level module's name and the folder it was loaded from through a
+    relative entry of ``sys.path`` (:func:`_findable`): a worker must import it
+    from there, whatever its own working directory (``_process_worker.take_path``).
+    None if no such module was sent.
     """
-    directory = getattr(_calls, "directory", None)
-    _calls.directory = None
-    return directory
+    pins: dict[str, str] | None = _calls.__dict__.pop("pins", None)
+    return pins
 
 
-_calls = threading.local()  # directory: see pickled_in_directory
+def _pin(pins: dict[str, str]) -> None:
+    """Note ``pins`` for :func:`take_pins`."""
+    global pinned_any
+    pinned_any = True
+    noted = getattr(_calls, "pins", None)
+    _calls.pins = pins if noted is None else {**noted, **pins}
+
+
+_calls = threading.local()  # pins: see take_pins
+#: Whether any module was pinned yet: until then, :func:`take_pins` has nothing to give (a program without ``''``).
+pinned_any = False
 
 
 class _PathAnswers:
     """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so.
 
     The answer for a module is kept with the file it was loaded from: one
-    imported again from another folder since is asked again. So is one found
-    through a relative entry, once the working directory changed; and a pickle
-    kept holds to the working directory of the modules it sends so, if any.
+    imported again from another folder since is asked again. A pickle is kept
+    with the folders the modules it sends by name must be found in, if any
+    must (:func:`take_pins`).
     """
 
     __slots__ = ("functions", "importable", "path")
 
     def __init__(self, path: list[str]) -> None:
         self.path = path
-        self.importable: dict[str, tuple[str | None, bool, str | None]] = {}  # origin, found, in directory
-        self.functions: weakref.WeakKeyDictionary[Any, tuple[bytes, str | None]] = weakref.WeakKeyDictionary()
+        self.importable: dict[str, tuple[str | None, bool, str | None]] = {}  # origin, found, in folder
+        self.functions: weakref.WeakKeyDictionary[Any, tuple[bytes, dict[str, str] | None]] = weakref.WeakKeyDictionary()
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder

@@ -114,6 +114,9 @@ _AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
+# What a worker takes of the parent's imports: its sys.path, and the top-level modules it must import
+# from the folder the parent loaded them from (_serialization.take_pins).
+_WorkersPath = tuple[list[str], dict[str, str]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
 _FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
@@ -130,11 +133,16 @@ THREAD_LIMIT_VARIABLES = (
 
 # Types, not the strings this module's annotations are: typing.NamedTuple compiles
 # each string into a ForwardRef, about a millisecond of a first task.
-WorkerSetup = NamedTuple("WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes)])
-WorkerSetup.__doc__ = "What each new worker runs before its first task: the pool's initializer, pickled, and its name."
+WorkerSetup = NamedTuple(
+    "WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes), ("pins", dict[str, str] | None)]
+)
+WorkerSetup.__doc__ = (
+    "What each new worker runs before its first task: the pool's initializer, pickled, its name, and the "
+    "modules it sends by name that a worker imports from a pinned folder (``_serialization.take_pins``)."
+)
 
 
-NO_SETUP = WorkerSetup("", None, b"")
+NO_SETUP = WorkerSetup("", None, b"", None)
 
 # What a running map chunk streamed (``ProcessBackend._partials``): the results read, the
 # error of a slice that could not be, and how many results such slices held (None: unknown).
@@ -165,7 +173,7 @@ class _Worker:
         self.ahead = 0
         # Its first tasks, given to it before it was ready, and their sys.path if it changed,
         # when they did not fit in that bound: sent once it is (_send_held).
-        self.held: tuple[list[AsyncHandle[Any]], list[str] | None] | None = None
+        self.held: tuple[list[AsyncHandle[Any]], _WorkersPath | None] | None = None
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -244,12 +252,10 @@ class ProcessBackend(QueueingBackend):
         # Workers taken out of the pool whose death _worker_died has yet to count: still live in info().
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
-        self._path_seen = list(sys.path)  # sys.path when workers were last told it; its version counts changes
-        # Where its relative entries ('') were made absolute (None: it has none), and the sys.path workers get.
-        self._path_directory = (
-            _serialization.current_directory() if _serialization.has_relative_entry(self._path_seen) else None
-        )
-        self._path = _serialization.workers_path(self._path_seen, self._path_directory or "")
+        # What workers get: sys.path, and the folders that the modules sent by name which a
+        # relative entry ('') found were loaded from (_serialization.take_pins). Its version counts changes.
+        self._path: _WorkersPath = (list(sys.path), {})
+        self._pins_taken: dict[str, str] | None = None  # the last pins taken, which self._path holds
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
@@ -290,6 +296,8 @@ class ProcessBackend(QueueingBackend):
                         worker.killing = worker.retiring = True
             if setup is not None and setup != self._setup:
                 self._setup = setup
+                if setup.pins is not None:
+                    self._take_path_locked(setup.pins)
                 for worker in self._workers:
                     if not worker.retiring:
                         self._recycle_locked(worker, "")
@@ -449,30 +457,22 @@ class ProcessBackend(QueueingBackend):
         return False  # a process task never runs in this process
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
-        _serialization.pickled_in_directory()  # forgets what earlier pickles of this thread held to
         handle._payload = _serialize_call(handle)
-        directory = _serialization.pickled_in_directory()  # it sends by name a module found through ''
-        if sys.path != self._path_seen or (directory is not None and directory != self._path_directory):
+        # A function's pins are one dict, kept with its pickle: once taken, it is known by its identity.
+        # With those of earlier pickles of this thread: true all the same.
+        pins = _serialization.take_pins() if _serialization.pinned_any else None
+        if sys.path != self._path[0] or (pins is not None and pins is not self._pins_taken):
             with self._lock:  # what the caller can import, its workers can
-                self._take_path_locked(directory)
+                self._take_path_locked(pins)
+                self._pins_taken = pins
 
-    def _take_path_locked(self, directory: str | None = None) -> None:
-        """Have workers take the caller's ``sys.path`` before their next task, if it changed.
-
-        Its relative entries are made absolute in ``directory``, where a task
-        found a module it sends by name; else in the working directory, where
-        ``sys.path`` itself changed (``_serialization.workers_path``).
-        """
-        moved = sys.path != self._path_seen
-        path = list(sys.path) if moved else self._path_seen
-        if not _serialization.has_relative_entry(path):
-            directory = None
-        elif directory is None:
-            directory = _serialization.current_directory() if moved else self._path_directory
-        if not moved and directory == self._path_directory:
+    def _take_path_locked(self, pins: dict[str, str] | None = None) -> None:
+        """Have workers take the caller's ``sys.path`` before their next task, if it changed; and ``pins``, if new."""
+        path, pinned = self._path
+        moved = sys.path != path
+        if not moved and (pins is None or not pins.items() - pinned.items()):
             return
-        self._path_seen, self._path_directory = path, directory
-        self._path = _serialization.workers_path(path, directory or "")
+        self._path = (list(sys.path) if moved else path, pinned if pins is None else {**pinned, **pins})
         self._path_version += 1
 
     def _work_arrived(self) -> None:
@@ -598,7 +598,7 @@ class ProcessBackend(QueueingBackend):
                 look = look or bool(self._queued or self._control) or self._workers != watched
         self._close_template()
 
-    def _start_worker(self, path: list[str], path_version: int) -> _Worker:
+    def _start_worker(self, path: _WorkersPath, path_version: int) -> _Worker:
         """Start a worker: forked from the template on Linux, else a fresh interpreter.
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
@@ -614,7 +614,7 @@ class ProcessBackend(QueueingBackend):
             if forked is not None:
                 process = forked
             else:
-                process = _start_fresh_interpreter(child_end.fileno(), journal_fd, environ, path)
+                process = _start_fresh_interpreter(child_end.fileno(), journal_fd, environ, path[0])
         except BaseException:
             parent_end.close()
             if journal is not None:
@@ -626,7 +626,9 @@ class ProcessBackend(QueueingBackend):
         worker = _Worker(process, Channel(parent_end), journal, path_version)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
-            _send(worker, ("path", path_arguments(path)))
+            _send(worker, ("path", _path_message(path)))
+        elif path[1]:  # a fresh interpreter has sys.path on its command line
+            _send(worker, ("path", _path_message(path)))
         return worker
 
     def _fork(self, child_end: _socket.socket, journal_fd: int) -> ForkedProcess | None:
@@ -766,7 +768,7 @@ class ProcessBackend(QueueingBackend):
             if len(outstanding) <= 1 and worker.ready:
                 worker.ahead = 0  # none waits behind the running task (one still starting reads none)
             # Bytes of what the worker may not read for now: its new sys.path, if it changed, then its tasks.
-            unread = 0 if worker.path_version == self._path_version else _path_bytes(self._path)
+            unread = 0 if worker.path_version == self._path_version else _path_bytes(self._path[0])
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
@@ -841,7 +843,7 @@ class ProcessBackend(QueueingBackend):
             if handle._state == RUNNING:
                 self._requeue_locked(handle)
 
-    def _assigned_locked(self, worker: _Worker, count: int) -> list[str] | None:
+    def _assigned_locked(self, worker: _Worker, count: int) -> _WorkersPath | None:
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
         worker.sent += count
         self._recycle_if_spent_locked(worker)
@@ -1576,10 +1578,10 @@ def _close(worker: _Worker) -> None:
             worker.send_lock.release()
 
 
-def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: list[str] | None) -> None:
+def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: _WorkersPath | None) -> None:
     """Send ``batch`` to ``worker``, after the parent's new ``sys.path`` if it changed; the send lock is held."""
     if path is not None:
-        _send(worker, ("path", path_arguments(path)))
+        _send(worker, ("path", _path_message(path)))
     tasks, buffers = [], []
     for handle in batch:
         function, data, task_buffers = handle._payload
@@ -1601,6 +1603,11 @@ def _message_bytes(handle: AsyncHandle[Any]) -> int:
     if buffers:
         size += sum(memoryview(buffer).nbytes for buffer in buffers)
     return size
+
+
+def _path_message(path: _WorkersPath) -> _WorkersPath:
+    """What a worker's ``"path"`` message carries: the parent's ``sys.path`` as it takes it, and the pinned modules."""
+    return path_arguments(path[0]), path[1]
 
 
 def _path_bytes(path: list[str]) -> int:

@@ -12,8 +12,9 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
 
     parent -> worker   ("start", environ, changes)         first, for a worker forked from the template
                                                            (read by _template, before this module runs)
-                       ("path", sys_path)                  next, for a worker forked from the template;
-                                                           later, when the parent's sys.path changed
+                       ("path", (sys_path, pins))          next, for a worker forked from the template;
+                                                           later, when the parent's sys.path changed, or
+                                                           it sent by name a module a relative entry found
                        ("setup", initializer, initargs, argv, ignore_sigint)  then, always: the
                                                            initializer pickled, or None; the
                                                            program's sys.argv; whether it ignores Ctrl-C
@@ -170,7 +171,7 @@ class _Worker:
                 self._flush_output()
                 self.send(("done", [entry]), buffers)
             elif kind == "path":
-                take_path(payload)
+                take_path(*payload)
             elif kind == "setup":
                 self._set_up(*payload)
             else:
@@ -417,8 +418,38 @@ def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None
     return run_here(value, task) if is_coroutine(value) else value
 
 
-def take_path(path: list[str]) -> None:
+class _PinnedModules:
+    """A meta path finder: a top-level module the parent loaded through a relative ``sys.path`` entry, from its folder.
+
+    Such an entry (``''``) stands for the working directory, which the
+    parent may have changed since this worker started in it: along its
+    ``sys.path``, the worker found another module of the name, or none, and
+    ran other code than the parent's with no error. The parent names each
+    such module it sends by name, with the folder it was loaded from
+    (``_serialization.take_pins``), and the worker imports it from there.
+    """
+
+    pins: dict[str, str] = {}
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        folder = cls.pins.get(name) if path is None else None
+        if folder is None:
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(name, [folder])
+
+    @classmethod
+    def invalidate_caches(cls) -> None:
+        pass
+
+
+def take_path(path: list[str], pins: dict[str, str]) -> None:
     """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
+
+    A top-level module named in ``pins`` is imported from the folder given
+    there (:class:`_PinnedModules`).
 
     Folders listed before may hold new modules now, and a folder missing then
     may exist now. ``importlib.invalidate_caches()`` does this, but from Python
@@ -433,6 +464,10 @@ def take_path(path: list[str]) -> None:
     (a private counter, read where it exists, as ``PathFinder`` moves it).
     """
     sys.path[:] = path
+    if pins:
+        _PinnedModules.pins = pins
+        if _PinnedModules not in sys.meta_path:
+            sys.meta_path.insert(0, _PinnedModules)
     if "importlib.metadata" in sys.modules:
         importlib.invalidate_caches()
         return
