@@ -9,6 +9,7 @@ while importing) travels by value. Both for ``@parallel`` tasks and for maps.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -261,14 +262,16 @@ def through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     Each folder, and its ``lib``, holds a module of that name whose ``which()``
     returns the folder's name (and ``marked()`` what its initializer ``mark()``
-    set). The working directory, sys.path and sys.modules are put back.
+    set, ``sibling()`` the folder of the module ``<name>_sibling`` it imports).
+    The working directory, sys.path and sys.modules are put back.
     """
     name = f"plugin_{uuid.uuid4().hex}"
     (tmp_path / "empty").mkdir()
     for folder in ("first", "second"):
         (tmp_path / folder / "lib").mkdir(parents=True)
         for where in (tmp_path / folder, tmp_path / folder / "lib"):
-            (where / f"{name}.py").write_text(MARKED.format(folder=folder))
+            (where / f"{name}.py").write_text(MARKED.format(folder=folder, name=name))
+            (where / f"{name}_sibling.py").write_text(f"WHERE = {folder!r}\n")
     path_before, directory_before = list(sys.path), os.getcwd()
     sys.path.insert(0, "")
     try:
@@ -278,9 +281,12 @@ def through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         os.chdir(directory_before)
         sys.path[:] = path_before
         sys.modules.pop(name, None)
+        sys.modules.pop(f"{name}_sibling", None)
 
 
 MARKED = """
+import {name}_sibling
+
 MARK = None
 
 def mark():
@@ -292,6 +298,9 @@ def marked(_=None):
 
 def which(_=None):
     return {folder!r}
+
+def sibling(_=None):
+    return {name}_sibling.WHERE
 """
 
 
@@ -351,6 +360,69 @@ def test_a_module_imported_through_a_relative_entry_goes_by_name_wherever_the_pr
         fresh_process_pool(1)
         assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
         assert task().get(timeout=30) == "marked"
+
+
+def test_a_module_imported_through_the_working_directory_imports_its_siblings_from_there(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The module went by name from its folder, and its own "import <name>_sibling" found
+    # the sibling in the worker's working directory: another module's code, or none.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    module = importlib.import_module(name)
+    for there in ("second", "empty"):
+        os.chdir(folders / there)
+        fresh_process_pool(1)
+        assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "first"
+
+
+def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Pins outlived the module: workers ran the first folder's, the program the second's.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    module = importlib.import_module(name)
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    for imported in (name, f"{name}_sibling"):
+        del sys.modules[imported]
+    sys.path.insert(1, str(folders / "second"))
+    os.chdir(folders / "empty")
+    module = importlib.import_module(name)
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+
+
+def test_a_module_a_meta_path_finder_found_outside_sys_path_still_goes_by_name(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # An editable install's finder (or setuptools' distutils) finds it where the path
+    # finder would not: looked for there alone, with '' on sys.path, it went by value,
+    # and its functions missed what an initializer set.
+    from importlib.machinery import PathFinder
+
+    from makeparallel import _serialization
+
+    name, folders = through_the_working_directory
+    (folders / "impl").mkdir()
+    (folders / "impl" / "__init__.py").write_text("def which(_=None):\n    return 'impl'\n")
+
+    class Remapped:
+        @staticmethod
+        def find_spec(fullname: str, path: object = None, target: object = None) -> object:
+            if fullname != name:
+                return None
+            spec = PathFinder.find_spec("impl", [str(folders)])
+            return importlib.util.spec_from_file_location(name, spec.origin, submodule_search_locations=[])
+
+    sys.meta_path.append(Remapped)
+    try:
+        module = importlib.import_module(name)
+        assert module.which() == "impl"
+        assert _serialization._importable_by_name(name)
+    finally:
+        sys.meta_path.remove(Remapped)
 
 
 def test_a_task_imports_from_the_working_directory_of_its_worker(through_the_working_directory: tuple[str, Path]) -> None:

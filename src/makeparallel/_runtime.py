@@ -475,7 +475,7 @@ def configure_process_pool(
 def _worker_setup(initializer: Any, initargs: Any) -> Any:
     """The pickled initializer, or ``None`` to keep the current one."""
     from ._backends._process import NO_SETUP, WorkerSetup
-    from ._serialization import dumps_function, take_pins
+    from ._serialization import dumps_function
     from .errors import TaskSerializationError
 
     if initializer is ... and initargs is ...:
@@ -492,15 +492,13 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
         arguments = tuple(initargs)
     except TypeError:
         raise TypeError(f"initargs must be an iterable of arguments, got {initargs!r}") from None
-    take_pins()  # forgets what earlier pickles of this thread sent (true, but not this set-up's)
     try:
-        data = dumps_function(initializer), dumps_function(arguments)
+        return WorkerSetup(getattr(initializer, "__qualname__", repr(initializer)), dumps_function(initializer), dumps_function(arguments))
     except Exception as error:
         raise TaskSerializationError(
             f"the initializer {initializer!r} or its initargs cannot be sent to the worker processes: "
             f"{type(error).__name__}: {error}. They must be picklable"
         ) from error
-    return WorkerSetup(getattr(initializer, "__qualname__", repr(initializer)), *data, take_pins())
 
 
 def get_process_pool_info() -> dict[str, Any]:

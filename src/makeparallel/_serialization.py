@@ -10,9 +10,10 @@
   ``sys.path`` entry removed since, or made without a file), and such a module
   itself where a function sent by value uses it (a sibling it imported):
   whatever the parent can call, a worker can run.
-* A module loaded through a relative ``sys.path`` entry (``''``) goes by name
-  with the folder it was loaded from, which workers import it from, whatever
-  their working directory and the parent's now (:func:`take_pins`).
+* A module loaded through a relative ``sys.path`` entry (``''``) goes by name,
+  and workers import it (and every other module loaded so) from the folder it
+  was loaded from, whatever their working directory and the parent's now
+  (:data:`pins`).
 * A function passed as an argument (the function of a map) is pickled once
   and unpickled once per worker, as a task's own function is: a worker keeps
   it, and the module globals it sets persist from one call to the next.
@@ -246,23 +247,12 @@ def dumps_function(fn: Any) -> bytes:
         answers = _under_sys_path()  # a module found by name then may not be now, or the reverse
         cached = answers.functions.get(fn)
         if cached is not None:
-            data, pins = cached
-            if pins is not None:  # _pin(pins), inlined: this is every submission of such a function
-                noted = _calls.__dict__
-                before = noted.get("pins")
-                noted["pins"] = pins if before is None or before is pins else {**before, **pins}
-            return data
-        pins_before, _calls.pins = getattr(_calls, "pins", None), None
+            return cached
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(fn)
     data = stream.getvalue()
-    if cacheable:
-        pins = _calls.pins  # the modules it sends by name that a relative entry found, if any
-        _calls.pins = pins_before
-        if pins is not None:
-            _pin(pins)
-        if answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
-            answers.functions[fn] = (data, pins)
+    if cacheable and answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
+        answers.functions[fn] = data
     return data
 
 
@@ -410,75 +400,80 @@ def _importable_by_name(module: str) -> bool:
     answers = _under_sys_path()
     origin = getattr(getattr(sys.modules.get(module), "__spec__", None), "origin", None)
     known = answers.importable.get(module)
-    top_level = module.partition(".")[0]
     if known is not None and known[0] == origin:
-        found, folder = known[1], known[2]
-    else:
-        found, folder = _findable(top_level, answers.path)
-        answers.importable[module] = (origin, found, folder)
-    if folder is not None:
-        _pin({top_level: folder})
+        return known[1]
+    found = _findable(module.partition(".")[0], answers.path)
+    answers.importable[module] = (origin, found)
+    _pin_modules(answers)  # a module new here: its siblings may be too, or a pinned one imported again
     return found
 
 
-def _findable(top_level: str, path: list[str]) -> tuple[bool, str | None]:
+def _findable(top_level: str, path: list[str]) -> bool:
     """Whether the finders find ``top_level`` where it was imported from (or it has no origin to compare).
-
-    And the folder to find it in, where it was loaded through a relative
-    entry of ``path`` (``''``, which ``python -c``, the REPL and notebooks put
-    first), else None. Such an entry stands for the working directory, which
-    this process may change while each worker keeps the one it started in: a
-    worker found another module of the name, or none. So such a module is
-    looked for, here and in the workers, in the folder it was loaded from
-    (:func:`take_pins`), whatever the working directory is now.
 
     The path finder looks along ``path``, a copy of ``sys.path``, not along
     ``sys.path`` itself: another thread that puts a folder on it and takes it
     off again as the finder walks it had a folder missed, and a module found
-    elsewhere, under a ``sys.path`` that looked unchanged by the end.
+    elsewhere, under a ``sys.path`` that looked unchanged by the end. A module
+    it loaded through a relative entry of ``path`` is looked for in the folder
+    it was loaded from, as workers do (:data:`pins`).
     """
     from importlib.machinery import PathFinder
 
     if top_level in sys.builtin_module_names:
-        return True, None
+        return True
     loaded = getattr(sys.modules.get(top_level), "__spec__", None)
-    folder = _relative_folder(loaded, path)
-    if folder is not None:
-        try:
-            spec = PathFinder.find_spec(top_level, [folder])
-        except Exception:  # a finder that fails is one that cannot find it
-            spec = None
-        found = spec is not None and _same_file(spec.origin, getattr(loaded, "origin", None))
-        return found, folder if found else None
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
+        if finder is PathFinder:
+            folder = _relative_folder(loaded, path, _absolute_entries(path))
+            if folder is not None:
+                if _found_in(top_level, folder, loaded):
+                    return True
+                continue  # maybe another finder's (an editable install's)
         try:
             spec = find_spec(top_level, path if finder is PathFinder else None)
         except Exception:  # a finder that fails is one that cannot find it
             continue
         if spec is not None:
-            return loaded is None or _same_file(spec.origin, loaded.origin), None
-    return False, None
+            return loaded is None or _same_file(spec.origin, loaded.origin)
+    return False
 
 
-def _relative_folder(loaded: Any, path: list[str]) -> str | None:
-    """The folder a module (its spec ``loaded``) was loaded from, if only a relative entry of ``path`` can have found it.
+def _absolute_entries(path: list[Any]) -> set[str]:
+    return {entry for entry in path if isinstance(entry, str) and os.path.isabs(entry)}
+
+
+def _relative_folder(loaded: Any, path: list[Any], absolute: set[str]) -> str | None:
+    """The folder a module (its spec ``loaded``) was loaded from, if a relative entry of ``path`` may have found it.
 
     That is: ``path`` has a relative entry, and the module's folder, the one
-    holding its file (or its package's), is none of the absolute entries.
+    holding its file (or its package's), is none of the ``absolute`` entries.
     """
     origin = getattr(loaded, "origin", None)
-    if not isinstance(origin, str) or not os.path.isabs(origin) or not _has_relative_entry(path):
+    if not isinstance(origin, str) or not os.path.isabs(origin) or len(absolute) == len(path):
         return None
     folder = os.path.dirname(origin)
     if getattr(loaded, "submodule_search_locations", None) is not None:  # a package: its __init__'s folder's
         folder = os.path.dirname(folder)
-    for entry in path:
-        if isinstance(entry, str) and os.path.isabs(entry) and _same_file(entry, folder):
-            return None
+    if folder in absolute or not any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path):
+        return None
+    if any(_same_file(entry, folder) for entry in absolute):  # a symlink, "..": the same folder spelt otherwise
+        return None
     return folder
+
+
+def _found_in(top_level: str, folder: str, loaded: Any) -> bool:
+    """Whether the path finder finds ``top_level`` in ``folder``, at the file of its spec ``loaded``."""
+    from importlib.machinery import PathFinder
+
+    try:
+        spec = PathFinder.find_spec(top_level, [folder])
+    except Exception:  # a finder that fails is one that cannot find it
+        return False
+    return spec is not None and _same_file(spec.origin, getattr(loaded, "origin", None))
 
 
 def _same_file(found: str | None, loaded: str | None) -> bool:
@@ -493,56 +488,62 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
         return False
 
 
-def _has_relative_entry(path: list[Any]) -> bool:
-    """Whether ``path`` (a copy of ``sys.path``) has an entry the working directory resolves (``''``, say)."""
-    return any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
+def _pin_modules(answers: _PathAnswers) -> None:
+    """Pin the top-level modules loaded through a relative entry of ``answers.path`` to their folders, if that changed.
 
-
-def take_pins() -> dict[str, str] | None:
-    """The modules the pickles made on this thread since the last call send by name from a pinned folder; forgets them.
-
-    A top-level module's name and the folder it was loaded from through a
-    relative entry of ``sys.path`` (:func:`_findable`): a worker must import it
-    from there, whatever its own working directory (``_process_worker.take_path``).
-    None if no such module was sent.
+    ``''`` (``python -c``, the REPL, notebooks) stands for the working
+    directory, which this process may change while each worker keeps the one
+    it started in: a worker importing such a module by name, or a module it
+    imports by name (a sibling), found another module of the name, or none,
+    and ran other code than the parent's with no error. Workers import each
+    pinned module from its folder (``_process_worker._PinnedModules``); a
+    module imported again from another folder since is pinned no more, or
+    pinned there. Asked when a module is answered about for the first time:
+    a walk through ``sys.modules``, with a file lookup only for the modules
+    in no folder of ``sys.path``.
     """
-    pins: dict[str, str] | None = _calls.__dict__.pop("pins", None)
-    return pins
-
-
-def _pin(pins: dict[str, str]) -> None:
-    """Note ``pins`` for :func:`take_pins`."""
-    global pinned_any
-    pinned_any = True
-    noted = getattr(_calls, "pins", None)
-    _calls.pins = pins if noted is None else {**noted, **pins}
-
-
-_calls = threading.local()  # pins: see take_pins
-#: Whether any module was pinned yet: until then, :func:`take_pins` has nothing to give (a program without ``''``).
-pinned_any = False
+    global pins
+    path = answers.path
+    absolute = _absolute_entries(path)
+    found: dict[str, str] = {}
+    if len(absolute) < len(path):
+        for name, module in list(sys.modules.items()):
+            if "." in name:
+                continue
+            loaded = getattr(module, "__spec__", None)
+            folder = _relative_folder(loaded, path, absolute)
+            if folder is not None and _found_in(name, folder, loaded):
+                found[name] = folder
+    if found != answers.pins:
+        answers.pins = found
+    if _answers is answers:
+        pins = answers.pins
 
 
 class _PathAnswers:
     """What depends on ``sys.path``, under one ``sys.path``: which modules a worker imports by name, the pickles made so.
 
     The answer for a module is kept with the file it was loaded from: one
-    imported again from another folder since is asked again. A pickle is kept
-    with the folders the modules it sends by name must be found in, if any
-    must (:func:`take_pins`).
+    imported again from another folder since is asked again. So are the
+    modules pinned under it (:func:`_pin_modules`).
     """
 
-    __slots__ = ("functions", "importable", "path")
+    __slots__ = ("functions", "importable", "path", "pins")
 
     def __init__(self, path: list[str]) -> None:
         self.path = path
-        self.importable: dict[str, tuple[str | None, bool, str | None]] = {}  # origin, found, in folder
-        self.functions: weakref.WeakKeyDictionary[Any, tuple[bytes, dict[str, str] | None]] = weakref.WeakKeyDictionary()
+        self.importable: dict[str, tuple[str | None, bool]] = {}
+        self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+        self.pins: dict[str, str] = {}  # replaced, never changed: a pool knows them by their identity
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
 _answers_by_path: dict[tuple[str, ...], _PathAnswers] = {}  # oldest first
 _answers = _PathAnswers([])  # under the sys.path of the last call
+#: The top-level modules workers import from the folder this process loaded them from through a
+#: relative entry of ``sys.path``, under the answers in use (:func:`_pin_modules`); a process pool
+#: sends them with ``sys.path`` when they change (``ProcessBackend._prepare``).
+pins: dict[str, str] = {}
 _answers_lock = threading.Lock()
 
 
@@ -564,7 +565,7 @@ def _under_sys_path() -> _PathAnswers:
     against 5) when a change dropped every answer. A pickle made while
     another thread changed ``sys.path`` is not kept (:func:`dumps_function`).
     """
-    global _answers
+    global _answers, pins
     answers = _answers
     if answers.path != sys.path:
         with _answers_lock:
@@ -575,6 +576,7 @@ def _under_sys_path() -> _PathAnswers:
                 del _answers_by_path[next(iter(_answers_by_path))]
             _answers_by_path[path] = answers  # now the newest
             _answers = answers
+            pins = answers.pins
     return answers
 
 

@@ -115,7 +115,7 @@ _AHEAD_BYTES = 64 * 1024
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
 # What a worker takes of the parent's imports: its sys.path, and the top-level modules it must import
-# from the folder the parent loaded them from (_serialization.take_pins).
+# from the folder the parent loaded them from (_serialization.pins).
 _WorkersPath = tuple[list[str], dict[str, str]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
@@ -133,16 +133,11 @@ THREAD_LIMIT_VARIABLES = (
 
 # Types, not the strings this module's annotations are: typing.NamedTuple compiles
 # each string into a ForwardRef, about a millisecond of a first task.
-WorkerSetup = NamedTuple(
-    "WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes), ("pins", dict[str, str] | None)]
-)
-WorkerSetup.__doc__ = (
-    "What each new worker runs before its first task: the pool's initializer, pickled, its name, and the "
-    "modules it sends by name that a worker imports from a pinned folder (``_serialization.take_pins``)."
-)
+WorkerSetup = NamedTuple("WorkerSetup", [("name", str), ("initializer", bytes | None), ("initargs", bytes)])
+WorkerSetup.__doc__ = "What each new worker runs before its first task: the pool's initializer, pickled, and its name."
 
 
-NO_SETUP = WorkerSetup("", None, b"", None)
+NO_SETUP = WorkerSetup("", None, b"")
 
 # What a running map chunk streamed (``ProcessBackend._partials``): the results read, the
 # error of a slice that could not be, and how many results such slices held (None: unknown).
@@ -252,10 +247,9 @@ class ProcessBackend(QueueingBackend):
         # Workers taken out of the pool whose death _worker_died has yet to count: still live in info().
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
-        # What workers get: sys.path, and the folders that the modules sent by name which a
-        # relative entry ('') found were loaded from (_serialization.take_pins). Its version counts changes.
-        self._path: _WorkersPath = (list(sys.path), {})
-        self._pins_taken: dict[str, str] | None = None  # the last pins taken, which self._path holds
+        # What workers get: sys.path, and the folders of the modules loaded through a relative
+        # entry ('') of it (_serialization.pins). Its version counts changes.
+        self._path: _WorkersPath = (list(sys.path), _serialization.pins)
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
@@ -296,8 +290,7 @@ class ProcessBackend(QueueingBackend):
                         worker.killing = worker.retiring = True
             if setup is not None and setup != self._setup:
                 self._setup = setup
-                if setup.pins is not None:
-                    self._take_path_locked(setup.pins)
+                self._take_path_locked()  # pickling the initializer may have pinned its module
                 for worker in self._workers:
                     if not worker.retiring:
                         self._recycle_locked(worker, "")
@@ -458,22 +451,18 @@ class ProcessBackend(QueueingBackend):
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
-        # A function's pins are one dict, kept with its pickle: once taken, it is known by its identity.
-        # With those of earlier pickles of this thread: true all the same.
-        pins = _serialization.take_pins() if _serialization.pinned_any else None
-        if sys.path != self._path[0] or (pins is not None and pins is not self._pins_taken):
-            with self._lock:  # what the caller can import, its workers can
-                self._take_path_locked(pins)
-                self._pins_taken = pins
+        path, pinned = self._path
+        if sys.path != path or _serialization.pins is not pinned:  # what the caller can import, its workers can
+            with self._lock:
+                self._take_path_locked()
 
-    def _take_path_locked(self, pins: dict[str, str] | None = None) -> None:
-        """Have workers take the caller's ``sys.path`` before their next task, if it changed; and ``pins``, if new."""
+    def _take_path_locked(self) -> None:
+        """Have workers take the caller's ``sys.path`` and pinned modules before their next task, if they changed."""
         path, pinned = self._path
         moved = sys.path != path
-        if not moved and (pins is None or not pins.items() - pinned.items()):
-            return
-        self._path = (list(sys.path) if moved else path, pinned if pins is None else {**pinned, **pins})
-        self._path_version += 1
+        if moved or _serialization.pins is not pinned:
+            self._path = (list(sys.path) if moved else path, _serialization.pins)
+            self._path_version += 1
 
     def _work_arrived(self) -> None:
         self._start_loop()

@@ -425,8 +425,8 @@ class _PinnedModules:
     parent may have changed since this worker started in it: along its
     ``sys.path``, the worker found another module of the name, or none, and
     ran other code than the parent's with no error. The parent names each
-    such module it sends by name, with the folder it was loaded from
-    (``_serialization.take_pins``), and the worker imports it from there.
+    module it loaded so, with its folder (``_serialization.pins``), and the
+    worker imports it from there.
     """
 
     pins: dict[str, str] = {}
@@ -464,10 +464,9 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     (a private counter, read where it exists, as ``PathFinder`` moves it).
     """
     sys.path[:] = path
-    if pins:
-        _PinnedModules.pins = pins
-        if _PinnedModules not in sys.meta_path:
-            sys.meta_path.insert(0, _PinnedModules)
+    _PinnedModules.pins = pins  # a module imported again from another folder since is pinned no more
+    if pins and _PinnedModules not in sys.meta_path:
+        sys.meta_path.insert(0, _PinnedModules)
     if "importlib.metadata" in sys.modules:
         importlib.invalidate_caches()
         return
