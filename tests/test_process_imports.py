@@ -376,6 +376,28 @@ def test_a_module_imported_through_the_working_directory_imports_its_siblings_fr
         assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "first"
 
 
+def test_a_sibling_the_program_imported_after_the_module_was_sent_is_pinned_too(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pins were asked once, when the module was first sent: a sibling it imports
+    # lazily, imported by the program only later, came from the worker's directory.
+    name, folders = through_the_working_directory
+    for folder in ("first", "second"):
+        (folders / folder / f"{name}_lazy.py").write_text(f"def which():\n    return {folder!r}\n")
+    os.chdir(folders / "first")
+    module = importlib.import_module(name)
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"  # its answers asked now
+    try:
+        importlib.import_module(f"{name}_lazy")
+        os.chdir(folders / "second")
+        fresh_process_pool(1)
+        assert mp.parallel(backend="process")(which_of)(f"{name}_lazy").get(timeout=30) == "first"
+    finally:
+        sys.modules.pop(f"{name}_lazy", None)
+
+
 def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
     through_the_working_directory: tuple[str, Path]
 ) -> None:

@@ -402,9 +402,13 @@ def _importable_by_name(module: str) -> bool:
     known = answers.importable.get(module)
     if known is not None and known[0] == origin:
         return known[1]
-    found = _findable(module.partition(".")[0], answers.path)
+    top_level = module.partition(".")[0]
+    found = _findable(top_level, answers.path)
     answers.importable[module] = (origin, found)
-    _pin_modules(answers)  # a module new here: its siblings may be too, or a pinned one imported again
+    if answers.counted >= 0:
+        examined = answers.examined.get(top_level)
+        if examined is None or examined[0] is not getattr(sys.modules.get(top_level), "__spec__", None):
+            _pin_modules(answers)  # not looked at as it is now: new, or imported again
     return found
 
 
@@ -489,7 +493,7 @@ def _same_file(found: str | None, loaded: str | None) -> bool:
 
 
 def _pin_modules(answers: _PathAnswers) -> None:
-    """Pin the top-level modules loaded through a relative entry of ``answers.path`` to their folders, if that changed.
+    """Pin the top-level modules loaded through a relative entry of ``answers.path`` to their folders.
 
     ``''`` (``python -c``, the REPL, notebooks) stands for the working
     directory, which this process may change while each worker keeps the one
@@ -498,26 +502,44 @@ def _pin_modules(answers: _PathAnswers) -> None:
     and ran other code than the parent's with no error. Workers import each
     pinned module from its folder (``_process_worker._PinnedModules``); a
     module imported again from another folder since is pinned no more, or
-    pinned there. Asked when a module is answered about for the first time:
+    pinned there. Asked when a module not looked at yet is answered about, and
+    when a pool sends a task after modules were imported (:func:`refresh_pins`):
     a walk through ``sys.modules``, with a file lookup only for the modules
-    in no folder of ``sys.path``.
+    not looked at yet that are in no folder of ``sys.path``.
     """
-    global pins
+    global pins, modules_counted
     path = answers.path
     absolute = _absolute_entries(path)
+    counted = len(sys.modules)
+    examined: dict[str, tuple[Any, str | None]] = {}
     found: dict[str, str] = {}
-    if len(absolute) < len(path):
-        for name, module in list(sys.modules.items()):
-            if "." in name:
-                continue
-            loaded = getattr(module, "__spec__", None)
+    for name, module in list(sys.modules.items()):
+        if "." in name:
+            continue
+        loaded = getattr(module, "__spec__", None)
+        known = answers.examined.get(name)
+        if known is not None and known[0] is loaded:
+            folder = known[1]
+        else:
             folder = _relative_folder(loaded, path, absolute)
-            if folder is not None and _found_in(name, folder, loaded):
-                found[name] = folder
+            if folder is not None and not _found_in(name, folder, loaded):
+                folder = None
+        examined[name] = (loaded, folder)
+        if folder is not None:
+            found[name] = folder
+    answers.examined, answers.counted = examined, counted
     if found != answers.pins:
         answers.pins = found
     if _answers is answers:
-        pins = answers.pins
+        pins, modules_counted = answers.pins, counted
+
+
+def refresh_pins() -> dict[str, str]:
+    """:data:`pins`, asked again first where modules were imported since they were last (``len(sys.modules)`` moved)."""
+    answers = _answers
+    if 0 <= answers.counted != len(sys.modules):
+        _pin_modules(answers)
+    return pins
 
 
 class _PathAnswers:
@@ -528,13 +550,18 @@ class _PathAnswers:
     modules pinned under it (:func:`_pin_modules`).
     """
 
-    __slots__ = ("functions", "importable", "path", "pins")
+    __slots__ = ("counted", "examined", "functions", "importable", "path", "pins")
 
     def __init__(self, path: list[str]) -> None:
         self.path = path
         self.importable: dict[str, tuple[str | None, bool]] = {}
         self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self.pins: dict[str, str] = {}  # replaced, never changed: a pool knows them by their identity
+        # Each top-level module looked at by _pin_modules: its spec then, and its folder if pinned.
+        self.examined: dict[str, tuple[Any, str | None]] = {}
+        # len(sys.modules) when the pins were last asked; -1 where no entry is relative: never asked.
+        relative = any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
+        self.counted = 0 if relative else -1
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
@@ -544,6 +571,8 @@ _answers = _PathAnswers([])  # under the sys.path of the last call
 #: relative entry of ``sys.path``, under the answers in use (:func:`_pin_modules`); a process pool
 #: sends them with ``sys.path`` when they change (``ProcessBackend._prepare``).
 pins: dict[str, str] = {}
+#: ``len(sys.modules)`` when :data:`pins` were asked; -1 where ``sys.path`` has no relative entry.
+modules_counted = -1
 _answers_lock = threading.Lock()
 
 
@@ -565,7 +594,7 @@ def _under_sys_path() -> _PathAnswers:
     against 5) when a change dropped every answer. A pickle made while
     another thread changed ``sys.path`` is not kept (:func:`dumps_function`).
     """
-    global _answers, pins
+    global _answers, pins, modules_counted
     answers = _answers
     if answers.path != sys.path:
         with _answers_lock:
@@ -576,7 +605,7 @@ def _under_sys_path() -> _PathAnswers:
                 del _answers_by_path[next(iter(_answers_by_path))]
             _answers_by_path[path] = answers  # now the newest
             _answers = answers
-            pins = answers.pins
+            pins, modules_counted = answers.pins, answers.counted
     return answers
 
 

@@ -452,7 +452,9 @@ class ProcessBackend(QueueingBackend):
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
         path, pinned = self._path
-        if sys.path != path or _serialization.pins is not pinned:  # what the caller can import, its workers can
+        counted = _serialization.modules_counted  # -1: sys.path has no relative entry, nothing is pinned
+        pins = _serialization.pins if counted < 0 or counted == len(sys.modules) else _serialization.refresh_pins()
+        if sys.path != path or pins is not pinned:  # what the caller can import, its workers can
             with self._lock:
                 self._take_path_locked()
 
