@@ -398,6 +398,35 @@ def test_a_sibling_the_program_imported_after_the_module_was_sent_is_pinned_too(
         sys.modules.pop(f"{name}_lazy", None)
 
 
+def test_a_module_imported_again_from_the_working_directory_is_pinned_there(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pins were asked again only when len(sys.modules) moved: a module deleted and
+    # imported again from another directory left it as it was, and workers ran the first.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.import_module(name)
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    del sys.modules[name]
+    os.chdir(folders / "second")
+    assert importlib.import_module(name).which() == "second"
+    os.chdir(folders / "empty")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "second"
+
+
+def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_directory: tuple[str, Path]) -> None:
+    # A C function's call asks nothing about modules: the pins were never asked under
+    # this sys.path, and the workers found the module in their own directory.
+    name, folders = through_the_working_directory
+    sys.path.insert(1, f"nowhere-{uuid.uuid4().hex}")  # a sys.path no answer was asked under yet
+    os.chdir(folders / "first")
+    importlib.import_module(name)
+    os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(eval)(f"__import__({name!r}).which()").get(timeout=30) == "first"
+
+
 def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
     through_the_working_directory: tuple[str, Path]
 ) -> None:

@@ -405,9 +405,9 @@ def _importable_by_name(module: str) -> bool:
     top_level = module.partition(".")[0]
     found = _findable(top_level, answers.path)
     answers.importable[module] = (origin, found)
-    if answers.counted >= 0:
+    if answers.asked != -1:
         examined = answers.examined.get(top_level)
-        if examined is None or examined[0] is not getattr(sys.modules.get(top_level), "__spec__", None):
+        if examined is None or examined[0] is not _spec_of(sys.modules.get(top_level)):
             _pin_modules(answers)  # not looked at as it is now: new, or imported again
     return found
 
@@ -507,39 +507,55 @@ def _pin_modules(answers: _PathAnswers) -> None:
     a walk through ``sys.modules``, with a file lookup only for the modules
     not looked at yet that are in no folder of ``sys.path``.
     """
-    global pins, modules_counted
+    global pins, pins_asked
     path = answers.path
     absolute = _absolute_entries(path)
-    counted = len(sys.modules)
-    examined: dict[str, tuple[Any, str | None]] = {}
-    found: dict[str, str] = {}
-    for name, module in list(sys.modules.items()):
-        if "." in name:
-            continue
-        loaded = getattr(module, "__spec__", None)
-        known = answers.examined.get(name)
-        if known is not None and known[0] is loaded:
-            folder = known[1]
-        else:
-            folder = _relative_folder(loaded, path, absolute)
-            if folder is not None and not _found_in(name, folder, loaded):
-                folder = None
-        examined[name] = (loaded, folder)
-        if folder is not None:
-            found[name] = folder
-    answers.examined, answers.counted = examined, counted
-    if found != answers.pins:
-        answers.pins = found
-    if _answers is answers:
-        pins, modules_counted = answers.pins, counted
+    with _answers_lock:  # two walks at once: the later one's pins, with its count
+        asked = modules_now()
+        examined: dict[str, tuple[Any, str | None]] = {}
+        found: dict[str, str] = {}
+        for name, module in list(sys.modules.items()):
+            if "." in name:
+                continue
+            loaded = _spec_of(module)
+            known = answers.examined.get(name)
+            if known is not None and known[0] is loaded:
+                folder = known[1]
+            else:
+                folder = _relative_folder(loaded, path, absolute)
+                if folder is not None and not _found_in(name, folder, loaded):
+                    folder = None
+            examined[name] = (loaded, folder)
+            if folder is not None:
+                found[name] = folder
+        answers.examined, answers.asked = examined, asked
+        if found != answers.pins:
+            answers.pins = found
+        if _answers is answers:
+            pins, pins_asked = answers.pins, asked
+
+
+def _spec_of(module: Any) -> Any:
+    """``module.__spec__``, or None; read from its namespace, which loads no lazy module (``importlib.util.LazyLoader``)."""
+    try:
+        return object.__getattribute__(module, "__dict__").get("__spec__")
+    except Exception:  # no module: anything may sit in sys.modules
+        return None
+
+
+def modules_now() -> tuple[int, str | None, int]:
+    """What tells whether modules were imported since: how many, and the last (a module imported again goes last)."""
+    modules = sys.modules
+    last = next(reversed(modules), None)
+    return len(modules), last, id(modules.get(last))  # type: ignore[arg-type]
 
 
 def refresh_pins() -> dict[str, str]:
-    """:data:`pins`, asked again first where modules were imported since they were last (``len(sys.modules)`` moved)."""
-    answers = _answers
-    if 0 <= answers.counted != len(sys.modules):
+    """:data:`pins` under ``sys.path`` as it is, asked again first where modules were imported since they were last."""
+    answers = _under_sys_path()
+    if answers.asked != -1 and answers.asked != modules_now():
         _pin_modules(answers)
-    return pins
+    return answers.pins
 
 
 class _PathAnswers:
@@ -550,7 +566,7 @@ class _PathAnswers:
     modules pinned under it (:func:`_pin_modules`).
     """
 
-    __slots__ = ("counted", "examined", "functions", "importable", "path", "pins")
+    __slots__ = ("asked", "examined", "functions", "importable", "path", "pins")
 
     def __init__(self, path: list[str]) -> None:
         self.path = path
@@ -559,9 +575,9 @@ class _PathAnswers:
         self.pins: dict[str, str] = {}  # replaced, never changed: a pool knows them by their identity
         # Each top-level module looked at by _pin_modules: its spec then, and its folder if pinned.
         self.examined: dict[str, tuple[Any, str | None]] = {}
-        # len(sys.modules) when the pins were last asked; -1 where no entry is relative: never asked.
+        # sys.modules when the pins were last asked (modules_now); -1 where no entry is relative: never asked.
         relative = any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
-        self.counted = 0 if relative else -1
+        self.asked: Any = None if relative else -1
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
@@ -571,8 +587,9 @@ _answers = _PathAnswers([])  # under the sys.path of the last call
 #: relative entry of ``sys.path``, under the answers in use (:func:`_pin_modules`); a process pool
 #: sends them with ``sys.path`` when they change (``ProcessBackend._prepare``).
 pins: dict[str, str] = {}
-#: ``len(sys.modules)`` when :data:`pins` were asked; -1 where ``sys.path`` has no relative entry.
-modules_counted = -1
+#: ``sys.modules`` when :data:`pins` were asked (what :func:`modules_now` gave); -1 where ``sys.path`` has no
+#: relative entry; None before they were asked under the ``sys.path`` in use.
+pins_asked: Any = None
 _answers_lock = threading.Lock()
 
 
@@ -594,7 +611,7 @@ def _under_sys_path() -> _PathAnswers:
     against 5) when a change dropped every answer. A pickle made while
     another thread changed ``sys.path`` is not kept (:func:`dumps_function`).
     """
-    global _answers, pins, modules_counted
+    global _answers, pins, pins_asked
     answers = _answers
     if answers.path != sys.path:
         with _answers_lock:
@@ -605,7 +622,7 @@ def _under_sys_path() -> _PathAnswers:
                 del _answers_by_path[next(iter(_answers_by_path))]
             _answers_by_path[path] = answers  # now the newest
             _answers = answers
-            pins, modules_counted = answers.pins, answers.counted
+            pins, pins_asked = answers.pins, answers.asked
     return answers
 
 

@@ -452,18 +452,25 @@ class ProcessBackend(QueueingBackend):
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
         path, pinned = self._path
-        counted = _serialization.modules_counted  # -1: sys.path has no relative entry, nothing is pinned
-        pins = _serialization.pins if counted < 0 or counted == len(sys.modules) else _serialization.refresh_pins()
-        if sys.path != path or pins is not pinned:  # what the caller can import, its workers can
-            with self._lock:
-                self._take_path_locked()
+        asked = _serialization.pins_asked  # -1: sys.path has no relative entry, nothing is pinned
+        if (
+            sys.path != path
+            or _serialization.pins is not pinned  # pinned anew as the call was pickled
+            or (asked != -1 and asked != _serialization.modules_now())  # modules imported since
+        ):
+            pins = _serialization.refresh_pins()
+            if sys.path != path or pins is not pinned:  # what the caller can import, its workers can
+                with self._lock:
+                    self._take_path_locked(pins)
 
-    def _take_path_locked(self) -> None:
-        """Have workers take the caller's ``sys.path`` and pinned modules before their next task, if they changed."""
+    def _take_path_locked(self, pins: dict[str, str] | None = None) -> None:
+        """Have workers take the caller's ``sys.path`` and ``pins`` before their next task, if they changed."""
         path, pinned = self._path
         moved = sys.path != path
-        if moved or _serialization.pins is not pinned:
-            self._path = (list(sys.path) if moved else path, _serialization.pins)
+        if pins is None:
+            pins = _serialization.refresh_pins()
+        if moved or pins is not pinned:
+            self._path = (list(sys.path) if moved else path, pins)
             self._path_version += 1
 
     def _work_arrived(self) -> None:
