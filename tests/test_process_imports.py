@@ -427,6 +427,21 @@ def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_di
     assert mp.parallel(backend="process")(eval)(f"__import__({name!r}).which()").get(timeout=30) == "first"
 
 
+def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_programs(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # A task had the worker import the module of that name from its own directory; the
+    # program then sent its own, loaded elsewhere, by name: the worker ran the one it had.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    os.chdir(folders / "second")
+    module = importlib.import_module(name)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+    assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
+
+
 def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
     through_the_working_directory: tuple[str, Path]
 ) -> None:

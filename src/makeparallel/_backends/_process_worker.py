@@ -449,7 +449,10 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
 
     A top-level module named in ``pins`` is imported from the folder given
-    there (:class:`_PinnedModules`).
+    there (:class:`_PinnedModules`); one this worker imported from another
+    folder (a task's own import, from its working directory) is forgotten,
+    with its submodules, so that the next task that needs it imports the
+    parent's.
 
     Folders listed before may hold new modules now, and a folder missing then
     may exist now. ``importlib.invalidate_caches()`` does this, but from Python
@@ -467,6 +470,10 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     _PinnedModules.pins = pins  # a module imported again from another folder since is pinned no more
     if pins and _PinnedModules not in sys.meta_path:
         sys.meta_path.insert(0, _PinnedModules)
+    for name, folder in pins.items():
+        if name in sys.modules and _folder_of(sys.modules[name]) != folder:
+            for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
+                del sys.modules[loaded]
     if "importlib.metadata" in sys.modules:
         importlib.invalidate_caches()
         return
@@ -484,6 +491,16 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     namespace_path = getattr(sys.modules.get("_frozen_importlib_external"), "_NamespacePath", None)
     if hasattr(namespace_path, "_epoch"):
         namespace_path._epoch += 1  # type: ignore[union-attr]
+
+
+def _folder_of(module: Any) -> str | None:
+    """The folder a module was loaded from: its file's, or its package's (``_serialization._relative_folder``)."""
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str):
+        return None
+    folder = os.path.dirname(origin)
+    return os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder
 
 
 def _write_from_a_forked_copy(message: tuple[Any, ...]) -> None:
