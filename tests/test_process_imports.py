@@ -442,6 +442,26 @@ def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_prog
     assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
 
 
+def test_the_programs_main_module_is_never_pinned(
+    through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A package run with python -m (its __main__.py in a folder none of sys.path's) had
+    # __main__ pinned: each worker, whose own __main__ is from no such folder, then dropped
+    # it from sys.modules.
+    from makeparallel import _serialization
+
+    name, folders = through_the_working_directory
+    (folders / "first" / "__main__.py").write_text("")
+    main = ModuleType("__main__")
+    main.__spec__ = importlib.util.spec_from_file_location("__main__", folders / "first" / "__main__.py")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    os.chdir(folders / "first")
+    importlib.import_module(name)
+    pins = _serialization.refresh_pins()
+    assert pins.get(name) == str(folders / "first")
+    assert "__main__" not in pins
+
+
 def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
     through_the_working_directory: tuple[str, Path]
 ) -> None:

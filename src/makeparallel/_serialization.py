@@ -515,7 +515,7 @@ def _pin_modules(answers: _PathAnswers) -> None:
         examined: dict[str, tuple[Any, str | None]] = {}
         found: dict[str, str] = {}
         for name, module in list(sys.modules.items()):
-            if "." in name:
+            if "." in name or name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
             known = answers.examined.get(name)

@@ -13,8 +13,8 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
     parent -> worker   ("start", environ, changes)         first, for a worker forked from the template
                                                            (read by _template, before this module runs)
                        ("path", (sys_path, pins))          next, for a worker forked from the template;
-                                                           later, when the parent's sys.path changed, or
-                                                           it sent by name a module a relative entry found
+                                                           later, when the parent's sys.path or its pinned
+                                                           modules changed (_PinnedModules)
                        ("setup", initializer, initargs, argv, ignore_sigint)  then, always: the
                                                            initializer pickled, or None; the
                                                            program's sys.argv; whether it ignores Ctrl-C
