@@ -415,6 +415,23 @@ def test_a_module_imported_again_from_the_working_directory_is_pinned_there(
     assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "second"
 
 
+def test_a_worker_that_ran_a_module_runs_it_again_once_imported_from_another_directory(
+    through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The worker kept the first copy, and the function it had unpickled: one sent by name
+    # pickles alike from either copy.
+    name, folders = through_the_working_directory
+    os.chdir(folders / "first")
+    fresh_process_pool(1)
+    assert mp.parallel(backend="process")(importlib.import_module(name).which)().get(timeout=30) == "first"
+    for imported in (name, f"{name}_sibling"):
+        del sys.modules[imported]
+    os.chdir(folders / "second")
+    module = importlib.import_module(name)
+    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+    assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
+
+
 def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_directory: tuple[str, Path]) -> None:
     # A C function's call asks nothing about modules: the pins were never asked under
     # this sys.path, and the workers found the module in their own directory.

@@ -280,6 +280,16 @@ _loaded: dict[bytes, Any] = {}
 _loaded_bytes = 0  # the pickled bytes of the functions in _loaded
 
 
+def forget_loaded_functions() -> None:
+    """Forget the functions :func:`load_function` kept: a module they came from was imported again.
+
+    A function sent by name pickles alike from either copy of its module.
+    """
+    global _loaded_bytes
+    _loaded.clear()
+    _loaded_bytes = 0
+
+
 def loads(data: bytes, buffers: list[Any]) -> Any:
     """Unpickle what :func:`dumps` made."""
     return _pickle.loads(data, buffers=buffers)

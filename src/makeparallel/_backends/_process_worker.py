@@ -450,9 +450,10 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
 
     A top-level module named in ``pins`` is imported from the folder given
     there (:class:`_PinnedModules`); one this worker imported from another
-    folder (a task's own import, from its working directory) is forgotten,
-    with its submodules, so that the next task that needs it imports the
-    parent's.
+    folder (a task's own import, from its working directory, or the parent's
+    module before it was imported again elsewhere) is forgotten, with its
+    submodules and the functions kept unpickled, so that the next task that
+    needs it imports the parent's.
 
     Folders listed before may hold new modules now, and a folder missing then
     may exist now. ``importlib.invalidate_caches()`` does this, but from Python
@@ -474,6 +475,7 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
         if name in sys.modules and _folder_of(sys.modules[name]) != folder:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
+            _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
     if "importlib.metadata" in sys.modules:
         importlib.invalidate_caches()
         return
