@@ -432,6 +432,24 @@ def test_a_worker_that_ran_a_module_runs_it_again_once_imported_from_another_dir
     assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
 
 
+def test_a_module_replaced_in_sys_modules_reads_as_a_change_though_at_the_same_address() -> None:
+    # sys.modules' last entry was told by its id: deleted and imported again, the count
+    # unchanged, a module could get the freed one's address, and no change was seen
+    # (workers then imported the first one, now and then).
+    from makeparallel import _serialization
+
+    name = f"plugin_{uuid.uuid4().hex}"
+    sys.modules[name] = ModuleType(name)
+    try:
+        before = _serialization.modules_now()
+        del sys.modules[name]
+        sys.modules[name] = ModuleType(name)
+        assert _serialization.modules_now() != before
+        assert _serialization.modules_now() == _serialization.modules_now()
+    finally:
+        sys.modules.pop(name, None)
+
+
 def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_directory: tuple[str, Path]) -> None:
     # A C function's call asks nothing about modules: the pins were never asked under
     # this sys.path, and the workers found the module in their own directory.

@@ -553,11 +553,21 @@ def _spec_of(module: Any) -> Any:
         return None
 
 
-def modules_now() -> tuple[int, str | None, int]:
-    """What tells whether modules were imported since: how many, and the last (a module imported again goes last)."""
+def modules_now() -> tuple[int, str | None, Any]:
+    """What tells whether modules were imported since: how many, and the last (a module imported again goes last).
+
+    The last is held by a weak reference where it can be, else by itself, not
+    by its ``id``: a module deleted and imported again from elsewhere, the
+    count unchanged, could get the freed one's address, and read as the same.
+    """
     modules = sys.modules
     last = next(reversed(modules), None)
-    return len(modules), last, id(modules.get(last))  # type: ignore[arg-type]
+    module = modules.get(last)  # type: ignore[arg-type]
+    try:
+        held: Any = weakref.ref(module)
+    except TypeError:  # None, or another object that takes no weak reference
+        held = module
+    return len(modules), last, held
 
 
 def refresh_pins() -> dict[str, str]:
