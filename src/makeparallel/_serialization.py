@@ -441,8 +441,8 @@ def _findable(top_level: str, path: list[str]) -> bool:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
-        if finder is PathFinder:
-            folder = _relative_folder(loaded, path, _absolute_entries(path))
+        if finder is PathFinder and _has_relative_entry(path):
+            folder = _relative_folder(loaded, _absolute_entries(path))
             if folder is not None:
                 if _found_in(top_level, folder, loaded):
                     return True
@@ -456,23 +456,32 @@ def _findable(top_level: str, path: list[str]) -> bool:
     return False
 
 
+def _has_relative_entry(path: list[Any]) -> bool:
+    """Whether ``path`` (a copy of ``sys.path``) has an entry the working directory resolves (``''``, say)."""
+    return any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
+
+
 def _absolute_entries(path: list[Any]) -> set[str]:
     return {entry for entry in path if isinstance(entry, str) and os.path.isabs(entry)}
 
 
-def _relative_folder(loaded: Any, path: list[Any], absolute: set[str]) -> str | None:
-    """The folder a module (its spec ``loaded``) was loaded from, if a relative entry of ``path`` may have found it.
-
-    That is: ``path`` has a relative entry, and the module's folder, the one
-    holding its file (or its package's), is none of the ``absolute`` entries.
-    """
-    origin = getattr(loaded, "origin", None)
-    if not isinstance(origin, str) or not os.path.isabs(origin) or len(absolute) == len(path):
+def module_folder(spec: Any) -> str | None:
+    """The folder a module (its ``spec``) was loaded from: its file's, or its package's; None where it has no file."""
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not os.path.isabs(origin):
         return None
     folder = os.path.dirname(origin)
-    if getattr(loaded, "submodule_search_locations", None) is not None:  # a package: its __init__'s folder's
-        folder = os.path.dirname(folder)
-    if folder in absolute or not any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path):
+    return os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder
+
+
+def _relative_folder(loaded: Any, absolute: set[str]) -> str | None:
+    """The folder a module (its spec ``loaded``) came from, if only a relative ``sys.path`` entry can have found it.
+
+    That is: its folder is none of the ``absolute`` entries of a ``sys.path``
+    that has a relative one (its caller's to know).
+    """
+    folder = module_folder(loaded)
+    if folder is None or folder in absolute:
         return None
     if any(_same_file(entry, folder) for entry in absolute):  # a symlink, "..": the same folder spelt otherwise
         return None
@@ -518,8 +527,7 @@ def _pin_modules(answers: _PathAnswers) -> None:
     not looked at yet that are in no folder of ``sys.path``.
     """
     global pins, pins_asked
-    path = answers.path
-    absolute = _absolute_entries(path)
+    absolute = _absolute_entries(answers.path)
     with _answers_lock:  # two walks at once: the later one's pins, with its count
         asked = modules_now()
         examined: dict[str, tuple[Any, str | None]] = {}
@@ -532,7 +540,7 @@ def _pin_modules(answers: _PathAnswers) -> None:
             if known is not None and known[0] is loaded:
                 folder = known[1]
             else:
-                folder = _relative_folder(loaded, path, absolute)
+                folder = _relative_folder(loaded, absolute)
                 if folder is not None and not _found_in(name, folder, loaded):
                     folder = None
             examined[name] = (loaded, folder)
@@ -546,7 +554,7 @@ def _pin_modules(answers: _PathAnswers) -> None:
 
 
 def _spec_of(module: Any) -> Any:
-    """``module.__spec__``, or None; read from its namespace, which loads no lazy module (``importlib.util.LazyLoader``)."""
+    """``module.__spec__``, or None: read from its namespace, which loads no lazy module (``LazyLoader``'s)."""
     try:
         return object.__getattribute__(module, "__dict__").get("__spec__")
     except Exception:  # no module: anything may sit in sys.modules
@@ -596,8 +604,7 @@ class _PathAnswers:
         # Each top-level module looked at by _pin_modules: its spec then, and its folder if pinned.
         self.examined: dict[str, tuple[Any, str | None]] = {}
         # sys.modules when the pins were last asked (modules_now); -1 where no entry is relative: never asked.
-        relative = any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
-        self.asked: Any = None if relative else -1
+        self.asked: Any = None if _has_relative_entry(path) else -1
 
 
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder

@@ -472,7 +472,8 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     if pins and _PinnedModules not in sys.meta_path:
         sys.meta_path.insert(0, _PinnedModules)
     for name, folder in pins.items():
-        if name in sys.modules and _folder_of(sys.modules[name]) != folder:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        if name in sys.modules and _serialization.module_folder(spec) != folder:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
@@ -493,16 +494,6 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     namespace_path = getattr(sys.modules.get("_frozen_importlib_external"), "_NamespacePath", None)
     if hasattr(namespace_path, "_epoch"):
         namespace_path._epoch += 1  # type: ignore[union-attr]
-
-
-def _folder_of(module: Any) -> str | None:
-    """The folder a module was loaded from: its file's, or its package's (``_serialization._relative_folder``)."""
-    spec = getattr(module, "__spec__", None)
-    origin = getattr(spec, "origin", None)
-    if not isinstance(origin, str):
-        return None
-    folder = os.path.dirname(origin)
-    return os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder
 
 
 def _write_from_a_forked_copy(message: tuple[Any, ...]) -> None:
