@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -284,6 +285,17 @@ def through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         sys.modules.pop(f"{name}_sibling", None)
 
 
+def in_a_worker(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` run as a process task, its result."""
+    return mp.parallel(backend="process")(fn)(*args).get(timeout=30)
+
+
+def forget(name: str) -> None:
+    """Have this process forget module ``name`` and its sibling, so that the next import loads them again."""
+    del sys.modules[name]
+    del sys.modules[f"{name}_sibling"]
+
+
 MARKED = """
 import {name}_sibling
 
@@ -315,10 +327,10 @@ def test_a_module_imported_through_the_working_directory_left_since(
     os.chdir(folders / "first")
     importlib.invalidate_caches()
     module = importlib.import_module(name)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    assert in_a_worker(module.which) == "first"
     os.chdir(folders / ("second" if there == "another module of its name" else "empty"))
     fresh_process_pool(2)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+    assert in_a_worker(module.which) == "first"
     assert mp.parallel_map(module.which, range(4), backend="process") == ["first"] * 4
 
 
@@ -330,11 +342,11 @@ def test_a_module_imported_through_the_working_directory_by_a_worker_started_in_
     name, folders = through_the_working_directory
     os.chdir(folders / "first")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(os.getcwd)().get(timeout=30) == str(folders / "first")
+    assert in_a_worker(os.getcwd) == str(folders / "first")
     os.chdir(folders / "second")
     importlib.invalidate_caches()
     module = importlib.import_module(name)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+    assert in_a_worker(module.which) == "second"
     assert mp.parallel_map(module.which, range(4), backend="process") == ["second"] * 4
 
 
@@ -358,7 +370,7 @@ def test_a_module_imported_through_a_relative_entry_goes_by_name_wherever_the_pr
         os.chdir(folders / there)
         assert task().get(timeout=30) == "marked"
         fresh_process_pool(1)
-        assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
+        assert in_a_worker(module.which) == "first"
         assert task().get(timeout=30) == "marked"
 
 
@@ -373,7 +385,7 @@ def test_a_module_imported_through_the_working_directory_imports_its_siblings_fr
     for there in ("second", "empty"):
         os.chdir(folders / there)
         fresh_process_pool(1)
-        assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "first"
+        assert in_a_worker(module.sibling) == "first"
 
 
 def test_a_sibling_the_program_imported_after_the_module_was_sent_is_pinned_too(
@@ -387,13 +399,13 @@ def test_a_sibling_the_program_imported_after_the_module_was_sent_is_pinned_too(
     os.chdir(folders / "first")
     module = importlib.import_module(name)
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"  # its answers asked now
+    assert in_a_worker(module.which) == "first"
+    assert in_a_worker(which_of, name) == "first"  # its answers asked now
     try:
         importlib.import_module(f"{name}_lazy")
         os.chdir(folders / "second")
         fresh_process_pool(1)
-        assert mp.parallel(backend="process")(which_of)(f"{name}_lazy").get(timeout=30) == "first"
+        assert in_a_worker(which_of, f"{name}_lazy") == "first"
     finally:
         sys.modules.pop(f"{name}_lazy", None)
 
@@ -406,13 +418,13 @@ def test_a_module_imported_again_from_the_working_directory_is_pinned_there(
     name, folders = through_the_working_directory
     os.chdir(folders / "first")
     importlib.import_module(name)
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    assert in_a_worker(which_of, name) == "first"
     del sys.modules[name]
     os.chdir(folders / "second")
     assert importlib.import_module(name).which() == "second"
     os.chdir(folders / "empty")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "second"
+    assert in_a_worker(which_of, name) == "second"
 
 
 def test_a_worker_that_ran_a_module_runs_it_again_once_imported_from_another_directory(
@@ -423,13 +435,12 @@ def test_a_worker_that_ran_a_module_runs_it_again_once_imported_from_another_dir
     name, folders = through_the_working_directory
     os.chdir(folders / "first")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(importlib.import_module(name).which)().get(timeout=30) == "first"
-    for imported in (name, f"{name}_sibling"):
-        del sys.modules[imported]
+    assert in_a_worker(importlib.import_module(name).which) == "first"
+    forget(name)
     os.chdir(folders / "second")
     module = importlib.import_module(name)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
-    assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
+    assert in_a_worker(module.which) == "second"
+    assert in_a_worker(module.sibling) == "second"
 
 
 def test_a_module_replaced_in_sys_modules_reads_as_a_change_though_at_the_same_address() -> None:
@@ -459,7 +470,7 @@ def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_di
     importlib.import_module(name)
     os.chdir(folders / "second")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(eval)(f"__import__({name!r}).which()").get(timeout=30) == "first"
+    assert in_a_worker(eval, f"__import__({name!r}).which()") == "first"
 
 
 def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_programs(
@@ -470,11 +481,11 @@ def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_prog
     name, folders = through_the_working_directory
     os.chdir(folders / "first")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    assert in_a_worker(which_of, name) == "first"
     os.chdir(folders / "second")
     module = importlib.import_module(name)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
-    assert mp.parallel(backend="process")(module.sibling)().get(timeout=30) == "second"
+    assert in_a_worker(module.which) == "second"
+    assert in_a_worker(module.sibling) == "second"
 
 
 def test_the_programs_main_module_is_never_pinned(
@@ -505,14 +516,13 @@ def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
     os.chdir(folders / "first")
     module = importlib.import_module(name)
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "first"
-    for imported in (name, f"{name}_sibling"):
-        del sys.modules[imported]
+    assert in_a_worker(module.which) == "first"
+    forget(name)
     sys.path.insert(1, str(folders / "second"))
     os.chdir(folders / "empty")
     module = importlib.import_module(name)
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "second"
+    assert in_a_worker(module.which) == "second"
 
 
 def test_a_module_a_meta_path_finder_found_outside_sys_path_still_goes_by_name(
@@ -552,10 +562,10 @@ def test_a_task_imports_from_the_working_directory_of_its_worker(through_the_wor
     name, folders = through_the_working_directory
     os.chdir(folders / "first")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "first"
+    assert in_a_worker(which_of, name) == "first"
     os.chdir(folders / "second")
     fresh_process_pool(1)
-    assert mp.parallel(backend="process")(which_of)(name).get(timeout=30) == "second"
+    assert in_a_worker(which_of, name) == "second"
 
 
 def test_a_decorated_function_of_such_a_module(plugin: tuple[str, Path]) -> None:
