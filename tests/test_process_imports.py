@@ -473,6 +473,97 @@ def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_di
     assert in_a_worker(eval, f"__import__({name!r}).which()") == "first"
 
 
+@pytest.fixture
+def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """As ``through_the_working_directory``, the modules in a namespace package (a folder without ``__init__.py``).
+
+    Folders ``first`` and ``second`` each hold the package's folder, with
+    ``which.py`` (``which()`` returns the folder's name) and ``later.py``
+    (``WHERE``, the same); ``empty`` holds nothing.
+    """
+    name = f"namespace_{uuid.uuid4().hex}"
+    (tmp_path / "empty").mkdir()
+    for folder in ("first", "second"):
+        package = tmp_path / folder / name
+        package.mkdir(parents=True)
+        (package / "which.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
+        (package / "later.py").write_text(f"WHERE = {folder!r}\n")
+    path_before, directory_before = list(sys.path), os.getcwd()
+    sys.path.insert(0, "")
+    try:
+        yield name, tmp_path
+    finally:
+        os.chdir(directory_before)
+        sys.path[:] = path_before
+        for module in [module for module in sys.modules if module == name or module.startswith(name + ".")]:
+            del sys.modules[module]
+
+
+def later_module_after_sys_path_changed(name: str) -> str:
+    """``<name>.later``'s ``WHERE``, imported once this worker's ``sys.path`` changed (its caches invalidated)."""
+    sys.path.append(os.path.join(os.sep, "no", "such", "folder"))
+    try:
+        return str(importlib.import_module(f"{name}.later").WHERE)
+    finally:
+        sys.path.pop()
+
+
+@pytest.mark.parametrize("there", ["another package of its name", "none"])
+def test_a_namespace_package_imported_through_the_working_directory_left_since(
+    there: str, namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # A namespace package has no file, and was not pinned: a worker started after the
+    # program's os.chdir imported the folder of its name in the new directory, and ran
+    # that code with no error, or failed with ModuleNotFoundError.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    assert in_a_worker(module.which) == "first"
+    os.chdir(folders / ("second" if there == "another package of its name" else "empty"))
+    fresh_process_pool(2)
+    assert in_a_worker(module.which) == "first"
+    assert mp.parallel_map(module.which, range(4), backend="process") == ["first"] * 4
+    assert in_a_worker(later_module_after_sys_path_changed, name) == "first"
+
+
+def test_a_namespace_packages_path_looked_for_again_in_a_worker_keeps_the_programs_folder(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Pinned, the package's path was still looked for along sys.path once it changed in
+    # the worker: there '' is the worker's directory, whose folder of that name it took
+    # for the program's, and a submodule imported then came from there.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+    assert in_a_worker(later_module_after_sys_path_changed, name) == "first"
+
+
+def test_a_namespace_package_with_a_portion_in_a_folder_of_sys_path_keeps_both(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    from makeparallel import _serialization
+
+    name, folders = namespace_through_the_working_directory
+    (folders / "second" / name / "which.py").unlink()
+    sys.path.append(str(folders / "second"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    assert _serialization.refresh_pins()[name] == (str(folders / "first"), str(folders / "second"))
+    os.chdir(folders / "empty")
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+    assert in_a_worker(later_module_after_sys_path_changed, name) == "first"
+    (folders / "first" / name / "later.py").unlink()
+    fresh_process_pool(1)
+    assert in_a_worker(later_module_after_sys_path_changed, name) == "second"  # from the other portion
+
+
 def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_programs(
     through_the_working_directory: tuple[str, Path]
 ) -> None:
@@ -504,7 +595,7 @@ def test_the_programs_main_module_is_never_pinned(
     os.chdir(folders / "first")
     importlib.import_module(name)
     pins = _serialization.refresh_pins()
-    assert pins.get(name) == str(folders / "first")
+    assert pins.get(name) == (str(folders / "first"),)
     assert "__main__" not in pins
 
 

@@ -442,9 +442,9 @@ def _findable(top_level: str, path: list[str]) -> bool:
         if find_spec is None:
             continue
         if finder is PathFinder and _has_relative_entry(path):
-            folder = _relative_folder(loaded, _absolute_entries(path))
-            if folder is not None:
-                if _found_in(top_level, folder, loaded):
+            folders = _relative_folders(loaded, _absolute_entries(path))
+            if folders is not None:
+                if _found_in(top_level, folders, loaded):
                     return True
                 continue  # maybe another finder's (an editable install's)
         try:
@@ -465,38 +465,63 @@ def _absolute_entries(path: list[Any]) -> set[str]:
     return {entry for entry in path if isinstance(entry, str) and os.path.isabs(entry)}
 
 
-def module_folder(spec: Any) -> str | None:
-    """The folder a module (its ``spec``) was loaded from: its file's, or its package's; None where it has no file."""
+def module_folders(spec: Any) -> tuple[str, ...] | None:
+    """The folders a module (its ``spec``) was loaded from; None where it has no file.
+
+    A module's is its file's folder, a package's the folder that holds it. A
+    namespace package (a folder without ``__init__.py``) has no file: its
+    folders are those that hold each of its portions, in their order.
+    """
     origin = getattr(spec, "origin", None)
-    if not isinstance(origin, str) or not os.path.isabs(origin):
+    locations = getattr(spec, "submodule_search_locations", None)
+    if isinstance(origin, str) and os.path.isabs(origin):
+        folder = os.path.dirname(origin)
+        return (os.path.dirname(folder) if locations is not None else folder,)
+    if getattr(spec, "loader", None) is not None and not _is_namespace_loader(spec.loader):
         return None
-    folder = os.path.dirname(origin)
-    return os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder
+    try:
+        # Once each: '' twice on sys.path finds each portion twice.
+        folders = tuple(dict.fromkeys(os.path.dirname(portion) for portion in locations or ()))
+    except Exception:  # not an iterable of folders: another importer's own
+        return None
+    if not folders or not all(isinstance(folder, str) and os.path.isabs(folder) for folder in folders):
+        return None
+    return folders
 
 
-def _relative_folder(loaded: Any, absolute: set[str]) -> str | None:
-    """The folder a module (its spec ``loaded``) came from, if only a relative ``sys.path`` entry can have found it.
+def _is_namespace_loader(loader: Any) -> bool:
+    """Whether ``loader`` is the import system's for namespace packages (``_NamespaceLoader`` before Python 3.11)."""
+    return type(loader).__name__ in ("NamespaceLoader", "_NamespaceLoader")
 
-    That is: its folder is none of the ``absolute`` entries of a ``sys.path``
+
+def _relative_folders(loaded: Any, absolute: set[str]) -> tuple[str, ...] | None:
+    """The folders a module (its spec ``loaded``) came from, if a relative ``sys.path`` entry found it.
+
+    That is: one of them is none of the ``absolute`` entries of a ``sys.path``
     that has a relative one (its caller's to know).
     """
-    folder = module_folder(loaded)
-    if folder is None or folder in absolute:
+    folders = module_folders(loaded)
+    if folders is None or all(_is_absolute_entry(folder, absolute) for folder in folders):
         return None
-    if any(_same_file(entry, folder) for entry in absolute):  # a symlink, "..": the same folder spelt otherwise
-        return None
-    return folder
+    return folders
 
 
-def _found_in(top_level: str, folder: str, loaded: Any) -> bool:
-    """Whether the path finder finds ``top_level`` in ``folder``, at the file of its spec ``loaded``."""
+def _is_absolute_entry(folder: str, absolute: set[str]) -> bool:
+    """Whether ``folder`` is one of the ``absolute`` entries, spelt as it is or otherwise (a symlink, "..")."""
+    return folder in absolute or any(_same_file(entry, folder) for entry in absolute)
+
+
+def _found_in(top_level: str, folders: tuple[str, ...], loaded: Any) -> bool:
+    """Whether the path finder finds ``top_level`` in ``folders``, as its spec ``loaded`` has it: the same file, or portions."""
     from importlib.machinery import PathFinder
 
     try:
-        spec = PathFinder.find_spec(top_level, [folder])
+        spec = PathFinder.find_spec(top_level, list(folders))
     except Exception:  # a finder that fails is one that cannot find it
         return False
-    return spec is not None and _same_file(spec.origin, getattr(loaded, "origin", None))
+    if spec is None or module_folders(spec) != folders:
+        return False
+    return _same_file(spec.origin, getattr(loaded, "origin", None))
 
 
 def _same_file(found: str | None, loaded: str | None) -> bool:
@@ -530,22 +555,22 @@ def _pin_modules(answers: _PathAnswers) -> None:
     absolute = _absolute_entries(answers.path)
     with _answers_lock:  # two walks at once: the later one's pins, with its count
         asked = modules_now()
-        examined: dict[str, tuple[Any, str | None]] = {}
-        found: dict[str, str] = {}
+        examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
+        found: dict[str, tuple[str, ...]] = {}
         for name, module in list(sys.modules.items()):
             if "." in name or name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
             known = answers.examined.get(name)
             if known is not None and known[0] is loaded:
-                folder = known[1]
+                folders = known[1]
             else:
-                folder = _relative_folder(loaded, absolute)
-                if folder is not None and not _found_in(name, folder, loaded):
-                    folder = None
-            examined[name] = (loaded, folder)
-            if folder is not None:
-                found[name] = folder
+                folders = _relative_folders(loaded, absolute)
+                if folders is not None and not _found_in(name, folders, loaded):
+                    folders = None
+            examined[name] = (loaded, folders)
+            if folders is not None:
+                found[name] = folders
         answers.examined, answers.asked = examined, asked
         if found != answers.pins:
             answers.pins = found
@@ -578,7 +603,7 @@ def modules_now() -> tuple[int, str | None, Any]:
     return len(modules), last, held
 
 
-def refresh_pins() -> dict[str, str]:
+def refresh_pins() -> dict[str, tuple[str, ...]]:
     """:data:`pins` under ``sys.path`` as it is, asked again first where modules were imported since they were last."""
     answers = _under_sys_path()
     if answers.asked != -1 and answers.asked != modules_now():
@@ -600,9 +625,9 @@ class _PathAnswers:
         self.path = path
         self.importable: dict[str, tuple[str | None, bool]] = {}
         self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-        self.pins: dict[str, str] = {}  # replaced, never changed: a pool knows them by their identity
-        # Each top-level module looked at by _pin_modules: its spec then, and its folder if pinned.
-        self.examined: dict[str, tuple[Any, str | None]] = {}
+        self.pins: dict[str, tuple[str, ...]] = {}  # replaced, never changed: a pool knows them by their identity
+        # Each top-level module looked at by _pin_modules: its spec then, and its folders if pinned.
+        self.examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
         # sys.modules when the pins were last asked (modules_now); -1 where no entry is relative: never asked.
         self.asked: Any = None if _has_relative_entry(path) else -1
 
@@ -610,10 +635,10 @@ class _PathAnswers:
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
 _answers_by_path: dict[tuple[str, ...], _PathAnswers] = {}  # oldest first
 _answers = _PathAnswers([])  # under the sys.path of the last call
-#: The top-level modules workers import from the folder this process loaded them from through a
+#: The top-level modules workers import from the folders this process loaded them from through a
 #: relative entry of ``sys.path``, under the answers in use (:func:`_pin_modules`); a process pool
 #: sends them with ``sys.path`` when they change (``ProcessBackend._prepare``).
-pins: dict[str, str] = {}
+pins: dict[str, tuple[str, ...]] = {}
 #: ``sys.modules`` when :data:`pins` were asked (what :func:`modules_now` gave); -1 where ``sys.path`` has no
 #: relative entry; None before they were asked under the ``sys.path`` in use.
 pins_asked: Any = None

@@ -116,7 +116,7 @@ RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
 # What a worker takes of the parent's imports: its sys.path, and the top-level modules it must import
 # from the folder the parent loaded them from (_serialization.pins).
-_WorkersPath = tuple[list[str], dict[str, str]]
+_WorkersPath = tuple[list[str], dict[str, tuple[str, ...]]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
 _FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
@@ -463,7 +463,7 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     self._take_path_locked(pins)
 
-    def _take_path_locked(self, pins: dict[str, str] | None = None) -> None:
+    def _take_path_locked(self, pins: dict[str, tuple[str, ...]] | None = None) -> None:
         """Have workers take the caller's ``sys.path`` and ``pins`` before their next task, if they changed."""
         path, pinned = self._path
         moved = sys.path != path

@@ -419,38 +419,65 @@ def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None
 
 
 class _PinnedModules:
-    """A meta path finder: a top-level module the parent loaded through a relative ``sys.path`` entry, from its folder.
+    """A meta path finder: a top-level module the parent loaded through a relative ``sys.path`` entry, from its folders.
 
     Such an entry (``''``) stands for the working directory, which the
     parent may have changed since this worker started in it: along its
     ``sys.path``, the worker found another module of the name, or none, and
     ran other code than the parent's with no error. The parent names each
-    module it loaded so, with its folder (``_serialization.pins``), and the
-    worker imports it from there.
+    module it loaded so, with its folders (``_serialization.pins``: one, or
+    for a namespace package those of its portions), and the worker imports
+    it from there.
     """
 
-    pins: dict[str, str] = {}
+    pins: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        folder = cls.pins.get(name) if path is None else None
-        if folder is None:
+        folders = cls.pins.get(name) if path is None else None
+        if folders is None:
             return None
         from importlib.machinery import PathFinder
 
-        return PathFinder.find_spec(name, [folder])
+        spec = PathFinder.find_spec(name, list(folders))
+        if spec is not None and spec.loader is None and spec.submodule_search_locations is not None:
+            _keep_portions(spec, folders)
+        return spec
 
     @classmethod
     def invalidate_caches(cls) -> None:
         pass
 
 
-def take_path(path: list[str], pins: dict[str, str]) -> None:
+def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
+    """Have a namespace package look for its portions in ``folders`` again, not along ``sys.path``.
+
+    Its path is looked for again when ``sys.path`` changes, or the import
+    caches are invalidated (:func:`take_path`): along ``sys.path``, whose
+    ``''`` is this worker's directory, it would take that directory's folder
+    of its name for the parent's. Its path keeps its type (``importlib.resources``
+    reads a namespace package's only so); one that takes no finder stays as it is.
+    """
+    from importlib.machinery import PathFinder
+
+    def find(name: str, parent_path: Any) -> Any:
+        found = PathFinder.find_spec(name, list(folders))
+        if found is not None and found.submodule_search_locations is not None:
+            found.submodule_search_locations = list(found.submodule_search_locations)  # taken as they are
+        return found
+
+    locations = spec.submodule_search_locations
+    try:
+        spec.submodule_search_locations = type(locations)(spec.name, list(locations), find)
+    except TypeError:  # not the namespace path of Python 3.10 to 3.13
+        pass
+
+
+def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
     """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
 
-    A top-level module named in ``pins`` is imported from the folder given
-    there (:class:`_PinnedModules`); one this worker imported from another
-    folder (a task's own import, from its working directory, or the parent's
+    A top-level module named in ``pins`` is imported from the folders given
+    there (:class:`_PinnedModules`); one this worker imported from others (a task's own import, from its working directory, or the parent's
     module before it was imported again elsewhere) is forgotten, with its
     submodules and the functions kept unpickled, so that the next task that
     needs it imports the parent's.
@@ -471,9 +498,9 @@ def take_path(path: list[str], pins: dict[str, str]) -> None:
     _PinnedModules.pins = pins  # a module imported again from another folder since is pinned no more
     if pins and _PinnedModules not in sys.meta_path:
         sys.meta_path.insert(0, _PinnedModules)
-    for name, folder in pins.items():
+    for name, folders in pins.items():
         spec = getattr(sys.modules.get(name), "__spec__", None)
-        if name in sys.modules and _serialization.module_folder(spec) != folder:
+        if name in sys.modules and _serialization.module_folders(spec) != folders:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
