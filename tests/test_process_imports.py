@@ -499,13 +499,24 @@ def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[st
             del sys.modules[module]
 
 
-def later_module_after_sys_path_changed(name: str) -> str:
-    """``<name>.later``'s ``WHERE``, imported once this worker's ``sys.path`` changed (its caches invalidated)."""
-    sys.path.append(os.path.join(os.sep, "no", "such", "folder"))
+def later_module_after_sys_path_changed(name: str, module: str = "later", folder: str | None = None) -> str:
+    """``<name>.<module>``'s ``WHERE``, imported with ``folder`` (or a folder that is not there) put on ``sys.path``.
+
+    A change of ``sys.path`` has a namespace package's path looked for again.
+    """
+    sys.path.append(folder or os.path.join(os.sep, "no", "such", "folder"))
     try:
-        return str(importlib.import_module(f"{name}.later").WHERE)
+        return str(importlib.import_module(f"{name}.{module}").WHERE)
     finally:
         sys.path.pop()
+
+
+def add_module(folder: Path, package: str, module: str) -> None:
+    """``folder/package/module.py``, whose ``WHERE`` and ``which()`` give the folder's name."""
+    (folder / package).mkdir(parents=True, exist_ok=True)
+    (folder / package / f"{module}.py").write_text(
+        f"WHERE = {folder.name!r}\n\ndef which(_=None):\n    return {folder.name!r}\n"
+    )
 
 
 @pytest.mark.parametrize("there", ["another package of its name", "none"])
@@ -562,6 +573,78 @@ def test_a_namespace_package_with_a_portion_in_a_folder_of_sys_path_keeps_both(
     (folders / "first" / name / "later.py").unlink()
     fresh_process_pool(1)
     assert in_a_worker(later_module_after_sys_path_changed, name) == "second"  # from the other portion
+
+
+@pytest.mark.parametrize("change", ["sys.path", "the import caches"])
+def test_a_namespace_packages_path_looked_for_again_in_the_program_after_it_left_keeps_its_folder(
+    change: str, namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pin was read from the package's path as the program had it last: once sys.path
+    # changed, or the import caches were invalidated, after an os.chdir, the path had the
+    # new directory's folder of its name, and workers ran that code while the program ran its own.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    if change == "sys.path":
+        sys.path.append(str(folders / "empty"))
+    else:
+        importlib.invalidate_caches()
+    fresh_process_pool(2)
+    assert module.which() == "first"
+    assert in_a_worker(module.which) == "first"
+    assert mp.parallel_map(module.which, range(4), backend="process") == ["first"] * 4
+
+
+def test_a_task_extends_a_pinned_namespace_package_through_sys_path(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pinned package's path was looked for again in its pinned folders only: a folder a
+    # task put on sys.path, with a portion of the package, was passed by.
+    name, folders = namespace_through_the_working_directory
+    add_module(folders / "third", name, "extra")
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+    assert in_a_worker(later_module_after_sys_path_changed, name, "extra", str(folders / "third")) == "third"
+
+
+def test_a_namespace_packages_portion_made_after_it_was_pinned_is_found_by_workers(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Pinned to the folders it had when first looked at, the package kept them though its
+    # path grew a portion in a folder of sys.path (code generated, a plugin installed
+    # since): workers failed to import the module the program imported from there.
+    name, folders = namespace_through_the_working_directory
+    sys.path.append(str(folders / "third"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    assert in_a_worker(module.which) == "first"
+    add_module(folders / "third", name, "extra")
+    importlib.invalidate_caches()
+    extra = importlib.import_module(f"{name}.extra")
+    assert in_a_worker(extra.which) == "third"
+
+
+def test_a_namespace_package_found_through_an_absolute_entry_too_is_pinned(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # With the working directory on sys.path twice, as '' and spelt in full (PYTHONPATH=$PWD),
+    # the package was in a folder of sys.path, and not pinned: in a worker started in a
+    # directory with a folder of its name, that folder came first, and its code ran.
+    name, folders = namespace_through_the_working_directory
+    sys.path.append(str(folders / "first"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
 
 
 def test_a_module_a_worker_imported_from_its_own_directory_gives_way_to_the_programs(

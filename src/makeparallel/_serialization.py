@@ -429,8 +429,9 @@ def _findable(top_level: str, path: list[str]) -> bool:
     ``sys.path`` itself: another thread that puts a folder on it and takes it
     off again as the finder walks it had a folder missed, and a module found
     elsewhere, under a ``sys.path`` that looked unchanged by the end. A module
-    it loaded through a relative entry of ``path`` is looked for in the folder
-    it was loaded from, as workers do (:data:`pins`).
+    it loaded through a relative entry of ``path``, and a namespace package
+    where ``path`` has such an entry, are looked for in the folders they were
+    loaded from, as workers do (:data:`pins`).
     """
     from importlib.machinery import PathFinder
 
@@ -442,6 +443,10 @@ def _findable(top_level: str, path: list[str]) -> bool:
         if find_spec is None:
             continue
         if finder is PathFinder and _has_relative_entry(path):
+            if _is_namespace(loaded):
+                if _namespace_folders(loaded, _submodule_folders(top_level)) is not None:
+                    return True
+                continue
             folders = _relative_folders(loaded, _absolute_entries(path))
             if folders is not None:
                 if _found_in(top_level, folders, loaded):
@@ -466,22 +471,22 @@ def _absolute_entries(path: list[Any]) -> set[str]:
 
 
 def module_folders(spec: Any) -> tuple[str, ...] | None:
-    """The folders a module (its ``spec``) was loaded from; None where it has no file.
+    """The folders of ``sys.path`` a module (its ``spec``) was found in; None where it has no file or portion.
 
     A module's is its file's folder, a package's the folder that holds it. A
     namespace package (a folder without ``__init__.py``) has no file: its
-    folders are those that hold each of its portions, in their order.
+    folders are those that hold each of its portions, in their order, as its
+    path has them now.
     """
     origin = getattr(spec, "origin", None)
-    locations = getattr(spec, "submodule_search_locations", None)
     if isinstance(origin, str) and os.path.isabs(origin):
         folder = os.path.dirname(origin)
-        return (os.path.dirname(folder) if locations is not None else folder,)
-    if getattr(spec, "loader", None) is not None and not _is_namespace_loader(spec.loader):
+        return (os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder,)
+    if not _is_namespace(spec):
         return None
     try:
         # Once each: '' twice on sys.path finds each portion twice.
-        folders = tuple(dict.fromkeys(os.path.dirname(portion) for portion in locations or ()))
+        folders = tuple(dict.fromkeys(os.path.dirname(portion) for portion in spec.submodule_search_locations))
     except Exception:  # not an iterable of folders: another importer's own
         return None
     if not folders or not all(isinstance(folder, str) and os.path.isabs(folder) for folder in folders):
@@ -489,9 +494,59 @@ def module_folders(spec: Any) -> tuple[str, ...] | None:
     return folders
 
 
-def _is_namespace_loader(loader: Any) -> bool:
-    """Whether ``loader`` is the import system's for namespace packages (``_NamespaceLoader`` before Python 3.11)."""
-    return type(loader).__name__ in ("NamespaceLoader", "_NamespaceLoader")
+def _is_namespace(spec: Any) -> bool:
+    """Whether ``spec`` is a namespace package's: portions, no file, the import system's loader for them or none yet."""
+    if getattr(spec, "origin", None) is not None or getattr(spec, "submodule_search_locations", None) is None:
+        return False
+    # NamespaceLoader: _NamespaceLoader before Python 3.11; None in a spec just found.
+    return spec.loader is None or type(spec.loader).__name__ in ("NamespaceLoader", "_NamespaceLoader")
+
+
+def _submodule_folders(top_level: str) -> list[str]:
+    """The folders of ``sys.path`` the loaded submodules of ``top_level`` were found in, in the order of loading."""
+    prefix = top_level + "."
+    folders = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix):
+            folder = _submodule_folder(name, _spec_of(module))
+            if folder is not None:
+                folders.append(folder)
+    return folders
+
+
+def _submodule_folder(name: str, spec: Any) -> str | None:
+    """The folder of ``sys.path`` submodule ``name`` (its ``spec``) was found in: up from its file, a folder a part.
+
+    None where it has no file, or its folders are not named as its name's
+    parts (another importer's layout).
+    """
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not os.path.isabs(origin):
+        return None
+    parts = name.split(".")
+    if getattr(spec, "submodule_search_locations", None) is None:
+        del parts[-1]  # a module: its file is the last part
+    folder = os.path.dirname(origin)
+    for part in reversed(parts):
+        if os.path.basename(folder) != part:
+            return None
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def _namespace_folders(loaded: Any, taken_from: list[str]) -> tuple[str, ...] | None:
+    """The folders a namespace package (its spec ``loaded``) has portions in; first ``taken_from``, its submodules'.
+
+    Its path is looked for again along ``sys.path`` whenever that changes or
+    the import caches are invalidated: after an ``os.chdir``, ``''`` is then
+    the new directory, and the path has that directory's folder of its name,
+    or none. The submodules loaded before still run from their own folders,
+    which come first. None where there are none. A folder whose portion is
+    gone since is kept: a worker's path finder passes it by, as this
+    process's does.
+    """
+    folders = (*taken_from, *(module_folders(loaded) or ()))
+    return tuple(dict.fromkeys(folders)) or None
 
 
 def _relative_folders(loaded: Any, absolute: set[str]) -> tuple[str, ...] | None:
@@ -512,7 +567,7 @@ def _is_absolute_entry(folder: str, absolute: set[str]) -> bool:
 
 
 def _found_in(top_level: str, folders: tuple[str, ...], loaded: Any) -> bool:
-    """Whether the path finder finds ``top_level`` in ``folders``, as its spec ``loaded`` has it: the same file, or portions."""
+    """Whether the path finder finds ``top_level`` in ``folders`` as its spec ``loaded`` has it (file, or portions)."""
     from importlib.machinery import PathFinder
 
     try:
@@ -546,10 +601,14 @@ def _pin_modules(answers: _PathAnswers) -> None:
     and ran other code than the parent's with no error. Workers import each
     pinned module from its folder (``_process_worker._PinnedModules``); a
     module imported again from another folder since is pinned no more, or
-    pinned there. Asked when a module not looked at yet is answered about, and
-    when a pool sends a task after modules were imported (:func:`refresh_pins`):
-    a walk through ``sys.modules``, with a file lookup only for the modules
-    not looked at yet that are in no folder of ``sys.path``.
+    pinned there. Every namespace package is pinned, wherever it was found:
+    a worker's working directory with a folder of its name would add a
+    portion to it (:func:`_namespace_folders`). Asked when a module not looked
+    at yet is answered about, and when a pool sends a task after modules were
+    imported (:func:`refresh_pins`): a walk through ``sys.modules``, with a
+    file lookup only for the modules not looked at yet that are in no folder
+    of ``sys.path``, and for each namespace package, whose path changes with
+    no new spec.
     """
     global pins, pins_asked
     absolute = _absolute_entries(answers.path)
@@ -557,10 +616,21 @@ def _pin_modules(answers: _PathAnswers) -> None:
         asked = modules_now()
         examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
         found: dict[str, tuple[str, ...]] = {}
+        namespaces: dict[str, tuple[Any, list[str]]] = {}  # each with the folders its submodules came from
         for name, module in list(sys.modules.items()):
-            if "." in name or name == "__main__":  # the program's own goes by value; a worker has its own
+            if "." in name:
+                top_level = name.partition(".")[0] if namespaces else None
+                if top_level in namespaces:  # a package's submodules follow it in sys.modules
+                    folder = _submodule_folder(name, _spec_of(module))
+                    if folder is not None:
+                        namespaces[top_level][1].append(folder)
+                continue
+            if name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
+            if _is_namespace(loaded):  # looked at at each walk: its path changes, its spec does not
+                namespaces[name] = (loaded, [])
+                continue
             known = answers.examined.get(name)
             if known is not None and known[0] is loaded:
                 folders = known[1]
@@ -568,6 +638,11 @@ def _pin_modules(answers: _PathAnswers) -> None:
                 folders = _relative_folders(loaded, absolute)
                 if folders is not None and not _found_in(name, folders, loaded):
                     folders = None
+            examined[name] = (loaded, folders)
+            if folders is not None:
+                found[name] = folders
+        for name, (loaded, taken_from) in namespaces.items():
+            folders = _namespace_folders(loaded, taken_from)
             examined[name] = (loaded, folders)
             if folders is not None:
                 found[name] = folders

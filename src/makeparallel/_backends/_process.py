@@ -115,7 +115,7 @@ _AHEAD_BYTES = 64 * 1024
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
 # What a worker takes of the parent's imports: its sys.path, and the top-level modules it must import
-# from the folder the parent loaded them from (_serialization.pins).
+# from the folders the parent loaded them from (_serialization.pins).
 _WorkersPath = tuple[list[str], dict[str, tuple[str, ...]]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
@@ -248,7 +248,7 @@ class ProcessBackend(QueueingBackend):
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         # What workers get: sys.path, and the folders of the modules loaded through a relative
-        # entry ('') of it (_serialization.pins). Its version counts changes.
+        # entry ('') of it, and of namespace packages (_serialization.pins). Its version counts changes.
         self._path: _WorkersPath = (list(sys.path), _serialization.pins)
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).

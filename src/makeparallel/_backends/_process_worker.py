@@ -450,18 +450,22 @@ class _PinnedModules:
 
 
 def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
-    """Have a namespace package look for its portions in ``folders`` again, not along ``sys.path``.
+    """Have a namespace package look for its portions again in ``folders``, then in the absolute ``sys.path`` entries.
 
     Its path is looked for again when ``sys.path`` changes, or the import
-    caches are invalidated (:func:`take_path`): along ``sys.path``, whose
-    ``''`` is this worker's directory, it would take that directory's folder
-    of its name for the parent's. Its path keeps its type (``importlib.resources``
-    reads a namespace package's only so); one that takes no finder stays as it is.
+    caches are invalidated (:func:`take_path`). Along ``sys.path``, whose
+    ``''`` is this worker's directory, it took that directory's folder of its
+    name for the parent's; a folder a task puts on ``sys.path`` is still
+    looked in. The path keeps its type, made with this finder
+    (``importlib.resources`` reads a namespace package's only as that type);
+    where it takes no finder (another Python's path than that of 3.10 to
+    3.13), it is left as it is, and is looked for again along ``sys.path``.
     """
     from importlib.machinery import PathFinder
 
     def find(name: str, parent_path: Any) -> Any:
-        found = PathFinder.find_spec(name, list(folders))
+        entries = [entry for entry in parent_path if isinstance(entry, str) and os.path.isabs(entry)]
+        found = PathFinder.find_spec(name, [*folders, *entries])
         if found is not None and found.submodule_search_locations is not None:
             found.submodule_search_locations = list(found.submodule_search_locations)  # taken as they are
         return found
@@ -469,7 +473,7 @@ def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
     locations = spec.submodule_search_locations
     try:
         spec.submodule_search_locations = type(locations)(spec.name, list(locations), find)
-    except TypeError:  # not the namespace path of Python 3.10 to 3.13
+    except TypeError:
         pass
 
 
@@ -477,8 +481,9 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
     """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
 
     A top-level module named in ``pins`` is imported from the folders given
-    there (:class:`_PinnedModules`); one this worker imported from others (a task's own import, from its working directory, or the parent's
-    module before it was imported again elsewhere) is forgotten, with its
+    there (:class:`_PinnedModules`); one this worker imported from others (a
+    task's own import, from its working directory, or the parent's module
+    before it was imported again elsewhere) is forgotten, with its
     submodules and the functions kept unpickled, so that the next task that
     needs it imports the parent's.
 
@@ -500,7 +505,8 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
         sys.meta_path.insert(0, _PinnedModules)
     for name, folders in pins.items():
         spec = getattr(sys.modules.get(name), "__spec__", None)
-        if name in sys.modules and _serialization.module_folders(spec) != folders:
+        # A namespace package's path may have more portions after them: a task's folder on sys.path.
+        if name in sys.modules and (_serialization.module_folders(spec) or ())[: len(folders)] != folders:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
