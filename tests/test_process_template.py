@@ -898,6 +898,46 @@ def test_a_worker_ignores_sigchld_as_the_program_did_before_its_first_task(templ
 
 
 @both_ways
+def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_ends(template: bool) -> None:
+    # A program that takes its signals with sigwait or signalfd blocks them first. The
+    # template inherited the mask and never heard of a worker's end: a crashed task, and
+    # every task after it, waited for good. A worker keeps the program's mask, but for
+    # SIGTERM, with which the pool stops it at a timeout (blocked, it ran on until the
+    # SIGKILL after, and what it had printed was lost).
+    out = run_fresh(
+        f"""
+        import os, signal, time
+        import makeparallel as mp
+
+        def blocked():
+            return sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+        def crash():
+            os._exit(3)
+
+        def hang():
+            print("hanging", flush=True)
+            time.sleep(60)
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP}})
+        mp.configure_process_pool(num_workers=1, max_tasks_per_child=1)
+        print(",".join(mp.parallel(backend="process")(blocked)().get(timeout=30)))
+        try:
+            mp.parallel(backend="process")(crash)().get(timeout=30)
+        except mp.WorkerCrashedError:
+            print("crashed")
+        try:
+            mp.parallel(backend="process", timeout=0.2)(hang)().get(timeout=30)
+        except mp.TaskTimeoutError:
+            print("timed-out")
+        print(mp.parallel(backend="process")(abs)(-1).get(timeout=30))
+        """,
+        template=template,
+    )
+    assert out == ["SIGCHLD,SIGHUP", "crashed", "hanging", "timed-out", "1"]
+
+
+@both_ways
 def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.

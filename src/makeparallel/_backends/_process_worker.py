@@ -574,6 +574,9 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     sys.stdout = OutputRelay(0, 1, worker.send)
     sys.stderr = OutputRelay(1, 2, worker.send)
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
+    # The pool stops a worker with it (a timeout, a forced cancel), though the program blocks it
+    # (sigwait, signalfd): blocked, the worker ran on until the SIGKILL after it, its output lost.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.register_at_fork(after_in_child=functools.partial(_leave_the_worker_behind, worker))
     _forward_logs(worker.send)
     worker.serve()

@@ -319,6 +319,9 @@ def serve(fd: int, parent_pid: int) -> None:
     signal.set_wakeup_fd(wake_w)
     child_signal = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
+    # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
+    # the template inherits the mask: it never heard of a worker's end, and the pool waited for good.
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the program's, for its workers
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
     template_pid = os.getpid()
@@ -380,7 +383,7 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(*fds, template_pid=template_pid, child_signal=child_signal)
+                _become_worker(*fds, template_pid=template_pid, child_signal=child_signal, blocked=blocked)
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
@@ -413,7 +416,15 @@ def _preload() -> None:
 
 
 def _become_worker(
-    fd: int, journal_fd: int, directory: int, stdout: int, stderr: int, *, template_pid: int, child_signal: Any
+    fd: int,
+    journal_fd: int,
+    directory: int,
+    stdout: int,
+    stderr: int,
+    *,
+    template_pid: int,
+    child_signal: Any,
+    blocked: set[int | signal.Signals],
 ) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
@@ -422,6 +433,9 @@ def _become_worker(
     ``child_signal``: what the template had for ``SIGCHLD`` before its own
     handler, ignored where the program ignored it (a task's ``subprocess.run``
     then gets no exit code, as in a fresh interpreter), else the default.
+    ``blocked``: the signals the program blocked as the template started, which
+    a fresh interpreter would have blocked too (``SIGTERM`` aside: the worker's
+    main unblocks it, since the pool stops a worker with it).
     """
     from ._channel import Channel
     from ._parent_death import die_with_parent
@@ -433,6 +447,7 @@ def _become_worker(
     die_with_parent(template_pid)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, child_signal)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     conn = Channel(_socket.socket(fileno=fd))
     try:
         _, environ, changes = conn.recv()
