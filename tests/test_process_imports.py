@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -478,16 +479,17 @@ def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[st
     """As ``through_the_working_directory``, the modules in a namespace package (a folder without ``__init__.py``).
 
     Folders ``first`` and ``second`` each hold the package's folder, with
-    ``which.py`` (``which()`` returns the folder's name) and ``later.py``
-    (``WHERE``, the same); ``empty`` holds nothing.
+    ``which.py`` (``which()`` returns the folder's name, ``marked()`` what its
+    initializer ``mark()`` set) and ``later.py`` (``WHERE`` and ``where()``,
+    the same); ``empty`` holds nothing.
     """
     name = f"namespace_{uuid.uuid4().hex}"
     (tmp_path / "empty").mkdir()
     for folder in ("first", "second"):
         package = tmp_path / folder / name
         package.mkdir(parents=True)
-        (package / "which.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
-        (package / "later.py").write_text(f"WHERE = {folder!r}\n")
+        (package / "which.py").write_text(NAMESPACE_WHICH.format(folder=folder))
+        (package / "later.py").write_text(f"WHERE = {folder!r}\n\ndef where(_=None):\n    return WHERE\n")
     path_before, directory_before = list(sys.path), os.getcwd()
     sys.path.insert(0, "")
     try:
@@ -497,6 +499,26 @@ def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[st
         sys.path[:] = path_before
         for module in [module for module in sys.modules if module == name or module.startswith(name + ".")]:
             del sys.modules[module]
+
+
+NAMESPACE_WHICH = """
+MARK = None
+
+def mark():
+    global MARK
+    MARK = "marked"
+
+def marked(_=None):
+    return MARK
+
+def which(_=None):
+    return {folder!r}
+"""
+
+
+def where_of(module: str) -> str:
+    """``WHERE`` of module ``module``, imported here by name."""
+    return str(importlib.import_module(module).WHERE)
 
 
 def later_module_after_sys_path_changed(name: str, module: str = "later", folder: str | None = None) -> str:
@@ -643,6 +665,122 @@ def test_a_namespace_package_found_through_an_absolute_entry_too_is_pinned(
     importlib.invalidate_caches()
     module = importlib.import_module(f"{name}.which")
     os.chdir(folders / "second")
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+
+
+def test_a_module_of_a_namespace_package_the_program_imported_after_it_left_runs_from_there(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The package was pinned with the folders its loaded modules came from first: a module
+    # the program imported from the new directory after an os.chdir came, in workers, from
+    # the old one, where it had a file of that name too.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    importlib.invalidate_caches()
+    later = importlib.import_module(f"{name}.later")
+    assert later.where() == "second"
+    fresh_process_pool(1)
+    assert in_a_worker(later.where) == "second"
+    assert in_a_worker(module.which) == "first"
+
+
+def test_a_namespace_packages_module_the_program_never_imported_comes_from_its_first_portion(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Its folders were in the order its modules were loaded, not in its path's: a module
+    # loaded first from its second portion put that folder first in the workers.
+    name, folders = namespace_through_the_working_directory
+    add_module(folders / "third", name, "only")
+    add_module(folders / "third", name, "later")
+    sys.path.append(str(folders / "third"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.only")
+    importlib.import_module(f"{name}.which")
+    assert in_a_worker(where_of, f"{name}.later") == where_of(f"{name}.later") == "first"
+
+
+def test_a_worker_keeps_a_namespace_package_whose_folders_changed(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # A pin that changed (a portion added, or gone) had each worker forget the package and
+    # its modules, with what the initializer had set in them.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=module.mark)
+    try:
+        assert in_a_worker(module.marked) == "marked"
+        os.chdir(folders / "second")
+        sys.path.append(str(folders / "empty"))  # the program's path for the package is looked for again
+        importlib.import_module(f"{name}.later")
+        assert in_a_worker(module.marked) == "marked"
+    finally:
+        mp.configure_process_pool(initializer=None)
+
+
+def test_a_task_extends_a_pinned_namespace_package_through_a_relative_folder(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Looked for again in its pinned folders and the absolute entries of sys.path only, the
+    # package missed its portion in a relative folder a task put on sys.path.
+    name, folders = namespace_through_the_working_directory
+    add_module(folders / "third", name, "extra")
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.which")
+    fresh_process_pool(1)
+    assert in_a_worker(later_module_after_sys_path_changed, name, "extra", os.path.join("..", "third")) == "third"
+
+
+def test_sending_a_task_leaves_the_programs_namespace_packages_as_they_are(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pins were read from each package's path by iterating it, which has the import
+    # system look for it again there and then: in the directory the program was in as it
+    # submitted, not the one it was in at its next import.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    importlib.invalidate_caches()
+    assert in_a_worker(abs, -1) == 1
+    os.chdir(folders / "first")
+    assert importlib.import_module(f"{name}.later").WHERE == "first"
+
+
+def test_a_module_whose_spec_has_no_loader_attribute(
+    through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stub module whose __spec__ has only some of a spec's attributes made each submission
+    # raise AttributeError as the pins were asked, and could kill the pool's loop thread.
+    from types import SimpleNamespace
+
+    stub = ModuleType("stub_with_an_odd_spec")
+    stub.__spec__ = SimpleNamespace(origin=None, submodule_search_locations=[])  # type: ignore[assignment]
+    monkeypatch.setitem(sys.modules, stub.__name__, stub)
+    assert in_a_worker(abs, -3) == 3
+
+
+def test_a_namespace_package_whose_folder_is_gone_goes_by_value(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Answered importable by name without a look, its functions went by name, and workers
+    # failed to import the package.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders)
+    shutil.rmtree(folders / "first" / name)
+    importlib.invalidate_caches()
     fresh_process_pool(1)
     assert in_a_worker(module.which) == "first"
 

@@ -11,8 +11,9 @@
   itself where a function sent by value uses it (a sibling it imported):
   whatever the parent can call, a worker can run.
 * A module loaded through a relative ``sys.path`` entry (``''``) goes by name,
-  and workers import it (and every other module loaded so) from the folder it
-  was loaded from, whatever their working directory and the parent's now
+  and workers import it (and every other module loaded so, and every
+  namespace package and the modules loaded in it) from the folders it was
+  loaded from, whatever their working directory and the parent's now
   (:data:`pins`).
 * A function passed as an argument (the function of a map) is pickled once
   and unpickled once per worker, as a task's own function is: a worker keeps
@@ -443,8 +444,9 @@ def _findable(top_level: str, path: list[str]) -> bool:
         if find_spec is None:
             continue
         if finder is PathFinder and _has_relative_entry(path):
-            if _is_namespace(loaded):
-                if _namespace_folders(loaded, _submodule_folders(top_level)) is not None:
+            folders = module_folders(loaded) if is_namespace(loaded) else None
+            if folders is not None:  # pinned, wherever found: is a portion still there?
+                if is_namespace(_find_in(top_level, folders)):
                     return True
                 continue
             folders = _relative_folders(loaded, _absolute_entries(path))
@@ -471,50 +473,40 @@ def _absolute_entries(path: list[Any]) -> set[str]:
 
 
 def module_folders(spec: Any) -> tuple[str, ...] | None:
-    """The folders of ``sys.path`` a module (its ``spec``) was found in; None where it has no file or portion.
+    """The folders of ``sys.path`` a top-level module (its ``spec``) was found in; None where it has no file.
 
     A module's is its file's folder, a package's the folder that holds it. A
     namespace package (a folder without ``__init__.py``) has no file: its
     folders are those that hold each of its portions, in their order, as its
-    path has them now.
+    path was last looked for (read without looking for it again, which the
+    import system does along ``sys.path``, with ``''`` the working directory
+    of the moment). None for one whose path holds other than folders (the
+    placeholder of an editable install): it is left to its own finder.
     """
     origin = getattr(spec, "origin", None)
     if isinstance(origin, str) and os.path.isabs(origin):
         folder = os.path.dirname(origin)
         return (os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder,)
-    if not _is_namespace(spec):
+    if not is_namespace(spec):
         return None
-    try:
-        # Once each: '' twice on sys.path finds each portion twice.
-        folders = tuple(dict.fromkeys(os.path.dirname(portion) for portion in spec.submodule_search_locations))
-    except Exception:  # not an iterable of folders: another importer's own
+    locations = spec.submodule_search_locations
+    portions = getattr(locations, "_path", locations)  # a namespace path's own list, as last looked for
+    if not isinstance(portions, (list, tuple)):
         return None
-    if not folders or not all(isinstance(folder, str) and os.path.isabs(folder) for folder in folders):
+    if not portions or not all(isinstance(portion, str) and os.path.isabs(portion) for portion in portions):
         return None
-    return folders
+    return tuple(dict.fromkeys(os.path.dirname(portion) for portion in portions))  # once each: '' twice finds two
 
 
-def _is_namespace(spec: Any) -> bool:
+def is_namespace(spec: Any) -> bool:
     """Whether ``spec`` is a namespace package's: portions, no file, the import system's loader for them or none yet."""
     if getattr(spec, "origin", None) is not None or getattr(spec, "submodule_search_locations", None) is None:
         return False
-    # NamespaceLoader: _NamespaceLoader before Python 3.11; None in a spec just found.
-    return spec.loader is None or type(spec.loader).__name__ in ("NamespaceLoader", "_NamespaceLoader")
+    loader = getattr(spec, "loader", None)  # None in a spec just found; _NamespaceLoader before Python 3.11
+    return loader is None or type(loader).__name__ in ("NamespaceLoader", "_NamespaceLoader")
 
 
-def _submodule_folders(top_level: str) -> list[str]:
-    """The folders of ``sys.path`` the loaded submodules of ``top_level`` were found in, in the order of loading."""
-    prefix = top_level + "."
-    folders = []
-    for name, module in list(sys.modules.items()):
-        if name.startswith(prefix):
-            folder = _submodule_folder(name, _spec_of(module))
-            if folder is not None:
-                folders.append(folder)
-    return folders
-
-
-def _submodule_folder(name: str, spec: Any) -> str | None:
+def submodule_folder(name: str, spec: Any) -> str | None:
     """The folder of ``sys.path`` submodule ``name`` (its ``spec``) was found in: up from its file, a folder a part.
 
     None where it has no file, or its folders are not named as its name's
@@ -532,21 +524,6 @@ def _submodule_folder(name: str, spec: Any) -> str | None:
             return None
         folder = os.path.dirname(folder)
     return folder
-
-
-def _namespace_folders(loaded: Any, taken_from: list[str]) -> tuple[str, ...] | None:
-    """The folders a namespace package (its spec ``loaded``) has portions in; first ``taken_from``, its submodules'.
-
-    Its path is looked for again along ``sys.path`` whenever that changes or
-    the import caches are invalidated: after an ``os.chdir``, ``''`` is then
-    the new directory, and the path has that directory's folder of its name,
-    or none. The submodules loaded before still run from their own folders,
-    which come first. None where there are none. A folder whose portion is
-    gone since is kept: a worker's path finder passes it by, as this
-    process's does.
-    """
-    folders = (*taken_from, *(module_folders(loaded) or ()))
-    return tuple(dict.fromkeys(folders)) or None
 
 
 def _relative_folders(loaded: Any, absolute: set[str]) -> tuple[str, ...] | None:
@@ -567,16 +544,21 @@ def _is_absolute_entry(folder: str, absolute: set[str]) -> bool:
 
 
 def _found_in(top_level: str, folders: tuple[str, ...], loaded: Any) -> bool:
-    """Whether the path finder finds ``top_level`` in ``folders`` as its spec ``loaded`` has it (file, or portions)."""
-    from importlib.machinery import PathFinder
-
-    try:
-        spec = PathFinder.find_spec(top_level, list(folders))
-    except Exception:  # a finder that fails is one that cannot find it
-        return False
+    """Whether the path finder finds ``top_level`` in ``folders``, at the file of its spec ``loaded``."""
+    spec = _find_in(top_level, folders)
     if spec is None or module_folders(spec) != folders:
         return False
     return _same_file(spec.origin, getattr(loaded, "origin", None))
+
+
+def _find_in(top_level: str, folders: tuple[str, ...]) -> Any:
+    """What the path finder finds of ``top_level`` in ``folders``: its spec, or None."""
+    from importlib.machinery import PathFinder
+
+    try:
+        return PathFinder.find_spec(top_level, list(folders))
+    except Exception:  # a finder that fails is one that cannot find it
+        return None
 
 
 def _same_file(found: str | None, loaded: str | None) -> bool:
@@ -601,14 +583,17 @@ def _pin_modules(answers: _PathAnswers) -> None:
     and ran other code than the parent's with no error. Workers import each
     pinned module from its folder (``_process_worker._PinnedModules``); a
     module imported again from another folder since is pinned no more, or
-    pinned there. Every namespace package is pinned, wherever it was found:
-    a worker's working directory with a folder of its name would add a
-    portion to it (:func:`_namespace_folders`). Asked when a module not looked
-    at yet is answered about, and when a pool sends a task after modules were
-    imported (:func:`refresh_pins`): a walk through ``sys.modules``, with a
-    file lookup only for the modules not looked at yet that are in no folder
-    of ``sys.path``, and for each namespace package, whose path changes with
-    no new spec.
+    pinned there. Every namespace package is pinned, wherever it was found
+    (a worker's working directory with a folder of its name would add a
+    portion to it), to the folders its path has, and each module loaded in it
+    to its own folder: its path is looked for again along ``sys.path`` when
+    that changes, with ``''`` the working directory of the moment, and a
+    module loaded before came from a folder it may no longer have. Asked when
+    a module not looked at yet is answered about, and when a pool sends a
+    task after modules were imported (:func:`refresh_pins`): a walk through
+    ``sys.modules``, with a file lookup only for the modules not looked at
+    yet that are in no folder of ``sys.path``; a namespace package's path,
+    which changes with no new spec, is read at each.
     """
     global pins, pins_asked
     absolute = _absolute_entries(answers.path)
@@ -616,20 +601,33 @@ def _pin_modules(answers: _PathAnswers) -> None:
         asked = modules_now()
         examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
         found: dict[str, tuple[str, ...]] = {}
-        namespaces: dict[str, tuple[Any, list[str]]] = {}  # each with the folders its submodules came from
+        namespaces: set[str] = set()  # namespace packages met so far: their submodules follow them
         for name, module in list(sys.modules.items()):
             if "." in name:
-                top_level = name.partition(".")[0] if namespaces else None
-                if top_level in namespaces:  # a package's submodules follow it in sys.modules
-                    folder = _submodule_folder(name, _spec_of(module))
-                    if folder is not None:
-                        namespaces[top_level][1].append(folder)
+                if namespaces and name.rpartition(".")[0] in namespaces:
+                    loaded = _spec_of(module)
+                    if is_namespace(loaded):
+                        namespaces.add(name)  # its own portions are in its parent's
+                        continue
+                    known = answers.examined.get(name)
+                    if known is not None and known[0] is loaded:
+                        folders = known[1]
+                    else:
+                        folder = submodule_folder(name, loaded)
+                        folders = None if folder is None else (folder,)
+                    examined[name] = (loaded, folders)
+                    if folders is not None:
+                        found[name] = folders
                 continue
             if name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
-            if _is_namespace(loaded):  # looked at at each walk: its path changes, its spec does not
-                namespaces[name] = (loaded, [])
+            if is_namespace(loaded):  # read at each walk: its path changes, its spec does not
+                namespaces.add(name)
+                folders = module_folders(loaded)
+                examined[name] = (loaded, folders)
+                if folders is not None:
+                    found[name] = folders
                 continue
             known = answers.examined.get(name)
             if known is not None and known[0] is loaded:
@@ -638,11 +636,6 @@ def _pin_modules(answers: _PathAnswers) -> None:
                 folders = _relative_folders(loaded, absolute)
                 if folders is not None and not _found_in(name, folders, loaded):
                     folders = None
-            examined[name] = (loaded, folders)
-            if folders is not None:
-                found[name] = folders
-        for name, (loaded, taken_from) in namespaces.items():
-            folders = _namespace_folders(loaded, taken_from)
             examined[name] = (loaded, folders)
             if folders is not None:
                 found[name] = folders

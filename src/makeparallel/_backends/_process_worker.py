@@ -419,29 +419,33 @@ def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None
 
 
 class _PinnedModules:
-    """A meta path finder: a top-level module the parent loaded through a relative ``sys.path`` entry, from its folders.
+    """A meta path finder: a module the parent pinned (``_serialization.pins``), from its folders.
 
-    Such an entry (``''``) stands for the working directory, which the
-    parent may have changed since this worker started in it: along its
-    ``sys.path``, the worker found another module of the name, or none, and
-    ran other code than the parent's with no error. The parent names each
-    module it loaded so, with its folders (``_serialization.pins``: one, or
-    for a namespace package those of its portions), and the worker imports
-    it from there.
+    A top-level module the parent loaded through a relative ``sys.path``
+    entry (``''``, the working directory, which the parent may have changed
+    since this worker started in it): along its ``sys.path``, the worker
+    found another module of the name, or none, and ran other code than the
+    parent's with no error. A namespace package, from the folders of its
+    portions, and each module the parent loaded in one, from its own folder.
     """
 
     pins: dict[str, tuple[str, ...]] = {}
+    #: The parent's sys.path, as this worker took it: the entries a task added since are not in it.
+    taken: list[str] = []
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        folders = cls.pins.get(name) if path is None else None
+        folders = cls.pins.get(name)
         if folders is None:
             return None
         from importlib.machinery import PathFinder
 
-        spec = PathFinder.find_spec(name, list(folders))
+        if "." in name:  # a module of a namespace package: in its package's folder there
+            package = name.split(".")[:-1]
+            return PathFinder.find_spec(name, [os.path.join(folder, *package) for folder in folders])
+        spec = PathFinder.find_spec(name, _pinned_then_added(folders, sys.path))
         if spec is not None and spec.loader is None and spec.submodule_search_locations is not None:
-            _keep_portions(spec, folders)
+            _keep_portions(spec)
         return spec
 
     @classmethod
@@ -449,14 +453,21 @@ class _PinnedModules:
         pass
 
 
-def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
-    """Have a namespace package look for its portions again in ``folders``, then in the absolute ``sys.path`` entries.
+def _pinned_then_added(folders: tuple[str, ...], path: Any) -> list[str]:
+    """Where a pinned module is looked for: its ``folders``, then the entries of ``path`` (``sys.path``) a task added."""
+    return [*folders, *(entry for entry in path if entry not in _PinnedModules.taken)]
+
+
+def _keep_portions(spec: Any) -> None:
+    """Have a pinned namespace package look for its portions again in its pinned folders, not along the parent's ``sys.path``.
 
     Its path is looked for again when ``sys.path`` changes, or the import
     caches are invalidated (:func:`take_path`). Along ``sys.path``, whose
     ``''`` is this worker's directory, it took that directory's folder of its
-    name for the parent's; a folder a task puts on ``sys.path`` is still
-    looked in. The path keeps its type, made with this finder
+    name for the parent's. It looks in the folders pinned at that moment, then
+    in the entries a task put on ``sys.path`` since the worker took the
+    parent's (along ``sys.path`` once pinned no more). The path keeps its
+    type, made with this finder
     (``importlib.resources`` reads a namespace package's only as that type);
     where it takes no finder (another Python's path than that of 3.10 to
     3.13), it is left as it is, and is looked for again along ``sys.path``.
@@ -464,8 +475,10 @@ def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
     from importlib.machinery import PathFinder
 
     def find(name: str, parent_path: Any) -> Any:
-        entries = [entry for entry in parent_path if isinstance(entry, str) and os.path.isabs(entry)]
-        found = PathFinder.find_spec(name, [*folders, *entries])
+        folders = _PinnedModules.pins.get(name)
+        if folders is not None:  # else pinned no more: along sys.path, as any other
+            parent_path = _pinned_then_added(folders, parent_path)
+        found = PathFinder.find_spec(name, list(parent_path))
         if found is not None and found.submodule_search_locations is not None:
             found.submodule_search_locations = list(found.submodule_search_locations)  # taken as they are
         return found
@@ -480,12 +493,13 @@ def _keep_portions(spec: Any, folders: tuple[str, ...]) -> None:
 def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
     """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
 
-    A top-level module named in ``pins`` is imported from the folders given
-    there (:class:`_PinnedModules`); one this worker imported from others (a
+    A module named in ``pins`` is imported from the folders given there
+    (:class:`_PinnedModules`); one this worker imported from others (a
     task's own import, from its working directory, or the parent's module
     before it was imported again elsewhere) is forgotten, with its
     submodules and the functions kept unpickled, so that the next task that
-    needs it imports the parent's.
+    needs it imports the parent's. A namespace package is kept, with what
+    its modules hold (an initializer's state): its path is looked for again.
 
     Folders listed before may hold new modules now, and a folder missing then
     may exist now. ``importlib.invalidate_caches()`` does this, but from Python
@@ -500,13 +514,19 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
     (a private counter, read where it exists, as ``PathFinder`` moves it).
     """
     sys.path[:] = path
+    _PinnedModules.taken = list(path)
     _PinnedModules.pins = pins  # a module imported again from another folder since is pinned no more
     if pins and _PinnedModules not in sys.meta_path:
         sys.meta_path.insert(0, _PinnedModules)
     for name, folders in pins.items():
-        spec = getattr(sys.modules.get(name), "__spec__", None)
-        # A namespace package's path may have more portions after them: a task's folder on sys.path.
-        if name in sys.modules and (_serialization.module_folders(spec) or ())[: len(folders)] != folders:
+        if name not in sys.modules:
+            continue
+        spec = getattr(sys.modules[name], "__spec__", None)
+        if "." in name:
+            elsewhere = (_serialization.submodule_folder(name, spec),) != folders
+        else:  # a namespace package stays: its path is looked for again in its new folders (_keep_portions)
+            elsewhere = not _serialization.is_namespace(spec) and _serialization.module_folders(spec) != folders
+        if elsewhere:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
