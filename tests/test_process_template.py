@@ -938,6 +938,52 @@ def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_e
 
 
 @both_ways
+def test_a_worker_takes_on_the_settings_the_program_made_as_it_ran(template: bool) -> None:
+    # A script that raised its recursion limit, lifted the limit on int-str digits and
+    # silenced a warning at its top had its workers keep the defaults: RecursionError,
+    # ValueError, and the warning printed by every worker (multiprocessing's workers have
+    # them, from the fork or from running the main module again).
+    out = run_fresh(
+        f"""
+        import sys, warnings
+        import makeparallel as mp
+
+        class OwnWarning(UserWarning):
+            pass
+
+        def deep(n):
+            return 0 if n == 0 else 1 + deep(n - 1)
+
+        def digits():
+            return len(str(10 ** 5000))
+
+        def warned():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.warn("quiet", DeprecationWarning)
+                warnings.warn("noise", UserWarning)
+                warnings.warn("plugin", OwnWarning)
+            try:
+                warnings.warn("boom now", RuntimeWarning)
+            except RuntimeWarning:
+                return [str(w.message) for w in caught], "raised"
+            return [str(w.message) for w in caught], "not raised"
+
+        sys.setrecursionlimit(20000)
+        sys.set_int_max_str_digits(0)
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", "noise", UserWarning)
+        warnings.filterwarnings("error", message="boom", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", category=OwnWarning)  # of __main__: no worker can import it
+        run = lambda fn, *args: mp.parallel(backend="process")(fn)(*args).get(timeout=30)
+        print(run(deep, 10000), run(digits), run(warned) == (["plugin"], "raised"))
+        """,
+        template=template,
+    )
+    assert out == ["10000", "5001", "True"]
+
+
+@both_ways
 def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.

@@ -77,6 +77,7 @@ from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from . import _interpreter_settings as interpreter_settings
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments
 from ._output_relay import write_relayed
@@ -721,7 +722,8 @@ class ProcessBackend(QueueingBackend):
                 continue
             started += 1
             worker.initializer = setup.name
-            _send(worker, ("setup", setup.initializer, setup.initargs, program_arguments(), interrupts_ignored()))
+            argv, settings = program_arguments(), interpreter_settings.current()
+            _send(worker, ("setup", setup.initializer, setup.initargs, argv, interrupts_ignored(), settings))
             with self._lock:
                 self._workers.append(worker)
         self._kill_marked()

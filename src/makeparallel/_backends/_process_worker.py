@@ -15,9 +15,11 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("path", (sys_path, pins))          next, for a worker forked from the template;
                                                            later, when the parent's sys.path or its pinned
                                                            modules changed (_PinnedModules)
-                       ("setup", initializer, initargs, argv, ignore_sigint)  then, always: the
-                                                           initializer pickled, or None; the
-                                                           program's sys.argv; whether it ignores Ctrl-C
+                       ("setup", initializer, initargs, argv, ignore_sigint, settings)  then, always:
+                                                           the initializer pickled, or None; the
+                                                           program's sys.argv; whether it ignores Ctrl-C;
+                                                           its recursion limit, int digits, warning
+                                                           filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
@@ -54,6 +56,7 @@ from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
+from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
@@ -177,12 +180,15 @@ class _Worker:
             else:
                 return
 
-    def _set_up(self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool) -> None:
-        """Take on the program's ``sys.argv`` and Ctrl-C, run the pool's initializer, then say so.
+    def _set_up(
+        self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool, settings: Any
+    ) -> None:
+        """Take on the program's ``sys.argv``, Ctrl-C and settings, run the pool's initializer, then say so.
 
         If the initializer raises, report it and exit.
         """
         sys.argv = argv
+        interpreter_settings.take_on(settings)
         if ignore_sigint:  # as the program does (_inherited.interrupts_ignored), and the programs a task runs
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         if initializer is not None:

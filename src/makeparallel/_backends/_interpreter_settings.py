@@ -1,0 +1,90 @@
+"""The interpreter settings a program changes as it runs, which each worker takes on as it starts.
+
+A script sets them at its top: ``sys.setrecursionlimit`` for a deep
+recursion, ``warnings.filterwarnings("ignore", ...)`` for a library's noise,
+``sys.set_int_max_str_digits`` for huge integers. ``multiprocessing``'s
+workers have them, from the fork or by running the main module again
+(``spawn``); a worker forked from the template, or a fresh interpreter, had
+the defaults, and a task raised ``RecursionError`` or ``ValueError``, or
+printed the warning the program silenced, in every worker. The pool sends
+them with each worker's set-up (:func:`current`), as they are when it starts,
+and the worker takes them on (:func:`take_on`) before its initializer.
+
+The warning filters travel as plain data (their patterns as text, their
+categories by module and name): the interpreter's own filters compile a
+pattern, and unpickling one imports ``re`` (a few milliseconds on every
+worker's start). A worker whose filters are already the program's (the
+usual case: both started with the same options) changes nothing; a filter
+whose category it cannot import is left out.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+# typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Filter = tuple[str, "str | None", tuple[str, str], "str | None", int]
+    Settings = tuple[int, "int | None", list[Filter]]
+
+__all__ = ["current", "take_on"]
+
+
+def current() -> Settings:
+    """This interpreter's recursion limit, its limit of digits in ``int``-``str`` conversions, its warning filters."""
+    digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11, and 3.10.7 on
+    return sys.getrecursionlimit(), None if digits is None else digits(), _plain_filters()
+
+
+def take_on(settings: Settings) -> None:
+    """Make ``settings`` (what :func:`current` gave in the program) this worker's."""
+    recursion_limit, digits, filters = settings
+    if sys.getrecursionlimit() != recursion_limit:
+        sys.setrecursionlimit(recursion_limit)
+    if digits is not None and hasattr(sys, "set_int_max_str_digits") and sys.get_int_max_str_digits() != digits:
+        sys.set_int_max_str_digits(digits)
+    if _plain_filters() != filters:
+        _set_filters(filters)
+
+
+def _plain_filters() -> list[Filter]:
+    """``warnings.filters`` as plain data: what ``filterwarnings`` would take to make each."""
+    plain: list[Filter] = []
+    for action, message, category, module, lineno in warnings.filters:
+        if isinstance(category, type):
+            pattern: Any = getattr(message, "pattern", message)
+            where: Any = getattr(module, "pattern", module)
+            plain.append((action, pattern, (category.__module__, category.__qualname__), where, lineno))
+    return plain
+
+
+def _set_filters(filters: list[Filter]) -> None:
+    """Make ``filters`` (plain data, :func:`_plain_filters`) the warning filters, first one first."""
+    warnings.resetwarnings()
+    for action, message, (module_name, qualname), module, lineno in reversed(filters):
+        category = _category(module_name, qualname)
+        if category is None:
+            continue
+        try:
+            warnings.filterwarnings(action, message or "", category, module or "", lineno)  # type: ignore[arg-type]
+        except (TypeError, ValueError, AssertionError):  # AssertionError: Python 3.10 checks its arguments so
+            continue
+
+
+def _category(module_name: str, qualname: str) -> Any:
+    """The warning class ``module_name.qualname``, imported; None where it cannot be (a class of ``__main__``)."""
+    import importlib
+
+    if module_name == "__main__":
+        return None
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:  # the program's category, from a module this worker cannot import
+        return None
+    return found if isinstance(found, type) and issubclass(found, Warning) else None
