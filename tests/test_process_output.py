@@ -45,6 +45,18 @@ def write_bytes() -> None:
     sys.stdout.buffer.flush()
 
 
+def write_binary(data: bytes) -> None:
+    sys.stdout.write("text first\n")
+    sys.stdout.buffer.write(data)
+    sys.stdout.write("text after\n")
+
+
+def reconfigured() -> tuple[str, str]:
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
+    print("after reconfigure")
+    return sys.stdout.name, sys.stdout.errors
+
+
 def partial_line() -> str:
     print("no newline at the end", end="")
     return "done"
@@ -91,6 +103,26 @@ def test_bytes_written_to_the_buffer_arrive_as_text() -> None:
     with contextlib.redirect_stdout(out):
         on_process(write_bytes)().get(timeout=30)
     assert out.getvalue() == "bytes, then text: é\n"
+
+
+def test_bytes_written_to_the_buffer_reach_the_buffer_intact_in_order() -> None:
+    # Bytes were decoded as UTF-8 with replacement: a task writing a gzip stream to
+    # standard output delivered garbage.
+    data = bytes(range(256)) + b"\xff\xfe\n"
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    with contextlib.redirect_stdout(stream):
+        on_process(write_binary)(data).get(timeout=30)
+    stream.flush()
+    assert stream.buffer.getvalue() == b"text first\n" + data + b"text after\n"  # type: ignore[attr-defined]
+
+
+def test_a_task_reconfigures_its_standard_output() -> None:
+    # The relay had no reconfigure(): a module calling sys.stdout.reconfigure(encoding="utf-8")
+    # at its top, as many scripts do, failed every task with AttributeError.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert on_process(reconfigured)().get(timeout=30) == ("<stdout>", "replace")
+    assert out.getvalue() == "after reconfigure\n"
 
 
 def test_output_of_a_map_arrives_with_it() -> None:

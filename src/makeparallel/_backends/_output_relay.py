@@ -9,6 +9,15 @@ result and in the order it was written; the parent writes it to its own
 sent when the stream is flushed, when the task ends, and when the worker is
 terminated (its ``SIGTERM`` handler flushes first).
 
+Bytes written to ``sys.stdout.buffer`` travel as bytes, in order with the
+text, and the parent writes them to its stream's ``buffer`` (a task that
+writes a gzip stream to standard output delivers it intact); where its
+stream has none (a ``StringIO``), they are decoded as UTF-8. Like a real
+console stream, a relay has a ``name``, and ``reconfigure()``, which a
+script calls at its top (``sys.stdout.reconfigure(encoding="utf-8")``): the
+text is relayed as text, and the parent's stream encodes it, so it changes
+nothing but what the relay reports.
+
 Cost: one message per line written (a few microseconds); a task that prints
 hundreds of thousands of lines should log or return its text instead.
 
@@ -49,15 +58,49 @@ class OutputRelay(io.TextIOBase):
         self._send = send
         self._pending: list[str] = []
         self._lock = threading.Lock()  # the threads of a task may print at once
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # for .buffer
+        self._encoding = "utf-8"
+        self._errors = "strict"
+        self._buffer = _BinaryRelay(self)
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
+        return self._encoding
 
     @property
     def errors(self) -> str:  # type: ignore[override]
-        return "strict"
+        return self._errors
+
+    @property
+    def name(self) -> str:
+        return f"<{STREAMS[self._stream]}>"
+
+    @property
+    def line_buffering(self) -> bool:
+        return True  # a whole line is sent at once
+
+    @property
+    def write_through(self) -> bool:
+        return False
+
+    def reconfigure(
+        self,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        line_buffering: bool | None = None,
+        write_through: bool | None = None,
+    ) -> None:
+        """As ``io.TextIOWrapper.reconfigure``; the text is relayed as text, whatever the encoding said.
+
+        Raises:
+            LookupError: ``encoding`` or ``errors`` names no codec or error handler.
+        """
+        if encoding is not None:
+            self._encoding = codecs.lookup(encoding).name
+        if errors is not None:
+            codecs.lookup_error(errors)
+            self._errors = errors
 
     def writable(self) -> bool:
         return True
@@ -67,8 +110,8 @@ class OutputRelay(io.TextIOBase):
 
     @property
     def buffer(self) -> _BinaryRelay:
-        """Bytes written here are decoded (UTF-8) and relayed with the text."""
-        return _BinaryRelay(self)
+        """Bytes written here are relayed as bytes, in order with the text."""
+        return self._buffer
 
     def fileno(self) -> int:
         """The worker's own descriptor: what C code and child processes write to."""
@@ -89,6 +132,16 @@ class OutputRelay(io.TextIOBase):
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Relay ``data`` as bytes, after the text written before it."""
+        with self._lock:
+            if self._pending:
+                self._send_pending_locked()
+            try:
+                self._send(("output", self._stream, data))
+            except OSError:
+                pass  # the parent is gone: nobody to print to
 
     def _send_pending_locked(self) -> None:
         text = "".join(self._pending)
@@ -111,7 +164,7 @@ class _BinaryRelay(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        self._text.write(self._text._decoder.decode(bytes(view)))  # a character may span writes
+        self._text.write_bytes(bytes(view))
         return view.nbytes
 
     def flush(self) -> None:
@@ -121,12 +174,24 @@ class _BinaryRelay(io.RawIOBase):
         return self._text.fileno()
 
 
-def write_relayed(stream: int, text: str) -> None:
-    """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1)."""
+def write_relayed(stream: int, text: str | bytes) -> None:
+    """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1).
+
+    Bytes go to the stream's ``buffer``, after what was written to it as text;
+    to a stream with none, they are written decoded as UTF-8.
+    """
     target = getattr(sys, STREAMS[stream], None)
     if target is None:
         return  # no console (pythonw): dropped, as print() would drop it
     try:
+        if isinstance(text, bytes):
+            binary = getattr(target, "buffer", None)
+            if binary is not None:
+                target.flush()
+                binary.write(text)
+                binary.flush()
+                return
+            text = text.decode("utf-8", "replace")
         target.write(text)
         target.flush()
     except Exception:  # a closed or broken stream must not break the pool's loop

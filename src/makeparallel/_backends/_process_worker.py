@@ -29,7 +29,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
                        ("progress", task_id, fraction, message)
                        ("log", record_attributes)
-                       ("output", stream, text)            print() and friends
+                       ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
 
 A map chunk also writes each item's result to the worker's crash journal,
@@ -573,7 +573,7 @@ def _write_from_a_forked_copy(message: tuple[Any, ...]) -> None:
         descriptor = 2
     else:
         return
-    data = text.encode("utf-8", "replace")
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "replace")
     try:
         while data:
             data = data[os.write(descriptor, data) :]
