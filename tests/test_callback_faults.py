@@ -328,6 +328,22 @@ print(json.dumps({"first": outcome, "second": second, "health": mp.health(memory
 """
 
 
+# What killed the loop fails its recovery too (an import a program that dropped its
+# privileges may no longer read): its tasks waited for good.
+DEAD_LOOP_AND_RECOVERY = DEAD_LOOP.replace(
+    "ProcessBackend._receive_all = receive_or_fail",
+    "ProcessBackend._receive_all = receive_or_fail\n"
+    "from makeparallel._backends import _process\n"
+    "stop_together = _process._stop_together\n"
+    "def stop_or_fail(processes):\n"
+    "    if len(faults) == 1:\n"
+    "        faults.append(2)\n"
+    "        raise PermissionError('injected fault in the recovery')\n"
+    "    return stop_together(processes)\n"
+    "_process._stop_together = stop_or_fail",
+)
+
+
 def run_child(script: str) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -350,8 +366,9 @@ def test_a_dead_worker_thread_is_replaced_logged_and_not_live() -> None:
     assert any("worker thread(s) died" in r for r in health["reasons"]), health["reasons"]
 
 
-def test_a_dead_process_loop_fails_its_tasks_and_is_not_live() -> None:
-    report, stderr = run_child(DEAD_LOOP)
+@pytest.mark.parametrize("script", [DEAD_LOOP, DEAD_LOOP_AND_RECOVERY], ids=["loop", "loop and recovery"])
+def test_a_dead_process_loop_fails_its_tasks_and_is_not_live(script: str) -> None:
+    report, stderr = run_child(script)
     assert "loop thread died" in report["first"]  # its waiter was woken with the reason
     assert report["second"] == 4
     assert "CRITICAL the makeparallel process pool's loop thread died" in stderr

@@ -541,22 +541,24 @@ class ProcessBackend(QueueingBackend):
             while (handle := self._next_locked()) is not None:
                 owned.append(handle)
             self._loop = None
-        for worker in workers:
-            _close(worker)
-        left_alone = _stop_together([worker.process for worker in workers])
-        for worker in workers:
-            if worker.process not in left_alone:
-                worker.process.wait()  # exited or killed: reaped at once
-            worker.journal.close()
-        self._close_template()
-        for handle in owned:
-            handle._finish(
-                FAILED,
-                WorkerCrashedError(
-                    f"task {handle._id} ({handle.name}) was in the process pool when its loop "
-                    f"thread died ({type(cause).__name__}: {cause}); its worker was stopped"
-                ),
-            )
+        try:
+            for worker in workers:
+                _close(worker)
+            left_alone = _stop_together([worker.process for worker in workers])
+            for worker in workers:
+                if worker.process not in left_alone:
+                    worker.process.wait()  # exited or killed: reaped at once
+                worker.journal.close()
+            self._close_template()
+        finally:  # what killed the loop may fail this too (an import the program may no longer read)
+            for handle in owned:
+                handle._finish(
+                    FAILED,
+                    WorkerCrashedError(
+                        f"task {handle._id} ({handle.name}) was in the process pool when its loop "
+                        f"thread died ({type(cause).__name__}: {cause}); its worker was stopped"
+                    ),
+                )
 
     def _run_loop(self) -> None:
         # One selector for the loop's life, changed only when the workers change:
