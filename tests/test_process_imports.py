@@ -756,6 +756,59 @@ def test_sending_a_task_leaves_the_programs_namespace_packages_as_they_are(
     assert importlib.import_module(f"{name}.later").WHERE == "first"
 
 
+def test_a_task_imports_from_a_portion_the_program_made_available_since(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # A worker looked for a pinned package in its pinned folders and the folders a task
+    # added only: a folder the program put on sys.path since, or a portion made since in
+    # one already there, was missed until the program itself imported from it.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.which")
+    fresh_process_pool(1)
+    assert in_a_worker(which_of, f"{name}.which") == "first"
+    add_module(folders / "third", name, "extra")
+    sys.path.append(str(folders / "third"))
+    assert in_a_worker(which_of, f"{name}.extra") == "third"
+    add_module(folders / "third", name, "more")
+    importlib.invalidate_caches()
+    assert in_a_worker(which_of, f"{name}.more") == "third"
+
+
+def test_a_namespace_package_imported_again_keeps_its_modules_pinned(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Imported again, the package went last in sys.modules, after its modules: the walk,
+    # which met each module's package first, passed them by, and workers imported the new
+    # directory's file of their name.
+    name, folders = namespace_through_the_working_directory
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    os.chdir(folders / "second")
+    importlib.invalidate_caches()
+    importlib.reload(sys.modules[name])
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+
+
+def test_a_module_of_a_namespace_package_whose_folder_is_gone_goes_by_value(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Only the package was looked for: with another portion left, the module's function
+    # went by name, and workers ran that portion's file of its name, with no error.
+    name, folders = namespace_through_the_working_directory
+    sys.path.append(str(folders / "second"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    module = importlib.import_module(f"{name}.which")
+    shutil.rmtree(folders / "first" / name)
+    importlib.invalidate_caches()
+    fresh_process_pool(1)
+    assert in_a_worker(module.which) == "first"
+
+
 def test_a_module_whose_spec_has_no_loader_attribute(
     through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

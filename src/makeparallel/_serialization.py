@@ -46,6 +46,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    # A module as _pin_modules looked at it: its spec, its folders if pinned (() for a namespace
+    # package in a namespace package), a top-level namespace package's path then (_portions_now).
+    _Examined = tuple[Any, tuple[str, ...] | None, tuple[Any, int] | None]
+
 __all__ = [
     "dumps",
     "dumps_function",
@@ -415,6 +419,8 @@ def _importable_by_name(module: str) -> bool:
         return known[1]
     top_level = module.partition(".")[0]
     found = _findable(top_level, answers.path)
+    if found and answers.asked != -1 and "." in module:
+        found = _still_in_its_folder(module)
     answers.importable[module] = (origin, found)
     if answers.asked != -1:
         examined = answers.examined.get(top_level)
@@ -463,6 +469,22 @@ def _findable(top_level: str, path: list[str]) -> bool:
     return False
 
 
+def _still_in_its_folder(module: str) -> bool:
+    """Whether a module of a namespace package, pinned to its own folder (:func:`_pin_modules`), is there still.
+
+    Its package's other portions would have a worker import another file of
+    its name, with no error. True for a module of any other package.
+    """
+    if not is_namespace(_spec_of(sys.modules.get(module.rpartition(".")[0]))):
+        return True
+    loaded = _spec_of(sys.modules.get(module))
+    folder = submodule_folder(module, loaded)
+    if folder is None:
+        return True  # not pinned: as any other module
+    package_folder = os.path.join(folder, *module.split(".")[:-1])
+    return _found_in(module, (package_folder,), loaded, compare_folders=False)
+
+
 def _has_relative_entry(path: list[Any]) -> bool:
     """Whether ``path`` (a copy of ``sys.path``) has an entry the working directory resolves (``''``, say)."""
     return any(isinstance(entry, str) and not os.path.isabs(entry) for entry in path)
@@ -487,15 +509,28 @@ def module_folders(spec: Any) -> tuple[str, ...] | None:
     if isinstance(origin, str) and os.path.isabs(origin):
         folder = os.path.dirname(origin)
         return (os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder,)
-    if not is_namespace(spec):
+    now = _portions_now(spec) if is_namespace(spec) else None
+    if now is None:
         return None
-    locations = spec.submodule_search_locations
-    portions = getattr(locations, "_path", locations)  # a namespace path's own list, as last looked for
-    if not isinstance(portions, (list, tuple)):
-        return None
+    portions = now[0]
     if not portions or not all(isinstance(portion, str) and os.path.isabs(portion) for portion in portions):
         return None
     return tuple(dict.fromkeys(os.path.dirname(portion) for portion in portions))  # once each: '' twice finds two
+
+
+def _portions_now(spec: Any) -> tuple[Any, int] | None:
+    """A namespace package's path as last looked for (its own list, not iterated), and its length then."""
+    locations = getattr(spec, "submodule_search_locations", None)
+    portions = getattr(locations, "_path", locations)
+    return (portions, len(portions)) if isinstance(portions, (list, tuple)) else None
+
+
+def _same_portions(portions: tuple[Any, int] | None, spec: Any) -> bool:
+    """Whether a namespace package's path is still ``portions`` (:func:`_portions_now`); True for any other module."""
+    if portions is None:
+        return True
+    now = _portions_now(spec)
+    return now is not None and now[0] is portions[0] and now[1] == portions[1]
 
 
 def is_namespace(spec: Any) -> bool:
@@ -543,20 +578,23 @@ def _is_absolute_entry(folder: str, absolute: set[str]) -> bool:
     return folder in absolute or any(_same_file(entry, folder) for entry in absolute)
 
 
-def _found_in(top_level: str, folders: tuple[str, ...], loaded: Any) -> bool:
-    """Whether the path finder finds ``top_level`` in ``folders``, at the file of its spec ``loaded``."""
-    spec = _find_in(top_level, folders)
-    if spec is None or module_folders(spec) != folders:
+def _found_in(name: str, folders: tuple[str, ...], loaded: Any, compare_folders: bool = True) -> bool:
+    """Whether the path finder finds module ``name`` in ``folders``, at the file of its spec ``loaded``.
+
+    ``compare_folders``: a top-level module's folders are compared too.
+    """
+    spec = _find_in(name, folders)
+    if spec is None or (compare_folders and module_folders(spec) != folders):
         return False
     return _same_file(spec.origin, getattr(loaded, "origin", None))
 
 
-def _find_in(top_level: str, folders: tuple[str, ...]) -> Any:
-    """What the path finder finds of ``top_level`` in ``folders``: its spec, or None."""
+def _find_in(name: str, folders: tuple[str, ...]) -> Any:
+    """What the path finder finds of module ``name`` in ``folders``: its spec, or None."""
     from importlib.machinery import PathFinder
 
     try:
-        return PathFinder.find_spec(top_level, list(folders))
+        return PathFinder.find_spec(name, list(folders))
     except Exception:  # a finder that fails is one that cannot find it
         return None
 
@@ -593,51 +631,56 @@ def _pin_modules(answers: _PathAnswers) -> None:
     task after modules were imported (:func:`refresh_pins`): a walk through
     ``sys.modules``, with a file lookup only for the modules not looked at
     yet that are in no folder of ``sys.path``; a namespace package's path,
-    which changes with no new spec, is read at each.
+    which changes with no new spec, is read at each, and its folders kept
+    while it is the same list.
     """
     global pins, pins_asked
     absolute = _absolute_entries(answers.path)
     with _answers_lock:  # two walks at once: the later one's pins, with its count
         asked = modules_now()
-        examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
+        examined: dict[str, _Examined] = {}
         found: dict[str, tuple[str, ...]] = {}
-        namespaces: set[str] = set()  # namespace packages met so far: their submodules follow them
+        namespaces: set[str] = set()
+        dotted = []  # looked at once every top-level module was: a package imported again goes last
         for name, module in list(sys.modules.items()):
             if "." in name:
-                if namespaces and name.rpartition(".")[0] in namespaces:
-                    loaded = _spec_of(module)
-                    if is_namespace(loaded):
-                        namespaces.add(name)  # its own portions are in its parent's
-                        continue
-                    known = answers.examined.get(name)
-                    if known is not None and known[0] is loaded:
-                        folders = known[1]
-                    else:
-                        folder = submodule_folder(name, loaded)
-                        folders = None if folder is None else (folder,)
-                    examined[name] = (loaded, folders)
-                    if folders is not None:
-                        found[name] = folders
+                dotted.append((name, module))
                 continue
             if name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
-            if is_namespace(loaded):  # read at each walk: its path changes, its spec does not
-                namespaces.add(name)
-                folders = module_folders(loaded)
-                examined[name] = (loaded, folders)
-                if folders is not None:
-                    found[name] = folders
-                continue
             known = answers.examined.get(name)
-            if known is not None and known[0] is loaded:
-                folders = known[1]
+            if known is not None and known[0] is loaded and _same_portions(known[2], loaded):
+                folders, portions = known[1], known[2]
+            elif is_namespace(loaded):  # its path changes, its spec does not
+                portions = _portions_now(loaded)
+                folders = module_folders(loaded)
             else:
+                portions = None
                 folders = _relative_folders(loaded, absolute)
                 if folders is not None and not _found_in(name, folders, loaded):
                     folders = None
-            examined[name] = (loaded, folders)
+            if portions is not None:
+                namespaces.add(name)
+            examined[name] = (loaded, folders, portions)
             if folders is not None:
+                found[name] = folders
+        for name, module in dotted if namespaces else ():
+            if name.rpartition(".")[0] not in namespaces:
+                continue
+            loaded = _spec_of(module)
+            known = answers.examined.get(name)
+            if known is not None and known[0] is loaded:
+                folders = known[1]
+            elif is_namespace(loaded):
+                folders = ()  # its portions are in its package's folders
+            else:
+                folder = submodule_folder(name, loaded)
+                folders = None if folder is None else (folder,)
+            examined[name] = (loaded, folders, None)
+            if folders == ():
+                namespaces.add(name)
+            elif folders is not None:
                 found[name] = folders
         answers.examined, answers.asked = examined, asked
         if found != answers.pins:
@@ -694,8 +737,8 @@ class _PathAnswers:
         self.importable: dict[str, tuple[str | None, bool]] = {}
         self.functions: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
         self.pins: dict[str, tuple[str, ...]] = {}  # replaced, never changed: a pool knows them by their identity
-        # Each top-level module looked at by _pin_modules: its spec then, and its folders if pinned.
-        self.examined: dict[str, tuple[Any, tuple[str, ...] | None]] = {}
+        # Each module looked at by _pin_modules: its spec then, its folders if pinned, a namespace package's path.
+        self.examined: dict[str, _Examined] = {}
         # sys.modules when the pins were last asked (modules_now); -1 where no entry is relative: never asked.
         self.asked: Any = None if _has_relative_entry(path) else -1
 

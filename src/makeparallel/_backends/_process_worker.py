@@ -460,8 +460,14 @@ class _PinnedModules:
 
 
 def _pinned_then_added(folders: tuple[str, ...], path: Any) -> list[str]:
-    """Where a pinned module is looked for: its ``folders``, then the entries of ``path`` (``sys.path``) a task added."""
-    return [*folders, *(entry for entry in path if entry not in _PinnedModules.taken)]
+    """Where a pinned module is looked for: its ``folders``, then ``path`` (``sys.path``) but the parent's relative entries.
+
+    Those (``''``) are this worker's directory, not the parent's: the pinned
+    folders stand for them. A relative entry a task added is looked in.
+    """
+    taken = _PinnedModules.taken
+    added = (entry for entry in path if isinstance(entry, str) and (os.path.isabs(entry) or entry not in taken))
+    return [*folders, *added]
 
 
 def _keep_portions(spec: Any) -> None:
@@ -470,10 +476,9 @@ def _keep_portions(spec: Any) -> None:
     Its path is looked for again when ``sys.path`` changes, or the import
     caches are invalidated (:func:`take_path`). Along ``sys.path``, whose
     ``''`` is this worker's directory, it took that directory's folder of its
-    name for the parent's. It looks in the folders pinned at that moment, then
-    in the entries a task put on ``sys.path`` since the worker took the
-    parent's (along ``sys.path`` once pinned no more). The path keeps its
-    type, made with this finder
+    name for the parent's. It looks in the folders pinned at that moment,
+    then along ``sys.path`` but the parent's relative entries (along all of
+    it once pinned no more). The path keeps its type, made with this finder
     (``importlib.resources`` reads a namespace package's only as that type);
     where it takes no finder (another Python's path than that of 3.10 to
     3.13), it is left as it is, and is looked for again along ``sys.path``.
