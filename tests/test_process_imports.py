@@ -533,12 +533,11 @@ def later_module_after_sys_path_changed(name: str, module: str = "later", folder
         sys.path.pop()
 
 
-def add_module(folder: Path, package: str, module: str) -> None:
-    """``folder/package/module.py``, whose ``WHERE`` and ``which()`` give the folder's name."""
+def add_module(folder: Path, package: str, module: str, label: str | None = None) -> None:
+    """``folder/package/module.py``, whose ``WHERE`` and ``which()`` give ``label``, else the folder's name."""
+    label = label or folder.name
     (folder / package).mkdir(parents=True, exist_ok=True)
-    (folder / package / f"{module}.py").write_text(
-        f"WHERE = {folder.name!r}\n\ndef which(_=None):\n    return {folder.name!r}\n"
-    )
+    (folder / package / f"{module}.py").write_text(f"WHERE = {label!r}\n\ndef which(_=None):\n    return {label!r}\n")
 
 
 @pytest.mark.parametrize("there", ["another package of its name", "none"])
@@ -807,6 +806,84 @@ def test_a_module_of_a_namespace_package_whose_folder_is_gone_goes_by_value(
     importlib.invalidate_caches()
     fresh_process_pool(1)
     assert in_a_worker(module.which) == "first"
+
+
+def where_of_after_inserting(folder: str, module: str) -> str:
+    """``WHERE`` of ``module``, imported with ``folder`` put first on ``sys.path``."""
+    sys.path.insert(0, folder)
+    try:
+        return where_of(module)
+    finally:
+        sys.path.remove(folder)
+
+
+def test_a_folder_put_first_on_sys_path_comes_first_for_a_namespace_package(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # The pinned folders were looked in before any entry of sys.path: a folder the program,
+    # or a task, put first with a portion of the package lost to the pinned folder's file.
+    name, folders = namespace_through_the_working_directory
+    add_module(folders / "third", name, "later")
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.which")
+    fresh_process_pool(1)
+    assert in_a_worker(where_of_after_inserting, str(folders / "third"), f"{name}.later") == "third"
+    sys.path.insert(0, str(folders / "third"))
+    assert in_a_worker(where_of, f"{name}.later") == where_of(f"{name}.later") == "third"
+
+
+def test_a_relative_folder_the_program_adds_extends_a_namespace_package(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # A worker passed every relative entry of the program's by: a portion in 'lib', which a
+    # notebook puts on sys.path, was missed until the program imported from it itself.
+    name, folders = namespace_through_the_working_directory
+    add_module(folders / "first" / "lib", name, "extra")
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    importlib.import_module(f"{name}.which")
+    fresh_process_pool(1)
+    assert in_a_worker(which_of, f"{name}.which") == "first"
+    sys.path.append("lib")
+    assert in_a_worker(where_of, f"{name}.extra") == "lib"
+
+
+def test_a_namespace_package_in_one_imported_again_keeps_its_modules_pinned(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Imported again, a namespace package in a namespace package went after its modules
+    # in sys.modules, and the walk did not know it for one yet as it met them.
+    name, folders = namespace_through_the_working_directory
+    for folder in ("first", "second"):
+        add_module(folders / folder / name, "sub", "deep", folder)
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    deep = importlib.import_module(f"{name}.sub.deep")
+    os.chdir(folders / "second")
+    importlib.invalidate_caches()
+    importlib.reload(sys.modules[f"{name}.sub"])
+    fresh_process_pool(1)
+    assert in_a_worker(deep.which) == "first"
+
+
+def test_a_module_of_a_package_in_a_namespace_package_whose_folder_is_gone_goes_by_value(
+    namespace_through_the_working_directory: tuple[str, Path]
+) -> None:
+    # Only the module's own package was looked at: a regular package in the namespace
+    # package, its folder gone, had its module sent by name, and another portion's ran.
+    name, folders = namespace_through_the_working_directory
+    for folder in ("first", "second"):
+        add_module(folders / folder / name, "pkg", "deep", folder)
+        (folders / folder / name / "pkg" / "__init__.py").write_text("")
+    sys.path.append(str(folders / "second"))
+    os.chdir(folders / "first")
+    importlib.invalidate_caches()
+    deep = importlib.import_module(f"{name}.pkg.deep")
+    shutil.rmtree(folders / "first" / name)
+    importlib.invalidate_caches()
+    fresh_process_pool(1)
+    assert in_a_worker(deep.which) == "first"
 
 
 def test_a_module_whose_spec_has_no_loader_attribute(

@@ -46,8 +46,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    # A module as _pin_modules looked at it: its spec, its folders if pinned (() for a namespace
-    # package in a namespace package), a top-level namespace package's path then (_portions_now).
+    # A module as _pin_modules looked at it: its spec, its folders if pinned, and a top-level
+    # namespace package's path then (_portions_now).
     _Examined = tuple[Any, tuple[str, ...] | None, tuple[Any, int] | None]
 
 __all__ = [
@@ -470,19 +470,24 @@ def _findable(top_level: str, path: list[str]) -> bool:
 
 
 def _still_in_its_folder(module: str) -> bool:
-    """Whether a module of a namespace package, pinned to its own folder (:func:`_pin_modules`), is there still.
+    """Whether a module in a namespace package, pinned to its own folder (:func:`_pin_modules`), is there still.
 
-    Its package's other portions would have a worker import another file of
-    its name, with no error. True for a module of any other package.
+    So is each package above it that is in a namespace package. Another
+    portion would have a worker import another file of its name, with no
+    error. True for a module of any other package.
     """
-    if not is_namespace(_spec_of(sys.modules.get(module.rpartition(".")[0]))):
-        return True
-    loaded = _spec_of(sys.modules.get(module))
-    folder = submodule_folder(module, loaded)
-    if folder is None:
-        return True  # not pinned: as any other module
-    package_folder = os.path.join(folder, *module.split(".")[:-1])
-    return _found_in(module, (package_folder,), loaded, compare_folders=False)
+    parts = module.split(".")
+    for depth in range(1, len(parts)):
+        if not is_namespace(_spec_of(sys.modules.get(".".join(parts[:depth])))):
+            continue
+        name = ".".join(parts[: depth + 1])
+        loaded = _spec_of(sys.modules.get(name))
+        folder = submodule_folder(name, loaded)
+        if folder is not None and not _found_in(
+            name, (os.path.join(folder, *parts[:depth]),), loaded, compare_folders=False
+        ):
+            return False
+    return True
 
 
 def _has_relative_entry(path: list[Any]) -> bool:
@@ -640,17 +645,14 @@ def _pin_modules(answers: _PathAnswers) -> None:
         asked = modules_now()
         examined: dict[str, _Examined] = {}
         found: dict[str, tuple[str, ...]] = {}
-        namespaces: set[str] = set()
-        dotted = []  # looked at once every top-level module was: a package imported again goes last
-        for name, module in list(sys.modules.items()):
-            if "." in name:
-                dotted.append((name, module))
-                continue
-            if name == "__main__":  # the program's own goes by value; a worker has its own
+        namespaces: dict[str, bool] = {}  # whether a package is a namespace package, as asked
+        modules = list(sys.modules.items())
+        for name, module in modules:
+            if "." in name or name == "__main__":  # the program's own goes by value; a worker has its own
                 continue
             loaded = _spec_of(module)
             known = answers.examined.get(name)
-            if known is not None and known[0] is loaded and _same_portions(known[2], loaded):
+            if known is not None and known[0] is loaded and (known[2] is None or _same_portions(known[2], loaded)):
                 folders, portions = known[1], known[2]
             elif is_namespace(loaded):  # its path changes, its spec does not
                 portions = _portions_now(loaded)
@@ -661,26 +663,30 @@ def _pin_modules(answers: _PathAnswers) -> None:
                 if folders is not None and not _found_in(name, folders, loaded):
                     folders = None
             if portions is not None:
-                namespaces.add(name)
+                namespaces[name] = True
             examined[name] = (loaded, folders, portions)
             if folders is not None:
                 found[name] = folders
-        for name, module in dotted if namespaces else ():
-            if name.rpartition(".")[0] not in namespaces:
+        # The modules of namespace packages, once every top-level module was looked at: in any
+        # order (a package imported again goes last in sys.modules, after its modules).
+        for name, module in modules if namespaces else ():
+            if "." not in name or name.partition(".")[0] not in namespaces:
+                continue
+            package = name.rpartition(".")[0]
+            in_namespace = namespaces.get(package)
+            if in_namespace is None:  # a package in one: a namespace package too, or not
+                in_namespace = namespaces[package] = is_namespace(_spec_of(sys.modules.get(package)))
+            if not in_namespace:
                 continue
             loaded = _spec_of(module)
             known = answers.examined.get(name)
             if known is not None and known[0] is loaded:
                 folders = known[1]
-            elif is_namespace(loaded):
-                folders = ()  # its portions are in its package's folders
             else:
-                folder = submodule_folder(name, loaded)
-                folders = None if folder is None else (folder,)
+                folder = None if is_namespace(loaded) else submodule_folder(name, loaded)
+                folders = None if folder is None else (folder,)  # a namespace package's are its package's
             examined[name] = (loaded, folders, None)
-            if folders == ():
-                namespaces.add(name)
-            elif folders is not None:
+            if folders is not None:
                 found[name] = folders
         answers.examined, answers.asked = examined, asked
         if found != answers.pins:

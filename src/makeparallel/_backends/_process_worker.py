@@ -449,9 +449,11 @@ class _PinnedModules:
         if "." in name:  # a module of a namespace package: in its package's folder there
             package = name.split(".")[:-1]
             return PathFinder.find_spec(name, [os.path.join(folder, *package) for folder in folders])
-        spec = PathFinder.find_spec(name, _pinned_then_added(folders, sys.path))
+        spec = PathFinder.find_spec(name, list(folders))
         if spec is not None and spec.loader is None and spec.submodule_search_locations is not None:
-            _keep_portions(spec)
+            spec = PathFinder.find_spec(name, _namespace_search(folders, sys.path))  # its other portions too
+            if spec is not None and spec.loader is None and spec.submodule_search_locations is not None:
+                _keep_portions(spec)
         return spec
 
     @classmethod
@@ -459,15 +461,26 @@ class _PinnedModules:
         pass
 
 
-def _pinned_then_added(folders: tuple[str, ...], path: Any) -> list[str]:
-    """Where a pinned module is looked for: its ``folders``, then ``path`` (``sys.path``) but the parent's relative entries.
+def _namespace_search(folders: tuple[str, ...], path: Any) -> list[str]:
+    """Where a pinned namespace package's portions are: ``path`` (``sys.path``), its ``folders`` for the parent's ``''``.
 
-    Those (``''``) are this worker's directory, not the parent's: the pinned
-    folders stand for them. A relative entry a task added is looked in.
+    The parent's relative entries (``''``) are this worker's directory, not
+    the parent's: in place of the first one, the pinned folders that are no
+    entry of ``path`` come first, then the entry as this worker finds it.
+    Every other entry keeps its place, one the parent or a task put before
+    it (``sys.path.insert(0, ...)``) included.
     """
-    taken = _PinnedModules.taken
-    added = (entry for entry in path if isinstance(entry, str) and (os.path.isabs(entry) or entry not in taken))
-    return [*folders, *added]
+    absolute = {entry for entry in path if isinstance(entry, str) and os.path.isabs(entry)}
+    stand_in = [folder for folder in folders if folder not in absolute]
+    search: list[str] = []
+    for entry in path:
+        if not isinstance(entry, str):
+            continue
+        if stand_in and not os.path.isabs(entry) and entry in _PinnedModules.taken:
+            search += stand_in
+            stand_in = []
+        search.append(entry)
+    return search + stand_in
 
 
 def _keep_portions(spec: Any) -> None:
@@ -476,9 +489,10 @@ def _keep_portions(spec: Any) -> None:
     Its path is looked for again when ``sys.path`` changes, or the import
     caches are invalidated (:func:`take_path`). Along ``sys.path``, whose
     ``''`` is this worker's directory, it took that directory's folder of its
-    name for the parent's. It looks in the folders pinned at that moment,
-    then along ``sys.path`` but the parent's relative entries (along all of
-    it once pinned no more). The path keeps its type, made with this finder
+    name for the parent's. It looks along ``sys.path`` with the folders
+    pinned at that moment in the place of the parent's ``''``
+    (:func:`_namespace_search`; along ``sys.path`` as it is once pinned no
+    more). The path keeps its type, made with this finder
     (``importlib.resources`` reads a namespace package's only as that type);
     where it takes no finder (another Python's path than that of 3.10 to
     3.13), it is left as it is, and is looked for again along ``sys.path``.
@@ -488,7 +502,7 @@ def _keep_portions(spec: Any) -> None:
     def find(name: str, parent_path: Any) -> Any:
         folders = _PinnedModules.pins.get(name)
         if folders is not None:  # else pinned no more: along sys.path, as any other
-            parent_path = _pinned_then_added(folders, parent_path)
+            parent_path = _namespace_search(folders, parent_path)
         found = PathFinder.find_spec(name, list(parent_path))
         if found is not None and found.submodule_search_locations is not None:
             found.submodule_search_locations = list(found.submodule_search_locations)  # taken as they are
