@@ -57,6 +57,20 @@ def reconfigured() -> tuple[str, str]:
     return sys.stdout.name, sys.stdout.errors
 
 
+def write_split_character() -> None:
+    encoded = "é€".encode()
+    for i in range(len(encoded)):
+        sys.stdout.buffer.write(encoded[i : i + 1])  # each byte alone: a character spans writes
+    sys.stdout.buffer.write(b"\n")
+
+
+def close_a_wrapper_of_the_buffer() -> str:
+    wrapper = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")
+    wrapper.write("through a wrapper\n")
+    wrapper.close()  # closes the buffer it wraps, as dropping it would
+    return "closed"
+
+
 def partial_line() -> str:
     print("no newline at the end", end="")
     return "done"
@@ -114,6 +128,40 @@ def test_bytes_written_to_the_buffer_reach_the_buffer_intact_in_order() -> None:
         on_process(write_binary)(data).get(timeout=30)
     stream.flush()
     assert stream.buffer.getvalue() == b"text first\n" + data + b"text after\n"  # type: ignore[attr-defined]
+
+
+def test_a_character_split_across_writes_to_the_buffer_arrives_whole_in_a_text_stream() -> None:
+    # Bytes for a stream with no buffer (a StringIO) were decoded write by write.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        on_process(write_split_character)().get(timeout=30)
+    assert out.getvalue() == "é€\n"
+
+
+def test_a_task_that_closes_the_buffer_leaves_it_open_for_the_next() -> None:
+    # One buffer relay per worker: a task that closed a wrapper of it (or dropped one)
+    # had every later task on that worker fail with "I/O operation on closed file".
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fresh = mp.parallel(backend="process")
+        mp.configure_process_pool(num_workers=1)
+        assert fresh(close_a_wrapper_of_the_buffer)().get(timeout=30) == "closed"
+        assert fresh(write_split_character)().get(timeout=30) is None
+    assert out.getvalue() == "through a wrapper\né€\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [({"encoding": "hex"}, LookupError), ({"newline": "bad"}, ValueError), ({"newline": 1}, TypeError)],
+)
+def test_reconfigure_refuses_what_a_text_stream_refuses(arguments: dict[str, Any], error: type) -> None:
+    from makeparallel._backends._output_relay import OutputRelay
+
+    relay = OutputRelay(0, 1, lambda message: None)
+    with pytest.raises(error):
+        relay.reconfigure(**arguments)
+    with pytest.raises(error):
+        io.TextIOWrapper(io.BytesIO()).reconfigure(**arguments)
 
 
 def test_a_task_reconfigures_its_standard_output() -> None:

@@ -984,6 +984,37 @@ def test_a_worker_takes_on_the_settings_the_program_made_as_it_ran(template: boo
 
 
 @both_ways
+def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(template: bool) -> None:
+    # A worker started inside a catch_warnings() block took its filters for good: once the
+    # block was left, the program's tasks still failed on a warning made an error there.
+    out = run_fresh(
+        f"""
+        import warnings
+        import makeparallel as mp
+
+        def warns():
+            try:
+                warnings.warn("careful", UserWarning)
+            except UserWarning:
+                return "raised"
+            return "not-raised"
+
+        mp.configure_process_pool(num_workers=1)
+        run = lambda: mp.parallel(backend="process")(warns)().get(timeout=30)
+        warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            print(run())
+        print(run())
+        warnings.simplefilter("error")
+        print(run())
+        """,
+        template=template,
+    )
+    assert out == ["raised", "not-raised", "raised"]
+
+
+@both_ways
 def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.

@@ -8,14 +8,24 @@ workers have them, from the fork or by running the main module again
 the defaults, and a task raised ``RecursionError`` or ``ValueError``, or
 printed the warning the program silenced, in every worker. The pool sends
 them with each worker's set-up (:func:`current`), as they are when it starts,
-and the worker takes them on (:func:`take_on`) before its initializer.
+and the worker takes them on (:func:`take_on`) before its initializer. The
+warning filters are the program's as they stand when a task is submitted:
+the pool sends them again when they change (``warnings.catch_warnings()``
+entered or left, a filter added), with ``sys.path`` (:func:`take_filters`);
+a worker started inside a ``catch_warnings()`` block kept its filters for
+good, and tasks failed on warnings the program had made errors only for
+that block.
 
 The warning filters travel as plain data (their patterns as text, their
 categories by module and name): the interpreter's own filters compile a
 pattern, and unpickling one imports ``re`` (a few milliseconds on every
 worker's start). A worker whose filters are already the program's (the
-usual case: both started with the same options) changes nothing; a filter
-whose category it cannot import is left out.
+usual case: both started with the same options) changes nothing. A
+category's module is imported in the worker as it takes the filter (as
+``spawn``'s workers import it, running the main module again): a filter
+of a library's warning costs each worker that library's import. A filter
+whose category it cannot import (a class of ``__main__``, a module that
+fails to import) is left out.
 """
 
 from __future__ import annotations
@@ -31,13 +41,13 @@ if TYPE_CHECKING:
     Filter = tuple[str, "str | None", tuple[str, str], "str | None", int]
     Settings = tuple[int, "int | None", list[Filter]]
 
-__all__ = ["current", "take_on"]
+__all__ = ["current", "take_filters", "take_on", "warning_filters"]
 
 
 def current() -> Settings:
     """This interpreter's recursion limit, its limit of digits in ``int``-``str`` conversions, its warning filters."""
     digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11, and 3.10.7 on
-    return sys.getrecursionlimit(), None if digits is None else digits(), _plain_filters()
+    return sys.getrecursionlimit(), None if digits is None else digits(), warning_filters()
 
 
 def take_on(settings: Settings) -> None:
@@ -47,11 +57,16 @@ def take_on(settings: Settings) -> None:
         sys.setrecursionlimit(recursion_limit)
     if digits is not None and hasattr(sys, "set_int_max_str_digits") and sys.get_int_max_str_digits() != digits:
         sys.set_int_max_str_digits(digits)
-    if _plain_filters() != filters:
+    take_filters(filters)
+
+
+def take_filters(filters: list[Filter]) -> None:
+    """Make ``filters`` (what :func:`warning_filters` gave in the program) this worker's warning filters."""
+    if warning_filters() != filters:
         _set_filters(filters)
 
 
-def _plain_filters() -> list[Filter]:
+def warning_filters() -> list[Filter]:
     """``warnings.filters`` as plain data: what ``filterwarnings`` would take to make each."""
     plain: list[Filter] = []
     for action, message, category, module, lineno in warnings.filters:
@@ -63,7 +78,7 @@ def _plain_filters() -> list[Filter]:
 
 
 def _set_filters(filters: list[Filter]) -> None:
-    """Make ``filters`` (plain data, :func:`_plain_filters`) the warning filters, first one first."""
+    """Make ``filters`` (plain data, :func:`warning_filters`) the warning filters, first one first."""
     warnings.resetwarnings()
     for action, message, (module_name, qualname), module, lineno in reversed(filters):
         category = _category(module_name, qualname)
@@ -85,6 +100,6 @@ def _category(module_name: str, qualname: str) -> Any:
         found: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             found = getattr(found, part)
-    except Exception:  # the program's category, from a module this worker cannot import
+    except BaseException:  # a module this worker cannot import, or one that exits as it is imported
         return None
     return found if isinstance(found, type) and issubclass(found, Warning) else None

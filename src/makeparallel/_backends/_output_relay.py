@@ -60,7 +60,8 @@ class OutputRelay(io.TextIOBase):
         self._lock = threading.Lock()  # the threads of a task may print at once
         self._encoding = "utf-8"
         self._errors = "strict"
-        self._buffer = _BinaryRelay(self)
+        self._line_buffering = True  # a whole line is sent at once
+        self._write_through = False
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -76,11 +77,11 @@ class OutputRelay(io.TextIOBase):
 
     @property
     def line_buffering(self) -> bool:
-        return True  # a whole line is sent at once
+        return self._line_buffering
 
     @property
     def write_through(self) -> bool:
-        return False
+        return self._write_through
 
     def reconfigure(
         self,
@@ -94,13 +95,27 @@ class OutputRelay(io.TextIOBase):
         """As ``io.TextIOWrapper.reconfigure``; the text is relayed as text, whatever the encoding said.
 
         Raises:
-            LookupError: ``encoding`` or ``errors`` names no codec or error handler.
+            LookupError: ``encoding`` names no text encoding.
+            ValueError: ``newline`` is none of ``None``, ``""``, ``"\\n"``, ``"\\r"`` and ``"\\r\\n"``.
+            TypeError: an argument is not of its type.
         """
-        if encoding is not None:
-            self._encoding = codecs.lookup(encoding).name
-        if errors is not None:
-            codecs.lookup_error(errors)
-            self._errors = errors
+        if encoding is not None and encoding != "locale":
+            if not isinstance(encoding, str):
+                raise TypeError(f"reconfigure() argument 'encoding' must be str or None, not {type(encoding).__name__}")
+            if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):
+                raise LookupError(f"{encoding!r} is not a text encoding")
+        if errors is not None and not isinstance(errors, str):
+            raise TypeError(f"reconfigure() argument 'errors' must be str or None, not {type(errors).__name__}")
+        if newline is not None and not isinstance(newline, str):
+            raise TypeError(f"reconfigure() argument 'newline' must be str or None, not {type(newline).__name__}")
+        if newline not in (None, "", "\n", "\r", "\r\n"):
+            raise ValueError(f"illegal newline value: {newline!r}")
+        self._encoding = encoding or self._encoding
+        self._errors = errors or self._errors
+        if line_buffering is not None:
+            self._line_buffering = bool(line_buffering)
+        if write_through is not None:
+            self._write_through = bool(write_through)
 
     def writable(self) -> bool:
         return True
@@ -110,8 +125,8 @@ class OutputRelay(io.TextIOBase):
 
     @property
     def buffer(self) -> _BinaryRelay:
-        """Bytes written here are relayed as bytes, in order with the text."""
-        return self._buffer
+        """Bytes written here are relayed as bytes, in order with the text; one a task closes is its own."""
+        return _BinaryRelay(self)
 
     def fileno(self) -> int:
         """The worker's own descriptor: what C code and child processes write to."""
@@ -174,11 +189,13 @@ class _BinaryRelay(io.RawIOBase):
         return self._text.fileno()
 
 
-def write_relayed(stream: int, text: str | bytes) -> None:
+def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> None:
     """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1).
 
     Bytes go to the stream's ``buffer``, after what was written to it as text;
-    to a stream with none, they are written decoded as UTF-8.
+    to a stream with none (a ``StringIO``), they are written decoded as UTF-8
+    by the incremental decoder in ``decoders`` (one per worker and stream: a
+    character may span writes).
     """
     target = getattr(sys, STREAMS[stream], None)
     if target is None:
@@ -191,7 +208,10 @@ def write_relayed(stream: int, text: str | bytes) -> None:
                 binary.write(text)
                 binary.flush()
                 return
-            text = text.decode("utf-8", "replace")
+            decoder = decoders.get(stream)
+            if decoder is None:
+                decoder = decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
+            text = decoder.decode(text)
         target.write(text)
         target.flush()
     except Exception:  # a closed or broken stream must not break the pool's loop

@@ -64,6 +64,7 @@ import threading
 import time
 import weakref
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import EllipsisType, FunctionType
@@ -115,9 +116,10 @@ _AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
-# What a worker takes of the parent's imports: its sys.path, and the top-level modules it must import
-# from the folders the parent loaded them from (_serialization.pins).
-_WorkersPath = tuple[list[str], dict[str, tuple[str, ...]]]
+# What a worker takes of the parent's imports: its sys.path, and the modules it must import from the
+# folders the parent loaded them from (_serialization.pins); and the parent's warning filters, which
+# a task's warnings meet as they stand when it is submitted (_interpreter_settings).
+_WorkersPath = tuple[list[str], dict[str, tuple[str, ...]], list[Any]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
 _FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
@@ -149,7 +151,7 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "conn", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving",
+        "ahead", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving",
         "memory_probe", "outstanding", "path_version", "process", "ready", "refused", "retiring", "send_lock",
         "sent", "stop_reason",
     )
@@ -182,6 +184,7 @@ class _Worker:
         self.sent = 0  # tasks sent to it, for max_tasks_per_child
         self.path_version = path_version  # the parent's sys.path it has
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
+        self.decoders: dict[int, Any] = {}  # its bytes output, decoded for a stream with no buffer (write_relayed)
 
 
 def _after_failed_start(gave_up: bool) -> str:
@@ -250,7 +253,8 @@ class ProcessBackend(QueueingBackend):
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         # What workers get: sys.path, and the folders of the modules loaded through a relative
         # entry ('') of it, and of namespace packages (_serialization.pins). Its version counts changes.
-        self._path: _WorkersPath = (list(sys.path), _serialization.pins)
+        self._path: _WorkersPath = (list(sys.path), _serialization.pins, interpreter_settings.warning_filters())
+        self._filters_seen = (warnings.filters, len(warnings.filters))  # the list the last look found
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
@@ -452,7 +456,11 @@ class ProcessBackend(QueueingBackend):
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
-        path, pinned = self._path
+        filters = warnings.filters
+        seen, length = self._filters_seen
+        if filters is not seen or len(filters) != length:  # changed, or catch_warnings() entered or left
+            self._follow_warning_filters(filters)
+        path, pinned, _ = self._path
         asked = _serialization.pins_asked  # -1: sys.path has no relative entry, nothing is pinned
         if (
             sys.path != path
@@ -464,14 +472,24 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     self._take_path_locked(pins)
 
+    def _follow_warning_filters(self, filters: Any) -> None:
+        """Have workers take the caller's warning filters before their next task, if they changed."""
+        self._filters_seen = (filters, len(filters))
+        plain = interpreter_settings.warning_filters()
+        with self._lock:
+            path, pins, taken = self._path
+            if plain != taken:
+                self._path = (path, pins, plain)
+                self._path_version += 1
+
     def _take_path_locked(self, pins: dict[str, tuple[str, ...]] | None = None) -> None:
         """Have workers take the caller's ``sys.path`` and ``pins`` before their next task, if they changed."""
-        path, pinned = self._path
+        path, pinned, filters = self._path
         moved = sys.path != path
         if pins is None:
             pins = _serialization.refresh_pins()
         if moved or pins is not pinned:
-            self._path = (list(sys.path) if moved else path, pins)
+            self._path = (list(sys.path) if moved else path, pins, filters)
             self._path_version += 1
 
     def _work_arrived(self) -> None:
@@ -1007,7 +1025,7 @@ class ProcessBackend(QueueingBackend):
                 buffers = [worker.conn.recv_frame() for _ in sizes]
                 self._add_partial(task_id, data, buffers)
             elif kind == "output":
-                write_relayed(message[1], message[2])
+                write_relayed(message[1], message[2], worker.decoders)
             elif kind == "started":
                 self._started(worker, message[1])
             elif kind == "ready":
@@ -1608,8 +1626,8 @@ def _message_bytes(handle: AsyncHandle[Any]) -> int:
 
 
 def _path_message(path: _WorkersPath) -> _WorkersPath:
-    """What a worker's ``"path"`` message carries: the parent's ``sys.path`` as it takes it, and the pinned modules."""
-    return path_arguments(path[0]), path[1]
+    """What a worker's ``"path"`` message carries: the parent's ``sys.path`` as it takes it, the pins, the filters."""
+    return path_arguments(path[0]), path[1], path[2]
 
 
 def _path_bytes(path: list[str]) -> int:

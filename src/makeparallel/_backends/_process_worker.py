@@ -12,9 +12,10 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
 
     parent -> worker   ("start", environ, changes)         first, for a worker forked from the template
                                                            (read by _template, before this module runs)
-                       ("path", (sys_path, pins))          next, for a worker forked from the template;
-                                                           later, when the parent's sys.path or its pinned
-                                                           modules changed (_PinnedModules)
+                       ("path", (sys_path, pins, filters))  next, for a worker forked from the template;
+                                                           later, when the parent's sys.path, its pinned
+                                                           modules (_PinnedModules) or its warning filters
+                                                           changed
                        ("setup", initializer, initargs, argv, ignore_sigint, settings)  then, always:
                                                            the initializer pickled, or None; the
                                                            program's sys.argv; whether it ignores Ctrl-C;
@@ -515,8 +516,8 @@ def _keep_portions(spec: Any) -> None:
         pass
 
 
-def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
-    """Make ``path`` this worker's ``sys.path``, and have the import system read its folders again.
+def take_path(path: list[str], pins: dict[str, tuple[str, ...]], filters: Any) -> None:
+    """Make ``path`` this worker's ``sys.path`` and ``filters`` its warning filters; have its folders read again.
 
     A module named in ``pins`` is imported from the folders given there
     (:class:`_PinnedModules`); one this worker imported from others (a
@@ -555,6 +556,7 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]]) -> None:
             for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
+    interpreter_settings.take_filters(filters)  # the program's, as they stand at its task's submission
     if "importlib.metadata" in sys.modules:
         importlib.invalidate_caches()
         return
