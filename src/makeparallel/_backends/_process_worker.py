@@ -541,11 +541,11 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]], filters: Any) -
     """
     sys.path[:] = path
     _PinnedModules.taken = list(path)
-    _PinnedModules.pins = pins  # a module imported again from another folder since is pinned no more
+    before, _PinnedModules.pins = _PinnedModules.pins, pins  # one imported again elsewhere is pinned no more
     if pins and _PinnedModules not in sys.meta_path:
         sys.meta_path.insert(0, _PinnedModules)
     for name, folders in pins.items():
-        if name not in sys.modules:
+        if name not in sys.modules or before.get(name) == folders:  # checked, or imported through the pin
             continue
         spec = getattr(sys.modules[name], "__spec__", None)
         if "." in name:
