@@ -752,9 +752,10 @@ class _PathAnswers:
 _PATHS_KEPT = 4  # the answers under the last few sys.path, for a program that pushes and pops a folder
 _answers_by_path: dict[tuple[str, ...], _PathAnswers] = {}  # oldest first
 _answers = _PathAnswers([])  # under the sys.path of the last call
-#: The top-level modules workers import from the folders this process loaded them from through a
-#: relative entry of ``sys.path``, under the answers in use (:func:`_pin_modules`); a process pool
-#: sends them with ``sys.path`` when they change (``ProcessBackend._prepare``).
+#: The modules workers import from the folders this process loaded them from (top-level ones loaded
+#: through a relative entry of ``sys.path``, namespace packages and the modules loaded in them), under
+#: the answers in use (:func:`_pin_modules`); a process pool sends them with ``sys.path`` when they
+#: change (``ProcessBackend._prepare``).
 pins: dict[str, tuple[str, ...]] = {}
 #: ``sys.modules`` when :data:`pins` were asked (what :func:`modules_now` gave); -1 where ``sys.path`` has no
 #: relative entry; None before they were asked under the ``sys.path`` in use.

@@ -76,9 +76,9 @@ from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
+from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
-from . import _interpreter_settings as interpreter_settings
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments
 from ._output_relay import write_relayed
@@ -151,9 +151,9 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving",
-        "memory_probe", "outstanding", "path_version", "process", "ready", "refused", "retiring", "send_lock",
-        "sent", "stop_reason",
+        "ahead", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at", "killing",
+        "leaving", "memory_probe", "outstanding", "path_version", "process", "ready", "refused", "retiring",
+        "send_lock", "sent", "stop_reason",
     )
 
     def __init__(

@@ -463,7 +463,7 @@ class _PinnedModules:
 
 
 def _namespace_search(folders: tuple[str, ...], path: Any) -> list[str]:
-    """Where a pinned namespace package's portions are: ``path`` (``sys.path``), its ``folders`` for the parent's ``''``.
+    """Where a pinned namespace package's portions are: ``path``, with its ``folders`` for the parent's ``''``.
 
     The parent's relative entries (``''``) are this worker's directory, not
     the parent's: in place of the first one, the pinned folders that are no
@@ -485,7 +485,7 @@ def _namespace_search(folders: tuple[str, ...], path: Any) -> list[str]:
 
 
 def _keep_portions(spec: Any) -> None:
-    """Have a pinned namespace package look for its portions again in its pinned folders, not along the parent's ``sys.path``.
+    """Have a pinned namespace package look for its portions again where :func:`_namespace_search` says.
 
     Its path is looked for again when ``sys.path`` changes, or the import
     caches are invalidated (:func:`take_path`). Along ``sys.path``, whose
