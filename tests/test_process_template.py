@@ -905,7 +905,7 @@ def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_e
     # SIGTERM, with which the pool stops it at a timeout (blocked, it ran on until the
     # SIGKILL after, and what it had printed was lost).
     out = run_fresh(
-        f"""
+        """
         import os, signal, time
         import makeparallel as mp
 
@@ -919,7 +919,7 @@ def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_e
             print("hanging", flush=True)
             time.sleep(60)
 
-        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP}})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP})
         mp.configure_process_pool(num_workers=1, max_tasks_per_child=1)
         print(",".join(mp.parallel(backend="process")(blocked)().get(timeout=30)))
         try:
@@ -944,7 +944,7 @@ def test_a_worker_takes_on_the_settings_the_program_made_as_it_ran(template: boo
     # ValueError, and the warning printed by every worker (multiprocessing's workers have
     # them, from the fork or from running the main module again).
     out = run_fresh(
-        f"""
+        """
         import sys, warnings
         import makeparallel as mp
 
@@ -969,7 +969,8 @@ def test_a_worker_takes_on_the_settings_the_program_made_as_it_ran(template: boo
             return [str(w.message) for w in caught], "not raised"
 
         sys.setrecursionlimit(20000)
-        sys.set_int_max_str_digits(0)
+        if hasattr(sys, "set_int_max_str_digits"):  # Python 3.11, and 3.10.7 on
+            sys.set_int_max_str_digits(0)
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", "noise", UserWarning)
@@ -988,7 +989,7 @@ def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(te
     # A worker started inside a catch_warnings() block took its filters for good: once the
     # block was left, the program's tasks still failed on a warning made an error there.
     out = run_fresh(
-        f"""
+        """
         import warnings
         import makeparallel as mp
 
