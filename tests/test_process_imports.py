@@ -65,6 +65,13 @@ def import_from(name: str, folder: Path) -> ModuleType:
     return importlib.import_module(name)
 
 
+def import_in(folder: Path, name: str) -> ModuleType:
+    """Module ``name``, imported with ``folder`` the working directory (which ``''`` on ``sys.path`` stands for)."""
+    os.chdir(folder)
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
 def test_a_folder_added_to_sys_path_after_the_pool_started(plugin: tuple[str, Path]) -> None:
     assert mp.parallel(backend="process")(os.getpid)().get(timeout=30)  # the pool runs
     module = import_from(*plugin)
@@ -325,9 +332,7 @@ def test_a_module_imported_through_the_working_directory_left_since(
     # after an os.chdir, and a worker started since resolved '' in the new directory: it
     # ran the other module's code there, with no error, or failed to import it.
     name, folders = through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(name)
+    module = import_in(folders / "first", name)
     assert in_a_worker(module.which) == "first"
     os.chdir(folders / ("second" if there == "another module of its name" else "empty"))
     fresh_process_pool(2)
@@ -344,9 +349,7 @@ def test_a_module_imported_through_the_working_directory_by_a_worker_started_in_
     os.chdir(folders / "first")
     fresh_process_pool(1)
     assert in_a_worker(os.getcwd) == str(folders / "first")
-    os.chdir(folders / "second")
-    importlib.invalidate_caches()
-    module = importlib.import_module(name)
+    module = import_in(folders / "second", name)
     assert in_a_worker(module.which) == "second"
     assert mp.parallel_map(module.which, range(4), backend="process") == ["second"] * 4
 
@@ -548,9 +551,7 @@ def test_a_namespace_package_imported_through_the_working_directory_left_since(
     # program's os.chdir imported the folder of its name in the new directory, and ran
     # that code with no error, or failed with ModuleNotFoundError.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     assert in_a_worker(module.which) == "first"
     os.chdir(folders / ("second" if there == "another package of its name" else "empty"))
     fresh_process_pool(2)
@@ -566,9 +567,7 @@ def test_a_namespace_packages_path_looked_for_again_in_a_worker_keeps_the_progra
     # the worker: there '' is the worker's directory, whose folder of that name it took
     # for the program's, and a submodule imported then came from there.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     fresh_process_pool(1)
     assert in_a_worker(module.which) == "first"
@@ -583,9 +582,7 @@ def test_a_namespace_package_with_a_portion_in_a_folder_of_sys_path_keeps_both(
     name, folders = namespace_through_the_working_directory
     (folders / "second" / name / "which.py").unlink()
     sys.path.append(str(folders / "second"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     assert _serialization.refresh_pins()[name] == (str(folders / "first"), str(folders / "second"))
     os.chdir(folders / "empty")
     fresh_process_pool(1)
@@ -604,9 +601,7 @@ def test_a_namespace_packages_path_looked_for_again_in_the_program_after_it_left
     # changed, or the import caches were invalidated, after an os.chdir, the path had the
     # new directory's folder of its name, and workers ran that code while the program ran its own.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     if change == "sys.path":
         sys.path.append(str(folders / "empty"))
@@ -625,9 +620,7 @@ def test_a_task_extends_a_pinned_namespace_package_through_sys_path(
     # task put on sys.path, with a portion of the package, was passed by.
     name, folders = namespace_through_the_working_directory
     add_module(folders / "third", name, "extra")
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     fresh_process_pool(1)
     assert in_a_worker(module.which) == "first"
@@ -642,9 +635,7 @@ def test_a_namespace_packages_portion_made_after_it_was_pinned_is_found_by_worke
     # since): workers failed to import the module the program imported from there.
     name, folders = namespace_through_the_working_directory
     sys.path.append(str(folders / "third"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     assert in_a_worker(module.which) == "first"
     add_module(folders / "third", name, "extra")
     importlib.invalidate_caches()
@@ -660,9 +651,7 @@ def test_a_namespace_package_found_through_an_absolute_entry_too_is_pinned(
     # directory with a folder of its name, that folder came first, and its code ran.
     name, folders = namespace_through_the_working_directory
     sys.path.append(str(folders / "first"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     fresh_process_pool(1)
     assert in_a_worker(module.which) == "first"
@@ -675,12 +664,8 @@ def test_a_module_of_a_namespace_package_the_program_imported_after_it_left_runs
     # the program imported from the new directory after an os.chdir came, in workers, from
     # the old one, where it had a file of that name too.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
-    os.chdir(folders / "second")
-    importlib.invalidate_caches()
-    later = importlib.import_module(f"{name}.later")
+    module = import_in(folders / "first", f"{name}.which")
+    later = import_in(folders / "second", f"{name}.later")
     assert later.where() == "second"
     fresh_process_pool(1)
     assert in_a_worker(later.where) == "second"
@@ -696,9 +681,7 @@ def test_a_namespace_packages_module_the_program_never_imported_comes_from_its_f
     add_module(folders / "third", name, "only")
     add_module(folders / "third", name, "later")
     sys.path.append(str(folders / "third"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.only")
+    import_in(folders / "first", f"{name}.only")
     importlib.import_module(f"{name}.which")
     assert in_a_worker(where_of, f"{name}.later") == where_of(f"{name}.later") == "first"
 
@@ -709,9 +692,7 @@ def test_a_worker_keeps_a_namespace_package_whose_folders_changed(
     # A pin that changed (a portion added, or gone) had each worker forget the package and
     # its modules, with what the initializer had set in them.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     fresh_process_pool(1)
     mp.configure_process_pool(initializer=module.mark)
     try:
@@ -731,9 +712,7 @@ def test_a_task_extends_a_pinned_namespace_package_through_a_relative_folder(
     # package missed its portion in a relative folder a task put on sys.path.
     name, folders = namespace_through_the_working_directory
     add_module(folders / "third", name, "extra")
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.which")
+    import_in(folders / "first", f"{name}.which")
     fresh_process_pool(1)
     assert in_a_worker(later_module_after_sys_path_changed, name, "extra", os.path.join("..", "third")) == "third"
 
@@ -745,9 +724,7 @@ def test_sending_a_task_leaves_the_programs_namespace_packages_as_they_are(
     # system look for it again there and then: in the directory the program was in as it
     # submitted, not the one it was in at its next import.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.which")
+    import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     importlib.invalidate_caches()
     assert in_a_worker(abs, -1) == 1
@@ -762,9 +739,7 @@ def test_a_task_imports_from_a_portion_the_program_made_available_since(
     # added only: a folder the program put on sys.path since, or a portion made since in
     # one already there, was missed until the program itself imported from it.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.which")
+    import_in(folders / "first", f"{name}.which")
     fresh_process_pool(1)
     assert in_a_worker(which_of, f"{name}.which") == "first"
     add_module(folders / "third", name, "extra")
@@ -782,9 +757,7 @@ def test_a_namespace_package_imported_again_keeps_its_modules_pinned(
     # which met each module's package first, passed them by, and workers imported the new
     # directory's file of their name.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders / "second")
     importlib.invalidate_caches()
     importlib.reload(sys.modules[name])
@@ -799,9 +772,7 @@ def test_a_module_of_a_namespace_package_whose_folder_is_gone_goes_by_value(
     # went by name, and workers ran that portion's file of its name, with no error.
     name, folders = namespace_through_the_working_directory
     sys.path.append(str(folders / "second"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     shutil.rmtree(folders / "first" / name)
     importlib.invalidate_caches()
     fresh_process_pool(1)
@@ -824,9 +795,7 @@ def test_a_folder_put_first_on_sys_path_comes_first_for_a_namespace_package(
     # or a task, put first with a portion of the package lost to the pinned folder's file.
     name, folders = namespace_through_the_working_directory
     add_module(folders / "third", name, "later")
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.which")
+    import_in(folders / "first", f"{name}.which")
     fresh_process_pool(1)
     assert in_a_worker(where_of_after_inserting, str(folders / "third"), f"{name}.later") == "third"
     sys.path.insert(0, str(folders / "third"))
@@ -840,9 +809,7 @@ def test_a_relative_folder_the_program_adds_extends_a_namespace_package(
     # notebook puts on sys.path, was missed until the program imported from it itself.
     name, folders = namespace_through_the_working_directory
     add_module(folders / "first" / "lib", name, "extra")
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    importlib.import_module(f"{name}.which")
+    import_in(folders / "first", f"{name}.which")
     fresh_process_pool(1)
     assert in_a_worker(which_of, f"{name}.which") == "first"
     sys.path.append("lib")
@@ -857,9 +824,7 @@ def test_a_namespace_package_in_one_imported_again_keeps_its_modules_pinned(
     name, folders = namespace_through_the_working_directory
     for folder in ("first", "second"):
         add_module(folders / folder / name, "sub", "deep", folder)
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    deep = importlib.import_module(f"{name}.sub.deep")
+    deep = import_in(folders / "first", f"{name}.sub.deep")
     os.chdir(folders / "second")
     importlib.invalidate_caches()
     importlib.reload(sys.modules[f"{name}.sub"])
@@ -877,9 +842,7 @@ def test_a_module_of_a_package_in_a_namespace_package_whose_folder_is_gone_goes_
         add_module(folders / folder / name, "pkg", "deep", folder)
         (folders / folder / name / "pkg" / "__init__.py").write_text("")
     sys.path.append(str(folders / "second"))
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    deep = importlib.import_module(f"{name}.pkg.deep")
+    deep = import_in(folders / "first", f"{name}.pkg.deep")
     shutil.rmtree(folders / "first" / name)
     importlib.invalidate_caches()
     fresh_process_pool(1)
@@ -905,9 +868,7 @@ def test_a_namespace_package_whose_folder_is_gone_goes_by_value(
     # Answered importable by name without a look, its functions went by name, and workers
     # failed to import the package.
     name, folders = namespace_through_the_working_directory
-    os.chdir(folders / "first")
-    importlib.invalidate_caches()
-    module = importlib.import_module(f"{name}.which")
+    module = import_in(folders / "first", f"{name}.which")
     os.chdir(folders)
     shutil.rmtree(folders / "first" / name)
     importlib.invalidate_caches()
