@@ -514,13 +514,17 @@ def module_folders(spec: Any) -> tuple[str, ...] | None:
     if isinstance(origin, str) and os.path.isabs(origin):
         folder = os.path.dirname(origin)
         return (os.path.dirname(folder) if getattr(spec, "submodule_search_locations", None) is not None else folder,)
-    now = _portions_now(spec) if is_namespace(spec) else None
-    if now is None:
+    return _portion_folders(_portions_now(spec) if is_namespace(spec) else None)
+
+
+def _portion_folders(portions: tuple[Any, int] | None) -> tuple[str, ...] | None:
+    """The folders that hold a namespace package's ``portions`` (:func:`_portions_now`); None for other than folders."""
+    if portions is None:
         return None
-    portions = now[0]
-    if not portions or not all(isinstance(portion, str) and os.path.isabs(portion) for portion in portions):
+    paths = portions[0]
+    if not paths or not all(isinstance(portion, str) and os.path.isabs(portion) for portion in paths):
         return None
-    return tuple(dict.fromkeys(os.path.dirname(portion) for portion in portions))  # once each: '' twice finds two
+    return tuple(dict.fromkeys(os.path.dirname(portion) for portion in paths))  # once each: '' twice finds two
 
 
 def _portions_now(spec: Any) -> tuple[Any, int] | None:
@@ -656,7 +660,7 @@ def _pin_modules(answers: _PathAnswers) -> None:
                 folders, portions = known[1], known[2]
             elif is_namespace(loaded):  # its path changes, its spec does not
                 portions = _portions_now(loaded)
-                folders = module_folders(loaded)
+                folders = _portion_folders(portions)
             else:
                 portions = None
                 folders = _relative_folders(loaded, absolute)
