@@ -65,6 +65,11 @@ def block(path: str) -> None:
         pass  # until its worker is killed
 
 
+def parent_process() -> int:
+    """This worker's parent as the system has it: the template, where ``os.getppid()`` names the program."""
+    return psutil.Process().ppid()
+
+
 def cloudpickle_at_start() -> bool:
     """Whether this worker had cloudpickle when its task began (a function sent by reference needs none)."""
     return "cloudpickle" in sys.modules
@@ -290,11 +295,12 @@ def test_what_a_new_worker_writes_to_its_standard_output_and_error_goes_where_th
         f"""
         import os
         import makeparallel as mp
+        from test_process_template import parent_process
 
         def write(text):
             os.write(1, text.encode() + b"-out ")
             os.write(2, text.encode() + b"-err ")
-            return os.path.samestat(os.fstat(1), os.stat(os.devnull)), os.getppid()
+            return os.path.samestat(os.fstat(1), os.stat(os.devnull)), parent_process()
 
         mp.configure_process_pool(num_workers=1)
         task = mp.parallel(backend="process")(write)
@@ -651,9 +657,10 @@ def test_workers_started_after_the_program_changed_its_process_limit_are_not_for
         """
         import json, os, resource
         import makeparallel as mp
+        from test_process_template import parent_process
 
         def state():
-            return resource.getrlimit(resource.RLIMIT_NPROC), os.getppid()
+            return resource.getrlimit(resource.RLIMIT_NPROC), parent_process()
 
         mp.configure_process_pool(num_workers=1)
         task = mp.parallel(backend="process")(state)
@@ -680,9 +687,10 @@ def test_workers_started_after_the_program_left_its_session_are_in_its_new_one()
         """
         import json, os
         import makeparallel as mp
+        from test_process_template import parent_process
 
         def session():
-            return os.getsid(0), os.getpgrp(), os.getppid()
+            return os.getsid(0), os.getpgrp(), parent_process()
 
         mp.configure_process_pool(num_workers=1)
         task = mp.parallel(backend="process")(session)
@@ -707,9 +715,10 @@ def test_an_outdated_template_ends_with_its_last_worker() -> None:
         import psutil
         import makeparallel as mp
         from pool_helpers import wait_until
+        from test_process_template import parent_process
 
         mp.configure_process_pool(num_workers=1)
-        task = mp.parallel(backend="process")(os.getppid)
+        task = mp.parallel(backend="process")(parent_process)
         template = task().get(timeout=30)
         soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
         resource.setrlimit(resource.RLIMIT_NPROC, (soft - 1 if soft != resource.RLIM_INFINITY else 1 << 20, hard))
@@ -729,9 +738,10 @@ def test_workers_started_after_the_program_changed_its_group_ids_run_with_them()
         """
         import json, os
         import makeparallel as mp
+        from test_process_template import parent_process
 
         def ids():
-            return os.getgid(), os.getgroups(), os.getppid()
+            return os.getgid(), os.getgroups(), parent_process()
 
         mp.configure_process_pool(num_workers=1)
         task = mp.parallel(backend="process")(ids)
@@ -935,6 +945,79 @@ def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_e
         template=template,
     )
     assert out == ["SIGCHLD,SIGHUP", "crashed", "hanging", "timed-out", "1"]
+
+
+@both_ways
+def test_a_task_that_signals_its_parent_process_signals_the_program(template: bool) -> None:
+    # A forked worker's parent is the template: a task telling the program something with
+    # os.kill(os.getppid(), SIGUSR1) killed the template instead, and every worker with it.
+    out = run_fresh(
+        """
+        import os, signal, threading
+        import makeparallel as mp
+
+        told = threading.Event()
+        signal.signal(signal.SIGUSR1, lambda signum, frame: told.set())
+
+        def tell_parent():
+            os.kill(os.getppid(), signal.SIGUSR1)
+            return os.getppid()
+
+        def forked_child_sees_its_own_parent():
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if os.getppid() != os.getpid() and os.getppid() == worker else 1)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+
+        def fork_in_task():
+            global worker
+            worker = os.getpid()
+            return forked_child_sees_its_own_parent()
+
+        on_process = mp.parallel(backend="process")
+        print(on_process(tell_parent)().get(timeout=30) == os.getpid(), told.wait(30))
+        print(on_process(os.getppid)().get(timeout=30) == os.getpid())  # sent by name: posix.getppid
+        print(on_process(fork_in_task)().get(timeout=30), on_process(abs)(-1).get(timeout=30))
+        """,
+        template=template,
+    )
+    assert out == ["True", "True", "True", "0", "1"]
+
+
+@both_ways
+def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_the_pool_lives_on(
+    template: bool, tmp_path: Path
+) -> None:
+    # kill -TERM -PGID (systemd stopping a service, by default) reaches the program, the
+    # template and the workers alike. The program handles it (to finish what it can); the
+    # template died of it, and the workers' tasks were reported killed by SIGKILL.
+    out = run_fresh(
+        f"""
+        import os, signal, threading
+        os.setsid()  # a process group of its own, which the signal reaches
+        import makeparallel as mp
+        from pool_helpers import wait_until
+        from test_process_template import block
+
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        mp.configure_process_pool(num_workers=1)
+        on_process = mp.parallel(backend="process")
+        print(on_process(abs)(-1).get(timeout=30))
+        handle = on_process(block)({str(tmp_path)!r})
+        assert wait_until(lambda: os.path.exists({str(tmp_path / "started")!r}), 30)
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+        print(stopping.wait(30))
+        try:
+            handle.get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print("SIGTERM" in str(error), "SIGKILL" in str(error))
+        print(on_process(abs)(-2).get(timeout=30))
+        """,
+        template=template,
+    )
+    assert out == ["1", "True", "True", "False", "2"]
 
 
 @both_ways
@@ -1258,8 +1341,9 @@ def test_the_template_outlives_the_thread_whose_task_started_it() -> None:
         import psutil
         import makeparallel as mp
         from pool_helpers import wait_until
+        from test_process_template import parent_process
 
-        getppid = mp.parallel(backend="process")(os.getppid)
+        getppid = mp.parallel(backend="process")(parent_process)
         first = []
         submitter = threading.Thread(target=lambda: first.append(getppid().get(timeout=30)))
         submitter.start()

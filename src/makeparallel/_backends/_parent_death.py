@@ -32,6 +32,8 @@ else:
 __all__ = ["die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The real parent's id: a worker forked from the template has os.getppid name the program (_template).
+_real_getppid = os.getppid
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -41,5 +43,5 @@ def die_with_parent(parent_pid: int) -> None:
             libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
         except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
             pass
-    if os.getppid() != parent_pid:  # re-parented already: the parent is gone
+    if _real_getppid() != parent_pid:  # re-parented already: the parent is gone
         os._exit(0)

@@ -36,6 +36,9 @@ What a fresh interpreter gave each worker, a forked one still gets:
   own pipe to the user's process closes;
 * a worker that returns from its main function exits as a fresh interpreter
   would (``SystemExit`` unwinds to the top: ``atexit`` handlers run);
+* its ``os.getppid()`` is the program's process id, and a signal to the
+  program's process group ends the workers it reaches, not the template
+  (``serve``), so their tasks are reported ended by that signal;
 * the pool never signals a process id the template may have reaped and the
   system reused: it asks the template, which signals only its own unreaped
   children, and reports each one's exit code when it reaps it.
@@ -78,6 +81,7 @@ import select
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ._inherited import changes_since, departed_since, inherits_standard_stream, take
 from ._template_start import StartedTemplate, take_started, template_available
@@ -99,6 +103,8 @@ _PACKET = 4096  # more than the largest request or report, a few numbers pickled
 _FDS = struct.Struct("5i")
 _FD_BYTES = _FDS.size // 5
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
+# Signals sent to the program's whole process group, which the template ignores (``serve``).
+_GROUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Template:
@@ -308,16 +314,25 @@ def serve(fd: int, parent_pid: int) -> None:
     """Fork a worker per request until the pool closes the socket; report each exit.
 
     Single-threaded, by design: only a process without other threads can be
-    forked safely. Interrupts go to the pool's process, not here.
+    forked safely. Interrupts go to the pool's process, not here; so do the
+    signals a process group gets (``kill -TERM -PGID``, systemd stopping a
+    service, a terminal's hangup), which the template ignores: dead of one, it
+    took its workers with it, and their tasks were reported killed by
+    ``SIGKILL``, not by the signal that reached them. (It still dies with the
+    program: ``SIGKILL``, from the parent-death signal.)
     """
     from ._parent_death import die_with_parent
 
     die_with_parent(parent_pid)
+    # What the program had for these as the template started, which a fresh interpreter
+    # would have too: its workers' (SIGCHLD's is the template's own just below).
+    dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *_GROUP_SIGNALS)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
-    child_signal = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
     # the template inherits the mask: it never heard of a worker's end, and the pool waited for good.
@@ -383,7 +398,9 @@ def serve(fd: int, parent_pid: int) -> None:
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _become_worker(*fds, template_pid=template_pid, child_signal=child_signal, blocked=blocked)
+                _become_worker(
+                    *fds, template_pid=template_pid, program_pid=parent_pid, dispositions=dispositions, blocked=blocked
+                )
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
@@ -415,6 +432,23 @@ def _preload() -> None:
         pass
 
 
+def _program_as_parent(program_pid: int) -> Callable[[], int]:
+    """``os.getppid`` for a worker: the program's process id, not the template's, as in a fresh interpreter.
+
+    A task that signals its parent (``os.kill(os.getppid(), signal.SIGUSR1)``,
+    to tell the program something) killed the template instead, and with it
+    every worker. In a process a task forks, the real parent's.
+    """
+    worker_pid = os.getpid()
+    real_getppid = os.getppid
+
+    def getppid() -> int:
+        return program_pid if os.getpid() == worker_pid else real_getppid()
+
+    getppid.__doc__ = real_getppid.__doc__
+    return getppid
+
+
 def _become_worker(
     fd: int,
     journal_fd: int,
@@ -423,20 +457,26 @@ def _become_worker(
     stderr: int,
     *,
     template_pid: int,
-    child_signal: Any,
+    program_pid: int,
+    dispositions: dict[signal.Signals, Any],
     blocked: set[int | signal.Signals],
 ) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
     The worker dies with the template from the start: until the pool's
     message comes, it waits on its pipe, which a dead pool closes.
-    ``child_signal``: what the template had for ``SIGCHLD`` before its own
-    handler, ignored where the program ignored it (a task's ``subprocess.run``
-    then gets no exit code, as in a fresh interpreter), else the default.
+    ``dispositions``: what the template had for ``SIGCHLD`` and the signals it
+    ignores before it set its own, which a fresh interpreter would have too:
+    ``SIGCHLD`` ignored where the program ignored it (a task's
+    ``subprocess.run`` then gets no exit code), else the default.
     ``blocked``: the signals the program blocked as the template started, which
     a fresh interpreter would have blocked too (``SIGTERM`` aside: the worker's
     main unblocks it, since the pool stops a worker with it).
+    ``os.getppid()`` names the program (``program_pid``), a fresh
+    interpreter's parent (:func:`_program_as_parent`).
     """
+    import posix  # os's functions, where pickle finds them by name (here, on Linux, it exists)
+
     from ._channel import Channel
     from ._parent_death import die_with_parent
     from ._process_worker import main
@@ -445,8 +485,11 @@ def _become_worker(
         os.dup2(received, standard)  # the program's of the moment in place of the template's
         os.close(received)
     die_with_parent(template_pid)
+    os.getppid = posix.getppid = _program_as_parent(program_pid)
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, child_signal)
+    for signum, disposition in dispositions.items():
+        if disposition is not None:  # None: a handler set outside Python, which a new program cannot have
+            signal.signal(signum, disposition)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     conn = Channel(_socket.socket(fileno=fd))
     try:
