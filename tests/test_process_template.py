@@ -953,7 +953,7 @@ def test_a_task_that_signals_its_parent_process_signals_the_program(template: bo
     # os.kill(os.getppid(), SIGUSR1) killed the template instead, and every worker with it.
     out = run_fresh(
         """
-        import os, signal, threading
+        import os, pickle, signal, threading
         import makeparallel as mp
 
         told = threading.Event()
@@ -975,23 +975,28 @@ def test_a_task_that_signals_its_parent_process_signals_the_program(template: bo
             worker = os.getpid()
             return forked_child_sees_its_own_parent()
 
+        def pickled():
+            return pickle.loads(pickle.dumps(os.getppid)) is os.getppid, os.getppid
+
         on_process = mp.parallel(backend="process")
         print(on_process(tell_parent)().get(timeout=30) == os.getpid(), told.wait(30))
         print(on_process(os.getppid)().get(timeout=30) == os.getpid())  # sent by name: posix.getppid
         print(on_process(fork_in_task)().get(timeout=30), on_process(abs)(-1).get(timeout=30))
+        print(on_process(pickled)().get(timeout=30) == (True, os.getppid))  # by name, as the built-in
         """,
         template=template,
     )
-    assert out == ["True", "True", "True", "0", "1"]
+    assert out == ["True", "True", "True", "0", "1", "True"]
 
 
 @both_ways
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
 def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_the_pool_lives_on(
-    template: bool, tmp_path: Path
+    template: bool, name: str, tmp_path: Path
 ) -> None:
-    # kill -TERM -PGID (systemd stopping a service, by default) reaches the program, the
-    # template and the workers alike. The program handles it (to finish what it can); the
-    # template died of it, and the workers' tasks were reported killed by SIGKILL.
+    # kill -TERM -PGID (systemd stopping a service, by default; systemctl kill -s USR1 to
+    # reopen logs) reaches the program, the template and the workers alike. The program
+    # handles it; the template died of it, and the workers' tasks were reported killed by SIGKILL.
     out = run_fresh(
         f"""
         import os, signal, threading
@@ -1001,18 +1006,18 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
         from test_process_template import block
 
         stopping = threading.Event()
-        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        signal.signal(signal.{name}, lambda signum, frame: stopping.set())
         mp.configure_process_pool(num_workers=1)
         on_process = mp.parallel(backend="process")
         print(on_process(abs)(-1).get(timeout=30))
         handle = on_process(block)({str(tmp_path)!r})
         assert wait_until(lambda: os.path.exists({str(tmp_path / "started")!r}), 30)
-        os.killpg(os.getpgrp(), signal.SIGTERM)
+        os.killpg(os.getpgrp(), signal.{name})
         print(stopping.wait(30))
         try:
             handle.get(timeout=30)
         except mp.WorkerCrashedError as error:
-            print("SIGTERM" in str(error), "SIGKILL" in str(error))
+            print("{name}" in str(error), "SIGKILL" in str(error))
         print(on_process(abs)(-2).get(timeout=30))
         """,
         template=template,

@@ -37,7 +37,7 @@ What a fresh interpreter gave each worker, a forked one still gets:
 * a worker that returns from its main function exits as a fresh interpreter
   would (``SystemExit`` unwinds to the top: ``atexit`` handlers run);
 * its ``os.getppid()`` is the program's process id, and a signal to the
-  program's process group ends the workers it reaches, not the template
+  program's process group ends the workers it would end, not the template
   (``serve``), so their tasks are reported ended by that signal;
 * the pool never signals a process id the template may have reaped and the
   system reused: it asks the template, which signals only its own unreaped
@@ -103,8 +103,6 @@ _PACKET = 4096  # more than the largest request or report, a few numbers pickled
 _FDS = struct.Struct("5i")
 _FD_BYTES = _FDS.size // 5
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
-# Signals sent to the program's whole process group, which the template ignores (``serve``).
-_GROUP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Template:
@@ -314,21 +312,22 @@ def serve(fd: int, parent_pid: int) -> None:
     """Fork a worker per request until the pool closes the socket; report each exit.
 
     Single-threaded, by design: only a process without other threads can be
-    forked safely. Interrupts go to the pool's process, not here; so do the
-    signals a process group gets (``kill -TERM -PGID``, systemd stopping a
-    service, a terminal's hangup), which the template ignores: dead of one, it
-    took its workers with it, and their tasks were reported killed by
-    ``SIGKILL``, not by the signal that reached them. (It still dies with the
-    program: ``SIGKILL``, from the parent-death signal.)
+    forked safely. Interrupts go to the pool's process, not here; so does
+    every other signal that would end it (:func:`_ending_signals`), which a
+    signal to the program's process group sends it too (``kill -TERM -PGID``,
+    ``systemctl kill``, a terminal's hang-up): the template ignores them. Dead
+    of one, it took its workers with it, and their tasks were reported killed
+    by ``SIGKILL``, not by the signal that reached them. (It still dies with
+    the program: ``SIGKILL``, from the parent-death signal.)
     """
     from ._parent_death import die_with_parent
 
     die_with_parent(parent_pid)
+    ending = _ending_signals()
     # What the program had for these as the template started, which a fresh interpreter
     # would have too: its workers' (SIGCHLD's is the template's own just below).
-    dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *_GROUP_SIGNALS)}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for signum in _GROUP_SIGNALS:
+    dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *ending)}
+    for signum in (signal.SIGINT, *ending):
         signal.signal(signum, signal.SIG_IGN)
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
@@ -432,6 +431,19 @@ def _preload() -> None:
         pass
 
 
+def _ending_signals() -> list[int]:
+    """The signals whose default action ends a process, but for those a fault raises (``SIGSEGV``...), and ``SIGKILL``.
+
+    From ``signal(7)``: each one a program, a terminal or ``kill`` may send.
+    Not ``SIGINT``, which a worker handles itself (``_process_worker``), nor
+    ``SIGXCPU`` and ``SIGXFSZ``, which the kernel sends a process past its limits.
+    """
+    names = ["SIGHUP", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF"]
+    names += ["SIGIO", "SIGPWR", "SIGSTKFLT"]  # Linux's, where the template runs
+    ending = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    return ending + list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+
+
 def _program_as_parent(program_pid: int) -> Callable[[], int]:
     """``os.getppid`` for a worker: the program's process id, not the template's, as in a fresh interpreter.
 
@@ -445,7 +457,8 @@ def _program_as_parent(program_pid: int) -> Callable[[], int]:
     def getppid() -> int:
         return program_pid if os.getpid() == worker_pid else real_getppid()
 
-    getppid.__doc__ = real_getppid.__doc__
+    # Pickled by name, as the built-in was: ``posix.getppid``, which is this function here.
+    getppid.__module__, getppid.__qualname__, getppid.__doc__ = "posix", "getppid", real_getppid.__doc__
     return getppid
 
 
@@ -458,7 +471,7 @@ def _become_worker(
     *,
     template_pid: int,
     program_pid: int,
-    dispositions: dict[signal.Signals, Any],
+    dispositions: dict[int, Any],
     blocked: set[int | signal.Signals],
 ) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
