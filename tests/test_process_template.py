@@ -65,6 +65,13 @@ def block(path: str) -> None:
         pass  # until its worker is killed
 
 
+def hold_while_flagged(folder: str) -> None:
+    """An initializer: say this worker is starting, then go on starting while ``folder`` holds a file ``hold``."""
+    Path(folder, f"starting-{os.getpid()}").touch()
+    while Path(folder, "hold").exists():
+        threading.Event().wait(0.01)
+
+
 def parent_process() -> int:
     """This worker's parent as the system has it: the template, where ``os.getppid()`` names the program."""
     return psutil.Process().ppid()
@@ -1023,6 +1030,37 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
         template=template,
     )
     assert out == ["1", "True", "True", "False", "2"]
+
+
+def test_workers_killed_as_they_start_by_signals_to_the_programs_process_group_are_no_failed_starts(
+    tmp_path: Path,
+) -> None:
+    # A program that handles SIGUSR1 (systemctl kill -s USR1, every 10 ms in a burst) had
+    # its starting workers killed three times in a row: the pool gave up, and failed
+    # every task until configured again. (Fresh interpreters still count them.)
+    out = run_fresh(
+        f"""
+        import os, signal, threading
+        os.setsid()  # a process group of its own, which the signal reaches
+        import makeparallel as mp
+        from pool_helpers import wait_until
+        from test_process_template import hold_while_flagged
+
+        heard = threading.Semaphore(0)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: heard.release())
+        folder = {str(tmp_path)!r}
+        open(os.path.join(folder, "hold"), "w").close()
+        mp.configure_process_pool(num_workers=1, initializer=hold_while_flagged, initargs=(folder,))
+        handle = mp.parallel(backend="process")(abs)(-1)
+        for starts in range(1, 6):
+            assert wait_until(lambda: sum(n.startswith("starting-") for n in os.listdir(folder)) == starts, 30)
+            os.killpg(os.getpgrp(), signal.SIGUSR1)
+            assert heard.acquire(timeout=30)
+        os.remove(os.path.join(folder, "hold"))
+        print(handle.get(timeout=30))
+        """
+    )
+    assert out == ["1"]
 
 
 @both_ways

@@ -54,6 +54,8 @@ journal (``_crash_journal``) and its working directory as ancillary data
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
+                       ("group", number, returncode): it exited, killed by a signal the template
+                       got too, since it forked it: one sent to the whole process group
                        ("refused", number, (errno, strerror)): fork() failed (no process left...)
 
 Workers are numbered by the pool, so a request never waits for a reply. The
@@ -218,6 +220,8 @@ class Template:
             if kind == "refused":
                 child.refused = OSError(*value)
                 value = 1  # never started: it ends as a fresh interpreter that could not start would
+            elif kind == "group":
+                child.by_group_signal = True
             child.returncode = value
             del self._children[number]
             timeout = 0.0
@@ -281,6 +285,7 @@ class ForkedProcess:
         self.pid: int | None = None  # known once the template reports the fork
         self.returncode: int | None = None
         self.refused: OSError | None = None  # why the system refused to fork it, if it did
+        self.by_group_signal = False  # killed by a signal sent to the program's whole process group
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -315,10 +320,11 @@ def serve(fd: int, parent_pid: int) -> None:
     forked safely. Interrupts go to the pool's process, not here; so does
     every other signal that would end it (:func:`_ending_signals`), which a
     signal to the program's process group sends it too (``kill -TERM -PGID``,
-    ``systemctl kill``, a terminal's hang-up): the template ignores them. Dead
-    of one, it took its workers with it, and their tasks were reported killed
-    by ``SIGKILL``, not by the signal that reached them. (It still dies with
-    the program: ``SIGKILL``, from the parent-death signal.)
+    ``systemctl kill``, a terminal's hang-up): the template only counts them
+    (:class:`_GroupSignals`). Dead of one, it took its workers with it, and
+    their tasks were reported killed by ``SIGKILL``, not by the signal that
+    reached them. (It still dies with the program: ``SIGKILL``, from the
+    parent-death signal.)
     """
     from ._parent_death import die_with_parent
 
@@ -327,8 +333,8 @@ def serve(fd: int, parent_pid: int) -> None:
     # What the program had for these as the template started, which a fresh interpreter
     # would have too: its workers' (SIGCHLD's is the template's own just below).
     dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *ending)}
-    for signum in (signal.SIGINT, *ending):
-        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    group_signals = _GroupSignals(ending)
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
@@ -356,7 +362,7 @@ def serve(fd: int, parent_pid: int) -> None:
         for ready, mask in events:
             if ready == wake_r:
                 drain(wake_r)
-                _reap(children, sock, unsent)
+                _reap(children, group_signals, sock, unsent)
                 continue
             if mask & select.POLLOUT:
                 _send_reports(sock, unsent)
@@ -404,6 +410,7 @@ def serve(fd: int, parent_pid: int) -> None:
             for fd in fds:
                 os.close(fd)
             children[pid] = number
+            group_signals.forked(pid)
             _report(("forked", number, pid), sock, unsent)
 
 
@@ -524,7 +531,7 @@ def _become_worker(
     main(conn, template_pid, journal_fd)
 
 
-def _reap(children: dict[int, int], sock: _socket.socket, unsent: deque[bytes]) -> None:
+def _reap(children: dict[int, int], group_signals: _GroupSignals, sock: _socket.socket, unsent: deque[bytes]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -534,7 +541,41 @@ def _reap(children: dict[int, int], sock: _socket.socket, unsent: deque[bytes]) 
             return
         number = children.pop(pid, None)
         if number is not None:
-            _report(("exited", number, os.waitstatus_to_exitcode(status)), sock, unsent)
+            code = os.waitstatus_to_exitcode(status)
+            _report(("group" if group_signals.ended(pid, code) else "exited", number, code), sock, unsent)
+
+
+class _GroupSignals:
+    """The signals that would end the template, which it counts instead: those the whole process group got.
+
+    A worker killed by a signal the template got too, since it forked the
+    worker, was killed by one sent to the program's whole process group (the
+    kernel signals every process of the group before any of them runs on, and
+    the template's handlers run before it reaps): not a failed start of the
+    pool's, though the worker was still starting (a program that handles
+    ``SIGUSR1`` sent every 10 ms to its group had its pool give up).
+    """
+
+    __slots__ = ("_count", "_forked_at", "_last")
+
+    def __init__(self, signals: list[int]) -> None:
+        self._count = 0  # of the signals heard
+        self._last: dict[int, int] = {}  # signal -> the count when it was last heard
+        self._forked_at: dict[int, int] = {}  # pid -> the count when it was forked
+        for signum in signals:
+            signal.signal(signum, self._heard)
+
+    def _heard(self, signum: int, frame: Any) -> None:
+        self._count += 1
+        self._last[signum] = self._count
+
+    def forked(self, pid: int) -> None:
+        self._forked_at[pid] = self._count
+
+    def ended(self, pid: int, code: int) -> bool:
+        """Whether the child ``pid``, which exited with ``code``, was killed by a signal sent to the whole group."""
+        forked_at = self._forked_at.pop(pid, self._count)
+        return code < 0 and self._last.get(-code, 0) > forked_at
 
 
 def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
