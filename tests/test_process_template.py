@@ -1032,6 +1032,49 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
     assert out == ["1", "True", "True", "False", "2"]
 
 
+def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path) -> None:
+    # The template ignored Ctrl-C only once its imports were done: one pressed as it
+    # started printed the template's KeyboardInterrupt beside the program's, and it died.
+    # A sitecustomize holds the template's start until the program has sent it.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import os, threading
+            if os.environ.get("_MAKEPARALLEL_TEMPLATE"):
+                folder = os.environ["HOLD_FOLDER"]
+                open(os.path.join(folder, "template-starting"), "w").close()
+                while not os.path.exists(os.path.join(folder, "go")):
+                    threading.Event().wait(0.01)
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), PACKAGE, str(Path(__file__).parent)]))
+    env["HOLD_FOLDER"] = str(tmp_path)
+    script = f"""
+        import os, signal, threading
+        os.setsid()  # a process group of its own, which Ctrl-C reaches
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        interrupted = threading.Event()
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+        handle = mp.parallel(backend="process")(abs)(-1)
+        assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
+        os.killpg(os.getpgrp(), signal.SIGINT)
+        assert interrupted.wait(30)
+        open({str(tmp_path / "go")!r}, "w").close()
+        print(handle.get(timeout=30))
+        """
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=50, env=env
+    )
+    assert (completed.returncode, completed.stdout.split()) == (0, ["1"]), completed.stderr
+    assert "KeyboardInterrupt" not in completed.stderr
+
+
 def test_workers_killed_as_they_start_by_signals_to_the_programs_process_group_are_no_failed_starts(
     tmp_path: Path,
 ) -> None:

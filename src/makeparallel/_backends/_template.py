@@ -86,7 +86,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ._inherited import changes_since, departed_since, inherits_standard_stream, take
-from ._template_start import StartedTemplate, take_started, template_available
+from ._template_start import StartedTemplate, ending_signals, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -313,23 +313,26 @@ class ForkedProcess:
 # -- in the template process ----------------------------------------------------------------
 
 
-def serve(fd: int, parent_pid: int) -> None:
+def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     """Fork a worker per request until the pool closes the socket; report each exit.
 
     Single-threaded, by design: only a process without other threads can be
     forked safely. Interrupts go to the pool's process, not here; so does
-    every other signal that would end it (:func:`_ending_signals`), which a
+    every other signal that would end it (``ending_signals``), which a
     signal to the program's process group sends it too (``kill -TERM -PGID``,
     ``systemctl kill``, a terminal's hang-up): the template only counts them
     (:class:`_GroupSignals`). Dead of one, it took its workers with it, and
     their tasks were reported killed by ``SIGKILL``, not by the signal that
     reached them. (It still dies with the program: ``SIGKILL``, from the
     parent-death signal.)
+    It started with them blocked, besides ``program_mask`` (the signals the
+    program blocked, which its workers block too), and unblocks them once it
+    has its handlers: a Ctrl-C as it imported printed its traceback.
     """
     from ._parent_death import die_with_parent
 
     die_with_parent(parent_pid)
-    ending = _ending_signals()
+    ending = ending_signals()
     # What the program had for these as the template started, which a fresh interpreter
     # would have too: its workers' (SIGCHLD's is the template's own just below).
     dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *ending)}
@@ -340,8 +343,9 @@ def serve(fd: int, parent_pid: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
-    # the template inherits the mask: it never heard of a worker's end, and the pool waited for good.
-    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the program's, for its workers
+    # the template inherited the mask: it never heard of a worker's end, and the pool waited for good.
+    blocked = set(program_mask)  # for its workers
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked - {signal.SIGCHLD})
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
     template_pid = os.getpid()
@@ -436,19 +440,6 @@ def _preload() -> None:
         import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:  # pragma: no cover - a dependency: a worker would fail the same way on its own
         pass
-
-
-def _ending_signals() -> list[int]:
-    """The signals whose default action ends a process, but for those a fault raises (``SIGSEGV``...), and ``SIGKILL``.
-
-    From ``signal(7)``: each one a program, a terminal or ``kill`` may send.
-    Not ``SIGINT``, which a worker handles itself (``_process_worker``), nor
-    ``SIGXCPU`` and ``SIGXFSZ``, which the kernel sends a process past its limits.
-    """
-    names = ["SIGHUP", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF"]
-    names += ["SIGIO", "SIGPWR", "SIGSTKFLT"]  # Linux's, where the template runs
-    ending = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    return ending + list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 
 
 def _program_as_parent(program_pid: int) -> Callable[[], int]:

@@ -24,7 +24,14 @@ from ._inherited import inherits_standard_stream, snapshot
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
 from ._socketpair import blocking_socketpair
 
-__all__ = ["StartedTemplate", "environment", "start_early", "take_started", "template_available"]
+# typing.TYPE_CHECKING without importing typing: a first process task imports this first.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal's functions without its enums (see _template)
+
+__all__ = ["StartedTemplate", "ending_signals", "environment", "start_early", "take_started", "template_available"]
 
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
@@ -33,7 +40,7 @@ __all__ = ["StartedTemplate", "environment", "start_early", "take_started", "tem
 _TEMPLATE_MAIN = """\
 import gc, os, sys
 gc.disable()
-sys.path[:0] = sys.argv[3:]
+sys.path[:0] = sys.argv[4:]
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
@@ -43,7 +50,7 @@ for name in os.listdir("/proc/self/fd"):
             pass
 from makeparallel._backends._template import serve
 import makeparallel._backends._process_worker
-serve(fd, int(sys.argv[2]))
+serve(fd, int(sys.argv[2]), {int(n) for n in sys.argv[3].split(",") if n})
 """
 
 
@@ -107,7 +114,11 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid())]
+            # The template starts with the signals it ignores blocked (_template.serve); it
+            # gives its workers the program's own, which this thread has (it inherited them).
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            masked = ",".join(str(int(signum)) for signum in sorted(mask))
+            command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), masked]
             arguments = [*command, PACKAGE_FOLDER, *path_arguments(sys.path)]
             environ = _environment_for_a_new_program(arguments)
             environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
@@ -115,7 +126,13 @@ class StartedTemplate:
             streams += [
                 (os.POSIX_SPAWN_OPEN, n, os.devnull, os.O_WRONLY, 0) for n in (1, 2) if not inherits_standard_stream(n)
             ]
-            self.pid = os.posix_spawn(sys.executable, arguments, environ, file_actions=streams)
+            self.pid = os.posix_spawn(
+                sys.executable,
+                arguments,
+                environ,
+                file_actions=streams,
+                setsigmask={*mask, signal.SIGINT, *ending_signals()},
+            )
         except OSError as error:
             self._error = error
             return
@@ -132,8 +149,6 @@ class StartedTemplate:
 
     def wait(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
-        import signal  # only here: a first task's parent has not imported it yet
-
         self._owner.join(timeout)
         if self.returncode is None and self.pid is not None:
             try:
@@ -141,6 +156,20 @@ class StartedTemplate:
             except PermissionError:  # this program dropped its privileges since: it ends with its socket closed
                 return
             self._owner.join()
+
+
+def ending_signals() -> list[int]:
+    """The signals whose default action ends a process, but for those a fault raises (``SIGSEGV``...), and ``SIGKILL``.
+
+    From ``signal(7)``: each one a program, a terminal or ``kill`` may send
+    (the template counts them instead: ``_template.serve``). Not ``SIGINT``,
+    which a worker handles itself (``_process_worker``), nor ``SIGXCPU`` and
+    ``SIGXFSZ``, which the kernel sends a process past its limits.
+    """
+    names = ["SIGHUP", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF"]
+    names += ["SIGIO", "SIGPWR", "SIGSTKFLT"]  # Linux's, where the template runs
+    ending = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    return ending + list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
 
 
 def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
