@@ -65,13 +65,6 @@ def block(path: str) -> None:
         pass  # until its worker is killed
 
 
-def hold_while_flagged(folder: str) -> None:
-    """An initializer: say this worker is starting, then go on starting while ``folder`` holds a file ``hold``."""
-    Path(folder, f"starting-{os.getpid()}").touch()
-    while Path(folder, "hold").exists():
-        threading.Event().wait(0.01)
-
-
 def parent_process() -> int:
     """This worker's parent as the system has it: the template, where ``os.getppid()`` names the program."""
     return psutil.Process().ppid()
@@ -1032,28 +1025,33 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
     assert out == ["1", "True", "True", "False", "2"]
 
 
+def run_with_template_hook(hook: str, script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter whose template (alone) runs ``hook`` as it starts (a ``sitecustomize``)."""
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    guarded = 'import os\nif os.environ.get("_MAKEPARALLEL_TEMPLATE"):\n' + textwrap.indent(textwrap.dedent(hook), "    ")
+    (folder / "sitecustomize.py").write_text(guarded)
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), PACKAGE, str(Path(__file__).parent)])
+    env["HOLD_FOLDER"] = str(tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=50, env=env
+    )
+
+
 def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path) -> None:
     # The template ignored Ctrl-C only once its imports were done: one pressed as it
     # started printed the template's KeyboardInterrupt beside the program's, and it died.
-    # A sitecustomize holds the template's start until the program has sent it.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        textwrap.dedent(
-            """
-            import os, threading
-            if os.environ.get("_MAKEPARALLEL_TEMPLATE"):
-                folder = os.environ["HOLD_FOLDER"]
-                open(os.path.join(folder, "template-starting"), "w").close()
-                while not os.path.exists(os.path.join(folder, "go")):
-                    threading.Event().wait(0.01)
-            """
-        )
-    )
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), PACKAGE, str(Path(__file__).parent)]))
-    env["HOLD_FOLDER"] = str(tmp_path)
-    script = f"""
+    # The hook holds the template's start until the program has sent it.
+    completed = run_with_template_hook(
+        """
+        import threading
+        folder = os.environ["HOLD_FOLDER"]
+        open(os.path.join(folder, "template-starting"), "w").close()
+        while not os.path.exists(os.path.join(folder, "go")):
+            threading.Event().wait(0.01)
+        """,
+        f"""
         import os, signal, threading
         os.setsid()  # a process group of its own, which Ctrl-C reaches
         import makeparallel as mp
@@ -1067,43 +1065,36 @@ def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path)
         assert interrupted.wait(30)
         open({str(tmp_path / "go")!r}, "w").close()
         print(handle.get(timeout=30))
-        """
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=50, env=env
+        """,
+        tmp_path,
     )
     assert (completed.returncode, completed.stdout.split()) == (0, ["1"]), completed.stderr
     assert "KeyboardInterrupt" not in completed.stderr
 
 
-def test_workers_killed_as_they_start_by_signals_to_the_programs_process_group_are_no_failed_starts(
-    tmp_path: Path,
-) -> None:
-    # A program that handles SIGUSR1 (systemctl kill -s USR1, every 10 ms in a burst) had
-    # its starting workers killed three times in a row: the pool gave up, and failed
-    # every task until configured again. (Fresh interpreters still count them.)
-    out = run_fresh(
-        f"""
-        import os, signal, threading
-        os.setsid()  # a process group of its own, which the signal reaches
-        import makeparallel as mp
-        from pool_helpers import wait_until
-        from test_process_template import hold_while_flagged
-
-        heard = threading.Semaphore(0)
-        signal.signal(signal.SIGUSR1, lambda signum, frame: heard.release())
-        folder = {str(tmp_path)!r}
-        open(os.path.join(folder, "hold"), "w").close()
-        mp.configure_process_pool(num_workers=1, initializer=hold_while_flagged, initargs=(folder,))
-        handle = mp.parallel(backend="process")(abs)(-1)
-        for starts in range(1, 6):
-            assert wait_until(lambda: sum(n.startswith("starting-") for n in os.listdir(folder)) == starts, 30)
-            os.killpg(os.getpgrp(), signal.SIGUSR1)
-            assert heard.acquire(timeout=30)
-        os.remove(os.path.join(folder, "hold"))
-        print(handle.get(timeout=30))
+def test_a_worker_keeps_a_signal_handler_in_c_that_the_interpreter_set_as_it_started(tmp_path: Path) -> None:
+    # A sitecustomize that has faulthandler dump the stacks on SIGUSR1 (an operator's
+    # way to see what a stuck process does) must work in workers as in a fresh interpreter:
+    # the template, which must not die of that signal, must not reset it either.
+    completed = run_with_template_hook(
         """
+        import faulthandler, signal
+        faulthandler.register(signal.SIGUSR1)
+        """,
+        """
+        import os, signal
+        import makeparallel as mp
+
+        def dump_my_stacks():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return "alive"
+
+        print(mp.parallel(backend="process")(dump_my_stacks)().get(timeout=30))
+        """,
+        tmp_path,
     )
-    assert out == ["1"]
+    assert (completed.returncode, completed.stdout.split()) == (0, ["alive"]), completed.stderr
+    assert "dump_my_stacks" in completed.stderr  # faulthandler's dump, written to the worker's stderr
 
 
 @both_ways

@@ -1417,15 +1417,9 @@ def _failed_start_of_its_own(process: subprocess.Popen[bytes] | ForkedProcess) -
 
     Each does, but the workers of a template that died died with it, at once:
     they count as one, or a single kill of the template while a pool of three
-    or more started made the pool give up; and a forked worker killed by a
-    signal sent to the program's whole process group counts as none (the
-    template got it too: ``_template._GroupSignals``).
+    or more started made the pool give up.
     """
-    if not isinstance(process, ForkedProcess):
-        return True
-    if process.by_group_signal:
-        return False
-    if process.template.alive:
+    if not isinstance(process, ForkedProcess) or process.template.alive:
         return True
     if process.template.death_counted:
         return False

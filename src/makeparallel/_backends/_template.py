@@ -54,8 +54,6 @@ journal (``_crash_journal``) and its working directory as ancillary data
                        ("preload",): import now what some tasks need (``_preload``)
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
-                       ("group", number, returncode): it exited, killed by a signal the template
-                       got too, since it forked it: one sent to the whole process group
                        ("refused", number, (errno, strerror)): fork() failed (no process left...)
 
 Workers are numbered by the pool, so a request never waits for a reply. The
@@ -220,8 +218,6 @@ class Template:
             if kind == "refused":
                 child.refused = OSError(*value)
                 value = 1  # never started: it ends as a fresh interpreter that could not start would
-            elif kind == "group":
-                child.by_group_signal = True
             child.returncode = value
             del self._children[number]
             timeout = 0.0
@@ -285,7 +281,6 @@ class ForkedProcess:
         self.pid: int | None = None  # known once the template reports the fork
         self.returncode: int | None = None
         self.refused: OSError | None = None  # why the system refused to fork it, if it did
-        self.by_group_signal = False  # killed by a signal sent to the program's whole process group
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -317,35 +312,32 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     """Fork a worker per request until the pool closes the socket; report each exit.
 
     Single-threaded, by design: only a process without other threads can be
-    forked safely. Interrupts go to the pool's process, not here; so does
-    every other signal that would end it (``ending_signals``), which a
-    signal to the program's process group sends it too (``kill -TERM -PGID``,
-    ``systemctl kill``, a terminal's hang-up): the template only counts them
-    (:class:`_GroupSignals`). Dead of one, it took its workers with it, and
-    their tasks were reported killed by ``SIGKILL``, not by the signal that
-    reached them. (It still dies with the program: ``SIGKILL``, from the
-    parent-death signal.)
-    It started with them blocked, besides ``program_mask`` (the signals the
-    program blocked, which its workers block too), and unblocks them once it
-    has its handlers: a Ctrl-C as it imported printed its traceback.
+    forked safely. Interrupts go to the pool's process, not here (the
+    template ignores ``SIGINT``); so does every other signal that would end it
+    (``ending_signals``), which a signal to the program's process group sends
+    it too (``kill -TERM -PGID``, ``systemctl kill``, a terminal's hang-up).
+    Dead of one, it took its workers with it, and their tasks were reported
+    killed by ``SIGKILL``, not by the signal that reached them. (It still dies
+    with the program: ``SIGKILL``, from the parent-death signal.) It keeps
+    them blocked, from its start (a Ctrl-C as it imported printed its
+    traceback), rather than ignore them: the dispositions its workers inherit
+    stay what a fresh interpreter's would be, a handler in C that a
+    ``sitecustomize`` set included (``faulthandler.register``), and its
+    workers block only ``program_mask``, the signals the program blocked.
     """
     from ._parent_death import die_with_parent
 
     die_with_parent(parent_pid)
-    ending = ending_signals()
-    # What the program had for these as the template started, which a fresh interpreter
-    # would have too: its workers' (SIGCHLD's is the template's own just below).
-    dispositions = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *ending)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    group_signals = _GroupSignals(ending)
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()
     signal.set_wakeup_fd(wake_w)
+    child_signal = signal.getsignal(signal.SIGCHLD)  # the program's as the template started: its workers' too
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wake-up pipe tells the loop
     # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
     # the template inherited the mask: it never heard of a worker's end, and the pool waited for good.
     blocked = set(program_mask)  # for its workers
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked - {signal.SIGCHLD})
+    signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *ending_signals()} - {signal.SIGCHLD})
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
     template_pid = os.getpid()
@@ -366,7 +358,7 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
         for ready, mask in events:
             if ready == wake_r:
                 drain(wake_r)
-                _reap(children, group_signals, sock, unsent)
+                _reap(children, sock, unsent)
                 continue
             if mask & select.POLLOUT:
                 _send_reports(sock, unsent)
@@ -408,13 +400,12 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
                 os.close(wake_r)
                 os.close(wake_w)
                 _become_worker(
-                    *fds, template_pid=template_pid, program_pid=parent_pid, dispositions=dispositions, blocked=blocked
+                    *fds, template_pid=template_pid, program_pid=parent_pid, child_signal=child_signal, blocked=blocked
                 )
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
             children[pid] = number
-            group_signals.forked(pid)
             _report(("forked", number, pid), sock, unsent)
 
 
@@ -469,17 +460,16 @@ def _become_worker(
     *,
     template_pid: int,
     program_pid: int,
-    dispositions: dict[int, Any],
+    child_signal: Any,
     blocked: set[int | signal.Signals],
 ) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
     The worker dies with the template from the start: until the pool's
     message comes, it waits on its pipe, which a dead pool closes.
-    ``dispositions``: what the template had for ``SIGCHLD`` and the signals it
-    ignores before it set its own, which a fresh interpreter would have too:
-    ``SIGCHLD`` ignored where the program ignored it (a task's
-    ``subprocess.run`` then gets no exit code), else the default.
+    ``child_signal``: what the template had for ``SIGCHLD`` before its own
+    handler, ignored where the program ignored it (a task's ``subprocess.run``
+    then gets no exit code, as in a fresh interpreter), else the default.
     ``blocked``: the signals the program blocked as the template started, which
     a fresh interpreter would have blocked too (``SIGTERM`` aside: the worker's
     main unblocks it, since the pool stops a worker with it).
@@ -498,9 +488,7 @@ def _become_worker(
     die_with_parent(template_pid)
     os.getppid = posix.getppid = _program_as_parent(program_pid)
     signal.set_wakeup_fd(-1)
-    for signum, disposition in dispositions.items():
-        if disposition is not None:  # None: a handler set outside Python, which a new program cannot have
-            signal.signal(signum, disposition)
+    signal.signal(signal.SIGCHLD, child_signal)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     conn = Channel(_socket.socket(fileno=fd))
     try:
@@ -522,7 +510,7 @@ def _become_worker(
     main(conn, template_pid, journal_fd)
 
 
-def _reap(children: dict[int, int], group_signals: _GroupSignals, sock: _socket.socket, unsent: deque[bytes]) -> None:
+def _reap(children: dict[int, int], sock: _socket.socket, unsent: deque[bytes]) -> None:
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -532,41 +520,7 @@ def _reap(children: dict[int, int], group_signals: _GroupSignals, sock: _socket.
             return
         number = children.pop(pid, None)
         if number is not None:
-            code = os.waitstatus_to_exitcode(status)
-            _report(("group" if group_signals.ended(pid, code) else "exited", number, code), sock, unsent)
-
-
-class _GroupSignals:
-    """The signals that would end the template, which it counts instead: those the whole process group got.
-
-    A worker killed by a signal the template got too, since it forked the
-    worker, was killed by one sent to the program's whole process group (the
-    kernel signals every process of the group before any of them runs on, and
-    the template's handlers run before it reaps): not a failed start of the
-    pool's, though the worker was still starting (a program that handles
-    ``SIGUSR1`` sent every 10 ms to its group had its pool give up).
-    """
-
-    __slots__ = ("_count", "_forked_at", "_last")
-
-    def __init__(self, signals: list[int]) -> None:
-        self._count = 0  # of the signals heard
-        self._last: dict[int, int] = {}  # signal -> the count when it was last heard
-        self._forked_at: dict[int, int] = {}  # pid -> the count when it was forked
-        for signum in signals:
-            signal.signal(signum, self._heard)
-
-    def _heard(self, signum: int, frame: Any) -> None:
-        self._count += 1
-        self._last[signum] = self._count
-
-    def forked(self, pid: int) -> None:
-        self._forked_at[pid] = self._count
-
-    def ended(self, pid: int, code: int) -> bool:
-        """Whether the child ``pid``, which exited with ``code``, was killed by a signal sent to the whole group."""
-        forked_at = self._forked_at.pop(pid, self._count)
-        return code < 0 and self._last.get(-code, 0) > forked_at
+            _report(("exited", number, os.waitstatus_to_exitcode(status)), sock, unsent)
 
 
 def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:

@@ -114,8 +114,8 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            # The template starts with the signals it ignores blocked (_template.serve); it
-            # gives its workers the program's own, which this thread has (it inherited them).
+            # The template starts with the signals it blocks or ignores blocked (_template.serve);
+            # it gives its workers the program's own, which this thread has (it inherited them).
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             masked = ",".join(str(int(signum)) for signum in sorted(mask))
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), masked]
@@ -159,17 +159,16 @@ class StartedTemplate:
 
 
 def ending_signals() -> list[int]:
-    """The signals whose default action ends a process, but for those a fault raises (``SIGSEGV``...), and ``SIGKILL``.
+    """The signals a program, a terminal or ``kill`` may send whose default action ends a process (``signal(7)``).
 
-    From ``signal(7)``: each one a program, a terminal or ``kill`` may send
-    (the template counts them instead: ``_template.serve``). Not ``SIGINT``,
-    which a worker handles itself (``_process_worker``), nor ``SIGXCPU`` and
-    ``SIGXFSZ``, which the kernel sends a process past its limits.
+    The template keeps them blocked (``_template.serve``). Not ``SIGINT``,
+    which it ignores, nor the real-time signals, which queue: blocked, each
+    one sent would hold a place in the user's quota of pending signals
+    (``RLIMIT_SIGPENDING``) for as long as the template lives.
     """
     names = ["SIGHUP", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF"]
     names += ["SIGIO", "SIGPWR", "SIGSTKFLT"]  # Linux's, where the template runs
-    ending = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    return ending + list(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
 def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
