@@ -396,6 +396,7 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
             if pid == 0:
                 gc.unfreeze()
                 gc.enable()
+                signal.set_wakeup_fd(-1)  # first: a SIGCHLD now wrote to it closed, and printed why
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)
@@ -487,7 +488,6 @@ def _become_worker(
         os.close(received)
     die_with_parent(template_pid)
     os.getppid = posix.getppid = _program_as_parent(program_pid)
-    signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, child_signal)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     conn = Channel(_socket.socket(fileno=fd))
