@@ -396,7 +396,7 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
             if pid == 0:
                 gc.unfreeze()
                 gc.enable()
-                signal.set_wakeup_fd(-1)  # first: a SIGCHLD now wrote to it closed, and printed why
+                signal.set_wakeup_fd(-1)  # first: a SIGCHLD to the fork wrote to it closed, and printed so
                 sock.close()
                 os.close(wake_r)
                 os.close(wake_w)

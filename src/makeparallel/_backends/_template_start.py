@@ -114,8 +114,9 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            # The template starts with the signals it blocks or ignores blocked (_template.serve);
-            # it gives its workers the program's own, which this thread has (it inherited them).
+            # The template starts with SIGINT and ending_signals() blocked (_template.serve): a Ctrl-C
+            # as it imported printed its traceback. Its workers get the program's own mask, which
+            # this thread has (it inherited it).
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             masked = ",".join(str(int(signum)) for signum in sorted(mask))
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), masked]
