@@ -304,9 +304,8 @@ def forget(name: str) -> None:
     del sys.modules[f"{name}_sibling"]
 
 
-MARKED = """
-import {name}_sibling
-
+# A module whose which() names its folder, and whose marked() gives what mark() set (an initializer).
+WHICH_AND_MARK = """
 MARK = None
 
 def mark():
@@ -318,10 +317,16 @@ def marked(_=None):
 
 def which(_=None):
     return {folder!r}
-
+"""
+# The same, which imports its sibling module, whose WHERE sibling() gives.
+MARKED = (
+    "import {name}_sibling\n"
+    + WHICH_AND_MARK
+    + """
 def sibling(_=None):
     return {name}_sibling.WHERE
 """
+)
 
 
 @pytest.mark.parametrize("there", ["another module of its name", "none"])
@@ -491,7 +496,7 @@ def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[st
     for folder in ("first", "second"):
         package = tmp_path / folder / name
         package.mkdir(parents=True)
-        (package / "which.py").write_text(NAMESPACE_WHICH.format(folder=folder))
+        (package / "which.py").write_text(WHICH_AND_MARK.format(folder=folder))
         (package / "later.py").write_text(f"WHERE = {folder!r}\n\ndef where(_=None):\n    return WHERE\n")
     path_before, directory_before = list(sys.path), os.getcwd()
     sys.path.insert(0, "")
@@ -502,21 +507,6 @@ def namespace_through_the_working_directory(tmp_path: Path) -> Iterator[tuple[st
         sys.path[:] = path_before
         for module in [module for module in sys.modules if module == name or module.startswith(name + ".")]:
             del sys.modules[module]
-
-
-NAMESPACE_WHICH = """
-MARK = None
-
-def mark():
-    global MARK
-    MARK = "marked"
-
-def marked(_=None):
-    return MARK
-
-def which(_=None):
-    return {folder!r}
-"""
 
 
 def where_of(module: str) -> str:
