@@ -1176,6 +1176,45 @@ def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(te
 
 
 @both_ways
+def test_a_worker_started_inside_a_catch_warnings_block_takes_the_filters_of_the_last_submission(
+    template: bool, tmp_path: Path
+) -> None:
+    # Its set-up read the filters as it started, inside the block: once the program left
+    # it, the block had put back the very list it replaced, the next submission saw no
+    # change, and the worker kept the block's filters for good.
+    out = run_fresh(
+        f"""
+        import os, warnings
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        def warns():
+            try:
+                warnings.warn("careful", UserWarning)
+            except UserWarning:
+                return "raised"
+            return "not-raised"
+
+        def started(path):
+            open(path, "w").close()
+
+        warnings.simplefilter("ignore")
+        mp.configure_process_pool(num_workers=1, prestart=True)
+        run = lambda: mp.parallel(backend="process")(warns)().get(timeout=30)
+        print(run())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            path = os.path.join({str(tmp_path)!r}, "started")
+            mp.configure_process_pool(initializer=started, initargs=(path,))  # a new worker, started here
+            assert wait_until(lambda: os.path.exists(path), 30)
+        print(run())
+        """,
+        template=template,
+    )
+    assert out == ["not-raised", "not-raised"]
+
+
+@both_ways
 def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) -> None:
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.

@@ -9,7 +9,7 @@ the defaults, and a task raised ``RecursionError`` or ``ValueError``, or
 printed the warning the program silenced, in every worker. The pool sends
 them with each worker's set-up (:func:`current`), as they are when it starts,
 and the worker takes them on (:func:`take_on`) before its initializer. The
-warning filters are the program's as they stand when a task is submitted:
+warning filters are the program's as they stood when a task was last submitted:
 the pool sends them again when they change (``warnings.catch_warnings()``
 entered or left, a filter added), with ``sys.path`` (:func:`take_filters`);
 a worker started inside a ``catch_warnings()`` block kept its filters for
@@ -44,10 +44,17 @@ if TYPE_CHECKING:
 __all__ = ["current", "take_filters", "take_on", "warning_filters"]
 
 
-def current() -> Settings:
-    """This interpreter's recursion limit, its limit of digits in ``int``-``str`` conversions, its warning filters."""
+def current(filters: list[Filter]) -> Settings:
+    """This interpreter's recursion limit and limit of digits in ``int``-``str`` conversions, with ``filters``.
+
+    ``filters``: the warning filters as :func:`warning_filters` gave them
+    when the last task was submitted, not as they are now: a worker started
+    inside a ``catch_warnings()`` block took the block's, and kept them once
+    the program had left it (the block puts back the very list it replaced,
+    so the next submission saw nothing change).
+    """
     digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11, and 3.10.7 on
-    return sys.getrecursionlimit(), None if digits is None else digits(), warning_filters()
+    return sys.getrecursionlimit(), None if digits is None else digits(), filters
 
 
 def take_on(settings: Settings) -> None:

@@ -742,7 +742,7 @@ class ProcessBackend(QueueingBackend):
                 continue
             started += 1
             worker.initializer = setup.name
-            argv, settings = program_arguments(), interpreter_settings.current()
+            argv, settings = program_arguments(), interpreter_settings.current(path[2])
             _send(worker, ("setup", setup.initializer, setup.initargs, argv, interrupts_ignored(), settings))
             with self._lock:
                 self._workers.append(worker)
