@@ -153,16 +153,16 @@ class OutputRelay(io.TextIOBase):
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
-            try:
-                self._send(("output", self._stream, data))
-            except OSError:
-                pass  # the parent is gone: nobody to print to
+            self._relay(data)
 
     def _send_pending_locked(self) -> None:
         text = "".join(self._pending)
         self._pending.clear()
+        self._relay(text)
+
+    def _relay(self, output: str | bytes) -> None:
         try:
-            self._send(("output", self._stream, text))
+            self._send(("output", self._stream, output))
         except OSError:
             pass  # the parent is gone: nobody to print to
 
