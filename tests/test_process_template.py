@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,15 @@ def block(path: str) -> None:
     Path(path, "started").touch()
     while True:
         pass  # until its worker is killed
+
+
+def warns() -> str:
+    """Whether warning ``UserWarning("careful")`` here raised, under this worker's warning filters."""
+    try:
+        warnings.warn("careful", UserWarning)
+    except UserWarning:
+        return "raised"
+    return "not-raised"
 
 
 def parent_process() -> int:
@@ -1152,13 +1162,7 @@ def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(te
         """
         import warnings
         import makeparallel as mp
-
-        def warns():
-            try:
-                warnings.warn("careful", UserWarning)
-            except UserWarning:
-                return "raised"
-            return "not-raised"
+        from test_process_template import warns
 
         mp.configure_process_pool(num_workers=1)
         run = lambda: mp.parallel(backend="process")(warns)().get(timeout=30)
@@ -1187,13 +1191,7 @@ def test_a_worker_started_inside_a_catch_warnings_block_takes_the_filters_of_the
         import os, warnings
         import makeparallel as mp
         from pool_helpers import wait_until
-
-        def warns():
-            try:
-                warnings.warn("careful", UserWarning)
-            except UserWarning:
-                return "raised"
-            return "not-raised"
+        from test_process_template import warns
 
         def started(path):
             open(path, "w").close()
