@@ -1381,6 +1381,32 @@ def test_a_template_killed_while_its_workers_start_counts_as_one_failed_start(tm
         mp.configure_process_pool(initializer=None)
 
 
+@both_ways
+def test_workers_that_cannot_start_are_reported_with_their_exit_code(template: bool, tmp_path: Path) -> None:
+    # A template that could not start (here a sitecustomize that exits in every
+    # process but the program's) had its workers reported killed by SIGKILL.
+    folder = tmp_path / "site"
+    folder.mkdir()
+    program_started = tmp_path / "program-started"
+    (folder / "sitecustomize.py").write_text(
+        f"import os\nif os.path.exists({str(program_started)!r}):\n    os._exit(3)\n"
+        f"open({str(program_started)!r}, 'w').close()\n"
+    )
+    script = """
+        import makeparallel as mp
+        try:
+            mp.parallel(backend="process")(abs)(-1).get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print(error)
+        """
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), PACKAGE])
+    code = textwrap.dedent(script) if template else _FRESH_INTERPRETERS + textwrap.dedent(script)
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
+    assert completed.returncode == 0, completed.stderr
+    assert "died while they started up (before any task), the last with exit code 3;" in completed.stdout
+
+
 def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None) -> None:
     # Each new template and worker may get the socket numbers of the dead ones:
     # the pool must still hear from every one of them.

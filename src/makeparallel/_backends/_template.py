@@ -102,6 +102,7 @@ _PACKET = 4096  # more than the largest request or report, a few numbers pickled
 # journal, directory, standard output and standard error.
 _FDS = struct.Struct("5i")
 _FD_BYTES = _FDS.size // 5
+_REAPED_WITHIN = 1.0  # seconds for a template whose socket closed to be reaped, so that its exit code is known
 _PRELOAD_AFTER_MS = 50  # idle time after which the template imports what some tasks need (_preload)
 
 
@@ -148,8 +149,7 @@ class Template:
         except OSError as error:
             if error.errno == errno.EBADF:  # another thread closed the program's output meanwhile
                 raise  # a start that failed, as a refused one: the next one looks again
-            self._gone()
-            child.returncode = -signal.SIGKILL  # never started: it fails as a killed worker would
+            child.returncode = self._died()
             return child
         finally:
             for fd in (directory, *opened):
@@ -187,14 +187,14 @@ class Template:
         try:
             self.sock.send(_pickle.dumps(("preload",)))
         except OSError:
-            self._gone()
+            self._died()
 
     def signal(self, child: ForkedProcess, signum: int) -> None:
         if child.returncode is None and self.alive:
             try:
                 self.sock.send(_pickle.dumps(("signal", child.number, signum)))
             except OSError:
-                self._gone()
+                self._died()
 
     def read(self, timeout: float | None = 0.0) -> None:
         """Take the template's reports: those waiting now, or the first within ``timeout`` (None: wait)."""
@@ -206,7 +206,7 @@ class Template:
             except OSError:
                 packet = b""
             if not packet:
-                self._gone()
+                self._died()
                 return
             kind, number, value = _pickle.loads(packet)
             child = self._children.get(number)
@@ -221,6 +221,24 @@ class Template:
             child.returncode = value
             del self._children[number]
             timeout = 0.0
+
+    def _died(self) -> int:
+        """The template died: its workers died with it; return how it ended, which those it never forked take on.
+
+        A template that could not start (a ``sitecustomize`` that exits, an
+        interpreter option this Python refuses) ended with an exit code: its
+        workers were reported killed by ``SIGKILL``, and the user looked for
+        the OOM killer. The forked ones were (parent-death signal); the others
+        end as fresh interpreters that failed the same way would.
+        """
+        code = self._started.exit_code(_REAPED_WITHIN)
+        if code is None:  # still not reaped: it closed its socket, so it is on its way out
+            code = -signal.SIGKILL
+        for child in self._children.values():
+            if child.returncode is None and child.pid is None:
+                child.returncode = code
+        self._gone()
+        return code
 
     def _gone(self) -> None:
         """The template died (or was closed): its workers died with it (parent-death signal).

@@ -148,6 +148,11 @@ class StartedTemplate:
         except ChildProcessError:  # reaped by another (SIGCHLD ignored): its exit code is lost
             self.returncode = 0
 
+    def exit_code(self, timeout: float) -> int | None:
+        """Its exit code (``-N``: killed by signal N) once it exited and was reaped within ``timeout`` seconds, else None."""
+        self._owner.join(timeout)
+        return self.returncode
+
     def wait(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
         self._owner.join(timeout)
