@@ -1407,6 +1407,45 @@ def test_workers_that_cannot_start_are_reported_with_their_exit_code(template: b
     assert "died while they started up (before any task), the last with exit code 3;" in completed.stdout
 
 
+def log_then_wait_for_the_pool_to_hang_up(log: str) -> None:
+    """An initializer that sends its standard error to ``log``, then waits until the pool closes its pipe."""
+    import select
+    import stat
+
+    sys.stderr = open(log, "w")  # noqa: SIM115  # a worker's log, as some initializers set up
+    poller = select.poll()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                poller.register(int(name), 0)  # the pipe to the pool: POLLHUP once it closed its end
+        except OSError:
+            pass
+    poller.poll(30_000)
+
+
+@both_ways
+def test_a_worker_the_pool_stops_in_its_initializer_ends_quietly(
+    template: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Told "ready" to a pool that had stopped, it died of BrokenPipeError: exit code 1,
+    # and the traceback in the log its initializer opened, at every such exit.
+    if not template:
+        monkeypatch.setattr(_process, "template_available", lambda: False)
+    log = tmp_path / "worker.log"
+    fresh_process_pool(1)
+    try:
+        mp.configure_process_pool(initializer=log_then_wait_for_the_pool_to_hang_up, initargs=(str(log),))
+        task = on_process(worker_pid)()
+        assert wait_until(log.exists, 30)
+        assert not mp.shutdown(0)  # the task never started: the pool stops its worker at once
+        with pytest.raises(mp.ShutdownError):
+            task.get(timeout=10)
+        assert log.read_text() == ""
+    finally:
+        mp.reset_shutdown()
+        mp.configure_process_pool(initializer=None)
+
+
 def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None) -> None:
     # Each new template and worker may get the socket numbers of the dead ones:
     # the pool must still hear from every one of them.

@@ -164,22 +164,28 @@ class _Worker:
             # thread that fails rather than the fork. A start the system refused, not a crash.
             self.send(("refused", str(error)))
             os._exit(1)
-        while True:
-            kind, payload = self._next()
-            if kind == "task":
-                entry, buffers = self._run(*payload)
-                if os.getpid() != self._pid:  # the task forked, and its copy returned here
-                    from .._fork_child import leave_forked_child
+        try:
+            while True:
+                kind, payload = self._next()
+                if kind == "task":
+                    entry, buffers = self._run(*payload)
+                    if os.getpid() != self._pid:  # the task forked, and its copy returned here
+                        from .._fork_child import leave_forked_child
 
-                    leave_forked_child(f"task {payload[0]} ({payload[1]})", None, not entry[1])
-                self._flush_output()
-                self.send(("done", [entry]), buffers)
-            elif kind == "path":
-                take_path(*payload)
-            elif kind == "setup":
-                self._set_up(*payload)
-            else:
-                return
+                        leave_forked_child(f"task {payload[0]} ({payload[1]})", None, not entry[1])
+                    self._flush_output()
+                    self.send(("done", [entry]), buffers)
+                elif kind == "path":
+                    take_path(*payload)
+                elif kind == "setup":
+                    self._set_up(*payload)
+                else:
+                    return
+        except ConnectionError:
+            # The pool closed the pipe (it stopped) before this worker said it was ready, or
+            # sent a result: it died of BrokenPipeError, exit code 1, its traceback wherever
+            # its sys.stderr went (an initializer's log). Idle, it ends as at an end of file.
+            return
 
     def _set_up(
         self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool, settings: Any
