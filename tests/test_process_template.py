@@ -1082,6 +1082,34 @@ def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path)
     assert "KeyboardInterrupt" not in completed.stderr
 
 
+def test_shutdown_ends_a_template_that_hangs_as_it_starts(tmp_path: Path) -> None:
+    # A template stuck before it serves never reports the fork the pool asked for:
+    # the pool's stop waited for that report for good, shutdown gave up after 5 s,
+    # and the template outlived the program (it blocks SIGTERM and ignores Ctrl-C).
+    completed = run_with_template_hook(
+        """
+        import threading
+        open(os.path.join(os.environ["HOLD_FOLDER"], "template-starting"), "w").close()
+        threading.Event().wait(60)  # left behind, a template with this hook ends on its own
+        """,
+        f"""
+        import os, psutil
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        handle = mp.parallel(backend="process")(abs)(-1)
+        assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
+        print(mp.shutdown(0), psutil.Process().children())
+        try:
+            handle.get(timeout=10)
+        except mp.ShutdownError:
+            print("ShutdownError")
+        """,
+        tmp_path,
+    )
+    assert completed.stdout.split() == ["False", "[]", "ShutdownError"], completed.stderr
+
+
 def test_a_worker_keeps_a_signal_handler_in_c_that_the_interpreter_set_as_it_started(tmp_path: Path) -> None:
     # A sitecustomize that has faulthandler dump the stacks on SIGUSR1 (an operator's
     # way to see what a stuck process does) must work in workers as in a fresh interpreter:

@@ -196,6 +196,10 @@ class Template:
             except OSError:
                 self._died()
 
+    def kill(self) -> None:
+        """Kill the template, and with it every worker it forked; raises ``PermissionError`` if this process may not."""
+        self._started.kill()
+
     def read(self, timeout: float | None = 0.0) -> None:
         """Take the template's reports: those waiting now, or the first within ``timeout`` (None: wait)."""
         while self.alive:
@@ -320,7 +324,18 @@ class ForkedProcess:
         self.template.signal(self, signal.SIGTERM)
 
     def kill(self) -> None:
-        self.template.signal(self, signal.SIGKILL)
+        """Kill the worker; one never forked, the template: it does not answer (a ``sitecustomize`` that hangs).
+
+        The pool kills a worker after it was told to end, then terminated, a
+        grace period apart: a template that has not reported the fork by then
+        is stuck. Only its end ends the worker, where the pool's stop waited
+        for its report for good, and shutdown gave up after 5 s, leaving the
+        template behind.
+        """
+        if self.pid is None and self.returncode is None:
+            self.template.kill()
+        else:
+            self.template.signal(self, signal.SIGKILL)
 
 
 # -- in the template process ----------------------------------------------------------------

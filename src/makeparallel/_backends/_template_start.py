@@ -153,13 +153,22 @@ class StartedTemplate:
         self._owner.join(timeout)
         return self.returncode
 
+    def kill(self) -> None:
+        """Send the template ``SIGKILL``, unless it was reaped; raises ``PermissionError`` if this process may not.
+
+        A program that dropped its privileges since (``os.setuid``) may not
+        signal a template started as root: that one ends with its socket closed.
+        """
+        if self.returncode is None and self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+
     def wait(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
         self._owner.join(timeout)
         if self.returncode is None and self.pid is not None:
             try:
-                os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
-            except PermissionError:  # this program dropped its privileges since: it ends with its socket closed
+                self.kill()
+            except PermissionError:
                 return
             self._owner.join()
 
