@@ -1474,6 +1474,28 @@ def test_a_worker_the_pool_stops_in_its_initializer_ends_quietly(
         mp.configure_process_pool(initializer=None)
 
 
+@both_ways
+def test_a_module_that_fails_to_import_in_the_template_fails_only_the_tasks_that_need_it(
+    template: bool, tmp_path: Path
+) -> None:
+    # The template imports cloudpickle, logging and the library's errors ahead of the
+    # tasks that need them (before its first fork, for a prestarted pool): one that
+    # raised killed the template, and every worker with it, for tasks that need none.
+    (tmp_path / "cloudpickle.py").write_text("raise RuntimeError('a broken cloudpickle')\n")
+    out = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+
+        mp.configure_process_pool(2, prestart=True)
+        print(mp.parallel(backend="process")(abs)(-1).get(timeout=30))
+        """,
+        template=template,
+    )
+    assert out == ["1"]
+
+
 def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None) -> None:
     # Each new template and worker may get the socket numbers of the dead ones:
     # the pool must still hear from every one of them.

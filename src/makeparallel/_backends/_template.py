@@ -455,16 +455,17 @@ def _preload() -> None:
     template has been idle a moment, after the pool's first workers were
     forked, so that it never delays the first result; or before the first
     fork of a prestarted pool, when the pool asks (``Template.preload``).
+
+    A module that fails to import here (one of the program's folders has a
+    broken ``cloudpickle.py``, say) is left to the worker that needs it, which
+    fails as a fresh interpreter would: the template died of it, and every
+    worker with it, in the middle of its task.
     """
-    import logging  # noqa: F401
-    import traceback  # noqa: F401
-
-    from .. import errors  # noqa: F401
-
-    try:
-        import cloudpickle  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError:  # pragma: no cover - a dependency: a worker would fail the same way on its own
-        pass
+    for name in ("logging", "traceback", "makeparallel.errors", "cloudpickle"):
+        try:
+            __import__(name)
+        except BaseException:  # noqa: BLE001  # SystemExit too: nothing a module does at import ends the template
+            pass
 
 
 def _program_as_parent(program_pid: int) -> Callable[[], int]:
