@@ -1435,6 +1435,26 @@ def test_workers_that_cannot_start_are_reported_with_their_exit_code(template: b
     assert "died while they started up (before any task), the last with exit code 3;" in completed.stdout
 
 
+@both_ways
+def test_a_command_line_no_interpreter_starts_with_fails_the_tasks_with_the_reason(template: bool) -> None:
+    # An embedded interpreter's sys.executable may be None: the TypeError killed the pool's
+    # loop thread, or went unnoticed until the template's workers were "killed by SIGKILL".
+    out = run_fresh(
+        """
+        import sys
+        import makeparallel as mp
+
+        sys.executable = None
+        try:
+            mp.parallel(backend="process")(abs)(-1).get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print(error)
+        """,
+        template=template,
+    )
+    assert "refused to start a worker process (OSError: cannot start None as a new interpreter: TypeError:" in " ".join(out)
+
+
 def log_then_wait_for_the_pool_to_hang_up(log: str) -> None:
     """An initializer that sends its standard error to ``log``, then waits until the pool closes its pipe."""
     import select

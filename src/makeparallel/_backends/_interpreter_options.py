@@ -33,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["PACKAGE_FOLDER", "interpreter_options", "path_arguments", "program_arguments"]
+__all__ = ["PACKAGE_FOLDER", "interpreter_options", "path_arguments", "program_arguments", "refused_start"]
 
 #: The folder this package was imported from: a new interpreter imports it from there first,
 #: the copy the program runs, wherever the program's sys.path says now (it may have removed it).
@@ -113,3 +113,16 @@ def _as_text(entry: object) -> str:
         return str(entry)
     except Exception:  # read in the pool's loop thread, which must not die of it
         return object.__repr__(entry)
+
+
+def refused_start(error: ValueError | TypeError) -> OSError:
+    """``error``, raised as a new interpreter was started with this one's command line, as a start refused.
+
+    An embedded interpreter's ``sys.executable`` may be empty or None, and an
+    entry of ``sys.path`` may hold what no command line can (a lone
+    surrogate): the ``TypeError`` or ``ValueError`` killed the pool's loop
+    thread, or, from the template's start, went unnoticed until its workers
+    were reported killed by ``SIGKILL``. As an ``OSError`` the pool takes it
+    as the system's refusal: it tries again, then fails the tasks with it.
+    """
+    return OSError(f"cannot start {sys.executable!r} as a new interpreter: {type(error).__name__}: {error}")

@@ -80,7 +80,7 @@ from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._inherited import inherits_standard_stream, interrupts_ignored
-from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments
+from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments, refused_start
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -1568,6 +1568,8 @@ def _start_fresh_interpreter(
             stderr=standard[1],
             env=environ,
         )
+    except (ValueError, TypeError) as error:
+        raise refused_start(error) from error
     finally:
         for fd in copies:
             os.close(fd)

@@ -21,7 +21,7 @@ import sys
 import threading
 
 from ._inherited import inherits_standard_stream, snapshot
-from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments
+from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, refused_start
 from ._socketpair import blocking_socketpair
 
 # typing.TYPE_CHECKING without importing typing: a first process task imports this first.
@@ -136,6 +136,9 @@ class StartedTemplate:
             )
         except OSError as error:
             self._error = error
+            return
+        except (ValueError, TypeError) as error:
+            self._error = refused_start(error)
             return
         finally:
             theirs.close()
