@@ -1389,6 +1389,38 @@ def start_slowly(folder: str, release: str) -> None:
         threading.Event().wait(0.01)
 
 
+def fail_if_broken_at_start(folder: str) -> None:
+    """An initializer that raises if ``folder/broken`` existed as it started, once ``folder/go`` exists."""
+    broken = os.path.exists(os.path.join(folder, "broken"))
+    Path(folder, str(os.getpid())).touch()
+    while not os.path.exists(os.path.join(folder, "go")):
+        threading.Event().wait(0.01)
+    if broken:
+        raise ValueError("the initializer found it broken")
+
+
+def test_configuring_the_pool_again_fails_no_task_on_a_set_up_that_failed_before(tmp_path: Path) -> None:
+    # The user fixes what made the initializer fail, and configures the pool again: a
+    # worker started before, whose initializer failed, failed the next task with that
+    # old error, and counted as a failed start of the new configuration.
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    (folder / "broken").touch()
+    fresh_process_pool(1)
+    try:
+        mp.configure_process_pool(initializer=fail_if_broken_at_start, initargs=(str(folder),))
+        before = on_process(worker_pid)()
+        assert wait_until(lambda: len(list(folder.glob("[0-9]*"))) == 1, 30)  # in its initializer, broken
+        (folder / "broken").unlink()
+        mp.configure_process_pool(1)
+        after = on_process(worker_pid)()
+        (folder / "go").touch()
+        assert after.get(timeout=30) == before.get(timeout=30)  # both run by a worker started since
+    finally:
+        (folder / "go").touch()
+        mp.configure_process_pool(initializer=None)
+
+
 def test_a_template_killed_while_its_workers_start_counts_as_one_failed_start(tmp_path: Path) -> None:
     # The workers die with their template, at once: each counted as a failed start, and
     # after three in a row the pool gave up and failed every task.

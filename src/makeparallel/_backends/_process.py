@@ -151,15 +151,21 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at", "killing",
-        "leaving", "memory_probe", "outstanding", "path_version", "process", "ready", "refused", "retiring",
-        "send_lock", "sent", "stop_reason",
+        "ahead", "conn", "configuration", "decoders", "held", "init_error", "initializer", "journal", "kill_at",
+        "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready", "refused",
+        "retiring", "send_lock", "sent", "stop_reason",
     )
 
     def __init__(
-        self, process: subprocess.Popen[bytes] | ForkedProcess, conn: Channel, journal: JournalReader, path_version: int
+        self,
+        process: subprocess.Popen[bytes] | ForkedProcess,
+        conn: Channel,
+        journal: JournalReader,
+        path_version: int,
+        configuration: int,
     ) -> None:
         self.process = process
+        self.configuration = configuration  # the pool's count of configure() calls as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
         # Held while a message is sent: by the loop thread, or by a submitting
@@ -244,6 +250,7 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
+        self._configurations = 0  # configure() calls: a worker started before the last one failed no task of its own
         # When the system last refused a worker a fork or a thread, while workers were there.
         self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
@@ -284,6 +291,7 @@ class ProcessBackend(QueueingBackend):
         every task from now on runs after the new initializer.
         """
         with self._lock:
+            self._configurations += 1
             self._failed_starts = 0
             self._broken = None
             self._short_of_workers = None
@@ -642,7 +650,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version)
+        worker = _Worker(process, Channel(parent_end), journal, path_version, self._configurations)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -1116,11 +1124,16 @@ class ProcessBackend(QueueingBackend):
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             worker.held = None  # in outstanding, never sent: they never started
-            init_failure = self._initializer_failed_locked(worker) if worker.init_error is not None else None
+            # Started before the pool was configured again, which the user does once the cause of failed
+            # starts is fixed: its failure is the old configuration's. It failed the next task with its
+            # old initializer error, and counted as a failed start of the new one. Its tasks run elsewhere.
+            outdated = worker.configuration != self._configurations
+            failed = worker.init_error is not None and not outdated
+            init_failure = self._initializer_failed_locked(worker) if failed else None
             # Died before it was ready, and not because it was told to: a failed start too. (Leaving
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
             # ready or not, and one that died starting was started again and again, uncounted.)
-            unready = not (worker.ready or worker.retiring or worker.killing or self._terminating)
+            unready = not (worker.ready or worker.retiring or worker.killing or self._terminating or outdated)
             terminating = self._terminating
             if init_failure is None and not terminating:  # (terminating: no worker is left to run them)
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
