@@ -143,11 +143,11 @@ def test_a_worker_gets_an_environment_larger_than_a_request_to_the_template(temp
     # 208 KiB): an environment of 300 KB sent in it failed every forked worker's start.
     # Each variable stays under the 128 KiB the system allows one (any exec fails past it).
     out = run_fresh(
-        f"""
+        """
         import os
         import makeparallel as mp
         for number in range(5):
-            os.environ[f"LARGE_{{number}}"] = str(number) * 60_000
+            os.environ[f"LARGE_{number}"] = str(number) * 60_000
 
         def large_variables():
             return sorted((name, len(value), value[0]) for name, value in os.environ.items() if name.startswith("LARGE_"))
@@ -774,7 +774,7 @@ def test_a_new_worker_ignores_the_signals_the_program_ignores_now(template: bool
     # had its later forked workers killed by the hang-up; a fresh interpreter inherits
     # the signals its parent ignores, and the default for every other.
     out = run_fresh(
-        f"""
+        """
         import signal
         import makeparallel as mp
 
@@ -902,7 +902,7 @@ def test_a_worker_ignores_sigchld_as_the_program_did_before_its_first_task(templ
     # where a fresh interpreter keeps it ignored: a task's subprocess.run() then gets
     # no exit code (the child is reaped by the system), in the worker as in the program.
     out = run_fresh(
-        f"""
+        """
         import signal, subprocess
         import makeparallel as mp
 
@@ -1245,7 +1245,7 @@ def test_a_new_worker_has_the_oom_score_adj_the_program_has_now(template: bool) 
     # A program that made its workers the out-of-memory killer's first choice after its
     # first task had its later forked workers keep the template's score.
     out = run_fresh(
-        f"""
+        """
         import makeparallel as mp
 
         def score():
@@ -1681,7 +1681,7 @@ def test_large_tasks_arrive_though_the_program_set_a_default_socket_timeout(temp
     # the pool's pairs included: the worker's end, wrapped there as blocking, failed its
     # reads, and a task of a few MiB never arrived (TaskTimeoutError).
     out = run_fresh(
-        f"""
+        """
         import socket
         socket.setdefaulttimeout(0.5)
         import makeparallel as mp
@@ -2004,7 +2004,7 @@ def test_the_environment_is_copied_though_another_thread_removes_a_variable_mean
 ) -> None:
     # dict(os.environ) lists the names, then reads each: a name removed in between
     # raised KeyError, in the pool's loop thread, which died of it.
-    from collections.abc import Iterator, MutableMapping
+    from collections.abc import MutableMapping
 
     from makeparallel._backends._template_start import environment
 
