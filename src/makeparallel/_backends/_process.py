@@ -85,7 +85,7 @@ from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
 from ._template import ForkedProcess, Template, take_template, template_available
-from ._template_start import environment
+from ._template_start import environment, stop_early
 from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
@@ -570,7 +570,7 @@ class ProcessBackend(QueueingBackend):
         try:
             for worker in workers:
                 _close(worker)
-            left_alone = _stop_together([worker.process for worker in workers])
+            left_alone = _stop_together([worker.process for worker in workers], every_worker=True)
             for worker in workers:
                 if worker.process not in left_alone:
                     worker.process.wait()  # exited or killed: reaped at once
@@ -695,6 +695,7 @@ class ProcessBackend(QueueingBackend):
         template, self._template = self._template, None
         if template is not None:
             template.close()
+        stop_early()  # started for this pool's first task, and not taken: it stopped before its first worker
 
     def _maintain(self) -> bool:
         """Start and stop workers, send control messages, dispatch; False to end the loop."""
@@ -704,7 +705,7 @@ class ProcessBackend(QueueingBackend):
         if terminating:
             for worker in workers:
                 _close(worker)  # end of file: a worker ends on its own
-            left_alone = _stop_together([worker.process for worker in workers])
+            left_alone = _stop_together([worker.process for worker in workers], every_worker=True)
             for worker in workers:
                 self._worker_died(worker, stoppable=worker.process not in left_alone)
             with self._lock:  # no worker is left to run what waits in the queue: it ends now
@@ -1452,7 +1453,7 @@ def _stop(process: subprocess.Popen[bytes] | ForkedProcess) -> int | None:
 
 
 def _stop_together(
-    processes: list[subprocess.Popen[bytes] | ForkedProcess],
+    processes: list[subprocess.Popen[bytes] | ForkedProcess], every_worker: bool = False
 ) -> list[subprocess.Popen[bytes] | ForkedProcess]:
     """End ``processes``, their pipes closed: each a grace period to exit, then SIGTERM, then SIGKILL.
 
@@ -1461,6 +1462,15 @@ def _stop_together(
     both. Stopped one after another, four such workers outlasted what
     ``terminate()`` waits for the loop, and ``shutdown()`` returned with
     workers still running.
+
+    ``every_worker``: these are all the pool's workers (it stops). One its
+    template has not forked by the end of the grace periods has a template
+    stuck before it serves (a ``sitecustomize`` that hangs): killing the
+    template is its only end, and ends no worker that is not stopping too.
+    The pool waited for the fork's report for good, shutdown gave up after
+    5 s, and the template, deaf to ``SIGTERM`` and Ctrl-C, outlived the
+    program. Where one worker stops (a forced cancel, a smaller pool), the
+    template's others run tasks: it waits for the template's report.
 
     Returns:
         Those still running that this process may no longer signal, left to
@@ -1480,8 +1490,21 @@ def _stop_together(
                     running.append(process)
         processes = []
         for process in running:
-            (processes if _signalled(process, kill) else left_alone).append(process)
+            if kill and every_worker and isinstance(process, ForkedProcess) and process.pid is None:
+                stopped = _template_killed(process)
+            else:
+                stopped = _signalled(process, kill)
+            (processes if stopped else left_alone).append(process)
     return left_alone
+
+
+def _template_killed(process: ForkedProcess) -> bool:
+    """Kill the template of ``process``, a worker it never forked; False if this process may no longer (``_signalled``)."""
+    try:
+        process.template.kill()
+    except PermissionError:
+        return False
+    return True
 
 
 def _list_length(data: bytes) -> int | None:

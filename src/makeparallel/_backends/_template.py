@@ -324,18 +324,7 @@ class ForkedProcess:
         self.template.signal(self, signal.SIGTERM)
 
     def kill(self) -> None:
-        """Kill the worker; one never forked, the template: it does not answer (a ``sitecustomize`` that hangs).
-
-        The pool kills a worker after it was told to end, then terminated, a
-        grace period apart: a template that has not reported the fork by then
-        is stuck. Only its end ends the worker, where the pool's stop waited
-        for its report for good, and shutdown gave up after 5 s, leaving the
-        template behind.
-        """
-        if self.pid is None and self.returncode is None:
-            self.template.kill()
-        else:
-            self.template.signal(self, signal.SIGKILL)
+        self.template.signal(self, signal.SIGKILL)
 
 
 # -- in the template process ----------------------------------------------------------------

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's functions without its enums (see _template)
 
-__all__ = ["StartedTemplate", "ending_signals", "environment", "start_early", "take_started", "template_available"]
+__all__ = [
+    "StartedTemplate", "ending_signals", "environment", "start_early", "stop_early", "take_started", "template_available"
+]
 
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
@@ -251,6 +253,20 @@ def take_started() -> StartedTemplate:
     with _early_lock:
         started, _early = _early, None
     return started if started is not None else StartedTemplate()
+
+
+def stop_early() -> None:
+    """Stop the template :func:`start_early` started, if no pool took it: its pool stopped before its first worker.
+
+    Left, a template stuck as it started (a ``sitecustomize`` that hangs)
+    outlived the program: it asks for its parent-death signal only once it serves.
+    """
+    global _early
+    with _early_lock:
+        started, _early = _early, None
+    if started is not None:
+        started.sock.close()
+        started.wait(1.0)
 
 
 def _drop_early_after_fork() -> None:
