@@ -27,6 +27,7 @@ import pytest
 import makeparallel as mp
 from makeparallel._backends import _process
 from makeparallel._backends._template import template_available
+from makeparallel._backends._template_start import StartedTemplate
 from makeparallel._cpus import usable_cpus
 from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
 
@@ -1108,6 +1109,18 @@ def test_shutdown_ends_a_template_that_hangs_as_it_starts(tmp_path: Path) -> Non
         tmp_path,
     )
     assert completed.stdout.split() == ["False", "[]", "ShutdownError"], completed.stderr
+
+
+def test_killing_a_template_as_it_is_reaped_signals_no_other_process() -> None:
+    # The thread that owns a template reaped it, then stored its exit code: a kill in between
+    # found no such process, and the ProcessLookupError killed the pool's loop thread (and a
+    # process given that pid meanwhile would have been killed instead).
+    for _ in range(10):
+        started = StartedTemplate()
+        while started.returncode is None:
+            started.kill()
+        started.sock.close()
+        assert started.exit_code(10) == -signal.SIGKILL
 
 
 def test_a_worker_keeps_a_signal_handler_in_c_that_the_interpreter_set_as_it_started(tmp_path: Path) -> None:

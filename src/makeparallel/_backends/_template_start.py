@@ -83,6 +83,7 @@ class StartedTemplate:
         self.pid: int | None = None
         self.returncode: int | None = None  # set once it exited and was reaped
         self._spawned = threading.Event()
+        self._reaping = threading.Lock()  # kill() signals it only while it is not reaped (its pid is its own)
         self._error: OSError | None = None
         self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
         try:
@@ -148,8 +149,10 @@ class StartedTemplate:
                 os.close(moved)
             self._spawned.set()
         try:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: kill() may still signal it
+            with self._reaping:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
         except ChildProcessError:  # reaped by another (SIGCHLD ignored): its exit code is lost
             self.returncode = 0
 
@@ -164,8 +167,12 @@ class StartedTemplate:
         A program that dropped its privileges since (``os.setuid``) may not
         signal a template started as root: that one ends with its socket closed.
         """
-        if self.returncode is None and self.pid is not None:
-            os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+        with self._reaping:  # the owner thread reaped it after the check, and the kill found no such process
+            if self.returncode is None and self.pid is not None:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still the template's
+                except ProcessLookupError:  # reaped by another (SIGCHLD ignored)
+                    pass
 
     def wait(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
