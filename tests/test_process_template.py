@@ -1412,14 +1412,18 @@ def fail_if_broken_at_start(folder: str) -> None:
         raise ValueError("the initializer found it broken")
 
 
-def test_configuring_the_pool_again_fails_no_task_on_a_set_up_that_failed_before(tmp_path: Path) -> None:
-    # The user fixes what made the initializer fail, and configures the pool again: a
-    # worker started before, whose initializer failed, failed the next task with that
-    # old error, and counted as a failed start of the new configuration.
+def test_configuring_the_pool_again_fails_only_the_tasks_submitted_before_on_a_set_up_that_failed(
+    tmp_path: Path,
+) -> None:
+    # The user fixes what made the initializer fail, and configures the pool again: a worker
+    # started before, whose initializer failed, failed the next task too with that old error,
+    # and counted as a failed start of the new configuration. A task submitted before the
+    # call fails with it, as ever, though the call is an autoscaler's, made again and again.
     folder = tmp_path / "workers"
     folder.mkdir()
     (folder / "broken").touch()
     fresh_process_pool(1)
+    restarts = mp.get_process_pool_info()["worker_restart_reasons"]
     try:
         mp.configure_process_pool(initializer=fail_if_broken_at_start, initargs=(str(folder),))
         before = on_process(worker_pid)()
@@ -1428,9 +1432,44 @@ def test_configuring_the_pool_again_fails_no_task_on_a_set_up_that_failed_before
         mp.configure_process_pool(1)
         after = on_process(worker_pid)()
         (folder / "go").touch()
-        assert after.get(timeout=30) == before.get(timeout=30)  # both run by a worker started since
+        with pytest.raises(mp.WorkerCrashedError, match="the initializer found it broken"):
+            before.get(timeout=30)
+        assert after.get(timeout=30) != int(next(folder.glob("[0-9]*")).name)  # a worker started since
+        now = mp.get_process_pool_info()["worker_restart_reasons"]
+        new = {reason: count - restarts.get(reason, 0) for reason, count in now.items()}
+        assert {reason: count for reason, count in new.items() if count} == {"initializer failed": 1}
     finally:
         (folder / "go").touch()
+        mp.configure_process_pool(initializer=None)
+
+
+def remember(value: str) -> None:
+    """An initializer that keeps ``value`` for :func:`remembered`."""
+    os.environ["MAKEPARALLEL_TEST_REMEMBERED"] = value
+
+
+def remembered() -> str:
+    return os.environ["MAKEPARALLEL_TEST_REMEMBERED"]
+
+
+@both_ways
+def test_every_task_submitted_after_a_new_initializer_runs_after_it(
+    template: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool's loop read the set-up, then started a worker outside its lock: a new set-up
+    # given meanwhile recycled the workers already there, and not that one, which kept the
+    # old set-up for good.
+    if not template:
+        monkeypatch.setattr(_process, "template_available", lambda: False)
+    fresh_process_pool(2)
+    try:
+        for attempt in range(5):
+            mp.configure_process_pool(initializer=remember, initargs=(f"old{attempt}",))
+            first = on_process(remembered)()  # the pool's workers start as the set-up changes
+            mp.configure_process_pool(initializer=remember, initargs=(f"new{attempt}",))
+            first.get(timeout=30)
+            assert [h.get(timeout=30) for h in [on_process(remembered)() for _ in range(6)]] == [f"new{attempt}"] * 6
+    finally:
         mp.configure_process_pool(initializer=None)
 
 

@@ -250,7 +250,8 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
-        self._configurations = 0  # configure() calls: a worker started before the last one failed no task of its own
+        self._configurations = 0  # configure() calls, which each worker records as it starts
+        self._configured_at = 0.0  # when the last one was made (time.perf_counter, the tasks' submission clock)
         # When the system last refused a worker a fork or a thread, while workers were there.
         self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
@@ -292,6 +293,7 @@ class ProcessBackend(QueueingBackend):
         """
         with self._lock:
             self._configurations += 1
+            self._configured_at = time.perf_counter()
             self._failed_starts = 0
             self._broken = None
             self._short_of_workers = None
@@ -625,7 +627,7 @@ class ProcessBackend(QueueingBackend):
                 look = look or bool(self._queued or self._control) or self._workers != watched
         self._close_template()
 
-    def _start_worker(self, path: _WorkersPath, path_version: int) -> _Worker:
+    def _start_worker(self, path: _WorkersPath, path_version: int, configuration: int) -> _Worker:
         """Start a worker: forked from the template on Linux, else a fresh interpreter.
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
@@ -650,7 +652,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version, self._configurations)
+        worker = _Worker(process, Channel(parent_end), journal, path_version, configuration)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -735,12 +737,13 @@ class ProcessBackend(QueueingBackend):
             if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
                 self._take_path_locked()
             setup, path, path_version = self._setup, self._path, self._path_version
+            configuration = self._configurations
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
         started = 0
         while started < missing:
             try:
-                worker = self._start_worker(path, path_version)
+                worker = self._start_worker(path, path_version, configuration)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
                     stop = self._start_refused_locked(error)
@@ -755,6 +758,8 @@ class ProcessBackend(QueueingBackend):
             _send(worker, ("setup", setup.initializer, setup.initargs, argv, interrupts_ignored(), settings))
             with self._lock:
                 self._workers.append(worker)
+                if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
+                    self._recycle_locked(worker, "")
         self._kill_marked()
         if self._left_to_end:
             self._reap_left_to_end()
@@ -1125,12 +1130,18 @@ class ProcessBackend(QueueingBackend):
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             worker.held = None  # in outstanding, never sent: they never started
-            # Started before the pool was configured again, which the user does once the cause of failed
-            # starts is fixed: its failure is the old configuration's. It failed the next task with its
-            # old initializer error, and counted as a failed start of the new one. Its tasks run elsewhere.
+            # Started before the pool was last configured, which users do once they fixed what made
+            # workers fail to start, its failure is the old configuration's: the tasks submitted
+            # since run elsewhere (they failed with its old initializer error), and it counts as no
+            # failed start of the new configuration. Those submitted before fail with it, as ever.
             outdated = worker.configuration != self._configurations
-            failed = worker.init_error is not None and not outdated
-            init_failure = self._initializer_failed_locked(worker) if failed else None
+            init_failure = None
+            if worker.init_error is not None:
+                init_failure = self._initializer_failed_locked(worker, counted=not outdated)
+                if outdated and not self._terminating:
+                    for handle in reversed(outstanding):
+                        if handle._state == RUNNING and handle._submitted_at >= self._configured_at:
+                            self._requeue_locked(handle)
             # Died before it was ready, and not because it was told to: a failed start too. (Leaving
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
             # ready or not, and one that died starting was started again and again, uncounted.)
@@ -1234,11 +1245,12 @@ class ProcessBackend(QueueingBackend):
             return None
         return None if unsent is None else done + unsent
 
-    def _initializer_failed_locked(self, worker: _Worker) -> Callable[[], BaseException]:
-        """Count a failed start; after a few in a row, stop starting workers. Return the error's maker."""
+    def _initializer_failed_locked(self, worker: _Worker, counted: bool) -> Callable[[], BaseException]:
+        """Count a failed start (``counted``); after a few in a row, stop starting workers. Return the error's maker."""
         cause = worker.init_error
-        self._failed_starts += 1
-        gave_up = self._failed_starts >= _FAILED_STARTS_ALLOWED
+        if counted:
+            self._failed_starts += 1
+        gave_up = counted and self._failed_starts >= _FAILED_STARTS_ALLOWED
         name = self._setup.name
 
         def make_error() -> BaseException:
