@@ -1111,6 +1111,32 @@ def test_shutdown_ends_a_template_that_hangs_as_it_starts(tmp_path: Path) -> Non
     assert completed.stdout.split() == ["False", "[]", "ShutdownError"], completed.stderr
 
 
+def test_a_forced_cancel_while_the_template_hangs_as_it_starts_holds_nothing_up(tmp_path: Path) -> None:
+    # Stopping a worker the template had not forked waited for the template's report on the
+    # pool's loop thread: for good with a stuck template, which outlived the program.
+    completed = run_with_template_hook(
+        """
+        import threading
+        open(os.path.join(os.environ["HOLD_FOLDER"], "template-starting"), "w").close()
+        threading.Event().wait(60)  # left behind, a template with this hook ends on its own
+        """,
+        f"""
+        import os, psutil
+        import makeparallel as mp
+        from pool_helpers import wait_until
+
+        mp.configure_process_pool(2)
+        handles = [mp.parallel(backend="process")(abs)(-1) for _ in range(2)]
+        assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
+        assert wait_until(lambda: mp.get_process_pool_info()["busy_workers"] == 2, 30)  # given to their workers
+        assert handles[0].cancel(force=True)
+        print(mp.shutdown(0, cancel_pending=True), psutil.Process().children())
+        """,
+        tmp_path,
+    )
+    assert completed.stdout.split() == ["False", "[]"], completed.stderr  # (the other task never ran)
+
+
 def test_killing_a_template_as_it_is_reaped_signals_no_other_process() -> None:
     # The thread that owns a template reaped it, then stored its exit code: a kill in between
     # found no such process, and the ProcessLookupError killed the pool's loop thread (and a

@@ -1349,9 +1349,12 @@ class ProcessBackend(QueueingBackend):
                     _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
             elif now >= worker.kill_at and worker.process.poll() is None:
-                if not _signalled(worker.process, kill=True):
+                if not _signalled(worker.process, kill=True) or _not_forked(worker.process):
                     # Not ours to stop, and deaf to its end of file (a C call that holds the
                     # GIL): it ends when the call returns, and a new worker takes its place now.
+                    # Or not forked yet by a template busy or stuck as it starts, which kills it
+                    # once it forked it: asked again at every look, the loop spun, and blocked
+                    # once the template's socket was full.
                     self._worker_died(worker, stoppable=False)
 
     def _reap_left_to_end(self) -> None:
@@ -1475,14 +1478,17 @@ def _stop_together(
     ``terminate()`` waits for the loop, and ``shutdown()`` returned with
     workers still running.
 
-    ``every_worker``: these are all the pool's workers (it stops). One its
-    template has not forked by the end of the grace periods has a template
-    stuck before it serves (a ``sitecustomize`` that hangs): killing the
-    template is its only end, and ends no worker that is not stopping too.
-    The pool waited for the fork's report for good, shutdown gave up after
-    5 s, and the template, deaf to ``SIGTERM`` and Ctrl-C, outlived the
-    program. Where one worker stops (a forced cancel, a smaller pool), the
-    template's others run tasks: it waits for the template's report.
+    A worker its template has not forked by the end of the grace periods has
+    a template busy (a slow import ahead of the tasks) or stuck before it
+    serves (a ``sitecustomize`` that hangs). Waiting for the fork's report
+    held up the pool's loop thread, and the results of every other worker,
+    for as long; and for good with a stuck template, which outlived the
+    program (shutdown gave up after 5 s; it is deaf to ``SIGTERM`` and
+    Ctrl-C). With ``every_worker`` (these are all the pool's workers: it
+    stops) the template is killed, its only end for a stuck one, which ends
+    no worker that is not stopping too. Otherwise the worker is left to end:
+    the template kills it as soon as it forked it, the kill asked after the
+    fork; killing the template killed the running workers with it.
 
     Returns:
         Those still running that this process may no longer signal, left to
@@ -1502,12 +1508,21 @@ def _stop_together(
                     running.append(process)
         processes = []
         for process in running:
-            if kill and every_worker and isinstance(process, ForkedProcess) and process.pid is None:
-                stopped = _template_killed(process)
+            if kill and isinstance(process, ForkedProcess) and _not_forked(process):
+                if every_worker:
+                    stopped = _template_killed(process)
+                else:
+                    process.kill()  # the template kills it once it forked it
+                    stopped = False  # left to end on its own: not waited for
             else:
                 stopped = _signalled(process, kill)
             (processes if stopped else left_alone).append(process)
     return left_alone
+
+
+def _not_forked(process: subprocess.Popen[bytes] | ForkedProcess) -> bool:
+    """Whether ``process`` is a worker its template has not reported forking yet."""
+    return isinstance(process, ForkedProcess) and process.pid is None
 
 
 def _template_killed(process: ForkedProcess) -> bool:
