@@ -1448,22 +1448,23 @@ def test_configuring_the_pool_again_fails_only_the_tasks_submitted_before_on_a_s
     folder = tmp_path / "workers"
     folder.mkdir()
     (folder / "broken").touch()
-    fresh_process_pool(1)
+    fresh_process_pool(2)
     restarts = mp.get_process_pool_info()["worker_restart_reasons"]
     try:
         mp.configure_process_pool(initializer=fail_if_broken_at_start, initargs=(str(folder),))
         before = on_process(worker_pid)()
-        assert wait_until(lambda: len(list(folder.glob("[0-9]*"))) == 1, 30)  # in its initializer, broken
+        assert wait_until(lambda: len(list(folder.glob("[0-9]*"))) == 2, 30)  # both in their initializer, broken
+        started_before = {int(path.name) for path in folder.glob("[0-9]*")}
         (folder / "broken").unlink()
-        mp.configure_process_pool(1)
-        after = on_process(worker_pid)()
+        mp.configure_process_pool(2)
+        after = on_process(worker_pid)()  # to the worker that has no task yet
         (folder / "go").touch()
         with pytest.raises(mp.WorkerCrashedError, match="the initializer found it broken"):
             before.get(timeout=30)
-        assert after.get(timeout=30) != int(next(folder.glob("[0-9]*")).name)  # a worker started since
+        assert after.get(timeout=30) not in started_before
         now = mp.get_process_pool_info()["worker_restart_reasons"]
         new = {reason: count - restarts.get(reason, 0) for reason, count in now.items()}
-        assert {reason: count for reason, count in new.items() if count} == {"initializer failed": 1}
+        assert {reason: count for reason, count in new.items() if count} == {"initializer failed": 2}
     finally:
         (folder / "go").touch()
         mp.configure_process_pool(initializer=None)
