@@ -335,11 +335,11 @@ DEAD_LOOP_AND_RECOVERY = DEAD_LOOP.replace(
     "ProcessBackend._receive_all = receive_or_fail\n"
     "from makeparallel._backends import _process\n"
     "stop_together = _process._stop_together\n"
-    "def stop_or_fail(processes):\n"
+    "def stop_or_fail(processes, every_worker=False):\n"
     "    if len(faults) == 1:\n"
     "        faults.append(2)\n"
     "        raise PermissionError('injected fault in the recovery')\n"
-    "    return stop_together(processes)\n"
+    "    return stop_together(processes, every_worker)\n"
     "_process._stop_together = stop_or_fail",
 )
 
