@@ -151,7 +151,7 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "conn", "configuration", "decoders", "held", "init_error", "initializer", "journal", "kill_at",
+        "ahead", "configured_at", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at",
         "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready", "refused",
         "retiring", "send_lock", "sent", "stop_reason",
     )
@@ -162,10 +162,10 @@ class _Worker:
         conn: Channel,
         journal: JournalReader,
         path_version: int,
-        configuration: int,
+        configured_at: float,
     ) -> None:
         self.process = process
-        self.configuration = configuration  # the pool's count of configure() calls as it started
+        self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
         # Held while a message is sent: by the loop thread, or by a submitting
@@ -250,8 +250,9 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
-        self._configurations = 0  # configure() calls, which each worker records as it starts
-        self._configured_at = 0.0  # when the last one was made (time.perf_counter, the tasks' submission clock)
+        # When configure() was last called (time.perf_counter, the tasks' submission clock), which
+        # each worker records as it starts.
+        self._configured_at = 0.0
         # When the system last refused a worker a fork or a thread, while workers were there.
         self._start_refused_at: float | None = None
         self._short_of_workers: str | None = None  # why, while the workers there run the tasks: for health()
@@ -292,7 +293,6 @@ class ProcessBackend(QueueingBackend):
         every task from now on runs after the new initializer.
         """
         with self._lock:
-            self._configurations += 1
             self._configured_at = time.perf_counter()
             self._failed_starts = 0
             self._broken = None
@@ -627,7 +627,7 @@ class ProcessBackend(QueueingBackend):
                 look = look or bool(self._queued or self._control) or self._workers != watched
         self._close_template()
 
-    def _start_worker(self, path: _WorkersPath, path_version: int, configuration: int) -> _Worker:
+    def _start_worker(self, path: _WorkersPath, path_version: int, configured_at: float) -> _Worker:
         """Start a worker: forked from the template on Linux, else a fresh interpreter.
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
@@ -652,7 +652,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version, configuration)
+        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -737,13 +737,13 @@ class ProcessBackend(QueueingBackend):
             if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
                 self._take_path_locked()
             setup, path, path_version = self._setup, self._path, self._path_version
-            configuration = self._configurations
+            configured_at = self._configured_at
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
         started = 0
         while started < missing:
             try:
-                worker = self._start_worker(path, path_version, configuration)
+                worker = self._start_worker(path, path_version, configured_at)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
                     stop = self._start_refused_locked(error)
@@ -1134,7 +1134,7 @@ class ProcessBackend(QueueingBackend):
             # workers fail to start, its failure is the old configuration's: the tasks submitted
             # since run elsewhere (they failed with its old initializer error), and it counts as no
             # failed start of the new configuration. Those submitted before fail with it, as ever.
-            outdated = worker.configuration != self._configurations
+            outdated = worker.configured_at != self._configured_at
             init_failure = None
             if worker.init_error is not None:
                 init_failure = self._initializer_failed_locked(worker, counted=not outdated)
