@@ -90,6 +90,7 @@ from ._wakeup import drain, wakeup_pipe
 
 if TYPE_CHECKING:
     import subprocess  # imported where used: on Linux the template forks the workers
+    from typing import TypeGuard
 
     from .._handle import AsyncHandle
 
@@ -1508,7 +1509,7 @@ def _stop_together(
                     running.append(process)
         processes = []
         for process in running:
-            if kill and isinstance(process, ForkedProcess) and _not_forked(process):
+            if kill and _not_forked(process):
                 if every_worker:
                     stopped = _template_killed(process)
                 else:
@@ -1520,7 +1521,7 @@ def _stop_together(
     return left_alone
 
 
-def _not_forked(process: subprocess.Popen[bytes] | ForkedProcess) -> bool:
+def _not_forked(process: subprocess.Popen[bytes] | ForkedProcess) -> TypeGuard[ForkedProcess]:
     """Whether ``process`` is a worker its template has not reported forking yet."""
     return isinstance(process, ForkedProcess) and process.pid is None
 

@@ -177,12 +177,11 @@ class StartedTemplate:
     def wait(self, timeout: float) -> None:
         """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
         self._owner.join(timeout)
-        if self.returncode is None and self.pid is not None:
-            try:
-                self.kill()
-            except PermissionError:
-                return
-            self._owner.join()
+        try:
+            self.kill()  # unless it was reaped meanwhile
+        except PermissionError:
+            return
+        self._owner.join()
 
 
 def ending_signals() -> list[int]:
