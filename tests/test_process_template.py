@@ -1531,19 +1531,18 @@ def test_workers_that_cannot_start_are_reported_with_their_exit_code(template: b
         f"import os\nif os.path.exists({str(program_started)!r}):\n    os._exit(3)\n"
         f"open({str(program_started)!r}, 'w').close()\n"
     )
-    script = """
+    out = run_fresh(
+        """
         import makeparallel as mp
         try:
             mp.parallel(backend="process")(abs)(-1).get(timeout=30)
         except mp.WorkerCrashedError as error:
             print(error)
-        """
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), PACKAGE])
-    code = textwrap.dedent(script) if template else _FRESH_INTERPRETERS + textwrap.dedent(script)
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
-    assert completed.returncode == 0, completed.stderr
-    assert "died while they started up (before any task), the last with exit code 3;" in completed.stdout
+        """,
+        template=template,
+        path=(str(folder),),
+    )
+    assert "died while they started up (before any task), the last with exit code 3;" in " ".join(out)
 
 
 @both_ways
@@ -1671,14 +1670,17 @@ def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.M
         assert "_process_worker" in command and "_template" not in command
 
 
-def run_fresh(script: str, options: tuple[str, ...] = (), template: bool = True) -> list[str]:
+def run_fresh(
+    script: str, options: tuple[str, ...] = (), template: bool = True, path: tuple[str, ...] = ()
+) -> list[str]:
     """Run ``script`` in a fresh interpreter started with ``options``, where the first process task makes the pool; its output's words.
 
     ``template`` false: the pool's workers are fresh interpreters (``both_ways``).
+    ``path``: folders put first in ``PYTHONPATH`` (a ``sitecustomize`` that every process runs).
     """
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     here = [PACKAGE, str(Path(__file__).parent)]  # the package, pool_helpers
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*here, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, *here, env.get("PYTHONPATH")]))
     code = textwrap.dedent(script) if template else _FRESH_INTERPRETERS + textwrap.dedent(script)
     completed = subprocess.run(
         [sys.executable, *options, "-c", code],
