@@ -259,8 +259,7 @@ class Template:
     def close(self) -> None:
         """Stop the template once its workers are gone: end of file, then wait for it."""
         self._gone()
-        self.sock.close()
-        self._started.wait(1.0)
+        self._started.stop()
 
 
 def _standard_outputs() -> tuple[list[int], list[int]]:

@@ -174,9 +174,10 @@ class StartedTemplate:
                 except ProcessLookupError:  # reaped by another (SIGCHLD ignored)
                     pass
 
-    def wait(self, timeout: float) -> None:
-        """Wait ``timeout`` seconds for the template to exit, then kill it and wait for that (if this process may)."""
-        self._owner.join(timeout)
+    def stop(self) -> None:
+        """End it: close the pool's end of its socket; after a second, kill it and wait for that (if this process may)."""
+        self.sock.close()
+        self._owner.join(1.0)
         try:
             self.kill()  # unless it was reaped meanwhile
         except PermissionError:
@@ -271,8 +272,7 @@ def stop_early() -> None:
     with _early_lock:
         started, _early = _early, None
     if started is not None:
-        started.sock.close()
-        started.wait(1.0)
+        started.stop()
 
 
 def _drop_early_after_fork() -> None:
