@@ -1428,6 +1428,15 @@ def start_slowly(folder: str, release: str) -> None:
         threading.Event().wait(0.01)
 
 
+def remember(value: str) -> None:
+    """An initializer that keeps ``value`` for :func:`remembered`."""
+    os.environ["MAKEPARALLEL_TEST_REMEMBERED"] = value
+
+
+def remembered() -> str:
+    return os.environ["MAKEPARALLEL_TEST_REMEMBERED"]
+
+
 def fail_if_broken_at_start(folder: str) -> None:
     """An initializer that raises if ``folder/broken`` existed as it started, once ``folder/go`` exists."""
     broken = os.path.exists(os.path.join(folder, "broken"))
@@ -1470,13 +1479,24 @@ def test_configuring_the_pool_again_fails_only_the_tasks_submitted_before_on_a_s
         mp.configure_process_pool(initializer=None)
 
 
-def remember(value: str) -> None:
-    """An initializer that keeps ``value`` for :func:`remembered`."""
-    os.environ["MAKEPARALLEL_TEST_REMEMBERED"] = value
-
-
-def remembered() -> str:
-    return os.environ["MAKEPARALLEL_TEST_REMEMBERED"]
+def test_an_initializer_error_names_the_initializer_that_raised_it(tmp_path: Path) -> None:
+    # A worker's initializer failed after the pool was given another: the task's error named the new one.
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    (folder / "broken").touch()
+    fresh_process_pool(1)
+    try:
+        mp.configure_process_pool(initializer=fail_if_broken_at_start, initargs=(str(folder),))
+        before = on_process(worker_pid)()
+        assert wait_until(lambda: any(folder.glob("[0-9]*")), 30)  # in its initializer, broken
+        mp.configure_process_pool(initializer=remember, initargs=("fixed",))
+        (folder / "go").touch()
+        with pytest.raises(mp.WorkerCrashedError, match=r"initializer \S*fail_if_broken_at_start raised ValueError"):
+            before.get(timeout=30)
+        assert on_process(remembered)().get(timeout=30) == "fixed"
+    finally:
+        (folder / "go").touch()
+        mp.configure_process_pool(initializer=None)
 
 
 @both_ways

@@ -1252,7 +1252,7 @@ class ProcessBackend(QueueingBackend):
         if counted:
             self._failed_starts += 1
         gave_up = counted and self._failed_starts >= _FAILED_STARTS_ALLOWED
-        name = self._setup.name
+        name = worker.initializer  # the pool's may have been replaced since the worker ran it
 
         def make_error() -> BaseException:
             error = WorkerCrashedError(
