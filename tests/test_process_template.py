@@ -717,6 +717,43 @@ def test_workers_started_after_the_program_left_its_session_are_in_its_new_one()
     assert seen[-1][2] != program
 
 
+def test_workers_started_after_the_program_changed_what_a_process_reads_as_it_starts_are_not_forks_of_the_template_before() -> None:
+    # A process reads its hash seed and its locale from the environment only as it starts:
+    # set in os.environ after the first task, they reached no worker forked from the template,
+    # where a fresh interpreter takes them.
+    out = run_fresh(
+        """
+        import json, os, subprocess, sys
+        import makeparallel as mp
+        from test_process_template import parent_process
+
+        READ = "import locale, sys; print(sys.flags.hash_randomization, sys.flags.utf8_mode, locale.setlocale(locale.LC_CTYPE))"
+
+        def read():
+            import locale
+            return [sys.flags.hash_randomization, sys.flags.utf8_mode, locale.setlocale(locale.LC_CTYPE)]
+
+        def state():
+            return read(), parent_process()
+
+        os.environ.pop("PYTHONHASHSEED", None)  # the template starts with its hash seed random
+        mp.configure_process_pool(num_workers=1)
+        task = mp.parallel(backend="process")(state)
+        before = task().get(timeout=30)
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.environ["LC_ALL"] = "C"
+        fresh = subprocess.run([sys.executable, "-c", READ], capture_output=True, text=True, check=True).stdout.split()
+        print(json.dumps([int(fresh[0]), int(fresh[1]), fresh[2]], separators=(",", ":")))  # what one reads now
+        """
+        + _UNTIL_A_NEW_TEMPLATE
+    )
+    fresh = json.loads(out[0])
+    before, *seen, program = json.loads(out[1])
+    assert before[0][0] == 1 and fresh[0] == 0
+    assert [state for state, _ in seen] == [fresh] * len(seen)
+    assert seen[-1][1] not in (before[1], program)  # forked again, from a new template
+
+
 def test_an_outdated_template_ends_with_its_last_worker() -> None:
     # Not at the next worker's start: a template started as root forked as root,
     # on request, for a program that had dropped its privileges since.

@@ -22,7 +22,12 @@ root directory (``chroot``), its control group, and the limit on how many
 processes it may start, which the template's ``fork()`` obeys, not the
 worker's. Where one of these changed since the template started
 (:func:`departed_since`), the pool forks no more workers from that template
-(``ProcessBackend._fork``).
+(``ProcessBackend._fork``). Nor can a fork take on what a process reads
+from its environment only as it starts (:func:`_read_at_start`): a
+program that set ``LC_ALL``, ``PYTHONHASHSEED`` or ``LD_LIBRARY_PATH`` in
+``os.environ`` after its first process task had its later workers run with
+the template's locale, hash seed and libraries, where fresh interpreters
+take the new ones; where one of those changed, likewise.
 
 Capabilities, ``no_new_privs`` and seccomp filters belong to a thread: they
 are read in the thread that starts the workers (the pool's loop thread, which
@@ -50,8 +55,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     #: A process's umask (None where /proc does not say), ignored signals (a mask),
-    #: oom_score_adj and resource limits as text, and :func:`_identity`.
-    Snapshot = tuple[int | None, int | None, bytes, bytes, tuple[Any, ...]]
+    #: oom_score_adj and resource limits as text, :func:`_identity` and :func:`_read_at_start`.
+    Snapshot = tuple[int | None, int | None, bytes, bytes, tuple[Any, ...], tuple[tuple[str, str], ...]]
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
@@ -65,6 +70,14 @@ _STATUS = "/proc/thread-self/status" if os.path.exists("/proc/thread-self/status
 _IDENTITY = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp")
 _OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 _PROCESS_LIMIT = b"Max processes"  # the line of /proc/self/limits with RLIMIT_NPROC
+# The line with RLIMIT_STACK, from which glibc sets the default stack size of threads as a process starts.
+_STACK_LIMIT = b"Max stack size"
+# The environment variables a process reads only as it starts: the interpreter's own (PYTHONHASHSEED,
+# PYTHONUTF8, PYTHONIOENCODING...), the locale (the interpreter sets LC_CTYPE from LC_ALL, LC_CTYPE
+# or LANG, and with it the encoding of files and standard streams), the dynamic loader's (LD_LIBRARY_PATH,
+# LD_PRELOAD...) and glibc malloc's tunables.
+_READ_AT_START_PREFIXES = ("PYTHON", "LC_", "LD_", "MALLOC_")
+_READ_AT_START_NAMES = frozenset({"LANG", "GLIBC_TUNABLES"})
 # Signals a worker sets itself, whatever the program's: Python ignores SIGPIPE and SIGXFSZ
 # as any interpreter starts, the worker ignores SIGINT and handles SIGTERM; no process
 # can ignore SIGKILL or SIGSTOP.
@@ -74,21 +87,29 @@ _SIGNALS_OF_ITS_OWN = frozenset(
 
 
 def snapshot() -> Snapshot:
-    """What a process started now inherits: umask, ignored signals, ``oom_score_adj``, resource limits, :func:`_identity`."""
+    """What a process started now inherits: umask, ignored signals, ``oom_score_adj``, resource limits, and more.
+
+    The more: :func:`_identity` and :func:`_read_at_start`.
+    """
     status = _read(_STATUS)
-    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), _read(_LIMITS), _identity(status)
+    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), _read(_LIMITS), _identity(status), _read_at_start()
 
 
 def departed_since(inherited: Snapshot) -> bool:
     """Whether this process changed, since ``inherited``, what no fork of a process started then can take on.
 
     Its user or group ids, capabilities, ``no_new_privs`` or seccomp filters,
-    session or process group, root directory or control group, or its limit on
-    processes. Three reads of ``/proc`` and a ``stat``, about 50 microseconds:
-    once per worker forked, never per task.
+    session or process group, root directory or control group, its limit on
+    processes or on its stack, or an environment variable read only as a
+    process starts (:func:`_read_at_start`). Three reads of ``/proc``, a
+    ``stat`` and a look at the environment, about 60 microseconds: once per
+    worker forked, never per task.
     """
-    *_, limits, identity = inherited
-    return _identity(_read(_STATUS)) != identity or _line(_read(_LIMITS), _PROCESS_LIMIT) != _line(limits, _PROCESS_LIMIT)
+    *_, limits, identity, read_at_start = inherited
+    if _identity(_read(_STATUS)) != identity or _read_at_start() != read_at_start:
+        return True
+    now = _read(_LIMITS)
+    return any(_line(now, line) != _line(limits, line) for line in (_PROCESS_LIMIT, _STACK_LIMIT))
 
 
 def interrupts_ignored() -> bool:
@@ -121,7 +142,7 @@ def changes_since(inherited: Snapshot) -> dict[str, Any] | None:
     Costs three reads of ``/proc``, about 45 microseconds: once per worker
     started, never per task.
     """
-    umask, ignored, oom_score_adj, limits, _ = inherited
+    umask, ignored, oom_score_adj, limits, *_ = inherited
     changes: dict[str, Any] = {}
     status = _read(_STATUS)
     now = _umask(status)
@@ -217,6 +238,25 @@ def _identity(status: bytes) -> tuple[Any, ...]:
         where = None
     ids = tuple(line for line in status.splitlines() if line.startswith(_IDENTITY))
     return ids, os.getsid(0), os.getpgrp(), where, _read("/proc/self/cgroup")
+
+
+def _read_at_start() -> tuple[tuple[str, str], ...]:
+    """The environment variables of this process that a process reads only as it starts, sorted by name.
+
+    ``os.environ`` as it is now, though another thread changes it meanwhile
+    (a variable removed as it is read is read again).
+    """
+    while True:
+        try:
+            return tuple(
+                sorted(
+                    (name, value)
+                    for name, value in os.environ.items()
+                    if name.startswith(_READ_AT_START_PREFIXES) or name in _READ_AT_START_NAMES
+                )
+            )
+        except (KeyError, RuntimeError):  # RuntimeError: the dictionary changed size as it was read
+            continue
 
 
 def _read(path: str) -> bytes:
