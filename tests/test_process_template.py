@@ -1602,6 +1602,43 @@ def test_workers_that_cannot_start_are_reported_with_their_exit_code(template: b
     assert "died while they started up (before any task), the last with exit code 3;" in " ".join(out)
 
 
+def test_a_template_that_runs_other_threads_forks_no_worker(tmp_path: Path) -> None:
+    # A sitecustomize that starts a thread (a tracing agent's, say) started it in the template
+    # too: a worker forked while that thread held a lock waited for the lock for good.
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import threading\n"
+        "lock = threading.Lock()\n"
+        "def hold():\n"
+        "    while True:\n"
+        "        with lock:\n"
+        "            threading.Event().wait(0.001)\n"
+        "        threading.Event().wait(0.001)\n"
+        "threading.Thread(target=hold, daemon=True).start()\n"
+    )
+    out = run_fresh(
+        """
+        import json, os
+        import makeparallel as mp
+        import sitecustomize
+        from test_process_template import parent_process
+
+        def take():
+            taken = sitecustomize.lock.acquire(timeout=2)
+            return taken, parent_process() == os.getppid()  # a fresh interpreter's parent: the program
+
+        mp.configure_process_pool(2, max_tasks_per_child=1)  # a new worker for each task
+        task = mp.parallel(backend="process")(take)
+        print(json.dumps([h.get(timeout=30) for h in [task() for _ in range(6)]]).replace(" ", ""))
+        print(sorted(mp.get_process_pool_info()["worker_restart_reasons"]))
+        """,
+        path=(str(folder),),
+    )
+    assert json.loads(out[0]) == [[True, True]] * 6
+    assert out[1:] == ["['max_tasks_per_child']"]
+
+
 @both_ways
 def test_a_command_line_no_interpreter_starts_with_fails_the_tasks_with_the_reason(template: bool) -> None:
     # An embedded interpreter's sys.executable may be None: the TypeError killed the pool's

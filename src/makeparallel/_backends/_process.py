@@ -1168,14 +1168,16 @@ class ProcessBackend(QueueingBackend):
         finished = self._journaled(worker, outstanding[0], streamed) if outstanding else None
         never_started = bool(outstanding) and worker.journal.started() != outstanding[0]._id
         worker.journal.close()
-        # Known once it was reaped (_stop): a fork the system refused never started.
+        # Known once it was reaped (_stop): a fork the system refused, or the template declined, never started.
         refused = worker.process.refused if isinstance(worker.process, ForkedProcess) else None
         refused = refused or worker.refused
+        declined = False
         if isinstance(worker.process, ForkedProcess):
+            declined = worker.process.declined
             self._close_template_if_outdated(worker.process.template)
         with self._lock:
             self._dying -= 1  # its death is counted in the same look at info()
-            if restart is not None and refused is None:  # a refused start is no restart, forked or not
+            if restart is not None and refused is None and not declined:  # no restart: it never started
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
                 if restart != "max_tasks_per_child":  # asked for by the configuration: no incident for health()
                     self._recent_restarts.append(_now())
@@ -1447,9 +1449,15 @@ def _failed_start_of_its_own(process: subprocess.Popen[bytes] | ForkedProcess) -
 
     Each does, but the workers of a template that died died with it, at once:
     they count as one, or a single kill of the template while a pool of three
-    or more started made the pool give up.
+    or more started made the pool give up. And one the template declined to
+    fork (it runs other threads) never started: the next starts as a fresh
+    interpreter.
     """
-    if not isinstance(process, ForkedProcess) or process.template.alive:
+    if not isinstance(process, ForkedProcess):
+        return True
+    if process.declined:
+        return False
+    if process.template.alive:
         return True
     if process.template.death_counted:
         return False

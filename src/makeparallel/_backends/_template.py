@@ -55,6 +55,7 @@ journal (``_crash_journal``) and its working directory as ancillary data
     template -> pool   ("forked", number, pid)
                        ("exited", number, returncode)
                        ("refused", number, (errno, strerror)): fork() failed (no process left...)
+                       ("declined", number, threads): it runs other threads, and forks no more
 
 Workers are numbered by the pool, so a request never waits for a reply. The
 pool's first message to a forked worker, on the worker's own pipe::
@@ -84,7 +85,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ._inherited import changes_since, departed_since, inherits_standard_stream, take
-from ._template_start import StartedTemplate, ending_signals, take_started, template_available
+from ._template_start import StartedTemplate, ending_signals, stop_forking, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -119,6 +120,7 @@ class Template:
         self._numbers = 0
         self._children: dict[int, ForkedProcess] = {}
         self._preloaded = False
+        self.declined = False  # it declined a fork: it runs other threads (serve)
 
     @property
     def pid(self) -> int | None:
@@ -160,9 +162,10 @@ class Template:
     def outdated(self) -> bool:
         """Whether this process changed, since the template started, what a worker forked from it could not take on.
 
-        Its user or group ids, say (``_inherited.departed_since``).
+        Its user or group ids, say (``_inherited.departed_since``). Or the
+        template declined a fork: it runs other threads (:func:`serve`).
         """
-        return departed_since(self._started.inherited)
+        return self.declined or departed_since(self._started.inherited)
 
     @property
     def has_children(self) -> bool:
@@ -222,6 +225,10 @@ class Template:
             if kind == "refused":
                 child.refused = OSError(*value)
                 value = 1  # never started: it ends as a fresh interpreter that could not start would
+            elif kind == "declined":
+                self.declined = child.declined = True
+                stop_forking(value)
+                value = 1  # never started
             child.returncode = value
             del self._children[number]
             timeout = 0.0
@@ -302,6 +309,7 @@ class ForkedProcess:
         self.pid: int | None = None  # known once the template reports the fork
         self.returncode: int | None = None
         self.refused: OSError | None = None  # why the system refused to fork it, if it did
+        self.declined = False  # the template runs other threads, and did not fork it: no failed start
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -333,8 +341,13 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     """Fork a worker per request until the pool closes the socket; report each exit.
 
     Single-threaded, by design: only a process without other threads can be
-    forked safely. Interrupts go to the pool's process, not here (the
-    template ignores ``SIGINT``); so does every other signal that would end it
+    forked safely. A start-up hook may start one (a ``sitecustomize``, a
+    ``.pth`` file: a tracing agent's exporter, a NumPy imported with its BLAS
+    threads), and a worker forked while it held a lock would wait for that
+    lock for good: where the template finds another thread as it is asked for
+    a fork, it declines, and the pool starts every later worker as a fresh
+    interpreter (``_template_start.stop_forking``). Interrupts go to the
+    pool's process, not here (the template ignores ``SIGINT``); so does every other signal that would end it
     (``ending_signals``), which a signal to the program's process group sends
     it too (``kill -TERM -PGID``, ``systemctl kill``, a terminal's hang-up).
     Dead of one, it took its workers with it, and their tasks were reported
@@ -401,6 +414,12 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
                         os.kill(pid, signum)  # not reaped yet: the pid is still this child's
                 continue
             number = request[1]
+            threads = len(os.listdir("/proc/self/task"))
+            if threads > 1:
+                for fd in fds:
+                    os.close(fd)
+                _report(("declined", number, threads), sock, unsent)
+                continue
             # The garbage collector is off in the template (from its first line, so
             # that none of its imports goes to collections); a child turns it on with
             # the template's objects in the oldest generation, as a collection would

@@ -32,7 +32,14 @@ else:
     import _signal as signal  # signal's functions without its enums (see _template)
 
 __all__ = [
-    "StartedTemplate", "ending_signals", "environment", "start_early", "stop_early", "take_started", "template_available"
+    "StartedTemplate",
+    "ending_signals",
+    "environment",
+    "start_early",
+    "stop_early",
+    "stop_forking",
+    "take_started",
+    "template_available",
 ]
 
 # The pool passes only the template's socket: every other descriptor the template
@@ -59,10 +66,17 @@ serve(fd, int(sys.argv[2]), {int(n) for n in sys.argv[3].split(",") if n})
 _POINTER = 8  # bytes of each argument's and each variable's pointer that a new program is given
 
 
+_forking = True  # until a template declined a fork (stop_forking)
+
+
 def template_available() -> bool:
-    """Whether workers are forked from a template here: Linux, where the parent-death chain holds."""
+    """Whether workers are forked from a template here: Linux, where the parent-death chain holds.
+
+    Not once a template declined a fork (:func:`stop_forking`).
+    """
     return (
-        sys.platform.startswith("linux")
+        _forking
+        and sys.platform.startswith("linux")
         and hasattr(os, "fork")
         and hasattr(os, "posix_spawn")
         and hasattr(os, "O_PATH")  # the worker's directory travels as a descriptor of it
@@ -183,6 +197,28 @@ class StartedTemplate:
         except PermissionError:
             return
         self._owner.join()
+
+
+def stop_forking(threads: int) -> None:
+    """Start every later worker of this process as a fresh interpreter: a template declined a fork, and says why.
+
+    It runs ``threads`` threads, the others started by a start-up hook of this
+    interpreter (``_template.serve``): every template would, so none is
+    started again.
+    """
+    global _forking
+    if not _forking:
+        return
+    _forking = False
+    import logging  # only here: a first process task imports this module, and not logging
+
+    logging.getLogger("makeparallel").warning(
+        "the template process that forks the process pool's workers runs %d threads, the others started "
+        "by a start-up hook (a sitecustomize or usercustomize module, or a .pth file), and a worker forked "
+        "from it could deadlock: workers start as fresh interpreters from now on, each paying the "
+        "interpreter's start-up",
+        threads,
+    )
 
 
 def ending_signals() -> list[int]:
