@@ -8,8 +8,10 @@ moment it is asked for, dies with the template, and is reaped by it. Elsewhere
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,9 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._backends import _process
-from makeparallel._backends._template import template_available
+from makeparallel._backends._crash_journal import create_journal
+from makeparallel._backends._socketpair import blocking_socketpair
+from makeparallel._backends._template import Template, template_available
 from makeparallel._backends._template_start import StartedTemplate
 from makeparallel._cpus import usable_cpus
 from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
@@ -1184,6 +1188,26 @@ def test_killing_a_template_as_it_is_reaped_signals_no_other_process() -> None:
             started.kill()
         started.sock.close()
         assert started.exit_code(10) == -signal.SIGKILL
+
+
+def test_a_template_whose_pool_closed_its_socket_with_reports_unread_ends_quietly() -> None:
+    # The pool stopped (a second Ctrl-C as the program exited) before it read the template's
+    # report of a fork: the template's next read raised ConnectionResetError, whose traceback
+    # went to the program's standard error, and it exited with 1.
+    started = StartedTemplate()
+    ours, theirs = blocking_socketpair(_socket.SOCK_STREAM)
+    journal = create_journal()
+    try:
+        Template(started).fork(theirs, journal)
+        poller = select.poll()
+        poller.register(started.sock.fileno(), select.POLLIN)
+        assert poller.poll(30_000)  # its report of the fork, left unread
+        started.sock.close()
+        assert started.exit_code(30) == 0
+    finally:
+        theirs.close()
+        os.close(journal)
+        ours.close()
 
 
 def test_a_worker_keeps_a_signal_handler_in_c_that_the_interpreter_set_as_it_started(tmp_path: Path) -> None:

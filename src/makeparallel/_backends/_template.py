@@ -398,7 +398,10 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
                 _send_reports(sock, unsent)
             if mask == select.POLLOUT:
                 continue
-            data, fds = _receive(sock)
+            try:
+                data, fds = _receive(sock)
+            except ConnectionResetError:  # the pool closed the socket with reports of ours unread
+                data, fds = b"", []
             if not data:
                 os._exit(0)  # the pool closed the socket, or its process died
             request = _pickle.loads(data)
