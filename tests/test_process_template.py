@@ -758,6 +758,27 @@ def test_workers_started_after_the_program_changed_what_a_process_reads_as_it_st
     assert seen[-1][1] not in (before[1], program)  # forked again, from a new template
 
 
+def test_no_worker_is_forked_from_a_template_started_before_a_change_it_would_not_take() -> None:
+    # A first task starts the template early; another thread that set PYTHONHASHSEED before
+    # the pool took it had its first worker told the new value and run with the template's.
+    out = run_fresh(
+        """
+        import os, sys
+        os.environ.pop("PYTHONHASHSEED", None)
+        import makeparallel as mp
+        from makeparallel._backends import _template_start
+
+        _template_start.start_early()  # as a first process task does, before its pool takes the template
+        os.environ["PYTHONHASHSEED"] = "0"
+        task = mp.parallel(backend="process")(lambda: (sys.flags.hash_randomization, os.environ["PYTHONHASHSEED"]))
+        print(*task().get(timeout=30))
+        mp.configure_process_pool(initializer=abs, initargs=(1,))  # a new worker: from a new template
+        print(*task().get(timeout=30))
+        """
+    )
+    assert out == ["0", "0", "0", "0"]
+
+
 def test_an_outdated_template_ends_with_its_last_worker() -> None:
     # Not at the next worker's start: a template started as root forked as root,
     # on request, for a program that had dropped its privileges since.

@@ -86,27 +86,29 @@ _SIGNALS_OF_ITS_OWN = frozenset(
 )
 
 
-def snapshot() -> Snapshot:
-    """What a process started now inherits: umask, ignored signals, ``oom_score_adj``, resource limits, and more.
+def snapshot(environ: dict[str, str]) -> Snapshot:
+    """What a process started now with ``environ`` inherits: umask, ignored signals, ``oom_score_adj``, and more.
 
-    The more: :func:`_identity` and :func:`_read_at_start`.
+    The more: resource limits, :func:`_identity` and :func:`_read_at_start`.
     """
     status = _read(_STATUS)
-    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), _read(_LIMITS), _identity(status), _read_at_start()
+    limits, identity = _read(_LIMITS), _identity(status)
+    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), limits, identity, _read_at_start(environ)
 
 
-def departed_since(inherited: Snapshot) -> bool:
+def departed_since(inherited: Snapshot, environ: dict[str, str]) -> bool:
     """Whether this process changed, since ``inherited``, what no fork of a process started then can take on.
 
     Its user or group ids, capabilities, ``no_new_privs`` or seccomp filters,
     session or process group, root directory or control group, its limit on
     processes or on its stack, or an environment variable read only as a
-    process starts (:func:`_read_at_start`). Three reads of ``/proc``, a
-    ``stat`` and a look at the environment, about 60 microseconds: once per
+    process starts (:func:`_read_at_start`), in ``environ``: the environment
+    the worker is to be given, read once for both. Three reads of ``/proc``,
+    a ``stat`` and a look at the environment, about 80 microseconds: once per
     worker forked, never per task.
     """
     *_, limits, identity, read_at_start = inherited
-    if _identity(_read(_STATUS)) != identity or _read_at_start() != read_at_start:
+    if _read_at_start(environ) != read_at_start or _identity(_read(_STATUS)) != identity:
         return True
     now = _read(_LIMITS)
     return any(_line(now, line) != _line(limits, line) for line in (_PROCESS_LIMIT, _STACK_LIMIT))
@@ -240,23 +242,15 @@ def _identity(status: bytes) -> tuple[Any, ...]:
     return ids, os.getsid(0), os.getpgrp(), where, _read("/proc/self/cgroup")
 
 
-def _read_at_start() -> tuple[tuple[str, str], ...]:
-    """The environment variables of this process that a process reads only as it starts, sorted by name.
-
-    ``os.environ`` as it is now, though another thread changes it meanwhile
-    (a variable removed as it is read is read again).
-    """
-    while True:
-        try:
-            return tuple(
-                sorted(
-                    (name, value)
-                    for name, value in os.environ.items()
-                    if name.startswith(_READ_AT_START_PREFIXES) or name in _READ_AT_START_NAMES
-                )
-            )
-        except (KeyError, RuntimeError):  # RuntimeError: the dictionary changed size as it was read
-            continue
+def _read_at_start(environ: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The variables of ``environ`` that a process reads only as it starts, sorted by name."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in environ.items()
+            if name.startswith(_READ_AT_START_PREFIXES) or name in _READ_AT_START_NAMES
+        )
+    )
 
 
 def _read(path: str) -> bytes:

@@ -639,7 +639,7 @@ class ProcessBackend(QueueingBackend):
         try:
             journal = JournalReader(journal_fd)
             environ = {**environment(), **thread_limits(self._num_workers)}
-            forked = self._fork(child_end, journal_fd) if template_available() else None
+            forked = self._fork(child_end, journal_fd, environ) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
                 process = forked
@@ -661,16 +661,19 @@ class ProcessBackend(QueueingBackend):
             _send(worker, ("path", _path_message(path)))
         return worker
 
-    def _fork(self, child_end: _socket.socket, journal_fd: int) -> ForkedProcess | None:
-        """A worker forked from the template, started first if need be; None if it cannot start.
+    def _fork(self, child_end: _socket.socket, journal_fd: int, environ: dict[str, str]) -> ForkedProcess | None:
+        """A worker forked from the template, to be given ``environ``, started first if need be; None if it cannot start.
 
         None also while an outdated template (this process changed what a fork
         of it could not take on, its user say: ``_inherited``) has workers:
         closing it would kill them, so new ones start as fresh interpreters
-        until they are gone, and the next worker starts a new template.
+        until they are gone, and the next worker starts a new template. And
+        None where the template just taken is outdated already (one a first
+        task started early, before the program changed its locale, say): the
+        next worker's start closes it.
         """
         template = self._template
-        if template is not None and (not template.alive or template.outdated()):
+        if template is not None and (not template.alive or template.outdated(environ)):
             if template.alive and template.has_children:
                 return None
             template.close()  # it died (reap it), or forks for no one now
@@ -679,6 +682,8 @@ class ProcessBackend(QueueingBackend):
             try:
                 template = self._template = take_template()
             except OSError:
+                return None
+            if template.outdated(environ):
                 return None
         if self._warm:  # prestarted: its workers are ready for any task
             template.preload()
@@ -690,7 +695,9 @@ class ProcessBackend(QueueingBackend):
         Not at the next worker's start: a template started as root forked as
         root, on request, for a program that has dropped its privileges since.
         """
-        if template is self._template and template.alive and not template.has_children and template.outdated():
+        if template is not self._template or not template.alive or template.has_children:
+            return
+        if template.outdated(environment()):
             self._close_template()
 
     def _close_template(self) -> None:

@@ -159,13 +159,15 @@ class Template:
         self._children[child.number] = child
         return child
 
-    def outdated(self) -> bool:
+    def outdated(self, environ: dict[str, str]) -> bool:
         """Whether this process changed, since the template started, what a worker forked from it could not take on.
 
-        Its user or group ids, say (``_inherited.departed_since``). Or the
-        template declined a fork: it runs other threads (:func:`serve`).
+        Its user or group ids, say, or a variable of ``environ``, the
+        environment a worker would be given, that a process reads only as it
+        starts (``_inherited.departed_since``). Or the template declined a
+        fork: it runs other threads (:func:`serve`).
         """
-        return self.declined or departed_since(self._started.inherited)
+        return self.declined or departed_since(self._started.inherited, environ)
 
     @property
     def has_children(self) -> bool:

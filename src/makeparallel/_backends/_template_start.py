@@ -91,7 +91,10 @@ class StartedTemplate:
     """
 
     def __init__(self) -> None:
-        self.inherited = snapshot()  # what the template inherits from this process as it starts (_inherited)
+        # Read once, for the template's start and for what the pool compares it with since: another
+        # thread that changed a variable in between had its workers told one value and run with another.
+        variables = environment()
+        self.inherited = snapshot(variables)  # what the template inherits from this process as it starts (_inherited)
         ours, theirs = blocking_socketpair(_socket.SOCK_SEQPACKET)
         self.sock = ours  # the pool's end: one packet per request or report
         self.pid: int | None = None
@@ -99,7 +102,9 @@ class StartedTemplate:
         self._spawned = threading.Event()
         self._reaping = threading.Lock()  # kill() signals it only while it is not reaped (its pid is its own)
         self._error: OSError | None = None
-        self._owner = threading.Thread(target=self._own, args=(theirs,), name="makeparallel-template", daemon=True)
+        self._owner = threading.Thread(
+            target=self._own, args=(theirs, variables), name="makeparallel-template", daemon=True
+        )
         try:
             self._owner.start()
         except RuntimeError as error:  # no thread left (RLIMIT_NPROC): a start the system refused
@@ -111,8 +116,8 @@ class StartedTemplate:
             ours.close()
             raise self._error
 
-    def _own(self, theirs: _socket.socket) -> None:
-        """Start the template (a fresh interpreter with this process's ``sys.path``), then wait for it to exit.
+    def _own(self, theirs: _socket.socket, variables: dict[str, str]) -> None:
+        """Start the template (a fresh interpreter with this process's ``sys.path`` and ``variables``), then wait for it to exit.
 
         Where this process closed its standard output or error, its end of the
         socket may have taken that number: the template gets a copy numbered 3
@@ -138,7 +143,7 @@ class StartedTemplate:
             masked = ",".join(str(int(signum)) for signum in sorted(mask))
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), masked]
             arguments = [*command, PACKAGE_FOLDER, *path_arguments(sys.path)]
-            environ = _environment_for_a_new_program(arguments)
+            environ = _environment_for_a_new_program(arguments, variables)
             environ["_MAKEPARALLEL_TEMPLATE"] = "1"  # see makeparallel/__init__
             streams = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
             streams += [
@@ -234,8 +239,8 @@ def ending_signals() -> list[int]:
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
-def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
-    """This process's environment, less what no new program started with ``arguments`` can be given.
+def _environment_for_a_new_program(arguments: list[str], variables: dict[str, str]) -> dict[str, str]:
+    """``variables`` (this process's environment), less what no new program started with ``arguments`` can be given.
 
     Linux refuses to start a program (``E2BIG``) when one of its strings, an
     argument or a variable's ``name=value``, is longer than 32 pages
@@ -248,8 +253,7 @@ def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
     page = os.sysconf("SC_PAGE_SIZE")
     room = os.sysconf("SC_ARG_MAX") - page  # a page for the program's path and the variable the template gets
     room -= sum(len(os.fsencode(argument)) + 1 + _POINTER for argument in arguments)
-    variables = list(environment().items())
-    sizes = {name: len(os.fsencode(name)) + len(os.fsencode(value)) + 2 for name, value in variables}  # "=", NUL
+    sizes = {name: len(os.fsencode(name)) + len(os.fsencode(value)) + 2 for name, value in variables.items()}  # "=", NUL
     kept = {name for name, size in sizes.items() if size <= 32 * page}
     total = sum(sizes[name] + _POINTER for name in kept)
     for name in sorted(kept, key=sizes.__getitem__, reverse=True):
@@ -257,7 +261,7 @@ def _environment_for_a_new_program(arguments: list[str]) -> dict[str, str]:
             break
         kept.remove(name)
         total -= sizes[name] + _POINTER
-    return {name: value for name, value in variables if name in kept}
+    return {name: value for name, value in variables.items() if name in kept}
 
 
 def environment() -> dict[str, str]:
