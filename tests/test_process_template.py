@@ -1671,6 +1671,8 @@ def test_a_template_that_runs_other_threads_forks_no_worker(tmp_path: Path) -> N
 
         def take():
             taken = sitecustomize.lock.acquire(timeout=2)
+            if taken:
+                sitecustomize.lock.release()
             return taken, parent_process() == os.getppid()  # a fresh interpreter's parent: the program
 
         mp.configure_process_pool(2, max_tasks_per_child=1)  # a new worker for each task

@@ -14,8 +14,11 @@ changes nothing: the new interpreter would read them from the same environment.
 A ``-W`` option that names a package's warning class
 (``-W ignore::numpy.exceptions.ComplexWarning``) makes the template import that
 package as it starts, as the program did as it started; NumPy's BLAS then
-starts in the template, before the pool's thread limits reach a worker, and
-keeps its own thread count in every worker forked from it.
+starts in the template, before the pool's thread limits reach a worker. Where
+it started threads there, the template forks no worker (``_template.serve``):
+workers are fresh interpreters, which load it with the limits. Where it did
+not (``OPENBLAS_NUM_THREADS=1`` in the program's environment), it keeps that
+thread count in every worker forked from it.
 
 The ``sys.path`` travels as arguments (:func:`path_arguments`), after this
 package's folder (:data:`PACKAGE_FOLDER`), not in ``PYTHONPATH``, which a
