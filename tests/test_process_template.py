@@ -85,6 +85,13 @@ def parent_process() -> int:
     return psutil.Process().ppid()
 
 
+def started_with() -> list[Any]:
+    """What this process read from its environment as it started: hash randomization, UTF-8 mode, ``LC_CTYPE``."""
+    import locale
+
+    return [sys.flags.hash_randomization, sys.flags.utf8_mode, locale.setlocale(locale.LC_CTYPE)]
+
+
 def cloudpickle_at_start() -> bool:
     """Whether this worker had cloudpickle when its task began (a function sent by reference needs none)."""
     return "cloudpickle" in sys.modules
@@ -729,16 +736,10 @@ def test_workers_started_after_the_program_changed_what_a_process_reads_as_it_st
         """
         import json, os, subprocess, sys
         import makeparallel as mp
-        from test_process_template import parent_process
-
-        READ = "import locale, sys; print(sys.flags.hash_randomization, sys.flags.utf8_mode, locale.setlocale(locale.LC_CTYPE))"
-
-        def read():
-            import locale
-            return [sys.flags.hash_randomization, sys.flags.utf8_mode, locale.setlocale(locale.LC_CTYPE)]
+        from test_process_template import parent_process, started_with
 
         def state():
-            return read(), parent_process()
+            return started_with(), parent_process()
 
         os.environ.pop("PYTHONHASHSEED", None)  # the template starts with its hash seed random
         mp.configure_process_pool(num_workers=1)
@@ -746,8 +747,8 @@ def test_workers_started_after_the_program_changed_what_a_process_reads_as_it_st
         before = task().get(timeout=30)
         os.environ["PYTHONHASHSEED"] = "0"
         os.environ["LC_ALL"] = "C"
-        fresh = subprocess.run([sys.executable, "-c", READ], capture_output=True, text=True, check=True).stdout.split()
-        print(json.dumps([int(fresh[0]), int(fresh[1]), fresh[2]], separators=(",", ":")))  # what one reads now
+        read = "import json, test_process_template as t; print(json.dumps(t.started_with(), separators=(',', ':')))"
+        print(subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, check=True).stdout)  # a fresh one
         """
         + _UNTIL_A_NEW_TEMPLATE
     )
