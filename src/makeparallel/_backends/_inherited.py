@@ -87,13 +87,10 @@ _SIGNALS_OF_ITS_OWN = frozenset(
 
 
 def snapshot(environ: dict[str, str]) -> Snapshot:
-    """What a process started now with ``environ`` inherits: umask, ignored signals, ``oom_score_adj``, and more.
-
-    The more: resource limits, :func:`_identity` and :func:`_read_at_start`.
-    """
+    """What a process started now, with ``environ``, inherits (``Snapshot`` lists it)."""
     status = _read(_STATUS)
-    limits, identity = _read(_LIMITS), _identity(status)
-    return _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), limits, identity, _read_at_start(environ)
+    inherited = _umask(status), _ignored(status), _read(_OOM_SCORE_ADJ), _read(_LIMITS), _identity(status)
+    return (*inherited, _read_at_start(environ))
 
 
 def departed_since(inherited: Snapshot, environ: dict[str, str]) -> bool:
