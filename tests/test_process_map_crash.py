@@ -26,8 +26,15 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _map, _process_chunks
-from makeparallel._backends._crash_journal import JOURNAL_BYTES, RECORDS, JournalReader, JournalWriter, create_journal
-from makeparallel._process_chunks import run_streaming
+from makeparallel._backends._crash_journal import (
+    JOURNAL_BYTES,
+    RECORDS,
+    JournalReader,
+    JournalWriter,
+    ResultTooLarge,
+    create_journal,
+)
+from makeparallel._process_chunks import Failure, run_streaming
 from makeparallel._states import RUNNING
 from map_crash_tasks import (
     CULPRIT,
@@ -555,20 +562,19 @@ def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
     writer, reader = JournalWriter(fd), JournalReader(fd)
     os.close(fd)
     try:
-        results: list[Any] = []
         writer.begin(7, 0)
-        writer.extend(results, lambda i: i - 2, [0, 1, 2])
-        writer.extend(results, lambda i: [i, float(i) / 3, str(i), 2**70 + i][i % 4], [3, 4, 5, 6])
-        assert reader.unsent(7, 0) == results == [-2, -1, 0, 2**70 + 3, 4, 5 / 3, "6"]
+        writer.extend(lambda i: i - 2, [0, 1, 2])
+        writer.extend(lambda i: [i, float(i) / 3, str(i), 2**70 + i][i % 4], [3, 4, 5, 6])
+        assert reader.unsent(7, 0) == writer.results() == [-2, -1, 0, 2**70 + 3, 4, 5 / 3, "6"]
         assert reader.unsent(7, 5) == [5 / 3, "6"]  # the parent received the first five
         assert reader.unsent(8, 0) is None  # another task's journal
         writer.begin(7, 7)  # the seven were sent
         assert reader.unsent(7, 7) == []
         assert reader.unsent(7, 0) is None  # it holds nothing from before item 7
-        writer.extend(results, lambda i: -1.5, [7])
-        assert reader.unsent(7, 7) == [-1.5]
+        writer.extend(lambda i: -1.5, [7])
+        assert reader.unsent(7, 7) == writer.results() == [-1.5]
         with pytest.raises(ValueError, match="room for 16383"):
-            writer.extend(results, str, [0] * RECORDS)
+            writer.extend(str, [0] * RECORDS)
     finally:
         reader.close()
 
@@ -583,24 +589,23 @@ NOT_ALL_ONE_KIND = {
     "an int subclass": [Colour.RED] * 100,
     "an int over 64 bits": [1] * 99 + [2**64],
     "strings": ["1"] * 100,
+    "numbers, then others": [1, 2.5] * 25 + ["a", 3, 4.5, None] * 25,
 }
 
 
-def journaled(values: list[Any]) -> tuple[JournalWriter, list[Any]]:
-    """A journal whose chunk's results are ``values``, each journaled as it came; and those results."""
+def journaled(values: list[Any]) -> JournalWriter:
+    """A journal whose chunk's results are ``values``, each journaled as it came."""
     fd = create_journal()
     writer = JournalWriter(fd)
     os.close(fd)
     writer.begin(7, 0)
-    results: list[Any] = []
-    writer.extend(results, values.__getitem__, range(len(values)))
-    return writer, results
+    writer.extend(values.__getitem__, range(len(values)))
+    return writer
 
 
 @pytest.mark.parametrize("values", list(NUMBERS.values()), ids=list(NUMBERS))
 def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values: list[Any]) -> None:
-    writer, results = journaled(values)
-    packed = writer.packed(results)
+    packed = journaled(values).packed([])
     assert type(packed) is not list
     data = pickle.dumps(packed, protocol=5)
     assert len(data) < 8 * len(values) + 200, "not sent as 8 bytes a number"
@@ -611,8 +616,27 @@ def test_a_chunks_numbers_travel_as_their_records_and_arrive_as_they_were(values
 
 @pytest.mark.parametrize("values", list(NOT_ALL_ONE_KIND.values()), ids=list(NOT_ALL_ONE_KIND))
 def test_results_not_all_int_or_all_float_travel_as_they_are(values: list[Any]) -> None:
-    writer, results = journaled(values)
-    assert writer.packed(results) is results
+    writer = journaled(values)
+    assert repr(writer.results()) == repr(values)  # each of its own type, as it was
+    packed = writer.packed([])
+    assert type(packed) is list and repr(packed) == repr(values)
+
+
+@pytest.mark.parametrize("values", [*NUMBERS.values(), *NOT_ALL_ONE_KIND.values()], ids=[*NUMBERS, *NOT_ALL_ONE_KIND])
+def test_a_result_outside_the_journal_travels_after_those_in_it(values: list[Any]) -> None:
+    failure = Failure(ValueError("item 100"))
+    packed = journaled(values).packed([failure])
+    assert type(packed) is list and repr(packed) == repr([*values, failure])
+
+
+def test_a_result_too_large_for_the_journal_travels_after_those_in_it() -> None:
+    large = b"x" * (JOURNAL_BYTES + 1)
+    writer = journaled([1, 2.5, 3])
+    with pytest.raises(ResultTooLarge) as raised:
+        writer.extend(lambda i: large, [3])
+    assert raised.value.value is large
+    assert writer.done == 3 and writer.results() == [1, 2.5, 3]
+    assert writer.packed([large]) == [1, 2.5, 3, large]
 
 
 @pytest.mark.parametrize("values", [*NUMBERS.values(), NOT_ALL_ONE_KIND["bools"]], ids=[*NUMBERS, "bools"])
@@ -659,7 +683,8 @@ def test_an_int_equal_to_the_journals_marker_reads_as_not_written() -> None:
     try:
         marker = writer._marker
         writer.begin(7, 0)
-        writer.extend([], lambda i: marker if i == 1 else i, [0, 1, 2])
+        writer.extend(lambda i: marker if i == 1 else i, [0, 1, 2])
         assert reader.unsent(7, 0) == [0]
+        assert writer.results() == [0, marker, 2]  # sent as it was, where no crash intervened
     finally:
         reader.close()

@@ -133,8 +133,7 @@ def run_streaming(
 
     journal = task._journal
     position, length, count = 0, 1, len(items)
-    results: list[Any] = []  # those of the items from ``unsent`` on
-    unsent = 0
+    unsent = 0  # the first item whose result was not sent: the journal holds those from here on
     journal.begin(task._id, unsent)
     chunk_began = time.perf_counter()
     while position < count:
@@ -145,14 +144,13 @@ def run_streaming(
                 break
         end = min(count, position + length, position + journal.room())
         began = time.perf_counter()
-        clean = False  # the slice ended without an error or an outsized result
+        after: list[Any] = []  # the result of the item after the journaled ones, where it is not in the journal
         try:
-            journal.extend(results, fn, items[position:end])
-            clean = True
-        except ResultTooLarge:  # its last result is not in the journal
-            end = unsent + len(results)
+            journal.extend(fn, items[position:end])
+        except ResultTooLarge as too_large:
+            after.append(too_large.value)
         except ResultUnpicklable as unpicklable:
-            failed = unsent + len(results)
+            failed = unsent + journal.done
             where = describe_item(start + failed, items[failed])
             error = TaskSerializationError(
                 f"the result of {where} could not be pickled to send it back from the worker "
@@ -160,42 +158,41 @@ def run_streaming(
             )
             if not keep_going:
                 raise error from None
-            results.append(Failure(error))
-            end = failed + 1
+            after.append(Failure(error))
         except Exception as error:
-            failed = unsent + len(results)
+            failed = unsent + journal.done
             item_raised(error, start + failed, items[failed])
             if not keep_going:
                 raise
-            results.append(Failure(error))
-            end = failed + 1
+            after.append(Failure(error))
+        end = unsent + journal.done + len(after)
         seconds = time.perf_counter() - began
         length = max(1, int(SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
         position = end
         if budget is not None:  # cheap items then slow ones: no slice of all of them past the budget
             length = min(length, position)
-        if clean and (position >= count or journal.room()):
+        if not after and (position >= count or journal.room()):
             continue
-        _send(task, results, start + unsent, items, unsent, keep_going)
-        results = []
+        _send(task, after, start + unsent, items, unsent, keep_going)
         unsent = position
         journal.begin(task._id, unsent)
-    packed: list[Any] = journal.packed(results)  # a list once unpickled
+    packed: list[Any] = journal.packed([])  # a list once unpickled
     return packed
 
 
-def _send(task: Any, results: list[Any], first: int, items: Sequence[Any], offset: int, keep_going: bool) -> None:
-    """Send finished results to the parent; an unpicklable one fails its item alone.
+def _send(task: Any, after: list[Any], first: int, items: Sequence[Any], offset: int, keep_going: bool) -> None:
+    """Send the results journaled, then ``after``'s, to the parent; an unpicklable one fails its item alone.
 
-    ``results`` are those of ``items[offset:]``, item ``first`` of the map the first.
+    They are those of ``items[offset:]``, item ``first`` of the map the first.
     """
+    journal = task._journal
     try:
-        task._send_partial(task._journal.packed(results))
+        task._send_partial(journal.packed(after))
         return
     except Exception:
         pass
     checked = []
-    for index, result in enumerate(results):
+    for index, result in enumerate(journal.results() + after):
         problem = task._pickle_error(result)
         if problem is not None:
             where = describe_item(first + index, items[offset + index])
