@@ -54,7 +54,7 @@ import marshal
 import mmap
 import os
 import _pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._remote_errors import reduce_exception
 
@@ -184,8 +184,7 @@ class JournalWriter:
         """The results journaled since :meth:`begin`, in order, each as it was; the list kept, if any: not to be changed."""
         if self._listed is not None:
             return self._listed
-        ints: list[Any] = self._slots[_RECORDS : _RECORDS + self._used].tolist()  # each an int, its record
-        return ints
+        return self._slots[_RECORDS : _RECORDS + self._used].tolist()  # each an int, its record
 
     def packed(self, after: list[Any]) -> Any:
         """The results journaled since :meth:`begin`, then ``after``'s, as they travel best to the parent.
@@ -236,14 +235,7 @@ class JournalWriter:
             if value is _ALL_INTS:
                 return
             self._listed = self.results()
-            record = _RECORDS + self._used
-            if type(value) is float:
-                self._kinds[_KINDS - _RECORDS + record] = _FLOAT
-                self._floats[record] = value
-            else:  # no number, or an int over 64 bits
-                self._entry(value, record, self._map.tell())
-            self._listed.append(value)
-            self._used += 1
+            self._extend_listed(self._listed, _itself, (value,))  # journaled as the listing loop journals any result
         self._extend_listed(self._listed, fn, rest)
 
     def _extend_with_ints(self, fn: Callable[[Any], Any], items: Iterator[Any]) -> Any:
@@ -275,7 +267,7 @@ class JournalWriter:
             self._used = record - _RECORDS
         return _ALL_INTS
 
-    def _extend_listed(self, listed: list[Any], fn: Callable[[Any], Any], items: Iterator[Any]) -> None:
+    def _extend_listed(self, listed: list[Any], fn: Callable[[Any], Any], items: Iterable[Any]) -> None:
         """Journal the items' results, whatever they are, and append each to ``listed``."""
         slots, floats, kinds, entry = self._slots, self._floats, self._kinds, self._entry
         kind_of, number, real, float_kind = type, int, float, _FLOAT
@@ -321,6 +313,11 @@ class JournalWriter:
         self._kinds[_KINDS - _RECORDS + record] = _DATA_ENTRY
         self._slots[record] = end  # written last: now it counts
         return end
+
+
+def _itself(value: Any) -> Any:
+    """``value``: the function that gives a result already computed to the listing loop."""
+    return value
 
 
 class _Records:
