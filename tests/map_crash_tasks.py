@@ -96,6 +96,42 @@ class DiesWhenUnpickled:
         return "DiesWhenUnpickled()"
 
 
+def ends_the_first_worker(flag: str, value: int) -> int:
+    """``value``, in every worker but the first to unpickle it, which it ends (the first to create ``flag``)."""
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return value
+    os._exit(3)
+
+
+class DiesWhenUnpickledOnce:
+    """An item whose first unpickling ends its worker, as a kill from outside would; it reads back as ``value``."""
+
+    def __init__(self, flag: str, value: int) -> None:
+        self.flag, self.value = flag, value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ends_the_first_worker, (self.flag, self.value))
+
+
+class DiesWhenSent:
+    """A result whose second pickling ends its worker: the journal pickles it first, then the send of its chunk's results.
+
+    So the worker dies after the item ended, between items. It reads back as
+    the ``int`` it stands for.
+    """
+
+    def __init__(self, value: int) -> None:
+        self.value, self.pickled = value, 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.pickled += 1
+        if self.pickled == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return (int, (self.value,))
+
+
 def identity(x: Any) -> Any:
     return x
 

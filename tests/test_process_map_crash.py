@@ -40,7 +40,9 @@ from map_crash_tasks import (
     CULPRIT,
     PLUGIN,
     Colour,
+    DiesWhenSent,
     DiesWhenUnpickled,
+    DiesWhenUnpickledOnce,
     Item,
     Rejected,
     identity,
@@ -109,6 +111,80 @@ def test_slow_items_stop_the_first_chunks_and_each_still_runs_once(log: str) -> 
     assert after is not None
     workers = mp.get_process_pool_info()["num_workers"]
     assert after.total_tasks - (0 if before is None else before.total_tasks) > workers, "no first chunk stopped"
+
+
+@pytest.mark.parametrize("on_error", ["raise", "none"])
+def test_a_worker_killed_as_it_sends_the_results_of_a_stopped_chunk_blames_no_item(on_error: str, log: str) -> None:
+    # Items of 30 ms stop the first chunks at their budget after one item, and
+    # each result kills its worker as its chunk sends it: no item was running
+    # then, so none is to blame, and the items not started run again.
+    items = [Item(i, log, 0.03) for i in range(6)]
+    for item in items:
+        item.result = functools.partial(DiesWhenSent, item.index)
+    assert mp.parallel_map(work, items, backend="process", on_error=on_error) == list(range(6))  # type: ignore[call-overload]
+    ran_once(log, range(6))
+
+
+def test_a_worker_killed_as_it_sends_the_results_of_a_full_journal_blames_no_item(log: str) -> None:
+    # The journal is full after its RECORDS-th item, whose result kills the
+    # worker as they are sent, before the next item starts.
+    count = RECORDS + 10
+    items = [Item(i, log) for i in range(count)]
+    items[RECORDS - 1].result = functools.partial(DiesWhenSent, RECORDS - 1)
+    assert mp.parallel_map(work, items, backend="process", chunksize=count) == list(range(count))
+    ran_once(log, range(count))
+
+
+def test_a_chunk_stopped_at_its_budget_says_that_no_item_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the parent reads of a worker that died after the chunk stopped, as
+    # it sent its results: the two that ran, and that only those started.
+    fd = create_journal()
+    writer, reader = JournalWriter(fd), JournalReader(fd)
+    os.close(fd)
+    try:
+        worker = Worker(writer)
+        monkeypatch.setattr(_process_chunks, "time", worker)
+
+        def slow(x: int) -> int:
+            worker.now += 0.015
+            return x
+
+        results = run_streaming(worker, slow, range(100), 0, False, 0.02)
+        assert worker.sent + results == [0, 1]
+        journaled = reader.unsent(7, len(worker.sent))
+        assert journaled is not None
+        unsent, ran = journaled
+        crashed = mp.WorkerCrashedError("its worker died")
+        crashed._crash = (worker.sent + unsent, ran, "signal SIGKILL")  # type: ignore[attr-defined]
+        assert _process_chunks.after_crash(crashed, list(range(100)), 0, False) == ([0, 1], 2)
+    finally:
+        reader.close()
+
+
+def test_a_map_of_one_item_whose_worker_died_before_it_started_runs_it_again() -> None:
+    # Its journal says that the item never started: the worker was killed
+    # between the chunk's start and the item's.
+    chunks: list[list[int]] = []
+
+    class Handle:
+        def __init__(self, outcome: Any) -> None:
+            self.outcome = outcome
+
+        def get(self) -> Any:
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    def chunk_task(fn: Any, items: list[int], start: int, keep_going: bool) -> Handle:
+        chunks.append(items)
+        if len(chunks) > 1:
+            return Handle([fn(items[0])])
+        crashed = mp.WorkerCrashedError("its worker died")
+        crashed._crash = ([], 0, "signal SIGKILL")  # type: ignore[attr-defined]
+        return Handle(crashed)
+
+    assert _map._map_one_item(abs, -3, chunk_task, "raise") == [3]  # type: ignore[arg-type]
+    assert chunks == [[-3], [-3]]
 
 
 def test_the_items_after_a_crash_in_a_first_chunk_run_under_its_budget(
@@ -214,6 +290,16 @@ def test_a_chunk_whose_worker_dies_before_its_first_item_loses_its_items_alone(o
     items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
     results = mp.parallel_map(identity, items, backend="process", chunksize=4, on_error=on_error)  # type: ignore[call-overload]
     assert results == expected
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_a_chunk_whose_worker_died_once_before_its_first_item_runs_again(count: int, tmp_path: Path) -> None:
+    # Its worker died as it unpickled the items (killed from outside, say): no
+    # item had started, so the chunk runs again, and every item with it.
+    items: list[Any] = list(range(count))
+    items[count // 2] = DiesWhenUnpickledOnce(str(tmp_path / "ended"), count // 2)
+    assert mp.parallel_map(identity, items, backend="process", chunksize=4) == list(range(count))
+    assert (tmp_path / "ended").exists()  # a worker did die
 
 
 def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> None:
@@ -563,16 +649,20 @@ def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
     os.close(fd)
     try:
         writer.begin(7, 0)
+        writer.ran_up_to(7)
         writer.extend(lambda i: i - 2, [0, 1, 2])
         writer.extend(lambda i: [i, float(i) / 3, str(i), 2**70 + i][i % 4], [3, 4, 5, 6])
-        assert reader.unsent(7, 0) == writer.results() == [-2, -1, 0, 2**70 + 3, 4, 5 / 3, "6"]
-        assert reader.unsent(7, 5) == [5 / 3, "6"]  # the parent received the first five
+        assert reader.unsent(7, 0) == (writer.results(), 7)
+        assert writer.results() == [-2, -1, 0, 2**70 + 3, 4, 5 / 3, "6"]
+        assert reader.unsent(7, 5) == ([5 / 3, "6"], 7)  # the parent received the first five
         assert reader.unsent(8, 0) is None  # another task's journal
         writer.begin(7, 7)  # the seven were sent
-        assert reader.unsent(7, 7) == []
+        assert reader.unsent(7, 7) == ([], 7)  # and none started since
         assert reader.unsent(7, 0) is None  # it holds nothing from before item 7
+        writer.ran_up_to(9)
         writer.extend(lambda i: -1.5, [7])
-        assert reader.unsent(7, 7) == writer.results() == [-1.5]
+        assert reader.unsent(7, 7) == ([-1.5], 9)  # item 8 started, and did not end
+        assert writer.results() == [-1.5]
         with pytest.raises(ValueError, match="room for 16383"):
             writer.extend(str, [0] * RECORDS)
     finally:
@@ -683,8 +773,9 @@ def test_an_int_equal_to_the_journals_marker_reads_as_not_written() -> None:
     try:
         marker = writer._marker
         writer.begin(7, 0)
+        writer.ran_up_to(3)
         writer.extend(lambda i: marker if i == 1 else i, [0, 1, 2])
-        assert reader.unsent(7, 0) == [0]
+        assert reader.unsent(7, 0) == ([0], 3)
         assert writer.results() == [0, marker, 2]  # sent as it was, where no crash intervened
     finally:
         reader.close()

@@ -754,19 +754,23 @@ def _map_one_item(
     (``benchmarks/map_scaling.py``); a map of one item needs none of it.
     """
     keep_going = on_error != "raise"
-    try:
-        handle = chunk_task(fn, [item], 0, keep_going)
-    except TaskSerializationError as error:
-        _raise_naming_the_item(error, [item], 0)
-    try:
-        chunk = handle.get()
-    except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
-        chunk, _ = after_crash(error, [item], 0, keep_going)
-    except TaskSerializationError as error:  # its result, or the item's error, could not be unpickled here
-        chunk, _ = after_unreadable(error, [item], 0, keep_going)
-    except BaseException:  # Ctrl-C, or the item's error: the task must not go on
-        handle.cancel()
-        raise
+    chunk: list[Any] = []
+    sent_again = False
+    while not chunk:  # empty only where its worker died before the item started: it runs again, once
+        try:
+            handle = chunk_task(fn, [item], 0, keep_going)
+        except TaskSerializationError as error:
+            _raise_naming_the_item(error, [item], 0)
+        try:
+            chunk = handle.get()
+        except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
+            chunk, _ = after_crash(error, [item], 0, keep_going, sent_again)
+            sent_again = True
+        except TaskSerializationError as error:  # its result, or the item's error, could not be unpickled here
+            chunk, _ = after_unreadable(error, [item], 0, keep_going)
+        except BaseException:  # Ctrl-C, or the item's error: the task must not go on
+            handle.cancel()
+            raise
     return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
 
 
@@ -851,6 +855,7 @@ class _Mapper:
         # Each chunk in flight's first item's index, items and time budget.
         self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
         self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
+        self._sent_again: set[int] = set()  # the first items of chunks run again after a death before their first item
         self._read = 0
         self._exhausted = False
         self._completions: Completions | None = None
@@ -929,8 +934,10 @@ class _Mapper:
             chunk = handle.get()
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
             start, items, budget = self._chunk_items[id(handle)]
-            chunk, size = after_crash(error, items, start, self._keep_going)
+            chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
             if size < len(items):
+                if not size:  # its worker died before its first item: it runs again, once
+                    self._sent_again.add(start)
                 again = self._start_chunk(items[size:], start + size, budget)
                 self._in_flight.insert(self._in_flight.index(entry), again)
         except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here

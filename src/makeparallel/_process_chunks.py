@@ -10,8 +10,10 @@ Results go earlier only when they must: the journal is full
 (``RECORDS`` records, or its data area), or an item raised, or its result
 cannot be pickled or does not fit in the journal. When the worker dies, the
 parent has the results sent and, from the journal, those of every later item
-that ended: the culprit is the next item, found exactly. No item runs twice,
-however cheap.
+that ended: the culprit is the next item, found exactly. The journal also says
+how many items started, so a worker killed between items (as it sent results,
+or stopped at its time budget) blames none, and the items it did not start
+run again. No item runs twice, however cheap.
 
 Then the culprit's failure (a ``WorkerCrashedError`` naming its index and
 repr) is raised, skipped or replaced by ``None`` as ``on_error`` says, and the
@@ -145,6 +147,7 @@ def run_streaming(
         end = min(count, position + length, position + journal.room())
         began = time.perf_counter()
         after: list[Any] = []  # the result of the item after the journaled ones, where it is not in the journal
+        journal.ran_up_to(end)
         try:
             journal.extend(fn, items[position:end])
         except ResultTooLarge as too_large:
@@ -166,6 +169,7 @@ def run_streaming(
                 raise
             after.append(Failure(error))
         end = unsent + journal.done + len(after)
+        journal.ran_up_to(end)  # where it stopped: from here, a death is between items until the next slice
         seconds = time.perf_counter() - began
         length = max(1, int(SLICE_SECONDS * (end - position) / max(seconds, 1e-9)))
         position = end
@@ -211,17 +215,26 @@ def _send(task: Any, after: list[Any], first: int, items: Sequence[Any], offset:
     task._send_partial(checked)
 
 
-def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, keep_going: bool) -> tuple[list[Any], int]:
+def after_crash(
+    error: WorkerCrashedError, items: Sequence[Any], start: int, keep_going: bool, sent_again: bool = False
+) -> tuple[list[Any], int]:
     """The results of a chunk whose worker died, up to and with the culprit's failure; and how many items they are.
 
     The items after those did not run: the caller runs them as a new chunk,
     which it waits for as for any other (a map's timeout, its cancellation and
     an event loop's other work go on meanwhile), and which is finished the
-    same way if its worker dies too.
+    same way if its worker dies too. A worker that died between items (its
+    journal says that no item had started after those that ended: it was
+    sending results, or had stopped at its time budget) leaves no culprit:
+    the results are those of the items that ended, and the others run again.
+    So does one that died before the chunk's first item (killed from outside
+    as it unpickled the items, say), once: ``sent_again`` says that this
+    chunk is that second run.
 
-    A worker that died before the chunk's first item ended, or whose results
-    cannot all be read back here, leaves no item to blame alone: every item of
-    the chunk fails with it (one item: it is the culprit), none runs again.
+    A worker that died before the chunk's first item in that second run too
+    (an item whose unpickling ends its worker), or whose results cannot all
+    be read back here, leaves no item to blame alone: every item of the chunk
+    fails with it (one item: it is the culprit), none runs again.
 
     Raises:
         WorkerCrashedError: with ``keep_going`` false, naming the culprit item,
@@ -234,22 +247,21 @@ def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, kee
         how = getattr(error, "_how", None)
         if how is None:
             raise error
-        if len(items) == 1:
-            crash = ([], how)
-        else:
-            lost = WorkerCrashedError(
-                f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
-                f"process ({how}), which died before the first of them ended or with a result that "
-                "could not be read back here, so no one of them can be blamed; the pool started a "
-                "new worker, and the other items were not affected"
-            )
-            if not keep_going:
-                raise lost from error
-            return [Failure(lost)] * len(items), len(items)
-    done, how = crash
+        return _lost(error, how, items, start, keep_going)
+    done, ran, how = crash
     position = len(done)
-    if position == len(items):  # the worker died after its last item
+    if position >= min(ran, len(items)):  # it died after an item's end, before the next one started
+        if position == 0 and sent_again:  # before the first item, again: an item may be the cause
+            return _lost(error, how, items, start, keep_going)
         return done, position
+    return _with_culprit(done, how, items, start, keep_going)
+
+
+def _with_culprit(
+    done: list[Any], how: str, items: Sequence[Any], start: int, keep_going: bool
+) -> tuple[list[Any], int]:
+    """``done``, then the failure of the item after them, whose run ended its worker; and how many items they are."""
+    position = len(done)
     failure = WorkerCrashedError(
         f"{describe_item(start + position, items[position])} of the map crashed its worker "
         f"process ({how}); the pool started a new worker, and the other items were not affected"
@@ -257,6 +269,23 @@ def after_crash(error: WorkerCrashedError, items: Sequence[Any], start: int, kee
     if not keep_going:
         raise failure
     return [*done, Failure(failure)], position + 1
+
+
+def _lost(
+    error: WorkerCrashedError, how: str, items: Sequence[Any], start: int, keep_going: bool
+) -> tuple[list[Any], int]:
+    """The failures of a chunk's items, none of which can be blamed alone for its worker's death; how many they are."""
+    if len(items) == 1:
+        return _with_culprit([], how, items, start, keep_going)
+    lost = WorkerCrashedError(
+        f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
+        f"process ({how}), which died before the first of them began, twice, or with a result "
+        "that could not be read back here, so no one of them can be blamed; the pool started a "
+        "new worker, and the other items were not affected"
+    )
+    if not keep_going:
+        raise lost from error
+    return [Failure(lost)] * len(items), len(items)
 
 
 def after_unreadable(

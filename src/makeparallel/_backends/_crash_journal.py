@@ -7,7 +7,8 @@ the worker writes the item's result to this journal: one shared-memory file
 per worker, made by the parent, without a name (``memfd_create``, or an
 unlinked temporary file where that does not exist), mapped by both processes.
 The pages outlive the worker; after a crash the parent reads the items the
-worker finished and had not sent, and knows that the culprit is the next one.
+worker finished and had not sent, and knows that the culprit is the next one,
+if it had started.
 
 Layout: a header of 64-bit slots (the task's id, and the index in its chunk
 of the first item journaled; then the id of the last task the worker started,
@@ -15,7 +16,9 @@ any task: a worker found dead with a task sent to it that it never started,
 killed while idle say, had that task put back in the queue rather than failed;
 then the journal's marker; then how many cancels the parent sent, so that a
 worker holding tasks sent ahead reads its pipe before the next one starts only
-when a cancel waits there), a byte per item (its kind), a 64-bit record per
+when a cancel waits there; then how many of the chunk's items started, so that
+a worker killed between items, as it sent results or stopped at its time
+budget, blames none of them), a byte per item (its kind), a 64-bit record per
 item, then a data area. Records not written yet hold the marker, a random
 negative number drawn when the worker starts. An ``int`` that fits in 64 bits
 is its record (a map of cheap items mostly returns numbers, and a single
@@ -83,7 +86,8 @@ RECORDS = 16 * 1024
 _STARTED = 2  # slot of the id of the last task the worker started, map chunk or not; 0, 1: task id, first item's index
 _MARKER = 3  # slot of the marker: what a record holds until it is written
 _CANCELS = 4  # slot of the count of cancels the parent sent the worker
-_KINDS = 8 * 5  # byte offset of the kind bytes
+_RAN = 5  # slot of how many of the chunk's items started: a death with fewer results journaled is the next one's
+_KINDS = 8 * 6  # byte offset of the kind bytes
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
 # Record kinds; 0 is an ``int`` (or no record, while the record holds the marker).
@@ -171,9 +175,21 @@ class JournalWriter:
             journal[_KINDS : _KINDS + used] = bytes(used)
             self._used = 0
         self._listed = None
+        self._slots[_RAN] = first  # before the task's id: none of its items runs yet
         self._slots[1] = first
         self._slots[0] = task_id
         journal.seek(_DATA)
+
+    def ran_up_to(self, end: int) -> None:
+        """Say that the chunk's items before ``end`` (an index in the chunk, as :meth:`begin`'s ``first``) started.
+
+        Written before a slice of items runs (the slice's end) and after it
+        (where it stopped). A worker found dead with fewer results journaled
+        than that died in the next item, its culprit; with as many, it died
+        between items (sending results, or stopped at its time budget), and
+        no item is to blame: those not started run again.
+        """
+        self._slots[_RAN] = end
 
     @property
     def done(self) -> int:
@@ -412,12 +428,14 @@ class JournalReader:
         finally:
             slots.release()
 
-    def unsent(self, task_id: int, received: int) -> list[Any] | None:
-        """The results of task ``task_id``'s items from index ``received`` on, as journaled.
+    def unsent(self, task_id: int, received: int) -> tuple[list[Any], int] | None:
+        """The results of task ``task_id``'s items from index ``received`` on, as journaled; and how many items started.
 
-        Read only once the worker is gone. ``None`` if the journal holds no
-        item of that task: the worker died before the chunk's first item, or
-        the task is not a map chunk.
+        Read only once the worker is gone. The count is of the chunk's items
+        from its first (:meth:`JournalWriter.ran_up_to`): where it exceeds the
+        results, the item after them was running. ``None`` if the journal
+        holds no item of that task: the worker died before the chunk's first
+        item, or the task is not a map chunk.
 
         Raises:
             Exception: whatever unpickling an entry raised (its class cannot be
@@ -426,7 +444,7 @@ class JournalReader:
         slots = memoryview(self._map).cast("q")
         floats = memoryview(self._map).cast("d")
         try:
-            task, first, marker = slots[0], slots[1], slots[_MARKER]
+            task, first, marker, ran = slots[0], slots[1], slots[_MARKER], slots[_RAN]
             if task != task_id or first > received:
                 return None
             results: list[Any] = []
@@ -444,7 +462,7 @@ class JournalReader:
                     data = self._map[start:end]
                     start = end
                     results.append(_pickle.loads(data) if data[0] == _PICKLE else marshal.loads(data))
-            return results[received - first :]
+            return results[received - first :], ran
         finally:
             slots.release()
             floats.release()

@@ -1223,8 +1223,8 @@ class ProcessBackend(QueueingBackend):
                     "worker, and no other task was affected"
                 )
                 error._how = describe_exit(code)  # type: ignore[attr-defined]  # for a map (_process_chunks)
-                if finished is not None:  # a map chunk: what it finished; the culprit is next
-                    error._crash = (finished, describe_exit(code))  # type: ignore[attr-defined]
+                if finished is not None:  # a map chunk: what it finished, how many started; the culprit is next
+                    error._crash = (*finished, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         if terminating and init_failure is None:
             for handle in outstanding[1:]:  # sent behind the first: never started
@@ -1238,22 +1238,26 @@ class ProcessBackend(QueueingBackend):
     @staticmethod
     def _journaled(
         worker: _Worker, handle: AsyncHandle[Any], streamed: _Streamed | None
-    ) -> list[Any] | None:
-        """The results a dead worker's map chunk finished: those it sent, then those in its journal.
+    ) -> tuple[list[Any], int] | None:
+        """The results a dead worker's map chunk finished (those it sent, then those in its journal); how many items started.
 
-        ``None`` if the task is no map chunk, if the worker died before the
-        chunk's first item (no item to blame), or if the results cannot all be
-        had (one that cannot be unpickled here): the chunk then fails as a
-        whole, rather than run an item twice.
+        ``([], 0)`` where the journal holds none of the task's items and none
+        were sent: a chunk whose worker died before its first item (as it
+        unpickled them), or a task that is no map chunk. ``None`` if the
+        results cannot all be had (one that cannot be unpickled here): the
+        chunk then fails as a whole, rather than run an item twice.
         """
         done, failed, _ = streamed if streamed is not None else ([], None, 0)
         if failed is not None:
             return None
         try:
-            unsent = worker.journal.unsent(handle._id, len(done))
+            journaled = worker.journal.unsent(handle._id, len(done))
         except BaseException:  # unpickling runs the user's code: nothing may end the loop
             return None
-        return None if unsent is None else done + unsent
+        if journaled is None:
+            return None if done else ([], 0)
+        unsent, ran = journaled
+        return done + unsent, ran
 
     def _initializer_failed_locked(self, worker: _Worker, counted: bool) -> Callable[[], BaseException]:
         """Count a failed start (``counted``); after a few in a row, stop starting workers. Return the error's maker."""
