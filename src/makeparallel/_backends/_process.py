@@ -264,7 +264,7 @@ class ProcessBackend(QueueingBackend):
         # What workers get: sys.path, and the folders of the modules loaded through a relative
         # entry ('') of it, and of namespace packages (_serialization.pins). Its version counts changes.
         self._path: _WorkersPath = (list(sys.path), _serialization.pins, interpreter_settings.warning_filters())
-        self._filters_seen = (warnings.filters, len(warnings.filters))  # the list the last look found
+        self._filters_seen = _filters_now()  # what the last look found
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
@@ -468,9 +468,9 @@ class ProcessBackend(QueueingBackend):
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
         handle._payload = _serialize_call(handle)
         filters = warnings.filters
-        seen, length = self._filters_seen
-        if filters is not seen or len(filters) != length:  # changed, or catch_warnings() entered or left
-            self._follow_warning_filters(filters)
+        seen, length, first = self._filters_seen
+        if filters is not seen or len(filters) != length or (filters and filters[0] is not first):
+            self._follow_warning_filters(filters)  # changed, or catch_warnings() entered or left
         path, pinned, _ = self._path
         asked = _serialization.pins_asked  # -1: sys.path has no relative entry, nothing is pinned
         if (
@@ -485,7 +485,7 @@ class ProcessBackend(QueueingBackend):
 
     def _follow_warning_filters(self, filters: Any) -> None:
         """Have workers take the caller's warning filters before their next task, if they changed."""
-        self._filters_seen = (filters, len(filters))
+        self._filters_seen = _filters_now()
         plain = interpreter_settings.warning_filters()
         with self._lock:
             path, pins, taken = self._path
@@ -1698,6 +1698,18 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: _WorkersPa
         for handle in batch:
             _events.emit("started", handle)
     _send(worker, ("tasks", tasks), buffers)
+
+
+def _filters_now() -> tuple[list[Any], int, Any]:
+    """``warnings.filters``, its length and its first entry: what changes when a filter is added.
+
+    ``simplefilter()`` and ``filterwarnings()`` put their entry first, moving
+    an equal one there, so the list can change and keep its length
+    (``"ignore"``, ``"error"``, then ``"ignore"`` again); the entry put first
+    is a new tuple each time.
+    """
+    filters = warnings.filters
+    return filters, len(filters), filters[0] if filters else None
 
 
 def _message_bytes(handle: AsyncHandle[Any]) -> int:
