@@ -1700,7 +1700,7 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: _WorkersPa
     _send(worker, ("tasks", tasks), buffers)
 
 
-def _filters_now() -> tuple[list[Any], int, Any]:
+def _filters_now() -> tuple[Sequence[Any], int, Any]:
     """``warnings.filters``, its length and its first entry: what changes when a filter is added.
 
     ``simplefilter()`` and ``filterwarnings()`` put their entry first, moving
