@@ -130,6 +130,19 @@ def test_bytes_written_to_the_buffer_reach_the_buffer_intact_in_order() -> None:
     assert stream.buffer.getvalue() == b"text first\n" + data + b"text after\n"  # type: ignore[attr-defined]
 
 
+def print_cafe() -> None:
+    print("café ☃")
+
+
+def test_a_line_the_programs_stream_cannot_encode_arrives_escaped() -> None:
+    # Written to an ASCII stream (PYTHONIOENCODING=ascii, say), it was dropped without a word.
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    with contextlib.redirect_stdout(stream):
+        on_process(print_cafe)().get(timeout=30)
+    stream.flush()
+    assert stream.buffer.getvalue() == b"caf\\xe9 \\u2603\n"  # type: ignore[attr-defined]
+
+
 def test_a_character_split_across_writes_to_the_buffer_arrives_whole_in_a_text_stream() -> None:
     # Bytes for a stream with no buffer (a StringIO) were decoded write by write.
     out = io.StringIO()

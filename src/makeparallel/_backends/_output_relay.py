@@ -195,7 +195,9 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> N
     Bytes go to the stream's ``buffer``, after what was written to it as text;
     to a stream with none (a ``StringIO``), they are written decoded as UTF-8
     by the incremental decoder in ``decoders`` (one per worker and stream: a
-    character may span writes).
+    character may span writes). Text the stream cannot encode is written
+    escaped (``backslashreplace``, as Python writes ``sys.stderr``): the task
+    that printed it has ended well, and the line is not lost.
     """
     target = getattr(sys, STREAMS[stream], None)
     if target is None:
@@ -212,7 +214,11 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> N
             if decoder is None:
                 decoder = decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
             text = decoder.decode(text)
-        target.write(text)
+        try:
+            target.write(text)
+        except UnicodeEncodeError:  # not in the stream's encoding (PYTHONIOENCODING=ascii): escaped, not dropped
+            encoding = getattr(target, "encoding", None) or "ascii"
+            target.write(text.encode(encoding, "backslashreplace").decode(encoding))
         target.flush()
     except Exception:  # a closed or broken stream must not break the pool's loop
         pass
