@@ -1223,7 +1223,7 @@ class ProcessBackend(QueueingBackend):
                     "worker, and no other task was affected"
                 )
                 error._how = describe_exit(code)  # type: ignore[attr-defined]  # for a map (_process_chunks)
-                if finished is not None:  # a map chunk: what it finished, how many started; the culprit is next
+                if finished is not None:  # what a map chunk finished and how many items started ([], 0 for a task)
                     error._crash = (*finished, describe_exit(code))  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         if terminating and init_failure is None:
