@@ -6,6 +6,7 @@ pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -253,6 +254,27 @@ def test_max_tasks_per_child_replaces_a_worker_after_that_many_tasks() -> None:
     assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [2, 2, 2], pids
     assert wait_until(lambda: restarts("max_tasks_per_child") == before + 3), info()
     assert info()["max_tasks_per_child"] == 2
+
+
+def leave_a_thread_running(x: int) -> int:
+    threading.Thread(target=threading.Event().wait).start()  # no daemon: the worker's exit waits for it
+    return x
+
+
+def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It waited for its task's thread as it exited, for good: with max_tasks_per_child=1
+    # the pool started no more workers, and its third task waited for ever.
+    from makeparallel._backends import _process
+
+    monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
+    fresh_process_pool(2)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    with caplog.at_level(logging.WARNING, logger="makeparallel"):
+        handles = [on_process(leave_a_thread_running)(i) for i in range(5)]
+        assert [handle.get(timeout=30) for handle in handles] == list(range(5))
+    assert "told to stop (max_tasks_per_child), has not exited" in caplog.text
 
 
 def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> None:

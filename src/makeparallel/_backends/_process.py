@@ -108,6 +108,8 @@ _WORKER_MAIN = (
     "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]))"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+# Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
+_EXIT_GRACE = 5.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
 # What a busy worker's pipe may hold of tasks sent ahead, or a worker's still running its set-up: well
@@ -152,9 +154,9 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "held", "init_error", "initializer", "journal", "kill_at",
-        "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready", "refused",
-        "retiring", "send_lock", "sent", "stop_reason",
+        "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
+        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
+        "refused", "retiring", "send_lock", "sent", "stop_reason",
     )
 
     def __init__(
@@ -182,6 +184,7 @@ class _Worker:
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
+        self.exit_by: float | None = None  # told to stop, its tasks done: when it is ended if still there
         self.stop_reason = "crashed"  # why it was replaced, if it was: counted in info()
         self.leaving = False  # recycled: finishes the tasks it has, takes no more
         self.ready = False  # set up, initializer run
@@ -768,6 +771,7 @@ class ProcessBackend(QueueingBackend):
                 self._workers.append(worker)
                 if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
                     self._recycle_locked(worker, "")
+        self._end_overdue_exits()
         self._kill_marked()
         if self._left_to_end:
             self._reap_left_to_end()
@@ -1353,6 +1357,32 @@ class ProcessBackend(QueueingBackend):
         """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
         return any(handle in w.outstanding for w in self._workers)
 
+    def _end_overdue_exits(self) -> None:
+        """Kill each worker told to stop that has not exited ``_EXIT_GRACE`` seconds after its tasks ended.
+
+        One whose task left a thread running that is not a daemon waits for
+        that thread as it exits, for good. Left to it, recycled workers
+        (``max_tasks_per_child``) that never exited kept their replacements
+        from starting, and the pool stopped taking tasks, without a word (the
+        standard library's pools do the same).
+        """
+        now = time.monotonic()
+        for worker in self._workers:
+            if not worker.leaving or worker.killing or worker.outstanding or worker.held is not None:
+                continue
+            if worker.exit_by is None:
+                worker.exit_by = now + _EXIT_GRACE
+            elif now >= worker.exit_by:
+                _log.warning(
+                    "a makeparallel worker process (pid %s), told to stop (%s), has not exited %.0f s "
+                    "after its last task, and is killed: a task may have left a thread running that "
+                    "is not a daemon, or an atexit handler hangs",
+                    worker.process.pid, worker.stop_reason if not worker.retiring else "the pool changed",
+                    _EXIT_GRACE,
+                )
+                with self._lock:
+                    worker.killing = True
+
     def _kill_marked(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
@@ -1378,6 +1408,7 @@ class ProcessBackend(QueueingBackend):
     def _next_due_in(self) -> float | None:
         """Seconds until a worker is to be killed, a refused start tried again, or one left to end looked at."""
         deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
+        deadlines += [w.exit_by for w in self._workers if w.exit_by is not None and not w.killing]
         if self._left_to_end:
             deadlines.append(time.monotonic() + _TERMINATE_GRACE)
         if self._start_refused_at is not None:
