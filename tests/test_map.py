@@ -299,6 +299,28 @@ def test_a_failing_item_raises_its_own_exception_with_its_index(backend: str) ->
         assert "item 13 (13)" in notes[0]
 
 
+class Abort(BaseException):
+    """What a program raises to stop, not an error."""
+
+
+@pytest.mark.parametrize("stop", [SystemExit(3), Abort("stop")], ids=["SystemExit", "a BaseException"])
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_an_item_that_raises_a_base_exception_ends_the_map_with_its_index(
+    stop: BaseException, on_error: str, backend: str
+) -> None:
+    def stop_at_13(x: int) -> int:
+        if x == 13:
+            raise stop
+        return x
+
+    for chunksize in (1, 4):
+        with pytest.raises(type(stop)) as caught:
+            mp.parallel_map(stop_at_13, range(30), chunksize=chunksize, backend=backend, on_error=on_error)  # type: ignore[call-overload]
+        assert caught.value is stop
+        assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
+        del caught.value.__notes__
+
+
 def test_the_note_names_a_short_repr_of_the_item(backend: str) -> None:
     def fail_on_long(s: str) -> int:
         if len(s) > 100:

@@ -43,6 +43,7 @@ from map_crash_tasks import (
     DiesWhenSent,
     DiesWhenUnpickled,
     DiesWhenUnpickledOnce,
+    exit_at_the_culprit,
     Item,
     Rejected,
     identity,
@@ -308,6 +309,14 @@ def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> No
         mp.parallel_map(identity, items, backend="process", chunksize=4)
     with pytest.raises(mp.WorkerCrashedError, match=r"item 0 \(DiesWhenUnpickled\(\)\) of the map crashed its worker process \(exit code 3\)"):
         mp.parallel_map(identity, [DiesWhenUnpickled()], backend="process")
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_an_item_that_raises_system_exit_ends_the_map_with_its_index(on_error: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        mp.parallel_map(exit_at_the_culprit, range(ITEMS), backend="process", on_error=on_error)  # type: ignore[call-overload]
+    assert caught.value.code == 3
+    assert f"makeparallel: raised by item {CULPRIT} ({CULPRIT})" in caught.value.__notes__
 
 
 def test_a_map_of_one_item_that_crashes_names_it() -> None:

@@ -155,6 +155,9 @@ def _run_chunk(
             if not keep_going:
                 raise
             return [_Failure(error)]
+        except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
+            item_raised(error, start, items[0])
+            raise
     results: list[Any] = []
     step = max(1, min(_CANCEL_CHECK_EVERY, count // 16)) if budget is None else 1
     began = time.perf_counter()
@@ -174,6 +177,9 @@ def _run_chunk(
             if not keep_going:
                 raise
             results.append(_Failure(error))
+        except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
+            item_raised(error, start + len(results), items[len(results)])
+            raise
         position = len(results)
     return results
 

@@ -68,13 +68,13 @@ def describe_item(index: int, item: Any) -> str:
     return f"item {index} ({_short_repr.repr(item)})"
 
 
-def item_raised(error: Exception, index: int, item: Any) -> None:
+def item_raised(error: BaseException, index: int, item: Any) -> None:
     """Ready ``error``, raised by item ``index`` of a map, to be raised or kept: a note names the item, and it is the item's own."""
     _add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
     disown_worker_death(error)
 
 
-def disown_worker_death(error: Exception) -> None:
+def disown_worker_death(error: BaseException) -> None:
     """Drop the marks of a worker's death, or of unreadable results, from an error that a call of a chunk raised.
 
     A call that waits for a task of its own whose worker process died raises
@@ -168,6 +168,9 @@ def run_streaming(
             if not keep_going:
                 raise
             after.append(Failure(error))
+        except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
+            item_raised(error, start + unsent + journal.done, items[unsent + journal.done])
+            raise
         end = unsent + journal.done + len(after)
         journal.ran_up_to(end)  # where it stopped: from here, a death is between items until the next slice
         seconds = time.perf_counter() - began
