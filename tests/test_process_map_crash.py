@@ -286,15 +286,17 @@ def test_a_map_of_one_item_that_crashes_loses_only_it(on_error: str, expected: l
     assert mp.parallel_map(work, [Item(1, log, 0.0, "exit")], backend="process") == [1]  # the pool goes on
 
 
-@pytest.mark.parametrize(("on_error", "expected"), [("skip", [4, 5]), ("none", [None, None, None, None, 4, 5])])
-def test_a_chunk_whose_worker_dies_before_its_first_item_loses_its_items_alone(on_error: str, expected: list[Any]) -> None:
+@pytest.mark.parametrize(("on_error", "expected"), [("skip", [0, 1, 3, 4, 5]), ("none", [0, 1, None, 3, 4, 5])])
+def test_an_item_whose_unpickling_ends_every_worker_is_found_and_fails_alone(on_error: str, expected: list[Any]) -> None:
+    # Its chunk's worker dies before the chunk's first item: the chunk runs again
+    # in halves, until the item is alone, and runs again once more.
     items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
     results = mp.parallel_map(identity, items, backend="process", chunksize=4, on_error=on_error)  # type: ignore[call-overload]
     assert results == expected
 
 
 @pytest.mark.parametrize("count", [1, 6])
-def test_a_chunk_whose_worker_died_once_before_its_first_item_runs_again(count: int, tmp_path: Path) -> None:
+def test_a_chunk_whose_worker_died_before_its_first_item_runs_again(count: int, tmp_path: Path) -> None:
     # Its worker died as it unpickled the items (killed from outside, say): no
     # item had started, so the chunk runs again, and every item with it.
     items: list[Any] = list(range(count))
@@ -303,9 +305,19 @@ def test_a_chunk_whose_worker_died_once_before_its_first_item_runs_again(count: 
     assert (tmp_path / "ended").exists()  # a worker did die
 
 
-def test_a_chunk_whose_worker_dies_before_its_first_item_names_its_items() -> None:
+def test_two_deaths_before_a_chunks_first_item_lose_no_item(tmp_path: Path) -> None:
+    # Two items of one chunk, each ending the first worker that unpickles it (two kills
+    # from outside, say): the chunk ran again once, died again, and lost all its items.
+    items: list[Any] = list(range(200))
+    for index in (0, 150):
+        items[index] = DiesWhenUnpickledOnce(str(tmp_path / f"ended {index}"), index)
+    assert mp.parallel_map(identity, items, backend="process", chunksize=200) == list(range(200))
+    assert (tmp_path / "ended 0").exists() and (tmp_path / "ended 150").exists()
+
+
+def test_an_item_whose_unpickling_ends_every_worker_is_named() -> None:
     items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
-    with pytest.raises(mp.WorkerCrashedError, match=r"items 0 to 3 of the map were lost with their worker process \(exit code 3\)"):
+    with pytest.raises(mp.WorkerCrashedError, match=r"item 2 \(DiesWhenUnpickled\(\)\) of the map crashed its worker process \(exit code 3\)"):
         mp.parallel_map(identity, items, backend="process", chunksize=4)
     with pytest.raises(mp.WorkerCrashedError, match=r"item 0 \(DiesWhenUnpickled\(\)\) of the map crashed its worker process \(exit code 3\)"):
         mp.parallel_map(identity, [DiesWhenUnpickled()], backend="process")

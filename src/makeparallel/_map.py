@@ -861,7 +861,7 @@ class _Mapper:
         # Each chunk in flight's first item's index, items and time budget.
         self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
         self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
-        self._sent_again: set[int] = set()  # the first items of chunks run again after a death before their first item
+        self._sent_again: set[int] = set()  # items of one-item chunks run again after a death before they began
         self._read = 0
         self._exhausted = False
         self._completions: Completions | None = None
@@ -942,10 +942,14 @@ class _Mapper:
             start, items, budget = self._chunk_items[id(handle)]
             chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
             if size < len(items):
-                if not size:  # its worker died before its first item: it runs again, once
+                pieces = [(size, len(items))]
+                if not size and len(items) > 1:  # its worker died before its first item: in halves
+                    pieces = [(0, len(items) // 2), (len(items) // 2, len(items))]
+                elif not size:  # one item: it runs again once, then its unpickling is the culprit
                     self._sent_again.add(start)
-                again = self._start_chunk(items[size:], start + size, budget)
-                self._in_flight.insert(self._in_flight.index(entry), again)
+                place = self._in_flight.index(entry)
+                for offset, (low, high) in enumerate(pieces):
+                    self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
         except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here
             start, items, _ = self._chunk_items[id(handle)]
             chunk, size = after_unreadable(error, items, start, self._keep_going)

@@ -231,13 +231,15 @@ def after_crash(
     sending results, or had stopped at its time budget) leaves no culprit:
     the results are those of the items that ended, and the others run again.
     So does one that died before the chunk's first item (killed from outside
-    as it unpickled the items, say), once: ``sent_again`` says that this
-    chunk is that second run.
+    as it unpickled the items, say, or by an item's unpickling): none are,
+    and the caller runs the items again, in two halves, so that an item whose
+    unpickling ends every worker ends up alone. A chunk of that one item
+    runs again once (``sent_again`` says that this is that second run), then
+    the item is the culprit.
 
-    A worker that died before the chunk's first item in that second run too
-    (an item whose unpickling ends its worker), or whose results cannot all
-    be read back here, leaves no item to blame alone: every item of the chunk
-    fails with it (one item: it is the culprit), none runs again.
+    A worker whose results cannot all be read back here leaves no item to
+    blame alone: every item of the chunk fails with it (one item: it is the
+    culprit), none runs again.
 
     Raises:
         WorkerCrashedError: with ``keep_going`` false, naming the culprit item,
@@ -254,8 +256,8 @@ def after_crash(
     done, ran, how = crash
     position = len(done)
     if position >= min(ran, len(items)):  # it died after an item's end, before the next one started
-        if position == 0 and sent_again:  # before the first item, again: an item may be the cause
-            return _lost(error, how, items, start, keep_going)
+        if position == 0 and sent_again and len(items) == 1:  # its unpickling ended two workers
+            return _with_culprit(done, how, items, start, keep_going)
         return done, position
     return _with_culprit(done, how, items, start, keep_going)
 
@@ -282,9 +284,9 @@ def _lost(
         return _with_culprit([], how, items, start, keep_going)
     lost = WorkerCrashedError(
         f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
-        f"process ({how}), which died before the first of them began, twice, or with a result "
-        "that could not be read back here, so no one of them can be blamed; the pool started a "
-        "new worker, and the other items were not affected"
+        f"process ({how}), which died with a result that could not be read back here, so no "
+        "one of them can be blamed; the pool started a new worker, and the other items were "
+        "not affected"
     )
     if not keep_going:
         raise lost from error
