@@ -155,6 +155,8 @@ def _run_chunk(
             if not keep_going:
                 raise
             return [_Failure(error)]
+        except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
+            raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
             item_raised(error, start, items[0])
             raise
@@ -177,8 +179,11 @@ def _run_chunk(
             if not keep_going:
                 raise
             results.append(_Failure(error))
+        except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
+            raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
-            item_raised(error, start + len(results), items[len(results)])
+            if len(results) < min(count, position + step):  # raised by an item of the slice, not after them
+                item_raised(error, start + len(results), items[len(results)])
             raise
         position = len(results)
     return results

@@ -168,8 +168,12 @@ def run_streaming(
             if not keep_going:
                 raise
             after.append(Failure(error))
+        except KeyboardInterrupt:  # lands anywhere, not in an item only
+            raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
-            item_raised(error, start + unsent + journal.done, items[unsent + journal.done])
+            failed = unsent + journal.done
+            if failed < end:  # raised by an item of the slice, not after them
+                item_raised(error, start + failed, items[failed])
             raise
         end = unsent + journal.done + len(after)
         journal.ran_up_to(end)  # where it stopped: from here, a death is between items until the next slice
