@@ -235,11 +235,11 @@ def after_crash(
     sending results, or had stopped at its time budget) leaves no culprit:
     the results are those of the items that ended, and the others run again.
     So does one that died before the chunk's first item (killed from outside
-    as it unpickled the items, say, or by an item's unpickling): none are,
-    and the caller runs the items again, in two halves, so that an item whose
-    unpickling ends every worker ends up alone. A chunk of that one item
-    runs again once (``sent_again`` says that this is that second run), then
-    the item is the culprit.
+    as it unpickled the items, say, or by an item's unpickling): the caller
+    runs the items again, in two halves, so that an item whose unpickling
+    ends every worker ends up alone. A chunk of that one item runs again once
+    (``sent_again`` says that this is that second run), then the item is the
+    culprit.
 
     A worker whose results cannot all be read back here leaves no item to
     blame alone: every item of the chunk fails with it (one item: it is the
