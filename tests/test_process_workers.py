@@ -277,6 +277,51 @@ def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(
     assert "told to stop (max_tasks_per_child), has not exited" in caplog.text
 
 
+def test_a_recycled_worker_that_cannot_exit_is_killed_while_the_pool_is_idle(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its grace began at the loop's next look for another reason: after a program's last
+    # results, the stuck workers stayed, over num_workers, until it submitted again.
+    from makeparallel._backends import _process
+
+    monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    with caplog.at_level(logging.WARNING, logger="makeparallel"):
+        handles = [on_process(leave_a_thread_running)(i) for i in range(2)]
+        assert [handle.get(timeout=30) for handle in handles] == [0, 1]
+        assert wait_until(lambda: info()["live_workers"] == 0, 30), info()
+    assert caplog.text.count("has not exited") == 2
+
+
+def wait_for_file(started: str, path: str, marker: str) -> None:
+    open(started, "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    open(marker, "w").close()
+
+
+def test_a_replaced_worker_still_running_its_initializer_is_not_killed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    # It reads that it is to stop once set up: killed 5 s after it was told, it
+    # died in its initializer, with a warning blaming a task it never ran.
+    from makeparallel._backends import _process
+
+    monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
+    fresh_process_pool(1)
+    started, go, done = tmp_path / "started", tmp_path / "go", tmp_path / "done"
+    with caplog.at_level(logging.WARNING, logger="makeparallel"):
+        mp.configure_process_pool(initializer=wait_for_file, initargs=(str(started), str(go), str(done)), prestart=True)
+        assert wait_until(started.exists, 30)
+        mp.configure_process_pool(initializer=None)  # replaces it: told to stop, it is still setting up
+        time.sleep(0.6)  # three exit graces, for a kill to show
+        go.touch()
+        assert wait_until(done.exists, 30)
+    assert "has not exited" not in caplog.text
+
+
 def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> None:
     # They took no more tasks and nothing replaced them: a task too large to be sent
     # from submit() (the loop sends those) waited for ever, with both workers idle.

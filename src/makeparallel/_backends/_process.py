@@ -1368,7 +1368,7 @@ class ProcessBackend(QueueingBackend):
         """
         now = time.monotonic()
         for worker in self._workers:
-            if not worker.leaving or worker.killing or worker.outstanding or worker.held is not None:
+            if not _exiting(worker):
                 continue
             if worker.exit_by is None:
                 worker.exit_by = now + _EXIT_GRACE
@@ -1406,14 +1406,19 @@ class ProcessBackend(QueueingBackend):
         self._left_to_end = [process for process in self._left_to_end if process.poll() is None]
 
     def _next_due_in(self) -> float | None:
-        """Seconds until a worker is to be killed, a refused start tried again, or one left to end looked at."""
-        deadlines = [w.kill_at for w in self._workers if w.kill_at is not None]
-        deadlines += [w.exit_by for w in self._workers if w.exit_by is not None and not w.killing]
+        """Seconds until a worker is to be killed or to have exited, a refused start tried again, or one left to end looked at."""
+        now = time.monotonic()
+        deadlines = []
+        for w in self._workers:
+            if w.kill_at is not None:
+                deadlines.append(w.kill_at)
+            elif w.leaving and _exiting(w):  # (leaving first: the common case asks no more)
+                deadlines.append(now if w.exit_by is None else w.exit_by)  # none yet: the next look sets it
         if self._left_to_end:
-            deadlines.append(time.monotonic() + _TERMINATE_GRACE)
+            deadlines.append(now + _TERMINATE_GRACE)
         if self._start_refused_at is not None:
             deadlines.append(self._start_refused_at + _RETRY_REFUSED_AFTER)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
 
 _PLAIN = frozenset({int, float, complex, bool, str, type(None), range})  # arguments any pickler writes alike, in band
@@ -1729,6 +1734,16 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: _WorkersPa
         for handle in batch:
             _events.emit("started", handle)
     _send(worker, ("tasks", tasks), buffers)
+
+
+def _exiting(worker: _Worker) -> bool:
+    """Whether ``worker`` was told to stop, is set up, and has no task left: it should be exiting now.
+
+    Not one still running its initializer, which reads the stop only after it.
+    """
+    return (
+        worker.leaving and worker.ready and not worker.killing and not worker.outstanding and worker.held is None
+    )
 
 
 def _filters_now() -> tuple[Sequence[Any], int, Any]:
