@@ -290,8 +290,8 @@ def test_a_recycled_worker_that_cannot_exit_is_killed_while_the_pool_is_idle(
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
         handles = [on_process(leave_a_thread_running)(i) for i in range(2)]
         assert [handle.get(timeout=30) for handle in handles] == [0, 1]
-        assert wait_until(lambda: info()["live_workers"] == 0, 30), info()
-    assert caplog.text.count("has not exited") == 2
+        # Both killed, with nothing submitted since; a spare worker may stand ready beside them.
+        assert wait_until(lambda: caplog.text.count("has not exited") == 2 and info()["live_workers"] <= 1, 30), info()
 
 
 def wait_for_file(started: str, path: str, marker: str) -> None:
