@@ -261,14 +261,18 @@ def leave_a_thread_running(x: int) -> int:
     return x
 
 
-def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # It waited for its task's thread as it exited, for good: with max_tasks_per_child=1
-    # the pool started no more workers, and its third task waited for ever.
+@pytest.fixture
+def short_exit_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker told to stop has 0.2 s to exit after its last task, not 5 s."""
     from makeparallel._backends import _process
 
     monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
+
+
+@pytest.mark.usefixtures("short_exit_grace")
+def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    # It waited for its task's thread as it exited, for good: with max_tasks_per_child=1
+    # the pool started no more workers, and its third task waited for ever.
     fresh_process_pool(2)
     mp.configure_process_pool(max_tasks_per_child=1)
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
@@ -277,14 +281,10 @@ def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(
     assert "told to stop (max_tasks_per_child), has not exited" in caplog.text
 
 
-def test_a_recycled_worker_that_cannot_exit_is_killed_while_the_pool_is_idle(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.usefixtures("short_exit_grace")
+def test_a_recycled_worker_that_cannot_exit_is_killed_while_the_pool_is_idle(caplog: pytest.LogCaptureFixture) -> None:
     # Its grace began at the loop's next look for another reason: after a program's last
     # results, the stuck workers stayed, over num_workers, until it submitted again.
-    from makeparallel._backends import _process
-
-    monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
     fresh_process_pool(1)
     mp.configure_process_pool(max_tasks_per_child=1)
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
@@ -302,14 +302,12 @@ def wait_for_file(started: str, path: str, marker: str) -> None:
     open(marker, "w").close()
 
 
+@pytest.mark.usefixtures("short_exit_grace")
 def test_a_replaced_worker_still_running_its_initializer_is_not_killed(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Any
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
 ) -> None:
     # It reads that it is to stop once set up: killed 5 s after it was told, it
     # died in its initializer, with a warning blaming a task it never ran.
-    from makeparallel._backends import _process
-
-    monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
     fresh_process_pool(1)
     started, go, done = tmp_path / "started", tmp_path / "go", tmp_path / "done"
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
