@@ -17,7 +17,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._cpus import usable_cpus
-from pool_helpers import exit_alone, fresh_process_pool, live_worker_pids, wait_until
+from pool_helpers import Flags, exit_alone, fresh_process_pool, live_worker_pids, pid_once_released, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -380,6 +380,30 @@ def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -
         done.set()
         sampler.join()
     assert peak <= 2 + 1 + 1, f"{peak} processes at once: the template, and workers for num_workers=2"
+
+
+def test_shrinking_the_pool_while_its_workers_are_busy_retires_the_surplus(tmp_path: Any) -> None:
+    # configure_process_pool(1) marked only the workers idle at that moment as
+    # surplus: a pool shrunk while both its workers ran tasks kept both for good.
+    size = info()["num_workers"]
+    fresh_process_pool(2)
+    try:
+        live_worker_pids(2)
+        restarted = restarts()
+        gates = [Flags(str(tmp_path / name)) for name in ("a", "b")]
+        for gate in gates:
+            os.mkdir(gate.directory)
+        handles = [on_process(pid_once_released)(gate) for gate in gates]
+        assert all(gate.wait("started") for gate in gates)  # one on each worker
+        mp.configure_process_pool(1)
+        for gate in gates:
+            gate.set("go")
+        assert len({handle.get(timeout=30) for handle in handles}) == 2  # both finished their tasks
+        assert wait_until(lambda: info()["live_workers"] == 1), info()
+        assert len({h.get(timeout=30) for h in [on_process(os.getpid)() for _ in range(20)]}) == 1
+        assert restarts() == restarted  # a shrink is no restart
+    finally:
+        mp.configure_process_pool(size)
 
 
 # -- warm start ---------------------------------------------------------------------------------

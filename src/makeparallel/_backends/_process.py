@@ -303,10 +303,7 @@ class ProcessBackend(QueueingBackend):
             self._short_of_workers = None
             if num_workers is not None:
                 self._num_workers = num_workers
-                surplus = self._workers[num_workers:]
-                for worker in surplus:
-                    if not worker.outstanding:
-                        worker.killing = worker.retiring = True
+                self._shrink_locked(num_workers)
             if setup is not None and setup != self._setup:
                 self._setup = setup
                 self._take_path_locked()  # pickling the initializer may have pinned its module
@@ -327,6 +324,21 @@ class ProcessBackend(QueueingBackend):
         if prestart:
             self._start_loop()
         self._wake()
+
+    def _shrink_locked(self, num_workers: int) -> None:
+        """Keep ``num_workers`` of the workers that take tasks: idle ones above it end now, busy ones after their tasks.
+
+        Idle ones go first. A busy one retires as a recycled one does: it
+        finishes the tasks it was sent and takes no more. Marking only the
+        idle ones left a pool shrunk while busy at its old size for good.
+        """
+        taking = [w for w in self._workers if not (w.leaving or w.killing)]
+        taking.sort(key=lambda w: not w.outstanding)  # busy ones first, each kind oldest first (a stable sort)
+        for worker in taking[num_workers:]:
+            if worker.outstanding:
+                self._recycle_locked(worker, "")
+            else:
+                worker.killing = worker.retiring = True
 
     def worker_count(self) -> int:
         return self._num_workers
