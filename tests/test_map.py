@@ -284,12 +284,13 @@ def test_a_map_does_not_keep_its_executor_alive() -> None:
 # -- failures ----------------------------------------------------------------------------------
 
 
-def test_a_failing_item_raises_its_own_exception_with_its_index(backend: str) -> None:
-    def fail_on_13(x: int) -> int:
-        if x == 13:
-            raise Boom(13, "unlucky")
-        return x
+def fail_on_13(x: int) -> int:
+    if x == 13:
+        raise Boom(13, "unlucky")
+    return x
 
+
+def test_a_failing_item_raises_its_own_exception_with_its_index(backend: str) -> None:
     for chunksize in (None, 1, 4, 100):
         with pytest.raises(Boom) as caught:
             mp.parallel_map(fail_on_13, range(30), chunksize=chunksize, backend=backend)
@@ -297,6 +298,32 @@ def test_a_failing_item_raises_its_own_exception_with_its_index(backend: str) ->
         notes = [n for n in caught.value.__notes__ if "raised by item" in n]
         assert len(notes) == 1
         assert "item 13 (13)" in notes[0]
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+@pytest.mark.parametrize("loop", ["for", "async for"])
+def test_imap_hands_out_the_results_before_a_failing_item_then_raises_it(loop: str, ordered: bool, backend: str) -> None:
+    # Item 13 stops its chunk (items 10 to 19): items 10 to 12 had run, and
+    # their results were lost with the chunk's error.
+    got: list[int] = []
+
+    async def collect() -> None:
+        async for result in mp.imap(fail_on_13, range(30), chunksize=10, ordered=ordered, backend=backend):
+            got.append(result)
+
+    with pytest.raises(Boom) as caught:
+        if loop == "for":
+            for result in mp.imap(fail_on_13, range(30), chunksize=10, ordered=ordered, backend=backend):
+                got.append(result)
+        else:
+            asyncio.run(collect())
+    assert caught.value.code == 13
+    assert not [name for name in vars(caught.value) if name.startswith("_makeparallel")]  # nothing of ours left on it
+    if ordered:
+        assert got == list(range(13))
+    else:  # the other chunks may end before or after it
+        assert set(range(10, 13)) <= set(got) <= set(range(13)) | set(range(20, 30))
+        assert len(got) == len(set(got))
 
 
 class Abort(BaseException):

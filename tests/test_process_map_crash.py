@@ -251,6 +251,23 @@ def test_with_on_error_raise_the_error_names_the_item(how: str, exit: str, secon
     assert set(range(CULPRIT + 1)) <= set(ran)  # one chunk: every item up to the culprit ran
 
 
+@pytest.mark.parametrize("how", ["raise", "exit", "kill"])
+def test_imap_hands_out_every_result_before_the_item_that_stops_it(how: str, log: str) -> None:
+    # With on_error="raise", the culprit's error came at once, and the results
+    # of its chunk's items before it, which had run, were lost: those sent
+    # before (item 20's result is too large for the journal) and those journaled.
+    items = [Item(i, log, 0.0, "" if how == "raise" else how) for i in range(ITEMS)]
+    items[CULPRIT].raises = how == "raise"
+    items[20].result = b"x" * (JOURNAL_BYTES + 1)
+    got = []
+    error = ValueError if how == "raise" else mp.WorkerCrashedError
+    with pytest.raises(error, match=rf"(bad item|item) {CULPRIT}"):
+        for result in mp.imap(work, items, backend="process", chunksize=ITEMS):
+            got.append(result)
+    assert got == [item.result for item in items[:CULPRIT]]
+    ran_once(log, range(CULPRIT + 1))
+
+
 @pytest.mark.parametrize("how", HOWS)
 def test_the_results_not_sent_yet_are_read_from_the_journal(how: str, log: str) -> None:
     # Item 20 raised and item 40 returned too much for the journal: those two

@@ -35,8 +35,9 @@ in items is capped at the budget over that estimate, never below one item per
 worker plus one, so large items still run in parallel.
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
-names the item's index and a short repr; with ``"skip"`` or ``"none"`` the chunk
-carries on. On worker processes each item's result is journaled in shared
+names the item's index and a short repr; it carries the results of the chunk's
+items before it, which ``imap`` hands out first (``with_results_before``); with
+``"skip"`` or ``"none"`` the chunk carries on. On worker processes each item's result is journaled in shared
 memory as it ends, so a worker that dies loses only the item it was running,
 and no item runs twice (``_process_chunks``). Ctrl-C, an error, a timeout or
 closing the ``imap`` iterator early cancels the chunks in flight; a running
@@ -82,7 +83,9 @@ from ._process_chunks import (
     describe_item,
     item_raised,
     past_budget,
+    results_before,
     run_streaming,
+    with_results_before,
 )
 from .errors import TaskSerializationError, TaskTimeoutError, WorkerCrashedError
 
@@ -177,6 +180,7 @@ def _run_chunk(
         except Exception as error:
             item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
+                with_results_before(error, results)
                 raise
             results.append(_Failure(error))
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
@@ -488,7 +492,9 @@ def imap(
         ValueError: an option is out of range or ``backend`` names no backend.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed (while iterating).
-        Exception: with ``on_error="raise"``, the first item error, as itself.
+        Exception: with ``on_error="raise"``, the first item error, as itself,
+            once the results of the items before it in its chunk were handed
+            out (those of the chunks before it too, in order).
 
     Memory:
         Without ``max_in_flight``, the items read ahead of you are kept under
@@ -878,7 +884,12 @@ class _Mapper:
         try:
             self._fill()
             while self._in_flight:
-                chunk, taken = self._take(self._next_done())
+                try:
+                    chunk, taken = self._take(self._next_done())
+                except Exception as error:  # on_error="raise": the results of the chunk's items before it first
+                    if before := self._results_before(error):
+                        yield before
+                    raise
                 yield chunk
                 # Read more only once the consumer took this chunk: what is read
                 # and not yet handed out never exceeds max_in_flight.
@@ -917,7 +928,12 @@ class _Mapper:
                     except TaskTimeoutError:
                         self._time_out()
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
-                chunk, taken = self._take(entry)
+                try:
+                    chunk, taken = self._take(entry)
+                except Exception as error:  # as in chunks()
+                    if before := self._results_before(error):
+                        yield before
+                    raise
                 yield chunk
                 self._items_in_flight -= taken
                 self._fill()
@@ -927,6 +943,13 @@ class _Mapper:
                 cancel_crossing([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
+
+    def _results_before(self, error: BaseException) -> list[Any]:
+        """The results of the items before the one whose ``error`` stops the map, in its chunk: handed out first."""
+        results = results_before(error)
+        if self._progress is not None:
+            self._progress.advance(len(results))
+        return results
 
     def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> tuple[list[Any], int]:
         """The results of a chunk that ended (or its error), once counted and sized; and how many items they are.

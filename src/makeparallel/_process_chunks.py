@@ -43,7 +43,9 @@ __all__ = [
     "disown_worker_death",
     "item_raised",
     "past_budget",
+    "results_before",
     "run_streaming",
+    "with_results_before",
 ]
 
 SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
@@ -68,6 +70,25 @@ def describe_item(index: int, item: Any) -> str:
     return f"item {index} ({_short_repr.repr(item)})"
 
 
+_RESULTS_BEFORE = "_makeparallel_results_before"
+
+
+def with_results_before(error: BaseException, results: list[Any]) -> BaseException:
+    """``error``, which stops a chunk (``on_error="raise"``), carrying the results of the chunk's items before it.
+
+    The map hands them out before it raises ``error``: an ``imap`` loses no
+    result of an item that ended. :func:`results_before` takes them off again.
+    """
+    if results:
+        vars(error)[_RESULTS_BEFORE] = results
+    return error
+
+
+def results_before(error: BaseException) -> list[Any]:
+    """The results :func:`with_results_before` gave ``error`` (none if it gave none), taken off it."""
+    return vars(error).pop(_RESULTS_BEFORE, [])  # type: ignore[no-any-return]
+
+
 def item_raised(error: BaseException, index: int, item: Any) -> None:
     """Ready ``error``, raised by item ``index`` of a map, to be raised or kept: a note names the item, and it is the item's own."""
     _add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
@@ -84,8 +105,10 @@ def disown_worker_death(error: BaseException) -> None:
     ``TaskSerializationError``, marked so (``_unreadable``). Left on, they
     would make the chunk's consumer take it for the death of the chunk's own
     worker, or its own unreadable results, and fail a range of items or calls,
-    instead of the call's own error, as itself.
+    instead of the call's own error, as itself. So would the results of
+    another map's chunk (:func:`with_results_before`), handed out as its own.
     """
+    vars(error).pop(_RESULTS_BEFORE, None)
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
@@ -160,12 +183,14 @@ def run_streaming(
                 f"process: {unpicklable.problem}. Return picklable data, or use backend='thread'"
             )
             if not keep_going:
+                _send_journaled(task, start + unsent, items, unsent)
                 raise error from None
             after.append(Failure(error))
         except Exception as error:
             failed = unsent + journal.done
             item_raised(error, start + failed, items[failed])
             if not keep_going:
+                _send_journaled(task, start + unsent, items, unsent)
                 raise
             after.append(Failure(error))
         except KeyboardInterrupt:  # lands anywhere, not in an item only
@@ -189,6 +214,12 @@ def run_streaming(
         journal.begin(task._id, unsent)
     packed: list[Any] = journal.packed([])  # a list once unpickled
     return packed
+
+
+def _send_journaled(task: Any, first: int, items: Sequence[Any], offset: int) -> None:
+    """Send the results journaled before an item that stops the chunk: the parent hands them out before its error."""
+    if task._journal.done:
+        _send(task, [], first, items, offset, False)
 
 
 def _send(task: Any, after: list[Any], first: int, items: Sequence[Any], offset: int, keep_going: bool) -> None:
@@ -276,7 +307,7 @@ def _with_culprit(
         f"process ({how}); the pool started a new worker, and the other items were not affected"
     )
     if not keep_going:
-        raise failure
+        raise with_results_before(failure, done)
     return [*done, Failure(failure)], position + 1
 
 
