@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    # Started in the background (``cmd &``, nohup), this process ignores SIGINT, and so would
+    # its children, which then slept through the signal: a handler here is reset in them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     baseline = min(stop_time(BASELINE, 0)[1] for _ in range(args.rounds))
     print(
         f"seconds from SIGINT to exit (to the exit hooks in brackets), best of {args.rounds}; "
