@@ -37,6 +37,12 @@ def fail(message: str) -> None:
     raise KeyError(message)
 
 
+def fail_on_13(x: int) -> int:
+    if x == 13:
+        raise KeyError(x)
+    return x
+
+
 def set_flag(flags: Flags, name: str) -> None:
     flags.set(name)
 
@@ -112,6 +118,17 @@ def test_a_failing_map_item_is_named(executor: cf.Executor) -> None:
     with pytest.raises(KeyError) as caught:
         mp.parallel_map(fail, ["a", "b"], backend=executor, chunksize=1)
     assert any("raised by item 0" in note for note in getattr(caught.value, "__notes__", []))
+
+
+def test_imap_hands_out_the_results_before_a_failing_item_of_a_chunk_run_in_this_process(executor: cf.Executor) -> None:
+    got = []
+    with pytest.raises(KeyError) as caught:
+        for result in mp.imap(fail_on_13, range(30), chunksize=10, backend=executor):
+            got.append(result)
+    assert caught.value.args == (13,)
+    assert not [name for name in vars(caught.value) if name.startswith("_makeparallel")]
+    # Elsewhere, the results of the chunk's items before it stay where the chunk ran.
+    assert got == list(range(13 if isinstance(executor, cf.ThreadPoolExecutor) else 10))
 
 
 def test_groups_callbacks_metrics_and_events(executor: cf.Executor) -> None:

@@ -326,6 +326,25 @@ def test_imap_hands_out_the_results_before_a_failing_item_then_raises_it(loop: s
         assert len(got) == len(set(got))
 
 
+def test_one_exception_raised_again_by_items_of_two_chunks_stops_imap_at_the_first(backend: str) -> None:
+    # A stored error raised again ("the service failed before: its error
+    # again") by items of two chunks: the second chunk's results were handed
+    # out as the first's, or the first's were lost.
+    stored = ConnectionError("the service is unreachable")
+
+    def fetch(x: int) -> int:
+        if x in (15, 25):
+            raise stored
+        return x
+
+    got = []
+    with pytest.raises(ConnectionError) as caught:
+        for result in mp.imap(fetch, range(40), chunksize=10, backend=backend):
+            got.append(result)
+    assert caught.value is stored
+    assert got == list(range(15))
+
+
 class Abort(BaseException):
     """What a program raises to stop, not an error."""
 

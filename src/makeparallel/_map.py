@@ -35,13 +35,13 @@ in items is capped at the budget over that estimate, never below one item per
 worker plus one, so large items still run in parallel.
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
-names the item's index and a short repr; it carries the results of the chunk's
-items before it, which ``imap`` hands out first (``with_results_before``); with
-``"skip"`` or ``"none"`` the chunk carries on. On worker processes each item's result is journaled in shared
-memory as it ends, so a worker that dies loses only the item it was running,
-and no item runs twice (``_process_chunks``). Ctrl-C, an error, a timeout or
-closing the ``imap`` iterator early cancels the chunks in flight; a running
-chunk stops before its next item.
+names the item's index and a short repr; ``imap`` first hands out the results
+of the chunk's items before it (``keep_results_before``); with ``"skip"`` or
+``"none"`` the chunk carries on. On worker processes each item's result is
+journaled in shared memory as it ends, so a worker that dies loses only the
+item it was running, and no item runs twice (``_process_chunks``). Ctrl-C, an
+error, a timeout or closing the ``imap`` iterator early cancels the chunks in
+flight; a running chunk stops before its next item.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ from ._process_chunks import (
     after_unreadable,
     describe_item,
     item_raised,
+    keep_results_before,
     past_budget,
-    results_before,
     run_streaming,
-    with_results_before,
+    take_results_before,
 )
 from .errors import TaskSerializationError, TaskTimeoutError, WorkerCrashedError
 
@@ -180,7 +180,7 @@ def _run_chunk(
         except Exception as error:
             item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
-                with_results_before(error, results)
+                keep_results_before(task, results)
                 raise
             results.append(_Failure(error))
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
@@ -494,7 +494,8 @@ def imap(
         TaskTimeoutError: ``timeout`` passed (while iterating).
         Exception: with ``on_error="raise"``, the first item error, as itself,
             once the results of the items before it in its chunk were handed
-            out (those of the chunks before it too, in order).
+            out (those of the chunks before it too, in order), except on
+            another executor's processes, where they stay.
 
     Memory:
         Without ``max_in_flight``, the items read ahead of you are kept under
@@ -884,10 +885,11 @@ class _Mapper:
         try:
             self._fill()
             while self._in_flight:
+                entry = self._next_done()
                 try:
-                    chunk, taken = self._take(self._next_done())
-                except Exception as error:  # on_error="raise": the results of the chunk's items before it first
-                    if before := self._results_before(error):
+                    chunk, taken = self._take(entry)
+                except Exception:  # on_error="raise": the results of the chunk's items before its error first
+                    if before := self._results_before(entry[0]):
                         yield before
                     raise
                 yield chunk
@@ -930,8 +932,8 @@ class _Mapper:
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
                 try:
                     chunk, taken = self._take(entry)
-                except Exception as error:  # as in chunks()
-                    if before := self._results_before(error):
+                except Exception:  # as in chunks()
+                    if before := self._results_before(entry[0]):
                         yield before
                     raise
                 yield chunk
@@ -944,9 +946,9 @@ class _Mapper:
             if self._progress is not None:
                 self._progress.close()
 
-    def _results_before(self, error: BaseException) -> list[Any]:
-        """The results of the items before the one whose ``error`` stops the map, in its chunk: handed out first."""
-        results = results_before(error)
+    def _results_before(self, handle: AsyncHandle[list[Any]]) -> list[Any]:
+        """The results of chunk ``handle``'s items before the one whose error stops the map: handed out first."""
+        results = take_results_before(handle)
         if self._progress is not None:
             self._progress.advance(len(results))
         return results
@@ -968,7 +970,13 @@ class _Mapper:
             chunk = handle.get()
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
             start, items, budget = self._chunk_items[id(handle)]
-            chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
+            try:
+                chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
+            except WorkerCrashedError as failure:  # on_error="raise"
+                crash = getattr(error, "_crash", None)
+                if failure is not error and crash is not None:  # its culprit's: after the items that ended before it
+                    keep_results_before(handle, crash[0])
+                raise
             if size < len(items):
                 pieces = [(size, len(items))]
                 if not size and len(items) > 1:  # its worker died before its first item: in halves

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import reprlib
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,10 +43,10 @@ __all__ = [
     "describe_item",
     "disown_worker_death",
     "item_raised",
+    "keep_results_before",
     "past_budget",
-    "results_before",
     "run_streaming",
-    "with_results_before",
+    "take_results_before",
 ]
 
 SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
@@ -70,23 +71,28 @@ def describe_item(index: int, item: Any) -> str:
     return f"item {index} ({_short_repr.repr(item)})"
 
 
-_RESULTS_BEFORE = "_makeparallel_results_before"
+# The results of a map chunk's items before the one whose error stopped it (on_error="raise"),
+# by the chunk's task, until the map hands them out: kept by the task, not on the error,
+# which one exception object raised again may be for two chunks. Gone with the task
+# where the map never took them (its consumer left it first).
+_stopped_chunks: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
-def with_results_before(error: BaseException, results: list[Any]) -> BaseException:
-    """``error``, which stops a chunk (``on_error="raise"``), carrying the results of the chunk's items before it.
+def keep_results_before(task: Any, results: list[Any]) -> None:
+    """Keep ``results``, those of chunk ``task``'s items before the one whose error stops it, for its map.
 
-    The map hands them out before it raises ``error``: an ``imap`` loses no
-    result of an item that ended. :func:`results_before` takes them off again.
+    The map hands them out before it raises the error (:func:`take_results_before`):
+    an ``imap`` loses no result of an item that ended. ``task`` is the chunk's
+    handle; None (a chunk run where the library cannot see it, on another
+    executor's process) keeps nothing.
     """
-    if results:
-        vars(error)[_RESULTS_BEFORE] = results
-    return error
+    if results and task is not None:
+        _stopped_chunks[task] = results
 
 
-def results_before(error: BaseException) -> list[Any]:
-    """The results :func:`with_results_before` gave ``error`` (none if it gave none), taken off it."""
-    return vars(error).pop(_RESULTS_BEFORE, [])  # type: ignore[no-any-return]
+def take_results_before(task: Any) -> list[Any]:
+    """The results :func:`keep_results_before` kept for chunk ``task`` (none if it kept none), forgotten here."""
+    return _stopped_chunks.pop(task, [])
 
 
 def item_raised(error: BaseException, index: int, item: Any) -> None:
@@ -105,10 +111,8 @@ def disown_worker_death(error: BaseException) -> None:
     ``TaskSerializationError``, marked so (``_unreadable``). Left on, they
     would make the chunk's consumer take it for the death of the chunk's own
     worker, or its own unreadable results, and fail a range of items or calls,
-    instead of the call's own error, as itself. So would the results of
-    another map's chunk (:func:`with_results_before`), handed out as its own.
+    instead of the call's own error, as itself.
     """
-    vars(error).pop(_RESULTS_BEFORE, None)
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
@@ -307,7 +311,7 @@ def _with_culprit(
         f"process ({how}); the pool started a new worker, and the other items were not affected"
     )
     if not keep_going:
-        raise with_results_before(failure, done)
+        raise failure
     return [*done, Failure(failure)], position + 1
 
 

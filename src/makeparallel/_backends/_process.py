@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
-from .._process_chunks import with_results_before
+from .._process_chunks import keep_results_before
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
@@ -1138,8 +1138,8 @@ class ProcessBackend(QueueingBackend):
                 value, remote_traceback = value
                 if remote_traceback:
                     attach_remote_traceback(value, remote_traceback)
-                if streamed is not None and streamed[1] is None:  # a map chunk's item raised: those before it
-                    with_results_before(value, streamed[0])
+                if streamed is not None and streamed[1] is None and isinstance(value, Exception):
+                    keep_results_before(handle, streamed[0])  # a map chunk's item raised: those before it
         handle._started_at = time.perf_counter() - seconds
         handle._finish(SUCCEEDED if ok else FAILED, value)
 
