@@ -43,6 +43,22 @@ def fail_on_13(x: int) -> int:
     return x
 
 
+class InlineExecutor(cf.Executor):
+    """Runs each call at once, on the submitting thread, as an executor for debugging may."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+
+
+def inner_map_inline(x: int) -> tuple[int, list[str]]:
+    return x, list(mp.imap(str, range(3), backend=InlineExecutor()))
+
+
 def set_flag(flags: Flags, name: str) -> None:
     flags.set(name)
 
@@ -129,6 +145,15 @@ def test_imap_hands_out_the_results_before_a_failing_item_of_a_chunk_run_in_this
     assert not [name for name in vars(caught.value) if name.startswith("_makeparallel")]
     # Elsewhere, the results of the chunk's items before it stay where the chunk ran.
     assert got == list(range(13 if isinstance(executor, cf.ThreadPoolExecutor) else 10))
+
+
+@pytest.mark.parametrize("outer", ["thread", "process"])
+def test_a_map_inside_a_map_item_on_an_executor_running_calls_inline_keeps_its_results_apart(outer: str) -> None:
+    # The inner map's chunk, run on the outer chunk's thread, took the outer
+    # chunk's task for its own: on a worker process it sent its results as the
+    # outer chunk's, and the outer chunk's own were lost.
+    results = mp.parallel_map(inner_map_inline, range(6), chunksize=6, backend=outer)
+    assert results == [(x, ["0", "1", "2"]) for x in range(6)]
 
 
 def test_groups_callbacks_metrics_and_events(executor: cf.Executor) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import _deadlines, _events, _serialization
 from .._cpus import usable_cpu_count
 from .._states import CANCELLED, FAILED, INLINE, PENDING, RUNNING, SUCCEEDED
+from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
 from ._base import Backend
 
@@ -272,7 +273,20 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
     Function and arguments travel as the library pickles them (``@parallel``
     functions by reference, lambdas and closures by value), whatever pickler
     the executor uses; the result travels as the executor pickles it.
+
+    No task is current while it runs, as on another process: an executor that
+    runs calls on the submitting thread (one for debugging, say) would
+    otherwise have the call take the task running there for its own, and a
+    map chunk sent so from inside another would stream its results as that
+    one's.
     """
     args, kwargs = pickle.loads(arguments)
-    return _load_function(function)(*args, **kwargs)
+    fn = _load_function(function)
+    here = _local.__dict__
+    outer = here.pop("task", None)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if outer is not None:
+            here["task"] = outer
 
