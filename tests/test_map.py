@@ -345,6 +345,29 @@ def test_one_exception_raised_again_by_items_of_two_chunks_stops_imap_at_the_fir
     assert got == list(range(15))
 
 
+def stop_at_13(x: int) -> int:
+    if x == 13:
+        raise StopIteration("an iterator ran dry inside the item")
+    return x
+
+
+def test_an_item_that_raises_stop_iteration_fails_alone_instead_of_ending_its_slice(backend: str) -> None:
+    # map() took the item's StopIteration for its own end: the slice ended
+    # early, and the chunk ran the item again, and again, for good.
+    for chunksize in (None, 4):
+        with pytest.raises(RuntimeError, match="raised StopIteration") as caught:
+            mp.parallel_map(stop_at_13, range(30), chunksize=chunksize, backend=backend)
+        assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
+        assert mp.parallel_map(stop_at_13, range(30), chunksize=chunksize, backend=backend, on_error="skip") == [
+            x for x in range(30) if x != 13
+        ]
+    got = []
+    with pytest.raises(RuntimeError, match="raised StopIteration"):
+        for result in mp.imap(stop_at_13, range(30), chunksize=10, backend=backend):
+            got.append(result)
+    assert got == list(range(13))
+
+
 class Abort(BaseException):
     """What a program raises to stop, not an error."""
 

@@ -177,6 +177,8 @@ def _run_chunk(
             step = max(1, min(_CANCEL_CHECK_EVERY, position, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
         try:
             results.extend(map(fn, items[position : position + step]))
+            if len(results) < min(count, position + step):  # map() ended early: an item raised StopIteration
+                raise RuntimeError(_STOP_ITERATION)
         except Exception as error:
             item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
@@ -191,6 +193,11 @@ def _run_chunk(
             raise
         position = len(results)
     return results
+
+
+# What an item's StopIteration becomes on threads, where map() takes it for its own end and
+# loses it; a generator does the same with it (PEP 479), and so does a map on processes.
+_STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
 
 
 def _estimated_size(item: Any) -> float:
