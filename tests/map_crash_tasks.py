@@ -167,6 +167,13 @@ def plugin_object_at_the_culprit(item: tuple[int, str]) -> Any:
     return plugin_of_the_workers.Thing(index)
 
 
+def plugin_object_at_the_culprit_then_raise(item: tuple[int, str]) -> Any:
+    """As :func:`plugin_object_at_the_culprit`; item ``CULPRIT + 10`` raises ``ValueError``."""
+    if item[0] == CULPRIT + 10:
+        raise ValueError(f"bad item {item[0]}")
+    return plugin_object_at_the_culprit(item)
+
+
 def logged_plugin_object_at_the_culprit(item: tuple[int, str, str, float]) -> Any:
     """As :func:`plugin_object_at_the_culprit`, each item recorded in ``log`` as it runs, then ``seconds`` long."""
     index, folder, log, seconds = item

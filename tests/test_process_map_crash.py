@@ -51,6 +51,7 @@ from map_crash_tasks import (
     logged_plugin_object_at_the_culprit,
     logged_refusal_at_the_culprit,
     plugin_object_at_the_culprit,
+    plugin_object_at_the_culprit_then_raise,
     work,
     work_at,
 )
@@ -388,6 +389,20 @@ def test_a_result_that_cannot_be_unpickled_here_names_its_item_or_its_chunk(plug
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
     with pytest.raises(mp.TaskSerializationError, match=r"items 50 to 59 of the map ran on a worker process, and their results came back together"):
         mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10)
+
+
+def test_results_that_cannot_be_unpickled_here_fail_before_a_later_items_error(plugin_folder: str) -> None:
+    # Item 57's result cannot be read here and item 67 raises: the map raised
+    # item 67's error, and nothing said that item 57's result was lost.
+    items = [(i, plugin_folder) for i in range(ITEMS)]
+    fn = plugin_object_at_the_culprit_then_raise
+    got = []
+    with pytest.raises(mp.TaskSerializationError, match=rf"items 0 to {CULPRIT + 9} of the map ran on a worker process"):
+        for result in mp.imap(fn, items, backend="process", chunksize=ITEMS):
+            got.append(result)
+    assert got == []
+    with pytest.raises(mp.TaskSerializationError, match=rf"items 0 to {CULPRIT + 9} of the map"):
+        mp.parallel_map(fn, items, backend="process", chunksize=ITEMS)
 
 
 def test_a_chunk_stopped_at_its_budget_fails_only_the_items_it_ran_when_its_results_cannot_be_unpickled(

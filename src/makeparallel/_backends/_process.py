@@ -1116,7 +1116,8 @@ class ProcessBackend(QueueingBackend):
         value: Any = None
         try:
             value = _serialization.loads(data, buffers)
-            if ok and streamed is not None:
+            # Results a map chunk sent that could not be read fail first: before an item's error too.
+            if streamed is not None and (ok or streamed[1] is not None):
                 done, failed, _ = streamed
                 if failed is not None:
                     raise failed
@@ -1130,8 +1131,11 @@ class ProcessBackend(QueueingBackend):
             # A map fails the items of the chunk that ran with it (after_unreadable): how
             # many results there were, if a list (a chunk stopped at its budget has fewer).
             # The last results may have been read (an earlier slice was not): their count is theirs.
-            last = len(value) if type(value) is list else _list_length(data)
-            vars(unreadable)["_unreadable"] = (error, _results_sent(streamed, last) if ok else None)
+            if ok:
+                sent = _results_sent(streamed, len(value) if type(value) is list else _list_length(data))
+            else:  # an item's error: after results sent that could not be read (they count), or itself unreadable
+                sent = _results_sent(streamed, 0) if streamed is not None and error is streamed[1] else None
+            vars(unreadable)["_unreadable"] = (error, sent)
             ok, value = False, unreadable
         else:
             if not ok:
