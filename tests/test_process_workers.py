@@ -382,26 +382,86 @@ def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -
     assert peak <= 2 + 1 + 1, f"{peak} processes at once: the template, and workers for num_workers=2"
 
 
-def test_shrinking_the_pool_while_its_workers_are_busy_retires_the_surplus(tmp_path: Any) -> None:
+# -- shrinking ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_warm_workers() -> Iterator[None]:
+    """A pool of two workers, both started; the pool's size is put back after the test."""
+    size = info()["num_workers"]
+    fresh_process_pool(2)
+    live_worker_pids(2)
+    yield
+    mp.configure_process_pool(size)
+
+
+def held_tasks(tmp_path: Any, names: str) -> tuple[list[Flags], list[mp.AsyncHandle[int]]]:
+    """One task per name, each started (on a worker of its own) and waiting for its gate's "go"."""
+    gates = [Flags(str(tmp_path / name)) for name in names]
+    handles = []
+    for gate in gates:
+        os.mkdir(gate.directory)
+        handles.append(on_process(pid_once_released)(gate))
+        assert gate.wait("started")
+    return gates, handles
+
+
+def test_shrinking_the_pool_while_its_workers_are_busy_retires_the_surplus(two_warm_workers: None, tmp_path: Any) -> None:
     # configure_process_pool(1) marked only the workers idle at that moment as
     # surplus: a pool shrunk while both its workers ran tasks kept both for good.
+    restarted = restarts()
+    gates, handles = held_tasks(tmp_path, "ab")
+    mp.configure_process_pool(1)
+    assert info()["ready_workers"] == 1  # the other takes no task now
+    for gate in gates:
+        gate.set("go")
+    assert len({handle.get(timeout=30) for handle in handles}) == 2  # both finished their tasks
+    assert wait_until(lambda: info()["live_workers"] == 1), info()
+    assert len({h.get(timeout=30) for h in [on_process(os.getpid)() for _ in range(20)]}) == 1
+    assert restarts() == restarted  # a shrink is no restart
+
+
+def test_after_a_shrink_the_first_worker_to_finish_takes_the_queued_tasks(two_warm_workers: None, tmp_path: Any) -> None:
+    # The oldest busy worker was kept, the others retired: the queued tasks
+    # waited for its task, however long, while a worker that had finished left.
+    gates, handles = held_tasks(tmp_path, "ab")
+    queued = [on_process(os.getpid)() for _ in range(3)]
+    mp.configure_process_pool(1)
+    gates[1].set("go")  # the second task's worker finishes first; the first still runs
+    second = handles[1].get(timeout=30)
+    assert {handle.get(timeout=30) for handle in queued} == {second}
+    assert not handles[0].is_ready()
+    gates[0].set("go")
+    assert handles[0].get(timeout=30) != second
+    assert wait_until(lambda: info()["live_workers"] == 1), info()
+
+
+def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_workers: None, tmp_path: Any) -> None:
+    # Each shrink retired a busy worker for good, and each growth started a new
+    # one for the queued tasks: six processes at work for a size of two.
+    pids = set(info()["worker_pids"])
+    gates, handles = held_tasks(tmp_path, "ab")
+    queued = [on_process(os.getpid)() for _ in range(4)]
+    for _ in range(3):
+        mp.configure_process_pool(1)
+        mp.configure_process_pool(2)
+    for gate in gates:
+        gate.set("go")
+    assert {handle.get(timeout=30) for handle in handles + queued} == pids
+    assert set(info()["worker_pids"]) == pids
+
+
+def test_a_worker_starting_as_the_pool_shrinks_is_ended_too(tmp_path: Any) -> None:
+    # The workers a look had decided to start were started after the shrink, and
+    # none of them was counted: the pool stayed above its size for good.
     size = info()["num_workers"]
     fresh_process_pool(2)
     try:
-        live_worker_pids(2)
-        restarted = restarts()
-        gates = [Flags(str(tmp_path / name)) for name in ("a", "b")]
-        for gate in gates:
-            os.mkdir(gate.directory)
-        handles = [on_process(pid_once_released)(gate) for gate in gates]
-        assert all(gate.wait("started") for gate in gates)  # one on each worker
+        handles = [on_process(os.getpid)() for _ in range(4)]
         mp.configure_process_pool(1)
-        for gate in gates:
-            gate.set("go")
-        assert len({handle.get(timeout=30) for handle in handles}) == 2  # both finished their tasks
+        assert all(handle.get(timeout=30) for handle in handles)
         assert wait_until(lambda: info()["live_workers"] == 1), info()
         assert len({h.get(timeout=30) for h in [on_process(os.getpid)() for _ in range(20)]}) == 1
-        assert restarts() == restarted  # a shrink is no restart
     finally:
         mp.configure_process_pool(size)
 

@@ -407,8 +407,8 @@ def configure_process_pool(
     Args:
         num_workers: worker processes (an int >= 1); defaults to the cores this
             process may use. A larger pool starts workers as work arrives; a
-            smaller one stops surplus workers once they are idle (busy ones
-            finish the tasks they were sent, and take no more).
+            smaller one sends surplus workers no new task and stops each once
+            it is idle (the first to finish is kept).
         initializer: called as ``initializer(*initargs)`` once in each worker
             before its first task (load a model, open a connection), and again
             in each replacement worker; ``None`` removes it. A new initializer

@@ -237,6 +237,7 @@ class ProcessBackend(QueueingBackend):
         super().__init__()
         self._num_workers = usable_cpu_count() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
+        self._surplus: set[_Worker] = set()  # busy workers above num_workers: no new task, ended once idle
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
         self._wake_r, self._wake_w = wakeup_pipe()
         # Closed when the backend is collected (an Executor's, once shut down), or in a forked
@@ -303,8 +304,8 @@ class ProcessBackend(QueueingBackend):
             self._broken = None
             self._short_of_workers = None
             if num_workers is not None:
-                self._num_workers = num_workers
-                self._shrink_locked(num_workers)
+                self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
+                self._shed_surplus_locked()  # marked now, so that info() says so at once
             if setup is not None and setup != self._setup:
                 self._setup = setup
                 self._take_path_locked()  # pickling the initializer may have pinned its module
@@ -326,21 +327,6 @@ class ProcessBackend(QueueingBackend):
             self._start_loop()
         self._wake()
 
-    def _shrink_locked(self, num_workers: int) -> None:
-        """Keep ``num_workers`` of the workers that take tasks: idle ones above it end now, busy ones after their tasks.
-
-        Idle ones go first. A busy one retires as a recycled one does: it
-        finishes the tasks it was sent and takes no more. Marking only the
-        idle ones left a pool shrunk while busy at its old size for good.
-        """
-        taking = [w for w in self._workers if not (w.leaving or w.killing)]
-        taking.sort(key=lambda w: not w.outstanding)  # busy ones first, each kind oldest first (a stable sort)
-        for worker in taking[num_workers:]:
-            if worker.outstanding:
-                self._recycle_locked(worker, "")
-            else:
-                worker.killing = worker.retiring = True
-
     def worker_count(self) -> int:
         return self._num_workers
 
@@ -350,7 +336,9 @@ class ProcessBackend(QueueingBackend):
                 "backend": self.name,
                 "num_workers": self._num_workers,
                 "live_workers": len(self._workers) + self._dying,
-                "ready_workers": sum(1 for w in self._workers if w.ready and not (w.leaving or w.killing)),
+                "ready_workers": sum(
+                    1 for w in self._workers if w.ready and not (w.leaving or w.killing or w in self._surplus)
+                ),
                 "busy_workers": sum(1 for w in self._workers if w.outstanding),
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
@@ -638,10 +626,10 @@ class ProcessBackend(QueueingBackend):
                         look = True
                     else:
                         self._receive_all(key.data)
-                # Results alone, with nothing queued or to send and no worker gone, leave
-                # nothing to do: back to waiting at once, which hands the GIL to the
-                # thread the results woke instead of making it wait for a pass.
-                look = look or bool(self._queued or self._control) or self._workers != watched
+                # Results alone, with nothing queued or to send, no worker gone and none
+                # above the pool's size, leave nothing to do: back to waiting at once, which
+                # hands the GIL to the thread the results woke instead of making it wait for a pass.
+                look = look or bool(self._queued or self._control or self._surplus) or self._workers != watched
         self._close_template()
 
     def _start_worker(self, path: _WorkersPath, path_version: int, configured_at: float) -> _Worker:
@@ -784,6 +772,9 @@ class ProcessBackend(QueueingBackend):
                 self._workers.append(worker)
                 if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
                     self._recycle_locked(worker, "")
+        if self._surplus or len(self._workers) > self._num_workers:  # (read unlocked: a later look sees a change)
+            with self._lock:
+                self._shed_surplus_locked()
         self._end_overdue_exits()
         self._kill_marked()
         if self._left_to_end:
@@ -814,11 +805,31 @@ class ProcessBackend(QueueingBackend):
             self._dispatch(worker, min(self._window, self._queued // max(1, len(workers))))
         return True
 
+    def _shed_surplus_locked(self) -> None:
+        """Keep ``num_workers`` workers taking tasks: above it, idle ones end now, busy ones take no more, then end.
+
+        Idle workers are kept first, then the oldest: after a shrink while all
+        were busy, the first to finish takes the queued tasks, which never wait
+        behind a long one, and the others end as they finish. Decided at every
+        look, not once when the pool is configured: a worker still starting
+        then counts too (it ended up above the size for good), and a pool grown
+        back before its busy workers finished keeps them, where retiring them
+        started new ones (six processes at work for a size of two).
+        """
+        taking = [w for w in self._workers if not (w.leaving or w.killing)]
+        taking.sort(key=lambda w: bool(w.outstanding))  # idle first, each kind oldest first (a stable sort)
+        self._surplus = set()
+        for worker in taking[self._num_workers :]:
+            if worker.outstanding:
+                self._surplus.add(worker)
+            else:
+                worker.killing = worker.retiring = True
+
     def _dispatch(self, worker: _Worker, window: int) -> None:
         """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
-            if worker.killing or worker.leaving or worker.held is not None:
+            if worker.killing or worker.leaving or worker.held is not None or worker in self._surplus:
                 return  # (holding its first tasks: it takes no more until they are sent)
             limit = self._max_tasks_per_child
             if limit is not None:
@@ -930,8 +941,8 @@ class ProcessBackend(QueueingBackend):
                 staying += 1
                 if idle is None and worker.ready and not (worker.outstanding or worker.killing):
                     idle = worker
-        if staying < self._num_workers:
-            return None  # the loop must start a worker: it hears of the task
+        if staying != self._num_workers:
+            return None  # the loop must start a worker, or choose those that stay: it hears of the task
         return idle
 
     def _send_directly(self, worker: _Worker, handle: AsyncHandle[Any]) -> bool:
