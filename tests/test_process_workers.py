@@ -436,6 +436,29 @@ def test_after_a_shrink_the_first_worker_to_finish_takes_the_queued_tasks(two_wa
     assert wait_until(lambda: info()["live_workers"] == 1), info()
 
 
+def test_after_a_shrink_a_worker_busy_with_a_new_task_is_kept_over_one_that_finished_an_old_one(
+    two_warm_workers: None, tmp_path: Any
+) -> None:
+    # Idle workers were kept first at every look: the worker that finished a task
+    # from before the shrink took the queue back from the one running a new
+    # task, and under a steady queue the pool never shrank.
+    gates, handles = held_tasks(tmp_path, "ab")
+    later = Flags(str(tmp_path / "c"))
+    os.mkdir(later.directory)
+    new = on_process(pid_once_released)(later)
+    mp.configure_process_pool(1)
+    gates[1].set("go")
+    kept = handles[1].get(timeout=30)
+    assert later.wait("started")  # the new task runs on the worker that finished first
+    gates[0].set("go")
+    assert handles[0].get(timeout=30) != kept
+    queued = [on_process(os.getpid)() for _ in range(5)]
+    later.set("go")
+    assert new.get(timeout=30) == kept
+    assert {handle.get(timeout=30) for handle in queued} == {kept}
+    assert wait_until(lambda: info()["live_workers"] == 1), info()
+
+
 def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_workers: None, tmp_path: Any) -> None:
     # Each shrink retired a busy worker for good, and each growth started a new
     # one for the queued tasks: six processes at work for a size of two.

@@ -238,6 +238,7 @@ class ProcessBackend(QueueingBackend):
         self._num_workers = usable_cpu_count() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
         self._surplus: set[_Worker] = set()  # busy workers above num_workers: no new task, ended once idle
+        self._stale: set[_Worker] = set()  # busy as the pool last shrank, and not idle since
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
         self._wake_r, self._wake_w = wakeup_pipe()
         # Closed when the backend is collected (an Executor's, once shut down), or in a forked
@@ -305,6 +306,7 @@ class ProcessBackend(QueueingBackend):
             self._short_of_workers = None
             if num_workers is not None:
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
+                self._stale = {w for w in self._workers if w.outstanding}
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
             if setup is not None and setup != self._setup:
                 self._setup = setup
@@ -808,16 +810,24 @@ class ProcessBackend(QueueingBackend):
     def _shed_surplus_locked(self) -> None:
         """Keep ``num_workers`` workers taking tasks: above it, idle ones end now, busy ones take no more, then end.
 
-        Idle workers are kept first, then the oldest: after a shrink while all
-        were busy, the first to finish takes the queued tasks, which never wait
-        behind a long one, and the others end as they finish. Decided at every
+        Kept first: the workers busy with tasks sent since the pool shrank,
+        then idle ones, then those still busy with tasks from before it (each
+        kind oldest first). So after a shrink while all were busy, the first
+        to finish takes the queued tasks, which never wait behind a long one,
+        and keeps them; the others end as they finish (idle ones first, a
+        busy one kept over an idle one passed the queue back and forth, and
+        the pool never shrank while tasks kept coming). Decided at every
         look, not once when the pool is configured: a worker still starting
-        then counts too (it ended up above the size for good), and a pool grown
-        back before its busy workers finished keeps them, where retiring them
-        started new ones (six processes at work for a size of two).
+        then counts too (it ended up above the size for good), and a pool
+        grown back before its busy workers finished keeps them, where retiring
+        them started new ones (six processes at work for a size of two).
         """
         taking = [w for w in self._workers if not (w.leaving or w.killing)]
-        taking.sort(key=lambda w: bool(w.outstanding))  # idle first, each kind oldest first (a stable sort)
+        self._stale = {w for w in self._stale if w.outstanding}
+        if len(taking) <= self._num_workers:
+            self._surplus = set()
+            return
+        taking.sort(key=lambda w: 2 if w in self._stale else 0 if w.outstanding else 1)  # a stable sort
         self._surplus = set()
         for worker in taking[self._num_workers :]:
             if worker.outstanding:
