@@ -343,6 +343,35 @@ def test_max_tasks_per_child_holds_for_a_queue_of_short_tasks() -> None:
     assert len(set(pids)) >= 12
 
 
+def started_then_waited(flags: Flags, name: str) -> bool:
+    """Say ``name`` started; wait for "go-``name``" if the test gives one; whether "second" had started by then."""
+    flags.set(f"started-{name}")
+    if name == "first":
+        assert flags.wait_for_release("go-first")
+    return flags.is_set("started-second")
+
+
+def test_max_tasks_per_child_runs_no_more_tasks_at_once_than_num_workers(tmp_path: Any) -> None:
+    # A recycled worker's replacement started as its last task was sent, to
+    # hide its start-up, and took the next task at once: with one worker and
+    # max_tasks_per_child=1, two tasks ran at once.
+    size = info()["num_workers"]
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    try:
+        mp.configure_process_pool(max_tasks_per_child=1)
+        first = on_process(started_then_waited)(flags, "first")
+        second = on_process(started_then_waited)(flags, "second")
+        assert flags.wait("started-first")
+        assert wait_until(lambda: info()["ready_workers"] == 1)  # the replacement, ready while the first runs
+        flags.set("go-first")
+        assert first.get(timeout=30) is False, "the second task started while the first ran"
+        assert second.get(timeout=30) is True
+    finally:
+        flags.set("go-first")
+        mp.configure_process_pool(size)
+
+
 @pytest.mark.timeout(120)
 def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -> None:
     # A worker that reached its count was replaced as soon as its last task was

@@ -835,12 +835,26 @@ class ProcessBackend(QueueingBackend):
             else:
                 worker.killing = worker.retiring = True
 
+    def _full_locked(self) -> bool:
+        """Whether ``num_workers`` workers run tasks: an idle one takes none now.
+
+        Only workers above the size can make it so: a recycled one finishing
+        its last tasks while its replacement is ready (with
+        ``max_tasks_per_child=1`` and one worker, two tasks ran at once), or one
+        replaced by a new initializer. Not those above a smaller size
+        (:meth:`_shed_surplus_locked`), whose tasks run beside the new size's.
+        """
+        busy = sum(1 for w in self._workers if w.outstanding and not w.killing and w not in self._surplus)
+        return busy >= self._num_workers
+
     def _dispatch(self, worker: _Worker, window: int) -> None:
         """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
             if worker.killing or worker.leaving or worker.held is not None or worker in self._surplus:
                 return  # (holding its first tasks: it takes no more until they are sent)
+            if not worker.outstanding and len(self._workers) > self._num_workers and self._full_locked():
+                return  # a replacement, ready while the worker it replaces runs its last tasks
             limit = self._max_tasks_per_child
             if limit is not None:
                 window = min(window, limit - worker.sent)
@@ -945,14 +959,16 @@ class ProcessBackend(QueueingBackend):
         function, data, buffers = handle._payload
         if buffers or len(function) + len(data) > _DIRECT_BYTES:
             return None
-        staying, idle = 0, None
+        staying, idle, finishing = 0, None, False
         for worker in self._workers:
             if not worker.leaving:
                 staying += 1
                 if idle is None and worker.ready and not (worker.outstanding or worker.killing):
                     idle = worker
-        if staying != self._num_workers:
-            return None  # the loop must start a worker, or choose those that stay: it hears of the task
+            elif worker.outstanding:
+                finishing = True  # a recycled worker's last tasks: its replacement may have to wait
+        if staying != self._num_workers or finishing:
+            return None  # the loop must start a worker, or choose those that take tasks: it hears of the task
         return idle
 
     def _send_directly(self, worker: _Worker, handle: AsyncHandle[Any]) -> bool:
