@@ -503,7 +503,7 @@ def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_worke
     assert set(info()["worker_pids"]) == pids
 
 
-def test_a_worker_starting_as_the_pool_shrinks_is_ended_too(tmp_path: Any) -> None:
+def test_a_worker_starting_as_the_pool_shrinks_is_ended_too() -> None:
     # The workers a look had decided to start were started after the shrink, and
     # none of them was counted: the pool stayed above its size for good.
     size = info()["num_workers"]
