@@ -488,6 +488,24 @@ def test_after_a_shrink_a_worker_busy_with_a_new_task_is_kept_over_one_that_fini
     assert wait_until(lambda: info()["live_workers"] == 1), info()
 
 
+def test_after_a_shrink_the_queue_goes_on_beside_the_last_tasks_of_recycled_workers(
+    two_warm_workers: None, tmp_path: Any
+) -> None:
+    # Recycled workers (max_tasks_per_child) running their last tasks as the pool
+    # shrank held the new size's places: the queue waited, with a replacement
+    # ready, until all but one of those tasks had ended, however long.
+    mp.configure_process_pool(max_tasks_per_child=1)
+    gates, handles = held_tasks(tmp_path, "ab")  # each worker's one task: both are recycled
+    queued = [on_process(os.getpid)() for _ in range(3)]
+    mp.configure_process_pool(1)
+    gates[1].set("go")
+    handles[1].get(timeout=30)
+    assert all(handle.get(timeout=10) for handle in queued)
+    assert not handles[0].is_ready()
+    gates[0].set("go")
+    handles[0].get(timeout=30)
+
+
 def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_workers: None, tmp_path: Any) -> None:
     # Each shrink retired a busy worker for good, and each growth started a new
     # one for the queued tasks: six processes at work for a size of two.

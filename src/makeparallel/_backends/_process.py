@@ -305,8 +305,9 @@ class ProcessBackend(QueueingBackend):
             self._broken = None
             self._short_of_workers = None
             if num_workers is not None:
+                if num_workers < self._num_workers:  # what runs now runs beside the new size's tasks
+                    self._stale = {w for w in self._workers if w.outstanding}
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
-                self._stale = {w for w in self._workers if w.outstanding}
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
             if setup is not None and setup != self._setup:
                 self._setup = setup
@@ -841,10 +842,13 @@ class ProcessBackend(QueueingBackend):
         Only workers above the size can make it so: a recycled one finishing
         its last tasks while its replacement is ready (with
         ``max_tasks_per_child=1`` and one worker, two tasks ran at once), or one
-        replaced by a new initializer. Not those above a smaller size
-        (:meth:`_shed_surplus_locked`), whose tasks run beside the new size's.
+        replaced by a new initializer. Not the tasks that ran as the pool
+        shrank (:meth:`_shed_surplus_locked`), which run beside the new size's:
+        counted, they held the queue until all but the new size's number of
+        them had ended.
         """
-        busy = sum(1 for w in self._workers if w.outstanding and not w.killing and w not in self._surplus)
+        stale, surplus = self._stale, self._surplus
+        busy = sum(1 for w in self._workers if w.outstanding and not (w.killing or w in surplus or w in stale))
         return busy >= self._num_workers
 
     def _dispatch(self, worker: _Worker, window: int) -> None:
