@@ -841,14 +841,20 @@ class ProcessBackend(QueueingBackend):
 
         Only workers above the size can make it so: a recycled one finishing
         its last tasks while its replacement is ready (with
-        ``max_tasks_per_child=1`` and one worker, two tasks ran at once), or one
-        replaced by a new initializer. Not the tasks that ran as the pool
-        shrank (:meth:`_shed_surplus_locked`), which run beside the new size's:
+        ``max_tasks_per_child=1`` and one worker, two tasks ran at once). Not
+        one replaced by a new initializer, whose replacements take the tasks
+        at once (it may be stuck in the old one: counted, it held the queue for
+        good), nor those running as the pool shrank
+        (:meth:`_shed_surplus_locked`), whose tasks run beside the new size's:
         counted, they held the queue until all but the new size's number of
         them had ended.
         """
         stale, surplus = self._stale, self._surplus
-        busy = sum(1 for w in self._workers if w.outstanding and not (w.killing or w in surplus or w in stale))
+        busy = sum(
+            1
+            for w in self._workers
+            if w.outstanding and not (w.killing or w.retiring or w in surplus or w in stale)
+        )
         return busy >= self._num_workers
 
     def _dispatch(self, worker: _Worker, window: int) -> None:
