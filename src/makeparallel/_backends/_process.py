@@ -815,9 +815,9 @@ class ProcessBackend(QueueingBackend):
         then idle ones, then those still busy with tasks from before it (each
         kind oldest first). So after a shrink while all were busy, the first
         to finish takes the queued tasks, which never wait behind a long one,
-        and keeps them; the others end as they finish (idle ones first, a
-        busy one kept over an idle one passed the queue back and forth, and
-        the pool never shrank while tasks kept coming). Decided at every
+        and keeps them; the others end as they finish. (Idle ones kept first,
+        the workers passed the queue back and forth, and the pool never shrank
+        while tasks kept coming.) Decided at every
         look, not once when the pool is configured: a worker still starting
         then counts too (it ended up above the size for good), and a pool
         grown back before its busy workers finished keeps them, where retiring
