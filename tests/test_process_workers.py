@@ -506,6 +506,32 @@ def test_after_a_shrink_the_queue_goes_on_beside_the_last_tasks_of_recycled_work
     handles[0].get(timeout=30)
 
 
+def test_a_worker_busy_as_a_pool_at_its_size_shrinks_counts_again_once_idle(tmp_path: Any) -> None:
+    # A size lowered back at once (2, then 1, nothing queued) marked the busy worker
+    # as running tasks from before the shrink, and it stayed so once idle: later,
+    # recycled (max_tasks_per_child), its last task ran beside its replacement's.
+    size = info()["num_workers"]
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    try:
+        mp.configure_process_pool(max_tasks_per_child=2)
+        held = on_process(pid_once_released)(flags)  # the worker's first task of two
+        assert flags.wait("started")
+        mp.configure_process_pool(2)
+        mp.configure_process_pool(1)
+        flags.set("go")
+        held.get(timeout=30)
+        first = on_process(started_then_waited)(flags, "first")  # its last: a replacement starts
+        second = on_process(started_then_waited)(flags, "second")
+        assert flags.wait("started-first")
+        flags.set("go-first")
+        assert first.get(timeout=30) is False
+        assert second.get(timeout=30) is True
+    finally:
+        flags.set("go-first")
+        mp.configure_process_pool(size, max_tasks_per_child=None)
+
+
 def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_workers: None, tmp_path: Any) -> None:
     # Each shrink retired a busy worker for good, and each growth started a new
     # one for the queued tasks: six processes at work for a size of two.

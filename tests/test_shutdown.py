@@ -390,6 +390,28 @@ def test_a_task_stopped_at_shutdown_names_the_initializer_its_worker_was_running
             small.get(timeout=10)
 
 
+@pytest.mark.timeout(60)
+def test_a_new_initializer_replaces_a_recycled_worker_stuck_in_the_old_one(tmp_path: Path) -> None:
+    # With max_tasks_per_child=1, the worker given its one task while starting was
+    # recycled already; the new set-up left it so, and it kept its place and the
+    # large task it held: the replacement, ready, ran nothing while it was stuck.
+    with one_worker_stuck_in_its_initializer(tmp_path):
+        mp.configure_process_pool(max_tasks_per_child=1)
+        try:
+            small = mp.parallel(backend="process")(abs)(-1)
+            assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+            large = mp.parallel(backend="process")(len)(b"x" * 100_000)  # held for it: too large to send
+            mp.configure_process_pool(initializer=print)
+            later = mp.parallel(backend="process")(abs)(-2)
+            assert later.get(timeout=30) == 2
+            assert large.get(timeout=30) == 100_000
+            assert mp.shutdown(timeout_secs=0.1) is False
+            with pytest.raises(mp.ShutdownError, match="still running the initializer exec"):
+                small.get(timeout=10)
+        finally:
+            mp.configure_process_pool(max_tasks_per_child=None)
+
+
 def wait_for_a_go_file(markers: str) -> None:
     """An initializer: leave a file named by this worker's pid, then wait until a file named go exists."""
     Path(markers, str(os.getpid())).touch()

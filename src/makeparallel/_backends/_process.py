@@ -951,6 +951,8 @@ class ProcessBackend(QueueingBackend):
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
         worker.sent += count
         self._recycle_if_spent_locked(worker)
+        if self._stale and len(worker.outstanding) == count:  # it was idle: its tasks from before a shrink ended
+            self._stale.discard(worker)
         if worker.path_version == self._path_version:
             return None
         worker.path_version = self._path_version
@@ -1027,8 +1029,14 @@ class ProcessBackend(QueueingBackend):
 
         ``reason`` is counted in ``info()["worker_restart_reasons"]``; an empty one
         (a new set-up) is not counted as a restart. A replacement starts at once.
+        A worker recycled already (``max_tasks_per_child``) that a new set-up
+        replaces too gives up the tasks it holds, and its place (``_full_locked``):
+        stuck in the old initializer, it held both for good.
         """
         if worker.leaving:
+            if not reason and not worker.retiring:
+                worker.retiring = True
+                self._requeue_held_locked(worker)
             return
         worker.leaving = True
         if reason:
