@@ -351,25 +351,38 @@ def started_then_waited(flags: Flags, name: str) -> bool:
     return flags.is_set("started-second")
 
 
-def test_max_tasks_per_child_runs_no_more_tasks_at_once_than_num_workers(tmp_path: Any) -> None:
-    # A recycled worker's replacement started as its last task was sent, to
-    # hide its start-up, and took the next task at once: with one worker and
-    # max_tasks_per_child=1, two tasks ran at once.
+@pytest.fixture
+def one_cold_worker(tmp_path: Any) -> Iterator[Flags]:
+    """A pool of one worker, not started yet, and marker files for its tasks; the pool's size is put back after."""
     size = info()["num_workers"]
     fresh_process_pool(1)
     flags = Flags(str(tmp_path))
-    try:
-        mp.configure_process_pool(max_tasks_per_child=1)
-        first = on_process(started_then_waited)(flags, "first")
-        second = on_process(started_then_waited)(flags, "second")
-        assert flags.wait("started-first")
-        assert wait_until(lambda: info()["ready_workers"] == 1)  # the replacement, ready while the first runs
-        flags.set("go-first")
-        assert first.get(timeout=30) is False, "the second task started while the first ran"
-        assert second.get(timeout=30) is True
-    finally:
-        flags.set("go-first")
-        mp.configure_process_pool(size)
+    yield flags
+    flags.set("go-first")
+    mp.configure_process_pool(size)
+
+
+def assert_runs_alone_then_the_next(flags: Flags) -> None:
+    """Submit "first", its worker's last task, then "second": the second must not start while the first runs.
+
+    The first is released once the replacement is ready, and could take the second.
+    """
+    first = on_process(started_then_waited)(flags, "first")
+    second = on_process(started_then_waited)(flags, "second")
+    assert flags.wait("started-first")
+    assert wait_until(lambda: info()["ready_workers"] == 1)  # the replacement (the first's worker is leaving)
+    assert info()["queued_tasks"] == 1, "the replacement was given the second task while the first ran"
+    flags.set("go-first")
+    assert first.get(timeout=30) is False, "the second task started while the first ran"
+    assert second.get(timeout=30) is True
+
+
+def test_max_tasks_per_child_runs_no_more_tasks_at_once_than_num_workers(one_cold_worker: Flags) -> None:
+    # A recycled worker's replacement started as its last task was sent, to
+    # hide its start-up, and took the next task at once: with one worker and
+    # max_tasks_per_child=1, two tasks ran at once.
+    mp.configure_process_pool(max_tasks_per_child=1)
+    assert_runs_alone_then_the_next(one_cold_worker)
 
 
 @pytest.mark.timeout(120)
@@ -506,30 +519,19 @@ def test_after_a_shrink_the_queue_goes_on_beside_the_last_tasks_of_recycled_work
     handles[0].get(timeout=30)
 
 
-def test_a_worker_busy_as_a_pool_at_its_size_shrinks_counts_again_once_idle(tmp_path: Any) -> None:
+def test_a_worker_busy_as_a_pool_at_its_size_shrinks_counts_again_once_idle(one_cold_worker: Flags) -> None:
     # A size lowered back at once (2, then 1, nothing queued) marked the busy worker
     # as running tasks from before the shrink, and it stayed so once idle: later,
     # recycled (max_tasks_per_child), its last task ran beside its replacement's.
-    size = info()["num_workers"]
-    fresh_process_pool(1)
-    flags = Flags(str(tmp_path))
-    try:
-        mp.configure_process_pool(max_tasks_per_child=2)
-        held = on_process(pid_once_released)(flags)  # the worker's first task of two
-        assert flags.wait("started")
-        mp.configure_process_pool(2)
-        mp.configure_process_pool(1)
-        flags.set("go")
-        held.get(timeout=30)
-        first = on_process(started_then_waited)(flags, "first")  # its last: a replacement starts
-        second = on_process(started_then_waited)(flags, "second")
-        assert flags.wait("started-first")
-        flags.set("go-first")
-        assert first.get(timeout=30) is False
-        assert second.get(timeout=30) is True
-    finally:
-        flags.set("go-first")
-        mp.configure_process_pool(size, max_tasks_per_child=None)
+    flags = one_cold_worker
+    mp.configure_process_pool(max_tasks_per_child=2)
+    held = on_process(pid_once_released)(flags)  # the worker's first task of two
+    assert flags.wait("started")
+    mp.configure_process_pool(2)
+    mp.configure_process_pool(1)
+    flags.set("go")
+    held.get(timeout=30)
+    assert_runs_alone_then_the_next(flags)
 
 
 def test_growing_back_before_the_busy_workers_finished_keeps_them(two_warm_workers: None, tmp_path: Any) -> None:
