@@ -825,11 +825,10 @@ class ProcessBackend(QueueingBackend):
         """
         taking = [w for w in self._workers if not (w.leaving or w.killing)]
         self._stale = {w for w in self._stale if w.outstanding}
+        self._surplus = set()
         if len(taking) <= self._num_workers:
-            self._surplus = set()
             return
         taking.sort(key=lambda w: 2 if w in self._stale else 0 if w.outstanding else 1)  # a stable sort
-        self._surplus = set()
         for worker in taking[self._num_workers :]:
             if worker.outstanding:
                 self._surplus.add(worker)
