@@ -269,15 +269,20 @@ def short_exit_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_process, "_EXIT_GRACE", 0.2)
 
 
+def run_tasks_that_leave_a_thread_running(workers: int, tasks: int) -> None:
+    """On a fresh pool of ``workers`` recycled after each task, run ``tasks`` tasks that leave a thread running."""
+    fresh_process_pool(workers)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    handles = [on_process(leave_a_thread_running)(i) for i in range(tasks)]
+    assert [handle.get(timeout=30) for handle in handles] == list(range(tasks))
+
+
 @pytest.mark.usefixtures("short_exit_grace")
 def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
     # It waited for its task's thread as it exited, for good: with max_tasks_per_child=1
     # the pool started no more workers, and its third task waited for ever.
-    fresh_process_pool(2)
-    mp.configure_process_pool(max_tasks_per_child=1)
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
-        handles = [on_process(leave_a_thread_running)(i) for i in range(5)]
-        assert [handle.get(timeout=30) for handle in handles] == list(range(5))
+        run_tasks_that_leave_a_thread_running(2, 5)
     assert "told to stop (max_tasks_per_child), has not exited" in caplog.text
 
 
@@ -285,11 +290,8 @@ def test_a_recycled_worker_that_cannot_exit_is_killed_and_replaced(caplog: pytes
 def test_a_recycled_worker_that_cannot_exit_is_killed_while_the_pool_is_idle(caplog: pytest.LogCaptureFixture) -> None:
     # Its grace began at the loop's next look for another reason: after a program's last
     # results, the stuck workers stayed, over num_workers, until it submitted again.
-    fresh_process_pool(1)
-    mp.configure_process_pool(max_tasks_per_child=1)
     with caplog.at_level(logging.WARNING, logger="makeparallel"):
-        handles = [on_process(leave_a_thread_running)(i) for i in range(2)]
-        assert [handle.get(timeout=30) for handle in handles] == [0, 1]
+        run_tasks_that_leave_a_thread_running(1, 2)
         # Both killed, with nothing submitted since; a spare worker may stand ready beside them.
         assert wait_until(lambda: caplog.text.count("has not exited") == 2 and info()["live_workers"] <= 1, 30), info()
 
