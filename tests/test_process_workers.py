@@ -6,6 +6,7 @@ pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -320,6 +321,35 @@ def test_a_replaced_worker_still_running_its_initializer_is_not_killed(
         go.touch()
         assert wait_until(done.exists, 30)
     assert "has not exited" not in caplog.text
+
+
+def start_slowly_once(lock: str, started: str, go: str) -> None:
+    """The first worker to take ``lock`` stays in this initializer until ``go`` exists; the others start at once."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept for the worker's life: one worker waits
+    except BlockingIOError:
+        os.close(fd)
+        return
+    wait_for_file(started, go, os.devnull)
+
+
+def test_an_idle_worker_takes_the_tasks_given_to_one_still_starting(tmp_path: Any) -> None:
+    # Tasks given to a worker as it started waited for its initializer, here for
+    # good, while the other worker idled (a Pool's idle worker takes them).
+    fresh_process_pool(2)
+    started, go = tmp_path / "started", tmp_path / "go"
+    mp.configure_process_pool(
+        initializer=start_slowly_once, initargs=(str(tmp_path / "lock"), str(started), str(go)), prestart=True
+    )
+    try:
+        assert wait_until(lambda: started.exists() and info()["ready_workers"] == 1, 30), info()
+        handles = [on_process(os.getpid)() for _ in range(4)]
+        assert len({handle.get(timeout=20) for handle in handles}) == 1  # all on the worker that is ready
+        assert info()["ready_workers"] == 1  # the other one still starts
+    finally:
+        go.touch()
+    assert wait_until(lambda: info()["ready_workers"] == 2, 30), info()
 
 
 def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> None:

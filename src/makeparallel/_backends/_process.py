@@ -20,8 +20,9 @@ Why it is built this way (the lessons of ``ProcessPoolExecutor``, loky and pebbl
   (every idle worker first, and no more than its fair share of the queue), so
   that it never waits for a round trip; what goes ahead stays under 64 KiB, so
   that a worker which reads nothing (a C call holding its GIL) never blocks the
-  loop's sends; so does what goes to a worker still running its set-up (the
-  pool's initializer): the rest is held for it until it is ready. With nothing queued, a small task is
+  loop's sends. A worker still running its set-up (the pool's initializer) is
+  sent nothing: the tasks given to it are held here until it is ready, and a
+  worker left idle meanwhile takes them. With nothing queued, a small task is
   sent straight to an idle worker by the submitting thread. A task with
   a timeout is sent only to an idle worker and nothing is sent behind it, so its
   clock starts when it starts.
@@ -113,9 +114,8 @@ _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _EXIT_GRACE = 5.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 _DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
-# What a busy worker's pipe may hold of tasks sent ahead, or a worker's still running its set-up: well
-# under a socket's send buffer, so that sending them never blocks the loop, though the worker reads
-# nothing (a C call holding its GIL).
+# What a busy worker's pipe may hold of tasks sent ahead: well under a socket's send buffer, so that
+# sending them never blocks the loop, though the worker reads nothing (a C call holding its GIL).
 _AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
@@ -176,11 +176,11 @@ class _Worker:
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
-        # Bytes of tasks sent behind a running one since it last had none waiting, or
-        # before it was ready: at least what its pipe holds unread (_AHEAD_BYTES).
+        # Bytes of tasks sent behind a running one since it last had none waiting: at
+        # least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
-        # Its first tasks, given to it before it was ready, and their sys.path if it changed,
-        # when they did not fit in that bound: sent once it is (_send_held).
+        # Its first tasks, given to it before it was ready, and their sys.path if it changed:
+        # sent once it is (_send_held), unless an idle worker takes them first (_hand_over_held).
         self.held: tuple[list[AsyncHandle[Any]], _WorkersPath | None] | None = None
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
@@ -238,6 +238,7 @@ class ProcessBackend(QueueingBackend):
         self._num_workers = usable_cpu_count() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
         self._surplus: set[_Worker] = set()  # busy workers above num_workers: no new task, ended once idle
+        self._holding = False  # a worker still starting may hold tasks: each pass looks (_hand_over_held)
         self._stale: set[_Worker] = set()  # busy as the pool last shrank, and not idle since
         self._control: deque[tuple[_Worker, tuple[Any, ...]]] = deque()  # sent by the loop
         self._wake_r, self._wake_w = wakeup_pipe()
@@ -629,10 +630,12 @@ class ProcessBackend(QueueingBackend):
                         look = True
                     else:
                         self._receive_all(key.data)
-                # Results alone, with nothing queued or to send, no worker gone and none
-                # above the pool's size, leave nothing to do: back to waiting at once, which
+                # Results alone, with nothing queued or to send, no worker gone, none above
+                # the pool's size and none starting with tasks held for it (an idle worker
+                # takes those), leave nothing to do: back to waiting at once, which
                 # hands the GIL to the thread the results woke instead of making it wait for a pass.
-                look = look or bool(self._queued or self._control or self._surplus) or self._workers != watched
+                look = look or bool(self._queued or self._control or self._surplus or self._holding)
+                look = look or self._workers != watched
         self._close_template()
 
     def _start_worker(self, path: _WorkersPath, path_version: int, configured_at: float) -> _Worker:
@@ -804,6 +807,7 @@ class ProcessBackend(QueueingBackend):
         for worker in workers:  # one task to every idle worker first
             if not worker.outstanding:
                 self._dispatch(worker, 1)
+        self._hand_over_held(workers)
         for worker in workers:  # then fill windows, by a fair share of the queue
             self._dispatch(worker, min(self._window, self._queued // max(1, len(workers))))
         return True
@@ -856,20 +860,55 @@ class ProcessBackend(QueueingBackend):
         )
         return busy >= self._num_workers
 
+    def _hand_over_held(self, workers: list[_Worker]) -> None:
+        """Give the tasks held for workers still starting to ready ones left idle: the queue is empty.
+
+        A worker's start can take long (an initializer loading a model, a slow
+        import): its first tasks waited for it while another worker idled,
+        where ``multiprocessing.Pool``'s idle worker takes them from the
+        shared queue. Held in the parent until it is ready, never in its
+        pipe, they are put back in the queue, in order, for the idle workers;
+        what those do not take goes back to the starting ones. Not those of a
+        worker recycled already (``max_tasks_per_child``: they are its last,
+        and its replacement started) or being killed (they go back as it dies).
+        """
+        with self._lock:
+            starting = [w for w in workers if w.held is not None and not (w.ready or w.leaving or w.killing)]
+            self._holding = bool(starting)
+            if not starting:
+                return
+            idle = [w for w in workers if w.ready and not w.outstanding and not self._declines_locked(w)]
+            if not idle:
+                return
+            for worker in reversed(starting):  # each batch goes in front: the first worker's tasks first
+                self._requeue_held_locked(worker)
+        for worker in idle:
+            self._dispatch(worker, 1)
+
+    def _declines_locked(self, worker: _Worker) -> bool:
+        """Whether ``worker`` takes no task now.
+
+        Not one being killed, recycled, above the pool's size, or holding its
+        first tasks (it takes no more until they are sent); nor an idle
+        replacement while the worker it replaces runs its last tasks
+        (:meth:`_full_locked`).
+        """
+        if worker.killing or worker.leaving or worker.held is not None or worker in self._surplus:
+            return True
+        return not worker.outstanding and len(self._workers) > self._num_workers and self._full_locked()
+
     def _dispatch(self, worker: _Worker, window: int) -> None:
         """Send ``worker`` tasks until it has ``window`` outstanding."""
         batch: list[AsyncHandle[Any]] = []
         with self._lock:
-            if worker.killing or worker.leaving or worker.held is not None or worker in self._surplus:
-                return  # (holding its first tasks: it takes no more until they are sent)
-            if not worker.outstanding and len(self._workers) > self._num_workers and self._full_locked():
-                return  # a replacement, ready while the worker it replaces runs its last tasks
+            if self._declines_locked(worker):
+                return
             limit = self._max_tasks_per_child
             if limit is not None:
                 window = min(window, limit - worker.sent)
             outstanding = worker.outstanding
-            if len(outstanding) <= 1 and worker.ready:
-                worker.ahead = 0  # none waits behind the running task (one still starting reads none)
+            if len(outstanding) <= 1:
+                worker.ahead = 0  # none waits behind the running task
             # Bytes of what the worker may not read for now: its new sys.path, if it changed, then its tasks.
             unread = 0 if worker.path_version == self._path_version else _path_bytes(self._path[0])
             while len(outstanding) < window:
@@ -881,41 +920,30 @@ class ProcessBackend(QueueingBackend):
                 if handle._timeout is not None and outstanding:
                     self._requeue_locked(handle)  # it waits for an idle worker
                     break
-                # A busy worker may not read its pipe until its task ends, nor one still
-                # starting until its set-up ends (the initializer, maybe a C call holding the
-                # GIL): what is sent to either must fit, or the loop's send blocks for good.
-                if outstanding or not worker.ready:
+                # A busy worker may not read its pipe until its task ends (maybe a C call
+                # holding the GIL): what is sent ahead must fit, or the loop's send blocks for good.
+                if outstanding and worker.ready:  # sent ahead now, or not at all
                     unread += _message_bytes(handle)
-                    if worker.ready:  # sent ahead now, or not at all
-                        if worker.ahead + unread > _AHEAD_BYTES:
-                            self._requeue_locked(handle)  # it waits for a worker that reads
-                            break
-                        worker.ahead += unread
-                        unread = 0
-                else:
-                    unread = 0  # an idle worker reads it all, a new sys.path first
+                    if worker.ahead + unread > _AHEAD_BYTES:
+                        self._requeue_locked(handle)  # it waits for a worker that reads
+                        break
+                    worker.ahead += unread
+                unread = 0  # (an idle worker reads it all, a new sys.path first)
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
             if not batch:
                 return
-            fits = worker.ready or worker.ahead + unread <= _AHEAD_BYTES
-            if not fits and len(outstanding) > len(batch):  # behind tasks it has not read: they wait
-                for handle in reversed(batch):
-                    outstanding.pop()
-                    self._requeue_locked(handle)
-                return
             path = self._assigned_locked(worker, len(batch))
-            if not fits:  # its first tasks: given to it now (counted, and in order), sent once it is ready
+            if not worker.ready:  # its first tasks: given to it now (counted, and in order), sent once it is ready
                 worker.held = (batch, path)
+                self._holding = True
                 return
-            if not worker.ready:
-                worker.ahead += unread
         with worker.send_lock:
             _send_tasks(worker, batch, path)
 
     def _send_held(self, worker: _Worker) -> None:
-        """Send ``worker``, ready now, the first tasks it was given, which did not fit in its pipe before.
+        """Send ``worker``, ready now, the first tasks it was given while it started.
 
         They are all it has, so it reads the whole message before it starts any
         of them. Those that ended meanwhile (cancelled) are no longer its.
