@@ -6,12 +6,15 @@ pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -334,22 +337,121 @@ def start_slowly_once(lock: str, started: str, go: str) -> None:
     wait_for_file(started, go, os.devnull)
 
 
-def test_an_idle_worker_takes_the_tasks_given_to_one_still_starting(tmp_path: Any) -> None:
-    # Tasks given to a worker as it started waited for its initializer, here for
-    # good, while the other worker idled (a Pool's idle worker takes them).
-    fresh_process_pool(2)
+@contextlib.contextmanager
+def one_of_two_workers_starting(tmp_path: Path) -> Iterator[None]:
+    """A pool of two workers: the first in its initializer until the block ends, the second ready."""
+    fresh_process_pool(1)
     started, go = tmp_path / "started", tmp_path / "go"
     mp.configure_process_pool(
         initializer=start_slowly_once, initargs=(str(tmp_path / "lock"), str(started), str(go)), prestart=True
     )
     try:
-        assert wait_until(lambda: started.exists() and info()["ready_workers"] == 1, 30), info()
-        handles = [on_process(os.getpid)() for _ in range(4)]
-        assert len({handle.get(timeout=20) for handle in handles}) == 1  # all on the worker that is ready
-        assert info()["ready_workers"] == 1  # the other one still starts
+        assert wait_until(started.exists, 30)
+        mp.configure_process_pool(2, prestart=True)
+        assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()
+        yield
     finally:
         go.touch()
     assert wait_until(lambda: info()["ready_workers"] == 2, 30), info()
+
+
+def log_when_released(flags: Flags, name: str, release: str | None = None) -> None:
+    """Say this task started, wait for ``release`` if given, then log ``name`` in the flags' ``log`` file."""
+    flags.set(f"{name} started")
+    if release is not None:
+        flags.wait_for_release(release)
+    with open(flags.path("log"), "a") as log:
+        log.write(f"{name}\n")
+
+
+def test_an_idle_worker_takes_the_tasks_given_to_one_still_starting(tmp_path: Path) -> None:
+    # Tasks given to a worker as it started waited for its initializer, here for
+    # good, while the other worker idled (a Pool's idle worker takes them).
+    with one_of_two_workers_starting(tmp_path):
+        handles = [on_process(os.getpid)() for _ in range(4)]
+        assert len({handle.get(timeout=20) for handle in handles}) == 1  # all on the worker that is ready
+        assert info()["ready_workers"] == 1  # the other one still starts
+
+
+def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Path) -> None:
+    # Given back only once the queue was empty, it ran after every task of lower
+    # priority submitted after it.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        task = on_process(log_when_released)
+        blocking = task(flags, "block", "go on")
+        assert flags.wait("block started", 30)
+        high = task(flags, "high", priority=10)  # held for the worker that starts: the other is busy
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        low = [task(flags, f"low {i}") for i in range(3)]
+        flags.set("go on")
+        for handle in [blocking, high, *low]:
+            handle.get(timeout=20)
+        assert flags.read("log").split("\n") == ["block", "high", "low 0", "low 1", "low 2", ""]
+
+
+def test_a_worker_given_back_its_tasks_gets_the_programs_new_sys_path(tmp_path: Path) -> None:
+    # The path went with the tasks held for it, and was dropped with them: every task
+    # of a module in the new folder then failed on that worker.
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "late_plugin.py").write_text(
+        "import os\n"
+        "def pid_when_both_run(flags):\n"
+        "    flags.set(str(os.getpid()))\n"
+        "    flags.wait_for_release('both')\n"
+        "    return os.getpid()\n"
+    )
+    flags = Flags(str(tmp_path))
+    try:
+        with one_of_two_workers_starting(tmp_path):
+            sys.path.insert(0, str(folder))  # after the workers started
+            import late_plugin
+
+            task = on_process(late_plugin.pid_when_both_run)
+            first = task(flags)  # on the worker that is ready
+            held = task(flags)  # held for the other one, then given back
+            flags.set("both")
+            assert first.get(timeout=20) == held.get(timeout=20)
+        flags = Flags(str(tmp_path / "then"))
+        os.mkdir(flags.directory)
+        pair = [task(flags), task(flags)]  # one on each worker, both ready and idle
+        assert wait_until(lambda: len(os.listdir(flags.directory)) == 2, 30)
+        flags.set("both")
+        assert len({handle.get(timeout=20) for handle in pair}) == 2
+    finally:
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+        sys.modules.pop("late_plugin", None)
+
+
+def test_cancelling_a_task_held_for_a_starting_worker_leaves_the_worker_alone(tmp_path: Path) -> None:
+    # With force=True it was taken for the worker's running task: the worker, never
+    # sent it, was killed in its initializer and counted as a restart.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        task = on_process(log_when_released)
+        blocking = task(flags, "block", "go on")
+        assert flags.wait("block started", 30)
+        held = task(flags, "held")
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        pids, before = set(info()["worker_pids"]), restarts()
+        assert held.cancel(force=True)
+        flags.set("go on")
+        blocking.get(timeout=20)
+        assert set(info()["worker_pids"]) == pids
+        assert restarts() == before
+
+
+def test_lowering_num_workers_keeps_a_ready_worker_over_one_still_starting(tmp_path: Path) -> None:
+    # Both idle, either could be kept: keeping the starting one, the next task
+    # waited for its initializer.
+    with one_of_two_workers_starting(tmp_path):
+        ready = on_process(os.getpid)().get(timeout=20)
+        mp.configure_process_pool(1)
+        assert on_process(os.getpid)().get(timeout=20) == ready
+        assert wait_until(lambda: info()["live_workers"] == 1, 30), info()
+        mp.configure_process_pool(2)
 
 
 def test_lowering_max_tasks_per_child_replaces_the_workers_already_past_it() -> None:

@@ -520,6 +520,8 @@ class ProcessBackend(QueueingBackend):
             worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
             if worker is None:
                 return
+            if worker.held is not None and handle in worker.held[0]:
+                return  # never sent: it is dropped as the held tasks are sent or given back
             if worker.outstanding[0] is handle and (force or handle._state == TIMED_OUT):
                 worker.killing = True
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
@@ -804,10 +806,11 @@ class ProcessBackend(QueueingBackend):
                         self._dispatch(worker, 1)
                         break
             return True
-        for worker in workers:  # one task to every idle worker first
-            if not worker.outstanding:
-                self._dispatch(worker, 1)
         self._hand_over_held(workers)
+        for ready in (True, False):  # one task to every idle worker first, those ready before those starting
+            for worker in workers:
+                if not worker.outstanding and worker.ready is ready:
+                    self._dispatch(worker, 1)
         for worker in workers:  # then fill windows, by a fair share of the queue
             self._dispatch(worker, min(self._window, self._queued // max(1, len(workers))))
         return True
@@ -815,13 +818,16 @@ class ProcessBackend(QueueingBackend):
     def _shed_surplus_locked(self) -> None:
         """Keep ``num_workers`` workers taking tasks: above it, idle ones end now, busy ones take no more, then end.
 
-        Kept first: the workers busy with tasks sent since the pool shrank,
-        then idle ones, then those still busy with tasks from before it (each
-        kind oldest first). So after a shrink while all were busy, the first
-        to finish takes the queued tasks, which never wait behind a long one,
-        and keeps them; the others end as they finish. (Idle ones kept first,
-        the workers passed the queue back and forth, and the pool never shrank
-        while tasks kept coming.) Decided at every
+        Kept first: the ready workers busy with tasks sent since the pool
+        shrank, then idle ready ones, then those still starting (those holding
+        tasks first: an idle worker takes the tasks), then those still busy
+        with tasks from before it (each kind oldest first). So after a shrink
+        while all were busy, the first to finish takes the queued tasks, which
+        never wait behind a long one, and keeps them; the others end as they
+        finish. (Idle ones kept first, the workers passed the queue back and
+        forth, and the pool never shrank while tasks kept coming; a starting
+        worker kept over a ready one made the next task wait for its
+        initializer.) Decided at every
         look, not once when the pool is configured: a worker still starting
         then counts too (it ended up above the size for good), and a pool
         grown back before its busy workers finished keeps them, where retiring
@@ -832,7 +838,7 @@ class ProcessBackend(QueueingBackend):
         self._surplus = set()
         if len(taking) <= self._num_workers:
             return
-        taking.sort(key=lambda w: 2 if w in self._stale else 0 if w.outstanding else 1)  # a stable sort
+        taking.sort(key=lambda w: 4 if w in self._stale else (0 if w.ready else 2) + (not w.outstanding))  # stable
         for worker in taking[self._num_workers :]:
             if worker.outstanding:
                 self._surplus.add(worker)
@@ -861,29 +867,26 @@ class ProcessBackend(QueueingBackend):
         return busy >= self._num_workers
 
     def _hand_over_held(self, workers: list[_Worker]) -> None:
-        """Give the tasks held for workers still starting to ready ones left idle: the queue is empty.
+        """Put the tasks held for workers still starting back in the queue while a ready worker is idle.
 
         A worker's start can take long (an initializer loading a model, a slow
         import): its first tasks waited for it while another worker idled,
         where ``multiprocessing.Pool``'s idle worker takes them from the
         shared queue. Held in the parent until it is ready, never in its
-        pipe, they are put back in the queue, in order, for the idle workers;
-        what those do not take goes back to the starting ones. Not those of a
-        worker recycled already (``max_tasks_per_child``: they are its last,
-        and its replacement started) or being killed (they go back as it dies).
+        pipe, they go back to the queue, where they take their turn by
+        priority and order again, idle ready workers served first (taken
+        back only once the queue was empty, a held task of high priority
+        waited behind every later one). Not those of a worker recycled
+        already (``max_tasks_per_child``: they are its last, and its
+        replacement started) or being killed (they go back as it dies).
         """
         with self._lock:
             starting = [w for w in workers if w.held is not None and not (w.ready or w.leaving or w.killing)]
             self._holding = bool(starting)
-            if not starting:
-                return
-            idle = [w for w in workers if w.ready and not w.outstanding and not self._declines_locked(w)]
-            if not idle:
-                return
-            for worker in reversed(starting):  # each batch goes in front: the first worker's tasks first
-                self._requeue_held_locked(worker)
-        for worker in idle:
-            self._dispatch(worker, 1)
+            if starting and any(w.ready and not w.outstanding and not self._declines_locked(w) for w in workers):
+                taken = [handle for worker in starting for handle in self._take_back_held_locked(worker)]
+                for handle in sorted(taken, key=lambda handle: handle._id, reverse=True):  # oldest in front
+                    self._requeue_locked(handle)
 
     def _declines_locked(self, worker: _Worker) -> bool:
         """Whether ``worker`` takes no task now.
@@ -964,15 +967,21 @@ class ProcessBackend(QueueingBackend):
 
     def _requeue_held_locked(self, worker: _Worker) -> None:
         """Put the tasks held for ``worker``, which it will not take now, back in the queue, in order."""
+        for handle in reversed(self._take_back_held_locked(worker)):
+            self._requeue_locked(handle)
+
+    def _take_back_held_locked(self, worker: _Worker) -> list[AsyncHandle[Any]]:
+        """Take the tasks held for ``worker`` back from it; return those still to run, in order."""
         if worker.held is None:
-            return
-        batch, _ = worker.held
+            return []
+        batch, path = worker.held
         worker.held = None
         worker.sent -= len(batch)
-        for handle in reversed(batch):
+        if path is not None:  # never sent: the worker has an older one, sent again with its next tasks
+            worker.path_version = -1
+        for handle in batch:
             worker.outstanding.remove(handle)
-            if handle._state == RUNNING:
-                self._requeue_locked(handle)
+        return [handle for handle in batch if handle._state == RUNNING]
 
     def _assigned_locked(self, worker: _Worker, count: int) -> _WorkersPath | None:
         """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
