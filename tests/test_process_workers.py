@@ -390,6 +390,42 @@ def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Pat
         assert flags.read("log").split("\n") == ["block", "high", "low 0", "low 1", "low 2", ""]
 
 
+def test_a_task_submitted_as_a_worker_goes_idle_runs_after_one_held_for_a_starting_worker(tmp_path: Path) -> None:
+    # Submitted from the callback of the task that ended, it went straight to the
+    # idle worker, before the loop gave the held task back.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        task = on_process(log_when_released)
+        blocking = task(flags, "block", "go on")
+        assert flags.wait("block started", 30)
+        held = task(flags, "held")
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        later: list[mp.AsyncHandle[None]] = []
+        blocking.on_complete(lambda _: later.append(task(flags, "later")))
+        flags.set("go on")
+        held.get(timeout=20)
+        assert wait_until(lambda: bool(later), 20)
+        later[0].get(timeout=20)
+        assert flags.read("log").split("\n") == ["block", "held", "later", ""]
+
+
+def test_a_recycled_workers_replacement_takes_the_tasks_held_for_one_still_starting(tmp_path: Path) -> None:
+    # The starting worker counted as busy: the replacement, ready, took no task
+    # while the worker it replaces ran its last, and the held one waited for that.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        mp.configure_process_pool(max_tasks_per_child=2)
+        task = on_process(log_when_released)
+        task(flags, "first").get(timeout=20)
+        last = task(flags, "last", "go on")  # the ready worker's last: a replacement starts
+        assert flags.wait("last started", 30)
+        held = task(flags, "held")
+        held.get(timeout=20)
+        flags.set("go on")
+        last.get(timeout=20)
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
 def test_a_worker_given_back_its_tasks_gets_the_programs_new_sys_path(tmp_path: Path) -> None:
     # The path went with the tasks held for it, and was dropped with them: every task
     # of a module in the new folder then failed on that worker.
@@ -427,7 +463,8 @@ def test_a_worker_given_back_its_tasks_gets_the_programs_new_sys_path(tmp_path: 
 
 def test_cancelling_a_task_held_for_a_starting_worker_leaves_the_worker_alone(tmp_path: Path) -> None:
     # With force=True it was taken for the worker's running task: the worker, never
-    # sent it, was killed in its initializer and counted as a restart.
+    # sent it, was killed in its initializer and counted as a restart. And
+    # cancel_with_timeout waited its whole timeout for code that never ran.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
         task = on_process(log_when_released)
@@ -436,7 +473,7 @@ def test_cancelling_a_task_held_for_a_starting_worker_leaves_the_worker_alone(tm
         held = task(flags, "held")
         assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
         pids, before = set(info()["worker_pids"]), restarts()
-        assert held.cancel(force=True)
+        assert held.cancel_with_timeout(10, force=True)  # at once: its code never ran
         flags.set("go on")
         blocking.get(timeout=20)
         assert set(info()["worker_pids"]) == pids

@@ -520,8 +520,9 @@ class ProcessBackend(QueueingBackend):
             worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
             if worker is None:
                 return
-            if worker.held is not None and handle in worker.held[0]:
-                return  # never sent: it is dropped as the held tasks are sent or given back
+            if worker.held is not None and handle in worker.held[0]:  # never sent: it leaves them now
+                self._drop_held_locked(worker, handle)
+                return
             if worker.outstanding[0] is handle and (force or handle._state == TIMED_OUT):
                 worker.killing = True
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
@@ -856,13 +857,17 @@ class ProcessBackend(QueueingBackend):
         good), nor those running as the pool shrank
         (:meth:`_shed_surplus_locked`), whose tasks run beside the new size's:
         counted, they held the queue until all but the new size's number of
-        them had ended.
+        them had ended; nor one still starting that holds tasks it gives back
+        to an idle worker (:meth:`_hand_over_held`: counted, the replacement
+        was never idle to take them, and they waited for the initializer).
         """
         stale, surplus = self._stale, self._surplus
         busy = sum(
             1
             for w in self._workers
-            if w.outstanding and not (w.killing or w.retiring or w in surplus or w in stale)
+            if w.outstanding
+            and (w.ready or w.leaving)
+            and not (w.killing or w.retiring or w in surplus or w in stale)
         )
         return busy >= self._num_workers
 
@@ -970,6 +975,23 @@ class ProcessBackend(QueueingBackend):
         for handle in reversed(self._take_back_held_locked(worker)):
             self._requeue_locked(handle)
 
+    def _drop_held_locked(self, worker: _Worker, handle: AsyncHandle[Any]) -> None:
+        """Take ``handle``, cancelled, out of the tasks held for ``worker``: its code never ran.
+
+        Left there until they were sent or given back, it kept the worker
+        counted busy, and ``cancel_with_timeout`` waited its whole timeout.
+        """
+        assert worker.held is not None
+        batch, path = worker.held
+        batch.remove(handle)
+        worker.outstanding.remove(handle)
+        worker.sent -= 1
+        if not batch:
+            worker.held = None
+            if path is not None:
+                worker.path_version = -1  # it never got it
+        handle._code_returned()
+
     def _take_back_held_locked(self, worker: _Worker) -> list[AsyncHandle[Any]]:
         """Take the tasks held for ``worker`` back from it; return those still to run, in order."""
         if worker.held is None:
@@ -1003,6 +1025,8 @@ class ProcessBackend(QueueingBackend):
         submitting thread saves waking the loop thread, a third of a no-op's round trip.
         """
         if self._queued or self._paused or self._broken is not None or self._terminating or self._loop is None:
+            return None
+        if self._holding:  # an idle worker takes the tasks held for one starting first, by priority
             return None
         function, data, buffers = handle._payload
         if buffers or len(function) + len(data) > _DIRECT_BYTES:
