@@ -426,6 +426,30 @@ def test_a_recycled_workers_replacement_takes_the_tasks_held_for_one_still_start
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
+def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
+    # cancel_pending cancels the tasks not started: one held in the parent for a
+    # worker in its initializer was given to the idle worker and ran.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        task = on_process(log_when_released)
+        blocking = task(flags, "block", "go on")
+        assert flags.wait("block started", 30)
+        held = task(flags, "held")
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        queued = task(flags, "queued")
+        flags.set("go on")
+        try:
+            assert mp.shutdown(timeout_secs=20, cancel_pending=True)
+        finally:
+            mp.reset_shutdown()
+            mp.configure_process_pool(prestart=True)  # as the block leaves it: two workers
+        blocking.get(timeout=20)
+        for handle in (held, queued):
+            with pytest.raises(mp.TaskCancelledError):
+                handle.get(timeout=20)
+        assert flags.read("log") == "block\n"
+
+
 def test_a_worker_given_back_its_tasks_gets_the_programs_new_sys_path(tmp_path: Path) -> None:
     # The path went with the tasks held for it, and was dropped with them: every task
     # of a module in the new folder then failed on that worker.

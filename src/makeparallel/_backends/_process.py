@@ -441,7 +441,12 @@ class ProcessBackend(QueueingBackend):
     def close(self, cancel_pending: bool) -> None:
         with self._lock:
             self._closed = True
-            pending = self._pending_locked() if cancel_pending else []
+            pending = []
+            if cancel_pending:  # those held for a starting worker have not started either
+                for worker in self._workers:
+                    if not (worker.ready or worker.killing):
+                        self._requeue_held_locked(worker)
+                pending = self._pending_locked()
         self._cancel_together(pending)
 
     def reopen(self) -> None:
