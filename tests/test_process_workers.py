@@ -504,6 +504,38 @@ def test_cancelling_a_task_held_for_a_starting_worker_leaves_the_worker_alone(tm
         assert restarts() == before
 
 
+@pytest.mark.parametrize("taken_by", ["an idle worker", "its worker, now ready"])
+def test_a_held_task_taken_from_its_worker_as_it_is_cancelled_never_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_by: str
+) -> None:
+    # The loop took it, cancelled, from the held ones (given back, or sent to its
+    # worker as it became ready) between cancel() and the backend hearing of it:
+    # cancel_with_timeout waited its whole timeout for code that never ran.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        task = on_process(log_when_released)
+        blocking = task(flags, "block", "go on")
+        assert flags.wait("block started", 30)
+        held = task(flags, "held")
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        backend = held._backend
+        abandoned = type(backend)._abandoned
+
+        def taken_first(self: Any, handle: Any, force: bool = False) -> None:
+            if taken_by == "an idle worker":
+                flags.set("go on")
+            else:
+                (tmp_path / "go").touch()  # the starting worker's initializer returns
+            assert wait_until(lambda: all(handle not in w.outstanding for w in self._workers), 30)
+            abandoned(self, handle, force)
+
+        monkeypatch.setattr(type(backend), "_abandoned", taken_first)
+        assert held.cancel_with_timeout(10)
+        monkeypatch.undo()
+        flags.set("go on")
+        blocking.get(timeout=20)
+
+
 def test_lowering_num_workers_keeps_a_ready_worker_over_one_still_starting(tmp_path: Path) -> None:
     # Both idle, either could be kept: keeping the starting one, the next task
     # waited for its initializer.

@@ -970,8 +970,9 @@ class ProcessBackend(QueueingBackend):
             for handle in held_batch:
                 if handle._state == RUNNING:
                     batch.append(handle)
-                else:
+                else:  # cancelled, and taken here before its cancel reached _abandoned
                     worker.outstanding.remove(handle)
+                    handle._code_returned()
         with worker.send_lock:
             _send_tasks(worker, batch, path)
 
@@ -1008,6 +1009,8 @@ class ProcessBackend(QueueingBackend):
             worker.path_version = -1
         for handle in batch:
             worker.outstanding.remove(handle)
+            if handle._state != RUNNING:  # cancelled, and taken here before its cancel reached _abandoned
+                handle._code_returned()
         return [handle for handle in batch if handle._state == RUNNING]
 
     def _assigned_locked(self, worker: _Worker, count: int) -> _WorkersPath | None:
