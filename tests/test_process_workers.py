@@ -364,6 +364,18 @@ def log_when_released(flags: Flags, name: str, release: str | None = None) -> No
         log.write(f"{name}\n")
 
 
+def hold_a_task_for_the_starting_worker(
+    flags: Flags, name: str = "held", priority: int = 0
+) -> tuple[mp.AsyncHandle[None], mp.AsyncHandle[None]]:
+    """Keep the ready worker busy until "go on", then give the starting one a task, held in the parent; both handles."""
+    task = on_process(log_when_released)
+    blocking = task(flags, "block", "go on")
+    assert flags.wait("block started", 30)
+    held = task(flags, name, priority=priority)
+    assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+    return blocking, held
+
+
 def test_an_idle_worker_takes_the_tasks_given_to_one_still_starting(tmp_path: Path) -> None:
     # Tasks given to a worker as it started waited for its initializer, here for
     # good, while the other worker idled (a Pool's idle worker takes them).
@@ -378,12 +390,8 @@ def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Pat
     # priority submitted after it.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
-        task = on_process(log_when_released)
-        blocking = task(flags, "block", "go on")
-        assert flags.wait("block started", 30)
-        high = task(flags, "high", priority=10)  # held for the worker that starts: the other is busy
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
-        low = [task(flags, f"low {i}") for i in range(3)]
+        blocking, high = hold_a_task_for_the_starting_worker(flags, "high", priority=10)
+        low = [on_process(log_when_released)(flags, f"low {i}") for i in range(3)]
         flags.set("go on")
         for handle in [blocking, high, *low]:
             handle.get(timeout=20)
@@ -395,13 +403,9 @@ def test_a_task_submitted_as_a_worker_goes_idle_runs_after_one_held_for_a_starti
     # idle worker, before the loop gave the held task back.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
-        task = on_process(log_when_released)
-        blocking = task(flags, "block", "go on")
-        assert flags.wait("block started", 30)
-        held = task(flags, "held")
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
         later: list[mp.AsyncHandle[None]] = []
-        blocking.on_complete(lambda _: later.append(task(flags, "later")))
+        blocking.on_complete(lambda _: later.append(on_process(log_when_released)(flags, "later")))
         flags.set("go on")
         held.get(timeout=20)
         assert wait_until(lambda: bool(later), 20)
@@ -431,12 +435,8 @@ def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_o
     # worker in its initializer was given to the idle worker and ran.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
-        task = on_process(log_when_released)
-        blocking = task(flags, "block", "go on")
-        assert flags.wait("block started", 30)
-        held = task(flags, "held")
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
-        queued = task(flags, "queued")
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
+        queued = on_process(log_when_released)(flags, "queued")
         flags.set("go on")
         try:
             assert mp.shutdown(timeout_secs=20, cancel_pending=True)
@@ -491,11 +491,7 @@ def test_cancelling_a_task_held_for_a_starting_worker_leaves_the_worker_alone(tm
     # cancel_with_timeout waited its whole timeout for code that never ran.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
-        task = on_process(log_when_released)
-        blocking = task(flags, "block", "go on")
-        assert flags.wait("block started", 30)
-        held = task(flags, "held")
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
         pids, before = set(info()["worker_pids"]), restarts()
         assert held.cancel_with_timeout(10, force=True)  # at once: its code never ran
         flags.set("go on")
@@ -513,11 +509,7 @@ def test_a_held_task_taken_from_its_worker_as_it_is_cancelled_never_ran(
     # cancel_with_timeout waited its whole timeout for code that never ran.
     flags = Flags(str(tmp_path))
     with one_of_two_workers_starting(tmp_path):
-        task = on_process(log_when_released)
-        blocking = task(flags, "block", "go on")
-        assert flags.wait("block started", 30)
-        held = task(flags, "held")
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
         backend = held._backend
         abandoned = type(backend)._abandoned
 
