@@ -1196,7 +1196,7 @@ def test_a_forced_cancel_while_the_template_hangs_as_it_starts_holds_nothing_up(
         assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
         assert wait_until(lambda: mp.get_process_pool_info()["busy_workers"] == 2, 30)  # given to their workers
         assert handles[0].cancel(force=True)
-        print(mp.shutdown(0, cancel_pending=True), psutil.Process().children())
+        print(mp.shutdown(0), psutil.Process().children())  # its worker, not forked, is stopped
         """,
         tmp_path,
     )
