@@ -1102,11 +1102,16 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
     assert out == ["1", "True", "True", "False", "2"]
 
 
-def run_with_template_hook(hook: str, script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in a fresh interpreter whose template (alone) runs ``hook`` as it starts (a ``sitecustomize``)."""
+def run_with_template_hook(
+    hook: str, script: str, tmp_path: Path, only_where: str = "_MAKEPARALLEL_TEMPLATE"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter whose template (alone) runs ``hook`` as it starts (a ``sitecustomize``).
+
+    ``only_where``: the environment variable that marks the processes that run it (the template's, by default).
+    """
     folder = tmp_path / "hook"
     folder.mkdir()
-    guarded = 'import os\nif os.environ.get("_MAKEPARALLEL_TEMPLATE"):\n' + textwrap.indent(textwrap.dedent(hook), "    ")
+    guarded = f"import os\nif os.environ.get({only_where!r}):\n" + textwrap.indent(textwrap.dedent(hook), "    ")
     (folder / "sitecustomize.py").write_text(guarded)
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join([str(folder), PACKAGE, str(Path(__file__).parent)])
@@ -1146,6 +1151,42 @@ def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path)
         tmp_path,
     )
     assert (completed.returncode, completed.stdout.split()) == (0, ["1"]), completed.stderr
+    assert "KeyboardInterrupt" not in completed.stderr
+
+
+def test_ctrl_c_as_a_fresh_interpreter_worker_starts_reaches_the_program_alone(tmp_path: Path) -> None:
+    # Where workers are fresh interpreters (a start-up hook's thread, macOS), one
+    # started with Ctrl-C as the template's never were: one pressed as it started
+    # printed its KeyboardInterrupt on the program's output and killed it, a failed
+    # start (three, and the pool gave up) where the program handled it.
+    completed = run_with_template_hook(
+        """
+        import threading
+        folder = os.environ["HOLD_FOLDER"]
+        open(os.path.join(folder, "worker-starting"), "w").close()
+        while not os.path.exists(os.path.join(folder, "go")):
+            threading.Event().wait(0.01)
+        """,
+        _FRESH_INTERPRETERS + f"""
+import os, signal, threading
+os.setsid()  # a process group of its own, which Ctrl-C reaches
+import makeparallel as mp
+from pool_helpers import wait_until
+
+interrupted = threading.Event()
+signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+os.environ["HOLD_WORKER"] = "1"  # the workers run the hook, not this program
+handle = mp.parallel(backend="process")(abs)(-1)
+assert wait_until(lambda: os.path.exists({str(tmp_path / "worker-starting")!r}), 30)
+os.killpg(os.getpgrp(), signal.SIGINT)
+assert interrupted.wait(30)
+open({str(tmp_path / "go")!r}, "w").close()
+print(handle.get(timeout=30), mp.get_process_pool_info()["worker_restarts"])
+""",
+        tmp_path,
+        only_where="HOLD_WORKER",
+    )
+    assert (completed.returncode, completed.stdout.split()) == (0, ["1", "0"]), completed.stderr
     assert "KeyboardInterrupt" not in completed.stderr
 
 

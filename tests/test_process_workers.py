@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -182,6 +183,35 @@ def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop
     assert report["reasons"][0].startswith("process pool fails every task until it is configured again: worker")
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+    assert info()["refusing_tasks"] is None
+
+
+def wait_in_initializer(flags: Flags) -> None:
+    """An initializer that says it runs (a flag named by its pid), then waits for the test's "go"."""
+    flags.set(f"initializing-{os.getpid()}")
+    assert flags.wait_for_release("go")
+
+
+def test_workers_ended_together_as_they_start_are_one_failed_start(tmp_path: Path) -> None:
+    # A signal to the process group (SIGTERM from systemd, which the program
+    # handles) ends every worker still in its initializer at once. The three
+    # counted as three failed starts in a row: the pool gave up, and failed
+    # the queued tasks and every later one, where the program meant to go on.
+    flags = Flags(str(tmp_path))
+    fresh_process_pool(3)
+    before = restarts()
+    mp.configure_process_pool(initializer=wait_in_initializer, initargs=(flags,))
+    handles = [on_process(predict)(i) for i in range(6)]
+
+    def initializing() -> list[int]:
+        return [int(name.split("-")[1]) for name in os.listdir(tmp_path) if name.startswith("initializing-")]
+
+    assert wait_until(lambda: len(initializing()) == 3, 30)
+    for pid in initializing():
+        os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: restarts() == before + 3, 30)  # all three deaths seen before any worker is ready
+    flags.set("go")
+    assert sorted(handle.get(timeout=30)[2] for handle in handles) == list(range(6))
     assert info()["refusing_tasks"] is None
 
 

@@ -103,11 +103,11 @@ __all__ = ["ProcessBackend"]
 # first for the import of the package the program runs; then the parent's path becomes
 # the worker's, exactly (a "" of the parent's then comes first).
 _WORKER_MAIN = (
-    "import sys, _socket; sys.path[:0] = sys.argv[4:]; "
+    "import sys, _socket; sys.path[:0] = sys.argv[5:]; "
     "from makeparallel._backends._channel import Channel; "
     "from makeparallel._backends._process_worker import main; "
-    "sys.path[:] = sys.argv[5:]; "
-    "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]))"
+    "sys.path[:] = sys.argv[6:]; "
+    "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1')"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 # Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
@@ -157,7 +157,7 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
         "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
-        "refused", "retiring", "send_lock", "sent", "stop_reason",
+        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason",
     )
 
     def __init__(
@@ -182,6 +182,7 @@ class _Worker:
         # Its first tasks, given to it before it was ready, and their sys.path if it changed:
         # sent once it is (_send_held), unless an idle worker takes them first (_hand_over_held).
         self.held: tuple[list[AsyncHandle[Any]], _WorkersPath | None] | None = None
+        self.start_round = 0  # the pool's count of start-up deaths counted, as it started (_died_unready_locked)
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -258,6 +259,9 @@ class ProcessBackend(QueueingBackend):
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
+        # Counted deaths of starting workers so far: a worker that started before the last one counted
+        # died with it (one signal to the process group), and its death is not another start in the row.
+        self._start_round = 0
         # When configure() was last called (time.perf_counter, the tasks' submission clock), which
         # each worker records as it starts.
         self._configured_at = 0.0
@@ -672,6 +676,7 @@ class ProcessBackend(QueueingBackend):
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at)
+        worker.start_round = self._start_round
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -1337,7 +1342,7 @@ class ProcessBackend(QueueingBackend):
                     self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 if refused is None:
-                    self._died_unready_locked(code)
+                    self._died_unready_locked(worker, code)
                 else:
                     there = self._has_workers_for_tasks_locked()
                     self._start_refused_locked(refused)
@@ -1443,12 +1448,20 @@ class ProcessBackend(QueueingBackend):
             f"task {handle._id} ({handle.name}) had not started when makeparallel shut down and stopped {stopped}"
         )
 
-    def _died_unready_locked(self, code: int | None) -> None:
+    def _died_unready_locked(self, worker: _Worker, code: int | None) -> None:
         """Count a worker that died while it started up; after a few in a row, stop starting workers.
 
         Its task, never started, went back to the queue; once the pool gives
-        up, the queue fails with this error, not a restart loop.
+        up, the queue fails with this error, not a restart loop. Only a worker
+        started after the last death counted counts: those starting beside it
+        that die with it (a ``SIGTERM`` to the process group, which the
+        program handles, ends every worker still in its initializer) are one
+        failed start, not a row of them, so the pool goes on with new workers;
+        a start-up that fails every time still fails once per round of starts.
         """
+        if worker.start_round != self._start_round:
+            return
+        self._start_round += 1
         self._failed_starts += 1
         if self._failed_starts < _FAILED_STARTS_ALLOWED:
             return
@@ -1797,7 +1810,15 @@ def _start_fresh_interpreter(
     have taken number 1 or 2, where the new program's own go (``os.devnull``
     then: ``inherits_standard_stream``): it gets a copy numbered 3 or more. A
     task's output written there went into the pool's pipe, and its loop thread died.
+
+    It starts with Ctrl-C blocked (the mask of the thread that starts it),
+    which its ``main`` unblocks once its own handler is in place, unless this
+    process blocked it: a Ctrl-C to the process group as it started printed
+    its ``KeyboardInterrupt`` on the program's output and killed it (a failed
+    start; three, and the pool gave up), where the program handled it and
+    meant to go on. A worker forked from the template has it ignored till then.
     """
+    import signal
     import subprocess
 
     given: list[int] = []  # the numbers the worker gets
@@ -1811,24 +1832,29 @@ def _start_fresh_interpreter(
                 copies.append(fd)
             given.append(fd)
         standard = [None if inherits_standard_stream(fd) else subprocess.DEVNULL for fd in (1, 2)]
-        return subprocess.Popen(
-            [
-                sys.executable,
-                *interpreter_options(),
-                "-c",
-                _WORKER_MAIN,
-                str(given[0]),
-                str(os.getpid()),
-                str(given[1]),
-                PACKAGE_FOLDER,
-                *path_arguments(path),
-            ],
-            pass_fds=given,
-            stdin=subprocess.DEVNULL,
-            stdout=standard[0],
-            stderr=standard[1],
-            env=environ,
-        )
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    *interpreter_options(),
+                    "-c",
+                    _WORKER_MAIN,
+                    str(given[0]),
+                    str(os.getpid()),
+                    str(given[1]),
+                    "0" if signal.SIGINT in mask else "1",  # whether the worker unblocks Ctrl-C
+                    PACKAGE_FOLDER,
+                    *path_arguments(path),
+                ],
+                pass_fds=given,
+                stdin=subprocess.DEVNULL,
+                stdout=standard[0],
+                stderr=standard[1],
+                env=environ,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except (ValueError, TypeError) as error:
         raise refused_start(error) from error
     finally:

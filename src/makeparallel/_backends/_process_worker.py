@@ -608,8 +608,12 @@ def _write_from_a_forked_copy(message: tuple[Any, ...]) -> None:
         pass  # closed: nowhere to write
 
 
-def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
+def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bool = False) -> None:
     """Serve tasks on ``conn`` until the parent closes it; journal map items in ``journal_fd``.
+
+    ``unblock_interrupts``: a fresh interpreter starts with Ctrl-C blocked,
+    to unblock once the worker's own handler is in place (the program had
+    not blocked it); a worker forked from the template has it ignored till then.
 
     The parent's ``sys.path`` is this worker's (from a fresh interpreter's
     command line, or a message to a forked one before its set-up), so its modules
@@ -621,6 +625,8 @@ def main(conn: Channel, parent_pid: int, journal_fd: int) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, _interrupted)
     signal.siginterrupt(signal.SIGINT, False)  # SA_RESTART: most system calls go on, as with the signal ignored
+    if unblock_interrupts:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
     worker = _Worker(conn, journal)
