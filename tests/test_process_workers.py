@@ -415,6 +415,35 @@ def test_an_idle_worker_takes_the_tasks_given_to_one_still_starting(tmp_path: Pa
         assert info()["ready_workers"] == 1  # the other one still starts
 
 
+def exit_when_released(flags: Flags) -> None:
+    """Say this task started, then end its worker with exit code 3 once the test says "die"."""
+    flags.set("block started")
+    assert flags.wait_for_release("die")
+    os._exit(3)
+
+
+def test_a_task_held_for_a_starting_worker_has_a_new_worker_start_when_the_ready_one_dies(tmp_path: Path) -> None:
+    # Only queued tasks made the pool start workers: after the ready worker died
+    # (or timed out, or was recycled, or the pool grew), a task held for the one
+    # still starting waited out its initializer, here for good, the pool one short.
+    flags = Flags(str(tmp_path))
+    started, go = tmp_path / "started", tmp_path / "go"
+    fresh_process_pool(2)  # no prestart: a prestarted pool refills itself anyway
+    mp.configure_process_pool(initializer=start_slowly_once, initargs=(str(tmp_path / "lock"), str(started), str(go)))
+    try:
+        blocking = on_process(exit_when_released)(flags)
+        assert flags.wait("block started", 30) and started.exists()
+        held = on_process(os.getpid)()
+        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        flags.set("die")
+        with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+            blocking.get(timeout=30)
+        assert held.get(timeout=20) in info()["worker_pids"]
+        assert not go.exists() and info()["ready_workers"] == 1  # run by the new worker: the first still starts
+    finally:
+        go.touch()
+
+
 def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Path) -> None:
     # Given back only once the queue was empty, it ran after every task of lower
     # priority submitted after it.

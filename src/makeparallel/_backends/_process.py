@@ -757,7 +757,9 @@ class ProcessBackend(QueueingBackend):
             # Else with max_tasks_per_child=1 each task sent started a worker: 31 at once
             # for 30 queued tasks. A new set-up replaces every worker at once.
             recycled = sum(1 for w in self._workers if w.leaving and not w.retiring)
-            wanted = (self._queued or self._warm or self._task_coming) and self._broken is None
+            # Tasks held for a worker still starting wait for a worker too: with the pool one short
+            # (its ready worker died, or was recycled) they waited out that worker's initializer.
+            wanted = (self._queued or self._holding or self._warm or self._task_coming) and self._broken is None
             self._task_coming = False
             missing = self._num_workers - staying - max(0, recycled - 1) if wanted else 0
             if self._start_refused_at is not None:
