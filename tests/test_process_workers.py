@@ -445,6 +445,26 @@ def test_a_task_held_for_a_starting_worker_has_a_new_worker_start_when_the_ready
         go.touch()
 
 
+def test_a_task_held_for_a_starting_worker_reads_as_pending_and_an_executor_future_cancels_it(tmp_path: Path) -> None:
+    # Held in the parent until its worker is ready, it read as running, and
+    # concurrent.futures' cancel() refused it ("a running one is not"): it ran later.
+    from makeparallel._executor import ExecutorFuture
+
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
+        assert (held.running(), held.status, repr(held).count("pending")) == (False, "pending", 1)
+        future = ExecutorFuture(held)
+        held.add_done_callback(future._follow)  # as mp.Executor's submit links them
+        assert not future.running()
+        assert future.cancel() and future.cancelled() and held.cancelled()
+        assert held.cancel_with_timeout(10)  # its code never ran: nothing to wait for
+        assert blocking.running() and blocking.status == "running"
+        flags.set("go on")
+        assert blocking.get(timeout=30) is None
+    assert flags.read("log").split() == ["block"]  # the held task never ran
+
+
 def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Path) -> None:
     # Given back only once the queue was empty, it ran after every task of lower
     # priority submitted after it.

@@ -69,16 +69,21 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         handle = self.handle
         if _fork_child.boundary and self._the_parents():
             return False
-        with handle._backend._lock:
-            if handle._state != PENDING:
+        backend = handle._backend
+        with backend._lock:
+            # Held for a process worker still starting, it has not started either.
+            held = handle._state == RUNNING and backend._holds_locked(handle)
+            if handle._state != PENDING and not held:
                 return handle._state == CANCELLED
             announce = handle._cancel_locked()
         handle._after_settle(announce)  # runs _follow below: the future is cancelled
+        if held:
+            backend._abandoned(handle)  # the worker's held tasks lose it: its code never runs
         return True
 
     def running(self) -> bool:
         """Whether the task is running now."""
-        return not self.done() and self.handle._state == RUNNING
+        return not self.done() and self.handle.running()
 
     def done(self) -> bool:
         """Whether the task ended (in a forked child, a task of the parent's has: ``_fork_child``)."""

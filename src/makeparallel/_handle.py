@@ -302,8 +302,11 @@ class AsyncHandle(Generic[T]):
         return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents())
 
     def running(self) -> bool:
-        """Whether the task is running now."""
-        return self._state == RUNNING
+        """Whether the task is running now (not while a process pool holds it for a worker still starting)."""
+        if self._state != RUNNING:
+            return False
+        with self._backend._lock:
+            return self._state == RUNNING and not self._backend._holds_locked(self)
 
     def cancelled(self) -> bool:
         """Whether the task was cancelled."""
@@ -316,7 +319,10 @@ class AsyncHandle(Generic[T]):
     @property
     def status(self) -> str:
         """``"pending"``, ``"running"``, ``"waiting to retry"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
-        return STATE_NAMES[self._state]
+        state = self._state
+        if state == RUNNING and not self.running():  # held for a worker still starting
+            state = PENDING
+        return STATE_NAMES[state]
 
     @property
     def attempts(self) -> int:
@@ -494,7 +500,7 @@ class AsyncHandle(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"
+        return f"<AsyncHandle task={self._id} fn={self.name} {self.status}>"
 
     # -- engine side: running --------------------------------------------------------
 

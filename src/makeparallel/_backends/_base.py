@@ -195,6 +195,15 @@ class Backend:
         """
         handle._give_up_retrying()
 
+    def _holds_locked(self, handle: AsyncHandle[Any]) -> bool:
+        """Whether ``handle``, running as far as its state says, is held back from its worker: not started.
+
+        A process pool holds the first tasks given to a worker until the worker
+        is ready (``_process``): to its user such a task is pending, and
+        cancelling it keeps its code from ever running. Called with the lock held.
+        """
+        return False
+
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
 

@@ -524,6 +524,9 @@ class ProcessBackend(QueueingBackend):
         self._start_loop()
         self._wake()
 
+    def _holds_locked(self, handle: AsyncHandle[Any]) -> bool:
+        return any(worker.held is not None and handle in worker.held[0] for worker in self._workers)
+
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
             worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
