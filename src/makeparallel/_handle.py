@@ -500,7 +500,7 @@ class AsyncHandle(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        return f"<AsyncHandle task={self._id} fn={self.name} {self.status}>"
+        return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"  # the raw state: a repr takes no lock, wherever it is made
 
     # -- engine side: running --------------------------------------------------------
 
