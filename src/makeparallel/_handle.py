@@ -500,7 +500,8 @@ class AsyncHandle(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"  # the raw state: a repr takes no lock, wherever it is made
+        # The raw state: a repr takes no lock, wherever it is made (status may take the backend's).
+        return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"
 
     # -- engine side: running --------------------------------------------------------
 
