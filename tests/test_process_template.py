@@ -1121,18 +1121,14 @@ def run_with_template_hook(
     )
 
 
-def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fresh", [False, True], ids=["the template", "a fresh-interpreter worker"])
+def test_ctrl_c_as_a_process_of_the_pool_starts_reaches_the_program_alone(tmp_path: Path, fresh: bool) -> None:
     # The template ignored Ctrl-C only once its imports were done: one pressed as it
     # started printed the template's KeyboardInterrupt beside the program's, and it died.
-    # The hook holds the template's start until the program has sent it.
-    completed = run_with_template_hook(
-        """
-        import threading
-        folder = os.environ["HOLD_FOLDER"]
-        open(os.path.join(folder, "template-starting"), "w").close()
-        while not os.path.exists(os.path.join(folder, "go")):
-            threading.Event().wait(0.01)
-        """,
+    # A worker started as a fresh interpreter (a start-up hook's thread, macOS) had it
+    # from its start: killed, a failed start (three, and the pool gave up) where the
+    # program handled Ctrl-C. The hook holds the start until the program has sent it.
+    script = textwrap.dedent(
         f"""
         import os, signal, threading
         os.setsid()  # a process group of its own, which Ctrl-C reaches
@@ -1141,50 +1137,26 @@ def test_ctrl_c_as_the_template_starts_reaches_the_program_alone(tmp_path: Path)
 
         interrupted = threading.Event()
         signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+        os.environ["HOLD_WORKER"] = "1"  # a fresh-interpreter worker runs the hook, not this program
         handle = mp.parallel(backend="process")(abs)(-1)
-        assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
+        assert wait_until(lambda: os.path.exists({str(tmp_path / "starting")!r}), 30)
         os.killpg(os.getpgrp(), signal.SIGINT)
         assert interrupted.wait(30)
         open({str(tmp_path / "go")!r}, "w").close()
-        print(handle.get(timeout=30))
-        """,
-        tmp_path,
+        print(handle.get(timeout=30), mp.get_process_pool_info()["worker_restarts"])
+        """
     )
-    assert (completed.returncode, completed.stdout.split()) == (0, ["1"]), completed.stderr
-    assert "KeyboardInterrupt" not in completed.stderr
-
-
-def test_ctrl_c_as_a_fresh_interpreter_worker_starts_reaches_the_program_alone(tmp_path: Path) -> None:
-    # Where workers are fresh interpreters (a start-up hook's thread, macOS), one
-    # started with Ctrl-C as the template's never were: one pressed as it started
-    # printed its KeyboardInterrupt on the program's output and killed it, a failed
-    # start (three, and the pool gave up) where the program handled it.
     completed = run_with_template_hook(
         """
         import threading
         folder = os.environ["HOLD_FOLDER"]
-        open(os.path.join(folder, "worker-starting"), "w").close()
+        open(os.path.join(folder, "starting"), "w").close()
         while not os.path.exists(os.path.join(folder, "go")):
             threading.Event().wait(0.01)
         """,
-        _FRESH_INTERPRETERS + f"""
-import os, signal, threading
-os.setsid()  # a process group of its own, which Ctrl-C reaches
-import makeparallel as mp
-from pool_helpers import wait_until
-
-interrupted = threading.Event()
-signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
-os.environ["HOLD_WORKER"] = "1"  # the workers run the hook, not this program
-handle = mp.parallel(backend="process")(abs)(-1)
-assert wait_until(lambda: os.path.exists({str(tmp_path / "worker-starting")!r}), 30)
-os.killpg(os.getpgrp(), signal.SIGINT)
-assert interrupted.wait(30)
-open({str(tmp_path / "go")!r}, "w").close()
-print(handle.get(timeout=30), mp.get_process_pool_info()["worker_restarts"])
-""",
+        _FRESH_INTERPRETERS + script if fresh else script,
         tmp_path,
-        only_where="HOLD_WORKER",
+        only_where="HOLD_WORKER" if fresh else "_MAKEPARALLEL_TEMPLATE",
     )
     assert (completed.returncode, completed.stdout.split()) == (0, ["1", "0"]), completed.stderr
     assert "KeyboardInterrupt" not in completed.stderr
