@@ -320,8 +320,11 @@ class AsyncHandle(Generic[T]):
     def status(self) -> str:
         """``"pending"``, ``"running"``, ``"waiting to retry"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
         state = self._state
-        if state == RUNNING and not self.running():  # held for a worker still starting
-            state = PENDING
+        if state == RUNNING:
+            with self._backend._lock:
+                state = self._state
+                if state == RUNNING and self._backend._holds_locked(self):  # held for a worker still starting
+                    state = PENDING
         return STATE_NAMES[state]
 
     @property
