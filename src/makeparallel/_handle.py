@@ -303,10 +303,17 @@ class AsyncHandle(Generic[T]):
 
     def running(self) -> bool:
         """Whether the task is running now (not while a process pool holds it for a worker still starting)."""
-        if self._state != RUNNING:
-            return False
-        with self._backend._lock:
-            return self._state == RUNNING and not self._backend._holds_locked(self)
+        return self._seen_state() == RUNNING
+
+    def _seen_state(self) -> int:
+        """The task's state as its user sees it: pending while a process pool holds it for a worker still starting."""
+        state = self._state
+        if state == RUNNING:
+            with self._backend._lock:
+                state = self._state
+                if state == RUNNING and self._backend._holds_locked(self):
+                    state = PENDING
+        return state
 
     def cancelled(self) -> bool:
         """Whether the task was cancelled."""
@@ -319,13 +326,7 @@ class AsyncHandle(Generic[T]):
     @property
     def status(self) -> str:
         """``"pending"``, ``"running"``, ``"waiting to retry"``, ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``."""
-        state = self._state
-        if state == RUNNING:
-            with self._backend._lock:
-                state = self._state
-                if state == RUNNING and self._backend._holds_locked(self):  # held for a worker still starting
-                    state = PENDING
-        return STATE_NAMES[state]
+        return STATE_NAMES[self._seen_state()]
 
     @property
     def attempts(self) -> int:

@@ -167,6 +167,7 @@ class _Worker:
         journal: JournalReader,
         path_version: int,
         configured_at: float,
+        start_round: int,
     ) -> None:
         self.process = process
         self.configured_at = configured_at  # when the pool was last configured as it started
@@ -182,7 +183,7 @@ class _Worker:
         # Its first tasks, given to it before it was ready, and their sys.path if it changed:
         # sent once it is (_send_held), unless an idle worker takes them first (_hand_over_held).
         self.held: tuple[list[AsyncHandle[Any]], _WorkersPath | None] | None = None
-        self.start_round = 0  # the pool's count of start-up deaths counted, as it started (_died_unready_locked)
+        self.start_round = start_round  # the pool's count of start-up deaths counted, as it started (_died_unready_locked)
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -678,8 +679,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at)
-        worker.start_round = self._start_round
+        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at, self._start_round)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
