@@ -9,6 +9,7 @@ moment it is asked for, dies with the template, and is reaped by it. Elsewhere
 from __future__ import annotations
 
 import _socket
+import functools
 import json
 import os
 import select
@@ -1516,10 +1517,47 @@ def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_worker
 
     template.send_signal(signal.SIGKILL)
 
-    with pytest.raises(mp.WorkerCrashedError):
+    # The message says that the template died, not that the task crashed its worker alone.
+    with pytest.raises(mp.WorkerCrashedError, match="died with signal SIGKILL.*the pool's template process.*died"):
         running.get(timeout=30)
     assert all(wait_until(lambda pid=pid: not psutil.pid_exists(pid) or _zombie_elsewhere(pid), 15) for pid in pids)
     assert on_process(worker_pid)().get(timeout=30) not in pids  # a new template forked a new worker
+
+
+def block_on_item(path: str, item: int) -> int:
+    """Return ``item``, except item 3, which blocks (after saying so) until its worker is killed."""
+    if item == 3:
+        block(path)
+    return item
+
+
+def test_a_map_item_running_as_the_template_is_killed_fails_without_the_blame(
+    two_workers: None, tmp_path: Path
+) -> None:
+    # Its worker died because the template did: the item fails, as it was running, but
+    # its message must not say that it crashed its worker, as it does for a real crash.
+    template = psutil.Process(psutil.Process(live_worker_pids()[0]).ppid())
+    errors: list[BaseException] = []
+
+    def run_map() -> None:
+        try:
+            mp.parallel_map(functools.partial(block_on_item, str(tmp_path)), range(6), backend="process", chunksize=1)
+        except BaseException as error:
+            errors.append(error)
+
+    mapping = threading.Thread(target=run_map)
+    mapping.start()
+    assert wait_until(lambda: (tmp_path / "started").exists(), 30)
+
+    template.send_signal(signal.SIGKILL)
+
+    mapping.join(30)
+    assert not mapping.is_alive()
+    [error] = errors
+    assert isinstance(error, mp.WorkerCrashedError)
+    assert "item 3 (3) of the map was running when its worker process died" in str(error)
+    assert "the pool's template process" in str(error) and "crashed its worker" not in str(error)
+    assert mp.parallel_map(abs, [-1, -2], backend="process") == [1, 2]  # new workers, from a new template
 
 
 def start_slowly(folder: str, release: str) -> None:

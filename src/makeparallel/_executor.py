@@ -33,7 +33,7 @@ from ._backends._thread import ThreadBackend
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe
 from ._handle import _ON_DONE, AsyncHandle
-from ._process_chunks import disown_worker_death
+from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
@@ -473,10 +473,15 @@ def _results(
                 how = getattr(error, "_how", None)  # set by the process backend for a worker's death
                 if not flatten or how is None:
                     raise
+                if getattr(error, "_with_template", False):
+                    raise WorkerCrashedError(
+                        f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
+                        f"worker process ({how}): {TEMPLATE_DIED}"
+                    ) from error
                 raise WorkerCrashedError(
                     f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
                     f"worker process ({how}): with chunksize above 1 they ran as one task, so no "
-                    "one of them can be blamed. The pool started a new worker, and the other "
+                    "one of them can be blamed. A new worker takes its place, and the other "
                     "chunks were not affected; pass chunksize=1 to run each call as a task of its own"
                 ) from error
             in_flight.popleft()

@@ -37,6 +37,7 @@ from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
 __all__ = [
     "SLICE_SECONDS",
+    "TEMPLATE_DIED",
     "Failure",
     "after_crash",
     "after_unreadable",
@@ -51,6 +52,11 @@ __all__ = [
 
 SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 _FINISH_UNDER = 0.25  # a chunk past its budget finishes if its items left take under this share of it
+#: Why a forked worker died when its template did (``WorkerCrashedError`` messages): no task's fault.
+TEMPLATE_DIED = (
+    "the pool's template process, which forks its workers, died, and every worker forked from it "
+    "with it; new workers take their place"
+)
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -116,6 +122,7 @@ def disown_worker_death(error: BaseException) -> None:
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
+        vars(error).pop("_with_template", None)
     elif isinstance(error, TaskSerializationError):
         vars(error).pop("_unreadable", None)  # its own task's results, not the chunk's (after_unreadable)
 
@@ -287,45 +294,56 @@ def after_crash(
             worker process.
     """
     crash = getattr(error, "_crash", None)
+    with_template = getattr(error, "_with_template", False)
     if crash is None:
         how = getattr(error, "_how", None)
         if how is None:
             raise error
-        return _lost(error, how, items, start, keep_going)
+        return _lost(error, how, with_template, items, start, keep_going)
     done, ran, how = crash
     position = len(done)
     if position >= min(ran, len(items)):  # it died after an item's end, before the next one started
         if position == 0 and sent_again and len(items) == 1:  # its unpickling ended two workers
-            return _with_culprit(done, how, items, start, keep_going)
+            return _with_culprit(done, how, with_template, items, start, keep_going)
         return done, position
-    return _with_culprit(done, how, items, start, keep_going)
+    return _with_culprit(done, how, with_template, items, start, keep_going)
 
 
 def _with_culprit(
-    done: list[Any], how: str, items: Sequence[Any], start: int, keep_going: bool
+    done: list[Any], how: str, with_template: bool, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
-    """``done``, then the failure of the item after them, whose run ended its worker; and how many items they are."""
+    """``done``, then the failure of the item after them, whose run ended its worker; and how many items they are.
+
+    With ``with_template``, the worker died because its template did: the
+    item was running, and fails, but the message does not blame it.
+    """
     position = len(done)
-    failure = WorkerCrashedError(
-        f"{describe_item(start + position, items[position])} of the map crashed its worker "
-        f"process ({how}); the pool started a new worker, and the other items were not affected"
-    )
+    item = describe_item(start + position, items[position])
+    if with_template:
+        failure = WorkerCrashedError(
+            f"{item} of the map was running when its worker process died with {how}: {TEMPLATE_DIED}"
+        )
+    else:
+        failure = WorkerCrashedError(
+            f"{item} of the map crashed its worker process ({how}); a new worker takes its place, and "
+            "the other items were not affected"
+        )
     if not keep_going:
         raise failure
     return [*done, Failure(failure)], position + 1
 
 
 def _lost(
-    error: WorkerCrashedError, how: str, items: Sequence[Any], start: int, keep_going: bool
+    error: WorkerCrashedError, how: str, with_template: bool, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
     """The failures of a chunk's items, none of which can be blamed alone for its worker's death; how many they are."""
     if len(items) == 1:
-        return _with_culprit([], how, items, start, keep_going)
+        return _with_culprit([], how, with_template, items, start, keep_going)
+    aftermath = TEMPLATE_DIED if with_template else "a new worker takes its place, and the other items were not affected"
     lost = WorkerCrashedError(
         f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
         f"process ({how}), which died with a result that could not be read back here, so no "
-        "one of them can be blamed; the pool started a new worker, and the other items were "
-        "not affected"
+        f"one of them can be blamed; {aftermath}"
     )
     if not keep_going:
         raise lost from error

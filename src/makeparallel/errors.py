@@ -69,8 +69,11 @@ class ShutdownError(TaskError):
 class WorkerCrashedError(TaskError):
     """The worker process running the task died (a crash, a signal, ``os._exit``).
 
-    Only that task fails; the pool starts a new worker in its place. The message
-    gives the exit code or the signal, as ``SIGKILL(-9)``.
+    Only that task fails; a new worker takes its place. The message gives the
+    exit code or the signal, as ``SIGKILL(-9)``. Where the pool's template
+    process (which forks the workers on Linux) was killed, every worker forked
+    from it died with it: each task they ran fails so, and the message says
+    that the template died, not the task.
     """
 
 

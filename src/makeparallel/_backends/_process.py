@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
-from .._process_chunks import keep_results_before
+from .._process_chunks import TEMPLATE_DIED, keep_results_before
 from .._remote_errors import attach_remote_traceback
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
@@ -1373,14 +1373,19 @@ class ProcessBackend(QueueingBackend):
                     "shut down, and its worker process was stopped"
                 )
             else:
-                error = WorkerCrashedError(
-                    f"the worker process (pid {worker.process.pid}) running task {handle._id} "
-                    f"({handle.name}) died with {describe_exit(code)}; the pool started a new "
-                    "worker, and no other task was affected"
-                )
-                error._how = describe_exit(code)  # type: ignore[attr-defined]  # for a map (_process_chunks)
+                how = describe_exit(code)
+                running = f"the worker process (pid {worker.process.pid}) running task {handle._id} ({handle.name})"
+                with_template = isinstance(worker.process, ForkedProcess) and worker.process.with_template
+                if with_template:
+                    error = WorkerCrashedError(f"{running} died with {how}: {TEMPLATE_DIED}")
+                    error._with_template = True  # type: ignore[attr-defined]  # for a map: no item to blame it on
+                else:
+                    error = WorkerCrashedError(
+                        f"{running} died with {how}; a new worker takes its place, and no other task was affected"
+                    )
+                error._how = how  # type: ignore[attr-defined]  # for a map (_process_chunks)
                 if finished is not None:  # what a map chunk finished and how many items started ([], 0 for a task)
-                    error._crash = (*finished, describe_exit(code))  # type: ignore[attr-defined]
+                    error._crash = (*finished, how)  # type: ignore[attr-defined]
             handle._finish(FAILED, error)
         if terminating and init_failure is None:
             for handle in outstanding[1:]:  # sent behind the first: never started

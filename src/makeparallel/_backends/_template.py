@@ -263,6 +263,7 @@ class Template:
         for child in self._children.values():
             if child.returncode is None:
                 child.returncode = -signal.SIGKILL
+                child.with_template = True
         self._children.clear()
 
     def close(self) -> None:
@@ -312,6 +313,7 @@ class ForkedProcess:
         self.returncode: int | None = None
         self.refused: OSError | None = None  # why the system refused to fork it, if it did
         self.declined = False  # the template runs other threads, and did not fork it: no failed start
+        self.with_template = False  # it died because the template did (parent-death signal), not on its own
 
     def poll(self) -> int | None:
         if self.returncode is None:
