@@ -14,6 +14,7 @@ dumps every thread's traceback should anything hang.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -439,6 +440,7 @@ def test_interpreter_exit_with_a_running_task_leaves_no_worker(exit_timeout: flo
 
 
 CTRL_C_SCRIPT = """
+import functools
 import json
 import makeparallel as mp
 
@@ -550,3 +552,90 @@ def test_a_task_sent_to_a_worker_that_dies_before_starting_it_runs_elsewhere() -
         assert info()["worker_restarts"] >= 1
     finally:
         mp.configure_process_pool(before)
+
+
+# -- what the user stopped as a whole does not go on -------------------------------------------
+
+
+def spin_as_item_one(folder: str, item: int) -> int:
+    """``item``; item 1 writes its worker's pid in ``folder``, then spins until its worker is killed."""
+    if item == 1:
+        Path(folder, str(os.getpid())).touch()
+        while True:
+            pass
+    return item
+
+
+def raise_once_item_one_spins(folder: str, item: int) -> int:
+    """``spin_as_item_one``, but item 0 raises once item 1 spins."""
+    if item == 0:
+        assert wait_until(lambda: bool(os.listdir(folder)), 30)
+        raise ValueError("item 0 fails")
+    return spin_as_item_one(folder, item)
+
+
+def spinning_worker(folder: Path) -> int:
+    """The pid of the worker whose item spins, once it does."""
+    assert wait_until(lambda: bool(os.listdir(folder)), 30)
+    return int(os.listdir(folder)[0])
+
+
+def interrupt_main_thread_inside(module: str) -> threading.Thread:
+    """A thread that sends this process's main thread SIGINT (a Ctrl-C) once it runs code of ``module``."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:
+        def inside() -> bool:
+            frame = sys._current_frames().get(main)
+            while frame is not None and frame.f_globals.get("__name__") != module:
+                frame = frame.f_back
+            return frame is not None
+
+        assert wait_until(inside, 30)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(60)
+def test_leaving_an_imap_early_stops_its_item_still_running_on_a_worker(tmp_path: Path) -> None:
+    # A plain cancel let the item run to its end (here never), its worker busy and the
+    # next map waiting for it; now the worker of an item still running is replaced.
+    fresh_process_pool(2)
+    items = mp.imap(functools.partial(spin_as_item_one, str(tmp_path)), range(2), backend="process", chunksize=1)
+    assert next(items) == 0
+    pid = spinning_worker(tmp_path)
+
+    items.close()
+
+    assert wait_until(lambda: gone(pid), 15)
+    assert mp.parallel_map(abs, [-1, -2, -3], backend="process") == [1, 2, 3]
+
+
+@pytest.mark.timeout(60)
+def test_a_map_that_raises_stops_its_other_item_still_running_on_a_worker(tmp_path: Path) -> None:
+    fresh_process_pool(2)
+    with pytest.raises(ValueError, match="item 0 fails"):
+        mp.parallel_map(
+            functools.partial(raise_once_item_one_spins, str(tmp_path)), range(2), backend="process", chunksize=1
+        )
+    assert wait_until(lambda: gone(spinning_worker(tmp_path)), 15)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_gather_waits_stops_the_task_running_on_a_worker(tmp_path: Path) -> None:
+    fresh_process_pool(1)
+    handle = mp.parallel(backend="process")(spin_as_item_one)(str(tmp_path), 1)
+    pid = spinning_worker(tmp_path)
+    interrupting = interrupt_main_thread_inside("makeparallel._collect")
+
+    with pytest.raises(KeyboardInterrupt):
+        mp.gather([handle], timeout=30)
+
+    interrupting.join(30)
+    assert handle.status == "cancelled"
+    assert wait_until(lambda: gone(pid), 15)
+    assert mp.parallel(backend="process")(abs)(-4).get(timeout=30) == 4

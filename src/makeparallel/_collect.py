@@ -11,6 +11,8 @@ busy running a task, it could not report another task's failure at once.
 
 Ctrl-C while collecting cancels the tasks not yet ended, in bulk (one lock
 round per backend, see ``cancel_all``), and re-raises; the pool stays usable.
+A task still running on a worker process a moment later has its worker
+replaced (``cancel_and_stop``): what the user stopped does not go on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from . import _interruptible
 from ._backends._base import BlockingWait
-from ._handle import AsyncHandle, cancel_all
+from ._handle import AsyncHandle, cancel_and_stop
 from ._progress import ProgressOption, open_progress
 from ._states import PENDING, SUCCEEDED
 from ._task_context import current_task
@@ -86,7 +88,7 @@ def _cancel_after_interrupt(handles: object, items: list[AsyncHandle[Any]] | Non
         if not isinstance(handles, (list, tuple, set, frozenset)):
             return  # an iterator, partly read: its handles cannot be seen again
         items = [h for h in handles if isinstance(h, AsyncHandle)]
-    cancel_all(items)
+    cancel_and_stop(items)
 
 
 def stop_following(handles: Iterable[AsyncHandle[Any]], callback: Callable[..., Any]) -> None:
@@ -344,7 +346,7 @@ def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None)
         finally:  # also when the consumer leaves the loop early
             completions.stop_following(pending)
     except KeyboardInterrupt:  # raised while waiting here, not in the consumer's loop body
-        cancel_all(list(pending))
+        cancel_and_stop(list(pending))
         raise
 
 
@@ -400,7 +402,7 @@ def wait(
     except TaskTimeoutError:
         pass
     except KeyboardInterrupt:
-        cancel_all(items)
+        cancel_and_stop(items)
         raise
     done = {h for h in items if h.done()}
     return DoneAndNotDone(done, set(items) - done)

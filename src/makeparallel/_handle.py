@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from ._backends._base import Backend
     from ._retry import Attempts
 
-__all__ = ["AsyncHandle", "TaskObserver", "cancel_all"]
+__all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop"]
 
 T = TypeVar("T")
 
@@ -73,6 +73,9 @@ _log = logging.getLogger("makeparallel")
 _now = time.perf_counter
 _allocate_lock = threading.Lock
 _task_ids = itertools.count(1)
+#: Seconds that the code of tasks cancelled by :func:`cancel_and_stop` has to stop by
+#: itself (a map chunk stops between slices of about a millisecond) before it is forced.
+STOP_GRACE = 0.1
 #: The keyword arguments of every task called without any; never changed.
 NO_KWARGS: dict[str, Any] = {}
 
@@ -1112,3 +1115,35 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
                 by_backend[handle._backend] = group = []
             group.append(handle)
     return sum(backend._cancel_together(group) for backend, group in by_backend.items())
+
+
+def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
+    """:func:`cancel_all`, then force the tasks whose code still runs ``STOP_GRACE`` seconds later.
+
+    For what the user stopped as a whole: a map that ended early (an item's
+    error, Ctrl-C, an ``imap`` loop left) and Ctrl-C while collecting. A plain
+    cancel only asks a running task to stop at its next ``check_cancelled()``:
+    an item or task still running went on to its end on its worker process,
+    for seconds or for good, and the pool's next tasks waited for it. Forced,
+    such a worker is replaced, as at a timeout; code that stops by itself
+    within the grace (a map chunk of cheap items, between slices) keeps its
+    worker. Threads cannot be stopped: their code goes on, as after any cancel.
+    """
+    cancel_all(handles)
+    running = [handle for handle in handles if not handle._code_done]
+    if running:
+        _deadlines.schedule(_StopIfRunning(running), _now() + STOP_GRACE)
+
+
+class _StopIfRunning:
+    """Cancelled tasks to force at their grace's end (a :mod:`_deadlines` entry), if their code still runs then."""
+
+    __slots__ = ("_handles",)
+
+    def __init__(self, handles: list[AsyncHandle[Any]]) -> None:
+        self._handles = handles
+
+    def _expire(self) -> None:
+        for handle in self._handles:
+            if not handle._code_done and handle._state == CANCELLED:
+                handle._backend._abandoned(handle, True)

@@ -69,7 +69,7 @@ from ._decorators import (
     _plain_code,
     _returns_coroutines,
 )
-from ._handle import AsyncHandle, cancel_all
+from ._handle import AsyncHandle, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING, SUCCEEDED
@@ -906,8 +906,8 @@ class _Mapper:
                 self._fill()
             finished = True
         finally:
-            if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped
-                cancel_all([handle for handle, _ in self._in_flight])
+            if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped: nothing of it goes on
+                cancel_and_stop([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
 
