@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from makeparallel._cpus import usable_cpus
+from makeparallel._backends import _process
+from makeparallel._cpus import UsableCpus, usable_cpus
 from pool_helpers import Flags, exit_alone, fresh_process_pool, live_worker_pids, pid_once_released, wait_until
 
 pytestmark = [
@@ -919,6 +920,46 @@ def test_workers_get_thread_limits_for_their_share_of_the_cpus(monkeypatch: pyte
     expected = str(max(1, usable_cpus().cpus // 2))
     assert on_process(thread_limits)().get(timeout=30) == dict.fromkeys(THREAD_VARIABLES, expected)
     assert info()["thread_limits"] == dict.fromkeys(THREAD_VARIABLES, expected)
+
+
+def limits_once_two_ran(folder: str) -> tuple[int, str | None]:
+    """This worker's pid and ``OPENBLAS_NUM_THREADS``, once two tasks of this kind started (on two workers)."""
+    Path(folder, str(os.getpid())).touch()
+    while len(os.listdir(folder)) < 2:
+        threading.Event().wait(0.005)
+    return os.getpid(), os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs (gone, or a zombie its parent has yet to reap)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Grown from one worker to two, the pool ran the first worker's BLAS threads, all
+    # the cores', beside the new one's half, for good: a library takes its count as it
+    # loads. Once a worker of the new size is ready, the old one is replaced.
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
+    fresh_process_pool(1)
+    first = on_process(os.getpid)().get(timeout=30)
+    assert on_process(thread_limits)().get(timeout=30)["OPENBLAS_NUM_THREADS"] == "8"
+    restarts = info()["worker_restart_reasons"]
+
+    mp.configure_process_pool(2, prestart=True)
+
+    assert wait_until(lambda: ended(first), 30)
+    ran = [on_process(limits_once_two_ran)(str(tmp_path)) for _ in range(2)]
+    assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
+    assert info()["worker_restart_reasons"] == restarts  # replaced as for a new initializer: no restart
 
 
 def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:

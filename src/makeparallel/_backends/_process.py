@@ -157,7 +157,7 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
         "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
-        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason",
+        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "thread_limits",
     )
 
     def __init__(
@@ -168,8 +168,10 @@ class _Worker:
         path_version: int,
         configured_at: float,
         start_round: int,
+        thread_limits: dict[str, str],
     ) -> None:
         self.process = process
+        self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -664,7 +666,8 @@ class ProcessBackend(QueueingBackend):
         journal = None
         try:
             journal = JournalReader(journal_fd)
-            environ = {**environment(), **thread_limits(self._num_workers)}
+            limits = thread_limits(self._num_workers)
+            environ = {**environment(), **limits}
             forked = self._fork(child_end, journal_fd, environ) if template_available() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
@@ -679,7 +682,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at, self._start_round)
+        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at, self._start_round, limits)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -1125,6 +1128,22 @@ class ProcessBackend(QueueingBackend):
             self._requeue_held_locked(worker)  # never sent: they run on another worker
         self._control.append((worker, ("stop",)))
 
+    def _replace_one_with_more_threads_locked(self, ready: _Worker) -> None:
+        """Replace one worker started with more BLAS and OpenMP threads than ``ready``, which just got set up.
+
+        A library takes its thread count as it loads, from the worker's
+        environment (:func:`thread_limits`): grown from one worker to two on two
+        cores, the pool ran the first worker's two threads beside the new
+        one's one, for good. Replaced once a worker of the new size is ready,
+        not as the pool grows: where none can start (no process left), the
+        old ones go on running the tasks. A worker started under a larger pool
+        has fewer threads than its share, which oversubscribes nothing: kept.
+        """
+        for worker in self._workers:
+            if worker.ready and not worker.leaving and _more_threads(worker.thread_limits, ready.thread_limits):
+                self._recycle_locked(worker, "")
+                return
+
     def _take_queued_locked(self) -> list[AsyncHandle[Any]]:
         """Claim every queued task (to fail them: the pool starts no workers)."""
         taken = []
@@ -1207,6 +1226,7 @@ class ProcessBackend(QueueingBackend):
                     worker.ready = True
                     self._failed_starts = 0
                     self._short_of_workers = None
+                    self._replace_one_with_more_threads_locked(worker)
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
                 if worker.held is not None:
@@ -1645,6 +1665,11 @@ def thread_limits(num_workers: int) -> dict[str, str]:
     """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here."""
     per_worker = str(max(1, usable_cpus().cpus // max(1, num_workers)))
     return {name: per_worker for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
+
+
+def _more_threads(started_with: dict[str, str], limits: dict[str, str]) -> bool:
+    """Whether a worker started with thread limits ``started_with`` may run more threads than ``limits`` allow."""
+    return any(int(count) > int(limits.get(name, count)) for name, count in started_with.items())
 
 
 def _resident_bytes(worker: _Worker) -> int | None:
