@@ -74,9 +74,13 @@ def hold_memory_at_start(mib: int) -> None:
     hold_memory(mib)
 
 
-def limit_above_an_idle_worker() -> tuple[int, int]:
-    """Start one cold worker; return its pid and a limit ``MARGIN`` above its memory."""
-    fresh_process_pool(1)
+def limit_above_an_idle_worker(num_workers: int = 1) -> tuple[int, int]:
+    """Start a cold pool of ``num_workers``; return the pid of the worker that ran a task, and a limit ``MARGIN`` above its memory.
+
+    Sized at once: a pool grown later replaces its first worker, started with
+    more BLAS threads, once a new one is ready, which no memory limit counts.
+    """
+    fresh_process_pool(num_workers)
     pid, rss = on_process(resident)().get(timeout=30)
     return pid, rss + MARGIN
 
@@ -151,8 +155,8 @@ def test_memory_a_task_gave_back_before_it_ended_does_not_count() -> None:
 
 
 def test_no_task_is_lost_when_workers_are_replaced_with_a_queue_behind_them() -> None:
-    _, limit = limit_above_an_idle_worker()
-    mp.configure_process_pool(2, max_worker_memory=limit)
+    _, limit = limit_above_an_idle_worker(2)
+    mp.configure_process_pool(max_worker_memory=limit)
     before = memory_restarts()
 
     holding = range(0, 20, 5)
