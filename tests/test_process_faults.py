@@ -14,6 +14,7 @@ dumps every thread's traceback should anything hang.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -31,6 +32,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
+from makeparallel._backends import _process
 from pool_helpers import Flags, fresh_process_pool, wait_until
 
 pytestmark = [
@@ -440,6 +442,7 @@ def test_interpreter_exit_with_a_running_task_leaves_no_worker(exit_timeout: flo
 
 
 CTRL_C_SCRIPT = """
+import asyncio
 import functools
 import json
 import makeparallel as mp
@@ -616,13 +619,21 @@ def test_leaving_an_imap_early_stops_its_item_still_running_on_a_worker(tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_a_map_that_raises_stops_its_other_item_still_running_on_a_worker(tmp_path: Path) -> None:
+def test_a_map_that_raises_stops_its_other_item_still_running_on_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fresh_process_pool(2)
+    clock = time.monotonic() + 2 * _process.RESTART_WINDOW  # forgets earlier restarts
+    monkeypatch.setattr(_process, "_now", lambda: clock)
+    stopped = mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0)
     with pytest.raises(ValueError, match="item 0 fails"):
         mp.parallel_map(
             functools.partial(raise_once_item_one_spins, str(tmp_path)), range(2), backend="process", chunksize=1
         )
     assert wait_until(lambda: gone(spinning_worker(tmp_path)), 15)
+    # Counted, but no incident: a program that rejects a batch now and then is in no restart storm.
+    assert wait_until(lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0) == stopped + 1, 15)
+    assert mp.get_process_pool_info()["restarts_in_window"] == 0
 
 
 @pytest.mark.timeout(60)
@@ -639,3 +650,19 @@ def test_ctrl_c_while_gather_waits_stops_the_task_running_on_a_worker(tmp_path: 
     assert handle.status == "cancelled"
     assert wait_until(lambda: gone(pid), 15)
     assert mp.parallel(backend="process")(abs)(-4).get(timeout=30) == 4
+
+
+@pytest.mark.timeout(60)
+def test_an_async_imap_that_raises_stops_its_other_item_still_running_on_a_worker(tmp_path: Path) -> None:
+    # async for ended its chunks as a cancelled await does (async_cancel): a plain cancel.
+    fresh_process_pool(2)
+
+    async def consume() -> None:
+        async for _ in mp.imap(
+            functools.partial(raise_once_item_one_spins, str(tmp_path)), range(2), backend="process", chunksize=1
+        ):
+            pass
+
+    with pytest.raises(ValueError, match="item 0 fails"):
+        asyncio.run(consume())
+    assert wait_until(lambda: gone(spinning_worker(tmp_path)), 15)

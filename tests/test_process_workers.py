@@ -924,6 +924,7 @@ def test_workers_get_thread_limits_for_their_share_of_the_cpus(monkeypatch: pyte
 
 def limits_once_two_ran(folder: str) -> tuple[int, str | None]:
     """This worker's pid and ``OPENBLAS_NUM_THREADS``, once two tasks of this kind started (on two workers)."""
+    os.makedirs(folder, exist_ok=True)
     Path(folder, str(os.getpid())).touch()
     while len(os.listdir(folder)) < 2:
         threading.Event().wait(0.005)
@@ -960,6 +961,22 @@ def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(
     ran = [on_process(limits_once_two_ran)(str(tmp_path)) for _ in range(2)]
     assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
     assert info()["worker_restart_reasons"] == restarts  # replaced as for a new initializer: no restart
+
+
+def test_a_worker_still_starting_as_the_pool_grew_is_replaced_once_ready(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Only the workers ready as another got ready were looked at: one still in its
+    # initializer as the pool grew kept its threads, all the cores', for good.
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
+    with one_of_two_workers_starting(tmp_path):
+        ready = on_process(os.getpid)().get(timeout=20)
+        [starting] = [pid for pid in info()["worker_pids"] if pid != ready]
+    assert wait_until(lambda: ended(starting), 30)
+    ran = [on_process(limits_once_two_ran)(str(tmp_path / "ran")) for _ in range(2)]
+    assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
 
 
 def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1146,4 +1146,4 @@ class _StopIfRunning:
     def _expire(self) -> None:
         for handle in self._handles:
             if not handle._code_done and handle._state == CANCELLED:
-                handle._backend._abandoned(handle, True)
+                handle._backend._stop_abandoned(handle)

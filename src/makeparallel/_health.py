@@ -11,7 +11,8 @@ never end, so restart the process); ``ready`` that it should be sent work.
 
 A restart storm: more worker process restarts (crashes, timeouts, forced
 cancels, ``max_worker_memory``; not the replacements ``max_tasks_per_child``
-asks for) within the last 10 seconds than the pool has workers. One restart per
+asks for, nor workers stopped with a map or a batch that was stopped as a
+whole, ``"stopped"``) within the last 10 seconds than the pool has workers. One restart per
 worker in that time is an incident; more means most tasks are failing and the
 pool spends its time starting processes.
 """

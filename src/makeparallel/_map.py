@@ -918,7 +918,7 @@ class _Mapper:
         from ._async_collect import AsyncCompletions
         from ._await import cancel_crossing, ended
 
-        finished = False
+        finished = cancelled = False
         self._progress = open_progress(self._progress_option, self._total, self._name)
         try:
             if not self._ordered:
@@ -947,9 +947,14 @@ class _Mapper:
                 self._items_in_flight -= taken
                 self._fill()
             finished = True
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            if not finished:  # an error, a timeout, cancellation, or the consumer stopped
+            if cancelled:  # as a cancelled await stops its task (async_cancel)
                 cancel_crossing([handle for handle, _ in self._in_flight])
+            elif not finished:  # an error, a timeout, or the consumer stopped: as chunks() stops them
+                cancel_and_stop([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
 

@@ -207,6 +207,13 @@ class Backend:
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
 
+    def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
+        """A task cancelled with a map or a batch that was stopped as a whole still runs: kill it if possible.
+
+        As a forced cancel, but the library's own step (``cancel_and_stop``), not the user's.
+        """
+        self._abandoned(handle, True)
+
     def _cancel_together(self, handles: list[AsyncHandle[Any]]) -> int:
         """Cancel these tasks of this backend in one lock round; return how many ended.
 

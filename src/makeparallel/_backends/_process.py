@@ -157,7 +157,7 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
         "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
-        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "thread_limits",
+        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "thread_limits", "too_many_threads",
     )
 
     def __init__(
@@ -172,6 +172,7 @@ class _Worker:
     ) -> None:
         self.process = process
         self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
+        self.too_many_threads = False  # more of them than the pool's size gives now: replaced once idle
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -305,8 +306,11 @@ class ProcessBackend(QueueingBackend):
         """Set the pool's size and worker set-up; a pool that stopped starting workers starts again.
 
         A new ``setup`` replaces the running workers as they become idle, so
-        every task from now on runs after the new initializer.
+        every task from now on runs after the new initializer. A larger
+        ``num_workers`` marks the workers started with more BLAS and OpenMP
+        threads than each now gets (:meth:`_replace_if_too_many_threads_locked`).
         """
+        limits = None if num_workers is None else thread_limits(num_workers)
         with self._lock:
             self._configured_at = time.perf_counter()
             self._failed_starts = 0
@@ -317,6 +321,10 @@ class ProcessBackend(QueueingBackend):
                     self._stale = {w for w in self._workers if w.outstanding}
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
+                for worker in self._workers:
+                    worker.too_many_threads = _more_threads(worker.thread_limits, limits)  # type: ignore[arg-type]
+                for worker in list(self._workers):
+                    self._replace_if_too_many_threads_locked(worker)
             if setup is not None and setup != self._setup:
                 self._setup = setup
                 self._take_path_locked()  # pickling the initializer may have pinned its module
@@ -543,6 +551,21 @@ class ProcessBackend(QueueingBackend):
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
             else:  # ask it to stop at its next check_cancelled(), or never to start
                 self._control.append((worker, ("cancel", handle._id, handle._value)))
+        self._wake()
+
+    def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
+        """Kill the worker still running ``handle``, a task of a map or a batch stopped as a whole.
+
+        Counted as ``"stopped"`` in ``worker_restart_reasons``, and no incident
+        for ``health()``: a program that rejects a batch now and then (an item's
+        error) had its pool reported in a restart storm of crashes or timeouts.
+        """
+        with self._lock:
+            worker = next((w for w in self._workers if w.outstanding and w.outstanding[0] is handle), None)
+            if worker is None or (worker.held is not None and handle in worker.held[0]):
+                return
+            worker.killing = True
+            worker.stop_reason = "stopped"
         self._wake()
 
     # -- the loop ----------------------------------------------------------------------
@@ -1128,21 +1151,25 @@ class ProcessBackend(QueueingBackend):
             self._requeue_held_locked(worker)  # never sent: they run on another worker
         self._control.append((worker, ("stop",)))
 
-    def _replace_one_with_more_threads_locked(self, ready: _Worker) -> None:
-        """Replace one worker started with more BLAS and OpenMP threads than ``ready``, which just got set up.
+    def _replace_if_too_many_threads_locked(self, worker: _Worker, finishing: int = 0) -> None:
+        """Replace ``worker`` if it started with more BLAS and OpenMP threads than the pool's size gives now.
 
         A library takes its thread count as it loads, from the worker's
-        environment (:func:`thread_limits`): grown from one worker to two on two
-        cores, the pool ran the first worker's two threads beside the new
-        one's one, for good. Replaced once a worker of the new size is ready,
-        not as the pool grows: where none can start (no process left), the
-        old ones go on running the tasks. A worker started under a larger pool
-        has fewer threads than its share, which oversubscribes nothing: kept.
+        environment (:func:`thread_limits`): grown from one worker to two on
+        two cores, the pool ran the first worker's two threads beside the new
+        one's one, for good. Replaced once it is ready and idle (a busy one,
+        replaced, ran beside its replacement: more workers at work than the
+        pool's size), and only while another worker is ready: where no new one
+        can start (no process left), it goes on running the tasks. Asked when
+        the pool grows, when a worker gets ready (it, and each idle one), and
+        when it ends its tasks. A worker started under a larger pool has fewer
+        threads than its share, which oversubscribes nothing: kept.
+        ``finishing``: how many of its tasks just ended, their results not yet seen.
         """
-        for worker in self._workers:
-            if worker.ready and not worker.leaving and _more_threads(worker.thread_limits, ready.thread_limits):
-                self._recycle_locked(worker, "")
-                return
+        if not worker.too_many_threads or len(worker.outstanding) > finishing or worker.leaving or not worker.ready:
+            return
+        if any(other is not worker and other.ready and not other.leaving for other in self._workers):
+            self._recycle_locked(worker, "")
 
     def _take_queued_locked(self) -> list[AsyncHandle[Any]]:
         """Claim every queued task (to fail them: the pool starts no workers)."""
@@ -1193,6 +1220,9 @@ class ProcessBackend(QueueingBackend):
                     # It is about to be idle: checked before its results are seen and
                     # while it still looks busy, so that no task is sent to it meanwhile.
                     self._recycle_if_over_memory(worker)
+                if worker.too_many_threads:  # (rare: the pool grew) replaced as it gets idle, as for memory
+                    with self._lock:
+                        self._replace_if_too_many_threads_locked(worker, finishing=len(message[1]))
                 for task_id, ok, data, sizes, seconds in message[1]:
                     buffers = [worker.conn.recv_frame() for _ in sizes]
                     with self._lock:
@@ -1226,7 +1256,8 @@ class ProcessBackend(QueueingBackend):
                     worker.ready = True
                     self._failed_starts = 0
                     self._short_of_workers = None
-                    self._replace_one_with_more_threads_locked(worker)
+                    for idle in list(self._workers):  # each idle one, this one included
+                        self._replace_if_too_many_threads_locked(idle)
                 if self._max_worker_memory is not None:
                     self._check_fresh_worker_memory(worker)
                 if worker.held is not None:
@@ -1362,7 +1393,7 @@ class ProcessBackend(QueueingBackend):
             self._dying -= 1  # its death is counted in the same look at info()
             if restart is not None and refused is None and not declined:  # no restart: it never started
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
-                if restart != "max_tasks_per_child":  # asked for by the configuration: no incident for health()
+                if restart not in ("max_tasks_per_child", "stopped"):  # asked for (the configuration, a stop): no incident
                     self._recent_restarts.append(_now())
                     self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
