@@ -33,6 +33,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._backends import _process
+from makeparallel._handle import cancel_and_stop
 from pool_helpers import Flags, fresh_process_pool, wait_until
 
 pytestmark = [
@@ -666,3 +667,51 @@ def test_an_async_imap_that_raises_stops_its_other_item_still_running_on_a_worke
     with pytest.raises(ValueError, match="item 0 fails"):
         asyncio.run(consume())
     assert wait_until(lambda: gone(spinning_worker(tmp_path)), 15)
+
+
+def finish_when_released(flags: Flags, name: str) -> str:
+    """Say that task ``name`` started, wait for its release, then end (a task of a stopped batch that ends by itself)."""
+    flags.set(f"{name} started")
+    assert flags.wait_for_release(f"release {name}")
+    return name
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_task_that_ends_by_itself_as_its_worker_starts_the_next_leaves_that_task_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop came as the task ended by itself, with the pool's loop busy (reading a large
+    # result): the worker had started a task sent behind it, which the kill ended instead,
+    # "no other task was affected". The loop now looks which task the worker runs first.
+    fresh_process_pool(1)
+    mp.gather([mp.parallel(backend="process")(abs)(-i) for i in range(100)])  # short tasks: sent ahead
+    flags = Flags(str(tmp_path))
+    reached, go_on, looked = threading.Event(), threading.Event(), threading.Event()
+    kill_marked = _process.ProcessBackend._kill_marked
+
+    def kill_marked_once_released(backend: Any) -> None:  # the loop, held while the worker moves on
+        if any(worker.killing for worker in backend._workers) and not go_on.is_set():
+            reached.set()
+            assert go_on.wait(30)
+            kill_marked(backend)
+            looked.set()
+            return
+        kill_marked(backend)
+
+    monkeypatch.setattr(_process.ProcessBackend, "_kill_marked", kill_marked_once_released)
+    task = mp.parallel(backend="process")(finish_when_released)
+    stopped = task(flags, "stopped")
+    behind = task(flags, "behind")
+    after = [mp.parallel(backend="process")(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    assert flags.wait("stopped started", 30)
+
+    cancel_and_stop([stopped])  # what a map that raised, or Ctrl-C in gather, does
+
+    assert reached.wait(30)  # the grace passed with the task still running: its worker is marked
+    flags.set("release stopped")
+    assert flags.wait("behind started", 30)  # sent behind it, now running
+    go_on.set()
+    assert looked.wait(30)  # the loop's look at the workers to kill, with the next task running
+    flags.set("release behind")
+    assert behind.get(timeout=30) == "behind"
+    assert [handle.get(timeout=30) for handle in after] == [0, 1, 2]

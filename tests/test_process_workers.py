@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -922,6 +923,10 @@ def test_workers_get_thread_limits_for_their_share_of_the_cpus(monkeypatch: pyte
     assert info()["thread_limits"] == dict.fromkeys(THREAD_VARIABLES, expected)
 
 
+# A task with a timeout goes only to an idle worker, never behind another task: two run on two workers.
+alone_on_a_worker = mp.parallel(backend="process", timeout=60)
+
+
 def limits_once_two_ran(folder: str) -> tuple[int, str | None]:
     """This worker's pid and ``OPENBLAS_NUM_THREADS``, once two tasks of this kind started (on two workers)."""
     os.makedirs(folder, exist_ok=True)
@@ -958,7 +963,7 @@ def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(
     mp.configure_process_pool(2, prestart=True)
 
     assert wait_until(lambda: ended(first), 30)
-    ran = [on_process(limits_once_two_ran)(str(tmp_path)) for _ in range(2)]
+    ran = [alone_on_a_worker(limits_once_two_ran)(str(tmp_path)) for _ in range(2)]
     assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
     assert info()["worker_restart_reasons"] == restarts  # replaced as for a new initializer: no restart
 
@@ -975,8 +980,41 @@ def test_a_worker_still_starting_as_the_pool_grew_is_replaced_once_ready(
         ready = on_process(os.getpid)().get(timeout=20)
         [starting] = [pid for pid in info()["worker_pids"] if pid != ready]
     assert wait_until(lambda: ended(starting), 30)
-    ran = [on_process(limits_once_two_ran)(str(tmp_path / "ran")) for _ in range(2)]
+    ran = [alone_on_a_worker(limits_once_two_ran)(str(tmp_path / "ran")) for _ in range(2)]
     assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
+
+
+def test_a_worker_whose_start_the_pool_grew_during_is_replaced_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The pool's loop read the limits of a pool of one, then the pool grew before the
+    # worker was in its list: it was never marked, and kept all the cores' threads.
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
+    fresh_process_pool(1)
+    computing, go_on = threading.Event(), threading.Event()
+    limits_of = _process.thread_limits
+
+    def limits_held_in_the_loop(num_workers: int) -> dict[str, str]:
+        limits = limits_of(num_workers)
+        if threading.current_thread().name == "makeparallel-process-loop" and not go_on.is_set():
+            computing.set()
+            assert go_on.wait(30)
+        return limits
+
+    monkeypatch.setattr(_process, "thread_limits", limits_held_in_the_loop)
+    first = on_process(os.getpid)()  # its worker starts
+    assert computing.wait(30)
+    mp.configure_process_pool(2)  # as the first worker starts, its limits read
+    go_on.set()
+    first.get(timeout=30)
+    rounds = itertools.count()
+
+    def two_workers_with_the_new_limits() -> bool:
+        folder = str(tmp_path / str(next(rounds)))
+        ran = [alone_on_a_worker(limits_once_two_ran)(folder) for _ in range(2)]
+        return [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
+
+    assert wait_until(two_workers_with_the_new_limits, 30)  # else one of them kept 8 for good
 
 
 def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:

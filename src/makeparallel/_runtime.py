@@ -408,10 +408,10 @@ def configure_process_pool(
         num_workers: worker processes (an int >= 1); defaults to the cores this
             process may use. A larger pool starts workers as work arrives; a
             smaller one sends surplus workers no new task and stops each once
-            it is idle (the first to finish is kept). In a larger one, each new
-            worker that gets ready replaces one started with more BLAS and
-            OpenMP threads (``get_process_pool_info()["thread_limits"]``) once
-            that one's tasks end.
+            it is idle (the first to finish is kept). In a larger one, a
+            worker started with more BLAS and OpenMP threads than the new size
+            gives (``get_process_pool_info()["thread_limits"]``) is replaced
+            once it is idle and another worker is ready.
         initializer: called as ``initializer(*initargs)`` once in each worker
             before its first task (load a model, open a connection), and again
             in each replacement worker; ``None`` removes it. A new initializer

@@ -157,7 +157,8 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
         "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
-        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "thread_limits", "too_many_threads",
+        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task", "thread_limits",
+        "too_many_threads",
     )
 
     def __init__(
@@ -173,6 +174,7 @@ class _Worker:
         self.process = process
         self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
         self.too_many_threads = False  # more of them than the pool's size gives now: replaced once idle
+        self.stop_task: int | None = None  # the task of a stopped map or batch it is killed for (_stop_abandoned)
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -286,6 +288,8 @@ class ProcessBackend(QueueingBackend):
         self._path_version = 0
         _alive.add(self)
         self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
+        # The thread limits of the pool's size as last configured; None: never resized.
+        self._thread_limits: dict[str, str] | None = None
         self._loop_deaths = 0  # loop threads that died of an error in the pool itself
         self._paused = False  # memory is short: one task runs at a time
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
@@ -321,6 +325,7 @@ class ProcessBackend(QueueingBackend):
                     self._stale = {w for w in self._workers if w.outstanding}
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
+                self._thread_limits = limits
                 for worker in self._workers:
                     worker.too_many_threads = _more_threads(worker.thread_limits, limits)  # type: ignore[arg-type]
                 for worker in list(self._workers):
@@ -562,10 +567,11 @@ class ProcessBackend(QueueingBackend):
         """
         with self._lock:
             worker = next((w for w in self._workers if w.outstanding and w.outstanding[0] is handle), None)
-            if worker is None or (worker.held is not None and handle in worker.held[0]):
+            if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
                 return
             worker.killing = True
             worker.stop_reason = "stopped"
+            worker.stop_task = handle._id
         self._wake()
 
     # -- the loop ----------------------------------------------------------------------
@@ -822,6 +828,8 @@ class ProcessBackend(QueueingBackend):
                 self._workers.append(worker)
                 if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
                     self._recycle_locked(worker, "")
+                if self._thread_limits is not None:  # resized as it started: its limits may be the old size's
+                    worker.too_many_threads = _more_threads(worker.thread_limits, self._thread_limits)
         if self._surplus or len(self._workers) > self._num_workers:  # (read unlocked: a later look sees a change)
             with self._lock:
                 self._shed_surplus_locked()
@@ -1605,6 +1613,12 @@ class ProcessBackend(QueueingBackend):
             if not worker.killing:
                 continue
             if worker.kill_at is None:
+                if worker.stop_task is not None and worker.journal.started() != worker.stop_task:
+                    # The stopped task ended by itself, and its worker started one sent behind it,
+                    # its result not read yet: a kill now would end that task instead.
+                    with self._lock:
+                        worker.killing, worker.stop_task, worker.stop_reason = False, None, "crashed"
+                    continue
                 if not _signalled(worker.process, kill=False):
                     _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
