@@ -326,9 +326,8 @@ class ProcessBackend(QueueingBackend):
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
                 self._thread_limits = limits
-                for worker in self._workers:
-                    worker.too_many_threads = _more_threads(worker.thread_limits, limits)  # type: ignore[arg-type]
                 for worker in list(self._workers):
+                    worker.too_many_threads = _more_threads(worker.thread_limits, limits)  # type: ignore[arg-type]
                     self._replace_if_too_many_threads_locked(worker)
             if setup is not None and setup != self._setup:
                 self._setup = setup
@@ -570,8 +569,7 @@ class ProcessBackend(QueueingBackend):
             if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
                 return
             worker.killing = True
-            worker.stop_reason = "stopped"
-            worker.stop_task = handle._id
+            worker.stop_task = handle._id  # its stop_reason is "stopped" once the loop signals it (_kill_marked)
         self._wake()
 
     # -- the loop ----------------------------------------------------------------------
@@ -1613,12 +1611,14 @@ class ProcessBackend(QueueingBackend):
             if not worker.killing:
                 continue
             if worker.kill_at is None:
-                if worker.stop_task is not None and worker.journal.started() != worker.stop_task:
-                    # The stopped task ended by itself, and its worker started one sent behind it,
-                    # its result not read yet: a kill now would end that task instead.
+                if worker.stop_task is not None:
                     with self._lock:
-                        worker.killing, worker.stop_task, worker.stop_reason = False, None, "crashed"
-                    continue
+                        if worker.journal.started() != worker.stop_task:
+                            # The stopped task ended by itself, and its worker started one sent behind
+                            # it, its result not read yet: a kill now would end that task instead.
+                            worker.killing, worker.stop_task = False, None
+                            continue
+                        worker.stop_reason = "stopped"
                 if not _signalled(worker.process, kill=False):
                     _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
