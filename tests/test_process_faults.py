@@ -690,7 +690,7 @@ def test_a_stopped_task_that_ends_by_itself_as_its_worker_starts_the_next_leaves
     kill_marked = _process.ProcessBackend._kill_marked
 
     def kill_marked_once_released(backend: Any) -> None:  # the loop, held while the worker moves on
-        if any(worker.killing for worker in backend._workers) and not go_on.is_set():
+        if any(worker.stop_task is not None for worker in backend._workers) and not go_on.is_set():
             reached.set()
             assert go_on.wait(30)
             kill_marked(backend)
@@ -707,7 +707,7 @@ def test_a_stopped_task_that_ends_by_itself_as_its_worker_starts_the_next_leaves
 
     cancel_and_stop([stopped])  # what a map that raised, or Ctrl-C in gather, does
 
-    assert reached.wait(30)  # the grace passed with the task still running: its worker is marked
+    assert reached.wait(30)  # the grace passed with the task still running: the loop is to look
     flags.set("release stopped")
     assert flags.wait("behind started", 30)  # sent behind it, now running
     go_on.set()

@@ -174,7 +174,7 @@ class _Worker:
         self.process = process
         self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
         self.too_many_threads = False  # more of them than the pool's size gives now: replaced once idle
-        self.stop_task: int | None = None  # the task of a stopped map or batch it is killed for (_stop_abandoned)
+        self.stop_task: int | None = None  # a task of a stopped map or batch to kill it for, if it still runs it
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -568,8 +568,7 @@ class ProcessBackend(QueueingBackend):
             worker = next((w for w in self._workers if w.outstanding and w.outstanding[0] is handle), None)
             if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
                 return
-            worker.killing = True
-            worker.stop_task = handle._id  # its stop_reason is "stopped" once the loop signals it (_kill_marked)
+            worker.stop_task = handle._id  # the loop marks it for killing if it still runs the task (_kill_marked)
         self._wake()
 
     # -- the loop ----------------------------------------------------------------------
@@ -1608,17 +1607,17 @@ class ProcessBackend(QueueingBackend):
     def _kill_marked(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
+            if worker.stop_task is not None:
+                with self._lock:
+                    # Unless the stopped task ended by itself and its worker started one sent behind
+                    # it, its result not read yet: a kill would end that task instead. (Killed
+                    # already for another reason, a timeout say, it is killed as that asked.)
+                    if not worker.killing and worker.journal.started() == worker.stop_task:
+                        worker.killing, worker.stop_reason = True, "stopped"
+                    worker.stop_task = None
             if not worker.killing:
                 continue
             if worker.kill_at is None:
-                if worker.stop_task is not None:
-                    with self._lock:
-                        if worker.journal.started() != worker.stop_task:
-                            # The stopped task ended by itself, and its worker started one sent behind
-                            # it, its result not read yet: a kill now would end that task instead.
-                            worker.killing, worker.stop_task = False, None
-                            continue
-                        worker.stop_reason = "stopped"
                 if not _signalled(worker.process, kill=False):
                     _end_writing(worker)
                 worker.kill_at = now + _TERMINATE_GRACE
