@@ -25,6 +25,7 @@ import makeparallel as mp
 from makeparallel._backends import _process
 from makeparallel._cpus import UsableCpus, usable_cpus
 from pool_helpers import Flags, exit_alone, fresh_process_pool, live_worker_pids, pid_once_released, wait_until
+from test_process_faults import gone
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -936,25 +937,25 @@ def limits_once_two_ran(folder: str) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get("OPENBLAS_NUM_THREADS")
 
 
-def ended(pid: int) -> bool:
-    """Whether process ``pid`` no longer runs (gone, or a zombie its parent has yet to reap)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # Grown from one worker to two, the pool ran the first worker's BLAS threads, all
-    # the cores', beside the new one's half, for good: a library takes its count as it
-    # loads. Once a worker of the new size is ready, the old one is replaced.
+@pytest.fixture
+def eight_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread limits the pool sets itself, as on eight usable CPUs: 8 for one worker, 4 for two."""
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
+
+
+def limits_of_two_workers(folder: Path) -> list[str]:
+    """The ``OPENBLAS_NUM_THREADS`` of two workers, each running a task at once."""
+    ran = [alone_on_a_worker(limits_once_two_ran)(str(folder)) for _ in range(2)]
+    return [limit for _, limit in (handle.get(timeout=30) for handle in ran)]
+
+
+@pytest.mark.usefixtures("eight_cpus")
+def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(tmp_path: Path) -> None:
+    # Grown from one worker to two, the pool ran the first worker's BLAS threads, all
+    # the cores', beside the new one's half, for good: a library takes its count as it
+    # loads. Once a worker of the new size is ready, the old one is replaced.
     fresh_process_pool(1)
     first = on_process(os.getpid)().get(timeout=30)
     assert on_process(thread_limits)().get(timeout=30)["OPENBLAS_NUM_THREADS"] == "8"
@@ -962,34 +963,26 @@ def test_a_grown_pool_replaces_its_workers_started_with_more_blas_threads(
 
     mp.configure_process_pool(2, prestart=True)
 
-    assert wait_until(lambda: ended(first), 30)
-    ran = [alone_on_a_worker(limits_once_two_ran)(str(tmp_path)) for _ in range(2)]
-    assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
+    assert wait_until(lambda: gone(first), 30)
+    assert limits_of_two_workers(tmp_path) == ["4", "4"]
     assert info()["worker_restart_reasons"] == restarts  # replaced as for a new initializer: no restart
 
 
-def test_a_worker_still_starting_as_the_pool_grew_is_replaced_once_ready(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("eight_cpus")
+def test_a_worker_still_starting_as_the_pool_grew_is_replaced_once_ready(tmp_path: Path) -> None:
     # Only the workers ready as another got ready were looked at: one still in its
     # initializer as the pool grew kept its threads, all the cores', for good.
-    for name in THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
     with one_of_two_workers_starting(tmp_path):
         ready = on_process(os.getpid)().get(timeout=20)
         [starting] = [pid for pid in info()["worker_pids"] if pid != ready]
-    assert wait_until(lambda: ended(starting), 30)
-    ran = [alone_on_a_worker(limits_once_two_ran)(str(tmp_path / "ran")) for _ in range(2)]
-    assert [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
+    assert wait_until(lambda: gone(starting), 30)
+    assert limits_of_two_workers(tmp_path / "ran") == ["4", "4"]
 
 
+@pytest.mark.usefixtures("eight_cpus")
 def test_a_worker_whose_start_the_pool_grew_during_is_replaced_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The pool's loop read the limits of a pool of one, then the pool grew before the
     # worker was in its list: it was never marked, and kept all the cores' threads.
-    for name in THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
     fresh_process_pool(1)
     computing, go_on = threading.Event(), threading.Event()
     limits_of = _process.thread_limits
@@ -1009,12 +1002,8 @@ def test_a_worker_whose_start_the_pool_grew_during_is_replaced_too(monkeypatch: 
     first.get(timeout=30)
     rounds = itertools.count()
 
-    def two_workers_with_the_new_limits() -> bool:
-        folder = str(tmp_path / str(next(rounds)))
-        ran = [alone_on_a_worker(limits_once_two_ran)(folder) for _ in range(2)]
-        return [limit for _, limit in (handle.get(timeout=30) for handle in ran)] == ["4", "4"]
-
-    assert wait_until(two_workers_with_the_new_limits, 30)  # else one of them kept 8 for good
+    # Else one of them kept 8 for good.
+    assert wait_until(lambda: limits_of_two_workers(tmp_path / str(next(rounds))) == ["4", "4"], 30)
 
 
 def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
