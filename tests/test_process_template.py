@@ -33,7 +33,7 @@ from makeparallel._backends._crash_journal import create_journal
 from makeparallel._backends._socketpair import blocking_socketpair
 from makeparallel._backends._template import Template, template_available
 from makeparallel._backends._template_start import StartedTemplate
-from makeparallel._cpus import usable_cpus
+from makeparallel._cpus import UsableCpus, usable_cpus
 from pool_helpers import fresh_process_pool, live_worker_pids, wait_until
 
 pytestmark = [
@@ -1507,6 +1507,20 @@ def test_blas_limits_hold_in_a_forked_worker(two_workers: None, monkeypatch: pyt
     expected = max(1, usable_cpus().cpus // 2)
     threads = on_process(blas_threads)().get(timeout=60)
     assert threads and all(count == expected for count in threads), threads
+
+
+def test_a_users_omp_num_threads_limits_openblas_in_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenBLAS reads OPENBLAS_NUM_THREADS before OMP_NUM_THREADS: the pool's own, set
+    # beside the user's OMP_NUM_THREADS=1, gave it all the worker's share of the cores.
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    for name in _process.THREAD_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))  # the pool's share: 8
+    fresh_process_pool(1)
+    threads = on_process(blas_threads)().get(timeout=60)
+    assert threads == [1] * len(threads) and threads, threads
 
 
 def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_workers: None, tmp_path: Path) -> None:

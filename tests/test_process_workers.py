@@ -1013,5 +1013,10 @@ def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch)
     fresh_process_pool(1)
     limits = on_process(thread_limits)().get(timeout=30)
     assert limits["OMP_NUM_THREADS"] == "3"
-    assert limits["MKL_NUM_THREADS"] == str(usable_cpus().cpus)
-    assert "OMP_NUM_THREADS" not in info()["thread_limits"]
+    assert limits["VECLIB_MAXIMUM_THREADS"] == str(usable_cpus().cpus)
+    # OpenBLAS, MKL and numexpr read OMP_NUM_THREADS where their own is not set: the
+    # pool's own would override the user's count.
+    assert limits["OPENBLAS_NUM_THREADS"] is None
+    assert limits["MKL_NUM_THREADS"] is None
+    assert limits["NUMEXPR_NUM_THREADS"] is None
+    assert info()["thread_limits"] == {"VECLIB_MAXIMUM_THREADS": str(usable_cpus().cpus)}

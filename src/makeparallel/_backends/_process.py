@@ -136,6 +136,14 @@ THREAD_LIMIT_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+# What each library reads where its own variable is not set (OpenBLAS's ``blas_get_cpu_number``,
+# MKL's and numexpr's documentation): a count the user set there is the library's, so the pool
+# sets none of its own above it.
+_FALLS_BACK_TO = {
+    "OPENBLAS_NUM_THREADS": ("GOTO_NUM_THREADS", "OMP_NUM_THREADS"),
+    "MKL_NUM_THREADS": ("OMP_NUM_THREADS",),
+    "NUMEXPR_NUM_THREADS": ("OMP_NUM_THREADS",),
+}
 
 
 # Types, not the strings this module's annotations are: typing.NamedTuple compiles
@@ -1706,9 +1714,18 @@ def _kind(value: Any) -> str:
 
 
 def thread_limits(num_workers: int) -> dict[str, str]:
-    """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here."""
+    """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here.
+
+    Nor where the library reads a variable set here instead (``OMP_NUM_THREADS=1`` alone is
+    OpenBLAS's, MKL's and numexpr's limit too): set, the pool's would override the user's.
+    """
     per_worker = str(max(1, usable_cpus().cpus // max(1, num_workers)))
-    return {name: per_worker for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
+    environ = os.environ
+    return {
+        name: per_worker
+        for name in THREAD_LIMIT_VARIABLES
+        if name not in environ and not any(other in environ for other in _FALLS_BACK_TO.get(name, ()))
+    }
 
 
 def _more_threads(started_with: dict[str, str], limits: dict[str, str]) -> bool:
