@@ -839,6 +839,34 @@ def test_a_module_of_a_package_in_a_namespace_package_whose_folder_is_gone_goes_
     assert in_a_worker(deep.which) == "first"
 
 
+@pytest.mark.parametrize("change", ["its folder left sys.path", "another portion put first"])
+def test_a_module_of_a_namespace_package_a_script_imported_goes_by_value_once_workers_would_import_another(
+    change: str, tmp_path: Path
+) -> None:
+    # With no relative entry on sys.path (a script's), only the package was looked for:
+    # the module's function went by name, and workers failed to import it, or ran the
+    # file of its name in a portion put first, with no error.
+    name = f"namespace_{uuid.uuid4().hex}"
+    add_module(tmp_path / "first", name, "which")
+    add_module(tmp_path / "second", name, "other")
+    add_module(tmp_path / "third", name, "which")
+    path_before = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
+    sys.path += [str(tmp_path / "first"), str(tmp_path / "second")]
+    try:
+        module = importlib.import_module(f"{name}.which")
+        if change == "its folder left sys.path":
+            sys.path.remove(str(tmp_path / "first"))
+        else:
+            sys.path.insert(0, str(tmp_path / "third"))
+        fresh_process_pool(1)
+        assert in_a_worker(module.which) == "first"
+    finally:
+        sys.path[:] = path_before
+        for loaded in [key for key in sys.modules if key == name or key.startswith(f"{name}.")]:
+            del sys.modules[loaded]
+
+
 def test_a_module_whose_spec_has_no_loader_attribute(
     through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -419,8 +419,8 @@ def _importable_by_name(module: str) -> bool:
         return known[1]
     top_level = module.partition(".")[0]
     found = _findable(top_level, answers.path)
-    if found and answers.asked != -1 and "." in module:
-        found = _still_in_its_folder(module)
+    if found and "." in module:
+        found = _still_in_its_folder(module) if answers.asked != -1 else _found_where_loaded(module)
     answers.importable[module] = (origin, found)
     if answers.asked != -1:
         examined = answers.examined.get(top_level)
@@ -486,6 +486,34 @@ def _still_in_its_folder(module: str) -> bool:
         if folder is not None and not _found_in(
             name, (os.path.join(folder, *parts[:depth]),), loaded, compare_folders=False
         ):
+            return False
+    return True
+
+
+def _found_where_loaded(module: str) -> bool:
+    """Whether each module in a namespace package, at and above ``module``, is found in the file it was loaded from.
+
+    Where ``sys.path`` has no relative entry (nothing is pinned), a worker
+    imports it along the package's path as ``sys.path`` makes it: every
+    portion, in order. With its folder gone from ``sys.path``, or another with
+    a module of its name put before it, a worker imported none, or another
+    file, with no error. True for a module of any other package.
+    """
+    parts = module.split(".")
+    for depth in range(1, len(parts)):
+        package = sys.modules.get(".".join(parts[:depth]))
+        if not is_namespace(_spec_of(package)):
+            continue
+        name = ".".join(parts[: depth + 1])
+        loaded = _spec_of(sys.modules.get(name))
+        if loaded is None or is_namespace(loaded):  # a namespace package in it: its modules are looked at
+            continue
+        try:
+            folders = tuple(package.__path__)  # looked for again along sys.path, as a worker's is
+        except Exception:  # a path that cannot be looked for: the worker's import would fail too
+            return False
+        found = _find_in(name, folders)
+        if found is None or not _same_file(found.origin, loaded.origin):
             return False
     return True
 
