@@ -502,7 +502,7 @@ def _found_where_loaded(module: str) -> bool:
     parts = module.split(".")
     for depth in range(1, len(parts)):
         package = sys.modules.get(".".join(parts[:depth]))
-        if not is_namespace(_spec_of(package)):
+        if package is None or not is_namespace(_spec_of(package)):
             continue
         name = ".".join(parts[: depth + 1])
         loaded = _spec_of(sys.modules.get(name))
