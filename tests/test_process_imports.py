@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import fresh_process_pool, which_of
+from pool_helpers import Flags, fresh_process_pool, pid_once_released, which_of
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -85,6 +85,35 @@ def test_a_module_imported_through_a_path_entry_removed_since(plugin: tuple[str,
     fresh_process_pool(2)  # no worker ever had that folder on its path
     assert mp.parallel(backend="process")(module.double)(21).get(timeout=30) == 42
     assert mp.parallel_map(module.double, range(50), backend="process") == [2 * x for x in range(50)]
+
+
+def test_a_queued_task_runs_under_the_sys_path_of_its_submission(tmp_path: Path) -> None:
+    # The workers took sys.path as the last submission before a task's dispatch had it: a
+    # program that puts each plugin's folder on sys.path only while it imports the plugin
+    # and submits its task had every task queued behind a busy worker fail to import it.
+    flags = Flags(str(tmp_path))
+    names = [f"plugin_{uuid.uuid4().hex}" for _ in range(2)]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.py").write_text(textwrap.dedent(PLUGIN))
+    fresh_process_pool(1)
+    busy = mp.parallel(backend="process")(pid_once_released)(flags)
+    assert flags.wait("started", 30)
+    path_before = list(sys.path)
+    handles = []
+    try:
+        for name in names:  # each queued: the only worker is busy
+            module = import_from(name, tmp_path / name)
+            handles.append(mp.parallel(backend="process")(module.double)(21))
+            sys.path.remove(str(tmp_path / name))
+        flags.set("go")
+        busy.get(timeout=30)
+        assert [handle.get(timeout=30) for handle in handles] == [42, 42]
+    finally:
+        flags.set("teardown")
+        sys.path[:] = path_before
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 def test_a_function_sent_by_name_before_its_folder_left_sys_path_goes_by_value_after(

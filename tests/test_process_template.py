@@ -1349,6 +1349,36 @@ def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(te
 
 
 @both_ways
+def test_a_queued_task_meets_warnings_under_the_filters_of_its_submission(template: bool, tmp_path: Path) -> None:
+    # The workers took the filters of the last submission before a task's dispatch: a task
+    # submitted inside catch_warnings() with warnings made errors, queued behind a busy
+    # worker, ran under the filters of a task submitted after the block.
+    out = run_fresh(
+        f"""
+        import warnings
+        import makeparallel as mp
+        from pool_helpers import Flags, pid_once_released
+        from test_process_template import warns
+
+        flags = Flags({str(tmp_path)!r})
+        mp.configure_process_pool(num_workers=1)
+        warnings.simplefilter("ignore")
+        busy = mp.parallel(backend="process")(pid_once_released)(flags)
+        assert flags.wait("started", 30)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            strict = mp.parallel(backend="process")(warns)()
+        lenient = mp.parallel(backend="process")(warns)()
+        flags.set("go")
+        busy.get(timeout=30)
+        print(strict.get(timeout=30), lenient.get(timeout=30))
+        """,
+        template=template,
+    )
+    assert out == ["raised", "not-raised"]
+
+
+@both_ways
 def test_a_worker_started_inside_a_catch_warnings_block_takes_the_filters_of_the_last_submission(
     template: bool, tmp_path: Path
 ) -> None:

@@ -164,7 +164,7 @@ class _Worker:
 
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
-        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path_version", "process", "ready",
+        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path", "process", "ready",
         "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task", "thread_limits",
         "too_many_threads",
     )
@@ -174,7 +174,7 @@ class _Worker:
         process: subprocess.Popen[bytes] | ForkedProcess,
         conn: Channel,
         journal: JournalReader,
-        path_version: int,
+        path: _WorkersPath,
         configured_at: float,
         start_round: int,
         thread_limits: dict[str, str],
@@ -193,9 +193,9 @@ class _Worker:
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
-        # Its first tasks, given to it before it was ready, and their sys.path if it changed:
+        # Its first tasks, given to it before it was ready, and the sys.path it had before them:
         # sent once it is (_send_held), unless an idle worker takes them first (_hand_over_held).
-        self.held: tuple[list[AsyncHandle[Any]], _WorkersPath | None] | None = None
+        self.held: tuple[list[AsyncHandle[Any]], _WorkersPath] | None = None
         self.start_round = start_round  # the pool's count of start-up deaths counted, as it started (_died_unready_locked)
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
@@ -208,7 +208,7 @@ class _Worker:
         self.init_error: BaseException | None = None
         self.refused: OSError | None = None  # why the system refused it what it needed to start (a thread)
         self.sent = 0  # tasks sent to it, for max_tasks_per_child
-        self.path_version = path_version  # the parent's sys.path it has
+        self.path = path  # the parent's sys.path (and pins, filters) it has, as of the tasks sent to it
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
         self.decoders: dict[int, Any] = {}  # its bytes output, decoded for a stream with no buffer (write_relayed)
 
@@ -287,13 +287,13 @@ class ProcessBackend(QueueingBackend):
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
         # What workers get: sys.path, and the folders of the modules loaded through a relative
-        # entry ('') of it, and of namespace packages (_serialization.pins). Its version counts changes.
+        # entry ('') of it, and of namespace packages (_serialization.pins), as of the last
+        # submission. Replaced, never changed: each task keeps the one it was submitted under.
         self._path: _WorkersPath = (list(sys.path), _serialization.pins, interpreter_settings.warning_filters())
         self._filters_seen = _filters_now()  # what the last look found
         # Results a running map chunk streamed so far, the error of a slice that could
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
-        self._path_version = 0
         _alive.add(self)
         self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
         # The thread limits of the pool's size as last configured; None: never resized.
@@ -506,7 +506,7 @@ class ProcessBackend(QueueingBackend):
         return False  # a process task never runs in this process
 
     def _prepare(self, handle: AsyncHandle[Any]) -> None:
-        handle._payload = _serialize_call(handle)
+        function, data, buffers = _serialize_call(handle)
         filters = warnings.filters
         seen, length, first = self._filters_seen
         if filters is not seen or len(filters) != length or (filters and filters[0] is not first):
@@ -522,6 +522,8 @@ class ProcessBackend(QueueingBackend):
             if sys.path != path or pins is not pinned:  # what the caller can import, its workers can
                 with self._lock:
                     self._take_path_locked(pins)
+        # The task runs under the sys.path and filters of its submission, whatever changes while it waits.
+        handle._payload = (function, data, buffers, self._path)
 
     def _follow_warning_filters(self, filters: Any) -> None:
         """Have workers take the caller's warning filters before their next task, if they changed."""
@@ -531,7 +533,6 @@ class ProcessBackend(QueueingBackend):
             path, pins, taken = self._path
             if plain != taken:
                 self._path = (path, pins, plain)
-                self._path_version += 1
 
     def _take_path_locked(self, pins: dict[str, tuple[str, ...]] | None = None) -> None:
         """Have workers take the caller's ``sys.path`` and ``pins`` before their next task, if they changed."""
@@ -541,7 +542,6 @@ class ProcessBackend(QueueingBackend):
             pins = _serialization.refresh_pins()
         if moved or pins is not pinned:
             self._path = (list(sys.path) if moved else path, pins, filters)
-            self._path_version += 1
 
     def _work_arrived(self) -> None:
         self._start_loop()
@@ -690,7 +690,7 @@ class ProcessBackend(QueueingBackend):
                 look = look or self._workers != watched
         self._close_template()
 
-    def _start_worker(self, path: _WorkersPath, path_version: int, configured_at: float) -> _Worker:
+    def _start_worker(self, path: _WorkersPath, configured_at: float) -> _Worker:
         """Start a worker: forked from the template on Linux, else a fresh interpreter.
 
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
@@ -716,7 +716,7 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path_version, configured_at, self._start_round, limits)
+        worker = _Worker(process, Channel(parent_end), journal, path, configured_at, self._start_round, limits)
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -809,14 +809,14 @@ class ProcessBackend(QueueingBackend):
                     self._start_refused_at = None
             if missing > 0:  # sys.path may have changed since the last task: a prestart's initializer needs it
                 self._take_path_locked()
-            setup, path, path_version = self._setup, self._path, self._path_version
+            setup, path = self._setup, self._path
             configured_at = self._configured_at
         for handle in refused:
             handle._finish(FAILED, broken())  # type: ignore[misc]
         started = 0
         while started < missing:
             try:
-                worker = self._start_worker(path, path_version, configured_at)
+                worker = self._start_worker(path, configured_at)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
                     stop = self._start_refused_locked(error)
@@ -971,8 +971,8 @@ class ProcessBackend(QueueingBackend):
             outstanding = worker.outstanding
             if len(outstanding) <= 1:
                 worker.ahead = 0  # none waits behind the running task
-            # Bytes of what the worker may not read for now: its new sys.path, if it changed, then its tasks.
-            unread = 0 if worker.path_version == self._path_version else _path_bytes(self._path[0])
+            had = worker.path  # the sys.path the worker has before these tasks
+            has = had  # and before the next one
             while len(outstanding) < window:
                 if outstanding and outstanding[-1]._timeout is not None:
                     break  # nothing goes behind a task with a timeout
@@ -984,25 +984,27 @@ class ProcessBackend(QueueingBackend):
                     break
                 # A busy worker may not read its pipe until its task ends (maybe a C call
                 # holding the GIL): what is sent ahead must fit, or the loop's send blocks for good.
+                path = handle._payload[3]
                 if outstanding and worker.ready:  # sent ahead now, or not at all
-                    unread += _message_bytes(handle)
+                    # Bytes the worker may not read for now: the task, after its sys.path if that changes.
+                    unread = _message_bytes(handle) + (0 if path is has else _path_bytes(path[0]))
                     if worker.ahead + unread > _AHEAD_BYTES:
                         self._requeue_locked(handle)  # it waits for a worker that reads
                         break
                     worker.ahead += unread
-                unread = 0  # (an idle worker reads it all, a new sys.path first)
+                has = path
                 handle._started_at = time.perf_counter()
                 outstanding.append(handle)
                 batch.append(handle)
             if not batch:
                 return
-            path = self._assigned_locked(worker, len(batch))
+            self._assigned_locked(worker, batch)
             if not worker.ready:  # its first tasks: given to it now (counted, and in order), sent once it is ready
-                worker.held = (batch, path)
+                worker.held = (batch, had)
                 self._holding = True
                 return
         with worker.send_lock:
-            _send_tasks(worker, batch, path)
+            _send_tasks(worker, batch, had)
 
     def _send_held(self, worker: _Worker) -> None:
         """Send ``worker``, ready now, the first tasks it was given while it started.
@@ -1014,7 +1016,7 @@ class ProcessBackend(QueueingBackend):
             held, worker.held = worker.held, None
             if held is None or worker.killing:  # (killing: they go back to the queue as it dies)
                 return
-            held_batch, path = held
+            held_batch, had = held
             batch = []
             for handle in held_batch:
                 if handle._state == RUNNING:
@@ -1022,8 +1024,9 @@ class ProcessBackend(QueueingBackend):
                 else:  # cancelled, and taken here before its cancel reached _abandoned
                     worker.outstanding.remove(handle)
                     handle._code_returned()
+            worker.path = batch[-1]._payload[3] if batch else had  # what it will have read
         with worker.send_lock:
-            _send_tasks(worker, batch, path)
+            _send_tasks(worker, batch, had)
 
     def _requeue_held_locked(self, worker: _Worker) -> None:
         """Put the tasks held for ``worker``, which it will not take now, back in the queue, in order."""
@@ -1037,41 +1040,36 @@ class ProcessBackend(QueueingBackend):
         counted busy, and ``cancel_with_timeout`` waited its whole timeout.
         """
         assert worker.held is not None
-        batch, path = worker.held
+        batch, had = worker.held
         batch.remove(handle)
         worker.outstanding.remove(handle)
         worker.sent -= 1
         if not batch:
             worker.held = None
-            if path is not None:
-                worker.path_version = -1  # it never got it
+            worker.path = had  # it never got theirs
         handle._code_returned()
 
     def _take_back_held_locked(self, worker: _Worker) -> list[AsyncHandle[Any]]:
         """Take the tasks held for ``worker`` back from it; return those still to run, in order."""
         if worker.held is None:
             return []
-        batch, path = worker.held
+        batch, had = worker.held
         worker.held = None
         worker.sent -= len(batch)
-        if path is not None:  # never sent: the worker has an older one, sent again with its next tasks
-            worker.path_version = -1
+        worker.path = had  # theirs never sent: the worker has the one from before them
         for handle in batch:
             worker.outstanding.remove(handle)
             if handle._state != RUNNING:  # cancelled, and taken here before its cancel reached _abandoned
                 handle._code_returned()
         return [handle for handle in batch if handle._state == RUNNING]
 
-    def _assigned_locked(self, worker: _Worker, count: int) -> _WorkersPath | None:
-        """Count ``count`` tasks given to ``worker``; return the ``sys.path`` to send first, if it changed."""
-        worker.sent += count
+    def _assigned_locked(self, worker: _Worker, batch: list[AsyncHandle[Any]]) -> None:
+        """Count the tasks of ``batch`` given to ``worker``, which will have their last one's ``sys.path``."""
+        worker.sent += len(batch)
         self._recycle_if_spent_locked(worker)
-        if self._stale and len(worker.outstanding) == count:  # it was idle: its tasks from before a shrink ended
+        if self._stale and len(worker.outstanding) == len(batch):  # it was idle: its tasks from before a shrink ended
             self._stale.discard(worker)
-        if worker.path_version == self._path_version:
-            return None
-        worker.path_version = self._path_version
-        return self._path
+        worker.path = batch[-1]._payload[3]
 
     def _idle_worker_locked(self, handle: AsyncHandle[Any]) -> _Worker | None:
         """A worker ``handle`` may go to straight from ``submit()``; else None (the loop sends it).
@@ -1085,7 +1083,7 @@ class ProcessBackend(QueueingBackend):
             return None
         if self._holding:  # an idle worker takes the tasks held for one starting first, by priority
             return None
-        function, data, buffers = handle._payload
+        function, data, buffers, _ = handle._payload
         if buffers or len(function) + len(data) > _DIRECT_BYTES:
             return None
         staying, idle, finishing = 0, None, False
@@ -1124,8 +1122,9 @@ class ProcessBackend(QueueingBackend):
                     handle._on_worker = ON_WORKER
                     handle._started_at = started
                     worker.outstanding.append(handle)
-                    path = self._assigned_locked(worker, 1)
-                _send_tasks(worker, [handle], path)
+                    had = worker.path
+                    self._assigned_locked(worker, [handle])
+                _send_tasks(worker, [handle], had)
             except BaseException:
                 if handle in worker.outstanding:
                     with self._lock:
@@ -1983,21 +1982,33 @@ def _close(worker: _Worker) -> None:
             worker.send_lock.release()
 
 
-def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], path: _WorkersPath | None) -> None:
-    """Send ``batch`` to ``worker``, after the parent's new ``sys.path`` if it changed; the send lock is held."""
-    if path is not None:
-        _send(worker, ("path", _path_message(path)))
-    tasks, buffers = [], []
+def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], had: _WorkersPath) -> None:
+    """Send ``batch`` to ``worker``, which has ``sys.path`` ``had``; the send lock is held.
+
+    Each task goes after the ``sys.path`` (and pins, filters) it was submitted
+    under, where that is not the one the worker has by then.
+    """
+    messages: list[tuple[tuple[Any, ...], list[Any]]] = []  # all read before any goes: a sent task may end
+    tasks: list[Any] = []
+    buffers: list[Any] = []
     for handle in batch:
-        function, data, task_buffers = handle._payload
+        function, data, task_buffers, path = handle._payload
+        if path is not had:
+            if tasks:
+                messages.append((("tasks", tasks), buffers))
+                tasks, buffers = [], []
+            messages.append((("path", _path_message(path)), []))
+            had = path
         sizes = [memoryview(b).nbytes for b in task_buffers]
         # A timed task's clock starts with the worker's "started" message.
         tasks.append((handle._id, handle.name, function, data, sizes, handle._timeout is not None))
         buffers.extend(task_buffers)  # the payload stays: a crash may send it again
+    messages.append((("tasks", tasks), buffers))
     if _events.listeners:  # before the send: once sent, the result may come back and finish it first
         for handle in batch:
             _events.emit("started", handle)
-    _send(worker, ("tasks", tasks), buffers)
+    for message, message_buffers in messages:
+        _send(worker, message, message_buffers)
 
 
 def _exiting(worker: _Worker) -> bool:
@@ -2024,7 +2035,7 @@ def _filters_now() -> tuple[Sequence[Any], int, Any]:
 
 def _message_bytes(handle: AsyncHandle[Any]) -> int:
     """The bytes ``handle`` takes in a worker's pipe: its pickled call, and its name (UTF-8)."""
-    function, data, buffers = handle._payload
+    function, data, buffers, _ = handle._payload
     name = handle.name
     size = len(function) + len(data) + (len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass")))
     if buffers:
