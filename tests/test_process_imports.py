@@ -896,6 +896,87 @@ def test_a_module_of_a_namespace_package_a_script_imported_goes_by_value_once_wo
             del sys.modules[loaded]
 
 
+@pytest.mark.parametrize("change", ["its folder left sys.path", "a regular package put first", "a module put first"])
+def test_a_module_of_a_namespace_package_in_one_a_script_imported_goes_by_value_once_workers_would_not_find_it(
+    change: str, tmp_path: Path
+) -> None:
+    # The inner namespace package's __path__ was asked where the module would be found,
+    # and the import system keeps a namespace package's old folders where it is no longer
+    # found: the function went by name, and workers failed to import it, or ran another file.
+    name = f"namespace_{uuid.uuid4().hex}"
+    add_module(tmp_path / "first" / name, "sub", "which", "first")
+    add_module(tmp_path / "second", name, "other")
+    if change == "a regular package put first":
+        add_module(tmp_path / "third" / name, "sub", "which", "third")
+        (tmp_path / "third" / name / "sub" / "__init__.py").write_text("")
+    elif change == "a module put first":
+        add_module(tmp_path / "third", name, "sub", "third")
+    path_before = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
+    sys.path += [str(tmp_path / "first"), str(tmp_path / "second")]
+    try:
+        module = importlib.import_module(f"{name}.sub.which")
+        if change == "its folder left sys.path":
+            sys.path.remove(str(tmp_path / "first"))
+        else:
+            sys.path.insert(0, str(tmp_path / "third"))
+        fresh_process_pool(1)
+        assert in_a_worker(module.which) == "first"
+    finally:
+        sys.path[:] = path_before
+        for loaded in [key for key in sys.modules if key == name or key.startswith(f"{name}.")]:
+            del sys.modules[loaded]
+
+
+# Installed in every process: a meta path finder that maps a namespace package's module
+# elsewhere, as the editable installs of scikit-build-core and meson-python do.
+REDIRECTING_FINDER = """
+import importlib.util, sys
+
+class RedirectingFinder:
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        if fullname == "redirected.mod":
+            return importlib.util.spec_from_file_location(fullname, {file!r})
+        return None
+
+sys.meta_path.insert(0, RedirectingFinder)
+"""
+
+
+def test_a_module_a_meta_path_finder_maps_into_a_namespace_package_goes_by_name(tmp_path: Path) -> None:
+    # Only the path finder was asked: the module counted as not found, went by value, and
+    # a task saw its own copy of the module's globals, not what the initializer set there.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "mod.py").write_text(
+        "STATE = None\n\ndef init(value):\n    global STATE\n    STATE = value\n\n"
+        "def state():\n    return STATE\n"
+    )
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(REDIRECTING_FINDER.format(file=str(tmp_path / "elsewhere" / "mod.py")))
+    add_module(tmp_path / "project", "redirected", "other")  # a namespace package: no __init__.py
+    (tmp_path / "main.py").write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.append({str(tmp_path / "project")!r})
+            import makeparallel as mp
+            import redirected.mod
+
+            if __name__ == "__main__":
+                mp.configure_process_pool(num_workers=1, initializer=redirected.mod.init, initargs=("set",))
+                print(mp.parallel(backend="process")(redirected.mod.state)().get(timeout=30))
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "hook"), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "main.py")], capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["set"]
+
+
 def test_a_module_whose_spec_has_no_loader_attribute(
     through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

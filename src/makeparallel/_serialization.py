@@ -420,7 +420,7 @@ def _importable_by_name(module: str) -> bool:
     top_level = module.partition(".")[0]
     found = _findable(top_level, answers.path)
     if found and "." in module:
-        found = _still_in_its_folder(module) if answers.asked != -1 else _found_where_loaded(module)
+        found = _still_in_its_folder(module) if answers.asked != -1 else _found_where_loaded(module, answers.path)
     answers.importable[module] = (origin, found)
     if answers.asked != -1:
         examined = answers.examined.get(top_level)
@@ -490,32 +490,51 @@ def _still_in_its_folder(module: str) -> bool:
     return True
 
 
-def _found_where_loaded(module: str) -> bool:
-    """Whether each module in a namespace package, at and above ``module``, is found in the file it was loaded from.
+def _found_where_loaded(module: str, path: list[str]) -> bool:
+    """Whether a worker importing ``module`` along ``path`` finds it, and each package above it, where they were loaded.
 
     Where ``sys.path`` has no relative entry (nothing is pinned), a worker
-    imports it along the package's path as ``sys.path`` makes it: every
-    portion, in order. With its folder gone from ``sys.path``, or another with
-    a module of its name put before it, a worker imported none, or another
-    file, with no error. True for a module of any other package.
+    imports a namespace package's module as the import system does: each
+    package along its parent's path as it finds it now (``path`` at the top),
+    every meta path finder asked. A namespace package's own ``__path__`` is no
+    guide: one no longer found keeps its old folders. With its folder gone
+    from ``sys.path``, or another with a package or module of its name put
+    before it, a worker imported none, or another file, with no error. True
+    for a module of a regular package, found with it (:func:`_findable`).
     """
     parts = module.split(".")
-    for depth in range(1, len(parts)):
-        package = sys.modules.get(".".join(parts[:depth]))
-        if package is None or not is_namespace(_spec_of(package)):
-            continue
-        name = ".".join(parts[: depth + 1])
+    if not is_namespace(_spec_of(sys.modules.get(parts[0]))):
+        return True
+    along: list[Any] = path
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
         loaded = _spec_of(sys.modules.get(name))
-        if loaded is None or is_namespace(loaded):  # a namespace package in it: its modules are looked at
-            continue
-        try:
-            folders = tuple(package.__path__)  # looked for again along sys.path, as a worker's is
-        except Exception:  # a path that cannot be looked for: the worker's import would fail too
+        found = _find_as_imported(name, along, depth == 1)
+        if found is None:
             return False
-        found = _find_in(name, folders)
-        if found is None or not _same_file(found.origin, loaded.origin):
+        if not is_namespace(loaded):
+            return _same_file(found.origin, getattr(loaded, "origin", None))
+        if not is_namespace(found):
             return False
+        along = list(found.submodule_search_locations)
     return True
+
+
+def _find_as_imported(name: str, along: list[Any], top_level: bool) -> Any:
+    """The spec the import system finds for ``name`` along its parent's path ``along`` (``sys.path``'s copy at the top)."""
+    from importlib.machinery import PathFinder
+
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:  # a top-level module: the path finder along the copy, the others as the import system asks them
+            spec = find_spec(name, along if not top_level or finder is PathFinder else None)
+        except Exception:  # a finder that fails is one that cannot find it
+            continue
+        if spec is not None:
+            return spec
+    return None
 
 
 def _has_relative_entry(path: list[Any]) -> bool:
