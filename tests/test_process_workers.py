@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -910,6 +911,56 @@ def test_importing_the_library_starts_no_worker_process() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["0", "0"], out.stderr
+
+
+# -- tasks sent ahead ---------------------------------------------------------------------------
+
+
+def read_holding_the_gil(flags: Flags, fifo: str) -> int:
+    """Say so, then block in a C call that holds the GIL (ctypes.PyDLL) until a byte arrives on ``fifo``.
+
+    The worker's reader thread cannot read its pipe meanwhile, as in a NumPy call
+    that holds it. Returns the byte read.
+    """
+    import ctypes
+
+    fd = os.open(fifo, os.O_RDWR)  # opening a FIFO for reading and writing does not wait for a writer
+    buffer = ctypes.create_string_buffer(1)
+    flags.set("reading")
+    assert ctypes.PyDLL(None).read(fd, buffer, 1) == 1
+    os.close(fd)
+    return buffer.raw[0]
+
+
+def identity(x: int) -> int:
+    return x
+
+
+def test_tasks_under_changing_warning_filters_are_not_sent_ahead_to_a_worker_that_cannot_read(tmp_path: Path) -> None:
+    # Each task went after its own filters: sent ahead to a worker in a C call holding the
+    # GIL, the filters' messages filled its pipe, the loop's send blocked, and the other
+    # worker got no task until that call ended.
+    fresh_process_pool(2)
+    flags, fifo = Flags(str(tmp_path)), str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    blocked = mp.parallel(backend="process")(read_holding_the_gil)(flags, fifo)
+    try:
+        assert flags.wait("reading", 30)
+        with warnings.catch_warnings():
+            for n in range(200):  # a program with many filters: each message of them is some 30 KB
+                warnings.filterwarnings("ignore", message=f"{n:05d} " + "x" * 120, category=UserWarning)
+            handles = []
+            for n in range(200):
+                with warnings.catch_warnings():
+                    if n % 2:
+                        warnings.filterwarnings("error", message=f"odd {n}")
+                    handles.append(mp.parallel(backend="process")(identity)(n))
+            assert [handle.get(timeout=30) for handle in handles] == list(range(200))  # on the other worker
+        assert not blocked.done()
+    finally:
+        with open(fifo, "wb") as writer:
+            writer.write(b"!")
+    assert blocked.get(timeout=30) == ord("!")
 
 
 # -- BLAS thread limits -------------------------------------------------------------------------

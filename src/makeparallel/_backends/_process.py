@@ -984,10 +984,14 @@ class ProcessBackend(QueueingBackend):
                     break
                 # A busy worker may not read its pipe until its task ends (maybe a C call
                 # holding the GIL): what is sent ahead must fit, or the loop's send blocks for good.
+                # A task under another sys.path or other filters goes only to an idle worker:
+                # each change sent ahead is another message of them, filters and all.
                 path = handle._payload[3]
+                if outstanding and path is not has:
+                    self._requeue_locked(handle)
+                    break
                 if outstanding and worker.ready:  # sent ahead now, or not at all
-                    # Bytes the worker may not read for now: the task, after its sys.path if that changes.
-                    unread = _message_bytes(handle) + (0 if path is has else _path_bytes(path[0]))
+                    unread = _message_bytes(handle)
                     if worker.ahead + unread > _AHEAD_BYTES:
                         self._requeue_locked(handle)  # it waits for a worker that reads
                         break
@@ -2046,11 +2050,6 @@ def _message_bytes(handle: AsyncHandle[Any]) -> int:
 def _path_message(path: _WorkersPath) -> _WorkersPath:
     """What a worker's ``"path"`` message carries: the parent's ``sys.path`` as it takes it, the pins, the filters."""
     return path_arguments(path[0]), path[1], path[2]
-
-
-def _path_bytes(path: list[str]) -> int:
-    """The bytes a ``sys.path`` message takes in a worker's pipe, about."""
-    return sum(len(entry.encode("utf-8", "surrogatepass")) + 8 for entry in path)
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
