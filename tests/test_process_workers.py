@@ -1057,6 +1057,21 @@ def test_a_worker_whose_start_the_pool_grew_during_is_replaced_too(monkeypatch: 
     assert wait_until(lambda: limits_of_two_workers(tmp_path / str(next(rounds))) == ["4", "4"], 30)
 
 
+@pytest.mark.parametrize("value", ["", "0"])
+def test_an_omp_num_threads_no_library_reads_as_a_count_leaves_the_others_limited(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenBLAS takes an empty or zero OMP_NUM_THREADS for none, and runs a thread per core.
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    monkeypatch.setattr(_process, "usable_cpus", lambda: UsableCpus(8, "affinity"))
+    fresh_process_pool(2)
+    limits = on_process(thread_limits)().get(timeout=30)
+    assert limits["OMP_NUM_THREADS"] == value
+    assert limits["OPENBLAS_NUM_THREADS"] == limits["MKL_NUM_THREADS"] == limits["NUMEXPR_NUM_THREADS"] == "4"
+
+
 def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -1719,7 +1719,7 @@ def _kind(value: Any) -> str:
 def thread_limits(num_workers: int) -> dict[str, str]:
     """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here.
 
-    Nor where the library reads a variable set here instead (``OMP_NUM_THREADS=1`` alone is
+    Nor where the library reads a count set here instead (``OMP_NUM_THREADS=1`` alone is
     OpenBLAS's, MKL's and numexpr's limit too): set, the pool's would override the user's.
     """
     per_worker = str(max(1, usable_cpus().cpus // max(1, num_workers)))
@@ -1727,8 +1727,17 @@ def thread_limits(num_workers: int) -> dict[str, str]:
     return {
         name: per_worker
         for name in THREAD_LIMIT_VARIABLES
-        if name not in environ and not any(other in environ for other in _FALLS_BACK_TO.get(name, ()))
+        if name not in environ and not any(_a_thread_count(environ.get(other)) for other in _FALLS_BACK_TO.get(name, ()))
     }
+
+
+def _a_thread_count(value: str | None) -> bool:
+    """Whether a library reads ``value`` as a count of threads: a positive number (OpenMP's ``4,2`` too).
+
+    OpenBLAS takes an empty or zero ``OMP_NUM_THREADS`` for none, and runs a thread per core.
+    """
+    first = (value or "").split(",")[0].strip()
+    return first.isdigit() and int(first) > 0
 
 
 def _more_threads(started_with: dict[str, str], limits: dict[str, str]) -> bool:
