@@ -727,6 +727,39 @@ def forks_while_another_thread_prints() -> tuple[int, str]:
     return -9, "hung"
 
 
+def forks_a_child_then_interrupts_it() -> str:
+    """A process task that forks a child, which waits; then Ctrl-C reaches the child: how the child ended."""
+    import signal
+
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        os.write(ready_w, b"!")  # its fork handlers have run
+        time.sleep(30)
+        os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"!"
+    os.close(ready_r)
+    os.kill(pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole process group
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ended, _ = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return "ended"
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return "ran on"
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_ends_a_child_a_process_task_forked() -> None:
+    # It had the worker's Ctrl-C handler, which does nothing: a fork-based Pool in a task
+    # ran on after a Ctrl-C had ended the program, its workers re-parented to init.
+    assert mp.parallel(backend="process")(forks_a_child_then_interrupts_it)().get(timeout=50) == "ended"
+
+
 @pytest.mark.timeout(60)
 def test_a_process_tasks_forked_child_prints_and_takes_sigterm_as_by_default() -> None:
     # It had the worker's SIGTERM handler (Pool.terminate() then waited for good),

@@ -90,3 +90,52 @@ def test_a_worker_in_a_long_c_call_dies_with_its_killed_parent(forked: bool) -> 
             proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# The worker's initializer drops root's privileges; its task is a builtin, which it
+# unpickles without importing anything (the user it became may read nothing new).
+DROPPED_PRIVILEGES = """
+import json, os, time
+import psutil
+import makeparallel as mp
+from makeparallel import _runtime
+
+mp.configure_process_pool(num_workers=1, initializer=os.setuid, initargs=(65534,))
+handle = mp.parallel(backend="process")(sum)(range(10**13))  # minutes in C, holding the GIL
+deadline = time.monotonic() + 30
+workers = []
+while time.monotonic() < deadline:  # until the worker runs the task
+    workers = [w.process.pid for w in _runtime._backends["process"]._workers if w.process.pid]
+    if workers and psutil.Process(workers[0]).cpu_times().user > 0.2:
+        break
+    time.sleep(0.01)
+os.write(1, (json.dumps({"workers": workers}) + "\\n").encode())
+time.sleep(50)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges takes root")
+def test_a_worker_whose_initializer_dropped_privileges_dies_with_its_killed_parent() -> None:
+    # Linux clears a process's parent-death signal when its user id changes: the worker,
+    # in a long C call as "nobody", ran on after the program was killed, re-parented to init.
+    proc = run_script(DROPPED_PRIVILEGES)
+    workers: list[int] = []
+    try:
+        assert proc.stdout is not None
+        workers = json.loads(proc.stdout.readline() or "{}")["workers"]
+        assert workers and all(psutil.Process(pid).uids().effective == 65534 for pid in workers)
+        proc.kill()
+        proc.wait(10)
+        assert all(wait_until(lambda: gone(pid), 15) for pid in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in workers:  # a worker that ran on would spin for minutes
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -29,15 +29,20 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "still_die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The real parent's id: a worker forked from the template has os.getppid name the program (_template).
 _real_getppid = os.getppid
 
 
+_parent_pid: int | None = None  # the parent die_with_parent was asked about
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask to be killed when the parent ends (Linux); exit now if it has ended already."""
+    global _parent_pid
+    _parent_pid = parent_pid
     if sys.platform.startswith("linux"):
         try:
             libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
@@ -45,3 +50,14 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if _real_getppid() != parent_pid:  # re-parented already: the parent is gone
         os._exit(0)
+
+
+def still_die_with_parent() -> None:
+    """Ask again, after code that may have changed this process's user or group ids.
+
+    Linux clears the request when they change (``prctl(2)``): an initializer
+    that dropped privileges (``os.setuid``) left its worker, in a long C call,
+    running on after the program was killed, re-parented to init.
+    """
+    if _parent_pid is not None:
+        die_with_parent(_parent_pid)

@@ -61,7 +61,7 @@ from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._output_relay import OutputRelay, flush_c_stdio
-from ._parent_death import die_with_parent
+from ._parent_death import die_with_parent, still_die_with_parent
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -216,6 +216,7 @@ class _Worker:
                     data, _ = _serialization.dumps((described, failure[1]))
                 self.send(("init_failed", data))
                 os._exit(1)
+            still_die_with_parent()  # an initializer that dropped privileges cleared the request
             self._flush_output()
         self.send(("ready", os.getpid()))  # a forked worker's pid may reach the parent first this way
 
@@ -699,11 +700,15 @@ class _InstallAfter:
 
 
 def _leave_the_worker_behind(worker: _Worker) -> None:
-    """In a process the task forks (a fork-based ``Pool``'s): SIGTERM as by default, unlocked output relays, no pipe.
+    """In a process the task forks (a fork-based ``Pool``'s): SIGTERM and Ctrl-C as by default, unlocked output relays, no pipe.
 
     With the worker's handler, ``Pool.terminate()`` waited for good: CPython
     ran it late, after the child blocked on the Pool's lock (a plain program
-    with a Python SIGTERM handler hangs the same way). A relay's lock,
+    with a Python SIGTERM handler hangs the same way). With the worker's
+    Ctrl-C handler, which does nothing, the child ran on after a Ctrl-C had
+    ended the program, re-parented to init, where the thread backend's
+    children stop with the program (one the program ignores it in keeps it
+    ignored, as its own children would). A relay's lock,
     held by another thread of the task as it forked, made the child's first
     ``print()`` wait for good. And the worker's end of its pipe, which the
     child never uses (:meth:`_Worker.send`), kept the pipe open in it: the
@@ -713,6 +718,8 @@ def _leave_the_worker_behind(worker: _Worker) -> None:
     """
     worker._conn.close()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is _interrupted:  # not the task's own, nor ignored as the program does
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, OutputRelay):
             stream._lock = threading.Lock()
