@@ -1028,7 +1028,7 @@ class ProcessBackend(QueueingBackend):
                 else:  # cancelled, and taken here before its cancel reached _abandoned
                     worker.outstanding.remove(handle)
                     handle._code_returned()
-            worker.path = batch[-1]._payload[3] if batch else had  # what it will have read
+            worker.path = batch[0]._payload[3] if batch else had  # what it will have read
         with worker.send_lock:
             _send_tasks(worker, batch, had)
 
@@ -1073,7 +1073,7 @@ class ProcessBackend(QueueingBackend):
         self._recycle_if_spent_locked(worker)
         if self._stale and len(worker.outstanding) == len(batch):  # it was idle: its tasks from before a shrink ended
             self._stale.discard(worker)
-        worker.path = batch[-1]._payload[3]
+        worker.path = batch[0]._payload[3]  # one for the batch (_dispatch)
 
     def _idle_worker_locked(self, handle: AsyncHandle[Any]) -> _Worker | None:
         """A worker ``handle`` may go to straight from ``submit()``; else None (the loop sends it).
@@ -1998,30 +1998,23 @@ def _close(worker: _Worker) -> None:
 def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], had: _WorkersPath) -> None:
     """Send ``batch`` to ``worker``, which has ``sys.path`` ``had``; the send lock is held.
 
-    Each task goes after the ``sys.path`` (and pins, filters) it was submitted
-    under, where that is not the one the worker has by then.
+    The tasks of a batch were all submitted under one ``sys.path`` (and pins,
+    filters): a task under another goes only to an idle worker, first in its
+    batch (``_dispatch``). It goes first where it is not the one the worker has.
     """
-    messages: list[tuple[tuple[Any, ...], list[Any]]] = []  # all read before any goes: a sent task may end
-    tasks: list[Any] = []
-    buffers: list[Any] = []
+    tasks, buffers = [], []
     for handle in batch:
         function, data, task_buffers, path = handle._payload
-        if path is not had:
-            if tasks:
-                messages.append((("tasks", tasks), buffers))
-                tasks, buffers = [], []
-            messages.append((("path", _path_message(path)), []))
-            had = path
         sizes = [memoryview(b).nbytes for b in task_buffers]
         # A timed task's clock starts with the worker's "started" message.
         tasks.append((handle._id, handle.name, function, data, sizes, handle._timeout is not None))
         buffers.extend(task_buffers)  # the payload stays: a crash may send it again
-    messages.append((("tasks", tasks), buffers))
     if _events.listeners:  # before the send: once sent, the result may come back and finish it first
         for handle in batch:
             _events.emit("started", handle)
-    for message, message_buffers in messages:
-        _send(worker, message, message_buffers)
+    if batch and path is not had:
+        _send(worker, ("path", _path_message(path)))
+    _send(worker, ("tasks", tasks), buffers)
 
 
 def _exiting(worker: _Worker) -> bool:
