@@ -510,8 +510,8 @@ def get_process_pool_info() -> dict[str, Any]:
 
     Also the thread-count variables (``OMP_NUM_THREADS`` and the BLAS ones) its
     workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are
-    set in this process's environment (with ``OMP_NUM_THREADS`` set, OpenBLAS's,
-    MKL's and numexpr's are left out: those libraries read it). A worker counts in ``"live_workers"``
+    set in this process's environment (with a count in ``OMP_NUM_THREADS``,
+    OpenBLAS's, MKL's and numexpr's are left out: those libraries read it). A worker counts in ``"live_workers"``
     until its end is counted in ``"worker_restarts"``: one look sees both.
     """
     return _process_pool().info()
