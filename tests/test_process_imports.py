@@ -868,6 +868,31 @@ def test_a_module_of_a_package_in_a_namespace_package_whose_folder_is_gone_goes_
     assert in_a_worker(deep.which) == "first"
 
 
+def which_in_a_worker_after(change: str, folders: Path, package: str, module: str) -> str:
+    """``which()`` of ``package.module`` in a worker, imported here with no relative entry on sys.path.
+
+    It is imported with ``folders/first`` and ``folders/second`` last on
+    sys.path (a script's), then ``first`` leaves it (``change`` "its folder
+    left sys.path") or ``folders/third`` is put first. sys.path and the
+    package's modules are put back.
+    """
+    path_before = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
+    sys.path += [str(folders / "first"), str(folders / "second")]
+    try:
+        loaded = importlib.import_module(f"{package}.{module}")
+        if change == "its folder left sys.path":
+            sys.path.remove(str(folders / "first"))
+        else:
+            sys.path.insert(0, str(folders / "third"))
+        fresh_process_pool(1)
+        return str(in_a_worker(loaded.which))
+    finally:
+        sys.path[:] = path_before
+        for name in [key for key in sys.modules if key == package or key.startswith(f"{package}.")]:
+            del sys.modules[name]
+
+
 @pytest.mark.parametrize("change", ["its folder left sys.path", "another portion put first"])
 def test_a_module_of_a_namespace_package_a_script_imported_goes_by_value_once_workers_would_import_another(
     change: str, tmp_path: Path
@@ -879,21 +904,7 @@ def test_a_module_of_a_namespace_package_a_script_imported_goes_by_value_once_wo
     add_module(tmp_path / "first", name, "which")
     add_module(tmp_path / "second", name, "other")
     add_module(tmp_path / "third", name, "which")
-    path_before = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
-    sys.path += [str(tmp_path / "first"), str(tmp_path / "second")]
-    try:
-        module = importlib.import_module(f"{name}.which")
-        if change == "its folder left sys.path":
-            sys.path.remove(str(tmp_path / "first"))
-        else:
-            sys.path.insert(0, str(tmp_path / "third"))
-        fresh_process_pool(1)
-        assert in_a_worker(module.which) == "first"
-    finally:
-        sys.path[:] = path_before
-        for loaded in [key for key in sys.modules if key == name or key.startswith(f"{name}.")]:
-            del sys.modules[loaded]
+    assert which_in_a_worker_after(change, tmp_path, name, "which") == "first"
 
 
 @pytest.mark.parametrize("change", ["its folder left sys.path", "a regular package put first", "a module put first"])
@@ -911,21 +922,7 @@ def test_a_module_of_a_namespace_package_in_one_a_script_imported_goes_by_value_
         (tmp_path / "third" / name / "sub" / "__init__.py").write_text("")
     elif change == "a module put first":
         add_module(tmp_path / "third", name, "sub", "third")
-    path_before = list(sys.path)
-    sys.path[:] = [entry for entry in sys.path if os.path.isabs(entry)]
-    sys.path += [str(tmp_path / "first"), str(tmp_path / "second")]
-    try:
-        module = importlib.import_module(f"{name}.sub.which")
-        if change == "its folder left sys.path":
-            sys.path.remove(str(tmp_path / "first"))
-        else:
-            sys.path.insert(0, str(tmp_path / "third"))
-        fresh_process_pool(1)
-        assert in_a_worker(module.which) == "first"
-    finally:
-        sys.path[:] = path_before
-        for loaded in [key for key in sys.modules if key == name or key.startswith(f"{name}.")]:
-            del sys.modules[loaded]
+    assert which_in_a_worker_after(change, tmp_path, name, "sub.which") == "first"
 
 
 # Installed in every process: a meta path finder that maps a namespace package's module
