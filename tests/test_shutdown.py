@@ -765,6 +765,41 @@ def test_thread_backend_task_submitted_after_the_exit_hook_still_runs() -> None:
     assert result.stdout == "late 42\n"
 
 
+def test_a_task_submitted_from_an_exit_hook_where_no_thread_may_start_runs_inline_when_waited_for() -> None:
+    # Python 3.12.0 to 3.12.2 refuse every new thread from the exit hooks on, as
+    # this program's hook makes every Python do.
+    result, _ = run_python(
+        """
+        import atexit
+        import threading
+        import makeparallel as mp
+
+        @mp.parallel
+        def double(x):
+            return 2 * x
+
+        @atexit.register
+        def late():
+            def refuse(self):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+
+            threading.Thread.start = refuse
+            print("late", double(21).get(), flush=True)
+            try:
+                double.options(timeout=5)(1).get(timeout=10)  # no wait may run it: it fails at once
+            except RuntimeError as error:
+                print("timed:", error, flush=True)
+
+        mp.configure_thread_pool(num_threads=2)  # the pool exists, its exit hook too: it runs first
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "late 42",
+        "timed: no worker thread could start for task 2 (double): can't create new thread at interpreter shutdown",
+    ]
+
+
 # -- Ctrl-C -----------------------------------------------------------------------------
 
 

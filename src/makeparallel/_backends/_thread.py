@@ -384,8 +384,10 @@ class ThreadBackend(QueueingBackend):
         full pids cgroup, ``ulimit -u``) is uncounted; with ``refusal_raises``
         (a submission, a resize: a caller to tell) the error is raised, else the
         tasks wait for a worker that is running, and fail with the refusal when
-        none is (:meth:`_fail_queued_if_no_worker`). At interpreter shutdown,
-        where every start is refused, the tasks are abandoned anyway.
+        none is (:meth:`_fail_queued_if_no_worker`). Once the interpreter
+        exits (some Pythons refuse every start from its exit hooks on), the
+        refusal is never raised: a task waited for runs inline, and the others
+        are abandoned with the program.
         """
         count = started = 0
         running: threading.Event | None = None  # set by the thread being started as it begins
@@ -421,17 +423,25 @@ class ThreadBackend(QueueingBackend):
             runs = running is not None and not isinstance(error, RuntimeError) and _began(running)
             with self._lock:
                 self._workers -= count - started - runs
-            if not isinstance(error, RuntimeError) or (refusal_raises and not sys.is_finalizing()):
+            if not isinstance(error, RuntimeError) or (refusal_raises and not _interpreter_exiting()):
                 raise  # Ctrl-C landed here, or the caller is told of the refusal
             self._fail_queued_if_no_worker(error)
 
     def _fail_queued_if_no_worker(self, refusal: RuntimeError) -> None:
-        """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever."""
+        """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever.
+
+        Once the interpreter exits, a wait runs its task inline instead
+        (``AsyncHandle._run_here_if_queued``): only a task that no wait runs
+        there, one with its own timeout, fails.
+        """
+        exiting = _interpreter_exiting()
         with self._lock:
             if self._workers:
                 return
             pending = self._pending_locked()
         for handle in pending:
+            if exiting and handle._timeout is None:
+                continue
             if self._steal(handle):
                 error = RuntimeError(f"no worker thread could start for task {handle._id} ({handle.name}): {refusal}")
                 handle._finish(FAILED, error)
@@ -531,6 +541,17 @@ class ThreadBackend(QueueingBackend):
             else:  # it decided: stop asking
                 handle._observer.cpu_watch = None
                 outcome = handle._execute(here)
+
+
+def _interpreter_exiting() -> bool:
+    """Whether the interpreter exits: it runs its exit hooks, or finalizes.
+
+    Python 3.12.0 to 3.12.2 refuse every new thread from the exit hooks on
+    (gh-104690; 3.12.3 allows them again, gh-113964), where
+    ``sys.is_finalizing()`` is still false. ``threading`` sets its flag as the
+    interpreter starts to exit, before those hooks, on 3.10 to 3.13 alike.
+    """
+    return getattr(threading, "_SHUTTING_DOWN", False) or sys.is_finalizing()
 
 
 def _began(began: threading.Event) -> bool:
