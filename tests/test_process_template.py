@@ -374,6 +374,41 @@ def test_new_interpreters_write_nothing_into_the_pools_pipes_where_the_program_c
     assert result.read_text() == "True 0"
 
 
+@both_ways
+def test_a_line_a_task_prints_reaches_no_descriptor_of_the_pool_where_the_program_closed_its_standard_streams(
+    template: bool, tmp_path: Path
+) -> None:
+    # A daemon that closed 0, 1 and 2 left those numbers free: the pool's socket to its
+    # template (or a worker's pipe) took 1, where the program's sys.stdout still writes,
+    # and a line a task printed, relayed there, killed the template and every worker.
+    # Kept off those numbers, the write fails as it would without the package (EBADF).
+    result = tmp_path / "result"
+    run_fresh(
+        f"""
+        import os
+        import makeparallel as mp
+
+        def closed(fd):
+            try:
+                os.fstat(fd)
+            except OSError:
+                return True
+            return False
+
+        for fd in (0, 1, 2):
+            os.close(fd)
+        log = os.open({str(result)!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # takes 0
+        mp.parallel(backend="process")(print)("a line a task printed").get(timeout=30)  # the pool's first task
+        pid = mp.parallel(backend="process")(os.getpid)
+        pids = {{pid().get(timeout=30) for _ in range(3)}}
+        info = mp.get_process_pool_info()
+        os.write(log, f"{{closed(1)}} {{closed(2)}} {{pids <= set(info['worker_pids'])}} {{info['worker_restarts']}}".encode())
+        """,
+        template=template,
+    )
+    assert result.read_text() == "True True True 0"
+
+
 def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp_path: Path) -> None:
     # A program run as another user (sudo -u app, from a home folder of mode 0700) cannot
     # look up "." where it is: opening the worker's directory that way failed every

@@ -14,6 +14,8 @@ import os
 import weakref
 from typing import Any
 
+from ._backends._fd_numbers import standard_numbers_held
+
 __all__ = ["ResidentMemory"]
 
 _PROCFS = os.path.exists("/proc/self/statm")
@@ -30,7 +32,8 @@ class ResidentMemory:
         self._process: Any = None
         if _PROCFS:
             try:
-                self._fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+                with standard_numbers_held():
+                    self._fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:  # it is gone already
                 return
             weakref.finalize(self, os.close, self._fd)

@@ -33,6 +33,8 @@ from typing import Any
 
 import makeparallel
 
+from ._backends._fd_numbers import standard_numbers_held
+
 __all__ = ["StatsdExporter"]
 
 _log = logging.getLogger("makeparallel")
@@ -70,7 +72,8 @@ class StatsdExporter:
         self._address = (host, port)
         self._prefix = prefix.rstrip(".")
         self._interval = float(interval)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with standard_numbers_held():
+            self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
         self._previous: dict[str, dict[str, Any]] = {}
         self._resets = 0

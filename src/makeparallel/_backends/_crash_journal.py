@@ -60,6 +60,7 @@ import _pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._remote_errors import reduce_exception
+from ._fd_numbers import standard_numbers_held
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -115,17 +116,18 @@ class ResultUnpicklable(Exception):
 
 
 def create_journal() -> int:
-    """A new journal file with no name, ``JOURNAL_BYTES`` long and zeroed; return its descriptor.
+    """A new journal file with no name, ``JOURNAL_BYTES`` long and zeroed; return its descriptor (3 or more).
 
     Its pages are allocated as they are first written.
     """
     if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("makeparallel-journal", os.MFD_CLOEXEC)
+        with standard_numbers_held():
+            fd = os.memfd_create("makeparallel-journal", os.MFD_CLOEXEC)
     else:  # pragma: no cover - macOS: an unlinked file, in memory where the system has a tmpfs
         import tempfile
 
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.TemporaryFile(dir=shm) as file:
+        with standard_numbers_held(), tempfile.TemporaryFile(dir=shm) as file:
             fd = os.dup(file.fileno())
     try:
         os.ftruncate(fd, JOURNAL_BYTES)
@@ -407,7 +409,8 @@ class JournalReader:
     __slots__ = ("_map",)
 
     def __init__(self, fd: int) -> None:
-        self._map = mmap.mmap(fd, JOURNAL_BYTES)  # keeps a descriptor of its own
+        with standard_numbers_held():  # in the parent, which may have closed its standard streams
+            self._map = mmap.mmap(fd, JOURNAL_BYTES)  # keeps a descriptor of its own
 
     def started(self) -> int:
         """The id of the last task the worker started (0: none); read only once the worker is gone."""

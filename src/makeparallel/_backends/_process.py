@@ -81,6 +81,7 @@ from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from ._fd_numbers import standard_numbers_held
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments, refused_start
 from ._output_relay import write_relayed
@@ -652,7 +653,9 @@ class ProcessBackend(QueueingBackend):
     def _run_loop(self) -> None:
         # One selector for the loop's life, changed only when the workers change:
         # building one per pass cost more than a no-op task's result.
-        with selectors.DefaultSelector() as selector:
+        with standard_numbers_held():
+            selector = selectors.DefaultSelector()
+        with selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             watched: list[_Worker] = []
             template: Template | None = None
@@ -1914,10 +1917,9 @@ def _start_fresh_interpreter(
 ) -> subprocess.Popen[bytes]:
     """A worker started as a new program, given its pipe's end ``channel_fd`` and its journal ``journal_fd``.
 
-    Where this process closed its standard output or error, one of them may
-    have taken number 1 or 2, where the new program's own go (``os.devnull``
-    then: ``inherits_standard_stream``): it gets a copy numbered 3 or more. A
-    task's output written there went into the pool's pipe, and its loop thread died.
+    Where this process closed its standard output or error, the new program
+    gets ``os.devnull`` there (``inherits_standard_stream``): a task's output
+    goes nowhere, not into the pool's pipe (numbered 3 or more, ``_fd_numbers``).
 
     It starts with Ctrl-C blocked (the mask of the thread that starts it),
     which its ``main`` unblocks once its own handler is in place, unless this
@@ -1929,16 +1931,7 @@ def _start_fresh_interpreter(
     import signal
     import subprocess
 
-    given: list[int] = []  # the numbers the worker gets
-    copies: list[int] = []  # made here, to close
     try:
-        for fd in (channel_fd, journal_fd):
-            if fd < 3:
-                import fcntl
-
-                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-                copies.append(fd)
-            given.append(fd)
         standard = [None if inherits_standard_stream(fd) else subprocess.DEVNULL for fd in (1, 2)]
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -1948,14 +1941,14 @@ def _start_fresh_interpreter(
                     *interpreter_options(),
                     "-c",
                     _WORKER_MAIN,
-                    str(given[0]),
+                    str(channel_fd),
                     str(os.getpid()),
-                    str(given[1]),
+                    str(journal_fd),
                     "0" if signal.SIGINT in mask else "1",  # whether the worker unblocks Ctrl-C
                     PACKAGE_FOLDER,
                     *path_arguments(path),
                 ],
-                pass_fds=given,
+                pass_fds=(channel_fd, journal_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=standard[0],
                 stderr=standard[1],
@@ -1965,9 +1958,6 @@ def _start_fresh_interpreter(
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except (ValueError, TypeError) as error:
         raise refused_start(error) from error
-    finally:
-        for fd in copies:
-            os.close(fd)
 
 
 def _end_writing(worker: _Worker) -> None:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import _socket  # not socket: imported before the template starts (``_template_start``)
 
+from ._fd_numbers import standard_numbers_held
+
 __all__ = ["blocking_socketpair"]
 
 
 def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:
-    """A Unix socket pair of ``kind`` (``SOCK_STREAM``, ``SOCK_SEQPACKET``), both ends blocking.
+    """A Unix socket pair of ``kind`` (``SOCK_STREAM``, ``SOCK_SEQPACKET``), both ends blocking, numbered 3 or more.
 
     Raises ``OSError`` if the system refuses one (no descriptors left).
     """
-    first, second = _socket.socketpair(_socket.AF_UNIX, kind)
+    with standard_numbers_held():
+        first, second = _socket.socketpair(_socket.AF_UNIX, kind)
     first.setblocking(True)
     second.setblocking(True)
     return first, second

@@ -119,20 +119,14 @@ class StartedTemplate:
     def _own(self, theirs: _socket.socket, variables: dict[str, str]) -> None:
         """Start the template (a fresh interpreter with this process's ``sys.path`` and ``variables``), then wait for it to exit.
 
-        Where this process closed its standard output or error, its end of the
-        socket may have taken that number: the template gets a copy numbered 3
-        or more, and ``os.devnull`` there (its own output, ``-X importtime``'s
-        say, went into the pool's socket, and the pool's loop thread died).
+        Where this process closed its standard output or error, the template
+        gets ``os.devnull`` there: its own output (``-X importtime``'s, say)
+        goes nowhere, not into a descriptor of the pool's (the socket's end is
+        numbered 3 or more, ``_fd_numbers``).
         """
-        moved = None
         try:
             fd = theirs.fileno()
-            if fd < 3:
-                import fcntl  # only here: a program that closed its standard streams
-
-                fd = moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)  # inheritable
-            else:
-                os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
+            os.set_inheritable(fd, True)  # passed to the template, which closes every other descriptor
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
@@ -164,8 +158,6 @@ class StartedTemplate:
             return
         finally:
             theirs.close()
-            if moved is not None:
-                os.close(moved)
             self._spawned.set()
         try:
             os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped: kill() may still signal it

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 
+from ._fd_numbers import standard_numbers_held
+
 __all__ = ["drain", "wakeup_pipe"]
 
 
 def wakeup_pipe() -> tuple[int, int]:
-    """A new pipe with both ends non-blocking: ``(read end, write end)``."""
-    read, write = os.pipe()
+    """A new pipe with both ends non-blocking and numbered 3 or more: ``(read end, write end)``.
+
+    Raises ``OSError`` if the system refuses one (no descriptors left).
+    """
+    with standard_numbers_held():
+        read, write = os.pipe()
     os.set_blocking(read, False)
     os.set_blocking(write, False)
     return read, write
