@@ -441,7 +441,7 @@ def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp
     assert out == ["True"]
 
 
-def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_until_the_pool_is_configured() -> None:
+def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_and_works_once_configured() -> None:
     # Fresh interpreters cannot be given a variable over 128 KiB (E2BIG): the pool's loop
     # thread died of it, and health() said the process was not live for good. Now the
     # pool gives up as after any failed starts, with the reason, and works once configured.
@@ -463,6 +463,36 @@ def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_unt
         """
     )
     assert out == ["True", "True", "True", "True"]
+
+
+def test_a_pool_the_system_refused_every_worker_tries_again_a_second_later() -> None:
+    # A brief want of descriptors as workers were recycled (max_tasks_per_child) left a
+    # service's pool with none: it failed every task for good, descriptors back or not.
+    out = run_fresh(
+        """
+        import os
+        import makeparallel as mp
+        from makeparallel._backends import _process
+        _process.template_available = lambda: False
+        clock = [1000.0]
+        _process._now = lambda: clock[0]
+        os.environ["TOO_LONG_TO_EXEC"] = "x" * 200_000  # refused every time while set (E2BIG)
+        task = mp.parallel(backend="process")(os.getpid)
+        for _ in range(2):  # refused, then failed at once
+            try:
+                task().get(timeout=30)
+            except mp.WorkerCrashedError as error:
+                print("fails new tasks at once for 1 s, then tries again" in str(error))
+        del os.environ["TOO_LONG_TO_EXEC"]
+        try:
+            task().get(timeout=30)
+        except mp.WorkerCrashedError:
+            print("within the second")
+        clock[0] += 1.0
+        print(task().get(timeout=30) != os.getpid(), mp.health()["live"])
+        """
+    )
+    assert out == ["True", "True", "within", "the", "second", "True", "True"]
 
 
 def test_a_fork_the_system_refuses_leaves_the_tasks_to_the_workers_there_or_fails_them_with_the_reason(

@@ -287,6 +287,8 @@ class ProcessBackend(QueueingBackend):
         # Workers taken out of the pool whose death _worker_died has yet to count: still live in info().
         self._dying = 0
         self._broken: Callable[[], BaseException] | None = None  # makes the error new tasks fail with
+        # When a pool that gave up because the system refused its workers tries again (_start_refused_locked).
+        self._refused_until: float | None = None
         # What workers get: sys.path, and the folders of the modules loaded through a relative
         # entry ('') of it, and of namespace packages (_serialization.pins), as of the last
         # submission. Replaced, never changed: each task keeps the one it was submitted under.
@@ -328,6 +330,7 @@ class ProcessBackend(QueueingBackend):
             self._configured_at = time.perf_counter()
             self._failed_starts = 0
             self._broken = None
+            self._refused_until = None
             self._short_of_workers = None
             if num_workers is not None:
                 if num_workers < self._num_workers:  # what runs now runs beside the new size's tasks
@@ -792,6 +795,9 @@ class ProcessBackend(QueueingBackend):
             if self._terminating or (self._closed and self._active == 0 and not self._workers):
                 self._loop = None
                 return False
+            if self._refused_until is not None and _now() >= self._refused_until:
+                self._broken = self._refused_until = None  # the system may have what a worker needs again
+                self._failed_starts = 0
             broken = self._broken
             refused = self._take_queued_locked() if broken is not None else []
             staying = sum(1 for w in self._workers if not w.leaving)
@@ -1563,7 +1569,10 @@ class ProcessBackend(QueueingBackend):
         tries again: a brief want of descriptors must not fail tasks that the
         workers there can run. With none, the refusal counts as a failed start;
         after a few in a row the pool gives up, and the queued tasks fail with
-        an error that names ``error``, until the pool is configured again.
+        an error that names ``error``, for ``_RETRY_REFUSED_AFTER`` seconds:
+        then the next task tries again. A brief want of descriptors as workers
+        were recycled (``max_tasks_per_child``) left the pool with none, and
+        it failed every task for good once the service had them again.
         """
         if self._has_workers_for_tasks_locked():
             self._short_of_workers = f"{type(error).__name__}: {error}"
@@ -1577,11 +1586,13 @@ class ProcessBackend(QueueingBackend):
 
         def make_error() -> BaseException:
             return WorkerCrashedError(
-                f"the system refused to start a worker process ({why}); the task was not run, "
-                f"and {_after_failed_start(True)}"
+                f"the system refused to start a worker process ({why}); the task was not run, and "
+                f"after {_FAILED_STARTS_ALLOWED} refusals in a row the pool fails new tasks at once "
+                f"for {_RETRY_REFUSED_AFTER:g} s, then tries again"
             )
 
         self._broken = make_error
+        self._refused_until = _now() + _RETRY_REFUSED_AFTER
         return True
 
     def _has_workers_for_tasks_locked(self) -> bool:
