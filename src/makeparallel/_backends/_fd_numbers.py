@@ -21,9 +21,9 @@ __all__ = ["standard_numbers_held"]
 class standard_numbers_held:  # a context manager, named as the functions that return one are
     """While in this block, each of 0, 1 and 2 that is free holds ``os.devnull``: a descriptor made here is numbered 3 or more.
 
-    Costs an ``open`` and a ``close`` where none is free (about 5 us). Raises
-    ``OSError`` if no descriptor is left at all (a descriptor made here would
-    fail the same way).
+    Costs an ``open`` and a ``close`` where none is free (about 5 us). Where
+    no descriptor is left at all, none of those numbers is free either: what
+    is made here then fails with its own error.
     """
 
     __slots__ = ("_held",)
@@ -37,6 +37,8 @@ class standard_numbers_held:  # a context manager, named as the functions that r
                     os.close(fd)
                     break
                 held.append(fd)
+        except OSError:  # none left (EMFILE, ENFILE)
+            pass
         except BaseException:
             for fd in held:
                 os.close(fd)
