@@ -263,6 +263,32 @@ def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) 
         sys.modules.pop(name, None)
 
 
+def test_a_map_result_of_a_class_sent_by_value_imports_no_module_of_its_name_in_the_workers(tmp_path: Path) -> None:
+    # A map's worker journals each result with plain pickle first, which imported the
+    # result's class's module by name: the other module of that name, put first on
+    # sys.path since, ran its code in every worker (the result still came back right).
+    name = f"plugin_{uuid.uuid4().hex}"
+    ran = tmp_path / "the other module ran"
+    for folder in ("imported", "shadow"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "imported" / f"{name}.py").write_text(
+        "import dataclasses\n\n@dataclasses.dataclass\nclass Box:\n    x: int\n\ndef box(x):\n    return Box(x)\n"
+    )
+    (tmp_path / "shadow" / f"{name}.py").write_text(f"open({str(ran)!r}, 'a').close()\n")
+    path_before = list(sys.path)
+    try:
+        module = import_from(name, tmp_path / "imported")
+        sys.path.insert(0, str(tmp_path / "shadow"))
+        importlib.invalidate_caches()
+        fresh_process_pool(2)
+        results = mp.parallel_map(module.box, range(4), backend="process")
+        assert [(type(r).__name__, r.x) for r in results] == [("Box", i) for i in range(4)]
+        assert not ran.exists()
+    finally:
+        sys.path[:] = path_before
+        sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize("spelling", ["a symlink", "with .."])
 def test_a_module_found_again_through_another_spelling_of_its_folder_still_goes_by_name(
     spelling: str, tmp_path: Path

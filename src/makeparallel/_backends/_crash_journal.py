@@ -56,8 +56,10 @@ import io
 import marshal
 import mmap
 import os
+import sys
 import _pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import FunctionType
 
 from .._remote_errors import reduce_exception
 from ._fd_numbers import standard_numbers_held
@@ -369,6 +371,12 @@ class _JournalPickler(_pickle.Pickler):
     any depth, goes as it goes in a result message; everything else is plain
     pickle's, at plain pickle's speed (``reducer_override`` is asked only about
     objects that are no ``int``, ``float``, ``str`` or ``bytes``).
+
+    Plain pickle imports the module of a class or function it pickles by
+    name. One this worker has not imported came by value (a module the
+    workers would import another file for): the import ran that other file's
+    code in the worker, for each result. Such a one is refused here, and the
+    pool's own pickler sends it by value, as a task's result goes.
     """
 
     def __init__(self) -> None:
@@ -379,6 +387,8 @@ class _JournalPickler(_pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException):
             return reduce_exception(obj, self._open_exceptions)
+        if isinstance(obj, (type, FunctionType)) and obj.__module__ not in sys.modules:
+            raise _pickle.PicklingError(f"{obj!r} came by value")  # see above: _pickle_otherwise sends it
         return NotImplemented
 
     def dumps(self, value: Any) -> bytes:
