@@ -20,6 +20,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -409,6 +410,42 @@ def test_a_failing_async_function_on_processes_leaves_no_traceback_at_exit(call:
     assert result.stdout.strip() == "raised", result.stdout + result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
 
+
+
+SCRIPT_FUNCTIONS = """\
+import sys, traceback
+import makeparallel as mp
+
+class Where:
+    def file(self):
+        return sys._getframe().f_code.co_filename
+
+def fails():
+    check = lambda: 1 / 0
+    return check()
+
+if __name__ == "__main__":
+    print(mp.parallel(backend="process")(Where().file)().get(timeout=30))
+    try:
+        mp.parallel(backend="process")(fails)().get(timeout=30)
+    except ZeroDivisionError as error:
+        text = "".join(traceback.format_exception(error))
+        print(f'File "{__file__}", line 9, in <lambda>' in text, "check = lambda: 1 / 0" in text)
+"""
+
+
+def test_a_function_of_a_script_sent_by_value_keeps_its_file_in_the_worker(tmp_path: Path) -> None:
+    # cloudpickle names the code it sends by value "<dynamic-code>": a worker's traceback
+    # of a script's function named no file and showed no line, nor did its log records
+    # and warnings; a coverage tool could not tell which file it ran.
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_FUNCTIONS)
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+    assert result.stdout.split() == [str(script), "True", "True"], result.stderr
 
 
 def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_one_is() -> None:

@@ -37,7 +37,7 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from types import BuiltinFunctionType, FunctionType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
 from ._remote_errors import reduce_exception
 
@@ -363,7 +363,20 @@ def _reduce(obj: Any) -> Any:
         from ._process_context import reduce_contextvar
 
         return reduce_contextvar(obj)
+    if type(obj) is CodeType and obj.co_filename != _NAMELESS_CODE:  # a function's code, sent by value
+        return (_code_of_file, (obj.replace(co_filename=_NAMELESS_CODE), obj.co_filename))
     return NotImplemented
+
+
+# cloudpickle names every code object it sends by value this way, for pickles that do not
+# depend on where a function was written. The workers' tracebacks, log records and
+# warnings then named no file, with no source line: each code object takes its file along.
+_NAMELESS_CODE = "<dynamic-code>"
+
+
+def _code_of_file(code: CodeType, filename: str) -> CodeType:
+    """``code``, unpickled nameless (``_NAMELESS_CODE``), named again as the file it was written in."""
+    return code.replace(co_filename=filename)
 
 
 #: In a worker process: its main thread is unpickling a task, and so maybe importing the task's modules.
