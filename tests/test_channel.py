@@ -7,6 +7,8 @@ many: a burst of messages of every size must still come out as it went in.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 
 from makeparallel._backends import _channel
@@ -57,3 +59,44 @@ def test_the_messages_already_read_are_buffered_and_need_no_wait() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+SIGPIPE_SCRIPT = """
+import os, signal, _socket
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a command-line tool that ends quietly in a pipeline
+from makeparallel._backends._channel import Channel
+from makeparallel._backends._socketpair import blocking_socketpair
+from makeparallel._backends._template import Template
+
+ours, theirs = blocking_socketpair(_socket.SOCK_STREAM)
+theirs.close()  # a worker that died
+try:
+    Channel(ours).send(("task",), [b"x" * 100_000])
+except BrokenPipeError:
+    print("BrokenPipeError")
+
+class DeadTemplate:
+    pid = None
+
+    def __init__(self):
+        self.sock, end = blocking_socketpair(_socket.SOCK_SEQPACKET)
+        end.close()
+
+    def exit_code(self, within):
+        return -9
+
+template = Template(DeadTemplate())
+template.preload()
+print(template.alive)
+worker_end, _ = blocking_socketpair(_socket.SOCK_STREAM)
+print(Template(DeadTemplate()).fork(worker_end, os.open(os.devnull, os.O_RDONLY)).returncode)
+"""
+
+
+def test_a_send_to_a_process_that_died_raises_where_the_program_takes_sigpipe_by_default() -> None:
+    # A program that set SIGPIPE back to its default was killed by a send to a worker
+    # (or a template) that had just died, where a fault must touch one task (4/10).
+    result = subprocess.run(
+        [sys.executable, "-c", SIGPIPE_SCRIPT], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stdout.split()) == (0, ["BrokenPipeError", "False", "-9"]), result.stderr

@@ -20,6 +20,8 @@ import _pickle  # pickle's C core: a worker need not import pickle.py, nor the r
 import struct
 from _socket import SHUT_WR
 
+from ._socketpair import NO_SIGNAL
+
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,11 +71,11 @@ class Channel:
                 parts += (_HEADER.pack(view.nbytes), view)
                 continue
             parts.append(_HEADER.pack(view.nbytes))
-            self._sock.sendall(b"".join(parts))
-            self._sock.sendall(view)
+            self._sock.sendall(b"".join(parts), NO_SIGNAL)
+            self._sock.sendall(view, NO_SIGNAL)
             parts = []
         if parts:
-            self._sock.sendall(b"".join(parts))
+            self._sock.sendall(b"".join(parts), NO_SIGNAL)
 
     # -- receiving ------------------------------------------------------------------------
 

@@ -14,7 +14,12 @@ import _socket  # not socket: imported before the template starts (``_template_s
 
 from ._fd_numbers import standard_numbers_held
 
-__all__ = ["blocking_socketpair"]
+__all__ = ["NO_SIGNAL", "blocking_socketpair"]
+
+# The flag every send on them passes: where the program set SIGPIPE back to its default (a
+# command-line tool that ends quietly in a pipeline), a send to a worker that had just died
+# killed the program, where a fault must touch one task. The send raises BrokenPipeError instead.
+NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)  # (macOS has none)
 
 
 def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:

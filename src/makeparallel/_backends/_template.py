@@ -85,6 +85,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ._inherited import changes_since, departed_since, inherits_standard_stream, take
+from ._socketpair import NO_SIGNAL
 from ._template_start import StartedTemplate, ending_signals, stop_forking, take_started, template_available
 from ._wakeup import drain, wakeup_pipe
 
@@ -147,7 +148,7 @@ class Template:
             raise
         try:
             fds = _FDS.pack(worker_end.fileno(), journal_fd, directory, *outputs)
-            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)], NO_SIGNAL)
         except OSError as error:
             if error.errno == errno.EBADF:  # another thread closed the program's output meanwhile
                 raise  # a start that failed, as a refused one: the next one looks again
@@ -190,14 +191,14 @@ class Template:
             return
         self._preloaded = True
         try:
-            self.sock.send(_pickle.dumps(("preload",)))
+            self.sock.send(_pickle.dumps(("preload",)), NO_SIGNAL)
         except OSError:
             self._died()
 
     def signal(self, child: ForkedProcess, signum: int) -> None:
         if child.returncode is None and self.alive:
             try:
-                self.sock.send(_pickle.dumps(("signal", child.number, signum)))
+                self.sock.send(_pickle.dumps(("signal", child.number, signum)), NO_SIGNAL)
             except OSError:
                 self._died()
 
