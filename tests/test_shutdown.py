@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import makeparallel as mp
@@ -763,6 +764,38 @@ def test_thread_backend_task_submitted_after_the_exit_hook_still_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "late 42\n"
+
+
+def test_a_process_task_submitted_from_an_exit_hook_run_after_the_pools_own_still_runs() -> None:
+    # The pool's exit hook stops every worker; one of the program's registered before the
+    # first pool runs after it, and its process tasks failed with ShutdownError, where on
+    # threads they ran. The workers started for them still end with the program.
+    result, _ = run_python(
+        """
+        import atexit
+        import psutil
+        import makeparallel as mp
+
+        @atexit.register  # before the pool exists: it runs after the pool's own exit hook
+        def late():
+            results = mp.parallel_map(abs, [-1, -2], backend="process"), mp.parallel(backend="process")(abs)(-5).get(30)
+            print("late", *results, flush=True)
+            print(*(child.pid for child in psutil.Process().children(recursive=True)), flush=True)
+
+        print("main", mp.parallel(backend="process")(abs)(-3).get(timeout=30), flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    main, late, started = result.stdout.splitlines()
+    assert (main, late) == ("main 3", "late [1, 2] 5")
+    processes = []
+    for pid in map(int, started.split()):
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=20)
+    assert not alive
 
 
 def test_a_task_submitted_from_an_exit_hook_where_no_thread_may_start_runs_inline_when_waited_for() -> None:

@@ -698,6 +698,7 @@ def is_shut_down() -> bool:
 
 def _at_exit() -> None:
     backends = _all_backends()
+    reopen = False
     if _shut_down:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
@@ -717,8 +718,15 @@ def _at_exit() -> None:
                 f"after waiting {timeout:g} s",
                 "collect results or call makeparallel.shutdown() before exiting, or raise configure(exit_timeout=...)",
             )
+        reopen = True
     # No orphaned or zombie worker process; every pool's stopped at once.
     terminate_all([*backends, *(pool for pools in _also_at_exit for pool in pools())])
+    if reopen:
+        # The program's exit hooks registered before the first pool run after this one, and
+        # may still submit tasks, as on threads: a process pool then starts new workers,
+        # which die with the program (their parent-death signal). Its stopped pool failed them.
+        for backend in backends:
+            backend.reopen()
 
 
 def _ending_on_interrupt() -> bool:
