@@ -1185,3 +1185,52 @@ def test_a_module_that_runs_process_tasks_as_it_is_imported(function: str, tmp_p
     else:
         assert completed.returncode == 0, completed.stderr
         assert completed.stdout.split() == ["6"]
+
+
+MAIN_SCRIPT = """\
+import dataclasses, pickle, sys
+import makeparallel as mp
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+class Where:
+    def file(self):
+        import __main__
+        return __main__.__file__
+
+def pickled_here(i):
+    return pickle.loads(pickle.dumps(Point(i))) == Point(i)
+
+def load(path):
+    with open(path, "rb") as file:
+        return isinstance(pickle.load(file), Point)
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "wb") as file:
+        pickle.dump(Point(42), file)
+    task = mp.parallel(backend="process")
+    print(task(Where().file)().get(timeout=30) == __file__, task(pickled_here)(1).get(timeout=30))
+    print(task(load)(sys.argv[1]).get(timeout=30), mp.parallel_map(pickled_here, range(3), backend="process"))
+"""
+
+
+def test_a_task_pickles_the_classes_of_the_main_script_it_refers_to(tmp_path: Path) -> None:
+    # A worker never runs the main script; its functions travel by value, and found the
+    # template's own __main__: pickling an instance of a class the script defines failed
+    # (Can't pickle <class '__main__.Point'>), so did pickle.load of a file holding one,
+    # and __main__.__file__ was missing. The worker's __main__ now stands for the script's.
+    script = tmp_path / "script.py"
+    script.write_text(MAIN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache.pkl")],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+        check=False,
+    )
+    assert result.stdout.splitlines() == ["True True", "True [True, True, True]"], result.stderr

@@ -39,6 +39,7 @@ import weakref
 from contextvars import ContextVar
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
+from ._backends._main_module import adopt
 from ._remote_errors import reduce_exception
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -272,6 +273,7 @@ def load_function(data: bytes) -> Any:
     fn = _loaded.get(data)
     if fn is None:
         fn = _pickle.loads(data)
+        adopt(fn)  # in a worker, a function of the main script: its __main__ takes on what it refers to
         if len(data) <= _FUNCTION_BYTES_KEPT:
             if len(_loaded) >= _FUNCTIONS_KEPT or _loaded_bytes + len(data) > _FUNCTION_BYTES_KEPT:
                 _loaded.clear()

@@ -16,9 +16,10 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            later, when the parent's sys.path, its pinned
                                                            modules (_PinnedModules) or its warning filters
                                                            changed
-                       ("setup", initializer, initargs, argv, ignore_sigint, settings)  then, always:
-                                                           the initializer pickled, or None; the
-                                                           program's sys.argv; whether it ignores Ctrl-C;
+                       ("setup", initializer, initargs, argv, main_file, ignore_sigint, settings)  then,
+                                                           always: the initializer pickled, or None; the
+                                                           program's sys.argv and __main__.__file__
+                                                           (_main_module); whether it ignores Ctrl-C;
                                                            its recursion limit, int digits, warning
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
@@ -60,6 +61,7 @@ from .._task_context import _local
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalWriter
+from ._main_module import stand_in_for_main
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import die_with_parent, still_die_with_parent
 from ._wakeup import drain, wakeup_pipe
@@ -188,13 +190,20 @@ class _Worker:
             return
 
     def _set_up(
-        self, initializer: bytes | None, initargs: bytes, argv: list[str], ignore_sigint: bool, settings: Any
+        self,
+        initializer: bytes | None,
+        initargs: bytes,
+        argv: list[str],
+        main_file: str | None,
+        ignore_sigint: bool,
+        settings: Any,
     ) -> None:
-        """Take on the program's ``sys.argv``, Ctrl-C and settings, run the pool's initializer, then say so.
+        """Take on the program's ``sys.argv``, ``__main__``, Ctrl-C and settings, run the pool's initializer, then say so.
 
         If the initializer raises, report it and exit.
         """
         sys.argv = argv
+        stand_in_for_main(main_file)
         interpreter_settings.take_on(settings)
         if ignore_sigint:  # as the program does (_inherited.interrupts_ignored), and the programs a task runs
             signal.signal(signal.SIGINT, signal.SIG_IGN)
