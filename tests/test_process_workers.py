@@ -185,7 +185,8 @@ def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop
     assert info()["live_workers"] == 0 and restarts() == before + started
     report = mp.health(memory_limit_percent=100.0)  # it said "ok" while every task failed
     assert (report["ready"], report["live"]) == (False, True)
-    assert report["reasons"][0].startswith("process pool fails every task until it is configured again: worker")
+    assert report["reasons"][0].startswith("process pool fails every task: worker")
+    assert report["reasons"][0].endswith("until configure_process_pool() is called again")
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
     assert info()["refusing_tasks"] is None

@@ -72,7 +72,7 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
     status = DEGRADED if reasons else OK
     refusing = [
-        f"{name} pool fails every task until it is configured again: {info['refusing_tasks']}"
+        f"{name} pool fails every task: {info['refusing_tasks']}"  # which says until when
         for name, info in pools.items()
         if info.get("refusing_tasks")
     ]
