@@ -1956,6 +1956,22 @@ def _zombie_elsewhere(pid: int) -> bool:
         return True
 
 
+def test_worker_pids_names_only_workers_forked_already(two_workers: None) -> None:
+    # A worker the template had not forked yet (its pid unknown) was listed as None:
+    # a program that signalled each pid it was given raised.
+    pids = live_worker_pids()
+    template = psutil.Process(psutil.Process(pids[0]).ppid())
+    template.send_signal(signal.SIGSTOP)  # it answers no fork request until continued
+    try:
+        mp.configure_process_pool(4)
+        on_process(worker_pid)()  # the pool grows: two workers asked of the template
+        assert wait_until(lambda: mp.get_process_pool_info()["live_workers"] == 4, 15)
+        assert sorted(mp.get_process_pool_info()["worker_pids"]) == pids
+    finally:
+        template.send_signal(signal.SIGCONT)
+    assert wait_until(lambda: len(mp.get_process_pool_info()["worker_pids"]) == 4, 15)
+
+
 def test_shutdown_stops_the_template_too(two_workers: None) -> None:
     pids = live_worker_pids()
     template = psutil.Process(psutil.Process(pids[0]).ppid())

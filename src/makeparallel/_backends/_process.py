@@ -384,7 +384,7 @@ class ProcessBackend(QueueingBackend):
                 "restart_window_s": RESTART_WINDOW,
                 "loop_deaths": self._loop_deaths,
                 "paused": self._paused,
-                "worker_pids": [w.process.pid for w in self._workers],
+                "worker_pids": [w.process.pid for w in self._workers if w.process.pid is not None],  # forked yet
                 "max_tasks_per_child": self._max_tasks_per_child,
                 "max_worker_memory": self._max_worker_memory,
                 "initializer": self._setup.name or None,
