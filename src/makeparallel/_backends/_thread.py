@@ -386,8 +386,7 @@ class ThreadBackend(QueueingBackend):
         tasks wait for a worker that is running, and fail with the refusal when
         none is (:meth:`_fail_queued_if_no_worker`). Once the interpreter
         exits (some Pythons refuse every start from its exit hooks on), the
-        refusal is never raised: a task waited for runs inline, and the others
-        are abandoned with the program.
+        refusal is never raised: the queued tasks run in this thread.
         """
         count = started = 0
         running: threading.Event | None = None  # set by the thread being started as it begins
@@ -430,9 +429,12 @@ class ThreadBackend(QueueingBackend):
     def _fail_queued_if_no_worker(self, refusal: RuntimeError) -> None:
         """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever.
 
-        Once the interpreter exits, a wait runs its task inline instead
-        (``AsyncHandle._run_here_if_queued``): only a task that no wait runs
-        there, one with its own timeout, fails.
+        Once the interpreter exits, no worker ever will: they run here, in the
+        thread that submitted them, as a wait would run its task inline
+        (``AsyncHandle._run_here_if_queued``). Left queued for a wait, they
+        ran under ``get()`` but kept ``gather``, ``as_completed`` and ``await``
+        waiting for good. Only a task no wait runs there (one with its own
+        timeout, which nothing could end there) fails.
         """
         exiting = _interpreter_exiting()
         with self._lock:
@@ -440,7 +442,7 @@ class ThreadBackend(QueueingBackend):
                 return
             pending = self._pending_locked()
         for handle in pending:
-            if exiting and handle._timeout is None:
+            if exiting and handle._run_here_if_queued():
                 continue
             if self._steal(handle):
                 error = RuntimeError(f"no worker thread could start for task {handle._id} ({handle.name}): {refusal}")
