@@ -1087,3 +1087,29 @@ def test_thread_limits_set_by_the_user_are_kept(monkeypatch: pytest.MonkeyPatch)
     assert limits["MKL_NUM_THREADS"] is None
     assert limits["NUMEXPR_NUM_THREADS"] is None
     assert info()["thread_limits"] == {"VECLIB_MAXIMUM_THREADS": str(usable_cpus().cpus)}
+
+
+def test_a_loop_the_system_refuses_a_descriptor_fails_the_queued_tasks_and_the_next_one_starts_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At the descriptor limit as the pool's loop started, making its selector raised
+    # EMFILE: counted as the loop's death, health() said the process was not live for
+    # good, once the descriptors were back and tasks ran again.
+    fresh_process_pool(1)
+    assert mp.shutdown(10)  # no loop runs: the next task starts one
+    mp.reset_shutdown()
+    made = _process.selectors.DefaultSelector
+    submitted = threading.Event()
+
+    def refused() -> Any:
+        monkeypatch.setattr(_process.selectors, "DefaultSelector", made)  # once
+        assert submitted.wait(30)  # the task is queued: it is the loop's
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_process.selectors, "DefaultSelector", refused)
+    handle = mp.parallel(backend="process")(noop)()
+    submitted.set()
+    with pytest.raises(mp.WorkerCrashedError, match=r"refused the process pool what it needs \(OSError: \[Errno 24\]"):
+        handle.get(timeout=30)
+    assert info()["loop_deaths"] == 0 and mp.health()["live"]
+    assert mp.parallel(backend="process")(os.getpid)().get(timeout=30) != os.getpid()

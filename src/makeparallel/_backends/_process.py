@@ -624,6 +624,25 @@ class ProcessBackend(QueueingBackend):
             )
             self._recover_from_loop_death(error)
 
+    def _refuse_queued(self, refusal: OSError) -> None:
+        """The system refused the loop what it needs to start (a descriptor): the queued tasks fail, the next one tries again.
+
+        A want of the system's, not a fault of the pool: counted as the loop's
+        death, it had ``health()`` report the process not live for good, once
+        the descriptors were back and tasks ran again.
+        """
+        with self._lock:  # together: a task submitted from now on starts a loop again
+            queued = self._take_queued_locked()
+            self._loop = None
+        for handle in queued:
+            handle._finish(
+                FAILED,
+                WorkerCrashedError(
+                    f"task {handle._id} ({handle.name}) was not run: the system refused the process pool "
+                    f"what it needs ({type(refusal).__name__}: {refusal}); the next task tries again"
+                ),
+            )
+
     def _recover_from_loop_death(self, cause: BaseException) -> None:
         # Everything the dead loop owned is taken out under the lock first, so that
         # a task submitted from now on starts a new loop with new workers.
@@ -657,8 +676,12 @@ class ProcessBackend(QueueingBackend):
     def _run_loop(self) -> None:
         # One selector for the loop's life, changed only when the workers change:
         # building one per pass cost more than a no-op task's result.
-        with standard_numbers_held():
-            selector = selectors.DefaultSelector()
+        try:
+            with standard_numbers_held():
+                selector = selectors.DefaultSelector()
+        except OSError as error:
+            self._refuse_queued(error)
+            return
         with selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             watched: list[_Worker] = []
