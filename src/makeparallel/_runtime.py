@@ -724,7 +724,7 @@ def _at_exit() -> None:
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
-        # which die with the program (their parent-death signal). Its stopped pool failed them.
+        # which die with the program (their parent-death signal). Left stopped, it failed them.
         for backend in backends:
             backend.reopen()
 

@@ -384,7 +384,7 @@ class ThreadBackend(QueueingBackend):
         full pids cgroup, ``ulimit -u``) is uncounted; with ``refusal_raises``
         (a submission, a resize: a caller to tell) the error is raised, else the
         tasks wait for a worker that is running, and fail with the refusal when
-        none is (:meth:`_fail_queued_if_no_worker`). Once the interpreter
+        none is (:meth:`_end_queued_if_no_worker`). Once the interpreter
         exits (some Pythons refuse every start from its exit hooks on), the
         refusal is never raised: the queued tasks run in this thread.
         """
@@ -424,12 +424,12 @@ class ThreadBackend(QueueingBackend):
                 self._workers -= count - started - runs
             if not isinstance(error, RuntimeError) or (refusal_raises and not _interpreter_exiting()):
                 raise  # Ctrl-C landed here, or the caller is told of the refusal
-            self._fail_queued_if_no_worker(error)
+            self._end_queued_if_no_worker(error)
 
-    def _fail_queued_if_no_worker(self, refusal: RuntimeError) -> None:
+    def _end_queued_if_no_worker(self, refusal: RuntimeError) -> None:
         """With no worker left to run them, the queued tasks fail with the refusal instead of waiting for ever.
 
-        Once the interpreter exits, no worker ever will: they run here, in the
+        Once the interpreter exits, no worker ever will: they run here instead, in the
         thread that submitted them, as a wait would run its task inline
         (``AsyncHandle._run_here_if_queued``). Left queued for a wait, they
         ran under ``get()`` but kept ``gather``, ``as_completed`` and ``await``
