@@ -472,3 +472,20 @@ def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_o
         messages.append(str(caught.value))
     assert "_Awaited" not in messages[1], messages[1]
     assert messages[1].split("[map]", 1)[1] == messages[0].split("[map]", 1)[1], messages
+
+
+def test_a_submission_short_of_descriptors_raises_the_systems_error_not_a_pickling_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At the descriptor limit, importing cloudpickle to pickle a task failed with EMFILE,
+    # and the submission raised TaskSerializationError: "the function could not be
+    # pickled (OSError: [Errno 24] Too many open files: '.../pickle.py')".
+    from makeparallel import _serialization
+
+    def short(fn: Any) -> bytes:
+        raise OSError(24, "Too many open files", "pickle.py")
+
+    monkeypatch.setattr(_serialization, "dumps_function", short)
+    with pytest.raises(OSError) as caught:
+        mp.parallel(backend="process")(describe)(ValueError("x"))
+    assert type(caught.value) is OSError and caught.value.errno == 24

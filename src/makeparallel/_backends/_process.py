@@ -1708,7 +1708,10 @@ _PLAIN_OR_FUNCTION = _PLAIN | {FunctionType}
 def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[_pickle.PickleBuffer]]:
     """Pickle the task's call: the function (cached) and the arguments.
 
-    A failure names the object that could not be pickled.
+    A failure names the object that could not be pickled. Where no descriptor
+    was left (``EMFILE``, ``ENFILE``: importing cloudpickle opens its files),
+    the ``OSError`` is raised as it is: a ``TaskSerializationError`` blamed the
+    function.
     """
     call = (handle._fn, handle._args, handle._kwargs)
     try:
@@ -1729,6 +1732,8 @@ def _serialize_call(handle: AsyncHandle[Any]) -> tuple[bytes, bytes, list[_pickl
         data, buffers = _serialization.dumps(sent)
         return _serialization.dumps_function(handle._fn), data, buffers
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # the system's want, not the call's: pickling imports modules, which takes descriptors
         raise TaskSerializationError(
             f"task {handle._id} ({handle.name}) cannot be sent to a worker process: "
             f"{_culprit(call)} could not be pickled ({type(error).__name__}: {error}). "
