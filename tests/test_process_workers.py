@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
 from makeparallel._backends import _process
 from makeparallel._cpus import UsableCpus, usable_cpus
 from pool_helpers import Flags, exit_alone, fresh_process_pool, live_worker_pids, pid_once_released, wait_until
@@ -147,18 +148,19 @@ def test_a_dying_worker_counts_as_live_until_its_restart_is_counted(monkeypatch:
 
     monkeypatch.setattr(_process, "_stop", slow_stop)
     handle = exit_alone(3)
+    pool = _runtime.get_backend("process")
     try:
         assert reaping.wait(30)
-        seen = info()  # a replacement may be starting meanwhile: it is in worker_pids, the dying one is not
-        assert seen["live_workers"] == len(seen["worker_pids"]) + 1
+        seen = info()  # the loop is held: no worker starts or ends meanwhile
+        assert seen["live_workers"] == len(pool._workers) + 1  # the dying one, no longer in the pool, counts
         assert seen["worker_restart_reasons"].get("crashed", 0) == before
     finally:
         release.set()
     with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
         handle.get(timeout=30)
     assert wait_until(lambda: restarts("crashed") == before + 1)
-    seen = info()  # counted: the dying one is gone (a replacement may be live already)
-    assert seen["live_workers"] == len(seen["worker_pids"])
+    # Counted: the dying one is gone (a replacement may be live already, once forked).
+    assert wait_until(lambda: (seen := info())["live_workers"] == len(seen["worker_pids"]))
 
 
 @pytest.mark.parametrize("max_tasks_per_child", [None, 1])
