@@ -1234,3 +1234,72 @@ def test_a_task_pickles_the_classes_of_the_main_script_it_refers_to(tmp_path: Pa
         check=False,
     )
     assert result.stdout.splitlines() == ["True True", "True [True, True, True]"], result.stderr
+
+
+def run_in(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``arguments`` in ``folder``, the package importable."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *arguments], cwd=folder, capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+
+
+def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
+    # The worker's __main__ named the program's file but not its module: the spawn
+    # pool's children ran app/main.py as a file, its relative import failed in each,
+    # and the pool started new ones without end.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "settings.py").write_text("SIGN = -1\n")
+    (tmp_path / "app" / "main.py").write_text(
+        "import multiprocessing\n"
+        "import makeparallel as mp\n"
+        "from .settings import SIGN\n\n"
+        "def task():\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        return pool.map(abs, [SIGN, 2 * SIGN])\n\n"
+        "if __name__ == '__main__':\n"
+        "    print(mp.parallel(backend='process')(task)().get(timeout=30))\n"
+    )
+    result = run_in(tmp_path, "-m", "app.main")
+    assert result.stdout.splitlines() == ["[1, 2]"], result.stderr[-2000:]
+
+
+def test_a_class_the_program_defines_again_is_the_one_a_later_task_pickles() -> None:
+    # A notebook cell run again defines its class anew: the worker's __main__ kept the
+    # first, and a task of the new cell failed to pickle an instance of the new one.
+    cell = (
+        "@dataclasses.dataclass\nclass Point:\n    x: int\n\n"
+        "def rebuilt(i):\n    return pickle.loads(pickle.dumps(Point(i))).x\n"
+    )
+    result = run_in(
+        Path.cwd(),
+        "-c",
+        "import dataclasses, pickle\n"
+        "import makeparallel as mp\n"
+        "mp.configure_process_pool(num_workers=1)\n"
+        f"exec({cell!r})\n"
+        "first = mp.parallel(backend='process')(rebuilt)(1).get(timeout=30)\n"
+        f"exec({cell!r})\n"
+        "print(first, mp.parallel(backend='process')(rebuilt)(2).get(timeout=30))\n",
+    )
+    assert result.stdout.split() == ["1", "2"], result.stderr[-2000:]
+
+
+def test_a_script_read_from_standard_input_gives_the_workers_main_no_file() -> None:
+    # Its __main__.__file__ is "<stdin>": a spawn pool a task made looked for a file of
+    # that name in each child, failed, and started new ones without end.
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    script = (
+        "import makeparallel as mp\n"
+        "def main_file():\n"
+        "    import __main__\n"
+        "    return getattr(__main__, '__file__', None)\n"
+        "print(__file__, mp.parallel(backend='process')(main_file)().get(timeout=30))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+    assert result.stdout.split() == ["<stdin>", "None"], result.stderr[-2000:]

@@ -8,16 +8,22 @@ code then found the template's own ``__main__``: a task that pickled an
 instance of a class the script defines failed (``Can't pickle <class
 '__main__.Point'>``), so did ``pickle.load`` of a file holding one, and
 ``__main__.__file__`` was missing. So each worker has a module of its own as
-``__main__``, with the program's ``__file__``, which takes on the classes,
-functions and other globals of the script that the functions sent to it
-refer to, as they arrive (:func:`adopt`). What no function sent refers to is
-not there.
+``__main__``, named as the program's (its ``__file__``, and its module's name
+under ``python -m``), which takes on the classes, functions and other globals
+of the script that the functions sent to it refer to, as they arrive
+(:func:`adopt`). What no function sent refers to is not there.
+
+A ``spawn`` or ``forkserver`` pool a task makes runs the script again from
+those names in its children, as it would from the program: without the
+module's name, a script run with ``python -m`` was run as a file there, and
+its relative imports failed in every child.
 """
 
 from __future__ import annotations
 
 import builtins
 import sys
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -25,24 +31,36 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["adopt", "main_file", "stand_in_for_main"]
+__all__ = ["adopt", "main_script", "stand_in_for_main"]
 
 _stand_in: ModuleType | None = None  # this worker's __main__, once set up
 
 
-def main_file() -> str | None:
-    """The program's ``__main__.__file__``; None where it has none (``python -c``, a REPL, a notebook)."""
-    file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return file if isinstance(file, str) else None
+def main_script() -> tuple[str | None, str | None]:
+    """The program's ``__main__.__file__`` and module name (``__spec__.name``), each None where it has none.
+
+    No file for ``python -c``, a REPL or a notebook, nor for a script read
+    from standard input (``"<stdin>"``: a ``spawn`` pool's children looked
+    for a file of that name, and failed, without end). A module name only
+    under ``python -m`` and for a zip application.
+    """
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str) or (file.startswith("<") and file.endswith(">")):
+        file = None
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    return file, name if isinstance(name, str) else None
 
 
-def stand_in_for_main(file: str | None) -> None:
-    """In a worker, as it is set up: make a module of its own ``__main__``, with the program's ``file``."""
+def stand_in_for_main(file: str | None, name: str | None) -> None:
+    """In a worker, as it is set up: make a module of its own ``__main__``, named as :func:`main_script` says."""
     global _stand_in
     module = ModuleType("__main__")
     module.__builtins__ = builtins  # type: ignore[attr-defined]
     if file is not None:
         module.__file__ = file
+    if name is not None:
+        module.__spec__ = ModuleSpec(name, None, origin=file)
     sys.modules["__main__"] = module
     _stand_in = module
 
@@ -50,9 +68,12 @@ def stand_in_for_main(file: str | None) -> None:
 def adopt(fn: Any) -> None:
     """Have this worker's ``__main__`` take on what ``fn``, a function of the main script sent by value, refers to.
 
-    Names it has already keep their value: each function carries the globals
-    it uses as they were when it was pickled. Does nothing outside a worker, or
-    for a function of any other module.
+    The function sent last wins, as the program's ``__main__`` holds its
+    latest definitions: a notebook cell run again defines its class anew,
+    and a task of the new cell pickled an instance of it against the old one
+    (``it's not the same object as __main__.Point``). The functions keep
+    their own globals, as they were when pickled. Does nothing outside a
+    worker, or for a function of any other module.
     """
     main = _stand_in
     if main is None:
@@ -64,10 +85,10 @@ def adopt(fn: Any) -> None:
     adopted = main.__dict__
     for name, value in namespace.items():
         if not (name.startswith("__") and name.endswith("__")):
-            adopted.setdefault(name, value)
+            adopted[name] = value
     defined: list[Any] = [function, type(getattr(fn, "__self__", None))]  # a bound method's class too
     for top_level in defined:
         name = getattr(top_level, "__name__", None)
         if isinstance(name, str) and getattr(top_level, "__module__", None) == "__main__":
             if getattr(top_level, "__qualname__", None) == name:
-                adopted.setdefault(name, top_level)
+                adopted[name] = top_level

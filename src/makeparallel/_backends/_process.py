@@ -84,7 +84,7 @@ from ._crash_journal import JournalReader, create_journal
 from ._fd_numbers import standard_numbers_held
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments, refused_start
-from ._main_module import main_file
+from ._main_module import main_script
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
 from ._socketpair import blocking_socketpair
@@ -861,7 +861,7 @@ class ProcessBackend(QueueingBackend):
             started += 1
             worker.initializer = setup.name
             argv, settings = program_arguments(), interpreter_settings.current(path[2])
-            setup_message = (setup.initializer, setup.initargs, argv, main_file(), interrupts_ignored(), settings)
+            setup_message = (setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings)
             _send(worker, ("setup", *setup_message))
             with self._lock:
                 self._workers.append(worker)

@@ -16,10 +16,10 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            later, when the parent's sys.path, its pinned
                                                            modules (_PinnedModules) or its warning filters
                                                            changed
-                       ("setup", initializer, initargs, argv, main_file, ignore_sigint, settings)  then,
+                       ("setup", initializer, initargs, argv, main, ignore_sigint, settings)  then,
                                                            always: the initializer pickled, or None; the
-                                                           program's sys.argv and __main__.__file__
-                                                           (_main_module); whether it ignores Ctrl-C;
+                                                           program's sys.argv, and its __main__'s file and
+                                                           name (_main_module); whether it ignores Ctrl-C;
                                                            its recursion limit, int digits, warning
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
@@ -194,7 +194,7 @@ class _Worker:
         initializer: bytes | None,
         initargs: bytes,
         argv: list[str],
-        main_file: str | None,
+        main: tuple[str | None, str | None],
         ignore_sigint: bool,
         settings: Any,
     ) -> None:
@@ -203,7 +203,7 @@ class _Worker:
         If the initializer raises, report it and exit.
         """
         sys.argv = argv
-        stand_in_for_main(main_file)
+        stand_in_for_main(*main)
         interpreter_settings.take_on(settings)
         if ignore_sigint:  # as the program does (_inherited.interrupts_ignored), and the programs a task runs
             signal.signal(signal.SIGINT, signal.SIG_IGN)
