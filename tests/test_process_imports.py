@@ -1303,3 +1303,52 @@ def test_a_script_read_from_standard_input_gives_the_workers_main_no_file() -> N
         [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=50, env=env, check=False
     )
     assert result.stdout.split() == ["<stdin>", "None"], result.stderr[-2000:]
+
+
+def test_a_value_an_initializer_put_in_the_workers_main_stays_there(tmp_path: Path) -> None:
+    # The worker's __main__ took on every global of each function sent, as pickled: a
+    # later function's stale copy of a value replaced what the initializer had put there.
+    (tmp_path / "script.py").write_text(
+        "import makeparallel as mp\n"
+        "CONNECTION = None\n\n"
+        "def connect(name):\n"
+        "    import __main__\n"
+        "    __main__.CONNECTION = name\n\n"
+        "def via_main():\n"
+        "    import __main__\n"
+        "    return __main__.CONNECTION\n\n"
+        "def by_name():\n"
+        "    return CONNECTION\n\n"
+        "if __name__ == '__main__':\n"
+        "    mp.configure_process_pool(num_workers=1, initializer=connect, initargs=('db',))\n"
+        "    run = lambda fn: mp.parallel(backend='process')(fn)().get(timeout=30)\n"
+        "    print(run(via_main), run(by_name), run(via_main))\n"
+    )
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.split() == ["db", "None", "db"], result.stderr[-2000:]  # a function's own globals: None
+
+
+def test_a_function_a_launcher_runs_as_main_from_another_file_travels_by_value_as_on_threads(tmp_path: Path) -> None:
+    # runpy.run_module runs target.py as __main__ while the program's __main__ is the
+    # launcher: its functions are no attributes of that, and pickling them by name fails
+    # on threads. Taken on by the worker's __main__ (named as the launcher), they went
+    # by name to a spawn pool's children, which ran the launcher, and the target's main
+    # block, again; the pool waited for good.
+    (tmp_path / "target.py").write_text(
+        "import multiprocessing, sys\n"
+        "import makeparallel as mp\n\n"
+        "def square(x):\n"
+        "    return x * x\n\n"
+        "def pool():\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as workers:\n"
+        "        return workers.map(square, [2])\n\n"
+        "if __name__ == '__main__':\n"
+        "    for backend in ('thread', 'process'):\n"
+        "        try:\n"
+        "            print(mp.parallel(backend=backend)(pool)().get(timeout=30))\n"
+        "        except Exception as error:\n"
+        "            print(type(error).__name__)\n"
+    )
+    (tmp_path / "launcher.py").write_text("import runpy\nrunpy.run_module('target', run_name='__main__')\n")
+    result = run_in(tmp_path, "launcher.py")
+    assert result.stdout.split() == ["PicklingError", "PicklingError"], result.stderr[-2000:]

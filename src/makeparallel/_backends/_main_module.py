@@ -9,9 +9,9 @@ instance of a class the script defines failed (``Can't pickle <class
 '__main__.Point'>``), so did ``pickle.load`` of a file holding one, and
 ``__main__.__file__`` was missing. So each worker has a module of its own as
 ``__main__``, named as the program's (its ``__file__``, and its module's name
-under ``python -m``), which takes on the classes, functions and other globals
-of the script that the functions sent to it refer to, as they arrive
-(:func:`adopt`). What no function sent refers to is not there.
+under ``python -m``), which takes on the classes and functions of the script
+that the functions sent to it refer to, as they arrive (:func:`adopt`). What
+no function sent refers to is not there.
 
 A ``spawn`` or ``forkserver`` pool a task makes runs the script again from
 those names in its children, as it would from the program: without the
@@ -24,7 +24,7 @@ from __future__ import annotations
 import builtins
 import sys
 from importlib.machinery import ModuleSpec
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -66,29 +66,35 @@ def stand_in_for_main(file: str | None, name: str | None) -> None:
 
 
 def adopt(fn: Any) -> None:
-    """Have this worker's ``__main__`` take on what ``fn``, a function of the main script sent by value, refers to.
+    """Have this worker's ``__main__`` take on the script's classes and functions that ``fn``, sent by value, refers to.
 
-    The function sent last wins, as the program's ``__main__`` holds its
-    latest definitions: a notebook cell run again defines its class anew,
-    and a task of the new cell pickled an instance of it against the old one
-    (``it's not the same object as __main__.Point``). The functions keep
-    their own globals, as they were when pickled. Does nothing outside a
-    worker, or for a function of any other module.
+    Only those defined in the script the program runs (``fn``'s file is its
+    ``__main__``'s): a launcher's ``runpy.run_module`` or ``exec`` runs
+    another file as ``__main__``, whose functions the program's ``__main__``
+    does not have either, so they still travel by value there. Only classes
+    and functions, the definitions pickle looks up by name: a value (a
+    setting, a connection) the initializer or a task put in ``__main__``
+    stays, and one no function put there is missing, not a stale copy. The
+    one sent last wins, as the program's ``__main__`` holds its latest
+    definitions: a notebook cell run again defines its class anew, and a
+    task of the new cell pickled an instance of it against the old one.
+    The functions keep their own globals. Does nothing outside a worker.
     """
     main = _stand_in
     if main is None:
         return
     function = getattr(fn, "__func__", fn)  # a bound method's function
     namespace = getattr(function, "__globals__", None)
-    if type(namespace) is not dict or namespace.get("__name__") != "__main__" or namespace is main.__dict__:
+    if (
+        type(namespace) is not dict
+        or namespace.get("__name__") != "__main__"
+        or namespace.get("__file__") != getattr(main, "__file__", None)
+    ):
         return
     adopted = main.__dict__
-    for name, value in namespace.items():
-        if not (name.startswith("__") and name.endswith("__")):
-            adopted[name] = value
-    defined: list[Any] = [function, type(getattr(fn, "__self__", None))]  # a bound method's class too
-    for top_level in defined:
-        name = getattr(top_level, "__name__", None)
-        if isinstance(name, str) and getattr(top_level, "__module__", None) == "__main__":
-            if getattr(top_level, "__qualname__", None) == name:
-                adopted[name] = top_level
+    defined: list[Any] = [*namespace.values(), function, type(getattr(fn, "__self__", None))]  # a method's class
+    for value in defined:
+        name = getattr(value, "__name__", None)
+        if isinstance(value, (type, FunctionType)) and getattr(value, "__module__", None) == "__main__":
+            if isinstance(name, str) and getattr(value, "__qualname__", None) == name:
+                adopted[name] = value
