@@ -1293,16 +1293,20 @@ def test_a_script_read_from_standard_input_gives_the_workers_main_no_file() -> N
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
     script = (
+        "import dataclasses, pickle\n"
         "import makeparallel as mp\n"
+        "@dataclasses.dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
         "def main_file():\n"
         "    import __main__\n"
-        "    return getattr(__main__, '__file__', None)\n"
-        "print(__file__, mp.parallel(backend='process')(main_file)().get(timeout=30))\n"
+        "    return getattr(__main__, '__file__', None), pickle.loads(pickle.dumps(Point(3))).x\n"
+        "print(__file__, *mp.parallel(backend='process')(main_file)().get(timeout=30))\n"
     )
     result = subprocess.run(
         [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=50, env=env, check=False
     )
-    assert result.stdout.split() == ["<stdin>", "None"], result.stderr[-2000:]
+    assert result.stdout.split() == ["<stdin>", "None", "3"], result.stderr[-2000:]
 
 
 def test_a_value_an_initializer_put_in_the_workers_main_stays_there(tmp_path: Path) -> None:

@@ -45,11 +45,15 @@ def main_script() -> tuple[str | None, str | None]:
     under ``python -m`` and for a zip application.
     """
     main = sys.modules.get("__main__")
-    file = getattr(main, "__file__", None)
-    if not isinstance(file, str) or (file.startswith("<") and file.endswith(">")):
-        file = None
     name = getattr(getattr(main, "__spec__", None), "name", None)
-    return file, name if isinstance(name, str) else None
+    return _file_named(getattr(main, "__file__", None)), name if isinstance(name, str) else None
+
+
+def _file_named(file: object) -> str | None:
+    """``file``, a ``__file__``, where it names a file: not ``"<stdin>"`` or the like."""
+    if not isinstance(file, str) or (file.startswith("<") and file.endswith(">")):
+        return None
+    return file
 
 
 def stand_in_for_main(file: str | None, name: str | None) -> None:
@@ -88,7 +92,7 @@ def adopt(fn: Any) -> None:
     if (
         type(namespace) is not dict
         or namespace.get("__name__") != "__main__"
-        or namespace.get("__file__") != getattr(main, "__file__", None)
+        or _file_named(namespace.get("__file__")) != getattr(main, "__file__", None)
     ):
         return
     adopted = main.__dict__
