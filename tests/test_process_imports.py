@@ -1187,6 +1187,22 @@ def test_a_module_that_runs_process_tasks_as_it_is_imported(function: str, tmp_p
         assert completed.stdout.split() == ["6"]
 
 
+def run_in(folder: Path, *arguments: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``arguments`` in ``folder``, the package importable; ``script`` on its standard input."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=folder,
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+        check=False,
+    )
+
+
 MAIN_SCRIPT = """\
 import dataclasses, pickle, sys
 import makeparallel as mp
@@ -1221,28 +1237,11 @@ def test_a_task_pickles_the_classes_of_the_main_script_it_refers_to(tmp_path: Pa
     # template's own __main__: pickling an instance of a class the script defines failed
     # (Can't pickle <class '__main__.Point'>), so did pickle.load of a file holding one,
     # and __main__.__file__ was missing. The worker's __main__ now stands for the script's.
-    script = tmp_path / "script.py"
-    script.write_text(MAIN_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cache.pkl")],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-        check=False,
-    )
+    (tmp_path / "script.py").write_text(MAIN_SCRIPT)
+    result = run_in(tmp_path, "script.py", str(tmp_path / "cache.pkl"))
     assert result.stdout.splitlines() == ["True True", "True [True, True, True]"], result.stderr
 
 
-def run_in(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    """Run this Python with ``arguments`` in ``folder``, the package importable."""
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, *arguments], cwd=folder, capture_output=True, text=True, timeout=50, env=env, check=False
-    )
 
 
 def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
@@ -1290,8 +1289,6 @@ def test_a_class_the_program_defines_again_is_the_one_a_later_task_pickles() -> 
 def test_a_script_read_from_standard_input_gives_the_workers_main_no_file() -> None:
     # Its __main__.__file__ is "<stdin>": a spawn pool a task made looked for a file of
     # that name in each child, failed, and started new ones without end.
-    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
     script = (
         "import dataclasses, pickle\n"
         "import makeparallel as mp\n"
@@ -1303,9 +1300,7 @@ def test_a_script_read_from_standard_input_gives_the_workers_main_no_file() -> N
         "    return getattr(__main__, '__file__', None), pickle.loads(pickle.dumps(Point(3))).x\n"
         "print(__file__, *mp.parallel(backend='process')(main_file)().get(timeout=30))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=50, env=env, check=False
-    )
+    result = run_in(Path.cwd(), "-", script=script)
     assert result.stdout.split() == ["<stdin>", "None", "3"], result.stderr[-2000:]
 
 
