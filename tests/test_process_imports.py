@@ -8,6 +8,7 @@ while importing) travels by value. Both for ``@parallel`` tasks and for maps.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -242,51 +243,48 @@ def test_a_folder_another_thread_moves_as_the_finders_look_is_not_missed(tmp_pat
         sys.modules.pop(name, None)
 
 
-def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:
-    # Only a module of that name was looked for: a folder put first on sys.path since,
-    # holding another (a plugin's, an installed copy of a checkout), ran its code in the
-    # workers, with no error.
+@contextlib.contextmanager
+def shadowed(tmp_path: Path, imported: str, shadow: str) -> Iterator[ModuleType]:
+    """A module of a unique name (source ``imported``), imported, then another of its name (``shadow``) put first on ``sys.path``.
+
+    The pool is fresh: its workers start under that ``sys.path``.
+    """
     name = f"plugin_{uuid.uuid4().hex}"
-    for folder in ("imported", "shadow"):
+    for folder, source in (("imported", imported), ("shadow", shadow)):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / f"{name}.py").write_text(f"def which(_=None):\n    return {folder!r}\n")
+        (tmp_path / folder / f"{name}.py").write_text(source)
     path_before = list(sys.path)
     try:
         module = import_from(name, tmp_path / "imported")
         sys.path.insert(0, str(tmp_path / "shadow"))
         importlib.invalidate_caches()
         fresh_process_pool(2)
-        assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "imported"
-        assert mp.parallel_map(module.which, range(4), backend="process") == ["imported"] * 4
+        yield module
     finally:
         sys.path[:] = path_before
         sys.modules.pop(name, None)
+
+
+def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) -> None:
+    # Only a module of that name was looked for: a folder put first on sys.path since,
+    # holding another (a plugin's, an installed copy of a checkout), ran its code in the
+    # workers, with no error.
+    which = "def which(_=None):\n    return {!r}\n"
+    with shadowed(tmp_path, which.format("imported"), which.format("shadow")) as module:
+        assert mp.parallel(backend="process")(module.which)().get(timeout=30) == "imported"
+        assert mp.parallel_map(module.which, range(4), backend="process") == ["imported"] * 4
 
 
 def test_a_map_result_of_a_class_sent_by_value_imports_no_module_of_its_name_in_the_workers(tmp_path: Path) -> None:
     # A map's worker journals each result with plain pickle first, which imported the
     # result's class's module by name: the other module of that name, put first on
     # sys.path since, ran its code in every worker (the result still came back right).
-    name = f"plugin_{uuid.uuid4().hex}"
     ran = tmp_path / "the other module ran"
-    for folder in ("imported", "shadow"):
-        (tmp_path / folder).mkdir()
-    (tmp_path / "imported" / f"{name}.py").write_text(
-        "import dataclasses\n\n@dataclasses.dataclass\nclass Box:\n    x: int\n\ndef box(x):\n    return Box(x)\n"
-    )
-    (tmp_path / "shadow" / f"{name}.py").write_text(f"open({str(ran)!r}, 'a').close()\n")
-    path_before = list(sys.path)
-    try:
-        module = import_from(name, tmp_path / "imported")
-        sys.path.insert(0, str(tmp_path / "shadow"))
-        importlib.invalidate_caches()
-        fresh_process_pool(2)
+    box = "import dataclasses\n\n@dataclasses.dataclass\nclass Box:\n    x: int\n\ndef box(x):\n    return Box(x)\n"
+    with shadowed(tmp_path, box, f"open({str(ran)!r}, 'a').close()\n") as module:
         results = mp.parallel_map(module.box, range(4), backend="process")
         assert [(type(r).__name__, r.x) for r in results] == [("Box", i) for i in range(4)]
         assert not ran.exists()
-    finally:
-        sys.path[:] = path_before
-        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("spelling", ["a symlink", "with .."])

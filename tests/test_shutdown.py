@@ -743,25 +743,33 @@ def test_sync_backend_at_exit() -> None:
     ]
 
 
+EXIT_HOOK_PROGRAM = """
+import atexit
+import threading
+import makeparallel as mp
+
+@mp.parallel
+def double(x):
+    return 2 * x
+
+@atexit.register
+def late():
+{hook}
+
+mp.configure_thread_pool(num_threads=2)  # the pool exists, its exit hook too: it runs first
+"""
+
+
+def run_exit_hook(hook: str) -> subprocess.CompletedProcess[str]:
+    """Run a program whose exit hook ``late``, run after the thread pool's own, is ``hook``; ``double`` is a task."""
+    result, _ = run_python(EXIT_HOOK_PROGRAM.format(hook=textwrap.indent(textwrap.dedent(hook), "    ")))
+    return result
+
+
 @pytest.mark.timeout(40)
 def test_thread_backend_task_submitted_after_the_exit_hook_still_runs() -> None:
     # Python 3.12+ refuses to start threads this late; get() then runs the task inline.
-    result, _ = run_python(
-        """
-        import atexit
-        import makeparallel as mp
-
-        @mp.parallel
-        def double(x):
-            return 2 * x
-
-        @atexit.register
-        def late():
-            print("late", double(21).get(), flush=True)
-
-        mp.configure_thread_pool(num_threads=2)  # the pool exists, its exit hook too
-        """
-    )
+    result = run_exit_hook('print("late", double(21).get(), flush=True)')
     assert result.returncode == 0, result.stderr
     assert result.stdout == "late 42\n"
 
@@ -814,30 +822,18 @@ def test_a_process_task_submitted_from_an_exit_hook_run_after_the_pools_own_stil
 def test_a_task_submitted_from_an_exit_hook_where_no_thread_may_start_runs_in_the_submitting_thread() -> None:
     # Python 3.12.0 to 3.12.2 refuse every new thread from the exit hooks on, as
     # this program's hook makes every Python do.
-    result, _ = run_python(
+    result = run_exit_hook(
         """
-        import atexit
-        import threading
-        import makeparallel as mp
+        def refuse(self):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
 
-        @mp.parallel
-        def double(x):
-            return 2 * x
-
-        @atexit.register
-        def late():
-            def refuse(self):
-                raise RuntimeError("can't create new thread at interpreter shutdown")
-
-            threading.Thread.start = refuse
-            print("late", double(21).get(), mp.gather([double(1), double(2)]), flush=True)
-            print(sorted(h.get() for h in mp.as_completed([double(3), double(4)])), flush=True)
-            try:
-                double.options(timeout=5)(1).get(timeout=10)  # no wait may run it: it fails at once
-            except RuntimeError as error:
-                print("timed:", error, flush=True)
-
-        mp.configure_thread_pool(num_threads=2)  # the pool exists, its exit hook too: it runs first
+        threading.Thread.start = refuse
+        print("late", double(21).get(), mp.gather([double(1), double(2)]), flush=True)
+        print(sorted(h.get() for h in mp.as_completed([double(3), double(4)])), flush=True)
+        try:
+            double.options(timeout=5)(1).get(timeout=10)  # no wait may run it: it fails at once
+        except RuntimeError as error:
+            print("timed:", error, flush=True)
         """
     )
     assert result.returncode == 0, result.stderr
