@@ -232,7 +232,7 @@ def test_a_restart_storm_is_degraded_and_passes(flags: Flags, monkeypatch: pytes
     report = mp.health(memory_limit_percent=100.0)
     assert report["status"] == "degraded" and report["live"] is True and report["ready"] is True
     storm = [r for r in report["reasons"] if "restarts" in r]
-    assert storm == ["process pool: 2 worker restarts in the last 10 s for 1 workers (tasks crash or time out)"]
+    assert storm == ["process pool: 2 worker restarts in the last 10 s for 1 workers (cancelled: 2)"]
     clock[0] += _process.RESTART_WINDOW + 1
     report = mp.health(memory_limit_percent=100.0)
     assert not [r for r in report["reasons"] if "restarts" in r], report["reasons"]

@@ -109,8 +109,12 @@ def test_a_new_initializer_replaces_the_running_workers() -> None:
     assert restarts() == before  # a new set-up is not a restart
 
 
-def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfigured() -> None:
+def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfigured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fresh_process_pool(1)
+    now = time.monotonic() + 2 * _process.RESTART_WINDOW  # one instant: every restart is in the window
+    monkeypatch.setattr(_process, "_now", lambda: now)
     before = restarts("initializer failed")
     mp.configure_process_pool(initializer=broken_initializer)
     for _ in range(3):  # three failed starts in a row
@@ -120,6 +124,9 @@ def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfi
         assert type(cause) is ConnectionRefusedError and cause.errno == 111
     assert "starts no more workers" in str(raised.value)
     assert restarts("initializer failed") == before + 3
+    # health() names the cause of the storm: no task crashed or timed out.
+    storm = [r for r in mp.health(memory_limit_percent=100.0)["reasons"] if "restarts in the last" in r]
+    assert storm == ["process pool: 3 worker restarts in the last 10 s for 1 workers (initializer failed: 3)"]
     # No restart loop: new tasks fail at once, and no worker is started for them.
     with pytest.raises(mp.WorkerCrashedError, match="until configure_process_pool"):
         on_process(noop)().get(timeout=30)

@@ -123,9 +123,10 @@ def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> l
         )
     restarts = info.get("restarts_in_window", 0)
     if restarts > workers:
+        why = ", ".join(f"{reason}: {count}" for reason, count in info["restart_reasons_in_window"].items())
         reasons.append(
             f"{name} pool: {restarts} worker restarts in the last {info['restart_window_s']:g} s "
-            f"for {workers} workers (tasks crash or time out)"
+            f"for {workers} workers ({why})"
         )
     return reasons
 

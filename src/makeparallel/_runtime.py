@@ -513,6 +513,9 @@ def get_process_pool_info() -> dict[str, Any]:
     set in this process's environment (with a count in ``OMP_NUM_THREADS``,
     OpenBLAS's, MKL's and numexpr's are left out: those libraries read it). A worker counts in ``"live_workers"``
     until its end is counted in ``"worker_restarts"``: one look sees both.
+    ``"restarts_in_window"`` counts the restarts of the last
+    ``"restart_window_s"`` seconds that no configuration asked for, and
+    ``"restart_reasons_in_window"`` the same by reason.
     """
     return _process_pool().info()
 

@@ -66,7 +66,7 @@ import time
 import weakref
 import traceback
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -299,7 +299,7 @@ class ProcessBackend(QueueingBackend):
         # not be unpickled here, and how many results such slices held (None: unknown).
         self._partials: dict[int, _Streamed] = {}
         _alive.add(self)
-        self._recent_restarts: deque[float] = deque()  # when, within RESTART_WINDOW
+        self._recent_restarts: deque[tuple[float, str]] = deque()  # when and why, within RESTART_WINDOW
         # The thread limits of the pool's size as last configured; None: never resized.
         self._thread_limits: dict[str, str] | None = None
         self._loop_deaths = 0  # loop threads that died of an error in the pool itself
@@ -381,6 +381,7 @@ class ProcessBackend(QueueingBackend):
                 "worker_restarts": sum(self._restarts.values()),
                 "worker_restart_reasons": dict(self._restarts),
                 "restarts_in_window": self._count_recent_restarts_locked(),
+                "restart_reasons_in_window": dict(Counter(reason for _, reason in self._recent_restarts)),
                 "restart_window_s": RESTART_WINDOW,
                 "loop_deaths": self._loop_deaths,
                 "paused": self._paused,
@@ -398,7 +399,7 @@ class ProcessBackend(QueueingBackend):
     def _count_recent_restarts_locked(self) -> int:
         recent = self._recent_restarts
         horizon = _now() - RESTART_WINDOW
-        while recent and recent[0] < horizon:
+        while recent and recent[0][0] < horizon:
             recent.popleft()
         return len(recent)
 
@@ -1444,7 +1445,7 @@ class ProcessBackend(QueueingBackend):
             if restart is not None and refused is None and not declined:  # no restart: it never started
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
                 if restart not in ("max_tasks_per_child", "stopped"):  # asked for (the configuration, a stop): no incident
-                    self._recent_restarts.append(_now())
+                    self._recent_restarts.append((_now(), restart))
                     self._count_recent_restarts_locked()  # forget the old ones: bounded memory
             if unready and init_failure is None and _failed_start_of_its_own(worker.process):
                 if refused is None:
