@@ -1947,6 +1947,29 @@ def test_the_pool_survives_its_template_killed_again_and_again(two_workers: None
         assert not set(results) & set(pids)
 
 
+def test_a_program_that_reaps_orphans_is_left_no_zombie_by_a_killed_template() -> None:
+    # A container's entry point (PID 1) or a subreaper inherits the workers of a
+    # template that died: each template's death left them as its zombies until it ended.
+    out = run_fresh(
+        """
+        import ctypes, os, signal
+        import psutil
+        import makeparallel as mp
+        from pool_helpers import live_worker_pids, wait_until
+
+        assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        mp.configure_process_pool(2, prestart=True)
+        for _ in range(2):
+            pids = live_worker_pids()
+            psutil.Process(psutil.Process(pids[0]).ppid()).send_signal(signal.SIGKILL)
+            # Each worker ends, re-parented here, and is reaped: no process of its pid is left.
+            print(all(wait_until(lambda pid=pid: not psutil.pid_exists(pid), 15) for pid in pids))
+            mp.configure_process_pool(prestart=True)  # a new template and workers
+        """
+    )
+    assert out == ["True", "True"]
+
+
 def _zombie_elsewhere(pid: int) -> bool:
     """A worker whose template died is re-parented; its new parent reaps it when it will."""
     try:

@@ -80,6 +80,7 @@ import gc
 import os
 import select
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -248,6 +249,8 @@ class Template:
         code = self._started.exit_code(_REAPED_WITHIN)
         if code is None:  # still not reaped: it closed its socket, so it is on its way out
             code = -signal.SIGKILL
+        else:  # reaped: Linux gave its workers a new parent, maybe this process
+            _reap_orphans([child.pid for child in self._children.values() if child.pid is not None])
         for child in self._children.values():
             if child.returncode is None and child.pid is None:
                 child.returncode = code
@@ -271,6 +274,40 @@ class Template:
         """Stop the template once its workers are gone: end of file, then wait for it."""
         self._gone()
         self._started.stop()
+
+
+def _reap_orphans(pids: list[int]) -> None:
+    """Reap those of ``pids``, workers of a template that died, that Linux made this process's children.
+
+    It does where this process is PID 1 (a container's entry point) or a
+    subreaper (``PR_SET_CHILD_SUBREAPER``): nothing else would wait for them, and
+    each template's death left its workers as zombies until the program's end.
+    Elsewhere init took them, and none of them is this process's to wait for.
+    Each has the parent-death signal, ``SIGKILL``, pending: a thread of its own
+    waits for them to end, so that a worker whose exit takes a while (its
+    memory released, a file system that hangs) never holds the pool's loop.
+    """
+    ours = []
+    for pid in pids:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # not this process's child
+            continue
+        ours.append(pid)
+    if not ours:
+        return
+
+    def reap() -> None:
+        for pid in ours:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # the program reaped it first (os.wait, SIGCHLD ignored)
+                pass
+
+    try:
+        threading.Thread(target=reap, name="makeparallel-orphans", daemon=True).start()
+    except RuntimeError:  # no thread left, or the interpreter exits: they stay zombies until it has
+        pass
 
 
 def _standard_outputs() -> tuple[list[int], list[int]]:
