@@ -2225,23 +2225,27 @@ def test_prestarted_workers_run_an_initializer_from_a_folder_added_since_the_las
     assert out == ["yes"]
 
 
-def test_dev_mode_from_the_environment_reaches_workers_though_the_program_removed_the_variable(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("removed", [False, True])
+def test_dev_mode_from_the_environment_reaches_workers_as_it_reached_the_program(
+    removed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Removed since, the variable is passed on as -X dev, which the program's own
+    # sys._xoptions never had: only then (a worker saw {"dev": True} where it had {}).
     monkeypatch.setenv("PYTHONDEVMODE", "1")
     out = run_fresh(
-        """
+        f"""
         import os, sys
         import makeparallel as mp
-        del os.environ["PYTHONDEVMODE"]  # the setting stays this interpreter's, and its workers'
+        if {removed!r}:
+            del os.environ["PYTHONDEVMODE"]  # the setting stays this interpreter's, and its workers'
 
         def dev_mode():
-            return sys.flags.dev_mode
+            return sys.flags.dev_mode, "dev" in sys._xoptions
 
-        print(dev_mode(), mp.parallel(backend="process")(dev_mode)().get(timeout=30))
+        print(*dev_mode(), *mp.parallel(backend="process")(dev_mode)().get(timeout=30))
         """
     )
-    assert out == ["True", "True"]
+    assert out == ["True", "False", "True", str(removed)]
 
 
 @both_ways

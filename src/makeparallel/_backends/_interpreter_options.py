@@ -69,9 +69,10 @@ def interpreter_options() -> list[str]:
     if flags.dev_mode:
         implied.add("default")
     options += ["-W" + option for option in sys.warnoptions if option not in implied]
-    if flags.dev_mode:
+    xoptions = getattr(sys, "_xoptions", {})
+    if flags.dev_mode and ("dev" in xoptions or not os.environ.get("PYTHONDEVMODE")):
         options += ["-X", "dev"]  # also where PYTHONDEVMODE set it, and the program removed it since
-    for name, value in getattr(sys, "_xoptions", {}).items():
+    for name, value in xoptions.items():
         if name != "dev":
             options += ["-X", name if value is True else f"{name}={value}"]
     return options
