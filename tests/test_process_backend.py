@@ -181,6 +181,67 @@ def log_from_worker(logger_name: str) -> int:
     return os.getpid()
 
 
+class QuotaError(Exception):
+    """An error whose ``__init__`` takes other arguments than it gives ``Exception``: plain pickle cannot rebuild it."""
+
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(f"user {user} over quota {limit}")
+        self.user, self.limit = user, limit
+
+
+_ONLY_HERE = """
+class Token(str):
+    def __str__(self):
+        return "token " + str.__str__(self)
+"""
+
+
+def only_here(folder: str) -> Any:
+    """A module this worker writes and imports from ``folder``, which the parent never sees."""
+    module = Path(folder) / "only_in_the_worker.py"
+    module.write_text(_ONLY_HERE)
+    sys.path.insert(0, folder)
+    import only_in_the_worker  # type: ignore[import-not-found]
+
+    return only_in_the_worker
+
+
+def log_extras_from_worker(logger_name: str, folder: str) -> int:
+    token = only_here(folder).Token("x1")
+    extra = {"error": QuotaError("bob", 10), "token": token, "lock": threading.Lock(), "count": 3}
+    logging.getLogger(logger_name).warning("with extras", extra=extra)
+    return os.getpid()
+
+
+def log_at_levels(logger_name: str) -> list[str]:
+    log = logging.getLogger(logger_name)
+    log.warning("a warning")
+    log.log(25, "a notice")
+    logging.addLevelName(26, "WORKER_ONLY")
+    log.log(26, "a level only the worker named")
+    return [logging.getLevelName(level) for level in (logging.WARNING, 25, 26)]
+
+
+class LogsAsItIsPickled:
+    """A result whose pickling logs a record with an extra, as a library's ``__reduce__`` may."""
+
+    def __init__(self, logger_name: str, items: list[int]) -> None:
+        self.logger_name, self.items = logger_name, items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        logging.getLogger(self.logger_name).warning("pickled", extra={"detail": {"items": len(self.items)}})
+        return (LogsAsItIsPickled, (self.logger_name, self.items))
+
+
+def result_that_logs_as_it_is_pickled(logger_name: str) -> list[Any]:
+    return [LogsAsItIsPickled(logger_name, [1, 2, 3]), {"after": "it"}]
+
+
+def report_progress_of_a_worker_class(folder: str) -> str:
+    mp.report_progress(0.5, only_here(folder).Token("half"))
+    return "done"
+
+
 def describe_buffer(data: Any) -> tuple[str, str, Any]:
     return type(data).__name__, hashlib.sha256(data).hexdigest(), data
 
@@ -640,6 +701,69 @@ def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
     assert all(r.name == name and r.process == pid for r in handler.records)
     assert pid != os.getpid()
     assert "ZeroDivisionError" in (handler.records[2].exc_text or "")
+
+
+def test_the_extras_of_a_worker_record_arrive_as_themselves_or_as_their_text(tmp_path: Path) -> None:
+    # One the parent could not unpickle (an error whose __init__ takes other arguments, a
+    # class only the worker imports) killed the pool's loop thread, and with it every
+    # task running; one the worker could not pickle (a lock) dropped the record.
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        pid = on_process(log_extras_from_worker)(name, str(tmp_path)).get(timeout=20)
+    finally:
+        logger.removeHandler(handler)
+    (record,) = handler.records
+    assert (record.getMessage(), record.process) == ("with extras", pid)
+    error = record.error  # type: ignore[attr-defined]
+    assert type(error) is QuotaError and (error.user, error.limit) == ("bob", 10)
+    assert record.token == "token x1"  # type: ignore[attr-defined]  # str() of it, in the worker
+    assert record.lock.startswith("<unlocked _thread.lock object")  # type: ignore[attr-defined]
+    assert record.count == 3  # type: ignore[attr-defined]
+    assert mp.get_process_pool_info()["loop_deaths"] == 0
+    assert on_process(os.getpid)().get(timeout=20) != os.getpid()
+
+
+def test_a_record_logged_while_a_result_is_pickled_leaves_the_result_whole() -> None:
+    # The record's extras are pickled by a pickler of their own: the worker's kept
+    # one was half-way through the result.
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        value, after = on_process(result_that_logs_as_it_is_pickled)(name).get(timeout=20)
+    finally:
+        logger.removeHandler(handler)
+    assert (type(value), value.items, after) == (LogsAsItIsPickled, [1, 2, 3], {"after": "it"})
+    assert [(r.getMessage(), r.detail) for r in handler.records][:1] == [("pickled", {"items": 3})]  # type: ignore[attr-defined]
+
+
+def test_a_worker_records_level_is_named_as_this_process_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging, "_levelToName", dict(logging._levelToName))  # type: ignore[attr-defined]
+    monkeypatch.setattr(logging, "_nameToLevel", dict(logging._nameToLevel))  # type: ignore[attr-defined]
+    logging.addLevelName(logging.WARNING, "WARN")
+    logging.addLevelName(25, "NOTICE")
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        in_the_worker = on_process(log_at_levels)(name).get(timeout=20)
+    finally:
+        logger.removeHandler(handler)
+    assert in_the_worker == ["WARNING", "Level 25", "WORKER_ONLY"]
+    assert [r.levelname for r in handler.records] == ["WARN", "NOTICE", "WORKER_ONLY"]
+
+
+def test_a_progress_message_of_a_class_only_the_worker_has_arrives_as_text(tmp_path: Path) -> None:
+    handle = on_process(report_progress_of_a_worker_class)(str(tmp_path))
+    assert handle.get(timeout=20) == "done"
+    assert handle.get_progress_message() == "half"  # the str itself: a str subclass's own __str__ is not asked
+    assert mp.get_process_pool_info()["loop_deaths"] == 0
 
 
 # -- large buffers ---------------------------------------------------------------------------------

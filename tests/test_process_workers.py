@@ -75,6 +75,14 @@ def broken_initializer() -> None:
     raise ConnectionRefusedError(111, "Connection refused")
 
 
+def raise_an_error_only_the_worker_imports(folder: str) -> None:
+    (Path(folder) / "worker_plugin.py").write_text("class PluginError(Exception):\n    pass\n")
+    sys.path.insert(0, folder)
+    from worker_plugin import PluginError  # type: ignore[import-not-found]
+
+    raise PluginError("no licence")
+
+
 def noop() -> None:
     return None
 
@@ -134,6 +142,22 @@ def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfi
     assert restarts("initializer failed") == before + 3
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+
+
+def test_an_initializer_error_of_a_class_only_the_worker_imports_fails_the_task_and_not_the_pool(tmp_path: Path) -> None:
+    # Unpickled in the pool's loop thread, it killed the loop, and every task running with it.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=raise_an_error_only_the_worker_imports, initargs=(str(tmp_path),))
+    try:
+        with pytest.raises(mp.WorkerCrashedError, match="worker initializer raise_an_error_only_the_worker_imports") as raised:
+            on_process(noop)().get(timeout=30)
+        cause = raised.value.__cause__
+        assert isinstance(cause, mp.TaskSerializationError)
+        assert "could not be unpickled here: ModuleNotFoundError: No module named 'worker_plugin'" in str(cause)
+        assert info()["loop_deaths"] == 0
+    finally:
+        mp.configure_process_pool(initializer=None)
+    assert on_process(os.getpid)().get(timeout=30) != os.getpid()
 
 
 def test_a_dying_worker_counts_as_live_until_its_restart_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:

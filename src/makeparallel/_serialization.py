@@ -220,7 +220,14 @@ def _pickler_class() -> type[_pickle.Pickler]:
 
 
 def dumps_in_band(obj: Any) -> bytes:
-    """Pickle ``obj`` into one stream, buffers included (for a channel that is not ours)."""
+    """Pickle ``obj`` into one stream, buffers included (for a channel that is not ours).
+
+    With a pickler of its own, never the thread's kept one (:func:`dumps`),
+    which this may be called inside of (a ``__reduce__`` that logs). A scalar
+    goes through the plain C pickler, as in :func:`dumps`.
+    """
+    if type(obj) in _SCALARS:
+        return _pickle.dumps(obj, protocol=5)
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(obj)
     return stream.getvalue()

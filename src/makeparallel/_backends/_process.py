@@ -1287,11 +1287,10 @@ class ProcessBackend(QueueingBackend):
                 if running and running[0]._state == RUNNING:
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
-                attributes = message[1]
+                _, attributes, extras = message
                 owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
-                if owner:
-                    attributes["task_metadata"] = owner[0].get_all_metadata()
-                _emit_log(attributes)
+                attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
+                _emit_log(attributes, extras)
             elif kind == "partial":
                 _, task_id, data, sizes = message
                 buffers = [worker.conn.recv_frame() for _ in sizes]
@@ -1316,9 +1315,7 @@ class ProcessBackend(QueueingBackend):
             elif kind == "refused":
                 worker.refused = OSError(errno.EAGAIN, f"the worker could not start a thread ({message[1]})")
             elif kind == "init_failed":
-                error, remote_traceback = _serialization.loads(message[1], [])
-                attach_remote_traceback(error, remote_traceback)
-                worker.init_error = error
+                worker.init_error = _initializer_error(message[1])
         except (EOFError, OSError):
             self._worker_died(worker)
 
@@ -2095,7 +2092,41 @@ def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()
 
 
 
-def _emit_log(attributes: dict[str, Any]) -> None:
+def _initializer_error(data: bytes) -> BaseException:
+    """The error a worker's initializer raised, with the worker's traceback below it, from ``data`` the worker pickled.
+
+    One that cannot be unpickled here (a class only the worker imports) is a
+    ``TaskSerializationError`` that says why.
+    """
+    error: BaseException
+    try:
+        error, remote_traceback = _serialization.loads(data, [])
+    except BaseException as unreadable:  # unpickling runs the user's code: nothing may end the loop
+        return TaskSerializationError(
+            f"the error the worker initializer raised came back but could not be unpickled here: "
+            f"{type(unreadable).__name__}: {unreadable}"
+        )
+    attach_remote_traceback(error, remote_traceback)
+    return error
+
+
+def _emit_log(attributes: dict[str, Any], extras: dict[str, tuple[bytes | None, str]]) -> None:
+    """Emit a record a worker logged (``_worker_logging``) through this process's logger of its name.
+
+    Its level is named as here (``logging.addLevelName``: ``"WARN"``, a
+    ``NOTICE`` of 25), where this process names it. Each ``extra`` is
+    unpickled alone: one that cannot be (a class only the worker imports, or
+    only pickled there) is its text, ``str()`` of it in the worker.
+    """
+    for name, (data, text) in extras.items():
+        try:
+            attributes[name] = text if data is None else _serialization.loads(data, [])
+        except BaseException:  # unpickling runs the user's code: nothing may end the loop
+            attributes[name] = text
+    level = attributes["levelno"]
+    named = logging.getLevelName(level)
+    if named != f"Level {level}":
+        attributes["levelname"] = named
     record = logging.makeLogRecord(attributes)
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):

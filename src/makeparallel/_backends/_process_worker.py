@@ -30,7 +30,9 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("started", task_id)                a timed task starts: its clock starts
                        ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
                        ("progress", task_id, fraction, message)
-                       ("log", record_attributes)
+                       ("log", attributes, extras)         a log record: its own attributes, each a str, a
+                                                           number or None; its extras each pickled alone
+                                                           (_worker_logging)
                        ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
 
@@ -98,7 +100,9 @@ class _RemoteTask:
         return self._id
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
-        self._worker.send(("progress", self._id, fraction, message), [])
+        # A str subclass only this worker imports could not be unpickled by the pool's loop thread.
+        text = None if message is None else str.__str__(message)
+        self._worker.send(("progress", self._id, fraction, text), [])
 
     def _send_partial(self, results: list[Any]) -> None:
         """Send results a map chunk finished."""
