@@ -1388,6 +1388,33 @@ def test_a_worker_takes_on_the_settings_the_program_made_as_it_ran(template: boo
 
 
 @both_ways
+def test_a_worker_takes_on_the_switches_a_script_sets_at_its_top(template: bool) -> None:
+    # Bytecode written by a program that asked for none, a segmentation fault with no
+    # traceback, and warnings printed where the program logs them: a fresh interpreter
+    # running the script would have had each, as a fork has.
+    out = run_fresh(
+        """
+        import faulthandler, logging, sys, warnings
+        import makeparallel as mp
+
+        def switches():
+            warnings.warn("careful", UserWarning)
+            return sys.dont_write_bytecode, faulthandler.is_enabled()
+
+        flipped = not sys.dont_write_bytecode  # as this machine's environment may set it
+        sys.dont_write_bytecode = flipped
+        faulthandler.enable()
+        logging.basicConfig(stream=sys.stdout, format="logged:%(name)s:%(message).30s")
+        logging.captureWarnings(True)
+        print(mp.parallel(backend="process")(switches)().get(timeout=30) == (flipped, True))
+        """,
+        template=template,
+    )
+    assert out[-1] == "True"
+    assert [word.split(":")[:3] for word in out if word.startswith("logged:")] == [["logged", "py.warnings", "<string>"]]
+
+
+@both_ways
 def test_a_workers_warning_filters_are_the_programs_as_each_task_is_submitted(template: bool) -> None:
     # A worker started inside a catch_warnings() block took its filters for good: once the
     # block was left, the program's tasks still failed on a warning made an error there.

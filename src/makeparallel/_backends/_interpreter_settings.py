@@ -2,11 +2,14 @@
 
 A script sets them at its top: ``sys.setrecursionlimit`` for a deep
 recursion, ``warnings.filterwarnings("ignore", ...)`` for a library's noise,
-``sys.set_int_max_str_digits`` for huge integers. ``multiprocessing``'s
+``sys.set_int_max_str_digits`` for huge integers, ``sys.dont_write_bytecode``
+for a read-only install, ``faulthandler.enable()`` for a crash's traceback,
+``logging.captureWarnings(True)`` for warnings as log records. ``multiprocessing``'s
 workers have them, from the fork or by running the main module again
 (``spawn``); a worker forked from the template, or a fresh interpreter, had
 the defaults, and a task raised ``RecursionError`` or ``ValueError``, or
-printed the warning the program silenced, in every worker. The pool sends
+printed the warning the program silenced (or logged), or wrote bytecode, or
+died of a segmentation fault with no traceback, in every worker. The pool sends
 them with each worker's set-up (:func:`current`), as they are when it starts,
 and the worker takes them on (:func:`take_on`) before its initializer. The
 warning filters are the program's as they stood when a task was last submitted:
@@ -39,13 +42,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     Filter = tuple[str, "str | None", tuple[str, str], "str | None", int]
-    Settings = tuple[int, "int | None", list[Filter]]
+    Settings = tuple[int, "int | None", list[Filter], bool, bool, bool]
 
 __all__ = ["current", "take_filters", "take_on", "warning_filters"]
 
 
 def current(filters: list[Filter]) -> Settings:
-    """This interpreter's recursion limit and limit of digits in ``int``-``str`` conversions, with ``filters``.
+    """This interpreter's recursion limit, limit of digits in ``int``-``str`` conversions, ``filters``, and three switches.
+
+    The switches: ``sys.dont_write_bytecode``, whether ``faulthandler`` is
+    enabled, and whether ``logging`` captures warnings (``captureWarnings``).
 
     ``filters``: the warning filters as :func:`warning_filters` gave them
     when the last task was submitted, not as they are now: a worker started
@@ -54,16 +60,39 @@ def current(filters: list[Filter]) -> Settings:
     so the next submission saw nothing change).
     """
     digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11, and 3.10.7 on
-    return sys.getrecursionlimit(), None if digits is None else digits(), filters
+    faulthandler = sys.modules.get("faulthandler")  # not imported: not enabled
+    logging = sys.modules.get("logging")
+    return (
+        sys.getrecursionlimit(),
+        None if digits is None else digits(),
+        filters,
+        sys.dont_write_bytecode,
+        faulthandler is not None and faulthandler.is_enabled(),
+        logging is not None and warnings.showwarning is getattr(logging, "_showwarning", None),
+    )
 
 
 def take_on(settings: Settings) -> None:
-    """Make ``settings`` (what :func:`current` gave in the program) this worker's."""
-    recursion_limit, digits, filters = settings
+    """Make ``settings`` (what :func:`current` gave in the program) this worker's.
+
+    ``faulthandler`` writes to this worker's standard error, descriptor 2,
+    which is the program's (a file the program gave ``enable()`` is not).
+    """
+    recursion_limit, digits, filters, dont_write_bytecode, fault_handler, warnings_logged = settings
     if sys.getrecursionlimit() != recursion_limit:
         sys.setrecursionlimit(recursion_limit)
     if digits is not None and hasattr(sys, "set_int_max_str_digits") and sys.get_int_max_str_digits() != digits:
         sys.set_int_max_str_digits(digits)
+    sys.dont_write_bytecode = dont_write_bytecode
+    if fault_handler or "faulthandler" in sys.modules:  # imported by -X faulthandler, which the program may have undone
+        import faulthandler
+
+        if faulthandler.is_enabled() != fault_handler:
+            faulthandler.enable(file=2) if fault_handler else faulthandler.disable()
+    if warnings_logged:
+        import logging  # its records are the program's to handle (_worker_logging)
+
+        logging.captureWarnings(True)
     take_filters(filters)
 
 
