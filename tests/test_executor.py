@@ -409,6 +409,7 @@ def test_an_executor_dropped_without_shutdown_still_ends_its_futures(backend: st
 
 _EXIT_WITH_A_TASK_RUNNING = """import gc, os, time
 import makeparallel as mp
+mp.configure(exit_timeout=0.5)
 executor = mp.Executor("process", max_workers=1)
 print(executor.submit(os.getpid).result(timeout=30), flush=True)
 executor.submit(time.sleep, 120)
@@ -419,16 +420,44 @@ if {dropped}:
 
 
 @pytest.mark.parametrize("dropped", [False, True], ids=["kept", "dropped"])
-def test_exit_stops_an_executors_worker_processes_at_once(dropped: bool) -> None:
-    # Kept or dropped without shutdown(), an executor with a task running does
-    # not hold the program's exit for it: its workers are stopped, and reaped,
-    # before the program ends (not left to die after it, with the template).
+def test_exit_stops_an_executors_worker_processes_after_the_exit_timeout(dropped: bool) -> None:
+    # Kept or dropped without shutdown(), an executor with a task running holds
+    # the program's exit for it no longer than exit_timeout: its workers are then
+    # stopped, and reaped, before the program ends (not left to die after it, with the template).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
     script = _EXIT_WITH_A_TASK_RUNNING.format(dropped=dropped)
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False)
     assert completed.returncode == 0, completed.stderr
     worker = int(completed.stdout.split()[0])
     assert not psutil.pid_exists(worker), "the executor's worker outlived the program"  # stopped and reaped before it ended
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after waiting 0.5 s" in completed.stderr
+
+
+_EXIT_WITH_TASKS_SUBMITTED = """import os, sys
+import makeparallel as mp
+mp.configure(exit_timeout=60)  # a loaded machine's pool may take a while to start
+folder = sys.argv[1]
+executor = mp.Executor({backend!r}, max_workers=2)
+for name in "abcd":
+    executor.submit(open, os.path.join(folder, name), "w")
+if {shut_down}:
+    executor.shutdown(wait=False)
+"""
+
+
+@pytest.mark.parametrize("shut_down", [False, True], ids=["left", "shutdown-no-wait"])
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_exit_runs_the_tasks_submitted_to_an_executor(backend: str, shut_down: bool, tmp_path: Path) -> None:
+    # As the standard executors do: exit stopped an executor's pool at once, and
+    # the tasks not yet run were lost without a word.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    script = _EXIT_WITH_TASKS_SUBMITTED.format(backend=backend, shut_down=shut_down)
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c", "d"]
+    assert completed.stderr == ""
 
 
 _EXECUTORS_IN_CYCLES = """import gc

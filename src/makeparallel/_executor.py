@@ -424,7 +424,8 @@ def _left_at_exit() -> list[Backend]:
     # garbage collector runs, made iterating them raise, and exit then stopped no pool.
     # (A lock around them deadlocked: a finalizer may run while its own thread holds it.)
     live = [ref() for ref in _live.copy()]
-    return [backend for backend in live if backend is not None] + list(_releasing.copy())
+    # One being released in the background may be live still: each once (exit counts their tasks).
+    return list(dict.fromkeys([*(backend for backend in live if backend is not None), *_releasing.copy()]))
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:

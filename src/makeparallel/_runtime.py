@@ -257,10 +257,12 @@ def _register_exit_hook_locked() -> None:
 
 
 def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
-    """Have interpreter exit stop the workers of ``pools()`` too (an ``Executor``'s), together with the runtime's.
+    """Have interpreter exit wait for the tasks of ``pools()`` too (an ``Executor``'s), then stop their workers.
 
-    Exit does not wait for their tasks: it stops them at once, as
-    ``Executor.shutdown(wait=False)`` would have left them.
+    As for the runtime's own pools: for ``configure(exit_timeout=...)`` at
+    most, or not at all after Ctrl-C, which cancels what has not started. The
+    standard executors run every task submitted before exit, also after
+    ``shutdown(wait=False)``: an ``Executor`` left to exit lost its tasks.
     """
     with _lock:
         if pools not in _also_at_exit:
@@ -630,14 +632,19 @@ def queued_by_name() -> dict[str, int]:
 
 def get_active_task_count() -> int:
     """Tasks submitted and not yet ended, across every backend."""
-    return sum(backend.active_count() for backend in _all_backends())
+    return _active(_all_backends())
 
 
 def wait_until_idle(timeout: float | None = None) -> bool:
     """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
     check_wait_timeout(timeout)
+    return _wait_idle(_all_backends(), timeout)
+
+
+def _wait_idle(backends: list[Backend], timeout: float | None) -> bool:
+    """Block until ``backends`` have no task unfinished, or ``timeout`` seconds pass; return whether idle."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    for backend in _all_backends():
+    for backend in backends:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not backend.wait_idle(remaining):
             return False
@@ -701,29 +708,35 @@ def is_shut_down() -> bool:
 
 def _at_exit() -> None:
     backends = _all_backends()
+    executors = [pool for pools in _also_at_exit for pool in pools()]  # (an Executor's)
     reopen = False
     if _shut_down:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
-        if get_active_task_count():
+        # (An Executor's tasks, which shutdown() leaves alone, are the program's too.)
+        if _active(backends):
             # (It may not have returned: a Ctrl-C may have cut it short.)
-            _log_abandoned("after makeparallel.shutdown()", "give shutdown() a longer timeout_secs to wait for them")
+            _log_abandoned(backends, "after makeparallel.shutdown()", "give shutdown() a longer timeout_secs to wait for them")
     elif _ending_on_interrupt():
         # Ctrl-C ended the program: what has not started never will.
+        backends += executors
         for backend in backends:
             backend.close(cancel_pending=True)
-        if get_active_task_count():
-            _log_abandoned("after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
+        if _active(backends):
+            _log_abandoned(backends, "after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
     else:
         timeout = _exit_timeout
-        if get_active_task_count() and not wait_until_idle(timeout):
+        waited = [*backends, *executors]
+        if _active(waited) and not _wait_idle(waited, timeout):
             _log_abandoned(
+                waited,
                 f"after waiting {timeout:g} s",
-                "collect results or call makeparallel.shutdown() before exiting, or raise configure(exit_timeout=...)",
+                "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or raise "
+                "configure(exit_timeout=...)",
             )
         reopen = True
     # No orphaned or zombie worker process; every pool's stopped at once.
-    terminate_all([*backends, *(pool for pools in _also_at_exit for pool in pools())])
+    terminate_all([*_all_backends(), *executors])
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
@@ -741,11 +754,16 @@ def _ending_on_interrupt() -> bool:
     return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
 
 
-def _log_abandoned(when: str, advice: str) -> None:
-    """Warn that tasks were abandoned at exit, with the advice that fits how the program ended."""
+def _active(backends: list[Backend]) -> int:
+    """Tasks submitted to ``backends`` and not yet ended."""
+    return sum(backend.active_count() for backend in backends)
+
+
+def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
+    """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended."""
     _log.warning(
         "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned %s; %s",
-        get_active_task_count(),
+        _active(backends),
         when,
         advice,
     )
