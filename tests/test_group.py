@@ -8,7 +8,10 @@ with events; a task that must notice its cancellation polls ``check_cancelled()`
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +46,18 @@ def square(x: int) -> int:
 
 def fail(code: int = 1) -> None:
     raise Boom(code, "failed on purpose")
+
+
+def stuck_for_good(folder: str) -> None:
+    """A process task that says it started, then never ends (a hung read): only its worker's end stops it."""
+    (Path(folder) / "started").write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def fail_once_the_other_started(folder: str) -> None:
+    while not (Path(folder) / "started").exists():
+        time.sleep(0.01)
+    raise Boom(5, "after its sibling started")
 
 
 class Cancellable:
@@ -333,6 +348,27 @@ def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> N
     gate.set()
     assert all(b.wait(5) for b in blockers)
     assert not queued.ran.is_set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["timeout", "failure"])
+def test_a_process_task_a_group_cancelled_gives_up_its_worker(ending: str, tmp_path: Path) -> None:
+    # Cancelled, a running process task went on to its end, or for good: its worker
+    # stayed busy after the group had ended, and the pool's next tasks waited for it.
+    mp.configure_process_pool(2)
+    stopped = mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0)
+    with pytest.raises(mp.TaskTimeoutError if ending == "timeout" else Boom):
+        with mp.ParallelContext(backend="process", timeout=0.5 if ending == "timeout" else None) as ctx:
+            stuck = ctx.submit(stuck_for_good, str(tmp_path))
+            if ending == "failure":
+                ctx.submit(fail_once_the_other_started, str(tmp_path))
+            assert wait_until(lambda: (tmp_path / "started").exists(), 30)  # it runs as the group ends
+    assert stuck.cancelled()
+    # Its worker is replaced, as a map's stopped chunk's is: no incident for health().
+    assert wait_until(lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0) == stopped + 1, 30)
+    assert mp.get_process_pool_info()["restarts_in_window"] == 0
+    pid = int((tmp_path / "started").read_text())
+    assert pid not in mp.get_process_pool_info()["worker_pids"]
 
 
 def test_group_timeout_not_reached(backend: str) -> None:

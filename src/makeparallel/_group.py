@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 
 from ._admission import Limiter
 from ._decorators import as_parallel, own_parameters
-from ._handle import AsyncHandle, cancel_all
+from ._handle import AsyncHandle, cancel_and_stop
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
 from ._validation import check_count, check_wait_timeout
@@ -194,8 +194,15 @@ class ParallelContext:
             self._cancel_unfinished()
 
     def _cancel_unfinished(self) -> None:
+        """Cancel what is left: the group ends as a whole, at its first failure or its timeout.
+
+        A task still running on a worker process a moment later has its worker
+        replaced (``cancel_and_stop``), as a map's: one stuck for good (a hung
+        read) kept its worker busy after the group had ended, and the pool's
+        next tasks waited for it.
+        """
         self._cancelling = True
-        cancel_all(self.handles)
+        cancel_and_stop(self.handles)
 
     def _wait_all(self) -> None:
         waited = 0

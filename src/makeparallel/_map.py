@@ -1226,16 +1226,19 @@ class _Mapper:
         """End the map at its deadline; its chunks in flight are cancelled.
 
         A chunk still running on a worker process has its worker replaced
-        (``cancel_with_timeout(0, force=True)``), as a task's at its own
-        timeout: an item stuck for good (a hung read) kept its worker busy
-        after the map had ended, and the next map on the pool timed out
-        waiting for it.
+        at once, as a task's at its own timeout: an item stuck for good (a
+        hung read) kept its worker busy after the map had ended, and the next
+        map on the pool timed out waiting for it. The replacement is the map's
+        own stop (``"stopped"`` in ``worker_restart_reasons``), as for an
+        item's error or Ctrl-C, not an incident for ``health()``: two maps
+        that met their deadlines made a pool of two workers "degraded".
         """
         unfinished = self._items_in_flight
         handles = [handle for handle, _ in self._in_flight]
         cancel_all(handles)  # together: one by one, each running chunk on threads had a thread replace it
         for handle in handles:
-            handle.cancel_with_timeout(0, force=True)  # its code still runs: on processes, its worker is replaced
+            if not handle._code_done:  # its code still runs: on processes, its worker is replaced
+                handle._backend._stop_abandoned(handle)
         raise TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s; {unfinished} item(s) in flight "
             "were cancelled and the rest of the input was not read"
