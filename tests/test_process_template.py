@@ -585,7 +585,7 @@ def test_a_worker_the_system_refuses_a_thread_leaves_the_tasks_to_the_workers_th
         while mp.get_process_pool_info()["refused_starts"] is None and time.monotonic() < deadline:
             time.sleep(0.01)
         info, health = mp.get_process_pool_info(), mp.health()
-        short = [reason for reason in health["reasons"] if "refuses to start more workers" in reason]
+        short = [reason for reason in health["reasons"] if "cannot start more workers" in reason]
         print(ran == {{there}}, info["refusing_tasks"], info["worker_restarts"], health["status"], len(short))
         mp.configure_process_pool(initializer=abs, initargs=(1,))  # every worker replaced: none can start
         try:

@@ -75,6 +75,14 @@ def broken_initializer() -> None:
     raise ConnectionRefusedError(111, "Connection refused")
 
 
+def fail_while_flagged(flag: str, how: str) -> None:
+    """An initializer whose resource is out while ``flag`` exists: it raises, or its worker dies."""
+    if os.path.exists(flag):
+        if how == "raises":
+            raise ConnectionRefusedError(111, "Connection refused")
+        os._exit(1)
+
+
 def raise_an_error_only_the_worker_imports(folder: str) -> None:
     (Path(folder) / "worker_plugin.py").write_text("class PluginError(Exception):\n    pass\n")
     sys.path.insert(0, folder)
@@ -142,6 +150,29 @@ def test_a_failing_initializer_fails_the_tasks_then_stops_the_pool_until_reconfi
     assert restarts("initializer failed") == before + 3
     mp.configure_process_pool(initializer=load_model, initargs=("fixed",))
     assert on_process(predict)(1).get(timeout=30)[0] == "fixed"
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_pool_whose_replacements_fail_to_start_serves_on_with_the_workers_there(how: str, tmp_path: Path) -> None:
+    # Three failed starts of a crashed worker's replacement (the initializer's resource
+    # out for a moment) made the pool fail every task, its ready worker idle, until it
+    # was configured again.
+    flag = tmp_path / "out"
+    fresh_process_pool(2)
+    mp.configure_process_pool(initializer=fail_while_flagged, initargs=(str(flag), how), prestart=True)
+    try:
+        survivor, crashed = live_worker_pids(2)
+        flag.touch()
+        os.kill(crashed, signal.SIGKILL)
+        assert wait_until(lambda: info()["refused_starts"] is not None, 30)  # three failed starts in a row
+        assert info()["refusing_tasks"] is None
+        assert {on_process(os.getpid)().get(timeout=30) for _ in range(4)} == {survivor}
+        short = [r for r in mp.health(memory_limit_percent=100.0)["reasons"] if "cannot start more workers" in r]
+        assert short and "1 of 2 run the tasks" in short[0], short
+        flag.unlink()  # back: the pool tries again a second after its last failure
+        assert wait_until(lambda: info()["ready_workers"] == 2 and info()["refused_starts"] is None, 30)
+    finally:
+        mp.configure_process_pool(initializer=None, prestart=False)
 
 
 def test_an_initializer_error_of_a_class_only_the_worker_imports_fails_the_task_and_not_the_pool(tmp_path: Path) -> None:

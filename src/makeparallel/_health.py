@@ -118,7 +118,7 @@ def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> l
         reasons.append(f"{name} pool: tasks are queued but no worker is alive yet")
     if info.get("refused_starts"):
         reasons.append(
-            f"{name} pool: the system refuses to start more workers ({info['refused_starts']}); "
+            f"{name} pool: cannot start more workers ({info['refused_starts']}); "
             f"{info.get('live_workers')} of {workers} run the tasks"
         )
     restarts = info.get("restarts_in_window", 0)

@@ -1524,8 +1524,10 @@ class ProcessBackend(QueueingBackend):
         cause = worker.init_error
         if counted:
             self._failed_starts += 1
-        gave_up = counted and self._failed_starts >= _FAILED_STARTS_ALLOWED
         name = worker.initializer  # the pool's may have been replaced since the worker ran it
+        gave_up = counted and self._failed_starts >= _FAILED_STARTS_ALLOWED
+        if gave_up and self._short_of_workers_locked(f"the initializer {name} raised {type(cause).__name__}: {cause}"):
+            gave_up = False
 
         def make_error() -> BaseException:
             error = WorkerCrashedError(
@@ -1576,6 +1578,8 @@ class ProcessBackend(QueueingBackend):
             return
         name = self._setup.name
         during = f"before any task, or in the initializer {name}" if name else "before any task"
+        if self._short_of_workers_locked(f"workers died while they started up ({during}), the last with {describe_exit(code)}"):
+            return
 
         def make_error() -> BaseException:
             return WorkerCrashedError(
@@ -1616,6 +1620,24 @@ class ProcessBackend(QueueingBackend):
 
         self._broken = make_error
         self._refused_until = _now() + _RETRY_REFUSED_AFTER
+        return True
+
+    def _short_of_workers_locked(self, why: str) -> bool:
+        """After failed starts in a row: go on with the workers there, if any, and try again a while later.
+
+        Returns whether there are such workers: ready ones, which started as
+        the others could not (one still starting may fail as they did). Else
+        the pool gives up (the caller). A ready worker was left idle while the
+        pool failed every task, until it was configured again, when a
+        replacement's start had failed three times (an initializer's resource
+        out for a moment, as a worker crashed): the standard library's ``Pool``
+        serves on with the workers it has. Said in ``refused_starts`` (and
+        ``health()``) until one starts.
+        """
+        if not any(w.ready and not (w.leaving or w.retiring or w.killing) for w in self._workers):
+            return False
+        self._short_of_workers = why
+        self._start_refused_at = _now()  # the next start is a while away: no restart loop
         return True
 
     def _has_workers_for_tasks_locked(self) -> bool:
