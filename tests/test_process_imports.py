@@ -1078,14 +1078,14 @@ def test_a_module_imported_again_from_an_absolute_entry_is_pinned_no_more(
 
 
 def test_a_module_a_meta_path_finder_found_outside_sys_path_still_goes_by_name(
-    through_the_working_directory: tuple[str, Path]
+    through_the_working_directory: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An editable install's finder (or setuptools' distutils) finds it where the path
     # finder would not: looked for there alone, with '' on sys.path, it went by value,
     # and its functions missed what an initializer set.
     from importlib.machinery import PathFinder
 
-    from makeparallel import _serialization
+    from makeparallel import _serialization, _worker_finders
 
     name, folders = through_the_working_directory
     (folders / "impl").mkdir()
@@ -1099,6 +1099,9 @@ def test_a_module_a_meta_path_finder_found_outside_sys_path_still_goes_by_name(
             spec = PathFinder.find_spec("impl", [str(folders)])
             return importlib.util.spec_from_file_location(name, spec.origin, submodule_search_locations=[])
 
+    # The workers have it too: a .pth file installs it as every interpreter starts.
+    if _worker_finders._theirs is not None:
+        monkeypatch.setattr(_worker_finders, "_theirs", _worker_finders._theirs | {_worker_finders._identity(Remapped)})
     sys.meta_path.append(Remapped)
     try:
         module = importlib.import_module(name)
@@ -1349,3 +1352,51 @@ def test_a_function_a_launcher_runs_as_main_from_another_file_travels_by_value_a
     (tmp_path / "launcher.py").write_text("import runpy\nrunpy.run_module('target', run_name='__main__')\n")
     result = run_in(tmp_path, "launcher.py")
     assert result.stdout.split() == ["PicklingError", "PicklingError"], result.stderr[-2000:]
+
+
+VIRTUAL_FINDER = """\
+import importlib.abc, importlib.util
+
+
+class VirtualFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    '''Finds the module "virtual", made of source it holds: as a notebook importer, a plugin loader.'''
+
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "virtual" else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec("def double(x):\\n    return 2 * x\\n", module.__dict__)
+"""
+
+RUNTIME_FINDER_SCRIPT = """\
+import os, sys
+import makeparallel as mp
+{define}
+{warm}
+sys.meta_path.append(VirtualFinder())
+import virtual
+print(mp.parallel(backend="process")(virtual.double)(21).get(timeout=30))
+"""
+
+
+@pytest.mark.parametrize("where", ["script", "module"])
+def test_a_function_of_a_module_only_a_finder_the_program_installed_finds_travels_by_value(
+    where: str, tmp_path: Path
+) -> None:
+    # The program installed the finder as it ran, which no worker does: the module was
+    # judged importable by name, and every worker failed with ModuleNotFoundError. A
+    # finder of the script's own is known at once; one of a module, once a worker has
+    # said which finders it has (the pool warmed up first).
+    (tmp_path / "virtual_finder.py").write_text(VIRTUAL_FINDER)
+    if where == "script":  # a cold pool: no worker said anything yet
+        define, warm = VIRTUAL_FINDER, ""
+    else:
+        define = "from virtual_finder import VirtualFinder"
+        warm = "assert mp.parallel(backend='process')(os.getpid)().get(timeout=30) != os.getpid()"
+    (tmp_path / "main.py").write_text(RUNTIME_FINDER_SCRIPT.format(define=define, warm=warm))
+    completed = run_in(tmp_path, "main.py")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["42"]

@@ -39,6 +39,7 @@ import weakref
 from contextvars import ContextVar
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
+from . import _worker_finders
 from ._backends._main_module import adopt
 from ._remote_errors import reduce_exception
 
@@ -469,7 +470,7 @@ def _findable(top_level: str, path: list[str]) -> bool:
     loaded = getattr(sys.modules.get(top_level), "__spec__", None)
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
-        if find_spec is None:
+        if find_spec is None or not _worker_finders.the_workers(finder):
             continue
         if finder is PathFinder and _has_relative_entry(path):
             folders = module_folders(loaded) if is_namespace(loaded) else None
@@ -548,7 +549,7 @@ def _find_as_imported(name: str, along: list[Any], top_level: bool) -> Any:
 
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
-        if find_spec is None:
+        if find_spec is None or not _worker_finders.the_workers(finder):
             continue
         try:  # a top-level module: the path finder along the copy, the others as the import system asks them
             spec = find_spec(name, along if not top_level or finder is PathFinder else None)
@@ -844,6 +845,21 @@ def _new_answers_lock_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_answers_lock_after_fork)
+
+
+def take_worker_finders(finders: list[tuple[str, str]]) -> None:
+    """Keep the import finders a worker reported it has (``_worker_finders``); if that changed which of this process's they lack, ask every module again.
+
+    What was answered, and pickled, under the finders assumed before may
+    have a worker import a module it cannot find.
+    """
+    global _answers, pins, pins_asked
+    with _answers_lock:
+        if not _worker_finders.take(finders):
+            return
+        _answers_by_path.clear()
+        _answers = _PathAnswers([])
+        pins, pins_asked = _answers.pins, _answers.asked
 
 
 def _under_sys_path() -> _PathAnswers:

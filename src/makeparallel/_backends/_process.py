@@ -1302,6 +1302,7 @@ class ProcessBackend(QueueingBackend):
             elif kind == "ready":
                 if worker.process.pid is None:  # forked: the template's report may come later
                     worker.process.pid = message[1]
+                _serialization.take_worker_finders(message[2])
                 with self._lock:
                     worker.ready = True
                     self._failed_starts = 0

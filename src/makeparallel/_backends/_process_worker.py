@@ -25,7 +25,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("stop",)                           finish the tasks sent, then exit
-    worker -> parent   ("ready", pid)                      set up: tasks may start
+    worker -> parent   ("ready", pid, finders)             set up: tasks may start; its sys.meta_path
                        ("init_failed", data)               the initializer raised; exiting
                        ("started", task_id)                a timed task starts: its clock starts
                        ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
@@ -60,6 +60,7 @@ from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
+from .._worker_finders import installed as installed_finders
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalWriter
@@ -231,7 +232,9 @@ class _Worker:
                 os._exit(1)
             still_die_with_parent()  # an initializer that dropped privileges cleared the request
             self._flush_output()
-        self.send(("ready", os.getpid()))  # a forked worker's pid may reach the parent first this way
+        # A forked worker's pid may reach the parent first this way; its import finders decide what
+        # travels by value (_worker_finders): the initializer's count.
+        self.send(("ready", os.getpid(), installed_finders()))
 
     def _flush_output(self) -> None:
         sys.stdout.flush()
