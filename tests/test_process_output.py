@@ -95,6 +95,33 @@ def print_from_threads(lines: int) -> int:
     return lines
 
 
+def print_until_stopped(seconds: float) -> str:
+    """Print line after line, as a task that reports as it goes, for ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        print("line", count)
+        count += 1
+    return f"printed {count} lines into nothing"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_task_printing_to_a_stream_whose_reader_is_gone_gets_broken_pipe_error(backend: str) -> None:
+    # prog | head -1: on processes the prints were dropped in the parent, and a task
+    # that printed until its reader was gone printed on, for good.
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone
+    broken = io.TextIOWrapper(io.FileIO(write_end, "w"), line_buffering=True)
+    try:
+        with contextlib.redirect_stdout(broken), pytest.raises(BrokenPipeError):
+            mp.parallel(backend=backend)(print_until_stopped)(30).get(timeout=40)
+    finally:
+        with contextlib.suppress(OSError):
+            broken.close()
+    assert on_process(chatty)(2).get(timeout=30) == 2  # the worker goes on: the failure was its task's
+
+
 def test_print_is_captured_by_redirect_stdout_in_order() -> None:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -21,6 +21,14 @@ nothing but what the relay reports.
 Cost: one message per line written (a few microseconds); a task that prints
 hundreds of thousands of lines should log or return its text instead.
 
+Where the parent's stream fails (its reader gone: ``prog | head``; its
+descriptor closed by a daemon), the parent says so to the worker once per
+task, and from then on each write to the relay raises that error
+(``BrokenPipeError``) until the task ends, as a ``print()`` on a thread would:
+a task that prints until its reader is gone stops, where it printed on into
+nothing. The writes made in between (the time for the message to arrive) are
+dropped; one that arrives between tasks is the next task's.
+
 Output written by C code or by child processes straight to file descriptors 1
 and 2 goes to the parent's own descriptors, which the worker inherits; the
 worker flushes C's ``stdio`` buffers after every task, so none is held back.
@@ -57,6 +65,7 @@ class OutputRelay(io.TextIOBase):
         self._fileno = fileno
         self._send = send
         self._pending: list[str] = []
+        self._failure: tuple[int | None, str] | None = None  # how the parent's stream failed: (errno, message)
         self._lock = threading.Lock()  # the threads of a task may print at once
         self._encoding = "utf-8"
         self._errors = "strict"
@@ -135,6 +144,7 @@ class OutputRelay(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._raise_if_failed()
         with self._lock:
             self._pending.append(text)
             if "\n" in text:
@@ -144,16 +154,33 @@ class OutputRelay(io.TextIOBase):
     def flush(self) -> None:
         if not self._pending:
             return  # after every task: nothing written is the common case, and needs no lock
+        if self._failure is not None:
+            self._pending.clear()  # as a stream's buffer is, on a failed flush
+            self._raise_if_failed()
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
 
     def write_bytes(self, data: bytes) -> None:
         """Relay ``data`` as bytes, after the text written before it."""
+        self._raise_if_failed()
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
             self._relay(data)
+
+    def fail(self, code: int | None, message: str) -> None:
+        """The parent's stream failed so (``errno`` ``code``, or a closed file's ``ValueError``): every later write raises it.
+
+        Until the task ends: ``message`` empty says the next may write again,
+        and the parent says so once more if its stream still fails.
+        """
+        self._failure = (code, message) if message else None
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            code, message = self._failure
+            raise ValueError(message) if code is None else OSError(code, message)  # BrokenPipeError for EPIPE
 
     def _send_pending_locked(self) -> None:
         text = "".join(self._pending)
@@ -189,8 +216,12 @@ class _BinaryRelay(io.RawIOBase):
         return self._text.fileno()
 
 
-def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> None:
+def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> tuple[int | None, str] | None:
     """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1).
+
+    Returns how the stream failed, for the worker's relay (:meth:`OutputRelay.fail`):
+    ``(errno, strerror)`` for an ``OSError`` (``EPIPE``: its reader is gone),
+    ``(None, message)`` for a closed file's ``ValueError``; None if it did not.
 
     Bytes go to the stream's ``buffer``, after what was written to it as text;
     to a stream with none (a ``StringIO``), they are written decoded as UTF-8
@@ -201,7 +232,7 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> N
     """
     target = getattr(sys, STREAMS[stream], None)
     if target is None:
-        return  # no console (pythonw): dropped, as print() would drop it
+        return None  # no console (pythonw): dropped, as print() would drop it
     try:
         if isinstance(text, bytes):
             binary = getattr(target, "buffer", None)
@@ -209,7 +240,7 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> N
                 target.flush()
                 binary.write(text)
                 binary.flush()
-                return
+                return None
             decoder = decoders.get(stream)
             if decoder is None:
                 decoder = decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
@@ -220,8 +251,13 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> N
             encoding = getattr(target, "encoding", None) or "ascii"
             target.write(text.encode(encoding, "backslashreplace").decode(encoding))
         target.flush()
-    except Exception:  # a closed or broken stream must not break the pool's loop
+    except OSError as error:  # a broken or closed stream must not break the pool's loop: the task hears of it
+        return error.errno, error.strerror or str(error)
+    except ValueError as error:  # a closed file object
+        return None, str(error)
+    except Exception:  # the user's stream object's own failure: not the task's to hear of
         pass
+    return None
 
 
 def flush_c_stdio() -> Callable[[], object]:

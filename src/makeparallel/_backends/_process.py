@@ -166,7 +166,7 @@ class _Worker:
 
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
-        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "path", "process", "ready",
+        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "output_failed", "path", "process", "ready",
         "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task", "thread_limits",
         "too_many_threads",
     )
@@ -213,6 +213,7 @@ class _Worker:
         self.path = path  # the parent's sys.path (and pins, filters) it has, as of the tasks sent to it
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
         self.decoders: dict[int, Any] = {}  # its bytes output, decoded for a stream with no buffer (write_relayed)
+        self.output_failed: set[int] = set()  # the streams (0, 1) whose failure it was told of
 
 
 def _after_failed_start(gave_up: bool) -> str:
@@ -1267,6 +1268,8 @@ class ProcessBackend(QueueingBackend):
             message = worker.conn.recv()
             kind = message[0]
             if kind == "done":
+                if worker.output_failed:  # its next task writes to this process's streams again, and may be told
+                    worker.output_failed.clear()
                 if self._max_worker_memory is not None and len(worker.outstanding) <= len(message[1]):
                     # It is about to be idle: checked before its results are seen and
                     # while it still looks busy, so that no task is sent to it meanwhile.
@@ -1296,7 +1299,12 @@ class ProcessBackend(QueueingBackend):
                 buffers = [worker.conn.recv_frame() for _ in sizes]
                 self._add_partial(task_id, data, buffers)
             elif kind == "output":
-                write_relayed(message[1], message[2], worker.decoders)
+                failure = write_relayed(message[1], message[2], worker.decoders)
+                if failure is not None and message[1] not in worker.output_failed:  # told once: it raises from then on
+                    worker.output_failed.add(message[1])
+                    with self._lock:
+                        self._control.append((worker, ("output_failed", message[1], *failure)))
+                    self._wake()
             elif kind == "started":
                 self._started(worker, message[1])
             elif kind == "ready":

@@ -24,6 +24,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
+                       ("output_failed", stream, errno, message)  a write to the parent's stream failed so
                        ("stop",)                           finish the tasks sent, then exit
     worker -> parent   ("ready", pid, finders)             set up: tasks may start; its sys.meta_path
                        ("init_failed", data)               the initializer raised; exiting
@@ -149,6 +150,8 @@ class _Worker:
         self._ended: deque[int] = deque(maxlen=1024)
         self._current: _RemoteTask | None = None
         self._flush_c_stdio = flush_c_stdio()
+        self.relays: tuple[OutputRelay, ...] = ()  # sys.stdout's and sys.stderr's, once main() put them there
+        self._output_failed = False  # a relay was told the parent's stream failed, for the task running
 
     def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
         if os.getpid() != self._pid:  # a process the task forked (a fork-based Pool's) shares the pipe
@@ -181,6 +184,10 @@ class _Worker:
 
                         leave_forked_child(f"task {payload[0]} ({payload[1]})", None, not entry[1])
                     self._flush_output()
+                    if self._output_failed:  # the next task writes to the parent's stream again, which may be back
+                        self._output_failed = False
+                        for relay in self.relays:
+                            relay.fail(None, "")
                     self.send(("done", [entry]), buffers)
                 elif kind == "path":
                     take_path(*payload)
@@ -237,8 +244,11 @@ class _Worker:
         self.send(("ready", os.getpid(), installed_finders()))
 
     def _flush_output(self) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # the parent's stream failed (the relay raises it), or one a task put there
+                pass
         self._flush_c_stdio()
 
     def _run(
@@ -399,6 +409,10 @@ class _Worker:
             self._post(tasks)
         elif kind == "cancel":
             self._cancel(message[1], message[2])
+        elif kind == "output_failed":
+            _, stream, code, text = message
+            self.relays[stream].fail(code, text)  # whatever a task put in its place
+            self._output_failed = True
         elif kind == "path":
             self._post([("path", message[1])])
         elif kind == "setup":
@@ -647,8 +661,7 @@ def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bo
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
     worker = _Worker(conn, journal)
-    sys.stdout = OutputRelay(0, 1, worker.send)
-    sys.stderr = OutputRelay(1, 2, worker.send)
+    sys.stdout, sys.stderr = worker.relays = (OutputRelay(0, 1, worker.send), OutputRelay(1, 2, worker.send))
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
     # The pool stops a worker with it (a timeout, a forced cancel), though the program blocks it
     # (sigwait, signalfd): blocked, the worker ran on until the SIGKILL after it, its output lost.
