@@ -237,6 +237,25 @@ def result_that_logs_as_it_is_pickled(logger_name: str) -> list[Any]:
     return [LogsAsItIsPickled(logger_name, [1, 2, 3]), {"after": "it"}]
 
 
+_ONLY_HERE_LEVELS = """
+import enum
+
+class Level(enum.IntEnum):
+    NOTICE = 25
+"""
+
+
+def log_with_classes_only_the_worker_has(folder: str) -> str:
+    """A record whose level, logger name and an extra's key are of classes the parent never imports."""
+    token_type = only_here(folder).Token
+    (Path(folder) / "worker_levels.py").write_text(_ONLY_HERE_LEVELS)
+    from worker_levels import Level  # type: ignore[import-not-found]
+
+    logger = logging.getLogger(token_type("test_process_backend.only_here"))
+    logger.log(Level.NOTICE, "at a level of its own", extra={token_type("keyed"): 1})
+    return "logged"
+
+
 def report_progress_of_a_worker_class(folder: str) -> str:
     mp.report_progress(0.5, only_here(folder).Token("half"))
     return "done"
@@ -739,6 +758,35 @@ def test_a_record_logged_while_a_result_is_pickled_leaves_the_result_whole() -> 
         logger.removeHandler(handler)
     assert (type(value), value.items, after) == (LogsAsItIsPickled, [1, 2, 3], {"after": "it"})
     assert [(r.getMessage(), r.detail) for r in handler.records][:1] == [("pickled", {"items": 3})]  # type: ignore[attr-defined]
+
+
+def test_a_record_of_classes_only_the_worker_has_arrives_and_this_processs_record_factory_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A level, a logger name or an extra's key of a class only the worker imports
+    # travelled in the message's own pickle, and killed the pool's loop thread; and
+    # logging.makeLogRecord gave this process's record factory no name, so one that
+    # read record.name killed it too.
+    made = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        record.short_name = record.name.rsplit(".", 1)[-1]  # type: ignore[attr-defined]
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", factory)
+    logger = logging.getLogger("test_process_backend.only_here")
+    logger.setLevel(logging.DEBUG)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        assert on_process(log_with_classes_only_the_worker_has)(str(tmp_path)).get(timeout=20) == "logged"
+    finally:
+        logger.removeHandler(handler)
+    (record,) = handler.records
+    assert (record.getMessage(), record.levelno, record.short_name) == ("at a level of its own", 25, "only_here")  # type: ignore[attr-defined]
+    assert record.keyed == 1  # type: ignore[attr-defined]
+    assert mp.get_process_pool_info()["loop_deaths"] == 0
 
 
 def test_a_worker_records_level_is_named_as_this_process_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

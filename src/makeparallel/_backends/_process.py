@@ -2158,16 +2158,24 @@ def _emit_log(attributes: dict[str, Any], extras: dict[str, tuple[bytes | None, 
     named = logging.getLevelName(level)
     if named != f"Level {level}":
         attributes["levelname"] = named
-    record = logging.makeLogRecord(attributes)
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        try:
-            logger.handle(record)
-        except BaseException:
-            # A handler is the user's code: whatever it raises must not end the
-            # loop. Reported the way logging reports its own handler errors,
-            # since logging it again could raise again.
-            traceback.print_exc()
+    logger = logging.getLogger(attributes["name"])
+    if not logger.isEnabledFor(level):
+        return
+    try:
+        # Made by this process's record factory with the record's own name, level and
+        # place, as a record logged here is (logging.makeLogRecord gives it None: a
+        # factory that read record.name raised), then given the worker's attributes.
+        record = logging.getLogRecordFactory()(
+            attributes["name"], level, attributes.get("pathname"), attributes.get("lineno"), attributes.get("msg"),
+            None, None, attributes.get("funcName"), attributes.get("stack_info"),
+        )
+        record.__dict__.update(attributes)
+        logger.handle(record)
+    except BaseException:
+        # A factory or a handler is the user's code: whatever it raises must not end
+        # the loop. Reported the way logging reports its own handler errors, since
+        # logging it again could raise again.
+        traceback.print_exc()
 
 
 _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()

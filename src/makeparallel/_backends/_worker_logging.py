@@ -20,7 +20,10 @@ __all__ = ["forward_records"]
 # (the task's id and name too); any other attribute is an ``extra`` (or a record
 # factory's), which may be anything. The task's metadata is the parent's to add.
 _PLAIN = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "task_id", "task_name"}
-_LEFT_OUT = _PLAIN | {"task_metadata"}
+# What the parent unpickles whatever it imports: the types of a record's own attributes.
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+# Set apart: the message formatted here, the traceback as text; the parent adds the task's metadata.
+_SET_HERE = frozenset({"msg", "args", "exc_info", "task_metadata"})
 
 
 class _ForwardingHandler(logging.Handler):
@@ -33,16 +36,36 @@ class _ForwardingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             _stamp(record)  # the task's id and name, known here; the parent adds metadata
-            attributes = {name: value for name, value in record.__dict__.items() if name in _PLAIN}
-            attributes["msg"] = record.getMessage()
+            attributes: dict[str, Any] = {}
+            extras: dict[str, tuple[bytes | None, str]] = {}
+            for key, value in record.__dict__.items():
+                if not isinstance(key, str) or key in _SET_HERE:
+                    continue
+                name = _exact(key)
+                if name in _PLAIN and type(value) in _ATOMS:
+                    attributes[name] = value
+                elif name in _PLAIN and isinstance(value, (str, int, float)):  # an IntEnum level, a str subclass
+                    attributes[name] = _exact(value)
+                else:
+                    extras[name] = _packed(value)
+            attributes["msg"] = _exact(record.getMessage())
             attributes["args"] = None
             if record.exc_info:
                 attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
             attributes["exc_info"] = None
-            extras = {name: _packed(value) for name, value in record.__dict__.items() if name not in _LEFT_OUT}
             self._send(("log", attributes, extras))
         except Exception:
             self.handleError(record)
+
+
+
+def _exact(value: str | int | float) -> Any:
+    """``value`` as an exact ``str``, ``int`` or ``float``: a subclass's class may be one only this worker imports."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__int__(value)
+    return float.__float__(value) if isinstance(value, float) else value
 
 
 def _packed(value: Any) -> tuple[bytes | None, str]:
@@ -58,7 +81,7 @@ def _packed(value: Any) -> tuple[bytes | None, str]:
     except Exception:
         data = None
     try:
-        text = str(value)
+        text = _exact(str(value))  # (__str__ may give a str subclass)
     except Exception as error:
         text = f"<{type(value).__qualname__} that str() failed on: {type(error).__name__}: {error}>"
     return data, text
