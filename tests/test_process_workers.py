@@ -83,6 +83,16 @@ def fail_while_flagged(flag: str, how: str) -> None:
         os._exit(1)
 
 
+def first_starts_when_told_the_others_fail(folder: str) -> None:
+    """An initializer: the first worker takes the resource and waits for the test's "go"; the others find it busy."""
+    try:
+        os.close(os.open(os.path.join(folder, "taken"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise ConnectionRefusedError(111, "Connection refused") from None
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.01)
+
+
 def raise_an_error_only_the_worker_imports(folder: str) -> None:
     (Path(folder) / "worker_plugin.py").write_text("class PluginError(Exception):\n    pass\n")
     sys.path.insert(0, folder)
@@ -172,6 +182,22 @@ def test_a_pool_whose_replacements_fail_to_start_serves_on_with_the_workers_ther
         flag.unlink()  # back: the pool tries again a second after its last failure
         assert wait_until(lambda: info()["ready_workers"] == 2 and info()["refused_starts"] is None, 30)
     finally:
+        mp.configure_process_pool(initializer=None, prestart=False)
+
+
+def test_a_worker_ready_after_the_pool_gave_up_starting_workers_takes_the_tasks(tmp_path: Path) -> None:
+    # The others failed three times while it ran its slow initializer: once it was
+    # ready, the pool still failed every task, and left it idle, until reconfigured.
+    fresh_process_pool(2)
+    mp.configure_process_pool(initializer=first_starts_when_told_the_others_fail, initargs=(str(tmp_path),), prestart=True)
+    try:
+        assert wait_until(lambda: info()["refusing_tasks"] is not None, 30)  # it gave up, the first still starting
+        (tmp_path / "go").touch()
+        assert wait_until(lambda: info()["ready_workers"] == 1, 30)
+        assert info()["refusing_tasks"] is None
+        assert on_process(os.getpid)().get(timeout=30) in info()["worker_pids"]
+    finally:
+        (tmp_path / "go").touch()
         mp.configure_process_pool(initializer=None, prestart=False)
 
 

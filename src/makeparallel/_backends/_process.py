@@ -1315,6 +1315,9 @@ class ProcessBackend(QueueingBackend):
                     worker.ready = True
                     self._failed_starts = 0
                     self._short_of_workers = None
+                    if self._broken is not None and not (worker.leaving or worker.retiring or worker.killing):
+                        # It started as the others failed: the pool serves on with it (_short_of_workers_locked).
+                        self._broken = self._refused_until = None
                     for idle in list(self._workers):  # each idle one, this one included
                         self._replace_if_too_many_threads_locked(idle)
                 if self._max_worker_memory is not None:
