@@ -445,6 +445,50 @@ if {shut_down}:
 """
 
 
+_EXIT_WITH_A_TASK_SUBMITTING_TO_A_POOL_WAITED_FOR = """import os, sys, threading, time
+import makeparallel as mp
+from makeparallel import _runtime
+folder = sys.argv[1]
+
+@mp.parallel(backend="thread")
+def child():
+    time.sleep(0.5)  # slower than an exit that does not wait for it
+    open(os.path.join(folder, "child"), "w").close()
+
+child().get(timeout=30)  # the pool exists, and is idle when exit waits for it
+pool = _runtime.get_backend("thread")
+waited, wait_idle = threading.Event(), pool.wait_idle
+
+def wait_idle_then_say(timeout):
+    idle = wait_idle(timeout)
+    waited.set()
+    return idle
+
+pool.wait_idle = wait_idle_then_say
+os.remove(os.path.join(folder, "child"))
+
+def parent():
+    assert waited.wait(30)  # exit has waited for the @parallel pool
+    child()  # fire and forget, into that pool
+
+executor = mp.Executor("thread", max_workers=1)
+executor.submit(parent)
+"""
+
+
+def test_exit_waits_for_a_task_submitted_to_a_pool_it_already_waited_for(tmp_path: Path) -> None:
+    # Exit waited for each pool once, in turn: a task an Executor's task submitted to
+    # the @parallel pool after that pool had been waited for was lost without a word.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_A_TASK_SUBMITTING_TO_A_POOL_WAITED_FOR, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert os.listdir(tmp_path) == ["child"]
+    assert completed.stderr == ""
+
+
 @pytest.mark.parametrize("shut_down", [False, True], ids=["left", "shutdown-no-wait"])
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_exit_runs_the_tasks_submitted_to_an_executor(backend: str, shut_down: bool, tmp_path: Path) -> None:

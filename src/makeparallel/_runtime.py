@@ -638,17 +638,26 @@ def get_active_task_count() -> int:
 def wait_until_idle(timeout: float | None = None) -> bool:
     """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
     check_wait_timeout(timeout)
-    return _wait_idle(_all_backends(), timeout)
+    return _wait_idle(_all_backends, timeout)
 
 
-def _wait_idle(backends: list[Backend], timeout: float | None) -> bool:
-    """Block until ``backends`` have no task unfinished, or ``timeout`` seconds pass; return whether idle."""
+def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
+    """Block until the pools ``backends()`` lists are all idle at once, or ``timeout`` seconds pass; return whether idle.
+
+    A task of one pool may submit to another already waited for (a thread
+    task's process task, a process pool made meanwhile): one pass over them
+    left that task behind, at exit lost without a word. So they are waited
+    for again until one pass finds them all idle.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    for backend in backends:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not backend.wait_idle(remaining):
-            return False
-    return True
+    while True:
+        pools = backends()
+        for backend in pools:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not backend.wait_idle(remaining):
+                return False
+        if not _active(pools):
+            return True
 
 
 def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) -> bool:
@@ -727,9 +736,9 @@ def _at_exit() -> None:
     else:
         timeout = _exit_timeout
         waited = [*backends, *executors]
-        if _active(waited) and not _wait_idle(waited, timeout):
+        if _active(waited) and not _wait_idle(lambda: [*_all_backends(), *executors], timeout):
             _log_abandoned(
-                waited,
+                [*_all_backends(), *executors],
                 f"after waiting {timeout:g} s",
                 "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or raise "
                 "configure(exit_timeout=...)",
