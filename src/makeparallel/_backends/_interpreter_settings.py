@@ -87,8 +87,10 @@ def take_on(settings: Settings) -> None:
     if fault_handler or "faulthandler" in sys.modules:  # imported by -X faulthandler, which the program may have undone
         import faulthandler
 
-        if faulthandler.is_enabled() != fault_handler:
-            faulthandler.enable(file=2) if fault_handler else faulthandler.disable()
+        if fault_handler and not faulthandler.is_enabled():
+            faulthandler.enable(file=2)
+        elif not fault_handler and faulthandler.is_enabled():
+            faulthandler.disable()
     if warnings_logged:
         import logging  # its records are the program's to handle (_worker_logging)
 

@@ -166,7 +166,7 @@ class _Worker:
 
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
-        "kill_at", "killing", "leaving", "memory_probe", "outstanding", "output_failed", "path", "process", "ready",
+        "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding", "path", "process", "ready",
         "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task", "thread_limits",
         "too_many_threads",
     )

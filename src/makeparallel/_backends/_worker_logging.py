@@ -18,7 +18,7 @@ __all__ = ["forward_records"]
 
 # What every record has, each a str, a number or None once the message is formatted
 # (the task's id and name too); any other attribute is an ``extra`` (or a record
-# factory's), which may be anything. The task's metadata is the parent's to add.
+# factory's), which may be anything.
 _PLAIN = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "task_id", "task_name"}
 # What the parent unpickles whatever it imports: the types of a record's own attributes.
 _ATOMS = frozenset({str, int, float, bool, type(None)})
@@ -58,8 +58,7 @@ class _ForwardingHandler(logging.Handler):
             self.handleError(record)
 
 
-
-def _exact(value: str | int | float) -> Any:
+def _exact(value: str | float) -> Any:
     """``value`` as an exact ``str``, ``int`` or ``float``: a subclass's class may be one only this worker imports."""
     if isinstance(value, str):
         return str.__str__(value)
