@@ -122,6 +122,27 @@ def test_a_task_printing_to_a_stream_whose_reader_is_gone_gets_broken_pipe_error
     assert on_process(chatty)(2).get(timeout=30) == 2  # the worker goes on: the failure was its task's
 
 
+def say_hi(i: int) -> int:
+    print(f"task {i} says hi")
+    return i
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_that_failed_for_a_task_that_ended_fails_no_later_task() -> None:
+    # The failure reached the worker after the short task that wrote had ended, and
+    # the next task's print raised, though the parent's stream worked again by then.
+    mp.configure_process_pool(1)
+    assert on_process(say_hi)(0).get(timeout=30) == 0
+    closed = io.StringIO()
+    closed.close()
+    with contextlib.redirect_stdout(closed):
+        assert on_process(say_hi)(1).get(timeout=30) == 1  # its line is dropped: it ended before it heard
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert [on_process(say_hi)(i).get(timeout=30) for i in (2, 3, 4)] == [2, 3, 4]
+    assert out.getvalue() == "task 2 says hi\ntask 3 says hi\ntask 4 says hi\n"
+
+
 def test_print_is_captured_by_redirect_stdout_in_order() -> None:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

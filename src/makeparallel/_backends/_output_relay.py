@@ -22,12 +22,14 @@ Cost: one message per line written (a few microseconds); a task that prints
 hundreds of thousands of lines should log or return its text instead.
 
 Where the parent's stream fails (its reader gone: ``prog | head``; its
-descriptor closed by a daemon), the parent says so to the worker once per
-task, and from then on each write to the relay raises that error
-(``BrokenPipeError``) until the task ends, as a ``print()`` on a thread would:
-a task that prints until its reader is gone stops, where it printed on into
-nothing. The writes made in between (the time for the message to arrive) are
-dropped; one that arrives between tasks is the next task's.
+descriptor closed by a daemon), the parent tells the task that wrote, and
+from then on each write to the relay raises that error (``BrokenPipeError``)
+until the task ends, as a ``print()`` on a thread would: a task that prints
+until its reader is gone stops, where it printed on into nothing. The writes
+made in between are dropped: a busy worker reads the message once its task
+has run for 20 ms (``_WATCH_AFTER``), so a shorter task never hears of it. A
+message for a task that has ended is dropped too: the next task writes to
+the parent's stream again, which may work by then.
 
 Output written by C code or by child processes straight to file descriptors 1
 and 2 goes to the parent's own descriptors, which the worker inherits; the

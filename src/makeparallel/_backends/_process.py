@@ -1300,10 +1300,11 @@ class ProcessBackend(QueueingBackend):
                 self._add_partial(task_id, data, buffers)
             elif kind == "output":
                 failure = write_relayed(message[1], message[2], worker.decoders)
-                if failure is not None and message[1] not in worker.output_failed:  # told once: it raises from then on
-                    worker.output_failed.add(message[1])
+                if failure is not None and message[1] not in worker.output_failed and worker.outstanding:
+                    worker.output_failed.add(message[1])  # told once: it raises from then on, in the task that wrote
+                    task_id = worker.outstanding[0]._id  # (output comes before its task's result)
                     with self._lock:
-                        self._control.append((worker, ("output_failed", message[1], *failure)))
+                        self._control.append((worker, ("output_failed", task_id, message[1], *failure)))
                     self._wake()
             elif kind == "started":
                 self._started(worker, message[1])

@@ -24,7 +24,8 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
-                       ("output_failed", stream, errno, message)  a write to the parent's stream failed so
+                       ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
+                                                           stream failed so
                        ("stop",)                           finish the tasks sent, then exit
     worker -> parent   ("ready", pid, finders)             set up: tasks may start; its sys.meta_path
                        ("init_failed", data)               the initializer raised; exiting
@@ -410,9 +411,11 @@ class _Worker:
         elif kind == "cancel":
             self._cancel(message[1], message[2])
         elif kind == "output_failed":
-            _, stream, code, text = message
-            self.relays[stream].fail(code, text)  # whatever a task put in its place
-            self._output_failed = True
+            _, task_id, stream, code, text = message
+            current = self._current
+            if current is not None and current._id == task_id:  # not a task's that ended since: the next may write
+                self.relays[stream].fail(code, text)  # whatever a task put in its place
+                self._output_failed = True
         elif kind == "path":
             self._post([("path", message[1])])
         elif kind == "setup":
