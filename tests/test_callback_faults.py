@@ -344,6 +344,15 @@ DEAD_LOOP_AND_RECOVERY = DEAD_LOOP.replace(
 )
 
 
+# The loop dies where its report of it cannot be written: no logging configured, so
+# logging's last resort writes to a stderr that is closed, and raised out of the
+# loop's last words, before the recovery: every waiter waited for good.
+DEAD_LOOP_UNHEARD = DEAD_LOOP.replace(
+    'logging.basicConfig(level=logging.CRITICAL, format="%(levelname)s %(message)s")',
+    "import io, sys\nsys.stderr = io.StringIO()\nsys.stderr.close()",
+)
+
+
 def run_child(script: str) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -354,6 +363,13 @@ def run_child(script: str) -> tuple[dict[str, Any], str]:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_a_dead_process_loop_whose_report_cannot_be_written_still_fails_its_tasks() -> None:
+    report, _ = run_child(DEAD_LOOP_UNHEARD)
+    assert "loop thread died" in report["first"]
+    assert report["second"] == 4
+    assert report["health"]["pools"]["process"]["loop_deaths"] == 1
 
 
 def test_a_dead_worker_thread_is_replaced_logged_and_not_live() -> None:

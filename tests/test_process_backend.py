@@ -14,8 +14,10 @@ a bare sleep.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -787,6 +789,28 @@ def test_a_record_of_classes_only_the_worker_has_arrives_and_this_processs_recor
     assert (record.getMessage(), record.levelno, record.short_name) == ("at a level of its own", 25, "only_here")  # type: ignore[attr-defined]
     assert record.keyed == 1  # type: ignore[attr-defined]
     assert mp.get_process_pool_info()["loop_deaths"] == 0
+
+
+def test_a_handler_that_raises_where_stderr_fails_costs_its_record_alone() -> None:
+    # The handler's error, reported to a closed stderr, raised again: read as the
+    # worker's pipe breaking, a healthy worker was killed, and its task failed.
+    class Picky(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("a handler with a bug")
+
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    logger = logging.getLogger(name)
+    logger.addHandler(Picky())
+    closed = io.StringIO()
+    closed.close()
+    crashed = mp.get_process_pool_info()["worker_restart_reasons"].get("crashed", 0)
+    try:
+        with contextlib.redirect_stderr(closed):
+            assert on_process(log_from_worker)(name).get(timeout=20) != os.getpid()
+    finally:
+        logger.handlers.clear()
+    info = mp.get_process_pool_info()
+    assert (info["loop_deaths"], info["worker_restart_reasons"].get("crashed", 0)) == (0, crashed)
 
 
 def test_a_worker_records_level_is_named_as_this_process_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

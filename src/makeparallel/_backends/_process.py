@@ -619,11 +619,14 @@ class ProcessBackend(QueueingBackend):
         try:
             self._run_loop()
         except BaseException as error:
-            _log.critical(
-                "the makeparallel process pool's loop thread died; its tasks fail with "
-                "WorkerCrashedError. Restart the process (health() reports it as not live)",
-                exc_info=True,
-            )
+            try:
+                _log.critical(
+                    "the makeparallel process pool's loop thread died; its tasks fail with "
+                    "WorkerCrashedError. Restart the process (health() reports it as not live)",
+                    exc_info=True,
+                )
+            except BaseException:  # a handler that fails, or logging's last resort to a closed stderr
+                pass  # the recovery must run: without it, every waiter waits for good
             self._recover_from_loop_death(error)
 
     def _refuse_queued(self, refusal: OSError) -> None:
@@ -2178,8 +2181,12 @@ def _emit_log(attributes: dict[str, Any], extras: dict[str, tuple[bytes | None, 
     except BaseException:
         # A factory or a handler is the user's code: whatever it raises must not end
         # the loop. Reported the way logging reports its own handler errors, since
-        # logging it again could raise again.
-        traceback.print_exc()
+        # logging it again could raise again; to a stderr that fails too, not at all
+        # (its OSError read as the worker's pipe breaking, and the worker was killed).
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
 
 
 _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
