@@ -171,6 +171,7 @@ def test_a_pool_whose_replacements_fail_to_start_serves_on_with_the_workers_ther
     fresh_process_pool(2)
     mp.configure_process_pool(initializer=fail_while_flagged, initargs=(str(flag), how), prestart=True)
     try:
+        assert wait_until(lambda: info()["ready_workers"] == 2, 30), info()
         survivor, crashed = live_worker_pids(2)
         flag.touch()
         os.kill(crashed, signal.SIGKILL)

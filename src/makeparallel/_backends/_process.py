@@ -334,6 +334,7 @@ class ProcessBackend(QueueingBackend):
             self._broken = None
             self._refused_until = None
             self._short_of_workers = None
+            self._start_refused_at = None  # a start it put off was the old configuration's
             if num_workers is not None:
                 if num_workers < self._num_workers:  # what runs now runs beside the new size's tasks
                     self._stale = {w for w in self._workers if w.outstanding}
