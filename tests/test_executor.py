@@ -476,6 +476,41 @@ executor.submit(parent)
 """
 
 
+_EXIT_WITH_A_TASK_MAKING_A_POOL = """import os, sys, time
+import makeparallel as mp
+folder, how = sys.argv[1], sys.argv[2]
+mp.configure(exit_timeout=30)
+
+def grandchild():
+    time.sleep(0.5)  # slower than an exit that does not wait for it
+    open(os.path.join(folder, "grandchild"), "w").close()
+
+@mp.parallel(backend="thread")
+def child():
+    time.sleep(0.5)  # exit waits for it by then
+    if how == "process":
+        mp.parallel(backend="process")(grandchild)()  # the process pool's first task: made now
+    else:
+        mp.Executor("thread", max_workers=1).submit(grandchild)  # an Executor made now
+
+child()
+"""
+
+
+@pytest.mark.parametrize("how", ["process", "executor"])
+def test_exit_waits_for_a_pool_a_task_made_as_exit_waited(how: str, tmp_path: Path) -> None:
+    # The pools were listed as each pass began: one made during the pass (the process
+    # pool's first task, an Executor) was never waited for, and its task was lost.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_A_TASK_MAKING_A_POOL, str(tmp_path), how],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert os.listdir(tmp_path) == ["grandchild"]
+    assert completed.stderr == ""
+
+
 def test_exit_waits_for_a_task_submitted_to_a_pool_it_already_waited_for(tmp_path: Path) -> None:
     # Exit waited for each pool once, in turn: a task an Executor's task submitted to
     # the @parallel pool after that pool had been waited for was lost without a word.

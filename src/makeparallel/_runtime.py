@@ -651,12 +651,11 @@ def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> 
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        pools = backends()
-        for backend in pools:
+        for backend in backends():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not backend.wait_idle(remaining):
                 return False
-        if not _active(pools):
+        if not _active(backends()):  # listed again: one made during the pass counts too
             return True
 
 
@@ -715,9 +714,19 @@ def is_shut_down() -> bool:
     return _shut_down
 
 
+def _executor_pools() -> list[Backend]:
+    """The pools of the ``Executor``s there now (:func:`stop_at_exit`)."""
+    return [pool for pools in _also_at_exit for pool in pools()]
+
+
+def _every_pool() -> list[Backend]:
+    """The runtime's pools and the ``Executor``s', as they are now: a task may make one as exit waits."""
+    return [*_all_backends(), *_executor_pools()]
+
+
 def _at_exit() -> None:
     backends = _all_backends()
-    executors = [pool for pools in _also_at_exit for pool in pools()]  # (an Executor's)
+    executors = _executor_pools()
     reopen = False
     if _shut_down:
         # shutdown() already waited (or was interrupted, or the caller chose its
@@ -735,17 +744,16 @@ def _at_exit() -> None:
             _log_abandoned(backends, "after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
     else:
         timeout = _exit_timeout
-        waited = [*backends, *executors]
-        if _active(waited) and not _wait_idle(lambda: [*_all_backends(), *executors], timeout):
+        if _active([*backends, *executors]) and not _wait_idle(_every_pool, timeout):
             _log_abandoned(
-                [*_all_backends(), *executors],
+                _every_pool(),
                 f"after waiting {timeout:g} s",
                 "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or raise "
                 "configure(exit_timeout=...)",
             )
         reopen = True
     # No orphaned or zombie worker process; every pool's stopped at once.
-    terminate_all([*_all_backends(), *executors])
+    terminate_all(_every_pool())
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
