@@ -353,6 +353,30 @@ DEAD_LOOP_UNHEARD = DEAD_LOOP.replace(
 )
 
 
+# A callback that raises where no logging was set up and sys.stderr was closed: the
+# report of it raised too (logging's last resort writes there), and the worker thread
+# died uncounted, or the process pool's loop with its tasks.
+CALLBACK_FAULT_UNHEARD = """
+import io, json, sys
+import makeparallel as mp
+
+sys.stderr.close()
+mp.configure_thread_pool(1)
+mp.configure_process_pool(1)
+results = {}
+for backend in ("thread", "process"):
+    task = mp.parallel(backend=backend)(abs)
+    first = task(-1)
+    first.add_done_callback(lambda handle: 1 / 0)
+    results[backend] = [first.get(30), task(-2).get(timeout=30), task(-3).get(timeout=30)]
+# The pool's own warning: a new worker already over max_worker_memory.
+mp.configure_process_pool(max_worker_memory=1_000_000)
+task = mp.parallel(backend="process")(abs)
+results["warned"] = [task(-4).get(timeout=30), task(-5).get(timeout=30)]
+print(json.dumps({"results": results, "health": mp.health(memory_limit_percent=100.0)}))
+"""
+
+
 def run_child(script: str) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -370,6 +394,14 @@ def test_a_dead_process_loop_whose_report_cannot_be_written_still_fails_its_task
     assert "loop thread died" in report["first"]
     assert report["second"] == 4
     assert report["health"]["pools"]["process"]["loop_deaths"] == 1
+
+
+def test_a_callback_that_raises_where_its_report_cannot_be_written_costs_nothing_else() -> None:
+    report, _ = run_child(CALLBACK_FAULT_UNHEARD)
+    assert report["results"] == {"thread": [1, 2, 3], "process": [1, 2, 3], "warned": [4, 5]}
+    health = report["health"]
+    assert health["live"] is True, health["reasons"]
+    assert health["pools"]["process"]["loop_deaths"] == 0
 
 
 def test_a_dead_worker_thread_is_replaced_logged_and_not_live() -> None:

@@ -1007,7 +1007,10 @@ class AsyncHandle(Generic[T]):
             # main thread goes on, as it would from any other code there.
             if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
                 raise
-            _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
+            try:
+                _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
+            except Exception:  # logging's last resort raises where sys.stderr was closed: the thread goes on
+                pass
 
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception gets its note the first time out."""

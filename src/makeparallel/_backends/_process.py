@@ -1260,7 +1260,7 @@ class ProcessBackend(QueueingBackend):
         if rss is None or limit is None or rss <= limit or self._memory_warned:
             return
         self._memory_warned = True
-        _log.warning(
+        _warn(
             "a new makeparallel worker process uses %d bytes (%.0f MiB) before running any task, over "
             "max_worker_memory=%d, so every worker will be replaced after every task: raise "
             "max_worker_memory above what a worker holds once set up (its initializer included)",
@@ -1681,7 +1681,7 @@ class ProcessBackend(QueueingBackend):
             if worker.exit_by is None:
                 worker.exit_by = now + _EXIT_GRACE
             elif now >= worker.exit_by:
-                _log.warning(
+                _warn(
                     "a makeparallel worker process (pid %s), told to stop (%s), has not exited %.0f s "
                     "after its last task, and is killed: a task may have left a thread running that "
                     "is not a daemon, or an atexit handler hangs",
@@ -2129,6 +2129,18 @@ def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()
     except OSError:
         pass  # the worker died; the loop sees its pipe close and handles it
 
+
+
+def _warn(message: str, *args: Any) -> None:
+    """Log a warning from the loop thread; where it cannot be written, not at all.
+
+    With no logging set up and ``sys.stderr`` closed, logging's last resort
+    raises ``ValueError``, and the loop thread died of its own warning.
+    """
+    try:
+        _log.warning(message, *args)
+    except Exception:
+        pass
 
 
 def _initializer_error(data: bytes) -> BaseException:

@@ -459,12 +459,15 @@ class ThreadBackend(QueueingBackend):
         try:
             self._work(park)
         except BaseException:
-            _log.critical(
-                "makeparallel worker thread %s died; a task it ran may never end. "
-                "Restart the process (health() reports it as not live)",
-                threading.current_thread().name,
-                exc_info=True,
-            )
+            try:
+                _log.critical(
+                    "makeparallel worker thread %s died; a task it ran may never end. "
+                    "Restart the process (health() reports it as not live)",
+                    threading.current_thread().name,
+                    exc_info=True,
+                )
+            except BaseException:  # logging's last resort raises where sys.stderr was closed
+                pass  # the count and the replacement must follow: else the pool counts a thread it lost
             with self._lock:
                 self._dead += 1
                 self._workers -= 1
