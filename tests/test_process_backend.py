@@ -702,15 +702,26 @@ class Collect(logging.Handler):
         self.records.append(record)
 
 
-def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
-    name = f"test_process_backend.{uuid.uuid4().hex}"
+@contextlib.contextmanager
+def collected(name: str | None = None, level: int | None = None) -> Iterator[tuple[str, Collect]]:
+    """The logger ``name`` (else a new one), at ``level`` if given, with a collecting handler while in the block."""
+    name = name or f"test_process_backend.{uuid.uuid4().hex}"
     logger = logging.getLogger(name)
+    before = logger.level
+    if level is not None:
+        logger.setLevel(level)
     handler = Collect()
     logger.addHandler(handler)
     try:
-        pid = on_process(log_from_worker)(name).get(timeout=20)
+        yield name, handler
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
+    with collected() as (name, handler):
+        pid = on_process(log_from_worker)(name).get(timeout=20)
     # Records come down the worker's pipe ahead of its result, and the parent's
     # loop thread emits them before it settles the handle.
     received = [(r.levelno, r.getMessage()) for r in handler.records]
@@ -728,14 +739,8 @@ def test_the_extras_of_a_worker_record_arrive_as_themselves_or_as_their_text(tmp
     # One the parent could not unpickle (an error whose __init__ takes other arguments, a
     # class only the worker imports) killed the pool's loop thread, and with it every
     # task running; one the worker could not pickle (a lock) dropped the record.
-    name = f"test_process_backend.{uuid.uuid4().hex}"
-    logger = logging.getLogger(name)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
+    with collected() as (name, handler):
         pid = on_process(log_extras_from_worker)(name, str(tmp_path)).get(timeout=20)
-    finally:
-        logger.removeHandler(handler)
     (record,) = handler.records
     assert (record.getMessage(), record.process) == ("with extras", pid)
     error = record.error  # type: ignore[attr-defined]
@@ -750,14 +755,8 @@ def test_the_extras_of_a_worker_record_arrive_as_themselves_or_as_their_text(tmp
 def test_a_record_logged_while_a_result_is_pickled_leaves_the_result_whole() -> None:
     # The record's extras are pickled by a pickler of their own: the worker's kept
     # one was half-way through the result.
-    name = f"test_process_backend.{uuid.uuid4().hex}"
-    logger = logging.getLogger(name)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
+    with collected() as (name, handler):
         value, after = on_process(result_that_logs_as_it_is_pickled)(name).get(timeout=20)
-    finally:
-        logger.removeHandler(handler)
     assert (type(value), value.items, after) == (LogsAsItIsPickled, [1, 2, 3], {"after": "it"})
     assert [(r.getMessage(), r.detail) for r in handler.records][:1] == [("pickled", {"items": 3})]  # type: ignore[attr-defined]
 
@@ -777,14 +776,8 @@ def test_a_record_of_classes_only_the_worker_has_arrives_and_this_processs_recor
         return record
 
     monkeypatch.setattr(logging, "_logRecordFactory", factory)
-    logger = logging.getLogger("test_process_backend.only_here")
-    logger.setLevel(logging.DEBUG)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
+    with collected("test_process_backend.only_here", logging.DEBUG) as (_, handler):
         assert on_process(log_with_classes_only_the_worker_has)(str(tmp_path)).get(timeout=20) == "logged"
-    finally:
-        logger.removeHandler(handler)
     (record,) = handler.records
     assert (record.getMessage(), record.levelno, record.short_name) == ("at a level of its own", 25, "only_here")  # type: ignore[attr-defined]
     assert record.keyed == 1  # type: ignore[attr-defined]
@@ -818,15 +811,8 @@ def test_a_worker_records_level_is_named_as_this_process_names_it(monkeypatch: p
     monkeypatch.setattr(logging, "_nameToLevel", dict(logging._nameToLevel))  # type: ignore[attr-defined]
     logging.addLevelName(logging.WARNING, "WARN")
     logging.addLevelName(25, "NOTICE")
-    name = f"test_process_backend.{uuid.uuid4().hex}"
-    logger = logging.getLogger(name)
-    logger.setLevel(logging.DEBUG)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
+    with collected(level=logging.DEBUG) as (name, handler):
         in_the_worker = on_process(log_at_levels)(name).get(timeout=20)
-    finally:
-        logger.removeHandler(handler)
     assert in_the_worker == ["WARNING", "Level 25", "WORKER_ONLY"]
     assert [r.levelname for r in handler.records] == ["WARN", "NOTICE", "WORKER_ONLY"]
 
