@@ -51,7 +51,7 @@ from ._libc import libc_call
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["OutputRelay", "flush_c_stdio", "write_relayed"]
 
@@ -146,7 +146,8 @@ class OutputRelay(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._raise_if_failed()
+        if self._failure is not None:  # (a test, not a call, on every write)
+            _raise(self._failure)
         with self._lock:
             self._pending.append(text)
             if "\n" in text:
@@ -158,14 +159,15 @@ class OutputRelay(io.TextIOBase):
             return  # after every task: nothing written is the common case, and needs no lock
         if self._failure is not None:
             self._pending.clear()  # as a stream's buffer is, on a failed flush
-            self._raise_if_failed()
+            _raise(self._failure)
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
 
     def write_bytes(self, data: bytes) -> None:
         """Relay ``data`` as bytes, after the text written before it."""
-        self._raise_if_failed()
+        if self._failure is not None:
+            _raise(self._failure)
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
@@ -179,10 +181,6 @@ class OutputRelay(io.TextIOBase):
         """
         self._failure = (code, message) if message else None
 
-    def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            code, message = self._failure
-            raise ValueError(message) if code is None else OSError(code, message)  # BrokenPipeError for EPIPE
 
     def _send_pending_locked(self) -> None:
         text = "".join(self._pending)
@@ -194,6 +192,12 @@ class OutputRelay(io.TextIOBase):
             self._send(("output", self._stream, output))
         except OSError:
             pass  # the parent is gone: nobody to print to
+
+
+def _raise(failure: tuple[int | None, str]) -> NoReturn:
+    """Raise how the parent's stream failed: ``OSError(errno, message)`` (``BrokenPipeError`` for ``EPIPE``), else ``ValueError``."""
+    code, message = failure
+    raise ValueError(message) if code is None else OSError(code, message)
 
 
 class _BinaryRelay(io.RawIOBase):
