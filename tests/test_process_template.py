@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import warnings
@@ -2056,14 +2057,16 @@ def run_fresh(
     here = [PACKAGE, str(Path(__file__).parent)]  # the package, pool_helpers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, *here, env.get("PYTHONPATH")]))
     code = textwrap.dedent(script) if template else _FRESH_INTERPRETERS + textwrap.dedent(script)
-    completed = subprocess.run(
-        [sys.executable, *options, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        env=env,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        env["TMPDIR"] = scratch  # what the script makes with tempfile goes with it
+        completed = subprocess.run(
+            [sys.executable, *options, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            env=env,
+            check=False,
+        )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.split()
 
