@@ -580,6 +580,44 @@ def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
     assert "after makeparallel.shutdown();" in stderr  # not "returned": it never did
 
 
+CTRL_C_WHILE_EXIT_WAITS = """
+import os, signal, sys, threading
+import makeparallel as mp
+
+mp.configure(exit_timeout=60)
+mp.configure_thread_pool(1)
+never = threading.Event()
+
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+
+@mp.parallel
+def interrupt_the_exit_wait():
+    while not exit_waits():
+        never.wait(0.001)
+    os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, once exit waits for this task
+    never.wait()
+
+running = interrupt_the_exit_wait()
+queued = interrupt_the_exit_wait()
+print("submitted", flush=True)
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT (POSIX)")
+def test_ctrl_c_while_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceback() -> None:
+    result, wall = run_python(CTRL_C_WHILE_EXIT_WAITS)  # exit_timeout is 60 s
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "submitted\n"
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after Ctrl-C" in result.stderr
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr
+    assert wall < 30
+
+
 @pytest.mark.timeout(40)
 def test_exit_waits_again_once_the_shutdown_was_reset(tmp_path: Path) -> None:
     out = tmp_path / "done.txt"

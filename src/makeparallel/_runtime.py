@@ -736,22 +736,24 @@ def _at_exit() -> None:
             # (It may not have returned: a Ctrl-C may have cut it short.)
             _log_abandoned(backends, "after makeparallel.shutdown()", "give shutdown() a longer timeout_secs to wait for them")
     elif _ending_on_interrupt():
-        # Ctrl-C ended the program: what has not started never will.
-        backends += executors
-        for backend in backends:
-            backend.close(cancel_pending=True)
-        if _active(backends):
-            _log_abandoned(backends, "after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
+        _abandon_on_interrupt([*backends, *executors])
     else:
         timeout = _exit_timeout
-        if _active([*backends, *executors]) and not _wait_idle(_every_pool, timeout):
-            _log_abandoned(
-                _every_pool(),
-                f"after waiting {timeout:g} s",
-                "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or raise "
-                "configure(exit_timeout=...)",
-            )
-        reopen = True
+        try:
+            idle = not _active([*backends, *executors]) or _wait_idle(_every_pool, timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C while exit waited: the user will not wait, and the error would
+            # only be printed as ignored, with the workers left running until the end.
+            _abandon_on_interrupt(_every_pool())
+        else:
+            if not idle:
+                _log_abandoned(
+                    _every_pool(),
+                    f"after waiting {timeout:g} s",
+                    "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or "
+                    "raise configure(exit_timeout=...)",
+                )
+            reopen = True
     # No orphaned or zombie worker process; every pool's stopped at once.
     terminate_all(_every_pool())
     if reopen:
@@ -760,6 +762,14 @@ def _at_exit() -> None:
         # which die with the program (their parent-death signal). Left stopped, it failed them.
         for backend in backends:
             backend.reopen()
+
+
+def _abandon_on_interrupt(backends: list[Backend]) -> None:
+    """Ctrl-C ended the program, or its wait at exit: what has not started never will."""
+    for backend in backends:
+        backend.close(cancel_pending=True)
+    if _active(backends):
+        _log_abandoned(backends, "after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
 
 
 def _ending_on_interrupt() -> bool:
