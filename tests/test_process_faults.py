@@ -342,6 +342,26 @@ def test_a_worker_that_dies_leaving_a_helper_process_alive_fails_its_task_at_onc
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
+def start_a_program_then_exit(pid_file: str) -> None:
+    """Start a program that lives on through the shell (its pid in ``pid_file``), then end this worker with exit code 3."""
+    os.system(f"sleep 60 & echo $! > {pid_file}")  # system() execs: no fork handler of Python's runs
+    os._exit(3)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_leaving_a_program_it_started_alive_fails_its_task_at_once(tmp_path: Path) -> None:
+    # os.system, subprocess with close_fds=False and C code hand on every descriptor
+    # not close-on-exec: the worker's end of its pipe went with them, as with a fork.
+    pid_file = tmp_path / "helper"
+    try:
+        with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+            on_process(start_a_program_then_exit)(str(pid_file)).get(timeout=30)
+        assert on_process(square)(12).get(timeout=30) == 144
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def _search(pattern: str, text: str) -> bool:
     import re
 

@@ -657,6 +657,10 @@ def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bo
     ``print()`` output is relayed to the parent's ``sys.stdout`` and ``sys.stderr``.
     """
     die_with_parent(parent_pid)
+    # Not handed on to the programs a task starts (os.system, subprocess with close_fds=False):
+    # one that outlived the worker held its pipe open, and the parent, which learns of the
+    # worker's death from the pipe's end of file, failed its task only once that program ended.
+    os.set_inheritable(conn.fileno(), False)
     signal.signal(signal.SIGINT, _interrupted)
     signal.siginterrupt(signal.SIGINT, False)  # SA_RESTART: most system calls go on, as with the signal ignored
     if unblock_interrupts:
