@@ -477,6 +477,28 @@ def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_o
     assert messages[1].split("[map]", 1)[1] == messages[0].split("[map]", 1)[1], messages
 
 
+def open_itself(path: str) -> Any:
+    return open(path)  # noqa: SIM115  # returned open, as the test means
+
+
+def append_line(file: Any) -> str:
+    file.write("from the task\n")
+    file.flush()
+    return type(file).__name__
+
+
+def test_an_open_text_file_raises_taskserializationerror_both_ways(tmp_path: Path) -> None:
+    # cloudpickle sent a copy of the file in a StringIO: the task's writes went nowhere,
+    # without a word, and a returned file arrived as a copy of all its text.
+    path = tmp_path / "data.txt"
+    path.write_text("line\n")
+    with open(path, "r+") as file, pytest.raises(mp.TaskSerializationError, match="data.txt.*open it there"):
+        mp.parallel(backend="process")(append_line)(file)
+    with pytest.raises(mp.TaskSerializationError, match="data.txt.*open it there"):
+        mp.parallel(backend="process")(open_itself)(str(path)).get(timeout=30)
+    assert path.read_text() == "line\n"
+
+
 def test_a_submission_short_of_descriptors_raises_the_systems_error_not_a_pickling_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

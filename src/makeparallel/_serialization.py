@@ -369,6 +369,13 @@ def _reduce(obj: Any) -> Any:
         return NotImplemented
     if isinstance(obj, memoryview) and obj.contiguous:
         return (memoryview, (_pickle.PickleBuffer(obj),))
+    if type(obj) is io.TextIOWrapper and obj is not sys.stdout and obj is not sys.stderr:
+        # cloudpickle sends a copy of the whole file in a StringIO, where the task's writes
+        # were lost without a word (pickle refuses it; a thread task gets the file itself).
+        raise _pickle.PicklingError(
+            f"an open file ({getattr(obj, 'name', '?')!r}) cannot go to or from a worker process: "
+            "send its name, and open it there"
+        )
     if isinstance(obj, ContextVar):  # a global of a function sent by value
         from ._process_context import reduce_contextvar
 
