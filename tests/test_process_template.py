@@ -639,6 +639,30 @@ def test_a_timeout_no_thread_can_enforce_yet_waits_and_the_pool_lives_on() -> No
     assert out == ["timed-out", "0", "1"]  # warned once
 
 
+def test_a_pool_under_a_tight_descriptor_limit_leaves_the_program_a_quarter_and_says_why() -> None:
+    # A prestarted pool of 32 under a limit of 64 started workers until the system refused
+    # one: the program had three descriptors left (its open() failed, and the package's own
+    # imports on first use), and health() said "ok", the pool idle.
+    out = run_fresh(
+        """
+        import os, resource, time
+        import makeparallel as mp
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        mp.configure_process_pool(32, prestart=True)
+        deadline = time.monotonic() + 30
+        while not mp.get_process_pool_info()["refused_starts"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        info = mp.get_process_pool_info()
+        print(info["refused_starts"] is not None, 0 < info["live_workers"] < 32)
+        print(64 - (len(os.listdir("/proc/self/fd")) - 1) >= 16)
+        reasons = mp.health()["reasons"]
+        print(len(reasons) == 1 and "cannot start more workers" in reasons[0] and "ulimit -n" in reasons[0])
+        print(sum(h.get(timeout=30) for h in [mp.parallel(backend="process")(abs)(-i) for i in range(50)]))
+        """
+    )
+    assert out == ["True", "True", "True", "True", str(sum(range(50)))]
+
+
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
     # Three refusals in a row made the pool give up and fail every task, though a
     # worker was there to run them and the shortage was brief (a burst of connections).
@@ -1899,6 +1923,8 @@ def test_a_command_line_no_interpreter_starts_with_fails_the_tasks_with_the_reas
         template=template,
     )
     assert "refused to start a worker process (OSError: cannot start None as a new interpreter: TypeError:" in " ".join(out)
+
+
 
 
 def log_then_wait_for_the_pool_to_hang_up(log: str) -> None:

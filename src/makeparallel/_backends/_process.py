@@ -81,6 +81,7 @@ from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from ._descriptor_reserve import check_descriptors_left
 from ._fd_numbers import standard_numbers_held
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments, refused_start
@@ -855,6 +856,10 @@ class ProcessBackend(QueueingBackend):
         started = 0
         while started < missing:
             try:
+                with self._lock:
+                    serving = self._has_workers_for_tasks_locked()
+                if serving:  # one more only if the program keeps descriptors of its own
+                    check_descriptors_left()
                 worker = self._start_worker(path, configured_at)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
@@ -1319,7 +1324,10 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     worker.ready = True
                     self._failed_starts = 0
-                    self._short_of_workers = None
+                    if sum(1 for w in self._workers if not (w.leaving or w.retiring or w.killing)) >= self._num_workers:
+                        # Whole again. (One started before a refusal, ready after it, leaves the pool short:
+                        # a prestarted pool short of descriptors said nothing of it while idle.)
+                        self._short_of_workers = None
                     if self._broken is not None and not (worker.leaving or worker.retiring or worker.killing):
                         # It started as the others failed: the pool serves on with it (_short_of_workers_locked).
                         self._broken = self._refused_until = None
@@ -1649,7 +1657,7 @@ class ProcessBackend(QueueingBackend):
         replacement's start had failed three times (an initializer's resource
         out for a moment, as a worker crashed): the standard library's ``Pool``
         serves on with the workers it has. Said in ``refused_starts`` (and
-        ``health()``) until one starts.
+        ``health()``) until the pool has all its workers again.
         """
         if not any(w.ready and not (w.leaving or w.retiring or w.killing) for w in self._workers):
             return False
