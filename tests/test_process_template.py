@@ -1925,6 +1925,24 @@ def test_a_command_line_no_interpreter_starts_with_fails_the_tasks_with_the_reas
     assert "refused to start a worker process (OSError: cannot start None as a new interpreter: TypeError:" in " ".join(out)
 
 
+@both_ways
+def test_an_empty_sys_executable_fails_the_tasks_with_an_error_that_names_it(template: bool) -> None:
+    # A program started with `exec -a name` where no such program is on PATH has an empty
+    # sys.executable: the tasks failed with "PermissionError: [Errno 13] Permission denied: ''".
+    out = run_fresh(
+        """
+        import sys
+        import makeparallel as mp
+
+        sys.executable = ""
+        try:
+            mp.parallel(backend="process")(abs)(-1).get(timeout=30)
+        except mp.WorkerCrashedError as error:
+            print(error)
+        """,
+        template=template,
+    )
+    assert "(PermissionError: [Errno 13] cannot start sys.executable ('') as a new interpreter:" in " ".join(out)
 
 
 def log_then_wait_for_the_pool_to_hang_up(log: str) -> None:

@@ -119,7 +119,7 @@ def _as_text(entry: object) -> str:
         return object.__repr__(entry)
 
 
-def refused_start(error: ValueError | TypeError) -> OSError:
+def refused_start(error: ValueError | TypeError | OSError) -> OSError:
     """``error``, raised as a new interpreter was started with this one's command line, as a start refused.
 
     An embedded interpreter's ``sys.executable`` may be empty or None, and an
@@ -128,5 +128,10 @@ def refused_start(error: ValueError | TypeError) -> OSError:
     thread, or, from the template's start, went unnoticed until its workers
     were reported killed by ``SIGKILL``. As an ``OSError`` the pool takes it
     as the system's refusal: it tries again, then fails the tasks with it.
+    An ``OSError`` about the executable keeps its ``errno`` and says that it
+    is ``sys.executable``: an empty one (a program started with ``exec -a``)
+    was reported as ``Permission denied: ''``.
     """
+    if isinstance(error, OSError):
+        return OSError(error.errno, f"cannot start sys.executable ({sys.executable!r}) as a new interpreter: {error.strerror}")
     return OSError(f"cannot start {sys.executable!r} as a new interpreter: {type(error).__name__}: {error}")

@@ -2044,6 +2044,10 @@ def _start_fresh_interpreter(
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     except (ValueError, TypeError) as error:
         raise refused_start(error) from error
+    except OSError as error:
+        if error.filename == sys.executable:
+            raise refused_start(error) from error
+        raise
 
 
 def _end_writing(worker: _Worker) -> None:

@@ -151,7 +151,7 @@ class StartedTemplate:
                 setsigmask={*mask, signal.SIGINT, *ending_signals()},
             )
         except OSError as error:
-            self._error = error
+            self._error = refused_start(error) if error.filename == sys.executable else error
             return
         except (ValueError, TypeError) as error:
             self._error = refused_start(error)
