@@ -722,8 +722,8 @@ def collected(name: str | None = None, level: int | None = None) -> Iterator[tup
 def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
     with collected() as (name, handler):
         pid = on_process(log_from_worker)(name).get(timeout=20)
-    # Records come down the worker's pipe ahead of its result, and the parent's
-    # loop thread emits them before it settles the handle.
+    # Records come down the worker's pipe ahead of its result, and the pool emits
+    # them before it settles the handle.
     received = [(r.levelno, r.getMessage()) for r in handler.records]
     assert received == [
         (logging.WARNING, f"hello parent from {pid}"),
@@ -733,6 +733,42 @@ def test_logging_in_a_worker_reaches_the_parent_handlers() -> None:
     assert all(r.name == name and r.process == pid for r in handler.records)
     assert pid != os.getpid()
     assert "ZeroDivisionError" in (handler.records[2].exc_text or "")
+
+
+class HeldHandler(logging.Handler):
+    """A handler that takes its time (one that sends each record over the network): it holds each until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.emitting, self.release = threading.Event(), threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emitting.set()
+        assert self.release.wait(30)
+        self.messages.append(record.getMessage())
+
+
+def test_a_slow_log_handler_holds_only_the_task_that_logged() -> None:
+    # The pool's loop thread ran the handlers itself: held there, it read no other
+    # worker's result and kept no task's deadline, and every process task waited.
+    mp.configure_process_pool(2)
+    name = f"test_process_backend.{uuid.uuid4().hex}"
+    handler = HeldHandler()
+    logging.getLogger(name).addHandler(handler)
+    try:
+        logged = on_process(log_from_worker)(name)
+        assert handler.emitting.wait(30)
+        assert on_process(os.getpid)().get(timeout=30) != 0  # another worker's result, read meanwhile
+        with pytest.raises(mp.TaskTimeoutError):
+            mp.parallel(backend="process", timeout=0.2)(time.sleep)(30).get(timeout=30)  # a deadline kept
+        assert not logged.done()
+        handler.release.set()
+        pid = logged.get(timeout=30)  # after its records
+        assert handler.messages == [f"hello parent from {pid}", "an error record", "with a traceback"]
+    finally:
+        handler.release.set()
+        logging.getLogger(name).removeHandler(handler)
 
 
 def test_the_extras_of_a_worker_record_arrive_as_themselves_or_as_their_text(tmp_path: Path) -> None:

@@ -286,3 +286,40 @@ def test_output_written_by_c_code_is_not_held_in_the_worker() -> None:
     out, err = proc.communicate(timeout=40)
     assert proc.returncode == 0, err
     assert "written by C" in out, (out, err)
+
+
+class BlockedStream(io.StringIO):
+    """A ``sys.stdout`` whose reader does not read: a write waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing, self.release = threading.Event(), threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writing.set()
+        assert self.release.wait(30)
+        return super().write(text)
+
+
+def print_a_line() -> int:
+    print("a line")
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_that_blocks_holds_only_the_task_that_printed() -> None:
+    # The pool's loop thread wrote the line itself: blocked there, it read no other
+    # worker's result and kept no task's deadline. Now the task that printed waits, as
+    # a thread task's print() would, and its result comes after its line.
+    mp.configure_process_pool(2)
+    stream = BlockedStream()
+    with contextlib.redirect_stdout(stream):
+        printing = on_process(print_a_line)()
+        assert stream.writing.wait(30)
+        assert on_process(os.getpid)().get(timeout=30) != 0  # another worker's result, read meanwhile
+        with pytest.raises(mp.TaskTimeoutError):
+            mp.parallel(backend="process", timeout=0.2)(time.sleep)(30).get(timeout=30)  # a deadline kept
+        assert not printing.done()
+        stream.release.set()
+        pid = printing.get(timeout=30)
+    assert stream.getvalue() == "a line\n" and pid != os.getpid()

@@ -57,6 +57,7 @@ from __future__ import annotations
 import _pickle  # the C modules under pickle and socket: their Python modules import re and enum (``_template``)
 import _socket
 import errno
+import functools
 import logging
 import os
 import selectors
@@ -81,6 +82,7 @@ from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
+from ._delivery import Delivery
 from ._descriptor_reserve import check_descriptors_left
 from ._fd_numbers import standard_numbers_held
 from ._inherited import inherits_standard_stream, interrupts_ignored
@@ -166,10 +168,10 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "exit_by", "held", "init_error", "initializer", "journal",
-        "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding", "path", "process", "ready",
-        "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task", "thread_limits",
-        "too_many_threads",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "exit_by", "held", "init_error", "initializer",
+        "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding", "path", "process",
+        "ready", "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task",
+        "thread_limits", "too_many_threads", "undelivered", "waiting",
     )
 
     def __init__(
@@ -215,6 +217,11 @@ class _Worker:
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
         self.decoders: dict[int, Any] = {}  # its bytes output, decoded for a stream with no buffer (write_relayed)
         self.output_failed: set[int] = set()  # the streams (0, 1) whose failure it was told of
+        # Its output and log records read and not yet handed to the pool's Delivery; once
+        # handed, delivering until they are delivered, and the message read after them waiting.
+        self.undelivered: list[Callable[[], None]] = []
+        self.delivering = False
+        self.waiting: Any = None  # a message, or _ENDED: its pipe's end of file
 
 
 def _after_failed_start(gave_up: bool) -> str:
@@ -267,6 +274,10 @@ class ProcessBackend(QueueingBackend):
         self._close_wake_pipe.atexit = False
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
+        # Workers' output and log records are written and emitted on a thread of their own (_delivery).
+        self._delivery = Delivery(self._delivered_by_thread)
+        self._delivered: deque[_Worker] = deque()  # whose output was delivered, for the loop to read on
+        self._unread = 0  # workers the loop reads no more of until their output is delivered (_deliver)
         self._template: Template | None = None  # forks the workers (Linux); the loop thread owns it
         self._task_coming = False  # a first task is being pickled: start the workers meanwhile
         self._terminating = False
@@ -657,6 +668,9 @@ class ProcessBackend(QueueingBackend):
             self._loop_deaths += 1
             workers, self._workers = self._workers, []
             self._dying = 0  # a death the loop was counting when it died is counted no more
+            self._unread = 0  # its workers' output, delivered or not, is read no more
+            for worker in workers:
+                worker.delivering = False
             owned = [handle for worker in workers for handle in worker.outstanding]
             while (handle := self._next_locked()) is not None:
                 owned.append(handle)
@@ -701,6 +715,8 @@ class ProcessBackend(QueueingBackend):
                     _unwatch(selector, template)
                     template = None
                 workers = self._workers
+                if self._unread:  # not watched while their output is delivered
+                    workers = [worker for worker in workers if not worker.delivering]
                 if workers != watched:
                     _watch(selector, watched, workers)
                     watched = list(workers)
@@ -714,6 +730,8 @@ class ProcessBackend(QueueingBackend):
                         drain(self._wake_r)
                         self._woken = False  # before _maintain looks: a later wake writes again
                         look = True
+                        if self._delivered:
+                            self._read_on_after_delivery()
                     elif isinstance(key.data, Template):
                         key.data.read()  # forks and exits reported
                         look = True
@@ -725,6 +743,7 @@ class ProcessBackend(QueueingBackend):
                 # hands the GIL to the thread the results woke instead of making it wait for a pass.
                 look = look or bool(self._queued or self._control or self._surplus or self._holding)
                 look = look or self._workers != watched
+        self._delivery.stop()
         self._close_template()
 
     def _start_worker(self, path: _WorkersPath, configured_at: float) -> _Worker:
@@ -1243,10 +1262,47 @@ class ProcessBackend(QueueingBackend):
         """Take every message waiting on the pipe: one wake-up, many results."""
         running = len(worker.outstanding)
         self._receive(worker)
-        while worker.conn.buffered() and worker in self._workers:
+        self._receive_buffered(worker, running)
+
+    def _receive_buffered(self, worker: _Worker, running: int) -> None:
+        """Take the messages of ``worker`` already read from its pipe; hand what it printed and logged to the Delivery."""
+        while worker.conn.buffered() and worker in self._workers and worker.waiting is None:
             self._receive(worker)
+        if worker.undelivered:
+            self._deliver(worker)
         if self._max_worker_memory is not None and len(worker.outstanding) < running and worker.outstanding:
             self._recycle_if_over_memory(worker)  # it still has tasks: checked once per batch of results
+
+    def _deliver(self, worker: _Worker) -> None:
+        """Hand what ``worker`` printed and logged to the Delivery; read no more of it until delivered."""
+        batch, worker.undelivered = worker.undelivered, []
+        worker.delivering = True
+        self._unread += 1
+        self._delivery.put(worker, batch)
+
+    def _delivered_by_thread(self, worker: _Worker) -> None:
+        """On the Delivery's thread: ``worker``'s batch is delivered; the loop reads on."""
+        self._delivered.append(worker)
+        self._wake()
+
+    def _read_on_after_delivery(self) -> None:
+        """Read on from each worker whose output was delivered: the message that waited, then those read ahead."""
+        while self._delivered:
+            worker = self._delivered.popleft()
+            if not worker.delivering:
+                continue  # dropped since, with the loop that paused it (_recover_from_loop_death)
+            worker.delivering = False
+            self._unread -= 1
+            waiting, worker.waiting = worker.waiting, None
+            if worker not in self._workers:
+                continue  # it died, or was stopped, meanwhile: its tasks were settled then
+            running = len(worker.outstanding)
+            if waiting is _ENDED:
+                self._worker_died(worker)
+                continue
+            if waiting is not None:
+                self._take(worker, waiting)
+            self._receive_buffered(worker, running)  # (its pipe is watched again from the next look)
 
     def _recycle_if_over_memory(self, worker: _Worker) -> None:
         """Retire ``worker`` if its resident memory is over ``max_worker_memory``; tasks ended just now."""
@@ -1273,8 +1329,22 @@ class ProcessBackend(QueueingBackend):
         )
 
     def _receive(self, worker: _Worker) -> None:
+        """Read one message of ``worker``'s and act on it; or keep it waiting, behind what it printed before."""
         try:
             message = worker.conn.recv()
+        except (EOFError, OSError):
+            if worker.undelivered:
+                worker.waiting = _ENDED  # its death comes after what it printed
+            else:
+                self._worker_died(worker)
+            return
+        if worker.undelivered and message[0] not in _DELIVERED:
+            worker.waiting = message  # its result comes after what it printed
+            return
+        self._take(worker, message)
+
+    def _take(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        try:
             kind = message[0]
             if kind == "done":
                 if worker.output_failed:  # its next task writes to this process's streams again, and may be told
@@ -1302,19 +1372,14 @@ class ProcessBackend(QueueingBackend):
                 _, attributes, extras = message
                 owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
                 attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
-                _emit_log(attributes, extras)
+                worker.undelivered.append(functools.partial(_emit_log, attributes, extras))
             elif kind == "partial":
                 _, task_id, data, sizes = message
                 buffers = [worker.conn.recv_frame() for _ in sizes]
                 self._add_partial(task_id, data, buffers)
             elif kind == "output":
-                failure = write_relayed(message[1], message[2], worker.decoders)
-                if failure is not None and message[1] not in worker.output_failed and worker.outstanding:
-                    worker.output_failed.add(message[1])  # told once: it raises from then on, in the task that wrote
-                    task_id = worker.outstanding[0]._id  # (output comes before its task's result)
-                    with self._lock:
-                        self._control.append((worker, ("output_failed", task_id, message[1], *failure)))
-                    self._wake()
+                task_id = worker.outstanding[0]._id if worker.outstanding else None  # (output comes before its result)
+                worker.undelivered.append(functools.partial(self._write_output, worker, message[1], message[2], task_id))
             elif kind == "started":
                 self._started(worker, message[1])
             elif kind == "ready":
@@ -1343,6 +1408,19 @@ class ProcessBackend(QueueingBackend):
                 worker.init_error = _initializer_error(message[1])
         except (EOFError, OSError):
             self._worker_died(worker)
+
+    def _write_output(self, worker: _Worker, stream: int, text: str | bytes, task_id: int | None) -> None:
+        """On the Delivery's thread: write what ``worker`` printed; tell task ``task_id`` once if the stream failed.
+
+        The loop reads none of ``worker``'s messages meanwhile: ``output_failed``
+        is this thread's until the delivery ends.
+        """
+        failure = write_relayed(stream, text, worker.decoders)
+        if failure is not None and task_id is not None and stream not in worker.output_failed:
+            worker.output_failed.add(stream)  # told once: it raises from then on, in the task that wrote
+            with self._lock:
+                self._control.append((worker, ("output_failed", task_id, stream, *failure)))
+            self._wake()
 
     def _add_partial(self, task_id: int, data: bytes, buffers: list[Any]) -> None:
         done, failed, unread = self._partials.get(task_id) or ([], None, 0)
@@ -2213,6 +2291,9 @@ def _emit_log(attributes: dict[str, Any], extras: dict[str, tuple[bytes | None, 
         except BaseException:
             pass
 
+
+_DELIVERED = frozenset({"output", "log"})  # the messages the Delivery's thread acts on
+_ENDED = object()  # a worker's pipe's end of file, read behind output not yet delivered
 
 _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
