@@ -111,6 +111,27 @@ def test_shutdown_refuses_new_tasks_until_reset(backend: str) -> None:
     assert quick().get(timeout=5) == "ran"
 
 
+@pytest.mark.timeout(30)
+def test_shutdown_from_a_process_tasks_callback_returns_instead_of_raising() -> None:
+    # It ran on the pool's loop thread, and joined that thread: RuntimeError("cannot join
+    # current thread"), logged as the callback's error, after waiting its whole timeout.
+    outcome: list[object] = []
+    called = threading.Event()
+
+    def stop_everything(_: object) -> None:
+        try:
+            outcome.append(mp.shutdown(timeout_secs=0.2))
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            outcome.append(error)
+        called.set()
+
+    mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
+    assert called.wait(20)
+    assert outcome in ([True], [False]), outcome
+    mp.reset_shutdown()
+    assert mp.parallel(backend="process")(abs)(-2).get(timeout=20) == 2
+
+
 def test_a_backend_first_used_after_shutdown_refuses_too() -> None:
     # Only the thread backend may exist yet; "sync" is created after shutdown.
     mp.shutdown(timeout_secs=5)

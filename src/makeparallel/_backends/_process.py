@@ -517,7 +517,7 @@ class ProcessBackend(QueueingBackend):
         self.begin_terminate()
         with self._lock:
             loop = self._loop
-        if loop is not None:
+        if loop is not None and loop is not threading.current_thread():  # a callback's shutdown(): it stops after
             loop.join(timeout=4 * _TERMINATE_GRACE + 1)
 
     # -- hooks the handle calls -----------------------------------------------------
