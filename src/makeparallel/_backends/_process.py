@@ -838,7 +838,9 @@ class ProcessBackend(QueueingBackend):
             for worker in workers:
                 self._worker_died(worker, stoppable=worker.process not in left_alone)
             with self._lock:  # no worker is left to run what waits in the queue: it ends now
-                left = self._take_queued_locked()
+                # (Unless the pool was reopened meanwhile, by reset_shutdown() on another thread
+                # as a callback's shutdown() returned: what waits now was submitted since.)
+                left = self._take_queued_locked() if self._terminating else []
             for handle in left:
                 handle._finish(FAILED, self._not_started_at_shutdown(handle))
         with self._lock:
