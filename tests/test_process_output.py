@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import os
 import sys
 import threading
@@ -323,3 +324,57 @@ def test_a_stream_that_blocks_holds_only_the_task_that_printed() -> None:
         stream.release.set()
         pid = printing.get(timeout=30)
     assert stream.getvalue() == "a line\n" and pid != os.getpid()
+
+
+def print_forever() -> None:
+    while True:
+        print("a line")
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stopped_at_its_timeout_as_it_prints_into_a_blocked_stream_is_replaced() -> None:
+    # The pool reads nothing of a worker whose output it is writing, its end of file
+    # included: one killed at its timeout there was never replaced, and counted busy.
+    mp.configure_process_pool(1)
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            with pytest.raises(mp.TaskTimeoutError):
+                mp.parallel(backend="process", timeout=0.5)(print_forever)().get(timeout=30)
+            assert stream.writing.is_set()
+            assert on_process(os.getpid)().get(timeout=30) != os.getpid()  # on its replacement, the stream still blocked
+    finally:
+        stream.release.set()
+
+
+def log_and_write_to_stderr(logger: str) -> int:
+    import logging
+
+    logging.getLogger(logger).warning("a record")
+    print("to stderr", file=sys.stderr)
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_a_blocked_stdout_holds_neither_another_workers_records_nor_its_stderr() -> None:
+    # One thread wrote every worker's lines and records: behind a line blocked on
+    # stdout, another worker's log record and stderr waited too, and its result.
+    mp.configure_process_pool(2)
+    stream, errors, records = BlockedStream(), io.StringIO(), []
+    name = f"test_process_output.{os.getpid()}.{time.monotonic_ns()}"
+    logger = logging.getLogger(name)
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(errors):
+            printing = on_process(print_a_line)()
+            assert stream.writing.wait(30)
+            pid = on_process(log_and_write_to_stderr)(name).get(timeout=30)
+            assert [record.process for record in records] == [pid] and errors.getvalue() == "to stderr\n"
+            assert not printing.done()
+            stream.release.set()
+            assert printing.get(timeout=30) not in (pid, os.getpid())
+    finally:
+        stream.release.set()
+        logger.removeHandler(handler)

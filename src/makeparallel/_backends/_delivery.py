@@ -1,4 +1,4 @@
-"""What worker processes print and log reaches this process's streams and log handlers on a thread of the pool's own.
+"""What a worker process prints and logs reaches this process's streams and log handlers on a thread of its own.
 
 The pool's loop thread reads every worker's results and keeps every task's
 deadline. Writing a relayed ``print()`` to a ``sys.stdout`` whose reader does
@@ -6,11 +6,13 @@ not read (a paused terminal, a pipe to a slow consumer) held it in
 ``write()``, and a log handler that takes its time (one that sends each
 record over the network) held it as long: every process task waited, on every
 worker, and no timeout fired. So the loop hands each worker's output and log
-records to this thread, in order, a batch at a time, and reads no more of that
-worker's messages until they are delivered (``ProcessBackend._deliver``): its
-result still comes after what it printed and logged, and a worker that prints
-into a blocked stream waits there, as a thread task's ``print()`` would, while
-the others go on.
+records to that worker's thread, in order, a batch at a time, and reads no
+more of that worker's messages until they are delivered
+(``ProcessBackend._deliver``): its result still comes after what it printed
+and logged, and a worker that prints into a blocked stream waits there, as a
+thread task's ``print()`` would, while the others go on. A thread per worker,
+not one per pool: on threads, a blocked stream or a slow handler holds only
+the threads that write or log to it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Delivery:
         self._delivered(owner)
 
     def stop(self) -> None:
-        """End the thread once the batches given before are delivered (the pool's loop has ended)."""
+        """End the thread once the batches given before are delivered (its worker left the pool)."""
         with self._ready:
             self._stopping = True
             self._ready.notify()

@@ -168,7 +168,7 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "exit_by", "held", "init_error", "initializer",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "held", "init_error", "initializer",
         "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding", "path", "process",
         "ready", "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task",
         "thread_limits", "too_many_threads", "undelivered", "waiting",
@@ -220,6 +220,10 @@ class _Worker:
         # Its output and log records read and not yet handed to the pool's Delivery; once
         # handed, delivering until they are delivered, and the message read after them waiting.
         self.undelivered: list[Callable[[], None]] = []
+        # Its own thread for them, started on its first (_delivery): one worker's blocked stream
+        # or slow handler held the others' lines and records, where on threads it holds only
+        # the threads that write to that stream or log to that handler.
+        self.delivery: Delivery | None = None
         self.delivering = False
         self.waiting: Any = None  # a message, or _ENDED: its pipe's end of file
 
@@ -274,8 +278,6 @@ class ProcessBackend(QueueingBackend):
         self._close_wake_pipe.atexit = False
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
-        # Workers' output and log records are written and emitted on a thread of their own (_delivery).
-        self._delivery = Delivery(self._delivered_by_thread)
         self._delivered: deque[_Worker] = deque()  # whose output was delivered, for the loop to read on
         self._unread = 0  # workers the loop reads no more of until their output is delivered (_deliver)
         self._template: Template | None = None  # forks the workers (Linux); the loop thread owns it
@@ -671,6 +673,8 @@ class ProcessBackend(QueueingBackend):
             self._unread = 0  # its workers' output, delivered or not, is read no more
             for worker in workers:
                 worker.delivering = False
+                if worker.delivery is not None:
+                    worker.delivery.stop()
             owned = [handle for worker in workers for handle in worker.outstanding]
             while (handle := self._next_locked()) is not None:
                 owned.append(handle)
@@ -743,7 +747,6 @@ class ProcessBackend(QueueingBackend):
                 # hands the GIL to the thread the results woke instead of making it wait for a pass.
                 look = look or bool(self._queued or self._control or self._surplus or self._holding)
                 look = look or self._workers != watched
-        self._delivery.stop()
         self._close_template()
 
     def _start_worker(self, path: _WorkersPath, configured_at: float) -> _Worker:
@@ -904,6 +907,8 @@ class ProcessBackend(QueueingBackend):
         if self._surplus or len(self._workers) > self._num_workers:  # (read unlocked: a later look sees a change)
             with self._lock:
                 self._shed_surplus_locked()
+        if self._unread:
+            self._drop_ended_while_delivering()
         self._end_overdue_exits()
         self._kill_marked()
         if self._left_to_end:
@@ -1280,12 +1285,25 @@ class ProcessBackend(QueueingBackend):
         batch, worker.undelivered = worker.undelivered, []
         worker.delivering = True
         self._unread += 1
-        self._delivery.put(worker, batch)
+        if worker.delivery is None:
+            worker.delivery = Delivery(self._delivered_by_thread)
+        worker.delivery.put(worker, batch)
 
     def _delivered_by_thread(self, worker: _Worker) -> None:
         """On the Delivery's thread: ``worker``'s batch is delivered; the loop reads on."""
         self._delivered.append(worker)
         self._wake()
+
+    def _drop_ended_while_delivering(self) -> None:
+        """Take out of the pool each worker that ended while its output was delivered; that output is still delivered.
+
+        The loop reads nothing of such a worker, its end of file included: one
+        killed at its task's timeout as it printed into a blocked stream was
+        never replaced, and the pool counted it live and busy for good.
+        """
+        for worker in [w for w in self._workers if w.delivering]:
+            if worker.process.poll() is not None:
+                self._worker_died(worker)
 
     def _read_on_after_delivery(self) -> None:
         """Read on from each worker whose output was delivered: the message that waited, then those read ahead."""
@@ -1495,6 +1513,8 @@ class ProcessBackend(QueueingBackend):
                 return  # already handled
             self._workers.remove(worker)
             self._dying += 1
+            if worker.delivery is not None:
+                worker.delivery.stop()  # once what it printed and logged is delivered
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             worker.held = None  # in outstanding, never sent: they never started
