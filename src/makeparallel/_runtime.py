@@ -678,6 +678,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
 
     After it, interpreter exit does not wait for tasks again (not even when this
     returned ``False`` or was interrupted): it abandons what is left at once.
+    Called from a task or a callback, it waits for that task too, which cannot
+    end meanwhile: give it a ``timeout_secs`` there.
     """
     global _shut_down
     check_wait_timeout(timeout_secs, "timeout_secs")
