@@ -378,3 +378,34 @@ def test_a_blocked_stdout_holds_neither_another_workers_records_nor_its_stderr()
     finally:
         stream.release.set()
         logger.removeHandler(handler)
+
+
+def print_then_crash() -> None:
+    print("a line")
+    sys.stdout.flush()
+    os._exit(3)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its_output() -> None:
+    # Its exit came while its line was written: taken out of the pool then, its task
+    # failed before the line was written, and lines it had sent behind it were lost (a
+    # worker recycled by max_tasks_per_child failed its task as crashed the same way).
+    mp.configure_process_pool(2, prestart=True)
+    assert wait_until(lambda: len(mp.get_process_pool_info()["worker_pids"]) == 2, 30)
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            crashing = on_process(print_then_crash)()
+            assert stream.writing.wait(30)
+            pids = mp.get_process_pool_info()["worker_pids"]
+            assert wait_until(lambda: not all(os.path.exists(f"/proc/{pid}") for pid in pids), 30)  # exited, reaped
+            for _ in range(2):  # the pool looks again meanwhile
+                assert on_process(os.getpid)().get(timeout=30) in pids
+            assert not crashing.done()
+            stream.release.set()
+            with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+                crashing.get(timeout=30)
+        assert stream.getvalue() == "a line\n"
+    finally:
+        stream.release.set()

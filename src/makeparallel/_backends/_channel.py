@@ -55,6 +55,10 @@ class Channel:
     def close(self) -> None:
         self._sock.close()
 
+    def stop_waiting(self) -> None:
+        """Reads from now on raise ``BlockingIOError`` where they would wait: the other end is gone, what it sent is here."""
+        self._sock.setblocking(False)
+
     def end_writing(self) -> None:
         """Send the other end an end of file, and keep reading: its own end of file says when it is gone."""
         self._sock.shutdown(SHUT_WR)

@@ -908,7 +908,7 @@ class ProcessBackend(QueueingBackend):
             with self._lock:
                 self._shed_surplus_locked()
         if self._unread:
-            self._drop_ended_while_delivering()
+            self._drop_stopped_while_delivering()
         self._end_overdue_exits()
         self._kill_marked()
         if self._left_to_end:
@@ -1294,16 +1294,30 @@ class ProcessBackend(QueueingBackend):
         self._delivered.append(worker)
         self._wake()
 
-    def _drop_ended_while_delivering(self) -> None:
-        """Take out of the pool each worker that ended while its output was delivered; that output is still delivered.
+    def _drop_stopped_while_delivering(self) -> None:
+        """Take out of the pool each worker it stopped (at a timeout, a forced cancel) while its output was delivered.
 
         The loop reads nothing of such a worker, its end of file included: one
         killed at its task's timeout as it printed into a blocked stream was
-        never replaced, and the pool counted it live and busy for good.
+        never replaced, and the pool counted it live and busy for good. Its task
+        was settled when it was stopped; what it wrote before it ended is read
+        now, without waiting, and delivered after the rest. A worker that ended
+        on its own (recycled, crashed) is read to its end once its output is
+        delivered, as ever: its result, or its crash, comes after what it printed.
         """
-        for worker in [w for w in self._workers if w.delivering]:
-            if worker.process.poll() is not None:
-                self._worker_died(worker)
+        for worker in [w for w in self._workers if w.delivering and w.killing]:
+            if worker.process.poll() is None:
+                continue
+            worker.conn.stop_waiting()
+            try:
+                while worker in self._workers:
+                    self._take(worker, worker.conn.recv())
+            except (EOFError, OSError):  # all read
+                pass
+            if worker.undelivered and worker.delivery is not None:
+                batch, worker.undelivered = worker.undelivered, []
+                worker.delivery.put(worker, batch)  # behind the batch it is delivering: it stays paused till then
+            self._worker_died(worker)
 
     def _read_on_after_delivery(self) -> None:
         """Read on from each worker whose output was delivered: the message that waited, then those read ahead."""
