@@ -663,6 +663,30 @@ def test_a_pool_under_a_tight_descriptor_limit_leaves_the_program_a_quarter_and_
     assert out == ["True", "True", "True", "True", str(sum(range(50)))]
 
 
+def test_a_pool_recycling_every_worker_under_a_tight_descriptor_limit_keeps_the_reserve_and_fails_no_task() -> None:
+    # With max_tasks_per_child=1 no worker takes tasks once it has its one: each replacement
+    # started unchecked until the system refused one, and three refusals failed the queued tasks.
+    out = run_fresh(
+        """
+        import os, resource
+        import makeparallel as mp
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        mp.configure_process_pool(32, max_tasks_per_child=1)
+        lowest = [64]
+
+        def free():
+            lowest[0] = min(lowest[0], 64 - (len(os.listdir("/proc/self/fd")) - 1))
+
+        handles = [mp.parallel(backend="process")(abs)(-i) for i in range(100)]
+        for handle in handles:
+            handle.on_complete(lambda _: free())
+        # A quarter of the limit kept, less what a start under way holds for a moment (6 at most).
+        print(sum(handle.get(timeout=60) for handle in handles), lowest[0] >= 16 - 6)
+        """
+    )
+    assert out == [str(sum(range(100))), "True"]
+
+
 def test_workers_that_cannot_start_for_want_of_descriptors_leave_the_tasks_to_those_there() -> None:
     # Three refusals in a row made the pool give up and fail every task, though a
     # worker was there to run them and the shortage was brief (a burst of connections).

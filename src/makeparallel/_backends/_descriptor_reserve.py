@@ -17,7 +17,15 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["check_descriptors_left"]
+__all__ = ["DescriptorsReserved", "check_descriptors_left"]
+
+
+class DescriptorsReserved(OSError):
+    """A worker was not started: it would take descriptors the pool leaves to the program (``EMFILE``).
+
+    Not the system's refusal, and so no failed start: the pool serves on with
+    the workers it has, and starts one once a worker leaving gives its back.
+    """
 
 #: Descriptors a worker keeps in the program (its pipe, its journal).
 KEPT_PER_WORKER = 2
@@ -33,11 +41,11 @@ def check_descriptors_left() -> None:
 
     Counts the open descriptors in ``/proc/self/fd`` (about 15 us); where
     there is none (not Linux), or no limit, nothing is checked. A pool with
-    no worker that takes tasks starts one without asking (the caller): it
-    cannot serve at all without one.
+    no worker starts one without asking (the caller): it cannot serve at all
+    without one.
 
     Raises:
-        OSError: ``EMFILE``, naming the limit, what is free and what is kept.
+        DescriptorsReserved: ``EMFILE``, naming the limit, what is free and what is kept.
     """
     import resource  # a C module: quick to import, and only a worker's start needs it
 
@@ -52,7 +60,7 @@ def check_descriptors_left() -> None:
         used = limit
     free, kept = limit - used, reserve(limit)
     if free - KEPT_PER_WORKER < kept:
-        raise OSError(
+        raise DescriptorsReserved(
             errno.EMFILE,
             f"{free} file descriptors are free of the limit of {limit} (RLIMIT_NOFILE), and a process pool "
             f"leaves {kept} to the program: raise the limit (ulimit -n) or use fewer workers",

@@ -83,7 +83,7 @@ from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
 from ._crash_journal import JournalReader, create_journal
 from ._delivery import Delivery
-from ._descriptor_reserve import check_descriptors_left
+from ._descriptor_reserve import DescriptorsReserved, check_descriptors_left
 from ._fd_numbers import standard_numbers_held
 from ._inherited import inherits_standard_stream, interrupts_ignored
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, program_arguments, refused_start
@@ -879,11 +879,14 @@ class ProcessBackend(QueueingBackend):
             handle._finish(FAILED, broken())  # type: ignore[misc]
         started = 0
         while started < missing:
-            try:
-                with self._lock:
-                    serving = self._has_workers_for_tasks_locked()
-                if serving:  # one more only if the program keeps descriptors of its own
+            if self._workers:  # one more only if the program keeps descriptors of its own
+                try:
                     check_descriptors_left()
+                except DescriptorsReserved as reserved:  # no failed start: one is tried again as one leaves
+                    with self._lock:
+                        self._short_of_workers = f"{type(reserved).__name__}: {reserved}"
+                    break
+            try:
                 worker = self._start_worker(path, configured_at)
             except OSError as error:  # the system refused: no process or descriptor left, a too large environment...
                 with self._lock:
