@@ -9,6 +9,7 @@ to file descriptor 1 is not held in the worker's buffers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import io
@@ -17,12 +18,13 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
-from pool_helpers import wait_until
+from pool_helpers import Flags, wait_until
 from test_process_faults import run_script
 
 pytestmark = [
@@ -409,3 +411,47 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
         assert stream.getvalue() == "a line\n"
     finally:
         stream.release.set()
+
+
+def mark_then_wait(flags: Flags, name: str) -> str:
+    with open(flags.path(name), "a") as marks:
+        marks.write("started\n")
+    assert flags.wait_for_release(f"{name}-go")
+    return name
+
+
+@pytest.mark.timeout(60)
+def test_a_forced_cancel_behind_output_being_written_stops_the_task_that_runs(tmp_path: Path) -> None:
+    # A result read behind a line still being written waits, and the tasks sent behind it
+    # run meanwhile: the pool took the first of a worker's tasks for the one it ran. A
+    # forced cancel of the task that had ended killed the next one (which then ran
+    # twice), and one of the task that ran did not stop it.
+    mp.configure_process_pool(1)
+    flags = Flags(str(tmp_path))
+    restarts = collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"])
+    try:
+        for name in ("ended", "running"):
+            for _ in range(40):  # short tasks, on average (the last phase's took a while): the pool sends tasks ahead
+                on_process(abs)(-1).get(timeout=30)
+            stream = BlockedStream()
+            with contextlib.redirect_stdout(stream):
+                printed = on_process(print_a_line)()
+                task = on_process(mark_then_wait)(flags, name)
+                behind = [on_process(abs)(-i) for i in range(4)]
+                assert stream.writing.wait(30) and flags.wait(name, 30)  # printed's result waits; task runs
+                if name == "ended":
+                    assert printed.cancel(force=True)
+                    flags.set(f"{name}-go")
+                    stream.release.set()
+                    assert task.get(timeout=30) == name  # not killed, and run once
+                    assert flags.read(name) == "started\n"
+                else:
+                    assert task.cancel(force=True)
+                    assert on_process(abs)(-7).get(timeout=30) == 7  # on a new worker, the stream still blocked
+                    stream.release.set()
+                    assert printed.get(timeout=30) != os.getpid()
+                assert [h.get(timeout=30) for h in behind] == [0, 1, 2, 3]
+        restarts["cancelled"] += 1  # the second phase's alone
+        assert collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"]) == restarts
+    finally:
+        flags.set("teardown")

@@ -423,7 +423,7 @@ class JournalReader:
             self._map = mmap.mmap(fd, JOURNAL_BYTES)  # keeps a descriptor of its own
 
     def started(self) -> int:
-        """The id of the last task the worker started (0: none); read only once the worker is gone."""
+        """The id of the last task the worker started (0: none): while it runs, the task it runs or last ran."""
         slots = memoryview(self._map).cast("q")
         try:
             return slots[_STARTED]

@@ -228,6 +228,22 @@ class _Worker:
         self.waiting: Any = None  # a message, or _ENDED: its pipe's end of file
 
 
+def _runs(worker: _Worker, handle: AsyncHandle[Any]) -> bool:
+    """Whether ``worker`` runs ``handle`` now, or starts it next: a forced cancel or a timeout kills it then.
+
+    The task its crash journal says it started; or the first of its tasks,
+    while it has started none of them. Not the first alone: a result read
+    behind output still being written waits (``_deliver``), and the tasks sent
+    behind it run meanwhile. A forced cancel of the task that had ended
+    killed the one after it, which then ran twice, and one of the task that
+    ran did not stop it.
+    """
+    started = worker.journal.started()
+    if started == handle._id:
+        return True
+    return worker.outstanding[0] is handle and all(other._id != started for other in worker.outstanding)
+
+
 def _after_failed_start(gave_up: bool) -> str:
     """What the pool does after a failed start, for the error that reports it."""
     if gave_up:
@@ -580,7 +596,7 @@ class ProcessBackend(QueueingBackend):
             if worker.held is not None and handle in worker.held[0]:  # never sent: it leaves them now
                 self._drop_held_locked(worker, handle)
                 return
-            if worker.outstanding[0] is handle and (force or handle._state == TIMED_OUT):
+            if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
                 worker.killing = True
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
             else:  # ask it to stop at its next check_cancelled(), or never to start
@@ -595,7 +611,7 @@ class ProcessBackend(QueueingBackend):
         error) had its pool reported in a restart storm of crashes or timeouts.
         """
         with self._lock:
-            worker = next((w for w in self._workers if w.outstanding and w.outstanding[0] is handle), None)
+            worker = next((w for w in self._workers if handle in w.outstanding and _runs(w, handle)), None)
             if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
                 return
             worker.stop_task = handle._id  # the loop marks it for killing if it still runs the task (_kill_marked)
@@ -1311,6 +1327,9 @@ class ProcessBackend(QueueingBackend):
         for worker in [w for w in self._workers if w.delivering and w.killing]:
             if worker.process.poll() is None:
                 continue
+            waiting, worker.waiting = worker.waiting, None
+            if waiting is not None and waiting is not _ENDED:
+                self._take(worker, waiting)  # first: a task's result, before what was sent behind it
             worker.conn.stop_waiting()
             try:
                 while worker in self._workers:
