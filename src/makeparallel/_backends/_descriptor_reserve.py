@@ -27,6 +27,7 @@ class DescriptorsReserved(OSError):
     the workers it has, and starts one once a worker leaving gives its back.
     """
 
+
 #: Descriptors a worker keeps in the program (its pipe, its journal).
 KEPT_PER_WORKER = 2
 
@@ -37,7 +38,7 @@ def reserve(limit: int) -> int:
 
 
 def check_descriptors_left() -> None:
-    """Raise ``OSError(EMFILE)`` if a worker started now would leave the program fewer than :func:`reserve` descriptors.
+    """Raise :class:`DescriptorsReserved` if a worker started now would leave the program under :func:`reserve` free.
 
     Counts the open descriptors in ``/proc/self/fd`` (about 15 us); where
     there is none (not Linux), or no limit, nothing is checked. A pool with

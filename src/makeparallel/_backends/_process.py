@@ -168,10 +168,10 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "held", "init_error", "initializer",
-        "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding", "path", "process",
-        "ready", "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason", "stop_task",
-        "thread_limits", "too_many_threads", "undelivered", "waiting",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "held", "init_error",
+        "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding",
+        "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason",
+        "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
     )
 
     def __init__(
@@ -217,8 +217,8 @@ class _Worker:
         self.memory_probe: ResidentMemory | None = None  # made once, for max_worker_memory
         self.decoders: dict[int, Any] = {}  # its bytes output, decoded for a stream with no buffer (write_relayed)
         self.output_failed: set[int] = set()  # the streams (0, 1) whose failure it was told of
-        # Its output and log records read and not yet handed to the pool's Delivery; once
-        # handed, delivering until they are delivered, and the message read after them waiting.
+        # Its output and log records read and not yet handed to its Delivery; once handed,
+        # delivering until they are delivered, and the message read after them waiting.
         self.undelivered: list[Callable[[], None]] = []
         # Its own thread for them, started on its first (_delivery): one worker's blocked stream
         # or slow handler held the others' lines and records, where on threads it holds only
