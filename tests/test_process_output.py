@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -454,4 +455,37 @@ def test_a_forced_cancel_behind_output_being_written_stops_the_task_that_runs(tm
         restarts["cancelled"] += 1  # the second phase's alone
         assert collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"]) == restarts
     finally:
+        flags.set("teardown")
+
+
+def mark_and_return(flags: Flags, name: str) -> str:
+    flags.set(name)
+    return name
+
+
+@pytest.mark.timeout(60)
+def test_a_shutdown_as_output_is_written_gives_the_tasks_that_ended_their_results() -> None:
+    # Their results waited in the pipe behind the line: stopped without reading them, the
+    # tasks that had ended failed as never started, and a program that submits those
+    # again ran them twice.
+    mp.configure_process_pool(1)
+    for _ in range(40):  # short tasks, on average: the pool sends tasks ahead
+        on_process(abs)(-1).get(timeout=30)
+    with contextlib.ExitStack() as stack:
+        flags = Flags(stack.enter_context(tempfile.TemporaryDirectory()))
+        stream = BlockedStream()
+        stack.callback(stream.release.set)
+        with contextlib.redirect_stdout(stream):
+            printed = on_process(print_a_line)()
+            ended = on_process(mark_and_return)(flags, "ended")
+            running = on_process(mark_then_wait)(flags, "running")
+            queued = [on_process(abs)(-i) for i in range(4)]  # a queue: the pool sends those above ahead
+            assert stream.writing.wait(30) and flags.wait("ended", 30) and flags.wait("running", 30)
+            assert mp.shutdown(timeout_secs=0.5) is False
+        assert printed.get(timeout=30) != os.getpid() and ended.get(timeout=30) == "ended"
+        with pytest.raises(mp.ShutdownError, match="still running"):
+            running.get(timeout=30)
+        for handle in queued:
+            with pytest.raises(mp.ShutdownError, match="had not started"):
+                handle.get(timeout=30)
         flags.set("teardown")

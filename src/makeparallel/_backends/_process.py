@@ -852,9 +852,14 @@ class ProcessBackend(QueueingBackend):
             workers = list(self._workers)
         if terminating:
             for worker in workers:
-                _close(worker)  # end of file: a worker ends on its own
+                if worker.delivering:  # its pipe is read once it ended: results wait there behind its output
+                    _end_writing(worker)
+                else:
+                    _close(worker)  # end of file: a worker ends on its own
             left_alone = _stop_together([worker.process for worker in workers], every_worker=True)
             for worker in workers:
+                if worker.delivering and worker.process not in left_alone:
+                    self._read_what_is_left(worker)
                 self._worker_died(worker, stoppable=worker.process not in left_alone)
             with self._lock:  # no worker is left to run what waits in the queue: it ends now
                 # (Unless the pool was reopened meanwhile, by reset_shutdown() on another thread
@@ -1327,19 +1332,28 @@ class ProcessBackend(QueueingBackend):
         for worker in [w for w in self._workers if w.delivering and w.killing]:
             if worker.process.poll() is None:
                 continue
-            waiting, worker.waiting = worker.waiting, None
-            if waiting is not None and waiting is not _ENDED:
-                self._take(worker, waiting)  # first: a task's result, before what was sent behind it
-            worker.conn.stop_waiting()
-            try:
-                while worker in self._workers:
-                    self._take(worker, worker.conn.recv())
-            except (EOFError, OSError):  # all read
-                pass
-            if worker.undelivered and worker.delivery is not None:
-                batch, worker.undelivered = worker.undelivered, []
-                worker.delivery.put(worker, batch)  # behind the batch it is delivering: it stays paused till then
+            self._read_what_is_left(worker)
             self._worker_died(worker)
+
+    def _read_what_is_left(self, worker: _Worker) -> None:
+        """Read, without waiting, what ``worker`` (ended, its output being delivered) sent: results settle, lines go behind.
+
+        The message that waited first (a task's result, before those of the
+        tasks sent behind it). Stopped at shutdown without it, tasks that had
+        ended, their results in the pipe, failed as never started.
+        """
+        waiting, worker.waiting = worker.waiting, None
+        if waiting is not None and waiting is not _ENDED:
+            self._take(worker, waiting)
+        worker.conn.stop_waiting()
+        try:
+            while worker in self._workers:
+                self._take(worker, worker.conn.recv())
+        except (EOFError, OSError):  # all read
+            pass
+        if worker.undelivered and worker.delivery is not None:
+            batch, worker.undelivered = worker.undelivered, []
+            worker.delivery.put(worker, batch)  # behind the batch it is delivering: it stays paused till then
 
     def _read_on_after_delivery(self) -> None:
         """Read on from each worker whose output was delivered: the message that waited, then those read ahead."""
