@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import makeparallel as mp
 
 
@@ -126,6 +128,14 @@ def hold_the_pool(gate: threading.Event) -> list[mp.AsyncHandle[Any]]:
         assert gate.wait(10), "the test never opened the gate"
 
     return [blocker() for _ in range(max(1, live))]
+
+
+def the_pool_goes_on_beside(held: mp.AsyncHandle[Any]) -> None:
+    """While ``held`` waits for its output or records to be written: another worker's result is read, a deadline is kept."""
+    assert mp.parallel(backend="process")(os.getpid)().get(timeout=30) != os.getpid()
+    with pytest.raises(mp.TaskTimeoutError):
+        mp.parallel(backend="process", timeout=0.2)(time.sleep)(30).get(timeout=30)
+    assert not held.done()
 
 
 def live_worker_pids(count: int = 2) -> list[int]:

@@ -327,21 +327,6 @@ def start_a_helper_then_exit(pid_file: str) -> None:
     os._exit(3)
 
 
-@pytest.mark.timeout(60)
-def test_a_worker_that_dies_leaving_a_helper_process_alive_fails_its_task_at_once(tmp_path: Path) -> None:
-    # The helper inherited the worker's end of its pipe, and the parent learns of the
-    # worker's death from that pipe's end of file: the task failed only once the helper
-    # had ended, or never.
-    pid_file = tmp_path / "helper"
-    try:
-        with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
-            on_process(start_a_helper_then_exit)(str(pid_file)).get(timeout=30)
-        assert on_process(square)(12).get(timeout=30) == 144
-    finally:
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-
 def start_a_program_then_exit(pid_file: str) -> None:
     """Start a program that lives on through the shell (its pid in ``pid_file``), then end this worker with exit code 3."""
     os.system(f"sleep 60 & echo $! > {pid_file}")  # system() execs: no fork handler of Python's runs
@@ -349,13 +334,19 @@ def start_a_program_then_exit(pid_file: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_that_dies_leaving_a_program_it_started_alive_fails_its_task_at_once(tmp_path: Path) -> None:
-    # os.system, subprocess with close_fds=False and C code hand on every descriptor
-    # not close-on-exec: the worker's end of its pipe went with them, as with a fork.
+@pytest.mark.parametrize("start", [start_a_helper_then_exit, start_a_program_then_exit])
+def test_a_worker_that_dies_leaving_a_process_it_started_alive_fails_its_task_at_once(
+    tmp_path: Path, start: Callable[[str], None]
+) -> None:
+    # The process inherited the worker's end of its pipe, and the parent learns of the
+    # worker's death from that pipe's end of file: the task failed only once the process
+    # had ended, or never. A forked helper (whose fork handler closes the pipe) and a
+    # program started with os.system, subprocess with close_fds=False or C code (which
+    # hand on every descriptor not close-on-exec) alike.
     pid_file = tmp_path / "helper"
     try:
         with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
-            on_process(start_a_program_then_exit)(str(pid_file)).get(timeout=30)
+            on_process(start)(str(pid_file)).get(timeout=30)
         assert on_process(square)(12).get(timeout=30) == 144
     finally:
         if pid_file.exists():

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, the_pool_goes_on_beside, wait_until
 from test_process_faults import run_script
 
 pytestmark = [
@@ -320,10 +320,7 @@ def test_a_stream_that_blocks_holds_only_the_task_that_printed() -> None:
     with contextlib.redirect_stdout(stream):
         printing = on_process(print_a_line)()
         assert stream.writing.wait(30)
-        assert on_process(os.getpid)().get(timeout=30) != 0  # another worker's result, read meanwhile
-        with pytest.raises(mp.TaskTimeoutError):
-            mp.parallel(backend="process", timeout=0.2)(time.sleep)(30).get(timeout=30)  # a deadline kept
-        assert not printing.done()
+        the_pool_goes_on_beside(printing)
         stream.release.set()
         pid = printing.get(timeout=30)
     assert stream.getvalue() == "a line\n" and pid != os.getpid()
@@ -414,6 +411,12 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
         stream.release.set()
 
 
+def send_tasks_ahead() -> None:
+    """Run enough short tasks that the pool's tasks are short on average: it then sends tasks ahead to a busy worker."""
+    for _ in range(40):
+        on_process(abs)(-1).get(timeout=30)
+
+
 def mark_then_wait(flags: Flags, name: str) -> str:
     with open(flags.path(name), "a") as marks:
         marks.write("started\n")
@@ -432,8 +435,7 @@ def test_a_forced_cancel_behind_output_being_written_stops_the_task_that_runs(tm
     restarts = collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"])
     try:
         for name in ("ended", "running"):
-            for _ in range(40):  # short tasks, on average (the last phase's took a while): the pool sends tasks ahead
-                on_process(abs)(-1).get(timeout=30)
+            send_tasks_ahead()  # (the last phase's task took a while)
             stream = BlockedStream()
             with contextlib.redirect_stdout(stream):
                 printed = on_process(print_a_line)()
@@ -469,8 +471,7 @@ def test_a_shutdown_as_output_is_written_gives_the_tasks_that_ended_their_result
     # tasks that had ended failed as never started, and a program that submits those
     # again ran them twice.
     mp.configure_process_pool(1)
-    for _ in range(40):  # short tasks, on average: the pool sends tasks ahead
-        on_process(abs)(-1).get(timeout=30)
+    send_tasks_ahead()
     with contextlib.ExitStack() as stack:
         flags = Flags(stack.enter_context(tempfile.TemporaryDirectory()))
         stream = BlockedStream()

@@ -1930,35 +1930,27 @@ def test_a_template_that_runs_other_threads_forks_no_worker(tmp_path: Path) -> N
 
 
 @both_ways
-def test_a_command_line_no_interpreter_starts_with_fails_the_tasks_with_the_reason(template: bool) -> None:
+@pytest.mark.parametrize(
+    ("executable", "reason"),
+    [
+        (None, "(OSError: cannot start None as a new interpreter: TypeError:"),
+        ("", "(PermissionError: [Errno 13] cannot start sys.executable ('') as a new interpreter:"),
+    ],
+    ids=["None", "empty"],
+)
+def test_a_sys_executable_no_interpreter_starts_from_fails_the_tasks_with_the_reason(
+    template: bool, executable: str | None, reason: str
+) -> None:
     # An embedded interpreter's sys.executable may be None: the TypeError killed the pool's
     # loop thread, or went unnoticed until the template's workers were "killed by SIGKILL".
-    out = run_fresh(
-        """
-        import sys
-        import makeparallel as mp
-
-        sys.executable = None
-        try:
-            mp.parallel(backend="process")(abs)(-1).get(timeout=30)
-        except mp.WorkerCrashedError as error:
-            print(error)
-        """,
-        template=template,
-    )
-    assert "refused to start a worker process (OSError: cannot start None as a new interpreter: TypeError:" in " ".join(out)
-
-
-@both_ways
-def test_an_empty_sys_executable_fails_the_tasks_with_an_error_that_names_it(template: bool) -> None:
     # A program started with `exec -a name` where no such program is on PATH has an empty
-    # sys.executable: the tasks failed with "PermissionError: [Errno 13] Permission denied: ''".
+    # one: the tasks failed with "PermissionError: [Errno 13] Permission denied: ''".
     out = run_fresh(
-        """
+        f"""
         import sys
         import makeparallel as mp
 
-        sys.executable = ""
+        sys.executable = {executable!r}
         try:
             mp.parallel(backend="process")(abs)(-1).get(timeout=30)
         except mp.WorkerCrashedError as error:
@@ -1966,7 +1958,7 @@ def test_an_empty_sys_executable_fails_the_tasks_with_an_error_that_names_it(tem
         """,
         template=template,
     )
-    assert "(PermissionError: [Errno 13] cannot start sys.executable ('') as a new interpreter:" in " ".join(out)
+    assert f"refused to start a worker process {reason}" in " ".join(out)
 
 
 def log_then_wait_for_the_pool_to_hang_up(log: str) -> None:
