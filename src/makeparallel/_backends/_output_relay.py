@@ -181,7 +181,6 @@ class OutputRelay(io.TextIOBase):
         """
         self._failure = (code, message) if message else None
 
-
     def _send_pending_locked(self) -> None:
         text = "".join(self._pending)
         self._pending.clear()
