@@ -1099,9 +1099,13 @@ def test_a_module_a_meta_path_finder_found_outside_sys_path_still_goes_by_name(
             spec = PathFinder.find_spec("impl", [str(folders)])
             return importlib.util.spec_from_file_location(name, spec.origin, submodule_search_locations=[])
 
-    # The workers have it too: a .pth file installs it as every interpreter starts.
+    # The workers have it too: a .pth file installs it as every interpreter starts. So
+    # does each worker that gets ready meanwhile (an earlier test's pool may be starting).
+    identity = _worker_finders._identity(Remapped)
     if _worker_finders._theirs is not None:
-        monkeypatch.setattr(_worker_finders, "_theirs", _worker_finders._theirs | {_worker_finders._identity(Remapped)})
+        monkeypatch.setattr(_worker_finders, "_theirs", _worker_finders._theirs | {identity})
+    take = _worker_finders.take
+    monkeypatch.setattr(_worker_finders, "take", lambda finders: take([*finders, identity]))
     sys.meta_path.append(Remapped)
     try:
         module = importlib.import_module(name)
