@@ -104,6 +104,20 @@ def wait_for_flag(flags: Flags, name: str) -> str:
     return name
 
 
+def mark_then_wait(flags: Flags, name: str) -> str:
+    """A task that adds a line to flag ``name`` as it starts (one a run), then waits for ``<name>-go``."""
+    with open(flags.path(name), "a") as marks:
+        marks.write("started\n")
+    assert flags.wait_for_release(f"{name}-go")
+    return name
+
+
+def send_tasks_ahead() -> None:
+    """Run enough short tasks that the pool's tasks are short on average: it then sends tasks ahead to a busy worker."""
+    for _ in range(40):
+        mp.parallel(backend="process")(abs)(-1).get(timeout=30)
+
+
 def poll_until_stopped(gate: threading.Event) -> None:
     """A task body that runs until the gate opens or the library stops it."""
     while not gate.wait(0.01):

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, the_pool_goes_on_beside, wait_until
+from pool_helpers import Flags, mark_then_wait, send_tasks_ahead, the_pool_goes_on_beside, wait_until
 from test_process_faults import run_script
 
 pytestmark = [
@@ -409,19 +409,6 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
         assert stream.getvalue() == "a line\n"
     finally:
         stream.release.set()
-
-
-def send_tasks_ahead() -> None:
-    """Run enough short tasks that the pool's tasks are short on average: it then sends tasks ahead to a busy worker."""
-    for _ in range(40):
-        on_process(abs)(-1).get(timeout=30)
-
-
-def mark_then_wait(flags: Flags, name: str) -> str:
-    with open(flags.path(name), "a") as marks:
-        marks.write("started\n")
-    assert flags.wait_for_release(f"{name}-go")
-    return name
 
 
 @pytest.mark.timeout(60)

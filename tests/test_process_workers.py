@@ -11,12 +11,13 @@ import fcntl
 import itertools
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,16 @@ import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends import _process
 from makeparallel._cpus import UsableCpus, usable_cpus
-from pool_helpers import Flags, exit_alone, fresh_process_pool, live_worker_pids, pid_once_released, wait_until
+from pool_helpers import (
+    Flags,
+    exit_alone,
+    fresh_process_pool,
+    live_worker_pids,
+    mark_then_wait,
+    pid_once_released,
+    send_tasks_ahead,
+    wait_until,
+)
 from test_process_faults import gone
 
 pytestmark = [
@@ -702,6 +712,82 @@ def test_a_held_task_taken_from_its_worker_as_it_is_cancelled_never_ran(
         monkeypatch.undo()
         flags.set("go on")
         blocking.get(timeout=20)
+
+
+def ready_to_read(worker: Any) -> bool:
+    """Whether the parent's end of ``worker``'s pipe has a message waiting (within 30 s)."""
+    return bool(select.select([worker.conn.fileno()], [], [], 30)[0])
+
+
+def held_before_the_kill(worker: Any, then: Callable[[], bool]) -> Callable[[Any], Any]:
+    """Wrap the loop's step that signals ``worker`` (a kill, not sent yet): it waits until ``then()`` first."""
+
+    def wrap(step: Any) -> Any:
+        def held(*args: Any, **kwargs: Any) -> Any:
+            if worker.killing and worker.kill_at is None:
+                assert then()
+            return step(*args, **kwargs)
+
+        return held
+
+    return wrap
+
+
+@pytest.mark.parametrize("ended", ["before the signal is sent", "as the signal comes"])
+def test_a_task_that_ends_as_it_is_force_cancelled_leaves_the_task_after_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ended: str
+) -> None:
+    # The pool decided to kill the worker as its task returned: the kill came once the
+    # worker ran the task sent behind it, which the pool then ran again from the start.
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    flags = Flags(str(tmp_path))
+    stopped = on_process(mark_then_wait)(flags, "stopped")
+    after = on_process(mark_then_wait)(flags, "after")
+    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    backend = after._backend
+    [worker] = backend._workers
+    assert wait_until(lambda: after in worker.outstanding, 30) and flags.wait("stopped", 30)  # sent ahead, behind it
+    wrap = held_before_the_kill(worker, lambda: (flags.set("stopped-go"), flags.wait("after", 30))[1])
+    if ended == "before the signal is sent":
+        monkeypatch.setattr(type(backend), "_kill_marked", wrap(type(backend)._kill_marked))
+    else:
+        monkeypatch.setattr(_process, "_signalled", wrap(_process._signalled))
+    pid, before = worker.process.pid, restarts()
+    try:
+        assert stopped.cancel(force=True)
+        assert flags.wait("after", 30)
+        flags.set("after-go")
+        assert after.get(timeout=30) == "after"
+        assert flags.read("after") == "started\n"  # run once
+        assert [handle.get(timeout=30) for handle in behind] == [0, 1, 2]
+        assert wait_until(lambda: not worker.killing, 30)  # (as the signal comes: once its grace is over)
+        assert info()["worker_pids"] == [pid] and restarts() == before
+        assert on_process(os.getpid)().get(timeout=30) == pid
+    finally:
+        flags.set("teardown")
+
+
+def test_a_task_that_ends_as_it_times_out_leaves_its_worker_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Killed once the task had ended, the worker was replaced for nothing, counted as
+    # a restart for a timeout.
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    timed = mp.parallel(backend="process", timeout=0.5)(mark_then_wait)(flags, "timed")
+    assert flags.wait("timed", 30)
+    backend = timed._backend
+    [worker] = backend._workers
+    wrap = held_before_the_kill(worker, lambda: (flags.set("timed-go"), ready_to_read(worker))[1])
+    monkeypatch.setattr(type(backend), "_kill_marked", wrap(type(backend)._kill_marked))
+    pid, before = worker.process.pid, restarts()
+    try:
+        with pytest.raises(mp.TaskTimeoutError):
+            timed.get(timeout=30)
+        assert wait_until(lambda: not worker.killing, 30)  # its signal declined, once its grace is over
+        assert info()["worker_pids"] == [pid] and restarts() == before
+        assert on_process(os.getpid)().get(timeout=30) == pid
+    finally:
+        flags.set("teardown")
 
 
 def test_lowering_num_workers_keeps_a_ready_worker_over_one_still_starting(tmp_path: Path) -> None:

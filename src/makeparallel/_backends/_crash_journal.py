@@ -18,8 +18,10 @@ then the journal's marker; then how many cancels the parent sent, so that a
 worker holding tasks sent ahead reads its pipe before the next one starts only
 when a cancel waits there; then how many of the chunk's items started, so that
 a worker killed between items, as it sent results or stopped at its time
-budget, blames none of them), a byte per item (its kind), a 64-bit record per
-item, then a data area. Records not written yet hold the marker, a random
+budget, blames none of them; then the task a ``SIGTERM`` the parent sends is
+for, so that a worker whose task ended as the parent decided to stop it does
+not die of it in the task after), a byte per item (its kind), a 64-bit record
+per item, then a data area. Records not written yet hold the marker, a random
 negative number drawn when the worker starts. An ``int`` that fits in 64 bits
 is its record (a map of cheap items mostly returns numbers, and a single
 store is the cheapest durable write there is); a ``float`` is its record's
@@ -90,7 +92,8 @@ _STARTED = 2  # slot of the id of the last task the worker started, map chunk or
 _MARKER = 3  # slot of the marker: what a record holds until it is written
 _CANCELS = 4  # slot of the count of cancels the parent sent the worker
 _RAN = 5  # slot of how many of the chunk's items started: a death with fewer results journaled is the next one's
-_KINDS = 8 * 6  # byte offset of the kind bytes
+_STOP_FOR = 6  # slot of the task a SIGTERM stops (0: whatever runs); the negative of that task once the worker declined it
+_KINDS = 8 * 7  # byte offset of the kind bytes
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
 # Record kinds; 0 is an ``int`` (or no record, while the record holds the marker).
@@ -165,6 +168,14 @@ class JournalWriter:
     def cancels_sent(self) -> int:
         """How many cancels the parent has sent this worker: when the count moves, one waits on the pipe."""
         return self._slots[_CANCELS]
+
+    def stopping(self) -> int:
+        """The task a ``SIGTERM`` from the parent is for (0: whatever this worker runs)."""
+        return self._slots[_STOP_FOR]
+
+    def decline(self, task_id: int) -> None:
+        """Say that this worker declined a ``SIGTERM`` for task ``task_id``, which had ended: the parent kills it not either."""
+        self._slots[_STOP_FOR] = -task_id
 
     def begin(self, task_id: int, first: int) -> None:
         """Journal task ``task_id``'s chunk's items from index ``first`` on, from an empty journal.
@@ -427,6 +438,25 @@ class JournalReader:
         slots = memoryview(self._map).cast("q")
         try:
             return slots[_STARTED]
+        finally:
+            slots.release()
+
+    def stop_for(self, task_id: int) -> None:
+        """Say which task the ``SIGTERM`` about to be sent is for (0: whatever the worker runs): :meth:`JournalWriter.stopping`."""
+        try:
+            slots = memoryview(self._map).cast("q")
+        except ValueError:  # closed: the worker is gone
+            return
+        try:
+            slots[_STOP_FOR] = task_id
+        finally:
+            slots.release()
+
+    def declined(self, task_id: int) -> bool:
+        """Whether the worker declined a ``SIGTERM`` sent for task ``task_id``: it no longer ran it."""
+        slots = memoryview(self._map).cast("q")
+        try:
+            return slots[_STOP_FOR] == -task_id
         finally:
             slots.release()
 

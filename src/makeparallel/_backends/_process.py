@@ -170,8 +170,8 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "held", "init_error",
         "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding",
-        "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "start_round", "stop_reason",
-        "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
+        "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round", "stop_for",
+        "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
     )
 
     def __init__(
@@ -187,7 +187,12 @@ class _Worker:
         self.process = process
         self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
         self.too_many_threads = False  # more of them than the pool's size gives now: replaced once idle
-        self.stop_task: int | None = None  # a task of a stopped map or batch to kill it for, if it still runs it
+        self.stop_task: AsyncHandle[Any] | None = None  # a task of a stopped map or batch to kill it for, if it still runs it
+        # The task it is killed for (a timeout, a forced cancel, a stopped map), and its
+        # stop_reason before: a kill that finds that task ended is called off (_spare_locked).
+        # None: killed whatever it runs.
+        self.stop_for: tuple[AsyncHandle[Any], str] | None = None
+        self.spared: set[int] = set()  # the ids of such tasks: a late result of theirs is a stale attempt's
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -597,6 +602,8 @@ class ProcessBackend(QueueingBackend):
                 self._drop_held_locked(worker, handle)
                 return
             if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
+                if not worker.killing:
+                    worker.stop_for = (handle, worker.stop_reason)
                 worker.killing = True
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
             else:  # ask it to stop at its next check_cancelled(), or never to start
@@ -614,7 +621,7 @@ class ProcessBackend(QueueingBackend):
             worker = next((w for w in self._workers if handle in w.outstanding and _runs(w, handle)), None)
             if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
                 return
-            worker.stop_task = handle._id  # the loop marks it for killing if it still runs the task (_kill_marked)
+            worker.stop_task = handle  # the loop marks it for killing if it still runs the task (_kill_marked)
         self._wake()
 
     # -- the loop ----------------------------------------------------------------------
@@ -1227,7 +1234,7 @@ class ProcessBackend(QueueingBackend):
             except BaseException:
                 if handle in worker.outstanding:
                     with self._lock:
-                        worker.killing = True
+                        worker.killing, worker.stop_for = True, None  # its pipe may hold half a message
                         worker.stop_reason = "cancelled"
                     self._wake()
                 raise
@@ -1430,7 +1437,10 @@ class ProcessBackend(QueueingBackend):
                     buffers = [worker.conn.recv_frame() for _ in sizes]
                     with self._lock:
                         handle = worker.outstanding.popleft()
-                        stale = worker.killing and self._retried_elsewhere_locked(handle)
+                        spared = bool(worker.spared) and handle._id in worker.spared
+                        if spared:
+                            worker.spared.discard(handle._id)
+                        stale = (worker.killing or spared) and self._retried_elsewhere_locked(handle)
                     if not stale:
                         self._settle(handle, ok, data, buffers, seconds)
             elif kind == "progress":
@@ -1847,7 +1857,7 @@ class ProcessBackend(QueueingBackend):
                     _EXIT_GRACE,
                 )
                 with self._lock:
-                    worker.killing = True
+                    worker.killing, worker.stop_for = True, None
 
     def _kill_marked(self) -> None:
         now = time.monotonic()
@@ -1857,16 +1867,30 @@ class ProcessBackend(QueueingBackend):
                     # Unless the stopped task ended by itself and its worker started one sent behind
                     # it, its result not read yet: a kill would end that task instead. (Killed
                     # already for another reason, a timeout say, it is killed as that asked.)
-                    if not worker.killing and worker.journal.started() == worker.stop_task:
+                    if not worker.killing and worker.journal.started() == worker.stop_task._id:
+                        worker.stop_for = (worker.stop_task, worker.stop_reason)
                         worker.killing, worker.stop_reason = True, "stopped"
                     worker.stop_task = None
             if not worker.killing:
                 continue
             if worker.kill_at is None:
+                with self._lock:
+                    task = None if worker.stop_for is None else worker.stop_for[0]
+                    if task is not None and not (task in worker.outstanding and _runs(worker, task)):
+                        self._spare_locked(worker)  # its task ended: the worker runs on
+                        continue
+                    worker.journal.stop_for(0 if task is None else task._id)
                 if not _signalled(worker.process, kill=False):
-                    _end_writing(worker)
+                    _end_writing(worker)  # for good: it ends whatever it runs
+                    worker.stop_for = None
                 worker.kill_at = now + _TERMINATE_GRACE
             elif now >= worker.kill_at and worker.process.poll() is None:
+                if worker.stop_for is not None:
+                    with self._lock:
+                        task_id = worker.stop_for[0]._id
+                        if worker.journal.declined(task_id) or worker.journal.started() != task_id:
+                            self._spare_locked(worker)  # the task ended as the signal came: the worker runs on
+                            continue
                 if not _signalled(worker.process, kill=True) or _not_forked(worker.process):
                     # Not ours to stop, and deaf to its end of file (a C call that holds the
                     # GIL): it ends when the call returns, and a new worker takes its place now.
@@ -1874,6 +1898,21 @@ class ProcessBackend(QueueingBackend):
                     # once it forked it: asked again at every look, the loop spun, and blocked
                     # once the template's socket was full.
                     self._worker_died(worker, stoppable=False)
+
+    def _spare_locked(self, worker: _Worker) -> None:
+        """Call off the kill of ``worker``: the task it was for (``stop_for``) ended as the pool decided on it.
+
+        A timeout or a forced cancel as the task returned had its worker killed
+        once it ran the next task sent to it, which the pool then ran again
+        from the start; with a retry, the stopped attempt's result, read late,
+        is dropped (``spared``).
+        """
+        assert worker.stop_for is not None
+        task, worker.stop_reason = worker.stop_for
+        if task in worker.outstanding:  # its result not read yet
+            worker.spared.add(task._id)
+        worker.killing = False
+        worker.kill_at = worker.stop_for = None
 
     def _reap_left_to_end(self) -> None:
         """Reap the workers left to end on their own (:meth:`_worker_died`) that ended: no zombie stays."""

@@ -785,7 +785,16 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
-    """Stopped by the parent (a timeout, ``cancel(force=True)``): send the output first."""
+    """Stopped by the parent (a timeout, ``cancel(force=True)``): send the output first.
+
+    Not if the parent stops a task that has ended since (the journal says
+    which): the signal, sent as the task ended, would have ended the one
+    after it, which the pool then ran again.
+    """
+    target, current = worker.journal.stopping(), worker._current
+    if target > 0 and target in worker._ended and (current is None or current._id != target):
+        worker.journal.decline(target)
+        return
     try:
         worker._flush_output()
     finally:
