@@ -441,12 +441,12 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
     try:
         ran, _ = worker._run(1, "abs", *call)
         assert ran[:2] == (1, True)
-        worker._cancel(1, mp.TaskCancelledError("late"))
+        worker._cancel(1, mp.TaskCancelledError("late"), False)
         assert worker._cancelled == {}
-        worker._cancel(2, mp.TaskCancelledError("early"))
+        worker._cancel(2, mp.TaskCancelledError("early"), False)
         skipped, _ = worker._run(2, "abs", *call)
         assert skipped == (2, False, b"", [], 0.0)  # never ran
-        worker._cancel(2, mp.TaskCancelledError("again"))
+        worker._cancel(2, mp.TaskCancelledError("again"), False)
         assert worker._cancelled == {}
     finally:
         ours.close()
@@ -476,7 +476,7 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -
         worker._post([("task", (task_id, "abs", *call)) for task_id in (1, 2, 3)])  # a window of three
         kind, task = worker._next()
         assert (kind, task[0]) == ("task", 1)
-        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran")))
+        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran"), False))
         journal.cancel_sent()  # as the parent does once it sent one
         assert worker._run(*task)[0][:2] == (1, True)
         kind, task = worker._next()

@@ -768,6 +768,42 @@ def test_a_task_that_ends_as_it_is_force_cancelled_leaves_the_task_after_it_alon
         flags.set("teardown")
 
 
+def test_a_task_sent_ahead_that_starts_as_it_is_force_cancelled_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Behind a running task, it was cancelled as a task that never started (asked to
+    # stop at its next check_cancelled()), and started before the worker heard of it:
+    # it ran on to its end, where cancel(force=True) ends the worker of a task that runs.
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    flags = Flags(str(tmp_path))
+    first = on_process(mark_then_wait)(flags, "first")
+    cancelled = on_process(mark_then_wait)(flags, "cancelled")
+    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    backend = cancelled._backend
+    [worker] = backend._workers
+    assert wait_until(lambda: cancelled in worker.outstanding, 30) and flags.wait("first", 30)  # sent ahead, behind it
+    send = _process._send
+
+    def started_first(to: Any, message: tuple[Any, ...], *args: Any) -> None:
+        if message[0] == "cancel":
+            flags.set("first-go")
+            assert flags.wait("cancelled", 30)
+        send(to, message, *args)
+
+    monkeypatch.setattr(_process, "_send", started_first)
+    pid, before = worker.process.pid, restarts("cancelled")
+    try:
+        assert cancelled.cancel(force=True)
+        assert first.get(timeout=30) == "first"
+        assert wait_until(lambda: gone(pid), 30)
+        assert restarts("cancelled") == before + 1
+        assert [handle.get(timeout=30) for handle in behind] == [0, 1, 2]  # on its replacement
+        assert flags.read("cancelled") == "started\n"
+    finally:
+        flags.set("teardown")
+
+
 def test_a_task_that_ends_as_it_times_out_leaves_its_worker_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Killed once the task had ended, the worker was replaced for nothing, counted as
     # a restart for a timeout.

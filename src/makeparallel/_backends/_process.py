@@ -606,8 +606,8 @@ class ProcessBackend(QueueingBackend):
                     worker.stop_for = (handle, worker.stop_reason)
                 worker.killing = True
                 worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
-            else:  # ask it to stop at its next check_cancelled(), or never to start
-                self._control.append((worker, ("cancel", handle._id, handle._value)))
+            else:  # ask it to stop at its next check_cancelled(), or never to start; forced, if it started since
+                self._control.append((worker, ("cancel", handle._id, handle._value, force)))
         self._wake()
 
     def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
@@ -1462,6 +1462,9 @@ class ProcessBackend(QueueingBackend):
                 worker.undelivered.append(functools.partial(self._write_output, worker, message[1], message[2], task_id))
             elif kind == "started":
                 self._started(worker, message[1])
+            elif kind == "stopping":  # a forced cancel found its task started: the worker ends itself
+                with self._lock:
+                    worker.killing, worker.stop_for, worker.stop_reason = True, None, "cancelled"
             elif kind == "ready":
                 if worker.process.pid is None:  # forked: the template's report may come later
                     worker.process.pid = message[1]

@@ -23,7 +23,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            its recursion limit, int digits, warning
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
-                       ("cancel", task_id, error)
+                       ("cancel", task_id, error, force)   force: the worker ends if it runs the task
                        ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
                                                            stream failed so
                        ("stop",)                           finish the tasks sent, then exit
@@ -37,6 +37,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            (_worker_logging)
                        ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
+                       ("stopping", task_id)               a forced cancel came as the task started: ending
 
 A map chunk also writes each item's result to the worker's crash journal,
 shared memory the parent reads if this process dies (``_crash_journal``).
@@ -409,7 +410,7 @@ class _Worker:
             ]
             self._post(tasks)
         elif kind == "cancel":
-            self._cancel(message[1], message[2])
+            self._cancel(*message[1:])
         elif kind == "output_failed":
             _, task_id, stream, code, text = message
             current = self._current
@@ -439,11 +440,14 @@ class _Worker:
         with self._mail_lock:
             self._inbox.appendleft(_STOP)
 
-    def _cancel(self, task_id: int, error: BaseException) -> None:
+    def _cancel(self, task_id: int, error: BaseException, force: bool) -> None:
         """Stop task ``task_id``: the running one at its next check, any other before it starts.
 
         A task that already ended is left alone. One not seen yet is stopped when
         it comes: the parent may send its cancel first, from another thread.
+        With ``force`` (``cancel(force=True)`` of a task sent behind another,
+        which has started since), this worker ends at once, as the parent ends
+        the worker of a task it knows to run: it ran on to the task's end.
         """
         with self._mail_lock:
             current = self._current
@@ -451,6 +455,10 @@ class _Worker:
                 if task_id not in self._ended:
                     self._cancelled[task_id] = error
                 return
+        if force:  # (on the reader thread, which may not set a signal handler: killed, not terminated)
+            self._flush_output()
+            self.send(("stopping", task_id))
+            os.kill(self._pid, signal.SIGKILL)
         current._stop_error = error
         current._state = CANCELLED
         if current.on_stop is not None:
@@ -789,7 +797,7 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
 
     Not if the parent stops a task that has ended since (the journal says
     which): the signal, sent as the task ended, would have ended the one
-    after it, which the pool then ran again.
+    after it, which then failed as crashed.
     """
     target, current = worker.journal.stopping(), worker._current
     if target > 0 and target in worker._ended and (current is None or current._id != target):
