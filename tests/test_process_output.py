@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, mark_then_wait, send_tasks_ahead, the_pool_goes_on_beside, wait_until
+from makeparallel._backends import _process
+from pool_helpers import Flags, fresh_process_pool, mark_then_wait, send_tasks_ahead, the_pool_goes_on_beside, wait_until
 from test_process_faults import run_script
 
 pytestmark = [
@@ -409,6 +410,37 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
         assert stream.getvalue() == "a line\n"
     finally:
         stream.release.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("template", [True, False], ids=["forked from the template", "fresh interpreters"])
+def test_a_worker_that_crashes_as_its_output_is_written_is_replaced_at_once(
+    template: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It kept its place in the pool until the stream was read: a pool of one ran no
+    # other task meanwhile, where a thread blocked in print() holds only itself.
+    if not template:
+        monkeypatch.setattr(_process, "template_available", lambda: False)
+    fresh_process_pool(1)
+    restarts = mp.get_process_pool_info()["worker_restart_reasons"].get("crashed", 0)
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            crashing = on_process(print_then_crash)()
+            assert stream.writing.wait(30)
+            assert on_process(os.getpid)().get(timeout=30) != os.getpid()  # on its replacement
+            assert not crashing.done()
+            stream.release.set()
+            with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+                crashing.get(timeout=30)
+        assert stream.getvalue() == "a line\n"
+        info = mp.get_process_pool_info()
+        assert info["worker_restart_reasons"].get("crashed", 0) == restarts + 1
+        assert wait_until(lambda: len(mp.get_process_pool_info()["worker_pids"]) == 1, 30)
+    finally:
+        stream.release.set()
+        if not template:
+            fresh_process_pool(1)  # the next tests' workers are forked again
 
 
 @pytest.mark.timeout(60)

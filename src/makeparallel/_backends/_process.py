@@ -115,6 +115,7 @@ _WORKER_MAIN = (
     "main(Channel(_socket.socket(fileno=int(sys.argv[1]))), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == '1')"
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
+_EXIT_POLL = 0.1  # seconds between looks at whether a worker whose output is being delivered has ended
 # Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
 _EXIT_GRACE = 5.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
@@ -168,7 +169,7 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "held", "init_error",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "exited", "held", "init_error",
         "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding",
         "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round", "stop_for",
         "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
@@ -231,6 +232,7 @@ class _Worker:
         self.delivery: Delivery | None = None
         self.delivering = False
         self.waiting: Any = None  # a message, or _ENDED: its pipe's end of file
+        self.exited = False  # its process ended while its output was delivered: a replacement runs its tasks
 
 
 def _runs(worker: _Worker, handle: AsyncHandle[Any]) -> bool:
@@ -939,7 +941,7 @@ class ProcessBackend(QueueingBackend):
             with self._lock:
                 self._shed_surplus_locked()
         if self._unread:
-            self._drop_stopped_while_delivering()
+            self._notice_ends_while_delivering()
         self._end_overdue_exits()
         self._kill_marked()
         if self._left_to_end:
@@ -1023,7 +1025,7 @@ class ProcessBackend(QueueingBackend):
             for w in self._workers
             if w.outstanding
             and (w.ready or w.leaving)
-            and not (w.killing or w.retiring or w in surplus or w in stale)
+            and not (w.killing or w.retiring or w.exited or w in surplus or w in stale)
         )
         return busy >= self._num_workers
 
@@ -1325,22 +1327,30 @@ class ProcessBackend(QueueingBackend):
         self._delivered.append(worker)
         self._wake()
 
-    def _drop_stopped_while_delivering(self) -> None:
-        """Take out of the pool each worker it stopped (at a timeout, a forced cancel) while its output was delivered.
+    def _notice_ends_while_delivering(self) -> None:
+        """Replace each worker whose process ended while its output was delivered.
 
         The loop reads nothing of such a worker, its end of file included: one
         killed at its task's timeout as it printed into a blocked stream was
-        never replaced, and the pool counted it live and busy for good. Its task
-        was settled when it was stopped; what it wrote before it ended is read
-        now, without waiting, and delivered after the rest. A worker that ended
-        on its own (recycled, crashed) is read to its end once its output is
-        delivered, as ever: its result, or its crash, comes after what it printed.
+        never replaced, and the pool counted it live and busy for good. One the
+        pool stopped (at a timeout, a forced cancel) had its task settled then:
+        what it wrote before it ended is read now, without waiting, and
+        delivered after the rest. One that ended on its own (recycled, crashed)
+        is read to its end once its output is delivered, as ever: its result, or
+        its crash, comes after what it printed. Meanwhile it leaves the pool:
+        kept there, one that crashed as it printed into a blocked stream held
+        its place until the stream was read, and a pool of one ran no task.
         """
-        for worker in [w for w in self._workers if w.delivering and w.killing]:
+        for worker in [w for w in self._workers if w.delivering and not w.exited]:
             if worker.process.poll() is None:
                 continue
-            self._read_what_is_left(worker)
-            self._worker_died(worker)
+            if worker.killing:
+                self._read_what_is_left(worker)
+                self._worker_died(worker)
+                continue
+            with self._lock:
+                worker.exited = worker.leaving = True
+            self._wake()  # the next look starts its replacement
 
     def _read_what_is_left(self, worker: _Worker) -> None:
         """Read, without waiting, what ``worker`` (ended, its output being delivered) sent: results settle, lines go behind.
@@ -1930,6 +1940,9 @@ class ProcessBackend(QueueingBackend):
                 deadlines.append(w.kill_at)
             elif w.leaving and _exiting(w):  # (leaving first: the common case asks no more)
                 deadlines.append(now if w.exit_by is None else w.exit_by)  # none yet: the next look sets it
+            elif w.delivering and not w.exited and not isinstance(w.process, ForkedProcess):
+                # Its pipe unwatched, nothing tells of its end (a forked one's, its template does).
+                deadlines.append(now + _EXIT_POLL)
         if self._left_to_end:
             deadlines.append(now + _TERMINATE_GRACE)
         if self._start_refused_at is not None:
