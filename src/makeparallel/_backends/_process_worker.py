@@ -84,6 +84,7 @@ __all__ = ["main"]
 
 _STOP = ("stop", None)  # in the inbox: the parent is gone, or asked this worker to end
 _WATCH_AFTER = 0.02  # seconds a task runs before the reader thread watches the pipe
+_FLUSH_GRACE = 1.0  # seconds a worker stopping itself (a forced cancel) has to send its output
 
 
 class _RemoteTask:
@@ -456,6 +457,11 @@ class _Worker:
                     self._cancelled[task_id] = error
                 return
         if force:  # (on the reader thread, which may not set a signal handler: killed, not terminated)
+            # Killed within a second whatever happens, as the parent kills a worker a second after
+            # its SIGTERM: the output may wait for a stream the parent cannot write to.
+            deadline = threading.Timer(_FLUSH_GRACE, os.kill, (self._pid, signal.SIGKILL))
+            deadline.daemon = True
+            deadline.start()
             self._flush_output()
             self.send(("stopping", task_id))
             os.kill(self._pid, signal.SIGKILL)
