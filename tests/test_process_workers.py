@@ -804,6 +804,31 @@ def test_a_task_sent_ahead_that_starts_as_it_is_force_cancelled_is_stopped(
         flags.set("teardown")
 
 
+def test_a_task_cancelled_as_it_is_sent_leaves_the_pool_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given to a worker, then cancelled before the message left, it had dropped its
+    # payload, which the send read: the pool's loop thread died, and every task of the
+    # pool failed with it.
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    first = on_process(mark_then_wait)(flags, "first")
+    assert flags.wait("first", 30)
+    cancelled = on_process(abs)(-7)
+    others = [on_process(abs)(-i) for i in range(3)]
+    send_tasks = _process._send_tasks
+
+    def cancelled_first(worker: Any, batch: list[Any], *args: Any) -> None:
+        if cancelled in batch:
+            assert cancelled.cancel()
+        send_tasks(worker, batch, *args)
+
+    monkeypatch.setattr(_process, "_send_tasks", cancelled_first)
+    flags.set("first-go")
+    assert first.get(timeout=30) == "first"
+    assert [handle.get(timeout=30) for handle in others] == [0, 1, 2]
+    assert cancelled.cancelled()
+    assert info()["loop_deaths"] == 0
+
+
 def test_a_task_that_ends_as_it_times_out_leaves_its_worker_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Killed once the task had ended, the worker was replaced for nothing, counted as
     # a restart for a timeout.

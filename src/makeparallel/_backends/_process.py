@@ -1111,8 +1111,9 @@ class ProcessBackend(QueueingBackend):
                 worker.held = (batch, had)
                 self._holding = True
                 return
+            payloads = [handle._payload for handle in batch]
         with worker.send_lock:
-            _send_tasks(worker, batch, had)
+            _send_tasks(worker, batch, payloads, had)
 
     def _send_held(self, worker: _Worker) -> None:
         """Send ``worker``, ready now, the first tasks it was given while it started.
@@ -1133,8 +1134,9 @@ class ProcessBackend(QueueingBackend):
                     worker.outstanding.remove(handle)
                     handle._code_returned()
             worker.path = batch[0]._payload[3] if batch else had  # what it will have read
+            payloads = [handle._payload for handle in batch]
         with worker.send_lock:
-            _send_tasks(worker, batch, had)
+            _send_tasks(worker, batch, payloads, had)
 
     def _requeue_held_locked(self, worker: _Worker) -> None:
         """Put the tasks held for ``worker``, which it will not take now, back in the queue, in order."""
@@ -1232,7 +1234,8 @@ class ProcessBackend(QueueingBackend):
                     worker.outstanding.append(handle)
                     had = worker.path
                     self._assigned_locked(worker, [handle])
-                _send_tasks(worker, [handle], had)
+                    payload = handle._payload
+                _send_tasks(worker, [handle], [payload], had)
             except BaseException:
                 if handle in worker.outstanding:
                     with self._lock:
@@ -2280,16 +2283,20 @@ def _close(worker: _Worker) -> None:
             worker.send_lock.release()
 
 
-def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], had: _WorkersPath) -> None:
+def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], payloads: list[Any], had: _WorkersPath) -> None:
     """Send ``batch`` to ``worker``, which has ``sys.path`` ``had``; the send lock is held.
 
-    The tasks of a batch were all submitted under one ``sys.path`` (and pins,
-    filters): a task under another goes only to an idle worker, first in its
-    batch (``_dispatch``). It goes first where it is not the one the worker has.
+    ``payloads`` are the tasks' own, taken under the pool's lock as they were
+    given to the worker: a task cancelled since drops its payload
+    (``_settle_locked``), and reading it here killed the loop thread, and
+    with it every task of the pool. (The worker drops the task on the cancel
+    that follows.) The tasks of a batch were all submitted under one
+    ``sys.path`` (and pins, filters): a task under another goes only to an
+    idle worker, first in its batch (``_dispatch``). It goes first where it is
+    not the one the worker has.
     """
     tasks, buffers = [], []
-    for handle in batch:
-        function, data, task_buffers, path = handle._payload
+    for handle, (function, data, task_buffers, path) in zip(batch, payloads):
         sizes = [memoryview(b).nbytes for b in task_buffers]
         # A timed task's clock starts with the worker's "started" message.
         tasks.append((handle._id, handle.name, function, data, sizes, handle._timeout is not None))
