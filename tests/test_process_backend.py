@@ -441,14 +441,57 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
     try:
         ran, _ = worker._run(1, "abs", *call)
         assert ran[:2] == (1, True)
-        worker._cancel(1, mp.TaskCancelledError("late"), False)
+        worker._cancel(1, mp.TaskCancelledError("late"))
         assert worker._cancelled == {}
-        worker._cancel(2, mp.TaskCancelledError("early"), False)
+        worker._cancel(2, mp.TaskCancelledError("early"))
         skipped, _ = worker._run(2, "abs", *call)
         assert skipped == (2, False, b"", [], 0.0)  # never ran
-        worker._cancel(2, mp.TaskCancelledError("again"), False)
+        worker._cancel(2, mp.TaskCancelledError("again"))
         assert worker._cancelled == {}
     finally:
+        ours.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize(
+    ("ended", "current", "declined"),
+    [
+        ([5, 7], None, True),  # the task it was for has just ended: the worker is idle
+        ([7], 8, True),  # and the next one runs
+        ([7, 6], 8, True),  # a task cancelled before it started ended since
+        ([7, 6, 5], 8, False),  # ended long ago: the task's own handler had the parent's signal
+        ([5, 6], 7, False),  # it runs
+        ([5, 6], 8, False),  # not one of this worker's: someone else's SIGTERM
+    ],
+)
+def test_a_workers_sigterm_is_declined_only_for_a_task_that_has_just_ended(
+    ended: list[int], current: int | None, declined: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent decided to stop task 7 as it returned: the signal ended the next task.
+    # And an old target left in the journal had an external SIGTERM ignored.
+    import socket
+
+    from makeparallel._backends import _process_worker
+    from makeparallel._backends._channel import Channel
+    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._process_worker import _RemoteTask, _Worker
+
+    ours, theirs = socket.socketpair()
+    fd = create_journal()
+    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
+    os.close(fd)
+    ended_by: list[tuple[int, int]] = []
+    monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: ended_by.append((pid, signum)))
+    monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
+    try:
+        worker._ended.extend(ended)
+        worker._current = None if current is None else _RemoteTask(current, "task", worker)
+        journal.stop_for(7)
+        _process_worker._terminated(worker, 15, None)
+        assert journal.declined(7) is declined
+        assert ended_by == ([] if declined else [(os.getpid(), 15)])
+    finally:
+        journal.close()
         ours.close()
         theirs.close()
 
@@ -476,7 +519,7 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -
         worker._post([("task", (task_id, "abs", *call)) for task_id in (1, 2, 3)])  # a window of three
         kind, task = worker._next()
         assert (kind, task[0]) == ("task", 1)
-        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran"), False))
+        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran")))
         journal.cancel_sent()  # as the parent does once it sent one
         assert worker._run(*task)[0][:2] == (1, True)
         kind, task = worker._next()

@@ -768,6 +768,38 @@ def test_a_task_that_ends_as_it_is_force_cancelled_leaves_the_task_after_it_alon
         flags.set("teardown")
 
 
+def test_a_forced_cancel_of_the_task_after_one_that_ended_as_it_was_stopped_kills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its kill was folded into the one for the task before, which was then called off:
+    # the task ran on to its end.
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    flags = Flags(str(tmp_path))
+    stopped = on_process(mark_then_wait)(flags, "stopped")
+    after = on_process(mark_then_wait)(flags, "after")
+    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    backend = after._backend
+    [worker] = backend._workers
+    assert wait_until(lambda: after in worker.outstanding, 30) and flags.wait("stopped", 30)  # sent ahead, behind it
+
+    def both_cancelled() -> bool:
+        flags.set("stopped-go")
+        assert flags.wait("after", 30)
+        return after.cancel(force=True)
+
+    monkeypatch.setattr(type(backend), "_kill_marked", held_before_the_kill(worker, both_cancelled)(type(backend)._kill_marked))
+    pid, before = worker.process.pid, restarts("cancelled")
+    try:
+        assert stopped.cancel(force=True)
+        assert wait_until(lambda: gone(pid), 30)
+        assert restarts("cancelled") == before + 1
+        assert after.cancelled() and flags.read("after") == "started\n"
+        assert [handle.get(timeout=30) for handle in behind] == [0, 1, 2]  # on its replacement
+    finally:
+        flags.set("teardown")
+
+
 def test_a_task_sent_ahead_that_starts_as_it_is_force_cancelled_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

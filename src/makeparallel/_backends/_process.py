@@ -116,6 +116,7 @@ _WORKER_MAIN = (
 )
 _TERMINATE_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 _EXIT_POLL = 0.1  # seconds between looks at whether a worker whose output is being delivered has ended
+_FORCED_POLL = 0.01  # seconds between looks at a worker's crash journal while a forced cancel waits on it
 # Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
 _EXIT_GRACE = 5.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
@@ -169,7 +170,8 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "exited", "held", "init_error",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "exited", "forced", "held",
+        "init_error",
         "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding",
         "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round", "stop_for",
         "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
@@ -194,6 +196,9 @@ class _Worker:
         # None: killed whatever it runs.
         self.stop_for: tuple[AsyncHandle[Any], str] | None = None
         self.spared: set[int] = set()  # the ids of such tasks: a late result of theirs is a stale attempt's
+        # Tasks sent ahead that a forced cancel found not started, and sent a plain cancel:
+        # killed for if they start before the worker reads it (_kill_forced).
+        self.forced: list[AsyncHandle[Any]] = []
         self.configured_at = configured_at  # when the pool was last configured as it started
         self.conn = conn
         self.journal = journal  # what a map chunk finished, readable after a crash
@@ -604,13 +609,27 @@ class ProcessBackend(QueueingBackend):
                 self._drop_held_locked(worker, handle)
                 return
             if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
-                if not worker.killing:
-                    worker.stop_for = (handle, worker.stop_reason)
-                worker.killing = True
-                worker.stop_reason = "timed out" if handle._state == TIMED_OUT else "cancelled"
-            else:  # ask it to stop at its next check_cancelled(), or never to start; forced, if it started since
-                self._control.append((worker, ("cancel", handle._id, handle._value, force)))
+                self._kill_for_locked(worker, handle, "timed out" if handle._state == TIMED_OUT else "cancelled")
+            else:  # ask it to stop at its next check_cancelled(), or never to start
+                self._control.append((worker, ("cancel", handle._id, handle._value)))
+                if force:  # it may start before the worker reads that
+                    worker.forced.append(handle)
         self._wake()
+
+    def _kill_for_locked(self, worker: _Worker, handle: AsyncHandle[Any], reason: str) -> None:
+        """Kill ``worker`` for ``handle``, which it runs or starts next; ``reason`` is counted as its restart's.
+
+        Already being killed for a task that has ended since (it was spared,
+        or is about to be), it is killed for this one now: folded into that
+        kill, a forced cancel of the task after it was called off with it.
+        """
+        if not worker.killing:
+            worker.stop_for = (handle, worker.stop_reason)
+        elif worker.stop_for is not None and worker.stop_for[0] is not handle:
+            worker.stop_for = (handle, worker.stop_for[1])
+            worker.kill_at = None  # signalled again, for this one
+        worker.killing = True
+        worker.stop_reason = reason
 
     def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
         """Kill the worker still running ``handle``, a task of a map or a batch stopped as a whole.
@@ -621,7 +640,9 @@ class ProcessBackend(QueueingBackend):
         """
         with self._lock:
             worker = next((w for w in self._workers if handle in w.outstanding and _runs(w, handle)), None)
-            if worker is None or (worker.held is not None and handle in worker.held[0]) or worker.killing:
+            if worker is None or (worker.held is not None and handle in worker.held[0]):
+                return
+            if worker.killing and (worker.stop_for is None or worker.stop_for[0] is handle):
                 return
             worker.stop_task = handle  # the loop marks it for killing if it still runs the task (_kill_marked)
         self._wake()
@@ -1475,9 +1496,6 @@ class ProcessBackend(QueueingBackend):
                 worker.undelivered.append(functools.partial(self._write_output, worker, message[1], message[2], task_id))
             elif kind == "started":
                 self._started(worker, message[1])
-            elif kind == "stopping":  # a forced cancel found its task started: the worker ends itself
-                with self._lock:
-                    worker.killing, worker.stop_for, worker.stop_reason = True, None, "cancelled"
             elif kind == "ready":
                 if worker.process.pid is None:  # forked: the template's report may come later
                     worker.process.pid = message[1]
@@ -1882,11 +1900,14 @@ class ProcessBackend(QueueingBackend):
                 with self._lock:
                     # Unless the stopped task ended by itself and its worker started one sent behind
                     # it, its result not read yet: a kill would end that task instead. (Killed
-                    # already for another reason, a timeout say, it is killed as that asked.)
-                    if not worker.killing and worker.journal.started() == worker.stop_task._id:
-                        worker.stop_for = (worker.stop_task, worker.stop_reason)
-                        worker.killing, worker.stop_reason = True, "stopped"
+                    # already whatever it runs, it is killed as that asked.)
+                    if worker.journal.started() == worker.stop_task._id and (
+                        not worker.killing or worker.stop_for is not None
+                    ):
+                        self._kill_for_locked(worker, worker.stop_task, "stopped")
                     worker.stop_task = None
+            if worker.forced:
+                self._kill_forced(worker)
             if not worker.killing:
                 continue
             if worker.kill_at is None:
@@ -1895,18 +1916,24 @@ class ProcessBackend(QueueingBackend):
                     if task is not None and not (task in worker.outstanding and _runs(worker, task)):
                         self._spare_locked(worker)  # its task ended: the worker runs on
                         continue
+                    if task is not None and worker.journal.started() != task._id:
+                        worker.stop_for = task = None  # it starts that task next: killed whatever it runs
                     worker.journal.stop_for(0 if task is None else task._id)
                 if not _signalled(worker.process, kill=False):
                     _end_writing(worker)  # for good: it ends whatever it runs
                     worker.stop_for = None
                 worker.kill_at = now + _TERMINATE_GRACE
-            elif now >= worker.kill_at and worker.process.poll() is None:
+            elif worker.process.poll() is None:
                 if worker.stop_for is not None:
                     with self._lock:
                         task_id = worker.stop_for[0]._id
+                        # It declined the signal, or started another task (its handler may not have
+                        # run yet, a C call holding the GIL, or a task's own handler had it).
                         if worker.journal.declined(task_id) or worker.journal.started() != task_id:
                             self._spare_locked(worker)  # the task ended as the signal came: the worker runs on
                             continue
+                if now < worker.kill_at:
+                    continue
                 if not _signalled(worker.process, kill=True) or _not_forked(worker.process):
                     # Not ours to stop, and deaf to its end of file (a C call that holds the
                     # GIL): it ends when the call returns, and a new worker takes its place now.
@@ -1914,6 +1941,22 @@ class ProcessBackend(QueueingBackend):
                     # once it forked it: asked again at every look, the loop spun, and blocked
                     # once the template's socket was full.
                     self._worker_died(worker, stoppable=False)
+
+    def _kill_forced(self, worker: _Worker) -> None:
+        """Kill ``worker`` for a task sent ahead and force-cancelled before it started, if it started since.
+
+        The plain cancel sent for it stops it before it starts only if the
+        worker reads it first: started meanwhile, it ran on to its end.
+        Looked at every ``_FORCED_POLL`` seconds until it ended or was dropped.
+        """
+        with self._lock:
+            worker.forced = [handle for handle in worker.forced if handle in worker.outstanding]
+            started = worker.journal.started()
+            for handle in worker.forced:
+                if handle._id == started:
+                    worker.forced.remove(handle)
+                    self._kill_for_locked(worker, handle, "cancelled")
+                    break
 
     def _spare_locked(self, worker: _Worker) -> None:
         """Call off the kill of ``worker``: the task it was for (``stop_for``) ended as the pool decided on it.
@@ -1946,6 +1989,8 @@ class ProcessBackend(QueueingBackend):
             elif w.delivering and not w.exited and not isinstance(w.process, ForkedProcess):
                 # Its pipe unwatched, nothing tells of its end (a forked one's, its template does).
                 deadlines.append(now + _EXIT_POLL)
+            if w.forced or (w.kill_at is not None and w.stop_for is not None):  # (a task starts, a signal declined)
+                deadlines.append(now + _FORCED_POLL)
         if self._left_to_end:
             deadlines.append(now + _TERMINATE_GRACE)
         if self._start_refused_at is not None:

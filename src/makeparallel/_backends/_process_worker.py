@@ -23,7 +23,7 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            its recursion limit, int digits, warning
                                                            filters (_interpreter_settings)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
-                       ("cancel", task_id, error, force)   force: the worker ends if it runs the task
+                       ("cancel", task_id, error)
                        ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
                                                            stream failed so
                        ("stop",)                           finish the tasks sent, then exit
@@ -37,7 +37,6 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            (_worker_logging)
                        ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
-                       ("stopping", task_id)               a forced cancel came as the task started: ending
 
 A map chunk also writes each item's result to the worker's crash journal,
 shared memory the parent reads if this process dies (``_crash_journal``).
@@ -84,7 +83,6 @@ __all__ = ["main"]
 
 _STOP = ("stop", None)  # in the inbox: the parent is gone, or asked this worker to end
 _WATCH_AFTER = 0.02  # seconds a task runs before the reader thread watches the pipe
-_FLUSH_GRACE = 1.0  # seconds a worker stopping itself (a forced cancel) has to send its output
 
 
 class _RemoteTask:
@@ -411,7 +409,7 @@ class _Worker:
             ]
             self._post(tasks)
         elif kind == "cancel":
-            self._cancel(*message[1:])
+            self._cancel(message[1], message[2])
         elif kind == "output_failed":
             _, task_id, stream, code, text = message
             current = self._current
@@ -441,14 +439,11 @@ class _Worker:
         with self._mail_lock:
             self._inbox.appendleft(_STOP)
 
-    def _cancel(self, task_id: int, error: BaseException, force: bool) -> None:
+    def _cancel(self, task_id: int, error: BaseException) -> None:
         """Stop task ``task_id``: the running one at its next check, any other before it starts.
 
         A task that already ended is left alone. One not seen yet is stopped when
         it comes: the parent may send its cancel first, from another thread.
-        With ``force`` (``cancel(force=True)`` of a task sent behind another,
-        which has started since), this worker ends at once, as the parent ends
-        the worker of a task it knows to run: it ran on to the task's end.
         """
         with self._mail_lock:
             current = self._current
@@ -456,15 +451,6 @@ class _Worker:
                 if task_id not in self._ended:
                     self._cancelled[task_id] = error
                 return
-        if force:  # (on the reader thread, which may not set a signal handler: killed, not terminated)
-            # Killed within a second whatever happens, as the parent kills a worker a second after
-            # its SIGTERM: the output may wait for a stream the parent cannot write to.
-            deadline = threading.Timer(_FLUSH_GRACE, os.kill, (self._pid, signal.SIGKILL))
-            deadline.daemon = True
-            deadline.start()
-            self._flush_output()
-            self.send(("stopping", task_id))
-            os.kill(self._pid, signal.SIGKILL)
         current._stop_error = error
         current._state = CANCELLED
         if current.on_stop is not None:
@@ -805,8 +791,11 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
     which): the signal, sent as the task ended, would have ended the one
     after it, which then failed as crashed.
     """
-    target, current = worker.journal.stopping(), worker._current
-    if target > 0 and target in worker._ended and (current is None or current._id != target):
+    target, current, ended = worker.journal.stopping(), worker._current, worker._ended
+    # One of the last two tasks to end (a skipped one may have ended since): an older one's is
+    # the parent's of long ago, which the task's own handler took, and this one someone else's.
+    last = (ended[-1], ended[-2]) if len(ended) > 1 else tuple(ended)
+    if target > 0 and target in last and (current is None or current._id != target):
         worker.journal.decline(target)
         return
     try:
