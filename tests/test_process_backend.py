@@ -496,6 +496,38 @@ def test_a_workers_sigterm_is_declined_only_for_a_task_that_has_just_ended(
         theirs.close()
 
 
+def test_a_sigterm_whose_kill_the_pool_called_off_is_declined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Handled late (the signal on its way through a busy template), it ended the task
+    # the worker ran by then; the next SIGTERM, someone else's, is obeyed.
+    import socket
+
+    from makeparallel._backends import _process_worker
+    from makeparallel._backends._channel import Channel
+    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._process_worker import _RemoteTask, _Worker
+
+    ours, theirs = socket.socketpair()
+    fd = create_journal()
+    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
+    os.close(fd)
+    ended_by: list[int] = []
+    monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: ended_by.append(signum))
+    monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
+    try:
+        worker._ended.extend([1, 2, 3])
+        worker._current = _RemoteTask(9, "task", worker)
+        journal.stop_for(3)
+        journal.call_off(3)
+        _process_worker._terminated(worker, 15, None)
+        assert ended_by == []
+        _process_worker._terminated(worker, 15, None)
+        assert ended_by == [15]
+    finally:
+        journal.close()
+        ours.close()
+        theirs.close()
+
+
 def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -> None:
     # Short tasks travel in windows: the worker holds the next ones in its inbox
     # while one runs, and reads the pipe only when it runs out of them. A cancel

@@ -401,8 +401,9 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
             assert stream.writing.wait(30)
             pids = mp.get_process_pool_info()["worker_pids"]
             assert wait_until(lambda: not all(os.path.exists(f"/proc/{pid}") for pid in pids), 30)  # exited, reaped
+            [crashed] = [pid for pid in pids if not os.path.exists(f"/proc/{pid}")]
             for _ in range(2):  # the pool looks again meanwhile
-                assert on_process(os.getpid)().get(timeout=30) in pids
+                assert on_process(os.getpid)().get(timeout=30) not in (crashed, os.getpid())
             assert not crashing.done()
             stream.release.set()
             with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
@@ -441,6 +442,108 @@ def test_a_worker_that_crashes_as_its_output_is_written_is_replaced_at_once(
         stream.release.set()
         if not template:
             fresh_process_pool(1)  # the next tests' workers are forked again
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("ending", ["crashed", "recycled"])
+def test_workers_that_end_as_their_output_is_written_are_each_replaced(ending: str) -> None:
+    # Each still counted as a recycled worker finishing its tasks: a pool of one started
+    # one replacement, and no task ran once that one had ended too.
+    mp.configure_process_pool(1, max_tasks_per_child=1 if ending == "recycled" else None)
+    task = on_process(print_then_crash if ending == "crashed" else print_a_line)
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            ended = [task(), task()]  # the second on the first one's replacement
+            assert wait_until(lambda: all_exited(ended), 30)
+            assert on_process(os.getpid)().get(timeout=30) in mp.get_process_pool_info()["worker_pids"]
+            stream.release.set()
+            for handle in ended:
+                if ending == "crashed":
+                    with pytest.raises(mp.WorkerCrashedError):
+                        handle.get(timeout=30)
+                else:
+                    assert handle.get(timeout=30) != os.getpid()
+        assert stream.getvalue() == "a line\n" * 2
+    finally:
+        stream.release.set()
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
+def all_exited(handles: list[mp.AsyncHandle[Any]]) -> bool:
+    """Whether the worker of each of ``handles`` has ended while its output waits to be written."""
+    backend = handles[0]._backend
+    with backend._lock:
+        return sum(1 for w in backend._workers if w.exited) == len(handles)
+
+
+def print_then_crash_at(flags: Flags, name: str) -> None:
+    print("a line")
+    sys.stdout.flush()
+    assert flags.wait_for_release(name)
+    os._exit(3)
+
+
+@pytest.mark.timeout(60)
+def test_tasks_sent_ahead_to_a_worker_that_crashes_as_its_output_is_written_run_at_once(tmp_path: Path) -> None:
+    # They waited with the dead worker until the stream was read, while tasks submitted
+    # after them ran; and a forced cancel of its task had the pool kill it again,
+    # counted as cancelled, its loop spinning meanwhile.
+    mp.configure_process_pool(1)
+    send_tasks_ahead()
+    flags = Flags(str(tmp_path))
+    restarts = collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"])
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            crashing = on_process(print_then_crash_at)(flags, "crash")
+            behind = [on_process(abs)(-i) for i in range(4)]
+            backend = crashing._backend
+            assert stream.writing.wait(30)  # it runs
+            worker = next(w for w in backend._workers if crashing in w.outstanding)
+            assert wait_until(lambda: sum(h in worker.outstanding for h in behind) >= 2, 30)  # sent ahead
+            pid = worker.process.pid
+            flags.set("crash")
+            assert [h.get(timeout=30) for h in behind] == [0, 1, 2, 3]  # on its replacement
+            assert pid not in mp.get_process_pool_info()["worker_pids"]
+            assert crashing.cancel(force=True) and not worker.killing
+            stream.release.set()
+        assert wait_until(lambda: worker not in backend._workers, 30)
+        after = mp.get_process_pool_info()["worker_restart_reasons"]
+        assert (after.get("crashed", 0), after.get("cancelled", 0)) == (restarts["crashed"] + 1, restarts["cancelled"])
+        assert stream.getvalue() == "a line\n"
+    finally:
+        stream.release.set()
+        flags.set("teardown")
+
+
+def print_then_exit_once(folder: str) -> None:
+    """An initializer: the first worker's prints a line, then ends its process."""
+    marker = os.path.join(folder, "first")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        print("starting")
+        sys.stdout.flush()
+        os._exit(3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("prestart", [False, True])
+def test_a_task_held_for_a_worker_that_ends_as_its_initializer_output_is_written_runs_on_another(
+    tmp_path: Path, prestart: bool
+) -> None:
+    # Held for the dead worker, it waited for the stream: no replacement started, or
+    # one started and stayed idle.
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            mp.configure_process_pool(1, initializer=print_then_exit_once, initargs=(str(tmp_path),), prestart=prestart)
+            assert on_process(os.getpid)().get(timeout=30) != os.getpid()
+            stream.release.set()
+            assert wait_until(lambda: stream.getvalue() == "starting\n", 30)  # written once the stream is read
+    finally:
+        stream.release.set()
+        mp.configure_process_pool(initializer=None)
 
 
 @pytest.mark.timeout(60)

@@ -93,6 +93,7 @@ _MARKER = 3  # slot of the marker: what a record holds until it is written
 _CANCELS = 4  # slot of the count of cancels the parent sent the worker
 _RAN = 5  # slot of how many of the chunk's items started: a death with fewer results journaled is the next one's
 _STOP_FOR = 6  # slot of the task a SIGTERM stops (0: whatever runs); the negative of that task once the worker declined it
+_CALLED_OFF = -(1 << 62)  # in that slot: the parent called its kill off before the worker's handler ran
 _KINDS = 8 * 7  # byte offset of the kind bytes
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
@@ -169,13 +170,24 @@ class JournalWriter:
         """How many cancels the parent has sent this worker: when the count moves, one waits on the pipe."""
         return self._slots[_CANCELS]
 
-    def stopping(self) -> int:
-        """The task a ``SIGTERM`` from the parent is for (0: whatever this worker runs)."""
-        return self._slots[_STOP_FOR]
+    def declines(self, running: int | None, ended: Iterable[int]) -> bool:
+        """Whether this worker declines the ``SIGTERM`` it got, running task ``running`` (None: none); say so if it does.
 
-    def decline(self, task_id: int) -> None:
-        """Say that this worker declined a ``SIGTERM`` for task ``task_id``, which had ended: the parent kills it not either."""
-        self._slots[_STOP_FOR] = -task_id
+        It does if the parent sent it for a task other than ``running`` that
+        is one of ``ended`` (the last tasks to end here), or called that kill
+        off since (the task ended, or another started, before this handler
+        ran): the signal would end the task after it. Said here, the parent
+        calls off the ``SIGKILL`` a second later too. Any other ``SIGTERM``
+        (whatever runs, or someone else's) ends the worker.
+        """
+        target = self._slots[_STOP_FOR]
+        if target == _CALLED_OFF:
+            self._slots[_STOP_FOR] = 0  # this signal's: the next one is obeyed
+            return True
+        if target > 0 and target != running and target in ended:
+            self._slots[_STOP_FOR] = -target
+            return True
+        return False
 
     def begin(self, task_id: int, first: int) -> None:
         """Journal task ``task_id``'s chunk's items from index ``first`` on, from an empty journal.
@@ -457,6 +469,19 @@ class JournalReader:
         slots = memoryview(self._map).cast("q")
         try:
             return slots[_STOP_FOR] == -task_id
+        finally:
+            slots.release()
+
+    def call_off(self, task_id: int) -> None:
+        """Have the worker decline the ``SIGTERM`` sent for task ``task_id`` if its handler has not run yet.
+
+        The kill was called off (the task ended, or the worker started
+        another): handled late, the signal would end whatever runs then.
+        """
+        slots = memoryview(self._map).cast("q")
+        try:
+            if slots[_STOP_FOR] == task_id:
+                slots[_STOP_FOR] = _CALLED_OFF
         finally:
             slots.release()
 

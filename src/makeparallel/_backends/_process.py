@@ -415,7 +415,7 @@ class ProcessBackend(QueueingBackend):
             return {
                 "backend": self.name,
                 "num_workers": self._num_workers,
-                "live_workers": len(self._workers) + self._dying,
+                "live_workers": sum(1 for w in self._workers if not w.exited) + self._dying,
                 "ready_workers": sum(
                     1 for w in self._workers if w.ready and not (w.leaving or w.killing or w in self._surplus)
                 ),
@@ -429,7 +429,8 @@ class ProcessBackend(QueueingBackend):
                 "restart_window_s": RESTART_WINDOW,
                 "loop_deaths": self._loop_deaths,
                 "paused": self._paused,
-                "worker_pids": [w.process.pid for w in self._workers if w.process.pid is not None],  # forked yet
+                # Forked yet, and not ended (its pid may be another process's by now).
+                "worker_pids": [w.process.pid for w in self._workers if w.process.pid is not None and not w.exited],
                 "max_tasks_per_child": self._max_tasks_per_child,
                 "max_worker_memory": self._max_worker_memory,
                 "initializer": self._setup.name or None,
@@ -608,6 +609,8 @@ class ProcessBackend(QueueingBackend):
             if worker.held is not None and handle in worker.held[0]:  # never sent: it leaves them now
                 self._drop_held_locked(worker, handle)
                 return
+            if worker.exited:  # ended already: nothing to stop (it is read to its end as it is)
+                return
             if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
                 self._kill_for_locked(worker, handle, "timed out" if handle._state == TIMED_OUT else "cancelled")
             else:  # ask it to stop at its next check_cancelled(), or never to start
@@ -640,7 +643,7 @@ class ProcessBackend(QueueingBackend):
         """
         with self._lock:
             worker = next((w for w in self._workers if handle in w.outstanding and _runs(w, handle)), None)
-            if worker is None or (worker.held is not None and handle in worker.held[0]):
+            if worker is None or worker.exited or (worker.held is not None and handle in worker.held[0]):
                 return
             if worker.killing and (worker.stop_for is None or worker.stop_for[0] is handle):
                 return
@@ -911,7 +914,7 @@ class ProcessBackend(QueueingBackend):
             # their tasks, then exit: one may overlap its replacement, the others' wait.
             # Else with max_tasks_per_child=1 each task sent started a worker: 31 at once
             # for 30 queued tasks. A new set-up replaces every worker at once.
-            recycled = sum(1 for w in self._workers if w.leaving and not w.retiring)
+            recycled = sum(1 for w in self._workers if w.leaving and not (w.retiring or w.exited))
             # Tasks held for a worker still starting wait for a worker too: with the pool one short
             # (its ready worker died, or was recycled) they waited out that worker's initializer.
             wanted = (self._queued or self._holding or self._warm or self._task_coming) and self._broken is None
@@ -1374,7 +1377,26 @@ class ProcessBackend(QueueingBackend):
                 continue
             with self._lock:
                 worker.exited = worker.leaving = True
+                self._requeue_held_locked(worker)
+                self._requeue_not_started_locked(worker)
             self._wake()  # the next look starts its replacement
+
+    def _requeue_not_started_locked(self, worker: _Worker) -> None:
+        """Put the tasks sent to ``worker``, ended, that it never started back in the queue: they run on another.
+
+        Those after the last task it started, as its crash journal says (all,
+        if that one is none of them). Left with it, they waited for the stream
+        its output waits for, while tasks submitted after them ran.
+        """
+        started = worker.journal.started()
+        outstanding = list(worker.outstanding)
+        ran = next((i for i, handle in enumerate(outstanding) if handle._id == started), -1)
+        for handle in reversed(outstanding[ran + 1 :]):
+            worker.outstanding.remove(handle)
+            if handle._state == RUNNING:
+                self._requeue_locked(handle)
+            else:  # cancelled before it started: its code never ran
+                handle._code_returned()
 
     def _read_what_is_left(self, worker: _Worker) -> None:
         """Read, without waiting, what ``worker`` (ended, its output being delivered) sent: results settle, lines go behind.
@@ -1878,7 +1900,7 @@ class ProcessBackend(QueueingBackend):
         """
         now = time.monotonic()
         for worker in self._workers:
-            if not _exiting(worker):
+            if worker.exited or not _exiting(worker):
                 continue
             if worker.exit_by is None:
                 worker.exit_by = now + _EXIT_GRACE
@@ -1896,6 +1918,8 @@ class ProcessBackend(QueueingBackend):
     def _kill_marked(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
+            if worker.exited:  # ended already: nothing to kill
+                continue
             if worker.stop_task is not None:
                 with self._lock:
                     # Unless the stopped task ended by itself and its worker started one sent behind
@@ -1926,10 +1950,16 @@ class ProcessBackend(QueueingBackend):
             elif worker.process.poll() is None:
                 if worker.stop_for is not None:
                     with self._lock:
-                        task_id = worker.stop_for[0]._id
-                        # It declined the signal, or started another task (its handler may not have
-                        # run yet, a C call holding the GIL, or a task's own handler had it).
-                        if worker.journal.declined(task_id) or worker.journal.started() != task_id:
+                        task = worker.stop_for[0]
+                        # It declined the signal; or its task ended, or it started another, and its
+                        # handler has not run yet (the signal on its way, through a busy template; a
+                        # C call holding the GIL; a task's own handler had it).
+                        if (
+                            worker.journal.declined(task._id)
+                            or task not in worker.outstanding
+                            or worker.journal.started() != task._id
+                        ):
+                            worker.journal.call_off(task._id)
                             self._spare_locked(worker)  # the task ended as the signal came: the worker runs on
                             continue
                 if now < worker.kill_at:
@@ -1982,6 +2012,8 @@ class ProcessBackend(QueueingBackend):
         now = time.monotonic()
         deadlines = []
         for w in self._workers:
+            if w.exited:  # nothing is due: it leaves once its output is written
+                continue
             if w.kill_at is not None:
                 deadlines.append(w.kill_at)
             elif w.leaving and _exiting(w):  # (leaving first: the common case asks no more)

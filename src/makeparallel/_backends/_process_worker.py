@@ -791,12 +791,10 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
     which): the signal, sent as the task ended, would have ended the one
     after it, which then failed as crashed.
     """
-    target, current, ended = worker.journal.stopping(), worker._current, worker._ended
+    current, ended = worker._current, worker._ended
     # One of the last two tasks to end (a skipped one may have ended since): an older one's is
     # the parent's of long ago, which the task's own handler took, and this one someone else's.
-    last = (ended[-1], ended[-2]) if len(ended) > 1 else tuple(ended)
-    if target > 0 and target in last and (current is None or current._id != target):
-        worker.journal.decline(target)
+    if worker.journal.declines(None if current is None else current._id, list(ended)[-2:]):
         return
     try:
         worker._flush_output()
