@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,6 +159,25 @@ def test_the_process_backend_retries_too(tmp_path: Any) -> None:
         handle = fn(str(tmp_path / "calls"), 2)
         assert handle.get(timeout=60) == 3
     assert handle.attempts == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_process_attempt_killed_at_its_timeout_before_a_retry_counts_as_timed_out() -> None:
+    # The handle waits for the retry, not timed out, as the pool kills the attempt: the
+    # restart was counted as a cancel.
+    fn = mp.parallel(backend="process", timeout=0.3, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))(time.sleep)
+    before = mp.get_process_pool_info()["worker_restart_reasons"]
+    with no_retry_waits():
+        handle = fn(30)
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+
+    def counted(reason: str) -> int:
+        return mp.get_process_pool_info()["worker_restart_reasons"].get(reason, 0) - before.get(reason, 0)
+
+    assert handle.attempts == 2
+    assert wait_until(lambda: counted("timed out") == 2, 30)  # each counted once its worker is reaped
+    assert counted("cancelled") == 0
 
 
 @pytest.mark.parametrize("backend", ["thread", "sync"])

@@ -612,7 +612,9 @@ class ProcessBackend(QueueingBackend):
             if worker.exited:  # ended already: nothing to stop (it is read to its end as it is)
                 return
             if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
-                self._kill_for_locked(worker, handle, "timed out" if handle._state == TIMED_OUT else "cancelled")
+                # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
+                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT)
+                self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
             else:  # ask it to stop at its next check_cancelled(), or never to start
                 self._control.append((worker, ("cancel", handle._id, handle._value)))
                 if force:  # it may start before the worker reads that
