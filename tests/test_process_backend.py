@@ -473,7 +473,11 @@ def test_a_workers_sigterm_is_declined_only_for_a_task_that_has_just_ended(
 
     from makeparallel._backends import _process_worker
     from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._crash_journal import (
+        JournalReader,
+        JournalWriter,
+        create_journal,
+    )
     from makeparallel._backends._process_worker import _RemoteTask, _Worker
 
     ours, theirs = socket.socketpair()
@@ -503,7 +507,11 @@ def test_a_sigterm_whose_kill_the_pool_called_off_is_declined_once(monkeypatch: 
 
     from makeparallel._backends import _process_worker
     from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._crash_journal import (
+        JournalReader,
+        JournalWriter,
+        create_journal,
+    )
     from makeparallel._backends._process_worker import _RemoteTask, _Worker
 
     ours, theirs = socket.socketpair()
@@ -539,7 +547,11 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -
 
     from makeparallel import _serialization
     from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import JournalReader, JournalWriter, create_journal
+    from makeparallel._backends._crash_journal import (
+        JournalReader,
+        JournalWriter,
+        create_journal,
+    )
     from makeparallel._backends._process_worker import _Worker
 
     ours, theirs = socket.socketpair()

@@ -454,7 +454,7 @@ class JournalReader:
             slots.release()
 
     def stop_for(self, task_id: int) -> None:
-        """Say which task the ``SIGTERM`` about to be sent is for (0: whatever the worker runs): :meth:`JournalWriter.stopping`."""
+        """Say which task the ``SIGTERM`` about to be sent is for (0: whatever the worker runs): :meth:`JournalWriter.declines`."""
         try:
             slots = memoryview(self._map).cast("q")
         except ValueError:  # closed: the worker is gone

@@ -171,10 +171,9 @@ class _Worker:
 
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "exited", "forced", "held",
-        "init_error",
-        "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed", "outstanding",
-        "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round", "stop_for",
-        "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
+        "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed",
+        "outstanding", "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round",
+        "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
     )
 
     def __init__(
@@ -1994,9 +1993,9 @@ class ProcessBackend(QueueingBackend):
         """Call off the kill of ``worker``: the task it was for (``stop_for``) ended as the pool decided on it.
 
         A timeout or a forced cancel as the task returned had its worker killed
-        once it ran the next task sent to it, which the pool then ran again
-        from the start; with a retry, the stopped attempt's result, read late,
-        is dropped (``spared``).
+        once it ran the next task sent to it, which then failed as crashed;
+        with a retry, the stopped attempt's result, read late, is dropped
+        (``spared``).
         """
         assert worker.stop_for is not None
         task, worker.stop_reason = worker.stop_for
@@ -2020,7 +2019,7 @@ class ProcessBackend(QueueingBackend):
                 deadlines.append(w.kill_at)
             elif w.leaving and _exiting(w):  # (leaving first: the common case asks no more)
                 deadlines.append(now if w.exit_by is None else w.exit_by)  # none yet: the next look sets it
-            elif w.delivering and not w.exited and not isinstance(w.process, ForkedProcess):
+            elif w.delivering and not isinstance(w.process, ForkedProcess):
                 # Its pipe unwatched, nothing tells of its end (a forked one's, its template does).
                 deadlines.append(now + _EXIT_POLL)
             if w.forced or (w.kill_at is not None and w.stop_for is not None):  # (a task starts, a signal declined)
