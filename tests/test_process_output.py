@@ -520,6 +520,26 @@ def test_tasks_sent_ahead_to_a_worker_that_crashes_as_its_output_is_written_run_
         flags.set("teardown")
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_that_crashed_as_its_output_was_written_before_a_shutdown_reports_its_crash() -> None:
+    # Its task failed with ShutdownError, "still running when makeparallel shut down",
+    # though the pool knew its worker had ended before.
+    mp.configure_process_pool(1)
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            crashing = on_process(print_then_crash)()
+            assert stream.writing.wait(30) and wait_until(lambda: all_exited([crashing]), 30)
+            assert mp.shutdown(timeout_secs=0.5) is False  # its line still waits
+            stream.release.set()
+            with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+                crashing.get(timeout=30)
+            assert wait_until(lambda: stream.getvalue() == "a line\n", 30)  # (shut down, it did not wait for it)
+    finally:
+        stream.release.set()
+        mp.reset_shutdown()
+
+
 def print_then_exit_once(folder: str) -> None:
     """An initializer: the first worker's prints a line, then ends its process."""
     marker = os.path.join(folder, "first")

@@ -1708,7 +1708,7 @@ class ProcessBackend(QueueingBackend):
             error: Exception
             if terminating and never_started:
                 error = self._not_started_at_shutdown(handle, worker)
-            elif terminating:
+            elif terminating and not worker.exited:  # (one that ended before crashed: it says so)
                 error = ShutdownError(
                     f"task {handle._id} ({handle.name}) was still running when makeparallel "
                     "shut down, and its worker process was stopped"
