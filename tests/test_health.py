@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from typing import Any
@@ -180,3 +183,37 @@ def test_bad_queue_limit_is_rejected(value: Any, error: type[Exception]) -> None
 def test_limits_at_the_edges_are_accepted() -> None:
     assert mp.health(memory_limit_percent=100.0, queue_limit=1)["live"] is True
     assert mp.health(memory_limit_percent=1e-9)["status"] == "degraded"
+
+
+OUT_OF_DESCRIPTORS = textwrap.dedent(
+    """
+    import json, os, resource
+    import makeparallel as mp
+
+    mp.health()  # a service checks its health from its start
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    report = mp.health()
+    for fd in held:
+        os.close(fd)
+    print(json.dumps([report["status"], report["memory_percent"], report["reasons"]]))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_program_out_of_file_descriptors_gets_a_report_not_an_error() -> None:
+    # psutil could not open /proc/meminfo: health() raised OSError, and a health
+    # endpoint answered 500 with a traceback where it should say what is wrong.
+    import json
+
+    out = subprocess.run([sys.executable, "-c", OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=50, check=False)
+    assert out.returncode == 0, out.stderr
+    status, memory_percent, reasons = json.loads(out.stdout)
+    assert (status, memory_percent) == ("degraded", None)
+    assert len(reasons) == 1 and "memory use cannot be read" in reasons[0] and "Too many open files" in reasons[0]

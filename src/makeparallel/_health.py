@@ -42,7 +42,10 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
 
     Returns:
         ``{"status", "live", "ready", "reasons", "pools", "memory_percent"}``;
-        ``reasons`` is a list of sentences, empty when all is well.
+        ``reasons`` is a list of sentences, empty when all is well;
+        ``memory_percent`` is ``None`` where the system refused to tell
+        (a program out of file descriptors cannot read ``/proc/meminfo``):
+        the status is then degraded, with the system's error as its reason.
     """
     if isinstance(memory_limit_percent, bool) or not isinstance(memory_limit_percent, (int, float)):
         raise TypeError(f"memory_limit_percent must be a number, got {memory_limit_percent!r}")
@@ -67,8 +70,12 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
                 "calls through it are refused"
             )
     reasons += _memory_guard_reasons()
-    memory_percent = _memory_percent()
-    if memory_percent >= memory_limit_percent:
+    try:
+        memory_percent: float | None = _memory_percent()
+    except OSError as error:  # a health check that raises says nothing of what is wrong
+        memory_percent = None
+        reasons.append(f"memory use cannot be read: {type(error).__name__}: {error}")
+    if memory_percent is not None and memory_percent >= memory_limit_percent:
         reasons.append(f"memory is {memory_percent:.0f}% used (limit {memory_limit_percent:g}%)")
     status = DEGRADED if reasons else OK
     refusing = [
