@@ -421,36 +421,69 @@ def test_check_cancelled_in_a_worker_raises_after_cancel(flags: Flags, one_worke
     assert mp.get_process_pool_info()["worker_restarts"] == restarts
 
 
-def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
-    # A cancel can cross its task's result on the pipe, or come before the task
-    # (the parent sends them from different threads): the first is dropped, the
-    # second stops the task when it comes. Driven in this process, deterministically.
-    import pickle
+@pytest.fixture
+def worker_here() -> Iterator[tuple[Any, Any, Any]]:
+    """A worker process's state (``_process_worker._Worker``) to drive in this process, deterministically.
+
+    Yields it, the parent's end of its pipe, and the parent's reader of its crash journal.
+    """
     import socket
 
-    from makeparallel import _serialization
     from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import JournalWriter, create_journal
+    from makeparallel._backends._crash_journal import (
+        JournalReader,
+        JournalWriter,
+        create_journal,
+    )
     from makeparallel._backends._process_worker import _Worker
 
     ours, theirs = socket.socketpair()
     fd = create_journal()
-    worker = _Worker(Channel(theirs), JournalWriter(fd))
+    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
     os.close(fd)
-    call = (_serialization.dumps_function(abs), pickle.dumps(((-1,), {})), [], False)
     try:
-        ran, _ = worker._run(1, "abs", *call)
-        assert ran[:2] == (1, True)
-        worker._cancel(1, mp.TaskCancelledError("late"))
-        assert worker._cancelled == {}
-        worker._cancel(2, mp.TaskCancelledError("early"))
-        skipped, _ = worker._run(2, "abs", *call)
-        assert skipped == (2, False, b"", [], 0.0)  # never ran
-        worker._cancel(2, mp.TaskCancelledError("again"))
-        assert worker._cancelled == {}
+        yield worker, ours, journal
     finally:
+        journal.close()
         ours.close()
         theirs.close()
+
+
+@pytest.fixture
+def signals_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The signals the worker's code sends (pid, signal number), recorded instead; its handlers left as they are."""
+    from makeparallel._backends import _process_worker
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
+    return sent
+
+
+def abs_call() -> tuple[bytes, bytes, list[Any], bool]:
+    """A task's function, call, buffers and timed flag, as the worker gets them: ``abs(-1)``."""
+    import pickle
+
+    from makeparallel import _serialization
+
+    return (_serialization.dumps_function(abs), pickle.dumps(((-1,), {})), [], False)
+
+
+def test_a_worker_keeps_no_cancel_of_a_task_that_ended(worker_here: tuple[Any, Any, Any]) -> None:
+    # A cancel can cross its task's result on the pipe, or come before the task
+    # (the parent sends them from different threads): the first is dropped, the
+    # second stops the task when it comes. Driven in this process, deterministically.
+    worker, _, _ = worker_here
+    call = abs_call()
+    ran, _ = worker._run(1, "abs", *call)
+    assert ran[:2] == (1, True)
+    worker._cancel(1, mp.TaskCancelledError("late"))
+    assert worker._cancelled == {}
+    worker._cancel(2, mp.TaskCancelledError("early"))
+    skipped, _ = worker._run(2, "abs", *call)
+    assert skipped == (2, False, b"", [], 0.0)  # never ran
+    worker._cancel(2, mp.TaskCancelledError("again"))
+    assert worker._cancelled == {}
 
 
 @pytest.mark.parametrize(
@@ -465,117 +498,65 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended() -> None:
     ],
 )
 def test_a_workers_sigterm_is_declined_only_for_a_task_that_has_just_ended(
-    ended: list[int], current: int | None, declined: bool, monkeypatch: pytest.MonkeyPatch
+    ended: list[int],
+    current: int | None,
+    declined: bool,
+    worker_here: tuple[Any, Any, Any],
+    signals_sent: list[tuple[int, int]],
 ) -> None:
     # The parent decided to stop task 7 as it returned: the signal ended the next task.
     # And an old target left in the journal had an external SIGTERM ignored.
-    import socket
+    from makeparallel._backends._process_worker import _RemoteTask, _terminated
 
-    from makeparallel._backends import _process_worker
-    from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import (
-        JournalReader,
-        JournalWriter,
-        create_journal,
-    )
-    from makeparallel._backends._process_worker import _RemoteTask, _Worker
-
-    ours, theirs = socket.socketpair()
-    fd = create_journal()
-    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
-    os.close(fd)
-    ended_by: list[tuple[int, int]] = []
-    monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: ended_by.append((pid, signum)))
-    monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
-    try:
-        worker._ended.extend(ended)
-        worker._current = None if current is None else _RemoteTask(current, "task", worker)
-        journal.stop_for(7)
-        _process_worker._terminated(worker, 15, None)
-        assert journal.declined(7) is declined
-        assert ended_by == ([] if declined else [(os.getpid(), 15)])
-    finally:
-        journal.close()
-        ours.close()
-        theirs.close()
+    worker, _, journal = worker_here
+    worker._ended.extend(ended)
+    worker._current = None if current is None else _RemoteTask(current, "task", worker)
+    journal.stop_for(7)
+    _terminated(worker, 15, None)
+    assert journal.declined(7) is declined
+    assert signals_sent == ([] if declined else [(os.getpid(), 15)])
 
 
-def test_a_sigterm_whose_kill_the_pool_called_off_is_declined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sigterm_whose_kill_the_pool_called_off_is_declined_once(
+    worker_here: tuple[Any, Any, Any], signals_sent: list[tuple[int, int]]
+) -> None:
     # Handled late (the signal on its way through a busy template), it ended the task
     # the worker ran by then; the next SIGTERM, someone else's, is obeyed.
-    import socket
+    from makeparallel._backends._process_worker import _RemoteTask, _terminated
 
-    from makeparallel._backends import _process_worker
-    from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import (
-        JournalReader,
-        JournalWriter,
-        create_journal,
-    )
-    from makeparallel._backends._process_worker import _RemoteTask, _Worker
-
-    ours, theirs = socket.socketpair()
-    fd = create_journal()
-    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
-    os.close(fd)
-    ended_by: list[int] = []
-    monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: ended_by.append(signum))
-    monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
-    try:
-        worker._ended.extend([1, 2, 3])
-        worker._current = _RemoteTask(9, "task", worker)
-        journal.stop_for(3)
-        journal.call_off(3)
-        _process_worker._terminated(worker, 15, None)
-        assert ended_by == []
-        _process_worker._terminated(worker, 15, None)
-        assert ended_by == [15]
-    finally:
-        journal.close()
-        ours.close()
-        theirs.close()
+    worker, _, journal = worker_here
+    worker._ended.extend([1, 2, 3])
+    worker._current = _RemoteTask(9, "task", worker)
+    journal.stop_for(3)
+    journal.call_off(3)
+    _terminated(worker, 15, None)
+    assert signals_sent == []
+    _terminated(worker, 15, None)
+    assert signals_sent == [(os.getpid(), 15)]
 
 
-def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs() -> None:
+def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs(worker_here: tuple[Any, Any, Any]) -> None:
     # Short tasks travel in windows: the worker holds the next ones in its inbox
     # while one runs, and reads the pipe only when it runs out of them. A cancel
     # that arrived meanwhile for a task in the inbox must be read before that task
     # starts. Driven in this process, deterministically: the main thread's loop
     # (_next, _run), with the parent's messages written to its pipe.
-    import pickle
-    import socket
-
-    from makeparallel import _serialization
     from makeparallel._backends._channel import Channel
-    from makeparallel._backends._crash_journal import (
-        JournalReader,
-        JournalWriter,
-        create_journal,
-    )
-    from makeparallel._backends._process_worker import _Worker
 
-    ours, theirs = socket.socketpair()
-    fd = create_journal()
-    worker, journal = _Worker(Channel(theirs), JournalWriter(fd)), JournalReader(fd)
-    os.close(fd)
-    call = (_serialization.dumps_function(abs), pickle.dumps(((-1,), {})), [], False)
-    try:
-        worker._post([("task", (task_id, "abs", *call)) for task_id in (1, 2, 3)])  # a window of three
-        kind, task = worker._next()
-        assert (kind, task[0]) == ("task", 1)
-        Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran")))
-        journal.cancel_sent()  # as the parent does once it sent one
-        assert worker._run(*task)[0][:2] == (1, True)
-        kind, task = worker._next()
-        assert (kind, task[0]) == ("task", 2)
-        assert worker._run(*task)[0] == (2, False, b"", [], 0.0)  # dropped: it never ran
-        kind, task = worker._next()
-        assert worker._run(*task)[0][:2] == (3, True)
-        assert worker._cancelled == {}
-    finally:
-        journal.close()
-        ours.close()
-        theirs.close()
+    worker, ours, journal = worker_here
+    call = abs_call()
+    worker._post([("task", (task_id, "abs", *call)) for task_id in (1, 2, 3)])  # a window of three
+    kind, task = worker._next()
+    assert (kind, task[0]) == ("task", 1)
+    Channel(ours).send(("cancel", 2, mp.TaskCancelledError("cancelled while task 1 ran")))
+    journal.cancel_sent()  # as the parent does once it sent one
+    assert worker._run(*task)[0][:2] == (1, True)
+    kind, task = worker._next()
+    assert (kind, task[0]) == ("task", 2)
+    assert worker._run(*task)[0] == (2, False, b"", [], 0.0)  # dropped: it never ran
+    kind, task = worker._next()
+    assert worker._run(*task)[0][:2] == (3, True)
+    assert worker._cancelled == {}
 
 
 # -- metadata, callbacks, priorities, limits, metrics ---------------------------------------------

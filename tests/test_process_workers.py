@@ -733,21 +733,31 @@ def held_before_the_kill(worker: Any, then: Callable[[], bool]) -> Callable[[Any
     return wrap
 
 
+def one_running_one_sent_ahead(flags: Flags, running: str, ahead: str) -> tuple[Any, Any, list[Any], Any]:
+    """On a fresh pool of one: ``mark_then_wait`` as ``running``, then as ``ahead``, sent behind it with three short tasks.
+
+    Returns the two tasks, the three behind them, and the worker, once the
+    first runs and the second is sent to it.
+    """
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    first = on_process(mark_then_wait)(flags, running)
+    second = on_process(mark_then_wait)(flags, ahead)
+    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    [worker] = second._backend._workers
+    assert wait_until(lambda: second in worker.outstanding, 30) and flags.wait(running, 30)  # sent ahead, behind it
+    return first, second, behind, worker
+
+
 @pytest.mark.parametrize("ended", ["before the signal is sent", "as the signal comes"])
 def test_a_task_that_ends_as_it_is_force_cancelled_leaves_the_task_after_it_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ended: str
 ) -> None:
     # The pool decided to kill the worker as its task returned: the kill came once the
-    # worker ran the task sent behind it, which the pool then ran again from the start.
-    fresh_process_pool(1)
-    send_tasks_ahead()
+    # worker ran the task sent behind it, which then failed as crashed.
     flags = Flags(str(tmp_path))
-    stopped = on_process(mark_then_wait)(flags, "stopped")
-    after = on_process(mark_then_wait)(flags, "after")
-    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    stopped, after, behind, worker = one_running_one_sent_ahead(flags, "stopped", "after")
     backend = after._backend
-    [worker] = backend._workers
-    assert wait_until(lambda: after in worker.outstanding, 30) and flags.wait("stopped", 30)  # sent ahead, behind it
     wrap = held_before_the_kill(worker, lambda: (flags.set("stopped-go"), flags.wait("after", 30))[1])
     if ended == "before the signal is sent":
         monkeypatch.setattr(type(backend), "_kill_marked", wrap(type(backend)._kill_marked))
@@ -773,15 +783,9 @@ def test_a_forced_cancel_of_the_task_after_one_that_ended_as_it_was_stopped_kill
 ) -> None:
     # Its kill was folded into the one for the task before, which was then called off:
     # the task ran on to its end.
-    fresh_process_pool(1)
-    send_tasks_ahead()
     flags = Flags(str(tmp_path))
-    stopped = on_process(mark_then_wait)(flags, "stopped")
-    after = on_process(mark_then_wait)(flags, "after")
-    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
+    stopped, after, behind, worker = one_running_one_sent_ahead(flags, "stopped", "after")
     backend = after._backend
-    [worker] = backend._workers
-    assert wait_until(lambda: after in worker.outstanding, 30) and flags.wait("stopped", 30)  # sent ahead, behind it
 
     def both_cancelled() -> bool:
         flags.set("stopped-go")
@@ -806,15 +810,8 @@ def test_a_task_sent_ahead_that_starts_as_it_is_force_cancelled_is_stopped(
     # Behind a running task, it was cancelled as a task that never started (asked to
     # stop at its next check_cancelled()), and started before the worker heard of it:
     # it ran on to its end, where cancel(force=True) ends the worker of a task that runs.
-    fresh_process_pool(1)
-    send_tasks_ahead()
     flags = Flags(str(tmp_path))
-    first = on_process(mark_then_wait)(flags, "first")
-    cancelled = on_process(mark_then_wait)(flags, "cancelled")
-    behind = [on_process(abs)(-i) for i in range(3)]  # a queue: the pool sends tasks ahead
-    backend = cancelled._backend
-    [worker] = backend._workers
-    assert wait_until(lambda: cancelled in worker.outstanding, 30) and flags.wait("first", 30)  # sent ahead, behind it
+    first, cancelled, behind, worker = one_running_one_sent_ahead(flags, "first", "cancelled")
     send = _process._send
 
     def started_first(to: Any, message: tuple[Any, ...], *args: Any) -> None:
