@@ -87,7 +87,14 @@ from collections.abc import Callable
 
 from ._inherited import changes_since, departed_since, inherits_standard_stream, take
 from ._socketpair import NO_SIGNAL
-from ._template_start import StartedTemplate, ending_signals, stop_forking, take_started, template_available
+from ._template_start import (
+    StartedTemplate,
+    ending_signals,
+    queued_signals,
+    stop_forking,
+    take_started,
+    template_available,
+)
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -400,6 +407,9 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     stay what a fresh interpreter's would be, a handler in C that a
     ``sitecustomize`` set included (``faulthandler.register``), and its
     workers block only ``program_mask``, the signals the program blocked.
+    The real-time signals, which queue where blocked, it ignores instead,
+    those it has at their default action (``queued_signals``), and its
+    workers take that back.
     """
     from ._parent_death import die_with_parent
 
@@ -413,6 +423,9 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
     # the template inherited the mask: it never heard of a worker's end, and the pool waited for good.
     blocked = set(program_mask)  # for its workers
+    quiet = _at_their_default(queued_signals())  # ignored here, their default again in its workers
+    for signum in quiet:
+        signal.signal(signum, signal.SIG_IGN)  # which drops those sent as it started
     signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *ending_signals()} - {signal.SIGCHLD})
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
@@ -486,13 +499,30 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
                 os.close(wake_r)
                 os.close(wake_w)
                 _become_worker(
-                    *fds, template_pid=template_pid, program_pid=parent_pid, child_signal=child_signal, blocked=blocked
+                    *fds,
+                    template_pid=template_pid,
+                    program_pid=parent_pid,
+                    child_signal=child_signal,
+                    blocked=blocked,
+                    quiet=quiet,
                 )
                 raise SystemExit(0)  # unwinds to the top: the interpreter exits as a fresh one would
             for fd in fds:
                 os.close(fd)
             children[pid] = number
             _report(("forked", number, pid), sock, unsent)
+
+
+def _at_their_default(signals: range) -> list[int]:
+    """Those of ``signals`` that this process neither catches nor ignores, as the kernel says (``/proc/self/status``).
+
+    Not ``signal.getsignal``, which knows only what Python set: a handler a
+    start-up hook set in C (``faulthandler.register``) reads as the default there.
+    """
+    with open("/proc/self/status", "rb") as status:
+        masks = dict(line.split(b":", 1) for line in status if line.startswith((b"SigIgn:", b"SigCgt:")))
+    taken = int(masks[b"SigIgn"], 16) | int(masks[b"SigCgt"], 16)
+    return [signum for signum in signals if not taken >> (signum - 1) & 1]
 
 
 def _preload() -> None:
@@ -549,6 +579,7 @@ def _become_worker(
     program_pid: int,
     child_signal: Any,
     blocked: set[int | signal.Signals],
+    quiet: list[int],
 ) -> None:
     """In the forked child: take on the pool's state of the moment (its first message), then serve as a worker.
 
@@ -561,7 +592,9 @@ def _become_worker(
     a fresh interpreter would have blocked too (``SIGTERM`` aside: the worker's
     main unblocks it, since the pool stops a worker with it).
     ``os.getppid()`` names the program (``program_pid``), a fresh
-    interpreter's parent (:func:`_program_as_parent`).
+    interpreter's parent (:func:`_program_as_parent`). ``quiet``: the
+    real-time signals the template ignores, which take their default action
+    here again.
     """
     import posix  # os's functions, where pickle finds them by name (here, on Linux, it exists)
 
@@ -575,6 +608,8 @@ def _become_worker(
     die_with_parent(template_pid)
     os.getppid = posix.getppid = _program_as_parent(program_pid)
     signal.signal(signal.SIGCHLD, child_signal)
+    for signum in quiet:
+        signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     conn = Channel(_socket.socket(fileno=fd))
     try:

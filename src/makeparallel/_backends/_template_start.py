@@ -35,6 +35,7 @@ __all__ = [
     "StartedTemplate",
     "ending_signals",
     "environment",
+    "queued_signals",
     "start_early",
     "stop_early",
     "stop_forking",
@@ -130,8 +131,8 @@ class StartedTemplate:
             # The template imports from this package's folder and this process's sys.path
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
-            # The template starts with SIGINT and ending_signals() blocked (_template.serve): a Ctrl-C
-            # as it imported printed its traceback. Its workers get the program's own mask, which
+            # The template starts with SIGINT, ending_signals() and queued_signals() blocked
+            # (_template.serve): a Ctrl-C as it imported printed its traceback. Its workers get the program's own mask, which
             # this thread has (it inherited it).
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             masked = ",".join(str(int(signum)) for signum in sorted(mask))
@@ -148,7 +149,7 @@ class StartedTemplate:
                 arguments,
                 environ,
                 file_actions=streams,
-                setsigmask={*mask, signal.SIGINT, *ending_signals()},
+                setsigmask={*mask, signal.SIGINT, *ending_signals(), *queued_signals()},
             )
         except OSError as error:
             self._error = refused_start(error) if error.filename == sys.executable else error
@@ -222,13 +223,30 @@ def ending_signals() -> list[int]:
     """The signals a program, a terminal or ``kill`` may send whose default action ends a process (``signal(7)``).
 
     The template keeps them blocked (``_template.serve``). Not ``SIGINT``,
-    which it ignores, nor the real-time signals, which queue: blocked, each
-    one sent would hold a place in the user's quota of pending signals
-    (``RLIMIT_SIGPENDING``) for as long as the template lives.
+    which it ignores, nor the real-time signals (:func:`queued_signals`).
+    Those whose default dumps core are blocked too (``kill -ABRT -PGID``
+    killed the template, and every worker with it): a fault of the template's
+    own still ends it, since the kernel unblocks a signal it raises for one,
+    and ``abort()`` unblocks ``SIGABRT``.
     """
     names = ["SIGHUP", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM", "SIGPROF"]
+    names += ["SIGABRT", "SIGBUS", "SIGFPE", "SIGILL", "SIGSEGV", "SIGSYS", "SIGTRAP", "SIGXCPU", "SIGXFSZ"]
     names += ["SIGIO", "SIGPWR", "SIGSTKFLT"]  # Linux's, where the template runs
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+
+def queued_signals() -> range:
+    """The real-time signals, ``SIGRTMIN`` to ``SIGRTMAX``, which end a process by default too.
+
+    They queue: blocked, each one sent would hold a place in the user's quota
+    of pending signals (``RLIMIT_SIGPENDING``) for as long as the template
+    lives. So the template starts with them blocked, then ignores those it
+    has at their default action, which drops what came meanwhile, and
+    unblocks them (``_template.serve``); its workers take the default back.
+    """
+    if not hasattr(signal, "SIGRTMIN"):  # pragma: no cover - every Linux has them
+        return range(0)
+    return range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
 
 
 def _environment_for_a_new_program(arguments: list[str], variables: dict[str, str]) -> dict[str, str]:
