@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
 
 from pool_helpers import wait_until
-from test_process_faults import gone, run_script
+from test_process_faults import SRC, gone, run_script
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork") or not os.uname().sysname == "Linux", reason="parent-death signal: Linux"),
@@ -139,3 +142,52 @@ def test_a_worker_whose_initializer_dropped_privileges_dies_with_its_killed_pare
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# Only in the template: its import of the module that forks the workers waits
+# until the test lets it go, as a slow start-up would.
+HOLD_THE_TEMPLATE = """
+import os, sys, time
+
+if os.environ.get("_MAKEPARALLEL_TEMPLATE"):
+    folder = os.environ["HOLD_FOLDER"]
+
+    class HoldTheTemplate:
+        def find_spec(self, name, path=None, target=None):
+            if name == "makeparallel._backends._template":
+                with open(os.path.join(folder, "pid.part"), "w") as file:
+                    file.write(str(os.getpid()))
+                os.rename(os.path.join(folder, "pid.part"), os.path.join(folder, "template_pid"))
+                while not os.path.exists(os.path.join(folder, "release")):
+                    time.sleep(0.01)
+            return None
+
+    sys.meta_path.insert(0, HoldTheTemplate())
+"""
+
+
+def test_a_template_still_importing_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    # The template asked for its parent-death signal after its imports: a program killed
+    # meanwhile left it running, re-parented to init, until they were done.
+    (tmp_path / "sitecustomize.py").write_text(HOLD_THE_TEMPLATE)
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), str(SRC), env.get("PYTHONPATH")]))
+    env["HOLD_FOLDER"] = str(tmp_path)
+    script = "import time, makeparallel as mp\nmp.parallel(backend='process')(abs)(-1)\ntime.sleep(50)\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    template = None
+    try:
+        assert wait_until(lambda: (tmp_path / "template_pid").exists(), 30)
+        template = int((tmp_path / "template_pid").read_text())
+        proc.kill()
+        proc.wait(10)
+        assert wait_until(lambda: gone(template), 15)
+    finally:
+        (tmp_path / "release").touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if template is not None and not gone(template):
+            os.kill(template, signal.SIGKILL)
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -401,9 +401,9 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     it too (``kill -TERM -PGID``, ``systemctl kill``, a terminal's hang-up).
     Dead of one, it took its workers with it, and their tasks were reported
     killed by ``SIGKILL``, not by the signal that reached them. (It still dies
-    with the program: ``SIGKILL``, from the parent-death signal.) It keeps
-    them blocked, from its start (a Ctrl-C as it imported printed its
-    traceback), rather than ignore them: the dispositions its workers inherit
+    with the program: ``SIGKILL``, from the parent-death signal its first
+    lines ask for.) It keeps them blocked, from its start (a Ctrl-C as it
+    imported printed its traceback), rather than ignore them: the dispositions its workers inherit
     stay what a fresh interpreter's would be, a handler in C that a
     ``sitecustomize`` set included (``faulthandler.register``), and its
     workers block only ``program_mask``, the signals the program blocked.
@@ -411,9 +411,6 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     those it has at their default action (``queued_signals``), and its
     workers take that back.
     """
-    from ._parent_death import die_with_parent
-
-    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = _socket.socket(fileno=fd)
     wake_r, wake_w = wakeup_pipe()

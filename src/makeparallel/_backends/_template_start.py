@@ -46,11 +46,15 @@ __all__ = [
 # The pool passes only the template's socket: every other descriptor the template
 # inherited is closed first, as subprocess's close_fds would (one listing, where
 # closing every possible number could take a million system calls). The garbage
-# collector is off from the first line: see ``_template.serve``.
+# collector is off from the first line: see ``_template.serve``. It dies with the
+# program before its imports: a program killed as they ran left it running until
+# they were done, re-parented to init.
 _TEMPLATE_MAIN = """\
 import gc, os, sys
 gc.disable()
 sys.path[:0] = sys.argv[4:]
+from makeparallel._backends._parent_death import die_with_parent
+die_with_parent(int(sys.argv[2]))
 fd = int(sys.argv[1])
 for name in os.listdir("/proc/self/fd"):
     if int(name) > 2 and int(name) != fd:
