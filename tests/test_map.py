@@ -351,11 +351,18 @@ def stop_at_13(x: int) -> int:
     return x
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "process"])
 def test_an_item_that_raises_stop_iteration_fails_alone_instead_of_ending_its_slice(backend: str) -> None:
     # map() took the item's StopIteration for its own end: the slice ended
-    # early, and the chunk ran the item again, and again, for good.
-    for chunksize in (None, 4):
-        with pytest.raises(RuntimeError, match="raised StopIteration") as caught:
+    # early, and the chunk ran the item again, and again, for good. A chunk of
+    # one item (a map of one, on processes any chunk) let it out as itself: the
+    # loop or generator around the map ended early, or it became a generator's
+    # RuntimeError, which named the item only in its cause.
+    with pytest.raises(RuntimeError, match="^the map's function raised StopIteration") as caught:
+        mp.parallel_map(stop_at_13, [13], backend=backend)
+    assert "makeparallel: raised by item 0 (13)" in caught.value.__notes__
+    for chunksize in (None, 1, 4):
+        with pytest.raises(RuntimeError, match="^the map's function raised StopIteration") as caught:
             mp.parallel_map(stop_at_13, range(30), chunksize=chunksize, backend=backend)
         assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
         assert mp.parallel_map(stop_at_13, range(30), chunksize=chunksize, backend=backend, on_error="skip") == [

@@ -78,9 +78,11 @@ from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
     SLICE_SECONDS,
+    STOP_ITERATION,
     after_crash,
     after_unreadable,
     describe_item,
+    item_error,
     item_raised,
     keep_results_before,
     past_budget,
@@ -153,10 +155,13 @@ def _run_chunk(
             task._raise_if_stopped()
         try:
             return [fn(items[0])]
-        except Exception as error:
+        except Exception as raised:
+            error = item_error(raised)
             item_raised(error, start, items[0])
             if not keep_going:
-                raise
+                if error is raised:
+                    raise  # its traceback as it was
+                raise error
             return [_Failure(error)]
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
             raise
@@ -178,7 +183,7 @@ def _run_chunk(
         try:
             results.extend(map(fn, items[position : position + step]))
             if len(results) < min(count, position + step):  # map() ended early: an item raised StopIteration
-                raise RuntimeError(_STOP_ITERATION)
+                raise RuntimeError(STOP_ITERATION)
         except Exception as error:
             item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
@@ -193,11 +198,6 @@ def _run_chunk(
             raise
         position = len(results)
     return results
-
-
-# What an item's StopIteration becomes on threads, where map() takes it for its own end and
-# loses it; a generator does the same with it (PEP 479), and so does a map on processes.
-_STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
 
 
 def _estimated_size(item: Any) -> float:

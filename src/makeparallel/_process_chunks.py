@@ -37,12 +37,14 @@ from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
 __all__ = [
     "SLICE_SECONDS",
+    "STOP_ITERATION",
     "TEMPLATE_DIED",
     "Failure",
     "after_crash",
     "after_unreadable",
     "describe_item",
     "disown_worker_death",
+    "item_error",
     "item_raised",
     "keep_results_before",
     "past_budget",
@@ -99,6 +101,20 @@ def keep_results_before(task: Any, results: list[Any]) -> None:
 def take_results_before(task: Any) -> list[Any]:
     """The results :func:`keep_results_before` kept for chunk ``task`` (none if it kept none), forgotten here."""
     return _stopped_chunks.pop(task, [])
+
+
+# What an item's StopIteration becomes: map() takes it for its own end, and raised out of a map
+# it would end the caller's loop or generator early, as a generator's would (PEP 479).
+STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
+
+
+def item_error(error: Exception) -> Exception:
+    """The error to fail an item with for ``error``, which it raised: itself, or for a ``StopIteration``, a ``RuntimeError`` it caused."""
+    if not isinstance(error, StopIteration):
+        return error
+    replaced = RuntimeError(STOP_ITERATION)
+    replaced.__cause__ = error
+    return replaced
 
 
 def item_raised(error: BaseException, index: int, item: Any) -> None:
@@ -197,13 +213,16 @@ def run_streaming(
                 _send_journaled(task, start + unsent, items, unsent)
                 raise error from None
             after.append(Failure(error))
-        except Exception as error:
+        except Exception as raised:
             failed = unsent + journal.done
-            item_raised(error, start + failed, items[failed])
+            failure = item_error(raised)
+            item_raised(failure, start + failed, items[failed])
             if not keep_going:
                 _send_journaled(task, start + unsent, items, unsent)
-                raise
-            after.append(Failure(error))
+                if failure is raised:
+                    raise  # its traceback as it was
+                raise failure
+            after.append(Failure(failure))
         except KeyboardInterrupt:  # lands anywhere, not in an item only
             raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
