@@ -665,6 +665,30 @@ def test_ctrl_c_while_gather_waits_stops_the_task_running_on_a_worker(tmp_path: 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("items", [[1], [0, 1]], ids=["one item", "two items"])
+def test_ctrl_c_while_a_map_waits_stops_its_item_running_on_a_worker(tmp_path: Path, items: list[int]) -> None:
+    # A map of one item, which runs without the chunks' bookkeeping, only cancelled its task
+    # at Ctrl-C: the item ran on, its worker busy for good, and as many such maps as the
+    # pool has workers (in a notebook, say) left no worker for the next map.
+    fresh_process_pool(2)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_once_it_spins() -> None:
+        spinning_worker(tmp_path)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    interrupting = threading.Thread(target=interrupt_once_it_spins)
+    interrupting.start()
+    with pytest.raises(KeyboardInterrupt):
+        mp.parallel_map(functools.partial(spin_as_item_one, str(tmp_path)), items, backend="process")
+
+    interrupting.join(30)
+    assert wait_until(lambda: gone(spinning_worker(tmp_path)), 15)
+    assert mp.parallel_map(abs, [-1, -2], backend="process") == [1, 2]
+
+
+@pytest.mark.timeout(60)
 def test_an_async_imap_that_raises_stops_its_other_item_still_running_on_a_worker(tmp_path: Path) -> None:
     # async for ended its chunks as a cancelled await does (async_cancel): a plain cancel.
     fresh_process_pool(2)

@@ -794,7 +794,7 @@ def _map_one_item(
         except TaskSerializationError as error:  # its result, or the item's error, could not be unpickled here
             chunk, _ = after_unreadable(error, [item], 0, keep_going)
         except BaseException:  # Ctrl-C, or the item's error: the task must not go on
-            handle.cancel()
+            cancel_and_stop([handle])  # as a longer map's chunks in flight: its worker too, if it runs on
             raise
     return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
 
