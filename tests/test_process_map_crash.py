@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import marshal
 import os
 import pickle
 import threading
@@ -718,6 +719,26 @@ def test_the_journal_keeps_every_result_until_the_chunk_begins_again() -> None:
         assert writer.results() == [-1.5]
         with pytest.raises(ValueError, match="room for 16383"):
             writer.extend(str, [0] * RECORDS)
+    finally:
+        reader.close()
+
+
+def test_none_and_bools_are_their_records_and_read_back_as_they_were() -> None:
+    # Serialized into the data area, each took four times an int's record (a map of a
+    # predicate, or of side effects returning None).
+    fd = create_journal()
+    writer, reader = JournalWriter(fd), JournalReader(fd)
+    os.close(fd)
+    try:
+        values = [None, True, False, 1, 0, "s", None, 2.5, True]
+        writer.begin(7, 0)
+        writer.ran_up_to(len(values))
+        start = writer._map.tell()
+        writer.extend(values.__getitem__, range(len(values)))
+        assert writer._map.tell() - start == len(marshal.dumps("s", 2))  # the one result in the data area
+        results, ran = reader.unsent(7, 0)
+        assert (repr(results), ran) == (repr(values), len(values))  # True, not 1
+        assert repr(writer.results()) == repr(values)
     finally:
         reader.close()
 
