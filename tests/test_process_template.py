@@ -1224,6 +1224,36 @@ def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_t
     assert out == ["1", "True", "True", "False", "2"]
 
 
+def test_a_real_time_signal_the_program_blocks_does_not_queue_in_the_template() -> None:
+    # A program that takes a real-time signal with sigwait blocks it, and the template
+    # inherited the mask: each one sent to the program's process group held a place in the
+    # user's quota of pending signals for as long as the template lived.
+    out = run_fresh(
+        """
+        import os, signal
+        os.setsid()  # a process group of its own, which the signal reaches
+        import psutil
+        import makeparallel as mp
+
+        REAL_TIME = signal.SIGRTMIN + 3
+
+        def pending(pid):
+            with open(f"/proc/{pid}/status") as status:
+                mask = int(next(line for line in status if line.startswith("ShdPnd:")).split()[1], 16)
+            return bool(mask >> (REAL_TIME - 1) & 1)
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {REAL_TIME})
+        mp.configure_process_pool(num_workers=1)
+        on_process = mp.parallel(backend="process")
+        template = psutil.Process(on_process(os.getpid)().get(timeout=30)).ppid()
+        os.killpg(os.getpgrp(), REAL_TIME)
+        print(pending(os.getpid()), pending(template))
+        print(on_process(abs)(-2).get(timeout=30))
+        """
+    )
+    assert out == ["True", "False", "2"]
+
+
 def run_with_template_hook(
     hook: str, script: str, tmp_path: Path, only_where: str = "_MAKEPARALLEL_TEMPLATE"
 ) -> subprocess.CompletedProcess[str]:

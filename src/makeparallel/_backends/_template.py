@@ -423,7 +423,8 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     quiet = _at_their_default(queued_signals())  # ignored here, their default again in its workers
     for signum in quiet:
         signal.signal(signum, signal.SIG_IGN)  # which drops those sent as it started
-    signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *ending_signals()} - {signal.SIGCHLD})
+    # Not blocked here where the program blocks them: a blocked signal queues though ignored.
+    signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *ending_signals()} - {signal.SIGCHLD, *quiet})
     children: dict[int, int] = {}  # pid -> the pool's number for it
     unsent: deque[bytes] = deque()  # reports the pool's socket has no room for yet, oldest first
     template_pid = os.getpid()
@@ -605,9 +606,9 @@ def _become_worker(
     die_with_parent(template_pid)
     os.getppid = posix.getppid = _program_as_parent(program_pid)
     signal.signal(signal.SIGCHLD, child_signal)
-    for signum in quiet:
-        signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    for signum in quiet:  # once blocked where the program blocks them: one sent meanwhile waits, as there
+        signal.signal(signum, signal.SIG_DFL)
     conn = Channel(_socket.socket(fileno=fd))
     try:
         _, environ, changes = conn.recv()
