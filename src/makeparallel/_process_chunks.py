@@ -104,7 +104,8 @@ def take_results_before(task: Any) -> list[Any]:
 
 
 # What an item's StopIteration becomes: map() takes it for its own end, and raised out of a map
-# it would end the caller's loop or generator early, as a generator's would (PEP 479).
+# it would end the caller's loop or generator early, as a generator's would (PEP 479). Caused by
+# it, except in a thread's slice of several items, where map() swallowed it (_map._run_chunk).
 STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
 
 
