@@ -13,6 +13,7 @@ raised, several crashes in one chunk, and no journal left behind.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import marshal
 import os
@@ -739,6 +740,33 @@ def test_none_and_bools_are_their_records_and_read_back_as_they_were() -> None:
         results, ran = reader.unsent(7, 0)
         assert (repr(results), ran) == (repr(values), len(values))  # True, not 1
         assert repr(writer.results()) == repr(values)
+    finally:
+        reader.close()
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+def test_a_tuple_of_scalars_is_marshalled_and_any_other_keeps_its_types() -> None:
+    # A pair of numbers, what cheap maps often return, went through the pickler (0.9 us an
+    # item in the journal's loop, against 0.5 us marshalled). marshal would write a bytearray
+    # as bytes, and a namedtuple as a tuple: those still go through the pickler.
+    fd = create_journal()
+    writer, reader = JournalWriter(fd), JournalReader(fd)
+    os.close(fd)
+    try:
+        scalars = (1, 2.5, float("nan"), -0.0, 2**70, "\udc80", b"b", None, True, 1j)
+        values = [scalars, (), (bytearray(b"x"), 1), Point(1, 2), ((1, 2), 3)]
+        writer.begin(7, 0)
+        writer.ran_up_to(len(values))
+        start = writer._map.tell()
+        writer.extend(values.__getitem__, range(1))
+        assert writer._map[start : writer._map.tell()] == marshal.dumps(scalars, 2)
+        writer.extend(values.__getitem__, range(1, len(values)))
+        results, _ = reader.unsent(7, 0)
+        assert repr(results) == repr(values)
+        assert [type(result) for result in results] == [type(value) for value in values]
+        assert type(results[2][0]) is bytearray
     finally:
         reader.close()
 
