@@ -403,13 +403,13 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     killed by ``SIGKILL``, not by the signal that reached them. (It still dies
     with the program: ``SIGKILL``, from the parent-death signal its first
     lines ask for.) It keeps them blocked, from its start (a Ctrl-C as it
-    imported printed its traceback), rather than ignore them: the dispositions its workers inherit
-    stay what a fresh interpreter's would be, a handler in C that a
-    ``sitecustomize`` set included (``faulthandler.register``), and its
-    workers block only ``program_mask``, the signals the program blocked.
-    The real-time signals, which queue where blocked, it ignores instead,
-    those it has at their default action (``queued_signals``), and its
-    workers take that back.
+    imported printed its traceback), rather than ignore them: the
+    dispositions its workers inherit stay what a fresh interpreter's would
+    be, a handler in C that a ``sitecustomize`` set included
+    (``faulthandler.register``), and its workers block only ``program_mask``,
+    the signals the program blocked. The real-time signals, which queue where
+    blocked, it ignores instead, those it has at their default action
+    (``queued_signals``), and its workers take that back.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = _socket.socket(fileno=fd)

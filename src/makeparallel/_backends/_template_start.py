@@ -136,8 +136,8 @@ class StartedTemplate:
             # first, which its command line carries (_interpreter_options), not PYTHONPATH:
             # the workers' environment must be the program's.
             # The template starts with SIGINT, ending_signals() and queued_signals() blocked
-            # (_template.serve): a Ctrl-C as it imported printed its traceback. Its workers get the program's own mask, which
-            # this thread has (it inherited it).
+            # (_template.serve): a Ctrl-C as it imported printed its traceback. Its workers get
+            # the program's own mask, which this thread has (it inherited it).
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             masked = ",".join(str(int(signum)) for signum in sorted(mask))
             command = [sys.executable, *interpreter_options(), "-c", _TEMPLATE_MAIN, str(fd), str(os.getpid()), masked]
