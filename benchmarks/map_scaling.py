@@ -35,9 +35,12 @@ Rounds alternate so that machine noise hits all alike; medians are printed with
 ratios (higher is better for makeparallel: the other's time over ours).
 ``--work N`` maps a function that loops ``N`` times instead of the no-op (on
 the machine of the README's table, 50 is about 0.4 microseconds per item and
-500 about 4), to see a fixed cost per item in proportion.
+500 about 4), to see a fixed cost per item in proportion. ``--returns`` maps
+a function that returns something else than its item (``None``, a ``bool``,
+a pair of ints): a worker process keeps each result in its crash journal as it
+ends, which costs more for those than for an ``int``.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--over range] [--start-method fork]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--returns int] [--over range] [--start-method fork]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from _isolated import Contender, add_arguments, serve
 
@@ -62,6 +66,21 @@ def noop(x: int) -> int:
     return x
 
 
+def nothing(x: int) -> None:
+    return None
+
+
+def even(x: int) -> bool:
+    return x % 2 == 0
+
+
+def pair(x: int) -> tuple[int, int]:
+    return (x, x)
+
+
+RETURNS: dict[str, Callable[[int], Any]] = {"int": noop, "none": nothing, "bool": even, "pair": pair}
+
+
 def work(loops: int, x: int) -> int:
     """``x``, after ``loops`` iterations of an empty loop."""
     for _ in range(loops):
@@ -72,11 +91,12 @@ def work(loops: int, x: int) -> int:
 BLOCK = 10  # one-item calls of one kind in a row
 
 
-def timed(run: Callable[[], list[int]], size: int) -> float:
+def timed(run: Callable[[], list[Any]], size: int, last: Any) -> float:
+    """Seconds ``run`` took; its result must be ``size`` long and end with ``last``."""
     start = time.perf_counter()
     result = run()
     elapsed = time.perf_counter() - start
-    assert len(result) == size and result[-1] == size - 1, "wrong results"
+    assert len(result) == size and result[-1] == last, "wrong results"
     return elapsed
 
 
@@ -93,14 +113,14 @@ def inputs(kind: str, size: int) -> Sequence[int]:
     return range(size) if kind == "range" else list(range(size))
 
 
-def mapped(args: argparse.Namespace) -> Callable[[int], int]:
-    return noop if args.work == 0 else functools.partial(work, args.work)
+def mapped(args: argparse.Namespace) -> Callable[[int], Any]:
+    return RETURNS[args.returns] if args.work == 0 else functools.partial(work, args.work)
 
 
 def contend(name: str, args: argparse.Namespace) -> None:
     """A contender's process: set up ``name``'s pool, then answer ``[size, calls]`` with each call's seconds."""
     fn = mapped(args)
-    run: Callable[[Sequence[int]], list[int]]
+    run: Callable[[Sequence[int]], list[Any]]
     if name == OURS_PROCESS:
         mp.configure_process_pool(num_workers=args.workers)
         run = functools.partial(mp.parallel_map, fn, backend="process")
@@ -117,7 +137,7 @@ def contend(name: str, args: argparse.Namespace) -> None:
 
     def calls_of(size: int, calls: int) -> list[float]:
         items = inputs(args.over, size)
-        return [timed(lambda: run(items), size) for _ in range(calls)]
+        return [timed(lambda: run(items), size, fn(size - 1)) for _ in range(calls)]
 
     serve(calls_of)
 
@@ -128,6 +148,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
+    parser.add_argument(
+        "--returns", choices=list(RETURNS), default="int", help="what a no-op returns (default: int, its item)"
+    )
     parser.add_argument("--over", choices=("range", "list"), default="range", help="what is mapped (default: range)")
     add_arguments(parser, PROCESS_MAPS)
     args = parser.parse_args()
@@ -137,13 +160,18 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     if min(*sizes, args.rounds, args.workers) < 1 or args.work < 0:
         parser.error("--sizes, --rounds and --workers must be at least 1, --work at least 0")
+    if args.work and args.returns != "int":
+        parser.error("--returns is for the no-op: --work's loop returns its item")
     what = "a no-op" if args.work == 0 else f"a loop of {args.work} iterations"
+    if args.returns != "int":
+        what += f" returning {args.returns}"
     print(
         f"{what} mapped over a {args.over} of ints; "
         f"the standard library's process pools start workers with {args.start_method}"
     )
 
     options = ["--workers", str(args.workers), "--start-method", args.start_method, "--work", str(args.work)]
+    options += ["--returns", args.returns]
     options += ["--over", args.over]
     contenders = [Contender(__file__, name, options) for name in PROCESS_MAPS]
     for contender in contenders:
@@ -154,7 +182,7 @@ def main() -> None:
     for size in sizes:
         items = inputs(args.over, size)
         processes: dict[str, list[float]] = {name: [] for name in PROCESS_MAPS}
-        threads: dict[str, Callable[[], list[int]]] = {
+        threads: dict[str, Callable[[], list[Any]]] = {
             "mp.parallel_map (thread)": functools.partial(mp.parallel_map, fn, items),
             "list comprehension": lambda items=items: [fn(x) for x in items],
         }
@@ -164,7 +192,7 @@ def main() -> None:
             for contender in contenders:
                 processes[contender.name] += contender.run(size, block)
             for name, run in threads.items():
-                thread_times[name].extend(timed(run, size) for _ in range(block))
+                thread_times[name].extend(timed(run, size, fn(size - 1)) for _ in range(block))
         report(
             f"\n{size:,} items, processes ({args.workers} workers, each pool in a process of its own)",
             processes,
@@ -183,7 +211,7 @@ def main() -> None:
     one: dict[str, list[float]] = {name: [] for name in one_item}
     for _ in range(2000 // BLOCK):
         for name, run in one_item.items():
-            one[name] += [timed(run, 1) for _ in range(BLOCK)]
+            one[name] += [timed(run, 1, 0) for _ in range(BLOCK)]
     ours = statistics.median(one["mp.parallel_map of 1 item"])
     print(f"\nmap of 1 item on threads, median of 2,000 in blocks of {BLOCK} (target: at most 2x one @parallel call)")
     for name, samples in one.items():
