@@ -28,9 +28,9 @@ store is the cheapest durable write there is); a ``float`` is its record's
 bits, its kind byte saying so; ``None`` and a ``bool`` are their kind byte
 (a bool's record is 0 or 1); any other result is serialized into the data
 area, and its record is where its bytes end: ``marshal`` (version 2, no
-references) for the exact scalar types it writes faithfully, version 4 (with
-references: an object twice in it stays one object) for a tuple of them (not
-of a bytearray, which it would write as bytes), else a pickle
+references) for the exact scalar types it writes faithfully and a tuple of
+them that pickle would read back the same (not a bytearray, which it would
+write as bytes; no string twice), else a pickle
 that carries exceptions as result messages do (cause chain, custom
 ``__init__``: ``_remote_errors``). A
 record is written last, and the records used are reset to the marker once
@@ -106,6 +106,8 @@ _INT, _FLOAT, _DATA_ENTRY, _NONE, _BOOL = 0, 1, 2, 3, 4
 # Exact types ``marshal`` writes and reads back as they were (it writes any other
 # object with the buffer protocol, a NumPy array included, as bytes: not those).
 _MARSHALLED = frozenset({int, float, complex, str, bytes, bool, type(None)})
+# Those of them that pickle writes anew each time they occur, as marshal's version 2 does.
+_UNSHARED = frozenset({int, float, bool, type(None)})
 _PICKLE = 0x80  # the first byte of every pickle of protocol 2 or more
 _PACK_AT_LEAST = 64  # results a chunk sends as a copy of their records, at least
 _ALL_INTS: Any = object()  # what JournalWriter._extend_with_ints returns when every result was an int
@@ -361,10 +363,8 @@ class JournalWriter:
         kind = type(value)
         if kind in _MARSHALLED:
             data = marshal.dumps(value, 2)
-        elif kind is tuple and _of_marshalled(value):
-            # With references (version 3 on): a string twice in it is one string, written once.
-            # Its first byte is a type code, with 0x80 added for a reference: never a pickle's 0x80.
-            data = marshal.dumps(value, 4)
+        elif kind is tuple and _marshalled_as_pickled(value):
+            data = marshal.dumps(value, 2)
         else:
             try:
                 data = self._pickler.dumps(value)
@@ -379,17 +379,30 @@ class JournalWriter:
         return end
 
 
-def _of_marshalled(value: tuple[Any, ...]) -> bool:
-    """Whether each item of ``value`` is of a type ``marshal`` writes faithfully (a pair of numbers, say).
+def _marshalled_as_pickled(value: tuple[Any, ...]) -> bool:
+    """Whether ``marshal`` (version 2) reads ``value`` back as a pickle would: a pair of numbers, say.
 
     Such a tuple, what a map of cheap items often returns, took 0.47 us to
-    pickle with the journal's pickler; ``marshal`` writes it faithfully too,
-    in about 0.3 us.
+    pickle with the journal's pickler, and 0.16 us to marshal. Each of its
+    items must be of a type ``marshal`` writes faithfully, and none of those
+    that pickle writes once and reads back as one object (a ``str``,
+    ``bytes``, a ``complex``) may be in it twice: version 2 wrote a string
+    twice in a tuple twice, and read it back as two (``("y" * 10000,) * 100``
+    took 1 MB of the journal, its pickle 10 KB). Version 4 writes one once,
+    but makes one object of equal numbers too (two NaNs that pickle reads
+    back as two), and keeps a string interned: a result read after a crash
+    would differ from the same result sent.
     """
+    shared: list[int] | None = None  # the ids of the items pickle would write once
     for item in value:
-        if type(item) not in _MARSHALLED:
+        kind = type(item)
+        if kind not in _MARSHALLED:
             return False
-    return True
+        if kind not in _UNSHARED:
+            if shared is None:
+                shared = []
+            shared.append(id(item))
+    return shared is None or len(set(shared)) == len(shared)
 
 
 def _itself(value: Any) -> Any:
