@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +307,17 @@ class BlockedStream(io.StringIO):
         return super().write(text)
 
 
+@contextlib.contextmanager
+def blocked_stdout() -> Iterator[BlockedStream]:
+    """``sys.stdout`` as a :class:`BlockedStream` inside the block, released as the block ends, however it ends."""
+    stream = BlockedStream()
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield stream
+    finally:
+        stream.release.set()
+
+
 def print_a_line() -> int:
     print("a line")
     return os.getpid()
@@ -317,8 +329,7 @@ def test_a_stream_that_blocks_holds_only_the_task_that_printed() -> None:
     # worker's result and kept no task's deadline. Now the task that printed waits, as
     # a thread task's print() would, and its result comes after its line.
     mp.configure_process_pool(2)
-    stream = BlockedStream()
-    with contextlib.redirect_stdout(stream):
+    with blocked_stdout() as stream:
         printing = on_process(print_a_line)()
         assert stream.writing.wait(30)
         the_pool_goes_on_beside(printing)
@@ -337,15 +348,11 @@ def test_a_worker_stopped_at_its_timeout_as_it_prints_into_a_blocked_stream_is_r
     # The pool reads nothing of a worker whose output it is writing, its end of file
     # included: one killed at its timeout there was never replaced, and counted busy.
     mp.configure_process_pool(1)
-    stream = BlockedStream()
-    try:
-        with contextlib.redirect_stdout(stream):
-            with pytest.raises(mp.TaskTimeoutError):
-                mp.parallel(backend="process", timeout=0.5)(print_forever)().get(timeout=30)
-            assert stream.writing.is_set()
-            assert on_process(os.getpid)().get(timeout=30) != os.getpid()  # on its replacement, the stream still blocked
-    finally:
-        stream.release.set()
+    with blocked_stdout() as stream:
+        with pytest.raises(mp.TaskTimeoutError):
+            mp.parallel(backend="process", timeout=0.5)(print_forever)().get(timeout=30)
+        assert stream.writing.is_set()
+        assert on_process(os.getpid)().get(timeout=30) != os.getpid()  # on its replacement, the stream still blocked
 
 
 def log_and_write_to_stderr(logger: str) -> int:
@@ -361,14 +368,14 @@ def test_a_blocked_stdout_holds_neither_another_workers_records_nor_its_stderr()
     # One thread wrote every worker's lines and records: behind a line blocked on
     # stdout, another worker's log record and stderr waited too, and its result.
     mp.configure_process_pool(2)
-    stream, errors, records = BlockedStream(), io.StringIO(), []
+    errors, records = io.StringIO(), []
     name = f"test_process_output.{os.getpid()}.{time.monotonic_ns()}"
     logger = logging.getLogger(name)
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(errors):
+        with blocked_stdout() as stream, contextlib.redirect_stderr(errors):
             printing = on_process(print_a_line)()
             assert stream.writing.wait(30)
             pid = on_process(log_and_write_to_stderr)(name).get(timeout=30)
@@ -377,7 +384,6 @@ def test_a_blocked_stdout_holds_neither_another_workers_records_nor_its_stderr()
             stream.release.set()
             assert printing.get(timeout=30) not in (pid, os.getpid())
     finally:
-        stream.release.set()
         logger.removeHandler(handler)
 
 
@@ -395,22 +401,18 @@ def test_a_worker_that_crashes_as_its_output_is_written_fails_its_task_after_its
     mp.configure_process_pool(2, prestart=True)
     assert wait_until(lambda: len(mp.get_process_pool_info()["worker_pids"]) == 2, 30)
     pids = mp.get_process_pool_info()["worker_pids"]
-    stream = BlockedStream()
-    try:
-        with contextlib.redirect_stdout(stream):
-            crashing = on_process(print_then_crash)()
-            assert stream.writing.wait(30)
-            assert wait_until(lambda: not all(os.path.exists(f"/proc/{pid}") for pid in pids), 30)  # exited, reaped
-            [crashed] = [pid for pid in pids if not os.path.exists(f"/proc/{pid}")]
-            for _ in range(2):  # the pool looks again meanwhile
-                assert on_process(os.getpid)().get(timeout=30) not in (crashed, os.getpid())
-            assert not crashing.done()
-            stream.release.set()
-            with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
-                crashing.get(timeout=30)
-        assert stream.getvalue() == "a line\n"
-    finally:
+    with blocked_stdout() as stream:
+        crashing = on_process(print_then_crash)()
+        assert stream.writing.wait(30)
+        assert wait_until(lambda: not all(os.path.exists(f"/proc/{pid}") for pid in pids), 30)  # exited, reaped
+        [crashed] = [pid for pid in pids if not os.path.exists(f"/proc/{pid}")]
+        for _ in range(2):  # the pool looks again meanwhile
+            assert on_process(os.getpid)().get(timeout=30) not in (crashed, os.getpid())
+        assert not crashing.done()
         stream.release.set()
+        with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
+            crashing.get(timeout=30)
+    assert stream.getvalue() == "a line\n"
 
 
 @pytest.mark.timeout(60)
@@ -424,9 +426,8 @@ def test_a_worker_that_crashes_as_its_output_is_written_is_replaced_at_once(
         monkeypatch.setattr(_process, "template_available", lambda: False)
     fresh_process_pool(1)
     restarts = mp.get_process_pool_info()["worker_restart_reasons"].get("crashed", 0)
-    stream = BlockedStream()
     try:
-        with contextlib.redirect_stdout(stream):
+        with blocked_stdout() as stream:
             crashing = on_process(print_then_crash)()
             assert stream.writing.wait(30)
             assert on_process(os.getpid)().get(timeout=30) != os.getpid()  # on its replacement
@@ -439,7 +440,6 @@ def test_a_worker_that_crashes_as_its_output_is_written_is_replaced_at_once(
         assert info["worker_restart_reasons"].get("crashed", 0) == restarts + 1
         assert wait_until(lambda: len(mp.get_process_pool_info()["worker_pids"]) == 1, 30)
     finally:
-        stream.release.set()
         if not template:
             fresh_process_pool(1)  # the next tests' workers are forked again
 
@@ -451,9 +451,8 @@ def test_workers_that_end_as_their_output_is_written_are_each_replaced(ending: s
     # one replacement, and no task ran once that one had ended too.
     mp.configure_process_pool(1, max_tasks_per_child=1 if ending == "recycled" else None)
     task = on_process(print_then_crash if ending == "crashed" else print_a_line)
-    stream = BlockedStream()
     try:
-        with contextlib.redirect_stdout(stream):
+        with blocked_stdout() as stream:
             ended = [task(), task()]  # the second on the first one's replacement
             assert wait_until(lambda: all_exited(ended), 30)
             assert on_process(os.getpid)().get(timeout=30) in mp.get_process_pool_info()["worker_pids"]
@@ -466,7 +465,6 @@ def test_workers_that_end_as_their_output_is_written_are_each_replaced(ending: s
                     assert handle.get(timeout=30) != os.getpid()
         assert stream.getvalue() == "a line\n" * 2
     finally:
-        stream.release.set()
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
@@ -493,9 +491,8 @@ def test_tasks_sent_ahead_to_a_worker_that_crashes_as_its_output_is_written_run_
     send_tasks_ahead()
     flags = Flags(str(tmp_path))
     restarts = collections.Counter(mp.get_process_pool_info()["worker_restart_reasons"])
-    stream = BlockedStream()
     try:
-        with contextlib.redirect_stdout(stream):
+        with blocked_stdout() as stream:
             crashing = on_process(print_then_crash_at)(flags, "crash")
             behind = [on_process(abs)(-i) for i in range(4)]
             backend = crashing._backend
@@ -516,7 +513,6 @@ def test_tasks_sent_ahead_to_a_worker_that_crashes_as_its_output_is_written_run_
         assert worker not in backend._workers
         assert stream.getvalue() == "a line\n"
     finally:
-        stream.release.set()
         flags.set("teardown")
 
 
@@ -525,9 +521,8 @@ def test_a_worker_that_crashed_as_its_output_was_written_before_a_shutdown_repor
     # Its task failed with ShutdownError, "still running when makeparallel shut down",
     # though the pool knew its worker had ended before.
     mp.configure_process_pool(1)
-    stream = BlockedStream()
     try:
-        with contextlib.redirect_stdout(stream):
+        with blocked_stdout() as stream:
             crashing = on_process(print_then_crash)()
             assert stream.writing.wait(30) and wait_until(lambda: all_exited([crashing]), 30)
             assert mp.shutdown(timeout_secs=0.5) is False  # its line still waits
@@ -536,7 +531,6 @@ def test_a_worker_that_crashed_as_its_output_was_written_before_a_shutdown_repor
                 crashing.get(timeout=30)
             assert wait_until(lambda: stream.getvalue() == "a line\n", 30)  # (shut down, it did not wait for it)
     finally:
-        stream.release.set()
         mp.reset_shutdown()
 
 
@@ -557,15 +551,13 @@ def test_a_task_held_for_a_worker_that_ends_as_its_initializer_output_is_written
 ) -> None:
     # Held for the dead worker, it waited for the stream: no replacement started, or
     # one started and stayed idle.
-    stream = BlockedStream()
     try:
-        with contextlib.redirect_stdout(stream):
+        with blocked_stdout() as stream:
             mp.configure_process_pool(1, initializer=print_then_exit_once, initargs=(str(tmp_path),), prestart=prestart)
             assert on_process(os.getpid)().get(timeout=30) != os.getpid()
             stream.release.set()
             assert wait_until(lambda: stream.getvalue() == "starting\n", 30)  # written once the stream is read
     finally:
-        stream.release.set()
         mp.configure_process_pool(initializer=None)
 
 
@@ -581,8 +573,7 @@ def test_a_forced_cancel_behind_output_being_written_stops_the_task_that_runs(tm
     try:
         for name in ("ended", "running"):
             send_tasks_ahead()  # (the last phase's task took a while)
-            stream = BlockedStream()
-            with contextlib.redirect_stdout(stream):
+            with blocked_stdout() as stream:
                 printed = on_process(print_a_line)()
                 task = on_process(mark_then_wait)(flags, name)
                 behind = [on_process(abs)(-i) for i in range(4)]
