@@ -52,6 +52,7 @@ import os
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Iterable
     from typing import Any
 
     #: A process's umask (None where /proc does not say), ignored signals (a mask),
@@ -60,7 +61,15 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
-__all__ = ["changes_since", "departed_since", "inherits_standard_stream", "interrupts_ignored", "snapshot", "take"]
+__all__ = [
+    "at_their_default",
+    "changes_since",
+    "departed_since",
+    "inherits_standard_stream",
+    "interrupts_ignored",
+    "snapshot",
+    "take",
+]
 
 _LIMITS = "/proc/self/limits"  # the resource limits as text, compared without importing resource
 # This thread's status: the process's, but for what each thread has of its own (capabilities...).
@@ -216,8 +225,24 @@ def _umask(status: bytes) -> int | None:
 
 def _ignored(status: bytes) -> int | None:
     """The signals ``status`` (:data:`_STATUS`) says the process ignores, as a mask: bit ``n - 1`` for signal ``n``."""
-    line = _line(status, b"SigIgn:")
+    return _signal_mask(status, b"SigIgn:")
+
+
+def _signal_mask(status: bytes, line_start: bytes) -> int | None:
+    """The mask of signals on the line of ``status`` that begins with ``line_start``; None where it has none."""
+    line = _line(status, line_start)
     return None if line is None else int(line.split()[1], 16)
+
+
+def at_their_default(signals: Iterable[int]) -> list[int]:
+    """Those of ``signals`` that this process neither catches nor ignores, as its status says.
+
+    Not ``signal.getsignal``, which knows only what Python set: a handler a
+    start-up hook set in C (``faulthandler.register``) reads as the default there.
+    """
+    status = _read(_STATUS)
+    taken = (_ignored(status) or 0) | (_signal_mask(status, b"SigCgt:") or 0)
+    return [number for number in signals if not taken >> (number - 1) & 1]
 
 
 def _line(text: bytes, start: bytes) -> bytes | None:

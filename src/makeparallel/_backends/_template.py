@@ -85,7 +85,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ._inherited import changes_since, departed_since, inherits_standard_stream, take
+from ._inherited import at_their_default, changes_since, departed_since, inherits_standard_stream, take
 from ._socketpair import NO_SIGNAL
 from ._template_start import (
     StartedTemplate,
@@ -420,7 +420,7 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
     # A program that takes its signals with sigwait or signalfd blocks them first, SIGCHLD too, and
     # the template inherited the mask: it never heard of a worker's end, and the pool waited for good.
     blocked = set(program_mask)  # for its workers
-    quiet = _at_their_default(queued_signals())  # ignored here, their default again in its workers
+    quiet = at_their_default(queued_signals())  # ignored here, their default again in its workers
     for signum in quiet:
         signal.signal(signum, signal.SIG_IGN)  # which drops those sent as it started
     # Not blocked here where the program blocks them: a blocked signal queues though ignored.
@@ -509,18 +509,6 @@ def serve(fd: int, parent_pid: int, program_mask: set[int]) -> None:
                 os.close(fd)
             children[pid] = number
             _report(("forked", number, pid), sock, unsent)
-
-
-def _at_their_default(signals: range) -> list[int]:
-    """Those of ``signals`` that this process neither catches nor ignores, as the kernel says (``/proc/self/status``).
-
-    Not ``signal.getsignal``, which knows only what Python set: a handler a
-    start-up hook set in C (``faulthandler.register``) reads as the default there.
-    """
-    with open("/proc/self/status", "rb") as status:
-        masks = dict(line.split(b":", 1) for line in status if line.startswith((b"SigIgn:", b"SigCgt:")))
-    taken = int(masks[b"SigIgn"], 16) | int(masks[b"SigCgt"], 16)
-    return [signum for signum in signals if not taken >> (signum - 1) & 1]
 
 
 def _preload() -> None:
