@@ -13,6 +13,7 @@ import threading
 
 from makeparallel._backends import _channel
 from makeparallel._backends._channel import Channel
+from makeparallel._backends._socketpair import blocking_socketpair, widen_send_buffer
 
 
 def test_a_burst_of_messages_and_buffers_of_every_size_arrives_whole_and_in_order() -> None:
@@ -100,3 +101,27 @@ def test_a_send_to_a_process_that_died_raises_where_the_program_takes_sigpipe_by
         [sys.executable, "-c", SIGPIPE_SCRIPT], capture_output=True, text=True, timeout=30, check=False
     )
     assert (result.returncode, result.stdout.split()) == (0, ["BrokenPipeError", "False", "-9"]), result.stderr
+
+
+def test_a_send_of_the_room_widen_send_buffer_gives_never_waits_for_the_reader() -> None:
+    # The promise a task sent straight from submit() rests on: it never blocks its submitter.
+    ours, theirs = (socket.socket(fileno=end.detach()) for end in blocking_socketpair(socket.SOCK_STREAM))
+    with ours, theirs:
+        room = widen_send_buffer(ours, 32 * 1024)
+        ours.setblocking(False)
+        ours.send(b"s" * 4096)  # what an idle worker may hold unread: a small control message
+        sent = 0
+        while sent < room:  # a reader that reads nothing: any wait raises BlockingIOError
+            sent += ours.send(memoryview(b"t" * room)[sent:])
+        assert sent == room
+
+
+def test_widen_send_buffer_keeps_a_larger_buffer_the_system_gave() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        given = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        room = widen_send_buffer(ours, 32 * 1024)
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == given
+        if sys.platform.startswith("linux"):
+            assert room == max(32 * 1024, given // 2)

@@ -559,6 +559,32 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs(wor
     assert worker._cancelled == {}
 
 
+def test_a_task_that_fits_an_idle_workers_socket_goes_from_the_submitting_thread(
+    one_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A map's first chunks (50,000 ints of a list pickle to 150-220 KiB) waited for the loop
+    # thread to send them, while the submitting thread held the GIL to pickle the next one.
+    # A task that could wait for the worker to read still goes through the loop thread.
+    from makeparallel import _runtime
+    from makeparallel._backends import _process
+
+    measure = mp.parallel(backend="process")(len)
+    assert measure("warm").get(20) == 4  # the worker is ready and idle: a task may go straight to it
+    room = _runtime.get_backend("process")._workers[0].direct_bytes
+    senders: list[bool] = []
+    send = _process._send
+
+    def send_and_note_the_thread(worker: Any, message: tuple[Any, ...], buffers: Any = ()) -> None:
+        if message[0] == "tasks":
+            senders.append(threading.current_thread() is threading.main_thread())
+        send(worker, message, buffers)
+
+    monkeypatch.setattr(_process, "_send", send_and_note_the_thread)
+    assert measure("x" * 200_000).get(20) == 200_000
+    assert measure("y" * room).get(20) == room
+    assert senders == [room >= 200_100, False]
+
+
 # -- metadata, callbacks, priorities, limits, metrics ---------------------------------------------
 
 

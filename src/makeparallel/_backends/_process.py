@@ -90,7 +90,7 @@ from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_argu
 from ._main_module import main_script
 from ._output_relay import write_relayed
 from ._queueing import QueueingBackend
-from ._socketpair import blocking_socketpair
+from ._socketpair import blocking_socketpair, widen_send_buffer
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._template_start import environment, stop_early
 from ._wakeup import drain, wakeup_pipe
@@ -120,7 +120,9 @@ _FORCED_POLL = 0.01  # seconds between looks at a worker's crash journal while a
 # Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
 _EXIT_GRACE = 5.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
-_DIRECT_BYTES = 32 * 1024  # a task this small is sent at once, never blocking its submitter
+# A task this small is sent at once from submit(), never blocking its submitter; more where
+# the worker's socket has the room for it (widen_send_buffer).
+_DIRECT_BYTES = 32 * 1024
 # What a busy worker's pipe may hold of tasks sent ahead: well under a socket's send buffer, so that
 # sending them never blocks the loop, though the worker reads nothing (a C call holding its GIL).
 _AHEAD_BYTES = 64 * 1024
@@ -170,10 +172,11 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "exit_by", "exited", "forced", "held",
-        "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe", "output_failed",
-        "outstanding", "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared", "start_round",
-        "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered", "waiting",
+        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes", "exit_by", "exited",
+        "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
+        "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared",
+        "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered",
+        "waiting",
     )
 
     def __init__(
@@ -204,6 +207,7 @@ class _Worker:
         # Held while a message is sent: by the loop thread, or by a submitting
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
+        self.direct_bytes = _DIRECT_BYTES  # the largest task such a thread sends it: a send that fits its socket
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
@@ -805,6 +809,8 @@ class ProcessBackend(QueueingBackend):
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
         """
         parent_end, child_end = blocking_socketpair(_socket.SOCK_STREAM)
+        direct_bytes = widen_send_buffer(parent_end, _DIRECT_BYTES)
+        widen_send_buffer(child_end, _DIRECT_BYTES)
         journal_fd = create_journal()
         journal = None
         try:
@@ -826,6 +832,7 @@ class ProcessBackend(QueueingBackend):
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(process, Channel(parent_end), journal, path, configured_at, self._start_round, limits)
+        worker.direct_bytes = direct_bytes
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
@@ -1211,16 +1218,21 @@ class ProcessBackend(QueueingBackend):
 
         Only when nothing is queued (priorities and order hold), the loop has
         nothing to decide (not paused, broken, stopping or short of workers), and
-        the task is small enough that sending it never blocks. Sending from the
-        submitting thread saves waking the loop thread, a third of a no-op's round trip.
+        the task fits in the worker's socket at once (``direct_bytes``), so that
+        sending it never waits for the worker to read. Sending from the
+        submitting thread saves waking the loop thread, a third of a no-op's
+        round trip; for a map's first chunks (a list's items, pickled), it saved
+        the wait for the loop thread, which the submitting thread held the GIL
+        from while it pickled the next chunk.
         """
         if self._queued or self._paused or self._broken is not None or self._terminating or self._loop is None:
             return None
         if self._holding:  # an idle worker takes the tasks held for one starting first, by priority
             return None
         function, data, buffers, _ = handle._payload
-        if buffers or len(function) + len(data) > _DIRECT_BYTES:
+        if buffers:
             return None
+        size = len(function) + len(data)
         staying, idle, finishing = 0, None, False
         for worker in self._workers:
             if not worker.leaving:
@@ -1231,6 +1243,8 @@ class ProcessBackend(QueueingBackend):
                 finishing = True  # a recycled worker's last tasks: its replacement may have to wait
         if staying != self._num_workers or finishing:
             return None  # the loop must start a worker, or choose those that take tasks: it hears of the task
+        if idle is not None and size > idle.direct_bytes:
+            return None  # its send could wait for the worker to read
         return idle
 
     def _send_directly(self, worker: _Worker, handle: AsyncHandle[Any]) -> bool:

@@ -11,15 +11,20 @@ send to a busy worker would have timed out.
 from __future__ import annotations
 
 import _socket  # not socket: imported before the template starts (``_template_start``)
+import sys
 
 from ._fd_numbers import standard_numbers_held
 
-__all__ = ["NO_SIGNAL", "blocking_socketpair"]
+__all__ = ["NO_SIGNAL", "blocking_socketpair", "widen_send_buffer"]
 
 # The flag every send on them passes: where the program set SIGPIPE back to its default (a
 # command-line tool that ends quietly in a pipeline), a send to a worker that had just died
 # killed the program, where a fault must touch one task. The send raises BrokenPipeError instead.
 NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)  # (macOS has none)
+
+# The send buffer asked for where the system's own is small: Linux caps the request at
+# net.core.wmem_max (208 KiB on most systems) and doubles it for its bookkeeping.
+_SEND_BUFFER = 1 << 20
 
 
 def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:
@@ -32,3 +37,21 @@ def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:
     first.setblocking(True)
     second.setblocking(True)
     return first, second
+
+
+def widen_send_buffer(sock: _socket.socket, smallest: int) -> int:
+    """Widen the send buffer of ``sock``, a Unix stream socket; return the bytes one send surely fits in it at once.
+
+    On Linux a send waits only once the bytes its socket holds unread reach
+    the buffer's size (``SO_SNDBUF``, bookkeeping included), so a send of
+    half of it to a socket whose reader has read what it was sent returns at
+    once. Elsewhere, and where the system refuses, ``smallest``.
+    """
+    if not sys.platform.startswith("linux"):
+        return smallest
+    try:
+        if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) < _SEND_BUFFER:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _SEND_BUFFER)
+        return max(smallest, sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // 2)
+    except OSError:
+        return smallest
