@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from makeparallel._backends import _channel
 from makeparallel._backends._channel import Channel
@@ -125,3 +126,17 @@ def test_widen_send_buffer_keeps_a_larger_buffer_the_system_gave() -> None:
         assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == given
         if sys.platform.startswith("linux"):
             assert room == max(32 * 1024, given // 2)
+
+
+def test_widen_send_buffer_never_narrows_a_buffer_where_the_systems_cap_is_low(monkeypatch: Any) -> None:
+    # Linux sets twice the capped request even below what the socket had: a wmem_max of
+    # 16 KiB turned a 208 KiB buffer into 32 KiB, and sends that fitted before waited.
+    from makeparallel._backends import _socketpair
+
+    monkeypatch.setattr(_socketpair, "_cap", 16 * 1024)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        given = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        room = widen_send_buffer(ours, 32 * 1024)
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == given
+        assert room == max(32 * 1024, given // 2)

@@ -22,10 +22,11 @@ __all__ = ["NO_SIGNAL", "blocking_socketpair", "widen_send_buffer"]
 # killed the program, where a fault must touch one task. The send raises BrokenPipeError instead.
 NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)  # (macOS has none)
 
-# The send buffer asked for where the system's own is small: Linux caps the request at
-# net.core.wmem_max (208 KiB on most systems) and doubles it for its bookkeeping.
+# The send buffer asked for: Linux caps the request at net.core.wmem_max (208 KiB on most
+# systems) and doubles it for its bookkeeping.
 _SEND_BUFFER = 1 << 20
-
+_SEND_BUFFER_CAP = "/proc/sys/net/core/wmem_max"
+_cap: int | None = None  # net.core.wmem_max once read; 0 where it cannot be
 
 def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:
     """A Unix socket pair of ``kind`` (``SOCK_STREAM``, ``SOCK_SEQPACKET``), both ends blocking, numbered 3 or more.
@@ -45,13 +46,31 @@ def widen_send_buffer(sock: _socket.socket, smallest: int) -> int:
     On Linux a send waits only once the bytes its socket holds unread reach
     the buffer's size (``SO_SNDBUF``, bookkeeping included), so a send of
     half of it to a socket whose reader has read what it was sent returns at
-    once. Elsewhere, and where the system refuses, ``smallest``.
+    once. The buffer is widened only where the system's cap gives more than
+    it has: the kernel sets twice the capped request even where that is less
+    (a ``wmem_max`` under half of ``wmem_default``), and a narrowed buffer
+    made sends wait that fitted before. At least ``smallest``; only
+    ``smallest`` elsewhere, or where the system refuses.
     """
     if not sys.platform.startswith("linux"):
         return smallest
     try:
-        if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) < _SEND_BUFFER:
+        given = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
+        if 2 * min(_SEND_BUFFER, _send_buffer_cap()) > given:
             sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, _SEND_BUFFER)
-        return max(smallest, sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // 2)
+            given = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
     except OSError:
         return smallest
+    return max(smallest, given // 2)
+
+
+def _send_buffer_cap() -> int:
+    """The largest send buffer a process may ask for (``net.core.wmem_max``), read once; 0 where it cannot be."""
+    global _cap
+    if _cap is None:
+        try:
+            with open(_SEND_BUFFER_CAP, "rb") as file:
+                _cap = int(file.read())
+        except (OSError, ValueError):
+            _cap = 0
+    return _cap
