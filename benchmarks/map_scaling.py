@@ -32,7 +32,10 @@ workers going back to wait); in a block each pays its own round, as in a
 program that runs maps in a loop.
 
 Rounds alternate so that machine noise hits all alike; medians are printed with
-ratios (higher is better for makeparallel: the other's time over ours).
+ratios (higher is better for makeparallel: the other's time over ours). From
+100,000 items on a round is one call of each, and a median of 5 swung too
+much to read: over a list of 100,000, runs of 5 rounds printed 0.83x to 1.20x
+``Pool.map`` on one day, and runs of 21 rounds 0.98x to 1.21x. So 15 rounds.
 ``--work N`` maps a function that loops ``N`` times instead of the no-op (on
 the machine of the README's table, 50 is about 0.4 microseconds per item and
 500 about 4), to see a fixed cost per item in proportion. ``--returns`` maps
@@ -40,7 +43,7 @@ a function that returns something else than its item (``None``, a ``bool``,
 a pair of ints): a worker process keeps each result in its crash journal as it
 ends, which costs more for those than for an ``int``.
 
-    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 5] [--workers 2] [--work 0] [--returns int] [--over range] [--start-method fork]
+    python benchmarks/map_scaling.py [--sizes 100,1000,10000,100000,1000000] [--rounds 15] [--workers 2] [--work 0] [--returns int] [--over range] [--start-method fork]
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def contend(name: str, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000,100000,1000000")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=int, default=0, help="loop iterations per item (default: 0, a no-op)")
     parser.add_argument(
