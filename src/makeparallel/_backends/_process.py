@@ -809,7 +809,8 @@ class ProcessBackend(QueueingBackend):
         The worker gets its end of the pipe and its crash journal (``_crash_journal``).
         """
         parent_end, child_end = blocking_socketpair(_socket.SOCK_STREAM)
-        direct_bytes = widen_send_buffer(parent_end, _DIRECT_BYTES)  # not the worker's: its output waits as before
+        # The parent's end only: the worker's carries its output, which waits while the program reads none.
+        direct_bytes = widen_send_buffer(parent_end, _DIRECT_BYTES)
         journal_fd = create_journal()
         journal = None
         try:

@@ -6,6 +6,10 @@ belongs to the descriptor, which the template or the worker receives: there,
 wrapped as a blocking socket, a read that found nothing yet raised
 ``BlockingIOError``, and a task of a few MiB never arrived. In the parent, a
 send to a busy worker would have timed out.
+
+The parent's end of a worker's socket also gets a send buffer wide enough
+for the tasks sent straight to an idle worker from ``submit()``
+(:func:`widen_send_buffer`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ NO_SIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)  # (macOS has none)
 _SEND_BUFFER = 1 << 20
 _SEND_BUFFER_CAP = "/proc/sys/net/core/wmem_max"
 _cap: int | None = None  # net.core.wmem_max once read; 0 where it cannot be
+
 
 def blocking_socketpair(kind: int) -> tuple[_socket.socket, _socket.socket]:
     """A Unix socket pair of ``kind`` (``SOCK_STREAM``, ``SOCK_SEQPACKET``), both ends blocking, numbered 3 or more.
