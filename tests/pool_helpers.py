@@ -113,9 +113,24 @@ def mark_then_wait(flags: Flags, name: str) -> str:
 
 
 def send_tasks_ahead() -> None:
-    """Run enough short tasks that the pool's tasks are short on average: it then sends tasks ahead to a busy worker."""
+    """Run short tasks until the pool's tasks are short on average: it then sends tasks ahead to a busy worker.
+
+    The average decays by a tenth per task, so the tasks it takes depend on the
+    ones before: 40 left the window shut after a test whose tasks ran long
+    (two tests of ``test_process_output.py`` failed so with the bytecode cached
+    under ``PYTHONPYCACHEPREFIX``, where a worker's imports took longer).
+    """
+    from makeparallel import _runtime
+
+    task = mp.parallel(backend="process")(abs)
     for _ in range(40):
-        mp.parallel(backend="process")(abs)(-1).get(timeout=30)
+        task(-1).get(timeout=30)
+    backend = _runtime.get_backend("process")
+    for _ in range(1000):
+        if backend._window > 1:
+            return
+        task(-1).get(timeout=30)
+    raise AssertionError(f"the pool's tasks still take {backend._mean_seconds:.4f} s on average")
 
 
 def poll_until_stopped(gate: threading.Event) -> None:
