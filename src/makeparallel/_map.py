@@ -82,7 +82,7 @@ from ._process_chunks import (
     after_crash,
     after_unreadable,
     describe_item,
-    item_error,
+    item_failure,
     item_raised,
     keep_results_before,
     past_budget,
@@ -156,8 +156,7 @@ def _run_chunk(
         try:
             return [fn(items[0])]
         except Exception as raised:
-            error = item_error(raised)
-            item_raised(error, start, items[0])
+            error = item_failure(raised, start, items[0])
             if not keep_going:
                 if error is raised:
                     raise  # its traceback as it was

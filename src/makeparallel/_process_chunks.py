@@ -44,7 +44,7 @@ __all__ = [
     "after_unreadable",
     "describe_item",
     "disown_worker_death",
-    "item_error",
+    "item_failure",
     "item_raised",
     "keep_results_before",
     "past_budget",
@@ -109,13 +109,17 @@ def take_results_before(task: Any) -> list[Any]:
 STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
 
 
-def item_error(error: Exception) -> Exception:
-    """The error to fail an item with for ``error``, which it raised: itself, or for a ``StopIteration``, a ``RuntimeError`` it caused."""
-    if not isinstance(error, StopIteration):
-        return error
-    replaced = RuntimeError(STOP_ITERATION)
-    replaced.__cause__ = error
-    return replaced
+def item_failure(raised: Exception, index: int, item: Any) -> Exception:
+    """The error to fail item ``index`` with for ``raised``, its own, readied by :func:`item_raised`.
+
+    ``raised`` itself, or for a ``StopIteration``, a ``RuntimeError`` it caused.
+    """
+    failure = raised
+    if isinstance(raised, StopIteration):
+        failure = RuntimeError(STOP_ITERATION)
+        failure.__cause__ = raised
+    item_raised(failure, index, item)
+    return failure
 
 
 def item_raised(error: BaseException, index: int, item: Any) -> None:
@@ -216,8 +220,7 @@ def run_streaming(
             after.append(Failure(error))
         except Exception as raised:
             failed = unsent + journal.done
-            failure = item_error(raised)
-            item_raised(failure, start + failed, items[failed])
+            failure = item_failure(raised, start + failed, items[failed])
             if not keep_going:
                 _send_journaled(task, start + unsent, items, unsent)
                 if failure is raised:
