@@ -183,6 +183,7 @@ class _Worker:
         self,
         process: subprocess.Popen[bytes] | ForkedProcess,
         conn: Channel,
+        direct_bytes: int,
         journal: JournalReader,
         path: _WorkersPath,
         configured_at: float,
@@ -207,7 +208,7 @@ class _Worker:
         # Held while a message is sent: by the loop thread, or by a submitting
         # thread that sends a task straight to this idle worker.
         self.send_lock = threading.Lock()
-        self.direct_bytes = _DIRECT_BYTES  # the largest task such a thread sends it: a send that fits its socket
+        self.direct_bytes = direct_bytes  # the largest task such a thread sends it: a send that fits its socket
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
@@ -831,8 +832,9 @@ class ProcessBackend(QueueingBackend):
         finally:
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
-        worker = _Worker(process, Channel(parent_end), journal, path, configured_at, self._start_round, limits)
-        worker.direct_bytes = direct_bytes
+        worker = _Worker(
+            process, Channel(parent_end), direct_bytes, journal, path, configured_at, self._start_round, limits
+        )
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
             _send(worker, ("path", _path_message(path)))
