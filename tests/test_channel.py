@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+
+import pytest
 
 from makeparallel._backends import _channel
 from makeparallel._backends._channel import Channel
@@ -117,29 +118,25 @@ def test_a_send_of_the_room_widen_send_buffer_gives_never_waits_for_the_reader()
         assert sent == room
 
 
-def test_widen_send_buffer_keeps_a_buffer_larger_than_it_would_ask_for(monkeypatch: Any) -> None:
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        # What it would ask for is less than the system's own buffer, 208 KiB by default.
+        ("_SEND_BUFFER", 16 * 1024),
+        # Linux sets twice the capped request even below what the socket had: a wmem_max of
+        # 16 KiB turned a 208 KiB buffer into 32 KiB, and sends that fitted before waited.
+        ("_cap", 16 * 1024),
+    ],
+    ids=["a buffer larger than it would ask for", "the system's cap is low"],
+)
+def test_widen_send_buffer_never_narrows_a_buffer(monkeypatch: pytest.MonkeyPatch, setting: str, value: int) -> None:
     from makeparallel._backends import _socketpair
 
-    monkeypatch.setattr(_socketpair, "_SEND_BUFFER", 16 * 1024)  # less than the system's own, 208 KiB by default
+    monkeypatch.setattr(_socketpair, setting, value)
     ours, theirs = socket.socketpair()
     with ours, theirs:
         given = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         room = widen_send_buffer(ours, 8 * 1024)
         assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == given
         if sys.platform.startswith("linux"):
-            assert room == given * 3 // 4
-
-
-def test_widen_send_buffer_never_narrows_a_buffer_where_the_systems_cap_is_low(monkeypatch: Any) -> None:
-    # Linux sets twice the capped request even below what the socket had: a wmem_max of
-    # 16 KiB turned a 208 KiB buffer into 32 KiB, and sends that fitted before waited.
-    from makeparallel._backends import _socketpair
-
-    monkeypatch.setattr(_socketpair, "_cap", 16 * 1024)
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        given = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        room = widen_send_buffer(ours, 32 * 1024)
-        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == given
-        if sys.platform.startswith("linux"):
-            assert room == max(32 * 1024, given * 3 // 4)
+            assert room == max(8 * 1024, given * 3 // 4)
