@@ -95,22 +95,34 @@ def test_a_worker_in_a_long_c_call_dies_with_its_killed_parent(forked: bool) -> 
             proc.stderr.close()
 
 
-# The worker's initializer drops root's privileges; its task is a builtin, which it
-# unpickles without importing anything (the user it became may read nothing new).
+# The worker's initializer, or its task, drops root's privileges. The initializer's task
+# is a builtin, which the worker unpickles without importing anything (the user it
+# became may read nothing new); the other task is unpickled before it drops them.
 DROPPED_PRIVILEGES = """
-import json, os, time
+import json, os, sys, time
 import psutil
 import makeparallel as mp
 from makeparallel import _runtime
 
-mp.configure_process_pool(num_workers=1, initializer=os.setuid, initargs=(65534,))
-handle = mp.parallel(backend="process")(sum)(range(10**13))  # minutes in C, holding the GIL
+def drop_privileges_then_sum(numbers):
+    os.setgid(65534)
+    os.setuid(65534)
+    return sum(numbers)
+
+if sys.argv[1] == "initializer":
+    mp.configure_process_pool(num_workers=1, initializer=os.setuid, initargs=(65534,))
+    handle = mp.parallel(backend="process")(sum)(range(10**13))  # minutes in C, holding the GIL
+else:
+    mp.configure_process_pool(num_workers=1)
+    handle = mp.parallel(backend="process")(drop_privileges_then_sum)(range(10**13))
 deadline = time.monotonic() + 30
 workers = []
-while time.monotonic() < deadline:  # until the worker runs the task
+while time.monotonic() < deadline:  # until the worker runs the task, as nobody
     workers = [w.process.pid for w in _runtime._backends["process"]._workers if w.process.pid]
-    if workers and psutil.Process(workers[0]).cpu_times().user > 0.2:
-        break
+    if workers:
+        worker = psutil.Process(workers[0])
+        if worker.uids().effective == 65534 and worker.cpu_times().user > 0.2:
+            break
     time.sleep(0.01)
 os.write(1, (json.dumps({"workers": workers}) + "\\n").encode())
 time.sleep(50)
@@ -118,10 +130,12 @@ time.sleep(50)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges takes root")
-def test_a_worker_whose_initializer_dropped_privileges_dies_with_its_killed_parent() -> None:
-    # Linux clears a process's parent-death signal when its user id changes: the worker,
-    # in a long C call as "nobody", ran on after the program was killed, re-parented to init.
-    proc = run_script(DROPPED_PRIVILEGES)
+@pytest.mark.parametrize("dropped_by", ["initializer", "task"])
+def test_a_worker_that_dropped_privileges_dies_with_its_killed_parent(dropped_by: str) -> None:
+    # Linux clears a process's parent-death signal when its user or group id changes: the
+    # worker, in a long C call as "nobody", ran on after the program was killed, re-parented
+    # to init. A task that dropped them did so after every request the worker made.
+    proc = run_script(DROPPED_PRIVILEGES, dropped_by)
     workers: list[int] = []
     try:
         assert proc.stdout is not None

@@ -1186,6 +1186,70 @@ def test_a_task_that_signals_its_parent_process_signals_the_program(template: bo
     assert out == ["True", "True", "True", "0", "1", "True"]
 
 
+# A task's id changes, then the parent-death signal the worker has: Linux clears it as
+# an effective user or group id changes (prctl(2)).
+CHANGED_IDS = """
+import ctypes, os, signal
+import makeparallel as mp
+
+def death_signal():
+    signum = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(signum), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return signal.Signals(signum.value).name if signum.value else "none"
+
+def change_ids():
+    seen = []
+    for change in (
+        lambda: os.setegid(65534), lambda: os.setegid(0), lambda: os.seteuid(65534), lambda: os.seteuid(0),
+        lambda: os.setresgid(0, 65534, 0), lambda: os.setregid(0, 0), lambda: os.setresuid(0, 65534, 0),
+        lambda: os.setreuid(0, 0),
+    ):
+        change()
+        seen.append(death_signal())
+    return seen
+
+print(*mp.parallel(backend="process")(change_ids)().get(timeout=30))
+"""
+
+
+@both_ways
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ids takes root")
+def test_a_task_that_changes_its_ids_keeps_its_parent_death_signal(template: bool) -> None:
+    # A task that dropped root's privileges, then ran a long C call, ran on after the program
+    # was killed: the change of ids had cleared the signal, asked for only as the worker started.
+    assert run_fresh(CHANGED_IDS, template=template) == ["SIGKILL"] * 8
+
+
+@both_ways
+def test_the_id_setters_of_a_worker_are_pickled_by_name_and_leave_its_tasks_children_alone(template: bool) -> None:
+    # A worker's os.setuid asks for its parent-death signal again, which a worker whose parent
+    # is gone answers by exiting: not so in a process its task forked, whose parent is the worker.
+    out = run_fresh(
+        """
+        import os, pickle
+        import makeparallel as mp
+
+        def child_changes_ids():
+            pid = os.fork()
+            if pid == 0:
+                os.setgid(os.getgid())
+                os.setuid(os.getuid())
+                os._exit(7)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+
+        def pickled():
+            return pickle.loads(pickle.dumps(os.setuid)) is os.setuid, os.setuid
+
+        on_process = mp.parallel(backend="process")
+        print(on_process(child_changes_ids)().get(timeout=30))
+        print(on_process(pickled)().get(timeout=30) == (True, os.setuid))  # by name, as the built-in
+        """,
+        template=template,
+    )
+    assert out == ["7", "True"]
+
+
 @both_ways
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGABRT", "SIGRTMIN"])
 def test_a_signal_to_the_programs_process_group_is_reported_as_that_signal_and_the_pool_lives_on(

@@ -13,6 +13,14 @@ worker by the pool's loop thread, which outlives them; a worker forked from
 the template asks for the signal on the template's death. The parent may have died between starting the worker and the
 ``prctl`` call: the worker then checks that its parent is still the process
 that started it.
+
+Linux also clears the request when the process's effective or file-system
+user or group id changes (``prctl(2)``): a task that dropped root's
+privileges (``os.setuid``), then ran a long C call, ran on after the program
+was killed, re-parented to init. So each of ``os``'s functions that change
+those ids asks again as it returns (:func:`_asking_again`), and a worker asks
+again after its initializer (:func:`still_die_with_parent`), which may have
+changed them another way (``ctypes``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from ._libc import libc_call
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
+    from collections.abc import Callable
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
@@ -34,20 +43,28 @@ __all__ = ["die_with_parent", "still_die_with_parent"]
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The real parent's id: a worker forked from the template has os.getppid name the program (_template).
 _real_getppid = os.getppid
+# os's functions that change an effective or file-system user or group id (os has no setfsuid).
+_ID_SETTERS = ("setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid", "setresgid")
 
 
 _parent_pid: int | None = None  # the parent die_with_parent was asked about
+_asked_in: int | None = None  # the process that asked: not a process it forked since
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ask to be killed when the parent ends (Linux); exit now if it has ended already."""
-    global _parent_pid
+    """Ask to be killed when the parent ends (Linux), and again at each change of ids; exit now if it has ended already."""
+    global _parent_pid, _asked_in
     _parent_pid = parent_pid
+    _asked_in = os.getpid()
     if sys.platform.startswith("linux"):
         try:
             libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
         except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
             pass
+        for name in _ID_SETTERS:
+            setter = getattr(os, name, None)
+            if setter is not None and not hasattr(setter, "__wrapped__"):
+                _install(name, _asking_again(setter))
     if _real_getppid() != parent_pid:  # re-parented already: the parent is gone
         os._exit(0)
 
@@ -61,3 +78,34 @@ def still_die_with_parent() -> None:
     """
     if _parent_pid is not None:
         die_with_parent(_parent_pid)
+
+
+def _asking_again(setter: Callable[..., None]) -> Callable[..., None]:
+    """``setter`` (``os.setuid``...), asking for the parent-death signal again as it returns, in the process that asked.
+
+    Not in a process forked since (a task's own child), whose parent is not
+    the one asked about: it would take itself for an orphan and exit. Only
+    the calling thread asks: where another thread changed the ids, the
+    signal comes only while that thread lives.
+    """
+
+    def set_ids(*ids: int) -> None:
+        try:
+            setter(*ids)
+        finally:
+            if os.getpid() == _asked_in:
+                still_die_with_parent()
+
+    # Pickled by name, as the built-in was: ``posix.setuid``, which is this function here.
+    set_ids.__module__, set_ids.__name__, set_ids.__qualname__ = "posix", setter.__name__, setter.__name__
+    set_ids.__doc__ = setter.__doc__
+    set_ids.__wrapped__ = setter  # type: ignore[attr-defined]
+    return set_ids
+
+
+def _install(name: str, function: Callable[..., None]) -> None:
+    """Put ``function`` in place of ``os``'s function ``name``, and ``posix``'s: the same one, where pickle finds it by name."""
+    import posix  # os's functions: on Linux, where this runs, it exists
+
+    setattr(os, name, function)
+    setattr(posix, name, function)
