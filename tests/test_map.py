@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import re
 import threading
 import time
 import types
@@ -617,6 +618,38 @@ def test_a_map_on_the_sync_backend_times_out_between_its_chunks(entry: str) -> N
             list(mp.imap(item_of_50_ms, range(40), backend="sync", timeout=0.2))
     assert len(ran) < 20, ran  # four items make the 0.2 s, a chunk holds ten at most; then none starts
     assert ran == list(range(len(ran)))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("over", ["a list read to its end", "a longer list", "an iterator"])
+def test_a_map_that_times_out_says_how_many_items_ended_were_in_flight_and_never_started(over: str) -> None:
+    # It said that the rest of the input was not read, of a list read to its end, and took
+    # the items in flight for all the map had not done.
+    gate = threading.Event()
+
+    def item(x: int) -> int:
+        if x >= 3:
+            gate.wait(30)
+        return x
+
+    total = 6 if over == "a list read to its end" else 200
+    items: Any = list(range(total)) if over != "an iterator" else iter(range(total))
+    try:
+        with pytest.raises(mp.TaskTimeoutError) as raised:
+            mp.parallel_map(item, items, backend="thread", chunksize=1, timeout=0.5)
+    finally:
+        gate.set()
+    message = str(raised.value)
+    counts = re.search(r"with (\d+) item\(s\) done: the (\d+) in flight were cancelled", message)
+    assert counts is not None, message
+    done, in_flight = map(int, counts.groups())
+    assert done <= 3 and in_flight >= 1, message
+    if over == "a list read to its end":
+        assert done + in_flight == total and message.endswith("(those that had ended lose their results)"), message
+    elif over == "a longer list":
+        assert message.endswith(f", and the other {total - done - in_flight} never started"), message
+    else:
+        assert message.endswith(", and the rest of the input was not read"), message
 
 
 def cheap_then_slow(clock: FakeClock, cheap: int) -> Any:

@@ -1238,7 +1238,14 @@ class _Mapper:
         for handle in handles:
             if not handle._code_done:  # its code still runs: on processes, its worker is replaced
                 handle._backend._stop_abandoned(handle)
+        left = None if self._total is None else self._total - self._read
+        if left == 0 or self._exhausted:
+            rest = ""
+        elif left is None:
+            rest = ", and the rest of the input was not read"
+        else:
+            rest = f", and the other {left} never started"
         raise TaskTimeoutError(
-            f"the map timed out after {self._timeout:g} s; {unfinished} item(s) in flight "
-            "were cancelled and the rest of the input was not read"
+            f"the map timed out after {self._timeout:g} s with {self._read - unfinished} item(s) done: "
+            f"the {unfinished} in flight were cancelled (those that had ended lose their results){rest}"
         )
