@@ -96,6 +96,30 @@ class DiesWhenUnpickled:
         return "DiesWhenUnpickled()"
 
 
+def refuse_to_load(reason: str) -> Any:
+    raise LookupError(reason)
+
+
+class RaisesWhenUnpickled:
+    """An item whose unpickling raises on a worker (it looks up what only the parent registered, say)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse_to_load, ("registered in the parent only",))
+
+    def __repr__(self) -> str:
+        return "RaisesWhenUnpickled()"
+
+
+class FunctionRaisingWhenUnpickled:
+    """A map's function whose unpickling raises on a worker."""
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse_to_load, ("no such function there",))
+
+
 def ends_the_first_worker(flag: str, value: int) -> int:
     """``value``, in every worker but the first to unpickle it, which it ends (the first to create ``flag``)."""
     try:

@@ -45,6 +45,8 @@ from map_crash_tasks import (
     DiesWhenSent,
     DiesWhenUnpickled,
     DiesWhenUnpickledOnce,
+    FunctionRaisingWhenUnpickled,
+    RaisesWhenUnpickled,
     exit_at_the_culprit,
     Item,
     Rejected,
@@ -333,6 +335,44 @@ def test_two_deaths_before_a_chunks_first_item_lose_no_item(tmp_path: Path) -> N
         items[index] = DiesWhenUnpickledOnce(str(tmp_path / f"ended {index}"), index)
     assert mp.parallel_map(identity, items, backend="process", chunksize=200) == list(range(200))
     assert (tmp_path / "ended 0").exists() and (tmp_path / "ended 150").exists()
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 4])
+@pytest.mark.parametrize(
+    ("on_error", "expected"),
+    [("skip", [0, 1, 3, 4, 5]), ("none", [0, 1, None, 3, 4, 5])],
+)
+def test_an_item_whose_unpickling_raises_fails_alone(on_error: str, expected: list[Any], chunksize: int | None) -> None:
+    # Its chunk's task failed with the error, and so did the map, whatever on_error said:
+    # every other item was lost, and nothing named the item.
+    items = [0, 1, RaisesWhenUnpickled(), 3, 4, 5]
+    assert mp.parallel_map(identity, items, backend="process", chunksize=chunksize, on_error=on_error) == expected  # type: ignore[call-overload]
+    ordered = mp.imap(identity, items, backend="process", chunksize=chunksize, on_error=on_error, ordered=False)  # type: ignore[call-overload]
+    assert Counter(ordered) == Counter(expected)
+
+    async def gathered() -> list[Any]:
+        return [r async for r in mp.imap(identity, items, backend="process", chunksize=chunksize, on_error=on_error)]  # type: ignore[call-overload]
+
+    assert asyncio.run(gathered()) == expected
+
+
+@pytest.mark.parametrize("items", [[0, 1, RaisesWhenUnpickled(), 3, 4, 5], [RaisesWhenUnpickled()]], ids=["six", "one"])
+def test_an_item_whose_unpickling_raises_is_named(items: list[Any]) -> None:
+    with pytest.raises(LookupError, match="^registered in the parent only\n") as raised:
+        mp.parallel_map(identity, items, backend="process", chunksize=4)
+    index = items.index(next(item for item in items if isinstance(item, RaisesWhenUnpickled)))
+    assert f"makeparallel: raised by item {index} (RaisesWhenUnpickled())" in raised.value.__notes__
+    assert "makeparallel: raised as the worker process unpickled the task's function and arguments" in raised.value.__notes__
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_a_map_whose_function_cannot_be_unpickled_fails_whatever_on_error_says(count: int) -> None:
+    # Its chunks fail as a chunk of an item whose unpickling raises does: the map tells the
+    # two apart, and fails with the function's error rather than fail each item with it.
+    with pytest.raises(LookupError, match="^no such function there\n") as raised:
+        mp.parallel_map(FunctionRaisingWhenUnpickled(), range(count), backend="process", chunksize=4, on_error="none")
+    assert "makeparallel: the map's function could not be unpickled on a worker process" in raised.value.__notes__
+    assert not any(note.startswith("makeparallel: raised by item") for note in raised.value.__notes__)
 
 
 def test_an_item_whose_unpickling_ends_every_worker_is_named() -> None:

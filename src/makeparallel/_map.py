@@ -69,7 +69,7 @@ from ._decorators import (
     _plain_code,
     _returns_coroutines,
 )
-from ._handle import AsyncHandle, cancel_all, cancel_and_stop
+from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
 from ._states import RUNNING, SUCCEEDED
@@ -79,8 +79,11 @@ from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
     SLICE_SECONDS,
     STOP_ITERATION,
+    CallUnpickled,
     after_crash,
+    after_unpickled,
     after_unreadable,
+    chunk_results,
     describe_item,
     item_failure,
     item_raised,
@@ -786,7 +789,10 @@ def _map_one_item(
         except TaskSerializationError as error:
             _raise_naming_the_item(error, [item], 0)
         try:
-            chunk = handle.get()
+            chunk = chunk_results(handle)
+        except CallUnpickled as unpickled:  # on a worker process: the item's unpickling raised, or the function's
+            _make_sure_it_unpickles(fn, chunk_task, keep_going)
+            chunk = after_unpickled(unpickled.error, item, 0, keep_going)
         except WorkerCrashedError as error:  # on a worker process: the item's failure, or its crash
             chunk, _ = after_crash(error, [item], 0, keep_going, sent_again)
             sent_again = True
@@ -796,6 +802,39 @@ def _map_one_item(
             cancel_and_stop([handle])  # as a longer map's chunks in flight: its worker too, if it runs on
             raise
     return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
+
+
+# A chunk of no items that tells whether a map's function unpickles on a worker: before the map's chunks.
+_PROBE_PRIORITY = 1 << 30
+
+
+def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFunction[..., list[Any]], keep_going: bool) -> None:
+    """Raise, as the map's own error, what unpickling ``fn`` on a worker raises, if it does.
+
+    A chunk its worker could not unpickle ran none of its items, and which of
+    the map's function and the chunk's items raised is not known: a chunk of
+    no items, run before any other, tells. Where the function is at fault the
+    map fails, whatever ``on_error`` says: not each item with its error.
+
+    Raises:
+        Exception: the error unpickling ``fn`` raised (:func:`_function_failed`).
+    """
+    probe = chunk_task.options(priority=_PROBE_PRIORITY)(fn, [], 0, keep_going)
+    try:
+        chunk_results(probe)
+        return
+    except CallUnpickled as unpickled:
+        error = unpickled.error
+    except BaseException:
+        cancel_and_stop([probe])
+        raise
+    _function_failed(error)
+
+
+def _function_failed(error: BaseException) -> NoReturn:
+    """Raise ``error``, which unpickling the map's function on a worker raised, saying so."""
+    _add_note(error, "makeparallel: the map's function could not be unpickled on a worker process")
+    raise error
 
 
 def _raise_naming_the_item(error: TaskSerializationError, items: Sequence[Any], start: int) -> NoReturn:
@@ -882,6 +921,8 @@ class _Mapper:
         self._sent_again: set[int] = set()  # items of one-item chunks run again after a death before they began
         self._read = 0
         self._exhausted = False
+        self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
+        self._probed = False  # a chunk of no items was sent to learn it
         self._completions: Completions | None = None
 
     def chunks(self) -> Iterator[list[Any]]:
@@ -978,7 +1019,11 @@ class _Mapper:
         rest: Sequence[Any] = ()  # the items a chunk stopped at its time budget did not reach
         rest_start = 0
         try:
-            chunk = handle.get()
+            chunk = chunk_results(handle)
+            self._function_unpickles = True
+        except CallUnpickled as unpickled:  # on a worker process: an item's unpickling raised, or the function's
+            start, items, budget = self._chunk_items[id(handle)]
+            chunk, size = self._after_unpickled(entry, unpickled.error, items, start, budget)
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
             start, items, budget = self._chunk_items[id(handle)]
             try:
@@ -1021,6 +1066,55 @@ class _Mapper:
         if self._keep_going:
             chunk = _resolve_failures(chunk, self._skip)
         return chunk, size
+
+    def _after_unpickled(
+        self,
+        entry: tuple[AsyncHandle[list[Any]], int],
+        error: BaseException,
+        items: Sequence[Any],
+        start: int,
+        budget: float | None,
+    ) -> tuple[list[Any], int]:
+        """The results of chunk ``entry`` of ``items``, which its worker could not unpickle; and how many items they are.
+
+        None of its items ran, so they run again, in halves, in its place,
+        until an item at fault is alone. Which of the map's function and its
+        items is at fault, a chunk of no items tells, put in flight before
+        them the first time (:meth:`_start_probe`), unless a chunk gave
+        results already. Once the function is known to unpickle, a chunk of
+        one item that could not be fails with the error (as ``on_error``
+        says); a map whose function does not fails with the function's error.
+        The map waits for them as for any chunk, under its deadline, and an
+        ``async for`` loop's event loop goes on meanwhile.
+
+        Raises:
+            Exception: ``error``, naming the item, with ``on_error="raise"``; the
+                function's own, where it does not unpickle.
+        """
+        if not items:  # the chunk of no items: the function itself did not unpickle
+            _function_failed(error)
+        if len(items) == 1 and self._function_unpickles:
+            return after_unpickled(error, items[0], start, self._keep_going), 1
+        place = self._in_flight.index(entry)
+        if not self._function_unpickles and not self._probed:
+            self._in_flight.insert(place, self._start_probe())
+            place += 1
+        half = max(1, len(items) // 2)  # one item: it runs again once the function is known to unpickle
+        pieces = [(0, half), (half, len(items))] if len(items) > 1 else [(0, 1)]
+        for offset, (low, high) in enumerate(pieces):
+            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+        return [], 0
+
+    def _start_probe(self) -> tuple[AsyncHandle[list[Any]], int]:
+        """Submit a chunk of no items, before any other: it tells whether the map's function unpickles on a worker."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._time_out()
+        self._probed = True
+        handle = self._chunk_task.options(priority=_PROBE_PRIORITY)(self._fn, [], 0, self._keep_going)
+        self._chunk_items[id(handle)] = (0, [], None)
+        if not self._ordered or self._completions is not None:
+            self._follow(handle)
+        return handle, 0
 
     def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
         """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._handle import _add_note
+from ._remote_errors import unpickling_failure
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
@@ -129,17 +130,20 @@ def item_raised(error: BaseException, index: int, item: Any) -> None:
 
 
 def disown_worker_death(error: BaseException) -> None:
-    """Drop the marks of a worker's death, or of unreadable results, from an error that a call of a chunk raised.
+    """Drop the marks of a worker's death, of unreadable results or of a task unpickled in vain, from an error a call of a chunk raised.
 
     A call that waits for a task of its own whose worker process died raises
     that task's ``WorkerCrashedError``, marked by the backend as a death
     (``_how``, ``_crash``; they travel with it from a worker process); one
     whose task's results could not be unpickled raises its
-    ``TaskSerializationError``, marked so (``_unreadable``). Left on, they
-    would make the chunk's consumer take it for the death of the chunk's own
-    worker, or its own unreadable results, and fail a range of items or calls,
-    instead of the call's own error, as itself.
+    ``TaskSerializationError``, marked so (``_unreadable``); one whose task
+    its worker could not unpickle, the error that raised, marked so too
+    (``_remote_errors.unpickling_failure``). Left on, they would make the
+    chunk's consumer take it for the death of the chunk's own worker, its own
+    unreadable results or its own call unpickled in vain, and fail a range of
+    items or calls, instead of the call's own error, as itself.
     """
+    unpickling_failure(error)  # a task of the call's own that its worker could not unpickle, not the chunk
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
@@ -371,6 +375,47 @@ def _lost(
     if not keep_going:
         raise lost from error
     return [Failure(lost)] * len(items), len(items)
+
+
+class CallUnpickled(Exception):
+    """A chunk's function and items could not be unpickled on its worker, so none of its items ran; ``error`` says why."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def chunk_results(handle: Any) -> list[Any]:
+    """``handle.get()``: a chunk's results, or its error.
+
+    Raises:
+        CallUnpickled: its worker could not unpickle it (the error a worker
+            marks so, ``_remote_errors.mark_unpickling_failure``).
+        BaseException: what ``get()`` raised otherwise.
+    """
+    try:
+        results: list[Any] = handle.get()
+    except Exception as error:
+        if unpickling_failure(error):
+            raise CallUnpickled(error) from None
+        raise
+    return results
+
+
+def after_unpickled(error: BaseException, item: Any, index: int, keep_going: bool) -> list[Any]:
+    """The failure of ``item``, item ``index`` of the map, alone in a chunk its worker could not unpickle, for ``error``.
+
+    Its map's function unpickles there (the map made sure): the item fails
+    with the error its own unpickling raised, as if it had raised it, and
+    the map goes on as ``on_error`` says.
+
+    Raises:
+        BaseException: ``error``, naming the item, with ``keep_going`` false.
+    """
+    item_raised(error, index, item)
+    if not keep_going:
+        raise error
+    return [Failure(error)]
 
 
 def after_unreadable(

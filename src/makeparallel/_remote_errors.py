@@ -33,12 +33,35 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["RemoteTraceback", "attach_remote_traceback", "reduce_exception"]
+__all__ = ["RemoteTraceback", "attach_remote_traceback", "mark_unpickling_failure", "reduce_exception", "unpickling_failure"]
 
 _ATOMS = frozenset({type(None), int, str, bytes, bool, float})  # field values that always pickle
 _CHAIN_FIELDS = frozenset(
     {"__cause__", "__context__", "__suppress_context__", "__traceback__", "__dict__", "args", "__notes__"}
 )
+
+
+# Said of an error a worker raised as it unpickled a task's function and arguments: none of its code ran.
+UNPICKLING_NOTE = "makeparallel: raised as the worker process unpickled the task's function and arguments"
+
+
+def mark_unpickling_failure(error: BaseException) -> None:
+    """Say so on ``error``, raised as a worker unpickled its task: a note, and a mark that a map takes off (:func:`unpickling_failure`).
+
+    A map's chunk that fails so ran none of its items: the map runs them
+    again, apart, so that an item whose unpickling raises fails alone.
+    """
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(UNPICKLING_NOTE)
+    else:  # Python 3.10: where 3.11's traceback would look for it
+        error.__notes__ = [*getattr(error, "__notes__", ()), UNPICKLING_NOTE]
+    vars(error)["_unpickling"] = True
+
+
+def unpickling_failure(error: BaseException) -> bool:
+    """Whether ``error`` was raised as a worker unpickled its task (:func:`mark_unpickling_failure`); the mark is taken off."""
+    return bool(vars(error).pop("_unpickling", False))
 
 
 class RemoteTraceback(Exception):

@@ -60,6 +60,7 @@ from collections.abc import Callable, Sequence
 from .. import _serialization
 from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
+from .._remote_errors import mark_unpickling_failure
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
 from .._worker_finders import installed as installed_finders
@@ -269,7 +270,11 @@ class _Worker:
         _local.task = task
         started = time.perf_counter()
         try:
-            fn, call = _unpickled(function, data, buffers)
+            try:
+                fn, call = _unpickled(function, data, buffers)
+            except Exception as error:
+                mark_unpickling_failure(error)  # none of the task's code ran: a map runs its items again, apart
+                raise
             if len(call) == 2:
                 value, ok = _call(fn, call[0], call[1], task), True
             else:  # with the submitter's context variables, set in a context of its own
