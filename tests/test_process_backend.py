@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from pool_helpers import Flags, fresh_process_pool, the_pool_goes_on_beside, wait_until
+from pool_helpers import Flags, fresh_process_pool, mark_then_wait, send_tasks_ahead, the_pool_goes_on_beside, wait_until
 from makeparallel._remote_errors import RemoteTraceback
 
 pytestmark = [
@@ -557,6 +557,29 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs(wor
     kind, task = worker._next()
     assert worker._run(*task)[0][:2] == (3, True)
     assert worker._cancelled == {}
+
+
+@pytest.mark.timeout(180)
+def test_short_tasks_wait_for_an_idle_worker_rather_than_behind_a_long_task(tmp_path: Path) -> None:
+    # Sent ahead on the strength of the pool's average (short tasks), 20 of 50 waited the
+    # whole 30 s of a long task sent before them, while the other worker had nothing to do.
+    from makeparallel._backends import _process
+
+    fresh_process_pool(2)
+    send_tasks_ahead()
+    flags = Flags(str(tmp_path))
+    long = mp.parallel(backend="process")(mark_then_wait)(flags, "long")
+    try:
+        assert flags.wait("long", 30)
+        [worker] = [w for w in long._backend._workers if long in w.outstanding]
+        since = max(worker.returned_at, long._started_at)
+        assert wait_until(lambda: time.perf_counter() - since > _process._OVERDUE, 30)  # it returned nothing since
+        quick = [mp.parallel(backend="process")(abs)(-i) for i in range(50)]
+        assert [handle.get(timeout=60) for handle in quick] == list(range(50))
+        assert long.status == "running"
+    finally:
+        flags.set("long-go")
+    assert long.get(timeout=30) == "long"
 
 
 def test_a_task_that_fits_an_idle_workers_socket_goes_from_the_submitting_thread(

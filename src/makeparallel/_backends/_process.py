@@ -135,6 +135,9 @@ _log = logging.getLogger("makeparallel")
 _WorkersPath = tuple[list[str], dict[str, tuple[str, ...]], list[Any]]
 _now = time.monotonic  # the clock of the restart window
 _SHORT_TASK = 0.001  # tasks shorter than this, on average, get a deep window
+# A worker that has returned nothing for this long, its task sent before, runs a long one
+# whatever the average says: it is sent no task ahead, which would wait for that task's end.
+_OVERDUE = 0.05
 _FAILED_STARTS_ALLOWED = 3  # failed initializers in a row before the pool stops starting workers
 # Each worker's BLAS and OpenMP libraries get usable CPUs // workers threads, unless the
 # user set these (the variables loky sets): N workers x one thread per core oversubscribes.
@@ -174,7 +177,8 @@ class _Worker:
     __slots__ = (
         "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes", "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
-        "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "send_lock", "sent", "spared",
+        "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
+        "sent", "spared",
         "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered",
         "waiting",
     )
@@ -210,6 +214,7 @@ class _Worker:
         self.send_lock = threading.Lock()
         self.direct_bytes = direct_bytes  # the largest task such a thread sends it: a send that fits its socket
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
+        self.returned_at = 0.0  # when it last sent results (time.perf_counter)
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
@@ -1109,6 +1114,8 @@ class ProcessBackend(QueueingBackend):
             outstanding = worker.outstanding
             if len(outstanding) <= 1:
                 worker.ahead = 0  # none waits behind the running task
+            if outstanding and worker.ready and self._num_workers > 1 and _overdue(worker):
+                return  # what it would be sent waits for another worker instead
             had = worker.path  # the sys.path the worker has before these tasks
             has = had  # and before the next one
             while len(outstanding) < window:
@@ -1506,6 +1513,7 @@ class ProcessBackend(QueueingBackend):
                 if worker.too_many_threads:  # (rare: the pool grew) replaced as it gets idle, as for memory
                     with self._lock:
                         self._replace_if_too_many_threads_locked(worker, finishing=len(message[1]))
+                worker.returned_at = time.perf_counter()
                 for task_id, ok, data, sizes, seconds in message[1]:
                     buffers = [worker.conn.recv_frame() for _ in sizes]
                     with self._lock:
@@ -2401,6 +2409,19 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], payloads: list[A
     if batch and path is not had:
         _send(worker, ("path", _path_message(path)))
     _send(worker, ("tasks", tasks), buffers)
+
+
+def _overdue(worker: _Worker) -> bool:
+    """Whether busy ``worker`` has returned nothing for ``_OVERDUE`` seconds since its oldest task was sent.
+
+    Tasks sent ahead to a worker wait for the task it runs: sent on the
+    strength of the pool's average (short tasks), 20 of 50 waited the whole
+    30 s of a long task sent before them, while the other worker had nothing
+    to do. Left queued here, they go to whichever worker is idle first (in a
+    pool of one, they are sent ahead still: no other worker would take them).
+    """
+    sent = worker.outstanding[0]._started_at or 0.0
+    return time.perf_counter() - max(worker.returned_at, sent) > _OVERDUE
 
 
 def _exiting(worker: _Worker) -> bool:
