@@ -6,6 +6,7 @@ many: a burst of messages of every size must still come out as it went in.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -94,6 +95,34 @@ print(template.alive)
 worker_end, _ = blocking_socketpair(_socket.SOCK_STREAM)
 print(Template(DeadTemplate()).fork(worker_end, os.open(os.devnull, os.O_RDONLY)).returncode)
 """
+
+
+@pytest.mark.timeout(60)
+def test_send_or_keep_never_waits_and_what_it_keeps_goes_first_and_in_order() -> None:
+    # The pool's loop thread sent with sendall: a task larger than the socket's buffers, to a
+    # worker that read nothing, held it, and every other worker's results with it.
+    ours, theirs = socket.socketpair()
+    writer, reader = Channel(ours), Channel(theirs)
+    large = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the buffers of a socket pair hold
+    with ours, theirs:
+        assert writer.send_or_keep(("first", 1)) and not writer.unsent
+        ours.settimeout(0.0)  # any wait in a send below raises BlockingIOError instead
+        assert not writer.send_or_keep(("large",), [large]) and writer.unsent
+        assert not writer.send_or_keep(("after",)) and not writer.flush()  # no room yet: kept, in order
+        ours.settimeout(None)
+        received: list[object] = []
+
+        def read_all() -> None:
+            received.extend([reader.recv(), reader.recv(), bytes(reader.recv_frame()), reader.recv(), reader.recv()])
+
+        thread = threading.Thread(target=read_all)
+        thread.start()
+        while not writer.flush():  # as the loop does when the socket has room
+            select.select([], [ours], [], 30)
+        writer.send(("last",))  # a blocking send goes after what was kept
+        thread.join(30)
+        assert received == [("first", 1), ("large",), large, ("after",), ("last",)]
+        assert not writer.unsent
 
 
 def test_a_send_to_a_process_that_died_raises_where_the_program_takes_sigpipe_by_default() -> None:

@@ -582,6 +582,55 @@ def test_short_tasks_wait_for_an_idle_worker_rather_than_behind_a_long_task(tmp_
     assert long.get(timeout=30) == "long"
 
 
+@pytest.mark.timeout(180)
+def test_a_worker_that_reads_nothing_holds_up_only_the_task_sent_to_it(tmp_path: Path) -> None:
+    # The loop thread sent a task larger than the pipe's buffers with sendall, to a worker
+    # that looked idle and read nothing (stopped, or its GIL held by a thread its task left
+    # in a long C call): every other worker's results, every timeout and shutdown() waited.
+    import signal
+
+    from makeparallel._backends import _process
+
+    fresh_process_pool(2)
+    on_process = mp.parallel(backend="process")
+    assert len({on_process(os.getpid)().get(timeout=30) for _ in range(2)}) >= 1
+    flags = Flags(str(tmp_path))
+    busy = on_process(mark_then_wait)(flags, "busy")
+    stopped_pid = None
+    try:
+        assert flags.wait("busy", 30)
+        backend = busy._backend
+        assert wait_until(lambda: len([w for w in backend._workers if w.ready]) == 2, 30)
+        [stopped] = [w for w in backend._workers if busy not in w.outstanding]
+        stopped_pid = stopped.process.pid
+        os.kill(stopped_pid, signal.SIGSTOP)
+        large = on_process(len)(b"x" * (4 * 2**20 + stopped.direct_bytes))  # past what its pipe's buffers hold
+        assert wait_until(lambda: large in stopped.outstanding, 30)
+        flags.set("busy-go")
+        assert busy.get(timeout=30) == "busy"
+        assert [on_process(abs)(-i).get(timeout=30) for i in range(5)] == list(range(5))
+        started = time.monotonic()
+        assert not mp.shutdown(1)  # the large task never ran: it fails
+        assert time.monotonic() - started < 30
+        assert isinstance(large.exception(timeout=30), mp.ShutdownError)
+        assert wait_until(lambda: not _process_alive(stopped_pid), 30)  # killed, stopped as it was
+    finally:
+        flags.set("busy-go")
+        if stopped_pid is not None and _process_alive(stopped_pid):
+            os.kill(stopped_pid, signal.SIGKILL)
+        mp.reset_shutdown()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs, stopped or not (not a zombie nor gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_task_that_fits_an_idle_workers_socket_goes_from_the_submitting_thread(
     one_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

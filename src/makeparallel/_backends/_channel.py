@@ -12,15 +12,27 @@ whatever is waiting, often several results at once, and :meth:`Channel.buffered`
 says without a system call whether a whole message is already here. Small
 frames are joined and sent with one call; large buffers are sent as they are
 and received straight into their own ``bytearray``, never copied on the way.
+
+The pool's loop thread never waits to send (:meth:`Channel.send_or_keep`):
+what the socket has no room for waits here, in order, until the loop sees
+room (:meth:`Channel.flush`). A worker that reads nothing (stopped with
+``SIGSTOP``, or its GIL held by a thread of its task's in a long C call)
+held the loop in ``sendall`` of a task larger than the socket's buffers, and
+with it every other worker's results, every timeout and ``shutdown()``.
 """
 
 from __future__ import annotations
 
 import _pickle  # pickle's C core: a worker need not import pickle.py, nor the re it imports (_template)
+import _socket
 import struct
 from _socket import SHUT_WR
+from collections import deque
 
 from ._socketpair import NO_SIGNAL
+
+# A send that takes what the socket has room for and returns (every POSIX system has it).
+_DONT_WAIT: int = getattr(_socket, "MSG_DONTWAIT", 0) | NO_SIGNAL
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -42,18 +54,20 @@ _JOIN_BELOW = 64 * 1024  # smaller buffers are joined into one send
 class Channel:
     """Framed messages over a connected stream socket (blocking)."""
 
-    __slots__ = ("_pending", "_sock", "_start")
+    __slots__ = ("_pending", "_sock", "_start", "_unsent")
 
     def __init__(self, sock: socket) -> None:
         self._sock = sock
         self._pending = bytearray()  # read ahead, not yet handed out: from _start on
         self._start = 0
+        self._unsent: deque[Any] = deque()  # what send_or_keep could not send yet, in order
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def close(self) -> None:
         self._sock.close()
+        self._unsent.clear()
 
     def stop_waiting(self) -> None:
         """Reads from now on raise ``BlockingIOError`` where they would wait: the other end is gone, what it sent is here."""
@@ -66,20 +80,41 @@ class Channel:
     # -- sending ------------------------------------------------------------------------
 
     def send(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
-        """Send ``message`` pickled, then each buffer as it is; raises ``OSError`` if the other end is gone."""
-        data = _pickle.dumps(message, protocol=5)
-        parts: list[Any] = [_HEADER.pack(len(data)), data]
-        for buffer in buffers:
-            view = buffer.raw() if isinstance(buffer, _pickle.PickleBuffer) else memoryview(buffer).cast("B")
-            if view.nbytes < _JOIN_BELOW:
-                parts += (_HEADER.pack(view.nbytes), view)
-                continue
-            parts.append(_HEADER.pack(view.nbytes))
-            self._sock.sendall(b"".join(parts), NO_SIGNAL)
-            self._sock.sendall(view, NO_SIGNAL)
-            parts = []
-        if parts:
-            self._sock.sendall(b"".join(parts), NO_SIGNAL)
+        """Send ``message`` pickled, then each buffer as it is, after what waits unsent; raises ``OSError`` if the other end is gone."""
+        unsent = self._unsent
+        while unsent:  # first what send_or_keep left: the messages go in order
+            self._sock.sendall(unsent[0], NO_SIGNAL)
+            unsent.popleft()
+        for frame in _frames(message, buffers):
+            self._sock.sendall(frame, NO_SIGNAL)
+
+    def send_or_keep(self, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> bool:
+        """:meth:`send` without waiting: what the socket has no room for waits for :meth:`flush`; whether all went.
+
+        Raises ``OSError`` if the other end is gone.
+        """
+        self._unsent.extend(_frames(message, buffers))
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send what waits unsent, as much as the socket takes now; whether all went. Raises ``OSError`` if the other end is gone."""
+        unsent = self._unsent
+        while unsent:
+            part = unsent[0]
+            try:
+                sent = self._sock.send(part, _DONT_WAIT)
+            except BlockingIOError:
+                return False
+            if sent < len(part):
+                unsent[0] = memoryview(part)[sent:]
+                return False
+            unsent.popleft()
+        return True
+
+    @property
+    def unsent(self) -> bool:
+        """Whether what was sent with :meth:`send_or_keep` waits for room to go."""
+        return bool(self._unsent)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -127,3 +162,21 @@ class Channel:
             del self._pending[:self._start]
             self._start = 0
         self._pending += data
+
+
+def _frames(message: tuple[Any, ...], buffers: Sequence[Any]) -> list[Any]:
+    """What sending ``message`` and ``buffers`` writes, in order: small frames joined, each large buffer as it is."""
+    data = _pickle.dumps(message, protocol=5)
+    parts: list[Any] = [_HEADER.pack(len(data)), data]
+    frames: list[Any] = []
+    for buffer in buffers:
+        view = buffer.raw() if isinstance(buffer, _pickle.PickleBuffer) else memoryview(buffer).cast("B")
+        if view.nbytes < _JOIN_BELOW:
+            parts += (_HEADER.pack(view.nbytes), view)
+            continue
+        parts.append(_HEADER.pack(view.nbytes))
+        frames += (b"".join(parts), view)
+        parts = []
+    if parts:
+        frames.append(b"".join(parts))
+    return frames

@@ -784,12 +784,17 @@ class ProcessBackend(QueueingBackend):
                 if workers != watched:
                     _watch(selector, watched, workers)
                     watched = list(workers)
+                _watch_writes(selector, watched)
                 if template is None and self._template is not None and self._template.alive:
                     template = self._template
                     selector.register(template, selectors.EVENT_READ, template)
                 events = selector.select(self._next_due_in())
                 look = not events  # a kill is due, or a fork to try again
-                for key, _ in events:
+                for key, mask in events:
+                    if mask & selectors.EVENT_WRITE:
+                        _flush(key.data)
+                        if not mask & selectors.EVENT_READ:
+                            continue
                     if key.data is None:
                         drain(self._wake_r)
                         self._woken = False  # before _maintain looks: a later wake writes again
@@ -1284,6 +1289,8 @@ class ProcessBackend(QueueingBackend):
                     self._assigned_locked(worker, [handle])
                     payload = handle._payload
                 _send_tasks(worker, [handle], [payload], had)
+                if worker.conn.unsent:  # (its pipe was fuller than its bound allowed for): the loop sends the rest
+                    self._wake()
             except BaseException:
                 if handle in worker.outstanding:
                     with self._lock:
@@ -2462,11 +2469,31 @@ def _path_message(path: _WorkersPath) -> _WorkersPath:
 
 
 def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()) -> None:
-    """Send ``message`` to ``worker``; its caller holds the worker's send lock, or the worker is not shared yet."""
+    """Send ``message`` to ``worker`` without waiting: what its pipe has no room for, the loop sends as room comes.
+
+    Its caller holds the worker's send lock, or the worker is not shared yet.
+    """
     try:
-        worker.conn.send(message, buffers)
+        worker.conn.send_or_keep(message, buffers)
     except OSError:
         pass  # the worker died; the loop sees its pipe close and handles it
+
+
+def _flush(worker: _Worker) -> None:
+    """Send ``worker`` what waits unsent, as its pipe has room (the loop saw some)."""
+    with worker.send_lock:
+        try:
+            worker.conn.flush()
+        except OSError:
+            pass  # as in _send
+
+
+def _watch_writes(selector: selectors.BaseSelector, workers: list[_Worker]) -> None:
+    """Have ``selector`` tell when the pipe of each of ``workers`` with messages waiting to go has room; only those."""
+    for worker in workers:
+        events = selectors.EVENT_READ | selectors.EVENT_WRITE if worker.conn.unsent else selectors.EVENT_READ
+        if selector.get_key(worker.conn).events != events:
+            selector.modify(worker.conn, events, worker)
 
 
 
