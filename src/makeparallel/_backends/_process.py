@@ -178,9 +178,8 @@ class _Worker:
         "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes", "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
         "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
-        "sent", "spared",
-        "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads", "undelivered",
-        "waiting",
+        "sent", "spared", "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
+        "undelivered", "waiting", "writing",
     )
 
     def __init__(
@@ -215,6 +214,7 @@ class _Worker:
         self.direct_bytes = direct_bytes  # the largest task such a thread sends it: a send that fits its socket
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         self.returned_at = 0.0  # when it last sent results (time.perf_counter)
+        self.writing = False  # the loop's selector watches its pipe for room: messages wait to go (_watch_writes)
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
@@ -2306,6 +2306,7 @@ def _watch(selector: selectors.BaseSelector, before: list[_Worker], now: list[_W
     for worker in now:
         if worker not in before:
             selector.register(worker.conn, selectors.EVENT_READ, worker)
+            worker.writing = False
 
 
 def _unwatch(selector: selectors.BaseSelector, watched: Any) -> None:
@@ -2491,9 +2492,13 @@ def _flush(worker: _Worker) -> None:
 def _watch_writes(selector: selectors.BaseSelector, workers: list[_Worker]) -> None:
     """Have ``selector`` tell when the pipe of each of ``workers`` with messages waiting to go has room; only those."""
     for worker in workers:
-        events = selectors.EVENT_READ | selectors.EVENT_WRITE if worker.conn.unsent else selectors.EVENT_READ
-        if selector.get_key(worker.conn).events != events:
-            selector.modify(worker.conn, events, worker)
+        unsent = worker.conn.unsent
+        if unsent is not worker.writing:
+            try:
+                selector.modify(worker.conn, selectors.EVENT_READ | selectors.EVENT_WRITE if unsent else selectors.EVENT_READ, worker)
+            except (KeyError, ValueError):  # its pipe was closed: nothing waits to go
+                continue
+            worker.writing = unsent
 
 
 
