@@ -410,27 +410,34 @@ def test_a_line_a_task_prints_reaches_no_descriptor_of_the_pool_where_the_progra
     assert result.read_text() == "True True True 0"
 
 
+# Root passes every permission check: a script that needs a folder it may not search first
+# gives up, for itself and the programs it starts, the two capabilities that let it (as a
+# user has none).
+AS_A_USER = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+if os.geteuid() == 0:
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        assert libc.prctl(24, capability, 0, 0, 0) == 0, ctypes.get_errno()  # PR_CAPBSET_DROP
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    sets = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; twice 32 bits
+    assert libc.capget(header, sets) == 0
+    sets[0] &= ~0b110
+    sets[1] &= ~0b110
+    assert libc.capset(header, sets) == 0, ctypes.get_errno()
+"""
+
+
 def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp_path: Path) -> None:
     # A program run as another user (sudo -u app, from a home folder of mode 0700) cannot
-    # look up "." where it is: opening the worker's directory that way failed every
-    # start. Root passes every permission check: the script first gives up, for itself
-    # and the programs it starts, the two capabilities that let it (as a user has none).
+    # look up "." where it is: opening the worker's directory that way failed every start.
     locked = tmp_path / "locked"
     locked.mkdir()
     out = run_fresh(
-        f"""
-        import ctypes, os
+        AS_A_USER
+        + textwrap.dedent(
+            f"""
         import makeparallel as mp
-        libc = ctypes.CDLL(None, use_errno=True)
-        if os.geteuid() == 0:
-            for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-                assert libc.prctl(24, capability, 0, 0, 0) == 0, ctypes.get_errno()  # PR_CAPBSET_DROP
-            header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-            sets = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; twice 32 bits
-            assert libc.capget(header, sets) == 0
-            sets[0] &= ~0b110
-            sets[1] &= ~0b110
-            assert libc.capset(header, sets) == 0, ctypes.get_errno()
         os.chdir({str(locked)!r})
         os.chmod(".", 0)
         try:
@@ -438,8 +445,43 @@ def test_a_worker_starts_though_the_program_may_not_search_its_own_directory(tmp
         finally:
             os.chmod({str(locked)!r}, 0o700)
         """
+        )
     )
     assert out == ["True"]
+
+
+def test_a_worker_starts_in_the_folder_of_the_moment_though_the_program_may_not_search_it(tmp_path: Path) -> None:
+    # A worker forked from the template enters the program's folder by its descriptor, which
+    # takes search permission there: one started after the program went into a folder and
+    # took its own permission away ran in the template's folder, and wrote its files there.
+    first, then = tmp_path / "first", tmp_path / "then"
+    first.mkdir()
+    then.mkdir()
+    out = run_fresh(
+        AS_A_USER
+        + textwrap.dedent(
+            f"""
+        import signal, time
+        import makeparallel as mp
+        mp.configure_process_pool(num_workers=1)
+        where = mp.parallel(backend="process")(os.getcwd)
+        os.chdir({str(first)!r})
+        print(where().get(timeout=30) == {str(first)!r})
+        os.chdir({str(then)!r})
+        os.chmod(".", 0o200)
+        try:
+            [worker] = mp.get_process_pool_info()["worker_pids"]
+            os.kill(worker, signal.SIGKILL)  # its replacement starts now
+            deadline = time.monotonic() + 30
+            while worker in mp.get_process_pool_info()["worker_pids"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(where().get(timeout=30) == {str(then)!r})
+        finally:
+            os.chmod({str(then)!r}, 0o700)
+        """
+        )
+    )
+    assert out == ["True", "True"]
 
 
 def test_a_worker_the_system_refuses_to_start_fails_its_task_with_the_reason_and_works_once_configured() -> None:

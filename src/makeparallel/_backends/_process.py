@@ -828,7 +828,7 @@ class ProcessBackend(QueueingBackend):
             journal = JournalReader(journal_fd)
             limits = thread_limits(self._num_workers)
             environ = {**environment(), **limits}
-            forked = self._fork(child_end, journal_fd, environ) if template_available() else None
+            forked = self._fork(child_end, journal_fd, environ) if template_available() and _enterable() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
                 process = forked
@@ -2417,6 +2417,19 @@ def _send_tasks(worker: _Worker, batch: list[AsyncHandle[Any]], payloads: list[A
     if batch and path is not had:
         _send(worker, ("path", _path_message(path)))
     _send(worker, ("tasks", tasks), buffers)
+
+
+def _enterable() -> bool:
+    """Whether a worker forked now could enter this process's working directory, to start there.
+
+    It enters it by its descriptor (``fchdir``), which takes search permission
+    there: a program that went into a folder and then took its own search
+    permission away (``chmod 0o200``) had its later workers run in the
+    template's folder instead, and write their files there. A fresh
+    interpreter has the folder from its start, as any program started from
+    this one: where it cannot be entered, the worker starts as one.
+    """
+    return os.access("/proc/self/cwd", os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def _overdue(worker: _Worker) -> bool:

@@ -24,7 +24,9 @@ What a fresh interpreter gave each worker, a forked one still gets:
   the next message there; its working directory comes with the request, as
   a descriptor of the directory itself, so that one removed since is still
   the worker's, as a fresh interpreter's would be (its path failed every
-  start, since ``os.getcwd()`` raises there); so do its standard output and
+  start, since ``os.getcwd()`` raises there; one the program may not search,
+  which no fork can enter, has the worker start as a fresh interpreter
+  instead: ``_process._enterable``); so do its standard output and
   error, which the worker puts in place of the template's, so that what C
   code or a child process writes there goes where the program's go now (a
   program that redirected its own to a log file after its first task had
@@ -610,7 +612,7 @@ def _become_worker(
     try:
         os.fchdir(directory)
     except OSError:
-        pass  # no search permission there: it stays in the template's (the program's when that started)
+        pass  # its search permission was taken away since the pool looked: it stays in the template's
     os.close(directory)
     if changes is not None:
         take(changes)  # the umask and limits, where they changed since the template started (_inherited)
