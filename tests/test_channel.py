@@ -125,6 +125,40 @@ def test_send_or_keep_never_waits_and_what_it_keeps_goes_first_and_in_order() ->
         assert not writer.unsent
 
 
+@pytest.mark.timeout(60)
+def test_a_cancel_kept_behind_a_large_message_is_counted_only_once_it_has_gone() -> None:
+    # A worker reads its pipe before the next task of its inbox when the count of cancels
+    # moves, and starts that task if none is there: counted as it was kept behind part of a
+    # large message, a cancel let a worker start 9 of 10 tasks cancelled behind that message.
+    from types import SimpleNamespace
+
+    from makeparallel._backends import _process
+
+    class Journal:
+        counted = 0
+
+        def cancel_sent(self) -> None:
+            self.counted += 1
+
+    ours, theirs = socket.socketpair()
+    worker = SimpleNamespace(conn=Channel(ours), send_lock=threading.Lock(), cancels_unsent=0, journal=Journal())
+    reader = Channel(theirs)
+    with ours, theirs:
+        _process._send(worker, ("tasks",), [b"x" * (4 * 2**20)])  # more than the pair's buffers hold
+        _process._send_control(worker, ("cancel", 7))
+        assert worker.conn.unsent and worker.journal.counted == 0
+        received: list[object] = []
+        thread = threading.Thread(target=lambda: received.extend([reader.recv(), len(reader.recv_frame()), reader.recv()]))
+        thread.start()
+        while worker.conn.unsent:  # as the loop does when the pipe has room
+            select.select([], [ours], [], 30)
+            _process._flush(worker)
+        thread.join(30)
+        assert received == [("tasks",), 4 * 2**20, ("cancel", 7)] and worker.journal.counted == 1
+        _process._send_control(worker, ("cancel", 8))  # with room: counted at once
+        assert worker.journal.counted == 2 and reader.recv() == ("cancel", 8)
+
+
 def test_a_send_to_a_process_that_died_raises_where_the_program_takes_sigpipe_by_default() -> None:
     # A program that set SIGPIPE back to its default was killed by a send to a worker
     # (or a template) that had just died, where a fault must touch one task (4/10).

@@ -175,7 +175,8 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes", "exit_by", "exited",
+        "ahead", "cancels_unsent", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes",
+        "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
         "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
         "sent", "spared", "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
@@ -215,6 +216,7 @@ class _Worker:
         self.outstanding: deque[AsyncHandle[Any]] = deque()  # sent, in order; [0] runs
         self.returned_at = 0.0  # when it last sent results (time.perf_counter)
         self.writing = False  # the loop's selector watches its pipe for room: messages wait to go (_watch_writes)
+        self.cancels_unsent = 0  # cancels among what waits to go, counted in its journal once gone (_flush)
         # Bytes of tasks sent behind a running one since it last had none waiting: at
         # least what its pipe holds unread (_AHEAD_BYTES).
         self.ahead = 0
@@ -996,10 +998,7 @@ class ProcessBackend(QueueingBackend):
             if message[0] == "stop" and worker.held is not None:  # after the tasks it holds, or it ends first
                 later.append((worker, message))
                 continue
-            with worker.send_lock:
-                _send(worker, message, [])
-            if message[0] == "cancel":  # after the send: when the worker sees the count move, it can read it
-                worker.journal.cancel_sent()
+            _send_control(worker, message)
         self._control.extend(later)
         workers = list(self._workers)
         if self._paused:  # memory is short: a task starts only when none runs
@@ -2488,18 +2487,45 @@ def _send(worker: _Worker, message: tuple[Any, ...], buffers: Sequence[Any] = ()
     Its caller holds the worker's send lock, or the worker is not shared yet.
     """
     try:
-        worker.conn.send_or_keep(message, buffers)
+        sent = worker.conn.send_or_keep(message, buffers)
     except OSError:
-        pass  # the worker died; the loop sees its pipe close and handles it
+        return  # the worker died; the loop sees its pipe close and handles it
+    if sent and worker.cancels_unsent:
+        _count_cancels_sent(worker)
+
+
+def _send_control(worker: _Worker, message: tuple[Any, ...]) -> None:
+    """Send ``worker`` a control message; a cancel is counted in its journal once it has gone.
+
+    When the count moves, the worker reads its pipe before the next task of
+    its inbox (``cancels_sent``), and starts that task if no cancel is
+    there: counted as it was kept behind part of a large message, a cancel
+    let a worker start 9 of 10 tasks cancelled behind that message.
+    """
+    with worker.send_lock:
+        _send(worker, message, [])
+        if message[0] == "cancel":
+            worker.cancels_unsent += 1
+            if not worker.conn.unsent:
+                _count_cancels_sent(worker)
 
 
 def _flush(worker: _Worker) -> None:
-    """Send ``worker`` what waits unsent, as its pipe has room (the loop saw some)."""
+    """Send ``worker`` what waits unsent, as its pipe has room (the loop saw some); count the cancels among it once gone."""
     with worker.send_lock:
         try:
-            worker.conn.flush()
+            sent = worker.conn.flush()
         except OSError:
-            pass  # as in _send
+            return  # as in _send
+        if sent and worker.cancels_unsent:
+            _count_cancels_sent(worker)
+
+
+def _count_cancels_sent(worker: _Worker) -> None:
+    """Count in ``worker``'s journal the cancels that waited to go, now gone; its send lock is held."""
+    while worker.cancels_unsent:
+        worker.cancels_unsent -= 1
+        worker.journal.cancel_sent()
 
 
 def _watch_writes(selector: selectors.BaseSelector, workers: list[_Worker]) -> None:
