@@ -120,6 +120,27 @@ class FunctionRaisingWhenUnpickled:
         return (refuse_to_load, ("no such function there",))
 
 
+def identity_or_exit(parent: int, exits: bool) -> Any:
+    """``identity``, as a worker unpickles it; one that ``exits`` ends that worker instead."""
+    if exits and os.getpid() != parent:
+        os._exit(3)
+    return identity
+
+
+class IdentityDyingWhenSent:
+    """``identity``, whose pickling number ``dies_at`` in this process ends the worker that unpickles it."""
+
+    def __init__(self, dies_at: int) -> None:
+        self.dies_at, self.pickled, self.parent = dies_at, 0, os.getpid()
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.pickled += 1
+        return (identity_or_exit, (self.parent, self.pickled == self.dies_at))
+
+
 def ends_the_first_worker(flag: str, value: int) -> int:
     """``value``, in every worker but the first to unpickle it, which it ends (the first to create ``flag``)."""
     try:

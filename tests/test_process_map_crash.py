@@ -46,6 +46,7 @@ from map_crash_tasks import (
     DiesWhenUnpickled,
     DiesWhenUnpickledOnce,
     FunctionRaisingWhenUnpickled,
+    IdentityDyingWhenSent,
     RaisesWhenUnpickled,
     exit_at_the_culprit,
     Item,
@@ -373,6 +374,16 @@ def test_a_map_whose_function_cannot_be_unpickled_fails_whatever_on_error_says(c
         mp.parallel_map(FunctionRaisingWhenUnpickled(), range(count), backend="process", chunksize=4, on_error="none")
     assert "makeparallel: the map's function could not be unpickled on a worker process" in raised.value.__notes__
     assert not any(note.startswith("makeparallel: raised by item") for note in raised.value.__notes__)
+
+
+def test_a_map_whose_check_of_its_function_dies_checks_again() -> None:
+    # The chunk of no items that tells whether the map's function unpickles was its second
+    # pickling of the function. Its worker died before it told: the map re-ran the chunks of
+    # its items, which could not be unpickled, 700 times a second, for good.
+    fn = IdentityDyingWhenSent(dies_at=2)
+    items = [RaisesWhenUnpickled(), RaisesWhenUnpickled()]
+    assert mp.parallel_map(fn, items, backend="process", chunksize=2, on_error="none", timeout=60) == [None, None]
+    assert fn.pickled < 10
 
 
 def test_an_item_whose_unpickling_ends_every_worker_is_named() -> None:

@@ -806,6 +806,7 @@ def _map_one_item(
 
 # A chunk of no items that tells whether a map's function unpickles on a worker: before the map's chunks.
 _PROBE_PRIORITY = 1 << 30
+_PROBE_DEATHS = 3  # such chunks whose worker died before they told, before the map gives up with the last death
 
 
 def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFunction[..., list[Any]], keep_going: bool) -> None:
@@ -819,16 +820,29 @@ def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFuncti
     Raises:
         Exception: the error unpickling ``fn`` raised (:func:`_function_failed`).
     """
-    probe = chunk_task.options(priority=_PROBE_PRIORITY)(fn, [], 0, keep_going)
-    try:
-        chunk_results(probe)
-        return
-    except CallUnpickled as unpickled:
-        error = unpickled.error
-    except BaseException:
-        cancel_and_stop([probe])
-        raise
-    _function_failed(error)
+    for check in range(_PROBE_DEATHS):
+        probe = chunk_task.options(priority=_PROBE_PRIORITY)(fn, [], 0, keep_going)
+        try:
+            chunk_results(probe)
+            return
+        except CallUnpickled as unpickled:
+            _function_failed(unpickled.error)
+        except WorkerCrashedError as error:
+            if check + 1 == _PROBE_DEATHS:
+                _probes_died(error)
+        except BaseException:
+            cancel_and_stop([probe])
+            raise
+
+
+def _probes_died(error: WorkerCrashedError) -> NoReturn:
+    """Raise ``error``, the death of the worker of the last chunk of no items that was to tell whether the function unpickles."""
+    _add_note(
+        error,
+        f"makeparallel: the map could not learn whether its function unpickles on a worker process: the worker of "
+        f"each of {_PROBE_DEATHS} chunks of no items sent to tell died",
+    )
+    raise error
 
 
 def _function_failed(error: BaseException) -> NoReturn:
@@ -922,7 +936,8 @@ class _Mapper:
         self._read = 0
         self._exhausted = False
         self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
-        self._probed = False  # a chunk of no items was sent to learn it
+        self._probed = False  # a chunk of no items was sent to learn it, and has not died
+        self._probe_deaths = 0  # such chunks whose worker died before they told
         self._completions: Completions | None = None
 
     def chunks(self) -> Iterator[list[Any]]:
@@ -1026,22 +1041,14 @@ class _Mapper:
             chunk, size = self._after_unpickled(entry, unpickled.error, items, start, budget)
         except WorkerCrashedError as error:  # on a worker process: finish the chunk without the culprit
             start, items, budget = self._chunk_items[id(handle)]
-            try:
-                chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
-            except WorkerCrashedError as failure:  # on_error="raise"
-                crash = getattr(error, "_crash", None)
-                if failure is not error and crash is not None:  # its culprit's: after the items that ended before it
-                    keep_results_before(handle, crash[0])
-                raise
-            if size < len(items):
-                pieces = [(size, len(items))]
-                if not size and len(items) > 1:  # its worker died before its first item: in halves
-                    pieces = [(0, len(items) // 2), (len(items) // 2, len(items))]
-                elif not size:  # one item: it runs again once, then its unpickling is the culprit
-                    self._sent_again.add(start)
-                place = self._in_flight.index(entry)
-                for offset, (low, high) in enumerate(pieces):
-                    self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+            if not items:  # the chunk of no items died before it told whether the function unpickles
+                self._probed = False  # the next chunk that cannot be unpickled sends another (_after_unpickled)
+                self._probe_deaths += 1
+                if self._probe_deaths == _PROBE_DEATHS:
+                    _probes_died(error)
+                chunk, size = [], 0
+            else:
+                chunk, size = self._after_crash(entry, error, items, start, budget)
         except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here
             start, items, _ = self._chunk_items[id(handle)]
             chunk, size = after_unreadable(error, items, start, self._keep_going)
@@ -1065,6 +1072,41 @@ class _Mapper:
             self._progress.advance(size)
         if self._keep_going:
             chunk = _resolve_failures(chunk, self._skip)
+        return chunk, size
+
+    def _after_crash(
+        self,
+        entry: tuple[AsyncHandle[list[Any]], int],
+        error: WorkerCrashedError,
+        items: Sequence[Any],
+        start: int,
+        budget: float | None,
+    ) -> tuple[list[Any], int]:
+        """The results of chunk ``entry`` of ``items``, whose worker died, up to its culprit's failure; and how many.
+
+        A new chunk of its other items takes its place in flight, under the
+        same time budget.
+
+        Raises:
+            WorkerCrashedError: the culprit's, with ``on_error="raise"``.
+        """
+        handle = entry[0]
+        try:
+            chunk, size = after_crash(error, items, start, self._keep_going, start in self._sent_again)
+        except WorkerCrashedError as failure:  # on_error="raise"
+            crash = getattr(error, "_crash", None)
+            if failure is not error and crash is not None:  # its culprit's: after the items that ended before it
+                keep_results_before(handle, crash[0])
+            raise
+        if size < len(items):
+            pieces = [(size, len(items))]
+            if not size and len(items) > 1:  # its worker died before its first item: in halves
+                pieces = [(0, len(items) // 2), (len(items) // 2, len(items))]
+            elif not size:  # one item: it runs again once, then its unpickling is the culprit
+                self._sent_again.add(start)
+            place = self._in_flight.index(entry)
+            for offset, (low, high) in enumerate(pieces):
+                self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
         return chunk, size
 
     def _after_unpickled(
