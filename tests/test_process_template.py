@@ -1263,6 +1263,33 @@ def test_a_task_that_changes_its_ids_keeps_its_parent_death_signal(template: boo
 
 
 @both_ways
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ids takes root")
+def test_a_worker_whose_task_changed_its_ids_on_a_thread_of_its_own_asks_again_as_the_task_ends(template: bool) -> None:
+    # The request is per thread, and glibc changes the ids of every thread, clearing it on
+    # each: re-armed only on the task's thread, which then ended, it left the worker without.
+    out = run_fresh(
+        CHANGED_IDS.split("def change_ids")[0]
+        + textwrap.dedent(
+            """
+            import threading
+
+            def change_ids_on_a_thread():
+                thread = threading.Thread(target=lambda: (os.seteuid(65534), os.seteuid(0)))
+                thread.start()
+                thread.join()
+
+            mp.configure_process_pool(num_workers=1)
+            on_process = mp.parallel(backend="process")
+            on_process(change_ids_on_a_thread)().get(timeout=30)
+            print(on_process(death_signal)().get(timeout=30))
+            """
+        ),
+        template=template,
+    )
+    assert out == ["SIGKILL"]
+
+
+@both_ways
 def test_the_id_setters_of_a_worker_are_pickled_by_name_and_leave_its_tasks_children_alone(template: bool) -> None:
     # A worker's os.setuid asks for its parent-death signal again, which a worker whose parent
     # is gone answers by exiting: not so in a process its task forked, whose parent is the worker.

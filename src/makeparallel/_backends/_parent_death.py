@@ -25,6 +25,7 @@ changed them another way (``ctypes``).
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's functions without its enums (``_template``)
 
-__all__ = ["die_with_parent", "still_die_with_parent"]
+__all__ = ["ask_again_if_changed", "die_with_parent", "still_die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The real parent's id: a worker forked from the template has os.getppid name the program (_template).
@@ -49,52 +50,79 @@ _ID_SETTERS = ("setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid"
 
 _parent_pid: int | None = None  # the parent die_with_parent was asked about
 _asked_in: int | None = None  # the process that asked: not a process it forked since
+_asking_thread: int | None = None  # the thread that asked: the worker's main thread, which runs its tasks
+_changed_elsewhere = False  # another thread changed the ids since: the main thread asks again (ask_again_if_changed)
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ask to be killed when the parent ends (Linux), and again at each change of ids; exit now if it has ended already."""
-    global _parent_pid, _asked_in
+    """Ask, on this thread, to be killed when the parent ends (Linux), and again at each change of ids; exit now if it has ended already."""
+    global _parent_pid, _asked_in, _asking_thread
     _parent_pid = parent_pid
     _asked_in = os.getpid()
+    _asking_thread = _thread.get_ident()
     if sys.platform.startswith("linux"):
-        try:
-            libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
-        except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
-            pass
         for name in _ID_SETTERS:
             setter = getattr(os, name, None)
             if setter is not None and not hasattr(setter, "__wrapped__"):
                 _install(name, _asking_again(setter))
-    if _real_getppid() != parent_pid:  # re-parented already: the parent is gone
-        os._exit(0)
+    _ask(parent_pid)
 
 
 def still_die_with_parent() -> None:
-    """Ask again, after code that may have changed this process's user or group ids.
+    """Ask again, on this thread, after code that may have changed this process's user or group ids.
 
     Linux clears the request when they change (``prctl(2)``): an initializer
     that dropped privileges (``os.setuid``) left its worker, in a long C call,
     running on after the program was killed, re-parented to init.
     """
     if _parent_pid is not None:
-        die_with_parent(_parent_pid)
+        _ask(_parent_pid)
+
+
+def ask_again_if_changed() -> None:
+    """Ask again on this thread, the one that asked first, if another thread changed the ids since (a task's own).
+
+    The request is the calling thread's, and glibc changes the ids of every
+    thread, which clears it on each: one re-armed only on a thread of the
+    task's own, which then ended, left the worker without it.
+    """
+    global _changed_elsewhere
+    if _changed_elsewhere:
+        _changed_elsewhere = False
+        still_die_with_parent()
+
+
+def _ask(parent_pid: int) -> None:
+    """Ask for ``SIGKILL`` when the parent ends, on this thread (Linux); exit now if it has ended already."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc_call("prctl", _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)()
+        except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
+            pass
+    if _real_getppid() != parent_pid:  # re-parented already: the parent is gone
+        os._exit(0)
 
 
 def _asking_again(setter: Callable[..., None]) -> Callable[..., None]:
     """``setter`` (``os.setuid``...), asking for the parent-death signal again as it returns, in the process that asked.
 
     Not in a process forked since (a task's own child), whose parent is not
-    the one asked about: it would take itself for an orphan and exit. Only
-    the calling thread asks: where another thread changed the ids, the
-    signal comes only while that thread lives.
+    the one asked about: it would take itself for an orphan and exit. The
+    calling thread asks; where it is not the one that asked first, that one
+    asks again as the task ends (:func:`ask_again_if_changed`): a thread of
+    the task's that changed them, then ended, left the worker without the
+    request until then.
     """
 
     def set_ids(*ids: int) -> None:
+        global _changed_elsewhere
         try:
             setter(*ids)
         finally:
             if os.getpid() == _asked_in:
                 still_die_with_parent()
+                if _thread.get_ident() != _asking_thread:
+                    _changed_elsewhere = True
 
     # Pickled by name, as the built-in was: ``posix.setuid``, which is this function here.
     set_ids.__module__, set_ids.__name__, set_ids.__qualname__ = "posix", setter.__name__, setter.__name__

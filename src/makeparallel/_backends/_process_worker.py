@@ -69,7 +69,7 @@ from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._main_module import stand_in_for_main
 from ._output_relay import OutputRelay, flush_c_stdio
-from ._parent_death import die_with_parent, still_die_with_parent
+from ._parent_death import ask_again_if_changed, die_with_parent, still_die_with_parent
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -288,6 +288,7 @@ class _Worker:
             _local.task = None
             self._ended.append(task_id)  # first: a cancel finds the task current, or ended
             self._current = None
+            ask_again_if_changed()  # a thread of the task's changed the ids, clearing this thread's request
         try:
             result, result_buffers = _serialization.dumps(value)
         except Exception as error:
