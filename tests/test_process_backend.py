@@ -621,6 +621,36 @@ def test_a_worker_that_reads_nothing_holds_up_only_the_task_sent_to_it(tmp_path:
         mp.reset_shutdown()
 
 
+@pytest.mark.timeout(180)
+def test_no_task_is_sent_ahead_behind_a_message_still_waiting_to_go(tmp_path: Path) -> None:
+    # The worker reads none of it yet: sent ahead there and then cancelled, a task started
+    # before its cancel went (19 of 20, where the program ran a thread of its own), and
+    # shutdown(cancel_pending=True) could not take it back. Queued here, it can be.
+    import signal
+
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    on_process = mp.parallel(backend="process")
+    first = on_process(abs)(-1)
+    assert first.get(timeout=30) == 1  # the worker is idle
+    backend = first._backend
+    [worker] = backend._workers
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    try:
+        large = on_process(len)(b"x" * (4 * 2**20 + worker.direct_bytes))  # past what its pipe's buffers hold
+        assert wait_until(lambda: large in worker.outstanding and worker.conn.unsent, 30)
+        short = [on_process(abs)(-i) for i in range(5)]
+        for _ in range(2):  # two passes of the loop: the first has dispatched what it would
+            backend._wake()
+            assert wait_until(lambda: not backend._woken, 30)
+        assert list(worker.outstanding) == [large]
+        assert all(handle.cancel() for handle in short)
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)
+    assert large.get(timeout=60) == 4 * 2**20 + worker.direct_bytes
+    assert all(handle.cancelled() for handle in short) and on_process(abs)(-7).get(timeout=30) == 7
+
+
 def _process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs, stopped or not (not a zombie nor gone)."""
     import psutil

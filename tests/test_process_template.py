@@ -1290,6 +1290,45 @@ def test_a_worker_whose_task_changed_its_ids_on_a_thread_of_its_own_asks_again_a
 
 
 @both_ways
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ids takes root")
+def test_a_worker_whose_ids_a_thread_changed_while_it_was_idle_asks_again_as_its_next_task_starts(
+    template: bool, tmp_path: Path
+) -> None:
+    # A thread an earlier task left changed them once that task had ended: the worker's next
+    # task, a long C call, ran on after the program was killed.
+    go, done = tmp_path / "go", tmp_path / "done"
+    out = run_fresh(
+        CHANGED_IDS.split("def change_ids")[0]
+        + textwrap.dedent(
+            f"""
+            import threading, time
+
+            def change_ids_later():
+                while not os.path.exists({str(go)!r}):
+                    time.sleep(0.01)
+                os.seteuid(65534)
+                os.seteuid(0)
+                open({str(done)!r}, "w").close()
+
+            def leave_a_thread():
+                threading.Thread(target=change_ids_later).start()
+
+            mp.configure_process_pool(num_workers=1)
+            on_process = mp.parallel(backend="process")
+            on_process(leave_a_thread)().get(timeout=30)
+            open({str(go)!r}, "w").close()
+            deadline = time.monotonic() + 30
+            while not os.path.exists({str(done)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print(on_process(death_signal)().get(timeout=30))
+            """
+        ),
+        template=template,
+    )
+    assert out == ["SIGKILL"]
+
+
+@both_ways
 def test_the_id_setters_of_a_worker_are_pickled_by_name_and_leave_its_tasks_children_alone(template: bool) -> None:
     # A worker's os.setuid asks for its parent-death signal again, which a worker whose parent
     # is gone answers by exiting: not so in a process its task forked, whose parent is the worker.

@@ -1118,8 +1118,11 @@ class ProcessBackend(QueueingBackend):
             outstanding = worker.outstanding
             if len(outstanding) <= 1:
                 worker.ahead = 0  # none waits behind the running task
-            if outstanding and worker.ready and self._num_workers > 1 and _overdue(worker):
-                return  # what it would be sent waits for another worker instead
+            if outstanding and worker.ready and (worker.conn.unsent or self._num_workers > 1 and _overdue(worker)):
+                # What it would be sent waits for another worker, or for this one to read what it
+                # was sent: behind a message still waiting to go, a task sent ahead and cancelled
+                # meanwhile started before its cancel went (19 of 20, where the program ran a thread).
+                return
             had = worker.path  # the sys.path the worker has before these tasks
             has = had  # and before the next one
             while len(outstanding) < window:

@@ -256,6 +256,7 @@ class _Worker:
     def _run(
         self, task_id: int, name: str, function: bytes, data: bytes, buffers: list[Any], timed: bool
     ) -> tuple[tuple[Any, ...], list[Any]]:
+        ask_again_if_changed()  # a thread of an earlier task's changed the ids since it ended
         task = _RemoteTask(task_id, name, self)
         with self._mail_lock:  # a cancel finds the task current, or in _cancelled: never neither
             stop_error = self._cancelled.pop(task_id, None)
