@@ -54,13 +54,14 @@ _JOIN_BELOW = 64 * 1024  # smaller buffers are joined into one send
 class Channel:
     """Framed messages over a connected stream socket (blocking)."""
 
-    __slots__ = ("_pending", "_sock", "_start", "_unsent")
+    __slots__ = ("_cut", "_pending", "_sock", "_start", "_unsent")
 
     def __init__(self, sock: socket) -> None:
         self._sock = sock
         self._pending = bytearray()  # read ahead, not yet handed out: from _start on
         self._start = 0
         self._unsent: deque[Any] = deque()  # what send_or_keep could not send yet, in order
+        self._cut = False  # a send was interrupted: what went is not known, and nothing more goes (flush)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -93,23 +94,50 @@ class Channel:
 
         Raises ``OSError`` if the other end is gone.
         """
+        if self._cut:
+            raise BrokenPipeError("a send to this channel was interrupted: the stream is cut")
         self._unsent.extend(_frames(message, buffers))
         return self.flush()
 
     def flush(self) -> bool:
-        """Send what waits unsent, as much as the socket takes now; whether all went. Raises ``OSError`` if the other end is gone."""
+        """Send what waits unsent, as much as the socket takes now; whether all went.
+
+        Interrupted as a send returns (a Ctrl-C), it cannot know what went: it
+        sends nothing more (:attr:`cut`), where sending the part again wrote it
+        twice, and the worker answered one task twice. Interrupted after, it
+        keeps count of what went.
+
+        Raises ``OSError`` if the other end is gone.
+        """
         unsent = self._unsent
-        while unsent:
-            part = unsent[0]
-            try:
-                sent = self._sock.send(part, _DONT_WAIT)
-            except BlockingIOError:
-                return False
-            if sent < len(part):
-                unsent[0] = memoryview(part)[sent:]
-                return False
-            unsent.popleft()
+        part, sent = None, -1
+        try:
+            while unsent:
+                part, sent = unsent[0], -1
+                try:
+                    sent = self._sock.send(part, _DONT_WAIT)
+                except BlockingIOError:
+                    return False
+                if sent < len(part):
+                    unsent[0] = memoryview(part)[sent:]
+                    return False
+                unsent.popleft()
+        except BaseException:
+            if unsent and unsent[0] is part:  # interrupted between a send and its bookkeeping
+                if sent < 0:  # in the send: what went is not known
+                    self._cut = True
+                    unsent.clear()
+                elif sent == memoryview(part).nbytes:
+                    unsent.popleft()
+                else:
+                    unsent[0] = memoryview(part)[sent:]
+            raise
         return True
+
+    @property
+    def cut(self) -> bool:
+        """Whether a send was interrupted where what went is not known: nothing more goes (the worker is replaced)."""
+        return self._cut
 
     @property
     def unsent(self) -> bool:

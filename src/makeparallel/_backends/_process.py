@@ -1294,7 +1294,7 @@ class ProcessBackend(QueueingBackend):
                 if worker.conn.unsent:  # (its pipe was fuller than its bound allowed for): the loop sends the rest
                     self._wake()
             except BaseException:
-                if handle in worker.outstanding:
+                if handle in worker.outstanding or worker.conn.cut:
                     with self._lock:
                         worker.killing, worker.stop_for = True, None  # its pipe may hold half a message
                         worker.stop_reason = "cancelled"
