@@ -821,7 +821,7 @@ def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFuncti
         Exception: the error unpickling ``fn`` raised (:func:`_function_failed`).
     """
     for check in range(_PROBE_DEATHS):
-        probe = chunk_task.options(priority=_PROBE_PRIORITY)(fn, [], 0, keep_going)
+        probe = _probe_task(chunk_task)(fn, [], 0, keep_going)
         try:
             chunk_results(probe)
             return
@@ -833,6 +833,17 @@ def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFuncti
         except BaseException:
             cancel_and_stop([probe])
             raise
+
+
+def _probe_task(chunk_task: ParallelFunction[..., list[Any]]) -> ParallelFunction[..., list[Any]]:
+    """``chunk_task`` for a chunk of no items: it runs before any chunk of items queued."""
+    return chunk_task.options(priority=_PROBE_PRIORITY)
+
+
+def _halves(count: int, budget: float | None) -> list[tuple[int, int, float | None]]:
+    """``count`` items cut in two (one, where they are one), each piece under ``budget``: for :meth:`_Mapper._start_in_place`."""
+    half = count // 2
+    return [(0, half, budget), (half, count, budget)] if count > 1 else [(0, count, budget)]
 
 
 def _probes_died(error: WorkerCrashedError) -> NoReturn:
@@ -1099,14 +1110,11 @@ class _Mapper:
                 keep_results_before(handle, crash[0])
             raise
         if size < len(items):
-            pieces = [(size, len(items))]
-            if not size and len(items) > 1:  # its worker died before its first item: in halves
-                pieces = [(0, len(items) // 2), (len(items) // 2, len(items))]
-            elif not size:  # one item: it runs again once, then its unpickling is the culprit
+            if not size and len(items) == 1:  # one item: it runs again once, then its unpickling is the culprit
                 self._sent_again.add(start)
-            place = self._in_flight.index(entry)
-            for offset, (low, high) in enumerate(pieces):
-                self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+            # Its worker died before its first item: in halves; else the items after the culprit.
+            pieces = _halves(len(items), budget) if not size else [(size, len(items), budget)]
+            self._start_in_place(self._in_flight.index(entry), items, start, pieces)
         return chunk, size
 
     def _after_unpickled(
@@ -1141,22 +1149,22 @@ class _Mapper:
         if not self._function_unpickles and not self._probed:
             self._in_flight.insert(place, self._start_probe())
             place += 1
-        half = max(1, len(items) // 2)  # one item: it runs again once the function is known to unpickle
-        pieces = [(0, half), (half, len(items))] if len(items) > 1 else [(0, 1)]
-        for offset, (low, high) in enumerate(pieces):
-            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+        # One item runs again alone, once the function is known to unpickle.
+        self._start_in_place(place, items, start, _halves(len(items), budget))
         return [], 0
 
     def _start_probe(self) -> tuple[AsyncHandle[list[Any]], int]:
         """Submit a chunk of no items, before any other: it tells whether the map's function unpickles on a worker."""
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._time_out()
+        entry = self._start_chunk([], 0, None, _probe_task(self._chunk_task))
         self._probed = True
-        handle = self._chunk_task.options(priority=_PROBE_PRIORITY)(self._fn, [], 0, self._keep_going)
-        self._chunk_items[id(handle)] = (0, [], None)
-        if not self._ordered or self._completions is not None:
-            self._follow(handle)
-        return handle, 0
+        return entry
+
+    def _start_in_place(
+        self, place: int, items: Sequence[Any], start: int, pieces: list[tuple[int, int, float | None]]
+    ) -> None:
+        """Start a chunk of ``items[low:high]`` under ``budget`` for each of ``pieces``, in flight at ``place`` on, in order."""
+        for offset, (low, high, budget) in enumerate(pieces):
+            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
 
     def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
         """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.
@@ -1174,13 +1182,16 @@ class _Mapper:
         else:
             even = -(-len(items) // count)
             pieces = [(low, min(low + even, len(items)), None) for low in range(0, len(items), even)]
-        for offset, (low, high, budget) in enumerate(pieces):
-            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+        self._start_in_place(place, items, start, pieces)
 
     def _start_chunk(
-        self, items: Sequence[Any], start: int, budget: float | None
+        self,
+        items: Sequence[Any],
+        start: int,
+        budget: float | None,
+        task: ParallelFunction[..., list[Any]] | None = None,
     ) -> tuple[AsyncHandle[list[Any]], int]:
-        """Submit the chunk of ``items``, item ``start`` of the map the first; its entry in flight.
+        """Submit the chunk of ``items``, item ``start`` of the map the first, as ``task`` (the map's own); its entry in flight.
 
         Out of order, every chunk is followed as it ends; in order, once one has
         a time budget (a ``parallel_map``'s), so that its rest goes on at once.
@@ -1193,7 +1204,7 @@ class _Mapper:
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
         try:
-            handle = self._chunk_task(self._fn, items, start, self._keep_going, budget)
+            handle = (task or self._chunk_task)(self._fn, items, start, self._keep_going, budget)
         except TaskSerializationError as error:
             _raise_naming_the_item(error, items, start)
         self._chunk_items[id(handle)] = (start, items, budget)
