@@ -2506,11 +2506,9 @@ def _send_control(worker: _Worker, message: tuple[Any, ...]) -> None:
     let a worker start 9 of 10 tasks cancelled behind that message.
     """
     with worker.send_lock:
-        _send(worker, message, [])
         if message[0] == "cancel":
-            worker.cancels_unsent += 1
-            if not worker.conn.unsent:
-                _count_cancels_sent(worker)
+            worker.cancels_unsent += 1  # counted once it and what waits before it have gone (_send, _flush)
+        _send(worker, message, [])
 
 
 def _flush(worker: _Worker) -> None:
@@ -2537,7 +2535,8 @@ def _watch_writes(selector: selectors.BaseSelector, workers: list[_Worker]) -> N
         unsent = worker.conn.unsent
         if unsent is not worker.writing:
             try:
-                selector.modify(worker.conn, selectors.EVENT_READ | selectors.EVENT_WRITE if unsent else selectors.EVENT_READ, worker)
+                events = selectors.EVENT_READ | selectors.EVENT_WRITE if unsent else selectors.EVENT_READ
+                selector.modify(worker.conn, events, worker)
             except (KeyError, ValueError):  # its pipe was closed: nothing waits to go
                 continue
             worker.writing = unsent
