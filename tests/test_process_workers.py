@@ -33,6 +33,7 @@ from pool_helpers import (
     fresh_process_pool,
     live_worker_pids,
     mark_then_wait,
+    mul,
     pid_once_released,
     send_tasks_ahead,
     wait_until,
@@ -867,6 +868,9 @@ def test_a_task_that_ends_as_it_times_out_leaves_its_worker_alone(
     # signal must not end what the worker runs by then.
     fresh_process_pool(1)
     flags = Flags(str(tmp_path))
+    # The worker imports the helpers first: its clock starts before the task's module is imported,
+    # and on a loaded machine that import alone took the half second, the task ending before its mark.
+    assert on_process(mul)(2, 3).get(timeout=30) == 6
     timed = mp.parallel(backend="process", timeout=0.5)(mark_then_wait)(flags, "timed")
     assert flags.wait("timed", 30)
     backend = timed._backend
