@@ -11,6 +11,7 @@ import pytest
 import makeparallel as mp
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize
+from test_retry import pool_threads_died, predicate_that_raises, raises_connection_error
 
 
 class FakeClock:
@@ -343,3 +344,26 @@ def test_the_option_takes_a_breaker_only() -> None:
 def test_state_is_a_str_enum() -> None:
     assert mp.CircuitState.HALF_OPEN == "half_open" and str(mp.CircuitState.OPEN) == "open"
     assert isinstance(mp.CircuitState.CLOSED, str)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_error_whose_predicate_raises_counts_as_a_failure_and_kills_no_thread(backend: str, clock: FakeClock) -> None:
+    # Asked as the call ended, on a worker thread or on the process pool's loop thread, the
+    # predicate's error killed that thread, and a half-open breaker never got its trial back.
+    died = pool_threads_died(backend)
+    breaker = breaker_for(clock, min_calls=2, window=2, on=predicate_that_raises)
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker)(raises_connection_error)
+    for _ in range(2):
+        with pytest.raises(ConnectionError, match="down") as caught:
+            fn().get(timeout=30)
+        assert (
+            "makeparallel: counted as a failure: circuit breaker 'payments''s on= predicate raised RuntimeError: "
+            "the predicate's own bug" in "\n".join(getattr(caught.value, "__notes__", []))
+        )
+    assert breaker.state == "open"
+    clock.now += 31  # half open: the trial's end is recorded, and it fails again
+    with pytest.raises(ConnectionError):
+        fn().get(timeout=30)
+    assert breaker.state == "open"
+    assert pool_threads_died(backend) == died

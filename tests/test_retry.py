@@ -492,3 +492,39 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
     with pytest.raises(ConnectionError, match="still down") as caught:
         handle.get()
     assert handle.attempts == 1 and "1 attempt(s) failed" in "\n".join(caught.value.__notes__)
+
+
+def predicate_that_raises(error: BaseException) -> bool:
+    raise RuntimeError("the predicate's own bug")
+
+
+def raises_connection_error() -> None:
+    raise ConnectionError("down")
+
+
+def pool_threads_died(backend: str) -> int:
+    """Threads of the pool that died of an error (the process pool's loop thread, a thread pool's workers)."""
+    if backend == "process":
+        return int(mp.get_process_pool_info()["loop_deaths"])
+    return int(mp.get_thread_pool_info()["dead_threads"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_a_predicate_that_raises_leaves_the_error_not_retried_and_kills_no_thread(backend: str) -> None:
+    # Asked as the attempt ended, on a worker thread or on the process pool's loop thread,
+    # the predicate's error killed that thread: the task read running for good.
+    died = pool_threads_died(backend)
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=predicate_that_raises, attempts=3, wait_initial=0))(
+        raises_connection_error
+    )
+    handle = fn()
+    with pytest.raises(ConnectionError, match="down") as caught:
+        handle.get(timeout=30)
+    assert handle.attempts == 1
+    assert (
+        "makeparallel: not retried: the retry policy's on= predicate raised RuntimeError: the predicate's own bug "
+        "(in predicate_that_raises, " in "\n".join(getattr(caught.value, "__notes__", []))
+    )
+    assert mp.parallel(backend=backend)(abs)(-3).get(timeout=30) == 3
+    assert pool_threads_died(backend) == died

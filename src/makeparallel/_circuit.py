@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _events
+from ._predicates import ask
 from ._retry import RetryOn, _check_on
 from .errors import CircuitOpenError, TaskCancelledError
 
@@ -130,7 +131,9 @@ class CircuitBreaker:
             however many threads call at once. All must succeed to close it.
         on: what counts as a failure: an exception type, a tuple of them, or a
             predicate ``f(exc) -> bool``; other errors count as successes (the
-            dependency answered). Cancellations count as nothing.
+            dependency answered). Cancellations count as nothing. An error
+            whose predicate raises counts as a failure, and a note on it gives
+            the predicate's error.
         clock: the monotonic clock, in seconds (for tests).
 
     Raises:
@@ -264,7 +267,7 @@ class CircuitBreaker:
         on = self.on
         if isinstance(on, (type, tuple)):
             return isinstance(error, on)
-        return bool(on(error))
+        return ask(on, error, f"circuit breaker {self.name!r}", True, "counted as a failure")
 
     def record(self, failed: bool, seconds: float | None) -> tuple[CircuitState, CircuitState] | None:
         """Record one admitted call's outcome; return ``(old, new)`` if the state changed.

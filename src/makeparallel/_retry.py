@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ._predicates import ask
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
 __all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
@@ -83,7 +84,8 @@ class Retry:
     Args:
         on: what to retry: an exception type, a tuple of them, or a predicate
             ``f(exc) -> bool`` (called on the thread that ran the attempt, outside
-            the library's locks). Required. Never retried, whatever it says:
+            the library's locks; where it raises, the error is not retried, and
+            a note on it gives the predicate's error). Required. Never retried, whatever it says:
             ``KeyboardInterrupt``, ``SystemExit`` and other non-``Exception``
             errors, and cancellation. ``TaskTimeoutError`` (the task's own
             ``timeout=``) and ``CircuitOpenError`` are retried only when ``on``
@@ -140,7 +142,7 @@ class Retry:
             if explicit:
                 kinds = tuple(k for k in kinds if issubclass(k, _EXPLICIT_ONLY))
             return isinstance(error, kinds)
-        return not explicit and bool(on(error))
+        return not explicit and ask(on, error, "the retry policy", False, "not retried")
 
     def wait(self, failed_attempt: int) -> float:
         """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed."""

@@ -1,0 +1,40 @@
+"""A user's ``on=`` predicate (a retry policy's, a circuit breaker's), asked about an error where raising would do harm.
+
+It is asked as a task ends, on a thread pool's worker thread or on the process
+pool's loop thread. A predicate that raised there killed that thread: the task
+never ended, its handle read running for good, and the process pool reported
+itself dead. Its error now goes, as a note, on the error it was asked about,
+which the caller of ``get()`` sees, and the answer is what the caller chose as
+the safe one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ask"]
+
+
+def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: bool, meaning: str) -> bool:
+    """``bool(on(error))``; where ``on`` raises an ``Exception``, ``otherwise``, with a note on ``error``.
+
+    ``owner`` names whose predicate it is (``"the retry policy"``), ``meaning``
+    what ``otherwise`` does with the error (``"not retried"``). A ``KeyboardInterrupt``
+    or ``SystemExit`` raised in it goes on as raised.
+    """
+    try:
+        return bool(on(error))
+    except Exception as raised:  # noqa: BLE001  # the user's code, on a thread of the pool's that must go on
+        # Only once a predicate failed: nothing loads before.
+        from ._handle import _add_note
+
+        where = ""
+        traceback = raised.__traceback__
+        while traceback is not None and traceback.tb_next is not None:
+            traceback = traceback.tb_next
+        if traceback is not None:
+            code = traceback.tb_frame.f_code
+            where = f" (in {code.co_name}, {code.co_filename}:{traceback.tb_lineno})"
+        _add_note(error, f"makeparallel: {meaning}: {owner}'s on= predicate raised {type(raised).__name__}: {raised}{where}")
+        return otherwise
