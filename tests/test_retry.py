@@ -169,8 +169,11 @@ def test_a_process_attempt_killed_at_its_timeout_before_a_retry_counts_as_timed_
     before = mp.get_process_pool_info()["worker_restart_reasons"]
     with no_retry_waits():
         handle = fn(30)
-        with pytest.raises(mp.TaskTimeoutError):
+        with pytest.raises(mp.TaskTimeoutError) as caught:
             handle.get(timeout=30)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "2 attempt(s) failed: attempt 1: TaskTimeoutError after " in notes, notes
+    assert "; attempt 2: TaskTimeoutError after " in notes, notes
 
     def counted(reason: str) -> int:
         return mp.get_process_pool_info()["worker_restart_reasons"].get(reason, 0) - before.get(reason, 0)
@@ -345,15 +348,32 @@ def test_a_timed_out_attempt_is_retried_when_on_names_task_timeout_error(gate: t
     assert mp.get_thread_pool_info()["stuck_threads"] == 0
 
 
+def test_the_last_attempts_timeout_comes_back_with_a_note_of_every_attempt(gate: threading.Event) -> None:
+    # The note was added to a failed task's error only: a last attempt that timed out lost the history.
+    @mp.parallel(timeout=0.05, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))
+    def stuck() -> None:
+        gate.wait(30)
+
+    with no_retry_waits():
+        handle = stuck()
+        with pytest.raises(mp.TaskTimeoutError) as caught:
+            handle.get(timeout=30)
+    gate.set()
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "2 attempt(s) failed: attempt 1: TaskTimeoutError after " in notes, notes
+    assert "; attempt 2: TaskTimeoutError after " in notes, notes
+
+
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
     @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
     def stuck() -> None:
         gate.wait(30)
 
     handle = stuck()
-    with pytest.raises(mp.TaskTimeoutError):
+    with pytest.raises(mp.TaskTimeoutError) as caught:
         handle.get(timeout=30)
     assert handle.attempts == 1
+    assert not getattr(caught.value, "__notes__", [])  # a single attempt: nothing to list
     gate.set()
 
 

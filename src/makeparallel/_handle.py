@@ -1013,14 +1013,15 @@ class AsyncHandle(Generic[T]):
                 pass
 
     def _error_for_caller(self) -> BaseException:
-        """The task's error; a user's exception gets its note the first time out."""
+        """The task's error; a user's exception, or a timeout after retries, gets its note the first time out."""
         error: BaseException | None = self._value
         if error is None:  # cancelled in bulk: its error is made when first asked for
             with self._backend._lock:
                 if self._value is None:
                     self._value = self._cancellation()
                 return self._value  # type: ignore[no-any-return]
-        if self._state == FAILED:
+        state = self._state
+        if state == FAILED or (state == TIMED_OUT and getattr(self, "_retry", None) is not None):
             with self._backend._lock:
                 first = not self._noted
                 self._noted = True
