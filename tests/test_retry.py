@@ -364,6 +364,32 @@ def test_the_last_attempts_timeout_comes_back_with_a_note_of_every_attempt(gate:
     assert "; attempt 2: TaskTimeoutError after " in notes, notes
 
 
+@pytest.mark.timeout(60)
+def test_an_attempt_that_timed_out_and_was_retried_is_told_to_stop(gate: threading.Event) -> None:
+    # Only the last attempt was: check_cancelled() read the handle, running again or waiting
+    # to retry, and each earlier attempt ran on to its end, holding a worker thread for good
+    # where a dependency hung.
+    stopped: list[str] = []
+
+    @mp.parallel(timeout=0.05, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))
+    def polls() -> None:
+        try:
+            while not gate.wait(0.005):  # a poll, as a loop over units of work checks between them
+                mp.check_cancelled()
+        except mp.TaskTimeoutError as error:
+            stopped.append(str(error))
+            raise
+
+    with no_retry_waits():
+        handle = polls()
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+    assert wait_until(lambda: len(stopped) == 2, 10), stopped
+    # The first was stopped as it was retried, not at the task's end with the last.
+    assert any("this attempt ran past its timeout of 0.05 s and the task was retried" in message for message in stopped)
+    assert wait_until(lambda: mp.get_thread_pool_info()["busy_threads"] == 0, 10)
+
+
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
     @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
     def stuck() -> None:

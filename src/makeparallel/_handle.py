@@ -25,11 +25,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
-from types import CoroutineType
+from types import CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _fork_child, _interruptible
@@ -943,9 +944,18 @@ class AsyncHandle(Generic[T]):
     # -- engine side: inside the task ------------------------------------------------
 
     def _raise_if_stopped(self) -> None:
-        if self._state in (CANCELLED, TIMED_OUT):
+        state = self._state
+        if state in (CANCELLED, TIMED_OUT):
             # A fresh exception: the handle's own may be raised concurrently by get().
             raise type(self._value)(*self._value.args)
+        # Retried: this thread may run an attempt that timed out (_retry is set at the first retry).
+        if self._observer.retry is not None and getattr(self, "_retry", None) is not None:
+            started = _attempt_started_here(self)
+            if started is not None and (state != RUNNING or started is not self._started_at):
+                raise TaskTimeoutError(
+                    f"task {self._id} ({self.name}): this attempt ran past its timeout of {self._timeout:g} s "
+                    "and the task was retried; its outcome is dropped"
+                )
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
         with self._backend._lock:
@@ -1043,6 +1053,27 @@ class AsyncHandle(Generic[T]):
             )
             record.last_error = self._value
         return f"{note}\n{record.describe()}"
+
+
+_EXECUTE = AsyncHandle._execute.__code__
+
+
+def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
+    """When the attempt of ``handle`` that this thread runs started (``_execute``'s ``started``); None if it runs none.
+
+    Read from the stack, not kept per attempt: only the ``check_cancelled()`` of
+    a retried task asks, and keeping it would cost every task a store. An
+    attempt that timed out and was retried goes on running on its worker
+    thread, and was never told to stop: each took a worker for good where a
+    dependency hung.
+    """
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _EXECUTE and frame.f_locals.get("self") is handle:
+            started: float | None = frame.f_locals.get("started")
+            return started
+        frame = frame.f_back
+    return None
 
 
 def _add_note(error: BaseException, note: str) -> None:
