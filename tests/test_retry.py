@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -420,6 +421,48 @@ def test_retry_backoff_alone_waits_in_the_caller() -> None:
     flaky = Flaky(2)
     fn = mp.retry_backoff(max_attempts=3, backoff="constant", initial_delay=0.001)(flaky)
     assert fn() == 3
+
+
+@pytest.mark.parametrize("legacy", ["retry", "retry_backoff"])
+def test_a_retry_decorator_alone_retries_an_async_function_in_the_callers_coroutine(legacy: str) -> None:
+    # The call gave the coroutine back at once, and its error came when it was awaited,
+    # past every retry: one attempt, no note, no warning.
+    flaky = Flaky(2)
+
+    async def fetch(x: int) -> int:
+        return flaky() * x
+
+    decorate = mp.retry(max_retries=2) if legacy == "retry" else mp.retry_backoff(max_attempts=3, initial_delay=0.001)
+    fn = decorate(fetch)
+    assert asyncio.run(fn(10)) == 30
+    failing = Flaky(5)
+
+    async def down() -> int:
+        return failing()
+
+    with pytest.raises(ConnectionError, match="attempt 3 failed") as caught:
+        asyncio.run(decorate(down)())
+    assert "3 attempt(s) failed" in "\n".join(caught.value.__notes__)
+
+
+def test_a_retry_decorator_never_retries_the_cancellation_of_its_async_caller() -> None:
+    started = []
+
+    @mp.retry(max_retries=5)
+    async def waits() -> None:
+        started.append(1)
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(waits())
+        while not started:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert started == [1]
 
 
 @pytest.mark.parametrize("order", ["retry_outside", "retry_inside"])

@@ -1,7 +1,8 @@
 """The 0.2 retry decorators, ``retry(max_retries)`` and ``retry_backoff(...)``, over :class:`Retry`.
 
 On a plain function they retry in the caller, sleeping between attempts (the
-sleep releases the GIL). Stacked with ``@parallel``, in either order, they become
+sleep releases the GIL); on an ``async def`` function, in the caller's
+coroutine, awaiting between attempts. Stacked with ``@parallel``, in either order, they become
 that task's ``retry=`` policy: one retry mechanism, never a retry inside a retry.
 Their ``on`` is ``Exception``, as in 0.2.
 """
@@ -13,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._decorators import ParallelFunction, _BoundParallelFunction
+from ._decorators import ParallelFunction, _BoundParallelFunction, _returns_coroutines
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
 from ._validation import check_count
 
-__all__ = ["RetryingFunction", "retry", "retry_backoff"]
+__all__ = ["AsyncRetryingFunction", "RetryingFunction", "retry", "retry_backoff"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,29 +37,58 @@ class RetryingFunction:
         self.__makeparallel_retry__ = policy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        policy = self.__makeparallel_retry__
         fn = self.__wrapped__  # type: ignore[attr-defined]
         record = Attempts(time.perf_counter())
         while True:
             try:
                 return fn(*args, **kwargs)
             except BaseException as error:
-                now = time.perf_counter()
-                attempt = len(record.failures) + 1
-                record.failures.append((attempt, type(error).__name__, now - record.first_started))
-                wait = policy.wait(attempt)
-                out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
-                if attempt >= policy.attempts or out_of_time or not policy.retries(error):
-                    if attempt > 1:
-                        _add_note(error, record.describe())
+                wait = self._wait_after(record, error)
+                if wait is None:
                     raise
             time.sleep(wait)
+
+    def _wait_after(self, record: Attempts, error: BaseException) -> float | None:
+        """Seconds to wait before the next attempt, after ``error``; None to raise it, with its note if retried."""
+        policy = self.__makeparallel_retry__
+        now = time.perf_counter()
+        attempt = len(record.failures) + 1
+        record.failures.append((attempt, type(error).__name__, now - record.first_started))
+        wait = policy.wait(attempt)
+        out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
+        if attempt >= policy.attempts or out_of_time or not policy.retries(error):
+            if attempt > 1:
+                _add_note(error, record.describe())
+            return None
+        return wait
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else functools.partial(self, instance)
 
     def __repr__(self) -> str:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
+
+
+class AsyncRetryingFunction(RetryingFunction):
+    """An ``async def`` function that retries in its caller's coroutine, awaiting between attempts.
+
+    Retrying the call, as :class:`RetryingFunction` does, gave the coroutine back
+    at once: its error came when it was awaited, past every retry.
+    """
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncio  # an async caller has it loaded already
+
+        fn = self.__wrapped__  # type: ignore[attr-defined]
+        record = Attempts(time.perf_counter())
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as error:  # the caller's cancellation (a BaseException) is never retried
+                wait = self._wait_after(record, error)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
 
 
 def _apply(policy: Retry, fn: Any) -> Any:
@@ -68,6 +98,8 @@ def _apply(policy: Retry, fn: Any) -> Any:
         return fn.options(retry=policy)
     if not callable(fn):
         raise TypeError(f"a retry decorator needs a callable, got {fn!r}")
+    if _returns_coroutines(fn):
+        return AsyncRetryingFunction(fn, policy)
     return RetryingFunction(fn, policy)
 
 
