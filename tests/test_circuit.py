@@ -10,7 +10,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel.testing import no_retry_waits
-from pool_helpers import resize
+from pool_helpers import resize, wait_until
 from test_retry import pool_threads_died, predicate_that_raises, raises_connection_error
 
 
@@ -367,3 +367,29 @@ def test_an_error_whose_predicate_raises_counts_as_a_failure_and_kills_no_thread
         fn().get(timeout=30)
     assert breaker.state == "open"
     assert pool_threads_died(backend) == died
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_cancelling_a_call_waiting_to_retry_gives_back_no_trial_permit(backend: str, clock: FakeClock, gate: threading.Event) -> None:
+    # Its failed attempt's outcome was recorded, so it held no permit; its cancel gave back
+    # the running trial's, and another call was let through beside the breaker's one trial.
+    breaker = breaker_for(clock, min_calls=2, window=2, half_open_calls=1)
+    retrying = mp.parallel(
+        backend=backend,
+        circuit_breaker=breaker,
+        retry=mp.Retry(on=ConnectionError, attempts=5, timeout=None, wait_initial=1000, wait_jitter=0),
+    )(raises_connection_error)
+    waiting = [retrying() for _ in range(2)]
+    assert all(wait_until(lambda h=h: h.status == "waiting to retry", 30) for h in waiting)
+    assert breaker.state == "open"
+    clock.now += 31
+    trial = mp.parallel(circuit_breaker=breaker)(gate.wait)(30)  # the one trial, held running
+    assert breaker.state == "half_open" and not trial.done()
+    for handle in waiting:
+        assert handle.cancel()
+    refused = mp.parallel(circuit_breaker=breaker)(abs)(-1)
+    assert isinstance(refused.exception(timeout=30), mp.CircuitOpenError)
+    gate.set()
+    assert trial.get(timeout=30) is True
+    assert breaker.state == "closed"

@@ -180,7 +180,9 @@ class GuardedTaskSpec(TaskSpec):
         assert breaker is not None
         state, value, started = handle._state, handle._value, handle._started_at
         if state == CANCELLED:
-            breaker.release()
+            record = getattr(handle, "_retry", None)
+            if record is None or record.holds_permit:  # not one cancelled as it waited to retry
+                breaker.release()
         elif not isinstance(value, CircuitOpenError):
             failed = state != SUCCEEDED and breaker.counts_as_failure(value)
             self._record(handle, failed, None if started is None else handle._finished_at - started)  # type: ignore[operator]

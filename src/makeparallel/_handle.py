@@ -720,6 +720,7 @@ class AsyncHandle(Generic[T]):
         record.due = now + wait
         record.retries += 1
         record.retried_start = self._started_at
+        record.holds_permit = False
         if self._context is not None:  # a timed-out attempt may still run in it: one context, one thread
             self._context = self._context.copy()
         self._state = RETRY_WAIT
@@ -740,11 +741,19 @@ class AsyncHandle(Generic[T]):
         if self._state != RETRY_WAIT:
             return
         breaker = self._observer.breaker
-        refusal = None if breaker is None else breaker.admit()
-        if refusal is None:
-            self._backend._resume(self)
-        else:
-            self._refused_again(refusal)
+        if breaker is not None:
+            refusal = breaker.admit()
+            if refusal is not None:
+                self._refused_again(refusal)
+                return
+            with self._backend._lock:
+                waiting = self._state == RETRY_WAIT
+                if waiting:
+                    self._retry.holds_permit = True  # its cancel from now on gives the permit back
+            if not waiting:  # cancelled as it was admitted
+                breaker.release()
+                return
+        self._backend._resume(self)
 
     def _refused_again(self, error: BaseException) -> None:
         """A circuit breaker refused this attempt: retry later if the policy names the error, else fail."""

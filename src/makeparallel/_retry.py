@@ -189,6 +189,9 @@ class Attempts:
     retried_start: float | None = None  # the start time of the attempt retried last
     wait: float = 0.0
     due: float = 0.0
+    #: Whether the attempt under way holds its circuit breaker's permit. Not while it waits to
+    #: retry: the failed attempt's outcome was recorded, or the breaker refused it.
+    holds_permit: bool = False
 
     def describe(self) -> str:
         """The note listing every failed attempt, for the final error."""
