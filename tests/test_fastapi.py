@@ -293,6 +293,35 @@ def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: thr
         assert after_response.wait(30)
 
 
+def test_a_client_that_leaves_is_noticed_though_the_app_never_reads_its_large_body(gate: threading.Event) -> None:
+    # The middleware read one message ahead of the app: the rest of a 300 KB upload that the
+    # app never read hid the disconnect behind it, and the task ran to its end for nobody.
+    app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
+    app.add_middleware(CancelOnDisconnect)
+    handles: list[mp.AsyncHandle[str]] = []
+    started = threading.Event()
+
+    @mp.parallel
+    def until_cancelled() -> str:
+        started.set()
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+        return "ended"
+
+    @app.post("/job")
+    async def job() -> str:  # takes no body
+        handles.append(until_cancelled())
+        return await handles[0]
+
+    with uvicorn_server(app) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(b"POST /job HTTP/1.1\r\nHost: test\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000)
+            assert started.wait(30), "the task never started"
+        assert wait_until(lambda: bool(handles) and handles[0].done(), 30), "the task outlived its client"
+        assert handles[0].cancelled()
+
+
 def test_awaiting_tasks_takes_no_token_of_starlettes_thread_limiter(gate: threading.Event) -> None:
     import anyio.to_thread
 
