@@ -192,12 +192,17 @@ def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, clien
         second.close()
         with pytest.raises(mp.ShutdownError, match="Dask client was closed"):
             handle.get(timeout=60)
-        with pytest.raises(mp.ShutdownError, match="shut down or closed"):
+        refused = r"its Dask client .* is closed .*; create a new one, and pass it with makeparallel.configure\(dask_client=client\)"
+        with pytest.raises(mp.ShutdownError, match=refused):
             mp.parallel(backend="dask")(square)(2)
+        report = mp.health()  # it said ok while every task failed
+        assert report["status"] == "unhealthy" and not report["ready"]
+        assert any(reason.startswith("dask pool fails every task: its Dask client ") for reason in report["reasons"])
     finally:
         flags.set("release")
         mp.configure(dask_client=client)
     assert mp.parallel(backend="dask")(square)(4).get(timeout=60) == 16
+    assert not any(reason.startswith("dask pool") for reason in mp.health()["reasons"])
 
 
 def test_the_current_client_is_used_without_configuration(client: Client) -> None:

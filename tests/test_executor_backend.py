@@ -9,6 +9,7 @@ timeouts, progress, a worker that dies.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from pool_helpers import Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
+from makeparallel._backends import _adapter
 
 
 def square(x: int) -> int:
@@ -225,14 +227,23 @@ def test_mp_shutdown_refuses_new_tasks_but_leaves_the_executor_running() -> None
         assert remote(3).get(timeout=30) == 9
 
 
-def test_an_executor_shut_down_by_its_owner_refuses_with_shutdown_error() -> None:
+def test_an_executor_shut_down_by_its_owner_refuses_with_shutdown_error(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = cf.ThreadPoolExecutor(max_workers=1)
     remote = mp.parallel(backend=pool)(square)
     pool.shutdown()
-    with pytest.raises(mp.ShutdownError, match="shut down") as caught:
+    with pytest.raises(mp.ShutdownError, match=r"is shut down or closed .*; pass a running one as backend=") as caught:
         remote(2)
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert mp.get_active_task_count() == 0  # nothing left counted
+    # Health said ok while every task failed: a load balancer kept sending requests.
+    report = mp.health()
+    assert report["status"] == "unhealthy" and not report["ready"] and report["live"]
+    assert any(reason.startswith(f"executor-{id(pool):x} pool fails every task: ") for reason in report["reasons"])
+    monkeypatch.setattr(_adapter, "REFUSALS_SHOWN_FOR", 0.0)  # long after the last refusal
+    assert mp.health()["status"] != "unhealthy"
+    del remote, caught  # (the error's traceback holds the pool too)
+    gc.collect()
+    assert f"executor-{id(pool):x}" not in _runtime.pool_infos()  # nothing holds it: not reported at all
 
 
 # -- in this process: the executor runs the handle ----------------------------------------------------

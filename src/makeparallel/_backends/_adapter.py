@@ -49,7 +49,10 @@ from ._base import Backend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ExecutorBackend", "call_remotely"]
+__all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely"]
+
+#: Seconds ``health()`` reports an executor that refused a task (shut down) as failing every task.
+REFUSALS_SHOWN_FOR = 10.0
 
 
 class ExecutorBackend(Backend):
@@ -78,6 +81,9 @@ class ExecutorBackend(Backend):
         self._futures: dict[AsyncHandle[Any], Any] = {}
         # Timed out or cancelled while running: the future to cancel, for _abandoned().
         self._abandoning: dict[AsyncHandle[Any], Any] = {}
+        # Why the executor refused the last task submitted (shut down or closed), and when (time.monotonic());
+        # None once one is taken.
+        self._refused: tuple[str, float] | None = None
 
     # -- what the runtime asks -------------------------------------------------------
 
@@ -90,7 +96,24 @@ class ExecutorBackend(Backend):
                 "in_process": self._in_process,
                 "active_tasks": self._active,
                 "closed": self._closed,
+                "refusing_tasks": self.refusing(),
             }
+
+    def refusing(self) -> str | None:
+        """Why the executor fails every task now, for ``health()``; None while it takes them.
+
+        Learned at the last submission, not from the executor's state: one
+        shut down (or a Dask client closed) that is sent no more tasks fails
+        none. And only for ``REFUSALS_SHOWN_FOR`` seconds after it, so that a
+        program that moved on to another executor, and kept an error that
+        holds this one, is not reported for good. While every task failed with
+        ``ShutdownError``, health said ok, and a load balancer kept sending
+        requests to a replica that failed them all.
+        """
+        refused = self._refused
+        if refused is None or time.monotonic() - refused[1] >= REFUSALS_SHOWN_FOR:
+            return None
+        return refused[0]
 
     def worker_count(self) -> int:
         workers = getattr(self._executor, "_max_workers", None)
@@ -121,10 +144,11 @@ class ExecutorBackend(Backend):
         except Exception as error:  # the submitter cancels the handle (_holds)
             if not self.is_closed_error(error):
                 raise
-            raise ShutdownError(
-                f"task {handle._id} ({handle.name}) was refused by {self._executor!r}, which "
-                f"is shut down or closed ({error}); submit to a running executor"
-            ) from error
+            why = self.refusal(error)
+            self._refused = (why, time.monotonic())
+            raise ShutdownError(f"task {handle._id} ({handle.name}) was refused: {why}") from error
+        if self._refused is not None:
+            self._refused = None
         with self._lock:
             if handle in self._futures:  # else it ended already
                 self._futures[handle] = future
@@ -148,6 +172,13 @@ class ExecutorBackend(Backend):
                 f"function or arguments could not be pickled ({type(error).__name__}: {error})"
             ) from error
         return (call_remotely, function, arguments)
+
+    def refusal(self, error: Exception) -> str:
+        """Why the executor refused a task, raising ``error``: it is shut down, and what to do."""
+        return (
+            f"{self._executor!r} is shut down or closed ({error}); "
+            "pass a running one as backend= (to @parallel, parallel_map or makeparallel.configure)"
+        )
 
     def is_closed_error(self, error: Exception) -> bool:
         """Whether ``executor.submit`` raised because the executor is shut down."""

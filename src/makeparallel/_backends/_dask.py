@@ -83,9 +83,17 @@ class DaskBackend(ExecutorBackend):
         workers = sum(client.nthreads().values()) if client.status == "running" else 1  # type: ignore[no-untyped-call]
         with self._lock:
             self._client, self._executor, self._workers = client, executor, max(1, workers)
+            self._refused = None  # the old client's
 
     def is_closed_error(self, error: Exception) -> bool:
         return isinstance(error, ClosedClientError) or super().is_closed_error(error)
+
+    def refusal(self, error: Exception) -> str:
+        # The executor is Dask's, made from the client: the client is what the user knows, and replaces.
+        return (
+            f"its Dask client {self._client!r} is closed ({error}); create a new one, "
+            "and pass it with makeparallel.configure(dask_client=client) unless it becomes the current one"
+        )
 
     def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
         client = self._client
