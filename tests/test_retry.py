@@ -391,6 +391,32 @@ def test_an_attempt_that_timed_out_and_was_retried_is_told_to_stop(gate: threadi
     assert wait_until(lambda: mp.get_thread_pool_info()["busy_threads"] == 0, 10)
 
 
+@pytest.mark.timeout(60)
+def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
+    # Only the last attempt's was, as the handle ended: with one worker thread, the first
+    # attempt's coroutine held it to its end, and the retry waited behind it.
+    resize(1)
+    cancelled: list[int] = []
+    attempts: list[int] = []
+
+    @mp.parallel(timeout=0.05, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2))
+    async def sleeps() -> None:
+        attempts.append(1)
+        attempt = len(attempts)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(attempt)
+            raise
+
+    with no_retry_waits():
+        handle = sleeps()
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=20)
+    assert handle.status == "timed out" and handle.attempts == 2  # not the wait for it giving up
+    assert wait_until(lambda: sorted(cancelled) == [1, 2], 10), cancelled
+
+
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
     @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
     def stuck() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from types import CoroutineType
 
@@ -31,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["is_coroutine", "run_here", "running_loop", "start_on_running_loop"]
+__all__ = ["attempt_cancels", "is_coroutine", "run_here", "running_loop", "start_on_running_loop"]
 
 
 class _OwnLoop:
@@ -50,6 +51,11 @@ class _OwnLoop:
 
 
 _own = threading.local()
+
+#: The cancel of the coroutine that each handle with a timeout and a retry policy runs here now. A
+#: timeout that retries the task ends no handle, and the attempt's coroutine ran on to its end, for
+#: nobody, holding its worker thread: the timeout calls it (``AsyncHandle._expire``).
+attempt_cancels: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
 
 
 def is_coroutine(value: object) -> bool:
@@ -80,7 +86,11 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
 
     loop = _own_loop()
     future = loop.create_task(coroutine)  # in the current context: the task's own
-    _cancel_when_stopped(task, loop, future)
+    cancel = _cancel_when_stopped(task, loop, future)
+    observer = getattr(task, "_observer", None)  # a handle's; a worker process's task has none
+    retried_at_timeout = observer is not None and observer.retry is not None and task._timeout is not None
+    if retried_at_timeout:
+        attempt_cancels[task] = cancel
     try:
         return loop.run_until_complete(future)
     except asyncio.CancelledError:
@@ -88,6 +98,8 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
 
         raise TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled") from None
     finally:
+        if retried_at_timeout and attempt_cancels.get(task) is cancel:
+            del attempt_cancels[task]
         _cancel_left_behind(loop)
 
 
@@ -147,7 +159,9 @@ def start_on_running_loop(
     _cancel_when_stopped(task, loop, future)
 
 
-def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> None:
+def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None]:
+    """Have ``future`` (the coroutine's asyncio task on ``loop``) cancelled once ``task`` is stopped; return that cancel."""
+
     def cancel() -> None:
         if not future.done():
             try:
@@ -160,3 +174,4 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> None:
         add_done_callback(lambda _: cancel())
     else:  # a worker process's task: its cancel message calls this
         task.on_stop = cancel
+    return cancel

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from . import _deadlines, _events, _fork_child, _interruptible
 from ._backends._base import pool_of_this_thread
-from ._coroutines import run_here, running_loop, start_on_running_loop
+from ._coroutines import attempt_cancels, run_here, running_loop, start_on_running_loop
 from ._states import (
     CANCELLED,
     FAILED,
@@ -637,6 +637,9 @@ class AsyncHandle(Generic[T]):
         if announce is _RETRYING:
             if _events.listeners:
                 self._after_settle(announce)
+            cancel_coroutine = attempt_cancels.pop(self, None)
+            if cancel_coroutine is not None:  # the late attempt is a coroutine on a worker thread's loop
+                cancel_coroutine()
             backend._abandoned(self, True)  # stop the late attempt where a backend can
             return
         if announce is not None and announce[0] or _events.listeners:
