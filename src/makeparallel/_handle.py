@@ -960,12 +960,13 @@ class AsyncHandle(Generic[T]):
         if state in (CANCELLED, TIMED_OUT):
             # A fresh exception: the handle's own may be raised concurrently by get().
             raise type(self._value)(*self._value.args)
-        # Retried: this thread may run an attempt that timed out (_retry is set at the first retry).
-        if self._observer.retry is not None and getattr(self, "_retry", None) is not None:
+        # Timed and retried: this thread may run an attempt that timed out (_retry is set at the first retry).
+        timeout = self._timeout
+        if timeout is not None and self._observer.retry is not None and getattr(self, "_retry", None) is not None:
             started = _attempt_started_here(self)
             if started is not None and (state != RUNNING or started is not self._started_at):
                 raise TaskTimeoutError(
-                    f"task {self._id} ({self.name}): this attempt ran past its timeout of {self._timeout:g} s "
+                    f"task {self._id} ({self.name}): this attempt ran past its timeout of {timeout:g} s "
                     "and the task was retried; its outcome is dropped"
                 )
 

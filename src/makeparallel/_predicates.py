@@ -36,5 +36,9 @@ def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: b
         if traceback is not None:
             code = traceback.tb_frame.f_code
             where = f" (in {code.co_name}, {code.co_filename}:{traceback.tb_lineno})"
-        _add_note(error, f"makeparallel: {meaning}: {owner}'s on= predicate raised {type(raised).__name__}: {raised}{where}")
+        try:
+            text = str(raised)
+        except Exception:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
+            text = "(its message cannot be shown)"
+        _add_note(error, f"makeparallel: {meaning}: {owner}'s on= predicate raised {type(raised).__name__}: {text}{where}")
         return otherwise
