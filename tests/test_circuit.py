@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +11,12 @@ import pytest
 import makeparallel as mp
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
-from test_retry import pool_threads_died, predicate_that_raises, raises_connection_error
+from test_retry import (
+    pool_threads_died,
+    predicate_that_raises,
+    predicate_that_raises_a_base_exception,
+    raises_connection_error,
+)
 
 
 class FakeClock:
@@ -348,17 +353,21 @@ def test_state_is_a_str_enum() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process"])
-def test_an_error_whose_predicate_raises_counts_as_a_failure_and_kills_no_thread(backend: str, clock: FakeClock) -> None:
+@pytest.mark.parametrize("predicate", [predicate_that_raises, predicate_that_raises_a_base_exception])
+def test_an_error_whose_predicate_raises_counts_as_a_failure_and_kills_no_thread(
+    backend: str, clock: FakeClock, predicate: Callable[[BaseException], bool]
+) -> None:
     # Asked as the call ended, on a worker thread or on the process pool's loop thread, the
     # predicate's error killed that thread, and a half-open breaker never got its trial back.
     died = pool_threads_died(backend)
-    breaker = breaker_for(clock, min_calls=2, window=2, on=predicate_that_raises)
+    breaker = breaker_for(clock, min_calls=2, window=2, on=predicate)
     fn = mp.parallel(backend=backend, circuit_breaker=breaker)(raises_connection_error)
+    kind = "RuntimeError" if predicate is predicate_that_raises else "NotAnException"
     for _ in range(2):
         with pytest.raises(ConnectionError, match="down") as caught:
             fn().get(timeout=30)
         assert (
-            "makeparallel: counted as a failure: circuit breaker 'payments''s on= predicate raised RuntimeError: "
+            f"makeparallel: counted as a failure: circuit breaker 'payments''s on= predicate raised {kind}: "
             "the predicate's own bug" in "\n".join(getattr(caught.value, "__notes__", []))
         )
     assert breaker.state == "open"

@@ -6,12 +6,13 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
+from makeparallel._handle import AsyncHandle
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
 
@@ -392,6 +393,49 @@ def test_an_attempt_that_timed_out_and_was_retried_is_told_to_stop(gate: threadi
 
 
 @pytest.mark.timeout(60)
+def test_a_late_attempt_that_ends_before_its_retry_starts_leaves_the_retry_alone(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    # Stopped at its check during the retry's wait, the late attempt found its outcome
+    # current (no other attempt had started); settled once the retry ran, that outcome
+    # failed the task with the late attempt's timeout, and the retry was stopped.
+    resize(2)
+    second_started = threading.Event()
+    calls: list[int] = []
+
+    @mp.parallel(timeout=1.0, retry=mp.Retry(on=(mp.TaskTimeoutError,), attempts=2, wait_initial=0.5, wait_jitter=0))
+    def late_then_held() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            while not gate.wait(0.005):
+                mp.check_cancelled()  # raises once it was retried, during the retry's wait
+        second_started.set()
+        assert gate.wait(30)
+        return "second"
+
+    execute = AsyncHandle._execute
+    attempts: list[int] = []
+
+    def first_settled_once_the_retry_started(handle: AsyncHandle[Any], here: dict[str, Any]) -> tuple[Any, ...]:
+        attempts.append(1)
+        first = len(attempts) == 1
+        outcome = execute(handle, here)
+        if first:  # the late attempt: ended, its outcome not settled yet
+            assert second_started.wait(30)
+        return outcome
+
+    monkeypatch.setattr(AsyncHandle, "_execute", first_settled_once_the_retry_started)
+    handle = late_then_held()
+    assert second_started.wait(30)
+    # The late attempt's worker settled its outcome and went idle; the retry runs on.
+    assert wait_until(lambda: mp.get_thread_pool_info()["idle_threads"] >= 1, 10), mp.get_thread_pool_info()
+    assert handle.status == "running"
+    gate.set()
+    assert handle.get(timeout=30) == "second"
+    assert handle.attempts == 2
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.
@@ -609,8 +653,16 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
     assert handle.attempts == 1 and "1 attempt(s) failed" in "\n".join(caught.value.__notes__)
 
 
+class NotAnException(BaseException):
+    """What a test framework's failure is (``pytest.fail``): not an ``Exception``."""
+
+
 def predicate_that_raises(error: BaseException) -> bool:
     raise RuntimeError("the predicate's own bug")
+
+
+def predicate_that_raises_a_base_exception(error: BaseException) -> bool:
+    raise NotAnException("the predicate's own bug")
 
 
 def raises_connection_error() -> None:
@@ -626,20 +678,22 @@ def pool_threads_died(backend: str) -> int:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
-def test_a_predicate_that_raises_leaves_the_error_not_retried_and_kills_no_thread(backend: str) -> None:
+@pytest.mark.parametrize("predicate", [predicate_that_raises, predicate_that_raises_a_base_exception])
+def test_a_predicate_that_raises_leaves_the_error_not_retried_and_kills_no_thread(
+    backend: str, predicate: Callable[[BaseException], bool]
+) -> None:
     # Asked as the attempt ended, on a worker thread or on the process pool's loop thread,
     # the predicate's error killed that thread: the task read running for good.
     died = pool_threads_died(backend)
-    fn = mp.parallel(backend=backend, retry=mp.Retry(on=predicate_that_raises, attempts=3, wait_initial=0))(
-        raises_connection_error
-    )
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=predicate, attempts=3, wait_initial=0))(raises_connection_error)
     handle = fn()
     with pytest.raises(ConnectionError, match="down") as caught:
         handle.get(timeout=30)
     assert handle.attempts == 1
+    kind = "RuntimeError" if predicate is predicate_that_raises else "NotAnException"
     assert (
-        "makeparallel: not retried: the retry policy's on= predicate raised RuntimeError: the predicate's own bug "
-        "(in predicate_that_raises, " in "\n".join(getattr(caught.value, "__notes__", []))
+        f"makeparallel: not retried: the retry policy's on= predicate raised {kind}: the predicate's own bug "
+        f"(in {predicate.__name__}, " in "\n".join(getattr(caught.value, "__notes__", []))
     )
     assert mp.parallel(backend=backend)(abs)(-3).get(timeout=30) == 3
     assert pool_threads_died(backend) == died

@@ -523,10 +523,11 @@ class AsyncHandle(Generic[T]):
         is the task's own error, as when a worker runs it, so a task's wait for a
         child it ran inline ends as if a worker had run the child.
         """
-        state, value = self._execute(_local.__dict__)
+        outcome = self._execute(_local.__dict__)
+        state, value = outcome[0], outcome[1]
         if state == RUNNING:
             return  # a coroutine, started on the event loop running on this thread
-        self._finish(state, value)
+        self._finish(*outcome)
         if (
             state == FAILED
             and isinstance(value, (KeyboardInterrupt, SystemExit))
@@ -534,8 +535,12 @@ class AsyncHandle(Generic[T]):
         ):
             raise value
 
-    def _execute(self, here: dict[str, Any]) -> tuple[int, Any]:
+    def _execute(self, here: dict[str, Any]) -> tuple[Any, ...]:
         """Call the task's function on this thread; return the state and value it ends with.
+
+        And, for a timed task with a retry policy, when the attempt started: a
+        retry of it that starts before the outcome is settled makes it stale, which
+        only the settle, under the lock, can tell (``_settle_locked``).
 
         ``here``: this thread's task-context slots (``_local.__dict__``, what
         ``current_task()`` reads): the task is current there while it runs,
@@ -574,6 +579,8 @@ class AsyncHandle(Generic[T]):
                     self._stop_event.set()
         if self._started_at is not started:
             return RUNNING, None  # timed out, and a retry started since: this outcome is stale
+        if self._timeout is not None and self._observer.retry is not None:
+            return (*outcome, started)
         return outcome
 
     def _failed(self, error: BaseException) -> int:
@@ -606,7 +613,7 @@ class AsyncHandle(Generic[T]):
         self._code_returned()
         self._finish(SUCCEEDED if ok else FAILED, value)
 
-    def _finish(self, state: int, value: Any) -> None:
+    def _finish(self, state: int, value: Any, started: float | None = None) -> None:
         if state == FAILED:
             state = self._failed(value)
         lock = self._backend._lock
@@ -615,7 +622,7 @@ class AsyncHandle(Generic[T]):
         with lock:  # the main thread may be here (a task run inline): see _yielding_lock
             if self._state != RUNNING:
                 return  # it timed out or was cancelled while running
-            announce = self._settle_locked(state, value)
+            announce = self._settle_locked(state, value, started)
         if announce is not None or _events.listeners:
             self._after_settle(announce)
 
@@ -652,13 +659,16 @@ class AsyncHandle(Generic[T]):
             self._announce(*announce)
         backend._abandoned(self)
 
-    def _settle_locked(self, state: int, value: Any) -> _Announcement | None:
+    def _settle_locked(self, state: int, value: Any, started: float | None = None) -> _Announcement | None:
         """Record the end; return the callbacks to run and the waiters to wake, if any.
 
         ``state`` RETRY_WAIT: the attempt failed and its policy would retry; it
         does if attempts, time and the backend allow (then ``_RETRYING``), else the
-        task fails. RUNNING: a stale attempt's outcome, dropped (``_DROPPED``).
+        task fails. RUNNING, or ``started`` given and not the start of the attempt
+        under way: a stale attempt's outcome, dropped (``_DROPPED``).
         """
+        if started is not None and started is not self._started_at:
+            return _DROPPED  # a timed-out attempt's, which ended as its retry started
         if state < SUCCEEDED:
             if state == RUNNING:
                 return _DROPPED

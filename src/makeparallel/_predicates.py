@@ -10,6 +10,7 @@ the safe one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,15 +18,18 @@ __all__ = ["ask"]
 
 
 def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: bool, meaning: str) -> bool:
-    """``bool(on(error))``; where ``on`` raises an ``Exception``, ``otherwise``, with a note on ``error``.
+    """``bool(on(error))``; where ``on`` raises, ``otherwise``, with a note on ``error``.
 
     ``owner`` names whose predicate it is (``"the retry policy"``), ``meaning``
-    what ``otherwise`` does with the error (``"not retried"``). A ``KeyboardInterrupt``
-    or ``SystemExit`` raised in it goes on as raised.
+    what ``otherwise`` does with the error (``"not retried"``). Any
+    ``BaseException`` (``SystemExit``, a test framework's failure) is taken
+    so, as a callback's is: only Ctrl-C on the main thread goes on as raised.
     """
     try:
         return bool(on(error))
-    except Exception as raised:  # noqa: BLE001  # the user's code, on a thread of the pool's that must go on
+    except BaseException as raised:  # the user's code, on a thread of the pool's that must go on
+        if isinstance(raised, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            raise
         # Only once a predicate failed: nothing loads before.
         from ._handle import _add_note
 
@@ -38,7 +42,7 @@ def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: b
             where = f" (in {code.co_name}, {code.co_filename}:{traceback.tb_lineno})"
         try:
             text = str(raised)
-        except Exception:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
+        except BaseException:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
             text = "(its message cannot be shown)"
         _add_note(error, f"makeparallel: {meaning}: {owner}'s on= predicate raised {type(raised).__name__}: {text}{where}")
         return otherwise

@@ -474,7 +474,7 @@ class ThreadBackend(QueueingBackend):
                 spawn = self._queued - len(self._parked)
             self._spawn(spawn)
 
-    def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any]:
+    def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[Any, ...]:
         """Run a task measuring its thread's CPU time, for the GIL watch."""
         overlapping = self._busy > 1
         cpu = time.thread_time()
@@ -488,7 +488,7 @@ class ThreadBackend(QueueingBackend):
         here = _local.__dict__  # this thread's current-task slot
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
-        outcome: tuple[int, Any] = _NO_OUTCOME
+        outcome: tuple[Any, ...] = _NO_OUTCOME
         born = _fork_child.generation
         while True:
             if _fork_child.generation != born and handle is not None:  # in a child the task forked
