@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import threading
 import time
@@ -504,6 +505,7 @@ def test_a_retry_decorator_alone_retries_an_async_function_in_the_callers_corout
 
     decorate = mp.retry(max_retries=2) if legacy == "retry" else mp.retry_backoff(max_attempts=3, initial_delay=0.001)
     fn = decorate(fetch)
+    assert inspect.iscoroutinefunction(fn)  # what frameworks ask before they await a call
     assert asyncio.run(fn(10)) == 30
     failing = Flaky(5)
 

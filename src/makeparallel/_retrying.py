@@ -19,7 +19,7 @@ from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
 from ._validation import check_count
 
-__all__ = ["AsyncRetryingFunction", "RetryingFunction", "retry", "retry_backoff"]
+__all__ = ["RetryingFunction", "retry", "retry_backoff"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,30 +37,17 @@ class RetryingFunction:
         self.__makeparallel_retry__ = policy
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        policy = self.__makeparallel_retry__
         fn = self.__wrapped__  # type: ignore[attr-defined]
         record = Attempts(time.perf_counter())
         while True:
             try:
                 return fn(*args, **kwargs)
             except BaseException as error:
-                wait = self._wait_after(record, error)
+                wait = _wait_after(policy, record, error)
                 if wait is None:
                     raise
             time.sleep(wait)
-
-    def _wait_after(self, record: Attempts, error: BaseException) -> float | None:
-        """Seconds to wait before the next attempt, after ``error``; None to raise it, with its note if retried."""
-        policy = self.__makeparallel_retry__
-        now = time.perf_counter()
-        attempt = len(record.failures) + 1
-        record.failures.append((attempt, type(error).__name__, now - record.first_started))
-        wait = policy.wait(attempt)
-        out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
-        if attempt >= policy.attempts or out_of_time or not policy.retries(error):
-            if attempt > 1:
-                _add_note(error, record.describe())
-            return None
-        return wait
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else functools.partial(self, instance)
@@ -69,26 +56,45 @@ class RetryingFunction:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
 
 
-class AsyncRetryingFunction(RetryingFunction):
-    """An ``async def`` function that retries in its caller's coroutine, awaiting between attempts.
+def _retrying_coroutine_function(fn: Callable[..., Any], policy: Retry) -> Callable[..., Any]:
+    """``fn``, an ``async def`` function, retrying in its caller's coroutine, awaiting between attempts.
 
-    Retrying the call, as :class:`RetryingFunction` does, gave the coroutine back
-    at once: its error came when it was awaited, past every retry.
+    A :class:`RetryingFunction` gave the coroutine back at once, and its error
+    came when it was awaited, past every retry. A function, not an object, so
+    that ``inspect.iscoroutinefunction`` says what it is to the frameworks that
+    ask (and it binds as a method, as any function does).
     """
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(fn)
+    async def retrying(*args: Any, **kwargs: Any) -> Any:
         import asyncio  # an async caller has it loaded already
 
-        fn = self.__wrapped__  # type: ignore[attr-defined]
         record = Attempts(time.perf_counter())
         while True:
             try:
                 return await fn(*args, **kwargs)
             except BaseException as error:  # the caller's cancellation (a BaseException) is never retried
-                wait = self._wait_after(record, error)
+                wait = _wait_after(policy, record, error)
                 if wait is None:
                     raise
             await asyncio.sleep(wait)
+
+    retrying.__makeparallel_retry__ = policy  # type: ignore[attr-defined]
+    return retrying
+
+
+def _wait_after(policy: Retry, record: Attempts, error: BaseException) -> float | None:
+    """Seconds to wait before the next attempt, after ``error``; None to raise it, with its note if retried."""
+    now = time.perf_counter()
+    attempt = len(record.failures) + 1
+    record.failures.append((attempt, type(error).__name__, now - record.first_started))
+    wait = policy.wait(attempt)
+    out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
+    if attempt >= policy.attempts or out_of_time or not policy.retries(error):
+        if attempt > 1:
+            _add_note(error, record.describe())
+        return None
+    return wait
 
 
 def _apply(policy: Retry, fn: Any) -> Any:
@@ -99,7 +105,7 @@ def _apply(policy: Retry, fn: Any) -> Any:
     if not callable(fn):
         raise TypeError(f"a retry decorator needs a callable, got {fn!r}")
     if _returns_coroutines(fn):
-        return AsyncRetryingFunction(fn, policy)
+        return _retrying_coroutine_function(fn, policy)
     return RetryingFunction(fn, policy)
 
 

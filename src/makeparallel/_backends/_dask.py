@@ -64,6 +64,7 @@ class DaskBackend(ExecutorBackend):
         """Submit to ``client`` from now on (``configure(dask_client=...)``)."""
         with self._lock:
             self._configured = client
+            self._refused = None  # the old client's: health is ready again at once
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         self._bind()
@@ -90,10 +91,11 @@ class DaskBackend(ExecutorBackend):
 
     def refusal(self, error: Exception) -> str:
         # The executor is Dask's, made from the client: the client is what the user knows, and replaces.
-        return (
-            f"its Dask client {self._client!r} is closed ({error}); create a new one, "
-            "and pass it with makeparallel.configure(dask_client=client) unless it becomes the current one"
-        )
+        if self._configured is not None:  # a new current client is not used instead of it
+            advice = "pass a running one with makeparallel.configure(dask_client=client)"
+        else:
+            advice = "create a new one (it becomes the current one), or pass one with makeparallel.configure(dask_client=client)"
+        return f"its Dask client {self._client!r} is closed ({error}); {advice}"
 
     def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
         client = self._client
