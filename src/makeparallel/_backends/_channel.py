@@ -54,13 +54,14 @@ _JOIN_BELOW = 64 * 1024  # smaller buffers are joined into one send
 class Channel:
     """Framed messages over a connected stream socket (blocking)."""
 
-    __slots__ = ("_cut", "_pending", "_sock", "_start", "_unsent")
+    __slots__ = ("_cut", "_kept", "_pending", "_sock", "_start", "_unsent")
 
     def __init__(self, sock: socket) -> None:
         self._sock = sock
         self._pending = bytearray()  # read ahead, not yet handed out: from _start on
         self._start = 0
         self._unsent: deque[Any] = deque()  # what send_or_keep could not send yet, in order
+        self._kept = False  # whether a send left some of it there (unsent), not a send under way
         self._cut = False  # a send was interrupted: what went is not known, and nothing more goes (flush)
 
     def fileno(self) -> int:
@@ -69,6 +70,7 @@ class Channel:
     def close(self) -> None:
         self._sock.close()
         self._unsent.clear()
+        self._kept = False
 
     def stop_waiting(self) -> None:
         """Reads from now on raise ``BlockingIOError`` where they would wait: the other end is gone, what it sent is here."""
@@ -86,6 +88,7 @@ class Channel:
         while unsent:  # first what send_or_keep left: the messages go in order
             self._sock.sendall(unsent[0], NO_SIGNAL)
             unsent.popleft()
+        self._kept = False
         for frame in _frames(message, buffers):
             self._sock.sendall(frame, NO_SIGNAL)
 
@@ -109,6 +112,13 @@ class Channel:
 
         Raises ``OSError`` if the other end is gone.
         """
+        try:
+            return self._send_unsent()
+        finally:
+            self._kept = bool(self._unsent)
+
+    def _send_unsent(self) -> bool:
+        """:meth:`flush`'s sending, but for what it leaves kept."""
         unsent = self._unsent
         part, sent = None, -1
         try:
@@ -141,8 +151,13 @@ class Channel:
 
     @property
     def unsent(self) -> bool:
-        """Whether what was sent with :meth:`send_or_keep` waits for room to go."""
-        return bool(self._unsent)
+        """Whether what was sent with :meth:`send_or_keep` waits for room to go.
+
+        What a send left for want of room, not what a send under way holds for
+        a moment: the loop thread, which watches this, saw that, went to flush,
+        and waited for the lock of a sender that had lost the CPU.
+        """
+        return self._kept
 
     # -- receiving ------------------------------------------------------------------------
 
