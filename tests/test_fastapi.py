@@ -233,6 +233,27 @@ def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> No
         mp.parallel(abs)(-1)  # the lifespan shut the library down
 
 
+def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
+    """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
+
+    @mp.parallel
+    def until_cancelled() -> str:
+        started.set()
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+        return "ended"
+
+    return until_cancelled
+
+
+def send_then_leave(base: str, request: bytes, started: threading.Event) -> None:
+    """Send ``request`` as it is to the server at ``base``, and disconnect once its task ``started``."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(request)
+        assert started.wait(30), "the task never started"
+
+
 @pytest.mark.parametrize("inside", [False, True], ids=["outermost", "inside another middleware"])
 def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: threading.Event, inside: bool) -> None:
     app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
@@ -261,12 +282,7 @@ def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: thr
             if scope.get("path") == "/slow":
                 slow_ended.set()
 
-    @mp.parallel
-    def until_cancelled() -> str:
-        started.set()
-        while not gate.wait(0.005):
-            mp.check_cancelled()
-        return "ended"
+    until_cancelled = runs_until_cancelled(started, gate)
 
     @app.get("/slow")
     async def slow() -> str:
@@ -280,10 +296,7 @@ def test_a_client_that_disconnects_cancels_the_task_its_request_awaits(gate: thr
         return len(body)
 
     with uvicorn_server(served) as (base, _):
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as client:
-            client.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-            assert started.wait(30), "the task never started"
+        send_then_leave(base, b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n", started)
         assert slow_ended.wait(30), "the request outlived its client"
         assert outcomes[-1] is None, outcomes  # ended quietly, with a response for the middleware around
         # (the task may start before the route stored its handle)
@@ -301,12 +314,7 @@ def test_a_client_that_leaves_is_noticed_though_the_app_never_reads_its_large_bo
     handles: list[mp.AsyncHandle[str]] = []
     started = threading.Event()
 
-    @mp.parallel
-    def until_cancelled() -> str:
-        started.set()
-        while not gate.wait(0.005):
-            mp.check_cancelled()
-        return "ended"
+    until_cancelled = runs_until_cancelled(started, gate)
 
     @app.post("/job")
     async def job() -> str:  # takes no body
@@ -314,10 +322,7 @@ def test_a_client_that_leaves_is_noticed_though_the_app_never_reads_its_large_bo
         return await handles[0]
 
     with uvicorn_server(app) as (base, _):
-        host, port = base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as client:
-            client.sendall(b"POST /job HTTP/1.1\r\nHost: test\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000)
-            assert started.wait(30), "the task never started"
+        send_then_leave(base, b"POST /job HTTP/1.1\r\nHost: test\r\nContent-Length: 300000\r\n\r\n" + b"x" * 300_000, started)
         assert wait_until(lambda: bool(handles) and handles[0].done(), 30), "the task outlived its client"
         assert handles[0].cancelled()
 
