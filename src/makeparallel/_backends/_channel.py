@@ -112,13 +112,6 @@ class Channel:
 
         Raises ``OSError`` if the other end is gone.
         """
-        try:
-            return self._send_unsent()
-        finally:
-            self._kept = bool(self._unsent)
-
-    def _send_unsent(self) -> bool:
-        """:meth:`flush`'s sending, but for what it leaves kept."""
         unsent = self._unsent
         part, sent = None, -1
         try:
@@ -142,6 +135,8 @@ class Channel:
                 else:
                     unsent[0] = memoryview(part)[sent:]
             raise
+        finally:
+            self._kept = bool(unsent)
         return True
 
     @property

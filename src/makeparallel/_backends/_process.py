@@ -2542,7 +2542,6 @@ def _watch_writes(selector: selectors.BaseSelector, workers: list[_Worker]) -> N
             worker.writing = unsent
 
 
-
 def _warn(message: str, *args: Any) -> None:
     """Log a warning from the loop thread; where it cannot be written, not at all.
 
