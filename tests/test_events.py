@@ -7,6 +7,7 @@ because ``get()`` returned: it waits (bounded) for the event itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -15,6 +16,7 @@ import select
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +349,52 @@ def test_timed_out_task(backend: str, listen: Any, gate: threading.Event) -> Non
     assert finished.status == "timed out"
     assert finished.duration is not None and finished.duration >= 0.05
     assert finished.queue_wait is not None
+
+
+RELEASE = threading.Event()
+
+
+def wait_for_release() -> None:
+    """Until the test sets ``RELEASE``; stops at a cancel where the task can hear one."""
+    while not RELEASE.wait(0.005):
+        mp.check_cancelled()
+
+
+class OutOfProcessThreads(ThreadPoolExecutor):
+    """Threads the library takes for an executor elsewhere: its task starts at submission."""
+
+    _makeparallel_in_process = False
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync", "executor elsewhere"])
+def test_a_timed_task_is_started_before_its_timeout_can_finish_it(backend: str, listen: Any) -> None:
+    # A listener slow on "started" (one that logs, or a busy machine) outlasts
+    # the task's timeout: "finished" still comes after "started", never before.
+    name = unique_name("events-slow-start")
+    finished = threading.Event()
+
+    def slow_on_started(event: mp.TaskEvent) -> None:
+        if event.name != name:
+            return
+        if event.kind == "finished":
+            finished.set()
+        elif event.kind == "started":
+            finished.wait(1.0)  # a "finished" told meanwhile is the bug
+
+    listen(slow_on_started)
+    recorder = Recorder(name)
+    listen(recorder)
+    with contextlib.ExitStack() as stack:
+        RELEASE.clear()
+        where: Any = backend
+        if backend == "executor elsewhere":
+            where = stack.enter_context(OutOfProcessThreads(1))
+        stack.callback(RELEASE.set)  # before the executor's shutdown waits for the task
+        handle = mp.parallel(backend=where, name=name, timeout=0.05)(wait_for_release)()
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(10)
+        events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
 
 
 # -- listener hygiene -------------------------------------------------------------------------

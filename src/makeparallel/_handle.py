@@ -550,10 +550,10 @@ class AsyncHandle(Generic[T]):
         outer = here.get("task")
         here["task"] = self
         self._started_at = started = _now()
+        if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
+            _events.emit("started", self)
         if self._timeout is not None:
             _deadlines.schedule(self, started + self._timeout, weakly=True)
-        if _events.listeners:
-            _events.emit("started", self)
         on_loop = False  # the code goes on as an asyncio task of the running loop
         context = self._context
         if context is None:  # its caller's context was empty

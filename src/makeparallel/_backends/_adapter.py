@@ -153,10 +153,10 @@ class ExecutorBackend(Backend):
             if handle in self._futures:  # else it ended already
                 self._futures[handle] = future
         if not self._in_process:
+            if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
+                _events.emit("started", handle)
             if handle._timeout is not None:
                 _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
-            if _events.listeners:
-                _events.emit("started", handle)
         future.add_done_callback(functools.partial(self._future_done, handle))
 
     def _call_for(self, handle: AsyncHandle[Any]) -> tuple[Any, ...]:
