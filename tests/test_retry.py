@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -162,6 +164,108 @@ def test_the_process_backend_retries_too(tmp_path: Any) -> None:
         handle = fn(str(tmp_path / "calls"), 2)
         assert handle.get(timeout=60) == 3
     assert handle.attempts == 3
+
+
+class OutOfProcessThreads(ThreadPoolExecutor):
+    """Threads the library takes for an executor elsewhere: each call travels pickled, as to a process."""
+
+    _makeparallel_in_process = False
+
+
+@contextlib.contextmanager
+def executor_named(kind: str) -> Iterator[Executor]:
+    executor: Executor = {
+        "ThreadPoolExecutor": ThreadPoolExecutor,
+        "executor elsewhere": OutOfProcessThreads,
+        "ProcessPoolExecutor": ProcessPoolExecutor,
+    }[kind](2)
+    with executor:
+        yield executor
+
+
+@pytest.mark.parametrize("kind", ["ThreadPoolExecutor", "executor elsewhere", "ProcessPoolExecutor"])
+def test_an_executor_given_as_the_backend_retries_too(kind: str, tmp_path: Any, events: list[mp.TaskEvent]) -> None:
+    # Its task failed at its first attempt, whatever the policy, with a "retry" event told.
+    with executor_named(kind) as executor:
+        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=4))(flaky_in_process)
+        with no_retry_waits():
+            handle = fn(str(tmp_path / "calls"), 2)
+            assert handle.get(timeout=60) == 3
+    assert handle.attempts == 3
+    kinds = [e.kind for e in events if e.task_id == handle.get_task_id()]
+    assert kinds[-1] == "finished" and kinds.count("retry") == 2
+
+
+LATE = threading.Event()
+
+
+def late_first_attempt(path: str) -> str:
+    """Its first attempt waits for ``LATE``, then ends; the next ends at once (attempts counted in a file)."""
+    with open(path, "a+") as f:
+        f.write("x")
+        f.seek(0)
+        calls = len(f.read())
+    if calls == 1:
+        LATE.wait(30)
+        return "late"
+    return "on time"
+
+
+@pytest.mark.parametrize("kind", ["ThreadPoolExecutor", "executor elsewhere"])
+def test_an_executor_attempt_that_timed_out_and_was_retried_has_its_outcome_dropped(
+    kind: str, tmp_path: Any, events: list[mp.TaskEvent]
+) -> None:
+    LATE.clear()
+    retrying = threading.Event()
+
+    def end_the_first_attempt_as_the_retry_waits(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            LATE.set()  # its outcome arrives while the task waits to retry, or after the retry started
+            retrying.set()
+
+    mp.add_task_listener(end_the_first_attempt_as_the_retry_waits)
+    try:
+        with executor_named(kind) as executor:
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=2, wait_initial=0.2, wait_jitter=0)
+            fn = mp.parallel(backend=executor, timeout=0.2, retry=retry)(late_first_attempt)
+            handle = fn(str(tmp_path / "calls"))
+            assert handle.get(timeout=30) == "on time"
+            assert retrying.is_set()
+    finally:
+        mp.remove_task_listener(end_the_first_attempt_as_the_retry_waits)
+        LATE.set()
+    assert handle.attempts == 2
+    assert handle.result() == "on time"  # the executor has ended both attempts by now
+
+
+def test_a_sync_attempt_that_outlives_its_timeout_is_retried_in_the_caller(events: list[mp.TaskEvent]) -> None:
+    # The retry was decided on the deadline thread, where the caller's running of it
+    # could not be seen: the task failed after one attempt, the caller still in it.
+    retried = threading.Event()
+    attempts = []
+
+    def tell(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            retried.set()
+
+    @mp.parallel(backend="sync", timeout=0.1, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            retried.wait(30)  # deaf to the timeout: no check_cancelled()
+            return "stale"
+        return "fresh"
+
+    mp.add_task_listener(tell)
+    try:
+        with no_retry_waits():
+            handle = deaf_then_quick()
+    finally:
+        mp.remove_task_listener(tell)
+    assert handle.get(timeout=0) == "fresh"
+    assert (handle.attempts, len(attempts)) == (2, 2)
+    kinds = [e.kind for e in events if e.task_id == handle.get_task_id()]
+    assert kinds.count("retry") == 1 and kinds[-1] == "finished"
 
 
 @pytest.mark.timeout(60)

@@ -29,6 +29,10 @@ Cancellation and timeouts map onto the future: ``future.cancel()`` stops a
 task the executor has not started. A running task cannot be stopped by a
 standard executor: at its timeout or cancellation its handle ends at once and
 the call is abandoned (it may run to its end; its result is dropped).
+
+A retry policy's next attempt is sent to the executor as the first was
+(``_resume``). The outcome of an attempt that timed out and is retried is
+dropped: its future is no longer the handle's.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _serialization
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, FAILED, INLINE, PENDING, RUNNING, SUCCEEDED
+from .._states import CANCELLED, FAILED, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
 from ._base import Backend
@@ -135,10 +139,42 @@ class ExecutorBackend(Backend):
             self._refuse_if_closed_locked()
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
-            self._futures[handle] = None
-            if not self._in_process:  # it starts out of sight: running from now on
-                handle._state = RUNNING
-                handle._started_at = time.perf_counter()
+            self._accepted_locked(handle)
+        self._send(handle, call)
+
+    def _resume(self, handle: AsyncHandle[Any]) -> None:
+        """Send the next attempt of a task that waited to retry, as the first was sent."""
+        with self._lock:
+            if handle._state != RETRY_WAIT:
+                return  # cancelled during the wait
+            closed = self._closed
+            waiters = None
+            if not closed:
+                waiters = handle._queued_again_locked()
+                self._accepted_locked(handle)
+        for waiter in waiters or ():
+            waiter.release()
+        if closed:
+            handle._give_up_retrying()
+            return
+        try:
+            self._send(handle, self._call_for(handle))
+        except Exception as error:  # refused (ShutdownError): on the deadline thread, never raise
+            self._end(handle, FAILED, error)
+
+    def _accepted_locked(self, handle: AsyncHandle[Any]) -> None:
+        """Record an attempt about to be sent; one sent elsewhere starts out of sight, so runs from now on."""
+        self._futures[handle] = None
+        if not self._in_process:
+            handle._state = RUNNING
+            handle._started_at = time.perf_counter()
+
+    def _send(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> None:
+        """Give ``call`` (``_call_for(handle)``) to the executor, and follow its future.
+
+        Raises:
+            ShutdownError: the executor is shut down (or its client closed).
+        """
         try:
             future = self._executor.submit(*call)
         except Exception as error:  # the submitter cancels the handle (_holds)
@@ -198,9 +234,13 @@ class ExecutorBackend(Backend):
     def _future_done(self, handle: AsyncHandle[Any], future: Any) -> None:
         """The executor's future ended: end the handle the same way, if it has not ended."""
         with self._lock:
-            self._futures.pop(handle, None)
+            if handle not in self._futures or self._futures[handle] is not future:
+                return  # the handle ended first (the common case in this process), or a retried attempt's
+            del self._futures[handle]
+            if handle._state == RETRY_WAIT:
+                return  # the attempt timed out, and waits to retry: its outcome came too late
         if handle._state >= SUCCEEDED:
-            return  # the common case in this process: the handle ended first
+            return
         if self._in_process and not future.cancelled() and future.exception() is None:
             return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
@@ -214,7 +254,8 @@ class ExecutorBackend(Backend):
         if error is None:
             self._end(handle, SUCCEEDED, future.result())
         else:
-            self._end(handle, FAILED, self.translate_error(handle, error))
+            error = self.translate_error(handle, error)
+            self._end(handle, handle._failed(error), error)  # retried where the task's policy says
 
     def _end(self, handle: AsyncHandle[Any], state: int, value: Any) -> None:
         """End an unfinished handle from outside its run (queued or out of sight)."""

@@ -7,7 +7,6 @@ A retry's wait, too, is spent in the calling thread.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +18,17 @@ if TYPE_CHECKING:
 
 __all__ = ["SyncBackend"]
 
-_inline = threading.local()  # .handle: the task whose attempts submit() runs now, on this thread
-
 
 class SyncBackend(Backend):
     """Runs each task to its end before ``submit`` returns."""
 
     name = "sync"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The tasks whose attempts a submit() runs now, in its caller's thread. Not a
+        # thread-local: a timeout's retry is decided on the deadline thread.
+        self._inline: set[AsyncHandle[Any]] = set()
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
@@ -35,7 +38,7 @@ class SyncBackend(Backend):
             handle._observer.task_submitted(handle)
             self._active += 1
             handle._state = RUNNING
-        outer, _inline.handle = getattr(_inline, "handle", None), handle
+            self._inline.add(handle)
         try:
             handle._run()
             while handle._state == RETRY_WAIT:  # inline means the caller waits, here
@@ -46,10 +49,11 @@ class SyncBackend(Backend):
                     handle._state = RUNNING
                 handle._run()
         finally:
-            _inline.handle = outer
+            with self._lock:
+                self._inline.discard(handle)
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
-        if getattr(_inline, "handle", None) is not handle:
+        if handle not in self._inline:
             # It failed after submit() returned (a coroutine on a running loop): no
             # caller waits for it, so the deadline thread ends it (see _resume).
             super()._schedule_retry_locked(handle, due)
