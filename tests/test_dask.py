@@ -205,6 +205,31 @@ def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, clien
     assert mp.parallel(backend="dask")(square)(4).get(timeout=60) == 16
 
 
+def fail_once(flags: Flags) -> str:
+    """Fails at its first attempt, then succeeds (attempts counted by a flag file, as workers share nothing)."""
+    if flags.is_set("failed once"):
+        return "second attempt"
+    flags.set("failed once")
+    raise ConnectionError("first attempt")
+
+
+def test_a_retry_goes_to_the_client_configured_while_it_waited(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+    # It went to the client of the attempt before, closed meanwhile: ShutdownError
+    # telling the user to do what they had just done.
+    second = Client(cluster, set_as_default=False)
+    mp.configure(dask_client=second)
+    try:
+        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=5.0, wait_jitter=0)  # time to switch clients
+        handle = mp.parallel(backend="dask", retry=retry)(fail_once)(flags)
+        assert wait_until(lambda: handle.status == "waiting to retry", 60)
+        second.close()
+        mp.configure(dask_client=client)
+        assert handle.get(timeout=60) == "second attempt"
+    finally:
+        mp.configure(dask_client=client)
+        second.close()
+
+
 def test_the_current_client_is_used_without_configuration(client: Client) -> None:
     _runtime._dask_client = None
     _runtime._backends.pop("dask", None)

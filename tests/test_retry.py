@@ -238,6 +238,52 @@ def test_an_executor_attempt_that_timed_out_and_was_retried_has_its_outcome_drop
     assert handle.result() == "on time"  # the executor has ended both attempts by now
 
 
+def record_and_wait(path: str) -> None:
+    """Counts its calls in a file, then waits for ``LATE``."""
+    with open(path, "a") as f:
+        f.write("x")
+    LATE.wait(30)
+
+
+def test_attempts_that_timed_out_queued_on_an_executor_never_run(tmp_path: Any) -> None:
+    # Each attempt that timed out stayed queued behind the first on the one thread,
+    # and ran after the task had ended.
+    LATE.clear()
+    calls = tmp_path / "calls"
+    try:
+        with OutOfProcessThreads(1) as executor:
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=3, wait_initial=0, wait_jitter=0)
+            handle = mp.parallel(backend=executor, timeout=0.2, retry=retry)(record_and_wait)(str(calls))
+            assert isinstance(handle.exception(timeout=30), mp.TaskTimeoutError)
+            assert handle.attempts == 3
+            LATE.set()  # the first attempt ends; the executor's shutdown waits for what it still holds
+    finally:
+        LATE.set()
+    assert calls.read_text() == "x"
+
+
+def test_an_executor_that_runs_a_call_as_it_is_submitted_holds_up_no_timeout(gate: threading.Event) -> None:
+    # The next attempt was sent from the deadline thread, so it ran there, and no
+    # other task's timeout could fire until it ended.
+    @mp.parallel(backend="thread", timeout=0.1)
+    def poll() -> None:
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    attempts = []
+
+    def fail_then_time_another_task_out() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("first attempt")
+        return type(poll().exception(timeout=10)).__name__
+
+    with mp.Executor("sync") as executor:
+        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0, wait_jitter=0)
+        handle = mp.parallel(backend=executor, retry=retry)(fail_then_time_another_task_out)()
+        assert handle.get(timeout=30) == "TaskTimeoutError"
+
+
 def test_a_sync_attempt_that_outlives_its_timeout_is_retried_in_the_caller(events: list[mp.TaskEvent]) -> None:
     # The retry was decided on the deadline thread, where the caller's running of it
     # could not be seen: the task failed after one attempt, the caller still in it.

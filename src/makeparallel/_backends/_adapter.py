@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import pickle
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -143,7 +144,19 @@ class ExecutorBackend(Backend):
         self._send(handle, call)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
-        """Send the next attempt of a task that waited to retry, as the first was sent."""
+        """Send the next attempt of a task that waited to retry, from a thread of its own.
+
+        Not from the deadline thread that calls this: pickling the call, an
+        executor whose submit blocks, or one that runs the call as it is
+        submitted (``mp.Executor("sync")``) would hold up every other timeout.
+        """
+        try:
+            threading.Thread(target=self._send_again, args=(handle,), name="makeparallel-retry", daemon=True).start()
+        except RuntimeError as error:  # no thread to be had: the task fails with why (never raise here)
+            self._end(handle, FAILED, error)
+
+    def _send_again(self, handle: AsyncHandle[Any]) -> None:
+        """Send the next attempt, as the first was sent; a refusal ends the task."""
         with self._lock:
             if handle._state != RETRY_WAIT:
                 return  # cancelled during the wait
@@ -159,8 +172,8 @@ class ExecutorBackend(Backend):
             return
         try:
             self._send(handle, self._call_for(handle))
-        except Exception as error:  # refused (ShutdownError): on the deadline thread, never raise
-            self._end(handle, FAILED, error)
+        except Exception as error:  # refused: shut down (ShutdownError), or broken by the attempt before
+            self._end(handle, FAILED, self.translate_error(handle, error))
 
     def _accepted_locked(self, handle: AsyncHandle[Any]) -> None:
         """Record an attempt about to be sent; one sent elsewhere starts out of sight, so runs from now on."""
@@ -314,6 +327,8 @@ class ExecutorBackend(Backend):
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
             future = self._abandoning.pop(handle, None)
+            if future is None and handle._state == RETRY_WAIT:
+                future = self._futures.get(handle)  # an attempt that timed out: dropped if not started
         if future is not None:
             self._cancel_future(future)
 

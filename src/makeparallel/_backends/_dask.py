@@ -70,6 +70,14 @@ class DaskBackend(ExecutorBackend):
         self._bind()
         super().submit(handle)
 
+    def _send_again(self, handle: AsyncHandle[Any]) -> None:
+        try:
+            self._bind()  # a client configured, or made current, since the attempt before takes this one
+        except Exception as error:  # no client now: the task fails with what to do
+            self._end(handle, FAILED, error)
+            return
+        super()._send_again(handle)
+
     def worker_count(self) -> int:
         if self._client is None:
             self._bind()  # a map sizes its chunks before its first task
