@@ -402,3 +402,43 @@ def test_cancelling_a_call_waiting_to_retry_gives_back_no_trial_permit(backend: 
     gate.set()
     assert trial.get(timeout=30) is True
     assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_retry_that_finds_the_breaker_open_is_refused_on_every_backend(clock: FakeClock, backend: str) -> None:
+    # On sync, the next attempt ran without asking the breaker that the first had opened.
+    breaker = breaker_for(clock, min_calls=1)
+    calls = []
+
+    @mp.parallel(backend=backend, circuit_breaker=breaker, retry=mp.Retry(on=ConnectionError, attempts=4))
+    def down() -> str:
+        calls.append(1)
+        raise ConnectionError("payments down")
+
+    with no_retry_waits():
+        assert outcome(down()) == "CircuitOpenError"
+    assert len(calls) == 1
+    assert breaker.state is mp.CircuitState.OPEN
+
+
+def test_a_sync_call_refused_at_first_and_retried_runs_once_the_breaker_recovers(clock: FakeClock) -> None:
+    # Its retry went to the deadline thread, which took the half-open trial and then
+    # gave up: the breaker stayed half-open, refusing every call, for good.
+    breaker = breaker_for(clock, min_calls=1, half_open_calls=1)
+    guarded(breaker)(True).exception(timeout=30)  # opens it
+    assert breaker.state is mp.CircuitState.OPEN
+
+    def recover_meanwhile(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            clock.now += 31  # the recovery time passes during the retry's wait
+
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=3)
+    mp.add_task_listener(recover_meanwhile)
+    try:
+        with no_retry_waits():
+            handle = guarded(breaker, retry=retry)(False)
+    finally:
+        mp.remove_task_listener(recover_meanwhile)
+    assert handle.get(timeout=0) == "paid"
+    assert handle.attempts == 2
+    assert breaker.state is mp.CircuitState.CLOSED

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from loky import get_reusable_executor
-from pool_helpers import Flags, wait_for_flag, wait_until
+from pool_helpers import Flags, mark_then_wait, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
@@ -346,6 +346,21 @@ def test_a_running_remote_task_is_abandoned_at_its_timeout(process_pool: cf.Exec
         handle.get(timeout=30)
     flags.set("release")  # the abandoned call ends; the pool stays usable
     assert mp.parallel(backend=process_pool)(square)(3).get(timeout=30) == 9
+
+
+def test_cancel_with_timeout_waits_for_a_remote_task_only_while_its_call_runs(
+    process_pool: cf.Executor, flags: Flags
+) -> None:
+    # It waited out every timeout and said False: the call's end was never noted.
+    remote = mp.parallel(backend=process_pool)
+    done = remote(square)(3)
+    assert done.get(timeout=30) == 9
+    assert done.cancel_with_timeout(5) is True
+    running = remote(mark_then_wait)(flags, "call")
+    assert wait_until(lambda: flags.is_set("call"), 30)  # it runs in a worker: the executor cannot cancel it
+    assert running.cancel_with_timeout(0) is False  # cancelled; its call runs on out of sight
+    flags.set("call-go")
+    assert running.cancel_with_timeout(30) is True
 
 
 def test_cancelling_a_remote_task_ends_its_handle_at_once(process_pool: cf.Executor, flags: Flags) -> None:

@@ -400,7 +400,8 @@ class AsyncHandle(Generic[T]):
 
         :meth:`cancel` ends the handle at once, but a running task's code goes on
         until it returns or reaches ``check_cancelled()``. This waits for that too,
-        also for a task that already ended as timed out.
+        also for a task that already ended as timed out; for a task sent to an
+        executor elsewhere (its processes, Dask), until its call there ended.
 
         Args:
             timeout_secs: the longest to wait, in seconds.
@@ -751,22 +752,29 @@ class AsyncHandle(Generic[T]):
 
     def _retry_due(self) -> None:
         """The wait is over: queue the next attempt (called by the deadline thread)."""
-        if self._state != RETRY_WAIT:
-            return
+        if self._state == RETRY_WAIT and self._admit_retry():
+            self._backend._resume(self)
+
+    def _admit_retry(self) -> bool:
+        """Whether the next attempt may start: its circuit breaker, if any, admits it.
+
+        A refused attempt fails at once with ``CircuitOpenError``: the task waits
+        to retry again if its policy says so, else it ends.
+        """
         breaker = self._observer.breaker
-        if breaker is not None:
-            refusal = breaker.admit()
-            if refusal is not None:
-                self._refused_again(refusal)
-                return
-            with self._backend._lock:
-                waiting = self._state == RETRY_WAIT
-                if waiting:
-                    self._retry.holds_permit = True  # its cancel from now on gives the permit back
-            if not waiting:  # cancelled as it was admitted
-                breaker.release()
-                return
-        self._backend._resume(self)
+        if breaker is None:
+            return True
+        refusal = breaker.admit()
+        if refusal is not None:
+            self._refused_again(refusal)
+            return False
+        with self._backend._lock:
+            waiting = self._state == RETRY_WAIT
+            if waiting:
+                self._retry.holds_permit = True  # its cancel from now on gives the permit back
+        if not waiting:  # cancelled as it was admitted
+            breaker.release()
+        return waiting
 
     def _refused_again(self, error: BaseException) -> None:
         """A circuit breaker refused this attempt: retry later if the policy names the error, else fail."""

@@ -86,6 +86,9 @@ class ExecutorBackend(Backend):
         self._futures: dict[AsyncHandle[Any], Any] = {}
         # Timed out or cancelled while running: the future to cancel, for _abandoned().
         self._abandoning: dict[AsyncHandle[Any], Any] = {}
+        # Sent elsewhere: the future of each task's last attempt, until it ends, when
+        # the task's code has returned (what cancel_with_timeout waits for).
+        self._last_sent: dict[AsyncHandle[Any], Any] = {}
         # Why the executor refused the last task submitted (shut down or closed), and when (time.monotonic());
         # None once one is taken.
         self._refused: tuple[str, float] | None = None
@@ -201,6 +204,8 @@ class ExecutorBackend(Backend):
         with self._lock:
             if handle in self._futures:  # else it ended already
                 self._futures[handle] = future
+            if not self._in_process:
+                self._last_sent[handle] = future
         if not self._in_process:
             if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
                 _events.emit("started", handle)
@@ -246,6 +251,13 @@ class ExecutorBackend(Backend):
 
     def _future_done(self, handle: AsyncHandle[Any], future: Any) -> None:
         """The executor's future ended: end the handle the same way, if it has not ended."""
+        if not self._in_process:
+            with self._lock:
+                returned = handle in self._last_sent and self._last_sent[handle] is future
+                if returned:
+                    del self._last_sent[handle]
+            if returned:
+                handle._code_returned()
         with self._lock:
             if handle not in self._futures or self._futures[handle] is not future:
                 return  # the handle ended first (the common case in this process), or a retried attempt's

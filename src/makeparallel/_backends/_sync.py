@@ -41,16 +41,32 @@ class SyncBackend(Backend):
             self._inline.add(handle)
         try:
             handle._run()
-            while handle._state == RETRY_WAIT:  # inline means the caller waits, here
-                time.sleep(max(0.0, handle._retry.due - time.perf_counter()))
-                with self._lock:
-                    if handle._state != RETRY_WAIT:
-                        break  # cancelled meanwhile (by a callback, or another thread)
-                    handle._state = RUNNING
-                handle._run()
+            self._retry_here(handle)
         finally:
             with self._lock:
                 self._inline.discard(handle)
+
+    def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
+        with self._lock:
+            self._inline.add(handle)
+        try:
+            super()._accept_refused(handle, error)
+            self._retry_here(handle)
+        finally:
+            with self._lock:
+                self._inline.discard(handle)
+
+    def _retry_here(self, handle: AsyncHandle[Any]) -> None:
+        """Run the task's next attempts in the caller, each after its wait, as its circuit breaker admits them."""
+        while handle._state == RETRY_WAIT:  # inline means the caller waits, here
+            time.sleep(max(0.0, handle._retry.due - time.perf_counter()))
+            if not handle._admit_retry():
+                continue  # refused: it waits again, or ended
+            with self._lock:
+                if handle._state != RETRY_WAIT:
+                    break  # cancelled meanwhile (by a callback, or another thread)
+                handle._state = RUNNING
+            handle._run()
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
         if handle not in self._inline:
