@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _events
+from makeparallel.testing import no_retry_waits
 from pool_helpers import wait_until
 
 BACKENDS = ["thread", "sync", "process"]
@@ -523,3 +525,80 @@ def test_a_task_that_timed_out_on_a_worker_finishes_once() -> None:
     finally:
         mp.remove_task_listener(listen)
     assert [event.status for event in ends] == ["timed out"]
+
+
+def test_a_task_cancelled_while_its_start_is_told_finishes_after_it(listen: Any, gate: threading.Event) -> None:
+    # The cancel told "finished" at once, on its own thread; the worker's "started"
+    # came after it: a tracing exporter opened a span that nothing closed.
+    name = unique_name("events-cancel-as-it-starts")
+    in_started, cancelled = threading.Event(), threading.Event()
+
+    def slow_on_started(event: mp.TaskEvent) -> None:
+        if event.name == name and event.kind == "started":
+            in_started.set()
+            cancelled.wait(10)
+
+    listen(slow_on_started)
+    recorder = Recorder(name)
+    listen(recorder)
+
+    @mp.parallel(backend="thread", name=name)
+    def poll() -> None:
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    handle = poll()
+    assert in_started.wait(10)
+    assert handle.cancel()
+    cancelled.set()
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+    assert events[-1].status == "cancelled"
+
+
+def test_a_retry_is_told_before_the_attempt_after_it_starts(listen: Any) -> None:
+    # "retry" was told by the thread that decided it (here the deadline thread, at
+    # the timeout), after the next attempt had started on another (the caller's)
+    # and told its "started".
+    name = unique_name("events-retry-order")
+    decided, second_began = threading.Event(), threading.Event()
+
+    def slow_on_retry(event: mp.TaskEvent) -> None:
+        if event.name == name and event.kind == "retry":
+            decided.set()
+            second_began.wait(10)  # the next attempt starts meanwhile, in the caller
+
+    listen(slow_on_retry)
+    recorder = Recorder(name)
+    listen(recorder)
+    attempts = []
+
+    @mp.parallel(backend="sync", name=name, timeout=0.1, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            decided.wait(10)  # deaf to its timeout: it returns once the retry is decided
+            return "stale"
+        second_began.set()
+        return "fresh"
+
+    with no_retry_waits():
+        handle = deaf_then_quick()
+    assert handle.get(timeout=0) == "fresh"
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "retry", "started", "finished"]
+    assert events[2].attempt == 1 and isinstance(events[2].error, mp.TaskTimeoutError)
+
+
+def test_a_start_told_again_is_told_once(listen: Any, gate: threading.Event) -> None:
+    # A process task sent again after its worker died was told "started" again,
+    # with no "retry" between: the rule that drops it, shown on a running task.
+    name = unique_name("events-started-again")
+    recorder = Recorder(name)
+    listen(recorder)
+    handle = mp.parallel(backend="thread", name=name)(gate.wait)(30)
+    recorder.wait_kind(handle.get_task_id(), "started")
+    _events.emit("started", handle)
+    gate.set()
+    events = recorder.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]

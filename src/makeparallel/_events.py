@@ -1,8 +1,9 @@
 """Task events for custom exporters: submitted, started, retry, finished.
 
 A listener is called with a :class:`TaskEvent` for each event of each task, on the
-thread where it happened (the submitter, the worker, or whoever ended the task),
-outside every lock of the library. It must be quick and must not block; one that
+thread where it happened (the submitter, the worker, or whoever ended the task;
+or the thread telling the task's event before it, see below), outside every
+lock of the library. It must be quick and must not block; one that
 raises (even ``SystemExit`` or another ``BaseException``) is logged and harms
 nothing; only a ``KeyboardInterrupt`` on the main thread is raised again, once
 every listener was called. With no listener registered, tasks pay one
@@ -10,6 +11,16 @@ check of a module attribute per event, nothing more.
 
 The built-in exporters (Prometheus, StatsD) do not listen: they read the
 metrics, so they cost nothing per task.
+
+One task's events come in their order, whichever threads they happen on:
+"submitted", "started", then "retry" and "started" again per retry, and
+"finished" last, each once. A task's events are told by one thread at a time:
+one that happens while another thread tells one of the same task waits in a
+queue that thread tells next. And they are put in order as they are queued: a
+"started" after the task ended (cancelled, or timed out, as it started) is
+dropped, as is one told again (a process task sent again after its worker
+died); a "retry" not told yet when the next attempt starts is told then, and
+not again; nothing follows "finished".
 """
 
 from __future__ import annotations
@@ -17,10 +28,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._states import STATE_NAMES
+from ._states import STATE_NAMES, SUCCEEDED
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
@@ -161,10 +173,81 @@ def remove_task_listener(listener: Callable[[TaskEvent], object]) -> None:
 
 
 def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
-    """Tell every listener that ``kind`` happened to ``handle``; ``details``: the event's own fields."""
+    """Tell every listener that ``kind`` happened to ``handle``, in the task's order; ``details``: the event's own fields."""
+    event = _event(kind, handle, details)
+    if kind == "submitted":  # before the task is submitted: no other thread has it yet
+        handle._event_order = _Order()
+        _tell(event)
+        return
+    order = getattr(handle, "_event_order", None)
+    if order is None:  # submitted before any listener was added: told as it comes
+        _tell(event)
+        return
+    with order.lock:
+        events = order.in_order_locked(handle, event)
+        if not events:
+            return
+        if order.queue is not None:  # another thread tells this task's events: it tells these next
+            order.queue.extend(events)
+            return
+        queue = order.queue = deque(events)
+    interrupt: KeyboardInterrupt | None = None
+    while True:
+        with order.lock:
+            if not queue:
+                order.queue = None
+                break
+            event = queue.popleft()
+        try:
+            _tell(event)
+        except KeyboardInterrupt as error:  # on the main thread: once the queue is told
+            interrupt = interrupt or error
+    if interrupt is not None:
+        raise interrupt
+
+
+class _Order:
+    """One task's events in order (see the module's doc): what was queued, and who tells them.
+
+    A lock per task, not one for all: threads telling events of different tasks
+    never wait for each other (under the GIL, a lock they contend for costs a
+    switch interval).
+    """
+
+    __slots__ = ("last", "lock", "queue", "retries")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = "submitted"  # the kind of the last event queued
+        self.retries = 0  # how many "retry" events were queued
+        self.queue: deque[TaskEvent] | None = None  # while a thread tells them: the events queued behind
+
+    def in_order_locked(self, handle: AsyncHandle[Any], event: TaskEvent) -> tuple[TaskEvent, ...]:
+        """The events to queue for ``event``, so that the task's events stay in order."""
+        if self.last == "finished":
+            return ()
+        events: tuple[TaskEvent, ...] = (event,)
+        kind = event.kind
+        if kind == "started":
+            record = getattr(handle, "_retry", None)
+            if record is not None and len(record.failures) > self.retries:  # its retry is on its way from another thread
+                self.retries = len(record.failures)
+                retry = _event("retry", handle, {"attempt": self.retries, "error": record.last_error, "wait": record.wait})
+                events = (retry, event)
+            elif self.last == "started" or handle._state >= SUCCEEDED:
+                return ()  # sent again, or ended (cancelled, timed out) before it was told
+        elif kind == "retry":
+            if event.attempt is not None and event.attempt <= self.retries:
+                return ()  # told as the next attempt started
+            self.retries = event.attempt or self.retries + 1
+        self.last = events[-1].kind
+        return events
+
+
+def _event(kind: str, handle: AsyncHandle[Any], details: dict[str, Any]) -> TaskEvent:
     started = handle._started_at
     finished = handle._finished_at
-    event = TaskEvent(
+    return TaskEvent(
         kind=kind,
         task_id=handle._id,
         name=handle._observer.name,
@@ -175,7 +258,6 @@ def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
         metadata=dict(handle._metadata or {}),
         **details,
     )
-    _tell(event)
 
 
 def emit_circuit(breaker: str, old_state: str, new_state: str) -> None:

@@ -147,6 +147,7 @@ class AsyncHandle(Generic[T]):
         "_callbacks",
         "_code_done",
         "_context",
+        "_event_order",
         "_finished_at",
         "_fn",
         "_id",
@@ -172,6 +173,7 @@ class AsyncHandle(Generic[T]):
 
     _payload: Any  # the pickled call, set by the process backend only
     _retry: Attempts  # set at the first retry only: reading it costs nothing before
+    _event_order: Any  # set as "submitted" is told, where a listener listens (``_events``)
 
     def __init__(
         self,
