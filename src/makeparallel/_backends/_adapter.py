@@ -142,8 +142,12 @@ class ExecutorBackend(Backend):
         with self._lock:
             self._refuse_if_closed_locked()
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
+            # No Python call from here: a Ctrl-C at one would leave the task counted and not held.
             self._active += 1
-            self._accepted_locked(handle)
+            self._futures[handle] = None
+            if not self._in_process:  # it starts out of sight: running from now on
+                handle._state = RUNNING
+                handle._started_at = time.perf_counter()
         self._send(handle, call)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
@@ -167,7 +171,10 @@ class ExecutorBackend(Backend):
             waiters = None
             if not closed:
                 waiters = handle._queued_again_locked()
-                self._accepted_locked(handle)
+                self._futures[handle] = None
+                if not self._in_process:
+                    handle._state = RUNNING
+                    handle._started_at = time.perf_counter()
         for waiter in waiters or ():
             waiter.release()
         if closed:
@@ -177,13 +184,6 @@ class ExecutorBackend(Backend):
             self._send(handle, self._call_for(handle))
         except Exception as error:  # refused: shut down (ShutdownError), or broken by the attempt before
             self._end(handle, FAILED, self.translate_error(handle, error))
-
-    def _accepted_locked(self, handle: AsyncHandle[Any]) -> None:
-        """Record an attempt about to be sent; one sent elsewhere starts out of sight, so runs from now on."""
-        self._futures[handle] = None
-        if not self._in_process:
-            handle._state = RUNNING
-            handle._started_at = time.perf_counter()
 
     def _send(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> None:
         """Give ``call`` (``_call_for(handle)``) to the executor, and follow its future.
