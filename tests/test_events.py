@@ -602,3 +602,72 @@ def test_a_start_told_again_is_told_once(listen: Any, gate: threading.Event) -> 
     gate.set()
     events = recorder.wait_finished(handle.get_task_id())
     assert [e.kind for e in events] == ["submitted", "started", "finished"]
+
+
+def test_a_listener_removed_after_an_event_happened_still_hears_it(listen: Any, gate: threading.Event) -> None:
+    # An event queued behind a slow listener went to those listening when it was
+    # told: an exporter that unsubscribed, then flushed, never heard "finished".
+    name = unique_name("events-removed-meanwhile")
+    in_started, go_on = threading.Event(), threading.Event()
+
+    def slow_on_started(event: mp.TaskEvent) -> None:
+        if event.name == name and event.kind == "started":
+            in_started.set()
+            go_on.wait(10)
+
+    listen(slow_on_started)
+    exporter = Recorder(name)
+    mp.add_task_listener(exporter)
+    try:
+        handle = mp.parallel(backend="thread", name=name)(gate.wait)(30)
+        assert in_started.wait(10)
+        handle.cancel()  # its "finished" waits behind the "started" being told
+    finally:
+        mp.remove_task_listener(exporter)
+        go_on.set()
+    events = exporter.wait_finished(handle.get_task_id())
+    assert [e.kind for e in events] == ["submitted", "started", "finished"]
+
+
+def test_a_slow_listener_never_holds_up_another_tasks_timeout(listen: Any, gate: threading.Event) -> None:
+    # On sync with a timeout and a retry, the "retry" was told on the deadline
+    # thread, and the task's next events queued behind it were told there too: a
+    # slow listener then held back every other task's timeout.
+    name = unique_name("events-deadline-thread")
+    decided, second_began, other_timed_out = threading.Event(), threading.Event(), threading.Event()
+    heard_the_other_time_out = []
+
+    def slow(event: mp.TaskEvent) -> None:
+        if event.name != name:
+            return
+        if event.kind == "retry":
+            decided.set()
+            second_began.wait(10)  # the next attempt's events queue behind this one
+        elif event.kind == "finished":
+            heard_the_other_time_out.append(other_timed_out.wait(10))
+
+    listen(slow)
+
+    @mp.parallel(backend="thread", timeout=0.3)
+    def other() -> None:
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    attempts = []
+
+    @mp.parallel(backend="sync", name=name, timeout=0.1, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            decided.wait(10)
+            return "stale"
+        second_began.set()
+        return "fresh"
+
+    timed = other()
+    timed.add_done_callback(lambda _: other_timed_out.set())
+    with no_retry_waits():
+        assert deaf_then_quick().get(timeout=30) == "fresh"
+    assert isinstance(timed.exception(timeout=30), mp.TaskTimeoutError)
+    assert wait_until(lambda: bool(heard_the_other_time_out))
+    assert heard_the_other_time_out == [True]

@@ -13,10 +13,11 @@ The built-in exporters (Prometheus, StatsD) do not listen: they read the
 metrics, so they cost nothing per task.
 
 One task's events come in their order, whichever threads they happen on:
-"submitted", "started", then "retry" and "started" again per retry, and
-"finished" last, each once. A task's events are told by one thread at a time:
-one that happens while another thread tells one of the same task waits in a
-queue that thread tells next. And they are put in order as they are queued: a
+"submitted", a "started" per attempt that starts and a "retry" per attempt
+retried, "finished" last, each once. A task's events are told by one thread at
+a time: one that happens while another thread tells one of the same task waits
+in a queue that thread tells next, to the listeners there were when it
+happened. And they are put in order as they are queued: a
 "started" after the task ended (cancelled, or timed out, as it started) is
 dropped, as is one told again (a process task sent again after its worker
 died); a "retry" not told yet when the next attempt starts is told then, and
@@ -177,31 +178,40 @@ def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
     event = _event(kind, handle, details)
     if kind == "submitted":  # before the task is submitted: no other thread has it yet
         handle._event_order = _Order()
-        _tell(event)
+        _tell(event, listeners)
         return
     order = getattr(handle, "_event_order", None)
     if order is None:  # submitted before any listener was added: told as it comes
-        _tell(event)
+        _tell(event, listeners)
         return
+    told_to = listeners  # those listening as it happened: one removed meanwhile still hears it
     with order.lock:
         events = order.in_order_locked(handle, event)
         if not events:
             return
-        if order.queue is not None:  # another thread tells this task's events: it tells these next
-            order.queue.extend(events)
+        queue = order.queue
+        for queued in events:
+            queue.append((queued, told_to))
+        if order.telling:  # another thread tells this task's events: it tells these next
             return
-        queue = order.queue = deque(events)
+        order.telling = True
     interrupt: KeyboardInterrupt | None = None
-    while True:
-        with order.lock:
-            if not queue:
-                order.queue = None
-                break
-            event = queue.popleft()
-        try:
-            _tell(event)
-        except KeyboardInterrupt as error:  # on the main thread: once the queue is told
-            interrupt = interrupt or error
+    try:
+        while True:
+            with order.lock:
+                if not queue:
+                    order.telling = False
+                    if order.last == "finished":
+                        handle._event_order = _ENDED  # nothing more to tell: a shared record, not its own
+                    break
+                event, told_to = queue.popleft()
+            try:
+                _tell(event, told_to)
+            except KeyboardInterrupt as error:  # on the main thread: once the queue is told
+                interrupt = interrupt or error
+    except BaseException:  # a Ctrl-C between two events: the task's next event tells what is left, first
+        order.telling = False
+        raise
     if interrupt is not None:
         raise interrupt
 
@@ -214,27 +224,30 @@ class _Order:
     switch interval).
     """
 
-    __slots__ = ("last", "lock", "queue", "retries")
+    __slots__ = ("last", "lock", "queue", "retries", "telling")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.last = "submitted"  # the kind of the last event queued
         self.retries = 0  # how many "retry" events were queued
-        self.queue: deque[TaskEvent] | None = None  # while a thread tells them: the events queued behind
+        self.telling = False  # whether a thread tells this task's events now
+        # What happened while a thread told the one before: each event, with the listeners then.
+        self.queue: deque[tuple[TaskEvent, tuple[Callable[[TaskEvent], object], ...]]] = deque()
 
     def in_order_locked(self, handle: AsyncHandle[Any], event: TaskEvent) -> tuple[TaskEvent, ...]:
         """The events to queue for ``event``, so that the task's events stay in order."""
-        if self.last == "finished":
+        last = self.last
+        if last == "finished":
             return ()
         events: tuple[TaskEvent, ...] = (event,)
         kind = event.kind
         if kind == "started":
-            record = getattr(handle, "_retry", None)
+            record = None if last == "submitted" else getattr(handle, "_retry", None)  # no retry before a start
             if record is not None and len(record.failures) > self.retries:  # its retry is on its way from another thread
                 self.retries = len(record.failures)
                 retry = _event("retry", handle, {"attempt": self.retries, "error": record.last_error, "wait": record.wait})
                 events = (retry, event)
-            elif self.last == "started" or handle._state >= SUCCEEDED:
+            elif last == "started" or handle._state >= SUCCEEDED:
                 return ()  # sent again, or ended (cancelled, timed out) before it was told
         elif kind == "retry":
             if event.attempt is not None and event.attempt <= self.retries:
@@ -242,6 +255,11 @@ class _Order:
             self.retries = event.attempt or self.retries + 1
         self.last = events[-1].kind
         return events
+
+
+#: The record of every task whose "finished" was told: it drops whatever comes after.
+_ENDED = _Order()
+_ENDED.last = "finished"
 
 
 def _event(kind: str, handle: AsyncHandle[Any], details: dict[str, Any]) -> TaskEvent:
@@ -275,13 +293,14 @@ def emit_circuit(breaker: str, old_state: str, new_state: str) -> None:
             breaker=breaker,
             old_state=old_state,
             new_state=new_state,
-        )
+        ),
+        listeners,
     )
 
 
-def _tell(event: TaskEvent) -> None:
+def _tell(event: TaskEvent, listening: tuple[Callable[[TaskEvent], object], ...]) -> None:
     interrupt: KeyboardInterrupt | None = None
-    for listener in listeners:
+    for listener in listening:
         try:
             listener(event)
         except BaseException as error:

@@ -645,8 +645,10 @@ class AsyncHandle(Generic[T]):
             else:
                 announce = self._settle_locked(TIMED_OUT, error)
         if announce is _RETRYING:
-            if _events.listeners:
-                self._after_settle(announce)
+            if _events.listeners:  # on a thread of its own, as below: the task's other events may queue behind it
+                threading.Thread(
+                    target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
+                ).start()
             cancel_coroutine = attempt_cancels.pop(self, None)
             if cancel_coroutine is not None:  # the late attempt is a coroutine on a worker thread's loop
                 cancel_coroutine()
