@@ -671,3 +671,33 @@ def test_a_slow_listener_never_holds_up_another_tasks_timeout(listen: Any, gate:
     assert isinstance(timed.exception(timeout=30), mp.TaskTimeoutError)
     assert wait_until(lambda: bool(heard_the_other_time_out))
     assert heard_the_other_time_out == [True]
+
+
+def test_a_retry_refused_by_the_breaker_ends_off_the_deadline_thread(listen: Any, gate: threading.Event) -> None:
+    # The deadline thread asked the breaker for the retry and, refused, told the
+    # task's "finished" itself: a slow listener then held back every other timeout.
+    name = unique_name("events-refused-retry")
+    heard_the_other_time_out = []
+
+    @mp.parallel(backend="thread", timeout=0.2)
+    def other() -> None:
+        while not gate.wait(0.005):
+            mp.check_cancelled()
+
+    def slow_on_finished(event: mp.TaskEvent) -> None:
+        if event.name == name and event.kind == "finished":
+            timed_out = threading.Event()
+            other().add_done_callback(lambda _: timed_out.set())
+            heard_the_other_time_out.append(timed_out.wait(10))
+
+    listen(slow_on_finished)
+    breaker = mp.CircuitBreaker(name, failure_rate=0.5, window=1, min_calls=1, recovery_timeout=60.0)
+    retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0.01, wait_jitter=0)
+
+    @mp.parallel(backend="thread", name=name, circuit_breaker=breaker, retry=retry)
+    def down() -> None:
+        raise ConnectionError("down")  # opens the breaker: the retry is refused
+
+    assert isinstance(down().exception(timeout=30), mp.CircuitOpenError)
+    assert wait_until(lambda: bool(heard_the_other_time_out))
+    assert heard_the_other_time_out == [True]

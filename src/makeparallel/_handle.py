@@ -792,7 +792,7 @@ class AsyncHandle(Generic[T]):
                 announce: _Announcement | None = _RETRYING
             else:
                 announce = self._settle_locked(FAILED, error)
-        self._after_settle(announce)
+        self._after_settle_aside(announce)
 
     def _reject(self, error: BaseException) -> None:
         """End a task that was never submitted (its circuit breaker refused it) with ``error``."""
@@ -830,7 +830,21 @@ class AsyncHandle(Generic[T]):
                 return
             self._state = RUNNING  # settle as the attempt that failed last
             announce = self._settle_locked(FAILED, self._retry.last_error)
-        self._after_settle(announce)
+        self._after_settle_aside(announce)
+
+    def _after_settle_aside(self, announce: _Announcement | None) -> None:
+        """``_after_settle``, on a thread of its own when called on the deadline thread.
+
+        A retry refused by a circuit breaker, or given up at shutdown, ends
+        there: a slow callback or listener must not hold back every other
+        timeout (``_expire`` does the same for its own ends).
+        """
+        if threading.current_thread() is not _deadlines._thread or (announce is None and not _events.listeners):
+            self._after_settle(announce)
+            return
+        threading.Thread(
+            target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
+        ).start()
 
     def _announce(
         self,
