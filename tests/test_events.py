@@ -16,7 +16,6 @@ import select
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import makeparallel as mp
 from makeparallel import _events
 from makeparallel.testing import no_retry_waits
 from pool_helpers import wait_until
+from test_retry import OutOfProcessThreads
 
 BACKENDS = ["thread", "sync", "process"]
 STATUSES = {"pending", "running", "succeeded", "failed", "cancelled", "timed out"}
@@ -360,12 +360,6 @@ def wait_for_release() -> None:
     """Until the test sets ``RELEASE``; stops at a cancel where the task can hear one."""
     while not RELEASE.wait(0.005):
         mp.check_cancelled()
-
-
-class OutOfProcessThreads(ThreadPoolExecutor):
-    """Threads the library takes for an executor elsewhere: its task starts at submission."""
-
-    _makeparallel_in_process = False
 
 
 @pytest.mark.parametrize("backend", ["thread", "sync", "executor elsewhere"])
