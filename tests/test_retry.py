@@ -849,3 +849,26 @@ def test_a_predicate_that_raises_leaves_the_error_not_retried_and_kills_no_threa
     )
     assert mp.parallel(backend=backend)(abs)(-3).get(timeout=30) == 3
     assert pool_threads_died(backend) == died
+
+
+def test_a_sync_call_cancelled_during_its_retry_wait_returns_at_once() -> None:
+    # The caller slept out the whole wait, though its task had been cancelled.
+    from makeparallel._task_context import _local
+
+    def cancel_it_once_it_waits(handle: mp.AsyncHandle[Any]) -> None:
+        assert wait_until(lambda: handle.status == "waiting to retry")
+        handle.cancel()
+
+    retry = mp.Retry(on=ConnectionError, attempts=2, timeout=1200.0, wait_initial=600.0, wait_max=600.0, wait_jitter=0)
+
+    @mp.parallel(backend="sync", retry=retry)
+    def fails_once() -> None:
+        threading.Thread(target=cancel_it_once_it_waits, args=(_local.task,), daemon=True).start()
+        raise ConnectionError("first attempt")
+
+    handles: list[mp.AsyncHandle[None]] = []
+    caller = threading.Thread(target=lambda: handles.append(fails_once()), daemon=True)
+    caller.start()
+    caller.join(10)
+    assert not caller.is_alive(), "the caller still waits to retry a cancelled task"
+    assert handles[0].cancelled()

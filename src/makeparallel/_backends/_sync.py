@@ -59,7 +59,8 @@ class SyncBackend(Backend):
     def _retry_here(self, handle: AsyncHandle[Any]) -> None:
         """Run the task's next attempts in the caller, each after its wait, as its circuit breaker admits them."""
         while handle._state == RETRY_WAIT:  # inline means the caller waits, here
-            time.sleep(max(0.0, handle._retry.due - time.perf_counter()))
+            if handle._block(max(0.0, handle._retry.due - time.perf_counter())):
+                break  # cancelled during the wait (from another thread): the caller goes on at once
             if not handle._admit_retry():
                 continue  # refused: it waits again, or ended
             with self._lock:
