@@ -164,26 +164,19 @@ class ExecutorBackend(Backend):
 
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
         """Send the next attempt, as the first was sent; a refusal ends the task."""
-        with self._lock:
-            if handle._state != RETRY_WAIT:
-                return  # cancelled during the wait
-            closed = self._closed
-            waiters = None
-            if not closed:
-                waiters = handle._queued_again_locked()
-                self._futures[handle] = None
-                if not self._in_process:
-                    handle._state = RUNNING
-                    handle._started_at = time.perf_counter()
-        for waiter in waiters or ():
-            waiter.release()
-        if closed:
-            handle._give_up_retrying()
+        if not self._queue_retry(handle, self._accepted_again_locked):
             return
         try:
             self._send(handle, self._call_for(handle))
         except Exception as error:  # refused: shut down (ShutdownError), or broken by the attempt before
             self._end(handle, FAILED, self.translate_error(handle, error))
+
+    def _accepted_again_locked(self, handle: AsyncHandle[Any]) -> None:
+        """Hold the next attempt of a retried task, as ``submit`` holds the first."""
+        self._futures[handle] = None
+        if not self._in_process:
+            handle._state = RUNNING
+            handle._started_at = time.perf_counter()
 
     def _send(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> None:
         """Give ``call`` (``_call_for(handle)``) to the executor, and follow its future.

@@ -18,6 +18,8 @@ from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._handle import AsyncHandle
 
 __all__ = ["Backend", "BlockingWait", "pool_of_this_thread", "terminate_all"]
@@ -186,6 +188,28 @@ class Backend:
             self._active += 1
             handle._state = RETRY_WAIT
         handle._refused_again(error)
+
+    def _queue_retry(self, handle: AsyncHandle[Any], queue_locked: Callable[[AsyncHandle[Any]], None]) -> bool:
+        """Take back a task whose retry wait is over, ``queue_locked`` queuing it under the lock; whether it was.
+
+        Not when it was cancelled during the wait; and a closed backend gives
+        up, the task failing with its last attempt's error. Its waiters are
+        woken: a pool lets a waiter run a queued task itself.
+        """
+        with self._lock:
+            if handle._state != RETRY_WAIT:
+                return False  # cancelled during the wait
+            closed = self._closed
+            waiters = None
+            if not closed:
+                waiters = handle._queued_again_locked()
+                queue_locked(handle)
+        for waiter in waiters or ():
+            waiter.release()
+        if closed:
+            handle._give_up_retrying()
+            return False
+        return True
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         """Queue the next attempt of a task that waited to retry (still counted as active).

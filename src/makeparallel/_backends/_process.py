@@ -505,21 +505,9 @@ class ProcessBackend(QueueingBackend):
                 raise
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
-        with self._lock:
-            if handle._state != RETRY_WAIT:
-                return  # cancelled during the wait
-            closed = self._closed
-            waiters = None
-            if not closed:
-                waiters = handle._queued_again_locked()
-                self._enqueue_locked(handle)  # its payload was kept for this
-        for waiter in waiters or ():
-            waiter.release()
-        if closed:
-            handle._give_up_retrying()
-            return
-        self._start_loop()
-        self._wake()
+        if self._queue_retry(handle, self._enqueue_locked):  # its payload was kept for this
+            self._start_loop()
+            self._wake()
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
