@@ -644,24 +644,13 @@ class AsyncHandle(Generic[T]):
                 announce: _Announcement | None = _RETRYING
             else:
                 announce = self._settle_locked(TIMED_OUT, error)
+        self._after_settle_aside(announce)
         if announce is _RETRYING:
-            if _events.listeners:  # on a thread of its own, as below: the task's other events may queue behind it
-                threading.Thread(
-                    target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
-                ).start()
             cancel_coroutine = attempt_cancels.pop(self, None)
             if cancel_coroutine is not None:  # the late attempt is a coroutine on a worker thread's loop
                 cancel_coroutine()
             backend._abandoned(self, True)  # stop the late attempt where a backend can
             return
-        if announce is not None and announce[0] or _events.listeners:
-            # This is the one deadline thread: a slow callback or listener must not
-            # hold back every other timeout, so they (then waiters) get a thread.
-            threading.Thread(
-                target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
-            ).start()
-        elif announce is not None:
-            self._announce(*announce)
         backend._abandoned(self)
 
     def _settle_locked(self, state: int, value: Any, started: float | None = None) -> _Announcement | None:
@@ -833,18 +822,21 @@ class AsyncHandle(Generic[T]):
         self._after_settle_aside(announce)
 
     def _after_settle_aside(self, announce: _Announcement | None) -> None:
-        """``_after_settle``, on a thread of its own when called on the deadline thread.
+        """``_after_settle``; on the deadline thread, callbacks and listeners (then waiters) get a thread of their own.
 
-        A retry refused by a circuit breaker, or given up at shutdown, ends
-        there: a slow callback or listener must not hold back every other
-        timeout (``_expire`` does the same for its own ends).
+        That one thread serves every timeout, and ends tasks there (a timeout, a
+        retry refused by a circuit breaker or given up at shutdown): a slow
+        callback or listener must not hold back all the others. Waiters alone
+        are woken there.
         """
-        if threading.current_thread() is not _deadlines._thread or (announce is None and not _events.listeners):
+        if threading.current_thread() is not _deadlines._thread:
             self._after_settle(announce)
-            return
-        threading.Thread(
-            target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
-        ).start()
+        elif announce is not None and announce[0] or _events.listeners:
+            threading.Thread(
+                target=self._after_settle, args=(announce,), name="makeparallel-timeout-callbacks", daemon=True
+            ).start()
+        elif announce is not None:
+            self._announce(*announce)
 
     def _announce(
         self,
