@@ -74,6 +74,19 @@ class Recorder:
             return next(e for e in self.events if e.task_id == task_id and e.kind == kind)
 
 
+class SlowOnStarted:
+    """A listener that, told a task named ``name`` started, holds up the telling until ``go_on`` is set (bounded)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.telling, self.go_on = threading.Event(), threading.Event()
+
+    def __call__(self, event: mp.TaskEvent) -> None:
+        if event.name == self.name and event.kind == "started":
+            self.telling.set()
+            self.go_on.wait(10)
+
+
 @pytest.fixture
 def listen() -> Iterator[Callable[[Callable[[mp.TaskEvent], object]], None]]:
     """Add listeners for one test; each is removed at teardown, whatever happens."""
@@ -525,14 +538,8 @@ def test_a_task_cancelled_while_its_start_is_told_finishes_after_it(listen: Any,
     # The cancel told "finished" at once, on its own thread; the worker's "started"
     # came after it: a tracing exporter opened a span that nothing closed.
     name = unique_name("events-cancel-as-it-starts")
-    in_started, cancelled = threading.Event(), threading.Event()
-
-    def slow_on_started(event: mp.TaskEvent) -> None:
-        if event.name == name and event.kind == "started":
-            in_started.set()
-            cancelled.wait(10)
-
-    listen(slow_on_started)
+    slow = SlowOnStarted(name)
+    listen(slow)
     recorder = Recorder(name)
     listen(recorder)
 
@@ -542,9 +549,9 @@ def test_a_task_cancelled_while_its_start_is_told_finishes_after_it(listen: Any,
             mp.check_cancelled()
 
     handle = poll()
-    assert in_started.wait(10)
+    assert slow.telling.wait(10)
     assert handle.cancel()
-    cancelled.set()
+    slow.go_on.set()
     events = recorder.wait_finished(handle.get_task_id())
     assert [e.kind for e in events] == ["submitted", "started", "finished"]
     assert events[-1].status == "cancelled"
@@ -602,23 +609,17 @@ def test_a_listener_removed_after_an_event_happened_still_hears_it(listen: Any, 
     # An event queued behind a slow listener went to those listening when it was
     # told: an exporter that unsubscribed, then flushed, never heard "finished".
     name = unique_name("events-removed-meanwhile")
-    in_started, go_on = threading.Event(), threading.Event()
-
-    def slow_on_started(event: mp.TaskEvent) -> None:
-        if event.name == name and event.kind == "started":
-            in_started.set()
-            go_on.wait(10)
-
-    listen(slow_on_started)
+    slow = SlowOnStarted(name)
+    listen(slow)
     exporter = Recorder(name)
     mp.add_task_listener(exporter)
     try:
         handle = mp.parallel(backend="thread", name=name)(gate.wait)(30)
-        assert in_started.wait(10)
+        assert slow.telling.wait(10)
         handle.cancel()  # its "finished" waits behind the "started" being told
     finally:
         mp.remove_task_listener(exporter)
-        go_on.set()
+        slow.go_on.set()
     events = exporter.wait_finished(handle.get_task_id())
     assert [e.kind for e in events] == ["submitted", "started", "finished"]
 

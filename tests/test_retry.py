@@ -45,12 +45,17 @@ class Flaky:
         return calls
 
 
-def flaky_in_process(path: str, failures: int) -> int:
-    """The process-backend twin of Flaky: counts attempts in a file, as workers share no memory."""
+def count_call(path: str) -> int:
+    """Add this call to the count kept in the file ``path``; return the count (processes share no memory)."""
     with open(path, "a+") as f:
         f.write("x")
         f.seek(0)
-        calls = len(f.read())
+        return len(f.read())
+
+
+def flaky_in_process(path: str, failures: int) -> int:
+    """The process-backend twin of Flaky: counts attempts in a file, as workers share no memory."""
+    calls = count_call(path)
     if calls <= failures:
         raise ConnectionError(f"attempt {calls} failed")
     return calls
@@ -201,10 +206,7 @@ LATE = threading.Event()
 
 def late_first_attempt(path: str) -> str:
     """Its first attempt waits for ``LATE``, then ends; the next ends at once (attempts counted in a file)."""
-    with open(path, "a+") as f:
-        f.write("x")
-        f.seek(0)
-        calls = len(f.read())
+    calls = count_call(path)
     if calls == 1:
         LATE.wait(30)
         return "late"
@@ -240,8 +242,7 @@ def test_an_executor_attempt_that_timed_out_and_was_retried_has_its_outcome_drop
 
 def record_and_wait(path: str) -> None:
     """Counts its calls in a file, then waits for ``LATE``."""
-    with open(path, "a") as f:
-        f.write("x")
+    count_call(path)
     LATE.wait(30)
 
 
@@ -742,10 +743,7 @@ def slow_first_attempt(path: str) -> str:
     """Sleeps past its timeout on the first attempt (counted in a file), returns at once later."""
     import time
 
-    with open(path, "a+") as f:
-        f.write("x")
-        f.seek(0)
-        calls = len(f.read())
+    calls = count_call(path)
     if calls == 1:
         time.sleep(60)  # killed with its worker at the timeout
     return f"attempt {calls}"
