@@ -696,3 +696,77 @@ def test_a_retry_refused_by_the_breaker_ends_off_the_deadline_thread(listen: Any
     assert isinstance(down().exception(timeout=30), mp.CircuitOpenError)
     assert wait_until(lambda: bool(heard_the_other_time_out))
     assert heard_the_other_time_out == [True]
+
+
+# -- every accepted task's events begin with "submitted" and end with "finished" ----------------
+
+
+def kinds(events: list[mp.TaskEvent]) -> list[str]:
+    return [event.kind for event in events]
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+def test_a_task_of_mp_executor_is_submitted_first(backend: str, listen: Any) -> None:
+    # mp.Executor.submit told "started" and "finished" but never "submitted":
+    # an exporter counting the tasks in flight went below zero.
+    recorder = Recorder()
+    listen(recorder)
+    with mp.Executor(backend=backend) as executor:
+        assert executor.submit(add_one, 1).result(timeout=30) == 2
+    task_id = next(e.task_id for e in recorder.events if e.name == "add_one")
+    assert kinds(recorder.wait_finished(task_id)) == ["submitted", "started", "finished"]
+
+
+def test_a_call_the_breaker_refused_and_retries_is_submitted_first(listen: Any) -> None:
+    # Refused at the call and retried later, the task was accepted without its
+    # "submitted": its events began with "retry".
+    name = unique_name("events-refused-call")
+    recorder = Recorder(name)
+    listen(recorder)
+    breaker = mp.CircuitBreaker(name, window=1, min_calls=1, recovery_timeout=60.0)
+    breaker.force_open()
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=3, wait_initial=0.01, wait_jitter=0)
+
+    @mp.parallel(backend="thread", name=name, circuit_breaker=breaker, retry=retry)
+    def guarded() -> int:
+        return 1
+
+    handle = guarded()
+    assert isinstance(handle.exception(timeout=30), mp.CircuitOpenError)
+    assert kinds(recorder.wait_finished(handle.get_task_id())) == ["submitted", "retry", "retry", "finished"]
+
+
+@pytest.mark.parametrize("how", ["call", "executor", "call on a loop with max_concurrent", "refused call retried"])
+def test_a_submission_refused_at_shutdown_is_told_finished(how: str, listen: Any) -> None:
+    # Told "submitted", then refused (ShutdownError): no "finished" followed,
+    # and an exporter counted the task in flight for good.
+    name = unique_name("events-shut")
+    recorder = Recorder(name)
+    listen(recorder)
+    breaker = mp.CircuitBreaker(name, recovery_timeout=60.0)
+    if how == "refused call retried":
+        breaker.force_open()
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=2, wait_initial=0.01, wait_jitter=0)
+    fn = mp.parallel(add_one, name=name, circuit_breaker=breaker, retry=retry, max_concurrent=4)
+    executor = mp.Executor(backend="thread")
+    mp.shutdown()
+    try:
+        with pytest.raises((mp.ShutdownError, RuntimeError)):
+            if how == "executor":
+                executor._backend.close(cancel_pending=False)  # as a shutdown from another thread, between its check and the submit
+                executor._submit(fn._spec, add_one, (1,), {})
+            elif how == "call on a loop with max_concurrent":
+                import asyncio
+
+                async def call() -> None:
+                    fn(1)
+
+                asyncio.run(call())
+            else:
+                fn(1)
+    finally:
+        mp.reset_shutdown()
+        executor.shutdown()
+    told = [event for event in recorder.events if event.kind != "circuit"]
+    assert kinds(told) == ["submitted", "finished"]
+    assert told[-1].status == "failed"

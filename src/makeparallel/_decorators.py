@@ -339,19 +339,20 @@ class ParallelFunction(Generic[P, T]):
             _events.emit("submitted", handle)
         try:
             backend.submit(handle)
-        except BaseException:
-            self._withdraw(handle, backend)
+        except BaseException as error:
+            self._withdraw(handle, backend, error)
             raise
         return handle
 
     @staticmethod
-    def _withdraw(handle: AsyncHandle[Any], backend: Backend) -> None:
-        """Undo a submission that raised (shut down, or Ctrl-C landed inside it)."""
+    def _withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
+        """Undo a submission that raised ``error`` (shut down, or Ctrl-C landed inside it)."""
         if backend._holds(handle):
             handle.cancel()  # accepted: its end frees the slots, like any other
             return
         for limiter in handle._permits:
             limiter.release()
+        handle._withdrawn(error)
 
     def options(self, **options: Any) -> ParallelFunction[P, T]:
         """A copy of this function with some options changed.
@@ -392,7 +393,11 @@ class ParallelFunction(Generic[P, T]):
         ]
         if _events.listeners:
             _events.emit("submitted", handle)
-        backend.hold(handle)
+        try:
+            backend.hold(handle)
+        except BaseException as error:
+            handle._withdrawn(error)
+            raise
         PendingAdmission(handle, backend, limiters, loop).start()
         return handle
 
@@ -440,7 +445,13 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         handle = AsyncHandle(self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout)
         retry = spec.retry
         if retry is not None and retry.attempts > 1 and retry.retries(error):
-            backend._accept_refused(handle, error)
+            if _events.listeners:  # accepted, to retry: its events begin as any accepted task's
+                _events.emit("submitted", handle)
+            try:
+                backend._accept_refused(handle, error)
+            except BaseException as refusal:
+                handle._withdrawn(refusal)
+                raise
         else:
             handle._reject(error)
         return handle

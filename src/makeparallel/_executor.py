@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from . import _fork_child, _runtime
+from . import _events, _fork_child, _runtime
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
@@ -253,6 +253,8 @@ class Executor(concurrent.futures.Executor):
         if limiter.limit is not None:
             limiter.acquire()
             handle._permits = (limiter,)
+        if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
+            _events.emit("submitted", handle)
         try:
             backend.submit(handle)
         except BaseException as error:
@@ -261,6 +263,7 @@ class Executor(concurrent.futures.Executor):
             else:
                 for permit in handle._permits:
                     permit.release()
+                handle._withdrawn(error)
             if isinstance(error, ShutdownError):
                 raise self._refusal() from None
             raise

@@ -790,6 +790,16 @@ class AsyncHandle(Generic[T]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
 
+    def _withdrawn(self, error: BaseException) -> None:
+        """End a task whose submission raised ``error`` before its backend accepted it.
+
+        Listeners told it was submitted are told it finished (failed): else an
+        exporter that counts the tasks in flight counted it for good.
+        """
+        self._reject(error)
+        if getattr(self, "_event_order", None) is not None:
+            _events.emit("finished", self)
+
     def _the_parents(self) -> bool:
         """Whether this is a task of a process that forked this one; it has ended here then, failed if unfinished there.
 
