@@ -800,7 +800,37 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
         mp.reset_shutdown()
     with pytest.raises(ConnectionError, match="still down") as caught:
         handle.get()
-    assert handle.attempts == 1 and "1 attempt(s) failed" in "\n".join(caught.value.__notes__)
+    notes = "\n".join(caught.value.__notes__)
+    assert handle.attempts == 1 and "1 attempt(s) failed" in notes
+    assert "not retried again: makeparallel was shut down" in notes
+
+
+#: The executors that ``shut_down_then_fail`` shuts down, by the name the test gives it.
+TO_SHUT_DOWN: dict[str, Executor] = {}
+
+
+def shut_down_then_fail(key: str) -> None:
+    TO_SHUT_DOWN[key].shutdown(wait=False)  # by its owner, as the task's retry waits
+    raise ConnectionError("the first attempt's own error")
+
+
+@pytest.mark.parametrize("kind", ["ThreadPoolExecutor", "executor elsewhere"])
+def test_an_executor_shut_down_during_the_retry_wait_ends_the_task_with_its_last_error(kind: str) -> None:
+    # Its next attempt was refused, and the task failed with ShutdownError alone:
+    # the error the task itself raised was lost.
+    with executor_named(kind) as executor:
+        TO_SHUT_DOWN[kind] = executor
+        try:
+            fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=3))(shut_down_then_fail)
+            with no_retry_waits():
+                handle = fn(kind)
+                with pytest.raises(ConnectionError, match="the first attempt's own error") as caught:
+                    handle.get(timeout=30)
+        finally:
+            del TO_SHUT_DOWN[kind]
+    notes = "\n".join(caught.value.__notes__)
+    assert handle.attempts == 1 and "1 attempt(s) failed: attempt 1: ConnectionError" in notes
+    assert "not retried again: task" in notes and "is shut down or closed" in notes
 
 
 class NotAnException(BaseException):

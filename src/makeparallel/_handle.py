@@ -822,12 +822,13 @@ class AsyncHandle(Generic[T]):
             self._state = FAILED  # last: a thread that sees it ended finds the error there
         return True
 
-    def _give_up_retrying(self) -> None:
-        """The backend cannot run another attempt (it shut down): fail with the last error."""
+    def _give_up_retrying(self, why: str) -> None:
+        """The backend cannot run another attempt (``why``: it shut down): fail with the last error."""
         with self._backend._lock:
             if self._state != RETRY_WAIT:
                 return
             self._state = RUNNING  # settle as the attempt that failed last
+            self._retry.stopped = why
             announce = self._settle_locked(FAILED, self._retry.last_error)
         self._after_settle_aside(announce)
 

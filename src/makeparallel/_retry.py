@@ -192,8 +192,11 @@ class Attempts:
     #: Whether the attempt under way holds its circuit breaker's permit. Not while it waits to
     #: retry: the failed attempt's outcome was recorded, or the breaker refused it.
     holds_permit: bool = False
+    #: Why no attempt followed the last one, where the policy wanted one (the backend shut down).
+    stopped: str | None = None
 
     def describe(self) -> str:
-        """The note listing every failed attempt, for the final error."""
+        """The note listing every failed attempt, and why the retries stopped early if they did, for the final error."""
         lines = [f"attempt {n}: {kind} after {elapsed:.3f} s" for n, kind, elapsed in self.failures]
-        return f"makeparallel: {len(self.failures)} attempt(s) failed: " + "; ".join(lines)
+        note = f"makeparallel: {len(self.failures)} attempt(s) failed: " + "; ".join(lines)
+        return note if self.stopped is None else f"{note}; not retried again: {self.stopped}"

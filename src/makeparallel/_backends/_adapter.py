@@ -163,12 +163,23 @@ class ExecutorBackend(Backend):
             self._end(handle, FAILED, error)
 
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
-        """Send the next attempt, as the first was sent; a refusal ends the task."""
+        """Send the next attempt, as the first was sent; a refusal ends the task.
+
+        An executor shut down during the wait ends it with its last attempt's
+        error, as a shutdown of makeparallel does, the refusal in its note: the
+        ``ShutdownError`` alone hid what the task itself had raised.
+        """
         if not self._queue_retry(handle, self._accepted_again_locked):
             return
         try:
             self._send(handle, self._call_for(handle))
-        except Exception as error:  # refused: shut down (ShutdownError), or broken by the attempt before
+        except ShutdownError as refusal:
+            record = handle._retry
+            with self._lock:
+                record.stopped = str(refusal)
+                handle._started_at = record.retried_start  # the attempt refused never started
+            self._end(handle, FAILED, record.last_error)
+        except Exception as error:  # broken by the attempt before, or the call no longer pickles
             self._end(handle, FAILED, self.translate_error(handle, error))
 
     def _accepted_again_locked(self, handle: AsyncHandle[Any]) -> None:

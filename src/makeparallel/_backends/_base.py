@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "BlockingWait", "pool_of_this_thread", "terminate_all"]
 
+#: Why a task waiting to retry ends with its last error at shutdown (its retry record's note says).
+SHUT_DOWN = "makeparallel was shut down"
+
 _this_thread = threading.local()  # .pool: the backend whose worker this thread is
 _every: weakref.WeakSet[Backend] = weakref.WeakSet()  # every backend alive: the runtime's, executors', adapters'
 
@@ -207,7 +210,7 @@ class Backend:
         for waiter in waiters or ():
             waiter.release()
         if closed:
-            handle._give_up_retrying()
+            handle._give_up_retrying(SHUT_DOWN)
             return False
         return True
 
@@ -217,7 +220,7 @@ class Backend:
         A backend that cannot run a task twice keeps this default: the task fails
         with its last attempt's error (it runs on the deadline thread: never raise).
         """
-        handle._give_up_retrying()
+        handle._give_up_retrying(f"the {self.name} backend cannot run it again from here")
 
     def _holds_locked(self, handle: AsyncHandle[Any]) -> bool:
         """Whether ``handle``, running as far as its state says, is held back from its worker: not started.
@@ -337,4 +340,4 @@ class _RetryDue:
 
     def give_up(self) -> None:
         """Shutdown: end the task with its last error now, rather than at its due time."""
-        self.handle._give_up_retrying()
+        self.handle._give_up_retrying(SHUT_DOWN)

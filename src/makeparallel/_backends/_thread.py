@@ -45,7 +45,7 @@ from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNI
 from .._task_context import _local
 from .._validation import check_count
 from .._yielding_lock import acquire_yielding, wait_while_held
-from ._base import _this_thread, every_backend
+from ._base import SHUT_DOWN, _this_thread, every_backend
 from ._queueing import QueueingBackend
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class ThreadBackend(QueueingBackend):
         for waiter in waiters or ():
             waiter.release()
         if spawn is None:
-            handle._give_up_retrying()
+            handle._give_up_retrying(SHUT_DOWN)
         elif park is not None:
             park.release()
         else:
