@@ -98,6 +98,20 @@ def test_results_come_from_the_workers() -> None:
     assert mp.gather([mp.parallel(backend="dask")(square)(i) for i in range(5)], timeout=60) == [0, 1, 4, 9, 16]
 
 
+async def square_on_the_worker(x: int) -> tuple[int, int]:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return x * x, os.getpid()
+
+
+def test_an_async_def_function_runs_to_its_end_on_a_worker() -> None:
+    # Its coroutine came back unrun: "cannot pickle 'coroutine' object".
+    result, pid = mp.parallel(backend="dask")(square_on_the_worker)(7).get(timeout=60)
+    assert result == 49 and pid != os.getpid()
+    assert [r for r, _ in mp.parallel_map(square_on_the_worker, range(10), backend="dask")] == [x * x for x in range(10)]
+
+
 def test_identical_calls_each_run_pure_false() -> None:
     remote = mp.parallel(backend="dask")(token)
     first, second = remote(), remote()

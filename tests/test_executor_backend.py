@@ -132,6 +132,29 @@ def test_maps_in_chunks(executor: cf.Executor, fn: Any) -> None:
     assert sorted(mp.imap(fn, items, backend=executor, ordered=False, chunksize=7)) == [x * x for x in items]
 
 
+async def square_later(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return x * x
+
+
+async def fail_later(message: str) -> None:
+    raise KeyError(message)
+
+
+def test_an_async_def_function_runs_to_its_end_on_every_executor(executor: cf.Executor) -> None:
+    # Elsewhere, the call returned its coroutine, which could not be pickled back
+    # ("cannot pickle 'coroutine' object"), and a map's chunk failed looking for
+    # the task to cancel it with (AttributeError on None): its body never ran.
+    remote = mp.parallel(backend=executor)(square_later)
+    assert remote(7).get(timeout=30) == 49
+    assert mp.parallel_map(square_later, range(20), backend=executor) == [x * x for x in range(20)]
+    with pytest.raises(KeyError, match="late") as caught:
+        mp.parallel(backend=executor)(fail_later)("late").get(timeout=30)
+    assert any("makeparallel: task" in note for note in getattr(caught.value, "__notes__", []))
+
+
 def test_a_failing_map_item_is_named(executor: cf.Executor) -> None:
     with pytest.raises(KeyError) as caught:
         mp.parallel_map(fail, ["a", "b"], backend=executor, chunksize=1)

@@ -32,7 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["attempt_cancels", "is_coroutine", "run_here", "running_loop", "start_on_running_loop"]
+__all__ = ["attempt_cancels", "is_coroutine", "run_here", "run_to_end", "running_loop", "start_on_running_loop"]
 
 
 class _OwnLoop:
@@ -76,6 +76,8 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
         coroutine: what the task's function returned.
         task: the task running on this thread (an ``AsyncHandle``, or a worker
             process's view of one); when it is stopped, the coroutine is cancelled.
+            ``None`` where none is (a call in an executor's worker elsewhere):
+            the coroutine runs to its end.
 
     Raises:
         TaskCancelledError: the coroutine was cancelled by something else than
@@ -96,7 +98,7 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
     except asyncio.CancelledError:
         from .errors import TaskCancelledError
 
-        raise TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled") from None
+        raise TaskCancelledError(f"the coroutine of {_named(task)} was cancelled") from None
     finally:
         if retried_at_timeout and attempt_cancels.get(task) is cancel:
             del attempt_cancels[task]
@@ -149,7 +151,7 @@ def start_on_running_loop(
         if done.cancelled():
             from .errors import TaskCancelledError
 
-            finish(False, TaskCancelledError(f"the coroutine of task {task.get_task_id()} was cancelled"))
+            finish(False, TaskCancelledError(f"the coroutine of {_named(task)} was cancelled"))
         elif done.exception() is not None:
             finish(False, done.exception())
         else:
@@ -172,6 +174,37 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None
     add_done_callback = getattr(task, "add_done_callback", None)
     if add_done_callback is not None:  # a handle: it ends when stopped, and at the end
         add_done_callback(lambda _: cancel())
-    else:  # a worker process's task: its cancel message calls this
+    elif task is not None:  # a worker process's task: its cancel message calls this
         task.on_stop = cancel
     return cancel
+
+
+def _named(task: Any) -> str:
+    return "a call" if task is None else f"task {task.get_task_id()}"
+
+
+def run_to_end(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
+    """``run_here``, from a thread whose own loop may be running: then on a new thread of its own.
+
+    A map called where an event loop runs (a notebook cell) runs a queued chunk
+    itself when the workers are busy, as for any function, and an executor may
+    run a call on the thread that submitted it: a coroutine can run neither on
+    the loop that the caller blocks, nor on a second one on this thread.
+    """
+    if running_loop() is None:
+        return run_here(coroutine, task)
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, run_here(coroutine, task)))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="makeparallel-coroutine", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

@@ -49,7 +49,6 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -57,7 +56,7 @@ from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
 from ._collect import Completions, OnError, check_on_error
-from ._coroutines import is_coroutine, run_here, running_loop
+from ._coroutines import is_coroutine, run_to_end
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -330,30 +329,6 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend |
     return (_Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
 
 
-def _run_on_a_thread_of_its_own(coroutine: Any, task: Any) -> Any:
-    """``run_here`` on a new thread: this one's loop runs, blocked by a map that runs its chunk here.
-
-    A map called where an event loop runs (a notebook cell) runs a queued chunk
-    itself when the workers are busy, as for any function; a coroutine cannot
-    run on the loop that the map blocks, nor on a second one on this thread.
-    """
-    outcome: list[tuple[bool, Any]] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, run_here(coroutine, task)))
-        except BaseException as error:
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=run, name="makeparallel-map-coroutine", daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
-
-
 def _wraps_async(fn: Any) -> bool:
     """Whether ``fn`` is a decorator's wrapper (``functools.wraps``) around an ``async def`` function."""
     seen: set[int] = set()
@@ -380,11 +355,7 @@ class _Awaited:
 
     def __call__(self, *args: Any) -> Any:
         value = self.__wrapped__(*args)
-        if not is_coroutine(value):
-            return value
-        if running_loop() is not None:  # a chunk run by a caller blocked on its own running loop
-            return _run_on_a_thread_of_its_own(value, current_task())
-        return run_here(value, current_task())
+        return run_to_end(value, current_task()) if is_coroutine(value) else value
 
     def __reduce__(self) -> tuple[type[_Awaited], tuple[Callable[..., Any]]]:
         return _Awaited, (self.__wrapped__,)

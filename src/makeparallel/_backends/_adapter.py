@@ -45,6 +45,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _serialization
+from .._coroutines import is_coroutine, run_to_end
 from .._cpus import usable_cpu_count
 from .._states import CANCELLED, FAILED, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
@@ -375,7 +376,10 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
 
     Function and arguments travel as the library pickles them (``@parallel``
     functions by reference, lambdas and closures by value), whatever pickler
-    the executor uses; the result travels as the executor pickles it.
+    the executor uses; the result travels as the executor pickles it. An
+    ``async def`` function's coroutine runs to its end there, on the worker
+    thread's own event loop, as on the process backend: a coroutine object
+    cannot travel back.
 
     No task is current while it runs, as on another process: an executor that
     runs calls on the submitting thread (one for debugging, say) would
@@ -388,7 +392,8 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
     here = _local.__dict__
     outer = here.pop("task", None)
     try:
-        return fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
+        return run_to_end(value, None) if is_coroutine(value) else value
     finally:
         if outer is not None:
             here["task"] = outer
