@@ -770,3 +770,14 @@ def test_a_submission_refused_at_shutdown_is_told_finished(how: str, listen: Any
     told = [event for event in recorder.events if event.kind != "circuit"]
     assert kinds(told) == ["submitted", "finished"]
     assert told[-1].status == "failed"
+
+
+def test_a_process_task_whose_call_cannot_be_pickled_is_told_finished(listen: Any) -> None:
+    # Refused at submission as shut-down ones are: told "submitted", then nothing.
+    name = unique_name("events-unpicklable")
+    recorder = Recorder(name)
+    listen(recorder)
+    with pytest.raises(mp.TaskSerializationError):
+        mp.parallel(add_one, backend="process", name=name)(threading.Lock())
+    assert kinds(recorder.events) == ["submitted", "finished"]
+    assert recorder.events[-1].status == "failed"

@@ -51,7 +51,7 @@ from ._states import (
 from ._task_context import _local
 from ._validation import check_wait_timeout
 from ._yielding_lock import wait_while_held
-from .errors import TaskCancelledError, TaskError, TaskTimeoutError
+from .errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, TaskTimeoutError
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
@@ -791,11 +791,16 @@ class AsyncHandle(Generic[T]):
         self._fn = self._args = self._kwargs = self._context = None
 
     def _withdrawn(self, error: BaseException) -> None:
-        """End a task whose submission raised ``error`` before its backend accepted it.
+        """End a task whose submission raised ``error``, where its backend refused it.
 
-        Listeners told it was submitted are told it finished (failed): else an
-        exporter that counts the tasks in flight counted it for good.
+        A backend raises ``ShutdownError`` or ``TaskSerializationError`` before
+        it accepts a task; anything else (a Ctrl-C) may land once it did, and
+        the backend then ends the task as it ends any. Listeners told it was
+        submitted are told it finished (failed): else an exporter that counts
+        the tasks in flight counted it for good.
         """
+        if not isinstance(error, (ShutdownError, TaskSerializationError)):
+            return
         self._reject(error)
         if getattr(self, "_event_order", None) is not None:
             _events.emit("finished", self)
