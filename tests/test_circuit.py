@@ -442,3 +442,68 @@ def test_a_sync_call_refused_at_first_and_retried_runs_once_the_breaker_recovers
     assert handle.get(timeout=0) == "paid"
     assert handle.attempts == 2
     assert breaker.state is mp.CircuitState.CLOSED
+
+
+def wait_then(gate: threading.Event, fail: bool) -> str:
+    assert gate.wait(30)
+    if fail:
+        raise ConnectionError("payments down")
+    return "paid"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("late_fails", [False, True], ids=["late success", "late failure"])
+def test_a_call_admitted_before_the_breaker_opened_is_no_trial_when_it_ends(
+    late_fails: bool, clock: FakeClock, gate: threading.Event
+) -> None:
+    # Ending while the breaker was half-open, it counted as a trial: its success
+    # closed the breaker after a single real trial, its failure opened it again.
+    resize(4)
+    breaker = breaker_for(clock, min_calls=2, window=2, half_open_calls=2)
+    fn = mp.parallel(backend="thread", circuit_breaker=breaker)(wait_then)
+    late = fn(gate, late_fails)  # admitted while closed, held running
+    failing = mp.parallel(backend="sync", circuit_breaker=breaker)(raises_connection_error)
+    assert [outcome(failing()) for _ in range(2)] == ["ConnectionError"] * 2
+    assert breaker.state == "open"
+    clock.now += 31
+    trial_gate = threading.Event()
+    trial = fn(trial_gate, False)  # the first of two trials, held running
+    assert breaker.state == "half_open"
+    gate.set()
+    assert outcome(late) == ("ConnectionError" if late_fails else "ok")
+    trial_gate.set()
+    assert trial.get(timeout=30) == "paid"
+    assert breaker.state == "half_open"  # one trial of two succeeded
+    assert fn(trial_gate, False).get(timeout=30) == "paid"
+    assert breaker.state == "closed"
+    assert breaker.statistics().successful_calls == 3 - late_fails  # counted all the same
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["cancel", "cancel in bulk"])
+def test_cancelling_a_call_admitted_before_the_breaker_opened_gives_back_no_trial_permit(
+    how: str, clock: FakeClock, gate: threading.Event
+) -> None:
+    # Its cancel gave back the trial permit of the round under way, and another
+    # call was let through beside the breaker's one trial.
+    from makeparallel._handle import cancel_all
+
+    resize(2)
+    breaker = breaker_for(clock, min_calls=2, window=2, half_open_calls=1)
+    holders = [mp.parallel(backend="thread")(gate.wait)(30) for _ in range(2)]  # both workers
+    fn = mp.parallel(backend="thread", circuit_breaker=breaker)(wait_then)
+    stale = [fn(gate, False) for _ in range(1 if how == "cancel" else 3)]  # admitted while closed, queued
+    failing = mp.parallel(backend="sync", circuit_breaker=breaker)(raises_connection_error)
+    assert [outcome(failing()) for _ in range(2)] == ["ConnectionError"] * 2
+    clock.now += 31
+    trial = fn(gate, False)  # the one trial, queued behind the rest
+    assert breaker.state == "half_open"
+    if how == "cancel":
+        assert stale[0].cancel()
+    else:
+        assert cancel_all(stale) == len(stale)
+    refused = mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1)
+    assert outcome(refused) == "CircuitOpenError"
+    gate.set()
+    assert trial.get(timeout=30) == "paid" and all(holder.get(timeout=30) for holder in holders)
+    assert breaker.state == "closed"

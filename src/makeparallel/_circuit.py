@@ -11,6 +11,12 @@ States::
     CLOSED --failure or slow-call rate over the window reaches its threshold--> OPEN
     OPEN --recovery_timeout passed, at the next call--> HALF_OPEN (admits half_open_calls trials)
     HALF_OPEN --every trial succeeded--> CLOSED;  --a trial failed--> OPEN
+
+Each stay in a state is a *round*, numbered, and a permit is of the round it was
+admitted in: only outcomes of the current round's calls move the state. A call
+admitted while closed that ends after the breaker opened and half-opened is no
+trial, and neither closes it nor reopens it; cancelled, it gives back no trial
+permit (it gave one back, and a third trial was admitted where two were asked for).
 """
 
 from __future__ import annotations
@@ -176,6 +182,8 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
         self._forced = False
+        #: The round (the stay in the current state) that permits admitted now belong to.
+        self._round = 0
         self._clear_locked()
         with _breakers_lock:
             _breakers.add(self)
@@ -223,6 +231,7 @@ class CircuitBreaker:
             old = self._state
             self._state = CircuitState.CLOSED
             self._forced = False
+            self._round += 1  # the calls under way are forgotten too
             self._clear_locked()
         self._announce(old, CircuitState.CLOSED)
 
@@ -232,6 +241,7 @@ class CircuitBreaker:
             old = self._state
             self._state = CircuitState.OPEN
             self._forced = True
+            self._round += 1
         self._announce(old, CircuitState.OPEN)
 
     def __repr__(self) -> str:
@@ -240,11 +250,17 @@ class CircuitBreaker:
     # -- engine side ------------------------------------------------------------------
 
     def admit(self) -> CircuitOpenError | None:
-        """Take a permit for one call: ``None`` if admitted, else the error to fail it with."""
+        """Take a permit for one call: ``None`` if admitted, else the error to fail it with.
+
+        The caller takes the permit for one of the round ``_round`` gives as it
+        accepts the task: another call's outcome that changed the state in
+        between makes it the next round's, and it counts as that round's call.
+        """
         with self._lock:
             old = self._state
             if old is CircuitState.OPEN and not self._forced and self._clock() - self._opened_at >= self.recovery_timeout:
                 self._state = CircuitState.HALF_OPEN
+                self._round += 1
                 self._trials_admitted = self._trials_succeeded = 0
             state = self._state
             if state is CircuitState.CLOSED or (
@@ -269,10 +285,12 @@ class CircuitBreaker:
             return isinstance(error, on)
         return ask(on, error, f"circuit breaker {self.name!r}", True, "counted as a failure")
 
-    def record(self, failed: bool, seconds: float | None) -> tuple[CircuitState, CircuitState] | None:
-        """Record one admitted call's outcome; return ``(old, new)`` if the state changed.
+    def record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> tuple[CircuitState, CircuitState] | None:
+        """Record the outcome of one call admitted in round ``admitted_in``; return ``(old, new)`` if the state changed.
 
-        The caller announces the change (``announce``) once outside its own locks.
+        Every outcome is counted in the statistics; only one of the current
+        round moves the state. The caller announces the change (``announce``)
+        once outside its own locks.
         """
         slow = self.slow_call_seconds is not None and seconds is not None and seconds >= self.slow_call_seconds
         with self._lock:
@@ -283,6 +301,8 @@ class CircuitBreaker:
             if slow:
                 self._slow += 1
             old = self._state
+            if admitted_in != self._round:
+                return None  # admitted before the state it ends in: it tells nothing of this round
             if old is CircuitState.HALF_OPEN:
                 if failed or slow:
                     self._open_locked()
@@ -290,6 +310,7 @@ class CircuitBreaker:
                     self._trials_succeeded += 1
                     if self._trials_succeeded >= self.half_open_calls:
                         self._state = CircuitState.CLOSED
+                        self._round += 1
                         self._ring = bytearray(self.window)
                         self._next = self._buffered = self._failures = self._slows = 0
             elif old is CircuitState.CLOSED:
@@ -302,10 +323,14 @@ class CircuitBreaker:
             new = self._state
         return None if new is old else (old, new)
 
-    def release(self) -> None:
-        """An admitted call was cancelled before its outcome: give its trial permit back."""
+    def release(self, admitted_in: int | None) -> None:
+        """A call admitted in round ``admitted_in`` was cancelled before its outcome: give back its trial permit, if it was one."""
         with self._lock:
-            if self._state is CircuitState.HALF_OPEN and self._trials_admitted > self._trials_succeeded:
+            if (
+                self._state is CircuitState.HALF_OPEN
+                and admitted_in == self._round
+                and self._trials_admitted > self._trials_succeeded
+            ):
                 self._trials_admitted -= 1
 
     def announce(self, change: tuple[CircuitState, CircuitState] | None) -> None:
@@ -330,6 +355,7 @@ class CircuitBreaker:
     def _open_locked(self) -> None:
         self._last_rate = self._failures / self._buffered if self._buffered else 1.0
         self._state = CircuitState.OPEN
+        self._round += 1
         self._opened_at = self._clock()
 
     def _next_attempt_wall_locked(self) -> float | None:

@@ -159,7 +159,20 @@ class GuardedTaskSpec(TaskSpec):
     A subclass, so that functions without a breaker pay nothing for it.
     """
 
-    __slots__ = ()
+    __slots__ = ("_rounds",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The breaker's round of each task's permit, by task id, until the task ends (``_circuit``).
+        self._rounds: dict[int, int] = {}
+
+    def task_submitted(self, handle: AsyncHandle[Any]) -> None:
+        super().task_submitted(handle)
+        self.permit_taken(handle)  # just before, as it was submitted
+
+    def permit_taken(self, handle: AsyncHandle[Any]) -> None:
+        """``handle``'s next attempt was admitted by the breaker: keep the round of its permit."""
+        self._rounds[handle._id] = self.breaker._round  # type: ignore[union-attr]
 
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         super().task_retried(handle, first)
@@ -167,30 +180,30 @@ class GuardedTaskSpec(TaskSpec):
         assert error is not None
         if not isinstance(error, CircuitOpenError):  # a refused attempt never ran
             started = handle._started_at
-            self._record(handle, self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started)  # type: ignore[union-attr]
+            self._record(self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))  # type: ignore[union-attr]
 
-    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
-        super().tasks_cancelled(lock, count)
-        for _ in range(count):
-            self.breaker.release()  # type: ignore[union-attr]
+    def release_permit(self, handle: AsyncHandle[Any]) -> None:
+        """``handle``, queued, was cancelled with others (``tasks_cancelled`` counts it): give back its permit."""
+        self.breaker.release(self._rounds.pop(handle._id, None))  # type: ignore[union-attr]
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         super().task_finished(handle)
         breaker = self.breaker
         assert breaker is not None
         state, value, started = handle._state, handle._value, handle._started_at
+        admitted_in = self._rounds.pop(handle._id, None)
         if state == CANCELLED:
             record = getattr(handle, "_retry", None)
             if record is None or record.holds_permit:  # not one cancelled as it waited to retry
-                breaker.release()
+                breaker.release(admitted_in)
         elif not isinstance(value, CircuitOpenError):
             failed = state != SUCCEEDED and breaker.counts_as_failure(value)
-            self._record(handle, failed, None if started is None else handle._finished_at - started)  # type: ignore[operator]
+            self._record(failed, None if started is None else handle._finished_at - started, admitted_in)  # type: ignore[operator]
 
-    def _record(self, handle: AsyncHandle[Any], failed: bool, seconds: float | None) -> None:
+    def _record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> None:
         breaker = self.breaker
         assert breaker is not None
-        change = breaker.record(failed, seconds)
+        change = breaker.record(failed, seconds, admitted_in)
         if change is not None and _events.listeners:
             # Under the backend lock here: listeners hear of it from a thread of its own.
             threading.Thread(
@@ -426,10 +439,11 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         refusal = breaker.admit()
         if refusal is not None:
             return self._refused(refusal, args, kwargs)
+        admitted_in = breaker._round
         try:
             return super().__call__(*args, **kwargs)
         except BaseException:
-            breaker.release()  # never submitted: its permit goes back
+            breaker.release(admitted_in)  # never submitted: its permit goes back
             raise
 
     def _refused(self, error: CircuitOpenError, args: Any, kwargs: Any) -> AsyncHandle[T]:

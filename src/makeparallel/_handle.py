@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
 from types import CoroutineType, FrameType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from . import _deadlines, _events, _fork_child, _interruptible
 from ._backends._base import pool_of_this_thread
@@ -55,6 +55,7 @@ from .errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializat
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
+    from ._decorators import GuardedTaskSpec
     from ._retry import Attempts
 
 __all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop"]
@@ -765,6 +766,7 @@ class AsyncHandle(Generic[T]):
             waiting = self._state == RETRY_WAIT
             if waiting:
                 self._retry.holds_permit = True  # its cancel from now on gives the permit back
+                cast("GuardedTaskSpec", self._observer).permit_taken(self)  # a breaker's observer
         if not waiting:  # cancelled as it was admitted
             breaker.release()
         return waiting
@@ -1159,6 +1161,7 @@ def cancel_queued_locked(
     ended: list[AsyncHandle[Any]] = []
     told: list[tuple[AsyncHandle[Any], _Announcement]] = []
     observer: TaskObserver | None = None
+    release_permit = None
     count = 0
     for handle in handles:
         if handle._state != PENDING:
@@ -1176,7 +1179,10 @@ def cancel_queued_locked(
             if observer is not None:
                 observer.tasks_cancelled(handle._backend._lock, count)
             observer, count = handle._observer, 0
+            release_permit = getattr(observer, "release_permit", None)  # a circuit breaker's
         count += 1
+        if release_permit is not None:
+            release_permit(handle)
     if observer is not None:
         observer.tasks_cancelled(handles[0]._backend._lock, count)
     return ended, told
