@@ -507,3 +507,31 @@ def test_cancelling_a_call_admitted_before_the_breaker_opened_gives_back_no_tria
     gate.set()
     assert trial.get(timeout=30) == "paid" and all(holder.get(timeout=30) for holder in holders)
     assert breaker.state == "closed"
+
+
+def doubled(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+def test_a_call_refused_at_first_and_retried_runs_on_every_backend(backend: str, clock: FakeClock) -> None:
+    # On processes it was accepted unpickled: its retry killed the pool's loop
+    # thread (no payload), and the task and every later one never ended.
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, retry=mp.Retry(on=mp.CircuitOpenError, attempts=3))(doubled)
+
+    def recover_meanwhile(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == "doubled":
+            breaker.reset()
+
+    mp.add_task_listener(recover_meanwhile)
+    try:
+        with no_retry_waits():
+            handle = fn(21)
+            assert handle.get(timeout=30) == 42
+    finally:
+        mp.remove_task_listener(recover_meanwhile)
+    assert handle.attempts == 2  # the refused one, then the one that ran
+    assert fn(1).get(timeout=30) == 2

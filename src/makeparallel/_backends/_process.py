@@ -504,6 +504,11 @@ class ProcessBackend(QueueingBackend):
                     self._loop = None
                 raise
 
+    def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
+        # Pickled now, as submit() pickles a task: its retry is sent with the payload it keeps.
+        self._prepare(handle)
+        super()._accept_refused(handle, error)
+
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         if self._queue_retry(handle, self._enqueue_locked):  # its payload was kept for this
             self._start_loop()
