@@ -256,6 +256,25 @@ def test_the_current_client_is_used_without_configuration(client: Client) -> Non
         mp.configure(dask_client=client)
 
 
+def test_a_retry_that_finds_no_client_ends_the_task_with_its_last_error(client: Client, flags: Flags) -> None:
+    # The retry failed the task with the RuntimeError alone, its note listing a
+    # second attempt that never ran: what the task itself had raised was lost.
+    _runtime._dask_client = None
+    _runtime._backends.pop("dask", None)
+    try:
+        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=3.0, wait_jitter=0)  # time to leave the client
+        with client.as_current():
+            handle = mp.parallel(backend="dask", retry=retry)(fail_once)(flags)
+            assert wait_until(lambda: handle.status == "waiting to retry", 60)
+        with pytest.raises(ConnectionError, match="first attempt") as caught:
+            handle.get(timeout=60)
+    finally:
+        mp.configure(dask_client=client)
+    notes = "\n".join(caught.value.__notes__)
+    assert handle.attempts == 1 and "1 attempt(s) failed" in notes
+    assert "not retried again: RuntimeError: backend='dask' found no Dask client" in notes
+
+
 def test_a_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed
     monkeypatch.delitem(sys.modules, "makeparallel._backends._dask", raising=False)  # imported by a test before, or not

@@ -830,7 +830,7 @@ def test_an_executor_shut_down_during_the_retry_wait_ends_the_task_with_its_last
             del TO_SHUT_DOWN[kind]
     notes = "\n".join(caught.value.__notes__)
     assert handle.attempts == 1 and "1 attempt(s) failed: attempt 1: ConnectionError" in notes
-    assert "not retried again: task" in notes and "is shut down or closed" in notes
+    assert "not retried again: ShutdownError: task" in notes and "is shut down or closed" in notes
 
 
 class NotAnException(BaseException):
@@ -900,3 +900,111 @@ def test_a_sync_call_cancelled_during_its_retry_wait_returns_at_once() -> None:
     caller.join(10)
     assert not caller.is_alive(), "the caller still waits to retry a cancelled task"
     assert handles[0].cancelled()
+
+
+class RefusesAfterItsFirstTask(ThreadPoolExecutor):
+    """Takes one task, then refuses every other with ``refusal`` (once ``taken`` is set, if it is given)."""
+
+    def __init__(self, refusal: Exception, taken: threading.Event | None = None) -> None:
+        super().__init__(2)
+        self.refusal = refusal
+        self.taken = taken
+        self.sent = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if not self.sent:
+            self.sent = True
+            return super().submit(fn, *args, **kwargs)
+        if self.taken is not None:
+            assert self.taken.wait(30)
+        raise self.refusal
+
+
+class RefusesAfterItsFirstTaskElsewhere(RefusesAfterItsFirstTask):
+    _makeparallel_in_process = False
+
+
+@pytest.mark.parametrize("where", [RefusesAfterItsFirstTask, RefusesAfterItsFirstTaskElsewhere], ids=["here", "elsewhere"])
+def test_an_executor_broken_during_the_retry_wait_ends_the_task_with_its_last_error(where: type) -> None:
+    # It failed with the refusal (a WorkerCrashedError for a worker that held
+    # nothing), its note listing a second attempt that never ran.
+    from concurrent.futures import BrokenExecutor
+
+    with where(BrokenExecutor("the pool broke")) as executor:
+        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=3))(raises_connection_error)
+        with no_retry_waits():
+            handle = fn()
+            with pytest.raises(ConnectionError, match="down") as caught:
+                handle.get(timeout=30)
+    notes = "\n".join(caught.value.__notes__)
+    assert handle.attempts == 1 and "1 attempt(s) failed: attempt 1: ConnectionError" in notes
+    assert "not retried again: BrokenExecutor: the pool broke" in notes
+
+
+def test_an_executors_refusal_leaves_alone_the_retry_a_waiter_runs_itself() -> None:
+    # In this process a waiter takes a queued attempt and runs it: the refusal,
+    # coming meanwhile, failed the task as that attempt ran, and its result was lost.
+    taken = threading.Event()
+    attempts: list[str] = []
+
+    def flaky() -> str:
+        attempts.append(threading.current_thread().name)
+        if len(attempts) == 1:
+            raise ConnectionError("first attempt")
+        taken.set()  # the executor refuses this attempt now: let the refusal be handled
+        for thread in threading.enumerate():
+            if thread.name == "makeparallel-retry":
+                thread.join(30)
+        return "second attempt"
+
+    with RefusesAfterItsFirstTask(RuntimeError("cannot schedule new futures after shutdown"), taken) as executor:
+        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+        with no_retry_waits():
+            handle = fn()
+            assert handle.get() == "second attempt"
+    assert attempts[1] == threading.current_thread().name
+    assert handle.attempts == 2 and handle.status == "succeeded"
+
+
+def test_a_task_given_up_on_after_a_timeout_ends_timed_out_and_is_one_call_for_its_breaker(
+    gate: threading.Event,
+) -> None:
+    # It ended "failed" (counted in failed_tasks), and the breaker recorded the
+    # timed-out attempt twice: as it was retried, then as the task ended.
+    breaker = mp.CircuitBreaker("retry-given-up", min_calls=100)
+    name = f"given_up_{id(gate)}"
+    with RefusesAfterItsFirstTask(RuntimeError("cannot schedule new futures after shutdown")) as executor:
+        fn = mp.parallel(
+            backend=executor, name=name, timeout=0.1, circuit_breaker=breaker, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=3)
+        )(gate.wait)
+        with no_retry_waits():
+            handle = fn(30)
+            with pytest.raises(mp.TaskTimeoutError):
+                handle.get(timeout=30)
+        gate.set()
+    assert handle.status == "timed out"
+    metrics = mp.get_metrics(name)
+    assert (metrics.timed_out_tasks, metrics.failed_tasks) == (1, 0)
+    assert breaker.statistics().failed_calls == 1
+
+
+def test_shutdown_as_an_attempt_runs_says_why_it_was_not_retried(gate: threading.Event) -> None:
+    # The policy wanted another attempt, the pool was shut down: the note did not say why none came.
+    @mp.parallel(backend="thread", retry=mp.Retry(on=ConnectionError, attempts=3))
+    def down() -> None:
+        assert gate.wait(30)
+        raise ConnectionError("down")
+
+    handle = down()
+    assert wait_until(lambda: handle.status == "running", 30)
+    stopping = threading.Thread(target=mp.shutdown, kwargs={"timeout_secs": 30})
+    stopping.start()
+    try:
+        assert wait_until(lambda: mp.get_thread_pool_info()["closed"], 30)
+        gate.set()
+        with pytest.raises(ConnectionError) as caught:
+            handle.get(timeout=30)
+    finally:
+        stopping.join(30)
+        mp.reset_shutdown()
+    assert "not retried again: makeparallel was shut down" in "\n".join(caught.value.__notes__)

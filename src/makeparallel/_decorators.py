@@ -183,7 +183,8 @@ class GuardedTaskSpec(TaskSpec):
             self._record(self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))  # type: ignore[union-attr]
 
     def release_permit(self, handle: AsyncHandle[Any]) -> None:
-        """``handle``, queued, was cancelled with others (``tasks_cancelled`` counts it): give back its permit."""
+        """Give back ``handle``'s permit: it was cancelled with others while queued (``tasks_cancelled``
+        counts it), or its next attempt never ran."""
         self.breaker.release(self._rounds.pop(handle._id, None))  # type: ignore[union-attr]
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
@@ -192,10 +193,11 @@ class GuardedTaskSpec(TaskSpec):
         assert breaker is not None
         state, value, started = handle._state, handle._value, handle._started_at
         admitted_in = self._rounds.pop(handle._id, None)
+        record = getattr(handle, "_retry", None)
+        if record is not None and not record.holds_permit:
+            return  # ended as it waited to retry (cancelled, given up): its last outcome was recorded then
         if state == CANCELLED:
-            record = getattr(handle, "_retry", None)
-            if record is None or record.holds_permit:  # not one cancelled as it waited to retry
-                breaker.release(admitted_in)
+            breaker.release(admitted_in)
         elif not isinstance(value, CircuitOpenError):
             failed = state != SUCCEEDED and breaker.counts_as_failure(value)
             self._record(failed, None if started is None else handle._finished_at - started, admitted_in)  # type: ignore[operator]

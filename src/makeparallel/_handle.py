@@ -641,7 +641,7 @@ class AsyncHandle(Generic[T]):
                 f"{backend.stop_hint}. Raise the timeout if the task needs longer"
             )
             retry = self._observer.retry
-            if retry is not None and retry.retries(error) and self._retry_later_locked(error):
+            if retry is not None and retry.retries(error) and self._retry_later_locked(error, timed_out=True):
                 announce: _Announcement | None = _RETRYING
             else:
                 announce = self._settle_locked(TIMED_OUT, error)
@@ -705,8 +705,12 @@ class AsyncHandle(Generic[T]):
 
     # -- engine side: retrying -------------------------------------------------------
 
-    def _retry_later_locked(self, error: BaseException) -> bool:
-        """Schedule the next attempt if attempts, time and the backend allow; under the lock."""
+    def _retry_later_locked(self, error: BaseException, timed_out: bool = False) -> bool:
+        """Schedule the next attempt if attempts, time and the backend allow; under the lock.
+
+        ``timed_out``: the attempt that failed with ``error`` timed out (a task
+        given up on afterwards ends timed out, as one whose attempts ran out).
+        """
         if self._state != RUNNING:
             return False
         retry = self._observer.retry
@@ -719,7 +723,13 @@ class AsyncHandle(Generic[T]):
         attempt = len(record.failures) + 1
         record.failures.append((attempt, type(error).__name__, now - record.first_started))
         record.last_error = error
-        if attempt >= retry.attempts or self._backend._closed:
+        record.timed_out = timed_out
+        if attempt >= retry.attempts:
+            return False
+        if self._backend._closed:
+            from ._backends._base import SHUT_DOWN
+
+            record.stopped = SHUT_DOWN
             return False
         wait = retry.wait(attempt)
         if retry.timeout is not None and now + wait - record.first_started > retry.timeout:
@@ -830,14 +840,22 @@ class AsyncHandle(Generic[T]):
         return True
 
     def _give_up_retrying(self, why: str) -> None:
-        """The backend cannot run another attempt (``why``: it shut down): fail with the last error."""
+        """The backend cannot run another attempt (``why``: it shut down): end with the last one's outcome."""
         with self._backend._lock:
             if self._state != RETRY_WAIT:
                 return
-            self._state = RUNNING  # settle as the attempt that failed last
-            self._retry.stopped = why
-            announce = self._settle_locked(FAILED, self._retry.last_error)
+            announce = self._end_retries_locked(why)
         self._after_settle_aside(announce)
+
+    def _end_retries_locked(self, why: str) -> _Announcement | None:
+        """End as the attempt that failed last did (failed, or timed out), no other to come (``why``); under the lock."""
+        record = self._retry
+        record.stopped = why
+        if record.holds_permit:  # its circuit breaker admitted the attempt that never ran
+            record.holds_permit = False
+            cast("GuardedTaskSpec", self._observer).release_permit(self)
+        self._state = RUNNING  # settle as that attempt
+        return self._settle_locked(TIMED_OUT if record.timed_out else FAILED, record.last_error)
 
     def _after_settle_aside(self, announce: _Announcement | None) -> None:
         """``_after_settle``; on the deadline thread, callbacks and listeners (then waiters) get a thread of their own.

@@ -189,9 +189,12 @@ class Attempts:
     retried_start: float | None = None  # the start time of the attempt retried last
     wait: float = 0.0
     due: float = 0.0
-    #: Whether the attempt under way holds its circuit breaker's permit. Not while it waits to
-    #: retry: the failed attempt's outcome was recorded, or the breaker refused it.
-    holds_permit: bool = False
+    #: Whether the attempt under way holds its circuit breaker's permit (made for an attempt that
+    #: ran). Not while it waits to retry: the failed attempt's outcome was recorded, or the
+    #: breaker refused it.
+    holds_permit: bool = True
+    #: Whether the attempt that failed last timed out.
+    timed_out: bool = False
     #: Why no attempt followed the last one, where the policy wanted one (the backend shut down).
     stopped: str | None = None
 

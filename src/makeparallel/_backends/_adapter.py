@@ -166,22 +166,27 @@ class ExecutorBackend(Backend):
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
         """Send the next attempt, as the first was sent; a refusal ends the task.
 
-        An executor shut down during the wait ends it with its last attempt's
-        error, as a shutdown of makeparallel does, the refusal in its note: the
-        ``ShutdownError`` alone hid what the task itself had raised.
+        The executor shut down or broken during the wait (or the call no
+        longer pickles), the task ends as its last attempt did, as at a
+        shutdown of makeparallel, the refusal in its note: the refusal's error
+        alone hid what the task itself had raised, and counted an attempt that
+        never ran.
         """
         if not self._queue_retry(handle, self._accepted_again_locked):
             return
         try:
             self._send(handle, self._call_for(handle))
-        except ShutdownError as refusal:
-            record = handle._retry
-            with self._lock:
-                record.stopped = str(refusal)
-                handle._started_at = record.retried_start  # the attempt refused never started
-            self._end(handle, FAILED, record.last_error)
-        except Exception as error:  # broken by the attempt before, or the call no longer pickles
-            self._end(handle, FAILED, self.translate_error(handle, error))
+        except Exception as error:
+            self._refused_again(handle, f"{type(error).__name__}: {error}")
+
+    def _refused_again(self, handle: AsyncHandle[Any], why: str) -> None:
+        """End a task whose next attempt the executor refused (``why``), unless a waiter runs it here."""
+        with self._lock:
+            if handle._state >= SUCCEEDED or (self._in_process and handle._state != PENDING):
+                return  # cancelled, or a waiter took the queued attempt and runs it itself
+            handle._started_at = handle._retry.retried_start  # the attempt refused never started
+            announce = handle._end_retries_locked(why)
+        handle._after_settle(announce)
 
     def _accepted_again_locked(self, handle: AsyncHandle[Any]) -> None:
         """Hold the next attempt of a retried task, as ``submit`` holds the first."""

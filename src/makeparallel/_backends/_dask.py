@@ -73,8 +73,8 @@ class DaskBackend(ExecutorBackend):
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
         try:
             self._bind()  # a client configured, or made current, since the attempt before takes this one
-        except Exception as error:  # no client now: the task fails with what to do
-            self._end(handle, FAILED, error)
+        except Exception as error:  # no client now: the task ends as its last attempt did, with what to do
+            handle._give_up_retrying(f"{type(error).__name__}: {error}")
             return
         super()._send_again(handle)
 
