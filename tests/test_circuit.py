@@ -535,3 +535,48 @@ def test_a_call_refused_at_first_and_retried_runs_on_every_backend(backend: str,
         mp.remove_task_listener(recover_meanwhile)
     assert handle.attempts == 2  # the refused one, then the one that ran
     assert fn(1).get(timeout=30) == 2
+
+
+class CancelsAtAdmission(mp.CircuitBreaker):
+    """A breaker that, admitting a retry of ``target``, sees it cancelled before the retry is queued."""
+
+    target: mp.AsyncHandle[Any] | None = None
+
+    def admit(self) -> mp.CircuitOpenError | None:
+        refusal = super().admit()
+        target = self.target
+        if refusal is None and target is not None and target.status == "waiting to retry":
+            self.target = None
+            target.cancel()
+        return refusal
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_cancelled_as_the_breaker_admits_it_gives_back_its_trial_permit(clock: FakeClock) -> None:
+    # The permit went back through the breaker's old release(), which no longer
+    # exists: the deadline thread raised, and the trial permit was lost for good.
+    breaker = CancelsAtAdmission("payments", window=1, min_calls=1, recovery_timeout=30.0, half_open_calls=1, clock=clock)
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=20, wait_initial=0.01, wait_jitter=0, timeout=None)
+    armed = threading.Event()
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
+    def fn() -> None:
+        assert armed.wait(30)  # once the breaker knows which task to cancel
+        raise ConnectionError("down")
+
+    def recover_at_the_first_retry(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.task_id == handle.get_task_id():
+            clock.now = max(clock.now, 1000.0 + 31)  # the next attempt is the half-open trial
+
+    mp.add_task_listener(recover_at_the_first_retry)
+    try:
+        handle = fn()
+        breaker.target = handle
+        armed.set()
+        with pytest.raises(mp.TaskCancelledError):
+            handle.get(timeout=30)
+    finally:
+        mp.remove_task_listener(recover_at_the_first_retry)
+    assert breaker.state == "half_open"
+    assert mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1).get(timeout=30) == 1  # the trial permit is back
+    assert breaker.state == "closed"

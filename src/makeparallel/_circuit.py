@@ -15,8 +15,8 @@ States::
 Each stay in a state is a *round*, numbered, and a permit is of the round it was
 admitted in: only outcomes of the current round's calls move the state. A call
 admitted while closed that ends after the breaker opened and half-opened is no
-trial, and neither closes it nor reopens it; cancelled, it gives back no trial
-permit (it gave one back, and a third trial was admitted where two were asked for).
+trial: it neither closes nor reopens it, and cancelled, it gives back no trial
+permit.
 """
 
 from __future__ import annotations
@@ -252,9 +252,9 @@ class CircuitBreaker:
     def admit(self) -> CircuitOpenError | None:
         """Take a permit for one call: ``None`` if admitted, else the error to fail it with.
 
-        The caller takes the permit for one of the round ``_round`` gives as it
-        accepts the task: another call's outcome that changed the state in
-        between makes it the next round's, and it counts as that round's call.
+        The permit's round is ``_round`` as the caller reads it when it accepts
+        the task: should another call's outcome change the state in between,
+        the permit counts as the new round's.
         """
         with self._lock:
             old = self._state

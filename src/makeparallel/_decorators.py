@@ -168,11 +168,11 @@ class GuardedTaskSpec(TaskSpec):
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         super().task_submitted(handle)
-        self.permit_taken(handle)  # just before, as it was submitted
+        self.permit_taken(handle, self.breaker._round)  # type: ignore[union-attr]  # admitted just before
 
-    def permit_taken(self, handle: AsyncHandle[Any]) -> None:
-        """``handle``'s next attempt was admitted by the breaker: keep the round of its permit."""
-        self._rounds[handle._id] = self.breaker._round  # type: ignore[union-attr]
+    def permit_taken(self, handle: AsyncHandle[Any], admitted_in: int) -> None:
+        """The breaker admitted ``handle``'s next attempt in round ``admitted_in``: keep it till the attempt ends."""
+        self._rounds[handle._id] = admitted_in
 
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         super().task_retried(handle, first)
@@ -183,8 +183,7 @@ class GuardedTaskSpec(TaskSpec):
             self._record(self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))  # type: ignore[union-attr]
 
     def release_permit(self, handle: AsyncHandle[Any]) -> None:
-        """Give back ``handle``'s permit: it was cancelled with others while queued (``tasks_cancelled``
-        counts it), or its next attempt never ran."""
+        """Give back ``handle``'s permit: cancelled with others while queued, or its next attempt never ran."""
         self.breaker.release(self._rounds.pop(handle._id, None))  # type: ignore[union-attr]
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:

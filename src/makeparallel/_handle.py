@@ -772,13 +772,14 @@ class AsyncHandle(Generic[T]):
         if refusal is not None:
             self._refused_again(refusal)
             return False
+        admitted_in = breaker._round
         with self._backend._lock:
             waiting = self._state == RETRY_WAIT
             if waiting:
                 self._retry.holds_permit = True  # its cancel from now on gives the permit back
-                cast("GuardedTaskSpec", self._observer).permit_taken(self)  # a breaker's observer
+                cast("GuardedTaskSpec", self._observer).permit_taken(self, admitted_in)  # a breaker's observer
         if not waiting:  # cancelled as it was admitted
-            breaker.release()
+            breaker.release(admitted_in)
         return waiting
 
     def _refused_again(self, error: BaseException) -> None:
