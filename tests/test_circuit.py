@@ -542,13 +542,13 @@ class CancelsAtAdmission(mp.CircuitBreaker):
 
     target: mp.AsyncHandle[Any] | None = None
 
-    def admit(self) -> mp.CircuitOpenError | None:
-        refusal = super().admit()
+    def admit(self) -> int | mp.CircuitOpenError:
+        permit = super().admit()
         target = self.target
-        if refusal is None and target is not None and target.status == "waiting to retry":
+        if isinstance(permit, int) and target is not None and target.status == "waiting to retry":
             self.target = None
             target.cancel()
-        return refusal
+        return permit
 
 
 @pytest.mark.timeout(60)
@@ -579,4 +579,74 @@ def test_a_retry_cancelled_as_the_breaker_admits_it_gives_back_its_trial_permit(
         mp.remove_task_listener(recover_at_the_first_retry)
     assert breaker.state == "half_open"
     assert mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1).get(timeout=30) == 1  # the trial permit is back
+    assert breaker.state == "closed"
+
+
+class SaysWhenAdmitted(mp.CircuitBreaker):
+    """A breaker that sets ``admitted`` once it admitted a call from a thread other than the main one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admitted = threading.Event()
+
+    def admit(self) -> int | mp.CircuitOpenError:
+        permit = super().admit()
+        if threading.current_thread() is not threading.main_thread():
+            self.admitted.set()
+        return permit
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+def test_a_call_admitted_while_closed_that_waits_for_its_slot_is_no_trial(
+    fails: bool, clock: FakeClock, gate: threading.Event
+) -> None:
+    # Its permit's round was read as its backend accepted it, after its wait for
+    # a max_concurrent slot: the breaker had half-opened meanwhile, and the call
+    # counted as a trial, closing the breaker (or opening it) as the trial ran.
+    resize(4)
+    breaker = SaysWhenAdmitted("payments", window=1, min_calls=1, recovery_timeout=30.0, half_open_calls=1, clock=clock)
+    limited = mp.parallel(backend="thread", circuit_breaker=breaker, max_concurrent=1)(wait_then)
+    holder = limited(gate, False)  # holds the one slot
+    done = threading.Event()
+    done.set()
+    waiting: list[mp.AsyncHandle[str]] = []
+    caller = threading.Thread(target=lambda: waiting.append(limited(done, fails)))
+    caller.start()
+    assert breaker.admitted.wait(30)  # admitted while closed; now it waits for the slot
+    assert outcome(mp.parallel(backend="sync", circuit_breaker=breaker)(raises_connection_error)()) == "ConnectionError"
+    clock.now += 31
+    trial_gate = threading.Event()
+    trial = mp.parallel(backend="thread", circuit_breaker=breaker)(wait_then)(trial_gate, False)
+    assert breaker.state == "half_open"
+    gate.set()  # the holder ends, and the waiting call takes the slot
+    caller.join(30)
+    assert holder.get(timeout=30) == "paid" and outcome(waiting[0]) == ("ConnectionError" if fails else "ok")
+    assert breaker.state == "half_open"  # the trial still runs
+    trial_gate.set()
+    assert trial.get(timeout=30) == "paid"
+    assert breaker.state == "closed"
+
+
+@pytest.mark.timeout(60)
+def test_a_call_that_raises_out_of_its_own_submission_gives_back_no_permit_twice(
+    clock: FakeClock, gate: threading.Event
+) -> None:
+    # A sync task raising SystemExit ends (its outcome recorded), then raises out
+    # of the call: the call gave its permit back again, and a third trial went
+    # through a half-open round of two.
+    resize(2)
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=2)
+
+    def leave() -> None:
+        raise SystemExit(3)
+
+    assert outcome(mp.parallel(backend="sync", circuit_breaker=breaker)(raises_connection_error)()) == "ConnectionError"
+    clock.now += 31
+    first_trial = mp.parallel(backend="thread", circuit_breaker=breaker)(gate.wait)(30)
+    with pytest.raises(SystemExit):
+        mp.parallel(backend="sync", circuit_breaker=breaker)(leave)()  # the second trial
+    assert outcome(mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1)) == "CircuitOpenError"
+    gate.set()
+    assert first_trial.get(timeout=30) is True
     assert breaker.state == "closed"

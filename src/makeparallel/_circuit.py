@@ -249,13 +249,8 @@ class CircuitBreaker:
 
     # -- engine side ------------------------------------------------------------------
 
-    def admit(self) -> CircuitOpenError | None:
-        """Take a permit for one call: ``None`` if admitted, else the error to fail it with.
-
-        The permit's round is ``_round`` as the caller reads it when it accepts
-        the task: should another call's outcome change the state in between,
-        the permit counts as the new round's.
-        """
+    def admit(self) -> int | CircuitOpenError:
+        """Take a permit for one call: the round it was admitted in, else the error to fail it with."""
         with self._lock:
             old = self._state
             if old is CircuitState.OPEN and not self._forced and self._clock() - self._opened_at >= self.recovery_timeout:
@@ -268,13 +263,13 @@ class CircuitBreaker:
             ):
                 if state is CircuitState.HALF_OPEN:
                     self._trials_admitted += 1
-                error = None
+                permit: int | CircuitOpenError = self._round
             else:
                 self._not_permitted += 1
-                error = self._refusal_locked()
+                permit = self._refusal_locked()
         if state is not old:
             self._announce(old, state)
-        return error
+        return permit
 
     def counts_as_failure(self, error: BaseException) -> bool:
         """Whether ``error`` is a failure of the dependency (``on``); cancellations never are."""

@@ -153,22 +153,30 @@ class TaskSpec:
 
 
 
+class _Admitting(threading.local):
+    round: int | None = None
+
+
 class GuardedTaskSpec(TaskSpec):
     """A :class:`TaskSpec` behind a circuit breaker: each attempt's outcome is recorded in it.
 
     A subclass, so that functions without a breaker pay nothing for it.
     """
 
-    __slots__ = ("_rounds",)
+    __slots__ = ("_rounds", "admitting")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The breaker's round of each task's permit, by task id, until the task ends (``_circuit``).
-        self._rounds: dict[int, int] = {}
+        self._rounds: dict[int, int | None] = {}
+        #: Per thread, the round of the permit a call took, until its backend accepts the task.
+        self.admitting = _Admitting()
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         super().task_submitted(handle)
-        self.permit_taken(handle, self.breaker._round)  # type: ignore[union-attr]  # admitted just before
+        admitting = self.admitting
+        self._rounds[handle._id] = admitting.round  # None: accepted refused, to retry
+        admitting.round = None  # taken: from now on the task's end gives the permit back
 
     def permit_taken(self, handle: AsyncHandle[Any], admitted_in: int) -> None:
         """The breaker admitted ``handle``'s next attempt in round ``admitted_in``: keep it till the attempt ends."""
@@ -433,18 +441,25 @@ class ParallelFunction(Generic[P, T]):
 class _GuardedParallelFunction(ParallelFunction[P, T]):
     """A parallel function behind a circuit breaker: each call first asks it for a permit."""
 
+    _spec: GuardedTaskSpec
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
         spec = self._spec
         breaker = spec.breaker
         assert breaker is not None
-        refusal = breaker.admit()
-        if refusal is not None:
-            return self._refused(refusal, args, kwargs)
-        admitted_in = breaker._round
+        permit = breaker.admit()
+        if not isinstance(permit, int):
+            return self._refused(permit, args, kwargs)
+        # Kept for its backend's acceptance (task_submitted), however long the
+        # call waits for its max_concurrent slot first.
+        admitting = spec.admitting
+        admitting.round = permit
         try:
             return super().__call__(*args, **kwargs)
         except BaseException:
-            breaker.release(admitted_in)  # never submitted: its permit goes back
+            if admitting.round is not None:  # never accepted: its permit goes back (else the task's end gives it)
+                admitting.round = None
+                breaker.release(permit)
             raise
 
     def _refused(self, error: CircuitOpenError, args: Any, kwargs: Any) -> AsyncHandle[T]:

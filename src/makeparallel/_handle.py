@@ -768,11 +768,10 @@ class AsyncHandle(Generic[T]):
         breaker = self._observer.breaker
         if breaker is None:
             return True
-        refusal = breaker.admit()
-        if refusal is not None:
-            self._refused_again(refusal)
+        admitted_in = breaker.admit()
+        if not isinstance(admitted_in, int):
+            self._refused_again(admitted_in)
             return False
-        admitted_in = breaker._round
         with self._backend._lock:
             waiting = self._state == RETRY_WAIT
             if waiting:
