@@ -99,6 +99,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _TARGET_CHUNK_SECONDS = 0.01
+# A parallel_map's caller waits for the whole list, so its chunks aim at more work:
+# each chunk is a round trip in which its worker idles (window of one for long tasks).
+_WHOLE_MAP_CHUNK_SECONDS = 0.05
 # A chunk of one item measures mostly a task's fixed cost when items are cheap
 # (tens of microseconds on a worker process, a hundred times a no-op's own), so
 # chunks sized from it aim at this many times the target, until a larger chunk
@@ -242,7 +245,8 @@ class _ChunkSizer:
       bounds a first measurement that was too optimistic.
 
     With ``first_wave`` (``parallel_map``, whose caller waits for the whole
-    list, not for a first result) and a known length, the first chunks are the
+    list, not for a first result), chunks aim at ``_WHOLE_MAP_CHUNK_SECONDS``
+    instead: fewer round trips. With a known length too, the first chunks are the
     items split evenly between the workers (up to ``_MAX_CHUNK`` each), run
     under a time budget (:attr:`budget`): a small map of cheap items is one
     wave of round trips, and slow items stop their chunk early, to be chunked
@@ -253,6 +257,7 @@ class _ChunkSizer:
         self, chunksize: int | None, total: int | None, workers: int, limit: int, first_wave: bool = False
     ) -> None:
         self._fixed = chunksize
+        self._target = _WHOLE_MAP_CHUNK_SECONDS if first_wave else _TARGET_CHUNK_SECONDS
         self._workers = workers
         self._limit = limit
         self._known_length = total is not None
@@ -291,7 +296,7 @@ class _ChunkSizer:
         if items > 1:  # a chunk of one item is now one slow item, not a task's fixed cost
             self._only_one_item_measured = False
         slack = _ONE_ITEM_SLACK if self._known_length and self._only_one_item_measured else 1
-        target = _TARGET_CHUNK_SECONDS * slack
+        target = self._target * slack
         wanted = max(1, round(target / per_item))
         self._measured = True
         self.budget = None
