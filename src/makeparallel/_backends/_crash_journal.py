@@ -289,6 +289,12 @@ class JournalWriter:
             self._extend_listed(self._listed, _itself, (value,))  # journaled as the listing loop journals any result
         self._extend_listed(self._listed, fn, rest)
 
+    def _slot_numbers(self) -> list[int]:
+        """Each record's slot number, in order: made at the first map chunk, not by every worker."""
+        if not self._numbers:
+            self._numbers = list(range(_RECORDS, _RECORDS + RECORDS))
+        return self._numbers
+
     def _extend_with_ints(self, fn: Callable[[Any], Any], items: Iterator[Any]) -> Any:
         """Journal the items' results while each is an ``int`` of 64 bits, kept only as its record.
 
@@ -304,10 +310,8 @@ class JournalWriter:
             The first result that is not such an ``int``, not journaled (the
             items after it are left in ``items``); ``_ALL_INTS`` if none was.
         """
-        if not self._numbers:
-            self._numbers = list(range(_RECORDS, _RECORDS + RECORDS))
         slots, kind_of, number = self._slots, type, int
-        numbers = iter(self._numbers)
+        numbers = iter(self._slot_numbers())
         numbers.__setstate__(self._used)  # type: ignore[attr-defined]  # from the next record's slot on
         record = _RECORDS + self._used - 1  # the slot of the last record written
         try:
@@ -334,11 +338,13 @@ class JournalWriter:
         slots, floats, kinds, entry = self._slots, self._floats, self._kinds, self._entry
         kind_of, number, real, truth = type, int, float, bool
         float_kind, none_kind, bool_kind = _FLOAT, _NONE, _BOOL
-        record = _RECORDS + self._used
+        numbers = iter(self._slot_numbers())
+        numbers.__setstate__(self._used)  # type: ignore[attr-defined]  # from the next record's slot on
+        record = _RECORDS + self._used - 1  # the slot of the last record written
         shift = _KINDS - _RECORDS
         end = self._map.tell()  # the end of the data area's entries
         try:
-            for item in items:
+            for record, item in zip(numbers, items):
                 value = fn(item)
                 if kind_of(value) is number:
                     try:
@@ -357,7 +363,7 @@ class JournalWriter:
                 else:
                     end = entry(value, record, end)
                 listed.append(value)  # a method call the interpreter specializes, where a bound one is not
-                record += 1
+            record += 1  # every item's record was written, the last one's too
         finally:
             self._used = record - _RECORDS
 
