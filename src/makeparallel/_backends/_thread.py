@@ -91,7 +91,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-_NO_OUTCOME: tuple[int, Any] = (0, None)
+_NO_OUTCOME: tuple[int, Any, float | None] = (0, None, None)  # (state, value, started), as _execute returns
 
 
 def default_thread_count() -> int:
@@ -474,7 +474,7 @@ class ThreadBackend(QueueingBackend):
                 spawn = self._queued - len(self._parked)
             self._spawn(spawn)
 
-    def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[Any, ...]:
+    def _execute_watched(self, handle: AsyncHandle[Any], watch: Any) -> tuple[int, Any, float | None]:
         """Run a task measuring its thread's CPU time, for the GIL watch."""
         overlapping = self._busy > 1
         cpu = time.thread_time()
@@ -488,7 +488,7 @@ class ThreadBackend(QueueingBackend):
         here = _local.__dict__  # this thread's current-task slot
         lock = self._lock
         handle: AsyncHandle[Any] | None = None
-        outcome: tuple[Any, ...] = _NO_OUTCOME
+        outcome = _NO_OUTCOME
         born = _fork_child.generation
         while True:
             if _fork_child.generation != born and handle is not None:  # in a child the task forked
@@ -502,7 +502,7 @@ class ThreadBackend(QueueingBackend):
                 if handle is not None:
                     # One lock round per task: settle the last task, claim the next.
                     if handle._state == RUNNING:
-                        announce = handle._settle_locked(*outcome)
+                        announce = handle._settle_locked(outcome[0], outcome[1], outcome[2])
                         settled = handle
                     elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
                         self._stuck -= 1
