@@ -73,6 +73,7 @@ _DROPPED: _Announcement = (None, None)
 
 _log = logging.getLogger("makeparallel")
 _now = time.perf_counter
+_run_in = Context.run  # called unbound: context.run made a bound method per task
 _allocate_lock = threading.Lock
 _task_ids = itertools.count(1)
 #: Seconds that the code of tasks cancelled by :func:`cancel_and_stop` has to stop by
@@ -567,9 +568,9 @@ class AsyncHandle(Generic[T]):
         try:
             kwargs = self._kwargs
             if kwargs:
-                value = context.run(self._fn, *self._args, **kwargs)  # type: ignore[arg-type, misc]
+                value = _run_in(context, self._fn, *self._args, **kwargs)  # type: ignore[arg-type, misc]
             else:
-                value = context.run(self._fn, *self._args)  # type: ignore[arg-type, misc]
+                value = _run_in(context, self._fn, *self._args)  # type: ignore[arg-type, misc]
             if type(value) is CoroutineType:  # is_coroutine(), inlined: no subclass of it exists
                 state, value = self._run_coroutine(value)
                 on_loop = state == RUNNING
