@@ -566,11 +566,13 @@ class AsyncHandle(Generic[T]):
             context = self._context = Context()
         value: Any
         try:
-            kwargs = self._kwargs
+            args, kwargs = self._args, self._kwargs
             if kwargs:
-                value = _run_in(context, self._fn, *self._args, **kwargs)  # type: ignore[arg-type, misc]
-            else:
-                value = _run_in(context, self._fn, *self._args)  # type: ignore[arg-type, misc]
+                value = _run_in(context, self._fn, *args, **kwargs)  # type: ignore[arg-type, misc]
+            elif args:
+                value = _run_in(context, self._fn, *args)  # type: ignore[arg-type]
+            else:  # no argument: no call through a tuple
+                value = _run_in(context, self._fn)  # type: ignore[arg-type]
             if type(value) is CoroutineType:  # is_coroutine(), inlined: no subclass of it exists
                 state, value = self._run_coroutine(value)
                 on_loop = state == RUNNING
