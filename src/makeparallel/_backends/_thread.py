@@ -44,7 +44,7 @@ from .._cpus import usable_cpu_count
 from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
 from .._validation import check_count
-from .._yielding_lock import acquire_yielding, wait_while_held
+from .._yielding_lock import wait_while_held
 from ._base import SHUT_DOWN, _this_thread, every_backend
 from ._queueing import QueueingBackend
 
@@ -494,8 +494,9 @@ class ThreadBackend(QueueingBackend):
             if _fork_child.generation != born and handle is not None:  # in a child the task forked
                 error = outcome[1] if isinstance(outcome[1], BaseException) else None
                 _fork_child.leave_forked_child(f"task {handle._id} ({handle.name})", error, outcome[0] != SUCCEEDED)
-            if not lock.acquire(False):
-                acquire_yielding(lock)
+            if lock.locked():
+                wait_while_held(lock)
+            lock.acquire()  # no handler runs here (see _yielding_lock)
             try:
                 announce = settled = None
                 busy = handle is not None  # counted busy since it claimed that task
