@@ -51,7 +51,13 @@ from ._states import (
 from ._task_context import _local
 from ._validation import check_wait_timeout
 from ._yielding_lock import wait_while_held
-from .errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, TaskTimeoutError
+from .errors import (
+    ShutdownError,
+    TaskCancelledError,
+    TaskError,
+    TaskSerializationError,
+    TaskTimeoutError,
+)
 
 if TYPE_CHECKING:
     from ._backends._base import Backend
