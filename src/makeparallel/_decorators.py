@@ -362,19 +362,9 @@ class ParallelFunction(Generic[P, T]):
         try:
             backend.submit(handle)
         except BaseException as error:
-            self._withdraw(handle, backend, error)
+            withdraw(handle, backend, error)
             raise
         return handle
-
-    @staticmethod
-    def _withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
-        """Undo a submission that raised ``error`` (shut down, or Ctrl-C landed inside it)."""
-        if backend._holds(handle):
-            handle.cancel()  # accepted: its end frees the slots, like any other
-            return
-        for limiter in handle._permits:
-            limiter.release()
-        handle._withdrawn(error)
 
     def options(self, **options: Any) -> ParallelFunction[P, T]:
         """A copy of this function with some options changed.
@@ -436,6 +426,16 @@ class ParallelFunction(Generic[P, T]):
                 limiter.release()
             raise
         return tuple(permits)
+
+
+def withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
+    """Undo a submission that raised ``error`` (shut down, or Ctrl-C landed inside it): a call's, or ``mp.Executor``'s."""
+    if backend._holds(handle):
+        handle.cancel()  # accepted: its end frees the slots, like any other
+        return
+    for limiter in handle._permits:
+        limiter.release()
+    handle._withdrawn(error)
 
 
 class _GuardedParallelFunction(ParallelFunction[P, T]):

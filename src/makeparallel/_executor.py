@@ -31,7 +31,7 @@ from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
 from ._cpus import usable_cpu_count
-from ._decorators import TaskSpec, _describe
+from ._decorators import TaskSpec, _describe, withdraw
 from ._handle import _ON_DONE, AsyncHandle
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
@@ -258,12 +258,7 @@ class Executor(concurrent.futures.Executor):
         try:
             backend.submit(handle)
         except BaseException as error:
-            if backend._holds(handle):
-                handle.cancel()  # accepted, then interrupted: its end frees the slot
-            else:
-                for permit in handle._permits:
-                    permit.release()
-                handle._withdrawn(error)
+            withdraw(handle, backend, error)
             if isinstance(error, ShutdownError):
                 raise self._refusal() from None
             raise

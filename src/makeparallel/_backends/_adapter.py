@@ -177,9 +177,9 @@ class ExecutorBackend(Backend):
         try:
             self._send(handle, self._call_for(handle))
         except Exception as error:
-            self._refused_again(handle, f"{type(error).__name__}: {error}")
+            self._next_attempt_refused(handle, f"{type(error).__name__}: {error}")
 
-    def _refused_again(self, handle: AsyncHandle[Any], why: str) -> None:
+    def _next_attempt_refused(self, handle: AsyncHandle[Any], why: str) -> None:
         """End a task whose next attempt the executor refused (``why``), unless a waiter runs it here."""
         with self._lock:
             if handle._state >= SUCCEEDED or (self._in_process and handle._state != PENDING):
