@@ -332,3 +332,31 @@ def test_infinite_timeout_means_none(gate: threading.Event) -> None:
     assert not handle.wait(0.2)
     gate.set()
     assert handle.get(timeout=5) != threading.get_ident()
+
+
+class _FaultyDeadline:
+    """A deadline whose ``_expire()`` raises, as a fault of the library itself would."""
+
+    def _expire(self) -> None:
+        raise RuntimeError("a fault while ending a task")
+
+
+class _NotedDeadline:
+    def __init__(self) -> None:
+        self.expired = threading.Event()
+
+    def _expire(self) -> None:
+        self.expired.set()
+
+
+@pytest.mark.timeout(20)
+def test_a_fault_ending_one_deadline_leaves_the_others_enforced(caplog: pytest.LogCaptureFixture) -> None:
+    from makeparallel import _deadlines
+
+    faulty, later = _FaultyDeadline(), _NotedDeadline()
+    now = time.perf_counter()
+    with caplog.at_level("CRITICAL", logger="makeparallel"):
+        _deadlines.schedule(faulty, now)
+        _deadlines.schedule(later, now + 0.01)  # due after the faulty one, already waiting on the heap
+        assert later.expired.wait(10), "the deadline thread died of the fault: later timeouts never fired"
+    assert any("a fault while ending a task" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

@@ -9,7 +9,9 @@ next attempt. It is a daemon thread: it never holds up interpreter exit.
 Where no thread can start (at the user's process limit, which counts threads),
 the deadline waits on the heap, and the next one scheduled tries again, with a
 warning once: the error reached the caller, the process pool's loop thread,
-which died of it. Until then no timeout is enforced.
+which died of it. Until then no timeout is enforced. A deadline whose
+``_expire()`` raises (a fault of the library itself) is logged, and the
+thread goes on with the others.
 """
 
 from __future__ import annotations
@@ -93,8 +95,27 @@ def _watch() -> None:
                 else:
                     _condition.wait()
         if handle is not None:  # else it ended, and was dropped, before its deadline
-            handle._expire()
+            try:
+                handle._expire()
+            except BaseException:  # a fault of the library's own: the deadlines after it must still fire
+                _report_fault(handle)
             handle = None
+
+
+def _report_fault(due: Due) -> None:
+    """Log a deadline whose ``_expire()`` raised; the thread goes on with the next one.
+
+    Left to kill the thread, it stopped every other task's timeout until the
+    next one was scheduled. The task it was for may not have ended.
+    """
+    try:
+        _log.critical(
+            "makeparallel: ending %r at its deadline failed; it may never end. Other timeouts go on",
+            due,
+            exc_info=True,
+        )
+    except BaseException:  # logging's last resort raises where sys.stderr was closed
+        pass
 
 
 def _reset_after_fork() -> None:
