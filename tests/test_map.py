@@ -11,6 +11,7 @@ import asyncio
 import functools
 import itertools
 import re
+import sys
 import threading
 import time
 import types
@@ -396,6 +397,38 @@ def test_an_item_that_raises_a_base_exception_ends_the_map_with_its_index(
         assert caught.value is stop
         assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
         del caught.value.__notes__
+
+
+def exit_at_13(x: int) -> int:
+    if x == 13:
+        sys.exit(4)
+    return x
+
+
+def fail_at_11_exit_at_13(x: int) -> int:
+    if x == 11:
+        raise Boom(11, "unlucky")
+    return exit_at_13(x)
+
+
+# Not "sync": on the main thread, where its chunks run, an item's SystemExit is raised at once, as a signal's.
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize(
+    ("on_error", "fn", "before"),
+    [("raise", exit_at_13, [10, 11, 12]), ("skip", fail_at_11_exit_at_13, [10, 12]), ("none", fail_at_11_exit_at_13, [10, None, 12])],
+    ids=["raise", "skip", "none"],
+)
+def test_imap_hands_out_the_results_before_an_items_system_exit(
+    on_error: str, fn: Any, before: list[Any], backend: str
+) -> None:
+    # Item 13 exits in its chunk (items 10 to 19): the results of items 10 to
+    # 12 were lost with it, where an Exception's chunk hands them out first.
+    got: list[Any] = []
+    with pytest.raises(SystemExit) as caught:
+        for result in mp.imap(fn, range(30), chunksize=10, backend=backend, on_error=on_error):
+            got.append(result)
+    assert caught.value.code == 4
+    assert got == list(range(10)) + before
 
 
 def test_the_note_names_a_short_repr_of_the_item(backend: str) -> None:

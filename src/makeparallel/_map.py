@@ -199,6 +199,7 @@ def _run_chunk(
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
             if len(results) < min(count, position + step):  # raised by an item of the slice, not after them
                 item_raised(error, start + len(results), items[len(results)])
+                keep_results_before(task, results)  # handed out before it, as for an Exception
             raise
         position = len(results)
     return results
@@ -937,7 +938,9 @@ class _Mapper:
                 entry = self._next_done()
                 try:
                     chunk, taken = self._take(entry)
-                except Exception:  # on_error="raise": the results of the chunk's items before its error first
+                except KeyboardInterrupt:  # Ctrl-C: nothing more is handed out
+                    raise
+                except BaseException:  # the results of the chunk's items before its error first (SystemExit too)
                     if before := self._results_before(entry[0]):
                         yield before
                     raise
@@ -981,7 +984,9 @@ class _Mapper:
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
                 try:
                     chunk, taken = self._take(entry)
-                except Exception:  # as in chunks()
+                except KeyboardInterrupt:  # as in chunks()
+                    raise
+                except BaseException:  # as in chunks()
                     if before := self._results_before(entry[0]):
                         yield before
                     raise
@@ -1005,6 +1010,8 @@ class _Mapper:
         results = take_results_before(handle)
         if self._progress is not None:
             self._progress.advance(len(results))
+        if self._keep_going:  # an item's SystemExit ends the map whatever on_error says: the failures before it
+            results = _resolve_failures(results, self._skip)
         return results
 
     def _take(self, entry: tuple[AsyncHandle[list[Any]], int]) -> tuple[list[Any], int]:

@@ -237,6 +237,7 @@ def run_streaming(
             failed = unsent + journal.done
             if failed < end:  # raised by an item of the slice, not after them
                 item_raised(error, start + failed, items[failed])
+                _send_journaled(task, start + unsent, items, unsent)  # handed out before it, as for an Exception
             raise
         end = unsent + journal.done + len(after)
         journal.ran_up_to(end)  # where it stopped: from here, a death is between items until the next slice

@@ -1640,7 +1640,7 @@ class ProcessBackend(QueueingBackend):
                 value, remote_traceback = value
                 if remote_traceback:
                     attach_remote_traceback(value, remote_traceback)
-                if streamed is not None and streamed[1] is None and isinstance(value, Exception):
+                if streamed is not None and streamed[1] is None and not isinstance(value, KeyboardInterrupt):
                     keep_results_before(handle, streamed[0])  # a map chunk's item raised: those before it
         handle._started_at = time.perf_counter() - seconds
         handle._finish(SUCCEEDED if ok else FAILED, value)
