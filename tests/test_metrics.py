@@ -361,6 +361,35 @@ def test_reset_metrics_zeroes_every_record(backend: str) -> None:
     assert counts(name) == {"total": 1, "completed": 1, "failed": 0, "cancelled": 0, "timed_out": 0}
 
 
+@pytest.mark.timeout(30)
+def test_a_reset_during_a_task_leaves_running_tasks_right_after_it_ends() -> None:
+    """The task in flight at the reset ends later: later tasks still count as running."""
+    name = unique_name()
+    started = {step: threading.Event() for step in ("before", "after")}
+    release = {step: threading.Event() for step in ("before", "after")}
+
+    @mp.parallel(name=name)
+    def work(step: str) -> None:
+        started[step].set()
+        release[step].wait(10)
+
+    before = work("before")
+    assert started["before"].wait(10)
+    mp.reset_metrics()
+    release["before"].set()
+    before.get(10)
+    after = work("after")
+    assert started["after"].wait(10)
+    try:
+        metrics = mp.get_metrics(name)
+        assert metrics is not None
+        assert (metrics.running_tasks, metrics.total_tasks, metrics.completed_tasks) == (1, 1, 1)
+    finally:
+        release["after"].set()
+    after.get(10)
+    assert mp.get_metrics(name).running_tasks == 0  # type: ignore[union-attr]
+
+
 # -- @profiled -------------------------------------------------------------------------
 
 

@@ -56,6 +56,7 @@ class Counts:
 
     __slots__ = (
         "cancelled",
+        "carried",
         "completed",
         "durations",
         "failed",
@@ -76,6 +77,7 @@ class Counts:
     def zero(self) -> None:
         self.total = self.completed = self.failed = self.cancelled = self.timed_out = 0
         self.retried = self.retries = 0
+        self.carried = 0  # in flight at the last reset: their ends are still to come
         self.durations = Histogram()  # run to the end: succeeded or failed
         self.waits = Histogram()  # from submission to start
         self.new_durations: list[float] = []
@@ -117,6 +119,7 @@ class Counts:
     def merge(self, other: Counts) -> None:
         other.fold()
         self.total += other.total
+        self.carried += other.carried
         self.completed += other.completed
         self.failed += other.failed
         self.cancelled += other.cancelled
@@ -169,7 +172,9 @@ class FunctionMetrics:
     def reset(self) -> None:
         for shard in list(self._shards.values()):
             with shard.lock:
+                still_in_flight = shard.total + shard.carried - shard.ended
                 shard.zero()
+                shard.carried = still_in_flight
 
 
 def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
@@ -177,7 +182,7 @@ def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
     from ._task_metrics import TaskMetrics  # dataclasses: loaded by the first read, not by counting
 
     durations, waits = counts.durations, counts.waits
-    in_flight = max(0, counts.total - counts.ended)
+    in_flight = max(0, counts.total + counts.carried - counts.ended)
     queued = min(queued, in_flight)
 
     def ms(seconds: float) -> float:
@@ -387,8 +392,9 @@ def _breaker_fields(breaker: CircuitBreaker) -> dict[str, Any]:
 def reset_metrics() -> None:
     """Set every count and time back to zero.
 
-    Tasks in flight at the time are counted when they end, so right after a
-    reset the ended counts may briefly exceed ``total_tasks``.
+    Tasks in flight at the time are counted when they end, so after a reset
+    the ended counts may exceed ``total_tasks`` by those tasks; they still
+    count as running until then.
     """
     global _resets
     with _reset_lock:
