@@ -377,6 +377,14 @@ def test_group_timeout_not_reached(backend: str) -> None:
     assert ctx.results() == [0, 1, 4, 9, 16]
 
 
+@pytest.mark.timeout(20)
+def test_a_group_whose_tasks_all_ended_does_not_time_out_past_its_deadline() -> None:
+    """Past the deadline, nothing is left to cancel: the block exits and results() returns."""
+    with mp.ParallelContext(timeout=0, backend="sync") as ctx:  # each task ends inside submit()
+        ctx.map(square, range(3))
+    assert ctx.results() == [0, 1, 4]
+
+
 # -- nesting ------------------------------------------------------------------------------------
 
 

@@ -212,8 +212,8 @@ class ParallelContext:
             if self._deadline is None:
                 handle.wait()
                 continue
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0 or not handle.wait(remaining):
+            remaining = max(0.0, self._deadline - time.monotonic())
+            if not handle.wait(remaining):  # a task that ended needs no time: only one unfinished times out
                 unfinished = sum(1 for h in self.handles if not h.done())
                 self._cancel_unfinished()
                 raise TaskTimeoutError(
