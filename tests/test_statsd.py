@@ -473,6 +473,25 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         StatsdExporter(interval=interval)
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"port": "8125"}, TypeError, "port must be an int"),  # read from the environment, say
+        ({"port": True}, TypeError, "port must be an int"),
+        ({"port": 70000}, ValueError, "port must be an int"),
+        ({"port": -1}, ValueError, "port must be an int"),
+        ({"host": None}, TypeError, "host must be"),
+        ({"host": ""}, TypeError, "host must be"),
+        ({"prefix": None}, TypeError, "prefix must be a str"),
+    ],
+)
+def test_a_bad_address_or_prefix_is_refused_at_construction(arguments: dict[str, Any], error: type, message: str) -> None:
+    """Accepted, it failed every flush in the exporter's thread, logged, and nothing was ever sent."""
+    with pytest.raises(error, match=message):
+        StatsdExporter(**arguments)
+
+
 def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:
     token = uuid.uuid4().hex
     name = f"my.module fn {token}: v|2"

@@ -69,6 +69,15 @@ class StatsdExporter:
     ) -> None:
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
+        # Checked here: in the exporter's thread, a bad one failed every flush, only logged.
+        if not isinstance(host, str) or not host:
+            raise TypeError(f"host must be a non-empty str (a name or an address), got {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
         self._address = (host, port)
         self._prefix = prefix.rstrip(".")
         self._interval = float(interval)
