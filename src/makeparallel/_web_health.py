@@ -7,8 +7,8 @@ alike; it uses the public API only.
   A liveness probe restarts the process: only a library that cannot make
   progress should fail it.
 * ``/health/ready``: 503 only when the library cannot take work (shut down, a
-  pool that cannot run tasks, memory paused: whatever makes ``health()`` say
-  not ready). A degraded state (a saturated queue, one open breaker) answers
+  pool that cannot run tasks: whatever makes ``health()`` say not ready). A
+  degraded state (a saturated queue, one open breaker, memory paused) answers
   200 with ``"status": "degraded"`` in the body, so that one failing dependency
   does not take every replica out of the load balancer at once.
 """
