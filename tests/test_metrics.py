@@ -390,6 +390,35 @@ def test_a_reset_during_a_task_leaves_running_tasks_right_after_it_ends() -> Non
     assert mp.get_metrics(name).running_tasks == 0  # type: ignore[union-attr]
 
 
+@pytest.mark.timeout(30)
+def test_tasks_waiting_on_a_loop_for_a_concurrency_slot_count_as_queued() -> None:
+    """On a running loop, a call over max_concurrent returns at once; its task waits, not runs."""
+    import asyncio
+
+    name = unique_name()
+    started = threading.Event()
+    release = threading.Event()
+
+    @mp.parallel(name=name, max_concurrent=1)
+    def work(i: int) -> int:
+        started.set()
+        release.wait(10)
+        return i
+
+    async def main() -> tuple[int, int]:
+        handles = [work(i) for i in range(3)]
+        try:
+            assert started.wait(10)
+            metrics = mp.get_metrics(name)
+            assert metrics is not None
+            return metrics.running_tasks, metrics.queued_tasks
+        finally:
+            release.set()
+            await mp.gather_async(handles)
+
+    assert asyncio.run(main()) == (1, 2)
+
+
 # -- @profiled -------------------------------------------------------------------------
 
 

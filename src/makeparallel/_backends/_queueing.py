@@ -7,6 +7,7 @@ longer PENDING) and skipped when it reaches the front.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ class QueueingBackend(Backend):
         self._queues: dict[int, deque[AsyncHandle[Any]]] = {0: deque()}
         self._by_priority = list(self._queues.items())  # (priority, its queue), highest first
         self._queued = 0  # tasks still pending in the queues (stale entries excluded)
+        # Held tasks (hold()), in no queue: found for queued_by_name(); weak, so a dropped one goes.
+        self._held: weakref.WeakSet[AsyncHandle[Any]] = weakref.WeakSet()
 
     def _drop_queues_after_fork(self) -> None:
         """In a forked child, whose queued tasks are the parent's: empty queues, the parent's kept alive.
@@ -114,6 +117,10 @@ class QueueingBackend(Backend):
             for handle in self._pending_locked():
                 name = handle._observer.name
                 counts[name] = counts.get(name, 0) + 1
+            for handle in list(self._held):
+                if handle._state == PENDING and handle._on_worker == HELD:
+                    name = handle._observer.name
+                    counts[name] = counts.get(name, 0) + 1
         return counts
 
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
@@ -168,10 +175,12 @@ class QueueingBackend(Backend):
             handle._on_worker = HELD
             self._queued += 1
             self._active += 1
+            self._held.add(handle)
 
     def release_held(self, handle: AsyncHandle[Any]) -> None:
         """Queue a held task to run, unless it ended meanwhile."""
         with self._lock:
+            self._held.discard(handle)
             if handle._state != PENDING:
                 return
             handle._on_worker = UNCLAIMED
