@@ -482,7 +482,7 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"port": 70000}, ValueError, "port must be an int"),
         ({"port": -1}, ValueError, "port must be an int"),
         ({"host": None}, TypeError, "host must be"),
-        ({"host": ""}, TypeError, "host must be"),
+        ({"host": ""}, ValueError, "host must name"),
         ({"prefix": None}, TypeError, "prefix must be a str"),
     ],
 )

@@ -62,6 +62,12 @@ class StatsdExporter:
         port: its UDP port.
         prefix: put before every metric name.
         interval: seconds between flushes.
+
+    Raises:
+        TypeError: ``host`` is not a ``str``, ``port`` not an ``int`` or
+            ``prefix`` not a ``str``.
+        ValueError: ``host`` is empty, ``port`` outside 0 to 65535, or
+            ``interval`` not above 0.
     """
 
     def __init__(
@@ -70,8 +76,10 @@ class StatsdExporter:
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
         # Checked here: in the exporter's thread, a bad one failed every flush, only logged.
-        if not isinstance(host, str) or not host:
-            raise TypeError(f"host must be a non-empty str (a name or an address), got {host!r}")
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str (a name or an address), got {host!r}")
+        if not host:
+            raise ValueError("host must name the StatsD server (a name or an address), got ''")
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
         if not 0 <= port <= 65535:
