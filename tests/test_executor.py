@@ -173,6 +173,20 @@ def test_shutdown_without_wait_returns_while_tasks_run(gate: threading.Event) ->
     assert future.result(timeout=30) is True
 
 
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_shutdown_with_wait_from_its_own_task_raises_instead_of_hanging(backend: str) -> None:
+    # It would wait for the task that calls it: ThreadPoolExecutor raises there too.
+    executor = mp.Executor(backend=backend, max_workers=1)
+
+    def shut_down_from_inside() -> None:
+        executor.shutdown(wait=True)
+
+    error = executor.submit(shut_down_from_inside).exception(timeout=10)
+    assert isinstance(error, RuntimeError) and "own tasks" in str(error)
+    assert executor.submit(abs, -1).result(timeout=30) == 1  # nothing was shut down
+    executor.shutdown()
+
+
 def test_shutdown_never_touches_the_shared_pools() -> None:
     @mp.parallel
     def shared(x: int) -> int:

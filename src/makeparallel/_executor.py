@@ -35,6 +35,7 @@ from ._decorators import TaskSpec, _describe, withdraw
 from ._handle import _ON_DONE, AsyncHandle
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
+from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
 
@@ -340,7 +341,18 @@ class Executor(concurrent.futures.Executor):
 
         Calling it more than once is harmless. It never touches the pools of
         ``@parallel`` functions.
+
+        Raises:
+            RuntimeError: ``wait`` is true and this is called from one of this
+                executor's own tasks, which would wait for itself forever (the
+                standard ``ThreadPoolExecutor`` raises there too); nothing is
+                shut down.
         """
+        if wait and _runs_a_task_of(self._backend):
+            raise RuntimeError(
+                "Executor.shutdown(wait=True) was called from one of this executor's own tasks, "
+                "and would wait for that task to end forever; call shutdown(wait=False) there"
+            )
         with self._shutdown_lock:
             self._shut_down = True
         backend = self._backend
@@ -371,6 +383,12 @@ class Executor(concurrent.futures.Executor):
         if spec is None:
             spec = self._specs[name] = TaskSpec(name, None, None, 0, None)
         return spec
+
+
+def _runs_a_task_of(backend: Backend) -> bool:
+    """Whether the task this thread runs now (on a worker, or inline) is one of ``backend``'s."""
+    task = current_task()
+    return task is not None and task._backend is backend
 
 
 def _make_backend(name: str, workers: int) -> Backend:
