@@ -418,6 +418,22 @@ def test_a_dead_worker_fails_the_task_with_worker_crashed_error() -> None:
         assert isinstance(caught.value.__cause__, cf.process.BrokenProcessPool)
 
 
+def test_a_broken_process_pool_refuses_later_tasks_with_worker_crashed_error() -> None:
+    # BrokenProcessPool came raw out of the call, and health said ok while every task failed.
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        remote = mp.parallel(backend=pool)(own_pid)
+        pid = remote().get(timeout=30)
+        with pytest.raises(mp.WorkerCrashedError):
+            mp.parallel(backend=pool)(os.kill)(pid, signal.SIGKILL).get(timeout=30)
+        with pytest.raises(mp.WorkerCrashedError, match="was refused: .* is broken") as caught:
+            remote()
+        assert isinstance(caught.value.__cause__, cf.process.BrokenProcessPool)
+        assert mp.get_active_task_count() == 0  # nothing left counted
+        report = mp.health()
+        assert report["status"] == "unhealthy" and not report["ready"]
+        assert any(reason.startswith(f"executor-{id(pool):x} pool fails every task: ") for reason in report["reasons"])
+
+
 def test_a_dead_loky_worker_fails_the_task_with_worker_crashed_error() -> None:
     pool = get_reusable_executor(max_workers=1)
     try:

@@ -42,6 +42,7 @@ import pickle
 import sys
 import threading
 import time
+from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _serialization
@@ -200,10 +201,16 @@ class ExecutorBackend(Backend):
 
         Raises:
             ShutdownError: the executor is shut down (or its client closed).
+            WorkerCrashedError: the executor is broken (``BrokenProcessPool``: a
+                worker died earlier), its error chained.
         """
         try:
             future = self._executor.submit(*call)
         except Exception as error:  # the submitter cancels the handle (_holds)
+            if isinstance(error, BrokenExecutor):  # a worker died (or its initializer failed): it refuses every task now
+                why = f"{self._executor!r} is broken ({error}); pass a working one as backend="
+                self._refused = (why, time.monotonic())
+                raise WorkerCrashedError(f"task {handle._id} ({handle.name}) was refused: {why}") from error
             if not self.is_closed_error(error):
                 raise
             why = self.refusal(error)
