@@ -187,6 +187,29 @@ def test_shutdown_with_wait_from_its_own_task_raises_instead_of_hanging(backend:
     executor.shutdown()
 
 
+def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: threading.Event) -> None:
+    # As a @parallel call there: the task waits for its slot, the loop (run_in_executor's caller) does not.
+    mp.set_max_concurrent_tasks(1)
+    release_if_blocked = threading.Timer(10, gate.set)  # without it, a blocked submit would wait forever
+    release_if_blocked.start()
+    try:
+        with mp.Executor(max_workers=2) as executor:
+            holder = executor.submit(gate.wait, 30)
+
+            async def submit_from_the_loop() -> tuple[bool, int]:
+                loop = asyncio.get_running_loop()
+                waiting = loop.run_in_executor(executor, abs, -7)
+                returned_before_the_slot_was_free = not gate.is_set()
+                gate.set()
+                return returned_before_the_slot_was_free, await waiting
+
+            assert asyncio.run(submit_from_the_loop()) == (True, 7)
+            assert holder.result(timeout=30) is True
+    finally:
+        release_if_blocked.cancel()
+        release_if_blocked.join()
+
+
 def test_shutdown_never_touches_the_shared_pools() -> None:
     @mp.parallel
     def shared(x: int) -> int:

@@ -27,9 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _events, _fork_child, _runtime
+from ._admission import Limiter, PendingAdmission
 from ._backends._base import Backend, pool_of_this_thread
+from ._backends._queueing import QueueingBackend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
+from ._coroutines import running_loop
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, withdraw
 from ._handle import _ON_DONE, AsyncHandle
@@ -233,6 +236,10 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]:
         """Schedule ``fn(*args, **kwargs)``; return its future at once.
 
+        Over ``mp.set_max_concurrent_tasks``' limit it waits for a slot, except on
+        a thread whose event loop runs (``loop.run_in_executor``): there the
+        task waits for its slot, as a ``@parallel`` call's does, not the loop.
+
         Raises:
             RuntimeError: the executor was shut down.
             TaskSerializationError: on the process backend, ``fn`` or an argument
@@ -252,6 +259,9 @@ class Executor(concurrent.futures.Executor):
             raise self._refusal()
         limiter = _runtime.global_limiter
         if limiter.limit is not None:
+            loop = running_loop()
+            if loop is not None and isinstance(backend, QueueingBackend):
+                return self._admit_on_loop(future, backend, limiter, loop)
             limiter.acquire()
             handle._permits = (limiter,)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
@@ -263,6 +273,23 @@ class Executor(concurrent.futures.Executor):
             if isinstance(error, ShutdownError):
                 raise self._refusal() from None
             raise
+        return future
+
+    def _admit_on_loop(
+        self, future: ExecutorFuture[T], backend: QueueingBackend, limiter: Limiter, loop: Any
+    ) -> ExecutorFuture[T]:
+        """Over the global limit on a thread whose event loop runs: the task waits for its slot, the loop does not."""
+        handle = future.handle
+        if _events.listeners:
+            _events.emit("submitted", handle)
+        try:
+            backend.hold(handle)
+        except BaseException as error:
+            handle._withdrawn(error)
+            if isinstance(error, ShutdownError):
+                raise self._refusal() from None
+            raise
+        PendingAdmission(handle, backend, [limiter], loop).start()
         return future
 
     def map(
