@@ -403,14 +403,7 @@ class ParallelFunction(Generic[P, T]):
             for limiter in (self._spec.limiter, _runtime.global_limiter)
             if limiter is not None and limiter.limit is not None
         ]
-        if _events.listeners:
-            _events.emit("submitted", handle)
-        try:
-            backend.hold(handle)
-        except BaseException as error:
-            handle._withdrawn(error)
-            raise
-        PendingAdmission(handle, backend, limiters, loop).start()
+        hold_for_admission(handle, backend, limiters, loop)
         return handle
 
     def _admit(self) -> tuple[Limiter, ...]:
@@ -426,6 +419,22 @@ class ParallelFunction(Generic[P, T]):
                 limiter.release()
             raise
         return tuple(permits)
+
+
+def hold_for_admission(handle: AsyncHandle[Any], backend: QueueingBackend, limiters: list[Limiter], loop: Any) -> None:
+    """Accept ``handle`` at once, held until ``limiters`` admit it: a call's, or ``mp.Executor``'s, on a running loop.
+
+    Raises:
+        BaseException: what ``backend.hold`` raised (``ShutdownError``, say); the task is withdrawn.
+    """
+    if _events.listeners:
+        _events.emit("submitted", handle)
+    try:
+        backend.hold(handle)
+    except BaseException as error:
+        handle._withdrawn(error)
+        raise
+    PendingAdmission(handle, backend, limiters, loop).start()
 
 
 def withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:

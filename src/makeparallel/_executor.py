@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _events, _fork_child, _runtime
-from ._admission import Limiter, PendingAdmission
+from ._admission import Limiter
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._queueing import QueueingBackend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
 from ._coroutines import running_loop
 from ._cpus import usable_cpu_count
-from ._decorators import TaskSpec, _describe, withdraw
+from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
@@ -279,17 +279,10 @@ class Executor(concurrent.futures.Executor):
         self, future: ExecutorFuture[T], backend: QueueingBackend, limiter: Limiter, loop: Any
     ) -> ExecutorFuture[T]:
         """Over the global limit on a thread whose event loop runs: the task waits for its slot, the loop does not."""
-        handle = future.handle
-        if _events.listeners:
-            _events.emit("submitted", handle)
         try:
-            backend.hold(handle)
-        except BaseException as error:
-            handle._withdrawn(error)
-            if isinstance(error, ShutdownError):
-                raise self._refusal() from None
-            raise
-        PendingAdmission(handle, backend, [limiter], loop).start()
+            hold_for_admission(future.handle, backend, [limiter], loop)
+        except ShutdownError:
+            raise self._refusal() from None
         return future
 
     def map(
