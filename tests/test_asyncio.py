@@ -8,6 +8,7 @@ generous.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextvars
 import functools
 import os
@@ -37,11 +38,22 @@ async def on_a_thread(fn: Callable[[], T]) -> T:
 # -- admission limits never block the loop --------------------------------------------
 
 
+@pytest.fixture(params=["thread", "a ThreadPoolExecutor"])
+def pool(request: pytest.FixtureRequest) -> Any:
+    """The library's thread pool, or an executor of the user's given as the backend."""
+    if request.param == "thread":
+        yield "thread"
+        return
+    with cf.ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
 @pytest.mark.timeout(30)
-def test_a_limited_function_returns_at_once_on_a_running_loop(gate: threading.Event) -> None:
+def test_a_limited_function_returns_at_once_on_a_running_loop(gate: threading.Event, pool: Any) -> None:
+    # On an executor given as the backend, the call waited for its slot on the loop's thread.
     started: list[int] = []
 
-    @mp.parallel(max_concurrent=2)
+    @mp.parallel(max_concurrent=2, backend=pool)
     def limited(n: int) -> int:
         started.append(n)
         assert gate.wait(10)
@@ -90,10 +102,10 @@ def test_the_global_limit_defers_too_and_keeps_submission_order(gate: threading.
 
 
 @pytest.mark.timeout(30)
-def test_a_task_cancelled_while_waiting_for_its_slot_never_runs(gate: threading.Event) -> None:
+def test_a_task_cancelled_while_waiting_for_its_slot_never_runs(gate: threading.Event, pool: Any) -> None:
     ran: list[int] = []
 
-    @mp.parallel(max_concurrent=1)
+    @mp.parallel(max_concurrent=1, backend=pool)
     def limited(n: int) -> int:
         ran.append(n)
         if n == 0:
@@ -135,17 +147,21 @@ def test_shutdown_refuses_a_task_waiting_for_its_slot(gate: threading.Event) -> 
 
 
 @pytest.mark.timeout(60)
-def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any) -> None:
+@pytest.mark.parametrize("backend", ["process", "a ProcessPoolExecutor"])
+def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any, backend: str) -> None:
     flags = Flags(str(tmp_path))
-    limited = mp.parallel(backend="process", max_concurrent=1)(flagged_square)
 
-    async def main() -> list[Any]:
+    async def main(limited: mp.ParallelFunction[[Flags, int], int]) -> list[Any]:
         handles = [limited(flags, n) for n in range(4)]
         assert sum(1 for h in handles if h.status == "pending") >= 3
         flags.set("go")
         return await mp.gather_async(handles, timeout=50)
 
-    assert run(main()) == [0, 1, 4, 9]
+    if backend == "process":
+        assert run(main(mp.parallel(backend="process", max_concurrent=1)(flagged_square))) == [0, 1, 4, 9]
+        return
+    with cf.ProcessPoolExecutor(max_workers=2) as executor:
+        assert run(main(mp.parallel(backend=executor, max_concurrent=1)(flagged_square))) == [0, 1, 4, 9]
 
 
 def flagged_square(flags: Flags, n: int) -> int:

@@ -112,6 +112,26 @@ def test_an_async_def_function_runs_to_its_end_on_a_worker() -> None:
     assert [r for r, _ in mp.parallel_map(square_on_the_worker, range(10), backend="dask")] == [x * x for x in range(10)]
 
 
+def square_when_released(flags: Flags, x: int) -> int:
+    assert flags.wait_for_release("go")
+    return x * x
+
+
+def test_a_call_over_its_limit_on_a_running_loop_returns_at_once(flags: Flags) -> None:
+    # It waited for its slot on the loop's thread, which stalled the loop until a task ended.
+    import asyncio
+
+    limited = mp.parallel(backend="dask", max_concurrent=1)(square_when_released)
+
+    async def main() -> list[Any]:
+        handles = [limited(flags, n) for n in range(3)]
+        assert [h.status for h in handles[1:]] == ["pending", "pending"]
+        flags.set("go")
+        return await mp.gather_async(handles, timeout=60)
+
+    assert asyncio.run(main()) == [0, 1, 4]
+
+
 def test_identical_calls_each_run_pure_false() -> None:
     remote = mp.parallel(backend="dask")(token)
     first, second = remote(), remote()

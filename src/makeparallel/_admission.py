@@ -29,7 +29,7 @@ from ._task_context import current_task
 from .errors import ShutdownError
 
 if TYPE_CHECKING:
-    from ._backends._queueing import QueueingBackend
+    from ._backends._base import Backend
     from ._handle import AsyncHandle
 
 __all__ = ["Limiter", "PendingAdmission", "all_limiters"]
@@ -168,7 +168,7 @@ class PendingAdmission:
     def __init__(
         self,
         handle: AsyncHandle[Any],
-        backend: QueueingBackend,
+        backend: Backend,
         limiters: list[Limiter],
         loop: Any,
     ) -> None:

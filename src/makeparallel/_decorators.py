@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from . import _events, _runtime
 from ._admission import Limiter, PendingAdmission
 from ._backends._base import Backend
-from ._backends._queueing import QueueingBackend
 from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
@@ -354,7 +353,7 @@ class ParallelFunction(Generic[P, T]):
         )
         if spec.limiter is not None or _runtime.global_limiter.limit is not None:
             loop = running_loop()
-            if loop is not None and isinstance(backend, QueueingBackend):
+            if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(handle, backend, loop)
             handle._permits = self._admit()
         if _events.listeners:  # before submit: an inline backend runs the task within it
@@ -396,7 +395,7 @@ class ParallelFunction(Generic[P, T]):
     def __repr__(self) -> str:
         return f"<parallel function {self._spec.name}>"
 
-    def _admit_on_loop(self, handle: AsyncHandle[T], backend: QueueingBackend, loop: Any) -> AsyncHandle[T]:
+    def _admit_on_loop(self, handle: AsyncHandle[T], backend: Backend, loop: Any) -> AsyncHandle[T]:
         """Accept the task at once; it starts when the limits admit it (the loop never waits)."""
         limiters = [
             limiter
@@ -421,7 +420,7 @@ class ParallelFunction(Generic[P, T]):
         return tuple(permits)
 
 
-def hold_for_admission(handle: AsyncHandle[Any], backend: QueueingBackend, limiters: list[Limiter], loop: Any) -> None:
+def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: list[Limiter], loop: Any) -> None:
     """Accept ``handle`` at once, held until ``limiters`` admit it: a call's, or ``mp.Executor``'s, on a running loop.
 
     Raises:

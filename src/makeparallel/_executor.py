@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 from . import _events, _fork_child, _runtime
 from ._admission import Limiter
 from ._backends._base import Backend, pool_of_this_thread
-from ._backends._queueing import QueueingBackend
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
 from ._coroutines import running_loop
@@ -260,7 +259,7 @@ class Executor(concurrent.futures.Executor):
         limiter = _runtime.global_limiter
         if limiter.limit is not None:
             loop = running_loop()
-            if loop is not None and isinstance(backend, QueueingBackend):
+            if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(future, backend, limiter, loop)
             limiter.acquire()
             handle._permits = (limiter,)
@@ -276,7 +275,7 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _admit_on_loop(
-        self, future: ExecutorFuture[T], backend: QueueingBackend, limiter: Limiter, loop: Any
+        self, future: ExecutorFuture[T], backend: Backend, limiter: Limiter, loop: Any
     ) -> ExecutorFuture[T]:
         """Over the global limit on a thread whose event loop runs: the task waits for its slot, the loop does not."""
         try:

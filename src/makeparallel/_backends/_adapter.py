@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import _deadlines, _events, _serialization
 from .._coroutines import is_coroutine, run_to_end
 from .._cpus import usable_cpu_count
-from .._states import CANCELLED, FAILED, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
+from .._states import CANCELLED, FAILED, HELD, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, UNCLAIMED
 from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
 from ._base import Backend
@@ -75,6 +75,7 @@ class ExecutorBackend(Backend):
     """
 
     name: ClassVar[str] = "executor"
+    holds_tasks = True
     stop_hint = (
         "it was cancelled on its executor if it had not started; a call already "
         "running there cannot be stopped and was abandoned (its result is dropped)"
@@ -94,6 +95,8 @@ class ExecutorBackend(Backend):
         # Why the executor refused the last task submitted (shut down or closed), and when (time.monotonic());
         # None once one is taken.
         self._refused: tuple[str, float] | None = None
+        # Held until their limits admit them (hold()): the call to send each.
+        self._held: dict[AsyncHandle[Any], tuple[Any, ...]] = {}
 
     # -- what the runtime asks -------------------------------------------------------
 
@@ -151,6 +154,40 @@ class ExecutorBackend(Backend):
                 handle._state = RUNNING
                 handle._started_at = time.perf_counter()
         self._send(handle, call)
+
+    def hold(self, handle: AsyncHandle[Any]) -> None:
+        """Accept a task over a limit on a running event loop: sent once admitted (:meth:`release_held`).
+
+        Counted as accepted from now on, and ended like a queued task if
+        cancelled meanwhile; no waiter runs it inline before its slot.
+
+        Raises:
+            ShutdownError: the backend is closed.
+            TaskSerializationError: the call cannot be pickled for an executor elsewhere.
+        """
+        call = self._call_for(handle)
+        with self._lock:
+            self._refuse_if_closed_locked()
+            handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
+            self._active += 1
+            self._futures[handle] = None
+            self._held[handle] = call
+            handle._on_worker = HELD
+
+    def release_held(self, handle: AsyncHandle[Any]) -> None:
+        """Send a held task to the executor, unless it ended meanwhile; a refusal ends it."""
+        with self._lock:
+            call = self._held.pop(handle, None)
+            if call is None or handle._state != PENDING:
+                return
+            handle._on_worker = UNCLAIMED
+            if not self._in_process:  # it starts out of sight, as submit() has it
+                handle._state = RUNNING
+                handle._started_at = time.perf_counter()
+        try:
+            self._send(handle, call)
+        except Exception as error:  # shut down or broken meanwhile: nobody to raise it to
+            self._end(handle, FAILED, error)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
         """Send the next attempt of a task that waited to retry, from a thread of its own.
@@ -341,13 +378,14 @@ class ExecutorBackend(Backend):
         if not self._in_process:
             return False
         with self._lock:
-            if handle._state != PENDING:
+            if handle._state != PENDING or handle._on_worker == HELD:
                 return False
             handle._state = RUNNING
             handle._on_worker = INLINE  # an interrupted waiter tells its claim by it
             return True
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
+        self._held.pop(handle, None)
         future = self._futures.pop(handle, None)
         if future is not None and not was_pending and handle._state >= CANCELLED:
             self._abandoning[handle] = future  # the handle calls _abandoned() next

@@ -94,6 +94,9 @@ class Backend:
     name: ClassVar[str]
     #: How a task that timed out is stopped, for the error message.
     stop_hint: ClassVar[str] = "it was asked to stop at its next check_cancelled()"
+    #: Whether :meth:`hold` and :meth:`release_held` work here: a call over a limit on a
+    #: running event loop returns at once, its task held until admitted (``_admission``).
+    holds_tasks: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -104,6 +107,14 @@ class Backend:
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
+        raise NotImplementedError
+
+    def hold(self, handle: AsyncHandle[Any]) -> None:
+        """Accept ``handle`` now, not to start before :meth:`release_held` (where :attr:`holds_tasks`)."""
+        raise NotImplementedError
+
+    def release_held(self, handle: AsyncHandle[Any]) -> None:
+        """Let a held task start, unless it ended meanwhile."""
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:

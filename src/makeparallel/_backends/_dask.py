@@ -70,6 +70,10 @@ class DaskBackend(ExecutorBackend):
         self._bind()
         super().submit(handle)
 
+    def hold(self, handle: AsyncHandle[Any]) -> None:
+        self._bind()
+        super().hold(handle)
+
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
         try:
             self._bind()  # a client configured, or made current, since the attempt before takes this one

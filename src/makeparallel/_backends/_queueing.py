@@ -27,6 +27,8 @@ _kept_from_the_parent: list[Any] = []
 class QueueingBackend(Backend):
     """A backend whose workers take tasks from priority queues."""
 
+    holds_tasks = True
+
     def __init__(self) -> None:
         super().__init__()
         self._empty_queues()
