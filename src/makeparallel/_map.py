@@ -1010,7 +1010,7 @@ class _Mapper:
         results = take_results_before(handle)
         if self._progress is not None:
             self._progress.advance(len(results))
-        if self._keep_going:  # an item's SystemExit ends the map whatever on_error says: the failures before it
+        if self._keep_going:  # kept before an item's SystemExit (which on_error does not catch): its failures as on_error says
             results = _resolve_failures(results, self._skip)
         return results
 
