@@ -35,6 +35,7 @@ from pool_helpers import (
     exit_on_four,
     fail,
     fail_on_b,
+    mark_then_wait,
     mul,
     pid_once_released,
     wait_for_a_dying_task_on_four,
@@ -208,6 +209,31 @@ def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: th
     finally:
         release_if_blocked.cancel()
         release_if_blocked.join()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shutdown_with_cancel_futures_cancels_the_tasks_held_for_the_global_limit(backend: str, flags: Flags) -> None:
+    # Submitted on a running loop over the limit, they wait for a slot in no queue: not started, so cancelled.
+    mp.set_max_concurrent_tasks(1)
+    executor = mp.Executor(backend=backend, max_workers=2)
+    try:
+        holder = executor.submit(mark_then_wait, flags, "holder")
+        assert flags.wait("holder", 30)  # it runs: only the submissions below wait
+
+        async def submit_then_shut_down() -> list[cf.Future[int]]:
+            held = [executor.submit(abs, -i) for i in range(3)]
+            executor.shutdown(wait=False, cancel_futures=True)
+            return held
+
+        held = asyncio.run(submit_then_shut_down())
+        assert [future.cancelled() for future in held] == [True, True, True]
+        flags.set("holder-go")
+        assert holder.result(timeout=30) == "holder"
+        assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30)
+        assert [future.cancelled() for future in held] == [True, True, True]
+    finally:
+        flags.set("holder-go")
+        executor.shutdown()
 
 
 def test_shutdown_never_touches_the_shared_pools() -> None:

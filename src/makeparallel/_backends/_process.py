@@ -528,7 +528,7 @@ class ProcessBackend(QueueingBackend):
                 for worker in self._workers:
                     if not (worker.ready or worker.killing):
                         self._requeue_held_locked(worker)
-                pending = self._pending_locked()
+                pending = self._unstarted_locked()
         self._cancel_together(pending)
 
     def reopen(self) -> None:

@@ -128,6 +128,11 @@ class QueueingBackend(Backend):
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
         return [h for q in self._queues.values() for h in q if h._state == PENDING]
 
+    def _unstarted_locked(self) -> list[AsyncHandle[Any]]:
+        """The queued tasks, and the held ones (in no queue): what ``close(cancel_pending=True)`` cancels."""
+        held = [h for h in self._held if h._state == PENDING and h._on_worker == HELD]
+        return self._pending_locked() + held
+
     def _holds(self, handle: AsyncHandle[Any]) -> bool:
         with self._lock:
             return handle._state == PENDING and handle in self._queues.get(handle._priority, ())

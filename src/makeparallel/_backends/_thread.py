@@ -278,7 +278,7 @@ class ThreadBackend(QueueingBackend):
         try:
             with self._lock:
                 self._closed = True
-                pending = self._pending_locked() if cancel_pending else []
+                pending = self._unstarted_locked() if cancel_pending else []
             self._cancel_together(pending)
         finally:  # idle workers exit once nothing is queued, or go on after reset_shutdown
             with self._lock:
