@@ -78,6 +78,32 @@ def test_a_limited_function_returns_at_once_on_a_running_loop(gate: threading.Ev
 
 
 @pytest.mark.timeout(30)
+def test_tasks_held_for_their_slot_count_as_queued(gate: threading.Event, pool: Any) -> None:
+    # On an executor given as the backend, the held tasks read as running: 3 running, 0 queued at max_concurrent=1.
+    started = threading.Event()
+    name = f"held_count_{id(pool):x}"
+
+    @mp.parallel(name=name, max_concurrent=1, backend=pool)
+    def limited(n: int) -> int:
+        started.set()
+        assert gate.wait(10)
+        return n
+
+    async def main() -> tuple[int, int]:
+        handles = [limited(n) for n in range(3)]
+        try:
+            await on_a_thread(lambda: started.wait(10))
+            metrics = mp.get_metrics(name)
+            assert metrics is not None
+            return metrics.running_tasks, metrics.queued_tasks
+        finally:
+            gate.set()
+            await mp.gather_async(handles, timeout=20)
+
+    assert run(main()) == (1, 2)
+
+
+@pytest.mark.timeout(30)
 def test_the_global_limit_defers_too_and_keeps_submission_order(gate: threading.Event) -> None:
     order: list[int] = []
 

@@ -128,6 +128,15 @@ class ExecutorBackend(Backend):
             return None
         return refused[0]
 
+    def queued_by_name(self) -> dict[str, int]:
+        """The tasks held for their limits' slots (:meth:`hold`): not yet given to the executor."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for handle in self._held:
+                name = handle._observer.name
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def worker_count(self) -> int:
         workers = getattr(self._executor, "_max_workers", None)
         return workers if isinstance(workers, int) and workers > 0 else usable_cpu_count()
