@@ -405,9 +405,14 @@ class Executor(concurrent.futures.Executor):
 
 
 def _runs_a_task_of(backend: Backend) -> bool:
-    """Whether the task this thread runs now (on a worker, or inline) is one of ``backend``'s."""
+    """Whether the task this thread runs now (on a worker, or inline) is one of ``backend``'s.
+
+    Or runs within one on its worker: with this executor given as a backend
+    (``@parallel(backend=executor)``), the task current there is the
+    ``@parallel`` call's, which the executor's own task runs.
+    """
     task = current_task()
-    return task is not None and task._backend is backend
+    return task is not None and (task._backend is backend or pool_of_this_thread() is backend)
 
 
 def _make_backend(name: str, workers: int) -> Backend:
