@@ -481,6 +481,7 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"port": True}, TypeError, "port must be an int"),
         ({"port": 70000}, ValueError, "port must be an int"),
         ({"port": -1}, ValueError, "port must be an int"),
+        ({"port": 0}, ValueError, "port must be an int from 1"),  # no destination: every packet refused, silently
         ({"host": None}, TypeError, "host must be"),
         ({"host": ""}, ValueError, "host must name"),
         ({"prefix": None}, TypeError, "prefix must be a str"),

@@ -66,7 +66,7 @@ class StatsdExporter:
     Raises:
         TypeError: ``host`` is not a ``str``, ``port`` not an ``int`` or
             ``prefix`` not a ``str``.
-        ValueError: ``host`` is empty, ``port`` outside 0 to 65535, or
+        ValueError: ``host`` is empty, ``port`` outside 1 to 65535, or
             ``interval`` not above 0.
     """
 
@@ -81,9 +81,9 @@ class StatsdExporter:
         if not host:
             raise ValueError("host must name the StatsD server (a name or an address), got ''")
         if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"port must be an int from 0 to 65535, got {port!r}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+            raise TypeError(f"port must be an int from 1 to 65535, got {port!r}")
+        if not 1 <= port <= 65535:  # 0 names no port to send to: every packet is refused (EINVAL), silently
+            raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         self._address = (host, port)
