@@ -172,6 +172,30 @@ def test_shutdown_refuses_a_task_waiting_for_its_slot(gate: threading.Event) -> 
     run(main())
 
 
+@pytest.mark.timeout(30)
+def test_blocking_on_the_loops_thread_for_held_tasks_ends(gate: threading.Event) -> None:
+    # The rest of a held task's admission ran on its submitter's loop, which
+    # the wait blocked: leaving the executor's block waited for good.
+    mp.set_max_concurrent_tasks(1)
+
+    @mp.parallel
+    def limited(n: int) -> int:
+        if n == 0:
+            assert gate.wait(10)
+        return n
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        with mp.Executor(max_workers=2) as executor:
+            futures = [loop.run_in_executor(executor, limited._fn, n) for n in range(3)]
+            gate.set()
+        held = [limited(n) for n in range(3, 5)]
+        assert [h.get(timeout=10) for h in held] == [3, 4]  # a blocking wait on the loop's thread
+        return list(await asyncio.gather(*futures))
+
+    assert run(main()) == [0, 1, 2]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["process", "a ProcessPoolExecutor"])
 def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any, backend: str) -> None:

@@ -12,16 +12,19 @@ Event loops: a submission from a thread whose asyncio event loop is running must
 not block that loop (every coroutine on it would stall). There the task is
 accepted at once, held back from starting, and waits in the limiter's queue of
 deferred admissions (:class:`PendingAdmission`); a slot freed by a task's end
-passes to it, and the rest of its admission continues on its loop. Backpressure
-there comes from awaiting the handles.
+passes to it, and the rest of its admission continues on the admission thread.
+Backpressure there comes from awaiting the handles.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._states import FAILED, PENDING, SUCCEEDED
@@ -158,9 +161,10 @@ class PendingAdmission:
 
     The backend holds the task (counted, not startable) until every limit that
     applies admitted it; then it is queued to run. Each step after the first
-    runs on the submitter's loop (or, once that loop closed, a thread of its
-    own), never under a backend's lock. A task cancelled meanwhile hands each
-    slot it is given straight back.
+    runs on the admission thread, never under a backend's lock. (On the
+    submitter's loop, it never ran while that loop's thread blocked on the
+    task: leaving a ``with mp.Executor()`` block there waited for good.) A
+    task cancelled meanwhile hands each slot it is given straight back.
     """
 
     __slots__ = ("_backend", "_handle", "_limiters", "_loop")
@@ -193,9 +197,9 @@ class PendingAdmission:
     def admitted(self) -> None:
         """The first limiter gave this task a slot (called under a backend's lock)."""
         try:
+            _hand_on(self._continue)
+        except RuntimeError:  # no thread could start: the submitter's loop carries on, if it runs
             self._loop.call_soon_threadsafe(self._continue)
-        except RuntimeError:  # the loop closed: carry on elsewhere
-            threading.Thread(target=self._continue, name="makeparallel-admission", daemon=True).start()
 
     def refused(self) -> None:
         """Shut down while waiting: the task ends with ``ShutdownError``."""
@@ -225,7 +229,42 @@ class PendingAdmission:
         handle._after_settle(announce)
 
 
+_steps: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_admitter: threading.Thread | None = None
+_admitter_lock = threading.Lock()  # taken under a backend's lock, and nothing is taken under it
+_log = logging.getLogger("makeparallel")
+
+
+def _hand_on(step: Callable[[], None]) -> None:
+    """Run ``step`` on the admission thread, one step at a time, in order; start the thread if need be.
+
+    Raises:
+        RuntimeError: no thread can start (the process limit counts threads).
+    """
+    global _admitter
+    with _admitter_lock:
+        if _admitter is None or not _admitter.is_alive():
+            thread = threading.Thread(target=_admit_in_turn, name="makeparallel-admission", daemon=True)
+            thread.start()
+            _admitter = thread
+        _steps.put(step)
+
+
+def _admit_in_turn() -> None:
+    while True:
+        step = _steps.get()
+        try:
+            step()
+        except BaseException:  # a fault of the library's own: the admissions after it must still go on
+            try:
+                _log.critical("makeparallel: a deferred admission failed; its task may never start", exc_info=True)
+            except BaseException:  # logging's last resort raises where sys.stderr was closed
+                pass
+
+
 def _reset_all_after_fork() -> None:
+    global _admitter, _admitter_lock, _steps
+    _admitter, _admitter_lock, _steps = None, threading.Lock(), queue.SimpleQueue()
     for limiter in _limiters:
         limiter._reset_after_fork()
 
