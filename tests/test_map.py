@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import itertools
 import re
 import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -1395,6 +1397,41 @@ def test_a_map_of_a_decorated_async_function_runs_its_body(call: str, backend: s
         coroutine.close()  # no 'never awaited' warning to fall on a later test
     assert not unrun, f"{call} gave {len(unrun)} coroutine objects whose body never ran"
     assert results == [6, 8]
+
+
+ran_once: list[int] = []
+
+
+async def _double_noted(x: int) -> int:
+    ran_once.append(x)
+    if x == 13:
+        raise Boom(13, "unlucky")
+    return 2 * x
+
+
+def _returns_a_coroutine(x: int) -> Any:
+    """A plain function, no wrapper: only what it returns tells that it is async (a lambda around one, say)."""
+    return _double_noted(x)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "process"])
+@pytest.mark.parametrize("call", ["parallel_map", "imap"])
+def test_a_map_of_a_plain_function_that_returns_coroutines_runs_them(call: str, backend: str) -> None:
+    # The map gave back coroutine objects whose body never ran (on processes, a
+    # "cannot pickle 'coroutine' object" error), where a @parallel call runs it.
+    ran_once.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited
+        for items in ([3], list(range(14, 54))):
+            assert list(getattr(mp, call)(_returns_a_coroutine, items, backend=backend)) == [2 * x for x in items]
+        with pytest.raises(Boom) as caught:
+            list(getattr(mp, call)(_returns_a_coroutine, range(20), backend=backend))
+        assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
+        kept = list(getattr(mp, call)(_returns_a_coroutine, range(20), backend=backend, on_error="none"))
+        assert kept == [None if x == 13 else 2 * x for x in range(20)]
+        gc.collect()  # a coroutine dropped unawaited warns as it is collected
+    if backend != "process":  # each item's body ran once, though its call ran again
+        assert sorted(ran_once[:41]) == [3, *range(14, 54)]
 
 
 @pytest.mark.parametrize("items", [[3], [3, 4, 5]], ids=["one item", "three items"])

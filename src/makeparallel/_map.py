@@ -159,7 +159,10 @@ def _run_chunk(
         if task is not None and task._state != RUNNING:
             task._raise_if_stopped()
         try:
-            return [fn(items[0])]
+            value = fn(items[0])
+            if is_coroutine(value):  # a plain function that returns a coroutine: it runs, as a call's does
+                value = run_to_end(value, task)
+            return [value]
         except Exception as raised:
             error = item_failure(raised, start, items[0])
             if not keep_going:
@@ -201,8 +204,26 @@ def _run_chunk(
                 item_raised(error, start + len(results), items[len(results)])
                 keep_results_before(task, results)  # handed out before it, as for an Exception
             raise
+        if is_coroutine(results[position]) and type(fn) is not _Awaited:
+            fn = _awaited_from_here(fn, results, position)
+            continue
         position = len(results)
     return results
+
+
+def _awaited_from_here(fn: Callable[[Any], Any], results: list[Any], position: int) -> _Awaited:
+    """``fn``, a plain function found to return coroutines (a lambda around an ``async def``, say), made to run them.
+
+    Its results from ``position`` on are dropped, their coroutines closed
+    unstarted: the slice runs again, each item's coroutine to its end, as a
+    ``@parallel`` call of ``fn`` runs it. Only its call, which made the
+    coroutine, runs twice. One result a slice is looked at, not each.
+    """
+    for value in results[position:]:
+        if is_coroutine(value):
+            value.close()
+    del results[position:]
+    return _Awaited(fn)
 
 
 def _estimated_size(item: Any) -> float:

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._coroutines import is_coroutine
 from ._handle import _add_note
 from ._remote_errors import unpickling_failure
 from ._states import RUNNING
@@ -212,6 +213,14 @@ def run_streaming(
         except ResultTooLarge as too_large:
             after.append(too_large.value)
         except ResultUnpicklable as unpicklable:
+            from ._map import _Awaited, _awaited_from_here
+
+            value, unpicklable.value = unpicklable.value, None  # not in the context of the error raised below
+            if is_coroutine(value) and type(fn) is not _Awaited:  # a plain function that returns coroutines
+                fn = _awaited_from_here(fn, [value], 0)
+                position = unsent + journal.done
+                journal.ran_up_to(position)  # that item runs again: its coroutine never started
+                continue
             failed = unsent + journal.done
             where = describe_item(start + failed, items[failed])
             error = TaskSerializationError(

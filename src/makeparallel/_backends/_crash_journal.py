@@ -121,9 +121,11 @@ class ResultTooLarge(Exception):
 
 
 class ResultUnpicklable(Exception):
-    """An item's result cannot be pickled, for the reason in ``problem``."""
+    """An item's result, ``value``, cannot be pickled, for the reason in ``problem``."""
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, value: Any, problem: str) -> None:
+        super().__init__(problem)  # not value in args: an error raised from here must still pickle
+        self.value = value
         self.problem = problem
 
 
@@ -494,7 +496,7 @@ def _pickle_otherwise(value: Any) -> bytes:
     try:
         return _serialization.dumps_in_band(value)
     except Exception as error:
-        raise ResultUnpicklable(f"{type(error).__name__}: {error}") from None
+        raise ResultUnpicklable(value, f"{type(error).__name__}: {error}") from None
 
 
 class JournalReader:
