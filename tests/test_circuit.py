@@ -650,3 +650,23 @@ def test_a_call_that_raises_out_of_its_own_submission_gives_back_no_permit_twice
     gate.set()
     assert first_trial.get(timeout=30) is True
     assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize(("rate", "calls", "failing"), [(0.28, 25, 7), (0.14, 50, 7), (0.56, 25, 14), (0.07, 100, 7)])
+def test_it_opens_when_the_failure_rate_equals_the_threshold_exactly(clock: FakeClock, rate: float, calls: int, failing: int) -> None:
+    # failing / calls == rate, but failing >= rate * calls is False in floats (7 >= 7.000000000000001).
+    breaker = breaker_for(clock, failure_rate=rate, window=calls, min_calls=calls)
+    pay = guarded(breaker)
+    for i in range(calls):
+        pay(i < failing)
+    assert breaker.statistics().failure_rate == rate
+    assert breaker.state == "open"
+
+
+@pytest.mark.parametrize(("rate", "calls", "slow"), [(0.28, 25, 7), (0.56, 25, 14)])
+def test_it_opens_when_the_slow_call_rate_equals_the_threshold_exactly(clock: FakeClock, rate: float, calls: int, slow: int) -> None:
+    breaker = breaker_for(clock, failure_rate=1.0, window=calls, min_calls=calls, slow_call_seconds=0.5, slow_call_rate=rate)
+    for i in range(calls):  # outcomes of calls admitted in its first round, as the engine records them
+        breaker.record(False, 1.0 if i < slow else 0.0, 0)
+    assert breaker.statistics().slow_call_rate == rate
+    assert breaker.state == "open"

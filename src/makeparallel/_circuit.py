@@ -310,9 +310,11 @@ class CircuitBreaker:
                         self._next = self._buffered = self._failures = self._slows = 0
             elif old is CircuitState.CLOSED:
                 self._push_locked((_FAILED if failed else 0) | (_SLOW if slow else 0))
+                # Rates compared as rates: 7 of 25 is 0.28 exactly, but 7 >= 0.28 * 25 is
+                # False (7.000000000000001), and the breaker stayed closed at its threshold.
                 if self._buffered >= self.min_calls and (
-                    self._failures >= self.failure_rate * self._buffered
-                    or (self.slow_call_seconds is not None and self._slows >= self.slow_call_rate * self._buffered)
+                    self._failures / self._buffered >= self.failure_rate
+                    or (self.slow_call_seconds is not None and self._slows / self._buffered >= self.slow_call_rate)
                 ):
                     self._open_locked()
             new = self._state
