@@ -670,3 +670,52 @@ def test_it_opens_when_the_slow_call_rate_equals_the_threshold_exactly(clock: Fa
         breaker.record(False, 1.0 if i < slow else 0.0, 0)
     assert breaker.statistics().slow_call_rate == rate
     assert breaker.state == "open"
+
+
+@pytest.mark.timeout(60)
+def test_a_listener_told_of_a_half_open_breaker_by_a_retry_holds_back_no_timeout(clock: FakeClock) -> None:
+    # The retry's next attempt is admitted on the deadline thread; its listeners
+    # ran there, and while one ran no task's timeout fired.
+    breaker = breaker_for(clock, window=1, min_calls=1, recovery_timeout=30.0, half_open_calls=1)
+    told, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+
+    def slow_listener(event: mp.TaskEvent) -> None:
+        if event.kind == "circuit" and event.new_state == "half_open":
+            threads.append(threading.current_thread().name)
+            told.set()
+            release.wait(30)
+
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=50, wait_initial=0.01, wait_jitter=0, timeout=None)
+    calls: list[int] = []
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("down")  # it opens
+        return "ok"
+
+    def recover_at_the_first_retry(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.attempt == 1:
+            clock.now += 31  # a retry admitted from now on half-opens it (one refused before is retried)
+
+    @mp.parallel(backend="thread", timeout=0.05)
+    def spins() -> None:
+        while True:
+            mp.check_cancelled()
+            release.wait(0.01)
+
+    mp.add_task_listener(slow_listener)
+    mp.add_task_listener(recover_at_the_first_retry)
+    try:
+        handle = flaky()
+        assert told.wait(30)
+        timed = spins()
+        assert timed.wait(20) and timed.status == "timed out"  # while the listener still runs
+    finally:
+        release.set()
+        mp.remove_task_listener(slow_listener)
+        mp.remove_task_listener(recover_at_the_first_retry)
+    assert handle.get(timeout=30) == "ok"
+    assert threads != ["makeparallel-deadlines"]

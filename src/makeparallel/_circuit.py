@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _events
+from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import RetryOn, _check_on
 from .errors import CircuitOpenError, TaskCancelledError
@@ -268,7 +268,14 @@ class CircuitBreaker:
                 self._not_permitted += 1
                 permit = self._refusal_locked()
         if state is not old:
-            self._announce(old, state)
+            if _events.listeners and threading.current_thread() is _deadlines._thread:
+                # A retry's next attempt is admitted on the deadline thread, which
+                # serves every timeout: a slow listener there held them all back.
+                threading.Thread(
+                    target=self._announce, args=(old, state), name="makeparallel-circuit-event", daemon=True
+                ).start()
+            else:
+                self._announce(old, state)
         return permit
 
     def counts_as_failure(self, error: BaseException) -> bool:
