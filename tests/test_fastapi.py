@@ -370,6 +370,18 @@ def test_options_are_checked_at_once() -> None:
         lifespan(async_cancel="later")
     with pytest.raises(TypeError, match="shutdown_timeout"):
         lifespan(shutdown_timeout="soon")  # type: ignore[arg-type]
+    # Accepted until now, these failed at start-up, or failed the shutdown itself
+    # (mp.shutdown refused the timeout) and the worker processes outlived the server.
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="shutdown_timeout"):
+            lifespan(shutdown_timeout=bad)
+    with pytest.raises(ValueError, match="num_threads"):
+        lifespan(num_threads=0)
+    with pytest.raises(TypeError, match="num_workers"):
+        lifespan(num_workers="two")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_concurrent_tasks"):
+        lifespan(max_concurrent_tasks=-3)
+    lifespan(num_threads="auto", max_concurrent_tasks=0, shutdown_timeout=None)  # valid
 
 
 def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,7 @@ from typing import Any
 
 import makeparallel as mp
 
+from ._validation import check_count, check_wait_timeout
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -118,8 +119,15 @@ def lifespan(
             initializer raised (its exception is the ``__cause__``).
     """
     mp.parallel(backend=backend, async_cancel=async_cancel)  # checks both now; applied at start-up
-    if shutdown_timeout is not None and not isinstance(shutdown_timeout, (int, float)):
-        raise TypeError(f"shutdown_timeout must be a number of seconds or None, got {shutdown_timeout!r}")
+    # The rest are checked now too: a shutdown_timeout of -1 failed the shutdown
+    # itself, and the worker processes outlived the server.
+    check_wait_timeout(shutdown_timeout, "shutdown_timeout")
+    if num_threads is not None and num_threads != "auto":
+        check_count(num_threads, "num_threads")
+    if num_workers is not None:
+        check_count(num_workers, "num_workers")
+    if max_concurrent_tasks:  # 0, like None, sets no limit
+        check_count(max_concurrent_tasks, "max_concurrent_tasks")
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
