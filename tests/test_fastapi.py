@@ -392,3 +392,42 @@ def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delitem(sys.modules, "makeparallel.fastapi")
     with pytest.raises(ImportError, match=r'pip install "makeparallel\[fastapi\]"'):
         importlib.import_module("makeparallel.fastapi")
+
+
+@pytest.mark.timeout(60)
+def test_the_middleware_cancelled_by_the_server_returns_once_the_app_it_wraps_has_ended() -> None:
+    # uvicorn cancels the requests still running after its graceful-shutdown
+    # timeout, then runs the lifespan's shutdown at once. The middleware cancelled
+    # the app's task without waiting for it: cleanup that awaits ran on after the
+    # server had moved on to the shutdown (a task the route awaited was then ended
+    # by mp.shutdown, not cancelled with its request).
+    async def main() -> tuple[list[str], list[str]]:
+        started = asyncio.Event()
+        ended: list[str] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # awaits a task, say
+            finally:
+                await asyncio.sleep(0)  # cleanup that awaits
+                ended.append("cleaned up")
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            pass
+
+        served = asyncio.ensure_future(CancelOnDisconnect(app)({"type": "http"}, receive, send))
+        at_return: list[str] = []
+        served.add_done_callback(lambda _: at_return.extend(ended))
+        await started.wait()
+        served.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await served
+        return at_return, ended
+
+    at_return, ended = asyncio.run(main())
+    assert at_return == ["cleaned up"] and ended == ["cleaned up"]

@@ -318,4 +318,8 @@ class CancelOnDisconnect:
                     await send({"type": "http.response.body", "body": b""})
         finally:
             reader.cancel()
-            request.cancel()
+            if not request.done():  # this middleware was cancelled (the server's shutdown): so is the app
+                request.cancel()
+                # and it ends before this does, as it would unwrapped: else its cleanup
+                # ran on after the server had moved on to the lifespan's shutdown.
+                await asyncio.wait((request,))
