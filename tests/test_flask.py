@@ -99,6 +99,14 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=-1))
     with pytest.raises(TypeError, match=r"MAKEPARALLEL_\* setting.*num_threads"):
         MakeParallel(make_app(MAKEPARALLEL_NUM_THREADS="four"))
+    # Accepted until now: NaN failed the shutdown at exit, and the string "false"
+    # (a setting read from the environment) counted as True.
+    with pytest.raises(ValueError, match="MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number"):
+        MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=float("nan")))
+    with pytest.raises(TypeError, match="MAKEPARALLEL_CANCEL_PENDING must be True or False"):
+        MakeParallel(make_app(MAKEPARALLEL_CANCEL_PENDING="false"))
+    with pytest.raises(TypeError, match="MAKEPARALLEL_ROUTES must be True or False"):
+        MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
 
 
 _EXIT_SCRIPT = """

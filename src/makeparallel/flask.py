@@ -107,10 +107,16 @@ class MakeParallel:
         except (TypeError, ValueError) as error:
             raise type(error)(f"invalid MAKEPARALLEL_* setting in app.config: {error}") from error
         timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        # NaN passed "timeout < 0", and mp.shutdown refused it at exit: this hook failed.
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
             raise ValueError(f"MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number of seconds >= 0 or None, got {timeout!r}")
+        for key in ("MAKEPARALLEL_CANCEL_PENDING", "MAKEPARALLEL_ROUTES"):
+            if not isinstance(config[key], bool):  # the string "false" (from the environment) read as True
+                raise TypeError(f"{key} must be True or False, got {config[key]!r}")
         self._shutdown_timeout = timeout
-        self._cancel_pending = bool(config["MAKEPARALLEL_CANCEL_PENDING"])
+        self._cancel_pending = config["MAKEPARALLEL_CANCEL_PENDING"]
         app.extensions["makeparallel"] = self
         if config["MAKEPARALLEL_ROUTES"]:
             app.register_blueprint(self.blueprint(), url_prefix=config["MAKEPARALLEL_URL_PREFIX"] or None)
