@@ -470,6 +470,25 @@ def test_max_concurrent_bounds_the_tasks_in_flight() -> None:
 
 
 @pytest.mark.timeout(20)
+def test_the_group_timeout_ends_a_submit_waiting_for_a_slot(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)
+    started = threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(15)
+
+    with pytest.raises(mp.TaskTimeoutError, match="timed out"):
+        with mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread") as ctx:
+            first = ctx.submit(hold)
+            assert started.wait(5)
+            ctx.submit(hold)  # no slot until the gate opens: the group's deadline ends the wait
+    assert not gate.is_set()
+    assert first.cancelled()
+    assert len(ctx.handles) == 1
+
+
+@pytest.mark.timeout(20)
 def test_max_concurrent_makes_submit_wait(gate: threading.Event) -> None:
     mp.configure_thread_pool(4)
     releases = [threading.Event() for _ in range(3)]

@@ -136,6 +136,25 @@ def test_a_group_inside_a_task_on_a_one_thread_pool_makes_progress(timeout: floa
     assert parent().get(timeout=45) == [0, 2, 4]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
+def test_a_group_with_max_concurrent_inside_a_task_on_a_one_thread_pool_makes_progress(
+    timeout: float | None,
+) -> None:
+    # The third submit waits for a slot held by children queued behind the
+    # parent: the wait for the slot must lend the worker's place too.
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        with mp.ParallelContext(timeout=timeout, max_concurrent=2, backend="thread") as ctx:
+            for i in range(5):
+                ctx.submit(double, i)
+        return ctx.results()
+
+    assert parent().get(timeout=45) == [0, 2, 4, 6, 8]
+
+
 # -- a wait with a timeout still ends at its deadline ------------------------------------------
 
 

@@ -22,11 +22,13 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._backends._base import BlockingWait
 from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import current_task
 from .errors import ShutdownError
@@ -82,19 +84,38 @@ class Limiter:
         for waiting in admitted:
             waiting.admitted()
 
-    def acquire(self) -> None:
+    def acquire(self, deadline: float | None = None) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
+
+        ``deadline`` (a ``time.monotonic()`` value): give up then and return
+        False, admitting nothing. On a pool's worker thread the wait lends the
+        worker's place (taken outside this limiter's lock, which a backend's
+        lock comes before), so that the tasks holding the slots can run.
 
         Raises:
             ShutdownError: the library was shut down while this call waited.
         """
         with self._condition:
-            if not (self._exempt_tasks and current_task() is not None):
-                while self.limit is not None and self._in_flight >= self.limit:
-                    if self._closed:
-                        raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+            if (
+                (self._exempt_tasks and current_task() is not None)
+                or self.limit is None
+                or self._in_flight < self.limit
+            ):
+                self._in_flight += 1
+                return True
+        with BlockingWait(), self._condition:
+            while self.limit is not None and self._in_flight >= self.limit:
+                if self._closed:
+                    raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+                if deadline is None:
                     self._condition.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(remaining)
             self._in_flight += 1
+            return True
 
     def acquire_or_defer(self, waiting: PendingAdmission) -> bool:
         """Admit one task now and return True, or queue ``waiting`` and return False.

@@ -36,7 +36,8 @@ class ParallelContext:
             waits for its tasks, the rest are cancelled and ``TaskTimeoutError``
             is raised.
         max_concurrent: at most this many of the group's tasks in flight; a
-            submission over the limit waits until one ends.
+            submission over the limit waits until one ends (within the
+            group's ``timeout``: past it, ``submit`` times the group out).
         backend: the backend for plain functions submitted to the group
             (decorated functions keep their own).
 
@@ -142,8 +143,8 @@ class ParallelContext:
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
-        if self._limiter is not None:
-            self._limiter.acquire()
+        if self._limiter is not None and not self._limiter.acquire(self._deadline):
+            self._time_out()
         try:
             handle: AsyncHandle[Any] = function(*positional, **kwargs)
         except BaseException:
@@ -214,12 +215,16 @@ class ParallelContext:
                 continue
             remaining = max(0.0, self._deadline - time.monotonic())
             if not handle.wait(remaining):  # a task that ended needs no time: only one unfinished times out
-                unfinished = sum(1 for h in self.handles if not h.done())
-                self._cancel_unfinished()
-                raise TaskTimeoutError(
-                    f"the group timed out after {self._timeout:g} s; its {unfinished} "
-                    "unfinished task(s) were cancelled"
-                )
+                self._time_out()
+
+    def _time_out(self) -> None:
+        """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``."""
+        unfinished = sum(1 for h in self.handles if not h.done())
+        self._cancel_unfinished()
+        raise TaskTimeoutError(
+            f"the group timed out after {self._timeout:g} s; its {unfinished} "
+            "unfinished task(s) were cancelled"
+        )
 
 
 TaskGroup = ParallelContext
