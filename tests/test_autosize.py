@@ -263,3 +263,14 @@ def test_a_real_pool_grows_while_its_tasks_wait(gate: threading.Event) -> None:
 def test_bad_num_threads_names_the_argument() -> None:
     with pytest.raises(TypeError, match='num_threads must be an int >= 1, "auto" or None'):
         mp.configure_thread_pool(num_threads="max")
+
+
+def test_a_rejected_call_leaves_the_auto_sizing_on() -> None:
+    mp.configure_thread_pool(num_threads="auto")
+    try:
+        with pytest.raises(ValueError, match="stack_size must be at least"):
+            mp.configure_thread_pool(num_threads=4, stack_size=1)
+        assert mp.get_thread_pool_info()["auto"] is True
+    finally:
+        mp.configure_thread_pool(num_threads=default_thread_count())
+    assert mp.get_thread_pool_info()["auto"] is False

@@ -148,10 +148,11 @@ class ThreadBackend(QueueingBackend):
             return
         if isinstance(num_threads, str):
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
+        stack_size = check_stack_size(stack_size)  # before any change: a refused call changes nothing
         if num_threads is not None:
             check_count(num_threads, "num_threads")
             self._stop_autosizer()
-        self._resize(num_threads, check_stack_size(stack_size), refusal_raises=True)
+        self._resize(num_threads, stack_size, refusal_raises=True)
 
     def _start_autosizer(self) -> None:
         from .._autosize import AutoSizePolicy, AutoSizer
