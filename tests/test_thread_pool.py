@@ -172,6 +172,7 @@ def test_bad_num_threads_is_rejected(value: Any, error: type[Exception], message
         (1000, ValueError, r"stack_size must be at least 32768 bytes .* got 1000"),
         ("x", TypeError, r"stack_size must be an int number of bytes or None, got 'x'"),
         (True, TypeError, r"stack_size must be an int number of bytes or None, got True"),
+        (2**70, ValueError, r"stack_size must be at most \d+ bytes \(sys.maxsize\), got 1180591620717411303424"),
     ],
 )
 def test_bad_stack_size_is_rejected(value: Any, error: type[Exception], pattern: str) -> None:

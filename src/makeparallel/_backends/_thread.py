@@ -109,6 +109,8 @@ def check_stack_size(stack_size: Any) -> int | None:
         raise ValueError(
             f"stack_size must be at least {_MIN_STACK_SIZE} bytes (32 KiB) or None, got {stack_size}"
         )
+    if stack_size > sys.maxsize:  # threading.stack_size() would raise OverflowError at each thread start
+        raise ValueError(f"stack_size must be at most {sys.maxsize} bytes (sys.maxsize), got {stack_size}")
     return stack_size
 
 
