@@ -75,7 +75,7 @@ _READY_POLL = 0.01  # seconds between two looks at the pool
 def lifespan(
     *,
     backend: str | None = None,
-    num_threads: int | None = None,
+    num_threads: int | str | None = None,
     num_workers: int | None = None,
     max_concurrent_tasks: int | None = None,
     async_cancel: str | None = None,
@@ -88,7 +88,7 @@ def lifespan(
 
     Args:
         backend: the default backend (``mp.configure(backend=...)``).
-        num_threads: size of the thread pool (``mp.configure_thread_pool``).
+        num_threads: size of the thread pool, or ``"auto"`` (``mp.configure_thread_pool``).
         num_workers: size of the process pool (``mp.configure_process_pool``).
         max_concurrent_tasks: a global limit on tasks in flight
             (``mp.set_max_concurrent_tasks``); from a request, a call over it
@@ -122,7 +122,10 @@ def lifespan(
     # The rest are checked now too: a shutdown_timeout of -1 failed the shutdown
     # itself, and the worker processes outlived the server.
     check_wait_timeout(shutdown_timeout, "shutdown_timeout")
-    if num_threads is not None and num_threads != "auto":
+    if isinstance(num_threads, str):
+        if num_threads != "auto":
+            raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
+    elif num_threads is not None:
         check_count(num_threads, "num_threads")
     if num_workers is not None:
         check_count(num_workers, "num_workers")
