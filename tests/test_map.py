@@ -1399,6 +1399,19 @@ def test_a_map_of_a_decorated_async_function_runs_its_body(call: str, backend: s
     assert results == [6, 8]
 
 
+def test_a_chunk_past_its_budget_finishes_what_would_take_under_a_later_chunks_work() -> None:
+    # Stopped a third of the way, a first chunk of a million cheap items over a
+    # list sent the rest again as chunks of their own: a round trip each, and
+    # every item of it pickled twice.
+    from makeparallel._process_chunks import past_budget
+
+    budget = _FIRST_WAVE_SECONDS
+    assert not past_budget(budget / 2, budget, done=1000, left=10**6)  # within its budget: it goes on
+    assert not past_budget(budget, budget, done=1000, left=2000)  # the rest: 2x the budget
+    assert past_budget(budget, budget, done=1000, left=3000)  # 3x: stopped, to be spread
+    assert past_budget(budget, budget, done=1, left=100)  # slow items stop
+
+
 ran_once: list[int] = []
 
 
