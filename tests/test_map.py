@@ -1447,6 +1447,31 @@ def test_a_map_of_a_plain_function_that_returns_coroutines_runs_them(call: str, 
         assert sorted(ran_once[:41]) == [3, *range(14, 54)]
 
 
+class _ChecksThenReturnsACoroutine:
+    """A sync ``__call__`` that checks its item first, then returns a coroutine."""
+
+    def __call__(self, x: int) -> Any:
+        if x == 1:
+            raise Boom(1, "refused")
+        return _double_noted(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_handed_out_before_an_error_had_their_coroutines_run(backend: str) -> None:
+    # An item that raised before the slice's coroutines were looked at had the
+    # results before it handed out as coroutine objects whose body never ran.
+    ran_once.clear()
+    got: list[Any] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited
+        with pytest.raises(Boom):
+            for value in mp.imap(_ChecksThenReturnsACoroutine(), list(range(64)), chunksize=32, backend=backend):
+                got.append(value)
+        gc.collect()
+    assert got == [0]
+    assert ran_once.count(0) == 1
+
+
 @pytest.mark.parametrize("items", [[3], [3, 4, 5]], ids=["one item", "three items"])
 def test_a_map_of_an_async_function_called_inside_a_running_event_loop_gives_its_values(
     items: list[int], gate: threading.Event

@@ -192,6 +192,9 @@ def _run_chunk(
             if len(results) < min(count, position + step):  # map() ended early: an item raised StopIteration
                 raise RuntimeError(STOP_ITERATION)
         except Exception as error:
+            if not keep_going and _returned_coroutines(fn, results, position):
+                fn = _awaited_from_here(fn, results, position)  # those before the error run: they are handed out
+                continue
             item_raised(error, start + len(results), items[len(results)])
             if not keep_going:
                 keep_results_before(task, results)
@@ -200,15 +203,27 @@ def _run_chunk(
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
             raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
+            if _returned_coroutines(fn, results, position):
+                fn = _awaited_from_here(fn, results, position)
+                continue
             if len(results) < min(count, position + step):  # raised by an item of the slice, not after them
                 item_raised(error, start + len(results), items[len(results)])
                 keep_results_before(task, results)  # handed out before it, as for an Exception
             raise
-        if is_coroutine(results[position]) and type(fn) is not _Awaited:
+        if _returned_coroutines(fn, results, position):
             fn = _awaited_from_here(fn, results, position)
             continue
         position = len(results)
     return results
+
+
+def _returned_coroutines(fn: Callable[[Any], Any], results: list[Any], position: int) -> bool:
+    """Whether plain ``fn`` gave a coroutine for the first item of the slice from ``position``.
+
+    Looked at before an item's error too: the results before it are handed
+    out with the error, and were coroutines whose body never ran.
+    """
+    return len(results) > position and is_coroutine(results[position]) and type(fn) is not _Awaited
 
 
 def _awaited_from_here(fn: Callable[[Any], Any], results: list[Any], position: int) -> _Awaited:
