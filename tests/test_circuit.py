@@ -719,3 +719,46 @@ def test_a_listener_told_of_a_half_open_breaker_by_a_retry_holds_back_no_timeout
         mp.remove_task_listener(recover_at_the_first_retry)
     assert handle.get(timeout=30) == "ok"
     assert threads != ["makeparallel-deadlines"]
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_half_opening_a_breaker_where_no_thread_starts_still_runs(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The announcement's thread could not start (the process limit counts
+    # threads): admit() raised after taking the trial permit, the retry never
+    # ran, and the breaker refused every call after it for good.
+    breaker = breaker_for(clock, window=1, min_calls=1, recovery_timeout=30.0, half_open_calls=1)
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if getattr(thread, "_target", None) == breaker._announce:
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    told: list[str] = []
+
+    def listener(event: mp.TaskEvent) -> None:
+        if event.kind == "circuit":
+            told.append(event.new_state)
+        if event.kind == "retry" and event.attempt == 1:
+            clock.now += 31  # the retry's next attempt half-opens it, on the deadline thread
+
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=5, wait_initial=0.01, wait_jitter=0, timeout=None)
+    calls: list[int] = []
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("down")  # it opens
+        return "ok"
+
+    mp.add_task_listener(listener)
+    try:
+        assert flaky().get(timeout=10) == "ok"
+    finally:
+        mp.remove_task_listener(listener)
+    assert breaker.state == "closed"
+    assert "half_open" in told

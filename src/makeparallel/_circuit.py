@@ -271,9 +271,12 @@ class CircuitBreaker:
             if _events.listeners and threading.current_thread() is _deadlines._thread:
                 # A retry's next attempt is admitted on the deadline thread, which
                 # serves every timeout: a slow listener there held them all back.
-                threading.Thread(
-                    target=self._announce, args=(old, state), name="makeparallel-circuit-event", daemon=True
-                ).start()
+                try:
+                    threading.Thread(
+                        target=self._announce, args=(old, state), name="makeparallel-circuit-event", daemon=True
+                    ).start()
+                except RuntimeError:  # no thread could start: told here, late, rather than the permit lost
+                    self._announce(old, state)
             else:
                 self._announce(old, state)
         return permit
