@@ -382,6 +382,12 @@ def test_options_are_checked_at_once() -> None:
     with pytest.raises(ValueError, match="max_concurrent_tasks"):
         lifespan(max_concurrent_tasks=-3)
     lifespan(num_threads="auto", max_concurrent_tasks=0, shutdown_timeout=None)  # valid
+    # Falsy, they skipped the check, and mp.set_max_concurrent_tasks refused them at start-up.
+    for falsy in (False, 0.0):
+        with pytest.raises(TypeError, match="max_concurrent_tasks"):
+            lifespan(max_concurrent_tasks=falsy)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="prestart"):
+        lifespan(prestart="no")  # type: ignore[arg-type]
 
 
 def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,8 +129,11 @@ def lifespan(
         check_count(num_threads, "num_threads")
     if num_workers is not None:
         check_count(num_workers, "num_workers")
-    if max_concurrent_tasks:  # 0, like None, sets no limit
+    # 0, like None, sets no limit; but not False or 0.0, which set_max_concurrent_tasks refused at start-up
+    if max_concurrent_tasks is not None and not (type(max_concurrent_tasks) is int and max_concurrent_tasks == 0):
         check_count(max_concurrent_tasks, "max_concurrent_tasks")
+    if not isinstance(prestart, bool):
+        raise TypeError(f"prestart must be a bool, got {prestart!r}")
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
