@@ -762,3 +762,33 @@ def test_a_retry_half_opening_a_breaker_where_no_thread_starts_still_runs(
         mp.remove_task_listener(listener)
     assert breaker.state == "closed"
     assert "half_open" in told
+
+
+def test_a_worker_opening_a_breaker_where_no_thread_starts_goes_on(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The change is told from a thread of its own, started under the pool's
+    # lock by the worker that ended the task: where none could start, the
+    # RuntimeError killed that worker.
+    breaker = breaker_for(clock, window=1, min_calls=1)
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "makeparallel-circuit-event":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    resize(1)
+    listener: Callable[[mp.TaskEvent], None] = lambda event: None
+    mp.add_task_listener(listener)
+    try:
+        with caplog.at_level("WARNING", logger="makeparallel"):
+            handle = guarded(breaker, backend="thread")(True)
+            assert isinstance(handle.exception(timeout=10), ConnectionError)  # it opens
+    finally:
+        mp.remove_task_listener(listener)
+    assert breaker.state == "open"
+    assert mp.get_thread_pool_info()["dead_threads"] == 0
+    assert any("no thread could start to tell listeners" in record.getMessage() for record in caplog.records)
+    assert mp.parallel(lambda: "still running")().get(timeout=10) == "still running"

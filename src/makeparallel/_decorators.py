@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 from .errors import CircuitOpenError
+
+_log = logging.getLogger("makeparallel")
 
 if TYPE_CHECKING:
     from ._circuit import CircuitBreaker
@@ -214,9 +217,12 @@ class GuardedTaskSpec(TaskSpec):
         change = breaker.record(failed, seconds, admitted_in)
         if change is not None and _events.listeners:
             # Under the backend lock here: listeners hear of it from a thread of its own.
-            threading.Thread(
-                target=breaker.announce, args=(change,), name="makeparallel-circuit-event", daemon=True
-            ).start()
+            try:
+                threading.Thread(
+                    target=breaker.announce, args=(change,), name="makeparallel-circuit-event", daemon=True
+                ).start()
+            except RuntimeError:  # no thread could start: raised here, it killed the worker ending the task
+                _log.warning("makeparallel: no thread could start to tell listeners that %r changed state", breaker)
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
