@@ -173,6 +173,49 @@ def test_shutdown_refuses_a_task_waiting_for_its_slot(gate: threading.Event) -> 
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+def test_an_async_function_over_its_limit_on_the_sync_backend_leaves_the_loop_free(limit: str) -> None:
+    # The "sync" backend starts an async task's coroutine on the caller's loop:
+    # the next call over the limit waited there for the slot that coroutine
+    # held, and the loop, which alone could end it, waited for good.
+    if limit == "set_max_concurrent_tasks":
+        mp.set_max_concurrent_tasks(1)
+    options = {"max_concurrent": 1} if limit == "max_concurrent" else {}
+
+    @mp.parallel(backend="sync", **options)
+    async def work(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    @mp.parallel(backend="sync", **options)
+    def plain(n: int) -> int:
+        return n
+
+    async def main() -> list[Any]:
+        first = work(1)
+        second = work(2)  # over the limit: held, the loop goes on
+        assert (first.status, second.status) == ("running", "pending")
+        third = plain(3) if limit == "set_max_concurrent_tasks" else None
+        handles = [first, second] + ([third] if third is not None else [])
+        return list(await mp.gather_async(handles, timeout=10))
+
+    expected = [1, 2, 3] if limit == "set_max_concurrent_tasks" else [1, 2]
+    assert run(main()) == expected
+
+
+@pytest.mark.timeout(30)
+def test_a_plain_call_within_its_limit_on_the_sync_backend_still_runs_as_it_is_made() -> None:
+    @mp.parallel(backend="sync", max_concurrent=1)
+    def plain(n: int) -> int:
+        return n
+
+    async def main() -> list[int]:
+        return [plain(n).get(timeout=1) for n in range(3)]  # each ran inline: a blocking get() is at once
+
+    assert run(main()) == [0, 1, 2]
+
+
+@pytest.mark.timeout(30)
 def test_blocking_on_the_loops_thread_for_held_tasks_ends(gate: threading.Event) -> None:
     # The rest of a held task's admission ran on its submitter's loop, which
     # the wait blocked: leaving the executor's block waited for good.

@@ -8,9 +8,12 @@ A retry's wait, too, is spent in the calling thread.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from .._states import RETRY_WAIT, RUNNING
+from .._coroutines import running_loop
+from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
+from ..errors import ShutdownError
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -23,12 +26,15 @@ class SyncBackend(Backend):
     """Runs each task to its end before ``submit`` returns."""
 
     name = "sync"
+    holds_tasks = True
 
     def __init__(self) -> None:
         super().__init__()
         # The tasks whose attempts a submit() runs now, in its caller's thread. Not a
         # thread-local: a timeout's retry is decided on the deadline thread.
         self._inline: set[AsyncHandle[Any]] = set()
+        # Held over a limit on a running event loop (hold()): the loop each runs on once admitted.
+        self._held: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         with self._lock:
@@ -45,6 +51,63 @@ class SyncBackend(Backend):
         finally:
             with self._lock:
                 self._inline.discard(handle)
+
+    def hold(self, handle: AsyncHandle[Any]) -> None:
+        """Accept a call over a limit on a running event loop: it runs there once admitted (:meth:`release_held`).
+
+        Waiting for the slot on that loop's thread waited for good where an
+        ``async def`` task held it: its coroutine, started on the same loop,
+        could not end while the loop was blocked.
+
+        Raises:
+            ShutdownError: the backend is closed.
+        """
+        loop = running_loop()
+        with self._lock:
+            self._refuse_if_closed_locked()
+            handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
+            self._active += 1
+            handle._on_worker = HELD
+            self._held[handle] = loop
+
+    def release_held(self, handle: AsyncHandle[Any]) -> None:
+        """Run a held task, now admitted, on its submitter's loop: at once if this is that loop's thread."""
+        with self._lock:
+            loop = self._held.pop(handle, None)
+        if loop is None or handle._state != PENDING:
+            return  # cancelled meanwhile
+        if running_loop() is loop:  # admitted as it was submitted: run it as submit() would
+            self._run_held(handle)
+            return
+        try:
+            loop.call_soon_threadsafe(self._run_held, handle)
+        except RuntimeError:  # the loop closed: nothing is left to run it on
+            self._fail_held(handle)
+
+    def _run_held(self, handle: AsyncHandle[Any]) -> None:
+        with self._lock:
+            if handle._state != PENDING:
+                return  # cancelled meanwhile
+            handle._on_worker = UNCLAIMED
+            handle._state = RUNNING
+            self._inline.add(handle)
+        try:
+            handle._run()
+            self._retry_here(handle)
+        finally:
+            with self._lock:
+                self._inline.discard(handle)
+
+    def _fail_held(self, handle: AsyncHandle[Any]) -> None:
+        error = ShutdownError(
+            f"task {handle._id} ({handle.name}) waited for a slot on the \"sync\" backend, which runs it on the "
+            "event loop it was submitted from, and that loop closed first"
+        )
+        with self._lock:
+            if handle._state != PENDING:
+                return
+            announce = handle._settle_locked(FAILED, error)
+        handle._after_settle(announce)
 
     def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
         with self._lock:
