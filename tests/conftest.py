@@ -67,6 +67,10 @@ def clean_runtime(request: pytest.FixtureRequest) -> object:
         mp.configure_process_pool(num_workers=default_thread_count())
         # Workers a test killed are its own restart storm, not the next test's.
         _runtime._backends["process"]._recent_restarts.clear()  # type: ignore[attr-defined]
+    # Nor is an executor it shut down or broke, whose adapter lives on until collected,
+    # reported as refusing every task (health() unhealthy) for seconds after.
+    for adapter in list(_runtime._adapters.values()):
+        adapter._refused = None  # type: ignore[attr-defined]
     leaked = [
         t
         for t in threading.enumerate()
