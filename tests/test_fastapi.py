@@ -388,6 +388,8 @@ def test_options_are_checked_at_once() -> None:
             lifespan(max_concurrent_tasks=falsy)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prestart"):
         lifespan(prestart="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cancel_pending"):  # taken as true, it cancelled what it was told not to
+        lifespan(cancel_pending="false")  # type: ignore[arg-type]
 
 
 def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,8 +132,9 @@ def lifespan(
     # 0, like None, sets no limit; but not False or 0.0, which set_max_concurrent_tasks refused at start-up
     if max_concurrent_tasks is not None and not (type(max_concurrent_tasks) is int and max_concurrent_tasks == 0):
         check_count(max_concurrent_tasks, "max_concurrent_tasks")
-    if not isinstance(prestart, bool):
-        raise TypeError(f"prestart must be a bool, got {prestart!r}")
+    for name, switch in (("prestart", prestart), ("cancel_pending", cancel_pending)):
+        if not isinstance(switch, bool):  # the string "false" (from the environment) read as true
+            raise TypeError(f"{name} must be a bool, got {switch!r}")
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
