@@ -98,18 +98,22 @@ class StatsdServer:
             return self._changed.wait_for(predicate, timeout)
 
     def flush(self, exporter: StatsdExporter, prefix: str = "test") -> list[Line]:
-        """``exporter.flush()``, then every line of that flush, once it all arrived."""
-        pools = list(mp.metrics_snapshot()["pools"])
-        assert pools, "no pool started: a flush would have no last line to wait for"
-        last = f"{prefix}.pool.{sanitised(pools[-1])}.busy:"
+        """``exporter.flush()``, then every line of that flush, once it all arrived.
+
+        Its end is a marker sent once ``flush()`` returned: on loopback a datagram is
+        queued at the receiver within ``sendto``, so the marker comes after every
+        packet of the flush, whatever the flush's last line is.
+        """
         with self._changed:
             start = len(self.packets)
         exporter.flush()
-
-        def arrived() -> bool:
-            return any(line.startswith(last) for packet in self.packets[start:] for line in packet.decode().split("\n"))
-
-        assert self.wait(arrived), f"the flush never arrived whole; got {self.lines(start)}"
+        marker = f"end-of-flush-{uuid.uuid4().hex}".encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(marker, ("127.0.0.1", self.port))
+        arrived = self.wait(lambda: marker in self.packets[start:], timeout=30)  # a loaded machine's receiver is late
+        assert arrived, f"the flush never arrived whole; got {self.lines(start)}"
+        with self._changed:
+            self.packets.remove(marker)
         return [Line.parse(text) for text in self.lines(start)]
 
 
