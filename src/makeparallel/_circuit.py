@@ -268,16 +268,11 @@ class CircuitBreaker:
                 self._not_permitted += 1
                 permit = self._refusal_locked()
         if state is not old:
-            if _events.listeners and threading.current_thread() is _deadlines._thread:
-                # A retry's next attempt is admitted on the deadline thread, which
-                # serves every timeout: a slow listener there held them all back.
-                try:
-                    threading.Thread(
-                        target=self._announce, args=(old, state), name="makeparallel-circuit-event", daemon=True
-                    ).start()
-                except RuntimeError:  # no thread could start: told here, late, rather than the permit lost
-                    self._announce(old, state)
-            else:
+            # A retry's next attempt is admitted on the deadline thread, which serves
+            # every timeout: a slow listener there held them all back. Where no thread
+            # can start, it is told here, late, rather than the permit lost.
+            on_deadline_thread = threading.current_thread() is _deadlines._thread
+            if not (on_deadline_thread and _events.listeners and self.announce_aside(old, state)):
                 self._announce(old, state)
         return permit
 
@@ -340,10 +335,19 @@ class CircuitBreaker:
             ):
                 self._trials_admitted -= 1
 
-    def announce(self, change: tuple[CircuitState, CircuitState] | None) -> None:
-        """Tell listeners of a state change returned by :meth:`record` (outside every lock)."""
-        if change is not None:
-            self._announce(*change)
+    def announce_aside(self, old: CircuitState, new: CircuitState) -> bool:
+        """Tell listeners of a change from ``old`` to ``new`` on a thread of its own; False where none could start.
+
+        For callers that hold a lock, or serve every timeout: listeners run
+        whatever they like, for as long as they like.
+        """
+        try:
+            threading.Thread(
+                target=self._announce, args=(old, new), name="makeparallel-circuit-event", daemon=True
+            ).start()
+        except RuntimeError:  # can't start new thread (the process limit counts threads)
+            return False
+        return True
 
     # -- internals --------------------------------------------------------------------
 

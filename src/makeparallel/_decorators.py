@@ -215,14 +215,10 @@ class GuardedTaskSpec(TaskSpec):
         breaker = self.breaker
         assert breaker is not None
         change = breaker.record(failed, seconds, admitted_in)
-        if change is not None and _events.listeners:
-            # Under the backend lock here: listeners hear of it from a thread of its own.
-            try:
-                threading.Thread(
-                    target=breaker.announce, args=(change,), name="makeparallel-circuit-event", daemon=True
-                ).start()
-            except RuntimeError:  # no thread could start: raised here, it killed the worker ending the task
-                _log.warning("makeparallel: no thread could start to tell listeners that %r changed state", breaker)
+        # Under the backend lock here: listeners hear of it from a thread of its own. Where
+        # none could start, they miss it: raised here, the error killed the worker ending the task.
+        if change is not None and _events.listeners and not breaker.announce_aside(*change):
+            _log.warning("makeparallel: no thread could start to tell listeners that %r changed state", breaker)
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
