@@ -52,6 +52,21 @@ def guarded(breaker: mp.CircuitBreaker, backend: str = "sync", **options: Any) -
     return fn
 
 
+def fails_once_then_recovers(breaker: mp.CircuitBreaker, attempts: int) -> mp.ParallelFunction[[], str]:
+    """On the thread pool behind ``breaker``: its first call fails (and opens it), the next succeed; refusals are retried."""
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=attempts, wait_initial=0.01, wait_jitter=0, timeout=None)
+    calls: list[int] = []
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("down")  # it opens
+        return "ok"
+
+    return flaky
+
+
 def outcome(handle: mp.AsyncHandle[Any]) -> str:
     error = handle.exception(timeout=30)
     return "ok" if error is None else type(error).__name__
@@ -686,15 +701,7 @@ def test_a_listener_told_of_a_half_open_breaker_by_a_retry_holds_back_no_timeout
             told.set()
             release.wait(30)
 
-    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=50, wait_initial=0.01, wait_jitter=0, timeout=None)
-    calls: list[int] = []
-
-    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("down")  # it opens
-        return "ok"
+    flaky = fails_once_then_recovers(breaker, attempts=50)
 
     def recover_at_the_first_retry(event: mp.TaskEvent) -> None:
         if event.kind == "retry" and event.attempt == 1:
@@ -745,15 +752,7 @@ def test_a_retry_half_opening_a_breaker_where_no_thread_starts_still_runs(
         if event.kind == "retry" and event.attempt == 1:
             clock.now += 31  # the retry's next attempt half-opens it, on the deadline thread
 
-    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=5, wait_initial=0.01, wait_jitter=0, timeout=None)
-    calls: list[int] = []
-
-    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=retry)
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("down")  # it opens
-        return "ok"
+    flaky = fails_once_then_recovers(breaker, attempts=5)
 
     mp.add_task_listener(listener)
     try:
