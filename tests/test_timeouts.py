@@ -360,3 +360,19 @@ def test_a_fault_ending_one_deadline_leaves_the_others_enforced(caplog: pytest.L
         _deadlines.schedule(later, now + 0.01)  # due after the faulty one, already waiting on the heap
         assert later.expired.wait(10), "the deadline thread died of the fault: later timeouts never fired"
     assert any("a fault while ending a task" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+@pytest.mark.timeout(20)
+def test_a_deadline_centuries_away_leaves_the_deadline_thread_waiting() -> None:
+    from makeparallel import _deadlines
+
+    far, near = _NotedDeadline(), _NotedDeadline()
+    now = time.perf_counter()
+    _deadlines.schedule(far, now + 1e10, weakly=True)  # 317 years: past what a lock's wait takes
+    _deadlines.schedule(near, now)
+    assert near.expired.wait(10)
+    watcher = _deadlines._thread
+    assert watcher is not None
+    watcher.join(0.5)  # the thread goes on to wait for the far one: it must not die of it
+    assert watcher.is_alive(), "the deadline thread died waiting for a far deadline"
+    del far

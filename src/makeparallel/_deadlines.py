@@ -91,7 +91,9 @@ def _watch() -> None:
                     if delay <= 0:
                         handle = heapq.heappop(_heap)[2]()
                         break
-                    _condition.wait(delay)
+                    # A timeout of centuries overflows a lock's wait (OverflowError) and killed
+                    # the thread: wait at most what the platform takes, then look again.
+                    _condition.wait(min(delay, threading.TIMEOUT_MAX))
                 else:
                     _condition.wait()
         if handle is not None:  # else it ended, and was dropped, before its deadline
