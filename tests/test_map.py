@@ -1305,12 +1305,27 @@ def test_a_non_callable_fn_is_rejected(fn: Any) -> None:
         mp.imap(fn, [1, 2])
 
 
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize("iterable", [3, None, object()])
-def test_a_non_iterable_is_rejected(iterable: Any) -> None:
-    with pytest.raises(TypeError, match="iterable"):
+def test_a_non_iterable_is_rejected_naming_the_argument_and_the_value(iterable: Any) -> None:
+    pattern = rf"^iterable must be .*, got {re.escape(repr(iterable))} \({type(iterable).__name__}\)"
+    with pytest.raises(TypeError, match=pattern):
         mp.parallel_map(triple_plus_one, iterable)
-    with pytest.raises(TypeError, match="iterable"):
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(func=triple_plus_one, items=iterable)
+    with pytest.raises(TypeError, match=pattern):
         mp.imap(triple_plus_one, iterable)
+
+
+class _BrokenIterable:
+    def __iter__(self) -> Iterator[int]:
+        raise TypeError("broken on purpose")
+
+
+@pytest.mark.timeout(10)
+def test_an_iterables_own_type_error_comes_back_as_itself() -> None:
+    with pytest.raises(TypeError, match="^broken on purpose$"):
+        mp.parallel_map(triple_plus_one, _BrokenIterable())
 
 
 def _rows(n: int) -> Iterator[int]:

@@ -642,7 +642,15 @@ def _checked(
     if backend is not None:
         check_backend(backend)
     # A list or range is sliced, not iterated; anything else raises TypeError here if not iterable.
-    items: _Items = iterable if _is_sliced(iterable) else iter(iterable)
+    try:
+        items: _Items = iterable if _is_sliced(iterable) else iter(iterable)
+    except TypeError:
+        if hasattr(type(iterable), "__iter__"):  # iterable, and its own __iter__ raised: that error is the user's
+            raise
+        raise TypeError(
+            f"iterable must be an iterable of the items to map (a list, a range, a generator...), "
+            f"got {iterable!r} ({type(iterable).__name__})"
+        ) from None
     try:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     except OverflowError:  # a range longer than sys.maxsize: sliced all the same, of unknown length
