@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._admission import Limiter
-from ._decorators import as_parallel, own_parameters
+from ._decorators import ParallelFunction, as_parallel, own_parameters
 from ._handle import AsyncHandle, cancel_and_stop
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
@@ -98,8 +98,15 @@ class ParallelContext:
 
     # -- submitting ----------------------------------------------------------------
 
+    # A @parallel function runs as itself, not as a task that submits it: its handle holds its result.
+    @overload
+    def submit(self, fn: ParallelFunction[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
     @overload
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
+    @overload
+    def submit(
+        self, *, func: ParallelFunction[..., T], args: tuple[Any, ...] | list[Any] = ()
+    ) -> AsyncHandle[T]: ...
     @overload
     def submit(self, *, func: Callable[..., T], args: tuple[Any, ...] | list[Any] = ()) -> AsyncHandle[T]: ...
     def submit(self, *positional: Any, **kwargs: Any) -> AsyncHandle[Any]:

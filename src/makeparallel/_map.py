@@ -420,9 +420,10 @@ def _refuse_generator_function(fn: Any) -> None:
         )
 
 
+# A @parallel function maps as its plain function: its results, not handles (each first).
 @overload
 def imap(
-    fn: Callable[[T], R],
+    fn: ParallelFunction[[T], R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -443,7 +444,46 @@ def imap(
     progress: ProgressOption = False,
     max_in_flight: int | None = None,
     timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: BackendOption | None = None,
+) -> MapIterator[R]: ...
+@overload
+def imap(
+    fn: ParallelFunction[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
     on_error: Literal["none"],
+    backend: BackendOption | None = None,
+) -> MapIterator[R | None]: ...
+@overload
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["none"],
+    backend: BackendOption | None = None,
+) -> MapIterator[R | None]: ...
+@overload
+def imap(
+    fn: ParallelFunction[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
     backend: BackendOption | None = None,
 ) -> MapIterator[R | None]: ...
 @overload
@@ -673,6 +713,20 @@ def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
         chunks.close()  # type: ignore[attr-defined]
 
 
+# A @parallel function maps as its plain function: its results, not handles (each first).
+@overload
+def parallel_map(
+    fn: ParallelFunction[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: BackendOption | None = None,
+) -> list[R]: ...
 @overload
 def parallel_map(
     fn: Callable[[T], R],
@@ -688,7 +742,7 @@ def parallel_map(
 ) -> list[R]: ...
 @overload
 def parallel_map(
-    fn: Callable[[T], R],
+    fn: ParallelFunction[[T], R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -709,9 +763,48 @@ def parallel_map(
     progress: ProgressOption = False,
     max_in_flight: int | None = None,
     timeout: float | None = None,
+    on_error: Literal["none"],
+    backend: BackendOption | None = None,
+) -> list[R | None]: ...
+@overload
+def parallel_map(
+    fn: ParallelFunction[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
     on_error: OnError,
     backend: BackendOption | None = None,
 ) -> list[R | None]: ...
+@overload
+def parallel_map(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
+    backend: BackendOption | None = None,
+) -> list[R | None]: ...
+@overload
+def parallel_map(
+    *,
+    func: ParallelFunction[[T], R],
+    items: Iterable[T],
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    backend: str | None = None,
+) -> list[R]: ...
 @overload
 def parallel_map(
     *,
@@ -725,6 +818,19 @@ def parallel_map(
     on_error: Literal["raise", "skip"] = "raise",
     backend: str | None = None,
 ) -> list[R]: ...
+@overload
+def parallel_map(
+    *,
+    func: ParallelFunction[[T], R],
+    items: Iterable[T],
+    chunksize: int | None = None,
+    ordered: bool = True,
+    progress: ProgressOption = False,
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError,
+    backend: str | None = None,
+) -> list[R | None]: ...
 @overload
 def parallel_map(
     *,

@@ -50,6 +50,20 @@ assert_type(mp.gather([square(1)], on_error="skip"), list[int])
 assert_type(mp.gather([square(1)], "none"), list[int | None])
 assert_type(mp.gather([square(1)], on_error="none", timeout=5), list[int | None])
 
+# A @parallel function given to a map or a group runs as its plain function: its results, not handles.
+assert_type(mp.parallel_map(square, [1, 2]), list[int])
+assert_type(mp.parallel_map(func=square, items=[1, 2]), list[int])
+assert_type(mp.parallel_map(square, [1], on_error="none"), list[int | None])
+assert_type(mp.imap(square, [1, 2]), MapIterator[int])
+with mp.ParallelContext() as group:
+    submitted = group.submit(square, 2)
+    assert_type(submitted, mp.AsyncHandle[int])
+    assert_type(group.submit(square, (3,)), mp.AsyncHandle[int])  # 0.2's form
+    assert_type(group.submit(func=square, args=(4,)), mp.AsyncHandle[int])
+    assert_type(group.submit(half, 2), mp.AsyncHandle[float])
+assert submitted.get() == 4
+assert mp.parallel_map(square, [1, 2]) == [1, 4]
+
 # imap: the same rule, lazily (with for or async for).
 assert_type(mp.imap(half, [1, 2]), MapIterator[float])
 assert_type(mp.imap(half, [1, 3], on_error="skip"), MapIterator[float])
