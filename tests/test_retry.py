@@ -713,6 +713,17 @@ def test_bare_retry_decorator() -> None:
     assert mp.retry(flaky)() == 4
 
 
+@pytest.mark.timeout(20)
+def test_bare_retry_backoff_decorator_takes_the_defaults() -> None:
+    parallel = mp.retry_backoff(mp.parallel(Flaky(2, ValueError)))
+    assert isinstance(parallel, mp.ParallelFunction)
+    with no_retry_waits():
+        assert mp.retry_backoff(Flaky(2, ValueError))() == 3  # 3 attempts by default
+        assert parallel().get(timeout=10) == 3
+    with pytest.raises(TypeError, match="needs a callable, got 5"):
+        mp.retry_backoff(5)  # type: ignore[call-overload]  # the options are keyword-only, as in 0.2
+
+
 @pytest.mark.parametrize(
     ("call", "error", "pattern"),
     [

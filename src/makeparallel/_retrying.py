@@ -137,12 +137,21 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
     return functools.partial(_apply, policy) if fn is None else _apply(policy, fn)
 
 
+@overload
+def retry_backoff(fn: F, /) -> F: ...
+@overload
 def retry_backoff(
+    *, max_attempts: int = 3, backoff: str = "exponential", initial_delay: float = 1.0, max_delay: float = 60.0
+) -> Callable[[F], F]: ...
+def retry_backoff(
+    fn: Any = None,
+    /,
+    *,
     max_attempts: int = 3,
     backoff: str = "exponential",
     initial_delay: float = 1.0,
     max_delay: float = 60.0,
-) -> Callable[[F], F]:
+) -> Any:
     """Retry a failing function with growing waits between attempts (the 0.2 name).
 
     The wait after attempt n is ``initial_delay * 2 ** (n - 1)`` (``"exponential"``),
@@ -151,13 +160,14 @@ def retry_backoff(
     ``@parallel`` it becomes the task's ``retry=`` policy, whose waits hold no worker.
 
     Args:
+        fn: the function, when used bare (``@retry_backoff``), as ``@retry``.
         max_attempts: attempts in all, the first included (an int >= 1).
         backoff: ``"exponential"``, ``"linear"`` or ``"constant"``.
         initial_delay: seconds before the second attempt.
         max_delay: the longest wait, in seconds.
 
     Raises:
-        TypeError: an argument of the wrong type.
+        TypeError: an argument of the wrong type, or ``fn`` is not callable.
         ValueError: ``max_attempts`` < 1, an unknown ``backoff``, negative delays.
     """
     check_count(max_attempts, "max_attempts")
@@ -177,4 +187,4 @@ def retry_backoff(
     except (TypeError, ValueError) as error:  # name the argument as this function calls it
         message = str(error).replace("wait_initial", "initial_delay").replace("wait_max", "max_delay")
         raise type(error)(message) from None
-    return functools.partial(_apply, policy)
+    return functools.partial(_apply, policy) if fn is None else _apply(policy, fn)
