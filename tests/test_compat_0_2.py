@@ -639,11 +639,13 @@ def test_cancel_with_timeout_of_a_finished_task_is_true() -> None:
     assert not handle.is_cancelled()
 
 
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize(("timeout", "error"), [(None, TypeError), (-1, ValueError), ("1", TypeError)])
 def test_cancel_with_timeout_needs_a_timeout(timeout: Any, error: type[Exception]) -> None:
     handle = mp.parallel(abs)(-2)
-    with pytest.raises(error, match="timeout_secs"):
+    with pytest.raises(error, match="timeout_secs must be a number of seconds") as raised:
         handle.cancel_with_timeout(timeout)
+    assert "None" not in str(raised.value).replace("got None", ""), "it offered None, which it refuses"
 
 
 # -- the same on the process backend -------------------------------------------------------------

@@ -426,9 +426,7 @@ class AsyncHandle(Generic[T]):
         Raises:
             TypeError, ValueError: ``timeout_secs`` is not a number >= 0.
         """
-        if timeout_secs is None:
-            raise TypeError("timeout_secs must be a number of seconds >= 0, got None")
-        check_wait_timeout(timeout_secs, "timeout_secs")
+        check_wait_timeout(timeout_secs, "timeout_secs", forever=False)
         with self._backend._lock:
             if self._stop_event is None:
                 self._stop_event = threading.Event()

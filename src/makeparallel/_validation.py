@@ -20,14 +20,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_wait_timeout(timeout: Any, name: str = "timeout") -> None:
-    """A wait may last ``None`` (forever) or any number of seconds >= 0."""
-    if timeout is None:
+def check_wait_timeout(timeout: Any, name: str = "timeout", *, forever: bool = True) -> None:
+    """A wait may last any number of seconds >= 0, or ``None`` (forever) where ``forever`` allows it."""
+    if timeout is None and forever:
         return
+    alternative = " or None" if forever else ""
     if not _is_real(timeout):
-        raise TypeError(f"{name} must be a number of seconds or None, got {timeout!r}")
+        raise TypeError(f"{name} must be a number of seconds{alternative}, got {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0 or None, got {timeout!r}")
+        raise ValueError(f"{name} must be a number of seconds >= 0{alternative}, got {timeout!r}")
 
 
 def check_task_timeout(timeout: Any) -> float | None:
