@@ -499,6 +499,15 @@ def test_bad_shutdown_timeouts_are_rejected_without_shutting_down(
     assert mp.parallel(lambda: 1)().get(timeout=5) == 1
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_a_cancel_pending_not_a_bool_is_rejected_without_shutting_down(value: object) -> None:
+    # "no" is truthy: taken as it was, it cancelled every queued task.
+    with pytest.raises(TypeError, match=f"cancel_pending must be a bool, got {value!r}"):
+        mp.shutdown(1, value)  # type: ignore[arg-type]
+    assert mp.parallel(lambda: 1)().get(timeout=5) == 1
+
+
 # -- interpreter exit -------------------------------------------------------------------
 
 STUCK_FOREVER = """

@@ -676,6 +676,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     Returns:
         Whether every task ended in time.
 
+    Raises:
+        TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
+            or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
+
     After it, interpreter exit does not wait for tasks again (not even when this
     returned ``False`` or was interrupted): it abandons what is left at once.
     Called from a task or a callback, it waits for that task too, which cannot
@@ -683,6 +687,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     """
     global _shut_down
     check_wait_timeout(timeout_secs, "timeout_secs")
+    if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
+        raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
     with _lock:
         _shut_down = True
         backends = _all_backends()
