@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -280,6 +281,19 @@ def test_snapshot_is_frozen(backend: str) -> None:
 
 def test_unknown_name_has_no_metrics() -> None:
     assert mp.get_metrics(unique_name("never-used")) is None
+
+
+@pytest.mark.timeout(20)
+def test_a_name_not_a_str_is_rejected_not_taken_for_an_unknown_one() -> None:
+    # The function itself, given for its name, found nothing: it read as one never run.
+    @mp.parallel(name=unique_name())
+    def work() -> int:
+        return 1
+
+    assert work().get(timeout=10) == 1
+    for value in (work, None, 3):
+        with pytest.raises(TypeError, match=f"name must be the name of a function, a str .*got {re.escape(repr(value))}"):
+            mp.get_metrics(value)  # type: ignore[arg-type]
 
 
 def test_get_all_metrics_contains_every_name(backend: str) -> None:

@@ -265,9 +265,15 @@ def get_metrics(name: str) -> TaskMetrics | None:
     ``get_metrics("run")`` finds ``Worker.run``.
 
     Raises:
+        TypeError: ``name`` is not a ``str`` (the function itself, say, which
+            found nothing and read as a function never run).
         KeyError: ``name`` is a short name shared by several functions; the
             message lists their full names, which find each one.
     """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be the name of a function, a str (its name= or __qualname__), got {name!r}"
+        )
     found = full_names(name)
     if len(found) > 1:
         raise KeyError(_ambiguous(name, found))
