@@ -34,8 +34,19 @@ from .errors import CircuitOpenError
 _log = logging.getLogger("makeparallel")
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Protocol
+
     from ._circuit import CircuitBreaker
     from ._retry import Retry
+
+    class _Decorator(Protocol):
+        """What ``parallel(...)`` with options returns: ``parallel`` itself, its options bound."""
+
+        @overload
+        def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> ParallelFunction[P, T]: ...
+        @overload
+        def __call__(self, fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 
 __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
@@ -554,6 +565,9 @@ def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = N
     return parallel(fn) if backend is None else parallel(backend=backend)(fn)
 
 
+# An async def function's handle holds what its coroutine returns: the task runs it to the end.
+@overload
+def parallel(fn: Callable[P, Coroutine[Any, Any, T]], /) -> ParallelFunction[P, T]: ...
 @overload
 def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 @overload
@@ -567,7 +581,7 @@ def parallel(
     async_cancel: str | None = None,
     retry: Retry | None = None,
     circuit_breaker: CircuitBreaker | None = None,
-) -> Callable[[Callable[P, T]], ParallelFunction[P, T]]: ...
+) -> _Decorator: ...
 def parallel(fn: Any = None, /, **options: Any) -> Any:
     """Make a function run in parallel: each call returns an :class:`AsyncHandle` at once.
 

@@ -73,8 +73,33 @@ for value in mp.imap(half, [2]):
     assert_type(value, float)
 
 
+# An async def function: its handle holds what the coroutine returns, with options or without.
+@mp.parallel
+async def fetch(x: int) -> int:
+    return x + 1
+
+
+@mp.parallel(timeout=30)
+async def fetch_named(x: int) -> str:
+    return str(x)
+
+
+@mp.parallel(timeout=30)
+def halved(x: int) -> float:
+    return x / 2
+
+
+assert_type(fetch(1), mp.AsyncHandle[int])
+assert_type(fetch(1).get(), int)
+assert_type(fetch_named(1).get(), str)
+assert_type(halved(1).get(), float)
+assert fetch(1).get() == 2 and fetch_named(3).get() == "3" and halved(1).get() == 0.5
+
+
 async def collect() -> None:
-    """gather_async: the same rule, awaited."""
+    """gather_async: the same rule, awaited; an async def function's handle, awaited, is its result."""
+    assert_type(await fetch(2), int)
+    assert await fetch_named(4) == "4"
     assert_type(await mp.gather_async([square(1)]), list[int])
     assert_type(await mp.gather_async([square(1)], on_error="skip"), list[int])
     assert_type(await mp.gather_async([square(1)], on_error="none"), list[int | None])
