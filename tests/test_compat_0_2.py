@@ -579,7 +579,9 @@ def test_cancel_with_timeout_of_a_queued_task_is_true_at_once(gate: threading.Ev
     assert not ran.is_set()
 
 
-def test_cancel_with_timeout_waits_for_a_cooperative_task_to_stop(gate: threading.Event) -> None:
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("timeout", [30, threading.TIMEOUT_MAX * 10], ids=["seconds", "longer_than_a_lock_accepts"])
+def test_cancel_with_timeout_waits_for_a_cooperative_task_to_stop(gate: threading.Event, timeout: float) -> None:
     started = threading.Event()
     stopped = threading.Event()
 
@@ -593,7 +595,7 @@ def test_cancel_with_timeout_waits_for_a_cooperative_task_to_stop(gate: threadin
 
     handle = cooperative()
     assert started.wait(10)
-    assert handle.cancel_with_timeout(30) is True
+    assert handle.cancel_with_timeout(timeout) is True
     assert stopped.is_set()  # its code returned before the call did
     assert handle.is_cancelled()
 

@@ -470,6 +470,25 @@ def test_max_concurrent_bounds_the_tasks_in_flight() -> None:
 
 
 @pytest.mark.timeout(20)
+def test_a_submit_waiting_for_a_slot_takes_a_group_timeout_longer_than_a_lock_accepts() -> None:
+    mp.configure_thread_pool(2)
+    release = threading.Event()
+    started = threading.Event()
+
+    def first() -> int:
+        started.set()
+        assert release.wait(15)
+        return 1
+
+    with mp.ParallelContext(timeout=threading.TIMEOUT_MAX * 10, max_concurrent=1, backend="thread") as ctx:
+        ctx.submit(first)
+        assert started.wait(5)
+        threading.Timer(0, release.set).start()  # the slot frees while the next submit waits for it
+        ctx.submit(lambda: 2)
+    assert ctx.results() == [1, 2]
+
+
+@pytest.mark.timeout(20)
 def test_the_group_timeout_ends_a_submit_waiting_for_a_slot(gate: threading.Event) -> None:
     mp.configure_thread_pool(2)
     started = threading.Event()

@@ -107,6 +107,29 @@ def test_a_task_waiting_for_its_children_on_a_one_thread_pool_makes_progress(
     assert parent().get(timeout=45) == [0, 2, 4]
 
 
+FAR = threading.TIMEOUT_MAX * 10  # centuries, yet finite: more than a lock's own wait accepts
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", [*HANDLE_WAYS, "parallel_map", "ParallelContext"])
+def test_a_wait_inside_a_task_takes_a_timeout_longer_than_a_lock_accepts(way: str) -> None:
+    """The same wait on the main thread accepted it; on the worker it raised OverflowError."""
+    resize(1)
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        if way == "parallel_map":
+            return mp.parallel_map(double, range(3), chunksize=1, timeout=FAR, backend="thread")
+        if way == "ParallelContext":
+            with mp.ParallelContext(timeout=FAR, backend="thread") as ctx:
+                for i in range(3):
+                    ctx.submit(double, i)
+            return ctx.results()
+        return HANDLE_WAYS[way]([mp.parallel(backend="thread")(double)(i) for i in range(3)], FAR)
+
+    assert parent().get(timeout=45) == [0, 2, 4]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("timeout", [WAIT, None], ids=["with_timeout", "without_timeout"])
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])

@@ -83,6 +83,28 @@ def test_shutdown_waits_for_running_tasks_and_returns_true(gate: threading.Event
     assert mp.get_active_task_count() == 0
 
 
+@pytest.mark.timeout(20)
+def test_shutdown_takes_a_timeout_longer_than_a_lock_accepts(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> int:
+        started.set()
+        assert gate.wait(30)
+        return 1
+
+    handle = held()
+    assert started.wait(5)
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=threading.TIMEOUT_MAX * 10)))
+    thread.start()
+    assert not outcome, "shutdown() returned while a task was still running"
+    gate.set()
+    thread.join(10)
+    assert outcome == [True]
+    assert handle.get() == 1
+
+
 def test_shutdown_with_nothing_running_returns_true() -> None:
     @mp.parallel
     def quick(i: int) -> int:

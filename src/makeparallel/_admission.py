@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _interruptible
 from ._backends._base import BlockingWait
 from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import current_task
@@ -113,7 +114,7 @@ class Limiter:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._condition.wait(remaining)
+                self._condition.wait(_interruptible.bounded(remaining))
             self._in_flight += 1
             return True
 

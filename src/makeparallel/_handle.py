@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import sys
 import threading
 import time
@@ -437,7 +436,7 @@ class AsyncHandle(Generic[T]):
         # then reads _code_done: one of the two sees the other's write.
         if self._code_done:
             return True
-        return stopped.wait(None if math.isinf(timeout_secs) else timeout_secs)
+        return stopped.wait(_interruptible.bounded(timeout_secs))
 
     def _cancel_locked(self) -> _Announcement | None:
         if self._state == PENDING:

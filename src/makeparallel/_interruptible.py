@@ -10,7 +10,9 @@ interrupted ``gather`` in ten hung so, with tasks waiting inside tasks.
 
 So on the main thread a wait sleeps in slices of ``SLICE`` seconds, and between
 two slices the interpreter runs any handler that is due. Other threads never
-run signal handlers: they wait in one piece.
+run signal handlers: they wait in one piece, at most ``threading.TIMEOUT_MAX``
+(about 292 years): a lock refuses a longer wait with ``OverflowError``, which
+made a wait that the main thread accepted fail inside a task (:func:`bounded`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["SLICE", "acquire", "get"]
+__all__ = ["SLICE", "acquire", "bounded", "get"]
 
 #: Seconds the main thread sleeps at most before it looks for a pending signal.
 SLICE = 0.1
+
+
+def bounded(timeout: float) -> float:
+    """``timeout``, capped at the longest wait a lock accepts; a longer one never ends in practice."""
+    return min(timeout, threading.TIMEOUT_MAX)
 
 
 def _on_main_thread() -> bool:
@@ -33,7 +40,7 @@ def _on_main_thread() -> bool:
 def acquire(lock: threading.Lock, timeout: float | None) -> bool:
     """``lock.acquire(True, timeout)`` (``None``: no end); return whether it was taken."""
     if not _on_main_thread():
-        return lock.acquire(True, -1 if timeout is None else timeout)
+        return lock.acquire(True, -1 if timeout is None else bounded(timeout))
     if timeout is None:
         while not lock.acquire(True, SLICE):
             pass
@@ -54,7 +61,7 @@ def get(items: queue.SimpleQueue[Any], timeout: float | None) -> Any:
         queue.Empty: ``timeout`` seconds passed first.
     """
     if not _on_main_thread():
-        return items.get(timeout=timeout)
+        return items.get(timeout=None if timeout is None else bounded(timeout))
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         remaining = SLICE if deadline is None else deadline - time.monotonic()

@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _deadlines, _events
+from .. import _deadlines, _events, _interruptible
 from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
@@ -152,7 +152,7 @@ class Backend:
             waiter = threading.Lock()
             waiter.acquire()
             self._idle_waiters.append(waiter)
-        if waiter.acquire(True, -1 if timeout is None else timeout):
+        if _interruptible.acquire(waiter, timeout):
             return True
         with self._lock:
             if waiter in self._idle_waiters:
