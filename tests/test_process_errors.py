@@ -333,6 +333,43 @@ def test_an_exception_whose_chain_loops_travels_as_itself_in_results_and_argumen
     assert mp.parallel(backend="process")(error_repr)(argument).get(timeout=30) == "ValueError('bad row 2')"
 
 
+class Job:
+    """A record of work that keeps the error it failed with."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.error: BaseException | None = None
+
+
+class JobFailed(Exception):
+    """Refers to its job, which refers back to it: through ``__dict__``, or ``args`` too."""
+
+    def __init__(self, job: Job, in_args: bool) -> None:
+        super().__init__(job if in_args else job.name)
+        self.job = job
+        job.error = self
+
+
+def job_failed(in_args: bool) -> None:
+    raise JobFailed(Job("nightly"), in_args)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("in_args", [False, True], ids=["attribute", "argument"])
+def test_an_exception_its_own_attributes_refer_back_to_arrives_as_itself(in_args: bool) -> None:
+    # Met again inside its own attributes or arguments, the exception was cut to
+    # None there, and pickle's memo handed that None back for the exception
+    # itself: the pool's loop thread died on it and the handle never settled.
+    error = failure(functools.partial(job_failed, in_args))
+    assert type(error) is JobFailed and error.job.name == "nightly"
+    assert error.job.error is error  # the cycle arrives as a cycle, as on threads
+    assert error.args == ((error.job,) if in_args else ("nightly",))
+    mapped = functools.partial(raising_at_item_one, functools.partial(job_failed, in_args))
+    with pytest.raises(JobFailed):
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
+    assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3
+
+
 def http_error_with_its_response() -> None:
     import email.message
     import urllib.error

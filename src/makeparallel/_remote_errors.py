@@ -19,6 +19,10 @@
   ``__suppress_context__`` travel with each exception (and with the members of
   an ``ExceptionGroup``, which its own pickling carries), a chain that loops
   back (``raise error from error``) included; notes live in ``__dict__``.
+* **Cycles as cycles.** The chain, ``__dict__`` and C-level fields are set once
+  the exception exists, so an attribute that refers back to it (a job that
+  keeps the error it failed with) refers back to it on arrival; arguments
+  that do are set then too, and the exception is made without them.
   Tracebacks cannot be pickled: the remote one arrives as text, a
   :class:`RemoteTraceback` hung below the deepest exception of the chain, so
   that Python prints it first, where the failure began.
@@ -31,6 +35,7 @@ import types
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import Any
 
 __all__ = ["RemoteTraceback", "attach_remote_traceback", "mark_unpickling_failure", "reduce_exception", "unpickling_failure"]
@@ -94,25 +99,31 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
 def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...]:
     """The reduction of ``error`` for pickle: its own if faithful, else a rebuild; with its chain.
 
-    The chain is the reduction's state: pickle makes and remembers the
-    exception before it pickles its state, so a chain that comes back to an
-    exception (``raise error from error``) comes back to it on arrival too.
-    ``open_exceptions`` holds the exceptions being pickled in this stream: one
-    met again inside its own arguments or fields, before it exists to refer
-    to, is cut there (``None``).
+    Only what makes the exception is pickled before it exists; the rest is
+    the reduction's state, which pickle sends after it made and remembered
+    the exception: a chain (``raise error from error``), a field or an
+    attribute that comes back to the exception comes back to it on arrival
+    too. One met again inside what makes it, before it exists to refer to,
+    would be cut there (``None``), and pickle's memo would hand that ``None``
+    back for the exception itself: arguments that refer back to it
+    (``JobFailed(job)``, with ``job.error`` the exception) go in its state
+    too. ``open_exceptions`` holds the exceptions being pickled in this stream.
     """
     if id(error) in open_exceptions:
         return (_none, ())
     open_exceptions[id(error)] = error  # kept alive, so its id is not reused meanwhile
-    core = _own_reduction(error)
-    if core is None:
-        fields = {name: value for name, value in _c_fields(error).items() if _pickles(value)}
-        core = (_rebuild, (type(error), error.args, fields, _picklable_state(error)))
     chain = (error.__cause__, error.__context__, error.__suppress_context__)
-    return (_apply, core, chain, None, None, _set_chain)
+    core = _own_reduction(error, open_exceptions)
+    if core is not None and not _refers_back(core[1], error, open_exceptions):
+        make, args, state = core
+        return (make, args, (state, chain), None, None, _set_state)
+    fields = {name: value for name, value in _c_fields(error).items() if _pickles(value, open_exceptions)}
+    state = _picklable_state(error, open_exceptions)
+    made_with = () if _refers_back(error.args, error, open_exceptions) else error.args
+    return (_rebuild, (type(error), made_with), (error.args, fields, state, chain), None, None, _fill)
 
 
-def _own_reduction(error: BaseException) -> tuple[Any, ...] | None:
+def _own_reduction(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...] | None:
     """``error``'s own ``(callable, args, state)``, if rebuilding from it gives an equal exception."""
     try:
         reduced = error.__reduce_ex__(5)
@@ -121,7 +132,9 @@ def _own_reduction(error: BaseException) -> tuple[Any, ...] | None:
         make, args = reduced[0], reduced[1]
         state = reduced[2] if len(reduced) > 2 else None
         copy = _apply(make, args, state)
-        if _equal(copy, error) and (type(state) is not dict or all(map(_pickles, state.values()))):
+        if _equal(copy, error) and (
+            type(state) is not dict or all(_pickles(value, open_exceptions) for value in state.values())
+        ):
             return (make, args, state)  # else the rebuild sends what pickles of its state
     except Exception:
         pass
@@ -152,24 +165,40 @@ def _c_fields(error: BaseException) -> dict[str, Any]:
     return fields
 
 
-def _pickles(value: Any) -> bool:
+def _pickles(value: Any, open_exceptions: dict[int, BaseException]) -> bool:
     """Whether ``value`` can travel as the pool's pickler sends it (functions by value included)."""
+    return _met_pickling(value, open_exceptions) is not None
+
+
+def _refers_back(value: Any, error: BaseException, open_exceptions: dict[int, BaseException]) -> bool:
+    """Whether pickling ``value`` meets ``error`` again (it does not if ``value`` cannot be pickled)."""
+    met = _met_pickling(value, open_exceptions)
+    return met is not None and id(error) in met
+
+
+def _met_pickling(value: Any, open_exceptions: dict[int, BaseException]) -> Collection[int] | None:
+    """The ids of the objects pickling ``value`` meets (none of atoms); None if it cannot be pickled.
+
+    ``open_exceptions``: those being pickled around ``value``, cut where met
+    again, as the stream's pickler does. Without them, an exception met
+    inside its own attributes pickled itself again, each time in a new pickler,
+    until the recursion limit.
+    """
     if type(value) in _ATOMS:
-        return True
-    if type(value) in (list, tuple) and all(type(item) in _ATOMS for item in value):  # notes, say
-        return True
+        return ()
+    if type(value) in (list, tuple) and all(type(item) in _ATOMS for item in value):  # notes, args
+        return ()
     # A pickler of its own, not _serialization.dumps: this runs inside that thread's
     # reused pickler (its reducer_override), whose stream and memo it would reset.
-    from ._serialization import dumps_in_band  # on this failure path only
+    from ._serialization import objects_pickled  # on this failure path only
 
     try:
-        dumps_in_band(value)
+        return objects_pickled(value, open_exceptions)
     except Exception:
-        return False
-    return True
+        return None
 
 
-def _picklable_state(error: BaseException) -> dict[str, Any]:
+def _picklable_state(error: BaseException, open_exceptions: dict[int, BaseException]) -> dict[str, Any]:
     """``error.__dict__``, with ``None`` for what cannot be pickled, and a note that names it.
 
     ``urllib.error.HTTPError`` holds its open response: without it, the error
@@ -179,7 +208,7 @@ def _picklable_state(error: BaseException) -> dict[str, Any]:
     ``__dict__`` (``HTTPError`` again) would raise ``KeyError`` on any lookup.
     """
     state = dict(getattr(error, "__dict__", {}))
-    dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value)]
+    dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value, open_exceptions)]
     if dropped:
         for name in dropped:
             state[name] = None
@@ -191,13 +220,25 @@ def _picklable_state(error: BaseException) -> dict[str, Any]:
 def _apply(make: Any, args: Any, state: Any = None) -> Any:
     """What unpickling a ``(make, args, state)`` reduction does."""
     obj = make(*args)
+    _give_state(obj, state)
+    return obj
+
+
+def _give_state(obj: Any, state: Any) -> None:
+    """What unpickling does with a reduction's ``state``: ``__setstate__``, else an update of ``__dict__``."""
     if state:
         setstate = getattr(obj, "__setstate__", None)
         if setstate is not None:
             setstate(state)
         else:
             obj.__dict__.update(state)
-    return obj
+
+
+def _set_state(error: BaseException, state_and_chain: tuple[Any, tuple[Any, Any, bool]]) -> None:
+    """Give an exception made by its own reduction that reduction's state, then its chain."""
+    state, chain = state_and_chain
+    _give_state(error, state)
+    _set_chain(error, chain)
 
 
 def _set_chain(error: BaseException, chain: tuple[Any, Any, bool]) -> None:
@@ -205,17 +246,23 @@ def _set_chain(error: BaseException, chain: tuple[Any, Any, bool]) -> None:
     error.__cause__, error.__context__, error.__suppress_context__ = chain
 
 
-def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, Any], state: dict[str, Any]) -> BaseException:
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
     """``cls`` made without its own ``__init__``, its built-in base's fields filled from ``args``."""
     base: Any = next(klass for klass in cls.__mro__ if klass.__module__ == "builtins")
     error: BaseException = base.__new__(cls, *args)
     try:
         base.__init__(error, *args)  # OSError(errno, strerror, filename), UnicodeDecodeError(...)...
     except Exception:
-        pass  # the base takes other arguments: its fields are set below
+        pass  # the base takes other arguments: its fields are set by _fill
+    return error
+
+
+def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Any]) -> None:
+    """Give a rebuilt exception its ``args``, ``__dict__``, the C-level fields its base did not fill, and its chain."""
+    args, fields, attributes, chain = state
     error.args = args
-    if state:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
-        error.__dict__.update(state)
+    if attributes:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
+        error.__dict__.update(attributes)
     for name, value in fields.items():
         try:
             if getattr(error, name, None) == value:
@@ -223,7 +270,7 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...], fields: dict[str, 
             setattr(error, name, value)
         except Exception:
             pass  # read-only, or a lookup the class refuses
-    return error
+    _set_chain(error, chain)
 
 
 def _none() -> None:

@@ -46,6 +46,7 @@ from ._remote_errors import reduce_exception
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import Any
 
     # A module as _pin_modules looked at it: its spec, its folders if pinned, and a top-level
@@ -59,6 +60,7 @@ __all__ = [
     "list_length",
     "load_function",
     "loads",
+    "objects_pickled",
     "wrap_argument",
 ]
 
@@ -232,6 +234,19 @@ def dumps_in_band(obj: Any) -> bytes:
     stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(obj)
     return stream.getvalue()
+
+
+def objects_pickled(obj: Any, open_exceptions: dict[int, BaseException]) -> Collection[int]:
+    """The ids of the objects pickling ``obj`` meets, in a pickler of its own; raises what pickling raises.
+
+    ``open_exceptions``: the exceptions being pickled around ``obj``
+    (:func:`._remote_errors.reduce_exception`), which it cuts where met again.
+    """
+    pickler = _pickler_class()(io.BytesIO(), protocol=5)
+    pickler.open_exceptions = dict(open_exceptions)  # type: ignore[attr-defined]  # our subclass's
+    pickler.dump(obj)
+    met: dict[int, Any] = pickler.memo.copy()
+    return met.keys()
 
 
 def dumps_function(fn: Any) -> bytes:
