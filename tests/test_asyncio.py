@@ -604,6 +604,30 @@ def test_a_threads_own_loop_is_closed_when_it_ends_though_a_failed_tasks_error_i
     assert kept[0].status == "failed"
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_a_base_exception_of_an_async_task_is_not_logged_as_never_retrieved(
+    error: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    # asyncio's run_until_complete lets KeyboardInterrupt and SystemExit out of the
+    # loop without reading the task's exception: the task's error is the handle's,
+    # and asyncio must not log it again, when the task is collected, as lost.
+    tasks: list[asyncio.Task[Any]] = []
+
+    @mp.parallel
+    async def exits() -> None:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        raise error("the task's own")
+
+    with pytest.raises(error, match="the task's own"):
+        exits().get(10)
+    assert tasks[0].done()
+    # What the collector does with the task once nothing holds it (when is up to the collector).
+    tasks[0].__del__()
+    lost = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not lost, lost
+
+
 BLOCKING_COLLECTORS: dict[str, Callable[[list[mp.AsyncHandle[Any]]], object]] = {
     "gather": lambda handles: mp.gather(handles, timeout=30),
     "wait": lambda handles: mp.wait(handles, timeout=30),

@@ -99,6 +99,13 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
         from .errors import TaskCancelledError
 
         raise TaskCancelledError(f"the coroutine of {_named(task)} was cancelled") from None
+    except BaseException:
+        # KeyboardInterrupt and SystemExit leave the loop without run_until_complete
+        # reading them from a task it did not make: read here, or asyncio logs the
+        # task's error, which is the handle's, as never retrieved.
+        if future.done() and not future.cancelled():
+            future.exception()
+        raise
     finally:
         if retried_at_timeout and attempt_cancels.get(task) is cancel:
             del attempt_cancels[task]
