@@ -12,9 +12,11 @@ import concurrent.futures as cf
 import contextvars
 import functools
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -626,6 +628,44 @@ def test_a_base_exception_of_an_async_task_is_not_logged_as_never_retrieved(
     tasks[0].__del__()
     lost = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
     assert not lost, lost
+
+
+_EXIT_WITH_WORKER_LOOPS = """import asyncio, sys
+import makeparallel as mp
+
+@mp.parallel
+async def on_a_worker(n):
+    await asyncio.sleep(0)
+    return n
+
+@mp.parallel(backend="sync")
+async def on_this_thread(n):
+    await asyncio.sleep(0)
+    return n
+
+async def main():
+    return await on_a_worker(1)
+
+print(on_a_worker(2).get(30), on_this_thread(3).get(30), asyncio.run(main()))
+with mp.Executor(max_workers=1) as executor:
+    print(executor.submit(on_a_worker.__wrapped__, 4).result(30))
+if sys.argv[1] == "shutdown":
+    mp.shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ending", ["shutdown", "exit"])
+def test_the_worker_loops_are_closed_by_the_programs_end(ending: str) -> None:
+    # A worker thread is a daemon: at exit it may still hold its loop, which the
+    # interpreter then finalized unclosed, with a ResourceWarning for the loop and
+    # each of its sockets (python -X dev).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-X", "dev", "-c", _EXIT_WITH_WORKER_LOOPS, ending]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["2", "3", "1", "4"]
+    assert "ResourceWarning" not in completed.stderr, completed.stderr
 
 
 BLOCKING_COLLECTORS: dict[str, Callable[[list[mp.AsyncHandle[Any]]], object]] = {

@@ -4,7 +4,8 @@ A task whose function is ``async def``, or a plain function that returns a
 coroutine (a ``functools.wraps`` wrapper, an object with ``async def __call__``, a
 lambda), is run to completion by the worker that took it: every worker thread,
 and the main thread of every worker process, keeps one event loop of its own,
-created on first use and reused for the tasks after. A stopped task (cancelled,
+created on first use, reused for the tasks after and closed when the thread
+ends or, for a daemon worker still alive, at interpreter exit. A stopped task (cancelled,
 timed out) cancels its coroutine on that loop. When the coroutine ends, the
 asyncio tasks it left running are cancelled, as ``asyncio.run`` cancels them.
 
@@ -32,16 +33,21 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["attempt_cancels", "is_coroutine", "run_here", "run_to_end", "running_loop", "start_on_running_loop"]
+__all__ = ["attempt_cancels", "close_idle_loops", "is_coroutine", "run_here", "run_to_end", "running_loop", "start_on_running_loop"]
 
 
 class _OwnLoop:
-    """One thread's event loop, closed when the thread ends (and its locals are dropped)."""
+    """One thread's event loop, closed when the thread ends (and its locals are dropped), or at exit.
 
-    __slots__ = ("loop",)
+    Its owner holds ``lock`` while a task runs on the loop; :func:`close_idle_loops`
+    closes only a loop whose lock it gets at once.
+    """
+
+    __slots__ = ("__weakref__", "lock", "loop")
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
+        self.lock = threading.RLock()
 
     def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         # Not at interpreter shutdown (an error's traceback may keep it until then): the
@@ -51,6 +57,7 @@ class _OwnLoop:
 
 
 _own = threading.local()
+_every_own_loop: weakref.WeakSet[_OwnLoop] = weakref.WeakSet()
 
 #: The cancel of the coroutine that each handle with a timeout and a retry policy runs here now. A
 #: timeout that retries the task ends no handle, and the attempt's coroutine ran on to its end, for
@@ -84,9 +91,19 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
             the task's own cancellation (whose outcome is dropped anyway).
         Exception: whatever the coroutine raised.
     """
+    own = _own_loop()
+    loop, lock = own.loop, own.lock
+    del own  # a failed task's traceback holds this frame: not the _OwnLoop, which closes the loop as its thread ends
+    try:
+        return _run_on(loop, coroutine, task)
+    finally:
+        lock.release()
+
+
+def _run_on(loop: Any, coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
+    """:func:`run_here` on ``loop``, this thread's own."""
     import asyncio
 
-    loop = _own_loop()
     future = loop.create_task(coroutine)  # in the current context: the task's own
     cancel = _cancel_when_stopped(task, loop, future)
     observer = getattr(task, "_observer", None)  # a handle's; a worker process's task has none
@@ -112,20 +129,45 @@ def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
         _cancel_left_behind(loop)
 
 
-def _own_loop() -> Any:
-    """This thread's own event loop, made on first use.
+def _own_loop() -> _OwnLoop:
+    """This thread's own event loop, made on first use (or once closed at exit), its lock held.
 
-    Only the thread-local holds the ``_OwnLoop``: were it a local of
+    Only the thread-local holds the ``_OwnLoop``: were the loop a local of
     ``run_here``, a failed task's traceback would hold it through that frame, and
     keep it past its thread's end, in the error's reference cycles. The garbage
     collector would then finalize the loop's sockets before the loop is closed.
     """
     own: _OwnLoop | None = getattr(_own, "loop", None)
-    if own is None or own.loop.is_closed():
-        import asyncio
+    if own is not None:
+        own.lock.acquire()
+        if not own.loop.is_closed():
+            return own
+        own.lock.release()
+    import asyncio
 
-        own = _own.loop = _OwnLoop(asyncio.new_event_loop())
-    return own.loop
+    own = _own.loop = _OwnLoop(asyncio.new_event_loop())
+    own.lock.acquire()
+    _every_own_loop.add(own)
+    return own
+
+
+def close_idle_loops() -> None:
+    """Close every thread's own loop that no task runs on now; at interpreter exit.
+
+    Worker threads are daemons: one still alive at exit keeps its loop to the
+    interpreter's finalization, where closing it is no longer safe (``_OwnLoop``),
+    and the loop and its sockets were finalized unclosed, each with a
+    ``ResourceWarning``. A loop closed here is made anew if its thread runs
+    another coroutine.
+    """
+    for own in list(_every_own_loop):
+        if not own.lock.acquire(blocking=False):
+            continue  # a task runs on it: its thread closes it, if it ends in time
+        try:
+            if not own.loop.is_closed() and not own.loop.is_running():
+                own.loop.close()
+        finally:
+            own.lock.release()
 
 
 def _cancel_left_behind(loop: Any) -> None:

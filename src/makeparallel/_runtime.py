@@ -764,6 +764,9 @@ def _at_exit() -> None:
             reopen = True
     # No orphaned or zombie worker process; every pool's stopped at once.
     terminate_all(_every_pool())
+    coroutines = sys.modules.get("makeparallel._coroutines")
+    if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
+        coroutines.close_idle_loops()
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
