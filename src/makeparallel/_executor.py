@@ -23,8 +23,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
 from ._admission import Limiter
@@ -232,7 +232,12 @@ class Executor(concurrent.futures.Executor):
         """The size of this executor's pool."""
         return self._max_workers
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]:
+    # An async function's coroutine runs to its end in the task: the future holds its result (first).
+    @overload
+    def submit(self, fn: Callable[..., Coroutine[Any, Any, T]], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]: ...
+    @overload
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]: ...
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ExecutorFuture[Any]:
         """Schedule ``fn(*args, **kwargs)``; return its future at once.
 
         Over ``mp.set_max_concurrent_tasks``' limit it waits for a slot, except on
@@ -284,6 +289,16 @@ class Executor(concurrent.futures.Executor):
             raise self._refusal() from None
         return future
 
+    @overload
+    def map(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, T]],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]: ...
+    @overload
     def map(
         self,
         fn: Callable[..., T],
@@ -291,7 +306,15 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-    ) -> Iterator[T]:
+    ) -> Iterator[T]: ...
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
         """Like ``map(fn, *iterables)``, with the calls running in this executor.
 
         As ``concurrent.futures.Executor.map`` of Python 3.14, on every Python

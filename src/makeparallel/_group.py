@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Union, overload
 
 from ._admission import Limiter
 from ._decorators import ParallelFunction, as_parallel, own_parameters
@@ -26,6 +26,8 @@ from .errors import TaskCancelledError, TaskTimeoutError
 __all__ = ["ParallelContext"]
 
 T = TypeVar("T")
+#: What runs to its result, not to what a call returns: a ``@parallel`` function, an async function.
+_RunToResults = Union[ParallelFunction[..., T], Callable[..., Coroutine[Any, Any, T]]]
 
 
 class ParallelContext:
@@ -98,15 +100,14 @@ class ParallelContext:
 
     # -- submitting ----------------------------------------------------------------
 
-    # A @parallel function runs as itself, not as a task that submits it: its handle holds its result.
+    # A @parallel function runs as itself, not as a task that submits it, and an async function's
+    # coroutine runs to its end: either way the handle holds the result (each first).
     @overload
-    def submit(self, fn: ParallelFunction[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
+    def submit(self, fn: _RunToResults[T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
     @overload
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> AsyncHandle[T]: ...
     @overload
-    def submit(
-        self, *, func: ParallelFunction[..., T], args: tuple[Any, ...] | list[Any] = ()
-    ) -> AsyncHandle[T]: ...
+    def submit(self, *, func: _RunToResults[T], args: tuple[Any, ...] | list[Any] = ()) -> AsyncHandle[T]: ...
     @overload
     def submit(self, *, func: Callable[..., T], args: tuple[Any, ...] | list[Any] = ()) -> AsyncHandle[T]: ...
     def submit(self, *positional: Any, **kwargs: Any) -> AsyncHandle[Any]:
@@ -163,7 +164,11 @@ class ParallelContext:
         handle.add_done_callback(self._task_ended)
         return handle
 
-    def map(self, fn: Callable[..., T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]:
+    @overload
+    def map(self, fn: _RunToResults[T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]: ...
+    @overload
+    def map(self, fn: Callable[..., T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]: ...
+    def map(self, fn: Callable[..., Any], iterable: Iterable[Any]) -> list[AsyncHandle[Any]]:
         """Submit ``fn(item)`` for each item, one task each; return the handles."""
         return [self.submit(fn, item) for item in iterable]
 

@@ -51,7 +51,7 @@ import itertools
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
@@ -117,6 +117,9 @@ _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 #: A map's items: an iterator, or a sequence it slices.
 _Items = Union[Iterator[Any], list[Any], range]
+#: What a map gives the results of, not what a call returns: a ``@parallel`` function (its
+#: handles) or an async function (its coroutines, run to their end in the workers).
+_RunToResults = Union[ParallelFunction[[T], R], Callable[[T], Coroutine[Any, Any, R]]]
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
 #: Bytes read ahead of the consumer, at most, when ``max_in_flight`` is not given.
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
@@ -420,10 +423,11 @@ def _refuse_generator_function(fn: Any) -> None:
         )
 
 
-# A @parallel function maps as its plain function: its results, not handles (each first).
+# A @parallel function maps as its plain function, and an async function's coroutines run to
+# their end: their results, not handles or coroutines (each first).
 @overload
 def imap(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -449,7 +453,7 @@ def imap(
 ) -> MapIterator[R]: ...
 @overload
 def imap(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -475,7 +479,7 @@ def imap(
 ) -> MapIterator[R | None]: ...
 @overload
 def imap(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -713,10 +717,11 @@ def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
         chunks.close()  # type: ignore[attr-defined]
 
 
-# A @parallel function maps as its plain function: its results, not handles (each first).
+# A @parallel function maps as its plain function, and an async function's coroutines run to
+# their end: their results, not handles or coroutines (each first).
 @overload
 def parallel_map(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -742,7 +747,7 @@ def parallel_map(
 ) -> list[R]: ...
 @overload
 def parallel_map(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -768,7 +773,7 @@ def parallel_map(
 ) -> list[R | None]: ...
 @overload
 def parallel_map(
-    fn: ParallelFunction[[T], R],
+    fn: _RunToResults[T, R],
     iterable: Iterable[T],
     *,
     chunksize: int | None = None,
@@ -795,7 +800,7 @@ def parallel_map(
 @overload
 def parallel_map(
     *,
-    func: ParallelFunction[[T], R],
+    func: _RunToResults[T, R],
     items: Iterable[T],
     chunksize: int | None = None,
     ordered: bool = True,
@@ -821,7 +826,7 @@ def parallel_map(
 @overload
 def parallel_map(
     *,
-    func: ParallelFunction[[T], R],
+    func: _RunToResults[T, R],
     items: Iterable[T],
     chunksize: int | None = None,
     ordered: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from typing import Literal
 
 import makeparallel as mp
@@ -96,6 +97,34 @@ assert_type(halved(1).get(), float)
 assert fetch(1).get() == 2 and fetch_named(3).get() == "3" and halved(1).get() == 0.5
 
 
+async def add_one(x: int) -> int:
+    return x + 1
+
+
+# Maps, groups and the Executor run an async function's coroutines to their end: results, not coroutines.
+assert_type(mp.parallel_map(add_one, [1, 2]), list[int])
+assert_type(mp.parallel_map(add_one, [1], on_error="none"), list[int | None])
+assert_type(mp.parallel_map(func=add_one, items=[1]), list[int])
+assert_type(mp.imap(add_one, [1, 2]), MapIterator[int])
+assert_type(mp.imap(add_one, [1], on_error="none"), MapIterator[int | None])
+assert_type(mp.parallel_map(fetch, [1]), list[int])
+with mp.ParallelContext() as group:
+    assert_type(group.submit(add_one, 1), mp.AsyncHandle[int])
+    assert_type(group.submit(func=add_one, args=(1,)), mp.AsyncHandle[int])
+    assert_type(group.map(add_one, [1]), list[mp.AsyncHandle[int]])
+    assert_type(group.map(square, [1]), list[mp.AsyncHandle[int]])
+    assert_type(group.map(half, [1]), list[mp.AsyncHandle[float]])
+    mapped = group.map(fetch, [1])
+assert [h.get() for h in mapped] == [2]
+with mp.Executor(max_workers=1) as executor:
+    assert_type(executor.submit(add_one, 1), mp.ExecutorFuture[int])
+    assert_type(executor.submit(half, 2), mp.ExecutorFuture[float])
+    assert_type(executor.map(add_one, [1]), Iterator[int])
+    assert_type(executor.map(half, [2]), Iterator[float])
+    assert executor.submit(add_one, 1).result() == 2 and list(executor.map(add_one, [1])) == [2]
+assert mp.parallel_map(add_one, [1, 2]) == [2, 3] and list(mp.imap(add_one, [1])) == [2]
+
+
 async def collect() -> None:
     """gather_async: the same rule, awaited; an async def function's handle, awaited, is its result."""
     assert_type(await fetch(2), int)
@@ -105,6 +134,8 @@ async def collect() -> None:
     assert_type(await mp.gather_async([square(1)], on_error="none"), list[int | None])
     async for item in mp.imap(half, [2]):
         assert_type(item, float)
+    async for added in mp.imap(add_one, [2]):
+        assert_type(added, int)
 
 
 asyncio.run(collect())
