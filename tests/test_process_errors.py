@@ -551,3 +551,31 @@ def test_a_submission_short_of_descriptors_raises_the_systems_error_not_a_pickli
     with pytest.raises(OSError) as caught:
         mp.parallel(backend="process")(describe)(ValueError("x"))
     assert type(caught.value) is OSError and caught.value.errno == 24
+
+
+def nested_deep(how: str) -> None:
+    """Raise an exception nested 40 deep: groups of groups, or wrappers that keep the error they wrap."""
+    error: BaseException = ValueError("at the bottom")
+    for level in range(40):
+        if how == "group":
+            error = ExceptionGroup(f"level {level}", [error])
+        else:
+            wrapper = RuntimeError(f"level {level}")
+            wrapper.wrapped = error  # type: ignore[attr-defined]
+            error = wrapper
+    raise error
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup exists from Python 3.11")
+@pytest.mark.parametrize("how", ["group", "attribute"])
+def test_an_exception_nested_deep_arrives_whole(how: str) -> None:
+    # Checking whether an exception refers back to itself pickled what it holds, and
+    # with it each nested exception, checks and all, then pickled it again: each level
+    # doubled the work, and a worker spent hours pickling an error nested 40 deep.
+    error = failure(functools.partial(nested_deep, how))
+    depth = 0
+    while type(error) is not ValueError:
+        error = error.exceptions[0] if how == "group" else error.wrapped  # type: ignore[attr-defined]
+        depth += 1
+    assert depth == 40 and error.args == ("at the bottom",)

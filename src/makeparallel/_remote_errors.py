@@ -38,7 +38,14 @@ if TYPE_CHECKING:
     from collections.abc import Collection
     from typing import Any
 
-__all__ = ["RemoteTraceback", "attach_remote_traceback", "mark_unpickling_failure", "reduce_exception", "unpickling_failure"]
+__all__ = [
+    "ExceptionsPickled",
+    "RemoteTraceback",
+    "attach_remote_traceback",
+    "mark_unpickling_failure",
+    "reduce_exception",
+    "unpickling_failure",
+]
 
 _ATOMS = frozenset({type(None), int, str, bytes, bool, float})  # field values that always pickle
 _CHAIN_FIELDS = frozenset(
@@ -96,7 +103,36 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
     deepest.__cause__ = RemoteTraceback(text)
 
 
-def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...]:
+class ExceptionsPickled:
+    """What one pickle stream knows of the exceptions in it: those open, and each one's reduction.
+
+    ``open``: the exceptions met so far; one met again before pickle
+    remembers it is cut there (:func:`reduce_exception`). ``reductions``:
+    each exception's reduction, worked out once per stream and shared with the picklers that check what
+    an exception holds (:func:`_met_pickling`). Such a check pickles the
+    exceptions nested in it, with their own checks; worked out again when
+    the stream itself reached them, each level of nesting doubled the work,
+    and an error nested 40 deep took hours.
+    """
+
+    __slots__ = ("open", "reductions")
+
+    def __init__(self, reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] | None = None) -> None:
+        self.open: dict[int, BaseException] = {}
+        self.reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] = {} if reductions is None else reductions
+
+    def for_a_check(self) -> ExceptionsPickled:
+        """The same for a pickler that checks a value here: what is open now is open there too, the reductions shared."""
+        nested = ExceptionsPickled(self.reductions)
+        nested.open.update(self.open)
+        return nested
+
+    def clear(self) -> None:
+        self.open.clear()
+        self.reductions.clear()
+
+
+def reduce_exception(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
     """The reduction of ``error`` for pickle: its own if faithful, else a rebuild; with its chain.
 
     Only what makes the exception is pickled before it exists; the rest is
@@ -107,23 +143,30 @@ def reduce_exception(error: BaseException, open_exceptions: dict[int, BaseExcept
     would be cut there (``None``), and pickle's memo would hand that ``None``
     back for the exception itself: arguments that refer back to it
     (``JobFailed(job)``, with ``job.error`` the exception) go in its state
-    too. ``open_exceptions`` holds the exceptions being pickled in this stream.
+    too. ``pickled``: what this stream knows of its exceptions.
     """
-    if id(error) in open_exceptions:
+    if id(error) in pickled.open:
         return (_none, ())
-    open_exceptions[id(error)] = error  # kept alive, so its id is not reused meanwhile
+    pickled.open[id(error)] = error
+    known = pickled.reductions.get(id(error))
+    if known is None:
+        known = pickled.reductions[id(error)] = (error, _reduction(error, pickled))
+    return known[1]
+
+
+def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
     chain = (error.__cause__, error.__context__, error.__suppress_context__)
-    core = _own_reduction(error, open_exceptions)
-    if core is not None and not _refers_back(core[1], error, open_exceptions):
+    core = _own_reduction(error, pickled)
+    if core is not None and not _refers_back(core[1], error, pickled):
         make, args, state = core
         return (make, args, (state, chain), None, None, _set_state)
-    fields = {name: value for name, value in _c_fields(error).items() if _pickles(value, open_exceptions)}
-    state = _picklable_state(error, open_exceptions)
-    made_with = () if _refers_back(error.args, error, open_exceptions) else error.args
+    fields = {name: value for name, value in _c_fields(error).items() if _pickles(value, pickled)}
+    state = _picklable_state(error, pickled)
+    made_with = () if _refers_back(error.args, error, pickled) else error.args
     return (_rebuild, (type(error), made_with), (error.args, fields, state, chain), None, None, _fill)
 
 
-def _own_reduction(error: BaseException, open_exceptions: dict[int, BaseException]) -> tuple[Any, ...] | None:
+def _own_reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...] | None:
     """``error``'s own ``(callable, args, state)``, if rebuilding from it gives an equal exception."""
     try:
         reduced = error.__reduce_ex__(5)
@@ -133,7 +176,7 @@ def _own_reduction(error: BaseException, open_exceptions: dict[int, BaseExceptio
         state = reduced[2] if len(reduced) > 2 else None
         copy = _apply(make, args, state)
         if _equal(copy, error) and (
-            type(state) is not dict or all(_pickles(value, open_exceptions) for value in state.values())
+            type(state) is not dict or all(_pickles(value, pickled) for value in state.values())
         ):
             return (make, args, state)  # else the rebuild sends what pickles of its state
     except Exception:
@@ -165,22 +208,22 @@ def _c_fields(error: BaseException) -> dict[str, Any]:
     return fields
 
 
-def _pickles(value: Any, open_exceptions: dict[int, BaseException]) -> bool:
+def _pickles(value: Any, pickled: ExceptionsPickled) -> bool:
     """Whether ``value`` can travel as the pool's pickler sends it (functions by value included)."""
-    return _met_pickling(value, open_exceptions) is not None
+    return _met_pickling(value, pickled) is not None
 
 
-def _refers_back(value: Any, error: BaseException, open_exceptions: dict[int, BaseException]) -> bool:
+def _refers_back(value: Any, error: BaseException, pickled: ExceptionsPickled) -> bool:
     """Whether pickling ``value`` meets ``error`` again (it does not if ``value`` cannot be pickled)."""
-    met = _met_pickling(value, open_exceptions)
+    met = _met_pickling(value, pickled)
     return met is not None and id(error) in met
 
 
-def _met_pickling(value: Any, open_exceptions: dict[int, BaseException]) -> Collection[int] | None:
+def _met_pickling(value: Any, pickled: ExceptionsPickled) -> Collection[int] | None:
     """The ids of the objects pickling ``value`` meets (none of atoms); None if it cannot be pickled.
 
-    ``open_exceptions``: those being pickled around ``value``, cut where met
-    again, as the stream's pickler does. Without them, an exception met
+    ``pickled``: the stream's exceptions; those open around ``value`` are cut
+    where met again, as the stream's pickler does. Without them, an exception met
     inside its own attributes pickled itself again, each time in a new pickler,
     until the recursion limit.
     """
@@ -193,12 +236,12 @@ def _met_pickling(value: Any, open_exceptions: dict[int, BaseException]) -> Coll
     from ._serialization import objects_pickled  # on this failure path only
 
     try:
-        return objects_pickled(value, open_exceptions)
+        return objects_pickled(value, pickled)
     except Exception:
         return None
 
 
-def _picklable_state(error: BaseException, open_exceptions: dict[int, BaseException]) -> dict[str, Any]:
+def _picklable_state(error: BaseException, pickled: ExceptionsPickled) -> dict[str, Any]:
     """``error.__dict__``, with ``None`` for what cannot be pickled, and a note that names it.
 
     ``urllib.error.HTTPError`` holds its open response: without it, the error
@@ -208,7 +251,7 @@ def _picklable_state(error: BaseException, open_exceptions: dict[int, BaseExcept
     ``__dict__`` (``HTTPError`` again) would raise ``KeyError`` on any lookup.
     """
     state = dict(getattr(error, "__dict__", {}))
-    dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value, open_exceptions)]
+    dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value, pickled)]
     if dropped:
         for name in dropped:
             state[name] = None

@@ -41,7 +41,7 @@ from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
 from . import _worker_finders
 from ._backends._main_module import adopt
-from ._remote_errors import reduce_exception
+from ._remote_errors import ExceptionsPickled, reduce_exception
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -192,8 +192,8 @@ class _ReusablePickler:
         buffers: list[Any] = []
         stream.buffers = buffers
         self.pickler.clear_memo()
-        if self.pickler.open_exceptions:
-            self.pickler.open_exceptions.clear()
+        if self.pickler.exceptions.open:
+            self.pickler.exceptions.clear()
         self.pickler.dump(obj)
         stream.last = b""  # keep no reference to what was sent
         return stream.getvalue(), buffers
@@ -209,13 +209,13 @@ def _pickler_class() -> type[_pickle.Pickler]:
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.open_exceptions: dict[int, BaseException] = {}  # see reduce_exception
+            self.exceptions = ExceptionsPickled()
 
         def reducer_override(self, obj: Any) -> Any:
             if obj is load_function:  # in every call with a function argument: by name, at once
                 return NotImplemented
             if isinstance(obj, BaseException):
-                return reduce_exception(obj, self.open_exceptions)
+                return reduce_exception(obj, self.exceptions)
             reduced = _reduce(obj)
             return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
@@ -236,14 +236,15 @@ def dumps_in_band(obj: Any) -> bytes:
     return stream.getvalue()
 
 
-def objects_pickled(obj: Any, open_exceptions: dict[int, BaseException]) -> Collection[int]:
+def objects_pickled(obj: Any, exceptions: ExceptionsPickled) -> Collection[int]:
     """The ids of the objects pickling ``obj`` meets, in a pickler of its own; raises what pickling raises.
 
-    ``open_exceptions``: the exceptions being pickled around ``obj``
-    (:func:`._remote_errors.reduce_exception`), which it cuts where met again.
+    ``exceptions``: what the stream pickling around ``obj`` knows of its
+    exceptions (:class:`._remote_errors.ExceptionsPickled`): it cuts those
+    open where met again, and shares their reductions.
     """
     pickler = _pickler_class()(io.BytesIO(), protocol=5)
-    pickler.open_exceptions = dict(open_exceptions)  # type: ignore[attr-defined]  # our subclass's
+    pickler.exceptions = exceptions.for_a_check()  # type: ignore[attr-defined]  # our subclass's
     pickler.dump(obj)
     met: dict[int, Any] = pickler.memo.copy()
     return met.keys()

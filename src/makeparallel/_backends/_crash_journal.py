@@ -67,7 +67,7 @@ import _pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FunctionType
 
-from .._remote_errors import reduce_exception
+from .._remote_errors import ExceptionsPickled, reduce_exception
 from ._fd_numbers import standard_numbers_held
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -468,11 +468,11 @@ class _JournalPickler(_pickle.Pickler):
     def __init__(self) -> None:
         self._stream = io.BytesIO()
         super().__init__(self._stream, protocol=5)
-        self._open_exceptions: dict[int, BaseException] = {}
+        self._exceptions = ExceptionsPickled()
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException):
-            return reduce_exception(obj, self._open_exceptions)
+            return reduce_exception(obj, self._exceptions)
         if isinstance(obj, (type, FunctionType)) and obj.__module__ not in sys.modules:
             raise _pickle.PicklingError(f"{obj!r} came by value")  # see above: _pickle_otherwise sends it
         return NotImplemented
@@ -485,7 +485,7 @@ class _JournalPickler(_pickle.Pickler):
         try:
             self.dump(value)
         finally:
-            self._open_exceptions.clear()
+            self._exceptions.clear()
         return stream.getvalue()
 
 
