@@ -70,6 +70,16 @@ class MissingFileWithPath(OSError):
         self.path = path
 
 
+class Slotted(Exception):
+    """Keeps a field in a slot, which BaseException's own pickling leaves out."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
     "OSError subclass": lambda: ConfigMissing(2, "No such file or directory", "/data/in.csv"),
     "FileNotFoundError": lambda: FileNotFoundError(2, "No such file or directory", "/x"),
@@ -84,6 +94,7 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
     "custom __init__": lambda: CustomInit(7, "custom signature"),
     "own __reduce__": lambda: OwnReduce("users", row=57),
     "SyntaxError with its location": lambda: SyntaxError("invalid syntax", ("job.py", 3, 5, "x = (\n", 3, 6)),
+    "__slots__": lambda: Slotted("disk full", 28),
 }
 
 _FIELDS = ("errno", "strerror", "filename", "filename2", "encoding", "object", "start", "end", "reason",

@@ -2,24 +2,25 @@
 
 * **Its own pickling first.** The exception's own ``__reduce_ex__`` is tried in
   the sending process: rebuilt there, it must give the same type, ``args``,
-  ``str()``, C-level fields (``errno``, ``filename``, ``start``...) and
-  ``__dict__``. Built-in exceptions and classes with their own ``__reduce__``
+  ``str()``, C-level fields (``errno``, ``filename``, ``start``...),
+  ``__slots__`` and ``__dict__``. Built-in exceptions and classes with their own ``__reduce__``
   pass.
 * **A rebuild where that fails.** A class whose ``__init__`` takes other
   arguments than it passes on to ``Exception`` (``MyError(code)`` storing
   ``f"{code}: ..."`` in ``args``) cannot be rebuilt from its ``args``. It is
   made with its built-in base's ``__new__`` and ``__init__`` (so ``OSError``'s
   C-level fields are filled as by ``OSError(errno, strerror, filename)``),
-  without its own ``__init__``; then its C-level fields and ``__dict__`` are
-  set as they were (the approach of mpire's ``populate_exception``). A C-level
-  field that cannot be pickled (``AttributeError.obj``, a lock) stays unset; an
-  attribute that cannot (``HTTPError``'s open response) arrives as ``None``,
-  with a note that says so.
+  without its own ``__init__``; then its C-level fields, slots and
+  ``__dict__`` are set as they were (the approach of mpire's
+  ``populate_exception``). A C-level field or slot that cannot be pickled
+  (``AttributeError.obj``, a lock) stays unset; an attribute that cannot
+  (``HTTPError``'s open response) arrives as ``None``, with a note that says
+  so.
 * **The chain as objects.** ``__cause__``, ``__context__`` and
   ``__suppress_context__`` travel with each exception (and with the members of
   an ``ExceptionGroup``, which its own pickling carries), a chain that loops
   back (``raise error from error``) included; notes live in ``__dict__``.
-* **Cycles as cycles.** The chain, ``__dict__`` and C-level fields are set once
+* **Cycles as cycles.** The chain, ``__dict__``, C-level fields and slots are set once
   the exception exists, so an attribute that refers back to it (a job that
   keeps the error it failed with) refers back to it on arrival; arguments
   that do are set then too, and the exception is made without them.
@@ -48,8 +49,9 @@ __all__ = [
 ]
 
 _ATOMS = frozenset({type(None), int, str, bytes, bool, float})  # field values that always pickle
-_CHAIN_FIELDS = frozenset(
-    {"__cause__", "__context__", "__suppress_context__", "__traceback__", "__dict__", "args", "__notes__"}
+# Descriptors that are no field of the exception's own: its chain, its __dict__ and args, a weak reference to it.
+_NOT_FIELDS = frozenset(
+    {"__cause__", "__context__", "__suppress_context__", "__traceback__", "__dict__", "args", "__notes__", "__weakref__"}
 )
 
 
@@ -160,7 +162,7 @@ def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, .
     if core is not None and not _refers_back(core[1], error, pickled):
         make, args, state = core
         return (make, args, (state, chain), None, None, _set_state)
-    fields = {name: value for name, value in _c_fields(error).items() if _pickles(value, pickled)}
+    fields = {name: value for name, value in _fields(error).items() if _pickles(value, pickled)}
     state = _picklable_state(error, pickled)
     made_with = () if _refers_back(error.args, error, pickled) else error.args
     return (_rebuild, (type(error), made_with), (error.args, fields, state, chain), None, None, _fill)
@@ -189,19 +191,21 @@ def _equal(copy: Any, error: BaseException) -> bool:
         type(copy) is type(error)
         and copy.args == error.args
         and str(copy) == str(error)
-        and _c_fields(copy) == _c_fields(error)
+        and _fields(copy) == _fields(error)
         and getattr(copy, "__dict__", {}) == getattr(error, "__dict__", {})
     )
 
 
-def _c_fields(error: BaseException) -> dict[str, Any]:
-    """The fields the built-in bases of ``error``'s class define in C (``errno``, ``filename``...)."""
+def _fields(error: BaseException) -> dict[str, Any]:
+    """The fields ``error`` keeps outside its ``__dict__``: C-level ones (``errno``, ``filename``...) and ``__slots__``.
+
+    ``BaseException``'s own pickling carries neither: a class's slots, like
+    the fields of a C extension's exception, are fields of this kind too.
+    """
     fields = {}
     for klass in type(error).__mro__:
-        if klass.__module__ != "builtins":
-            continue
         for name, attribute in vars(klass).items():
-            if name in _CHAIN_FIELDS or name in fields:
+            if name in _NOT_FIELDS or name in fields:
                 continue
             if isinstance(attribute, (types.MemberDescriptorType, types.GetSetDescriptorType)):
                 fields[name] = getattr(error, name, None)
@@ -301,7 +305,7 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
 
 
 def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Any]) -> None:
-    """Give a rebuilt exception its ``args``, ``__dict__``, the C-level fields its base did not fill, and its chain."""
+    """Give a rebuilt exception its ``args``, ``__dict__``, the fields its base did not fill (slots too), and its chain."""
     args, fields, attributes, chain = state
     error.args = args
     if attributes:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
