@@ -590,3 +590,63 @@ def test_an_exception_nested_deep_arrives_whole(how: str) -> None:
         error = error.exceptions[0] if how == "group" else error.wrapped  # type: ignore[attr-defined]
         depth += 1
     assert depth == 40 and error.args == ("at the bottom",)
+
+
+class StrFails(Exception):
+    """An exception whose str() raises: Python prints it as ``<exception str() failed>``."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+def str_fails_holding_a_lock() -> None:
+    raise StrFails(threading.Lock())
+
+
+@pytest.mark.timeout(60)
+def test_an_unpicklable_exception_whose_str_fails_is_described_without_killing_the_worker() -> None:
+    # Describing it in a TaskError called its str(), which raised in the worker outside
+    # any handler: the worker died, and the task failed with a WorkerCrashedError.
+    error = failure(str_fails_holding_a_lock)
+    assert type(error) is mp.TaskError, repr(error)
+    assert "StrFails: <exception str() failed>" in str(error)
+    mapped = functools.partial(raising_at_item_one, str_fails_holding_a_lock)
+    with pytest.raises(mp.TaskError, match=r"StrFails: <exception str\(\) failed>"):
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
+
+
+_in_a_worker = False  # set by the task below in the worker that runs it; never in the test's process
+
+
+def _make_readable_only_in_a_worker() -> ReadableOnlyInAWorker:
+    if not _in_a_worker:
+        raise StrFails()
+    return ReadableOnlyInAWorker()
+
+
+class ReadableOnlyInAWorker:
+    """Unpickled here, it raises an exception whose str() fails."""
+
+    def __reduce__(self) -> Any:
+        return (_make_readable_only_in_a_worker, ())
+
+
+def raise_holding_what_is_readable_only_in_a_worker() -> None:
+    global _in_a_worker
+    _in_a_worker = True
+    error = ValueError("x")
+    error.held = ReadableOnlyInAWorker()  # type: ignore[attr-defined]
+    raise error
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_raised_as_a_result_is_unpickled_is_described_without_killing_the_pool() -> None:
+    # The pool's loop thread described the unpickling error with its str(), which raised:
+    # the loop thread died, and the task's handle never settled.
+    error = failure(raise_holding_what_is_readable_only_in_a_worker)
+    assert type(error) is mp.TaskSerializationError
+    assert "could not be unpickled here: StrFails: <exception str() failed>" in str(error)
+    mapped = functools.partial(raising_at_item_one, raise_holding_what_is_readable_only_in_a_worker)
+    with pytest.raises(mp.TaskSerializationError, match=r"StrFails: <exception str\(\) failed>"):
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
+    assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3

@@ -33,7 +33,7 @@ from typing import Any
 
 from ._coroutines import is_coroutine
 from ._handle import _add_note
-from ._remote_errors import unpickling_failure
+from ._remote_errors import described, unpickling_failure
 from ._states import RUNNING
 from .errors import TaskError, TaskSerializationError, WorkerCrashedError
 
@@ -290,8 +290,7 @@ def _send(task: Any, after: list[Any], first: int, items: Sequence[Any], offset:
         if problem is not None:
             where = describe_item(first + index, items[offset + index])
             if type(result) is Failure:
-                kind = type(result.error).__qualname__
-                result = Failure(TaskError(f"{where} raised {kind}: {result.error} ({problem})"))
+                result = Failure(TaskError(f"{where} raised {described(result.error)} ({problem})"))
             else:
                 error = TaskSerializationError(
                     f"the result of {where} could not be pickled to send it back from the worker "
@@ -455,7 +454,7 @@ def after_unreadable(
         raise error
     cause, sent = unreadable
     ran = sent if sent is not None and 0 < sent <= len(items) else len(items)
-    problem = f"{type(cause).__name__}: {cause}"
+    problem = described(cause)
     if ran == 1:
         lost = TaskSerializationError(
             f"{describe_item(start, items[0])} of the map ran on a worker process, but its result (or its "

@@ -43,6 +43,7 @@ __all__ = [
     "ExceptionsPickled",
     "RemoteTraceback",
     "attach_remote_traceback",
+    "described",
     "mark_unpickling_failure",
     "reduce_exception",
     "unpickling_failure",
@@ -76,6 +77,21 @@ def mark_unpickling_failure(error: BaseException) -> None:
 def unpickling_failure(error: BaseException) -> bool:
     """Whether ``error`` was raised as a worker unpickled its task (:func:`mark_unpickling_failure`); the mark is taken off."""
     return bool(vars(error).pop("_unpickling", False))
+
+
+def described(error: BaseException) -> str:
+    """``error`` as the last line of its traceback shows it: ``Type: message``.
+
+    A ``str()`` that raises gives ``<exception str() failed>``, as Python
+    prints it: raised where an error is described, it killed the worker
+    describing an exception it could not pickle, or the pool's loop thread
+    describing one raised as a result was unpickled.
+    """
+    try:
+        text = str(error)
+    except Exception:
+        text = "<exception str() failed>"
+    return f"{type(error).__qualname__}: {text}"
 
 
 class RemoteTraceback(Exception):

@@ -67,7 +67,7 @@ import _pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FunctionType
 
-from .._remote_errors import ExceptionsPickled, reduce_exception
+from .._remote_errors import ExceptionsPickled, described, reduce_exception
 from ._fd_numbers import standard_numbers_held
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -496,7 +496,7 @@ def _pickle_otherwise(value: Any) -> bytes:
     try:
         return _serialization.dumps_in_band(value)
     except Exception as error:
-        raise ResultUnpicklable(value, f"{type(error).__name__}: {error}") from None
+        raise ResultUnpicklable(value, described(error)) from None
 
 
 class JournalReader:

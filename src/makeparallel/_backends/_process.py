@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpus import usable_cpu_count, usable_cpus
 from .._process_chunks import TEMPLATE_DIED, keep_results_before
-from .._remote_errors import attach_remote_traceback
+from .._remote_errors import attach_remote_traceback, described
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -1624,7 +1624,7 @@ class ProcessBackend(QueueingBackend):
         except BaseException as error:  # unpickling runs the user's code: nothing may end the loop
             unreadable = TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
-                f"but could not be unpickled here: {type(error).__name__}: {error}"
+                f"but could not be unpickled here: {described(error)}"
             )
             # A map fails the items of the chunk that ran with it (after_unreadable): how
             # many results there were, if a list (a chunk stopped at its budget has fewer).
@@ -1790,16 +1790,17 @@ class ProcessBackend(QueueingBackend):
     def _initializer_failed_locked(self, worker: _Worker, counted: bool) -> Callable[[], BaseException]:
         """Count a failed start (``counted``); after a few in a row, stop starting workers. Return the error's maker."""
         cause = worker.init_error
+        assert cause is not None
         if counted:
             self._failed_starts += 1
         name = worker.initializer  # the pool's may have been replaced since the worker ran it
         gave_up = counted and self._failed_starts >= _FAILED_STARTS_ALLOWED
-        if gave_up and self._short_of_workers_locked(f"the initializer {name} raised {type(cause).__name__}: {cause}"):
+        if gave_up and self._short_of_workers_locked(f"the initializer {name} raised {described(cause)}"):
             gave_up = False
 
         def make_error() -> BaseException:
             error = WorkerCrashedError(
-                f"the worker initializer {name} raised {type(cause).__name__}: {cause}; "
+                f"the worker initializer {name} raised {described(cause)}; "
                 f"the task was not run, and {_after_failed_start(gave_up)}"
             )
             error.__cause__ = cause
@@ -2559,7 +2560,7 @@ def _initializer_error(data: bytes) -> BaseException:
     except BaseException as unreadable:  # unpickling runs the user's code: nothing may end the loop
         return TaskSerializationError(
             f"the error the worker initializer raised came back but could not be unpickled here: "
-            f"{type(unreadable).__name__}: {unreadable}"
+            f"{described(unreadable)}"
         )
     attach_remote_traceback(error, remote_traceback)
     return error

@@ -60,7 +60,7 @@ from collections.abc import Callable, Sequence
 from .. import _serialization
 from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
-from .._remote_errors import mark_unpickling_failure
+from .._remote_errors import described, mark_unpickling_failure
 from .._states import CANCELLED, RUNNING
 from .._task_context import _local
 from .._worker_finders import installed as installed_finders
@@ -119,7 +119,7 @@ class _RemoteTask:
         try:
             _serialization.dumps(value)
         except Exception as error:
-            return f"{type(error).__name__}: {error}"
+            return described(error)
         return None
 
     def _raise_if_stopped(self) -> None:
@@ -235,8 +235,8 @@ class _Worker:
                 except Exception as unpicklable:
                     from ..errors import TaskError  # concurrent.futures: only a worker that fails pays for it
 
-                    described = TaskError(f"{type(error).__qualname__}: {error} (it cannot be pickled: {unpicklable})")
-                    data, _ = _serialization.dumps((described, failure[1]))
+                    described_error = TaskError(f"{described(error)} (it cannot be pickled: {described(unpicklable)})")
+                    data, _ = _serialization.dumps((described_error, failure[1]))
                 self.send(("init_failed", data))
                 os._exit(1)
             still_die_with_parent()  # an initializer that dropped privileges cleared the request
@@ -295,7 +295,7 @@ class _Worker:
         except Exception as error:
             from ..errors import TaskError, TaskSerializationError  # see _set_up
 
-            detail = f"{type(error).__name__}: {error}"
+            detail = described(error)
             if ok:
                 failure = TaskSerializationError(
                     f"the result of task {task_id} ({name}) could not be pickled to send it "
@@ -304,8 +304,7 @@ class _Worker:
                 )
                 value = (failure, "")
             else:  # the task's own exception cannot travel: send what describes it
-                kind = type(value[0]).__qualname__
-                value = (TaskError(f"task {task_id} ({name}) raised {kind}: {value[0]} ({detail})"), value[1])
+                value = (TaskError(f"task {task_id} ({name}) raised {described(value[0])} ({detail})"), value[1])
             ok = False
             result, result_buffers = _serialization.dumps(value)
         sizes = [memoryview(b).nbytes for b in result_buffers]
