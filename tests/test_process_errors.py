@@ -650,3 +650,37 @@ def test_an_exception_raised_as_a_result_is_unpickled_is_described_without_killi
     with pytest.raises(mp.TaskSerializationError, match=r"StrFails: <exception str\(\) failed>"):
         mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
     assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3
+
+
+def member_handled_with_its_group(how: str) -> None:
+    """Raise a group whose member refers back to it: as its ``__context__``, or in an attribute (of a nested group's)."""
+    member = ValueError("member")
+    inner = ExceptionGroup("inner", [member]) if how == "nested" else member
+    try:
+        raise ExceptionGroup("several", [inner, KeyError("other")])
+    except ExceptionGroup as group:
+        if how == "context":
+            member.__context__ = group  # as raising the member while handling the group leaves it
+        else:
+            member.group = group  # type: ignore[attr-defined]
+        raise
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup exists from Python 3.11")
+@pytest.mark.parametrize("how", ["context", "attribute", "nested"])
+def test_a_group_its_members_refer_back_to_arrives_as_itself(how: str) -> None:
+    # A group cannot be made without its members: made without the arguments that
+    # refer back to it, as other exceptions are, it could not be unpickled here, and
+    # the task failed with a TaskSerializationError.
+    error = failure(functools.partial(member_handled_with_its_group, how))
+    assert type(error) is ExceptionGroup and str(error) == "several (2 sub-exceptions)"
+    member, other = error.exceptions
+    if how == "nested":
+        assert type(member) is ExceptionGroup and str(member) == "inner (1 sub-exception)"
+        (member,) = member.exceptions
+    assert type(member) is ValueError and type(other) is KeyError
+    assert (member.__context__ if how == "context" else member.group) is error  # type: ignore[attr-defined]
+    mapped = functools.partial(raising_at_item_one, functools.partial(member_handled_with_its_group, how))
+    with pytest.raises(ExceptionGroup):
+        mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)

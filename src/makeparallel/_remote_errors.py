@@ -23,7 +23,10 @@
 * **Cycles as cycles.** The chain, ``__dict__``, C-level fields and slots are set once
   the exception exists, so an attribute that refers back to it (a job that
   keeps the error it failed with) refers back to it on arrival; arguments
-  that do are set then too, and the exception is made without them.
+  that do are set then too, and the exception is made without them. A group
+  cannot be made without its members: where they refer back to it (a member
+  raised while the group was handled), they are made first without their
+  state, which is set with the group's.
   Tracebacks cannot be pickled: the remote one arrives as text, a
   :class:`RemoteTraceback` hung below the deepest exception of the chain, so
   that Python prints it first, where the failure began.
@@ -31,6 +34,7 @@
 
 from __future__ import annotations
 
+import builtins
 import types
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -49,6 +53,7 @@ __all__ = [
     "unpickling_failure",
 ]
 
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 on; isinstance(x, ()) is False
 _ATOMS = frozenset({type(None), int, str, bytes, bool, float})  # field values that always pickle
 # Descriptors that are no field of the exception's own: its chain, its __dict__ and args, a weak reference to it.
 _NOT_FIELDS = frozenset(
@@ -133,21 +138,24 @@ class ExceptionsPickled:
     and an error nested 40 deep took hours.
     """
 
-    __slots__ = ("open", "reductions")
+    __slots__ = ("bare", "open", "reductions")
 
     def __init__(self, reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] | None = None) -> None:
         self.open: dict[int, BaseException] = {}
         self.reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] = {} if reductions is None else reductions
+        self.bare: set[int] = set()  # members made without their state, which their group's carries
 
     def for_a_check(self) -> ExceptionsPickled:
-        """The same for a pickler that checks a value here: what is open now is open there too, the reductions shared."""
+        """The same for a pickler that checks a value here: what is open or bare now is there too, the reductions shared."""
         nested = ExceptionsPickled(self.reductions)
         nested.open.update(self.open)
+        nested.bare.update(self.bare)
         return nested
 
     def clear(self) -> None:
         self.open.clear()
         self.reductions.clear()
+        self.bare.clear()
 
 
 def reduce_exception(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
@@ -161,11 +169,22 @@ def reduce_exception(error: BaseException, pickled: ExceptionsPickled) -> tuple[
     would be cut there (``None``), and pickle's memo would hand that ``None``
     back for the exception itself: arguments that refer back to it
     (``JobFailed(job)``, with ``job.error`` the exception) go in its state
-    too. ``pickled``: what this stream knows of its exceptions.
+    too. A group cannot be made without its members: where they refer back
+    to it, they are made bare, and their states travel in the group's.
+    ``pickled``: what this stream knows of its exceptions.
     """
     if id(error) in pickled.open:
         return (_none, ())
     pickled.open[id(error)] = error
+    reduction = _reduction_of(error, pickled)
+    later = reduction[2][-1]
+    pickled.bare.update(id(member) for member, _, _ in later)  # before pickle makes them, in the group's args
+    if id(error) in pickled.bare:
+        return reduction[:2]
+    return reduction
+
+
+def _reduction_of(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
     known = pickled.reductions.get(id(error))
     if known is None:
         known = pickled.reductions[id(error)] = (error, _reduction(error, pickled))
@@ -174,14 +193,38 @@ def reduce_exception(error: BaseException, pickled: ExceptionsPickled) -> tuple[
 
 def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
     chain = (error.__cause__, error.__context__, error.__suppress_context__)
+    later: tuple[tuple[BaseException, Any, Any], ...] = ()
+    if isinstance(error, _GROUP) and _refers_back(error.args, error, pickled):
+        # Each member's state (those of nested groups too), given once the group exists.
+        members = _members(error)
+        reductions = [(member, _reduction_of(member, pickled)) for member in members]
+        later = tuple((member, reduction[5], reduction[2]) for member, reduction in reductions)
+        bare = {id(member) for member in members} - pickled.bare
+        pickled.bare |= bare
+        if _refers_back(error.args, error, pickled):  # a member's own arguments lead back: no order makes it
+            later = ()
+        pickled.bare -= bare
     core = _own_reduction(error, pickled)
-    if core is not None and not _refers_back(core[1], error, pickled):
+    if core is not None and (later or not _refers_back(core[1], error, pickled)):
         make, args, state = core
-        return (make, args, (state, chain), None, None, _set_state)
+        return (make, args, (state, chain, later), None, None, _set_state)
     fields = {name: value for name, value in _fields(error).items() if _pickles(value, pickled)}
     state = _picklable_state(error, pickled)
-    made_with = () if _refers_back(error.args, error, pickled) else error.args
-    return (_rebuild, (type(error), made_with), (error.args, fields, state, chain), None, None, _fill)
+    made_with = error.args if later or not _refers_back(error.args, error, pickled) else ()
+    return (_rebuild, (type(error), made_with), (error.args, fields, state, chain, later), None, None, _fill)
+
+
+def _members(group: BaseException) -> list[BaseException]:
+    """The members of ``group`` and of the groups in it, each once."""
+    found: dict[int, BaseException] = {}
+    waiting = list(group.exceptions)  # type: ignore[attr-defined]
+    while waiting:
+        member = waiting.pop()
+        if id(member) not in found:
+            found[id(member)] = member
+            if isinstance(member, _GROUP):
+                waiting.extend(member.exceptions)
+    return list(found.values())
 
 
 def _own_reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...] | None:
@@ -297,16 +340,21 @@ def _give_state(obj: Any, state: Any) -> None:
             obj.__dict__.update(state)
 
 
-def _set_state(error: BaseException, state_and_chain: tuple[Any, tuple[Any, Any, bool]]) -> None:
-    """Give an exception made by its own reduction that reduction's state, then its chain."""
-    state, chain = state_and_chain
+def _set_state(error: BaseException, state_chain_later: tuple[Any, tuple[Any, Any, bool], Any]) -> None:
+    """Give an exception made by its own reduction that reduction's state, then its chain, then its members' states."""
+    state, chain, later = state_chain_later
     _give_state(error, state)
-    _set_chain(error, chain)
+    _set_chain(error, chain, later)
 
 
-def _set_chain(error: BaseException, chain: tuple[Any, Any, bool]) -> None:
-    """Set the chain of an exception just made, in the order Python sets it (a cause suppresses the context)."""
+def _set_chain(error: BaseException, chain: tuple[Any, Any, bool], later: Any) -> None:
+    """Set the chain of an exception just made, in the order Python sets it (a cause suppresses the context).
+
+    ``later``: the states of the members of a group, made bare, as ``(member, setter, state)``.
+    """
     error.__cause__, error.__context__, error.__suppress_context__ = chain
+    for member, setter, state in later:
+        setter(member, state)
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
@@ -320,9 +368,9 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
     return error
 
 
-def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Any]) -> None:
+def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Any, Any]) -> None:
     """Give a rebuilt exception its ``args``, ``__dict__``, the fields its base did not fill (slots too), and its chain."""
-    args, fields, attributes, chain = state
+    args, fields, attributes, chain, later = state
     error.args = args
     if attributes:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
         error.__dict__.update(attributes)
@@ -333,7 +381,7 @@ def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], di
             setattr(error, name, value)
         except Exception:
             pass  # read-only, or a lookup the class refuses
-    _set_chain(error, chain)
+    _set_chain(error, chain, later)
 
 
 def _none() -> None:
