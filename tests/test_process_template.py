@@ -1176,7 +1176,7 @@ def test_a_program_that_blocks_sigchld_and_sigterm_still_learns_of_its_workers_e
         except mp.WorkerCrashedError:
             print("crashed")
         try:
-            mp.parallel(backend="process", timeout=0.2)(hang)().get(timeout=30)
+            mp.parallel(backend="process", timeout=3)(hang)().get(timeout=30)
         except mp.TaskTimeoutError:
             print("timed-out")
         print(mp.parallel(backend="process")(abs)(-1).get(timeout=30))
