@@ -854,8 +854,10 @@ def miscounts():
     # What the library counts wrong, once idle: tasks still queued, or a function's
     # ends other than its tasks.
     if BACKEND == "thread":
-        info = mp.get_thread_pool_info()
+        # The threads first: a worker of a pool just shut down may retire between the two
+        # reads, which taken the other way round counted it and then found it gone.
         alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+        info = mp.get_thread_pool_info()
         if info["queued_tasks"]:
             return f"{info['queued_tasks']} task(s) counted as queued"
         if info["live_threads"] > alive:
