@@ -215,6 +215,17 @@ def fail_on_b(message: str) -> str:
     return message
 
 
+class FalseyError(Exception):
+    """An error that is false, as an exception with ``__len__`` returning 0 is."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def fail_falsely(message: str) -> None:
+    raise FalseyError(message)
+
+
 def exit_on_four(x: int) -> int:
     if x == 4:
         os._exit(7)

@@ -30,10 +30,12 @@ from makeparallel import _runtime
 # The tasks live in pool_helpers: a new worker imports the module of a task it runs,
 # and this one imports pytest (about 0.3 s a worker, for every executor's workers).
 from pool_helpers import (
+    FalseyError,
     Flags,
     exit_on,
     exit_on_four,
     fail,
+    fail_falsely,
     fail_on_b,
     mark_then_wait,
     mul,
@@ -129,6 +131,19 @@ def test_exceptions_come_back_as_themselves(executor: mp.Executor) -> None:
     assert type(error) is ValueError and str(error) == "boom"
     with pytest.raises(ValueError, match="boom"):
         future.result()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_an_exception_that_is_false_is_raised_not_taken_for_success(executor: mp.Executor, chunksize: int) -> None:
+    # concurrent.futures.Future.result() tests "if self._exception" up to Python 3.13,
+    # and returned None for such an error (map then failed on its chunk being None).
+    future = executor.submit(fail_falsely, "boom")
+    with pytest.raises(FalseyError, match="boom"):
+        future.result(timeout=30)
+    assert type(future.exception()) is FalseyError
+    with pytest.raises(FalseyError, match="boom"):
+        list(executor.map(fail_falsely, ["boom"], chunksize=chunksize))
 
 
 def test_submit_after_shutdown_raises_runtime_error(executor: mp.Executor) -> None:

@@ -106,8 +106,18 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         Inside a task of one of the library's pools it waits as the handle does
         (see :meth:`_wait_inside_a_task`), so that a task waiting for futures of
         its own executor cannot deadlock it.
+
+        An exception that is false (``__bool__`` or ``__len__``) is raised too:
+        the standard ``result()`` tests ``if self._exception`` up to Python 3.13
+        and returned ``None`` for it.
         """
-        return super().result(self._wait_inside_a_task(timeout))
+        error = super().exception(self._wait_inside_a_task(timeout))
+        if error is None:
+            return self._result  # type: ignore[return-value]  # finished without an exception: the result is set
+        try:
+            raise error
+        finally:
+            del self, error  # the traceback holds this frame: no cycle back to the error (as the standard result())
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, as ``concurrent.futures.Future.exception`` gives it (see :meth:`result`)."""
