@@ -37,6 +37,7 @@ from pool_helpers import (
     fail,
     fail_falsely,
     fail_on_b,
+    make_payload,
     mark_then_wait,
     mul,
     pid_once_released,
@@ -144,6 +145,17 @@ def test_an_exception_that_is_false_is_raised_not_taken_for_success(executor: mp
     assert type(future.exception()) is FalseyError
     with pytest.raises(FalseyError, match="boom"):
         list(executor.map(fail_falsely, ["boom"], chunksize=chunksize))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_gave(executor: mp.Executor, chunksize: int) -> None:
+    # As CPython's test_free_reference: a result the consumer dropped is freed at once.
+    for payload in executor.map(make_payload, range(10), chunksize=chunksize):
+        given = weakref.ref(payload)
+        del payload
+        gc.collect()
+        assert given() is None
 
 
 def test_submit_after_shutdown_raises_runtime_error(executor: mp.Executor) -> None:

@@ -537,7 +537,7 @@ def _results(
                     in_flight.append(submit_one(args))
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                result = future.result(remaining)
+                results = future.result(remaining) if flatten else [future.result(remaining)]
             except concurrent.futures.TimeoutError:
                 raise TaskTimeoutError(
                     f"Executor.map timed out after {timeout:g} s; the calls not yet "
@@ -561,10 +561,11 @@ def _results(
             in_flight.popleft()
             first += calls
             del future  # hold no finished future while the consumer has the result
-            if flatten:
-                yield from result
-            else:
-                yield result
+            # Nor the result: each is popped as it is given (as concurrent.futures does),
+            # so that one the consumer dropped is freed at once, not at the next one.
+            results.reverse()
+            while results:
+                yield results.pop()
     finally:
         for future, _ in in_flight:
             future.cancel()
