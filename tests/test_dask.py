@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -272,6 +273,31 @@ def test_the_current_client_is_used_without_configuration(client: Client) -> Non
             mp.parallel(backend="dask")(square)(2)
         with client.as_current():
             assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25
+    finally:
+        mp.configure(dask_client=client)
+
+
+@pytest.mark.timeout(120)
+def test_health_reports_a_dask_pool_that_has_not_found_its_client(client: Client) -> None:
+    # health() read the cluster's size under the pool's lock, and finding the client
+    # takes that lock: after a first call found no client, health() waited for itself
+    # forever once a client was current, and raised while none was.
+    _runtime._dask_client = None
+    _runtime._backends.pop("dask", None)
+    try:
+        with pytest.raises(RuntimeError, match="found no Dask client"):
+            mp.parallel(backend="dask")(square)(2)
+        assert mp.health()["pools"]["dask"]["num_workers"] >= 1
+        reports: list[dict[str, Any]] = []
+
+        def check() -> None:
+            with client.as_current():
+                reports.append(mp.health())
+
+        checker = threading.Thread(target=check, daemon=True)  # one that hangs fails the test, not the run
+        checker.start()
+        checker.join(30)
+        assert reports and reports[0]["pools"]["dask"]["backend"] == "dask"
     finally:
         mp.configure(dask_client=client)
 

@@ -101,11 +101,12 @@ class ExecutorBackend(Backend):
     # -- what the runtime asks -------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
+        workers = self.reported_worker_count()  # not under the lock: Dask's may take it to bind a client
         with self._lock:
             return {
                 "backend": self.name,
                 "executor": repr(self._executor),
-                "num_workers": self.worker_count(),
+                "num_workers": workers,
                 "in_process": self._in_process,
                 "active_tasks": self._active,
                 "closed": self._closed,
@@ -136,6 +137,10 @@ class ExecutorBackend(Backend):
                 name = handle._observer.name
                 counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def reported_worker_count(self) -> int:
+        """The worker count that :meth:`info` (``health()``, the pool infos) reports."""
+        return self.worker_count()
 
     def worker_count(self) -> int:
         workers = getattr(self._executor, "_max_workers", None)

@@ -82,6 +82,15 @@ class DaskBackend(ExecutorBackend):
             return
         super()._send_again(handle)
 
+    def reported_worker_count(self) -> int:
+        """The cluster's threads as last counted (1 before a client is found).
+
+        A health check neither looks for a client nor fails without one: it
+        raised "found no Dask client" out of ``health()``, and with a client
+        current it waited forever for the lock that ``info()`` held.
+        """
+        return self._workers
+
     def worker_count(self) -> int:
         if self._client is None:
             self._bind()  # a map sizes its chunks before its first task
