@@ -398,6 +398,35 @@ def test_cancelling_a_remote_task_ends_its_handle_at_once(process_pool: cf.Execu
     assert not flags.is_set("ran")  # it was cancelled on the executor before it started
 
 
+class CancelledWhileItTakesTheCall(cf.Executor):
+    """An executor elsewhere whose submit() sees the task cancelled before it returns the future.
+
+    As when another thread cancels the handle while a slow submit (a Dask client's
+    round trip) runs: the task counts as running from its submission.
+    """
+
+    def __init__(self) -> None:
+        self.taken: list[cf.Future[Any]] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        for handle in list(_runtime.get_backend(self)._futures):  # type: ignore[attr-defined]
+            assert handle.cancel()
+        future: cf.Future[Any] = cf.Future()
+        self.taken.append(future)
+        return future
+
+
+@pytest.mark.timeout(30)
+def test_a_task_cancelled_while_its_executor_takes_it_has_its_future_cancelled() -> None:
+    # Its cancel found no future to cancel yet, and the one the executor then gave
+    # was kept running: the call ran (on a cluster) for a handle already cancelled.
+    executor = CancelledWhileItTakesTheCall()
+    handle = mp.parallel(backend=executor)(square)(3)
+    assert handle.cancelled()
+    assert len(executor.taken) == 1 and executor.taken[0].cancelled()
+    assert mp.get_active_task_count() == 0
+
+
 def test_progress_and_check_cancelled_are_no_ops_elsewhere(process_pool: cf.Executor) -> None:
     def reports() -> int | None:
         mp.report_progress(0.5)

@@ -270,10 +270,16 @@ class ExecutorBackend(Backend):
         if self._refused is not None:
             self._refused = None
         with self._lock:
-            if handle in self._futures:  # else it ended already
+            ended = handle not in self._futures
+            if not ended:
                 self._futures[handle] = future
             if not self._in_process:
                 self._last_sent[handle] = future
+        if ended:
+            # Cancelled (or timed out) while the executor took it, or run inline by a
+            # waiter: the cancel found no future to cancel, so the executor's is cancelled
+            # here (a call it already runs is abandoned, its result dropped).
+            future.cancel()
         if not self._in_process:
             if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
                 _events.emit("started", handle)
