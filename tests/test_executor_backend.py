@@ -427,6 +427,29 @@ def test_a_task_cancelled_while_its_executor_takes_it_has_its_future_cancelled()
     assert mp.get_active_task_count() == 0
 
 
+class GivesNoFuture(cf.Executor):
+    """An executor whose submit() returns something other than a future."""
+
+    def __init__(self, gives: Any) -> None:
+        self.gives = gives
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return self.gives
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("gives", [None, 42], ids=["none", "int"])
+def test_an_executor_that_gives_no_future_is_named(gives: Any) -> None:
+    # AttributeError: 'NoneType' object has no attribute 'add_done_callback' (or 'int'
+    # ... 'cancel'), naming neither the executor nor what it should have returned.
+    executor = GivesNoFuture(gives)
+    with pytest.raises(TypeError, match=rf"GivesNoFuture .*\.submit\(\) returned {gives!r}, not a concurrent.futures.Future"):
+        mp.parallel(backend=executor)(square)(3)
+    with pytest.raises(TypeError, match="not a concurrent.futures.Future"):
+        mp.parallel_map(square, range(3), backend=executor)
+    assert mp.get_active_task_count() == 0
+
+
 def test_progress_and_check_cancelled_are_no_ops_elsewhere(process_pool: cf.Executor) -> None:
     def reports() -> int | None:
         mp.report_progress(0.5)

@@ -254,6 +254,7 @@ class ExecutorBackend(Backend):
             ShutdownError: the executor is shut down (or its client closed).
             WorkerCrashedError: the executor is broken (``BrokenProcessPool``: a
                 worker died earlier), its error chained.
+            TypeError: the executor's ``submit`` returned no future.
         """
         try:
             future = self._executor.submit(*call)
@@ -267,6 +268,12 @@ class ExecutorBackend(Backend):
             why = self.refusal(error)
             self._refused = (why, time.monotonic())
             raise ShutdownError(f"task {handle._id} ({handle.name}) was refused: {why}") from error
+        if not (callable(getattr(future, "add_done_callback", None)) and callable(getattr(future, "cancel", None))):
+            raise TypeError(
+                f"{self._executor!r}.submit() returned {future!r}, not a concurrent.futures.Future, so "
+                f"task {handle._id} ({handle.name}) cannot be followed; pass an executor that keeps the "
+                "Executor contract as backend="
+            )
         if self._refused is not None:
             self._refused = None
         with self._lock:
