@@ -854,14 +854,21 @@ def miscounts():
     # What the library counts wrong, once idle: tasks still queued, or a function's
     # ends other than its tasks.
     if BACKEND == "thread":
-        # The threads first: a worker of a pool just shut down may retire between the two
-        # reads, which taken the other way round counted it and then found it gone.
-        alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
-        info = mp.get_thread_pool_info()
+        # A worker is counted before its thread starts, and a pool may start one at any time:
+        # the deadline thread does, replacing a task still running from an earlier batch when
+        # its stop comes due. Counted, not started yet, is no miscount; one never started is.
+        for _ in range(1000):
+            # The threads first: a worker of a pool just shut down may retire between the two
+            # reads, which taken the other way round counted it and then found it gone.
+            alive = sum(t.name.startswith("makeparallel-thread-") for t in threading.enumerate())
+            info = mp.get_thread_pool_info()
+            if info["live_threads"] <= alive:
+                break
+            threading.Event().wait(0.005)
+        else:
+            return f"{info['live_threads']} worker(s) counted, {alive} running"
         if info["queued_tasks"]:
             return f"{info['queued_tasks']} task(s) counted as queued"
-        if info["live_threads"] > alive:
-            return f"{info['live_threads']} worker(s) counted, {alive} running"
         for _ in range(1000):  # a worker just started parks at once; one lost asleep, never
             if info["idle_threads"] == info["live_threads"]:
                 break
