@@ -365,6 +365,30 @@ def job_failed(in_args: bool) -> None:
     raise JobFailed(Job("nightly"), in_args)
 
 
+class Enrolled(Exception):
+    """Made from its job alone, and enrolled on it: its own pickling makes a faithful copy, enrolled too."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        self.job = job
+        job.error = self
+
+
+def enrolled() -> None:
+    raise Enrolled(Job("nightly"))
+
+
+@pytest.mark.timeout(90)
+def test_an_exception_whose_init_enrolls_it_on_its_argument_arrives_as_itself() -> None:
+    # Checking its own pickling makes a copy, which its __init__ enrolls on the job in its
+    # place; each check of what the job holds then met a new copy, never the one it was
+    # cutting, and made another: the worker pickled copies without end, or died of it.
+    error = failure(enrolled)
+    assert type(error) is Enrolled, repr(error)
+    assert error.job.name == "nightly" and error.job.error is error
+    assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("in_args", [False, True], ids=["attribute", "argument"])
 def test_an_exception_its_own_attributes_refer_back_to_arrives_as_itself(in_args: bool) -> None:

@@ -131,23 +131,31 @@ class ExceptionsPickled:
 
     ``open``: the exceptions met so far; one met again before pickle
     remembers it is cut there (:func:`reduce_exception`). ``reductions``:
-    each exception's reduction, worked out once per stream and shared with the picklers that check what
-    an exception holds (:func:`_met_pickling`). Such a check pickles the
-    exceptions nested in it, with their own checks; worked out again when
-    the stream itself reached them, each level of nesting doubled the work,
-    and an error nested 40 deep took hours.
+    each exception's reduction, worked out once per stream. ``checked``: the
+    same for the picklers that check what an exception holds
+    (:func:`_met_pickling`), shared by all of them. Such a check pickles the
+    exceptions nested in it, with their own checks; worked out again each
+    time, each level of nesting doubled the work, and an error nested 40
+    deep took hours. A check does not try an exception's own pickling: that
+    makes a copy with the class's ``__init__``, which may enroll it where the
+    exception was (``job.error = self``), and the check then met a new copy
+    at each level, never one it was cutting, without end.
     """
 
-    __slots__ = ("bare", "open", "reductions")
+    __slots__ = ("bare", "checked", "checking", "open", "reductions")
 
-    def __init__(self, reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] | None = None) -> None:
+    def __init__(self) -> None:
         self.open: dict[int, BaseException] = {}
-        self.reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] = {} if reductions is None else reductions
+        self.reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] = {}
+        self.checked: dict[int, tuple[BaseException, tuple[Any, ...]]] = {}
+        self.checking = False  # a check's: its reductions are in checked, and never the exception's own
         self.bare: set[int] = set()  # members made without their state, which their group's carries
 
     def for_a_check(self) -> ExceptionsPickled:
-        """The same for a pickler that checks a value here: what is open or bare now is there too, the reductions shared."""
-        nested = ExceptionsPickled(self.reductions)
+        """The same for a pickler that checks a value here: what is open or bare now is there too, the checks' reductions shared."""
+        nested = ExceptionsPickled()
+        nested.checked = self.checked
+        nested.checking = True
         nested.open.update(self.open)
         nested.bare.update(self.bare)
         return nested
@@ -155,6 +163,7 @@ class ExceptionsPickled:
     def clear(self) -> None:
         self.open.clear()
         self.reductions.clear()
+        self.checked.clear()
         self.bare.clear()
 
 
@@ -185,9 +194,10 @@ def reduce_exception(error: BaseException, pickled: ExceptionsPickled) -> tuple[
 
 
 def _reduction_of(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, ...]:
-    known = pickled.reductions.get(id(error))
+    reductions = pickled.checked if pickled.checking else pickled.reductions
+    known = reductions.get(id(error))
     if known is None:
-        known = pickled.reductions[id(error)] = (error, _reduction(error, pickled))
+        known = reductions[id(error)] = (error, _reduction(error, pickled))
     return known[1]
 
 
@@ -204,7 +214,7 @@ def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, .
         if _refers_back(error.args, error, pickled):  # a member's own arguments lead back: no order makes it
             later = ()
         pickled.bare -= bare
-    core = _own_reduction(error, pickled)
+    core = None if pickled.checking else _own_reduction(error, pickled)  # a check makes no copy (ExceptionsPickled)
     if core is not None and (later or not _refers_back(core[1], error, pickled)):
         make, args, state = core
         return (make, args, (state, chain, later), None, None, _set_state)
