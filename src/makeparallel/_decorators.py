@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         """What ``parallel(...)`` with options returns: ``parallel`` itself, its options bound."""
 
         @overload
-        def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> _AsyncParallelFunction[P, T]: ...
+        def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> ParallelFunction[P, T]: ...
         @overload
         def __call__(self, fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 
@@ -565,17 +565,9 @@ def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = N
     return parallel(fn) if backend is None else parallel(backend=backend)(fn)
 
 
-if TYPE_CHECKING:
-
-    class _AsyncParallelFunction(ParallelFunction[P, T]):
-        """An ``async def`` function made parallel, as type checkers see it: ``__wrapped__`` gives its coroutine."""
-
-        __wrapped__: Callable[P, Coroutine[Any, Any, T]]  # type: ignore[assignment]
-
-
 # An async def function's handle holds what its coroutine returns: the task runs it to the end.
 @overload
-def parallel(fn: Callable[P, Coroutine[Any, Any, T]], /) -> _AsyncParallelFunction[P, T]: ...
+def parallel(fn: Callable[P, Coroutine[Any, Any, T]], /) -> ParallelFunction[P, T]: ...
 @overload
 def parallel(fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 @overload

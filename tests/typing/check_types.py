@@ -128,8 +128,6 @@ assert mp.parallel_map(add_one, [1, 2]) == [2, 3] and list(mp.imap(add_one, [1])
 async def collect() -> None:
     """gather_async: the same rule, awaited; an async def function's handle, awaited, is its result."""
     assert_type(await fetch(2), int)
-    assert_type(await fetch.__wrapped__(2), int)  # the plain async function: its coroutine, to await
-    assert_type(await fetch_named.__wrapped__(5), str)
     assert await fetch_named(4) == "4"
     assert_type(await mp.gather_async([square(1)]), list[int])
     assert_type(await mp.gather_async([square(1)], on_error="skip"), list[int])
