@@ -57,7 +57,9 @@ class _OwnLoop:
 
 
 _own = threading.local()
-_every_own_loop: weakref.WeakSet[_OwnLoop] = weakref.WeakSet()
+# Weak references in a plain set, copied in one C call at exit: a WeakSet iterates in Python,
+# and a worker thread adding its loop meanwhile made that raise, out of the exit hook.
+_every_own_loop: set[weakref.ref[_OwnLoop]] = set()
 
 #: The cancel of the coroutine that each handle with a timeout and a retry policy runs here now. A
 #: timeout that retries the task ends no handle, and the attempt's coroutine ran on to its end, for
@@ -147,7 +149,7 @@ def _own_loop() -> _OwnLoop:
 
     own = _own.loop = _OwnLoop(asyncio.new_event_loop())
     own.lock.acquire()
-    _every_own_loop.add(own)
+    _every_own_loop.add(weakref.ref(own, _every_own_loop.discard))
     return own
 
 
@@ -160,7 +162,10 @@ def close_idle_loops() -> None:
     ``ResourceWarning``. A loop closed here is made anew if its thread runs
     another coroutine.
     """
-    for own in list(_every_own_loop):
+    for ref in _every_own_loop.copy():
+        own = ref()
+        if own is None:
+            continue
         if not own.lock.acquire(blocking=False):
             continue  # a task runs on it: its thread closes it, if it ends in time
         try:
