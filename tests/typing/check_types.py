@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import makeparallel as mp
 from makeparallel._map import MapIterator  # what imap returns: an iterator, also async
@@ -32,6 +32,14 @@ def half(x: int) -> float:
 
 
 assert_type(square.__wrapped__(2), int)  # the plain function, still callable
+
+
+def loads(text: str) -> Any:  # as json.loads: made parallel, its parameters are still checked
+    return text
+
+
+assert_type(mp.parallel(loads)("1"), mp.AsyncHandle[Any])
+assert_type(mp.parallel(timeout=30)(loads)("1"), mp.AsyncHandle[Any])
 handle = square(3)
 assert_type(handle, mp.AsyncHandle[int])
 assert_type(handle.get(), int)
