@@ -389,6 +389,33 @@ def test_an_exception_whose_init_enrolls_it_on_its_argument_arrives_as_itself() 
     assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3
 
 
+class Listed(Exception):
+    """Made from its job alone, and listed on it: a copy made with its ``__init__`` is listed there too."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        job.errors = [*getattr(job, "errors", ()), self]
+
+
+def listed() -> None:
+    raise Listed(Job("nightly"))
+
+
+@pytest.mark.timeout(20)
+def test_pickling_an_exception_leaves_what_its_init_was_given_as_it_was() -> None:
+    # Trying its own pickling made a copy with its __init__, which listed the copy on the
+    # sender's job; pickling the job then met that copy and listed another, without end.
+    from makeparallel import _serialization
+
+    job = Job("nightly")
+    error = Listed(job)
+    arrived = _serialization.loads(*_serialization.dumps(error))
+    assert job.errors == [error]  # type: ignore[attr-defined]
+    assert type(arrived) is Listed and arrived.args[0].errors == [arrived]
+    from_worker = failure(listed)
+    assert type(from_worker) is Listed and from_worker.args[0].errors == [from_worker]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("in_args", [False, True], ids=["attribute", "argument"])
 def test_an_exception_its_own_attributes_refer_back_to_arrives_as_itself(in_args: bool) -> None:

@@ -245,6 +245,8 @@ def _own_reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[An
             return None
         make, args = reduced[0], reduced[1]
         state = reduced[2] if len(reduced) > 2 else None
+        if not _harmless(make, args):
+            return None
         copy = _apply(make, args, state)
         if _equal(copy, error) and (
             type(state) is not dict or all(_pickles(value, pickled) for value in state.values())
@@ -253,6 +255,23 @@ def _own_reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[An
     except Exception:
         pass
     return None
+
+
+def _harmless(make: Any, args: tuple[Any, ...]) -> bool:
+    """Whether ``make(*args)``, the copy that tries an exception's own pickling, can change none of the sender's objects.
+
+    So where the arguments are plain values, or ``make`` is a class whose
+    ``__new__`` and ``__init__`` are built in. A class's own ``__init__``
+    given the sender's objects may change them: ``job.errors.append(self)``
+    put the copy on the job, whose pickling then met it, tried its own
+    pickling, put another copy there, and so on without end. The rebuild
+    runs no code of the class's.
+    """
+    if all(type(arg) in _ATOMS for arg in args):
+        return True
+    return isinstance(make, type) and not any(
+        isinstance(getattr(make, name, None), types.FunctionType) for name in ("__new__", "__init__")
+    )
 
 
 def _equal(copy: Any, error: BaseException) -> bool:
