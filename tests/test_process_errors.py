@@ -416,6 +416,36 @@ def test_pickling_an_exception_leaves_what_its_init_was_given_as_it_was() -> Non
     assert type(from_worker) is Listed and from_worker.args[0].errors == [from_worker]
 
 
+class InBatch(Exception):
+    """One of a batch of errors, each keeping the list of them all."""
+
+    def __init__(self, code: int, batch: list[InBatch]) -> None:
+        super().__init__(f"row {code}")
+        self.batch = batch
+
+
+@pytest.mark.timeout(20)
+def test_a_value_many_exceptions_keep_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each exception's check that its attributes pickle pickled the batch whole again:
+    # the work grew as the square of the batch (a thousand errors took seconds).
+    from makeparallel import _serialization
+
+    batch: list[InBatch] = []
+    batch.extend(InBatch(code, batch) for code in range(50))
+    checks = []
+    objects_pickled = _serialization.objects_pickled
+
+    def counted(obj: object, exceptions: object) -> object:
+        checks.append(obj is batch)
+        return objects_pickled(obj, exceptions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_serialization, "objects_pickled", counted)
+    arrived = _serialization.loads(*_serialization.dumps(batch))
+    assert checks.count(True) == 1
+    assert [error.args for error in arrived] == [error.args for error in batch]
+    assert all(type(error) is InBatch and error.batch is arrived for error in arrived)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("in_args", [False, True], ids=["attribute", "argument"])
 def test_an_exception_its_own_attributes_refer_back_to_arrives_as_itself(in_args: bool) -> None:

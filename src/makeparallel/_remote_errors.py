@@ -142,12 +142,13 @@ class ExceptionsPickled:
     at each level, never one it was cutting, without end.
     """
 
-    __slots__ = ("bare", "checked", "checking", "open", "reductions")
+    __slots__ = ("bare", "checked", "checking", "open", "picklable", "reductions")
 
     def __init__(self) -> None:
         self.open: dict[int, BaseException] = {}
         self.reductions: dict[int, tuple[BaseException, tuple[Any, ...]]] = {}
         self.checked: dict[int, tuple[BaseException, tuple[Any, ...]]] = {}
+        self.picklable: dict[int, tuple[Any, bool]] = {}  # each value's _pickles, kept alive by its key's value
         self.checking = False  # a check's: its reductions are in checked, and never the exception's own
         self.bare: set[int] = set()  # members made without their state, which their group's carries
 
@@ -155,6 +156,7 @@ class ExceptionsPickled:
         """The same for a pickler that checks a value here: what is open or bare now is there too, the checks' reductions shared."""
         nested = ExceptionsPickled()
         nested.checked = self.checked
+        nested.picklable = self.picklable
         nested.checking = True
         nested.open.update(self.open)
         nested.bare.update(self.bare)
@@ -164,6 +166,7 @@ class ExceptionsPickled:
         self.open.clear()
         self.reductions.clear()
         self.checked.clear()
+        self.picklable.clear()
         self.bare.clear()
 
 
@@ -301,8 +304,18 @@ def _fields(error: BaseException) -> dict[str, Any]:
 
 
 def _pickles(value: Any, pickled: ExceptionsPickled) -> bool:
-    """Whether ``value`` can travel as the pool's pickler sends it (functions by value included)."""
-    return _met_pickling(value, pickled) is not None
+    """Whether ``value`` can travel as the pool's pickler sends it (functions by value included).
+
+    Worked out once per stream: a list that many exceptions keep (their
+    batch) was pickled whole for each of them, each check nested in the last,
+    a thousand such in seconds. Met again inside its own check, it passes:
+    that check tells.
+    """
+    known = pickled.picklable.get(id(value))
+    if known is None:
+        pickled.picklable[id(value)] = (value, True)
+        known = pickled.picklable[id(value)] = (value, _met_pickling(value, pickled) is not None)
+    return known[1]
 
 
 def _refers_back(value: Any, error: BaseException, pickled: ExceptionsPickled) -> bool:
