@@ -48,7 +48,7 @@ from ._states import (
     UNCLAIMED,
 )
 from ._task_context import _local
-from ._validation import check_wait_timeout
+from ._validation import check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
     ShutdownError,
@@ -425,7 +425,7 @@ class AsyncHandle(Generic[T]):
         Raises:
             TypeError, ValueError: ``timeout_secs`` is not a number >= 0.
         """
-        check_wait_timeout(timeout_secs, "timeout_secs", forever=False)
+        check_seconds(timeout_secs, "timeout_secs")
         with self._backend._lock:
             if self._stop_event is None:
                 self._stop_event = threading.Event()

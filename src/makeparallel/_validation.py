@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "check_count",
     "check_priority",
+    "check_seconds",
     "check_task_timeout",
     "check_wait_timeout",
 ]
@@ -20,15 +21,23 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_wait_timeout(timeout: Any, name: str = "timeout", *, forever: bool = True) -> None:
-    """A wait may last any number of seconds >= 0, or ``None`` (forever) where ``forever`` allows it."""
-    if timeout is None and forever:
-        return
-    alternative = " or None" if forever else ""
-    if not _is_real(timeout):
-        raise TypeError(f"{name} must be a number of seconds{alternative}, got {timeout!r}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0{alternative}, got {timeout!r}")
+def check_wait_timeout(timeout: Any, name: str = "timeout") -> None:
+    """A wait may last any number of seconds >= 0, or ``None`` (forever)."""
+    if timeout is not None:
+        _check_seconds(timeout, name, " or None")
+
+
+def check_seconds(value: Any, name: str) -> None:
+    """A wait that must end: any number of seconds >= 0, not ``None``."""
+    _check_seconds(value, name, "")
+
+
+def _check_seconds(value: Any, name: str, alternatives: str) -> None:
+    """``value`` is a number of seconds >= 0; ``alternatives`` ends the message with what else is accepted."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number of seconds{alternatives}, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0{alternatives}, got {value!r}")
 
 
 def check_task_timeout(timeout: Any) -> float | None:
