@@ -26,6 +26,8 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
+from ._interruptible import bounded
+
 __all__ = ["Due", "pending", "schedule"]
 
 
@@ -93,7 +95,7 @@ def _watch() -> None:
                         break
                     # A timeout of centuries overflows a lock's wait (OverflowError) and killed
                     # the thread: wait at most what the platform takes, then look again.
-                    _condition.wait(min(delay, threading.TIMEOUT_MAX))
+                    _condition.wait(bounded(delay))
                 else:
                     _condition.wait()
         if handle is not None:  # else it ended, and was dropped, before its deadline
