@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -199,6 +199,57 @@ def test_an_executor_given_as_the_backend_retries_too(kind: str, tmp_path: Any, 
     assert handle.attempts == 3
     kinds = [e.kind for e in events if e.task_id == handle.get_task_id()]
     assert kinds[-1] == "finished" and kinds.count("retry") == 2
+
+
+class SlowToHandBack(ThreadPoolExecutor):
+    """A thread pool whose second ``submit`` hands its future back late, and whose third runs its call later.
+
+    The second attempt runs, fails and is retried while its ``submit`` has not
+    returned. The third ``submit`` returns once the second's sender is done,
+    with a future that starts only once the third's sender is done too (as on
+    a busy pool).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.submits = 0
+        self.third_submitted = threading.Event()
+        self.second_sender: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submits += 1
+        if self.submits == 2:
+            self.second_sender = threading.current_thread()
+            future = super().submit(fn, *args, **kwargs)
+            assert self.third_submitted.wait(30)
+            return future
+        if self.submits == 3:
+            assert self.second_sender is not None and self.second_sender is not threading.current_thread()
+            self.third_submitted.set()
+            self.second_sender.join(30)
+            later: Future[Any] = Future()
+            third_sender = threading.current_thread()
+            threading.Thread(target=self._run_after, args=(third_sender, later, fn, args)).start()
+            return later
+        return super().submit(fn, *args, **kwargs)
+
+    @staticmethod
+    def _run_after(sender: threading.Thread, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        sender.join(30)
+        if future.set_running_or_notify_cancel():
+            future.set_result(fn(*args))
+
+
+def test_an_attempt_retried_before_its_submit_returned_leaves_the_next_attempt_running() -> None:
+    # The second attempt's sender stored its late future over the third attempt's
+    # place, and the third's future was cancelled unstarted: the task stayed pending.
+    flaky = Flaky(2)
+    with SlowToHandBack() as executor:
+        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=4))(flaky)
+        with no_retry_waits():
+            handle = fn()
+            assert handle.get(timeout=10) == 3
+    assert handle.attempts == 3
 
 
 LATE = threading.Event()

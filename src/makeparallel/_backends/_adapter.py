@@ -85,7 +85,7 @@ class ExecutorBackend(Backend):
         super().__init__()
         self._executor = executor
         self._in_process = runs_in_this_process(executor) if in_process is None else in_process
-        # Accepted and not ended: the executor's future, or None until it gave one.
+        # Accepted and not ended: the executor's future, or the attempt's _Unsent until it gave one.
         self._futures: dict[AsyncHandle[Any], Any] = {}
         # Timed out or cancelled while running: the future to cancel, for _abandoned().
         self._abandoning: dict[AsyncHandle[Any], Any] = {}
@@ -151,7 +151,7 @@ class ExecutorBackend(Backend):
             self._closed = True
             futures = list(self._futures.items()) if cancel_pending else []
         for handle, future in futures:
-            if future is not None and (handle._state == PENDING or not self._in_process):
+            if not isinstance(future, _Unsent) and (handle._state == PENDING or not self._in_process):
                 self._cancel_future(future)  # an unstarted one is cancelled; its callback ends the handle
 
     # -- submission ------------------------------------------------------------------
@@ -163,11 +163,11 @@ class ExecutorBackend(Backend):
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             # No Python call from here: a Ctrl-C at one would leave the task counted and not held.
             self._active += 1
-            self._futures[handle] = None
+            self._futures[handle] = unsent = _Unsent()
             if not self._in_process:  # it starts out of sight: running from now on
                 handle._state = RUNNING
                 handle._started_at = time.perf_counter()
-        self._send(handle, call)
+        self._send(handle, call, unsent)
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a task over a limit on a running event loop: sent once admitted (:meth:`release_held`).
@@ -184,7 +184,7 @@ class ExecutorBackend(Backend):
             self._refuse_if_closed_locked()
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
-            self._futures[handle] = None
+            self._futures[handle] = _Unsent()
             self._held[handle] = call
             handle._on_worker = HELD
 
@@ -194,12 +194,13 @@ class ExecutorBackend(Backend):
             call = self._held.pop(handle, None)
             if call is None or handle._state != PENDING:
                 return
+            unsent = self._futures[handle]
             handle._on_worker = UNCLAIMED
             if not self._in_process:  # it starts out of sight, as submit() has it
                 handle._state = RUNNING
                 handle._started_at = time.perf_counter()
         try:
-            self._send(handle, call)
+            self._send(handle, call, unsent)
         except Exception as error:  # shut down or broken meanwhile: nobody to raise it to
             self._end(handle, FAILED, error)
 
@@ -224,10 +225,11 @@ class ExecutorBackend(Backend):
         alone hid what the task itself had raised, and counted an attempt that
         never ran.
         """
-        if not self._queue_retry(handle, self._accepted_again_locked):
+        unsent = _Unsent()
+        if not self._queue_retry(handle, functools.partial(self._accepted_again_locked, unsent=unsent)):
             return
         try:
-            self._send(handle, self._call_for(handle))
+            self._send(handle, self._call_for(handle), unsent)
         except Exception as error:
             self._next_attempt_refused(handle, f"{type(error).__name__}: {error}")
 
@@ -240,15 +242,19 @@ class ExecutorBackend(Backend):
             announce = handle._end_retries_locked(why)
         handle._after_settle(announce)
 
-    def _accepted_again_locked(self, handle: AsyncHandle[Any]) -> None:
-        """Hold the next attempt of a retried task, as ``submit`` holds the first."""
-        self._futures[handle] = None
+    def _accepted_again_locked(self, handle: AsyncHandle[Any], unsent: _Unsent) -> None:
+        """Hold the next attempt of a retried task in the place ``unsent``, as ``submit`` holds the first."""
+        self._futures[handle] = unsent
         if not self._in_process:
             handle._state = RUNNING
             handle._started_at = time.perf_counter()
 
-    def _send(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> None:
+    def _send(self, handle: AsyncHandle[Any], call: tuple[Any, ...], unsent: _Unsent) -> None:
         """Give ``call`` (``_call_for(handle)``) to the executor, and follow its future.
+
+        ``unsent`` holds this attempt's place in ``_futures``; the future takes
+        it only if nothing else did meanwhile (the task ended, or this attempt
+        ran, failed and the next one took its place).
 
         Raises:
             ShutdownError: the executor is shut down (or its client closed).
@@ -277,7 +283,7 @@ class ExecutorBackend(Backend):
         if self._refused is not None:
             self._refused = None
         with self._lock:
-            ended = handle not in self._futures
+            ended = self._futures.get(handle) is not unsent
             if not ended:
                 self._futures[handle] = future
             if not self._in_process:
@@ -285,7 +291,8 @@ class ExecutorBackend(Backend):
         if ended:
             # Cancelled (or timed out) while the executor took it, or run inline by a
             # waiter: the cancel found no future to cancel, so the executor's is cancelled
-            # here (a call it already runs is abandoned, its result dropped).
+            # here (a call it already runs is abandoned, its result dropped). Or this
+            # attempt ran and the next is queued: cancelling its done future does nothing.
             future.cancel()
         if not self._in_process:
             if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
@@ -414,7 +421,7 @@ class ExecutorBackend(Backend):
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         self._held.pop(handle, None)
         future = self._futures.pop(handle, None)
-        if future is not None and not was_pending and handle._state >= CANCELLED:
+        if not (future is None or isinstance(future, _Unsent) or was_pending) and handle._state >= CANCELLED:
             self._abandoning[handle] = future  # the handle calls _abandoned() next
         super()._settled_locked(handle, was_pending)
 
@@ -423,12 +430,24 @@ class ExecutorBackend(Backend):
             future = self._abandoning.pop(handle, None)
             if future is None and handle._state == RETRY_WAIT:
                 future = self._futures.get(handle)  # an attempt that timed out: dropped if not started
-        if future is not None:
+        if future is not None and not isinstance(future, _Unsent):
             self._cancel_future(future)
 
     def _cancel_future(self, future: Any) -> None:
         """Ask the executor to drop ``future``; a standard one cannot once it runs."""
         future.cancel()
+
+
+class _Unsent:
+    """The place of a task's attempt in ``_futures`` until the executor gives its future: one per attempt.
+
+    An attempt can run, fail and be retried before its ``submit`` returns; its
+    sender then finds the next attempt's place, not its own, and leaves it.
+    With one placeholder (None) for all, it took the next attempt's place,
+    whose future was then cancelled unstarted: the task stayed pending for good.
+    """
+
+    __slots__ = ()
 
 
 def runs_in_this_process(executor: Any) -> bool:
