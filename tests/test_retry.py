@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel._backends._adapter import ExecutorBackend
 from makeparallel._handle import AsyncHandle
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
@@ -289,6 +290,55 @@ def test_an_executor_attempt_that_timed_out_and_was_retried_has_its_outcome_drop
         LATE.set()
     assert handle.attempts == 2
     assert handle.result() == "on time"  # the executor has ended both attempts by now
+
+
+FIRST_TOLD = threading.Event()
+SECOND_STARTED = threading.Event()
+
+
+def fails_then_waits_for_the_first_to_be_told(path: str) -> str:
+    """Its first attempt fails at once; the next waits until the first's outcome was told (attempts counted in a file)."""
+    calls = count_call(path)
+    if calls == 1:
+        raise ConnectionError("the first attempt's late error")
+    SECOND_STARTED.set()
+    assert FIRST_TOLD.wait(30)
+    return f"attempt {calls}"
+
+
+@pytest.mark.timeout(60)
+def test_an_executor_attempt_that_times_out_as_its_error_is_told_leaves_its_retry_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # The first attempt failed, and timed out before its error was settled: the
+    # retry started, and that late error, settled on it, retried it as it ran.
+    # A third attempt ran beside the second, whose result was dropped.
+    FIRST_TOLD.clear()
+    SECOND_STARTED.clear()
+    translate, future_done = ExecutorBackend.translate_error, ExecutorBackend._future_done
+
+    def held_until_the_retry_started(self: ExecutorBackend, handle: Any, error: BaseException) -> BaseException:
+        if isinstance(error, ConnectionError):  # the first attempt's, read from its future
+            assert SECOND_STARTED.wait(30)
+        return translate(self, handle, error)
+
+    def told(self: ExecutorBackend, handle: Any, future: Any) -> None:
+        try:
+            future_done(self, handle, future)
+        finally:
+            if isinstance(future.exception(), ConnectionError):
+                FIRST_TOLD.set()
+
+    monkeypatch.setattr(ExecutorBackend, "translate_error", held_until_the_retry_started)
+    monkeypatch.setattr(ExecutorBackend, "_future_done", told)
+    calls = tmp_path / "calls"
+    with OutOfProcessThreads(2) as executor:
+        retry = mp.Retry(on=(ConnectionError, mp.TaskTimeoutError), attempts=3)
+        fn = mp.parallel(backend=executor, timeout=2.0, retry=retry)(fails_then_waits_for_the_first_to_be_told)
+        with no_retry_waits():
+            handle = fn(str(calls))
+            assert handle.get(timeout=30) == "attempt 2"
+    assert handle.attempts == 2 and calls.read_text() == "xx"
 
 
 def record_and_wait(path: str) -> None:

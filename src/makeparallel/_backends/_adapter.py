@@ -352,12 +352,13 @@ class ExecutorBackend(Backend):
             del self._futures[handle]
             if handle._state == RETRY_WAIT:
                 return  # the attempt timed out, and waits to retry: its outcome came too late
+            started = handle._started_at  # this attempt's: it may time out and be retried before _end
         if handle._state >= SUCCEEDED:
             return
         if self._in_process and not future.cancelled() and future.exception() is None:
             return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
-            self._end(handle, *self.cancelled_by_executor(handle))
+            self._end(handle, *self.cancelled_by_executor(handle), started)
             return
         error: BaseException | None
         try:
@@ -365,16 +366,26 @@ class ExecutorBackend(Backend):
         except BaseException as raised:  # a cancellation that future.cancelled() did not report
             error = raised
         if error is None:
-            self._end(handle, SUCCEEDED, future.result())
+            self._end(handle, SUCCEEDED, future.result(), started)
         else:
             error = self.translate_error(handle, error)
-            self._end(handle, handle._failed(error), error)  # retried where the task's policy says
+            self._end(handle, handle._failed(error), error, started)  # retried where the task's policy says
 
-    def _end(self, handle: AsyncHandle[Any], state: int, value: Any) -> None:
-        """End an unfinished handle from outside its run (queued or out of sight)."""
+    def _end(self, handle: AsyncHandle[Any], state: int, value: Any, started: float | None = None) -> None:
+        """End an unfinished handle from outside its run (queued or out of sight).
+
+        ``started``: the start of the attempt whose outcome this is, which ends
+        nothing unless that attempt is still the one under way. It can time out
+        and be retried between its future's end and this call (its outcome is
+        read and its error asked of the retry policy outside the lock): its late
+        error, settled on the next attempt, retried that one as it ran, and both
+        ran at once.
+        """
         with self._lock:
             if handle._state >= SUCCEEDED:
                 return
+            if started is not None and (handle._state == RETRY_WAIT or handle._started_at is not started):
+                return  # the attempt timed out and was retried meanwhile: its outcome is dropped
             if handle._started_at is None and state != CANCELLED:
                 handle._started_at = time.perf_counter()  # ran where we could not see it
             announce = handle._settle_locked(state, value)
