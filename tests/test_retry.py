@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
 from makeparallel._backends._adapter import ExecutorBackend
 from makeparallel._handle import AsyncHandle
 from makeparallel.testing import no_retry_waits
@@ -339,6 +340,45 @@ def test_an_executor_attempt_that_times_out_as_its_error_is_told_leaves_its_retr
             handle = fn(str(calls))
             assert handle.get(timeout=30) == "attempt 2"
     assert handle.attempts == 2 and calls.read_text() == "xx"
+
+
+def waits_for_late() -> None:
+    LATE.wait(30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["cancel", "shutdown"])
+def test_an_executor_task_ended_as_it_waits_to_retry_a_timeout_leaves_nothing_behind(end: str) -> None:
+    # The attempt that timed out kept its place (its future) through the wait: the
+    # cancel or the shutdown took that future for the task's own, to be dropped by
+    # an _abandoned() that never follows the end of a waiting task, and the
+    # executor's adapter kept the handle and the future for good.
+    LATE.clear()
+    retrying = threading.Event()
+
+    def tell(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            retrying.set()
+
+    mp.add_task_listener(tell)
+    try:
+        with OutOfProcessThreads(1) as executor:
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=3, wait_initial=600, wait_jitter=0)
+            handle = mp.parallel(backend=executor, timeout=0.1, retry=retry)(waits_for_late)()
+            assert retrying.wait(30)
+            if end == "cancel":
+                assert handle.cancel()
+            else:
+                assert mp.shutdown(timeout_secs=30) is True
+            assert handle.done()
+            adapter = _runtime._adapters[id(executor)]
+            LATE.set()  # the attempt that timed out ends; the executor's shutdown waits for it
+    finally:
+        mp.remove_task_listener(tell)
+        mp.reset_shutdown()
+        LATE.set()
+    assert handle.attempts == 1
+    assert adapter._abandoning == {}  # type: ignore[attr-defined]
 
 
 def record_and_wait(path: str) -> None:

@@ -85,9 +85,10 @@ class ExecutorBackend(Backend):
         super().__init__()
         self._executor = executor
         self._in_process = runs_in_this_process(executor) if in_process is None else in_process
-        # Accepted and not ended: the executor's future, or the attempt's _Unsent until it gave one.
+        # Accepted, not ended and not waiting to retry: the executor's future, or the attempt's
+        # _Unsent until it gave one.
         self._futures: dict[AsyncHandle[Any], Any] = {}
-        # Timed out or cancelled while running: the future to cancel, for _abandoned().
+        # Timed out or cancelled while running (or timed out and retried): the future to cancel, for _abandoned().
         self._abandoning: dict[AsyncHandle[Any], Any] = {}
         # Sent elsewhere: the future of each task's last attempt, until it ends, when
         # the task's code has returned (what cancel_with_timeout waits for).
@@ -350,8 +351,6 @@ class ExecutorBackend(Backend):
             if handle not in self._futures or self._futures[handle] is not future:
                 return  # the handle ended first (the common case in this process), or a retried attempt's
             del self._futures[handle]
-            if handle._state == RETRY_WAIT:
-                return  # the attempt timed out, and waits to retry: its outcome came too late
             started = handle._started_at  # this attempt's: it may time out and be retried before _end
         if handle._state >= SUCCEEDED:
             return
@@ -415,9 +414,10 @@ class ExecutorBackend(Backend):
     # -- hooks the handle calls -----------------------------------------------------
 
     def _holds(self, handle: AsyncHandle[Any]) -> bool:
-        # Accepted and not ended: a submission that raised after this cancels it.
+        # Accepted and not ended: a submission that raised after this cancels it. One
+        # waiting to retry has no place in _futures (_schedule_retry_locked).
         with self._lock:
-            return handle._state < SUCCEEDED and handle in self._futures
+            return handle._state < SUCCEEDED and (handle._state == RETRY_WAIT or handle in self._futures)
 
     def _steal(self, handle: AsyncHandle[Any]) -> bool:
         if not self._in_process:
@@ -436,12 +436,24 @@ class ExecutorBackend(Backend):
             self._abandoning[handle] = future  # the handle calls _abandoned() next
         super()._settled_locked(handle, was_pending)
 
+    def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
+        """The attempt that failed is no longer the task's: its future leaves ``_futures`` as it waits to retry.
+
+        One that timed out is dropped if the executor has not started it: the
+        handle calls ``_abandoned()`` next. Kept in ``_futures`` through the
+        wait, it was taken for the task's own by a cancel (or a shutdown) during
+        the wait, which kept it in ``_abandoning`` for good: no ``_abandoned()``
+        follows the end of a task that waits to retry.
+        """
+        future = self._futures.pop(handle, None)
+        if handle._retry.timed_out and not (future is None or isinstance(future, _Unsent)):
+            self._abandoning[handle] = future
+        super()._schedule_retry_locked(handle, due)
+
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         with self._lock:
             future = self._abandoning.pop(handle, None)
-            if future is None and handle._state == RETRY_WAIT:
-                future = self._futures.get(handle)  # an attempt that timed out: dropped if not started
-        if future is not None and not isinstance(future, _Unsent):
+        if future is not None:
             self._cancel_future(future)
 
     def _cancel_future(self, future: Any) -> None:
