@@ -729,6 +729,42 @@ def test_a_late_attempt_that_ends_before_its_retry_starts_leaves_the_retry_alone
 
 
 @pytest.mark.timeout(60)
+def test_a_late_attempt_that_ends_as_its_retry_is_claimed_leaves_the_retry_alone(gate: threading.Event) -> None:
+    # A worker claims a task (running) in the lock round that settles its last one,
+    # and sets the attempt's start only once that one's callbacks ran. Settled in
+    # between, the late attempt found its start still the task's: its outcome
+    # ended the task, and the retry claimed never ran.
+    resize(2)
+    first_may_end = threading.Event()
+    attempts: list[int] = []
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert first_may_end.wait(30)  # deaf to its timeout: no check_cancelled()
+            return "stale"
+        return "fresh"
+
+    @mp.parallel
+    def holds_the_other_worker() -> None:
+        assert gate.wait(30)
+
+    def end_the_late_attempt(_: None) -> None:
+        # On the worker that claimed the retry as it settled this task, before it starts it.
+        first_may_end.set()
+        assert wait_until(lambda: mp.get_thread_pool_info()["idle_threads"] == 1, 10)  # it settled, and idles
+
+    with no_retry_waits():
+        holds_the_other_worker().on_complete(end_the_late_attempt)
+        handle = deaf_then_quick()
+        assert wait_until(lambda: handle.status == "pending" and handle.attempts == 1, 10)  # retried, queued
+        gate.set()
+        assert handle.get(timeout=30) == "fresh"
+    assert handle.attempts == 2 and len(attempts) == 2
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.

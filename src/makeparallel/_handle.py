@@ -546,8 +546,8 @@ class AsyncHandle(Generic[T]):
         """Call the task's function on this thread; return the state and value it ends with.
 
         And, for a timed task with a retry policy, when the attempt started (else
-        ``None``): a retry of it that starts before the outcome is settled makes
-        it stale, which only the settle, under the lock, can tell (``_settle_locked``).
+        ``None``): a retry of it that is claimed or starts before the outcome is settled
+        makes it stale, which only the settle, under the lock, can tell (``_settle_locked``).
         Always three items, passed on one by one: a call with ``*outcome`` cost a
         worker about 5% of its time per no-op task (CPython 3.11).
 
@@ -668,10 +668,16 @@ class AsyncHandle(Generic[T]):
         ``state`` RETRY_WAIT: the attempt failed and its policy would retry; it
         does if attempts, time and the backend allow (then ``_RETRYING``), else the
         task fails. RUNNING, or ``started`` given and not the start of the attempt
-        under way: a stale attempt's outcome, dropped (``_DROPPED``).
+        under way: a stale attempt's outcome, dropped (``_DROPPED``). So is the
+        outcome of the attempt retried last (it timed out): its retry may be
+        claimed, RUNNING again, and not have set its own start yet. Settled
+        then, the timed-out attempt's outcome ended the task, and the retry
+        claimed was never run.
         """
-        if started is not None and started is not self._started_at:
-            return _DROPPED  # a timed-out attempt's, which ended as its retry started
+        if started is not None:
+            record: Attempts | None = getattr(self, "_retry", None)
+            if started is not self._started_at or (record is not None and started is record.retried_start):
+                return _DROPPED  # a timed-out attempt's, which ended as its retry was claimed or started
         if state < SUCCEEDED:
             if state == RUNNING:
                 return _DROPPED
