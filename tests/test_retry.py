@@ -765,6 +765,36 @@ def test_a_late_attempt_that_ends_as_its_retry_is_claimed_leaves_the_retry_alone
 
 
 @pytest.mark.timeout(60)
+def test_a_late_attempt_that_ends_as_its_retry_runs_leaves_cancel_with_timeout_waiting_for_the_retry(
+    gate: threading.Event,
+) -> None:
+    # The late attempt's end marked the task's code as returned: cancel_with_timeout()
+    # said the code had stopped at once, while the retry's still ran.
+    resize(2)
+    first_may_end = threading.Event()
+    second_started = threading.Event()
+    attempts: list[int] = []
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert first_may_end.wait(30)  # deaf to its timeout: no check_cancelled()
+            return
+        second_started.set()
+        assert gate.wait(30)
+
+    with no_retry_waits():
+        handle = deaf()
+        assert second_started.wait(30)
+        first_may_end.set()
+        assert wait_until(lambda: mp.get_thread_pool_info()["busy_threads"] == 1, 10)  # the late attempt ended
+        assert handle.cancel_with_timeout(0.05) is False
+    gate.set()
+    assert handle.cancel_with_timeout(30) is True
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.

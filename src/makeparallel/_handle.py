@@ -561,7 +561,8 @@ class AsyncHandle(Generic[T]):
         self._started_at = started = _now()
         if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
             _events.emit("started", self)
-        if self._timeout is not None:
+        if self._timeout is not None:  # (only a timed attempt can be late, and end as its retry runs)
+            self._code_done = False  # the attempt retried may have ended since this one was queued
             _deadlines.schedule(self, started + self._timeout, weakly=True)
         on_loop = False  # the code goes on as an asyncio task of the running loop
         context = self._context
@@ -585,7 +586,9 @@ class AsyncHandle(Generic[T]):
             state, value = self._failed(error), error
         finally:
             here["task"] = outer
-            if not on_loop:
+            # Not where a retry of this attempt (it timed out) started since: that one's
+            # code still runs. It said so, and cancel_with_timeout() waited for nothing.
+            if not on_loop and self._started_at is started:
                 self._code_done = True
                 if self._stop_event is not None:
                     self._stop_event.set()
