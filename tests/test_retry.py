@@ -604,6 +604,38 @@ def test_a_retry_resumes_from_the_heap_after_its_wait() -> None:
     assert handle.result() == 2 and handle.attempts == 2
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_wait_waits_for_the_end_of_a_task_queued_again(gate: threading.Event, timeout: float | None) -> None:
+    # Its waiters are woken as the next attempt is queued (to run it, where they may):
+    # wait() took that for the task's end, and returned True as the retry ran.
+    first_may_fail = threading.Event()
+    attempts: list[int] = []
+
+    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=2))
+    def fails_then_waits() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert first_may_fail.wait(30)
+            raise ConnectionError("first attempt")
+        assert gate.wait(30)
+        return "second attempt"
+
+    seen: list[tuple[bool, bool]] = []
+    with no_retry_waits():
+        handle = fails_then_waits()
+        assert wait_until(lambda: handle.status == "running", 10)
+        waiter = threading.Thread(target=lambda: seen.append((handle.wait(timeout), handle.done())))
+        waiter.start()
+        assert wait_until(lambda: handle._waiters is not None, 10)  # it waits for the first attempt
+        first_may_fail.set()
+        assert wait_until(lambda: len(attempts) == 2, 10)
+        gate.set()
+        waiter.join(30)
+    assert seen == [(True, True)]  # whether it ended, and whether it had as wait() said so
+    assert handle.result() == "second attempt"
+
+
 def test_a_parent_waiting_for_a_retrying_child_runs_its_attempts_itself(gate: threading.Event) -> None:
     """One worker, held by the parent: the child's next attempt must not wait for a free worker."""
     resize(1)

@@ -302,6 +302,8 @@ class AsyncHandle(Generic[T]):
         if timeout is None and self._run_here_if_queued():
             return True
         self._refuse_to_block_a_loop()
+        if self._observer.retry is not None:  # woken as an attempt is queued again: not the end
+            return self._wait_retrying(timeout)
         return self._block(timeout)
 
     # -- state ---------------------------------------------------------------------
@@ -924,7 +926,8 @@ class AsyncHandle(Generic[T]):
             return  # (a retrying task may instead wait to retry: then wait below)
         self._refuse_to_block_a_loop()
         if self._observer.retry is not None:  # it may be queued again: run or wait for each attempt
-            self._wait_retrying(timeout)
+            if not self._wait_retrying(timeout):
+                raise self._gave_up(timeout)  # type: ignore[arg-type]
             return
         if not self._block(timeout):
             raise self._gave_up(timeout)  # type: ignore[arg-type]
@@ -936,13 +939,14 @@ class AsyncHandle(Generic[T]):
             "cancel it with handle.cancel()"
         )
 
-    def _wait_retrying(self, timeout: float | None) -> None:
-        """Wait for a task that may retry; without a timeout, run each queued attempt here.
+    def _wait_retrying(self, timeout: float | None) -> bool:
+        """Wait for a task that may retry; without a timeout, run each queued attempt here. Return whether it ended.
 
         Waiters are woken when an attempt is queued again, so a task waiting for
         a retrying child it submitted runs the child's next attempt itself, and
         nested work cannot deadlock the pool. With a timeout nothing runs here:
-        a worker that waits lends its place, as in :meth:`_block`.
+        a worker that waits lends its place, as in :meth:`_block`. (Woken so in
+        :meth:`_block`, ``wait()`` said that a task being retried had ended.)
         """
         backend = self._backend
         deadline = None if timeout is None else _now() + timeout
@@ -952,16 +956,17 @@ class AsyncHandle(Generic[T]):
                 continue
             remaining = None if deadline is None else deadline - _now()
             if remaining is not None and remaining <= 0:
-                raise self._gave_up(timeout)  # type: ignore[arg-type]
+                return False
             with backend._lock:
                 if self._state >= SUCCEEDED:
-                    return
+                    return True
                 if self._state == PENDING and seen != PENDING:
                     continue  # queued again just now: try to run it here
                 waiter = _allocate_lock()
                 waiter.acquire()
                 self._waiters = [waiter] if self._waiters is None else [*self._waiters, waiter]
             self._sleep_on(waiter, remaining)
+        return True
 
     def _run_here_if_queued(self) -> bool:
         """Run the task here if it is still queued; return whether it ended.
