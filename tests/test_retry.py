@@ -404,6 +404,66 @@ def test_attempts_that_timed_out_queued_on_an_executor_never_run(tmp_path: Any) 
     assert calls.read_text() == "x"
 
 
+SECOND_RUNS = threading.Event()
+SECOND_MAY_END = threading.Event()
+
+
+def late_then_held(path: str) -> None:
+    """Its first attempt waits for ``LATE``, deaf to its timeout; the next says it runs, then waits too."""
+    if count_call(path) == 1:
+        assert LATE.wait(30)
+        return
+    SECOND_RUNS.set()
+    assert SECOND_MAY_END.wait(30)
+
+
+class TakesTheRetryAsTheFirstEnds(OutOfProcessThreads):
+    """Threads elsewhere whose second ``submit`` returns once the first call ended, and its end was told."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.futures: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.futures.append(future)
+        if len(self.futures) == 2:
+            assert SECOND_RUNS.wait(30)
+            told = threading.Event()
+            LATE.set()  # the first call ends; the second, its retry, runs on
+            self.futures[0].add_done_callback(lambda _: told.set())  # after the adapter's own
+            assert told.wait(30)
+        return future
+
+
+@pytest.mark.timeout(60)
+def test_an_executor_attempt_that_ends_as_its_retry_is_sent_leaves_cancel_with_timeout_waiting_for_the_retry(
+    tmp_path: Any, events: list[mp.TaskEvent]
+) -> None:
+    # The future of the attempt that timed out was still the last one sent until the
+    # retry's submit returned: its end then marked the task's code as returned, and
+    # cancel_with_timeout() said it had stopped at once, while the retry's still ran.
+    LATE.clear()
+    SECOND_RUNS.clear()
+    SECOND_MAY_END.clear()
+    with TakesTheRetryAsTheFirstEnds() as executor:
+        try:
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=2)
+            fn = mp.parallel(backend=executor, timeout=1.0, retry=retry)(late_then_held)
+            with no_retry_waits():
+                handle = fn(str(tmp_path / "calls"))
+                # The retry's submit returned (its "started" is told after), the first call ended.
+                assert wait_until(lambda: [e.kind for e in events].count("started") == 2, 30)
+                assert executor.futures[0].done() and not executor.futures[1].done()  # the retry's call runs
+                assert handle.cancel_with_timeout(0.05) is False
+            SECOND_MAY_END.set()
+            assert handle.cancel_with_timeout(30) is True
+        finally:
+            LATE.set()
+            SECOND_RUNS.set()
+            SECOND_MAY_END.set()
+
+
 def test_an_executor_that_runs_a_call_as_it_is_submitted_holds_up_no_timeout(gate: threading.Event) -> None:
     # The next attempt was sent from the deadline thread, so it ran there, and no
     # other task's timeout could fire until it ended.

@@ -289,6 +289,10 @@ class ExecutorBackend(Backend):
                 self._futures[handle] = future
             if not self._in_process:
                 self._last_sent[handle] = future
+                # This call is the task's code from now on. The attempt it retries (one that
+                # timed out) was the last sent until here: ended since the retry was queued,
+                # it marked the code as returned, and cancel_with_timeout() waited for nothing.
+                handle._code_done = False
         if ended:
             # Cancelled (or timed out) while the executor took it, or run inline by a
             # waiter: the cancel found no future to cancel, so the executor's is cancelled
