@@ -913,6 +913,59 @@ def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled
     assert wait_until(lambda: sorted(cancelled) == [1, 2], 10), cancelled
 
 
+@pytest.mark.timeout(60)
+def test_a_late_coroutine_on_the_callers_loop_leaves_its_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An executor that runs a call as it is submitted, from a coroutine: the first
+    # attempt's coroutine runs on the caller's loop, and on past its timeout; its retry,
+    # on the thread that sends it. The late coroutine's end marked the task's code as
+    # returned, and settled the task with its outcome, as the retry ran.
+    first_may_end = threading.Event()
+    second_started = threading.Event()
+    second_may_end = threading.Event()
+    told = threading.Event()
+    attempts: list[int] = []
+
+    async def late_then_deaf() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            while not first_may_end.is_set():
+                await asyncio.sleep(0.005)
+            return "stale"
+        second_started.set()
+        assert second_may_end.wait(30)  # deaf to its cancellation: it blocks its loop
+        return "fresh"
+
+    finish_from_loop = AsyncHandle._finish_from_loop
+
+    def told_once_finished(handle: AsyncHandle[Any], *args: Any) -> None:
+        finish_from_loop(handle, *args)
+        told.set()
+
+    monkeypatch.setattr(AsyncHandle, "_finish_from_loop", told_once_finished)
+
+    async def off_the_loop(event: threading.Event) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, event.wait, 30)
+
+    async def main(fn: Callable[[], mp.AsyncHandle[str]]) -> None:
+        handle = fn()
+        assert await off_the_loop(second_started)
+        first_may_end.set()
+        assert await off_the_loop(told)  # the late coroutine ended, and its end was handled
+        assert not handle.done()
+        assert handle.cancel_with_timeout(0.05) is False
+        second_may_end.set()
+        assert handle.cancel_with_timeout(30) is True
+
+    with mp.Executor("sync") as executor, no_retry_waits():
+        try:
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=2)
+            asyncio.run(main(mp.parallel(backend=executor, timeout=1.0, retry=retry)(late_then_deaf)))
+        finally:
+            first_may_end.set()
+            second_may_end.set()
+    assert len(attempts) == 2
+
+
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
     @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
     def stuck() -> None:

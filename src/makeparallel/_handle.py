@@ -616,19 +616,37 @@ class AsyncHandle(Generic[T]):
             self._stop_event.set()
 
     def _run_coroutine(self, coroutine: Any) -> tuple[int, Any]:
-        """Run what an async function returned: on this thread's own loop, or the running one."""
+        """Run what an async function returned: on this thread's own loop, or the running one.
+
+        On the running loop the coroutine ends after this attempt returned: its end
+        comes with the attempt's start (``_finish_from_loop``), which tells a late one.
+        """
         self._observer.is_async = True  # learned, for functions that are not ``async def``
         loop = running_loop()
         context = self._context
         assert context is not None
         if loop is None:
             return SUCCEEDED, context.run(run_here, coroutine, self)
-        context.run(start_on_running_loop, loop, coroutine, self, self._finish_from_loop)
+        started = self._started_at  # this attempt's, as _execute set it just before
+
+        def finish(ok: bool, value: Any) -> None:
+            self._finish_from_loop(started, ok, value)
+
+        context.run(start_on_running_loop, loop, coroutine, self, finish)
         return RUNNING, None
 
-    def _finish_from_loop(self, ok: bool, value: Any) -> None:
-        self._code_returned()
-        self._finish(SUCCEEDED if ok else FAILED, value)
+    def _finish_from_loop(self, started: float | None, ok: bool, value: Any) -> None:
+        """The coroutine of the attempt that started at ``started`` ended on its loop.
+
+        One that timed out and was retried goes on until it returns, as the retry
+        runs (on another thread): its end marked the task's code as returned, and
+        its outcome, settled on the retry, ended the task with it. Now only the
+        attempt under way marks the code as returned (as in ``_execute``), and
+        the settle drops a late attempt's outcome (``_settle_locked``).
+        """
+        if self._started_at is started:
+            self._code_returned()
+        self._finish(SUCCEEDED if ok else FAILED, value, started)
 
     def _finish(self, state: int, value: Any, started: float | None = None) -> None:
         if state == FAILED:
