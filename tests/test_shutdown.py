@@ -670,6 +670,91 @@ def test_ctrl_c_while_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceb
     assert wall < 30
 
 
+# The worker holds the GIL in one C call with SIGTERM ignored: it reads no end of
+# file and dies only at the SIGKILL a grace period later, so exit is certainly
+# still stopping it when the main thread's stack shows terminate().
+CTRL_C_WHILE_EXIT_STOPS_WORKERS = """
+import os, signal, sys, threading, time
+import makeparallel as mp
+
+mp.configure(exit_timeout=0)
+
+@mp.parallel(backend="process")
+def deaf(started):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(started, "w") as f:
+        f.write(str(os.getpid()))
+    sum(range(10**12))
+
+def exit_stops_workers():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "terminate":
+        frame = frame.f_back
+    return frame is not None
+
+def interrupt_the_stopping():
+    while not exit_stops_workers():
+        time.sleep(0.001)
+    print("interrupting", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, once exit stops the worker
+
+handle = deaf({started!r})
+deadline = time.monotonic() + 20
+while not os.path.exists({started!r}) and time.monotonic() < deadline:
+    time.sleep(0.005)
+threading.Thread(target=interrupt_the_stopping, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sends SIGINT; the worker dies by its parent-death signal")
+def test_ctrl_c_while_exit_stops_the_workers_ends_the_program_with_no_traceback(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    result, wall = run_python(CTRL_C_WHILE_EXIT_STOPS_WORKERS.format(started=str(started)))
+    assert result.stdout == "interrupting\n", result.stderr  # the Ctrl-C certainly landed as exit stopped the worker
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+    worker = int(started.read_text())
+    assert wait_until(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE)
+    assert wall < 30
+
+
+SECOND_CTRL_C_AS_EXIT_ABANDONS = """
+import os, signal, threading
+import makeparallel as mp
+
+mp.configure_thread_pool(1)
+never, started = threading.Event(), threading.Event()
+
+@mp.parallel
+def stuck():
+    started.set()
+    never.wait()
+
+running = stuck()
+assert started.wait(10)
+queued = stuck()
+# Exit cancels the queued task on this thread: its callback is the user's second Ctrl-C.
+queued.on_error(lambda error: os.kill(os.getpid(), signal.SIGINT))
+print("interrupting", flush=True)
+os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, which ends the program
+never.wait()
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT (POSIX)")
+def test_a_second_ctrl_c_as_exit_abandons_the_tasks_prints_only_the_programs_traceback() -> None:
+    result, wall = run_python(SECOND_CTRL_C_AS_EXIT_ABANDONS)
+    assert result.stdout == "interrupting\n", result.stderr
+    assert result.returncode == -signal.SIGINT, result.stderr
+    # The program's own traceback, for the Ctrl-C that ended it, and no other.
+    assert result.stderr.count("Traceback") == 1 and result.stderr.count("KeyboardInterrupt") == 1, result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert wall < 30
+
+
 @pytest.mark.timeout(40)
 def test_exit_waits_again_once_the_shutdown_was_reset(tmp_path: Path) -> None:
     out = tmp_path / "done.txt"

@@ -734,8 +734,38 @@ def _every_pool() -> list[Backend]:
 
 def _at_exit() -> None:
     backends = _all_backends()
-    executors = _executor_pools()
-    reopen = False
+    try:
+        reopen = _wait_or_abandon(backends, _executor_pools())
+    except KeyboardInterrupt:
+        # Ctrl-C as exit abandons the tasks (a second one after the Ctrl-C that ended
+        # the program, while a large batch is cancelled): the user will not wait, and
+        # the error would only be printed as ignored, with the workers not stopped.
+        reopen = False
+    # No orphaned or zombie worker process; every pool's stopped at once.
+    try:
+        terminate_all(_every_pool())
+    except KeyboardInterrupt:
+        # Ctrl-C as the workers stop (a second one after the Ctrl-C that ended the
+        # program, or one while a worker deaf to SIGTERM takes its two grace periods):
+        # the user will not wait. A worker not stopped yet dies with this process (its
+        # parent-death signal); the error would only be printed as ignored.
+        reopen = False
+    coroutines = sys.modules.get("makeparallel._coroutines")
+    if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
+        coroutines.close_idle_loops()
+    if reopen:
+        # The program's exit hooks registered before the first pool run after this one, and
+        # may still submit tasks, as on threads: a process pool then starts new workers,
+        # which die with the program (their parent-death signal). Left stopped, it failed them.
+        for backend in backends:
+            backend.reopen()
+
+
+def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
+    """Wait at exit for the tasks of ``backends`` and ``executors``, or abandon them; return whether the pools may reopen.
+
+    They may reopen only after a normal exit that waited, for the exit hooks that run after this one.
+    """
     if _shut_down:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
@@ -761,18 +791,8 @@ def _at_exit() -> None:
                     "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or "
                     "raise configure(exit_timeout=...)",
                 )
-            reopen = True
-    # No orphaned or zombie worker process; every pool's stopped at once.
-    terminate_all(_every_pool())
-    coroutines = sys.modules.get("makeparallel._coroutines")
-    if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
-        coroutines.close_idle_loops()
-    if reopen:
-        # The program's exit hooks registered before the first pool run after this one, and
-        # may still submit tasks, as on threads: a process pool then starts new workers,
-        # which die with the program (their parent-death signal). Left stopped, it failed them.
-        for backend in backends:
-            backend.reopen()
+            return True
+    return False
 
 
 def _abandon_on_interrupt(backends: list[Backend]) -> None:
