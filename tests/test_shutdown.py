@@ -748,7 +748,10 @@ never.wait()
 def test_a_second_ctrl_c_as_exit_abandons_the_tasks_prints_only_the_programs_traceback() -> None:
     result, wall = run_python(SECOND_CTRL_C_AS_EXIT_ABANDONS)
     assert result.stdout == "interrupting\n", result.stderr
-    assert result.returncode == -signal.SIGINT, result.stderr
+    # Killed by SIGINT, or exit status 1 where another thread ran Python code as the
+    # program ended: CPython releases without the fix of gh-128130 keep one
+    # process-wide flag for an uncaught KeyboardInterrupt, which that clears.
+    assert result.returncode in (-signal.SIGINT, 1), result.stderr
     # The program's own traceback, for the Ctrl-C that ended it, and no other.
     assert result.stderr.count("Traceback") == 1 and result.stderr.count("KeyboardInterrupt") == 1, result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
