@@ -765,3 +765,57 @@ def test_a_group_its_members_refer_back_to_arrives_as_itself(how: str) -> None:
     mapped = functools.partial(raising_at_item_one, functools.partial(member_handled_with_its_group, how))
     with pytest.raises(ExceptionGroup):
         mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
+
+
+class ExitsAsItIsPickled:
+    """Its pickling calls ``sys.exit(4)``."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(4)
+
+
+class ExitsAsItIsPickledError(Exception):
+    """An exception whose pickling calls ``sys.exit(4)``."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(4)
+
+
+def return_what_exits_as_it_is_pickled() -> ExitsAsItIsPickled:
+    return ExitsAsItIsPickled()
+
+
+def raise_what_exits_as_it_is_pickled() -> None:
+    raise ExitsAsItIsPickledError("bad row")
+
+
+@pytest.mark.timeout(60)
+def test_a_result_or_error_whose_pickling_raises_systemexit_fails_its_task_not_its_worker() -> None:
+    # Only an Exception was caught as the worker pickled what the task gave: a SystemExit
+    # ended the worker, and the task failed as a WorkerCrashedError, with exit code 4.
+    mp.configure_process_pool(num_workers=1)
+    pid = mp.parallel(backend="process")(os.getpid)().get(timeout=30)
+    error = failure(return_what_exits_as_it_is_pickled)
+    assert type(error) is mp.TaskSerializationError
+    assert "could not be pickled to send it back from the worker process: SystemExit: 4" in str(error)
+    error = failure(raise_what_exits_as_it_is_pickled)
+    assert type(error) is mp.TaskError
+    assert str(error).startswith("task ") and "raised ExitsAsItIsPickledError: bad row (SystemExit: 4)" in str(error)
+    assert mp.parallel(backend="process")(os.getpid)().get(timeout=30) == pid  # the same worker
+    assert mp.get_process_pool_info()["worker_restarts"] == 0
+
+
+def initializer_raising_what_exits_as_it_is_pickled() -> None:
+    raise ExitsAsItIsPickledError("no model")
+
+
+@pytest.mark.timeout(60)
+def test_an_initializer_error_whose_pickling_raises_systemexit_is_reported_as_that_error() -> None:
+    # The worker died of the SystemExit before it reported the error: the pool saw a start
+    # that failed with exit code 4, and the initializer's error was never named.
+    mp.configure_process_pool(num_workers=1, initializer=initializer_raising_what_exits_as_it_is_pickled)
+    error = failure(functools.partial(abs, -3))
+    assert type(error) is mp.WorkerCrashedError
+    assert "the worker initializer initializer_raising_what_exits_as_it_is_pickled raised" in str(error)
+    assert type(error.__cause__) is mp.TaskError
+    assert str(error.__cause__) == "ExitsAsItIsPickledError: no model (it cannot be pickled: SystemExit: 4)"

@@ -232,7 +232,7 @@ class _Worker:
                 failure = (error, "".join(traceback.format_exception(error)))
                 try:
                     data, _ = _serialization.dumps(failure)
-                except Exception as unpicklable:
+                except BaseException as unpicklable:  # SystemExit too, as for a task's result (_run)
                     from ..errors import TaskError  # concurrent.futures: only a worker that fails pays for it
 
                     described_error = TaskError(f"{described(error)} (it cannot be pickled: {described(unpicklable)})")
@@ -292,7 +292,10 @@ class _Worker:
             ask_again_if_changed()  # a thread of the task's changed the ids, clearing this thread's request
         try:
             result, result_buffers = _serialization.dumps(value)
-        except Exception as error:
+        except BaseException as error:
+            # SystemExit too (a __reduce__ that calls sys.exit()): it fails the task as a
+            # TypeError there does. Let through, it ended the worker, and the task failed
+            # as a crash with the exit code the __reduce__ gave.
             from ..errors import TaskError, TaskSerializationError  # see _set_up
 
             detail = described(error)
