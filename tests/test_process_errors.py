@@ -815,7 +815,10 @@ def test_an_initializer_error_whose_pickling_raises_systemexit_is_reported_as_th
     # The worker died of the SystemExit before it reported the error: the pool saw a start
     # that failed with exit code 4, and the initializer's error was never named.
     mp.configure_process_pool(num_workers=1, initializer=initializer_raising_what_exits_as_it_is_pickled)
-    error = failure(functools.partial(abs, -3))
+    try:
+        error = failure(functools.partial(abs, -3))
+    finally:  # the next tests' workers start without it
+        mp.configure_process_pool(initializer=None)
     assert type(error) is mp.WorkerCrashedError
     assert "the worker initializer initializer_raising_what_exits_as_it_is_pickled raised" in str(error)
     assert type(error.__cause__) is mp.TaskError
