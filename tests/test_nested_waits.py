@@ -379,6 +379,31 @@ def test_places_lent_to_blocked_tasks_are_bounded(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", HANDLE_WAYS)
+def test_a_wait_without_a_timeout_runs_a_timed_child_once_every_place_is_lent(
+    monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    # With one place to lend: the parent's wait lends it to the child, whose own
+    # wait finds none left. The grandchildren have a timeout of their own, so no
+    # wait would run them inline, and no spare is left to start them: the
+    # child's wait, which has no deadline, must run them itself.
+    resize(1)
+    monkeypatch.setattr(_thread, "MAX_SPARES", 1)
+    grandchild = mp.parallel(backend="thread", timeout=WAIT)(double)
+    collect = HANDLE_WAYS[way]
+
+    @mp.parallel(backend="thread")
+    def child() -> list[int]:
+        return collect([grandchild(i) for i in range(3)], None)
+
+    @mp.parallel(backend="thread")
+    def parent() -> list[int]:
+        return child().get(timeout=WAIT)  # never inline: the child runs on the place lent
+
+    assert parent().get(timeout=45) == [0, 2, 4]
+
+
+@pytest.mark.timeout(60)
 def test_a_lent_place_is_given_back_when_the_wait_ends() -> None:
     resize(1)
     child = mp.parallel(backend="thread")(double)

@@ -990,13 +990,16 @@ class AsyncHandle(Generic[T]):
         """Run the task here if it is still queued; return whether it ended.
 
         A task with its own timeout stays on the pool: run inline, its deadline
-        could not end the wait. So does an async task on a thread whose event
-        loop runs: it would have to run on that loop, which this wait blocks.
+        could not end the wait. Except where this thread is a pool's worker whose
+        every place to lend is lent (``MAX_SPARES``): no spare would ever start
+        the task, and this wait, which has no deadline, would last for good. An
+        async task stays queued on a thread whose event loop runs: it would have
+        to run on that loop, which this wait blocks.
         """
         if (
             self._state != PENDING
             or (self._id < _fork_child.boundary and self._the_parents())
-            or self._timeout is not None
+            or (self._timeout is not None and not _no_place_to_lend())
             or (self._observer.is_async and running_loop() is not None)
         ):
             return False
@@ -1191,6 +1194,12 @@ def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
             return started
         frame = frame.f_back
     return None
+
+
+def _no_place_to_lend() -> bool:
+    """Whether this thread is a pool's worker that could lend no place if it blocked now."""
+    pool = pool_of_this_thread()
+    return pool is not None and pool.places_all_lent()
 
 
 def _add_note(error: BaseException, note: str) -> None:

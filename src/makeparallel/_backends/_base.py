@@ -331,6 +331,10 @@ class Backend:
     def worker_unblocks(self) -> None:
         """That wait ended."""
 
+    def places_all_lent(self) -> bool:
+        """Whether a worker that blocked now would lend no place: every one this pool may lend is."""
+        return False
+
     def begin_terminate(self) -> None:
         """Start stopping the workers and return at once; :meth:`terminate` waits for them to stop."""
 

@@ -369,6 +369,15 @@ class ThreadBackend(QueueingBackend):
         for park in retiring:
             park.release()
 
+    def places_all_lent(self) -> bool:
+        """Whether ``MAX_SPARES`` places are lent: a wait beginning now would lend none.
+
+        Read without the lock, as a hint: a wait that reads it as another
+        begins may find the last place taken once it sleeps, and lend none; the
+        workers that do not wait still serve the queue.
+        """
+        return self._blocked >= MAX_SPARES
+
     def _set_capacity_locked(self) -> None:
         # Replace stuck threads, but never run more than twice the size for
         # them; lend a place per blocked worker, up to MAX_SPARES. Paused for
