@@ -638,11 +638,11 @@ class AsyncHandle(Generic[T]):
     def _finish_from_loop(self, started: float | None, ok: bool, value: Any) -> None:
         """The coroutine of the attempt that started at ``started`` ended on its loop.
 
-        One that timed out and was retried goes on until it returns, as the retry
-        runs (on another thread): its end marked the task's code as returned, and
-        its outcome, settled on the retry, ended the task with it. Now only the
-        attempt under way marks the code as returned (as in ``_execute``), and
-        the settle drops a late attempt's outcome (``_settle_locked``).
+        Only the attempt under way marks the task's code as returned (as in
+        ``_execute``), and the settle drops a late attempt's outcome
+        (``_settle_locked``): an attempt that timed out and was retried goes on
+        until it returns, as its retry runs on another thread, and its end is
+        not the retry's.
         """
         if self._started_at is started:
             self._code_returned()
