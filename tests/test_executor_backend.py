@@ -360,6 +360,24 @@ def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threadi
         queued.get()
 
 
+@pytest.mark.timeout(60)
+def test_a_queued_task_its_executor_cancelled_leaves_cancel_with_timeout_nothing_to_wait_for(
+    gate: threading.Event,
+) -> None:
+    # It never ran, yet its code read as running: cancel_with_timeout() sat out
+    # its whole timeout and returned False.
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    blocker = mp.parallel(backend=pool)(gate.wait)(30)
+    queued = mp.parallel(backend=pool)(square)(2)
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    assert wait_until(queued.is_ready)
+    gate.set()
+    stopper.join(30)
+    assert blocker.get(timeout=30) is True
+    assert queued.cancelled() and queued.cancel_with_timeout(0) is True
+
+
 # -- elsewhere: the task is out of sight once submitted -----------------------------------------------
 
 

@@ -1310,6 +1310,23 @@ def test_an_executor_broken_during_the_retry_wait_ends_the_task_with_its_last_er
     assert "not retried again: WorkerCrashedError: " in notes and "is broken (the pool broke)" in notes
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", [RefusesAfterItsFirstTask, RefusesAfterItsFirstTaskElsewhere], ids=["here", "elsewhere"])
+def test_a_retry_the_executor_refused_leaves_cancel_with_timeout_nothing_to_wait_for(where: type) -> None:
+    # The refused attempt never ran and the first had returned, yet the task's
+    # code read as running: cancel_with_timeout() sat out its whole timeout and
+    # returned False.
+    from concurrent.futures import BrokenExecutor
+
+    with where(BrokenExecutor("the pool broke")) as executor:
+        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=3))(raises_connection_error)
+        with no_retry_waits():
+            handle = fn()
+            with pytest.raises(ConnectionError, match="down"):
+                handle.get(timeout=30)
+    assert handle.cancel_with_timeout(0) is True
+
+
 def test_an_executors_refusal_leaves_alone_the_retry_a_waiter_runs_itself() -> None:
     # In this process a waiter takes a queued attempt and runs it: the refusal,
     # coming meanwhile, failed the task as that attempt ran, and its result was lost.

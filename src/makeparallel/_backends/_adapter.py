@@ -240,6 +240,7 @@ class ExecutorBackend(Backend):
             if handle._state >= SUCCEEDED or (self._in_process and handle._state != PENDING):
                 return  # cancelled, or a waiter took the queued attempt and runs it itself
             handle._started_at = handle._retry.retried_start  # the attempt refused never started
+            self._never_ran_locked(handle)
             announce = handle._end_retries_locked(why)
         handle._after_settle(announce)
 
@@ -391,8 +392,24 @@ class ExecutorBackend(Backend):
                 return  # the attempt timed out and was retried meanwhile: its outcome is dropped
             if handle._started_at is None and state != CANCELLED:
                 handle._started_at = time.perf_counter()  # ran where we could not see it
+            self._never_ran_locked(handle)
             announce = handle._settle_locked(state, value)
         handle._after_settle(announce)
+
+    def _never_ran_locked(self, handle: AsyncHandle[Any]) -> None:
+        """The task ends from outside its run: if no attempt of it runs, say its code is done.
+
+        None runs where the attempt under way is still queued in this process
+        (PENDING), or where no future sent elsewhere is left unended
+        (``_last_sent``): its future cancelled by the executor or its owner, its
+        next attempt refused by an executor shut down or broken during the
+        wait, a held task refused. Only a cancel marked such a task's code done
+        (``_cancel_locked``): ended so, it read as running to
+        ``cancel_with_timeout()``, which sat out its whole timeout and returned False.
+        """
+        unsent = handle._state == PENDING if self._in_process else handle not in self._last_sent
+        if unsent:
+            handle._code_returned()
 
     def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
         """How a handle ends whose future the executor (or its owner) cancelled."""
