@@ -104,6 +104,17 @@ def test_the_window_slides_in_constant_steps(clock: FakeClock) -> None:
     assert breaker.state == "open"
 
 
+@pytest.mark.timeout(60)
+def test_a_window_smaller_than_min_calls_still_opens(clock: FakeClock) -> None:
+    # The window never holds more than ``window`` calls: min_calls above it (the default 10
+    # with window=5) would keep the breaker closed whatever failed.
+    breaker = breaker_for(clock, window=3, min_calls=10)
+    pay = guarded(breaker)
+    assert [outcome(pay(True)) for _ in range(3)] == ["ConnectionError"] * 3
+    assert breaker.state == "open" and breaker.min_calls == 3
+    assert outcome(pay(False)) == "CircuitOpenError"
+
+
 def test_errors_outside_on_count_as_successes(clock: FakeClock) -> None:
     breaker = breaker_for(clock, on=ConnectionError)
 

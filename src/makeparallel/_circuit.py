@@ -128,7 +128,9 @@ class CircuitBreaker:
         name: the breaker's name, in errors, events, metrics and ``health()``.
         failure_rate: the failure rate (0 to 1] over the window at which it opens.
         window: how many of the last calls the rates are computed over.
-        min_calls: calls needed in the window before a rate can open it.
+        min_calls: calls needed in the window before a rate can open it; more
+            than ``window`` is taken as ``window`` (as resilience4j does), since
+            the window never holds more calls than that.
         slow_call_seconds: a call that runs at least this long is slow; ``None``:
             no call is slow.
         slow_call_rate: the slow-call rate (0 to 1] at which it opens.
@@ -169,7 +171,9 @@ class CircuitBreaker:
         self.name = name
         self.failure_rate = _check_rate(failure_rate, "failure_rate", low_open=True)
         self.window = _check_int(window, "window")
-        self.min_calls = _check_int(min_calls, "min_calls")
+        # The ring holds at most ``window`` calls: a larger min_calls (the default 10 with a
+        # window of 5) would never be reached, and the breaker would stay closed for good.
+        self.min_calls = min(_check_int(min_calls, "min_calls"), self.window)
         self.slow_call_seconds = _check_seconds(slow_call_seconds, "slow_call_seconds", allow_none=True)
         self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
         self.recovery_timeout: float = _check_seconds(recovery_timeout, "recovery_timeout", allow_none=False) or 0.0
