@@ -345,7 +345,11 @@ class AsyncHandle(Generic[T]):
 
     @property
     def attempts(self) -> int:
-        """How many times the task started: 0 while first queued, more than 1 after retries."""
+        """How many attempts the task made: 0 while first queued, more than 1 after retries.
+
+        An attempt its circuit breaker refused counts (it failed at once with
+        ``CircuitOpenError``), as the note on the task's final error lists it.
+        """
         record: Attempts | None = getattr(self, "_retry", None)
         if record is None:
             return int(self._started_at is not None)
