@@ -256,3 +256,32 @@ def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
     assert samples[("makeparallel_pool_worker_restarts_total", labels(pool="process"))] == info["worker_restarts"]
     assert samples[("makeparallel_pool_queued_tasks", labels(pool="process"))] == 0
     assert ("makeparallel_pool_workers", labels(pool="process", state="idle")) in samples
+
+
+@pytest.mark.timeout(30)
+def test_registering_twice_is_refused_rather_than_served_twice() -> None:
+    name = unique_name("prometheus-twice")
+
+    @mp.parallel(backend="sync", name=name)
+    def work() -> None:
+        pass
+
+    work().get(5)
+    registry = CollectorRegistry()
+    collector = mp_prometheus.register(registry)
+    try:
+        # Described as no metric, a second collector went in unchecked and every
+        # sample was served twice, which Prometheus rejects as a whole scrape.
+        with pytest.raises(ValueError, match="makeparallel_tasks"):
+            mp_prometheus.register(registry)
+        page = registry_page(registry)
+        assert page.count("# TYPE makeparallel_tasks_submitted_total counter") == 1
+        assert page.count(f'makeparallel_tasks_submitted_total{{function="{name}"}} 1.0') == 1
+    finally:
+        registry.unregister(collector)
+
+
+def registry_page(registry: CollectorRegistry) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()

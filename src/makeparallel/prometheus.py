@@ -57,59 +57,77 @@ class MakeparallelCollector:
     """A ``prometheus_client`` collector of makeparallel's metrics."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        snapshot = makeparallel.metrics_snapshot()
-        functions = snapshot["functions"]
-        ended = CounterMetricFamily(
-            "makeparallel_tasks", "Tasks that ended, by function and how", labels=["function", "status"]
-        )
-        submitted = CounterMetricFamily(
-            "makeparallel_tasks_submitted", "Tasks submitted, by function", labels=["function"]
-        )
-        retried = CounterMetricFamily(
-            "makeparallel_tasks_retried", "Tasks run again by their retry policy", labels=["function"]
-        )
-        retries = CounterMetricFamily(
-            "makeparallel_task_retries", "Attempts after the first, by function", labels=["function"]
-        )
-        running = GaugeMetricFamily("makeparallel_tasks_running", "Tasks running now", labels=["function"])
-        queued = GaugeMetricFamily(
-            "makeparallel_tasks_queued", "Tasks waiting to start", labels=["function"]
-        )
-        durations = HistogramMetricFamily(
-            "makeparallel_task_duration_seconds",
-            "Run time of tasks that ran to their end",
-            labels=["function"],
-        )
-        waits = HistogramMetricFamily(
-            "makeparallel_task_queue_wait_seconds",
-            "Time from submission to start",
-            labels=["function"],
-        )
-        for name, metrics in functions.items():
-            for status, field in _STATUSES:
-                ended.add_metric([name, status], metrics[field])
-            submitted.add_metric([name], metrics["total_tasks"])
-            retried.add_metric([name], metrics["retried_tasks"])
-            retries.add_metric([name], metrics["retries"])
-            running.add_metric([name], metrics["running_tasks"])
-            queued.add_metric([name], metrics["queued_tasks"])
-            durations.add_metric(
-                [name], _buckets(metrics["execution_time_buckets"]), metrics["execution_time_sum_seconds"]
-            )
-            waits.add_metric([name], _buckets(metrics["queue_wait_buckets"]), metrics["queue_wait_sum_seconds"])
-        yield from (ended, submitted, retried, retries, running, queued, durations, waits)
-        yield from _pool_metrics(snapshot["pools"])
-        yield from _circuit_metrics(snapshot["circuit_breakers"])
-        yield from _memory_metrics(snapshot["memory_limit"])
+        return _families(makeparallel.metrics_snapshot())
 
     def describe(self) -> list[Any]:
-        return []  # unchecked collector: families depend on what ran
+        # Every family the collector may yield, without samples: the registry
+        # checks these names, so that registering the collector twice (or next to
+        # a collector of the same names) raises ValueError. Described as none, it
+        # was taken twice, and each scrape served every sample twice, which
+        # Prometheus rejects.
+        return list(_families(_DESCRIBED))
+
+
+# A snapshot that yields every family, for describe(): names only, no function or pool.
+_DESCRIBED: dict[str, Any] = {
+    "functions": {},
+    "pools": {},
+    "circuit_breakers": {},
+    "memory_limit": {"paused": False, "pauses": 0},
+}
+
+
+def _families(snapshot: dict[str, Any]) -> Iterator[Any]:
+    """The metric families of ``snapshot`` (a :func:`makeparallel.metrics_snapshot`)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    functions = snapshot["functions"]
+    ended = CounterMetricFamily(
+        "makeparallel_tasks", "Tasks that ended, by function and how", labels=["function", "status"]
+    )
+    submitted = CounterMetricFamily(
+        "makeparallel_tasks_submitted", "Tasks submitted, by function", labels=["function"]
+    )
+    retried = CounterMetricFamily(
+        "makeparallel_tasks_retried", "Tasks run again by their retry policy", labels=["function"]
+    )
+    retries = CounterMetricFamily(
+        "makeparallel_task_retries", "Attempts after the first, by function", labels=["function"]
+    )
+    running = GaugeMetricFamily("makeparallel_tasks_running", "Tasks running now", labels=["function"])
+    queued = GaugeMetricFamily(
+        "makeparallel_tasks_queued", "Tasks waiting to start", labels=["function"]
+    )
+    durations = HistogramMetricFamily(
+        "makeparallel_task_duration_seconds",
+        "Run time of tasks that ran to their end",
+        labels=["function"],
+    )
+    waits = HistogramMetricFamily(
+        "makeparallel_task_queue_wait_seconds",
+        "Time from submission to start",
+        labels=["function"],
+    )
+    for name, metrics in functions.items():
+        for status, field in _STATUSES:
+            ended.add_metric([name, status], metrics[field])
+        submitted.add_metric([name], metrics["total_tasks"])
+        retried.add_metric([name], metrics["retried_tasks"])
+        retries.add_metric([name], metrics["retries"])
+        running.add_metric([name], metrics["running_tasks"])
+        queued.add_metric([name], metrics["queued_tasks"])
+        durations.add_metric(
+            [name], _buckets(metrics["execution_time_buckets"]), metrics["execution_time_sum_seconds"]
+        )
+        waits.add_metric([name], _buckets(metrics["queue_wait_buckets"]), metrics["queue_wait_sum_seconds"])
+    yield from (ended, submitted, retried, retries, running, queued, durations, waits)
+    yield from _pool_metrics(snapshot["pools"])
+    yield from _circuit_metrics(snapshot["circuit_breakers"])
+    yield from _memory_metrics(snapshot["memory_limit"])
 
 
 def _buckets(pairs: list[list[Any]]) -> list[tuple[str, float]]:
@@ -174,7 +192,12 @@ def _memory_metrics(memory: dict[str, Any] | None) -> Iterator[Any]:
 
 
 def register(registry: Any = None) -> MakeparallelCollector:
-    """Register a collector with ``registry`` (default: the global one); return it."""
+    """Register a collector with ``registry`` (default: the global one); return it.
+
+    Raises:
+        ValueError: ``registry`` has makeparallel's collector already (or
+            another collector of the same metric names).
+    """
     client = _client()
     collector = MakeparallelCollector()
     (registry if registry is not None else client.REGISTRY).register(collector)
