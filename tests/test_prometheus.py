@@ -285,3 +285,32 @@ def registry_page(registry: CollectorRegistry) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(registry).decode()
+
+
+@pytest.mark.timeout(30)
+def test_a_server_started_on_a_registry_that_has_the_collector_serves_each_metric_once() -> None:
+    # register() first, then start_http_server() on the same registry, as the
+    # prometheus_client examples do: the server keeps the collector registered.
+    name = unique_name("prometheus-registered-first")
+
+    @mp.parallel(backend="sync", name=name)
+    def work() -> None:
+        pass
+
+    work().get(5)
+    before = set(threading.enumerate())
+    registry = CollectorRegistry()
+    collector = mp_prometheus.register(registry)
+    server, thread = mp_prometheus.start_http_server(0, registry=registry)
+    try:
+        page = Exposition(server.server_port, registry).scrape()
+        assert page.count("# TYPE makeparallel_tasks_submitted_total counter") == 1
+        assert page.count(f'makeparallel_tasks_submitted_total{{function="{name}"}} 1.0') == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        registry.unregister(collector)
+        for other in set(threading.enumerate()) - before:  # the request's thread, as exposition() waits for it
+            if not other.name.startswith("makeparallel-"):
+                other.join(10)

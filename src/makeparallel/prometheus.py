@@ -209,9 +209,14 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
 
     Returns what ``prometheus_client.start_http_server`` returns (the server and
     its thread in current versions; call ``server.shutdown()`` to stop). The
-    address defaults to loopback: expose it deliberately.
+    address defaults to loopback: expose it deliberately. A registry that has
+    the collector already (:func:`register` called first, or a server on
+    another port) keeps that one: each metric is served once.
     """
     client = _client()
     registry = registry if registry is not None else client.REGISTRY
-    register(registry)
+    try:
+        register(registry)
+    except ValueError:  # registered already: its metrics are served once
+        pass
     return client.start_http_server(port, addr=addr, registry=registry)
