@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import sys
@@ -60,10 +61,10 @@ class Exposition:
         return families, samples
 
 
-@pytest.fixture
-def exposition() -> Iterator[Exposition]:
+@contextlib.contextmanager
+def served(registry: CollectorRegistry) -> Iterator[Exposition]:
+    """``start_http_server`` on ``registry``, stopped afterwards with every thread it started."""
     before = set(threading.enumerate())
-    registry = CollectorRegistry()
     server, thread = mp_prometheus.start_http_server(0, registry=registry)
     try:
         assert server.server_address[0] == "127.0.0.1"
@@ -78,6 +79,12 @@ def exposition() -> Iterator[Exposition]:
         for other in set(threading.enumerate()) - before:
             if not other.name.startswith("makeparallel-"):
                 other.join(10)
+
+
+@pytest.fixture
+def exposition() -> Iterator[Exposition]:
+    with served(CollectorRegistry()) as served_here:
+        yield served_here
 
 
 def labels(**pairs: str) -> tuple[tuple[str, str], ...]:
@@ -200,14 +207,29 @@ def test_live_gauges_while_tasks_run_and_wait(exposition: Exposition, gate: thre
     assert samples[("makeparallel_tasks_queued", labels(function=name))] == 0
 
 
-def test_register_on_a_fresh_registry() -> None:
-    name = unique_name("prometheus-registered")
+def completed_once(label: str) -> tuple[str, mp.ParallelFunction[[], None]]:
+    """A function named uniquely from ``label``, run once to its end; its name and the function."""
+
+    name = unique_name(label)
 
     @mp.parallel(backend="sync", name=name)
     def work() -> None:
         pass
 
     work().get(5)
+    return name, work
+
+
+def served_once(page: str, name: str) -> bool:
+    """Whether the exposition ``page`` has the submissions family, and ``name``'s one submission, once each."""
+    return (
+        page.count("# TYPE makeparallel_tasks_submitted_total counter") == 1
+        and page.count(f'makeparallel_tasks_submitted_total{{function="{name}"}} 1.0') == 1
+    )
+
+
+def test_register_on_a_fresh_registry() -> None:
+    name, work = completed_once("prometheus-registered")
     registry = CollectorRegistry()
     collector = mp_prometheus.register(registry)
     assert isinstance(collector, mp_prometheus.MakeparallelCollector)
@@ -260,13 +282,7 @@ def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
 
 @pytest.mark.timeout(30)
 def test_registering_twice_is_refused_rather_than_served_twice() -> None:
-    name = unique_name("prometheus-twice")
-
-    @mp.parallel(backend="sync", name=name)
-    def work() -> None:
-        pass
-
-    work().get(5)
+    name, _ = completed_once("prometheus-twice")
     registry = CollectorRegistry()
     collector = mp_prometheus.register(registry)
     try:
@@ -274,9 +290,7 @@ def test_registering_twice_is_refused_rather_than_served_twice() -> None:
         # sample was served twice, which Prometheus rejects as a whole scrape.
         with pytest.raises(ValueError, match="makeparallel_tasks"):
             mp_prometheus.register(registry)
-        page = registry_page(registry)
-        assert page.count("# TYPE makeparallel_tasks_submitted_total counter") == 1
-        assert page.count(f'makeparallel_tasks_submitted_total{{function="{name}"}} 1.0') == 1
+        assert served_once(registry_page(registry), name)
     finally:
         registry.unregister(collector)
 
@@ -291,26 +305,11 @@ def registry_page(registry: CollectorRegistry) -> str:
 def test_a_server_started_on_a_registry_that_has_the_collector_serves_each_metric_once() -> None:
     # register() first, then start_http_server() on the same registry, as the
     # prometheus_client examples do: the server keeps the collector registered.
-    name = unique_name("prometheus-registered-first")
-
-    @mp.parallel(backend="sync", name=name)
-    def work() -> None:
-        pass
-
-    work().get(5)
-    before = set(threading.enumerate())
+    name, _ = completed_once("prometheus-registered-first")
     registry = CollectorRegistry()
     collector = mp_prometheus.register(registry)
-    server, thread = mp_prometheus.start_http_server(0, registry=registry)
     try:
-        page = Exposition(server.server_port, registry).scrape()
-        assert page.count("# TYPE makeparallel_tasks_submitted_total counter") == 1
-        assert page.count(f'makeparallel_tasks_submitted_total{{function="{name}"}} 1.0') == 1
+        with served(registry) as exposition:
+            assert served_once(exposition.scrape(), name)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
         registry.unregister(collector)
-        for other in set(threading.enumerate()) - before:  # the request's thread, as exposition() waits for it
-            if not other.name.startswith("makeparallel-"):
-                other.join(10)
