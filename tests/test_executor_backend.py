@@ -346,7 +346,8 @@ def test_a_task_run_inline_by_its_waiter_ends_with_its_own_result(gate: threadin
         assert queued.get(timeout=30) == 42
 
 
-def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threading.Event) -> None:
+def cancelled_by_its_owner(gate: threading.Event) -> mp.AsyncHandle[int]:
+    """A task queued behind one that waits for ``gate``, on a thread pool its owner shuts down with cancel_futures."""
     pool = cf.ThreadPoolExecutor(max_workers=1)
     blocker = mp.parallel(backend=pool)(gate.wait)(30)
     queued = mp.parallel(backend=pool)(square)(2)
@@ -356,6 +357,11 @@ def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threadi
     gate.set()
     stopper.join(30)
     assert blocker.get(timeout=30) is True
+    return queued
+
+
+def test_the_owner_cancelling_queued_futures_cancels_their_handles(gate: threading.Event) -> None:
+    queued = cancelled_by_its_owner(gate)
     with pytest.raises(mp.TaskCancelledError, match="cancelled by its executor"):
         queued.get()
 
@@ -366,15 +372,7 @@ def test_a_queued_task_its_executor_cancelled_leaves_cancel_with_timeout_nothing
 ) -> None:
     # It never ran, yet its code read as running: cancel_with_timeout() sat out
     # its whole timeout and returned False.
-    pool = cf.ThreadPoolExecutor(max_workers=1)
-    blocker = mp.parallel(backend=pool)(gate.wait)(30)
-    queued = mp.parallel(backend=pool)(square)(2)
-    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
-    stopper.start()
-    assert wait_until(queued.is_ready)
-    gate.set()
-    stopper.join(30)
-    assert blocker.get(timeout=30) is True
+    queued = cancelled_by_its_owner(gate)
     assert queued.cancelled() and queued.cancel_with_timeout(0) is True
 
 
