@@ -582,11 +582,8 @@ def test_exit_does_not_wait_again_after_a_shutdown_that_returned_false() -> None
     assert "longer timeout_secs" in result.stderr and "exit_timeout" not in result.stderr
 
 
-INTERRUPTED_SHUTDOWN = """
-import threading
-import makeparallel as mp
-
-mp.configure(exit_timeout=60)
+# A child script's start: its one worker thread runs a task that never ends, and the next waits.
+ONE_RUNNING_ONE_QUEUED = """
 mp.configure_thread_pool(1)
 never, started = threading.Event(), threading.Event()
 
@@ -598,6 +595,14 @@ def stuck():
 running = stuck()
 assert started.wait(10)
 queued = stuck()
+"""
+
+INTERRUPTED_SHUTDOWN = """
+import threading
+import makeparallel as mp
+
+mp.configure(exit_timeout=60)
+""" + ONE_RUNNING_ONE_QUEUED + """
 # shutdown() cancels the queued task first, on this thread: its callback says
 # that shutdown is under way, and the signal then lands in its endless wait.
 queued.on_error(lambda error: print("ready", flush=True))
@@ -723,18 +728,7 @@ def test_ctrl_c_while_exit_stops_the_workers_ends_the_program_with_no_traceback(
 SECOND_CTRL_C_AS_EXIT_ABANDONS = """
 import os, signal, threading
 import makeparallel as mp
-
-mp.configure_thread_pool(1)
-never, started = threading.Event(), threading.Event()
-
-@mp.parallel
-def stuck():
-    started.set()
-    never.wait()
-
-running = stuck()
-assert started.wait(10)
-queued = stuck()
+""" + ONE_RUNNING_ONE_QUEUED + """
 # Exit cancels the queued task on this thread: its callback is the user's second Ctrl-C.
 queued.on_error(lambda error: os.kill(os.getpid(), signal.SIGINT))
 print("interrupting", flush=True)
