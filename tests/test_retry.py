@@ -1293,10 +1293,8 @@ class RefusesAfterItsFirstTaskElsewhere(RefusesAfterItsFirstTask):
     _makeparallel_in_process = False
 
 
-@pytest.mark.parametrize("where", [RefusesAfterItsFirstTask, RefusesAfterItsFirstTaskElsewhere], ids=["here", "elsewhere"])
-def test_an_executor_broken_during_the_retry_wait_ends_the_task_with_its_last_error(where: type) -> None:
-    # It failed with the refusal (a WorkerCrashedError for a worker that held
-    # nothing), its note listing a second attempt that never ran.
+def retried_on_an_executor_broken_meanwhile(where: type) -> tuple[AsyncHandle[Any], BaseException]:
+    """A task whose first attempt failed and whose retry an executor of type ``where``, broken since, refused; and its error."""
     from concurrent.futures import BrokenExecutor
 
     with where(BrokenExecutor("the pool broke")) as executor:
@@ -1305,7 +1303,15 @@ def test_an_executor_broken_during_the_retry_wait_ends_the_task_with_its_last_er
             handle = fn()
             with pytest.raises(ConnectionError, match="down") as caught:
                 handle.get(timeout=30)
-    notes = "\n".join(caught.value.__notes__)
+    return handle, caught.value
+
+
+@pytest.mark.parametrize("where", [RefusesAfterItsFirstTask, RefusesAfterItsFirstTaskElsewhere], ids=["here", "elsewhere"])
+def test_an_executor_broken_during_the_retry_wait_ends_the_task_with_its_last_error(where: type) -> None:
+    # It failed with the refusal (a WorkerCrashedError for a worker that held
+    # nothing), its note listing a second attempt that never ran.
+    handle, error = retried_on_an_executor_broken_meanwhile(where)
+    notes = "\n".join(error.__notes__)
     assert handle.attempts == 1 and "1 attempt(s) failed: attempt 1: ConnectionError" in notes
     assert "not retried again: WorkerCrashedError: " in notes and "is broken (the pool broke)" in notes
 
@@ -1316,14 +1322,7 @@ def test_a_retry_the_executor_refused_leaves_cancel_with_timeout_nothing_to_wait
     # The refused attempt never ran and the first had returned, yet the task's
     # code read as running: cancel_with_timeout() sat out its whole timeout and
     # returned False.
-    from concurrent.futures import BrokenExecutor
-
-    with where(BrokenExecutor("the pool broke")) as executor:
-        fn = mp.parallel(backend=executor, retry=mp.Retry(on=ConnectionError, attempts=3))(raises_connection_error)
-        with no_retry_waits():
-            handle = fn()
-            with pytest.raises(ConnectionError, match="down"):
-                handle.get(timeout=30)
+    handle, _ = retried_on_an_executor_broken_meanwhile(where)
     assert handle.cancel_with_timeout(0) is True
 
 
