@@ -452,10 +452,15 @@ class ExecutorBackend(Backend):
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         self._held.pop(handle, None)
-        future = self._futures.pop(handle, None)
-        if not (future is None or isinstance(future, _Unsent) or was_pending) and handle._state >= CANCELLED:
+        future = self._pop_future_locked(handle)
+        if future is not None and not was_pending and handle._state >= CANCELLED:
             self._abandoning[handle] = future  # the handle calls _abandoned() next
         super()._settled_locked(handle, was_pending)
+
+    def _pop_future_locked(self, handle: AsyncHandle[Any]) -> Any:
+        """Take ``handle``'s place in ``_futures``: the executor's future there, or None (none, or not given yet)."""
+        future = self._futures.pop(handle, None)
+        return None if isinstance(future, _Unsent) else future
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
         """The attempt that failed is no longer the task's: its future leaves ``_futures`` as it waits to retry.
@@ -466,8 +471,8 @@ class ExecutorBackend(Backend):
         the wait, which kept it in ``_abandoning`` for good: no ``_abandoned()``
         follows the end of a task that waits to retry.
         """
-        future = self._futures.pop(handle, None)
-        if handle._retry.timed_out and not (future is None or isinstance(future, _Unsent)):
+        future = self._pop_future_locked(handle)
+        if handle._retry.timed_out and future is not None:
             self._abandoning[handle] = future
         super()._schedule_retry_locked(handle, due)
 
