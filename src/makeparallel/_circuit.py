@@ -33,6 +33,7 @@ from typing import Any
 from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import RetryOn, _check_on
+from ._validation import check_count
 from .errors import CircuitOpenError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
@@ -92,14 +93,6 @@ def _check_rate(value: Any, name: str, low_open: bool) -> float:
     if not (0 < value <= 1 if low_open else 0 <= value <= 1):
         raise ValueError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
     return float(value)
-
-
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _check_seconds(value: Any, name: str, allow_none: bool) -> float | None:
@@ -170,14 +163,14 @@ class CircuitBreaker:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         self.name = name
         self.failure_rate = _check_rate(failure_rate, "failure_rate", low_open=True)
-        self.window = _check_int(window, "window")
+        self.window = check_count(window, "window")
         # The ring holds at most ``window`` calls: a larger min_calls (the default 10 with a
         # window of 5) would never be reached, and the breaker would stay closed for good.
-        self.min_calls = min(_check_int(min_calls, "min_calls"), self.window)
+        self.min_calls = min(check_count(min_calls, "min_calls"), self.window)
         self.slow_call_seconds = _check_seconds(slow_call_seconds, "slow_call_seconds", allow_none=True)
         self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
         self.recovery_timeout: float = _check_seconds(recovery_timeout, "recovery_timeout", allow_none=False) or 0.0
-        self.half_open_calls = _check_int(half_open_calls, "half_open_calls")
+        self.half_open_calls = check_count(half_open_calls, "half_open_calls")
         _check_on(on)
         self.on = on
         if not callable(clock):
