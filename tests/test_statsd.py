@@ -23,6 +23,7 @@ import pytest
 import makeparallel
 import makeparallel as mp
 from makeparallel import _metrics
+from makeparallel._states import SUCCEEDED
 
 _BOUND_BEFORE = "statsd" in vars(makeparallel)
 from makeparallel.statsd import StatsdExporter  # noqa: E402
@@ -279,6 +280,28 @@ def test_a_second_flush_sends_only_the_increase(server: StatsdServer, exporter: 
     assert round(sampled_count(second, "queue_wait")) == 2
     third = of(server.flush(exporter), f"test.{name}")
     assert third == {}  # nothing happened: nothing is sent
+
+
+def test_a_sample_rate_is_written_as_digits_and_a_point(server: StatsdServer, exporter: StatsdExporter) -> None:
+    """A bucket that gained over 10,000 samples in one flush (fast tasks, a busy second).
+
+    Its rate, 1/count, is below 1e-4, which ``{:g}`` writes as ``8.33333e-05``.
+    The reference StatsD server reads a rate as ``@([\\d.]+)``: ``8``, which it
+    cannot use, so it counted one sample where there were 12,000.
+    """
+    name = unique_name("statsd-many-samples")
+    samples = 12_000
+    counts = _metrics.metrics_for(name).counted()
+    with counts.lock:  # what the sync backend counts for 12,000 tasks of 1 ms
+        for _ in range(samples):
+            counts.total += 1
+            counts.count_end(SUCCEEDED, 0.001, 0.0)
+    start = len(server.packets)
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == samples
+    for timer in ("duration", "queue_wait"):
+        rates = [line.rpartition("|@")[2] for line in server.lines(start) if line.startswith(f"test.{name}.{timer}:")]
+        assert rates and all(re.fullmatch(r"[0-9]*\.[0-9]+", rate) for rate in rates), rates
+        assert round(sum(1 / float(rate) for rate in rates)) == samples
 
 
 def test_counts_restart_after_reset_metrics_without_negative_numbers(

@@ -167,6 +167,16 @@ def _delta(now: int, before: int) -> int:
     return now - before
 
 
+def _sample_rate(count: int) -> str:
+    """``1 / count`` as digits and a point, to 6 significant digits.
+
+    StatsD servers read a rate as ``@([\\d.]+)`` (the reference server does):
+    ``1e-05``, which ``{:g}`` writes for a bucket of 100,000 samples, read as 1,
+    and the server counted one sample for them all.
+    """
+    return f"{1 / count:.{5 + len(str(count))}f}".rstrip("0")
+
+
 def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] | None) -> Iterator[str]:
     """One sampled timer line per bucket that gained samples since ``previous``."""
     before = [count for _, count in previous] if previous else [0] * len(buckets)
@@ -178,6 +188,6 @@ def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] 
         upper = lower * 4 if le == "+Inf" else float(le)
         if added > 0:
             midpoint_ms = (lower + upper) / 2 * 1000.0
-            rate = "" if added == 1 else f"|@{1 / added:.6g}"
+            rate = "" if added == 1 else f"|@{_sample_rate(added)}"
             yield f"{name}:{midpoint_ms:.6g}|ms{rate}"
         lower = upper if not math.isinf(upper) else lower
