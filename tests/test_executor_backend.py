@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -282,6 +283,29 @@ def test_a_queued_task_cancelled_never_runs(gate: threading.Event) -> None:
         gate.set()
         assert blocker.get(timeout=30) is True
     assert queued.cancelled() and not ran.is_set()
+
+
+def test_tasks_the_executor_has_not_started_count_as_queued(gate: threading.Event) -> None:
+    """Their handles say pending; their metrics said running, with nothing queued."""
+    name = f"adapter_queued_{uuid.uuid4().hex}"
+    started = threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(30)
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        work = mp.parallel(backend=pool, name=name)(hold)
+        handles = [work() for _ in range(3)]
+        try:
+            assert started.wait(30)
+            assert [handle.status for handle in handles[1:]] == ["pending", "pending"]
+            metrics = mp.get_metrics(name)
+            assert metrics is not None
+            assert (metrics.running_tasks, metrics.queued_tasks) == (1, 2)
+        finally:
+            gate.set()
+            assert mp.gather(handles, timeout=30) == [True] * 3
 
 
 def test_in_process_progress_check_cancelled_and_timeout() -> None:

@@ -131,12 +131,19 @@ class ExecutorBackend(Backend):
         return refused[0]
 
     def queued_by_name(self) -> dict[str, int]:
-        """The tasks held for their limits' slots (:meth:`hold`): not yet given to the executor."""
+        """The tasks not started: held for their limits' slots (:meth:`hold`), or queued in the executor.
+
+        A task sent to an executor in this process is pending until one of its
+        workers takes it; counting only the held ones made the rest running
+        in the metrics while their handles said pending. One sent elsewhere
+        is running from its submission, as its handle says.
+        """
         counts: dict[str, int] = {}
         with self._lock:
-            for handle in self._held:
-                name = handle._observer.name
-                counts[name] = counts.get(name, 0) + 1
+            for handle in self._futures:
+                if handle._state == PENDING:
+                    name = handle._observer.name
+                    counts[name] = counts.get(name, 0) + 1
         return counts
 
     def reported_worker_count(self) -> int:
