@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -405,6 +406,50 @@ def test_a_flush_racing_reset_metrics_sends_no_negative_counts(
     assert all(line.value >= 0 for line in sent), [line for line in sent if line.value < 0]
     completed = sum(line.value for line in sent if line.name.endswith(".completed"))
     assert completed == 2, f"after the reset, 2 tasks completed; the flushes sent {completed}: {sent}"
+
+
+def test_a_flush_made_while_another_flushes_sends_each_change_once(
+    server: StatsdServer, exporter: StatsdExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flush()`` called while the exporter's thread flushes (a job that flushes as it ends).
+
+    The first flush is held right after it read what the last flush sent of
+    this test's function; the second runs meanwhile (on its own thread, in case
+    the library makes it wait for the first: after a bounded wait the first goes
+    on). Both compared with the same last flush, and the server counted each
+    task twice.
+    """
+    name = unique_name("statsd-two-flushes")
+    run(make_work(name), succeed=3)
+    statsd = sys.modules[StatsdExporter.__module__]
+    compared, resume = threading.Event(), threading.Event()
+    delta = statsd._delta
+
+    def delta_then_pause(now: int, before: int) -> int:
+        if threading.current_thread() is first and not compared.is_set():
+            compared.set()
+            resume.wait(10)
+        return delta(now, before)
+
+    monkeypatch.setattr(statsd, "_delta", delta_then_pause)
+    first = threading.Thread(target=exporter.flush, name="test-statsd-first-flush")
+    second = threading.Thread(target=exporter.flush, name="test-statsd-second-flush")
+    start = len(server.packets)
+    first.start()
+    try:
+        assert compared.wait(10), "the first flush never compared this test's counts"
+        second.start()
+        second.join(2)  # done, or waiting for the first flush to end
+    finally:
+        resume.set()
+        first.join(10)
+        if second.ident is not None:
+            second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    server.flush(exporter)  # after every packet of the two flushes: a third, with nothing new
+    mine = of([Line.parse(text) for text in server.lines(start)], f"test.{name}")
+    assert counter(mine, "completed") == 3, mine["completed"]
+    assert counter(mine, "submitted") == 3
 
 
 # -- robustness --------------------------------------------------------------------------------

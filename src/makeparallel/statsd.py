@@ -93,6 +93,9 @@ class StatsdExporter:
             self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
         self._previous: dict[str, dict[str, Any]] = {}
+        # One flush at a time: each sends the change since the one before it. Two at
+        # once (flush() called while the thread flushes) sent the same change twice.
+        self._flushing = threading.Lock()
         self._resets = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,8 +116,9 @@ class StatsdExporter:
         self._socket.close()
 
     def flush(self) -> None:
-        """Send what changed since the last flush, now."""
-        self._send(self._lines(makeparallel.metrics_snapshot()))
+        """Send what changed since the last flush, now (after a flush under way ends)."""
+        with self._flushing:
+            self._send(self._lines(makeparallel.metrics_snapshot()))
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
