@@ -937,6 +937,26 @@ def test_gather_async_timeout_leaves_the_tasks_running(gate: threading.Event) ->
     handle.get(10)
 
 
+@pytest.mark.timeout(30)
+def test_gather_async_with_no_time_left_returns_what_ended_already() -> None:
+    """As ``gather`` does: a timeout of 0 on tasks that all ended is no timeout."""
+
+    @mp.parallel
+    def parse(text: str) -> int:
+        return int(text)
+
+    ended = [parse(t) for t in "12x"]
+    assert mp.gather(ended, on_error="none", timeout=10) == [1, 2, None]
+
+    async def main() -> None:
+        assert await mp.gather_async(ended, on_error="none", timeout=0) == [1, 2, None]
+        assert await mp.gather_async(ended, on_error="skip", timeout=0) == [1, 2]
+        with pytest.raises(ValueError, match="invalid literal"):
+            await mp.gather_async(ended, timeout=0)
+
+    run(main())
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
 def test_async_imap_equals_map(ordered: bool, backend: str) -> None:

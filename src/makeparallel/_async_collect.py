@@ -171,6 +171,11 @@ class _Countdown:
         else:
             handle.add_done_callback(self.callback)
 
+    def finished(self) -> bool:
+        """Whether the future is, or is about to be, done: every task ended, or the first failed."""
+        with self._lock:
+            return not self.left or self.failed is not None
+
     def ended(self, handle: AsyncHandle[Any]) -> None:
         """One followed task ended; on whatever thread ended it."""
         with self._lock:
@@ -267,7 +272,10 @@ async def gather_async(
         else:
             await asyncio.wait_for(countdown.future, max(0.0, deadline - time.monotonic()))
     except asyncio.TimeoutError:
-        raise collect_timeout_error(timeout, countdown.left, len(items)) from None
+        # The countdown may have finished before the loop heard of it: the tasks
+        # ended on time (all of them before a timeout of 0), only the wake-up did not.
+        if not countdown.finished():
+            raise collect_timeout_error(timeout, countdown.left, len(items)) from None
     except asyncio.CancelledError:
         from ._await import cancel_crossing
 
