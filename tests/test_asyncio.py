@@ -922,6 +922,25 @@ def test_cancelling_gather_async_cancels_the_unfinished_tasks(gate: threading.Ev
 
 
 @pytest.mark.timeout(30)
+def test_gather_async_cancelled_while_it_follows_gives_its_workers_place_back(gate: threading.Event) -> None:
+    """An async task's gather_async, cancelled between two slices of handles it follows, lends nothing after."""
+    work = mp.parallel(poll_until_stopped)
+
+    @mp.parallel
+    async def collect() -> list[mp.AsyncHandle[None]]:
+        handles = [work(gate) for _ in range(300)]  # more than one slice of followed handles
+        gathering = asyncio.ensure_future(mp.gather_async(handles, on_error="skip"))
+        await asyncio.sleep(0)  # it follows the first slice, and gives the loop a turn
+        gathering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gathering
+        return handles
+
+    assert all(h.cancelled() for h in collect().get(20))
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0
+
+
+@pytest.mark.timeout(30)
 def test_gather_async_timeout_leaves_the_tasks_running(gate: threading.Event) -> None:
     work = mp.parallel(poll_until_stopped)
 

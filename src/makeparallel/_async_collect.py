@@ -283,6 +283,9 @@ async def gather_async(
         raise
     finally:
         stop_following(items, countdown.callback)
+        # Done however this ends (cancelled while following, the future not yet
+        # awaited): a worker's place lent until it is done goes back.
+        countdown.future.cancel()
     if countdown.failed is not None:
         countdown.failed.get()  # raises the task's error, with its note
     if on_error == "skip":
