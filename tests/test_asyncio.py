@@ -577,6 +577,31 @@ def test_on_the_sync_backend_under_a_loop_it_runs_on_that_loop() -> None:
     assert here().get(10)[1] == threading.get_ident()  # no loop running: its own loop, inline
 
 
+def test_on_the_sync_backend_under_a_loop_its_coroutine_runs_as_its_own_task() -> None:
+    """Its steps run on the caller's loop after the call returned: still as its task, not the caller's."""
+
+    @mp.parallel(backend="sync")
+    async def inner(proceed: asyncio.Event) -> int | None:
+        mp.report_progress(0.5, "half way")
+        await proceed.wait()
+        return mp.get_current_task_id()
+
+    @mp.parallel
+    async def outer() -> tuple[int | None, int, str | None, int | None]:
+        proceed = asyncio.Event()
+        handle = inner(proceed)
+        await asyncio.sleep(0)  # its first step, up to the wait
+        message = handle.get_progress_message()
+        proceed.set()
+        return await handle, handle.get_task_id(), message, mp.get_current_task_id()
+
+    handle = outer()
+    inner_seen, inner_id, message, outer_seen = handle.get(10)
+    assert (inner_seen, message) == (inner_id, "half way")
+    assert outer_seen == handle.get_task_id()
+    assert handle.get_progress_message() is None  # the outer task reported nothing
+
+
 def test_a_threads_own_loop_is_closed_when_it_ends_though_a_failed_tasks_error_is_kept() -> None:
     """The error's traceback outlives the thread; the loop is closed at the thread's end, not by the collector.
 

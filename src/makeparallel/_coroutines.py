@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import types
 import weakref
 from collections.abc import Callable, Coroutine
 from types import CoroutineType
@@ -198,8 +199,14 @@ def start_on_running_loop(
     task: Any,
     finish: Callable[[bool, Any], None],
 ) -> None:
-    """Start ``coroutine`` on the loop running on this thread; ``finish(ok, value)`` at its end."""
-    future = loop.create_task(coroutine)  # in the current context: the task's own
+    """Start ``coroutine`` on the loop running on this thread; ``finish(ok, value)`` at its end.
+
+    Its steps run after the call returned, when the task is no longer current on
+    this thread: each is run as ``task`` (:func:`_steps_as`), so that
+    ``report_progress()``, ``check_cancelled()`` and ``get_current_task_id()``
+    inside it are its own, not those of the caller's task, or of none.
+    """
+    future = loop.create_task(_as_task(task, coroutine))  # in the current context: the task's own
 
     def ended(done: Any) -> None:
         if done.cancelled():
@@ -213,6 +220,36 @@ def start_on_running_loop(
 
     future.add_done_callback(ended)
     _cancel_when_stopped(task, loop, future)
+
+
+async def _as_task(task: Any, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return await _steps_as(task, coroutine)
+
+
+@types.coroutine
+def _steps_as(task: Any, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Drive ``coroutine`` as ``yield from`` would, with ``task`` the current task during each of its steps."""
+    from ._task_context import _local
+
+    here = _local.__dict__
+    step, arg = coroutine.send, None
+    while True:
+        outer = here.get("task")
+        here["task"] = task
+        try:
+            yielded = step(arg)
+        except StopIteration as end:
+            return end.value
+        finally:
+            here["task"] = outer
+        try:
+            arg = yield yielded
+            step = coroutine.send
+        except GeneratorExit:
+            coroutine.close()
+            raise
+        except BaseException as error:  # thrown in by the loop (a cancel): the coroutine's to handle
+            step, arg = coroutine.throw, error
 
 
 def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None]:
