@@ -507,6 +507,40 @@ def test_the_group_timeout_ends_a_submit_waiting_for_a_slot(gate: threading.Even
     assert len(ctx.handles) == 1
 
 
+class _OpensWhenWaitedOn:
+    """A group's limiter that opens ``gate`` as a submit starts waiting for a slot."""
+
+    def __init__(self, limiter: Any, gate: threading.Event) -> None:
+        self._limiter = limiter
+        self._gate = gate
+
+    def acquire(self, deadline: float | None = None) -> bool:
+        self._gate.set()
+        return bool(self._limiter.acquire(deadline))
+
+    def release(self) -> None:
+        self._limiter.release()
+
+
+@pytest.mark.timeout(20)
+def test_a_submit_waiting_for_the_slot_a_failure_frees_is_refused(gate: threading.Event) -> None:
+    mp.configure_thread_pool(2)
+    late = Recorder()
+
+    def fail_at_the_gate() -> None:
+        assert gate.wait(5)
+        fail(9)
+
+    with pytest.raises(mp.TaskCancelledError, match="ctx.errors"):
+        with mp.ParallelContext(max_concurrent=1, backend="thread") as ctx:
+            ctx.submit(fail_at_the_gate)
+            ctx._limiter = _OpensWhenWaitedOn(ctx._limiter, gate)  # type: ignore[assignment]
+            ctx.submit(late)  # the failure frees the only slot: the group has failed by then
+    assert not late.ran.is_set()
+    assert len(ctx.handles) == 1
+    assert isinstance(ctx.errors[0], Boom) and ctx.errors[0].code == 9
+
+
 @pytest.mark.timeout(20)
 def test_max_concurrent_makes_submit_wait(gate: threading.Event) -> None:
     mp.configure_thread_pool(4)

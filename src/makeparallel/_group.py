@@ -144,16 +144,14 @@ class ParallelContext:
             positional = tuple(packed)
         elif len(positional) == 1 and not kwargs and type(positional[0]) is tuple:
             positional = positional[0]
-        if self._failed:
-            raise TaskCancelledError(
-                "the group already failed and takes no new tasks; see ctx.errors"
-            )
+        self._refuse_if_failed()
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
         if self._limiter is not None and not self._limiter.acquire(self._deadline):
             self._time_out()
         try:
+            self._refuse_if_failed()  # again: the slot this submit waited for may have been freed by a failure
             handle: AsyncHandle[Any] = function(*positional, **kwargs)
         except BaseException:
             if self._limiter is not None:
@@ -190,13 +188,26 @@ class ParallelContext:
 
     # -- internals -------------------------------------------------------------------
 
+    def _refuse_if_failed(self) -> None:
+        if self._failed:
+            raise TaskCancelledError(
+                "the group already failed and takes no new tasks; see ctx.errors"
+            )
+
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
-        if self._limiter is not None:
-            self._limiter.release()
+        """Count a task's end; a failure fails the group before its slot frees.
+
+        A submit waiting for that slot (``max_concurrent``) then sees the
+        failure and refuses its task, which would otherwise start after the
+        group had cancelled the rest, and run to its end.
+        """
         state = handle._state
-        if state == SUCCEEDED or (state == CANCELLED and self._cancelling):
-            return  # a success, or a task this group cancelled itself
-        self._fail(handle._error_for_caller())
+        try:
+            if state != SUCCEEDED and not (state == CANCELLED and self._cancelling):  # not one this group cancelled
+                self._fail(handle._error_for_caller())
+        finally:
+            if self._limiter is not None:
+                self._limiter.release()
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
