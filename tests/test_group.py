@@ -136,6 +136,12 @@ def test_map_returns_handles_in_item_order(backend: str) -> None:
     assert ctx.results() == [i * i for i in range(10)]
 
 
+def test_map_passes_a_tuple_item_as_one_argument(backend: str) -> None:
+    with mp.ParallelContext(backend=backend) as ctx:
+        ctx.map(len, [(1, 2, 3), ("a",), ()])
+    assert ctx.results() == [3, 1, 0]
+
+
 def test_results_inside_the_block_waits_for_the_tasks_so_far(backend: str) -> None:
     with mp.ParallelContext(backend=backend) as ctx:
         ctx.map(square, [1, 2])

@@ -144,6 +144,10 @@ class ParallelContext:
             positional = tuple(packed)
         elif len(positional) == 1 and not kwargs and type(positional[0]) is tuple:
             positional = positional[0]
+        return self._submit(fn, positional, kwargs)
+
+    def _submit(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
+        """Run ``fn(*positional, **kwargs)`` as a task of the group, its arguments as given."""
         self._refuse_if_failed()
         function = self._functions.get(id(fn))
         if function is None:
@@ -167,8 +171,12 @@ class ParallelContext:
     @overload
     def map(self, fn: Callable[..., T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]: ...
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any]) -> list[AsyncHandle[Any]]:
-        """Submit ``fn(item)`` for each item, one task each; return the handles."""
-        return [self.submit(fn, item) for item in iterable]
+        """Submit ``fn(item)`` for each item, one task each; return the handles.
+
+        An item that is a tuple is passed as it is, one argument, as ``map()``
+        does: not as the arguments of ``submit``'s 0.2 form.
+        """
+        return [self._submit(fn, (item,), {}) for item in iterable]
 
     def results(self) -> list[Any]:
         """Wait for every task so far and return their results in submission order.
