@@ -455,6 +455,40 @@ def test_a_failing_item_of_a_generator_names_its_index(backend: str) -> None:
     assert any("item 4 (5)" in note for note in caught.value.__notes__)
 
 
+def _ten_rows_then_a_failed_read() -> Iterator[int]:
+    yield from range(10)
+    raise Boom(99, "the input failed after ten rows")
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+@pytest.mark.parametrize("loop", ["for", "async for"])
+@pytest.mark.parametrize("chunksize", [None, 3])
+def test_imap_hands_out_the_results_of_the_items_read_before_its_input_failed(
+    loop: str, ordered: bool, chunksize: int | None, backend: str
+) -> None:
+    # As map() does: the items read before the input raised run, and their
+    # results come out before its error; they were lost with it.
+    got: list[int] = []
+
+    async def collect() -> None:
+        async for result in mp.imap(
+            triple_plus_one, _ten_rows_then_a_failed_read(), chunksize=chunksize, ordered=ordered, backend=backend
+        ):
+            got.append(result)
+
+    with pytest.raises(Boom) as caught:
+        if loop == "for":
+            for result in mp.imap(
+                triple_plus_one, _ten_rows_then_a_failed_read(), chunksize=chunksize, ordered=ordered, backend=backend
+            ):
+                got.append(result)
+        else:
+            asyncio.run(collect())
+    assert caught.value.code == 99
+    expected = [triple_plus_one(x) for x in range(10)]
+    assert (got if ordered else sorted(got)) == expected
+
+
 @pytest.mark.parametrize(
     ("on_error", "expected"),
     [

@@ -561,7 +561,9 @@ def imap(
         Exception: with ``on_error="raise"``, the first item error, as itself,
             once the results of the items before it in its chunk were handed
             out (those of the chunks before it too, in order), except on
-            another executor's processes, where they stay.
+            another executor's processes, where they stay. What reading
+            ``iterable`` raises, likewise once the results of the items read
+            before it were handed out, as ``map()`` gives them.
 
     Memory:
         Without ``max_in_flight``, the items read ahead of you are kept under
@@ -1078,6 +1080,7 @@ class _Mapper:
         self._sent_again: set[int] = set()  # items of one-item chunks run again after a death before they began
         self._read = 0
         self._exhausted = False
+        self._input_error: Exception | None = None  # what reading the input raised: raised after its items' results
         self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
         self._probed = False  # a chunk of no items was sent to learn it, and has not died
         self._probe_deaths = 0  # such chunks whose worker died before they told
@@ -1105,6 +1108,8 @@ class _Mapper:
                 self._items_in_flight -= taken
                 self._fill()
             finished = True
+            if self._input_error is not None:
+                raise self._input_error
         finally:
             if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped: nothing of it goes on
                 cancel_and_stop([handle for handle, _ in self._in_flight])
@@ -1149,6 +1154,8 @@ class _Mapper:
                 self._items_in_flight -= taken
                 self._fill()
             finished = True
+            if self._input_error is not None:
+                raise self._input_error
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -1399,7 +1406,7 @@ class _Mapper:
         if _is_sliced(items):
             first: Sequence[Any] = items[self._read : self._read + 1]
         else:
-            first = list(itertools.islice(items, 1))
+            first = self._read_into([], 1)
             self._items = itertools.chain(first, items)  # read, so put back in front
         if first:
             self._measure_items(first)
@@ -1419,7 +1426,24 @@ class _Mapper:
             return self._read_within_bytes(size)
         if _is_sliced(items):
             return items[self._read : self._read + size]
-        return list(itertools.islice(items, size))
+        return self._read_into([], size)
+
+    def _read_into(self, chunk: list[Any], count: int) -> list[Any]:
+        """``chunk``, with up to ``count`` more items of the input, an iterator, appended.
+
+        An error reading them (a generator's, a file's) ends the input there,
+        after the items read before it: it is raised once their results are
+        handed out (:meth:`chunks`), as ``map()`` gives them before it, and not
+        in place of them. An input that failed is read no more.
+        """
+        if self._input_error is not None:
+            return chunk
+        try:
+            chunk.extend(itertools.islice(self._items, count))  # keeps what it appended if the input raises
+        except Exception as error:
+            self._input_error = error
+            self._exhausted = True
+        return chunk
 
     def _read_within_bytes(self, size: int) -> list[Any]:
         """The next ``size`` items, fewer at the end or where a chunk's share of the byte budget ends.
@@ -1442,10 +1466,10 @@ class _Mapper:
                 per_item = max(self._bytes_per_item, middle, _estimated_size(items[last]))
                 size = max(1, min(size, int(share / per_item)))
             return items[first : first + size]
-        chunk = list(itertools.islice(items, 1))
+        chunk = self._read_into([], 1)
         while chunk and len(chunk) < size:
             read = len(chunk)
-            chunk.extend(itertools.islice(items, min(read, size - read)))
+            self._read_into(chunk, min(read, size - read))
             if len(chunk) == read or len(chunk) * max(self._bytes_per_item, _estimated_size(chunk[-1])) > share:
                 break
         return chunk
