@@ -12,6 +12,7 @@ import asyncio
 import gc
 import concurrent.futures as cf
 import itertools
+import math
 import os
 import signal
 import subprocess
@@ -118,6 +119,28 @@ def test_map_timeout_raises_timeout_error_and_cancels_the_rest(flags: Flags) -> 
         futures_left = executor._backend.active_count()
         flags.set("release")
     assert futures_left <= 1  # the running one goes on; the queued ones were cancelled
+
+
+@pytest.mark.timeout(60)
+def test_map_with_an_endless_timeout_waits_as_long_as_it_takes() -> None:
+    # Accepted as every wait of the library accepts it, it overflowed the lock's wait at next().
+    waiting_thread = threading.get_ident()
+    given_up = threading.Event()
+
+    def result_awaited() -> bool:
+        frame = sys._current_frames().get(waiting_thread)
+        return frame is not None and frame.f_code is threading.Condition.wait.__code__
+
+    def answer_once_awaited(_: int) -> str:
+        wait_until(lambda: given_up.is_set() or result_awaited(), 30)
+        given_up.wait(1)  # a wait that cannot block fails as it starts: not long after it was seen
+        return "answer"
+
+    with mp.Executor(max_workers=1) as executor:
+        try:
+            assert list(executor.map(answer_once_awaited, [0], timeout=math.inf)) == ["answer"]
+        finally:
+            given_up.set()
 
 
 def test_map_raises_a_call_error_when_its_result_is_reached(executor: mp.Executor) -> None:

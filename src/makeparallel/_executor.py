@@ -35,6 +35,7 @@ from ._coroutines import running_loop
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
+from ._interruptible import bounded
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
@@ -535,7 +536,8 @@ def _results(
             if refill is not None:  # one more in flight for each one taken
                 for args in itertools.islice(refill, 1):
                     in_flight.append(submit_one(args))
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # Bounded: a lock refuses a longer wait (``timeout=math.inf``) with OverflowError.
+            remaining = None if deadline is None else bounded(max(0.0, deadline - time.monotonic()))
             try:
                 results = future.result(remaining) if flatten else [future.result(remaining)]
             except concurrent.futures.TimeoutError:
