@@ -112,6 +112,12 @@ def mark_then_wait(flags: Flags, name: str) -> str:
     return name
 
 
+def queued_behind_the_first(flags: Flags) -> None:
+    """A task named for one metrics test alone: it sets flag "started", then waits for "release"."""
+    flags.set("started")
+    assert flags.wait_for_release("release")
+
+
 def send_tasks_ahead() -> None:
     """Run short tasks until the pool's tasks are short on average: it then sends tasks ahead to a busy worker.
 

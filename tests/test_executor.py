@@ -42,6 +42,7 @@ from pool_helpers import (
     mark_then_wait,
     mul,
     pid_once_released,
+    queued_behind_the_first,
     wait_for_a_dying_task_on_four,
     wait_for_flag,
     wait_until,
@@ -377,6 +378,21 @@ def test_metrics_count_executor_tasks() -> None:
         cf.wait([executor.submit(measured_by_executor) for _ in range(3)], timeout=30)
     metrics = mp.get_metrics(measured_by_executor.__qualname__)
     assert metrics is not None and metrics.completed_tasks == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_count_the_tasks_an_executor_has_not_started_as_queued(backend: str, flags: Flags) -> None:
+    # As a @parallel function's: they read as running, on a pool of one worker three at once.
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        futures = [executor.submit(queued_behind_the_first, flags) for _ in range(3)]
+        try:
+            assert wait_until(lambda: flags.is_set("started"), 30)
+            metrics = mp.get_metrics(queued_behind_the_first.__qualname__)
+            assert metrics is not None
+            assert (metrics.running_tasks, metrics.queued_tasks) == (1, 2)
+        finally:
+            flags.set("release")
+        cf.wait(futures, timeout=30)
 
 
 def test_a_killed_worker_fails_only_its_task() -> None:

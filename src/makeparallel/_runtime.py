@@ -622,9 +622,13 @@ def pool_infos() -> dict[str, dict[str, Any]]:
 
 
 def queued_by_name() -> dict[str, int]:
-    """Tasks not yet started, by function name, across every pool (for metrics)."""
+    """Tasks not yet started, by function name, across every pool (for metrics).
+
+    The ``Executor``s' pools too: their tasks are measured under the functions'
+    names as ``@parallel`` tasks are, and without them those queued read as running.
+    """
     queued: dict[str, int] = {}
-    for backend in _all_backends():
+    for backend in _every_pool():
         for name, count in backend.queued_by_name().items():
             queued[name] = queued.get(name, 0) + count
     return queued
