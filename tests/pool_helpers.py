@@ -240,6 +240,13 @@ def make_payload(_: int) -> Payload:
     return Payload()
 
 
+async def double_later(x: int) -> int:
+    """An ``async def`` task: its call gives a coroutine, which the task runs to its end; it refuses a negative ``x``."""
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return 2 * x
+
+
 def exit_on_four(x: int) -> int:
     if x == 4:
         os._exit(7)

@@ -33,6 +33,7 @@ from makeparallel import _runtime
 from pool_helpers import (
     FalseyError,
     Flags,
+    double_later,
     exit_on,
     exit_on_four,
     fail,
@@ -142,6 +143,15 @@ def test_map_with_an_endless_timeout_waits_as_long_as_it_takes() -> None:
             assert list(executor.map(answer_once_awaited, [0], timeout=math.inf)) == ["answer"]
         finally:
             given_up.set()
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_runs_an_async_def_functions_coroutines_to_their_end(executor: mp.Executor, chunksize: int) -> None:
+    # As submit() does. In chunks, each call's coroutine was handed out unawaited, its
+    # body never run (on processes, the chunk failed: a coroutine does not pickle).
+    assert list(executor.map(double_later, range(7), chunksize=chunksize)) == [2 * x for x in range(7)]
+    with pytest.raises(ValueError, match="negative: -1"):
+        list(executor.map(double_later, [1, -1, 2], chunksize=chunksize))
 
 
 def test_map_raises_a_call_error_when_its_result_is_reached(executor: mp.Executor) -> None:

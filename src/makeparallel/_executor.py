@@ -31,7 +31,7 @@ from ._admission import Limiter
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
-from ._coroutines import running_loop
+from ._coroutines import is_coroutine, run_to_end, running_loop
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
@@ -509,11 +509,33 @@ def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any,
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
+    """The results of a chunk's calls, in one task.
+
+    Calls that give coroutines (of an ``async def``) have them run to their end,
+    as ``submit`` does: the first result tells, so that plain calls pay nothing.
+    """
     try:
-        return [fn(*args) for args in chunk]
+        results = [fn(*args) for args in chunk]
+        if results and is_coroutine(results[0]):
+            return _run_to_their_end(results, current_task())
+        return results
     except Exception as error:  # a call's own error, even the crash of a task it waited for
         disown_worker_death(error)
         raise
+
+
+def _run_to_their_end(values: list[Any], task: Any) -> list[Any]:
+    """``values``, each coroutine among them run to its end in turn; when one raises, those after it are closed unstarted."""
+    for position, value in enumerate(values):
+        if is_coroutine(value):
+            try:
+                values[position] = run_to_end(value, task)
+            except BaseException:
+                for left in values[position + 1 :]:
+                    if is_coroutine(left):
+                        left.close()
+                raise
+    return values
 
 
 def _results(
