@@ -548,6 +548,42 @@ def test_a_submit_waiting_for_the_slot_a_failure_frees_is_refused(gate: threadin
 
 
 @pytest.mark.timeout(20)
+def test_a_task_submitted_as_the_group_fails_is_cancelled_with_the_rest(gate: threading.Event) -> None:
+    """The group fails while a submit makes its task: after the submit's check, before the group holds the task.
+
+    The failure (here a sibling cancelled from outside, as the new task is
+    announced to listeners) cancelled the group's tasks without the new one,
+    which then ran after the group had failed.
+    """
+    blockers = hold_the_pool(gate)
+    late = Recorder()
+    failure_counted = threading.Event()
+
+    def late_task() -> str:
+        return late()
+
+    def fail_the_group_meanwhile(event: mp.TaskEvent) -> None:
+        if event.kind == "submitted" and event.name.endswith("late_task"):
+            first.cancel()
+            assert failure_counted.wait(10), "the group never counted its first task's cancellation"
+
+    mp.add_task_listener(fail_the_group_meanwhile)
+    try:
+        with pytest.raises(mp.TaskCancelledError):
+            with mp.ParallelContext(backend="thread") as ctx:
+                first = ctx.submit(Recorder())  # queued behind the blockers
+                first.add_done_callback(lambda _: failure_counted.set())  # after the group's own
+                ctx.submit(late_task)
+    finally:
+        mp.remove_task_listener(fail_the_group_meanwhile)
+        gate.set()
+    assert all(b.wait(5) for b in blockers)
+    assert wait_until_idle(5)
+    assert not late.ran.is_set(), "a task submitted as the group failed ran after it"
+    assert all(handle.cancelled() for handle in ctx.handles)
+
+
+@pytest.mark.timeout(20)
 def test_max_concurrent_makes_submit_wait(gate: threading.Event) -> None:
     mp.configure_thread_pool(4)
     releases = [threading.Event() for _ in range(3)]

@@ -124,7 +124,8 @@ class ParallelContext:
         Raises:
             TypeError: no function was given, or ``args=`` came with positional
                 arguments too, or is not a tuple or list.
-            TaskCancelledError: the group already failed.
+            TaskCancelledError: the group already failed (a task made as it
+                fails is returned cancelled, with the group's other tasks).
         """
         if positional:
             fn, positional = positional[0], positional[1:]
@@ -147,7 +148,12 @@ class ParallelContext:
         return self._submit(fn, positional, kwargs)
 
     def _submit(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
-        """Run ``fn(*positional, **kwargs)`` as a task of the group, its arguments as given."""
+        """Run ``fn(*positional, **kwargs)`` as a task of the group, its arguments as given.
+
+        A failure of the group while the task is made (on another thread, after
+        the checks) cancels the group's tasks before this one is among them:
+        it is cancelled here instead, or it ran on after the group had failed.
+        """
         self._refuse_if_failed()
         function = self._functions.get(id(fn))
         if function is None:
@@ -163,7 +169,10 @@ class ParallelContext:
             raise
         with self._lock:
             self._handles.append(handle)
+            failed_meanwhile = self._failed
         handle.add_done_callback(self._task_ended)
+        if failed_meanwhile:  # as the task was made: the group cancelled its tasks without this one
+            cancel_and_stop([handle])
         return handle
 
     @overload
