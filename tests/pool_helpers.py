@@ -247,6 +247,19 @@ async def double_later(x: int) -> int:
     return 2 * x
 
 
+async def mark_later(flags: Flags, x: int) -> int:
+    """An ``async def`` task that sets flag ``ran <x>`` when its coroutine runs."""
+    flags.set(f"ran {x}")
+    return x
+
+
+def mark_later_checked(flags: Flags, x: int) -> Any:
+    """A plain function giving :func:`mark_later`'s coroutine; it refuses a negative ``x`` as it is called, no coroutine made."""
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return mark_later(flags, x)
+
+
 def exit_on_four(x: int) -> int:
     if x == 4:
         os._exit(7)

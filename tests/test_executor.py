@@ -40,6 +40,7 @@ from pool_helpers import (
     fail_falsely,
     fail_on_b,
     make_payload,
+    mark_later_checked,
     mark_then_wait,
     mul,
     pid_once_released,
@@ -152,6 +153,17 @@ def test_map_runs_an_async_def_functions_coroutines_to_their_end(executor: mp.Ex
     assert list(executor.map(double_later, range(7), chunksize=chunksize)) == [2 * x for x in range(7)]
     with pytest.raises(ValueError, match="negative: -1"):
         list(executor.map(double_later, [1, -1, 2], chunksize=chunksize))
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_runs_the_coroutines_of_the_calls_before_one_that_raises_as_it_is_called(
+    executor: mp.Executor, chunksize: int, flags: Flags
+) -> None:
+    # As one by one: their bodies run, then the error comes. In chunks, the coroutines
+    # made before it were dropped unawaited (a RuntimeWarning), their bodies never run.
+    with pytest.raises(ValueError, match="negative: -1"):
+        list(executor.map(mark_later_checked, itertools.repeat(flags), [1, 2, -1], chunksize=chunksize))
+    assert flags.is_set("ran 1") and flags.is_set("ran 2")
 
 
 def test_map_raises_a_call_error_when_its_result_is_reached(executor: mp.Executor) -> None:

@@ -513,9 +513,19 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
 
     Calls that give coroutines (of an ``async def``) have them run to their end,
     as ``submit`` does: the first result tells, so that plain calls pay nothing.
+    A call that raises as it is made (a wrapper checking its arguments) comes
+    after the coroutines of the calls before it ran, as one by one; they were
+    dropped unawaited, their bodies never run.
     """
+    results: list[Any] = []
     try:
-        results = [fn(*args) for args in chunk]
+        try:
+            for args in chunk:  # one by one: a call's error keeps what those before it gave
+                results.append(fn(*args))
+        except Exception:
+            if results and is_coroutine(results[0]):
+                _run_to_their_end(results, current_task())
+            raise
         if results and is_coroutine(results[0]):
             return _run_to_their_end(results, current_task())
         return results
