@@ -356,6 +356,37 @@ def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> N
     assert not queued.ran.is_set()
 
 
+@pytest.mark.timeout(20)
+def test_a_task_still_running_after_the_group_timed_out_cannot_add_tasks(gate: threading.Event) -> None:
+    # As after a failure: the group had cancelled its tasks and raised, and a task
+    # of its that ran on (it had not polled check_cancelled yet) added one that ran
+    # after the block, which no one waited for.
+    started, ended = threading.Event(), threading.Event()
+    late = Recorder()
+    refusals: list[mp.TaskCancelledError] = []
+
+    def parent(ctx: mp.ParallelContext) -> None:
+        started.set()
+        try:
+            assert gate.wait(10)  # busy as the group times out
+            ctx.submit(late)
+        except mp.TaskCancelledError as refused:
+            refusals.append(refused)
+        finally:
+            ended.set()
+
+    with pytest.raises(mp.TaskTimeoutError):
+        with mp.ParallelContext(timeout=0.2, backend="thread") as ctx:
+            ctx.submit(parent, ctx)
+            assert started.wait(5)
+    gate.set()
+    assert ended.wait(10)
+    assert wait_until_idle(5)
+    assert not late.ran.is_set(), "a task added after the group timed out ran"
+    assert len(refusals) == 1 and "timed out" in str(refusals[0])
+    assert len(ctx.handles) == 1
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("ending", ["timeout", "failure"])
 def test_a_process_task_a_group_cancelled_gives_up_its_worker(ending: str, tmp_path: Path) -> None:

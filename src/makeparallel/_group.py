@@ -124,8 +124,8 @@ class ParallelContext:
         Raises:
             TypeError: no function was given, or ``args=`` came with positional
                 arguments too, or is not a tuple or list.
-            TaskCancelledError: the group already failed (a task made as it
-                fails is returned cancelled, with the group's other tasks).
+            TaskCancelledError: the group already failed, or timed out (a task
+                made as it ends so is returned cancelled, with its other tasks).
         """
         if positional:
             fn, positional = positional[0], positional[1:]
@@ -150,18 +150,19 @@ class ParallelContext:
     def _submit(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
         """Run ``fn(*positional, **kwargs)`` as a task of the group, its arguments as given.
 
-        A failure of the group while the task is made (on another thread, after
-        the checks) cancels the group's tasks before this one is among them:
-        it is cancelled here instead, or it ran on after the group had failed.
+        A failure or the timeout of the group while the task is made (on
+        another thread, after the checks) cancels the group's tasks before this
+        one is among them: it is cancelled here instead, or it ran on after the
+        group had ended.
         """
-        self._refuse_if_failed()
+        self._refuse_if_ended()
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
         if self._limiter is not None and not self._limiter.acquire(self._deadline):
             self._time_out()
         try:
-            self._refuse_if_failed()  # again: the slot this submit waited for may have been freed by a failure
+            self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
             handle: AsyncHandle[Any] = function(*positional, **kwargs)
         except BaseException:
             if self._limiter is not None:
@@ -169,9 +170,9 @@ class ParallelContext:
             raise
         with self._lock:
             self._handles.append(handle)
-            failed_meanwhile = self._failed
+            ended_meanwhile = self._cancelling
         handle.add_done_callback(self._task_ended)
-        if failed_meanwhile:  # as the task was made: the group cancelled its tasks without this one
+        if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
             cancel_and_stop([handle])
         return handle
 
@@ -205,11 +206,19 @@ class ParallelContext:
 
     # -- internals -------------------------------------------------------------------
 
-    def _refuse_if_failed(self) -> None:
+    def _refuse_if_ended(self) -> None:
+        """Refuse a task once the group cancels its own: at its first failure, its timeout, or Ctrl-C.
+
+        A task of the group still running then (it has not seen its
+        cancellation yet) would otherwise add one that runs after the block
+        ended, which no one waits for.
+        """
         if self._failed:
             raise TaskCancelledError(
                 "the group already failed and takes no new tasks; see ctx.errors"
             )
+        if self._cancelling:
+            raise TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
 
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
         """Count a task's end; a failure fails the group before its slot frees.
