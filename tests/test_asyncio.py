@@ -851,6 +851,30 @@ def test_async_as_completed_times_out(gate: threading.Event) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_async_as_completed_takes_a_task_that_ended_as_its_timeout_fired(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task ended in time; only the loop's wake-up for it came after the timer fired.
+
+    The loop runs a thread's wake-up a turn after the thread sent it, and a
+    timer due in between fired first, and ``TaskTimeoutError`` counted the
+    task as unfinished. Here the wait ends the task, then fires its timer.
+    """
+    handle = mp.parallel(gate.wait)(10)
+
+    async def end_then_time_out(waiting: Any, timeout: float) -> None:
+        gate.set()
+        assert handle.wait(10)  # ended: its wake-up is on its way to the loop
+        raise asyncio.TimeoutError
+
+    async def main() -> list[mp.AsyncHandle[bool]]:
+        monkeypatch.setattr(asyncio, "wait_for", end_then_time_out)
+        return [ended async for ended in mp.as_completed([handle], timeout=20)]
+
+    assert run(main()) == [handle]
+
+
+@pytest.mark.timeout(30)
 def test_cancelling_the_consumer_of_as_completed_cancels_what_is_in_flight(gate: threading.Event) -> None:
     work = mp.parallel(poll_until_stopped)
 

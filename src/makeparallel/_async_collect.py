@@ -111,7 +111,8 @@ class AsyncCompletions:
         thousands of ended tasks never stalls the other coroutines.
 
         Raises:
-            TaskTimeoutError: the ``timeout`` given at construction passed.
+            TaskTimeoutError: the ``timeout`` given at construction passed,
+                and no task not yet taken had ended by then.
         """
         import asyncio
 
@@ -133,7 +134,11 @@ class AsyncCompletions:
                 else:
                     await asyncio.wait_for(waiting, max(0.0, self._deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
+                # A task may have ended in time, its wake-up not yet run by the loop: take it.
+                with self._lock:
+                    ended_in_time = bool(self._ended)
+                if not ended_in_time:
+                    raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
             finally:
                 with self._lock:
                     if self._waiting is waiting:  # it gave up (a timeout, a cancel): nobody waits now
