@@ -405,6 +405,32 @@ def test_an_error_whose_predicate_raises_counts_as_a_failure_and_kills_no_thread
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(("backend", "timeout"), [("thread", None), ("thread", 0.05), ("process", None)])
+def test_a_predicate_that_calls_the_library_deadlocks_no_pool(
+    backend: str, timeout: float | None, clock: FakeClock, gate: threading.Event
+) -> None:
+    # Asked under the pool's lock as the call ended (on a worker thread, the process pool's
+    # loop thread, or the deadline thread for a timeout), a predicate that read the pool's
+    # info waited for that lock for good, and the pool, holding it, with it.
+    pool_info = mp.get_process_pool_info if backend == "process" else mp.get_thread_pool_info
+    asked = threading.Event()
+
+    def down_and_logged(error: BaseException) -> bool:
+        pool_info()
+        asked.set()
+        return True
+
+    breaker = breaker_for(clock, on=down_and_logged)
+    task = raises_connection_error if timeout is None else gate.wait
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, timeout=timeout)(task)
+    handle = fn() if timeout is None else fn(30)
+    assert asked.wait(30)
+    gate.set()
+    assert isinstance(handle.exception(timeout=30), ConnectionError if timeout is None else mp.TaskTimeoutError)
+    assert breaker.statistics().failed_calls == 1
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_cancelling_a_call_waiting_to_retry_gives_back_no_trial_permit(backend: str, clock: FakeClock, gate: threading.Event) -> None:
     # Its failed attempt's outcome was recorded, so it held no permit; its cancel gave back

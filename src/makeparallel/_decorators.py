@@ -176,12 +176,14 @@ class GuardedTaskSpec(TaskSpec):
     A subclass, so that functions without a breaker pay nothing for it.
     """
 
-    __slots__ = ("_rounds", "admitting")
+    __slots__ = ("_rounds", "_verdicts", "admitting")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The breaker's round of each task's permit, by task id, until the task ends (``_circuit``).
         self._rounds: dict[int, int | None] = {}
+        #: By task id, the error its last attempt failed with and whether the breaker counts it (``judge``).
+        self._verdicts: dict[int, tuple[BaseException, bool]] = {}
         #: Per thread, the round of the permit a call took, until its backend accepts the task.
         self.admitting = _Admitting()
 
@@ -195,13 +197,31 @@ class GuardedTaskSpec(TaskSpec):
         """The breaker admitted ``handle``'s next attempt in round ``admitted_in``: keep it till the attempt ends."""
         self._rounds[handle._id] = admitted_in
 
+    def judge(self, handle: AsyncHandle[Any], error: BaseException) -> None:
+        """Ask the breaker whether ``error``, an attempt's, is a failure, before its settle takes the backend lock.
+
+        Its ``on`` may be the user's predicate, which may call the library (read
+        a pool's info, submit a task): asked under the lock as the task ended,
+        it waited for that lock for good, and the pool, holding it, with it.
+        """
+        verdicts = self._verdicts
+        verdicts[handle._id] = (error, self.breaker.counts_as_failure(error))  # type: ignore[union-attr]
+        if handle._state >= SUCCEEDED:  # ended meanwhile (cancelled): its end took no verdict, and none will
+            verdicts.pop(handle._id, None)
+
+    def _counts_as_failure(self, verdict: tuple[BaseException, bool] | None, error: BaseException) -> bool:
+        """``judge``'s ``verdict``, if it is on ``error``; else (an error made as the task ended) the breaker's, asked now."""
+        if verdict is not None and verdict[0] is error:
+            return verdict[1]
+        return self.breaker.counts_as_failure(error)  # type: ignore[union-attr]
+
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         super().task_retried(handle, first)
         error = handle._retry.last_error
         assert error is not None
         if not isinstance(error, CircuitOpenError):  # a refused attempt never ran
             started = handle._started_at
-            self._record(self.breaker.counts_as_failure(error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))  # type: ignore[union-attr]
+            self._record(self._counts_as_failure(self._verdicts.pop(handle._id, None), error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))
 
     def release_permit(self, handle: AsyncHandle[Any]) -> None:
         """Give back ``handle``'s permit: cancelled with others while queued, or its next attempt never ran."""
@@ -213,13 +233,14 @@ class GuardedTaskSpec(TaskSpec):
         assert breaker is not None
         state, value, started = handle._state, handle._value, handle._started_at
         admitted_in = self._rounds.pop(handle._id, None)
+        verdict = self._verdicts.pop(handle._id, None)  # (a late attempt's, where its retry succeeded)
         record = getattr(handle, "_retry", None)
         if record is not None and not record.holds_permit:
             return  # ended as it waited to retry (cancelled, given up): its last outcome was recorded then
         if state == CANCELLED:
             breaker.release(admitted_in)
         elif not isinstance(value, CircuitOpenError):
-            failed = state != SUCCEEDED and breaker.counts_as_failure(value)
+            failed = state != SUCCEEDED and self._counts_as_failure(verdict, value)
             self._record(failed, None if started is None else handle._finished_at - started, admitted_in)  # type: ignore[operator]
 
     def _record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> None:

@@ -609,8 +609,12 @@ class AsyncHandle(Generic[T]):
 
         The policy's ``on`` may be the user's predicate: it is asked here, outside
         every lock; attempts and time are counted under the lock, at the settle.
+        So is a circuit breaker's, whose answer the settle records.
         """
-        retry = self._observer.retry
+        observer = self._observer
+        if observer.breaker is not None:
+            cast("GuardedTaskSpec", observer).judge(self, error)
+        retry = observer.retry
         return RETRY_WAIT if retry is not None and retry.retries(error) else FAILED
 
     def _code_returned(self) -> None:
@@ -668,13 +672,19 @@ class AsyncHandle(Generic[T]):
     def _expire(self) -> None:
         """The deadline passed: end the handle if the task is still running."""
         backend = self._backend
+        error = None
+        if (
+            self._observer.breaker is not None
+            and self._state == RUNNING
+            and _now() >= self._started_at + self._timeout  # type: ignore[operator]
+        ):  # its predicate is asked outside the lock, as in _failed, and checked again under it
+            error = self._timeout_error()
+            cast("GuardedTaskSpec", self._observer).judge(self, error)
         with backend._lock:
             if self._state != RUNNING or _now() < self._started_at + self._timeout:  # type: ignore[operator]
                 return  # ended, or this deadline was an earlier attempt's
-            error = TaskTimeoutError(
-                f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
-                f"{backend.stop_hint}. Raise the timeout if the task needs longer"
-            )
+            if error is None:
+                error = self._timeout_error()
             retry = self._observer.retry
             if retry is not None and retry.retries(error) and self._retry_later_locked(error, timed_out=True):
                 announce: _Announcement | None = _RETRYING
@@ -688,6 +698,13 @@ class AsyncHandle(Generic[T]):
             backend._abandoned(self, True)  # stop the late attempt where a backend can
             return
         backend._abandoned(self)
+
+    def _timeout_error(self) -> TaskTimeoutError:
+        """The error of the attempt under way, past its timeout."""
+        return TaskTimeoutError(
+            f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
+            f"{self._backend.stop_hint}. Raise the timeout if the task needs longer"
+        )
 
     def _settle_locked(self, state: int, value: Any, started: float | None = None) -> _Announcement | None:
         """Record the end; return the callbacks to run and the waiters to wake, if any.
