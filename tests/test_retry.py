@@ -96,6 +96,13 @@ def test_waits_grow_exponentially_up_to_the_cap() -> None:
     assert policy.wait(10_000) == 1.0  # no overflow
 
 
+def test_waits_from_zero_stay_zero_where_the_growth_overflows() -> None:
+    # 1e10 ** 31 overflows a float: the growth was taken as infinite, and 0 times it as
+    # infinite too, so the 32nd wait of a policy whose waits are all 0 was wait_max.
+    policy = mp.Retry(on=Exception, wait_initial=0.0, wait_max=5.0, wait_jitter=0.0, wait_exp_base=1e10)
+    assert [policy.wait(n) for n in (1, 31, 32, 10_000)] == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_jitter_adds_at_most_wait_jitter() -> None:
     random.seed(7)
     policy = mp.Retry(on=Exception, wait_initial=1.0, wait_max=100.0, wait_jitter=0.5)

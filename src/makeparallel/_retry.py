@@ -154,8 +154,8 @@ class Retry:
         exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer
         try:
             grown = self.wait_initial * self.wait_exp_base**exponent
-        except OverflowError:
-            grown = math.inf
+        except OverflowError:  # past any wait_max, unless there is nothing to grow (0 times it is 0)
+            grown = math.inf if self.wait_initial else 0.0
         jitter = random.uniform(0.0, self.wait_jitter) if self.wait_jitter else 0.0
         return min(self.wait_max, grown + jitter)
 
