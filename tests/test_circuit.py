@@ -135,6 +135,22 @@ def test_slow_calls_open_it(clock: FakeClock) -> None:
     assert breaker.state == "open" and breaker.statistics().slow_calls == 4
 
 
+def test_a_breaker_opened_by_slow_calls_says_so(clock: FakeClock) -> None:
+    # Its refusals and health() named the failure rate alone: "open (failure rate 0%)".
+    breaker = breaker_for(clock, name="slow_breaker", slow_call_seconds=0.0, slow_call_rate=1.0)
+    try:
+        pay = guarded(breaker)
+        for _ in range(4):
+            assert outcome(pay(False)) == "ok"
+        error = pay(False).exception()
+        assert isinstance(error, mp.CircuitOpenError)
+        assert "is open (failure rate 0%, slow-call rate 100%)" in str(error)
+        reasons = mp.health(memory_limit_percent=100)["reasons"]
+        assert any("'slow_breaker' is open (failure rate 0%, slow-call rate 100%)" in reason for reason in reasons)
+    finally:
+        breaker.reset()
+
+
 def test_half_open_admits_exactly_its_trials_under_8_submitting_threads(clock: FakeClock, gate: threading.Event) -> None:
     resize(4)
     breaker = breaker_for(clock, half_open_calls=2)

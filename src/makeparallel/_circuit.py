@@ -193,7 +193,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trials_admitted = self._trials_succeeded = 0
         self._successful = self._failed = self._slow = self._not_permitted = 0
-        self._last_rate = 0.0
+        self._last_rate = self._last_slow_rate = 0.0
 
     # -- public ---------------------------------------------------------------------
 
@@ -332,6 +332,16 @@ class CircuitBreaker:
             ):
                 self._trials_admitted -= 1
 
+    def rates(self, failure_rate: float, slow_call_rate: float) -> str:
+        """The rates that open this breaker, as its refusals and ``health()`` name them.
+
+        The slow-call rate too where slow calls are measured: a breaker that slow
+        calls opened read "open (failure rate 0%)".
+        """
+        if self.slow_call_seconds is None:
+            return f"failure rate {failure_rate:.0%}"
+        return f"failure rate {failure_rate:.0%}, slow-call rate {slow_call_rate:.0%}"
+
     def announce_aside(self, old: CircuitState, new: CircuitState) -> bool:
         """Tell listeners of a change from ``old`` to ``new`` on a thread of its own; False where none could start.
 
@@ -362,6 +372,7 @@ class CircuitBreaker:
 
     def _open_locked(self) -> None:
         self._last_rate = self._failures / self._buffered if self._buffered else 1.0
+        self._last_slow_rate = self._slows / self._buffered if self._buffered else 0.0
         self._state = CircuitState.OPEN
         self._round += 1
         self._opened_at = self._clock()
@@ -380,7 +391,7 @@ class CircuitBreaker:
         else:
             when = f"it lets trial calls through again in {max(0.0, retry_at - time.time()):.1f} s"
         return CircuitOpenError(
-            f"circuit breaker {self.name!r} is open (failure rate {self._last_rate:.0%}): the call was "
+            f"circuit breaker {self.name!r} is open ({self.rates(self._last_rate, self._last_slow_rate)}): the call was "
             f"refused and did not run; {when}",
             breaker=self.name,
             failure_rate=self._last_rate,
