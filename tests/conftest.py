@@ -11,12 +11,14 @@ import compileall
 import signal
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
 
 import makeparallel as mp
 from makeparallel import _metrics, _runtime
+from makeparallel._circuit import all_breakers
 from makeparallel._backends._thread import default_thread_count
 from makeparallel.testing import wait_until_idle
 
@@ -56,6 +58,7 @@ def clean_runtime(request: pytest.FixtureRequest) -> object:
     # the threads that engine starts on its own: those are not the test's leaks.
     own_threads = ("makeparallel-", *getattr(request.module, "ENGINE_THREAD_PREFIXES", ()))
     before = set(threading.enumerate())
+    breakers_before = weakref.WeakSet(all_breakers())
     yield
     idle = wait_until_idle(10)
     mp.reset_shutdown()
@@ -71,6 +74,10 @@ def clean_runtime(request: pytest.FixtureRequest) -> object:
     # reported as refusing every task (health() unhealthy) for seconds after.
     for adapter in list(_runtime._adapters.values()):
         adapter._refused = None  # type: ignore[attr-defined]
+    # Nor is a circuit breaker it left open, alive until collected, which health() reports.
+    for breaker in all_breakers():
+        if breaker not in breakers_before and breaker.state is mp.CircuitState.OPEN:
+            breaker.reset()
     leaked = [
         t
         for t in threading.enumerate()
