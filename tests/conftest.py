@@ -18,8 +18,8 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _metrics, _runtime
-from makeparallel._circuit import all_breakers
 from makeparallel._backends._thread import default_thread_count
+from makeparallel._circuit import all_breakers
 from makeparallel.testing import wait_until_idle
 
 # A program started with Ctrl-C ignored keeps it ignored (CPython installs its
