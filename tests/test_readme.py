@@ -6,6 +6,8 @@ paste any one of them. Blocks that are not meant to run use ```bash or ```text.
 
 from __future__ import annotations
 
+import ast
+import random
 import re
 import subprocess
 import sys
@@ -53,3 +55,18 @@ def test_readme_block_runs(block_id: str, code: str) -> None:
         f"README {block_id} exited with {completed.returncode}\n"
         f"--- code ---\n{code}\n--- stderr ---\n{completed.stderr}"
     )
+
+
+def test_the_process_pool_example_seeds_each_workers_generator() -> None:
+    """The initializer example draws what a generator seeded with 42 draws, in each worker.
+
+    Each of its two workers is seeded once and draws at most the four numbers of
+    the map, so every number printed is one of the first four of ``Random(42)``.
+    """
+    code = next(code for _, code in BLOCKS if "initargs=(42,)" in code)
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0, completed.stderr
+    draws = ast.literal_eval(completed.stdout.splitlines()[0])
+    seeded = random.Random(42)
+    first_draws = [seeded.random() for _ in range(4)]
+    assert len(draws) == 4 and set(draws) <= set(first_draws), (draws, first_draws)
