@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from concurrent import futures
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from . import _interruptible
@@ -49,6 +49,14 @@ __all__ = [
     "taken",
     "wait",
 ]
+
+ALL_COMPLETED = futures.ALL_COMPLETED
+"""``wait(..., return_when=ALL_COMPLETED)`` returns when every task has ended (the default): the constant of ``concurrent.futures``."""
+FIRST_COMPLETED = futures.FIRST_COMPLETED
+"""``wait(..., return_when=FIRST_COMPLETED)`` returns when any task ends: the constant of ``concurrent.futures``."""
+FIRST_EXCEPTION = futures.FIRST_EXCEPTION
+"""``wait(..., return_when=FIRST_EXCEPTION)`` returns when a task ends without a result (it failed, timed out or was
+cancelled), else when every task has ended: the constant of ``concurrent.futures``."""
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip", "none"]

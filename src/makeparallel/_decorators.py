@@ -742,8 +742,11 @@ def _refuse_generator_function(fn: Any) -> None:
 
 
 parallel_fast = parallel
+"""``parallel`` under a name makeparallel 0.2 used, so that 0.2 code runs as it is: the same decorator."""
 parallel_pool = parallel
+"""``parallel`` under a name makeparallel 0.2 used, so that 0.2 code runs as it is: the same decorator."""
 parallel_priority = parallel
+"""``parallel`` under a name makeparallel 0.2 used, so that 0.2 code runs as it is: the same decorator."""
 parallel_async = parallel
 """``parallel`` under the name async code looks for: the same decorator.
 

@@ -277,3 +277,4 @@ class ParallelContext:
 
 
 TaskGroup = ParallelContext
+"""``ParallelContext`` under the name of ``asyncio.TaskGroup``, whose way it follows: the same class."""
