@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import types
@@ -76,6 +77,17 @@ def test_the_site_builds_with_no_warning(tmp_path: Path) -> None:
     # mkdocstrings leaves out where it has no docstring of its own.
     entries = {name: reference.count(f'id="makeparallel.{name}"') for name in mp.__all__}
     assert {name: count for name, count in entries.items() if count != 1} == {}
+
+
+def test_getting_started_names_every_extra() -> None:
+    """A reader installs from the page: each extra of pyproject.toml is named where it says how."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    extras = set(re.findall(r"^([a-z][a-z0-9_-]*) = ", section, re.MULTILINE))
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    install = page.split("## Install", 1)[1].split("\n## ", 1)[0]
+    assert extras, "no extra found in pyproject.toml"
+    assert {extra for extra in extras if f"`{extra}`" not in install and f".[{extra}]" not in install} == set()
 
 
 def test_the_web_guides_job_registry_forgets_each_job_keep_seconds_after_it_ended() -> None:
