@@ -142,6 +142,15 @@ def report_then_wait(flags: Flags) -> str:
     return "done"
 
 
+def report_from_a_thread_of_the_task(flags: Flags) -> str:
+    task_id = mp.get_current_task_id()
+    helper = threading.Thread(target=mp.report_progress, args=(0.6, "from a helper"), kwargs={"task_id": task_id})
+    helper.start()
+    helper.join(10)
+    assert flags.wait_for_release("go")
+    return "done"
+
+
 def loop_until_cancelled(flags: Flags) -> str:
     flags.set("started", str(os.getpid()))
     deadline = time.monotonic() + 30
@@ -396,6 +405,14 @@ def test_report_progress_in_a_worker_reaches_the_handle(flags: Flags) -> None:
     assert seen and seen[-1] == 0.5, seen
     assert set(seen) <= {0.25, 0.5} and seen == sorted(seen), seen
     assert handle.get_progress() == 1.0
+
+
+def test_report_progress_from_a_thread_a_worker_task_started_reaches_the_handle(flags: Flags) -> None:
+    handle = on_process(report_from_a_thread_of_the_task)(flags)
+    assert wait_until(lambda: handle.get_progress() == 0.6), handle.get_progress()
+    assert handle.get_progress_message() == "from a helper"
+    flags.set("go")
+    assert handle.get(timeout=20) == "done"
 
 
 def test_current_task_id_in_a_worker_is_the_handle_id() -> None:

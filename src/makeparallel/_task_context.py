@@ -44,10 +44,7 @@ def get_current_task_id() -> int | None:
         return None
     task_id = task.get_task_id()
     if task_id not in _known:
-        try:
-            _known[task_id] = task
-        except TypeError:  # a worker process's stand-in for the task: no weak references
-            pass
+        _known[task_id] = task
     return task_id
 
 

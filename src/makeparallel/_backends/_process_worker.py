@@ -87,9 +87,14 @@ _WATCH_AFTER = 0.02  # seconds a task runs before the reader thread watches the 
 
 
 class _RemoteTask:
-    """What ``report_progress``, ``check_cancelled`` and friends see in a worker."""
+    """What ``report_progress``, ``check_cancelled`` and friends see in a worker.
 
-    __slots__ = ("_id", "_journal", "_state", "_stop_error", "_worker", "name", "on_stop")
+    It takes weak references, as a handle does: ``get_current_task_id()`` keeps
+    it by its id, so that ``report_progress(task_id=...)`` from a thread the
+    task started reports for it.
+    """
+
+    __slots__ = ("__weakref__", "_id", "_journal", "_state", "_stop_error", "_worker", "name", "on_stop")
 
     def __init__(self, task_id: int, name: str, worker: _Worker) -> None:
         self.on_stop: Any = None  # cancels the task's coroutine, while one runs
