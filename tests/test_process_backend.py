@@ -14,7 +14,9 @@ a bare sleep.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import ctypes
 import functools
 import hashlib
 import io
@@ -278,6 +280,14 @@ def describe_buffer(data: Any) -> tuple[str, str, Any]:
 
 def slice_of(data: bytearray) -> memoryview:
     return memoryview(data)[3:-5]
+
+
+def view_layout(view: memoryview) -> tuple[str, tuple[int, ...], list[Any]]:
+    return view.format, view.shape, view.tolist()
+
+
+def doubles_as_rows(count: int) -> memoryview:
+    return memoryview(array.array("d", [i / 4 for i in range(count)])).cast("B").cast("d", (count // 4, 4))
 
 
 # -- results and errors ----------------------------------------------------------------------
@@ -1092,6 +1102,22 @@ def test_large_memoryview_round_trips_intact() -> None:
     result = on_process(slice_of)(data).get(timeout=20)
     assert isinstance(result, memoryview)
     assert bytes(result) == bytes(data[3:-5])
+
+
+def test_a_memoryview_keeps_its_format_and_shape_both_ways() -> None:
+    # Its bytes alone made a view of bytes of it: sum() in the task added up bytes.
+    doubles = memoryview(array.array("d", [i / 4 for i in range(1 << 20)]))  # 8 MiB: out of band
+    assert on_process(sum)(doubles).get(timeout=20) == sum(doubles)
+    rows = doubles.cast("B").cast("d", (1 << 18, 4))
+    strided = memoryview(array.array("i", range(1000)))[::3]  # not contiguous: copied, as it is
+    for view in (rows, strided):
+        assert on_process(view_layout)(view).get(timeout=20) == (view.format, view.shape, view.tolist())
+    result = on_process(doubles_as_rows)(1 << 20).get(timeout=20)
+    assert (result.format, result.shape) == ("d", (1 << 18, 4))
+    assert result.tolist() == doubles_as_rows(1 << 20).tolist()
+    # One it cannot make again from bytes fails as it is submitted, not in the task.
+    with pytest.raises(mp.TaskSerializationError, match="a memoryview of format '[<>]i'"):
+        on_process(view_layout)(memoryview((ctypes.c_int32 * 4)()))
 
 
 # -- choosing the backend -----------------------------------------------------------------------

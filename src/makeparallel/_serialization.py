@@ -383,8 +383,8 @@ def _reduce(obj: Any) -> Any:
         if not _importable_by_name(obj.__name__):
             _send_by_value(obj.__name__)  # cloudpickle sends its namespace, functions by value
         return NotImplemented
-    if isinstance(obj, memoryview) and obj.contiguous:
-        return (memoryview, (_pickle.PickleBuffer(obj),))
+    if isinstance(obj, memoryview):
+        return _reduce_memoryview(obj)
     if type(obj) is io.TextIOWrapper and obj is not sys.stdout and obj is not sys.stderr:
         # cloudpickle sends a copy of the whole file in a StringIO, where the task's writes
         # were lost without a word (pickle refuses it; a thread task gets the file itself).
@@ -399,6 +399,39 @@ def _reduce(obj: Any) -> Any:
     if type(obj) is CodeType and obj.co_filename != _NAMELESS_CODE:  # a function's code, sent by value
         return (_code_of_file, (obj.replace(co_filename=_NAMELESS_CODE), obj.co_filename))
     return NotImplemented
+
+
+def _reduce_memoryview(view: memoryview) -> Any:
+    """Send ``view``'s bytes, out of band where they are contiguous, and its format and shape, which they lose.
+
+    Its bytes alone arrived as a view of bytes: ``sum()`` of a view of doubles
+    in a task added up their bytes. A view ``memoryview.cast`` cannot make
+    again from bytes (a format with a byte order, ``"<d"``; a 0 in a shape of
+    several dimensions) fails to pickle, naming why, rather than arrive so.
+
+    Raises:
+        PicklingError: ``view`` cannot be made again from its bytes.
+    """
+    layout: tuple[Any, ...] = ()
+    if view.format != "B" or view.ndim != 1:
+        layout = (view.format, view.shape)
+        try:  # on one item's bytes: a view of the user's memory that a traceback kept crashed the garbage collector
+            _view_as(bytes(view.itemsize), view.format, (1,) * view.ndim)
+            problem = "a 0 in its shape" if view.ndim > 1 and not view.nbytes else None
+        except ValueError as error:
+            problem = str(error)
+        if problem is not None:
+            raise _pickle.PicklingError(
+                f"a memoryview of format {view.format!r} and shape {view.shape} cannot go to or from a "
+                f"worker process ({problem}): send its bytes (view.tobytes()) and cast them there, or a NumPy array"
+            )
+    data = _pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
+    return (_view_as, (data, *layout)) if layout else (memoryview, (data,))
+
+
+def _view_as(data: Any, format: Any, shape: tuple[int, ...]) -> Any:
+    """A view of the bytes ``data`` with the ``format`` and ``shape`` of the view they came from."""
+    return memoryview(data).cast(format) if len(shape) == 1 else memoryview(data).cast(format, shape)
 
 
 # cloudpickle names every code object it sends by value this way, for pickles that do not
