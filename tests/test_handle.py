@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import copy
 import gc
 import logging
+import pickle
 import threading
 import weakref
 from collections.abc import Callable
@@ -414,6 +416,29 @@ def test_repr_names_id_function_and_state(backend: str) -> None:
     assert str(handle.get_task_id()) in text
     assert "repr-fn" in text
     assert "succeeded" in text
+
+
+@pytest.mark.timeout(20)
+def test_a_handle_is_neither_pickled_nor_copied(gate: threading.Event) -> None:
+    # A copy of a queued handle ran the task a second time when waited for, and
+    # the original, its queue entry dropped, never ended: shutdown waited for it.
+    blockers = hold_the_pool(gate)
+    ran: list[int] = []
+
+    @mp.parallel(backend="thread", name="copied")
+    def work() -> int:
+        ran.append(1)
+        return 7
+
+    handle = work()
+    for duplicate in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match=r"task \d+ \(copied\) cannot be pickled or copied.*handle\.get\(\)"):
+            duplicate(handle)
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    assert handle.get(5) == 7
+    assert ran == [1]
 
 
 def test_repr_of_running_task(gate: threading.Event) -> None:

@@ -521,6 +521,15 @@ class AsyncHandle(Generic[T]):
             "the task ended, or handle.get() for its result"
         )
 
+    def __reduce__(self) -> Any:
+        # A handle is its task's one link to the pool that runs it: a copy (copy.copy
+        # makes one from this) was never ended by the pool, and a wait on a queued
+        # copy ran the task a second time, dropping the original's queue entry.
+        raise TypeError(
+            f"task {self._id} ({self.name}) cannot be pickled or copied: its handle belongs to the "
+            "process that submitted it. Pass its result (handle.get()) instead"
+        )
+
     def __repr__(self) -> str:
         # The raw state: a repr takes no lock, wherever it is made (status may take the backend's).
         return f"<AsyncHandle task={self._id} fn={self.name} {STATE_NAMES[self._state]}>"
