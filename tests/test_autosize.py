@@ -274,3 +274,23 @@ def test_a_rejected_call_leaves_the_auto_sizing_on() -> None:
     finally:
         mp.configure_thread_pool(num_threads=default_thread_count())
     assert mp.get_thread_pool_info()["auto"] is False
+
+
+def test_num_threads_none_ends_the_auto_sizing_at_the_usable_cores() -> None:
+    # As the README shows: mp.configure_thread_pool(num_threads=None) goes back to a
+    # fixed size, the usable cores. It left the pool sized automatically.
+    cores = default_thread_count()
+    mp.configure_thread_pool(num_threads="auto")
+    try:
+        mp.configure_thread_pool()  # num_threads not given: the sizing is kept
+        assert mp.get_thread_pool_info()["auto"] is True
+        mp.configure_thread_pool(num_threads=None)
+        info = mp.get_thread_pool_info()
+        assert (info["auto"], info["num_threads"]) == (False, cores)
+        mp.configure_thread_pool(num_threads=cores + 1)
+        mp.configure_thread_pool()
+        assert mp.get_thread_pool_info()["num_threads"] == cores + 1
+        mp.configure_thread_pool(num_threads=None)
+        assert mp.get_thread_pool_info()["num_threads"] == cores
+    finally:
+        mp.configure_thread_pool(num_threads=cores)

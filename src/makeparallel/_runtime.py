@@ -364,16 +364,18 @@ def _check_dask_client(client: Any) -> None:
         raise TypeError(f"dask_client must be a distributed.Client, got {client!r}")
 
 
-def configure_thread_pool(num_threads: int | str | None = None, stack_size: int | None = None) -> None:
+def configure_thread_pool(num_threads: int | str | None | EllipsisType = ..., stack_size: int | None = None) -> None:
     """Size the thread pool, before or after it started.
 
     Args:
-        num_threads: worker threads (an int >= 1); defaults to the cores this
-            process may use. Resizing a running pool is safe: a larger pool starts
+        num_threads: worker threads (an int >= 1); ``None`` for the cores this
+            process may use (the size a pool starts with); not given, the size
+            is kept. Resizing a running pool is safe: a larger pool starts
             threads for queued work at once, a smaller one retires idle threads.
             ``"auto"``: start at the usable cores and add threads, up to 64,
             while tasks are queued and the running ones partly wait rather than
             compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
+            An int or ``None`` goes back to a fixed size.
         stack_size: bytes of stack for threads started from now on (at least 32 KiB).
 
     Raises:
@@ -383,12 +385,14 @@ def configure_thread_pool(num_threads: int | str | None = None, stack_size: int 
             threads it has. A task submitted to the pool raises it the same way,
             and is withdrawn.
     """
-    from ._backends._thread import ThreadBackend
+    from ._backends._thread import ThreadBackend, default_thread_count
 
     global _thread_pool_configured
+    if num_threads is None:  # what the README shows ends "auto": a fixed size, the usable cores
+        num_threads = default_thread_count()
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)
-    backend.configure(num_threads, stack_size)
+    backend.configure(None if num_threads is ... else num_threads, stack_size)
     _thread_pool_configured = True
 
 
