@@ -302,6 +302,30 @@ def test_check_cancelled_raises_once_the_task_timed_out(
     assert seen[0] is not handle.exception()  # a fresh error for the task's own thread
 
 
+def test_progress_reported_after_the_handle_ended_is_ignored(gate: threading.Event) -> None:
+    # A cancelled task's code goes on until it returns: its reports changed the
+    # progress of a handle that had already ended, as report_progress(task_id=...) does not.
+    started = threading.Event()
+    reported = threading.Event()
+    heard: list[float] = []
+
+    @mp.parallel(backend="thread")
+    def work() -> None:
+        mp.report_progress(0.2, "started")
+        started.set()
+        assert gate.wait(5)
+        mp.report_progress(0.9, "too late")
+        reported.set()
+
+    handle = work().on_progress(heard.append)
+    assert started.wait(5)
+    assert handle.cancel() is True
+    gate.set()
+    assert reported.wait(5)
+    assert (handle.get_progress(), handle.get_progress_message()) == (0.2, "started")
+    assert heard == [0.2]
+
+
 # -- metadata --------------------------------------------------------------------------
 
 

@@ -1108,7 +1108,10 @@ class AsyncHandle(Generic[T]):
                 )
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
+        """Record a report of the task's code, unless the handle ended: a cancelled or timed-out task's code goes on."""
         with self._backend._lock:
+            if self._state >= SUCCEEDED:
+                return
             self._progress = fraction
             self._progress_message = message
             listeners = [cb for kind, cb in self._callbacks or () if kind == _ON_PROGRESS]

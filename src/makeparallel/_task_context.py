@@ -12,8 +12,6 @@ from __future__ import annotations
 import threading
 import weakref
 
-from ._states import SUCCEEDED
-
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,8 +91,9 @@ def report_progress(
         progress: makeparallel 0.2's name of ``fraction``.
         task_id: report for this task rather than the one running on this
             thread: the task itself, or one whose id ``get_current_task_id()``
-            gave. For a task that has ended, or an id never given out, the
-            call does nothing.
+            gave. For an id never given out the call does nothing, and so it
+            does for a task that has ended (cancelled or timed out, its code
+            may still run and report).
 
     Raises:
         TypeError: ``fraction`` is missing or not a real number, ``message`` is
@@ -120,7 +119,5 @@ def report_progress(
     task = current_task()
     if task_id is not None and (task is None or task.get_task_id() != task_id):
         task = _known.get(task_id)
-        if task is not None and task._state >= SUCCEEDED:
-            task = None  # it ended: progress no longer means anything
-    if task is not None:
+    if task is not None:  # (one that ended ignores it: progress no longer means anything)
         task._report_progress(float(fraction), message)
