@@ -619,6 +619,21 @@ def test_cancel_a_failed_task(backend: str) -> None:
         handle.get()
 
 
+@pytest.mark.parametrize("force", ["no", 0, None])
+def test_a_force_that_is_not_a_bool_is_refused(gate: threading.Event, force: object) -> None:
+    # A truthy "no" stopped the worker process running the task, as force=True does.
+    work, started = gated_task(gate)
+    handle = work()
+    assert started.wait(5)
+    with pytest.raises(TypeError, match=rf"force must be a bool \(True stops the worker process running the task\), got {force!r}"):
+        handle.cancel(force=force)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="force must be a bool"):
+        handle.cancel_with_timeout(1, force=force)  # type: ignore[arg-type]
+    assert handle.running()
+    gate.set()
+    assert handle.get(5) == "done"
+
+
 # -- context variables -----------------------------------------------------------------
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")

@@ -396,7 +396,11 @@ class AsyncHandle(Generic[T]):
             ends at once as cancelled, and the task's next ``check_cancelled()``
             raises so that it can return (Python cannot stop a thread from outside).
             Unlike ``concurrent.futures``, this works on running tasks too.
+
+        Raises:
+            TypeError: ``force`` is not a ``bool``; nothing is cancelled then.
         """
+        _check_force(force)
         if self._id < _fork_child.boundary and self._the_parents():
             return False
         backend = self._backend
@@ -429,9 +433,11 @@ class AsyncHandle(Generic[T]):
             started): ``False`` if it still runs after ``timeout_secs``.
 
         Raises:
-            TypeError, ValueError: ``timeout_secs`` is not a number >= 0.
+            TypeError, ValueError: ``timeout_secs`` is not a number >= 0, or
+                ``force`` not a ``bool``.
         """
         check_seconds(timeout_secs, "timeout_secs")
+        _check_force(force)
         with self._backend._lock:
             if self._stop_event is None:
                 self._stop_event = threading.Event()
@@ -1227,6 +1233,12 @@ def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
             return started
         frame = frame.f_back
     return None
+
+
+def _check_force(force: Any) -> None:
+    """``cancel(force=...)`` is a bool: a truthy ``"no"`` would stop the worker process running the task."""
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool (True stops the worker process running the task), got {force!r}")
 
 
 def _no_place_to_lend() -> bool:
