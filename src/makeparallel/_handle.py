@@ -475,7 +475,7 @@ class AsyncHandle(Generic[T]):
     def set_metadata(self, key: str, value: Any) -> None:
         """Attach a value to the task; it appears in the note of the task's error."""
         if not isinstance(key, str):
-            raise TypeError(f"metadata key must be a str, got {type(key).__name__}")
+            raise TypeError(f"metadata key must be a str, got {key!r} of type {type(key).__name__}")
         with self._backend._lock:
             if self._metadata is None:
                 self._metadata = {}
