@@ -897,6 +897,37 @@ def test_a_late_attempt_that_ends_as_its_retry_runs_leaves_cancel_with_timeout_w
 
 
 @pytest.mark.timeout(60)
+def test_the_progress_of_an_attempt_that_timed_out_and_was_retried_is_dropped(gate: threading.Event) -> None:
+    # Its code goes on, as its retry runs: its reports overwrote the retry's progress.
+    resize(2)
+    first_may_report = threading.Event()
+    first_reported = threading.Event()
+    second_reported = threading.Event()
+    attempts: list[int] = []
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert first_may_report.wait(30)  # deaf to its timeout: no check_cancelled()
+            mp.report_progress(0.9, "the late attempt")
+            first_reported.set()
+            return
+        mp.report_progress(0.1, "the retry")
+        second_reported.set()
+        assert gate.wait(30)
+
+    with no_retry_waits():
+        handle = deaf()
+        assert second_reported.wait(30)
+        first_may_report.set()
+        assert first_reported.wait(30)
+        assert (handle.get_progress(), handle.get_progress_message()) == (0.1, "the retry")
+    gate.set()
+    assert handle.cancel_with_timeout(30) is True
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.

@@ -1103,20 +1103,32 @@ class AsyncHandle(Generic[T]):
         if state in (CANCELLED, TIMED_OUT):
             # A fresh exception: the handle's own may be raised concurrently by get().
             raise type(self._value)(*self._value.args)
-        # Timed and retried: this thread may run an attempt that timed out (_retry is set at the first retry).
-        timeout = self._timeout
-        if timeout is not None and self._observer.retry is not None and getattr(self, "_retry", None) is not None:
-            started = _attempt_started_here(self)
-            if started is not None and (state != RUNNING or started is not self._started_at):
-                raise TaskTimeoutError(
-                    f"task {self._id} ({self.name}): this attempt ran past its timeout of {timeout:g} s "
-                    "and the task was retried; its outcome is dropped"
-                )
+        started = self._retried_attempt_started_here()
+        if started is not None and (state != RUNNING or started is not self._started_at):
+            raise TaskTimeoutError(
+                f"task {self._id} ({self.name}): this attempt ran past its timeout of {self._timeout:g} s "
+                "and the task was retried; its outcome is dropped"
+            )
+
+    def _retried_attempt_started_here(self) -> float | None:
+        """When the attempt this thread runs started, where the task is timed and was retried; else ``None``.
+
+        Such a thread may run an attempt that timed out, whose code goes on
+        as its retry runs (``_retry`` is set at the first retry).
+        """
+        if self._timeout is not None and self._observer.retry is not None and getattr(self, "_retry", None) is not None:
+            return _attempt_started_here(self)
+        return None
 
     def _report_progress(self, fraction: float, message: str | None) -> None:
-        """Record a report of the task's code, unless the handle ended: a cancelled or timed-out task's code goes on."""
+        """Record a report of the task's code, unless it comes late.
+
+        Late: the handle ended (a cancelled or timed-out task's code goes on),
+        or the report is an attempt's that timed out and was retried.
+        """
+        started = self._retried_attempt_started_here()
         with self._backend._lock:
-            if self._state >= SUCCEEDED:
+            if self._state >= SUCCEEDED or (started is not None and started is not self._started_at):
                 return
             self._progress = fraction
             self._progress_message = message
@@ -1220,8 +1232,8 @@ _EXECUTE = AsyncHandle._execute.__code__
 def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
     """When the attempt of ``handle`` that this thread runs started (``_execute``'s ``started``); None if it runs none.
 
-    Read from the stack, not kept per attempt: only the ``check_cancelled()`` of
-    a retried task asks, and keeping it would cost every task a store. An
+    Read from the stack, not kept per attempt: only the ``check_cancelled()`` and
+    ``report_progress()`` of a retried task ask, and keeping it would cost every task a store. An
     attempt that timed out and was retried goes on running on its worker
     thread, and was never told to stop: each took a worker for good where a
     dependency hung.
