@@ -65,7 +65,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop"]
 
-T = TypeVar("T")
+# Covariant: a handle only gives its result out, so an ``AsyncHandle[int]`` is an
+# ``AsyncHandle[object]``, and handles of functions with different result types
+# mix in one list given to gather, wait or as_completed.
+T_co = TypeVar("T_co", covariant=True)
 
 # Callback kinds, kept with each callback in one list.
 _ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
@@ -116,7 +119,7 @@ class TaskObserver(Protocol):
         """Called when an attempt failed and another is scheduled, under the backend lock."""
 
 
-class AsyncHandle(Generic[T]):
+class AsyncHandle(Generic[T_co]):
     """The handle of a task submitted to run in parallel.
 
     You get one from calling a ``@parallel`` function. It gives the result or the
@@ -184,7 +187,7 @@ class AsyncHandle(Generic[T]):
 
     def __init__(
         self,
-        fn: Callable[..., T],
+        fn: Callable[..., T_co],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         context: Context,
@@ -194,7 +197,7 @@ class AsyncHandle(Generic[T]):
         timeout: float | None = None,
     ) -> None:
         self._id = next(_task_ids)
-        self._fn: Callable[..., T] | None = fn
+        self._fn: Callable[..., T_co] | None = fn
         self._args: tuple[Any, ...] | None = args
         # No keyword arguments: the shared empty dict, so that a queued task keeps
         # one object fewer alive for the garbage collector to scan.
@@ -226,7 +229,7 @@ class AsyncHandle(Generic[T]):
 
     # -- results -----------------------------------------------------------------
 
-    def get(self, timeout: float | None = None) -> T:
+    def get(self, timeout: float | None = None) -> T_co:
         """Wait for the task and return its result, or raise its error.
 
         A task that is still queued when you ask for it without a timeout is run
@@ -256,11 +259,11 @@ class AsyncHandle(Generic[T]):
                 return self._value  # type: ignore[no-any-return]
         raise self._error_for_caller()
 
-    def result(self, timeout: float | None = None) -> T:
+    def result(self, timeout: float | None = None) -> T_co:
         """``concurrent.futures`` name of :meth:`get`."""
         return self.get(timeout)
 
-    def try_get(self) -> T | None:
+    def try_get(self) -> T_co | None:
         """The result if the task succeeded, ``None`` while it runs; raises its error."""
         if not self.is_ready():
             return None
@@ -493,28 +496,28 @@ class AsyncHandle(Generic[T]):
 
     # -- callbacks -----------------------------------------------------------------
 
-    def on_complete(self, callback: Callable[[T], object]) -> AsyncHandle[T]:
+    def on_complete(self, callback: Callable[[T_co], object]) -> AsyncHandle[T_co]:
         """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle."""
         self._register(_ON_COMPLETE, callback)
         return self
 
-    def on_error(self, callback: Callable[[BaseException], object]) -> AsyncHandle[T]:
+    def on_error(self, callback: Callable[[BaseException], object]) -> AsyncHandle[T_co]:
         """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled."""
         self._register(_ON_ERROR, callback)
         return self
 
-    def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T]:
+    def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T_co]:
         """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already."""
         self._register(_ON_PROGRESS, callback)
         return self
 
-    def add_done_callback(self, fn: Callable[[AsyncHandle[T]], object]) -> None:
+    def add_done_callback(self, fn: Callable[[AsyncHandle[T_co]], object]) -> None:
         """Call ``fn(handle)`` once when the task ends, however it ends."""
         self._register(_ON_DONE, fn)
 
     # -- protocol --------------------------------------------------------------------
 
-    def __await__(self) -> Generator[Any, None, T]:
+    def __await__(self) -> Generator[Any, None, T_co]:
         if not self.is_ready():
             from ._await import wait_for_end  # asyncio only once somebody waits
 

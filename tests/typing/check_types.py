@@ -104,6 +104,12 @@ assert_type(fetch_named(1).get(), str)
 assert_type(halved(1).get(), float)
 assert fetch(1).get() == 2 and fetch_named(3).get() == "3" and halved(1).get() == 0.5
 
+# Handles of functions with different result types mix in gather, wait and as_completed.
+mixed = [square(2), fetch_named(2)]
+assert mp.gather(mixed) == [4, "2"]
+assert mp.wait(mixed).done == set(mixed)
+assert {h.get() for h in mp.as_completed(mixed)} == {4, "2"}
+
 
 async def add_one(x: int) -> int:
     return x + 1
@@ -137,6 +143,7 @@ async def collect() -> None:
     """gather_async: the same rule, awaited; an async def function's handle, awaited, is its result."""
     assert_type(await fetch(2), int)
     assert await fetch_named(4) == "4"
+    assert await mp.gather_async([square(3), fetch_named(3)]) == [9, "3"]
     assert_type(await mp.gather_async([square(1)]), list[int])
     assert_type(await mp.gather_async([square(1)], on_error="skip"), list[int])
     assert_type(await mp.gather_async([square(1)], on_error="none"), list[int | None])
