@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -444,6 +446,105 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_pool(
     gate.set()
     assert isinstance(handle.exception(timeout=30), ConnectionError if timeout is None else mp.TaskTimeoutError)
     assert breaker.statistics().failed_calls == 1
+
+
+def breaker_reading_health(clock: FakeClock, asked: list[BaseException]) -> mp.CircuitBreaker:
+    """A breaker whose predicate reads ``health()``, which takes every pool's lock, and notes each error it was asked about."""
+
+    def down_and_logged(error: BaseException) -> bool:
+        mp.health()
+        asked.append(error)
+        return True
+
+    return breaker_for(clock, on=down_and_logged)
+
+
+def submitted_from_a_loop(fn: Callable[[], Any], count: int) -> list[mp.AsyncHandle[Any]]:
+    """``count`` calls of ``fn`` made on a running event loop: one over its limit waits for its slot there."""
+
+    async def submit() -> list[mp.AsyncHandle[Any]]:
+        return [fn() for _ in range(count)]
+
+    return asyncio.run(submit())
+
+
+@pytest.mark.timeout(60)
+def test_a_predicate_that_calls_the_library_deadlocks_no_shutdown_of_a_call_waiting_for_its_slot(
+    clock: FakeClock, gate: threading.Event
+) -> None:
+    # Shutdown ends a call that waits for its max_concurrent slot with ShutdownError, under the
+    # pool's lock: the breaker asked about it there waited for that lock for good, and so did
+    # the shutdown and the pool.
+    asked: list[BaseException] = []
+    started = threading.Event()
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)
+    def held() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    first, waiting = submitted_from_a_loop(held, 2)
+    assert started.wait(30)
+    shutting_down = threading.Thread(target=mp.shutdown, kwargs={"timeout_secs": 0.1})
+    shutting_down.start()
+    shutting_down.join(30)
+    assert not shutting_down.is_alive(), "shutdown waited for good"
+    error = waiting.exception(timeout=30)
+    assert isinstance(error, mp.ShutdownError)
+    assert asked == [error]
+    gate.set()
+    assert first.exception(timeout=30) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_predicate_that_calls_the_library_deadlocks_no_executor_that_refuses_a_call_that_waited_for_its_slot(
+    clock: FakeClock, gate: threading.Event
+) -> None:
+    # The call's slot came after the executor shut down: it ends with the refusal, under the
+    # executor's lock, where its breaker asked about it waited for that lock for good.
+    asked: list[BaseException] = []
+    started = threading.Event()
+    with ThreadPoolExecutor(1) as executor:
+
+        @mp.parallel(backend=executor, circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)
+        def held() -> None:
+            started.set()
+            assert gate.wait(30)
+
+        first, waiting = submitted_from_a_loop(held, 2)
+        assert started.wait(30)
+        executor.shutdown(wait=False)
+        gate.set()
+        error = waiting.exception(timeout=30)
+        assert isinstance(error, mp.ShutdownError)
+        assert asked == [error]
+        assert first.exception(timeout=30) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_predicate_that_calls_the_library_deadlocks_no_sync_call_whose_loop_closed_as_it_waited_for_its_slot(
+    clock: FakeClock, gate: threading.Event
+) -> None:
+    # Its slot came after the loop it was to run on closed: it ends with ShutdownError under the
+    # "sync" backend's lock, where its breaker asked about it waited for that lock for good.
+    asked: list[BaseException] = []
+    started = threading.Event()
+    mp.set_max_concurrent_tasks(1)  # (put back after each test)
+
+    @mp.parallel(backend="thread")
+    def held() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    on_the_loop = mp.parallel(backend="sync", circuit_breaker=breaker_reading_health(clock, asked))(lambda: None)
+    first = held()
+    assert started.wait(30)
+    (waiting,) = submitted_from_a_loop(on_the_loop, 1)
+    gate.set()
+    error = waiting.exception(timeout=30)
+    assert isinstance(error, mp.ShutdownError)
+    assert asked == [error]
+    assert first.exception(timeout=30) is None
 
 
 @pytest.mark.timeout(60)

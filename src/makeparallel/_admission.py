@@ -244,6 +244,7 @@ class PendingAdmission:
 
     def _fail(self, error: BaseException) -> None:
         handle = self._handle
+        handle._ask_breaker(error)
         with self._backend._lock:
             if handle._state != PENDING:
                 return

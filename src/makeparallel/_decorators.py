@@ -210,7 +210,7 @@ class GuardedTaskSpec(TaskSpec):
             verdicts.pop(handle._id, None)
 
     def _counts_as_failure(self, verdict: tuple[BaseException, bool] | None, error: BaseException) -> bool:
-        """``judge``'s ``verdict``, if it is on ``error``; else (an error made as the task ended) the breaker's, asked now."""
+        """``judge``'s ``verdict``, if it is on ``error``; else the breaker's, asked now (another error of the task was judged since)."""
         if verdict is not None and verdict[0] is error:
             return verdict[1]
         return self.breaker.counts_as_failure(error)  # type: ignore[union-attr]

@@ -627,13 +627,24 @@ class AsyncHandle(Generic[T_co]):
 
         The policy's ``on`` may be the user's predicate: it is asked here, outside
         every lock; attempts and time are counted under the lock, at the settle.
-        So is a circuit breaker's, whose answer the settle records.
+        So is a circuit breaker's (``_ask_breaker``).
+        """
+        self._ask_breaker(error)
+        retry = self._observer.retry
+        return RETRY_WAIT if retry is not None and retry.retries(error) else FAILED
+
+    def _ask_breaker(self, error: BaseException) -> None:
+        """Have the circuit breaker, if any, judge ``error`` here, before a settle with it takes the backend's lock.
+
+        The settle records that answer. Every end with an error asks this first:
+        an attempt's, a timeout's, and one the library makes as the task ends (a
+        slot or an executor refused at shutdown), whose predicate, asked under
+        the lock, waited for that lock for good if it called the library, and
+        held up the pool and the shutdown with it.
         """
         observer = self._observer
         if observer.breaker is not None:
             cast("GuardedTaskSpec", observer).judge(self, error)
-        retry = observer.retry
-        return RETRY_WAIT if retry is not None and retry.retries(error) else FAILED
 
     def _code_returned(self) -> None:
         """The task's code ended elsewhere (a worker process, a loop): wake ``cancel_with_timeout``."""
@@ -697,7 +708,7 @@ class AsyncHandle(Generic[T_co]):
             and _now() >= self._started_at + self._timeout  # type: ignore[operator]
         ):  # its predicate is asked outside the lock, as in _failed, and checked again under it
             error = self._timeout_error()
-            cast("GuardedTaskSpec", self._observer).judge(self, error)
+            self._ask_breaker(error)
         with backend._lock:
             if self._state != RUNNING or _now() < self._started_at + self._timeout:  # type: ignore[operator]
                 return  # ended, or this deadline was an earlier attempt's

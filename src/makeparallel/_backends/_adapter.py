@@ -210,6 +210,7 @@ class ExecutorBackend(Backend):
         try:
             self._send(handle, call, unsent)
         except Exception as error:  # shut down or broken meanwhile: nobody to raise it to
+            handle._ask_breaker(error)
             self._end(handle, FAILED, error)
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
@@ -222,6 +223,7 @@ class ExecutorBackend(Backend):
         try:
             threading.Thread(target=self._send_again, args=(handle,), name="makeparallel-retry", daemon=True).start()
         except RuntimeError as error:  # no thread to be had: the task fails with why (never raise here)
+            handle._ask_breaker(error)
             self._end(handle, FAILED, error)
 
     def _send_again(self, handle: AsyncHandle[Any]) -> None:
@@ -369,7 +371,9 @@ class ExecutorBackend(Backend):
         if self._in_process and not future.cancelled() and future.exception() is None:
             return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
-            self._end(handle, *self.cancelled_by_executor(handle), started)
+            state, cancellation = self.cancelled_by_executor(handle)
+            handle._ask_breaker(cancellation)  # (Dask's is a ShutdownError where its client closed)
+            self._end(handle, state, cancellation, started)
             return
         error: BaseException | None
         try:
@@ -390,7 +394,8 @@ class ExecutorBackend(Backend):
         and be retried between its future's end and this call (its outcome is
         read and its error asked of the retry policy outside the lock): its late
         error, settled on the next attempt, retried that one as it ran, and both
-        ran at once.
+        ran at once. The task's circuit breaker judged a failure's ``value``
+        before (``AsyncHandle._ask_breaker``): the settle only records it.
         """
         with self._lock:
             if handle._state >= SUCCEEDED:

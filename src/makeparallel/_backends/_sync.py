@@ -103,6 +103,7 @@ class SyncBackend(Backend):
             f"task {handle._id} ({handle.name}) waited for a slot on the \"sync\" backend, which runs it on the "
             "event loop it was submitted from, and that loop closed first"
         )
+        handle._ask_breaker(error)
         with self._lock:
             if handle._state != PENDING:
                 return
