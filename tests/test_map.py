@@ -489,6 +489,25 @@ def test_imap_hands_out_the_results_of_the_items_read_before_its_input_failed(
     assert (got if ordered else sorted(got)) == expected
 
 
+@pytest.mark.timeout(30)
+def test_async_imap_in_order_hands_out_the_chunks_that_ended_before_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a `for` loop, and `async for` out of order, do. The wait for a chunk that had ended
+    # timed out all the same, its wake-up due a turn of the loop later, and the map ended
+    # with TaskTimeoutError, the results of the chunks that had ended lost.
+    clock = FakeClock()
+    monkeypatch.setattr(_map, "time", types.SimpleNamespace(perf_counter=time.perf_counter, monotonic=clock.read))
+    got: list[int] = []
+
+    async def collect() -> None:
+        # The "sync" backend ran each chunk as the map sent it, all of them at its start.
+        async for result in mp.imap(triple_plus_one, range(3), chunksize=1, backend="sync", timeout=10):
+            got.append(result)
+            clock.work(60)  # the consumer took longer than the map's timeout
+
+    asyncio.run(collect())
+    assert got == [triple_plus_one(x) for x in range(3)]
+
+
 @pytest.mark.parametrize(
     ("on_error", "expected"),
     [

@@ -1135,7 +1135,10 @@ class _Mapper:
                     try:
                         await asyncio.wait_for(ended(entry[0]), self._remaining())
                     except asyncio.TimeoutError:
-                        self._time_out()
+                        # It may have ended in time, its wake-up not yet run by the loop (always
+                        # so with no time left): handed out, as chunks() hands it out.
+                        if not entry[0].is_ready():
+                            self._time_out()
                 else:
                     try:
                         done = await self._completions.next()  # type: ignore[union-attr]
