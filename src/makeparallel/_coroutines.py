@@ -53,8 +53,16 @@ class _OwnLoop:
     def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         # Not at interpreter shutdown (an error's traceback may keep it until then): the
         # modules close() needs may be torn down already, and the process ends anyway.
-        if not _finalizing() and not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.close()
+        # Nor while close_idle_loops() closes the loop: CPython runs this before it clears
+        # the weak references, so the exit hook may have found this object through one as
+        # its thread ended, and two closes at once raised from the second.
+        if _finalizing() or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if not self.loop.is_closed() and not self.loop.is_running():
+                self.loop.close()
+        finally:
+            self.lock.release()
 
 
 _own = threading.local()
