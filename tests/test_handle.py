@@ -18,6 +18,7 @@ import pytest
 from pool_helpers import hold_the_pool
 
 import makeparallel as mp
+from makeparallel._states import RUNNING, SUCCEEDED
 
 BACKENDS = ["thread", "sync"]
 
@@ -777,3 +778,60 @@ def test_ended_handle_drops_the_function(backend: str) -> None:
     gc.collect()
     # The decorated function is gone from this frame too: only the handle is left.
     assert ref() is None
+
+
+# -- a task settled while get() reads it -------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_get_of_a_task_that_ends_as_it_is_read_returns_its_result() -> None:
+    """The task ends between get()'s first look at its state and the next one.
+
+    A worker settles a task without the reader's lock; get() looked at the
+    state twice, saw it running and then ended, and raised the result as the
+    task's error (``TypeError: exceptions must derive from BaseException``):
+    one map in several thousand on a loaded machine. Here the first look is
+    made to see it running.
+    """
+    handle = mp.parallel(lambda: 42, backend="sync")()
+    assert handle.done()
+    looks: list[int] = []
+    slot = mp.AsyncHandle._state  # the slot the class reads and writes
+
+    class SeenRunningFirst(type(handle)):  # type: ignore[misc]
+        __slots__ = ()
+
+        @property
+        def _state(self) -> int:
+            looks.append(slot.__get__(self, mp.AsyncHandle))
+            return RUNNING if len(looks) == 1 else looks[-1]
+
+    handle.__class__ = SeenRunningFirst
+    assert handle.get(10) == 42
+    assert len(looks) > 1
+
+
+@pytest.mark.timeout(30)
+def test_a_task_holds_its_result_before_its_state_says_it_ended(gate: threading.Event) -> None:
+    """get() reads the state, then the value, without the lock: the value must be there first."""
+    handle = mp.parallel(gate.wait, backend="thread")(10)
+    slot, value = mp.AsyncHandle._state, mp.AsyncHandle._value
+    value_as_it_ended: list[Any] = []
+
+    class Watched(type(handle)):  # type: ignore[misc]
+        __slots__ = ()
+
+        @property
+        def _state(self) -> int:
+            return slot.__get__(self, mp.AsyncHandle)  # type: ignore[no-any-return]
+
+        @_state.setter
+        def _state(self, state: int) -> None:
+            if state == SUCCEEDED:
+                value_as_it_ended.append(value.__get__(self, mp.AsyncHandle))
+            slot.__set__(self, state)
+
+    handle.__class__ = Watched
+    gate.set()
+    assert handle.get(10) is True
+    assert value_as_it_ended == [True]

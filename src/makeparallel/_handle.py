@@ -251,9 +251,12 @@ class AsyncHandle(Generic[T_co]):
         """
         if timeout is not None:
             check_wait_timeout(timeout)
-        if self._state == SUCCEEDED:  # the common case first: collecting ended tasks
+        # Read once: a worker may settle the task between two reads, and a task read as
+        # running, then as ended, was taken for a failure (its result raised as its error).
+        state = self._state
+        if state == SUCCEEDED:  # the common case first: collecting ended tasks
             return self._value  # type: ignore[no-any-return]
-        if self._state < SUCCEEDED:
+        if state < SUCCEEDED:
             self._wait_for_end(timeout)
             if self._state == SUCCEEDED:
                 return self._value  # type: ignore[no-any-return]
@@ -758,8 +761,9 @@ class AsyncHandle(Generic[T_co]):
                 return _RETRYING
             state = FAILED
         was_pending = self._state == PENDING
-        self._state = state
+        # The value first: get() reads the state without the lock, then the value.
         self._value = value
+        self._state = state
         self._finished_at = _now()
         # Drop the references the task held, so a kept handle keeps nothing alive.
         self._fn = self._args = self._kwargs = self._context = self._payload = None
