@@ -512,10 +512,9 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
     """The results of a chunk's calls, in one task.
 
     Calls that give coroutines (of an ``async def``) have them run to their end,
-    as ``submit`` does: the first result tells, so that plain calls pay nothing.
-    A call that raises as it is made (a wrapper checking its arguments) comes
-    after the coroutines of the calls before it ran, as one by one; they were
-    dropped unawaited, their bodies never run.
+    as ``submit`` does. A call that raises as it is made (a wrapper checking its
+    arguments) comes after the coroutines of the calls before it ran, as one by
+    one; they were dropped unawaited, their bodies never run.
     """
     results: list[Any] = []
     try:
@@ -523,19 +522,22 @@ def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list
             for args in chunk:  # one by one: a call's error keeps what those before it gave
                 results.append(fn(*args))
         except Exception:
-            if results and is_coroutine(results[0]):
-                _run_to_their_end(results, current_task())
+            _run_coroutines_to_their_end(results)
             raise
-        if results and is_coroutine(results[0]):
-            return _run_to_their_end(results, current_task())
-        return results
+        return _run_coroutines_to_their_end(results)
     except Exception as error:  # a call's own error, even the crash of a task it waited for
         disown_worker_death(error)
         raise
 
 
-def _run_to_their_end(values: list[Any], task: Any) -> list[Any]:
-    """``values``, each coroutine among them run to its end in turn; when one raises, those after it are closed unstarted."""
+def _run_coroutines_to_their_end(values: list[Any]) -> list[Any]:
+    """``values``, each coroutine among them run to its end in turn; when one raises, those after it are closed unstarted.
+
+    The first value tells whether the calls give coroutines, so that plain calls pay nothing.
+    """
+    if not values or not is_coroutine(values[0]):
+        return values
+    task = current_task()
     for position, value in enumerate(values):
         if is_coroutine(value):
             try:
