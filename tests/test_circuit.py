@@ -459,6 +459,16 @@ def breaker_reading_health(clock: FakeClock, asked: list[BaseException]) -> mp.C
     return breaker_for(clock, on=down_and_logged)
 
 
+def held_until(gate: threading.Event, started: threading.Event) -> Callable[[], None]:
+    """A task that says it started, then waits for ``gate``."""
+
+    def held() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    return held
+
+
 def submitted_from_a_loop(fn: Callable[[], Any], count: int) -> list[mp.AsyncHandle[Any]]:
     """``count`` calls of ``fn`` made on a running event loop: one over its limit waits for its slot there."""
 
@@ -478,11 +488,9 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_shutdown_of_a_call_wait
     asked: list[BaseException] = []
     started = threading.Event()
 
-    @mp.parallel(backend="thread", circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)
-    def held() -> None:
-        started.set()
-        assert gate.wait(30)
-
+    held = mp.parallel(backend="thread", circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)(
+        held_until(gate, started)
+    )
     first, waiting = submitted_from_a_loop(held, 2)
     assert started.wait(30)
     shutting_down = threading.Thread(target=mp.shutdown, kwargs={"timeout_secs": 0.1})
@@ -505,12 +513,9 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_executor_that_refuses_a
     asked: list[BaseException] = []
     started = threading.Event()
     with ThreadPoolExecutor(1) as executor:
-
-        @mp.parallel(backend=executor, circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)
-        def held() -> None:
-            started.set()
-            assert gate.wait(30)
-
+        held = mp.parallel(backend=executor, circuit_breaker=breaker_reading_health(clock, asked), max_concurrent=1)(
+            held_until(gate, started)
+        )
         first, waiting = submitted_from_a_loop(held, 2)
         assert started.wait(30)
         executor.shutdown(wait=False)
@@ -531,11 +536,7 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_sync_call_whose_loop_cl
     started = threading.Event()
     mp.set_max_concurrent_tasks(1)  # (put back after each test)
 
-    @mp.parallel(backend="thread")
-    def held() -> None:
-        started.set()
-        assert gate.wait(30)
-
+    held = mp.parallel(backend="thread")(held_until(gate, started))
     on_the_loop = mp.parallel(backend="sync", circuit_breaker=breaker_reading_health(clock, asked))(lambda: None)
     first = held()
     assert started.wait(30)
