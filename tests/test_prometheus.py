@@ -62,6 +62,17 @@ class Exposition:
 
 
 @contextlib.contextmanager
+def registered() -> Iterator[tuple[CollectorRegistry, mp_prometheus.MakeparallelCollector]]:
+    """A fresh registry with the collector registered, unregistered afterwards."""
+    registry = CollectorRegistry()
+    collector = mp_prometheus.register(registry)
+    try:
+        yield registry, collector
+    finally:
+        registry.unregister(collector)
+
+
+@contextlib.contextmanager
 def served(registry: CollectorRegistry) -> Iterator[Exposition]:
     """``start_http_server`` on ``registry``, stopped afterwards with every thread it started."""
     before = set(threading.enumerate())
@@ -230,14 +241,12 @@ def served_once(page: str, name: str) -> bool:
 
 def test_register_on_a_fresh_registry() -> None:
     name, work = completed_once("prometheus-registered")
-    registry = CollectorRegistry()
-    collector = mp_prometheus.register(registry)
-    assert isinstance(collector, mp_prometheus.MakeparallelCollector)
-    assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 1
-    assert registry.get_sample_value("makeparallel_tasks_submitted_total", {"function": name}) == 1
-    work().get(5)  # read at each collection: nothing is cached
-    assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 2
-    registry.unregister(collector)
+    with registered() as (registry, collector):
+        assert isinstance(collector, mp_prometheus.MakeparallelCollector)
+        assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 1
+        assert registry.get_sample_value("makeparallel_tasks_submitted_total", {"function": name}) == 1
+        work().get(5)  # read at each collection: nothing is cached
+        assert registry.get_sample_value("makeparallel_tasks_total", {"function": name, "status": "completed"}) == 2
 
 
 def test_without_prometheus_client_register_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,16 +292,12 @@ def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
 @pytest.mark.timeout(30)
 def test_registering_twice_is_refused_rather_than_served_twice() -> None:
     name, _ = completed_once("prometheus-twice")
-    registry = CollectorRegistry()
-    collector = mp_prometheus.register(registry)
-    try:
+    with registered() as (registry, _):
         # Described as no metric, a second collector went in unchecked and every
         # sample was served twice, which Prometheus rejects as a whole scrape.
         with pytest.raises(ValueError, match="makeparallel_tasks"):
             mp_prometheus.register(registry)
         assert served_once(registry_page(registry), name)
-    finally:
-        registry.unregister(collector)
 
 
 def registry_page(registry: CollectorRegistry) -> str:
@@ -306,10 +311,5 @@ def test_a_server_started_on_a_registry_that_has_the_collector_serves_each_metri
     # register() first, then start_http_server() on the same registry, as the
     # prometheus_client examples do: the server keeps the collector registered.
     name, _ = completed_once("prometheus-registered-first")
-    registry = CollectorRegistry()
-    collector = mp_prometheus.register(registry)
-    try:
-        with served(registry) as exposition:
-            assert served_once(exposition.scrape(), name)
-    finally:
-        registry.unregister(collector)
+    with registered() as (registry, _), served(registry) as exposition:
+        assert served_once(exposition.scrape(), name)
