@@ -360,6 +360,28 @@ def test_after_reset_every_timer_sample_is_sent(server: StatsdServer, exporter: 
     assert round(sampled_count(mine, "duration")) == 2, f"timer samples lost after reset_metrics(): {mine['duration']}"
 
 
+def run_beside_a_paused_one(
+    paused: threading.Thread, reached: threading.Event, resume: threading.Event, meanwhile: threading.Thread, what: str
+) -> None:
+    """Start ``paused``; once it ``reached`` its pause, run ``meanwhile`` beside it; then let ``paused`` go on, and both end.
+
+    ``meanwhile`` gets 2 s: the library may make it wait for ``paused``, which
+    then goes on after that bounded wait. ``what``: the failure if ``paused``
+    never reaches its pause.
+    """
+    paused.start()
+    try:
+        assert reached.wait(10), what
+        meanwhile.start()
+        meanwhile.join(2)  # done, or waiting for the paused one to go on
+    finally:
+        resume.set()
+        paused.join(10)
+        if meanwhile.ident is not None:
+            meanwhile.join(10)
+    assert not paused.is_alive() and not meanwhile.is_alive()
+
+
 def test_a_flush_racing_reset_metrics_sends_no_negative_counts(
     server: StatsdServer, exporter: StatsdExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -389,17 +411,7 @@ def test_a_flush_racing_reset_metrics_sends_no_negative_counts(
     during: list[Line] = []
     resetter = threading.Thread(target=mp.reset_metrics, name="test-statsd-resetter")
     flusher = threading.Thread(target=lambda: during.extend(server.flush(exporter)), name="test-statsd-flusher")
-    resetter.start()
-    try:
-        assert zeroed.wait(10), "reset_metrics() never reached this test's record"
-        flusher.start()
-        flusher.join(2)  # done, or waiting for the reset to finish
-    finally:
-        resume.set()
-        resetter.join(10)
-        if flusher.ident is not None:
-            flusher.join(10)
-    assert not resetter.is_alive() and not flusher.is_alive()
+    run_beside_a_paused_one(resetter, zeroed, resume, flusher, "reset_metrics() never reached this test's record")
     run(work, succeed=2)
     after = server.flush(exporter)
     sent = [line for line in during + after if line.name.startswith(f"test.{name}.")]
@@ -423,7 +435,7 @@ def test_a_flush_made_while_another_flushes_sends_each_change_once(
     run(make_work(name), succeed=3)
     statsd = sys.modules[StatsdExporter.__module__]
     compared, resume = threading.Event(), threading.Event()
-    delta = statsd._delta
+    delta: Callable[[int, int], int] = statsd._delta
 
     def delta_then_pause(now: int, before: int) -> int:
         if threading.current_thread() is first and not compared.is_set():
@@ -435,17 +447,7 @@ def test_a_flush_made_while_another_flushes_sends_each_change_once(
     first = threading.Thread(target=exporter.flush, name="test-statsd-first-flush")
     second = threading.Thread(target=exporter.flush, name="test-statsd-second-flush")
     start = len(server.packets)
-    first.start()
-    try:
-        assert compared.wait(10), "the first flush never compared this test's counts"
-        second.start()
-        second.join(2)  # done, or waiting for the first flush to end
-    finally:
-        resume.set()
-        first.join(10)
-        if second.ident is not None:
-            second.join(10)
-    assert not first.is_alive() and not second.is_alive()
+    run_beside_a_paused_one(first, compared, resume, second, "the first flush never compared this test's counts")
     server.flush(exporter)  # after every packet of the two flushes: a third, with nothing new
     mine = of([Line.parse(text) for text in server.lines(start)], f"test.{name}")
     assert counter(mine, "completed") == 3, mine["completed"]
