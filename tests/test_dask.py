@@ -149,6 +149,19 @@ def test_errors_keep_their_type_and_the_remote_traceback() -> None:
     assert any("'batch': 7" in note for note in getattr(caught.value, "__notes__", []))
 
 
+def returns_a_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def test_a_result_dask_cannot_serialize_fails_the_task() -> None:
+    # The handle stayed pending for good: Dask's own executor never ended its future.
+    handle = mp.parallel(backend="dask")(returns_a_lock)()
+    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker") as caught:
+        handle.get(timeout=30)
+    assert "lock" in str(caught.value.__cause__)
+    assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25  # the cluster serves on
+
+
 @pytest.mark.parametrize("fn", [square, lambda x: x * x], ids=["function", "lambda"])
 def test_maps_run_as_chunked_futures(fn: Any) -> None:
     assert mp.parallel_map(fn, range(100), backend="dask") == [x * x for x in range(100)]

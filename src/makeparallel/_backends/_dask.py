@@ -1,8 +1,8 @@
 """The ``"dask"`` backend: tasks on a Dask ``distributed`` cluster, through the executor adapter.
 
-It is the adapter around ``client.get_executor(pure=False)`` (Dask's own
-``concurrent.futures`` executor; ``pure=False`` because Dask would otherwise
-run identical calls once and share the result). The client is the one given to
+It is the adapter around a ``concurrent.futures`` executor that sends each
+call as ``client.submit(..., pure=False)`` (``pure=False`` because Dask would
+otherwise run identical calls once and share the result). The client is the one given to
 ``mp.configure(dask_client=...)``, else the current one
 (``distributed.get_client()``), looked up at each submission so that a new
 client is picked up.
@@ -20,6 +20,8 @@ What differs from other executors that run elsewhere:
   it may start the call; either way the handle is cancelled at once and the
   result dropped.
 * A client closed while tasks run fails them with ``ShutdownError``.
+* A result that Dask cannot fetch from its worker (one it cannot serialize, a
+  lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
 * Errors raised by the task keep their type, with the worker's traceback.
   Progress, ``check_cancelled`` and the task id do not cross to the workers
   (no-ops there); metadata, callbacks and metrics live in this process.
@@ -27,6 +29,9 @@ What differs from other executors that run elsewhere:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -39,13 +44,13 @@ except ImportError as missing:  # pragma: no cover - the test extras install dis
     ) from missing
 
 from .._states import FAILED
-from ..errors import ShutdownError, WorkerCrashedError
+from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._adapter import ExecutorBackend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["DaskBackend"]
+__all__ = ["ClientExecutor", "DaskBackend"]
 
 
 class DaskBackend(ExecutorBackend):
@@ -101,7 +106,7 @@ class DaskBackend(ExecutorBackend):
         client = self._configured if self._configured is not None else _current_client()
         if client is self._client:
             return
-        executor = client.get_executor(pure=False)  # type: ignore[no-untyped-call]
+        executor = ClientExecutor(client)
         workers = sum(client.nthreads().values()) if client.status == "running" else 1  # type: ignore[no-untyped-call]
         with self._lock:
             self._client, self._executor, self._workers = client, executor, max(1, workers)
@@ -137,6 +142,75 @@ class DaskBackend(ExecutorBackend):
             crashed.__cause__ = error
             return crashed
         return super().translate_error(handle, error)
+
+
+class ClientExecutor(concurrent.futures.Executor):
+    """``client.submit(fn, *args, pure=False)`` as an executor whose futures end however their Dask futures end.
+
+    Dask's own (``client.get_executor()``) left its future pending for good
+    where the result, computed, could not be fetched: a result the worker
+    could not serialize (a lock) raised as it was fetched, in the coroutine
+    that was to end the future. The handle never ended. Here the fetch's
+    error ends the future too (:func:`_settle`), and cancelling the future
+    cancels the Dask future.
+    """
+
+    def __init__(self, client: distributed.Client) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<Dask executor of {self._client!r}>"
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        dask_future = self._client.submit(fn, *args, pure=False, **kwargs)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
+        self._client.loop.add_callback(_settle, self._client, dask_future, future)  # type: ignore[union-attr]  # a client's, from its start
+        return future
+
+
+def _cancel_when_cancelled(dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+    if future.cancelled() and dask_future.status != "cancelled":
+        dask_future.cancel()  # type: ignore[no-untyped-call]
+
+
+async def _settle(client: distributed.Client, dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+    """On the client's event loop: wait for ``dask_future``, fetch its result, and end ``future`` the same way.
+
+    A future cancelled, or left unfinished by a client closing, is cancelled
+    (``DaskBackend.cancelled_by_executor`` tells which); a task's error is the
+    future's; a result computed but not fetched fails it with
+    ``TaskSerializationError``.
+    """
+    try:
+        [value] = await client.gather([dask_future], asynchronous=True)  # type: ignore[no-untyped-call]
+    except BaseException as error:  # asyncio.CancelledError too: a cancelled Dask future, or the loop's end
+        if dask_future.status == "cancelled" or client.status in ("closing", "closed"):
+            future.cancel()
+        elif dask_future.status == "finished":
+            failure = TaskSerializationError(
+                f"the result of a task could not be fetched from its Dask worker: {type(error).__name__}: "
+                f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
+            )
+            failure.__cause__ = error
+            _end(future, failure)
+        else:
+            _end(future, error)
+        if isinstance(error, asyncio.CancelledError) and dask_future.status != "cancelled":
+            raise  # the loop's own cancellation of this coroutine, not the task's
+    else:
+        _end(future, None, value)
+
+
+def _end(future: concurrent.futures.Future[Any], error: BaseException | None, value: Any = None) -> None:
+    """Set ``future``'s outcome, unless a cancel ended it first."""
+    try:
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass  # cancelled meanwhile: the cancel is its end
 
 
 def _current_client() -> distributed.Client:
