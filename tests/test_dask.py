@@ -162,6 +162,23 @@ def test_a_result_dask_cannot_serialize_fails_the_task() -> None:
     assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25  # the cluster serves on
 
 
+class HoldsALock(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def fail_with_a_lock(message: str) -> None:
+    raise HoldsALock(message)
+
+
+def test_an_error_dask_cannot_serialize_keeps_its_class() -> None:
+    # It arrived as a bare Exception with its text.
+    with pytest.raises(HoldsALock, match="locked out") as caught:
+        mp.parallel(backend="dask")(fail_with_a_lock)("locked out").get(timeout=60)
+    assert "in fail_with_a_lock" in str(caught.value.__cause__)  # the worker's traceback, as text
+
+
 @pytest.mark.parametrize("fn", [square, lambda x: x * x], ids=["function", "lambda"])
 def test_maps_run_as_chunked_futures(fn: Any) -> None:
     assert mp.parallel_map(fn, range(100), backend="dask") == [x * x for x in range(100)]

@@ -126,6 +126,35 @@ def test_errors_keep_their_type_with_a_note(executor: cf.Executor) -> None:
     assert any("makeparallel: task" in note for note in getattr(caught.value, "__notes__", []))
 
 
+class HoldsALock(Exception):
+    """An error whose attribute pickle cannot send: urllib's ``HTTPError`` holds an open response so."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+        self.code = 7
+
+
+class RefusesPickling(Exception):
+    def __reduce__(self) -> Any:
+        raise TypeError("not today")
+
+
+def raise_unpicklable(kind: type[Exception]) -> None:
+    raise kind("raised on a worker")
+
+
+@pytest.mark.parametrize("kind", [HoldsALock, RefusesPickling], ids=lambda kind: kind.__name__)
+def test_an_error_pickle_cannot_send_keeps_its_class_and_traceback(executor: cf.Executor, kind: type[Exception]) -> None:
+    # ProcessPoolExecutor and loky failed the task with the pickling error instead.
+    handle = mp.parallel(backend=executor)(raise_unpicklable)(kind)
+    with pytest.raises(kind, match="raised on a worker") as caught:
+        handle.get(timeout=30)
+    assert getattr(caught.value, "code", 7) == 7
+    if not isinstance(executor, cf.ThreadPoolExecutor):
+        assert "in raise_unpicklable" in str(caught.value.__cause__)  # the worker's traceback, as text
+
+
 @pytest.mark.parametrize("fn", [square, decorated_square, lambda x: x * x], ids=["plain", "decorated", "lambda"])
 def test_maps_in_chunks(executor: cf.Executor, fn: Any) -> None:
     items = range(200)

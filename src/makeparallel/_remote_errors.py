@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "CarriedError",
     "ExceptionsPickled",
     "RemoteTraceback",
     "attach_remote_traceback",
@@ -124,6 +125,34 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
         seen.add(id(below))
         deepest = below
     deepest.__cause__ = RemoteTraceback(text)
+
+
+class CarriedError(Exception):
+    """An exception a task raised on another executor's worker that its pickler could not send: pickled by the library instead.
+
+    Such an executor (a ``ProcessPoolExecutor``, loky, Dask) pickles what a
+    call raised with its own pickler, and one that cannot be pickled so (an
+    attribute holding an open response or a lock, a ``__reduce__`` that
+    raises) lost its class: Dask sent a bare ``Exception`` with its text,
+    ``ProcessPoolExecutor`` the pickling error. The worker sends it in this
+    wrapper instead: ``args`` are the exception pickled by the library
+    (:func:`reduce_exception`, as the process backend sends it), its
+    traceback as text, and its description. :meth:`unwrapped` gives it back.
+    """
+
+    def unwrapped(self) -> BaseException:
+        """The exception carried, its remote traceback hung below it; one that cannot be unpickled here, described."""
+        from ._serialization import loads
+        from .errors import TaskError
+
+        data, traceback_text, description = self.args
+        error: BaseException
+        try:
+            error = loads(data, [])
+        except Exception as unpicklable:
+            error = TaskError(f"the task raised {description}, which could not be unpickled here: {described(unpicklable)}")
+        attach_remote_traceback(error, traceback_text)
+        return error
 
 
 class ExceptionsPickled:

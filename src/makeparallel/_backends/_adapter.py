@@ -48,9 +48,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import _deadlines, _events, _serialization
 from .._coroutines import is_coroutine, run_to_end
 from .._cpus import usable_cpu_count
+from .._remote_errors import CarriedError, described
 from .._states import CANCELLED, FAILED, HELD, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, UNCLAIMED
 from .._task_context import _local
-from ..errors import ShutdownError, TaskCancelledError, TaskSerializationError, WorkerCrashedError
+from ..errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, WorkerCrashedError
 from ._base import Backend
 
 if TYPE_CHECKING:
@@ -432,8 +433,12 @@ class ExecutorBackend(Backend):
         """The error the handle gives for what the future raised.
 
         A broken process pool (``BrokenProcessPool``, loky's ``TerminatedWorkerError``)
-        becomes ``WorkerCrashedError``, its cause chained; anything else stays itself.
+        becomes ``WorkerCrashedError``, its cause chained; an error the worker
+        sent pickled by the library (:func:`call_remotely`) is unpickled;
+        anything else stays itself.
         """
+        if isinstance(error, CarriedError):
+            return error.unwrapped()
         process = sys.modules.get("concurrent.futures.process")
         if process is not None and isinstance(error, process.BrokenProcessPool):
             crashed = WorkerCrashedError(
@@ -533,8 +538,9 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
 
     Function and arguments travel as the library pickles them (``@parallel``
     functions by reference, lambdas and closures by value), whatever pickler
-    the executor uses; the result travels as the executor pickles it. An
-    ``async def`` function's coroutine runs to its end there, on the worker
+    the executor uses; the result travels as the executor pickles it, and so
+    does an exception, unless that pickler cannot send it as itself
+    (:class:`CarriedError`). An ``async def`` function's coroutine runs to its end there, on the worker
     thread's own event loop, as on the process backend: a coroutine object
     cannot travel back.
 
@@ -551,7 +557,29 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
     try:
         value = fn(*args, **kwargs)
         return run_to_end(value, None) if is_coroutine(value) else value
+    except BaseException as error:
+        carried = _carried_if_unpicklable(error)
+        if carried is None:
+            raise
     finally:
         if outer is not None:
             here["task"] = outer
+    raise carried  # outside the except clause: its context, the error, would be pickled with it
+
+
+def _carried_if_unpicklable(error: BaseException) -> CarriedError | None:
+    """``error`` in a :class:`CarriedError` if pickle cannot send it as itself, else None (it travels as the executor sends it)."""
+    try:
+        pickle.dumps(error)
+    except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
+        import traceback
+
+        try:
+            data = _serialization.dumps_in_band(error)
+        except BaseException as unpicklable:  # noqa: BLE001
+            data = _serialization.dumps_in_band(
+                TaskError(f"the task raised {described(error)} (it cannot be pickled: {described(unpicklable)})")
+            )
+        return CarriedError(data, "".join(traceback.format_exception(error)), described(error))
+    return None
 
