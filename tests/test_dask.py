@@ -230,6 +230,23 @@ def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:
     return [key for key in list(cluster.scheduler.tasks) if key not in known]
 
 
+def test_tasks_sent_beyond_the_cluster_threads_count_as_queued(cluster: LocalCluster, flags: Flags) -> None:
+    # The info had no queued_tasks: health() said ok however many tasks waited behind busy workers.
+    remote = mp.parallel(backend="dask")
+    held = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
+    try:
+        assert wait_until(lambda: len(processing(cluster)) == 2, 30)
+        queued = [remote(square)(x) for x in range(3)]
+        report = mp.health(memory_limit_percent=100.0, queue_limit=2)
+        assert report["pools"]["dask"]["num_workers"] == 2
+        assert report["pools"]["dask"]["queued_tasks"] == 3
+        assert "dask pool saturated: 3 tasks queued for 2 workers (limit 2)" in report["reasons"]
+    finally:
+        flags.set("release")
+    assert mp.gather([*held, *queued], timeout=60) == ["release", "release", 0, 1, 4]
+    assert mp.health()["pools"]["dask"]["queued_tasks"] == 0
+
+
 def test_a_timeout_cancels_the_dask_future(cluster: LocalCluster, flags: Flags) -> None:
     handle = mp.parallel(backend="dask", timeout=0.5)(wait_for_flag)(flags, "release")
     with pytest.raises(mp.TaskTimeoutError, match="Dask future was cancelled"):

@@ -265,6 +265,33 @@ def test_one_adapter_per_executor_shows_in_health(executor: cf.Executor) -> None
     assert any(info.get("executor") == repr(executor) for info in pools.values())
 
 
+def one_worker_executor(kind: str) -> cf.Executor:
+    if kind == "thread_pool":
+        return cf.ThreadPoolExecutor(max_workers=1)
+    if kind == "process_pool":
+        return cf.ProcessPoolExecutor(max_workers=1)
+    return mp.Executor(backend="process", max_workers=1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["thread_pool", "process_pool", "mp_executor"])
+def test_tasks_queued_behind_busy_workers_show_in_the_info_and_health(kind: str, flags: Flags) -> None:
+    # The info had no queued_tasks: health() said ok, and the pool gauges 0, however many piled up.
+    with one_worker_executor(kind) as pool:
+        held = mp.parallel(backend=pool)(mark_then_wait)(flags, "held")
+        assert flags.wait("held", 30)  # its one worker runs it
+        queued = [mp.parallel(backend=pool)(square)(x) for x in range(3)]
+        try:
+            report = mp.health(memory_limit_percent=100.0, queue_limit=2)
+            pool_name = f"executor-{id(pool):x}"
+            assert report["pools"][pool_name]["queued_tasks"] == 3
+            assert f"{pool_name} pool saturated: 3 tasks queued for 1 workers (limit 2)" in report["reasons"]
+        finally:
+            flags.set("held-go")
+        assert mp.gather([held, *queued], timeout=30) == ["held", 0, 1, 4]
+        assert _runtime.pool_infos()[pool_name]["queued_tasks"] == 0
+
+
 # -- shutdown -----------------------------------------------------------------------------------------
 
 

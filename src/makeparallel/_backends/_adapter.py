@@ -110,6 +110,7 @@ class ExecutorBackend(Backend):
                 "executor": repr(self._executor),
                 "num_workers": workers,
                 "in_process": self._in_process,
+                "queued_tasks": self._queued_count_locked(workers),
                 "active_tasks": self._active,
                 "closed": self._closed,
                 "refusing_tasks": self.refusing(),
@@ -141,11 +142,30 @@ class ExecutorBackend(Backend):
         """
         counts: dict[str, int] = {}
         with self._lock:
-            for handle in self._futures:
-                if handle._state == PENDING:
-                    name = handle._observer.name
-                    counts[name] = counts.get(name, 0) + 1
+            for handle in self._unstarted_locked():
+                name = handle._observer.name
+                counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def _unstarted_locked(self) -> list[AsyncHandle[Any]]:
+        """The tasks accepted whose handles say pending: held, or queued in an executor in this process."""
+        return [handle for handle in self._futures if handle._state == PENDING]
+
+    def _queued_count_locked(self, workers: int) -> int:
+        """How many tasks wait to start, for :meth:`info` (``health()``, the pool gauges); ``workers``: the executor's.
+
+        In this process, the unstarted ones. An executor elsewhere does not say
+        when it starts a call: there, the held ones and the calls sent and not
+        ended beyond its ``workers`` (a call abandoned on a timeout or a cancel
+        still holds a worker until it ends). That is exact while the executor
+        runs as many calls at once as it has workers and no one else's; without
+        it, the info had no queued tasks and ``health()`` said ok while they
+        piled up behind busy workers.
+        """
+        unstarted = len(self._unstarted_locked())
+        if self._in_process:
+            return unstarted
+        return unstarted + max(0, len(self._last_sent) - workers)
 
     def reported_worker_count(self) -> int:
         """The worker count that :meth:`info` (``health()``, the pool infos) reports."""
