@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import importlib
 import math
@@ -287,6 +288,30 @@ def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
     assert samples[("makeparallel_pool_worker_restarts_total", labels(pool="process"))] == info["worker_restarts"]
     assert samples[("makeparallel_pool_queued_tasks", labels(pool="process"))] == 0
     assert ("makeparallel_pool_workers", labels(pool="process", state="idle")) in samples
+
+
+@pytest.mark.timeout(30)
+def test_an_executor_pool_gauge_counts_its_queued_tasks(exposition: Exposition, gate: threading.Event) -> None:
+    # It read 0 for an executor given as backend=, with tasks queued behind its busy worker.
+    running = threading.Event()
+
+    def held() -> None:
+        running.set()
+        assert gate.wait(20)
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        work = mp.parallel(backend=pool, name=unique_name("prometheus-executor"))(held)
+        handles = [work()]
+        assert running.wait(20)
+        handles += [work() for _ in range(2)]
+        try:
+            _, samples = exposition.samples()
+            pool_name = f"executor-{id(pool):x}"
+            assert samples[("makeparallel_pool_queued_tasks", labels(pool=pool_name))] == 2
+            assert mp.health()["pools"][pool_name]["queued_tasks"] == 2
+        finally:
+            gate.set()
+            mp.gather(handles, timeout=20)
 
 
 @pytest.mark.timeout(30)
