@@ -372,7 +372,7 @@ def test_options_are_checked_at_once() -> None:
         lifespan(shutdown_timeout="soon")  # type: ignore[arg-type]
     # Accepted until now, these failed at start-up, or failed the shutdown itself
     # (mp.shutdown refused the timeout) and the worker processes outlived the server.
-    for bad in (-1, float("nan")):
+    for bad in (-1, float("nan"), -(10**400)):  # the int too large for a float raised OverflowError
         with pytest.raises(ValueError, match="shutdown_timeout"):
             lifespan(shutdown_timeout=bad)
     with pytest.raises(ValueError, match="num_threads"):
@@ -382,6 +382,7 @@ def test_options_are_checked_at_once() -> None:
     with pytest.raises(ValueError, match="max_concurrent_tasks"):
         lifespan(max_concurrent_tasks=-3)
     lifespan(num_threads="auto", max_concurrent_tasks=0, shutdown_timeout=None)  # valid
+    lifespan(shutdown_timeout=10**400)  # valid: no limit, as math.inf
     # Falsy, they skipped the check, and mp.set_max_concurrent_tasks refused them at start-up.
     for falsy in (False, 0.0):
         with pytest.raises(TypeError, match="max_concurrent_tasks"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -107,6 +108,16 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_CANCEL_PENDING="false"))
     with pytest.raises(TypeError, match="MAKEPARALLEL_ROUTES must be True or False"):
         MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
+
+
+@pytest.mark.timeout(30)
+def test_a_shutdown_timeout_too_large_for_a_float_waits_without_limit() -> None:
+    # Accepted by the setting's check, it failed the shutdown with OverflowError.
+    extension = MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=10**400))
+    try:
+        assert extension.shutdown() is True  # the fixture accepts tasks again after it
+    finally:
+        atexit.unregister(extension.shutdown)
 
 
 _EXIT_SCRIPT = """

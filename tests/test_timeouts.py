@@ -7,6 +7,8 @@ slow machine makes these tests slower, never wrong.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel.testing import wait_until_idle
 from pool_helpers import resize, wait_until
 
 # -- helpers ----------------------------------------------------------------------------
@@ -332,6 +335,110 @@ def test_infinite_timeout_means_none(gate: threading.Event) -> None:
     assert not handle.wait(0.2)
     gate.set()
     assert handle.get(timeout=5) != threading.get_ident()
+
+
+# -- seconds too many for a float ------------------------------------------------------------
+
+HUGE = 10**400  # seconds: an int too large for a float (float(HUGE) raises OverflowError)
+
+
+def _done() -> str:
+    return "done"
+
+
+def _same(value: int) -> int:
+    return value
+
+
+async def _as_completed_async(handle: mp.AsyncHandle[str], timeout: Any) -> list[str]:
+    return [ended.get() async for ended in mp.as_completed([handle], timeout=timeout)]
+
+
+def _in_group(timeout: Any) -> str:
+    with mp.TaskGroup(timeout=timeout) as group:
+        handle = group.submit(_done)
+    return handle.get()
+
+
+def _executor_map(timeout: Any) -> list[int]:
+    with mp.Executor(max_workers=1) as executor:
+        return list(executor.map(_same, [1, 2], timeout=timeout))
+
+
+# Every public parameter of seconds where math.inf means no limit: its name, a call
+# given an ended task and the seconds, and what that call gives without a limit.
+UNLIMITED: list[tuple[str, str, Callable[[mp.AsyncHandle[str], Any], object], object]] = [
+    ("parallel(timeout)", "timeout", lambda ended, t: mp.parallel(timeout=t)(_done)().get(30), "done"),
+    ("call-time timeout", "timeout", lambda ended, t: mp.parallel(_done)(timeout=t).get(30), "done"),  # type: ignore[call-arg]
+    ("options(timeout)", "timeout", lambda ended, t: mp.parallel(_done).options(timeout=t)().get(30), "done"),
+    ("get", "timeout", lambda ended, t: ended.get(t), "done"),
+    ("result", "timeout", lambda ended, t: ended.result(t), "done"),
+    ("exception", "timeout", lambda ended, t: ended.exception(t), None),
+    ("wait", "timeout", lambda ended, t: ended.wait(t), True),
+    ("wait(timeout_secs)", "timeout", lambda ended, t: ended.wait(timeout_secs=t), True),
+    ("cancel_with_timeout", "timeout_secs", lambda ended, t: ended.cancel_with_timeout(t), True),
+    ("mp.wait", "timeout", lambda ended, t: mp.wait([ended], timeout=t).done == {ended}, True),
+    ("gather", "timeout", lambda ended, t: mp.gather([ended], timeout=t), ["done"]),
+    ("as_completed", "timeout", lambda ended, t: [h.get() for h in mp.as_completed([ended], timeout=t)], ["done"]),
+    ("async for as_completed", "timeout", lambda ended, t: asyncio.run(_as_completed_async(ended, t)), ["done"]),
+    ("gather_async", "timeout", lambda ended, t: asyncio.run(mp.gather_async([ended], timeout=t)), ["done"]),
+    ("parallel_map", "timeout", lambda ended, t: mp.parallel_map(_same, [1, 2], timeout=t), [1, 2]),
+    ("imap", "timeout", lambda ended, t: list(mp.imap(_same, [1, 2], timeout=t)), [1, 2]),
+    ("TaskGroup", "timeout", lambda ended, t: _in_group(t), "done"),
+    ("Executor.map", "timeout", lambda ended, t: _executor_map(t), [1, 2]),
+    ("wait_until_idle", "timeout", lambda ended, t: wait_until_idle(t), True),
+    ("configure(exit_timeout)", "exit_timeout", lambda ended, t: mp.configure(exit_timeout=t), None),
+    ("shutdown", "timeout_secs", lambda ended, t: mp.shutdown(timeout_secs=t), True),  # the fixture resets it
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "call", "unlimited"), [row[1:] for row in UNLIMITED], ids=[row[0] for row in UNLIMITED])
+def test_seconds_too_many_for_a_float_mean_no_limit_as_infinity_does(
+    name: str, call: Callable[[mp.AsyncHandle[str], Any], object], unlimited: object
+) -> None:
+    # float(HUGE) raised OverflowError, from the check or from the wait itself.
+    ended = mp.parallel(_done)()
+    assert ended.wait(30)
+    assert call(ended, math.inf) == unlimited
+    assert call(ended, HUGE) == unlimited
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "call"), [row[1:3] for row in UNLIMITED], ids=[row[0] for row in UNLIMITED])
+def test_negative_seconds_too_many_for_a_float_are_refused_by_name(
+    name: str, call: Callable[[mp.AsyncHandle[str], Any], object]
+) -> None:
+    # Refused with OverflowError, not the ValueError of -1; and its 401 digits have no place in a message.
+    ended = mp.parallel(_done)()
+    assert ended.wait(30)
+    with pytest.raises(ValueError, match=rf"^{name} must be a number of seconds >=? 0.* got an int of about -10\*\*400$"):
+        call(ended, -HUGE)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("waiter", ["main thread", "task"])
+def test_a_wait_of_seconds_too_many_for_a_float_ends_with_the_task(gate: threading.Event, waiter: str) -> None:
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "done"
+
+    handle = held()
+    assert started.wait(10)
+    # The gate opens while the waiter waits, or before: either way the wait must end with the task.
+    opener = threading.Thread(target=gate.set)
+    opener.start()
+    try:
+        if waiter == "main thread":  # in slices, as Ctrl-C needs
+            assert handle.get(HUGE) == "done"
+        else:  # in one piece, as long as a lock takes
+            assert mp.parallel(lambda: handle.get(HUGE))().get(30) == "done"
+    finally:
+        opener.join()
 
 
 class _FaultyDeadline:

@@ -267,7 +267,7 @@ async def gather_async(
 
     items = _as_handles(handles, "gather_async")
     check_on_error(on_error)
-    check_wait_timeout(timeout)
+    timeout = check_wait_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     countdown = _Countdown(len(items), stop_at_failure=on_error == "raise")
     try:

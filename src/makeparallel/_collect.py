@@ -267,7 +267,7 @@ def gather(
     try:
         items = _as_handles(handles, "gather")
         check_on_error(on_error)
-        check_wait_timeout(timeout)
+        timeout = check_wait_timeout(timeout)
         bar = open_progress(progress, len(items), "gather")
         completions = Completions.of(items, timeout)
         try:
@@ -310,8 +310,7 @@ def as_completed(
             event loop is running: the wait would block that loop (await instead).
     """
     pending = dict.fromkeys(_as_handles(handles, "as_completed"))
-    check_wait_timeout(timeout)
-    return Completed(pending, timeout)
+    return Completed(pending, check_wait_timeout(timeout))
 
 
 class Completed(Iterator[AsyncHandle[T]]):
@@ -390,7 +389,7 @@ def wait(
     Ctrl-C while it waits cancels the tasks not yet ended and is raised again.
     """
     items = list(dict.fromkeys(_as_handles(handles, "wait")))
-    check_wait_timeout(timeout)
+    timeout = check_wait_timeout(timeout)
     if return_when not in _RETURN_WHEN:
         raise ValueError(
             "return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, "

@@ -358,7 +358,7 @@ class Executor(concurrent.futures.Executor):
                 together, the error naming their range.
             Exception: from ``next()``, what a call raised, as itself.
         """
-        check_wait_timeout(timeout)
+        timeout = check_wait_timeout(timeout)
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
         if chunksize < 1:

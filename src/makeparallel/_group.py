@@ -59,7 +59,7 @@ class ParallelContext:
         max_concurrent: int | None = None,
         backend: BackendOption | None = None,
     ) -> None:
-        check_wait_timeout(timeout)
+        timeout = check_wait_timeout(timeout)
         if backend is not None:
             check_backend(backend)
         if max_concurrent is not None:

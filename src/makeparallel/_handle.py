@@ -250,7 +250,7 @@ class AsyncHandle(Generic[T_co]):
             Exception: whatever the task raised, as itself.
         """
         if timeout is not None:
-            check_wait_timeout(timeout)
+            timeout = check_wait_timeout(timeout)
         # Read once: a worker may settle the task between two reads, and a task read as
         # running, then as ended, was taken for a failure (its result raised as its error).
         state = self._state
@@ -279,7 +279,7 @@ class AsyncHandle(Generic[T_co]):
         here instead of returning it.
         """
         if timeout is not None:
-            check_wait_timeout(timeout)
+            timeout = check_wait_timeout(timeout)
         if self._state < SUCCEEDED:
             self._wait_for_end(timeout)
         if self._state == SUCCEEDED:
@@ -302,7 +302,7 @@ class AsyncHandle(Generic[T_co]):
             if timeout is not None:
                 raise TypeError("give wait() either timeout or timeout_secs (its 0.2 name), not both")
             timeout = timeout_secs
-        check_wait_timeout(timeout)
+        timeout = check_wait_timeout(timeout)
         if self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents()):
             return True
         if timeout is None and self._run_here_if_queued():
@@ -442,7 +442,7 @@ class AsyncHandle(Generic[T_co]):
             TypeError, ValueError: ``timeout_secs`` is not a number >= 0, or
                 ``force`` not a ``bool``.
         """
-        check_seconds(timeout_secs, "timeout_secs")
+        timeout_secs = check_seconds(timeout_secs, "timeout_secs")
         _check_force(force)
         with self._backend._lock:
             if self._stop_event is None:

@@ -653,7 +653,7 @@ def _start(
     backend: BackendOption | None,
 ) -> _Mapper:
     """Check the options of a map (raising at the call) and set it up."""
-    plain, items, total, chunk_task, name = _checked(
+    plain, items, total, chunk_task, name, timeout = _checked(
         fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
     )
     return _Mapper(
@@ -671,14 +671,13 @@ def _checked(
     timeout: float | None,
     on_error: OnError,
     backend: BackendOption | None,
-) -> tuple[Callable[[Any], Any], _Items, int | None, ParallelFunction[..., list[Any]], str]:
+) -> tuple[Callable[[Any], Any], _Items, int | None, ParallelFunction[..., list[Any]], str, float | None]:
     """The options of a map, checked (raising at the call): the function to apply, the items,
-    their number if known, the task that runs a chunk and the name to report."""
+    their number if known, the task that runs a chunk, the name to report and the timeout as a float."""
     plain, name, own_backend = _plain_function(fn)
     if on_error != "raise":
         check_on_error(on_error)
-    if timeout is not None:
-        check_wait_timeout(timeout)
+    timeout = check_wait_timeout(timeout)
     if chunksize is not None:
         check_count(chunksize, "chunksize")
     if max_in_flight is not None:
@@ -704,7 +703,7 @@ def _checked(
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
     if progress is not False:
         check_progress(progress)
-    return plain, items, total, chunk_task, name
+    return plain, items, total, chunk_task, name, timeout
 
 
 def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
@@ -884,7 +883,7 @@ def parallel_map(
     if fn is _MISSING or iterable is _MISSING or func is not _MISSING or items is not _MISSING:
         fn = _one_of(fn, func, "fn", "func")
         iterable = _one_of(iterable, items, "iterable", "items")
-    plain, rest, total, chunk_task, name = _checked(
+    plain, rest, total, chunk_task, name, timeout = _checked(
         fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
     )
     if total == 1 and progress is False and timeout is None:

@@ -336,7 +336,7 @@ def configure(
     if backend is not None:
         check_backend(backend)
     if exit_timeout is not None:
-        check_wait_timeout(exit_timeout, "exit_timeout")
+        exit_timeout = check_wait_timeout(exit_timeout, "exit_timeout")
     if async_cancel is not None:
         check_async_cancel(async_cancel)
     if process_contextvars is not None:
@@ -346,7 +346,7 @@ def configure(
     if backend is not None:
         use_default_backend(backend)
     if exit_timeout is not None:
-        _exit_timeout = float(exit_timeout)
+        _exit_timeout = exit_timeout
     if async_cancel is not None:
         _async_cancel = async_cancel
     if process_contextvars is not None:
@@ -645,8 +645,7 @@ def get_active_task_count() -> int:
 
 def wait_until_idle(timeout: float | None = None) -> bool:
     """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
-    check_wait_timeout(timeout)
-    return _wait_idle(_all_backends, timeout)
+    return _wait_idle(_all_backends, check_wait_timeout(timeout))
 
 
 def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
@@ -694,7 +693,7 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     end meanwhile: give it a ``timeout_secs`` there.
     """
     global _shut_down
-    check_wait_timeout(timeout_secs, "timeout_secs")
+    timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
     if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
         raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
     with _lock:

@@ -9,11 +9,13 @@ import math
 from typing import Any
 
 __all__ = [
+    "as_seconds",
     "check_count",
     "check_priority",
     "check_seconds",
     "check_task_timeout",
     "check_wait_timeout",
+    "shown",
 ]
 
 
@@ -21,34 +23,59 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_wait_timeout(timeout: Any, name: str = "timeout") -> None:
-    """A wait may last any number of seconds >= 0, or ``None`` (forever)."""
-    if timeout is not None:
-        _check_seconds(timeout, name, " or None")
+def as_seconds(value: float) -> float:
+    """``value``, a real number, as a float; an int too large for one is infinitely many seconds, of its sign.
+
+    ``float(10**400)`` raises ``OverflowError``, and so does each clock sum and
+    wait given such an int: converted here, it is checked, and waited for, as
+    ``math.inf`` is.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
-def check_seconds(value: Any, name: str) -> None:
-    """A wait that must end: any number of seconds >= 0, not ``None``."""
-    _check_seconds(value, name, "")
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message; an int too large for a float by its size, not its hundreds of digits.
+
+    Past 4300 digits ``repr()`` of an int raises ``ValueError`` itself.
+    """
+    if isinstance(value, int) and math.isinf(as_seconds(value)):
+        return f"an int of about {'-' if value < 0 else ''}10**{round(math.log10(abs(value)))}"
+    return repr(value)
 
 
-def _check_seconds(value: Any, name: str, alternatives: str) -> None:
+def check_wait_timeout(timeout: Any, name: str = "timeout") -> float | None:
+    """A wait may last any number of seconds >= 0, or ``None`` (forever); returns it as a float (:func:`as_seconds`)."""
+    return None if timeout is None else _check_seconds(timeout, name, " or None")
+
+
+def check_seconds(value: Any, name: str) -> float:
+    """A wait that must end: any number of seconds >= 0, not ``None``; returns it as a float (:func:`as_seconds`)."""
+    return _check_seconds(value, name, "")
+
+
+def _check_seconds(value: Any, name: str, alternatives: str) -> float:
     """``value`` is a number of seconds >= 0; ``alternatives`` ends the message with what else is accepted."""
     if not _is_real(value):
         raise TypeError(f"{name} must be a number of seconds{alternatives}, got {value!r}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0{alternatives}, got {value!r}")
+    seconds = as_seconds(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0{alternatives}, got {shown(value)}")
+    return seconds
 
 
 def check_task_timeout(timeout: Any) -> float | None:
-    """A task's own timeout: ``None`` or seconds > 0; infinity means none."""
+    """A task's own timeout: ``None`` or seconds > 0; infinity (:func:`as_seconds`) means none."""
     if timeout is None:
         return None
     if not _is_real(timeout):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
+    seconds = as_seconds(timeout)
+    if math.isnan(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 or None, got {shown(timeout)}")
+    return None if math.isinf(seconds) else seconds
 
 
 def check_priority(priority: Any) -> int:
