@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -124,26 +124,47 @@ def test_map_timeout_raises_timeout_error_and_cancels_the_rest(flags: Flags) -> 
     assert futures_left <= 1  # the running one goes on; the queued ones were cancelled
 
 
-@pytest.mark.timeout(60)
-def test_map_with_an_endless_timeout_waits_as_long_as_it_takes() -> None:
-    # Accepted as every wait of the library accepts it, it overflowed the lock's wait at next().
-    waiting_thread = threading.get_ident()
-    given_up = threading.Event()
+def answer_once_awaited_by(waiting_thread: int, given_up: threading.Event) -> Callable[..., str]:
+    """A task that answers once ``waiting_thread`` waits in a ``threading.Condition`` (or ``given_up`` is set)."""
 
     def result_awaited() -> bool:
         frame = sys._current_frames().get(waiting_thread)
         return frame is not None and frame.f_code is threading.Condition.wait.__code__
 
-    def answer_once_awaited(_: int) -> str:
+    def answer_once_awaited(*_: object) -> str:
         wait_until(lambda: given_up.is_set() or result_awaited(), 30)
         given_up.wait(1)  # a wait that cannot block fails as it starts: not long after it was seen
         return "answer"
 
+    return answer_once_awaited
+
+
+@pytest.mark.timeout(60)
+def test_map_with_an_endless_timeout_waits_as_long_as_it_takes() -> None:
+    # Accepted as every wait of the library accepts it, it overflowed the lock's wait at next().
+    given_up = threading.Event()
+    answer_once_awaited = answer_once_awaited_by(threading.get_ident(), given_up)
     with mp.Executor(max_workers=1) as executor:
         try:
             assert list(executor.map(answer_once_awaited, [0], timeout=math.inf)) == ["answer"]
         finally:
             given_up.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["result", "exception"])
+@pytest.mark.parametrize("timeout", [math.inf, 10**400], ids=["inf", "int too large for a float"])
+def test_a_future_waits_without_limit_for_a_timeout_longer_than_a_lock_takes(method: str, timeout: float) -> None:
+    # concurrent.futures hands the timeout to a lock's wait, which refused both with
+    # OverflowError; every other wait of the library takes them for no limit.
+    given_up = threading.Event()
+    with mp.Executor(max_workers=1) as executor:
+        future = executor.submit(answer_once_awaited_by(threading.get_ident(), given_up))
+        try:
+            outcome = getattr(future, method)(timeout)
+        finally:
+            given_up.set()
+    assert outcome == ("answer" if method == "result" else None)
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])

@@ -110,7 +110,9 @@ class ExecutorFuture(concurrent.futures.Future[T]):
 
         An exception that is false (``__bool__`` or ``__len__``) is raised too:
         the standard ``result()`` tests ``if self._exception`` up to Python 3.13
-        and returned ``None`` for it.
+        and returned ``None`` for it. ``timeout=math.inf``, or an int too large
+        for a float, waits as long as it takes, as ``None`` does: the standard
+        one raises ``OverflowError`` for either.
         """
         error = super().exception(self._wait_inside_a_task(timeout))
         if error is None:
@@ -133,11 +135,15 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         place (with one). The future's done-callback runs before the handle's
         waiters are woken, so once the handle ended the future has too. Outside
         a pool's worker nothing changes: the task still runs on the pool.
+
+        What is left is capped at the longest wait a lock takes: the standard
+        wait passes a longer one (``math.inf``) to a lock, which refuses it
+        with ``OverflowError``.
         """
         if _fork_child.boundary:
             self._the_parents()
         if self.done() or pool_of_this_thread() is None:
-            return timeout
+            return None if timeout is None else bounded(timeout)
         if timeout is None:
             self.handle.wait()
             return None
