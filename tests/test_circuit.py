@@ -377,6 +377,9 @@ def test_retries_of_a_guarded_call_are_each_recorded(clock: FakeClock) -> None:
         ({"half_open_calls": 0}, ValueError, "half_open_calls"),
         ({"recovery_timeout": -1}, ValueError, "recovery_timeout"),
         ({"slow_call_seconds": "1"}, TypeError, "slow_call_seconds"),
+        # Ints too large for a float: OverflowError, where infinity was refused.
+        ({"recovery_timeout": 10**400}, ValueError, r"recovery_timeout must be a finite .*, got an int of about 10\*\*400$"),
+        ({"slow_call_seconds": 10**400}, ValueError, "slow_call_seconds must be a finite"),
         ({"on": int}, TypeError, "on must be"),
     ],
 )

@@ -133,6 +133,11 @@ def test_no_retry_waits_makes_waits_zero() -> None:
         ({"on": Exception, "wait_max": "1"}, TypeError, "wait_max"),
         ({"on": Exception, "wait_jitter": -0.1}, ValueError, "wait_jitter"),
         ({"on": Exception, "wait_exp_base": 0.5}, ValueError, "wait_exp_base"),
+        # Ints too large for a float: OverflowError, where infinity was refused.
+        ({"on": Exception, "timeout": float("inf")}, ValueError, "timeout must be a finite number of seconds >= 0"),
+        ({"on": Exception, "timeout": 10**400}, ValueError, r"timeout must be a finite .*, got an int of about 10\*\*400$"),
+        ({"on": Exception, "wait_max": 10**400}, ValueError, "wait_max must be a finite"),
+        ({"on": Exception, "wait_initial": -(10**400)}, ValueError, r"wait_initial .*, got an int of about -10\*\*400$"),
     ],
 )
 def test_bad_policy_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:

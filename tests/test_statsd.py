@@ -566,9 +566,13 @@ def test_packets_never_exceed_the_ethernet_payload(server: StatsdServer, exporte
         assert f"test.{function_name}.completed:1|c" in received
 
 
-@pytest.mark.parametrize("interval", [0, -1, float("nan"), "1", None])
+# An infinite interval killed the flushing thread at its first wait (OverflowError), and
+# an int too large for a float was refused with OverflowError.
+@pytest.mark.parametrize(
+    "interval", [0, -1, float("nan"), "1", None, float("inf"), pytest.param(10**400, id="int too large for a float")]
+)
 def test_bad_interval_is_rejected(interval: Any) -> None:
-    with pytest.raises(ValueError, match="interval must be a number of seconds > 0"):
+    with pytest.raises(ValueError, match="interval must be a finite number of seconds > 0"):
         StatsdExporter(interval=interval)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import RetryOn, _check_on
-from ._validation import check_count
+from ._validation import as_seconds, check_count, shown
 from .errors import CircuitOpenError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
@@ -100,9 +100,10 @@ def _check_seconds(value: Any, name: str, allow_none: bool) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
+    seconds = as_seconds(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
+    return seconds
 
 
 # Outcomes in the ring: bit 1 failed, bit 2 slow.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._predicates import ask
+from ._validation import as_seconds, shown
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
 __all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
@@ -69,8 +70,8 @@ def _check_seconds(value: Any, name: str, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if not math.isfinite(as_seconds(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
 
 
 @dataclass(frozen=True)

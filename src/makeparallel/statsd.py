@@ -34,6 +34,7 @@ from typing import Any
 import makeparallel
 
 from ._backends._fd_numbers import standard_numbers_held
+from ._validation import as_seconds, shown
 
 __all__ = ["StatsdExporter"]
 
@@ -67,14 +68,15 @@ class StatsdExporter:
         TypeError: ``host`` is not a ``str``, ``port`` not an ``int`` or
             ``prefix`` not a ``str``.
         ValueError: ``host`` is empty, ``port`` outside 1 to 65535, or
-            ``interval`` not above 0.
+            ``interval`` not a finite number above 0.
     """
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 8125, prefix: str = "makeparallel", interval: float = 1.0
     ) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
-            raise ValueError(f"interval must be a number of seconds > 0, got {interval!r}")
+        # Finite: the flushing thread waits that long, and a lock refuses an infinite wait (OverflowError).
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < as_seconds(interval) < math.inf:
+            raise ValueError(f"interval must be a finite number of seconds > 0, got {shown(interval)}")
         # Checked here: in the exporter's thread, a bad one failed every flush, only logged.
         if not isinstance(host, str):
             raise TypeError(f"host must be a str (a name or an address), got {host!r}")
