@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import loky
 import pytest
 from loky import get_reusable_executor
 from pool_helpers import Flags, mark_then_wait, wait_for_flag, wait_until
@@ -153,6 +154,30 @@ def test_an_error_pickle_cannot_send_keeps_its_class_and_traceback(executor: cf.
     assert getattr(caught.value, "code", 7) == 7
     if not isinstance(executor, cf.ThreadPoolExecutor):
         assert "in raise_unpicklable" in str(caught.value.__cause__)  # the worker's traceback, as text
+
+
+class BuiltFromTwoArguments(Exception):
+    """An error pickle sends but cannot rebuild: its ``__init__`` takes two arguments, its ``args`` hold one."""
+
+    def __init__(self, code: int, where: str) -> None:
+        super().__init__(f"{code} at {where}")
+        self.code = code
+
+
+def raise_built_from_two_arguments() -> None:
+    raise BuiltFromTwoArguments(5, "the worker")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make_pool", [cf.ProcessPoolExecutor, loky.ProcessPoolExecutor], ids=["process_pool", "loky"])
+def test_an_error_pickle_cannot_rebuild_keeps_its_class_and_the_pool(make_pool: Any) -> None:
+    # The parent failed to unpickle it: the pool broke, the task failed with WorkerCrashedError, and so did every later one.
+    with make_pool(max_workers=1) as pool:
+        with pytest.raises(BuiltFromTwoArguments, match="5 at the worker") as caught:
+            mp.parallel(backend=pool)(raise_built_from_two_arguments)().get(timeout=30)
+        assert caught.value.code == 5
+        assert "in raise_built_from_two_arguments" in str(caught.value.__cause__)  # the worker's traceback, as text
+        assert mp.parallel(backend=pool)(square)(3).get(timeout=30) == 9  # the pool serves on
 
 
 @pytest.mark.parametrize("fn", [square, decorated_square, lambda x: x * x], ids=["plain", "decorated", "lambda"])

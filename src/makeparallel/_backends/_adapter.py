@@ -588,9 +588,15 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
 
 
 def _carried_if_unpicklable(error: BaseException) -> CarriedError | None:
-    """``error`` in a :class:`CarriedError` if pickle cannot send it as itself, else None (it travels as the executor sends it)."""
+    """``error`` in a :class:`CarriedError` if pickle cannot send it as itself, else None (it travels as the executor sends it).
+
+    Sending is pickling and unpickling: an error pickle dumps but cannot
+    rebuild (an ``__init__`` that takes other arguments than its ``args``)
+    failed as the executor's parent unpickled it, which broke a
+    ``ProcessPoolExecutor`` or loky pool.
+    """
     try:
-        pickle.dumps(error)
+        pickle.loads(pickle.dumps(error))
     except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
         import traceback
 
