@@ -179,6 +179,18 @@ def test_an_error_dask_cannot_serialize_keeps_its_class() -> None:
     assert "in fail_with_a_lock" in str(caught.value.__cause__)  # the worker's traceback, as text
 
 
+def fail_with_a_lock_on_13(x: int) -> int:
+    if x == 13:
+        raise HoldsALock(f"item {x}")
+    return x
+
+
+def test_a_map_that_goes_on_past_an_error_dask_cannot_serialize() -> None:
+    # The chunk's results held the error: Dask could not send them back, and the whole map failed.
+    results = mp.parallel_map(fail_with_a_lock_on_13, range(30), backend="dask", chunksize=10, on_error="skip")
+    assert results == [x for x in range(30) if x != 13]
+
+
 @pytest.mark.parametrize("fn", [square, lambda x: x * x], ids=["function", "lambda"])
 def test_maps_run_as_chunked_futures(fn: Any) -> None:
     assert mp.parallel_map(fn, range(100), backend="dask") == [x * x for x in range(100)]

@@ -180,6 +180,20 @@ def test_an_error_pickle_cannot_rebuild_keeps_its_class_and_the_pool(make_pool: 
         assert mp.parallel(backend=pool)(square)(3).get(timeout=30) == 9  # the pool serves on
 
 
+def fail_with_a_lock_on_13(x: int) -> int:
+    if x == 13:
+        raise HoldsALock(f"item {x}")
+    return x
+
+
+@pytest.mark.parametrize("on_error", ["skip", "none"])
+def test_a_map_that_goes_on_past_an_error_pickle_cannot_send(executor: cf.Executor, on_error: str) -> None:
+    # Elsewhere, the chunk's results held the error, which could not be pickled back: the whole map failed (TypeError).
+    results = mp.parallel_map(fail_with_a_lock_on_13, range(30), backend=executor, chunksize=10, on_error=on_error)
+    expected = [x for x in range(30) if x != 13] if on_error == "skip" else [None if x == 13 else x for x in range(30)]
+    assert results == expected
+
+
 @pytest.mark.parametrize("fn", [square, decorated_square, lambda x: x * x], ids=["plain", "decorated", "lambda"])
 def test_maps_in_chunks(executor: cf.Executor, fn: Any) -> None:
     items = range(200)

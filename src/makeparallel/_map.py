@@ -172,7 +172,7 @@ def _run_chunk(
                 if error is raised:
                     raise  # its traceback as it was
                 raise error
-            return [_Failure(error)]
+            return [_failure(error, task)]
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
             raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
@@ -202,7 +202,7 @@ def _run_chunk(
             if not keep_going:
                 keep_results_before(task, results)
                 raise
-            results.append(_Failure(error))
+            results.append(_failure(error, task))
         except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
             raise
         except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
@@ -218,6 +218,23 @@ def _run_chunk(
             continue
         position = len(results)
     return results
+
+
+def _failure(error: BaseException, task: Any) -> _Failure:
+    """An item's error, kept in its place in the chunk's results.
+
+    A chunk with no task runs on another executor's worker (``call_remotely``),
+    which pickles its results as it pickles any: an error pickle cannot send
+    there (an attribute holding a lock) failed the whole chunk, so the whole
+    map, whatever ``on_error`` said. It travels in a ``CarriedError`` instead.
+    """
+    if task is None:
+        from ._backends._adapter import _carried_if_unpicklable  # on this failure path only
+
+        carried = _carried_if_unpicklable(error)
+        if carried is not None:
+            return _Failure(carried)
+    return _Failure(error)
 
 
 def _returned_coroutines(fn: Callable[[Any], Any], results: list[Any], position: int) -> bool:
