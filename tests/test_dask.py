@@ -179,6 +179,19 @@ def test_an_error_dask_cannot_serialize_keeps_its_class() -> None:
     assert "in fail_with_a_lock" in str(caught.value.__cause__)  # the worker's traceback, as text
 
 
+def raise_base_exception(kind: type[BaseException]) -> None:
+    raise kind("raised by the task")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt], ids=lambda kind: kind.__name__)
+def test_a_base_exception_the_task_raises_arrives_as_itself(kind: type[BaseException]) -> None:
+    # Dask's worker died of it, as many times as the scheduler allows: WorkerCrashedError, its workers restarted.
+    with pytest.raises(kind, match="raised by the task") as caught:
+        mp.parallel(backend="dask")(raise_base_exception)(kind).get(timeout=30)
+    assert "in raise_base_exception" in str(caught.value.__cause__)  # the worker's traceback, as text
+
+
 def fail_with_a_lock_on_13(x: int) -> int:
     if x == 13:
         raise HoldsALock(f"item {x}")

@@ -593,9 +593,13 @@ def _carried_if_unpicklable(error: BaseException) -> CarriedError | None:
     Sending is pickling and unpickling: an error pickle dumps but cannot
     rebuild (an ``__init__`` that takes other arguments than its ``args``)
     failed as the executor's parent unpickled it, which broke a
-    ``ProcessPoolExecutor`` or loky pool.
+    ``ProcessPoolExecutor`` or loky pool. An error that is no ``Exception``
+    (``SystemExit``, ``KeyboardInterrupt``) is carried too: a Dask worker dies
+    of one its task raised, as many times as the scheduler allows.
     """
     try:
+        if not isinstance(error, Exception):
+            raise TypeError("not an Exception")
         pickle.loads(pickle.dumps(error))
     except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
         import traceback
