@@ -192,6 +192,22 @@ def test_a_base_exception_the_task_raises_arrives_as_itself(kind: type[BaseExcep
     assert "in raise_base_exception" in str(caught.value.__cause__)  # the worker's traceback, as text
 
 
+class CannotSayItself(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no words")
+
+
+def fail_unsayably() -> None:
+    raise CannotSayItself("raised by the task")
+
+
+def test_an_error_whose_str_raises_keeps_its_class() -> None:
+    # Dask's worker describes the error with str() as it sends it: the task failed with that ValueError instead.
+    with pytest.raises(CannotSayItself) as caught:
+        mp.parallel(backend="dask")(fail_unsayably)().get(timeout=60)
+    assert caught.value.args == ("raised by the task",)
+
+
 def fail_with_a_lock_on_13(x: int) -> int:
     if x == 13:
         raise HoldsALock(f"item {x}")

@@ -595,11 +595,14 @@ def _carried_if_unpicklable(error: BaseException) -> CarriedError | None:
     failed as the executor's parent unpickled it, which broke a
     ``ProcessPoolExecutor`` or loky pool. An error that is no ``Exception``
     (``SystemExit``, ``KeyboardInterrupt``) is carried too: a Dask worker dies
-    of one its task raised, as many times as the scheduler allows.
+    of one its task raised, as many times as the scheduler allows. So is one
+    whose ``str()`` raises: a Dask worker describes the error so as it sends
+    it, and sent that ``str()``'s error instead.
     """
     try:
         if not isinstance(error, Exception):
             raise TypeError("not an Exception")
+        str(error)
         pickle.loads(pickle.dumps(error))
     except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
         import traceback
