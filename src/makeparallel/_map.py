@@ -229,9 +229,9 @@ def _failure(error: BaseException, task: Any) -> _Failure:
     map, whatever ``on_error`` said. It travels in a ``CarriedError`` instead.
     """
     if task is None:
-        from ._backends._adapter import _carried_if_unpicklable  # on this failure path only
+        from ._backends._adapter import carried_if_unpicklable  # on this failure path only
 
-        carried = _carried_if_unpicklable(error)
+        carried = carried_if_unpicklable(error)
         if carried is not None:
             return _Failure(carried)
     return _Failure(error)

@@ -57,7 +57,7 @@ from ._base import Backend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely"]
+__all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely", "carried_if_unpicklable"]
 
 #: Seconds ``health()`` reports an executor that refused a task (shut down) as failing every task.
 REFUSALS_SHOWN_FOR = 10.0
@@ -578,7 +578,7 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
         value = fn(*args, **kwargs)
         return run_to_end(value, None) if is_coroutine(value) else value
     except BaseException as error:
-        carried = _carried_if_unpicklable(error)
+        carried = carried_if_unpicklable(error)
         if carried is None:
             raise
     finally:
@@ -587,32 +587,39 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
     raise carried  # outside the except clause: its context, the error, would be pickled with it
 
 
-def _carried_if_unpicklable(error: BaseException) -> CarriedError | None:
-    """``error`` in a :class:`CarriedError` if pickle cannot send it as itself, else None (it travels as the executor sends it).
+def carried_if_unpicklable(error: BaseException) -> CarriedError | None:
+    """``error`` in a :class:`CarriedError` if it cannot travel as itself (:func:`_travels_as_itself`), else None."""
+    if _travels_as_itself(error):
+        return None
+    import traceback
+
+    try:
+        data = _serialization.dumps_in_band(error)
+    except BaseException as unpicklable:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
+        data = _serialization.dumps_in_band(
+            TaskError(f"the task raised {described(error)} (it cannot be pickled: {described(unpicklable)})")
+        )
+    return CarriedError(data, "".join(traceback.format_exception(error)), described(error))
+
+
+def _travels_as_itself(error: BaseException) -> bool:
+    """Whether an executor that runs calls elsewhere sends ``error`` intact with its own pickler.
 
     Sending is pickling and unpickling: an error pickle dumps but cannot
     rebuild (an ``__init__`` that takes other arguments than its ``args``)
     failed as the executor's parent unpickled it, which broke a
     ``ProcessPoolExecutor`` or loky pool. An error that is no ``Exception``
-    (``SystemExit``, ``KeyboardInterrupt``) is carried too: a Dask worker dies
-    of one its task raised, as many times as the scheduler allows. So is one
-    whose ``str()`` raises: a Dask worker describes the error so as it sends
-    it, and sent that ``str()``'s error instead.
+    (``SystemExit``, ``KeyboardInterrupt``) does not: a Dask worker dies of
+    one its task raised, as many times as the scheduler allows. Nor one whose
+    ``str()`` raises: a Dask worker describes the error so as it sends it, and
+    sent that ``str()``'s error instead.
     """
+    if not isinstance(error, Exception):
+        return False
     try:
-        if not isinstance(error, Exception):
-            raise TypeError("not an Exception")
         str(error)
         pickle.loads(pickle.dumps(error))
     except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
-        import traceback
-
-        try:
-            data = _serialization.dumps_in_band(error)
-        except BaseException as unpicklable:  # noqa: BLE001
-            data = _serialization.dumps_in_band(
-                TaskError(f"the task raised {described(error)} (it cannot be pickled: {described(unpicklable)})")
-            )
-        return CarriedError(data, "".join(traceback.format_exception(error)), described(error))
-    return None
+        return False
+    return True
 
