@@ -1191,6 +1191,55 @@ def test_retries_reach_prometheus() -> None:
     assert 'makeparallel_task_retries_total{function="prom_flaky"} 1.0' in page
 
 
+class SteppedClock:
+    """A ``perf_counter`` for the handles that moves only when told, long before the real one."""
+
+    def __init__(self) -> None:
+        self.now = time.perf_counter() - 10_000.0  # every retry it schedules is already due
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_retried_tasks_queue_wait_is_its_last_attempts_not_its_backoff_or_earlier_runs(
+    backend: str, monkeypatch: pytest.MonkeyPatch, events: list[mp.TaskEvent]
+) -> None:
+    """The first attempt runs 50 s and the backoff takes 30 s; the second starts the moment it is due."""
+    from makeparallel import _handle
+
+    clock = SteppedClock()
+    monkeypatch.setattr(_handle, "_now", clock)
+    admit_retry = AsyncHandle._admit_retry
+
+    def due_now(handle: AsyncHandle[Any]) -> bool:
+        clock.now = handle._retry.due  # the backoff is over, as the real clock would say
+        return admit_retry(handle)
+
+    monkeypatch.setattr(AsyncHandle, "_admit_retry", due_now)
+    runs: list[int] = []
+
+    policy = mp.Retry(on=ConnectionError, attempts=2, timeout=None, wait_initial=30.0, wait_max=30.0, wait_jitter=0)
+
+    @mp.parallel(backend=backend, name="queue_wait_after_retry", retry=policy)
+    def slow_then_ok() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            clock.now += 50.0  # the first attempt runs 50 s, then fails
+            raise ConnectionError("down")
+        return "ok"
+
+    mp.reset_metrics()
+    handle = slow_then_ok()
+    assert mp.wait([handle], timeout=30).not_done == set()  # (get(timeout) reads the clock that jumps)
+    assert handle.result() == "ok" and handle.attempts == 2
+    metrics = mp.get_metrics("queue_wait_after_retry")
+    assert metrics is not None
+    assert metrics.max_queue_wait_ms == 0.0  # not 80,000: the backoff and the first run are no queueing
+    told = [(e.kind, e.queue_wait) for e in events if e.task_id == handle.get_task_id() and e.kind in ("started", "finished")]
+    assert told == [("started", 0.0), ("started", 0.0), ("finished", 0.0)]
+
+
 def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
     waiting = threading.Event()
 

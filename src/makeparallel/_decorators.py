@@ -166,11 +166,36 @@ class TaskSpec:
 
 
 
+class RetryingTaskSpec(TaskSpec):
+    """A :class:`TaskSpec` with a retry policy: a retried task's queue wait is its last attempt's.
+
+    Not from its submission, which counted its waits to retry and its earlier
+    attempts as queueing (``AsyncHandle._queue_wait``). A subclass, so that
+    functions without a policy pay nothing for it.
+    """
+
+    __slots__ = ()
+
+    def task_finished(self, handle: AsyncHandle[Any]) -> None:
+        if getattr(handle, "_retry", None) is None:  # never retried: it waited from its submission
+            super().task_finished(handle)
+            return
+        for limiter in handle._permits:
+            limiter.release()
+        state, started = handle._state, handle._started_at
+        ran_to_end = started is not None and (state == SUCCEEDED or state == FAILED)
+        self._shard(handle._backend._lock).count_end(
+            state,
+            handle._finished_at - started if ran_to_end else None,  # type: ignore[operator]
+            handle._queue_wait(),
+        )
+
+
 class _Admitting(threading.local):
     round: int | None = None
 
 
-class GuardedTaskSpec(TaskSpec):
+class GuardedTaskSpec(RetryingTaskSpec):
     """A :class:`TaskSpec` behind a circuit breaker: each attempt's outcome is recorded in it.
 
     A subclass, so that functions without a breaker pay nothing for it.
@@ -352,7 +377,11 @@ class ParallelFunction(Generic[P, T]):
             limiter = Limiter(max_concurrent)
         backend = options.get("backend")
         breaker = options.get("circuit_breaker")
-        self._spec = (TaskSpec if breaker is None else GuardedTaskSpec)(
+        if breaker is not None:
+            spec_kind: type[TaskSpec] = GuardedTaskSpec
+        else:
+            spec_kind = TaskSpec if options.get("retry") is None else RetryingTaskSpec
+        self._spec = spec_kind(
             name=options.get("name") or _describe(fn),
             # An executor is resolved to its adapter once, here, not per call.
             backend=backend if backend is None or isinstance(backend, str) else _runtime.get_backend(backend),

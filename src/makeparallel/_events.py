@@ -61,7 +61,9 @@ class TaskEvent:
         status: the task's state then: ``"pending"``, ``"running"``,
             ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed out"``.
         time: wall-clock time of the event (``time.time()``).
-        queue_wait: seconds from submission to start, once it started.
+        queue_wait: seconds it waited for a worker, once it started: from
+            submission to start; for a retried task, its last attempt's, from
+            the moment that retry was due.
         duration: seconds it ran, once it finished having started.
         metadata: a copy of the task's metadata.
         attempt: for ``"retry"``: the number of the attempt that failed (1 for the first).
@@ -271,7 +273,7 @@ def _event(kind: str, handle: AsyncHandle[Any], details: dict[str, Any]) -> Task
         name=handle._observer.name,
         status=STATE_NAMES[handle._state],
         time=time.time(),
-        queue_wait=None if started is None else started - handle._submitted_at,
+        queue_wait=handle._queue_wait(),
         duration=None if started is None or finished is None else finished - started,
         metadata=dict(handle._metadata or {}),
         **details,

@@ -362,6 +362,24 @@ class AsyncHandle(Generic[T_co]):
         # Each attempt sets a new start time: one that differs from the retried attempt's started since.
         return record.retries + int(self._started_at is not record.retried_start)
 
+    def _queue_wait(self) -> float | None:
+        """Seconds the attempt that started last waited for a worker; ``None`` if none started.
+
+        Counted from the task's submission; for a later attempt, from the moment
+        its retry was due: the wait to retry, and the attempts before, are no
+        queueing. An attempt queued but not started yet leaves the one before it
+        the last started.
+        """
+        started = self._started_at
+        if started is None:
+            return None
+        record: Attempts | None = getattr(self, "_retry", None)
+        if record is None:
+            return started - self._submitted_at
+        if started is record.retried_start:  # no attempt started since the one retried last
+            return record.retried_wait
+        return started - record.queued_at
+
     def get_task_id(self) -> int:
         """The task's id, unique in this process."""
         return self._id
@@ -810,7 +828,8 @@ class AsyncHandle(Generic[T_co]):
         if record is None:
             from ._retry import Attempts  # the first retry of this task: nothing loads before
 
-            record = self._retry = Attempts(self._started_at if self._started_at is not None else now)
+            started = self._started_at
+            record = self._retry = Attempts(started if started is not None else now, queued_at=self._submitted_at)
         attempt = len(record.failures) + 1
         record.failures.append((attempt, type(error).__name__, now - record.first_started))
         record.last_error = error
@@ -828,6 +847,8 @@ class AsyncHandle(Generic[T_co]):
         record.wait = wait
         record.due = now + wait
         record.retries += 1
+        record.retried_wait = self._queue_wait()
+        record.queued_at = record.due
         record.retried_start = self._started_at
         record.holds_permit = False
         if self._context is not None:  # a timed-out attempt may still run in it: one context, one thread

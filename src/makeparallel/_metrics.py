@@ -79,7 +79,7 @@ class Counts:
         self.retried = self.retries = 0
         self.carried = 0  # in flight at the last reset: their ends are still to come
         self.durations = Histogram()  # run to the end: succeeded or failed
-        self.waits = Histogram()  # from submission to start
+        self.waits = Histogram()  # waits for a worker: from submission (or a retry due) to start
         self.new_durations: list[float] = []
         self.new_waits: list[float] = []
 

@@ -188,6 +188,11 @@ class Attempts:
     last_error: BaseException | None = None
     retries: int = 0
     retried_start: float | None = None  # the start time of the attempt retried last
+    #: When the attempt after the one retried last began to wait for a worker: its retry's due time
+    #: (the first attempt's: the task's submission). Its wait to retry is no queueing.
+    queued_at: float = 0.0
+    #: How long the attempt retried last waited for its worker (``None``: it never started).
+    retried_wait: float | None = None
     wait: float = 0.0
     due: float = 0.0
     #: Whether the attempt under way holds its circuit breaker's permit (made for an attempt that

@@ -19,7 +19,8 @@ class TaskMetrics(Mapping[str, Any]):
 
     ``retried_tasks`` counts tasks run more than once by their retry policy,
     ``retries`` the attempts after the first. A retried task's execution time is
-    its last attempt's, its queue wait runs from submission to that start.
+    its last attempt's, and so is its queue wait: from the moment that retry was
+    due to its start (the waits to retry and the earlier attempts are no queueing).
 
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles

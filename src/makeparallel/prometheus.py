@@ -109,7 +109,7 @@ def _families(snapshot: dict[str, Any]) -> Iterator[Any]:
     )
     waits = HistogramMetricFamily(
         "makeparallel_task_queue_wait_seconds",
-        "Time from submission to start",
+        "Time tasks waited for a worker: from submission (a retry: from when it was due) to start",
         labels=["function"],
     )
     for name, metrics in functions.items():
