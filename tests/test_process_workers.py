@@ -572,6 +572,24 @@ def test_a_task_held_for_a_starting_worker_reads_as_pending_and_an_executor_futu
     assert flags.read("log").split() == ["block"]  # the held task never ran
 
 
+def test_a_worker_still_starting_with_a_task_held_for_it_counts_as_starting_not_busy(tmp_path: Path) -> None:
+    # It counted as busy (its held task is in its outstanding list), though the
+    # task had not started: a pool at start-up read as working at full load.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
+        try:
+            now = info()
+            assert (now["live_workers"], now["busy_workers"]) == (2, 1), now
+            assert now["starting_workers"] == 1, now
+            assert held.status == "pending"
+        finally:
+            flags.set("go on")
+        blocking.get(timeout=30)
+    held.get(timeout=30)
+    assert wait_until(lambda: (info()["busy_workers"], info()["starting_workers"]) == (0, 0), 30), info()
+
+
 def test_a_task_given_back_by_a_starting_worker_keeps_its_priority(tmp_path: Path) -> None:
     # Given back only once the queue was empty, it ran after every task of lower
     # priority submitted after it.

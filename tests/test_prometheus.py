@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import makeparallel
 import makeparallel as mp
+from pool_helpers import Flags
+from test_process_workers import hold_a_task_for_the_starting_worker, one_of_two_workers_starting
 
 _BOUND_BEFORE = "prometheus" in vars(makeparallel)
 import makeparallel.prometheus as mp_prometheus  # noqa: E402
@@ -288,6 +290,25 @@ def test_process_pool_gauges_and_restarts(exposition: Exposition) -> None:
     assert samples[("makeparallel_pool_worker_restarts_total", labels(pool="process"))] == info["worker_restarts"]
     assert samples[("makeparallel_pool_queued_tasks", labels(pool="process"))] == 0
     assert ("makeparallel_pool_workers", labels(pool="process", state="idle")) in samples
+
+
+@pytest.mark.timeout(60)
+def test_a_process_worker_still_starting_is_neither_busy_nor_idle(exposition: Exposition, tmp_path: Any) -> None:
+    # It read as busy when a task was held for it, and as idle otherwise.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
+        try:
+            _, samples = exposition.samples()
+        finally:
+            flags.set("go on")
+        blocking.get(timeout=30)
+    held.get(timeout=30)
+    states = {
+        state: samples.get(("makeparallel_pool_workers", labels(pool="process", state=state)))
+        for state in ("busy", "idle", "starting")
+    }
+    assert states == {"busy": 1, "idle": 0, "starting": 1}
 
 
 @pytest.mark.timeout(30)

@@ -512,7 +512,11 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
 
 
 def get_process_pool_info() -> dict[str, Any]:
-    """The process pool: size, workers live, ready and busy, tasks queued, restarts by reason.
+    """The process pool: size, workers live, ready, busy and starting, tasks queued, restarts by reason.
+
+    ``"busy_workers"`` counts the ready workers with tasks; ``"starting_workers"``
+    those still starting (forked, their initializer running): the tasks given to
+    one are held in this process and have not begun, so it is not busy.
 
     Also the thread-count variables (``OMP_NUM_THREADS`` and the BLAS ones) its
     workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are

@@ -14,7 +14,7 @@ costs nothing per task. Metrics, labelled by function (and pool):
 * ``makeparallel_task_duration_seconds{function}`` and
   ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
   of 4 apart from 1 us);
-* ``makeparallel_pool_workers{pool,state}`` (busy, idle), ``makeparallel_pool_queued_tasks{pool}``,
+* ``makeparallel_pool_workers{pool,state}`` (busy, idle, starting), ``makeparallel_pool_queued_tasks{pool}``,
   ``makeparallel_pool_worker_restarts_total{pool}``;
 * ``makeparallel_circuit_state{breaker,state}`` (1 for the breaker's state, 0 for
   the others) and ``makeparallel_circuit_calls_total{breaker,kind}`` (successful,
@@ -145,8 +145,10 @@ def _pool_metrics(pools: dict[str, dict[str, Any]]) -> Iterator[Any]:
     for pool, info in pools.items():
         live = info.get("live_threads", info.get("live_workers", 0))
         busy = info.get("busy_threads", info.get("busy_workers", 0))
+        starting = info.get("starting_workers", 0)  # a process pool's: neither busy nor idle
         workers.add_metric([pool, "busy"], busy)
-        workers.add_metric([pool, "idle"], max(0, live - busy))
+        workers.add_metric([pool, "idle"], max(0, live - busy - starting))
+        workers.add_metric([pool, "starting"], starting)
         queue.add_metric([pool], info.get("queued_tasks", 0))
         if "worker_restarts" in info:
             restarts.add_metric([pool], info["worker_restarts"])

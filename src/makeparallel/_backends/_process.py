@@ -430,7 +430,9 @@ class ProcessBackend(QueueingBackend):
                 "ready_workers": sum(
                     1 for w in self._workers if w.ready and not (w.leaving or w.killing or w in self._surplus)
                 ),
-                "busy_workers": sum(1 for w in self._workers if w.outstanding),
+                # The tasks given to a worker still starting are held here, not begun: it is not busy.
+                "busy_workers": sum(1 for w in self._workers if w.ready and w.outstanding),
+                "starting_workers": sum(1 for w in self._workers if not (w.ready or w.exited or w.killing)),
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
                 "worker_restarts": sum(self._restarts.values()),
