@@ -214,6 +214,26 @@ def test_a_failed_trial_opens_it_again(clock: FakeClock) -> None:
     assert outcome(pay(False)) == "CircuitOpenError"  # a new recovery time started
 
 
+def test_a_failed_trial_opens_it_at_the_trials_failure_rate(clock: FakeClock) -> None:
+    # Opened again, it gave the rate of the window that first opened it (75%),
+    # whatever the trials showed: as in resilience4j, half-open rates are the trials'.
+    breaker = breaker_for(clock, half_open_calls=2)
+    pay = guarded(breaker)
+    for fail in (True, True, False, True):
+        pay(fail)
+    assert (breaker.state, breaker.statistics().failure_rate) == ("open", 0.75)
+    clock.now += 31
+    assert outcome(pay(False)) == "ok"
+    half_open = breaker.statistics()
+    assert (half_open.state, half_open.failure_rate, half_open.buffered_calls) == ("half_open", 0.0, 1)
+    assert outcome(pay(True)) == "ConnectionError"
+    reopened = breaker.statistics()
+    assert (reopened.state, reopened.failure_rate, reopened.buffered_calls) == ("open", 0.5, 2)
+    refusal = pay(False).exception()
+    assert isinstance(refusal, mp.CircuitOpenError)
+    assert refusal.failure_rate == 0.5 and "is open (failure rate 50%)" in str(refusal)
+
+
 def test_reset_and_force_open(clock: FakeClock) -> None:
     breaker = breaker_for(clock)
     pay = guarded(breaker)

@@ -12,6 +12,11 @@ States::
     OPEN --recovery_timeout passed, at the next call--> HALF_OPEN (admits half_open_calls trials)
     HALF_OPEN --every trial succeeded--> CLOSED;  --a trial failed--> OPEN
 
+While closed, the rates are over the last ``window`` calls; while half-open, over
+its trials (a ring as long as ``half_open_calls``), as resilience4j computes them:
+opened again by a failed trial, it reports what the trials showed, not the window
+that first opened it.
+
 Each stay in a state is a *round*, numbered, and a permit is of the round it was
 admitted in: only outcomes of the current round's calls move the state. A call
 admitted while closed that ends after the breaker opened and half-opened is no
@@ -66,9 +71,13 @@ class CircuitStatistics:
     Attributes:
         name: the breaker's name.
         state: ``"closed"``, ``"open"`` or ``"half_open"``.
-        failure_rate: failed calls over the calls in the window (0 to 1).
+        failure_rate: failed calls over the calls in the window (0 to 1). The
+            window is the last ``window`` calls while closed, and the trial
+            calls from the time it turns half-open until it opens or closes
+            again: opened by a failed trial, it gives the trials' rate.
         slow_call_rate: slow calls over the calls in the window (0 to 1).
-        buffered_calls: calls in the window now (at most ``window``).
+        buffered_calls: calls in the window now (at most ``window``, or
+            ``half_open_calls`` for the trials).
         successful_calls, failed_calls, slow_calls: totals since creation or ``reset()``.
         not_permitted_calls: calls refused while open or half-open, since then.
         next_attempt_at: ``time.time()`` from which the open breaker admits trial
@@ -187,10 +196,7 @@ class CircuitBreaker:
             _breakers.add(self)
 
     def _clear_locked(self) -> None:
-        self._ring = bytearray(self.window)
-        self._next = 0  # where the next outcome goes
-        self._buffered = 0
-        self._failures = self._slows = 0  # sums over the ring
+        self._clear_window_locked(self.window)
         self._opened_at = 0.0
         self._trials_admitted = self._trials_succeeded = 0
         self._successful = self._failed = self._slow = self._not_permitted = 0
@@ -255,6 +261,7 @@ class CircuitBreaker:
                 self._state = CircuitState.HALF_OPEN
                 self._round += 1
                 self._trials_admitted = self._trials_succeeded = 0
+                self._clear_window_locked(self.half_open_calls)
             state = self._state
             if state is CircuitState.CLOSED or (
                 state is CircuitState.HALF_OPEN and self._trials_admitted < self.half_open_calls
@@ -291,6 +298,7 @@ class CircuitBreaker:
         once outside its own locks.
         """
         slow = self.slow_call_seconds is not None and seconds is not None and seconds >= self.slow_call_seconds
+        outcome = (_FAILED if failed else 0) | (_SLOW if slow else 0)
         with self._lock:
             if failed:
                 self._failed += 1
@@ -302,6 +310,7 @@ class CircuitBreaker:
             if admitted_in != self._round:
                 return None  # admitted before the state it ends in: it tells nothing of this round
             if old is CircuitState.HALF_OPEN:
+                self._push_locked(outcome)
                 if failed or slow:
                     self._open_locked()
                 else:
@@ -309,10 +318,9 @@ class CircuitBreaker:
                     if self._trials_succeeded >= self.half_open_calls:
                         self._state = CircuitState.CLOSED
                         self._round += 1
-                        self._ring = bytearray(self.window)
-                        self._next = self._buffered = self._failures = self._slows = 0
+                        self._clear_window_locked(self.window)
             elif old is CircuitState.CLOSED:
-                self._push_locked((_FAILED if failed else 0) | (_SLOW if slow else 0))
+                self._push_locked(outcome)
                 # Rates compared as rates: 7 of 25 is 0.28 exactly, but 7 >= 0.28 * 25 is
                 # False (7.000000000000001), and the breaker stayed closed at its threshold.
                 if self._buffered >= self.min_calls and (
@@ -359,9 +367,16 @@ class CircuitBreaker:
 
     # -- internals --------------------------------------------------------------------
 
+    def _clear_window_locked(self, size: int) -> None:
+        """Start an empty window of ``size`` calls: ``window`` while closed, ``half_open_calls`` for the trials."""
+        self._ring = bytearray(size)
+        self._next = 0  # where the next outcome goes
+        self._buffered = 0
+        self._failures = self._slows = 0  # sums over the ring
+
     def _push_locked(self, outcome: int) -> None:
         ring, i = self._ring, self._next
-        if self._buffered == self.window:  # the oldest outcome leaves the sums
+        if self._buffered == len(ring):  # the oldest outcome leaves the sums
             self._failures -= ring[i] & _FAILED
             self._slows -= (ring[i] & _SLOW) >> 1
         else:
@@ -369,7 +384,7 @@ class CircuitBreaker:
         ring[i] = outcome
         self._failures += outcome & _FAILED
         self._slows += (outcome & _SLOW) >> 1
-        self._next = (i + 1) % self.window
+        self._next = (i + 1) % len(ring)
 
     def _open_locked(self) -> None:
         self._last_rate = self._failures / self._buffered if self._buffered else 1.0
