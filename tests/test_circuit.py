@@ -334,7 +334,23 @@ def test_a_refused_call_is_not_retried_unless_on_names_it(clock: FakeClock) -> N
     pay = guarded(breaker, backend="thread", retry=mp.Retry(on=Exception, attempts=5))
     handle = pay(False)
     assert isinstance(handle.exception(timeout=30), mp.CircuitOpenError)
-    assert handle.attempts == 0
+    assert handle.attempts == 1  # the refused one
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [None, mp.Retry(on=ConnectionError, attempts=3), mp.Retry(on=mp.CircuitOpenError, attempts=1)],
+    ids=["no policy", "on does not name it", "one attempt"],
+)
+def test_a_call_refused_outright_made_one_attempt_as_each_refused_retry_is_one(
+    clock: FakeClock, retry: mp.Retry | None
+) -> None:
+    # It said 0, while the same refusal followed by retries counted as an attempt.
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    handle = guarded(breaker, backend="thread", retry=retry)(False)
+    assert isinstance(handle.exception(timeout=30), mp.CircuitOpenError)
+    assert (handle.status, handle.attempts) == ("failed", 1)
 
 
 def test_a_refused_call_is_retried_when_on_names_it(clock: FakeClock) -> None:

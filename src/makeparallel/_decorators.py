@@ -554,7 +554,7 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
                 handle._withdrawn(refusal)
                 raise
         else:
-            handle._reject(error)
+            handle._refused_outright(error)
         return handle
 
 

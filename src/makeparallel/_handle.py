@@ -354,7 +354,8 @@ class AsyncHandle(Generic[T_co]):
         """How many attempts the task made: 0 while first queued, more than 1 after retries.
 
         An attempt its circuit breaker refused counts (it failed at once with
-        ``CircuitOpenError``), as the note on the task's final error lists it.
+        ``CircuitOpenError``), as the note on the task's final error lists it:
+        a call refused outright, never retried, made 1.
         """
         record: Attempts | None = getattr(self, "_retry", None)
         if record is None:
@@ -913,6 +914,15 @@ class AsyncHandle(Generic[T_co]):
         self._value = error
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
+
+    def _refused_outright(self, error: BaseException) -> None:
+        """End a call its circuit breaker refused, not to be retried, with ``error``: one attempt, failed at once.
+
+        As each refused attempt of a retried task counts (``_refused_again``):
+        ``attempts`` said 0 for it, as for a task never tried.
+        """
+        self._reject(error)
+        self._started_at = self._finished_at
 
     def _withdrawn(self, error: BaseException) -> None:
         """End a task whose submission raised ``error``, where its backend refused it.
