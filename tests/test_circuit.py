@@ -353,6 +353,15 @@ def test_a_call_refused_outright_made_one_attempt_as_each_refused_retry_is_one(
     assert (handle.status, handle.attempts) == ("failed", 1)
 
 
+@pytest.mark.timeout(30)
+def test_cancel_with_timeout_of_a_refused_call_finds_no_code_running(clock: FakeClock) -> None:
+    # It sat out its whole timeout, then said the code still ran: the call never ran.
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    handle = guarded(breaker, backend="thread")(False)
+    assert handle.cancel_with_timeout(10) is True
+
+
 def test_a_refused_call_is_retried_when_on_names_it(clock: FakeClock) -> None:
     breaker = breaker_for(clock)
     pay = guarded(breaker, backend="thread", retry=mp.Retry(on=(mp.CircuitOpenError,), attempts=5))

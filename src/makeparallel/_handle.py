@@ -909,7 +909,12 @@ class AsyncHandle(Generic[T_co]):
         self._after_settle_aside(announce)
 
     def _reject(self, error: BaseException) -> None:
-        """End a task that was never submitted (its circuit breaker refused it) with ``error``."""
+        """End a task that was never submitted (its circuit breaker refused it) with ``error``.
+
+        Its code never runs: ``cancel_with_timeout()`` sat out its whole timeout
+        waiting for it, then said it still ran.
+        """
+        self._code_done = True
         self._state = FAILED
         self._value = error
         self._finished_at = _now()
