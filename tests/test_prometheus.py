@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pool_helpers import Flags
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from test_process_workers import (
+    hold_a_task_for_the_starting_worker,
+    one_of_two_workers_starting,
+)
 
 import makeparallel
 import makeparallel as mp
-from pool_helpers import Flags
-from test_process_workers import hold_a_task_for_the_starting_worker, one_of_two_workers_starting
 
 _BOUND_BEFORE = "prometheus" in vars(makeparallel)
 import makeparallel.prometheus as mp_prometheus  # noqa: E402
