@@ -459,3 +459,115 @@ def test_a_child_run_inline_that_raises_a_base_exception_fails_only_itself(
     expected = {"gather_skip": [2], "mp.wait": (2, 0), "exception": error_type}[way]
     assert parent().get(timeout=45) == expected
 
+
+
+# -- a task's cancel or timeout ends its wait for its children ---------------------------------
+
+
+def _run_children(way: str, child: mp.ParallelFunction[[int], int], on_a_worker: bool) -> object:
+    """Wait for three children of ``child`` (eight items for a map) in ``way``; inside a task.
+
+    ``on_a_worker``: the wait has a timeout of its own, or its children have one,
+    so nothing runs inline: the task blocks. Else the wait runs the first child
+    inline. Handles the task made itself are its own: it cancels them as it
+    leaves, as user code does (a map or a group cancels its own).
+    """
+    limit = WAIT if on_a_worker else None
+    if way in ("parallel_map", "unordered_map", "imap"):
+        items = child.__wrapped__  # a map runs plain functions, in chunks of its own
+        if way == "imap":
+            return list(mp.imap(items, range(8), chunksize=1, timeout=limit, backend="thread"))
+        return mp.parallel_map(items, range(8), chunksize=1, ordered=way == "parallel_map", timeout=limit, backend="thread")
+    if way == "ParallelContext":
+        with mp.ParallelContext(timeout=limit, backend="thread") as ctx:
+            for i in range(3):
+                ctx.submit(child.__wrapped__, i)
+        return ctx.results()
+    children = [(child.options(timeout=WAIT) if on_a_worker else child)(i) for i in range(3)]
+    try:
+        return HANDLE_WAYS[way](children, None)
+    finally:
+        for handle in children:
+            handle.cancel()
+
+
+def _take_the_one_replacement_place(gate: threading.Event) -> mp.AsyncHandle[None]:
+    """On a pool of one, leave a cancelled task stuck on ``gate``: it takes the pool's one place for a stuck worker.
+
+    A task cancelled or timed out while its worker runs it leaves that worker
+    stuck, and the pool starts another in its place, which would start the
+    task's queued children before the task itself could cancel them. With
+    that place taken already, no thread starts for it: only its own reaction
+    decides which children run.
+    """
+    resize(1)
+    started = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def stuck() -> None:
+        started.set()
+        gate.wait(30)
+
+    handle = stuck()
+    assert started.wait(10)
+    handle.cancel()
+    return handle
+
+
+STOPPABLE_WAYS = [*HANDLE_WAYS, "parallel_map", "unordered_map", "imap", "ParallelContext"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+@pytest.mark.parametrize("children", ["run_inline", "on_a_worker"])
+@pytest.mark.parametrize("way", STOPPABLE_WAYS)
+def test_a_cancel_or_timeout_of_a_task_ends_its_wait_for_its_children(
+    way: str, children: str, stop: str, gate: threading.Event
+) -> None:
+    # The first child blocks on the gate. Stopped, the task's wait raises what
+    # check_cancelled() raises there: the task returns, and the children it did
+    # not start never run. A wait that blocks ends at once, before the gate
+    # opens; one running its first child inline ends as that child returns.
+    # Before, the task waited on and ran every child to its end.
+    stuck = threading.Event()
+    _take_the_one_replacement_place(stuck)
+    started: list[int] = []
+    first_started = threading.Event()
+    outcome: list[type[BaseException]] = []
+    returned = threading.Event()
+    on_a_worker = children == "on_a_worker"
+
+    @mp.parallel(backend="thread")
+    def child(i: int) -> int:
+        started.append(i)
+        first_started.set()
+        gate.wait(30)
+        return i
+
+    @mp.parallel(backend="thread", timeout=0.2 if stop == "timeout" else None)
+    def parent() -> object:
+        try:
+            return _run_children(way, child, on_a_worker)
+        except (mp.TaskCancelledError, mp.TaskTimeoutError) as error:
+            outcome.append(type(error))
+            raise
+        finally:
+            returned.set()
+
+    try:
+        handle = parent()
+        if stop == "cancel":
+            assert first_started.wait(10)
+            handle.cancel()
+        else:
+            assert handle.wait(10)
+        if on_a_worker:
+            assert returned.wait(10), "the task's wait went on after it was stopped"
+        gate.set()
+        assert returned.wait(10)
+        assert outcome == [mp.TaskCancelledError if stop == "cancel" else mp.TaskTimeoutError]
+        assert mp.testing.wait_until_idle(10)
+        assert len(started) <= 1, f"children started after their parent was stopped: {started}"
+    finally:
+        gate.set()
+        stuck.set()

@@ -153,6 +153,26 @@ def report_from_a_thread_of_the_task(flags: Flags) -> str:
     return "done"
 
 
+def wait_for_children_on_this_worker(flags: Flags) -> str:
+    """Wait for three thread tasks of this worker's own pool; the first blocks until flag "go"."""
+
+    @mp.parallel(backend="thread", timeout=60)  # timed: never run inline, the wait blocks
+    def child(i: int) -> int:
+        flags.set(f"child-{i}")
+        assert flags.wait_for_release("go")
+        return i
+
+    children = [child(i) for i in range(3)]
+    try:
+        return str(mp.gather(children))
+    except BaseException as error:
+        flags.set("stopped", type(error).__name__)
+        raise
+    finally:
+        for handle in children:
+            handle.cancel()
+
+
 def loop_until_cancelled(flags: Flags) -> str:
     flags.set("started", str(os.getpid()))
     deadline = time.monotonic() + 30
@@ -429,6 +449,20 @@ def test_current_task_id_in_a_worker_is_the_handle_id() -> None:
     handles = [on_process(current_task_id)() for _ in range(5)]
     assert [h.get(timeout=20) for h in handles] == [h.get_task_id() for h in handles]
     assert mp.get_current_task_id() is None
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_ends_a_wait_in_a_worker_for_the_children_it_started_there(flags: Flags) -> None:
+    # The wait is a cancellation point there too: it raises as the cancel
+    # arrives, while its first child still blocks. Before, it waited for "go".
+    handle = on_process(wait_for_children_on_this_worker)(flags)
+    try:
+        assert flags.wait("child-0", 30)
+        handle.cancel()
+        assert flags.wait("stopped", 10), "the wait in the worker went on after its task was cancelled"
+        assert flags.read("stopped") == "TaskCancelledError"
+    finally:
+        flags.set("go")
 
 
 def test_check_cancelled_in_a_worker_raises_after_cancel(flags: Flags, one_worker: None) -> None:

@@ -30,7 +30,7 @@ from ._backends._base import BlockingWait
 from ._handle import AsyncHandle, cancel_and_stop
 from ._progress import ProgressOption, open_progress
 from ._states import PENDING, SUCCEEDED
-from ._task_context import current_task
+from ._task_context import CancellationPoint, current_task
 from ._validation import check_wait_timeout
 from .errors import TaskTimeoutError
 
@@ -133,6 +133,7 @@ class Completions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
+        self.timed_out = False  # the timeout passed: a TaskTimeoutError from next() is its own
         # To run inline, oldest first: only for a consumer that is itself a task.
         # Held weakly: a queued task is held by its pool, and an ended one must
         # not be kept alive here once the consumer took and dropped it.
@@ -169,7 +170,16 @@ class Completions:
         stop_following(handles, self._put)
 
     def next(self) -> AsyncHandle[Any]:
-        """The next handle to end (already-ended ones first, in no set order)."""
+        """The next handle to end (already-ended ones first, in no set order).
+
+        Inside a task, a wait here is a cancellation point: the task's cancel or
+        timeout wakes it (its handle is put in the queue) and it raises.
+
+        Raises:
+            TaskTimeoutError: ``timeout`` passed (then ``timed_out`` is set), or
+                the task this runs in timed out.
+            TaskCancelledError: the task this runs in was cancelled.
+        """
         ended = self._ended
         if self._candidates is not None:
             while ended.empty() and self._run_one_queued():
@@ -178,12 +188,13 @@ class Completions:
             if not ended.empty():
                 handle = ended.get()
             elif self._deadline is None:
-                with BlockingWait():
+                with CancellationPoint(self._put), BlockingWait():
                     handle = _interruptible.get(ended, None)
             else:
-                with BlockingWait():
+                with CancellationPoint(self._put), BlockingWait():
                     handle = _interruptible.get(ended, max(0.0, self._deadline - time.monotonic()))
         except queue.Empty:
+            self.timed_out = True
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
@@ -407,7 +418,8 @@ def wait(
         finally:
             completions.stop_following(items)
     except TaskTimeoutError:
-        pass
+        if not completions.timed_out:  # the task this wait runs in timed out
+            raise
     except KeyboardInterrupt:
         cancel_and_stop(items)
         raise

@@ -22,6 +22,7 @@ nothing for callbacks or metadata until they are used.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sys
@@ -47,7 +48,7 @@ from ._states import (
     TIMED_OUT,
     UNCLAIMED,
 )
-from ._task_context import _local
+from ._task_context import CancellationPoint, _local
 from ._validation import check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
@@ -603,7 +604,6 @@ class AsyncHandle(Generic[T_co]):
         A worker looks the dict up once, not a thread-local attribute twice per task.
         """
         outer = here.get("task")
-        here["task"] = self
         self._started_at = started = _now()
         if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
             _events.emit("started", self)
@@ -615,6 +615,10 @@ class AsyncHandle(Generic[T_co]):
         if context is None:  # its caller's context was empty
             context = self._context = Context()
         value: Any
+        # Current only now, just before the try that sets it back: no call in between, where
+        # Ctrl-C could land (a C call's return) and leave it current for good. Its waits would
+        # then take the thread for a task that was cancelled, and raise (CancellationPoint).
+        here["task"] = self
         try:
             args, kwargs = self._args, self._kwargs
             if kwargs:
@@ -1084,13 +1088,15 @@ class AsyncHandle(Generic[T_co]):
         every place to lend is lent (``MAX_SPARES``): no spare would ever start
         the task, and this wait, which has no deadline, would last for good. An
         async task stays queued on a thread whose event loop runs: it would have
-        to run on that loop, which this wait blocks.
+        to run on that loop, which this wait blocks. Nothing runs inline in a
+        task that was cancelled or timed out: its wait raises instead (``_sleep_on``).
         """
         if (
             self._state != PENDING
             or (self._id < _fork_child.boundary and self._the_parents())
             or (self._timeout is not None and not _no_place_to_lend())
             or (self._observer.is_async and running_loop() is not None)
+            or _in_a_stopped_task()
         ):
             return False
         try:
@@ -1132,23 +1138,43 @@ class AsyncHandle(Generic[T_co]):
         return self._sleep_on(waiter, timeout)
 
     def _sleep_on(self, waiter: threading.Lock, timeout: float | None) -> bool:
-        """Sleep until ``waiter`` is released or ``timeout`` passes; return whether the task ended."""
-        pool = pool_of_this_thread()
-        if pool is None:
-            return self._sleep(waiter, timeout)
-        pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
-        try:
-            return self._sleep(waiter, timeout)
-        finally:
-            pool.worker_unblocks()
+        """Sleep until ``waiter`` is released or ``timeout`` passes; return whether the task ended.
+
+        Inside a task the wait is a cancellation point: that task's cancel or
+        timeout releases ``waiter`` too, and the wait raises (``CancellationPoint``).
+        """
+        with CancellationPoint(functools.partial(self._stop_waiting, waiter)):
+            pool = pool_of_this_thread()
+            if pool is None:
+                return self._sleep(waiter, timeout)
+            pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
+            try:
+                return self._sleep(waiter, timeout)
+            finally:
+                pool.worker_unblocks()
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if _interruptible.acquire(waiter, timeout):
             return True
-        with self._backend._lock:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+        self._forget_waiter(waiter)
         return self._state >= SUCCEEDED
+
+    def _forget_waiter(self, waiter: threading.Lock) -> bool:
+        """Take ``waiter`` off those the task's end releases; return whether it was still there.
+
+        Exactly one of this and the end (or the queueing of a retry) takes it, so it is released once.
+        """
+        with self._backend._lock:
+            waiters = self._waiters
+            if waiters is None or waiter not in waiters:
+                return False
+            waiters.remove(waiter)
+            return True
+
+    def _stop_waiting(self, waiter: threading.Lock, _: object) -> None:
+        """The task that sleeps on ``waiter`` was cancelled or timed out: wake it, unless this task's end did."""
+        if self._forget_waiter(waiter):
+            waiter.release()
 
     # -- engine side: inside the task ------------------------------------------------
 
@@ -1299,6 +1325,12 @@ def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
             return started
         frame = frame.f_back
     return None
+
+
+def _in_a_stopped_task() -> bool:
+    """Whether this thread runs a task that was cancelled or timed out: its waits run no child inline then, they raise."""
+    task = getattr(_local, "task", None)
+    return task is not None and task._state >= SUCCEEDED
 
 
 def _check_force(force: Any) -> None:

@@ -1529,6 +1529,8 @@ class _Mapper:
                 try:
                     done = self._completions.next()
                 except TaskTimeoutError:
+                    if not self._completions.timed_out:  # the task the map runs in timed out
+                        raise
                     self._time_out()
                 if done is not entry[0]:
                     self._go_on(done)
@@ -1543,6 +1545,8 @@ class _Mapper:
         try:
             done = self._completions.next()
         except TaskTimeoutError:
+            if not self._completions.timed_out:  # the task the map runs in timed out
+                raise
             self._time_out()
         return next(entry for entry in self._in_flight if entry[0] is done)
 

@@ -15,11 +15,12 @@ import weakref
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, overload
 
     from ._handle import AsyncHandle
 
-__all__ = ["check_cancelled", "current_task", "get_current_task_id", "report_progress"]
+__all__ = ["CancellationPoint", "check_cancelled", "current_task", "get_current_task_id", "report_progress"]
 
 _local = threading.local()
 # Tasks whose id get_current_task_id() gave out, for report_progress(task_id=...).
@@ -52,6 +53,7 @@ def check_cancelled() -> None:
     Call it between units of work in a long task. It returns at once while the task
     may go on, and raises once the task was cancelled (``TaskCancelledError``) or
     ran past its timeout (``TaskTimeoutError``). Outside any task it does nothing.
+    A wait of the task for tasks it submitted raises so too (``CancellationPoint``).
 
     Raises:
         TaskCancelledError: the task was cancelled.
@@ -60,6 +62,44 @@ def check_cancelled() -> None:
     task = current_task()
     if task is not None:
         task._raise_if_stopped()
+
+
+class CancellationPoint:
+    """Around a wait that blocks inside a task: the task's cancel or timeout ends the wait.
+
+    A task waiting for its children never reached ``check_cancelled()``:
+    cancelled or timed out, it waited on for every child, and a map or group it
+    ran went on to its end. Here the wait is a cancellation point: entered in a
+    task already stopped, it raises at once (before the worker lends its
+    place, which would start a child); meanwhile ``wake`` is the task's
+    done-callback, called with the task once it ends (on the thread that cancels it,
+    or at its timeout), and must end the wait; left, the wait raises what
+    ``check_cancelled()`` raises there. Outside any task it does nothing.
+
+    Raises:
+        TaskCancelledError: the task was cancelled.
+        TaskTimeoutError: the task ran past its timeout.
+    """
+
+    __slots__ = ("_task", "_wake")
+
+    def __init__(self, wake: Callable[[AsyncHandle[object]], object]) -> None:
+        self._wake = wake
+        self._task: AsyncHandle[object] | None = None
+
+    def __enter__(self) -> None:
+        task = self._task = current_task()
+        if task is not None:
+            task._raise_if_stopped()
+            task.add_done_callback(self._wake)
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        task = self._task
+        if task is None:
+            return
+        task._forget_done_callback(self._wake)
+        if exc_type is None:
+            task._raise_if_stopped()
 
 
 if TYPE_CHECKING:  # the signatures checkers see; at run time, the one below
