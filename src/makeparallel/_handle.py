@@ -1143,15 +1143,20 @@ class AsyncHandle(Generic[T_co]):
         Inside a task the wait is a cancellation point: that task's cancel or
         timeout releases ``waiter`` too, and the wait raises (``CancellationPoint``).
         """
-        with CancellationPoint(functools.partial(self._stop_waiting, waiter)):
-            pool = pool_of_this_thread()
-            if pool is None:
-                return self._sleep(waiter, timeout)
-            pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
-            try:
-                return self._sleep(waiter, timeout)
-            finally:
-                pool.worker_unblocks()
+        if getattr(_local, "task", None) is not None:  # (nothing made for a wait outside any task)
+            with CancellationPoint(functools.partial(self._stop_waiting, waiter)):
+                return self._sleep_lending(waiter, timeout)
+        return self._sleep_lending(waiter, timeout)
+
+    def _sleep_lending(self, waiter: threading.Lock, timeout: float | None) -> bool:
+        pool = pool_of_this_thread()
+        if pool is None:
+            return self._sleep(waiter, timeout)
+        pool.worker_blocks()  # a task waits: its worker lends its place meanwhile
+        try:
+            return self._sleep(waiter, timeout)
+        finally:
+            pool.worker_unblocks()
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if _interruptible.acquire(waiter, timeout):
