@@ -571,3 +571,64 @@ def test_a_cancel_or_timeout_of_a_task_ends_its_wait_for_its_children(
     finally:
         gate.set()
         stuck.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("children", ["run_inline", "on_a_worker"])
+@pytest.mark.parametrize("way", ["get", "gather", "mp.wait", "parallel_map", "ParallelContext"])
+def test_an_attempt_that_times_out_and_is_retried_ends_its_wait_for_its_children(
+    way: str, children: str, gate: threading.Event
+) -> None:
+    # The task's handle does not end at its timeout: it waits to retry. Its
+    # attempt is over all the same, and its wait raises as check_cancelled()
+    # does there (TaskTimeoutError), without running more children inline.
+    # Before, it waited on until the whole task ended (here, its retry, far
+    # off), and then ran the children it had not started, one by one.
+    stuck = threading.Event()
+    _take_the_one_replacement_place(stuck)
+    started: list[int] = []
+    outcome: list[type[BaseException]] = []
+    returned = threading.Event()
+    retrying = threading.Event()
+    on_a_worker = children == "on_a_worker"
+
+    def listen(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name.endswith("parent"):
+            retrying.set()
+
+    @mp.parallel(backend="thread")
+    def child(i: int) -> int:
+        started.append(i)
+        gate.wait(30)
+        return i
+
+    # The retry is far off: the test ends before it comes (the task is cancelled then).
+    retry = mp.Retry(on=mp.TaskTimeoutError, attempts=2, wait_initial=40, wait_max=40, timeout=None)
+
+    @mp.parallel(backend="thread", timeout=0.2, retry=retry)
+    def parent() -> object:
+        try:
+            return _run_children(way, child, on_a_worker)
+        except mp.TaskTimeoutError as error:
+            outcome.append(type(error))
+            raise
+        finally:
+            returned.set()
+
+    mp.add_task_listener(listen)
+    handle = None
+    try:
+        handle = parent()
+        assert retrying.wait(10)
+        if on_a_worker:
+            assert returned.wait(10), "the attempt's wait went on after it timed out"
+        gate.set()
+        assert returned.wait(10)
+        assert outcome == [mp.TaskTimeoutError]
+        assert len(started) <= 1, f"children started after their parent's attempt timed out: {started}"
+    finally:
+        mp.remove_task_listener(listen)
+        if handle is not None:
+            handle.cancel()
+        gate.set()
+        stuck.set()

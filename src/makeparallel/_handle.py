@@ -743,10 +743,13 @@ class AsyncHandle(Generic[T_co]):
             retry = self._observer.retry
             if retry is not None and retry.retries(error) and self._retry_later_locked(error, timed_out=True):
                 announce: _Announcement | None = _RETRYING
+                waits = self._take_cancellation_points_locked()
             else:
                 announce = self._settle_locked(TIMED_OUT, error)
         self._after_settle_aside(announce)
         if announce is _RETRYING:
+            for wait in waits:  # the attempt is over, its handle not: the waits it is blocked in end, and raise
+                wait(self)
             cancel_coroutine = attempt_cancels.pop(self, None)
             if cancel_coroutine is not None:  # the late attempt is a coroutine on a worker thread's loop
                 cancel_coroutine()
@@ -1188,12 +1191,30 @@ class AsyncHandle(Generic[T_co]):
         if state in (CANCELLED, TIMED_OUT):
             # A fresh exception: the handle's own may be raised concurrently by get().
             raise type(self._value)(*self._value.args)
-        started = self._retried_attempt_started_here()
-        if started is not None and (state != RUNNING or started is not self._started_at):
+        if self._attempt_here_timed_out():
             raise TaskTimeoutError(
                 f"task {self._id} ({self.name}): this attempt ran past its timeout of {self._timeout:g} s "
                 "and the task was retried; its outcome is dropped"
             )
+
+    def _attempt_here_timed_out(self) -> bool:
+        """Whether the attempt this thread runs timed out and the task was retried (its handle has not ended)."""
+        started = self._retried_attempt_started_here()
+        return started is not None and (self._state != RUNNING or started is not self._started_at)
+
+    def _take_cancellation_points_locked(self) -> list[CancellationPoint]:
+        """Take off the waits blocked in the attempt under way (``CancellationPoint``), to end them; under the lock.
+
+        For an attempt that timed out and is retried: the handle does not end,
+        and its done-callbacks, those of whoever waits for it, stay.
+        """
+        callbacks = self._callbacks
+        if not callbacks:
+            return []
+        waits = [callback for _, callback in callbacks if isinstance(callback, CancellationPoint)]
+        if waits:
+            self._callbacks = [entry for entry in callbacks if not isinstance(entry[1], CancellationPoint)]
+        return waits
 
     def _retried_attempt_started_here(self) -> float | None:
         """When the attempt this thread runs started, where the task is timed and was retried; else ``None``.
@@ -1333,9 +1354,14 @@ def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
 
 
 def _in_a_stopped_task() -> bool:
-    """Whether this thread runs a task that was cancelled or timed out: its waits run no child inline then, they raise."""
+    """Whether this thread runs a task that was cancelled or timed out: its waits run no child inline then, they raise.
+
+    Or an attempt of one that timed out and was retried (its handle has not ended).
+    """
     task = getattr(_local, "task", None)
-    return task is not None and task._state >= SUCCEEDED
+    if task is None:
+        return False
+    return task._state >= SUCCEEDED or (isinstance(task, AsyncHandle) and task._attempt_here_timed_out())
 
 
 def _check_force(force: Any) -> None:

@@ -73,7 +73,8 @@ class CancellationPoint:
     task already stopped, it raises at once (before the worker lends its
     place, which would start a child); meanwhile ``wake`` is the task's
     done-callback, called with the task once it ends (on the thread that cancels it,
-    or at its timeout), and must end the wait; left, the wait raises what
+    or at its timeout), or once the attempt it waits in times out and is retried,
+    and must end the wait; left, the wait raises what
     ``check_cancelled()`` raises there. Outside any task it does nothing.
 
     Raises:
@@ -91,13 +92,22 @@ class CancellationPoint:
         task = self._task = current_task()
         if task is not None:
             task._raise_if_stopped()
-            task.add_done_callback(self._wake)
+            task.add_done_callback(self)
+            try:  # an attempt that timed out as this began, and waits to retry: its handle has not ended
+                task._raise_if_stopped()
+            except BaseException:
+                task._forget_done_callback(self)
+                raise
+
+    def __call__(self, task: AsyncHandle[object]) -> None:
+        """The task ended, or the attempt this waits in timed out and is retried (``_expire``): end the wait."""
+        self._wake(task)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         task = self._task
         if task is None:
             return
-        task._forget_done_callback(self._wake)
+        task._forget_done_callback(self)
         if exc_type is None:
             task._raise_if_stopped()
 
