@@ -547,6 +547,58 @@ def test_a_task_waiting_for_futures_of_its_own_one_worker_executor_makes_progres
         assert executor.submit(parent).result(timeout=45) == expected
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["result", "exception"])
+@pytest.mark.parametrize("timeout", [20.0, None], ids=["with_timeout", "without_timeout"])
+def test_a_cancel_ends_the_wait_of_a_task_off_any_pool_for_a_future(
+    way: str, timeout: float | None, gate: threading.Event
+) -> None:
+    # On the sync backend the task runs on the thread that calls it, no pool's
+    # worker. Its wait for a future is a cancellation point there too: it raises
+    # as the task is cancelled, while the future's task still runs. Before, it
+    # was the standard wait, which went on until that task ended.
+    from makeparallel._task_context import current_task
+
+    started = threading.Event()
+    raised = threading.Event()
+    tasks: list[mp.AsyncHandle[object]] = []
+    gate_open_as_it_raised: list[bool] = []
+
+    def child() -> int:
+        started.set()
+        gate.wait(30)
+        return 1
+
+    def cancel_once_started() -> None:
+        if started.wait(10):
+            tasks[0].cancel()
+            raised.wait(10)  # at once; before, only once the gate opened
+        gate.set()
+
+    with mp.Executor(backend="thread", max_workers=1) as executor:
+
+        @mp.parallel(backend="sync")
+        def parent() -> object:
+            tasks.append(current_task())  # type: ignore[arg-type]
+            future = executor.submit(child)
+            try:
+                return future.result(timeout) if way == "result" else future.exception(timeout)
+            except mp.TaskCancelledError:
+                gate_open_as_it_raised.append(gate.is_set())
+                raised.set()
+                raise
+
+        canceller = threading.Thread(target=cancel_once_started)
+        canceller.start()
+        try:
+            handle = parent()
+        finally:
+            gate.set()
+            canceller.join(30)
+        assert handle.cancelled()
+        assert gate_open_as_it_raised == [False], "the wait went on after its task was cancelled"
+
+
 def test_wait_and_as_completed_of_the_standard_library(executor: mp.Executor) -> None:
     futures = [executor.submit(mul, i, i) for i in range(10)]
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == [i * i for i in range(10)]

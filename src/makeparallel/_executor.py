@@ -134,7 +134,10 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         wait runs a queued task inline (without a timeout) or lends the worker's
         place (with one). The future's done-callback runs before the handle's
         waiters are woken, so once the handle ended the future has too. Outside
-        a pool's worker nothing changes: the task still runs on the pool.
+        a pool's worker the task still runs on the pool; in a task there (the
+        sync backend's, one run inline on the main thread) the wait is the
+        handle's blocking one all the same: the task's cancel or timeout ends it
+        (``CancellationPoint``), which the standard wait never did.
 
         What is left is capped at the longest wait a lock takes: the standard
         wait passes a longer one (``math.inf``) to a lock, which refuses it
@@ -142,8 +145,13 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         """
         if _fork_child.boundary:
             self._the_parents()
-        if self.done() or pool_of_this_thread() is None:
+        if self.done():
             return None if timeout is None else bounded(timeout)
+        if pool_of_this_thread() is None:
+            if current_task() is None:
+                return None if timeout is None else bounded(timeout)
+            self.handle._block(None if timeout is None else bounded(max(0.0, timeout)))  # nothing inline, nor lent
+            return None if timeout is None else 0.0
         if timeout is None:
             self.handle.wait()
             return None
