@@ -247,6 +247,20 @@ async def double_later(x: int) -> int:
     return 2 * x
 
 
+_item_tasks: list[Any] = []  # weak references to the asyncio tasks of the items below, in this process
+
+
+async def earlier_items_alive(_: int) -> int:
+    """An ``async def`` map item: how many asyncio tasks of the items run before it here are still alive."""
+    import asyncio
+    import gc
+    import weakref
+
+    _item_tasks.append(weakref.ref(asyncio.current_task()))  # type: ignore[arg-type]
+    gc.collect()
+    return sum(ref() is not None for ref in _item_tasks[:-1])
+
+
 async def mark_later(flags: Flags, x: int) -> int:
     """An ``async def`` task that sets flag ``ran <x>`` when its coroutine runs."""
     flags.set(f"ran {x}")

@@ -270,11 +270,10 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None
             except RuntimeError:  # the loop closed: nothing left to cancel
                 pass
 
-    add_done_callback = getattr(task, "add_done_callback", None)
-    if add_done_callback is not None:  # a handle: it ends when stopped, and at the end
-        add_done_callback(lambda _: cancel())
-    elif task is not None:  # a worker process's task: its cancel message calls this
+    if hasattr(task, "on_stop"):  # a worker process's task: its cancel message calls this, the one coroutine running
         task.on_stop = cancel
+    elif task is not None:  # a handle: it ends when stopped, and at the end
+        task.add_done_callback(lambda _: cancel())
     return cancel
 
 
