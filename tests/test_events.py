@@ -190,6 +190,18 @@ def test_succeeded_task_emits_submitted_started_finished(backend: str, listen: A
     assert finished.duration is not None and finished.duration >= 0
 
 
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_started_listener_runs_with_the_task_current(backend: str, listen: Any) -> None:
+    # A listener's log line carries the task's id (enable_task_logging): it ran with none current.
+    name = unique_name("events-current")
+    seen: list[int | None] = []
+    listen(lambda event: event.name == name and event.kind == "started" and seen.append(mp.get_current_task_id()))
+    handle = mp.parallel(backend=backend, name=name)(add_one)(1)
+    assert handle.get(20) == 2
+    assert seen == [handle.get_task_id()]
+    assert mp.get_current_task_id() is None  # and none after it, on the thread that ran it
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_failed_task_finishes_as_failed(backend: str, listen: Any) -> None:
     name = unique_name("events-fail")

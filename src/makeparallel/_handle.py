@@ -606,7 +606,12 @@ class AsyncHandle(Generic[T_co]):
         outer = here.get("task")
         self._started_at = started = _now()
         if _events.listeners:  # before the clock is set: a timeout's "finished" comes after it
-            _events.emit("started", self)
+            here["task"] = self  # current for its listeners too (a log line they write names it)
+            try:
+                _events.emit("started", self)
+            except BaseException:  # a Ctrl-C in a listener: the task is not left current on this thread
+                here["task"] = outer
+                raise
         if self._timeout is not None:  # (only a timed attempt can be late, and end as its retry runs)
             self._code_done = False  # the attempt retried may have ended since this one was queued
             _deadlines.schedule(self, started + self._timeout, weakly=True)
