@@ -137,6 +137,7 @@ def _run_on(loop: Any, coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
     finally:
         if retried_at_timeout and attempt_cancels.get(task) is cancel:
             del attempt_cancels[task]
+        _stop_cancelling(task, cancel)
         _cancel_left_behind(loop)
 
 
@@ -263,7 +264,7 @@ def _steps_as(task: Any, coroutine: Coroutine[Any, Any, Any]) -> Any:
 def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None]:
     """Have ``future`` (the coroutine's asyncio task on ``loop``) cancelled once ``task`` is stopped; return that cancel."""
 
-    def cancel() -> None:
+    def cancel(_: Any = None) -> None:  # (a done-callback's argument, the handle)
         if not future.done():
             try:
                 loop.call_soon_threadsafe(future.cancel)
@@ -273,8 +274,21 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None
     if hasattr(task, "on_stop"):  # a worker process's task: its cancel message calls this, the one coroutine running
         task.on_stop = cancel
     elif task is not None:  # a handle: it ends when stopped, and at the end
-        task.add_done_callback(lambda _: cancel())
+        task.add_done_callback(cancel)
     return cancel
+
+
+def _stop_cancelling(task: Any, cancel: Callable[[], None]) -> None:
+    """Take ``cancel`` (:func:`_cancel_when_stopped`'s) off ``task``'s done-callbacks: its coroutine ended.
+
+    A map chunk's items each run a coroutine under the chunk's handle: each
+    left a callback there until the chunk ended, holding its asyncio task, and
+    every later item walked them all (``asyncio.all_tasks``): a chunk of
+    10,000 items took 26 s.
+    """
+    forget = getattr(task, "_forget_done_callback", None)
+    if forget is not None:
+        forget(cancel)
 
 
 def _named(task: Any) -> str:
