@@ -188,10 +188,10 @@ class Completions:
             if not ended.empty():
                 handle = ended.get()
             elif self._deadline is None:
-                with CancellationPoint(self._put), BlockingWait():
+                with CancellationPoint(current_task(), self._put, None), BlockingWait():
                     handle = _interruptible.get(ended, None)
             else:
-                with CancellationPoint(self._put), BlockingWait():
+                with CancellationPoint(current_task(), self._put, None), BlockingWait():
                     handle = _interruptible.get(ended, max(0.0, self._deadline - time.monotonic()))
         except queue.Empty:
             self.timed_out = True

@@ -22,7 +22,6 @@ nothing for callbacks or metadata until they are used.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import sys
@@ -48,7 +47,7 @@ from ._states import (
     TIMED_OUT,
     UNCLAIMED,
 )
-from ._task_context import CancellationPoint, _local
+from ._task_context import CancellationPoint, _local, wake_waits_of
 from ._validation import check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
@@ -437,6 +436,7 @@ class AsyncHandle(Generic[T_co]):
             announce = self._cancel_locked()
         self._after_settle(announce)
         if previous == RUNNING:
+            wake_waits_of(self)
             backend._abandoned(self, force)
         return True
 
@@ -748,13 +748,11 @@ class AsyncHandle(Generic[T_co]):
             retry = self._observer.retry
             if retry is not None and retry.retries(error) and self._retry_later_locked(error, timed_out=True):
                 announce: _Announcement | None = _RETRYING
-                waits = self._take_cancellation_points_locked()
             else:
                 announce = self._settle_locked(TIMED_OUT, error)
         self._after_settle_aside(announce)
+        wake_waits_of(self)  # (retried: the attempt is over, its handle not)
         if announce is _RETRYING:
-            for wait in waits:  # the attempt is over, its handle not: the waits it is blocked in end, and raise
-                wait(self)
             cancel_coroutine = attempt_cancels.pop(self, None)
             if cancel_coroutine is not None:  # the late attempt is a coroutine on a worker thread's loop
                 cancel_coroutine()
@@ -808,7 +806,8 @@ class AsyncHandle(Generic[T_co]):
         return callbacks, waiters
 
     def _after_cancel(self, announce: _Announcement | None) -> None:
-        """What follows a cancellation made in bulk, if anyone is to hear of it."""
+        """What follows a cancellation made in bulk, if anyone is to hear of it: its waits inside too."""
+        wake_waits_of(self)
         if announce is not None or _events.listeners:
             self._after_settle(announce)
 
@@ -1151,8 +1150,9 @@ class AsyncHandle(Generic[T_co]):
         Inside a task the wait is a cancellation point: that task's cancel or
         timeout releases ``waiter`` too, and the wait raises (``CancellationPoint``).
         """
-        if getattr(_local, "task", None) is not None:  # (nothing made for a wait outside any task)
-            with CancellationPoint(functools.partial(self._stop_waiting, waiter)):
+        task = getattr(_local, "task", None)
+        if task is not None:  # (nothing made for a wait outside any task)
+            with CancellationPoint(task, self._stop_waiting, waiter):
                 return self._sleep_lending(waiter, timeout)
         return self._sleep_lending(waiter, timeout)
 
@@ -1184,7 +1184,7 @@ class AsyncHandle(Generic[T_co]):
             waiters.remove(waiter)
             return True
 
-    def _stop_waiting(self, waiter: threading.Lock, _: object) -> None:
+    def _stop_waiting(self, waiter: threading.Lock) -> None:
         """The task that sleeps on ``waiter`` was cancelled or timed out: wake it, unless this task's end did."""
         if self._forget_waiter(waiter):
             waiter.release()
@@ -1196,7 +1196,7 @@ class AsyncHandle(Generic[T_co]):
         if state in (CANCELLED, TIMED_OUT):
             # A fresh exception: the handle's own may be raised concurrently by get().
             raise type(self._value)(*self._value.args)
-        if self._attempt_here_timed_out():
+        if self._timeout is not None and self._attempt_here_timed_out():  # (only a timed attempt can be late)
             raise TaskTimeoutError(
                 f"task {self._id} ({self.name}): this attempt ran past its timeout of {self._timeout:g} s "
                 "and the task was retried; its outcome is dropped"
@@ -1206,20 +1206,6 @@ class AsyncHandle(Generic[T_co]):
         """Whether the attempt this thread runs timed out and the task was retried (its handle has not ended)."""
         started = self._retried_attempt_started_here()
         return started is not None and (self._state != RUNNING or started is not self._started_at)
-
-    def _take_cancellation_points_locked(self) -> list[CancellationPoint]:
-        """Take off the waits blocked in the attempt under way (``CancellationPoint``), to end them; under the lock.
-
-        For an attempt that timed out and is retried: the handle does not end,
-        and its done-callbacks, those of whoever waits for it, stay.
-        """
-        callbacks = self._callbacks
-        if not callbacks:
-            return []
-        waits = [callback for _, callback in callbacks if isinstance(callback, CancellationPoint)]
-        if waits:
-            self._callbacks = [entry for entry in callbacks if not isinstance(entry[1], CancellationPoint)]
-        return waits
 
     def _retried_attempt_started_here(self) -> float | None:
         """When the attempt this thread runs started, where the task is timed and was retried; else ``None``.
@@ -1366,7 +1352,9 @@ def _in_a_stopped_task() -> bool:
     task = getattr(_local, "task", None)
     if task is None:
         return False
-    return task._state >= SUCCEEDED or (isinstance(task, AsyncHandle) and task._attempt_here_timed_out())
+    if task._state >= SUCCEEDED:
+        return True
+    return isinstance(task, AsyncHandle) and task._timeout is not None and task._attempt_here_timed_out()
 
 
 def _check_force(force: Any) -> None:

@@ -62,7 +62,7 @@ from .._coroutines import is_coroutine, run_here
 from .._process_context import apply_values
 from .._remote_errors import described, mark_unpickling_failure
 from .._states import CANCELLED, RUNNING
-from .._task_context import _local
+from .._task_context import _local, wake_waits_of
 from .._worker_finders import installed as installed_finders
 from . import _interpreter_settings as interpreter_settings
 from ._channel import Channel
@@ -94,11 +94,10 @@ class _RemoteTask:
     task started reports for it.
     """
 
-    __slots__ = ("__weakref__", "_id", "_journal", "_state", "_stop_error", "_wakes", "_worker", "name", "on_stop")
+    __slots__ = ("__weakref__", "_id", "_journal", "_state", "_stop_error", "_worker", "name", "on_stop")
 
     def __init__(self, task_id: int, name: str, worker: _Worker) -> None:
         self.on_stop: Any = None  # cancels the task's coroutine, while one runs
-        self._wakes: list[Callable[[Any], object]] | None = None  # the waits its cancel ends (add_done_callback)
         self._id = task_id
         self.name = name
         self._state = RUNNING
@@ -131,22 +130,6 @@ class _RemoteTask:
     def _raise_if_stopped(self) -> None:
         if self._stop_error is not None:
             raise type(self._stop_error)(*self._stop_error.args)
-
-    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
-        """Call ``fn(task)`` once the parent cancels the task, at once if it did: a wait inside it ends then.
-
-        Its end, as far as this worker learns of it: a timeout stops the worker.
-        """
-        with self._worker._mail_lock:
-            if self._stop_error is None:
-                self._wakes = [*(self._wakes or ()), fn]
-                return
-        fn(self)
-
-    def _forget_done_callback(self, fn: Callable[[Any], object]) -> None:
-        with self._worker._mail_lock:
-            if self._wakes is not None and fn in self._wakes:
-                self._wakes.remove(fn)
 
 
 class _Worker:
@@ -482,11 +465,9 @@ class _Worker:
                 if task_id not in self._ended:
                     self._cancelled[task_id] = error
                 return
-            current._stop_error = error  # under the lock: a wait beginning now sees it, or is woken
+            current._stop_error = error
             current._state = CANCELLED
-            wakes, current._wakes = current._wakes, None
-        for wake in wakes or ():  # the waits the task is blocked in end, and raise
-            wake(current)
+        wake_waits_of(current)  # the waits it is blocked in end, and raise
         if current.on_stop is not None:
             current.on_stop()
 
