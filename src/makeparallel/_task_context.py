@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
     from ._handle import AsyncHandle
 
-__all__ = ["CancellationPoint", "check_cancelled", "current_task", "get_current_task_id", "report_progress", "wake_waits_of"]
+__all__ = [
+    "CancellationPoint",
+    "blocked",
+    "check_cancelled",
+    "current_task",
+    "get_current_task_id",
+    "report_progress",
+    "wake_waits_of",
+]
 
 _local = threading.local()
 # Tasks whose id get_current_task_id() gave out, for report_progress(task_id=...).
@@ -71,7 +79,7 @@ class CancellationPoint:
     cancelled or timed out, it waited on for every child, and a map or group it
     ran went on to its end. Here the wait is a cancellation point: entered in a
     task already stopped, it raises at once (before the worker lends its
-    place, which would start a child); meanwhile it is listed in ``_blocked``,
+    place, which would start a child); meanwhile it is listed in ``blocked``,
     and the task's cancel or timeout, or the timeout of the attempt it waits
     in when that is retried, calls ``wake(argument)`` (:func:`wake_waits_of`),
     which must end the wait; left, the wait raises what ``check_cancelled()``
@@ -97,32 +105,33 @@ class CancellationPoint:
     def __enter__(self) -> None:
         task = self._task
         if task is not None:
-            _blocked[self] = task  # then the check: a stop before it raises here, one after it wakes this
+            blocked[self] = (task, self._wake, self._with)  # then the check: a stop before it raises here, one after it wakes this
             try:
                 task._raise_if_stopped()
             except BaseException:
-                del _blocked[self]
+                del blocked[self]
                 raise
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         task = self._task
         if task is None:
             return
-        del _blocked[self]
+        del blocked[self]
         if exc_type is None:
             task._raise_if_stopped()
 
 
-# The waits blocked inside tasks now, each with its task (CancellationPoint).
-_blocked: dict[CancellationPoint, Any] = {}
+# The waits blocked inside tasks now, each under a key of its own: its task, and the call
+# that ends it, ``wake(argument)`` (CancellationPoint; a handle's wait lists itself inline).
+blocked: dict[Any, tuple[Any, Callable[[Any], object], Any]] = {}
 
 
 def wake_waits_of(task: Any) -> None:
     """End the waits blocked inside ``task``: it was cancelled or timed out (or its attempt, to be retried)."""
-    if _blocked:
-        for point, waiting in _blocked.copy().items():
+    if blocked:
+        for waiting, wake, argument in blocked.copy().values():
             if waiting is task:
-                point._wake(point._with)
+                wake(argument)
 
 
 if TYPE_CHECKING:  # the signatures checkers see; at run time, the one below
