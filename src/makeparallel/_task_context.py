@@ -105,7 +105,8 @@ class CancellationPoint:
     def __enter__(self) -> None:
         task = self._task
         if task is not None:
-            blocked[self] = (task, self._wake, self._with)  # then the check: a stop before it raises here, one after it wakes this
+            # Listed, then checked: a stop before the check raises here, one after it wakes the wait.
+            blocked[self] = (task, self._wake, self._with)
             try:
                 task._raise_if_stopped()
             except BaseException:

@@ -165,7 +165,8 @@ class ClientExecutor(concurrent.futures.Executor):
         dask_future = self._client.submit(fn, *args, pure=False, **kwargs)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
-        self._client.loop.add_callback(_settle, self._client, dask_future, future)  # type: ignore[union-attr]  # a client's, from its start
+        loop = self._client.loop  # a client has its loop from its start
+        loop.add_callback(_settle, self._client, dask_future, future)  # type: ignore[union-attr]
         return future
 
 
@@ -174,7 +175,9 @@ def _cancel_when_cancelled(dask_future: distributed.Future[Any], future: concurr
         dask_future.cancel()  # type: ignore[no-untyped-call]
 
 
-async def _settle(client: distributed.Client, dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+async def _settle(
+    client: distributed.Client, dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]
+) -> None:
     """On the client's event loop: wait for ``dask_future``, fetch its result, and end ``future`` the same way.
 
     A future cancelled, or left unfinished by a client closing, is cancelled
