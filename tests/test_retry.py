@@ -133,6 +133,9 @@ def test_no_retry_waits_makes_waits_zero() -> None:
         ({"on": Exception, "wait_max": "1"}, TypeError, "wait_max"),
         ({"on": Exception, "wait_jitter": -0.1}, ValueError, "wait_jitter"),
         ({"on": Exception, "wait_exp_base": 0.5}, ValueError, "wait_exp_base"),
+        # A factor, not seconds: the messages said "a number of seconds".
+        ({"on": Exception, "wait_exp_base": "2"}, TypeError, r"wait_exp_base must be a number \(the growth factor"),
+        ({"on": Exception, "wait_exp_base": float("inf")}, ValueError, "wait_exp_base must be a finite number >= 1 "),
         # Ints too large for a float: OverflowError, where infinity was refused.
         ({"on": Exception, "timeout": float("inf")}, ValueError, "timeout must be a finite number of seconds >= 0"),
         ({"on": Exception, "timeout": 10**400}, ValueError, r"timeout must be a finite .*, got an int of about 10\*\*400$"),

@@ -108,7 +108,7 @@ class Retry:
         TypeError: ``on`` is not an exception type, a tuple of them or a callable;
             a number is of the wrong type.
         ValueError: ``attempts`` < 1, a negative or infinite number of seconds,
-            ``wait_exp_base`` < 1, or an empty ``on`` tuple.
+            ``wait_exp_base`` below 1 or infinite, or an empty ``on`` tuple.
     """
 
     on: RetryOn
@@ -128,9 +128,11 @@ class Retry:
         _check_seconds(self.timeout, "timeout", allow_none=True)
         for name in ("wait_initial", "wait_max", "wait_jitter"):
             _check_seconds(getattr(self, name), name)
-        _check_seconds(self.wait_exp_base, "wait_exp_base")
-        if self.wait_exp_base < 1:
-            raise ValueError(f"wait_exp_base must be >= 1 (1 keeps waits constant), got {self.wait_exp_base!r}")
+        factor = self.wait_exp_base  # a factor, not seconds
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise TypeError(f"wait_exp_base must be a number (the growth factor of the wait), got {factor!r}")
+        if not 1 <= as_seconds(factor) < math.inf:
+            raise ValueError(f"wait_exp_base must be a finite number >= 1 (1 keeps waits constant), got {shown(factor)}")
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``on`` asks to retry ``error``, before counting attempts or time."""
