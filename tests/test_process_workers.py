@@ -975,7 +975,8 @@ def assert_runs_alone_then_the_next(flags: Flags) -> None:
     first = on_process(started_then_waited)(flags, "first")
     second = on_process(started_then_waited)(flags, "second")
     assert flags.wait("started-first")
-    assert wait_until(lambda: info()["ready_workers"] == 1)  # the replacement (the first's worker is leaving)
+    # The replacement (the first's worker is leaving).
+    assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()
     assert info()["queued_tasks"] == 1, "the replacement was given the second task while the first ran"
     flags.set("go-first")
     assert first.get(timeout=30) is False, "the second task started while the first ran"
