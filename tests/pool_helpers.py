@@ -7,11 +7,13 @@ that start many workers live here or in another module without it.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import importlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,30 @@ class Flags:
     def wait_for_release(self, name: str, timeout: float = 30.0) -> bool:
         """In a task: wait for ``name``, or for the test's teardown to release everything."""
         return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
+
+
+@contextlib.contextmanager
+def two_queued_behind_a_busy_executor(name: str) -> Iterator[cf.ThreadPoolExecutor]:
+    """A ``ThreadPoolExecutor`` of one worker, given as ``backend=``: one task of ``name`` holds it, two wait queued.
+
+    All three end as the block ends.
+    """
+    running, gate = threading.Event(), threading.Event()
+
+    def held() -> None:
+        running.set()
+        assert gate.wait(10)
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        work = mp.parallel(backend=pool, name=name)(held)
+        handles = [work()]
+        assert running.wait(10)
+        handles += [work() for _ in range(2)]
+        try:
+            yield pool
+        finally:
+            gate.set()
+            mp.gather(handles, timeout=10)
 
 
 def wait_for_flag(flags: Flags, name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import importlib
 import math
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pool_helpers import Flags
+from pool_helpers import Flags, two_queued_behind_a_busy_executor
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_process_workers import (
@@ -315,27 +314,13 @@ def test_a_process_worker_still_starting_is_neither_busy_nor_idle(exposition: Ex
 
 
 @pytest.mark.timeout(30)
-def test_an_executor_pool_gauge_counts_its_queued_tasks(exposition: Exposition, gate: threading.Event) -> None:
+def test_an_executor_pool_gauge_counts_its_queued_tasks(exposition: Exposition) -> None:
     # It read 0 for an executor given as backend=, with tasks queued behind its busy worker.
-    running = threading.Event()
-
-    def held() -> None:
-        running.set()
-        assert gate.wait(20)
-
-    with cf.ThreadPoolExecutor(max_workers=1) as pool:
-        work = mp.parallel(backend=pool, name=unique_name("prometheus-executor"))(held)
-        handles = [work()]
-        assert running.wait(20)
-        handles += [work() for _ in range(2)]
-        try:
-            _, samples = exposition.samples()
-            pool_name = f"executor-{id(pool):x}"
-            assert samples[("makeparallel_pool_queued_tasks", labels(pool=pool_name))] == 2
-            assert mp.health()["pools"][pool_name]["queued_tasks"] == 2
-        finally:
-            gate.set()
-            mp.gather(handles, timeout=20)
+    with two_queued_behind_a_busy_executor(unique_name("prometheus-executor")) as pool:
+        _, samples = exposition.samples()
+        pool_name = f"executor-{id(pool):x}"
+        assert samples[("makeparallel_pool_queued_tasks", labels(pool=pool_name))] == 2
+        assert mp.health()["pools"][pool_name]["queued_tasks"] == 2
 
 
 @pytest.mark.timeout(30)

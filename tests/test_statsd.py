@@ -8,7 +8,6 @@ knows which packets belong to which flush: the last line of every flush is the
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import re
 import socket
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pool_helpers import two_queued_behind_a_busy_executor
 
 import makeparallel
 import makeparallel as mp
@@ -242,27 +242,11 @@ def test_pool_gauges_show_queued_and_busy(
 
 
 @pytest.mark.timeout(20)
-def test_an_executor_pool_gauge_counts_its_queued_tasks(
-    server: StatsdServer, exporter: StatsdExporter, gate: threading.Event
-) -> None:
+def test_an_executor_pool_gauge_counts_its_queued_tasks(server: StatsdServer, exporter: StatsdExporter) -> None:
     # It read 0 for an executor given as backend=, with tasks queued behind its busy worker.
-    running = threading.Event()
-
-    def held() -> None:
-        running.set()
-        assert gate.wait(10)
-
-    with cf.ThreadPoolExecutor(max_workers=1) as pool:
-        work = mp.parallel(backend=pool, name=unique_name("statsd-executor"))(held)
-        handles = [work()]
-        assert running.wait(10)
-        handles += [work() for _ in range(2)]
-        try:
-            gauges = of(server.flush(exporter), f"test.pool.executor-{id(pool):x}")
-            assert gauges["queued"][0].value == 2
-        finally:
-            gate.set()
-            mp.gather(handles, timeout=10)
+    with two_queued_behind_a_busy_executor(unique_name("statsd-executor")) as pool:
+        gauges = of(server.flush(exporter), f"test.pool.executor-{id(pool):x}")
+        assert gauges["queued"][0].value == 2
 
 
 def test_cancelled_and_timed_out_counters(server: StatsdServer, exporter: StatsdExporter, gate: threading.Event) -> None:
