@@ -38,7 +38,7 @@ from typing import Any
 from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import RetryOn, _check_on
-from ._validation import as_seconds, check_count, shown
+from ._validation import check_count, check_finite_seconds
 from .errors import CircuitOpenError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
@@ -104,17 +104,6 @@ def _check_rate(value: Any, name: str, low_open: bool) -> float:
     return float(value)
 
 
-def _check_seconds(value: Any, name: str, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
-    seconds = as_seconds(value)
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
-    return seconds
-
-
 # Outcomes in the ring: bit 1 failed, bit 2 slow.
 _FAILED, _SLOW = 1, 2
 
@@ -177,9 +166,9 @@ class CircuitBreaker:
         # The ring holds at most ``window`` calls: a larger min_calls (the default 10 with a
         # window of 5) would never be reached, and the breaker would stay closed for good.
         self.min_calls = min(check_count(min_calls, "min_calls"), self.window)
-        self.slow_call_seconds = _check_seconds(slow_call_seconds, "slow_call_seconds", allow_none=True)
+        self.slow_call_seconds = check_finite_seconds(slow_call_seconds, "slow_call_seconds", allow_none=True)
         self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
-        self.recovery_timeout: float = _check_seconds(recovery_timeout, "recovery_timeout", allow_none=False) or 0.0
+        self.recovery_timeout: float = check_finite_seconds(recovery_timeout, "recovery_timeout") or 0.0
         self.half_open_calls = check_count(half_open_calls, "half_open_calls")
         _check_on(on)
         self.on = on

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._predicates import ask
-from ._validation import as_seconds, shown
+from ._validation import as_seconds, check_finite_seconds, shown
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
 __all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
@@ -63,15 +63,6 @@ def _check_on(on: Any) -> None:
         return
     if not callable(on):
         raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
-
-
-def _check_seconds(value: Any, name: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(as_seconds(value)) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -125,9 +116,9 @@ class Retry:
             raise TypeError(f"attempts must be an int >= 1, got {self.attempts!r}")
         if self.attempts < 1:
             raise ValueError(f"attempts must be an int >= 1 (the first attempt counts), got {self.attempts}")
-        _check_seconds(self.timeout, "timeout", allow_none=True)
+        check_finite_seconds(self.timeout, "timeout", allow_none=True)
         for name in ("wait_initial", "wait_max", "wait_jitter"):
-            _check_seconds(getattr(self, name), name)
+            check_finite_seconds(getattr(self, name), name)
         factor = self.wait_exp_base  # a factor, not seconds
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):
             raise TypeError(f"wait_exp_base must be a number (the growth factor of the wait), got {factor!r}")

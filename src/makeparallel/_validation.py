@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "as_seconds",
     "check_count",
+    "check_finite_seconds",
     "check_priority",
     "check_seconds",
     "check_task_timeout",
@@ -63,6 +64,21 @@ def _check_seconds(value: Any, name: str, alternatives: str) -> float:
     seconds = as_seconds(value)
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0{alternatives}, got {shown(value)}")
+    return seconds
+
+
+def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> float | None:
+    """A duration that must end (a retry's wait, a breaker's recovery): seconds >= 0, finite; ``None`` where allowed.
+
+    Returns it as a float (:func:`as_seconds`), or ``None``.
+    """
+    if value is None and allow_none:
+        return None
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
+    seconds = as_seconds(value)
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
     return seconds
 
 
