@@ -187,12 +187,10 @@ class Completions:
         try:
             if not ended.empty():
                 handle = ended.get()
-            elif self._deadline is None:
-                with CancellationPoint(current_task(), self._put, None), BlockingWait():
-                    handle = _interruptible.get(ended, None)
             else:
                 with CancellationPoint(current_task(), self._put, None), BlockingWait():
-                    handle = _interruptible.get(ended, max(0.0, self._deadline - time.monotonic()))
+                    deadline = self._deadline
+                    handle = _interruptible.get(ended, None if deadline is None else max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             self.timed_out = True
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
