@@ -2,9 +2,9 @@
 
 ``tests/typing/check_types.py`` holds ``assert_type`` checks (``parallel_map``,
 ``gather`` and ``imap`` give ``list[T]`` unless ``on_error="none"``, handles keep
-their result type); each checker must find no error in it, and must find the
-error in a file that asserts a wrong type, so that a checker that checks nothing
-cannot pass. The file also runs as a program, so that values agree with types.
+their result type, parallel methods their parameters less ``self``); each checker
+must find no error in it, and must find the errors in a file that asserts a wrong
+type and passes a wrong argument, so that a checker that checks nothing cannot pass. The file also runs as a program, so that values agree with types.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ import makeparallel as mp
 from typing_extensions import assert_type
 
 assert_type(mp.parallel_map(abs, [1, -2]), list[int | None])
+
+
+class Service:
+    @mp.parallel
+    def lookup(self, key: int) -> str:
+        return str(key)
+
+
+Service().lookup("key")  # a parallel method keeps its parameters, less self
 '''
 
 
@@ -66,6 +75,7 @@ def test_mypy_agrees(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     wrong = mypy(wrong_checks(tmp_path) / "check_types.py", tmp_path / "cache")
     assert wrong.returncode == 1 and "[assert-type]" in wrong.stdout, wrong.stdout + wrong.stderr
+    assert "[arg-type]" in wrong.stdout, wrong.stdout
 
 
 @pytest.mark.timeout(300)
@@ -74,6 +84,7 @@ def test_pyright_agrees(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
     wrong = pyright(wrong_checks(tmp_path))
     assert wrong.returncode == 1 and "reportAssertTypeFailure" in wrong.stdout, wrong.stdout + wrong.stderr
+    assert "reportArgumentType" in wrong.stdout, wrong.stdout
 
 
 def test_the_generic_classes_subscript_at_run_time_as_typing_does() -> None:

@@ -18,7 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from types import BuiltinFunctionType, CodeType, FunctionType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    overload,
+)
 
 from . import _events, _runtime
 from ._admission import Limiter, PendingAdmission
@@ -51,7 +59,10 @@ if TYPE_CHECKING:
 __all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 T = TypeVar("T")
+S = TypeVar("S")  # what a method's first parameter takes: its instance (self)
+C = TypeVar("C", bound=type)  # what a class method's first parameter takes: its class (cls)
 
 OPTION_NAMES = ("async_cancel", "backend", "circuit_breaker", "max_concurrent", "name", "priority", "retry", "timeout")
 _CALL_TIME_OPTIONS = ("timeout", "priority")
@@ -442,7 +453,26 @@ class ParallelFunction(Generic[P, T]):
             self._spec.limiter if keeps_limit else None,
         )
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    # Read on its class, the function itself; read on an instance, the method bound to it,
+    # which takes the parameters after the first (self) and gives the same handles. For the
+    # type checkers, which see the function under @staticmethod and @classmethod (either
+    # order): a function whose first parameter takes the instance is a method, one whose
+    # first parameter is a class (cls) a class method, bound on its class too; any other
+    # a static method. `self` is matched as a Callable: mypy checks a ParallelFunction[...]
+    # self-type's parameters only after their types are erased, and would bind them all.
+    @overload
+    def __get__(self: Callable[Concatenate[C, Q], AsyncHandle[T]], instance: None, owner: C) -> _BoundParallelFunction[Q, T]: ...
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> ParallelFunction[P, T]: ...
+    @overload
+    def __get__(self: Callable[Concatenate[S, Q], AsyncHandle[T]], instance: S, owner: type | None = None) -> _BoundParallelFunction[Q, T]: ...
+    @overload
+    def __get__(  # type: ignore[misc]  # (mypy: no P starts with type[S]; a class method's does)
+        self: Callable[Concatenate[type[S], Q], AsyncHandle[T]], instance: S, owner: type | None = None
+    ) -> _BoundParallelFunction[Q, T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> ParallelFunction[P, T]: ...
+    def __get__(self: ParallelFunction[..., Any], instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else _BoundParallelFunction(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -558,19 +588,31 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         return handle
 
 
-class _BoundParallelFunction:
-    """A parallel method bound to its instance (what ``obj.method`` gives)."""
+class _BoundParallelFunction(Generic[P, T]):
+    """A parallel method bound to its instance (what ``obj.method`` gives).
+
+    Generic as :class:`ParallelFunction` is: ``P`` is the method's parameters
+    after the one the instance fills, ``T`` its result.
+    """
 
     __slots__ = ("_function", "_instance")
 
-    def __init__(self, function: ParallelFunction[..., Any], instance: Any) -> None:
+    def __init__(self, function: ParallelFunction[Concatenate[Any, P], T], instance: Any) -> None:
         self._function = function
         self._instance = instance
 
-    def __call__(self, *args: Any, **kwargs: Any) -> AsyncHandle[Any]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
         return self._function(self._instance, *args, **kwargs)
 
-    def options(self, **options: Any) -> _BoundParallelFunction:
+    def options(self, **options: Any) -> _BoundParallelFunction[P, T]:
+        """A copy bound to the same instance, with some options changed.
+
+        Accepts the options of :func:`parallel`, as :meth:`ParallelFunction.options` does.
+
+        Raises:
+            TypeError: an option is unknown or of the wrong type.
+            ValueError: an option has a value out of range.
+        """
         return _BoundParallelFunction(self._function.options(**options), self._instance)
 
     def __getattr__(self, name: str) -> Any:
@@ -591,7 +633,8 @@ class _ParallelClassMethod(classmethod):  # type: ignore[type-arg]
     __func__: ParallelFunction[..., Any]
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        return _BoundParallelFunction(self.__func__, type(instance) if owner is None else owner)
+        # (mypy reads __func__ through ParallelFunction.__get__, as if it were this class's method.)
+        return _BoundParallelFunction(self.__func__, type(instance) if owner is None else owner)  # type: ignore[arg-type]
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A class sent by value to a worker process (one of the main script) carries its methods.

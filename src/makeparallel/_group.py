@@ -16,7 +16,12 @@ from types import TracebackType
 from typing import Any, TypeVar, Union, overload
 
 from ._admission import Limiter
-from ._decorators import ParallelFunction, as_parallel, own_parameters
+from ._decorators import (
+    ParallelFunction,
+    _BoundParallelFunction,
+    as_parallel,
+    own_parameters,
+)
 from ._handle import AsyncHandle, cancel_and_stop
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
@@ -26,8 +31,10 @@ from .errors import TaskCancelledError, TaskTimeoutError
 __all__ = ["ParallelContext"]
 
 T = TypeVar("T")
-#: What runs to its result, not to what a call returns: a ``@parallel`` function, an async function.
-_RunToResults = Union[ParallelFunction[..., T], Callable[..., Coroutine[Any, Any, T]]]
+#: What runs to its result, not to what a call returns: a ``@parallel`` function or method, an async function.
+_RunToResults = Union[
+    ParallelFunction[..., T], _BoundParallelFunction[..., T], Callable[..., Coroutine[Any, Any, T]]
+]
 
 
 class ParallelContext:

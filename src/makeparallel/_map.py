@@ -117,9 +117,11 @@ _MAX_CHUNK = 1 << 17
 _CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 #: A map's items: an iterator, or a sequence it slices.
 _Items = Union[Iterator[Any], list[Any], range]
-#: What a map gives the results of, not what a call returns: a ``@parallel`` function (its
-#: handles) or an async function (its coroutines, run to their end in the workers).
-_RunToResults = Union[ParallelFunction[[T], R], Callable[[T], Coroutine[Any, Any, R]]]
+#: What a map gives the results of, not what a call returns: a ``@parallel`` function or
+#: method (its handles) or an async function (its coroutines, run to their end in the workers).
+_RunToResults = Union[
+    ParallelFunction[[T], R], _BoundParallelFunction[[T], R], Callable[[T], Coroutine[Any, Any, R]]
+]
 _MISSING: Any = object()  # an argument not given (None is a value to reject)
 #: Bytes read ahead of the consumer, at most, when ``max_in_flight`` is not given.
 DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024

@@ -111,6 +111,83 @@ assert mp.wait(mixed).done == set(mixed)
 assert {h.get() for h in mp.as_completed(mixed)} == {4, "2"}
 
 
+# A parallel method: read on an instance, it takes the method's parameters less self and its
+# handle keeps the result type, with .options(...) too; read on its class, it takes self first.
+# Static and class methods, with @parallel above or below @staticmethod or @classmethod, the same.
+class Account:
+    rate = 3
+
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+
+    @mp.parallel
+    def deposit(self, amount: int) -> int:
+        return self.balance + amount
+
+    @mp.parallel(timeout=30)
+    async def statement(self, prefix: str) -> str:
+        return f"{prefix}{self.balance}"
+
+    @staticmethod
+    @mp.parallel
+    def fee(amount: int) -> float:
+        return amount / 100
+
+    @mp.parallel
+    @staticmethod
+    def rounded(amount: float) -> int:
+        return round(amount)
+
+    @classmethod
+    @mp.parallel
+    def scaled(cls, amount: int) -> int:
+        return cls.rate * amount
+
+    @mp.parallel(timeout=30)
+    @classmethod
+    def opened(cls, amount: int) -> str:
+        return f"{cls.__name__}:{amount}"
+
+
+class Savings(Account):
+    rate = 5
+
+
+account = Account(10)
+assert_type(account.deposit(5), mp.AsyncHandle[int])
+assert_type(account.deposit(5).get(), int)
+assert_type(account.deposit.options(timeout=30)(5), mp.AsyncHandle[int])
+assert_type(Savings(1).deposit(5), mp.AsyncHandle[int])
+assert_type(Account.deposit(account, 5), mp.AsyncHandle[int])
+assert_type(account.statement("#"), mp.AsyncHandle[str])
+assert_type(account.fee(250), mp.AsyncHandle[float])
+assert_type(Account.fee(250), mp.AsyncHandle[float])
+assert_type(account.rounded(2.6), mp.AsyncHandle[int])
+assert_type(Account.rounded.options(timeout=30)(2.6), mp.AsyncHandle[int])
+assert_type(Account.scaled(2), mp.AsyncHandle[int])
+assert_type(account.scaled(2), mp.AsyncHandle[int])
+assert_type(Account.opened(1), mp.AsyncHandle[str])
+assert_type(Savings.opened.options(timeout=5)(1), mp.AsyncHandle[str])
+assert_type(account.opened.options(timeout=5)(1), mp.AsyncHandle[str])
+assert account.deposit(5).get() == 15 and account.deposit.options(timeout=30)(5).get() == 15
+assert Account.deposit(account, 1).get() == 11 and account.statement("#").get() == "#10"
+assert account.fee(250).get() == Account.fee(250).get() == 2.5
+assert account.rounded(2.6).get() == Account.rounded.options(timeout=30)(2.6).get() == 3
+assert Account.scaled(2).get() == account.scaled(2).get() == 6 and Savings.scaled(2).get() == 10
+assert Savings.opened.options(timeout=5)(1).get() == "Savings:1" and account.opened(2).get() == "Account:2"
+# Maps and groups run a parallel method to its results, as they do a @parallel function (a class
+# method with @parallel above @classmethod: below it, from Python 3.13 a map gets its handles).
+assert_type(mp.parallel_map(account.deposit, [1, 2]), list[int])
+assert_type(mp.parallel_map(account.statement, ["a"], on_error="none"), list[str | None])
+assert_type(mp.imap(Account.opened, [1]), MapIterator[str])
+with mp.ParallelContext() as group:
+    assert_type(group.submit(account.deposit, 1), mp.AsyncHandle[int])
+    assert_type(group.map(Savings.opened, [1]), list[mp.AsyncHandle[str]])
+    from_group = group.map(account.statement, ["$"])
+assert mp.parallel_map(account.deposit, [1, 2]) == [11, 12] and list(mp.imap(Account.opened, [1])) == ["Account:1"]
+assert [h.get() for h in from_group] == ["$10"]
+
+
 async def add_one(x: int) -> int:
     return x + 1
 
@@ -142,6 +219,8 @@ assert mp.parallel_map(add_one, [1, 2]) == [2, 3] and list(mp.imap(add_one, [1])
 async def collect() -> None:
     """gather_async: the same rule, awaited; an async def function's handle, awaited, is its result."""
     assert_type(await fetch(2), int)
+    assert_type(await account.statement("="), str)
+    assert await account.statement("=") == "=10"
     assert await fetch_named(4) == "4"
     assert await mp.gather_async([square(3), fetch_named(3)]) == [9, "3"]
     assert_type(await mp.gather_async([square(1)]), list[int])
