@@ -8,6 +8,8 @@ knows which packets belong to which flush: the last line of every flush is the
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import re
 import socket
@@ -61,12 +63,18 @@ class Line:
 
 
 class StatsdServer:
-    """A UDP socket on 127.0.0.1 (port 0), read by a thread into a list of packets."""
+    """A UDP socket on ``host`` (127.0.0.1 or ::1, port 0), read by a thread into a list of packets."""
 
-    def __init__(self) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.socket.bind(("127.0.0.1", 0))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            self.socket.bind((host, port))
+        except OSError:
+            self.socket.close()
+            raise
         self.socket.settimeout(0.05)  # so that the reader notices stop() promptly
         self.port: int = self.socket.getsockname()[1]
         self.packets: list[bytes] = []
@@ -111,8 +119,8 @@ class StatsdServer:
             start = len(self.packets)
         exporter.flush()
         marker = f"end-of-flush-{uuid.uuid4().hex}".encode()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            sender.sendto(marker, ("127.0.0.1", self.port))
+        with socket.socket(self.family, socket.SOCK_DGRAM) as sender:
+            sender.sendto(marker, (self.host, self.port))
         arrived = self.wait(lambda: marker in self.packets[start:], timeout=30)  # a loaded machine's receiver is late
         assert arrived, f"the flush never arrived whole; got {self.lines(start)}"
         with self._changed:
@@ -463,6 +471,182 @@ def test_a_flush_made_while_another_flushes_sends_each_change_once(
     assert counter(mine, "submitted") == 3
 
 
+# -- where the server is --------------------------------------------------------------------------
+
+
+def ipv6_loopback_missing() -> str | None:
+    """Why this machine cannot bind a UDP socket to ::1; None where it can."""
+    if not socket.has_ipv6:
+        return "this Python was built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        return f"no IPv6 loopback here: binding ::1 failed ({error})"
+    return None
+
+
+needs_ipv6 = pytest.mark.skipif(ipv6_loopback_missing() is not None, reason=str(ipv6_loopback_missing()))
+
+
+class Names:
+    """Made-up host names (``*.statsd.test``) that resolve to test servers, or fail; other names resolve as usual.
+
+    ``socket.getaddrinfo`` is replaced for the test; each lookup of a made-up
+    name is counted, so that a test waits for the exporter's flushes by them.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.answers: dict[str, list[StatsdServer] | OSError] = {}
+        self.lookups = 0
+        self._changed = threading.Condition()
+        system = socket.getaddrinfo
+
+        def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:
+            if not (isinstance(host, str) and host.endswith(".statsd.test")):
+                return system(host, port, family, type, proto, flags)
+            with self._changed:
+                self.lookups += 1
+                self._changed.notify_all()
+                answer = self.answers[host]
+            if isinstance(answer, OSError):
+                raise answer
+            return [(server.family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", address(server, port)) for server in answer]
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    def wait_for_lookups(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.lookups >= count, 30), f"{self.lookups} lookups, not {count}"
+
+
+def address(server: StatsdServer, port: int) -> tuple[Any, ...]:
+    """``server``'s socket address with ``port``, as ``getaddrinfo`` gives one: 4 fields for IPv6."""
+    return (server.host, port, 0, 0) if server.family == socket.AF_INET6 else (server.host, port)
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> Names:
+    return Names(monkeypatch)
+
+
+@contextlib.contextmanager
+def listening(host: str) -> Iterator[StatsdServer]:
+    receiver = StatsdServer(host)
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@contextlib.contextmanager
+def exporting_to(host: str, port: int, interval: float = 3600) -> Iterator[StatsdExporter]:
+    sender = StatsdExporter(host, port, prefix="test", interval=interval)
+    try:
+        yield sender
+    finally:
+        sender.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])
+def test_an_address_of_either_family_receives_the_flush(host: str) -> None:
+    # The exporter's socket was IPv4 only: every packet for ::1 was refused, and the metrics were lost silently.
+    name = unique_name("statsd-family")
+    run(make_work(name), succeed=2)
+    with listening(host) as server, exporting_to(host, server.port) as exporter:
+        mine = of(server.flush(exporter), f"test.{name}")
+    assert counter(mine, "completed") == 2
+
+
+@needs_ipv6
+def test_a_name_that_resolves_only_to_ipv6_receives_the_flush(names: Names) -> None:
+    name = unique_name("statsd-ipv6-name")
+    run(make_work(name), succeed=3)
+    with listening("::1") as server, exporting_to("v6only.statsd.test", server.port) as exporter:
+        names.answers["v6only.statsd.test"] = [server]
+        mine = of(server.flush(exporter), f"test.{name}")
+    assert counter(mine, "completed") == 3
+
+
+@contextlib.contextmanager
+def on_one_port(first: str, second: str) -> Iterator[tuple[StatsdServer, StatsdServer]]:
+    """A server on address ``first`` and one on ``second``, on the same port: where a name of both addresses sends."""
+    for _ in range(20):
+        one = StatsdServer(first)
+        try:
+            other = StatsdServer(second, one.port)
+        except OSError as error:
+            one.stop()
+            if error.errno == errno.EADDRNOTAVAIL:
+                pytest.skip(f"{second} is no address of this machine: {error}")
+            continue  # that port is taken there: try another
+        try:
+            yield one, other
+        finally:
+            one.stop()
+            other.stop()
+        return
+    raise AssertionError(f"found no port free on both {first} and {second} in 20 tries")
+
+
+@needs_ipv6
+def test_a_name_of_both_families_is_sent_to_its_ipv4_address(names: Names) -> None:
+    """The reference StatsD server listens on IPv4 only by default, and ``localhost`` resolves to ::1 first on many systems."""
+    name = unique_name("statsd-both")
+    run(make_work(name), succeed=1)
+    with on_one_port("127.0.0.1", "::1") as (v4, v6), exporting_to("both.statsd.test", v4.port) as exporter:
+        names.answers["both.statsd.test"] = [v6, v4]  # IPv6 first, as getaddrinfo orders them by default
+        assert counter(of(v4.flush(exporter), f"test.{name}"), "completed") == 1
+        v6.flush(exporter)  # its marker, sent after the second flush, is all it may have received
+        assert v6.lines() == [], "a flush went to the IPv6 address too"
+
+
+@pytest.mark.parametrize("second", ["127.0.0.2", pytest.param("::1", marks=needs_ipv6)])
+def test_each_flush_resolves_the_name_again(names: Names, second: str) -> None:
+    """A StatsD server that moved (a new pod: its name now gives another address) receives the next flush."""
+    name = unique_name("statsd-moved")
+    work = make_work(name)
+    run(work, succeed=1)
+    with on_one_port("127.0.0.1", second) as (first, moved), exporting_to("moving.statsd.test", first.port) as exporter:
+        names.answers["moving.statsd.test"] = [first]
+        assert counter(of(first.flush(exporter), f"test.{name}"), "completed") == 1
+        names.answers["moving.statsd.test"] = [moved]
+        run(work, succeed=2)
+        assert counter(of(moved.flush(exporter), f"test.{name}"), "completed") == 2
+
+
+def test_a_name_that_does_not_resolve_is_logged_once_per_failure_and_its_counts_wait(
+    names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flushing thread goes on while the name does not resolve; the counts of that time arrive once it does.
+
+    A container's StatsD sidecar may get its name after the program started.
+    One warning per kind of failure, not one per flush (every second).
+    """
+    caplog.set_level(logging.INFO, logger="makeparallel")
+    name = unique_name("statsd-unresolved")
+    run(make_work(name), succeed=3)
+    host = "sidecar.statsd.test"
+    names.answers[host] = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    with listening("127.0.0.1") as server, exporting_to(host, server.port, interval=0.01) as exporter:
+        exporter.flush()  # called directly, it does not raise either
+        exporter.start()
+        names.wait_for_lookups(5)
+        names.answers[host] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        names.wait_for_lookups(names.lookups + 5)
+        thread = exporter._thread
+        assert thread is not None and thread.is_alive()
+        names.answers[host] = [server]
+        wanted = f"test.{name}.completed:3|c"
+        assert server.wait(lambda: wanted in server.lines()), f"the counts never arrived: {server.lines()}"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "StatsD" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert all(f"cannot resolve {host!r}" in text for text in warnings), warnings
+    assert "Name or service not known" in warnings[0] and "Temporary failure" in warnings[1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a failed lookup killed or failed a flush"
+    assert any(f"sends to {host!r} again" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
 # -- robustness --------------------------------------------------------------------------------
 
 
@@ -526,10 +710,21 @@ def test_stop_flushes_once_more(server: StatsdServer) -> None:
     assert server.wait(lambda: wanted in server.lines()), server.lines()
 
 
-def test_stop_without_start_closes_the_socket() -> None:
+def test_stop_without_start_opens_no_socket() -> None:
     exporter = StatsdExporter("127.0.0.1", closed_port())
     exporter.stop()
-    assert exporter._socket.fileno() == -1
+    assert exporter._sockets == {}
+
+
+def test_stop_closes_the_sockets_and_a_flush_after_it_opens_none(server: StatsdServer) -> None:
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600)
+    server.flush(exporter)
+    sockets = list(exporter._sockets.values())
+    assert len(sockets) == 1
+    exporter.stop()
+    assert [sender.fileno() for sender in sockets] == [-1]
+    exporter.flush()  # sends nothing, and does not raise
+    assert exporter._sockets == {}
 
 
 def test_packets_never_exceed_the_ethernet_payload(server: StatsdServer, exporter: StatsdExporter) -> None:
@@ -571,6 +766,8 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"port": 0}, ValueError, "port must be an int from 1"),  # no destination: every packet refused, silently
         ({"host": None}, TypeError, "host must be"),
         ({"host": ""}, ValueError, "host must name"),
+        ({"host": "statsd..example"}, ValueError, "host must be a host name or an address"),  # an empty label
+        ({"host": "x" * 64 + ".example"}, ValueError, "host must be a host name or an address"),  # a label over 63
         ({"prefix": None}, TypeError, "prefix must be a str"),
     ],
 )

@@ -19,6 +19,10 @@ and sends what changed since the last flush:
 It never blocks or fails a task: tasks are not involved at all, sends are
 non-blocking, and a send that fails (nothing listening) is dropped.
 No extra package needed.
+
+The host may be an IPv4 or IPv6 address or a name; a name is resolved again
+at each flush (see :class:`StatsdExporter`), and a flush that finds no address
+sends nothing and loses nothing: its counts go with the next one that does.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class StatsdExporter:
     """Sends makeparallel's metrics to a StatsD server every ``interval`` seconds.
 
     Args:
-        host: the StatsD server (default loopback).
+        host: the StatsD server: an IPv4 or IPv6 address, or a name (default
+            IPv4 loopback).
         port: its UDP port.
         prefix: put before every metric name.
         interval: seconds between flushes.
@@ -67,8 +72,21 @@ class StatsdExporter:
     Raises:
         TypeError: ``host`` is not a ``str``, ``port`` not an ``int`` or
             ``prefix`` not a ``str``.
-        ValueError: ``host`` is empty, ``port`` outside 1 to 65535, or
+        ValueError: ``host`` is empty or cannot be a host name (an empty
+            label, one over 63 characters), ``port`` outside 1 to 65535, or
             ``interval`` not a finite number above 0.
+
+    Resolution:
+        ``host`` is looked up (``socket.getaddrinfo``) at each flush, not once:
+        a server that moved (a new pod, its name now another address) gets the
+        next flush, and a name not known yet when the program starts (a
+        sidecar's) is not an error. A name with IPv4 and IPv6 addresses is sent
+        to its first IPv4 one, as StatsD servers listen on IPv4 by default.
+        A flush that finds no address (or cannot open a socket for it) sends
+        nothing and logs a warning on the ``"makeparallel"`` logger, once
+        for each kind of failure in a row, not at every flush; the counts and
+        timings of that time are sent by the first flush that can send, and
+        an info message says so.
     """
 
     def __init__(
@@ -82,18 +100,26 @@ class StatsdExporter:
             raise TypeError(f"host must be a str (a name or an address), got {host!r}")
         if not host:
             raise ValueError("host must name the StatsD server (a name or an address), got ''")
+        try:
+            host.encode("idna")  # as getaddrinfo encodes it: what fails here fails every lookup
+        except UnicodeError as error:
+            raise ValueError(f"host must be a host name or an address, got {host!r} ({error})") from None
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"port must be an int from 1 to 65535, got {port!r}")
         if not 1 <= port <= 65535:  # 0 names no port to send to: every packet is refused (EINVAL), silently
             raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
-        self._address = (host, port)
+        self._host, self._port = host, port
         self._prefix = prefix.rstrip(".")
         self._interval = float(interval)
-        with standard_numbers_held():
-            self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.setblocking(False)
+        # A socket per address family, opened by the first flush to an address of it.
+        # Under their own lock: stop() closes them while a flush may be opening one.
+        self._sockets: dict[int, socket.socket] = {}
+        self._sockets_lock = threading.Lock()
+        self._closed = False
+        # What the last flush that found no address logged; None while one is found.
+        self._failure: str | None = None
         self._previous: dict[str, dict[str, Any]] = {}
         # One flush at a time: each sends the change since the one before it. Two at
         # once (flush() called while the thread flushes) sent the same change twice.
@@ -111,16 +137,80 @@ class StatsdExporter:
         return self
 
     def stop(self) -> None:
-        """Flush once more and stop the thread."""
+        """Flush once more, stop the thread and close the sockets; a flush after this sends nothing."""
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5 * self._interval + 5)
-        self._socket.close()
+        with self._sockets_lock:
+            self._closed = True
+            sockets, self._sockets = list(self._sockets.values()), {}
+        for sender in sockets:
+            sender.close()
 
     def flush(self) -> None:
-        """Send what changed since the last flush, now (after a flush under way ends)."""
+        """Send what changed since the last flush, now (after a flush under way ends).
+
+        Where the host resolves to no address, nothing is sent and nothing is
+        taken as sent (see "Resolution" above): this never raises for it.
+        """
         with self._flushing:
-            self._send(self._lines(makeparallel.metrics_snapshot()))
+            destination = self._destination()
+            if destination is not None:
+                self._send(self._lines(makeparallel.metrics_snapshot()), *destination)
+
+    def _destination(self) -> tuple[socket.socket, Any] | None:
+        """The socket and the address to send this flush to; None where there is none (stopped, or logged why).
+
+        Looked up at each flush, once per ``interval`` on the exporter's own
+        thread: a lookup per packet would slow a client that sends as tasks
+        run (well-kept StatsD clients resolve once for that reason), but this
+        one sends from its thread only, and a lookup once a flush follows a
+        server that moved, which clients that resolve once never do (their
+        users restart the program). The system's resolver cache, where there
+        is one, answers most lookups.
+        """
+        try:
+            found = socket.getaddrinfo(self._host, self._port, 0, socket.SOCK_DGRAM)
+        except OSError as error:  # socket.gaierror: not known, or no answer now
+            self._failed(f"cannot resolve {self._host!r} ({error})")
+            return None
+        addresses = [entry for entry in found if entry[0] in (socket.AF_INET, socket.AF_INET6)]
+        if not addresses:
+            self._failed(f"cannot resolve {self._host!r} to an IPv4 or IPv6 address (it gave {found!r})")
+            return None
+        # IPv4 first: StatsD servers listen on IPv4 by default (the reference one binds 0.0.0.0), and
+        # "localhost" resolves to ::1 first on many systems; getaddrinfo's order would send there.
+        family, _, _, _, address = min(addresses, key=lambda entry: entry[0] != socket.AF_INET)
+        try:
+            sender = self._socket_for(family)
+        except OSError as error:  # this family is disabled here (EAFNOSUPPORT), or no descriptor is left
+            self._failed(f"cannot open a {family.name} socket for {self._host!r} ({error})")
+            return None
+        if sender is None:
+            return None  # stopped
+        if self._failure is not None:
+            self._failure = None
+            _log.info("the StatsD exporter sends to %r again (%s), with the counts kept meanwhile", self._host, address[0])
+        return sender, address
+
+    def _failed(self, why: str) -> None:
+        """Log ``why`` this flush has no address to send to, unless the flush before logged the same."""
+        if why != self._failure:
+            self._failure = why
+            _log.warning("the StatsD exporter %s: nothing is sent meanwhile, and the counts wait for a flush that can", why)
+
+    def _socket_for(self, family: int) -> socket.socket | None:
+        """The socket for addresses of ``family``, opened now if need be; None once stopped."""
+        with self._sockets_lock:
+            if self._closed:
+                return None
+            sender = self._sockets.get(family)
+            if sender is None:
+                with standard_numbers_held():
+                    sender = socket.socket(family, socket.SOCK_DGRAM)
+                sender.setblocking(False)
+                self._sockets[family] = sender
+            return sender
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
@@ -152,21 +242,22 @@ class StatsdExporter:
             yield f"{base}.queued:{info.get('queued_tasks', 0)}|g"
             yield f"{base}.busy:{info.get('busy_threads', info.get('busy_workers', 0))}|g"
 
-    def _send(self, lines: Iterator[str]) -> None:
+    def _send(self, lines: Iterator[str], sender: socket.socket, address: Any) -> None:
         packet = ""
         for line in lines:
             if packet and len(packet) + 1 + len(line) > _MAX_PACKET:
-                self._send_packet(packet)
+                _send_packet(sender, packet, address)
                 packet = ""
             packet = f"{packet}\n{line}" if packet else line
         if packet:
-            self._send_packet(packet)
+            _send_packet(sender, packet, address)
 
-    def _send_packet(self, packet: str) -> None:
-        try:
-            self._socket.sendto(packet.encode(), self._address)
-        except OSError:
-            pass  # nothing listens, or the buffer is full: metrics are best effort
+
+def _send_packet(sender: socket.socket, packet: str, address: Any) -> None:
+    try:
+        sender.sendto(packet.encode(), address)
+    except OSError:
+        pass  # nothing listens, the buffer is full, or stop() closed the socket: metrics are best effort
 
 
 def _delta(now: int, before: int) -> int:
