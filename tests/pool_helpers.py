@@ -124,6 +124,30 @@ def two_queued_behind_a_busy_executor(name: str) -> Iterator[cf.ThreadPoolExecut
             mp.gather(handles, timeout=10)
 
 
+@contextlib.contextmanager
+def two_queued_in_an_executors_pool(name: str) -> Iterator[mp.Executor]:
+    """An ``mp.Executor`` of one thread: one task of ``name`` holds its pool, two wait queued there.
+
+    All three end as the block ends, and the executor is shut down.
+    """
+    running, gate = threading.Event(), threading.Event()
+
+    def held() -> None:
+        running.set()
+        assert gate.wait(10)
+
+    held.__qualname__ = name  # the executor's metrics name its tasks so
+    with mp.Executor(max_workers=1) as executor:
+        futures = [executor.submit(held)]
+        assert running.wait(10)
+        futures += [executor.submit(held) for _ in range(2)]
+        try:
+            yield executor
+        finally:
+            gate.set()
+            cf.wait(futures, timeout=10)
+
+
 def wait_for_flag(flags: Flags, name: str) -> str:
     """A task that blocks, in any worker, until the test sets ``name``; bounded so nothing hangs."""
     assert flags.wait(name, 30)

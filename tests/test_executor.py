@@ -438,6 +438,28 @@ def test_metrics_count_the_tasks_an_executor_has_not_started_as_queued(backend: 
         cf.wait(futures, timeout=30)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_executors_pool_shows_in_health_until_it_is_shut_down(backend: str, flags: Flags) -> None:
+    # It was missing: health() said ok with its queue saturated, and the exporters had no gauges for it.
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        name = f"Executor-{id(executor):x}"
+        futures = [executor.submit(queued_behind_the_first, flags) for _ in range(4)]
+        try:
+            assert wait_until(lambda: flags.is_set("started"), 30)
+            report = mp.health(memory_limit_percent=100.0, queue_limit=2)
+            info = report["pools"][name]
+            assert info["backend"] == backend
+            assert info["queued_tasks"] == 3
+            assert info["busy_threads" if backend == "thread" else "busy_workers"] == 1
+            assert f"{name} pool saturated: 3 tasks queued for 1 workers (limit 2)" in report["reasons"]
+        finally:
+            flags.set("release")
+        cf.wait(futures, timeout=30)
+        assert _runtime.pool_infos()[name]["queued_tasks"] == 0
+    assert name not in _runtime.pool_infos()  # shut down, its tasks ended: nothing of it is left to report
+
+
 def test_a_killed_worker_fails_only_its_task() -> None:
     with mp.Executor(backend="process", max_workers=1) as executor:
         pid = executor.submit(os.getpid).result(timeout=30)

@@ -324,11 +324,53 @@ def test_tasks_queued_behind_busy_workers_show_in_the_info_and_health(kind: str,
             report = mp.health(memory_limit_percent=100.0, queue_limit=2)
             pool_name = f"executor-{id(pool):x}"
             assert report["pools"][pool_name]["queued_tasks"] == 3
+            assert report["pools"][pool_name]["busy_workers"] == 1  # the info had no busy count: the gauges read 0
             assert f"{pool_name} pool saturated: 3 tasks queued for 1 workers (limit 2)" in report["reasons"]
         finally:
             flags.set("held-go")
         assert mp.gather([held, *queued], timeout=30) == ["held", 0, 1, 4]
-        assert _runtime.pool_infos()[pool_name]["queued_tasks"] == 0
+        assert (_runtime.pool_infos()[pool_name]["queued_tasks"], _runtime.pool_infos()[pool_name]["busy_workers"]) == (0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_busy_workers_in_this_process_are_those_running_the_librarys_tasks(gate: threading.Event) -> None:
+    """Not a worker running someone else's call (the executor is shared), nor a task a waiter runs inline on its own thread.
+
+    Of two workers, one runs another user's call and one a task; a second task,
+    queued, is run inline by a thread that waits for it: one worker is busy with
+    the library's tasks.
+    """
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:
+        theirs_running, ours_running, inline_running = threading.Event(), threading.Event(), threading.Event()
+
+        def theirs() -> None:
+            theirs_running.set()
+            assert gate.wait(30)
+
+        def ours(started: threading.Event) -> None:
+            started.set()
+            assert gate.wait(30)
+
+        other_user = pool.submit(theirs)
+        assert theirs_running.wait(10)
+        task = mp.parallel(backend=pool)(ours)
+        running = task(ours_running)
+        assert ours_running.wait(10)
+        queued = task(inline_running)
+        waiter = threading.Thread(target=queued.get, name="test-inline-waiter")  # no timeout: it runs the task inline
+        waiter.start()
+        try:
+            assert inline_running.wait(10), "the waiter did not run the queued task inline"
+            pool_name = f"executor-{id(pool):x}"
+            info = _runtime.pool_infos()[pool_name]
+            assert (info["busy_workers"], info["queued_tasks"]) == (1, 0), info
+        finally:
+            gate.set()
+            waiter.join(30)
+        assert not waiter.is_alive()
+        running.get(30)
+        other_user.result(30)
+        assert _runtime.pool_infos()[pool_name]["busy_workers"] == 0
 
 
 # -- shutdown -----------------------------------------------------------------------------------------

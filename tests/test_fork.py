@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+import concurrent.futures as cf
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,38 @@ def test_a_parents_thread_executor_refuses_tasks_in_a_child_rather_than_queue_th
 
         assert run_in_child(child) == 0
         assert executor.submit(abs, -2).result(timeout=5) == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_child_lists_none_of_the_parents_executor_pools(gate: threading.Event) -> None:
+    """``health()`` there lists no pool of an executor of the parent's: its figures are the parent's, frozen at the fork.
+
+    The executor refuses tasks there; its copied queue would read as saturated in every health check of the child.
+    """
+    running = threading.Event()
+
+    def held() -> None:
+        running.set()
+        assert gate.wait(20)
+
+    with mp.Executor("thread", max_workers=1) as executor:
+        futures = [executor.submit(held)]
+        assert running.wait(10)
+        futures += [executor.submit(held) for _ in range(2)]
+        name = f"Executor-{id(executor):x}"
+        assert mp.health()["pools"][name]["queued_tasks"] == 2
+
+        def child() -> None:
+            report = mp.health(memory_limit_percent=100.0, queue_limit=1)
+            assert name not in report["pools"], report["pools"]
+            assert not [reason for reason in report["reasons"] if name in reason], report["reasons"]
+
+        try:
+            assert run_in_child(child) == 0
+            assert name in mp.health()["pools"]  # still the parent's
+        finally:
+            gate.set()
+        cf.wait(futures, timeout=20)
 
 
 @pytest.mark.timeout(30)

@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pool_helpers import Flags, two_queued_behind_a_busy_executor
+from pool_helpers import (
+    Flags,
+    two_queued_behind_a_busy_executor,
+    two_queued_in_an_executors_pool,
+)
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_process_workers import (
@@ -321,6 +325,25 @@ def test_an_executor_pool_gauge_counts_its_queued_tasks(exposition: Exposition) 
         pool_name = f"executor-{id(pool):x}"
         assert samples[("makeparallel_pool_queued_tasks", labels(pool=pool_name))] == 2
         assert mp.health()["pools"][pool_name]["queued_tasks"] == 2
+        # Busy read 0, and idle 0 too: the pool looked full and still. Its busy worker runs
+        # one of the library's tasks; how many threads the executor has, it does not say.
+        assert samples[("makeparallel_pool_workers", labels(pool=pool_name, state="busy"))] == 1
+        assert ("makeparallel_pool_workers", labels(pool=pool_name, state="idle")) not in samples
+        assert ("makeparallel_pool_workers", labels(pool=pool_name, state="starting")) not in samples
+
+
+@pytest.mark.timeout(30)
+def test_an_mp_executors_own_pool_has_gauges(exposition: Exposition) -> None:
+    # It had none: its pool was missing from the pools exported (and from health()).
+    with two_queued_in_an_executors_pool(unique_name("prometheus-mp-executor")) as executor:
+        _, samples = exposition.samples()
+        pool_name = f"Executor-{id(executor):x}"
+        assert samples[("makeparallel_pool_queued_tasks", labels(pool=pool_name))] == 2
+        workers = {
+            state: samples.get(("makeparallel_pool_workers", labels(pool=pool_name, state=state)))
+            for state in ("busy", "idle", "starting")
+        }
+        assert workers == {"busy": 1, "idle": 0, "starting": 0}
 
 
 @pytest.mark.timeout(30)

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pool_helpers import two_queued_behind_a_busy_executor
+from pool_helpers import (
+    two_queued_behind_a_busy_executor,
+    two_queued_in_an_executors_pool,
+)
 
 import makeparallel
 import makeparallel as mp
@@ -255,6 +258,15 @@ def test_an_executor_pool_gauge_counts_its_queued_tasks(server: StatsdServer, ex
     with two_queued_behind_a_busy_executor(unique_name("statsd-executor")) as pool:
         gauges = of(server.flush(exporter), f"test.pool.executor-{id(pool):x}")
         assert gauges["queued"][0].value == 2
+        assert gauges["busy"][0].value == 1  # it read 0 too
+
+
+@pytest.mark.timeout(20)
+def test_an_mp_executors_own_pool_has_gauges(server: StatsdServer, exporter: StatsdExporter) -> None:
+    # It had none: its pool was missing from the pools exported (and from health()).
+    with two_queued_in_an_executors_pool(unique_name("statsd-mp-executor")) as executor:
+        gauges = of(server.flush(exporter), f"test.pool.Executor-{id(executor):x}")
+        assert (gauges["queued"][0].value, gauges["busy"][0].value) == (2, 1)
 
 
 def test_cancelled_and_timed_out_counters(server: StatsdServer, exporter: StatsdExporter, gate: threading.Event) -> None:

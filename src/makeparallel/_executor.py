@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import functools
 import itertools
 import os
 import threading
@@ -241,8 +242,11 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
-        _live.add(weakref.ref(self._backend, _live.discard))  # stopped at interpreter exit (_left_at_exit)
+        # Stopped at interpreter exit (_left_at_exit), and listed by health() and the pool gauges (_named_pools).
+        _names[id(self._backend)] = f"Executor-{id(self):x}"
+        _live.add(weakref.ref(self._backend, functools.partial(_forget, id(self._backend))))
         _runtime.stop_at_exit(_left_at_exit)
+        _runtime.report_pools(_named_pools)
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
         self._finalizer.atexit = False
@@ -477,6 +481,34 @@ def _make_backend(name: str, workers: int) -> Backend:
 # background: stopped at interpreter exit, whatever became of their executor.
 _live: set[weakref.ref[Backend]] = set()
 _releasing: set[Backend] = set()
+# The name of each pool of _live in the pool infos, by id(pool): "Executor-<id(executor)>".
+_names: dict[int, str] = {}
+
+
+def _forget(key: int, pool: weakref.ref[Backend]) -> None:
+    """A pool of ``_live`` was collected (``key``: its id): it is neither stopped at exit nor listed any more."""
+    _live.discard(pool)
+    _names.pop(key, None)
+
+
+def _named_pools() -> dict[str, Backend]:
+    """The pools that ``health()`` and the pool gauges list (:func:`_runtime.report_pools`), by name.
+
+    Each executor's, named ``"Executor-<id(executor) in hex>"`` (an executor
+    given as ``backend=`` has an adapter of its own, ``"executor-<id>"``),
+    until it is shut down and its tasks have ended: the pool of one garbage
+    collected without ``shutdown()`` finishes its tasks in the background, and
+    is listed meanwhile, under the name of its executor. A new executor may
+    take that id: the older pool's name then ends with its own id.
+    """
+    pools: dict[str, Backend] = {}
+    releasing = _releasing.copy()
+    for pool in sorted(_left_at_exit(), key=lambda pool: pool in releasing):  # the executors alive first
+        name = _names.get(id(pool))
+        if name is None or (pool._closed and pool.active_count() == 0):
+            continue
+        pools[f"{name}-{id(pool):x}" if name in pools else name] = pool
+    return pools
 
 
 def _release_in_background(backend: Backend) -> None:

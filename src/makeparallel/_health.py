@@ -43,9 +43,21 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     Returns:
         ``{"status", "live", "ready", "reasons", "pools", "memory_percent"}``;
         ``reasons`` is a list of sentences, empty when all is well;
+        ``pools`` maps each pool's name to its info: ``"thread"``,
+        ``"process"``, ``"sync"``, ``"dask"``, ``"executor-<id>"`` for an
+        executor given as ``backend=`` (its ``busy_workers`` are those running
+        the library's tasks; it has no live or idle count), and
+        ``"Executor-<id>"`` for an ``mp.Executor``'s own pool until it is shut
+        down and idle (``id(executor)`` in hex);
         ``memory_percent`` is ``None`` where the system refused to tell
         (a program out of file descriptors cannot read ``/proc/meminfo``):
         the status is then degraded, with the system's error as its reason.
+
+    Raises:
+        TypeError: ``memory_limit_percent`` is not a number, or ``queue_limit``
+            not an int.
+        ValueError: ``memory_limit_percent`` is outside (0, 100], or
+            ``queue_limit`` below 1.
     """
     if isinstance(memory_limit_percent, bool) or not isinstance(memory_limit_percent, (int, float)):
         raise TypeError(f"memory_limit_percent must be a number, got {memory_limit_percent!r}")

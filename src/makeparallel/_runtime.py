@@ -122,6 +122,7 @@ _shut_down = False
 _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
+_also_reported: list[Callable[[], dict[str, Backend]]] = []  # more pools pool_infos() lists (report_pools), executors'
 global_limiter = Limiter(None)
 
 
@@ -268,6 +269,13 @@ def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
         if pools not in _also_at_exit:
             _also_at_exit.append(pools)
         _register_exit_hook_locked()
+
+
+def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
+    """Have :func:`pool_infos` (``health()``, the pool gauges) list the pools ``pools()`` gives by name too (the ``Executor``s')."""
+    with _lock:
+        if pools not in _also_reported:
+            _also_reported.append(pools)
 
 
 def use_default_backend(name: BackendOption | None) -> None:
@@ -622,10 +630,13 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
 
 
 def pool_infos() -> dict[str, dict[str, Any]]:
-    """``info()`` of every backend started so far, by name."""
+    """``info()`` of every backend started so far, by name, and of the pools :func:`report_pools` gives."""
     infos = {name: backend.info() for name, backend in list(_backends.items())}
     for key, adapter in list(_adapters.items()):
         infos[f"executor-{key:x}"] = adapter.info()
+    for pools in _also_reported.copy():  # one may be added meanwhile
+        for name, backend in pools().items():
+            infos[name] = backend.info()
     return infos
 
 

@@ -15,7 +15,9 @@ costs nothing per task. Metrics, labelled by function (and pool):
   ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
   of 4 apart from 1 us);
 * ``makeparallel_pool_workers{pool,state}`` (busy, idle, starting), ``makeparallel_pool_queued_tasks{pool}``,
-  ``makeparallel_pool_worker_restarts_total{pool}``;
+  ``makeparallel_pool_worker_restarts_total{pool}``; a pool that cannot tell
+  its live workers (an executor given as ``backend=``, the sync pool) has busy
+  only: for an executor, its workers running the library's tasks;
 * ``makeparallel_circuit_state{breaker,state}`` (1 for the breaker's state, 0 for
   the others) and ``makeparallel_circuit_calls_total{breaker,kind}`` (successful,
   failed, slow, not_permitted);
@@ -143,12 +145,15 @@ def _pool_metrics(pools: dict[str, dict[str, Any]]) -> Iterator[Any]:
         "makeparallel_pool_worker_restarts", "Worker processes replaced after a crash or kill", labels=["pool"]
     )
     for pool, info in pools.items():
-        live = info.get("live_threads", info.get("live_workers", 0))
+        live = info.get("live_threads", info.get("live_workers"))
         busy = info.get("busy_threads", info.get("busy_workers", 0))
-        starting = info.get("starting_workers", 0)  # a process pool's: neither busy nor idle
         workers.add_metric([pool, "busy"], busy)
-        workers.add_metric([pool, "idle"], max(0, live - busy - starting))
-        workers.add_metric([pool, "starting"], starting)
+        # An executor given as backend= does not say how many workers it has alive, nor the
+        # sync pool: no idle count rather than 0 (which reads as a pool with none to spare).
+        if live is not None:
+            starting = info.get("starting_workers", 0)  # a process pool's: neither busy nor idle
+            workers.add_metric([pool, "idle"], max(0, live - busy - starting))
+            workers.add_metric([pool, "starting"], starting)
         queue.add_metric([pool], info.get("queued_tasks", 0))
         if "worker_restarts" in info:
             restarts.add_metric([pool], info["worker_restarts"])

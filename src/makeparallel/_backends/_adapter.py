@@ -111,6 +111,7 @@ class ExecutorBackend(Backend):
                 "num_workers": workers,
                 "in_process": self._in_process,
                 "queued_tasks": self._queued_count_locked(workers),
+                "busy_workers": self._busy_count_locked(workers),
                 "active_tasks": self._active,
                 "closed": self._closed,
                 "refusing_tasks": self.refusing(),
@@ -166,6 +167,24 @@ class ExecutorBackend(Backend):
         if self._in_process:
             return unstarted
         return unstarted + max(0, len(self._last_sent) - workers)
+
+    def _busy_count_locked(self, workers: int) -> int:
+        """How many of the executor's ``workers`` run this backend's tasks, for :meth:`info` (the pool gauges).
+
+        In this process, the tasks a worker of the executor took and that have
+        not ended: not one a waiter runs inline on its own thread. Elsewhere,
+        the calls sent and not ended up to ``workers``, as :meth:`_queued_count_locked`
+        counts the rest queued: exact on the same terms.
+
+        Only this backend's tasks: the calls others give a shared executor are
+        out of sight, so there the count is a lower bound, and the info has no
+        idle or live workers, which would be guesses. In this process, a task
+        cancelled or timed out while running counts no more, though its code
+        holds the worker until its next ``check_cancelled()``.
+        """
+        if self._in_process:
+            return sum(1 for handle in self._futures if handle._state == RUNNING and handle._on_worker != INLINE)
+        return min(len(self._last_sent), workers)
 
     def reported_worker_count(self) -> int:
         """The worker count that :meth:`info` (``health()``, the pool infos) reports."""
