@@ -650,6 +650,117 @@ def test_max_concurrent_makes_submit_wait(gate: threading.Event) -> None:
     assert ctx.results() == [0, 1, 2]
 
 
+# -- max_concurrent and the group's own tasks ---------------------------------------------------
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+NESTED_SUBMITS = ["child", "two_parents_at_a_limit_of_two", "grandchild", "async_parent", "sync_backend", "child_on_a_process"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", NESTED_SUBMITS)
+def test_a_task_of_a_group_at_its_limit_submits_into_the_group(way: str) -> None:
+    # Every slot is held by a parent that submits into the group and waits for
+    # what it submitted: only the parents' own ends could free a slot. Such a
+    # submission is admitted over the limit. Before, it waited for good (here
+    # until the group's timeout, which then failed the group).
+    mp.configure_thread_pool(4)
+    parents = 2 if way == "two_parents_at_a_limit_of_two" else 1
+    every_slot_held = threading.Barrier(parents)
+    backend = {"sync_backend": "sync", "child_on_a_process": "process"}.get(way, "thread")
+    parent_backend = "sync" if way == "sync_backend" else "thread"
+
+    with mp.ParallelContext(timeout=30, max_concurrent=parents, backend=backend) as ctx:
+
+        @mp.parallel(backend=parent_backend)
+        def grandparent_of_the_child(x: int) -> int:  # a task of the task, not of the group
+            return ctx.submit(double, x).get()
+
+        @mp.parallel(backend=parent_backend)
+        def parent(x: int) -> int:
+            every_slot_held.wait(20)
+            if way == "grandchild":
+                return grandparent_of_the_child(x).get()
+            return ctx.submit(double, x).get()
+
+        async def async_parent(x: int) -> int:
+            every_slot_held.wait(20)
+            return await ctx.submit(double, x)
+
+        for x in range(parents):
+            ctx.submit(async_parent if way == "async_parent" else parent, x + 1)
+    assert ctx.results()[:parents] == [2 * (x + 1) for x in range(parents)]
+    assert ctx._limiter is not None and ctx._limiter.in_flight == 0  # each task over the limit gave its slot back
+
+
+@pytest.mark.timeout(30)
+def test_a_submission_over_the_limit_is_counted_and_the_others_still_wait(gate: threading.Event) -> None:
+    # The parent holds the only slot and its child is admitted over it: two in
+    # flight. A submission from the block's code holds no slot of the group:
+    # it waits until both have ended.
+    mp.configure_thread_pool(4)
+    child_started = threading.Event()
+    later_submitted = threading.Event()
+
+    def child() -> str:
+        child_started.set()
+        assert gate.wait(15)
+        return "child"
+
+    with mp.ParallelContext(max_concurrent=1, backend="thread") as ctx:
+        ctx.submit(lambda: ctx.submit(child).get())
+
+        def submit_later() -> None:
+            ctx.submit(lambda: "later")
+            later_submitted.set()
+
+        submitter = threading.Thread(target=submit_later)
+        submitter.start()
+        try:
+            assert child_started.wait(10)
+            assert ctx._limiter is not None and ctx._limiter.in_flight == 2
+            assert not later_submitted.wait(0.2)  # negative check, bounded
+        finally:
+            gate.set()
+            submitter.join(10)
+        assert later_submitted.is_set()
+    assert ctx.results() == ["child", "child", "later"]
+    assert ctx._limiter.in_flight == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_group_opened_inside_a_task_still_bounds_that_task_s_submissions(gate: threading.Event) -> None:
+    # The task runs the block: it holds no slot of this group, so its second
+    # submission waits for the first task's end, as from outside any task.
+    mp.configure_thread_pool(4)
+    first_started = threading.Event()
+    second_submitted = threading.Event()
+
+    def first() -> str:
+        first_started.set()
+        assert gate.wait(15)
+        return "first"
+
+    @mp.parallel(backend="thread")
+    def outer() -> list[str]:
+        with mp.ParallelContext(max_concurrent=1, backend="thread") as ctx:
+            ctx.submit(first)
+            ctx.submit(lambda: "second")
+            second_submitted.set()
+        return ctx.results()
+
+    handle = outer()
+    try:
+        assert first_started.wait(10)
+        assert not second_submitted.wait(0.2)  # negative check, bounded
+    finally:
+        gate.set()
+    assert handle.get(timeout=10) == ["first", "second"]
+
+
 # -- bad options ------------------------------------------------------------------------------
 
 

@@ -6,7 +6,12 @@ ahead of the pool), and is never dropped.
 
 Nested parallelism: a task that submits more tasks is never made to wait. If it
 were, tasks holding every slot while waiting for their children would deadlock.
-Such submissions are admitted over the limit and counted like any other.
+Such submissions are admitted over the limit and counted like any other. A
+group's limit (``exempt_tasks=False``) bounds the submissions of a task too,
+for a group opened inside a task runs its block there; it admits over the limit
+only the tasks that hold one of its slots, and those they submit in turn
+(:func:`holding_a_slot` marks them in the context each task runs in, a copy of
+its submitter's), whose wait could otherwise only end with their own.
 
 Event loops: a submission from a thread whose asyncio event loop is running must
 not block that loop (every coroutine on it would stall). There the task is
@@ -25,7 +30,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from . import _interruptible
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
     from ._backends._base import Backend
     from ._handle import AsyncHandle
 
-__all__ = ["Limiter", "PendingAdmission", "all_limiters"]
+__all__ = ["Limiter", "PendingAdmission", "all_limiters", "holding_a_slot"]
 
 _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
@@ -46,6 +53,9 @@ _SHUT_DOWN_WHILE_WAITING = (
 )
 
 _limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+# The limits (exempt_tasks=False) that the code running now holds a slot of, as a task
+# admitted through them or one that such a task submitted, however deep.
+_slots_held: ContextVar[tuple[Limiter, ...]] = ContextVar("makeparallel_slots_held", default=())
 
 
 def all_limiters() -> list[Limiter]:
@@ -59,7 +69,7 @@ class Limiter:
     __slots__ = ("__weakref__", "_closed", "_condition", "_deferred", "_exempt_tasks", "_in_flight", "limit")
 
     def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
-        """``exempt_tasks``: admit submissions from inside tasks without waiting."""
+        """``exempt_tasks``: admit submissions from inside tasks without waiting; else only from tasks holding a slot of this limit (:func:`holding_a_slot`)."""
         self.limit = limit
         self._exempt_tasks = exempt_tasks  # read-only outside set_limit(); a plain slot for the hot path
         self._in_flight = 0
@@ -97,11 +107,7 @@ class Limiter:
             ShutdownError: the library was shut down while this call waited.
         """
         with self._condition:
-            if (
-                (self._exempt_tasks and current_task() is not None)
-                or self.limit is None
-                or self._in_flight < self.limit
-            ):
+            if self.limit is None or self._in_flight < self.limit or self._nested():
                 self._in_flight += 1
                 return True
         with BlockingWait(), self._condition:
@@ -118,6 +124,16 @@ class Limiter:
             self._in_flight += 1
             return True
 
+    def _nested(self) -> bool:
+        """Whether this submission comes from a task this limit admits over it (see the module docstring).
+
+        Asked only where the submission would otherwise wait: reading the
+        thread's task and context is not worth it below the limit.
+        """
+        if self._exempt_tasks:
+            return current_task() is not None
+        return self in _slots_held.get()
+
     def acquire_or_defer(self, waiting: PendingAdmission) -> bool:
         """Admit one task now and return True, or queue ``waiting`` and return False.
 
@@ -128,11 +144,7 @@ class Limiter:
             ShutdownError: the library is shut down and the limit is reached.
         """
         with self._condition:
-            if (
-                (self._exempt_tasks and current_task() is not None)
-                or self.limit is None
-                or (self._in_flight < self.limit and not self._deferred)
-            ):
+            if self.limit is None or (self._in_flight < self.limit and not self._deferred) or self._nested():
                 self._in_flight += 1
                 return True
             if self._closed:
@@ -176,6 +188,25 @@ class Limiter:
         self._condition = threading.Condition(threading.Lock())
         self._in_flight = 0  # the parent's tasks do not exist in the child
         self._deferred = deque()
+
+
+@contextmanager
+def holding_a_slot(limiter: Limiter) -> Iterator[None]:
+    """Around the call that makes a task admitted through ``limiter``: mark it as one holding a slot.
+
+    A handle takes a copy of the submitter's context as it is made, so the
+    mark reaches that task and everything it submits, and nothing else; the
+    submitter's own context is put back as it was.
+    """
+    held = _slots_held.get()
+    if limiter in held:  # a task that holds a slot made this one: marked already
+        yield
+        return
+    token = _slots_held.set((*held, limiter))
+    try:
+        yield
+    finally:
+        _slots_held.reset(token)
 
 
 class PendingAdmission:

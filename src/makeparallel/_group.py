@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, Union, overload
 
-from ._admission import Limiter
+from ._admission import Limiter, holding_a_slot
 from ._decorators import (
     ParallelFunction,
     _BoundParallelFunction,
@@ -47,6 +47,9 @@ class ParallelContext:
         max_concurrent: at most this many of the group's tasks in flight; a
             submission over the limit waits until one ends (within the
             group's ``timeout``: past it, ``submit`` times the group out).
+            One made by a task of the group, or by a task that such a task
+            submitted, is admitted over the limit and counted: it would
+            otherwise wait for slots only its own end could free.
         backend: the backend for plain functions submitted to the group
             (decorated functions keep their own).
 
@@ -170,7 +173,11 @@ class ParallelContext:
             self._time_out()
         try:
             self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
-            handle: AsyncHandle[Any] = function(*positional, **kwargs)
+            if self._limiter is None:
+                handle: AsyncHandle[Any] = function(*positional, **kwargs)
+            else:
+                with holding_a_slot(self._limiter):  # the task, and those it makes, submit here over the limit
+                    handle = function(*positional, **kwargs)
         except BaseException:
             if self._limiter is not None:
                 self._limiter.release()
