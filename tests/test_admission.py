@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _task_context
+from makeparallel._admission import Limiter
 
 BLOCKED_FOR = 0.2  # how long a blocked submitter is watched for not returning
 
@@ -332,3 +334,47 @@ def test_shutdown_while_a_submitter_waits_raises_shutdown_error(
     # The rejected submission gave its slot back: after a reset the limit admits again.
     mp.reset_shutdown()
     assert held("third").get(timeout=5) == "third"
+
+
+class _StoppedAsTheSlotComes:
+    """Stands for the task a submission waits in: stopped by the time its wait for a slot ends.
+
+    Its check passes as the wait begins and before it blocks (then it says so),
+    and raises after.
+    """
+
+    def __init__(self) -> None:
+        self.blocking = threading.Event()
+        self._checks = 0
+
+    def _raise_if_stopped(self) -> None:
+        self._checks += 1
+        if self._checks == 2:
+            self.blocking.set()
+        elif self._checks > 2:
+            raise mp.TaskCancelledError("stopped as the slot came")
+
+
+@pytest.mark.timeout(20)
+def test_a_slot_that_comes_as_the_waiting_task_is_stopped_goes_back() -> None:
+    # The slot is the waiting submission's once its wait ends, but the task it
+    # runs in was stopped meanwhile: the submission raises, so the slot must
+    # not stay counted (no task would ever give it back).
+    limiter = Limiter(1, exempt_tasks=False)
+    assert limiter.acquire()
+    task = _StoppedAsTheSlotComes()
+
+    def submit_inside_the_task() -> bool:
+        _task_context._local.task = task
+        try:
+            return limiter.acquire()
+        finally:
+            del _task_context._local.task
+
+    waiting = Submitter(submit_inside_the_task)
+    assert task.blocking.wait(5)
+    limiter.release()  # taken only once the submission waits: the slot passes to it
+    assert waiting.submitted.wait(5)
+    waiting.join()
+    assert isinstance(waiting.error, mp.TaskCancelledError)
+    assert limiter.in_flight == 0

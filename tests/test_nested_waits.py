@@ -14,13 +14,14 @@ import asyncio
 import functools
 import threading
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
 from makeparallel._backends import _thread
-from pool_helpers import poll_until_stopped, resize, wait_until
+from pool_helpers import Flags, poll_until_stopped, resize, wait_until
 
 WAIT = 20.0  # the inner waits' timeout: never reached when the fix works
 
@@ -471,6 +472,9 @@ def _run_children(way: str, child: mp.ParallelFunction[[int], int], on_a_worker:
     so nothing runs inline: the task blocks. Else the wait runs the first child
     inline. Handles the task made itself are its own: it cancels them as it
     leaves, as user code does (a map or a group cancels its own).
+    ``ParallelContext_at_its_limit``: a group of one slot, whose second submit
+    blocks (always) for the slot the first child holds; ``on_a_worker`` gives
+    that wait the group's deadline.
     """
     limit = WAIT if on_a_worker else None
     if way in ("parallel_map", "unordered_map", "imap"):
@@ -478,8 +482,9 @@ def _run_children(way: str, child: mp.ParallelFunction[[int], int], on_a_worker:
         if way == "imap":
             return list(mp.imap(items, range(8), chunksize=1, timeout=limit, backend="thread"))
         return mp.parallel_map(items, range(8), chunksize=1, ordered=way == "parallel_map", timeout=limit, backend="thread")
-    if way == "ParallelContext":
-        with mp.ParallelContext(timeout=limit, backend="thread") as ctx:
+    if way in ("ParallelContext", "ParallelContext_at_its_limit"):
+        max_concurrent = 1 if way == "ParallelContext_at_its_limit" else None
+        with mp.ParallelContext(timeout=limit, max_concurrent=max_concurrent, backend="thread") as ctx:
             for i in range(3):
                 ctx.submit(child.__wrapped__, i)
         return ctx.results()
@@ -514,7 +519,7 @@ def _take_the_one_replacement_place(gate: threading.Event) -> mp.AsyncHandle[Non
     return handle
 
 
-STOPPABLE_WAYS = [*HANDLE_WAYS, "parallel_map", "unordered_map", "imap", "ParallelContext"]
+STOPPABLE_WAYS = [*HANDLE_WAYS, "parallel_map", "unordered_map", "imap", "ParallelContext", "ParallelContext_at_its_limit"]
 
 
 @pytest.mark.timeout(60)
@@ -575,7 +580,9 @@ def test_a_cancel_or_timeout_of_a_task_ends_its_wait_for_its_children(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("children", ["run_inline", "on_a_worker"])
-@pytest.mark.parametrize("way", ["get", "gather", "mp.wait", "parallel_map", "ParallelContext"])
+@pytest.mark.parametrize(
+    "way", ["get", "gather", "mp.wait", "parallel_map", "ParallelContext", "ParallelContext_at_its_limit"]
+)
 def test_an_attempt_that_times_out_and_is_retried_ends_its_wait_for_its_children(
     way: str, children: str, gate: threading.Event
 ) -> None:
@@ -632,3 +639,31 @@ def test_an_attempt_that_times_out_and_is_retried_ends_its_wait_for_its_children
             handle.cancel()
         gate.set()
         stuck.set()
+
+
+def _a_group_at_its_limit(flags: Flags) -> None:
+    """In a worker process: a group of one slot whose first task holds it until released; submit a second."""
+    try:
+        with mp.ParallelContext(max_concurrent=1, backend="thread") as ctx:
+            ctx.submit(flags.wait_for_release, "release")
+            flags.set("first_submitted")
+            ctx.submit(flags.set, "second_ran")  # waits for the slot
+    except mp.TaskCancelledError:
+        flags.set("cancelled")
+        raise
+
+
+@pytest.mark.timeout(90)
+def test_a_cancel_ends_a_process_task_s_wait_for_a_slot_of_its_group(tmp_path: Path) -> None:
+    # Cancelled, the task gets its stop in its worker while it waits for the
+    # slot; that wait raises, and the group cancels the task it started. Before,
+    # it waited on until the first task ended (here 30 s on), then ran the second.
+    flags = Flags(str(tmp_path))
+    try:
+        handle = mp.parallel(backend="process")(_a_group_at_its_limit)(flags)
+        assert flags.wait("first_submitted", 30)
+        handle.cancel()
+        assert flags.wait("cancelled", 20), "the task's submit went on waiting for a slot after it was cancelled"
+        assert not flags.is_set("second_ran")
+    finally:
+        flags.set("release")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from . import _interruptible
 from ._backends._base import BlockingWait
 from ._states import FAILED, PENDING, SUCCEEDED
-from ._task_context import current_task
+from ._task_context import CancellationPoint, current_task
 from .errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -103,26 +103,43 @@ class Limiter:
         worker's place (taken outside this limiter's lock, which a backend's
         lock comes before), so that the tasks holding the slots can run.
 
+        Cancellation: inside a task the wait is a cancellation point
+        (``CancellationPoint``): the task's cancel or timeout wakes it, and it
+        raises what ``check_cancelled()`` raises there, admitting nothing. A
+        task that never waited is not checked: the call stays one lock round.
+
         Raises:
             ShutdownError: the library was shut down while this call waited.
+            TaskCancelledError: the task this runs in was cancelled while it waited.
+            TaskTimeoutError: the task this runs in timed out while it waited.
         """
         with self._condition:
             if self.limit is None or self._in_flight < self.limit or self._nested():
                 self._in_flight += 1
                 return True
-        with BlockingWait(), self._condition:
-            while self.limit is not None and self._in_flight >= self.limit:
-                if self._closed:
-                    raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
-                if deadline is None:
-                    self._condition.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._condition.wait(_interruptible.bounded(remaining))
-            self._in_flight += 1
-            return True
+        task = current_task()
+        admitted = False
+        try:
+            with CancellationPoint(task, _wake_all, self._condition), BlockingWait(), self._condition:
+                while self.limit is not None and self._in_flight >= self.limit:
+                    if self._closed:
+                        raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+                    if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
+                        task._raise_if_stopped()
+                    if deadline is None:
+                        self._condition.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._condition.wait(_interruptible.bounded(remaining))
+                self._in_flight += 1
+                admitted = True
+        except BaseException:
+            if admitted:  # stopped as the slot came: the submission raises, and the slot goes back
+                self.release()
+            raise
+        return True
 
     def _nested(self) -> bool:
         """Whether this submission comes from a task this limit admits over it (see the module docstring).
@@ -188,6 +205,12 @@ class Limiter:
         self._condition = threading.Condition(threading.Lock())
         self._in_flight = 0  # the parent's tasks do not exist in the child
         self._deferred = deque()
+
+
+def _wake_all(condition: threading.Condition) -> None:
+    """A task was stopped while it waited for a slot: wake the waits, each of which checks its own task."""
+    with condition:
+        condition.notify_all()
 
 
 @contextmanager

@@ -135,7 +135,14 @@ class ParallelContext:
             TypeError: no function was given, or ``args=`` came with positional
                 arguments too, or is not a tuple or list.
             TaskCancelledError: the group already failed, or timed out (a task
-                made as it ends so is returned cancelled, with its other tasks).
+                made as it ends so is returned cancelled, with its other tasks);
+                or, inside a task, that task was cancelled while this call
+                waited for a slot (``max_concurrent``): a cancellation point.
+            TaskTimeoutError: the group's ``timeout`` passed while this call
+                waited for a slot (the group's tasks are cancelled); or, inside
+                a task, that task timed out meanwhile.
+            ShutdownError: the library was shut down (before this call, or
+                while it waited for a slot).
         """
         if positional:
             fn, positional = positional[0], positional[1:]
