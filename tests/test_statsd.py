@@ -33,6 +33,7 @@ from makeparallel import _metrics
 from makeparallel._states import SUCCEEDED
 
 _BOUND_BEFORE = "statsd" in vars(makeparallel)
+from makeparallel import statsd as statsd_module  # noqa: E402
 from makeparallel.statsd import StatsdExporter  # noqa: E402
 
 if not _BOUND_BEFORE:
@@ -614,17 +615,32 @@ def test_a_name_of_both_families_is_sent_to_its_ipv4_address(names: Names) -> No
 
 
 @pytest.mark.parametrize("second", ["127.0.0.2", pytest.param("::1", marks=needs_ipv6)])
-def test_each_flush_resolves_the_name_again(names: Names, second: str) -> None:
-    """A StatsD server that moved (a new pod: its name now gives another address) receives the next flush."""
+def test_the_name_is_looked_up_again_once_its_address_is_old(
+    names: Names, second: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A StatsD server that moved (a new pod: its name now gives another address) receives the flushes after the next lookup.
+
+    Not a lookup at every flush: in a container without a resolver cache, that
+    was a DNS query every second.
+    """
+    now = [1000.0]
+    monkeypatch.setattr(statsd_module, "_now", lambda: now[0])
     name = unique_name("statsd-moved")
     work = make_work(name)
     run(work, succeed=1)
     with on_one_port("127.0.0.1", second) as (first, moved), exporting_to("moving.statsd.test", first.port) as exporter:
         names.answers["moving.statsd.test"] = [first]
         assert counter(of(first.flush(exporter), f"test.{name}"), "completed") == 1
+        assert names.lookups == 1
         names.answers["moving.statsd.test"] = [moved]
         run(work, succeed=2)
-        assert counter(of(moved.flush(exporter), f"test.{name}"), "completed") == 2
+        now[0] += statsd_module._LOOKUP_EVERY - 1
+        assert counter(of(first.flush(exporter), f"test.{name}"), "completed") == 2  # not looked up yet
+        assert names.lookups == 1
+        run(work, succeed=3)
+        now[0] += 1
+        assert counter(of(moved.flush(exporter), f"test.{name}"), "completed") == 3
+        assert names.lookups == 2
 
 
 def test_a_name_that_does_not_resolve_is_logged_once_per_failure_and_its_counts_wait(

@@ -21,7 +21,7 @@ non-blocking, and a send that fails (nothing listening) is dropped.
 No extra package needed.
 
 The host may be an IPv4 or IPv6 address or a name; a name is resolved again
-at each flush (see :class:`StatsdExporter`), and a flush that finds no address
+every 30 seconds (see :class:`StatsdExporter`), and a flush that finds no address
 sends nothing and loses nothing: its counts go with the next one that does.
 """
 
@@ -32,6 +32,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,10 @@ __all__ = ["StatsdExporter"]
 
 _log = logging.getLogger("makeparallel")
 _MAX_PACKET = 1432  # fits one Ethernet frame without fragmenting
+# Seconds a name's address is used before it is looked up again: a server that moved gets
+# the flushes within that, at a thirtieth of the lookups of one per flush (every second).
+_LOOKUP_EVERY = 30.0
+_now = time.monotonic  # (a name of its own: the tests move this module's clock alone)
 _STATUSES = (
     ("completed", "completed_tasks"),
     ("failed", "failed_tasks"),
@@ -77,10 +82,11 @@ class StatsdExporter:
             ``interval`` not a finite number above 0.
 
     Resolution:
-        ``host`` is looked up (``socket.getaddrinfo``) at each flush, not once:
-        a server that moved (a new pod, its name now another address) gets the
-        next flush, and a name not known yet when the program starts (a
-        sidecar's) is not an error. A name with IPv4 and IPv6 addresses is sent
+        ``host`` is looked up (``socket.getaddrinfo``) at the first flush and
+        again every 30 seconds, not once: a server that moved (a new pod, its
+        name now another address) gets the flushes from the next lookup on,
+        and a name not known yet when the program starts (a sidecar's) is not
+        an error: a flush after a failed lookup looks it up again. A name with IPv4 and IPv6 addresses is sent
         to its first IPv4 one, as StatsD servers listen on IPv4 by default.
         A flush that finds no address (or cannot open a socket for it) sends
         nothing and logs a warning on the ``"makeparallel"`` logger, once
@@ -120,6 +126,9 @@ class StatsdExporter:
         self._closed = False
         # What the last flush that found no address logged; None while one is found.
         self._failure: str | None = None
+        # The address the last lookup found (its family, then the address), and when.
+        self._found: tuple[int, Any] | None = None
+        self._found_at = 0.0
         self._previous: dict[str, dict[str, Any]] = {}
         # One flush at a time: each sends the change since the one before it. Two at
         # once (flush() called while the thread flushes) sent the same change twice.
@@ -161,14 +170,37 @@ class StatsdExporter:
     def _destination(self) -> tuple[socket.socket, Any] | None:
         """The socket and the address to send this flush to; None where there is none (stopped, or logged why).
 
-        Looked up at each flush, once per ``interval`` on the exporter's own
-        thread: a lookup per packet would slow a client that sends as tasks
-        run (well-kept StatsD clients resolve once for that reason), but this
-        one sends from its thread only, and a lookup once a flush follows a
-        server that moved, which clients that resolve once never do (their
-        users restart the program). The system's resolver cache, where there
-        is one, answers most lookups.
+        The address is looked up again once it is ``_LOOKUP_EVERY`` seconds
+        old, and at the next flush after a lookup that failed, on the
+        exporter's own thread: clients that send as tasks run resolve once (a
+        lookup per packet would slow them), and a server that moved is then
+        never found again; a lookup at every flush found it at once but asked
+        the system's resolver every second, which in a container without a
+        resolver cache is a DNS query a second per program, or several under
+        a search path.
         """
+        now = _now()
+        if self._found is None or now - self._found_at >= _LOOKUP_EVERY:
+            self._found = self._look_up()
+            self._found_at = now
+        if self._found is None:
+            return None
+        family, address = self._found
+        try:
+            sender = self._socket_for(family)
+        except OSError as error:  # this family is disabled here (EAFNOSUPPORT), or no descriptor is left
+            self._found = None  # looked up again at the next flush
+            self._failed(f"cannot open a {socket.AddressFamily(family).name} socket for {self._host!r} ({error})")
+            return None
+        if sender is None:
+            return None  # stopped
+        if self._failure is not None:
+            self._failure = None
+            _log.info("the StatsD exporter sends to %r again (%s), with the counts kept meanwhile", self._host, address[0])
+        return sender, address
+
+    def _look_up(self) -> tuple[int, Any] | None:
+        """The host's address family and address to send to; None where it has none now (logged)."""
         try:
             found = socket.getaddrinfo(self._host, self._port, 0, socket.SOCK_DGRAM)
         except OSError as error:  # socket.gaierror: not known, or no answer now
@@ -181,17 +213,7 @@ class StatsdExporter:
         # IPv4 first: StatsD servers listen on IPv4 by default (the reference one binds 0.0.0.0), and
         # "localhost" resolves to ::1 first on many systems; getaddrinfo's order would send there.
         family, _, _, _, address = min(addresses, key=lambda entry: entry[0] != socket.AF_INET)
-        try:
-            sender = self._socket_for(family)
-        except OSError as error:  # this family is disabled here (EAFNOSUPPORT), or no descriptor is left
-            self._failed(f"cannot open a {family.name} socket for {self._host!r} ({error})")
-            return None
-        if sender is None:
-            return None  # stopped
-        if self._failure is not None:
-            self._failure = None
-            _log.info("the StatsD exporter sends to %r again (%s), with the counts kept meanwhile", self._host, address[0])
-        return sender, address
+        return family, address
 
     def _failed(self, why: str) -> None:
         """Log ``why`` this flush has no address to send to, unless the flush before logged the same."""
