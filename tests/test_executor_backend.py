@@ -8,6 +8,7 @@ timeouts, progress, a worker that dies.
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures as cf
 import gc
 import os
@@ -26,6 +27,7 @@ from pool_helpers import Flags, mark_then_wait, wait_for_flag, wait_until
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends import _adapter
+from makeparallel._remote_errors import RemoteTraceback
 
 
 def square(x: int) -> int:
@@ -178,6 +180,130 @@ def test_an_error_pickle_cannot_rebuild_keeps_its_class_and_the_pool(make_pool: 
         assert caught.value.code == 5
         assert "in raise_built_from_two_arguments" in str(caught.value.__cause__)  # the worker's traceback, as text
         assert mp.parallel(backend=pool)(square)(3).get(timeout=30) == 9  # the pool serves on
+
+
+EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)  # Python 3.11 on
+
+
+def explicit_cause() -> None:
+    try:
+        {}["id"]
+    except KeyError as error:
+        raise ValueError("bad row") from error
+
+
+def implicit_context() -> None:
+    try:
+        {}["id"]
+    except KeyError:
+        raise ValueError("while handling")
+
+
+def suppressed_context() -> None:
+    try:
+        {}["id"]
+    except KeyError:
+        raise ValueError("no context shown") from None
+
+
+def member_with_a_cause() -> None:
+    try:
+        {}["id"]
+    except KeyError as inner:
+        member = ValueError("member")
+        member.__cause__ = inner
+    raise EXCEPTION_GROUP("several", [member, TypeError("other")])
+
+
+def chained_on_item_13(x: int) -> int:
+    if x == 13:
+        explicit_cause()
+    return x
+
+
+def below(error: BaseException) -> BaseException | None:
+    """The exception printed below ``error``: its cause, else its context unless suppressed."""
+    if error.__cause__ is not None or error.__suppress_context__:
+        return error.__cause__
+    return error.__context__
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("raise_it", "suppressed"),
+    [(explicit_cause, True), (implicit_context, False), (suppressed_context, True)],
+    ids=["explicit_cause", "implicit_context", "suppressed_context"],
+)
+def test_an_error_keeps_its_chain_as_objects(executor: cf.Executor, raise_it: Any, suppressed: bool) -> None:
+    # Elsewhere, the executor pickled the error without its chain: only the text of the traceback was left.
+    with pytest.raises(ValueError) as caught:
+        mp.parallel(backend=executor)(raise_it)().get(timeout=60)
+    error = caught.value
+    assert type(error.__context__) is KeyError and error.__context__.args == ("id",)
+    assert error.__suppress_context__ is suppressed
+    if raise_it is explicit_cause:
+        assert error.__cause__ is error.__context__  # one object, as where it was raised
+    if not isinstance(executor, cf.ThreadPoolExecutor):
+        remote = below(error) if raise_it is suppressed_context else below(error.__context__)
+        assert isinstance(remote, RemoteTraceback) and raise_it.__name__ in str(remote)  # the worker's, below the chain
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup exists from Python 3.11")
+def test_the_members_of_a_group_keep_their_chains(executor: cf.Executor) -> None:
+    with pytest.raises(EXCEPTION_GROUP) as caught:
+        mp.parallel(backend=executor)(member_with_a_cause)().get(timeout=60)
+    member, other = caught.value.exceptions
+    assert type(member) is ValueError and type(other) is TypeError
+    assert type(member.__cause__) is KeyError and member.__cause__.args == ("id",)
+
+
+@pytest.mark.timeout(120)
+def test_a_map_item_error_keeps_its_chain(executor: cf.Executor) -> None:
+    with pytest.raises(ValueError, match="bad row") as caught:
+        mp.parallel_map(chained_on_item_13, range(30), backend=executor, chunksize=10)
+    assert type(caught.value.__cause__) is KeyError and caught.value.__cause__.args == ("id",)
+
+
+class CutsErrorsShort(cf.Executor):
+    """Runs each call on the submitting thread, and cuts a long error short as a Dask worker does.
+
+    ``distributed.utils.truncate_exception``: an error whose ``str()`` passes
+    ``limit`` characters is rebuilt as ``type(error)("Long error message", str(error)[:limit])``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            text = str(error)
+            future.set_exception(type(error)("Long error message", text[: self.limit]) if len(text) > self.limit else error)
+        return future
+
+
+def raise_a_long_message() -> None:
+    raise ValueError("x" * 20_000)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_with_a_long_message_arrives_whole_past_an_executor_that_cuts_errors_short() -> None:
+    # The wrapper's str() held the pickled error and its traceback: Dask cut it short, and
+    # unwrapping the shortened wrapper raised in the future's callback: the handle stayed pending for good.
+    with pytest.raises(ValueError) as caught:
+        mp.parallel(backend=CutsErrorsShort(limit=10_000))(raise_a_long_message)().get(timeout=30)
+    assert caught.value.args == ("x" * 20_000,)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_cut_short_by_its_executor_fails_the_task_with_its_text() -> None:
+    handle = mp.parallel(backend=CutsErrorsShort(limit=50))(raise_a_long_message)()
+    with pytest.raises(mp.TaskError, match="cut short, so it could not be rebuilt here: .*ValueError: xxx"):
+        handle.get(timeout=30)
+    assert handle.status == "failed"
 
 
 def fail_with_a_lock_on_13(x: int) -> int:

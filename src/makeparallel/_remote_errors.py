@@ -128,23 +128,49 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
 
 
 class CarriedError(Exception):
-    """An exception a task raised on another executor's worker that its pickler could not send: pickled by the library instead.
+    """An exception a task raised on another executor's worker, pickled by the library to travel there.
 
     Such an executor (a ``ProcessPoolExecutor``, loky, Dask) pickles what a
-    call raised with its own pickler, and one that cannot be pickled so (an
-    attribute holding an open response or a lock, a ``__reduce__`` that
-    raises) lost its class: Dask sent a bare ``Exception`` with its text,
-    ``ProcessPoolExecutor`` the pickling error. The worker sends it in this
-    wrapper instead: ``args`` are the exception pickled by the library
+    call raised with its own pickler, which drops the ``__cause__`` and
+    ``__context__`` of an exception (Dask's keeps them); and one that cannot
+    be pickled so (an attribute holding an open response or a lock, a
+    ``__reduce__`` that raises) lost its class: Dask sent a bare
+    ``Exception`` with its text, ``ProcessPoolExecutor`` the pickling error.
+    The worker sends it in this wrapper instead: ``args`` are the exception pickled by the library
     (:func:`reduce_exception`, as the process backend sends it), its
     traceback as text, and its description. :meth:`unwrapped` gives it back.
+
+    Its ``str()`` and ``repr()`` give the description alone, not its
+    ``args``: an executor that shows the error shows what the task raised
+    (Dask's log of a failed task), and one that cuts a long error short (Dask rebuilds an error whose
+    ``str()`` passes ``distributed.admin.max-error-length`` from that text)
+    leaves it whole.
     """
 
+    def __str__(self) -> str:
+        if len(self.args) == 3 and isinstance(self.args[2], str):
+            return _short(self.args[2])
+        return super().__str__()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
     def unwrapped(self) -> BaseException:
-        """The exception carried, its remote traceback hung below it; one that cannot be unpickled here, described."""
+        """The exception carried, its remote traceback hung below it; one that cannot be unpickled here, described.
+
+        A wrapper that its executor rebuilt from its text alone (Dask's, cut
+        short past its length limit) gives a ``TaskError`` with that text,
+        not an error of its own: this runs where the executor's future ends,
+        and an error raised there left the task's handle pending for good.
+        """
         from ._serialization import loads
         from .errors import TaskError
 
+        if len(self.args) != 3 or not all(isinstance(part, (bytes, str)) for part in self.args):
+            text = " ".join(str(part) for part in self.args)
+            return TaskError(
+                f"the task raised an error that its executor cut short, so it could not be rebuilt here: {_short(text)}"
+            )
         data, traceback_text, description = self.args
         error: BaseException
         try:
@@ -153,6 +179,11 @@ class CarriedError(Exception):
             error = TaskError(f"the task raised {description}, which could not be unpickled here: {described(unpicklable)}")
         attach_remote_traceback(error, traceback_text)
         return error
+
+
+def _short(text: str, limit: int = 1000) -> str:
+    """``text`` cut to about ``limit`` characters, saying so."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class ExceptionsPickled:

@@ -57,7 +57,7 @@ from ._base import Backend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely", "carried_if_unpicklable"]
+__all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely", "carried", "carried_if_unpicklable"]
 
 #: Seconds ``health()`` reports an executor that refused a task (shut down) as failing every task.
 REFUSALS_SHOWN_FOR = 10.0
@@ -577,11 +577,16 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
 
     Function and arguments travel as the library pickles them (``@parallel``
     functions by reference, lambdas and closures by value), whatever pickler
-    the executor uses; the result travels as the executor pickles it, and so
-    does an exception, unless that pickler cannot send it as itself
-    (:class:`CarriedError`). An ``async def`` function's coroutine runs to its end there, on the worker
-    thread's own event loop, as on the process backend: a coroutine object
-    cannot travel back.
+    the executor uses; the result travels as the executor pickles it. An
+    error the call raised (unpickling its function or arguments included)
+    travels in a :class:`CarriedError` (:func:`carried`), pickled as the
+    process backend pickles errors: the pickler of ``ProcessPoolExecutor``
+    and loky sends an exception without its ``__cause__`` and
+    ``__context__``. A Dask worker sends an error with its chain and its
+    traceback's frames (with tblib): there, one that can travel as itself
+    does (:func:`_sent_whole_by_dask`). An ``async def`` function's coroutine
+    runs to its end there, on the worker thread's own event loop, as on the
+    process backend: a coroutine object cannot travel back.
 
     No task is current while it runs, as on another process: an executor that
     runs calls on the submitting thread (one for debugging, say) would
@@ -589,27 +594,47 @@ def call_remotely(function: bytes, arguments: bytes) -> Any:
     map chunk sent so from inside another would stream its results as that
     one's.
     """
-    args, kwargs = pickle.loads(arguments)
-    fn = _load_function(function)
     here = _local.__dict__
     outer = here.pop("task", None)
     try:
+        args, kwargs = pickle.loads(arguments)
+        fn = _load_function(function)
         value = fn(*args, **kwargs)
         return run_to_end(value, None) if is_coroutine(value) else value
     except BaseException as error:
-        carried = carried_if_unpicklable(error)
-        if carried is None:
+        if _sent_whole_by_dask(error):
             raise
+        error_carried = carried(error)
     finally:
         if outer is not None:
             here["task"] = outer
-    raise carried  # outside the except clause: its context, the error, would be pickled with it
+    raise error_carried  # outside the except clause: its context, the error, would be pickled with it
 
 
-def carried_if_unpicklable(error: BaseException) -> CarriedError | None:
-    """``error`` in a :class:`CarriedError` if it cannot travel as itself (:func:`_travels_as_itself`), else None."""
-    if _travels_as_itself(error):
-        return None
+def _sent_whole_by_dask(error: BaseException) -> bool:
+    """Whether this runs on a Dask worker, which sends ``error`` with its chain and traceback, as itself.
+
+    Carried, it lost the frames of its traceback, which Dask sends as
+    objects; so only one that cannot travel as itself is carried there
+    (:func:`_travels_as_itself`). Asked only when a call raised.
+    """
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:  # not in a task a Dask worker runs
+        return False
+    return _travels_as_itself(error)
+
+
+def carried(error: BaseException) -> CarriedError:
+    """``error`` in a :class:`CarriedError`, pickled by the library with its chain, its traceback as text.
+
+    One that even the library cannot pickle (a ``__reduce__`` that raises)
+    is carried as a ``TaskError`` that describes it. Costs a pickling of the
+    error and a formatting of its traceback, and only when a call raised.
+    """
     import traceback
 
     try:
@@ -619,6 +644,13 @@ def carried_if_unpicklable(error: BaseException) -> CarriedError | None:
             TaskError(f"the task raised {described(error)} (it cannot be pickled: {described(unpicklable)})")
         )
     return CarriedError(data, "".join(traceback.format_exception(error)), described(error))
+
+
+def carried_if_unpicklable(error: BaseException) -> CarriedError | None:
+    """``error`` in a :class:`CarriedError` if it cannot travel as itself (:func:`_travels_as_itself`), else None."""
+    if _travels_as_itself(error):
+        return None
+    return carried(error)
 
 
 def _travels_as_itself(error: BaseException) -> bool:
