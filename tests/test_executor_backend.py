@@ -306,6 +306,66 @@ def test_an_error_cut_short_by_its_executor_fails_the_task_with_its_text() -> No
     assert handle.status == "failed"
 
 
+class ExitsAsItIsPickled:
+    """A result whose pickling raises ``SystemExit``: a ``__reduce__`` that calls ``sys.exit()``."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(3)
+
+
+class InterruptsAsItIsPickled:
+    def __reduce__(self) -> Any:
+        raise KeyboardInterrupt
+
+
+class RefusesToBePickled:
+    def __reduce__(self) -> Any:
+        raise ValueError("no pickling today")
+
+
+def give_back(make: Any) -> Any:
+    return make()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool_name", ["process_pool", "loky"])
+@pytest.mark.parametrize(
+    ("make", "detail"),
+    [
+        (ExitsAsItIsPickled, "SystemExit: 3"),
+        (InterruptsAsItIsPickled, "KeyboardInterrupt"),
+        (threading.Lock, "TypeError: cannot pickle '_thread.lock' object"),
+        (RefusesToBePickled, "ValueError: no pickling today"),
+    ],
+    ids=["system_exit", "keyboard_interrupt", "lock", "reduce_raises"],
+)
+def test_a_result_that_cannot_be_pickled_fails_its_task_with_task_serialization_error(
+    remote_pools: dict[str, cf.Executor], pool_name: str, make: Any, detail: str
+) -> None:
+    # The executor's worker sends the error of pickling the result as the future's: a
+    # SystemExit there ended the caller's program at get(), and a TypeError read as the task's own.
+    pool = remote_pools[pool_name]
+    handle = mp.parallel(backend=pool)(give_back)(make)
+    with pytest.raises(mp.TaskSerializationError) as caught:
+        handle.get(timeout=60)
+    message = str(caught.value)
+    assert f"the result of task {handle.get_task_id()} (give_back) could not be pickled" in message
+    assert detail in message and "backend='thread'" in message
+    assert caught.value.__cause__ is not None and detail.startswith(type(caught.value.__cause__).__name__)
+    assert handle.status == "failed"
+    assert mp.parallel(backend=pool)(square)(4).get(timeout=60) == 16  # the pool serves on
+
+
+def raise_a_type_error() -> None:
+    raise TypeError("the task's own")
+
+
+def test_an_error_the_task_raised_stays_its_own_beside_one_of_pickling_its_result(executor: cf.Executor) -> None:
+    with pytest.raises(TypeError, match="the task's own") as caught:
+        mp.parallel(backend=executor)(raise_a_type_error)().get(timeout=30)
+    assert not isinstance(caught.value, mp.TaskSerializationError)
+
+
 def fail_with_a_lock_on_13(x: int) -> int:
     if x == 13:
         raise HoldsALock(f"item {x}")

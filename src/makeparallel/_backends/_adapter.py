@@ -99,6 +99,8 @@ class ExecutorBackend(Backend):
         self._refused: tuple[str, float] | None = None
         # Held until their limits admit them (hold()): the call to send each.
         self._held: dict[AsyncHandle[Any], tuple[Any, ...]] = {}
+        # Whether its workers send the error of pickling a result as the future's (_result_unsent).
+        self._sends_result_errors = sends_result_errors(executor)
 
     # -- what the runtime asks -------------------------------------------------------
 
@@ -473,8 +475,10 @@ class ExecutorBackend(Backend):
 
         A broken process pool (``BrokenProcessPool``, loky's ``TerminatedWorkerError``)
         becomes ``WorkerCrashedError``, its cause chained; an error the worker
-        sent pickled by the library (:func:`call_remotely`) is unpickled;
-        anything else stays itself.
+        sent pickled by the library (:func:`call_remotely`) is unpickled; the
+        executor's failure to pickle the result (:meth:`_result_unsent`)
+        becomes ``TaskSerializationError``, its cause chained, as on the
+        process backend; anything else stays itself.
         """
         if isinstance(error, CarriedError):
             return error.unwrapped()
@@ -486,7 +490,38 @@ class ExecutorBackend(Backend):
             )
             crashed.__cause__ = error
             return crashed
+        if not self._in_process and self._result_unsent(error):
+            failure = TaskSerializationError(
+                f"the result of task {handle._id} ({handle.name}) could not be pickled to send it back "
+                f"from the worker of {self._executor!r}: {described(error)}. Return picklable data, "
+                "or use backend='thread', which needs no pickling"
+            )
+            failure.__cause__ = error
+            return failure
         return error
+
+    def _result_unsent(self, error: BaseException) -> bool:
+        """Whether ``error``, which did not come carried, is the executor's failure to pickle the task's result.
+
+        Every error a call raises comes carried (:func:`call_remotely`; on a
+        Dask worker, only one that can travel as itself does not, and that is
+        an ``Exception``). So a ``SystemExit`` or ``KeyboardInterrupt`` that
+        did not is not the task's: a result whose ``__reduce__`` raised it,
+        which the worker of ``ProcessPoolExecutor`` or loky sent as the
+        future's error, and ``get()`` raised it in the caller, ending the
+        program. ``asyncio.CancelledError`` is a cancellation (of a Dask
+        fetch). Those workers send the error of pickling a result that way
+        whatever it is (a lock's ``TypeError``): for them any error but their
+        own reports (a crash, a cancel, a shutdown: classes of
+        ``concurrent.futures`` or loky) is that one, as the process backend
+        says of a result it cannot pickle.
+        """
+        if not isinstance(error, Exception):
+            asyncio = sys.modules.get("asyncio")
+            return asyncio is None or not isinstance(error, asyncio.CancelledError)
+        if not self._sends_result_errors:
+            return False
+        return type(error).__module__.partition(".")[0] not in ("concurrent", "loky") and not isinstance(error, TaskError)
 
     # -- hooks the handle calls -----------------------------------------------------
 
@@ -565,6 +600,15 @@ def runs_in_this_process(executor: Any) -> bool:
         return False
     interpreter = sys.modules.get("concurrent.futures.interpreter")
     return interpreter is None or not isinstance(executor, interpreter.InterpreterPoolExecutor)
+
+
+def sends_result_errors(executor: Any) -> bool:
+    """Whether ``executor``'s workers send the error of pickling a call's result as the future's: ``ProcessPoolExecutor``'s and loky's."""
+    process = sys.modules.get("concurrent.futures.process")
+    if process is not None and isinstance(executor, process.ProcessPoolExecutor):
+        return True
+    loky = sys.modules.get("loky.process_executor")
+    return loky is not None and isinstance(executor, loky.ProcessPoolExecutor)
 
 
 @functools.lru_cache(maxsize=256)
