@@ -8,6 +8,7 @@ while its task runs. Cross-process signals are marker files (``Flags``).
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -24,6 +25,7 @@ from pool_helpers import Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
+from makeparallel._backends import _dask
 
 pytestmark = pytest.mark.dask
 
@@ -160,6 +162,80 @@ def test_a_result_dask_cannot_serialize_fails_the_task() -> None:
         handle.get(timeout=30)
     assert "lock" in str(caught.value.__cause__)
     assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25  # the cluster serves on
+
+
+class Abort(BaseException):
+    """A ``BaseException`` of the program's own: neither ``SystemExit`` nor ``KeyboardInterrupt``."""
+
+
+class RaisesAsPickled:
+    """A result whose pickling raises ``kind`` (a ``__reduce__`` that calls ``sys.exit()``, say)."""
+
+    def __init__(self, kind: type[BaseException]) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        raise self.kind("raised as the result was pickled")
+
+
+def raise_as_unpickled(kind: type[BaseException]) -> None:
+    raise kind("raised as the result was unpickled")
+
+
+class RaisesAsUnpickled:
+    """A result that pickles, and whose unpickling raises ``kind``."""
+
+    def __init__(self, kind: type[BaseException]) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        return raise_as_unpickled, (self.kind,)
+
+
+def returns_unsendable(step: str, kind: type[BaseException]) -> Any:
+    return (RaisesAsPickled if step == "pickled" else RaisesAsUnpickled)(kind)
+
+
+def unsendable_at_13(item: tuple[str, type[BaseException], int]) -> Any:
+    step, kind, x = item
+    return returns_unsendable(step, kind) if x == 13 else x
+
+
+UNSENDABLE = [(step, kind) for step in ("pickled", "unpickled") for kind in (SystemExit, KeyboardInterrupt, Abort, ValueError)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("step", "kind"), UNSENDABLE, ids=[f"{kind.__name__}-as-{step}" for step, kind in UNSENDABLE])
+def test_a_result_whose_serialization_raises_fails_the_task(client: Client, step: str, kind: type[BaseException]) -> None:
+    # Pickled: a SystemExit or KeyboardInterrupt killed the worker as it sent the result; the result
+    # was lost with it, and the scheduler ran the task again on another worker without end (it
+    # counts only deaths while a task runs against allowed-failures). Any other BaseException ended
+    # the worker's reply: the fetch waited for good. Unpickled: a SystemExit stopped the client's
+    # event loop (and the scheduler of a LocalCluster in this process).
+    workers = client.run(os.getpid)
+    handle = mp.parallel(backend="dask")(returns_unsendable)(step, kind)
+    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker") as caught:
+        handle.get(timeout=60)
+    assert f"{kind.__name__}: raised as the result was {step}" in str(caught.value)
+    if step == "pickled":
+        assert "RaisesAsPickled" in str(caught.value)  # the result's class
+    with pytest.raises(mp.TaskSerializationError, match=f"{kind.__name__}: raised as the result was {step}"):
+        mp.parallel_map(unsendable_at_13, [(step, kind, x) for x in range(30)], backend="dask", chunksize=10)
+    assert client.run(os.getpid) == workers  # no worker died of it
+    assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25  # the cluster serves on
+
+
+def test_a_result_spilled_to_a_workers_disk_and_read_back_stays_guarded() -> None:
+    # Read back as the bare value, it would meet Dask's pickling unguarded when sent.
+    from distributed.protocol import deserialize_bytes, serialize_bytelist
+
+    def spilled(value: Any) -> Any:
+        return deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult(value))))
+
+    read_back = spilled({"rows": [1, 2, 3]})
+    assert isinstance(read_back, _dask.SentResult) and read_back.value == {"rows": [1, 2, 3]}
+    with pytest.raises(pickle.PicklingError, match="a RaisesAsPickled, could not be pickled.*SystemExit"):
+        spilled(RaisesAsPickled(SystemExit))
 
 
 class HoldsALock(Exception):

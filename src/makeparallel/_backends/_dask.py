@@ -22,6 +22,12 @@ What differs from other executors that run elsewhere:
 * A client closed while tasks run fails them with ``ShutdownError``.
 * A result that Dask cannot fetch from its worker (one it cannot serialize, a
   lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
+  So does one whose pickling, or unpickling here, raises a ``BaseException``
+  (a ``__reduce__`` that calls ``sys.exit()``): each result travels in a
+  :class:`SentResult`, which turns that into an error of the result. A worker
+  that dies outright as it sends a result (``os._exit()``, a crash in C) is
+  not counted against ``allowed-failures``, which counts deaths while a task
+  runs: Dask computes the task again without end, and only a timeout ends it.
 * Errors raised by the task keep their type, with the worker's traceback.
   Progress, ``check_cancelled`` and the task id do not cross to the workers
   (no-ops there); metadata, callbacks and metrics live in this process.
@@ -32,17 +38,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from typing import TYPE_CHECKING, Any
+import pickle
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any, NoReturn
 
 try:
     import distributed
+    from dask.sizeof import sizeof
+    from dask.utils import funcname
     from distributed.client import ClosedClientError
+    from distributed.protocol import pickle as dask_pickle
     from distributed.scheduler import KilledWorker
 except ImportError as missing:  # pragma: no cover - the test extras install distributed
     raise ImportError(
         'backend="dask" needs the distributed package: pip install "makeparallel[dask]"'
     ) from missing
 
+from .._remote_errors import RemoteTraceback, described
 from .._states import FAILED
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._adapter import ExecutorBackend
@@ -50,7 +63,7 @@ from ._adapter import ExecutorBackend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ClientExecutor", "DaskBackend"]
+__all__ = ["ClientExecutor", "DaskBackend", "SentResult", "run_on_worker"]
 
 
 class DaskBackend(ExecutorBackend):
@@ -152,7 +165,8 @@ class ClientExecutor(concurrent.futures.Executor):
     could not serialize (a lock) raised as it was fetched, in the coroutine
     that was to end the future. The handle never ended. Here the fetch's
     error ends the future too (:func:`_settle`), and cancelling the future
-    cancels the Dask future.
+    cancels the Dask future. The call runs in :func:`run_on_worker`, whose
+    result travels in a :class:`SentResult`.
     """
 
     def __init__(self, client: distributed.Client) -> None:
@@ -162,7 +176,9 @@ class ClientExecutor(concurrent.futures.Executor):
         return f"<Dask executor of {self._client!r}>"
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        dask_future = self._client.submit(fn, *args, pure=False, **kwargs)
+        # Keyed as Dask keys a call of fn with pure=False, though run_on_worker runs it.
+        key = f"{funcname(fn)}-{uuid.uuid4()}"
+        dask_future = self._client.submit(run_on_worker, fn, *args, key=key, pure=False, **kwargs)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
         loop = self._client.loop  # a client has its loop from its start
@@ -202,7 +218,82 @@ async def _settle(
         if isinstance(error, asyncio.CancelledError) and dask_future.status != "cancelled":
             raise  # the loop's own cancellation of this coroutine, not the task's
     else:
-        _end(future, None, value)
+        _end(future, None, value.value)  # a SentResult
+
+
+def run_on_worker(fn: Any, /, *args: Any, **kwargs: Any) -> SentResult:
+    """On a Dask worker: ``fn(*args, **kwargs)``, its result held for sending in a :class:`SentResult`."""
+    return SentResult(fn(*args, **kwargs))
+
+
+class SentResult:
+    """A task's result on its Dask worker, pickled so that its pickling and unpickling raise no ``BaseException``.
+
+    Dask pickles a result only as it sends it, in a coroutine of the worker's
+    event loop, and catches what ``Exception`` pickling raises there. A
+    ``SystemExit`` or ``KeyboardInterrupt`` (a ``__reduce__`` that calls
+    ``sys.exit()``) stopped that loop, and the worker with it: the scheduler
+    took the result for lost with its worker and ran the task again, on
+    another worker, without end (``allowed-failures`` counts only deaths while
+    a task runs, not while its result waits to be fetched). Any other
+    ``BaseException`` ended the worker's reply, and the fetch waited for good.
+    Unpickled here, on the client's event loop, a ``SystemExit`` stopped that
+    loop, and the scheduler of a ``LocalCluster`` in this process.
+
+    So the result is pickled once, in its own ``__reduce_ex__``, with Dask's
+    pickler (pickle, cloudpickle where that fails), its buffers (an array's
+    data) out of band as Dask sends them. What that raises travels instead as
+    the error of the result, which its unpickling raises: the fetch fails, and
+    the task with ``TaskSerializationError``. Unpickling turns what the
+    result's own unpickling raises into ``UnpicklingError`` likewise, and gives
+    back a ``SentResult`` again, so a result spilled to disk on its worker and
+    read back stays guarded. A list (a map's chunk of results) travels as one
+    pickle, where Dask sent each item with a header of its own: a map of
+    200,000 items in four chunks took 4 s on two local workers, 0.04 s now.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<SentResult of type {type(self.value).__qualname__}>"
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        out_of_band = isinstance(protocol, int) and protocol >= 5
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            data = dask_pickle.dumps(  # type: ignore[no-untyped-call]
+                self.value, protocol=protocol, buffer_callback=buffers.append if out_of_band else None
+            )
+        except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the worker's event loop
+            what = f"the task's result, a {type(self.value).__qualname__}, could not be pickled on its Dask worker"
+            return _unsendable, (f"{what}: {described(error)}", "".join(traceback.format_exception(error)))
+        return _received, (pickle.PickleBuffer(data) if out_of_band else data, buffers)
+
+
+def _received(data: Any, buffers: list[Any]) -> SentResult:
+    """Unpickle a result pickled by :meth:`SentResult.__reduce_ex__`; what that raises becomes ``UnpicklingError``."""
+    try:
+        return SentResult(pickle.loads(data, buffers=buffers))
+    except BaseException as error:  # SystemExit too: it stopped the client's event loop
+        raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+
+
+def _unsendable(message: str, worker_traceback: str) -> NoReturn:
+    """Unpickled in place of a result that could not be pickled: raise why, the worker's traceback chained."""
+    error = pickle.PicklingError(message)
+    error.__cause__ = RemoteTraceback(worker_traceback)
+    raise error
+
+
+def _sizeof_sent(result: SentResult) -> int:
+    # The worker's memory accounting (spilling, the scheduler's nbytes) counts the result, not its holder.
+    return int(sizeof(result.value))
+
+
+sizeof.register(SentResult, _sizeof_sent)  # type: ignore[no-untyped-call]
 
 
 def _end(future: concurrent.futures.Future[Any], error: BaseException | None, value: Any = None) -> None:
