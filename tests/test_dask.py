@@ -331,13 +331,8 @@ def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, cli
     assert queued.cancel() is True
     with pytest.raises(mp.TaskCancelledError):
         queued.get()
-
-    def held_anywhere() -> bool:
-        on_workers = client.run(lambda dask_worker: key in dask_worker.state.tasks)
-        return key in cluster.scheduler.tasks or any(on_workers.values())
-
     # Dask cancels asynchronously: release the workers once they dropped the task.
-    assert wait_until(lambda: not held_anywhere(), 30)
+    assert wait_until(lambda: not held_anywhere(cluster, client, key), 30)
     flags.set("release")
     assert mp.gather(held, timeout=60) == ["release", "release"]
     assert not flags.is_set("ran")
@@ -345,6 +340,59 @@ def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, cli
 
 def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:
     return [key for key in list(cluster.scheduler.tasks) if key not in known]
+
+
+def held_anywhere(cluster: LocalCluster, client: Client, key: Any) -> bool:
+    """Whether the scheduler or a worker still holds task ``key``."""
+    on_workers = client.run(lambda dask_worker: key in dask_worker.state.tasks)
+    return key in cluster.scheduler.tasks or any(on_workers.values())
+
+
+def executing(client: Client) -> list[Any]:
+    """The keys whose calls the workers' threads run now."""
+    return [key for stacks in client.call_stack().values() for key in stacks]
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_cancelling_pending_tasks_leaves_the_running_ones_running(
+    cluster: LocalCluster, client: Client, flags: Flags
+) -> None:
+    # It cancelled the Dask futures of the running tasks too: their handles ended cancelled while
+    # their calls ran on, where the thread and process backends cancel only tasks not started.
+    remote = mp.parallel(backend="dask")
+    running = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
+    assert wait_until(lambda: len(executing(client)) == 2, 30)
+    known = set(cluster.scheduler.tasks)
+    queued = remote(set_flag)(flags, "ran")
+    assert wait_until(lambda: any(cluster.scheduler.tasks[k].who_wants for k in new_keys(cluster, known)), 30)
+    (key,) = new_keys(cluster, known)
+    assert mp.shutdown(timeout_secs=0, cancel_pending=True) is False
+    with pytest.raises(mp.TaskCancelledError):
+        queued.get(timeout=60)
+    assert [handle.status for handle in running] == ["running", "running"]
+    assert wait_until(lambda: not held_anywhere(cluster, client, key), 30)
+    flags.set("release")
+    assert mp.gather(running, timeout=60) == ["release", "release"]
+    assert not flags.is_set("ran")
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_cancels_no_task_where_dask_cannot_say_which_run(
+    client: Client, flags: Flags, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelling them all, the running ones with the rest, would break the documented meaning.
+    async def no_answer(client: Client, keys: list[Any]) -> set[Any]:
+        raise OSError("the scheduler did not answer")
+
+    monkeypatch.setattr(_dask, "_unfinished_keys", no_answer)
+    remote = mp.parallel(backend="dask")
+    running = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
+    assert wait_until(lambda: len(executing(client)) == 2, 30)
+    queued = remote(square)(3)
+    assert mp.shutdown(timeout_secs=0, cancel_pending=True) is False
+    assert [handle.status for handle in (*running, queued)] == ["running"] * 3
+    flags.set("release")
+    assert mp.gather([*running, queued], timeout=60) == ["release", "release", 9]
 
 
 def test_tasks_sent_beyond_the_cluster_threads_count_as_queued(cluster: LocalCluster, flags: Flags) -> None:

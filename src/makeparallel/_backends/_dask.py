@@ -19,6 +19,10 @@ What differs from other executors that run elsewhere:
   scheduler before the task does, and a worker freed before the cancel reaches
   it may start the call; either way the handle is cancelled at once and the
   result dropped.
+* ``shutdown(cancel_pending=True)`` cancels the tasks no worker has started,
+  as the scheduler and the workers tell it then (:meth:`DaskBackend.close`):
+  a Dask future's cancel stops a running call's handle too, where a standard
+  executor's stops only a call not started.
 * A client closed while tasks run fails them with ``ShutdownError``.
 * A result that Dask cannot fetch from its worker (one it cannot serialize, a
   lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
@@ -63,7 +67,14 @@ from ._adapter import ExecutorBackend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["ClientExecutor", "DaskBackend", "SentResult", "run_on_worker"]
+__all__ = ["STARTED_QUERY_TIMEOUT", "ClientExecutor", "DaskBackend", "SentResult", "TaskFuture", "run_on_worker"]
+
+#: Seconds ``close(cancel_pending=True)`` waits for Dask to say which tasks its workers have started.
+STARTED_QUERY_TIMEOUT = 5.0
+
+# The scheduler's states of a task no worker has run to its end (None: the scheduler has yet to
+# receive it). "processing" is a task given to a worker, which may run it or hold it in its queue.
+_UNFINISHED_STATES = frozenset({None, "released", "waiting", "no-worker", "queued", "processing"})
 
 
 class DaskBackend(ExecutorBackend):
@@ -125,6 +136,30 @@ class DaskBackend(ExecutorBackend):
             self._client, self._executor, self._workers = client, executor, max(1, workers)
             self._refused = None  # the old client's
 
+    def close(self, cancel_pending: bool) -> None:
+        """Refuse new tasks from now on; with ``cancel_pending``, cancel those no worker has started.
+
+        The adapter cancels every future sent elsewhere, as a standard
+        executor's cancel stops only a call not started. A Dask future's
+        cancel stops any: ``shutdown(cancel_pending=True)`` ended the running
+        tasks' handles cancelled too, their calls running on. So the
+        scheduler and the workers are asked first which calls run
+        (:func:`_not_started`), and only the others are cancelled. Dask can
+        tell that only as of its answer: a call that a worker starts, or
+        ends, as the shutdown asks can be cancelled all the same (its handle
+        ends cancelled, the call runs on). Where Dask cannot answer within
+        ``STARTED_QUERY_TIMEOUT`` seconds, or the client is closing, none is
+        cancelled: the shutdown waits for them as it would without
+        ``cancel_pending``.
+        """
+        super().close(cancel_pending=False)
+        if not cancel_pending:
+            return
+        with self._lock:
+            futures = [future for future in self._futures.values() if isinstance(future, TaskFuture)]
+        for future in _not_started(futures):
+            self._cancel_future(future)
+
     def is_closed_error(self, error: Exception) -> bool:
         return isinstance(error, ClosedClientError) or super().is_closed_error(error)
 
@@ -179,11 +214,66 @@ class ClientExecutor(concurrent.futures.Executor):
         # Keyed as Dask keys a call of fn with pure=False, though run_on_worker runs it.
         key = f"{funcname(fn)}-{uuid.uuid4()}"
         dask_future = self._client.submit(run_on_worker, fn, *args, key=key, pure=False, **kwargs)
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future = TaskFuture(dask_future)
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
         loop = self._client.loop  # a client has its loop from its start
         loop.add_callback(_settle, self._client, dask_future, future)  # type: ignore[union-attr]
         return future
+
+
+class TaskFuture(concurrent.futures.Future[Any]):
+    """The future :meth:`ClientExecutor.submit` returns: it keeps the Dask future of its call."""
+
+    def __init__(self, dask_future: distributed.Future[Any]) -> None:
+        super().__init__()
+        self.dask_future = dask_future
+
+
+def _not_started(futures: list[TaskFuture]) -> list[TaskFuture]:
+    """The unfinished ``futures`` whose calls no worker has started, as far as Dask can tell now.
+
+    One question per client (:func:`_unfinished_keys`), bounded by
+    ``STARTED_QUERY_TIMEOUT``. A client that cannot answer (closing, gone
+    quiet, or asked from its own event loop) leaves its futures out.
+    """
+    by_client: dict[distributed.Client, list[TaskFuture]] = {}
+    for future in futures:
+        if not future.done() and future.dask_future.status in ("pending", "lost"):  # "lost": computed again
+            by_client.setdefault(future.dask_future.client, []).append(future)
+    not_started: list[TaskFuture] = []
+    for client, waiting in by_client.items():
+        unfinished = _ask_unfinished(client, [future.dask_future.key for future in waiting])
+        not_started.extend(future for future in waiting if future.dask_future.key in unfinished)
+    return not_started
+
+
+def _ask_unfinished(client: distributed.Client, keys: list[Any]) -> set[Any]:
+    """:func:`_unfinished_keys`, asked from this thread; none where ``client`` cannot answer."""
+    if client.status != "running":
+        return set()  # closing: its tasks end with ShutdownError (DaskBackend.cancelled_by_executor)
+    try:
+        unfinished: set[Any] = client.sync(  # type: ignore[no-untyped-call]
+            _unfinished_keys, client, keys, asynchronous=False, callback_timeout=STARTED_QUERY_TIMEOUT
+        )
+    except Exception:  # noqa: BLE001  # no answer in time, or asked on its own loop: Dask cannot tell which run
+        return set()
+    return unfinished
+
+
+async def _unfinished_keys(client: distributed.Client, keys: list[Any]) -> set[Any]:
+    """Of ``keys``, those whose calls no worker thread runs now and that have not ended, on the client's loop.
+
+    The workers' call stacks say which calls run at this instant (a task
+    "processing" on the scheduler may wait in its worker's queue); the
+    scheduler's states, asked after them, which ended: a call that ran to its
+    end meanwhile is no longer unfinished.
+    """
+    scheduler: Any = client.scheduler  # a running client's
+    # Every worker's: asked for keys, the scheduler looks each up, and fails on one it has yet to receive.
+    stacks = await scheduler.call_stack(keys=None)
+    states = await scheduler.get_task_status(keys=keys)
+    running = {key for per_worker in stacks.values() for key in per_worker}
+    return {key for key in keys if key not in running and states.get(key) in _UNFINISHED_STATES}
 
 
 def _cancel_when_cancelled(dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
