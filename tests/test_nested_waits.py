@@ -667,3 +667,54 @@ def test_a_cancel_ends_a_process_task_s_wait_for_a_slot_of_its_group(tmp_path: P
         assert not flags.is_set("second_ran")
     finally:
         flags.set("release")
+
+
+# -- a task waiting for itself ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, WAIT], ids=["without_timeout", "with_timeout"])
+@pytest.mark.parametrize("way", HANDLE_WAYS)
+def test_a_task_waiting_for_its_own_end_raises_at_once(way: str, timeout: float | None) -> None:
+    # Its end could only come once its wait returned: it waited for good, or
+    # for its whole timeout (20 s here, more than the test's own allows twice).
+    own: list[mp.AsyncHandle[Any]] = []
+    handle_known = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def waits_for_itself() -> str:
+        assert handle_known.wait(20)
+        try:
+            HANDLE_WAYS[way](own, timeout)
+        except RuntimeError as error:
+            return str(error)
+        return "returned"
+
+    handle = waits_for_itself()
+    own.append(handle)
+    handle_known.set()
+    message = handle.get(timeout=30)
+    assert f"task {handle.get_task_id()} (" in message and "waits for its own end" in message, message
+
+
+@pytest.mark.timeout(60)
+def test_a_task_of_a_group_collecting_the_group_s_results_raises_at_once(gate: threading.Event) -> None:
+    # ctx.results() waits for every task of the group, the caller among them:
+    # it waited for good, and before that for the tasks submitted before it.
+    listed = threading.Event()  # the group lists a task's handle once the submission returns
+    with mp.ParallelContext(backend="thread") as ctx:
+        ctx.submit(gate.wait, 30)  # still running when the next task collects
+
+        def collects() -> str:
+            assert listed.wait(20)
+            try:
+                ctx.results()
+            except RuntimeError as error:
+                return str(error)
+            return "returned"
+
+        collector = ctx.submit(collects)
+        listed.set()
+        message = collector.get(timeout=30)
+        gate.set()
+    assert "waits for its own end" in message and "ctx.results()" in message, message

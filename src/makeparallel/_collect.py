@@ -137,8 +137,9 @@ class Completions:
         # To run inline, oldest first: only for a consumer that is itself a task.
         # Held weakly: a queued task is held by its pool, and an ended one must
         # not be kept alive here once the consumer took and dropped it.
+        self._task = current_task()  # the task that collects, if any: it may not collect itself
         self._candidates: deque[weakref.ref[AsyncHandle[Any]]] | None = (
-            deque() if timeout is None and current_task() is not None else None
+            deque() if timeout is None and self._task is not None else None
         )
 
     @classmethod
@@ -153,9 +154,13 @@ class Completions:
 
         Raises:
             RuntimeError: ``handle`` is an unfinished async task and this
-                thread's event loop runs (the wait would block it), as ``get()``.
+                thread's event loop runs (the wait would block it), as ``get()``;
+                or it is the unfinished task that collects (it would wait for
+                its own end).
         """
         handle._refuse_to_block_a_loop()
+        if handle is self._task and handle._state < SUCCEEDED:
+            handle._refuse_to_wait_for_itself()
         self.outstanding += 1
         self._total += 1
         candidates = self._candidates

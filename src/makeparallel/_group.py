@@ -25,6 +25,7 @@ from ._decorators import (
 from ._handle import AsyncHandle, cancel_and_stop
 from ._runtime import BackendOption, check_backend
 from ._states import CANCELLED, SUCCEEDED
+from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from .errors import TaskCancelledError, TaskTimeoutError
 
@@ -213,7 +214,14 @@ class ParallelContext:
         """Wait for every task so far and return their results in submission order.
 
         Raises the group's first failure, as leaving the block would.
+
+        Raises:
+            RuntimeError: called from one of the group's own unfinished tasks,
+                which would wait for its own end.
         """
+        task = current_task()
+        if task is not None and task._state < SUCCEEDED and any(handle is task for handle in self.handles):
+            task._refuse_to_wait_for_itself()  # at once, not after waiting for the tasks before it
         self._wait_all()
         if self.errors:
             raise self.errors[0]

@@ -1131,6 +1131,15 @@ class AsyncHandle(Generic[T_co]):
                 "mp.as_completed) instead"
             )
 
+    def _refuse_to_wait_for_itself(self) -> None:
+        """A task waits for its own end, which its wait would hold off for good: raise ``RuntimeError`` instead."""
+        raise RuntimeError(
+            f"task {self._id} ({self.name}) waits for its own end, which would never come: it "
+            "waited for its own handle, or gathered, waited for or collected the results of "
+            "tasks that include itself (a ParallelContext's ctx.results() from one of its own "
+            "tasks, say). Wait for it from outside the task"
+        )
+
     def _block(self, timeout: float | None) -> bool:
         backend = self._backend
         with backend._lock:
@@ -1156,6 +1165,9 @@ class AsyncHandle(Generic[T_co]):
         task = getattr(_local, "task", None)
         if task is None:
             return self._sleep_lending(waiter, timeout)
+        if task is self:
+            self._forget_waiter(waiter)
+            self._refuse_to_wait_for_itself()
         blocked[waiter] = (task, self._stop_waiting, waiter)
         try:
             task._raise_if_stopped()
