@@ -366,6 +366,39 @@ def test_an_error_the_task_raised_stays_its_own_beside_one_of_pickling_its_resul
     assert not isinstance(caught.value, mp.TaskSerializationError)
 
 
+def rebuilt_in(message: str, parent: int, stop: str) -> Exception:
+    if os.getpid() == parent:
+        raise getattr(builtins, stop)(9)
+    return StopsAsItIsUnpickledInTheParent(message, parent, stop)
+
+
+class StopsAsItIsUnpickledInTheParent(Exception):
+    """An error that pickles and unpickles in the worker; unpickled in the parent, it raises the ``args[2]`` named there."""
+
+    def __reduce__(self) -> Any:
+        return (rebuilt_in, self.args)
+
+
+def raise_stopping_in(parent: int, stop: str) -> None:
+    raise StopsAsItIsUnpickledInTheParent("raised in the worker", parent, stop)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool_name", ["process_pool", "loky"])
+@pytest.mark.parametrize("stop", ["SystemExit", "KeyboardInterrupt"])
+def test_an_error_whose_unpickling_raises_system_exit_here_fails_its_task_and_the_pool_serves_on(
+    remote_pools: dict[str, cf.Executor], pool_name: str, stop: str
+) -> None:
+    # Unpickled in the executor's done-callback, which caught Exception only: a SystemExit left the
+    # handle pending for good, and ended the thread of ProcessPoolExecutor that ends its futures.
+    pool = remote_pools[pool_name]
+    handle = mp.parallel(backend=pool)(raise_stopping_in)(os.getpid(), stop)
+    with pytest.raises(mp.TaskError, match=rf"raised StopsAsItIsUnpickledInTheParent: .*could not be unpickled here: {stop}"):
+        handle.get(timeout=60)
+    assert handle.status == "failed"
+    assert mp.parallel(backend=pool)(square)(4).get(timeout=60) == 16  # the pool serves on
+
+
 def fail_with_a_lock_on_13(x: int) -> int:
     if x == 13:
         raise HoldsALock(f"item {x}")

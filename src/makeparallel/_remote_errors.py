@@ -162,6 +162,11 @@ class CarriedError(Exception):
         short past its length limit) gives a ``TaskError`` with that text,
         not an error of its own: this runs where the executor's future ends,
         and an error raised there left the task's handle pending for good.
+        So does one whose unpickling raises anything, ``SystemExit`` and
+        ``KeyboardInterrupt`` included (a ``__reduce__`` that calls
+        ``sys.exit()`` here): escaping the done-callback, which catches
+        ``Exception`` only, it ended the thread of ``ProcessPoolExecutor``
+        that ends its futures, and every task of that pool stayed pending.
         """
         from ._serialization import loads
         from .errors import TaskError
@@ -175,7 +180,7 @@ class CarriedError(Exception):
         error: BaseException
         try:
             error = loads(data, [])
-        except Exception as unpicklable:
+        except BaseException as unpicklable:  # noqa: BLE001  # unpickling runs the error's code: a SystemExit is not ours
             error = TaskError(f"the task raised {description}, which could not be unpickled here: {described(unpicklable)}")
         attach_remote_traceback(error, traceback_text)
         return error
