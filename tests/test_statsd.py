@@ -796,6 +796,10 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"host": ""}, ValueError, "host must name"),
         ({"host": "statsd..example"}, ValueError, "host must be a host name or an address"),  # an empty label
         ({"host": "x" * 64 + ".example"}, ValueError, "host must be a host name or an address"),  # a label over 63
+        ({"host": "127.0.0.1:8125"}, ValueError, "give the port as port="),
+        ({"host": "statsd.example:8125"}, ValueError, "give the port as port="),
+        ({"host": "[::1]"}, ValueError, "without brackets"),
+        ({"host": " 127.0.0.1"}, ValueError, "no spaces"),
         ({"prefix": None}, TypeError, "prefix must be a str"),
     ],
 )

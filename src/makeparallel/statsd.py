@@ -60,6 +60,15 @@ _STATUSES = (
 )
 
 
+def _ipv6_address(host: str) -> bool:
+    """Whether ``host`` is an IPv6 address (with a ``%zone``, as getaddrinfo takes it)."""
+    try:
+        socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", name).strip("_") or "unnamed"
 
@@ -78,7 +87,8 @@ class StatsdExporter:
         TypeError: ``host`` is not a ``str``, ``port`` not an ``int`` or
             ``prefix`` not a ``str``.
         ValueError: ``host`` is empty or cannot be a host name (an empty
-            label, one over 63 characters), ``port`` outside 1 to 65535, or
+            label, one over 63 characters, a port or brackets or spaces in
+            it), ``port`` outside 1 to 65535, or
             ``interval`` not a finite number above 0.
 
     Resolution:
@@ -110,6 +120,12 @@ class StatsdExporter:
             host.encode("idna")  # as getaddrinfo encodes it: what fails here fails every lookup
         except UnicodeError as error:
             raise ValueError(f"host must be a host name or an address, got {host!r} ({error})") from None
+        if host != host.strip() or (":" in host and not _ipv6_address(host)):
+            # "127.0.0.1:8125", "[::1]", " statsd": no lookup ever finds them; said at the first flush only
+            raise ValueError(
+                f"host must be a host name or an address alone, got {host!r}: give the port as port=, "
+                "an IPv6 address without brackets (\"::1\"), and no spaces"
+            )
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError(f"port must be an int from 1 to 65535, got {port!r}")
         if not 1 <= port <= 65535:  # 0 names no port to send to: every packet is refused (EINVAL), silently
