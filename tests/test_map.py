@@ -25,8 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import makeparallel as mp
-from makeparallel import _map
-from makeparallel._map import _FIRST_WAVE_SECONDS, _MAX_CHUNK, DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _run_chunk, _start
+from makeparallel import _chunk_task, _map
+from makeparallel._chunk_task import run_chunk
+from makeparallel._map import _FIRST_WAVE_SECONDS, _MAX_CHUNK, DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _start
 from makeparallel.testing import wait_until_idle
 from pool_helpers import earlier_items_alive, hold_one_worker, wait_until
 
@@ -664,7 +665,7 @@ class FakeClock:
 @pytest.fixture
 def chunk_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     clock = FakeClock()
-    monkeypatch.setattr(_map, "time", types.SimpleNamespace(perf_counter=clock.read, monotonic=time.monotonic))
+    monkeypatch.setattr(_chunk_task, "time", types.SimpleNamespace(perf_counter=clock.read, monotonic=time.monotonic))
     return clock
 
 
@@ -673,8 +674,8 @@ def test_a_chunk_stops_at_its_budget_between_items(chunk_clock: FakeClock) -> No
         chunk_clock.work(0.015)
         return x
 
-    assert _run_chunk(item_of_15_ms, range(100), 0, False, 0.02) == [0, 1]  # 15 ms, then 30 ms: past the budget
-    assert _run_chunk(item_of_15_ms, range(100), 0, False) == list(range(100))  # no budget: every item
+    assert run_chunk(item_of_15_ms, range(100), 0, False, 0.02) == [0, 1]  # 15 ms, then 30 ms: past the budget
+    assert run_chunk(item_of_15_ms, range(100), 0, False) == list(range(100))  # no budget: every item
 
 
 def test_a_chunk_past_its_budget_finishes_when_little_is_left(chunk_clock: FakeClock) -> None:
@@ -683,8 +684,8 @@ def test_a_chunk_past_its_budget_finishes_when_little_is_left(chunk_clock: FakeC
         return x
 
     # Nine items make 21.6 ms: with 91 left the chunk stops; with one left (2.4 ms) it finishes.
-    assert _run_chunk(item_of_2_4_ms, range(100), 0, False, 0.02) == list(range(9))
-    assert _run_chunk(item_of_2_4_ms, range(10), 0, False, 0.02) == list(range(10))
+    assert run_chunk(item_of_2_4_ms, range(100), 0, False, 0.02) == list(range(9))
+    assert run_chunk(item_of_2_4_ms, range(10), 0, False, 0.02) == list(range(10))
 
 
 @pytest.mark.timeout(30)
@@ -755,7 +756,7 @@ def test_cheap_items_do_not_carry_a_chunk_far_past_its_budget(chunk_clock: FakeC
     # whole chunk), and its slow items would all run past the budget in it. The
     # slices under a budget at most double what the chunk ran: 1, 1, 2, 4, then 8
     # (items 8 to 15, the slow ones from 10 on), after which the chunk stops.
-    assert _run_chunk(cheap_then_slow(chunk_clock, 10), range(100), 0, False, 0.02) == list(range(16))
+    assert run_chunk(cheap_then_slow(chunk_clock, 10), range(100), 0, False, 0.02) == list(range(16))
 
 
 def slow_and_failing(clock: FakeClock, failing: frozenset[int]) -> Any:

@@ -584,7 +584,7 @@ def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_o
     """The error for a map of an ``async def`` function that cannot be pickled speaks of the user's function.
 
     A plain function's map says ``argument 0 (function) could not be pickled``; an
-    ``async def`` one says ``argument 0 (_Awaited)``: a private wrapper the user never
+    ``async def`` one said ``argument 0 (_Awaited)``: a private wrapper the user never
     wrote, and no word that it is their function that cannot travel.
     """
     lock = threading.Lock()  # a closure over it cannot be pickled
@@ -602,7 +602,7 @@ def test_an_unpicklable_async_function_mapped_on_processes_is_named_as_a_plain_o
         with pytest.raises(mp.TaskSerializationError) as caught:
             mp.parallel_map(fn, range(2), backend="process")
         messages.append(str(caught.value))
-    assert "_Awaited" not in messages[1], messages[1]
+    assert "Awaited" not in messages[1], messages[1]
     assert messages[1].split("[map]", 1)[1] == messages[0].split("[map]", 1)[1], messages
 
 

@@ -2734,6 +2734,35 @@ def test_a_first_worker_imports_logging_only_when_its_task_does_and_forwards_eve
     assert "logging" not in bare[0]  # else the first line tells nothing of the forwarding
 
 
+MAP_PROBE = f'''
+import sys
+
+def modules_now(x):
+    return sorted(m for m in {(*LATE_MODULES, "makeparallel._map", "makeparallel._collect", "makeparallel.errors")!r}
+                  if m in sys.modules)
+'''
+
+
+def test_a_first_worker_runs_a_map_chunk_without_importing_the_map_typing_or_the_errors(tmp_path: Path) -> None:
+    # The chunk's function was the map module's, which a worker imported before its
+    # first chunk ran, with the collectors, the decorators, typing and the errors'
+    # concurrent.futures and logging: about 10 ms per fresh worker, for every chunk
+    # with max_tasks_per_child=1, where the chunk sizer took it for the items' time.
+    (tmp_path / "map_probe.py").write_text(MAP_PROBE)
+    out = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+        import map_probe
+
+        print(",".join(mp.parallel_map(map_probe.modules_now, [0], backend="process")[0]) or "none")
+        """
+    )
+    bare = run_fresh(f"import sys; print(','.join(sorted(m for m in {LATE_MODULES!r} if m in sys.modules)) or 'none')")
+    assert out == bare, (out, bare)
+
+
 def test_the_environment_is_copied_though_another_thread_removes_a_variable_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -55,8 +55,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
 from ._backends._base import Backend
+from ._chunk_task import Awaited, run_chunk
 from ._collect import Completions, OnError, check_on_error
-from ._coroutines import is_coroutine, run_to_end
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -71,24 +71,17 @@ from ._decorators import (
 from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend
-from ._states import RUNNING, SUCCEEDED
-from ._task_context import current_task
+from ._states import SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
-    SLICE_SECONDS,
-    STOP_ITERATION,
     CallUnpickled,
     after_crash,
     after_unpickled,
     after_unreadable,
     chunk_results,
     describe_item,
-    item_failure,
-    item_raised,
     keep_results_before,
-    past_budget,
-    run_streaming,
     take_results_before,
 )
 from .errors import TaskSerializationError, TaskTimeoutError, WorkerCrashedError
@@ -114,7 +107,6 @@ _ONE_ITEM_SLACK = 25
 # this many seconds, and the items they did not reach are chunked from their measure.
 _FIRST_WAVE_SECONDS = 0.02
 _MAX_CHUNK = 1 << 17
-_CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 #: A map's items: an iterator, or a sequence it slices.
 _Items = Union[Iterator[Any], list[Any], range]
 #: What a map gives the results of, not what a call returns: a ``@parallel`` function or
@@ -133,134 +125,6 @@ _ELEMENT_SAMPLES = 4  # elements sized per container item
 def _is_sliced(items: object) -> TypeGuard[list[Any] | range]:
     """Whether a map slices ``items`` rather than iterating them: an exact ``list`` or ``range``."""
     return type(items) is list or type(items) is range
-
-
-def _run_chunk(
-    fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool, budget: float | None = None
-) -> list[Any]:
-    """Map ``fn`` over one chunk, inside a task.
-
-    Items run in slices through ``list.extend(map(...))``, the fastest loop Python
-    has. When ``fn`` raises, ``extend`` keeps the results it had appended (CPython
-    3.10 to 3.13 alike), so ``len(results)`` is the failing item's position.
-    Between slices the task checks whether it was cancelled or timed out. On a
-    worker process each result is journaled and the slices' results are
-    streamed to the parent instead (:func:`run_streaming`).
-
-    With a ``budget`` (seconds), the chunk stops between slices once it has run
-    that long (:func:`past_budget`), and returns the results of the items it
-    ran: fewer than ``items``. Its slices then start at one item and are sized
-    to about ``SLICE_SECONDS`` each from the time so far, but hold at most as
-    many items as the chunk ran: slow items overrun the budget by about one
-    item, and slow items after cheap ones by about the work done so far, not
-    by a slice sized from the cheap ones.
-    """
-    task = current_task()
-    # A task on a thread is a handle; one on a worker process streams its results.
-    if type(task) is not AsyncHandle and hasattr(task, "_send_partial"):
-        return run_streaming(task, fn, items, start, keep_going, budget)
-    count = len(items)
-    if count == 1:  # a map of one item: no slices
-        if task is not None and task._state != RUNNING:
-            task._raise_if_stopped()
-        try:
-            value = fn(items[0])
-            if is_coroutine(value):  # a plain function that returns a coroutine: it runs, as a call's does
-                value = run_to_end(value, task)
-            return [value]
-        except Exception as raised:
-            error = item_failure(raised, start, items[0])
-            if not keep_going:
-                if error is raised:
-                    raise  # its traceback as it was
-                raise error
-            return [_failure(error, task)]
-        except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
-            raise
-        except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
-            item_raised(error, start, items[0])
-            raise
-    results: list[Any] = []
-    step = max(1, min(_CANCEL_CHECK_EVERY, count // 16)) if budget is None else 1
-    began = time.perf_counter()
-    position = 0
-    while position < count:
-        if task is not None and task._state != RUNNING:
-            task._raise_if_stopped()
-        if budget is not None and position:
-            elapsed = time.perf_counter() - began
-            if past_budget(elapsed, budget, position, count - position):
-                break
-            step = max(1, min(_CANCEL_CHECK_EVERY, position, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
-        try:
-            results.extend(map(fn, items[position : position + step]))
-            if len(results) < min(count, position + step):  # map() ended early: an item raised StopIteration
-                raise RuntimeError(STOP_ITERATION)
-        except Exception as error:
-            if not keep_going and _returned_coroutines(fn, results, position):
-                fn = _awaited_from_here(fn, results, position)  # those before the error run: they are handed out
-                continue
-            item_raised(error, start + len(results), items[len(results)])
-            if not keep_going:
-                keep_results_before(task, results)
-                raise
-            results.append(_failure(error, task))
-        except KeyboardInterrupt:  # Ctrl-C lands anywhere, not in an item only
-            raise
-        except BaseException as error:  # SystemExit, say: it ends the map, whatever on_error says, named too
-            if _returned_coroutines(fn, results, position):
-                fn = _awaited_from_here(fn, results, position)
-                continue
-            if len(results) < min(count, position + step):  # raised by an item of the slice, not after them
-                item_raised(error, start + len(results), items[len(results)])
-                keep_results_before(task, results)  # handed out before it, as for an Exception
-            raise
-        if _returned_coroutines(fn, results, position):
-            fn = _awaited_from_here(fn, results, position)
-            continue
-        position = len(results)
-    return results
-
-
-def _failure(error: BaseException, task: Any) -> _Failure:
-    """An item's error, kept in its place in the chunk's results.
-
-    A chunk with no task runs on another executor's worker (``call_remotely``),
-    which pickles its results as it pickles any: an error pickle cannot send
-    there (an attribute holding a lock) failed the whole chunk, so the whole
-    map, whatever ``on_error`` said. It travels in a ``CarriedError`` instead.
-    """
-    if task is None:
-        from ._backends._adapter import carried_if_unpicklable  # on this failure path only
-
-        carried = carried_if_unpicklable(error)
-        if carried is not None:
-            return _Failure(carried)
-    return _Failure(error)
-
-
-def _returned_coroutines(fn: Callable[[Any], Any], results: list[Any], position: int) -> bool:
-    """Whether plain ``fn`` gave a coroutine for the first item of the slice from ``position``.
-
-    Looked at before an item's error too: the results before it are handed
-    out with the error, and were coroutines whose body never ran.
-    """
-    return len(results) > position and is_coroutine(results[position]) and type(fn) is not _Awaited
-
-
-def _awaited_from_here(fn: Callable[[Any], Any], results: list[Any], position: int) -> _Awaited:
-    """``fn``, a plain function found to return coroutines (a lambda around an ``async def``, say), made to run them.
-
-    Its results from ``position`` on are dropped, their coroutines closed
-    unstarted: the slice runs again, each item's coroutine to its end, as a
-    ``@parallel`` call of ``fn`` runs it. Only its call, which made the
-    coroutine, runs twice. One result a slice is looked at, not each.
-    """
-    for value in results[position:]:
-        if is_coroutine(value):
-            value.close()
-    del results[position:]
-    return _Awaited(fn)
 
 
 def _estimated_size(item: Any) -> float:
@@ -379,18 +243,18 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend |
     if code is not None:  # a plain function, the usual case: its code's flags tell all (no __wrapped__)
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
-        return (_Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
+        return (Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
         plain, name, backend = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, backend
     if isinstance(fn, ParallelFunction):  # a generator function was refused at decoration already
         plain = fn._fn
         awaited = _returns_coroutines(plain) or _wraps_async(plain)
-        return (_Awaited(plain) if awaited else plain), fn._spec.name, fn._spec.backend
+        return (Awaited(plain) if awaited else plain), fn._spec.name, fn._spec.backend
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     _refuse_generator_function(fn)
-    return (_Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
+    return (Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
 
 
 def _wraps_async(fn: Any) -> bool:
@@ -403,26 +267,6 @@ def _wraps_async(fn: Any) -> bool:
             return True
         wrapped = getattr(wrapped, "__wrapped__", None)
     return False
-
-
-class _Awaited:
-    """An ``async def`` function mapped: each item's coroutine runs to its end where the chunk runs.
-
-    As a ``@parallel`` call of it would (on the worker's own event loop, cancelled
-    with its task); calling it only would give a coroutine whose body never ran.
-    """
-
-    __slots__ = ("__wrapped__",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.__wrapped__ = fn  # errors name the function, not this (``_process._kind``)
-
-    def __call__(self, *args: Any) -> Any:
-        value = self.__wrapped__(*args)
-        return run_to_end(value, current_task()) if is_coroutine(value) else value
-
-    def __reduce__(self) -> tuple[type[_Awaited], tuple[Callable[..., Any]]]:
-        return _Awaited, (self.__wrapped__,)
 
 
 def _refuse_generator_function(fn: Any) -> None:
@@ -652,12 +496,12 @@ def _chunk_runner(name: str, backend: BackendOption | Backend | None) -> Paralle
     """
     if backend is None or isinstance(backend, str):
         return _named_chunk_runner(name, backend)
-    return ParallelFunction(_run_chunk, {"name": f"{name} [map]", "backend": backend})
+    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend})
 
 
 @functools.lru_cache(maxsize=256)  # bounded: lambdas and closures can make many names
 def _named_chunk_runner(name: str, backend: str | None) -> ParallelFunction[..., list[Any]]:
-    return ParallelFunction(_run_chunk, {"name": f"{name} [map]", "backend": backend})
+    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend})
 
 
 def _start(

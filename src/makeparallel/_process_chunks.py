@@ -29,13 +29,19 @@ import reprlib
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ._coroutines import is_coroutine
-from ._handle import _add_note
 from ._remote_errors import described, unpickling_failure
 from ._states import RUNNING
-from .errors import TaskError, TaskSerializationError, WorkerCrashedError
+
+# A worker imports this before its first map chunk (``_chunk_task``): what only errors need
+# (the errors' module, with concurrent.futures and logging; the handle's, with typing) is
+# imported where an error is made or read; typing.TYPE_CHECKING without importing typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .errors import TaskSerializationError, WorkerCrashedError
 
 __all__ = [
     "SLICE_SECONDS",
@@ -107,7 +113,7 @@ def take_results_before(task: Any) -> list[Any]:
 
 # What an item's StopIteration becomes: map() takes it for its own end, and raised out of a map
 # it would end the caller's loop or generator early, as a generator's would (PEP 479). Caused by
-# it, except in a thread's slice of several items, where map() swallowed it (_map._run_chunk).
+# it, except in a thread's slice of several items, where map() swallowed it (_chunk_task.run_chunk).
 STOP_ITERATION = "the map's function raised StopIteration, which would have ended the map early"
 
 
@@ -126,6 +132,8 @@ def item_failure(raised: Exception, index: int, item: Any) -> Exception:
 
 def item_raised(error: BaseException, index: int, item: Any) -> None:
     """Ready ``error``, raised by item ``index`` of a map, to be raised or kept: a note names the item, and it is the item's own."""
+    from ._handle import _add_note
+
     _add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
     disown_worker_death(error)
 
@@ -144,6 +152,8 @@ def disown_worker_death(error: BaseException) -> None:
     unreadable results or its own call unpickled in vain, and fail a range of
     items or calls, instead of the call's own error, as itself.
     """
+    from .errors import TaskSerializationError, WorkerCrashedError
+
     unpickling_failure(error)  # a task of the call's own that its worker could not unpickle, not the chunk
     if isinstance(error, WorkerCrashedError):
         vars(error).pop("_how", None)
@@ -216,14 +226,16 @@ def run_streaming(
         except ResultTooLarge as too_large:
             after.append(too_large.value)
         except ResultUnpicklable as unpicklable:
-            from ._map import _Awaited, _awaited_from_here
+            from ._chunk_task import Awaited, awaited_from_here
 
             value, unpicklable.value = unpicklable.value, None  # not in the context of the error raised below
-            if is_coroutine(value) and type(fn) is not _Awaited:  # a plain function that returns coroutines
-                fn = _awaited_from_here(fn, [value], 0)
+            if is_coroutine(value) and type(fn) is not Awaited:  # a plain function that returns coroutines
+                fn = awaited_from_here(fn, [value], 0)
                 position = unsent + journal.done
                 journal.ran_up_to(position)  # that item runs again: its coroutine never started
                 continue
+            from .errors import TaskSerializationError
+
             failed = unsent + journal.done
             where = describe_item(start + failed, items[failed])
             error = TaskSerializationError(
@@ -284,6 +296,8 @@ def _send(task: Any, after: list[Any], first: int, items: Sequence[Any], offset:
         return
     except Exception:
         pass
+    from .errors import TaskError, TaskSerializationError
+
     checked = []
     for index, result in enumerate(journal.results() + after):
         problem = task._pickle_error(result)
@@ -356,6 +370,8 @@ def _with_culprit(
     With ``with_template``, the worker died because its template did: the
     item was running, and fails, but the message does not blame it.
     """
+    from .errors import WorkerCrashedError
+
     position = len(done)
     item = describe_item(start + position, items[position])
     if with_template:
@@ -376,6 +392,8 @@ def _lost(
     error: WorkerCrashedError, how: str, with_template: bool, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
     """The failures of a chunk's items, none of which can be blamed alone for its worker's death; how many they are."""
+    from .errors import WorkerCrashedError
+
     if len(items) == 1:
         return _with_culprit([], how, with_template, items, start, keep_going)
     aftermath = TEMPLATE_DIED if with_template else "a new worker takes its place, and the other items were not affected"
@@ -449,6 +467,8 @@ def after_unreadable(
             the chunk's items.
         TaskSerializationError: ``error`` as it came, if it is not such a failure.
     """
+    from .errors import TaskSerializationError
+
     unreadable = getattr(error, "_unreadable", None)
     if unreadable is None:
         raise error
