@@ -1874,6 +1874,19 @@ def test_workers_forked_once_the_template_is_idle_have_cloudpickle_already(two_w
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
+def test_a_worker_forked_after_one_was_replaced_has_cloudpickle_already() -> None:
+    # The template imports it once idle, and one that replaces a worker per task
+    # never was: each worker imported it on its first function sent by value (about
+    # 17 ms), which the map's chunk sizer took for its items' time.
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    try:
+        on_process(cloudpickle_at_start)().get(timeout=30)  # the first worker, recycled after it
+        assert on_process(cloudpickle_at_start)().get(timeout=30)
+    finally:
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
 def test_a_forked_worker_collects_garbage_as_a_fresh_interpreter_does(two_workers: None) -> None:
     # The template runs with its collector off; a worker turns it on, and sees
     # (gc.get_objects, get_referrers) every object, the template's too.

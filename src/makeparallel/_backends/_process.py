@@ -873,7 +873,11 @@ class ProcessBackend(QueueingBackend):
                 return None
             if template.outdated(environ):
                 return None
-        if self._warm:  # prestarted: its workers are ready for any task
+        # Prestarted, its workers are ready for any task. Once a worker was replaced, the first
+        # results are out: every later worker has what some tasks need from the fork, where the
+        # template's own preload waits for it to be idle, which one replacing a worker per task
+        # (max_tasks_per_child=1) never was, and each new worker imported cloudpickle again.
+        if self._warm or self._restarts:
             template.preload()
         return template.fork(child_end, journal_fd)
 
