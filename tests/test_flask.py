@@ -117,7 +117,7 @@ def test_a_shutdown_timeout_too_large_for_a_float_waits_without_limit() -> None:
     try:
         assert extension.shutdown() is True  # the fixture accepts tasks again after it
     finally:
-        atexit.unregister(extension.shutdown)
+        atexit.unregister(extension._at_exit)
 
 
 _EXIT_SCRIPT = """
@@ -157,6 +157,57 @@ def test_the_pools_shut_down_at_interpreter_exit_not_per_request() -> None:
         return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
 
     assert wait_until(gone, 10), "a worker process outlived the app"
+
+
+# A stuck task, and an app whose exit would wait for it for good.
+STUCK_AT_EXIT = """
+import threading
+import makeparallel as mp
+from flask import Flask
+from makeparallel.flask import MakeParallel
+
+def create_app(timeout):
+    app = Flask(__name__)
+    app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"] = timeout
+    MakeParallel(app)
+    return app
+
+first = create_app(None)
+never = threading.Event()
+
+@mp.parallel
+def stuck():
+    never.wait()
+
+handle = stuck()
+print("submitted", flush=True)
+"""
+
+# What shuts the library down before the first app's hook runs.
+SHUT_DOWN_FIRST = {
+    "an app set up last": "last = create_app(0.2)  # its exit hook runs first, and gives up after 0.2 s\n",
+    "the program": "mp.shutdown(timeout_secs=0.2)\n",
+}
+
+
+def run_script(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (60 s at most: one that waits for good fails the test)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [sys.executable, "-c", textwrap.dedent(code)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("first", SHUT_DOWN_FIRST)
+def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) -> None:
+    # Each extension's exit hook shut down in turn: with an app factory, the
+    # exit waited each app's timeout for a stuck task, one after the other
+    # (an hour for a test suite that makes a hundred apps), and after the
+    # program's own shutdown() it waited again; here, for good.
+    done = run_script(STUCK_AT_EXIT + SHUT_DOWN_FIRST[first])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "submitted\n"
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr
 
 
 def test_a_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ and a blueprint with ``GET /health/live``, ``/health/ready`` and ``/metrics``
 The pools are shut down once, at interpreter exit (``mp.shutdown`` with the
 configured timeout), never per request or per app context: a
 ``teardown_appcontext`` hook would stop the pools after the first request.
+With several apps (an app factory), the one set up last decides the shutdown.
 
 Needs the optional extra: ``pip install "makeparallel[flask]"`` (Flask and
 prometheus-client).
@@ -36,6 +37,7 @@ from typing import Any
 
 import makeparallel as mp
 
+from ._runtime import is_shut_down
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -125,13 +127,28 @@ class MakeParallel:
             # starting it now puts this one after it, and atexit runs the last
             # registered first: this shutdown, with its settings, comes first.
             mp.get_thread_pool_info()
-            atexit.register(self.shutdown)
+            atexit.register(self._at_exit)
             self._exit_hook = True
+
+    def _at_exit(self) -> None:
+        """The shutdown at interpreter exit, once for every app.
+
+        Each extension registers this hook (an app factory makes one per app):
+        the first to run, the extension set up last, shuts down, and the others
+        find the library shut down, as a program's own ``mp.shutdown()`` leaves
+        it, after which exit does not wait again. Each used to wait its own
+        timeout for a stuck task, one after the other.
+        """
+        if is_shut_down():
+            return
+        self.shutdown()
 
     def shutdown(self) -> bool:
         """Shut the library down as configured; return whether every task ended in time.
 
-        Called at interpreter exit; call it yourself to stop earlier.
+        Called at interpreter exit, unless the library is shut down by then
+        (by you, or by the extension of an app set up after this one, whose
+        exit hook runs first); call it yourself to stop earlier.
         """
         return mp.shutdown(timeout_secs=self._shutdown_timeout, cancel_pending=self._cancel_pending)
 
