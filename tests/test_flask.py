@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -208,6 +209,50 @@ def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) 
     assert done.returncode == 0, done.stderr
     assert done.stdout == "submitted\n"
     assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr
+
+
+# A task that sends the user's Ctrl-C once the main thread waits at exit for it.
+INTERRUPT_THE_EXIT_WAIT = """
+import os, signal, sys
+
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+
+@mp.parallel
+def interrupt_the_exit_wait():
+    while not exit_waits():
+        never.wait(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+    never.wait()
+
+interrupting = interrupt_the_exit_wait()
+"""
+
+# How a Ctrl-C comes: the rest of the script, the exit status, and how exit says it abandoned the tasks.
+CTRL_C_AT_EXIT = {
+    "ending the program": ("raise KeyboardInterrupt  # uncaught\n", -signal.SIGINT, "after Ctrl-C"),
+    "as the exit waits": (INTERRUPT_THE_EXIT_WAIT, 0, "after makeparallel.shutdown()"),
+}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="exits by SIGINT (POSIX)")
+@pytest.mark.parametrize("ctrl_c", CTRL_C_AT_EXIT)
+def test_a_ctrl_c_ends_the_exit_at_once_without_a_traceback_of_its_own(ctrl_c: str) -> None:
+    # The extension's exit hook waited its timeout (here, for good) even when an
+    # uncaught Ctrl-C ended the program, where the library's own hook does not
+    # wait; and a Ctrl-C during its wait printed "Exception ignored in atexit
+    # callback" with a KeyboardInterrupt traceback, which the library's own hook
+    # never prints.
+    rest, returncode, abandoned = CTRL_C_AT_EXIT[ctrl_c]
+    done = run_script(STUCK_AT_EXIT + rest)
+    assert done.returncode == returncode, done.stderr
+    assert done.stdout == "submitted\n"
+    assert f"still unfinished at interpreter exit were abandoned {abandoned}" in done.stderr
+    if returncode == 0:  # an uncaught KeyboardInterrupt prints its own
+        assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
 def test_a_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

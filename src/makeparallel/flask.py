@@ -25,6 +25,8 @@ The pools are shut down once, at interpreter exit (``mp.shutdown`` with the
 configured timeout), never per request or per app context: a
 ``teardown_appcontext`` hook would stop the pools after the first request.
 With several apps (an app factory), the one set up last decides the shutdown.
+A Ctrl-C that ends the program (uncaught), or that comes while the exit
+waits, ends it without waiting, as it ends the library's own wait at exit.
 
 Needs the optional extra: ``pip install "makeparallel[flask]"`` (Flask and
 prometheus-client).
@@ -33,6 +35,7 @@ prometheus-client).
 from __future__ import annotations
 
 import atexit
+import sys
 from typing import Any
 
 import makeparallel as mp
@@ -131,17 +134,27 @@ class MakeParallel:
             self._exit_hook = True
 
     def _at_exit(self) -> None:
-        """The shutdown at interpreter exit, once for every app.
+        """The shutdown at interpreter exit, once for every app, and none after Ctrl-C.
 
         Each extension registers this hook (an app factory makes one per app):
         the first to run, the extension set up last, shuts down, and the others
         find the library shut down, as a program's own ``mp.shutdown()`` leaves
         it, after which exit does not wait again. Each used to wait its own
         timeout for a stuck task, one after the other.
+
+        A Ctrl-C means the user will not wait, as the library's own exit hook
+        (which runs after this one) reads it: when an uncaught one ends the
+        program (Python keeps it in ``sys.last_value`` for the exit hooks),
+        this hook leaves it to that one, which cancels what has not started and
+        waits for nothing. A Ctrl-C during this wait ends it, without the
+        traceback Python prints for an error of an exit hook.
         """
-        if is_shut_down():
+        if is_shut_down() or isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
             return
-        self.shutdown()
+        try:
+            self.shutdown()
+        except KeyboardInterrupt:
+            pass  # the library's exit hook then abandons what is left, with its warning
 
     def shutdown(self) -> bool:
         """Shut the library down as configured; return whether every task ended in time.
