@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -440,3 +443,67 @@ def test_the_middleware_cancelled_by_the_server_returns_once_the_app_it_wraps_ha
 
     at_return, ended = asyncio.run(main())
     assert at_return == ["cleaned up"] and ended == ["cleaned up"]
+
+
+# A lifespan whose shutdown would wait for good for a stuck task, run as a
+# script does under asyncio.run, and cut short ({stop}) once that wait began.
+LIFESPAN_CUT_SHORT = """
+import asyncio, os, signal, sys, threading
+import makeparallel as mp
+from fastapi import FastAPI
+from makeparallel.fastapi import lifespan
+
+never = threading.Event()
+
+def shutdown_waits():
+    return any(
+        frame.f_code.co_name == "_wait_idle"
+        for top in sys._current_frames().values()
+        for frame in iter_frames(top)
+    )
+
+def iter_frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+@mp.parallel
+def stuck():
+    never.wait()
+
+async def serve():
+    async with lifespan(shutdown_timeout=None)(FastAPI()):
+        stuck()
+
+async def main():
+    server = asyncio.ensure_future(serve())
+    while not shutdown_waits():
+        await asyncio.sleep(0.001)
+    print("waiting", flush=True)
+    {stop}
+
+asyncio.run(main())
+"""
+
+# How the lifespan's shutdown is cut short: the script's step, and its exit status.
+LIFESPAN_CUTS = {
+    "Ctrl-C": ("os.kill(os.getpid(), signal.SIGINT); await server", -2),
+    "a cancel": ("server.cancel(); await asyncio.wait([server])", 0),
+}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="exits by SIGINT (POSIX)")
+@pytest.mark.parametrize("cut", LIFESPAN_CUTS)
+def test_a_lifespan_cut_short_in_its_shutdown_lets_the_program_exit(cut: str) -> None:
+    # The shutdown ran in the loop's default executor: the lifespan was cancelled
+    # at once, but asyncio.run joined that executor's thread, and interpreter exit
+    # joined it again after a second Ctrl-C, for the whole shutdown_timeout (here,
+    # for good). The exit then abandons the stuck task, as after any shutdown().
+    stop, returncode = LIFESPAN_CUTS[cut]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [sys.executable, "-c", LIFESPAN_CUT_SHORT.format(stop=stop)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == returncode, done.stderr
+    assert done.stdout == "waiting\n"
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr

@@ -17,7 +17,8 @@
 :func:`lifespan` configures the pools at start-up (and, with ``prestart``, starts
 the process workers and waits until they are ready, before the first request) and at shutdown calls
 ``mp.shutdown(timeout_secs=shutdown_timeout, cancel_pending=...)``, off the event
-loop, so that no worker process outlives the server. It is a plain lifespan
+loop, so that no worker process outlives the server (a Ctrl-C that cancels the
+lifespan meanwhile stops the waiting: exit then abandons what is left). It is a plain lifespan
 function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
 pools up), or enter ours in yours (``async with mp_lifespan(app): ...``).
 
@@ -39,8 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -158,10 +159,50 @@ def lifespan(
                 async with app_lifespan(app) as state:
                     yield state
         finally:
-            stop = functools.partial(mp.shutdown, timeout_secs=shutdown_timeout, cancel_pending=cancel_pending)
-            await asyncio.get_running_loop().run_in_executor(None, stop)
+            await _shut_down_off_the_loop(shutdown_timeout, cancel_pending)
 
     return run
+
+
+async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -> None:
+    """``mp.shutdown(timeout, cancel_pending)`` on a daemon thread of its own, awaited without blocking the loop.
+
+    Its bounded wait must not stall the loop, which still finishes requests.
+    Not in the loop's default executor: ``asyncio.run`` joins that executor's
+    threads as it ends, and interpreter exit joins them again, so a lifespan
+    cancelled in its shutdown (Ctrl-C under ``asyncio.run``, a server giving
+    up on it) still waited out the whole timeout. Cancelled, this returns at
+    once; the shutdown goes on in its thread, and exit waits for nothing more,
+    as after any ``shutdown()``.
+
+    Raises:
+        asyncio.CancelledError: the lifespan was cancelled meanwhile.
+        Exception: what ``mp.shutdown`` raised, in its thread.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # the lifespan gave up waiting
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def stop() -> None:
+        error: BaseException | None = None
+        try:
+            mp.shutdown(timeout_secs=timeout, cancel_pending=cancel_pending)
+        except BaseException as caught:  # noqa: BLE001  # given back to the lifespan, on its loop
+            error = caught
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop closed: nobody waits for it any more
+            pass
+
+    threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
+    await done
 
 
 async def _workers_ready() -> None:
