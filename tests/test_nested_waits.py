@@ -697,6 +697,108 @@ def test_a_task_waiting_for_its_own_end_raises_at_once(way: str, timeout: float 
     assert f"task {handle.get_task_id()} (" in message and "waits for its own end" in message, message
 
 
+def _first_completed(me: mp.AsyncHandle[Any], other: mp.AsyncHandle[int], timeout: float | None) -> int:
+    done, _ = mp.wait([me, other], timeout=timeout, return_when=mp.FIRST_COMPLETED)
+    assert done == {other}
+    return other.get()
+
+
+def _first_exception(me: mp.AsyncHandle[Any], other: mp.AsyncHandle[int], timeout: float | None) -> int:
+    done, _ = mp.wait([me, other], timeout=timeout, return_when=mp.FIRST_EXCEPTION)
+    assert done == {other}
+    return other.get()
+
+
+def _first_of_as_completed(me: mp.AsyncHandle[Any], other: mp.AsyncHandle[int], timeout: float | None) -> int:
+    for handle in mp.as_completed([me, other], timeout=timeout):
+        return handle.get()
+    raise AssertionError("as_completed yielded nothing")
+
+
+def _as_completed_to_the_end(me: mp.AsyncHandle[Any], other: mp.AsyncHandle[int], timeout: float | None) -> int:
+    # The other task's end comes first; the wait for the collector's own comes after.
+    ended = mp.as_completed([me, other], timeout=timeout)
+    result = next(ended).get()
+    try:
+        next(ended)
+    except RuntimeError as error:
+        assert "waits for its own end" in str(error), error
+        return result
+    raise AssertionError("as_completed waited for the collector's own end and returned")
+
+
+FIRST_OF_WAYS: dict[str, Callable[[mp.AsyncHandle[Any], mp.AsyncHandle[int], float | None], int]] = {
+    "mp.wait_first_completed": _first_completed,
+    "mp.wait_first_exception": _first_exception,
+    "as_completed_first": _first_of_as_completed,
+    "as_completed_to_the_end": _as_completed_to_the_end,
+}
+
+
+def double_or_fail(x: int, fail: bool) -> int:
+    if fail:
+        raise ValueError(x)
+    return 2 * x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, WAIT], ids=["without_timeout", "with_timeout"])
+@pytest.mark.parametrize("way", FIRST_OF_WAYS)
+def test_a_task_waiting_for_the_first_of_others_and_itself_gets_the_other(way: str, timeout: float | None) -> None:
+    # Another task's end can end these waits: they are no wait for the task's own end.
+    own: list[mp.AsyncHandle[Any]] = []
+    handle_known = threading.Event()
+    fails = way == "mp.wait_first_exception"
+
+    @mp.parallel(backend="thread")
+    def waits_for_another_or_itself() -> int:
+        assert handle_known.wait(20)
+        other = mp.parallel(double_or_fail, backend="thread")(21, fails)
+        try:
+            return FIRST_OF_WAYS[way](own[0], other, timeout)
+        except ValueError:
+            assert fails
+            return 42
+
+    handle = waits_for_another_or_itself()
+    own.append(handle)
+    handle_known.set()
+    assert handle.get(timeout=30) == 42
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["gather", "mp.wait"])
+def test_a_task_waiting_for_all_of_others_and_itself_raises_before_the_others_end(
+    way: str, gate: threading.Event
+) -> None:
+    # These waits need the task's own end whatever the others do: refused at once,
+    # not once the others ended (the gate opens only after the task's answer).
+    own: list[mp.AsyncHandle[Any]] = []
+    handle_known = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def waits_for_all_and_itself() -> str:
+        assert handle_known.wait(20)
+        other = mp.parallel(gate.wait, backend="thread")(30)
+        try:
+            if way == "gather":
+                mp.gather([other, own[0]])
+            else:
+                mp.wait([other, own[0]])
+        except RuntimeError as error:
+            return str(error)
+        return "returned"
+
+    handle = waits_for_all_and_itself()
+    own.append(handle)
+    handle_known.set()
+    try:
+        message = handle.get(timeout=30)
+    finally:
+        gate.set()
+    assert "waits for its own end" in message, message
+
+
 @pytest.mark.timeout(60)
 def test_a_task_of_a_group_collecting_the_group_s_results_raises_at_once(gate: threading.Event) -> None:
     # ctx.results() waits for every task of the group, the caller among them:

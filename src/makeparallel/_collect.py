@@ -137,7 +137,8 @@ class Completions:
         # To run inline, oldest first: only for a consumer that is itself a task.
         # Held weakly: a queued task is held by its pool, and an ended one must
         # not be kept alive here once the consumer took and dropped it.
-        self._task = current_task()  # the task that collects, if any: it may not collect itself
+        self._task = current_task()  # the task that collects, if any: it may not wait for itself
+        self._itself = 0  # how often that task's own unfinished handle is followed
         self._candidates: deque[weakref.ref[AsyncHandle[Any]]] | None = (
             deque() if timeout is None and self._task is not None else None
         )
@@ -154,13 +155,11 @@ class Completions:
 
         Raises:
             RuntimeError: ``handle`` is an unfinished async task and this
-                thread's event loop runs (the wait would block it), as ``get()``;
-                or it is the unfinished task that collects (it would wait for
-                its own end).
+                thread's event loop runs (the wait would block it), as ``get()``.
         """
         handle._refuse_to_block_a_loop()
         if handle is self._task and handle._state < SUCCEEDED:
-            handle._refuse_to_wait_for_itself()
+            self._itself += 1  # other tasks' ends may still end the wait (FIRST_COMPLETED): refused in next()
         self.outstanding += 1
         self._total += 1
         candidates = self._candidates
@@ -169,6 +168,17 @@ class Completions:
                 self._candidates = candidates = deque(r for r in candidates if _pending(r))
             candidates.append(weakref.ref(handle))
         handle.add_done_callback(self._put)
+
+    def refuse_to_wait_for_all_and_itself(self) -> None:
+        """For a wait that needs every handle's end: raise ``RuntimeError`` at once where the collecting task is one.
+
+        Raises:
+            RuntimeError: the task that collects follows its own unfinished
+                handle: the wait would end only with that task's end.
+        """
+        if self._itself:
+            assert self._task is not None
+            self._task._refuse_to_wait_for_itself()
 
     def stop_following(self, handles: Iterable[AsyncHandle[Any]]) -> None:
         """Remove this collector's done-callback from the tasks that have not ended."""
@@ -184,11 +194,18 @@ class Completions:
             TaskTimeoutError: ``timeout`` passed (then ``timed_out`` is set), or
                 the task this runs in timed out.
             TaskCancelledError: the task this runs in was cancelled.
+            RuntimeError: the only handles left are the collecting task's own:
+                nothing but its end, which this wait holds off, could end the wait.
         """
         ended = self._ended
         if self._candidates is not None:
             while ended.empty() and self._run_one_queued():
                 pass
+        if self._itself and self.outstanding == self._itself and ended.empty():
+            task = self._task
+            assert task is not None
+            if task._state < SUCCEEDED:  # (else its end is on its way into the queue)
+                task._refuse_to_wait_for_itself()
         try:
             if not ended.empty():
                 handle = ended.get()
@@ -273,7 +290,8 @@ def gather(
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
             unfinished. They go on.
         RuntimeError: an unfinished task runs a coroutine and this thread's
-            event loop is running: the wait would block that loop (await instead).
+            event loop is running: the wait would block that loop (await instead);
+            or the task that gathers is among them (it would wait for its own end).
         Exception: with ``on_error="raise"``, the first task error, as itself.
     """
     items = None
@@ -285,6 +303,7 @@ def gather(
         bar = open_progress(progress, len(items), "gather")
         completions = Completions.of(items, timeout)
         try:
+            completions.refuse_to_wait_for_all_and_itself()
             while completions.outstanding:
                 handle = completions.next()
                 if bar is not None:
@@ -321,7 +340,9 @@ def as_completed(
         TypeError: ``handles`` is not an iterable of handles.
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
         RuntimeError: an unfinished task runs a coroutine and this thread's
-            event loop is running: the wait would block that loop (await instead).
+            event loop is running: the wait would block that loop (await instead);
+            or the next handle could only be that of the task that iterates
+            (it would wait for its own end).
     """
     pending = dict.fromkeys(_as_handles(handles, "as_completed"))
     return Completed(pending, check_wait_timeout(timeout))
@@ -398,7 +419,9 @@ def wait(
         TypeError: ``handles`` is not an iterable of handles.
         ValueError: ``timeout`` or ``return_when`` is not valid.
         RuntimeError: an unfinished task runs a coroutine and this thread's
-            event loop is running: the wait would block that loop (await instead).
+            event loop is running: the wait would block that loop (await instead);
+            or the task that waits is among them and nothing but its own end
+            could end the wait (``ALL_COMPLETED``, or only its own handle left).
 
     Ctrl-C while it waits cancels the tasks not yet ended and is raised again.
     """
@@ -412,6 +435,8 @@ def wait(
     try:
         completions = Completions.of(items, timeout)
         try:
+            if return_when == ALL_COMPLETED:
+                completions.refuse_to_wait_for_all_and_itself()
             while completions.outstanding:
                 handle = completions.next()
                 if return_when == FIRST_COMPLETED:
