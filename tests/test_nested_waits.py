@@ -800,6 +800,31 @@ def test_a_task_waiting_for_all_of_others_and_itself_raises_before_the_others_en
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["await", "asyncio.gather"])
+def test_an_async_task_awaiting_its_own_handle_raises_at_once(way: str) -> None:
+    # Its coroutine runs on its worker's own loop: the await could only end with it.
+    own: list[mp.AsyncHandle[Any]] = []
+    handle_known = threading.Event()
+
+    async def awaits_itself() -> str:
+        assert handle_known.wait(20)
+        try:
+            if way == "await":
+                await own[0]
+            else:
+                await asyncio.gather(own[0])
+        except RuntimeError as error:
+            return str(error)
+        return "returned"
+
+    handle = mp.parallel(awaits_itself, backend="thread")()
+    own.append(handle)
+    handle_known.set()
+    message = handle.get(timeout=30)
+    assert f"task {handle.get_task_id()} (" in message and "waits for its own end" in message, message
+
+
+@pytest.mark.timeout(60)
 def test_a_task_of_a_group_collecting_the_group_s_results_raises_at_once(gate: threading.Event) -> None:
     # ctx.results() waits for every task of the group, the caller among them:
     # it waited for good, and before that for the tasks submitted before it.

@@ -542,6 +542,8 @@ class AsyncHandle(Generic[T_co]):
 
     def __await__(self) -> Generator[Any, None, T_co]:
         if not self.is_ready():
+            if getattr(_local, "task", None) is self:  # its coroutine, on its worker's own loop
+                self._refuse_to_wait_for_itself()
             from ._await import wait_for_end  # asyncio only once somebody waits
 
             yield from wait_for_end(self)
