@@ -328,6 +328,8 @@ class ProcessBackend(QueueingBackend):
         self._max_worker_memory: int | None = None  # bytes of RSS
         self._memory_warned = False  # a fresh worker was over max_worker_memory: said once
         self._warm = False  # prestart: keep the pool full even with nothing queued
+        # A worker left or is leaving: its replacement is forked after the pool's first results (_fork).
+        self._replacing = False
         self._failed_starts = 0  # workers that failed to start, in a row: an initializer raised, one died, the system refused
         # Counted deaths of starting workers so far: a worker that started before the last one counted
         # died with it (one signal to the process group), and its death is not another start in the row.
@@ -537,6 +539,7 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             self._closed = False
             self._terminating = False
+            self._replacing = False  # its first workers start as a new pool's: none replaces one
 
     def begin_terminate(self) -> None:
         """Have the loop thread stop every worker, without waiting; a task still running fails with ``ShutdownError``.
@@ -873,11 +876,13 @@ class ProcessBackend(QueueingBackend):
                 return None
             if template.outdated(environ):
                 return None
-        # Prestarted, its workers are ready for any task. Once a worker was replaced, the first
+        # Prestarted, its workers are ready for any task. Once a worker is replaced, the first
         # results are out: every later worker has what some tasks need from the fork, where the
         # template's own preload waits for it to be idle, which one replacing a worker per task
         # (max_tasks_per_child=1) never was, and each new worker imported cloudpickle again.
-        if self._warm or self._restarts:
+        # Known as the worker leaves, not once it is reaped (a restart counted): the replacement
+        # of a worker that retires after its task is forked before that.
+        if self._warm or self._replacing:
             template.preload()
         return template.fork(child_end, journal_fd)
 
@@ -1322,6 +1327,7 @@ class ProcessBackend(QueueingBackend):
                 self._requeue_held_locked(worker)
             return
         worker.leaving = True
+        self._replacing = True
         if reason:
             worker.stop_reason = reason
         else:
@@ -1662,6 +1668,7 @@ class ProcessBackend(QueueingBackend):
                 return  # already handled
             self._workers.remove(worker)
             self._dying += 1
+            self._replacing = True
             if worker.delivery is not None:
                 worker.delivery.stop()  # once what it printed and logged is delivered
             outstanding = list(worker.outstanding)
