@@ -99,6 +99,11 @@ def cloudpickle_at_start() -> bool:
     return "cloudpickle" in sys.modules
 
 
+def asyncio_at_start() -> bool:
+    """Whether this worker had asyncio when its task began (only async functions need it)."""
+    return "asyncio" in sys.modules
+
+
 def noop_initializer() -> None:
     return None
 
@@ -1883,6 +1888,19 @@ def test_a_worker_forked_after_one_was_replaced_has_cloudpickle_already() -> Non
     try:
         on_process(cloudpickle_at_start)().get(timeout=30)  # the first worker, recycled after it
         assert on_process(cloudpickle_at_start)().get(timeout=30)
+    finally:
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
+def test_a_worker_forked_after_one_was_replaced_has_asyncio_already() -> None:
+    # An async function's task runs its coroutine on the worker's own loop: each new
+    # worker imported asyncio (about 40 ms on a busy machine), and an imap of an
+    # async function with max_tasks_per_child=1 kept its chunks at one item (5 s for 300).
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    try:
+        on_process(asyncio_at_start)().get(timeout=30)  # the first worker, recycled after it
+        assert on_process(asyncio_at_start)().get(timeout=30)
     finally:
         mp.configure_process_pool(max_tasks_per_child=None)
 

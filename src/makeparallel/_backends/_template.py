@@ -519,9 +519,12 @@ def _preload() -> None:
     cloudpickle (about 17 ms to import) unpickles every function sent by value,
     ``__main__``'s included: without it here, each new worker paid that on its
     first such task, and a pool with ``max_tasks_per_child=1`` paid it on every
-    task. ``logging`` (a task that logs), ``traceback`` (one that raises) and
-    the library's errors (with ``concurrent.futures``), which the first
-    workers import only when a task needs them, likewise. Done once the
+    task. ``logging`` (a task that logs), ``traceback`` (one that raises),
+    the library's errors (with ``concurrent.futures``) and ``asyncio`` (an
+    async function's coroutine runs on the worker's own loop: about 40 ms on
+    a busy machine, which kept an ``imap`` of one with
+    ``max_tasks_per_child=1`` at one item a chunk), which the first workers
+    import only when a task needs them, likewise. Done once the
     template has been idle a moment, after the pool's first workers were
     forked, so that it never delays the first result; or before the first
     fork of a prestarted pool, when the pool asks (``Template.preload``).
@@ -531,7 +534,7 @@ def _preload() -> None:
     fails as a fresh interpreter would: the template died of it, and every
     worker with it, in the middle of its task.
     """
-    for name in ("logging", "traceback", "makeparallel.errors", "cloudpickle"):
+    for name in ("logging", "traceback", "makeparallel.errors", "cloudpickle", "asyncio"):
         try:
             __import__(name)
         except BaseException:  # noqa: BLE001  # SystemExit too: nothing a module does at import ends the template
