@@ -800,6 +800,8 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"host": "statsd.example:8125"}, ValueError, "give the port as port="),
         ({"host": "[::1]"}, ValueError, "without brackets"),
         ({"host": " 127.0.0.1"}, ValueError, "no spaces"),
+        ({"host": "statsd .example"}, ValueError, "no spaces"),  # inside: no lookup finds it either
+        ({"host": "stats\td.example"}, ValueError, "no spaces"),
         ({"prefix": None}, TypeError, "prefix must be a str"),
     ],
 )

@@ -120,7 +120,7 @@ class StatsdExporter:
             host.encode("idna")  # as getaddrinfo encodes it: what fails here fails every lookup
         except UnicodeError as error:
             raise ValueError(f"host must be a host name or an address, got {host!r} ({error})") from None
-        if host != host.strip() or (":" in host and not _ipv6_address(host)):
+        if any(c.isspace() for c in host) or (":" in host and not _ipv6_address(host)):
             # "127.0.0.1:8125", "[::1]", " statsd": no lookup ever finds them; said at the first flush only
             raise ValueError(
                 f"host must be a host name or an address alone, got {host!r}: give the port as port=, "
