@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -507,3 +508,72 @@ def test_a_lifespan_cut_short_in_its_shutdown_lets_the_program_exit(cut: str) ->
     assert done.returncode == returncode, done.stderr
     assert done.stdout == "waiting\n"
     assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr
+
+
+# A real uvicorn server whose lifespan's shutdown would wait for good for a
+# stuck task, and a user who presses Ctrl-C twice: once to stop the server,
+# once more as the lifespan waits.
+CTRL_C_TWICE_UNDER_UVICORN = """
+import asyncio, contextlib, os, signal, sys, threading
+import uvicorn
+import makeparallel as mp
+from fastapi import FastAPI
+from makeparallel.fastapi import lifespan
+
+never, running = threading.Event(), threading.Event()
+
+@mp.parallel
+def stuck():
+    running.set()
+    never.wait()
+
+@contextlib.asynccontextmanager
+async def start_a_stuck_task(app):
+    stuck()
+    while not running.is_set():  # started: cancel_pending cannot cancel it
+        await asyncio.sleep(0.01)
+    yield
+
+def shutdown_waits():
+    return any(
+        frame.f_code.co_name == "_wait_idle"
+        for top in sys._current_frames().values()
+        for frame in iter_frames(top)
+    )
+
+def iter_frames(frame):
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+def press_ctrl_c_twice():
+    while not server.started:
+        never.wait(0.01)
+    os.kill(os.getpid(), signal.SIGINT)  # the server shuts down, and its lifespan waits
+    while not shutdown_waits():
+        never.wait(0.001)
+    print("waiting", flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+app = FastAPI(lifespan=lifespan(shutdown_timeout=None, app_lifespan=start_a_stuck_task))
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
+threading.Thread(target=press_ctrl_c_twice, daemon=True).start()
+server.run()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl-C by SIGINT (POSIX)")
+def test_a_second_ctrl_c_under_uvicorn_ends_the_lifespans_wait() -> None:
+    # uvicorn takes SIGINT for itself: a Ctrl-C as the lifespan waited reached
+    # neither the lifespan nor the loop, and the server waited out the whole
+    # shutdown_timeout (here, for good), however often the user pressed it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [sys.executable, "-c", CTRL_C_TWICE_UNDER_UVICORN]
+    try:
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server still waited 60 s after the second Ctrl-C")
+    assert done.stdout == "waiting\n", done.stderr
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in done.stderr
+    assert done.returncode == -signal.SIGINT, done.stderr  # uvicorn passes the Ctrl-C on once it has stopped

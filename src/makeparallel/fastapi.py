@@ -17,8 +17,9 @@
 :func:`lifespan` configures the pools at start-up (and, with ``prestart``, starts
 the process workers and waits until they are ready, before the first request) and at shutdown calls
 ``mp.shutdown(timeout_secs=shutdown_timeout, cancel_pending=...)``, off the event
-loop, so that no worker process outlives the server (a Ctrl-C that cancels the
-lifespan meanwhile stops the waiting: exit then abandons what is left). It is a plain lifespan
+loop, so that no worker process outlives the server (a Ctrl-C meanwhile, such as
+uvicorn's second one, or a cancel of the lifespan stops the waiting: exit then
+abandons what is left). It is a plain lifespan
 function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
 pools up), or enter ours in yours (``async with mp_lifespan(app): ...``).
 
@@ -41,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -105,7 +107,8 @@ def lifespan(
             initializer that fails makes start-up fail with its error. The
             thread pool needs no prestart: its threads start in microseconds.
         shutdown_timeout: seconds shutdown waits for unfinished tasks before the
-            workers are stopped anyway (``None``: as long as it takes).
+            workers are stopped anyway (``None``: as long as it takes); a
+            Ctrl-C during the wait ends it.
         cancel_pending: cancel the tasks that have not started at shutdown.
         app_lifespan: your own lifespan function, run inside this one (the pools
             are up when it starts and still up when it ends); what it yields is
@@ -175,6 +178,13 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
     once; the shutdown goes on in its thread, and exit waits for nothing more,
     as after any ``shutdown()``.
 
+    Cancellation:
+        A server takes Ctrl-C for itself (uvicorn's second one "forces quit",
+        but not a lifespan already shutting down): none reached this wait, and
+        the server waited out the whole timeout, for good with ``None``. So a
+        Ctrl-C meanwhile, on a loop in the main thread, also ends the wait (this
+        returns), and then goes to the handler that was there.
+
     Raises:
         asyncio.CancelledError: the lifespan was cancelled meanwhile.
         Exception: what ``mp.shutdown`` raised, in its thread.
@@ -201,8 +211,37 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
         except RuntimeError:  # the loop closed: nobody waits for it any more
             pass
 
-    threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
-    await done
+    with _also_on_ctrl_c(lambda: loop.call_soon_threadsafe(settle, None)):  # before the wait can begin
+        threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
+        await done
+
+
+@contextlib.contextmanager
+def _also_on_ctrl_c(callback: Callable[[], object]) -> Iterator[None]:
+    """Have a Ctrl-C (``SIGINT``) call ``callback`` first, then the Python handler already there.
+
+    Only in the main thread, where handlers are set, and only over a Python
+    handler: an ignored or default ``SIGINT`` is left as it is. The handler
+    that was there is put back at the end, unless another replaced ours.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> Any:
+        callback()
+        return previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_ctrl_c:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def _workers_ready() -> None:
