@@ -188,6 +188,12 @@ print("submitted", flush=True)
 SHUT_DOWN_FIRST = {
     "an app set up last": "last = create_app(0.2)  # its exit hook runs first, and gives up after 0.2 s\n",
     "the program": "mp.shutdown(timeout_secs=0.2)\n",
+    "an app set up last by an earlier extension": (
+        "create_app(None)  # another extension, set up after the first one\n"
+        "last = Flask('last')\n"
+        "last.config['MAKEPARALLEL_SHUTDOWN_TIMEOUT'] = 0.2\n"
+        "first.extensions['makeparallel'].init_app(last)  # the first extension sets up the last app\n"
+    ),
 }
 
 

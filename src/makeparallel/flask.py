@@ -86,7 +86,6 @@ class MakeParallel:
         self._registry = registry
         self._shutdown_timeout: float | None = CONFIG_DEFAULTS["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
         self._cancel_pending: bool = CONFIG_DEFAULTS["MAKEPARALLEL_CANCEL_PENDING"]
-        self._exit_hook = False
         if app is not None:
             self.init_app(app)
 
@@ -125,13 +124,15 @@ class MakeParallel:
         app.extensions["makeparallel"] = self
         if config["MAKEPARALLEL_ROUTES"]:
             app.register_blueprint(self.blueprint(), url_prefix=config["MAKEPARALLEL_URL_PREFIX"] or None)
-        if not self._exit_hook:
-            # The pools' own exit hook is registered when the first pool starts;
-            # starting it now puts this one after it, and atexit runs the last
-            # registered first: this shutdown, with its settings, comes first.
-            mp.get_thread_pool_info()
-            atexit.register(self._at_exit)
-            self._exit_hook = True
+        # The pools' own exit hook is registered when the first pool starts;
+        # starting it now puts this one after it, and atexit runs the last
+        # registered first: this shutdown, with its settings, comes first.
+        # Registered again at each init_app (atexit.unregister drops the
+        # earlier one), so that the app set up last decides, also when its
+        # extension set up an app before another extension did.
+        mp.get_thread_pool_info()
+        atexit.unregister(self._at_exit)
+        atexit.register(self._at_exit)
 
     def _at_exit(self) -> None:
         """The shutdown at interpreter exit, once for every app, and none after Ctrl-C.
