@@ -69,7 +69,11 @@ class Limiter:
     __slots__ = ("__weakref__", "_closed", "_condition", "_deferred", "_exempt_tasks", "_in_flight", "limit")
 
     def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
-        """``exempt_tasks``: admit submissions from inside tasks without waiting; else only from tasks holding a slot of this limit (:func:`holding_a_slot`)."""
+        """``exempt_tasks``: admit submissions from inside tasks without waiting.
+
+        Else only those from tasks holding a slot of this limit, or made by
+        one (:func:`holding_a_slot`).
+        """
         self.limit = limit
         self._exempt_tasks = exempt_tasks  # read-only outside set_limit(); a plain slot for the hot path
         self._in_flight = 0

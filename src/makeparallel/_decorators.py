@@ -461,11 +461,15 @@ class ParallelFunction(Generic[P, T]):
     # a static method. `self` is matched as a Callable: mypy checks a ParallelFunction[...]
     # self-type's parameters only after their types are erased, and would bind them all.
     @overload
-    def __get__(self: Callable[Concatenate[C, Q], AsyncHandle[T]], instance: None, owner: C) -> _BoundParallelFunction[Q, T]: ...
+    def __get__(
+        self: Callable[Concatenate[C, Q], AsyncHandle[T]], instance: None, owner: C
+    ) -> _BoundParallelFunction[Q, T]: ...
     @overload
     def __get__(self, instance: None, owner: type | None = None) -> ParallelFunction[P, T]: ...
     @overload
-    def __get__(self: Callable[Concatenate[S, Q], AsyncHandle[T]], instance: S, owner: type | None = None) -> _BoundParallelFunction[Q, T]: ...
+    def __get__(
+        self: Callable[Concatenate[S, Q], AsyncHandle[T]], instance: S, owner: type | None = None
+    ) -> _BoundParallelFunction[Q, T]: ...
     @overload
     def __get__(  # type: ignore[misc]  # (mypy: no P starts with type[S]; a class method's does)
         self: Callable[Concatenate[type[S], Q], AsyncHandle[T]], instance: S, owner: type | None = None

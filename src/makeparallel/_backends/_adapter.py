@@ -603,7 +603,10 @@ def runs_in_this_process(executor: Any) -> bool:
 
 
 def sends_result_errors(executor: Any) -> bool:
-    """Whether ``executor``'s workers send the error of pickling a call's result as the future's: ``ProcessPoolExecutor``'s and loky's."""
+    """Whether ``executor``'s workers send the error of pickling a call's result as the future's.
+
+    ``ProcessPoolExecutor``'s and loky's do.
+    """
     process = sys.modules.get("concurrent.futures.process")
     if process is not None and isinstance(executor, process.ProcessPoolExecutor):
         return True
