@@ -23,7 +23,9 @@ ratios (lower is better for makeparallel).
    function of ``__main__``, the usual case in a script or a notebook, which
    makeparallel sends by value (cloudpickle, in the parent and in the worker)
    and ``Pool``'s workers have from the fork (``spawn`` and ``forkserver``
-   cannot import the ``__main__`` of ``python -c``).
+   cannot import the ``__main__`` of ``python -c``). Last, a first map of 100
+   items (``mp.parallel_map(abs, ...)`` against ``Pool.map`` with ``fork``),
+   whose first chunks' workers load what running a chunk needs.
 
 Bytecode is cached, as an installed package has it: this script unsets
 ``PYTHONDONTWRITEBYTECODE`` (which makes every interpreter compile the package
@@ -105,6 +107,18 @@ def _cold_against_pool(setup: str, call: str, argument: str, expected: str) -> d
 COLD_MODULE = _cold_against_pool("import posixpath\n", "posixpath.basename", "'a/b'", "'b'")
 # The same, the task a function of __main__ (only a forked Pool can run it from ``python -c``).
 COLD_MAIN = _cold_against_pool("def negate(x):\n    return -x\n", "negate", "-1", "1")
+# A first map of 100 items: the first chunks' workers load what running a chunk needs.
+COLD_MAP = {
+    "makeparallel (process)": (
+        "import makeparallel as mp\n" + _COLD_PREFIX + "print(time.perf_counter() - start"
+        " if mp.parallel_map(abs, range(-100, 0), backend='process')[0] == 100 else 'wrong')\n"
+    ),
+    "Pool (fork)": (
+        "import multiprocessing\n" + _COLD_PREFIX + "pool = multiprocessing.get_context('fork').Pool(2)\n"
+        "print(time.perf_counter() - start if pool.map(abs, range(-100, 0))[0] == 100 else 'wrong')\n"
+        "pool.terminate()\n"
+    ),
+}
 
 
 def child_env() -> dict[str, str]:
@@ -140,7 +154,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    programs = [*IMPORTS.values(), *FIRST_TASK.values(), *COLD.values(), *COLD_MODULE.values(), *COLD_MAIN.values()]
+    programs = [
+        *IMPORTS.values(), *FIRST_TASK.values(), *COLD.values(), *COLD_MODULE.values(), *COLD_MAIN.values(),
+        *COLD_MAP.values(),
+    ]
     for code in programs:  # cache bytecode
         wall(code)
 
@@ -150,6 +167,7 @@ def main() -> None:
     firsts: dict[str, list[float]] = {name: [] for name in COLD}
     firsts_module: dict[str, list[float]] = {name: [] for name in COLD_MODULE}
     firsts_main: dict[str, list[float]] = {name: [] for name in COLD_MAIN}
+    firsts_map: dict[str, list[float]] = {name: [] for name in COLD_MAP}
     for _ in range(args.rounds):
         walls["python -c pass"].append(wall("pass"))
         for name, code in IMPORTS.items():
@@ -163,6 +181,8 @@ def main() -> None:
             firsts_module[name].append(cold(code))
         for name, code in COLD_MAIN.items():
             firsts_main[name].append(cold(code))
+        for name, code in COLD_MAP.items():
+            firsts_map[name].append(cold(code))
 
     base = statistics.median(walls["python -c pass"])
     imports = {name: statistics.median(walls[name]) - base for name in IMPORTS}
@@ -185,6 +205,8 @@ def main() -> None:
     report_cold(firsts_module)
     print(f"\nthe same, the task a function of __main__, median of {args.rounds}")
     report_cold(firsts_main)
+    print(f"\nthe same, a first map of 100 items (parallel_map, Pool.map), median of {args.rounds}")
+    report_cold(firsts_map)
 
 
 def report_cold(firsts: dict[str, list[float]]) -> None:
