@@ -486,10 +486,18 @@ async def main():
 asyncio.run(main())
 """
 
-# How the lifespan's shutdown is cut short: the script's step, and its exit status.
+# How the lifespan's shutdown is cut short: the script's step, its exit status, and how exit says it abandoned the task.
 LIFESPAN_CUTS = {
-    "Ctrl-C": ("os.kill(os.getpid(), signal.SIGINT); await server", -2),
-    "a cancel": ("server.cancel(); await asyncio.wait([server])", 0),
+    "Ctrl-C": (
+        "os.kill(os.getpid(), signal.SIGINT); await server",
+        -2,
+        "after Ctrl-C ended the makeparallel.fastapi lifespan's shutdown;",
+    ),
+    "a cancel": (
+        "server.cancel(); await asyncio.wait([server])",
+        0,
+        "while the makeparallel.fastapi lifespan's shutdown still waited for them;",
+    ),
 }
 
 
@@ -500,26 +508,26 @@ def test_a_lifespan_cut_short_in_its_shutdown_lets_the_program_exit(cut: str) ->
     # at once, but asyncio.run joined that executor's thread, and interpreter exit
     # joined it again after a second Ctrl-C, for the whole shutdown_timeout (here,
     # for good). The exit then abandons the stuck task, as after any shutdown().
-    stop, returncode = LIFESPAN_CUTS[cut]
+    stop, returncode, abandoned = LIFESPAN_CUTS[cut]
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     command = [sys.executable, "-c", LIFESPAN_CUT_SHORT.format(stop=stop)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == returncode, done.stderr
     assert done.stdout == "waiting\n"
-    assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr
+    assert f"1 task(s) still unfinished at interpreter exit were abandoned {abandoned}" in done.stderr, done.stderr
 
 
-# A real uvicorn server whose lifespan's shutdown would wait for good for a
-# stuck task, and a user who presses Ctrl-C twice: once to stop the server,
-# once more as the lifespan waits.
-CTRL_C_TWICE_UNDER_UVICORN = """
+# A real uvicorn server whose lifespan's shutdown waits ({timeout}) for a stuck
+# task, and how the server stops ({stop}): a thread started with it stops it.
+UVICORN_WITH_A_STUCK_TASK = """
 import asyncio, contextlib, os, signal, sys, threading
 import uvicorn
 import makeparallel as mp
 from fastapi import FastAPI
 from makeparallel.fastapi import lifespan
 
+mp.configure(exit_timeout=60)  # exit must not wait again after the lifespan's shutdown
 never, running = threading.Event(), threading.Event()
 
 @mp.parallel
@@ -555,25 +563,70 @@ def press_ctrl_c_twice():
     print("waiting", flush=True)
     os.kill(os.getpid(), signal.SIGINT)
 
-app = FastAPI(lifespan=lifespan(shutdown_timeout=None, app_lifespan=start_a_stuck_task))
+def stop_the_server():
+    while not server.started:
+        never.wait(0.01)
+    print("stopping", flush=True)
+    server.should_exit = True  # as on SIGTERM: the lifespan's shutdown then waits out its timeout
+
+app = FastAPI(lifespan=lifespan(shutdown_timeout={timeout}, app_lifespan=start_a_stuck_task))
 server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
-threading.Thread(target=press_ctrl_c_twice, daemon=True).start()
+threading.Thread(target={stop}, daemon=True).start()
 server.run()
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl-C by SIGINT (POSIX)")
-def test_a_second_ctrl_c_under_uvicorn_ends_the_lifespans_wait() -> None:
-    # uvicorn takes SIGINT for itself: a Ctrl-C as the lifespan waited reached
-    # neither the lifespan nor the loop, and the server waited out the whole
-    # shutdown_timeout (here, for good), however often the user pressed it.
+def run_uvicorn_with_a_stuck_task(timeout: float | None, stop: str) -> subprocess.CompletedProcess[str]:
+    """Run :data:`UVICORN_WITH_A_STUCK_TASK` in a fresh interpreter (60 s at most: one that waits for good fails)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-c", CTRL_C_TWICE_UNDER_UVICORN]
+    command = [sys.executable, "-c", UVICORN_WITH_A_STUCK_TASK.format(timeout=timeout, stop=stop)]
     try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
     except subprocess.TimeoutExpired:
-        pytest.fail("the server still waited 60 s after the second Ctrl-C")
-    assert done.stdout == "waiting\n", done.stderr
-    assert "1 task(s) still unfinished at interpreter exit were abandoned" in done.stderr
-    assert done.returncode == -signal.SIGINT, done.stderr  # uvicorn passes the Ctrl-C on once it has stopped
+        pytest.fail("the server still waited 60 s after it was stopped")
+
+
+# How the lifespan's wait at a uvicorn server's stop ends: its shutdown_timeout, how
+# the server stops, what it prints, its exit status, and what the warning must say.
+LIFESPAN_WAIT_ENDS = {
+    "its timeout passes": (
+        0.2,
+        "stop_the_server",
+        "stopping\n",
+        0,
+        (
+            "abandoned after the makeparallel.fastapi lifespan's shutdown waited 0.2 s; "
+            "raise lifespan(shutdown_timeout=...) to wait for them"
+        ),
+    ),
+    # uvicorn takes SIGINT for itself: a Ctrl-C as the lifespan waited reached
+    # neither the lifespan nor the loop, and the server waited out the whole
+    # shutdown_timeout (here, for good), however often the user pressed it. It
+    # passes the Ctrl-C on once it has stopped.
+    "a second Ctrl-C": (
+        None,
+        "press_ctrl_c_twice",
+        "waiting\n",
+        -signal.SIGINT,
+        (
+            "abandoned after Ctrl-C ended the makeparallel.fastapi lifespan's shutdown; "
+            "a task stops sooner when it calls makeparallel.check_cancelled()"
+        ),
+    ),
+}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl-C by SIGINT (POSIX)")
+@pytest.mark.parametrize("end", LIFESPAN_WAIT_ENDS)
+def test_the_lifespans_wait_under_uvicorn_ends_and_exit_says_how_naming_its_setting(end: str) -> None:
+    # The library's exit hook said "abandoned after makeparallel.shutdown(); give
+    # shutdown() a longer timeout_secs", a call and an argument the program never
+    # made: the timeout is lifespan(shutdown_timeout=...), and after a Ctrl-C no
+    # longer timeout would have helped.
+    timeout, stop, printed, returncode, says = LIFESPAN_WAIT_ENDS[end]
+    done = run_uvicorn_with_a_stuck_task(timeout, stop)
+    assert done.stdout == printed, done.stderr
+    assert done.returncode == returncode, done.stderr
+    assert f"1 task(s) still unfinished at interpreter exit were {says}" in done.stderr, done.stderr
+    assert "timeout_secs" not in done.stderr and "makeparallel.shutdown()" not in done.stderr, done.stderr

@@ -184,15 +184,21 @@ handle = stuck()
 print("submitted", flush=True)
 """
 
-# What shuts the library down before the first app's hook runs.
+# What shuts the library down before the first app's hook runs, and who exit then says gave up on the task.
 SHUT_DOWN_FIRST = {
-    "an app set up last": "last = create_app(0.2)  # its exit hook runs first, and gives up after 0.2 s\n",
-    "the program": "mp.shutdown(timeout_secs=0.2)\n",
+    "an app set up last": (
+        "last = create_app(0.2)  # its exit hook runs first, and gives up after 0.2 s\n",
+        "the makeparallel.flask extension's shutdown",
+    ),
+    "the program": ("mp.shutdown(timeout_secs=0.2)\n", "makeparallel.shutdown()"),
     "an app set up last by an earlier extension": (
-        "create_app(None)  # another extension, set up after the first one\n"
-        "last = Flask('last')\n"
-        "last.config['MAKEPARALLEL_SHUTDOWN_TIMEOUT'] = 0.2\n"
-        "first.extensions['makeparallel'].init_app(last)  # the first extension sets up the last app\n"
+        (
+            "create_app(None)  # another extension, set up after the first one\n"
+            "last = Flask('last')\n"
+            "last.config['MAKEPARALLEL_SHUTDOWN_TIMEOUT'] = 0.2\n"
+            "first.extensions['makeparallel'].init_app(last)  # the first extension sets up the last app\n"
+        ),
+        "the makeparallel.flask extension's shutdown",
     ),
 }
 
@@ -211,10 +217,11 @@ def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) 
     # exit waited each app's timeout for a stuck task, one after the other
     # (an hour for a test suite that makes a hundred apps), and after the
     # program's own shutdown() it waited again; here, for good.
-    done = run_script(STUCK_AT_EXIT + SHUT_DOWN_FIRST[first])
+    shut_down_first, by = SHUT_DOWN_FIRST[first]
+    done = run_script(STUCK_AT_EXIT + shut_down_first)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "submitted\n"
-    assert "1 task(s) still unfinished at interpreter exit were abandoned after makeparallel.shutdown()" in done.stderr
+    assert f"1 task(s) still unfinished at interpreter exit were abandoned after {by} waited 0.2 s;" in done.stderr
 
 
 # A task that sends the user's Ctrl-C once the main thread waits at exit for it.
@@ -240,7 +247,7 @@ interrupting = interrupt_the_exit_wait()
 # How a Ctrl-C comes: the rest of the script, the exit status, and how exit says it abandoned the tasks.
 CTRL_C_AT_EXIT = {
     "ending the program": ("raise KeyboardInterrupt  # uncaught\n", -signal.SIGINT, "after Ctrl-C"),
-    "as the exit waits": (INTERRUPT_THE_EXIT_WAIT, 0, "after makeparallel.shutdown()"),
+    "as the exit waits": (INTERRUPT_THE_EXIT_WAIT, 0, "after Ctrl-C ended the makeparallel.flask extension's shutdown;"),
 }
 
 
@@ -259,6 +266,89 @@ def test_a_ctrl_c_ends_the_exit_at_once_without_a_traceback_of_its_own(ctrl_c: s
     assert f"still unfinished at interpreter exit were abandoned {abandoned}" in done.stderr
     if returncode == 0:  # an uncaught KeyboardInterrupt prints its own
         assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+
+
+# A Flask app served by werkzeug on 127.0.0.1 in a child interpreter: a request
+# starts a task that never ends, then the server stops and the program exits,
+# so that the extension's exit hook shuts down and gives up on the task.
+SERVED_WITH_A_STUCK_TASK = """
+import os, signal, sys, threading, urllib.request
+import makeparallel as mp
+from flask import Flask
+from makeparallel.flask import MakeParallel
+from werkzeug.serving import make_server
+
+mp.configure(exit_timeout=60)  # exit must not wait again after the extension's shutdown
+never, running = threading.Event(), threading.Event()
+
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+
+@mp.parallel
+def stuck(interrupt):
+    running.set()
+    while interrupt and not exit_waits():
+        never.wait(0.001)
+    if interrupt:
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, once the exit waits for this task
+    never.wait()
+
+app = Flask(__name__)
+app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"] = {timeout}
+MakeParallel(app)
+
+@app.get("/start")
+def start():
+    stuck({interrupt})
+    assert running.wait(30)
+    return "running"
+
+server = make_server("127.0.0.1", 0, app, threaded=True)
+serving = threading.Thread(target=server.serve_forever)
+serving.start()
+with urllib.request.urlopen(f"http://127.0.0.1:{{server.server_port}}/start", timeout=30) as answer:
+    print(answer.read().decode(), flush=True)
+server.shutdown()
+serving.join(30)
+server.server_close()
+"""
+
+# How the extension's wait at exit ends: its settings, and what the warning must say.
+EXTENSION_WAIT_ENDS = {
+    "its timeout passes": (
+        {"timeout": 0.2, "interrupt": False},
+        (
+            "abandoned after the makeparallel.flask extension's shutdown waited 0.2 s; "
+            'raise app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"] to wait for them'
+        ),
+    ),
+    "a Ctrl-C": (
+        {"timeout": None, "interrupt": True},
+        (
+            "abandoned after Ctrl-C ended the makeparallel.flask extension's shutdown; "
+            "a task stops sooner when it calls makeparallel.check_cancelled()"
+        ),
+    ),
+}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT (POSIX)")
+@pytest.mark.parametrize("end", EXTENSION_WAIT_ENDS)
+def test_the_warning_at_exit_says_how_the_extensions_shutdown_ended_and_names_its_setting(end: str) -> None:
+    # The library's exit hook said "abandoned after makeparallel.shutdown(); give
+    # shutdown() a longer timeout_secs", a call and an argument the program never
+    # made: the timeout is MAKEPARALLEL_SHUTDOWN_TIMEOUT, and after a Ctrl-C no
+    # longer timeout would have helped.
+    settings, says = EXTENSION_WAIT_ENDS[end]
+    done = run_script(SERVED_WITH_A_STUCK_TASK.format(**settings))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "running\n"
+    assert f"1 task(s) still unfinished at interpreter exit were {says}" in done.stderr, done.stderr
+    assert "timeout_secs" not in done.stderr and "makeparallel.shutdown()" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
 
 
 def test_a_missing_flask_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

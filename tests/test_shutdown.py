@@ -577,9 +577,67 @@ def test_exit_does_not_wait_again_after_a_shutdown_that_returned_false() -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout == "submitted\nFalse\n"
     assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr
-    assert "after makeparallel.shutdown();" in result.stderr
+    assert "after makeparallel.shutdown() waited 0.2 s;" in result.stderr
     # The advice fits: exit_timeout plays no part after shutdown().
-    assert "longer timeout_secs" in result.stderr and "exit_timeout" not in result.stderr
+    assert "give shutdown() a longer timeout_secs" in result.stderr and "exit_timeout" not in result.stderr
+
+
+# How a shutdown's wait ends (a Ctrl-C noted first, its timeout: None waits on
+# until exit), and what exit's warning then says of the stuck task it left.
+SHUTDOWN_ENDS = {
+    "its timeout passed": (
+        False,
+        0,
+        "abandoned after the test's shutdown waited 0 s; raise its setting to wait for them",
+    ),
+    # An integration's wait ended by a Ctrl-C as its thread's shutdown waited on:
+    # the timeout that thread reaches afterwards does not make it a timeout.
+    "a Ctrl-C ended the wait, then its timeout passed": (
+        True,
+        0,
+        "abandoned after Ctrl-C ended the test's shutdown; a task stops sooner when it calls makeparallel.check_cancelled()",
+    ),
+    # A lifespan cancelled as its shutdown's thread waited on, until the program ended.
+    "it still waits": (
+        False,
+        None,
+        "abandoned while the test's shutdown still waited for them; the program ended before that wait did",
+    ),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("end", SHUTDOWN_ENDS)
+def test_the_warning_at_exit_after_a_shutdown_says_how_its_wait_ended(
+    end: str, gate: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctrl_c_first, timeout, says = SHUTDOWN_ENDS[end]
+    started = threading.Event()
+
+    @mp.parallel
+    def stuck() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    handle = stuck()
+    assert started.wait(10)
+    call = _runtime.ShutdownCall("the test's shutdown", "raise its setting")
+    if ctrl_c_first:
+        call.interrupted()  # as the FastAPI lifespan's SIGINT handler does
+    stopper = threading.Thread(target=call.run, args=(timeout, False))
+    stopper.start()
+    try:
+        if timeout is not None:
+            stopper.join(10)
+            assert not stopper.is_alive()
+        assert wait_until(_runtime.is_shut_down)
+        with caplog.at_level("WARNING", logger="makeparallel"):
+            assert _runtime._wait_or_abandon(_runtime._all_backends(), []) is False
+        assert f"1 task(s) still unfinished at interpreter exit were {says}" in caplog.text, caplog.text
+    finally:
+        gate.set()
+        stopper.join(10)
+        handle.wait(10)
 
 
 # A child script's start: its one worker thread runs a task that never ends, and the next waits.
@@ -634,7 +692,12 @@ def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
             proc.communicate()
     assert proc.returncode == 0, stderr
     assert stdout == "interrupted\n"
-    assert "after makeparallel.shutdown();" in stderr  # not "returned": it never did
+    # Not "give shutdown() a longer timeout_secs": it had none, and the user ended it.
+    assert (
+        "1 task(s) still unfinished at interpreter exit were abandoned after Ctrl-C ended makeparallel.shutdown(); "
+        "a task stops sooner when it calls makeparallel.check_cancelled()"
+    ) in stderr, stderr
+    assert "timeout_secs" not in stderr, stderr
 
 
 CTRL_C_WHILE_EXIT_WAITS = """

@@ -119,6 +119,7 @@ _exit_timeout = 5.0
 _async_cancel = "cooperative"
 ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
+_last_shutdown: ShutdownCall | None = None  # the shutdown that _shut_down stems from: what exit says of it
 _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
@@ -703,35 +704,108 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
             or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
 
     After it, interpreter exit does not wait for tasks again (not even when this
-    returned ``False`` or was interrupted): it abandons what is left at once.
+    returned ``False`` or was interrupted): it abandons what is left at once,
+    with a warning that says whether this call timed out, was ended by Ctrl-C,
+    or still waited.
     Called from a task or a callback, it waits for that task too, which cannot
     end meanwhile: give it a ``timeout_secs`` there.
     """
-    global _shut_down
-    timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
-    if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
-        raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
-    with _lock:
-        _shut_down = True
-        backends = _all_backends()
-    for limiter in all_limiters():
-        limiter.close()
-    for backend in backends:
-        backend.close(cancel_pending)
-    for due in _deadlines.pending():  # a closed pool runs no further attempt: end them now
-        give_up = getattr(due, "give_up", None)
-        if give_up is not None:
-            give_up()
-    finished = wait_until_idle(timeout_secs)
-    terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
-    return finished
+    return _programs_shutdown().run(timeout_secs, cancel_pending)
+
+
+def _programs_shutdown() -> ShutdownCall:
+    """A call of :func:`shutdown` by the program itself, as exit's warning names it."""
+    return ShutdownCall("makeparallel.shutdown()", "give shutdown() a longer timeout_secs")
+
+
+_WAITING, _WAITED, _TIMED_OUT, _CTRL_C = "waiting", "waited", "timed out", "Ctrl-C"
+
+
+class ShutdownCall:
+    """One shutdown, and how its wait ended: what exit says of the tasks it abandoned.
+
+    :func:`shutdown` makes one that names itself and its ``timeout_secs``. An
+    integration that shuts down for the program (the Flask extension at exit,
+    the FastAPI lifespan) makes one that names itself and the setting of its
+    timeout, and runs it: exit's warning said "give shutdown() a longer
+    timeout_secs", a call and an argument that program never wrote.
+
+    Args:
+        by: who shut down, as the warning names it ("makeparallel.shutdown()").
+        longer: how to wait longer, as the warning advises it
+            ('raise app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]').
+    """
+
+    __slots__ = ("by", "ended", "longer", "timeout")
+
+    def __init__(self, by: str, longer: str) -> None:
+        self.by = by
+        self.longer = longer
+        self.timeout: float | None = None
+        self.ended = _WAITING
+
+    def run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
+        """:func:`shutdown` (same arguments, return value and errors), remembered as this call."""
+        global _shut_down, _last_shutdown
+        timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
+        if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
+            raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
+        self.timeout = timeout_secs
+        with _lock:
+            _shut_down = True
+            _last_shutdown = self
+            backends = _all_backends()
+        try:
+            for limiter in all_limiters():
+                limiter.close()
+            for backend in backends:
+                backend.close(cancel_pending)
+            for due in _deadlines.pending():  # a closed pool runs no further attempt: end them now
+                give_up = getattr(due, "give_up", None)
+                if give_up is not None:
+                    give_up()
+            finished = wait_until_idle(timeout_secs)
+            terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+        except KeyboardInterrupt:
+            self.interrupted()
+            raise
+        self._end(_WAITED if finished else _TIMED_OUT)
+        return finished
+
+    def interrupted(self) -> None:
+        """A Ctrl-C ended the wait for this shutdown: exit's warning says so, and advises no longer timeout.
+
+        Also for a wait in another thread that goes on (the FastAPI lifespan's:
+        its Ctrl-C handler calls this). Safe in a signal handler: it takes no lock.
+        """
+        self._end(_CTRL_C)
+
+    def _end(self, how: str) -> None:
+        # The first end counts: a Ctrl-C that ended the lifespan's wait, not the
+        # timeout its thread reaches later. Without a lock (a signal handler calls
+        # it): the two ends racing to the same call leave either, both true.
+        if self.ended == _WAITING:
+            self.ended = how
+
+    def log_abandoned(self, backends: list[Backend]) -> None:
+        """Warn that exit abandoned the tasks of ``backends``, left by this shutdown, with the advice that fits its end."""
+        if self.ended == _CTRL_C:
+            _log_abandoned(backends, f"after Ctrl-C ended {self.by}", _CHECK_CANCELLED_ADVICE)
+        elif self.ended == _WAITING:
+            # Its wait goes on in another thread (a lifespan cancelled meanwhile), or an
+            # error other than Ctrl-C ended it (SystemExit from a signal handler).
+            _log_abandoned(backends, f"while {self.by} still waited for them", "the program ended before that wait did")
+        else:
+            waited = f" waited {self.timeout:g} s" if self.ended == _TIMED_OUT and self.timeout is not None else ""
+            _log_abandoned(backends, f"after {self.by}{waited}", f"{self.longer} to wait for them")
 
 
 def reset_shutdown() -> None:
     """Accept tasks again after :func:`shutdown`."""
-    global _shut_down
+    global _shut_down, _last_shutdown
     with _lock:
         _shut_down = False
+        _last_shutdown = None
         backends = _all_backends()
     for limiter in all_limiters():
         limiter.reopen()
@@ -793,8 +867,11 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
         # timeout): the program decided, so exit does not wait a second time.
         # (An Executor's tasks, which shutdown() leaves alone, are the program's too.)
         if _active(backends):
-            # (It may not have returned: a Ctrl-C may have cut it short.)
-            _log_abandoned(backends, "after makeparallel.shutdown()", "give shutdown() a longer timeout_secs to wait for them")
+            # (It may not have returned: a Ctrl-C may have cut it short, or it waits on
+            # in another thread. The warning says which, and names the setting of its
+            # timeout: an integration's, where the program never called shutdown().)
+            # (_last_shutdown is set with _shut_down, under the lock: never None here.)
+            (_last_shutdown or _programs_shutdown()).log_abandoned(backends)
     elif _ending_on_interrupt():
         _abandon_on_interrupt([*backends, *executors])
     else:
@@ -822,7 +899,10 @@ def _abandon_on_interrupt(backends: list[Backend]) -> None:
     for backend in backends:
         backend.close(cancel_pending=True)
     if _active(backends):
-        _log_abandoned(backends, "after Ctrl-C", "a task stops sooner when it calls makeparallel.check_cancelled()")
+        _log_abandoned(backends, "after Ctrl-C", _CHECK_CANCELLED_ADVICE)
+
+
+_CHECK_CANCELLED_ADVICE = "a task stops sooner when it calls makeparallel.check_cancelled()"  # after a Ctrl-C
 
 
 def _ending_on_interrupt() -> bool:

@@ -51,6 +51,7 @@ from typing import Any
 
 import makeparallel as mp
 
+from ._runtime import ShutdownCall
 from ._validation import check_count, check_wait_timeout
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
@@ -191,6 +192,10 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    # Remembered as the lifespan's, and told of a Ctrl-C that ends the wait here
+    # (its thread waits on): exit's warning about the tasks left then names
+    # shutdown_timeout, or the Ctrl-C, not a shutdown() the program never called.
+    call = ShutdownCall("the makeparallel.fastapi lifespan's shutdown", "raise lifespan(shutdown_timeout=...)")
 
     def settle(error: BaseException | None) -> None:
         if done.done():  # the lifespan gave up waiting
@@ -203,7 +208,7 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
     def stop() -> None:
         error: BaseException | None = None
         try:
-            mp.shutdown(timeout_secs=timeout, cancel_pending=cancel_pending)
+            call.run(timeout, cancel_pending)
         except BaseException as caught:  # noqa: BLE001  # given back to the lifespan, on its loop
             error = caught
         try:
@@ -211,7 +216,11 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
         except RuntimeError:  # the loop closed: nobody waits for it any more
             pass
 
-    with _also_on_ctrl_c(lambda: loop.call_soon_threadsafe(settle, None)):  # before the wait can begin
+    def on_ctrl_c() -> None:
+        call.interrupted()
+        loop.call_soon_threadsafe(settle, None)
+
+    with _also_on_ctrl_c(on_ctrl_c):  # before the wait can begin
         threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
         await done
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import makeparallel as mp
 
-from ._runtime import is_shut_down
+from ._runtime import ShutdownCall, is_shut_down
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -61,6 +61,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "MAKEPARALLEL_ROUTES": True,  # register the health and metrics blueprint
     "MAKEPARALLEL_URL_PREFIX": "",  # where the blueprint's routes go
 }
+
+_WAIT_LONGER = 'raise app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]'  # the advice of exit's warning
 
 
 class MakeParallel:
@@ -155,7 +157,7 @@ class MakeParallel:
         try:
             self.shutdown()
         except KeyboardInterrupt:
-            pass  # the library's exit hook then abandons what is left, with its warning
+            pass  # the library's exit hook then abandons what is left, with a warning that says Ctrl-C ended this wait
 
     def shutdown(self) -> bool:
         """Shut the library down as configured; return whether every task ended in time.
@@ -164,7 +166,11 @@ class MakeParallel:
         (by you, or by the extension of an app set up after this one, whose
         exit hook runs first); call it yourself to stop earlier.
         """
-        return mp.shutdown(timeout_secs=self._shutdown_timeout, cancel_pending=self._cancel_pending)
+        # mp.shutdown(), remembered as this extension's: exit's warning about the
+        # tasks it abandons then names MAKEPARALLEL_SHUTDOWN_TIMEOUT, the setting of
+        # its timeout, not a shutdown() call the program never made.
+        call = ShutdownCall("the makeparallel.flask extension's shutdown", _WAIT_LONGER)
+        return call.run(self._shutdown_timeout, self._cancel_pending)
 
     def blueprint(self) -> Blueprint:
         """A blueprint named ``makeparallel`` with ``/health/live``, ``/health/ready`` and ``/metrics``.
