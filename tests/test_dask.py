@@ -7,6 +7,7 @@ while its task runs. Cross-process signals are marker files (``Flags``).
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -239,6 +240,20 @@ def test_a_result_spilled_to_a_workers_disk_and_read_back_stays_guarded(serializ
         spilled(RaisesAsPickled(SystemExit))
 
 
+@pytest.mark.parametrize("serializers", [("dask", "pickle"), ("pickle",)], ids=["dask", "pickle-only"])
+def test_a_list_sends_the_items_that_can_be_sent(serializers: tuple[str, ...]) -> None:
+    from distributed.protocol import deserialize_bytes, serialize_bytelist
+
+    sent = [1, threading.Lock(), 3, RaisesAsPickled(SystemExit)]
+    with pytest.raises(_dask.ItemsUnsent, match="2 of its items cannot be, item 1 the first: TypeError") as caught:
+        deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult(sent), serializers=serializers)))
+    assert caught.value.results == [1, None, 3, None]
+    assert [(index, problem) for index, problem, _ in caught.value.unsent] == [
+        (1, "TypeError: cannot pickle '_thread.lock' object"),
+        (3, "SystemExit: raised as the result was pickled"),
+    ]
+
+
 def returns_kept_types() -> dict[str, Any]:
     import numpy as np
 
@@ -335,6 +350,73 @@ def test_a_map_that_goes_on_past_an_error_dask_cannot_serialize() -> None:
     # The chunk's results held the error: Dask could not send them back, and the whole map failed.
     results = mp.parallel_map(fail_with_a_lock_on_13, range(30), backend="dask", chunksize=10, on_error="skip")
     assert results == [x for x in range(30) if x != 13]
+
+
+def unsendable_at_5(kind: str, x: int) -> Any:
+    if x != 5 and kind != "every":
+        return x
+    return RaisesAsPickled(SystemExit) if kind == "reduce" else threading.Lock()
+
+
+UNSENDABLE_RESULTS = {"lock": "TypeError: cannot pickle '_thread.lock' object", "reduce": "SystemExit: raised as the result was pickled"}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", list(UNSENDABLE_RESULTS))
+def test_a_map_loses_only_the_item_whose_result_dask_cannot_serialize(kind: str) -> None:
+    # The chunk's results travel together: one that could not be serialized failed the whole map,
+    # whatever on_error said. The process backend fails only that item.
+    fn = functools.partial(unsendable_at_5, kind)
+    assert mp.parallel_map(fn, range(10), backend="dask", chunksize=10, on_error="skip") == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert mp.parallel_map(fn, range(10), backend="dask", chunksize=10, on_error="none") == [0, 1, 2, 3, 4, None, 6, 7, 8, 9]
+    assert mp.parallel_map(fn, [5], backend="dask", on_error="none") == [None]  # a map of one item
+    handed_out: list[Any] = []
+    with pytest.raises(mp.TaskSerializationError) as caught:
+        handed_out.extend(mp.imap(fn, range(10), backend="dask", chunksize=10))  # keeps those it got before the error
+    assert handed_out == [0, 1, 2, 3, 4]  # those before it, as the process backend hands them out
+    assert str(caught.value).startswith(
+        f"the result of item 5 (5) could not be pickled to send it back from its Dask worker: {UNSENDABLE_RESULTS[kind]}"
+    )
+    assert "Return picklable data, or use backend='thread'" in str(caught.value)
+    if kind == "reduce":
+        assert "in __reduce__" in str(caught.value.__cause__)  # the worker's traceback, as text
+    import asyncio
+
+    async def unordered() -> list[Any]:
+        return [result async for result in mp.imap(fn, range(10), backend="dask", chunksize=5, ordered=False, on_error="none")]
+
+    assert sorted(asyncio.run(unordered()), key=str) == sorted([0, 1, 2, 3, 4, None, 6, 7, 8, 9], key=str)
+
+
+@pytest.mark.timeout(120)
+def test_a_map_chunk_of_which_no_result_dask_can_serialize() -> None:
+    fn = functools.partial(unsendable_at_5, "every")
+    assert mp.parallel_map(fn, range(4), backend="dask", chunksize=4, on_error="skip") == []
+    assert mp.parallel_map(fn, range(4), backend="dask", chunksize=4, on_error="none") == [None] * 4
+    with pytest.raises(mp.TaskSerializationError, match=r"^the result of item 0 \(0\) could not be pickled"):
+        mp.parallel_map(fn, range(4), backend="dask", chunksize=4)
+
+
+def returns_a_list_with_a_lock() -> list[Any]:
+    return [1, threading.Lock(), 3]
+
+
+def waits_for_a_list_with_a_lock(x: int) -> list[Any]:
+    return mp.parallel(backend="dask")(returns_a_list_with_a_lock)().get(timeout=60)
+
+
+def test_a_map_item_that_waits_for_such_a_task_fails_with_its_error() -> None:
+    # The task's error, marked with what its worker sent, was taken for the chunk's own: the map
+    # raised "the result of item 1 ..." or gave the task's results as the chunk's.
+    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker"):
+        mp.parallel_map(waits_for_a_list_with_a_lock, range(2), backend="thread")
+    assert mp.parallel_map(waits_for_a_list_with_a_lock, range(2), backend="thread", on_error="none") == [None, None]
+
+
+def test_a_task_whose_list_result_holds_an_item_dask_cannot_serialize_fails() -> None:
+    # Only a map's chunk goes on without the items that cannot be sent: a task's own list fails whole.
+    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker.*item 1 of it.*lock"):
+        mp.parallel(backend="dask")(returns_a_list_with_a_lock)().get(timeout=60)
 
 
 @pytest.mark.parametrize("fn", [square, lambda x: x * x], ids=["function", "lambda"])

@@ -1072,7 +1072,7 @@ class _Mapper:
                 chunk, size = self._after_crash(entry, error, items, start, budget)
         except TaskSerializationError as error:  # on a worker process: results that cannot be unpickled here
             start, items, _ = self._chunk_items[id(handle)]
-            chunk, size = after_unreadable(error, items, start, self._keep_going)
+            chunk, size = after_unreadable(error, items, start, self._keep_going, handle)
             rest, rest_start = items[size:], start + size  # a chunk stopped at its budget: run the others
         else:
             if len(chunk) < size:

@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from ._coroutines import is_coroutine
-from ._remote_errors import described, unpickling_failure
+from ._remote_errors import RemoteTraceback, described, unpickling_failure
 from ._states import RUNNING
 
 # A worker imports this before its first map chunk (``_chunk_task``): what only errors need
@@ -145,7 +145,8 @@ def disown_worker_death(error: BaseException) -> None:
     that task's ``WorkerCrashedError``, marked by the backend as a death
     (``_how``, ``_crash``; they travel with it from a worker process); one
     whose task's results could not be unpickled raises its
-    ``TaskSerializationError``, marked so (``_unreadable``); one whose task
+    ``TaskSerializationError``, marked so (``_unreadable``, or ``_unsent``
+    where some could not be sent); one whose task
     its worker could not unpickle, the error that raised, marked so too
     (``_remote_errors.unpickling_failure``). Left on, they would make the
     chunk's consumer take it for the death of the chunk's own worker, its own
@@ -161,6 +162,7 @@ def disown_worker_death(error: BaseException) -> None:
         vars(error).pop("_with_template", None)
     elif isinstance(error, TaskSerializationError):
         vars(error).pop("_unreadable", None)  # its own task's results, not the chunk's (after_unreadable)
+        vars(error).pop("_unsent", None)
 
 
 def past_budget(elapsed: float, budget: float, done: int, left: int) -> bool:
@@ -449,9 +451,17 @@ def after_unpickled(error: BaseException, item: Any, index: int, keep_going: boo
 
 
 def after_unreadable(
-    error: TaskSerializationError, items: Sequence[Any], start: int, keep_going: bool
+    error: TaskSerializationError, items: Sequence[Any], start: int, keep_going: bool, task: Any = None
 ) -> tuple[list[Any], int]:
-    """The failures of the items of a chunk that ran on a worker, whose results could not be unpickled here; and how many.
+    """The results of a chunk that ran on a worker, some or all of which could not be read back; and how many items they are.
+
+    A worker that could not send some of the results (a Dask worker, which
+    serializes a chunk's results together: one held a lock) sent the others
+    (``_unsent``): only the items whose results it could not send fail, as
+    on the process backend, whose worker sends a result that cannot be
+    pickled as its item's failure. With ``keep_going`` false, the first of
+    them raises, and the results before it are kept for chunk ``task``'s map
+    to hand out first (:func:`keep_results_before`).
 
     A result of a class this process cannot import (one from a folder only
     the worker put on ``sys.path``, say) travels with the chunk's others, and
@@ -469,6 +479,9 @@ def after_unreadable(
     """
     from .errors import TaskSerializationError
 
+    unsent = getattr(error, "_unsent", None)
+    if unsent is not None:
+        return _without_unsent(unsent, items, start, keep_going, task)
     unreadable = getattr(error, "_unreadable", None)
     if unreadable is None:
         raise error
@@ -496,3 +509,40 @@ def after_unreadable(
         raise lost from cause
     lost.__cause__ = cause
     return [Failure(lost)] * ran, ran
+
+
+def _without_unsent(
+    unsent: tuple[list[Any], list[tuple[int, str, str]], str],
+    items: Sequence[Any],
+    start: int,
+    keep_going: bool,
+    task: Any,
+) -> tuple[list[Any], int]:
+    """A chunk's results as its worker sent them, each it could not send failed in its place; and how many.
+
+    ``unsent`` is the results (fewer than ``items`` where the chunk stopped at
+    its time budget), ``(index, "Type: message", the worker's traceback or
+    "")`` for each that could not be sent, and where they ran (``"its Dask
+    worker"``).
+
+    Raises:
+        TaskSerializationError: with ``keep_going`` false, naming the first
+            item whose result could not be sent, the worker's traceback chained.
+    """
+    from .errors import TaskSerializationError
+
+    results, failed, place = unsent
+    results = list(results)  # the error's own stays as it came
+    for index, problem, worker_traceback in failed:
+        where = describe_item(start + index, items[index])
+        failure = TaskSerializationError(
+            f"the result of {where} could not be pickled to send it back from {place}: {problem}. "
+            "Return picklable data, or use backend='thread'"
+        )
+        if worker_traceback:  # the first's only
+            failure.__cause__ = RemoteTraceback(worker_traceback)
+        if not keep_going:
+            keep_results_before(task, results[:index])
+            raise failure
+        results[index] = Failure(failure)
+    return results, len(results)

@@ -28,7 +28,9 @@ What differs from other executors that run elsewhere:
   lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
   So does one whose pickling, or unpickling here, raises a ``BaseException``
   (a ``__reduce__`` that calls ``sys.exit()``): each result travels in a
-  :class:`SentResult`, which turns that into an error of the result. A worker
+  :class:`SentResult`, which turns that into an error of the result. A map's
+  chunk sends the results it can: only the items whose results cannot be
+  sent fail, as ``on_error`` says (:func:`_items_apart`). A worker
   that dies outright as it sends a result (``os._exit()``, a crash in C) is
   not counted against ``allowed-failures``, which counts deaths while a task
   runs: Dask computes the task again without end, and only a timeout ends it.
@@ -74,7 +76,15 @@ from ._adapter import ExecutorBackend
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
-__all__ = ["STARTED_QUERY_TIMEOUT", "ClientExecutor", "DaskBackend", "SentResult", "TaskFuture", "run_on_worker"]
+__all__ = [
+    "STARTED_QUERY_TIMEOUT",
+    "ClientExecutor",
+    "DaskBackend",
+    "ItemsUnsent",
+    "SentResult",
+    "TaskFuture",
+    "run_on_worker",
+]
 
 #: Seconds ``close(cancel_pending=True)`` waits for Dask to say which tasks its workers have started.
 STARTED_QUERY_TIMEOUT = 5.0
@@ -309,6 +319,8 @@ async def _settle(
                 f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
             )
             failure.__cause__ = error
+            if isinstance(error, ItemsUnsent):  # a map's chunk goes on without them (after_unreadable)
+                failure._unsent = (error.results, error.unsent, "its Dask worker")  # type: ignore[attr-defined]
             _end(future, failure)
         else:
             _end(future, error)
@@ -350,6 +362,9 @@ class SentResult:
     data had each item sent with a header of its own: a map of 200,000 items
     in four chunks took 4 s on two local workers, 0.04 s now; one that holds
     arrays or memoryviews has its items sent one by one, those without a copy.
+    A list that cannot be serialized whole (a map's chunk with a lock among
+    its results) is sent without the items that cannot be pickled alone, and
+    deserializes to the error :class:`ItemsUnsent` (:func:`_items_apart`).
 
     Where no Dask serializer is used (``pickle`` alone among the
     serializers), ``__reduce_ex__`` guards the pickling the same way: the
@@ -376,6 +391,9 @@ class SentResult:
                 self.value, protocol=protocol, buffer_callback=buffers.append if out_of_band else None
             )
         except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the worker's event loop
+            apart = _pickled_apart(self.value, protocol)
+            if apart is not None:
+                return _received_apart, apart
             what = f"the task's result, a {type(self.value).__qualname__}, could not be pickled on its Dask worker"
             return _unsendable, (f"{what}: {described(error)}", "".join(traceback.format_exception(error)))
         return _received, (pickle.PickleBuffer(data) if out_of_band else data, buffers)
@@ -394,17 +412,85 @@ def _serialize_sent(result: SentResult, context: dict[str, Any] | None = None) -
     """
     value = result.value
     try:
-        iterate: bool | None = None  # Dask's guess
-        if type(value) in (list, tuple, set):
-            examples = {type(item): item for item in value}.values()  # one item of each type
-            iterate = any(check_dask_serializable(item) for item in examples) or None  # type: ignore[no-untyped-call]
-        header, frames = serialize(value, on_error="raise", context=context, iterate_collection=iterate)
+        header, frames = _serialized(value, context)
     except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the worker's event loop
+        apart = _serialized_apart(value, context)
+        if apart is not None:
+            return apart
         # Dask raises "Could not serialize object of type X" from the serializer's own error, which says why.
         why = error.__cause__ if isinstance(error, TypeError) and error.__cause__ is not None else error
         what = f"the task's result, a {type(value).__qualname__}, could not be pickled on its Dask worker"
         return {"unsendable": [f"{what}: {described(why)}", "".join(traceback.format_exception(error))]}, []
     return {"result": header}, frames
+
+
+def _serialized(value: Any, context: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any]]:
+    """``value`` as Dask serializes it, a collection holding an item Dask serializes itself item by item."""
+    iterate: bool | None = None  # Dask's guess
+    if type(value) in (list, tuple, set):
+        examples = {type(item): item for item in value}.values()  # one item of each type
+        iterate = any(check_dask_serializable(item) for item in examples) or None  # type: ignore[no-untyped-call]
+    header, frames = serialize(value, on_error="raise", context=context, iterate_collection=iterate)
+    return header, frames
+
+
+def _serialized_apart(value: Any, context: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any]] | None:
+    """:func:`_serialize_sent` of a list that could not be serialized whole: without its items that cannot be (:func:`_items_apart`)."""
+    apart = _items_apart(value)
+    if apart is None:
+        return None
+    kept, unsent = apart
+    try:
+        header, frames = _serialized(kept, context)
+    except BaseException:  # noqa: BLE001  # the items that pickle alone do not together: the list fails whole
+        return None
+    return {"result": header, "unsent": unsent}, frames
+
+
+def _pickled_apart(value: Any, protocol: Any) -> tuple[bytes, list[tuple[int, str, str]]] | None:
+    """:meth:`SentResult.__reduce_ex__` of a list that could not be pickled whole: without its items that cannot be."""
+    apart = _items_apart(value)
+    if apart is None:
+        return None
+    kept, unsent = apart
+    try:
+        data: bytes = dask_pickle.dumps(kept, protocol=protocol)  # type: ignore[no-untyped-call]
+    except BaseException:  # noqa: BLE001  # the items that pickle alone do not together: the list fails whole
+        return None
+    return data, unsent
+
+
+def _items_apart(value: Any) -> tuple[list[Any], list[tuple[int, str, str]]] | None:
+    """A list that could not be serialized whole: with ``None`` in place of each item that cannot be pickled, and why each cannot.
+
+    A map's chunk of results is such a list: its items that can be sent go
+    back, and only those that cannot fail (``_process_chunks.after_unreadable``),
+    as the process backend fails only the item whose result cannot be pickled.
+    Each item is pickled alone, once the list as a whole failed: a result
+    that serializes pays nothing. None where ``value`` is no list, or each of
+    its items pickles alone (the list fails whole, as it did).
+
+    Returns:
+        The list of the others, and ``(index, "Type: message", traceback)``
+        for each item that cannot be pickled (the traceback of the first
+        only, ``""`` for the others: a chunk of 10,000 locks formatted each).
+    """
+    if type(value) is not list:
+        return None
+    unsent: list[tuple[int, str, str]] = []
+    for index, item in enumerate(value):
+        try:
+            dask_pickle.dumps(item)  # type: ignore[no-untyped-call]
+        except BaseException as error:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
+            # The first's traceback alone: a map raises that one, and skips the others or gives None.
+            text = "" if unsent else "".join(traceback.format_exception(error))
+            unsent.append((index, described(error), text))
+    if not unsent:
+        return None
+    kept = list(value)
+    for index, _, _ in unsent:
+        kept[index] = None
+    return kept, unsent
 
 
 def _deserialize_sent(header: dict[str, Any], frames: list[Any]) -> SentResult:
@@ -419,9 +505,12 @@ def _deserialize_sent(header: dict[str, Any], frames: list[Any]) -> SentResult:
         message, worker_traceback = header["unsendable"]
         _unsendable(message, worker_traceback)
     try:
-        return SentResult(deserialize(header["result"], frames))  # type: ignore[no-untyped-call]
+        value = deserialize(header["result"], frames)  # type: ignore[no-untyped-call]
     except BaseException as error:  # SystemExit too: it stopped the client's event loop
         raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+    if "unsent" in header:
+        raise ItemsUnsent(value, [(index, problem, text) for index, problem, text in header["unsent"]])
+    return SentResult(value)
 
 
 dask_serialize.register(SentResult)(_serialize_sent)  # type: ignore[no-untyped-call]
@@ -434,6 +523,32 @@ def _received(data: Any, buffers: list[Any]) -> SentResult:
         return SentResult(pickle.loads(data, buffers=buffers))
     except BaseException as error:  # SystemExit too: it stopped the client's event loop
         raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+
+
+def _received_apart(data: bytes, unsent: list[tuple[int, str, str]]) -> NoReturn:
+    """Unpickle the items of a list pickled without those that cannot be (:func:`_items_apart`), and raise :class:`ItemsUnsent`."""
+    try:
+        kept = pickle.loads(data)
+    except BaseException as error:  # SystemExit too: it stopped the client's event loop
+        raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+    raise ItemsUnsent(kept, unsent)
+
+
+class ItemsUnsent(pickle.PicklingError):
+    """A task's result, a list, some of whose items could not be pickled on its Dask worker: the others came.
+
+    ``results`` is the list with ``None`` in place of each of those, and
+    ``unsent`` has ``(index, "Type: message", the worker's traceback)`` for
+    each of them (the traceback of the first only).
+    """
+
+    def __init__(self, results: list[Any], unsent: list[tuple[int, str, str]]) -> None:
+        index, problem, worker_traceback = unsent[0]
+        which = f"item {index} of it cannot be" if len(unsent) == 1 else f"{len(unsent)} of its items cannot be, item {index} the first"
+        super().__init__(f"the task's result, a list, could not be pickled on its Dask worker: {which}: {problem}")
+        self.results = results
+        self.unsent = unsent
+        self.__cause__ = RemoteTraceback(worker_traceback)
 
 
 def _unsendable(message: str, worker_traceback: str) -> NoReturn:
