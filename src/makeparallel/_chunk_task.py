@@ -35,9 +35,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["CANCEL_CHECK_EVERY", "Awaited", "awaited_from_here", "run_chunk"]
+__all__ = ["Awaited", "awaited_from_here", "run_chunk"]
 
-CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
+_CANCEL_CHECK_EVERY = 256  # items between cancellation checks, at most
 
 
 class Awaited:
@@ -106,7 +106,7 @@ def run_chunk(
             item_raised(error, start, items[0])
             raise
     results: list[Any] = []
-    step = max(1, min(CANCEL_CHECK_EVERY, count // 16)) if budget is None else 1
+    step = max(1, min(_CANCEL_CHECK_EVERY, count // 16)) if budget is None else 1
     began = time.perf_counter()
     position = 0
     while position < count:
@@ -116,7 +116,7 @@ def run_chunk(
             elapsed = time.perf_counter() - began
             if past_budget(elapsed, budget, position, count - position):
                 break
-            step = max(1, min(CANCEL_CHECK_EVERY, position, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
+            step = max(1, min(_CANCEL_CHECK_EVERY, position, int(SLICE_SECONDS * position / max(elapsed, 1e-9))))
         try:
             results.extend(map(fn, items[position : position + step]))
             if len(results) < min(count, position + step):  # map() ended early: an item raised StopIteration
