@@ -273,7 +273,10 @@ def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
 
 
 def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
-    """Have :func:`pool_infos` (``health()``, the pool gauges) list the pools ``pools()`` gives by name too (the ``Executor``s')."""
+    """Have :func:`pool_infos` (``health()``, the pool gauges) list the pools ``pools()`` gives, by name.
+
+    Those are the own pools of ``mp.Executor`` instances, which no backend name reaches.
+    """
     with _lock:
         if pools not in _also_reported:
             _also_reported.append(pools)
