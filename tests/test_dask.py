@@ -8,6 +8,7 @@ while its task runs. Cross-process signals are marker files (``Flags``).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import signal
@@ -252,6 +253,25 @@ def test_a_list_sends_the_items_that_can_be_sent(serializers: tuple[str, ...]) -
         (1, "TypeError: cannot pickle '_thread.lock' object"),
         (3, "SystemExit: raised as the result was pickled"),
     ]
+
+
+@pytest.mark.parametrize("serializers", [("dask", "pickle"), ("pickle",)], ids=["dask", "pickle-only"])
+def test_a_list_whose_items_are_sent_apart_logs_no_error_per_item(
+    serializers: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Dask's pickling logs each object it cannot pickle at ERROR, with its traceback and repr:
+    # a map's chunk of 2,000 locks logged 2,000 of them on its worker, 146,000 lines.
+    from distributed.protocol import deserialize_bytes, serialize_bytelist
+    from distributed.protocol import pickle as dask_pickle
+
+    with caplog.at_level(logging.ERROR, logger="distributed.protocol.pickle"):
+        with pytest.raises(_dask.ItemsUnsent, match="50 of its items cannot be"):
+            deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult([threading.Lock()] * 50), serializers=serializers)))
+        assert len(caplog.records) <= 1  # Dask's own, of the list as a whole
+        caplog.clear()
+        with pytest.raises(TypeError):
+            dask_pickle.dumps(threading.Lock())
+        assert len(caplog.records) == 1  # what is pickled otherwise still logs as it did
 
 
 def returns_kept_types() -> dict[str, Any]:
