@@ -425,6 +425,17 @@ def waits_for_a_list_with_a_lock(x: int) -> list[Any]:
     return mp.parallel(backend="dask")(returns_a_list_with_a_lock)().get(timeout=60)
 
 
+def test_a_tasks_own_list_that_cannot_be_sent_names_a_public_error() -> None:
+    # Its message named ItemsUnsent, a class of the Dask backend's internals, where it said PicklingError.
+    with pytest.raises(mp.TaskSerializationError) as caught:
+        mp.parallel(backend="dask")(returns_a_list_with_a_lock)().get(timeout=60)
+    assert str(caught.value).startswith(
+        "the result of a task could not be fetched from its Dask worker: PicklingError: the task's result, a list, "
+        "could not be pickled on its Dask worker: item 1 of it cannot be: TypeError: cannot pickle '_thread.lock' object."
+    )
+    assert isinstance(caught.value.__cause__, pickle.PicklingError)
+
+
 def test_a_map_item_that_waits_for_such_a_task_fails_with_its_error() -> None:
     # The task's error, marked with what its worker sent, was taken for the chunk's own: the map
     # raised "the result of item 1 ..." or gave the task's results as the chunk's.

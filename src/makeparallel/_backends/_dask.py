@@ -318,8 +318,11 @@ async def _settle(
         if dask_future.status == "cancelled" or client.status in ("closing", "closed"):
             future.cancel()
         elif dask_future.status == "finished":
+            # ItemsUnsent is a PicklingError: named so, as a list that fails whole always was
+            # (a task's own list; a map's chunk reads it in after_unreadable, never this message).
+            kind = "PicklingError" if isinstance(error, ItemsUnsent) else type(error).__name__
             failure = TaskSerializationError(
-                f"the result of a task could not be fetched from its Dask worker: {type(error).__name__}: "
+                f"the result of a task could not be fetched from its Dask worker: {kind}: "
                 f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
             )
             failure.__cause__ = error
