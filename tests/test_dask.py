@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -237,8 +238,12 @@ def test_a_result_spilled_to_a_workers_disk_and_read_back_stays_guarded(serializ
 
     read_back = spilled({"rows": [1, 2, 3]})
     assert isinstance(read_back, _dask.SentResult) and read_back.value == {"rows": [1, 2, 3]}
-    with pytest.raises(pickle.PicklingError, match="a RaisesAsPickled, could not be pickled.*SystemExit"):
-        spilled(RaisesAsPickled(SystemExit))
+    assert read_back.failure is None
+    failed = spilled(RaisesAsPickled(SystemExit))  # deserializing never raises: the failure is the result's
+    assert isinstance(failed.failure, pickle.PicklingError)
+    assert re.search("a RaisesAsPickled, could not be pickled.*SystemExit", str(failed.failure)), failed.failure
+    again = deserialize_bytes(b"".join(serialize_bytelist(failed, serializers=serializers)))  # sent on again
+    assert isinstance(again.failure, pickle.PicklingError) and str(again.failure) == str(failed.failure)
 
 
 @pytest.mark.parametrize("serializers", [("dask", "pickle"), ("pickle",)], ids=["dask", "pickle-only"])
@@ -246,10 +251,11 @@ def test_a_list_sends_the_items_that_can_be_sent(serializers: tuple[str, ...]) -
     from distributed.protocol import deserialize_bytes, serialize_bytelist
 
     sent = [1, threading.Lock(), 3, RaisesAsPickled(SystemExit)]
-    with pytest.raises(_dask.ItemsUnsent, match="2 of its items cannot be, item 1 the first: TypeError") as caught:
-        deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult(sent), serializers=serializers)))
-    assert caught.value.results == [1, None, 3, None]
-    assert [(index, problem) for index, problem, _ in caught.value.unsent] == [
+    unsent = deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult(sent), serializers=serializers))).failure
+    assert isinstance(unsent, _dask.ItemsUnsent), unsent
+    assert "2 of its items cannot be, item 1 the first: TypeError" in str(unsent)
+    assert unsent.results == [1, None, 3, None]
+    assert [(index, problem) for index, problem, _ in unsent.unsent] == [
         (1, "TypeError: cannot pickle '_thread.lock' object"),
         (3, "SystemExit: raised as the result was pickled"),
     ]
@@ -265,8 +271,9 @@ def test_a_list_whose_items_are_sent_apart_logs_no_error_per_item(
     from distributed.protocol import pickle as dask_pickle
 
     with caplog.at_level(logging.ERROR, logger="distributed.protocol.pickle"):
-        with pytest.raises(_dask.ItemsUnsent, match="50 of its items cannot be"):
-            deserialize_bytes(b"".join(serialize_bytelist(_dask.SentResult([threading.Lock()] * 50), serializers=serializers)))
+        locks = _dask.SentResult([threading.Lock()] * 50)
+        unsent = deserialize_bytes(b"".join(serialize_bytelist(locks, serializers=serializers))).failure
+        assert isinstance(unsent, _dask.ItemsUnsent) and "50 of its items cannot be" in str(unsent), unsent
         assert len(caplog.records) <= 1  # Dask's own, of the list as a whole
         caplog.clear()
         with pytest.raises(TypeError):

@@ -51,7 +51,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 try:
     import distributed
@@ -318,23 +318,31 @@ async def _settle(
         if dask_future.status == "cancelled" or client.status in ("closing", "closed"):
             future.cancel()
         elif dask_future.status == "finished":
-            # ItemsUnsent is a PicklingError: named so, as a list that fails whole always was
-            # (a task's own list; a map's chunk reads it in after_unreadable, never this message).
-            kind = "PicklingError" if isinstance(error, ItemsUnsent) else type(error).__name__
-            failure = TaskSerializationError(
-                f"the result of a task could not be fetched from its Dask worker: {kind}: "
-                f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
-            )
-            failure.__cause__ = error
-            if isinstance(error, ItemsUnsent):  # a map's chunk goes on without them (after_unreadable)
-                failure._unsent = (error.results, error.unsent, "its Dask worker")  # type: ignore[attr-defined]
-            _end(future, failure)
+            _end(future, _fetch_failure(error))
         else:
             _end(future, error)
         if isinstance(error, asyncio.CancelledError) and dask_future.status != "cancelled":
             raise  # the loop's own cancellation of this coroutine, not the task's
-    else:
-        _end(future, None, value.value)  # a SentResult
+    else:  # a SentResult: its result, or why it could not travel (this task's alone)
+        if value.failure is None:
+            _end(future, None, value.value)
+        else:
+            _end(future, _fetch_failure(value.failure))
+
+
+def _fetch_failure(error: BaseException) -> TaskSerializationError:
+    """The ``TaskSerializationError`` of a task whose result could not come here, ``error`` saying why."""
+    # ItemsUnsent is a PicklingError: named so, as a list that fails whole always was
+    # (a task's own list; a map's chunk reads it in after_unreadable, never this message).
+    kind = "PicklingError" if isinstance(error, ItemsUnsent) else type(error).__name__
+    failure = TaskSerializationError(
+        f"the result of a task could not be fetched from its Dask worker: {kind}: "
+        f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
+    )
+    failure.__cause__ = error
+    if isinstance(error, ItemsUnsent):  # a map's chunk goes on without them (after_unreadable)
+        failure._unsent = (error.results, error.unsent, "its Dask worker")  # type: ignore[attr-defined]
+    return failure
 
 
 def run_on_worker(fn: Any, /, *args: Any, **kwargs: Any) -> SentResult:
@@ -360,18 +368,19 @@ class SentResult:
     serializes the result as Dask would, with its own serializers (an array's
     data, bytes, a memoryview sent as they are, without a copy; pickle,
     cloudpickle where that fails, for the rest). What that raises travels
-    instead as the error of the result, which its deserializing raises: the
-    fetch fails, and the task with ``TaskSerializationError``. Deserializing
-    turns what the result's own raises into ``UnpicklingError`` likewise, and
-    gives back a ``SentResult`` again, so a result spilled to disk on its
-    worker and read back stays guarded. A list of plain values (a map's chunk
+    instead as the error of the result, which deserializing puts in its
+    ``failure`` (it never raises: :func:`_deserialize_sent`), and the task
+    fails with ``TaskSerializationError``. Deserializing puts what the
+    result's own raises there as an ``UnpicklingError`` likewise, and gives
+    back a ``SentResult`` again, so a result spilled to disk on its worker
+    and read back stays guarded. A list of plain values (a map's chunk
     of results) travels as one pickle, where a result sent as a message's
     data had each item sent with a header of its own: a map of 200,000 items
     in four chunks took 4 s on two local workers, 0.04 s now; one that holds
     arrays or memoryviews has its items sent one by one, those without a copy.
     A list that cannot be serialized whole (a map's chunk with a lock among
     its results) is sent without the items that cannot be pickled alone, and
-    deserializes to the error :class:`ItemsUnsent` (:func:`_items_apart`).
+    deserializes with the failure :class:`ItemsUnsent` (:func:`_items_apart`).
 
     Where no Dask serializer is used (``pickle`` alone among the
     serializers), ``__reduce_ex__`` guards the pickling the same way: the
@@ -382,15 +391,18 @@ class SentResult:
     memoryview arrives as bytes.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("failure", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, failure: BaseException | None = None) -> None:
         self.value = value
+        self.failure = failure  # why the result could not come (deserialized so): this task's error alone
 
     def __repr__(self) -> str:
         return f"<SentResult of type {type(self.value).__qualname__}>"
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if self.failure is not None:  # (one read back from a worker's disk that could not be: it says why)
+            return _unsendable, (str(self.failure), "")
         out_of_band = isinstance(protocol, int) and protocol >= 5
         buffers: list[pickle.PickleBuffer] = []
         try:
@@ -418,6 +430,8 @@ def _serialize_sent(result: SentResult, context: dict[str, Any] | None = None) -
     the pickle, and its memoryviews arrive as bytes.
     """
     value = result.value
+    if result.failure is not None:  # (as in __reduce_ex__)
+        return {"unsendable": [str(result.failure), ""]}, []
     try:
         header, frames = _serialized(value, context)
     except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the worker's event loop
@@ -534,23 +548,33 @@ def _items_apart(value: Any) -> tuple[list[Any], list[tuple[int, str, str]]] | N
 
 
 def _deserialize_sent(header: dict[str, Any], frames: list[Any]) -> SentResult:
-    """Undo :func:`_serialize_sent`; what the result's deserializing raises becomes ``UnpicklingError``.
+    """Undo :func:`_serialize_sent`: the result, or in its ``failure`` why it could not come. Never raises.
 
-    Raises:
-        pickle.PicklingError: the result could not be serialized on its
-            worker, the worker's traceback chained.
-        pickle.UnpicklingError: the result's deserializing raised, its error chained.
+    Dask fetches the results of tasks that end together in one message, and
+    an error raised as one of them was deserialized failed them all: a map's
+    chunk whose result held a lock failed its sibling chunk too, which then
+    handed out the first one's results, twice. So the ``failure`` is a
+    ``PicklingError`` (the result could not be serialized on its worker, the
+    worker's traceback chained), an :class:`ItemsUnsent` (some items of a
+    list could not be), or an ``UnpicklingError`` (its deserializing here
+    raised, that error chained), and :func:`_settle` fails this task alone.
     """
     if "unsendable" in header:
         message, worker_traceback = header["unsendable"]
-        _unsendable(message, worker_traceback)
+        return _unsendable(message, worker_traceback)
     try:
         value = deserialize(header["result"], frames)  # type: ignore[no-untyped-call]
-    except BaseException as error:  # SystemExit too: it stopped the client's event loop
-        raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+    except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the client's event loop
+        return SentResult(None, _unpickling_failure(error))
     if "unsent" in header:
-        raise ItemsUnsent(value, [(index, problem, text) for index, problem, text in header["unsent"]])
+        return SentResult(None, ItemsUnsent(value, [(index, problem, text) for index, problem, text in header["unsent"]]))
     return SentResult(value)
+
+
+def _unpickling_failure(error: BaseException) -> pickle.UnpicklingError:
+    failure = pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}")
+    failure.__cause__ = error
+    return failure
 
 
 dask_serialize.register(SentResult)(_serialize_sent)  # type: ignore[no-untyped-call]
@@ -558,20 +582,20 @@ dask_deserialize.register(SentResult)(_deserialize_sent)  # type: ignore[no-unty
 
 
 def _received(data: Any, buffers: list[Any]) -> SentResult:
-    """Unpickle a result pickled by :meth:`SentResult.__reduce_ex__`; what that raises becomes ``UnpicklingError``."""
+    """Unpickle a result pickled by :meth:`SentResult.__reduce_ex__`; never raises (see :func:`_deserialize_sent`)."""
     try:
         return SentResult(pickle.loads(data, buffers=buffers))
-    except BaseException as error:  # SystemExit too: it stopped the client's event loop
-        raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
+    except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the client's event loop
+        return SentResult(None, _unpickling_failure(error))
 
 
-def _received_apart(data: bytes, unsent: list[tuple[int, str, str]]) -> NoReturn:
-    """Unpickle the items of a list pickled without those that cannot be (:func:`_items_apart`), and raise :class:`ItemsUnsent`."""
+def _received_apart(data: bytes, unsent: list[tuple[int, str, str]]) -> SentResult:
+    """Unpickle the items of a list pickled without those that cannot be (:func:`_items_apart`): an :class:`ItemsUnsent` failure."""
     try:
         kept = pickle.loads(data)
-    except BaseException as error:  # SystemExit too: it stopped the client's event loop
-        raise pickle.UnpicklingError(f"the task's result could not be unpickled here: {described(error)}") from error
-    raise ItemsUnsent(kept, unsent)
+    except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the client's event loop
+        return SentResult(None, _unpickling_failure(error))
+    return SentResult(None, ItemsUnsent(kept, unsent))
 
 
 class ItemsUnsent(pickle.PicklingError):
@@ -591,11 +615,12 @@ class ItemsUnsent(pickle.PicklingError):
         self.__cause__ = RemoteTraceback(worker_traceback)
 
 
-def _unsendable(message: str, worker_traceback: str) -> NoReturn:
-    """Unpickled in place of a result that could not be pickled: raise why, the worker's traceback chained."""
+def _unsendable(message: str, worker_traceback: str) -> SentResult:
+    """Unpickled in place of a result that could not be pickled: why, the worker's traceback chained."""
     error = pickle.PicklingError(message)
-    error.__cause__ = RemoteTraceback(worker_traceback)
-    raise error
+    if worker_traceback:
+        error.__cause__ = RemoteTraceback(worker_traceback)
+    return SentResult(None, error)
 
 
 def _sizeof_sent(result: SentResult) -> int:
