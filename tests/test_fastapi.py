@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import Flags, wait_until
-from web_helpers import check_live_fails_for_good, uvicorn_server
+from web_helpers import check_live_fails_for_good, run_fresh_interpreter, uvicorn_server
 from web_tasks import count_primes, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
@@ -509,10 +508,7 @@ def test_a_lifespan_cut_short_in_its_shutdown_lets_the_program_exit(cut: str) ->
     # joined it again after a second Ctrl-C, for the whole shutdown_timeout (here,
     # for good). The exit then abandons the stuck task, as after any shutdown().
     stop, returncode, abandoned = LIFESPAN_CUTS[cut]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-c", LIFESPAN_CUT_SHORT.format(stop=stop)]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+    done = run_fresh_interpreter(LIFESPAN_CUT_SHORT.format(stop=stop))
     assert done.returncode == returncode, done.stderr
     assert done.stdout == "waiting\n"
     assert f"1 task(s) still unfinished at interpreter exit were abandoned {abandoned}" in done.stderr, done.stderr
@@ -578,11 +574,8 @@ server.run()
 
 def run_uvicorn_with_a_stuck_task(timeout: float | None, stop: str) -> subprocess.CompletedProcess[str]:
     """Run :data:`UVICORN_WITH_A_STUCK_TASK` in a fresh interpreter (60 s at most: one that waits for good fails)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-c", UVICORN_WITH_A_STUCK_TASK.format(timeout=timeout, stop=stop)]
     try:
-        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
+        return run_fresh_interpreter(UVICORN_WITH_A_STUCK_TASK.format(timeout=timeout, stop=stop))
     except subprocess.TimeoutExpired:
         pytest.fail("the server still waited 60 s after it was stopped")
 

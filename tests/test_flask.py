@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +16,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import wait_until
-from web_helpers import check_live_fails_for_good, werkzeug_server
+from web_helpers import check_live_fails_for_good, run_fresh_interpreter, werkzeug_server
 from web_tasks import count_primes
 
 flask = pytest.importorskip("flask")
@@ -145,11 +142,7 @@ print(json.dumps(mp.get_process_pool_info()["worker_pids"]), flush=True)
 
 
 def test_the_pools_shut_down_at_interpreter_exit_not_per_request() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_EXIT_SCRIPT)], capture_output=True, text=True, timeout=90, env=env
-    )
+    done = run_fresh_interpreter(_EXIT_SCRIPT, timeout=90)
     assert done.returncode == 0, done.stderr
     workers = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(workers) == 2
@@ -203,14 +196,6 @@ SHUT_DOWN_FIRST = {
 }
 
 
-def run_script(code: str) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (60 s at most: one that waits for good fails the test)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [sys.executable, "-c", textwrap.dedent(code)]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=env)
-
-
 @pytest.mark.parametrize("first", SHUT_DOWN_FIRST)
 def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) -> None:
     # Each extension's exit hook shut down in turn: with an app factory, the
@@ -218,7 +203,7 @@ def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) 
     # (an hour for a test suite that makes a hundred apps), and after the
     # program's own shutdown() it waited again; here, for good.
     shut_down_first, by = SHUT_DOWN_FIRST[first]
-    done = run_script(STUCK_AT_EXIT + shut_down_first)
+    done = run_fresh_interpreter(STUCK_AT_EXIT + shut_down_first)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "submitted\n"
     assert f"1 task(s) still unfinished at interpreter exit were abandoned after {by} waited 0.2 s;" in done.stderr
@@ -260,7 +245,7 @@ def test_a_ctrl_c_ends_the_exit_at_once_without_a_traceback_of_its_own(ctrl_c: s
     # callback" with a KeyboardInterrupt traceback, which the library's own hook
     # never prints.
     rest, returncode, abandoned = CTRL_C_AT_EXIT[ctrl_c]
-    done = run_script(STUCK_AT_EXIT + rest)
+    done = run_fresh_interpreter(STUCK_AT_EXIT + rest)
     assert done.returncode == returncode, done.stderr
     assert done.stdout == "submitted\n"
     assert f"still unfinished at interpreter exit were abandoned {abandoned}" in done.stderr
@@ -343,7 +328,7 @@ def test_the_warning_at_exit_says_how_the_extensions_shutdown_ended_and_names_it
     # made: the timeout is MAKEPARALLEL_SHUTDOWN_TIMEOUT, and after a Ctrl-C no
     # longer timeout would have helped.
     settings, says = EXTENSION_WAIT_ENDS[end]
-    done = run_script(SERVED_WITH_A_STUCK_TASK.format(**settings))
+    done = run_fresh_interpreter(SERVED_WITH_A_STUCK_TASK.format(**settings))
     assert done.returncode == 0, done.stderr
     assert done.stdout == "running\n"
     assert f"1 task(s) still unfinished at interpreter exit were {says}" in done.stderr, done.stderr

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,21 @@ from typing import Any
 import httpx
 
 from pool_helpers import wait_until
+
+
+def run_fresh_interpreter(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter that imports this checkout; its output, once it exits.
+
+    Without coverage's variables: a child that starts measuring slows down and
+    writes files the suite's run does not combine.
+
+    Raises:
+        subprocess.TimeoutExpired: it ran past ``timeout`` seconds (one that waits for good).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [sys.executable, "-c", textwrap.dedent(code)]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def free_socket() -> socket.socket:
