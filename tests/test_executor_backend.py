@@ -21,6 +21,7 @@ from typing import Any
 
 import loky
 import pytest
+from chained_errors import explicit_cause, implicit_context, suppressed_context
 from loky import get_reusable_executor
 from pool_helpers import Flags, mark_then_wait, wait_for_flag, wait_until
 
@@ -183,27 +184,6 @@ def test_an_error_pickle_cannot_rebuild_keeps_its_class_and_the_pool(make_pool: 
 
 
 EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)  # Python 3.11 on
-
-
-def explicit_cause() -> None:
-    try:
-        {}["id"]
-    except KeyError as error:
-        raise ValueError("bad row") from error
-
-
-def implicit_context() -> None:
-    try:
-        {}["id"]
-    except KeyError:
-        raise ValueError("while handling")
-
-
-def suppressed_context() -> None:
-    try:
-        {}["id"]
-    except KeyError:
-        raise ValueError("no context shown") from None
 
 
 def member_with_a_cause() -> None:

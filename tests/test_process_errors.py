@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chained_errors import explicit_cause, implicit_context, suppressed_context
 
 import makeparallel as mp
 from makeparallel._remote_errors import RemoteTraceback
@@ -155,27 +156,6 @@ def test_an_exception_arrives_equal(name: str, way: Callable[[str], BaseExceptio
 
 
 # -- the chain ---------------------------------------------------------------------------------
-
-
-def explicit_cause() -> None:
-    try:
-        {}["id"]
-    except KeyError as error:
-        raise ValueError("bad row") from error
-
-
-def implicit_context() -> None:
-    try:
-        {}["id"]
-    except KeyError:
-        raise ValueError("while handling")
-
-
-def suppressed_context() -> None:
-    try:
-        {}["id"]
-    except KeyError:
-        raise ValueError("no context shown") from None
 
 
 def with_notes() -> None:
