@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1879,28 +1879,20 @@ def test_workers_forked_once_the_template_is_idle_have_cloudpickle_already(two_w
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
-def test_a_worker_forked_after_one_was_replaced_has_cloudpickle_already() -> None:
-    # The template imports it once idle, and one that replaces a worker per task
-    # never was: each worker imported it on its first function sent by value (about
-    # 17 ms), which the map's chunk sizer took for its items' time.
+@pytest.mark.parametrize("had_it_at_start", [cloudpickle_at_start, asyncio_at_start], ids=["cloudpickle", "asyncio"])
+def test_a_worker_forked_after_one_was_replaced_has_what_some_tasks_need_already(
+    had_it_at_start: Callable[[], bool],
+) -> None:
+    # The template imports them once idle, and one that replaces a worker per task
+    # never was: each worker imported cloudpickle on its first function sent by value
+    # (about 17 ms), and asyncio on its first async function's task (about 40 ms on a
+    # busy machine), which the map's chunk sizer took for its items' time (an imap
+    # with max_tasks_per_child=1 kept its chunks at one item: 5 s for 300).
     fresh_process_pool(1)
     mp.configure_process_pool(max_tasks_per_child=1)
     try:
-        on_process(cloudpickle_at_start)().get(timeout=30)  # the first worker, recycled after it
-        assert on_process(cloudpickle_at_start)().get(timeout=30)
-    finally:
-        mp.configure_process_pool(max_tasks_per_child=None)
-
-
-def test_a_worker_forked_after_one_was_replaced_has_asyncio_already() -> None:
-    # An async function's task runs its coroutine on the worker's own loop: each new
-    # worker imported asyncio (about 40 ms on a busy machine), and an imap of an
-    # async function with max_tasks_per_child=1 kept its chunks at one item (5 s for 300).
-    fresh_process_pool(1)
-    mp.configure_process_pool(max_tasks_per_child=1)
-    try:
-        on_process(asyncio_at_start)().get(timeout=30)  # the first worker, recycled after it
-        assert on_process(asyncio_at_start)().get(timeout=30)
+        on_process(had_it_at_start)().get(timeout=30)  # the first worker, recycled after it
+        assert on_process(had_it_at_start)().get(timeout=30)
     finally:
         mp.configure_process_pool(max_tasks_per_child=None)
 
