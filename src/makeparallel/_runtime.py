@@ -875,7 +875,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             # timeout: an integration's, where the program never called shutdown().)
             # (_last_shutdown is set with _shut_down, under the lock: never None here.)
             (_last_shutdown or _programs_shutdown()).log_abandoned(backends)
-    elif _ending_on_interrupt():
+    elif ending_on_interrupt():
         _abandon_on_interrupt([*backends, *executors])
     else:
         timeout = _exit_timeout
@@ -908,7 +908,7 @@ def _abandon_on_interrupt(backends: list[Backend]) -> None:
 _CHECK_CANCELLED_ADVICE = "a task stops sooner when it calls makeparallel.check_cancelled()"  # after a Ctrl-C
 
 
-def _ending_on_interrupt() -> bool:
+def ending_on_interrupt() -> bool:
     """Whether the interpreter exits because a ``KeyboardInterrupt`` went uncaught.
 
     Python stores the exception that ended the program in ``sys.last_value``

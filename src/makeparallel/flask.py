@@ -35,12 +35,11 @@ prometheus-client).
 from __future__ import annotations
 
 import atexit
-import sys
 from typing import Any
 
 import makeparallel as mp
 
-from ._runtime import ShutdownCall, is_shut_down
+from ._runtime import ShutdownCall, ending_on_interrupt, is_shut_down
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -152,7 +151,7 @@ class MakeParallel:
         waits for nothing. A Ctrl-C during this wait ends it, without the
         traceback Python prints for an error of an exit hook.
         """
-        if is_shut_down() or isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        if is_shut_down() or ending_on_interrupt():
             return
         try:
             self.shutdown()
