@@ -51,6 +51,7 @@ from typing import Any
 
 import makeparallel as mp
 
+from ._interruptible import SLICE
 from ._runtime import ShutdownCall
 from ._validation import check_count, check_wait_timeout
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
@@ -184,7 +185,10 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
         but not a lifespan already shutting down): none reached this wait, and
         the server waited out the whole timeout, for good with ``None``. So a
         Ctrl-C meanwhile, on a loop in the main thread, also ends the wait (this
-        returns), and then goes to the handler that was there.
+        returns), and then goes to the handler that was there. The loop wakes
+        every ``SLICE`` seconds meanwhile: a Ctrl-C that lands on another
+        thread, or just before the loop sleeps, cuts no sleep short, and its
+        handler runs only once the main thread runs Python again.
 
     Raises:
         asyncio.CancelledError: the lifespan was cancelled meanwhile.
@@ -222,6 +226,8 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
 
     with _also_on_ctrl_c(on_ctrl_c):  # before the wait can begin
         threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
+        while not done.done():  # in slices, or a Ctrl-C may wait for good: see _interruptible
+            await asyncio.wait((done,), timeout=SLICE)
         await done
 
 
