@@ -362,17 +362,21 @@ release = threading.Event()
 
 def main_thread_waits():
     frame = sys._current_frames().get(threading.main_thread().ident)
-    code = frame.f_code if frame is not None else None
-    return code is not None and (code.co_name in ("_sleep", "next") or code.co_filename.endswith("_interruptible.py"))
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("_sleep", "next") or code.co_filename.endswith(("_interruptible.py", "_admission.py")):
+            return True
+        frame = frame.f_back
+    return False
 
-@mp.parallel
-def lands_elsewhere():
+def land_elsewhere():
     while not main_thread_waits():
         time.sleep(0.001)
     signal.pthread_kill(threading.get_ident(), signal.SIGINT)
     release.wait(60)
 
-handle = lands_elsewhere()
+lands_elsewhere = mp.parallel(land_elsewhere)
+
 try:
     WAIT
 except KeyboardInterrupt:
@@ -383,7 +387,27 @@ release.set()
 
 @pytest.mark.parametrize(
     "wait",
-    ["handle.get()", "handle.wait()", "mp.gather([handle])", "list(mp.as_completed([handle]))", "mp.wait([handle])"],
+    [
+        *(
+            f"handle = lands_elsewhere(); {wait}"
+            for wait in (
+                "handle.get()",
+                "handle.wait()",
+                "mp.gather([handle])",
+                "list(mp.as_completed([handle]))",
+                "mp.wait([handle])",
+            )
+        ),
+        # A submission waiting for a slot (set_max_concurrent_tasks, a group's
+        # max_concurrent) slept on a condition in one piece, until a second Ctrl-C.
+        pytest.param(
+            "mp.set_max_concurrent_tasks(1); lands_elsewhere(); mp.parallel(abs)(-1)", id="a slot of the library"
+        ),
+        pytest.param(
+            "ctx = mp.ParallelContext(max_concurrent=1).__enter__(); ctx.submit(land_elsewhere); ctx.submit(abs, -1)",
+            id="a slot of a group",
+        ),
+    ],
 )
 def test_ctrl_c_handled_by_another_thread_still_ends_the_main_threads_wait(wait: str) -> None:
     completed = subprocess.run(

@@ -131,12 +131,12 @@ class Limiter:
                     if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
                         task._raise_if_stopped()
                     if deadline is None:
-                        self._condition.wait()
+                        _interruptible.wait(self._condition, None)
                         continue
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._condition.wait(_interruptible.bounded(remaining))
+                    _interruptible.wait(self._condition, remaining)
                 self._in_flight += 1
                 admitted = True
         except BaseException:

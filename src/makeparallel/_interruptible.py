@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["SLICE", "acquire", "bounded", "get"]
+__all__ = ["SLICE", "acquire", "bounded", "get", "wait"]
 
 #: Seconds the main thread sleeps at most before it looks for a pending signal.
 SLICE = 0.1
@@ -70,3 +70,15 @@ def get(items: queue.SimpleQueue[Any], timeout: float | None) -> Any:
         except queue.Empty:
             if remaining <= SLICE and deadline is not None:
                 raise
+
+
+def wait(condition: threading.Condition, timeout: float | None) -> None:
+    """``condition.wait(timeout)`` (``None``: no end), its lock held; on the main thread one slice at most.
+
+    It may return before anything changed: the caller checks what it waits
+    for, and how long is left, and waits again.
+    """
+    if _on_main_thread():
+        condition.wait(SLICE if timeout is None else min(SLICE, max(0.0, timeout)))
+    else:
+        condition.wait(None if timeout is None else bounded(timeout))
