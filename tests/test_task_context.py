@@ -6,6 +6,10 @@ import math
 import re
 import threading
 import traceback
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy
 import pytest
 
 import makeparallel as mp
@@ -39,6 +43,37 @@ def test_progress_out_of_range_is_a_value_error(fraction: float) -> None:
 @pytest.mark.parametrize("fraction", ["0.5", True, False, None, [0.5], 1j])
 def test_progress_of_wrong_type_is_a_type_error(fraction: object) -> None:
     with pytest.raises(TypeError, match="progress"):
+        mp.report_progress(fraction)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fraction",
+    [numpy.float32(0.5), numpy.float64(0.5), numpy.int64(1), Fraction(1, 2)],
+    ids=["numpy.float32", "numpy.float64", "numpy.int64", "Fraction"],
+)
+def test_progress_of_any_real_number_type_is_taken_as_a_float(fraction: object, backend: str) -> None:
+    """Real numbers that are not int or float subclasses (NumPy's float32, a Fraction) are numbers too."""
+    go = threading.Event()
+
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        if backend != "sync":  # (which runs it at the call, before the callback is added)
+            assert go.wait(10)
+        mp.report_progress(fraction, "halfway")  # type: ignore[arg-type]
+
+    handle = work()
+    received: list[float] = []
+    handle.on_progress(received.append)  # on the sync backend: called at once with the report
+    go.set()
+    handle.get(10)
+    assert received == [float(fraction)]  # type: ignore[arg-type]
+    assert type(received[0]) is float
+    assert handle.get_progress_message() == "halfway"
+
+
+@pytest.mark.parametrize("fraction", [Decimal("0.5"), numpy.array([0.5])], ids=["Decimal", "array"])
+def test_progress_that_is_no_real_number_names_what_is_taken(fraction: object) -> None:
+    with pytest.raises(TypeError, match=r"a real number .*int, float"):
         mp.report_progress(fraction)  # type: ignore[arg-type]
 
 

@@ -169,7 +169,9 @@ def report_progress(
             may still run and report).
 
     Raises:
-        TypeError: ``fraction`` is missing or not a real number, ``message`` is
+        TypeError: ``fraction`` is missing or not a real number (an ``int``,
+            a ``float``, or any ``numbers.Real`` such as NumPy's ``float32``
+            or a ``Fraction``; not a ``bool``), ``message`` is
             neither a string nor a task id, or a task id is given twice.
         ValueError: ``fraction`` is NaN, infinite or outside [0, 1].
     """
@@ -182,7 +184,7 @@ def report_progress(
             raise TypeError("report_progress() got a task id twice: as its second argument and as task_id=")
         message, task_id = None, message
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-        raise TypeError(f"progress must be a number between 0.0 and 1.0, got {fraction!r}")
+        fraction = _as_real(fraction)
     if not 0.0 <= fraction <= 1.0:  # also false for NaN
         raise ValueError(f"progress must be between 0.0 and 1.0, got {fraction!r}")
     if message is not None and not isinstance(message, str):
@@ -194,3 +196,25 @@ def report_progress(
         task = _known.get(task_id)
     if task is not None:  # (one that ended ignores it: progress no longer means anything)
         task._report_progress(float(fraction), message)
+
+
+def _as_real(fraction: Any) -> float:
+    """``fraction`` as a float if it is a real number that is neither an int nor a float: NumPy's, a ``Fraction``.
+
+    ``numpy.float32`` and ``numpy.int64`` subclass neither ``float`` nor
+    ``int``, but are ``numbers.Real``, as ``progress = done / total`` over
+    NumPy counts gives. ``numbers`` is imported only here: a worker process
+    imports this module before its first task.
+
+    Raises:
+        TypeError: ``fraction`` is not a real number (a ``Decimal``, a
+            complex, an array, a string), or is a ``bool``.
+    """
+    import numbers
+
+    if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool):
+        return float(fraction)
+    raise TypeError(
+        f"progress must be a real number between 0.0 and 1.0 (an int, float or other "
+        f"numbers.Real), got {fraction!r} of type {type(fraction).__name__}"
+    )
