@@ -208,6 +208,36 @@ def test_attributes_work_in_a_format_string(
     assert outside == "None|None|{}|outside"
 
 
+@pytest.mark.parametrize("key", ["task_id", "task_name", "task_metadata"])
+@pytest.mark.parametrize("in_task", [False, True], ids=["outside", "in-a-task"])
+def test_an_extra_of_the_same_name_wins_over_the_context(
+    task_logging: None, collected: tuple[logging.Logger, Collect], key: str, in_task: bool
+) -> None:
+    """``extra={"task_id": ...}`` was a ``KeyError`` from ``makeRecord`` at the logging call itself."""
+    logger, handler = collected
+
+    def log() -> int | None:
+        logger.info("with an extra", extra={key: "the caller's"})
+        return mp.get_current_task_id()
+
+    task_id = mp.parallel(log, backend="thread", name="extra-logger")().get(10) if in_task else log()
+    (record,) = handler.wait_for(1)
+    assert getattr(record, key) == "the caller's"
+    context = {"task_id": task_id, "task_name": "extra-logger" if in_task else None, "task_metadata": {}}
+    for other, value in context.items():  # the others are still the task's
+        if other != key:
+            assert getattr(record, other) == value
+
+
+@pytest.mark.parametrize("key", ["task_id", "task_name", "task_metadata"])
+def test_the_filter_fills_what_an_extra_left_out(plain_factory: None, key: str) -> None:
+    """An ``extra`` of one name kept the filter from adding the other two: ``%(task_name)s`` then failed."""
+    record = logging.makeLogRecord({key: "the caller's"})
+    mp.TaskContextFilter().filter(record)
+    context = {"task_id": None, "task_name": None, "task_metadata": {}, key: "the caller's"}
+    assert {name: getattr(record, name, "missing") for name in context} == context
+
+
 # -- the filter --------------------------------------------------------------------------------
 
 

@@ -32,10 +32,36 @@ def _context() -> tuple[int | None, str | None, dict[str, Any]]:
     return task.get_task_id(), getattr(task, "name", None), dict(metadata or {})
 
 
+_KEYS = ("task_id", "task_name", "task_metadata")
+
+
 def _stamp(record: logging.LogRecord) -> None:
-    if getattr(record, "task_id", None) is not None:
-        return  # stamped already, in the worker process it came from
-    record.task_id, record.task_name, record.task_metadata = _context()
+    """Set each of the three attributes the record lacks (or has as ``None``).
+
+    One it has is kept: stamped in the worker process it came from, or an
+    ``extra`` of the caller's (``extra={"task_id": ...}``), which wins, as it
+    does in :func:`add_task_context`.
+    """
+    for key, value in zip(_KEYS, _context()):
+        if getattr(record, key, None) is None:
+            setattr(record, key, value)
+
+
+class _RecordAttributes(dict[str, Any]):
+    """A stamped record's ``__dict__``, in which the task context does not count as set.
+
+    ``Logger.makeRecord`` sets the ``extra`` of a logging call after the record
+    factory made the record, and refuses a key the record's ``__dict__``
+    already holds (``KeyError: Attempt to overwrite 'task_id' in LogRecord``),
+    so that, stamped by the factory, a ``log.info(..., extra={"task_id": ...})``
+    anywhere in the program raised at the call. Formatters read the
+    attributes from the ``__dict__`` (``%(task_id)s``), so they must be in it.
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, key: object) -> bool:
+        return key not in _KEYS and dict.__contains__(self, key)
 
 
 class TaskContextFilter(logging.Filter):
@@ -50,7 +76,12 @@ _enabled = False
 
 
 def enable_task_logging() -> None:
-    """Give every log record from now on its task context (idempotent)."""
+    """Give every log record from now on its task context (idempotent).
+
+    An ``extra`` of the same name in a logging call
+    (``log.info(..., extra={"task_id": job.id})``) replaces that attribute;
+    the other two are still the task's.
+    """
     global _enabled
     if _enabled:
         return
@@ -59,6 +90,7 @@ def enable_task_logging() -> None:
     def make_stamped_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
         _stamp(record)
+        record.__dict__ = _RecordAttributes(record.__dict__)  # an ``extra`` of these names may replace them
         return record
 
     logging.setLogRecordFactory(make_stamped_record)
