@@ -393,6 +393,44 @@ def test_readme_recipe_info_records_from_a_worker_reach_the_parent(task_logging:
     assert records[0].task_id == handle.get_task_id()  # type: ignore[attr-defined]
 
 
+def log_from_a_nested_task(logger_name: str) -> int:
+    """In a worker: have a thread task submitted here log, its metadata set first; its id."""
+    logger = logging.getLogger(logger_name)
+    released = threading.Event()
+
+    def nested() -> None:
+        assert released.wait(20)
+        logger.info("nested")
+
+    handle = mp.parallel(backend="thread", name="nested-in-worker")(nested)()
+    handle.set_metadata("step", 2)
+    released.set()
+    handle.get(20)
+    return handle.get_task_id()
+
+
+@pytest.mark.timeout(60)
+def test_a_record_of_a_task_submitted_in_a_worker_has_that_tasks_metadata(task_logging: None) -> None:
+    # Its id is the worker's, and the parent gave it the metadata of its own task of
+    # that id on that worker (in a fresh program, the outer task's), or none.
+    logger = logging.getLogger(unique_name("nested"))
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        outer = mp.parallel(backend="process")(log_from_a_nested_task)(logger.name)
+        outer.set_metadata("secret", "the outer task's")
+        nested_id = outer.get(30)
+        (record,) = handler.wait_for(1)
+    finally:
+        logger.removeHandler(handler)
+    assert record.getMessage() == "nested"
+    assert record.task_id == nested_id  # type: ignore[attr-defined]
+    assert record.task_name == "nested-in-worker"  # type: ignore[attr-defined]
+    assert record.task_metadata == {"step": 2}  # type: ignore[attr-defined]
+
+
 # -- structlog ----------------------------------------------------------------------------------
 
 

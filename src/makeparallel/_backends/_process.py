@@ -1545,8 +1545,9 @@ class ProcessBackend(QueueingBackend):
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
                 _, attributes, extras = message
-                owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
-                attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
+                if "task_metadata" not in extras:  # (a task submitted in the worker sends its own)
+                    owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
+                    attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
                 worker.undelivered.append(functools.partial(_emit_log, attributes, extras))
             elif kind == "partial":
                 _, task_id, data, sizes = message

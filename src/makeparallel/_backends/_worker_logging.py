@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _serialization
+from .._task_context import current_task
 from .._task_logging import _stamp
 
 __all__ = ["forward_records"]
@@ -27,7 +28,14 @@ _SET_HERE = frozenset({"msg", "args", "exc_info", "task_metadata"})
 
 
 class _ForwardingHandler(logging.Handler):
-    """Sends each log record to the parent, whose handlers then emit it."""
+    """Sends each log record to the parent, whose handlers then emit it.
+
+    The parent adds the metadata of the task a record names, which it sets on
+    its handle. A task submitted in this process (a handle here, where the
+    parent's task is a stand-in without metadata) is not the parent's: its
+    id is this process's, and the one of the parent's tasks that had the same
+    id gave it its metadata. Its own metadata, known here, goes with the record.
+    """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
         super().__init__()
@@ -35,7 +43,7 @@ class _ForwardingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _stamp(record)  # the task's id and name, known here; the parent adds metadata
+            _stamp(record)  # the task's id and name, known here; the parent adds a task's metadata
             attributes: dict[str, Any] = {}
             extras: dict[str, tuple[bytes | None, str]] = {}
             for key, value in record.__dict__.items():
@@ -53,6 +61,8 @@ class _ForwardingHandler(logging.Handler):
             if record.exc_info:
                 attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
             attributes["exc_info"] = None
+            if hasattr(current_task(), "_metadata"):  # a task submitted here, not one of the parent's: see below
+                extras["task_metadata"] = _packed(getattr(record, "task_metadata", None))
             self._send(("log", attributes, extras))
         except Exception:
             self.handleError(record)
