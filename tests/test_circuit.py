@@ -994,3 +994,46 @@ def test_a_worker_opening_a_breaker_where_no_thread_starts_goes_on(
     assert mp.get_thread_pool_info()["dead_threads"] == 0
     assert any("no thread could start to tell listeners" in record.getMessage() for record in caplog.records)
     assert mp.parallel(lambda: "still running")().get(timeout=10) == "still running"
+
+
+def refused_by_another_breaker() -> str:
+    """A task whose own code is refused by the breaker of a dependency it calls (one that is open)."""
+    raise mp.CircuitOpenError("circuit breaker 'db' is open", breaker="db", failure_rate=1.0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+@pytest.mark.parametrize(
+    "retry",
+    [None, mp.Retry(on=mp.CircuitOpenError, attempts=2, wait_initial=0, wait_jitter=0)],
+    ids=["no retry", "retried"],
+)
+def test_a_trial_that_a_nested_breaker_refuses_is_a_failure_and_keeps_no_permit(
+    backend: str, retry: mp.Retry | None, clock: FakeClock
+) -> None:
+    # Taken for this breaker's own refusal (the task never ran), such an
+    # outcome was never recorded and its trial permit never given back: the
+    # breaker stayed half-open for good, refusing every call.
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=1)
+    assert outcome(guarded(breaker)(True)) == "ConnectionError"  # it opens
+    clock.now += 31
+    handler = mp.parallel(backend=backend, circuit_breaker=breaker, retry=retry)(refused_by_another_breaker)
+    handle = handler()
+    error = handle.exception(timeout=30)
+    assert isinstance(error, mp.CircuitOpenError)
+    # The trial failed and opened it again: it refuses the retry, if any.
+    assert (error.breaker, handle.attempts) == (("db", 1) if retry is None else ("payments", 2))
+    assert breaker.state == "open" and breaker.statistics().failed_calls == 2
+    clock.now += 31
+    assert outcome(guarded(breaker)(False)) == "ok"  # the next trial closes it
+    assert breaker.state == "closed"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_nested_refusal_counts_by_on_as_any_error(backend: str, clock: FakeClock) -> None:
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=1, on=ConnectionError)
+    assert outcome(guarded(breaker)(True)) == "ConnectionError"
+    clock.now += 31
+    assert outcome(mp.parallel(backend=backend, circuit_breaker=breaker)(refused_by_another_breaker)()) == "CircuitOpenError"
+    assert breaker.state == "closed" and breaker.statistics().successful_calls == 1  # the dependency answered

@@ -131,7 +131,10 @@ class CircuitBreaker:
             however many threads call at once. All must succeed to close it.
         on: what counts as a failure: an exception type, a tuple of them, or a
             predicate ``f(exc) -> bool``; other errors count as successes (the
-            dependency answered). Cancellations count as nothing. An error
+            dependency answered). Cancellations, and this breaker's own
+            refusals, count as nothing; a ``CircuitOpenError`` that the task's
+            code raised (a breaker refused a call it made) is judged by
+            ``on`` as any error. An error
             whose predicate raises counts as a failure, and a note on it gives
             the predicate's error.
         clock: the monotonic clock, in seconds (for tests).
@@ -271,8 +274,13 @@ class CircuitBreaker:
         return permit
 
     def counts_as_failure(self, error: BaseException) -> bool:
-        """Whether ``error`` is a failure of the dependency (``on``); cancellations never are."""
-        if isinstance(error, (TaskCancelledError, CircuitOpenError)) or not isinstance(error, Exception):
+        """Whether ``error``, the outcome of a call that ran, fails the dependency (``on``); cancellations never do.
+
+        A ``CircuitOpenError`` is judged as any error: the call ran, and its code
+        was refused by the breaker of a dependency it called. This breaker's own
+        refusals never ran, and their callers never ask.
+        """
+        if isinstance(error, TaskCancelledError) or not isinstance(error, Exception):
             return False
         on = self.on
         if isinstance(on, (type, tuple)):

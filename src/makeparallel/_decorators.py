@@ -255,7 +255,7 @@ class GuardedTaskSpec(RetryingTaskSpec):
         super().task_retried(handle, first)
         error = handle._retry.last_error
         assert error is not None
-        if not isinstance(error, CircuitOpenError):  # a refused attempt never ran
+        if not handle._retry.refused:  # a refused attempt never ran (a CircuitOpenError its code raised is an outcome)
             started = handle._started_at
             self._record(self._counts_as_failure(self._verdicts.pop(handle._id, None), error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))
 
@@ -275,7 +275,7 @@ class GuardedTaskSpec(RetryingTaskSpec):
             return  # ended as it waited to retry (cancelled, given up): its last outcome was recorded then
         if state == CANCELLED:
             breaker.release(admitted_in)
-        elif not isinstance(value, CircuitOpenError):
+        elif not (record is not None and record.refused and record.last_error is value):  # refused: it never ran
             failed = state != SUCCEEDED and self._counts_as_failure(verdict, value)
             self._record(failed, None if started is None else handle._finished_at - started, admitted_in)  # type: ignore[operator]
 

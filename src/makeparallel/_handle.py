@@ -828,11 +828,12 @@ class AsyncHandle(Generic[T_co]):
 
     # -- engine side: retrying -------------------------------------------------------
 
-    def _retry_later_locked(self, error: BaseException, timed_out: bool = False) -> bool:
+    def _retry_later_locked(self, error: BaseException, timed_out: bool = False, refused: bool = False) -> bool:
         """Schedule the next attempt if attempts, time and the backend allow; under the lock.
 
         ``timed_out``: the attempt that failed with ``error`` timed out (a task
         given up on afterwards ends timed out, as one whose attempts ran out).
+        ``refused``: its circuit breaker refused that attempt, which never ran.
         """
         if self._state != RUNNING:
             return False
@@ -848,6 +849,7 @@ class AsyncHandle(Generic[T_co]):
         record.failures.append((attempt, type(error).__name__, now - record.first_started))
         record.last_error = error
         record.timed_out = timed_out
+        record.refused = refused
         if attempt >= retry.attempts:
             return False
         if self._backend._closed:
@@ -915,7 +917,7 @@ class AsyncHandle(Generic[T_co]):
             self._state = RUNNING  # an attempt that started and failed at once
             self._started_at = _now()
             retry = self._observer.retry
-            if retry is not None and retry.retries(error) and self._retry_later_locked(error):
+            if retry is not None and retry.retries(error) and self._retry_later_locked(error, refused=True):
                 announce: _Announcement | None = _RETRYING
             else:
                 announce = self._settle_locked(FAILED, error)

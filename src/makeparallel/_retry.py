@@ -194,6 +194,9 @@ class Attempts:
     holds_permit: bool = True
     #: Whether the attempt that failed last timed out.
     timed_out: bool = False
+    #: Whether the attempt that failed last (``last_error``) was its circuit breaker's refusal, so never
+    #: ran: its ``CircuitOpenError`` is no outcome of the dependency, as one the task's code raised is.
+    refused: bool = False
     #: Why no attempt followed the last one, where the policy wanted one (the backend shut down).
     stopped: str | None = None
 
