@@ -1274,6 +1274,43 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
     assert "not retried again: makeparallel was shut down" in notes
 
 
+@pytest.mark.timeout(60)
+def test_shutdown_ends_a_sync_call_waiting_to_retry_in_its_caller_at_once() -> None:
+    # The caller slept out its whole wait (shutdown() waiting with it), then
+    # ran one more attempt after the shutdown.
+    waiting = threading.Event()
+    runs: list[int] = []
+
+    def note(event: mp.TaskEvent) -> None:
+        if event.kind == "retry":
+            waiting.set()
+
+    @mp.parallel(backend="sync", retry=mp.Retry(on=ConnectionError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0))
+    def down() -> None:
+        runs.append(1)
+        raise ConnectionError("still down")
+
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if waiting.wait(30):
+            stopped.append(mp.shutdown(timeout_secs=30))
+
+    stopping = threading.Thread(target=stop)
+    mp.add_task_listener(note)
+    try:
+        stopping.start()
+        handle = down()  # returns once the shutdown ended it, not 600 s later
+        stopping.join(30)
+    finally:
+        mp.remove_task_listener(note)
+        mp.reset_shutdown()
+    assert stopped == [True] and runs == [1]
+    with pytest.raises(ConnectionError, match="still down") as caught:
+        handle.get()
+    assert "not retried again: makeparallel was shut down" in "\n".join(caught.value.__notes__)
+
+
 #: The executors that ``shut_down_then_fail`` shuts down, by the name the test gives it.
 TO_SHUT_DOWN: dict[str, Executor] = {}
 

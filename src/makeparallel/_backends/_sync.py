@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .._coroutines import running_loop
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
-from ._base import Backend
+from ._base import SHUT_DOWN, Backend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -120,11 +120,27 @@ class SyncBackend(Backend):
             with self._lock:
                 self._inline.discard(handle)
 
+    def close(self, cancel_pending: bool) -> None:
+        """Refuse new tasks; end the calls whose callers wait to retry them, as a pool's are, at once.
+
+        Their waits are on no deadline heap that a shutdown empties: each caller
+        slept out its wait, the shutdown waiting with it, then ran one more
+        attempt after it.
+        """
+        super().close(cancel_pending)
+        with self._lock:
+            waiting = [handle for handle in self._inline if handle._state == RETRY_WAIT]
+        for handle in waiting:
+            handle._give_up_retrying(SHUT_DOWN)  # its end wakes its caller's wait
+
     def _retry_here(self, handle: AsyncHandle[Any]) -> None:
         """Run the task's next attempts in the caller, each after its wait, as its circuit breaker admits them."""
         while handle._state == RETRY_WAIT:  # inline means the caller waits, here
             if handle._block(max(0.0, handle._retry.due - time.perf_counter())):
-                break  # cancelled during the wait (from another thread): the caller goes on at once
+                break  # cancelled during the wait (from another thread), or shut down: the caller goes on at once
+            if self._closed:  # (closed as the wait ended: close() may have found it not yet waiting)
+                handle._give_up_retrying(SHUT_DOWN)
+                break
             if not handle._admit_retry():
                 continue  # refused: it waits again, or ended
             with self._lock:
