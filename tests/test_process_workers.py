@@ -294,6 +294,29 @@ def test_workers_that_die_while_starting_stop_the_pool_instead_of_a_restart_loop
     assert info()["refusing_tasks"] is None
 
 
+@pytest.mark.parametrize("initializer", [broken_initializer, os._exit], ids=["raises", "exits"])
+def test_tasks_failed_by_workers_that_cannot_start_count_as_failed_not_cancelled(initializer: Callable[..., object]) -> None:
+    # A task whose worker died in its initializer, and one the pool fails at
+    # once after it gave up, never started: counted as cancelled ("cancelled
+    # before it started"), the metrics and Prometheus' status="cancelled" said
+    # nobody asked for them, where every one failed with WorkerCrashedError.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=initializer, initargs=() if initializer is broken_initializer else (3,))
+    name = f"cannot-start-{initializer.__name__}"
+    task = mp.parallel(backend="process", name=name)(noop)
+    handles = [task() for _ in range(3)]
+    for handle in handles:
+        with pytest.raises(mp.WorkerCrashedError):
+            handle.get(timeout=30)
+    assert wait_until(lambda: info()["refusing_tasks"] is not None)
+    with pytest.raises(mp.WorkerCrashedError, match="until configure_process_pool"):
+        task().get(timeout=30)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.failed_tasks, metrics.cancelled_tasks) == (4, 4, 0)
+    assert (metrics.running_tasks, metrics.queued_tasks) == (0, 0)
+
+
 def wait_in_initializer(flags: Flags) -> None:
     """An initializer that says it runs (a flag named by its pid), then waits for the test's "go"."""
     flags.set(f"initializing-{os.getpid()}")

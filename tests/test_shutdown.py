@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -340,7 +341,8 @@ def test_tasks_sent_to_a_worker_stuck_in_its_initializer_say_they_had_not_starte
     # initializer said it "was still running", which sent the user looking for a slow
     # task rather than the initializer; those sent behind it did not name it.
     fresh_process_pool(1)
-    quick = mp.parallel(backend="process")(abs)
+    name = f"stopped-unstarted-{uuid.uuid4().hex}"
+    quick = mp.parallel(backend="process", name=name)(abs)
     assert [handle.get(timeout=30) for handle in [quick(i) for i in range(200)]] == list(range(200))
     mp.configure_process_pool(initializer=stuck_in_c_initializer, initargs=(str(tmp_path),))
     try:
@@ -356,6 +358,9 @@ def test_tasks_sent_to_a_worker_stuck_in_its_initializer_say_they_had_not_starte
         named = [m for m in messages if "still running the initializer stuck_in_c_initializer" in m]
         assert sent >= 1 and len(named) >= sent, messages
         assert mp.get_process_pool_info()["live_workers"] == 0
+        # They failed, and count so: not as cancelled, which nobody asked for.
+        metrics = mp.get_metrics(name)
+        assert metrics is not None and (metrics.failed_tasks, metrics.cancelled_tasks) == (8, 0)
     finally:
         mp.configure_process_pool(initializer=None)
 

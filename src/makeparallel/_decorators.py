@@ -165,8 +165,8 @@ class TaskSpec:
             waits.append(started - handle._submitted_at)
             if len(waits) >= FOLD_AT:
                 shard.fold()
-        elif started is None:  # cancelled before it started
-            shard.cancelled += 1
+        elif started is None:  # cancelled before it started, or failed by a pool that could not start it
+            shard.count_end(state, None, None)
         else:
             ran_to_end = state == FAILED
             shard.count_end(

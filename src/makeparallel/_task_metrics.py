@@ -21,6 +21,8 @@ class TaskMetrics(Mapping[str, Any]):
     ``retries`` the attempts after the first. A retried task's execution time is
     its last attempt's, and so is its queue wait: from the moment that retry was
     due to its start (the waits to retry and the earlier attempts are no queueing).
+    A task its pool failed before it started (its worker process could not
+    start, or a shutdown stopped the workers) counts as failed, not cancelled.
 
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles
