@@ -370,3 +370,21 @@ def test_a_server_started_on_a_registry_that_has_the_collector_serves_each_metri
     name, _ = completed_once("prometheus-registered-first")
     with registered() as (registry, _), served(registry) as exposition:
         assert served_once(exposition.scrape(), name)
+
+
+@pytest.mark.timeout(30)
+def test_a_server_on_a_registry_with_another_collector_of_the_same_names_is_refused() -> None:
+    # The user's own metric named as one of the library's took its names first:
+    # start_http_server took the refusal for "registered already" and served a
+    # page without any of the library's metrics, saying nothing.
+    from prometheus_client import Counter
+
+    from makeparallel._web_health import metrics_registry
+
+    registry = CollectorRegistry()
+    Counter("makeparallel_tasks", "the application's own", registry=registry)
+    with pytest.raises(ValueError, match="makeparallel_tasks") as raised:
+        mp_prometheus.start_http_server(0, registry=registry)
+    assert "another collector" in str(raised.value)
+    with pytest.raises(ValueError, match="another collector"):  # the FastAPI and Flask /metrics
+        metrics_registry(registry)

@@ -36,8 +36,10 @@ def metrics_registry(registry: Any = None) -> Any:
 
     Raises:
         ImportError: prometheus-client is not installed.
+        ValueError: ``registry`` has another collector of the library's metric
+            names: the library's metrics would not be served.
     """
-    from makeparallel.prometheus import register
+    from makeparallel.prometheus import _register_once
 
     try:
         import prometheus_client
@@ -45,10 +47,7 @@ def metrics_registry(registry: Any = None) -> Any:
         raise ImportError('serving /metrics needs prometheus-client: pip install "makeparallel[prometheus]"') from error
     if registry is None:
         registry = prometheus_client.CollectorRegistry()
-    try:
-        register(registry)
-    except ValueError:  # registered already: its metrics are served once, as they should be
-        pass
+    _register_once(registry)  # registered already: its metrics are served once, as they should be
     return registry
 
 

@@ -301,6 +301,8 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
 
     Raises:
         ImportError: prometheus-client is not installed.
+        ValueError: ``registry`` has another collector of one of the library's
+            metric names: ``/metrics`` would serve none of the library's.
     """
     served = metrics_registry(registry)
     routes = APIRouter(prefix=prefix, include_in_schema=include_in_schema)

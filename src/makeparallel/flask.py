@@ -95,7 +95,8 @@ class MakeParallel:
 
         Raises:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
-                message names the setting).
+                message names the setting); ValueError also where the registry
+                has another collector of one of the library's metric names.
         """
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
@@ -176,6 +177,8 @@ class MakeParallel:
 
         Raises:
             ImportError: prometheus-client is not installed.
+            ValueError: the registry has another collector of one of the
+                library's metric names: ``/metrics`` would serve none of the library's.
         """
         served = metrics_registry(self._registry)
         routes = Blueprint("makeparallel", __name__)

@@ -219,11 +219,45 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     address defaults to loopback: expose it deliberately. A registry that has
     the collector already (:func:`register` called first, or a server on
     another port) keeps that one: each metric is served once.
+
+    Raises:
+        ValueError: ``registry`` has another collector of one of the library's
+            metric names (the application's own ``makeparallel_tasks``):
+            served, the page would have none of the library's metrics.
+        OSError: ``addr:port`` cannot be bound (a server listens there already).
     """
     client = _client()
     registry = registry if registry is not None else client.REGISTRY
+    _register_once(registry)
+    return client.start_http_server(port, addr=addr, registry=registry)
+
+
+def _register_once(registry: Any) -> None:
+    """Register a collector with ``registry`` unless it has one already.
+
+    Raises:
+        ValueError: ``registry`` has another collector of the library's metric
+            names, which took them: the library's metrics would not be served.
+    """
     try:
         register(registry)
-    except ValueError:  # registered already: its metrics are served once
-        pass
-    return client.start_http_server(port, addr=addr, registry=registry)
+    except ValueError as error:
+        if not _has_collector(registry):
+            raise ValueError(
+                f"the registry has another collector of makeparallel's metric names ({error}): "
+                "none of makeparallel's metrics would be served; rename that metric, or serve "
+                "makeparallel's from a registry of its own"
+            ) from error
+
+
+def _has_collector(registry: Any) -> bool:
+    """Whether ``registry`` holds a :class:`MakeparallelCollector`.
+
+    ``prometheus_client`` lists no collectors publicly: its registry's map of
+    them is read. A registry without that map (another version, a registry of
+    another kind) is taken to hold one, as every refusal was taken before.
+    """
+    collectors = getattr(registry, "_collector_to_names", None)
+    if collectors is None:
+        return True
+    return any(isinstance(collector, MakeparallelCollector) for collector in list(collectors))
