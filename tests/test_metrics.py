@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import re
 import threading
 import time
@@ -489,6 +491,33 @@ def test_profiled_measures_time() -> None:
     assert metrics is not None
     assert sum(measured) * 1000 <= metrics.total_execution_time_ms <= wall * 1000
     assert metrics.average_execution_time_ms == pytest.approx(metrics.total_execution_time_ms / 2)
+
+
+@pytest.mark.timeout(20)
+def test_profiled_measures_an_async_function_to_its_end() -> None:
+    # The wrapper was a plain function: it counted the coroutine's creation
+    # (completed, in microseconds) and never what the awaits did, and it was
+    # no coroutine function to inspect.iscoroutinefunction.
+    name = unique_name("profiled-async")
+    measured: list[float] = []
+
+    @mp.profiled(name=name)
+    async def fetch(fail: bool) -> str:
+        await asyncio.sleep(0)
+        measured.append(busy_for(0.002))
+        if fail:
+            raise LookupError("failed on purpose")
+        return "fetched"
+
+    assert asyncio.iscoroutinefunction(fetch) and inspect.iscoroutinefunction(fetch)
+    coroutine = fetch(False)
+    assert counts(name)["total"] == 0  # a call not awaited (yet) ran nothing
+    assert asyncio.run(coroutine) == "fetched"
+    with pytest.raises(LookupError, match="on purpose"):
+        asyncio.run(fetch(True))
+    assert counts(name) == {"total": 2, "completed": 1, "failed": 1, "cancelled": 0, "timed_out": 0}
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.total_execution_time_ms >= sum(measured) * 1000
 
 
 def test_profiled_rejects_non_callables() -> None:
