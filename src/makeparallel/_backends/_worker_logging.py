@@ -30,11 +30,12 @@ _SET_HERE = frozenset({"msg", "args", "exc_info", "task_metadata"})
 class _ForwardingHandler(logging.Handler):
     """Sends each log record to the parent, whose handlers then emit it.
 
-    The parent adds the metadata of the task a record names, which it sets on
-    its handle. A task submitted in this process (a handle here, where the
-    parent's task is a stand-in without metadata) is not the parent's: its
-    id is this process's, and the one of the parent's tasks that had the same
-    id gave it its metadata. Its own metadata, known here, goes with the record.
+    The parent adds the metadata of the task a record names, set on its
+    handle there. A task submitted in this process (a handle here, where the
+    parent's task is a stand-in without metadata) is not the parent's: its id
+    is this process's, which may be one of the parent's tasks' too (the
+    parent gave its records that task's metadata). So its own metadata, known
+    here, goes with the record.
     """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
