@@ -176,6 +176,34 @@ def test_a_range_longer_than_sys_maxsize_is_read_lazily(backend: str) -> None:
         results.close()
 
 
+class _LengthRefused:
+    """Iterable, with a ``__len__`` that raises TypeError, as a stream-backed data set's may."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.count))
+
+    def __len__(self) -> int:
+        raise TypeError("this stream has no length")
+
+
+@pytest.mark.parametrize("count", [0, 1, 50])
+def test_an_iterable_whose_len_raises_type_error_is_read_as_one_of_unknown_length(backend: str, count: int) -> None:
+    # map() and list() read it (operator.length_hint takes that TypeError for "no length");
+    # the maps raised it at the call.
+    expected = [triple_plus_one(x) for x in range(count)]
+    assert mp.parallel_map(triple_plus_one, _LengthRefused(count), backend=backend) == expected
+    assert list(mp.imap(triple_plus_one, _LengthRefused(count), backend=backend)) == expected
+    totals: list[int | None] = []
+    shown = mp.parallel_map(
+        triple_plus_one, _LengthRefused(count), backend=backend, progress=lambda _, total: totals.append(total)
+    )
+    assert shown == expected
+    assert set(totals) <= {None}  # its length is unknown
+
+
 @pytest.mark.parametrize("size", [0, 1, 7, 100_000])
 def test_automatic_chunk_size_gives_right_results(backend: str, size: int) -> None:
     xs = list(range(size))

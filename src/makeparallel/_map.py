@@ -563,6 +563,8 @@ def _checked(
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     except OverflowError:  # a range longer than sys.maxsize: sliced all the same, of unknown length
         total = None
+    except TypeError:  # a __len__ that says it has none (a stream's): map() and list() read it, as length_hint does
+        total = None
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
     if progress is not False:
         check_progress(progress)
