@@ -877,6 +877,30 @@ def test_imap_reads_nothing_before_the_first_result_is_asked_for() -> None:
     iterator.close()
 
 
+def test_an_imap_closed_before_its_first_result_reads_no_input_and_runs_nothing(backend: str) -> None:
+    # As a generator closed before its first next(). close() did nothing until the map had
+    # started, and a loop over the closed imap afterwards read the input and ran every item.
+    pulled: list[int] = []
+
+    def source() -> Iterator[int]:
+        for x in range(5):
+            pulled.append(x)
+            yield x
+
+    iterator = mp.imap(triple_plus_one, source(), backend=backend)
+    iterator.close()
+    assert list(iterator) == []
+    iterator.close()  # closing again is harmless, as for a generator
+
+    async def collect() -> list[int]:
+        closed = mp.imap(triple_plus_one, source(), backend=backend)
+        closed.close()
+        return [result async for result in closed]
+
+    assert asyncio.run(collect()) == []
+    assert pulled == []
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("chunksize", [None, 1, 50])
 def test_imap_over_an_endless_generator_stays_bounded(backend: str, chunksize: int | None) -> None:

@@ -454,6 +454,7 @@ class MapIterator(Iterator[R]):
         self._mapper = mapper
         self._results: Iterator[R] | None = None
         self._async = False
+        self._closed_unstarted = False  # close() came before the first result was asked for
 
     def __next__(self) -> R:
         if self._results is None:
@@ -463,15 +464,36 @@ class MapIterator(Iterator[R]):
         return next(self._results)
 
     def close(self) -> None:
-        """Stop: cancel the chunks in flight and read no more input."""
-        if self._results is not None:
+        """Stop: cancel the chunks in flight and read no more input.
+
+        Closed before its first result, the map never starts: iterating it
+        then gives nothing, as a generator closed before its first ``next()``.
+        """
+        if self._results is None and not self._async:
+            self._results = _no_results()  # a generator: closing it again is harmless
+            self._closed_unstarted = True
+        elif self._results is not None:
             self._results.close()  # type: ignore[attr-defined]
 
     def __aiter__(self) -> AsyncIterator[R]:
+        if self._closed_unstarted:
+            return _nothing()
         if self._results is not None or self._async:
             raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
         self._async = True
         return _each_async(self._mapper.chunks_async())
+
+
+def _no_results() -> Iterator[Any]:
+    """What iterating an imap closed before it started gives: no result."""
+    return
+    yield
+
+
+async def _nothing() -> AsyncIterator[Any]:
+    """:func:`_no_results` for ``async for``."""
+    return
+    yield
 
 
 async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
