@@ -519,7 +519,7 @@ def test_report_progress_for_an_ended_or_unknown_task_does_nothing() -> None:
         (lambda: mp.report_progress(0.5, 3, task_id=4), "a task id twice"),
         (lambda: mp.report_progress(0.5, progress=0.5), "both fraction and progress="),
         (lambda: mp.report_progress(0.5, task_id="task_1"), "task_id must be an int"),
-        (lambda: mp.report_progress(), "progress must be a number"),
+        (lambda: mp.report_progress(), "progress must be a real number"),
     ],
 )
 def test_bad_report_progress_calls(call: Any, message: str) -> None:
