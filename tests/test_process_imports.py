@@ -1248,6 +1248,27 @@ def test_a_task_pickles_the_classes_of_the_main_script_it_refers_to(tmp_path: Pa
 
 
 
+def test_a_task_pickles_an_argument_whose_class_the_main_script_defines(tmp_path: Path) -> None:
+    # The worker's __main__ took on only the classes the function sent refers to: a task
+    # that pickled its argument (a cache file, pickle.dumps itself as the task) failed with
+    # "attribute lookup Point on __main__ failed", where every multiprocessing pool's works.
+    (tmp_path / "script.py").write_text(
+        "import pickle\n"
+        "import makeparallel as mp\n\n"
+        "class Point:\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n\n"
+        "def dump(value):\n"
+        "    return pickle.dumps(value)\n\n"
+        "if __name__ == '__main__':\n"
+        "    task = mp.parallel(backend='process')\n"
+        "    print(pickle.loads(task(dump)(Point(1)).get(timeout=30)).x,\n"
+        "          pickle.loads(task(pickle.dumps)(Point(2)).get(timeout=30)).x,\n"
+        "          [pickle.loads(p).x for p in mp.parallel_map(dump, [Point(3)], backend='process')])\n"
+    )
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.split() == ["1", "2", "[3]"], result.stderr[-2000:]
+
 
 def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
     # The worker's __main__ named the program's file but not its module: the spawn

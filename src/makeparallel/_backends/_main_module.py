@@ -10,8 +10,9 @@ instance of a class the script defines failed (``Can't pickle <class
 ``__main__.__file__`` was missing. So each worker has a module of its own as
 ``__main__``, named as the program's (its ``__file__``, and its module's name
 under ``python -m``), which takes on the classes and functions of the script
-that the functions sent to it refer to, as they arrive (:func:`adopt`). What
-no function sent refers to is not there.
+that the functions sent to it refer to, as they arrive (:func:`adopt`), and
+finds those the arguments brought (:func:`_rebuilt_class`). Nothing else of
+the script is there.
 
 A ``spawn`` or ``forkserver`` pool a task makes runs the script again from
 those names in its children, as it would from the program: without the
@@ -65,8 +66,34 @@ def stand_in_for_main(file: str | None, name: str | None) -> None:
         module.__file__ = file
     if name is not None:
         module.__spec__ = ModuleSpec(name, None, origin=file)
+    module.__dict__["__getattr__"] = _rebuilt_class  # asked only for what is not there (PEP 562)
     sys.modules["__main__"] = module
     _stand_in = module
+
+
+def _rebuilt_class(name: str) -> Any:
+    """The stand-in ``__main__``'s module ``__getattr__``: the script's class ``name`` that cloudpickle rebuilt here.
+
+    A class of the script that arrived with an argument, not named by the
+    function sent (:func:`adopt` takes on only those): a task that pickled
+    its argument (``pickle.dumps(value)``, a cache file) failed with
+    ``attribute lookup Point on __main__ failed``, where every
+    ``multiprocessing`` pool's task has the script's classes. cloudpickle
+    keeps each class it rebuilds, by the id the program's side gave it; the
+    latest one of that name wins, as in :func:`adopt`.
+
+    Raises:
+        AttributeError: no class of that name was rebuilt here, as for any
+            module attribute that is not there.
+    """
+    module = sys.modules.get("cloudpickle.cloudpickle")
+    tracked = getattr(module, "_DYNAMIC_CLASS_TRACKER_BY_ID", None)
+    # valuerefs() copies the references at once: another thread may unpickle a class meanwhile.
+    for reference in reversed(tracked.valuerefs() if tracked is not None else []):
+        rebuilt = reference()
+        if getattr(rebuilt, "__module__", None) == "__main__" and getattr(rebuilt, "__qualname__", None) == name:
+            return rebuilt
+    raise AttributeError(f"module '__main__' has no attribute {name!r}")
 
 
 def adopt(fn: Any) -> None:
