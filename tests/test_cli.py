@@ -254,3 +254,21 @@ def test_python_dash_m_runs_info() -> None:
     info = json.loads(completed.stdout)
     assert info["python_version"] == ".".join(map(str, sys.version_info[:3]))
     assert info["thread_pool"]["live_threads"] == 0  # info starts no thread
+
+
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"], ["demo", "--quick"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(argv: list[str]) -> None:
+    # As `makeparallel info | head -1` does: the pipe is closed before anything is
+    # written, so every write fails with EPIPE (Python ignores SIGPIPE).
+    command = subprocess.Popen(
+        [sys.executable, "-m", "makeparallel", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()
+    try:
+        errors = command.stderr.read().decode()
+    finally:
+        command.stderr.close()
+        returncode = command.wait(timeout=60)
+    assert returncode == 1
+    assert errors == ""

@@ -152,11 +152,29 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
+    A reader that stops reading (``makeparallel info | head -1``) ends the
+    command with code 1 and no traceback, as Python's documentation advises
+    for a closed pipe.
+
     Raises:
         SystemExit: with code 2 on a usage error (argparse prints the usage).
     """
     arguments = _parser().parse_args(argv)
-    return int(arguments.run(arguments))
+    try:
+        code = int(arguments.run(arguments))
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit, where Python prints it as ignored
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device: Python flushes it once more at exit, which would fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout with no descriptor of its own: nothing is flushed to a pipe at exit
+        pass
 
 
 if __name__ == "__main__":
