@@ -155,6 +155,66 @@ def test_shutdown_from_a_process_tasks_callback_returns_instead_of_raising() -> 
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=20) == 2
 
 
+SHUTDOWN_FOR_GOOD = r"shutdown\(timeout_secs=None\) called .* would wait for good; nothing was shut down"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_shutdown_without_a_timeout_inside_a_task_raises_at_once(backend: str) -> None:
+    # It waited for the task's own end, for good.
+    @mp.parallel(backend=backend)
+    def stop_everything() -> None:
+        mp.shutdown(timeout_secs=None)
+
+    with pytest.raises(RuntimeError, match=SHUTDOWN_FOR_GOOD + ".*timeout_secs"):
+        stop_everything().get(timeout=30)
+    assert mp.parallel(backend=backend)(abs)(-1).get(timeout=30) == 1
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_without_a_timeout_in_a_callback_on_the_only_worker_raises_at_once(gate: threading.Event) -> None:
+    # It waited for the task queued behind, which only the worker the callback held could run.
+    resize(1)
+    outcome: list[object] = []
+    called = threading.Event()
+
+    def stop_everything(_: object) -> None:
+        try:
+            outcome.append(mp.shutdown(timeout_secs=None))
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            outcome.append(error)
+        called.set()
+
+    mp.parallel(gate.wait)(30).on_complete(stop_everything)
+    behind = mp.parallel(abs)(-3)
+    gate.set()
+    assert called.wait(30)
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "on a thread pool's worker" in str(outcome[0])
+    assert behind.get(timeout=30) == 3
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once() -> None:
+    # It ran on the pool's loop thread, which reads the results it waited for: with
+    # another task of the pool unfinished, it waited for good.
+    outcome: list[object] = []
+    called = threading.Event()
+
+    def stop_everything(_: object) -> None:
+        try:
+            outcome.append(mp.shutdown(timeout_secs=None))
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            outcome.append(error)
+        called.set()
+
+    mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
+    assert called.wait(30)
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "on the pool's loop thread" in str(outcome[0])
+    assert mp.parallel(backend="process")(abs)(-2).get(timeout=30) == 2
+
+
 def test_a_backend_first_used_after_shutdown_refuses_too() -> None:
     # Only the thread backend may exist yet; "sync" is created after shutdown.
     mp.shutdown(timeout_secs=5)

@@ -711,9 +711,41 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     with a warning that says whether this call timed out, was ended by Ctrl-C,
     or still waited.
     Called from a task or a callback, it waits for that task too, which cannot
-    end meanwhile: give it a ``timeout_secs`` there.
+    end meanwhile, or for tasks that need the thread the callback holds: give
+    it a ``timeout_secs`` there. With ``None`` there it would wait for good, so
+    it raises ``RuntimeError`` at once, shutting nothing down.
     """
+    if timeout_secs is None:
+        _refuse_to_wait_for_good_here()
     return _programs_shutdown().run(timeout_secs, cancel_pending)
+
+
+def _refuse_to_wait_for_good_here() -> None:
+    """Raise ``RuntimeError`` on a thread where ``shutdown(timeout_secs=None)`` could only wait for good.
+
+    Inside a task (its own end is among those waited for); in a callback on a
+    thread pool's worker (the tasks queued behind may need that very worker:
+    with one thread, they never started); in a process task's callback, on
+    its pool's loop thread (which reads every result the wait needs).
+    """
+    from ._backends._base import pool_of_this_thread
+    from ._task_context import current_task
+
+    task = current_task()
+    with _lock:
+        loops = [getattr(backend, "_loop", None) for backend in _all_backends()]
+    if task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
+        where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
+    elif pool_of_this_thread() is not None:
+        where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
+    elif threading.current_thread() in loops:
+        where = "in a process task's callback, on the pool's loop thread, which reads the results it waits for"
+    else:
+        return
+    raise RuntimeError(
+        f"shutdown(timeout_secs=None) called {where}, would wait for good; nothing was shut "
+        "down. Give it a timeout_secs, or call it from your program's own thread"
+    )
 
 
 def _programs_shutdown() -> ShutdownCall:
