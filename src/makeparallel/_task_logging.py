@@ -42,9 +42,14 @@ def _stamp(record: logging.LogRecord) -> None:
     ``extra`` of the caller's (``extra={"task_id": ...}``), which wins, as it
     does in :func:`add_task_context`.
     """
-    for key, value in zip(_KEYS, _context()):
-        if getattr(record, key, None) is None:
-            setattr(record, key, value)
+    attributes = record.__dict__
+    task_id, task_name, task_metadata = _context()
+    if attributes.get("task_id") is None:
+        attributes["task_id"] = task_id
+    if attributes.get("task_name") is None:
+        attributes["task_name"] = task_name
+    if attributes.get("task_metadata") is None:
+        attributes["task_metadata"] = task_metadata
 
 
 class _RecordAttributes(dict[str, Any]):
