@@ -431,6 +431,49 @@ def test_a_record_of_a_task_submitted_in_a_worker_has_that_tasks_metadata(task_l
     assert record.task_metadata == {"step": 2}  # type: ignore[attr-defined]
 
 
+class Unpicklable:
+    """A metadata value that cannot go to another process."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot be pickled")
+
+    def __str__(self) -> str:
+        return "an unpicklable value"
+
+
+def log_with_unpicklable_metadata(logger_name: str) -> None:
+    """In a worker: have a thread task submitted here log, with a metadata value that cannot be pickled."""
+    logger = logging.getLogger(logger_name)
+    released = threading.Event()
+
+    def nested() -> None:
+        assert released.wait(20)
+        logger.info("nested")
+
+    handle = mp.parallel(backend="thread")(nested)()
+    handle.set_metadata("step", 2)
+    handle.set_metadata("lock", Unpicklable())
+    released.set()
+    handle.get(20)
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_tasks_metadata_value_that_cannot_be_pickled_costs_that_value_alone(task_logging: None) -> None:
+    # The whole metadata dict was pickled as one: one value that could not be
+    # made the record's task_metadata a str (the dict's text), not a dict.
+    logger = logging.getLogger(unique_name("nested-unpicklable"))
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        mp.parallel(backend="process")(log_with_unpicklable_metadata)(logger.name).get(30)
+        (record,) = handler.wait_for(1)
+    finally:
+        logger.removeHandler(handler)
+    assert record.task_metadata == {"step": 2, "lock": "an unpicklable value"}  # type: ignore[attr-defined]
+
+
 # -- structlog ----------------------------------------------------------------------------------
 
 

@@ -1544,11 +1544,11 @@ class ProcessBackend(QueueingBackend):
                 if running and running[0]._state == RUNNING:
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
-                _, attributes, extras = message
-                if "task_metadata" not in extras:  # (a task submitted in the worker sends its own)
+                _, attributes, extras, metadata = message
+                if metadata is None and "task_metadata" not in extras:  # (a task submitted in the worker sends its own)
                     owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
                     attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
-                worker.undelivered.append(functools.partial(_emit_log, attributes, extras))
+                worker.undelivered.append(functools.partial(_emit_log, attributes, extras, metadata))
             elif kind == "partial":
                 _, task_id, data, sizes = message
                 buffers = [worker.conn.recv_frame() for _ in sizes]
@@ -2580,19 +2580,24 @@ def _initializer_error(data: bytes) -> BaseException:
     return error
 
 
-def _emit_log(attributes: dict[str, Any], extras: dict[str, tuple[bytes | None, str]]) -> None:
+def _emit_log(
+    attributes: dict[str, Any],
+    extras: dict[str, tuple[bytes | None, str]],
+    metadata: dict[str, tuple[bytes | None, str]] | None = None,
+) -> None:
     """Emit a record a worker logged (``_worker_logging``) through this process's logger of its name.
 
     Its level is named as here (``logging.addLevelName``: ``"WARN"``, a
     ``NOTICE`` of 25), where this process names it. Each ``extra`` is
     unpickled alone: one that cannot be (a class only the worker imports, or
-    only pickled there) is its text, ``str()`` of it in the worker.
+    only pickled there) is its text, ``str()`` of it in the worker. So is each
+    value of ``metadata``, the metadata of a task submitted in the worker
+    (``None``: the record's ``task_metadata`` is already set, or an extra).
     """
-    for name, (data, text) in extras.items():
-        try:
-            attributes[name] = text if data is None else _serialization.loads(data, [])
-        except BaseException:  # unpickling runs the user's code: nothing may end the loop
-            attributes[name] = text
+    for name, packed in extras.items():
+        attributes[name] = _unpacked(packed)
+    if metadata is not None:
+        attributes["task_metadata"] = {key: _unpacked(packed) for key, packed in metadata.items()}
     level = attributes["levelno"]
     named = logging.getLevelName(level)
     if named != f"Level {level}":
@@ -2625,6 +2630,15 @@ _DELIVERED = frozenset({"output", "log"})  # the messages the Delivery's thread 
 _ENDED = object()  # a worker's pipe's end of file, read behind output not yet delivered
 
 _alive: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+def _unpacked(packed: tuple[bytes | None, str]) -> Any:
+    """A value a worker packed for a record (``_worker_logging._packed``): unpickled, or its text if it cannot be."""
+    data, text = packed
+    try:
+        return text if data is None else _serialization.loads(data, [])
+    except BaseException:  # unpickling runs the user's code: nothing may end the loop
+        return text
 
 
 def _drop_pipes_after_fork() -> None:

@@ -35,7 +35,8 @@ class _ForwardingHandler(logging.Handler):
     parent's task is a stand-in without metadata) is not the parent's: its id
     is this process's, which may be one of the parent's tasks' too (the
     parent gave its records that task's metadata). So its own metadata, known
-    here, goes with the record.
+    here, goes with the record, each value packed alone (one that cannot be
+    pickled, or unpickled in the parent, is its text; the rest stay as they are).
     """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
@@ -62,9 +63,14 @@ class _ForwardingHandler(logging.Handler):
             if record.exc_info:
                 attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
             attributes["exc_info"] = None
+            metadata: dict[str, tuple[bytes | None, str]] | None = None
             if hasattr(current_task(), "_metadata"):  # a task submitted here, not one of the parent's: see below
-                extras["task_metadata"] = _packed(getattr(record, "task_metadata", None))
-            self._send(("log", attributes, extras))
+                own = getattr(record, "task_metadata", None)
+                if type(own) is dict:  # each value alone, as an extra: one the parent cannot read costs itself
+                    metadata = {_exact(key): _packed(value) for key, value in own.items()}
+                else:  # an extra={"task_metadata": ...} of the caller's
+                    extras["task_metadata"] = _packed(own)
+            self._send(("log", attributes, extras, metadata))
         except Exception:
             self.handleError(record)
 
