@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 import subprocess
@@ -639,3 +640,42 @@ def test_the_lifespans_wait_under_uvicorn_ends_and_exit_says_how_naming_its_sett
     assert done.returncode == returncode, done.stderr
     assert f"1 task(s) still unfinished at interpreter exit were {says}" in done.stderr, done.stderr
     assert "timeout_secs" not in done.stderr and "makeparallel.shutdown()" not in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_shutdown_that_fails_after_its_lifespan_was_cancelled_leaves_no_unretrieved_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait in slices left its future pending when the lifespan was
+    # cancelled; the shutdown's error, set on it later, was logged as "Future
+    # exception was never retrieved" (a plain await of it cancelled it).
+    from makeparallel import _runtime
+
+    fail = threading.Event()
+
+    def failing_run(self: Any, timeout_secs: Any, cancel_pending: Any) -> bool:
+        fail.wait(30)
+        raise ValueError("the shutdown failed")
+
+    monkeypatch.setattr(_runtime.ShutdownCall, "run", failing_run)
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        reported: list[Any] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        running = lifespan(shutdown_timeout=5)(None)
+        await running.__aenter__()
+        ending = asyncio.ensure_future(running.__aexit__(None, None, None))
+        await asyncio.sleep(0)  # its shutdown wait began
+        ending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ending
+        (stopping,) = [t for t in threading.enumerate() if t.name == "makeparallel-lifespan-shutdown"]
+        fail.set()
+        await loop.run_in_executor(None, stopping.join, 30)  # it handed its error to the loop
+        await asyncio.sleep(0)  # which takes it
+        del ending, running
+        gc.collect()
+        return reported
+
+    assert asyncio.run(main()) == []

@@ -226,8 +226,14 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
 
     with _also_on_ctrl_c(on_ctrl_c):  # before the wait can begin
         threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
-        while not done.done():  # in slices, or a Ctrl-C may wait for good: see _interruptible
-            await asyncio.wait((done,), timeout=SLICE)
+        try:
+            while not done.done():  # in slices, or a Ctrl-C may wait for good: see _interruptible
+                await asyncio.wait((done,), timeout=SLICE)
+        except BaseException:
+            # Cancelled: the shutdown's error, set later, would be nobody's, and
+            # logged as "Future exception was never retrieved". Done, settle drops it.
+            done.cancel()
+            raise
         await done
 
 
