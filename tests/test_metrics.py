@@ -520,6 +520,36 @@ def test_profiled_measures_an_async_function_to_its_end() -> None:
     assert metrics is not None and metrics.total_execution_time_ms >= sum(measured) * 1000
 
 
+@pytest.mark.timeout(20)
+def test_profiled_counts_a_cancelled_await_as_cancelled() -> None:
+    # A cancelled coroutine (task.cancel(), asyncio.wait_for's timeout) or one
+    # closed before its end counted as failed, its time as a run to the end.
+    name = unique_name("profiled-async-cancel")
+
+    @mp.profiled(name=name)
+    async def wait_for_ever(started: asyncio.Event) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        started = asyncio.Event()
+        task = asyncio.create_task(wait_for_ever(started))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(wait_for_ever(asyncio.Event()), 0.01)
+        coroutine = wait_for_ever(asyncio.Event())
+        coroutine.send(None)  # it starts, and waits (gives the future it waits on)
+        coroutine.close()  # as a coroutine dropped unfinished is
+
+    asyncio.run(main())
+    assert counts(name) == {"total": 3, "completed": 0, "failed": 0, "cancelled": 3, "timed_out": 0}
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.total_execution_time_ms == 0
+
+
 def test_profiled_rejects_non_callables() -> None:
     with pytest.raises(TypeError, match="callable"):
         mp.profiled(42)  # type: ignore[call-overload]

@@ -465,8 +465,13 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
 
     A plain wrapper counted the coroutine's creation, in microseconds, as a
     completed call whatever the coroutine then did; and ``inspect.iscoroutinefunction``
-    said it was none.
+    said it was none. A call cancelled (``Task.cancel()``, ``asyncio.wait_for``'s
+    timeout) or closed before its end counts as cancelled, as a cancelled
+    task does, and its time is none of the run-to-the-end durations.
     """
+    import asyncio  # (an async def function is one that asyncio, or a loop like it, runs)
+
+    stopped = (asyncio.CancelledError, GeneratorExit)
 
     @functools.wraps(function)
     async def measured(*args: Any, **kwargs: Any) -> Any:
@@ -478,9 +483,12 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
             result = await function(*args, **kwargs)
             state = SUCCEEDED
             return result
+        except stopped:
+            state = CANCELLED
+            raise
         finally:
             with counts.lock:
-                counts.count_end(state, time.perf_counter() - started, 0.0)
+                counts.count_end(state, None if state == CANCELLED else time.perf_counter() - started, 0.0)
 
     return measured
 
