@@ -77,6 +77,13 @@ def test_progress_that_is_no_real_number_names_what_is_taken(fraction: object) -
         mp.report_progress(fraction)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("fraction", [Fraction(10**400), Fraction(-(10**400), 3)], ids=["huge", "huge-negative"])
+def test_progress_of_a_real_number_too_large_for_a_float_is_a_value_error(fraction: Fraction) -> None:
+    # float() of it raised OverflowError, which report_progress does not say it raises.
+    with pytest.raises(ValueError, match="between 0.0 and 1.0"):
+        mp.report_progress(fraction)
+
+
 @pytest.mark.parametrize("message", [1.5, b"bytes", ["step"]])  # an int is a task id
 def test_progress_message_must_be_a_string(message: object) -> None:
     with pytest.raises(TypeError, match="message"):

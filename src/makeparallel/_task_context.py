@@ -213,7 +213,10 @@ def _as_real(fraction: Any) -> float:
     import numbers
 
     if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool):
-        return float(fraction)
+        try:
+            return float(fraction)
+        except OverflowError:  # (a Fraction too large for a float) outside [0, 1] all the same: the ValueError's
+            return float("inf") if fraction > 0 else float("-inf")  # type: ignore[operator]
     raise TypeError(
         f"progress must be a real number between 0.0 and 1.0 (an int, float or other "
         f"numbers.Real), got {fraction!r} of type {type(fraction).__name__}"
