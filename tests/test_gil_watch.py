@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import makeparallel as mp
-from makeparallel import _load
+from makeparallel import _gil_watch, _load
 from makeparallel._gil_watch import GilWatch
 
 
@@ -124,3 +124,16 @@ def test_a_brief_sample_falls_back_on_the_load_average(
         warnings.simplefilter("always")
         feed(watch, cpu_per_task=0.005)
     assert [w.category for w in caught] == ([mp.GilBoundWarning] if warns else [])
+
+
+def test_one_usable_core_is_not_blamed_on_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container limited to one CPU (or a process pinned to one) on a larger host: threads
+    # that hash, GIL released, share that core too, and processes would not do better.
+    monkeypatch.setattr(_gil_watch, "usable_cpu_count", lambda: 1)
+    watch = GilWatch("hashing-on-one-core")
+    assert watch.active
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed(watch, cpu_per_task=0.005)  # two at a time, one core between them: all there is
+    assert not watch.active  # it decided
+    assert [w.message for w in caught] == []

@@ -15,7 +15,11 @@ A machine that other processes keep busy looks the same from inside: threads
 that release the GIL get less than a core each, too. So the watch also measures
 the other processes' load while it samples (``_load``), and stays silent when
 they kept half a CPU or more busy: it cannot tell, and a warning that blames the
-GIL for hashlib work on a loaded machine would teach the wrong fix.
+GIL for hashlib work on a loaded machine would teach the wrong fix. Likewise a
+process that may use one core only (its affinity, or a cgroup CPU quota of one
+CPU, on a host with more): threads share that core whatever they run, and
+processes would share it too. Tasks count as running at once only up to the
+usable cores, read once, as the watch decides.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 import warnings
 
 from . import _load
+from ._cpus import usable_cpu_count
 
 __all__ = ["GilBoundWarning", "GilWatch"]
 
@@ -89,7 +94,11 @@ class GilWatch:
             span = self._last_end - self._first_start
             speedup = self._cpu / span  # cores kept busy: what the threads achieved
             concurrency = self._wall / span  # tasks running at once, on average
-        if concurrency >= 1.5 and 0.5 <= speedup < 1.25 and not self._machine_busy(concurrency):
+        if (
+            min(concurrency, usable_cpu_count()) >= 1.5
+            and 0.5 <= speedup < 1.25
+            and not self._machine_busy(concurrency)
+        ):
             self._warn(speedup, concurrency)
 
     def _machine_busy(self, concurrency: float) -> bool:
