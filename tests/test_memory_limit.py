@@ -51,6 +51,24 @@ def test_v2_walks_up_to_the_tightest_limit_and_max_means_none(tmp_path: Path) ->
     assert cgroup_memory(root, proc) == MemoryBudget(GiB // 2, GiB, "cgroup v2")
 
 
+def test_the_level_nearest_its_limit_wins_not_the_smallest_limit(tmp_path: Path) -> None:
+    # A pod's limit shared by its containers: this one is far under its own 2 GiB,
+    # but the pod, at 4 GiB, is nearly full, and its OOM killer ends this process too.
+    root, proc = fake_cgroup(
+        tmp_path,
+        "0::/pod/app\n",
+        {
+            "pod/app/memory.max": f"{2 * GiB}\n",
+            "pod/app/memory.current": f"{GiB // 2}\n",
+            "pod/memory.max": f"{4 * GiB}\n",
+            "pod/memory.current": f"{4 * GiB - GiB // 8}\n",
+        },
+    )
+    budget = cgroup_memory(root, proc)
+    assert budget == MemoryBudget(4 * GiB - GiB // 8, 4 * GiB, "cgroup v2")
+    assert budget is not None and budget.percent > 95
+
+
 def test_v1_limit_usage_and_its_unlimited_value(tmp_path: Path) -> None:
     root, proc = fake_cgroup(
         tmp_path,

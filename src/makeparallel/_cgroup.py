@@ -3,8 +3,8 @@
 ``/proc/self/cgroup`` names the process's cgroup per hierarchy: one line
 ``0::/path`` for cgroup v2 (unified), and for v1 one line per hierarchy with its
 controllers (``4:memory:/path``). A limit may be set at any level above too, so
-readers walk from the innermost folder up to the mount point and keep the
-tightest. Plain ``os.path``: importing the library imports no ``pathlib``.
+readers walk from the innermost folder up to the mount point and keep the one
+that binds first. Plain ``os.path``: importing the library imports no ``pathlib``.
 """
 
 from __future__ import annotations

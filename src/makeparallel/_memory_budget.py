@@ -4,7 +4,10 @@
 on a 64 GiB host it says memory is plentiful until the kernel's OOM killer ends
 the process. So the budget is read, in order, from:
 
-1. this process's own cgroup and its ancestors (the tightest limit wins):
+1. this process's own cgroup and its ancestors (the level whose usage is the
+   largest share of its limit wins: a parent's limit shared with siblings, a
+   Kubernetes pod's, may be nearly full while this process's own level is not,
+   and the kernel kills at whichever level runs out first):
    v2 ``memory.max`` (``max``: no limit at that level), usage ``memory.current``
    minus the ``inactive_file`` line of ``memory.stat`` (page cache the kernel
    reclaims before it kills anything, as ``docker stats`` and the kubelet count);
@@ -75,14 +78,18 @@ def _v1_at(folder: str) -> MemoryBudget | None:
 
 
 def cgroup_memory(root: str = CGROUP_ROOT, proc_self_cgroup: str = PROC_SELF_CGROUP) -> MemoryBudget | None:
-    """The tightest memory limit of this process's cgroup and its ancestors, with its usage; ``None`` if none."""
+    """The memory limit of this process's cgroup and its ancestors nearest to full, with its usage; ``None`` if none.
+
+    Nearest by share used, not the smallest limit: a 4 GiB parent 97% full
+    (by siblings) is the one to heed beside this cgroup's own 2 GiB, 25% full.
+    """
     budgets = [
         budget
         for folder in own_cgroup_dirs(root, proc_self_cgroup, "memory")
         for budget in (_v2_at(folder) or _v1_at(folder),)
         if budget is not None
     ]
-    return min(budgets, key=lambda b: b.limit) if budgets else None
+    return max(budgets, key=lambda b: b.percent) if budgets else None
 
 
 def memory_budget(root: str = CGROUP_ROOT, proc_self_cgroup: str = PROC_SELF_CGROUP) -> MemoryBudget:

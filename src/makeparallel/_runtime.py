@@ -561,8 +561,8 @@ def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
     """Start new tasks one at a time while memory in use is over ``max_memory_percent``.
 
     Memory is this process's budget: its container's (cgroup v2, then v1, the
-    tightest limit of its own cgroup and the ones above), else ``RLIMIT_AS``,
-    else the host's. It is read every 100 ms by a daemon thread, never per task.
+    limit of its own cgroup and the ones above that is nearest to full), else
+    ``RLIMIT_AS``, else the host's. It is read every 100 ms by a daemon thread, never per task.
     Over the limit, each pool keeps one worker taking new tasks: queued tasks
     wait, running ones go on, submissions are still accepted, and a task waiting
     for its children runs them itself, so nested work is slowed, never
