@@ -294,3 +294,19 @@ def test_num_threads_none_ends_the_auto_sizing_at_the_usable_cores() -> None:
         assert mp.get_thread_pool_info()["num_threads"] == cores
     finally:
         mp.configure_thread_pool(num_threads=cores)
+
+
+def test_a_fixed_size_set_as_the_sizer_decides_is_kept() -> None:
+    # configure_thread_pool(num_threads=n) stops the sizer, but its thread may be
+    # past its decision already: the size it then applies must not replace n.
+    backend = ThreadBackend()
+    try:
+        backend.configure("auto", None)
+        sizer = backend._autosizer
+        assert sizer is not None
+        backend.configure(default_thread_count() + 3, None)
+        sizer._resize(default_thread_count() + 9)  # the last step of the stopped sizer
+        info = backend.info()
+        assert (info["auto"], info["num_threads"]) == (False, default_thread_count() + 3)
+    finally:
+        backend.close(cancel_pending=True)

@@ -161,7 +161,7 @@ class ThreadBackend(QueueingBackend):
 
         self._stop_autosizer()
         cores = default_thread_count()
-        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, None), cores)
+        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, None, sizer=sizer), cores)
         self._autosizer = sizer
         self._resize(cores, None)
         sizer.start()
@@ -175,11 +175,20 @@ class ThreadBackend(QueueingBackend):
         with self._lock:
             return self._queued, self._busy
 
-    def _resize(self, num_threads: int | None, stack_size: int | None, refusal_raises: bool = False) -> None:
-        """Set the pool's size and stack size, and wake the idle workers to act on it (see :meth:`_spawn`)."""
+    def _resize(
+        self, num_threads: int | None, stack_size: int | None, refusal_raises: bool = False, sizer: Any = None
+    ) -> None:
+        """Set the pool's size and stack size, and wake the idle workers to act on it (see :meth:`_spawn`).
+
+        ``sizer``: the :class:`AutoSizer` that asks; its size is applied only
+        while it still sizes the pool. Stopping one does not stop a step past
+        its decision, and that step's size replaced the one just configured.
+        """
         spawn = 0
         try:
             with self._lock:
+                if sizer is not None and sizer is not self._autosizer:
+                    return
                 if stack_size is not None:
                     self._stack_size = stack_size
                 if num_threads is not None:
