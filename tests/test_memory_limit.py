@@ -214,3 +214,24 @@ def test_none_turns_it_off(fake_memory: FakeMemory) -> None:
     assert mp.get_thread_pool_info()["paused"] is False
     assert _memory_guard.current_guard() is None
     assert mp.metrics_snapshot()["memory_limit"] is None
+
+
+def test_figures_that_cannot_be_read_are_logged_once_until_read_again(caplog: pytest.LogCaptureFixture) -> None:
+    # Read every 100 ms: a reader that keeps failing logged a traceback ten times a second.
+    memory = FakeMemory(50)
+    failing = [True]
+
+    def reader() -> MemoryBudget:
+        if failing[0]:
+            raise PermissionError("memory.current")
+        return memory()
+
+    guard = _memory_guard.MemoryGuard(80.0, lambda paused: None, reader)
+    for _ in range(5):
+        guard.check()
+    assert caplog.text.count("could not read the memory figures") == 1
+    failing[0] = False
+    guard.check()
+    failing[0] = True
+    guard.check()  # failing again after a read: said again
+    assert caplog.text.count("could not read the memory figures") == 2

@@ -59,14 +59,26 @@ class MemoryGuard:
         self.last: MemoryBudget | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unreadable = False  # the last read failed: said once, not every 100 ms
 
     def check(self) -> bool:
-        """Read memory once, pause or resume the pools if it crossed the limit; return whether paused."""
+        """Read memory once, pause or resume the pools if it crossed the limit; return whether paused.
+
+        A read that fails is logged once, until a read succeeds again; the
+        pools stay as they were meanwhile.
+        """
         try:
             budget = self._reader()
         except Exception:
-            _log.exception("makeparallel could not read the memory figures; the memory limit is not applied")
+            if not self._unreadable:
+                self._unreadable = True
+                _log.exception(
+                    "makeparallel could not read the memory figures; the memory limit is not applied "
+                    "until they can be read (the pools stay %s meanwhile)",
+                    "paused" if self.paused else "running at full size",
+                )
             return self.paused
+        self._unreadable = False
         with self._lock:
             self.last = budget
             over = budget.percent > self.limit_percent
