@@ -474,6 +474,49 @@ def test_a_nested_tasks_metadata_value_that_cannot_be_pickled_costs_that_value_a
     assert record.task_metadata == {"step": 2, "lock": "an unpicklable value"}  # type: ignore[attr-defined]
 
 
+def log_with_an_extra(logger_name: str, fifo: str, extra: dict[str, Any]) -> int:
+    """In a worker: wait for the test's byte, then log with ``extra``; the worker's pid."""
+    fd = os.open(fifo, os.O_RDONLY)
+    try:
+        readable, _, _ = select.select([fd], [], [], 20)
+        assert readable, "the test never released the task"
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    logging.getLogger(logger_name).info("with an extra", extra=extra)
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # The parent looked up the metadata of its own task of that id, or none: {}.
+        ({"task_id": 10**9}, {"task_id": 10**9, "task_metadata": {"batch": 9}}),
+        # The parent replaced it with the handle's: on threads the caller's wins.
+        ({"task_metadata": {"mine": 1}}, {"task_metadata": {"mine": 1}}),
+    ],
+    ids=["task_id", "task_metadata"],
+)
+def test_an_extra_of_a_process_tasks_record_wins_there_as_on_threads(
+    task_logging: None, fifo: Fifo, extra: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    logger = logging.getLogger(unique_name("extra-in-worker"))
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        handle = mp.parallel(backend="process")(log_with_an_extra)(logger.name, fifo.path, extra)
+        handle.set_metadata("batch", 9)  # before the task logs: it waits for the FIFO
+        fifo.release()
+        assert handle.get(30) != os.getpid()
+        (record,) = handler.wait_for(1)
+    finally:
+        logger.removeHandler(handler)
+    assert {key: getattr(record, key) for key in expected} == expected
+
+
 # -- structlog ----------------------------------------------------------------------------------
 
 

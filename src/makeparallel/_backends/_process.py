@@ -1544,10 +1544,12 @@ class ProcessBackend(QueueingBackend):
                 if running and running[0]._state == RUNNING:
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
-                _, attributes, extras, metadata = message
-                if metadata is None and "task_metadata" not in extras:  # (a task submitted in the worker sends its own)
-                    owner = [h for h in worker.outstanding if h._id == attributes.get("task_id")]
-                    attributes["task_metadata"] = owner[0].get_all_metadata() if owner else {}
+                _, attributes, extras, metadata, owner = message
+                if owner is not None:  # a task of this process's (others send their metadata, or have none)
+                    logged = [h for h in worker.outstanding if h._id == owner]
+                    attributes["task_metadata"] = logged[0].get_all_metadata() if logged else {}
+                elif metadata is None and "task_metadata" not in extras:
+                    attributes["task_metadata"] = {}
                 worker.undelivered.append(functools.partial(_emit_log, attributes, extras, metadata))
             elif kind == "partial":
                 _, task_id, data, sizes = message

@@ -32,10 +32,13 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                        ("started", task_id)                a timed task starts: its clock starts
                        ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
                        ("progress", task_id, fraction, message)
-                       ("log", attributes, extras, metadata)  a log record: its own attributes, each a str,
-                                                           a number or None; its extras each pickled alone;
-                                                           the metadata of a task submitted in the worker,
-                                                           each value pickled alone, or None (_worker_logging)
+                       ("log", attributes, extras, metadata, owner)  a log record: its own attributes, each a
+                                                           str, a number or None; its extras each pickled
+                                                           alone; the metadata of a task submitted in the
+                                                           worker (or an extra's), each value pickled alone,
+                                                           or None; the id of the parent's task that logged
+                                                           it, whose metadata it takes there, or None
+                                                           (_worker_logging)
                        ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
 

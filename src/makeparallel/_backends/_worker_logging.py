@@ -37,6 +37,10 @@ class _ForwardingHandler(logging.Handler):
     parent gave its records that task's metadata). So its own metadata, known
     here, goes with the record, each value packed alone (one that cannot be
     pickled, or unpickled in the parent, is its text; the rest stay as they are).
+    So does an ``extra={"task_metadata": ...}`` of the caller's, which wins, as
+    in the parent. Otherwise the parent's task is named apart from the record's
+    ``task_id``, which an ``extra`` may have replaced: the parent looked up the
+    metadata of whatever task of its own had that id.
     """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
@@ -45,6 +49,7 @@ class _ForwardingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            given = record.__dict__.get("task_metadata")  # an extra's (a stand-in's own is {}, stamped here)
             _stamp(record)  # the task's id and name, known here; the parent adds a task's metadata
             attributes: dict[str, Any] = {}
             extras: dict[str, tuple[bytes | None, str]] = {}
@@ -64,13 +69,18 @@ class _ForwardingHandler(logging.Handler):
                 attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
             attributes["exc_info"] = None
             metadata: dict[str, tuple[bytes | None, str]] | None = None
-            if hasattr(current_task(), "_metadata"):  # a task submitted here, not one of the parent's: see below
-                own = getattr(record, "task_metadata", None)
+            owner = None  # the parent's task whose metadata the record takes there
+            task = current_task()
+            nested = hasattr(task, "_metadata")  # a task submitted here, not one of the parent's: see above
+            own = record.__dict__.get("task_metadata") if nested else given
+            if nested or own:  # its own metadata, or the caller's extra, goes with the record
                 if type(own) is dict:  # each value alone, as an extra: one the parent cannot read costs itself
                     metadata = {_exact(key): _packed(value) for key, value in own.items()}
-                else:  # an extra={"task_metadata": ...} of the caller's
+                else:
                     extras["task_metadata"] = _packed(own)
-            self._send(("log", attributes, extras, metadata))
+            elif task is not None:  # by the id the parent gave it, whatever task_id an extra says
+                owner = task.get_task_id()
+            self._send(("log", attributes, extras, metadata, owner))
         except Exception:
             self.handleError(record)
 
