@@ -595,6 +595,22 @@ def test_a_task_held_for_a_starting_worker_reads_as_pending_and_an_executor_futu
     assert flags.read("log").split() == ["block"]  # the held task never ran
 
 
+def test_a_wait_that_gives_up_on_a_task_held_for_a_starting_worker_says_it_is_pending(tmp_path: Path) -> None:
+    # The message read the raw state: "it is still running and goes on", for a
+    # task whose status said pending and whose code had not started.
+    flags = Flags(str(tmp_path))
+    with one_of_two_workers_starting(tmp_path):
+        blocking, held = hold_a_task_for_the_starting_worker(flags)
+        try:
+            with pytest.raises(mp.TaskTimeoutError, match="it is still pending and goes on"):
+                held.get(timeout=0.01)
+            assert held.status == "pending"
+        finally:
+            flags.set("go on")
+        blocking.get(timeout=30)
+    held.get(timeout=30)
+
+
 def test_a_worker_still_starting_with_a_task_held_for_it_counts_as_starting_not_busy(tmp_path: Path) -> None:
     # It counted as busy (its held task is in its outstanding list), though the
     # task had not started: a pool at start-up read as working at full load.

@@ -1056,9 +1056,11 @@ class AsyncHandle(Generic[T_co]):
             raise self._gave_up(timeout)  # type: ignore[arg-type]
 
     def _gave_up(self, timeout: float) -> TaskTimeoutError:
+        # The state as status shows it: a process task held for a worker still
+        # starting is pending, though its raw state says running.
         return TaskTimeoutError(
             f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
-            f"it is still {STATE_NAMES[self._state]} and goes on. Wait again, or "
+            f"it is still {STATE_NAMES[self._seen_state()]} and goes on. Wait again, or "
             "cancel it with handle.cancel()"
         )
 
