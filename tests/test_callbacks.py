@@ -10,10 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pool_helpers import hold_the_pool, poll_until_stopped
+from pool_helpers import Flags, hold_the_pool, poll_until_stopped
 
 import makeparallel as mp
 from makeparallel import _handle
@@ -571,3 +572,50 @@ def test_many_callbacks_each_fire_once(gate: threading.Event) -> None:
     for recorder in recorders:
         assert recorder.wait_for(1)
         assert recorder.args == [(3,)]
+
+
+def _wait_in_a_callback(wait: str, handle: mp.AsyncHandle[Any]) -> object:
+    if wait == "get":
+        return handle.get(timeout=10)
+    if wait == "wait":
+        return handle.wait(10)
+    if wait == "exception":
+        return handle.exception(10)
+    return mp.gather([handle], timeout=10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wait", ["get", "wait", "exception", "gather"])
+def test_a_wait_for_a_process_task_in_a_process_tasks_callback_raises_at_once(wait: str, tmp_path: Path) -> None:
+    # The callback runs on the pool's loop thread, which reads the results the
+    # wait is for: it waited out its whole timeout (without one, for good), then
+    # said the task was "still running" though it may have ended long before.
+    flags = Flags(str(tmp_path))
+    on_process = mp.parallel(backend="process")
+    unfinished = on_process(flags.wait_for_release)("go on")
+    outcome: list[object] = []
+    called = threading.Event()
+
+    def wait_for_it(_: object) -> None:
+        try:
+            outcome.append(_wait_in_a_callback(wait, unfinished))
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            outcome.append(error)
+        called.set()
+
+    try:
+        on_process(flags.wait_for_release)("call back").on_complete(wait_for_it)  # registered before its end
+        flags.set("call back")
+        assert called.wait(30)
+    finally:
+        flags.set("go on")
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "loop thread" in str(outcome[0]) and str(unfinished.get_task_id()) in str(outcome[0])
+    assert unfinished.get(timeout=30)
+    ended = on_process(abs)(-2)
+    ended.get(timeout=30)
+    seen = Recorder()
+    on_process(flags.wait_for_release)("again").on_complete(lambda _: seen(ended.get(timeout=10)))
+    flags.set("again")
+    assert seen.wait_for(1, 30) and seen.args == [(2,)]  # nothing to wait for: it ended
+    assert seen.calls[0][2] != threading.current_thread().name

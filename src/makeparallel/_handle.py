@@ -247,6 +247,9 @@ class AsyncHandle(Generic[T_co]):
             TaskTimeoutError: the wait gave up (the task goes on), or the task ran
                 past its own timeout.
             TaskCancelledError: the task was cancelled.
+            RuntimeError: the wait could never end here: the task is async and
+                this thread's event loop runs, or it is a process task and this
+                is its pool's loop thread (a process task's callback).
             Exception: whatever the task raised, as itself.
         """
         if timeout is not None:
@@ -1127,8 +1130,23 @@ class AsyncHandle(Generic[T_co]):
         return self._state >= SUCCEEDED
 
     def _refuse_to_block_a_loop(self) -> None:
-        """An async task is awaited, not waited for, on a thread whose event loop runs."""
-        if self._state < SUCCEEDED and self._observer.is_async and running_loop() is not None:
+        """Raise ``RuntimeError`` where a wait for this unfinished task would block the loop that must end it.
+
+        An async task is awaited, not waited for, on a thread whose event loop
+        runs. A process task is not waited for on its pool's loop thread (in a
+        process task's callback): that thread reads the result the wait is for,
+        so the wait ran out its whole timeout, or without one lasted for good.
+        """
+        if self._state >= SUCCEEDED:
+            return
+        if threading.current_thread() is getattr(self._backend, "_loop", None):
+            raise RuntimeError(
+                f"task {self._id} ({self.name}) runs in a worker process, and this is its pool's "
+                "loop thread (a process task's callback runs here), which reads the result this "
+                "wait is for: the wait could never end. Submit the follow-up work from the "
+                "callback and return, or wait from another thread"
+            )
+        if self._observer.is_async and running_loop() is not None:
             raise RuntimeError(
                 f"task {self._id} ({self.name}) runs a coroutine, and this thread's event "
                 "loop is running: waiting here with get(), result(), exception(), wait() "
