@@ -24,7 +24,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends._base import Backend, terminate_all
-from pool_helpers import fresh_process_pool, hold_one_worker, resize, wait_until
+from pool_helpers import Flags, fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -195,11 +195,12 @@ def test_shutdown_without_a_timeout_in_a_callback_on_the_only_worker_raises_at_o
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once() -> None:
+def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once(tmp_path: Path) -> None:
     # It ran on the pool's loop thread, which reads the results it waited for: with
     # another task of the pool unfinished, it waited for good.
     outcome: list[object] = []
     called = threading.Event()
+    flags = Flags(str(tmp_path))
 
     def stop_everything(_: object) -> None:
         try:
@@ -208,7 +209,9 @@ def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once()
             outcome.append(error)
         called.set()
 
-    mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
+    # Registered before the task can end: registered after, it ran on this thread, and shut down.
+    mp.parallel(backend="process")(flags.wait_for_release)("end").on_complete(stop_everything)
+    flags.set("end")
     assert called.wait(30)
     assert isinstance(outcome[0], RuntimeError), outcome
     assert "on the pool's loop thread" in str(outcome[0])
