@@ -24,6 +24,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends._base import Backend, terminate_all
+from makeparallel.testing import wait_until_idle
 from pool_helpers import Flags, fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -169,6 +170,41 @@ def test_shutdown_without_a_timeout_inside_a_task_raises_at_once(backend: str) -
     with pytest.raises(RuntimeError, match=SHUTDOWN_FOR_GOOD + ".*timeout_secs"):
         stop_everything().get(timeout=30)
     assert mp.parallel(backend=backend)(abs)(-1).get(timeout=30) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_wait_until_idle_without_a_timeout_inside_a_task_raises_at_once(backend: str) -> None:
+    # It waited for the task's own end, for good, as shutdown(timeout_secs=None) did.
+    @mp.parallel(backend=backend)
+    def wait_for_every_task() -> bool:
+        return wait_until_idle()
+
+    with pytest.raises(RuntimeError, match=r"wait_until_idle\(timeout=None\) called inside task .* would wait for good\. Give it a timeout"):
+        wait_for_every_task().get(timeout=30)
+    assert mp.parallel(backend=backend)(wait_until_idle)(0).get(timeout=30) is False  # itself runs
+    assert wait_until_idle(30)
+
+
+@pytest.mark.timeout(60)
+def test_wait_until_idle_without_a_timeout_in_a_process_tasks_callback_raises_at_once(tmp_path: Path) -> None:
+    outcome: list[object] = []
+    called = threading.Event()
+    flags = Flags(str(tmp_path))
+
+    def wait_for_every_task(_: object) -> None:
+        try:
+            outcome.append(wait_until_idle())
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            outcome.append(error)
+        called.set()
+
+    mp.parallel(backend="process")(flags.wait_for_release)("end").on_complete(wait_for_every_task)
+    flags.set("end")
+    assert called.wait(30)
+    assert isinstance(outcome[0], RuntimeError), outcome
+    assert "on the pool's loop thread" in str(outcome[0])
+    assert wait_until_idle(30)
 
 
 @pytest.mark.timeout(60)

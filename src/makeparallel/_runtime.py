@@ -663,8 +663,24 @@ def get_active_task_count() -> int:
 
 
 def wait_until_idle(timeout: float | None = None) -> bool:
-    """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle."""
-    return _wait_idle(_all_backends, check_wait_timeout(timeout))
+    """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle.
+
+    Args:
+        timeout: the longest to wait, in seconds; ``None`` waits as long as it takes.
+
+    Returns:
+        Whether every task had ended (``False``: the timeout passed first).
+
+    Raises:
+        TypeError, ValueError: ``timeout`` is not a number >= 0 or ``None``.
+        RuntimeError: ``timeout`` is ``None`` where the wait could never end,
+            as for :func:`shutdown`: inside a task, in a callback on a thread
+            pool's worker, or on a process pool's loop thread.
+    """
+    timeout = check_wait_timeout(timeout)
+    if timeout is None:
+        _refuse_to_wait_for_good_here("wait_until_idle(timeout=None)", "", "a timeout")
+    return _wait_idle(_all_backends, timeout)
 
 
 def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
@@ -720,8 +736,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     return _programs_shutdown().run(timeout_secs, cancel_pending)
 
 
-def _refuse_to_wait_for_good_here() -> None:
-    """Raise ``RuntimeError`` on a thread where ``shutdown(timeout_secs=None)`` could only wait for good.
+def _refuse_to_wait_for_good_here(
+    call: str = "shutdown(timeout_secs=None)", done: str = "; nothing was shut down", bound: str = "a timeout_secs"
+) -> None:
+    """Raise ``RuntimeError`` on a thread where a wait for every task (``call``) could only wait for good.
 
     Inside a task (its own end is among those waited for); in a callback on a
     thread pool's worker (the tasks queued behind may need that very worker:
@@ -743,8 +761,8 @@ def _refuse_to_wait_for_good_here() -> None:
     else:
         return
     raise RuntimeError(
-        f"shutdown(timeout_secs=None) called {where}, would wait for good; nothing was shut "
-        "down. Give it a timeout_secs, or call it from your program's own thread"
+        f"{call} called {where}, would wait for good{done}. Give it {bound}, or call it "
+        "from your program's own thread"
     )
 
 
