@@ -1139,7 +1139,8 @@ class AsyncHandle(Generic[T_co]):
         """
         if self._state >= SUCCEEDED:
             return
-        if threading.current_thread() is getattr(self._backend, "_loop", None):
+        loop = self._backend._loop
+        if loop is not None and loop is threading.current_thread():
             raise RuntimeError(
                 f"task {self._id} ({self.name}) runs in a worker process, and this is its pool's "
                 "loop thread (a process task's callback runs here), which reads the result this "

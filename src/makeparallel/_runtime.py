@@ -751,7 +751,7 @@ def _refuse_to_wait_for_good_here(
 
     task = current_task()
     with _lock:
-        loops = [getattr(backend, "_loop", None) for backend in _all_backends()]
+        loops = [backend._loop for backend in _all_backends()]
     if task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
         where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
     elif pool_of_this_thread() is not None:

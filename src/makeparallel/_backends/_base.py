@@ -97,6 +97,9 @@ class Backend:
     #: Whether :meth:`hold` and :meth:`release_held` work here: a call over a limit on a
     #: running event loop returns at once, its task held until admitted (``_admission``).
     holds_tasks: ClassVar[bool] = False
+    #: The one thread that reads this pool's results (a process pool's loop thread), on
+    #: which a wait for one of its tasks could never end; ``None`` where there is none.
+    _loop: threading.Thread | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
