@@ -29,9 +29,10 @@ from types import EllipsisType
 
 from . import _deadlines
 from ._admission import Limiter, all_limiters
-from ._backends._base import Backend, terminate_all
+from ._backends._base import Backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
+from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 
 __all__ = [
@@ -746,9 +747,6 @@ def _refuse_to_wait_for_good_here(
     with one thread, they never started); in a process task's callback, on
     its pool's loop thread (which reads every result the wait needs).
     """
-    from ._backends._base import pool_of_this_thread
-    from ._task_context import current_task
-
     task = current_task()
     with _lock:
         loops = [backend._loop for backend in _all_backends()]
