@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, Union, overload
@@ -85,6 +86,8 @@ class ParallelContext:
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
         self._deadline: float | None = None
+        # The refusals this group raised since it failed: one that ends the body is not its failure.
+        self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
         self.errors: list[BaseException] = []
         """Every failure of the group's tasks (and of the body), in the order seen."""
 
@@ -99,13 +102,16 @@ class ParallelContext:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is not None:
+        refused = exc is not None and exc in self._refusals  # the body submitted on after a failure
+        if exc is not None and not refused:
             self._fail(exc)
         try:
             self._wait_all()
         except BaseException:
             self._cancel_unfinished()
             raise
+        if refused:
+            raise self.errors[0] from None  # the failure that made the group refuse, as the block had not seen it
         if exc is None and self.errors:
             raise self.errors[0]
 
@@ -135,8 +141,9 @@ class ParallelContext:
         Raises:
             TypeError: no function was given, or ``args=`` came with positional
                 arguments too, or is not a tuple or list.
-            TaskCancelledError: the group already failed, or timed out (a task
-                made as it ends so is returned cancelled, with its other tasks);
+            TaskCancelledError: the group already failed (left to end the
+                block, the block raises that failure instead), or timed out (a
+                task made as it ends so is returned cancelled, with its other tasks);
                 or, inside a task, that task was cancelled while this call
                 waited for a slot (``max_concurrent``): a cancellation point.
             TaskTimeoutError: the group's ``timeout`` passed while this call
@@ -243,9 +250,9 @@ class ParallelContext:
         ended, which no one waits for.
         """
         if self._failed:
-            raise TaskCancelledError(
-                "the group already failed and takes no new tasks; see ctx.errors"
-            )
+            refusal = TaskCancelledError("the group already failed and takes no new tasks; see ctx.errors")
+            self._refusals.add(refusal)  # if it ends the body, the block raises the failure instead
+            raise refusal
         if self._cancelling:
             raise TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
 
