@@ -148,6 +148,31 @@ def test_gather_raise_raises_while_another_task_is_still_blocked(gate: threading
     assert running.get(5) == "survivor"
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("error", [KeyboardInterrupt("the task's own"), SystemExit(3)])
+def test_gather_raise_of_a_task_s_base_exception_leaves_the_other_tasks_running(
+    gate: threading.Event, error: BaseException
+) -> None:
+    """A ``KeyboardInterrupt`` a task raised on a worker is its failure, not Ctrl-C at the gather.
+
+    ``gather`` raised it from inside its own Ctrl-C handling, which cancelled
+    the other tasks, where a failure leaves them running.
+    """
+    running = start_blocked(gate, "survivor")
+
+    @mp.parallel(backend="thread")
+    def raise_it() -> None:
+        raise error
+
+    with pytest.raises(type(error)) as caught:
+        mp.gather([running, raise_it()])
+    assert caught.value is error
+    assert running.running()
+    assert not running.cancelled()
+    gate.set()
+    assert running.get(5) == "survivor"
+
+
 @pytest.mark.timeout(30)
 def test_gather_raise_does_not_wait_for_a_just_submitted_blocked_task(gate: threading.Event) -> None:
     # The spec's scenario as a user writes it: submit, then gather at once. With

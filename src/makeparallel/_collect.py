@@ -296,6 +296,7 @@ def gather(
     """
     items = None
     bar = None
+    failed = None
     try:
         items = _as_handles(handles, "gather")
         check_on_error(on_error)
@@ -309,7 +310,8 @@ def gather(
                 if bar is not None:
                     bar.advance()
                 if on_error == "raise" and handle._state != SUCCEEDED:
-                    handle.get()  # raises the task's error, with its note
+                    failed = handle
+                    break
         finally:
             completions.stop_following(items)
     except KeyboardInterrupt:
@@ -318,6 +320,8 @@ def gather(
     finally:
         if bar is not None:
             bar.close()
+    if failed is not None:  # raised here: a task's own KeyboardInterrupt is its failure, not Ctrl-C at this wait
+        failed.get()  # raises the task's error, with its note
     if on_error == "skip":
         return [h._value for h in items if h._state == SUCCEEDED]
     return [h._value if h._state == SUCCEEDED else None for h in items]
