@@ -320,6 +320,21 @@ def test_a_body_refused_by_its_failed_group_raises_the_first_failure(backend: st
             ctx.map(square, [1, 2])
 
 
+def fail_from_a_cause(code: int) -> None:
+    try:
+        raise KeyError(code)
+    except KeyError as cause:
+        raise Boom(code, "failed on purpose") from cause
+
+
+def test_the_failure_a_refused_body_raises_keeps_its_cause(backend: str) -> None:
+    with pytest.raises(Boom) as caught:
+        with mp.ParallelContext(backend=backend) as ctx:
+            ctx.submit(fail_from_a_cause, 14).wait(5)
+            ctx.submit(square, 2)
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
 def test_a_refusal_by_an_outer_group_fails_the_inner_group_as_the_body_s_error(backend: str) -> None:
     with pytest.raises(Boom) as caught:
         with mp.ParallelContext(backend=backend) as outer:

@@ -110,8 +110,9 @@ class ParallelContext:
         except BaseException:
             self._cancel_unfinished()
             raise
-        if refused:
-            raise self.errors[0] from None  # the failure that made the group refuse, as the block had not seen it
+        if refused:  # the failure that made the group refuse, as the block had not seen it
+            failure = self.errors[0]
+            raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
         if exc is None and self.errors:
             raise self.errors[0]
 
