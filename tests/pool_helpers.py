@@ -265,6 +265,11 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+def time_out(message: str) -> None:
+    """A call that times out on its own (a socket's, a nested wait's): its error is a ``TimeoutError``."""
+    raise TimeoutError(message)
+
+
 def fail_on_b(message: str) -> str:
     if message == "b":
         raise ValueError(message)

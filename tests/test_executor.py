@@ -45,6 +45,7 @@ from pool_helpers import (
     mul,
     pid_once_released,
     queued_behind_the_first,
+    time_out,
     wait_for_a_dying_task_on_four,
     wait_for_flag,
     wait_until,
@@ -191,6 +192,19 @@ def test_map_raises_a_call_error_when_its_result_is_reached(executor: mp.Executo
     results = executor.map(fail, ["first", "second"])
     with pytest.raises(ValueError, match="first"):
         next(results)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_map_raises_a_calls_own_timeout_error_as_itself(
+    executor: mp.Executor, chunksize: int, timeout: float | None
+) -> None:
+    # A call's TimeoutError is its error, not the map's timeout: it was taken for one,
+    # and without a timeout the message meant to describe it raised TypeError instead.
+    results = executor.map(time_out, ["socket read"], timeout=timeout, chunksize=chunksize)
+    with pytest.raises(TimeoutError) as raised:
+        next(results)
+    assert type(raised.value) is TimeoutError and str(raised.value) == "socket read"
 
 
 def test_exceptions_come_back_as_themselves(executor: mp.Executor) -> None:

@@ -620,7 +620,11 @@ def _results(
             remaining = None if deadline is None else bounded(max(0.0, deadline - time.monotonic()))
             try:
                 results = future.result(remaining) if flatten else [future.result(remaining)]
-            except concurrent.futures.TimeoutError:
+            except concurrent.futures.TimeoutError as error:
+                # The call's own TimeoutError (a socket's, a nested wait's) is its error, not this wait's
+                # (a future that ends just after the wait gave up has another error, or none).
+                if future.done() and not future.cancelled() and future.exception() is error:
+                    raise
                 raise TaskTimeoutError(
                     f"Executor.map timed out after {timeout:g} s; the calls not yet "
                     "started were cancelled"
