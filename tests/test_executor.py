@@ -313,6 +313,36 @@ def test_shutdown_with_wait_from_a_task_it_runs_as_a_backend_raises_instead_of_h
     executor.shutdown()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shutdown_with_wait_from_a_done_callback_raises_instead_of_hanging(backend: str, flags: Flags) -> None:
+    # The callback holds the thread that must end the tasks it would wait for: the only
+    # worker, which the queued task needs, or the process pool's loop thread, which reads
+    # every result. ThreadPoolExecutor raises there too ("cannot join current thread").
+    executor = mp.Executor(backend=backend, max_workers=1)
+    outcome: list[BaseException | None] = []
+    called = threading.Event()
+
+    def shut_down_from_the_callback(_: cf.Future[str]) -> None:
+        try:
+            executor.shutdown(wait=True)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001  # the test reads it below
+            outcome.append(error)
+        called.set()
+
+    first = executor.submit(wait_for_flag, flags, "release")
+    queued = executor.submit(abs, -2)
+    first.add_done_callback(shut_down_from_the_callback)
+    flags.set("release")
+    assert called.wait(30), "shutdown(wait=True) in the callback waited for good"
+    [error] = outcome
+    assert isinstance(error, RuntimeError) and "callback" in str(error)
+    assert queued.result(timeout=30) == 2
+    assert executor.submit(abs, -1).result(timeout=30) == 1  # nothing was shut down
+    executor.shutdown()
+
+
 def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: threading.Event) -> None:
     # As a @parallel call there: the task waits for its slot, the loop (run_in_executor's caller) does not.
     mp.set_max_concurrent_tasks(1)

@@ -415,14 +415,22 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             RuntimeError: ``wait`` is true and this is called from one of this
-                executor's own tasks, which would wait for itself forever (the
-                standard ``ThreadPoolExecutor`` raises there too); nothing is
-                shut down.
+                executor's own tasks, which would wait for itself forever, or
+                from a callback on a thread of its pool (a worker, or a process
+                pool's loop thread, where its tasks' callbacks run), which the
+                tasks waited for may need; the standard ``ThreadPoolExecutor``
+                raises in both places too. Nothing is shut down.
         """
         if wait and _runs_a_task_of(self._backend):
             raise RuntimeError(
                 "Executor.shutdown(wait=True) was called from one of this executor's own tasks, "
                 "and would wait for that task to end forever; call shutdown(wait=False) there"
+            )
+        if wait and _holds_a_thread_of(self._backend):
+            raise RuntimeError(
+                "Executor.shutdown(wait=True) was called from a callback on a thread of this "
+                "executor's own pool, which the tasks it would wait for may need to end: it would "
+                "wait for good; call shutdown(wait=False) there"
             )
         with self._shutdown_lock:
             self._shut_down = True
@@ -465,6 +473,17 @@ def _runs_a_task_of(backend: Backend) -> bool:
     """
     task = current_task()
     return task is not None and (task._backend is backend or pool_of_this_thread() is backend)
+
+
+def _holds_a_thread_of(backend: Backend) -> bool:
+    """Whether this thread is one that ``backend``'s tasks need to end, outside any task (a callback there).
+
+    One of its workers, which a task queued behind may need (with one worker,
+    it never starts), or its loop thread (a process pool's), which reads every
+    result. ``ThreadPoolExecutor.shutdown(wait=True)`` raises on its workers too.
+    """
+    loop = backend._loop
+    return pool_of_this_thread() is backend or (loop is not None and loop is threading.current_thread())
 
 
 def _make_backend(name: str, workers: int) -> Backend:
