@@ -224,8 +224,10 @@ class Executor(concurrent.futures.Executor):
         ``shutdown()`` stops this executor's pool only. An executor garbage
         collected without it is shut down as by ``shutdown(wait=False)``, as the
         standard executors are: the tasks it was given still run, and their
-        futures end; then its workers stop. At interpreter exit, its worker
-        processes are stopped at once.
+        futures end; then its workers stop. At interpreter exit, the tasks it
+        was given run first, also after ``shutdown(wait=False)``, as the standard
+        executors' do (waited for as ``@parallel`` tasks are, at most
+        ``configure(exit_timeout=...)``); then its worker processes are stopped.
     """
 
     def __init__(self, backend: str = "thread", max_workers: int | None = None) -> None:
