@@ -343,6 +343,33 @@ def test_shutdown_with_wait_from_a_done_callback_raises_instead_of_hanging(backe
     executor.shutdown()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["result", "exception"])
+def test_a_wait_in_a_process_futures_done_callback_raises_instead_of_hanging(method: str, flags: Flags) -> None:
+    # The callback runs on the pool's loop thread, which reads the result the wait is for:
+    # it waited for good, and no other task of the executor could end meanwhile.
+    with mp.Executor(backend="process", max_workers=2) as executor:
+        outcome: list[object] = []
+        called = threading.Event()
+        later = executor.submit(wait_for_flag, flags, "later")
+
+        def wait_for_the_later_one(_: cf.Future[str]) -> None:
+            try:
+                outcome.append(getattr(later, method)())
+            except BaseException as error:  # noqa: BLE001  # the test reads it below
+                outcome.append(error)
+            called.set()
+
+        first = executor.submit(wait_for_flag, flags, "first")
+        first.add_done_callback(wait_for_the_later_one)
+        flags.set("first")
+        assert called.wait(30), f"{method}() in the callback waited for good"
+        flags.set("later")
+        [error] = outcome
+        assert isinstance(error, RuntimeError) and "loop thread" in str(error)
+        assert later.result(timeout=30) == "later"  # the pool serves on
+
+
 def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: threading.Event) -> None:
     # As a @parallel call there: the task waits for its slot, the loop (run_in_executor's caller) does not.
     mp.set_max_concurrent_tasks(1)

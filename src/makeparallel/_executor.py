@@ -114,6 +114,11 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         and returned ``None`` for it. ``timeout=math.inf``, or an int too large
         for a float, waits as long as it takes, as ``None`` does: the standard
         one raises ``OverflowError`` for either.
+
+        Raises:
+            RuntimeError: the task has not ended and this is its process pool's
+                loop thread (in a done-callback of this executor's futures),
+                which reads the result waited for: the wait could never end.
         """
         error = super().exception(self._wait_inside_a_task(timeout))
         if error is None:
@@ -148,6 +153,16 @@ class ExecutorFuture(concurrent.futures.Future[T]):
             self._the_parents()
         if self.done():
             return None if timeout is None else bounded(timeout)
+        loop = self.handle._backend._loop
+        if loop is not None and loop is threading.current_thread():
+            # As the handle's own wait refuses there (AsyncHandle._refuse_to_block_a_loop).
+            raise RuntimeError(
+                f"the future of task {self.handle._id} ({self.handle.name}) is waited for on its "
+                "process pool's loop thread (a done-callback of the executor's futures runs here), "
+                "which reads the result this wait is for: the wait could never end, and no other "
+                "task of the executor could either. Submit the follow-up work from the callback "
+                "and return, or wait from another thread"
+            )
         if pool_of_this_thread() is None:
             if current_task() is None:
                 return None if timeout is None else bounded(timeout)
