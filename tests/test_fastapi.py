@@ -665,12 +665,15 @@ def test_a_shutdown_that_fails_after_its_lifespan_was_cancelled_leaves_no_unretr
         loop.set_exception_handler(lambda _, context: reported.append(context))
         running = lifespan(shutdown_timeout=5)(None)
         await running.__aenter__()
+        before = set(threading.enumerate())  # (another test's shutdown thread may still end)
         ending = asyncio.ensure_future(running.__aexit__(None, None, None))
         await asyncio.sleep(0)  # its shutdown wait began
         ending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await ending
-        (stopping,) = [t for t in threading.enumerate() if t.name == "makeparallel-lifespan-shutdown"]
+        (stopping,) = [
+            t for t in set(threading.enumerate()) - before if t.name == "makeparallel-lifespan-shutdown"
+        ]
         fail.set()
         await loop.run_in_executor(None, stopping.join, 30)  # it handed its error to the loop
         await asyncio.sleep(0)  # which takes it
