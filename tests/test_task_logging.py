@@ -286,10 +286,8 @@ def test_task_context_filter_drops_nothing() -> None:
 # -- worker processes ----------------------------------------------------------------------------
 
 
-def log_in_worker(logger_name: str, fifo: str, level: int) -> int:
-    """In a worker: wait for the test's byte, then log at ``level`` (the logger set to it)."""
-    logger = logging.getLogger(logger_name)
-    logger.setLevel(level)  # the worker's own level: not what this test is about
+def wait_for_release(fifo: str) -> None:
+    """In a worker: wait for the test's byte on ``fifo`` (see :class:`Fifo`)."""
     fd = os.open(fifo, os.O_RDONLY)
     try:
         readable, _, _ = select.select([fd], [], [], 20)
@@ -297,6 +295,13 @@ def log_in_worker(logger_name: str, fifo: str, level: int) -> int:
         os.read(fd, 1)
     finally:
         os.close(fd)
+
+
+def log_in_worker(logger_name: str, fifo: str, level: int) -> int:
+    """In a worker: wait for the test's byte, then log at ``level`` (the logger set to it)."""
+    logger = logging.getLogger(logger_name)
+    logger.setLevel(level)  # the worker's own level: not what this test is about
+    wait_for_release(fifo)
     logger.log(level, "from pid %d", os.getpid())
     return os.getpid()
 
@@ -393,44 +398,6 @@ def test_readme_recipe_info_records_from_a_worker_reach_the_parent(task_logging:
     assert records[0].task_id == handle.get_task_id()  # type: ignore[attr-defined]
 
 
-def log_from_a_nested_task(logger_name: str) -> int:
-    """In a worker: have a thread task submitted here log, its metadata set first; its id."""
-    logger = logging.getLogger(logger_name)
-    released = threading.Event()
-
-    def nested() -> None:
-        assert released.wait(20)
-        logger.info("nested")
-
-    handle = mp.parallel(backend="thread", name="nested-in-worker")(nested)()
-    handle.set_metadata("step", 2)
-    released.set()
-    handle.get(20)
-    return handle.get_task_id()
-
-
-@pytest.mark.timeout(60)
-def test_a_record_of_a_task_submitted_in_a_worker_has_that_tasks_metadata(task_logging: None) -> None:
-    # Its id is the worker's, and the parent gave it the metadata of its own task of
-    # that id on that worker (in a fresh program, the outer task's), or none.
-    logger = logging.getLogger(unique_name("nested"))
-    handler = Collect()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        outer = mp.parallel(backend="process")(log_from_a_nested_task)(logger.name)
-        outer.set_metadata("secret", "the outer task's")
-        nested_id = outer.get(30)
-        (record,) = handler.wait_for(1)
-    finally:
-        logger.removeHandler(handler)
-    assert record.getMessage() == "nested"
-    assert record.task_id == nested_id  # type: ignore[attr-defined]
-    assert record.task_name == "nested-in-worker"  # type: ignore[attr-defined]
-    assert record.task_metadata == {"step": 2}  # type: ignore[attr-defined]
-
-
 class Unpicklable:
     """A metadata value that cannot go to another process."""
 
@@ -441,8 +408,11 @@ class Unpicklable:
         return "an unpicklable value"
 
 
-def log_with_unpicklable_metadata(logger_name: str) -> None:
-    """In a worker: have a thread task submitted here log, with a metadata value that cannot be pickled."""
+def log_from_a_nested_task(logger_name: str, unpicklable: bool = False) -> int:
+    """In a worker: have a thread task submitted here log, its metadata set first; its id.
+
+    With ``unpicklable``, one of its metadata values cannot be pickled.
+    """
     logger = logging.getLogger(logger_name)
     released = threading.Event()
 
@@ -450,39 +420,47 @@ def log_with_unpicklable_metadata(logger_name: str) -> None:
         assert released.wait(20)
         logger.info("nested")
 
-    handle = mp.parallel(backend="thread")(nested)()
+    handle = mp.parallel(backend="thread", name="nested-in-worker")(nested)()
     handle.set_metadata("step", 2)
-    handle.set_metadata("lock", Unpicklable())
+    if unpicklable:
+        handle.set_metadata("lock", Unpicklable())
     released.set()
     handle.get(20)
+    return handle.get_task_id()
 
 
 @pytest.mark.timeout(60)
-def test_a_nested_tasks_metadata_value_that_cannot_be_pickled_costs_that_value_alone(task_logging: None) -> None:
+def test_a_record_of_a_task_submitted_in_a_worker_has_that_tasks_metadata(
+    task_logging: None, collected: tuple[logging.Logger, Collect]
+) -> None:
+    # Its id is the worker's, and the parent gave it the metadata of its own task of
+    # that id on that worker (in a fresh program, the outer task's), or none.
+    logger, handler = collected
+    outer = mp.parallel(backend="process")(log_from_a_nested_task)(logger.name)
+    outer.set_metadata("secret", "the outer task's")
+    nested_id = outer.get(30)
+    (record,) = handler.wait_for(1)
+    assert record.getMessage() == "nested"
+    assert record.task_id == nested_id  # type: ignore[attr-defined]
+    assert record.task_name == "nested-in-worker"  # type: ignore[attr-defined]
+    assert record.task_metadata == {"step": 2}  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_tasks_metadata_value_that_cannot_be_pickled_costs_that_value_alone(
+    task_logging: None, collected: tuple[logging.Logger, Collect]
+) -> None:
     # The whole metadata dict was pickled as one: one value that could not be
     # made the record's task_metadata a str (the dict's text), not a dict.
-    logger = logging.getLogger(unique_name("nested-unpicklable"))
-    handler = Collect()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        mp.parallel(backend="process")(log_with_unpicklable_metadata)(logger.name).get(30)
-        (record,) = handler.wait_for(1)
-    finally:
-        logger.removeHandler(handler)
+    logger, handler = collected
+    mp.parallel(backend="process")(log_from_a_nested_task)(logger.name, unpicklable=True).get(30)
+    (record,) = handler.wait_for(1)
     assert record.task_metadata == {"step": 2, "lock": "an unpicklable value"}  # type: ignore[attr-defined]
 
 
 def log_with_an_extra(logger_name: str, fifo: str, extra: dict[str, Any]) -> int:
     """In a worker: wait for the test's byte, then log with ``extra``; the worker's pid."""
-    fd = os.open(fifo, os.O_RDONLY)
-    try:
-        readable, _, _ = select.select([fd], [], [], 20)
-        assert readable, "the test never released the task"
-        os.read(fd, 1)
-    finally:
-        os.close(fd)
+    wait_for_release(fifo)
     logging.getLogger(logger_name).info("with an extra", extra=extra)
     return os.getpid()
 
@@ -499,21 +477,18 @@ def log_with_an_extra(logger_name: str, fifo: str, extra: dict[str, Any]) -> int
     ids=["task_id", "task_metadata"],
 )
 def test_an_extra_of_a_process_tasks_record_wins_there_as_on_threads(
-    task_logging: None, fifo: Fifo, extra: dict[str, Any], expected: dict[str, Any]
+    task_logging: None,
+    collected: tuple[logging.Logger, Collect],
+    fifo: Fifo,
+    extra: dict[str, Any],
+    expected: dict[str, Any],
 ) -> None:
-    logger = logging.getLogger(unique_name("extra-in-worker"))
-    handler = Collect()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        handle = mp.parallel(backend="process")(log_with_an_extra)(logger.name, fifo.path, extra)
-        handle.set_metadata("batch", 9)  # before the task logs: it waits for the FIFO
-        fifo.release()
-        assert handle.get(30) != os.getpid()
-        (record,) = handler.wait_for(1)
-    finally:
-        logger.removeHandler(handler)
+    logger, handler = collected
+    handle = mp.parallel(backend="process")(log_with_an_extra)(logger.name, fifo.path, extra)
+    handle.set_metadata("batch", 9)  # before the task logs: it waits for the FIFO
+    fifo.release()
+    assert handle.get(30) != os.getpid()
+    (record,) = handler.wait_for(1)
     assert {key: getattr(record, key) for key in expected} == expected
 
 
