@@ -100,6 +100,26 @@ class Flags:
         return wait_until(lambda: self.is_set(name) or self.is_set("teardown"), timeout)
 
 
+class CalledBack:
+    """A callback (``on_complete``, ``add_done_callback``) that makes ``call()`` and keeps what it returned or raised.
+
+    Kept for the test to read once :attr:`called` is set: a callback's error is
+    logged, not raised where the test could see it.
+    """
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+        self.outcome: object = None
+        self.called = threading.Event()
+
+    def __call__(self, _: object) -> None:
+        try:
+            self.outcome = self._call()
+        except BaseException as error:  # noqa: BLE001  # what the test looks for
+            self.outcome = error
+        self.called.set()
+
+
 @contextlib.contextmanager
 def two_queued_behind_a_busy_executor(name: str) -> Iterator[cf.ThreadPoolExecutor]:
     """A ``ThreadPoolExecutor`` of one worker, given as ``backend=``: one task of ``name`` holds it, two wait queued.

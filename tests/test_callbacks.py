@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pool_helpers import Flags, hold_the_pool, poll_until_stopped
+from pool_helpers import CalledBack, Flags, hold_the_pool, poll_until_stopped
 
 import makeparallel as mp
 from makeparallel import _handle
@@ -593,24 +593,16 @@ def test_a_wait_for_a_process_task_in_a_process_tasks_callback_raises_at_once(wa
     flags = Flags(str(tmp_path))
     on_process = mp.parallel(backend="process")
     unfinished = on_process(flags.wait_for_release)("go on")
-    outcome: list[object] = []
-    called = threading.Event()
-
-    def wait_for_it(_: object) -> None:
-        try:
-            outcome.append(_wait_in_a_callback(wait, unfinished))
-        except BaseException as error:  # noqa: BLE001  # what the test looks for
-            outcome.append(error)
-        called.set()
-
+    wait_for_it = CalledBack(lambda: _wait_in_a_callback(wait, unfinished))
     try:
         on_process(flags.wait_for_release)("call back").on_complete(wait_for_it)  # registered before its end
         flags.set("call back")
-        assert called.wait(30)
+        assert wait_for_it.called.wait(30)
     finally:
         flags.set("go on")
-    assert isinstance(outcome[0], RuntimeError), outcome
-    assert "loop thread" in str(outcome[0]) and str(unfinished.get_task_id()) in str(outcome[0])
+    error = wait_for_it.outcome
+    assert isinstance(error, RuntimeError), error
+    assert "loop thread" in str(error) and str(unfinished.get_task_id()) in str(error)
     assert unfinished.get(timeout=30)
     ended = on_process(abs)(-2)
     ended.get(timeout=30)

@@ -31,6 +31,7 @@ from makeparallel import _runtime
 # The tasks live in pool_helpers: a new worker imports the module of a task it runs,
 # and this one imports pytest (about 0.3 s a worker, for every executor's workers).
 from pool_helpers import (
+    CalledBack,
     FalseyError,
     Flags,
     double_later,
@@ -349,23 +350,14 @@ def test_a_wait_in_a_process_futures_done_callback_raises_instead_of_hanging(met
     # The callback runs on the pool's loop thread, which reads the result the wait is for:
     # it waited for good, and no other task of the executor could end meanwhile.
     with mp.Executor(backend="process", max_workers=2) as executor:
-        outcome: list[object] = []
-        called = threading.Event()
         later = executor.submit(wait_for_flag, flags, "later")
-
-        def wait_for_the_later_one(_: cf.Future[str]) -> None:
-            try:
-                outcome.append(getattr(later, method)())
-            except BaseException as error:  # noqa: BLE001  # the test reads it below
-                outcome.append(error)
-            called.set()
-
+        wait_for_the_later_one = CalledBack(getattr(later, method))
         first = executor.submit(wait_for_flag, flags, "first")
         first.add_done_callback(wait_for_the_later_one)
         flags.set("first")
-        assert called.wait(30), f"{method}() in the callback waited for good"
+        assert wait_for_the_later_one.called.wait(30), f"{method}() in the callback waited for good"
         flags.set("later")
-        [error] = outcome
+        error = wait_for_the_later_one.outcome
         assert isinstance(error, RuntimeError) and "loop thread" in str(error)
         assert later.result(timeout=30) == "later"  # the pool serves on
 

@@ -25,7 +25,7 @@ import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends._base import Backend, terminate_all
 from makeparallel.testing import wait_until_idle
-from pool_helpers import Flags, fresh_process_pool, hold_one_worker, resize, wait_until
+from pool_helpers import CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -139,19 +139,10 @@ def test_shutdown_refuses_new_tasks_until_reset(backend: str) -> None:
 def test_shutdown_from_a_process_tasks_callback_returns_instead_of_raising() -> None:
     # It ran on the pool's loop thread, and joined that thread: RuntimeError("cannot join
     # current thread"), logged as the callback's error, after waiting its whole timeout.
-    outcome: list[object] = []
-    called = threading.Event()
-
-    def stop_everything(_: object) -> None:
-        try:
-            outcome.append(mp.shutdown(timeout_secs=0.2))
-        except BaseException as error:  # noqa: BLE001  # what the test looks for
-            outcome.append(error)
-        called.set()
-
+    stop_everything = CalledBack(lambda: mp.shutdown(timeout_secs=0.2))
     mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
-    assert called.wait(20)
-    assert outcome in ([True], [False]), outcome
+    assert stop_everything.called.wait(20)
+    assert stop_everything.outcome in (True, False), stop_everything.outcome
     mp.reset_shutdown()
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=20) == 2
 
@@ -188,22 +179,13 @@ def test_wait_until_idle_without_a_timeout_inside_a_task_raises_at_once(backend:
 
 @pytest.mark.timeout(60)
 def test_wait_until_idle_without_a_timeout_in_a_process_tasks_callback_raises_at_once(tmp_path: Path) -> None:
-    outcome: list[object] = []
-    called = threading.Event()
     flags = Flags(str(tmp_path))
-
-    def wait_for_every_task(_: object) -> None:
-        try:
-            outcome.append(wait_until_idle())
-        except BaseException as error:  # noqa: BLE001  # what the test looks for
-            outcome.append(error)
-        called.set()
-
+    wait_for_every_task = CalledBack(wait_until_idle)
     mp.parallel(backend="process")(flags.wait_for_release)("end").on_complete(wait_for_every_task)
     flags.set("end")
-    assert called.wait(30)
-    assert isinstance(outcome[0], RuntimeError), outcome
-    assert "on the pool's loop thread" in str(outcome[0])
+    assert wait_for_every_task.called.wait(30)
+    assert isinstance(wait_for_every_task.outcome, RuntimeError), wait_for_every_task.outcome
+    assert "on the pool's loop thread" in str(wait_for_every_task.outcome)
     assert wait_until_idle(30)
 
 
@@ -211,22 +193,13 @@ def test_wait_until_idle_without_a_timeout_in_a_process_tasks_callback_raises_at
 def test_shutdown_without_a_timeout_in_a_callback_on_the_only_worker_raises_at_once(gate: threading.Event) -> None:
     # It waited for the task queued behind, which only the worker the callback held could run.
     resize(1)
-    outcome: list[object] = []
-    called = threading.Event()
-
-    def stop_everything(_: object) -> None:
-        try:
-            outcome.append(mp.shutdown(timeout_secs=None))
-        except BaseException as error:  # noqa: BLE001  # what the test looks for
-            outcome.append(error)
-        called.set()
-
+    stop_everything = CalledBack(lambda: mp.shutdown(timeout_secs=None))
     mp.parallel(gate.wait)(30).on_complete(stop_everything)
     behind = mp.parallel(abs)(-3)
     gate.set()
-    assert called.wait(30)
-    assert isinstance(outcome[0], RuntimeError), outcome
-    assert "on a thread pool's worker" in str(outcome[0])
+    assert stop_everything.called.wait(30)
+    assert isinstance(stop_everything.outcome, RuntimeError), stop_everything.outcome
+    assert "on a thread pool's worker" in str(stop_everything.outcome)
     assert behind.get(timeout=30) == 3
 
 
@@ -234,23 +207,14 @@ def test_shutdown_without_a_timeout_in_a_callback_on_the_only_worker_raises_at_o
 def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once(tmp_path: Path) -> None:
     # It ran on the pool's loop thread, which reads the results it waited for: with
     # another task of the pool unfinished, it waited for good.
-    outcome: list[object] = []
-    called = threading.Event()
     flags = Flags(str(tmp_path))
-
-    def stop_everything(_: object) -> None:
-        try:
-            outcome.append(mp.shutdown(timeout_secs=None))
-        except BaseException as error:  # noqa: BLE001  # what the test looks for
-            outcome.append(error)
-        called.set()
-
+    stop_everything = CalledBack(lambda: mp.shutdown(timeout_secs=None))
     # Registered before the task can end: registered after, it ran on this thread, and shut down.
     mp.parallel(backend="process")(flags.wait_for_release)("end").on_complete(stop_everything)
     flags.set("end")
-    assert called.wait(30)
-    assert isinstance(outcome[0], RuntimeError), outcome
-    assert "on the pool's loop thread" in str(outcome[0])
+    assert stop_everything.called.wait(30)
+    assert isinstance(stop_everything.outcome, RuntimeError), stop_everything.outcome
+    assert "on the pool's loop thread" in str(stop_everything.outcome)
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=30) == 2
 
 
