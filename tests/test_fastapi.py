@@ -446,16 +446,8 @@ def test_the_middleware_cancelled_by_the_server_returns_once_the_app_it_wraps_ha
     assert at_return == ["cleaned up"] and ended == ["cleaned up"]
 
 
-# A lifespan whose shutdown would wait for good for a stuck task, run as a
-# script does under asyncio.run, and cut short ({stop}) once that wait began.
-LIFESPAN_CUT_SHORT = """
-import asyncio, os, signal, sys, threading
-import makeparallel as mp
-from fastapi import FastAPI
-from makeparallel.fastapi import lifespan
-
-never = threading.Event()
-
+# For a script: whether a thread waits in a shutdown (in ``_wait_idle``) now.
+SHUTDOWN_WAITS = """
 def shutdown_waits():
     return any(
         frame.f_code.co_name == "_wait_idle"
@@ -467,7 +459,20 @@ def iter_frames(frame):
     while frame is not None:
         yield frame
         frame = frame.f_back
+"""
 
+
+# A lifespan whose shutdown would wait for good for a stuck task, run as a
+# script does under asyncio.run, and cut short ({stop}) once that wait began.
+LIFESPAN_CUT_SHORT = """
+import asyncio, os, signal, sys, threading
+import makeparallel as mp
+from fastapi import FastAPI
+from makeparallel.fastapi import lifespan
+
+never = threading.Event()
+
+""" + SHUTDOWN_WAITS + """
 @mp.parallel
 def stuck():
     never.wait()
@@ -539,18 +544,7 @@ async def start_a_stuck_task(app):
         await asyncio.sleep(0.01)
     yield
 
-def shutdown_waits():
-    return any(
-        frame.f_code.co_name == "_wait_idle"
-        for top in sys._current_frames().values()
-        for frame in iter_frames(top)
-    )
-
-def iter_frames(frame):
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-
+""" + SHUTDOWN_WAITS + """
 def press_ctrl_c_twice(on_this_thread=False):
     while not server.started:
         never.wait(0.01)
