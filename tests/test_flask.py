@@ -209,16 +209,20 @@ def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) 
     assert f"1 task(s) still unfinished at interpreter exit were abandoned after {by} waited 0.2 s;" in done.stderr
 
 
-# A task that sends the user's Ctrl-C once the main thread waits at exit for it.
-INTERRUPT_THE_EXIT_WAIT = """
-import os, signal, sys
-
+# For a script: whether the main thread waits at exit (in ``_wait_idle``) now.
+EXIT_WAITS = """
 def exit_waits():
     frame = sys._current_frames().get(threading.main_thread().ident)
     while frame is not None and frame.f_code.co_name != "_wait_idle":
         frame = frame.f_back
     return frame is not None
+"""
 
+# A task that sends the user's Ctrl-C once the main thread waits at exit for it.
+INTERRUPT_THE_EXIT_WAIT = """
+import os, signal, sys
+
+""" + EXIT_WAITS + """
 @mp.parallel
 def interrupt_the_exit_wait():
     while not exit_waits():
@@ -266,12 +270,7 @@ from werkzeug.serving import make_server
 mp.configure(exit_timeout=60)  # exit must not wait again after the extension's shutdown
 never, running = threading.Event(), threading.Event()
 
-def exit_waits():
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != "_wait_idle":
-        frame = frame.f_back
-    return frame is not None
-
+""" + EXIT_WAITS + """
 @mp.parallel
 def stuck(interrupt):
     running.set()
