@@ -153,8 +153,7 @@ class ExecutorFuture(concurrent.futures.Future[T]):
             self._the_parents()
         if self.done():
             return None if timeout is None else bounded(timeout)
-        loop = self.handle._backend._loop
-        if loop is not None and loop is threading.current_thread():
+        if self.handle._backend.reads_results_here():
             # As the handle's own wait refuses there (AsyncHandle._refuse_to_block_a_loop).
             raise RuntimeError(
                 f"the future of task {self.handle._id} ({self.handle.name}) is waited for on its "
@@ -499,8 +498,7 @@ def _holds_a_thread_of(backend: Backend) -> bool:
     it never starts), or its loop thread (a process pool's), which reads every
     result. ``ThreadPoolExecutor.shutdown(wait=True)`` raises on its workers too.
     """
-    loop = backend._loop
-    return pool_of_this_thread() is backend or (loop is not None and loop is threading.current_thread())
+    return pool_of_this_thread() is backend or backend.reads_results_here()
 
 
 def _make_backend(name: str, workers: int) -> Backend:

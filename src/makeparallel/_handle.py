@@ -1139,8 +1139,7 @@ class AsyncHandle(Generic[T_co]):
         """
         if self._state >= SUCCEEDED:
             return
-        loop = self._backend._loop
-        if loop is not None and loop is threading.current_thread():
+        if self._backend.reads_results_here():
             raise RuntimeError(
                 f"task {self._id} ({self.name}) runs in a worker process, and this is its pool's "
                 "loop thread (a process task's callback runs here), which reads the result this "

@@ -748,13 +748,11 @@ def _refuse_to_wait_for_good_here(
     its pool's loop thread (which reads every result the wait needs).
     """
     task = current_task()
-    with _lock:
-        loops = [backend._loop for backend in _all_backends()]
     if task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
         where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
     elif pool_of_this_thread() is not None:
         where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
-    elif threading.current_thread() in loops:
+    elif _reads_results_here():
         where = "in a process task's callback, on the pool's loop thread, which reads the results it waits for"
     else:
         return
@@ -762,6 +760,13 @@ def _refuse_to_wait_for_good_here(
         f"{call} called {where}, would wait for good{done}. Give it {bound}, or call it "
         "from your program's own thread"
     )
+
+
+def _reads_results_here() -> bool:
+    """Whether this thread reads the results of one of the pools (a process pool's loop thread)."""
+    with _lock:
+        backends = _all_backends()
+    return any(backend.reads_results_here() for backend in backends)
 
 
 def _programs_shutdown() -> ShutdownCall:

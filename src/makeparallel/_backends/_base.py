@@ -108,6 +108,15 @@ class Backend:
         self._idle_waiters: list[threading.Lock] = []
         _every.add(self)
 
+    def reads_results_here(self) -> bool:
+        """Whether this thread is the one that reads this pool's results (:attr:`_loop`).
+
+        A wait here for one of its unfinished tasks could never end: a
+        process task's callback runs on that thread.
+        """
+        loop = self._loop
+        return loop is not None and loop is threading.current_thread()
+
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
         raise NotImplementedError
