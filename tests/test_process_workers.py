@@ -899,19 +899,23 @@ def test_a_task_cancelled_as_it_is_sent_leaves_the_pool_running(tmp_path: Path, 
     flags = Flags(str(tmp_path))
     first = on_process(mark_then_wait)(flags, "first")
     assert flags.wait("first", 30)
-    cancelled = on_process(abs)(-7)
-    others = [on_process(abs)(-i) for i in range(3)]
     send_tasks = _process._send_tasks
+    cancelled_in_send: list[Any] = []
 
     def cancelled_first(worker: Any, batch: list[Any], *args: Any) -> None:
-        if cancelled in batch:
-            assert cancelled.cancel()
+        if not cancelled_in_send:  # the first task sent from now on, in order: the next one submitted
+            assert batch[0].cancel()
+            cancelled_in_send.append(batch[0])
         send_tasks(worker, batch, *args)
 
+    # In place before the task exists: the loop may send it ahead to the busy worker at once.
     monkeypatch.setattr(_process, "_send_tasks", cancelled_first)
+    cancelled = on_process(abs)(-7)
+    others = [on_process(abs)(-i) for i in range(3)]
     flags.set("first-go")
     assert first.get(timeout=30) == "first"
     assert [handle.get(timeout=30) for handle in others] == [0, 1, 2]
+    assert cancelled_in_send == [cancelled]
     assert cancelled.cancelled()
     assert info()["loop_deaths"] == 0
 
