@@ -80,11 +80,21 @@ def warmed(executor: cf.Executor) -> cf.Executor:
     return executor
 
 
+def reusable_loky(max_workers: int) -> cf.Executor:
+    """loky's reusable executor, its workers never leaving for being idle.
+
+    A worker leaving after loky's default 10 s idle as a task arrives makes loky
+    warn from its manager thread; under the suite's warnings-as-errors the
+    warning broke the executor, and the task failed (on a loaded machine).
+    """
+    return get_reusable_executor(max_workers=max_workers, timeout=None)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def remote_pools() -> Iterator[dict[str, cf.Executor]]:
     """The process pools, shared by the module and started before any test's thread check."""
     with cf.ProcessPoolExecutor(max_workers=2) as process_pool:
-        loky_pool = get_reusable_executor(max_workers=2)
+        loky_pool = reusable_loky(max_workers=2)
         try:
             yield {"process_pool": warmed(process_pool), "loky": warmed(loky_pool)}
         finally:
@@ -863,7 +873,7 @@ def test_a_broken_process_pool_refuses_later_tasks_with_worker_crashed_error() -
 
 
 def test_a_dead_loky_worker_fails_the_task_with_worker_crashed_error() -> None:
-    pool = get_reusable_executor(max_workers=1)
+    pool = reusable_loky(max_workers=1)
     try:
         pid = mp.parallel(backend=pool)(own_pid)().get(timeout=30)
         handle = mp.parallel(backend=pool)(os.kill)(pid, signal.SIGKILL)
