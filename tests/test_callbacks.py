@@ -205,8 +205,15 @@ def test_timeout_fires_on_error_once(gate: threading.Event) -> None:
     def slow() -> None:
         poll_until_stopped(gate)
 
+    # Queued until its callbacks are in: its 0.05 s run from its start, and a
+    # test thread kept off the CPU that long registered them after the end.
+    pool_gate = threading.Event()
+    blockers = hold_the_pool(pool_gate)
     handle = slow()
     recorders = register_all(handle)
+    pool_gate.set()
+    for blocker in blockers:
+        blocker.get(5)
     assert recorders["error"].wait_for(1)
     assert recorders["done"].wait_for(1)
     (error,) = recorders["error"].args[0]
