@@ -227,7 +227,7 @@ def test_timeout_fires_on_error_once(gate: threading.Event) -> None:
     assert len(recorders["error"].calls) == 1
 
 
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(40)
 def test_slow_timeout_callback_does_not_delay_other_timeouts(gate: threading.Event) -> None:
     # The callbacks of a timed-out task run on the thread that ended it; that must
     # not hold back the deadlines of every other task in the process.
@@ -243,7 +243,7 @@ def test_slow_timeout_callback_does_not_delay_other_timeouts(gate: threading.Eve
     def slow_callback(_: BaseException) -> None:
         callback_threads.append(threading.current_thread().name)
         in_callback.set()
-        release.wait(10)
+        release.wait(30)  # past the wait below: a deadline held back by it is never kept
 
     blockers = hold_the_pool(gate)
     first = slow()  # queued: its callback is surely registered before it starts
@@ -255,7 +255,7 @@ def test_slow_timeout_callback_does_not_delay_other_timeouts(gate: threading.Eve
         assert in_callback.wait(5)
         second = slow()
         with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.05 s"):
-            second.get(2)  # its own 0.05 s timeout, not this wait, must end it
+            second.get(10)  # its own 0.05 s timeout, not this wait, must end it
     finally:
         release.set()
         task_gate.set()
