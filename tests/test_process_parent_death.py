@@ -36,10 +36,12 @@ def long_c_call():
     return sum(range(10**13))  # minutes in C, holding the GIL
 
 handle = mp.parallel(backend="process")(long_c_call)()
-deadline = time.monotonic() + 30
-while handle.get_progress() < 0.5 and time.monotonic() < deadline:
-    time.sleep(0.01)
 workers = _runtime._backends["process"]._workers
+deadline = time.monotonic() + 30
+# Until the task runs, and the template has reported every fork: a worker's pid comes later.
+while (handle.get_progress() < 0.5 or not all(w.process.pid for w in workers)) and time.monotonic() < deadline:
+    time.sleep(0.01)
+    workers = _runtime._backends["process"]._workers
 fds = [w.conn.fileno() for w in workers]
 state = {"workers": [w.process.pid for w in workers], "child": None}
 if sys.argv[1] == "fork":
