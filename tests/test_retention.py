@@ -50,7 +50,9 @@ def test_an_idle_worker_keeps_no_result(task_timeout: float | None) -> None:
     ref = weakref.ref(handle.get())
     assert wait_until(thread_pool_at_rest), mp.get_thread_pool_info()
     del handle
-    assert gone(ref), gc.get_referrers(ref())
+    # Counted idle as it parks, the worker still drops the task it settled after
+    # waking this thread: what must not happen is that it keeps it while idle.
+    assert wait_until(lambda: gone(ref)), gc.get_referrers(ref())
 
 
 @pytest.mark.timeout(30)
@@ -60,7 +62,15 @@ def test_a_worker_running_the_next_task_keeps_no_earlier_result(gate: Any) -> No
     assert first.wait(10)
     ref = weakref.ref(first.get())
     del first
-    held = mp.parallel(backend="thread")(lambda: gate.wait(30))()  # the worker is busy with it now
+    running = threading.Event()
+
+    def hold() -> bool:
+        running.set()
+        return gate.wait(30)
+
+    held = mp.parallel(backend="thread")(hold)()
+    # Busy with it now: past dropping the first task, which it settled after waking this thread.
+    assert running.wait(10)
     assert gone(ref)
     gate.set()
     assert held.get(timeout=10)
