@@ -28,7 +28,7 @@ from pool_helpers import Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
-from makeparallel._backends import _dask
+from makeparallel._backends import _base, _dask
 
 pytestmark = pytest.mark.dask
 
@@ -621,19 +621,33 @@ def fail_once(flags: Flags) -> str:
     raise ConnectionError("first attempt")
 
 
-def test_a_retry_goes_to_the_client_configured_while_it_waited(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+def test_a_retry_goes_to_the_client_configured_while_it_waited(
+    cluster: LocalCluster, client: Client, flags: Flags, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # It went to the client of the attempt before, closed meanwhile: ShutdownError
     # telling the user to do what they had just done.
+    switched = threading.Event()
+    start_the_retry = _base._RetryDue._expire
+
+    def start_once_switched(due: Any) -> None:
+        # The retry is due on the deadline thread: held there until the clients are
+        # switched, however long that takes (a wait of 5 s ran out on a loaded machine).
+        assert switched.wait(60), "the test never switched clients"
+        start_the_retry(due)
+
+    monkeypatch.setattr(_base._RetryDue, "_expire", start_once_switched)
     second = Client(cluster, set_as_default=False)
     mp.configure(dask_client=second)
     try:
-        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=5.0, wait_jitter=0)  # time to switch clients
+        retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0.1, wait_jitter=0)
         handle = mp.parallel(backend="dask", retry=retry)(fail_once)(flags)
         assert wait_until(lambda: handle.status == "waiting to retry", 60)
         second.close()
         mp.configure(dask_client=client)
+        switched.set()
         assert handle.get(timeout=60) == "second attempt"
     finally:
+        switched.set()
         mp.configure(dask_client=client)
         second.close()
 
