@@ -34,7 +34,7 @@ import pytest
 import makeparallel as mp
 from makeparallel._backends import _process
 from makeparallel._handle import cancel_and_stop
-from pool_helpers import Flags, fresh_process_pool, wait_until
+from pool_helpers import Flags, fresh_process_pool, send_tasks_ahead, wait_until
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now"),
@@ -720,7 +720,7 @@ def test_a_stopped_task_that_ends_by_itself_as_its_worker_starts_the_next_leaves
     # result): the worker had started a task sent behind it, which the kill ended instead,
     # "no other task was affected". The loop now looks which task the worker runs first.
     fresh_process_pool(1)
-    mp.gather([mp.parallel(backend="process")(abs)(-i) for i in range(100)])  # short tasks: sent ahead
+    send_tasks_ahead()  # the window open as the tasks below are queued: sent ahead
     flags = Flags(str(tmp_path))
     reached, go_on, looked = threading.Event(), threading.Event(), threading.Event()
     kill_marked = _process.ProcessBackend._kill_marked
