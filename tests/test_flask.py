@@ -108,6 +108,14 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
 
 
+def test_numpy_numbers_are_settings_too() -> None:
+    numpy = pytest.importorskip("numpy")
+    MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=numpy.float32(7), MAKEPARALLEL_NUM_THREADS=numpy.int64(3)))
+    assert mp.get_thread_pool_info()["num_threads"] == 3
+    with pytest.raises(ValueError, match="MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number"):
+        MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=numpy.float32("nan")))
+
+
 @pytest.mark.timeout(30)
 def test_a_shutdown_timeout_too_large_for_a_float_waits_without_limit() -> None:
     # Accepted by the setting's check, it failed the shutdown with OverflowError.

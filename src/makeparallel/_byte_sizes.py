@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ._validation import as_integer
+
 __all__ = ["parse_byte_size"]
 
 _UNITS = {
@@ -33,7 +35,7 @@ def parse_byte_size(value: Any, name: str) -> int:
     """``value`` in bytes: an int of bytes, or a string of a number and a unit.
 
     Args:
-        value: an int >= 1 (bytes), or a string such as ``"2GiB"``, ``"512 MiB"``,
+        value: an int >= 1 (bytes; any integer type, NumPy's too), or a string such as ``"2GiB"``, ``"512 MiB"``,
             ``"1.5GB"`` or ``"1000000"``; a fraction of a byte is dropped.
         name: the argument's name, for the error message.
 
@@ -44,12 +46,12 @@ def parse_byte_size(value: Any, name: str) -> int:
         TypeError: ``value`` is neither an int nor a string (a float or a bool included).
         ValueError: the string is not a number and a known unit, or the size is under one byte.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(
-            f'{name} must be a number of bytes (an int) or a string such as "2GiB" or "512MB", got {value!r}'
-        )
-    if isinstance(value, int):
-        size = value
+    if not isinstance(value, str):
+        size = as_integer(value)
+        if size is None:
+            raise TypeError(
+                f'{name} must be a number of bytes (an int) or a string such as "2GiB" or "512MB", got {value!r}'
+            )
     else:
         match = _SIZE.fullmatch(value)
         unit = match.group(2).lower() if match else ""

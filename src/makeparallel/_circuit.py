@@ -38,7 +38,7 @@ from typing import Any
 from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import RetryOn, _check_on
-from ._validation import check_count, check_finite_seconds
+from ._validation import check_count, check_finite_seconds, is_real
 from .errors import CircuitOpenError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
@@ -97,7 +97,7 @@ class CircuitStatistics:
 
 
 def _check_rate(value: Any, name: str, low_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
     if not (0 < value <= 1 if low_open else 0 <= value <= 1):
         raise ValueError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")

@@ -312,7 +312,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
 
         checked["circuit_breaker"] = check_breaker(options["circuit_breaker"])
     if options.get("max_concurrent") is not None:
-        check_count(options["max_concurrent"], "max_concurrent")
+        checked["max_concurrent"] = check_count(options["max_concurrent"], "max_concurrent")
     name = options.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty str, got {name!r}")

@@ -248,9 +248,7 @@ class Executor(concurrent.futures.Executor):
         if backend not in _BACKENDS:
             accepted = ", ".join(repr(name) for name in _BACKENDS)
             raise ValueError(f"backend must be one of {accepted}, got {backend!r}")
-        if max_workers is not None:
-            check_count(max_workers, "max_workers")
-        self._max_workers = usable_cpu_count() if max_workers is None else max_workers
+        self._max_workers = usable_cpu_count() if max_workers is None else check_count(max_workers, "max_workers")
         self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
         # Read by the executor adapter, should this executor itself serve as a backend.
         self._makeparallel_in_process = self._backend.name != "process"
@@ -393,15 +391,12 @@ class Executor(concurrent.futures.Executor):
             Exception: from ``next()``, what a call raised, as itself.
         """
         timeout = check_wait_timeout(timeout)
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-            raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        chunksize = check_count(chunksize, "chunksize")
         if buffersize is not None:
-            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-                raise TypeError(f"buffersize must be an int >= 1 or None, got {buffersize!r}")
-            if buffersize < 1:
-                raise ValueError(f"buffersize must be an int >= 1 or None, got {buffersize!r}")
+            try:
+                buffersize = check_count(buffersize, "buffersize")
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"buffersize must be an int >= 1 or None, got {buffersize!r}") from None
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)

@@ -75,7 +75,7 @@ class ParallelContext:
         if backend is not None:
             check_backend(backend)
         if max_concurrent is not None:
-            check_count(max_concurrent, "max_concurrent")
+            max_concurrent = check_count(max_concurrent, "max_concurrent")
         self._timeout = timeout
         self._limiter = None if max_concurrent is None else Limiter(max_concurrent, exempt_tasks=False)
         self._backend = backend

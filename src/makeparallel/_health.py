@@ -24,7 +24,7 @@ from typing import Any
 
 from ._circuit import CircuitState, all_breakers
 from ._runtime import global_limiter, is_shut_down, pool_infos
-from ._validation import check_count
+from ._validation import check_count, is_real
 
 __all__ = ["health"]
 
@@ -59,12 +59,13 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         ValueError: ``memory_limit_percent`` is outside (0, 100], or
             ``queue_limit`` below 1.
     """
-    if isinstance(memory_limit_percent, bool) or not isinstance(memory_limit_percent, (int, float)):
+    if not is_real(memory_limit_percent):
         raise TypeError(f"memory_limit_percent must be a number, got {memory_limit_percent!r}")
     if not 0 < memory_limit_percent <= 100:
         raise ValueError(f"memory_limit_percent must be in (0, 100], got {memory_limit_percent!r}")
+    memory_limit_percent = float(memory_limit_percent)
     if queue_limit is not None:
-        check_count(queue_limit, "queue_limit")
+        queue_limit = check_count(queue_limit, "queue_limit")
     pools = pool_infos()
     reasons: list[str] = []
     broken: list[str] = []

@@ -538,7 +538,7 @@ def _start(
     backend: BackendOption | None,
 ) -> _Mapper:
     """Check the options of a map (raising at the call) and set it up."""
-    plain, items, total, chunk_task, name, timeout = _checked(
+    plain, items, total, chunk_task, name, timeout, chunksize, max_in_flight = _checked(
         fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
     )
     return _Mapper(
@@ -556,17 +556,20 @@ def _checked(
     timeout: float | None,
     on_error: OnError,
     backend: BackendOption | None,
-) -> tuple[Callable[[Any], Any], _Items, int | None, ParallelFunction[..., list[Any]], str, float | None]:
+) -> tuple[
+    Callable[[Any], Any], _Items, int | None, ParallelFunction[..., list[Any]], str, float | None, int | None, int | None
+]:
     """The options of a map, checked (raising at the call): the function to apply, the items,
-    their number if known, the task that runs a chunk, the name to report and the timeout as a float."""
+    their number if known, the task that runs a chunk, the name to report, the timeout as a float,
+    and the chunk size and the bound on chunks in flight as plain ints (NumPy's are accepted too)."""
     plain, name, own_backend = _plain_function(fn)
     if on_error != "raise":
         check_on_error(on_error)
     timeout = check_wait_timeout(timeout)
     if chunksize is not None:
-        check_count(chunksize, "chunksize")
+        chunksize = check_count(chunksize, "chunksize")
     if max_in_flight is not None:
-        check_count(max_in_flight, "max_in_flight")
+        max_in_flight = check_count(max_in_flight, "max_in_flight")
     if ordered is not True and ordered is not False:
         raise TypeError(f"ordered must be a bool, got {ordered!r}")
     if backend is not None:
@@ -590,7 +593,7 @@ def _checked(
     chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
     if progress is not False:
         check_progress(progress)
-    return plain, items, total, chunk_task, name, timeout
+    return plain, items, total, chunk_task, name, timeout, chunksize, max_in_flight
 
 
 def _each(chunks: Iterator[list[R]]) -> Iterator[R]:
@@ -770,7 +773,7 @@ def parallel_map(
     if fn is _MISSING or iterable is _MISSING or func is not _MISSING or items is not _MISSING:
         fn = _one_of(fn, func, "fn", "func")
         iterable = _one_of(iterable, items, "iterable", "items")
-    plain, rest, total, chunk_task, name, timeout = _checked(
+    plain, rest, total, chunk_task, name, timeout, chunksize, max_in_flight = _checked(
         fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
     )
     if total == 1 and progress is False and timeout is None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._memory_budget import MemoryBudget, memory_budget
+from ._validation import is_real
 
 __all__ = ["MemoryGuard", "check_percent", "configure_memory_limit", "current_guard"]
 
@@ -28,7 +29,7 @@ INTERVAL = 0.1  # seconds between reads of the memory figures
 
 def check_percent(value: Any, name: str = "max_memory_percent") -> float:
     """A percentage in (0, 100]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number in (0, 100] or None, got {value!r}")
     if not 0 < value <= 100:
         raise ValueError(f"{name} must be in (0, 100] (percent of the memory limit), got {value!r}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._predicates import ask
-from ._validation import as_seconds, check_finite_seconds, shown
+from ._validation import as_integer, as_seconds, check_finite_seconds, is_real, shown
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
 __all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
@@ -112,18 +112,27 @@ class Retry:
 
     def __post_init__(self) -> None:
         _check_on(self.on)
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+        attempts = as_integer(self.attempts)
+        if attempts is None:
             raise TypeError(f"attempts must be an int >= 1, got {self.attempts!r}")
-        if self.attempts < 1:
+        if attempts < 1:
             raise ValueError(f"attempts must be an int >= 1 (the first attempt counts), got {self.attempts}")
         check_finite_seconds(self.timeout, "timeout", allow_none=True)
         for name in ("wait_initial", "wait_max", "wait_jitter"):
             check_finite_seconds(getattr(self, name), name)
         factor = self.wait_exp_base  # a factor, not seconds
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        if not is_real(factor):
             raise TypeError(f"wait_exp_base must be a number (the growth factor of the wait), got {factor!r}")
         if not 1 <= as_seconds(factor) < math.inf:
             raise ValueError(f"wait_exp_base must be a finite number >= 1 (1 keeps waits constant), got {shown(factor)}")
+        # NumPy's numbers (or a Fraction) kept as plain ones: their arithmetic in
+        # _backoff warns where a float's raises OverflowError, and they would
+        # show in the policy's repr and in RetryDetails.
+        object.__setattr__(self, "attempts", attempts)
+        for name in ("timeout", "wait_initial", "wait_max", "wait_jitter", "wait_exp_base"):
+            value = getattr(self, name)
+            if value is not None and type(value) not in (int, float):
+                object.__setattr__(self, name, as_seconds(value))
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``on`` asks to retry ``error``, before counting attempts or time."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 from ._decorators import ParallelFunction, _BoundParallelFunction, _returns_coroutines
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
-from ._validation import check_count
+from ._validation import as_integer, check_count
 
 __all__ = ["RetryingFunction", "retry", "retry_backoff"]
 
@@ -127,10 +127,12 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
     Raises:
         TypeError, ValueError: ``max_retries`` is not an int >= 0.
     """
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+    retries = as_integer(max_retries)
+    if retries is None:
         raise TypeError(f"max_retries must be an int >= 0, got {max_retries!r}")
-    if max_retries < 0:
+    if retries < 0:
         raise ValueError(f"max_retries must be an int >= 0, got {max_retries}")
+    max_retries = retries
     policy = Retry(
         on=Exception, attempts=max_retries + 1, timeout=None, wait_initial=0.0, wait_max=0.0, wait_jitter=0.0
     )
@@ -170,7 +172,7 @@ def retry_backoff(
         TypeError: an argument of the wrong type, or ``fn`` is not callable.
         ValueError: ``max_attempts`` < 1, an unknown ``backoff``, negative delays.
     """
-    check_count(max_attempts, "max_attempts")
+    max_attempts = check_count(max_attempts, "max_attempts")
     if backoff not in BACKOFFS:
         raise ValueError(f"backoff must be one of {', '.join(map(repr, BACKOFFS))}, got {backoff!r}")
     kind = _LinearRetry if backoff == "linear" else Retry

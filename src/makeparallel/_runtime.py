@@ -33,7 +33,7 @@ from ._backends._base import Backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._task_context import current_task
-from ._validation import check_count, check_wait_timeout
+from ._validation import as_integer, check_count, check_wait_timeout
 
 __all__ = [
     "BACKEND_NAMES",
@@ -480,9 +480,9 @@ def configure_process_pool(
     from ._backends._process import ProcessBackend
 
     if num_workers is not None:
-        check_count(num_workers, "num_workers")
+        num_workers = check_count(num_workers, "num_workers")
     if max_tasks_per_child is not None and max_tasks_per_child is not ...:
-        check_count(max_tasks_per_child, "max_tasks_per_child")
+        max_tasks_per_child = check_count(max_tasks_per_child, "max_tasks_per_child")
     if max_worker_memory is not None and max_worker_memory is not ...:
         from ._byte_sizes import parse_byte_size
 
@@ -624,11 +624,11 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
         limit = max_tasks
     elif limit is _NO_LIMIT_GIVEN:
         raise TypeError("set_max_concurrent_tasks() needs the limit: an int >= 1, or None for none")
-    if limit == 0 and type(limit) is int:
+    if limit is not None and as_integer(limit) == 0:  # not 0.0 or False
         limit = None
     if limit is not None:
         try:
-            check_count(limit, "limit")
+            limit = check_count(limit, "limit")
         except (TypeError, ValueError) as error:
             raise type(error)(f"limit must be an int >= 1, or None or 0 for no limit, got {limit!r}") from None
     global_limiter.set_limit(limit)

@@ -6,9 +6,11 @@ Messages state the rule, the value and, where it is not obvious, the fix.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 __all__ = [
+    "as_integer",
     "as_seconds",
     "check_count",
     "check_finite_seconds",
@@ -16,12 +18,42 @@ __all__ = [
     "check_seconds",
     "check_task_timeout",
     "check_wait_timeout",
+    "is_real",
     "shown",
 ]
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a ``bool``): an int, a float, or any ``numbers.Real``.
+
+    NumPy's scalars (``float32``, ``int64``) subclass neither ``int`` nor
+    ``float`` but are ``numbers.Real``, and so is a ``Fraction``: seconds and
+    rates computed over NumPy arrays arrive as them. ``numbers`` is imported
+    only for such a value: ``import makeparallel`` does not load it.
+    """
+    if isinstance(value, (int, float)):
+        return not isinstance(value, bool)
+    import numbers
+
+    return isinstance(value, numbers.Real)
+
+
+def as_integer(value: Any) -> int | None:
+    """``value`` as a plain ``int`` if it is an integer that is not a ``bool``, else ``None``.
+
+    Any type with ``__index__`` is one (``operator.index``): NumPy's ``int64``,
+    as ``arr.sum() // 8`` gives, is no ``int`` subclass. A float, even ``2.0``,
+    is not. The plain int is what the callers keep, so the value's own type
+    goes no further (into a pool's size, a pickle, a message).
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):  # (NumPy's bool_ has no __index__)
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def as_seconds(value: float) -> float:
@@ -59,7 +91,7 @@ def check_seconds(value: Any, name: str) -> float:
 
 def _check_seconds(value: Any, name: str, alternatives: str) -> float:
     """``value`` is a number of seconds >= 0; ``alternatives`` ends the message with what else is accepted."""
-    if not _is_real(value):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number of seconds{alternatives}, got {value!r}")
     seconds = as_seconds(value)
     if math.isnan(seconds) or seconds < 0:
@@ -74,7 +106,7 @@ def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> flo
     """
     if value is None and allow_none:
         return None
-    if not _is_real(value):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
     seconds = as_seconds(value)
     if not 0 <= seconds < math.inf:
@@ -86,7 +118,7 @@ def check_task_timeout(timeout: Any) -> float | None:
     """A task's own timeout: ``None`` or seconds > 0; infinity (:func:`as_seconds`) means none."""
     if timeout is None:
         return None
-    if not _is_real(timeout):
+    if not is_real(timeout):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
     seconds = as_seconds(timeout)
     if math.isnan(seconds) or seconds <= 0:
@@ -95,16 +127,18 @@ def check_task_timeout(timeout: Any) -> float | None:
 
 
 def check_priority(priority: Any) -> int:
-    """Priorities are plain ints; higher runs first."""
-    if isinstance(priority, bool) or not isinstance(priority, int):
+    """Priorities are integers (:func:`as_integer`); higher runs first. Returns it as a plain int."""
+    checked = as_integer(priority)
+    if checked is None:
         raise TypeError(f"priority must be an int (higher runs first), got {priority!r}")
-    return priority
+    return checked
 
 
 def check_count(value: Any, name: str) -> int:
-    """A count of threads, tasks or the like: an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A count of threads, tasks or the like: an integer >= 1 (:func:`as_integer`); returns it as a plain int."""
+    count = as_integer(value)
+    if count is None:
         raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
+    if count < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    return count

@@ -53,7 +53,7 @@ import makeparallel as mp
 
 from ._interruptible import SLICE
 from ._runtime import ShutdownCall
-from ._validation import check_count, check_wait_timeout
+from ._validation import as_integer, check_count, check_wait_timeout
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -132,12 +132,12 @@ def lifespan(
         if num_threads != "auto":
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
     elif num_threads is not None:
-        check_count(num_threads, "num_threads")
+        num_threads = check_count(num_threads, "num_threads")
     if num_workers is not None:
-        check_count(num_workers, "num_workers")
+        num_workers = check_count(num_workers, "num_workers")
     # 0, like None, sets no limit; but not False or 0.0, which set_max_concurrent_tasks refused at start-up
-    if max_concurrent_tasks is not None and not (type(max_concurrent_tasks) is int and max_concurrent_tasks == 0):
-        check_count(max_concurrent_tasks, "max_concurrent_tasks")
+    if max_concurrent_tasks is not None and as_integer(max_concurrent_tasks) != 0:
+        max_concurrent_tasks = check_count(max_concurrent_tasks, "max_concurrent_tasks")
     for name, switch in (("prestart", prestart), ("cancel_pending", cancel_pending)):
         if not isinstance(switch, bool):  # the string "false" (from the environment) read as true
             raise TypeError(f"{name} must be a bool, got {switch!r}")

@@ -40,6 +40,7 @@ from typing import Any
 import makeparallel as mp
 
 from ._runtime import ShutdownCall, ending_on_interrupt, is_shut_down
+from ._validation import is_real
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -115,7 +116,7 @@ class MakeParallel:
         timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
         # NaN passed "timeout < 0", and mp.shutdown refused it at exit: this hook failed.
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+            not is_real(timeout) or not timeout >= 0
         ):
             raise ValueError(f"MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number of seconds >= 0 or None, got {timeout!r}")
         for key in ("MAKEPARALLEL_CANCEL_PENDING", "MAKEPARALLEL_ROUTES"):

@@ -39,7 +39,7 @@ from typing import Any
 import makeparallel
 
 from ._backends._fd_numbers import standard_numbers_held
-from ._validation import as_seconds, shown
+from ._validation import as_integer, as_seconds, is_real, shown
 
 __all__ = ["StatsdExporter"]
 
@@ -109,7 +109,7 @@ class StatsdExporter:
         self, host: str = "127.0.0.1", port: int = 8125, prefix: str = "makeparallel", interval: float = 1.0
     ) -> None:
         # Finite: the flushing thread waits that long, and a lock refuses an infinite wait (OverflowError).
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < as_seconds(interval) < math.inf:
+        if not is_real(interval) or not 0 < as_seconds(interval) < math.inf:
             raise ValueError(f"interval must be a finite number of seconds > 0, got {shown(interval)}")
         # Checked here: in the exporter's thread, a bad one failed every flush, only logged.
         if not isinstance(host, str):
@@ -126,13 +126,14 @@ class StatsdExporter:
                 f"host must be a host name or an address alone, got {host!r}: give the port as port=, "
                 "an IPv6 address without brackets (\"::1\"), and no spaces"
             )
-        if isinstance(port, bool) or not isinstance(port, int):
+        checked_port = as_integer(port)  # a plain int: a socket address takes no NumPy one
+        if checked_port is None:
             raise TypeError(f"port must be an int from 1 to 65535, got {port!r}")
-        if not 1 <= port <= 65535:  # 0 names no port to send to: every packet is refused (EINVAL), silently
+        if not 1 <= checked_port <= 65535:  # 0 names no port to send to: every packet is refused (EINVAL), silently
             raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
-        self._host, self._port = host, port
+        self._host, self._port = host, checked_port
         self._prefix = prefix.rstrip(".")
         self._interval = float(interval)
         # A socket per address family, opened by the first flush to an address of it.

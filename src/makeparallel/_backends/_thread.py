@@ -43,7 +43,7 @@ from .. import _events, _fork_child
 from .._cpus import usable_cpu_count
 from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
-from .._validation import check_count
+from .._validation import as_integer, check_count
 from .._yielding_lock import wait_while_held
 from ._base import SHUT_DOWN, _this_thread, every_backend
 from ._queueing import QueueingBackend
@@ -100,18 +100,19 @@ def default_thread_count() -> int:
 
 
 def check_stack_size(stack_size: Any) -> int | None:
-    """``None`` (the platform default) or an int of at least 32 KiB."""
+    """``None`` (the platform default) or an integer (NumPy's too) of at least 32 KiB, returned as a plain int."""
     if stack_size is None:
         return None
-    if isinstance(stack_size, bool) or not isinstance(stack_size, int):
+    size = as_integer(stack_size)
+    if size is None:
         raise TypeError(f"stack_size must be an int number of bytes or None, got {stack_size!r}")
-    if stack_size < _MIN_STACK_SIZE:
+    if size < _MIN_STACK_SIZE:
         raise ValueError(
             f"stack_size must be at least {_MIN_STACK_SIZE} bytes (32 KiB) or None, got {stack_size}"
         )
-    if stack_size > sys.maxsize:  # threading.stack_size() would raise OverflowError at each thread start
+    if size > sys.maxsize:  # threading.stack_size() would raise OverflowError at each thread start
         raise ValueError(f"stack_size must be at most {sys.maxsize} bytes (sys.maxsize), got {stack_size}")
-    return stack_size
+    return size
 
 
 class ThreadBackend(QueueingBackend):
@@ -152,7 +153,7 @@ class ThreadBackend(QueueingBackend):
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
         stack_size = check_stack_size(stack_size)  # before any change: a refused call changes nothing
         if num_threads is not None:
-            check_count(num_threads, "num_threads")
+            num_threads = check_count(num_threads, "num_threads")
             self._stop_autosizer()
         self._resize(num_threads, stack_size, refusal_raises=True)
 
