@@ -385,6 +385,41 @@ def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: th
         release_if_blocked.join()
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("chunksize", "buffersize"), [(1, None), (2, None), (1, 1)], ids=["calls", "chunks", "buffersize"]
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_timeout_bounds_the_wait_for_a_slot_under_the_global_limit(
+    backend: str, chunksize: int, buffersize: int | None, flags: Flags
+) -> None:
+    # As concurrent.futures: next() raises TimeoutError once the timeout from the call has passed.
+    # A call waiting for a slot (map() submitting, or next() refilling) waited past it, for as long
+    # as the tasks holding the slots ran; the calls it never submitted must not run later either.
+    mp.set_max_concurrent_tasks(2)
+    rescue = threading.Timer(20, lambda: (flags.set("holder-go"), flags.set("call-go")))
+    with mp.Executor(backend=backend, max_workers=3) as executor:
+        holder = executor.submit(mark_then_wait, flags, "holder")  # one slot, until released
+        assert flags.wait("holder", 30)
+        rescue.start()  # without it, a wait for a slot that ignores the timeout would last for good
+        try:
+            with pytest.raises(TimeoutError, match=r"Executor.map timed out after 0.3 s"):
+                results = executor.map(
+                    mark_then_wait, [flags] * 6, ["call"] * 6, timeout=0.3, chunksize=chunksize, buffersize=buffersize
+                )  # the first task takes the other slot and waits; the next waits for a slot
+                next(results)
+            assert not flags.is_set("holder-go"), "the map waited for a slot until the tasks were released"
+        finally:
+            rescue.cancel()
+            rescue.join()
+            flags.set("holder-go")
+            flags.set("call-go")
+        assert holder.result(timeout=30) == "holder"
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30)
+    started = flags.read("call").count("started") if flags.is_set("call") else 0
+    assert started <= chunksize  # the first task's calls at most: none submitted after the timeout ran
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shutdown_with_cancel_futures_cancels_the_tasks_held_for_the_global_limit(backend: str, flags: Flags) -> None:
     # Submitted on a running loop over the limit, they wait for a slot in no queue: not started, so cancelled.

@@ -295,9 +295,19 @@ class Executor(concurrent.futures.Executor):
         return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
 
     def _submit(
-        self, spec: TaskSpec, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        spec: TaskSpec,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deadline: float | None = None,
     ) -> ExecutorFuture[T]:
-        """:meth:`submit`, its task observed (named, measured) by ``spec``."""
+        """:meth:`submit`, its task observed (named, measured) by ``spec``.
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds the wait for a slot
+        under the concurrency limit: past it nothing is submitted, and
+        :class:`_NoSlotInTime` is raised (a map's ``timeout``).
+        """
         backend = self._backend
         handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
         future = ExecutorFuture(handle)
@@ -309,7 +319,8 @@ class Executor(concurrent.futures.Executor):
             loop = running_loop()
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(future, backend, limiter, loop)
-            limiter.acquire()
+            if not limiter.acquire(deadline):
+                raise _NoSlotInTime
             handle._permits = (limiter,)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
@@ -368,7 +379,10 @@ class Executor(concurrent.futures.Executor):
         Args:
             fn: a callable taking as many arguments as there are iterables.
             timeout: seconds, from this call, within which every result must be
-                available; ``None`` waits as long as it takes.
+                available; ``None`` waits as long as it takes. It also bounds
+                each call's wait for a slot under ``mp.set_max_concurrent_tasks``
+                (in this call, or in ``next()`` with ``buffersize``): a call
+                with no slot by then is never submitted.
             chunksize: items per task; above 1, each task runs a chunk of calls
                 (worth it on the process backend for short calls).
             buffersize: at most this many tasks in flight; the rest of the input
@@ -380,7 +394,8 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             TimeoutError: (``TaskTimeoutError``, from ``next()``) a result was not
-                available within ``timeout``; the calls not yet started are
+                available within ``timeout``, or its call got no slot under the
+                concurrency limit within it; the calls not yet started are
                 cancelled.
             ValueError: ``chunksize`` or ``buffersize`` is below 1.
             TypeError: ``buffersize`` is not an int or ``None``.
@@ -402,13 +417,20 @@ class Executor(concurrent.futures.Executor):
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
         submit_one: Callable[[tuple[Any, ...]], tuple[ExecutorFuture[Any], int]]
         if chunksize == 1:
-            submit_one = lambda args: (self.submit(fn, *args), 1)  # noqa: E731
+            spec = self._spec_named(_describe(fn))
+            submit_one = lambda args: (self._submit(spec, fn, args, {}, deadline), 1)  # noqa: E731
         else:
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
-            submit_one = lambda chunk: (self._submit(chunk_spec, _run_chunk, (fn, chunk), {}), len(chunk))  # noqa: E731
-        in_flight: deque[tuple[ExecutorFuture[Any], int]] = deque(
-            map(submit_one, chunks if buffersize is None else itertools.islice(chunks, buffersize))
-        )
+            submit_one = lambda chunk: (  # noqa: E731
+                self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline),
+                len(chunk),
+            )
+        in_flight: deque[tuple[ExecutorFuture[Any], int]] = deque()
+        try:
+            for call in chunks if buffersize is None else itertools.islice(chunks, buffersize):
+                in_flight.append(submit_one(call))
+        except _NoSlotInTime:  # the timeout passed while a call waited for a slot: the rest are never submitted
+            return _results(in_flight, None, submit_one, deadline, timeout, flatten=chunksize > 1, cut_short=True)
         refill = chunks if buffersize is not None else None
         return _results(in_flight, refill, submit_one, deadline, timeout, flatten=chunksize > 1)
 
@@ -625,6 +647,14 @@ def _run_coroutines_to_their_end(values: list[Any]) -> list[Any]:
     return values
 
 
+class _NoSlotInTime(Exception):
+    """A map's call got no slot under the concurrency limit before the map's deadline; it was not submitted."""
+
+
+def _map_timed_out(timeout: float | None) -> TaskTimeoutError:
+    return TaskTimeoutError(f"Executor.map timed out after {timeout:g} s; the calls not yet started were cancelled")
+
+
 def _results(
     in_flight: deque[tuple[ExecutorFuture[Any], int]],
     refill: Iterator[tuple[Any, ...]] | None,
@@ -632,19 +662,31 @@ def _results(
     deadline: float | None,
     timeout: float | None,
     flatten: bool,
+    cut_short: bool = False,
 ) -> Iterator[Any]:
     """Yield each future's result (each item of it, for chunks) in order.
 
     Each future comes with how many calls it runs. Leaving early (an error, a
-    timeout, ``close()``) cancels the rest.
+    timeout, ``close()``) cancels the rest. ``cut_short``: the calls after
+    those in ``in_flight`` were never submitted, their wait for a slot under
+    the concurrency limit having run past ``deadline``.
+
+    Timeouts: as in ``concurrent.futures``, past the deadline a result that is
+    ready is still given, and the first that is not raises ``TaskTimeoutError``;
+    so does a call that got no slot by then (``cut_short``, or a refill's),
+    once the results before it are given. A submission's wait for a slot ends
+    at the deadline, so that ``map()`` or ``next()`` never blocks past it there.
     """
     first = 0  # the index of the first call of the oldest future
     try:
         while in_flight:
             future, calls = in_flight[0]
             if refill is not None:  # one more in flight for each one taken
-                for args in itertools.islice(refill, 1):
-                    in_flight.append(submit_one(args))
+                try:
+                    for args in itertools.islice(refill, 1):
+                        in_flight.append(submit_one(args))
+                except _NoSlotInTime:
+                    refill, cut_short = None, True
             # Bounded: a lock refuses a longer wait (``timeout=math.inf``) with OverflowError.
             remaining = None if deadline is None else bounded(max(0.0, deadline - time.monotonic()))
             try:
@@ -654,10 +696,7 @@ def _results(
                 # (a future that ends just after the wait gave up has another error, or none).
                 if future.done() and not future.cancelled() and future.exception() is error:
                     raise
-                raise TaskTimeoutError(
-                    f"Executor.map timed out after {timeout:g} s; the calls not yet "
-                    "started were cancelled"
-                ) from None
+                raise _map_timed_out(timeout) from None
             except WorkerCrashedError as error:
                 how = getattr(error, "_how", None)  # set by the process backend for a worker's death
                 if not flatten or how is None:
@@ -681,6 +720,8 @@ def _results(
             results.reverse()
             while results:
                 yield results.pop()
+        if cut_short:
+            raise _map_timed_out(timeout)
     finally:
         for future, _ in in_flight:
             future.cancel()
