@@ -401,6 +401,68 @@ def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> N
     assert not queued.ran.is_set()
 
 
+_AFTER_THE_BLOCK = r"this ParallelContext's with block has already ended .* start a new group"
+
+
+@pytest.mark.parametrize(
+    "give",
+    [
+        lambda ctx, task: ctx.submit(task),
+        lambda ctx, task: ctx.submit(func=task, args=()),
+        lambda ctx, task: ctx.map(lambda _: task(), [1]),
+        lambda ctx, task: ctx.submit(mp.parallel(task)),
+        lambda ctx, task: ctx.submit(mp.parallel(task, max_concurrent=1)),
+    ],
+    ids=["submit", "submit-0.2", "map", "parallel-function", "limited-function"],
+)
+@pytest.mark.parametrize("max_concurrent", [None, 2], ids=["unbounded", "max_concurrent"])
+def test_a_group_whose_block_ended_refuses_new_tasks(
+    backend: str, max_concurrent: int | None, give: Any
+) -> None:
+    # Taken, a task given after the block ran outside any wait: its error reached no one.
+    late = Recorder()
+    with mp.ParallelContext(backend=backend, max_concurrent=max_concurrent) as ctx:
+        ctx.submit(add, 1, 2)
+    with pytest.raises(RuntimeError, match=_AFTER_THE_BLOCK) as refused:
+        give(ctx, late)
+    assert "1 task(s)" in str(refused.value)
+    assert wait_until_idle(5)
+    assert not late.ran.is_set(), "a task given after the block ran"
+    assert ctx.results() == [3]  # the group still tells what its block did
+    assert len(ctx.handles) == 1 and not ctx.errors
+
+
+def test_a_group_whose_block_ended_cannot_be_entered_again() -> None:
+    with mp.ParallelContext() as ctx:
+        ctx.submit(add, 1)
+    with pytest.raises(RuntimeError, match=_AFTER_THE_BLOCK), ctx:
+        pass
+    assert ctx.results() == [1]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_given_just_after_the_blocks_last_wait_is_waited_for_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread's submit that gets in after the wait found every task ended, and before
+    # the group closed, is taken: the block must wait for it as well, not leave it unwatched.
+    late: list[mp.AsyncHandle[int]] = []
+    with mp.ParallelContext(backend="thread") as ctx:
+        ctx.submit(add, 1)
+        wait_all = ctx._wait_all
+
+        def wait_then_give(waited: int = 0) -> int:
+            waited = wait_all(waited)
+            if not late:  # once, on another thread, as the wait returns
+                giver = threading.Thread(target=lambda: late.append(ctx.submit(add, 2)))
+                giver.start()
+                giver.join(30)
+            return waited
+
+        monkeypatch.setattr(ctx, "_wait_all", wait_then_give)
+    assert len(late) == 1 and ctx.handles == [ctx.handles[0], late[0]]
+    assert late[0].done(), "the block ended before a task it took"
+    assert ctx.results() == [1, 2]
+
+
 @pytest.mark.timeout(20)
 def test_a_task_still_running_after_the_group_timed_out_cannot_add_tasks(gate: threading.Event) -> None:
     # As after a failure: the group had cancelled its tasks and raised, and a task

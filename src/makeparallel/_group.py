@@ -85,6 +85,7 @@ class ParallelContext:
         self._lock = threading.Lock()
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
+        self._ended = False  # set, under the lock, once the block ended and waited for every task
         self._deadline: float | None = None
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
@@ -92,6 +93,8 @@ class ParallelContext:
         """Every failure of the group's tasks (and of the body), in the order seen."""
 
     def __enter__(self) -> ParallelContext:
+        if self._ended:  # as asyncio.TaskGroup: its tasks and errors are those of the block that ended
+            raise self._ended_error()
         if self._timeout is not None:
             self._deadline = time.monotonic() + self._timeout
         return self
@@ -106,9 +109,11 @@ class ParallelContext:
         if exc is not None and not refused:
             self._fail(exc)
         try:
-            self._wait_all()
+            self._wait_to_end()
         except BaseException:
-            self._cancel_unfinished()
+            self._cancel_unfinished()  # a task made after this sees _cancelling: it is cancelled as made
+            with self._lock:
+                self._ended = True
             raise
         if refused:  # the failure that made the group refuse, as the block had not seen it
             failure = self.errors[0]
@@ -152,6 +157,10 @@ class ParallelContext:
                 a task, that task timed out meanwhile.
             ShutdownError: the library was shut down (before this call, or
                 while it waited for a slot).
+            RuntimeError: the group's ``with`` block has ended (without a
+                failure or timeout, which refuse as above): it waited for its
+                tasks then, and would neither wait for this one nor report its
+                failure. Start a new group.
         """
         if positional:
             fn, positional = positional[0], positional[1:]
@@ -199,8 +208,15 @@ class ParallelContext:
                 self._limiter.release()
             raise
         with self._lock:
-            self._handles.append(handle)
+            closed = self._ended and not self._cancelling  # (cancelling: it is cancelled below, as before)
+            if not closed:
+                self._handles.append(handle)
             ended_meanwhile = self._cancelling
+        if closed:  # the block ended as the task was made, past its last wait: no one would see it end
+            cancel_and_stop([handle])
+            if self._limiter is not None:
+                self._limiter.release()
+            raise self._ended_error()
         handle.add_done_callback(self._task_ended)
         if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
             cancel_and_stop([handle])
@@ -248,7 +264,10 @@ class ParallelContext:
 
         A task of the group still running then (it has not seen its
         cancellation yet) would otherwise add one that runs after the block
-        ended, which no one waits for.
+        ended, which no one waits for. So would any submission once the
+        block has ended: a group that failed or timed out refuses it as above
+        (a task of the group running on sees a cancellation), one that ended
+        well with ``RuntimeError``, for its failure would reach no one.
         """
         if self._failed:
             refusal = TaskCancelledError("the group already failed and takes no new tasks; see ctx.errors")
@@ -256,6 +275,8 @@ class ParallelContext:
             raise refusal
         if self._cancelling:
             raise TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
+        if self._ended:
+            raise self._ended_error()
 
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
         """Count a task's end; a failure fails the group before its slot frees.
@@ -291,8 +312,27 @@ class ParallelContext:
         self._cancelling = True
         cancel_and_stop(self.handles)
 
-    def _wait_all(self) -> None:
-        waited = 0
+    def _ended_error(self) -> RuntimeError:
+        failed = f", {len(self.errors)} failure(s) in ctx.errors" if self.errors else ""
+        return RuntimeError(
+            f"this ParallelContext's with block has already ended (it waited for its {len(self._handles)} "
+            f"task(s){failed}): a group serves one block, and would neither wait for a task given after it "
+            "nor report its error. Submit inside the block, or start a new group: "
+            "with mp.ParallelContext() as ctx: ..."
+        )
+
+    def _wait_to_end(self) -> None:
+        """Wait for every task, then close the group: no task can join it unwaited for after this."""
+        waited = self._wait_all()
+        while True:
+            with self._lock:  # a submit appends under it: one that got in past the last wait is waited for too
+                if waited == len(self._handles):
+                    self._ended = True
+                    return
+            waited = self._wait_all(waited)
+
+    def _wait_all(self, waited: int = 0) -> int:
+        """Wait for the tasks from the ``waited``-th on, those added meanwhile too; return how many there were."""
         while waited < len(self._handles):  # tasks may add tasks while we wait
             handle = self._handles[waited]
             waited += 1
@@ -302,6 +342,7 @@ class ParallelContext:
             remaining = max(0.0, self._deadline - time.monotonic())
             if not handle.wait(remaining):  # a task that ended needs no time: only one unfinished times out
                 self._time_out()
+        return waited
 
     def _time_out(self) -> None:
         """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``."""
