@@ -954,6 +954,7 @@ deadline = time.monotonic() + 30
 while len(list(markers.iterdir())) < 3 and time.monotonic() < deadline:
     time.sleep(0.01)
 print(len(list(markers.iterdir())), flush=True)
+print(time.monotonic(), flush=True)  # the exit begins: the clock is the system's, the test reads it too
 """
 
 
@@ -961,8 +962,8 @@ print(len(list(markers.iterdir())), flush=True)
 def test_exit_stops_the_workers_of_every_pool_and_executor_together(tmp_path: Path) -> None:
     # Each pool's worker stuck in C takes two grace periods to stop (SIGTERM, then
     # SIGKILL). Stopped one pool after another, this program took 7 s to exit; stopped
-    # together, the two grace periods once.
-    started = time.monotonic()
+    # together, the two grace periods once. Only the exit is timed: the start of the
+    # interpreter and of its three workers took up to 5 s of a loaded machine.
     result = subprocess.run(
         [sys.executable, "-c", STUCK_IN_C_IN_THREE_POOLS, str(tmp_path)],
         timeout=50,
@@ -970,13 +971,15 @@ def test_exit_stops_the_workers_of_every_pool_and_executor_together(tmp_path: Pa
         text=True,
         env=child_env(),
     )
-    wall = time.monotonic() - started
+    ended = time.monotonic()
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "3\n"  # every worker was stuck in C when the program ended
+    stuck, exit_began = result.stdout.split()
+    assert stuck == "3"  # every worker was stuck in C when the program ended
     for marker in tmp_path.iterdir():
         with pytest.raises(ProcessLookupError):
             os.kill(int(marker.name), 0)  # killed, none left behind
-    assert wall < 6, wall  # one pool after another: 3 x 2 s of grace at least
+    exiting = ended - float(exit_began)  # CLOCK_MONOTONIC: one clock for every process of the system
+    assert exiting < 6, exiting  # one pool after another: 3 x 2 s of grace at least
 
 
 class _RecordedBackend(Backend):
