@@ -234,6 +234,11 @@ def test_a_backend_first_used_after_shutdown_refuses_too() -> None:
 
 @pytest.mark.timeout(20)
 def test_shutdown_with_a_stuck_task_returns_false_in_time(gate: threading.Event) -> None:
+    # After its wait, shutdown() stops the worker processes, for up to two seconds
+    # more: an earlier test's idle workers took 0.6 to 0.9 s to stop on a loaded
+    # machine. Stopped first, they leave the wait for the stuck task alone timed.
+    assert mp.shutdown(timeout_secs=10)
+    mp.reset_shutdown()
     started = threading.Event()
 
     @mp.parallel
