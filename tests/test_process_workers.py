@@ -825,13 +825,82 @@ def test_a_task_that_ends_as_it_is_force_cancelled_leaves_the_task_after_it_alon
     try:
         assert stopped.cancel(force=True)
         assert flags.wait("after", 30)
-        # The kill called off while "after" runs, before the worker moves on: a signal
-        # handled later than the next two tasks' ends is a stranger's, and obeyed.
-        assert wait_until(lambda: not worker.killing, 30)
         flags.set("after-go")
         assert after.get(timeout=30) == "after"
         assert flags.read("after") == "started\n"  # run once
         assert [handle.get(timeout=30) for handle in behind] == [0, 1, 2]
+        assert wait_until(lambda: not worker.killing, 30)  # (as the signal comes: once its grace is over)
+        assert info()["worker_pids"] == [pid] and restarts() == before
+        assert on_process(os.getpid)().get(timeout=30) == pid
+    finally:
+        flags.set("teardown")
+
+
+@pytest.mark.parametrize("stop", ["cancel(force=True)", "its batch stopped"])
+def test_a_sigterm_that_comes_tasks_after_the_one_it_was_for_ended_is_declined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    # Sent through the template, which a loaded machine may not run for a while, the
+    # signal for a task that ended as it was stopped came once the task sent behind it
+    # and three more had ended, before the loop called the kill off. Trusted only from
+    # the last two tasks to end, it was obeyed as a stranger's: the task running then
+    # failed as crashed, and the worker was replaced. (Nothing is sent behind a task
+    # with a timeout: its kill is called off before the worker runs another.)
+    flags = Flags(str(tmp_path))
+    fresh_process_pool(1)
+    send_tasks_ahead()
+    stopped = on_process(mark_then_wait)(flags, "stopped")
+    assert flags.wait("stopped", 30)
+    backend = stopped._backend
+    [worker] = backend._workers
+    # The loop held until the tasks behind are queued: it fills a busy worker's window
+    # up to as many tasks as it finds queued (one left behind: "last" goes too).
+    maintain, looking, queued = type(backend)._maintain, threading.Event(), threading.Event()
+
+    def once_queued(self: Any) -> bool:
+        looking.set()
+        assert queued.wait(30)
+        return maintain(self)
+
+    monkeypatch.setattr(type(backend), "_maintain", once_queued)
+    backend._wake()
+    assert looking.wait(30)
+    after = on_process(mark_then_wait)(flags, "after")
+    behind = [on_process(abs)(-i) for i in range(3)]
+    last = on_process(mark_then_wait)(flags, "last")
+    tail = on_process(abs)(-3)
+    queued.set()
+    assert wait_until(lambda: last in worker.outstanding, 30)  # all sent ahead, behind "stopped"
+    pid, before = worker.process.pid, restarts()
+    signalled, held = _process._signalled, []
+
+    def late(process: Any, kill: bool) -> bool:
+        if kill or held:
+            return signalled(process, kill)
+        held.append(process)
+        flags.set("stopped-go")  # it ends as the loop decides to kill its worker
+        assert flags.wait("after", 30)
+        flags.set("after-go")
+        assert flags.wait("last", 30)  # "after" and the three behind it ended: "last" runs
+        sent = signalled(process, kill)
+        # Handled before the loop looks again (it waits here), as a late signal is.
+        assert wait_until(lambda: gone(pid) or worker.journal.declined(), 30)
+        return sent
+
+    monkeypatch.setattr(_process, "_signalled", late)
+    try:
+        if stop == "cancel(force=True)":
+            assert stopped.cancel(force=True)
+        else:  # as a map or a batch stops its tasks still running when one fails
+            backend._stop_abandoned(stopped)
+        assert wait_until(lambda: bool(held), 30)
+        assert wait_until(lambda: not worker.killing or gone(pid), 30)
+        flags.set("last-go")
+        assert last.get(timeout=30) == "last"
+        assert after.get(timeout=30) == "after"
+        assert [handle.get(timeout=30) for handle in [*behind, tail]] == [0, 1, 2, 3]
+        assert stopped.cancelled() if stop == "cancel(force=True)" else stopped.get(timeout=30) == "stopped"
+        assert [flags.read(name) for name in ("after", "last")] == ["started\n"] * 2  # each run once
         assert info()["worker_pids"] == [pid] and restarts() == before
         assert on_process(os.getpid)().get(timeout=30) == pid
     finally:

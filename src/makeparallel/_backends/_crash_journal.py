@@ -19,8 +19,9 @@ worker holding tasks sent ahead reads its pipe before the next one starts only
 when a cancel waits there; then how many of the chunk's items started, so that
 a worker killed between items, as it sent results or stopped at its time
 budget, blames none of them; then the task a ``SIGTERM`` the parent sends is
-for, so that a worker whose task ended as the parent decided to stop it does
-not die of it in the task after), a byte per item (its kind), a 64-bit record
+for, with how many it sent and the last of them the worker declined, so that
+a worker whose task ended as the parent decided to stop it does not die of it
+in the task after), a byte per item (its kind), a 64-bit record
 per item, then a data area. Records not written yet hold the marker, a random
 negative number drawn when the worker starts. An ``int`` that fits in 64 bits
 is its record (a map of cheap items mostly returns numbers, and a single
@@ -64,7 +65,7 @@ import mmap
 import os
 import sys
 import _pickle
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from types import FunctionType
 
 from .._remote_errors import ExceptionsPickled, described, reduce_exception
@@ -96,9 +97,13 @@ _STARTED = 2  # slot of the id of the last task the worker started, map chunk or
 _MARKER = 3  # slot of the marker: what a record holds until it is written
 _CANCELS = 4  # slot of the count of cancels the parent sent the worker
 _RAN = 5  # slot of how many of the chunk's items started: a death with fewer results journaled is the next one's
-_STOP_FOR = 6  # slot of the task a SIGTERM stops (0: whatever runs); the negative of that task once the worker declined it
-_CALLED_OFF = -(1 << 62)  # in that slot: the parent called its kill off before the worker's handler ran
-_KINDS = 8 * 7  # byte offset of the kind bytes
+# The slots of a kill (JournalWriter.declines). Each is written by one side only: a slot both
+# wrote (the worker's "declined", the parent's "called off") could take the parent's write
+# over the worker's, read a moment before, and excuse someone else's SIGTERM later.
+_STOP_FOR = 6  # the parent's: the task its last SIGTERM stops (0: whatever runs); its negative once the kill is called off
+_KILLS = 7  # the parent's: how many kills it signalled (SIGTERM), this one included
+_DECLINED = 8  # the worker's: the kill (its number in _KILLS) whose SIGTERM it declined last
+_KINDS = 8 * 9  # byte offset of the kind bytes
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
 # Record kinds; 0 is an ``int`` (or no record, while the record holds the marker).
@@ -180,22 +185,31 @@ class JournalWriter:
         """How many cancels the parent has sent this worker: when the count moves, one waits on the pipe."""
         return self._slots[_CANCELS]
 
-    def declines(self, running: int | None, ended: Iterable[int]) -> bool:
+    def declines(self, running: int | None, ended: Container[int]) -> bool:
         """Whether this worker declines the ``SIGTERM`` it got, running task ``running`` (None: none); say so if it does.
 
-        It does if the parent sent it for a task other than ``running`` that
-        is one of ``ended`` (the last tasks to end here), or called that kill
-        off since (the task ended, or another started, before this handler
-        ran): the signal would end the task after it. Said here, the parent
-        calls off the ``SIGKILL`` a second later too. Any other ``SIGTERM``
-        (whatever runs, or someone else's) ends the worker.
+        It does if the parent's last kill was for a task other than
+        ``running`` that is one of ``ended`` (the tasks that ended here), or
+        was called off since (the task ended, or another started, before this
+        handler ran): sent as that task ended, the signal would end the task
+        after it. The parent sends no task to a worker it is killing, and calls
+        the kill off as it sees the task end, so ``ended`` holds the target
+        however many tasks ended since; called off, the target is declined
+        whenever its signal comes. Said here, the parent calls off the
+        ``SIGKILL`` a second later too.
+
+        A kill excuses one ``SIGTERM``: any other (for the task that runs, for
+        one not started, a second one, or with no kill at all: someone
+        else's) ends the worker. The one exception cannot be told apart: a
+        ``SIGTERM`` that comes while the parent's is still on its way, or after
+        a task's own handler took the parent's, takes that kill's excuse.
         """
+        kill = self._slots[_KILLS]
+        if self._slots[_DECLINED] == kill:  # its signal declined already, or no kill was ever signalled
+            return False
         target = self._slots[_STOP_FOR]
-        if target == _CALLED_OFF:
-            self._slots[_STOP_FOR] = 0  # this signal's: the next one is obeyed
-            return True
-        if target > 0 and target != running and target in ended:
-            self._slots[_STOP_FOR] = -target
+        if target < 0 or (target > 0 and target != running and target in ended):
+            self._slots[_DECLINED] = kill
             return True
         return False
 
@@ -523,28 +537,36 @@ class JournalReader:
         except ValueError:  # closed: the worker is gone
             return
         try:
-            slots[_STOP_FOR] = task_id
+            slots[_STOP_FOR] = task_id  # before the count: a handler that sees the new kill sees its task
+            slots[_KILLS] += 1
         finally:
             slots.release()
 
-    def declined(self, task_id: int) -> bool:
-        """Whether the worker declined a ``SIGTERM`` sent for task ``task_id``: it no longer ran it."""
+    def declined(self) -> bool:
+        """Whether the worker declined the ``SIGTERM`` of the last kill (:meth:`stop_for`): its task no longer ran."""
         slots = memoryview(self._map).cast("q")
         try:
-            return slots[_STOP_FOR] == -task_id
+            return slots[_KILLS] > 0 and slots[_DECLINED] == slots[_KILLS]
         finally:
             slots.release()
 
-    def call_off(self, task_id: int) -> None:
-        """Have the worker decline the ``SIGTERM`` sent for task ``task_id`` if its handler has not run yet.
+    def call_off(self) -> None:
+        """Have the worker decline the last kill's ``SIGTERM`` whenever it comes, if its handler has not run yet.
 
         The kill was called off (the task ended, or the worker started
-        another): handled late, the signal would end whatever runs then.
+        another): handled late, the signal would end whatever runs then. The
+        kill's task is marked ended for good, not left for the worker to find
+        among those that ended, which it keeps only so many of: a signal that
+        goes through a template a loaded machine has not run may come
+        after any number of tasks.
         """
-        slots = memoryview(self._map).cast("q")
         try:
-            if slots[_STOP_FOR] == task_id:
-                slots[_STOP_FOR] = _CALLED_OFF
+            slots = memoryview(self._map).cast("q")
+        except ValueError:  # closed: the worker is gone
+            return
+        try:
+            if slots[_STOP_FOR] > 0:
+                slots[_STOP_FOR] = -slots[_STOP_FOR]
         finally:
             slots.release()
 

@@ -1999,11 +1999,10 @@ class ProcessBackend(QueueingBackend):
                         # handler has not run yet (the signal on its way, through a busy template; a
                         # C call holding the GIL; a task's own handler had it).
                         if (
-                            worker.journal.declined(task._id)
+                            worker.journal.declined()
                             or task not in worker.outstanding
                             or worker.journal.started() != task._id
                         ):
-                            worker.journal.call_off(task._id)
                             self._spare_locked(worker)  # the task ended as the signal came: the worker runs on
                             continue
                 if now < worker.kill_at:
@@ -2038,12 +2037,16 @@ class ProcessBackend(QueueingBackend):
         A timeout or a forced cancel as the task returned had its worker killed
         once it ran the next task sent to it, which then failed as crashed;
         with a retry, the stopped attempt's result, read late, is dropped
-        (``spared``).
+        (``spared``). The journal says so before the worker is sent another
+        task: a signal still on its way (through a busy template) is declined
+        whenever it comes, and none is left naming a task as if its kill were
+        still on (:meth:`JournalReader.call_off`).
         """
         assert worker.stop_for is not None
         task, worker.stop_reason = worker.stop_for
         if task in worker.outstanding:  # its result not read yet
             worker.spared.add(task._id)
+        worker.journal.call_off()
         worker.killing = False
         worker.kill_at = worker.stop_for = None
 

@@ -807,13 +807,11 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
     """Stopped by the parent (a timeout, ``cancel(force=True)``): send the output first.
 
     Not if the parent stops a task that has ended since (the journal says
-    which): the signal, sent as the task ended, would have ended the one
-    after it, which then failed as crashed.
+    which), however many ended after it: the signal, sent as the task
+    ended, would have ended the one running then, which failed as crashed.
     """
-    current, ended = worker._current, worker._ended
-    # One of the last two tasks to end (a skipped one may have ended since): an older one's is
-    # the parent's of long ago, which the task's own handler took, and this one someone else's.
-    if worker.journal.declines(None if current is None else current._id, list(ended)[-2:]):
+    current = worker._current
+    if worker.journal.declines(None if current is None else current._id, worker._ended):
         return
     try:
         worker._flush_output()
