@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures as cf
 import contextvars
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -443,6 +444,101 @@ def test_async_cancel_is_checked() -> None:
         mp.configure(async_cancel="kill")
     with pytest.raises(ValueError, match="async_cancel"):
         mp.parallel(async_cancel="now")
+
+
+# -- awaits abandoned on a closed loop ------------------------------------------------------
+
+
+async def _first_completed(handle: mp.AsyncHandle[Any]) -> object:
+    async for ended in mp.as_completed([handle]):
+        return ended
+    return None
+
+
+#: Each way of waiting for a handle from a coroutine, given the handle, inside the loop.
+ABANDONED_WAITS: dict[str, Callable[[mp.AsyncHandle[Any]], Awaitable[object]]] = {
+    "await": lambda handle: handle,
+    "asyncio.gather": lambda handle: asyncio.gather(handle),
+    "asyncio.shield": lambda handle: asyncio.shield(handle),
+    "asyncio.wait_for": lambda handle: asyncio.wait_for(handle, 60),  # type: ignore[arg-type]
+    "gather_async": lambda handle: mp.gather_async([handle]),
+    "async for over as_completed": _first_completed,
+}
+
+
+def abandoned_on_a_closed_loop(
+    loop: asyncio.AbstractEventLoop, handle: mp.AsyncHandle[Any], way: str
+) -> weakref.ref[asyncio.Task[Any]]:
+    """Start waiting for ``handle`` in an asyncio task on ``loop``, stop the loop there; return the task, weakly.
+
+    Nothing cancels the task: the loop's owner closes it as it is, as a program that
+    runs ``run_until_complete`` and then ``close`` without ``asyncio.run``'s cleanup does.
+    """
+
+    async def waits() -> None:
+        await ABANDONED_WAITS[way](handle)
+
+    async def main() -> weakref.ref[asyncio.Task[Any]]:
+        waiting = asyncio.ensure_future(waits())
+        while not handle._callbacks:  # the wait is in place (a task that gather or shield made took its step)
+            await asyncio.sleep(0)
+        return weakref.ref(waiting)
+
+    return loop.run_until_complete(main())
+
+
+def ended_with_callbacks_run(handle: mp.AsyncHandle[Any]) -> threading.Event:
+    """An event set once ``handle`` ended and the done-callbacks added before this one ran."""
+    called = threading.Event()
+    handle.add_done_callback(lambda _: called.set())
+    return called
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("way", ABANDONED_WAITS)
+def test_an_await_abandoned_on_a_closed_loop_is_let_go_once_its_task_ends(way: str, gate: threading.Event) -> None:
+    # Its wake-up found the loop closed: the waker (the thread's, until it runs another loop)
+    # kept it, and with it the await's asyncio task, its coroutine and the handle. asyncio's
+    # "Task was destroyed but it is pending!" came once that other loop let them go, in the
+    # time of whatever code ran then, or at exit.
+    handle = mp.parallel(backend="thread")(gate.wait)(30)
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = abandoned_on_a_closed_loop(loop, handle, way)
+    finally:
+        loop.close()
+    delivered = ended_with_callbacks_run(handle)
+    gate.set()
+    assert handle.get(timeout=30) is True
+    assert delivered.wait(30)
+    gc.collect()
+    assert waiting() is None, f"the abandoned await of {way} is still held"
+
+
+@pytest.mark.timeout(30)
+def test_awaits_whose_wake_up_was_scheduled_as_their_loop_closed_are_let_go_at_the_next() -> None:
+    # The first task ended while the loop was stopped, not yet closed: its wake-up was
+    # scheduled there, and closing the loop dropped it unrun. The waker, told that one was
+    # scheduled, kept every later one too without trying the loop again.
+    gates = [threading.Event(), threading.Event()]
+    try:
+        handles = [mp.parallel(backend="thread")(each.wait)(30) for each in gates]
+        loop = asyncio.new_event_loop()
+        try:
+            waiting = [abandoned_on_a_closed_loop(loop, handle, "await") for handle in handles]
+            first = ended_with_callbacks_run(handles[0])
+            gates[0].set()
+            assert first.wait(30)  # its wake-up waits on the stopped loop
+        finally:
+            loop.close()
+        second = ended_with_callbacks_run(handles[1])
+        gates[1].set()
+        assert second.wait(30)
+    finally:
+        for each in gates:
+            each.set()
+    gc.collect()
+    assert [each() for each in waiting] == [None, None]
 
 
 # -- async functions as tasks ------------------------------------------------------------

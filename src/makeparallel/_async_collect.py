@@ -170,6 +170,17 @@ class _Countdown:
             self.future.set_result(None)
         lend_place_until(self.future)
 
+    def drop(self) -> None:
+        """Have the future done however the gather ended: a worker's place lent until then goes back.
+
+        Cancelled while following, the future was not yet awaited. Not on a closed loop: a
+        gather abandoned there ends as its coroutine is closed, when it is collected, and a
+        cancel would raise there ("Event loop is closed"), from the garbage collector, to
+        whatever code runs then; nothing is lent there any more anyway.
+        """
+        if not self.future.done() and not self.future.get_loop().is_closed():
+            self.future.cancel()
+
     def follow(self, handle: AsyncHandle[Any]) -> None:
         if handle.done():
             self.ended(handle)
@@ -288,9 +299,7 @@ async def gather_async(
         raise
     finally:
         stop_following(items, countdown.callback)
-        # Done however this ends (cancelled while following, the future not yet
-        # awaited): a worker's place lent until it is done goes back.
-        countdown.future.cancel()
+        countdown.drop()
     if countdown.failed is not None:
         countdown.failed.get()  # raises the task's error, with its note
     if on_error == "skip":

@@ -56,13 +56,20 @@ class _LoopWaker:
         """Call ``fn(arg)`` on the loop soon; a handle's done-callback, from any thread."""
         with self._lock:
             self._ended.append((fn, arg))
-            if self._scheduled:
+            # A drain scheduled on a loop that closed since went with it: try the loop again.
+            if self._scheduled and not self._loop.is_closed():
                 return
             self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the await was abandoned and its loop closed
-            pass
+        except RuntimeError:  # the loop closed, with these awaits abandoned on it
+            # Nothing can wake them now: dropped, not kept. Kept, this waker (the thread's
+            # until it runs another loop) held each abandoned await's asyncio task, its
+            # coroutine and the handle, and asyncio's "Task was destroyed but it is
+            # pending!" came whenever that next loop let them go, in some other code's time.
+            with self._lock:
+                self._ended.clear()
+                self._scheduled = False
 
     def _drain(self) -> None:
         ended = self._ended
