@@ -752,6 +752,161 @@ def test_a_base_exception_of_an_async_task_is_not_logged_as_never_retrieved(
     assert not lost, lost
 
 
+# A task of "sync" called from a coroutine runs its coroutine on that caller's loop, which alone
+# can end it. Closed first (run_until_complete, then close, without asyncio.run's cancelling), the
+# task stayed running for good: every wait for it ran out its timeout, or lasted for good, and
+# exit waited out its exit_timeout. Each way of waiting now ends it with ShutdownError at once.
+
+
+async def sleeps_then_doubles(n: int) -> int:
+    await asyncio.sleep(0.001)
+    return 2 * n
+
+
+def called_from_a_coroutine_on(loop: asyncio.AbstractEventLoop, fn: Callable[[int], mp.AsyncHandle[int]]) -> mp.AsyncHandle[int]:
+    """``fn(21)`` called in a coroutine that ``loop`` runs to its end, leaving the task's coroutine there unfinished."""
+
+    async def main() -> mp.AsyncHandle[int]:
+        return fn(21)
+
+    return loop.run_until_complete(main())
+
+
+#: Each blocking way of waiting for a task, as the outcome it gave: the result, or the error's type.
+BLOCKING_WAITS: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
+    "get": lambda handle: handle.get(timeout=20),
+    "exception": lambda handle: handle.exception(timeout=20),
+    "wait": lambda handle: handle.wait(timeout=20) and handle.exception(),
+    "mp.gather": lambda handle: mp.gather([handle], timeout=20)[0],
+    "mp.wait": lambda handle: mp.wait([handle], timeout=20) and handle.exception(),
+    "mp.as_completed": lambda handle: next(iter(mp.as_completed([handle], timeout=20))).exception(),
+}
+
+
+def outcome_of(wait: Callable[[], object]) -> object:
+    try:
+        value = wait()
+    except Exception as error:  # noqa: BLE001  # the outcome under test
+        return type(error)
+    return type(value) if isinstance(value, BaseException) else value
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["sync", "thread"])
+@pytest.mark.parametrize("wait", BLOCKING_WAITS)
+def test_a_task_whose_coroutines_loop_closed_first_ends_as_it_is_waited_for(wait: str, backend: str) -> None:
+    # On "thread" the coroutine runs on its worker's own loop: the caller's loop is nothing to it.
+    fn = mp.parallel(backend=backend)(sleeps_then_doubles)
+    loop = asyncio.new_event_loop()
+    try:
+        handle = called_from_a_coroutine_on(loop, fn)
+    finally:
+        loop.close()
+    expected = mp.ShutdownError if backend == "sync" else (None if wait in ("exception", "wait", "mp.wait", "mp.as_completed") else 42)
+    assert outcome_of(lambda: BLOCKING_WAITS[wait](handle)) == expected
+    assert handle.done()
+    if backend == "sync":
+        error = handle.exception()
+        assert isinstance(error, mp.ShutdownError)
+        assert "closed before it ended" in str(error) and "asyncio.run" in str(error), error
+        gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
+@pytest.mark.timeout(30)
+def test_a_coroutine_that_ended_in_its_loops_last_turn_gives_its_result_after_the_close() -> None:
+    # It returned in the loop's last turn, beside the end of run_until_complete's coroutine:
+    # the callback that was to end the task, scheduled for the next turn, was dropped by the close.
+    @mp.parallel(backend="sync")
+    async def at_once() -> int:
+        return 42
+
+    loop = asyncio.new_event_loop()
+    try:
+        handle = called_from_a_coroutine_on(loop, lambda _: at_once())
+        assert not handle.done()
+    finally:
+        loop.close()
+    assert handle.get(timeout=20) == 42
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close() -> None:
+    # The loop runs on a thread of its own, and closes while another thread waits for the task.
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    called, close = threading.Event(), threading.Event()
+    handles: list[mp.AsyncHandle[int]] = []
+
+    def runs_a_loop() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            handles.append(called_from_a_coroutine_on(loop, fn))
+            called.set()
+            assert close.wait(30), "the test never let the loop close"
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=runs_a_loop, name="test-loop")
+    thread.start()
+    try:
+        assert called.wait(30)
+        (handle,) = handles
+        outcome: list[object] = []
+        waiting = threading.Thread(target=lambda: outcome.append(outcome_of(lambda: handle.get(timeout=20))))
+        waiting.start()
+        assert wait_until(lambda: bool(handle._waiters), 30), "the wait never began"
+    finally:
+        close.set()
+        thread.join(30)
+    waiting.join(30)
+    assert outcome == [mp.ShutdownError]
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
+@pytest.mark.timeout(30)
+def test_waiting_on_the_thread_of_the_stopped_loop_that_runs_the_coroutine_is_refused() -> None:
+    # Nothing runs that loop while its thread waits: the wait lasted for good. Running the
+    # loop until the task ends, as the error says, ends it.
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    loop = asyncio.new_event_loop()
+    try:
+        handle = called_from_a_coroutine_on(loop, fn)
+        for wait in (handle.get, handle.wait, lambda: mp.gather([handle])):
+            with pytest.raises(RuntimeError, match=r"which is not running now.*loop\.run_until_complete\(handle\)"):
+                wait()
+        assert not handle.done()
+        assert loop.run_until_complete(handle) == 42  # type: ignore[arg-type]
+    finally:
+        loop.close()
+
+
+_EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP = """import asyncio
+import makeparallel as mp
+
+@mp.parallel(backend="sync")
+async def sleeps():
+    await asyncio.sleep(30)
+
+async def main():
+    return sleeps()
+
+loop = asyncio.new_event_loop()
+handle = loop.run_until_complete(main())
+loop.close()
+mp.configure(exit_timeout=20)
+print("closed")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_exit_does_not_wait_for_a_task_whose_coroutines_loop_closed() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["closed"]
+    assert "still unfinished at interpreter exit" not in completed.stderr, completed.stderr
+
+
 _EXIT_WITH_WORKER_LOOPS = """import asyncio, sys
 import makeparallel as mp
 

@@ -14,7 +14,8 @@ which runs a queued task inline; the ``"sync"`` backend called from a
 coroutine) cannot run a second loop: there the coroutine is started on the
 running loop as an ``asyncio`` task, and the handle ends when it does. Waiting
 for it there with ``get()`` would block the loop it needs, so the handle refuses
-and says to ``await`` it instead.
+and says to ``await`` it instead. Only that loop can end it: closed first, the
+task ends with ``ShutdownError`` when it is waited for (:func:`check_the_loop_of`).
 
 ``asyncio`` is imported only when a coroutine first shows up, so that
 ``import makeparallel`` stays light.
@@ -34,7 +35,19 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["attempt_cancels", "close_idle_loops", "is_coroutine", "run_here", "run_to_end", "running_loop", "start_on_running_loop"]
+__all__ = [
+    "attempt_cancels",
+    "check_the_loop_of",
+    "close_idle_loops",
+    "end_those_of_closed_loops",
+    "is_coroutine",
+    "on_callers_loops",
+    "run_here",
+    "run_to_end",
+    "running_loop",
+    "start_on_running_loop",
+    "wait_watching_the_loop",
+]
 
 
 class _OwnLoop:
@@ -74,6 +87,38 @@ _every_own_loop: set[weakref.ref[_OwnLoop]] = set()
 #: timeout that retries the task ends no handle, and the attempt's coroutine ran on to its end, for
 #: nobody, holding its worker thread: the timeout calls it (``AsyncHandle._expire``).
 attempt_cancels: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+class _OnCallersLoop:
+    """A coroutine started on its caller's running loop (:func:`start_on_running_loop`), until it ends.
+
+    It holds what it names weakly: a strong reference to the loop or to the asyncio
+    task (whose coroutine holds the handle) would keep the handle, this entry's key,
+    for good where the loop never runs the coroutine to its end.
+    """
+
+    __slots__ = ("future", "loop", "started", "thread")
+
+    def __init__(self, loop: Any, future: Any, started: float | None) -> None:
+        self.loop = weakref.ref(loop)
+        self.future = weakref.ref(future)  # its asyncio task
+        self.started = started  # the attempt's start, as the handle's own end of it gives it
+        self.thread = threading.get_ident()  # the thread that ran the loop then
+
+    def closed(self) -> bool:
+        """Whether the loop can never run the coroutine again: it closed, or was collected."""
+        loop = self.loop()
+        return loop is None or loop.is_closed()
+
+    def stopped(self) -> bool:
+        """Whether the loop is open and not running now."""
+        loop = self.loop()
+        return loop is not None and not loop.is_closed() and not loop.is_running()
+
+
+#: The handles whose coroutine runs on the loop of the code that called them (the ``"sync"``
+#: backend called from a coroutine). Only that loop can end it; closed first, it never ends.
+on_callers_loops: weakref.WeakKeyDictionary[Any, _OnCallersLoop] = weakref.WeakKeyDictionary()
 
 
 def is_coroutine(value: object) -> bool:
@@ -218,17 +263,109 @@ def start_on_running_loop(
     future = loop.create_task(_as_task(task, coroutine))  # in the current context: the task's own
 
     def ended(done: Any) -> None:
-        if done.cancelled():
-            from .errors import TaskCancelledError
+        _forget(task, here)
+        finish(*_outcome(done, task))
 
-            finish(False, TaskCancelledError(f"the coroutine of {_named(task)} was cancelled"))
-        elif done.exception() is not None:
-            finish(False, done.exception())
-        else:
-            finish(True, done.result())
-
+    here = on_callers_loops[task] = _OnCallersLoop(loop, future, task._started_at)
     future.add_done_callback(ended)
     _cancel_when_stopped(task, loop, future)
+
+
+def _outcome(done: Any, task: Any) -> tuple[bool, Any]:
+    """``(ok, value)`` of the ended asyncio task ``done``, which ran ``task``'s coroutine."""
+    if done.cancelled():
+        from .errors import TaskCancelledError
+
+        return False, TaskCancelledError(f"the coroutine of {_named(task)} was cancelled")
+    if done.exception() is not None:
+        return False, done.exception()
+    return True, done.result()
+
+
+def _forget(task: Any, on: _OnCallersLoop) -> None:
+    if on_callers_loops.get(task) is on:
+        on_callers_loops.pop(task, None)  # (another thread may have taken it meanwhile)
+
+
+def check_the_loop_of(task: Any) -> None:
+    """Before a blocking wait for ``task``: end it if its coroutine's loop closed; refuse a wait for good.
+
+    A coroutine started on its caller's loop ends only as that loop runs it. A
+    loop closed first (``run_until_complete``, then ``close``, without
+    ``asyncio.run``'s cancelling) never will: the task ends with
+    ``ShutdownError``, or with its coroutine's outcome where the coroutine ended
+    and the close dropped the callback that was to say so.
+
+    Raises:
+        RuntimeError: the loop is open, not running, and this thread ran it: the
+            wait would block the one thread that runs it, for good.
+    """
+    on = on_callers_loops.get(task)
+    if on is None:
+        return
+    if on.closed():
+        _end_off_a_closed_loop(task, on)
+    elif on.stopped() and on.thread == threading.get_ident():
+        raise RuntimeError(
+            f"task {task.get_task_id()} ({task.name}) runs its coroutine on the event loop it "
+            'was called from (the "sync" backend called from a coroutine), which this thread '
+            "ran and which is not running now: waiting here would wait for good, with nothing "
+            "to run that loop. Run the loop until the task ends: `loop.run_until_complete(handle)`, "
+            "or `await handle` in a coroutine that loop runs"
+        )
+
+
+def wait_watching_the_loop(task: Any, acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """``acquire(timeout)``, in slices, ending ``task`` if its coroutine's loop closes meanwhile; whether acquired.
+
+    For a task in :data:`on_callers_loops`: nothing tells of a loop's close, and a
+    wait begun before it (the loop runs on another thread) lasted for good.
+    """
+    import time
+
+    from ._interruptible import SLICE
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if acquire(SLICE if remaining is None else min(SLICE, max(0.0, remaining))):
+            return True
+        if remaining is not None and remaining <= SLICE:
+            return False
+        on = on_callers_loops.get(task)
+        if on is not None and on.closed():
+            _end_off_a_closed_loop(task, on)  # which wakes this wait
+
+
+def end_those_of_closed_loops() -> None:
+    """End every task whose coroutine's loop closed before it ended; at exit, before its wait for the tasks."""
+    # keyrefs() copies the keys in one C call: a loop's thread may take an entry meanwhile,
+    # and iterating the weak dictionary itself would raise then.
+    for reference in on_callers_loops.keyrefs():
+        task = reference()
+        on = None if task is None else on_callers_loops.get(task)
+        if on is not None and on.closed():
+            _end_off_a_closed_loop(task, on)
+
+
+def _end_off_a_closed_loop(task: Any, on: _OnCallersLoop) -> None:
+    _forget(task, on)
+    future = on.future()
+    if future is not None and future.done():  # it ended; the close dropped the callback that was to say so
+        task._finish_from_loop(on.started, *_outcome(future, task))
+        return
+    from .errors import ShutdownError
+
+    task._finish_from_loop(
+        on.started,
+        False,
+        ShutdownError(
+            f"the coroutine of task {task.get_task_id()} ({task.name}) ran on the event loop it was "
+            'called from (the "sync" backend called from a coroutine), and that loop closed before '
+            "it ended: nothing can run it now. Run the loop until the task ends (await the handle "
+            "there), or end it with asyncio.run, which cancels what is left"
+        ),
+    )
 
 
 async def _as_task(task: Any, coroutine: Coroutine[Any, Any, Any]) -> Any:

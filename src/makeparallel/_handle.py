@@ -22,6 +22,7 @@ nothing for callbacks or metadata until they are used.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import sys
@@ -34,7 +35,15 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from . import _deadlines, _events, _fork_child, _interruptible
 from ._backends._base import pool_of_this_thread
-from ._coroutines import attempt_cancels, run_here, running_loop, start_on_running_loop
+from ._coroutines import (
+    attempt_cancels,
+    check_the_loop_of,
+    on_callers_loops,
+    run_here,
+    running_loop,
+    start_on_running_loop,
+    wait_watching_the_loop,
+)
 from ._states import (
     CANCELLED,
     FAILED,
@@ -248,8 +257,13 @@ class AsyncHandle(Generic[T_co]):
                 past its own timeout.
             TaskCancelledError: the task was cancelled.
             RuntimeError: the wait could never end here: the task is async and
-                this thread's event loop runs, or it is a process task and this
-                is its pool's loop thread (a process task's callback).
+                this thread's event loop runs, or its coroutine runs on the loop
+                of the code that called it (the ``"sync"`` backend called from a
+                coroutine), which this thread ran and which is not running now;
+                or it is a process task and this is its pool's loop thread (a
+                process task's callback).
+            ShutdownError: the task's coroutine ran on the loop of the code that
+                called it, and that loop closed before the coroutine ended.
             Exception: whatever the task raised, as itself.
         """
         if timeout is not None:
@@ -1154,6 +1168,9 @@ class AsyncHandle(Generic[T_co]):
                 "loop. Use `await handle` (or mp.gather_async, `async for` over "
                 "mp.as_completed) instead"
             )
+        if self._observer.is_async and on_callers_loops:
+            # Its coroutine may run on the loop of the code that called it, which alone can end it.
+            check_the_loop_of(self)
 
     def _refuse_to_wait_for_itself(self) -> None:
         """A task waits for its own end, which its wait would hold off for good: raise ``RuntimeError`` instead."""
@@ -1212,7 +1229,11 @@ class AsyncHandle(Generic[T_co]):
             pool.worker_unblocks()
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
-        if _interruptible.acquire(waiter, timeout):
+        if self._observer.is_async and self in on_callers_loops:  # its loop may close as this waits
+            acquired = wait_watching_the_loop(self, functools.partial(_interruptible.acquire, waiter), timeout)
+        else:
+            acquired = _interruptible.acquire(waiter, timeout)
+        if acquired:
             return True
         self._forget_waiter(waiter)
         return self._state >= SUCCEEDED

@@ -886,6 +886,9 @@ def _every_pool() -> list[Backend]:
 
 def _at_exit() -> None:
     backends = _all_backends()
+    coroutines = sys.modules.get("makeparallel._coroutines")
+    if coroutines is not None:  # a task whose coroutine's loop closed first would hold up the wait below
+        coroutines.end_those_of_closed_loops()
     try:
         reopen = _wait_or_abandon(backends, _executor_pools())
     except KeyboardInterrupt:

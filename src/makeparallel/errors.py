@@ -63,6 +63,11 @@ class ShutdownError(TaskError):
     processes, running or still queued: its message says whether it had
     started, and names the pool's initializer when its worker was still
     running it. Call ``makeparallel.reset_shutdown()`` to accept tasks again.
+
+    So does a task whose event loop closed under it: a task of the ``"sync"``
+    backend called from a coroutine runs on that coroutine's loop (an ``async
+    def`` function's coroutine; over a limit, the whole task once admitted), and
+    fails with it if that loop closed first.
     """
 
 
