@@ -1105,6 +1105,41 @@ def test_max_tasks_per_child_runs_no_more_tasks_at_once_than_num_workers(one_col
     assert_runs_alone_then_the_next(one_cold_worker)
 
 
+def test_a_worker_the_loop_sends_its_last_task_is_replaced_while_that_task_runs(one_cold_worker: Flags) -> None:
+    # The loop decides which workers to start before it sends tasks: a worker
+    # it sent its last task (max_tasks_per_child) with more queued left the
+    # pool one short, and nothing made it look again. The replacement started
+    # at the next result, here the end of the task that waits for it: a hang.
+    flags = one_cold_worker
+    mp.configure_process_pool(max_tasks_per_child=2)
+    held = mp.parallel(backend="process", timeout=60)(pid_once_released)(flags)  # timed: nothing is sent behind it
+    assert flags.wait("started")
+    first = on_process(started_then_waited)(flags, "first")  # queued, for the loop to send: the worker's last
+    second = on_process(started_then_waited)(flags, "second")
+    flags.set("go")
+    held.get(timeout=30)
+    assert flags.wait("started-first")
+    assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()  # the replacement
+    assert info()["queued_tasks"] == 1
+    flags.set("go-first")
+    assert first.get(timeout=30) is False, "the second task started while the first ran"
+    assert second.get(timeout=30) is True
+
+
+def test_a_prestarted_pool_replaces_a_worker_sent_its_last_task_by_submit_at_once(one_cold_worker: Flags) -> None:
+    # A task that went from submit() straight to an idle worker as its last
+    # (max_tasks_per_child) woke no look of the loop: a prestarted pool stayed
+    # one short until that task ended, and the next task waited for a start-up.
+    flags = one_cold_worker
+    mp.configure_process_pool(max_tasks_per_child=1, prestart=True)
+    assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()
+    first = on_process(started_then_waited)(flags, "first")  # nothing queued, an idle worker: sent at once
+    assert flags.wait("started-first")
+    assert wait_until(lambda: info()["ready_workers"] == 1, 30), info()  # the replacement
+    flags.set("go-first")
+    assert first.get(timeout=30) is False
+
+
 @pytest.mark.timeout(120)
 def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -> None:
     # A worker that reached its count was replaced as soon as its last task was

@@ -1335,6 +1335,11 @@ class ProcessBackend(QueueingBackend):
         if reason != "max_tasks_per_child":  # (those it holds are its last: it runs them first)
             self._requeue_held_locked(worker)  # never sent: they run on another worker
         self._control.append((worker, ("stop",)))
+        # A look sends the stop and starts the replacement. Recycled as the loop sent it
+        # its last task (after the look decided which workers to start), or as that task
+        # went straight from submit(), it had neither until the next result came: with
+        # tasks queued, or a prestarted pool, one worker short while that task ran.
+        self._wake()
 
     def _replace_if_too_many_threads_locked(self, worker: _Worker, finishing: int = 0) -> None:
         """Replace ``worker`` if it started with more BLAS and OpenMP threads than the pool's size gives now.
