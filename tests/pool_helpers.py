@@ -252,9 +252,23 @@ def live_worker_pids(count: int = 2) -> list[int]:
 
 
 def fresh_process_pool(num_workers: int) -> None:
-    """Stop every worker process, size the pool: the next task starts cold workers."""
+    """Stop every worker process, size the pool: the next task starts cold workers.
+
+    What the pool keeps through a shutdown is put back as a new pool has it:
+    ``prestart`` (kept for good once asked for: a pool of one, resized to two
+    and back, started a second worker in an earlier test's process only) and
+    the tasks' average time, which decides how many are sent ahead.
+    """
+    from makeparallel import _runtime
+    from makeparallel._backends import _process
+
     assert mp.shutdown(10)
     mp.reset_shutdown()
+    backend = _runtime.get_backend("process")
+    assert isinstance(backend, _process.ProcessBackend)
+    with backend._lock:
+        backend._warm = False
+        backend._mean_seconds, backend._window = _process._SHORT_TASK, 1
     mp.configure_process_pool(num_workers)
     assert mp.get_process_pool_info()["live_workers"] == 0
 
