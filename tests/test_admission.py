@@ -10,15 +10,20 @@ never fail wrongly; the positive half proves the submitter was waiting for us.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
-from makeparallel import _task_context
+from makeparallel import _runtime, _task_context
 from makeparallel._admission import Limiter
+from makeparallel.testing import wait_until_idle
+from pool_helpers import Flags, mark_then_wait, wait_until
 
 BLOCKED_FOR = 0.2  # how long a blocked submitter is watched for not returning
 
@@ -378,3 +383,153 @@ def test_a_slot_that_comes_as_the_waiting_task_is_stopped_goes_back() -> None:
     waiting.join()
     assert isinstance(waiting.error, mp.TaskCancelledError)
     assert limiter.in_flight == 0
+
+
+# -- a map's or group's timeout bounds its submissions' waits for a slot -------------------------
+
+WAIT_BOUNDED_BY = 0.3  # the map's or group's timeout, in seconds
+
+
+def _map_list(flags: Flags, backend: str, **options: Any) -> object:
+    calls = functools.partial(mark_then_wait, flags)
+    return mp.parallel_map(calls, ["call"] * 6, timeout=WAIT_BOUNDED_BY, backend=backend, **options)
+
+
+def _imap_list(flags: Flags, backend: str, **options: Any) -> object:
+    calls = functools.partial(mark_then_wait, flags)
+    return list(mp.imap(calls, ["call"] * 6, timeout=WAIT_BOUNDED_BY, backend=backend, **options))
+
+
+def _imap_async(flags: Flags, backend: str, **options: Any) -> object:
+    # On a running loop a submission never blocks (its task waits for its slot held back):
+    # the map's own wait for its results times out.
+    async def collect() -> list[str]:
+        calls = functools.partial(mark_then_wait, flags)
+        return [r async for r in mp.imap(calls, ["call"] * 6, timeout=WAIT_BOUNDED_BY, backend=backend, **options)]
+
+    return asyncio.run(collect())
+
+
+def _group(flags: Flags, backend: str, **options: Any) -> object:
+    with mp.ParallelContext(timeout=WAIT_BOUNDED_BY, backend=backend, **options) as ctx:
+        try:
+            ctx.submit(mark_then_wait, flags, "call")
+        finally:
+            if ctx._limiter is not None:  # the group's own slot, taken before the wait, went back
+                assert ctx._limiter.in_flight == 0
+    return ctx
+
+
+def _group_map(flags: Flags, backend: str) -> object:
+    with mp.ParallelContext(timeout=WAIT_BOUNDED_BY, backend=backend) as ctx:
+        ctx.map(functools.partial(mark_then_wait, flags), ["call"] * 3)
+    return ctx
+
+
+_TIMED_OUT_MAP = r"the map timed out after 0.3 s"
+_TIMED_OUT_GROUP = r"the group timed out after 0.3 s; its 0 unfinished task\(s\) were cancelled"
+
+_WAITS_FOR_A_SLOT = {
+    "parallel_map": (_map_list, {}, _TIMED_OUT_MAP),
+    "parallel_map-unordered": (_map_list, {"ordered": False}, _TIMED_OUT_MAP),
+    "parallel_map-chunks": (_map_list, {"chunksize": 2}, _TIMED_OUT_MAP),
+    "imap": (_imap_list, {}, _TIMED_OUT_MAP),
+    "imap-unordered": (_imap_list, {"ordered": False}, _TIMED_OUT_MAP),
+    "imap-chunks": (_imap_list, {"chunksize": 2}, _TIMED_OUT_MAP),
+    "imap-async": (_imap_async, {}, _TIMED_OUT_MAP),
+    "imap-async-unordered": (_imap_async, {"ordered": False}, _TIMED_OUT_MAP),
+    "group": (_group, {}, _TIMED_OUT_GROUP),
+    "group-max_concurrent": (_group, {"max_concurrent": 2}, _TIMED_OUT_GROUP),
+    "group-map": (_group_map, {}, _TIMED_OUT_GROUP),
+}
+
+
+@pytest.fixture
+def flags(tmp_path: Path) -> Iterator[Flags]:
+    flags = Flags(str(tmp_path))
+    yield flags
+    flags.set("teardown")  # whatever the test did, no task waits past its end
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("entry", list(_WAITS_FOR_A_SLOT))
+def test_a_timeout_bounds_the_wait_for_a_slot_under_the_global_limit(entry: str, backend: str, flags: Flags) -> None:
+    # The one slot is held by a task that runs until released. A submission of the
+    # map or group waited for it past the timeout, for as long as that task ran, and
+    # only then raised; nothing it never submitted may run later either.
+    run, options, message = _WAITS_FOR_A_SLOT[entry]
+    mp.set_max_concurrent_tasks(1)
+    holder = mp.parallel(backend="thread")(mark_then_wait)(flags, "holder")
+    assert flags.wait("holder", 30)
+    rescue = threading.Timer(20, flags.set, ("holder-go",))  # ends a wait that ignores the timeout
+    rescue.start()
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match=message):
+            run(flags, backend, **options)
+        assert not flags.is_set("holder-go"), "the wait for a slot lasted until the task holding it ended"
+    finally:
+        rescue.cancel()
+        rescue.join()
+        flags.set("holder-go")
+        flags.set("call-go")  # a call that ran wrongly ends, to be seen below
+    assert holder.get(timeout=30) == "holder"
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30), _runtime.global_limiter.in_flight
+    assert wait_until_idle(30)
+    assert not flags.is_set("call"), "a call the timeout kept from being submitted ran later"
+
+
+@pytest.mark.timeout(90)
+def test_a_group_timeout_bounds_the_wait_for_a_slot_of_a_functions_max_concurrent(flags: Flags) -> None:
+    limited = mp.parallel(max_concurrent=1)(mark_then_wait)
+    holder = limited(flags, "holder")
+    assert flags.wait("holder", 30)
+    rescue = threading.Timer(20, flags.set, ("holder-go",))
+    rescue.start()
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match=_TIMED_OUT_GROUP), mp.ParallelContext(timeout=WAIT_BOUNDED_BY) as ctx:
+            ctx.submit(limited, flags, "call")
+        assert not flags.is_set("holder-go"), "the wait for a slot lasted until the task holding it ended"
+    finally:
+        rescue.cancel()
+        rescue.join()
+        flags.set("holder-go")
+        flags.set("call-go")
+    assert holder.get(timeout=30) == "holder"
+    assert wait_until(lambda: limited._spec.limiter.in_flight == 0, timeout=30)  # type: ignore[union-attr]
+    flags.set("after-go")
+    assert limited(flags, "after").get(timeout=30) == "after"  # its slot is free again
+    assert not flags.is_set("call")
+
+
+@pytest.mark.timeout(90)
+def test_an_imap_refill_waits_for_a_slot_within_its_timeout_then_closes_clean(flags: Flags) -> None:
+    # The first result is handed out; the next chunk, read once the consumer took it,
+    # finds the one slot taken. Its wait ends at the map's deadline, not the task's end.
+    ran: list[int] = []
+
+    def record(i: int) -> int:
+        ran.append(i)
+        return i
+
+    mp.set_max_concurrent_tasks(1)
+    results = mp.imap(record, range(6), chunksize=1, max_in_flight=1, timeout=5, backend="thread")
+    assert next(results) == 0
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30)  # the chunk's slot went back
+    holder = mp.parallel(backend="thread")(mark_then_wait)(flags, "holder")
+    assert flags.wait("holder", 30)
+    rescue = threading.Timer(20, flags.set, ("holder-go",))
+    rescue.start()
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match=r"the map timed out after 5 s with 1 item\(s\) done"):
+            next(results)
+        assert not flags.is_set("holder-go"), "the refill waited for a slot until the task holding it ended"
+        results.close()
+    finally:
+        rescue.cancel()
+        rescue.join()
+        flags.set("holder-go")
+    assert holder.get(timeout=30) == "holder"
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30), _runtime.global_limiter.in_flight
+    assert wait_until_idle(30)
+    assert ran == [0]

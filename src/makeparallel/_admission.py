@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._backends._base import Backend
     from ._handle import AsyncHandle
 
-__all__ = ["Limiter", "PendingAdmission", "all_limiters", "holding_a_slot"]
+__all__ = ["Limiter", "NoSlotInTime", "PendingAdmission", "all_limiters", "holding_a_slot"]
 
 _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
@@ -56,6 +56,14 @@ _limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 # The limits (exempt_tasks=False) that the code running now holds a slot of, as a task
 # admitted through them or one that such a task submitted, however deep.
 _slots_held: ContextVar[tuple[Limiter, ...]] = ContextVar("makeparallel_slots_held", default=())
+
+
+class NoSlotInTime(Exception):
+    """A submission got no slot under a limit before its deadline (a map's or group's ``timeout``); nothing was submitted.
+
+    Internal: the map, group or executor that passed the deadline raises its own
+    ``TaskTimeoutError`` in its place, as for a result that came too late.
+    """
 
 
 def all_limiters() -> list[Limiter]:

@@ -29,7 +29,7 @@ from typing import (
 )
 
 from . import _events, _runtime
-from ._admission import Limiter, PendingAdmission
+from ._admission import Limiter, NoSlotInTime, PendingAdmission
 from ._backends._base import Backend
 from ._coroutines import running_loop
 from ._gil_watch import GilWatch
@@ -439,6 +439,51 @@ class ParallelFunction(Generic[P, T]):
             raise
         return handle
 
+    def _submit_until(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
+        """Call this function, a map's chunk or a group's task, waiting for a slot no later than ``deadline``.
+
+        ``deadline`` (a ``time.monotonic()`` value; ``None``: none) bounds the
+        wait under each limit that applies (``max_concurrent``,
+        ``mp.set_max_concurrent_tasks``), as the map's or group's ``timeout``
+        bounds the wait for its results. A path of its own, so that
+        ``__call__``, the hot path, carries no deadline.
+
+        Raises:
+            NoSlotInTime: ``deadline`` passed while the call waited for a slot;
+                nothing was submitted and no slot is kept.
+            Exception: what calling the function raises.
+        """
+        if deadline is None:
+            return self(*args, **kwargs)
+        return self._submit_by(deadline, args, kwargs)
+
+    def _submit_by(self, deadline: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
+        """:meth:`__call__`, its waits for a slot ending at ``deadline`` (:meth:`_submit_until`)."""
+        spec = self._spec
+        timeout = spec.timeout
+        priority = spec.priority
+        if kwargs and self._call_time:
+            kwargs = dict(kwargs)  # the caller's own: the options are taken out of a copy
+            if "timeout" in kwargs and "timeout" in self._call_time:
+                timeout = check_task_timeout(kwargs.pop("timeout"))
+            if "priority" in kwargs and "priority" in self._call_time:
+                priority = check_priority(kwargs.pop("priority"))
+        backend = _runtime.get_backend(spec.backend)
+        handle = AsyncHandle(self._fn, args, kwargs, contextvars.copy_context(), spec, backend, priority, timeout)
+        if spec.limiter is not None or _runtime.global_limiter.limit is not None:
+            loop = running_loop()
+            if loop is not None and backend.holds_tasks:  # no wait there: the task waits for its slots instead
+                return self._admit_on_loop(handle, backend, loop)
+            handle._permits = self._admit(deadline)
+        if _events.listeners:
+            _events.emit("submitted", handle)
+        try:
+            backend.submit(handle)
+        except BaseException as error:
+            withdraw(handle, backend, error)
+            raise
+        return handle
+
     def options(self, **options: Any) -> ParallelFunction[P, T]:
         """A copy of this function with some options changed.
 
@@ -502,13 +547,18 @@ class ParallelFunction(Generic[P, T]):
         hold_for_admission(handle, backend, limiters, loop)
         return handle
 
-    def _admit(self) -> tuple[Limiter, ...]:
-        """Take a slot from each limit that applies, waiting while one is full."""
+    def _admit(self, deadline: float | None = None) -> tuple[Limiter, ...]:
+        """Take a slot from each limit that applies, waiting while one is full (until ``deadline``, if given).
+
+        Raises:
+            NoSlotInTime: ``deadline`` passed first; no slot is kept.
+        """
         permits: list[Limiter] = []
         try:
             for limiter in (self._spec.limiter, _runtime.global_limiter):
                 if limiter is not None and limiter.limit is not None:
-                    limiter.acquire()
+                    if not limiter.acquire(deadline):
+                        raise NoSlotInTime
                     permits.append(limiter)
         except BaseException:
             for limiter in permits:
@@ -549,6 +599,10 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
     _spec: GuardedTaskSpec
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
+        return self._submit_by(None, args, kwargs)
+
+    def _submit_by(self, deadline: float | None, args: Any, kwargs: Any) -> AsyncHandle[T]:
+        """Ask the breaker, then submit as a plain call does, waiting for a slot until ``deadline`` if given."""
         spec = self._spec
         breaker = spec.breaker
         assert breaker is not None
@@ -560,7 +614,9 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         admitting = spec.admitting
         admitting.round = permit
         try:
-            return super().__call__(*args, **kwargs)
+            if deadline is None:
+                return super().__call__(*args, **kwargs)
+            return super()._submit_by(deadline, args, kwargs)
         except BaseException:
             if admitting.round is not None:  # never accepted: its permit goes back (else the task's end gives it)
                 admitting.round = None
@@ -607,6 +663,10 @@ class _BoundParallelFunction(Generic[P, T]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
         return self._function(self._instance, *args, **kwargs)
+
+    def _submit_until(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
+        """:meth:`ParallelFunction._submit_until` of the method, bound to the instance."""
+        return self._function._submit_until(deadline, (self._instance, *args), kwargs)
 
     def options(self, **options: Any) -> _BoundParallelFunction[P, T]:
         """A copy bound to the same instance, with some options changed.
@@ -673,7 +733,9 @@ def _describe(fn: Any) -> str:
     return type(fn).__qualname__
 
 
-def as_parallel(fn: Callable[..., T], backend: _runtime.BackendOption | None = None) -> Callable[..., AsyncHandle[T]]:
+def as_parallel(
+    fn: Callable[..., T], backend: _runtime.BackendOption | None = None
+) -> ParallelFunction[..., T] | _BoundParallelFunction[..., T]:
     """``fn`` itself if it is already parallel, else a parallel version of it."""
     if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
         return fn

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
-from ._admission import Limiter
+from ._admission import Limiter, NoSlotInTime
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
@@ -306,7 +306,7 @@ class Executor(concurrent.futures.Executor):
 
         ``deadline`` (a ``time.monotonic()`` value) bounds the wait for a slot
         under the concurrency limit: past it nothing is submitted, and
-        :class:`_NoSlotInTime` is raised (a map's ``timeout``).
+        :class:`NoSlotInTime` is raised (a map's ``timeout``).
         """
         backend = self._backend
         handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
@@ -320,7 +320,7 @@ class Executor(concurrent.futures.Executor):
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(future, backend, limiter, loop)
             if not limiter.acquire(deadline):
-                raise _NoSlotInTime
+                raise NoSlotInTime
             handle._permits = (limiter,)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
@@ -429,7 +429,7 @@ class Executor(concurrent.futures.Executor):
         try:
             for call in chunks if buffersize is None else itertools.islice(chunks, buffersize):
                 in_flight.append(submit_one(call))
-        except _NoSlotInTime:  # the timeout passed while a call waited for a slot: the rest are never submitted
+        except NoSlotInTime:  # the timeout passed while a call waited for a slot: the rest are never submitted
             return _results(in_flight, None, submit_one, deadline, timeout, flatten=chunksize > 1, cut_short=True)
         refill = chunks if buffersize is not None else None
         return _results(in_flight, refill, submit_one, deadline, timeout, flatten=chunksize > 1)
@@ -647,10 +647,6 @@ def _run_coroutines_to_their_end(values: list[Any]) -> list[Any]:
     return values
 
 
-class _NoSlotInTime(Exception):
-    """A map's call got no slot under the concurrency limit before the map's deadline; it was not submitted."""
-
-
 def _map_timed_out(timeout: float | None) -> TaskTimeoutError:
     return TaskTimeoutError(f"Executor.map timed out after {timeout:g} s; the calls not yet started were cancelled")
 
@@ -685,7 +681,7 @@ def _results(
                 try:
                     for args in itertools.islice(refill, 1):
                         in_flight.append(submit_one(args))
-                except _NoSlotInTime:
+                except NoSlotInTime:
                     refill, cut_short = None, True
             # Bounded: a lock refuses a longer wait (``timeout=math.inf``) with OverflowError.
             remaining = None if deadline is None else bounded(max(0.0, deadline - time.monotonic()))

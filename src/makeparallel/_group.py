@@ -14,9 +14,9 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Union, overload
+from typing import Any, NoReturn, TypeVar, Union, overload
 
-from ._admission import Limiter, holding_a_slot
+from ._admission import Limiter, NoSlotInTime, holding_a_slot
 from ._decorators import (
     ParallelFunction,
     _BoundParallelFunction,
@@ -45,7 +45,10 @@ class ParallelContext:
     Args:
         timeout: seconds from entering the block; when it passes while the block
             waits for its tasks, the rest are cancelled and ``TaskTimeoutError``
-            is raised.
+            is raised. It also bounds each ``submit``'s wait for a slot (the
+            group's ``max_concurrent``, the function's, or
+            ``mp.set_max_concurrent_tasks``): past it, nothing is submitted
+            and ``submit`` times the group out.
         max_concurrent: at most this many of the group's tasks in flight; a
             submission over the limit waits until one ends (within the
             group's ``timeout``: past it, ``submit`` times the group out).
@@ -81,7 +84,7 @@ class ParallelContext:
         self._backend = backend
         self._handles: list[AsyncHandle[Any]] = []
         # Plain functions made parallel once per group; keyed by id, kept alive here.
-        self._functions: dict[int, Callable[..., AsyncHandle[Any]]] = {}
+        self._functions: dict[int, ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
         self._lock = threading.Lock()
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
@@ -153,8 +156,10 @@ class ParallelContext:
                 or, inside a task, that task was cancelled while this call
                 waited for a slot (``max_concurrent``): a cancellation point.
             TaskTimeoutError: the group's ``timeout`` passed while this call
-                waited for a slot (the group's tasks are cancelled); or, inside
-                a task, that task timed out meanwhile.
+                waited for a slot (of the group's ``max_concurrent``, the
+                function's, or ``mp.set_max_concurrent_tasks``): the task is not
+                submitted and the group's tasks are cancelled; or, inside a
+                task, that task timed out meanwhile.
             ShutdownError: the library was shut down (before this call, or
                 while it waited for a slot).
             RuntimeError: the group's ``with`` block has ended (without a
@@ -196,17 +201,26 @@ class ParallelContext:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
         if self._limiter is not None and not self._limiter.acquire(self._deadline):
             self._time_out()
+        handle: AsyncHandle[Any] | None
         try:
             self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
+            # The group's deadline bounds the call's own waits for a slot too (the function's
+            # max_concurrent, mp.set_max_concurrent_tasks): past it, nothing is submitted.
             if self._limiter is None:
-                handle: AsyncHandle[Any] = function(*positional, **kwargs)
+                handle = function._submit_until(self._deadline, positional, kwargs)
             else:
                 with holding_a_slot(self._limiter):  # the task, and those it makes, submit here over the limit
-                    handle = function(*positional, **kwargs)
+                    handle = function._submit_until(self._deadline, positional, kwargs)
+        except NoSlotInTime:
+            handle = None  # timed out below, not while handling it: the group's error alone is shown
         except BaseException:
             if self._limiter is not None:
                 self._limiter.release()
             raise
+        if handle is None:
+            if self._limiter is not None:
+                self._limiter.release()
+            self._time_out()
         with self._lock:
             closed = self._ended and not self._cancelling  # (cancelling: it is cancelled below, as before)
             if not closed:
@@ -231,6 +245,11 @@ class ParallelContext:
 
         An item that is a tuple is passed as it is, one argument, as ``map()``
         does: not as the arguments of ``submit``'s 0.2 form.
+
+        Raises:
+            Exception: what :meth:`submit` raises, at the first item it refuses
+                (the group's ``timeout`` passing as it waits for a slot, say);
+                the items after it are not submitted.
         """
         return [self._submit(fn, (item,), {}) for item in iterable]
 
@@ -344,7 +363,7 @@ class ParallelContext:
                 self._time_out()
         return waited
 
-    def _time_out(self) -> None:
+    def _time_out(self) -> NoReturn:
         """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``."""
         unfinished = sum(1 for h in self.handles if not h.done())
         self._cancel_unfinished()

@@ -54,6 +54,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
+from ._admission import NoSlotInTime
 from ._backends._base import Backend
 from ._chunk_task import Awaited, run_chunk
 from ._collect import Completions, OnError, check_on_error
@@ -402,7 +403,10 @@ def imap(
             item per worker plus one; see "Memory" below).
         timeout: seconds for the whole map; then the rest is cancelled and
             ``TaskTimeoutError`` raised. On the ``"sync"`` backend, whose
-            chunks run inline to their end, it is checked between chunks.
+            chunks run inline to their end, it is checked between chunks. It
+            bounds each chunk's wait for a slot under
+            ``mp.set_max_concurrent_tasks`` too: a chunk with no slot by then
+            is never submitted, and the map times out.
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
             in a note), ``"skip"`` (leave failed items out) or ``"none"`` (``None``
             in their place).
@@ -420,7 +424,8 @@ def imap(
             option has the wrong type (raised at the call, not when iterating).
         ValueError: an option is out of range or ``backend`` names no backend.
         ImportError: a progress bar is asked for and tqdm is not installed.
-        TaskTimeoutError: ``timeout`` passed (while iterating).
+        TaskTimeoutError: ``timeout`` passed (while iterating), or passed as a
+            chunk waited for a slot under ``mp.set_max_concurrent_tasks``.
         Exception: with ``on_error="raise"``, the first item error, as itself,
             once the results of the items before it in its chunk were handed
             out (those of the chunks before it too, in order), except on
@@ -1234,16 +1239,26 @@ class _Mapper:
         a time budget (a ``parallel_map``'s), so that its rest goes on at once.
         Past the map's deadline none starts: on the ``"sync"`` backend a chunk
         runs here, to its end, and nothing else would see the deadline pass.
+        Its wait for a slot under a limit (``mp.set_max_concurrent_tasks``)
+        ends at the deadline too: a chunk with no slot by then is not submitted.
 
         Raises:
-            TaskTimeoutError: the map's ``timeout`` has passed.
+            TaskTimeoutError: the map's ``timeout`` has passed, before the chunk
+                was submitted or as it waited for a slot.
         """
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
+        handle: AsyncHandle[list[Any]] | None
         try:
-            handle = (task or self._chunk_task)(self._fn, items, start, self._keep_going, budget)
+            handle = (task or self._chunk_task)._submit_until(
+                self._deadline, (self._fn, items, start, self._keep_going, budget), {}
+            )
+        except NoSlotInTime:  # the deadline passed as it waited for a slot: not submitted
+            handle = None
         except TaskSerializationError as error:
             _raise_naming_the_item(error, items, start)
+        if handle is None:
+            self._time_out()  # not while handling NoSlotInTime: the map's error alone is shown
         self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered or budget is not None or self._completions is not None:
             self._follow(handle)
