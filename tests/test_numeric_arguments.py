@@ -9,6 +9,7 @@ each entry point takes them as the numbers they are, keeps a plain ``int`` or
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -201,3 +202,37 @@ def test_the_exporters_and_integrations_take_numpy_numbers() -> None:
     fastapi.lifespan(num_threads=numpy.int64(2), num_workers=numpy.int64(2), max_concurrent_tasks=numpy.int64(0))
     with pytest.raises(ValueError, match=r"max_concurrent_tasks must be an int >= 1, got np.int64\(-1\)"):
         fastapi.lifespan(max_concurrent_tasks=numpy.int64(-1))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["result", "exception"])
+@pytest.mark.parametrize(
+    "make", [numpy.float32, Fraction, numpy.int64], ids=["numpy.float32", "Fraction", "numpy.int64"]
+)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_an_executor_futures_wait_takes_seconds_of_any_real_type(backend: str, make: type, method: str) -> None:
+    # concurrent.futures hands the timeout to a lock, which takes an int or a float
+    # only: a pending future's result(timeout=np.float32(5)) raised "'numpy.float32'
+    # object cannot be interpreted as an integer", where the handle's get() took it.
+    release = threading.Event()
+
+    def held() -> str:
+        release.wait(30)
+        return "done"
+
+    def times_out_inside_a_task(future: Any) -> bool:  # there the wait goes through the handle
+        with pytest.raises(TimeoutError):
+            getattr(future, method)(timeout=make(0))
+        return True
+
+    with mp.Executor(max_workers=2) as executor:
+        future = executor.submit(held)
+        try:
+            with pytest.raises(TimeoutError):
+                getattr(future, method)(timeout=make(0))
+            # On a pool's worker; or inline (sync): in a task, not on a worker, the handle's blocking wait.
+            assert mp.parallel(times_out_inside_a_task, backend=backend)(future).get(timeout=30)
+        finally:
+            release.set()
+        outcome = getattr(future, method)(timeout=make(30))
+    assert outcome == ("done" if method == "result" else None)

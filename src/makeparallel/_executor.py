@@ -40,7 +40,7 @@ from ._interruptible import bounded
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
 from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
-from ._validation import check_count, check_wait_timeout
+from ._validation import as_seconds, check_count, check_wait_timeout, is_real
 from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
 
 __all__ = ["Executor", "ExecutorFuture"]
@@ -113,7 +113,9 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         the standard ``result()`` tests ``if self._exception`` up to Python 3.13
         and returned ``None`` for it. ``timeout=math.inf``, or an int too large
         for a float, waits as long as it takes, as ``None`` does: the standard
-        one raises ``OverflowError`` for either.
+        one raises ``OverflowError`` for either. Any real number of seconds is
+        taken (NumPy's ``float32``, a ``Fraction``), where the standard one
+        raised ``TypeError`` for a pending future.
 
         Raises:
             RuntimeError: the task has not ended and this is its process pool's
@@ -147,8 +149,12 @@ class ExecutorFuture(concurrent.futures.Future[T]):
 
         What is left is capped at the longest wait a lock takes: the standard
         wait passes a longer one (``math.inf``) to a lock, which refuses it
-        with ``OverflowError``.
+        with ``OverflowError``. It is a float where ``timeout`` is any real
+        number (NumPy's ``float32``, a ``Fraction``), as the handle's waits take
+        it: a lock takes only an int or a float, and raised ``TypeError``.
         """
+        if timeout is not None and is_real(timeout):
+            timeout = as_seconds(timeout)  # (anything else, as the standard wait takes it)
         if _fork_child.boundary:
             self._the_parents()
         if self.done():
