@@ -82,10 +82,10 @@ def registered() -> Iterator[tuple[CollectorRegistry, mp_prometheus.Makeparallel
 
 
 @contextlib.contextmanager
-def served(registry: CollectorRegistry) -> Iterator[Exposition]:
+def served(registry: CollectorRegistry, port: Any = 0) -> Iterator[Exposition]:
     """``start_http_server`` on ``registry``, stopped afterwards with every thread it started."""
     before = set(threading.enumerate())
-    server, thread = mp_prometheus.start_http_server(0, registry=registry)
+    server, thread = mp_prometheus.start_http_server(port, registry=registry)
     try:
         assert server.server_address[0] == "127.0.0.1"
         yield Exposition(server.server_port, registry)
@@ -344,6 +344,15 @@ def test_an_mp_executors_own_pool_has_gauges(exposition: Exposition) -> None:
             for state in ("busy", "idle", "starting")
         }
         assert workers == {"busy": 1, "idle": 0, "starting": 0}
+
+
+@pytest.mark.timeout(30)
+def test_a_port_of_any_integer_type_is_served() -> None:
+    # A socket address takes no NumPy int: np.int64(9100), as a computed port is,
+    # failed with "OSError: Int or String expected", where StatsdExporter takes it.
+    numpy = pytest.importorskip("numpy")
+    with served(CollectorRegistry(), port=numpy.int64(0)) as exposition:
+        assert "makeparallel_" in exposition.scrape()
 
 
 @pytest.mark.timeout(30)

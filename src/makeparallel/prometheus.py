@@ -29,6 +29,8 @@ Needs the optional extra: ``pip install "makeparallel[prometheus]"``.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -216,6 +218,7 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
 
     Returns what ``prometheus_client.start_http_server`` returns (the server and
     its thread in current versions; call ``server.shutdown()`` to stop). The
+    port may be an integer of any type (NumPy's ``int64`` too). The
     address defaults to loopback: expose it deliberately. A registry that has
     the collector already (:func:`register` called first, or a server on
     another port) keeps that one: each metric is served once.
@@ -229,6 +232,8 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     client = _client()
     registry = registry if registry is not None else client.REGISTRY
     _register_once(registry)
+    with contextlib.suppress(TypeError):  # (a str goes on as prometheus_client takes it)
+        port = operator.index(port)  # a plain int: a socket address takes no NumPy one ("Int or String expected")
     return client.start_http_server(port, addr=addr, registry=registry)
 
 
