@@ -463,6 +463,71 @@ def test_a_task_given_just_after_the_blocks_last_wait_is_waited_for_too(monkeypa
     assert ctx.results() == [1, 2]
 
 
+@pytest.mark.timeout(60)
+def test_a_submit_under_way_as_the_block_ends_is_waited_for_not_refused_after_its_task_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread's submit that passed the group's check before the block's last wait,
+    # and appended its task after the group closed, was refused with RuntimeError once
+    # its task had been made: the task ran all the same (here to its end, inline), and
+    # the caller was told it was not taken. The block now waits for a submit under way.
+    inside, go = threading.Event(), threading.Event()
+    given: list[Any] = []
+
+    def late() -> str:
+        inside.set()
+        go.wait(30)
+        return "late"
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            given.append(ctx.submit(late))
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+
+    with mp.ParallelContext(backend="sync") as ctx:  # (sync: the task runs in the giver's submit)
+        ctx.submit(add, 1)
+        giver = threading.Thread(target=give, args=(ctx,))
+        giver.start()
+        assert inside.wait(30)
+        wait_all = ctx._wait_all
+
+        def wait_then_let_the_task_run(waited: int = 0) -> int:
+            waited = wait_all(waited)
+            go.set()  # as the wait returns, the task goes on, and its submit after it
+            return waited
+
+        monkeypatch.setattr(ctx, "_wait_all", wait_then_let_the_task_run)
+    giver.join(30)
+    assert len(given) == 1 and isinstance(given[0], mp.AsyncHandle), f"the submit was refused: {given[0]!r}"
+    assert given[0].done(), "the block ended before a task it took"
+    assert ctx.results() == [1, "late"]
+
+
+@pytest.mark.timeout(60)
+def test_the_wait_for_a_submit_under_way_ends_at_the_groups_timeout() -> None:
+    # The block waits for another thread's submit still making its task, but no longer
+    # than the group's timeout: then it times out as for an unfinished task.
+    inside, go = threading.Event(), threading.Event()
+    given: list[mp.AsyncHandle[str]] = []
+
+    def late() -> str:
+        inside.set()
+        go.wait(30)
+        return "late"
+
+    giver = threading.Thread(target=lambda: given.append(ctx.submit(late)))
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match="the group timed out"):  # noqa: SIM117
+            with mp.ParallelContext(backend="sync", timeout=0.2) as ctx:
+                giver.start()
+                assert inside.wait(30)
+    finally:
+        go.set()
+        giver.join(30)
+    assert ctx.handles == given  # taken as the group ended: cancelled (here it had ended), not lost
+
+
 @pytest.mark.timeout(20)
 def test_a_task_still_running_after_the_group_timed_out_cannot_add_tasks(gate: threading.Event) -> None:
     # As after a failure: the group had cancelled its tasks and raised, and a task

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar, Union, overload
 
+from . import _interruptible
 from ._admission import Limiter, NoSlotInTime, holding_a_slot
 from ._decorators import (
     ParallelFunction,
@@ -86,6 +87,9 @@ class ParallelContext:
         # Plain functions made parallel once per group; keyed by id, kept alive here.
         self._functions: dict[int, ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
         self._lock = threading.Lock()
+        # Submits past their first check, not yet appended (or refused): the block's end waits for them.
+        self._making = 0
+        self._made = threading.Condition(self._lock)
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
         self._ended = False  # set, under the lock, once the block ended and waited for every task
@@ -193,48 +197,60 @@ class ParallelContext:
         A failure or the timeout of the group while the task is made (on
         another thread, after the checks) cancels the group's tasks before this
         one is among them: it is cancelled here instead, or it ran on after the
-        group had ended.
+        group had ended. A submit past its first check is counted until its
+        task is among the group's (or it raised), and the block's end waits for
+        it: a task is refused before it is made, or waited for. Refused once
+        made, as it was, it may have run all the same (inline, or on a free
+        worker), though its caller was told it was not taken.
         """
-        self._refuse_if_ended()
+        with self._lock:
+            self._refuse_if_ended()
+            self._making += 1
+        try:
+            handle = self._make(fn, positional, kwargs)
+        except BaseException:
+            with self._lock:
+                self._made_one_locked()
+            raise
+        with self._lock:
+            self._handles.append(handle)
+            ended_meanwhile = self._cancelling
+            self._made_one_locked()
+        handle.add_done_callback(self._task_ended)
+        if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
+            cancel_and_stop([handle])
+        return handle
+
+    def _make(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
+        """Make the task (waiting for a slot under ``max_concurrent``); the caller adds it to the group."""
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
         if self._limiter is not None and not self._limiter.acquire(self._deadline):
             self._time_out()
-        handle: AsyncHandle[Any] | None
         try:
             self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
             # The group's deadline bounds the call's own waits for a slot too (the function's
             # max_concurrent, mp.set_max_concurrent_tasks): past it, nothing is submitted.
             if self._limiter is None:
-                handle = function._submit_until(self._deadline, positional, kwargs)
-            else:
-                with holding_a_slot(self._limiter):  # the task, and those it makes, submit here over the limit
-                    handle = function._submit_until(self._deadline, positional, kwargs)
+                return function._submit_until(self._deadline, positional, kwargs)
+            with holding_a_slot(self._limiter):  # the task, and those it makes, submit here over the limit
+                return function._submit_until(self._deadline, positional, kwargs)
         except NoSlotInTime:
-            handle = None  # timed out below, not while handling it: the group's error alone is shown
+            pass  # timed out below, not while handling it: the group's error alone is shown
         except BaseException:
             if self._limiter is not None:
                 self._limiter.release()
             raise
-        if handle is None:
-            if self._limiter is not None:
-                self._limiter.release()
-            self._time_out()
-        with self._lock:
-            closed = self._ended and not self._cancelling  # (cancelling: it is cancelled below, as before)
-            if not closed:
-                self._handles.append(handle)
-            ended_meanwhile = self._cancelling
-        if closed:  # the block ended as the task was made, past its last wait: no one would see it end
-            cancel_and_stop([handle])
-            if self._limiter is not None:
-                self._limiter.release()
-            raise self._ended_error()
-        handle.add_done_callback(self._task_ended)
-        if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
-            cancel_and_stop([handle])
-        return handle
+        if self._limiter is not None:
+            self._limiter.release()
+        self._time_out()
+
+    def _made_one_locked(self) -> None:
+        """A submit under way ended (its task added, or it raised): the block's end may go on."""
+        self._making -= 1
+        if not self._making:
+            self._made.notify_all()
 
     @overload
     def map(self, fn: _RunToResults[T], iterable: Iterable[Any]) -> list[AsyncHandle[T]]: ...
@@ -341,14 +357,32 @@ class ParallelContext:
         )
 
     def _wait_to_end(self) -> None:
-        """Wait for every task, then close the group: no task can join it unwaited for after this."""
+        """Wait for every task, then close the group: no task can join it unwaited for after this.
+
+        A submit under way (on another thread, past its first check) is waited
+        for too, and then its task; within the group's ``timeout``.
+        """
         waited = self._wait_all()
         while True:
             with self._lock:  # a submit appends under it: one that got in past the last wait is waited for too
-                if waited == len(self._handles):
+                if waited == len(self._handles) and not self._making:
                     self._ended = True
                     return
+                in_time = waited < len(self._handles) or self._wait_for_submits_locked()
+            if not in_time:
+                self._time_out()
             waited = self._wait_all(waited)
+
+    def _wait_for_submits_locked(self) -> bool:
+        """Wait, the lock held, for a submit under way to end (it may return sooner); False past the deadline."""
+        if self._deadline is None:
+            _interruptible.wait(self._made, None)
+            return True
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        _interruptible.wait(self._made, remaining)
+        return True
 
     def _wait_all(self, waited: int = 0) -> int:
         """Wait for the tasks from the ``waited``-th on, those added meanwhile too; return how many there were."""
