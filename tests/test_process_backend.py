@@ -640,6 +640,44 @@ def test_the_next_kill_of_a_worker_that_declined_one_is_obeyed(
     assert signals_sent == [(os.getpid(), 15)]
 
 
+def test_a_kill_is_not_signalled_while_the_last_sigterm_is_on_its_way(
+    worker_here: tuple[Any, Any, Any], signals_sent: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two kills called off before the worker handled either signal: it declined the
+    # first to come, for the second kill, and obeyed the second, in the task running
+    # then. The signal on its way serves the next kill; one declined before that kill
+    # was written has the kill's own sent then (signal_owed).
+    from makeparallel._backends import _crash_journal
+    from makeparallel._backends._process_worker import _RemoteTask, _terminated
+
+    worker, _, journal = worker_here
+    assert journal.stop_for(3) and not journal.signal_held()  # the first: sent
+    journal.call_off()  # task 3 ended before the handler ran
+    assert not journal.stop_for(4) and journal.signal_held()  # held: the first is on its way
+    assert not journal.signal_owed()
+    worker._ended.extend([3, 4])
+    worker._current = _RemoteTask(5, "task", worker)
+    _terminated(worker, 15, None)  # it comes: declined for the second kill, whose task ended too
+    assert journal.declined() and signals_sent == [] and not journal.signal_owed()
+    journal.call_off()
+    assert journal.stop_for(5)  # that signal handled: the next kill's is sent
+    journal.call_off()
+    assert not journal.stop_for(6)
+    # Declined by a handler that read the count before kill 4 was written: kill 4 is owed its signal.
+    memoryview(journal._map).cast("q")[_crash_journal._DECLINED] = 3
+    assert journal.signal_owed() and not journal.signal_owed() and not journal.signal_held()
+    worker._current = _RemoteTask(6, "task", worker)
+    _terminated(worker, 15, None)  # task 6 runs: it is killed
+    assert signals_sent == [(os.getpid(), 15)]
+    # Neither declined nor obeyed (here, where nothing dies) for a while, it went to a task's own
+    # handler: the next kill's is sent.
+    clock = [time.monotonic()]
+    monkeypatch.setattr(_crash_journal, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])}))
+    assert not journal.stop_for(7)
+    clock[0] += _crash_journal._ON_ITS_WAY
+    assert journal.stop_for(8) and not journal.stop_for(9)
+
+
 def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs(worker_here: tuple[Any, Any, Any]) -> None:
     # Short tasks travel in windows: the worker holds the next ones in its inbox
     # while one runs, and reads the pipe only when it runs out of them. A cancel

@@ -907,6 +907,47 @@ def test_a_sigterm_that_comes_tasks_after_the_one_it_was_for_ended_is_declined(
         flags.set("teardown")
 
 
+@pytest.mark.parametrize("stop", ["cancel(force=True)", "timeout"])
+def test_a_worker_whose_kills_were_called_off_before_their_signals_came_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    # Two tasks in a row stopped as they ended, both kills called off before the worker
+    # handled either signal (held up in a busy template): a kill excuses one SIGTERM,
+    # so the second signal to come was obeyed, and the task running then failed as
+    # crashed. A SIGTERM of the parent's still on its way serves the next kill instead.
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    assert on_process(mul)(2, 3).get(timeout=30) == 6  # (the helpers imported: see the timeout test above)
+    [worker] = on_process(mul)(1, 1)._backend._workers
+    signalled, held = _process._signalled, []
+    monkeypatch.setattr(_process, "_signalled", lambda process, kill: held.append(process) or True if not kill else signalled(process, kill))
+    run = mp.parallel(backend="process", timeout=0.5 if stop == "timeout" else None)(mark_then_wait)
+    pid, before = worker.process.pid, restarts()
+    try:
+        for name in ("first", "second"):
+            stopped = run(flags, name)
+            assert flags.wait(name, 30)
+            if stop == "timeout":
+                assert wait_until(lambda: worker.killing, 30)  # (the handle times out a moment before)
+            else:
+                assert stopped.cancel(force=True)
+            assert wait_until(lambda: worker.kill_at is not None, 30)  # its kill decided, its signal held
+            flags.set(f"{name}-go")  # it ends before the signal comes
+            assert wait_until(lambda: not worker.killing, 30)  # the kill called off
+        running = on_process(mark_then_wait)(flags, "running")
+        assert flags.wait("running", 30)
+        assert len(held) == 1  # not a second SIGTERM while the first is on its way
+        for process in held:
+            signalled(process, False)
+        assert wait_until(lambda: worker.journal.declined() or gone(pid), 30)
+        flags.set("running-go")
+        assert running.get(timeout=30) == "running"
+        assert on_process(os.getpid)().get(timeout=30) == pid
+        assert info()["worker_pids"] == [pid] and restarts() == before
+    finally:
+        flags.set("teardown")
+
+
 def test_a_forced_cancel_of_the_task_after_one_that_ended_as_it_was_stopped_kills_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

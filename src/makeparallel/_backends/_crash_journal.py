@@ -64,6 +64,7 @@ import marshal
 import mmap
 import os
 import sys
+import time
 import _pickle
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from types import FunctionType
@@ -101,9 +102,12 @@ _RAN = 5  # slot of how many of the chunk's items started: a death with fewer re
 # wrote (the worker's "declined", the parent's "called off") could take the parent's write
 # over the worker's, read a moment before, and excuse someone else's SIGTERM later.
 _STOP_FOR = 6  # the parent's: the task its last SIGTERM stops (0: whatever runs); its negative once the kill is called off
-_KILLS = 7  # the parent's: how many kills it signalled (SIGTERM), this one included
+_KILLS = 7  # the parent's: how many kills it made, this one included (each a SIGTERM: its own, or one on its way)
 _DECLINED = 8  # the worker's: the kill (its number in _KILLS) whose SIGTERM it declined last
 _KINDS = 8 * 9  # byte offset of the kind bytes
+# Seconds after which a SIGTERM sent and neither declined nor obeyed is taken as gone: a task's own
+# handler had it (the parent sends the next kill's then, rather than rely on the SIGKILL).
+_ON_ITS_WAY = 5.0
 _RECORDS = (_KINDS + RECORDS) // 8  # slot of the first record
 _DATA = 8 * (_RECORDS + RECORDS)  # byte offset of the data area
 # Record kinds; 0 is an ``int`` (or no record, while the record holds the marker).
@@ -516,11 +520,13 @@ def _pickle_otherwise(value: Any) -> bytes:
 class JournalReader:
     """The parent's side: what a dead worker finished and had not sent."""
 
-    __slots__ = ("_map",)
+    __slots__ = ("_map", "_signalled", "_signalled_at")
 
     def __init__(self, fd: int) -> None:
         with standard_numbers_held():  # in the parent, which may have closed its standard streams
             self._map = mmap.mmap(fd, JOURNAL_BYTES)  # keeps a descriptor of its own
+        self._signalled = 0  # the last kill whose SIGTERM was sent (its number in _KILLS; 0: none)
+        self._signalled_at = 0.0  # when (time.monotonic())
 
     def started(self) -> int:
         """The id of the last task the worker started (0: none): while it runs, the task it runs or last ran."""
@@ -530,15 +536,65 @@ class JournalReader:
         finally:
             slots.release()
 
-    def stop_for(self, task_id: int) -> None:
-        """Say which task the ``SIGTERM`` about to be sent is for (0: whatever the worker runs): :meth:`JournalWriter.declines`."""
+    def stop_for(self, task_id: int) -> bool:
+        """Say which task the kill about to be signalled is for (0: whatever the worker runs): :meth:`JournalWriter.declines`.
+
+        Returns whether to send its ``SIGTERM`` now: not while the last one
+        sent may still be on its way, neither declined nor obeyed yet (a kill
+        called off before the worker handled it, or this one's task stopped
+        since). A kill excuses one signal, and signals that come together run
+        the handler once: a second one sent then came after the first was
+        declined for this kill, and ended the task running then. The one on
+        its way serves this kill: handled from now on, it is for this kill's
+        task; handled before, :meth:`signal_owed` says so, and this kill's is
+        sent then. One neither declined nor obeyed ``_ON_ITS_WAY`` seconds
+        after it was sent went to a task's own handler: this kill's is sent.
+        """
         try:
             slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone
-            return
+        except ValueError:  # closed: the worker is gone (signalled as it was before)
+            return True
         try:
             slots[_STOP_FOR] = task_id  # before the count: a handler that sees the new kill sees its task
             slots[_KILLS] += 1
+            # (Read after the count: a handler that read the count before says so in time for signal_owed.)
+            now = time.monotonic()
+            if slots[_DECLINED] < self._signalled and now < self._signalled_at + _ON_ITS_WAY:
+                return False
+            self._signalled, self._signalled_at = slots[_KILLS], now
+            return True
+        finally:
+            slots.release()
+
+    def signal_held(self) -> bool:
+        """Whether :meth:`stop_for` held the last kill's ``SIGTERM`` back: :meth:`signal_owed` is to be asked until it is sent."""
+        try:
+            slots = memoryview(self._map).cast("q")
+        except ValueError:  # closed: the worker is gone
+            return False
+        try:
+            return self._signalled != slots[_KILLS]
+        finally:
+            slots.release()
+
+    def signal_owed(self) -> bool:
+        """Whether to send the last kill's ``SIGTERM`` now: its :meth:`stop_for` held it back, and the signal on its way was declined since.
+
+        That signal's handler read the kill before (its decline is that kill's,
+        not this one's): no other signal is on its way. Handled after, it was
+        this kill's, declined (:meth:`declined`) or obeyed; and a kill called
+        off needs no signal.
+        """
+        try:
+            slots = memoryview(self._map).cast("q")
+        except ValueError:  # closed: the worker is gone
+            return False
+        try:
+            kill, declined = slots[_KILLS], slots[_DECLINED]
+            if self._signalled == kill or declined < self._signalled or declined == kill or slots[_STOP_FOR] < 0:
+                return False
+            self._signalled, self._signalled_at = kill, time.monotonic()
+            return True
         finally:
             slots.release()
 

@@ -1991,8 +1991,9 @@ class ProcessBackend(QueueingBackend):
                         continue
                     if task is not None and worker.journal.started() != task._id:
                         worker.stop_for = task = None  # it starts that task next: killed whatever it runs
-                    worker.journal.stop_for(0 if task is None else task._id)
-                if not _signalled(worker.process, kill=False):
+                    # Held back while the last SIGTERM sent is on its way: that one serves this kill.
+                    signal_now = worker.journal.stop_for(0 if task is None else task._id)
+                if signal_now and not _signalled(worker.process, kill=False):
                     _end_writing(worker)  # for good: it ends whatever it runs
                     worker.stop_for = None
                 worker.kill_at = now + _TERMINATE_GRACE
@@ -2010,6 +2011,11 @@ class ProcessBackend(QueueingBackend):
                         ):
                             self._spare_locked(worker)  # the task ended as the signal came: the worker runs on
                             continue
+                if worker.journal.signal_owed():  # the one on its way was declined before this kill was written
+                    if not _signalled(worker.process, kill=False):
+                        _end_writing(worker)
+                        worker.stop_for = None
+                    worker.kill_at = now + _TERMINATE_GRACE
                 if now < worker.kill_at:
                     continue
                 if not _signalled(worker.process, kill=True) or _not_forked(worker.process):
@@ -2073,7 +2079,7 @@ class ProcessBackend(QueueingBackend):
             elif w.delivering and not isinstance(w.process, ForkedProcess):
                 # Its pipe unwatched, nothing tells of its end (a forked one's, its template does).
                 deadlines.append(now + _EXIT_POLL)
-            if w.forced or (w.kill_at is not None and w.stop_for is not None):  # (a task starts, a signal declined)
+            if w.forced or (w.kill_at is not None and (w.stop_for is not None or w.journal.signal_held())):  # (a task starts, a signal declined)
                 deadlines.append(now + _FORCED_POLL)
         if self._left_to_end:
             deadlines.append(now + _TERMINATE_GRACE)
