@@ -25,6 +25,7 @@ import pytest
 
 import makeparallel as mp
 from async_helpers import request_id, tenant
+from makeparallel.testing import wait_until_idle
 from pool_helpers import Flags, hold_the_pool, poll_until_stopped, resize, wait_until
 
 T = TypeVar("T")
@@ -778,7 +779,7 @@ BLOCKING_WAITS: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "exception": lambda handle: handle.exception(timeout=20),
     "wait": lambda handle: handle.wait(timeout=20) and handle.exception(),
     "mp.gather": lambda handle: mp.gather([handle], timeout=20)[0],
-    "mp.wait": lambda handle: mp.wait([handle], timeout=20) and handle.exception(),
+    "mp.wait": lambda handle: next(iter(mp.wait([handle], timeout=20).done)).exception(),  # StopIteration: not done
     "mp.as_completed": lambda handle: next(iter(mp.as_completed([handle], timeout=20))).exception(),
 }
 
@@ -830,8 +831,11 @@ def test_a_coroutine_that_ended_in_its_loops_last_turn_gives_its_result_after_th
 
 
 @pytest.mark.timeout(60)
-def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close() -> None:
+@pytest.mark.parametrize("wait", BLOCKING_WAITS)
+def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: str) -> None:
     # The loop runs on a thread of its own, and closes while another thread waits for the task.
+    # mp.gather, mp.wait and mp.as_completed, which wait on their own queue, ran out their
+    # timeout (or waited for good without one).
     fn = mp.parallel(backend="sync")(sleeps_then_doubles)
     called, close = threading.Event(), threading.Event()
     handles: list[mp.AsyncHandle[int]] = []
@@ -851,9 +855,14 @@ def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close() -> N
         assert called.wait(30)
         (handle,) = handles
         outcome: list[object] = []
-        waiting = threading.Thread(target=lambda: outcome.append(outcome_of(lambda: handle.get(timeout=20))))
+        callbacks = len(handle._callbacks or ())
+        waiting = threading.Thread(target=lambda: outcome.append(outcome_of(lambda: BLOCKING_WAITS[wait](handle))))
         waiting.start()
-        assert wait_until(lambda: bool(handle._waiters), 30), "the wait never began"
+
+        def began() -> bool:  # a waiter (the handle's own waits) or one more done-callback (the collectors')
+            return bool(handle._waiters) or len(handle._callbacks or ()) > callbacks
+
+        assert wait_until(began, 30), "the wait never began"
     finally:
         close.set()
         thread.join(30)
@@ -879,6 +888,36 @@ def test_waiting_on_the_thread_of_the_stopped_loop_that_runs_the_coroutine_is_re
         loop.close()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "dropped"])
+@pytest.mark.parametrize("wait", ["wait_until_idle", "shutdown"])
+def test_a_wait_for_every_task_ends_one_whose_coroutines_loop_closed(wait: str, kept: bool) -> None:
+    # wait_until_idle() and shutdown() ran out their timeout: only exit looked at the loops. And
+    # noted weakly, a task whose handle nobody kept was forgotten once collected, yet counted as
+    # unfinished for good: exit, too, waited out its exit_timeout for it.
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    outcomes: list[object] = []
+
+    def called(n: int) -> mp.AsyncHandle[int]:
+        handle = fn(n)
+        handle.add_done_callback(lambda ended: outcomes.append(type(ended.exception())))
+        return handle
+
+    loop = asyncio.new_event_loop()
+    try:
+        handles = [called_from_a_coroutine_on(loop, called)][:kept]
+    finally:
+        loop.close()
+    gc.collect()  # (and asyncio's report of the task the loop was closed with, in this test's time)
+    if wait == "shutdown":
+        assert mp.shutdown(timeout_secs=20) is True
+    else:
+        assert wait_until_idle(timeout=20) is True
+    assert outcomes == [mp.ShutdownError]
+    assert mp.get_active_task_count() == 0
+    assert all(isinstance(handle.exception(), mp.ShutdownError) for handle in handles)
+
+
 _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP = """import asyncio
 import makeparallel as mp
 
@@ -896,11 +935,17 @@ mp.configure(exit_timeout=20)
 print("closed")
 """
 
+#: The same, with the handle dropped and collected: the task itself was forgotten, still counted.
+_EXIT_WITH_A_DROPPED_TASK_ON_A_CLOSED_LOOP = _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP.replace(
+    'print("closed")', 'del handle\nimport gc\ngc.collect()\nprint("closed")'
+)
+
 
 @pytest.mark.timeout(60)
-def test_exit_does_not_wait_for_a_task_whose_coroutines_loop_closed() -> None:
+@pytest.mark.parametrize("script", [_EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP, _EXIT_WITH_A_DROPPED_TASK_ON_A_CLOSED_LOOP], ids=["kept", "dropped"])
+def test_exit_does_not_wait_for_a_task_whose_coroutines_loop_closed(script: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP]
+    command = [sys.executable, "-c", script]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["closed"]

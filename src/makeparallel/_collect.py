@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from . import _interruptible
 from ._backends._base import BlockingWait
+from ._coroutines import on_callers_loops, wait_watching_the_loop
 from ._handle import AsyncHandle, cancel_and_stop
 from ._progress import ProgressOption, open_progress
 from ._states import PENDING, SUCCEEDED
@@ -142,6 +143,9 @@ class Completions:
         self._candidates: deque[weakref.ref[AsyncHandle[Any]]] | None = (
             deque() if timeout is None and self._task is not None else None
         )
+        # Those whose coroutine runs on the loop of the code that called them: only that loop
+        # ends them, and nothing tells of its close, so the wait looks between slices.
+        self._on_callers_loops: list[AsyncHandle[Any]] = []
 
     @classmethod
     def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
@@ -158,6 +162,8 @@ class Completions:
                 thread's event loop runs (the wait would block it), as ``get()``.
         """
         handle._refuse_to_block_a_loop()
+        if on_callers_loops and handle in on_callers_loops:
+            self._on_callers_loops.append(handle)
         if handle is self._task and handle._state < SUCCEEDED:
             self._itself += 1  # other tasks' ends may still end the wait (FIRST_COMPLETED): refused in next()
         self.outstanding += 1
@@ -212,12 +218,35 @@ class Completions:
             else:
                 with CancellationPoint(current_task(), self._put, None), BlockingWait():
                     deadline = self._deadline
-                    handle = _interruptible.get(ended, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if self._on_callers_loops:
+                        handle = self._get_watching_the_loops(remaining)
+                    else:
+                        handle = _interruptible.get(ended, remaining)
         except queue.Empty:
             self.timed_out = True
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
+
+    def _get_watching_the_loops(self, timeout: float | None) -> AsyncHandle[Any]:
+        """The next handle to end, within ``timeout``; a task whose coroutine's loop closed meanwhile ends with it.
+
+        Raises:
+            queue.Empty: ``timeout`` passed first.
+        """
+        got: list[AsyncHandle[Any]] = []
+
+        def get(timeout: float | None) -> bool:
+            try:
+                got.append(_interruptible.get(self._ended, timeout))
+            except queue.Empty:
+                return False
+            return True
+
+        if not wait_watching_the_loop(self._on_callers_loops, get, timeout):
+            raise queue.Empty
+        return got[0]
 
     def _run_one_queued(self) -> bool:
         candidates = self._candidates

@@ -27,7 +27,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -92,9 +92,9 @@ attempt_cancels: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.We
 class _OnCallersLoop:
     """A coroutine started on its caller's running loop (:func:`start_on_running_loop`), until it ends.
 
-    It holds what it names weakly: a strong reference to the loop or to the asyncio
-    task (whose coroutine holds the handle) would keep the handle, this entry's key,
-    for good where the loop never runs the coroutine to its end.
+    It holds what it names weakly: a loop closed with the coroutine unfinished (or
+    left unclosed, and collected) and its asyncio task are let go, as asyncio lets
+    them go; the entry tells so (:meth:`closed`).
     """
 
     __slots__ = ("future", "loop", "started", "thread")
@@ -118,7 +118,10 @@ class _OnCallersLoop:
 
 #: The handles whose coroutine runs on the loop of the code that called them (the ``"sync"``
 #: backend called from a coroutine). Only that loop can end it; closed first, it never ends.
-on_callers_loops: weakref.WeakKeyDictionary[Any, _OnCallersLoop] = weakref.WeakKeyDictionary()
+#: Held strongly, until the task ends or its loop is found closed: held weakly, a handle
+#: nobody kept was forgotten with its loop, yet its task still counted as unfinished, and
+#: every wait for all tasks (``wait_until_idle``, ``shutdown``, exit) waited out its timeout.
+on_callers_loops: dict[Any, _OnCallersLoop] = {}
 
 
 def is_coroutine(value: object) -> bool:
@@ -315,10 +318,10 @@ def check_the_loop_of(task: Any) -> None:
         )
 
 
-def wait_watching_the_loop(task: Any, acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
-    """``acquire(timeout)``, in slices, ending ``task`` if its coroutine's loop closes meanwhile; whether acquired.
+def wait_watching_the_loop(tasks: Iterable[Any], acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """``acquire(timeout)``, in slices, ending each of ``tasks`` whose coroutine's loop closes meanwhile; whether acquired.
 
-    For a task in :data:`on_callers_loops`: nothing tells of a loop's close, and a
+    For tasks in :data:`on_callers_loops`: nothing tells of a loop's close, and a
     wait begun before it (the loop runs on another thread) lasted for good.
     """
     import time
@@ -332,19 +335,18 @@ def wait_watching_the_loop(task: Any, acquire: Callable[[float | None], bool], t
             return True
         if remaining is not None and remaining <= SLICE:
             return False
-        on = on_callers_loops.get(task)
-        if on is not None and on.closed():
-            _end_off_a_closed_loop(task, on)  # which wakes this wait
+        for task in tasks:
+            on = on_callers_loops.get(task)
+            if on is not None and on.closed():
+                _end_off_a_closed_loop(task, on)  # which wakes this wait
 
 
 def end_those_of_closed_loops() -> None:
     """End every task whose coroutine's loop closed before it ended; at exit, before its wait for the tasks."""
-    # keyrefs() copies the keys in one C call: a loop's thread may take an entry meanwhile,
-    # and iterating the weak dictionary itself would raise then.
-    for reference in on_callers_loops.keyrefs():
-        task = reference()
-        on = None if task is None else on_callers_loops.get(task)
-        if on is not None and on.closed():
+    # A copy, made in one C call: a loop's thread may take an entry meanwhile, and
+    # iterating the dictionary itself would raise then.
+    for task, on in list(on_callers_loops.items()):
+        if on.closed():
             _end_off_a_closed_loop(task, on)
 
 

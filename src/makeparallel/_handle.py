@@ -1230,7 +1230,7 @@ class AsyncHandle(Generic[T_co]):
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if self._observer.is_async and self in on_callers_loops:  # its loop may close as this waits
-            acquired = wait_watching_the_loop(self, functools.partial(_interruptible.acquire, waiter), timeout)
+            acquired = wait_watching_the_loop((self,), functools.partial(_interruptible.acquire, waiter), timeout)
         else:
             acquired = _interruptible.acquire(waiter, timeout)
         if acquired:
