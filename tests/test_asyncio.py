@@ -871,6 +871,49 @@ def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: 
     gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("when", "wait"), [("before", "result"), ("before", "exception"), ("before", "shutdown"), ("during", "result"), ("during", "exception")]
+)
+def test_an_executor_future_whose_coroutines_loop_closed_ends_with_shutdown_error(when: str, wait: str) -> None:
+    # The future's wait is concurrent.futures' own, which never looked at the loop: it ran out
+    # its timeout, or lasted for good without one, whether the loop closed before it or during it;
+    # Executor.shutdown(wait=True) waited for good.
+    close = threading.Event()
+    futures: list[cf.Future[int]] = []
+
+    with mp.Executor(backend="sync") as executor:
+
+        def runs_a_loop() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                futures.append(called_from_a_coroutine_on(loop, lambda n: executor.submit(sleeps_then_doubles, n)))  # type: ignore[arg-type, return-value]
+                if when == "during":
+                    assert close.wait(30), "the test never let the loop close"
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=runs_a_loop, name="test-loop")
+        thread.start()
+        if when == "before":
+            thread.join(30)
+        assert wait_until(lambda: bool(futures), 30)
+        (future,) = futures
+        outcome: list[object] = []
+        if wait == "shutdown":
+            executor.shutdown(wait=True)
+            wait = "exception"
+        waiting = threading.Thread(target=lambda: outcome.append(outcome_of(lambda: getattr(future, wait)(timeout=20))))
+        waiting.start()
+        if when == "during":
+            assert wait_until(lambda: bool(future._waiters) or bool(future.handle._waiters), 30), "the wait never began"  # type: ignore[attr-defined]
+            close.set()
+        thread.join(30)
+        waiting.join(30)
+        assert outcome == [mp.ShutdownError]
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
 @pytest.mark.timeout(30)
 def test_waiting_on_the_thread_of_the_stopped_loop_that_runs_the_coroutine_is_refused() -> None:
     # Nothing runs that loop while its thread waits: the wait lasted for good. Running the

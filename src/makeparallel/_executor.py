@@ -32,7 +32,7 @@ from ._admission import Limiter, NoSlotInTime
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
-from ._coroutines import is_coroutine, run_to_end, running_loop
+from ._coroutines import is_coroutine, on_callers_loops, run_to_end, running_loop
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
@@ -120,7 +120,11 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         Raises:
             RuntimeError: the task has not ended and this is its process pool's
                 loop thread (in a done-callback of this executor's futures),
-                which reads the result waited for: the wait could never end.
+                which reads the result waited for: the wait could never end; or
+                its coroutine runs on the event loop of the code that submitted
+                it (the ``"sync"`` backend, from a coroutine), and this thread
+                runs that loop, or ran it and it is stopped.
+            ShutdownError: that loop closed before the coroutine ended.
         """
         error = super().exception(self._wait_inside_a_task(timeout))
         if error is None:
@@ -168,6 +172,14 @@ class ExecutorFuture(concurrent.futures.Future[T]):
                 "task of the executor could either. Submit the follow-up work from the callback "
                 "and return, or wait from another thread"
             )
+        handle = self.handle
+        if on_callers_loops and handle in on_callers_loops:
+            # Its coroutine runs on the loop of the code that called it, which alone ends it: the
+            # handle's wait ends it if that loop closed (also while it waits), or refuses where
+            # nothing could run the loop. The standard wait never looked, and lasted for good.
+            handle._refuse_to_block_a_loop()
+            handle._block(None if timeout is None else bounded(max(0.0, timeout)))
+            return None if timeout is None else 0.0
         if pool_of_this_thread() is None:
             if current_task() is None:
                 return None if timeout is None else bounded(timeout)
@@ -477,6 +489,7 @@ class Executor(concurrent.futures.Executor):
         backend.close(cancel_pending=cancel_futures)
         frees = self._finalizer.detach() is not None  # shut down, it leaves nothing to do when collected
         if wait:
+            _runtime.end_those_of_closed_loops()  # a "sync" task's coroutine there would hold up the wait for good
             backend.wait_idle(None)
             backend.terminate()  # worker processes stop now
         elif frees:  # the first call frees the pool

@@ -693,7 +693,7 @@ def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> 
     for again until one pass finds them all idle.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    _end_those_of_closed_loops()
+    end_those_of_closed_loops()
     while True:
         for backend in backends():
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -885,7 +885,7 @@ def _every_pool() -> list[Backend]:
     return [*_all_backends(), *_executor_pools()]
 
 
-def _end_those_of_closed_loops() -> None:
+def end_those_of_closed_loops() -> None:
     """Before a wait for every task: end those whose coroutine's loop closed first, which would hold it up for good."""
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:
@@ -894,7 +894,7 @@ def _end_those_of_closed_loops() -> None:
 
 def _at_exit() -> None:
     backends = _all_backends()
-    _end_those_of_closed_loops()  # (before its count of the tasks left, too)
+    end_those_of_closed_loops()  # (before its count of the tasks left, too)
     try:
         reopen = _wait_or_abandon(backends, _executor_pools())
     except KeyboardInterrupt:
