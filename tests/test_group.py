@@ -18,6 +18,8 @@ import pytest
 from pool_helpers import hold_the_pool, wait_until
 
 import makeparallel as mp
+from makeparallel import _runtime
+from makeparallel._admission import Limiter
 from makeparallel.testing import wait_until_idle
 
 BACKENDS = ["thread", "sync"]
@@ -526,6 +528,82 @@ def test_the_wait_for_a_submit_under_way_ends_at_the_groups_timeout() -> None:
         go.set()
         giver.join(30)
     assert ctx.handles == given  # taken as the group ended: cancelled (here it had ended), not lost
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("failure", ["body-error", "ctrl-c", "task-failure", "task-failure-as-the-block-waits"])
+def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_slot(
+    backend: str, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread's submit waits for the one global slot, held by a task outside the
+    # group until the block has ended. The group fails (its body raises, or a task of
+    # it fails): its end waited for that submit, that is for the slot, though the task
+    # would only be cancelled as made; here it waited for good (the slot frees after
+    # the block). A failed group ends at once.
+    mp.set_max_concurrent_tasks(1)
+    holding, fail_now, release, closing = (threading.Event() for _ in range(4))
+    groups: list[mp.ParallelContext] = []
+
+    def hold() -> None:  # the slot's holder, outside the group; it fails the group from inside a task
+        holding.set()
+        if fail_now.wait(30) and failure.startswith("task-failure"):
+            groups[0].submit(fail, 3)  # (from a task: no wait for a slot)
+        release.wait(20)
+
+    holder = threading.Thread(target=lambda: mp.parallel(backend="sync")(hold)())
+    holder.start()
+    assert holding.wait(30)
+    given: list[Any] = []
+
+    def give() -> None:
+        try:
+            given.append(groups[0].submit(add, 1))
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+
+    giver = threading.Thread(target=give)
+    waiting = threading.Event()
+    acquire = Limiter.acquire
+
+    def acquire_telling(limiter: Limiter, deadline: float | None = None) -> bool:
+        if threading.current_thread() is giver:
+            waiting.set()
+        return acquire(limiter, deadline)
+
+    monkeypatch.setattr(Limiter, "acquire", acquire_telling)
+    raised = KeyboardInterrupt if failure == "ctrl-c" else Boom
+    try:
+        with pytest.raises(raised), mp.ParallelContext(backend=backend) as ctx:
+            groups.append(ctx)
+            giver.start()
+            assert waiting.wait(30)
+            if failure == "task-failure":
+                fail_now.set()
+                assert wait_until(lambda: bool(ctx.errors), 30)
+            elif failure == "task-failure-as-the-block-waits":
+                wait_for_submits = ctx._wait_for_submits_locked
+
+                def tell_then_wait() -> bool:
+                    closing.set()
+                    return wait_for_submits()
+
+                monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+                threading.Thread(target=lambda: closing.wait(30) and fail_now.set()).start()
+            elif failure == "body-error":
+                raise Boom(2, "the body failed")
+            else:
+                raise KeyboardInterrupt
+        assert holder.is_alive(), "the failed group's end waited for the slot its submit under way waited for"
+    finally:
+        fail_now.set()
+        release.set()
+        holder.join(30)
+        giver.join(30)
+    assert len(given) == 1
+    # Refused, or made once the slot came and cancelled as it joined the failed group (on
+    # "sync", or on a free worker, it may have run to its end first): never lost.
+    assert isinstance(given[0], mp.TaskCancelledError) or (given[0].done() and given[0] in ctx.handles), given[0]
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
 
 
 @pytest.mark.timeout(20)

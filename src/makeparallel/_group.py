@@ -199,7 +199,8 @@ class ParallelContext:
         one is among them: it is cancelled here instead, or it ran on after the
         group had ended. A submit past its first check is counted until its
         task is among the group's (or it raised), and the block's end waits for
-        it: a task is refused before it is made, or waited for. Refused once
+        it: a task is refused before it is made, or waited for (unless the
+        group cancels its tasks: then it is cancelled as made). Refused once
         made, as it was, it may have run all the same (inline, or on a free
         worker), though its caller was told it was not taken.
         """
@@ -344,7 +345,9 @@ class ParallelContext:
         read) kept its worker busy after the group had ended, and the pool's
         next tasks waited for it.
         """
-        self._cancelling = True
+        with self._lock:
+            self._cancelling = True
+            self._made.notify_all()  # the block's end, waiting for a submit under way, need not any more
         cancel_and_stop(self.handles)
 
     def _ended_error(self) -> RuntimeError:
@@ -360,12 +363,17 @@ class ParallelContext:
         """Wait for every task, then close the group: no task can join it unwaited for after this.
 
         A submit under way (on another thread, past its first check) is waited
-        for too, and then its task; within the group's ``timeout``.
+        for too, and then its task; within the group's ``timeout``. Not once
+        the group cancels its tasks (a failure, Ctrl-C): its task would be
+        cancelled as it is made, and its wait for a slot under a limit the
+        group does not own (``mp.set_max_concurrent_tasks``) could outlast the
+        block, whose end would wait for it (for good, if the slot's holder
+        waits for what comes after the block).
         """
         waited = self._wait_all()
         while True:
             with self._lock:  # a submit appends under it: one that got in past the last wait is waited for too
-                if waited == len(self._handles) and not self._making:
+                if waited == len(self._handles) and (not self._making or self._cancelling):
                     self._ended = True
                     return
                 in_time = waited < len(self._handles) or self._wait_for_submits_locked()
