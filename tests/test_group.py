@@ -606,6 +606,38 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
     assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["global", "group"])
+def test_a_timeout_met_by_another_threads_submit_is_raised_by_the_block_too(limit: str) -> None:
+    # Another thread's submit waits for the one slot, held by a task of the group, past
+    # the group's timeout: it cancels the group's tasks and raises TaskTimeoutError, to
+    # that thread. The block then found every task ended (cancelled) and ended without
+    # an error, as if they had all succeeded: it raises the group's timeout too.
+    release = threading.Event()
+    if limit == "global":
+        mp.set_max_concurrent_tasks(1)
+    given: list[BaseException] = []
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(add, 1)
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+
+    try:
+        timed_out = pytest.raises(mp.TaskTimeoutError, match=r"the group timed out after 0.3 s; its 1 unfinished task")
+        with timed_out, mp.ParallelContext(timeout=0.3, max_concurrent=1 if limit == "group" else None) as ctx:
+            held = ctx.submit(release.wait, 30)
+            giver = threading.Thread(target=give, args=(ctx,))
+            giver.start()
+            giver.join(30)
+            assert len(given) == 1 and isinstance(given[0], mp.TaskTimeoutError), given
+    finally:
+        release.set()
+    assert held.cancelled()
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+
+
 @pytest.mark.timeout(20)
 def test_a_task_still_running_after_the_group_timed_out_cannot_add_tasks(gate: threading.Event) -> None:
     # As after a failure: the group had cancelled its tasks and raised, and a task

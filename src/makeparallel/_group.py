@@ -49,7 +49,9 @@ class ParallelContext:
             is raised. It also bounds each ``submit``'s wait for a slot (the
             group's ``max_concurrent``, the function's, or
             ``mp.set_max_concurrent_tasks``): past it, nothing is submitted
-            and ``submit`` times the group out.
+            and ``submit`` times the group out (the block then raises
+            ``TaskTimeoutError`` too, though that ``submit`` ran on another
+            thread).
         max_concurrent: at most this many of the group's tasks in flight; a
             submission over the limit waits until one ends (within the
             group's ``timeout``: past it, ``submit`` times the group out).
@@ -94,6 +96,7 @@ class ParallelContext:
         self._cancelling = False  # set once the group cancels its own tasks
         self._ended = False  # set, under the lock, once the block ended and waited for every task
         self._deadline: float | None = None
+        self._timed_out: str | None = None  # the message of the group's timeout, once it passed
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
         self.errors: list[BaseException] = []
@@ -127,6 +130,8 @@ class ParallelContext:
             raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
         if exc is None and self.errors:
             raise self.errors[0]
+        if exc is None and self._timed_out is not None:  # met on another thread: the block's too
+            raise TaskTimeoutError(self._timed_out)
 
     # -- submitting ----------------------------------------------------------------
 
@@ -406,13 +411,19 @@ class ParallelContext:
         return waited
 
     def _time_out(self) -> NoReturn:
-        """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``."""
+        """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``.
+
+        Kept for the block's end (before the cancelling, which may let it end):
+        met on another thread (a submit waiting for a slot there, say), the
+        timeout reached only that thread, and the block, finding every task
+        ended, ended without an error.
+        """
         unfinished = sum(1 for h in self.handles if not h.done())
-        self._cancel_unfinished()
-        raise TaskTimeoutError(
-            f"the group timed out after {self._timeout:g} s; its {unfinished} "
-            "unfinished task(s) were cancelled"
+        self._timed_out = (
+            f"the group timed out after {self._timeout:g} s; its {unfinished} unfinished task(s) were cancelled"
         )
+        self._cancel_unfinished()
+        raise TaskTimeoutError(self._timed_out)
 
 
 TaskGroup = ParallelContext
