@@ -48,7 +48,9 @@ def as_integer(value: Any) -> int | None:
     """
     if type(value) is int:
         return value
-    if isinstance(value, bool):  # (NumPy's bool_ has no __index__)
+    # NumPy's bool (dtype kind "b") has no __index__ from NumPy 2.3; before, it had
+    # one that warned it would go (a DeprecationWarning, an error where warnings are).
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b":
         return None
     try:
         return operator.index(value)
