@@ -8,6 +8,7 @@ each entry point takes them as the numbers they are, keeps a plain ``int`` or
 
 from __future__ import annotations
 
+import concurrent.futures
 import operator
 import threading
 from collections.abc import Callable
@@ -221,14 +222,14 @@ def test_an_executor_futures_wait_takes_seconds_of_any_real_type(backend: str, m
         return "done"
 
     def times_out_inside_a_task(future: Any) -> bool:  # there the wait goes through the handle
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):  # (on 3.10 not the builtin one)
             getattr(future, method)(timeout=make(0))
         return True
 
     with mp.Executor(max_workers=2) as executor:
         future = executor.submit(held)
         try:
-            with pytest.raises(TimeoutError):
+            with pytest.raises(concurrent.futures.TimeoutError):
                 getattr(future, method)(timeout=make(0))
             # On a pool's worker; or inline (sync): in a task, not on a worker, the handle's blocking wait.
             assert mp.parallel(times_out_inside_a_task, backend=backend)(future).get(timeout=30)
