@@ -550,6 +550,7 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
             groups[0].submit(fail, 3)  # (from a task: no wait for a slot)
         release.wait(20)
 
+    failer: threading.Thread | None = None  # fails the group as its block waits (joined: no thread outlives the test)
     holder = threading.Thread(target=lambda: mp.parallel(backend="sync")(hold)())
     holder.start()
     assert holding.wait(30)
@@ -588,17 +589,21 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
                     return wait_for_submits()
 
                 monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
-                threading.Thread(target=lambda: closing.wait(30) and fail_now.set()).start()
+                failer = threading.Thread(target=lambda: closing.wait(30) and fail_now.set())
+                failer.start()
             elif failure == "body-error":
                 raise Boom(2, "the body failed")
             else:
                 raise KeyboardInterrupt
         assert holder.is_alive(), "the failed group's end waited for the slot its submit under way waited for"
     finally:
+        closing.set()
         fail_now.set()
         release.set()
         holder.join(30)
         giver.join(30)
+        if failer is not None:
+            failer.join(30)
     assert len(given) == 1
     # Refused, or made once the slot came and cancelled as it joined the failed group (on
     # "sync", or on a free worker, it may have run to its end first): never lost.
