@@ -530,6 +530,31 @@ def test_the_wait_for_a_submit_under_way_ends_at_the_groups_timeout() -> None:
     assert ctx.handles == given  # taken as the group ended: cancelled (here it had ended), not lost
 
 
+@pytest.mark.timeout(30)
+def test_a_ctrl_c_as_a_submit_gives_its_count_back_leaves_the_blocks_end_free(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C that lands as a submit gives back its count (at the call's entry, as
+    # CPython raises a pending one) left it counted as under way: the block, its
+    # interrupt caught, ended waiting for that submit, on its own thread, for good.
+    made_one = mp.ParallelContext._made_one_locked
+    interrupted: list[bool] = []
+
+    def interrupted_once(ctx: mp.ParallelContext, *args: Any) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        made_one(ctx, *args)
+
+    monkeypatch.setattr(mp.ParallelContext, "_made_one_locked", interrupted_once)
+    with mp.ParallelContext(backend=backend) as ctx:
+        with pytest.raises(KeyboardInterrupt):
+            ctx.submit(abs, -1)
+        ctx.submit(abs, -2)
+    assert interrupted == [True]
+    assert ctx.results() == [1, 2]  # the interrupted submit's task was taken, and waited for
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("failure", ["body-error", "ctrl-c", "task-failure", "task-failure-as-the-block-waits"])
 def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_slot(

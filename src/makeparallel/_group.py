@@ -89,8 +89,10 @@ class ParallelContext:
         # Plain functions made parallel once per group; keyed by id, kept alive here.
         self._functions: dict[int, ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
         self._lock = threading.Lock()
-        # Submits past their first check, not yet appended (or refused): the block's end waits for them.
-        self._making = 0
+        # Submits past their first check, not yet appended (or refused), by thread: the block's
+        # end waits for those of other threads. (Its own has none under way as it ends; one a
+        # Ctrl-C left counted, landing as the count was given back, would hold it for good.)
+        self._making: dict[int, int] = {}
         self._made = threading.Condition(self._lock)
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
@@ -209,19 +211,21 @@ class ParallelContext:
         made, as it was, it may have run all the same (inline, or on a free
         worker), though its caller was told it was not taken.
         """
-        with self._lock:
-            self._refuse_if_ended()
-            self._making += 1
+        here = threading.get_ident()
+        counted = False
         try:
-            handle = self._make(fn, positional, kwargs)
-        except BaseException:
             with self._lock:
-                self._made_one_locked()
-            raise
-        with self._lock:
-            self._handles.append(handle)
-            ended_meanwhile = self._cancelling
-            self._made_one_locked()
+                self._refuse_if_ended()
+                self._making[here] = self._making.get(here, 0) + 1
+                counted = True
+            handle = self._make(fn, positional, kwargs)
+            with self._lock:
+                self._handles.append(handle)
+                ended_meanwhile = self._cancelling
+        finally:
+            if counted:
+                with self._lock:
+                    self._made_one_locked(here)
         handle.add_done_callback(self._task_ended)
         if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
             cancel_and_stop([handle])
@@ -252,10 +256,12 @@ class ParallelContext:
             self._limiter.release()
         self._time_out()
 
-    def _made_one_locked(self) -> None:
-        """A submit under way ended (its task added, or it raised): the block's end may go on."""
-        self._making -= 1
-        if not self._making:
+    def _made_one_locked(self, thread: int) -> None:
+        """A submit under way on ``thread`` ended (its task added, or it raised): the block's end may go on."""
+        left = self._making.pop(thread) - 1
+        if left:
+            self._making[thread] = left
+        else:
             self._made.notify_all()
 
     @overload
@@ -375,10 +381,12 @@ class ParallelContext:
         block, whose end would wait for it (for good, if the slot's holder
         waits for what comes after the block).
         """
+        here = threading.get_ident()
         waited = self._wait_all()
         while True:
             with self._lock:  # a submit appends under it: one that got in past the last wait is waited for too
-                if waited == len(self._handles) and (not self._making or self._cancelling):
+                elsewhere = any(thread != here for thread in self._making)
+                if waited == len(self._handles) and (not elsewhere or self._cancelling):
                     self._ended = True
                     return
                 in_time = waited < len(self._handles) or self._wait_for_submits_locked()
