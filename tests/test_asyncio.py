@@ -784,6 +784,24 @@ def called_from_a_coroutine_on(loop: asyncio.AbstractEventLoop, fn: Callable[[in
     return loop.run_until_complete(main())
 
 
+def a_loop_on_its_thread(fn: Callable[[int], Any], made: list[Any], close: threading.Event | None) -> threading.Thread:
+    """A started thread that calls ``fn`` on a new loop (:func:`called_from_a_coroutine_on`), keeps what it gave in ``made``,
+    then closes that loop: once ``close`` is set, or at once where it is None."""
+
+    def runs_a_loop() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            made.append(called_from_a_coroutine_on(loop, fn))
+            if close is not None:
+                assert close.wait(30), "the test never let the loop close"
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=runs_a_loop, name="test-loop")
+    thread.start()
+    return thread
+
+
 #: Each blocking way of waiting for a task, as the outcome it gave: the result, or the error's type.
 BLOCKING_WAITS: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "get": lambda handle: handle.get(timeout=20),
@@ -848,22 +866,11 @@ def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: 
     # mp.gather, mp.wait and mp.as_completed, which wait on their own queue, ran out their
     # timeout (or waited for good without one).
     fn = mp.parallel(backend="sync")(sleeps_then_doubles)
-    called, close = threading.Event(), threading.Event()
+    close = threading.Event()
     handles: list[mp.AsyncHandle[int]] = []
-
-    def runs_a_loop() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            handles.append(called_from_a_coroutine_on(loop, fn))
-            called.set()
-            assert close.wait(30), "the test never let the loop close"
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=runs_a_loop, name="test-loop")
-    thread.start()
+    thread = a_loop_on_its_thread(fn, handles, close)
     try:
-        assert called.wait(30)
+        assert wait_until(lambda: bool(handles), 30)
         (handle,) = handles
         outcome: list[object] = []
         callbacks = len(handle._callbacks or ())
@@ -894,18 +901,8 @@ def test_an_executor_future_whose_coroutines_loop_closed_ends_with_shutdown_erro
     futures: list[cf.Future[int]] = []
 
     with mp.Executor(backend="sync") as executor:
-
-        def runs_a_loop() -> None:
-            loop = asyncio.new_event_loop()
-            try:
-                futures.append(called_from_a_coroutine_on(loop, lambda n: executor.submit(sleeps_then_doubles, n)))  # type: ignore[arg-type, return-value]
-                if when == "during":
-                    assert close.wait(30), "the test never let the loop close"
-            finally:
-                loop.close()
-
-        thread = threading.Thread(target=runs_a_loop, name="test-loop")
-        thread.start()
+        submit = lambda n: executor.submit(sleeps_then_doubles, n)
+        thread = a_loop_on_its_thread(submit, futures, close if when == "during" else None)
         if when == "before":
             thread.join(30)
         assert wait_until(lambda: bool(futures), 30)
