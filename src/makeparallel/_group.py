@@ -219,11 +219,13 @@ class ParallelContext:
                 self._making[here] = self._making.get(here, 0) + 1
                 counted = True
             handle = self._make(fn, positional, kwargs)
-            with self._lock:
+            with self._lock:  # appended and given back at once: the close sees one or the other
                 self._handles.append(handle)
                 ended_meanwhile = self._cancelling
+                counted = False  # first: interrupted in the call, it is not given back twice
+                self._made_one_locked(here)
         finally:
-            if counted:
+            if counted:  # it raised, or a Ctrl-C landed before its task was appended
                 with self._lock:
                     self._made_one_locked(here)
         handle.add_done_callback(self._task_ended)
