@@ -528,13 +528,17 @@ class JournalReader:
         self._signalled = 0  # the last kill whose SIGTERM was sent (its number in _KILLS; 0: none)
         self._signalled_at = 0.0  # when (time.monotonic())
 
+    def _slots(self) -> memoryview | None:
+        """The journal's 64-bit slots, to release once read (``None``: closed, the worker is gone)."""
+        try:
+            return memoryview(self._map).cast("q")
+        except ValueError:
+            return None
+
     def started(self) -> int:
         """The id of the last task the worker started (0: none): while it runs, the task it runs or last ran."""
-        slots = memoryview(self._map).cast("q")
-        try:
+        with memoryview(self._map).cast("q") as slots:
             return slots[_STARTED]
-        finally:
-            slots.release()
 
     def stop_for(self, task_id: int) -> bool:
         """Say which task the kill about to be signalled is for (0: whatever the worker runs): :meth:`JournalWriter.declines`.
@@ -550,11 +554,10 @@ class JournalReader:
         sent then. One neither declined nor obeyed ``_ON_ITS_WAY`` seconds
         after it was sent went to a task's own handler: this kill's is sent.
         """
-        try:
-            slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone (signalled as it was before)
+        slots = self._slots()
+        if slots is None:  # closed: the worker is gone (signalled as it was before)
             return True
-        try:
+        with slots:
             slots[_STOP_FOR] = task_id  # before the count: a handler that sees the new kill sees its task
             slots[_KILLS] += 1
             # (Read after the count: a handler that read the count before says so in time for signal_owed.)
@@ -563,19 +566,14 @@ class JournalReader:
                 return False
             self._signalled, self._signalled_at = slots[_KILLS], now
             return True
-        finally:
-            slots.release()
 
     def signal_held(self) -> bool:
         """Whether :meth:`stop_for` held the last kill's ``SIGTERM`` back: :meth:`signal_owed` is to be asked until it is sent."""
-        try:
-            slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone
+        slots = self._slots()
+        if slots is None:  # closed: the worker is gone
             return False
-        try:
+        with slots:
             return self._signalled != slots[_KILLS]
-        finally:
-            slots.release()
 
     def signal_owed(self) -> bool:
         """Whether to send the last kill's ``SIGTERM`` now: its :meth:`stop_for` held it back, and the signal on its way was declined since.
@@ -585,26 +583,20 @@ class JournalReader:
         this kill's, declined (:meth:`declined`) or obeyed; and a kill called
         off needs no signal.
         """
-        try:
-            slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone
+        slots = self._slots()
+        if slots is None:  # closed: the worker is gone
             return False
-        try:
+        with slots:
             kill, declined = slots[_KILLS], slots[_DECLINED]
             if self._signalled == kill or declined < self._signalled or declined == kill or slots[_STOP_FOR] < 0:
                 return False
             self._signalled, self._signalled_at = kill, time.monotonic()
             return True
-        finally:
-            slots.release()
 
     def declined(self) -> bool:
         """Whether the worker declined the ``SIGTERM`` of the last kill (:meth:`stop_for`): its task no longer ran."""
-        slots = memoryview(self._map).cast("q")
-        try:
+        with memoryview(self._map).cast("q") as slots:
             return slots[_KILLS] > 0 and slots[_DECLINED] == slots[_KILLS]
-        finally:
-            slots.release()
 
     def call_off(self) -> None:
         """Have the worker decline the last kill's ``SIGTERM`` whenever it comes, if its handler has not run yet.
@@ -616,26 +608,20 @@ class JournalReader:
         goes through a template a loaded machine has not run may come
         after any number of tasks.
         """
-        try:
-            slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone
+        slots = self._slots()
+        if slots is None:  # closed: the worker is gone
             return
-        try:
+        with slots:
             if slots[_STOP_FOR] > 0:
                 slots[_STOP_FOR] = -slots[_STOP_FOR]
-        finally:
-            slots.release()
 
     def cancel_sent(self) -> None:
         """Count a cancel just sent to the worker (the one thread that sends them calls this)."""
-        try:
-            slots = memoryview(self._map).cast("q")
-        except ValueError:  # closed: the worker is gone
+        slots = self._slots()
+        if slots is None:  # closed: the worker is gone
             return
-        try:
+        with slots:
             slots[_CANCELS] += 1
-        finally:
-            slots.release()
 
     def unsent(self, task_id: int, received: int) -> tuple[list[Any], int] | None:
         """The results of task ``task_id``'s items from index ``received`` on, as journaled; and how many items started.
@@ -650,9 +636,7 @@ class JournalReader:
             Exception: whatever unpickling an entry raised (its class cannot be
                 imported here, say).
         """
-        slots = memoryview(self._map).cast("q")
-        floats = memoryview(self._map).cast("d")
-        try:
+        with memoryview(self._map).cast("q") as slots, memoryview(self._map).cast("d") as floats:
             task, first, marker, ran = slots[0], slots[1], slots[_MARKER], slots[_RAN]
             if task != task_id or first > received:
                 return None
@@ -676,9 +660,6 @@ class JournalReader:
                     start = end
                     results.append(_pickle.loads(data) if data[0] == _PICKLE else marshal.loads(data))
             return results[received - first :], ran
-        finally:
-            slots.release()
-            floats.release()
 
     def close(self) -> None:
         self._map.close()
