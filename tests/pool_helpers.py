@@ -293,6 +293,30 @@ def mul(x: int, y: int) -> int:
     return x * y
 
 
+def negated(fn: Callable[..., int], *args: Any) -> int:
+    """``-fn(*args)``: the call as an executor subclass that wraps its calls makes it."""
+    return -fn(*args)
+
+
+class SubmitCounting(mp.Executor):
+    """An executor whose ``submit`` records each call before it submits it, as a subclass that logs calls does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((fn, args))
+        return super().submit(fn, *args, **kwargs)
+
+
+class SubmitNegating(mp.Executor):
+    """An executor whose ``submit`` wraps each call (in :func:`negated`), as a subclass that wraps calls does."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return super().submit(negated, fn, *args, **kwargs)
+
+
 def fail(message: str) -> None:
     raise ValueError(message)
 

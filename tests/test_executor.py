@@ -21,6 +21,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
@@ -34,6 +35,8 @@ from pool_helpers import (
     CalledBack,
     FalseyError,
     Flags,
+    SubmitCounting,
+    SubmitNegating,
     double_later,
     exit_on,
     exit_on_four,
@@ -100,6 +103,71 @@ def test_map_without_buffersize_submits_everything_at_the_call() -> None:
     with mp.Executor(backend="sync") as executor:
         executor.map(seen.append, range(5))  # never iterated
     assert seen == list(range(5))
+
+
+@pytest.mark.parametrize(("chunksize", "buffersize"), [(1, None), (3, None), (1, 2), (3, 1)])
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_map_makes_its_calls_through_a_subclasss_submit(backend: str, chunksize: int, buffersize: int | None) -> None:
+    # As concurrent.futures' map (and ProcessPoolExecutor's, a chunk a call): a subclass that logs,
+    # counts or wraps calls in submit sees every call a map makes. Ours went around it.
+    with SubmitCounting(backend=backend, max_workers=2) as executor:
+        results = executor.map(mul, range(7), itertools.repeat(3), chunksize=chunksize, buffersize=buffersize)
+        assert list(results) == [3 * x for x in range(7)]
+    calls = [(x, 3) for x in range(7)]
+    if chunksize == 1:
+        assert executor.calls == [(mul, call) for call in calls]
+    else:  # each chunk is one call, with the chunk's argument tuples as its one argument
+        assert [list(args[0]) for _, args in executor.calls] == [calls[:3], calls[3:6], calls[6:]]
+        assert all(len(args) == 1 for _, args in executor.calls)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_with_buffersize_refills_through_a_subclasss_submit(chunksize: int) -> None:
+    # As Python 3.14's: buffersize calls at the call, then one more as each result is taken.
+    with SubmitCounting(max_workers=2) as executor:
+        results = executor.map(abs, itertools.count(), chunksize=chunksize, buffersize=2)
+        assert len(executor.calls) == 2
+        assert list(itertools.islice(results, 5 * chunksize)) == list(range(5 * chunksize))
+        assert len(executor.calls) == 2 + 5
+        results.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_runs_the_calls_a_subclasss_submit_wraps(backend: str) -> None:
+    with SubmitNegating(backend=backend, max_workers=2) as executor:
+        assert executor.submit(mul, 2, 3).result(timeout=30) == -6
+        assert list(executor.map(mul, range(5), itertools.repeat(2))) == [-2 * x for x in range(5)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_makes_its_calls_through_a_submit_replaced_on_the_instance(chunksize: int) -> None:
+    # mock.patch.object(executor, "submit", ...) is how tests count calls: the class's submit is ours still.
+    with mp.Executor(max_workers=2) as executor:
+        with mock.patch.object(executor, "submit", wraps=executor.submit) as submit:
+            assert list(executor.map(abs, range(-4, 0), chunksize=chunksize)) == [4, 3, 2, 1]
+        assert submit.call_count == 4 // chunksize
+
+
+def test_map_takes_the_futures_of_a_submit_that_submits_elsewhere() -> None:
+    # A subclass's submit may hand the call to another executor: its futures are standard ones.
+    class Forwarding(mp.Executor):
+        def __init__(self, other: cf.Executor) -> None:
+            super().__init__(backend="sync")
+            self.other = other
+            self.forwarded = 0
+
+        def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> cf.Future[object]:
+            self.forwarded += 1
+            return self.other.submit(fn, *args, **kwargs)  # type: ignore[return-value]
+
+    with cf.ThreadPoolExecutor(max_workers=2) as other, Forwarding(other) as executor:
+        assert list(executor.map(mul, range(6), itertools.repeat(2), chunksize=4, timeout=30)) == [2 * x for x in range(6)]
+        assert executor.forwarded == 2
+        results = executor.map(fail_on_b, ["a", "b", "c"])
+        assert next(results) == "a"
+        with pytest.raises(ValueError, match="b"):
+            next(results)
+        assert executor.forwarded == 2 + 3
 
 
 @pytest.mark.parametrize(
@@ -390,15 +458,17 @@ def test_a_submission_over_the_global_limit_never_blocks_a_running_loop(gate: th
     ("chunksize", "buffersize"), [(1, None), (2, None), (1, 1)], ids=["calls", "chunks", "buffersize"]
 )
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
 def test_map_timeout_bounds_the_wait_for_a_slot_under_the_global_limit(
-    backend: str, chunksize: int, buffersize: int | None, flags: Flags
+    backend: str, chunksize: int, buffersize: int | None, flags: Flags, executor_class: type[mp.Executor]
 ) -> None:
     # As concurrent.futures: next() raises TimeoutError once the timeout from the call has passed.
     # A call waiting for a slot (map() submitting, or next() refilling) waited past it, for as long
     # as the tasks holding the slots ran; the calls it never submitted must not run later either.
+    # So too where the calls go through a subclass's submit, which takes no deadline.
     mp.set_max_concurrent_tasks(2)
     rescue = threading.Timer(20, lambda: (flags.set("holder-go"), flags.set("call-go")))
-    with mp.Executor(backend=backend, max_workers=3) as executor:
+    with executor_class(backend=backend, max_workers=3) as executor:
         holder = executor.submit(mark_then_wait, flags, "holder")  # one slot, until released
         assert flags.wait("holder", 30)
         rescue.start()  # without it, a wait for a slot that ignores the timeout would last for good
@@ -568,15 +638,18 @@ def test_a_killed_worker_fails_only_its_task() -> None:
         assert executor.submit(mul, 2, 3).result(timeout=30) == 6  # not broken
 
 
-def test_map_chunks_are_named_and_measured_after_the_function(executor: mp.Executor) -> None:
-    with pytest.raises(ValueError) as caught:
-        list(executor.map(fail_on_b, ["a", "b", "c", "d"], chunksize=2))
-    notes = "\n".join(caught.value.__notes__)
-    assert "fail_on_b [map]" in notes and "_run_chunk" not in notes
-    assert wait_until(lambda: executor._backend.active_count() == 0, 30)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_chunks_are_named_and_measured_after_the_function(backend: str, executor_class: type[mp.Executor]) -> None:
+    with executor_class(backend=backend, max_workers=2) as executor:
+        with pytest.raises(ValueError) as caught:
+            list(executor.map(fail_on_b, ["a", "b", "c", "d"], chunksize=2))
+        notes = "\n".join(caught.value.__notes__)
+        assert "fail_on_b [map]" in notes and "_run_chunk" not in notes
+        assert wait_until(lambda: executor._backend.active_count() == 0, 30)
     metrics = mp.get_metrics("fail_on_b [map]")
     assert metrics is not None and metrics.failed_tasks >= 1
-    assert mp.get_metrics("_run_chunk") is None
+    assert mp.get_metrics("_run_chunk") is None and mp.get_metrics("partial(_run_chunk)") is None
 
 
 @pytest.mark.parametrize("chunksize", [1, 3])

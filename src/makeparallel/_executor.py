@@ -337,6 +337,8 @@ class Executor(concurrent.futures.Executor):
             loop = running_loop()
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(future, backend, limiter, loop)
+            if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
+                deadline = getattr(_maps_deadline, "value", None)
             if not limiter.acquire(deadline):
                 raise NoSlotInTime
             handle._permits = (limiter,)
@@ -393,6 +395,10 @@ class Executor(concurrent.futures.Executor):
         this library supports: results come in input order; without
         ``buffersize`` every call is submitted at once, with it only that many
         (chunks) are in flight and the input is read as results are taken.
+        A ``submit`` that a subclass overrides (or that is replaced on the
+        instance) makes each call, as the standard ``map`` has it: with
+        ``chunksize`` above 1, each chunk is one call of a callable taking the
+        chunk's argument tuples, as ``ProcessPoolExecutor.map`` submits them.
 
         Args:
             fn: a callable taking as many arguments as there are iterables.
@@ -433,17 +439,8 @@ class Executor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
-        submit_one: Callable[[tuple[Any, ...]], tuple[ExecutorFuture[Any], int]]
-        if chunksize == 1:
-            spec = self._spec_named(_describe(fn))
-            submit_one = lambda args: (self._submit(spec, fn, args, {}, deadline), 1)  # noqa: E731
-        else:
-            chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
-            submit_one = lambda chunk: (  # noqa: E731
-                self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline),
-                len(chunk),
-            )
-        in_flight: deque[tuple[ExecutorFuture[Any], int]] = deque()
+        submit_one = self._map_submitter(fn, chunksize, deadline)
+        in_flight: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
         try:
             for call in chunks if buffersize is None else itertools.islice(chunks, buffersize):
                 in_flight.append(submit_one(call))
@@ -451,6 +448,37 @@ class Executor(concurrent.futures.Executor):
             return _results(in_flight, None, submit_one, deadline, timeout, flatten=chunksize > 1, cut_short=True)
         refill = chunks if buffersize is not None else None
         return _results(in_flight, refill, submit_one, deadline, timeout, flatten=chunksize > 1)
+
+    def _map_submitter(
+        self, fn: Callable[..., Any], chunksize: int, deadline: float | None
+    ) -> Callable[[tuple[Any, ...]], tuple[concurrent.futures.Future[Any], int]]:
+        """How :meth:`map` submits a call's arguments (``chunksize`` 1) or a chunk of them: its future, and its calls.
+
+        Through ``self.submit`` wherever that is not this class's own (a
+        subclass's, or one set on the instance, as ``mock.patch.object`` does),
+        as the standard ``Executor.map`` does: code that logs, counts or wraps
+        calls there sees each call, and each chunk as one call of a callable
+        with the chunk as its only argument, as ``ProcessPoolExecutor.map``
+        submits its chunks. Otherwise straight to :meth:`_submit`, which takes
+        the function's name once for the whole map: ``submit``'s own fast path,
+        decided once per map, not per call.
+
+        The overriding ``submit`` takes no deadline: the map's reaches the wait
+        for a slot in :meth:`_submit` through ``_maps_deadline``, on this thread.
+        """
+        submit = self.submit
+        if getattr(submit, "__func__", None) is Executor.submit:
+            if chunksize == 1:
+                spec = self._spec_named(_describe(fn))
+                return lambda args: (self._submit(spec, fn, args, {}, deadline), 1)
+            chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
+            return lambda chunk: (self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline), len(chunk))
+        if chunksize == 1:
+            return lambda args: (_submit_for_a_map(submit, deadline, fn, args), 1)
+        run_chunk = functools.partial(_run_chunk, fn)
+        # submit names the chunks' tasks from it (_describe), as the fast path names them.
+        run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
+        return lambda chunk: (_submit_for_a_map(submit, deadline, run_chunk, (chunk,)), len(chunk))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks and free the pool once the submitted ones end.
@@ -618,6 +646,25 @@ def _left_at_exit() -> list[Backend]:
     return list(dict.fromkeys([*(backend for backend in live if backend is not None), *_releasing.copy()]))
 
 
+# The deadline of the map whose call this thread submits through an overriding submit (_map_submitter).
+_maps_deadline = threading.local()
+
+
+def _submit_for_a_map(
+    submit: Callable[..., concurrent.futures.Future[Any]],
+    deadline: float | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> concurrent.futures.Future[Any]:
+    """``submit(fn, *args)``, an overriding ``submit``, with the map's ``deadline`` for its wait for a slot."""
+    outer = getattr(_maps_deadline, "value", None)  # a map made within the overriding submit
+    _maps_deadline.value = deadline
+    try:
+        return submit(fn, *args)
+    finally:
+        _maps_deadline.value = outer
+
+
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
     """Tuples of up to ``size`` argument tuples (``itertools.batched`` of 3.12)."""
     while chunk := tuple(itertools.islice(calls, size)):
@@ -671,9 +718,9 @@ def _map_timed_out(timeout: float | None) -> TaskTimeoutError:
 
 
 def _results(
-    in_flight: deque[tuple[ExecutorFuture[Any], int]],
+    in_flight: deque[tuple[concurrent.futures.Future[Any], int]],
     refill: Iterator[tuple[Any, ...]] | None,
-    submit_one: Callable[[tuple[Any, ...]], tuple[ExecutorFuture[Any], int]],
+    submit_one: Callable[[tuple[Any, ...]], tuple[concurrent.futures.Future[Any], int]],
     deadline: float | None,
     timeout: float | None,
     flatten: bool,
