@@ -97,7 +97,9 @@ COUNTS: list[tuple[str, Callable[[Any], Any], Any]] = [
 ]
 
 
-@pytest.mark.parametrize("make", [numpy.int64, numpy.uint8, Index], ids=["numpy.int64", "numpy.uint8", "__index__"])
+@pytest.mark.parametrize(
+    "make", [numpy.int64, numpy.uint8, numpy.array, Index], ids=["numpy.int64", "numpy.uint8", "numpy 0-d array", "__index__"]
+)
 @pytest.mark.parametrize(("call", "expected"), [row[1:] for row in COUNTS], ids=[row[0] for row in COUNTS])
 def test_a_count_of_any_integer_type_is_taken(call: Callable[[Any], Any], expected: Any, make: type) -> None:
     result = call(make(2))
@@ -107,8 +109,8 @@ def test_a_count_of_any_integer_type_is_taken(call: Callable[[Any], Any], expect
 
 @pytest.mark.parametrize(
     "value",
-    [True, numpy.True_, 2.0, numpy.float64(2.0), "2"],
-    ids=["bool", "numpy.bool", "float", "numpy.float64", "str"],
+    [True, numpy.True_, 2.0, numpy.float64(2.0), "2", numpy.array(2.0), numpy.array(True), numpy.array([2])],
+    ids=["bool", "numpy.bool", "float", "numpy.float64", "str", "numpy 0-d float array", "numpy 0-d bool array", "numpy 1-d array"],
 )
 @pytest.mark.parametrize(
     "call",
@@ -150,11 +152,16 @@ def test_check_count_gives_a_plain_int() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [numpy.int64(2), numpy.float32(2.0), numpy.float64(2.0), Fraction(5, 2)],
-    ids=["numpy.int64", "numpy.float32", "numpy.float64", "Fraction"],
+    [numpy.int64(2), numpy.float32(2.0), numpy.float64(2.0), Fraction(5, 2), numpy.array(2), numpy.array(2.5, dtype=numpy.float32)],
+    ids=["numpy.int64", "numpy.float32", "numpy.float64", "Fraction", "numpy 0-d int array", "numpy 0-d float array"],
 )
 def test_seconds_of_any_real_type_are_taken(value: Any) -> None:
+    # A 0-d array is taken as its scalar, as a count takes an integer one (operator.index does).
     assert type(check_wait_timeout(value)) is float
+    with mp.Executor(max_workers=1) as executor:
+        future = executor.submit(double, 3)
+        assert future.result(timeout=value) == 6 and future.exception(timeout=value) is None
+        assert list(executor.map(double, range(3), timeout=value)) == [0, 2, 4]
     assert mp.parallel(double)(3).get(timeout=value) == 6
     assert mp.parallel(double, timeout=value)(3).get(timeout=30) == 6
     handle = mp.parallel(double)(3)
@@ -167,7 +174,7 @@ def test_seconds_of_any_real_type_are_taken(value: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [numpy.float32(0.5), Fraction(1, 2)], ids=["numpy.float32", "Fraction"]
+    "value", [numpy.float32(0.5), Fraction(1, 2), numpy.array(0.5)], ids=["numpy.float32", "Fraction", "numpy 0-d array"]
 )
 def test_rates_and_percentages_of_any_real_type_are_taken(value: Any) -> None:
     breaker = mp.CircuitBreaker("rates", failure_rate=value, slow_call_rate=value)
@@ -175,7 +182,11 @@ def test_rates_and_percentages_of_any_real_type_are_taken(value: Any) -> None:
     assert isinstance(mp.health(memory_limit_percent=value * 200)["status"], str)
 
 
-@pytest.mark.parametrize("value", [True, numpy.True_, "1", None], ids=["bool", "numpy.bool", "str", "None"])
+@pytest.mark.parametrize(
+    "value",
+    [True, numpy.True_, "1", None, numpy.array(True), numpy.array([1.0]), numpy.array(1 + 0j), numpy.array("1")],
+    ids=["bool", "numpy.bool", "str", "None", "numpy 0-d bool array", "numpy 1-d array", "numpy 0-d complex array", "numpy 0-d str array"],
+)
 def test_seconds_that_are_not_a_number_are_refused_as_before(value: Any) -> None:
     assert not is_real(value)
     with pytest.raises(TypeError, match=r"timeout must be a number of seconds"):

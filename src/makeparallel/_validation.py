@@ -24,18 +24,28 @@ __all__ = [
 
 
 def is_real(value: Any) -> bool:
-    """Whether ``value`` is a real number (not a ``bool``): an int, a float, or any ``numbers.Real``.
+    """Whether ``value`` is a real number (not a ``bool``): an int, a float, any ``numbers.Real``, or a 0-d array of one.
 
     NumPy's scalars (``float32``, ``int64``) subclass neither ``int`` nor
     ``float`` but are ``numbers.Real``, and so is a ``Fraction``: seconds and
     rates computed over NumPy arrays arrive as them. ``numbers`` is imported
     only for such a value: ``import makeparallel`` does not load it.
+
+    A 0-d NumPy array of integers or floats (``np.array(0.5)``) is taken as
+    the scalar it holds, as counts take an integer one (``operator.index``
+    does, :func:`as_integer`), and as the standard waits take an integer one
+    (``threading.Event().wait(np.array(1))``; they refuse a float one only
+    because they read seconds as a float or through ``__index__``, and take no
+    ``float32`` either). Its dtype's kind says so (``"b"``, a bool, is not
+    one), as :func:`as_integer` reads it; ``float()`` gives the number.
     """
     if isinstance(value, (int, float)):
         return not isinstance(value, bool)
     import numbers
 
-    return isinstance(value, numbers.Real)
+    if isinstance(value, numbers.Real):
+        return True
+    return getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u", "f")
 
 
 def as_integer(value: Any) -> int | None:
