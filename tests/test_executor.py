@@ -28,6 +28,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _runtime
+from makeparallel._admission import Limiter
 
 # The tasks live in pool_helpers: a new worker imports the module of a task it runs,
 # and this one imports pytest (about 0.3 s a worker, for every executor's workers).
@@ -488,6 +489,37 @@ def test_map_timeout_bounds_the_wait_for_a_slot_under_the_global_limit(
     assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30)
     started = flags.read("call").count("started") if flags.is_set("call") else 0
     assert started <= chunksize  # the first task's calls at most: none submitted after the timeout ran
+
+
+@pytest.mark.parametrize("inner", ["submit", "map"])
+def test_a_maps_timeout_bounds_no_wait_for_a_slot_of_another_executor_made_in_a_subclasss_submit(inner: str) -> None:
+    # The map's deadline reaches its executor's wait for a slot past the overriding submit, on
+    # this thread: it must not reach another executor's submit made there (it raised the internal
+    # NoSlotInTime out of a submit that has no timeout), nor a map there with no timeout (whose
+    # message then read the timeout it was never given, None, and raised TypeError).
+    deadlines: list[float | None] = []
+    acquire_a_slot = Limiter.acquire
+
+    def acquire(limiter: Limiter, deadline: float | None = None) -> bool:
+        if limiter is _runtime.global_limiter:
+            deadlines.append(deadline)
+        return acquire_a_slot(limiter, deadline)
+
+    with mp.Executor(max_workers=1) as other:
+
+        class Auditing(mp.Executor):
+            def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> cf.Future[object]:
+                if inner == "submit":
+                    assert other.submit(abs, -1).result(timeout=30) == 1
+                else:
+                    assert list(other.map(abs, [-1])) == [1]
+                return super().submit(fn, *args, **kwargs)  # type: ignore[return-value]
+
+        mp.set_max_concurrent_tasks(10)  # a limit: the submissions ask it for a slot
+        with Auditing(max_workers=1) as executor, mock.patch.object(Limiter, "acquire", acquire):
+            assert list(executor.map(abs, [-2, -3], timeout=30)) == [2, 3]
+    # Per call of the map: the other executor's submission first, with no deadline; then the map's own.
+    assert [deadline is None for deadline in deadlines] == [True, False, True, False]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

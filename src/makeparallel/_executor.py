@@ -338,7 +338,7 @@ class Executor(concurrent.futures.Executor):
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(future, backend, limiter, loop)
             if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
-                deadline = getattr(_maps_deadline, "value", None)
+                deadline = _deadline_of_a_map(self)
             if not limiter.acquire(deadline):
                 raise NoSlotInTime
             handle._permits = (limiter,)
@@ -464,7 +464,9 @@ class Executor(concurrent.futures.Executor):
         decided once per map, not per call.
 
         The overriding ``submit`` takes no deadline: the map's reaches the wait
-        for a slot in :meth:`_submit` through ``_maps_deadline``, on this thread.
+        for a slot in :meth:`_submit` of this executor through ``_maps_deadline``,
+        on this thread, and that wait only: another executor's ``submit`` made in
+        there, or its ``map`` without a timeout, waits as its caller asked.
         """
         submit = self.submit
         if getattr(submit, "__func__", None) is Executor.submit:
@@ -474,11 +476,11 @@ class Executor(concurrent.futures.Executor):
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
             return lambda chunk: (self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline), len(chunk))
         if chunksize == 1:
-            return lambda args: (_submit_for_a_map(submit, deadline, fn, args), 1)
+            return lambda args: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
         run_chunk = functools.partial(_run_chunk, fn)
         # submit names the chunks' tasks from it (_describe), as the fast path names them.
         run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
-        return lambda chunk: (_submit_for_a_map(submit, deadline, run_chunk, (chunk,)), len(chunk))
+        return lambda chunk: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks and free the pool once the submitted ones end.
@@ -646,23 +648,37 @@ def _left_at_exit() -> list[Backend]:
     return list(dict.fromkeys([*(backend for backend in live if backend is not None), *_releasing.copy()]))
 
 
-# The deadline of the map whose call this thread submits through an overriding submit (_map_submitter).
+# The executor, and the deadline, of the map whose call this thread submits through an
+# overriding submit (_map_submitter).
 _maps_deadline = threading.local()
 
 
 def _submit_for_a_map(
+    executor: Executor,
     submit: Callable[..., concurrent.futures.Future[Any]],
     deadline: float | None,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
 ) -> concurrent.futures.Future[Any]:
-    """``submit(fn, *args)``, an overriding ``submit``, with the map's ``deadline`` for its wait for a slot."""
+    """``submit(fn, *args)``, an overriding ``submit`` of ``executor``, with the map's ``deadline`` for its wait for a slot."""
     outer = getattr(_maps_deadline, "value", None)  # a map made within the overriding submit
-    _maps_deadline.value = deadline
+    _maps_deadline.value = (executor, deadline)
     try:
         return submit(fn, *args)
     finally:
         _maps_deadline.value = outer
+
+
+def _deadline_of_a_map(executor: Executor) -> float | None:
+    """The deadline of the map of ``executor`` whose call this thread submits through an overriding submit, if any.
+
+    Only that executor's: the overriding submit may submit to another executor
+    too (a plain ``submit``, with no timeout, or a ``map`` without one), whose
+    wait the map's timeout does not bound. Given it, a plain ``submit`` raised
+    ``NoSlotInTime`` at its caller, and a map without a timeout failed on it.
+    """
+    made = getattr(_maps_deadline, "value", None)
+    return made[1] if made is not None and made[0] is executor else None
 
 
 def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any, ...]]:
