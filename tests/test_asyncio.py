@@ -1041,6 +1041,48 @@ def test_the_worker_loops_are_closed_by_the_programs_end(ending: str) -> None:
     assert "ResourceWarning" not in completed.stderr, completed.stderr
 
 
+#: Submissions under a limit while another thread imports asyncio for the first time: the
+#: import is held at its first submodule, the module in sys.modules without its functions yet.
+_SUBMIT_AS_ASYNCIO_IS_IMPORTED = """import importlib.abc, sys, threading
+import makeparallel as mp
+parallel, Executor, set_max_concurrent_tasks = mp.parallel, mp.Executor, mp.set_max_concurrent_tasks
+assert "asyncio" not in sys.modules
+importing, go = threading.Event(), threading.Event()
+
+class HoldAsyncio(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "asyncio.base_events" and threading.current_thread() is importer:
+            importing.set()
+            go.wait(40)
+        return None
+
+importer = threading.Thread(target=__import__, args=("asyncio",))
+sys.meta_path.insert(0, HoldAsyncio())
+importer.start()
+assert importing.wait(40)
+set_max_concurrent_tasks(4)
+try:
+    print(parallel(abs)(-1).get(timeout=40))
+    with Executor(max_workers=1) as executor:
+        print(executor.submit(abs, -2).result(timeout=40))
+finally:
+    go.set()
+    importer.join(40)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_submission_as_another_thread_first_imports_asyncio_is_taken() -> None:
+    # Whether a loop runs on this thread was read from sys.modules' asyncio, which another
+    # thread importing it holds there half made: AttributeError (_get_running_loop) failed the
+    # submission, or the task where an async function's coroutine started (an Executor.map of
+    # one, chunked, in a new program). No loop runs on any thread before that import ends.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _SUBMIT_AS_ASYNCIO_IS_IMPORTED]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["1", "2"]
+
 @pytest.mark.timeout(30)
 def test_a_worker_loop_finalized_as_the_exit_hook_closes_it_is_closed_once() -> None:
     """A thread's end finalizes its loop's keeper while the exit hook closes that loop.

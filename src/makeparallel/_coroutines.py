@@ -130,9 +130,20 @@ def is_coroutine(value: object) -> bool:
 
 
 def running_loop() -> Any:
-    """The asyncio event loop running on this thread, or ``None``; never imports asyncio."""
+    """The asyncio event loop running on this thread, or ``None``; never imports asyncio.
+
+    While another thread imports asyncio for the first time, ``sys.modules``
+    holds the module before it has its functions (``AttributeError``, which
+    failed the submission or task asking). No loop runs anywhere before that
+    import ends: ``None``.
+    """
     asyncio = sys.modules.get("asyncio")
-    return None if asyncio is None else asyncio._get_running_loop()
+    if asyncio is None:
+        return None
+    try:
+        return asyncio._get_running_loop()
+    except AttributeError:  # asyncio half imported, on another thread
+        return None
 
 
 def run_here(coroutine: Coroutine[Any, Any, Any], task: Any) -> Any:
