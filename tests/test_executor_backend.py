@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -344,6 +345,18 @@ def test_a_result_that_cannot_be_pickled_fails_its_task_with_task_serialization_
     assert caught.value.__cause__ is not None and detail.startswith(type(caught.value.__cause__).__name__)
     assert handle.status == "failed"
     assert mp.parallel(backend=pool)(square)(4).get(timeout=60) == 16  # the pool serves on
+
+
+@pytest.mark.timeout(120)
+def test_a_result_that_cannot_be_pickled_is_told_apart_while_asyncio_is_half_imported(
+    remote_pools: dict[str, cf.Executor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread importing asyncio for the first time has it in sys.modules before
+    # its classes: telling a SystemExit from a Dask fetch's CancelledError raised there.
+    monkeypatch.setitem(sys.modules, "asyncio", types.ModuleType("asyncio"))
+    handle = mp.parallel(backend=remote_pools["process_pool"])(give_back)(ExitsAsItIsPickled)
+    with pytest.raises(mp.TaskSerializationError, match="SystemExit: 3"):
+        handle.get(timeout=60)
 
 
 def raise_a_type_error() -> None:

@@ -517,8 +517,9 @@ class ExecutorBackend(Backend):
         says of a result it cannot pickle.
         """
         if not isinstance(error, Exception):
-            asyncio = sys.modules.get("asyncio")
-            return asyncio is None or not isinstance(error, asyncio.CancelledError)
+            # (Read as running_loop() reads it: half imported on another thread, it has no CancelledError yet.)
+            cancelled = getattr(sys.modules.get("asyncio"), "CancelledError", None)
+            return cancelled is None or not isinstance(error, cancelled)
         if not self._sends_result_errors:
             return False
         return type(error).__module__.partition(".")[0] not in ("concurrent", "loky") and not isinstance(error, TaskError)
