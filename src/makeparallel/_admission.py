@@ -153,6 +153,14 @@ class Limiter:
             raise
         return True
 
+    def limit_here(self) -> int | None:
+        """The limit a submission from the code running now is held to: ``None`` where there is none, or where it is admitted over it.
+
+        A map sizes itself by it: it can run no more chunks at once than this.
+        """
+        limit = self.limit
+        return None if limit is None or self._nested() else limit
+
     def _nested(self) -> bool:
         """Whether this submission comes from a task this limit admits over it (see the module docstring).
 

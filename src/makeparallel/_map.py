@@ -42,6 +42,11 @@ journaled in shared memory as it ends, so a worker that dies loses only the
 item it was running, and no item runs twice (``_process_chunks``). Ctrl-C, an
 error, a timeout or closing the ``imap`` iterator early cancels the chunks in
 flight; a running chunk stops before its next item.
+
+Limits: the chunks of a ``@parallel`` function's map are admitted through its
+own ``max_concurrent`` limiter, the one its direct calls take their slots
+from, so at most that many chunks (each running its items one after another)
+and calls run at once; the map is sized as for that many workers.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
-from ._admission import NoSlotInTime
+from ._admission import Limiter, NoSlotInTime
 from ._backends._base import Backend
 from ._chunk_task import Awaited, run_chunk
 from ._collect import Completions, OnError, check_on_error
@@ -64,6 +69,7 @@ from ._decorators import (
     _CO_GENERATOR,
     ParallelFunction,
     _BoundParallelFunction,
+    TaskSpec,
     _describe,
     _generator_kind,
     _plain_code,
@@ -238,20 +244,20 @@ class _ChunkSizer:
             self._size = min(wanted, self._cap)
 
 
-def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, str | Backend | None]:
-    """The callable to apply per item, the name to report, the backend to use."""
+def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, TaskSpec | None]:
+    """The callable to apply per item, the name to report, and the options of ``fn`` if it is ``@parallel`` (its backend, its limit)."""
     code = _plain_code(fn)
     if code is not None:  # a plain function, the usual case: its code's flags tell all (no __wrapped__)
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
         return (Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
     if isinstance(fn, _BoundParallelFunction):
-        plain, name, backend = _plain_function(fn._function)
-        return functools.partial(plain, fn._instance), name, backend
+        plain, name, spec = _plain_function(fn._function)
+        return functools.partial(plain, fn._instance), name, spec
     if isinstance(fn, ParallelFunction):  # a generator function was refused at decoration already
         plain = fn._fn
         awaited = _returns_coroutines(plain) or _wraps_async(plain)
-        return (Awaited(plain) if awaited else plain), fn._spec.name, fn._spec.backend
+        return (Awaited(plain) if awaited else plain), fn._spec.name, fn._spec
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     _refuse_generator_function(fn)
@@ -387,7 +393,10 @@ def imap(
 
     Args:
         fn: a plain function of one argument, or a ``@parallel`` one (its
-            backend and name are used; the tasks it would make are not). An
+            backend, name and ``max_concurrent`` are used; the tasks it would
+            make are not). Under ``max_concurrent=n`` at most ``n`` chunks, so
+            ``n`` items, run at once, its direct calls in flight counted: they
+            share its slots. An
             ``async def`` function's coroutine runs to its end for each item, on
             the worker's own event loop, as a ``@parallel`` call's does.
         iterable: the items; read lazily, never more than ``max_in_flight`` ahead.
@@ -405,8 +414,9 @@ def imap(
             ``TaskTimeoutError`` raised. On the ``"sync"`` backend, whose
             chunks run inline to their end, it is checked between chunks. It
             bounds each chunk's wait for a slot under
-            ``mp.set_max_concurrent_tasks`` too: a chunk with no slot by then
-            is never submitted, and the map times out.
+            ``mp.set_max_concurrent_tasks`` and the function's
+            ``max_concurrent`` too: a chunk with no slot by then is never
+            submitted, and the map times out.
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
             in a note), ``"skip"`` (leave failed items out) or ``"none"`` (``None``
             in their place).
@@ -425,7 +435,8 @@ def imap(
         ValueError: an option is out of range or ``backend`` names no backend.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed (while iterating), or passed as a
-            chunk waited for a slot under ``mp.set_max_concurrent_tasks``.
+            chunk waited for a slot under ``mp.set_max_concurrent_tasks`` or
+            the function's ``max_concurrent``.
         Exception: with ``on_error="raise"``, the first item error, as itself,
             once the results of the items before it in its chunk were handed
             out (those of the chunks before it too, in order), except on
@@ -511,24 +522,37 @@ async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def _chunk_runner(name: str, backend: BackendOption | Backend | None) -> ParallelFunction[..., list[Any]]:
-    """The task that runs one chunk of a map of ``name`` on ``backend``.
+def _chunk_runner(
+    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None
+) -> ParallelFunction[..., list[Any]]:
+    """The task that runs one chunk of a map of ``name`` on ``backend``, admitted through ``limiter``.
+
+    ``limiter`` is the ``max_concurrent`` limiter of the ``@parallel`` function
+    mapped, itself: its direct calls and the chunks of its maps share its
+    slots, as its ``options()`` copies do. A chunk runs its items one after
+    another, so at most that many chunks at once is at most that many items.
 
     Building one costs tens of microseconds (signature inspection, metrics
     record, GIL watch), ten times a one-item map, so those on a named backend
-    are kept: one per (name, backend name), which also gives the map of a
+    are kept: one per (name, backend name, limiter), which also gives the map of a
     function one GIL watch across calls, as a ``@parallel`` function has. Metrics
     are records per name anyway. An executor or adapter is not kept, so that the
-    cache never holds one alive.
+    cache never holds one alive (a limiter it keeps is a counter, nothing more).
     """
     if backend is None or isinstance(backend, str):
-        return _named_chunk_runner(name, backend)
-    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend})
+        return _named_chunk_runner(name, backend, limiter)
+    return _new_chunk_runner(name, backend, limiter)
 
 
 @functools.lru_cache(maxsize=256)  # bounded: lambdas and closures can make many names
-def _named_chunk_runner(name: str, backend: str | None) -> ParallelFunction[..., list[Any]]:
-    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend})
+def _named_chunk_runner(name: str, backend: str | None, limiter: Limiter | None) -> ParallelFunction[..., list[Any]]:
+    return _new_chunk_runner(name, backend, limiter)
+
+
+def _new_chunk_runner(
+    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None
+) -> ParallelFunction[..., list[Any]]:
+    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend}, limiter)
 
 
 def _start(
@@ -567,7 +591,7 @@ def _checked(
     """The options of a map, checked (raising at the call): the function to apply, the items,
     their number if known, the task that runs a chunk, the name to report, the timeout as a float,
     and the chunk size and the bound on chunks in flight as plain ints (NumPy's are accepted too)."""
-    plain, name, own_backend = _plain_function(fn)
+    plain, name, own = _plain_function(fn)
     if on_error != "raise":
         check_on_error(on_error)
     timeout = check_wait_timeout(timeout)
@@ -595,7 +619,10 @@ def _checked(
         total = None
     except TypeError:  # a __len__ that says it has none (a stream's): map() and list() read it, as length_hint does
         total = None
-    chunk_task = _chunk_runner(name, backend if backend is not None else own_backend)
+    if own is None:
+        chunk_task = _chunk_runner(name, backend, None)
+    else:
+        chunk_task = _chunk_runner(name, backend if backend is not None else own.backend, own.limiter)
     if progress is not False:
         check_progress(progress)
     return plain, items, total, chunk_task, name, timeout, chunksize, max_in_flight
@@ -945,6 +972,11 @@ class _Mapper:
     ) -> None:
         backend = get_backend(chunk_task._spec.backend)
         workers = backend.worker_count()
+        limiter = chunk_task._spec.limiter
+        if limiter is not None:  # the function's max_concurrent: no more chunks than that run at once
+            limit = limiter.limit_here()
+            if limit is not None:
+                workers = min(workers, limit)
         self._fn = fn
         self._items = items
         self._total = total
