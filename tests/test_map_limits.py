@@ -1,4 +1,4 @@
-"""A map of a ``@parallel`` function under its ``max_concurrent``.
+"""A map of a ``@parallel`` function under its options: ``max_concurrent`` and ``priority``.
 
 A map runs its items in chunks, one task each, which run their items one after
 another: at most ``max_concurrent`` chunks at once is at most that many items.
@@ -22,7 +22,7 @@ import pytest
 import makeparallel as mp
 from makeparallel.testing import wait_until_idle
 from map_limit_tasks import Waiter, Watcher, mark_then_wait_for, most_at_once, watched
-from pool_helpers import Flags, wait_until
+from pool_helpers import Flags, hold_one_worker, wait_until
 
 LIMIT = 2
 WORKERS = 4  # threads, or worker processes: more than the limit, so that only it holds the map back
@@ -223,3 +223,31 @@ def test_a_map_inside_a_task_of_the_same_function_is_admitted_over_its_limit(ent
     assert fan_out(5).get(timeout=30) == 5
     assert fan_out._spec.limiter.in_flight == 0  # type: ignore[union-attr]
 
+
+
+# -- priority --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("entry", ["parallel_map", "parallel_map-unordered", "imap", "imap-unordered"])
+def test_a_maps_chunks_take_the_functions_priority(entry: str, gate: threading.Event) -> None:
+    # One worker, held; a task of priority 0 queues, then the map's one chunk of a function
+    # of priority 10: it starts first, as a call of the function would. (With a timeout, the
+    # map waits for its chunk, where without one it may run the queued chunk itself.)
+    run, options = _ENTRIES[entry]
+    order: list[str] = []
+    held = hold_one_worker(gate)
+    low = mp.parallel(order.append)("low")
+    urgent = mp.parallel(priority=10)(order.append)
+    mapping = threading.Thread(target=run, args=(urgent, ["urgent"] * 2, "thread"), kwargs={"timeout": 30, "chunksize": 2, **options})
+    mapping.start()
+    try:
+        assert wait_until(lambda: mp.get_thread_pool_info()["queued_tasks"] == 2, 10), mp.get_thread_pool_info()
+    finally:
+        gate.set()
+        mapping.join(30)
+    assert not mapping.is_alive()
+    assert held.get(timeout=10) == "held"
+    assert low.get(timeout=10) is None
+    assert wait_until_idle(10)
+    assert order == ["urgent", "urgent", "low"]

@@ -46,7 +46,8 @@ flight; a running chunk stops before its next item.
 Limits: the chunks of a ``@parallel`` function's map are admitted through its
 own ``max_concurrent`` limiter, the one its direct calls take their slots
 from, so at most that many chunks (each running its items one after another)
-and calls run at once; the map is sized as for that many workers.
+and calls run at once; the map is sized as for that many workers. The chunks
+queue at the function's priority.
 """
 
 from __future__ import annotations
@@ -393,12 +394,12 @@ def imap(
 
     Args:
         fn: a plain function of one argument, or a ``@parallel`` one (its
-            backend, name and ``max_concurrent`` are used; the tasks it would
-            make are not). Under ``max_concurrent=n`` at most ``n`` chunks, so
-            ``n`` items, run at once, its direct calls in flight counted: they
-            share its slots. An
-            ``async def`` function's coroutine runs to its end for each item, on
-            the worker's own event loop, as a ``@parallel`` call's does.
+            backend, name, ``priority`` and ``max_concurrent`` are used; the
+            tasks it would make are not). Under ``max_concurrent=n`` at most
+            ``n`` chunks, so ``n`` items, run at once, its direct calls in
+            flight counted: they share its slots. An ``async def`` function's
+            coroutine runs to its end for each item, on the worker's own event
+            loop, as a ``@parallel`` call's does.
         iterable: the items; read lazily, never more than ``max_in_flight`` ahead.
         chunksize: items per task; by default it adapts to the measured run time.
         ordered: yield in input order (``True``) or as chunks finish (``False``).
@@ -523,36 +524,40 @@ async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
 
 
 def _chunk_runner(
-    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None
+    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None, priority: int = 0
 ) -> ParallelFunction[..., list[Any]]:
-    """The task that runs one chunk of a map of ``name`` on ``backend``, admitted through ``limiter``.
+    """The task that runs one chunk of a map of ``name`` on ``backend``, admitted through ``limiter``, queued at ``priority``.
 
     ``limiter`` is the ``max_concurrent`` limiter of the ``@parallel`` function
     mapped, itself: its direct calls and the chunks of its maps share its
     slots, as its ``options()`` copies do. A chunk runs its items one after
     another, so at most that many chunks at once is at most that many items.
+    ``priority`` is that function's too: its chunks queue as its calls would.
 
     Building one costs tens of microseconds (signature inspection, metrics
     record, GIL watch), ten times a one-item map, so those on a named backend
-    are kept: one per (name, backend name, limiter), which also gives the map of a
+    are kept: one per (name, backend name, limiter, priority), which also gives the map of a
     function one GIL watch across calls, as a ``@parallel`` function has. Metrics
     are records per name anyway. An executor or adapter is not kept, so that the
     cache never holds one alive (a limiter it keeps is a counter, nothing more).
     """
     if backend is None or isinstance(backend, str):
-        return _named_chunk_runner(name, backend, limiter)
-    return _new_chunk_runner(name, backend, limiter)
+        return _named_chunk_runner(name, backend, limiter, priority)
+    return _new_chunk_runner(name, backend, limiter, priority)
 
 
 @functools.lru_cache(maxsize=256)  # bounded: lambdas and closures can make many names
-def _named_chunk_runner(name: str, backend: str | None, limiter: Limiter | None) -> ParallelFunction[..., list[Any]]:
-    return _new_chunk_runner(name, backend, limiter)
+def _named_chunk_runner(
+    name: str, backend: str | None, limiter: Limiter | None, priority: int
+) -> ParallelFunction[..., list[Any]]:
+    return _new_chunk_runner(name, backend, limiter, priority)
 
 
 def _new_chunk_runner(
-    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None
+    name: str, backend: BackendOption | Backend | None, limiter: Limiter | None, priority: int
 ) -> ParallelFunction[..., list[Any]]:
-    return ParallelFunction(run_chunk, {"name": f"{name} [map]", "backend": backend}, limiter)
+    options = {"name": f"{name} [map]", "backend": backend, "priority": priority}
+    return ParallelFunction(run_chunk, options, limiter)
 
 
 def _start(
@@ -622,7 +627,7 @@ def _checked(
     if own is None:
         chunk_task = _chunk_runner(name, backend, None)
     else:
-        chunk_task = _chunk_runner(name, backend if backend is not None else own.backend, own.limiter)
+        chunk_task = _chunk_runner(name, backend if backend is not None else own.backend, own.limiter, own.priority)
     if progress is not False:
         check_progress(progress)
     return plain, items, total, chunk_task, name, timeout, chunksize, max_in_flight
