@@ -969,6 +969,64 @@ def test_a_wait_for_every_task_ends_one_whose_coroutines_loop_closed(wait: str, 
     assert all(isinstance(handle.exception(), mp.ShutdownError) for handle in handles)
 
 
+#: Each wait for every task (the executor's, given it), as whether it saw them all end.
+WAITS_FOR_EVERY_TASK: dict[str, Callable[[Any], bool]] = {
+    "wait_until_idle": lambda _: wait_until_idle(timeout=20),
+    "shutdown": lambda _: mp.shutdown(timeout_secs=20),
+    "Executor.shutdown": lambda executor: executor.shutdown(wait=True) is None,  # (it returns None once it waited)
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("on", ["main thread", "another thread"])
+@pytest.mark.parametrize("wait", WAITS_FOR_EVERY_TASK)
+def test_a_wait_for_every_task_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: str, on: str) -> None:
+    # They ended the tasks whose loop had closed only before they began: a loop closed (on its
+    # thread) as they waited held them up to their timeout, shutdown's default 30 s, or for good:
+    # Executor.shutdown(wait=True) has none.
+    close = threading.Event()
+    made: list[Any] = []
+    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
+    if executor is None:
+        fn: Callable[[int], Any] = mp.parallel(backend="sync")(sleeps_then_doubles)
+    else:
+        fn = functools.partial(executor.submit, sleeps_then_doubles)
+    thread = a_loop_on_its_thread(fn, made, close)
+    try:
+        assert wait_until(lambda: bool(made), 30)
+        handle: mp.AsyncHandle[int] = made[0] if executor is None else made[0].handle
+        began: list[bool] = []
+
+        def close_once_the_wait_began() -> None:
+            try:
+                began.append(wait_until(lambda: bool(handle._backend._idle_waiters), 30))
+            finally:
+                close.set()
+
+        def waits() -> None:
+            outcome.append(WAITS_FOR_EVERY_TASK[wait](executor))
+
+        outcome: list[bool] = []
+        closing = threading.Thread(target=close_once_the_wait_began)
+        closing.start()
+        if on == "main thread":
+            waits()
+        else:
+            waiting = threading.Thread(target=waits)
+            waiting.start()
+            waiting.join(30)
+        closing.join(30)
+    finally:
+        close.set()
+        thread.join(30)
+        if executor is not None:
+            executor.shutdown(wait=False)
+    assert began == [True], "the wait never began"
+    assert outcome == [True]
+    assert isinstance(handle.exception(), mp.ShutdownError)
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
 _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP = """import asyncio
 import makeparallel as mp
 
@@ -1000,6 +1058,44 @@ def test_exit_does_not_wait_for_a_task_whose_coroutines_loop_closed(script: str)
     completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["closed"]
+    assert "still unfinished at interpreter exit" not in completed.stderr, completed.stderr
+
+
+_EXIT_AS_A_TASKS_LOOP_CLOSES = """import asyncio, threading
+import makeparallel as mp
+
+@mp.parallel(backend="sync")
+async def sleeps():
+    await asyncio.sleep(30)
+
+async def main():
+    return sleeps()
+
+def runs_a_loop():
+    loop = asyncio.new_event_loop()
+    handle = loop.run_until_complete(main())
+    made.set()
+    while not handle._backend._idle_waiters:  # until exit waits for the task
+        threading.Event().wait(0.005)
+    loop.close()
+
+made = threading.Event()
+threading.Thread(target=runs_a_loop, daemon=True).start()
+assert made.wait(30)
+mp.configure(exit_timeout=20)
+print("made")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_exit_ends_a_task_whose_coroutines_loop_closes_as_it_waits() -> None:
+    # Exit ended those whose loop had closed before it waited: one that closed as it waited
+    # (on a daemon thread) held it up for its exit_timeout, then it warned of the task.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _EXIT_AS_A_TASKS_LOOP_CLOSES]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["made"]
     assert "still unfinished at interpreter exit" not in completed.stderr, completed.stderr
 
 

@@ -329,11 +329,13 @@ def check_the_loop_of(task: Any) -> None:
         )
 
 
-def wait_watching_the_loop(tasks: Iterable[Any], acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
+def wait_watching_the_loop(tasks: Iterable[Any] | None, acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
     """``acquire(timeout)``, in slices, ending each of ``tasks`` whose coroutine's loop closes meanwhile; whether acquired.
 
     For tasks in :data:`on_callers_loops`: nothing tells of a loop's close, and a
     wait begun before it (the loop runs on another thread) lasted for good.
+    ``tasks`` ``None``: every task there, those noted as it waits too (a wait
+    for every task: ``wait_until_idle``, ``shutdown``, ``Executor.shutdown``, exit).
     """
     import time
 
@@ -346,6 +348,9 @@ def wait_watching_the_loop(tasks: Iterable[Any], acquire: Callable[[float | None
             return True
         if remaining is not None and remaining <= SLICE:
             return False
+        if tasks is None:
+            end_those_of_closed_loops()
+            continue
         for task in tasks:
             on = on_callers_loops.get(task)
             if on is not None and on.closed():
@@ -353,7 +358,7 @@ def wait_watching_the_loop(tasks: Iterable[Any], acquire: Callable[[float | None
 
 
 def end_those_of_closed_loops() -> None:
-    """End every task whose coroutine's loop closed before it ended; at exit, before its wait for the tasks."""
+    """End every task whose coroutine's loop closed before it ended; before and during a wait for every task."""
     # A copy, made in one C call: a loop's thread may take an entry meanwhile, and
     # iterating the dictionary itself would raise then.
     for task, on in list(on_callers_loops.items()):

@@ -519,8 +519,7 @@ class Executor(concurrent.futures.Executor):
         backend.close(cancel_pending=cancel_futures)
         frees = self._finalizer.detach() is not None  # shut down, it leaves nothing to do when collected
         if wait:
-            _runtime.end_those_of_closed_loops()  # a "sync" task's coroutine there would hold up the wait for good
-            backend.wait_idle(None)
+            backend.wait_idle(None)  # (which ends the "sync" tasks whose loop closed, also as it waits)
             backend.terminate()  # worker processes stop now
         elif frees:  # the first call frees the pool
             _release_in_background(backend)

@@ -693,9 +693,8 @@ def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> 
     for again until one pass finds them all idle.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    end_those_of_closed_loops()
     while True:
-        for backend in backends():
+        for backend in backends():  # (each ends the "sync" tasks whose loop closed, also as it waits)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not backend.wait_idle(remaining):
                 return False
@@ -886,7 +885,7 @@ def _every_pool() -> list[Backend]:
 
 
 def end_those_of_closed_loops() -> None:
-    """Before a wait for every task: end those whose coroutine's loop closed first, which would hold it up for good."""
+    """End the tasks whose coroutine's loop closed first (exit's count of those left would hold them unfinished)."""
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:
         coroutines.end_those_of_closed_loops()

@@ -7,6 +7,7 @@ backend's lock and calls the ``_locked`` hooks here while holding it.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import threading
@@ -14,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _interruptible
+from .._coroutines import end_those_of_closed_loops, wait_watching_the_loop
 from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
@@ -157,14 +159,23 @@ class Backend:
             self._closed = False
 
     def wait_idle(self, timeout: float | None) -> bool:
-        """Block until no task is unfinished here, or ``timeout`` seconds pass."""
+        """Block until no task is unfinished here, or ``timeout`` seconds pass.
+
+        A ``"sync"`` task whose coroutine runs on its caller's loop ends only as
+        that loop runs it: the wait ends such tasks whose loop closed, first and
+        then between slices (the loop may close on another thread as this waits).
+        Looking only first, a wait begun before the close (``shutdown``,
+        ``wait_until_idle``, ``Executor.shutdown``, exit) ran out its timeout, or
+        lasted for good without one.
+        """
+        end_those_of_closed_loops()
         with self._lock:
             if self._active == 0:
                 return True
             waiter = threading.Lock()
             waiter.acquire()
             self._idle_waiters.append(waiter)
-        if _interruptible.acquire(waiter, timeout):
+        if wait_watching_the_loop(None, functools.partial(_interruptible.acquire, waiter), timeout):
             return True
         with self._lock:
             if waiter in self._idle_waiters:
