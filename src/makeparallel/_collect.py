@@ -17,6 +17,7 @@ replaced (``cancel_and_stop``): what the user stopped does not go on.
 
 from __future__ import annotations
 
+import functools
 import queue
 import time
 import weakref
@@ -27,7 +28,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 from . import _interruptible
 from ._backends._base import BlockingWait
-from ._coroutines import on_callers_loops, wait_watching_the_loop
+from ._coroutines import end_those_of_closed_loops, on_callers_loops
 from ._handle import AsyncHandle, cancel_and_stop
 from ._progress import ProgressOption, open_progress
 from ._states import PENDING, SUCCEEDED
@@ -219,34 +220,13 @@ class Completions:
                 with CancellationPoint(current_task(), self._put, None), BlockingWait():
                     deadline = self._deadline
                     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    if self._on_callers_loops:
-                        handle = self._get_watching_the_loops(remaining)
-                    else:
-                        handle = _interruptible.get(ended, remaining)
+                    watching = self._on_callers_loops  # tasks whose loop may close as this waits: looked at between slices
+                    handle = _interruptible.get(ended, remaining, functools.partial(end_those_of_closed_loops, watching) if watching else None)
         except queue.Empty:
             self.timed_out = True
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
-
-    def _get_watching_the_loops(self, timeout: float | None) -> AsyncHandle[Any]:
-        """The next handle to end, within ``timeout``; a task whose coroutine's loop closed meanwhile ends with it.
-
-        Raises:
-            queue.Empty: ``timeout`` passed first.
-        """
-        got: list[AsyncHandle[Any]] = []
-
-        def get(timeout: float | None) -> bool:
-            try:
-                got.append(_interruptible.get(self._ended, timeout))
-            except queue.Empty:
-                return False
-            return True
-
-        if not wait_watching_the_loop(self._on_callers_loops, get, timeout):
-            raise queue.Empty
-        return got[0]
 
     def _run_one_queued(self) -> bool:
         candidates = self._candidates

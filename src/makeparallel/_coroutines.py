@@ -46,7 +46,6 @@ __all__ = [
     "run_to_end",
     "running_loop",
     "start_on_running_loop",
-    "wait_watching_the_loop",
 ]
 
 
@@ -329,40 +328,21 @@ def check_the_loop_of(task: Any) -> None:
         )
 
 
-def wait_watching_the_loop(tasks: Iterable[Any] | None, acquire: Callable[[float | None], bool], timeout: float | None) -> bool:
-    """``acquire(timeout)``, in slices, ending each of ``tasks`` whose coroutine's loop closes meanwhile; whether acquired.
+def end_those_of_closed_loops(tasks: Iterable[Any] | None = None) -> None:
+    """End each of ``tasks`` (``None``: every task) whose coroutine's loop closed before it ended.
 
-    For tasks in :data:`on_callers_loops`: nothing tells of a loop's close, and a
-    wait begun before it (the loop runs on another thread) lasted for good.
-    ``tasks`` ``None``: every task there, those noted as it waits too (a wait
-    for every task: ``wait_until_idle``, ``shutdown``, ``Executor.shutdown``, exit).
+    Before a wait for them, and between its slices (``_interruptible``'s
+    ``between``): nothing tells of a loop's close, and a wait begun before it
+    (the loop runs on another thread) lasted for good. Where it ends a task
+    waited for, that task's end wakes the wait.
     """
-    import time
-
-    from ._interruptible import SLICE
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if acquire(SLICE if remaining is None else min(SLICE, max(0.0, remaining))):
-            return True
-        if remaining is not None and remaining <= SLICE:
-            return False
-        if tasks is None:
-            end_those_of_closed_loops()
-            continue
-        for task in tasks:
-            on = on_callers_loops.get(task)
-            if on is not None and on.closed():
-                _end_off_a_closed_loop(task, on)  # which wakes this wait
-
-
-def end_those_of_closed_loops() -> None:
-    """End every task whose coroutine's loop closed before it ended; before and during a wait for every task."""
-    # A copy, made in one C call: a loop's thread may take an entry meanwhile, and
-    # iterating the dictionary itself would raise then.
-    for task, on in list(on_callers_loops.items()):
-        if on.closed():
+    if tasks is None:
+        # A copy, made in one C call: a loop's thread may take an entry meanwhile, and
+        # iterating the dictionary itself would raise then.
+        tasks = list(on_callers_loops)
+    for task in tasks:
+        on = on_callers_loops.get(task)
+        if on is not None and on.closed():
             _end_off_a_closed_loop(task, on)
 
 

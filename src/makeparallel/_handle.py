@@ -38,11 +38,11 @@ from ._backends._base import pool_of_this_thread
 from ._coroutines import (
     attempt_cancels,
     check_the_loop_of,
+    end_those_of_closed_loops,
     on_callers_loops,
     run_here,
     running_loop,
     start_on_running_loop,
-    wait_watching_the_loop,
 )
 from ._states import (
     CANCELLED,
@@ -1230,7 +1230,7 @@ class AsyncHandle(Generic[T_co]):
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
         if self._observer.is_async and self in on_callers_loops:  # its loop may close as this waits
-            acquired = wait_watching_the_loop((self,), functools.partial(_interruptible.acquire, waiter), timeout)
+            acquired = _interruptible.acquire(waiter, timeout, functools.partial(end_those_of_closed_loops, (self,)))
         else:
             acquired = _interruptible.acquire(waiter, timeout)
         if acquired:

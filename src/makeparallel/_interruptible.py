@@ -13,16 +13,21 @@ two slices the interpreter runs any handler that is due. Other threads never
 run signal handlers: they wait in one piece, at most ``threading.TIMEOUT_MAX``
 (about 292 years): a lock refuses a longer wait with ``OverflowError``, which
 made a wait that the main thread accepted fail inside a task (:func:`bounded`).
+A wait that must look at something between slices (``between``: whether a
+coroutine's loop closed, which nothing tells of) takes them on every thread.
+Every sliced wait is :func:`in_slices`.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SLICE", "acquire", "bounded", "get", "wait"]
+__all__ = ["SLICE", "acquire", "bounded", "get", "in_slices", "wait"]
 
 #: Seconds the main thread sleeps at most before it looks for a pending signal.
 SLICE = 0.1
@@ -37,39 +42,58 @@ def _on_main_thread() -> bool:
     return threading.get_ident() == threading.main_thread().ident
 
 
-def acquire(lock: threading.Lock, timeout: float | None) -> bool:
-    """``lock.acquire(True, timeout)`` (``None``: no end); return whether it was taken."""
-    if not _on_main_thread():
+def acquire(lock: threading.Lock, timeout: float | None, between: Callable[[], object] | None = None) -> bool:
+    """``lock.acquire(True, timeout)`` (``None``: no end); return whether it was taken.
+
+    ``between``, if given, is called between two slices, which are then taken
+    on every thread: something it looks for may have to end the wait, which
+    nothing else would tell of (it releases ``lock`` then).
+    """
+    if between is None and not _on_main_thread():
         return lock.acquire(True, -1 if timeout is None else bounded(timeout))
-    if timeout is None:
-        while not lock.acquire(True, SLICE):
-            pass
-        return True
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if lock.acquire(True, min(SLICE, max(0.0, remaining))):
-            return True
-        if remaining <= SLICE:
-            return False
+    return in_slices(functools.partial(lock.acquire, True), timeout, between)
 
 
-def get(items: queue.SimpleQueue[Any], timeout: float | None) -> Any:
-    """``items.get(timeout=timeout)`` (``None``: no end).
+def get(items: queue.SimpleQueue[Any], timeout: float | None, between: Callable[[], object] | None = None) -> Any:
+    """``items.get(timeout=timeout)`` (``None``: no end); ``between`` as for :func:`acquire`.
 
     Raises:
         queue.Empty: ``timeout`` seconds passed first.
     """
-    if not _on_main_thread():
+    if between is None and not _on_main_thread():
         return items.get(timeout=None if timeout is None else bounded(timeout))
+    got: list[Any] = []
+
+    def get_one(seconds: float) -> bool:
+        try:
+            got.append(items.get(timeout=seconds))
+        except queue.Empty:
+            return False
+        return True
+
+    if not in_slices(get_one, timeout, between):
+        raise queue.Empty
+    return got[0]
+
+
+def in_slices(attempt: Callable[[float], bool], timeout: float | None, between: Callable[[], object] | None = None) -> bool:
+    """``attempt(seconds)``, a wait of up to that long, in slices of ``SLICE``, until it succeeds or ``timeout`` passes; whether it did.
+
+    Args:
+        attempt: waits once for up to the seconds it is given; returns whether
+            what it waits for came.
+        timeout: the longest to wait in all, in seconds; ``None``: no end.
+        between: called after each slice that did not succeed, but the last.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        remaining = SLICE if deadline is None else deadline - time.monotonic()
-        try:
-            return items.get(timeout=min(SLICE, max(0.0, remaining)))
-        except queue.Empty:
-            if remaining <= SLICE and deadline is not None:
-                raise
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if attempt(SLICE if remaining is None else min(SLICE, max(0.0, remaining))):
+            return True
+        if remaining is not None and remaining <= SLICE:
+            return False
+        if between is not None:
+            between()
 
 
 def wait(condition: threading.Condition, timeout: float | None) -> None:

@@ -7,7 +7,6 @@ backend's lock and calls the ``_locked`` hooks here while holding it.
 
 from __future__ import annotations
 
-import functools
 import gc
 import os
 import threading
@@ -15,7 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import _deadlines, _events, _interruptible
-from .._coroutines import end_those_of_closed_loops, wait_watching_the_loop
+from .._coroutines import end_those_of_closed_loops
 from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
@@ -175,7 +174,7 @@ class Backend:
             waiter = threading.Lock()
             waiter.acquire()
             self._idle_waiters.append(waiter)
-        if wait_watching_the_loop(None, functools.partial(_interruptible.acquire, waiter), timeout):
+        if _interruptible.acquire(waiter, timeout, end_those_of_closed_loops):
             return True
         with self._lock:
             if waiter in self._idle_waiters:
