@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -591,10 +592,10 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
     waiting = threading.Event()
     acquire = Limiter.acquire
 
-    def acquire_telling(limiter: Limiter, deadline: float | None = None) -> bool:
+    def acquire_telling(limiter: Limiter, *args: Any, **kwargs: Any) -> bool:
         if threading.current_thread() is giver:
             waiting.set()
-        return acquire(limiter, deadline)
+        return acquire(limiter, *args, **kwargs)
 
     monkeypatch.setattr(Limiter, "acquire", acquire_telling)
     raised = KeyboardInterrupt if failure == "ctrl-c" else Boom
@@ -630,9 +631,118 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
         if failer is not None:
             failer.join(30)
     assert len(given) == 1
-    # Refused, or made once the slot came and cancelled as it joined the failed group (on
-    # "sync", or on a free worker, it may have run to its end first): never lost.
-    assert isinstance(given[0], mp.TaskCancelledError) or (given[0].done() and given[0] in ctx.handles), given[0]
+    # Refused as the group failed, its wait for the slot ended: no task made (made once the
+    # slot came, it was cancelled as it joined the group; on "sync" it ran to its end first).
+    assert isinstance(given[0], mp.TaskCancelledError), given[0]
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+
+
+@pytest.fixture
+def previous_limit() -> Any:
+    """Put ``mp.set_max_concurrent_tasks`` back as it was before the test."""
+    limit = _runtime.global_limiter.limit
+    yield
+    mp.set_max_concurrent_tasks(limit)
+
+
+class SlotWaits:
+    """One slot of a limit, held by a task until ``release``; a giver thread's submit to a group waits for it.
+
+    ``limit``: ``"global"`` (``mp.set_max_concurrent_tasks(1)``), ``"function"``
+    (the submitted function's ``max_concurrent=1``) or ``"group"`` (the group's
+    ``max_concurrent=1``: the holder is the group's first task, see
+    :meth:`hold_in`). The holder may fail the group from inside its task
+    (``fail_now``), which no slot wait holds up. ``late`` is what the giver
+    submits: it records whether it ran.
+    """
+
+    def __init__(self, limit: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.limit = limit
+        self.holding, self.release, self.fail_now, self.waiting = (threading.Event() for _ in range(4))
+        self.late = Recorder()
+        self.given: list[Any] = []
+        self.group: mp.ParallelContext | None = None
+        self.holder: threading.Thread | None = None
+        self.giver = threading.Thread(target=self._give)
+        if limit == "global":
+            mp.set_max_concurrent_tasks(1)
+        limited = mp.parallel(max_concurrent=1, backend=backend)(self._work)
+        self.submitted: tuple[Callable[..., Any], ...] = (limited, False) if limit == "function" else (self.late,)
+        acquire = Limiter.acquire
+
+        def acquire_telling(limiter: Limiter, *args: Any, **kwargs: Any) -> bool:
+            if threading.current_thread() is self.giver:
+                self.waiting.set()
+            return acquire(limiter, *args, **kwargs)
+
+        monkeypatch.setattr(Limiter, "acquire", acquire_telling)
+        if limit != "group":  # (on its own thread: on "sync" the holder runs in its submit)
+            work = limited if limit == "function" else mp.parallel(backend=backend)(self._work)
+            self.holder = threading.Thread(target=lambda: work(True).get(60))  # alive while the slot is held
+            self.holder.start()
+            assert self.holding.wait(30)
+
+    def _work(self, hold: bool) -> str:
+        if not hold:
+            return self.late()
+        self.holding.set()
+        if self.fail_now.wait(30) and self.group is not None:
+            self.group.submit(fail, 3)  # (from a task: admitted over the limits)
+        self.release.wait(30)
+        return "held"
+
+    def _give(self) -> None:
+        assert self.group is not None
+        try:
+            self.given.append(self.group.submit(*self.submitted))
+        except BaseException as error:  # noqa: BLE001  # (told in the test's thread)
+            self.given.append(error)
+
+    def give_in(self, ctx: mp.ParallelContext) -> None:
+        """Start the giver's submit to ``ctx`` (holding the group's slot first, for that limit); return as it waits."""
+        self.group = ctx
+        if self.limit == "group":
+            ctx.submit(mp.parallel(backend="thread")(self._work), True)
+            assert self.holding.wait(30)
+        self.giver.start()
+        assert self.waiting.wait(30)
+
+    def end(self) -> None:
+        self.group = None  # (the holder, let go, fails no group)
+        self.fail_now.set()
+        self.release.set()
+        for thread in (self.holder, self.giver):
+            if thread is not None and thread.ident is not None:
+                thread.join(30)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("failure", ["body-error", "task-failure"])
+@pytest.mark.parametrize("limit", ["global", "function", "group"])
+def test_a_submit_waiting_for_a_slot_as_its_group_fails_makes_no_task(
+    backend: str, limit: str, failure: str, monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # Another thread's submit waits for a slot as the group fails. It waited on for the
+    # slot, made its task, and only then had it cancelled as it joined the failed group;
+    # on "sync" (or a free worker) the task ran first. The failure now ends the wait: the
+    # submit is refused as any after the failure is, and runs nothing.
+    slot = SlotWaits(limit, backend, monkeypatch)
+    try:
+        max_concurrent = 1 if limit == "group" else None
+        with pytest.raises(Boom), mp.ParallelContext(backend=backend, max_concurrent=max_concurrent) as ctx:
+            slot.give_in(ctx)
+            if failure == "body-error":
+                raise Boom(2, "the body failed")
+            slot.fail_now.set()
+            assert wait_until(lambda: bool(ctx.errors), 30)
+        slot.giver.join(30)
+        assert not slot.giver.is_alive(), "the submit waited for its slot after the group failed"
+    finally:
+        slot.end()
+    assert len(slot.given) == 1
+    assert isinstance(slot.given[0], mp.TaskCancelledError), slot.given[0]
+    assert "the group already failed" in str(slot.given[0])
+    assert not slot.late.ran.is_set(), "the refused submit's task ran"
     assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
 
 
@@ -863,9 +973,9 @@ class _OpensWhenWaitedOn:
         self._limiter = limiter
         self._gate = gate
 
-    def acquire(self, deadline: float | None = None) -> bool:
+    def acquire(self, *args: Any) -> bool:
         self._gate.set()
-        return bool(self._limiter.acquire(deadline))
+        return bool(self._limiter.acquire(*args))
 
     def release(self) -> None:
         self._limiter.release()

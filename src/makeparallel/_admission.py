@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _interruptible
 from ._backends._base import BlockingWait
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._backends._base import Backend
     from ._handle import AsyncHandle
 
-__all__ = ["Limiter", "NoSlotInTime", "PendingAdmission", "all_limiters", "holding_a_slot"]
+__all__ = ["Limiter", "NoSlotInTime", "PendingAdmission", "Recipient", "all_limiters", "holding_a_slot"]
 
 _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
@@ -64,6 +64,28 @@ class NoSlotInTime(Exception):
     Internal: the map, group or executor that passed the deadline raises its own
     ``TaskTimeoutError`` in its place, as for a result that came too late.
     """
+
+
+class Recipient(Protocol):
+    """What a submission waits for a slot for (a group), which may stop taking tasks meanwhile.
+
+    A wait for a slot under a limit the recipient does not own
+    (``mp.set_max_concurrent_tasks``, a function's ``max_concurrent``) could
+    outlast it: a group failed, or its block ended, while another thread's
+    submission to it waited, and that submission made its task once the slot
+    came. The recipient is told as the wait begins and ends, and the wait ends
+    where it refuses; its stop wakes the limiters waited on
+    (:meth:`Limiter.wake_waiters`).
+    """
+
+    def _slot_wait_begins(self, limiter: Limiter) -> None:
+        """This thread is about to wait for a slot of ``limiter`` (it found none free)."""
+
+    def _slot_wait_ends(self, limiter: Limiter) -> None:
+        """This thread's wait for a slot of ``limiter`` ended, with a slot or not (told once begun, or not)."""
+
+    def _refuse_if_ended(self) -> None:
+        """Raise the recipient's refusal if it takes no more tasks; called under a limiter's lock, it takes no lock."""
 
 
 def all_limiters() -> list[Limiter]:
@@ -107,13 +129,18 @@ class Limiter:
         for waiting in admitted:
             waiting.admitted()
 
-    def acquire(self, deadline: float | None = None) -> bool:
+    def acquire(self, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
 
         ``deadline`` (a ``time.monotonic()`` value): give up then and return
         False, admitting nothing. On a pool's worker thread the wait lends the
         worker's place (taken outside this limiter's lock, which a backend's
         lock comes before), so that the tasks holding the slots can run.
+
+        ``recipient``: what the task is for (a group). A wait ends with its
+        refusal where it stops taking tasks first, or as the slot comes (the
+        slot goes back): the submission makes no task. A call that finds a
+        slot free at once does not ask it (the submission checked it already).
 
         Cancellation: inside a task the wait is a cancellation point
         (``CancellationPoint``): the task's cancel or timeout wakes it, and it
@@ -124,6 +151,8 @@ class Limiter:
             ShutdownError: the library was shut down while this call waited.
             TaskCancelledError: the task this runs in was cancelled while it waited.
             TaskTimeoutError: the task this runs in timed out while it waited.
+            Exception: ``recipient``'s refusal (``_refuse_if_ended()``): it
+                stopped taking tasks while this call waited.
         """
         with self._condition:
             if self.limit is None or self._in_flight < self.limit or self._nested():
@@ -132,21 +161,31 @@ class Limiter:
         task = current_task()
         admitted = False
         try:
-            with CancellationPoint(task, _wake_all, self._condition), BlockingWait(), self._condition:
-                while self.limit is not None and self._in_flight >= self.limit:
-                    if self._closed:
-                        raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
-                    if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
-                        task._raise_if_stopped()
-                    if deadline is None:
-                        _interruptible.wait(self._condition, None)
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    _interruptible.wait(self._condition, remaining)
-                self._in_flight += 1
-                admitted = True
+            try:
+                if recipient is not None:  # told first: a stop after its check below wakes this wait
+                    recipient._slot_wait_begins(self)
+                with CancellationPoint(task, _wake_all, self._condition), BlockingWait(), self._condition:
+                    while self.limit is not None and self._in_flight >= self.limit:
+                        if self._closed:
+                            raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+                        if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
+                            task._raise_if_stopped()
+                        if recipient is not None:  # so is the recipient's stop (wake_waiters)
+                            recipient._refuse_if_ended()
+                        if deadline is None:
+                            _interruptible.wait(self._condition, None)
+                            continue
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        _interruptible.wait(self._condition, remaining)
+                    self._in_flight += 1
+                    admitted = True
+            finally:
+                if recipient is not None:
+                    recipient._slot_wait_ends(self)
+            if recipient is not None:  # it may have stopped as the slot came: the slot goes back, no task is made
+                recipient._refuse_if_ended()
         except BaseException:
             if admitted:  # stopped as the slot came: the submission raises, and the slot goes back
                 self.release()
@@ -160,6 +199,11 @@ class Limiter:
         """
         limit = self.limit
         return None if limit is None or self._nested() else limit
+
+    def wake_waiters(self) -> None:
+        """Wake every submission waiting for a slot here, each to check what ends its wait (a recipient's stop)."""
+        with self._condition:
+            self._condition.notify_all()
 
     def _nested(self) -> bool:
         """Whether this submission comes from a task this limit admits over it (see the module docstring).

@@ -29,7 +29,7 @@ from typing import (
 )
 
 from . import _events, _runtime
-from ._admission import Limiter, NoSlotInTime, PendingAdmission
+from ._admission import Limiter, NoSlotInTime, PendingAdmission, Recipient
 from ._backends._base import Backend
 from ._coroutines import running_loop
 from ._gil_watch import GilWatch
@@ -439,26 +439,41 @@ class ParallelFunction(Generic[P, T]):
             raise
         return handle
 
-    def _submit_until(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
+    def _submit_until(
+        self,
+        deadline: float | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        recipient: Recipient | None = None,
+    ) -> AsyncHandle[T]:
         """Call this function, a map's chunk or a group's task, waiting for a slot no later than ``deadline``.
 
         ``deadline`` (a ``time.monotonic()`` value; ``None``: none) bounds the
         wait under each limit that applies (``max_concurrent``,
         ``mp.set_max_concurrent_tasks``), as the map's or group's ``timeout``
-        bounds the wait for its results. A path of its own, so that
-        ``__call__``, the hot path, carries no deadline.
+        bounds the wait for its results; so does ``recipient`` (a group), whose
+        stop ends it with its refusal (``Limiter.acquire``). A path of its own,
+        so that ``__call__``, the hot path, carries neither.
 
         Raises:
             NoSlotInTime: ``deadline`` passed while the call waited for a slot;
                 nothing was submitted and no slot is kept.
-            Exception: what calling the function raises.
+            Exception: ``recipient``'s refusal: it stopped taking tasks while
+                the call waited for a slot; nothing was submitted. Else what
+                calling the function raises.
         """
-        if deadline is None:
+        if deadline is None and recipient is None:
             return self(*args, **kwargs)
-        return self._submit_by(deadline, args, kwargs)
+        return self._submit_by(deadline, args, kwargs, recipient)
 
-    def _submit_by(self, deadline: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
-        """:meth:`__call__`, its waits for a slot ending at ``deadline`` (:meth:`_submit_until`)."""
+    def _submit_by(
+        self,
+        deadline: float | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        recipient: Recipient | None = None,
+    ) -> AsyncHandle[T]:
+        """:meth:`__call__`, its waits for a slot ending at ``deadline`` or ``recipient``'s stop (:meth:`_submit_until`)."""
         spec = self._spec
         timeout = spec.timeout
         priority = spec.priority
@@ -474,7 +489,7 @@ class ParallelFunction(Generic[P, T]):
             loop = running_loop()
             if loop is not None and backend.holds_tasks:  # no wait there: the task waits for its slots instead
                 return self._admit_on_loop(handle, backend, loop)
-            handle._permits = self._admit(deadline)
+            handle._permits = self._admit(deadline, recipient)
         if _events.listeners:
             _events.emit("submitted", handle)
         try:
@@ -547,17 +562,18 @@ class ParallelFunction(Generic[P, T]):
         hold_for_admission(handle, backend, limiters, loop)
         return handle
 
-    def _admit(self, deadline: float | None = None) -> tuple[Limiter, ...]:
+    def _admit(self, deadline: float | None = None, recipient: Recipient | None = None) -> tuple[Limiter, ...]:
         """Take a slot from each limit that applies, waiting while one is full (until ``deadline``, if given).
 
         Raises:
             NoSlotInTime: ``deadline`` passed first; no slot is kept.
+            Exception: ``recipient``'s refusal, as it stopped first; no slot is kept.
         """
         permits: list[Limiter] = []
         try:
             for limiter in (self._spec.limiter, _runtime.global_limiter):
                 if limiter is not None and limiter.limit is not None:
-                    if not limiter.acquire(deadline):
+                    if not limiter.acquire(deadline, recipient):
                         raise NoSlotInTime
                     permits.append(limiter)
         except BaseException:
@@ -601,8 +617,10 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
         return self._submit_by(None, args, kwargs)
 
-    def _submit_by(self, deadline: float | None, args: Any, kwargs: Any) -> AsyncHandle[T]:
-        """Ask the breaker, then submit as a plain call does, waiting for a slot until ``deadline`` if given."""
+    def _submit_by(
+        self, deadline: float | None, args: Any, kwargs: Any, recipient: Recipient | None = None
+    ) -> AsyncHandle[T]:
+        """Ask the breaker, then submit as a plain call does, its waits for a slot bounded as :meth:`_submit_until` says."""
         spec = self._spec
         breaker = spec.breaker
         assert breaker is not None
@@ -614,9 +632,9 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         admitting = spec.admitting
         admitting.round = permit
         try:
-            if deadline is None:
+            if deadline is None and recipient is None:
                 return super().__call__(*args, **kwargs)
-            return super()._submit_by(deadline, args, kwargs)
+            return super()._submit_by(deadline, args, kwargs, recipient)
         except BaseException:
             if admitting.round is not None:  # never accepted: its permit goes back (else the task's end gives it)
                 admitting.round = None
@@ -664,9 +682,15 @@ class _BoundParallelFunction(Generic[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> AsyncHandle[T]:
         return self._function(self._instance, *args, **kwargs)
 
-    def _submit_until(self, deadline: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[T]:
+    def _submit_until(
+        self,
+        deadline: float | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        recipient: Recipient | None = None,
+    ) -> AsyncHandle[T]:
         """:meth:`ParallelFunction._submit_until` of the method, bound to the instance."""
-        return self._function._submit_until(deadline, (self._instance, *args), kwargs)
+        return self._function._submit_until(deadline, (self._instance, *args), kwargs, recipient)
 
     def options(self, **options: Any) -> _BoundParallelFunction[P, T]:
         """A copy bound to the same instance, with some options changed.

@@ -94,6 +94,9 @@ class ParallelContext:
         # Ctrl-C left counted, landing as the count was given back, would hold it for good.)
         self._making: dict[int, int] = {}
         self._made = threading.Condition(self._lock)
+        # The limiters that submits to the group wait on for a slot now, by thread: its stop wakes them
+        # (a limit it does not own, mp.set_max_concurrent_tasks, frees no slot as the group fails).
+        self._slot_waits: dict[int, list[Limiter]] = {}
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
         self._ended = False  # set, under the lock, once the block ended and waited for every task
@@ -161,9 +164,10 @@ class ParallelContext:
         Raises:
             TypeError: no function was given, or ``args=`` came with positional
                 arguments too, or is not a tuple or list.
-            TaskCancelledError: the group already failed (left to end the
-                block, the block raises that failure instead), or timed out (a
-                task made as it ends so is returned cancelled, with its other tasks);
+            TaskCancelledError: the group already failed, or failed while this
+                call waited for a slot of any limit (left to end the block, the
+                block raises that failure instead), or timed out (a task made as
+                it ends so is returned cancelled, with its other tasks);
                 or, inside a task, that task was cancelled while this call
                 waited for a slot (``max_concurrent``): a cancellation point.
             TaskTimeoutError: the group's ``timeout`` passed while this call
@@ -238,16 +242,16 @@ class ParallelContext:
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
-        if self._limiter is not None and not self._limiter.acquire(self._deadline):
+        if self._limiter is not None and not self._limiter.acquire(self._deadline, self):
             self._time_out()
         try:
             self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
-            # The group's deadline bounds the call's own waits for a slot too (the function's
-            # max_concurrent, mp.set_max_concurrent_tasks): past it, nothing is submitted.
+            # The group's deadline and its stop bound the call's own waits for a slot too (the
+            # function's max_concurrent, mp.set_max_concurrent_tasks): past either, nothing is submitted.
             if self._limiter is None:
-                return function._submit_until(self._deadline, positional, kwargs)
+                return function._submit_until(self._deadline, positional, kwargs, self)
             with holding_a_slot(self._limiter):  # the task, and those it makes, submit here over the limit
-                return function._submit_until(self._deadline, positional, kwargs)
+                return function._submit_until(self._deadline, positional, kwargs, self)
         except NoSlotInTime:
             pass  # timed out below, not while handling it: the group's error alone is shown
         except BaseException:
@@ -257,6 +261,28 @@ class ParallelContext:
         if self._limiter is not None:
             self._limiter.release()
         self._time_out()
+
+    def _slot_wait_begins(self, limiter: Limiter) -> None:
+        """A submit on this thread waits for a slot of ``limiter`` (``_admission.Recipient``): a stop wakes it."""
+        with self._lock:
+            self._slot_waits.setdefault(threading.get_ident(), []).append(limiter)
+
+    def _slot_wait_ends(self, limiter: Limiter) -> None:
+        """That wait ended, with a slot or not (``_admission.Recipient``)."""
+        with self._lock:
+            waits = self._slot_waits.get(threading.get_ident())
+            if waits is None or limiter not in waits:  # a Ctrl-C landed before it was told
+                return
+            waits.remove(limiter)
+            if not waits:
+                del self._slot_waits[threading.get_ident()]
+
+    def _wake_slot_waits(self) -> None:
+        """Wake the submits waiting for a slot, each to see that the group stopped taking tasks."""
+        with self._lock:
+            limiters = {id(limiter): limiter for waits in self._slot_waits.values() for limiter in waits}
+        for limiter in limiters.values():
+            limiter.wake_waiters()
 
     def _made_one_locked(self, thread: int) -> None:
         """A submit under way on ``thread`` ended (its task added, or it raised): the block's end may go on."""
@@ -361,6 +387,7 @@ class ParallelContext:
         with self._lock:
             self._cancelling = True
             self._made.notify_all()  # the block's end, waiting for a submit under way, need not any more
+        self._wake_slot_waits()  # set first: a wait that begins after this sees it
         cancel_and_stop(self.handles)
 
     def _ended_error(self) -> RuntimeError:
