@@ -9,6 +9,7 @@ with events; a task that must notice its cancellation polls ``check_cancelled()`
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import pytest
 from pool_helpers import hold_the_pool, wait_until
 
 import makeparallel as mp
-from makeparallel import _runtime
+from makeparallel import _interruptible, _runtime
 from makeparallel._admission import Limiter
 from makeparallel.testing import wait_until_idle
 
@@ -557,7 +558,7 @@ def test_a_ctrl_c_as_a_submit_gives_its_count_back_leaves_the_blocks_end_free(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("failure", ["body-error", "ctrl-c", "task-failure", "task-failure-as-the-block-waits"])
+@pytest.mark.parametrize("failure", ["body-error", "ctrl-c", "task-failure"])
 def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_slot(
     backend: str, failure: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -565,18 +566,18 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
     # group until the block has ended. The group fails (its body raises, or a task of
     # it fails): its end waited for that submit, that is for the slot, though the task
     # would only be cancelled as made; here it waited for good (the slot frees after
-    # the block). A failed group ends at once.
+    # the block). A failed group ends at once. (One that ends well does not wait for such
+    # a submit either: test_a_block_that_ends_well_does_not_wait_for_a_submit_still_waiting_for_a_slot.)
     mp.set_max_concurrent_tasks(1)
-    holding, fail_now, release, closing = (threading.Event() for _ in range(4))
+    holding, fail_now, release = (threading.Event() for _ in range(3))
     groups: list[mp.ParallelContext] = []
 
     def hold() -> None:  # the slot's holder, outside the group; it fails the group from inside a task
         holding.set()
-        if fail_now.wait(30) and failure.startswith("task-failure"):
+        if fail_now.wait(30) and failure == "task-failure":
             groups[0].submit(fail, 3)  # (from a task: no wait for a slot)
         release.wait(20)
 
-    failer: threading.Thread | None = None  # fails the group as its block waits (joined: no thread outlives the test)
     holder = threading.Thread(target=lambda: mp.parallel(backend="sync")(hold)())
     holder.start()
     assert holding.wait(30)
@@ -607,29 +608,16 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
             if failure == "task-failure":
                 fail_now.set()
                 assert wait_until(lambda: bool(ctx.errors), 30)
-            elif failure == "task-failure-as-the-block-waits":
-                wait_for_submits = ctx._wait_for_submits_locked
-
-                def tell_then_wait() -> bool:
-                    closing.set()
-                    return wait_for_submits()
-
-                monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
-                failer = threading.Thread(target=lambda: closing.wait(30) and fail_now.set())
-                failer.start()
             elif failure == "body-error":
                 raise Boom(2, "the body failed")
             else:
                 raise KeyboardInterrupt
         assert holder.is_alive(), "the failed group's end waited for the slot its submit under way waited for"
     finally:
-        closing.set()
         fail_now.set()
         release.set()
         holder.join(30)
         giver.join(30)
-        if failer is not None:
-            failer.join(30)
     assert len(given) == 1
     # Refused as the group failed, its wait for the slot ended: no task made (made once the
     # slot came, it was cancelled as it joined the group; on "sync" it ran to its end first).
@@ -707,10 +695,14 @@ class SlotWaits:
         self.giver.start()
         assert self.waiting.wait(30)
 
-    def end(self) -> None:
+    def let_go(self) -> None:
+        """End the holder's task: its slot frees."""
         self.group = None  # (the holder, let go, fails no group)
         self.fail_now.set()
         self.release.set()
+
+    def end(self) -> None:
+        self.let_go()
         for thread in (self.holder, self.giver):
             if thread is not None and thread.ident is not None:
                 thread.join(30)
@@ -744,6 +736,160 @@ def test_a_submit_waiting_for_a_slot_as_its_group_fails_makes_no_task(
     assert "the group already failed" in str(slot.given[0])
     assert not slot.late.ran.is_set(), "the refused submit's task ran"
     assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("limit", ["global", "function"])
+def test_a_block_that_ends_well_does_not_wait_for_a_submit_still_waiting_for_a_slot(
+    backend: str, limit: str, monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # Another thread's submit waits for a slot of a limit the group does not own, held by
+    # a task that waits for what comes after the block: the block's end waited for that
+    # submit, that is for the slot, for good. It ends now, and the submit, whose task was
+    # not made, is refused as one after the block's end is.
+    slot = SlotWaits(limit, backend, monkeypatch)
+    try:
+        with mp.ParallelContext(backend=backend) as ctx:
+            slot.give_in(ctx)
+        assert not slot.release.is_set() and slot.holder is not None and slot.holder.is_alive(), (
+            "the block's end waited for the slot of a submit still waiting for it"
+        )
+        slot.giver.join(30)
+        assert not slot.giver.is_alive(), "the submit waited for its slot after the block ended"
+    finally:
+        slot.end()
+    assert len(slot.given) == 1
+    assert isinstance(slot.given[0], RuntimeError), slot.given[0]
+    assert re.search(_AFTER_THE_BLOCK, str(slot.given[0])), slot.given[0]
+    assert not slot.late.ran.is_set(), "the refused submit's task ran"
+    assert ctx.handles == []
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+
+
+@pytest.mark.timeout(120)
+def test_a_submit_whose_slot_comes_as_the_block_ends_is_refused_and_gives_the_slot_back(
+    backend: str, monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # The slot comes to another thread's submit as the block ends, before the submit
+    # tells the group its wait ended: the block ends without it, and the submit, seeing
+    # that, gives the slot back and refuses; its task is never made.
+    slot = SlotWaits("global", backend, monkeypatch)
+    got_the_slot, closed = threading.Event(), threading.Event()
+    try:
+        with mp.ParallelContext(backend=backend) as ctx:
+            slot_wait_ends = ctx._slot_wait_ends
+
+            def tell_once_closed(limiter: Limiter) -> None:
+                if threading.current_thread() is slot.giver:
+                    got_the_slot.set()
+                    assert closed.wait(30)
+                slot_wait_ends(limiter)
+
+            monkeypatch.setattr(ctx, "_slot_wait_ends", tell_once_closed)
+            slot.give_in(ctx)
+            slot.let_go()
+            assert got_the_slot.wait(30)
+            assert _runtime.global_limiter.in_flight == 1  # the giver's now
+        closed.set()
+        slot.giver.join(30)
+    finally:
+        closed.set()
+        slot.end()
+    assert len(slot.given) == 1 and isinstance(slot.given[0], RuntimeError), slot.given
+    assert not slot.late.ran.is_set() and ctx.handles == []
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+
+
+@pytest.mark.timeout(120)
+def test_a_submit_whose_slot_came_before_the_block_ends_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # The slot came first: the submit, making its task (inline, on "sync"), is waited
+    # for as the block ends, and its task is the group's, not lost.
+    slot = SlotWaits("global", "sync", monkeypatch)
+    inside, closing = threading.Event(), threading.Event()
+
+    def late() -> str:
+        inside.set()
+        assert closing.wait(30)
+        return slot.late()
+
+    slot.submitted = (late,)
+    try:
+        with mp.ParallelContext(backend="sync") as ctx:
+            slot.give_in(ctx)
+            slot.let_go()
+            assert inside.wait(30)
+            wait_for_submits = ctx._wait_for_submits_locked
+
+            def tell_then_wait() -> bool:
+                closing.set()
+                return wait_for_submits()
+
+            monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+        slot.giver.join(30)
+    finally:
+        closing.set()
+        slot.end()
+    assert len(slot.given) == 1 and isinstance(slot.given[0], mp.AsyncHandle), slot.given
+    assert ctx.handles == slot.given and slot.given[0].done(), "the block ended before a task it took"
+    assert ctx.results() == ["ran"]
+
+
+@pytest.mark.timeout(120)
+def test_a_submit_interrupted_in_its_wait_for_a_slot_leaves_no_wait_behind(
+    monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # A Ctrl-C (here raised where the wait sleeps) ends a submit's wait for a slot: it
+    # takes nothing, and the group forgets the wait, so that the block's end waits for
+    # that thread's next submit, which got its slot (here still making its task, inline).
+    slot = SlotWaits("global", "sync", monkeypatch)
+    interrupted, inside, closing = threading.Event(), threading.Event(), threading.Event()
+    given: list[Any] = []
+    sleep = _interruptible.wait
+
+    def interrupted_once(condition: threading.Condition, timeout: float | None) -> None:
+        if threading.current_thread() is slot.giver and not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+        sleep(condition, timeout)
+
+    def late() -> str:
+        inside.set()
+        assert closing.wait(30)
+        return slot.late()
+
+    def give_twice(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(slot.late)
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+        assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30)
+        given.append(ctx.submit(late))
+
+    monkeypatch.setattr(_interruptible, "wait", interrupted_once)
+    try:
+        with mp.ParallelContext(backend="sync") as ctx:
+            slot.giver = threading.Thread(target=give_twice, args=(ctx,))
+            slot.giver.start()
+            assert interrupted.wait(30)
+            slot.let_go()
+            assert inside.wait(30)
+            wait_for_submits = ctx._wait_for_submits_locked
+
+            def tell_then_wait() -> bool:
+                closing.set()
+                return wait_for_submits()
+
+            monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+        slot.giver.join(30)
+    finally:
+        closing.set()
+        slot.end()
+    assert len(given) == 2 and isinstance(given[0], KeyboardInterrupt), given
+    assert ctx.handles == given[1:] and given[1].done(), "the block ended before the task it took"
+    assert ctx.results() == ["ran"]
+    assert ctx._slot_waits == {} and ctx._making == {}
 
 
 @pytest.mark.timeout(60)

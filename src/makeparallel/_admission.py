@@ -184,7 +184,7 @@ class Limiter:
             finally:
                 if recipient is not None:
                     recipient._slot_wait_ends(self)
-            if recipient is not None:  # it may have stopped as the slot came: the slot goes back, no task is made
+            if recipient is not None:  # after the wait's end is told: stopped before, the slot goes back, no task
                 recipient._refuse_if_ended()
         except BaseException:
             if admitted:  # stopped as the slot came: the submission raises, and the slot goes back

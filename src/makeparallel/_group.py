@@ -94,8 +94,9 @@ class ParallelContext:
         # Ctrl-C left counted, landing as the count was given back, would hold it for good.)
         self._making: dict[int, int] = {}
         self._made = threading.Condition(self._lock)
-        # The limiters that submits to the group wait on for a slot now, by thread: its stop wakes them
-        # (a limit it does not own, mp.set_max_concurrent_tasks, frees no slot as the group fails).
+        # The limiters that submits to the group wait on for a slot now, by thread: the block's end
+        # does not wait for those submits (a limit the group does not own, mp.set_max_concurrent_tasks,
+        # may free no slot before the block has ended), and its end or failure wakes them to refuse.
         self._slot_waits: dict[int, list[Limiter]] = {}
         self._failed = False
         self._cancelling = False  # set once the group cancels its own tasks
@@ -178,9 +179,10 @@ class ParallelContext:
             ShutdownError: the library was shut down (before this call, or
                 while it waited for a slot).
             RuntimeError: the group's ``with`` block has ended (without a
-                failure or timeout, which refuse as above): it waited for its
-                tasks then, and would neither wait for this one nor report its
-                failure. Start a new group.
+                failure or timeout, which refuse as above), before this call or
+                while it waited for a slot of any limit (the end does not wait
+                for that): it waited for its tasks then, and would neither wait
+                for this one nor report its failure. Start a new group.
         """
         if positional:
             fn, positional = positional[0], positional[1:]
@@ -263,12 +265,23 @@ class ParallelContext:
         self._time_out()
 
     def _slot_wait_begins(self, limiter: Limiter) -> None:
-        """A submit on this thread waits for a slot of ``limiter`` (``_admission.Recipient``): a stop wakes it."""
+        """A submit on this thread waits for a slot of ``limiter`` (``_admission.Recipient``).
+
+        Until the wait ends, the block's end does not wait for that submit
+        (it is woken, and refuses, as the group ends or fails); told here, a
+        close already waiting for it may go on.
+        """
         with self._lock:
             self._slot_waits.setdefault(threading.get_ident(), []).append(limiter)
+            self._made.notify_all()
 
     def _slot_wait_ends(self, limiter: Limiter) -> None:
-        """That wait ended, with a slot or not (``_admission.Recipient``)."""
+        """That wait ended, with a slot or not (``_admission.Recipient``): the block's end waits for the submit again.
+
+        Its caller checks the group's refusal after this: a close before
+        this refuses the submit then (its slot goes back), one after waits
+        for its task.
+        """
         with self._lock:
             waits = self._slot_waits.get(threading.get_ident())
             if waits is None or limiter not in waits:  # a Ctrl-C landed before it was told
@@ -403,25 +416,32 @@ class ParallelContext:
         """Wait for every task, then close the group: no task can join it unwaited for after this.
 
         A submit under way (on another thread, past its first check) is waited
-        for too, and then its task; within the group's ``timeout``. Not once
-        the group cancels its tasks (a failure, Ctrl-C): its task would be
-        cancelled as it is made, and its wait for a slot under a limit the
-        group does not own (``mp.set_max_concurrent_tasks``) could outlast the
-        block, whose end would wait for it (for good, if the slot's holder
-        waits for what comes after the block).
+        for too, and then its task; within the group's ``timeout``. Not one
+        waiting for a slot, nor any once the group cancels its tasks (a
+        failure, Ctrl-C): a wait for a slot under a limit the group does not
+        own (``mp.set_max_concurrent_tasks``) could outlast the block, whose
+        end would wait for it (for good, if the slot's holder waits for what
+        comes after the block). The close wakes such a wait, which refuses as
+        a submit after the block's end does; one that got its slot first is
+        waited for.
         """
         here = threading.get_ident()
         waited = self._wait_all()
         while True:
             with self._lock:  # a submit appends under it: one that got in past the last wait is waited for too
-                elsewhere = any(thread != here for thread in self._making)
-                if waited == len(self._handles) and (not elsewhere or self._cancelling):
+                if waited == len(self._handles) and (self._cancelling or not self._making_elsewhere_locked(here)):
                     self._ended = True
-                    return
+                    break
                 in_time = waited < len(self._handles) or self._wait_for_submits_locked()
             if not in_time:
                 self._time_out()
             waited = self._wait_all(waited)
+        self._wake_slot_waits()  # ended first: a wait told after this refuses at its first check
+
+    def _making_elsewhere_locked(self, here: int) -> bool:
+        """Whether a submit on another thread than ``here`` is under way, past its waits for a slot."""
+        waits = self._slot_waits
+        return any(thread != here and count > len(waits.get(thread, ())) for thread, count in self._making.items())
 
     def _wait_for_submits_locked(self) -> bool:
         """Wait, the lock held, for a submit under way to end (it may return sooner); False past the deadline."""
