@@ -939,6 +939,144 @@ def test_waiting_on_the_thread_of_the_stopped_loop_that_runs_the_coroutine_is_re
         loop.close()
 
 
+# An await on another loop (another thread's, or a new one on the closed loop's own thread),
+# and the async collectors there, never looked at the task's loop: closed before the await or
+# while it waited, the task stayed running, and the await lasted for good (or to its timeout).
+
+
+async def awaited_outcome(handle: mp.AsyncHandle[int], way: str) -> object:
+    """What awaiting ``handle`` in one of the ``ABANDONED_WAITS`` gave: the result (the ended handle's error, for
+    ``as_completed``), or the error's type; an await that lasts 20 s is a ``TimeoutError``."""
+    try:
+        value = await asyncio.wait_for(ABANDONED_WAITS[way](handle), 20)
+    except Exception as error:  # noqa: BLE001  # the outcome under test
+        return type(error)
+    if isinstance(value, mp.AsyncHandle):
+        return outcome_of(value.exception)
+    return value[0] if isinstance(value, list) else value
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["this thread", "another thread"])
+@pytest.mark.parametrize("way", ABANDONED_WAITS)
+def test_an_await_on_another_loop_ends_a_task_whose_coroutines_loop_closed_first(way: str, where: str) -> None:
+    # On this thread, the await runs on a new loop made after the close (asyncio.run's).
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    if where == "this thread":
+        loop = asyncio.new_event_loop()
+        try:
+            handle = called_from_a_coroutine_on(loop, fn)
+        finally:
+            loop.close()
+    else:
+        made: list[mp.AsyncHandle[int]] = []
+        a_loop_on_its_thread(fn, made, None).join(30)
+        (handle,) = made
+    assert run(awaited_outcome(handle, way)) is mp.ShutdownError
+    error = handle.exception()
+    assert isinstance(error, mp.ShutdownError) and "closed before it ended" in str(error), error
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ABANDONED_WAITS)
+def test_an_await_on_another_loop_begun_before_the_coroutines_loop_closed_ends_at_its_close(way: str) -> None:
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    close = threading.Event()
+    made: list[mp.AsyncHandle[int]] = []
+    thread = a_loop_on_its_thread(fn, made, close)
+    try:
+        assert wait_until(lambda: bool(made), 30)
+        (handle,) = made
+        callbacks = len(handle._callbacks or ())
+
+        async def main() -> object:
+            waiting = asyncio.ensure_future(awaited_outcome(handle, way))
+            began = await on_a_thread(lambda: wait_until(lambda: len(handle._callbacks or ()) > callbacks, 30))
+            close.set()
+            assert began, "the await never began"
+            return await waiting
+
+        assert run(main()) is mp.ShutdownError
+    finally:
+        close.set()
+        thread.join(30)
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("way", ["await", "gather_async", "async for over as_completed"])
+def test_an_await_on_another_loop_of_the_thread_whose_stopped_loop_runs_the_coroutine_is_refused(way: str) -> None:
+    # Only this thread runs that loop, and it runs the await's loop instead: as a blocking wait
+    # here, the await lasted for good.
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    loop = asyncio.new_event_loop()
+    try:
+        handle = called_from_a_coroutine_on(loop, fn)
+        with pytest.raises(RuntimeError, match=r"which is not running now.*loop\.run_until_complete\(handle\)"):
+            run(asyncio.wait_for(ABANDONED_WAITS[way](handle), 20))  # type: ignore[arg-type]
+        assert not handle.done()
+        assert loop.run_until_complete(handle) == 42  # type: ignore[arg-type]
+    finally:
+        loop.close()
+
+
+def pending_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """The timers ``loop`` still has to run (``call_later``), not cancelled."""
+    return [timer for timer in loop._scheduled if not timer.cancelled()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cancelled", [False, True], ids=["ended", "cancelled"])
+@pytest.mark.parametrize("way", ["await", "gather_async", "async for over as_completed"])
+def test_an_await_on_another_loop_of_a_task_whose_coroutines_loop_runs_leaves_no_timer(way: str, cancelled: bool) -> None:
+    # The await looks at the task's loop on a timer of its own loop as it waits: gone once it ends.
+    released: list[asyncio.Event] = []  # of the task's loop
+
+    @mp.parallel(backend="sync")
+    async def waits_for_release() -> int:
+        await released[0].wait()
+        return 42
+
+    task_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=task_loop.run_forever, name="test-loop")
+    thread.start()
+    try:
+
+        async def call() -> mp.AsyncHandle[int]:
+            released.append(asyncio.Event())
+            return waits_for_release()
+
+        handle = asyncio.run_coroutine_threadsafe(call(), task_loop).result(30)
+
+        async def main() -> tuple[object, list[asyncio.TimerHandle], list[asyncio.TimerHandle]]:
+            loop = asyncio.get_running_loop()
+            callbacks = len(handle._callbacks or ())
+            waiting = asyncio.ensure_future(ABANDONED_WAITS[way](handle))
+            assert await on_a_thread(lambda: wait_until(lambda: len(handle._callbacks or ()) > callbacks, 30)), "the await never began"
+            during = pending_timers(loop)
+            if cancelled:
+                waiting.cancel()
+            else:
+                task_loop.call_soon_threadsafe(released[0].set)
+            outcome = await asyncio.gather(waiting, return_exceptions=True)
+            return outcome[0], during, pending_timers(loop)
+
+        outcome, during, after = run(main())
+        assert during, "the await looked at no loop as it waited"
+        assert after == []
+        if cancelled:
+            assert isinstance(outcome, asyncio.CancelledError), outcome
+        else:
+            assert (outcome.get() if isinstance(outcome, mp.AsyncHandle) else outcome) in (42, [42]), outcome
+    finally:
+        if released:
+            task_loop.call_soon_threadsafe(released[0].set)
+        task_loop.call_soon_threadsafe(task_loop.stop)
+        thread.join(30)
+        task_loop.close()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "dropped"])
 @pytest.mark.parametrize("wait", ["wait_until_idle", "shutdown"])

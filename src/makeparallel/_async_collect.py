@@ -14,7 +14,10 @@ ends the task a hand-over of the GIL.
   handles that end while the consumer is busy cost the loop nothing.
 
 Following many handles gives the loop a turn every ``_BATCH`` of them, and so
-does taking many ended handles in a row. One difference from the blocking
+does taking many ended handles in a row. A task whose coroutine runs on its
+caller's loop, another than the collector's, is looked at as the collector
+begins and on a timer while it waits (``_await.LoopWatch``): nothing tells of
+that loop's close, which ends it. One difference from the blocking
 collectors: cancelling the coroutine that collects (a timeout around it, a
 failing ``TaskGroup``, a client gone) cancels every task not yet ended, as
 cancelling an ``await handle`` cancels its task. ``asyncio`` is imported on
@@ -30,12 +33,15 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, stop_following, taken
+from ._coroutines import end_those_of_closed_loops, on_callers_loops
 from ._handle import AsyncHandle
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
 
 if TYPE_CHECKING:
     import asyncio
+
+    from ._await import LoopWatch
 
 __all__ = ["AsyncCompletions", "as_completed_async", "gather_async"]
 
@@ -77,6 +83,7 @@ class AsyncCompletions:
         self.outstanding = 0
         self._total = 0
         self._without_yield = 0  # handles taken in a row without the loop getting a turn
+        self._elsewhere: list[AsyncHandle[Any]] = []  # those whose coroutine runs on another loop (_await.on_other_loops)
         self.callback = self._on_end  # one object, so that stop_following can remove it
 
     @classmethod
@@ -87,7 +94,16 @@ class AsyncCompletions:
         return completions
 
     def add(self, handle: AsyncHandle[Any]) -> None:
-        """Follow one more handle."""
+        """Follow one more handle.
+
+        Raises:
+            RuntimeError: its coroutine runs on the loop of the code that called
+                it, which is stopped, and which this thread ran (``on_other_loops``).
+        """
+        if on_callers_loops and handle in on_callers_loops:
+            from ._await import on_other_loops
+
+            self._elsewhere += on_other_loops((handle,), self._loop)
         self.outstanding += 1
         self._total += 1
         if handle.done():
@@ -128,6 +144,7 @@ class AsyncCompletions:
                 self._waiting = waiting = self._loop.create_future()
             self._lend_place_until(waiting)
             self._without_yield = 0
+            watch = self._watch_their_loops() if self._elsewhere else None
             try:
                 if self._deadline is None:
                     await waiting
@@ -140,11 +157,24 @@ class AsyncCompletions:
                 if not ended_in_time:
                     raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
             finally:
+                if watch is not None:
+                    watch.stop()
                 with self._lock:
                     if self._waiting is waiting:  # it gave up (a timeout, a cancel): nobody waits now
                         self._waiting = None
         self.outstanding -= 1
         return handle
+
+    def _watch_their_loops(self) -> LoopWatch | None:
+        """As the consumer begins to wait: end the tasks whose coroutine's loop closed, and look again while it waits.
+
+        An ended one wakes the wait as it ends (its done-callback, on this thread).
+        """
+        from ._await import LoopWatch
+
+        end_those_of_closed_loops(self._elsewhere)
+        self._elsewhere = [handle for handle in self._elsewhere if handle in on_callers_loops]
+        return LoopWatch(self._loop, self._elsewhere) if self._elsewhere else None
 
 
 class _Countdown:
@@ -271,8 +301,14 @@ async def gather_async(
         TaskTimeoutError: ``timeout`` passed; the tasks go on.
         asyncio.CancelledError: the awaiting coroutine was cancelled; every task
             not yet ended is cancelled too.
-        RuntimeError: no asyncio event loop runs (under trio, for one).
-        Exception: with ``on_error="raise"``, the first task error, as itself.
+        RuntimeError: no asyncio event loop runs (under trio, for one); or
+            the coroutine of one of ``handles`` runs on the loop of the code
+            that called it (the ``"sync"`` backend called from a coroutine),
+            which this thread ran and which is not running now: nothing could
+            run it while this thread runs the awaiting loop.
+        Exception: with ``on_error="raise"``, the first task error, as itself;
+            ``ShutdownError`` for a task whose coroutine ran on the loop of
+            the code that called it, where that loop closed before it ended.
     """
     import asyncio
 
@@ -281,8 +317,18 @@ async def gather_async(
     timeout = check_wait_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     countdown = _Countdown(len(items), stop_at_failure=on_error == "raise")
+    watch = None
     try:
-        await _follow(items, countdown.follow)
+        if on_callers_loops:  # tasks whose coroutine's loop, another, may close as this waits: looked at
+            from ._await import LoopWatch, on_other_loops
+
+            loop = countdown.future.get_loop()
+            elsewhere = on_other_loops(items, loop)
+            await _follow(items, countdown.follow)
+            if elsewhere:
+                watch = LoopWatch(loop, elsewhere)
+        else:
+            await _follow(items, countdown.follow)
         if deadline is None:
             await countdown.future
         else:
@@ -298,6 +344,8 @@ async def gather_async(
         cancel_crossing(items)
         raise
     finally:
+        if watch is not None:
+            watch.stop()
         stop_following(items, countdown.callback)
         countdown.drop()
     if countdown.failed is not None:

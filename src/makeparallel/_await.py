@@ -20,6 +20,14 @@ stop (``check_cancelled()`` raises in it), and one whose function or
 ``mp.configure(async_cancel="force")`` says so is stopped as
 ``handle.cancel(force=True)`` stops it. ``asyncio.shield(handle)`` keeps the task
 running.
+
+A task of the ``"sync"`` backend called from a coroutine runs on that caller's
+loop, which alone can end it, and nothing tells of that loop's close. An await on
+another loop (another thread's, or a new one on that loop's thread after the close)
+looks at the task's loop as it begins, and then every ``SLICE`` seconds on a timer of
+its own loop (:class:`LoopWatch`), as the blocking waits look between their slices:
+a task whose loop closed ends with ``ShutdownError``. Every other await costs one
+test of an empty dictionary.
 """
 
 from __future__ import annotations
@@ -28,15 +36,28 @@ import asyncio
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._backends._base import pool_of_this_thread
+from ._coroutines import check_the_loop_of, end_those_of_closed_loops, on_callers_loops
+from ._interruptible import SLICE
+from ._states import SUCCEEDED
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["cancel_crossing", "ended", "lend_place_until", "running_loop_or_explain", "wait_for_end", "wake", "waker_for"]
+__all__ = [
+    "LoopWatch",
+    "cancel_crossing",
+    "ended",
+    "lend_place_until",
+    "on_other_loops",
+    "running_loop_or_explain",
+    "wait_for_end",
+    "wake",
+    "waker_for",
+]
 
 _BATCH = 256  # awaits woken per turn of the loop, at most
 
@@ -158,7 +179,10 @@ def wait_for_end(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
     as little as it can.
     """
     try:
-        yield from ended(handle).__await__()
+        if on_callers_loops and handle in on_callers_loops:  # its coroutine's loop may close as this waits
+            yield from _ended_watching_its_loop(handle)
+        else:
+            yield from ended(handle).__await__()
     except asyncio.CancelledError:
         if not handle.done():
             handle.cancel(force=bool(getattr(handle._observer, "async_cancel_forced", False)))
@@ -198,3 +222,73 @@ def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:
     handle.add_done_callback(functools.partial(waker_for(loop).deliver, wake, future))
     lend_place_until(future)
     return future
+
+
+def on_other_loops(handles: Iterable[AsyncHandle[Any]], loop: asyncio.AbstractEventLoop) -> list[AsyncHandle[Any]]:
+    """Before an await on ``loop``: those of ``handles`` whose coroutine runs on another loop, which may close as it waits.
+
+    Each is looked at first, as a blocking wait looks (``check_the_loop_of``):
+    one whose loop closed already ends here, and is left out. A task whose
+    coroutine runs on ``loop`` itself is left out too: that loop cannot close
+    while it runs the await.
+
+    Raises:
+        RuntimeError: the loop of one of them is open and stopped, and this
+            thread ran it: nothing can run it while this thread runs ``loop``.
+    """
+    if not on_callers_loops:
+        return []
+    elsewhere = []
+    for handle in handles:
+        on = on_callers_loops.get(handle)
+        if on is None or on.loop() is loop:
+            continue
+        check_the_loop_of(handle)
+        if handle._state < SUCCEEDED:
+            elsewhere.append(handle)
+    return elsewhere
+
+
+class LoopWatch:
+    """While an await on ``loop`` waits, ends those of ``tasks`` whose coroutine's loop closed; looks every ``SLICE`` s.
+
+    The looks are a timer of ``loop`` (``call_later``): the await's own thread
+    runs them, and nothing else runs while nothing is to be looked at. An
+    ended task wakes the await as its end always does (its done-callback).
+    :meth:`stop` once the await ends, however it ends.
+    """
+
+    __slots__ = ("_loop", "_tasks", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tasks: list[AsyncHandle[Any]]) -> None:
+        self._loop = loop
+        self._tasks = tasks
+        self._timer: asyncio.TimerHandle | None = loop.call_later(SLICE, self._look)
+
+    def _look(self) -> None:
+        end_those_of_closed_loops(self._tasks)
+        self._tasks = [task for task in self._tasks if task in on_callers_loops]
+        self._timer = self._loop.call_later(SLICE, self._look) if self._tasks else None
+
+    def stop(self) -> None:
+        """Look no more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _ended_watching_its_loop(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
+    """:func:`wait_for_end`'s wait for a task whose coroutine runs on its caller's loop: watched, where that is another."""
+    loop = running_loop_or_explain()
+    elsewhere = on_other_loops((handle,), loop)
+    if handle._state >= SUCCEEDED:  # its loop closed: ended now
+        return
+    future = ended(handle)
+    if not elsewhere:
+        yield from future.__await__()
+        return
+    watch = LoopWatch(loop, elsewhere)
+    try:
+        yield from future.__await__()
+    finally:
+        watch.stop()
