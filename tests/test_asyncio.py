@@ -1165,6 +1165,66 @@ def test_a_wait_for_every_task_begun_before_the_coroutines_loop_closed_ends_at_i
     gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
 
 
+#: Each wait for every task that has no end (the executor's, given it).
+WAITS_FOR_EVERY_TASK_FOR_GOOD: dict[str, Callable[[Any], object]] = {
+    "wait_until_idle": lambda _: wait_until_idle(timeout=None),
+    "shutdown": lambda _: mp.shutdown(timeout_secs=None),
+    "Executor.shutdown": lambda executor: executor.shutdown(wait=True),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop_is", ["running", "stopped"])
+@pytest.mark.parametrize("wait", WAITS_FOR_EVERY_TASK_FOR_GOOD)
+def test_a_wait_for_every_task_for_good_on_the_thread_whose_loop_runs_a_coroutine_is_refused(wait: str, loop_is: str) -> None:
+    # Nothing runs that loop while its thread waits (in a coroutine it runs, or once it
+    # stopped): the wait lasted for good, where the handle's own wait refuses. Nothing is
+    # shut down then, and running the loop until the task ends, as the error says, ends it.
+    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
+    if executor is None:
+        fn: Callable[[int], Any] = mp.parallel(backend="sync")(sleeps_then_doubles)
+    else:
+        fn = functools.partial(executor.submit, sleeps_then_doubles)
+    errors: list[BaseException | None] = []
+    results: list[int] = []
+    loop = asyncio.new_event_loop()
+
+    def refused() -> None:
+        try:
+            WAITS_FOR_EVERY_TASK_FOR_GOOD[wait](executor)
+        except RuntimeError as error:
+            errors.append(error)
+        else:
+            errors.append(None)
+
+    def runs_the_loop() -> None:
+        async def main() -> Any:
+            made = fn(21)
+            if loop_is == "running":
+                refused()
+            return made
+
+        made = loop.run_until_complete(main())
+        if loop_is == "stopped":
+            refused()
+        results.append(loop.run_until_complete(made if executor is None else made.handle))
+
+    thread = threading.Thread(target=runs_the_loop, daemon=True)  # (a wait for good holds it)
+    thread.start()
+    thread.join(30)
+    try:
+        assert not thread.is_alive(), "the wait waited for good"
+        assert len(errors) == 1 and errors[0] is not None, errors
+        assert "Run the loop until the task ends first: `loop.run_until_complete(" in str(errors[0])
+        assert results == [42]
+        assert WAITS_FOR_EVERY_TASK[wait](executor) is True  # not shut down before: it waits now
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=False)
+        if not thread.is_alive():
+            loop.close()
+
+
 _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP = """import asyncio
 import makeparallel as mp
 

@@ -42,6 +42,7 @@ __all__ = [
     "end_those_of_closed_loops",
     "is_coroutine",
     "on_callers_loops",
+    "one_only_this_thread_can_end",
     "run_here",
     "run_to_end",
     "running_loop",
@@ -326,6 +327,26 @@ def check_the_loop_of(task: Any) -> None:
             "to run that loop. Run the loop until the task ends: `loop.run_until_complete(handle)`, "
             "or `await handle` in a coroutine that loop runs"
         )
+
+
+def one_only_this_thread_can_end(backend: Any = None) -> Any:
+    """A task (of ``backend``; ``None``: of any) whose coroutine's loop only this thread can run now; ``None`` if none.
+
+    That loop runs here, or ran here and stopped: while this thread waits for
+    the task, nothing runs the loop, and the task never ends. A wait for every
+    task without a timeout (``shutdown``, ``wait_until_idle``,
+    ``Executor.shutdown``) asks first, as :func:`check_the_loop_of` does for
+    a wait for one task: it lasted for good.
+    """
+    here = threading.get_ident()
+    running = running_loop()
+    for task, on in list(on_callers_loops.items()):  # (a copy, as end_those_of_closed_loops makes)
+        if backend is not None and task._backend is not backend:
+            continue
+        loop = on.loop()
+        if loop is not None and not loop.is_closed() and (loop is running or (on.thread == here and not loop.is_running())):
+            return task
+    return None
 
 
 def end_those_of_closed_loops(tasks: Iterable[Any] | None = None) -> None:

@@ -32,7 +32,13 @@ from ._admission import Limiter, NoSlotInTime
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
-from ._coroutines import is_coroutine, on_callers_loops, run_to_end, running_loop
+from ._coroutines import (
+    is_coroutine,
+    on_callers_loops,
+    one_only_this_thread_can_end,
+    run_to_end,
+    running_loop,
+)
 from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
@@ -500,7 +506,11 @@ class Executor(concurrent.futures.Executor):
                 from a callback on a thread of its pool (a worker, or a process
                 pool's loop thread, where its tasks' callbacks run), which the
                 tasks waited for may need; the standard ``ThreadPoolExecutor``
-                raises in both places too. Nothing is shut down.
+                raises in both places too. Or on the thread of an event loop
+                that runs the coroutine of one of its ``"sync"`` tasks
+                (submitted from a coroutine), in that loop or once it stopped:
+                nothing runs the loop while the thread waits. Nothing is shut
+                down.
         """
         if wait and _runs_a_task_of(self._backend):
             raise RuntimeError(
@@ -512,6 +522,14 @@ class Executor(concurrent.futures.Executor):
                 "Executor.shutdown(wait=True) was called from a callback on a thread of this "
                 "executor's own pool, which the tasks it would wait for may need to end: it would "
                 "wait for good; call shutdown(wait=False) there"
+            )
+        if wait and on_callers_loops and (held := one_only_this_thread_can_end(self._backend)) is not None:
+            raise RuntimeError(
+                "Executor.shutdown(wait=True) was called on the thread of the event loop that runs "
+                f'the coroutine of its task {held.get_task_id()} ({held.name}) (the "sync" backend '
+                "called from a coroutine), which nothing runs while this thread waits: it would wait "
+                "for good. Run the loop until the task ends first: `loop.run_until_complete(future.handle)`, "
+                "or `await future.handle` in a coroutine that loop runs"
             )
         with self._shutdown_lock:
             self._shut_down = True

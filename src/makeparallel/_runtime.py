@@ -676,7 +676,8 @@ def wait_until_idle(timeout: float | None = None) -> bool:
         TypeError, ValueError: ``timeout`` is not a number >= 0 or ``None``.
         RuntimeError: ``timeout`` is ``None`` where the wait could never end,
             as for :func:`shutdown`: inside a task, in a callback on a thread
-            pool's worker, or on a process pool's loop thread.
+            pool's worker, on a process pool's loop thread, or on the thread
+            of an event loop that runs a ``"sync"`` task's coroutine.
     """
     timeout = check_wait_timeout(timeout)
     if timeout is None:
@@ -722,6 +723,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     Raises:
         TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
             or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
+        RuntimeError: ``timeout_secs`` is ``None`` where the wait could never
+            end (below); nothing is shut down then.
 
     After it, interpreter exit does not wait for tasks again (not even when this
     returned ``False`` or was interrupted): it abandons what is left at once,
@@ -730,7 +733,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     Called from a task or a callback, it waits for that task too, which cannot
     end meanwhile, or for tasks that need the thread the callback holds: give
     it a ``timeout_secs`` there. With ``None`` there it would wait for good, so
-    it raises ``RuntimeError`` at once, shutting nothing down.
+    it raises ``RuntimeError`` at once, shutting nothing down; so it does on
+    the thread of an event loop that runs the coroutine of a ``"sync"`` task
+    (called from a coroutine), in that loop or once it stopped: nothing runs
+    the loop while the thread waits. Run the loop until the task ends first.
     """
     if timeout_secs is None:
         _refuse_to_wait_for_good_here()
@@ -745,7 +751,9 @@ def _refuse_to_wait_for_good_here(
     Inside a task (its own end is among those waited for); in a callback on a
     thread pool's worker (the tasks queued behind may need that very worker:
     with one thread, they never started); in a process task's callback, on
-    its pool's loop thread (which reads every result the wait needs).
+    its pool's loop thread (which reads every result the wait needs); on the
+    thread of an event loop that runs a ``"sync"`` task's coroutine, in it or
+    once it stopped (nothing runs that loop while the thread waits).
     """
     task = current_task()
     if task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
@@ -755,7 +763,17 @@ def _refuse_to_wait_for_good_here(
     elif _reads_results_here():
         where = "in a process task's callback, on the pool's loop thread, which reads the results it waits for"
     else:
-        return
+        coroutines = sys.modules.get("makeparallel._coroutines")
+        held = None if coroutines is None else coroutines.one_only_this_thread_can_end()
+        if held is None:
+            return
+        raise RuntimeError(
+            f"{call} called on the thread of the event loop that runs the coroutine of task "
+            f'{held.get_task_id()} ({held.name}) (the "sync" backend called from a coroutine), which '
+            f"nothing runs while this thread waits: it would wait for good{done}. Run the loop until "
+            "the task ends first: `loop.run_until_complete(handle)`, or `await handle` in a "
+            "coroutine that loop runs"
+        )
     raise RuntimeError(
         f"{call} called {where}, would wait for good{done}. Give it {bound}, or call it "
         "from your program's own thread"
