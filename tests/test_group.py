@@ -892,6 +892,99 @@ def test_a_submit_interrupted_in_its_wait_for_a_slot_leaves_no_wait_behind(
     assert ctx._slot_waits == {} and ctx._making == {}
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("met_by", ["the block's end", "another thread"])
+@pytest.mark.parametrize("limit", ["global", "function", "group"])
+def test_a_submit_waiting_for_a_slot_as_the_group_times_out_raises_the_timeout(
+    limit: str, met_by: str, monkeypatch: pytest.MonkeyPatch, previous_limit: None
+) -> None:
+    # A submit waits for a slot as the group's timeout passes, met first by another of the
+    # group's waits (the block's end, or ctx.results() on another thread), which woke it:
+    # it raised TaskCancelledError ("takes no new tasks"), as a submit made after the
+    # timeout does, and made by the body, the block raised that, not the timeout, and
+    # kept it in ctx.errors as a failure. It raises the group's TaskTimeoutError, as when
+    # its own wait meets the deadline first (here pushed back: the other wait meets it).
+    release, holding, waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(wait: bool = True) -> int:
+        if wait:
+            holding.set()
+            release.wait(30)
+        return 1
+
+    limited = mp.parallel(backend="thread", max_concurrent=1)(hold)
+    outside: mp.AsyncHandle[int] | None = None
+    if limit == "global":
+        mp.set_max_concurrent_tasks(2)  # one for the task outside, one for the group's
+    if limit != "group":
+        outside = (limited if limit == "function" else mp.parallel(backend="thread")(hold))()
+        assert holding.wait(30)
+        holding.clear()
+    submitted: tuple[Any, ...] = (limited, False) if limit == "function" else (add, 1)
+    waiter: list[threading.Thread] = []
+    given: list[Any] = []
+    acquire = Limiter.acquire
+
+    def acquire_late(limiter: Limiter, deadline: float | None = None, *args: Any) -> bool:
+        if waiter and threading.current_thread() is waiter[0] and deadline is not None:
+            deadline += 3600  # its own wait meets the timeout last
+        return acquire(limiter, deadline, *args)
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            given.append(ctx.submit(*submitted))
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+
+    def collect(ctx: mp.ParallelContext) -> None:
+        assert waiting.wait(30)
+        with pytest.raises(mp.TaskTimeoutError):
+            ctx.results()
+        collected.set()
+
+    monkeypatch.setattr(Limiter, "acquire", acquire_late)
+    other: threading.Thread | None = None
+    collected = threading.Event()
+    try:
+        timed_out = pytest.raises(mp.TaskTimeoutError, match="the group timed out after 0.5 s")
+        with timed_out, mp.ParallelContext(timeout=0.5, max_concurrent=1 if limit == "group" else None) as ctx:
+            slot_wait_begins = ctx._slot_wait_begins
+
+            def tell_it_waits(limiter: Limiter) -> None:
+                slot_wait_begins(limiter)
+                if waiter and threading.current_thread() is waiter[0]:
+                    waiting.set()
+
+            monkeypatch.setattr(ctx, "_slot_wait_begins", tell_it_waits)
+            held = ctx.submit(mp.parallel(backend="thread")(hold))  # runs past the timeout
+            assert holding.wait(30)
+            if met_by == "another thread":  # the body's own submit waits; ctx.results() meets the timeout
+                waiter.append(threading.current_thread())
+                other = threading.Thread(target=collect, args=(ctx,))
+                other.start()
+                give(ctx)
+            else:  # another thread's submit waits; the block's end meets the timeout
+                waiter.append(threading.Thread(target=give, args=(ctx,)))
+                waiter[0].start()
+                assert waiting.wait(30)
+            if given and isinstance(given[0], BaseException):
+                raise given[0]
+        if met_by == "the block's end":
+            waiter[0].join(30)
+    finally:
+        release.set()
+        if other is not None:
+            other.join(30)
+    assert met_by == "the block's end" or collected.is_set(), "ctx.results() did not meet the timeout"
+    assert len(given) == 1 and isinstance(given[0], mp.TaskTimeoutError), given
+    assert not any(isinstance(error, mp.TaskCancelledError) for error in ctx.errors), ctx.errors
+    assert ctx.handles == [held] and held.cancelled()
+    if outside is not None:
+        assert outside.get(30) == 1
+    assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, 30), _runtime.global_limiter.in_flight
+    assert limited(False).get(30) == 1 and mp.parallel(backend="thread")(hold)(False).get(30) == 1
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("limit", ["global", "group"])
 def test_a_timeout_met_by_another_threads_submit_is_raised_by_the_block_too(limit: str) -> None:

@@ -84,8 +84,11 @@ class Recipient(Protocol):
     def _slot_wait_ends(self, limiter: Limiter) -> None:
         """This thread's wait for a slot of ``limiter`` ended, with a slot or not (told once begun, or not)."""
 
-    def _refuse_if_ended(self) -> None:
-        """Raise the recipient's refusal if it takes no more tasks; called under a limiter's lock, it takes no lock."""
+    def _refuse_waiting(self) -> None:
+        """Raise the recipient's refusal of this waiting submission if it takes no more tasks.
+
+        Called under a limiter's lock, it takes no lock.
+        """
 
 
 def all_limiters() -> list[Limiter]:
@@ -151,7 +154,7 @@ class Limiter:
             ShutdownError: the library was shut down while this call waited.
             TaskCancelledError: the task this runs in was cancelled while it waited.
             TaskTimeoutError: the task this runs in timed out while it waited.
-            Exception: ``recipient``'s refusal (``_refuse_if_ended()``): it
+            Exception: ``recipient``'s refusal (``_refuse_waiting()``): it
                 stopped taking tasks while this call waited.
         """
         with self._condition:
@@ -171,7 +174,7 @@ class Limiter:
                         if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
                             task._raise_if_stopped()
                         if recipient is not None:  # so is the recipient's stop (wake_waiters)
-                            recipient._refuse_if_ended()
+                            recipient._refuse_waiting()
                         if deadline is None:
                             _interruptible.wait(self._condition, None)
                             continue
@@ -185,7 +188,7 @@ class Limiter:
                 if recipient is not None:
                     recipient._slot_wait_ends(self)
             if recipient is not None:  # after the wait's end is told: stopped before, the slot goes back, no task
-                recipient._refuse_if_ended()
+                recipient._refuse_waiting()
         except BaseException:
             if admitted:  # stopped as the slot came: the submission raises, and the slot goes back
                 self.release()

@@ -173,9 +173,10 @@ class ParallelContext:
                 waited for a slot (``max_concurrent``): a cancellation point.
             TaskTimeoutError: the group's ``timeout`` passed while this call
                 waited for a slot (of the group's ``max_concurrent``, the
-                function's, or ``mp.set_max_concurrent_tasks``): the task is not
-                submitted and the group's tasks are cancelled; or, inside a
-                task, that task timed out meanwhile.
+                function's, or ``mp.set_max_concurrent_tasks``), met by this
+                wait or another of the group's: the task is not submitted and
+                the group's tasks are cancelled; or, inside a task, that task
+                timed out meanwhile.
             ShutdownError: the library was shut down (before this call, or
                 while it waited for a slot).
             RuntimeError: the group's ``with`` block has ended (without a
@@ -365,6 +366,19 @@ class ParallelContext:
             raise TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
         if self._ended:
             raise self._ended_error()
+
+    def _refuse_waiting(self) -> None:
+        """Refuse a submit waiting for a slot once the group cancels its own (``_admission.Recipient``).
+
+        As :meth:`_refuse_if_ended`, but a timeout met meanwhile by another of
+        the group's waits (the block's end, ``results()``, a submit on another
+        thread), which wakes this one, raises ``TaskTimeoutError``, as this
+        wait meeting it first does: which wait wakes first, at the one
+        deadline, does not change what the submit (and a body it ends) raises.
+        """
+        if self._timed_out is not None and not self._failed:
+            raise TaskTimeoutError(self._timed_out)
+        self._refuse_if_ended()
 
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
         """Count a task's end; a failure fails the group before its slot frees.
