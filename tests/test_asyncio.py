@@ -1077,6 +1077,153 @@ def test_an_await_on_another_loop_of_a_task_whose_coroutines_loop_runs_leaves_no
         task_loop.close()
 
 
+class TasksOnALoopOfTheirOwn:
+    """``count`` tasks of the ``"sync"`` backend called from a coroutine on a loop that runs on its own thread.
+
+    Task ``i`` returns ``i`` once :meth:`release` ``(i)`` is called.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop")
+        self._thread.start()
+        self._events: list[asyncio.Event] = []
+
+        @mp.parallel(backend="sync")
+        async def waits_for_release(i: int) -> int:
+            await self._events[i].wait()
+            return i
+
+        async def call() -> list[mp.AsyncHandle[int]]:
+            self._events.extend(asyncio.Event() for _ in range(count))
+            return [waits_for_release(i) for i in range(count)]
+
+        self.handles = asyncio.run_coroutine_threadsafe(call(), self.loop).result(30)
+
+    def release(self, i: int) -> None:
+        self.loop.call_soon_threadsafe(self._events[i].set)
+
+    def close(self) -> None:
+        for i in range(len(self._events)):
+            self.release(i)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self.loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_many_awaits_on_another_loop_share_one_timer_of_the_awaiting_loop() -> None:
+    # Each await looked on a timer of its own: 10,000 handles awaited through asyncio.gather
+    # kept 10,000 timers, 100,000 calls a second on the awaiting loop as long as they waited.
+    tasks = TasksOnALoopOfTheirOwn(100)
+    try:
+
+        async def main() -> tuple[list[int], int, list[asyncio.TimerHandle]]:
+            loop = asyncio.get_running_loop()
+            callbacks = [len(handle._callbacks or ()) for handle in tasks.handles]
+            waiting = asyncio.ensure_future(asyncio.gather(*tasks.handles))
+
+            def every_await_began() -> bool:
+                return all(len(handle._callbacks or ()) > before for handle, before in zip(tasks.handles, callbacks))
+
+            assert await on_a_thread(lambda: wait_until(every_await_began, 30)), "the awaits never began"
+            during = len(pending_timers(loop))
+            for i in range(len(tasks.handles)):
+                tasks.release(i)
+            return await waiting, during, pending_timers(loop)
+
+        results, during, after = run(main())
+        assert results == list(range(100))
+        assert during == 1
+        assert after == []
+    finally:
+        tasks.close()
+
+
+@pytest.mark.timeout(60)
+def test_async_for_over_as_completed_of_tasks_on_another_loop_looks_at_each_as_it_begins_not_at_every_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each wait for the next handle looked at every task not yet ended: quadratic in the
+    # tasks, 1.2 s of the awaiting loop's time for 10,000 ending one at a time. The timer
+    # looks every SLICE; here it never comes, and each task is looked at as the loop begins.
+    from makeparallel import _await, _coroutines
+
+    looks = [0]
+    closed = _coroutines._OnCallersLoop.closed
+
+    def counted(self: Any) -> bool:
+        looks[0] += 1
+        return closed(self)
+
+    monkeypatch.setattr(_await, "SLICE", 3600.0)
+    monkeypatch.setattr(_coroutines._OnCallersLoop, "closed", counted)
+    count = 100
+    tasks = TasksOnALoopOfTheirOwn(count)
+    try:
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            taken = []
+            tasks.release(0)
+            async for handle in mp.as_completed(tasks.handles):
+                taken.append(handle.get())
+                if len(taken) < count:  # released once the next wait began: each is a wait
+                    loop.call_soon(tasks.release, len(taken))
+            return taken
+
+        assert run(main()) == list(range(count))
+        assert looks[0] <= 2 * count, looks[0]
+    finally:
+        tasks.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_await_on_another_loop_ends_at_its_tasks_loop_close_while_another_await_there_goes_on() -> None:
+    # The awaits of a loop share one timer: the one whose task's loop closed ends, and the
+    # timer goes on looking for the other, until it ends too.
+    tasks = TasksOnALoopOfTheirOwn(1)
+    fn = mp.parallel(backend="sync")(sleeps_then_doubles)
+    close = threading.Event()
+    made: list[mp.AsyncHandle[int]] = []
+    thread = a_loop_on_its_thread(fn, made, close)
+    try:
+        assert wait_until(lambda: bool(made), 30)
+        (closing,) = made
+        (going_on,) = tasks.handles
+
+        async def outcome(handle: mp.AsyncHandle[int]) -> object:
+            try:
+                return await handle
+            except mp.ShutdownError as error:
+                return type(error)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            before = len(closing._callbacks or ()), len(going_on._callbacks or ())
+            first = asyncio.ensure_future(outcome(closing))
+            second = asyncio.ensure_future(outcome(going_on))
+
+            def both_began() -> bool:
+                return len(closing._callbacks or ()) > before[0] and len(going_on._callbacks or ()) > before[1]
+
+            assert await on_a_thread(lambda: wait_until(both_began, 30)), "the awaits never began"
+            close.set()
+            assert await first is mp.ShutdownError
+            assert not second.done()
+            assert len(pending_timers(loop)) == 1, "nothing looks for the await that goes on"
+            tasks.release(0)
+            assert await second == 0
+            assert pending_timers(loop) == []
+
+        run(main())
+    finally:
+        close.set()
+        thread.join(30)
+        tasks.close()
+    gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "dropped"])
 @pytest.mark.parametrize("wait", ["wait_until_idle", "shutdown"])

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, stop_following, taken
-from ._coroutines import end_those_of_closed_loops, on_callers_loops
+from ._coroutines import on_callers_loops
 from ._handle import AsyncHandle
 from ._states import SUCCEEDED
 from ._validation import check_wait_timeout
@@ -166,14 +166,15 @@ class AsyncCompletions:
         return handle
 
     def _watch_their_loops(self) -> LoopWatch | None:
-        """As the consumer begins to wait: end the tasks whose coroutine's loop closed, and look again while it waits.
+        """As the consumer begins to wait: look at the tasks whose coroutine runs on another loop while it waits.
 
-        An ended one wakes the wait as it ends (its done-callback, on this thread).
+        Each was looked at as it was added; looking at them all again at every
+        wait cost the loop time quadratic in them, where they end one by one. The
+        watch shrinks the list as they end. An ended one wakes the wait as it ends
+        (its done-callback, on this thread).
         """
         from ._await import LoopWatch
 
-        end_those_of_closed_loops(self._elsewhere)
-        self._elsewhere = [handle for handle in self._elsewhere if handle in on_callers_loops]
         return LoopWatch(self._loop, self._elsewhere) if self._elsewhere else None
 
 

@@ -252,29 +252,80 @@ def on_other_loops(handles: Iterable[AsyncHandle[Any]], loop: asyncio.AbstractEv
 class LoopWatch:
     """While an await on ``loop`` waits, ends those of ``tasks`` whose coroutine's loop closed; looks every ``SLICE`` s.
 
-    The looks are a timer of ``loop`` (``call_later``): the await's own thread
-    runs them, and nothing else runs while nothing is to be looked at. An
+    The looks are one timer of ``loop`` (``call_later``) for all its watches
+    (:class:`_LoopLooks`): the await's own thread runs them, and nothing runs
+    while nothing is watched. ``tasks`` is shrunk in place as its tasks end. An
     ended task wakes the await as its end always does (its done-callback).
     :meth:`stop` once the await ends, however it ends.
     """
 
-    __slots__ = ("_loop", "_tasks", "_timer")
+    __slots__ = ("_looks", "tasks")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tasks: list[AsyncHandle[Any]]) -> None:
-        self._loop = loop
-        self._tasks = tasks
-        self._timer: asyncio.TimerHandle | None = loop.call_later(SLICE, self._look)
-
-    def _look(self) -> None:
-        end_those_of_closed_loops(self._tasks)
-        self._tasks = [task for task in self._tasks if task in on_callers_loops]
-        self._timer = self._loop.call_later(SLICE, self._look) if self._tasks else None
+        self.tasks = tasks
+        self._looks: _LoopLooks | None = _looks_for(loop)
+        self._looks.add(self)
 
     def stop(self) -> None:
         """Look no more."""
-        if self._timer is not None:
+        if self._looks is not None:
+            self._looks.discard(self)
+            self._looks = None
+
+
+class _LoopLooks:
+    """The one timer of a loop that looks at the tasks of its awaits' :class:`LoopWatch` es, every ``SLICE`` s.
+
+    A timer for each await cost the loop a call for each, ten a second: 10,000
+    handles awaited through ``asyncio.gather`` kept it busy for a third of its time.
+    A look costs one test of each task watched; the timer is gone once nothing is.
+    """
+
+    __slots__ = ("_loop", "_timer", "_watches")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watches: dict[LoopWatch, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watch: LoopWatch) -> None:
+        self._watches[watch] = None
+        if self._timer is None:
+            self._timer = self._loop.call_later(SLICE, self._look)
+
+    def discard(self, watch: LoopWatch) -> None:
+        self._watches.pop(watch, None)
+        if not self._watches and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _look(self) -> None:
+        self._timer = None
+        try:
+            for watch in list(self._watches):  # (a task's end may stop a watch meanwhile)
+                tasks = watch.tasks
+                end_those_of_closed_loops(tasks)
+                tasks[:] = [task for task in tasks if task in on_callers_loops]
+                if not tasks:
+                    self._watches.pop(watch, None)
+        finally:
+            if self._watches and self._timer is None:
+                self._timer = self._loop.call_later(SLICE, self._look)
+
+
+class _Looks(threading.local):
+    loop: Any = None
+    looks: Any = None
+
+
+_looks = _Looks()
+
+
+def _looks_for(loop: asyncio.AbstractEventLoop) -> _LoopLooks:
+    if _looks.loop is not loop:  # one loop runs per thread at a time
+        _looks.loop = loop
+        _looks.looks = _LoopLooks(loop)
+    return _looks.looks  # type: ignore[no-any-return]
 
 
 def _ended_watching_its_loop(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
