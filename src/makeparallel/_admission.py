@@ -19,6 +19,17 @@ accepted at once, held back from starting, and waits in the limiter's queue of
 deferred admissions (:class:`PendingAdmission`); a slot freed by a task's end
 passes to it, and the rest of its admission continues on the admission thread.
 Backpressure there comes from awaiting the handles.
+
+Fairness: slots go first come, first served. Blocked submissions and deferred
+admissions wait in one queue, oldest first; a freed slot is handed to the
+oldest (still counted, so no other caller can take it meanwhile), and a new
+submission is admitted at once only where nobody waits (or where it is
+exempt, as above). Without the queue a thread that freed a slot and asked
+again took it back before the waiter it woke could run: a loop of calls
+starved a map on another thread for good, and a map on an event loop, whose
+deferred admissions went first, starved every blocked thread. A waiter that
+gives up (its deadline, its task's stop, shutdown, its recipient's refusal,
+Ctrl-C) leaves the queue, and passes on a slot handed to it meanwhile.
 """
 
 from __future__ import annotations
@@ -99,7 +110,7 @@ def all_limiters() -> list[Limiter]:
 class Limiter:
     """Counts tasks in flight against an optional limit."""
 
-    __slots__ = ("__weakref__", "_closed", "_condition", "_deferred", "_exempt_tasks", "_in_flight", "limit")
+    __slots__ = ("__weakref__", "_closed", "_exempt_tasks", "_in_flight", "_lock", "_waiters", "limit")
 
     def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
         """``exempt_tasks``: admit submissions from inside tasks without waiting.
@@ -111,8 +122,10 @@ class Limiter:
         self._exempt_tasks = exempt_tasks  # read-only outside set_limit(); a plain slot for the hot path
         self._in_flight = 0
         self._closed = False
-        self._condition = threading.Condition(threading.Lock())
-        self._deferred: deque[PendingAdmission] = deque()  # oldest first
+        self._lock = threading.Lock()
+        # Blocked submissions and deferred admissions, oldest first. Not empty only while
+        # the limit is reached: a slot freed, or a raised limit, is handed to the oldest.
+        self._waiters: deque[_Waiter | PendingAdmission] = deque()
         _limiters.add(self)
 
     @property
@@ -121,16 +134,20 @@ class Limiter:
         return self._in_flight
 
     def set_limit(self, limit: int | None) -> None:
-        """Change the limit; waiting submissions re-check it at once."""
+        """Change the limit; a raised one hands its new slots to the oldest waiting submissions at once."""
         admitted = []
-        with self._condition:
+        with self._lock:
             self.limit = limit
-            while self._deferred and (limit is None or self._in_flight < limit):
-                admitted.append(self._deferred.popleft())
+            waiters = self._waiters
+            while waiters and (limit is None or self._in_flight < limit):
+                waiting = waiters.popleft()
                 self._in_flight += 1
-            self._condition.notify_all()
-        for waiting in admitted:
-            waiting.admitted()
+                if isinstance(waiting, _Waiter):
+                    waiting.grant()
+                else:
+                    admitted.append(waiting)
+        for deferred in admitted:
+            deferred.admitted()
 
     def acquire(self, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
@@ -139,6 +156,10 @@ class Limiter:
         False, admitting nothing. On a pool's worker thread the wait lends the
         worker's place (taken outside this limiter's lock, which a backend's
         lock comes before), so that the tasks holding the slots can run.
+
+        Slots go first come, first served: a call that finds others waiting
+        queues behind them, and a slot freed is handed to the oldest waiter
+        (a blocked call or a deferred admission, :meth:`acquire_or_defer`).
 
         ``recipient``: what the task is for (a group). A wait ends with its
         refusal where it stops taking tasks first, or as the slot comes (the
@@ -157,33 +178,33 @@ class Limiter:
             Exception: ``recipient``'s refusal (``_refuse_waiting()``): it
                 stopped taking tasks while this call waited.
         """
-        with self._condition:
-            if self.limit is None or self._in_flight < self.limit or self._nested():
+        with self._lock:
+            limit = self.limit
+            if limit is None or (self._in_flight < limit and not self._waiters) or self._nested():
                 self._in_flight += 1
                 return True
         task = current_task()
+        waiter = _Waiter(self._lock)
         admitted = False
         try:
             try:
                 if recipient is not None:  # told first: a stop after its check below wakes this wait
                     recipient._slot_wait_begins(self)
-                with CancellationPoint(task, _wake_all, self._condition), BlockingWait(), self._condition:
-                    while self.limit is not None and self._in_flight >= self.limit:
-                        if self._closed:
-                            raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
-                        if task is not None:  # checked under the lock _wake_all takes: no stop goes unseen
-                            task._raise_if_stopped()
-                        if recipient is not None:  # so is the recipient's stop (wake_waiters)
-                            recipient._refuse_waiting()
-                        if deadline is None:
-                            _interruptible.wait(self._condition, None)
-                            continue
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return False
-                        _interruptible.wait(self._condition, remaining)
-                    self._in_flight += 1
-                    admitted = True
+                with CancellationPoint(task, _Waiter.wake, waiter), BlockingWait(), self._lock:
+                    limit = self.limit
+                    if limit is None or (self._in_flight < limit and not self._waiters):  # freed meanwhile
+                        self._in_flight += 1
+                        admitted = True
+                    else:
+                        try:
+                            self._waiters.append(waiter)
+                            admitted = self._wait_locked(waiter, task, deadline, recipient)
+                        finally:  # a slot handed over as the wait raised is passed on below
+                            admitted = waiter.granted
+                            if not admitted:
+                                self._leave_locked(waiter)
+                    if not admitted:
+                        return False
             finally:
                 if recipient is not None:
                     recipient._slot_wait_ends(self)
@@ -195,6 +216,37 @@ class Limiter:
             raise
         return True
 
+    def _wait_locked(
+        self, waiter: _Waiter, task: Any, deadline: float | None, recipient: Recipient | None
+    ) -> bool:
+        """Wait, queued, until ``waiter`` is handed a slot (True) or ``deadline`` passes (False); under the lock.
+
+        Raises what ends the wait first: ``ShutdownError``, the task's stop,
+        the recipient's refusal (each waking only this waiter).
+        """
+        while not waiter.granted:
+            if self._closed:
+                raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
+            if task is not None:  # checked under the lock Waiter.wake takes: no stop goes unseen
+                task._raise_if_stopped()
+            if recipient is not None:  # so is the recipient's stop (wake_waiters)
+                recipient._refuse_waiting()
+            if deadline is None:
+                _interruptible.wait(waiter.woken, None)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            _interruptible.wait(waiter.woken, remaining)
+        return True
+
+    def _leave_locked(self, waiter: _Waiter) -> None:
+        """Take ``waiter``, which gave up ungranted, off the queue (``close()`` may have emptied it already)."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
     def limit_here(self) -> int | None:
         """The limit a submission from the code running now is held to: ``None`` where there is none, or where it is admitted over it.
 
@@ -205,8 +257,10 @@ class Limiter:
 
     def wake_waiters(self) -> None:
         """Wake every submission waiting for a slot here, each to check what ends its wait (a recipient's stop)."""
-        with self._condition:
-            self._condition.notify_all()
+        with self._lock:
+            for waiting in self._waiters:
+                if isinstance(waiting, _Waiter):
+                    waiting.woken.notify()
 
     def _nested(self) -> bool:
         """Whether this submission comes from a task this limit admits over it (see the module docstring).
@@ -223,31 +277,40 @@ class Limiter:
 
         A queued admission is told with ``waiting.admitted()`` once a slot is
         its own (the slot is already counted), or ``waiting.refused()`` at shutdown.
+        It queues behind any call already waiting, blocked or deferred (first come,
+        first served).
 
         Raises:
             ShutdownError: the library is shut down and the limit is reached.
         """
-        with self._condition:
-            if self.limit is None or (self._in_flight < self.limit and not self._deferred) or self._nested():
+        with self._lock:
+            if self.limit is None or (self._in_flight < self.limit and not self._waiters) or self._nested():
                 self._in_flight += 1
                 return True
             if self._closed:
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
-            self._deferred.append(waiting)
+            self._waiters.append(waiting)
             return False
 
     def release(self) -> None:
-        """One admitted task ended; its slot goes to the oldest deferred admission, if any.
+        """One admitted task ended; its slot is handed to the oldest waiter, if any, still counted.
+
+        The waiter is a blocked call, woken alone, or a deferred admission.
+        Handed over, not freed: a caller that comes before the woken thread
+        runs (the one that released, asking again) finds the limit reached and
+        queues behind it.
 
         Called under a backend's lock: a deferred admission only schedules the
         rest of its work (``admitted()`` never takes a backend lock).
         """
-        with self._condition:
-            if self._deferred and (self.limit is None or self._in_flight <= self.limit):
-                waiting = self._deferred.popleft()  # the slot passes on, still counted
-            else:
+        with self._lock:
+            waiters = self._waiters
+            if not waiters or (self.limit is not None and self._in_flight > self.limit):
                 self._in_flight -= 1
-                self._condition.notify()
+                return
+            waiting = waiters.popleft()  # the slot passes on, still counted
+            if isinstance(waiting, _Waiter):
+                waiting.grant()
                 return
         waiting.admitted()
 
@@ -257,27 +320,47 @@ class Limiter:
         Deferred admissions end their tasks with ``ShutdownError``, as a blocked
         submission would have raised it.
         """
-        with self._condition:
+        refused: list[PendingAdmission] = []
+        with self._lock:
             self._closed = True
-            refused, self._deferred = list(self._deferred), deque()
-            self._condition.notify_all()
-        for waiting in refused:
-            waiting.refused()
+            # Off the queue, all of them: a slot freed from now on is not handed to a waiter about to raise.
+            for waiting in self._waiters:
+                if isinstance(waiting, _Waiter):
+                    waiting.woken.notify()
+                else:
+                    refused.append(waiting)
+            self._waiters = deque()
+        for deferred in refused:
+            deferred.refused()
 
     def reopen(self) -> None:
-        with self._condition:
+        with self._lock:
             self._closed = False
 
     def _reset_after_fork(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._in_flight = 0  # the parent's tasks do not exist in the child
-        self._deferred = deque()
+        self._waiters = deque()
 
 
-def _wake_all(condition: threading.Condition) -> None:
-    """A task was stopped while it waited for a slot: wake the waits, each of which checks its own task."""
-    with condition:
-        condition.notify_all()
+class _Waiter:
+    """A call blocked in :meth:`Limiter.acquire`, queued: woken alone, when handed a slot or told to look again."""
+
+    __slots__ = ("granted", "woken")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.granted = False  # set under the limiter's lock: the slot is this call's, counted
+        self.woken = threading.Condition(lock)
+
+    def grant(self) -> None:
+        """Hand it a slot (under the limiter's lock)."""
+        self.granted = True
+        self.woken.notify()
+
+    def wake(self) -> None:
+        """Its task was stopped while it waited: wake it to check (``CancellationPoint``)."""
+        with self.woken:
+            self.woken.notify()
 
 
 @contextmanager

@@ -1,0 +1,340 @@
+"""Admission is first come, first served: a freed slot goes to the oldest waiter.
+
+Blocked submissions and deferred admissions (tasks submitted on a running event
+loop) wait in one queue. Without it a thread that freed a slot and asked again
+took it back before the thread it woke could run, and deferred admissions went
+before every blocked thread: either kind of caller could starve the other for
+good. These tests drive a ``Limiter`` directly: who waits is seen by a spy on
+the wait itself, who got a slot by a recorded order, and the slot is freed by
+hand, one at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel import _interruptible, _task_context
+from makeparallel._admission import Limiter
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 30  # seconds, for what must happen (generous: a loaded machine)
+
+
+class Record:
+    """Names in the order things happened, and a wait for the next one."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.names: list[str] = []
+
+    def add(self, name: str) -> None:
+        with self._changed:
+            self.names.append(name)
+            self._changed.notify_all()
+
+    def wait_for(self, holds: Any) -> None:
+        """Wait until ``holds(names)``."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: holds(self.names), WAIT), self.names
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Record]:
+    """The name of each thread as it starts to wait for a slot (again), in order."""
+    record = Record()
+    real_wait = _interruptible.wait
+
+    def wait(condition: threading.Condition, timeout: float | None) -> None:
+        record.add(threading.current_thread().name)
+        real_wait(condition, timeout)
+
+    monkeypatch.setattr(_interruptible, "wait", wait)
+    yield record
+
+
+class Acquirer:
+    """Asks ``limiter`` for a slot on a thread of its own, named ``name``; records what came of it."""
+
+    def __init__(
+        self, limiter: Limiter, name: str, got: Record, task: Any = None, recipient: Any = None, patience: float = WAIT
+    ) -> None:
+        """``patience``: seconds until the call gives up."""
+        self._limiter, self._got, self._task, self._recipient = limiter, got, task, recipient
+        self._patience = patience
+        self.returned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        name = self._thread.name
+        if self._task is not None:
+            _task_context._local.task = self._task
+        try:
+            self._got.add(name if self._limiter.acquire(time.monotonic() + self._patience, self._recipient) else f"{name}: none")
+        except BaseException as error:
+            self._got.add(f"{name}: {type(error).__name__}")
+        finally:
+            if self._task is not None:
+                del _task_context._local.task
+            self.returned.set()
+
+    def join(self) -> None:
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive()
+
+
+class Deferred:
+    """Stands for a task submitted on a running event loop, waiting in the queue for its slot."""
+
+    def __init__(self, name: str, got: Record) -> None:
+        self.name = name
+        self._got = got
+
+    def admitted(self) -> None:
+        self._got.add(self.name)
+
+    def refused(self) -> None:
+        self._got.add(f"{self.name}: refused")
+
+
+def _queue(limiter: Limiter, kind: str, name: str, got: Record, waits: Record, **options: Any) -> Acquirer | None:
+    """Queue a waiter of ``kind`` ("thread" or "deferred") and return once it waits."""
+    if kind == "deferred":
+        assert not limiter.acquire_or_defer(Deferred(name, got))  # type: ignore[arg-type]
+        return None
+    acquirer = Acquirer(limiter, name, got, **options)
+    waits.wait_for(lambda names: name in names)
+    return acquirer
+
+
+def test_a_slot_goes_to_the_oldest_blocked_thread_however_often_its_wait_woke(waits: Record) -> None:
+    # The main thread waits in slices (so that Ctrl-C gets through): each slice it
+    # waited anew, behind a thread that came later, which then took the slot.
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    later: list[Acquirer] = []
+
+    def free_slots() -> None:
+        waits.wait_for(lambda names: "MainThread" in names)
+        later.append(_queue(limiter, "thread", "later", got, waits))  # type: ignore[arg-type]
+        # The main thread's wait woke, and waited again, since the later one's began.
+        waits.wait_for(lambda names: "MainThread" in names[names.index("later") :])
+        limiter.release()
+        got.wait_for(lambda names: len(names) == 1)
+        limiter.release()  # whoever got the first slot ended: the other gets its turn
+
+    helper = threading.Thread(target=free_slots)
+    helper.start()
+    got.add("MainThread" if limiter.acquire(time.monotonic() + WAIT) else "MainThread: none")
+    helper.join(WAIT)
+    assert not helper.is_alive()
+    later[0].join()
+    assert got.names == ["MainThread", "later"]
+    limiter.release()
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "kinds", [("thread", "deferred", "thread"), ("deferred", "thread", "deferred")], ids="-then-".join
+)
+def test_blocked_threads_and_deferred_admissions_get_slots_in_the_order_they_came(
+    kinds: tuple[str, ...], waits: Record
+) -> None:
+    # Deferred admissions went first: a map on an event loop, which keeps adding
+    # them, kept another thread's call waiting for as long as it ran.
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    names = [f"{kind}-{i}" for i, kind in enumerate(kinds)]
+    threads = [_queue(limiter, kind, name, got, waits) for kind, name in zip(kinds, names)]
+    for turn in range(1, len(kinds) + 1):
+        limiter.release()  # the slot's holder ended: the next in line holds it now
+        got.wait_for(lambda seen, turn=turn: len(seen) >= turn)
+    assert got.names == names
+    limiter.release()
+    assert limiter.in_flight == 0
+    for thread in threads:
+        if thread is not None:
+            thread.join()
+
+
+def test_a_thread_that_frees_a_slot_and_asks_again_queues_behind_the_waiter(waits: Record) -> None:
+    # The freed slot was free for whoever took the lock first: almost always the
+    # thread that freed it, asking again before the waiter it woke could run.
+    # A long switch interval keeps that thread running, as it mostly does anyway.
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    waiter = _queue(limiter, "thread", "waiter", got, waits)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(WAIT)
+    try:
+        limiter.release()
+        again = limiter.acquire(time.monotonic())  # no wait: a slot now, or none
+    finally:
+        sys.setswitchinterval(interval)
+    assert not again, "the thread that freed the slot took it back from the one waiting for it"
+    got.wait_for(lambda names: names == ["waiter"])
+    assert waiter is not None
+    waiter.join()
+    limiter.release()
+    assert limiter.in_flight == 0
+
+
+class _StoppedAsTheSlotComes:
+    """The task a waiter runs in, stopped by the time its slot comes: it checks thrice, the third raises."""
+
+    def __init__(self) -> None:
+        self._checks = 0
+
+    def _raise_if_stopped(self) -> None:
+        self._checks += 1
+        if self._checks > 2:
+            raise mp.TaskCancelledError("stopped as the slot came")
+
+
+class _EndsAsTheSlotComes:
+    """A group that stops taking tasks as the wait for its slot ends."""
+
+    def __init__(self) -> None:
+        self._ended = False
+
+    def _slot_wait_begins(self, limiter: Limiter) -> None:
+        pass
+
+    def _slot_wait_ends(self, limiter: Limiter) -> None:
+        self._ended = True
+
+    def _refuse_if_ended(self) -> None:
+        if self._ended:
+            raise mp.ShutdownError("the group ended")
+
+
+@pytest.mark.parametrize("why", ["task stopped", "group ended"])
+def test_a_waiter_that_gives_up_as_its_slot_comes_passes_it_to_the_next(why: str, waits: Record) -> None:
+    limiter = Limiter(1, exempt_tasks=False)
+    assert limiter.acquire()
+    got = Record()
+    if why == "task stopped":
+        error, options = "TaskCancelledError", {"task": _StoppedAsTheSlotComes()}
+    else:
+        error, options = "ShutdownError", {"recipient": _EndsAsTheSlotComes()}
+    # Patient enough to outlast the waits below: it gives up as its slot comes, not at its deadline.
+    giving_up = _queue(limiter, "thread", "giving-up", got, waits, patience=10 * WAIT, **options)
+    _queue(limiter, "deferred", "deferred", got, waits)
+    last = _queue(limiter, "thread", "last", got, waits)
+    try:
+        limiter.release()
+        got.wait_for(lambda names: len(names) >= 2)
+        assert sorted(got.names) == sorted(["deferred", f"giving-up: {error}"])  # either order: one thread tells both
+        assert limiter.in_flight == 1
+        limiter.release()
+        got.wait_for(lambda names: len(names) >= 3)
+        assert got.names[2] == "last"
+        limiter.release()
+        assert limiter.in_flight == 0
+    finally:
+        limiter.close()  # failed, it ends the wait of a call left waiting
+    for thread in (giving_up, last):
+        assert thread is not None
+        thread.join()
+
+
+def test_a_waiter_interrupted_as_its_slot_comes_passes_it_to_the_next(
+    waits: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C (any BaseException) lands as the wait ends. The woken waiter left with
+    # the notice: the next one was never woken, though the slot was free.
+    spied_wait = _interruptible.wait
+
+    def wait(condition: threading.Condition, timeout: float | None) -> None:
+        spied_wait(condition, timeout)
+        if threading.current_thread().name == "interrupted":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_interruptible, "wait", wait)
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    interrupted = _queue(limiter, "thread", "interrupted", got, waits)
+    last = _queue(limiter, "thread", "last", got, waits, patience=10 * WAIT)  # outlasts the wait below
+    try:
+        limiter.release()
+        got.wait_for(lambda names: len(names) >= 2)
+        assert got.names == ["interrupted: KeyboardInterrupt", "last"]
+        assert limiter.in_flight == 1
+        limiter.release()
+        assert limiter.in_flight == 0
+    finally:
+        limiter.close()  # failed, it ends the wait of a call left waiting
+    for thread in (interrupted, last):
+        assert thread is not None
+        thread.join()
+
+
+def test_a_waiter_past_its_deadline_leaves_the_queue(waits: Record) -> None:
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    late = Acquirer(limiter, "late", got)
+    waits.wait_for(lambda names: "late" in names)
+    assert not limiter.acquire(time.monotonic() + 0.05)  # queued behind "late", then gave up
+    limiter.release()
+    got.wait_for(lambda names: names == ["late"])
+    late.join()
+    limiter.release()
+    assert limiter.in_flight == 0
+    assert limiter.acquire(time.monotonic())  # nobody waits: admitted at once
+
+
+def test_raising_the_limit_hands_the_new_slots_to_the_oldest_waiters(waits: Record) -> None:
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    first = _queue(limiter, "thread", "first", got, waits)
+    second = _queue(limiter, "thread", "second", got, waits)
+    _queue(limiter, "deferred", "deferred", got, waits)
+    limiter.set_limit(2)
+    got.wait_for(lambda names: len(names) >= 1)
+    assert got.names == ["first"]
+    limiter.set_limit(3)
+    got.wait_for(lambda names: len(names) >= 2)
+    assert got.names == ["first", "second"]
+    limiter.set_limit(None)
+    got.wait_for(lambda names: len(names) >= 3)
+    assert got.names == ["first", "second", "deferred"]
+    for thread in (first, second):
+        assert thread is not None
+        thread.join()
+    for _ in range(4):
+        limiter.release()
+    assert limiter.in_flight == 0
+
+
+def test_shutdown_refuses_every_waiter_and_leaves_the_queue_empty(waits: Record) -> None:
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    got = Record()
+    blocked = _queue(limiter, "thread", "blocked", got, waits)
+    _queue(limiter, "deferred", "deferred", got, waits)
+    limiter.close()
+    try:
+        got.wait_for(lambda names: len(names) >= 2)
+        assert sorted(got.names) == ["blocked: ShutdownError", "deferred: refused"]
+        assert blocked is not None
+        blocked.join()
+        limiter.release()
+        assert limiter.in_flight == 0
+    finally:
+        limiter.reopen()
+    assert limiter.acquire(time.monotonic())  # no refused waiter is left to take the slot
+    limiter.release()
