@@ -214,7 +214,7 @@ class _EndsAsTheSlotComes:
     def _slot_wait_ends(self, limiter: Limiter) -> None:
         self._ended = True
 
-    def _refuse_if_ended(self) -> None:
+    def _refuse_waiting(self) -> None:
         if self._ended:
             raise mp.ShutdownError("the group ended")
 
