@@ -338,3 +338,38 @@ def test_shutdown_refuses_every_waiter_and_leaves_the_queue_empty(waits: Record)
         limiter.reopen()
     assert limiter.acquire(time.monotonic())  # no refused waiter is left to take the slot
     limiter.release()
+
+
+def test_a_waiter_woken_by_shutdown_raises_even_if_it_runs_only_after_the_reset(
+    waits: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close()`` took it off the queue: waiting on after ``reopen()``, nothing would ever hand it a slot."""
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    woke, go = threading.Event(), threading.Event()
+    spied_wait = _interruptible.wait
+
+    def wait_then_stall(condition: threading.Condition, timeout: float | None) -> None:
+        spied_wait(condition, timeout)
+        woke.set()  # the thread woke, but does not run on before the reset (a busy machine)
+        condition.release()
+        try:
+            assert go.wait(WAIT)
+        finally:
+            condition.acquire()
+
+    monkeypatch.setattr(_interruptible, "wait", wait_then_stall)
+    got = Record()
+    blocked = _queue(limiter, "thread", "blocked", got, waits)
+    limiter.close()
+    assert woke.wait(WAIT)
+    limiter.reopen()
+    go.set()
+    limiter.release()  # a slot free: not a reason to wait on
+    got.wait_for(lambda names: len(names) >= 1)
+    assert got.names == ["blocked: ShutdownError"]
+    assert blocked is not None
+    blocked.join()
+    assert limiter.in_flight == 0
+    assert limiter.acquire(time.monotonic())
+    limiter.release()

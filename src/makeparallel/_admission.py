@@ -225,7 +225,7 @@ class Limiter:
         the recipient's refusal (each waking only this waiter).
         """
         while not waiter.granted:
-            if self._closed:
+            if self._closed or waiter.shut_out:  # shut_out: closed, maybe reopened before this thread ran again
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
             if task is not None:  # checked under the lock Waiter.wake takes: no stop goes unseen
                 task._raise_if_stopped()
@@ -326,6 +326,7 @@ class Limiter:
             # Off the queue, all of them: a slot freed from now on is not handed to a waiter about to raise.
             for waiting in self._waiters:
                 if isinstance(waiting, _Waiter):
+                    waiting.shut_out = True  # off the queue: it must raise, even if reopen() comes first
                     waiting.woken.notify()
                 else:
                     refused.append(waiting)
@@ -346,10 +347,11 @@ class Limiter:
 class _Waiter:
     """A call blocked in :meth:`Limiter.acquire`, queued: woken alone, when handed a slot or told to look again."""
 
-    __slots__ = ("granted", "woken")
+    __slots__ = ("granted", "shut_out", "woken")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.granted = False  # set under the limiter's lock: the slot is this call's, counted
+        self.shut_out = False  # set under the limiter's lock by close(), which took it off the queue
         self.woken = threading.Condition(lock)
 
     def grant(self) -> None:
