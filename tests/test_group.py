@@ -591,14 +591,14 @@ def test_a_failed_group_ends_without_waiting_for_a_submit_still_waiting_for_a_sl
 
     giver = threading.Thread(target=give)
     waiting = threading.Event()
-    acquire = Limiter.acquire
+    sleep = _interruptible.wait
 
-    def acquire_telling(limiter: Limiter, *args: Any, **kwargs: Any) -> bool:
-        if threading.current_thread() is giver:
+    def sleep_telling(condition: threading.Condition, timeout: float | None) -> None:
+        if threading.current_thread() is giver:  # asleep in its wait: it found no slot free (see SlotWaits)
             waiting.set()
-        return acquire(limiter, *args, **kwargs)
+        sleep(condition, timeout)
 
-    monkeypatch.setattr(Limiter, "acquire", acquire_telling)
+    monkeypatch.setattr(_interruptible, "wait", sleep_telling)
     raised = KeyboardInterrupt if failure == "ctrl-c" else Boom
     try:
         with pytest.raises(raised), mp.ParallelContext(backend=backend) as ctx:
@@ -641,7 +641,8 @@ class SlotWaits:
     ``max_concurrent=1``: the holder is the group's first task, see
     :meth:`hold_in`). The holder may fail the group from inside its task
     (``fail_now``), which no slot wait holds up. ``late`` is what the giver
-    submits: it records whether it ran.
+    submits: it records whether it ran. ``waiting`` is set once the giver
+    sleeps in its wait for the slot.
     """
 
     def __init__(self, limit: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -656,14 +657,17 @@ class SlotWaits:
             mp.set_max_concurrent_tasks(1)
         limited = mp.parallel(max_concurrent=1, backend=backend)(self._work)
         self.submitted: tuple[Callable[..., Any], ...] = (limited, False) if limit == "function" else (self.late,)
-        acquire = Limiter.acquire
+        sleep = _interruptible.wait
 
-        def acquire_telling(limiter: Limiter, *args: Any, **kwargs: Any) -> bool:
+        # Told as the giver sleeps in its wait, not as it asks for a slot: till it has
+        # found none free, a slot freed meanwhile (the test letting the holder go) was
+        # taken as free, with no wait, and the submit made its task.
+        def sleep_telling(condition: threading.Condition, timeout: float | None) -> None:
             if threading.current_thread() is self.giver:
                 self.waiting.set()
-            return acquire(limiter, *args, **kwargs)
+            sleep(condition, timeout)
 
-        monkeypatch.setattr(Limiter, "acquire", acquire_telling)
+        monkeypatch.setattr(_interruptible, "wait", sleep_telling)
         if limit != "group":  # (on its own thread: on "sync" the holder runs in its submit)
             work = limited if limit == "function" else mp.parallel(backend=backend)(self._work)
             self.holder = threading.Thread(target=lambda: work(True).get(60))  # alive while the slot is held
