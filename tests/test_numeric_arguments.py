@@ -152,7 +152,8 @@ def test_check_count_gives_a_plain_int() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [numpy.int64(2), numpy.float32(2.0), numpy.float64(2.0), Fraction(5, 2), numpy.array(2), numpy.array(2.5, dtype=numpy.float32)],
+    # Long enough for a loaded machine: each is also the wait for a task's result below.
+    [numpy.int64(30), numpy.float32(30.0), numpy.float64(30.0), Fraction(61, 2), numpy.array(30), numpy.array(30.5, dtype=numpy.float32)],
     ids=["numpy.int64", "numpy.float32", "numpy.float64", "Fraction", "numpy 0-d int array", "numpy 0-d float array"],
 )
 def test_seconds_of_any_real_type_are_taken(value: Any) -> None:
