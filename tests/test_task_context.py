@@ -48,8 +48,8 @@ def test_progress_of_wrong_type_is_a_type_error(fraction: object) -> None:
 
 @pytest.mark.parametrize(
     "fraction",
-    [numpy.float32(0.5), numpy.float64(0.5), numpy.int64(1), Fraction(1, 2)],
-    ids=["numpy.float32", "numpy.float64", "numpy.int64", "Fraction"],
+    [numpy.float32(0.5), numpy.float64(0.5), numpy.int64(1), Fraction(1, 2), numpy.array(0.5), numpy.array(1)],
+    ids=["numpy.float32", "numpy.float64", "numpy.int64", "Fraction", "numpy 0-d float array", "numpy 0-d int array"],
 )
 def test_progress_of_any_real_number_type_is_taken_as_a_float(fraction: object, backend: str) -> None:
     """Real numbers that are not int or float subclasses (NumPy's float32, a Fraction) are numbers too."""
@@ -71,7 +71,9 @@ def test_progress_of_any_real_number_type_is_taken_as_a_float(fraction: object, 
     assert handle.get_progress_message() == "halfway"
 
 
-@pytest.mark.parametrize("fraction", [Decimal("0.5"), numpy.array([0.5])], ids=["Decimal", "array"])
+@pytest.mark.parametrize(
+    "fraction", [Decimal("0.5"), numpy.array([0.5]), numpy.array(True)], ids=["Decimal", "array", "numpy 0-d bool array"]
+)
 def test_progress_that_is_no_real_number_names_what_is_taken(fraction: object) -> None:
     with pytest.raises(TypeError, match=r"a real number .*int, float"):
         mp.report_progress(fraction)  # type: ignore[arg-type]

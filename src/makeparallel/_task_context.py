@@ -170,8 +170,9 @@ def report_progress(
 
     Raises:
         TypeError: ``fraction`` is missing or not a real number (an ``int``,
-            a ``float``, or any ``numbers.Real`` such as NumPy's ``float32``
-            or a ``Fraction``; not a ``bool``), ``message`` is
+            a ``float``, any ``numbers.Real`` such as NumPy's ``float32`` or
+            a ``Fraction``, or a 0-d NumPy array of one; not a ``bool``),
+            ``message`` is
             neither a string nor a task id, or a task id is given twice.
         ValueError: ``fraction`` is NaN, infinite or outside [0, 1].
     """
@@ -203,20 +204,21 @@ def _as_real(fraction: Any) -> float:
 
     ``numpy.float32`` and ``numpy.int64`` subclass neither ``float`` nor
     ``int``, but are ``numbers.Real``, as ``progress = done / total`` over
-    NumPy counts gives. ``numbers`` is imported only here: a worker process
-    imports this module before its first task.
+    NumPy counts gives; a 0-d NumPy array of one counts too, as it does for
+    seconds (``_validation.is_real``). That module is imported only here: a
+    worker process imports this one before its first task.
 
     Raises:
         TypeError: ``fraction`` is not a real number (a ``Decimal``, a
-            complex, an array, a string), or is a ``bool``.
+            complex, an array of one dimension or more, a string), or is a ``bool``.
     """
-    import numbers
+    from ._validation import is_real
 
-    if isinstance(fraction, numbers.Real) and not isinstance(fraction, bool):
+    if is_real(fraction):
         try:
             return float(fraction)
         except OverflowError:  # (a Fraction too large for a float) outside [0, 1] all the same: the ValueError's
-            return float("inf") if fraction > 0 else float("-inf")  # type: ignore[operator]
+            return float("inf") if fraction > 0 else float("-inf")
     raise TypeError(
         f"progress must be a real number between 0.0 and 1.0 (an int, float or other "
         f"numbers.Real), got {fraction!r} of type {type(fraction).__name__}"
