@@ -37,7 +37,7 @@ import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends._base import pool_of_this_thread
 from ._coroutines import check_the_loop_of, end_those_of_closed_loops, on_callers_loops
@@ -107,19 +107,28 @@ class _LoopWaker:
         self._loop.call_soon(self._drain)  # the rest on the next turn: others run between
 
 
-class _Wakers(threading.local):
+O = TypeVar("O")
+
+
+class _OfThisThreadsLoop(threading.local):
     loop: Any = None
-    waker: Any = None
+    made: Any = None
 
 
-_wakers = _Wakers()
+def _one_per_loop(make: Callable[[asyncio.AbstractEventLoop], O]) -> Callable[[asyncio.AbstractEventLoop], O]:
+    """``make(loop)``, made once for the loop this thread runs and kept until it runs another (one at a time)."""
+    kept = _OfThisThreadsLoop()
+
+    def for_loop(loop: asyncio.AbstractEventLoop) -> O:
+        if kept.loop is not loop:
+            kept.loop = loop
+            kept.made = make(loop)
+        return kept.made  # type: ignore[no-any-return]
+
+    return for_loop
 
 
-def waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
-    if _wakers.loop is not loop:  # one loop runs per thread at a time
-        _wakers.loop = loop
-        _wakers.waker = _LoopWaker(loop)
-    return _wakers.waker  # type: ignore[no-any-return]
+waker_for = _one_per_loop(_LoopWaker)
 
 
 class _Lent(threading.local):
@@ -313,19 +322,7 @@ class _LoopLooks:
                 self._timer = self._loop.call_later(SLICE, self._look)
 
 
-class _Looks(threading.local):
-    loop: Any = None
-    looks: Any = None
-
-
-_looks = _Looks()
-
-
-def _looks_for(loop: asyncio.AbstractEventLoop) -> _LoopLooks:
-    if _looks.loop is not loop:  # one loop runs per thread at a time
-        _looks.loop = loop
-        _looks.looks = _LoopLooks(loop)
-    return _looks.looks  # type: ignore[no-any-return]
+_looks_for = _one_per_loop(_LoopLooks)
 
 
 def _ended_watching_its_loop(handle: AsyncHandle[Any]) -> Generator[Any, None, None]:
