@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import contextvars
 import functools
 import gc
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -802,6 +803,21 @@ def a_loop_on_its_thread(fn: Callable[[int], Any], made: list[Any], close: threa
     return thread
 
 
+@contextlib.contextmanager
+def a_task_on_a_loop_of_its_thread(fn: Callable[[int], Any]) -> Iterator[tuple[Any, threading.Event]]:
+    """What ``fn`` gave on a loop of a thread of its own (:func:`a_loop_on_its_thread`), and the event
+    that lets that loop close: set, and the thread joined, as the block ends."""
+    close = threading.Event()
+    made: list[Any] = []
+    thread = a_loop_on_its_thread(fn, made, close)
+    try:
+        assert wait_until(lambda: bool(made), 30)
+        yield made[0], close
+    finally:
+        close.set()
+        thread.join(30)
+
+
 #: Each blocking way of waiting for a task, as the outcome it gave: the result, or the error's type.
 BLOCKING_WAITS: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "get": lambda handle: handle.get(timeout=20),
@@ -866,12 +882,7 @@ def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: 
     # mp.gather, mp.wait and mp.as_completed, which wait on their own queue, ran out their
     # timeout (or waited for good without one).
     fn = mp.parallel(backend="sync")(sleeps_then_doubles)
-    close = threading.Event()
-    handles: list[mp.AsyncHandle[int]] = []
-    thread = a_loop_on_its_thread(fn, handles, close)
-    try:
-        assert wait_until(lambda: bool(handles), 30)
-        (handle,) = handles
+    with a_task_on_a_loop_of_its_thread(fn) as (handle, _):
         outcome: list[object] = []
         callbacks = len(handle._callbacks or ())
         waiting = threading.Thread(target=lambda: outcome.append(outcome_of(lambda: BLOCKING_WAITS[wait](handle))))
@@ -881,9 +892,6 @@ def test_a_wait_begun_before_the_coroutines_loop_closed_ends_at_its_close(wait: 
             return bool(handle._waiters) or len(handle._callbacks or ()) > callbacks
 
         assert wait_until(began, 30), "the wait never began"
-    finally:
-        close.set()
-        thread.join(30)
     waiting.join(30)
     assert outcome == [mp.ShutdownError]
     gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
@@ -982,12 +990,7 @@ def test_an_await_on_another_loop_ends_a_task_whose_coroutines_loop_closed_first
 @pytest.mark.parametrize("way", ABANDONED_WAITS)
 def test_an_await_on_another_loop_begun_before_the_coroutines_loop_closed_ends_at_its_close(way: str) -> None:
     fn = mp.parallel(backend="sync")(sleeps_then_doubles)
-    close = threading.Event()
-    made: list[mp.AsyncHandle[int]] = []
-    thread = a_loop_on_its_thread(fn, made, close)
-    try:
-        assert wait_until(lambda: bool(made), 30)
-        (handle,) = made
+    with a_task_on_a_loop_of_its_thread(fn) as (handle, close):
         callbacks = len(handle._callbacks or ())
 
         async def main() -> object:
@@ -998,9 +1001,6 @@ def test_an_await_on_another_loop_begun_before_the_coroutines_loop_closed_ends_a
             return await waiting
 
         assert run(main()) is mp.ShutdownError
-    finally:
-        close.set()
-        thread.join(30)
     gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
 
 
@@ -1184,42 +1184,36 @@ def test_an_await_on_another_loop_ends_at_its_tasks_loop_close_while_another_awa
     # timer goes on looking for the other, until it ends too.
     tasks = TasksOnALoopOfTheirOwn(1)
     fn = mp.parallel(backend="sync")(sleeps_then_doubles)
-    close = threading.Event()
-    made: list[mp.AsyncHandle[int]] = []
-    thread = a_loop_on_its_thread(fn, made, close)
     try:
-        assert wait_until(lambda: bool(made), 30)
-        (closing,) = made
-        (going_on,) = tasks.handles
+        with a_task_on_a_loop_of_its_thread(fn) as (closing, close):
+            (going_on,) = tasks.handles
 
-        async def outcome(handle: mp.AsyncHandle[int]) -> object:
-            try:
-                return await handle
-            except mp.ShutdownError as error:
-                return type(error)
+            async def outcome(handle: mp.AsyncHandle[int]) -> object:
+                try:
+                    return await handle
+                except mp.ShutdownError as error:
+                    return type(error)
 
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            before = len(closing._callbacks or ()), len(going_on._callbacks or ())
-            first = asyncio.ensure_future(outcome(closing))
-            second = asyncio.ensure_future(outcome(going_on))
+            async def main() -> None:
+                loop = asyncio.get_running_loop()
+                before = len(closing._callbacks or ()), len(going_on._callbacks or ())
+                first = asyncio.ensure_future(outcome(closing))
+                second = asyncio.ensure_future(outcome(going_on))
 
-            def both_began() -> bool:
-                return len(closing._callbacks or ()) > before[0] and len(going_on._callbacks or ()) > before[1]
+                def both_began() -> bool:
+                    return len(closing._callbacks or ()) > before[0] and len(going_on._callbacks or ()) > before[1]
 
-            assert await on_a_thread(lambda: wait_until(both_began, 30)), "the awaits never began"
-            close.set()
-            assert await first is mp.ShutdownError
-            assert not second.done()
-            assert len(pending_timers(loop)) == 1, "nothing looks for the await that goes on"
-            tasks.release(0)
-            assert await second == 0
-            assert pending_timers(loop) == []
+                assert await on_a_thread(lambda: wait_until(both_began, 30)), "the awaits never began"
+                close.set()
+                assert await first is mp.ShutdownError
+                assert not second.done()
+                assert len(pending_timers(loop)) == 1, "nothing looks for the await that goes on"
+                tasks.release(0)
+                assert await second == 0
+                assert pending_timers(loop) == []
 
-        run(main())
+            run(main())
     finally:
-        close.set()
-        thread.join(30)
         tasks.close()
     gc.collect()  # asyncio's report of the task the loop was closed with, in this test's time
 
@@ -1269,41 +1263,36 @@ def test_a_wait_for_every_task_begun_before_the_coroutines_loop_closed_ends_at_i
     # They ended the tasks whose loop had closed only before they began: a loop closed (on its
     # thread) as they waited held them up to their timeout, shutdown's default 30 s, or for good:
     # Executor.shutdown(wait=True) has none.
-    close = threading.Event()
-    made: list[Any] = []
     executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
     if executor is None:
         fn: Callable[[int], Any] = mp.parallel(backend="sync")(sleeps_then_doubles)
     else:
         fn = functools.partial(executor.submit, sleeps_then_doubles)
-    thread = a_loop_on_its_thread(fn, made, close)
     try:
-        assert wait_until(lambda: bool(made), 30)
-        handle: mp.AsyncHandle[int] = made[0] if executor is None else made[0].handle
-        began: list[bool] = []
+        with a_task_on_a_loop_of_its_thread(fn) as (made, close):
+            handle: mp.AsyncHandle[int] = made if executor is None else made.handle
+            began: list[bool] = []
 
-        def close_once_the_wait_began() -> None:
-            try:
-                began.append(wait_until(lambda: bool(handle._backend._idle_waiters), 30))
-            finally:
-                close.set()
+            def close_once_the_wait_began() -> None:
+                try:
+                    began.append(wait_until(lambda: bool(handle._backend._idle_waiters), 30))
+                finally:
+                    close.set()
 
-        def waits() -> None:
-            outcome.append(WAITS_FOR_EVERY_TASK[wait](executor))
+            def waits() -> None:
+                outcome.append(WAITS_FOR_EVERY_TASK[wait](executor))
 
-        outcome: list[bool] = []
-        closing = threading.Thread(target=close_once_the_wait_began)
-        closing.start()
-        if on == "main thread":
-            waits()
-        else:
-            waiting = threading.Thread(target=waits)
-            waiting.start()
-            waiting.join(30)
-        closing.join(30)
+            outcome: list[bool] = []
+            closing = threading.Thread(target=close_once_the_wait_began)
+            closing.start()
+            if on == "main thread":
+                waits()
+            else:
+                waiting = threading.Thread(target=waits)
+                waiting.start()
+                waiting.join(30)
+            closing.join(30)
     finally:
-        close.set()
-        thread.join(30)
         if executor is not None:
             executor.shutdown(wait=False)
     assert began == [True], "the wait never began"
