@@ -712,6 +712,28 @@ class SlotWaits:
                 thread.join(30)
 
 
+def held_until(slot: SlotWaits, inside: threading.Event, closing: threading.Event) -> Callable[[], str]:
+    """``slot.late``, as a task that tells it runs (``inside``), then waits for ``closing``."""
+
+    def late() -> str:
+        inside.set()
+        assert closing.wait(30)
+        return slot.late()
+
+    return late
+
+
+def close_as_the_end_waits(ctx: mp.ParallelContext, closing: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set ``closing`` as the block's end begins to wait for a submit under way."""
+    wait_for_submits = ctx._wait_for_submits_locked
+
+    def tell_then_wait() -> bool:
+        closing.set()
+        return wait_for_submits()
+
+    monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("failure", ["body-error", "task-failure"])
 @pytest.mark.parametrize("limit", ["global", "function", "group"])
@@ -812,25 +834,13 @@ def test_a_submit_whose_slot_came_before_the_block_ends_is_waited_for(
     # for as the block ends, and its task is the group's, not lost.
     slot = SlotWaits("global", "sync", monkeypatch)
     inside, closing = threading.Event(), threading.Event()
-
-    def late() -> str:
-        inside.set()
-        assert closing.wait(30)
-        return slot.late()
-
-    slot.submitted = (late,)
+    slot.submitted = (held_until(slot, inside, closing),)
     try:
         with mp.ParallelContext(backend="sync") as ctx:
             slot.give_in(ctx)
             slot.let_go()
             assert inside.wait(30)
-            wait_for_submits = ctx._wait_for_submits_locked
-
-            def tell_then_wait() -> bool:
-                closing.set()
-                return wait_for_submits()
-
-            monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+            close_as_the_end_waits(ctx, closing, monkeypatch)
         slot.giver.join(30)
     finally:
         closing.set()
@@ -858,10 +868,7 @@ def test_a_submit_interrupted_in_its_wait_for_a_slot_leaves_no_wait_behind(
             raise KeyboardInterrupt
         sleep(condition, timeout)
 
-    def late() -> str:
-        inside.set()
-        assert closing.wait(30)
-        return slot.late()
+    late = held_until(slot, inside, closing)
 
     def give_twice(ctx: mp.ParallelContext) -> None:
         try:
@@ -879,13 +886,7 @@ def test_a_submit_interrupted_in_its_wait_for_a_slot_leaves_no_wait_behind(
             assert interrupted.wait(30)
             slot.let_go()
             assert inside.wait(30)
-            wait_for_submits = ctx._wait_for_submits_locked
-
-            def tell_then_wait() -> bool:
-                closing.set()
-                return wait_for_submits()
-
-            monkeypatch.setattr(ctx, "_wait_for_submits_locked", tell_then_wait)
+            close_as_the_end_waits(ctx, closing, monkeypatch)
         slot.giver.join(30)
     finally:
         closing.set()
