@@ -533,3 +533,68 @@ def test_an_imap_refill_waits_for_a_slot_within_its_timeout_then_closes_clean(fl
     assert wait_until(lambda: _runtime.global_limiter.in_flight == 0, timeout=30), _runtime.global_limiter.in_flight
     assert wait_until_idle(30)
     assert ran == [0]
+
+
+# -- a lazy map hands out what is ready while its next submission waits for a slot ----------------
+
+
+def _imap_of(ordered: bool) -> Callable[[Callable[[int], Any]], Iterator[Any]]:
+    return lambda fn: iter(mp.imap(fn, range(4), chunksize=1, ordered=ordered, backend="thread"))
+
+
+def _executor_map(fn: Callable[[int], Any]) -> Iterator[Any]:
+    executor = mp.Executor(max_workers=4)
+    try:
+        yield from executor.map(fn, range(4), buffersize=2)
+    finally:
+        executor.shutdown(wait=False)
+
+
+_LAZY_MAPS = {"imap": _imap_of(True), "imap-unordered": _imap_of(False), "Executor.map-buffersize": _executor_map}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("entry", list(_LAZY_MAPS))
+def test_a_lazy_map_hands_out_a_ready_result_while_its_refill_waits_for_a_slot(entry: str) -> None:
+    # One slot. The map's first call holds it while another thread queues for it behind the
+    # map's next submission; that thread's task then waits for the consumer's first result.
+    # The map waited for a slot in its refill while its first result was ready: the other
+    # task got the slot, and the two waited for each other until that task gave up.
+    limiter = _runtime.global_limiter
+    first_out = threading.Event()
+    first_go = threading.Event()
+
+    def call(i: int) -> int:
+        if i == 0:
+            assert first_go.wait(30)
+        return i
+
+    @mp.parallel(backend="thread")
+    def holder() -> bool:
+        return first_out.wait(15)  # the map's consumer got its first result meanwhile
+
+    mp.set_max_concurrent_tasks(1)
+    got: list[int] = []
+
+    def consume() -> None:  # on a thread of its own: its wait is not sliced as the main thread's is
+        for result in _LAZY_MAPS[entry](call):
+            got.append(result)
+            first_out.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        assert wait_until(lambda: len(limiter._waiters) == 1, timeout=30), "the map's refill never waited for the slot"
+        other = Submitter(holder)
+        assert wait_until(lambda: len(limiter._waiters) == 2, timeout=30), "the other call never queued for the slot"
+        first_go.set()
+        other.join()
+        assert other.error is None
+        assert other.handle.get(timeout=30), "the map held its ready first result back while it waited for a slot"
+    finally:
+        first_go.set()
+        first_out.set()
+        consumer.join(30)
+    assert not consumer.is_alive()
+    assert sorted(got) == [0, 1, 2, 3]
+    assert wait_until(lambda: limiter.in_flight == 0, timeout=30), limiter.in_flight

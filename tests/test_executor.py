@@ -28,7 +28,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _runtime
-from makeparallel._admission import Limiter
+from makeparallel._admission import Limiter, Recipient
 
 # The tasks live in pool_helpers: a new worker imports the module of a task it runs,
 # and this one imports pytest (about 0.3 s a worker, for every executor's workers).
@@ -182,7 +182,7 @@ def test_map_takes_the_futures_of_a_submit_that_submits_elsewhere() -> None:
 )
 def test_map_rejects_bad_options(options: dict[str, object], error: type[Exception], pattern: str) -> None:
     with mp.Executor(backend="sync") as executor, pytest.raises(error, match=pattern):
-        executor.map(abs, [1], **options)  # type: ignore[arg-type]
+        executor.map(abs, [1], **options)
 
 
 def test_map_timeout_raises_timeout_error_and_cancels_the_rest(flags: Flags) -> None:
@@ -500,10 +500,10 @@ def test_a_maps_timeout_bounds_no_wait_for_a_slot_of_another_executor_made_in_a_
     deadlines: list[float | None] = []
     acquire_a_slot = Limiter.acquire
 
-    def acquire(limiter: Limiter, deadline: float | None = None) -> bool:
+    def acquire(limiter: Limiter, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
         if limiter is _runtime.global_limiter:
             deadlines.append(deadline)
-        return acquire_a_slot(limiter, deadline)
+        return acquire_a_slot(limiter, deadline, recipient)
 
     with mp.Executor(max_workers=1) as other:
 
@@ -804,7 +804,7 @@ def test_a_cancel_ends_the_wait_of_a_task_off_any_pool_for_a_future(
 
         @mp.parallel(backend="sync")
         def parent() -> object:
-            tasks.append(current_task())  # type: ignore[arg-type]
+            tasks.append(current_task())
             future = executor.submit(child)
             try:
                 return future.result(timeout) if way == "result" else future.exception(timeout)
@@ -842,7 +842,7 @@ def test_wait_and_as_completed_of_the_standard_library(executor: mp.Executor) ->
 )
 def test_bad_arguments_are_refused(options: dict[str, object], error: type[Exception], pattern: str) -> None:
     with pytest.raises(error, match=pattern):
-        mp.Executor(**options)  # type: ignore[arg-type]
+        mp.Executor(**options)
 
 
 def test_default_size_is_the_usable_cpus() -> None:

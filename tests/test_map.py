@@ -1041,10 +1041,10 @@ def test_a_parallel_map_of_a_list_whose_first_item_is_small_sends_no_chunk_past_
     largest = 0
     start_chunk = _map._Mapper._start_chunk
 
-    def recorded(self: Any, items: Any, start: int, budget: float | None) -> Any:
+    def recorded(self: Any, items: Any, start: int, budget: float | None, **options: Any) -> Any:
         nonlocal largest
         largest = max(largest, len(items))
-        return start_chunk(self, items, start, budget)
+        return start_chunk(self, items, start, budget, **options)
 
     monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
     rows = list(SizedAhead(8 * MIB, 200, first_size=100))

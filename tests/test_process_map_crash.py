@@ -203,9 +203,9 @@ def test_the_items_after_a_crash_in_a_first_chunk_run_under_its_budget(
     started: list[tuple[int, int, float | None]] = []
     start_chunk = _map._Mapper._start_chunk
 
-    def recorded(self: Any, items: Any, start: int, budget: float | None) -> Any:
+    def recorded(self: Any, items: Any, start: int, budget: float | None, **options: Any) -> Any:
         started.append((start, len(items), budget))
-        return start_chunk(self, items, start, budget)
+        return start_chunk(self, items, start, budget, **options)
 
     monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
     items = [Item(i, log, 0.03, "exit", culprits=(0,)) for i in range(24)]

@@ -56,7 +56,16 @@ if TYPE_CHECKING:
     from ._backends._base import Backend
     from ._handle import AsyncHandle
 
-__all__ = ["Limiter", "NoSlotInTime", "PendingAdmission", "Recipient", "all_limiters", "holding_a_slot"]
+__all__ = [
+    "Limiter",
+    "NoSlotInTime",
+    "PendingAdmission",
+    "Recipient",
+    "ResultReady",
+    "UntilReady",
+    "all_limiters",
+    "holding_a_slot",
+]
 
 _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
@@ -100,6 +109,53 @@ class Recipient(Protocol):
 
         Called under a limiter's lock, it takes no lock.
         """
+
+
+class ResultReady(Exception):
+    """A lazy map's wait for a slot ended as its next result became ready (:class:`UntilReady`); nothing was submitted.
+
+    Internal: the map hands that result out, and submits after it.
+    """
+
+
+class UntilReady:
+    """A :class:`Recipient` whose waits for a slot end once ``ready()`` is true: a lazy map's next submission.
+
+    A map that refilled before handing out its next result waited for a slot
+    in :meth:`Limiter.acquire` while that result was ready: it was held back,
+    and for good where the submitter that got the slot first waited for what
+    the map's consumer does with it. With this recipient the wait raises
+    :class:`ResultReady` instead (a slot handed over meanwhile goes back, to
+    the next waiter). Whatever makes ``ready()`` true calls :meth:`wake` (a
+    done-callback); ``ready`` is called under a limiter's lock, and takes none.
+    """
+
+    __slots__ = ("_ready", "_waiting_on")
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+        self._waiting_on: list[Limiter] = []  # the limiters waited on now, by the one thread that submits
+
+    def _slot_wait_begins(self, limiter: Limiter) -> None:
+        self._waiting_on.append(limiter)
+
+    def _slot_wait_ends(self, limiter: Limiter) -> None:
+        try:
+            self._waiting_on.remove(limiter)
+        except ValueError:  # a Ctrl-C landed before it was told
+            pass
+
+    def _refuse_waiting(self) -> None:
+        if self._ready():
+            raise ResultReady
+
+    def wake(self, _: object = None) -> None:
+        """``ready()`` may be true now: the waits under way look again (a done-callback: the argument is ignored).
+
+        A wait that begins after this finds it true as it checks, under the lock, before it sleeps.
+        """
+        for limiter in self._waiting_on[:]:
+            limiter.wake_waiters()
 
 
 def all_limiters() -> list[Limiter]:

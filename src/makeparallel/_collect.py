@@ -191,6 +191,10 @@ class Completions:
         """Remove this collector's done-callback from the tasks that have not ended."""
         stop_following(handles, self._put)
 
+    def has_ended(self) -> bool:
+        """Whether :meth:`next` has a handle to give without waiting (it takes no lock)."""
+        return not self._ended.empty()
+
     def next(self) -> AsyncHandle[Any]:
         """The next handle to end (already-ended ones first, in no set order).
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
-from ._admission import Limiter, NoSlotInTime
+from ._admission import Limiter, NoSlotInTime, Recipient, ResultReady, UntilReady
 from ._backends._base import Backend, pool_of_this_thread
 from ._backends._sync import SyncBackend
 from ._backends._thread import ThreadBackend
@@ -325,12 +325,14 @@ class Executor(concurrent.futures.Executor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         deadline: float | None = None,
+        recipient: Recipient | None = None,
     ) -> ExecutorFuture[T]:
         """:meth:`submit`, its task observed (named, measured) by ``spec``.
 
         ``deadline`` (a ``time.monotonic()`` value) bounds the wait for a slot
         under the concurrency limit: past it nothing is submitted, and
-        :class:`NoSlotInTime` is raised (a map's ``timeout``).
+        :class:`NoSlotInTime` is raised (a map's ``timeout``). So does
+        ``recipient`` (a map's :class:`UntilReady`, which raises ``ResultReady``).
         """
         backend = self._backend
         handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
@@ -345,7 +347,7 @@ class Executor(concurrent.futures.Executor):
                 return self._admit_on_loop(future, backend, limiter, loop)
             if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
                 deadline = _deadline_of_a_map(self)
-            if not limiter.acquire(deadline):
+            if not limiter.acquire(deadline, recipient):
                 raise NoSlotInTime
             handle._permits = (limiter,)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
@@ -412,7 +414,9 @@ class Executor(concurrent.futures.Executor):
                 available; ``None`` waits as long as it takes. It also bounds
                 each call's wait for a slot under ``mp.set_max_concurrent_tasks``
                 (in this call, or in ``next()`` with ``buffersize``): a call
-                with no slot by then is never submitted.
+                with no slot by then is never submitted. With ``buffersize``,
+                a call's wait for a slot ends as the oldest result is ready,
+                which is handed out first; the call is submitted after it.
             chunksize: items per task; above 1, each task runs a chunk of calls
                 (worth it on the process backend for short calls).
             buffersize: at most this many tasks in flight; the rest of the input
@@ -446,18 +450,18 @@ class Executor(concurrent.futures.Executor):
         calls = zip(*iterables)
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
         submit_one = self._map_submitter(fn, chunksize, deadline)
-        in_flight: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
+        feed = _Feed(submit_one, chunks if buffersize is not None else None, buffersize or 0)
         try:
-            for call in chunks if buffersize is None else itertools.islice(chunks, buffersize):
-                in_flight.append(submit_one(call))
+            if buffersize is None:
+                for call in chunks:
+                    feed.in_flight.append(submit_one(call, None))
+            else:
+                feed.fill(buffersize)
         except NoSlotInTime:  # the timeout passed while a call waited for a slot: the rest are never submitted
-            return _results(in_flight, None, submit_one, deadline, timeout, flatten=chunksize > 1, cut_short=True)
-        refill = chunks if buffersize is not None else None
-        return _results(in_flight, refill, submit_one, deadline, timeout, flatten=chunksize > 1)
+            feed.cut_short()
+        return _results(feed, deadline, timeout, flatten=chunksize > 1)
 
-    def _map_submitter(
-        self, fn: Callable[..., Any], chunksize: int, deadline: float | None
-    ) -> Callable[[tuple[Any, ...]], tuple[concurrent.futures.Future[Any], int]]:
+    def _map_submitter(self, fn: Callable[..., Any], chunksize: int, deadline: float | None) -> _SubmitOne:
         """How :meth:`map` submits a call's arguments (``chunksize`` 1) or a chunk of them: its future, and its calls.
 
         Through ``self.submit`` wherever that is not this class's own (a
@@ -473,20 +477,28 @@ class Executor(concurrent.futures.Executor):
         for a slot in :meth:`_submit` of this executor through ``_maps_deadline``,
         on this thread, and that wait only: another executor's ``submit`` made in
         there, or its ``map`` without a timeout, waits as its caller asked.
+
+        The recipient given with each call (:class:`_Feed`'s) ends its wait as
+        the oldest result is ready, on the fast path; through an overriding
+        ``submit``, which the ``ResultReady`` it raises would cross, the wait
+        goes on as the map's deadline allows.
         """
         submit = self.submit
         if getattr(submit, "__func__", None) is Executor.submit:
             if chunksize == 1:
                 spec = self._spec_named(_describe(fn))
-                return lambda args: (self._submit(spec, fn, args, {}, deadline), 1)
+                return lambda args, until: (self._submit(spec, fn, args, {}, deadline, until), 1)
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
-            return lambda chunk: (self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline), len(chunk))
+            return lambda chunk, until: (
+                self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline, until),
+                len(chunk),
+            )
         if chunksize == 1:
-            return lambda args: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
+            return lambda args, _: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
         run_chunk = functools.partial(_run_chunk, fn)
         # submit names the chunks' tasks from it (_describe), as the fast path names them.
         run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
-        return lambda chunk: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
+        return lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks and free the pool once the submitted ones end.
@@ -750,20 +762,81 @@ def _map_timed_out(timeout: float | None) -> TaskTimeoutError:
     return TaskTimeoutError(f"Executor.map timed out after {timeout:g} s; the calls not yet started were cancelled")
 
 
-def _results(
-    in_flight: deque[tuple[concurrent.futures.Future[Any], int]],
-    refill: Iterator[tuple[Any, ...]] | None,
-    submit_one: Callable[[tuple[Any, ...]], tuple[concurrent.futures.Future[Any], int]],
-    deadline: float | None,
-    timeout: float | None,
-    flatten: bool,
-    cut_short: bool = False,
-) -> Iterator[Any]:
+# Submits a map's call (or chunk) of arguments, its wait for a slot ending as the recipient says, if given.
+_SubmitOne = Callable[[tuple[Any, ...], "Recipient | None"], tuple[concurrent.futures.Future[Any], int]]
+
+
+class _Feed:
+    """The calls of an ``Executor.map`` in flight, and, with ``buffersize``, those to submit next from its input.
+
+    With a call in flight, a submission's wait for a slot ends as the oldest
+    call's result is ready (:class:`UntilReady`): the call read is kept
+    (:attr:`unsent`), the result handed out, and the call submitted after it.
+    Waiting on held back the results ready meanwhile, and for good where the
+    submitter holding the slot waited for what the consumer does with the next one.
+    """
+
+    def __init__(self, submit_one: _SubmitOne, calls: Iterator[tuple[Any, ...]] | None, buffer: int) -> None:
+        self.in_flight: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
+        self.unsent: tuple[Any, ...] | None = None  # read from the input, its wait for a slot ended by a result
+        self.short = False  # the calls after those in flight were never submitted: the deadline passed first
+        self._calls = calls  # None once read to its end, or cut short
+        self._buffer = buffer
+        self._submit_one = submit_one
+        self._until_ready = UntilReady(self._oldest_ready)
+        self._wakes = _runtime.global_limiter.limit is not None  # a call's end may end such a wait
+
+    def _oldest_ready(self) -> bool:
+        """Whether the oldest call ended (asked under the limiter's lock: it takes none, as ``done()`` would)."""
+        if not self.in_flight:
+            return False
+        future = self.in_flight[0][0]
+        return future.handle.is_ready() if isinstance(future, ExecutorFuture) else False
+
+    def cut_short(self) -> None:
+        """The deadline passed as a call waited for its slot: nothing more is submitted."""
+        self._calls = self.unsent = None
+        self.short = True
+
+    def fill(self, room: int) -> None:
+        """Submit calls until ``room`` are in flight, the input ends, or the oldest result is ready first.
+
+        Raises:
+            NoSlotInTime: the map's deadline passed as a call waited for its slot.
+        """
+        while len(self.in_flight) < room:
+            if self.unsent is None:
+                if self._calls is None:
+                    return
+                self.unsent = next(self._calls, None)
+                if self.unsent is None:
+                    self._calls = None
+                    return
+            try:
+                entry = self._submit_one(self.unsent, self._until_ready if self.in_flight else None)
+            except ResultReady:
+                return
+            self.unsent = None
+            self.in_flight.append(entry)
+            if self._wakes:
+                entry[0].add_done_callback(self._until_ready.wake)
+
+    def refill(self) -> None:
+        """Before the oldest call's result is waited for: one more in flight for each one taken (as 3.14's)."""
+        if self._calls is None and self.unsent is None:
+            return
+        try:
+            self.fill(self._buffer + 1)
+        except NoSlotInTime:
+            self.cut_short()
+
+
+def _results(feed: _Feed, deadline: float | None, timeout: float | None, flatten: bool) -> Iterator[Any]:
     """Yield each future's result (each item of it, for chunks) in order.
 
     Each future comes with how many calls it runs. Leaving early (an error, a
-    timeout, ``close()``) cancels the rest. ``cut_short``: the calls after
-    those in ``in_flight`` were never submitted, their wait for a slot under
+    timeout, ``close()``) cancels the rest. ``feed.short``: the calls after
+    those in flight were never submitted, their wait for a slot under
     the concurrency limit having run past ``deadline``.
 
     Timeouts: as in ``concurrent.futures``, past the deadline a result that is
@@ -773,15 +846,13 @@ def _results(
     at the deadline, so that ``map()`` or ``next()`` never blocks past it there.
     """
     first = 0  # the index of the first call of the oldest future
+    in_flight = feed.in_flight
     try:
-        while in_flight:
+        while True:
+            feed.refill()
+            if not in_flight:
+                break
             future, calls = in_flight[0]
-            if refill is not None:  # one more in flight for each one taken
-                try:
-                    for args in itertools.islice(refill, 1):
-                        in_flight.append(submit_one(args))
-                except NoSlotInTime:
-                    refill, cut_short = None, True
             # Bounded: a lock refuses a longer wait (``timeout=math.inf``) with OverflowError.
             remaining = None if deadline is None else bounded(max(0.0, deadline - time.monotonic()))
             try:
@@ -815,7 +886,7 @@ def _results(
             results.reverse()
             while results:
                 yield results.pop()
-        if cut_short:
+        if feed.short:
             raise _map_timed_out(timeout)
     finally:
         for future, _ in in_flight:

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 
-from ._admission import Limiter, NoSlotInTime
+from ._admission import Limiter, NoSlotInTime, ResultReady, UntilReady
 from ._backends._base import Backend
 from ._chunk_task import Awaited, run_chunk
 from ._collect import Completions, OnError, check_on_error
@@ -78,7 +78,7 @@ from ._decorators import (
 )
 from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
-from ._runtime import BackendOption, check_backend, get_backend
+from ._runtime import BackendOption, check_backend, get_backend, global_limiter
 from ._states import SUCCEEDED
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
@@ -417,7 +417,9 @@ def imap(
             bounds each chunk's wait for a slot under
             ``mp.set_max_concurrent_tasks`` and the function's
             ``max_concurrent`` too: a chunk with no slot by then is never
-            submitted, and the map times out.
+            submitted, and the map times out. (A chunk's wait for a slot
+            ends as the next result is ready: that result is handed out
+            first, and the chunk submitted after it.)
         on_error: ``"raise"`` (the first failure, as itself, with the item's index
             in a note), ``"skip"`` (leave failed items out) or ``"none"`` (``None``
             in their place).
@@ -1010,6 +1012,9 @@ class _Mapper:
         self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
         self._sent_again: set[int] = set()  # items of one-item chunks run again after a death before they began
         self._read = 0
+        # The chunk read next and its time budget, where its wait for a slot ended as the next result was ready (_send).
+        self._unsent: tuple[list[Any] | range, float | None] | None = None
+        self._until_ready = UntilReady(self._next_ready)  # ends such a wait (the chunks' ends wake it)
         self._exhausted = False
         self._input_error: Exception | None = None  # what reading the input raised: raised after its items' results
         self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
@@ -1235,6 +1240,7 @@ class _Mapper:
     def _start_probe(self) -> tuple[AsyncHandle[list[Any]], int]:
         """Submit a chunk of no items, before any other: it tells whether the map's function unpickles on a worker."""
         entry = self._start_chunk([], 0, None, _probe_task(self._chunk_task))
+        assert entry is not None  # it waits for its slot
         self._probed = True
         return entry
 
@@ -1243,7 +1249,9 @@ class _Mapper:
     ) -> None:
         """Start a chunk of ``items[low:high]`` under ``budget`` for each of ``pieces``, in flight at ``place`` on, in order."""
         for offset, (low, high, budget) in enumerate(pieces):
-            self._in_flight.insert(place + offset, self._start_chunk(items[low:high], start + low, budget))
+            entry = self._start_chunk(items[low:high], start + low, budget)
+            assert entry is not None  # it waits for its slot
+            self._in_flight.insert(place + offset, entry)
 
     def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
         """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.
@@ -1269,7 +1277,8 @@ class _Mapper:
         start: int,
         budget: float | None,
         task: ParallelFunction[..., list[Any]] | None = None,
-    ) -> tuple[AsyncHandle[list[Any]], int]:
+        until_ready: bool = False,
+    ) -> tuple[AsyncHandle[list[Any]], int] | None:
         """Submit the chunk of ``items``, item ``start`` of the map the first, as ``task`` (the map's own); its entry in flight.
 
         Out of order, every chunk is followed as it ends; in order, once one has
@@ -1278,6 +1287,9 @@ class _Mapper:
         runs here, to its end, and nothing else would see the deadline pass.
         Its wait for a slot under a limit (``mp.set_max_concurrent_tasks``)
         ends at the deadline too: a chunk with no slot by then is not submitted.
+        With ``until_ready``, it ends as the next result to hand out is ready
+        as well (:class:`UntilReady`): then nothing is submitted, and ``None``
+        is returned.
 
         Raises:
             TaskTimeoutError: the map's ``timeout`` has passed, before the chunk
@@ -1288,10 +1300,15 @@ class _Mapper:
         handle: AsyncHandle[list[Any]] | None
         try:
             handle = (task or self._chunk_task)._submit_until(
-                self._deadline, (self._fn, items, start, self._keep_going, budget), {}
+                self._deadline,
+                (self._fn, items, start, self._keep_going, budget),
+                {},
+                self._until_ready if until_ready else None,
             )
         except NoSlotInTime:  # the deadline passed as it waited for a slot: not submitted
             handle = None
+        except ResultReady:  # the next result is ready: handed out first, this chunk submitted after it
+            return None
         except TaskSerializationError as error:
             _raise_naming_the_item(error, items, start)
         if handle is None:
@@ -1299,6 +1316,9 @@ class _Mapper:
         self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered or budget is not None or self._completions is not None:
             self._follow(handle)
+        if global_limiter.limit is not None or (task or self._chunk_task)._spec.limiter is not None:
+            # Its end may make the next result ready while a later chunk waits for a slot.
+            handle.add_done_callback(self._until_ready.wake)
         return handle, len(items)
 
     def _go_on(self, handle: AsyncHandle[list[Any]]) -> None:
@@ -1323,6 +1343,16 @@ class _Mapper:
         self._continue(place + 1, items[done:], start + done)
 
     def _fill(self) -> None:
+        """Read and submit chunks, as many as the bounds allow.
+
+        With chunks in flight, a submission's wait for a slot under a limit
+        ends as the next result is ready (:meth:`_send`): the map hands it
+        out, then goes on. Waiting on held back the results ready meanwhile,
+        and for good where the submitter holding the slot waited for what the
+        consumer does with the next one.
+        """
+        if self._unsent is not None and not self._send(self._unsent):
+            return
         while not self._exhausted and len(self._in_flight) < self._max_chunks:
             size = self._sizer.next_size()
             if self._bytes_bounded and not self._bytes_per_item and size > 1:
@@ -1340,9 +1370,35 @@ class _Mapper:
                 return
             if self._bytes_bounded:
                 self._measure_items(chunk)
-            self._in_flight.append(self._start_chunk(chunk, self._read, self._sizer.budget))
-            self._read += len(chunk)
-            self._items_in_flight += len(chunk)
+            if not self._send((chunk, self._sizer.budget)):
+                return
+
+    def _send(self, unsent: tuple[list[Any] | range, float | None]) -> bool:
+        """Submit a chunk read, with its time budget; return whether it was (else it is kept in :attr:`_unsent`).
+
+        Its wait for a slot ends as the next result is ready, where a chunk is in flight.
+
+        Raises:
+            TaskTimeoutError: as :meth:`_start_chunk`.
+        """
+        chunk, budget = unsent
+        entry = self._start_chunk(chunk, self._read, budget, until_ready=bool(self._in_flight))
+        if entry is None:
+            self._unsent = unsent
+            return False
+        self._unsent = None
+        self._in_flight.append(entry)
+        self._read += len(chunk)
+        self._items_in_flight += len(chunk)
+        return True
+
+    def _next_ready(self) -> bool:
+        """Whether the result to hand out next is ready (asked under a limiter's lock: it takes none)."""
+        if not self._in_flight:
+            return False
+        if self._ordered:
+            return self._in_flight[0][0].is_ready()
+        return self._completions is not None and self._completions.has_ended()
 
     def _peek(self) -> None:
         """Estimate the size of an item from the next one, before any chunk was read."""
