@@ -1027,6 +1027,310 @@ def test_a_late_coroutine_on_the_callers_loop_leaves_its_retry_alone(monkeypatch
     assert len(attempts) == 2
 
 
+# -- an async task awaited on a running loop ----------------------------------------------
+#
+# On "sync" its coroutine runs on that loop, started as submit() returns: its attempt failed
+# after the caller had gone on, and nothing ran another (it ended after its first attempt).
+
+
+class AsyncFlaky:
+    """An ``async def`` call that fails its first ``failures`` attempts, then returns the attempt number.
+
+    ``hangs``: the first attempt awaits for good instead (its timeout ends it), and
+    the next ones return only once its coroutine was cancelled (listed in ``cancelled``).
+    """
+
+    def __init__(self, failures: int, hangs: bool = False, error: type[Exception] = ConnectionError) -> None:
+        self.failures = failures
+        self.hangs = hangs
+        self.error = error
+        self.calls = 0
+        self.cancelled: list[int] = []
+
+    async def __call__(self) -> int:
+        self.calls += 1
+        attempt = self.calls
+        if attempt == 1 and self.hangs:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(attempt)
+                raise
+        while self.hangs and not self.cancelled:  # (the first attempt's cancel may come from another thread)
+            await asyncio.sleep(0.005)
+        if attempt <= self.failures:
+            raise self.error(f"attempt {attempt} failed")
+        return attempt
+
+
+async def awaited_where_waits_still_run(handle: mp.AsyncHandle[Any]) -> Any:
+    """``await handle``, for a test that then looks at what happened, off the loop."""
+    return await handle
+
+
+async def off_the_loop(wait: Callable[[], object]) -> Any:
+    """A blocking wait of the test's own, off the loop, which goes on meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, wait)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("first", ["raises", "raises, timed", "times out"])
+def test_an_async_task_awaited_on_a_running_loop_is_retried(backend: str, first: str, events: list[mp.TaskEvent]) -> None:
+    flaky = AsyncFlaky(1, hangs=first == "times out")
+    name = f"async_awaited_{backend}_{first}"
+    retry = mp.Retry(on=(ConnectionError, mp.TaskTimeoutError), attempts=3)
+    fn = mp.parallel(backend=backend, name=name, timeout=None if first == "raises" else 1.0, retry=retry)(flaky)
+
+    async def main() -> tuple[mp.AsyncHandle[int], int]:
+        handle = fn()
+        return handle, await handle
+
+    mp.reset_metrics()
+    with no_retry_waits():
+        handle, result = asyncio.run(main())
+    assert (result, handle.attempts, flaky.calls) == (2, 2, 2)
+    assert flaky.cancelled == ([1] if flaky.hangs else [])  # as the timeout retried it, not as the task ended
+    retries = [e for e in events if e.kind == "retry" and e.task_id == handle.get_task_id()]
+    assert [(e.attempt, type(e.error), e.wait) for e in retries] == [
+        (1, mp.TaskTimeoutError if flaky.hangs else ConnectionError, 0.0)
+    ]
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.retried_tasks, metrics.retries, metrics.completed_tasks, metrics.total_tasks) == (1, 1, 1, 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_plain_function_returning_a_coroutine_is_retried_on_a_running_loop_from_its_first_call(backend: str) -> None:
+    # Not known to be async before its first coroutine came back: on "sync", that call
+    # started as a plain function's, whose retries its caller runs.
+    flaky = AsyncFlaky(1)
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=3))(lambda: flaky())
+
+    async def main() -> tuple[mp.AsyncHandle[int], int]:
+        handle = fn()
+        return handle, await handle
+
+    with no_retry_waits():
+        handle, result = asyncio.run(main())
+    assert (result, handle.attempts, flaky.calls) == (2, 2, 2)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_an_async_task_awaited_on_a_running_loop_ends_with_its_last_error_and_a_note_of_every_attempt(
+    backend: str, timeout: float | None
+) -> None:
+    flaky = AsyncFlaky(10)
+    fn = mp.parallel(backend=backend, timeout=timeout, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+
+    async def main() -> mp.AsyncHandle[int]:
+        handle = fn()
+        with pytest.raises(ConnectionError, match="attempt 3 failed") as caught:
+            await handle
+        note = "\n".join(caught.value.__notes__)
+        assert "3 attempt(s) failed" in note and "not retried again" not in note
+        for n in (1, 2, 3):
+            assert f"attempt {n}: ConnectionError after" in note
+        return handle
+
+    with no_retry_waits():
+        handle = asyncio.run(main())
+    assert handle.attempts == 3 and flaky.calls == 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_an_async_task_awaited_on_a_running_loop_is_not_retried_for_an_error_outside_on(
+    backend: str, timeout: float | None, events: list[mp.TaskEvent]
+) -> None:
+    flaky = AsyncFlaky(1, error=ValueError)
+    fn = mp.parallel(backend=backend, timeout=timeout, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+
+    async def main() -> mp.AsyncHandle[int]:
+        handle = fn()
+        with pytest.raises(ValueError, match="attempt 1 failed") as caught:
+            await handle
+        assert "attempt(s) failed" not in "\n".join(getattr(caught.value, "__notes__", []))
+        return handle
+
+    with no_retry_waits():
+        handle = asyncio.run(main())
+    assert handle.attempts == 1 and flaky.calls == 1
+    assert [e for e in events if e.kind == "retry" and e.task_id == handle.get_task_id()] == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("first", ["raises", "refused by its open breaker"])
+def test_the_retry_wait_of_an_async_task_awaited_on_a_running_loop_leaves_the_loop_running(
+    backend: str, first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backoff ends only once another coroutine on the loop has made progress: a wait
+    # spent on the loop's thread would never see it. On "sync", a call refused by its
+    # breaker, to be retried, spent its wait there.
+    breaker = mp.CircuitBreaker(f"loop-free-{backend}", min_calls=100)
+    progressed = threading.Event()
+    admitted_on: list[int] = []
+    admit_retry = AsyncHandle._admit_retry
+
+    def once_the_loop_progressed(handle: AsyncHandle[Any]) -> bool:
+        admitted_on.append(threading.get_ident())
+        assert progressed.wait(30), "the loop ran nothing during the retry wait"
+        breaker.reset()  # (the one refusing the first attempt recovers during the wait)
+        return admit_retry(handle)
+
+    monkeypatch.setattr(AsyncHandle, "_admit_retry", once_the_loop_progressed)
+    flaky = AsyncFlaky(1 if first == "raises" else 0)
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=2)
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, retry=retry)(flaky)
+
+    async def another() -> None:
+        await asyncio.sleep(0)
+        progressed.set()
+
+    async def main() -> tuple[mp.AsyncHandle[int], int]:
+        if first != "raises":
+            breaker.force_open()
+        handle = fn()
+        other = asyncio.ensure_future(another())
+        result = await handle
+        await other
+        return handle, result
+
+    with no_retry_waits():
+        handle, result = asyncio.run(main())
+    loop_thread = threading.get_ident()  # asyncio.run ran the loop here
+    assert admitted_on and loop_thread not in admitted_on
+    assert (result, handle.attempts) == ((2, 2) if first == "raises" else (1, 2))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("how", ["the await cancelled", "handle.cancel()"])
+def test_an_async_task_cancelled_as_it_waits_to_retry_on_a_running_loop_makes_no_other_attempt(
+    backend: str, how: str, monkeypatch: pytest.MonkeyPatch, events: list[mp.TaskEvent]
+) -> None:
+    may_resume = threading.Event()
+    resumed = threading.Event()
+    retry_due = AsyncHandle._retry_due
+
+    def once_told(handle: AsyncHandle[Any]) -> None:
+        try:
+            assert may_resume.wait(30)
+            retry_due(handle)
+        finally:
+            resumed.set()
+
+    monkeypatch.setattr(AsyncHandle, "_retry_due", once_told)
+    flaky = AsyncFlaky(1)
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+
+    def waiting_to_retry(handle: mp.AsyncHandle[Any]) -> Callable[[], bool]:
+        return lambda: any(e.kind == "retry" and e.task_id == handle.get_task_id() for e in events)
+
+    async def main() -> mp.AsyncHandle[int]:
+        handle = fn()
+        awaiting = asyncio.ensure_future(awaited_where_waits_still_run(handle))
+        assert await off_the_loop(lambda: wait_until(waiting_to_retry(handle), 30))
+        assert handle.status == "waiting to retry"
+        if how == "the await cancelled":
+            awaiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await awaiting
+        else:
+            assert handle.cancel() is True
+            with pytest.raises(mp.TaskCancelledError):
+                await awaiting
+        may_resume.set()
+        assert await off_the_loop(lambda: resumed.wait(30))
+        for _ in range(5):  # an attempt it had scheduled on this loop runs meanwhile
+            await asyncio.sleep(0)
+        return handle
+
+    with no_retry_waits():
+        handle = asyncio.run(main())
+    assert handle.cancelled() and handle.attempts == 1 and flaky.calls == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_each_attempt_of_an_async_task_awaited_on_a_running_loop_is_one_call_for_its_breaker(backend: str) -> None:
+    breaker = mp.CircuitBreaker(f"async-attempts-{backend}", min_calls=100)
+    flaky = AsyncFlaky(2)
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+
+    async def main() -> int:
+        return await fn()
+
+    with no_retry_waits():
+        assert asyncio.run(main()) == 3
+    stats = breaker.statistics()
+    assert (stats.failed_calls, stats.successful_calls, stats.not_permitted_calls) == (2, 1, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_shutdown_ends_an_async_task_waiting_to_retry_on_a_running_loop_at_once(
+    backend: str, events: list[mp.TaskEvent]
+) -> None:
+    flaky = AsyncFlaky(10)
+    retry = mp.Retry(on=ConnectionError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0)
+    fn = mp.parallel(backend=backend, retry=retry)(flaky)
+
+    async def main() -> mp.AsyncHandle[int]:
+        handle = fn()
+        awaiting = asyncio.ensure_future(awaited_where_waits_still_run(handle))
+        assert await off_the_loop(lambda: wait_until(lambda: any(e.kind == "retry" for e in events), 30))
+        assert mp.shutdown(timeout_secs=30) is True  # (on the loop's thread: it runs nothing while this waits)
+        with pytest.raises(ConnectionError, match="attempt 1 failed") as caught:
+            await awaiting
+        assert "not retried again: makeparallel was shut down" in "\n".join(caught.value.__notes__)
+        return handle
+
+    try:
+        handle = asyncio.run(main())
+    finally:
+        mp.reset_shutdown()
+    assert handle.attempts == 1 and flaky.calls == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_async_task_whose_loop_closed_as_it_waited_to_retry_ends_with_its_last_error(
+    monkeypatch: pytest.MonkeyPatch, events: list[mp.TaskEvent]
+) -> None:
+    # Only its caller's loop can run its coroutine: nothing can, once that loop closed.
+    may_resume = threading.Event()
+    retry_due = AsyncHandle._retry_due
+
+    def once_told(handle: AsyncHandle[Any]) -> None:
+        assert may_resume.wait(30)
+        retry_due(handle)
+
+    monkeypatch.setattr(AsyncHandle, "_retry_due", once_told)
+    flaky = AsyncFlaky(1)
+    fn = mp.parallel(backend="sync", retry=mp.Retry(on=ConnectionError, attempts=3))(flaky)
+
+    async def main() -> mp.AsyncHandle[int]:
+        handle = fn()
+        while not any(e.kind == "retry" and e.task_id == handle.get_task_id() for e in events):
+            await asyncio.sleep(0)  # its first attempt runs on this loop, and fails
+        return handle
+
+    with no_retry_waits():
+        handle = asyncio.run(main())  # not awaited: the loop closes as it waits to retry
+        may_resume.set()
+        with pytest.raises(ConnectionError, match="attempt 1 failed") as caught:
+            handle.get(timeout=30)
+    assert handle.attempts == 1 and flaky.calls == 1
+    assert "not retried again: the event loop it was called from, which alone runs its coroutine, closed" in "\n".join(
+        caught.value.__notes__
+    )
+
+
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:
     @mp.parallel(timeout=0.05, retry=mp.Retry(on=TimeoutError, attempts=3))
     def stuck() -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "LOOP_CLOSED",
     "attempt_cancels",
     "check_the_loop_of",
     "close_idle_loops",
@@ -47,6 +48,7 @@ __all__ = [
     "run_to_end",
     "running_loop",
     "start_on_running_loop",
+    "waiting_on",
 ]
 
 
@@ -92,6 +94,9 @@ attempt_cancels: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.We
 class _OnCallersLoop:
     """A coroutine started on its caller's running loop (:func:`start_on_running_loop`), until it ends.
 
+    Or, ``future`` ``None``: the task waits to retry, and only that loop can start
+    its next attempt (:func:`waiting_on`).
+
     It holds what it names weakly: a loop closed with the coroutine unfinished (or
     left unclosed, and collected) and its asyncio task are let go, as asyncio lets
     them go; the entry tells so (:meth:`closed`).
@@ -101,7 +106,7 @@ class _OnCallersLoop:
 
     def __init__(self, loop: Any, future: Any, started: float | None) -> None:
         self.loop = weakref.ref(loop)
-        self.future = weakref.ref(future)  # its asyncio task
+        self.future = _no_future if future is None else weakref.ref(future)  # its asyncio task
         self.started = started  # the attempt's start, as the handle's own end of it gives it
         self.thread = threading.get_ident()  # the thread that ran the loop then
 
@@ -116,8 +121,16 @@ class _OnCallersLoop:
         return loop is not None and not loop.is_closed() and not loop.is_running()
 
 
+def _no_future() -> None:
+    return None
+
+
+#: Why a task waiting to retry ends with its last error where its next attempt was its caller's loop's to start.
+LOOP_CLOSED = "the event loop it was called from, which alone runs its coroutine, closed"
+
 #: The handles whose coroutine runs on the loop of the code that called them (the ``"sync"``
-#: backend called from a coroutine). Only that loop can end it; closed first, it never ends.
+#: backend called from a coroutine), or will as they retry. Only that loop can end it; closed
+#: first, it never ends.
 #: Held strongly, until the task ends or its loop is found closed: held weakly, a handle
 #: nobody kept was forgotten with its loop, yet its task still counted as unfinished, and
 #: every wait for all tasks (``wait_until_idle``, ``shutdown``, exit) waited out its timeout.
@@ -275,14 +288,32 @@ def start_on_running_loop(
     inside it are its own, not those of the caller's task, or of none.
     """
     future = loop.create_task(_as_task(task, coroutine))  # in the current context: the task's own
+    cancel = _cancel_when_stopped(task, loop, future)
+    retried_at_timeout = task._observer.retry is not None and task._timeout is not None
+    if retried_at_timeout:  # as in _run_on: a timeout that retries the task ends no handle
+        attempt_cancels[task] = cancel
 
     def ended(done: Any) -> None:
         _forget(task, here)
+        if retried_at_timeout and attempt_cancels.get(task) is cancel:
+            del attempt_cancels[task]
+        _stop_cancelling(task, cancel)  # the next attempt, if any, has its own
         finish(*_outcome(done, task))
 
     here = on_callers_loops[task] = _OnCallersLoop(loop, future, task._started_at)
     future.add_done_callback(ended)
-    _cancel_when_stopped(task, loop, future)
+
+
+def waiting_on(loop: Any) -> _OnCallersLoop:
+    """The entry of a task whose next attempts only ``loop``, running on this thread, can start.
+
+    Put in :data:`on_callers_loops` while the task waits to retry (the ``"sync"``
+    backend's ``_schedule_retry_locked``), its waits see the loop as they see a
+    running attempt's: closed, the task ends with its last attempt's error;
+    stopped, a wait on this thread is refused. Else it waited for good: its next
+    attempt was posted to a loop that nothing would run again.
+    """
+    return _OnCallersLoop(loop, None, None)
 
 
 def _outcome(done: Any, task: Any) -> tuple[bool, Any]:
@@ -369,6 +400,9 @@ def end_those_of_closed_loops(tasks: Iterable[Any] | None = None) -> None:
 
 def _end_off_a_closed_loop(task: Any, on: _OnCallersLoop) -> None:
     _forget(task, on)
+    if on.future is _no_future:  # it waits to retry (waiting_on): no other attempt can start
+        task._give_up_retrying(LOOP_CLOSED)
+        return
     future = on.future()
     if future is not None and future.done():  # it ended; the close dropped the callback that was to say so
         task._finish_from_loop(on.started, *_outcome(future, task))

@@ -2,7 +2,11 @@
 
 Same API and same errors as the pools, with nothing concurrent: for debugging
 (breakpoints and tracebacks stay in your thread) and for deterministic tests.
-A retry's wait, too, is spent in the calling thread.
+A retry's wait, too, is spent in the calling thread. Except for a coroutine
+called on a running event loop: it runs on that loop, as an asyncio task that
+ends after ``submit`` returned, so its retry waits on the deadline heap, as a
+pool's does, leaving the loop free, and that loop runs its next attempt
+(:meth:`SyncBackend._resume`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .._coroutines import running_loop
+from .._coroutines import LOOP_CLOSED, on_callers_loops, running_loop, waiting_on
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
 from ._base import SHUT_DOWN, Backend
@@ -35,8 +39,12 @@ class SyncBackend(Backend):
         self._inline: set[AsyncHandle[Any]] = set()
         # Held over a limit on a running event loop (hold()): the loop each runs on once admitted.
         self._held: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
+        # Coroutine tasks called on a running event loop: the entry of the loop that starts
+        # their next attempts (_coroutines.waiting_on), in on_callers_loops as they wait.
+        self._loops: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
+        loop = self._callers_loop(handle)
         with self._lock:
             self._refuse_if_closed_locked()
             # Counted and RUNNING together, after any Python call that a Ctrl-C
@@ -44,13 +52,8 @@ class SyncBackend(Backend):
             handle._observer.task_submitted(handle)
             self._active += 1
             handle._state = RUNNING
-            self._inline.add(handle)
-        try:
-            handle._run()
-            self._retry_here(handle)
-        finally:
-            with self._lock:
-                self._inline.discard(handle)
+            inline = self._take_locked(handle, loop)
+        self._run_first(handle, inline)
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a call over a limit on a running event loop: it runs there once admitted (:meth:`release_held`).
@@ -85,18 +88,14 @@ class SyncBackend(Backend):
             self._fail_held(handle)
 
     def _run_held(self, handle: AsyncHandle[Any]) -> None:
+        loop = self._callers_loop(handle)
         with self._lock:
             if handle._state != PENDING:
                 return  # cancelled meanwhile
             handle._on_worker = UNCLAIMED
             handle._state = RUNNING
-            self._inline.add(handle)
-        try:
-            handle._run()
-            self._retry_here(handle)
-        finally:
-            with self._lock:
-                self._inline.discard(handle)
+            inline = self._take_locked(handle, loop)
+        self._run_first(handle, inline)
 
     def _fail_held(self, handle: AsyncHandle[Any]) -> None:
         error = ShutdownError(
@@ -111,8 +110,12 @@ class SyncBackend(Backend):
         handle._after_settle(announce)
 
     def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
+        loop = self._callers_loop(handle)
         with self._lock:
-            self._inline.add(handle)
+            inline = self._take_locked(handle, loop)
+        if not inline:  # its wait goes on the deadline heap, and the loop runs its next attempt
+            super()._accept_refused(handle, error)
+            return
         try:
             super()._accept_refused(handle, error)
             self._retry_here(handle)
@@ -120,16 +123,51 @@ class SyncBackend(Backend):
             with self._lock:
                 self._inline.discard(handle)
 
-    def close(self, cancel_pending: bool) -> None:
-        """Refuse new tasks; end the calls whose callers wait to retry them, as a pool's are, at once.
+    @staticmethod
+    def _callers_loop(handle: AsyncHandle[Any]) -> Any:
+        """The event loop running on this thread, where the task is known to be a coroutine's; else ``None``."""
+        return running_loop() if handle._observer.is_async else None
 
-        Their waits are on no deadline heap that a shutdown empties: each caller
-        slept out its wait, the shutdown waiting with it, then ran one more
-        attempt after it.
+    def _take_locked(self, handle: AsyncHandle[Any], loop: Any) -> bool:
+        """Note who runs the task's next attempts; return whether it is its caller, here (under the lock).
+
+        Its caller, inline, after each wait; or ``loop``, the running loop its
+        coroutine runs on, which a wait in its thread would block.
+        """
+        if loop is None:
+            self._inline.add(handle)
+            return True
+        self._loops[handle] = waiting_on(loop)
+        return False
+
+    def _run_first(self, handle: AsyncHandle[Any], inline: bool) -> None:
+        """Run the task's first attempt here; inline, the attempts after it too."""
+        if not inline:
+            handle._run()  # its coroutine starts on the running loop
+            return
+        try:
+            handle._run()
+            if on_callers_loops and handle in on_callers_loops:
+                # A function learned only now to return coroutines: its loop, running here, starts the next attempts.
+                waiting = waiting_on(running_loop())
+                with self._lock:
+                    self._loops[handle] = waiting
+            self._retry_here(handle)
+        finally:
+            with self._lock:
+                self._inline.discard(handle)
+
+    def close(self, cancel_pending: bool) -> None:
+        """Refuse new tasks; end the calls that wait to retry, as a pool's are, at once.
+
+        Those whose callers wait: their waits are on no deadline heap that a
+        shutdown empties, and each caller slept out its wait, the shutdown
+        waiting with it, then ran one more attempt after it. And the coroutines
+        of a loop (an ``Executor("sync")`` shut down, which waits for them).
         """
         super().close(cancel_pending)
         with self._lock:
-            waiting = [handle for handle in self._inline if handle._state == RETRY_WAIT]
+            waiting = [handle for handle in (*self._inline, *self._loops) if handle._state == RETRY_WAIT]
         for handle in waiting:
             handle._give_up_retrying(SHUT_DOWN)  # its end wakes its caller's wait
 
@@ -150,10 +188,58 @@ class SyncBackend(Backend):
             handle._run()
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
-        if handle not in self._inline:
-            # It failed after submit() returned (a coroutine on a running loop): no
-            # caller waits for it, so the deadline thread ends it (see _resume).
-            super()._schedule_retry_locked(handle, due)
+        if handle in self._inline:
+            return  # its caller waits, and runs the next attempt (_retry_here)
+        # A coroutine on its caller's running loop, which nobody waits for here: the
+        # deadline thread resumes it when due, on that loop (_resume), whose close
+        # ends it meanwhile (the waits for it look: _coroutines.waiting_on).
+        waiting = self._loops.get(handle)
+        if waiting is not None:
+            on_callers_loops[handle] = waiting  # (in place of a timed-out attempt's, whose coroutine goes on)
+        super()._schedule_retry_locked(handle, due)
+
+    def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
+        super()._settled_locked(handle, was_pending)
+        if on_callers_loops:  # ended as it waited to retry on a loop (cancelled, given up): it waits no more
+            waiting = on_callers_loops.get(handle)
+            if waiting is not None and waiting is self._loops.get(handle):
+                del on_callers_loops[handle]
+
+    def _resume(self, handle: AsyncHandle[Any]) -> None:
+        """Have the loop that runs the task's coroutine start its next attempt (called by the deadline thread).
+
+        Only that loop can: closed, the task ends with its last attempt's error.
+        """
+        with self._lock:
+            waiting = self._loops.get(handle)
+            closed = self._closed
+        if closed:  # (close() ended it, unless it was admitted as close() looked)
+            handle._give_up_retrying(SHUT_DOWN)
+            return
+        if waiting is None:  # (none runs on a loop: its caller ran it inline)
+            super()._resume(handle)
+            return
+        loop = waiting.loop()
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._attempt_on_loop, handle)
+                return
+            except RuntimeError:  # it closed
+                pass
+        handle._give_up_retrying(LOOP_CLOSED)
+
+    def _attempt_on_loop(self, handle: AsyncHandle[Any]) -> None:
+        """Start the next attempt of a task that waited to retry, on its caller's loop (this thread, now)."""
+        with self._lock:
+            if handle._state != RETRY_WAIT:
+                return  # cancelled meanwhile
+            closed = self._closed
+            if not closed:
+                handle._state = RUNNING
+        if closed:  # as a pool gives up a retry due after it closed
+            handle._give_up_retrying(SHUT_DOWN)
+            return
+        handle._run()  # its coroutine starts on this loop, in place of the waiting entry
 
     def _holds(self, handle: AsyncHandle[Any]) -> bool:
         # Waiting to retry too: a Ctrl-C that stopped submit() between attempts
