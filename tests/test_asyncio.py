@@ -245,6 +245,146 @@ def test_blocking_on_the_loops_thread_for_held_tasks_ends(gate: threading.Event)
     assert run(main()) == [0, 1, 2]
 
 
+# A "sync" task held for its slot on a running loop is run, once admitted, on that
+# loop's thread. A blocking wait there for it kept the loop, and so the task, from
+# running: the wait lasted for good. Each way of waiting, given [f(2), f(3)] (or
+# the items 2 and 3) over a slot another thread's f(1) holds, returns [2, 3].
+HELD_WAITS: dict[str, Callable[[Callable[[int], mp.AsyncHandle[int]]], list[int]]] = {
+    "get": lambda f: [h.get() for h in [f(2), f(3)]],
+    "get with a timeout": lambda f: [h.get(timeout=30) for h in [f(2), f(3)]],
+    "get, the later first": lambda f: _later_first(f),
+    "result": lambda f: [h.result() for h in [f(2), f(3)]],
+    "exception": lambda f: _by_exception(f),
+    "wait": lambda f: _by_wait(f, None),
+    "wait with a timeout": lambda f: _by_wait(f, 30),
+    "gather": lambda f: mp.gather([f(2), f(3)]),
+    "gather with a timeout": lambda f: mp.gather([f(2), f(3)], timeout=30),
+    "mp.wait": lambda f: sorted(h.get() for h in mp.wait([f(2), f(3)]).done),
+    "mp.wait with a timeout": lambda f: sorted(h.get() for h in mp.wait([f(2), f(3)], timeout=30).done),
+    "as_completed": lambda f: sorted(h.get() for h in mp.as_completed([f(2), f(3)])),
+    "parallel_map": lambda f: mp.parallel_map(f, [2, 3]),
+    "parallel_map with a timeout": lambda f: mp.parallel_map(f, [2, 3], timeout=30),
+    "imap": lambda f: list(mp.imap(f, [2, 3])),
+    "a group": lambda f: _in_a_group(f, None),
+    "a group with max_concurrent": lambda f: _in_a_group(f, 1),
+}
+
+
+def _later_first(f: Callable[[int], mp.AsyncHandle[int]]) -> list[int]:
+    first, second = f(2), f(3)
+    later = second.get()  # f(2), admitted first, holds the slot it waits for
+    return [first.get(), later]
+
+
+def _by_exception(f: Callable[[int], mp.AsyncHandle[int]]) -> list[int]:
+    handles = [f(2), f(3)]
+    assert [h.exception() for h in handles] == [None, None]
+    return [h.get(timeout=0) for h in handles]
+
+
+def _by_wait(f: Callable[[int], mp.AsyncHandle[int]], timeout: float | None) -> list[int]:
+    handles = [f(2), f(3)]
+    assert all(h.wait(timeout) for h in handles)
+    return [h.get(timeout=0) for h in handles]
+
+
+def _in_a_group(f: Callable[[int], mp.AsyncHandle[int]], max_concurrent: int | None) -> list[int]:
+    with mp.ParallelContext(backend="sync", max_concurrent=max_concurrent) as ctx:
+        ctx.submit(f, 2)
+        ctx.submit(f, 3)  # with max_concurrent=1: waits for the group's slot that f(2) holds
+    return ctx.results()
+
+
+@pytest.fixture
+def loop_blocks(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a blocking wait on a loop's thread listens for the held tasks it must run."""
+    from makeparallel import _held_on_loop
+
+    blocks = threading.Event()
+    listening = _held_on_loop.listening
+
+    @contextlib.contextmanager
+    def announced(loop: Any, wake: Callable[[], object]) -> Any:
+        with listening(loop, wake):
+            blocks.set()
+            yield
+
+    monkeypatch.setattr(_held_on_loop, "listening", announced)
+    return blocks
+
+
+def _sync_limited(limit: str, gate: threading.Event, ran: list[tuple[int, int]]) -> mp.ParallelFunction[[int], int]:
+    """A "sync" function under ``limit``, whose call f(1) holds its slot until ``gate`` opens."""
+    if limit == "set_max_concurrent_tasks":
+        mp.set_max_concurrent_tasks(1)
+    options = {"max_concurrent": 1} if limit == "max_concurrent" else {}
+
+    @mp.parallel(backend="sync", **options)
+    def f(n: int) -> int:
+        ran.append((n, threading.get_ident()))
+        if n == 1:
+            assert gate.wait(30)
+        return n
+
+    return f
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize("how", HELD_WAITS)
+def test_a_blocking_wait_on_the_loops_thread_runs_the_sync_tasks_held_for_their_slot(
+    how: str, limit: str, gate: threading.Event, loop_blocks: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited(limit, gate, ran)
+    holder = threading.Thread(target=lambda: f(1).get())
+    holder.start()
+    assert wait_until(lambda: [n for n, _ in ran] == [1])
+    opener = threading.Thread(target=lambda: loop_blocks.wait(30) and gate.set())
+    opener.start()
+
+    async def main() -> tuple[list[int], int, bool]:
+        results = HELD_WAITS[how](f)
+        ready = f(4)  # the slots are back: admitted, and run, at once
+        return results, threading.get_ident(), ready.done()
+
+    results, loop_thread, at_once = run(main())
+    holder.join(30)
+    opener.join(30)
+    assert results == [2, 3]
+    assert at_once
+    assert sorted(n for n, _ in ran) == [1, 2, 3, 4], "a task ran twice, or not at all"
+    assert all(thread == loop_thread for n, thread in ran if n != 1), "a task ran off its caller's thread"
+    limiter = f._spec.limiter if limit == "max_concurrent" else mp._runtime.global_limiter
+    assert limiter is not None and limiter.in_flight == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+def test_a_blocking_wait_for_a_held_sync_task_gives_up_at_its_timeout(limit: str, gate: threading.Event) -> None:
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited(limit, gate, ran)
+    holder = threading.Thread(target=lambda: f(1).get())
+    holder.start()
+    assert wait_until(lambda: [n for n, _ in ran] == [1])
+
+    async def main() -> int:
+        handle = f(2)
+        with pytest.raises(mp.TaskTimeoutError, match="gave up waiting"):
+            handle.get(timeout=0.05)
+        assert not handle.wait(0.05)
+        with pytest.raises(mp.TaskTimeoutError):
+            mp.gather([handle], timeout=0.05)
+        gate.set()  # the slot frees: the task runs once, by the wait or by the loop
+        return await handle
+
+    assert run(main()) == 2
+    holder.join(30)
+    assert sorted(n for n, _ in ran) == [1, 2]
+    limiter = f._spec.limiter if limit == "max_concurrent" else mp._runtime.global_limiter
+    assert limiter is not None and limiter.in_flight == 0
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["process", "a ProcessPoolExecutor"])
 def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any, backend: str) -> None:

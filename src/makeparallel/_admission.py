@@ -42,12 +42,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _interruptible
+from . import _held_on_loop, _interruptible
 from ._backends._base import BlockingWait
+from ._coroutines import running_loop
 from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import CancellationPoint, current_task
 from .errors import ShutdownError
@@ -241,12 +242,18 @@ class Limiter:
                 return True
         task = current_task()
         waiter = _Waiter(self._lock)
+        loop = running_loop()  # a group's own limit, waited for on a loop's thread: see _run_held_on_loop
         admitted = False
         try:
             try:
                 if recipient is not None:  # told first: a stop after its check below wakes this wait
                     recipient._slot_wait_begins(self)
-                with CancellationPoint(task, _Waiter.wake, waiter), BlockingWait(), self._lock:
+                with (
+                    CancellationPoint(task, _Waiter.wake, waiter),
+                    BlockingWait(),
+                    nullcontext() if loop is None else _held_on_loop.listening(loop, waiter.wake),
+                    self._lock,
+                ):
                     limit = self.limit
                     if limit is None or (self._in_flight < limit and not self._waiters):  # freed meanwhile
                         self._in_flight += 1
@@ -254,7 +261,7 @@ class Limiter:
                     else:
                         try:
                             self._waiters.append(waiter)
-                            admitted = self._wait_locked(waiter, task, deadline, recipient)
+                            admitted = self._wait_locked(waiter, task, deadline, recipient, loop)
                         finally:  # a slot handed over as the wait raised is passed on below
                             admitted = waiter.granted
                             if not admitted:
@@ -273,9 +280,11 @@ class Limiter:
         return True
 
     def _wait_locked(
-        self, waiter: _Waiter, task: Any, deadline: float | None, recipient: Recipient | None
+        self, waiter: _Waiter, task: Any, deadline: float | None, recipient: Recipient | None, loop: Any
     ) -> bool:
         """Wait, queued, until ``waiter`` is handed a slot (True) or ``deadline`` passes (False); under the lock.
+
+        ``loop``: the one running on this thread, if any (see :meth:`_run_held_on_loop`).
 
         Raises what ends the wait first: ``ShutdownError``, the task's stop,
         the recipient's refusal (each waking only this waiter).
@@ -287,6 +296,8 @@ class Limiter:
                 task._raise_if_stopped()
             if recipient is not None:  # so is the recipient's stop (wake_waiters)
                 recipient._refuse_waiting()
+            if loop is not None and self._run_held_on_loop(loop):
+                continue
             if deadline is None:
                 _interruptible.wait(waiter.woken, None)
                 continue
@@ -294,6 +305,25 @@ class Limiter:
             if remaining <= 0:
                 return False
             _interruptible.wait(waiter.woken, remaining)
+        return True
+
+    def _run_held_on_loop(self, loop: Any) -> bool:
+        """Run, in the place of ``loop`` (this thread's, running), a ``"sync"`` task admitted to run here; whether one ran.
+
+        Such a task may hold the slot this call waits for (a group's submit
+        whose task waits for its function's slot holds its group slot), and
+        the loop, which this wait blocks, would have run it (``_held_on_loop``).
+        Run with this limiter's lock released, taken back after: its end
+        releases a slot. Looked for under the lock: a task admitted after the
+        look wakes the wait (``_Waiter.wake``, which takes the lock).
+        """
+        if not _held_on_loop.has_ready(loop):
+            return False
+        self._lock.release()
+        try:
+            _held_on_loop.run_one(loop)
+        finally:
+            self._lock.acquire()
         return True
 
     def _leave_locked(self, waiter: _Waiter) -> None:

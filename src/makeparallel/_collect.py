@@ -26,12 +26,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
-from . import _interruptible
+from . import _held_on_loop, _interruptible
 from ._backends._base import BlockingWait
-from ._coroutines import end_those_of_closed_loops, on_callers_loops
+from ._coroutines import end_those_of_closed_loops, on_callers_loops, running_loop
 from ._handle import AsyncHandle, cancel_and_stop
 from ._progress import ProgressOption, open_progress
-from ._states import PENDING, SUCCEEDED
+from ._states import HELD, PENDING, SUCCEEDED
 from ._task_context import CancellationPoint, current_task
 from ._validation import check_wait_timeout
 from .errors import TaskTimeoutError
@@ -147,6 +147,8 @@ class Completions:
         # Those whose coroutine runs on the loop of the code that called them: only that loop
         # ends them, and nothing tells of its close, so the wait looks between slices.
         self._on_callers_loops: list[AsyncHandle[Any]] = []
+        # The loop running on this thread, once a task held for its slots is followed: see _next_beside_held.
+        self._loop: Any = None
 
     @classmethod
     def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
@@ -163,6 +165,8 @@ class Completions:
                 thread's event loop runs (the wait would block it), as ``get()``.
         """
         handle._refuse_to_block_a_loop()
+        if handle._on_worker == HELD and self._loop is None:
+            self._loop = running_loop()
         if on_callers_loops and handle in on_callers_loops:
             self._on_callers_loops.append(handle)
         if handle is self._task and handle._state < SUCCEEDED:
@@ -218,7 +222,9 @@ class Completions:
             if task._state < SUCCEEDED:  # (else its end is on its way into the queue)
                 task._refuse_to_wait_for_itself()
         try:
-            if not ended.empty():
+            if self._loop is not None:
+                handle = self._next_beside_held(self._loop)
+            elif not ended.empty():
                 handle = ended.get()
             else:
                 with CancellationPoint(current_task(), self._put, None), BlockingWait():
@@ -231,6 +237,35 @@ class Completions:
             raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
         self.outstanding -= 1
         return handle
+
+    def _next_beside_held(self, loop: Any) -> AsyncHandle[Any]:
+        """The next handle to end, waited for on the thread of ``loop`` (running), where a task followed waits for its slots.
+
+        Meanwhile the ``"sync"`` tasks admitted to run on this thread are run
+        here, in the loop's place, as ``AsyncHandle._wait_beside_held`` does:
+        the loop, which this wait blocks, would have run them, and they may
+        be followed here, or hold the slots of those that are. Each is
+        announced by a ``None`` in the queue of ended tasks, as a stop of the
+        task this runs in is; a ``None`` is never returned.
+
+        Raises:
+            queue.Empty: the timeout passed.
+        """
+        ended, put = self._ended, self._put
+        task = current_task()
+        watching = self._on_callers_loops
+        between = functools.partial(end_those_of_closed_loops, watching) if watching else None
+        with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, functools.partial(put, None)):
+            while True:
+                if ended.empty() and _held_on_loop.run_one(loop):
+                    continue
+                deadline = self._deadline
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                handle = _interruptible.get(ended, remaining, between)
+                if handle is not None:
+                    return handle  # type: ignore[no-any-return]
+                if task is not None:
+                    task._raise_if_stopped()
 
     def _run_one_queued(self) -> bool:
         candidates = self._candidates

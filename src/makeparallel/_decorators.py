@@ -822,7 +822,8 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         max_concurrent (int | None): at most this many tasks of the function in
             flight; a call over the limit waits until one ends. Called on a
             thread whose asyncio event loop runs, it returns the handle at once
-            and the task waits for its slot instead.
+            and the task waits for its slot instead; on ``"sync"``, a blocking
+            wait for it on that thread runs it there once its slot frees.
         name (str | None): the name in metrics and error notes (default:
             ``__qualname__``).
         async_cancel (str | None): what cancelling the coroutine that awaits a

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import queue
 import sys
 import threading
 import time
@@ -33,8 +34,8 @@ from contextvars import Context
 from types import CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
-from . import _deadlines, _events, _fork_child, _interruptible
-from ._backends._base import pool_of_this_thread
+from . import _deadlines, _events, _fork_child, _held_on_loop, _interruptible
+from ._backends._base import BlockingWait, pool_of_this_thread
 from ._coroutines import (
     attempt_cancels,
     check_the_loop_of,
@@ -47,6 +48,7 @@ from ._coroutines import (
 from ._states import (
     CANCELLED,
     FAILED,
+    HELD,
     INLINE,
     PENDING,
     RETRY_WAIT,
@@ -56,7 +58,7 @@ from ._states import (
     TIMED_OUT,
     UNCLAIMED,
 )
-from ._task_context import _local, blocked, wake_waits_of
+from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
 from ._validation import check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
@@ -325,6 +327,10 @@ class AsyncHandle(Generic[T_co]):
         if timeout is None and self._run_here_if_queued():
             return True
         self._refuse_to_block_a_loop()
+        if self._on_worker == HELD:  # waiting for its slots: on a loop's thread, see _wait_beside_held
+            loop = running_loop()
+            if loop is not None:
+                return self._wait_beside_held(timeout, loop)
         if self._observer.retry is not None:  # woken as an attempt is queued again: not the end
             return self._wait_retrying(timeout)
         return self._block(timeout)
@@ -1065,6 +1071,12 @@ class AsyncHandle(Generic[T_co]):
         if timeout is None and self._run_here_if_queued() and self._state >= SUCCEEDED:
             return  # (a retrying task may instead wait to retry: then wait below)
         self._refuse_to_block_a_loop()
+        if self._on_worker == HELD:  # waiting for its slots: on a loop's thread, see _wait_beside_held
+            loop = running_loop()
+            if loop is not None:
+                if not self._wait_beside_held(timeout, loop):
+                    raise self._gave_up(timeout)  # type: ignore[arg-type]
+                return
         if self._observer.retry is not None:  # it may be queued again: run or wait for each attempt
             if not self._wait_retrying(timeout):
                 raise self._gave_up(timeout)  # type: ignore[arg-type]
@@ -1108,6 +1120,44 @@ class AsyncHandle(Generic[T_co]):
                 waiter.acquire()
                 self._waiters = [waiter] if self._waiters is None else [*self._waiters, waiter]
             self._sleep_on(waiter, remaining)
+        return True
+
+    def _wait_beside_held(self, timeout: float | None, loop: Any) -> bool:
+        """Wait for a task held for its slots, on the thread of ``loop``, which runs; return whether it ended.
+
+        Meanwhile the ``"sync"`` tasks admitted to run on this thread are run
+        here, in the loop's place (``_held_on_loop``): this one once its slot
+        frees, and those admitted before it, which may hold that slot. The
+        loop, which this wait blocks, would have run them: waited for, such a
+        task never ran, and the wait lasted for good. A wait for a task held
+        on another backend runs them too: the slot it waits for may be one
+        that they hold (``set_max_concurrent_tasks``).
+
+        As any wait: ``timeout`` bounds it, Ctrl-C ends it, and inside a task
+        it is a cancellation point.
+        """
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        put = inbox.put  # one object: the done-callback taken off at the end
+        wake = functools.partial(put, None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        task = getattr(_local, "task", None)
+        self.add_done_callback(put)
+        try:
+            with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
+                while self._state < SUCCEEDED:
+                    if _held_on_loop.run_one(loop):
+                        continue
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    try:
+                        _interruptible.get(inbox, remaining)
+                    except queue.Empty:
+                        return self._state >= SUCCEEDED
+                    if task is not None:
+                        task._raise_if_stopped()
+        finally:
+            self._forget_done_callback(put)
         return True
 
     def _run_here_if_queued(self) -> bool:

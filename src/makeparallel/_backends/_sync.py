@@ -11,10 +11,12 @@ pool's does, leaving the loop free, and that loop runs its next attempt
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .. import _held_on_loop
 from .._coroutines import LOOP_CLOSED, on_callers_loops, running_loop, waiting_on
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
@@ -74,7 +76,11 @@ class SyncBackend(Backend):
             self._held[handle] = loop
 
     def release_held(self, handle: AsyncHandle[Any]) -> None:
-        """Run a held task, now admitted, on its submitter's loop: at once if this is that loop's thread."""
+        """Run a held task, now admitted, on its submitter's loop: at once if this is that loop's thread.
+
+        Else on that thread as soon as it can (``_held_on_loop``): the loop
+        runs it once free, or a blocking wait there runs it in place first.
+        """
         with self._lock:
             loop = self._held.pop(handle, None)
         if loop is None or handle._state != PENDING:
@@ -83,7 +89,7 @@ class SyncBackend(Backend):
             self._run_held(handle)
             return
         try:
-            loop.call_soon_threadsafe(self._run_held, handle)
+            _held_on_loop.admitted(loop, functools.partial(self._run_held, handle))
         except RuntimeError:  # the loop closed: nothing is left to run it on
             self._fail_held(handle)
 
