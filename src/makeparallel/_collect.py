@@ -255,7 +255,8 @@ class Completions:
         task = current_task()
         watching = self._on_callers_loops
         between = functools.partial(end_those_of_closed_loops, watching) if watching else None
-        with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, functools.partial(put, None)):
+        wake = functools.partial(put, None)  # type: ignore[arg-type]  # a None wakes the wait, as CancellationPoint's does
+        with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
             while True:
                 if ended.empty() and _held_on_loop.run_one(loop):
                     continue
