@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -598,3 +600,50 @@ def test_a_lazy_map_hands_out_a_ready_result_while_its_refill_waits_for_a_slot(e
     assert not consumer.is_alive()
     assert sorted(got) == [0, 1, 2, 3]
     assert wait_until(lambda: limiter.in_flight == 0, timeout=30), limiter.in_flight
+
+
+class _Result:
+    """A result a weak reference can follow."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("entry", ["imap", "parallel_map", "imap-left-early", "Executor.map-buffersize"])
+def test_a_lazy_map_done_with_leaves_no_reference_cycle_to_free(entry: str) -> None:
+    # The map held the recipient that ends its waits for a slot, and the recipient held the
+    # map (a bound method of it): the two kept each other, and with them the map's input and
+    # the results of the calls it left unread, until the garbage collector ran (never, with
+    # it disabled), where a map was freed as it was dropped.
+    made: list[Any] = []
+
+    def call(i: int) -> _Result:
+        result = _Result()
+        made.append(weakref.ref(result))
+        return result
+
+    items = (i for i in range(6))
+    gone = [weakref.ref(items)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if entry == "imap":
+            assert len(list(mp.imap(call, items, chunksize=1, backend="thread"))) == 6
+        elif entry == "parallel_map":
+            assert len(mp.parallel_map(call, items, chunksize=1, backend="thread")) == 6
+        elif entry == "imap-left-early":
+            results = mp.imap(call, items, chunksize=1, backend="thread")
+            next(results)
+            results.close()
+            del results
+        else:
+            with mp.Executor(max_workers=2) as executor:
+                results = executor.map(call, items, buffersize=3)
+                next(results)
+                results.close()
+                del results
+        del items
+        assert wait_until_idle(30)
+        gone += made
+        assert [ref() for ref in gone] == [None] * len(gone)
+    finally:
+        if was_enabled:
+            gc.enable()

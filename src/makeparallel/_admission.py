@@ -129,12 +129,16 @@ class UntilReady:
     :class:`ResultReady` instead (a slot handed over meanwhile goes back, to
     the next waiter). Whatever makes ``ready()`` true calls :meth:`wake` (a
     done-callback); ``ready`` is called under a limiter's lock, and takes none.
+
+    ``ready`` is a method of the map, which holds this recipient: it is held
+    weakly. Held strongly, the two made a cycle that kept the map, its input
+    and the results it left unread until the garbage collector ran.
     """
 
     __slots__ = ("_ready", "_waiting_on")
 
     def __init__(self, ready: Callable[[], bool]) -> None:
-        self._ready = ready
+        self._ready = weakref.WeakMethod(ready)
         self._waiting_on: list[Limiter] = []  # the limiters waited on now, by the one thread that submits
 
     def _slot_wait_begins(self, limiter: Limiter) -> None:
@@ -147,7 +151,8 @@ class UntilReady:
             pass
 
     def _refuse_waiting(self) -> None:
-        if self._ready():
+        ready = self._ready()  # None once the map is gone: nothing of it waits then
+        if ready is not None and ready():
             raise ResultReady
 
     def wake(self, _: object = None) -> None:
