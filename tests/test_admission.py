@@ -602,6 +602,71 @@ def test_a_lazy_map_hands_out_a_ready_result_while_its_refill_waits_for_a_slot(e
     assert wait_until(lambda: limiter.in_flight == 0, timeout=30), limiter.in_flight
 
 
+
+def _lazy_map_of_many(entry: str) -> Callable[[Callable[[int], Any]], Iterator[Any]]:
+    """A lazy map of ``entry``'s kind over more items than it keeps in flight."""
+    if entry == "Executor.map-buffersize":
+
+        def executor_map(fn: Callable[[int], Any]) -> Iterator[Any]:
+            executor = mp.Executor(max_workers=4)
+            try:
+                yield from executor.map(fn, range(12), buffersize=4)
+            finally:
+                executor.shutdown(wait=False)
+
+        return executor_map
+    return lambda fn: iter(mp.imap(fn, range(64), chunksize=1, ordered=entry == "imap", backend="thread"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("entry", list(_LAZY_MAPS))
+def test_a_lazy_map_begun_before_the_limit_hands_out_a_ready_result_while_its_refill_waits(entry: str) -> None:
+    # As above, with the limit set while the map runs (its calls in flight then were
+    # submitted with no limit): their ends did not wake the refill's wait, which held the
+    # second result back until the task holding the slot, waiting for it, gave up.
+    limiter = _runtime.global_limiter
+    limit_set = threading.Event()
+    go = threading.Event()
+    second_out = threading.Event()
+    got: list[int] = []
+
+    def call(i: int) -> int:
+        if i:
+            assert go.wait(30)
+        return i
+
+    @mp.parallel(backend="thread")
+    def holder() -> bool:
+        return second_out.wait(15)  # the map's consumer got its second result meanwhile
+
+    def consume() -> None:
+        for result in _lazy_map_of_many(entry)(call):
+            got.append(result)
+            if len(got) == 1:
+                assert limit_set.wait(30)
+            elif len(got) == 2:
+                second_out.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        assert wait_until(lambda: len(got) == 1, timeout=30), "the map never gave its first result"
+        mp.set_max_concurrent_tasks(1)
+        other = holder()
+        limit_set.set()
+        assert wait_until(lambda: len(limiter._waiters) == 1, timeout=30), "the map's refill never waited for the slot"
+        go.set()
+        assert other.get(timeout=30), "the map held its ready second result back while it waited for a slot"
+    finally:
+        limit_set.set()
+        go.set()
+        second_out.set()
+        consumer.join(30)
+    assert not consumer.is_alive()
+    assert sorted(got) == list(range(len(got))) and len(got) in (12, 64)
+    assert wait_until(lambda: limiter.in_flight == 0, timeout=30), limiter.in_flight
+
+
 class _Result:
     """A result a weak reference can follow."""
 

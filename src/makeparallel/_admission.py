@@ -129,20 +129,28 @@ class UntilReady:
     :class:`ResultReady` instead (a slot handed over meanwhile goes back, to
     the next waiter). Whatever makes ``ready()`` true calls :meth:`wake` (a
     done-callback); ``ready`` is called under a limiter's lock, and takes none.
+    ``arm()``, called as a wait begins (outside the lock), makes sure it does:
+    a map registers the callback as it submits only under a limit, and the
+    calls it submitted before one was set (``mp.set_max_concurrent_tasks``
+    while it runs) woke no wait, which then held a ready result back.
 
-    ``ready`` is a method of the map, which holds this recipient: it is held
-    weakly. Held strongly, the two made a cycle that kept the map, its input
-    and the results it left unread until the garbage collector ran.
+    ``ready`` and ``arm`` are methods of the map, which holds this recipient:
+    they are held weakly. Held strongly, the two made a cycle that kept the
+    map, its input and the results it left unread until the garbage collector ran.
     """
 
-    __slots__ = ("_ready", "_waiting_on")
+    __slots__ = ("_arm", "_ready", "_waiting_on")
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(self, ready: Callable[[], bool], arm: Callable[[], None]) -> None:
         self._ready = weakref.WeakMethod(ready)
+        self._arm = weakref.WeakMethod(arm)
         self._waiting_on: list[Limiter] = []  # the limiters waited on now, by the one thread that submits
 
     def _slot_wait_begins(self, limiter: Limiter) -> None:
-        self._waiting_on.append(limiter)
+        self._waiting_on.append(limiter)  # first: a call that ends as it is armed wakes this wait
+        arm = self._arm()
+        if arm is not None:
+            arm()
 
     def _slot_wait_ends(self, limiter: Limiter) -> None:
         try:
