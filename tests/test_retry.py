@@ -19,6 +19,7 @@ from makeparallel import _runtime
 from makeparallel._backends._adapter import ExecutorBackend
 from makeparallel._handle import AsyncHandle
 from makeparallel._remote_errors import CarriedError
+from makeparallel._task_context import current_task
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
 
@@ -1329,6 +1330,79 @@ def test_a_sync_async_task_whose_loop_closed_as_it_waited_to_retry_ends_with_its
     assert "not retried again: the event loop it was called from, which alone runs its coroutine, closed" in "\n".join(
         caught.value.__notes__
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_cancel_with_timeout_waits_for_the_coroutine_of_a_retry_awaited_on_a_running_loop(backend: str) -> None:
+    # On "sync" the retry started on the loop as the first attempt had left the task's
+    # code marked as returned: cancel_with_timeout() said at once that it had stopped,
+    # as the retry's coroutine still ran.
+    second_started = threading.Event()
+    may_end = threading.Event()
+    calls: list[int] = []
+
+    async def flaky_then_slow_to_stop() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("attempt 1 failed")
+        second_started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            while not may_end.is_set():  # its cleanup, which the cancel waits for
+                await asyncio.sleep(0.005)
+            raise
+
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=2))(flaky_then_slow_to_stop)
+
+    async def main() -> None:
+        handle = fn()
+        assert await off_the_loop(lambda: second_started.wait(30))
+        try:
+            assert await off_the_loop(lambda: handle.cancel_with_timeout(0.05)) is False
+        finally:
+            may_end.set()
+        assert await off_the_loop(lambda: handle.cancel_with_timeout(30)) is True
+
+    with no_retry_waits():
+        asyncio.run(main())
+    assert len(calls) == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_cancel_with_timeout_from_another_thread_waits_for_the_code_of_a_retry(backend: str) -> None:
+    # On "sync" the caller runs the retry inline, and the first attempt had left the task's
+    # code marked as returned: cancel_with_timeout() said at once that it had stopped.
+    second_started = threading.Event()
+    may_end = threading.Event()
+    calls: list[int] = []
+    said: list[bool] = []
+
+    def cancel_it(handle: mp.AsyncHandle[Any]) -> None:
+        try:
+            assert second_started.wait(30)
+            said.append(handle.cancel_with_timeout(0.05))
+        finally:
+            may_end.set()
+        said.append(handle.cancel_with_timeout(30))
+
+    def flaky_then_deaf() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            handle = current_task()
+            assert handle is not None
+            threading.Thread(target=cancel_it, args=(handle,), daemon=True).start()
+            raise ConnectionError("attempt 1 failed")
+        second_started.set()
+        assert may_end.wait(30)  # deaf to its cancellation: no check_cancelled()
+
+    fn = mp.parallel(backend=backend, retry=mp.Retry(on=ConnectionError, attempts=2))(flaky_then_deaf)
+    with no_retry_waits():
+        handle = fn()
+        assert wait_until(lambda: len(said) == 2, 30)
+    assert said == [False, True] and handle.cancelled() and len(calls) == 2
 
 
 def test_a_timed_out_attempt_is_not_retried_through_a_base_class(gate: threading.Event) -> None:

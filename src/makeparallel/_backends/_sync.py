@@ -191,6 +191,7 @@ class SyncBackend(Backend):
                 if handle._state != RETRY_WAIT:
                     break  # cancelled meanwhile (by a callback, or another thread)
                 handle._state = RUNNING
+                handle._code_done = False  # as a pool's queued retry: cancel_with_timeout waits for this attempt
             handle._run()
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
@@ -242,6 +243,7 @@ class SyncBackend(Backend):
             closed = self._closed
             if not closed:
                 handle._state = RUNNING
+                handle._code_done = False  # as a pool's queued retry: cancel_with_timeout waits for this attempt
         if closed:  # as a pool gives up a retry due after it closed
             handle._give_up_retrying(SHUT_DOWN)
             return
