@@ -1120,6 +1120,83 @@ def test_a_plain_function_returning_a_coroutine_is_retried_on_a_running_loop_fro
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("first", ["raises before any coroutine", "refused by its open breaker"])
+def test_a_plain_function_whose_first_coroutine_comes_from_a_retry_is_retried_on_a_running_loop(
+    backend: str, first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On "sync" its caller ran that retry inline, on the loop's thread, and its coroutine
+    # started on the loop: only the first attempt's was looked for. That coroutine failed
+    # after the caller had gone on, and the task ended ("cannot run it again from here").
+    breaker = mp.CircuitBreaker(f"learned-on-a-retry-{backend}", min_calls=100)
+    admit_retry = AsyncHandle._admit_retry
+
+    def recovered(handle: AsyncHandle[Any]) -> bool:
+        breaker.reset()  # (the one refusing the first attempt recovers during the wait)
+        return admit_retry(handle)
+
+    monkeypatch.setattr(AsyncHandle, "_admit_retry", recovered)
+    flaky = AsyncFlaky(2 if first == "raises before any coroutine" else 1)
+    calls: list[int] = []
+
+    def coroutine_from_its_second_call() -> Any:
+        calls.append(1)
+        if len(calls) == 1 and first == "raises before any coroutine":
+            flaky.calls += 1
+            raise ConnectionError("attempt 1 failed")
+        return flaky()
+
+    retry = mp.Retry(on=(ConnectionError, mp.CircuitOpenError), attempts=4)
+    fn = mp.parallel(backend=backend, circuit_breaker=breaker, retry=retry)(coroutine_from_its_second_call)
+
+    async def main() -> tuple[mp.AsyncHandle[int], int]:
+        if first != "raises before any coroutine":
+            breaker.force_open()
+        handle = fn()
+        return handle, await handle
+
+    with no_retry_waits():
+        handle, result = asyncio.run(main())
+    assert (result, handle.attempts) == ((3, 3) if first == "raises before any coroutine" else (2, 3))
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_function_whose_first_coroutine_times_out_before_its_loop_is_noted_is_retried_on_that_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its timeout came on the deadline thread as its caller still ran it inline: that
+    # retry's wait, left to the caller, must reach the heap as the loop takes its attempts.
+    from makeparallel._backends import _sync
+
+    flaky = AsyncFlaky(0, hangs=True)
+    fn = mp.parallel(backend="sync", timeout=0.05, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=3))(lambda: flaky())
+    noted = _sync.waiting_on
+
+    def once_timed_out(loop: Any) -> Any:
+        handle = on_its_loop[0]
+        assert wait_until(lambda: handle.status == "waiting to retry", 30)  # (the loop, blocked here, ran nothing)
+        return noted(loop)
+
+    on_its_loop: list[AsyncHandle[Any]] = []
+    run = AsyncHandle._run
+
+    def noting(handle: AsyncHandle[Any]) -> None:
+        on_its_loop.append(handle)
+        run(handle)
+
+    monkeypatch.setattr(AsyncHandle, "_run", noting)
+    monkeypatch.setattr(_sync, "waiting_on", once_timed_out)
+
+    async def main() -> tuple[mp.AsyncHandle[int], int]:
+        handle = fn()
+        return handle, await handle
+
+    with no_retry_waits():
+        handle, result = asyncio.run(main())
+    assert (result, handle.attempts, flaky.cancelled) == (2, 2, [1])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
 @pytest.mark.parametrize("timeout", [None, 30.0])
 def test_an_async_task_awaited_on_a_running_loop_ends_with_its_last_error_and_a_note_of_every_attempt(
     backend: str, timeout: float | None

@@ -154,14 +154,27 @@ class SyncBackend(Backend):
         try:
             handle._run()
             if on_callers_loops and handle in on_callers_loops:
-                # A function learned only now to return coroutines: its loop, running here, starts the next attempts.
-                waiting = waiting_on(running_loop())
-                with self._lock:
-                    self._loops[handle] = waiting
-            self._retry_here(handle)
+                self._to_its_loop(handle)  # a function learned only now to return coroutines
+            else:
+                self._retry_here(handle)
         finally:
             with self._lock:
                 self._inline.discard(handle)
+
+    def _to_its_loop(self, handle: AsyncHandle[Any]) -> None:
+        """Have the loop running here start the next attempts of a task run inline whose coroutine it now runs.
+
+        A function learned only now to return coroutines, on its first attempt
+        or on a retry (the first raised before returning one, or its circuit
+        breaker refused it): its coroutine fails after its caller went on, and
+        no caller waits to run another attempt.
+        """
+        waiting = waiting_on(running_loop())
+        with self._lock:
+            self._loops[handle] = waiting
+            self._inline.discard(handle)
+            if handle._state == RETRY_WAIT:  # timed out meanwhile: its wait, left to the caller, goes on the heap
+                self._schedule_retry_locked(handle, handle._retry.due)
 
     def close(self, cancel_pending: bool) -> None:
         """Refuse new tasks; end the calls that wait to retry, as a pool's are, at once.
@@ -193,6 +206,9 @@ class SyncBackend(Backend):
                 handle._state = RUNNING
                 handle._code_done = False  # as a pool's queued retry: cancel_with_timeout waits for this attempt
             handle._run()
+            if on_callers_loops and handle in on_callers_loops:
+                self._to_its_loop(handle)  # a function learned only now to return coroutines
+                break
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
         if handle in self._inline:
