@@ -46,7 +46,9 @@ class SyncBackend(Backend):
         self._loops: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
-        loop = self._callers_loop(handle)
+        # Every call of a plain function comes here: the helpers shared with the held
+        # and refused calls (_callers_loop, _take_locked, _run_first) are inlined.
+        loop = running_loop() if handle._observer.is_async else None
         with self._lock:
             self._refuse_if_closed_locked()
             # Counted and RUNNING together, after any Python call that a Ctrl-C
@@ -54,8 +56,22 @@ class SyncBackend(Backend):
             handle._observer.task_submitted(handle)
             self._active += 1
             handle._state = RUNNING
-            inline = self._take_locked(handle, loop)
-        self._run_first(handle, inline)
+            if loop is None:
+                self._inline.add(handle)
+            else:
+                self._loops[handle] = waiting_on(loop)
+        if loop is not None:
+            handle._run()  # its coroutine starts on the running loop
+            return
+        try:
+            handle._run()
+            if on_callers_loops and handle in on_callers_loops:
+                self._to_its_loop(handle)  # a function learned only now to return coroutines
+            else:
+                self._retry_here(handle)
+        finally:
+            with self._lock:
+                self._inline.discard(handle)
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a call over a limit on a running event loop: it runs there once admitted (:meth:`release_held`).
@@ -222,7 +238,10 @@ class SyncBackend(Backend):
         super()._schedule_retry_locked(handle, due)
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
-        super()._settled_locked(handle, was_pending)
+        # Backend._settled_locked, inlined: every task's end comes here.
+        self._active -= 1
+        if self._active == 0 and self._idle_waiters:
+            self._wake_idle_waiters_locked()
         if on_callers_loops:  # ended as it waited to retry on a loop (cancelled, given up): it waits no more
             waiting = on_callers_loops.get(handle)
             if waiting is not None and waiting is self._loops.get(handle):
