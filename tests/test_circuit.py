@@ -362,6 +362,34 @@ def test_cancel_with_timeout_of_a_refused_call_finds_no_code_running(clock: Fake
     assert handle.cancel_with_timeout(10) is True
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync on a running loop"])
+def test_cancel_with_timeout_of_a_refused_call_waiting_to_retry_finds_no_code_running(
+    clock: FakeClock, backend: str
+) -> None:
+    # Accepted to be retried, it sat out the whole timeout, then said the code still ran:
+    # the call never ran.
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=2, wait_initial=600, wait_max=600, wait_jitter=0, timeout=None)
+
+    async def async_call() -> str:
+        return "paid"
+
+    if backend == "sync on a running loop":
+        fn: Any = mp.parallel(backend="sync", circuit_breaker=breaker, retry=retry)(async_call)
+    else:
+        fn = guarded(breaker, backend=backend, retry=retry)
+
+    async def on_a_loop() -> mp.AsyncHandle[str]:
+        return fn()  # type: ignore[no-any-return]
+
+    handle = asyncio.run(on_a_loop()) if backend == "sync on a running loop" else fn(False)
+    assert handle.status == "waiting to retry"
+    assert handle.cancel_with_timeout(10) is True
+    assert handle.cancelled()
+
+
 def test_a_refused_call_is_retried_when_on_names_it(clock: FakeClock) -> None:
     breaker = breaker_for(clock)
     pay = guarded(breaker, backend="thread", retry=mp.Retry(on=(mp.CircuitOpenError,), attempts=5))

@@ -223,6 +223,7 @@ class Backend:
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
             handle._state = RETRY_WAIT
+            handle._code_done = True  # none ran: cancel_with_timeout() has nothing to wait for until a retry starts
         handle._refused_again(error)
 
     def _queue_retry(self, handle: AsyncHandle[Any], queue_locked: Callable[[AsyncHandle[Any]], None]) -> bool:
