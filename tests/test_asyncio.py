@@ -1501,6 +1501,107 @@ def test_a_wait_for_every_task_for_good_on_the_thread_whose_loop_runs_a_coroutin
             loop.close()
 
 
+# Thread idents are reused: Linux gives a new thread the stack, and with it the ident, of one
+# that ended. The thread that ran a stopped loop was known by its ident, and a thread that
+# never ran that loop but got the ident after it ended had its waits refused, as if it alone
+# could run the loop. It waits as any other thread does, until the loop is run elsewhere.
+
+
+def a_thread_with_the_ident_of(ident: int, target: Callable[[], object]) -> threading.Thread:
+    """A started thread, given ``ident`` (an ended thread's), that runs ``target``.
+
+    Threads are started 16 at a time, to take every stack the C library keeps
+    for reuse, until one gets that ident; the others end at once.
+    """
+    for _ in range(100):
+        go = threading.Event()
+
+        def runs(go: threading.Event = go) -> None:
+            assert go.wait(30)
+            if threading.get_ident() == ident:
+                target()
+
+        batch = [threading.Thread(target=runs) for _ in range(16)]
+        for thread in batch:
+            thread.start()
+        go.set()
+        found = [thread for thread in batch if thread.ident == ident]
+        for thread in batch:
+            if thread not in found:
+                thread.join(30)
+        if found:
+            return found[0]
+    raise AssertionError("no new thread was given the ident of the thread that ended")
+
+
+def a_task_on_the_stopped_loop_of_an_ended_thread(fn: Callable[[int], Any]) -> tuple[Any, asyncio.AbstractEventLoop, int]:
+    """What ``fn`` gave on a loop of a thread that then ended (:func:`called_from_a_coroutine_on`), that loop, stopped,
+    and that thread's ident."""
+    made: list[tuple[Any, asyncio.AbstractEventLoop, int]] = []
+
+    def runs_a_loop() -> None:
+        loop = asyncio.new_event_loop()
+        made.append((called_from_a_coroutine_on(loop, fn), loop, threading.get_ident()))
+
+    thread = threading.Thread(target=runs_a_loop)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    (task_loop_ident,) = made
+    return task_loop_ident
+
+
+#: Each wait for a task without an end, as what it gave once the task ended: every way of waiting
+#: that asks whether the waiting thread ran the task's stopped loop (given the executor the task is
+#: of, for its own shutdown).
+WAITS_WITHOUT_AN_END: dict[str, Callable[[mp.AsyncHandle[int], Any], object]] = {
+    "get": lambda handle, _: handle.get(),
+    "wait": lambda handle, _: handle.wait(),
+    "mp.gather": lambda handle, _: mp.gather([handle]),
+    "mp.as_completed": lambda handle, _: [done.get() for done in mp.as_completed([handle])],
+    "await": lambda handle, _: run(awaited(handle)),
+    "wait_until_idle": lambda _, __: wait_until_idle(timeout=None),
+    "shutdown": lambda _, __: mp.shutdown(timeout_secs=None),
+    "Executor.shutdown": lambda _, executor: executor.shutdown(wait=True),
+}
+
+#: What each of them gives where it is not refused.
+WAITED_OUTCOMES = {"get": 42, "wait": True, "mp.gather": [42], "mp.as_completed": [42], "await": 42, "wait_until_idle": True, "shutdown": True, "Executor.shutdown": None}
+
+
+async def awaited(handle: mp.AsyncHandle[int]) -> int:
+    return await handle
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="an ended thread's ident goes to the next one on Linux")
+@pytest.mark.parametrize("wait", WAITS_WITHOUT_AN_END)
+def test_a_thread_given_the_ident_of_the_one_that_ran_a_stopped_loop_waits_as_any_other(wait: str) -> None:
+    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
+    if executor is None:
+        fn: Callable[[int], Any] = mp.parallel(backend="sync")(sleeps_then_doubles)
+    else:
+        fn = functools.partial(executor.submit, sleeps_then_doubles)
+    made, loop, ident = a_task_on_the_stopped_loop_of_an_ended_thread(fn)
+    handle: mp.AsyncHandle[int] = made if executor is None else made.handle
+    try:
+        callbacks = len(handle._callbacks or ())
+        outcome: list[object] = []
+        waiting = a_thread_with_the_ident_of(ident, lambda: outcome.append(outcome_of(lambda: WAITS_WITHOUT_AN_END[wait](handle, executor))))
+        began = wait_until(
+            lambda: bool(outcome) or bool(handle._waiters) or len(handle._callbacks or ()) > callbacks or bool(handle._backend._idle_waiters), 30
+        )
+        assert began, "the wait never began"
+        assert loop.run_until_complete(handle) == 42  # type: ignore[arg-type]  # the loop runs here: the task ends
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert outcome == [WAITED_OUTCOMES[wait]]
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=False)
+        loop.close()
+
+
 _EXIT_WITH_A_TASK_ON_A_CLOSED_LOOP = """import asyncio
 import makeparallel as mp
 

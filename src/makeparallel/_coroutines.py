@@ -108,7 +108,10 @@ class _OnCallersLoop:
         self.loop = weakref.ref(loop)
         self.future = _no_future if future is None else weakref.ref(future)  # its asyncio task
         self.started = started  # the attempt's start, as the handle's own end of it gives it
-        self.thread = threading.get_ident()  # the thread that ran the loop then
+        # The thread that ran the loop then: its object, never another's. Its ident was compared, and
+        # the system gives an ended thread's ident to the next: a wait on that one, which never ran
+        # the loop, was refused as if only it could run it.
+        self.thread = threading.current_thread()
 
     def closed(self) -> bool:
         """Whether the loop can never run the coroutine again: it closed, or was collected."""
@@ -350,7 +353,7 @@ def check_the_loop_of(task: Any) -> None:
         return
     if on.closed():
         _end_off_a_closed_loop(task, on)
-    elif on.stopped() and on.thread == threading.get_ident():
+    elif on.stopped() and on.thread is threading.current_thread():
         raise RuntimeError(
             f"task {task.get_task_id()} ({task.name}) runs its coroutine on the event loop it "
             'was called from (the "sync" backend called from a coroutine), which this thread '
@@ -369,13 +372,13 @@ def one_only_this_thread_can_end(backend: Any = None) -> Any:
     ``Executor.shutdown``) asks first, as :func:`check_the_loop_of` does for
     a wait for one task: it lasted for good.
     """
-    here = threading.get_ident()
+    here = threading.current_thread()
     running = running_loop()
     for task, on in list(on_callers_loops.items()):  # (a copy, as end_those_of_closed_loops makes)
         if backend is not None and task._backend is not backend:
             continue
         loop = on.loop()
-        if loop is not None and not loop.is_closed() and (loop is running or (on.thread == here and not loop.is_running())):
+        if loop is not None and not loop.is_closed() and (loop is running or (on.thread is here and not loop.is_running())):
             return task
     return None
 
