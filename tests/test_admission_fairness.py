@@ -11,17 +11,19 @@ hand, one at a time.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
-from makeparallel import _interruptible, _task_context
-from makeparallel._admission import Limiter
+from makeparallel import _admission, _interruptible, _task_context
+from makeparallel._admission import Limiter, PendingAdmission
+from makeparallel._states import PENDING
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +100,7 @@ class Deferred:
         self.name = name
         self._got = got
 
-    def admitted(self) -> None:
+    def admitted(self, limiter: Limiter) -> None:
         self._got.add(self.name)
 
     def refused(self) -> None:
@@ -373,3 +375,255 @@ def test_a_waiter_woken_by_shutdown_raises_even_if_it_runs_only_after_the_reset(
     assert limiter.in_flight == 0
     assert limiter.acquire(time.monotonic())
     limiter.release()
+
+
+# -- Ctrl-C as slots are handed over ------------------------------------------------------
+#
+# Ctrl-C raises KeyboardInterrupt on the main thread as a function is entered or a built-in's
+# call returns (CPython runs a pending signal's handler there), and the main thread frees slots
+# too (a task's end on "sync", cancel(), shutdown). release() took the waiter off the queue, then
+# granted it: interrupted between the two, the waiter never got the slot, which stayed counted,
+# held by nobody, and every later call waited for it. So did set_limit's hand-overs, and close()
+# interrupted in its loop left the waiters after that place queued, or never refused. Each
+# operation is interrupted here at each such place in turn (a profile hook raises there), with
+# real deferred admissions (their next step runs on the admission thread).
+
+
+class InterruptAt:
+    """A profile hook (``sys.setprofile``) that raises ``KeyboardInterrupt`` at the ``at``-th function entry or built-in return on its thread, once."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.places = 0
+
+    def __call__(self, frame: object, event: str, arg: object) -> None:
+        if event in ("call", "c_return"):
+            self.places += 1
+            if self.places == self.at:
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+
+def interrupted(at: int, operation: Callable[[], object]) -> bool:
+    """Call ``operation()``, interrupted at its ``at``-th place (:class:`InterruptAt`); whether it was.
+
+    The interrupt must come out of the call: an operation that swallowed it fails the test.
+    """
+    hook = InterruptAt(at)
+    sys.setprofile(hook)
+    try:
+        operation()
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.setprofile(None)
+    assert hook.places < at, f"the interrupt at place {at} did not come out of the call"
+    return False
+
+
+def at_each_place(scenario: Callable[[int], bool]) -> None:
+    """Run ``scenario(at)`` for ``at`` = 1, 2, ... until the operation in it ran without an interrupt."""
+    at = 1
+    while scenario(at):
+        at += 1
+    assert at > 2, f"only {at - 1} place was interrupted"
+
+
+class HeldBackend:
+    """What a deferred admission uses of its backend: a lock, and ``release_held``, recorded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.released: list[Any] = []
+
+    def release_held(self, handle: Any) -> None:
+        self.released.append(handle)
+
+
+class HeldHandle:
+    """What a deferred admission uses of its task's handle: its state, its permits, its settle."""
+
+    def __init__(self) -> None:
+        self._state = PENDING
+        self._permits: tuple[Limiter, ...] = ()
+        self.settled: list[str] = []
+
+    def _ask_breaker(self, error: BaseException) -> None:
+        pass
+
+    def _settle_locked(self, state: int, error: BaseException) -> None:
+        self._state = state
+        self.settled.append(type(error).__name__)
+
+    def _after_settle(self, announce: object) -> None:
+        pass
+
+
+def _defer(limiter: Limiter) -> tuple[HeldHandle, HeldBackend]:
+    """Queue a deferred admission (a task held on an event loop) for a slot of ``limiter``, whose limit is reached."""
+    handle, backend = HeldHandle(), HeldBackend()
+    PendingAdmission(handle, backend, [limiter], None).start()  # type: ignore[arg-type]
+    assert handle in [getattr(waiting, "_handle", None) for waiting in limiter._waiters]
+    return handle, backend
+
+
+def _steps_ran() -> None:
+    """Wait until every step queued on the admission thread so far ran (they run in turn, on one thread)."""
+    done = threading.Event()
+    _admission._hand_on(done.set)
+    assert done.wait(WAIT)
+    assert [thread.name for thread in threading.enumerate()].count("makeparallel-admission") == 1
+
+
+@pytest.mark.parametrize("kind", ["thread", "deferred"])
+def test_a_release_interrupted_anywhere_still_hands_the_slot_to_the_waiter(kind: str, waits: Record) -> None:
+    def scenario(at: int) -> bool:
+        limiter = Limiter(1)
+        assert limiter.acquire()
+        got = Record()
+        if kind == "thread":
+            waiter = _queue(limiter, "thread", f"waiter-{at}", got, waits)
+        else:
+            handle, backend = _defer(limiter)
+        try:
+            was_interrupted = interrupted(at, limiter.release)
+            if was_interrupted and at == 1:  # at its entry: it did nothing yet, and its caller holds the slot still
+                assert len(limiter._waiters) == 1
+                limiter.release()
+            assert not limiter._waiters
+            if kind == "thread":
+                got.wait_for(lambda names: len(names) >= 1)
+                assert got.names == [f"waiter-{at}"]
+            else:
+                _steps_ran()
+                assert backend.released == [handle], f"interrupted at place {at}, the task was admitted {len(backend.released)} time(s)"
+                assert handle._permits == (limiter,)
+            assert limiter.in_flight == 1
+            limiter.release()
+            assert limiter.in_flight == 0
+        finally:
+            limiter.close()  # failed, it ends the wait of a call left waiting
+        if kind == "thread":
+            assert waiter is not None
+            waiter.join()
+        return was_interrupted
+
+    at_each_place(scenario)
+
+
+def test_raising_the_limit_interrupted_anywhere_still_hands_every_new_slot_to_the_oldest(waits: Record) -> None:
+    def scenario(at: int) -> bool:
+        limiter = Limiter(1)
+        assert limiter.acquire()
+        got = Record()
+        first = _queue(limiter, "thread", f"first-{at}", got, waits)
+        handle, backend = _defer(limiter)
+        last = _queue(limiter, "thread", f"last-{at}", got, waits)
+        try:
+            was_interrupted = interrupted(at, functools.partial(limiter.set_limit, 3))
+            if was_interrupted and at == 1:
+                assert limiter.limit == 1
+                limiter.set_limit(3)
+            got.wait_for(lambda names: len(names) >= 1)
+            _steps_ran()
+            assert got.names == [f"first-{at}"]
+            assert backend.released == [handle], f"interrupted at place {at}, the task was admitted {len(backend.released)} time(s)"
+            assert len(limiter._waiters) == 1  # the last one: two slots came, for the two before it
+            assert limiter.in_flight == 3
+            limiter.set_limit(4)
+            got.wait_for(lambda names: len(names) >= 2)
+            assert got.names == [f"first-{at}", f"last-{at}"]
+        finally:
+            limiter.close()  # failed, it ends the wait of a call left waiting
+        for thread in (first, last):
+            assert thread is not None
+            thread.join()
+        for _ in range(4):
+            limiter.release()
+        assert limiter.in_flight == 0
+        return was_interrupted
+
+    at_each_place(scenario)
+
+
+def test_a_shutdown_interrupted_anywhere_still_refuses_every_waiter(waits: Record) -> None:
+    def scenario(at: int) -> bool:
+        limiter = Limiter(1)
+        assert limiter.acquire()
+        got = Record()
+        blocked = _queue(limiter, "thread", f"blocked-{at}", got, waits)
+        handle, backend = _defer(limiter)
+        try:
+            was_interrupted = interrupted(at, limiter.close)
+            if was_interrupted and at == 1:
+                assert len(limiter._waiters) == 2
+                limiter.close()
+            assert not limiter._waiters
+            got.wait_for(lambda names: len(names) >= 1)
+            assert got.names == [f"blocked-{at}: ShutdownError"]
+            assert handle.settled == ["ShutdownError"]  # once
+            assert not backend.released
+            limiter.release()
+            assert limiter.in_flight == 0
+        finally:
+            limiter.close()  # failed, it ends the wait of a call left waiting
+            limiter.reopen()
+        assert blocked is not None
+        blocked.join()
+        return was_interrupted
+
+    at_each_place(scenario)
+
+
+def test_a_waiter_interrupted_anywhere_after_its_slot_came_passes_it_to_the_next(
+    waits: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its acquire() gives the slot back as the interrupt goes through it (a finally).
+    interrupt_at: dict[str, int] = {}  # the place to interrupt, by the name of the thread that waits
+    spied_wait = _interruptible.wait
+
+    def wait(condition: threading.Condition, timeout: float | None) -> None:
+        spied_wait(condition, timeout)
+        at = interrupt_at.get(threading.current_thread().name)
+        if at is not None:
+            sys.setprofile(InterruptAt(at))  # from here on, on this thread, until its acquire() returns
+
+    monkeypatch.setattr(_interruptible, "wait", wait)
+
+    def scenario(at: int) -> bool:
+        limiter = Limiter(1)
+        assert limiter.acquire()
+        got = Record()
+        name = f"interrupted-{at}"
+        interrupt_at[name] = at
+
+        def acquires() -> None:
+            try:
+                outcome = "slot" if limiter.acquire(time.monotonic() + WAIT) else "none"
+            except KeyboardInterrupt:
+                outcome = "KeyboardInterrupt"
+            finally:
+                sys.setprofile(None)
+            got.add(f"{name}: {outcome}")
+
+        interrupted_thread = threading.Thread(target=acquires, name=name)
+        interrupted_thread.start()
+        waits.wait_for(lambda names: name in names)
+        last = _queue(limiter, "thread", f"last-{at}", got, waits)
+        limiter.release()
+        got.wait_for(lambda names: len(names) >= 1)
+        was_interrupted = got.names[0] == f"{name}: KeyboardInterrupt"
+        if not was_interrupted:
+            assert got.names == [f"{name}: slot"]
+            limiter.release()
+        got.wait_for(lambda names: len(names) >= 2)
+        assert got.names[1] == f"last-{at}"
+        assert limiter.in_flight == 1
+        limiter.release()
+        assert limiter.in_flight == 0
+        interrupted_thread.join(WAIT)
+        assert last is not None
+        last.join()
+        return was_interrupted
+
+    at_each_place(scenario)

@@ -30,10 +30,20 @@ starved a map on another thread for good, and a map on an event loop, whose
 deferred admissions went first, starved every blocked thread. A waiter that
 gives up (its deadline, its task's stop, shutdown, its recipient's refusal,
 Ctrl-C) leaves the queue, and passes on a slot handed to it meanwhile.
+
+Interrupts: Ctrl-C raises ``KeyboardInterrupt`` on the main thread at its next
+call (or loop's jump back), and the main thread frees slots too: a task's end
+on the ``"sync"`` backend, ``cancel()``, ``shutdown()``. A slot is handed over
+so that an interrupt anywhere in it leaves it with the waiter or with the
+caller, who hands it over again before the interrupt goes on
+(:meth:`Limiter._hand_over_locked`): taken off the queue first and granted
+after, a waiter interrupted between the two never got its slot, which stayed
+counted, held by nobody, and every later submission waited for it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -204,20 +214,43 @@ class Limiter:
         return self._in_flight
 
     def set_limit(self, limit: int | None) -> None:
-        """Change the limit; a raised one hands its new slots to the oldest waiting submissions at once."""
-        admitted = []
+        """Change the limit; a raised one hands its new slots to the oldest waiting submissions at once.
+
+        Interrupted (Ctrl-C), it hands them all the same, then raises.
+        """
         with self._lock:
             self.limit = limit
-            waiters = self._waiters
-            while waiters and (limit is None or self._in_flight < limit):
-                waiting = waiters.popleft()
-                self._in_flight += 1
-                if isinstance(waiting, _Waiter):
-                    waiting.grant()
-                else:
-                    admitted.append(waiting)
-        for deferred in admitted:
-            deferred.admitted()
+            try:
+                self._hand_on_free_slots_locked()
+            except BaseException:
+                self._hand_on_free_slots_locked()  # goes on from where the interrupt cut it short
+                raise
+
+    def _hand_on_free_slots_locked(self) -> None:
+        """Hand each slot free under the limit to the oldest waiter, counted, until none is free or nobody waits."""
+        waiters = self._waiters
+        while waiters and (self.limit is None or self._in_flight < self.limit):
+            self._hand_over_locked(waiters[0], self._in_flight + 1)
+
+    def _hand_over_locked(self, waiting: _Waiter | PendingAdmission, in_flight: int) -> None:
+        """Make a slot the own of ``waiting``, first in the queue, with ``in_flight`` tasks counted then; under the lock.
+
+        Ctrl-C may land at any call in it (see the module docstring). The
+        waiter is told first, and looks under this lock whether the slot is
+        its own: a blocked call's wait wakes, a deferred admission's next
+        step is queued. The slot is made its own only then, in steps with no
+        call between them, where no interrupt lands. Cut short, nothing
+        changed: the waiter is still first in the queue (woken, it waits on;
+        its step does nothing), and the caller hands the slot over again.
+        """
+        if isinstance(waiting, _Waiter):
+            waiting.woken.notify()
+            waiting.granted = True
+        else:
+            waiting.admitted(self)
+            waiting.granted_by = self
+        self._in_flight = in_flight
+        self._waiters.popleft()
 
     def acquire(self, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
@@ -374,8 +407,9 @@ class Limiter:
     def acquire_or_defer(self, waiting: PendingAdmission) -> bool:
         """Admit one task now and return True, or queue ``waiting`` and return False.
 
-        A queued admission is told with ``waiting.admitted()`` once a slot is
-        its own (the slot is already counted), or ``waiting.refused()`` at shutdown.
+        A queued admission is told with ``waiting.admitted(self)`` as a slot is
+        handed to it (``granted_by`` says once it is its own, counted already),
+        or ``waiting.refused()`` at shutdown.
         It queues behind any call already waiting, blocked or deferred (first come,
         first served).
 
@@ -401,37 +435,61 @@ class Limiter:
 
         Called under a backend's lock: a deferred admission only schedules the
         rest of its work (``admitted()`` never takes a backend lock).
+
+        Interrupted (Ctrl-C), it hands the slot over all the same, then raises.
         """
         with self._lock:
             waiters = self._waiters
             if not waiters or (self.limit is not None and self._in_flight > self.limit):
                 self._in_flight -= 1
                 return
-            waiting = waiters.popleft()  # the slot passes on, still counted
-            if isinstance(waiting, _Waiter):
-                waiting.grant()
-                return
-        waiting.admitted()
+            waiting = waiters[0]  # the slot passes on, still counted
+            try:
+                self._hand_over_locked(waiting, self._in_flight)
+            except BaseException:
+                if waiters and waiters[0] is waiting:  # cut short: nothing is its own yet
+                    self._hand_over_locked(waiting, self._in_flight)
+                raise
 
     def close(self) -> None:
         """Make every waiting and future blocked submission raise ``ShutdownError``.
 
         Deferred admissions end their tasks with ``ShutdownError``, as a blocked
-        submission would have raised it.
+        submission would have raised it. Interrupted (Ctrl-C), it shuts out and
+        refuses every waiter all the same, then raises.
         """
         refused: list[PendingAdmission] = []
-        with self._lock:
-            self._closed = True
-            # Off the queue, all of them: a slot freed from now on is not handed to a waiter about to raise.
-            for waiting in self._waiters:
-                if isinstance(waiting, _Waiter):
-                    waiting.shut_out = True  # off the queue: it must raise, even if reopen() comes first
-                    waiting.woken.notify()
-                else:
-                    refused.append(waiting)
-            self._waiters = deque()
-        for deferred in refused:
-            deferred.refused()
+        try:
+            with self._lock:
+                self._closed = True
+                try:
+                    self._shut_out_locked(refused)
+                except BaseException:
+                    self._shut_out_locked(refused)  # from the start again, unless the queue is empty already
+                    raise
+            for deferred in refused:
+                deferred.refused()
+        except BaseException:
+            for deferred in refused:
+                deferred.refused()  # again, for those it had not reached: a task ended already stays as it ended
+            raise
+
+    def _shut_out_locked(self, refused: list[PendingAdmission]) -> None:
+        """Take every waiter off the queue: wake the blocked calls to raise, add the deferred admissions to ``refused``.
+
+        Off the queue, all of them: a slot freed from now on is not handed to
+        a waiter about to raise. The queue is emptied last: cut short, a call
+        again does it all again (a call woken twice, or an admission refused
+        twice, ends once).
+        """
+        waiters = self._waiters
+        for waiting in waiters:
+            if isinstance(waiting, _Waiter):
+                waiting.shut_out = True  # off the queue: it must raise, even if reopen() comes first
+                waiting.woken.notify()
+            else:
+                refused.append(waiting)
+        self._waiters = deque()
 
     def reopen(self) -> None:
         with self._lock:
@@ -449,14 +507,9 @@ class _Waiter:
     __slots__ = ("granted", "shut_out", "woken")
 
     def __init__(self, lock: threading.Lock) -> None:
-        self.granted = False  # set under the limiter's lock: the slot is this call's, counted
+        self.granted = False  # set under the limiter's lock as it leaves the queue: the slot is this call's, counted
         self.shut_out = False  # set under the limiter's lock by close(), which took it off the queue
         self.woken = threading.Condition(lock)
-
-    def grant(self) -> None:
-        """Hand it a slot (under the limiter's lock)."""
-        self.granted = True
-        self.woken.notify()
 
     def wake(self) -> None:
         """Its task was stopped while it waited: wake it to check (``CancellationPoint``)."""
@@ -494,7 +547,7 @@ class PendingAdmission:
     task cancelled meanwhile hands each slot it is given straight back.
     """
 
-    __slots__ = ("_backend", "_handle", "_limiters", "_loop")
+    __slots__ = ("_backend", "_handle", "_limiters", "_loop", "granted_by")
 
     def __init__(
         self,
@@ -507,6 +560,9 @@ class PendingAdmission:
         self._backend = backend
         self._limiters = limiters
         self._loop = loop
+        # The limiter whose slot is this task's, not yet taken by its next step: set under
+        # that limiter's lock as the task leaves its queue, and cleared under it by that step.
+        self.granted_by: Limiter | None = None
 
     def start(self) -> None:
         """Take every slot free now; queue for the first that is not."""
@@ -521,18 +577,28 @@ class PendingAdmission:
                 return
         self._backend.release_held(self._handle)
 
-    def admitted(self) -> None:
-        """The first limiter gave this task a slot (called under a backend's lock)."""
+    def admitted(self, limiter: Limiter) -> None:
+        """``limiter``, the first one, is giving this task a slot: queue the next step (called under its lock, and a backend's).
+
+        That step takes the slot once ``limiter`` made it the task's own
+        (``granted_by``). A hand-over cut short by Ctrl-C is made again and
+        queues the step again: it goes on once per slot.
+        """
+        step = functools.partial(self._continue, limiter)
         try:
-            _hand_on(self._continue)
+            _hand_on(step)
         except RuntimeError:  # no thread could start: the submitter's loop carries on, if it runs
-            self._loop.call_soon_threadsafe(self._continue)
+            self._loop.call_soon_threadsafe(step)
 
     def refused(self) -> None:
         """Shut down while waiting: the task ends with ``ShutdownError``."""
         self._fail(ShutdownError(_SHUT_DOWN_WHILE_WAITING))
 
-    def _continue(self) -> None:
+    def _continue(self, limiter: Limiter) -> None:
+        with limiter._lock:  # free once the hand-over that queued this step ended
+            if self.granted_by is not limiter:
+                return  # queued again by a hand-over cut short, and taken by the first step
+            self.granted_by = None
         if self._keep(self._limiters.pop(0)):
             self.start()
 
@@ -558,8 +624,14 @@ class PendingAdmission:
 
 
 _steps: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-_admitter: threading.Thread | None = None
+# The admission thread's flag that it ended, once one started; None before. Not Thread.is_alive():
+# a Ctrl-C inside it (CPython 3.11's bpo-45274 handling) marked the running thread as stopped, and
+# a second one started, which ran steps beside it, out of turn.
+_admitter: threading.Event | None = None
 _admitter_lock = threading.Lock()  # taken under a backend's lock, and nothing is taken under it
+# Seconds a _hand_on interrupted inside Thread.start() waits to learn whether the thread began
+# (as the thread pool's _spawn does): one that did says so at once.
+_BEGINS_WITHIN = 0.5
 _log = logging.getLogger("makeparallel")
 
 
@@ -571,23 +643,37 @@ def _hand_on(step: Callable[[], None]) -> None:
     """
     global _admitter
     with _admitter_lock:
-        if _admitter is None or not _admitter.is_alive():
-            thread = threading.Thread(target=_admit_in_turn, name="makeparallel-admission", daemon=True)
-            thread.start()
-            _admitter = thread
+        if _admitter is None or _admitter.is_set():
+            began, ended = threading.Event(), threading.Event()
+            thread = threading.Thread(target=_admit_in_turn, args=(began, ended), name="makeparallel-admission", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                raise
+            except BaseException:
+                # A Ctrl-C inside start() may land once the thread runs (start() then waits for it
+                # to begin): unnoted, it ran on beside the one the hand-over made again started.
+                if began.wait(_BEGINS_WITHIN):
+                    _admitter = ended
+                raise
+            _admitter = ended
         _steps.put(step)
 
 
-def _admit_in_turn() -> None:
-    while True:
-        step = _steps.get()
-        try:
-            step()
-        except BaseException:  # a fault of the library's own: the admissions after it must still go on
+def _admit_in_turn(began: threading.Event, ended: threading.Event) -> None:
+    began.set()
+    try:
+        while True:
+            step = _steps.get()
             try:
-                _log.critical("makeparallel: a deferred admission failed; its task may never start", exc_info=True)
-            except BaseException:  # logging's last resort raises where sys.stderr was closed
-                pass
+                step()
+            except BaseException:  # a fault of the library's own: the admissions after it must still go on
+                try:
+                    _log.critical("makeparallel: a deferred admission failed; its task may never start", exc_info=True)
+                except BaseException:  # logging's last resort raises where sys.stderr was closed
+                    pass
+    finally:
+        ended.set()  # (it never ends, short of a fault in the queue itself)
 
 
 def _reset_all_after_fork() -> None:
