@@ -385,6 +385,58 @@ def test_a_blocking_wait_for_a_held_sync_task_gives_up_at_its_timeout(limit: str
     assert limiter is not None and limiter.in_flight == 0
 
 
+# The same for an Executor("sync")'s futures, whose calls from a coroutine over
+# set_max_concurrent_tasks are held as well: their result() and exception() are
+# concurrent.futures' own waits, which never ran the task, nor did Executor.map's.
+EXECUTOR_HELD_WAITS: dict[str, Callable[[mp.Executor, Callable[[int], int]], list[int]]] = {
+    "result": lambda executor, f: [future.result() for future in [executor.submit(f, 2), executor.submit(f, 3)]],
+    "result with a timeout": lambda executor, f: [
+        future.result(timeout=30) for future in [executor.submit(f, 2), executor.submit(f, 3)]
+    ],
+    "exception": lambda executor, f: _by_future_exception([executor.submit(f, 2), executor.submit(f, 3)]),
+    "Executor.map": lambda executor, f: list(executor.map(f, [2, 3])),
+    "Executor.map with a timeout": lambda executor, f: list(executor.map(f, [2, 3], timeout=30)),
+}
+
+
+def _by_future_exception(futures: list[cf.Future[int]]) -> list[int]:
+    assert [future.exception() for future in futures] == [None, None]
+    return [future.result(timeout=0) for future in futures]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", EXECUTOR_HELD_WAITS)
+def test_a_blocking_wait_for_a_held_sync_executor_future_on_the_loops_thread_runs_it(
+    how: str, gate: threading.Event, loop_blocks: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+
+    def f(n: int) -> int:
+        ran.append((n, threading.get_ident()))
+        if n == 1:
+            assert gate.wait(30)
+        return n
+
+    mp.set_max_concurrent_tasks(1)
+    with mp.Executor(backend="sync") as executor:
+        holder = threading.Thread(target=lambda: executor.submit(f, 1).result())
+        holder.start()
+        assert wait_until(lambda: [n for n, _ in ran] == [1])
+        opener = threading.Thread(target=lambda: loop_blocks.wait(30) and gate.set())
+        opener.start()
+
+        async def main() -> tuple[list[int], int]:
+            return EXECUTOR_HELD_WAITS[how](executor, f), threading.get_ident()
+
+        results, loop_thread = run(main())
+        holder.join(30)
+        opener.join(30)
+    assert results == [2, 3]
+    assert sorted(n for n, _ in ran) == [1, 2, 3], "a task ran twice, or not at all"
+    assert all(thread == loop_thread for n, thread in ran if n != 1), "a task ran off its caller's thread"
+    assert mp._runtime.global_limiter.in_flight == 0
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["process", "a ProcessPoolExecutor"])
 def test_a_limited_process_function_defers_on_the_loop(tmp_path: Any, backend: str) -> None:

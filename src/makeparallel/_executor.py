@@ -44,7 +44,7 @@ from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death
-from ._states import CANCELLED, PENDING, RUNNING, SUCCEEDED
+from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
 from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
@@ -156,6 +156,10 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         sync backend's, one run inline on the main thread) the wait is the
         handle's blocking one all the same: the task's cancel or timeout ends it
         (``CancellationPoint``), which the standard wait never did.
+        On the thread of a running event loop, a task held there for its slot
+        (see ``mp.set_max_concurrent_tasks``) is waited for by the handle too:
+        a ``"sync"`` one runs there once admitted, which the loop, blocked by
+        this wait, never did.
 
         What is left is capped at the longest wait a lock takes: the standard
         wait passes a longer one (``math.inf``) to a lock, which refuses it
@@ -185,6 +189,12 @@ class ExecutorFuture(concurrent.futures.Future[T]):
             # nothing could run the loop. The standard wait never looked, and lasted for good.
             handle._refuse_to_block_a_loop()
             handle._block(None if timeout is None else bounded(max(0.0, timeout)))
+            return None if timeout is None else 0.0
+        if handle._on_worker == HELD and running_loop() is not None:
+            # Held for its slot, submitted from a coroutine: a "sync" task then runs on that loop's
+            # thread, which this wait blocks. The handle's wait runs it here once admitted
+            # (AsyncHandle._wait_beside_held); the standard wait lasted for good, or its whole timeout.
+            handle.wait(None if timeout is None else bounded(max(0.0, timeout)))
             return None if timeout is None else 0.0
         if pool_of_this_thread() is None:
             if current_task() is None:
