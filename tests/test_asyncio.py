@@ -1966,6 +1966,143 @@ def test_parallel_async_is_parallel() -> None:
     assert mp.parallel_async is mp.parallel
 
 
+# -- "sync" tasks held for their slots on a loop ----------------------------------------------
+#
+# A "sync" task called over a limit from a coroutine is held for its slot, and runs on its
+# submitter's loop once admitted. Admitted as that loop was stopped (run_until_complete
+# returned), it was posted to the loop; closed then without running again, the loop dropped it,
+# and the task stayed pending for good, its slot taken: every wait for it ran out its timeout, or
+# lasted for good, and exit waited out its exit_timeout. Once the loop is closed, it now ends as
+# one admitted after the close does, its slot freed.
+
+
+def _held_behind_another_threads(
+    loop: asyncio.AbstractEventLoop, f: Callable[[int], mp.AsyncHandle[int]], ran: list[tuple[int, int]]
+) -> tuple[mp.AsyncHandle[int], threading.Thread]:
+    """``f(2)``, called in a coroutine ``loop`` runs to its end, held behind ``f(1)`` (:func:`_sync_limited`), which a thread runs."""
+    holder = threading.Thread(target=lambda: f(1).get())
+    holder.start()
+    assert wait_until(lambda: [n for n, _ in ran] == [1])
+    handle = called_from_a_coroutine_on(loop, lambda _: f(2))
+    assert handle.status == "pending"
+    return handle, holder
+
+
+def _admitted_to(
+    loop: asyncio.AbstractEventLoop, f: Callable[[int], mp.AsyncHandle[int]], ran: list[tuple[int, int]], gate: threading.Event
+) -> mp.AsyncHandle[int]:
+    """:func:`_held_behind_another_threads`, then admitted as ``f(1)`` ends (``gate`` opens): posted to ``loop``, stopped."""
+    from makeparallel import _held_on_loop
+
+    handle, holder = _held_behind_another_threads(loop, f, ran)
+    gate.set()
+    holder.join(30)
+    assert wait_until(lambda: _held_on_loop.has_ready(loop), 30), "never admitted"
+    return handle
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize("wait", [*BLOCKING_WAITS, "wait_until_idle", "shutdown", "await on another loop"])
+def test_a_held_sync_task_admitted_as_its_loop_was_stopped_ends_at_the_loops_close(
+    wait: str, limit: str, gate: threading.Event
+) -> None:
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited(limit, gate, ran)
+    loop = asyncio.new_event_loop()
+    try:
+        handle = _admitted_to(loop, f, ran, gate)
+    finally:
+        loop.close()
+    if wait == "wait_until_idle":
+        assert wait_until_idle(timeout=20) is True
+    elif wait == "shutdown":
+        assert mp.shutdown(timeout_secs=20) is True
+    elif wait == "await on another loop":
+        assert outcome_of(lambda: run(awaited(handle))) is mp.ShutdownError
+    else:
+        assert outcome_of(lambda: BLOCKING_WAITS[wait](handle)) is mp.ShutdownError
+    with pytest.raises(mp.ShutdownError, match="that loop closed first"):
+        handle.get(timeout=0)
+    assert [n for n, _ in ran] == [1], "the task ran after its loop closed"
+    limiter = f._spec.limiter if limit == "max_concurrent" else mp._runtime.global_limiter
+    assert limiter is not None and limiter.in_flight == 0, "its slot is still taken"
+
+
+#: Each wait, begun on another thread before the loop's close, as what it gives once the close ended its task.
+WAITS_ACROSS_THE_CLOSE: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
+    "get": lambda handle: outcome_of(lambda: handle.get(timeout=20)),
+    "mp.gather": lambda handle: outcome_of(lambda: mp.gather([handle], timeout=20)),
+    "wait_until_idle": lambda _: wait_until_idle(timeout=20),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("wait", "admitted"),
+    [("get", True), ("mp.gather", True), ("wait_until_idle", True), ("get", False), ("mp.gather", False)],
+    ids=["get", "mp.gather", "wait_until_idle", "get, waiting for its slot", "mp.gather, waiting for its slot"],
+)
+def test_a_wait_on_another_thread_for_a_held_sync_task_ends_at_its_loops_close(
+    wait: str, admitted: bool, gate: threading.Event
+) -> None:
+    # It looks at the loop as it waits, as it does for a task whose coroutine that loop runs.
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited("max_concurrent", gate, ran)
+    loop = asyncio.new_event_loop()
+    outcome: list[object] = []
+    holder = None
+    try:
+        if admitted:
+            handle = _admitted_to(loop, f, ran, gate)
+        else:
+            handle, holder = _held_behind_another_threads(loop, f, ran)
+        callbacks = len(handle._callbacks or ())
+        waiting = threading.Thread(target=lambda: outcome.append(WAITS_ACROSS_THE_CLOSE[wait](handle)))
+        waiting.start()
+        began = wait_until(
+            lambda: bool(outcome or handle._waiters or handle._backend._idle_waiters) or len(handle._callbacks or ()) > callbacks, 30
+        )
+        assert began, "the wait never began"
+    finally:
+        loop.close()
+    waiting.join(30)
+    assert not waiting.is_alive(), "the wait went on past the loop's close"
+    gate.set()
+    if holder is not None:
+        holder.join(30)
+    assert outcome == [True if wait == "wait_until_idle" else mp.ShutdownError]
+    assert "that loop closed first" in str(handle.exception(timeout=0))
+    assert [n for n, _ in ran] == [1]
+    assert wait_until(lambda: f._spec.limiter is not None and f._spec.limiter.in_flight == 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("admitted", [True, False], ids=["admitted", "waiting for its slot"])
+@pytest.mark.parametrize("wait", ["get", "wait", "mp.gather"])
+def test_a_wait_for_a_held_sync_task_on_the_thread_of_its_stopped_loop_is_refused(
+    wait: str, admitted: bool, gate: threading.Event
+) -> None:
+    # Nothing runs the loop while its thread waits: the task never ran, and the wait lasted for good.
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited("max_concurrent", gate, ran)
+    loop = asyncio.new_event_loop()
+    try:
+        if admitted:
+            handle = _admitted_to(loop, f, ran, gate)
+        else:
+            handle, holder = _held_behind_another_threads(loop, f, ran)
+        with pytest.raises(RuntimeError, match=r"which this thread ran and which is not running now.*run_until_complete"):
+            {"get": lambda: handle.get(timeout=20), "wait": lambda: handle.wait(20), "mp.gather": lambda: mp.gather([handle], timeout=20)}[wait]()
+        gate.set()
+        assert loop.run_until_complete(handle) == 2  # type: ignore[arg-type]  # the loop runs it, as the error says
+    finally:
+        gate.set()
+        if not admitted:
+            holder.join(30)
+        loop.close()
+    assert [n for n, _ in ran] == [1, 2]
+
 # -- async collectors ---------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "check_the_loop_of",
     "close_idle_loops",
     "end_those_of_closed_loops",
+    "held_on",
     "is_coroutine",
     "on_callers_loops",
     "one_only_this_thread_can_end",
@@ -95,14 +96,15 @@ class _OnCallersLoop:
     """A coroutine started on its caller's running loop (:func:`start_on_running_loop`), until it ends.
 
     Or, ``future`` ``None``: the task waits to retry, and only that loop can start
-    its next attempt (:func:`waiting_on`).
+    its next attempt (:func:`waiting_on`); or it waits, held for its slots, to
+    run on that loop's thread (:func:`held_on`), and ``fail`` ends it.
 
     It holds what it names weakly: a loop closed with the coroutine unfinished (or
     left unclosed, and collected) and its asyncio task are let go, as asyncio lets
     them go; the entry tells so (:meth:`closed`).
     """
 
-    __slots__ = ("future", "loop", "started", "thread")
+    __slots__ = ("fail", "future", "loop", "started", "thread")
 
     def __init__(self, loop: Any, future: Any, started: float | None) -> None:
         self.loop = weakref.ref(loop)
@@ -112,6 +114,7 @@ class _OnCallersLoop:
         # the system gives an ended thread's ident to the next: a wait on that one, which never ran
         # the loop, was refused as if only it could run it.
         self.thread = threading.current_thread()
+        self.fail: Callable[[], None] | None = None  # held for its slots (held_on): what ends it once the loop closed
 
     def closed(self) -> bool:
         """Whether the loop can never run the coroutine again: it closed, or was collected."""
@@ -319,6 +322,21 @@ def waiting_on(loop: Any) -> _OnCallersLoop:
     return _OnCallersLoop(loop, None, None)
 
 
+def held_on(loop: Any, fail: Callable[[], None]) -> _OnCallersLoop:
+    """The entry of a ``"sync"`` task held for its slots, to run on the thread of ``loop`` (running here) once admitted.
+
+    Put in :data:`on_callers_loops` from the call until the task is claimed to
+    run, or ends. Admitted as the loop was stopped, the task was posted to it;
+    closed before it ran again, the loop dropped it, and the task stayed pending
+    for good, its slots taken. Listed, its waits see the loop as they see a
+    coroutine's: closed, ``fail()`` ends the task (as one admitted after the
+    close ends); stopped, a wait on the thread that ran it is refused.
+    """
+    on = _OnCallersLoop(loop, None, None)
+    on.fail = fail
+    return on
+
+
 def _outcome(done: Any, task: Any) -> tuple[bool, Any]:
     """``(ok, value)`` of the ended asyncio task ``done``, which ran ``task``'s coroutine."""
     if done.cancelled():
@@ -342,7 +360,8 @@ def check_the_loop_of(task: Any) -> None:
     loop closed first (``run_until_complete``, then ``close``, without
     ``asyncio.run``'s cancelling) never will: the task ends with
     ``ShutdownError``, or with its coroutine's outcome where the coroutine ended
-    and the close dropped the callback that was to say so.
+    and the close dropped the callback that was to say so. So does a task held
+    for its slots to run on that loop's thread (:func:`held_on`).
 
     Raises:
         RuntimeError: the loop is open, not running, and this thread ran it: the
@@ -354,6 +373,14 @@ def check_the_loop_of(task: Any) -> None:
     if on.closed():
         _end_off_a_closed_loop(task, on)
     elif on.stopped() and on.thread is threading.current_thread():
+        if on.fail is not None:
+            raise RuntimeError(
+                f"task {task.get_task_id()} ({task.name}) was called over its concurrency limit from a "
+                'coroutine (the "sync" backend) and runs, once admitted, on the thread of that event '
+                "loop, which this thread ran and which is not running now: waiting here would wait for "
+                "good, with nothing to run it. Run the loop until the task ends: "
+                "`loop.run_until_complete(handle)`, or `await handle` in a coroutine that loop runs"
+            )
         raise RuntimeError(
             f"task {task.get_task_id()} ({task.name}) runs its coroutine on the event loop it "
             'was called from (the "sync" backend called from a coroutine), which this thread '
@@ -375,7 +402,7 @@ def one_only_this_thread_can_end(backend: Any = None) -> Any:
     here = threading.current_thread()
     running = running_loop()
     for task, on in list(on_callers_loops.items()):  # (a copy, as end_those_of_closed_loops makes)
-        if backend is not None and task._backend is not backend:
+        if (backend is not None and task._backend is not backend) or on.fail is not None:
             continue
         loop = on.loop()
         if loop is not None and not loop.is_closed() and (loop is running or (on.thread is here and not loop.is_running())):
@@ -403,6 +430,9 @@ def end_those_of_closed_loops(tasks: Iterable[Any] | None = None) -> None:
 
 def _end_off_a_closed_loop(task: Any, on: _OnCallersLoop) -> None:
     _forget(task, on)
+    if on.fail is not None:  # held for its slots (held_on): it never ran
+        on.fail()
+        return
     if on.future is _no_future:  # it waits to retry (waiting_on): no other attempt can start
         task._give_up_retrying(LOOP_CLOSED)
         return

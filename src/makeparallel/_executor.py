@@ -183,18 +183,19 @@ class ExecutorFuture(concurrent.futures.Future[T]):
                 "and return, or wait from another thread"
             )
         handle = self.handle
-        if on_callers_loops and handle in on_callers_loops:
-            # Its coroutine runs on the loop of the code that called it, which alone ends it: the
-            # handle's wait ends it if that loop closed (also while it waits), or refuses where
-            # nothing could run the loop. The standard wait never looked, and lasted for good.
-            handle._refuse_to_block_a_loop()
-            handle._block(None if timeout is None else bounded(max(0.0, timeout)))
-            return None if timeout is None else 0.0
         if handle._on_worker == HELD and running_loop() is not None:
             # Held for its slot, submitted from a coroutine: a "sync" task then runs on that loop's
             # thread, which this wait blocks. The handle's wait runs it here once admitted
             # (AsyncHandle._wait_beside_held); the standard wait lasted for good, or its whole timeout.
             handle.wait(None if timeout is None else bounded(max(0.0, timeout)))
+            return None if timeout is None else 0.0
+        if on_callers_loops and handle in on_callers_loops:
+            # Its coroutine runs on the loop of the code that called it, which alone ends it (or,
+            # held for its slot, it runs on that loop's thread once admitted): the handle's wait
+            # ends it if that loop closed (also while it waits), or refuses where nothing could
+            # run the loop. The standard wait never looked, and lasted for good.
+            handle._refuse_to_block_a_loop()
+            handle._block(None if timeout is None else bounded(max(0.0, timeout)))
             return None if timeout is None else 0.0
         if pool_of_this_thread() is None:
             if current_task() is None:

@@ -1141,6 +1141,8 @@ class AsyncHandle(Generic[T_co]):
         wake = functools.partial(put, None)
         deadline = None if timeout is None else time.monotonic() + timeout
         task = getattr(_local, "task", None)
+        # Held for another loop than this thread's, it ends as that loop closes, which nothing tells of.
+        between = functools.partial(end_those_of_closed_loops, (self,)) if self in on_callers_loops else None
         self.add_done_callback(put)
         try:
             with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
@@ -1151,7 +1153,7 @@ class AsyncHandle(Generic[T_co]):
                     if remaining is not None and remaining <= 0:
                         return False
                     try:
-                        _interruptible.get(inbox, remaining)
+                        _interruptible.get(inbox, remaining, between)
                     except queue.Empty:
                         return self._state >= SUCCEEDED
                     if task is not None:
@@ -1218,8 +1220,9 @@ class AsyncHandle(Generic[T_co]):
                 "loop. Use `await handle` (or mp.gather_async, `async for` over "
                 "mp.as_completed) instead"
             )
-        if self._observer.is_async and on_callers_loops:
-            # Its coroutine may run on the loop of the code that called it, which alone can end it.
+        if on_callers_loops:
+            # Its coroutine may run on the loop of the code that called it, which alone can end it;
+            # or, held for its slots, it runs on that loop's thread once admitted.
             check_the_loop_of(self)
 
     def _refuse_to_wait_for_itself(self) -> None:
@@ -1279,7 +1282,7 @@ class AsyncHandle(Generic[T_co]):
             pool.worker_unblocks()
 
     def _sleep(self, waiter: threading.Lock, timeout: float | None) -> bool:
-        if self._observer.is_async and self in on_callers_loops:  # its loop may close as this waits
+        if on_callers_loops and self in on_callers_loops:  # its loop may close as this waits
             acquired = _interruptible.acquire(waiter, timeout, functools.partial(end_those_of_closed_loops, (self,)))
         else:
             acquired = _interruptible.acquire(waiter, timeout)

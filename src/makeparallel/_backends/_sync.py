@@ -17,7 +17,13 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import _held_on_loop
-from .._coroutines import LOOP_CLOSED, on_callers_loops, running_loop, waiting_on
+from .._coroutines import (
+    LOOP_CLOSED,
+    held_on,
+    on_callers_loops,
+    running_loop,
+    waiting_on,
+)
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
 from ._base import SHUT_DOWN, Backend
@@ -39,7 +45,8 @@ class SyncBackend(Backend):
         # The tasks whose attempts a submit() runs now, in its caller's thread. Not a
         # thread-local: a timeout's retry is decided on the deadline thread.
         self._inline: set[AsyncHandle[Any]] = set()
-        # Held over a limit on a running event loop (hold()): the loop each runs on once admitted.
+        # Held over a limit on a running event loop (hold()), until admitted: the entry of the loop
+        # each runs on then (_coroutines.held_on), in on_callers_loops until it is claimed or ends.
         self._held: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
         # Coroutine tasks called on a running event loop: the entry of the loop that starts
         # their next attempts (_coroutines.waiting_on), in on_callers_loops as they wait.
@@ -78,18 +85,21 @@ class SyncBackend(Backend):
 
         Waiting for the slot on that loop's thread waited for good where an
         ``async def`` task held it: its coroutine, started on the same loop,
-        could not end while the loop was blocked.
+        could not end while the loop was blocked. Only that loop's thread can
+        run it: it is listed with the loop (``held_on``), so that the loop's
+        close ends it, whoever waits.
 
         Raises:
             ShutdownError: the backend is closed.
         """
-        loop = running_loop()
+        held = held_on(running_loop(), functools.partial(self._fail_held, handle))
         with self._lock:
             self._refuse_if_closed_locked()
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
             handle._on_worker = HELD
-            self._held[handle] = loop
+            self._held[handle] = held
+            on_callers_loops[handle] = held
 
     def release_held(self, handle: AsyncHandle[Any]) -> None:
         """Run a held task, now admitted, on its submitter's loop: at once if this is that loop's thread.
@@ -98,9 +108,13 @@ class SyncBackend(Backend):
         runs it once free, or a blocking wait there runs it in place first.
         """
         with self._lock:
-            loop = self._held.pop(handle, None)
-        if loop is None or handle._state != PENDING:
+            held = self._held.pop(handle, None)
+        if held is None or handle._state != PENDING:
             return  # cancelled meanwhile
+        loop = held.loop()
+        if loop is None:  # collected unclosed: nothing is left to run it on
+            self._fail_held(handle)
+            return
         if running_loop() is loop:  # admitted as it was submitted: run it as submit() would
             self._run_held(handle)
             return
@@ -116,10 +130,14 @@ class SyncBackend(Backend):
                 return  # cancelled meanwhile
             handle._on_worker = UNCLAIMED
             handle._state = RUNNING
+            held = on_callers_loops.get(handle)
+            if held is not None and held.fail is not None:  # it runs now: its loop's close ends it no more
+                del on_callers_loops[handle]
             inline = self._take_locked(handle, loop)
         self._run_first(handle, inline)
 
     def _fail_held(self, handle: AsyncHandle[Any]) -> None:
+        """End a held task with ``ShutdownError``: the loop it was to run on closed before it ran."""
         error = ShutdownError(
             f"task {handle._id} ({handle.name}) waited for a slot on the \"sync\" backend, which runs it on the "
             "event loop it was submitted from, and that loop closed first"
@@ -242,9 +260,9 @@ class SyncBackend(Backend):
         self._active -= 1
         if self._active == 0 and self._idle_waiters:
             self._wake_idle_waiters_locked()
-        if on_callers_loops:  # ended as it waited to retry on a loop (cancelled, given up): it waits no more
+        if on_callers_loops:  # ended as it waited to retry on a loop, or held for its slots: it waits no more
             waiting = on_callers_loops.get(handle)
-            if waiting is not None and waiting is self._loops.get(handle):
+            if waiting is not None and (waiting.fail is not None or waiting is self._loops.get(handle)):
                 del on_callers_loops[handle]
 
     def _resume(self, handle: AsyncHandle[Any]) -> None:
