@@ -2103,6 +2103,62 @@ def test_a_wait_for_a_held_sync_task_on_the_thread_of_its_stopped_loop_is_refuse
         loop.close()
     assert [n for n, _ in ran] == [1, 2]
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("how", "admitted"),
+    [("shutdown", True), ("Executor.shutdown", True), ("Executor.shutdown", False)],
+    ids=["shutdown", "Executor.shutdown", "Executor.shutdown, waiting for its slot"],
+)
+def test_shutdown_cancelling_pending_tasks_cancels_a_held_sync_task_not_yet_run(
+    how: str, admitted: bool, gate: threading.Event
+) -> None:
+    # It never started, yet ran later, after the shutdown that was to cancel it.
+    from makeparallel import _held_on_loop
+
+    ran: list[int] = []
+
+    def f(n: int) -> int:
+        ran.append(n)
+        if n == 1:
+            assert gate.wait(30)
+        return n
+
+    executor = mp.Executor(backend="sync") if how == "Executor.shutdown" else None
+    if executor is None:
+        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
+    else:
+        mp.set_max_concurrent_tasks(1)
+        call = functools.partial(executor.submit, f)
+    holder = threading.Thread(target=lambda: call(1).result())
+    holder.start()
+    assert wait_until(lambda: ran == [1])
+
+    async def main() -> mp.AsyncHandle[int]:
+        loop = asyncio.get_running_loop()
+        made = call(2)
+        handle: mp.AsyncHandle[int] = made if executor is None else made.handle
+        if admitted:
+            gate.set()
+            holder.join(30)
+            assert wait_until(lambda: _held_on_loop.has_ready(loop), 30), "never admitted"
+        if executor is None:
+            mp.shutdown(timeout_secs=0, cancel_pending=True)
+        else:
+            executor.shutdown(wait=False, cancel_futures=True)
+        assert handle.cancelled(), handle.status
+        for _ in range(5):  # the loop's turn to run what was admitted: nothing
+            await asyncio.sleep(0)
+        return handle
+
+    try:
+        handle = run(main())
+    finally:
+        gate.set()
+        holder.join(30)
+    assert handle.cancelled()
+    assert ran == [1], "the cancelled task ran"
+    assert wait_until(lambda: mp._runtime.global_limiter.in_flight == 0 if executor else call._spec.limiter.in_flight == 0)  # type: ignore[attr-defined]
+
 # -- async collectors ---------------------------------------------------------------------
 
 

@@ -217,10 +217,21 @@ class SyncBackend(Backend):
         shutdown empties, and each caller slept out its wait, the shutdown
         waiting with it, then ran one more attempt after it. And the coroutines
         of a loop (an ``Executor("sync")`` shut down, which waits for them).
+        With ``cancel_pending``, cancel the held tasks that have not run, as a
+        pool cancels its queued and held ones: admitted, or still waiting for
+        their slots, they ran later all the same.
         """
         super().close(cancel_pending)
         with self._lock:
             waiting = [handle for handle in (*self._inline, *self._loops) if handle._state == RETRY_WAIT]
+        if cancel_pending and on_callers_loops:
+            self._cancel_together(
+                [
+                    handle
+                    for handle, on in list(on_callers_loops.items())  # (a copy: a loop's thread may take one meanwhile)
+                    if on.fail is not None and handle._backend is self and handle._state == PENDING
+                ]
+            )
         for handle in waiting:
             handle._give_up_retrying(SHUT_DOWN)  # its end wakes its caller's wait
 
