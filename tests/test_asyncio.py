@@ -2159,6 +2159,117 @@ def test_shutdown_cancelling_pending_tasks_cancels_a_held_sync_task_not_yet_run(
     assert ran == [1], "the cancelled task ran"
     assert wait_until(lambda: mp._runtime.global_limiter.in_flight == 0 if executor else call._spec.limiter.in_flight == 0)  # type: ignore[attr-defined]
 
+#: Each wait for every task on the loop's thread, as whether it saw them all end (the executor's, given it).
+WAITS_FOR_EVERY_TASK_BESIDE_HELD: dict[str, Callable[[Any], bool]] = {
+    "wait_until_idle": lambda _: wait_until_idle(timeout=None),
+    "wait_until_idle with a timeout": lambda _: wait_until_idle(timeout=30),
+    "shutdown": lambda _: mp.shutdown(timeout_secs=None),
+    "shutdown with a timeout": lambda _: mp.shutdown(timeout_secs=30),
+    "Executor.shutdown": lambda executor: executor.shutdown(wait=True) is None,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("wait", "admitted"),
+    [
+        *((wait, True) for wait in WAITS_FOR_EVERY_TASK_BESIDE_HELD),
+        # (shutdown refuses a task still waiting for its slot, with ShutdownError)
+        *((wait, False) for wait in WAITS_FOR_EVERY_TASK_BESIDE_HELD if not wait.startswith("shutdown")),
+    ],
+)
+def test_a_wait_for_every_task_on_the_loops_thread_runs_the_sync_tasks_held_there(
+    wait: str, admitted: bool, gate: threading.Event, loop_blocks: threading.Event
+) -> None:
+    # It blocked the loop that was to run them (admitted before it, or as it waits): it
+    # lasted for good, or ran out its timeout.
+    from makeparallel import _held_on_loop
+
+    ran: list[tuple[int, int]] = []
+
+    def f(n: int) -> int:
+        ran.append((n, threading.get_ident()))
+        if n == 1:
+            assert gate.wait(30)
+        return n
+
+    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
+    if executor is None:
+        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
+    else:
+        mp.set_max_concurrent_tasks(1)
+        call = functools.partial(executor.submit, f)
+    holder = threading.Thread(target=lambda: call(1).result())
+    holder.start()
+    assert wait_until(lambda: [n for n, _ in ran] == [1])
+    opener = threading.Thread(target=lambda: loop_blocks.wait(30) and gate.set())
+
+    async def main() -> tuple[bool, mp.AsyncHandle[int], int]:
+        loop = asyncio.get_running_loop()
+        made = call(2)
+        if admitted:
+            gate.set()
+            holder.join(30)
+            assert wait_until(lambda: _held_on_loop.has_ready(loop), 30), "never admitted"
+        else:
+            opener.start()
+        return WAITS_FOR_EVERY_TASK_BESIDE_HELD[wait](executor), made if executor is None else made.handle, threading.get_ident()
+
+    try:
+        idle, handle, loop_thread = run(main())
+    finally:
+        gate.set()
+        holder.join(30)
+        if opener.is_alive() or opener.ident is not None:
+            opener.join(30)
+        if executor is not None:
+            executor.shutdown(wait=False)
+    assert idle is True
+    assert handle.result(timeout=0) == 2
+    assert sorted(n for n, _ in ran) == [1, 2]
+    assert [thread for n, thread in ran if n == 2] == [loop_thread], "it ran off its caller's thread"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wait", WAITS_FOR_EVERY_TASK_FOR_GOOD)
+def test_a_wait_for_every_task_for_good_on_the_thread_of_a_held_sync_tasks_stopped_loop_is_refused(
+    wait: str, gate: threading.Event
+) -> None:
+    # Nothing runs that loop while its thread waits, and only that loop's thread runs the task.
+    ran: list[int] = []
+
+    def f(n: int) -> int:
+        ran.append(n)
+        if n == 1:
+            assert gate.wait(30)
+        return n
+
+    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
+    if executor is None:
+        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
+    else:
+        mp.set_max_concurrent_tasks(1)
+        call = functools.partial(executor.submit, f)
+    holder = threading.Thread(target=lambda: call(1).result())
+    holder.start()
+    assert wait_until(lambda: ran == [1])
+    loop = asyncio.new_event_loop()
+    try:
+        made = called_from_a_coroutine_on(loop, lambda _: call(2))
+        handle: mp.AsyncHandle[int] = made if executor is None else made.handle
+        with pytest.raises(RuntimeError, match="Run the loop until the task ends first"):
+            WAITS_FOR_EVERY_TASK_FOR_GOOD[wait](executor)
+        gate.set()
+        holder.join(30)
+        assert loop.run_until_complete(handle) == 2  # type: ignore[arg-type]
+    finally:
+        gate.set()
+        holder.join(30)
+        if executor is not None:
+            executor.shutdown(wait=False)
+        loop.close()
+    assert ran == [1, 2]
+
 # -- async collectors ---------------------------------------------------------------------
 
 

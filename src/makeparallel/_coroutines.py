@@ -397,15 +397,19 @@ def one_only_this_thread_can_end(backend: Any = None) -> Any:
     the task, nothing runs the loop, and the task never ends. A wait for every
     task without a timeout (``shutdown``, ``wait_until_idle``,
     ``Executor.shutdown``) asks first, as :func:`check_the_loop_of` does for
-    a wait for one task: it lasted for good.
+    a wait for one task: it lasted for good. A task held for its slots
+    (:func:`held_on`) counts only where its loop stopped: where it runs here,
+    the wait runs the task in place once admitted (``Backend.wait_idle``).
     """
     here = threading.current_thread()
     running = running_loop()
     for task, on in list(on_callers_loops.items()):  # (a copy, as end_those_of_closed_loops makes)
-        if (backend is not None and task._backend is not backend) or on.fail is not None:
+        if backend is not None and task._backend is not backend:
             continue
         loop = on.loop()
-        if loop is not None and not loop.is_closed() and (loop is running or (on.thread is here and not loop.is_running())):
+        if loop is None or loop.is_closed():
+            continue
+        if (loop is running and on.fail is None) or (on.thread is here and not loop.is_running()):
             return task
     return None
 

@@ -533,7 +533,8 @@ class Executor(concurrent.futures.Executor):
                 that runs the coroutine of one of its ``"sync"`` tasks
                 (submitted from a coroutine), in that loop or once it stopped:
                 nothing runs the loop while the thread waits. Nothing is shut
-                down.
+                down. (A task held for its slot there is run in place by the
+                wait on that loop's thread, and refused only once it stopped.)
         """
         if wait and _runs_a_task_of(self._backend):
             raise RuntimeError(
@@ -550,8 +551,8 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError(
                 "Executor.shutdown(wait=True) was called on the thread of the event loop that runs "
                 f'the coroutine of its task {held.get_task_id()} ({held.name}) (the "sync" backend '
-                "called from a coroutine), which nothing runs while this thread waits: it would wait "
-                "for good. Run the loop until the task ends first: `loop.run_until_complete(future.handle)`, "
+                "called from a coroutine), or the task itself once it has its slot, which nothing "
+                "runs while this thread waits: it would wait for good. Run the loop until the task ends first: `loop.run_until_complete(future.handle)`, "
                 "or `await future.handle` in a coroutine that loop runs"
             )
         with self._shutdown_lock:

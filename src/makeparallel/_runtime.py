@@ -677,7 +677,8 @@ def wait_until_idle(timeout: float | None = None) -> bool:
         RuntimeError: ``timeout`` is ``None`` where the wait could never end,
             as for :func:`shutdown`: inside a task, in a callback on a thread
             pool's worker, on a process pool's loop thread, or on the thread
-            of an event loop that runs a ``"sync"`` task's coroutine.
+            of an event loop that runs a ``"sync"`` task's coroutine (or
+            comes to: a task it ran in place there returned one).
     """
     timeout = check_wait_timeout(timeout)
     if timeout is None:
@@ -737,6 +738,9 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     the thread of an event loop that runs the coroutine of a ``"sync"`` task
     (called from a coroutine), in that loop or once it stopped: nothing runs
     the loop while the thread waits. Run the loop until the task ends first.
+    A ``"sync"`` task called over its limit from a coroutine runs on its loop's
+    thread once it has its slot: this wait, on that thread, runs it in place
+    (refused only where that loop stopped).
     """
     if timeout_secs is None:
         _refuse_to_wait_for_good_here()
@@ -769,8 +773,9 @@ def _refuse_to_wait_for_good_here(
             return
         raise RuntimeError(
             f"{call} called on the thread of the event loop that runs the coroutine of task "
-            f'{held.get_task_id()} ({held.name}) (the "sync" backend called from a coroutine), which '
-            f"nothing runs while this thread waits: it would wait for good{done}. Run the loop until "
+            f'{held.get_task_id()} ({held.name}) (the "sync" backend called from a coroutine), or the '
+            "task itself once it has its slot, which nothing runs while this thread waits: it would "
+            f"wait for good{done}. Run the loop until "
             "the task ends first: `loop.run_until_complete(handle)`, or `await handle` in a "
             "coroutine that loop runs"
         )

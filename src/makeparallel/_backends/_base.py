@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _deadlines, _events, _interruptible
-from .._coroutines import end_those_of_closed_loops
+from .. import _deadlines, _events, _held_on_loop, _interruptible
+from .._coroutines import (
+    end_those_of_closed_loops,
+    one_only_this_thread_can_end,
+    running_loop,
+)
 from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
@@ -106,7 +112,7 @@ class Backend:
         self._lock = threading.Lock()
         self._closed = False
         self._active = 0  # submitted and not yet ended
-        self._idle_waiters: list[threading.Lock] = []
+        self._idle_waiters: list[threading.Lock | _Wake] = []
         _every.add(self)
 
     def reads_results_here(self) -> bool:
@@ -166,8 +172,19 @@ class Backend:
         Looking only first, a wait begun before the close (``shutdown``,
         ``wait_until_idle``, ``Executor.shutdown``, exit) ran out its timeout, or
         lasted for good without one.
+
+        On a thread whose event loop runs, the ``"sync"`` tasks held there for
+        their slots are run in place meanwhile (:meth:`_wait_idle_beside_held`).
+
+        Raises:
+            RuntimeError: ``timeout`` is ``None``, this thread's loop runs, and
+                a task run in place left a coroutine on that loop (a plain
+                function that returned one): nothing would run it.
         """
         end_those_of_closed_loops()
+        loop = running_loop()
+        if loop is not None:
+            return self._wait_idle_beside_held(timeout, loop)
         with self._lock:
             if self._active == 0:
                 return True
@@ -180,6 +197,48 @@ class Backend:
             if waiter in self._idle_waiters:
                 self._idle_waiters.remove(waiter)
             return self._active == 0
+
+    def _wait_idle_beside_held(self, timeout: float | None, loop: Any) -> bool:
+        """:meth:`wait_idle` on the thread of ``loop``, which runs: the ``"sync"`` tasks admitted to run here run in place.
+
+        A task held for its slots, called from a coroutine of ``loop``, runs on
+        this thread once admitted, and only the loop ran it: the wait, which
+        blocks the loop, lasted for good, or its whole timeout. It runs them
+        as ``AsyncHandle._wait_beside_held`` does (``_held_on_loop``), every one
+        admitted, since any of them may hold the slot that another task of
+        this backend waits for.
+        """
+        inbox: queue.SimpleQueue[None] = queue.SimpleQueue()
+        waiter = _Wake(inbox)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _held_on_loop.listening(loop, waiter.release):
+            while True:
+                if _held_on_loop.run_one(loop):
+                    if timeout is None and (stuck := one_only_this_thread_can_end(self)) is not None:
+                        raise RuntimeError(
+                            f"a wait for every task without a timeout ran task {stuck.get_task_id()} "
+                            f"({stuck.name}), held for its slot, in place on the thread of the event loop it "
+                            "was called from, and it returned a coroutine, which runs on that loop: nothing "
+                            "runs the loop while this thread waits. Await the handle in a coroutine that "
+                            "loop runs before waiting, or give the wait a timeout"
+                        )
+                    continue
+                with self._lock:
+                    if self._active == 0:
+                        return True
+                    self._idle_waiters.append(waiter)
+                try:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    try:
+                        _interruptible.get(inbox, remaining, end_those_of_closed_loops)
+                    except queue.Empty:
+                        pass  # the timeout passed: looked at once more above
+                finally:
+                    with self._lock:
+                        if waiter in self._idle_waiters:
+                            self._idle_waiters.remove(waiter)
 
     def _refuse_if_closed_locked(self) -> None:
         if self._closed:
@@ -363,6 +422,18 @@ class Backend:
 
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""
+
+
+class _Wake:
+    """An idle waiter (``Backend._idle_waiters``) that puts a ``None`` into a queue, which a held task's admission wakes too."""
+
+    __slots__ = ("_inbox",)
+
+    def __init__(self, inbox: queue.SimpleQueue[None]) -> None:
+        self._inbox = inbox
+
+    def release(self) -> None:
+        self._inbox.put(None)
 
 
 class _RetryDue:
