@@ -2270,6 +2270,57 @@ def test_a_wait_for_every_task_for_good_on_the_thread_of_a_held_sync_tasks_stopp
         loop.close()
     assert ran == [1, 2]
 
+def returns_a_coroutine(n: int) -> Coroutine[Any, Any, int]:
+    """A plain function (not ``async def``) whose calls return a coroutine: its task learns it is async only as it runs."""
+    return sleeps_then_doubles(n)
+
+
+#: Each blocking wait on the loop's thread for a task held there, its timeout long.
+WAITS_FOR_A_HELD_CORO: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
+    "get": lambda handle: handle.get(),
+    "get with a timeout": lambda handle: handle.get(timeout=30),
+    "wait": lambda handle: handle.wait(30),
+    "mp.gather": lambda handle: mp.gather([handle]),
+    "mp.gather with a timeout": lambda handle: mp.gather([handle], timeout=30),
+    "wait_until_idle": lambda _: wait_until_idle(timeout=None),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wait", WAITS_FOR_A_HELD_CORO)
+def test_a_blocking_wait_that_runs_a_held_task_which_returns_a_coroutine_is_refused_at_once(
+    wait: str, gate: threading.Event, loop_blocks: threading.Event
+) -> None:
+    # Run in place, its coroutine started on the loop, which the wait blocks: it waited for good, or its timeout.
+    started = threading.Event()
+
+    @mp.parallel(backend="sync")
+    def holds(n: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return n
+
+    mp.set_max_concurrent_tasks(1)
+    f = mp.parallel(backend="sync")(returns_a_coroutine)
+    holder = threading.Thread(target=lambda: holds(1).get())
+    holder.start()
+    assert started.wait(30)
+    opener = threading.Thread(target=lambda: loop_blocks.wait(30) and gate.set())
+    opener.start()
+
+    async def main() -> int:
+        handle = f(21)  # held: the slot is the holder's
+        with pytest.raises(RuntimeError, match="runs a coroutine|returned a coroutine"):
+            WAITS_FOR_A_HELD_CORO[wait](handle)
+        return await handle  # the loop runs it, as the error says
+
+    try:
+        assert run(main()) == 42
+    finally:
+        gate.set()
+        holder.join(30)
+        opener.join(30)
+
 # -- async collectors ---------------------------------------------------------------------
 
 

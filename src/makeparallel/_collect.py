@@ -250,6 +250,9 @@ class Completions:
 
         Raises:
             queue.Empty: the timeout passed.
+            RuntimeError: a task followed, run in place, started a coroutine
+                on ``loop`` (a plain function that returned one), which this
+                wait would block, as :meth:`add` refuses for one already async.
         """
         ended, put = self._ended, self._put
         task = current_task()
@@ -259,6 +262,9 @@ class Completions:
         with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
             while True:
                 if ended.empty() and _held_on_loop.run_one(loop):
+                    for followed in watching:  # (the held ones are among them) run in place, one may
+                        if followed._state < SUCCEEDED:  # have started a coroutine on this loop (add())
+                            followed._refuse_to_block_a_loop()
                     continue
                 deadline = self._deadline
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

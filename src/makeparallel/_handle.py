@@ -1135,6 +1135,11 @@ class AsyncHandle(Generic[T_co]):
 
         As any wait: ``timeout`` bounds it, Ctrl-C ends it, and inside a task
         it is a cancellation point.
+
+        Raises:
+            RuntimeError: this task, run in place, started a coroutine on
+                ``loop`` (a plain function that returned one), which this wait
+                would block, as ``get()`` refuses for an async task there.
         """
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         put = inbox.put  # one object: the done-callback taken off at the end
@@ -1148,6 +1153,9 @@ class AsyncHandle(Generic[T_co]):
             with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
                 while self._state < SUCCEEDED:
                     if _held_on_loop.run_one(loop):
+                        # Run in place, a plain function may have returned a coroutine, which
+                        # runs on this loop: now an async task of it, which get() refuses to block on.
+                        self._refuse_to_block_a_loop()
                         continue
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
