@@ -627,3 +627,75 @@ def test_a_waiter_interrupted_anywhere_after_its_slot_came_passes_it_to_the_next
         return was_interrupted
 
     at_each_place(scenario)
+
+
+# A "sync" task held for its slot on an event loop is listed, once admitted, to run on that
+# loop's thread: the loop's callback or a blocking wait there takes it and runs it. Ctrl-C there
+# between taking it off the list and running it lost it: pending for good, its slot taken. Each
+# place up to the task's code is interrupted in turn (an interrupt in its code, or in the end of
+# its run, is a "sync" task's anywhere).
+
+
+class InterruptBeforeCode(InterruptAt):
+    """:class:`InterruptAt`, counting the places before ``code`` is entered only."""
+
+    def __init__(self, at: int, code: object) -> None:
+        super().__init__(at)
+        self.code = code
+
+    def __call__(self, frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is self.code:
+            sys.setprofile(None)  # the task's code runs: no place after counts
+            return
+        super().__call__(frame, event, arg)
+
+
+def test_a_held_sync_task_taken_to_run_on_its_loops_thread_is_never_lost_to_an_interrupt() -> None:
+    import asyncio
+
+    from makeparallel import _held_on_loop
+
+    ran: list[int] = []
+
+    def task(n: int) -> int:
+        ran.append(n)
+        return n
+
+    f = mp.parallel(backend="sync", max_concurrent=1)(task)
+    limiter = f._spec.limiter
+    assert limiter is not None
+
+    async def interrupted_as_it_is_taken(at: int) -> tuple[bool, mp.AsyncHandle[int]]:
+        loop = asyncio.get_running_loop()
+        assert limiter.acquire()
+        handle = f(at)  # held: this holds the slot
+        limiter.release()  # handed to it: admitted, on the admission thread, to run here
+        deadline = time.monotonic() + WAIT
+        while not _held_on_loop.has_ready(loop):
+            assert time.monotonic() < deadline, "never admitted"
+            threading.Event().wait(0.001)  # (the loop's thread: nothing else to run meanwhile)
+        hook = InterruptBeforeCode(at, task.__code__)
+        sys.setprofile(hook)
+        try:
+            _held_on_loop.run_one(loop)
+            was_interrupted = False
+        except KeyboardInterrupt:
+            was_interrupted = True
+        finally:
+            sys.setprofile(None)
+        assert was_interrupted or hook.places < at, f"the interrupt at place {at} did not come out of the call"
+        assert handle.done() or _held_on_loop.has_ready(loop), f"interrupted at place {at}, the task was lost"
+        for _ in range(1000):  # still listed: the loop's callback runs it
+            if handle.done():
+                break
+            await asyncio.sleep(0)
+        return was_interrupted, handle
+
+    def scenario(at: int) -> bool:
+        was_interrupted, handle = asyncio.run(interrupted_as_it_is_taken(at))
+        assert handle.done(), f"interrupted at place {at}, the task never ended"
+        assert ran.count(at) <= 1, f"interrupted at place {at}, the task ran twice"
+        assert limiter.in_flight == 0, f"interrupted at place {at}, its slot is still taken"
+        return was_interrupted
+
+    at_each_place(scenario)

@@ -15,6 +15,13 @@ waits for: one admitted earlier holds the slot that the awaited one needs.
 Whoever comes first runs a task, a wait or the loop's callback; the other finds
 nothing listed, or a task already claimed (``SyncBackend._run_held`` claims it
 under the backend lock): no task runs twice.
+
+Ctrl-C (``KeyboardInterrupt`` on the main thread, at a function's entry or a
+built-in's return) may land anywhere in a run. A task taken off the list before
+it was claimed was lost there: pending for good, its slots taken. So it stays
+listed until its run returned (:func:`run_one`): interrupted before its claim,
+it is still there for the next wait or the loop's callback; once claimed, its
+run ends it if cut short (``SyncBackend._run_held``).
 """
 
 from __future__ import annotations
@@ -68,16 +75,42 @@ def has_ready(loop: Any) -> bool:
 
 
 def run_one(loop: Any) -> bool:
-    """Run the oldest task admitted to run on ``loop``'s thread (this one); return whether there was one."""
+    """Run the oldest task admitted to run on ``loop``'s thread (this one); return whether there was one.
+
+    Listed until its run returned: a run cut short by Ctrl-C before it claimed
+    its task leaves it to the next (the loop is told again). A run whose task
+    ended or was claimed meanwhile does nothing, and a run within it (a wait
+    in the task's code) finds it claimed.
+    """
     with _lock:
         runs = _ready.get(loop)
         if not runs:
             return False
-        run = runs.popleft()
+        run = runs[0]
+    try:
+        run()
+    except BaseException:
+        try:
+            loop.call_soon_threadsafe(run_one, loop)  # still listed, unless claimed: the loop runs it then
+        except RuntimeError:  # closed: the close ends it (SyncBackend._fail_held)
+            pass
+        raise
+    _taken(loop, run)
+    return True
+
+
+def _taken(loop: Any, run: Callable[[], None]) -> None:
+    """``run`` returned: list it no more (a run within it may have taken it already)."""
+    with _lock:
+        runs = _ready.get(loop)
+        if runs is None:
+            return
+        try:
+            runs.remove(run)
+        except ValueError:
+            pass
         if not runs:
             del _ready[loop]
-    run()
-    return True
 
 
 @contextmanager

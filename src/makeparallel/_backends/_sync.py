@@ -124,17 +124,28 @@ class SyncBackend(Backend):
             self._fail_held(handle)
 
     def _run_held(self, handle: AsyncHandle[Any]) -> None:
+        """Claim an admitted held task and run it, on its loop's thread; nothing if it was claimed, or ended, meanwhile.
+
+        Cut short by Ctrl-C once claimed and before its end is recorded, it
+        would stay running for good, run by nobody: it is cancelled, as a
+        submission cut short is (``withdraw``), and its slots are freed.
+        """
         loop = self._callers_loop(handle)
-        with self._lock:
-            if handle._state != PENDING:
-                return  # cancelled meanwhile
-            handle._on_worker = UNCLAIMED
-            handle._state = RUNNING
-            held = on_callers_loops.get(handle)
-            if held is not None and held.fail is not None:  # it runs now: its loop's close ends it no more
-                del on_callers_loops[handle]
-            inline = self._take_locked(handle, loop)
-        self._run_first(handle, inline)
+        try:
+            with self._lock:
+                if handle._state != PENDING:
+                    return  # cancelled meanwhile, or run already
+                handle._on_worker = UNCLAIMED
+                handle._state = RUNNING
+                held = on_callers_loops.get(handle)
+                if held is not None and held.fail is not None:  # it runs now: its loop's close ends it no more
+                    del on_callers_loops[handle]
+                inline = self._take_locked(handle, loop)
+            self._run_first(handle, inline)
+        except BaseException:
+            if self._holds(handle) and handle._on_worker == UNCLAIMED:
+                handle.cancel()
+            raise
 
     def _fail_held(self, handle: AsyncHandle[Any]) -> None:
         """End a held task with ``ShutdownError``: the loop it was to run on closed before it ran."""
