@@ -2029,6 +2029,29 @@ def test_a_held_sync_task_admitted_as_its_loop_was_stopped_ends_at_the_loops_clo
     assert limiter is not None and limiter.in_flight == 0, "its slot is still taken"
 
 
+@pytest.mark.timeout(60)
+def test_a_held_sync_task_ended_by_shutdown_before_its_admission_is_let_go(gate: threading.Event) -> None:
+    # The backend keeps held tasks by weak reference until admitted; what it kept beside each one
+    # named the task itself, so one that ended unadmitted (its limit closed) was kept for good.
+    ran: list[tuple[int, int]] = []
+    f = _sync_limited("max_concurrent", gate, ran)
+    loop = asyncio.new_event_loop()
+    try:
+        handle, holder = _held_behind_another_threads(loop, f, ran)
+        mp.shutdown(timeout_secs=0)
+    finally:
+        loop.close()
+    with pytest.raises(mp.ShutdownError):
+        handle.get(timeout=20)
+    reference = weakref.ref(handle)
+    del handle
+    gate.set()
+    holder.join(30)
+    gc.collect()
+    assert reference() is None, "the backend still keeps the task"
+    assert f._spec.limiter is not None and f._spec.limiter.in_flight == 0
+
+
 #: Each wait, begun on another thread before the loop's close, as what it gives once the close ended its task.
 WAITS_ACROSS_THE_CLOSE: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "get": lambda handle: outcome_of(lambda: handle.get(timeout=20)),

@@ -45,9 +45,11 @@ class SyncBackend(Backend):
         # The tasks whose attempts a submit() runs now, in its caller's thread. Not a
         # thread-local: a timeout's retry is decided on the deadline thread.
         self._inline: set[AsyncHandle[Any]] = set()
-        # Held over a limit on a running event loop (hold()), until admitted: the entry of the loop
-        # each runs on then (_coroutines.held_on), in on_callers_loops until it is claimed or ends.
-        self._held: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
+        # Held over a limit on a running event loop (hold()), until admitted: the loop each runs on
+        # then, by weak reference. Not its entry there (_coroutines.held_on, in on_callers_loops until
+        # it is claimed or ends), whose fail names the task: a task that ended unadmitted, its entry
+        # here left, was kept for good by its own value.
+        self._held: weakref.WeakKeyDictionary[AsyncHandle[Any], weakref.ref[Any]] = weakref.WeakKeyDictionary()
         # Coroutine tasks called on a running event loop: the entry of the loop that starts
         # their next attempts (_coroutines.waiting_on), in on_callers_loops as they wait.
         self._loops: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
@@ -98,7 +100,7 @@ class SyncBackend(Backend):
             handle._observer.task_submitted(handle)  # first: a Ctrl-C at its entry leaves nothing counted
             self._active += 1
             handle._on_worker = HELD
-            self._held[handle] = held
+            self._held[handle] = held.loop
             on_callers_loops[handle] = held
 
     def release_held(self, handle: AsyncHandle[Any]) -> None:
@@ -108,10 +110,10 @@ class SyncBackend(Backend):
         runs it once free, or a blocking wait there runs it in place first.
         """
         with self._lock:
-            held = self._held.pop(handle, None)
-        if held is None or handle._state != PENDING:
+            on = self._held.pop(handle, None)
+        if on is None or handle._state != PENDING:
             return  # cancelled meanwhile
-        loop = held.loop()
+        loop = on()
         if loop is None:  # collected unclosed: nothing is left to run it on
             self._fail_held(handle)
             return
