@@ -698,4 +698,83 @@ def test_a_held_sync_task_taken_to_run_on_its_loops_thread_is_never_lost_to_an_i
         assert limiter.in_flight == 0, f"interrupted at place {at}, its slot is still taken"
         return was_interrupted
 
+
+class _Clock:
+    """``time.monotonic`` for the limiter, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _RefusesOnceTold:
+    """A recipient that stops taking tasks once told to (``stopped``), as a failed group does."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def _slot_wait_begins(self, limiter: Limiter) -> None:
+        pass
+
+    def _slot_wait_ends(self, limiter: Limiter) -> None:
+        pass
+
+    def _refuse_waiting(self) -> None:
+        if self.stopped:
+            raise RuntimeError("stopped taking tasks")
+
+
+@pytest.mark.parametrize("why", ["deadline", "refused"])
+def test_a_waiter_interrupted_anywhere_as_it_gives_up_leaves_the_queue(
+    why: str, waits: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its acquire() took it off the queue in a finally, in a call of its own: interrupted as that
+    # call began, the waiter stayed queued, and the next slot freed went to it, held by nobody.
+    clock = _Clock()
+    monkeypatch.setattr(_admission, "time", clock)
+    interrupt_at: dict[str, int] = {}  # the place to interrupt, by the name of the thread that waits
+    spied_wait = _interruptible.wait
+
+    def wait(condition: threading.Condition, timeout: float | None) -> None:
+        spied_wait(condition, 0.01 if timeout is None else min(timeout, 0.01))  # the fake clock never ends it
+        at = interrupt_at.get(threading.current_thread().name)
+        if at is not None and clock.now:
+            sys.setprofile(InterruptAt(at))  # from here on, on this thread, until its acquire() returns
+
+    monkeypatch.setattr(_interruptible, "wait", wait)
+
+    def scenario(at: int) -> bool:
+        clock.now = 0.0
+        limiter = Limiter(1)
+        assert limiter.acquire()
+        got = Record()
+        recipient = _RefusesOnceTold()
+        name = f"giving-up-{at}"
+        interrupt_at[name] = at
+
+        def acquires() -> None:
+            try:
+                outcome = "slot" if limiter.acquire(100.0, recipient) else "none"
+            except (KeyboardInterrupt, RuntimeError) as error:
+                outcome = type(error).__name__
+            finally:
+                sys.setprofile(None)
+            got.add(outcome)
+
+        giving_up = threading.Thread(target=acquires, name=name)
+        giving_up.start()
+        waits.wait_for(lambda names: name in names)
+        if why == "refused":
+            recipient.stopped = True
+        clock.now = 200.0  # past the deadline: both ways, the wait gives up as it wakes
+        got.wait_for(lambda names: len(names) >= 1)
+        giving_up.join(WAIT)
+        assert got.names[0] in ("KeyboardInterrupt", "none" if why == "deadline" else "RuntimeError")
+        assert not limiter._waiters, f"interrupted at place {at}, the call that gave up is still queued"
+        limiter.release()
+        assert limiter.in_flight == 0
+        return got.names[0] == "KeyboardInterrupt"
+
     at_each_place(scenario)

@@ -311,7 +311,13 @@ class Limiter:
                         finally:  # a slot handed over as the wait raised is passed on below
                             admitted = waiter.granted
                             if not admitted:
-                                self._leave_locked(waiter)
+                                # Off the queue here, not in a function of its own: a Ctrl-C landing
+                                # as that was entered left the waiter queued, and the next slot freed
+                                # went to it, held by nobody. remove() returned, the waiter is off.
+                                try:
+                                    self._waiters.remove(waiter)
+                                except ValueError:  # close() emptied it already
+                                    pass
                     if not admitted:
                         return False
             finally:
@@ -371,13 +377,6 @@ class Limiter:
         finally:
             self._lock.acquire()
         return True
-
-    def _leave_locked(self, waiter: _Waiter) -> None:
-        """Take ``waiter``, which gave up ungranted, off the queue (``close()`` may have emptied it already)."""
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def limit_here(self) -> int | None:
         """The limit a submission from the code running now is held to: ``None`` where there is none, or where it is admitted over it.
