@@ -773,6 +773,7 @@ import sys
 import threading
 
 import makeparallel as mp
+from makeparallel._admission import all_limiters
 from makeparallel.testing import wait_until_idle
 
 BACKEND, AT, KINDS = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
@@ -789,6 +790,7 @@ def work(i):
     return 2 * i
 
 
+limited = mp.parallel(backend=BACKEND, max_concurrent=2)(work)  # one limit, kept: a slot it lost shows
 failed_once = set()
 
 
@@ -817,6 +819,8 @@ def batch(kind):
         failed_once.clear()
         retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0, wait_jitter=0)
         return mp.gather([mp.parallel(backend=BACKEND, retry=retry)(flaky)(i) for i in range(3)])
+    if kind == "limited":  # each call takes a slot (the third waits for one), its end frees it
+        return mp.gather([limited(i) for i in range(4)])
     if kind == "resize":  # the pool grows: new workers start
         mp.configure_thread_pool(num_threads=1)
         mp.configure_thread_pool(num_threads=3)
@@ -900,6 +904,9 @@ def miscounts():
             info = mp.get_thread_pool_info()
         else:
             return f"{info['live_threads']} worker(s), {info['idle_threads']} of them idle, with nothing to do"
+    for limiter in all_limiters():  # a slot lost, or freed twice
+        if limiter.in_flight:
+            return f"a limit of {limiter.limit} counts {limiter.in_flight} task(s) in flight"
     for name, m in mp.get_all_metrics().items():
         ended = m.completed_tasks + m.failed_tasks + m.cancelled_tasks + m.timed_out_tasks
         if ended != m.total_tasks:
@@ -944,7 +951,7 @@ print(f"usable after Ctrl-C at each of {total} places", flush=True)
 """
 
 
-EVERY_KIND = "parallel_map,imap_unordered,gather,get,ParallelContext,retry,shutdown"
+EVERY_KIND = "parallel_map,imap_unordered,gather,get,ParallelContext,retry,limited,shutdown"
 THREAD_KINDS = EVERY_KIND.replace("shutdown", "resize,shutdown")  # the pool grows, then shuts down
 
 
@@ -1203,3 +1210,4 @@ def test_an_interrupt_as_the_pool_replaces_a_stuck_worker_leaves_no_phantom_work
     assert lines[0] == "interrupted", printed
     assert lines[1] == "counted 2 alive 2", f"the pool counts a worker it never started: {lines[1]}"
     assert lines[2] == "succeeded", "the queued task waited behind the stuck one"
+

@@ -281,11 +281,18 @@ class Limiter:
             Exception: ``recipient``'s refusal (``_refuse_waiting()``): it
                 stopped taking tasks while this call waited.
         """
-        with self._lock:
-            limit = self.limit
-            if limit is None or (self._in_flight < limit and not self._waiters) or self._nested():
-                self._in_flight += 1
-                return True
+        counted = False
+        try:
+            with self._lock:
+                limit = self.limit
+                if limit is None or (self._in_flight < limit and not self._waiters) or self._nested():
+                    self._in_flight += 1
+                    counted = True
+                    return True
+        except BaseException:  # a Ctrl-C as the lock was let go, the slot counted: it goes back
+            if counted:
+                self.release()
+            raise
         task = current_task()
         waiter = _Waiter(self._lock)
         loop = running_loop()  # a group's own limit, waited for on a loop's thread: see _run_held_on_loop

@@ -35,7 +35,7 @@ from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
-from ._states import CANCELLED, FAILED, SUCCEEDED
+from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout
 from .errors import CircuitOpenError
 
@@ -600,9 +600,16 @@ def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: lis
 
 
 def withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
-    """Undo a submission that raised ``error`` (shut down, or Ctrl-C landed inside it): a call's, or ``mp.Executor``'s."""
+    """Undo a submission that raised ``error`` (shut down, or Ctrl-C landed inside it): a call's, or ``mp.Executor``'s.
+
+    A task the backend took and started (or ran to its end, inline) frees its
+    slots as it ends; freed here too, a Ctrl-C landing once it ran gave a
+    slot back twice, and the limit let one task more run at once for good.
+    """
     if backend._holds(handle):
         handle.cancel()  # accepted: its end frees the slots, like any other
+        return
+    if handle._state != PENDING:  # taken: it runs, waits to retry, or ended
         return
     for limiter in handle._permits:
         limiter.release()
