@@ -16,6 +16,7 @@ could leave the library broken when they fail run in a child process.
 
 from __future__ import annotations
 
+import dis
 import os
 import re
 import signal
@@ -1211,3 +1212,46 @@ def test_an_interrupt_as_the_pool_replaces_a_stuck_worker_leaves_no_phantom_work
     assert lines[1] == "counted 2 alive 2", f"the pool counts a worker it never started: {lines[1]}"
     assert lines[2] == "succeeded", "the queued task waited behind the stuck one"
 
+
+# CPython also raises a pending KeyboardInterrupt as a loop turns (a backward jump). A call
+# under a function's max_concurrent took its slot in a loop over the limits that apply, with
+# mp.set_max_concurrent_tasks unset: CPython 3.11+ leaves the jump that skips such a limit
+# out of the try's range, and a Ctrl-C there passed by the handler that gives the slots back.
+_BACKWARD_JUMPS = {"JUMP_BACKWARD", "JUMP_ABSOLUTE"}  # 3.11+, 3.10 (both check for signals)
+
+
+def test_an_interrupt_as_a_call_turns_its_loop_over_the_limits_gives_its_slot_back() -> None:
+    limited = mp.parallel(backend="sync", max_concurrent=2)(abs)
+    limiter = limited._spec.limiter
+    assert limiter is not None
+
+    def interrupted(at: int) -> bool:
+        jumps = 0
+
+        def trace(frame: Any, event: str, arg: object) -> Any:
+            if frame.f_code.co_name != "_admit":
+                return None
+            frame.f_trace_opcodes = True
+            if event == "opcode" and dis.opname[frame.f_code.co_code[frame.f_lasti]] in _BACKWARD_JUMPS:
+                nonlocal jumps
+                jumps += 1
+                if jumps == at:
+                    sys.settrace(None)
+                    raise KeyboardInterrupt
+            return trace
+
+        sys.settrace(trace)
+        try:
+            limited(-1)
+        except KeyboardInterrupt:
+            return True
+        finally:
+            sys.settrace(None)
+        return False
+
+    at = 1
+    while interrupted(at):
+        assert limiter.in_flight == 0, f"interrupted at the loop's turn {at}, the call kept its slot"
+        at += 1
+    assert at > 1, "no turn of the loop was interrupted"
+    assert limiter.in_flight == 0

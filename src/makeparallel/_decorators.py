@@ -569,18 +569,24 @@ class ParallelFunction(Generic[P, T]):
             NoSlotInTime: ``deadline`` passed first; no slot is kept.
             Exception: ``recipient``'s refusal, as it stopped first; no slot is kept.
         """
+        # Picked before the try: CPython leaves the jumps that skip a loop's turn (a limit not set)
+        # out of the try's range, and a Ctrl-C raised at one (a loop's turn) passed its handler by.
+        limiters = [
+            limiter
+            for limiter in (self._spec.limiter, _runtime.global_limiter)
+            if limiter is not None and limiter.limit is not None
+        ]
         permits: list[Limiter] = []
         try:
-            for limiter in (self._spec.limiter, _runtime.global_limiter):
-                if limiter is not None and limiter.limit is not None:
-                    if not limiter.acquire(deadline, recipient):
-                        raise NoSlotInTime
-                    permits.append(limiter)
+            for limiter in limiters:
+                if not limiter.acquire(deadline, recipient):
+                    raise NoSlotInTime
+                permits.append(limiter)
+            return tuple(permits)  # inside: a Ctrl-C as tuple() returns gives the slots back too
         except BaseException:
             for limiter in permits:
                 limiter.release()
             raise
-        return tuple(permits)
 
 
 def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: list[Limiter], loop: Any) -> None:
