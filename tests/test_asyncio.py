@@ -2052,6 +2052,67 @@ def test_a_held_sync_task_ended_by_shutdown_before_its_admission_is_let_go(gate:
     assert f._spec.limiter is not None and f._spec.limiter.in_flight == 0
 
 
+class _Argument:
+    """A call's argument, to see it let go (a plain int is never collected)."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["cancelled", "left to its loop's close"])
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks", "Executor"])
+@pytest.mark.parametrize("backend", ["sync", "thread"])
+def test_a_held_task_is_let_go_once_its_admission_ends(backend: str, limit: str, end: str, gate: threading.Event) -> None:
+    # The last step of each deferred admission stayed referenced on the admission thread until the
+    # next one came: a task held, then cancelled (or ended by its loop's close, or run) was kept
+    # with its arguments after the slot it waited for reached it, and its handle was dropped.
+    started = threading.Event()
+
+    def f(x: object) -> object:
+        if x == 1:
+            started.set()
+            assert gate.wait(30)
+        return x
+
+    if limit == "max_concurrent":
+        call: Callable[..., Any] = mp.parallel(backend=backend, max_concurrent=1)(f)
+        limiter = call._spec.limiter  # type: ignore[attr-defined]
+        executor = None
+    else:
+        mp.set_max_concurrent_tasks(1)
+        limiter = mp._runtime.global_limiter
+        if limit == "Executor":
+            executor = mp.Executor(backend=backend)
+            call = functools.partial(executor.submit, f)
+        else:
+            call, executor = mp.parallel(backend=backend)(f), None
+    try:
+        holder = threading.Thread(target=lambda: call(1).result() if executor else call(1).get())
+        holder.start()
+        assert started.wait(30)
+        argument = _Argument()
+
+        async def main(x: object) -> Any:
+            held = call(x)
+            assert not held.done()
+            if end == "cancelled":
+                held.cancel()
+            return held
+
+        held = asyncio.run(main(argument))
+        references = [weakref.ref(held), weakref.ref(argument)]
+        del held, argument
+        gate.set()
+        holder.join(30)
+        assert not holder.is_alive()
+        assert wait_until(lambda: limiter.in_flight == 0, 30), "the held task's slot is still taken"
+        assert wait_until(lambda: gc.collect() >= 0 and all(ref() is None for ref in references), 30), (
+            "the held task, or its argument, is still kept"
+        )
+    finally:
+        gate.set()
+        if executor is not None:
+            executor.shutdown()
+
+
 #: Each wait, begun on another thread before the loop's close, as what it gives once the close ended its task.
 WAITS_ACROSS_THE_CLOSE: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "get": lambda handle: outcome_of(lambda: handle.get(timeout=20)),

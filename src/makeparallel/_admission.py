@@ -678,6 +678,9 @@ def _admit_in_turn(began: threading.Event, ended: threading.Event) -> None:
                     _log.critical("makeparallel: a deferred admission failed; its task may never start", exc_info=True)
                 except BaseException:  # logging's last resort raises where sys.stderr was closed
                     pass
+            # Let go before the next wait: kept until the next step came, the last one (a
+            # partial of its PendingAdmission) kept its task, ended, and the task's arguments.
+            del step
     finally:
         ended.set()  # (it never ends, short of a fault in the queue itself)
 
