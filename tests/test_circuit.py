@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -619,6 +620,37 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_sync_call_whose_loop_cl
     (waiting,) = submitted_from_a_loop(on_the_loop, 1)
     gate.set()
     error = waiting.exception(timeout=30)
+    assert isinstance(error, mp.ShutdownError)
+    assert asked == [error]
+    assert first.exception(timeout=30) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_held_sync_call_whose_loop_closed_is_one_failure_for_its_breaker(clock: FakeClock, gate: threading.Event) -> None:
+    # Two find its loop closed: its admission, and a wait for it that looks at its loop. Each
+    # ended it and asked its breaker, which counted the call's failure twice. Here the wait
+    # looks while the admission asks the breaker.
+    asked: list[BaseException] = []
+    waiting: list[mp.AsyncHandle[Any]] = []
+    started, first_asked = threading.Event(), threading.Event()
+    mp.set_max_concurrent_tasks(1)  # (put back after each test)
+
+    def down_and_waited_for(error: BaseException) -> bool:
+        asked.append(error)
+        if len(asked) == 1:  # the admission asks: a wait looks now
+            with contextlib.suppress(mp.TaskTimeoutError):
+                waiting[0].exception(timeout=0)
+            first_asked.set()
+        return True
+
+    held = mp.parallel(backend="thread")(held_until(gate, started))
+    on_the_loop = mp.parallel(backend="sync", circuit_breaker=breaker_for(clock, on=down_and_waited_for))(lambda: None)
+    first = held()
+    assert started.wait(30)
+    waiting.extend(submitted_from_a_loop(on_the_loop, 1))
+    gate.set()
+    assert first_asked.wait(30)  # (a wait from here before it would be the first to look)
+    error = waiting[0].exception(timeout=30)
     assert isinstance(error, mp.ShutdownError)
     assert asked == [error]
     assert first.exception(timeout=30) is None

@@ -53,6 +53,7 @@ class SyncBackend(Backend):
         # Coroutine tasks called on a running event loop: the entry of the loop that starts
         # their next attempts (_coroutines.waiting_on), in on_callers_loops as they wait.
         self._loops: weakref.WeakKeyDictionary[AsyncHandle[Any], Any] = weakref.WeakKeyDictionary()
+        self._failing: set[AsyncHandle[Any]] = set()  # held tasks being ended as their loop closed (_fail_held)
 
     def submit(self, handle: AsyncHandle[Any]) -> None:
         # Every call of a plain function comes here: the helpers shared with the held
@@ -150,16 +151,30 @@ class SyncBackend(Backend):
             raise
 
     def _fail_held(self, handle: AsyncHandle[Any]) -> None:
-        """End a held task with ``ShutdownError``: the loop it was to run on closed before it ran."""
-        error = ShutdownError(
-            f"task {handle._id} ({handle.name}) waited for a slot on the \"sync\" backend, which runs it on the "
-            "event loop it was submitted from, and that loop closed first"
-        )
-        handle._ask_breaker(error)
+        """End a held task with ``ShutdownError``: the loop it was to run on closed before it ran.
+
+        Two may find the loop closed at once, its admission and a wait for it
+        (``held_on``'s ``fail``): the first claims the task, and its breaker,
+        asked outside the lock, is asked once. Each asked it, and it counted
+        one call's failure twice.
+        """
         with self._lock:
-            if handle._state != PENDING:
+            if handle._state != PENDING or handle in self._failing:
                 return
-            announce = handle._settle_locked(FAILED, error)
+            self._failing.add(handle)
+        try:
+            error = ShutdownError(
+                f"task {handle._id} ({handle.name}) waited for a slot on the \"sync\" backend, which runs it on "
+                "the event loop it was submitted from, and that loop closed first"
+            )
+            handle._ask_breaker(error)
+            with self._lock:
+                if handle._state != PENDING:
+                    return
+                announce = handle._settle_locked(FAILED, error)
+        finally:
+            with self._lock:
+                self._failing.discard(handle)
         handle._after_settle(announce)
 
     def _accept_refused(self, handle: AsyncHandle[Any], error: BaseException) -> None:
