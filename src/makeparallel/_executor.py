@@ -795,8 +795,7 @@ class _Feed:
         self._calls = calls  # None once read to its end, or cut short
         self._buffer = buffer
         self._submit_one = submit_one
-        self._until_ready = UntilReady(self._oldest_ready, self._arm)
-        self._unarmed = False  # a call in flight was submitted with no limit: its end wakes no wait (_arm)
+        self._until_ready = UntilReady(self._oldest_ready, self._calls_in_flight)
 
     def _oldest_ready(self) -> bool:
         """Whether the oldest call ended (asked under the limiter's lock: it takes none, as ``done()`` would)."""
@@ -805,16 +804,9 @@ class _Feed:
         future = self.in_flight[0][0]
         return future.handle.is_ready() if isinstance(future, ExecutorFuture) else False
 
-    def _arm(self) -> None:
-        """As a call's wait for a slot begins: each call in flight wakes it as it ends (:class:`UntilReady`).
-
-        Those submitted under a limit do already; the others, submitted
-        before a limit was set, had the oldest result's end wake no wait.
-        """
-        if self._unarmed:
-            self._unarmed = False
-            for future, _ in self.in_flight:
-                future.add_done_callback(self._until_ready.wake)
+    def _calls_in_flight(self) -> list[concurrent.futures.Future[Any]]:
+        """The calls in flight, whose ends a wait for a slot may be woken by (:class:`UntilReady`)."""
+        return [future for future, _ in self.in_flight]
 
     def cut_short(self) -> None:
         """The deadline passed as a call waited for its slot: nothing more is submitted."""
@@ -841,10 +833,7 @@ class _Feed:
                 return
             self.unsent = None
             self.in_flight.append(entry)
-            if _runtime.global_limiter.limit is not None:  # a call's end may end such a wait
-                entry[0].add_done_callback(self._until_ready.wake)
-            else:  # no wait to wake, unless a limit is set before it ends
-                self._unarmed = True
+            self._until_ready.follow(entry[0], _runtime.global_limiter.limit is not None)  # its end may end such a wait
 
     def refill(self) -> None:
         """Before the oldest call's result is waited for: one more in flight for each one taken (as 3.14's)."""

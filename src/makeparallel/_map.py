@@ -1014,8 +1014,7 @@ class _Mapper:
         self._read = 0
         # The chunk read next and its time budget, where its wait for a slot ended as the next result was ready (_send).
         self._unsent: tuple[list[Any] | range, float | None] | None = None
-        self._until_ready = UntilReady(self._next_ready, self._arm)  # ends such a wait (the chunks' ends wake it)
-        self._unarmed = False  # a chunk in flight was submitted with no limit: its end wakes no wait (_arm)
+        self._until_ready = UntilReady(self._next_ready, self._chunks_in_flight)  # ends such a wait (the chunks' ends wake it)
         self._exhausted = False
         self._input_error: Exception | None = None  # what reading the input raised: raised after its items' results
         self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
@@ -1317,11 +1316,10 @@ class _Mapper:
         self._chunk_items[id(handle)] = (start, items, budget)
         if not self._ordered or budget is not None or self._completions is not None:
             self._follow(handle)
-        if global_limiter.limit is not None or (task or self._chunk_task)._spec.limiter is not None:
-            # Its end may make the next result ready while a later chunk waits for a slot.
-            handle.add_done_callback(self._until_ready.wake)
-        else:  # no wait to wake, unless a limit is set before it ends
-            self._unarmed = True
+        # Its end may make the next result ready while a later chunk waits for a slot.
+        self._until_ready.follow(
+            handle, global_limiter.limit is not None or (task or self._chunk_task)._spec.limiter is not None
+        )
         return handle, len(items)
 
     def _go_on(self, handle: AsyncHandle[list[Any]]) -> None:
@@ -1395,16 +1393,9 @@ class _Mapper:
         self._items_in_flight += len(chunk)
         return True
 
-    def _arm(self) -> None:
-        """As a chunk's wait for a slot begins: each chunk in flight wakes it as it ends (:class:`UntilReady`).
-
-        Those submitted under a limit do already; the others, submitted
-        before a limit was set, had the next result's end wake no wait.
-        """
-        if self._unarmed:
-            self._unarmed = False
-            for handle, _ in self._in_flight:
-                handle.add_done_callback(self._until_ready.wake)
+    def _chunks_in_flight(self) -> list[AsyncHandle[list[Any]]]:
+        """The chunks in flight, whose ends a wait for a slot may be woken by (:class:`UntilReady`)."""
+        return [handle for handle, _ in self._in_flight]
 
     def _next_ready(self) -> bool:
         """Whether the result to hand out next is ready (asked under a limiter's lock: it takes none)."""
