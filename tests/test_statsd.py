@@ -803,12 +803,34 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"host": "statsd .example"}, ValueError, "no spaces"),  # inside: no lookup finds it either
         ({"host": "stats\td.example"}, ValueError, "no spaces"),
         ({"prefix": None}, TypeError, "prefix must be a str"),
+        # Each broke every line of every flush: the server read "a" as the name and "b.fn..." as its value.
+        ({"prefix": "a:b"}, ValueError, "prefix must be metric name labels"),
+        ({"prefix": "x|y"}, ValueError, "prefix must be metric name labels"),
+        ({"prefix": "rate@2"}, ValueError, "prefix must be metric name labels"),
+        ({"prefix": "my app"}, ValueError, "prefix must be metric name labels"),
+        ({"prefix": "line\nbreak"}, ValueError, "prefix must be metric name labels"),
+        ({"prefix": "myapp..makeparallel"}, ValueError, "an empty label"),  # a path segment of nothing
+        ({"prefix": ".myapp"}, ValueError, "an empty label"),
     ],
 )
 def test_a_bad_address_or_prefix_is_refused_at_construction(arguments: dict[str, Any], error: type, message: str) -> None:
     """Accepted, it failed every flush in the exporter's thread, logged, and nothing was ever sent."""
     with pytest.raises(error, match=message):
         StatsdExporter(**arguments)
+
+
+def test_an_empty_prefix_puts_nothing_before_the_names(server: StatsdServer) -> None:
+    """Each name began with a dot: an empty first path segment, which Graphite stores as a folder of no name."""
+    name = unique_name("unprefixed")
+    run(make_work(name), succeed=1)
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="", interval=3600)
+    try:
+        lines = server.flush(exporter)
+    finally:
+        exporter.stop()
+    assert counter(of(lines, sanitised(name)), "completed") == 1
+    assert lines
+    assert not [line.name for line in lines if line.name.startswith(".")]
 
 
 def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:

@@ -48,6 +48,8 @@ _MAX_PACKET = 1432  # fits one Ethernet frame without fragmenting
 # Seconds a name's address is used before it is looked up again: a server that moved gets
 # the flushes within that, at a thirtieth of the lookups of one per flush (every second).
 _LOOKUP_EVERY = 30.0
+# What a prefix cannot hold: the StatsD line's separators (name:value|type|@rate) and spaces.
+_BAD_IN_PREFIX = re.compile(r"[:|@\s]")
 _now = time.monotonic  # (a name of its own: the tests move this module's clock alone)
 _STATUSES = (
     ("completed", "completed_tasks"),
@@ -80,7 +82,8 @@ class StatsdExporter:
         host: the StatsD server: an IPv4 or IPv6 address, or a name (default
             IPv4 loopback).
         port: its UDP port.
-        prefix: put before every metric name.
+        prefix: put before every metric name, with a dot between (a
+            trailing dot is not doubled); ``""`` for none.
         interval: seconds between flushes.
 
     Raises:
@@ -88,7 +91,8 @@ class StatsdExporter:
             ``prefix`` not a ``str``.
         ValueError: ``host`` is empty or cannot be a host name (an empty
             label, one over 63 characters, a port or brackets or spaces in
-            it), ``port`` outside 1 to 65535, or
+            it), ``port`` outside 1 to 65535, ``prefix`` with a ``:``,
+            ``|``, ``@``, a space or an empty label (``"a..b"``) in it, or
             ``interval`` not a finite number above 0.
 
     Resolution:
@@ -133,8 +137,19 @@ class StatsdExporter:
             raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
+        prefix = prefix.rstrip(".")
+        # Checked, not sanitised as function names are: the prefix is the user's own
+        # namespace. A ":" or "|" in it broke every line of every flush (the server read
+        # the rest as the value), and an empty label made a path segment of no name.
+        if _BAD_IN_PREFIX.search(prefix):
+            raise ValueError(
+                f"prefix must be metric name labels joined by dots, without ':', '|', '@' or spaces, got {prefix!r}: "
+                "they are the StatsD line's separators (use '_' instead)"
+            )
+        if prefix and "" in prefix.split("."):
+            raise ValueError(f"prefix must be metric name labels joined by dots, got {prefix!r}, which has an empty label")
         self._host, self._port = host, checked_port
-        self._prefix = prefix.rstrip(".")
+        self._prefix = f"{prefix}." if prefix else ""  # "": the names alone
         self._interval = float(interval)
         # A socket per address family, opened by the first flush to an address of it.
         # Under their own lock: stop() closes them while a flush may be opening one.
@@ -268,7 +283,7 @@ class StatsdExporter:
             self._resets = snapshot["resets"]
         for name, metrics in snapshot["functions"].items():
             previous = self._previous.get(name, {})
-            base = f"{self._prefix}.{_safe(name)}"
+            base = f"{self._prefix}{_safe(name)}"
             for status, field in _STATUSES:
                 delta = _delta(metrics[field], previous.get(field, 0))
                 if delta > 0:  # never negative: a StatsD counter only adds
@@ -277,7 +292,7 @@ class StatsdExporter:
                 yield from _timer_lines(f"{base}.{timer}", metrics[field], previous.get(field))
             self._previous[name] = metrics
         for pool, info in snapshot["pools"].items():
-            base = f"{self._prefix}.pool.{_safe(pool)}"
+            base = f"{self._prefix}pool.{_safe(pool)}"
             yield f"{base}.queued:{info.get('queued_tasks', 0)}|g"
             yield f"{base}.busy:{info.get('busy_threads', info.get('busy_workers', 0))}|g"
 
