@@ -92,11 +92,11 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
     app = make_app(MAKEPARALLEL_ROUTES=False)
     MakeParallel(app)
     assert app.test_client().get("/health/live").status_code == 404
-    with pytest.raises(ValueError, match=r"MAKEPARALLEL_\* setting.*backend must be one of"):
+    with pytest.raises(ValueError, match=r"MAKEPARALLEL_BACKEND.*backend must be one of"):
         MakeParallel(make_app(MAKEPARALLEL_BACKEND="gpu"))
     with pytest.raises(ValueError, match="MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number"):
         MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=-1))
-    with pytest.raises(TypeError, match=r"MAKEPARALLEL_\* setting.*num_threads"):
+    with pytest.raises(TypeError, match=r"MAKEPARALLEL_NUM_THREADS.*num_threads"):
         MakeParallel(make_app(MAKEPARALLEL_NUM_THREADS="four"))
     # Accepted until now: NaN failed the shutdown at exit, and the string "false"
     # (a setting read from the environment) counted as True.
@@ -106,6 +106,31 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_CANCEL_PENDING="false"))
     with pytest.raises(TypeError, match="MAKEPARALLEL_ROUTES must be True or False"):
         MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error", "message"),
+    [
+        ("MAKEPARALLEL_BACKEND", "gpu", ValueError, "backend must be one of"),
+        ("MAKEPARALLEL_NUM_THREADS", "four", TypeError, "num_threads must be an int"),
+        ("MAKEPARALLEL_NUM_THREADS", 0, ValueError, "num_threads must be an int >= 1"),
+        ("MAKEPARALLEL_NUM_WORKERS", 2.5, TypeError, "num_workers must be an int"),
+        # It said "limit must be an int >= 1": no setting of that name.
+        ("MAKEPARALLEL_MAX_CONCURRENT_TASKS", -3, ValueError, "limit must be an int >= 1, or None or 0 for none, got -3"),
+        ("MAKEPARALLEL_SHUTDOWN_TIMEOUT", "30", ValueError, "a number of seconds >= 0 or None, got '30'"),
+        ("MAKEPARALLEL_URL_PREFIX", "ops", ValueError, "a path that starts with \"/\""),
+    ],
+)
+def test_a_bad_setting_is_named_and_nothing_is_applied(key: str, value: Any, error: type, message: str) -> None:
+    """The error names the key; a bad setting read after good ones left those applied (the pool resized)."""
+    before = mp.get_thread_pool_info()["num_threads"]
+    app = make_app(MAKEPARALLEL_BACKEND="sync", MAKEPARALLEL_NUM_THREADS=before + 1, MAKEPARALLEL_NUM_WORKERS=1)
+    app.config[key] = value
+    with pytest.raises(error, match=rf"{key}.*{message}"):
+        MakeParallel(app)
+    assert mp.get_thread_pool_info()["num_threads"] == before
+    assert mp.parallel(threading.get_ident)().get(10) != threading.get_ident()  # the backend is still the pool's
+    assert "makeparallel" not in app.extensions
 
 
 def test_numpy_numbers_are_settings_too() -> None:

@@ -35,12 +35,13 @@ prometheus-client).
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 from typing import Any
 
 import makeparallel as mp
 
-from ._runtime import ShutdownCall, ending_on_interrupt, is_shut_down
-from ._validation import is_real
+from ._runtime import ShutdownCall, check_backend, ending_on_interrupt, is_shut_down
+from ._validation import as_integer, check_count, is_real
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -63,6 +64,59 @@ CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 _WAIT_LONGER = 'raise app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]'  # the advice of exit's warning
+
+
+def _checked_settings(config: Any) -> dict[str, Any]:
+    """The ``MAKEPARALLEL_*`` settings of ``config``, each checked, before any is applied.
+
+    Applied one by one as they were read, a bad one left those before it in
+    force (the thread pool resized for an app that failed to start), and an
+    error from the library named its own argument (``limit``), not the key.
+
+    Raises:
+        ValueError, TypeError: a setting is invalid; the message names its key.
+    """
+
+    def check(key: str, checker: Callable[[Any], Any]) -> Any:
+        value = config[key]
+        if value is None:
+            return None
+        try:
+            return checker(value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"invalid {key} in app.config: {error}") from error
+
+    def num_threads(value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {value!r}')
+        return value if isinstance(value, str) else check_count(value, "num_threads")
+
+    def limit(value: Any) -> int | None:
+        if as_integer(value) == 0:  # no limit, as for set_max_concurrent_tasks; not 0.0 or False
+            return None
+        try:
+            return check_count(value, "limit")
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"the limit must be an int >= 1, or None or 0 for none, got {value!r}") from None
+
+    settings = {
+        "MAKEPARALLEL_BACKEND": check("MAKEPARALLEL_BACKEND", check_backend),
+        "MAKEPARALLEL_NUM_THREADS": check("MAKEPARALLEL_NUM_THREADS", num_threads),
+        "MAKEPARALLEL_NUM_WORKERS": check("MAKEPARALLEL_NUM_WORKERS", lambda value: check_count(value, "num_workers")),
+        "MAKEPARALLEL_MAX_CONCURRENT_TASKS": check("MAKEPARALLEL_MAX_CONCURRENT_TASKS", limit),
+    }
+    timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
+    # NaN passed "timeout < 0", and mp.shutdown refused it at exit: this hook failed.
+    if timeout is not None and (not is_real(timeout) or not timeout >= 0):
+        raise ValueError(f"MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number of seconds >= 0 or None, got {timeout!r}")
+    for key in ("MAKEPARALLEL_CANCEL_PENDING", "MAKEPARALLEL_ROUTES"):
+        if not isinstance(config[key], bool):  # the string "false" (from the environment) read as True
+            raise TypeError(f"{key} must be True or False, got {config[key]!r}")
+    prefix = config["MAKEPARALLEL_URL_PREFIX"]
+    if prefix is not None and (not isinstance(prefix, str) or prefix[:1] not in ("", "/")):
+        # Flask refused "ops" only as the blueprint was registered, with the pools configured already.
+        raise ValueError(f'MAKEPARALLEL_URL_PREFIX must be "" or a path that starts with "/" ("/ops"), got {prefix!r}')
+    return settings
 
 
 class MakeParallel:
@@ -96,33 +150,23 @@ class MakeParallel:
 
         Raises:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
-                message names the setting); ValueError also where the registry
-                has another collector of one of the library's metric names.
+                message names the setting; none of them is applied then);
+                ValueError also where the registry has another collector of one
+                of the library's metric names.
         """
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
         config = app.config
-        try:
-            if config["MAKEPARALLEL_BACKEND"] is not None:
-                mp.configure(backend=config["MAKEPARALLEL_BACKEND"])
-            if config["MAKEPARALLEL_NUM_THREADS"] is not None:
-                mp.configure_thread_pool(num_threads=config["MAKEPARALLEL_NUM_THREADS"])
-            if config["MAKEPARALLEL_NUM_WORKERS"] is not None:
-                mp.configure_process_pool(num_workers=config["MAKEPARALLEL_NUM_WORKERS"])
-            if config["MAKEPARALLEL_MAX_CONCURRENT_TASKS"] is not None:
-                mp.set_max_concurrent_tasks(config["MAKEPARALLEL_MAX_CONCURRENT_TASKS"])
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"invalid MAKEPARALLEL_* setting in app.config: {error}") from error
-        timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
-        # NaN passed "timeout < 0", and mp.shutdown refused it at exit: this hook failed.
-        if timeout is not None and (
-            not is_real(timeout) or not timeout >= 0
-        ):
-            raise ValueError(f"MAKEPARALLEL_SHUTDOWN_TIMEOUT must be a number of seconds >= 0 or None, got {timeout!r}")
-        for key in ("MAKEPARALLEL_CANCEL_PENDING", "MAKEPARALLEL_ROUTES"):
-            if not isinstance(config[key], bool):  # the string "false" (from the environment) read as True
-                raise TypeError(f"{key} must be True or False, got {config[key]!r}")
-        self._shutdown_timeout = timeout
+        settings = _checked_settings(config)  # every one, before any is applied
+        if settings["MAKEPARALLEL_BACKEND"] is not None:
+            mp.configure(backend=settings["MAKEPARALLEL_BACKEND"])
+        if settings["MAKEPARALLEL_NUM_THREADS"] is not None:
+            mp.configure_thread_pool(num_threads=settings["MAKEPARALLEL_NUM_THREADS"])
+        if settings["MAKEPARALLEL_NUM_WORKERS"] is not None:
+            mp.configure_process_pool(num_workers=settings["MAKEPARALLEL_NUM_WORKERS"])
+        if settings["MAKEPARALLEL_MAX_CONCURRENT_TASKS"] is not None:
+            mp.set_max_concurrent_tasks(settings["MAKEPARALLEL_MAX_CONCURRENT_TASKS"])
+        self._shutdown_timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
         self._cancel_pending = config["MAKEPARALLEL_CANCEL_PENDING"]
         app.extensions["makeparallel"] = self
         if config["MAKEPARALLEL_ROUTES"]:
