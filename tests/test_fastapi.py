@@ -237,6 +237,32 @@ def test_the_lifespan_composes_with_the_apps_own_and_shuts_down_after_it() -> No
         mp.parallel(abs)(-1)  # the lifespan shut the library down
 
 
+def test_two_servers_in_one_process_the_pools_shut_down_with_the_last() -> None:
+    """The first server to stop shut the library down under the other, whose requests then failed."""
+
+    @mp.parallel
+    def doubled(n: int) -> int:
+        return 2 * n
+
+    def app() -> Any:
+        served = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
+        served.include_router(router())
+
+        @served.get("/double/{n}")
+        async def double(n: int) -> int:
+            return await doubled(n)  # type: ignore[no-any-return]
+
+        return served
+
+    with uvicorn_server(app()) as (first, _):
+        with uvicorn_server(app()) as (second, _):
+            assert httpx.get(f"{second}/double/2", timeout=30).json() == 4
+        assert httpx.get(f"{first}/health/ready", timeout=30).status_code == 200
+        assert httpx.get(f"{first}/double/3", timeout=30).json() == 6
+    with pytest.raises(mp.ShutdownError):
+        doubled(1)  # the last lifespan shut the library down
+
+
 def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
     """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
 

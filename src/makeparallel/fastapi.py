@@ -17,7 +17,8 @@
 :func:`lifespan` configures the pools at start-up (and, with ``prestart``, starts
 the process workers and waits until they are ready, before the first request) and at shutdown calls
 ``mp.shutdown(timeout_secs=shutdown_timeout, cancel_pending=...)``, off the event
-loop, so that no worker process outlives the server (a Ctrl-C meanwhile, such as
+loop, so that no worker process outlives the server (with several servers or apps in
+one process, the last to stop shuts down; a Ctrl-C meanwhile, such as
 uvicorn's second one, or a cancel of the lifespan stops the waiting: exit then
 abandons what is left). It is a plain lifespan
 function: to keep your own, pass it as ``app_lifespan=`` (it runs inside, with the
@@ -75,6 +76,11 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left be
 READ_AHEAD_BYTES = 1 << 20
 _READY_WAIT = 60.0  # seconds the lifespan waits for every prestarted worker
 _READY_POLL = 0.01  # seconds between two looks at the pool
+# Lifespans started and not yet ended in this process (two servers, or two apps of
+# one): the pools are the process's, so the last to end shuts them down. The first
+# shut the library down under the others, whose requests then failed.
+_running = 0
+_running_lock = threading.Lock()
 
 
 def lifespan(
@@ -110,7 +116,8 @@ def lifespan(
             thread pool needs no prestart: its threads start in microseconds.
         shutdown_timeout: seconds shutdown waits for unfinished tasks before the
             workers are stopped anyway (``None``: as long as it takes); a
-            Ctrl-C during the wait ends it.
+            Ctrl-C during the wait ends it. Only the last lifespan of the
+            process to end shuts down: the pools are shared by every app.
         cancel_pending: cancel the tasks that have not started at shutdown.
         app_lifespan: your own lifespan function, run inside this one (the pools
             are up when it starts and still up when it ends); what it yields is
@@ -144,6 +151,9 @@ def lifespan(
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
+        global _running
+        with _running_lock:
+            _running += 1
         mp.reset_shutdown()  # a server started again in this process takes tasks again
         if backend is not None:
             mp.configure(backend=backend)
@@ -164,7 +174,11 @@ def lifespan(
                 async with app_lifespan(app) as state:
                     yield state
         finally:
-            await _shut_down_off_the_loop(shutdown_timeout, cancel_pending)
+            with _running_lock:
+                _running -= 1
+                last = _running == 0
+            if last:  # another server of this process still serves: the pools are still its
+                await _shut_down_off_the_loop(shutdown_timeout, cancel_pending)
 
     return run
 
