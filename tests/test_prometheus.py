@@ -356,6 +356,17 @@ def test_a_port_of_any_integer_type_is_served() -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("port", "error"),
+    [(-1, ValueError), (65536, ValueError), (None, TypeError), (9100.0, TypeError), (True, TypeError)],
+)
+def test_a_port_that_cannot_be_bound_is_refused_saying_why(port: Any, error: type) -> None:
+    """The socket's own errors said "Servname not supported for ai_socktype" (-1) or "Int or String expected"."""
+    with pytest.raises(error, match=r"port must be an int from 0 to 65535 \(0: any free port\), got"):
+        mp_prometheus.start_http_server(port, registry=CollectorRegistry())
+
+
+@pytest.mark.timeout(30)
 def test_registering_twice_is_refused_rather_than_served_twice() -> None:
     name, _ = completed_once("prometheus-twice")
     with registered() as (registry, _):

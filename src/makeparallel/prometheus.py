@@ -29,12 +29,12 @@ Needs the optional extra: ``pip install "makeparallel[prometheus]"``.
 
 from __future__ import annotations
 
-import contextlib
-import operator
 from collections.abc import Iterator
 from typing import Any
 
 import makeparallel
+
+from ._validation import as_integer
 
 __all__ = ["MakeparallelCollector", "register", "start_http_server"]
 
@@ -224,16 +224,25 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     another port) keeps that one: each metric is served once.
 
     Raises:
-        ValueError: ``registry`` has another collector of one of the library's
+        TypeError: ``port`` is neither an integer nor a ``str``.
+        ValueError: ``port`` is outside 0 to 65535 (0: any free port), or
+            ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
             served, the page would have none of the library's metrics.
         OSError: ``addr:port`` cannot be bound (a server listens there already).
     """
     client = _client()
+    if not isinstance(port, str):  # (a str goes on as prometheus_client takes it)
+        # A plain int: a socket address takes no NumPy one ("Int or String expected"). Checked
+        # here: the socket's own errors said "Servname not supported for ai_socktype" for -1.
+        checked = as_integer(port)
+        if checked is None:
+            raise TypeError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
+        if not 0 <= checked <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
+        port = checked
     registry = registry if registry is not None else client.REGISTRY
     _register_once(registry)
-    with contextlib.suppress(TypeError):  # (a str goes on as prometheus_client takes it)
-        port = operator.index(port)  # a plain int: a socket address takes no NumPy one ("Int or String expected")
     return client.start_http_server(port, addr=addr, registry=registry)
 
 
