@@ -263,6 +263,25 @@ def test_two_servers_in_one_process_the_pools_shut_down_with_the_last() -> None:
         doubled(1)  # the last lifespan shut the library down
 
 
+def test_a_lifespan_whose_start_up_failed_leaves_the_next_one_to_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted as running before its start-up, a failed lifespan kept every later one from shutting down."""
+
+    def refuse(**_: Any) -> None:
+        raise RuntimeError("no threads today")
+
+    async def enter(app_lifespan: Any) -> None:
+        async with app_lifespan(None):
+            assert await mp.parallel(abs)(-1) == 1
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mp, "configure_thread_pool", refuse)
+        with pytest.raises(RuntimeError, match="no threads today"):
+            asyncio.run(enter(lifespan(num_threads=2, shutdown_timeout=10)))
+    asyncio.run(enter(lifespan(shutdown_timeout=10)))
+    with pytest.raises(mp.ShutdownError):
+        mp.parallel(abs)(-1)  # the one lifespan that ran shut the library down
+
+
 def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
     """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
 

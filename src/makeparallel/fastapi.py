@@ -152,8 +152,6 @@ def lifespan(
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
         global _running
-        with _running_lock:
-            _running += 1
         mp.reset_shutdown()  # a server started again in this process takes tasks again
         if backend is not None:
             mp.configure(backend=backend)
@@ -165,6 +163,8 @@ def lifespan(
             mp.configure_process_pool(num_workers=num_workers, prestart=prestart)
         if max_concurrent_tasks is not None:
             mp.set_max_concurrent_tasks(max_concurrent_tasks)
+        with _running_lock:  # only once started: one whose start-up failed never ends
+            _running += 1
         try:
             if prestart:
                 await _workers_ready()
