@@ -724,6 +724,32 @@ def test_a_call_raising_the_crash_of_its_own_task_is_not_its_chunks_worker_dying
         assert "Executor.map" not in str(caught.value)  # the call raised it, as itself: no chunk's calls were lost
 
 
+class HoldsALock:
+    """An object a bound method of which cannot be pickled: it holds a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
+@pytest.mark.parametrize("buffersize", [None, 2])
+def test_a_chunked_maps_unpicklable_function_or_argument_is_named(buffersize: int | None) -> None:
+    # The error named the chunk task's arguments ("argument 0 (method)", "argument 1
+    # (tuple)"), not the map's function, nor which call's argument could not be pickled.
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        pattern = r"the function HoldsALock.double of Executor.map cannot be sent to a worker process: TypeError"
+        with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+            list(executor.map(HoldsALock().double, range(6), chunksize=3, buffersize=buffersize))
+        assert "argument 0" not in str(caught.value)
+        calls = [1, 2, 3, 4, threading.Lock(), 6]
+        pattern = r"argument 1 \(<unlocked _thread\..*\) of call 4 of Executor.map cannot be sent to a worker process: TypeError"
+        with pytest.raises(mp.TaskSerializationError, match=pattern):
+            list(executor.map(mul, range(6), calls, chunksize=3, buffersize=buffersize))
+        assert list(executor.map(mul, range(6), range(6), chunksize=3, buffersize=buffersize)) == [x * x for x in range(6)]
+
+
 def test_loop_run_in_executor_and_wrap_future(executor: mp.Executor) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()

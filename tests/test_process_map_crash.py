@@ -693,6 +693,31 @@ def test_an_unpicklable_item_is_named_at_submission(count: int) -> None:
         mp.parallel_map(str, items, backend="process")
 
 
+class HoldsALock:
+    """An object a bound method of which cannot be pickled: it holds a lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def double(self, x: int) -> int:
+        return 2 * x
+
+
+@pytest.mark.parametrize("count", [1, 40], ids=["a map of one item", "a map of 40"])
+@pytest.mark.parametrize("lazy", [False, True], ids=["parallel_map", "imap"])
+def test_an_unpicklable_function_is_named_at_submission(count: int, lazy: bool) -> None:
+    # The error named the chunk task's argument ("argument 0 (method)"), not the map's function.
+    method = HoldsALock().double
+    pattern = r"the map's function .*HoldsALock.double.* cannot be sent to a worker process: TypeError: cannot pickle"
+    with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+        if lazy:
+            list(mp.imap(method, range(count), backend="process"))
+        else:
+            mp.parallel_map(method, range(count), backend="process", on_error="skip")
+    assert "argument 0" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+
+
 def test_an_unpicklable_result_then_a_crash_lose_their_two_items(log: str) -> None:
     items = [Item(i, log, 0.0, "exit") for i in range(ITEMS)]
     items[30].result = threading.Lock

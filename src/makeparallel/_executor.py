@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
 from ._admission import Limiter, NoSlotInTime, Recipient, ResultReady, UntilReady
@@ -43,11 +43,16 @@ from ._cpus import usable_cpu_count
 from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
-from ._process_chunks import TEMPLATE_DIED, disown_worker_death
+from ._process_chunks import TEMPLATE_DIED, disown_worker_death, short_repr
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
-from .errors import ShutdownError, TaskTimeoutError, WorkerCrashedError
+from .errors import (
+    ShutdownError,
+    TaskSerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
 
 __all__ = ["Executor", "ExecutorFuture"]
 
@@ -445,6 +450,11 @@ class Executor(concurrent.futures.Executor):
             ValueError: ``chunksize`` or ``buffersize`` is below 1.
             TypeError: ``buffersize`` is not an int or ``None``.
             RuntimeError: the executor was shut down.
+            TaskSerializationError: on the process backend, ``fn`` or an
+                argument cannot be pickled (raised as its call or chunk is
+                submitted, from ``map()`` or, with ``buffersize``, from
+                ``next()``); it names the function, or the argument and its
+                call's index in the map.
             WorkerCrashedError: from ``next()``, a worker process died running a
                 call; with ``chunksize`` above 1 the calls of its chunk fail
                 together, the error naming their range.
@@ -500,16 +510,21 @@ class Executor(concurrent.futures.Executor):
                 spec = self._spec_named(_describe(fn))
                 return lambda args, until: (self._submit(spec, fn, args, {}, deadline, until), 1)
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
-            return lambda chunk, until: (
-                self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline, until),
-                len(chunk),
+            return _naming_what_cannot_be_sent(
+                fn,
+                lambda chunk, until: (
+                    self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline, until),
+                    len(chunk),
+                ),
             )
         if chunksize == 1:
             return lambda args, _: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
         run_chunk = functools.partial(_run_chunk, fn)
         # submit names the chunks' tasks from it (_describe), as the fast path names them.
         run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
-        return lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
+        return _naming_what_cannot_be_sent(
+            fn, lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks and free the pool once the submitted ones end.
@@ -726,6 +741,59 @@ def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any,
     """Tuples of up to ``size`` argument tuples (``itertools.batched`` of 3.12)."""
     while chunk := tuple(itertools.islice(calls, size)):
         yield chunk
+
+
+def _naming_what_cannot_be_sent(fn: Callable[..., Any], submit_chunk: _SubmitOne) -> _SubmitOne:
+    """``submit_chunk``, whose ``TaskSerializationError`` names the map's function or the call whose argument failed.
+
+    A chunk is one task of ``_run_chunk``: the error named that task's
+    arguments (``argument 0 (method)`` for a method of an object holding a
+    lock, ``argument 1 (tuple)`` for any call's argument), not what the map
+    was given. Calls are counted from the map's first, as a lost chunk's are.
+    """
+    first = 0  # the index of the first call of the next chunk
+
+    def submit_one(chunk: tuple[Any, ...], until: Recipient | None) -> tuple[concurrent.futures.Future[Any], int]:
+        nonlocal first
+        try:
+            entry = submit_chunk(chunk, until)
+        except TaskSerializationError as error:
+            _raise_naming_the_call(error, fn, chunk, first)
+        first += len(chunk)
+        return entry
+
+    return submit_one
+
+
+def _raise_naming_the_call(
+    error: TaskSerializationError, fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...], first: int
+) -> NoReturn:
+    """Raise ``error``, a chunk's that could not be pickled, as the map's function or the first argument that cannot be, where one alone cannot.
+
+    The function is tried first, as the chunk pickles it first: then every
+    chunk would fail, whatever its calls.
+    """
+    from . import _serialization  # on this failure path only
+
+    try:
+        _serialization.dumps(fn)
+    except Exception as problem:
+        raise TaskSerializationError(
+            f"the function {_describe(fn)} of Executor.map cannot be sent to a worker process: "
+            f"{type(problem).__name__}: {problem}. It must be picklable, and so must what it holds "
+            "(a bound method's object, a closure's values); backend='thread' needs no pickling"
+        ) from error
+    for offset, args in enumerate(chunk):
+        for position, value in enumerate(args):
+            try:
+                _serialization.dumps(value)
+            except Exception as problem:
+                raise TaskSerializationError(
+                    f"argument {position} ({short_repr(value)}) of call {first + offset} of Executor.map "
+                    f"cannot be sent to a worker process: {type(problem).__name__}: {problem}. Every "
+                    "argument must be picklable; backend='thread' needs no pickling"
+                ) from error
+    raise error
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:

@@ -437,6 +437,9 @@ def imap(
             option has the wrong type (raised at the call, not when iterating).
         ValueError: an option is out of range or ``backend`` names no backend.
         ImportError: a progress bar is asked for and tqdm is not installed.
+        TaskSerializationError: (while iterating) on worker processes, the
+            function or an item cannot be pickled, whatever ``on_error``
+            says; the error names which (an item by its index and repr).
         TaskTimeoutError: ``timeout`` passed (while iterating), or passed as a
             chunk waited for a slot under ``mp.set_max_concurrent_tasks`` or
             the function's ``max_concurrent``.
@@ -849,7 +852,7 @@ def _map_one_item(
         try:
             handle = chunk_task(fn, [item], 0, keep_going)
         except TaskSerializationError as error:
-            _raise_naming_the_item(error, [item], 0)
+            _raise_naming_the_item(error, fn, [item], 0)
         try:
             chunk = chunk_results(handle)
         except CallUnpickled as unpickled:  # on a worker process: the item's unpickling raised, or the function's
@@ -924,13 +927,27 @@ def _function_failed(error: BaseException) -> NoReturn:
     raise error
 
 
-def _raise_naming_the_item(error: TaskSerializationError, items: Sequence[Any], start: int) -> NoReturn:
-    """Raise ``error``, a chunk's that could not be pickled, as its first item that cannot be, where one alone cannot.
+def _raise_naming_the_item(
+    error: TaskSerializationError, fn: Callable[[Any], Any], items: Sequence[Any], start: int
+) -> NoReturn:
+    """Raise ``error``, a chunk's that could not be pickled, as the map's function or its first item that cannot be, where one alone cannot.
 
-    Else the error named the chunk task's argument (``argument 1 (list)``), not the item.
+    Else the error named the chunk task's argument (``argument 0 (method)`` for
+    a method of an object holding a lock, ``argument 1 (list)`` for an item),
+    not what the map was given. The function is tried first, as the chunk
+    pickles it first: then every chunk would fail, whatever its items.
     """
     from . import _serialization
 
+    try:
+        _serialization.dumps(fn)
+    except Exception as problem:
+        shown = fn.__wrapped__ if type(fn) is Awaited else fn
+        raise TaskSerializationError(
+            f"the map's function {_describe(shown)} cannot be sent to a worker "
+            f"process: {type(problem).__name__}: {problem}. It must be picklable, and so must what it "
+            "holds (a bound method's object, a closure's values); backend='thread' needs no pickling"
+        ) from error
     for offset, item in enumerate(items):
         try:
             _serialization.dumps(item)
@@ -1310,7 +1327,7 @@ class _Mapper:
         except ResultReady:  # the next result is ready: handed out first, this chunk submitted after it
             return None
         except TaskSerializationError as error:
-            _raise_naming_the_item(error, items, start)
+            _raise_naming_the_item(error, self._fn, items, start)
         if handle is None:
             self._time_out()  # not while handling NoSlotInTime: the map's error alone is shown
         self._chunk_items[id(handle)] = (start, items, budget)

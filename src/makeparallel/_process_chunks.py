@@ -57,6 +57,7 @@ __all__ = [
     "keep_results_before",
     "past_budget",
     "run_streaming",
+    "short_repr",
     "take_results_before",
 ]
 
@@ -84,7 +85,12 @@ class Failure:
 
 def describe_item(index: int, item: Any) -> str:
     """``item 57 ('row 57')``: how errors name an item of a map."""
-    return f"item {index} ({_short_repr.repr(item)})"
+    return f"item {index} ({short_repr(item)})"
+
+
+def short_repr(value: Any) -> str:
+    """``value``'s repr cut to about 40 characters, for an error that names it."""
+    return _short_repr.repr(value)
 
 
 # The results of a map chunk's items before the one whose error stopped it (on_error="raise"),
