@@ -774,15 +774,9 @@ def _raise_naming_the_call(
     chunk would fail, whatever its calls.
     """
     from . import _serialization  # on this failure path only
+    from ._map import refuse_unsendable_function
 
-    try:
-        _serialization.dumps(fn)
-    except Exception as problem:
-        raise TaskSerializationError(
-            f"the function {_describe(fn)} of Executor.map cannot be sent to a worker process: "
-            f"{type(problem).__name__}: {problem}. It must be picklable, and so must what it holds "
-            "(a bound method's object, a closure's values); backend='thread' needs no pickling"
-        ) from error
+    refuse_unsendable_function(fn, f"the function {_describe(fn)} of Executor.map", error)
     for offset, args in enumerate(chunk):
         for position, value in enumerate(args):
             try:

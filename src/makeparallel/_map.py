@@ -939,15 +939,8 @@ def _raise_naming_the_item(
     """
     from . import _serialization
 
-    try:
-        _serialization.dumps(fn)
-    except Exception as problem:
-        shown = fn.__wrapped__ if type(fn) is Awaited else fn
-        raise TaskSerializationError(
-            f"the map's function {_describe(shown)} cannot be sent to a worker "
-            f"process: {type(problem).__name__}: {problem}. It must be picklable, and so must what it "
-            "holds (a bound method's object, a closure's values); backend='thread' needs no pickling"
-        ) from error
+    shown = fn.__wrapped__ if type(fn) is Awaited else fn
+    refuse_unsendable_function(fn, f"the map's function {_describe(shown)}", error)
     for offset, item in enumerate(items):
         try:
             _serialization.dumps(item)
@@ -958,6 +951,25 @@ def _raise_naming_the_item(
                 "needs no pickling"
             ) from error
     raise error
+
+
+def refuse_unsendable_function(fn: Callable[..., Any], named: str, error: TaskSerializationError) -> None:
+    """Raise a ``TaskSerializationError`` saying ``named`` (the map's function) cannot be pickled, where it cannot.
+
+    Tried before a chunk's items: a chunk task pickles its function first, so
+    then every chunk would fail, whatever its items. ``error`` (the chunk's) is
+    kept as the cause.
+    """
+    from . import _serialization
+
+    try:
+        _serialization.dumps(fn)
+    except Exception as problem:
+        raise TaskSerializationError(
+            f"{named} cannot be sent to a worker process: {type(problem).__name__}: {problem}. It must be "
+            "picklable, and so must what it holds (a bound method's object, a closure's values); "
+            "backend='thread' needs no pickling"
+        ) from error
 
 
 def _resolve_failures(chunk: list[Any], skip: bool) -> list[Any]:
