@@ -860,8 +860,9 @@ def test_a_late_attempt_that_ends_as_its_retry_is_claimed_leaves_the_retry_alone
     first_may_end = threading.Event()
     attempts: list[int] = []
 
-    # Room for the retry to return on a busy machine: it must not time out too.
-    @mp.parallel(timeout=1.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    # Room for the retry to return on a busy machine, its thread starved of the GIL
+    # by a loaded run's other threads: it must not time out too.
+    @mp.parallel(timeout=3.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
     def deaf_then_quick() -> str:
         attempts.append(1)
         if len(attempts) == 1:
