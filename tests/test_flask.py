@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
 from pool_helpers import wait_until
 from web_helpers import check_live_fails_for_good, run_fresh_interpreter, werkzeug_server
 from web_tasks import count_primes
@@ -131,6 +132,17 @@ def test_a_bad_setting_is_named_and_nothing_is_applied(key: str, value: Any, err
     assert mp.get_thread_pool_info()["num_threads"] == before
     assert mp.parallel(threading.get_ident)().get(10) != threading.get_ident()  # the backend is still the pool's
     assert "makeparallel" not in app.extensions
+
+
+@pytest.mark.parametrize("zero", [0, "numpy"])
+def test_a_limit_of_0_removes_the_limit_as_set_max_concurrent_tasks_does(zero: Any) -> None:
+    """0 means "no limit": it was checked, then taken for a limit not given, and one set earlier stayed."""
+    if zero == "numpy":
+        zero = pytest.importorskip("numpy").int64(0)
+    mp.set_max_concurrent_tasks(3)  # the fixture removes it
+    extension = MakeParallel(make_app(MAKEPARALLEL_MAX_CONCURRENT_TASKS=zero))
+    atexit.unregister(extension._at_exit)
+    assert _runtime.global_limiter.limit is None
 
 
 def test_numpy_numbers_are_settings_too() -> None:

@@ -91,9 +91,9 @@ def _checked_settings(config: Any) -> dict[str, Any]:
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {value!r}')
         return value if isinstance(value, str) else check_count(value, "num_threads")
 
-    def limit(value: Any) -> int | None:
+    def limit(value: Any) -> int:
         if as_integer(value) == 0:  # no limit, as for set_max_concurrent_tasks; not 0.0 or False
-            return None
+            return 0  # applied: it removes a limit set before (None here would leave that one)
         try:
             return check_count(value, "limit")
         except (TypeError, ValueError) as error:
@@ -126,7 +126,7 @@ class MakeParallel:
 
     * ``MAKEPARALLEL_BACKEND``: the default backend (``"thread"``, ``"process"``, ``"auto"``, ``"sync"``);
     * ``MAKEPARALLEL_NUM_THREADS``, ``MAKEPARALLEL_NUM_WORKERS``: pool sizes;
-    * ``MAKEPARALLEL_MAX_CONCURRENT_TASKS``: a global limit on tasks in flight;
+    * ``MAKEPARALLEL_MAX_CONCURRENT_TASKS``: a global limit on tasks in flight (``0``: none);
     * ``MAKEPARALLEL_SHUTDOWN_TIMEOUT`` (seconds, default 30) and
       ``MAKEPARALLEL_CANCEL_PENDING`` (default ``True``): the shutdown at exit;
     * ``MAKEPARALLEL_ROUTES`` (default ``True``) and ``MAKEPARALLEL_URL_PREFIX``
