@@ -358,12 +358,24 @@ def test_a_port_of_any_integer_type_is_served() -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     ("port", "error"),
-    [(-1, ValueError), (65536, ValueError), (None, TypeError), (9100.0, TypeError), (True, TypeError)],
+    [
+        (-1, ValueError),
+        (65536, ValueError),
+        (None, TypeError),
+        (9100.0, TypeError),
+        (True, TypeError),
+        # Passed on as prometheus_client's own, which binds none: "'str' object cannot be
+        # interpreted as an integer" for "9100" (from the environment), gaierror for "http".
+        ("0", TypeError),
+        ("http", TypeError),
+    ],
 )
 def test_a_port_that_cannot_be_bound_is_refused_saying_why(port: Any, error: type) -> None:
     """The socket's own errors said "Servname not supported for ai_socktype" (-1) or "Int or String expected"."""
+    registry = CollectorRegistry()
     with pytest.raises(error, match=r"port must be an int from 0 to 65535 \(0: any free port\), got"):
-        mp_prometheus.start_http_server(port, registry=CollectorRegistry())
+        mp_prometheus.start_http_server(port, registry=registry)
+    assert list(registry.collect()) == []  # refused before the collector was registered
 
 
 @pytest.mark.timeout(30)

@@ -224,7 +224,8 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     another port) keeps that one: each metric is served once.
 
     Raises:
-        TypeError: ``port`` is neither an integer nor a ``str``.
+        TypeError: ``port`` is not an integer (nor is a ``str``: convert
+            it with ``int()``).
         ValueError: ``port`` is outside 0 to 65535 (0: any free port), or
             ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
@@ -232,15 +233,17 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
         OSError: ``addr:port`` cannot be bound (a server listens there already).
     """
     client = _client()
-    if not isinstance(port, str):  # (a str goes on as prometheus_client takes it)
-        # A plain int: a socket address takes no NumPy one ("Int or String expected"). Checked
-        # here: the socket's own errors said "Servname not supported for ai_socktype" for -1.
-        checked = as_integer(port)
-        if checked is None:
-            raise TypeError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
-        if not 0 <= checked <= 65535:
-            raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
-        port = checked
+    # A plain int: a socket address takes no NumPy one ("Int or String expected"). Checked
+    # here: the socket's own errors said "Servname not supported for ai_socktype" for -1.
+    # A str is refused too: prometheus_client binds none ("'str' object cannot be
+    # interpreted as an integer" for "9100"), and registered the collector first.
+    checked = None if isinstance(port, str) else as_integer(port)
+    if checked is None:
+        hint = " (a str: convert it with int() first)" if isinstance(port, str) else ""
+        raise TypeError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}{hint}")
+    if not 0 <= checked <= 65535:
+        raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
+    port = checked
     registry = registry if registry is not None else client.REGISTRY
     _register_once(registry)
     return client.start_http_server(port, addr=addr, registry=registry)
