@@ -282,6 +282,46 @@ def test_a_lifespan_whose_start_up_failed_leaves_the_next_one_to_shut_down(monke
         mp.parallel(abs)(-1)  # the one lifespan that ran shut the library down
 
 
+@pytest.mark.timeout(60)
+def test_a_lifespan_starting_while_the_last_one_shuts_down_waits_for_that_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shutdown, on a thread of its own, could run after the new lifespan's start-up reopened the library.
+
+    The new server then served with the library shut down: every request failed
+    with ``ShutdownError``. Its start-up now waits for that shutdown to end.
+    """
+    from makeparallel import _runtime
+
+    gate = threading.Event()  # holds the shutdown as a thread not yet scheduled would
+    run_shutdown = _runtime.ShutdownCall.run
+
+    def held(self: Any, *args: Any) -> Any:
+        assert gate.wait(30)
+        return run_shutdown(self, *args)
+
+    monkeypatch.setattr(_runtime.ShutdownCall, "run", held)
+
+    async def main() -> int:
+        first, second = lifespan(shutdown_timeout=10)(None), lifespan(shutdown_timeout=10)(None)
+        await first.__aenter__()
+        ending = asyncio.ensure_future(first.__aexit__(None, None, None))
+        await asyncio.sleep(0)  # the first is the last to end: its shutdown begins
+        starting = asyncio.ensure_future(second.__aenter__())
+        await asyncio.sleep(0)
+        gate.set()
+        await ending
+        await starting
+        try:
+            return await mp.parallel(abs)(-1)  # type: ignore[no-any-return]
+        finally:
+            await second.__aexit__(None, None, None)
+
+    assert asyncio.run(main()) == 1
+    with pytest.raises(mp.ShutdownError):
+        mp.parallel(abs)(-1)  # the second lifespan, the last, shut the library down
+
+
 def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
     """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
 

@@ -80,6 +80,10 @@ _READY_POLL = 0.01  # seconds between two looks at the pool
 # one): the pools are the process's, so the last to end shuts them down. The first
 # shut the library down under the others, whose requests then failed.
 _running = 0
+# Set when the shutdown of the last lifespan to end has ended; None while none runs.
+# A lifespan starting meanwhile waits for it: its start-up reopened the library, and
+# the shutdown, on a thread of its own, then shut it down under the new server.
+_stopping: threading.Event | None = None
 _running_lock = threading.Lock()
 
 
@@ -117,7 +121,8 @@ def lifespan(
         shutdown_timeout: seconds shutdown waits for unfinished tasks before the
             workers are stopped anyway (``None``: as long as it takes); a
             Ctrl-C during the wait ends it. Only the last lifespan of the
-            process to end shuts down: the pools are shared by every app.
+            process to end shuts down: the pools are shared by every app. One
+            that starts meanwhile waits for that shutdown to end first.
         cancel_pending: cancel the tasks that have not started at shutdown.
         app_lifespan: your own lifespan function, run inside this one (the pools
             are up when it starts and still up when it ends); what it yields is
@@ -151,20 +156,24 @@ def lifespan(
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
-        global _running
-        mp.reset_shutdown()  # a server started again in this process takes tasks again
-        if backend is not None:
-            mp.configure(backend=backend)
-        if async_cancel is not None:
-            mp.configure(async_cancel=async_cancel)
-        if num_threads is not None:
-            mp.configure_thread_pool(num_threads=num_threads)
-        if num_workers is not None or prestart:
-            mp.configure_process_pool(num_workers=num_workers, prestart=prestart)
-        if max_concurrent_tasks is not None:
-            mp.set_max_concurrent_tasks(max_concurrent_tasks)
-        with _running_lock:  # only once started: one whose start-up failed never ends
-            _running += 1
+        global _running, _stopping
+        await _counted_once_no_shutdown_runs()  # counted before the library is reopened
+        try:
+            mp.reset_shutdown()  # a server started again in this process takes tasks again
+            if backend is not None:
+                mp.configure(backend=backend)
+            if async_cancel is not None:
+                mp.configure(async_cancel=async_cancel)
+            if num_threads is not None:
+                mp.configure_thread_pool(num_threads=num_threads)
+            if num_workers is not None or prestart:
+                mp.configure_process_pool(num_workers=num_workers, prestart=prestart)
+            if max_concurrent_tasks is not None:
+                mp.set_max_concurrent_tasks(max_concurrent_tasks)
+        except BaseException:
+            with _running_lock:  # not counted: one whose start-up failed never ends
+                _running -= 1
+            raise
         try:
             if prestart:
                 await _workers_ready()
@@ -176,15 +185,36 @@ def lifespan(
         finally:
             with _running_lock:
                 _running -= 1
-                last = _running == 0
-            if last:  # another server of this process still serves: the pools are still its
-                await _shut_down_off_the_loop(shutdown_timeout, cancel_pending)
+                stopping = _stopping = threading.Event() if _running == 0 else None
+            if stopping is not None:  # else another server of this process still serves: the pools are still its
+                await _shut_down_off_the_loop(shutdown_timeout, cancel_pending, stopping)
 
     return run
 
 
-async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -> None:
-    """``mp.shutdown(timeout, cancel_pending)`` on a daemon thread of its own, awaited without blocking the loop.
+async def _counted_once_no_shutdown_runs() -> None:
+    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended.
+
+    Counted in the same step as that check, so that a lifespan ending meanwhile
+    sees this one and leaves the pools to it. Waited for in slices of the loop,
+    as the other server's shutdown runs on a thread of its own: up to its
+    ``shutdown_timeout``, or for good with ``None`` while a task never ends.
+    """
+    global _running, _stopping
+    while True:
+        with _running_lock:
+            if _stopping is not None and _stopping.is_set():
+                _stopping = None
+            if _stopping is None:
+                _running += 1
+                return
+            stopping = _stopping
+        while not stopping.is_set():
+            await asyncio.sleep(SLICE)
+
+
+async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool, ended: threading.Event) -> None:
+    """``mp.shutdown(timeout, cancel_pending)`` on a daemon thread of its own, awaited without blocking the loop; ``ended`` is set as it ends.
 
     Its bounded wait must not stall the loop, which still finishes requests.
     Not in the loop's default executor: ``asyncio.run`` joins that executor's
@@ -229,6 +259,8 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
             call.run(timeout, cancel_pending)
         except BaseException as caught:  # noqa: BLE001  # given back to the lifespan, on its loop
             error = caught
+        finally:
+            ended.set()  # by the thread: a lifespan that stops waiting here leaves it running
         try:
             loop.call_soon_threadsafe(settle, error)
         except RuntimeError:  # the loop closed: nobody waits for it any more
@@ -239,7 +271,11 @@ async def _shut_down_off_the_loop(timeout: float | None, cancel_pending: bool) -
         loop.call_soon_threadsafe(settle, None)
 
     with _also_on_ctrl_c(on_ctrl_c):  # before the wait can begin
-        threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
+        try:
+            threading.Thread(target=stop, name="makeparallel-lifespan-shutdown", daemon=True).start()
+        except BaseException:
+            ended.set()  # no shutdown runs: the next lifespan must not wait for one
+            raise
         try:
             while not done.done():  # in slices, or a Ctrl-C may wait for good: see _interruptible
                 await asyncio.wait((done,), timeout=SLICE)
