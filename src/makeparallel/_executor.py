@@ -453,8 +453,9 @@ class Executor(concurrent.futures.Executor):
             TaskSerializationError: on the process backend, ``fn`` or an
                 argument cannot be pickled (raised as its call or chunk is
                 submitted, from ``map()`` or, with ``buffersize``, from
-                ``next()``); it names the function, or the argument and its
-                call's index in the map.
+                ``next()``); it names the function, or the argument (with
+                ``chunksize`` above 1, and its call's index in the map; with
+                1, its position, as ``submit`` names it).
             WorkerCrashedError: from ``next()``, a worker process died running a
                 call; with ``chunksize`` above 1 the calls of its chunk fail
                 together, the error naming their range.
