@@ -773,6 +773,23 @@ def test_packets_never_exceed_the_ethernet_payload(server: StatsdServer, exporte
         assert f"test.{function_name}.completed:1|c" in received
 
 
+def test_packets_are_sized_in_bytes_with_a_prefix_that_is_not_ascii(server: StatsdServer) -> None:
+    # Sized in characters, a packet of "é" (two bytes each) went out past the payload.
+    prefix = "é" * 40
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix=prefix, interval=3600)
+    base = unique_name("statsd-bytes")
+    names = [f"{base}-{i:03d}" for i in range(40)]
+    for function_name in names:
+        run(make_work(function_name), succeed=1)
+    server.flush(exporter)
+    exporter.stop()
+    packets = list(server.packets)
+    assert all(len(packet) <= MAX_PACKET for packet in packets), max(map(len, packets))
+    received = server.lines()
+    for function_name in names:
+        assert f"{prefix}.{function_name}.completed:1|c" in received
+
+
 # An infinite interval killed the flushing thread at its first wait (OverflowError), and
 # an int too large for a float was refused with OverflowError.
 @pytest.mark.parametrize(

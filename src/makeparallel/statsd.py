@@ -297,19 +297,20 @@ class StatsdExporter:
             yield f"{base}.busy:{info.get('busy_threads', info.get('busy_workers', 0))}|g"
 
     def _send(self, lines: Iterator[str], sender: socket.socket, address: Any) -> None:
-        packet = ""
+        packet = b""
         for line in lines:
-            if packet and len(packet) + 1 + len(line) > _MAX_PACKET:
+            data = line.encode()  # sized in bytes: a prefix may have characters of several
+            if packet and len(packet) + 1 + len(data) > _MAX_PACKET:
                 _send_packet(sender, packet, address)
-                packet = ""
-            packet = f"{packet}\n{line}" if packet else line
+                packet = b""
+            packet = packet + b"\n" + data if packet else data
         if packet:
             _send_packet(sender, packet, address)
 
 
-def _send_packet(sender: socket.socket, packet: str, address: Any) -> None:
+def _send_packet(sender: socket.socket, packet: bytes, address: Any) -> None:
     try:
-        sender.sendto(packet.encode(), address)
+        sender.sendto(packet, address)
     except OSError:
         pass  # nothing listens, the buffer is full, or stop() closed the socket: metrics are best effort
 
