@@ -707,6 +707,18 @@ def test_nothing_listening_neither_raises_nor_blocks(caplog: pytest.LogCaptureFi
     assert not [r for r in caplog.records if "StatsD" in r.getMessage()]
 
 
+@pytest.mark.parametrize("started_before", [True, False])
+def test_a_stopped_exporter_refuses_to_start_again(server: StatsdServer, started_before: bool) -> None:
+    # Said "already started" where it was stopped; never started, it started a
+    # thread that ended at once, with the sockets closed: nothing was ever sent.
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600)
+    if started_before:
+        exporter.start()
+    exporter.stop()
+    with pytest.raises(RuntimeError, match="stopped.*make a new StatsdExporter"):
+        exporter.start()
+
+
 def test_start_runs_the_timer_thread_and_stop_joins_it(server: StatsdServer) -> None:
     name = unique_name("statsd-timer")
     work = make_work(name)

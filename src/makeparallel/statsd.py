@@ -170,7 +170,14 @@ class StatsdExporter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> StatsdExporter:
-        """Start flushing in a daemon thread; returns the exporter."""
+        """Start flushing in a daemon thread; returns the exporter.
+
+        Raises:
+            RuntimeError: it was started already, or stopped (its sockets are
+                closed for good: make a new exporter).
+        """
+        if self._stopped.is_set():
+            raise RuntimeError("this StatsD exporter was stopped and cannot start again: make a new StatsdExporter")
         if self._thread is not None:
             raise RuntimeError("this StatsD exporter is already started")
         self._thread = threading.Thread(target=self._run, name="makeparallel-statsd", daemon=True)
