@@ -23,7 +23,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _admission, _interruptible, _task_context
 from makeparallel._admission import Limiter, PendingAdmission
-from makeparallel._states import PENDING
+from makeparallel._states import CANCELLED, PENDING
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -438,15 +438,29 @@ class HeldBackend:
 
     def release_held(self, handle: Any) -> None:
         self.released.append(handle)
+        handle.done_callbacks = []  # (see HeldHandle)
 
 
 class HeldHandle:
-    """What a deferred admission uses of its task's handle: its state, its permits, its settle."""
+    """What a deferred admission uses of its task's handle: its state, its permits, its settle, its done-callbacks."""
 
     def __init__(self) -> None:
         self._state = PENDING
         self._permits: tuple[Limiter, ...] = ()
         self.settled: list[str] = []
+        # Dropped as the task ends or starts: the admission's own method holds this handle, and the
+        # cycles left made the collector run at any call, where Ctrl-C landed (a WeakSet's removal).
+        self.done_callbacks: list[Callable[[Any], object]] = []
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        self.done_callbacks.append(fn)
+
+    def cancel(self) -> None:
+        """End as a cancelled task ends: settled, then its done-callbacks told."""
+        self._state = CANCELLED
+        callbacks, self.done_callbacks = self.done_callbacks, []
+        for fn in callbacks:
+            fn(self)
 
     def _ask_breaker(self, error: BaseException) -> None:
         pass
@@ -454,6 +468,7 @@ class HeldHandle:
     def _settle_locked(self, state: int, error: BaseException) -> None:
         self._state = state
         self.settled.append(type(error).__name__)
+        self.done_callbacks = []
 
     def _after_settle(self, announce: object) -> None:
         pass
@@ -473,6 +488,38 @@ def _steps_ran() -> None:
     _admission._hand_on(done.set)
     assert done.wait(WAIT)
     assert [thread.name for thread in threading.enumerate()].count("makeparallel-admission") == 1
+
+
+def test_a_deferred_admission_whose_task_ends_leaves_the_queue_and_the_next_gets_the_slot() -> None:
+    # A task that ended waiting for its slot stayed queued: the next slot freed was handed to it,
+    # and reached the admission behind it only once its step on the admission thread gave it back.
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    ended, _ = _defer(limiter)
+    waiting, backend = _defer(limiter)
+    behind = limiter._waiters[1]
+    ended.cancel()
+    assert [getattr(waiter, "_handle", None) for waiter in limiter._waiters] == [waiting]
+    limiter.release()
+    assert behind.granted_by is limiter and not limiter._waiters  # handed to it at once, no step between
+    _steps_ran()
+    assert backend.released == [waiting] and waiting._permits == (limiter,)
+    assert limiter.in_flight == 1
+
+
+def test_a_deferred_admission_whose_task_ended_as_its_slot_came_gives_the_slot_back() -> None:
+    # Handed its slot, then ended before its next step took it: off the queue already, the end
+    # finds nothing there to take off, and the step gives the slot back.
+    limiter = Limiter(1)
+    assert limiter.acquire()
+    handle, backend = _defer(limiter)
+    step_may_run = threading.Event()
+    _admission._hand_on(lambda: step_may_run.wait(WAIT))  # its step, queued behind this, waits
+    limiter.release()
+    handle.cancel()
+    step_may_run.set()
+    _steps_ran()
+    assert backend.released == [] and limiter.in_flight == 0 and not limiter._waiters
 
 
 @pytest.mark.parametrize("kind", ["thread", "deferred"])

@@ -2113,6 +2113,91 @@ def test_a_held_task_is_let_go_once_its_admission_ends(backend: str, limit: str,
             executor.shutdown()
 
 
+#: Each way a held task ends before its slot comes, on the backends where it ends that way: a held
+#: "thread" task runs on its pool, whatever becomes of the loop it was called on.
+HELD_TASK_ENDS = [
+    ("sync", "cancel"),
+    ("sync", "cancel_with_timeout"),
+    ("sync", "its loop's close"),
+    ("thread", "cancel"),
+    ("thread", "cancel_with_timeout"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks", "both", "Executor"])
+@pytest.mark.parametrize(("backend", "end"), HELD_TASK_ENDS)
+def test_a_held_task_ended_before_its_admission_leaves_the_queue_at_once(
+    backend: str, end: str, limit: str, gate: threading.Event
+) -> None:
+    # A held task that ended unadmitted stayed in its limiter's queue until a slot reached it, to be
+    # handed straight back: kept meanwhile (its handle, its loop), and every call behind it waited
+    # for the detour. Now it leaves the queue as it ends, while the slot's holder still runs.
+    # "both": admitted under its function's limit, it waits for the global one's slot.
+    started = threading.Event()
+
+    def f(x: object) -> object:
+        if x == 1:
+            started.set()
+            assert gate.wait(30)
+        return x
+
+    own_limiter = None
+    if limit == "max_concurrent":
+        call: Callable[..., Any] = mp.parallel(backend=backend, max_concurrent=1)(f)
+        limiter = call._spec.limiter  # type: ignore[attr-defined]
+        executor = None
+    elif limit == "both":
+        mp.set_max_concurrent_tasks(1)
+        call, executor = mp.parallel(backend=backend, max_concurrent=2)(f), None
+        limiter, own_limiter = mp._runtime.global_limiter, call._spec.limiter  # type: ignore[attr-defined]
+    else:
+        mp.set_max_concurrent_tasks(1)
+        limiter = mp._runtime.global_limiter
+        if limit == "Executor":
+            executor = mp.Executor(backend=backend)
+            call = functools.partial(executor.submit, f)
+        else:
+            call, executor = mp.parallel(backend=backend)(f), None
+    try:
+        holder = threading.Thread(target=lambda: call(1).result() if executor else call(1).get())
+        holder.start()
+        assert started.wait(30)
+        argument = _Argument()
+
+        async def main(x: object) -> Any:
+            held = call(x)
+            assert not held.done()
+            assert len(limiter._waiters) == 1
+            task = held.handle if executor else held
+            if end == "cancel":
+                assert held.cancel()
+            elif end == "cancel_with_timeout":
+                assert task.cancel_with_timeout(30)
+            return held
+
+        held = asyncio.run(main(argument))
+        if end == "its loop's close":
+            with pytest.raises(mp.ShutdownError, match="that loop closed first"):
+                held.result(30) if executor else held.get(30)
+        assert held.done()
+        assert not limiter._waiters, "the ended task still waits for a slot"
+        references = [weakref.ref(held), weakref.ref(argument)]
+        del held, argument
+        gc.collect()
+        assert all(ref() is None for ref in references), "the ended task, or its argument, is still kept"
+        assert holder.is_alive() and limiter.in_flight == 1  # the slot's holder still runs
+        assert own_limiter is None or own_limiter.in_flight == 1  # the ended task's own slot was freed
+        gate.set()
+        holder.join(30)
+        assert not holder.is_alive()
+        assert wait_until(lambda: limiter.in_flight == 0, 30), "a slot is still taken"
+    finally:
+        gate.set()
+        if executor is not None:
+            executor.shutdown()
+
+
 #: Each wait, begun on another thread before the loop's close, as what it gives once the close ended its task.
 WAITS_ACROSS_THE_CLOSE: dict[str, Callable[[mp.AsyncHandle[int]], object]] = {
     "get": lambda handle: outcome_of(lambda: handle.get(timeout=20)),

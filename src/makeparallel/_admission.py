@@ -589,6 +589,8 @@ class PendingAdmission:
         while self._limiters:
             try:
                 if not self._limiters[0].acquire_or_defer(self):
+                    # Told of the task's end from now on; at once if it ended already.
+                    self._handle.add_done_callback(self._ended)
                     return
             except ShutdownError as error:
                 self._fail(error)
@@ -596,6 +598,26 @@ class PendingAdmission:
             if not self._keep(self._limiters.pop(0)):
                 return
         self._backend.release_held(self._handle)
+
+    def _ended(self, _: object) -> None:
+        """The task ended (a done-callback): if it still waits for a slot, it leaves the queue.
+
+        Cancelled, or ended by its loop's close, an unadmitted task stayed
+        queued until a slot reached it, only to be handed straight back: the
+        queue kept the task (and its loop) meanwhile, and every call behind
+        it waited for that detour. A task admitted under every limit is in
+        no queue: nothing is looked up then (a task run to its end comes
+        here too). One handed its slot already gives it back in its next step.
+        """
+        limiters = self._limiters
+        if not limiters:
+            return
+        limiter = limiters[0]
+        with limiter._lock:
+            try:
+                limiter._waiters.remove(self)
+            except ValueError:  # handed a slot meanwhile (its next step gives it back), or shut out
+                pass
 
     def admitted(self, limiter: Limiter) -> None:
         """``limiter``, the first one, is giving this task a slot: queue the next step (called under its lock, and a backend's).
