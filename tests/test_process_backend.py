@@ -15,9 +15,11 @@ a bare sleep.
 from __future__ import annotations
 
 import array
+import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -29,6 +31,7 @@ import textwrap
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1373,3 +1376,74 @@ def test_a_large_item_of_a_map_travels_out_of_band(monkeypatch: pytest.MonkeyPat
         carrying = [size for size, buffers in streams if any(buffer is data for buffer in buffers)]
         assert carrying, "the item was not sent as an out-of-band buffer"
         assert max(carrying) < 64 * 1024, "the item was copied into its chunk's pickle stream"
+
+
+class Argument:
+    """A call's argument, to see it let go (a plain int is never collected)."""
+
+    def __init__(self, payload: bytes = b"") -> None:
+        self.payload = payload
+
+
+def identity_length(value: Argument) -> int:
+    return len(value.payload)
+
+
+class Failure(Exception):
+    """An exception in a call's arguments (a subclass: ``ValueError`` itself takes no weak reference)."""
+
+
+@pytest.mark.parametrize("what", ["an object", "a large bytes sent out of band", "an exception"])
+def test_what_was_pickled_is_let_go_once_its_stream_is_made(what: str) -> None:
+    # The thread's kept pickler cleared its memo (and the exceptions it met, and the list of
+    # buffers sent out of band) before its next pickle only: all that named the last call's
+    # arguments, kept alive by the submitting thread until it sent another.
+    from makeparallel._serialization import dumps
+
+    sent: Any = {"an object": Argument, "a large bytes sent out of band": bytes, "an exception": Failure}[what](200_000)
+    if isinstance(sent, bytes):  # bytes take no weak reference: their references are counted
+        before = sys.getrefcount(sent)
+        data, buffers = dumps((sent, [sent]))
+        assert len(buffers) == 1 and buffers[0] is sent  # sent as it is
+        del buffers
+        assert sys.getrefcount(sent) == before, "the pickler still refers to the bytes sent"
+    else:
+        kept = weakref.ref(sent)
+        data, _ = dumps((sent, [sent]))
+        del sent
+        gc.collect()
+        assert kept() is None, "the pickler still keeps what it pickled"
+    assert data
+
+
+@pytest.mark.parametrize("how", ["run", "cancelled while held for its slot"])
+def test_a_process_calls_argument_is_let_go_once_the_call_ended(how: str, gate: threading.Event) -> None:
+    # Its pickle's memo on the submitting thread kept the argument until that thread sent
+    # another call: any call run to its end, or one held (asyncio, over its limit) and cancelled.
+    argument = Argument(b"abc")
+    kept = weakref.ref(argument)
+    if how == "run":
+        assert on_process(identity_length)(argument).get(30) == 3
+    else:
+        started = threading.Event()
+
+        def hold_the_slot() -> int:
+            started.set()
+            assert gate.wait(30)
+            return 0
+
+        mp.set_max_concurrent_tasks(1)
+        holder = mp.parallel(backend="thread")(hold_the_slot)()
+        assert started.wait(30)
+
+        async def main(x: Argument) -> None:
+            held = on_process(identity_length)(x)  # pickled as it is held
+            assert not held.done()
+            assert held.cancel()
+
+        asyncio.run(main(argument))
+        gate.set()
+        assert holder.get(30) == 0
+    del argument
+    gc.collect()
+    assert kept() is None, "the call's argument is still kept"

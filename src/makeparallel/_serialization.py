@@ -191,12 +191,19 @@ class _ReusablePickler:
         stream.truncate()
         buffers: list[Any] = []
         stream.buffers = buffers
-        self.pickler.clear_memo()
-        if self.pickler.exceptions.open:
-            self.pickler.exceptions.clear()
-        self.pickler.dump(obj)
-        stream.last = b""  # keep no reference to what was sent
-        return stream.getvalue(), buffers
+        pickler = self.pickler
+        try:
+            pickler.dump(obj)
+            return stream.getvalue(), buffers
+        finally:
+            # Keep no reference to what was sent. The memo, the exceptions met and the buffers
+            # were cleared before the next pickle only: they kept the last call's arguments
+            # (a large array sent out of band too) alive until this thread sent another.
+            pickler.clear_memo()
+            if pickler.exceptions.open:
+                pickler.exceptions.clear()
+            stream.buffers = []
+            stream.last = b""
 
 
 _picklers = threading.local()
