@@ -2490,6 +2490,41 @@ def test_a_blocking_wait_that_runs_a_held_task_which_returns_a_coroutine_is_refu
         holder.join(30)
         opener.join(30)
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group_timeout", [30, None])
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+def test_a_groups_submit_waiting_for_a_slot_that_a_task_run_in_place_holds_with_a_coroutine_is_refused_at_once(
+    limit: str, group_timeout: float | None, loop_blocks: threading.Event
+) -> None:
+    # The group's task, held for its function's slot, ran in place in the next submit's wait for the
+    # group's own slot, and started its coroutine on the loop that wait blocks: the slot it holds
+    # could never free, and the submit waited out the group's timeout, or for good without one.
+    if limit == "max_concurrent":
+        f: Callable[..., Any] = mp.parallel(backend="sync", max_concurrent=1)(returns_a_coroutine)
+        limiter = f._spec.limiter  # type: ignore[attr-defined]
+    else:
+        mp.set_max_concurrent_tasks(1)
+        f, limiter = returns_a_coroutine, mp._runtime.global_limiter
+    assert limiter.acquire()  # the slot the group's first task waits for, freed once the next submit blocks
+    opener = threading.Thread(target=lambda: loop_blocks.wait(30) and limiter.release())
+    opener.start()
+
+    async def main() -> int:
+        with mp.ParallelContext(max_concurrent=1, backend="sync", timeout=group_timeout) as group:
+            first = group.submit(f, 21)  # held for the slot above, its group slot taken
+            assert not first.done()
+            with pytest.raises(RuntimeError, match="runs a coroutine on this thread's event loop"):
+                group.submit(f, 1)
+            return await first  # the loop runs its coroutine, as the error says
+
+    try:
+        assert run(main()) == 42
+        assert limiter.in_flight == 0
+    finally:
+        loop_blocks.set()  # (failed before the wait: the slot goes back all the same)
+        opener.join(30)
+
+
 # -- async collectors ---------------------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _held_on_loop, _interruptible
 from ._backends._base import BlockingWait
-from ._coroutines import running_loop
+from ._coroutines import on_callers_loops, running_loop
 from ._states import FAILED, PENDING, SUCCEEDED
 from ._task_context import CancellationPoint, current_task
 from .errors import ShutdownError
@@ -292,6 +292,10 @@ class Limiter:
             ShutdownError: the library was shut down while this call waited.
             TaskCancelledError: the task this runs in was cancelled while it waited.
             TaskTimeoutError: the task this runs in timed out while it waited.
+            RuntimeError: on a thread whose event loop runs, the tasks holding
+                every slot run coroutines on that loop, which this wait would
+                block: a ``"sync"`` task run in place here started one (a plain
+                function that returned a coroutine).
             Exception: ``recipient``'s refusal (``_refuse_waiting()``): it
                 stopped taking tasks while this call waited.
         """
@@ -395,9 +399,43 @@ class Limiter:
         self._lock.release()
         try:
             _held_on_loop.run_one(loop)
+            self._refuse_to_block_their_loop(loop)
         finally:
             self._lock.acquire()
         return True
+
+    def _refuse_to_block_their_loop(self, loop: Any) -> None:
+        """Raise ``RuntimeError`` where the tasks holding this limit's slots whose coroutines run on ``loop`` (this thread's) are as many as the limit.
+
+        Run in place here, a plain function that returned a coroutine started
+        it on ``loop``, which this wait blocks: its task holds its slot until
+        the loop runs it, so no slot could come, and the wait (a group's
+        ``submit`` waiting for its own slot) ran out its whole timeout, or
+        lasted for good, where every other wait that runs such a task in place
+        refuses at once (``AsyncHandle._refuse_to_block_a_loop``). A task
+        holds a slot of a function's limit, or the global one, in its
+        ``_permits``; of a group's, in its context's marks (:func:`holding_a_slot`).
+        Looked at only after a task ran in place.
+        """
+        limit = self.limit
+        if limit is None or not on_callers_loops:
+            return
+        holders = []
+        for task, on in list(on_callers_loops.items()):  # (a copy: another thread may take an entry meanwhile)
+            if on.fail is not None or on.loop() is not loop or task._state >= SUCCEEDED:
+                continue  # held for its slots, or of another loop, or ended
+            context = task._context
+            if self in task._permits or (context is not None and self in context.get(_slots_held, ())):
+                holders.append(task)
+        if holders and len(holders) >= limit:
+            task = holders[0]
+            raise RuntimeError(
+                f"task {task._id} ({task.name}) holds a slot of the limit this submission waits for and "
+                "runs a coroutine on this thread's event loop (run in place here, it returned one); "
+                f"{len(holders)} such task(s) hold all {limit} slot(s), and this wait blocks the loop "
+                "that alone can end them. Await their handles before submitting more, or submit "
+                "from another thread"
+            )
 
     def limit_here(self) -> int | None:
         """The limit a submission from the code running now is held to: ``None`` where there is none, or where it is admitted over it.

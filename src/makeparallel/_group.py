@@ -184,6 +184,10 @@ class ParallelContext:
                 while it waited for a slot of any limit (the end does not wait
                 for that): it waited for its tasks then, and would neither wait
                 for this one nor report its failure. Start a new group.
+                Or, on a thread whose event loop runs, this call waited for
+                a slot of the group's ``max_concurrent`` and the tasks holding
+                every slot run coroutines on that loop, which the wait would
+                block (a ``"sync"`` task run in place there returned one).
         """
         if positional:
             fn, positional = positional[0], positional[1:]
