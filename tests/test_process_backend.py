@@ -1447,3 +1447,49 @@ def test_a_process_calls_argument_is_let_go_once_the_call_ended(how: str, gate: 
     del argument
     gc.collect()
     assert kept() is None, "the call's argument is still kept"
+
+
+@pytest.mark.parametrize("how", ["pickles on the same thread", "submits a process call"])
+def test_an_argument_pickled_by_a_reduce_that_pickles_again_on_its_thread(how: str) -> None:
+    # The thread's kept pickler was used again by the nested pickle as it was in the middle
+    # of a stream: the nested one truncated the stream and cleared the memo under it, and
+    # the interpreter crashed (a segmentation fault in the C pickler). Run in a process of
+    # its own, so that a crash fails this test instead of ending the run.
+    script = textwrap.dedent(
+        f"""
+        import pickle
+        import makeparallel as mp
+        from makeparallel._serialization import dumps
+
+        ident = mp.parallel(backend="process")(lambda x: x)
+
+        class Inner:
+            def __init__(self, v):
+                self.v = v
+
+        class PicklesAgain:
+            def __init__(self, v):
+                self.v = v
+
+            def __reduce__(self):
+                if {how!r} == "pickles on the same thread":
+                    dumps(("inner", [Inner(self.v)] * 2))
+                else:
+                    assert ident(Inner(self.v)).get(timeout=20).v == self.v
+                return (PicklesAgain, (self.v,))
+
+        shared = Inner(5)
+        sent = [shared, PicklesAgain(1), shared, bytearray(200_000), shared]
+        data, buffers = dumps(sent)
+        got = pickle.loads(data, buffers=buffers)
+        assert got[0] is got[2] is got[4] and got[0].v == 5 and got[1].v == 1 and len(got[3]) == 200_000
+        got = ident(sent).get(timeout=20)
+        assert got[0] is got[2] is got[4] and got[0].v == 5 and got[1].v == 1 and len(got[3]) == 200_000
+        print("ok")
+        """
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=25)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.split() == ["ok"]

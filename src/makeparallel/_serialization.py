@@ -99,17 +99,24 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     scalar goes through the plain C pickler, which writes it alike: a worker
     whose tasks return numbers and strings never imports cloudpickle (about
     17 ms on a cold worker's first result).
+
+    The kept pickler is taken off the thread while it pickles: a pickle made
+    inside this one on the same thread (a ``__reduce__`` that submits a
+    process call) makes one of its own. Used again half-way, the kept one had
+    its stream truncated and its memo cleared under the outer pickle, which
+    then wrote a stream that named objects no longer memoized, or crashed the
+    interpreter in the C pickler.
     """
     if type(obj) in _SCALARS:
         return _pickle.dumps(obj, protocol=5), []
     kept = getattr(_picklers, "kept", None)
     if kept is None:
-        kept = _picklers.kept = _ReusablePickler()
-    try:
-        return kept.dumps(obj)
-    except BaseException:
-        _picklers.kept = None  # a pickler that failed half-way is not reused
-        raise
+        kept = _ReusablePickler()
+    else:
+        _picklers.kept = None
+    pickled = kept.dumps(obj)  # raised: a pickler that failed half-way is not reused
+    _picklers.kept = kept
+    return pickled
 
 
 # What stands, in a pickle stream, for a large bytes or bytearray sent out of band:
