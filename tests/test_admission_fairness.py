@@ -497,7 +497,7 @@ def test_a_deferred_admission_whose_task_ends_leaves_the_queue_and_the_next_gets
     assert limiter.acquire()
     ended, _ = _defer(limiter)
     waiting, backend = _defer(limiter)
-    behind = limiter._waiters[1]
+    behind = list(limiter._waiters)[1]
     ended.cancel()
     assert [getattr(waiter, "_handle", None) for waiter in limiter._waiters] == [waiting]
     limiter.release()

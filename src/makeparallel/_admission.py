@@ -50,7 +50,7 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -219,7 +219,12 @@ class Limiter:
         self._lock = threading.Lock()
         # Blocked submissions and deferred admissions, oldest first. Not empty only while
         # the limit is reached: a slot freed, or a raised limit, is handed to the oldest.
-        self._waiters: deque[_Waiter | PendingAdmission] = deque()
+        # An ordered dict (values unused), not a deque: a task that ends while queued leaves
+        # at once wherever it is (PendingAdmission._ended), where a deque's remove() scanned
+        # the queue: cancelling 20,000 queued calls newest first took 2.3 s instead of 0.04 s.
+        # The oldest is read by a loop's first turn (`for ... break`): no call, where Ctrl-C
+        # could land (see _hand_over_locked).
+        self._waiters: OrderedDict[_Waiter | PendingAdmission, None] = OrderedDict()
         _limiters.add(self)
 
     @property
@@ -244,7 +249,9 @@ class Limiter:
         """Hand each slot free under the limit to the oldest waiter, counted, until none is free or nobody waits."""
         waiters = self._waiters
         while waiters and (self.limit is None or self._in_flight < self.limit):
-            self._hand_over_locked(waiters[0], self._in_flight + 1)
+            for oldest in waiters:
+                break
+            self._hand_over_locked(oldest, self._in_flight + 1)
 
     def _hand_over_locked(self, waiting: _Waiter | PendingAdmission, in_flight: int) -> None:
         """Make a slot the own of ``waiting``, first in the queue, with ``in_flight`` tasks counted then; under the lock.
@@ -264,7 +271,7 @@ class Limiter:
             waiting.admitted(self)
             waiting.granted_by = self
         self._in_flight = in_flight
-        self._waiters.popleft()
+        del self._waiters[waiting]
 
     def acquire(self, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
@@ -331,17 +338,17 @@ class Limiter:
                         admitted = True
                     else:
                         try:
-                            self._waiters.append(waiter)
+                            self._waiters[waiter] = None
                             admitted = self._wait_locked(waiter, task, deadline, recipient, loop)
                         finally:  # a slot handed over as the wait raised is passed on below
                             admitted = waiter.granted
                             if not admitted:
                                 # Off the queue here, not in a function of its own: a Ctrl-C landing
                                 # as that was entered left the waiter queued, and the next slot freed
-                                # went to it, held by nobody. remove() returned, the waiter is off.
+                                # went to it, held by nobody.
                                 try:
-                                    self._waiters.remove(waiter)
-                                except ValueError:  # close() emptied it already
+                                    del self._waiters[waiter]
+                                except KeyError:  # close() emptied it already
                                     pass
                     if not admitted:
                         return False
@@ -480,7 +487,7 @@ class Limiter:
                 return True
             if self._closed:
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
-            self._waiters.append(waiting)
+            self._waiters[waiting] = None
             return False
 
     def release(self) -> None:
@@ -501,11 +508,12 @@ class Limiter:
             if not waiters or (self.limit is not None and self._in_flight > self.limit):
                 self._in_flight -= 1
                 return
-            waiting = waiters[0]  # the slot passes on, still counted
+            for waiting in waiters:  # the oldest: the slot passes on to it, still counted
+                break
             try:
                 self._hand_over_locked(waiting, self._in_flight)
             except BaseException:
-                if waiters and waiters[0] is waiting:  # cut short: nothing is its own yet
+                if waiting in waiters:  # cut short: nothing is its own yet
                     self._hand_over_locked(waiting, self._in_flight)
                 raise
 
@@ -547,7 +555,7 @@ class Limiter:
                 waiting.woken.notify()
             else:
                 refused.append(waiting)
-        self._waiters = deque()
+        self._waiters = OrderedDict()
 
     def reopen(self) -> None:
         with self._lock:
@@ -556,7 +564,7 @@ class Limiter:
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0  # the parent's tasks do not exist in the child
-        self._waiters = deque()
+        self._waiters = OrderedDict()
 
 
 class _Waiter:
@@ -653,8 +661,8 @@ class PendingAdmission:
         limiter = limiters[0]
         with limiter._lock:
             try:
-                limiter._waiters.remove(self)
-            except ValueError:  # handed a slot meanwhile (its next step gives it back), or shut out
+                del limiter._waiters[self]
+            except KeyError:  # handed a slot meanwhile (its next step gives it back), or shut out
                 pass
 
     def admitted(self, limiter: Limiter) -> None:
