@@ -591,6 +591,28 @@ def test_a_killed_worker_fails_the_task_with_worker_crashed_error(client: Client
     assert mp.parallel(backend="dask")(square)(3).get(timeout=60) == 9
 
 
+def kill_own_worker_at_3(x: int) -> int:
+    if x == 3:
+        kill_own_worker()
+    return x
+
+
+@pytest.mark.timeout(180)
+def test_a_map_chunk_whose_worker_died_fails_its_items_as_on_error_says(client: Client) -> None:
+    # The chunk's WorkerCrashedError failed the whole map, whatever on_error said, and named no item.
+    try:
+        assert mp.parallel_map(kill_own_worker_at_3, range(6), backend="dask", chunksize=2, on_error="skip") == [0, 1, 4, 5]
+        client.wait_for_workers(2, timeout=60)
+        assert mp.parallel_map(kill_own_worker_at_3, [3], backend="dask", on_error="none") == [None]  # a map of one item
+        client.wait_for_workers(2, timeout=60)
+        with pytest.raises(mp.WorkerCrashedError, match=r"^items 2 to 3 of the map were lost with the worker") as caught:
+            mp.parallel_map(kill_own_worker_at_3, range(6), backend="dask", chunksize=2)
+        assert isinstance(caught.value.__cause__, mp.WorkerCrashedError)
+        assert isinstance(caught.value.__cause__.__cause__, KilledWorker)
+    finally:
+        client.wait_for_workers(2, timeout=60)
+
+
 def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
     second = Client(cluster, set_as_default=False)
     mp.configure(dask_client=second)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures as cf
+import functools
 import gc
 import os
+import re
 import signal
 import sys
 import threading
@@ -883,6 +885,41 @@ def test_a_broken_process_pool_refuses_later_tasks_with_worker_crashed_error() -
         report = mp.health()
         assert report["status"] == "unhealthy" and not report["ready"]
         assert any(reason.startswith(f"executor-{id(pool):x} pool fails every task: ") for reason in report["reasons"])
+
+
+def kill_own_worker_at_3(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+@pytest.mark.parametrize("on_error", ["skip", "none", "raise"])
+def test_a_map_chunk_whose_worker_died_fails_its_items_as_on_error_says(on_error: str) -> None:
+    # The chunk's WorkerCrashedError failed the whole map, whatever on_error said, and named no item.
+    for items, chunksize, lost in ((range(5), 5, "items 0 to 4 of the map were lost"), ([3], None, "item 0 (3) of the map was lost")):
+        with cf.ProcessPoolExecutor(max_workers=1) as pool:
+            if on_error == "raise":
+                with pytest.raises(mp.WorkerCrashedError, match=f"^{re.escape(lost)} with the worker") as caught:
+                    mp.parallel_map(kill_own_worker_at_3, items, backend=pool, chunksize=chunksize)
+                assert isinstance(caught.value.__cause__, mp.WorkerCrashedError)
+                assert isinstance(caught.value.__cause__.__cause__, cf.process.BrokenProcessPool)
+            else:
+                results = mp.parallel_map(kill_own_worker_at_3, items, backend=pool, chunksize=chunksize, on_error=on_error)
+                assert results == ([] if on_error == "skip" else [None] * len(items))
+
+
+def waits_for_a_dead_worker(pool: cf.Executor, x: int) -> int:
+    pid = mp.parallel(backend=pool)(own_pid)().get(timeout=30)
+    return mp.parallel(backend=pool)(os.kill)(pid, signal.SIGKILL).get(timeout=30)  # type: ignore[no-any-return]
+
+
+def test_a_map_items_own_worker_crashed_error_stays_its_own() -> None:
+    # The item's error, from a task of its own, is not the death of its chunk's worker.
+    with cf.ProcessPoolExecutor(max_workers=1) as inner, cf.ThreadPoolExecutor(max_workers=2) as outer:
+        call = functools.partial(waits_for_a_dead_worker, inner)
+        with pytest.raises(mp.WorkerCrashedError, match="a worker process of ProcessPoolExecutor died") as caught:
+            mp.parallel_map(call, [7], backend=outer)
+    assert "makeparallel: raised by item 0 (7)" in caught.value.__notes__
 
 
 def test_a_dead_loky_worker_fails_the_task_with_worker_crashed_error() -> None:

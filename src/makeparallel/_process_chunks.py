@@ -149,7 +149,8 @@ def disown_worker_death(error: BaseException) -> None:
 
     A call that waits for a task of its own whose worker process died raises
     that task's ``WorkerCrashedError``, marked by the backend as a death
-    (``_how``, ``_crash``; they travel with it from a worker process); one
+    (``_how``, ``_crash``, or ``_lost_elsewhere`` on an executor or Dask;
+    they travel with it from a worker process); one
     whose task's results could not be unpickled raises its
     ``TaskSerializationError``, marked so (``_unreadable``, or ``_unsent``
     where some could not be sent); one whose task
@@ -166,6 +167,7 @@ def disown_worker_death(error: BaseException) -> None:
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
         vars(error).pop("_with_template", None)
+        vars(error).pop("_lost_elsewhere", None)
     elif isinstance(error, TaskSerializationError):
         vars(error).pop("_unreadable", None)  # its own task's results, not the chunk's (after_unreadable)
         vars(error).pop("_unsent", None)
@@ -346,21 +348,27 @@ def after_crash(
 
     A worker whose results cannot all be read back here leaves no item to
     blame alone: every item of the chunk fails with it (one item: it is the
-    culprit), none runs again.
+    culprit), none runs again. So does a chunk lost with a worker of an
+    executor or a Dask cluster given as the backend (marked ``_lost_elsewhere``
+    by the backend), which keeps no journal: its items fail as ``on_error``
+    says, as any item's failure does, rather than the whole map whatever it
+    says.
 
     Raises:
         WorkerCrashedError: with ``keep_going`` false, naming the culprit item,
             or the chunk's items when none can be blamed alone.
-        WorkerCrashedError: as it came, if ``error`` is not the death of a
-            worker process.
+        WorkerCrashedError: as it came, if ``error`` is not the death of the
+            chunk's worker (the process pool failed as a whole, say).
     """
     crash = getattr(error, "_crash", None)
     with_template = getattr(error, "_with_template", False)
     if crash is None:
         how = getattr(error, "_how", None)
-        if how is None:
-            raise error
-        return _lost(error, how, with_template, items, start, keep_going)
+        if how is not None:
+            return _lost(error, how, with_template, items, start, keep_going)
+        if getattr(error, "_lost_elsewhere", False):
+            return _lost_elsewhere(error, items, start, keep_going)
+        raise error
     done, ran, how = crash
     position = len(done)
     if position >= min(ran, len(items)):  # it died after an item's end, before the next one started
@@ -412,6 +420,29 @@ def _lost(
     )
     if not keep_going:
         raise lost from error
+    return [Failure(lost)] * len(items), len(items)
+
+
+def _lost_elsewhere(error: WorkerCrashedError, items: Sequence[Any], start: int, keep_going: bool) -> tuple[list[Any], int]:
+    """The failures of a chunk's items lost with a worker of an executor or a Dask cluster; how many they are.
+
+    Such a backend says only that the chunk's task was lost (a broken pool
+    ends every task it held, Dask gives up after its allowed failures), not
+    which item ran when its worker died: the error names them all, and
+    chains the backend's own.
+    """
+    from .errors import WorkerCrashedError
+
+    if len(items) == 1:
+        lost = WorkerCrashedError(f"{describe_item(start, items[0])} of the map was lost with the worker that ran it: {error}")
+    else:
+        lost = WorkerCrashedError(
+            f"items {start} to {start + len(items) - 1} of the map were lost with the worker that ran them "
+            f"together, and which of them ended it, if one did, is not known: {error}"
+        )
+    if not keep_going:
+        raise lost from error
+    lost.__cause__ = error
     return [Failure(lost)] * len(items), len(items)
 
 

@@ -489,6 +489,7 @@ class ExecutorBackend(Backend):
                 f"{handle._id} ({handle.name}): {error}"
             )
             crashed.__cause__ = error
+            crashed._lost_elsewhere = True  # type: ignore[attr-defined]  # for a map (_process_chunks.after_crash)
             return crashed
         if not self._in_process and self._result_unsent(error):
             failure = TaskSerializationError(

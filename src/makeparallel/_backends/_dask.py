@@ -209,6 +209,7 @@ class DaskBackend(ExecutorBackend):
                 f"{error}"
             )
             crashed.__cause__ = error
+            crashed._lost_elsewhere = True  # type: ignore[attr-defined]  # for a map (_process_chunks.after_crash)
             return crashed
         return super().translate_error(handle, error)
 
