@@ -613,6 +613,24 @@ def test_a_map_chunk_whose_worker_died_fails_its_items_as_on_error_says(client: 
         client.wait_for_workers(2, timeout=60)
 
 
+def square_on_a_new_task(x: int) -> int:
+    return mp.parallel(backend="dask")(square)(x).get(timeout=30) + 1
+
+
+def squares_on_new_tasks(x: int) -> int:
+    return sum(mp.parallel_map(square, range(x), backend="dask", chunksize=1, timeout=30))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("outer", [square_on_a_new_task, squares_on_new_tasks])
+def test_tasks_that_wait_for_tasks_of_their_own_leave_their_thread_to_them(outer: Any) -> None:
+    # One task on each of the cluster's two threads, each waiting for a task it submitted:
+    # those never found a thread, and the waits lasted their whole timeout.
+    handles = [mp.parallel(backend="dask")(outer)(x) for x in (3, 4)]
+    expected = [5, 14] if outer is squares_on_new_tasks else [10, 17]
+    assert mp.gather(handles, timeout=90) == expected
+
+
 def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
     second = Client(cluster, set_as_default=False)
     mp.configure(dask_client=second)

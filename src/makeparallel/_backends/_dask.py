@@ -34,6 +34,9 @@ What differs from other executors that run elsewhere:
   that dies outright as it sends a result (``os._exit()``, a crash in C) is
   not counted against ``allowed-failures``, which counts deaths while a task
   runs: Dask computes the task again without end, and only a timeout ends it.
+* A task that waits for tasks of its own secedes from its worker's threads
+  (:class:`_SecedingPlace`): with every thread of the cluster so taken, the
+  tasks waited for never started.
 * Errors raised by the task keep their type, with the worker's traceback.
   Progress, ``check_cancelled`` and the task id do not cross to the workers
   (no-ops there); metadata, callbacks and metrics live in this process.
@@ -67,6 +70,7 @@ try:
         serialize,
     )
     from distributed.scheduler import KilledWorker
+    from distributed.threadpoolexecutor import thread_state
 except ImportError as missing:  # pragma: no cover - the test extras install distributed
     raise ImportError(
         'backend="dask" needs the distributed package: pip install "makeparallel[dask]"'
@@ -76,6 +80,7 @@ from .._remote_errors import RemoteTraceback, described
 from .._states import FAILED
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
 from ._adapter import ExecutorBackend
+from ._base import _this_thread
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -347,8 +352,49 @@ def _fetch_failure(error: BaseException) -> TaskSerializationError:
 
 
 def run_on_worker(fn: Any, /, *args: Any, **kwargs: Any) -> SentResult:
-    """On a Dask worker: ``fn(*args, **kwargs)``, its result held for sending in a :class:`SentResult`."""
-    return SentResult(fn(*args, **kwargs))
+    """On a Dask worker: ``fn(*args, **kwargs)``, its result held for sending in a :class:`SentResult`.
+
+    Meanwhile the worker's thread is the place :data:`_SECEDES` (``pool_of_this_thread``):
+    a wait of the task for tasks of its own secedes from the worker's threads.
+    """
+    previous = getattr(_this_thread, "pool", None)
+    _this_thread.pool = _SECEDES
+    try:
+        return SentResult(fn(*args, **kwargs))
+    finally:
+        _this_thread.pool = previous
+
+
+class _SecedingPlace:
+    """A Dask worker's thread while it runs a task: a wait there for other tasks secedes from the worker's threads.
+
+    A task that waits for tasks it submitted (a handle's ``get()``, ``gather``,
+    a map) held its thread, and with every thread of the cluster so taken, the
+    tasks waited for never started: the waits lasted their whole timeout, or
+    for good. As Dask's ``client.gather`` in a task wants, the first wait calls
+    ``distributed.secede()``: the worker runs one more thread meanwhile, and the
+    task runs on outside its threads until it ends (a thread that seceded
+    leaves the pool once its task ends; rejoining would block the wait's end,
+    which may be a callback on an event loop, until another task ends). Its
+    methods are those the waits call on the library's own thread pool
+    (``ThreadBackend.worker_blocks``).
+    """
+
+    __slots__ = ()
+
+    def worker_blocks(self) -> None:
+        if getattr(thread_state, "proceed", False):  # still one of the worker's threads: not seceded yet
+            distributed.secede()  # type: ignore[no-untyped-call]
+
+    def worker_unblocks(self) -> None:
+        """Nothing: the task stays seceded until it ends."""
+
+    def places_all_lent(self) -> bool:
+        """Never: every wait can secede, or has."""
+        return False
+
+
+_SECEDES = _SecedingPlace()
 
 
 class SentResult:
