@@ -407,3 +407,31 @@ def pid_once_released(flags: Flags) -> int:
 def which_of(module: str) -> str:
     """``which()`` of module ``module``, imported here by name (in a worker: along its own ``sys.path``)."""
     return importlib.import_module(module).which()  # type: ignore[no-any-return]
+
+
+# @parallel functions given to an executor: its own pool runs their plain functions.
+@mp.parallel(name="parallel-mul", priority=3)
+def parallel_mul(x: int, y: int) -> int:
+    return x * y
+
+
+@mp.parallel
+def own_task_id() -> int | None:
+    """The id of the task this call runs in: an executor's own task, not one it started."""
+    return mp.get_current_task_id()
+
+
+@mp.parallel
+async def parallel_double_later(x: int) -> int:
+    return 2 * x
+
+
+class Scaler:
+    """An object with a ``@parallel`` method, bound to it by ``scaler.scale``."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @mp.parallel
+    def scale(self, x: int) -> int:
+        return self.factor * x

@@ -47,7 +47,11 @@ from pool_helpers import (
     make_payload,
     mark_later_checked,
     mark_then_wait,
+    Scaler,
     mul,
+    own_task_id,
+    parallel_double_later,
+    parallel_mul,
     pid_once_released,
     queued_behind_the_first,
     time_out,
@@ -1074,3 +1078,143 @@ def test_process_executors_shut_down_leave_no_descriptor_open() -> None:
         use_one()
     gc.collect()
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+# A @parallel function given to an executor runs as parallel_map runs it: its plain function, in
+# the executor's own pool, the future holding its value. Called there, it started a task of its
+# own on the shared pool and the future held that task's handle (on worker processes, a handle
+# that cannot be sent back: TaskSerializationError).
+ALL_BACKENDS = ["thread", "process", "sync"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_submit_runs_a_parallel_functions_plain_function_as_its_own_task(backend: str) -> None:
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        future = executor.submit(own_task_id)
+        assert future.result(timeout=30) == future.handle.get_task_id()  # not a task it started
+        product = executor.submit(parallel_mul, 6, y=7)
+        assert product.result(timeout=30) == 42
+        assert product.handle.name == "parallel-mul"  # the function's name, as its calls are measured
+        assert executor.submit(Scaler(3).scale, 5).result(timeout=30) == 15  # a bound @parallel method
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("chunksize", "buffersize"), [(1, None), (3, None), (1, 2), (3, 1)])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
+def test_map_runs_a_parallel_functions_plain_function(
+    executor_class: type[mp.Executor], backend: str, chunksize: int, buffersize: int | None
+) -> None:
+    with executor_class(backend=backend, max_workers=2) as executor:
+        options = {"chunksize": chunksize, "buffersize": buffersize}
+        assert list(executor.map(parallel_mul, range(7), itertools.repeat(3), **options)) == [3 * x for x in range(7)]
+        assert list(executor.map(Scaler(2).scale, range(7), **options)) == [2 * x for x in range(7)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_names_a_parallel_functions_chunks_after_its_name(backend: str) -> None:
+    with mp.Executor(backend=backend, max_workers=2) as executor:
+        with pytest.raises(TypeError) as caught:
+            list(executor.map(parallel_mul, [1, "x"], [2, None], chunksize=2))
+        notes = "\n".join(caught.value.__notes__)
+        assert "parallel-mul [map]" in notes and "_run_chunk" not in notes
+        assert wait_until(lambda: executor._backend.active_count() == 0, 30)
+    metrics = mp.get_metrics("parallel-mul [map]")
+    assert metrics is not None and metrics.failed_tasks >= 1
+
+
+@pytest.mark.timeout(60)
+def test_an_async_parallel_functions_coroutine_runs_to_its_end_in_the_executor() -> None:
+    with mp.Executor(max_workers=2) as executor:
+        assert executor.submit(parallel_double_later, 4).result(timeout=30) == 8
+        assert list(executor.map(parallel_double_later, range(4), chunksize=2)) == [0, 2, 4, 6]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
+@pytest.mark.parametrize("via", ["submit", "map", "map-in-chunks", "map-buffered"])
+def test_a_parallel_functions_max_concurrent_holds_in_the_executor(
+    via: str, executor_class: type[mp.Executor], gate: threading.Event
+) -> None:
+    started = threading.Event()
+
+    @mp.parallel(max_concurrent=1)
+    def held(x: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return x
+
+    limiter = held._spec.limiter
+    assert limiter is not None
+    results: list[int] = []
+
+    def more() -> None:
+        if via == "submit":
+            results.append(executor.submit(held, 1).result(timeout=30))
+        else:
+            options = {"map": {}, "map-in-chunks": {"chunksize": 2}, "map-buffered": {"buffersize": 1}}[via]
+            results.extend(executor.map(held, [1, 2, 3], **options))  # type: ignore[arg-type]
+
+    with executor_class(max_workers=2) as executor:
+        first = executor.submit(held, 0)
+        assert started.wait(30)
+        assert limiter._in_flight == 1  # the executor's task holds the function's slot
+        later = threading.Thread(target=more)
+        later.start()
+        assert wait_until(lambda: len(limiter._waiters) == 1, 30)  # the next waits for it, a worker free
+        assert executor._backend.active_count() == 1
+        gate.set()
+        later.join(30)
+        assert first.result(timeout=30) == 0
+        assert results == ([1] if via == "submit" else [1, 2, 3])
+    assert limiter._in_flight == 0  # every slot given back
+
+
+@pytest.mark.timeout(60)
+def test_a_parallel_functions_slot_is_waited_for_off_a_running_loop(gate: threading.Event) -> None:
+    started = threading.Event()
+
+    @mp.parallel(max_concurrent=1)
+    def held(x: int) -> int:
+        started.set()
+        assert gate.wait(30)
+        return x
+
+    limiter = held._spec.limiter
+    assert limiter is not None
+
+    async def main(executor: mp.Executor) -> list[int]:
+        first = asyncio.get_running_loop().run_in_executor(executor, held, 0)
+        assert started.wait(30)
+        second = asyncio.get_running_loop().run_in_executor(executor, held, 1)  # returns: the task waits, not the loop
+        assert len(limiter._waiters) == 1
+        gate.set()
+        return list(await asyncio.gather(first, second))
+
+    with mp.Executor(max_workers=2) as executor:
+        assert asyncio.run(main(executor)) == [0, 1]
+    assert limiter._in_flight == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_parallel_functions_priority_orders_its_calls_in_the_executors_queue(gate: threading.Event) -> None:
+    started = threading.Event()
+    order: list[str] = []
+
+    def block() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    @mp.parallel(priority=5)
+    def urgent() -> None:
+        order.append("urgent")
+
+    with mp.Executor(max_workers=1) as executor:
+        executor.submit(block)
+        assert started.wait(30)
+        queued = [executor.submit(order.append, "plain"), executor.submit(urgent)]
+        gate.set()
+        cf.wait(queued, timeout=30)
+    assert order == ["urgent", "plain"]

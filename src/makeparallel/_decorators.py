@@ -576,17 +576,29 @@ class ParallelFunction(Generic[P, T]):
             for limiter in (self._spec.limiter, _runtime.global_limiter)
             if limiter is not None and limiter.limit is not None
         ]
-        permits: list[Limiter] = []
-        try:
-            for limiter in limiters:
-                if not limiter.acquire(deadline, recipient):
-                    raise NoSlotInTime
-                permits.append(limiter)
-            return tuple(permits)  # inside: a Ctrl-C as tuple() returns gives the slots back too
-        except BaseException:
-            for limiter in permits:
-                limiter.release()
-            raise
+        return take_slots(limiters, deadline, recipient)
+
+
+def take_slots(
+    limiters: list[Limiter], deadline: float | None = None, recipient: Recipient | None = None
+) -> tuple[Limiter, ...]:
+    """Take a slot from each of ``limiters`` in turn, waiting while one is full: a call's, or ``mp.Executor``'s.
+
+    Raises:
+        NoSlotInTime: ``deadline`` passed first; no slot is kept.
+        Exception: ``recipient``'s refusal, as it stopped first; no slot is kept.
+    """
+    permits: list[Limiter] = []
+    try:
+        for limiter in limiters:
+            if not limiter.acquire(deadline, recipient):
+                raise NoSlotInTime
+            permits.append(limiter)
+        return tuple(permits)  # inside: a Ctrl-C as tuple() returns gives the slots back too
+    except BaseException:
+        for limiter in permits:
+            limiter.release()
+        raise
 
 
 def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: list[Limiter], loop: Any) -> None:

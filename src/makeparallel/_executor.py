@@ -40,7 +40,16 @@ from ._coroutines import (
     running_loop,
 )
 from ._cpus import usable_cpu_count
-from ._decorators import TaskSpec, _describe, hold_for_admission, withdraw
+from ._decorators import (
+    ParallelFunction,
+    TaskSpec,
+    _BoundParallelFunction,
+    _describe,
+    _GuardedParallelFunction,
+    hold_for_admission,
+    take_slots,
+    withdraw,
+)
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death, short_repr
@@ -272,7 +281,10 @@ class Executor(concurrent.futures.Executor):
         task it ran, with ``WorkerCrashedError``; a new worker takes its place
         and the executor stays usable, where ``ProcessPoolExecutor`` breaks as a
         whole (``BrokenProcessPool``). Functions and arguments for worker
-        processes travel with cloudpickle, so lambdas and closures work.
+        processes travel with cloudpickle, so lambdas and closures work. A
+        ``@parallel`` function given to ``submit`` or ``map`` runs as its plain
+        function on this executor's pool, as ``parallel_map`` runs it (see
+        :meth:`submit`).
 
     Shutdown:
         ``shutdown()`` stops this executor's pool only. An executor garbage
@@ -293,6 +305,8 @@ class Executor(concurrent.futures.Executor):
         # Read by the executor adapter, should this executor itself serve as a backend.
         self._makeparallel_in_process = self._backend.name != "process"
         self._specs: dict[str, TaskSpec] = {}
+        # Those of @parallel functions' tasks, by name, limiter and priority (_spec_of).
+        self._parallel_specs: dict[tuple[str, Limiter | None, int], TaskSpec] = {}
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         self._pid = os.getpid()  # a forked child's copy refuses tasks (_refusal)
@@ -327,12 +341,43 @@ class Executor(concurrent.futures.Executor):
         a thread whose event loop runs (``loop.run_in_executor``): there the
         task waits for its slot, as a ``@parallel`` call's does, not the loop.
 
+        A ``@parallel`` function (or a bound ``@parallel`` method) is taken as
+        ``parallel_map`` takes it: its plain function runs, as this executor's
+        task, and the future holds its value (called, it would start a task of
+        its own elsewhere, and give its handle). The task is named and measured
+        as the function; its ``max_concurrent`` holds (the slot is taken as for
+        a call of it, the call's own as for ``mp.set_max_concurrent_tasks``),
+        and its ``priority`` orders the task in this executor's queue. Its
+        ``backend``, ``timeout``, ``retry`` and ``circuit_breaker`` do not: the
+        executor runs the call once, on its own pool; and ``kwargs`` all go to
+        the function (``timeout=`` and ``priority=`` are no call-time options here).
+
+        Args:
+            fn: the callable to run; an ``async def`` function's coroutine runs
+                to its end in the task.
+            args: its positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            The task's :class:`ExecutorFuture`; ``future.handle`` is its handle.
+
         Raises:
             RuntimeError: the executor was shut down.
             TaskSerializationError: on the process backend, ``fn`` or an argument
                 cannot be pickled.
         """
+        if type(fn) in _RUN_AS_PLAIN:  # the one check a plain function pays for (tens of ns)
+            return self._submit_plain_of(fn, args, kwargs)
         return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+
+    def _submit_plain_of(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ExecutorFuture[Any]:
+        """:meth:`submit` of a ``@parallel`` function or method, or of a map's chunk of one: its plain function runs."""
+        if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
+            return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
+        if isinstance(fn, _BoundParallelFunction):
+            args = (fn._instance, *args)
+            fn = fn._function
+        return self._submit(self._spec_of(fn._spec), fn._fn, args, kwargs)
 
     def _submit(
         self,
@@ -351,21 +396,21 @@ class Executor(concurrent.futures.Executor):
         ``recipient`` (a map's :class:`UntilReady`, which raises ``ResultReady``).
         """
         backend = self._backend
-        handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend)
+        handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend, spec.priority)
         future = ExecutorFuture(handle)
         handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
         if self._shut_down:
             raise self._refusal()
         limiter = _runtime.global_limiter
-        if limiter.limit is not None:
+        if limiter.limit is not None or spec.limiter is not None:  # (a @parallel function's max_concurrent)
+            # The function's first, then the global one, as a call of the function takes them.
+            limiters = [each for each in (spec.limiter, limiter) if each is not None and each.limit is not None]
             loop = running_loop()
             if loop is not None and backend.holds_tasks:
-                return self._admit_on_loop(future, backend, limiter, loop)
+                return self._admit_on_loop(future, backend, limiters, loop)
             if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
                 deadline = _deadline_of_a_map(self)
-            if not limiter.acquire(deadline, recipient):
-                raise NoSlotInTime
-            handle._permits = (limiter,)
+            handle._permits = take_slots(limiters, deadline, recipient)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
         try:
@@ -378,11 +423,11 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _admit_on_loop(
-        self, future: ExecutorFuture[T], backend: Backend, limiter: Limiter, loop: Any
+        self, future: ExecutorFuture[T], backend: Backend, limiters: list[Limiter], loop: Any
     ) -> ExecutorFuture[T]:
-        """Over the global limit on a thread whose event loop runs: the task waits for its slot, the loop does not."""
+        """Under a limit on a thread whose event loop runs: the task waits for its slots, the loop does not."""
         try:
-            hold_for_admission(future.handle, backend, [limiter], loop)
+            hold_for_admission(future.handle, backend, limiters, loop)
         except ShutdownError:
             raise self._refusal() from None
         return future
@@ -425,7 +470,12 @@ class Executor(concurrent.futures.Executor):
         chunk's argument tuples, as ``ProcessPoolExecutor.map`` submits them.
 
         Args:
-            fn: a callable taking as many arguments as there are iterables.
+            fn: a callable taking as many arguments as there are iterables. A
+                ``@parallel`` function (or bound method) maps as in
+                ``parallel_map``: its plain function runs in this executor, and
+                its ``max_concurrent`` holds, each task (call, or chunk of
+                calls) taking one of its slots; its ``priority`` orders them in
+                the queue. The rest of its options do not apply (see :meth:`submit`).
             timeout: seconds, from this call, within which every result must be
                 available; ``None`` waits as long as it takes. It also bounds
                 each call's wait for a slot under ``mp.set_max_concurrent_tasks``
@@ -506,25 +556,32 @@ class Executor(concurrent.futures.Executor):
         goes on as the map's deadline allows.
         """
         submit = self.submit
+        plain, own = _plain_of(fn)
         if getattr(submit, "__func__", None) is Executor.submit:
             if chunksize == 1:
-                spec = self._spec_named(_describe(fn))
-                return lambda args, until: (self._submit(spec, fn, args, {}, deadline, until), 1)
-            chunk_spec = self._spec_named(f"{_describe(fn)} [map]")  # as parallel_map names its chunks
+                spec = self._spec_named(_describe(fn)) if own is None else self._spec_of(own)
+                return lambda args, until: (self._submit(spec, plain, args, {}, deadline, until), 1)
+            # As parallel_map names its chunks.
+            chunk_spec = self._spec_named(f"{_describe(fn)} [map]") if own is None else self._spec_of(own, " [map]")
             return _naming_what_cannot_be_sent(
-                fn,
+                plain,
                 lambda chunk, until: (
-                    self._submit(chunk_spec, _run_chunk, (fn, chunk), {}, deadline, until),
+                    self._submit(chunk_spec, _run_chunk, (plain, chunk), {}, deadline, until),
                     len(chunk),
                 ),
             )
-        if chunksize == 1:
+        if chunksize == 1:  # a @parallel function as given: the overriding submit sees the caller's function
             return lambda args, _: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
-        run_chunk = functools.partial(_run_chunk, fn)
-        # submit names the chunks' tasks from it (_describe), as the fast path names them.
-        run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
+        if own is None:
+            run_chunk = functools.partial(_run_chunk, plain)
+            # submit names the chunks' tasks from it (_describe), as the fast path names them.
+            run_chunk.__qualname__ = f"{_describe(fn)} [map]"  # type: ignore[attr-defined]  # a partial's own dict
+        else:  # submit names and admits them as the function's chunks
+            run_chunk = _MapChunks(_run_chunk, plain)
+            run_chunk.own = own
+            run_chunk.__qualname__ = f"{own.name} [map]"  # type: ignore[attr-defined]  # as above
         return _naming_what_cannot_be_sent(
-            fn, lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
+            plain, lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -601,6 +658,54 @@ class Executor(concurrent.futures.Executor):
         if spec is None:
             spec = self._specs[name] = TaskSpec(name, None, None, 0, None)
         return spec
+
+    def _spec_of(self, own: TaskSpec, suffix: str = "") -> TaskSpec:
+        """The observer of this executor's tasks of a ``@parallel`` function, ``own`` its spec (``suffix``: of its map's chunks).
+
+        Named and measured as the function (metrics by name), admitted through
+        its ``max_concurrent`` limiter and queued at its priority, as
+        ``parallel_map``'s chunks are; nothing else of it (its timeout, retry,
+        breaker, backend) applies to a task this executor runs.
+        """
+        name = own.name + suffix
+        key = (name, own.limiter, own.priority)
+        spec = self._parallel_specs.get(key)
+        if spec is None:
+            spec = self._parallel_specs[key] = TaskSpec(
+                name, None, None, own.priority, own.limiter, own.is_async, function_name=own.function_name
+            )
+        return spec
+
+
+class _MapChunks(functools.partial[Any]):
+    """``partial(_run_chunk, plain)``: a map's chunk of a ``@parallel`` function's calls, for a subclass's ``submit``.
+
+    ``Executor.submit`` knows it by its type, as it knows a ``@parallel``
+    function: the chunk is named, admitted and queued as the function's (its
+    spec, :attr:`own`), as on :meth:`Executor.map`'s own path. It travels to a
+    worker process as a plain partial, without that spec (a metrics record,
+    a limiter), which belongs to this process.
+    """
+
+    own: TaskSpec
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial, (self.func, *self.args))
+
+
+# What submit runs the plain function of, by exact type: a set lookup costs a plain function's
+# submit a third of what isinstance() against these classes did. (@parallel with a circuit
+# breaker makes a _GuardedParallelFunction; no other subclasses are made.)
+_RUN_AS_PLAIN = frozenset((ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks))
+
+
+def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | None]:
+    """The callable a map of ``fn`` calls, and ``fn``'s spec if it is ``@parallel`` (bound: with its instance)."""
+    if isinstance(fn, _BoundParallelFunction):
+        return functools.partial(fn._function._fn, fn._instance), fn._function._spec
+    if isinstance(fn, ParallelFunction):
+        return fn._fn, fn._spec
+    return fn, None
 
 
 def _runs_a_task_of(backend: Backend) -> bool:
