@@ -2525,6 +2525,108 @@ def test_a_groups_submit_waiting_for_a_slot_that_a_task_run_in_place_holds_with_
         opener.join(30)
 
 
+#: What a group's first task, run in place on the loop, makes besides its own coroutine: each a task
+#: whose coroutine runs on that loop too, carrying the group's mark in its context. (The other group's
+#: block is not entered: its end would wait there for a task whose coroutine only the loop can run.)
+MADE_INSIDE_A_GROUPS_TASK: dict[str, Callable[[Any, int], Any]] = {
+    "a plain call that returns a coroutine": lambda _, n: mp.parallel(backend="sync")(returns_a_coroutine)(n),
+    "a call of an async def function": lambda _, n: mp.parallel(backend="sync")(sleeps_then_doubles)(n),
+    "a task of another group": lambda _, n: mp.ParallelContext(max_concurrent=1, backend="sync").submit(returns_a_coroutine, n),
+}
+
+
+def _a_group_task_on_the_loop_with_another_one_inside(
+    makes: Callable[[Any, int], Any], group_timeout: float | None, loop_blocks: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[BaseException], Any]:
+    """A group (``max_concurrent=2``) whose first task, run in place by the third submit's wait, calls ``makes`` and returns a coroutine.
+
+    Its second task, on a thread, holds the other slot until the wait's check
+    of the slots' holders lets the wait go on. Gives the refusals of the third
+    submit, and the three tasks' results (``None`` for one refused), each
+    task made inside awaited too.
+    """
+    from makeparallel._admission import Limiter
+
+    frees = threading.Event()
+    check = Limiter._refuse_to_block_their_loop
+
+    def checks_then_frees(self: Limiter, *args: Any) -> None:
+        check(self, *args)
+        frees.set()  # the thread task's slot frees only now: the wait's check saw it held
+
+    monkeypatch.setattr(Limiter, "_refuse_to_block_their_loop", checks_then_frees)
+    groups: list[mp.ParallelContext] = []
+    made: list[mp.AsyncHandle[int]] = []
+
+    def makes_one_then_returns_a_coroutine(n: int) -> Coroutine[Any, Any, int]:
+        made.append(makes(groups[0], n))
+        return sleeps_then_doubles(n)
+
+    f = mp.parallel(backend="sync", max_concurrent=1)(makes_one_then_returns_a_coroutine)
+    limiter = f._spec.limiter  # type: ignore[attr-defined]
+    assert limiter.acquire()  # the slot the group's first task waits for, freed once the third submit blocks
+    opener = threading.Thread(target=lambda: loop_blocks.wait(30) and limiter.release())
+    opener.start()
+    on_a_thread = mp.parallel(backend="thread")(lambda: frees.wait(30) and 7)
+    refusals: list[BaseException] = []
+
+    async def main() -> tuple[int, int, int | None]:
+        with mp.ParallelContext(max_concurrent=2, backend="sync", timeout=group_timeout) as group:
+            groups.append(group)
+            first = group.submit(f, 21)  # held for the slot above, its group slot taken
+            other = group.submit(on_a_thread)  # the group's other slot, freed from another thread
+            assert not first.done()
+            try:
+                third: int | None = await group.submit(abs, -3)
+            except RuntimeError as error:
+                refusals.append(error)
+                third = None
+            frees.set()
+            assert [await handle for handle in made] == [42]
+            return await first, await other, third
+
+    try:
+        results = run(main())
+    finally:
+        frees.set()
+        loop_blocks.set()
+        opener.join(30)
+    assert limiter.in_flight == 0
+    return refusals, results
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group_timeout", [30, None])
+@pytest.mark.parametrize("makes", MADE_INSIDE_A_GROUPS_TASK)
+def test_a_groups_submit_waits_for_a_slot_held_elsewhere_where_tasks_that_only_carry_its_mark_run_on_the_loop(
+    makes: str, group_timeout: float | None, loop_blocks: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task made inside a group's task inherits the group's mark through its context, and holds
+    # no slot of the group: counted as a holder, it and the group's own task on the loop made 2
+    # holders of 2 slots, and the submit was refused where the thread task's slot was about to free.
+    refusals, results = _a_group_task_on_the_loop_with_another_one_inside(
+        MADE_INSIDE_A_GROUPS_TASK[makes], group_timeout, loop_blocks, monkeypatch
+    )
+    assert refusals == []
+    assert results == (42, 7, 3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group_timeout", [30, None])
+def test_a_groups_submit_is_refused_where_a_task_its_task_submitted_to_it_holds_the_last_slot_on_the_loop(
+    group_timeout: float | None, loop_blocks: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task that the group's task submits to the group is admitted over the limit and counted: it
+    # holds a slot, and its coroutine runs on the loop too. With the group's task, the two hold
+    # every slot once the thread task ends: no slot can come, and the submit raises at once.
+    refusals, results = _a_group_task_on_the_loop_with_another_one_inside(
+        lambda group, n: group.submit(returns_a_coroutine, n), group_timeout, loop_blocks, monkeypatch
+    )
+    assert len(refusals) == 1
+    assert "2 such task(s) hold all 2 slot(s)" in str(refusals[0])
+    assert results == (42, 7, None)
+
+
 # -- async collectors ---------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
@@ -121,6 +121,14 @@ class Recipient(Protocol):
         Called under a limiter's lock, it takes no lock.
         """
 
+    def _slot_holders(self, limiter: Limiter) -> Container[Any]:
+        """The tasks that hold a slot of ``limiter`` as the recipient's own, where it owns that limit (a group's ``max_concurrent``); else none.
+
+        A task holds a slot of any other limit in its ``_permits``. Asked
+        outside the limiter's lock, after a task ran in place on a loop's
+        thread (:meth:`Limiter._refuse_to_block_their_loop`).
+        """
+
 
 class ResultReady(Exception):
     """A lazy map's wait for a slot ended as its next result became ready (:class:`UntilReady`); nothing was submitted.
@@ -181,6 +189,9 @@ class UntilReady:
             self._waiting_on.remove(limiter)
         except ValueError:  # a Ctrl-C landed before it was told
             pass
+
+    def _slot_holders(self, limiter: Limiter) -> Container[Any]:
+        return ()  # a map owns no limit
 
     def _refuse_waiting(self) -> None:
         ready = self._ready()  # None once the map is gone: nothing of it waits then
@@ -380,7 +391,7 @@ class Limiter:
                 task._raise_if_stopped()
             if recipient is not None:  # so is the recipient's stop (wake_waiters)
                 recipient._refuse_waiting()
-            if loop is not None and self._run_held_on_loop(loop):
+            if loop is not None and self._run_held_on_loop(loop, recipient):
                 continue
             if deadline is None:
                 _interruptible.wait(waiter.woken, None)
@@ -391,7 +402,7 @@ class Limiter:
             _interruptible.wait(waiter.woken, remaining)
         return True
 
-    def _run_held_on_loop(self, loop: Any) -> bool:
+    def _run_held_on_loop(self, loop: Any, recipient: Recipient | None) -> bool:
         """Run, in the place of ``loop`` (this thread's, running), a ``"sync"`` task admitted to run here; whether one ran.
 
         Such a task may hold the slot this call waits for (a group's submit
@@ -400,18 +411,19 @@ class Limiter:
         Run with this limiter's lock released, taken back after: its end
         releases a slot. Looked for under the lock: a task admitted after the
         look wakes the wait (``_Waiter.wake``, which takes the lock).
+        ``recipient``: the wait's (:meth:`_refuse_to_block_their_loop`).
         """
         if not _held_on_loop.has_ready(loop):
             return False
         self._lock.release()
         try:
             _held_on_loop.run_one(loop)
-            self._refuse_to_block_their_loop(loop)
+            self._refuse_to_block_their_loop(loop, recipient)
         finally:
             self._lock.acquire()
         return True
 
-    def _refuse_to_block_their_loop(self, loop: Any) -> None:
+    def _refuse_to_block_their_loop(self, loop: Any, recipient: Recipient | None) -> None:
         """Raise ``RuntimeError`` where the tasks holding this limit's slots whose coroutines run on ``loop`` (this thread's) are as many as the limit.
 
         Run in place here, a plain function that returned a coroutine started
@@ -421,19 +433,29 @@ class Limiter:
         lasted for good, where every other wait that runs such a task in place
         refuses at once (``AsyncHandle._refuse_to_block_a_loop``). A task
         holds a slot of a function's limit, or the global one, in its
-        ``_permits``; of a group's, in its context's marks (:func:`holding_a_slot`).
-        Looked at only after a task ran in place.
+        ``_permits``; of a group's, as one of the group's tasks, which
+        ``recipient``, the group waited for, gives (``_slot_holders``). Not
+        by its context's mark (:func:`holding_a_slot`): every task made
+        inside a group's task carries it, a plain call's too, and holds no
+        slot of the group; counted, they refused a wait that a slot held
+        elsewhere, freed from another thread, would have ended. Looked at
+        only after a task ran in place.
         """
         limit = self.limit
         if limit is None or not on_callers_loops:
             return
         holders = []
+        own: Container[Any] | None = None  # the recipient's, asked once a task on the loop holds no permit of this
         for task, on in list(on_callers_loops.items()):  # (a copy: another thread may take an entry meanwhile)
             if on.fail is not None or on.loop() is not loop or task._state >= SUCCEEDED:
                 continue  # held for its slots, or of another loop, or ended
-            context = task._context
-            if self in task._permits or (context is not None and self in context.get(_slots_held, ())):
+            if self in task._permits:
                 holders.append(task)
+            elif recipient is not None:
+                if own is None:
+                    own = recipient._slot_holders(self)
+                if task in own:
+                    holders.append(task)
         if holders and len(holders) >= limit:
             task = holders[0]
             raise RuntimeError(

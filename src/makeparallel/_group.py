@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Container, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar, Union, overload
 
@@ -294,6 +294,19 @@ class ParallelContext:
             waits.remove(limiter)
             if not waits:
                 del self._slot_waits[threading.get_ident()]
+
+    def _slot_holders(self, limiter: Limiter) -> Container[Any]:
+        """The tasks holding a slot of ``limiter`` where it is this group's limit (``_admission.Recipient``): its tasks.
+
+        Each holds one from its submit (over the limit too, made by a task of
+        the group) until its end; the tasks made inside one carry its mark
+        (``holding_a_slot``), and hold none. Ended ones are left to the caller
+        to skip.
+        """
+        if limiter is not self._limiter:
+            return ()
+        with self._lock:
+            return set(self._handles)
 
     def _wake_slot_waits(self) -> None:
         """Wake the submits waiting for a slot, each to see that the group stopped taking tasks."""
