@@ -1214,7 +1214,8 @@ def test_an_interrupt_as_the_pool_replaces_a_stuck_worker_leaves_no_phantom_work
 
 
 # CPython also raises a pending KeyboardInterrupt as a loop turns (a backward jump). A call
-# under a function's max_concurrent took its slot in a loop over the limits that apply, with
+# under a function's max_concurrent takes its slot in a loop over the limits that apply
+# (take_slots, called by _admit). It did so with
 # mp.set_max_concurrent_tasks unset: CPython 3.11+ leaves the jump that skips such a limit
 # out of the try's range, and a Ctrl-C there passed by the handler that gives the slots back.
 _BACKWARD_JUMPS = {"JUMP_BACKWARD", "JUMP_ABSOLUTE"}  # 3.11+, 3.10 (both check for signals)
@@ -1229,7 +1230,7 @@ def test_an_interrupt_as_a_call_turns_its_loop_over_the_limits_gives_its_slot_ba
         jumps = 0
 
         def trace(frame: Any, event: str, arg: object) -> Any:
-            if frame.f_code.co_name != "_admit":
+            if frame.f_code.co_name not in ("_admit", "take_slots"):  # the loop is take_slots
                 return None
             frame.f_trace_opcodes = True
             if event == "opcode" and dis.opname[frame.f_code.co_code[frame.f_lasti]] in _BACKWARD_JUMPS:
