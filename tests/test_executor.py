@@ -1218,3 +1218,32 @@ def test_a_parallel_functions_priority_orders_its_calls_in_the_executors_queue(g
         gate.set()
         cf.wait(queued, timeout=30)
     assert order == ["urgent", "plain"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
+def test_a_map_in_chunks_of_an_async_parallel_function_is_waited_for_on_a_running_loop(
+    executor_class: type[mp.Executor], gate: threading.Event
+) -> None:
+    # A chunk's task runs the coroutines itself, on its own thread: as a plain async
+    # function's chunks, it can be waited for (here, run in place) from a task's running loop.
+    # Taken for an async task, it refused the wait with RuntimeError ("runs a coroutine").
+    started = threading.Event()
+
+    def block() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    with executor_class(max_workers=1) as executor:
+        blocker = executor.submit(block)  # the chunks stay queued until the wait
+        assert started.wait(30)
+
+        @mp.parallel
+        async def maps_on_its_loop() -> list[int]:
+            return list(executor.map(parallel_double_later, range(4), chunksize=2))
+
+        try:
+            assert maps_on_its_loop().get(timeout=30) == [0, 2, 4, 6]
+        finally:
+            gate.set()
+        blocker.result(timeout=30)

@@ -665,14 +665,18 @@ class Executor(concurrent.futures.Executor):
         Named and measured as the function (metrics by name), admitted through
         its ``max_concurrent`` limiter and queued at its priority, as
         ``parallel_map``'s chunks are; nothing else of it (its timeout, retry,
-        breaker, backend) applies to a task this executor runs.
+        breaker, backend) applies to a task this executor runs. A chunk's task
+        is no async one, whatever the function: ``_run_chunk`` runs the
+        coroutines to their end on its own thread, and a wait for it from a
+        running loop blocks nothing that task needs.
         """
         name = own.name + suffix
         key = (name, own.limiter, own.priority)
         spec = self._parallel_specs.get(key)
         if spec is None:
+            is_async = own.is_async and not suffix
             spec = self._parallel_specs[key] = TaskSpec(
-                name, None, None, own.priority, own.limiter, own.is_async, function_name=own.function_name
+                name, None, None, own.priority, own.limiter, is_async, function_name=own.function_name
             )
         return spec
 
