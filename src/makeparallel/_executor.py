@@ -329,7 +329,12 @@ class Executor(concurrent.futures.Executor):
         """The size of this executor's pool."""
         return self._max_workers
 
-    # An async function's coroutine runs to its end in the task: the future holds its result (first).
+    # A @parallel function's plain function runs in the task, and an async function's coroutine
+    # runs to its end there: the future holds its result, not a handle or a coroutine (first).
+    @overload
+    def submit(
+        self, fn: ParallelFunction[..., T] | _BoundParallelFunction[..., T], /, *args: Any, **kwargs: Any
+    ) -> ExecutorFuture[T]: ...
     @overload
     def submit(self, fn: Callable[..., Coroutine[Any, Any, T]], /, *args: Any, **kwargs: Any) -> ExecutorFuture[T]: ...
     @overload
@@ -432,6 +437,15 @@ class Executor(concurrent.futures.Executor):
             raise self._refusal() from None
         return future
 
+    @overload
+    def map(
+        self,
+        fn: ParallelFunction[..., T] | _BoundParallelFunction[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]: ...
     @overload
     def map(
         self,

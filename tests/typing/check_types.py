@@ -213,6 +213,15 @@ with mp.Executor(max_workers=1) as executor:
     assert_type(executor.map(add_one, [1]), Iterator[int])
     assert_type(executor.map(half, [2]), Iterator[float])
     assert executor.submit(add_one, 1).result() == 2 and list(executor.map(add_one, [1])) == [2]
+    # A @parallel function or method runs there as its plain function: results, not handles.
+    assert_type(executor.submit(square, 3), mp.ExecutorFuture[int])
+    assert_type(executor.submit(fetch, 1), mp.ExecutorFuture[int])
+    assert_type(executor.submit(account.deposit, 5), mp.ExecutorFuture[int])
+    assert_type(executor.map(square, [1]), Iterator[int])
+    assert_type(executor.map(account.statement, ["$"]), Iterator[str])
+    assert_type(executor.map(Account.opened, [1]), Iterator[str])
+    assert executor.submit(square, 3).result() == 9 and list(executor.map(account.deposit, [5])) == [15]
+    assert list(executor.map(account.statement, ["$"], chunksize=2)) == ["$10"]
 assert mp.parallel_map(add_one, [1, 2]) == [2, 3] and list(mp.imap(add_one, [1])) == [2]
 
 
