@@ -631,6 +631,45 @@ def test_tasks_that_wait_for_tasks_of_their_own_leave_their_thread_to_them(outer
     assert mp.gather(handles, timeout=90) == expected
 
 
+def shut_down_after_a_task_of_its_own() -> tuple[int, bool]:
+    value = mp.parallel(backend="dask")(square)(3)
+    try:
+        return value.get(timeout=30), mp.shutdown(timeout_secs=None)  # waits for the worker process's own tasks
+    finally:
+        mp.reset_shutdown()
+
+
+def shut_down() -> bool:
+    try:
+        return mp.shutdown(timeout_secs=None)
+    finally:
+        mp.reset_shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_without_a_timeout_in_a_task_waits_for_the_tasks_of_its_worker_process() -> None:
+    # It was refused as "on a thread pool's worker (a callback)": the task is no task of the
+    # worker process, and a wait there secedes as its waits for its own tasks do.
+    assert mp.parallel(backend="dask")(shut_down)().get(timeout=90) is True
+    assert mp.parallel(backend="dask")(shut_down_after_a_task_of_its_own)().get(timeout=90) == (9, True)
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_without_a_timeout_in_a_task_of_an_in_process_cluster_is_refused() -> None:
+    # The worker runs in this process, which holds the task: the wait would include its own end.
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as here,
+        Client(here, set_as_default=False) as client,
+    ):
+        previous = _runtime._dask_client
+        mp.configure(dask_client=client)
+        try:
+            with pytest.raises(RuntimeError, match="inside a Dask task that this process sent to a worker of its own"):
+                mp.parallel(backend="dask")(shut_down)().get(timeout=90)
+        finally:
+            mp.configure(dask_client=previous)
+
+
 def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
     second = Client(cluster, set_as_default=False)
     mp.configure(dask_client=second)

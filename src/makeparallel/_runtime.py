@@ -757,12 +757,23 @@ def _refuse_to_wait_for_good_here(
     with one thread, they never started); in a process task's callback, on
     its pool's loop thread (which reads every result the wait needs); on the
     thread of an event loop that runs a ``"sync"`` task's coroutine, in it or
-    once it stopped (nothing runs that loop while the thread waits).
+    once it stopped (nothing runs that loop while the thread waits); inside a
+    Dask task that this process sent to a worker of its own (an in-process
+    cluster). Elsewhere in a Dask task it secedes from the worker's threads
+    first, as a wait for tasks of its own does: the tasks it submitted may
+    need its thread.
     """
     task = current_task()
-    if task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
+    pool = pool_of_this_thread()
+    sent_from_here = getattr(pool, "sent_from_here", None)  # on a Dask worker's thread (_dask._SecedingPlace)
+    if pool is not None and sent_from_here is False:
+        pool.worker_blocks()  # it waits for the tasks this task submitted, which may need its thread
+        pool = None
+    if sent_from_here:
+        where = "inside a Dask task that this process sent to a worker of its own (an in-process cluster), whose own end it waits for"
+    elif task is not None and hasattr(task, "_backend"):  # (not a worker process's stand-in for the parent's task)
         where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
-    elif pool_of_this_thread() is not None:
+    elif pool is not None:
         where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
     elif _reads_results_here():
         where = "in a process task's callback, on the pool's loop thread, which reads the results it waits for"

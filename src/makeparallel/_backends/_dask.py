@@ -49,6 +49,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import pickle
 import threading
 import traceback
@@ -240,7 +241,7 @@ class ClientExecutor(concurrent.futures.Executor):
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         # Keyed as Dask keys a call of fn with pure=False, though run_on_worker runs it.
         key = f"{funcname(fn)}-{uuid.uuid4()}"
-        dask_future = self._client.submit(run_on_worker, fn, *args, key=key, pure=False, **kwargs)
+        dask_future = self._client.submit(run_on_worker, _sender(), fn, *args, key=key, pure=False, **kwargs)
         future = TaskFuture(dask_future)
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
         loop = self._client.loop  # a client has its loop from its start
@@ -351,18 +352,32 @@ def _fetch_failure(error: BaseException) -> TaskSerializationError:
     return failure
 
 
-def run_on_worker(fn: Any, /, *args: Any, **kwargs: Any) -> SentResult:
+def run_on_worker(sender: str, fn: Any, /, *args: Any, **kwargs: Any) -> SentResult:
     """On a Dask worker: ``fn(*args, **kwargs)``, its result held for sending in a :class:`SentResult`.
 
-    Meanwhile the worker's thread is the place :data:`_SECEDES` (``pool_of_this_thread``):
+    Meanwhile the worker's thread is a :class:`_SecedingPlace` (``pool_of_this_thread``):
     a wait of the task for tasks of its own secedes from the worker's threads.
+    ``sender`` is the :func:`_sender` of the process that sent the task: a
+    worker of an in-process cluster runs it in that very process.
     """
     previous = getattr(_this_thread, "pool", None)
-    _this_thread.pool = _SECEDES
+    _this_thread.pool = _SECEDES_HERE if sender == _sender() else _SECEDES
     try:
         return SentResult(fn(*args, **kwargs))
     finally:
         _this_thread.pool = previous
+
+
+_process_id: tuple[int, str] | None = None
+
+
+def _sender() -> str:
+    """This process, as :func:`run_on_worker` tells it from another: unique across machines, and after a fork."""
+    global _process_id
+    pid = os.getpid()
+    if _process_id is None or _process_id[0] != pid:
+        _process_id = (pid, f"{pid}-{uuid.uuid4()}")
+    return _process_id[1]
 
 
 class _SecedingPlace:
@@ -380,7 +395,12 @@ class _SecedingPlace:
     (``ThreadBackend.worker_blocks``).
     """
 
-    __slots__ = ()
+    __slots__ = ("sent_from_here",)
+
+    def __init__(self, sent_from_here: bool) -> None:
+        #: Whether this process sent the task (its worker is one of an in-process cluster): a wait
+        #: for every task of this process (``shutdown()``) would wait for this one's end too.
+        self.sent_from_here = sent_from_here
 
     def worker_blocks(self) -> None:
         if getattr(thread_state, "proceed", False):  # still one of the worker's threads: not seceded yet
@@ -394,7 +414,8 @@ class _SecedingPlace:
         return False
 
 
-_SECEDES = _SecedingPlace()
+_SECEDES = _SecedingPlace(sent_from_here=False)
+_SECEDES_HERE = _SecedingPlace(sent_from_here=True)
 
 
 class SentResult:
