@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .. import _deadlines, _events, _held_on_loop, _interruptible
 from .._coroutines import (
@@ -70,8 +70,22 @@ def terminate_all(backends: list[Backend]) -> None:
         backend.terminate()
 
 
-def pool_of_this_thread() -> Backend | None:
-    """The backend whose worker thread this is, or ``None``."""
+class WorkerPlace(Protocol):
+    """What a thread that runs tasks does as one of them blocks: a pool's worker, or a Dask worker's thread.
+
+    A backend's worker thread is its backend (``ThreadBackend.worker_blocks``);
+    a Dask worker's thread secedes (``_dask._SecedingPlace``), and is no backend.
+    """
+
+    def worker_blocks(self) -> None: ...
+
+    def worker_unblocks(self) -> None: ...
+
+    def places_all_lent(self) -> bool: ...
+
+
+def pool_of_this_thread() -> WorkerPlace | None:
+    """The place this thread holds as it runs tasks (the backend whose worker it is), or ``None``."""
     return getattr(_this_thread, "pool", None)
 
 
