@@ -2552,7 +2552,8 @@ def _a_group_task_on_the_loop_with_another_one_inside(
 
     def checks_then_frees(self: Limiter, *args: Any) -> None:
         check(self, *args)
-        frees.set()  # the thread task's slot frees only now: the wait's check saw it held
+        if made:  # the thread task's slot frees only now: the check after the run in place saw it held
+            frees.set()
 
     monkeypatch.setattr(Limiter, "_refuse_to_block_their_loop", checks_then_frees)
     groups: list[mp.ParallelContext] = []
@@ -2625,6 +2626,55 @@ def test_a_groups_submit_is_refused_where_a_task_its_task_submitted_to_it_holds_
     assert len(refusals) == 1
     assert "2 such task(s) hold all 2 slot(s)" in str(refusals[0])
     assert results == (42, 7, None)
+
+
+#: A group's task whose coroutine runs on the loop from its submit: not run in place by a wait.
+STARTED_ON_THE_LOOP_AT_SUBMIT: dict[str, Callable[[int], Any]] = {
+    "an async def function": sleeps_then_doubles,
+    "a plain function that returns a coroutine": returns_a_coroutine,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group_timeout", [30, None])
+@pytest.mark.parametrize("fn", STARTED_ON_THE_LOOP_AT_SUBMIT)
+def test_a_groups_submit_waiting_for_a_slot_that_a_coroutine_started_at_its_submit_holds_is_refused_at_once(
+    fn: str, group_timeout: float | None
+) -> None:
+    # The group's task ran as it was submitted and left its coroutine on the loop, holding the
+    # group's only slot: the next submit's wait blocked that loop, ran no task in place, and so
+    # never looked at the slots' holders: it waited out the group's timeout, or for good.
+    async def main() -> int:
+        with mp.ParallelContext(max_concurrent=1, backend="sync", timeout=group_timeout) as group:
+            first = group.submit(STARTED_ON_THE_LOOP_AT_SUBMIT[fn], 21)
+            assert not first.done()
+            with pytest.raises(RuntimeError, match="1 such task\\(s\\) hold all 1 slot\\(s\\)"):
+                group.submit(abs, -3)
+            return await first  # the loop runs its coroutine, as the error says
+
+    assert run(main()) == 42
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fn", STARTED_ON_THE_LOOP_AT_SUBMIT)
+def test_a_groups_submit_waits_for_a_slot_held_on_a_thread_beside_a_coroutine_started_at_its_submit(
+    fn: str, loop_blocks: threading.Event
+) -> None:
+    # One slot is held on the loop, the other by a thread task that frees it once the submit
+    # blocks: the wait ends with it, and must not be refused.
+    on_a_thread = mp.parallel(backend="thread")(lambda: loop_blocks.wait(30) and 7)
+
+    async def main() -> tuple[int, int, int]:
+        with mp.ParallelContext(max_concurrent=2, backend="sync", timeout=30) as group:
+            first = group.submit(STARTED_ON_THE_LOOP_AT_SUBMIT[fn], 21)
+            other = group.submit(on_a_thread)
+            third = group.submit(abs, -3)
+            return await first, await other, await third
+
+    try:
+        assert run(main()) == (42, 7, 3)
+    finally:
+        loop_blocks.set()
 
 
 # -- async collectors ---------------------------------------------------------------------

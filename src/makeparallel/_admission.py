@@ -312,8 +312,9 @@ class Limiter:
             TaskTimeoutError: the task this runs in timed out while it waited.
             RuntimeError: on a thread whose event loop runs, the tasks holding
                 every slot run coroutines on that loop, which this wait would
-                block: a ``"sync"`` task run in place here started one (a plain
-                function that returned a coroutine).
+                block: a ``"sync"`` task's, started there as it was submitted
+                (an ``async def`` function) or run in place here (a plain
+                function that returned one).
             Exception: ``recipient``'s refusal (``_refuse_waiting()``): it
                 stopped taking tasks while this call waited.
         """
@@ -382,8 +383,15 @@ class Limiter:
         ``loop``: the one running on this thread, if any (see :meth:`_run_held_on_loop`).
 
         Raises what ends the wait first: ``ShutdownError``, the task's stop,
-        the recipient's refusal (each waking only this waiter).
+        the recipient's refusal (each waking only this waiter), the
+        ``RuntimeError`` of :meth:`_refuse_to_block_their_loop`.
         """
+        if loop is not None:  # tasks started on this loop before the wait may hold every slot
+            self._lock.release()
+            try:
+                self._refuse_to_block_their_loop(loop, recipient)
+            finally:
+                self._lock.acquire()
         while not waiter.granted:
             if self._closed or waiter.shut_out:  # shut_out: closed, maybe reopened before this thread ran again
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
@@ -439,7 +447,8 @@ class Limiter:
         inside a group's task carries it, a plain call's too, and holds no
         slot of the group; counted, they refused a wait that a slot held
         elsewhere, freed from another thread, would have ended. Looked at
-        only after a task ran in place.
+        as the wait begins (a task's coroutine started on the loop at its
+        submit holds its slot as well) and after each task run in place.
         """
         limit = self.limit
         if limit is None or not on_callers_loops:
@@ -460,7 +469,7 @@ class Limiter:
             task = holders[0]
             raise RuntimeError(
                 f"task {task._id} ({task.name}) holds a slot of the limit this submission waits for and "
-                "runs a coroutine on this thread's event loop (run in place here, it returned one); "
+                "runs a coroutine on this thread's event loop; "
                 f"{len(holders)} such task(s) hold all {limit} slot(s), and this wait blocks the loop "
                 "that alone can end them. Await their handles before submitting more, or submit "
                 "from another thread"
