@@ -118,6 +118,40 @@ def test_a_window_smaller_than_min_calls_still_opens(clock: FakeClock) -> None:
     assert outcome(pay(False)) == "CircuitOpenError"
 
 
+def test_a_window_or_trial_count_larger_than_memory_holds_only_the_calls_made(clock: FakeClock) -> None:
+    # The window was allocated whole, a byte a call: window=10**9 took 1 GB at once,
+    # and a larger one raised OverflowError from the constructor, or, as
+    # half_open_calls, from the call that turned it half-open.
+    huge = 10**20
+    breaker = breaker_for(clock, window=huge, min_calls=2, half_open_calls=huge)
+    pay = guarded(breaker)
+    assert [outcome(pay(True)) for _ in range(2)] == ["ConnectionError"] * 2
+    assert breaker.state == "open"
+    clock.now += 30
+    assert [outcome(pay(False)) for _ in range(3)] == ["ok"] * 3
+    assert breaker.state == "half_open"  # every call is a trial, and all must succeed
+    stats = breaker.statistics()
+    assert (stats.buffered_calls, stats.failure_rate, stats.successful_calls) == (3, 0.0, 3)
+    assert outcome(pay(True)) == "ConnectionError"
+    assert breaker.state == "open" and breaker.statistics().failure_rate == 0.25
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_admitted_as_the_breaker_turns_half_open_with_a_huge_trial_count_ends() -> None:
+    # The retry's next attempt is admitted on the deadline thread: the OverflowError
+    # raised there left the task waiting to retry for good.
+    ticks = iter(range(0, 10**6, 30))  # each reading is a recovery_timeout later than the last
+    breaker = mp.CircuitBreaker(
+        "payments", window=1, min_calls=1, recovery_timeout=30, half_open_calls=10**20, clock=lambda: next(ticks)
+    )
+    retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0.01, wait_jitter=0, timeout=None)
+    pay = guarded(breaker, backend="thread", retry=retry)
+    handle = pay(True)  # its failure opens the breaker; its retry finds it due to turn half-open
+    assert isinstance(handle.exception(timeout=30), ConnectionError)
+    assert handle.attempts == 2 and pay.runs == [True, True]  # type: ignore[attr-defined]
+    assert breaker.state == "open"  # the trial failed
+
+
 def test_errors_outside_on_count_as_successes(clock: FakeClock) -> None:
     breaker = breaker_for(clock, on=ConnectionError)
 

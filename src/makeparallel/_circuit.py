@@ -365,23 +365,32 @@ class CircuitBreaker:
     # -- internals --------------------------------------------------------------------
 
     def _clear_window_locked(self, size: int) -> None:
-        """Start an empty window of ``size`` calls: ``window`` while closed, ``half_open_calls`` for the trials."""
-        self._ring = bytearray(size)
-        self._next = 0  # where the next outcome goes
+        """Start an empty window of ``size`` calls: ``window`` while closed, ``half_open_calls`` for the trials.
+
+        The ring grows as outcomes arrive, up to ``size``: made whole at once, a
+        window of 10**9 took 1 GB, and a larger count (one beyond any
+        bytearray) raised OverflowError from the call that turned the breaker
+        half-open, or from a retry's admission on the deadline thread, leaving
+        that task waiting for good.
+        """
+        self._ring = bytearray()
+        self._size = size
+        self._next = 0  # where the next outcome goes, once the ring is full
         self._buffered = 0
         self._failures = self._slows = 0  # sums over the ring
 
     def _push_locked(self, outcome: int) -> None:
         ring, i = self._ring, self._next
-        if self._buffered == len(ring):  # the oldest outcome leaves the sums
+        if self._buffered < self._size:  # filling: oldest first, so that index 0 leaves first
+            ring.append(outcome)
+            self._buffered += 1
+        else:  # the oldest outcome leaves the sums
             self._failures -= ring[i] & _FAILED
             self._slows -= (ring[i] & _SLOW) >> 1
-        else:
-            self._buffered += 1
-        ring[i] = outcome
+            ring[i] = outcome
+            self._next = (i + 1) % self._size
         self._failures += outcome & _FAILED
         self._slows += (outcome & _SLOW) >> 1
-        self._next = (i + 1) % len(ring)
 
     def _open_locked(self) -> None:
         self._last_rate = self._failures / self._buffered if self._buffered else 1.0
