@@ -152,6 +152,18 @@ def test_a_retry_admitted_as_the_breaker_turns_half_open_with_a_huge_trial_count
     assert breaker.state == "open"  # the trial failed
 
 
+def test_past_its_recovery_timeout_it_reads_open_until_the_next_call_turns_it_half_open(clock: FakeClock) -> None:
+    # As resilience4j without its automatic transition: nothing runs on a timer.
+    breaker = breaker_for(clock, window=2, min_calls=2)
+    pay = guarded(breaker)
+    assert [outcome(pay(True)) for _ in range(2)] == ["ConnectionError"] * 2
+    clock.now += 30
+    assert breaker.state == "open" and breaker.statistics().state == "open"
+    assert any("'payments' is open" in reason for reason in mp.health(memory_limit_percent=100)["reasons"])
+    assert outcome(pay(False)) == "ok"  # the first trial
+    assert breaker.state == "half_open"
+
+
 def test_errors_outside_on_count_as_successes(clock: FakeClock) -> None:
     breaker = breaker_for(clock, on=ConnectionError)
 
