@@ -1947,9 +1947,11 @@ def test_killing_the_template_kills_its_workers_and_the_pool_recovers(two_worker
 
 
 def block_on_item(path: str, item: int) -> int:
-    """Return ``item``, except item 3, which blocks (after saying so) until its worker is killed."""
+    """Return ``item``, except item 3, which blocks (after saying so) until its worker is killed; item 5 says it started."""
     if item == 3:
         block(path)
+    if item == 5:
+        Path(path, "last").touch()
     return item
 
 
@@ -1970,6 +1972,9 @@ def test_a_map_item_running_as_the_template_is_killed_fails_without_the_blame(
     mapping = threading.Thread(target=run_map)
     mapping.start()
     assert wait_until(lambda: (tmp_path / "started").exists(), 30)
+    # The last item started on the other worker: every item before 3 ended there, its result
+    # journaled. Killed sooner on a loaded machine, that worker's item 1 still ran, and failed first.
+    assert wait_until(lambda: (tmp_path / "last").exists(), 30)
 
     template.send_signal(signal.SIGKILL)
 
