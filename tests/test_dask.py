@@ -33,8 +33,9 @@ from makeparallel._backends import _base, _dask
 pytestmark = pytest.mark.dask
 
 # Threads the Dask client and cluster start by themselves (callbacks, offloading,
-# nanny watchers of restarted workers); conftest does not count them as leaks.
-ENGINE_THREAD_PREFIXES = ("Dask-", "AsyncProcess", "QueueFeederThread", "IO loop", "ThreadPoolExecutor")
+# nanny watchers of restarted workers, the profiler an in-process worker starts once
+# per process); conftest does not count them as leaks.
+ENGINE_THREAD_PREFIXES = ("Dask-", "AsyncProcess", "QueueFeederThread", "IO loop", "ThreadPoolExecutor", "Profile")
 
 
 def square(x: int) -> int:
