@@ -919,6 +919,42 @@ def test_a_late_attempt_that_ends_as_its_retry_runs_leaves_cancel_with_timeout_w
 
 
 @pytest.mark.timeout(60)
+def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first attempt fails at once and its retry is claimed, not yet started, as that
+    # attempt's deadline comes: the deadline read the first start as the task's, and
+    # timed out the retry before it ran.
+    resize(1)
+    expired = threading.Event()
+    attempts: list[int] = []
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=ConnectionError, attempts=2))
+    def fails_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("first attempt")
+        return "second"
+
+    expire, execute = AsyncHandle._expire, AsyncHandle._execute
+
+    def told_once_expired(handle: AsyncHandle[Any]) -> None:
+        expire(handle)
+        expired.set()
+
+    def second_held_until_the_first_deadline(handle: AsyncHandle[Any], here: dict[str, Any]) -> tuple[Any, ...]:
+        if attempts:  # the retry, claimed: the first attempt's deadline comes now
+            assert expired.wait(30)
+        return execute(handle, here)
+
+    monkeypatch.setattr(AsyncHandle, "_expire", told_once_expired)
+    monkeypatch.setattr(AsyncHandle, "_execute", second_held_until_the_first_deadline)
+    with no_retry_waits():
+        handle = fails_then_quick()
+        assert mp.wait([handle], timeout=30).not_done == set()
+    assert handle.result() == "second" and handle.attempts == 2
+    assert mp.get_thread_pool_info()["stuck_threads"] == 0
+
+
+@pytest.mark.timeout(60)
 def test_the_progress_of_an_attempt_that_timed_out_and_was_retried_is_dropped(gate: threading.Event) -> None:
     # Its code goes on, as its retry runs: its reports overwrote the retry's progress.
     resize(2)

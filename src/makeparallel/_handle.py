@@ -768,6 +768,9 @@ class AsyncHandle(Generic[T_co]):
         with backend._lock:
             if self._state != RUNNING or _now() < self._started_at + self._timeout:  # type: ignore[operator]
                 return  # ended, or this deadline was an earlier attempt's
+            record: Attempts | None = getattr(self, "_retry", None)
+            if record is not None and self._started_at is record.retried_start:
+                return  # an earlier attempt's, which failed: its retry is claimed, not started (its own deadline comes)
             if error is None:
                 error = self._timeout_error()
             retry = self._observer.retry
