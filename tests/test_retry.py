@@ -856,7 +856,7 @@ def test_a_late_attempt_that_ends_as_its_retry_is_claimed_leaves_the_retry_alone
     # and sets the attempt's start only once that one's callbacks ran. Settled in
     # between, the late attempt found its start still the task's: its outcome
     # ended the task, and the retry claimed never ran.
-    resize(2)
+    resize(1)
     first_may_end = threading.Event()
     attempts: list[int] = []
 
@@ -877,15 +877,20 @@ def test_a_late_attempt_that_ends_as_its_retry_is_claimed_leaves_the_retry_alone
     def end_the_late_attempt(_: None) -> None:
         # On the worker that claimed the retry as it settled this task, before it starts it.
         first_may_end.set()
-        assert wait_until(lambda: mp.get_thread_pool_info()["idle_threads"] == 1, 10)  # it settled, and idles
+        # The late attempt's worker settled, no longer stuck, and retired as a surplus one.
+        assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1, 10), mp.get_thread_pool_info()
 
     with no_retry_waits():
-        holds_the_other_worker().on_complete(end_the_late_attempt)
         handle = deaf_then_quick()
+        assert wait_until(lambda: handle.status == "running", 10)
+        # Queued behind the late attempt: the worker that replaces it takes this first, and the retry waits.
+        holds_the_other_worker().on_complete(end_the_late_attempt)
         assert wait_until(lambda: handle.status == "pending" and handle.attempts == 1, 10)  # retried, queued
+        assert mp.get_thread_pool_info()["stuck_threads"] == 1
         gate.set()
         assert handle.get(timeout=30) == "fresh"
     assert handle.attempts == 2 and len(attempts) == 2
+    assert mp.get_thread_pool_info()["stuck_threads"] == 0
 
 
 @pytest.mark.timeout(60)
@@ -919,10 +924,100 @@ def test_a_late_attempt_that_ends_as_its_retry_runs_leaves_cancel_with_timeout_w
 
 
 @pytest.mark.timeout(60)
+def test_a_retry_after_a_timeout_runs_beside_the_late_attempt_on_a_full_pool(gate: threading.Event) -> None:
+    # Only a timeout with no retry counted the late attempt's worker as stuck, and had
+    # a replacement start: on a full pool the retry waited behind the late attempt,
+    # pending for good where that attempt never returned.
+    resize(1)
+    attempts: list[int] = []
+
+    # The retry must return within the timeout too: room for it on a busy machine.
+    @mp.parallel(timeout=1.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def deaf_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            assert gate.wait(30)  # deaf to its timeout: no check_cancelled()
+            return "stale"
+        return "fresh"
+
+    with no_retry_waits():
+        handle = deaf_then_quick()
+        assert handle.get(timeout=20) == "fresh", (handle.status, mp.get_thread_pool_info())
+    assert handle.attempts == 2 and len(attempts) == 2
+    info = mp.get_thread_pool_info()
+    assert (info["stuck_threads"], info["live_threads"]) == (1, 2), info
+    gate.set()
+    # Its attempt over, the late worker is no longer stuck, and retires as a surplus one.
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0, 10), mp.get_thread_pool_info()
+    assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1, 10), mp.get_thread_pool_info()
+    assert handle.result() == "fresh"
+
+
+@pytest.mark.timeout(60)
+def test_a_late_attempt_counts_as_stuck_from_its_retry_until_it_returns(gate: threading.Event) -> None:
+    # Counted during the retry's wait, and after a cancel ends the task: the late attempt
+    # still holds its worker; its return, outcome dropped, gives the place back.
+    resize(1)
+    started = threading.Event()
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2, wait_initial=30, wait_jitter=0))
+    def deaf() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "stale"
+
+    handle = deaf()
+    assert started.wait(10)
+    assert wait_until(lambda: handle.status == "waiting to retry", 10), handle.status
+    assert mp.get_thread_pool_info()["stuck_threads"] == 1
+    assert handle.cancel()
+    assert mp.get_thread_pool_info()["stuck_threads"] == 1  # the cancel does not end the late attempt
+    gate.set()
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0, 10), mp.get_thread_pool_info()
+    assert handle.status == "cancelled"
+
+
+@pytest.mark.timeout(60)
+def test_each_late_attempt_of_a_task_holds_its_own_worker() -> None:
+    # Two attempts in a row past their timeout, deaf to it: the third runs beside both,
+    # and each late worker stops counting as stuck when its own attempt returns.
+    resize(2)
+    release = [threading.Event(), threading.Event()]
+    attempts: list[int] = []
+    lock = threading.Lock()
+
+    # The last attempt must return within the timeout too: room for it on a busy machine.
+    @mp.parallel(timeout=1.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=3))
+    def deaf_twice() -> int:
+        with lock:
+            attempts.append(1)
+            attempt = len(attempts)
+        if attempt <= 2:
+            assert release[attempt - 1].wait(30)  # deaf to its timeout: no check_cancelled()
+        return attempt
+
+    try:
+        with no_retry_waits():
+            handle = deaf_twice()
+            assert handle.get(timeout=20) == 3, (handle.status, mp.get_thread_pool_info())
+        info = mp.get_thread_pool_info()
+        assert (info["stuck_threads"], info["live_threads"]) == (2, 3), info
+        release[1].set()
+        assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 1, 10), mp.get_thread_pool_info()
+        release[0].set()
+        assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0, 10), mp.get_thread_pool_info()
+        assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 2, 10), mp.get_thread_pool_info()
+    finally:
+        for event in release:
+            event.set()
+    assert handle.result() == 3 and handle.attempts == 3
+
+
+@pytest.mark.timeout(60)
 def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first attempt fails at once and its retry is claimed, not yet started, as that
     # attempt's deadline comes: the deadline read the first start as the task's, and
-    # timed out the retry before it ran.
+    # timed out the retry before it ran (on a worker, counted as stuck for it too).
     resize(1)
     expired = threading.Event()
     attempts: list[int] = []

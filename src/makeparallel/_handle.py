@@ -673,7 +673,9 @@ class AsyncHandle(Generic[T_co]):
                 if self._stop_event is not None:
                     self._stop_event.set()
         if self._started_at is not started:
-            return RUNNING, None, None  # timed out, and a retry started since: this outcome is stale
+            # Timed out, and a retry started since: this outcome is stale. Its start goes with
+            # it: the settle tells the backend that this late attempt's worker is free again.
+            return RUNNING, None, started
         if self._timeout is not None and self._observer.retry is not None:
             return state, value, started
         return state, value, None
@@ -810,7 +812,10 @@ class AsyncHandle(Generic[T_co]):
         if started is not None:
             record: Attempts | None = getattr(self, "_retry", None)
             if started is not self._started_at or (record is not None and started is record.retried_start):
-                return _DROPPED  # a timed-out attempt's, which ended as its retry was claimed or started
+                # A timed-out attempt's, which ended as its retry was claimed or started.
+                if record is not None and record.late_on_workers:
+                    self._backend._late_attempt_returned_locked(self, started)
+                return _DROPPED
         if state < SUCCEEDED:
             if state == RUNNING:
                 return _DROPPED
@@ -896,9 +901,9 @@ class AsyncHandle(Generic[T_co]):
         if self._context is not None:  # a timed-out attempt may still run in it: one context, one thread
             self._context = self._context.copy()
         self._state = RETRY_WAIT
-        self._on_worker = UNCLAIMED  # no worker holds it now
         self._observer.task_retried(self, attempt == 1)
-        self._backend._schedule_retry_locked(self, record.due)
+        self._backend._schedule_retry_locked(self, record.due)  # (it reads who ran the attempt that failed)
+        self._on_worker = UNCLAIMED  # no worker holds it now
         return True
 
     def _queued_again_locked(self) -> list[threading.Lock] | None:

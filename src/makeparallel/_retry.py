@@ -208,6 +208,9 @@ class Attempts:
     refused: bool = False
     #: Why no attempt followed the last one, where the policy wanted one (the backend shut down).
     stopped: str | None = None
+    #: The starts of the attempts retried past their timeout whose pool workers still run them,
+    #: each counted as a stuck worker until it returns (the thread pool's ``_schedule_retry_locked``).
+    late_on_workers: list[float] = field(default_factory=list)
 
     def describe(self) -> str:
         """The note listing every failed attempt, and why the retries stopped early if they did, for the final error."""

@@ -286,6 +286,14 @@ class Backend:
         """``handle`` waits to retry until ``due`` (``perf_counter``): the deadline thread resumes it."""
         _deadlines.schedule(_RetryDue(handle), due)
 
+    def _late_attempt_returned_locked(self, handle: AsyncHandle[Any], started: float) -> bool:
+        """The attempt of ``handle`` that started at ``started``, timed out and retried, returned; under the lock.
+
+        Whether a worker of this backend ran it and was counted as stuck meanwhile
+        (then it no longer is). Only the thread pool counts such workers.
+        """
+        return False
+
     def set_paused(self, paused: bool) -> None:
         """Start one task at a time (memory is short) or resume; backends without a pool ignore it."""
 

@@ -22,9 +22,9 @@ Why it never hangs interpreter exit: workers are daemon threads, and the runtime
 waits for unfinished tasks at exit only for a bounded time.
 
 Timeouts: a task that is timed out or cancelled while running keeps its thread
-until it returns. Each such thread is replaced, up to ``num_threads`` extra
-threads, so the pool keeps its capacity; the stuck thread retires when its task
-finally returns.
+until it returns, and so does an attempt timed out and retried. Each such
+thread is replaced, up to ``num_threads`` extra threads, so the pool keeps its
+capacity; the stuck thread retires when its task (or attempt) finally returns.
 """
 
 from __future__ import annotations
@@ -325,6 +325,38 @@ class ThreadBackend(QueueingBackend):
         if self._active == 0 and self._idle_waiters:
             self._wake_idle_waiters_locked()
 
+    def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
+        """As a task that timed out with no retry: a worker that still runs the attempt retried counts as stuck.
+
+        So the pool starts a replacement (``_abandoned`` follows), and the retry
+        runs beside the late attempt: on a full pool it waited for that attempt
+        to return, pending for good where it never did. The start of each such
+        attempt is kept with the task's retries: a task can have several late
+        attempts at once, and each worker is freed by its own
+        (:meth:`_late_attempt_returned_locked`). An attempt that failed and
+        is retried by its own worker's settle, or one a waiter ran inline, holds
+        no worker of the pool's once it is retried.
+        """
+        record = handle._retry
+        if record.timed_out and handle._on_worker == ON_WORKER:
+            record.late_on_workers.append(record.retried_start)  # type: ignore[arg-type]  # (it started)
+            self._stuck += 1
+            self._set_capacity_locked()
+        super()._schedule_retry_locked(handle, due)
+
+    def _late_attempt_returned_locked(self, handle: AsyncHandle[Any], started: float) -> bool:
+        record = getattr(handle, "_retry", None)
+        if record is None:
+            return False  # never retried: ended (timed out, cancelled) as its first attempt ran
+        late = record.late_on_workers
+        for index, start in enumerate(late):
+            if start is started:  # by identity, as the handle tells its attempts apart
+                del late[index]
+                self._stuck -= 1
+                self._set_capacity_locked()  # surplus now: the worker retires, as after a plain timeout
+                return True
+        return False
+
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         self._replace_stuck_workers()
 
@@ -527,6 +559,8 @@ class ThreadBackend(QueueingBackend):
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(outcome[0], outcome[1], outcome[2])
                         settled = handle
+                    elif outcome[2] is not None and self._late_attempt_returned_locked(handle, outcome[2]):
+                        pass  # an attempt retried past its timeout; the task waits to retry, or ended since
                     elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
                         self._stuck -= 1
                         self._set_capacity_locked()
