@@ -1050,6 +1050,49 @@ def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(m
 
 
 @pytest.mark.timeout(60)
+def test_the_deadline_of_an_attempt_that_failed_asks_no_breaker_of_its_claimed_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The deadline asks the breaker's predicate outside the lock before it times a task
+    # out. It asked of a retry claimed, not yet started, which the check under the lock
+    # then left alone: the predicate judged a timeout that never happened.
+    resize(1)
+    expired = threading.Event()
+    attempts: list[int] = []
+    judged: list[str] = []
+
+    def judges(error: BaseException) -> bool:
+        judged.append(type(error).__name__)
+        return True
+
+    breaker = mp.CircuitBreaker("deadline-of-a-failed-attempt", on=judges, min_calls=100)
+
+    @mp.parallel(timeout=0.2, circuit_breaker=breaker, retry=mp.Retry(on=ConnectionError, attempts=2))
+    def fails_then_quick() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("first attempt")
+        return "second"
+
+    expire, execute = AsyncHandle._expire, AsyncHandle._execute
+
+    def told_once_expired(handle: AsyncHandle[Any]) -> None:
+        expire(handle)
+        expired.set()
+
+    def second_held_until_the_first_deadline(handle: AsyncHandle[Any], here: dict[str, Any]) -> tuple[Any, ...]:
+        if attempts:  # the retry, claimed: the first attempt's deadline comes now
+            assert expired.wait(30)
+        return execute(handle, here)
+
+    monkeypatch.setattr(AsyncHandle, "_expire", told_once_expired)
+    monkeypatch.setattr(AsyncHandle, "_execute", second_held_until_the_first_deadline)
+    with no_retry_waits():
+        handle = fails_then_quick()
+        assert mp.wait([handle], timeout=30).not_done == set()
+    assert handle.result() == "second" and handle.attempts == 2
+    assert judged == ["ConnectionError"]  # the first attempt's error only
+
+
+@pytest.mark.timeout(60)
 def test_the_progress_of_an_attempt_that_timed_out_and_was_retried_is_dropped(gate: threading.Event) -> None:
     # Its code goes on, as its retry runs: its reports overwrote the retry's progress.
     resize(2)

@@ -760,17 +760,19 @@ class AsyncHandle(Generic[T_co]):
         """The deadline passed: end the handle if the task is still running."""
         backend = self._backend
         error = None
+        record: Attempts | None = getattr(self, "_retry", None)
         if (
             self._observer.breaker is not None
             and self._state == RUNNING
             and _now() >= self._started_at + self._timeout  # type: ignore[operator]
+            and (record is None or self._started_at is not record.retried_start)  # (see below)
         ):  # its predicate is asked outside the lock, as in _failed, and checked again under it
             error = self._timeout_error()
             self._ask_breaker(error)
         with backend._lock:
             if self._state != RUNNING or _now() < self._started_at + self._timeout:  # type: ignore[operator]
                 return  # ended, or this deadline was an earlier attempt's
-            record: Attempts | None = getattr(self, "_retry", None)
+            record = getattr(self, "_retry", None)
             if record is not None and self._started_at is record.retried_start:
                 return  # an earlier attempt's, which failed: its retry is claimed, not started (its own deadline comes)
             if error is None:
