@@ -1014,6 +1014,43 @@ def test_each_late_attempt_of_a_task_holds_its_own_worker() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_retry_waits_for_a_late_attempt_once_the_pool_replaced_as_many_as_its_size() -> None:
+    # The pool replaces at most as many stuck threads as its size, late attempts as any:
+    # one thread, two attempts in a row deaf to their timeout, and the third waits
+    # queued until one of them returns (the docs said that the retry runs at once).
+    resize(1)
+    release = [threading.Event(), threading.Event()]
+    attempts: list[int] = []
+    lock = threading.Lock()
+
+    # The last attempt must return within the timeout too: room for it on a busy machine.
+    @mp.parallel(timeout=1.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=3))
+    def deaf_twice() -> int:
+        with lock:
+            attempts.append(1)
+            attempt = len(attempts)
+        if attempt <= 2:
+            assert release[attempt - 1].wait(30)  # deaf to its timeout: no check_cancelled()
+        return attempt
+
+    try:
+        with no_retry_waits():
+            handle = deaf_twice()
+            assert wait_until(lambda: handle.status == "pending" and handle.attempts == 2, 20), handle.status
+            info = mp.get_thread_pool_info()
+            assert (info["stuck_threads"], info["live_threads"], info["queued_tasks"]) == (2, 2, 1), info
+            release[0].set()  # its worker, no longer stuck, takes the third attempt
+            assert handle.get(timeout=20) == 3
+        release[1].set()
+        assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0, 10), mp.get_thread_pool_info()
+        assert wait_until(lambda: mp.get_thread_pool_info()["live_threads"] == 1, 10), mp.get_thread_pool_info()
+    finally:
+        for event in release:
+            event.set()
+    assert handle.attempts == 3
+
+
+@pytest.mark.timeout(60)
 def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     # The first attempt fails at once and its retry is claimed, not yet started, as that
     # attempt's deadline comes: the deadline read the first start as the task's, and
