@@ -125,8 +125,8 @@ class Recipient(Protocol):
         """The tasks that hold a slot of ``limiter`` as the recipient's own, where it owns that limit (a group's ``max_concurrent``); else none.
 
         A task holds a slot of any other limit in its ``_permits``. Asked
-        outside the limiter's lock, after a task ran in place on a loop's
-        thread (:meth:`Limiter._refuse_to_block_their_loop`).
+        outside the limiter's lock, on a loop's thread, as a wait there begins
+        and after each task it ran in place (:meth:`Limiter._refuse_to_block_their_loop`).
         """
 
 
