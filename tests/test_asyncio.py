@@ -2272,6 +2272,38 @@ def test_a_wait_for_a_held_sync_task_on_the_thread_of_its_stopped_loop_is_refuse
         loop.close()
     assert [n for n, _ in ran] == [1, 2]
 
+
+def a_sync_call_a_thread_holds_the_slot_of(
+    gate: threading.Event, on_executor: bool, record: Callable[[int], object]
+) -> tuple[Callable[[int], Any], mp.Executor | None, threading.Thread]:
+    """A ``"sync"`` call of one slot, and a started thread whose ``call(1)`` holds it until ``gate`` is set.
+
+    The slot is the function's ``max_concurrent``, or, for ``on_executor``, the
+    global limit that an ``mp.Executor("sync")``'s ``submit`` (the call) takes.
+    ``record(n)`` runs as call ``n`` starts. Returns once call 1 runs: the
+    call, the executor (``None`` without one), and the holding thread.
+    """
+    holding = threading.Event()
+
+    def f(n: int) -> int:
+        record(n)
+        if n == 1:
+            holding.set()
+            assert gate.wait(30)
+        return n
+
+    executor = mp.Executor(backend="sync") if on_executor else None
+    if executor is None:
+        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
+    else:
+        mp.set_max_concurrent_tasks(1)
+        call = functools.partial(executor.submit, f)
+    holder = threading.Thread(target=lambda: call(1).result())
+    holder.start()
+    assert holding.wait(30)
+    return call, executor, holder
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("how", "admitted"),
@@ -2285,22 +2317,7 @@ def test_shutdown_cancelling_pending_tasks_cancels_a_held_sync_task_not_yet_run(
     from makeparallel import _held_on_loop
 
     ran: list[int] = []
-
-    def f(n: int) -> int:
-        ran.append(n)
-        if n == 1:
-            assert gate.wait(30)
-        return n
-
-    executor = mp.Executor(backend="sync") if how == "Executor.shutdown" else None
-    if executor is None:
-        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
-    else:
-        mp.set_max_concurrent_tasks(1)
-        call = functools.partial(executor.submit, f)
-    holder = threading.Thread(target=lambda: call(1).result())
-    holder.start()
-    assert wait_until(lambda: ran == [1])
+    call, executor, holder = a_sync_call_a_thread_holds_the_slot_of(gate, how == "Executor.shutdown", ran.append)
 
     async def main() -> mp.AsyncHandle[int]:
         loop = asyncio.get_running_loop()
@@ -2355,22 +2372,9 @@ def test_a_wait_for_every_task_on_the_loops_thread_runs_the_sync_tasks_held_ther
     from makeparallel import _held_on_loop
 
     ran: list[tuple[int, int]] = []
-
-    def f(n: int) -> int:
-        ran.append((n, threading.get_ident()))
-        if n == 1:
-            assert gate.wait(30)
-        return n
-
-    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
-    if executor is None:
-        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
-    else:
-        mp.set_max_concurrent_tasks(1)
-        call = functools.partial(executor.submit, f)
-    holder = threading.Thread(target=lambda: call(1).result())
-    holder.start()
-    assert wait_until(lambda: [n for n, _ in ran] == [1])
+    call, executor, holder = a_sync_call_a_thread_holds_the_slot_of(
+        gate, wait == "Executor.shutdown", lambda n: ran.append((n, threading.get_ident()))
+    )
     opener = threading.Thread(target=lambda: loop_blocks.wait(30) and gate.set())
 
     async def main() -> tuple[bool, mp.AsyncHandle[int], int]:
@@ -2406,22 +2410,7 @@ def test_a_wait_for_every_task_for_good_on_the_thread_of_a_held_sync_tasks_stopp
 ) -> None:
     # Nothing runs that loop while its thread waits, and only that loop's thread runs the task.
     ran: list[int] = []
-
-    def f(n: int) -> int:
-        ran.append(n)
-        if n == 1:
-            assert gate.wait(30)
-        return n
-
-    executor = mp.Executor(backend="sync") if wait == "Executor.shutdown" else None
-    if executor is None:
-        call: Callable[[int], Any] = mp.parallel(backend="sync", max_concurrent=1)(f)
-    else:
-        mp.set_max_concurrent_tasks(1)
-        call = functools.partial(executor.submit, f)
-    holder = threading.Thread(target=lambda: call(1).result())
-    holder.start()
-    assert wait_until(lambda: ran == [1])
+    call, executor, holder = a_sync_call_a_thread_holds_the_slot_of(gate, wait == "Executor.shutdown", ran.append)
     loop = asyncio.new_event_loop()
     try:
         made = called_from_a_coroutine_on(loop, lambda _: call(2))
