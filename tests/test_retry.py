@@ -1050,16 +1050,18 @@ def test_a_retry_waits_for_a_late_attempt_once_the_pool_replaced_as_many_as_its_
     assert handle.attempts == 3
 
 
-@pytest.mark.timeout(60)
-def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The first attempt fails at once and its retry is claimed, not yet started, as that
-    # attempt's deadline comes: the deadline read the first start as the task's, and
-    # timed out the retry before it ran (on a worker, counted as stuck for it too).
+def run_with_its_claimed_retry_held_until_the_first_deadline(
+    monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> AsyncHandle[str]:
+    """A task whose first attempt fails at once, and whose retry, claimed, starts only once that attempt's deadline came; its handle, ended.
+
+    ``options``: more of the task's ``@parallel`` options (its circuit breaker).
+    """
     resize(1)
     expired = threading.Event()
     attempts: list[int] = []
 
-    @mp.parallel(timeout=0.2, retry=mp.Retry(on=ConnectionError, attempts=2))
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=ConnectionError, attempts=2), **options)
     def fails_then_quick() -> str:
         attempts.append(1)
         if len(attempts) == 1:
@@ -1082,6 +1084,15 @@ def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(m
     with no_retry_waits():
         handle = fails_then_quick()
         assert mp.wait([handle], timeout=30).not_done == set()
+    return handle
+
+
+@pytest.mark.timeout(60)
+def test_the_deadline_of_an_attempt_that_failed_leaves_its_claimed_retry_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first attempt fails at once and its retry is claimed, not yet started, as that
+    # attempt's deadline comes: the deadline read the first start as the task's, and
+    # timed out the retry before it ran (on a worker, counted as stuck for it too).
+    handle = run_with_its_claimed_retry_held_until_the_first_deadline(monkeypatch)
     assert handle.result() == "second" and handle.attempts == 2
     assert mp.get_thread_pool_info()["stuck_threads"] == 0
 
@@ -1091,9 +1102,6 @@ def test_the_deadline_of_an_attempt_that_failed_asks_no_breaker_of_its_claimed_r
     # The deadline asks the breaker's predicate outside the lock before it times a task
     # out. It asked of a retry claimed, not yet started, which the check under the lock
     # then left alone: the predicate judged a timeout that never happened.
-    resize(1)
-    expired = threading.Event()
-    attempts: list[int] = []
     judged: list[str] = []
 
     def judges(error: BaseException) -> bool:
@@ -1101,30 +1109,7 @@ def test_the_deadline_of_an_attempt_that_failed_asks_no_breaker_of_its_claimed_r
         return True
 
     breaker = mp.CircuitBreaker("deadline-of-a-failed-attempt", on=judges, min_calls=100)
-
-    @mp.parallel(timeout=0.2, circuit_breaker=breaker, retry=mp.Retry(on=ConnectionError, attempts=2))
-    def fails_then_quick() -> str:
-        attempts.append(1)
-        if len(attempts) == 1:
-            raise ConnectionError("first attempt")
-        return "second"
-
-    expire, execute = AsyncHandle._expire, AsyncHandle._execute
-
-    def told_once_expired(handle: AsyncHandle[Any]) -> None:
-        expire(handle)
-        expired.set()
-
-    def second_held_until_the_first_deadline(handle: AsyncHandle[Any], here: dict[str, Any]) -> tuple[Any, ...]:
-        if attempts:  # the retry, claimed: the first attempt's deadline comes now
-            assert expired.wait(30)
-        return execute(handle, here)
-
-    monkeypatch.setattr(AsyncHandle, "_expire", told_once_expired)
-    monkeypatch.setattr(AsyncHandle, "_execute", second_held_until_the_first_deadline)
-    with no_retry_waits():
-        handle = fails_then_quick()
-        assert mp.wait([handle], timeout=30).not_done == set()
+    handle = run_with_its_claimed_retry_held_until_the_first_deadline(monkeypatch, circuit_breaker=breaker)
     assert handle.result() == "second" and handle.attempts == 2
     assert judged == ["ConnectionError"]  # the first attempt's error only
 
