@@ -1132,12 +1132,10 @@ def test_an_async_parallel_functions_coroutine_runs_to_its_end_in_the_executor()
         assert list(executor.map(parallel_double_later, range(4), chunksize=2)) == [0, 2, 4, 6]
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
-@pytest.mark.parametrize("via", ["submit", "map", "map-in-chunks", "map-buffered"])
-def test_a_parallel_functions_max_concurrent_holds_in_the_executor(
-    via: str, executor_class: type[mp.Executor], gate: threading.Event
-) -> None:
+def held_at_a_max_concurrent_of_one(
+    gate: threading.Event,
+) -> tuple[mp.ParallelFunction[[int], int], threading.Event, Limiter]:
+    """A ``@parallel(max_concurrent=1)`` function whose calls set the event returned, then wait for ``gate``; and its limiter."""
     started = threading.Event()
 
     @mp.parallel(max_concurrent=1)
@@ -1148,6 +1146,16 @@ def test_a_parallel_functions_max_concurrent_holds_in_the_executor(
 
     limiter = held._spec.limiter
     assert limiter is not None
+    return held, started, limiter
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor_class", [mp.Executor, SubmitCounting], ids=["plain", "submit-overridden"])
+@pytest.mark.parametrize("via", ["submit", "map", "map-in-chunks", "map-buffered"])
+def test_a_parallel_functions_max_concurrent_holds_in_the_executor(
+    via: str, executor_class: type[mp.Executor], gate: threading.Event
+) -> None:
+    held, started, limiter = held_at_a_max_concurrent_of_one(gate)
     results: list[int] = []
 
     def more() -> None:
@@ -1174,16 +1182,7 @@ def test_a_parallel_functions_max_concurrent_holds_in_the_executor(
 
 @pytest.mark.timeout(60)
 def test_a_parallel_functions_slot_is_waited_for_off_a_running_loop(gate: threading.Event) -> None:
-    started = threading.Event()
-
-    @mp.parallel(max_concurrent=1)
-    def held(x: int) -> int:
-        started.set()
-        assert gate.wait(30)
-        return x
-
-    limiter = held._spec.limiter
-    assert limiter is not None
+    held, started, limiter = held_at_a_max_concurrent_of_one(gate)
 
     async def main(executor: mp.Executor) -> list[int]:
         first = asyncio.get_running_loop().run_in_executor(executor, held, 0)
