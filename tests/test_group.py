@@ -1444,3 +1444,23 @@ def test_a_group_opened_inside_a_task_still_bounds_that_task_s_submissions(gate:
 def test_bad_group_options(options: dict[str, Any], error: type[Exception], pattern: str) -> None:
     with pytest.raises(error, match=pattern):
         mp.ParallelContext(**options)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("raised_by", ["get", "results"])
+def test_a_task_s_failure_the_block_raises_again_is_one_failure(raised_by: str, backend: str) -> None:
+    # The body met the task's error and let it out of the block: the same
+    # failure, which ctx.errors listed twice.
+    with pytest.raises(Boom), mp.ParallelContext(backend=backend) as ctx:
+        handle = ctx.submit(fail, 7)
+        handle.wait(10)
+        handle.get() if raised_by == "get" else ctx.results()
+    assert len(ctx.errors) == 1 and isinstance(ctx.errors[0], Boom) and ctx.errors[0].code == 7
+
+
+@pytest.mark.timeout(30)
+def test_a_body_s_own_error_is_listed_beside_the_task_s(backend: str) -> None:
+    with pytest.raises(KeyError), mp.ParallelContext(backend=backend) as ctx:
+        ctx.submit(fail).wait(10)
+        raise KeyError("the body's")
+    assert [type(error) for error in ctx.errors] == [Boom, KeyError]

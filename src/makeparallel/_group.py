@@ -106,7 +106,7 @@ class ParallelContext:
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
         self.errors: list[BaseException] = []
-        """Every failure of the group's tasks (and of the body), in the order seen."""
+        """Every failure of the group's tasks (and of the body), in the order seen; each once."""
 
     def __enter__(self) -> ParallelContext:
         if self._ended:  # as asyncio.TaskGroup: its tasks and errors are those of the block that ended
@@ -413,7 +413,15 @@ class ParallelContext:
                 self._limiter.release()
 
     def _fail(self, error: BaseException) -> None:
+        """Record a failure and, at the first, cancel the rest; a failure recorded already is not again.
+
+        The body may raise a task's own error (``handle.get()``, ``results()``)
+        out of the block: that is the failure the task's end recorded, not a
+        second one.
+        """
         with self._lock:
+            if any(seen is error for seen in self.errors):
+                return
             self.errors.append(error)
             first = not self._failed
             self._failed = True
