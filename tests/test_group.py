@@ -12,7 +12,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1464,3 +1464,76 @@ def test_a_body_s_own_error_is_listed_beside_the_task_s(backend: str) -> None:
         ctx.submit(fail).wait(10)
         raise KeyError("the body's")
     assert [type(error) for error in ctx.errors] == [Boom, KeyError]
+
+
+@pytest.fixture
+def callbacks_held_after_the_end(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold a worker thread between a task's end and its callbacks; return (ended, let_go).
+
+    A handle reads as ended before its callbacks run: this widens that window
+    until the test lets go.
+    """
+    settle = mp.AsyncHandle._after_settle
+    ended, let_go = threading.Event(), threading.Event()
+    test_thread = threading.current_thread()
+
+    def held(handle: mp.AsyncHandle[Any], announce: Any) -> None:
+        if threading.current_thread() is not test_thread:  # a worker thread that ran a task
+            ended.set()
+            let_go.wait(15)
+        settle(handle, announce)
+
+    monkeypatch.setattr(mp.AsyncHandle, "_after_settle", held)
+    yield ended, let_go
+    let_go.set()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["block", "results"])
+def test_a_failure_whose_callbacks_have_not_run_yet_still_fails_the_group(
+    how: str, callbacks_held_after_the_end: tuple[threading.Event, threading.Event]
+) -> None:
+    # The block's end found the task ended, its callback (the group's count of
+    # its end) still to come: it ended without the failure, its slot taken.
+    ended, let_go = callbacks_held_after_the_end
+    go = threading.Event()
+
+    def fails() -> None:
+        assert go.wait(10)
+        raise ValueError("not lost")
+
+    try:
+        with pytest.raises(ValueError, match="not lost"), mp.ParallelContext(max_concurrent=2, backend="thread") as ctx:
+            ctx.submit(fails)
+            go.set()
+            assert ended.wait(10)
+            if how == "results":
+                ctx.results()
+        assert len(ctx.errors) == 1
+        assert ctx._limiter is not None and ctx._limiter.in_flight == 0
+    finally:
+        let_go.set()
+    wait_until_idle(10)
+    assert len(ctx.errors) == 1  # the callback, run late, counted nothing again
+    assert ctx._limiter.in_flight == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_child_whose_callbacks_have_not_run_yet_has_given_its_slot_back_at_the_block_s_end(
+    callbacks_held_after_the_end: tuple[threading.Event, threading.Event],
+) -> None:
+    # A parent holds the one slot and waits for its child, admitted over the
+    # limit; the child's end wakes it before the child's callback gives that
+    # slot back. The block's end came first and left it counted.
+    ended, let_go = callbacks_held_after_the_end
+    mp.configure_thread_pool(4)
+    try:
+        with mp.ParallelContext(max_concurrent=1, backend="thread") as ctx:
+            ctx.submit(lambda: ctx.submit(double, 21).get())
+            assert ended.wait(10)
+            assert ctx.handles[0].get(10) == 42  # the parent's get() returned meanwhile
+        assert ctx._limiter is not None and ctx._limiter.in_flight == 0
+    finally:
+        let_go.set()
+    wait_until_idle(10)
+    assert ctx._limiter.in_flight == 0 and ctx.results() == [42, 42]

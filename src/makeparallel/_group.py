@@ -86,6 +86,7 @@ class ParallelContext:
         self._limiter = None if max_concurrent is None else Limiter(max_concurrent, exempt_tasks=False)
         self._backend = backend
         self._handles: list[AsyncHandle[Any]] = []
+        self._counted_ends: set[AsyncHandle[Any]] = set()  # the tasks whose end _task_ended counted
         # Plain functions made parallel once per group; keyed by id, kept alive here.
         self._functions: dict[int, ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
         self._lock = threading.Lock()
@@ -398,12 +399,21 @@ class ParallelContext:
         self._refuse_if_ended()
 
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
-        """Count a task's end; a failure fails the group before its slot frees.
+        """Count a task's end, once; a failure fails the group before its slot frees.
 
         A submit waiting for that slot (``max_concurrent``) then sees the
         failure and refuses its task, which would otherwise start after the
         group had cancelled the rest, and run to its end.
+
+        Called by the task's done-callback, and by every wait of the group
+        for that task (``_wait_all``): a handle reads as ended before its
+        callbacks run, and a block's end that found it so raised no failure
+        and left its slot taken, the callback still to come.
         """
+        with self._lock:
+            if handle in self._counted_ends:
+                return
+            self._counted_ends.add(handle)
         state = handle._state
         try:
             if state != SUCCEEDED and not (state == CANCELLED and self._cancelling):  # not one this group cancelled
@@ -500,10 +510,12 @@ class ParallelContext:
             waited += 1
             if self._deadline is None:
                 handle.wait()
-                continue
-            remaining = max(0.0, self._deadline - time.monotonic())
-            if not handle.wait(remaining):  # a task that ended needs no time: only one unfinished times out
-                self._time_out()
+            else:
+                remaining = max(0.0, self._deadline - time.monotonic())
+                if not handle.wait(remaining):  # a task that ended needs no time: only one unfinished times out
+                    self._time_out()
+            if handle not in self._counted_ends:
+                self._task_ended(handle)
         return waited
 
     def _time_out(self) -> NoReturn:
