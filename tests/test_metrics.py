@@ -557,6 +557,23 @@ def test_profiled_rejects_non_callables() -> None:
         mp.profiled(name="x")("not callable")  # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(10)
+def test_profiled_refuses_a_name_that_is_no_str_as_parallel_does() -> None:
+    # name=5 was taken: its record was keyed by the int, which no get_metrics()
+    # found, and every Prometheus scrape then failed on it ("'int' object has no
+    # attribute 'replace'"); name="" fell back to the __qualname__ silently.
+    before = set(mp.get_all_metrics())
+    for bad in (5, b"work", ""):
+        with pytest.raises(TypeError, match=rf"name must be a non-empty str, got {re.escape(repr(bad))}"):
+            mp.profiled(name=bad)  # type: ignore[call-overload]
+        with pytest.raises(TypeError, match=rf"name must be a non-empty str, got {re.escape(repr(bad))}"):
+            mp.parallel(name=bad)  # type: ignore[call-overload]  # the same check, the same words
+    # A name passed where the function goes says where it belongs.
+    with pytest.raises(TypeError, match=r"needs a callable, got 'work'.*@profiled\(name='work'\)"):
+        mp.profiled("work")  # type: ignore[call-overload]
+    assert set(mp.get_all_metrics()) == before  # no record was made
+
+
 def test_profiled_is_reset_too() -> None:
     name = unique_name("profiled")
 

@@ -426,12 +426,17 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         name: the name to record under; defaults to the function's ``__qualname__``.
 
     Raises:
-        TypeError: ``fn`` is not callable.
+        TypeError: ``fn`` is not callable, or ``name`` is not a non-empty ``str``
+            (checked as ``@parallel`` checks it: a record named otherwise is
+            found by no lookup, and its label broke every Prometheus scrape).
     """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
 
     def decorate(function: F) -> F:
         if not callable(function):
-            raise TypeError(f"@profiled needs a callable, got {function!r}")
+            hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
+            raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
         record = metrics_for(name or function.__qualname__, None if name else function.__name__)
         counts = record.counted()
         code = getattr(function, "__code__", None)
