@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import re
 import threading
@@ -572,6 +573,29 @@ def test_profiled_refuses_a_name_that_is_no_str_as_parallel_does() -> None:
     with pytest.raises(TypeError, match=r"needs a callable, got 'work'.*@profiled\(name='work'\)"):
         mp.profiled("work")  # type: ignore[call-overload]
     assert set(mp.get_all_metrics()) == before  # no record was made
+
+
+class Doubler:
+    """A callable object, named by its class as @parallel names it."""
+
+    def __call__(self, x: int) -> int:
+        return 2 * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@pytest.mark.timeout(10)
+def test_profiled_names_a_partial_and_a_callable_object_as_parallel_does() -> None:
+    # Neither has a __qualname__: @profiled raised AttributeError on both, where
+    # @parallel records them as "partial(add)" and "Doubler".
+    for plain, name in ((functools.partial(add, 1), "partial(add)"), (Doubler(), "Doubler")):
+        before = mp.get_metrics(name)
+        already = 0 if before is None else before.total_tasks
+        assert mp.profiled(plain)(2) == plain(2)
+        assert counts(name)["total"] == already + 1
+        assert mp.profiled(name=unique_name())(plain)(3) == plain(3)  # a name of its own needs none
 
 
 def test_profiled_is_reset_too() -> None:

@@ -423,7 +423,9 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
 
     Args:
         fn: the function to measure.
-        name: the name to record under; defaults to the function's ``__qualname__``.
+        name: the name to record under; defaults to the function's
+            ``__qualname__`` (as for ``@parallel``: a ``functools.partial``'s is
+            ``partial(<its function's>)``, a callable object's its class's).
 
     Raises:
         TypeError: ``fn`` is not callable, or ``name`` is not a non-empty ``str``
@@ -437,7 +439,13 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         if not callable(function):
             hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
             raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
-        record = metrics_for(name or function.__qualname__, None if name else function.__name__)
+        if name:
+            record = metrics_for(name)
+        else:
+            # Named as @parallel names it: a partial or a callable object has no __qualname__.
+            from ._decorators import _describe  # (here: measuring alone needs none of the decorators)
+
+            record = metrics_for(_describe(function), getattr(function, "__name__", None))
         counts = record.counted()
         code = getattr(function, "__code__", None)
         if code is not None and code.co_flags & _CO_COROUTINE:
