@@ -631,6 +631,37 @@ def test_an_executor_shut_down_by_its_owner_refuses_with_shutdown_error(monkeypa
     assert f"executor-{id(pool):x}" not in _runtime.pool_infos()  # nothing holds it: not reported at all
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", [cf.ThreadPoolExecutor, cf.ProcessPoolExecutor])
+def test_a_task_the_executor_refuses_counts_as_failed_not_cancelled(kind: type[cf.Executor]) -> None:
+    # Accepted, then refused by the executor's submit, the task was cancelled by
+    # the caller's withdrawal: the metrics counted a cancellation and listeners
+    # heard "cancelled", for a call that raised ShutdownError, where a task its
+    # pool fails before it starts counts as failed (and a held task refused so,
+    # release_held, already did).
+    name = f"adapter_refused_{uuid.uuid4().hex}"
+    pool = kind(max_workers=1)
+    pool.shutdown()  # (a process pool shut down before its first task started no process)
+    remote = mp.parallel(backend=pool, name=name)(square)
+    events: list[mp.TaskEvent] = []
+    mp.add_task_listener(events.append)
+    try:
+        with pytest.raises(mp.ShutdownError, match="is shut down or closed"):
+            remote(2)
+    finally:
+        mp.remove_task_listener(events.append)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.failed_tasks, metrics.cancelled_tasks) == (1, 1, 0)
+    assert (metrics.running_tasks, metrics.queued_tasks) == (0, 0)
+    assert metrics.total_execution_time_ms == 0 and metrics.max_queue_wait_ms == 0  # it never started
+    told = [(event.kind, event.status, event.duration) for event in events if event.name == name]
+    assert told == [("submitted", "pending", None), ("finished", "failed", None)]
+    assert mp.get_active_task_count() == 0
+    del remote
+    gc.collect()  # the pool, refusing, is no longer reported by health()
+
+
 # -- in this process: the executor runs the handle ----------------------------------------------------
 
 

@@ -22,7 +22,8 @@ class TaskMetrics(Mapping[str, Any]):
     its last attempt's, and so is its queue wait: from the moment that retry was
     due to its start (the waits to retry and the earlier attempts are no queueing).
     A task its pool failed before it started (its worker process could not
-    start, or a shutdown stopped the workers) counts as failed, not cancelled.
+    start, a shutdown stopped the workers, or an executor given as
+    ``backend=`` refused it) counts as failed, not cancelled.
 
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles

@@ -217,7 +217,29 @@ class ExecutorBackend(Backend):
             if not self._in_process:  # it starts out of sight: running from now on
                 handle._state = RUNNING
                 handle._started_at = time.perf_counter()
-        self._send(handle, call, unsent)
+        try:
+            self._send(handle, call, unsent)
+        except Exception as error:
+            self._refused_as_sent(handle, error)
+            raise
+
+    def _refused_as_sent(self, handle: AsyncHandle[Any], error: Exception) -> None:
+        """End a task the executor refused as it was sent (shut down, broken): failed, never started.
+
+        Its caller is then raised ``error``. Left to the caller's withdrawal,
+        the task was cancelled: the metrics counted a cancellation and
+        listeners heard "cancelled", for a task its pool failed before it
+        started, which counts as failed (as one held and refused so does,
+        :meth:`release_held`). One a waiter runs inline meanwhile is its own.
+        """
+        handle._ask_breaker(error)
+        with self._lock:
+            if handle._state >= SUCCEEDED or (self._in_process and handle._state != PENDING):
+                return
+            handle._started_at = None  # sent out of sight, it was taken to run from its submission
+            self._never_ran_locked(handle)
+            announce = handle._settle_locked(FAILED, error)
+        handle._after_settle(announce)
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a task over a limit on a running event loop: sent once admitted (:meth:`release_held`).
@@ -317,7 +339,7 @@ class ExecutorBackend(Backend):
         """
         try:
             future = self._executor.submit(*call)
-        except Exception as error:  # the submitter cancels the handle (_holds)
+        except Exception as error:  # the task ends failed (_refused_as_sent, release_held, _send_again)
             if isinstance(error, BrokenExecutor):  # a worker died (or its initializer failed): it refuses every task now
                 why = f"{self._executor!r} is broken ({error}); pass a working one as backend="
                 self._refused = (why, time.monotonic())
