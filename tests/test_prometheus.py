@@ -379,6 +379,20 @@ def test_a_port_that_cannot_be_bound_is_refused_saying_why(port: Any, error: typ
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(("addr", "error"), [(None, TypeError), (b"127.0.0.1", TypeError), (8080, TypeError), ("", ValueError)])
+def test_an_address_that_is_no_host_is_refused_rather_than_served_on_every_interface(addr: Any, error: type) -> None:
+    # addr=None (an unset environment variable: addr=os.environ.get(...)) was
+    # passed on, and prometheus_client bound it as the wildcard: the metrics
+    # were served on every interface, where the default is loopback so that
+    # exposing them is deliberate. "" failed in getaddrinfo, the collector
+    # registered already.
+    registry = CollectorRegistry()
+    with pytest.raises(error, match=r"addr must be a host name or address, a non-empty str .*'0\.0\.0\.0'.*, got"):
+        mp_prometheus.start_http_server(0, addr=addr, registry=registry)
+    assert list(registry.collect()) == []  # refused before the collector was registered, and nothing served
+
+
+@pytest.mark.timeout(30)
 def test_registering_twice_is_refused_rather_than_served_twice() -> None:
     name, _ = completed_once("prometheus-twice")
     with registered() as (registry, _):

@@ -225,9 +225,10 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
 
     Raises:
         TypeError: ``port`` is not an integer (nor is a ``str``: convert
-            it with ``int()``).
-        ValueError: ``port`` is outside 0 to 65535 (0: any free port), or
-            ``registry`` has another collector of one of the library's
+            it with ``int()``), or ``addr`` is not a ``str`` (``None`` too,
+            which ``prometheus_client`` binds as every interface).
+        ValueError: ``port`` is outside 0 to 65535 (0: any free port),
+            ``addr`` is empty, or ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
             served, the page would have none of the library's metrics.
         OSError: ``addr:port`` cannot be bound (a server listens there already).
@@ -244,6 +245,14 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     if not 0 <= checked <= 65535:
         raise ValueError(f"port must be an int from 0 to 65535 (0: any free port), got {port!r}")
     port = checked
+    if not isinstance(addr, str) or not addr:
+        # None reached prometheus_client, which bound it as the wildcard: an unset
+        # addr=os.environ.get(...) served the metrics on every interface.
+        wrong = (
+            "addr must be a host name or address, a non-empty str (the default '127.0.0.1' "
+            f"serves this host only; '0.0.0.0' or '::' every interface), got {addr!r}"
+        )
+        raise ValueError(wrong) if isinstance(addr, str) else TypeError(wrong)
     registry = registry if registry is not None else client.REGISTRY
     _register_once(registry)
     return client.start_http_server(port, addr=addr, registry=registry)
