@@ -618,3 +618,34 @@ def test_a_wait_for_a_process_task_in_a_process_tasks_callback_raises_at_once(wa
     flags.set("again")
     assert seen.wait_for(1, 30) and seen.args == [(2,)]  # nothing to wait for: it ended
     assert seen.calls[0][2] != threading.current_thread().name
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("wait", ["get", "gather", "a slot"])
+def test_a_callback_on_a_worker_may_wait_for_the_task_queued_behind_its_own(wait: str, gate: threading.Event) -> None:
+    # The worker that ends a task used to claim the next queued task in the same
+    # lock round, then run the ended one's callbacks: a callback that waited for
+    # that next task (or for a slot it held) waited for what only its own thread,
+    # busy in the callback, would start. Whatever the pool's size.
+    limited = mp.parallel(backend="thread", max_concurrent=1, name="callbacks-limited")(abs)
+    blockers = hold_the_pool(gate)
+    first = mp.parallel(backend="thread", name="callbacks-first")(abs)(-1)
+    behind = limited(-2)  # queued next, holding the only slot of `limited`
+
+    def wait_for_the_next() -> object:
+        if wait == "get":
+            return behind.get(timeout=10)
+        if wait == "gather":
+            return mp.gather([behind], timeout=10)
+        with mp.ParallelContext(timeout=10) as group:  # its timeout bounds the wait for a slot
+            group.submit(limited, -3)  # admitted once `behind` ends and frees its slot
+        return group.results()
+
+    called = CalledBack(wait_for_the_next)
+    first.add_done_callback(called)
+    gate.set()
+    for blocker in blockers:
+        blocker.get(5)
+    assert called.called.wait(20)
+    assert called.outcome == {"get": 2, "gather": [2], "a slot": [3]}[wait]
+    assert behind.get(5) == 2

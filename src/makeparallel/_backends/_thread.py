@@ -544,6 +544,7 @@ class ThreadBackend(QueueingBackend):
         handle: AsyncHandle[Any] | None = None
         outcome = _NO_OUTCOME
         born = _fork_child.generation
+        calling_back = False  # it runs the callbacks of the task it settled, and claims the next one after them
         while True:
             if _fork_child.generation != born and handle is not None:  # in a child the task forked
                 error = outcome[1] if isinstance(outcome[1], BaseException) else None
@@ -553,9 +554,11 @@ class ThreadBackend(QueueingBackend):
             lock.acquire()  # no handler runs here (see _yielding_lock)
             try:
                 announce = settled = None
-                busy = handle is not None  # counted busy since it claimed that task
+                busy = handle is not None or calling_back  # counted busy since it claimed that task
+                calling_back = False
                 if handle is not None:
-                    # One lock round per task: settle the last task, claim the next.
+                    # One lock round per task: settle the last task, claim the next
+                    # (after the callbacks of the last, where it has some: see below).
                     if handle._state == RUNNING:
                         announce = handle._settle_locked(outcome[0], outcome[1], outcome[2])
                         settled = handle
@@ -566,27 +569,34 @@ class ThreadBackend(QueueingBackend):
                         self._set_capacity_locked()
                     outcome = _NO_OUTCOME  # hold no result while idle or running the next task
                 # A surplus worker (the pool shrank, or a stuck task came back)
-                # retires rather than take more work.
-                handle = None if self._workers > self._capacity else self._next_locked()
-                if handle is None:
-                    if busy:
-                        self._busy -= 1
-                    if self._closed or self._workers > self._capacity:
-                        self._workers -= 1
-                        retire = True
-                        # Woken for work it will not take: pass the wake-up on.
-                        wake = self._parked.pop() if self._queued and self._parked else None
-                    else:
-                        self._parked.append(park)
-                        retire = False
-                elif not busy:
-                    self._busy += 1  # from one task to the next it stays busy: no count
+                # retires rather than take more work. One with callbacks to run claims
+                # nothing until they ran: a task claimed first waited for them, and for
+                # good where a callback waited for it (or for a slot it held).
+                if announce is not None and announce[0] is not None:
+                    handle, calling_back = None, True
+                else:
+                    handle = None if self._workers > self._capacity else self._next_locked()
+                    if handle is None:
+                        if busy:
+                            self._busy -= 1
+                        if self._closed or self._workers > self._capacity:
+                            self._workers -= 1
+                            retire = True
+                            # Woken for work it will not take: pass the wake-up on.
+                            wake = self._parked.pop() if self._queued and self._parked else None
+                        else:
+                            self._parked.append(park)
+                            retire = False
+                    elif not busy:
+                        self._busy += 1  # from one task to the next it stays busy: no count
             finally:
                 lock.release()
             if settled is not None and (announce is not None or _events.listeners):
                 settled._after_settle(announce)  # callbacks, waiters, listeners: outside the lock
             settled = announce = None  # neither an idle worker nor the next task keeps it alive
             if handle is None:
+                if calling_back:
+                    continue  # (still counted busy) to claim the next task
                 if retire:
                     if wake is not None:
                         wake.release()
