@@ -535,6 +535,32 @@ def test_user_notes_are_kept(backend: str) -> None:
 
 
 @pytest.mark.timeout(10)
+def test_a_metadata_value_whose_repr_raises_leaves_the_task_error_in_place(backend: str) -> None:
+    # The note shows the metadata's repr(): one that raised (an ORM object whose
+    # session has closed) came out of get() in place of the task's own error,
+    # which was then handed out without a note, and never reached on_error.
+    class Detached:
+        def __repr__(self) -> str:
+            raise RuntimeError("instance is not bound to a session")
+
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        raise ValueError("bad row")
+
+    handle = work()
+    handle.wait(5)
+    handle.set_metadata("user", Detached())
+    handle.set_metadata("row", 3)
+    with pytest.raises(ValueError, match="bad row") as caught:
+        handle.get()
+    heard: list[BaseException] = []
+    handle.on_error(heard.append)
+    assert heard == [caught.value]
+    (note,) = library_notes(caught.value)
+    assert "metadata: {'user': <Detached object; repr() raised RuntimeError>, 'row': 3}" in note
+
+
+@pytest.mark.timeout(10)
 def test_error_note_added_once_under_concurrent_gets(gate: threading.Event) -> None:
     started = threading.Event()
 

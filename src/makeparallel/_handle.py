@@ -1448,7 +1448,7 @@ class AsyncHandle(Generic[T_co]):
         note = f"makeparallel: task {self._id} ({self.name}) failed after {self.elapsed_time():.3f} s"
         metadata = self._metadata
         if metadata:
-            note = f"{note}; metadata: {metadata!r}"
+            note = f"{note}; metadata: {_metadata_repr(metadata)}"
         record = getattr(self, "_retry", None)
         if record is None:
             return note
@@ -1513,6 +1513,27 @@ def _add_note(error: BaseException, note: str) -> None:
         add_note(note)
     else:  # Python 3.10: store it where 3.11's traceback would look for it
         error.__notes__ = [*getattr(error, "__notes__", ()), note]
+
+
+def _metadata_repr(metadata: dict[str, Any]) -> str:
+    """``repr(metadata)`` for the error note; a value whose ``repr()`` raises shows as its type.
+
+    The note is made as the task's error is first handed out: raised there,
+    the error of a value's repr (an ORM object whose session closed) came out
+    of ``get()`` in place of the task's own, which an ``on_error`` callback
+    then never received.
+    """
+    try:
+        return repr(metadata)
+    except Exception:  # noqa: BLE001  # whatever a value's repr raises: the note goes on without it
+        return "{" + ", ".join(f"{key!r}: {_value_repr(value)}" for key, value in list(metadata.items())) + "}"
+
+
+def _value_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001  # as above, value by value
+        return f"<{type(value).__name__} object; repr() raised {type(error).__name__}>"
 
 
 def cancel_queued_locked(
