@@ -348,6 +348,52 @@ def test_idle_workers_exit_after_shutdown() -> None:
     assert mp.parallel(threading.current_thread)().get(timeout=5) not in threads
 
 
+@mp.parallel(backend="process")
+def doubled_in_a_worker(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.timeout(60)
+def test_a_reset_while_shutdown_waits_leaves_every_pool_running(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shutdown went on as if it still stood: it stopped the worker processes under
+    # the tasks accepted after the reset, and left the process pool failing every
+    # later task with ShutdownError, the library not shut down.
+    assert doubled_in_a_worker(1).get(timeout=30) == 2  # the process pool exists as shutdown begins
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "held"
+
+    handle = held()
+    assert started.wait(5)
+    waiting = threading.Event()
+    wait_for_tasks = _runtime.wait_until_idle
+
+    def wait_and_tell(timeout: float | None = None) -> bool:
+        waiting.set()
+        return wait_for_tasks(timeout)
+
+    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
+    outcome: list[bool] = []
+    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
+    shutting_down.start()
+    assert waiting.wait(10)
+    mp.reset_shutdown()
+    accepted = doubled_in_a_worker(2)
+    gate.set()
+    shutting_down.join(30)
+    assert outcome == [True]
+    assert handle.get(timeout=5) == "held"
+    assert accepted.get(timeout=30) == 4
+    assert doubled_in_a_worker(3).get(timeout=30) == 6
+    assert mp.parallel(abs)(-4).get(timeout=5) == 4
+
+
 def started_then_stuck_in_c(markers: str) -> int:
     """Leave a file named by this worker's pid, then hold the GIL in one C call for hours.
 

@@ -855,11 +855,13 @@ class ShutdownCall:
                 if give_up is not None:
                     give_up()
             finished = wait_until_idle(timeout_secs)
-            terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+            if _shut_down:  # (not reset meanwhile: the tasks accepted since must run)
+                terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
         except KeyboardInterrupt:
             self.interrupted()
             raise
         self._end(_WAITED if finished else _TIMED_OUT)
+        _reopen_if_reset(backends)
         return finished
 
     def interrupted(self) -> None:
@@ -890,8 +892,33 @@ class ShutdownCall:
             _log_abandoned(backends, f"after {self.by}{waited}", f"{self.longer} to wait for them")
 
 
+def _reopen_if_reset(backends: list[Backend]) -> None:
+    """Reopen the limits and ``backends`` that a shutdown closed or stopped after :func:`reset_shutdown` reopened them.
+
+    A reset from another thread while the shutdown still ran came before some of
+    its steps: the pools it closed then, or whose workers it was stopping, refused
+    every later task with ``ShutdownError``, the library not shut down. Under the
+    lock: a shutdown begun since closes them after this.
+    """
+    with _lock:
+        if _shut_down:
+            return
+        for limiter in all_limiters():
+            limiter.reopen()
+        for backend in backends:
+            backend.reopen()
+
+
 def reset_shutdown() -> None:
-    """Accept tasks again after :func:`shutdown`."""
+    """Accept tasks again after :func:`shutdown`.
+
+    Called while a shutdown still runs in another thread, it ends that
+    shutdown's hold on the pools: the shutdown still waits within its timeout,
+    but it stops no worker process, and the tasks accepted from then on run.
+    (Called once the shutdown has begun stopping the worker processes, the
+    process tasks running then fail with ``ShutdownError``, and the pools take
+    tasks again as the shutdown returns.)
+    """
     global _shut_down, _last_shutdown
     with _lock:
         _shut_down = False
