@@ -772,6 +772,24 @@ def test_the_warning_at_exit_after_a_shutdown_says_how_its_wait_ended(
         handle.wait(10)
 
 
+@pytest.mark.timeout(30)
+def test_an_uncaught_ctrl_c_after_a_shutdown_cancels_the_tasks_not_started(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Exit abandoned them with a warning, but the pool's threads went on starting
+    # them while the program's later exit hooks ran, after the user's Ctrl-C.
+    running = hold_one_worker(gate)
+    queued = mp.parallel(abs)(-1)
+    assert mp.shutdown(timeout_secs=0) is False  # (the Ctrl-C may also have cut it short: the same)
+    monkeypatch.setattr(sys, "last_value", KeyboardInterrupt(), raising=False)  # how exit knows of it
+    with caplog.at_level("WARNING", logger="makeparallel"):
+        assert _runtime._wait_or_abandon(_runtime._all_backends(), []) is False
+    assert queued.is_cancelled()
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in caplog.text, caplog.text
+    gate.set()
+    assert running.get(timeout=10) == "held"
+
+
 # A child script's start: its one worker thread runs a task that never ends, and the next waits.
 ONE_RUNNING_ONE_QUEUED = """
 mp.configure_thread_pool(1)

@@ -991,6 +991,11 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
         # shutdown() already waited (or was interrupted, or the caller chose its
         # timeout): the program decided, so exit does not wait a second time.
         # (An Executor's tasks, which shutdown() leaves alone, are the program's too.)
+        if ending_on_interrupt():
+            # As below: what has not started never will. Left queued, the pool's threads
+            # went on starting them while the later exit hooks ran, after the user's Ctrl-C.
+            for backend in [*backends, *executors]:
+                backend.close(cancel_pending=True)
         if _active(backends):
             # (It may not have returned: a Ctrl-C may have cut it short, or it waits on
             # in another thread. The warning says which, and names the setting of its
