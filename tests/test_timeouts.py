@@ -483,3 +483,12 @@ def test_a_deadline_centuries_away_leaves_the_deadline_thread_waiting() -> None:
     watcher.join(0.5)  # the thread goes on to wait for the far one: it must not die of it
     assert watcher.is_alive(), "the deadline thread died waiting for a far deadline"
     del far
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("value", "error"), [("soon", TypeError), (-1, ValueError)])
+def test_exit_timeout_s_refusal_does_not_offer_none(value: object, error: type[Exception]) -> None:
+    # configure()'s None leaves a setting as it is: "or None" in the message offered a no-op.
+    with pytest.raises(error, match="^exit_timeout must be a number of seconds") as refused:
+        mp.configure(exit_timeout=value)  # type: ignore[arg-type]
+    assert "None" not in str(refused.value)

@@ -33,7 +33,7 @@ from ._backends._base import Backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._task_context import current_task
-from ._validation import as_integer, check_count, check_wait_timeout
+from ._validation import as_integer, check_count, check_seconds, check_wait_timeout
 
 __all__ = [
     "BACKEND_NAMES",
@@ -320,7 +320,8 @@ def configure(
             or any ``concurrent.futures.Executor``. Overrides the
             ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
-            unfinished tasks before abandoning them (default 5). Exit does not
+            unfinished tasks before abandoning them (default 5; ``math.inf``
+            for no limit, as ``None`` leaves the setting as it is). Exit does not
             wait after :func:`shutdown`, nor when an uncaught Ctrl-C ends the
             program.
         async_cancel: what cancelling the coroutine that awaits a handle does
@@ -349,7 +350,7 @@ def configure(
     if backend is not None:
         check_backend(backend)
     if exit_timeout is not None:
-        exit_timeout = check_wait_timeout(exit_timeout, "exit_timeout")
+        exit_timeout = check_seconds(exit_timeout, "exit_timeout")  # None leaves it: math.inf waits for good
     if async_cancel is not None:
         check_async_cancel(async_cancel)
     if process_contextvars is not None:
