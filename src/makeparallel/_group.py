@@ -106,6 +106,8 @@ class ParallelContext:
         self._timed_out: str | None = None  # the message of the group's timeout, once it passed
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
+        # The body's failure, until a task's end records the same object: then it was that task's.
+        self._body_error: BaseException | None = None
         self.errors: list[BaseException] = []
         """Every failure of the group's tasks (and of the body), in the order seen; each once."""
 
@@ -124,7 +126,7 @@ class ParallelContext:
     ) -> None:
         refused = exc is not None and exc in self._refusals  # the body submitted on after a failure
         if exc is not None and not refused:
-            self._fail(exc)
+            self._fail(exc, raised_by_the_body=True)
         try:
             self._wait_to_end()
         except BaseException:
@@ -422,15 +424,22 @@ class ParallelContext:
             if self._limiter is not None:
                 self._limiter.release()
 
-    def _fail(self, error: BaseException) -> None:
-        """Record a failure and, at the first, cancel the rest; a failure recorded already is not again.
+    def _fail(self, error: BaseException, raised_by_the_body: bool = False) -> None:
+        """Record a failure and, at the first, cancel the rest; the body's, a task's raised again, is not again.
 
         The body may raise a task's own error (``handle.get()``, ``results()``)
-        out of the block: that is the failure the task's end recorded, not a
-        second one.
+        out of the block: that is the failure the task's end recorded (or
+        records, its count still to come), not a second one. Only the body's
+        is matched so: two tasks may fail with one exception object (each read
+        one failed future), two failures, of which the second was not listed.
         """
         with self._lock:
-            if any(seen is error for seen in self.errors):
+            if raised_by_the_body:
+                if any(seen is error for seen in self.errors):
+                    return
+                self._body_error = error
+            elif error is self._body_error:  # the task whose error the body raised first
+                self._body_error = None
                 return
             self.errors.append(error)
             first = not self._failed
