@@ -598,6 +598,36 @@ def test_profiled_names_a_partial_and_a_callable_object_as_parallel_does() -> No
         assert mp.profiled(name=unique_name())(plain)(3) == plain(3)  # a name of its own needs none
 
 
+class AsyncLookup:
+    """A callable object whose ``__call__`` is an ``async def``."""
+
+    async def __call__(self, key: str) -> str:
+        await asyncio.sleep(0)
+        raise LookupError(key)
+
+
+async def lookup(key: str) -> str:
+    await asyncio.sleep(0)
+    raise LookupError(key)
+
+
+@pytest.mark.timeout(20)
+def test_profiled_measures_an_async_partial_and_an_async_callable_object_to_their_end() -> None:
+    # Only an async def's own code was looked at: a partial of one, or an object
+    # whose __call__ is one (named since @profiled names them as @parallel does),
+    # got the plain wrapper, which counted each coroutine's creation as a call
+    # completed in microseconds, the failure its await met never.
+    for fn in (functools.partial(lookup, "key"), AsyncLookup()):
+        name = unique_name("profiled-async-callable")
+        measured = mp.profiled(name=name)(fn)
+        assert inspect.iscoroutinefunction(measured)
+        coroutine = measured() if isinstance(fn, functools.partial) else measured("key")
+        assert counts(name)["total"] == 0  # a call not awaited (yet) ran nothing
+        with pytest.raises(LookupError, match="key"):
+            asyncio.run(coroutine)
+        assert counts(name) == {"total": 1, "completed": 0, "failed": 1, "cancelled": 0, "timed_out": 0}
+
+
 def test_profiled_is_reset_too() -> None:
     name = unique_name("profiled")
 

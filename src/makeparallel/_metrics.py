@@ -418,8 +418,9 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
 
     ``@parallel`` functions are always measured; ``@profiled`` gives the same
     record (``get_metrics(name)``) to a function that runs synchronously. An
-    ``async def`` function stays one: each call is measured as it is awaited,
-    from its start to its end, awaits included.
+    ``async def`` function stays one (so does a partial of one, or an object
+    whose ``__call__`` is one, as ``@parallel`` judges them): each call is
+    measured as it is awaited, from its start to its end, awaits included.
 
     Args:
         fn: the function to measure.
@@ -439,16 +440,17 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         if not callable(function):
             hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
             raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
+        # Named and judged as @parallel does (here: measuring alone needs none of the decorators).
+        from ._decorators import _describe, _returns_coroutines
+
         if name:
             record = metrics_for(name)
-        else:
-            # Named as @parallel names it: a partial or a callable object has no __qualname__.
-            from ._decorators import _describe  # (here: measuring alone needs none of the decorators)
-
+        else:  # a partial or a callable object has no __qualname__
             record = metrics_for(_describe(function), getattr(function, "__name__", None))
         counts = record.counted()
-        code = getattr(function, "__code__", None)
-        if code is not None and code.co_flags & _CO_COROUTINE:
+        # A partial of an async def, or an object whose __call__ is one, too: their own code is
+        # none to read, and the plain wrapper counted each coroutine's creation as a call completed.
+        if _returns_coroutines(function):
             return _profiled_coroutine_function(function, counts)  # type: ignore[return-value]
 
         @functools.wraps(function)
@@ -468,9 +470,6 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         return measured  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
-
-
-_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect: an async def's code flag
 
 
 def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -> Callable[..., Any]:
