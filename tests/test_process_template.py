@@ -2791,6 +2791,41 @@ def test_a_first_worker_runs_a_map_chunk_without_importing_the_map_typing_or_the
     assert out == bare, (out, bare)
 
 
+RAISE_PROBE = """
+import sys
+
+def fail():
+    raise ValueError("bad row")
+
+def runtime_modules():
+    return sorted(m for m in ("makeparallel._decorators", "makeparallel._handle", "makeparallel._runtime") if m in sys.modules)
+"""
+
+
+def test_a_worker_sends_back_a_task_s_exception_without_importing_the_decorators_and_the_runtime(tmp_path: Path) -> None:
+    # Pickling the exception met the library's function that rebuilds it, and asking
+    # whether a function is a @parallel wrapper's imported the decorators, with the
+    # handle and the runtime: about 80 ms on a worker's first error, counted in the
+    # task's timeout, so a task that failed at once under a short timeout timed out.
+    (tmp_path / "raise_probe.py").write_text(RAISE_PROBE)
+    out = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+        import raise_probe
+
+        mp.configure_process_pool(num_workers=1)
+        try:
+            mp.parallel(backend="process")(raise_probe.fail)().get(timeout=30)
+        except ValueError as error:
+            print(error.args[0].replace(" ", "_"))
+        print(",".join(mp.parallel(backend="process")(raise_probe.runtime_modules)().get(timeout=30)) or "none")
+        """
+    )
+    assert out == ["bad_row", "none"]
+
+
 def test_the_environment_is_copied_though_another_thread_removes_a_variable_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

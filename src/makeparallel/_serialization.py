@@ -960,11 +960,15 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
     target: Any = sys.modules.get(fn.__module__)
     if target is None or fn.__module__ == "__main__":
         return None
+    # No wrapper exists where the decorators were never imported: a worker sending back
+    # a result or an exception (whose rebuilding function is met here) imported them,
+    # the handle and the runtime, about 80 ms counted in the task's timeout.
+    decorators = sys.modules.get(f"{__package__}._decorators")
+    if decorators is None:
+        return None
     for part in fn.__qualname__.split("."):
         target = getattr(target, part, None)
-    from ._decorators import ParallelFunction  # here: a worker, which only unpickles, never loads the decorators
-
-    if isinstance(target, ParallelFunction) and target.__wrapped__ is fn:
+    if isinstance(target, decorators.ParallelFunction) and target.__wrapped__ is fn:
         return fn.__module__, fn.__qualname__
     return None
 
