@@ -78,6 +78,12 @@ def load_model(name: str, sleep: float = 0.0) -> None:
     _model["pid"] = os.getpid()
 
 
+@mp.parallel(backend="process")
+def load_model_decorated(name: str) -> None:
+    """An initializer decorated by mistake, as every function of a module of tasks may be."""
+    load_model(name)
+
+
 def predict(x: int) -> tuple[str | None, int, int]:
     return _model.get("name"), os.getpid(), x
 
@@ -132,6 +138,17 @@ def test_the_initializer_runs_once_in_each_worker_before_its_first_task() -> Non
     assert [x for _, _, x in mapped] == list(range(40))
     assert {name for name, _, _ in mapped} == {"small"}
     assert info()["initializer"] == "load_model"
+
+
+def test_a_parallel_function_given_as_the_initializer_runs_its_plain_function_in_each_worker() -> None:
+    # Called as it was, it submitted the initializer as a task of a pool of the
+    # worker's own (a template and workers more, in every worker), whose handle it
+    # dropped: the worker's own globals were never set, and no error said so.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=load_model_decorated, initargs=("decorated",))
+    name, _, _ = on_process(predict)(0).get(timeout=30)
+    assert name == "decorated"
+    assert info()["initializer"] == "load_model_decorated"
 
 
 def test_a_new_initializer_replaces_the_running_workers() -> None:

@@ -436,7 +436,8 @@ def configure_process_pool(
             before its first task (load a model, open a connection), and again
             in each replacement worker; ``None`` removes it. A new initializer
             replaces the running workers as they become idle. Functions of an
-            importable module share that module's globals with the tasks.
+            importable module share that module's globals with the tasks. A
+            ``@parallel`` function runs its plain function there, as a map does.
         initargs: the initializer's arguments (pickled once, now).
         max_tasks_per_child: replace a worker after it ran this many tasks (an
             int >= 1; the standard library's name), for C extensions that leak;
@@ -516,8 +517,14 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
         arguments = tuple(initargs)
     except TypeError:
         raise TypeError(f"initargs must be an iterable of arguments, got {initargs!r}") from None
+    name = getattr(initializer, "__qualname__", repr(initializer))
+    # A @parallel function runs its plain function, as a map runs it: called, it submitted
+    # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
+    from ._executor import _plain_of
+
+    initializer, _ = _plain_of(initializer)
     try:
-        return WorkerSetup(getattr(initializer, "__qualname__", repr(initializer)), dumps_function(initializer), dumps_function(arguments))
+        return WorkerSetup(name, dumps_function(initializer), dumps_function(arguments))
     except Exception as error:
         raise TaskSerializationError(
             f"the initializer {initializer!r} or its initargs cannot be sent to the worker processes: "
