@@ -84,6 +84,11 @@ def load_model_decorated(name: str) -> None:
     load_model(name)
 
 
+async def load_model_async(name: str) -> None:
+    """An ``async def`` initializer (a client library with an async connect, say)."""
+    load_model(name)
+
+
 def predict(x: int) -> tuple[str | None, int, int]:
     return _model.get("name"), os.getpid(), x
 
@@ -149,6 +154,15 @@ def test_a_parallel_function_given_as_the_initializer_runs_its_plain_function_in
     name, _, _ = on_process(predict)(0).get(timeout=30)
     assert name == "decorated"
     assert info()["initializer"] == "load_model_decorated"
+
+
+def test_an_async_initializer_runs_its_coroutine_in_each_worker() -> None:
+    # The coroutine it returned was dropped: a RuntimeWarning on the worker's standard
+    # error ("never awaited"), and the tasks ran with the worker's globals unset.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=load_model_async, initargs=("async",))
+    name, _, _ = on_process(predict)(0).get(timeout=30)
+    assert name == "async"
 
 
 def test_a_new_initializer_replaces_the_running_workers() -> None:

@@ -437,7 +437,8 @@ def configure_process_pool(
             in each replacement worker; ``None`` removes it. A new initializer
             replaces the running workers as they become idle. Functions of an
             importable module share that module's globals with the tasks. A
-            ``@parallel`` function runs its plain function there, as a map does.
+            ``@parallel`` function runs its plain function there, as a map does;
+            an ``async def`` one runs on the worker's event loop, its tasks' too.
         initargs: the initializer's arguments (pickled once, now).
         max_tasks_per_child: replace a worker after it ran this many tasks (an
             int >= 1; the standard library's name), for C extensions that leak;

@@ -233,7 +233,9 @@ class _Worker:
         if initializer is not None:
             try:
                 fn, args = _unpickled(initializer, initargs, [])
-                fn(*args)
+                value = fn(*args)
+                if is_coroutine(value):  # an async def's, run as a task's is: on this thread's loop, the tasks' too
+                    run_here(value, None)
             except BaseException as error:
                 import traceback  # with logging: imported only when needed (see _forward_logs)
 
