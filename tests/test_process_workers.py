@@ -377,6 +377,21 @@ def test_workers_ended_together_as_they_start_are_one_failed_start(tmp_path: Pat
     assert info()["refusing_tasks"] is None
 
 
+def open_and_close(name: str) -> Iterator[None]:
+    """An initializer written as a fixture: set up, yield, tear down."""
+    load_model(name)
+    yield
+    _model.clear()
+
+
+def test_a_generator_function_given_as_the_initializer_is_refused_at_once() -> None:
+    # Each worker called it and dropped the generator: none of its body ran, no error
+    # said so, and the tasks ran with the worker's globals unset.
+    with pytest.raises(TypeError, match=r"initializer open_and_close is a generator function.*none of its body"):
+        mp.configure_process_pool(initializer=open_and_close, initargs=("fixture",))
+    assert info()["initializer"] is None  # the pool kept its set-up
+
+
 def test_an_initializer_that_cannot_be_pickled_is_refused_at_once() -> None:
     import threading
 

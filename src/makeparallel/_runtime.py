@@ -463,7 +463,8 @@ def configure_process_pool(
             ``get_process_pool_info()["ready_workers"]`` counts those ready.
 
     Raises:
-        TypeError: ``initializer`` is not callable, ``initargs`` not iterable,
+        TypeError: ``initializer`` is not callable (or is a generator function,
+            whose body a call would not run), ``initargs`` not iterable,
             ``max_worker_memory`` neither an int nor a string, or ``prestart``
             not a bool.
         ValueError: a count is not an int >= 1, or ``max_worker_memory`` is
@@ -521,9 +522,17 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
     name = getattr(initializer, "__qualname__", repr(initializer))
     # A @parallel function runs its plain function, as a map runs it: called, it submitted
     # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
+    from ._decorators import _generator_kind
     from ._executor import _plain_of
 
     initializer, _ = _plain_of(initializer)
+    kind = _generator_kind(initializer)
+    if kind is not None:  # a worker would call it and drop the generator, its body never run
+        raise TypeError(
+            f"initializer {name} is {'an' if kind.startswith('a') else 'a'} {kind} function: a worker "
+            f"would only create the {kind}, and none of its body would run. Make it a plain function "
+            "(or async def) that returns once set up; to clean up as a worker ends, use atexit"
+        )
     try:
         return WorkerSetup(name, dumps_function(initializer), dumps_function(arguments))
     except Exception as error:
