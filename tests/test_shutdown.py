@@ -23,6 +23,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _runtime
+from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
 from makeparallel.testing import wait_until_idle
 from pool_helpers import CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
@@ -392,6 +393,34 @@ def test_a_reset_while_shutdown_waits_leaves_every_pool_running(
     assert accepted.get(timeout=30) == 4
     assert doubled_in_a_worker(3).get(timeout=30) == 6
     assert mp.parallel(abs)(-4).get(timeout=5) == 4
+
+
+@pytest.mark.timeout(30)
+def test_a_shutdown_begun_as_a_reset_reopens_the_pools_stays_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reset reopened the pools after it let go of the runtime's lock: a shutdown
+    # from another thread in between closed them first, and the reset reopened them
+    # under it. The library said it was shut down, and its pools took every task.
+    assert mp.parallel(abs)(-1).get(timeout=5) == 1  # the thread pool exists
+    mp.shutdown(timeout_secs=5)
+    limiters = _runtime.all_limiters
+    outcome: list[bool] = []
+    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=5)))
+
+    def shut_down_meanwhile() -> list[Limiter]:
+        if not shutting_down.is_alive() and not outcome:  # the reset's own call, as it reopens
+            shutting_down.start()
+            if not _runtime._lock.locked():  # the reset let go of it: the shutdown comes in between
+                shutting_down.join(20)
+        return limiters()
+
+    monkeypatch.setattr(_runtime, "all_limiters", shut_down_meanwhile)
+    mp.reset_shutdown()
+    monkeypatch.setattr(_runtime, "all_limiters", limiters)
+    shutting_down.join(20)
+    assert outcome == [True]
+    assert _runtime.is_shut_down()
+    with pytest.raises(mp.ShutdownError):
+        mp.parallel(abs)(-2)
 
 
 def started_then_stuck_in_c(markers: str) -> int:

@@ -938,14 +938,16 @@ def reset_shutdown() -> None:
     tasks again as the shutdown returns.)
     """
     global _shut_down, _last_shutdown
+    # Reopened under the lock, as shutdown() marks the library shut down: reopened
+    # after it, a shutdown from another thread in between closed the pools first, and
+    # the reset reopened them under it, the library shut down and taking every task.
     with _lock:
         _shut_down = False
         _last_shutdown = None
-        backends = _all_backends()
-    for limiter in all_limiters():
-        limiter.reopen()
-    for backend in backends:
-        backend.reopen()
+        for limiter in all_limiters():
+            limiter.reopen()
+        for backend in _all_backends():
+            backend.reopen()
 
 
 def is_shut_down() -> bool:
