@@ -395,6 +395,55 @@ def test_a_reset_while_shutdown_waits_leaves_every_pool_running(
     assert mp.parallel(abs)(-4).get(timeout=5) == 4
 
 
+@pytest.mark.timeout(60)
+def test_a_reset_before_shutdown_closes_the_pools_leaves_them_taking_tasks_as_it_waits(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shutdown closed them after the reset, and reopened them only as it returned:
+    # through its whole wait, every task was refused with ShutdownError ("call
+    # makeparallel.reset_shutdown()"), the library not shut down.
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(30)
+        return "held"
+
+    handle = held()
+    assert started.wait(5)
+    limiters = _runtime.all_limiters
+    resets: list[threading.Thread] = []
+
+    def reset_first() -> list[Limiter]:
+        if not resets:  # the shutdown's call, before it closes anything: the reset comes first
+            resets.append(threading.Thread(target=mp.reset_shutdown))
+            resets[0].start()
+            resets[0].join(20)
+        return limiters()
+
+    monkeypatch.setattr(_runtime, "all_limiters", reset_first)
+    waiting = threading.Event()
+    wait_for_tasks = _runtime.wait_until_idle
+
+    def wait_and_tell(timeout: float | None = None) -> bool:
+        waiting.set()
+        return wait_for_tasks(timeout)
+
+    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
+    outcome: list[bool] = []
+    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
+    shutting_down.start()
+    assert waiting.wait(10)
+    assert not _runtime.is_shut_down()
+    accepted = mp.parallel(abs)(-2)  # as the shutdown waits
+    gate.set()
+    shutting_down.join(30)
+    assert outcome == [True]
+    assert handle.get(timeout=5) == "held"
+    assert accepted.get(timeout=5) == 2
+
+
 @pytest.mark.timeout(30)
 def test_a_shutdown_begun_as_a_reset_reopens_the_pools_stays_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
     # The reset reopened the pools after it let go of the runtime's lock: a shutdown

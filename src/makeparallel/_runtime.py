@@ -868,6 +868,7 @@ class ShutdownCall:
                 limiter.close()
             for backend in backends:
                 backend.close(cancel_pending)
+            _reopen_if_reset(backends)  # (a reset came before these: the tasks it lets in are taken as this waits)
             for due in _deadlines.pending():  # a closed pool runs no further attempt: end them now
                 give_up = getattr(due, "give_up", None)
                 if give_up is not None:
@@ -915,8 +916,10 @@ def _reopen_if_reset(backends: list[Backend]) -> None:
 
     A reset from another thread while the shutdown still ran came before some of
     its steps: the pools it closed then, or whose workers it was stopping, refused
-    every later task with ``ShutdownError``, the library not shut down. Under the
-    lock: a shutdown begun since closes them after this.
+    every later task with ``ShutdownError``, the library not shut down. So the
+    shutdown calls this once it has closed them (else they refused the tasks for
+    its whole wait), and as it returns. Under the lock, which the reset reopens
+    under too: a shutdown begun since closes them after this.
     """
     with _lock:
         if _shut_down:
