@@ -966,6 +966,50 @@ def test_ctrl_c_while_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceb
     assert wall < 30
 
 
+# Typed at the interactive prompt: the prompt catches the Ctrl-C, and the session goes
+# on. Its task ends once exit waits for it, and says so.
+CTRL_C_CAUGHT_BY_THE_PROMPT = """
+import os, signal, sys, threading, time
+import makeparallel as mp
+mp.configure(exit_timeout=60)
+never = threading.Event()
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+
+@mp.parallel
+def ends_once_exit_waits():
+    while not exit_waits():
+        never.wait(0.001)
+    print("ended as exit waited", flush=True)
+
+os.kill(os.getpid(), signal.SIGINT); time.sleep(30)
+handle = ends_once_exit_waits()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT (POSIX)")
+def test_a_ctrl_c_the_interactive_prompt_caught_does_not_end_the_wait_at_exit() -> None:
+    # Python keeps the last error the prompt printed in sys.last_value: exit took that
+    # Ctrl-C for one that ended the program, at the end of a session that went on, and
+    # abandoned its tasks without waiting (and the Flask extension skipped its shutdown).
+    result = subprocess.run(
+        [sys.executable, "-i", "-q"],
+        input=CTRL_C_CAUGHT_BY_THE_PROMPT,
+        timeout=50,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+    )
+    assert "KeyboardInterrupt" in result.stderr, result.stderr  # the prompt caught it
+    assert result.stdout == "ended as exit waited\n", result.stderr
+    assert "abandoned" not in result.stderr, result.stderr
+
+
 # The worker holds the GIL in one C call with SIGTERM ignored: it reads no end of
 # file and dies only at the SIGKILL a grace period later, so exit is certainly
 # still stopping it when the main thread's stack shows terminate().

@@ -1062,9 +1062,13 @@ def ending_on_interrupt() -> bool:
     """Whether the interpreter exits because a ``KeyboardInterrupt`` went uncaught.
 
     Python stores the exception that ended the program in ``sys.last_value``
-    before it runs the exit hooks (3.10 to 3.13 alike).
+    before it runs the exit hooks (3.10 to 3.13 alike). But the interactive
+    prompt (``sys.ps1`` is set there, also by ``python -i`` and ``code.interact``)
+    stores every error it prints there too, and goes on: a Ctrl-C it caught
+    hours before was taken for one that ended the session, whose exit then
+    waited for no task.
     """
-    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt) and not hasattr(sys, "ps1")
 
 
 def _active(backends: list[Backend]) -> int:
