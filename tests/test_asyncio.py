@@ -2747,6 +2747,78 @@ def test_cancelling_the_consumer_of_as_completed_cancels_what_is_in_flight(gate:
     assert all(h.cancelled() for h in run(main()))
 
 
+@pytest.mark.timeout(30)
+def test_asyncio_wait_takes_handles(gate: threading.Event) -> None:
+    """On Python 3.11+ ``asyncio.wait`` takes each handle for a future: it adds its done-callback, then removes it.
+
+    A handle had no ``remove_done_callback``: every such wait raised
+    ``AttributeError`` as it ended. And asyncio's callback ran on the thread that
+    ended the task, where it marked the wait's future done without waking the
+    loop: the wait slept on, for good without a timeout.
+    """
+    started = threading.Event()
+
+    @mp.parallel
+    def held() -> str:
+        started.set()
+        assert gate.wait(20)
+        return "held"
+
+    def fail() -> None:
+        raise LookupError("failed")
+
+    async def main() -> None:
+        ended, failed, running = mp.parallel(abs)(-1), mp.parallel(fail)(), held()
+        await on_a_thread(lambda: ended.wait(10) and failed.wait(10) and started.wait(10))
+        # (Python 3.10 wraps each handle in an asyncio task, and returns those.)
+        done, pending = await asyncio.wait([ended, running], return_when=asyncio.FIRST_COMPLETED)
+        assert [f.result() for f in done] == [1] and len(pending) == 1
+        done, pending = await asyncio.wait([failed, running], return_when=asyncio.FIRST_EXCEPTION)
+        assert [type(f.exception()) for f in done] == [LookupError] and len(pending) == 1
+        waiting = asyncio.ensure_future(asyncio.wait([running]))
+        await asyncio.sleep(0)  # the wait adds its callback to the running task, and sleeps
+        gate.set()  # the task ends on its worker thread, which must wake the loop
+        done, pending = await waiting
+        assert [f.result() for f in done] == ["held"] and not pending
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_asyncio_wait_in_an_async_task_lends_its_workers_place(gate: threading.Event) -> None:
+    """Its children, queued behind it on a full pool, run while it waits; the place comes back however the wait ends."""
+    resize(1)
+    child = mp.parallel(abs)
+    held = mp.parallel(poll_until_stopped)
+
+    @mp.parallel
+    async def parent() -> list[int]:
+        done, _ = await asyncio.wait([child(-1), child(-2)])
+        results = sorted(f.result() for f in done)
+        first, other = child(-3), held(gate)  # queued in this order behind this task
+        done, pending = await asyncio.wait([first, other], return_when=asyncio.FIRST_COMPLETED)
+        assert [f.result() for f in done] == [3] and len(pending) == 1  # its callback on `other` removed
+        other.cancel()
+        return results
+
+    assert parent().get(20) == [1, 2]
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_remove_done_callback_removes_it_as_asyncios_does(gate: threading.Event) -> None:
+    called: list[object] = []
+    handle = mp.parallel(gate.wait)(10)
+    handle.add_done_callback(called.append)
+    handle.add_done_callback(called.append)
+    assert handle.remove_done_callback(called.append) == 2
+    assert handle.remove_done_callback(called.append) == 0
+    gate.set()
+    assert handle.get(10)
+    assert handle.remove_done_callback(called.append) == 0
+    assert called == []
+
+
 def test_gather_async_keeps_order_and_the_on_error_modes() -> None:
     @mp.parallel
     def parse(text: str) -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "cancel_crossing",
     "ended",
     "lend_place_until",
+    "on_its_loop",
     "on_other_loops",
     "running_loop_or_explain",
     "wait_for_end",
@@ -160,6 +161,45 @@ def lend_place_until(future: asyncio.Future[Any]) -> None:
             pool.worker_unblocks()
 
     future.add_done_callback(give_back)
+
+
+class _OnItsLoop:
+    """A done-callback of asyncio's own, called on the event loop of the thread that added it to a handle.
+
+    ``asyncio.wait`` (Python 3.11+) takes handles for futures and adds its
+    callback to each. asyncio calls a future's callbacks on its loop, and the
+    callback is not thread-safe; ours run on the thread that ends the task,
+    where it marked the wait's future done without waking the loop, which
+    slept on. A loop closed meanwhile drops it, as the loop's waker drops awaits.
+
+    On a pool's worker thread the wait lends the worker's place, as an await
+    does, until the callback ran or was removed (:meth:`removed`).
+    """
+
+    __slots__ = ("_deliver", "_pending", "on_its_loop_of")
+
+    def __init__(self, fn: Callable[[Any], object], loop: asyncio.AbstractEventLoop) -> None:
+        self.on_its_loop_of = fn  # what remove_done_callback looks for
+        self._deliver = waker_for(loop).deliver
+        self._pending: asyncio.Future[None] = loop.create_future()
+        lend_place_until(self._pending)
+
+    def __call__(self, handle: AsyncHandle[Any]) -> None:
+        self._deliver(self._run, handle)
+
+    def _run(self, handle: AsyncHandle[Any]) -> None:
+        wake(self._pending)
+        self.on_its_loop_of(handle)
+
+    def removed(self) -> None:
+        """It was removed before it ran (on the loop's thread, by asyncio): nothing waits on it now."""
+        wake(self._pending)
+
+
+def on_its_loop(fn: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``fn``, a done-callback of asyncio's, called on the loop running on this thread; ``fn`` itself where none runs."""
+    loop = asyncio._get_running_loop()
+    return fn if loop is None else _OnItsLoop(fn, loop)
 
 
 def running_loop_or_explain() -> asyncio.AbstractEventLoop:

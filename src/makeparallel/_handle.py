@@ -558,8 +558,35 @@ class AsyncHandle(Generic[T_co]):
         return self
 
     def add_done_callback(self, fn: Callable[[AsyncHandle[T_co]], object]) -> None:
-        """Call ``fn(handle)`` once when the task ends, however it ends."""
+        """Call ``fn(handle)`` once when the task ends, however it ends.
+
+        A callback of asyncio's own, added on a thread whose event loop runs, is
+        called on that loop, as asyncio calls a future's: ``asyncio.wait(handles)``
+        (Python 3.11+) adds one to each handle, and it is not thread-safe.
+        """
+        module = getattr(fn, "__module__", None)
+        if type(module) is str and module.partition(".")[0] == "asyncio":
+            from ._await import on_its_loop  # asyncio is imported already
+
+            fn = on_its_loop(fn)
         self._register(_ON_DONE, fn)
+
+    def remove_done_callback(self, fn: Callable[[AsyncHandle[T_co]], object]) -> int:
+        """Remove every ``fn`` added with :meth:`add_done_callback` that has not run; return how many.
+
+        As ``asyncio.Future.remove_done_callback``: ``asyncio.wait(handles)``
+        (Python 3.11+) removes its callback from the handles not done when it returns.
+        """
+        with self._backend._lock:
+            registered = [callback for kind, callback in self._callbacks or () if kind == _ON_DONE]
+        removed = 0
+        for callback in registered:  # compared outside the lock: == may be the user's code
+            if callback == fn and self._forget_done_callback(callback):
+                removed += 1
+            elif getattr(callback, "on_its_loop_of", None) == fn and self._forget_done_callback(callback):
+                cast(Any, callback).removed()  # add_done_callback's _await._OnItsLoop
+                removed += 1
+        return removed
 
     # -- protocol --------------------------------------------------------------------
 
@@ -1387,8 +1414,8 @@ class AsyncHandle(Generic[T_co]):
                     return
         self._invoke(kind, callback)
 
-    def _forget_done_callback(self, callback: Callable[..., Any]) -> None:
-        """Remove a done-callback registered with ``add_done_callback``, if the task has not ended.
+    def _forget_done_callback(self, callback: Callable[..., Any]) -> bool:
+        """Remove a done-callback registered with ``add_done_callback``, if the task has not ended; return whether it did.
 
         For collectors that stop following a task before it ends (a timeout, the
         first failure, ``FIRST_COMPLETED``): each call would otherwise leave one
@@ -1397,11 +1424,12 @@ class AsyncHandle(Generic[T_co]):
         with self._backend._lock:
             callbacks = self._callbacks
             if callbacks is None:
-                return
+                return False
             for index, (kind, registered) in enumerate(callbacks):
                 if kind == _ON_DONE and registered is callback:
                     del callbacks[index]
-                    return
+                    return True
+            return False
 
     def _invoke(self, kind: int, callback: Callable[..., Any]) -> None:
         state = self._state
