@@ -2805,6 +2805,30 @@ def test_asyncio_wait_in_an_async_task_lends_its_workers_place(gate: threading.E
     assert mp.get_thread_pool_info()["blocked_threads"] == 0
 
 
+def first_of(items: list[int]) -> int:
+    return next(iter(items))  # StopIteration on an empty list
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_a_task_that_raised_stop_iteration_is_awaited_as_a_runtime_error_naming_it(backend: str) -> None:
+    """No await can pass a StopIteration on (PEP 479): it said "generator raised StopIteration", from the library's code."""
+    first = mp.parallel(backend=backend)(first_of)
+
+    async def main() -> list[BaseException]:
+        errors = []
+        for wait in (lambda h: h, lambda h: mp.gather_async([h])):
+            with pytest.raises(RuntimeError, match=r"task \d+ \(first_of\) raised StopIteration") as raised:
+                await wait(first([]))
+            errors.append(raised.value)
+        return errors
+
+    for error in run(main()):
+        assert isinstance(error.__cause__, StopIteration)
+    with pytest.raises(StopIteration):  # get() raises it as itself
+        first([]).get(30)
+
+
 @pytest.mark.timeout(30)
 def test_remove_done_callback_removes_it_as_asyncios_does(gate: threading.Event) -> None:
     called: list[object] = []

@@ -350,7 +350,7 @@ async def gather_async(
         stop_following(items, countdown.callback)
         countdown.drop()
     if countdown.failed is not None:
-        countdown.failed.get()  # raises the task's error, with its note
+        countdown.failed._awaited_result()  # raises the task's error, with its note
     if on_error == "skip":
         return [h._value for h in items if h._state == SUCCEEDED]
     return [h._value if h._state == SUCCEEDED else None for h in items]

@@ -597,7 +597,22 @@ class AsyncHandle(Generic[T_co]):
             from ._await import wait_for_end  # asyncio only once somebody waits
 
             yield from wait_for_end(self)
-        return self.get()
+        return self._awaited_result()
+
+    def _awaited_result(self) -> T_co:
+        """:meth:`get`, for a task that ended, from an await: a ``StopIteration`` of the task becomes a ``RuntimeError`` naming it.
+
+        No await can pass a ``StopIteration`` on (PEP 479): Python made it
+        "generator raised StopIteration", raised from this library's code.
+        """
+        try:
+            return self.get()
+        except StopIteration as error:
+            raise RuntimeError(
+                f"task {self._id} ({self.name}) raised StopIteration, which no await can pass on (PEP 479); "
+                "it is this error's cause, and handle.get() raises it as itself. In the function, "
+                "catch it, or give next() a default: next(iterator, None)"
+            ) from error
 
     def __bool__(self) -> bool:
         raise TypeError(
