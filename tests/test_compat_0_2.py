@@ -205,8 +205,13 @@ def test_submit_passes_args_to_a_function_that_has_a_parameter_of_that_name() ->
         (lambda ctx: ctx.submit(args=(1,)), "needs the function to run"),
         (lambda ctx: ctx.submit(process_data, 1, args=(2,)), "positional arguments and args= too"),
         (lambda ctx: ctx.submit(process_data, args=3), r"args= must be a tuple or list of arguments, got 3"),
+        (lambda ctx: ctx.submit(None), "needs a callable .*, got None"),
+        (lambda ctx: ctx.submit(func=None, args=(1,)), "needs a callable .*, got None"),
+        (lambda ctx: ctx.map(None, [1]), "needs a callable .*, got None"),
+        (lambda ctx: ctx.submit(5), "needs a callable .*, got 5"),
     ],
 )
+@pytest.mark.timeout(20)
 def test_bad_submit_calls_say_what_to_do(call: Any, message: str) -> None:
     with mp.ParallelContext() as ctx:
         with pytest.raises(TypeError, match=message):

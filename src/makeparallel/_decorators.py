@@ -785,9 +785,17 @@ def _describe(fn: Any) -> str:
 def as_parallel(
     fn: Callable[..., T], backend: _runtime.BackendOption | None = None
 ) -> ParallelFunction[..., T] | _BoundParallelFunction[..., T]:
-    """``fn`` itself if it is already parallel, else a parallel version of it."""
+    """``fn`` itself if it is already parallel, else a parallel version of it.
+
+    Raises:
+        TypeError: ``fn`` is not callable. Checked here, for ``None`` above
+            all: ``parallel(None)`` is the decorator that ``@parallel(...)``
+            returns, which the caller would then take for a parallel function.
+    """
     if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
         return fn
+    if not callable(fn):
+        raise TypeError(f"a task needs a callable (a function or method) to run, got {fn!r} of type {type(fn).__name__}")
     return parallel(fn) if backend is None else parallel(backend=backend)(fn)
 
 

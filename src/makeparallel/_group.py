@@ -166,8 +166,9 @@ class ParallelContext:
         ``args``; otherwise it is passed to ``fn``.
 
         Raises:
-            TypeError: no function was given, or ``args=`` came with positional
-                arguments too, or is not a tuple or list.
+            TypeError: no function was given, or it is not callable (``None``
+                included), or ``args=`` came with positional arguments too, or
+                is not a tuple or list.
             TaskCancelledError: the group already failed, or failed while this
                 call waited for a slot of any limit (left to end the block, the
                 block raises that failure instead), or timed out (a task made as
