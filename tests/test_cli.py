@@ -272,3 +272,42 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(argv: list[str]) -
         returncode = command.wait(timeout=60)
     assert returncode == 1
     assert errors == ""
+
+
+# The demo, with the task a worker thread runs made to send this process a real SIGINT, as
+# Ctrl-C does, and to stop there for good; the sequential round returns at once, and so does a
+# task the main thread runs in place as it collects, once a worker runs the other. SIGINT raises
+# KeyboardInterrupt, as in a terminal, whatever the test runner's parent made of it. The worker
+# processes are not started: nothing here uses them.
+_INTERRUPTED_DEMO = """
+import os, signal, sys, threading
+import makeparallel as mp
+from makeparallel import _demo
+from makeparallel.__main__ import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+on_a_worker = threading.Event()
+
+def step(i):
+    if mp.get_current_task_id() is None:  # the sequential round
+        return i
+    if threading.current_thread() is threading.main_thread():
+        on_a_worker.wait(30)
+        return i
+    on_a_worker.set()
+    os.kill(os.getpid(), signal.SIGINT)
+    threading.Event().wait()  # for good: a thread cannot be stopped, so exit must not wait for it
+
+_demo._warm_up_processes = lambda workers: None
+_demo._hash_workload = lambda tasks, size: _demo.Workload("steps", True, step, [(i,) for i in range(tasks)])
+sys.exit(main(["demo", "--quick"]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_the_demo_ends_it_quietly_with_code_130() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_DEMO], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert completed.returncode == 130, completed.stderr
+    assert completed.stderr == "makeparallel demo: interrupted\n"  # no traceback, and no task left to abandon at exit

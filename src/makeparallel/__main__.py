@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="makeparallel",
         description="Run Python functions in parallel on one machine: tools for this machine.",
     )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     demo = commands.add_parser(
         "demo",
         help="measure what threads speed up here (GIL-releasing vs pure-Python work)",
@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
     A reader that stops reading (``makeparallel info | head -1``) ends the
     command with code 1 and no traceback, as Python's documentation advises
-    for a closed pipe.
+    for a closed pipe. Ctrl-C ends it with code 130 (128 + ``SIGINT``, as a
+    shell reports a command that Ctrl-C ended) and a line on standard error
+    saying so: not with a traceback through the library, and the demo's
+    tasks cancelled, so that exit neither waits for them nor warns of them.
 
     Raises:
         SystemExit: with code 2 on a usage error (argparse prints the usage).
@@ -166,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()
         return 1
+    except KeyboardInterrupt:
+        print(f"makeparallel {arguments.command}: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -37,8 +37,9 @@ from typing import Any, TextIO
 
 import psutil
 
-from . import GilBoundWarning, gather, get_process_pool_info, get_thread_pool_info, parallel
+from . import AsyncHandle, GilBoundWarning, gather, get_process_pool_info, get_thread_pool_info, parallel
 from ._cpus import usable_cpus
+from ._handle import cancel_and_stop
 from ._load import BUSY_CPUS, LoadMeter
 
 __all__ = [
@@ -184,8 +185,25 @@ def _warm_up(threads: int) -> None:
     """
     meet = parallel(backend="thread", name="makeparallel.demo.warm_up")(_meet)
     barrier = threading.Barrier(threads)
-    for handle in [meet(barrier) for _ in range(threads)]:
-        handle.get()
+    _collect(meet, [(barrier,)] * threads)
+
+
+def _collect(function: Callable[..., AsyncHandle[Any]], arguments: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Call ``function`` with each argument tuple and return the results, in order.
+
+    On Ctrl-C (or any error), the tasks submitted so far are cancelled: left
+    running, they held up the exit of ``makeparallel demo``, which a Ctrl-C
+    ends at once (see ``__main__.main``), or were abandoned there with a
+    warning meant for the user's own tasks.
+    """
+    handles: list[AsyncHandle[Any]] = []
+    try:
+        for each in arguments:
+            handles.append(function(*each))
+        return [handle.get() for handle in handles]
+    except BaseException:
+        cancel_and_stop(handles)
+        raise
 
 
 def _time_sequential(workload: Workload) -> tuple[float, list[object]]:
@@ -202,8 +220,7 @@ def _time_parallel(workload: Workload) -> tuple[float, list[object]]:
     with warnings.catch_warnings():  # GIL-bound work on threads is the point here
         warnings.simplefilter("ignore", GilBoundWarning)
         started = time.perf_counter()
-        handles = [function(*arguments) for arguments in workload.arguments]
-        results = [handle.get() for handle in handles]
+        results = _collect(function, workload.arguments)
         return time.perf_counter() - started, results
 
 
