@@ -431,7 +431,9 @@ def test_backpressure_example(gate: threading.Event) -> None:
     [
         (lambda: mp.set_max_concurrent_tasks(), TypeError, "needs the limit"),
         (lambda: mp.set_max_concurrent_tasks(2, max_tasks=3), TypeError, "both limit and max_tasks="),
-        (lambda: mp.set_max_concurrent_tasks(max_tasks=-1), ValueError, "or None or 0 for no limit, got -1"),
+        (lambda: mp.set_max_concurrent_tasks(max_tasks=-1), ValueError, "^max_tasks must .* no limit, got -1"),
+        (lambda: mp.set_max_concurrent_tasks(max_tasks="2"), TypeError, "^max_tasks must .* no limit, got '2'"),
+        (lambda: mp.set_max_concurrent_tasks(-1), ValueError, "^limit must .* no limit, got -1"),
     ],
 )
 def test_bad_max_concurrent_tasks_calls(call: Any, error: type[Exception], message: str) -> None:
@@ -547,6 +549,16 @@ def test_wait_takes_timeout_secs(gate: threading.Event) -> None:
     assert handle.wait(timeout_secs=10) is True
     with pytest.raises(TypeError, match="either timeout or timeout_secs"):
         handle.wait(1, timeout_secs=1)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("seconds", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)])
+def test_a_bad_timeout_secs_is_named_as_given(seconds: Any, error: type[Exception]) -> None:
+    handle = mp.parallel(abs)(-2)
+    with pytest.raises(error, match=r"^timeout_secs must be a number of seconds"):
+        handle.wait(timeout_secs=seconds)
+    with pytest.raises(error, match=r"^timeout must be a number of seconds"):
+        handle.wait(seconds)
 
 
 def test_get_name_is_the_function_name_and_get_timeout_the_task_timeout() -> None:

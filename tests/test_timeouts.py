@@ -375,7 +375,7 @@ UNLIMITED: list[tuple[str, str, Callable[[mp.AsyncHandle[str], Any], object], ob
     ("result", "timeout", lambda ended, t: ended.result(t), "done"),
     ("exception", "timeout", lambda ended, t: ended.exception(t), None),
     ("wait", "timeout", lambda ended, t: ended.wait(t), True),
-    ("wait(timeout_secs)", "timeout", lambda ended, t: ended.wait(timeout_secs=t), True),
+    ("wait(timeout_secs)", "timeout_secs", lambda ended, t: ended.wait(timeout_secs=t), True),
     ("cancel_with_timeout", "timeout_secs", lambda ended, t: ended.cancel_with_timeout(t), True),
     ("mp.wait", "timeout", lambda ended, t: mp.wait([ended], timeout=t).done == {ended}, True),
     ("gather", "timeout", lambda ended, t: mp.gather([ended], timeout=t), ["done"]),

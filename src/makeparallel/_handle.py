@@ -316,12 +316,15 @@ class AsyncHandle(Generic[T_co]):
 
         Raises:
             TypeError: both ``timeout`` and ``timeout_secs`` were given.
+            TypeError, ValueError: the one given is not a number of seconds
+                >= 0 or ``None``; the error names it as it was given.
         """
         if timeout_secs is not None:
             if timeout is not None:
                 raise TypeError("give wait() either timeout or timeout_secs (its 0.2 name), not both")
-            timeout = timeout_secs
-        timeout = check_wait_timeout(timeout)
+            timeout = check_wait_timeout(timeout_secs, "timeout_secs")
+        else:
+            timeout = check_wait_timeout(timeout)
         if self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents()):
             return True
         if timeout is None and self._run_here_if_queued():

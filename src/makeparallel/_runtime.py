@@ -634,12 +634,14 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
 
     Raises:
         TypeError: ``limit`` is not an int or ``None``, or was given twice.
-        ValueError: ``limit`` is negative.
+        ValueError: ``limit`` is negative. Either error names it as it was
+            given: ``limit`` or ``max_tasks``.
     """
+    name = "limit"
     if max_tasks is not _NO_LIMIT_GIVEN:
         if limit is not _NO_LIMIT_GIVEN:
             raise TypeError("set_max_concurrent_tasks() got both limit and max_tasks=, its 0.2 name")
-        limit = max_tasks
+        limit, name = max_tasks, "max_tasks"
     elif limit is _NO_LIMIT_GIVEN:
         raise TypeError("set_max_concurrent_tasks() needs the limit: an int >= 1, or None for none")
     if limit is not None and as_integer(limit) == 0:  # not 0.0 or False
@@ -648,7 +650,7 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
         try:
             limit = check_count(limit, "limit")
         except (TypeError, ValueError) as error:
-            raise type(error)(f"limit must be an int >= 1, or None or 0 for no limit, got {limit!r}") from None
+            raise type(error)(f"{name} must be an int >= 1, or None or 0 for no limit, got {limit!r}") from None
     global_limiter.set_limit(limit)
 
 
