@@ -137,3 +137,28 @@ def test_one_usable_core_is_not_blamed_on_the_gil(monkeypatch: pytest.MonkeyPatc
         feed(watch, cpu_per_task=0.005)  # two at a time, one core between them: all there is
     assert not watch.active  # it decided
     assert [w.message for w in caught] == []
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("at_once", "cpu_per_task", "warns"),
+    [
+        pytest.param(4, 0.005, False, id="four hash at once on two cores: two cores busy"),
+        pytest.param(2, 0.005, True, id="two pure-Python tasks at once: one core busy"),
+    ],
+)
+def test_idle_time_between_bursts_of_tasks_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch, at_once: int, cpu_per_task: float, warns: bool
+) -> None:
+    # A service runs a function's tasks in bursts, a request at a time, idle in between:
+    # measured over the whole span, idle included, GIL-releasing work on a pool larger
+    # than the cores looked GIL-bound, and GIL-bound work looked as if it ran alone.
+    monkeypatch.setattr(_gil_watch, "usable_cpu_count", lambda: 2)
+    watch = GilWatch("bursts")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(16):
+            start = (i // at_once) * 0.020  # 10 ms of tasks, then 10 ms idle
+            watch.record(start, start + 0.010, cpu_per_task, True)
+    assert not watch.active  # it decided
+    assert [w.category for w in caught] == ([mp.GilBoundWarning] if warns else [])

@@ -3,9 +3,13 @@
 On a standard CPython, threads that run pure-Python code take turns on the GIL:
 several of them together use about one core. That is measurable: while tasks
 overlap, add up the CPU time each task's thread used and divide by the wall time
-they spanned. Code that releases the GIL (hashlib, NumPy, I/O...) gets close to
-one core per thread; waiting on I/O uses almost none; GIL-bound code stays near
-one core however many threads run it.
+in which at least one of them ran. Code that releases the GIL (hashlib, NumPy,
+I/O...) gets close to one core per thread; waiting on I/O uses almost none;
+GIL-bound code stays near one core however many threads run it. Not the time
+from the first task's start to the last one's end: a service runs a function's
+tasks in bursts, a request at a time, and the idle time between them divided
+both the speed-up and the tasks at once, so that GIL-releasing work on more
+threads than cores looked GIL-bound and GIL-bound work looked as if it ran alone.
 
 Each decorated function watches its first tasks that ran alongside others and
 took at least a millisecond, decides once, and stops measuring. On a
@@ -41,6 +45,17 @@ _GIVE_UP_AFTER = 1_000  # tasks seen without enough samples (too short, or alone
 _MIN_TASK_SECONDS = 0.001
 
 
+def _busy_time(spans: list[tuple[float, float]]) -> float:
+    """Seconds in which at least one of ``spans`` ran: the length of their union."""
+    total = 0.0
+    end = float("-inf")
+    for started, ended in sorted(spans):
+        if ended > end:
+            total += ended - max(started, end)
+            end = ended
+    return total
+
+
 class GilBoundWarning(RuntimeWarning):
     """A ``@parallel`` function on threads is held back by the GIL."""
 
@@ -50,12 +65,11 @@ class GilWatch:
 
     __slots__ = (
         "_cpu",
-        "_first_start",
-        "_last_end",
         "_load",
         "_lock",
         "_seen",
         "_samples",
+        "_spans",
         "_wall",
         "active",
         "name",
@@ -67,8 +81,7 @@ class GilWatch:
         self._lock = threading.Lock()
         self._seen = self._samples = 0
         self._cpu = self._wall = 0.0
-        self._first_start = float("inf")
-        self._last_end = float("-inf")
+        self._spans: list[tuple[float, float]] = []  # (started, ended) of each sample
         self._load: _load.LoadMeter | None = None  # started with the first sample
 
     def record(self, started: float, ended: float, cpu: float, overlapping: bool) -> None:
@@ -84,14 +97,14 @@ class GilWatch:
                 self._samples += 1
                 self._cpu += cpu
                 self._wall += ended - started
-                self._first_start = min(self._first_start, started)
-                self._last_end = max(self._last_end, ended)
+                self._spans.append((started, ended))
             if self._samples < _SAMPLES and self._seen < _GIVE_UP_AFTER:
                 return
             self.active = False
             if self._samples < _SAMPLES:
                 return
-            span = self._last_end - self._first_start
+            span = _busy_time(self._spans)
+            self._spans = []
             speedup = self._cpu / span  # cores kept busy: what the threads achieved
             concurrency = self._wall / span  # tasks running at once, on average
         if (
