@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import makeparallel as mp
-from makeparallel import _health
+from fake_cgroup import fake_cgroup
+from makeparallel import _health, _memory_budget
 from pool_helpers import wait_until
 
 KEYS = {"status", "live", "ready", "reasons", "pools", "memory_percent"}
@@ -152,6 +155,25 @@ def test_degraded_on_memory(limit: Any, monkeypatch: pytest.MonkeyPatch) -> None
     memory = [r for r in report["reasons"] if r.startswith("memory")]
     assert len(memory) == 1, report["reasons"]
     assert f"limit {threshold:g}%" in memory[0]
+
+
+@pytest.mark.timeout(30)
+def test_memory_is_judged_against_the_container_limit_not_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container limited to 1 GiB on a large host, 95% of it in use: the host's
+    # figure (psutil.virtual_memory()) said a few percent, and health() said ok
+    # until the OOM killer ended the process.
+    root, proc = fake_cgroup(
+        tmp_path,
+        "0::/pod/app\n",
+        {"pod/app/memory.max": f"{2**30}\n", "pod/app/memory.current": f"{int(0.95 * 2**30)}\n"},
+    )
+    monkeypatch.setattr(_memory_budget, "memory_budget", functools.partial(_memory_budget.memory_budget, root, proc))
+    report = mp.health(memory_limit_percent=90.0)
+    assert report["memory_percent"] == pytest.approx(95.0)
+    assert report["status"] == "degraded"
+    assert [r for r in report["reasons"] if r.startswith("memory")] == ["memory is 95% used (limit 90%)"]
 
 
 def test_unhealthy_and_not_ready_after_shutdown_then_ok_after_reset() -> None:

@@ -35,8 +35,10 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     """Check the pools, the queues, the memory and the shutdown state.
 
     Args:
-        memory_limit_percent: system memory in use above which the status is
-            degraded.
+        memory_limit_percent: memory in use above which the status is
+            degraded, in percent of this process's memory limit: its
+            container's (cgroup), else ``RLIMIT_AS``, else the host's, read as
+            :func:`configure_memory_limit` reads it.
         queue_limit: queued tasks per pool above which it is saturated; default:
             ten per worker.
 
@@ -168,6 +170,11 @@ def _broken_reasons(name: str, info: dict[str, Any]) -> list[str]:
 
 
 def _memory_percent() -> float:
-    import psutil  # a runtime dependency; imported here, as only health needs it
+    """Memory in use, in percent of this process's budget: its container's limit first.
 
-    return float(psutil.virtual_memory().percent)
+    Not ``psutil.virtual_memory()``: inside a container it reports the host, which
+    says memory is plentiful until the OOM killer ends the process.
+    """
+    from . import _memory_budget  # loaded with the first health check
+
+    return _memory_budget.memory_budget().percent
