@@ -206,6 +206,28 @@ def test_the_process_pool_pauses_too(fake_memory: FakeMemory) -> None:
     assert mp.gather(handles, timeout=60) == list(range(6))  # one at a time, but all of them
 
 
+@pytest.mark.timeout(30)
+def test_executor_pools_pause_and_resume_too(fake_memory: FakeMemory) -> None:
+    # An mp.Executor runs tasks on a pool of its own, which no backend name reaches:
+    # the guard paused the runtime's pools only, and an executor's started every
+    # task it had room for however full memory was.
+    before = mp.Executor(max_workers=4)
+    try:
+        fake_memory.percent = 99
+        mp.configure_memory_limit(50)
+        after = mp.Executor(max_workers=4)  # made while paused: it starts paused
+        try:
+            assert before._backend.info()["paused"] is True
+            assert after._backend.info()["paused"] is True
+            assert after.submit(abs, -3).result(timeout=10) == 3  # one at a time, but it runs
+            fake_memory.percent = 10  # memory falls: the guard's next read resumes them
+            assert wait_until(lambda: not (before._backend.info()["paused"] or after._backend.info()["paused"]))
+        finally:
+            after.shutdown()
+    finally:
+        before.shutdown()
+
+
 def test_none_turns_it_off(fake_memory: FakeMemory) -> None:
     fake_memory.percent = 99
     mp.configure_memory_limit(50)

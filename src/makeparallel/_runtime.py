@@ -582,10 +582,10 @@ def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
     Memory is this process's budget: its container's (cgroup v2, then v1, the
     limit of its own cgroup and the ones above that is nearest to full), else
     ``RLIMIT_AS``, else the host's. It is read every 100 ms by a daemon thread, never per task.
-    Over the limit, each pool keeps one worker taking new tasks: queued tasks
-    wait, running ones go on, submissions are still accepted, and a task waiting
-    for its children runs them itself, so nested work is slowed, never
-    deadlocked. Under it again, the pools resume. ``health()`` is degraded
+    Over the limit, each pool (an ``Executor``'s too) keeps one worker taking
+    new tasks: queued tasks wait, running ones go on, submissions are still
+    accepted, and a task waiting for its children runs them itself, so nested
+    work is slowed, never deadlocked. Under it again, the pools resume. ``health()`` is degraded
     meanwhile, and metrics count the pauses.
 
     Args:
@@ -602,7 +602,8 @@ def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
 
 
 def _pause_pools(paused: bool) -> None:
-    for backend in list(_backends.values()):
+    """Pause or resume every pool: the runtime's, and each ``Executor``'s own, which no backend name reaches."""
+    for backend in _every_pool():
         backend.set_paused(paused)
 
 
