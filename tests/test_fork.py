@@ -798,3 +798,38 @@ def test_a_process_tasks_forked_child_prints_and_takes_sigterm_as_by_default() -
     # It had the worker's SIGTERM handler (Pool.terminate() then waited for good),
     # and a relay lock held by another thread of the task (its first print waited for good).
     assert mp.parallel(backend="process")(forks_while_another_thread_prints)().get(timeout=50) == (0, "ended")
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_as_the_gil_watch_took_a_sample_runs_the_function() -> None:
+    # A thread of the parent held the function's GIL watch lock as it forked (the
+    # first sample starts a load meter under it, reading psutil): in the child
+    # that lock stayed taken, and the function's first task there never ended.
+    @mp.parallel(backend="thread", name="gil-watch-at-fork")
+    def watched(x: int) -> int:
+        return x + 1
+
+    watch = watched._spec.cpu_watch
+    assert watch is not None
+    watch.active = True  # (off from the start on a machine of one CPU)
+    holding = threading.Event()
+    forked = threading.Event()
+
+    def sample() -> None:
+        with watch._lock:
+            holding.set()
+            forked.wait(30)
+
+    holder = threading.Thread(target=sample)
+    holder.start()
+    assert holding.wait(10)
+    try:
+
+        def child() -> None:
+            assert watched(1).get(timeout=5) == 2
+
+        code = run_in_child(child)
+    finally:
+        forked.set()
+        holder.join(10)
+    assert code == 0

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import warnings
+import weakref
 
 from . import _load
 from ._cpus import usable_cpu_count
@@ -64,6 +65,7 @@ class GilWatch:
     """Measures overlapping tasks of one function until it can tell."""
 
     __slots__ = (
+        "__weakref__",
         "_cpu",
         "_load",
         "_lock",
@@ -83,6 +85,7 @@ class GilWatch:
         self._cpu = self._wall = 0.0
         self._spans: list[tuple[float, float]] = []  # (started, ended) of each sample
         self._load: _load.LoadMeter | None = None  # started with the first sample
+        _watches.add(self)
 
     def record(self, started: float, ended: float, cpu: float, overlapping: bool) -> None:
         """One task ran from ``started`` to ``ended``, using ``cpu`` seconds of its thread."""
@@ -140,3 +143,20 @@ class GilWatch:
             warnings.warn(message, GilBoundWarning, stacklevel=2)
         except Exception:  # warnings turned into errors: a worker thread is no place to raise
             _log.warning(message)
+
+
+_watches: weakref.WeakSet[GilWatch] = weakref.WeakSet()  # every function's, for _after_fork
+
+
+def _after_fork() -> None:
+    """In a forked child: a thread of the parent may have held a watch's lock, taking a sample.
+
+    The function's decorator (and its watch) lives on in the child, whose pools
+    run its tasks: the first to end waited for that lock for good.
+    """
+    for watch in list(_watches):
+        watch._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
