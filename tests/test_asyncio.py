@@ -649,6 +649,13 @@ async def _first_completed(handle: mp.AsyncHandle[Any]) -> object:
     return None
 
 
+async def _done_of_asyncio_wait(handle: mp.AsyncHandle[Any]) -> object:
+    """``asyncio.wait([handle])``, then the handle (Python 3.11+ takes it for a future), or, on 3.10, the await of
+    the asyncio task it wrapped the handle in."""
+    (ended,), _ = await asyncio.wait([handle])
+    return ended if isinstance(ended, mp.AsyncHandle) else await ended
+
+
 #: Each way of waiting for a handle from a coroutine, given the handle, inside the loop.
 ABANDONED_WAITS: dict[str, Callable[[mp.AsyncHandle[Any]], Awaitable[object]]] = {
     "await": lambda handle: handle,
@@ -657,6 +664,7 @@ ABANDONED_WAITS: dict[str, Callable[[mp.AsyncHandle[Any]], Awaitable[object]]] =
     "asyncio.wait_for": lambda handle: asyncio.wait_for(handle, 60),  # type: ignore[arg-type]
     "gather_async": lambda handle: mp.gather_async([handle]),
     "async for over as_completed": _first_completed,
+    "asyncio.wait": _done_of_asyncio_wait,
 }
 
 
@@ -1197,7 +1205,7 @@ def test_an_await_on_another_loop_begun_before_the_coroutines_loop_closed_ends_a
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("way", ["await", "gather_async", "async for over as_completed"])
+@pytest.mark.parametrize("way", ["await", "gather_async", "async for over as_completed", "asyncio.wait"])
 def test_an_await_on_another_loop_of_the_thread_whose_stopped_loop_runs_the_coroutine_is_refused(way: str) -> None:
     # Only this thread runs that loop, and it runs the await's loop instead: as a blocking wait
     # here, the await lasted for good.

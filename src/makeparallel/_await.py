@@ -172,15 +172,22 @@ class _OnItsLoop:
     where it marked the wait's future done without waking the loop, which
     slept on. A loop closed meanwhile drops it, as the loop's waker drops awaits.
 
+    A task whose coroutine runs on another loop is looked at as an await looks
+    (:func:`on_other_loops`, :class:`LoopWatch`) until the callback ran or was
+    removed: that loop closed, before or as the wait waits, ends the task, and
+    the wait with it; unlooked at, the wait lasted for good.
+
     On a pool's worker thread the wait lends the worker's place, as an await
     does, until the callback ran or was removed (:meth:`removed`).
     """
 
-    __slots__ = ("_deliver", "_pending", "on_its_loop_of")
+    __slots__ = ("_deliver", "_pending", "_watch", "on_its_loop_of")
 
-    def __init__(self, fn: Callable[[Any], object], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: Callable[[Any], object], handle: AsyncHandle[Any], loop: asyncio.AbstractEventLoop) -> None:
+        elsewhere = on_other_loops((handle,), loop)  # first: it may raise, or end the task
         self.on_its_loop_of = fn  # what remove_done_callback looks for
         self._deliver = waker_for(loop).deliver
+        self._watch = LoopWatch(loop, elsewhere) if elsewhere else None
         self._pending: asyncio.Future[None] = loop.create_future()
         lend_place_until(self._pending)
 
@@ -188,18 +195,26 @@ class _OnItsLoop:
         self._deliver(self._run, handle)
 
     def _run(self, handle: AsyncHandle[Any]) -> None:
-        wake(self._pending)
+        self.removed()
         self.on_its_loop_of(handle)
 
     def removed(self) -> None:
-        """It was removed before it ran (on the loop's thread, by asyncio): nothing waits on it now."""
+        """It ran, or was removed before it ran (on the loop's thread, by asyncio): nothing waits on it now."""
         wake(self._pending)
+        if self._watch is not None:
+            self._watch.stop()
 
 
-def on_its_loop(fn: Callable[[Any], object]) -> Callable[[Any], object]:
-    """``fn``, a done-callback of asyncio's, called on the loop running on this thread; ``fn`` itself where none runs."""
+def on_its_loop(fn: Callable[[Any], object], handle: AsyncHandle[Any]) -> Callable[[Any], object]:
+    """``fn``, a done-callback of asyncio's for ``handle``, called on the loop running on this thread; ``fn`` itself where none runs.
+
+    Raises:
+        RuntimeError: the task's coroutine runs on a loop that is stopped, and
+            that this thread ran: nothing can run it while this thread runs its
+            own loop (as ``await handle`` raises).
+    """
     loop = asyncio._get_running_loop()
-    return fn if loop is None else _OnItsLoop(fn, loop)
+    return fn if loop is None else _OnItsLoop(fn, handle, loop)
 
 
 def running_loop_or_explain() -> asyncio.AbstractEventLoop:

@@ -565,13 +565,19 @@ class AsyncHandle(Generic[T_co]):
 
         A callback of asyncio's own, added on a thread whose event loop runs, is
         called on that loop, as asyncio calls a future's: ``asyncio.wait(handles)``
-        (Python 3.11+) adds one to each handle, and it is not thread-safe.
+        (Python 3.11+) adds one to each handle, and it is not thread-safe. A task
+        whose coroutine runs on another loop is looked at meanwhile, as an await
+        looks: that loop's close ends it with ``ShutdownError``.
+
+        Raises:
+            RuntimeError: ``fn`` is asyncio's, and the task's coroutine runs on a
+                stopped loop that this thread ran (as ``await handle`` raises).
         """
         module = getattr(fn, "__module__", None)
         if type(module) is str and module.partition(".")[0] == "asyncio":
             from ._await import on_its_loop  # asyncio is imported already
 
-            fn = on_its_loop(fn)
+            fn = on_its_loop(fn, self)
         self._register(_ON_DONE, fn)
 
     def remove_done_callback(self, fn: Callable[[AsyncHandle[T_co]], object]) -> int:
