@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
-from types import CoroutineType, FrameType
+from types import CoroutineType, FrameType, FunctionType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from . import _deadlines, _events, _fork_child, _held_on_loop, _interruptible
@@ -573,8 +573,9 @@ class AsyncHandle(Generic[T_co]):
             RuntimeError: ``fn`` is asyncio's, and the task's coroutine runs on a
                 stopped loop that this thread ran (as ``await handle`` raises).
         """
-        module = getattr(fn, "__module__", None)
-        if type(module) is str and module.partition(".")[0] == "asyncio":
+        # asyncio's is a plain function (asyncio.wait's _on_completion): the library's
+        # own collectors pass bound methods, and pay one type check.
+        if type(fn) is FunctionType and type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
             from ._await import on_its_loop  # asyncio is imported already
 
             fn = on_its_loop(fn, self)
