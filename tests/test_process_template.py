@@ -2826,6 +2826,85 @@ def test_a_worker_sends_back_a_task_s_exception_without_importing_the_decorators
     assert out == ["bad_row", "none"]
 
 
+HALF_IMPORTED_PROBE = """
+import sys
+import threading
+from importlib.machinery import PathFinder
+
+reached = threading.Event()
+gate = threading.Event()
+importer = []
+
+
+class HeldLoader:
+    # Runs the runtime module once the gate opens: meanwhile the decorators module,
+    # which imports it first, is in sys.modules without its classes.
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        reached.set()
+        gate.wait(30)
+        self.loader.exec_module(module)
+
+
+class HoldTheRuntime:
+    def find_spec(self, name, path=None, target=None):
+        if name != "makeparallel._runtime":
+            return None
+        spec = PathFinder.find_spec(name, path)
+        spec.loader = HeldLoader(spec.loader)
+        return spec
+
+
+def fail_while_a_thread_imports_the_decorators():
+    if "makeparallel._runtime" in sys.modules:
+        raise RuntimeError("the worker has the runtime already: nothing to hold")
+    sys.meta_path.insert(0, HoldTheRuntime())
+    thread = threading.Thread(target=__import__, args=("makeparallel._decorators",), daemon=True)
+    importer.append(thread)
+    thread.start()
+    reached.wait(30)
+    raise ValueError("bad row")
+
+
+def finish():
+    if not importer:  # a new worker: the first one died
+        return "new_worker"
+    gate.set()
+    importer[0].join(30)
+    sys.meta_path.pop(0)
+    return str(hasattr(sys.modules["makeparallel._decorators"], "ParallelFunction"))
+"""
+
+
+def test_a_worker_sends_back_an_exception_while_a_thread_of_its_task_imports_the_decorators(tmp_path: Path) -> None:
+    # Meanwhile sys.modules holds the decorators module half imported, without the wrapper
+    # class: asking whether a function met in the pickle is a wrapper's raised AttributeError,
+    # and so did pickling the TaskError that describes it, which ended the worker.
+    (tmp_path / "half_imported_probe.py").write_text(HALF_IMPORTED_PROBE)
+    out = run_fresh(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import makeparallel as mp
+        import half_imported_probe as probe
+
+        mp.configure_process_pool(num_workers=1)
+        on_process = mp.parallel(backend="process")
+        try:
+            on_process(probe.fail_while_a_thread_imports_the_decorators)().get(timeout=30)
+        except Exception as error:
+            print(type(error).__name__)
+        print(on_process(probe.finish)().get(timeout=30))
+        """
+    )
+    assert out == ["ValueError", "True"]
+
+
 def test_the_environment_is_copied_though_another_thread_removes_a_variable_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

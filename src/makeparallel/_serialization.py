@@ -962,13 +962,15 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
         return None
     # No wrapper exists where the decorators were never imported: a worker sending back
     # a result or an exception (whose rebuilding function is met here) imported them,
-    # the handle and the runtime, about 80 ms counted in the task's timeout.
-    decorators = sys.modules.get(f"{__package__}._decorators")
-    if decorators is None:
+    # the handle and the runtime, about 80 ms counted in the task's timeout. Nor before
+    # the class is made: while a task's thread imports them, sys.modules holds the module
+    # half imported (AttributeError, which failed the pickle and ended the worker).
+    wrapper = getattr(sys.modules.get(f"{__package__}._decorators"), "ParallelFunction", None)
+    if wrapper is None:
         return None
     for part in fn.__qualname__.split("."):
         target = getattr(target, part, None)
-    if isinstance(target, decorators.ParallelFunction) and target.__wrapped__ is fn:
+    if isinstance(target, wrapper) and target.__wrapped__ is fn:
         return fn.__module__, fn.__qualname__
     return None
 
