@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import logging
 import os
@@ -154,6 +155,15 @@ def test_a_parallel_function_given_as_the_initializer_runs_its_plain_function_in
     name, _, _ = on_process(predict)(0).get(timeout=30)
     assert name == "decorated"
     assert info()["initializer"] == "load_model_decorated"
+
+
+def test_a_partial_of_a_parallel_function_given_as_the_initializer_runs_its_plain_function() -> None:
+    # The partial called the wrapper: each worker submitted the initializer to a pool of
+    # its own, dropped the handle, and ran its tasks with its globals unset, silently.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=functools.partial(load_model_decorated, "partial"))
+    name, _, _ = on_process(predict)(0).get(timeout=30)
+    assert name == "partial"
 
 
 def test_an_async_initializer_runs_its_coroutine_in_each_worker() -> None:

@@ -14,6 +14,7 @@ uncaught Ctrl-C ends the program (then queued tasks are cancelled).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
@@ -437,7 +438,8 @@ def configure_process_pool(
             in each replacement worker; ``None`` removes it. A new initializer
             replaces the running workers as they become idle. Functions of an
             importable module share that module's globals with the tasks. A
-            ``@parallel`` function runs its plain function there, as a map does;
+            ``@parallel`` function (also behind ``functools.partial``) runs its
+            plain function there, as a map does;
             an ``async def`` one runs on the worker's event loop, its tasks' too.
         initargs: the initializer's arguments (pickled once, now).
         max_tasks_per_child: replace a worker after it ran this many tasks (an
@@ -522,10 +524,16 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
     name = getattr(initializer, "__qualname__", repr(initializer))
     # A @parallel function runs its plain function, as a map runs it: called, it submitted
     # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
+    # So does one behind a partial (the arguments bound there rather than in initargs).
     from ._decorators import _generator_kind
     from ._executor import _plain_of
 
-    initializer, _ = _plain_of(initializer)
+    if type(initializer) is functools.partial:
+        plain, _ = _plain_of(initializer.func)
+        if plain is not initializer.func:
+            initializer = functools.partial(plain, *initializer.args, **initializer.keywords)
+    else:
+        initializer, _ = _plain_of(initializer)
     kind = _generator_kind(initializer)
     if kind is not None:  # a worker would call it and drop the generator, its body never run
         raise TypeError(
