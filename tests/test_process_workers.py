@@ -85,6 +85,14 @@ def load_model_decorated(name: str) -> None:
     load_model(name)
 
 
+class ModelLoader:
+    @on_process
+    @classmethod
+    def load(cls, name: str) -> None:
+        """A class method decorated by mistake, given as the initializer."""
+        load_model(name)
+
+
 async def load_model_async(name: str) -> None:
     """An ``async def`` initializer (a client library with an async connect, say)."""
     load_model(name)
@@ -92,6 +100,20 @@ async def load_model_async(name: str) -> None:
 
 def predict(x: int) -> tuple[str | None, int, int]:
     return _model.get("name"), os.getpid(), x
+
+
+class Predictor:
+    """Class methods as tasks, in both orders of the decorators."""
+
+    @classmethod
+    @on_process
+    def below(cls, x: int) -> str | None:
+        return _model.get("name")
+
+    @on_process
+    @classmethod
+    def above(cls, x: int) -> str | None:
+        return _model.get("name")
 
 
 def broken_initializer() -> None:
@@ -155,6 +177,17 @@ def test_a_parallel_function_given_as_the_initializer_runs_its_plain_function_in
     name, _, _ = on_process(predict)(0).get(timeout=30)
     assert name == "decorated"
     assert info()["initializer"] == "load_model_decorated"
+
+
+def test_a_parallel_class_method_shares_its_module_s_globals_with_the_initializer() -> None:
+    # Its function went by value, with a copy of the module's globals taken in the
+    # program: it read None where the initializer had loaded the model, and a class
+    # method given as the initializer loaded it into a copy that no task saw.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=load_model, initargs=("shared",))
+    assert [Predictor.below(0).get(timeout=30), Predictor.above(0).get(timeout=30)] == ["shared", "shared"]
+    mp.configure_process_pool(initializer=ModelLoader.load, initargs=("by class",))
+    assert on_process(predict)(0).get(timeout=30)[0] == "by class"
 
 
 def test_a_partial_of_a_parallel_function_given_as_the_initializer_runs_its_plain_function() -> None:

@@ -37,7 +37,7 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 
 from . import _worker_finders
 from ._backends._main_module import adopt
@@ -965,11 +965,19 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
     # the handle and the runtime, about 80 ms counted in the task's timeout. Nor before
     # the class is made: while a task's thread imports them, sys.modules holds the module
     # half imported (AttributeError, which failed the pickle and ended the worker).
-    wrapper = getattr(sys.modules.get(f"{__package__}._decorators"), "ParallelFunction", None)
+    decorators: Any = sys.modules.get(f"{__package__}._decorators")
+    wrapper = getattr(decorators, "ParallelFunction", None)
     if wrapper is None:
         return None
     for part in fn.__qualname__.split("."):
         target = getattr(target, part, None)
+    # A class method's name gives the wrapper bound to its class: a _BoundParallelFunction,
+    # or from Python 3.13 under @classmethod, a method whose __func__ it is. Sent by value,
+    # its function read a copy of the module's globals, not what the initializer set there.
+    if isinstance(target, MethodType):
+        target = target.__func__
+    elif type(target) is getattr(decorators, "_BoundParallelFunction", None):
+        target = target._function
     if isinstance(target, wrapper) and target.__wrapped__ is fn:
         return fn.__module__, fn.__qualname__
     return None
