@@ -121,6 +121,29 @@ def test_submit_plain_and_decorated_functions(backend: str) -> None:
     assert ctx.handles == [a, b, c, d]
 
 
+@pytest.mark.timeout(20)
+def test_submit_and_map_run_a_static_method_object(backend: str) -> None:
+    # As read in its class's body (or from vars(cls)): callable since Python 3.10, as the function it holds.
+    class Steps:
+        @staticmethod
+        def double(x: int) -> int:
+            return 2 * x
+
+        @mp.parallel
+        @staticmethod
+        def triple(x: int) -> int:
+            return 3 * x
+
+        steps = (double, triple)  # the staticmethod objects themselves, not bound by a lookup
+
+    plain, decorated = Steps.steps
+    with mp.ParallelContext(backend=backend) as ctx:
+        ctx.submit(plain, 1)
+        ctx.submit(func=decorated, args=(2,))
+        ctx.map(plain, [3])
+    assert ctx.results() == [2, 6, 6]
+
+
 def test_submit_the_peer_tuple_form(backend: str) -> None:
     def pair(value: Any) -> Any:
         return value
