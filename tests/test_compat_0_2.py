@@ -155,6 +155,22 @@ def test_parallel_map_names_each_argument_once(arguments: dict[str, Any], messag
         mp.parallel_map(**arguments)
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"func": 5, "items": [1]}, r"^func must be callable, got 5$"),
+        ({"func": process_data, "items": 5}, r"^items must be an iterable .*, got 5 \(int\)$"),
+        ({"fn": 5, "items": [1]}, r"^fn must be callable, got 5$"),
+        ({"func": process_data, "iterable": 5}, r"^iterable must be an iterable .*, got 5 \(int\)$"),
+        ({"fn": 5, "iterable": [1]}, r"^fn must be callable, got 5$"),
+    ],
+)
+def test_parallel_map_names_a_bad_argument_as_given(arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        mp.parallel_map(**arguments)
+
+
 def test_gather_example() -> None:
     from makeparallel import gather, parallel
 

@@ -245,8 +245,11 @@ class _ChunkSizer:
             self._size = min(wanted, self._cap)
 
 
-def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, TaskSpec | None]:
-    """The callable to apply per item, the name to report, and the options of ``fn`` if it is ``@parallel`` (its backend, its limit)."""
+def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any], str, TaskSpec | None]:
+    """The callable to apply per item, the name to report, and the options of ``fn`` if it is ``@parallel`` (its backend, its limit).
+
+    ``given_as`` names the argument in the error for one that is not callable.
+    """
     code = _plain_code(fn)
     if code is not None:  # a plain function, the usual case: its code's flags tell all (no __wrapped__)
         if code.co_flags & _GENERATOR_FLAGS:
@@ -260,7 +263,7 @@ def _plain_function(fn: Any) -> tuple[Callable[[Any], Any], str, TaskSpec | None
         awaited = _returns_coroutines(plain) or _wraps_async(plain)
         return (Awaited(plain) if awaited else plain), fn._spec.name, fn._spec
     if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+        raise TypeError(f"{given_as} must be callable, got {fn!r}")
     _refuse_generator_function(fn)
     return (Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
 
@@ -595,13 +598,16 @@ def _checked(
     timeout: float | None,
     on_error: OnError,
     backend: BackendOption | None,
+    given_as: tuple[str, str] = ("fn", "iterable"),
 ) -> tuple[
     Callable[[Any], Any], _Items, int | None, ParallelFunction[..., list[Any]], str, float | None, int | None, int | None
 ]:
     """The options of a map, checked (raising at the call): the function to apply, the items,
     their number if known, the task that runs a chunk, the name to report, the timeout as a float,
-    and the chunk size and the bound on chunks in flight as plain ints (NumPy's are accepted too)."""
-    plain, name, own = _plain_function(fn)
+    and the chunk size and the bound on chunks in flight as plain ints (NumPy's are accepted too).
+    ``given_as`` names the function and the items in their errors as the caller gave them
+    (``parallel_map``'s 0.2 names ``func=`` and ``items=``)."""
+    plain, name, own = _plain_function(fn, given_as[0])
     if on_error != "raise":
         check_on_error(on_error)
     timeout = check_wait_timeout(timeout)
@@ -620,7 +626,7 @@ def _checked(
         if hasattr(type(iterable), "__iter__"):  # iterable, and its own __iter__ raised: that error is the user's
             raise
         raise TypeError(
-            f"iterable must be an iterable of the items to map (a list, a range, a generator...), "
+            f"{given_as[1]} must be an iterable of the items to map (a list, a range, a generator...), "
             f"got {iterable!r} ({type(iterable).__name__})"
         ) from None
     try:
@@ -800,7 +806,8 @@ def parallel_map(
 
     The options are those of :func:`imap`. Equal to ``list(map(fn, iterable))``
     when ``ordered`` is true and nothing fails. ``func=`` and ``items=`` are
-    the makeparallel 0.2 names of ``fn`` and ``iterable``.
+    the makeparallel 0.2 names of ``fn`` and ``iterable``; an error names the
+    argument as it was given.
 
     Returns:
         ``list[R]``, or ``list[R | None]`` with ``on_error="none"`` (type
@@ -812,11 +819,13 @@ def parallel_map(
             both names.
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
+    given_as = ("fn", "iterable")
     if fn is _MISSING or iterable is _MISSING or func is not _MISSING or items is not _MISSING:
+        given_as = ("fn" if func is _MISSING else "func", "iterable" if items is _MISSING else "items")
         fn = _one_of(fn, func, "fn", "func")
         iterable = _one_of(iterable, items, "iterable", "items")
     plain, rest, total, chunk_task, name, timeout, chunksize, max_in_flight = _checked(
-        fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend
+        fn, iterable, chunksize, ordered, progress, max_in_flight, timeout, on_error, backend, given_as
     )
     if total == 1 and progress is False and timeout is None:
         if _is_sliced(rest):  # an exact list or range: its length is the truth
