@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import psutil
 import pytest
@@ -470,6 +471,47 @@ def test_a_shutdown_begun_as_a_reset_reopens_the_pools_stays_shut_down(monkeypat
     assert _runtime.is_shut_down()
     with pytest.raises(mp.ShutdownError):
         mp.parallel(abs)(-2)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", ["reset_shutdown", "shutdown"])
+def test_a_limiter_made_as_the_limiters_are_listed_leaves_shutdown_and_reset_whole(call: str) -> None:
+    # The limiters were listed by iterating a WeakSet in Python: one made meanwhile on
+    # another thread (a TaskGroup's with max_concurrent, per request) raised "Set changed
+    # size during iteration" out of the reset, the library not shut down and its pools
+    # refusing every task, or out of the shutdown, the library shut down and taking them.
+    assert mp.parallel(abs)(-1).get(timeout=5) == 1  # the thread pool exists
+    if call == "reset_shutdown":
+        mp.shutdown(timeout_secs=5)
+    listing = _runtime.all_limiters.__code__
+    made: list[Limiter] = []
+
+    def make_one_each_line(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line" and len(made) < 10:
+            made.append(Limiter(2))  # as another thread may, at any line of the listing
+        return make_one_each_line
+
+    def in_the_listing(frame: FrameType, event: str, arg: object) -> object:
+        caller: FrameType | None = frame
+        while caller is not None and caller.f_code is not listing:
+            caller = caller.f_back
+        return None if caller is None else make_one_each_line(frame, event, arg)
+
+    tracing = sys.gettrace()
+    sys.settrace(in_the_listing)
+    try:
+        outcome = getattr(mp, call)()
+    finally:
+        sys.settrace(tracing)
+    assert made  # (the listing ran under the trace)
+    if call == "shutdown":
+        assert outcome is True
+        assert _runtime.is_shut_down()
+        with pytest.raises(mp.ShutdownError):
+            mp.parallel(abs)(-2)
+    else:
+        assert not _runtime.is_shut_down()
+        assert mp.parallel(abs)(-2).get(timeout=5) == 2
 
 
 def started_then_stuck_in_c(markers: str) -> int:

@@ -83,7 +83,9 @@ _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel.reset_shutdown() to accept tasks again"
 )
 
-_limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+# Weak references in a plain set, copied in one C call (all_limiters): a WeakSet iterates in
+# Python, and a limiter made meanwhile on another thread (a TaskGroup's) made that raise.
+_limiters: set[weakref.ref[Limiter]] = set()
 # The limits (exempt_tasks=False) that the code running now holds a slot of, as a task
 # admitted through them or one that such a task submitted, however deep.
 _slots_held: ContextVar[tuple[Limiter, ...]] = ContextVar("makeparallel_slots_held", default=())
@@ -208,8 +210,14 @@ class UntilReady:
 
 
 def all_limiters() -> list[Limiter]:
-    """Every limiter alive, for shutdown to wake their waiters."""
-    return list(_limiters)
+    """Every limiter alive, for shutdown to wake their waiters and the reset to reopen them.
+
+    Listed from a copy taken in one C call: iterated in Python, a limiter made
+    meanwhile on another thread (a ``TaskGroup(max_concurrent=...)`` per
+    request) raised out of ``shutdown()`` or ``reset_shutdown()`` half done,
+    the library's state and its pools' at odds.
+    """
+    return [limiter for limiter in (ref() for ref in _limiters.copy()) if limiter is not None]
 
 
 class Limiter:
@@ -236,7 +244,7 @@ class Limiter:
         # The oldest is read by a loop's first turn (`for ... break`): no call, where Ctrl-C
         # could land (see _hand_over_locked).
         self._waiters: OrderedDict[_Waiter | PendingAdmission, None] = OrderedDict()
-        _limiters.add(self)
+        _limiters.add(weakref.ref(self, _limiters.discard))
 
     @property
     def in_flight(self) -> int:
@@ -801,7 +809,7 @@ def _admit_in_turn(began: threading.Event, ended: threading.Event) -> None:
 def _reset_all_after_fork() -> None:
     global _admitter, _admitter_lock, _steps
     _admitter, _admitter_lock, _steps = None, threading.Lock(), queue.SimpleQueue()
-    for limiter in _limiters:
+    for limiter in all_limiters():
         limiter._reset_after_fork()
 
 
