@@ -1082,7 +1082,9 @@ def interrupt_the_stopping():
 
 handle = deaf({started!r})
 deadline = time.monotonic() + 20
-while not os.path.exists({started!r}) and time.monotonic() < deadline:
+# Written, not only made: the Ctrl-C ends this program at once, and the worker with it
+# (its parent-death signal), maybe between the two, the file left empty.
+while not (os.path.exists({started!r}) and os.path.getsize({started!r})) and time.monotonic() < deadline:
     time.sleep(0.005)
 threading.Thread(target=interrupt_the_stopping, daemon=True).start()
 """
