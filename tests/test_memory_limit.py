@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from makeparallel import _memory_guard
+from makeparallel import _memory_guard, _runtime
+from makeparallel._backends._thread import ThreadBackend
 from makeparallel._memory_budget import MemoryBudget, cgroup_memory, memory_budget
 from pool_helpers import resize, wait_until
 from fake_cgroup import fake_cgroup
@@ -257,3 +258,47 @@ def test_figures_that_cannot_be_read_are_logged_once_until_read_again(caplog: py
     failing[0] = True
     guard.check()  # failing again after a read: said again
     assert caplog.text.count("could not read the memory figures") == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("made_by", ["Executor", "first use of a backend"])
+def test_a_pool_made_as_memory_falls_is_not_left_paused(
+    fake_memory: FakeMemory, monkeypatch: pytest.MonkeyPatch, made_by: str
+) -> None:
+    # A new pool read that the pools were paused, the guard then resumed every
+    # pool listed (this one too, or not yet listed), and the pool paused itself:
+    # one worker at a time for good, memory long under the limit.
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+    guard = _memory_guard.current_guard()
+    assert guard is not None and guard.paused and guard._thread is not None
+    guard._stop.set()  # the test reads memory for the guard: the resume falls where it says
+    guard._thread.join(10)
+    real = ThreadBackend.set_paused
+    paused_first: list[ThreadBackend] = []
+
+    def set_paused(self: ThreadBackend, paused: bool) -> None:
+        if paused and not paused_first:  # the new pool pauses: memory fell just before
+            paused_first.append(self)
+            fake_memory.percent = 10
+            assert guard.check() is False  # the guard's resume
+        real(self, paused)
+
+    monkeypatch.setattr(ThreadBackend, "set_paused", set_paused)
+    if made_by == "Executor":
+        executor = mp.Executor(max_workers=4)
+        pool = executor._backend
+        stop = executor.shutdown
+    else:
+        pool = _runtime._create("memory-falls-as-made", lambda: ThreadBackend(num_threads=4))
+
+        def stop() -> None:
+            _runtime._backends.pop("memory-falls-as-made", None)
+            pool.close(cancel_pending=True)
+            pool.terminate()
+
+    try:
+        assert paused_first == [pool]
+        assert pool.info()["paused"] is False
+    finally:
+        stop()

@@ -315,8 +315,7 @@ class Executor(concurrent.futures.Executor):
         _live.add(weakref.ref(self._backend, functools.partial(_forget, id(self._backend))))
         _runtime.stop_at_exit(_left_at_exit)
         _runtime.report_pools(_named_pools)
-        if _runtime.memory_paused():  # listed above first: the guard's next resume reaches it
-            self._backend.set_paused(True)
+        _runtime.follow_memory_pause(self._backend)  # listed above first: see there
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
         self._finalizer.atexit = False
