@@ -2837,6 +2837,37 @@ def test_a_task_that_raised_stop_iteration_is_awaited_as_a_runtime_error_naming_
         first([]).get(30)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.wait adds its callback to the handles from 3.11")
+def test_asyncio_wait_refused_for_one_handle_gives_back_the_place_lent_for_the_others(gate: threading.Event) -> None:
+    """``asyncio.wait`` adds its callback to one handle after another, and the refusal of one (its coroutine runs on a
+    stopped loop of this thread) leaves the others' on: each lent the worker's place, and nothing gave it back once
+    the wait's loop closed."""
+    on_callers_loop = mp.parallel(backend="sync")(sleeps_then_doubles)
+    held = mp.parallel(poll_until_stopped)
+
+    @mp.parallel
+    def waits_on_a_loop_of_its_own() -> list[mp.AsyncHandle[None]]:
+        loop = asyncio.new_event_loop()
+        try:
+            refused = called_from_a_coroutine_on(loop, on_callers_loop)
+            others = [held(gate)]
+            while next(iter(set(waited := [*others, refused]))) is refused:  # asyncio.wait adds in this order
+                others.append(held(gate))
+            with pytest.raises(RuntimeError, match=r"which is not running now"):
+                run(asyncio.wait(waited))
+            assert loop.run_until_complete(refused) == 42  # type: ignore[arg-type]
+        finally:
+            loop.close()
+        return others
+
+    others = waits_on_a_loop_of_its_own().get(20)
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0
+    gate.set()
+    assert [handle.get(20) for handle in others] == [None] * len(others)
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0
+
+
 @pytest.mark.timeout(30)
 def test_remove_done_callback_removes_it_as_asyncios_does(gate: threading.Event) -> None:
     called: list[object] = []

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -163,6 +164,41 @@ def lend_place_until(future: asyncio.Future[Any]) -> None:
     future.add_done_callback(give_back)
 
 
+class _Added(threading.local):
+    """The handles one callback of asyncio's was added to on this thread, as ``asyncio.wait`` adds it to its handles.
+
+    It adds the same callback to one handle after another, and the handle that
+    refuses it (:class:`_OnItsLoop`) raises out of the wait with the callback
+    left on those before it, which nothing removes: each lent the worker's place.
+    Kept only while a task runs on its caller's loop (``on_callers_loops``), as
+    one must for a refusal, and weakly: a wait abandoned on a closed loop is let
+    go with its handles.
+    """
+
+    fn: weakref.ref[Callable[[Any], object]] | None = None
+    handles: list[weakref.ref[AsyncHandle[Any]]]  # (set with fn)
+
+    def adding(self, fn: Callable[[Any], object]) -> None:
+        if self.fn is None or self.fn() is not fn:
+            self.fn, self.handles = weakref.ref(fn), []
+
+    def refused(self, fn: Callable[[Any], object]) -> None:
+        """Take ``fn`` off the handles it was added to (in this step of the wait: none of it ran yet)."""
+        handles, self.fn, self.handles = self.handles, None, []
+        for each in handles:
+            handle = each()
+            if handle is not None:
+                handle.remove_done_callback(fn)  # (an ended one's runs on the loop soon, and gives its place back)
+
+    def ended(self, fn: Callable[[Any], object]) -> None:
+        """One ``fn`` ran or was removed: the wait added it to all its handles by then."""
+        if self.fn is not None and self.fn() is fn:
+            self.fn, self.handles = None, []
+
+
+_added = _Added()
+
+
 class _OnItsLoop:
     """A done-callback of asyncio's own, called on the event loop of the thread that added it to a handle.
 
@@ -178,18 +214,30 @@ class _OnItsLoop:
     the wait with it; unlooked at, the wait lasted for good.
 
     On a pool's worker thread the wait lends the worker's place, as an await
-    does, until the callback ran or was removed (:meth:`removed`).
+    does, until the callback ran or was removed (:meth:`removed`); a refusal
+    (``RuntimeError``) takes the wait's callback off the handles it was added to
+    before (:class:`_Added`), as the wait would on its way out.
     """
 
     __slots__ = ("_deliver", "_pending", "_watch", "on_its_loop_of")
 
     def __init__(self, fn: Callable[[Any], object], handle: AsyncHandle[Any], loop: asyncio.AbstractEventLoop) -> None:
-        elsewhere = on_other_loops((handle,), loop)  # first: it may raise, or end the task
+        added = _added if on_callers_loops else None  # else none refuses it: one test of an empty dictionary
+        if added is not None:
+            added.adding(fn)
+        try:
+            elsewhere = on_other_loops((handle,), loop)  # first: it may raise, or end the task
+        except BaseException:
+            if added is not None:
+                added.refused(fn)
+            raise
         self.on_its_loop_of = fn  # what remove_done_callback looks for
         self._deliver = waker_for(loop).deliver
         self._watch = LoopWatch(loop, elsewhere) if elsewhere else None
         self._pending: asyncio.Future[None] = loop.create_future()
         lend_place_until(self._pending)
+        if added is not None:
+            added.handles.append(weakref.ref(handle))
 
     def __call__(self, handle: AsyncHandle[Any]) -> None:
         self._deliver(self._run, handle)
@@ -200,6 +248,8 @@ class _OnItsLoop:
 
     def removed(self) -> None:
         """It ran, or was removed before it ran (on the loop's thread, by asyncio): nothing waits on it now."""
+        if on_callers_loops:
+            _added.ended(self.on_its_loop_of)
         wake(self._pending)
         if self._watch is not None:
             self._watch.stop()
