@@ -6,6 +6,7 @@ real interpreters in subprocesses, because only a real exit runs the exit hook.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -512,6 +513,48 @@ def test_a_limiter_made_as_the_limiters_are_listed_leaves_shutdown_and_reset_who
     else:
         assert not _runtime.is_shut_down()
         assert mp.parallel(abs)(-2).get(timeout=5) == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", ["shutdown", "get_active_task_count", "health"])
+def test_an_executors_adapter_made_as_the_pools_are_listed_leaves_the_listing_whole(call: str) -> None:
+    # The executors' adapters were listed by iterating a WeakValueDictionary in Python: one
+    # made meanwhile on another thread (an executor's first task) raised "dictionary changed
+    # size during iteration" out of the count, out of health(), or out of shutdown()'s wait,
+    # its pools closed and their worker processes not stopped.
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    made: list[tuple[concurrent.futures.Executor, Backend]] = [(executor, _runtime.get_backend(executor))]
+    listings = {_runtime._all_backends.__code__, _runtime.pool_infos.__code__}
+
+    def make_one_each_line(frame: FrameType, event: str, arg: object) -> object:
+        # (Not under the runtime's lock, which shutdown() lists the pools under, and makes one under.)
+        if event == "line" and len(made) < 50 and not _runtime._lock.locked():
+            another = concurrent.futures.ThreadPoolExecutor(1)
+            made.append((another, _runtime.get_backend(another)))  # as another thread may, at any line
+        return make_one_each_line
+
+    def in_a_listing(frame: FrameType, event: str, arg: object) -> object:
+        caller: FrameType | None = frame
+        while caller is not None and caller.f_code not in listings:
+            caller = caller.f_back
+        return None if caller is None else make_one_each_line(frame, event, arg)
+
+    tracing = sys.gettrace()
+    sys.settrace(in_a_listing)
+    try:
+        outcome = getattr(mp, call)()
+    finally:
+        sys.settrace(tracing)
+        for pool, _ in made:
+            pool.shutdown()
+    assert len(made) > 1  # (the listing ran under the trace)
+    if call == "shutdown":
+        assert outcome is True
+        assert _runtime.is_shut_down()
+    elif call == "get_active_task_count":
+        assert outcome == 0
+    else:
+        assert f"executor-{id(executor):x}" in outcome["pools"]
 
 
 def started_then_stuck_in_c(markers: str) -> int:

@@ -236,7 +236,23 @@ def _adapter_for(executor: concurrent.futures.Executor) -> Backend:
 
 def _all_backends() -> list[Backend]:
     """Every backend started so far, executors' adapters included."""
-    return [*_backends.values(), *_adapters.values()]
+    return [*_backends.values(), *_adapters_now().values()]
+
+
+def _adapters_now() -> dict[int, Backend]:
+    """The executors' adapters alive, by id of their executor.
+
+    Listed from their weak references, copied in one C call (``valuerefs()``):
+    iterated in Python, an adapter made meanwhile on another thread (an
+    executor's first task) raised out of ``health()``, the task count, or
+    ``shutdown()``'s wait, its pools closed and their workers not stopped.
+    """
+    adapters: dict[int, Backend] = {}
+    for ref in _adapters.valuerefs():
+        adapter = ref()
+        if adapter is not None:
+            adapters[ref.key] = adapter
+    return adapters
 
 
 def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
@@ -678,7 +694,7 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
 def pool_infos() -> dict[str, dict[str, Any]]:
     """``info()`` of every backend started so far, by name, and of the pools :func:`report_pools` gives."""
     infos = {name: backend.info() for name, backend in list(_backends.items())}
-    for key, adapter in list(_adapters.items()):
+    for key, adapter in _adapters_now().items():
         infos[f"executor-{key:x}"] = adapter.info()
     for pools in _also_reported.copy():  # one may be added meanwhile
         for name, backend in pools().items():
