@@ -426,6 +426,17 @@ async def parallel_double_later(x: int) -> int:
     return 2 * x
 
 
+class Steps:
+    """A ``@parallel`` static method as its class's body reads it (in :attr:`steps`): a staticmethod object."""
+
+    @mp.parallel(name="parallel-triple")
+    @staticmethod
+    def triple(x: int) -> int:
+        return 3 * x
+
+    steps = (triple,)
+
+
 class Scaler:
     """An object with a ``@parallel`` method, bound to it by ``scaler.scale``."""
 

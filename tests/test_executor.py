@@ -48,6 +48,7 @@ from pool_helpers import (
     mark_later_checked,
     mark_then_wait,
     Scaler,
+    Steps,
     mul,
     own_task_id,
     parallel_double_later,
@@ -1097,6 +1098,22 @@ def test_submit_runs_a_parallel_functions_plain_function_as_its_own_task(backend
         assert product.result(timeout=30) == 42
         assert product.handle.name == "parallel-mul"  # the function's name, as its calls are measured
         assert executor.submit(Scaler(3).scale, 5).result(timeout=30) == 15  # a bound @parallel method
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_submit_and_map_run_a_static_method_objects_parallel_function_as_its_plain_function(backend: str) -> None:
+    # A staticmethod around a @parallel function (callable since Python 3.10, as that function)
+    # ran as the function itself: the future held the handle of a task it started elsewhere,
+    # and on worker processes the task failed sending that handle back (TaskSerializationError).
+    (triple,) = Steps.steps
+    assert isinstance(triple, staticmethod)
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        future = executor.submit(triple, 2)
+        assert future.result(timeout=30) == 6
+        assert future.handle.name == "parallel-triple"
+        assert list(executor.map(triple, [1, 2])) == [3, 6]
+        assert list(executor.map(triple, [1, 2, 3], chunksize=2)) == [3, 6, 9]
 
 
 @pytest.mark.timeout(90)

@@ -273,6 +273,25 @@ def test_a_bound_parallel_method(backend: str) -> None:
     assert list(mp.imap(scaler.scale, [1, 2])) == [4, 8]
 
 
+@pytest.mark.timeout(20)
+def test_a_static_method_object_of_a_parallel_function_returns_plain_results(backend: str) -> None:
+    # As its class's body reads it (or vars(cls)): a staticmethod around the @parallel function,
+    # callable since Python 3.10 as that function. The map called it per item, each call a task
+    # of its own, and gave back their handles (on worker processes, failed sending one back).
+    class Steps:
+        @mp.parallel(backend=backend)
+        @staticmethod
+        def triple(x: int) -> int:
+            return 3 * x
+
+        steps = (triple,)
+
+    (triple,) = Steps.steps
+    assert isinstance(triple, staticmethod)
+    assert mp.parallel_map(triple, range(5), chunksize=2) == [3 * x for x in range(5)]
+    assert list(mp.imap(triple, [1, 2])) == [3, 6]
+
+
 def test_the_backend_argument_runs_inline_on_sync() -> None:
     caller = threading.get_ident()
     idents = mp.parallel_map(lambda _: threading.get_ident(), range(50), backend="sync")

@@ -792,7 +792,7 @@ def as_parallel(
             all: ``parallel(None)`` is the decorator that ``@parallel(...)``
             returns, which the caller would then take for a parallel function.
     """
-    if isinstance(fn, staticmethod):  # callable since 3.10, as its function; parallel() would keep the wrapper
+    while isinstance(fn, staticmethod):  # callable since 3.10, as its function; parallel() would keep the wrapper
         fn = fn.__func__
     if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
         return fn

@@ -347,7 +347,8 @@ class Executor(concurrent.futures.Executor):
         a thread whose event loop runs (``loop.run_in_executor``): there the
         task waits for its slot, as a ``@parallel`` call's does, not the loop.
 
-        A ``@parallel`` function (or a bound ``@parallel`` method) is taken as
+        A ``@parallel`` function (or a bound ``@parallel`` method, or a
+        staticmethod object around one, as its class's body reads it) is taken as
         ``parallel_map`` takes it: its plain function runs, as this executor's
         task, and the future holds its value (called, it would start a task of
         its own elsewhere, and give its handle). The task is named and measured
@@ -377,7 +378,15 @@ class Executor(concurrent.futures.Executor):
         return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
 
     def _submit_plain_of(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ExecutorFuture[Any]:
-        """:meth:`submit` of a ``@parallel`` function or method, or of a map's chunk of one: its plain function runs."""
+        """:meth:`submit` of a ``@parallel`` function or method, or of a map's chunk of one: its plain function runs.
+
+        Or of a staticmethod object, as its class's body reads it: of the function it holds.
+        """
+        if isinstance(fn, staticmethod):  # callable since 3.10, as that function: a @parallel one's gave its handle
+            while isinstance(fn, staticmethod):
+                fn = fn.__func__
+            if type(fn) not in _RUN_AS_PLAIN:
+                return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
         if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
             return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
         if isinstance(fn, _BoundParallelFunction):
@@ -714,12 +723,18 @@ class _MapChunks(functools.partial[Any]):
 
 # What submit runs the plain function of, by exact type: a set lookup costs a plain function's
 # submit a third of what isinstance() against these classes did. (@parallel with a circuit
-# breaker makes a _GuardedParallelFunction; no other subclasses are made.)
-_RUN_AS_PLAIN = frozenset((ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks))
+# breaker makes a _GuardedParallelFunction; no other subclasses are made.) And a staticmethod
+# object, which may hold a @parallel function: submit runs the function it holds.
+_RUN_AS_PLAIN = frozenset((ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks, staticmethod))
 
 
 def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | None]:
-    """The callable a map of ``fn`` calls, and ``fn``'s spec if it is ``@parallel`` (bound: with its instance)."""
+    """The callable a map of ``fn`` calls, and ``fn``'s spec if it is ``@parallel`` (bound: with its instance).
+
+    A staticmethod object (as its class's body reads it) is taken as the function it holds.
+    """
+    while isinstance(fn, staticmethod):
+        fn = fn.__func__
     if isinstance(fn, _BoundParallelFunction):
         return functools.partial(fn._function._fn, fn._instance), fn._function._spec
     if isinstance(fn, ParallelFunction):

@@ -255,6 +255,8 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
         return (Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
+    if isinstance(fn, staticmethod):  # as its class's body reads it: callable since 3.10, as the function it holds
+        return _plain_function(fn.__func__, given_as)
     if isinstance(fn, _BoundParallelFunction):
         plain, name, spec = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, spec
