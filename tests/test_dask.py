@@ -17,14 +17,14 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
 from distributed.scheduler import KilledWorker
-from pool_helpers import Flags, wait_for_flag, wait_until
+from pool_helpers import CalledBack, Flags, wait_for_flag, wait_until
 
 import makeparallel as mp
 from makeparallel import _runtime
@@ -473,6 +473,104 @@ def test_metrics_callbacks_and_progress_stay_here() -> None:
     assert handle.get_progress() == 1.0 and done == [(None, pid)]
     metrics = mp.get_metrics("dask_progress")
     assert metrics is not None and metrics.completed_tasks == 1
+
+
+# The waits for a task (``later``, one of ``group``'s) that a callback may make.
+WAITS_FOR_LATER: dict[str, Callable[[mp.AsyncHandle[Any], mp.ParallelContext], object]] = {
+    "get": lambda later, _: later.get(timeout=10),
+    "get without a timeout": lambda later, _: later.get(),
+    "result": lambda later, _: later.result(10),
+    "wait": lambda later, _: later.wait(10),
+    "exception": lambda later, _: later.exception(10),
+    "gather": lambda later, _: mp.gather([later], timeout=10),
+    "mp.wait": lambda later, _: mp.wait([later], timeout=10),
+    "as_completed": lambda later, _: list(mp.as_completed([later], timeout=10)),
+    "ctx.results": lambda _, group: group.results(),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wait", list(WAITS_FOR_LATER))
+def test_a_wait_for_a_dask_task_in_a_dask_tasks_callback_raises_at_once(wait: str, flags: Flags) -> None:
+    # The callback runs on the Dask client's event loop thread, which fetches the result
+    # the wait is for: it waited out its whole timeout, then said the task was "still
+    # running" though it may have ended long before; without a timeout, for good.
+    remote = mp.parallel(backend="dask")
+    with mp.ParallelContext(backend="dask") as group:
+        later = group.submit(wait_for_flag, flags, "later")
+        wait_for_it = CalledBack(lambda: WAITS_FOR_LATER[wait](later, group))
+        try:
+            remote(wait_for_flag)(flags, "first").add_done_callback(wait_for_it)  # registered before its end
+            flags.set("first")
+            assert wait_for_it.called.wait(60), f"{wait} in the callback waited for good"
+        finally:
+            flags.set("later")
+    error = wait_for_it.outcome
+    assert isinstance(error, RuntimeError), error
+    message = str(error)
+    assert "event loop thread of its Dask client" in message and f"task {later.get_task_id()} " in message
+    assert "pool" not in message and "worker process" not in message  # the process backend's words
+    assert later.get(timeout=60) == "later"
+
+
+@pytest.mark.timeout(120)
+def test_a_callback_may_not_wait_on_the_loop_of_the_client_that_runs_the_task_waited_for(
+    cluster: LocalCluster, client: Client, flags: Flags
+) -> None:
+    # Clients differ by submission (configure(dask_client=...)): the wait is refused on the
+    # event loop thread of the client the awaited task was sent to, whichever is in use now,
+    # and allowed on another client's, whose loop the task's result does not need.
+    second = Client(cluster.scheduler_address, set_as_default=False)  # an event loop thread of its own
+    assert second.loop is not client.loop
+    remote = mp.parallel(backend="dask")
+    try:
+        later = remote(wait_for_flag)(flags, "later")  # its result comes through the first client
+        refused = CalledBack(lambda: later.get(timeout=10))
+        remote(wait_for_flag)(flags, "first").add_done_callback(refused)
+        # Both on the workers before the next, which the second client may send to the scheduler first.
+        assert wait_until(lambda: len(processing(cluster)) == 2, 30)
+        mp.configure(dask_client=second)
+
+        def release_it_and_wait() -> object:
+            flags.set("later")
+            return later.get(timeout=60)
+
+        waited = CalledBack(release_it_and_wait)
+        remote(wait_for_flag)(flags, "other").add_done_callback(waited)  # its callback runs on the second's loop
+        flags.set("first")
+        assert refused.called.wait(60), "get() in the callback waited out its timeout"
+        flags.set("other")
+        assert waited.called.wait(90)
+    finally:
+        for name in ("first", "later", "other"):
+            flags.set(name)
+        mp.configure(dask_client=client)
+    try:
+        assert isinstance(refused.outcome, RuntimeError), refused.outcome
+        assert f"task {later.get_task_id()} " in str(refused.outcome)
+        assert waited.outcome == "later"
+    finally:
+        second.close()
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_without_a_timeout_in_a_dask_tasks_callback_is_refused(flags: Flags) -> None:
+    # On the client's event loop thread, it waited for good for the tasks whose results that thread fetches.
+    remote = mp.parallel(backend="dask")
+    later = remote(wait_for_flag)(flags, "later")
+    shut_down_here = CalledBack(lambda: mp.shutdown(timeout_secs=None))
+    try:
+        remote(wait_for_flag)(flags, "first").add_done_callback(shut_down_here)
+        flags.set("first")
+        assert shut_down_here.called.wait(60), "shutdown() in the callback waited for good"
+    finally:
+        flags.set("later")
+    error = shut_down_here.outcome
+    assert isinstance(error, RuntimeError), error
+    assert "in a Dask task's callback, on its client's event loop thread" in str(error)
+    assert "nothing was shut down" in str(error)
+    assert later.get(timeout=60) == "later"
+    assert remote(square)(3).get(timeout=60) == 9  # nothing was shut down
 
 
 def processing(cluster: LocalCluster) -> list[str]:

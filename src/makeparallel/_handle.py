@@ -1270,17 +1270,19 @@ class AsyncHandle(Generic[T_co]):
 
         An async task is awaited, not waited for, on a thread whose event loop
         runs. A process task is not waited for on its pool's loop thread (in a
-        process task's callback): that thread reads the result the wait is for,
-        so the wait ran out its whole timeout, or without one lasted for good.
+        process task's callback), nor a Dask task on its client's event loop
+        thread (in a Dask task's callback): that thread reads the result the
+        wait is for, so the wait ran out its whole timeout, or without one
+        lasted for good.
         """
         if self._state >= SUCCEEDED:
             return
-        if self._backend.reads_results_here():
+        backend = self._backend
+        if backend.reads_results_here(self):
             raise RuntimeError(
-                f"task {self._id} ({self.name}) runs in a worker process, and this is its pool's "
-                "loop thread (a process task's callback runs here), which reads the result this "
-                "wait is for: the wait could never end. Submit the follow-up work from the "
-                "callback and return, or wait from another thread"
+                f"task {self._id} ({self.name}) {backend.waited_for_on_reader}, which reads the "
+                "result this wait is for: the wait could never end. Submit the follow-up work "
+                "from the callback and return, or wait from another thread"
             )
         if self._observer.is_async and running_loop() is not None:
             raise RuntimeError(

@@ -812,7 +812,8 @@ def _refuse_to_wait_for_good_here(
     Inside a task (its own end is among those waited for); in a callback on a
     thread pool's worker (the tasks queued behind may need that very worker:
     with one thread, they never started); in a process task's callback, on
-    its pool's loop thread (which reads every result the wait needs); on the
+    its pool's loop thread (which reads every result the wait needs), or in a
+    Dask task's callback, on its client's event loop thread (likewise); on the
     thread of an event loop that runs a ``"sync"`` task's coroutine, in it or
     once it stopped (nothing runs that loop while the thread waits); inside a
     Dask task that this process sent to a worker of its own (an in-process
@@ -832,8 +833,8 @@ def _refuse_to_wait_for_good_here(
         where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
     elif pool is not None:
         where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
-    elif _reads_results_here():
-        where = "in a process task's callback, on the pool's loop thread, which reads the results it waits for"
+    elif (reader := _reads_results_here()) is not None:
+        where = f"{reader.called_on_reader}, which reads the results it waits for"
     else:
         coroutines = sys.modules.get("makeparallel._coroutines")
         held = None if coroutines is None else coroutines.one_only_this_thread_can_end()
@@ -853,11 +854,11 @@ def _refuse_to_wait_for_good_here(
     )
 
 
-def _reads_results_here() -> bool:
-    """Whether this thread reads the results of one of the pools (a process pool's loop thread)."""
+def _reads_results_here() -> Backend | None:
+    """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any."""
     with _lock:
         backends = _all_backends()
-    return any(backend.reads_results_here() for backend in backends)
+    return next((backend for backend in backends if backend.reads_results_here()), None)
 
 
 def _programs_shutdown() -> ShutdownCall:

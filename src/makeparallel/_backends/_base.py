@@ -121,6 +121,13 @@ class Backend:
     #: The one thread that reads this pool's results (a process pool's loop thread), on
     #: which a wait for one of its tasks could never end; ``None`` where there is none.
     _loop: threading.Thread | None = None
+    #: Where :meth:`reads_results_here` holds, what a task waited for there is and what the
+    #: thread is, for the refusal of a wait for the task (``AsyncHandle._refuse_to_block_a_loop``)...
+    waited_for_on_reader: ClassVar[str] = (
+        "runs in a worker process, and this is its pool's loop thread (a process task's callback runs here)"
+    )
+    #: ...and of ``shutdown()`` without a timeout (``_runtime._refuse_to_wait_for_good_here``).
+    called_on_reader: ClassVar[str] = "in a process task's callback, on the pool's loop thread"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,11 +136,12 @@ class Backend:
         self._idle_waiters: list[threading.Lock | _Wake] = []
         _every.add(self)
 
-    def reads_results_here(self) -> bool:
-        """Whether this thread is the one that reads this pool's results (:attr:`_loop`).
+    def reads_results_here(self, handle: AsyncHandle[Any] | None = None) -> bool:
+        """Whether this thread is the one that reads this pool's results (:attr:`_loop`): ``handle``'s, where given.
 
         A wait here for one of its unfinished tasks could never end: a
-        process task's callback runs on that thread.
+        process task's callback runs on that thread (a Dask task's on its
+        client's event loop thread: ``DaskBackend.reads_results_here``).
         """
         loop = self._loop
         return loop is not None and loop is threading.current_thread()

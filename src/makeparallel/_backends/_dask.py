@@ -77,6 +77,7 @@ except ImportError as missing:  # pragma: no cover - the test extras install dis
         'backend="dask" needs the distributed package: pip install "makeparallel[dask]"'
     ) from missing
 
+from .._coroutines import running_loop
 from .._remote_errors import RemoteTraceback, described
 from .._states import FAILED
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -109,6 +110,11 @@ class DaskBackend(ExecutorBackend):
 
     name = "dask"
     stop_hint = "its Dask future was cancelled (a call already running on a worker runs on)"
+    waited_for_on_reader = (
+        "runs on a Dask cluster, and this is the event loop thread of its Dask client (a Dask "
+        "task's callback runs here)"
+    )
+    called_on_reader = "in a Dask task's callback, on its client's event loop thread"
 
     def __init__(self, client: distributed.Client | None = None) -> None:
         super().__init__(None, in_process=False)
@@ -137,6 +143,33 @@ class DaskBackend(ExecutorBackend):
             handle._give_up_retrying(f"{type(error).__name__}: {error}")
             return
         super()._send_again(handle)
+
+    def reads_results_here(self, handle: AsyncHandle[Any] | None = None) -> bool:
+        """Whether this thread runs the event loop of the client that fetches ``handle``'s result (of any task here, without one).
+
+        A result arrives on its client's event loop (:func:`_settle`), whose
+        thread runs the task's callbacks: a wait there for a task of that
+        client could never end. Clients differ by submission
+        (``configure(dask_client=...)``): a task's is the one it was sent to;
+        one not sent (held for its slots, waiting to retry) goes to the
+        client bound now. Clients of one ``LocalCluster`` share its loop.
+        Nothing is looked up on a thread that runs no event loop; without
+        ``handle`` (a wait for every task), nothing where no task is
+        unfinished here: such a wait ends, on a loop of the program's own too.
+        """
+        loop = running_loop()
+        if loop is None:
+            return False
+        if handle is not None:
+            future = self._futures.get(handle)  # (one lookup, atomic: no lock)
+            clients = [future.dask_future.client if isinstance(future, TaskFuture) else self._client]
+        else:
+            with self._lock:
+                if not self._active:
+                    return False
+                futures = list(self._futures.values())
+            clients = [self._client, *(future.dask_future.client for future in futures if isinstance(future, TaskFuture))]
+        return any(client is not None and _fetches_on(client, loop) for client in clients)
 
     def reported_worker_count(self) -> int:
         """The cluster's threads as last counted (1 before a client is found).
@@ -255,6 +288,15 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def __init__(self, dask_future: distributed.Future[Any]) -> None:
         super().__init__()
         self.dask_future = dask_future
+
+
+def _fetches_on(client: distributed.Client, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``client`` fetches its results on ``loop``, as Dask's own ``in_async_call`` tells."""
+    try:
+        io_loop = client.loop
+    except RuntimeError:  # its loop never ran, or stopped: it fetches nothing, here or anywhere
+        return False
+    return getattr(io_loop, "asyncio_loop", None) is loop
 
 
 def _not_started(futures: list[TaskFuture]) -> list[TaskFuture]:
