@@ -7,6 +7,7 @@ pool first (``fresh_process_pool``); a fixture puts the pool's set-up back.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import functools
 import itertools
@@ -96,6 +97,26 @@ class ModelLoader:
 async def load_model_async(name: str) -> None:
     """An ``async def`` initializer (a client library with an async connect, say)."""
     load_model(name)
+
+
+region: contextvars.ContextVar[str] = contextvars.ContextVar("region", default="unset")
+request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")  # carried
+
+
+def set_region(name: str) -> None:
+    region.set(name)
+
+
+async def set_region_async(name: str) -> None:
+    region.set(name)
+
+
+def read_region(x: int) -> str:
+    return region.get()
+
+
+async def read_region_async(x: int) -> str:
+    return region.get()
 
 
 def predict(x: int) -> tuple[str | None, int, int]:
@@ -206,6 +227,23 @@ def test_an_async_initializer_runs_its_coroutine_in_each_worker() -> None:
     mp.configure_process_pool(initializer=load_model_async, initargs=("async",))
     name, _, _ = on_process(predict)(0).get(timeout=30)
     assert name == "async"
+
+
+@pytest.mark.parametrize("carried", [False, True])
+def test_an_async_initializer_sets_context_variables_for_the_tasks_as_a_sync_one_does(carried: bool) -> None:
+    # Its coroutine ran in a copy of the worker's context, as a task's does: what it set
+    # there was gone with it, and the tasks read the default where a sync one's read its value.
+    fresh_process_pool(1)
+    # With variables of the program's context carried, a task runs in a copy of the worker's.
+    mp.configure(process_contextvars=[request] if carried else [])
+    try:
+        for initializer in (set_region, set_region_async):
+            mp.configure_process_pool(initializer=initializer, initargs=(initializer.__name__,))
+            assert [on_process(read_region)(0).get(timeout=30), on_process(read_region_async)(0).get(timeout=30)] == [
+                initializer.__name__
+            ] * 2
+    finally:
+        mp.configure(process_contextvars=[])
 
 
 def test_a_new_initializer_replaces_the_running_workers() -> None:

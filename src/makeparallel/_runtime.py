@@ -455,7 +455,8 @@ def configure_process_pool(
             importable module share that module's globals with the tasks. A
             ``@parallel`` function (also behind ``functools.partial``) runs its
             plain function there, as a map does;
-            an ``async def`` one runs on the worker's event loop, its tasks' too.
+            an ``async def`` one runs on the worker's event loop, its tasks' too
+            (the context variables it sets reach the tasks, as a plain one's do).
         initargs: the initializer's arguments (pickled once, now).
         max_tasks_per_child: replace a worker after it ran this many tasks (an
             int >= 1; the standard library's name), for C extensions that leak;

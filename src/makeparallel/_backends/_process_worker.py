@@ -235,7 +235,10 @@ class _Worker:
                 fn, args = _unpickled(initializer, initargs, [])
                 value = fn(*args)
                 if is_coroutine(value):  # an async def's, run as a task's is: on this thread's loop, the tasks' too
-                    run_here(value, None)
+                    # Its loop task runs in a copy of this thread's context: what it set there is
+                    # set here too, where the tasks run (in a copy of it when they carry variables).
+                    for variable, set_value in run_here(_with_its_context(value), None).items():
+                        variable.set(set_value)
             except BaseException as error:
                 import traceback  # with logging: imported only when needed (see _forward_logs)
 
@@ -476,6 +479,16 @@ class _Worker:
         wake_waits_of(current)  # the waits it is blocked in end, and raise
         if current.on_stop is not None:
             current.on_stop()
+
+
+async def _with_its_context(coroutine: Any) -> contextvars.Context:
+    """Run the initializer's ``coroutine``; return the context it ran in, with what it set.
+
+    A sync initializer's ``ContextVar.set`` stays in the worker thread's context,
+    which the tasks see; the loop runs a coroutine in a copy, gone with it.
+    """
+    await coroutine
+    return contextvars.copy_context()
 
 
 def _call(fn: Any, args: Any, kwargs: Any, task: _RemoteTask, values: Any = None) -> Any:
