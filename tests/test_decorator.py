@@ -271,6 +271,24 @@ def test_classmethod_under_parallel_binds_its_class_in_options_and_maps(method: 
     assert mp.parallel_map(getattr(SubCounter, method), [1, 2], timeout=30) == [100 + offset, 200 + offset]
 
 
+@pytest.mark.parametrize("method", ["class_below", "class_above"])
+def test_a_class_method_runs_its_plain_function_in_maps_and_executors_in_both_orders(method: str) -> None:
+    # From Python 3.13, @classmethod over @parallel gives a plain bound method of the
+    # ParallelFunction, which the maps, an Executor and a ParallelContext ran as a
+    # function returning handles: each gave handles for results.
+    offset = {"class_below": 0, "class_above": 1}[method]
+    fn = getattr(SubCounter, method)
+    expected = [100 + offset, 200 + offset]
+    assert mp.parallel_map(fn, [1, 2], timeout=30) == expected
+    assert list(mp.imap(fn, [1, 2], timeout=30)) == expected
+    with mp.Executor(max_workers=2) as executor:
+        assert list(executor.map(fn, [1, 2], timeout=30)) == expected
+        assert executor.submit(fn, 1).result(timeout=30) == expected[0]
+    with mp.ParallelContext() as ctx:
+        handles = [*ctx.map(fn, [1]), ctx.submit(fn, 2)]
+    assert [handle.get(5) for handle in handles] == expected
+
+
 def test_staticmethod_options(backend: str) -> None:
     assert Counter.static_above.options(backend=backend)(1).get(5) == 3
 

@@ -93,6 +93,12 @@ class ModelLoader:
         """A class method decorated by mistake, given as the initializer."""
         load_model(name)
 
+    @classmethod
+    @on_process
+    def load_below(cls, name: str) -> None:
+        """The same, the decorators in the other order."""
+        load_model(name)
+
 
 async def load_model_async(name: str) -> None:
     """An ``async def`` initializer (a client library with an async connect, say)."""
@@ -209,6 +215,20 @@ def test_a_parallel_class_method_shares_its_module_s_globals_with_the_initialize
     assert [Predictor.below(0).get(timeout=30), Predictor.above(0).get(timeout=30)] == ["shared", "shared"]
     mp.configure_process_pool(initializer=ModelLoader.load, initargs=("by class",))
     assert on_process(predict)(0).get(timeout=30)[0] == "by class"
+
+
+@pytest.mark.parametrize("method", ["load", "load_below"])
+def test_a_parallel_class_method_given_as_the_initializer_runs_its_plain_function_in_both_orders(
+    method: str,
+) -> None:
+    # From Python 3.13, @classmethod over @parallel gives a plain bound method of the
+    # ParallelFunction, which was not unwrapped: each worker submitted the initializer
+    # to a pool of its own, and its tasks ran with the model unset, silently.
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=getattr(ModelLoader, method), initargs=(method,))
+    assert on_process(predict)(0).get(timeout=30)[0] == method
+    mp.configure_process_pool(initializer=functools.partial(getattr(ModelLoader, method), f"{method} partial"))
+    assert on_process(predict)(0).get(timeout=30)[0] == f"{method} partial"
 
 
 def test_a_partial_of_a_parallel_function_given_as_the_initializer_runs_its_plain_function() -> None:

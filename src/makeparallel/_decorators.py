@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from types import BuiltinFunctionType, CodeType, FunctionType
+from types import BuiltinFunctionType, CodeType, FunctionType, MethodType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -733,6 +733,20 @@ class _BoundParallelFunction(Generic[P, T]):
 
     def __repr__(self) -> str:
         return f"<bound parallel method {self._function._spec.name} of {self._instance!r}>"
+
+
+def bound_parallel_method(fn: Any) -> Any:
+    """``fn``, or as a :class:`_BoundParallelFunction` if it is a ``@parallel`` function under ``@classmethod``.
+
+    Read on its class, such a method binds the class through the function's
+    ``__get__`` only up to Python 3.12; from 3.13 it is a plain bound method
+    of the ``ParallelFunction``, which the maps, executors and the pool's
+    initializer would call as a function returning handles (``@parallel``
+    over ``@classmethod`` binds itself: :class:`_ParallelClassMethod`).
+    """
+    if type(fn) is MethodType and isinstance(fn.__func__, ParallelFunction):
+        return _BoundParallelFunction(fn.__func__, fn.__self__)
+    return fn
 
 
 class _ParallelClassMethod(classmethod):  # type: ignore[type-arg]

@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from types import MethodType
 from typing import Any, NoReturn, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
@@ -46,6 +47,7 @@ from ._decorators import (
     _BoundParallelFunction,
     _describe,
     _GuardedParallelFunction,
+    bound_parallel_method,
     hold_for_admission,
     take_slots,
     withdraw,
@@ -381,11 +383,16 @@ class Executor(concurrent.futures.Executor):
         """:meth:`submit` of a ``@parallel`` function or method, or of a map's chunk of one: its plain function runs.
 
         Or of a staticmethod object, as its class's body reads it: of the function it holds.
+        Any other bound method runs as it is.
         """
         if isinstance(fn, staticmethod):  # callable since 3.10, as that function: a @parallel one's gave its handle
             while isinstance(fn, staticmethod):
                 fn = fn.__func__
             if type(fn) not in _RUN_AS_PLAIN:
+                return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+        if type(fn) is MethodType:
+            fn = bound_parallel_method(fn)
+            if type(fn) is MethodType:  # a plain method, run as it is
                 return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
         if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
             return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
@@ -724,8 +731,11 @@ class _MapChunks(functools.partial[Any]):
 # What submit runs the plain function of, by exact type: a set lookup costs a plain function's
 # submit a third of what isinstance() against these classes did. (@parallel with a circuit
 # breaker makes a _GuardedParallelFunction; no other subclasses are made.) And a staticmethod
-# object, which may hold a @parallel function: submit runs the function it holds.
-_RUN_AS_PLAIN = frozenset((ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks, staticmethod))
+# object, which may hold a @parallel function: submit runs the function it holds. And bound
+# methods, looked at there: from Python 3.13, @classmethod over @parallel gives one.
+_RUN_AS_PLAIN = frozenset(
+    (ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks, staticmethod, MethodType)
+)
 
 
 def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | None]:
@@ -735,6 +745,7 @@ def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | No
     """
     while isinstance(fn, staticmethod):
         fn = fn.__func__
+    fn = bound_parallel_method(fn)
     if isinstance(fn, _BoundParallelFunction):
         return functools.partial(fn._function._fn, fn._instance), fn._function._spec
     if isinstance(fn, ParallelFunction):

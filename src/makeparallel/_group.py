@@ -22,6 +22,7 @@ from ._decorators import (
     ParallelFunction,
     _BoundParallelFunction,
     as_parallel,
+    bound_parallel_method,
     own_parameters,
 )
 from ._handle import AsyncHandle, cancel_and_stop
@@ -250,6 +251,8 @@ class ParallelContext:
 
     def _make(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
         """Make the task (waiting for a slot under ``max_concurrent``); the caller adds it to the group."""
+        # Before the look-up: what it gives is kept, as the key's object must be (its id is the key).
+        fn = bound_parallel_method(fn)
         function = self._functions.get(id(fn))
         if function is None:
             function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))

@@ -75,6 +75,7 @@ from ._decorators import (
     _generator_kind,
     _plain_code,
     _returns_coroutines,
+    bound_parallel_method,
 )
 from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
@@ -257,6 +258,7 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
         return (Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
     if isinstance(fn, staticmethod):  # as its class's body reads it: callable since 3.10, as the function it holds
         return _plain_function(fn.__func__, given_as)
+    fn = bound_parallel_method(fn)
     if isinstance(fn, _BoundParallelFunction):
         plain, name, spec = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, spec
