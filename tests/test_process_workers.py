@@ -240,6 +240,24 @@ def test_a_partial_of_a_parallel_function_given_as_the_initializer_runs_its_plai
     assert name == "partial"
 
 
+class Connector:
+    """A callable object given as the initializer."""
+
+    def __call__(self, name: str) -> None:
+        load_model(name)
+
+
+def test_an_initializer_is_named_without_its_arguments_or_address() -> None:
+    # Named by its repr, a partial carried every argument bound to it into the pool info
+    # and into each error that names the initializer (a table of 10,000 entries: some
+    # 170 KB), and a callable object its address.
+    table = dict.fromkeys(range(10_000), "weights")
+    mp.configure_process_pool(initializer=functools.partial(load_model, table))
+    assert info()["initializer"] == "partial(load_model)"
+    mp.configure_process_pool(initializer=Connector(), initargs=("connected",))
+    assert info()["initializer"] == "Connector"
+
+
 def test_an_async_initializer_runs_its_coroutine_in_each_worker() -> None:
     # The coroutine it returned was dropped: a RuntimeWarning on the worker's standard
     # error ("never awaited"), and the tasks ran with the worker's globals unset.

@@ -537,12 +537,15 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
         arguments = tuple(initargs)
     except TypeError:
         raise TypeError(f"initargs must be an iterable of arguments, got {initargs!r}") from None
-    name = getattr(initializer, "__qualname__", repr(initializer))
+    from ._decorators import _describe, _generator_kind
+    from ._executor import _plain_of
+
+    # Not its repr, which the pool info and the errors naming it would carry: a partial's holds
+    # every argument bound to it (megabytes for a table), a callable object's its address.
+    name = _describe(initializer)
     # A @parallel function runs its plain function, as a map runs it: called, it submitted
     # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
     # So does one behind a partial (the arguments bound there rather than in initargs).
-    from ._decorators import _generator_kind
-    from ._executor import _plain_of
 
     if type(initializer) is functools.partial:
         plain, _ = _plain_of(initializer.func)
