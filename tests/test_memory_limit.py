@@ -302,3 +302,69 @@ def test_a_pool_made_as_memory_falls_is_not_left_paused(
         assert pool.info()["paused"] is False
     finally:
         stop()
+
+
+class _LockThatSaysItWaited:
+    """A lock that sets ``waited`` when a thread finds it taken and waits for it."""
+
+    def __init__(self, waited: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self.waited = waited
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.waited.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("made_by", ["Executor", "first use of a backend"])
+def test_a_pool_made_as_the_limit_is_replaced_follows_the_new_guard(
+    fake_memory: FakeMemory, monkeypatch: pytest.MonkeyPatch, made_by: str
+) -> None:
+    # The new pool paused itself as the old guard said; configure_memory_limit()
+    # then stopped the old guard (resuming every pool) and the new one, memory
+    # over its limit too, paused every pool, this one included; and the pool,
+    # reading the old guard again, found it resumed and resumed itself: full
+    # size over the new limit until memory fell and rose again.
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+    either = threading.Event()  # the replacement is done, or waits for the pool
+    monkeypatch.setattr(_memory_guard, "_guard_lock", _LockThatSaysItWaited(either))
+    real = ThreadBackend.set_paused
+    replacing: list[threading.Thread] = []
+
+    def replace() -> None:
+        mp.configure_memory_limit(60)
+        either.set()
+
+    def set_paused(self: ThreadBackend, paused: bool) -> None:
+        if paused and not replacing:  # the new pool pauses itself: the limit is replaced meanwhile
+            replacing.append(threading.Thread(target=replace, name="replaces-the-limit"))
+            replacing[0].start()
+            assert either.wait(20)
+        real(self, paused)
+
+    monkeypatch.setattr(ThreadBackend, "set_paused", set_paused)
+    if made_by == "Executor":
+        executor = mp.Executor(max_workers=4)
+        pool = executor._backend
+        stop = executor.shutdown
+    else:
+        pool = _runtime._create("limit-replaced-as-made", lambda: ThreadBackend(num_threads=4))
+
+        def stop() -> None:
+            _runtime._backends.pop("limit-replaced-as-made", None)
+            pool.close(cancel_pending=True)
+            pool.terminate()
+
+    try:
+        replacing[0].join(20)
+        guard = _memory_guard.current_guard()
+        assert guard is not None and guard.limit_percent == 60 and guard.paused
+        assert pool.info()["paused"] is True
+    finally:
+        stop()

@@ -21,7 +21,7 @@ from typing import Any
 from ._memory_budget import MemoryBudget, memory_budget
 from ._validation import is_real
 
-__all__ = ["MemoryGuard", "check_percent", "configure_memory_limit", "current_guard"]
+__all__ = ["MemoryGuard", "check_percent", "configure_memory_limit", "current_guard", "follow"]
 
 _log = logging.getLogger("makeparallel")
 INTERVAL = 0.1  # seconds between reads of the memory figures
@@ -169,6 +169,35 @@ def configure_memory_limit(
         guard.start()
         _guard = guard
         return guard
+
+
+def follow(pause: Callable[[bool], None]) -> None:
+    """Call ``pause(True)`` for a new pool while the guard pauses the pools; the pool must be listed already.
+
+    Listed where the guard's ``pause`` finds it, the guard's next pause or
+    resume reaches it; one that came between reading the guard's state and
+    pausing the pool did not: resumed first, the pool then paused itself and
+    kept one worker at a time for good. So the state is read again after the
+    pause, until it held still across it: any change after that reaches the
+    pool after its own pause (the guard pauses or resumes every pool before it
+    changes again). This holds for one guard: under the lock that
+    :func:`configure_memory_limit` replaces it under, so that the old guard's
+    stop, which resumes the pools, cannot come between: the pool, reading it
+    again, resumed itself after the new guard had paused every pool.
+    """
+    current = _guard
+    if current is None:
+        return
+    current.watch_here()  # in a forked child, its thread is the parent's: the first pool starts it
+    with _guard_lock:
+        current = _guard
+        if current is None:
+            return
+        seen = None
+        while (state := (current.pauses, current.paused)) != seen:
+            if state[1] or seen is not None:  # (a pool starts running: nothing to set unless it paused)
+                pause(state[1])
+            seen = state
 
 
 def _after_fork() -> None:

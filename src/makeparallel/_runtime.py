@@ -638,23 +638,12 @@ def follow_memory_pause(pool: Backend) -> None:
     """Pause ``pool``, a new one, while the memory limit pauses the pools; it must be listed already.
 
     Listed where :func:`_pause_pools` finds it, the guard's next pause or
-    resume reaches it; one that came between reading the guard's state and
-    pausing the pool did not: resumed first, the pool then paused itself and
-    kept one worker at a time for good. So the state is read again after the
-    pause, until it held still across it: any change after that reaches the
-    pool after its own pause (the guard pauses or resumes every pool before it
-    changes again).
+    resume reaches it; see :func:`._memory_guard.follow` for one that comes
+    as the pool pauses itself.
     """
     guard = sys.modules.get("makeparallel._memory_guard")
-    current = None if guard is None else guard.current_guard()
-    if current is None:
-        return
-    current.watch_here()  # in a forked child, its thread is the parent's: the first pool starts it
-    seen = None
-    while (state := (current.pauses, current.paused)) != seen:
-        if state[1] or seen is not None:  # (a pool starts running: nothing to set unless it paused)
-            pool.set_paused(state[1])
-        seen = state
+    if guard is not None:
+        guard.follow(pool.set_paused)
 
 
 _NO_LIMIT_GIVEN: Any = object()
