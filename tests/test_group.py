@@ -144,6 +144,44 @@ def test_submit_and_map_run_a_static_method_object(backend: str) -> None:
     assert ctx.results() == [2, 6, 6]
 
 
+class Rates:
+    """A ``@parallel`` class method, ``@classmethod`` over it: a plain bound method of it from Python 3.13."""
+
+    base = 10
+
+    @classmethod
+    @mp.parallel
+    def scaled(cls, x: int) -> int:
+        return cls.base * x
+
+
+@pytest.mark.timeout(20)
+def test_a_static_method_object_of_a_parallel_class_method_runs_its_plain_function(backend: str) -> None:
+    # The group turned a bound method of a @parallel function into the bound function it stands
+    # for before it took the function a staticmethod holds: on Python 3.13 such a method, held by
+    # a staticmethod (a table of steps), ran as a function returning handles, its tasks' results.
+    step = staticmethod(Rates.scaled)
+    with mp.ParallelContext(backend=backend) as ctx:
+        ctx.submit(step, 1)
+        ctx.map(step, [2])
+    assert ctx.results() == [10, 20]
+
+
+@pytest.mark.timeout(20)
+def test_a_static_method_object_made_for_one_submit_runs_its_own_function(backend: str) -> None:
+    # The group's functions are keyed by id: it kept the function a staticmethod holds, not the
+    # staticmethod, whose id the next one made took once it was freed, and that one's submit ran
+    # the first one's function.
+    def times(k: int) -> Callable[[int], int]:
+        return lambda x: k * x
+
+    functions = [times(k) for k in range(20)]
+    with mp.ParallelContext(backend=backend) as ctx:
+        for function in functions:
+            ctx.submit(staticmethod(function), 1)  # freed as the submit returns
+    assert ctx.results() == list(range(20))
+
+
 def test_submit_the_peer_tuple_form(backend: str) -> None:
     def pair(value: Any) -> Any:
         return value

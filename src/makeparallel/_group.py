@@ -251,7 +251,11 @@ class ParallelContext:
 
     def _make(self, fn: Callable[..., Any], positional: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncHandle[Any]:
         """Make the task (waiting for a slot under ``max_concurrent``); the caller adds it to the group."""
-        # Before the look-up: what it gives is kept, as the key's object must be (its id is the key).
+        # Before the look-up, as as_parallel takes them: what they give is kept, as the key's object
+        # must be (its id is the key). A staticmethod is not: the function it holds is (and may be
+        # a bound method of a @parallel function, @classmethod over it from Python 3.13).
+        while isinstance(fn, staticmethod):
+            fn = fn.__func__
         fn = bound_parallel_method(fn)
         function = self._functions.get(id(fn))
         if function is None:
