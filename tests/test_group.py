@@ -182,6 +182,36 @@ def test_a_static_method_object_made_for_one_submit_runs_its_own_function(backen
     assert ctx.results() == list(range(20))
 
 
+class Meter:
+    """An object with a plain method and a ``@parallel`` one, read anew (bound) at each submit."""
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+
+    def read(self, x: int) -> int:
+        return self.scale * x
+
+    @mp.parallel
+    def read_parallel(self, x: int) -> int:
+        return self.scale * x
+
+
+@pytest.mark.timeout(20)
+def test_a_method_read_at_each_submit_is_made_parallel_once_per_instance(backend: str) -> None:
+    # Each read of a method makes a new bound method, and the group keyed what it made parallel
+    # by its id: one entry per submit, kept to the block's end, each a new parallel function
+    # for a plain method (several times a plain function's submit).
+    first, second = Meter(1), Meter(10)
+    with mp.ParallelContext(backend=backend) as ctx:
+        for x in range(5):
+            ctx.submit(first.read, x)
+            ctx.submit(second.read, x)
+            ctx.submit(first.read_parallel, x)
+            ctx.submit(Rates.scaled, x)
+        assert len(ctx._functions) == 4
+    assert ctx.results() == [result for x in range(5) for result in (x, 10 * x, x, 10 * x)]
+
+
 def test_submit_the_peer_tuple_form(backend: str) -> None:
     def pair(value: Any) -> Any:
         return value

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Container, Coroutine, Iterable
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import Any, NoReturn, TypeVar, Union, overload
 
 from . import _interruptible
@@ -88,8 +88,9 @@ class ParallelContext:
         self._backend = backend
         self._handles: list[AsyncHandle[Any]] = []
         self._counted_ends: set[AsyncHandle[Any]] = set()  # the tasks whose end _task_ended counted
-        # Plain functions made parallel once per group; keyed by id, kept alive here.
-        self._functions: dict[int, ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
+        # Plain functions made parallel once per group; keyed by id (a method's: of its function and
+        # instance), kept alive here.
+        self._functions: dict[int | tuple[int, int], ParallelFunction[..., Any] | _BoundParallelFunction[..., Any]] = {}
         self._lock = threading.Lock()
         # Submits past their first check, not yet appended (or refused), by thread: the block's
         # end waits for those of other threads. (Its own has none under way as it ends; one a
@@ -257,9 +258,18 @@ class ParallelContext:
         while isinstance(fn, staticmethod):
             fn = fn.__func__
         fn = bound_parallel_method(fn)
-        function = self._functions.get(id(fn))
+        # A method is read anew (bound) at each submit: keyed by its function and instance, which
+        # the first one kept holds, it is made parallel once, not once per submit.
+        key: int | tuple[int, int]
+        if type(fn) is MethodType:
+            key = (id(fn.__func__), id(fn.__self__))
+        elif type(fn) is _BoundParallelFunction:
+            key = (id(fn._function), id(fn._instance))
+        else:
+            key = id(fn)
+        function = self._functions.get(key)
         if function is None:
-            function = self._functions.setdefault(id(fn), as_parallel(fn, self._backend))
+            function = self._functions.setdefault(key, as_parallel(fn, self._backend))
         if self._limiter is not None and not self._limiter.acquire(self._deadline, self):
             self._time_out()
         try:
