@@ -523,6 +523,23 @@ def test_an_initializer_that_cannot_be_pickled_is_refused_at_once() -> None:
         mp.configure_process_pool(max_tasks_per_child=0)
 
 
+def test_an_initializer_that_cannot_be_pickled_is_named_without_its_arguments() -> None:
+    # The refusal quoted the initializer's repr: a partial's held every argument bound to
+    # it (a table of 10,000 entries made a message of some 170 KB), a callable object's its address.
+    import threading
+
+    table: dict[Any, Any] = dict.fromkeys(range(10_000), "weights")
+    table["lock"] = threading.Lock()
+    with pytest.raises(mp.TaskSerializationError) as caught:
+        mp.configure_process_pool(initializer=functools.partial(load_model, table))
+    message = str(caught.value)
+    assert message.startswith("the initializer partial(load_model) or its initargs cannot be sent")
+    assert "weights" not in message and "cannot pickle" in message
+    with pytest.raises(mp.TaskSerializationError, match=r"^the initializer Connector or its initargs"):
+        mp.configure_process_pool(initializer=Connector(), initargs=(threading.Lock(),))
+    assert info()["initializer"] is None  # the pool kept its set-up
+
+
 def test_the_function_of_a_map_is_sent_once_so_its_globals_persist() -> None:
     fresh_process_pool(1)
     counter: dict[str, int] = {}

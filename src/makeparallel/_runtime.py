@@ -564,7 +564,7 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
         return WorkerSetup(name, dumps_function(initializer), dumps_function(arguments))
     except Exception as error:
         raise TaskSerializationError(
-            f"the initializer {initializer!r} or its initargs cannot be sent to the worker processes: "
+            f"the initializer {name} or its initargs cannot be sent to the worker processes: "
             f"{type(error).__name__}: {error}. They must be picklable"
         ) from error
 
