@@ -9,6 +9,7 @@ adds: the handle behind each future, and a crash that fails only its task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import concurrent.futures as cf
 import itertools
@@ -1114,6 +1115,25 @@ def test_submit_and_map_run_a_static_method_objects_parallel_function_as_its_pla
         assert future.handle.name == "parallel-triple"
         assert list(executor.map(triple, [1, 2])) == [3, 6]
         assert list(executor.map(triple, [1, 2, 3], chunksize=2)) == [3, 6, 9]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_submit_and_map_run_a_partial_of_a_parallel_function_as_its_plain_function(backend: str) -> None:
+    # partial(work, y=...) of a @parallel function (loop.run_in_executor takes no keywords, and asyncio's
+    # documentation passes them so) ran the parallel function itself: the future held the handle of a
+    # task it started elsewhere, and on worker processes that handle could not be sent back.
+    times_seven = functools.partial(parallel_mul, y=7)
+    (triple,) = Steps.steps
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        future = executor.submit(times_seven, 6)
+        assert future.result(timeout=30) == 42
+        assert future.handle.name == "parallel-mul"
+        assert executor.submit(functools.partial(triple, 2)).result(timeout=30) == 6
+        assert executor.submit(functools.partial(Scaler(3).scale), 5).result(timeout=30) == 15
+        assert executor.submit(functools.partial(parallel_double_later, 4)).result(timeout=30) == 8
+        assert list(executor.map(times_seven, [1, 2])) == [7, 14]
+        assert list(executor.map(times_seven, [1, 2, 3], chunksize=2)) == [7, 14, 21]
 
 
 @pytest.mark.timeout(90)

@@ -292,6 +292,40 @@ def test_a_static_method_object_of_a_parallel_function_returns_plain_results(bac
     assert list(mp.imap(triple, [1, 2])) == [3, 6]
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("given", ["function", "static method object", "bound method", "async function"])
+def test_a_partial_of_a_parallel_function_returns_plain_results(backend: str, given: str) -> None:
+    # partial(work, scale=2), work being @parallel: the map called the partial per item, which called
+    # the parallel function, each call a task of its own, and gave back their handles (on worker
+    # processes, failed sending one back), as it did for the function itself before it ran its plain one.
+    class Scaler:
+        @mp.parallel(backend=backend, name="scaled")
+        @staticmethod
+        def scaled(x: int, scale: int = 1) -> int:
+            return scale * x
+
+        @mp.parallel(backend=backend, name="scaled")
+        def by(self, x: int, scale: int = 1) -> int:
+            return scale * x
+
+        @mp.parallel(backend=backend, name="scaled")
+        @staticmethod
+        async def later(x: int, scale: int = 1) -> int:
+            return scale * x
+
+        static = scaled
+
+    fn = {
+        "function": Scaler.scaled,
+        "static method object": Scaler.static,
+        "bound method": Scaler().by,
+        "async function": Scaler.later,
+    }[given]
+    double = functools.partial(fn, scale=2)
+    assert mp.parallel_map(double, range(5), chunksize=2) == [2 * x for x in range(5)]
+    assert list(mp.imap(double, [1, 2])) == [2, 4]
+
+
 def test_the_backend_argument_runs_inline_on_sync() -> None:
     caller = threading.get_ident()
     idents = mp.parallel_map(lambda _: threading.get_ident(), range(50), backend="sync")

@@ -382,8 +382,9 @@ class Executor(concurrent.futures.Executor):
     def _submit_plain_of(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ExecutorFuture[Any]:
         """:meth:`submit` of a ``@parallel`` function or method, or of a map's chunk of one: its plain function runs.
 
-        Or of a staticmethod object, as its class's body reads it: of the function it holds.
-        Any other bound method runs as it is.
+        Or of a staticmethod object, as its class's body reads it: of the function it holds; or
+        of a ``functools.partial`` (``loop.run_in_executor`` takes no keywords): of its function's.
+        Any other bound method or partial runs as it is.
         """
         if isinstance(fn, staticmethod):  # callable since 3.10, as that function: a @parallel one's gave its handle
             while isinstance(fn, staticmethod):
@@ -394,6 +395,9 @@ class Executor(concurrent.futures.Executor):
             fn = bound_parallel_method(fn)
             if type(fn) is MethodType:  # a plain method, run as it is
                 return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+        if type(fn) is functools.partial:  # of a @parallel function, its plain function's (the arguments kept)
+            plain, own = _plain_of(fn)
+            return self._submit(self._spec_named(_describe(fn)) if own is None else self._spec_of(own), plain, args, kwargs)
         if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
             return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
         if isinstance(fn, _BoundParallelFunction):
@@ -731,21 +735,33 @@ class _MapChunks(functools.partial[Any]):
 # What submit runs the plain function of, by exact type: a set lookup costs a plain function's
 # submit a third of what isinstance() against these classes did. (@parallel with a circuit
 # breaker makes a _GuardedParallelFunction; no other subclasses are made.) And a staticmethod
-# object, which may hold a @parallel function: submit runs the function it holds. And bound
-# methods, looked at there: from Python 3.13, @classmethod over @parallel gives one.
+# object or a partial, which may hold a @parallel function: submit runs the function it holds.
+# And bound methods, looked at there: from Python 3.13, @classmethod over @parallel gives one.
 _RUN_AS_PLAIN = frozenset(
-    (ParallelFunction, _GuardedParallelFunction, _BoundParallelFunction, _MapChunks, staticmethod, MethodType)
+    (
+        ParallelFunction,
+        _GuardedParallelFunction,
+        _BoundParallelFunction,
+        _MapChunks,
+        staticmethod,
+        functools.partial,
+        MethodType,
+    )
 )
 
 
 def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | None]:
     """The callable a map of ``fn`` calls, and ``fn``'s spec if it is ``@parallel`` (bound: with its instance).
 
-    A staticmethod object (as its class's body reads it) is taken as the function it holds.
+    A staticmethod object (as its class's body reads it) is taken as the function it holds, and
+    a ``functools.partial`` of a ``@parallel`` function as a partial of its plain function.
     """
     while isinstance(fn, staticmethod):
         fn = fn.__func__
     fn = bound_parallel_method(fn)
+    if type(fn) is functools.partial:  # (not a _MapChunks, a subclass)
+        plain, own = _plain_of(fn.func)
+        return (fn, None) if own is None else (functools.partial(plain, *fn.args, **fn.keywords), own)
     if isinstance(fn, _BoundParallelFunction):
         return functools.partial(fn._function._fn, fn._instance), fn._function._spec
     if isinstance(fn, ParallelFunction):

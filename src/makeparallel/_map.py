@@ -259,6 +259,18 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
     if isinstance(fn, staticmethod):  # as its class's body reads it: callable since 3.10, as the function it holds
         return _plain_function(fn.__func__, given_as)
     fn = bound_parallel_method(fn)
+    if type(fn) is functools.partial:  # partial(work, scale=2) of a @parallel function: its plain function's
+        inner: Any = fn.func
+        args = fn.args
+        while isinstance(inner, staticmethod):
+            inner = inner.__func__
+        inner = bound_parallel_method(inner)
+        if isinstance(inner, _BoundParallelFunction):
+            inner, args = inner._function, (inner._instance, *args)
+        if isinstance(inner, ParallelFunction):  # called, it started a task per item, and gave its handle
+            bound = functools.partial(inner._fn, *args, **fn.keywords)
+            awaited = _returns_coroutines(inner._fn) or _wraps_async(inner._fn)
+            return (Awaited(bound) if awaited else bound), inner._spec.name, inner._spec
     if isinstance(fn, _BoundParallelFunction):
         plain, name, spec = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, spec
