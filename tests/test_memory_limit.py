@@ -368,3 +368,33 @@ def test_a_pool_made_as_the_limit_is_replaced_follows_the_new_guard(
         assert pool.info()["paused"] is True
     finally:
         stop()
+
+
+class _JoinInterrupted:
+    """Stands for a guard's thread: joined, it waits for the real one to end, then Ctrl-C lands."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self._thread = thread
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_as_the_limit_is_replaced_does_not_leave_the_pools_paused(fake_memory: FakeMemory) -> None:
+    # Ctrl-C in the join of the old guard's thread skipped its resume of the pools:
+    # no guard left to resume them, they ran one task at a time for good.
+    fake_memory.percent = 99
+    mp.configure_memory_limit(50)
+    executor = mp.Executor(max_workers=4)
+    try:
+        guard = _memory_guard.current_guard()
+        assert guard is not None and guard._thread is not None and executor._backend.info()["paused"] is True
+        guard._thread = _JoinInterrupted(guard._thread)  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            mp.configure_memory_limit(None)
+        assert _memory_guard.current_guard() is None
+        assert executor._backend.info()["paused"] is False
+    finally:
+        executor.shutdown()

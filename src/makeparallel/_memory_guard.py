@@ -111,15 +111,22 @@ class MemoryGuard:
                     self.start()
 
     def stop(self) -> None:
-        """Stop watching and resume the pools if they were paused."""
+        """Stop watching and resume the pools if they were paused.
+
+        Resumed also when Ctrl-C lands in the wait for the watching thread:
+        no guard is left to resume them then, and they ran one task at a time
+        for good.
+        """
         self._stop.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5)
-        with self._lock:
-            was_paused, self.paused = self.paused, False
-        if was_paused:
-            self._pause(False)
+        try:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5)
+        finally:
+            with self._lock:
+                was_paused, self.paused = self.paused, False
+            if was_paused:
+                self._pause(False)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
