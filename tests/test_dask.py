@@ -598,6 +598,35 @@ def test_cancel_a_queued_task_cancels_its_dask_future(cluster: LocalCluster, cli
     assert not flags.is_set("ran")
 
 
+@pytest.mark.timeout(120)
+def test_a_cancel_in_a_dask_tasks_callback_cancels_the_dask_future(cluster: LocalCluster, flags: Flags) -> None:
+    # The callback runs on the client's event loop thread, where Dask's cancel returns its
+    # coroutine unrun: the handle ended cancelled, and Dask never heard of it (the scheduler
+    # kept the task, which ran on; "coroutine 'Client._cancel' was never awaited").
+    remote = mp.parallel(backend="dask")
+    first = remote(wait_for_flag)(flags, "first")
+    other = remote(wait_for_flag)(flags, "release")  # one per worker thread
+    assert wait_until(lambda: len(processing(cluster)) == 2, 30)
+    known = set(cluster.scheduler.tasks)
+    queued = remote(wait_for_flag)(flags, "queued")
+    # Cancelled once the scheduler holds it (a cancel sent at once can reach it first, documented).
+    assert wait_until(lambda: any(cluster.scheduler.tasks[k].who_wants for k in new_keys(cluster, known)), 30)
+    (key,) = new_keys(cluster, known)
+    cancel_it = CalledBack(queued.cancel)
+    try:
+        first.add_done_callback(cancel_it)  # registered before its end
+        flags.set("first")
+        assert cancel_it.called.wait(60)
+        assert cancel_it.outcome is True
+        assert queued.status == "cancelled"
+        # Dask cancels asynchronously: the scheduler forgets the task once the cancel reaches it.
+        assert wait_until(lambda: key not in cluster.scheduler.tasks, 30), "the cancel never reached Dask"
+    finally:
+        flags.set("queued")
+        flags.set("release")
+    assert other.get(timeout=60) == "release"
+
+
 def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:
     return [key for key in list(cluster.scheduler.tasks) if key not in known]
 

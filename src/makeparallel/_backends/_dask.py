@@ -347,8 +347,23 @@ async def _unfinished_keys(client: distributed.Client, keys: list[Any]) -> set[A
 
 
 def _cancel_when_cancelled(dask_future: distributed.Future[Any], future: concurrent.futures.Future[Any]) -> None:
+    """Cancel ``dask_future`` once ``future`` is cancelled, from whatever thread cancelled it.
+
+    On its client's event loop thread (a cancel in a Dask task's callback, or
+    in a coroutine on the loop of an asynchronous client), Dask's cancel
+    returns its coroutine instead of running it: unawaited, the cancel never
+    reached the scheduler, and the task ran on. There the coroutine is handed
+    to that loop, which runs it as soon as this callback returns; waiting for
+    it here would block the very loop that has to run it. Anywhere else the
+    cancel is sent before this returns, as Dask's own does.
+    """
     if future.cancelled() and dask_future.status != "cancelled":
-        dask_future.cancel()  # type: ignore[no-untyped-call]
+        client = dask_future.client
+        loop = running_loop()
+        if loop is not None and _fetches_on(client, loop):
+            client.loop.add_callback(functools.partial(client.cancel, [dask_future], asynchronous=True))
+        else:
+            dask_future.cancel()  # type: ignore[no-untyped-call]
 
 
 async def _settle(
