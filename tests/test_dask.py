@@ -684,6 +684,30 @@ def test_shutdown_cancels_no_task_where_dask_cannot_say_which_run(
     assert mp.gather([*running, queued], timeout=60) == ["release", "release", 9]
 
 
+@pytest.mark.timeout(180)
+def test_shutdown_cancelling_pending_tasks_in_a_dask_tasks_callback_does_not_hold_up_the_loop(
+    client: Client, flags: Flags, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asked on the client's event loop thread, the question which tasks run waited its whole
+    # STARTED_QUERY_TIMEOUT for an answer that only that loop could bring, holding up every
+    # result of the client meanwhile, then cancelled none all the same (documented).
+    monkeypatch.setattr(_dask, "STARTED_QUERY_TIMEOUT", 100.0)  # longer than the test waits
+    remote = mp.parallel(backend="dask")
+    first = remote(wait_for_flag)(flags, "first")
+    running = remote(wait_for_flag)(flags, "release")  # one per worker thread
+    assert wait_until(lambda: len(executing(client)) == 2, 30)
+    queued = remote(square)(3)
+    shut_down_here = CalledBack(lambda: mp.shutdown(timeout_secs=0, cancel_pending=True))
+    try:
+        first.add_done_callback(shut_down_here)  # registered before its end
+        flags.set("first")
+        assert shut_down_here.called.wait(60), "the shutdown held up the client's event loop"
+    finally:
+        flags.set("release")
+    assert shut_down_here.outcome is False
+    assert mp.gather([running, queued], timeout=60) == ["release", 9]
+
+
 def test_tasks_sent_beyond_the_cluster_threads_count_as_queued(cluster: LocalCluster, flags: Flags) -> None:
     # The info had no queued_tasks: health() said ok however many tasks waited behind busy workers.
     remote = mp.parallel(backend="dask")

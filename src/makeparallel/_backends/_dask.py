@@ -210,7 +210,8 @@ class DaskBackend(ExecutorBackend):
         ends cancelled, the call runs on). Where Dask cannot answer within
         ``STARTED_QUERY_TIMEOUT`` seconds, or the client is closing, none is
         cancelled: the shutdown waits for them as it would without
-        ``cancel_pending``.
+        ``cancel_pending``; nor, without asking, on the client's event loop
+        thread (in a Dask task's callback), which alone could bring the answer.
         """
         super().close(cancel_pending=False)
         if not cancel_pending:
@@ -318,9 +319,18 @@ def _not_started(futures: list[TaskFuture]) -> list[TaskFuture]:
 
 
 def _ask_unfinished(client: distributed.Client, keys: list[Any]) -> set[Any]:
-    """:func:`_unfinished_keys`, asked from this thread; none where ``client`` cannot answer."""
+    """:func:`_unfinished_keys`, asked from this thread; none where ``client`` cannot answer.
+
+    Not on the client's own event loop thread (``shutdown(cancel_pending=True)``
+    in a Dask task's callback): only that loop brings the answer, and the
+    question held it up for its whole ``STARTED_QUERY_TIMEOUT``, every result
+    of the client with it, to go unanswered all the same.
+    """
     if client.status != "running":
         return set()  # closing: its tasks end with ShutdownError (DaskBackend.cancelled_by_executor)
+    loop = running_loop()
+    if loop is not None and _fetches_on(client, loop):
+        return set()
     try:
         unfinished: set[Any] = client.sync(  # type: ignore[no-untyped-call]
             _unfinished_keys, client, keys, asynchronous=False, callback_timeout=STARTED_QUERY_TIMEOUT
