@@ -7,6 +7,7 @@ while its task runs. Cross-process signals are marker files (``Flags``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -473,6 +474,27 @@ def test_metrics_callbacks_and_progress_stay_here() -> None:
     assert handle.get_progress() == 1.0 and done == [(None, pid)]
     metrics = mp.get_metrics("dask_progress")
     assert metrics is not None and metrics.completed_tasks == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_asynchronous_client_takes_tasks_from_its_own_event_loop(cluster: LocalCluster, client: Client) -> None:
+    # Sent from a coroutine on the loop of an asynchronous client, the first task failed with
+    # "AttributeError: 'coroutine' object has no attribute 'values'": the workers' threads
+    # were counted with client.nthreads(), which on that loop returns its coroutine unrun.
+    remote = mp.parallel(backend="dask")
+
+    async def main() -> tuple[int, list[int], int]:
+        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as own:
+            mp.configure(dask_client=own)
+            try:
+                one = await remote(square)(3)
+                many = await mp.gather_async([remote(square)(x) for x in range(4)])
+                return one, many, mp.health(memory_limit_percent=100.0)["pools"]["dask"]["num_workers"]
+            finally:
+                mp.configure(dask_client=client)
+
+    assert asyncio.run(main()) == (9, [0, 1, 4, 9], 2)
+    assert remote(square)(4).get(timeout=60) == 16  # the module's client again
 
 
 # The waits for a task (``later``, one of ``group``'s) that a callback may make.

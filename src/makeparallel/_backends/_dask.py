@@ -191,7 +191,7 @@ class DaskBackend(ExecutorBackend):
         if client is self._client:
             return
         executor = ClientExecutor(client)
-        workers = sum(client.nthreads().values()) if client.status == "running" else 1  # type: ignore[no-untyped-call]
+        workers = _thread_count(client) if client.status == "running" else 1
         with self._lock:
             self._client, self._executor, self._workers = client, executor, max(1, workers)
             self._refused = None  # the old client's
@@ -298,6 +298,23 @@ def _fetches_on(client: distributed.Client, loop: asyncio.AbstractEventLoop) -> 
     except RuntimeError:  # its loop never ran, or stopped: it fetches nothing, here or anywhere
         return False
     return getattr(io_loop, "asyncio_loop", None) is loop
+
+
+def _thread_count(client: distributed.Client) -> int:
+    """The threads of ``client``'s workers: asked of the scheduler, or as the client last heard, on its own event loop.
+
+    There (a coroutine on an asynchronous client's loop, a Dask task's
+    callback) Dask's blocking calls return their coroutines unrun:
+    ``client.nthreads()`` failed the submission with "'coroutine' object has
+    no attribute 'values'". The client refreshes what it heard every few
+    seconds (``scheduler_info``, without a round trip on that loop).
+    """
+    loop = running_loop()
+    if loop is None or not _fetches_on(client, loop):
+        return sum(client.nthreads().values())  # type: ignore[no-untyped-call]
+    info = client.scheduler_info()
+    total = info.get("total_threads")
+    return int(total) if total is not None else sum(worker.get("nthreads", 0) for worker in info.get("workers", {}).values())
 
 
 def _not_started(futures: list[TaskFuture]) -> list[TaskFuture]:
