@@ -16,9 +16,10 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -31,6 +32,7 @@ from makeparallel.testing import wait_until_idle
 from pool_helpers import CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+T = TypeVar("T")
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -474,6 +476,32 @@ def test_a_shutdown_begun_as_a_reset_reopens_the_pools_stays_shut_down(monkeypat
         mp.parallel(abs)(-2)
 
 
+def call_tracing_each_line(call: Callable[[], T], listings: Collection[CodeType], at_each_line: Callable[[], None]) -> T:
+    """Return ``call()``, run with ``at_each_line()`` called at each line run inside one of ``listings``.
+
+    Lines of what a listing calls count too; ``at_each_line`` stands for another
+    thread that acts between any two of them. The trace set before is restored.
+    """
+
+    def each_line(frame: FrameType, event: str, arg: object) -> object:
+        if event == "line":
+            at_each_line()
+        return each_line
+
+    def in_a_listing(frame: FrameType, event: str, arg: object) -> object:
+        caller: FrameType | None = frame
+        while caller is not None and caller.f_code not in listings:
+            caller = caller.f_back
+        return None if caller is None else each_line(frame, event, arg)
+
+    tracing = sys.gettrace()
+    sys.settrace(in_a_listing)
+    try:
+        return call()
+    finally:
+        sys.settrace(tracing)
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("call", ["reset_shutdown", "shutdown"])
 def test_a_limiter_made_as_the_limiters_are_listed_leaves_shutdown_and_reset_whole(call: str) -> None:
@@ -484,26 +512,13 @@ def test_a_limiter_made_as_the_limiters_are_listed_leaves_shutdown_and_reset_who
     assert mp.parallel(abs)(-1).get(timeout=5) == 1  # the thread pool exists
     if call == "reset_shutdown":
         mp.shutdown(timeout_secs=5)
-    listing = _runtime.all_limiters.__code__
     made: list[Limiter] = []
 
-    def make_one_each_line(frame: FrameType, event: str, arg: object) -> object:
-        if event == "line" and len(made) < 10:
+    def make_one() -> None:
+        if len(made) < 10:
             made.append(Limiter(2))  # as another thread may, at any line of the listing
-        return make_one_each_line
 
-    def in_the_listing(frame: FrameType, event: str, arg: object) -> object:
-        caller: FrameType | None = frame
-        while caller is not None and caller.f_code is not listing:
-            caller = caller.f_back
-        return None if caller is None else make_one_each_line(frame, event, arg)
-
-    tracing = sys.gettrace()
-    sys.settrace(in_the_listing)
-    try:
-        outcome = getattr(mp, call)()
-    finally:
-        sys.settrace(tracing)
+    outcome = call_tracing_each_line(getattr(mp, call), {_runtime.all_limiters.__code__}, make_one)
     assert made  # (the listing ran under the trace)
     if call == "shutdown":
         assert outcome is True
@@ -526,25 +541,15 @@ def test_an_executors_adapter_made_as_the_pools_are_listed_leaves_the_listing_wh
     made: list[tuple[concurrent.futures.Executor, Backend]] = [(executor, _runtime.get_backend(executor))]
     listings = {_runtime._all_backends.__code__, _runtime.pool_infos.__code__}
 
-    def make_one_each_line(frame: FrameType, event: str, arg: object) -> object:
+    def make_one() -> None:
         # (Not under the runtime's lock, which shutdown() lists the pools under, and makes one under.)
-        if event == "line" and len(made) < 50 and not _runtime._lock.locked():
+        if len(made) < 50 and not _runtime._lock.locked():
             another = concurrent.futures.ThreadPoolExecutor(1)
             made.append((another, _runtime.get_backend(another)))  # as another thread may, at any line
-        return make_one_each_line
 
-    def in_a_listing(frame: FrameType, event: str, arg: object) -> object:
-        caller: FrameType | None = frame
-        while caller is not None and caller.f_code not in listings:
-            caller = caller.f_back
-        return None if caller is None else make_one_each_line(frame, event, arg)
-
-    tracing = sys.gettrace()
-    sys.settrace(in_a_listing)
     try:
-        outcome = getattr(mp, call)()
+        outcome = call_tracing_each_line(getattr(mp, call), listings, make_one)
     finally:
-        sys.settrace(tracing)
         for pool, _ in made:
             pool.shutdown()
     assert len(made) > 1  # (the listing ran under the trace)
