@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _memory_guard, _runtime
+from makeparallel._backends._base import Backend
 from makeparallel._backends._thread import ThreadBackend
 from makeparallel._memory_budget import MemoryBudget, cgroup_memory, memory_budget
 from pool_helpers import resize, wait_until
@@ -260,6 +262,24 @@ def test_figures_that_cannot_be_read_are_logged_once_until_read_again(caplog: py
     assert caplog.text.count("could not read the memory figures") == 2
 
 
+def _four_threads_made_by(made_by: str, name: str) -> tuple[Backend, Callable[[], None]]:
+    """A pool of four threads, made by an ``mp.Executor`` or as backend ``name`` is first used, and what stops it.
+
+    The stop shuts the executor down, or forgets the backend and ends its threads.
+    """
+    if made_by == "Executor":
+        executor = mp.Executor(max_workers=4)
+        return executor._backend, executor.shutdown
+    pool = _runtime._create(name, lambda: ThreadBackend(num_threads=4))
+
+    def stop() -> None:
+        _runtime._backends.pop(name, None)
+        pool.close(cancel_pending=True)
+        pool.terminate()
+
+    return pool, stop
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("made_by", ["Executor", "first use of a backend"])
 def test_a_pool_made_as_memory_falls_is_not_left_paused(
@@ -285,18 +305,7 @@ def test_a_pool_made_as_memory_falls_is_not_left_paused(
         real(self, paused)
 
     monkeypatch.setattr(ThreadBackend, "set_paused", set_paused)
-    if made_by == "Executor":
-        executor = mp.Executor(max_workers=4)
-        pool = executor._backend
-        stop = executor.shutdown
-    else:
-        pool = _runtime._create("memory-falls-as-made", lambda: ThreadBackend(num_threads=4))
-
-        def stop() -> None:
-            _runtime._backends.pop("memory-falls-as-made", None)
-            pool.close(cancel_pending=True)
-            pool.terminate()
-
+    pool, stop = _four_threads_made_by(made_by, "memory-falls-as-made")
     try:
         assert paused_first == [pool]
         assert pool.info()["paused"] is False
@@ -349,18 +358,7 @@ def test_a_pool_made_as_the_limit_is_replaced_follows_the_new_guard(
         real(self, paused)
 
     monkeypatch.setattr(ThreadBackend, "set_paused", set_paused)
-    if made_by == "Executor":
-        executor = mp.Executor(max_workers=4)
-        pool = executor._backend
-        stop = executor.shutdown
-    else:
-        pool = _runtime._create("limit-replaced-as-made", lambda: ThreadBackend(num_threads=4))
-
-        def stop() -> None:
-            _runtime._backends.pop("limit-replaced-as-made", None)
-            pool.close(cancel_pending=True)
-            pool.terminate()
-
+    pool, stop = _four_threads_made_by(made_by, "limit-replaced-as-made")
     try:
         replacing[0].join(20)
         guard = _memory_guard.current_guard()
