@@ -1631,13 +1631,6 @@ def test_a_child_whose_callbacks_have_not_run_yet_has_given_its_slot_back_at_the
     assert ctx._limiter.in_flight == 0 and ctx.results() == [42, 42]
 
 
-def _one_failed_future() -> tuple[cf.Future[None], threading.Barrier]:
-    """A future that failed, and the barrier two ``_read_once`` tasks and the test meet at before they read it."""
-    shared: cf.Future[None] = cf.Future()
-    shared.set_exception(ConnectionError("the database is gone"))
-    return shared, threading.Barrier(3)
-
-
 def _read_once(shared: cf.Future[None], both_submitted: threading.Barrier) -> None:
     """Read ``shared`` once both tasks run and were submitted: each raises its one exception object.
 
@@ -1649,6 +1642,23 @@ def _read_once(shared: cf.Future[None], both_submitted: threading.Barrier) -> No
     shared.result()
 
 
+def _two_tasks_reading_one_failed_future(
+    ctx: mp.ParallelContext,
+) -> tuple[cf.Future[None], mp.AsyncHandle[None], mp.AsyncHandle[None]]:
+    """Submit two ``_read_once`` tasks of one failed future to ``ctx``: the future and their handles, both ended.
+
+    The test meets the tasks at their barrier, so both were submitted before
+    either read the future.
+    """
+    shared: cf.Future[None] = cf.Future()
+    shared.set_exception(ConnectionError("the database is gone"))
+    both_submitted = threading.Barrier(3)
+    first, second = (ctx.submit(_read_once, shared, both_submitted) for _ in range(2))
+    both_submitted.wait(10)
+    assert wait_until(lambda: first.done() and second.done())  # (waiters are woken after the callbacks)
+    return shared, first, second
+
+
 @pytest.mark.timeout(30)
 def test_two_tasks_that_fail_with_one_error_object_are_two_failures(
     callbacks_held_after_the_end: tuple[threading.Event, threading.Event],
@@ -1658,13 +1668,10 @@ def test_two_tasks_that_fail_with_one_error_object_are_two_failures(
     # the second task's failure was not listed. (Its callbacks held, neither end
     # is counted, nor the other task cancelled, before the block's end.)
     _, let_go = callbacks_held_after_the_end
-    shared, both_submitted = _one_failed_future()
     mp.configure_thread_pool(4)
     try:
         with pytest.raises(ConnectionError), mp.ParallelContext(backend="thread") as ctx:
-            first, second = (ctx.submit(_read_once, shared, both_submitted) for _ in range(2))
-            both_submitted.wait(10)
-            assert wait_until(lambda: first.done() and second.done())  # (waiters are woken after the callbacks)
+            shared, first, second = _two_tasks_reading_one_failed_future(ctx)
         assert [first.exception(), second.exception()] == [shared.exception()] * 2
         assert len(ctx.errors) == 2 and all(error is shared.exception() for error in ctx.errors)
     finally:
@@ -1680,13 +1687,10 @@ def test_a_shared_error_the_block_raises_first_is_the_task_s_failure_once(
     # The body raises the task's error before the group counted the task's end
     # (its callbacks held): one failure, and the other task's, the same object, a second.
     _, let_go = callbacks_held_after_the_end
-    shared, both_submitted = _one_failed_future()
     mp.configure_thread_pool(4)
     try:
         with pytest.raises(ConnectionError), mp.ParallelContext(backend="thread") as ctx:
-            first, second = (ctx.submit(_read_once, shared, both_submitted) for _ in range(2))
-            both_submitted.wait(10)
-            assert wait_until(lambda: first.done() and second.done())  # (waiters are woken after the callbacks)
+            shared, first, _ = _two_tasks_reading_one_failed_future(ctx)
             first.get(10)
         assert len(ctx.errors) == 2 and all(error is shared.exception() for error in ctx.errors)
     finally:
