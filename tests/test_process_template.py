@@ -2791,6 +2791,24 @@ def test_a_first_worker_runs_a_map_chunk_without_importing_the_map_typing_or_the
     assert out == bare, (out, bare)
 
 
+def run_fresh_on_one_worker_with(folder: Path, module: str, source: str, script: str) -> list[str]:
+    """``run_fresh`` ``script`` where ``source``, written to ``folder`` as ``module``, is imported first, as ``probe``.
+
+    Before ``script``, the interpreter puts ``folder`` first in ``sys.path``, imports
+    the library as ``mp`` and the module, and gives the process pool one worker.
+    """
+    (folder / f"{module}.py").write_text(source)
+    start = f"""
+        import sys
+        sys.path.insert(0, {str(folder)!r})
+        import makeparallel as mp
+        import {module} as probe
+
+        mp.configure_process_pool(num_workers=1)
+        """
+    return run_fresh(textwrap.dedent(start) + textwrap.dedent(script))
+
+
 RAISE_PROBE = """
 import sys
 
@@ -2807,21 +2825,17 @@ def test_a_worker_sends_back_a_task_s_exception_without_importing_the_decorators
     # whether a function is a @parallel wrapper's imported the decorators, with the
     # handle and the runtime: about 80 ms on a worker's first error, counted in the
     # task's timeout, so a task that failed at once under a short timeout timed out.
-    (tmp_path / "raise_probe.py").write_text(RAISE_PROBE)
-    out = run_fresh(
-        f"""
-        import sys
-        sys.path.insert(0, {str(tmp_path)!r})
-        import makeparallel as mp
-        import raise_probe
-
-        mp.configure_process_pool(num_workers=1)
+    out = run_fresh_on_one_worker_with(
+        tmp_path,
+        "raise_probe",
+        RAISE_PROBE,
+        """
         try:
-            mp.parallel(backend="process")(raise_probe.fail)().get(timeout=30)
+            mp.parallel(backend="process")(probe.fail)().get(timeout=30)
         except ValueError as error:
             print(error.args[0].replace(" ", "_"))
-        print(",".join(mp.parallel(backend="process")(raise_probe.runtime_modules)().get(timeout=30)) or "none")
-        """
+        print(",".join(mp.parallel(backend="process")(probe.runtime_modules)().get(timeout=30)) or "none")
+        """,
     )
     assert out == ["bad_row", "none"]
 
@@ -2885,22 +2899,18 @@ def test_a_worker_sends_back_an_exception_while_a_thread_of_its_task_imports_the
     # Meanwhile sys.modules holds the decorators module half imported, without the wrapper
     # class: asking whether a function met in the pickle is a wrapper's raised AttributeError,
     # and so did pickling the TaskError that describes it, which ended the worker.
-    (tmp_path / "half_imported_probe.py").write_text(HALF_IMPORTED_PROBE)
-    out = run_fresh(
-        f"""
-        import sys
-        sys.path.insert(0, {str(tmp_path)!r})
-        import makeparallel as mp
-        import half_imported_probe as probe
-
-        mp.configure_process_pool(num_workers=1)
+    out = run_fresh_on_one_worker_with(
+        tmp_path,
+        "half_imported_probe",
+        HALF_IMPORTED_PROBE,
+        """
         on_process = mp.parallel(backend="process")
         try:
             on_process(probe.fail_while_a_thread_imports_the_decorators)().get(timeout=30)
         except Exception as error:
             print(type(error).__name__)
         print(on_process(probe.finish)().get(timeout=30))
-        """
+        """,
     )
     assert out == ["ValueError", "True"]
 
