@@ -326,6 +326,21 @@ def test_a_partial_of_a_parallel_function_returns_plain_results(backend: str, gi
     assert list(mp.imap(double, [1, 2])) == [2, 4]
 
 
+@pytest.mark.timeout(20)
+def test_a_partial_over_a_partial_of_a_parallel_function_returns_plain_results(backend: str) -> None:
+    # A partial with attributes of its own (functools.update_wrapper's) is not merged into a partial
+    # made over it: the map took the outer one for a plain callable, and gave back each item's handle.
+    @mp.parallel(backend=backend, name="scaled")
+    def scaled(x: int, scale: int = 1, offset: int = 0) -> int:
+        return scale * x + offset
+
+    inner = functools.update_wrapper(functools.partial(scaled, scale=2, offset=5), scaled)
+    outer = functools.partial(inner, offset=1)
+    assert outer.func is inner  # (not merged)
+    assert mp.parallel_map(outer, range(5), chunksize=2) == [2 * x + 1 for x in range(5)]
+    assert list(mp.imap(outer, [1, 2])) == [3, 5]
+
+
 def test_the_backend_argument_runs_inline_on_sync() -> None:
     caller = threading.get_ident()
     idents = mp.parallel_map(lambda _: threading.get_ident(), range(50), backend="sync")

@@ -261,14 +261,20 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
     fn = bound_parallel_method(fn)
     if type(fn) is functools.partial:  # partial(work, scale=2) of a @parallel function: its plain function's
         inner: Any = fn.func
-        args = fn.args
-        while isinstance(inner, staticmethod):
-            inner = inner.__func__
-        inner = bound_parallel_method(inner)
+        args, keywords = fn.args, fn.keywords
+        while True:
+            while isinstance(inner, staticmethod):
+                inner = inner.__func__
+            inner = bound_parallel_method(inner)
+            if type(inner) is not functools.partial:
+                break
+            # A partial with attributes of its own (functools.update_wrapper's) is not merged into
+            # one made over it: its arguments come first, the outer one's keywords win, as called.
+            inner, args, keywords = inner.func, (*inner.args, *args), {**inner.keywords, **keywords}
         if isinstance(inner, _BoundParallelFunction):
             inner, args = inner._function, (inner._instance, *args)
         if isinstance(inner, ParallelFunction):  # called, it started a task per item, and gave its handle
-            bound = functools.partial(inner._fn, *args, **fn.keywords)
+            bound = functools.partial(inner._fn, *args, **keywords)
             awaited = _returns_coroutines(inner._fn) or _wraps_async(inner._fn)
             return (Awaited(bound) if awaited else bound), inner._spec.name, inner._spec
     if isinstance(fn, _BoundParallelFunction):
