@@ -1774,6 +1774,39 @@ def test_stacked_with_parallel_in_either_order_the_retry_becomes_the_tasks_polic
     assert handle.attempts == 3  # the handle retried: not a retry inside a retry
 
 
+class Metered:
+    """An ``async def`` method under a retry decorator, failing its first call."""
+
+    def __init__(self, scale: int) -> None:
+        self.scale = scale
+        self.flaky = Flaky(1)
+
+    @mp.retry(max_retries=2)
+    async def read(self, x: int) -> int:
+        return self.scale * x * self.flaky()
+
+    @classmethod
+    @mp.retry_backoff(max_attempts=3, initial_delay=0.0)
+    async def named(cls, times: int) -> str:
+        return cls.__name__ * times
+
+
+@pytest.mark.timeout(20)
+def test_an_async_method_under_a_retry_decorator_made_parallel_keeps_its_instance() -> None:
+    # Read on its instance (or class), such a method is a bound method of the retrying function:
+    # made parallel, by @parallel or a group's submit, it took the function the decorator wraps,
+    # with no instance, and each attempt lacked the method's first argument.
+    metered = Metered(3)
+    with no_retry_waits():
+        handle = mp.parallel(metered.read)(2)
+        assert handle.get(timeout=10) == 12  # 3 * 2 * the second attempt
+        assert handle.attempts == 2  # the retry is the task's policy still
+        assert mp.parallel(Metered.named)(2).get(timeout=10) == "MeteredMetered"
+        with mp.ParallelContext() as ctx:
+            ctx.submit(Metered(5).read, 1)
+        assert ctx.results() == [10]
+
+
 def test_bare_retry_decorator() -> None:
     flaky = Flaky(3, ValueError)
     assert mp.retry(flaky)() == 4

@@ -916,7 +916,10 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         _refuse_generator_function(function)
         policy = getattr(function, "__makeparallel_retry__", None)
         if policy is not None:  # @parallel over @retry(...): the policy becomes retry=
-            return ParallelFunction(function.__wrapped__, {"retry": policy, **checked})
+            plain = function.__wrapped__
+            if type(function) is MethodType:  # one read on its instance (an async def's): bound to it still
+                plain = MethodType(plain, function.__self__)
+            return ParallelFunction(plain, {"retry": policy, **checked})
         return ParallelFunction(function, checked)
 
     return decorate if fn is None else decorate(fn)
