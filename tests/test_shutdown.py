@@ -358,6 +358,23 @@ def doubled_in_a_worker(x: int) -> int:
     return 2 * x
 
 
+def shutdown_on_a_thread_until_it_waits(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Thread, list[bool]]:
+    """Start ``mp.shutdown(timeout_secs=30)`` on a thread; return once it waits for the tasks, with what it returns."""
+    waiting = threading.Event()
+    wait_for_tasks = _runtime.wait_until_idle
+
+    def wait_and_tell(timeout: float | None = None) -> bool:
+        waiting.set()
+        return wait_for_tasks(timeout)
+
+    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
+    outcome: list[bool] = []
+    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
+    shutting_down.start()
+    assert waiting.wait(10)
+    return shutting_down, outcome
+
+
 @pytest.mark.timeout(60)
 def test_a_reset_while_shutdown_waits_leaves_every_pool_running(
     gate: threading.Event, monkeypatch: pytest.MonkeyPatch
@@ -376,18 +393,7 @@ def test_a_reset_while_shutdown_waits_leaves_every_pool_running(
 
     handle = held()
     assert started.wait(5)
-    waiting = threading.Event()
-    wait_for_tasks = _runtime.wait_until_idle
-
-    def wait_and_tell(timeout: float | None = None) -> bool:
-        waiting.set()
-        return wait_for_tasks(timeout)
-
-    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
-    outcome: list[bool] = []
-    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
-    shutting_down.start()
-    assert waiting.wait(10)
+    shutting_down, outcome = shutdown_on_a_thread_until_it_waits(monkeypatch)
     mp.reset_shutdown()
     accepted = doubled_in_a_worker(2)
     gate.set()
@@ -427,18 +433,7 @@ def test_a_reset_before_shutdown_closes_the_pools_leaves_them_taking_tasks_as_it
         return limiters()
 
     monkeypatch.setattr(_runtime, "all_limiters", reset_first)
-    waiting = threading.Event()
-    wait_for_tasks = _runtime.wait_until_idle
-
-    def wait_and_tell(timeout: float | None = None) -> bool:
-        waiting.set()
-        return wait_for_tasks(timeout)
-
-    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
-    outcome: list[bool] = []
-    shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
-    shutting_down.start()
-    assert waiting.wait(10)
+    shutting_down, outcome = shutdown_on_a_thread_until_it_waits(monkeypatch)
     assert not _runtime.is_shut_down()
     accepted = mp.parallel(abs)(-2)  # as the shutdown waits
     gate.set()
