@@ -1013,6 +1013,15 @@ def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
     assert "timeout_secs" not in stderr, stderr
 
 
+# Whether the main thread is in exit's wait for the tasks (a child program's function).
+EXIT_WAITS = '''
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+'''
+
 CTRL_C_WHILE_EXIT_WAITS = """
 import os, signal, sys, threading
 import makeparallel as mp
@@ -1020,13 +1029,7 @@ import makeparallel as mp
 mp.configure(exit_timeout=60)
 mp.configure_thread_pool(1)
 never = threading.Event()
-
-def exit_waits():
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != "_wait_idle":
-        frame = frame.f_back
-    return frame is not None
-
+""" + EXIT_WAITS + """
 @mp.parallel
 def interrupt_the_exit_wait():
     while not exit_waits():
@@ -1058,12 +1061,7 @@ import os, signal, sys, threading, time
 import makeparallel as mp
 mp.configure(exit_timeout=60)
 never = threading.Event()
-def exit_waits():
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != "_wait_idle":
-        frame = frame.f_back
-    return frame is not None
-
+""" + EXIT_WAITS + """
 @mp.parallel
 def ends_once_exit_waits():
     while not exit_waits():
