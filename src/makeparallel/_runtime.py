@@ -546,7 +546,6 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
     # A @parallel function runs its plain function, as a map runs it: called, it submitted
     # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
     # So does one behind a partial (the arguments bound there rather than in initargs).
-
     if type(initializer) is functools.partial:
         plain, _ = _plain_of(initializer.func)
         if plain is not initializer.func:
