@@ -977,12 +977,8 @@ def test_a_late_attempt_counts_as_stuck_from_its_retry_until_it_returns(gate: th
     assert handle.status == "cancelled"
 
 
-@pytest.mark.timeout(60)
-def test_each_late_attempt_of_a_task_holds_its_own_worker() -> None:
-    # Two attempts in a row past their timeout, deaf to it: the third runs beside both,
-    # and each late worker stops counting as stuck when its own attempt returns.
-    resize(2)
-    release = [threading.Event(), threading.Event()]
+def deaf_to_its_first_two_timeouts(release: list[threading.Event]) -> mp.ParallelFunction[[], int]:
+    """A task whose first two attempts outlast their timeout, each until its event in ``release``; it returns its attempt."""
     attempts: list[int] = []
     lock = threading.Lock()
 
@@ -995,6 +991,17 @@ def test_each_late_attempt_of_a_task_holds_its_own_worker() -> None:
         if attempt <= 2:
             assert release[attempt - 1].wait(30)  # deaf to its timeout: no check_cancelled()
         return attempt
+
+    return deaf_twice
+
+
+@pytest.mark.timeout(60)
+def test_each_late_attempt_of_a_task_holds_its_own_worker() -> None:
+    # Two attempts in a row past their timeout, deaf to it: the third runs beside both,
+    # and each late worker stops counting as stuck when its own attempt returns.
+    resize(2)
+    release = [threading.Event(), threading.Event()]
+    deaf_twice = deaf_to_its_first_two_timeouts(release)
 
     try:
         with no_retry_waits():
@@ -1020,18 +1027,7 @@ def test_a_retry_waits_for_a_late_attempt_once_the_pool_replaced_as_many_as_its_
     # queued until one of them returns (the docs said that the retry runs at once).
     resize(1)
     release = [threading.Event(), threading.Event()]
-    attempts: list[int] = []
-    lock = threading.Lock()
-
-    # The last attempt must return within the timeout too: room for it on a busy machine.
-    @mp.parallel(timeout=1.0, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=3))
-    def deaf_twice() -> int:
-        with lock:
-            attempts.append(1)
-            attempt = len(attempts)
-        if attempt <= 2:
-            assert release[attempt - 1].wait(30)  # deaf to its timeout: no check_cancelled()
-        return attempt
+    deaf_twice = deaf_to_its_first_two_timeouts(release)
 
     try:
         with no_retry_waits():
