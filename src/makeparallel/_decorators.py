@@ -735,15 +735,21 @@ class _BoundParallelFunction(Generic[P, T]):
         return f"<bound parallel method {self._function._spec.name} of {self._instance!r}>"
 
 
-def bound_parallel_method(fn: Any) -> Any:
-    """``fn``, or as a :class:`_BoundParallelFunction` if it is a ``@parallel`` function under ``@classmethod``.
+def callable_of(fn: Any) -> Any:
+    """``fn`` as what a call of it runs, for the maps, executors, groups and the pool's initializer.
 
-    Read on its class, such a method binds the class through the function's
+    A staticmethod object (as its class's body reads it, in a table of steps
+    there, say; callable since 3.10) is the function it holds, nested ones too:
+    a ``@parallel`` one's, called, gave its handle. And a ``@parallel``
+    function under ``@classmethod`` is its :class:`_BoundParallelFunction`:
+    read on its class, such a method binds the class through the function's
     ``__get__`` only up to Python 3.12; from 3.13 it is a plain bound method
-    of the ``ParallelFunction``, which the maps, executors and the pool's
-    initializer would call as a function returning handles (``@parallel``
-    over ``@classmethod`` binds itself: :class:`_ParallelClassMethod`).
+    of the ``ParallelFunction``, called as a function returning handles
+    (``@parallel`` over ``@classmethod`` binds itself: :class:`_ParallelClassMethod`).
+    Anything else is ``fn`` itself.
     """
+    while isinstance(fn, staticmethod):
+        fn = fn.__func__
     if type(fn) is MethodType and isinstance(fn.__func__, ParallelFunction):
         return _BoundParallelFunction(fn.__func__, fn.__self__)
     return fn
@@ -806,8 +812,6 @@ def as_parallel(
             all: ``parallel(None)`` is the decorator that ``@parallel(...)``
             returns, which the caller would then take for a parallel function.
     """
-    while isinstance(fn, staticmethod):  # callable since 3.10, as its function; parallel() would keep the wrapper
-        fn = fn.__func__
     if isinstance(fn, (ParallelFunction, _BoundParallelFunction)):
         return fn
     if not callable(fn):

@@ -47,7 +47,7 @@ from ._decorators import (
     _BoundParallelFunction,
     _describe,
     _GuardedParallelFunction,
-    bound_parallel_method,
+    callable_of,
     hold_for_admission,
     take_slots,
     withdraw,
@@ -386,15 +386,9 @@ class Executor(concurrent.futures.Executor):
         of a ``functools.partial`` (``loop.run_in_executor`` takes no keywords): of its function's.
         Any other bound method or partial runs as it is.
         """
-        if isinstance(fn, staticmethod):  # callable since 3.10, as that function: a @parallel one's gave its handle
-            while isinstance(fn, staticmethod):
-                fn = fn.__func__
-            if type(fn) not in _RUN_AS_PLAIN:
-                return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
-        if type(fn) is MethodType:
-            fn = bound_parallel_method(fn)
-            if type(fn) is MethodType:  # a plain method, run as it is
-                return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+        fn = callable_of(fn)
+        if type(fn) not in _RUN_AS_PLAIN or type(fn) is MethodType:  # a plain function or method, run as it is
+            return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
         if type(fn) is functools.partial:  # of a @parallel function, its plain function's (the arguments kept)
             plain, own = _plain_of(fn)
             return self._submit(self._spec_named(_describe(fn)) if own is None else self._spec_of(own), plain, args, kwargs)
@@ -756,9 +750,7 @@ def _plain_of(fn: Callable[..., Any]) -> tuple[Callable[..., Any], TaskSpec | No
     A staticmethod object (as its class's body reads it) is taken as the function it holds, and
     a ``functools.partial`` of a ``@parallel`` function as a partial of its plain function.
     """
-    while isinstance(fn, staticmethod):
-        fn = fn.__func__
-    fn = bound_parallel_method(fn)
+    fn = callable_of(fn)
     if type(fn) is functools.partial:  # (not a _MapChunks, a subclass)
         plain, own = _plain_of(fn.func)
         return (fn, None) if own is None else (functools.partial(plain, *fn.args, **fn.keywords), own)

@@ -22,7 +22,7 @@ from ._decorators import (
     ParallelFunction,
     _BoundParallelFunction,
     as_parallel,
-    bound_parallel_method,
+    callable_of,
     own_parameters,
 )
 from ._handle import AsyncHandle, cancel_and_stop
@@ -262,9 +262,7 @@ class ParallelContext:
         # Before the look-up, as as_parallel takes them: what they give is kept, as the key's object
         # must be (its id is the key). A staticmethod is not: the function it holds is (and may be
         # a bound method of a @parallel function, @classmethod over it from Python 3.13).
-        while isinstance(fn, staticmethod):
-            fn = fn.__func__
-        fn = bound_parallel_method(fn)
+        fn = callable_of(fn)
         # A method is read anew (bound) at each submit: keyed by its function and instance, which
         # the first one kept holds, it is made parallel once, not once per submit.
         key: int | tuple[int, int]

@@ -75,7 +75,7 @@ from ._decorators import (
     _generator_kind,
     _plain_code,
     _returns_coroutines,
-    bound_parallel_method,
+    callable_of,
 )
 from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
 from ._progress import Progress, ProgressOption, check_progress, open_progress
@@ -256,16 +256,14 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
         if code.co_flags & _GENERATOR_FLAGS:
             _refuse_generator_function(fn)
         return (Awaited(fn) if code.co_flags & _CO_COROUTINE else fn), fn.__qualname__, None
-    if isinstance(fn, staticmethod):  # as its class's body reads it: callable since 3.10, as the function it holds
-        return _plain_function(fn.__func__, given_as)
-    fn = bound_parallel_method(fn)
+    runs = callable_of(fn)
+    if runs is not fn:  # a staticmethod object's function, a @parallel class method's bound function
+        return _plain_function(runs, given_as)
     if type(fn) is functools.partial:  # partial(work, scale=2) of a @parallel function: its plain function's
         inner: Any = fn.func
         args, keywords = fn.args, fn.keywords
         while True:
-            while isinstance(inner, staticmethod):
-                inner = inner.__func__
-            inner = bound_parallel_method(inner)
+            inner = callable_of(inner)
             if type(inner) is not functools.partial:
                 break
             # A partial with attributes of its own (functools.update_wrapper's) is not merged into
