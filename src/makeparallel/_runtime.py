@@ -14,7 +14,6 @@ uncaught Ctrl-C ends the program (then queued tasks are cancelled).
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import sys
@@ -546,12 +545,7 @@ def _worker_setup(initializer: Any, initargs: Any) -> Any:
     # A @parallel function runs its plain function, as a map runs it: called, it submitted
     # the initializer to a pool of the worker's own, and the worker's globals stayed unset.
     # So does one behind a partial (the arguments bound there rather than in initargs).
-    if type(initializer) is functools.partial:
-        plain, _ = _plain_of(initializer.func)
-        if plain is not initializer.func:
-            initializer = functools.partial(plain, *initializer.args, **initializer.keywords)
-    else:
-        initializer, _ = _plain_of(initializer)
+    initializer, _ = _plain_of(initializer)
     kind = _generator_kind(initializer)
     if kind is not None:  # a worker would call it and drop the generator, its body never run
         raise TypeError(
