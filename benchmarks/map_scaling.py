@@ -15,14 +15,22 @@ chunks travel as ranges in ours):
 * a map of one item on threads (the fixed cost of a map), medians over 2,000
   calls, against one ``@parallel`` call (what it should stay near: at most 2x)
   and ``ThreadPoolExecutor.map`` of one item, with the difference in
-  microseconds beside each ratio. The calls run in blocks of ``BLOCK`` of one
-  kind, the kinds in turn: a call returns when its result is ready, while the
-  pool's worker thread still finishes its own round (it settles the task, takes
-  the GIL back, parks), and with the kinds interleaved call by call that work
-  landed in the timing of the next call, of another pool (the map, always run
-  right after ``ThreadPoolExecutor.map``, took 2.6x one call instead of 1.8x).
-  In a block each pool pays its own; a pause before each call would add the
-  wake-up of a parked thread to every call alike, and flatter the ratios.
+  microseconds beside each ratio. The calls run in blocks of
+  ``ONE_ITEM_BLOCK`` of one kind, the kinds in turn: a call returns when its
+  result is ready, while the pool's worker thread still finishes its own round
+  (it settles the task, takes the GIL back, parks), and with the kinds
+  interleaved call by call that work landed in the timing of the next call, of
+  another pool (the map, always run right after ``ThreadPoolExecutor.map``,
+  took 2.6x one call instead of 1.8x). In a block each pool pays its own; a
+  pause before each call would add the wake-up of a parked thread to every
+  call alike, and flatter the ratios. The first two or three calls of a block
+  still pay for the pool's idle time before it: its parked worker threads
+  wake (25-35 us each, against 3-6 us once warm, whatever ran before: a
+  sleep did the same). In blocks of 10 those calls were a fifth to a third of
+  the samples of the kind run after ``ThreadPoolExecutor.map``, the map, and
+  never of the call, run after the map on a warm pool: the map read 2.06x to
+  2.16x one call, and 1.65x to 1.71x with each kind run alone. In blocks of
+  100 they are 2-3% of each kind's samples.
 
 The maps of each size run the same way: in each round, a block of ``BLOCK``
 calls of each kind in turn (one call each from 100,000 items on, where a call
@@ -91,7 +99,8 @@ def work(loops: int, x: int) -> int:
     return x
 
 
-BLOCK = 10  # one-item calls of one kind in a row
+BLOCK = 10  # map calls of one kind in a row
+ONE_ITEM_BLOCK = 100  # one-item calls of one kind in a row
 
 
 def timed(run: Callable[[], list[Any]], size: int, last: Any) -> float:
@@ -212,11 +221,11 @@ def main() -> None:
         "ThreadPoolExecutor.map of 1 item": lambda: list(threads_executor.map(noop, range(1))),
     }
     one: dict[str, list[float]] = {name: [] for name in one_item}
-    for _ in range(2000 // BLOCK):
+    for _ in range(2000 // ONE_ITEM_BLOCK):
         for name, run in one_item.items():
-            one[name] += [timed(run, 1, 0) for _ in range(BLOCK)]
+            one[name] += [timed(run, 1, 0) for _ in range(ONE_ITEM_BLOCK)]
     ours = statistics.median(one["mp.parallel_map of 1 item"])
-    print(f"\nmap of 1 item on threads, median of 2,000 in blocks of {BLOCK} (target: at most 2x one @parallel call)")
+    print(f"\nmap of 1 item on threads, median of 2,000 in blocks of {ONE_ITEM_BLOCK} (target: at most 2x one @parallel call)")
     for name, samples in one.items():
         median = statistics.median(samples)
         print(
