@@ -368,31 +368,214 @@ def test_a_pool_made_as_the_limit_is_replaced_follows_the_new_guard(
         stop()
 
 
-class _JoinInterrupted:
-    """Stands for a guard's thread: joined, it waits for the real one to end, then Ctrl-C lands."""
+class _InterruptedIfTaken:
+    """Stands for a guard's lock of its pauses: a thread that finds it taken gets Ctrl-C there, and ``interrupted`` is set."""
 
-    def __init__(self, thread: threading.Thread) -> None:
-        self._thread = thread
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.interrupted = threading.Event()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-        raise KeyboardInterrupt
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            self.interrupted.set()
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
 
 
 @pytest.mark.timeout(30)
 def test_ctrl_c_as_the_limit_is_replaced_does_not_leave_the_pools_paused(fake_memory: FakeMemory) -> None:
-    # Ctrl-C in the join of the old guard's thread skipped its resume of the pools:
-    # no guard left to resume them, they ran one task at a time for good.
-    fake_memory.percent = 99
+    # Ctrl-C as the old guard's stop() waited (for its thread, then for the pause
+    # under way) skipped its resume of the pools: no guard left to resume them,
+    # they ran one task at a time for good. The pause under way resumes them.
     mp.configure_memory_limit(50)
     executor = mp.Executor(max_workers=4)
     try:
         guard = _memory_guard.current_guard()
-        assert guard is not None and guard._thread is not None and executor._backend.info()["paused"] is True
-        guard._thread = _JoinInterrupted(guard._thread)  # type: ignore[assignment]
-        with pytest.raises(KeyboardInterrupt):
-            mp.configure_memory_limit(None)
+        assert guard is not None and guard._thread is not None and executor._backend.info()["paused"] is False
+        thread = guard._thread
+        pausing = threading.Event()
+        go_on = threading.Event()
+        real_pause = guard._pause
+
+        def pause(paused: bool) -> None:
+            if paused:
+                pausing.set()
+                assert go_on.wait(20)
+            real_pause(paused)
+
+        guard._pause = pause
+        lock = guard._pausing = _InterruptedIfTaken()  # type: ignore[assignment]
+        fake_memory.percent = 99
+        assert pausing.wait(10)  # the guard's thread is pausing the pools
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                mp.configure_memory_limit(None)
+            assert lock.interrupted.is_set()
+        finally:
+            go_on.set()
+            thread.join(10)
+        assert not thread.is_alive()
         assert _memory_guard.current_guard() is None
         assert executor._backend.info()["paused"] is False
     finally:
         executor.shutdown()
+
+
+class _ThreadStuckInItsRead:
+    """Stands for a guard's thread stuck in its read: a join waits its whole timeout, here until ``released``.
+
+    No clock: the join of a real stuck thread returned after 5 s, which a test will not wait for.
+    """
+
+    def __init__(self, released: threading.Event) -> None:
+        self.released = released
+
+    def join(self, timeout: float | None = None) -> None:
+        self.released.wait()
+
+
+class _JoinTimedOut:
+    """Stands for a guard's thread that did not end within stop()'s join: the join returns at once."""
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _ReadHeldBack:
+    """A reader of ``memory`` whose read after ``hold()`` waits in the read until ``release()``."""
+
+    def __init__(self, memory: FakeMemory) -> None:
+        self.memory = memory
+        self.held = threading.Event()
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold(self) -> None:
+        self.held.set()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __call__(self) -> MemoryBudget:
+        if self.held.is_set() and not self.released.is_set():
+            self.entered.set()
+            assert self.released.wait(30)
+        return self.memory()
+
+
+@pytest.mark.timeout(30)
+def test_a_guard_stopped_while_its_thread_reads_never_pauses_again() -> None:
+    # stop() waited 5 s for the thread, then resumed the pools and returned; the
+    # thread, its read done later, found memory over the limit and paused them:
+    # one task at a time for good, no guard left to resume them.
+    calls: list[bool] = []
+    memory = FakeMemory(50)
+    reader = _ReadHeldBack(memory)
+    guard = _memory_guard.MemoryGuard(80.0, calls.append, reader)
+    guard.start()
+    thread = guard._thread
+    assert thread is not None
+    reader.hold()
+    assert reader.entered.wait(10)  # the thread is in its read
+    memory.percent = 95
+    guard._thread = _JoinTimedOut()  # type: ignore[assignment]
+    try:
+        guard.stop()
+        assert calls == []
+    finally:
+        reader.release()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert calls == [] and guard.snapshot()["paused"] is False
+
+
+@pytest.mark.timeout(30)
+def test_a_guard_stopped_while_its_thread_pauses_the_pools_leaves_them_resumed() -> None:
+    # The thread was pausing the pools when stop() came: stop() resumed them,
+    # and the thread's pause, ending after, left them paused for good.
+    done: list[bool] = []
+    pausing = threading.Event()
+    go_on = threading.Event()
+
+    def pause(paused: bool) -> None:
+        if paused and not go_on.is_set():
+            pausing.set()
+            assert go_on.wait(30)
+        done.append(paused)
+
+    memory = FakeMemory(50)
+    guard = _memory_guard.MemoryGuard(80.0, pause, memory)
+    either = threading.Event()  # stop() returned, or waits for the pause under way
+    guard._pausing = _LockThatSaysItWaited(either)  # type: ignore[assignment]
+    guard.start()
+    thread = guard._thread
+    assert thread is not None
+    memory.percent = 95
+    assert pausing.wait(10)  # the thread is in its pause of the pools
+    guard._thread = _JoinTimedOut()  # type: ignore[assignment]
+
+    def stop() -> None:
+        guard.stop()
+        either.set()
+
+    stopping = threading.Thread(target=stop, name="stops-the-guard")
+    stopping.start()
+    try:
+        assert either.wait(10)
+    finally:
+        go_on.set()
+        stopping.join(10)
+        thread.join(10)
+    assert not stopping.is_alive() and not thread.is_alive()
+    assert done[-1] is False and done.count(True) == 1, done
+    assert guard.snapshot()["paused"] is False
+    memory.percent = 99
+    assert guard.check() is False and done[-1] is False  # stopped is final: a check no longer pauses
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("made_by", ["Executor", "first use of a backend"])
+def test_a_pool_made_as_the_limit_is_replaced_does_not_wait_for_the_old_guards_read(
+    fake_memory: FakeMemory, made_by: str
+) -> None:
+    # configure_memory_limit() waited up to 5 s for the old guard's thread under
+    # the lock a new pool follows the guard under: making a pool waited as long.
+    reader = _ReadHeldBack(fake_memory)
+    mp.configure_memory_limit(80)
+    old = _memory_guard.current_guard()
+    assert old is not None and old._thread is not None
+    old._reader = reader
+    reader.hold()
+    thread = old._thread
+    try:
+        assert reader.entered.wait(10)  # the old guard's thread is in its read
+        old._thread = _ThreadStuckInItsRead(reader.released)  # type: ignore[assignment]
+        replaced = threading.Event()
+        made = threading.Event()
+        pools: list[tuple[Backend, Callable[[], None]]] = []
+
+        def replace() -> None:
+            mp.configure_memory_limit(60)
+            replaced.set()
+
+        def make() -> None:
+            pools.append(_four_threads_made_by(made_by, "made-as-the-limit-is-replaced"))
+            made.set()
+
+        replacing = threading.Thread(target=replace, name="replaces-the-limit")
+        making = threading.Thread(target=make, name="makes-a-pool")
+        replacing.start()
+        making.start()
+        assert replaced.wait(10), "replacing the limit waited for the old guard's read"
+        assert made.wait(10), "making a pool waited for the old guard's read"
+    finally:
+        reader.release()
+        replacing.join(10)
+        making.join(10)
+        thread.join(10)
+        for _, stop in pools:
+            stop()
+    guard = _memory_guard.current_guard()
+    assert guard is not None and guard is not old and guard.limit_percent == 60

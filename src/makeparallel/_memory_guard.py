@@ -55,6 +55,10 @@ class MemoryGuard:
         self._pause = pause
         self._reader = reader
         self._lock = threading.Lock()
+        # Held across each pause or resume of the pools, taken by stop() too: the
+        # pools hear a guard's changes in order, and none after stop()'s resume.
+        self._pausing = threading.RLock()
+        self._stopped = False  # stop() came: final, whatever the thread does after
         self.paused = False
         self.pauses = 0
         self.last: MemoryBudget | None = None
@@ -80,21 +84,32 @@ class MemoryGuard:
                 )
             return self.paused
         self._unreadable = False
-        with self._lock:
-            self.last = budget
-            over = budget.percent > self.limit_percent
-            changed = over != self.paused
-            if changed:
-                self.paused = over
-                self.pauses += over
-        if changed:
+        with self._pausing:
+            with self._lock:
+                if self._stopped:  # a read that ended after stop(): stopped is final
+                    return False
+                self.last = budget
+                over = budget.percent > self.limit_percent
+                changed = over != self.paused
+                if changed:
+                    self.paused = over
+                    self.pauses += over
+            if not changed:
+                return over
             self._pause(over)
-            if over:
-                _log.warning(
-                    "makeparallel: memory is %.0f%% used (%s: %d of %d bytes), over the limit of %g%%: "
-                    "pools start new tasks one at a time until it falls",
-                    budget.percent, budget.source, budget.used, budget.limit, self.limit_percent,
-                )
+            if over and self._stopped:
+                # stop() came during the pause and waits for it, or Ctrl-C ended
+                # its wait: resumed here, the pools are not left paused either way.
+                with self._lock:
+                    self.paused = False
+                self._pause(False)
+                return False
+        if over:
+            _log.warning(
+                "makeparallel: memory is %.0f%% used (%s: %d of %d bytes), over the limit of %g%%: "
+                "pools start new tasks one at a time until it falls",
+                budget.percent, budget.source, budget.used, budget.limit, self.limit_percent,
+            )
         return over
 
     def start(self) -> None:
@@ -111,18 +126,23 @@ class MemoryGuard:
                     self.start()
 
     def stop(self) -> None:
-        """Stop watching and resume the pools if they were paused.
+        """Stop watching and resume the pools if they were paused; final: the guard never pauses them again.
 
-        Resumed also when Ctrl-C lands in the wait for the watching thread:
-        no guard is left to resume them then, and they ran one task at a time
-        for good.
+        It does not wait for the watching thread, which ends at its next
+        wake-up: a thread held up in its read (a slow cgroup file system) is
+        harmless, as its check finds the guard stopped and changes nothing. It
+        waits only for a pause or resume of the pools under way, so that none
+        comes after its own resume. It waited up to 5 s for the thread and
+        then returned: the thread, its read done later, paused the pools for
+        good; and :func:`configure_memory_limit` waited as long under the lock
+        a new pool takes to follow the guard. Ctrl-C in the wait for a pause
+        under way does not leave the pools paused: that pause, finding the
+        guard stopped, resumes them itself.
         """
         self._stop.set()
-        thread = self._thread
-        try:
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(5)
-        finally:
+        with self._lock:
+            self._stopped = True
+        with self._pausing:
             with self._lock:
                 was_paused, self.paused = self.paused, False
             if was_paused:
@@ -218,6 +238,7 @@ def _after_fork() -> None:
     guard = _guard
     if guard is not None:
         guard._lock = threading.Lock()
+        guard._pausing = threading.RLock()
         guard._stop = threading.Event()
         guard._thread = None
 
