@@ -502,6 +502,44 @@ def test_an_asynchronous_client_takes_tasks_from_its_own_event_loop(cluster: Loc
     assert remote(square)(4).get(timeout=60) == 16  # the module's client again
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """:func:`wait_until` in a coroutine: polls without blocking the event loop it runs on."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_a_blocking_wait_on_an_asynchronous_clients_loop_says_to_await(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+    # Refused, it said to "submit the follow-up work from the callback and return, or wait
+    # from another thread": there is no callback in a coroutine, and the loop is the
+    # program's own, where the way to wait is to await.
+    remote = mp.parallel(backend="dask")
+
+    async def main() -> str:
+        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as own:
+            mp.configure(dask_client=own)
+            try:
+                later = remote(wait_for_flag)(flags, "later")
+                try:
+                    with pytest.raises(RuntimeError) as refused:
+                        later.get(timeout=10)
+                finally:
+                    flags.set("later")
+                assert await later == "later"
+                return str(refused.value)
+            finally:
+                mp.configure(dask_client=client)
+
+    message = asyncio.run(main())
+    assert "event loop of its asynchronous Dask client" in message, message
+    assert "`await handle`" in message and "mp.gather_async" in message, message
+
+
 # The waits for a task (``later``, one of ``group``'s) that a callback may make.
 WAITS_FOR_LATER: dict[str, Callable[[mp.AsyncHandle[Any], mp.ParallelContext], object]] = {
     "get": lambda later, _: later.get(timeout=10),
@@ -693,6 +731,42 @@ def test_shutdown_cancelling_pending_tasks_leaves_the_running_ones_running(
 
 
 @pytest.mark.timeout(120)
+def test_shutdown_cancelling_pending_tasks_in_a_coroutine_of_an_asynchronous_client_cancels_them(
+    cluster: LocalCluster, client: Client, flags: Flags
+) -> None:
+    # On the client's own loop the question which tasks run was not asked (its answer
+    # needs that loop), and none was cancelled: the program's coroutines, where an
+    # asynchronous client is used, could not cancel its pending tasks at all.
+    remote = mp.parallel(backend="dask")
+
+    async def main() -> None:
+        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as own:
+            mp.configure(dask_client=own)
+            try:
+                running = [remote(wait_for_flag)(flags, "release") for _ in range(2)]  # one per worker thread
+                assert await until(lambda: len(processing(cluster)) == 2)
+                known = set(cluster.scheduler.tasks)
+                queued = remote(set_flag)(flags, "ran")
+                assert await until(lambda: any(cluster.scheduler.tasks[k].who_wants for k in new_keys(cluster, known)))
+                (key,) = new_keys(cluster, known)
+                try:
+                    assert mp.shutdown(timeout_secs=0, cancel_pending=True) is False  # the cancels come as it awaits
+                    assert await until(queued.is_ready), "the pending task was not cancelled"
+                    with pytest.raises(mp.TaskCancelledError):
+                        await queued
+                    assert [handle.status for handle in running] == ["running", "running"]
+                    assert await until(lambda: not held_anywhere(cluster, client, key))  # Dask cancels asynchronously
+                finally:
+                    flags.set("release")
+                assert await mp.gather_async(running) == ["release", "release"]
+            finally:
+                mp.configure(dask_client=client)
+
+    asyncio.run(main())
+    assert not flags.is_set("ran")
+
+
+@pytest.mark.timeout(120)
 def test_shutdown_cancels_no_task_where_dask_cannot_say_which_run(
     client: Client, flags: Flags, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -717,8 +791,18 @@ def test_shutdown_cancelling_pending_tasks_in_a_dask_tasks_callback_does_not_hol
 ) -> None:
     # Asked on the client's event loop thread, the question which tasks run waited its whole
     # STARTED_QUERY_TIMEOUT for an answer that only that loop could bring, holding up every
-    # result of the client meanwhile, then cancelled none all the same (documented).
+    # result of the client meanwhile, then cancelled none all the same. The question goes to
+    # the loop, asked once the callback returns: by then the worker that ``first`` freed may
+    # have started ``queued`` (then it runs to its end), or not (then it is cancelled).
     monkeypatch.setattr(_dask, "STARTED_QUERY_TIMEOUT", 100.0)  # longer than the test waits
+    asked = threading.Event()
+    real = _dask._cancel_not_started
+
+    async def cancel_not_started(*args: Any) -> None:
+        await real(*args)
+        asked.set()
+
+    monkeypatch.setattr(_dask, "_cancel_not_started", cancel_not_started)
     remote = mp.parallel(backend="dask")
     first = remote(wait_for_flag)(flags, "first")
     running = remote(wait_for_flag)(flags, "release")  # one per worker thread
@@ -729,10 +813,16 @@ def test_shutdown_cancelling_pending_tasks_in_a_dask_tasks_callback_does_not_hol
         first.add_done_callback(shut_down_here)  # registered before its end
         flags.set("first")
         assert shut_down_here.called.wait(60), "the shutdown held up the client's event loop"
+        # Released only once answered: a call that ends as Dask is asked may be cancelled (documented).
+        assert asked.wait(60)
     finally:
         flags.set("release")
     assert shut_down_here.outcome is False
-    assert mp.gather([running, queued], timeout=60) == ["release", 9]
+    assert running.get(timeout=60) == "release"
+    assert queued.wait(60)
+    assert queued.status in ("succeeded", "cancelled"), queued.status
+    if queued.status == "succeeded":
+        assert queued.get() == 9
 
 
 def test_tasks_sent_beyond_the_cluster_threads_count_as_queued(cluster: LocalCluster, flags: Flags) -> None:

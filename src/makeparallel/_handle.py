@@ -1279,11 +1279,7 @@ class AsyncHandle(Generic[T_co]):
             return
         backend = self._backend
         if backend.reads_results_here(self):
-            raise RuntimeError(
-                f"task {self._id} ({self.name}) {backend.waited_for_on_reader}, which reads the "
-                "result this wait is for: the wait could never end. Submit the follow-up work "
-                "from the callback and return, or wait from another thread"
-            )
+            raise RuntimeError(f"task {self._id} ({self.name}) {backend.wait_refused_here(self)}")
         if self._observer.is_async and running_loop() is not None:
             raise RuntimeError(
                 f"task {self._id} ({self.name}) runs a coroutine, and this thread's event "

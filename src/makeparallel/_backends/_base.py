@@ -146,6 +146,13 @@ class Backend:
         loop = self._loop
         return loop is not None and loop is threading.current_thread()
 
+    def wait_refused_here(self, handle: AsyncHandle[Any]) -> str:
+        """Why a wait for ``handle`` is refused where :meth:`reads_results_here` holds, and what to do instead."""
+        return (
+            f"{self.waited_for_on_reader}, which reads the result this wait is for: the wait could "
+            "never end. Submit the follow-up work from the callback and return, or wait from another thread"
+        )
+
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
         raise NotImplementedError

@@ -22,7 +22,9 @@ What differs from other executors that run elsewhere:
 * ``shutdown(cancel_pending=True)`` cancels the tasks no worker has started,
   as the scheduler and the workers tell it then (:meth:`DaskBackend.close`):
   a Dask future's cancel stops a running call's handle too, where a standard
-  executor's stops only a call not started.
+  executor's stops only a call not started. On the client's own event loop
+  (a Dask task's callback, a coroutine of an asynchronous client) the question
+  and the cancels go to that loop, and come once it runs again.
 * A client closed while tasks run fails them with ``ShutdownError``.
 * A result that Dask cannot fetch from its worker (one it cannot serialize, a
   lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
@@ -54,7 +56,7 @@ import pickle
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -161,8 +163,7 @@ class DaskBackend(ExecutorBackend):
         if loop is None:
             return False
         if handle is not None:
-            future = self._futures.get(handle)  # (one lookup, atomic: no lock)
-            clients = [future.dask_future.client if isinstance(future, TaskFuture) else self._client]
+            clients = [self._client_of(handle)]
         else:
             with self._lock:
                 if not self._active:
@@ -170,6 +171,31 @@ class DaskBackend(ExecutorBackend):
                 futures = list(self._futures.values())
             clients = [self._client, *(future.dask_future.client for future in futures if isinstance(future, TaskFuture))]
         return any(client is not None and _fetches_on(client, loop) for client in clients)
+
+    def wait_refused_here(self, handle: AsyncHandle[Any]) -> str:
+        """Why a wait for ``handle`` is refused on its client's event loop thread, and what to do instead.
+
+        An asynchronous client's loop is the program's own, where its
+        coroutines run: the way to wait there is to await, which the advice
+        for a callback (submit the follow-up work and return) did not say.
+        """
+        # Made with asynchronous=True, as Dask keeps it: its public ``asynchronous`` is true on
+        # any client's loop thread, a synchronous client's callbacks included.
+        if not getattr(self._client_of(handle), "_asynchronous", False):
+            return super().wait_refused_here(handle)
+        return (
+            "runs on a Dask cluster, and this is the event loop of its asynchronous Dask client "
+            "(Client(asynchronous=True)), where your coroutines and the task's callbacks run, and "
+            "which reads the result this wait is for: a blocking wait (get(), result(), exception(), "
+            "wait(), the blocking mp.gather, mp.wait and mp.as_completed, a map) could never end. "
+            "In a coroutine, use `await handle` (or mp.gather_async, `async for` over "
+            "mp.as_completed) instead; in a callback, submit the follow-up work and return"
+        )
+
+    def _client_of(self, handle: AsyncHandle[Any]) -> distributed.Client | None:
+        """The client that fetches ``handle``'s result: the one it was sent to, else the one bound now."""
+        future = self._futures.get(handle)  # (one lookup, atomic: no lock)
+        return future.dask_future.client if isinstance(future, TaskFuture) else self._client
 
     def reported_worker_count(self) -> int:
         """The cluster's threads as last counted (1 before a client is found).
@@ -204,22 +230,36 @@ class DaskBackend(ExecutorBackend):
         cancel stops any: ``shutdown(cancel_pending=True)`` ended the running
         tasks' handles cancelled too, their calls running on. So the
         scheduler and the workers are asked first which calls run
-        (:func:`_not_started`), and only the others are cancelled. Dask can
+        (:func:`_unfinished_keys`), and only the others are cancelled. Dask can
         tell that only as of its answer: a call that a worker starts, or
         ends, as the shutdown asks can be cancelled all the same (its handle
         ends cancelled, the call runs on). Where Dask cannot answer within
         ``STARTED_QUERY_TIMEOUT`` seconds, or the client is closing, none is
         cancelled: the shutdown waits for them as it would without
-        ``cancel_pending``; nor, without asking, on the client's event loop
-        thread (in a Dask task's callback), which alone could bring the answer.
+        ``cancel_pending``.
+
+        On the client's own event loop thread (in a Dask task's callback, in
+        a coroutine on the loop of an asynchronous client), which alone
+        brings the answer, the question and the cancels are handed to that
+        loop (:func:`_cancel_not_started`): they come once the callback
+        returns or the coroutine awaits, after the shutdown has returned, so
+        its wait does not count them. Asked there, the question held up the
+        loop for its whole timeout; not asked, no task was cancelled.
         """
         super().close(cancel_pending=False)
         if not cancel_pending:
             return
         with self._lock:
             futures = [future for future in self._futures.values() if isinstance(future, TaskFuture)]
-        for future in _not_started(futures):
-            self._cancel_future(future)
+        loop = running_loop()
+        for client, waiting in _pending_by_client(futures).items():
+            if loop is not None and _fetches_on(client, loop):
+                client.loop.add_callback(_cancel_not_started, client, waiting, self._cancel_future)  # type: ignore[union-attr]
+                continue
+            unfinished = _ask_unfinished(client, [future.dask_future.key for future in waiting])
+            for future in waiting:
+                if future.dask_future.key in unfinished:
+                    self._cancel_future(future)
 
     def is_closed_error(self, error: Exception) -> bool:
         return isinstance(error, ClosedClientError) or super().is_closed_error(error)
@@ -317,22 +357,13 @@ def _thread_count(client: distributed.Client) -> int:
     return int(total) if total is not None else sum(worker.get("nthreads", 0) for worker in info.get("workers", {}).values())
 
 
-def _not_started(futures: list[TaskFuture]) -> list[TaskFuture]:
-    """The unfinished ``futures`` whose calls no worker has started, as far as Dask can tell now.
-
-    One question per client (:func:`_unfinished_keys`), bounded by
-    ``STARTED_QUERY_TIMEOUT``. A client that cannot answer (closing, gone
-    quiet, or asked from its own event loop) leaves its futures out.
-    """
+def _pending_by_client(futures: list[TaskFuture]) -> dict[distributed.Client, list[TaskFuture]]:
+    """The unfinished ``futures`` that Dask may yet start, by the client each was sent through."""
     by_client: dict[distributed.Client, list[TaskFuture]] = {}
     for future in futures:
         if not future.done() and future.dask_future.status in ("pending", "lost"):  # "lost": computed again
             by_client.setdefault(future.dask_future.client, []).append(future)
-    not_started: list[TaskFuture] = []
-    for client, waiting in by_client.items():
-        unfinished = _ask_unfinished(client, [future.dask_future.key for future in waiting])
-        not_started.extend(future for future in waiting if future.dask_future.key in unfinished)
-    return not_started
+    return by_client
 
 
 def _ask_unfinished(client: distributed.Client, keys: list[Any]) -> set[Any]:
@@ -355,6 +386,26 @@ def _ask_unfinished(client: distributed.Client, keys: list[Any]) -> set[Any]:
     except Exception:  # noqa: BLE001  # no answer in time, or asked on its own loop: Dask cannot tell which run
         return set()
     return unfinished
+
+
+async def _cancel_not_started(
+    client: distributed.Client, futures: list[TaskFuture], cancel: Callable[[TaskFuture], None]
+) -> None:
+    """On ``client``'s event loop: ``cancel`` those of ``futures`` whose calls no worker has started, as Dask says.
+
+    As :func:`_ask_unfinished` does from another thread, bounded by
+    ``STARTED_QUERY_TIMEOUT``; with no answer by then, none is cancelled.
+    """
+    if client.status != "running":
+        return  # closing: its tasks end with ShutdownError (DaskBackend.cancelled_by_executor)
+    keys = [future.dask_future.key for future in futures]
+    try:
+        unfinished = await asyncio.wait_for(_unfinished_keys(client, keys), STARTED_QUERY_TIMEOUT)
+    except Exception:  # noqa: BLE001  # no answer in time: Dask cannot tell which run
+        return
+    for future in futures:
+        if future.dask_future.key in unfinished:
+            cancel(future)
 
 
 async def _unfinished_keys(client: distributed.Client, keys: list[Any]) -> set[Any]:
