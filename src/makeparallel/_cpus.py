@@ -3,6 +3,16 @@
 ``os.cpu_count()`` reports the host. Inside a container limited to two CPUs on a
 64-core host it says 64, and a pool sized from it runs 32 threads per CPU. Every
 default worker count of the library comes from :func:`usable_cpus` instead.
+
+In a worker process of the ``"process"`` backend it is the worker's share of
+the CPUs, ``max(1, the parent's usable CPUs // the pool's workers)`` (which
+``_cpu_share`` keeps, set as the worker starts): a task that submits process
+tasks, maps, or uses the thread pool gets pools that fit its share. Without it,
+N workers each started a pool of N workers (N² processes) and N threads. The
+rule is loky's and joblib's ``max_inner_num_threads`` (cpu_count // n_jobs,
+joblib PR 940), the share each worker's BLAS and OpenMP libraries get already.
+It is no variable of the worker's environment: a program a task starts is no
+worker of the pool, and sees the whole machine.
 """
 
 # No ``from __future__ import annotations``: typing.NamedTuple compiles each string
@@ -13,6 +23,7 @@ from typing import NamedTuple
 
 from ._cgroup import CGROUP_ROOT, PROC_SELF_CGROUP, own_cgroup_dirs
 from ._cgroup import read as _read
+from ._cpu_share import worker_share
 
 __all__ = ["UsableCpus", "cgroup_cpu_quota", "usable_cpu_count", "usable_cpus"]
 
@@ -26,7 +37,8 @@ class UsableCpus(NamedTuple):
     cpus: int
     """At least 1."""
     source: str
-    """``"affinity"``, ``"cgroup quota"`` or ``"cpu_count"`` (no affinity on this platform)."""
+    """``"affinity"``, ``"cgroup quota"``, ``"cpu_count"`` (no affinity on this platform), or
+    ``"worker share"`` in a worker process of the ``"process"`` backend (``_cpu_share``)."""
 
 
 def _own_cgroup_dirs(root: str, proc_self_cgroup: str) -> list[str]:
@@ -68,6 +80,10 @@ def usable_cpus(root: str = _CGROUP_ROOT, proc_self_cgroup: str = _PROC_SELF_CGR
 
     The quota is rounded up, as the JVM and Go's runtime do: a quota of 1.5 CPUs
     keeps two threads busy part of the time, which beats one thread idle half of it.
+
+    In a worker process of the ``"process"`` backend, the worker's share of the
+    parent's CPUs (``_cpu_share``), source ``"worker share"``, where it
+    is the smaller figure (a task that narrowed its affinity may use fewer).
     """
     if hasattr(os, "sched_getaffinity"):
         count, source = len(os.sched_getaffinity(0)), "affinity"
@@ -76,6 +92,9 @@ def usable_cpus(root: str = _CGROUP_ROOT, proc_self_cgroup: str = _PROC_SELF_CGR
     quota = cgroup_cpu_quota(root, proc_self_cgroup)
     if quota is not None and math.ceil(quota) < count:
         count, source = math.ceil(quota), "cgroup quota"
+    share = worker_share()
+    if share is not None and share <= count:
+        return UsableCpus(share, "worker share")
     return UsableCpus(max(1, count), source)
 
 

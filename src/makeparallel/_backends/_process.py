@@ -175,8 +175,8 @@ class _Worker:
     """The parent's view of one worker process."""
 
     __slots__ = (
-        "ahead", "cancels_unsent", "configured_at", "conn", "decoders", "delivering", "delivery", "direct_bytes",
-        "exit_by", "exited",
+        "ahead", "cancels_unsent", "configured_at", "conn", "cpu_share", "decoders", "delivering", "delivery",
+        "direct_bytes", "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
         "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
         "sent", "spared", "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
@@ -193,10 +193,13 @@ class _Worker:
         configured_at: float,
         start_round: int,
         thread_limits: dict[str, str],
+        cpu_share: int,
     ) -> None:
         self.process = process
         self.thread_limits = thread_limits  # the BLAS and OpenMP thread counts it started with (thread_limits)
-        self.too_many_threads = False  # more of them than the pool's size gives now: replaced once idle
+        self.cpu_share = cpu_share  # its usable CPUs, sent in its set-up message (cpu_share)
+        # More threads or CPUs than the pool's size gives now: replaced once idle.
+        self.too_many_threads = False
         self.stop_task: AsyncHandle[Any] | None = None  # a task of a stopped map or batch to kill it for, if it still runs it
         # The task it is killed for (a timeout, a forced cancel, a stopped map), and its
         # stop_reason before: a kill that finds that task ended is called off (_spare_locked).
@@ -356,8 +359,9 @@ class ProcessBackend(QueueingBackend):
         self._partials: dict[int, _Streamed] = {}
         _alive.add(self)
         self._recent_restarts: deque[tuple[float, str]] = deque()  # when and why, within RESTART_WINDOW
-        # The thread limits of the pool's size as last configured; None: never resized.
+        # The thread limits and CPU share of the pool's size as last configured; None: never resized.
         self._thread_limits: dict[str, str] | None = None
+        self._cpu_share = 0
         self._loop_deaths = 0  # loop threads that died of an error in the pool itself
         self._paused = False  # memory is short: one task runs at a time
         # Tasks sent to a worker ahead of time: one (so priorities hold) until
@@ -380,9 +384,11 @@ class ProcessBackend(QueueingBackend):
         A new ``setup`` replaces the running workers as they become idle, so
         every task from now on runs after the new initializer. A larger
         ``num_workers`` marks the workers started with more BLAS and OpenMP
-        threads than each now gets (:meth:`_replace_if_too_many_threads_locked`).
+        threads, or a larger share of the CPUs, than each now gets
+        (:meth:`_replace_if_too_many_threads_locked`).
         """
         limits = None if num_workers is None else thread_limits(num_workers)
+        share = 0 if num_workers is None else cpu_share(num_workers)
         with self._lock:
             self._configured_at = time.perf_counter()
             self._failed_starts = 0
@@ -395,9 +401,9 @@ class ProcessBackend(QueueingBackend):
                     self._stale = {w for w in self._workers if w.outstanding}
                 self._num_workers = num_workers  # the loop's next look starts workers, or ends them:
                 self._shed_surplus_locked()  # marked now, so that info() says so at once
-                self._thread_limits = limits
+                self._thread_limits, self._cpu_share = limits, share
                 for worker in list(self._workers):
-                    worker.too_many_threads = _more_threads(worker.thread_limits, limits)  # type: ignore[arg-type]
+                    worker.too_many_threads = _more_threads(worker, limits, share)  # type: ignore[arg-type]
                     self._replace_if_too_many_threads_locked(worker)
             if setup is not None and setup != self._setup:
                 self._setup = setup
@@ -826,7 +832,7 @@ class ProcessBackend(QueueingBackend):
         journal = None
         try:
             journal = JournalReader(journal_fd)
-            limits = thread_limits(self._num_workers)
+            limits, share = thread_limits(self._num_workers), cpu_share(self._num_workers)
             environ = {**environment(), **limits}
             forked = self._fork(child_end, journal_fd, environ) if template_available() and _enterable() else None
             process: subprocess.Popen[bytes] | ForkedProcess
@@ -843,7 +849,7 @@ class ProcessBackend(QueueingBackend):
             child_end.close()
             os.close(journal_fd)  # each side's mapping keeps the file
         worker = _Worker(
-            process, Channel(parent_end), direct_bytes, journal, path, configured_at, self._start_round, limits
+            process, Channel(parent_end), direct_bytes, journal, path, configured_at, self._start_round, limits, share
         )
         if forked is not None:  # first, its environment; then its sys.path, before it imports anything
             _send(worker, forked.template.start_message(environ))
@@ -980,13 +986,13 @@ class ProcessBackend(QueueingBackend):
             worker.initializer = setup.name
             argv, settings = program_arguments(), interpreter_settings.current(path[2])
             setup_message = (setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings)
-            _send(worker, ("setup", *setup_message))
+            _send(worker, ("setup", *setup_message, worker.cpu_share))
             with self._lock:
                 self._workers.append(worker)
                 if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
                     self._recycle_locked(worker, "")
                 if self._thread_limits is not None:  # resized as it started: its limits may be the old size's
-                    worker.too_many_threads = _more_threads(worker.thread_limits, self._thread_limits)
+                    worker.too_many_threads = _more_threads(worker, self._thread_limits, self._cpu_share)
         if self._surplus or len(self._workers) > self._num_workers:  # (read unlocked: a later look sees a change)
             with self._lock:
                 self._shed_surplus_locked()
@@ -1342,7 +1348,7 @@ class ProcessBackend(QueueingBackend):
         self._wake()
 
     def _replace_if_too_many_threads_locked(self, worker: _Worker, finishing: int = 0) -> None:
-        """Replace ``worker`` if it started with more BLAS and OpenMP threads than the pool's size gives now.
+        """Replace ``worker`` if it started with more BLAS and OpenMP threads, or CPUs, than the pool's size gives now.
 
         A library takes its thread count as it loads, from the worker's
         environment (:func:`thread_limits`): grown from one worker to two on
@@ -1353,7 +1359,10 @@ class ProcessBackend(QueueingBackend):
         can start (no process left), it goes on running the tasks. Asked when
         the pool grows, when a worker gets ready (it, and each idle one), and
         when it ends its tasks. A worker started under a larger pool has fewer
-        threads than its share, which oversubscribes nothing: kept.
+        threads than its share, which oversubscribes nothing: kept. The same
+        holds for its share of the CPUs (:func:`cpu_share`), which sizes the
+        pools its tasks start: one started with a larger share than the new
+        size gives is replaced, even where the user set every BLAS variable.
         ``finishing``: how many of its tasks just ended, their results not yet seen.
         """
         if not worker.too_many_threads or len(worker.outstanding) > finishing or worker.leaving or not worker.ready:
@@ -2148,13 +2157,24 @@ def _kind(value: Any) -> str:
     return type(getattr(value, "__wrapped__", value)).__name__
 
 
+def cpu_share(num_workers: int) -> int:
+    """Each worker's share of the CPUs: ``max(1, usable CPUs // num_workers)``.
+
+    Its usable CPUs (``_cpu_share``), from which the pools its
+    tasks start take their default sizes, and its BLAS and OpenMP threads
+    (:func:`thread_limits`): loky's and joblib's ``max_inner_num_threads``
+    (cpu_count // n_jobs, joblib PR 940).
+    """
+    return max(1, usable_cpus().cpus // max(1, num_workers))
+
+
 def thread_limits(num_workers: int) -> dict[str, str]:
-    """The thread-count variables each worker gets: ``max(1, usable CPUs // workers)``, unless set here.
+    """The thread-count variables each worker gets: its :func:`cpu_share`, unless set here.
 
     Nor where the library reads a count set here instead (``OMP_NUM_THREADS=1`` alone is
     OpenBLAS's, MKL's and numexpr's limit too): set, the pool's would override the user's.
     """
-    per_worker = str(max(1, usable_cpus().cpus // max(1, num_workers)))
+    per_worker = str(cpu_share(num_workers))
     environ = os.environ
     return {
         name: per_worker
@@ -2172,9 +2192,10 @@ def _a_thread_count(value: str | None) -> bool:
     return first.isdigit() and int(first) > 0
 
 
-def _more_threads(started_with: dict[str, str], limits: dict[str, str]) -> bool:
-    """Whether a worker started with thread limits ``started_with`` may run more threads than ``limits`` allow."""
-    return any(int(count) > int(limits.get(name, count)) for name, count in started_with.items())
+def _more_threads(worker: _Worker, limits: dict[str, str], share: int) -> bool:
+    """Whether ``worker`` may run more BLAS and OpenMP threads than ``limits`` allow, or started with more than ``share`` CPUs."""
+    started_with = worker.thread_limits
+    return worker.cpu_share > share or any(int(count) > int(limits.get(name, count)) for name, count in started_with.items())
 
 
 def _resident_bytes(worker: _Worker) -> int | None:

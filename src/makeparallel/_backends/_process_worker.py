@@ -16,12 +16,13 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            later, when the parent's sys.path, its pinned
                                                            modules (_PinnedModules) or its warning filters
                                                            changed
-                       ("setup", initializer, initargs, argv, main, ignore_sigint, settings)  then,
-                                                           always: the initializer pickled, or None; the
-                                                           program's sys.argv, and its __main__'s file and
-                                                           name (_main_module); whether it ignores Ctrl-C;
-                                                           its recursion limit, int digits, warning
-                                                           filters (_interpreter_settings)
+                       ("setup", initializer, initargs, argv, main, ignore_sigint, settings, cpu_share)
+                                                           then, always: the initializer pickled, or None;
+                                                           the program's sys.argv, and its __main__'s file
+                                                           and name (_main_module); whether it ignores
+                                                           Ctrl-C; its recursion limit, int digits, warning
+                                                           filters (_interpreter_settings); this worker's
+                                                           usable CPUs (_cpu_share)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
@@ -63,6 +64,7 @@ from collections.abc import Callable, Sequence
 
 from .. import _serialization
 from .._coroutines import is_coroutine, run_here
+from .._cpu_share import set_worker_share
 from .._process_context import apply_values
 from .._remote_errors import described, mark_unpickling_failure
 from .._states import CANCELLED, RUNNING
@@ -220,11 +222,15 @@ class _Worker:
         main: tuple[str | None, str | None],
         ignore_sigint: bool,
         settings: Any,
+        cpu_share: int,
     ) -> None:
-        """Take on the program's ``sys.argv``, ``__main__``, Ctrl-C and settings, run the pool's initializer, then say so.
+        """Take on the program's ``sys.argv``, ``__main__``, Ctrl-C and settings, and this worker's share of the CPUs; run the pool's initializer, then say so.
 
         If the initializer raises, report it and exit.
         """
+        # The size of every pool its tasks (and the initializer) start; a message, not a variable
+        # of this worker's environment, which the programs a task starts would inherit.
+        set_worker_share(cpu_share)
         sys.argv = argv
         stand_in_for_main(*main)
         interpreter_settings.take_on(settings)
