@@ -264,6 +264,58 @@ def test_shutdown_with_a_stuck_task_returns_false_in_time(gate: threading.Event)
     assert mp.get_active_task_count() == 0
 
 
+# A thread task that timed out or was cancelled as it ran ends its handle at once,
+# but its code goes on on its daemon thread (threads cannot be stopped): shutdown and
+# exit wait for that code too, as concurrent.futures waits for every running call.
+HOW_A_RUNNING_TASK_ENDS = {
+    "timed out": mp.TaskTimeoutError,
+    "cancelled": mp.TaskCancelledError,
+}
+
+
+def ended_while_its_code_runs(how: str, gate: threading.Event) -> list[str]:
+    """Run a thread task held on ``gate`` and end it as it runs (``how``); return the list its code says "returned" in."""
+    started = threading.Event()
+    returned: list[str] = []
+
+    @mp.parallel(timeout=0.05 if how == "timed out" else None)
+    def goes_on() -> None:
+        started.set()
+        assert gate.wait(30)
+        returned.append("returned")
+
+    handle = goes_on()
+    assert started.wait(5)
+    if how == "cancelled":
+        assert handle.cancel()
+    with pytest.raises(HOW_A_RUNNING_TASK_ENDS[how]):
+        handle.get(timeout=5)
+    assert mp.get_active_task_count() == 0  # its handle ended; its code did not
+    return returned
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("how", list(HOW_A_RUNNING_TASK_ENDS))
+def test_shutdown_returns_false_while_the_code_of_a_task_that_ended_still_runs(how: str, gate: threading.Event) -> None:
+    returned = ended_while_its_code_runs(how, gate)
+    assert mp.shutdown(timeout_secs=0.2) is False
+    assert returned == []
+    gate.set()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("how", list(HOW_A_RUNNING_TASK_ENDS))
+def test_shutdown_waits_for_the_code_of_a_task_that_ended_to_return(
+    how: str, gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    returned = ended_while_its_code_runs(how, gate)
+    shutting_down, outcome = shutdown_on_a_thread_until_it_waits(monkeypatch)
+    gate.set()
+    shutting_down.join(10)
+    assert outcome == [True]
+    assert returned == ["returned"]  # before shutdown() returned
+
+
 @pytest.mark.timeout(20)
 def test_cancel_pending_cancels_queued_tasks_and_lets_running_ones_finish(
     gate: threading.Event,
@@ -875,6 +927,61 @@ def test_exit_does_not_wait_again_after_a_shutdown_that_returned_false() -> None
     assert "after makeparallel.shutdown() waited 0.2 s;" in result.stderr
     # The advice fits: exit_timeout plays no part after shutdown().
     assert "give shutdown() a longer timeout_secs" in result.stderr and "exit_timeout" not in result.stderr
+
+
+ENDED_WHILE_ITS_CODE_RUNS = """
+import threading
+import makeparallel as mp
+
+mp.configure(exit_timeout={exit_timeout})
+go = threading.Event()
+started = threading.Event()
+
+@mp.parallel
+def writes(path):
+    started.set()
+    assert go.wait(30)
+    with open(path, "w") as f:
+        for line in range(10_000):
+            f.write(f"{{line}}\\n")
+
+handle = writes.options(timeout={timeout})({path!r})
+started.wait(5)
+if {cancel}:
+    handle.cancel()
+try:
+    handle.get(timeout=5)
+except (mp.TaskTimeoutError, mp.TaskCancelledError) as error:
+    print(type(error).__name__, flush=True)
+"""
+
+
+def ended_while_its_code_runs_program(how: str, path: Path, exit_timeout: float) -> str:
+    timeout = 0.05 if how == "timed out" else None
+    return ENDED_WHILE_ITS_CODE_RUNS.format(exit_timeout=exit_timeout, timeout=timeout, path=str(path), cancel=how == "cancelled")
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", list(HOW_A_RUNNING_TASK_ENDS))
+def test_exit_waits_for_the_code_of_a_task_that_ended_to_return(how: str, tmp_path: Path) -> None:
+    out = tmp_path / "lines.txt"
+    result, _ = run_python(ended_while_its_code_runs_program(how, out, exit_timeout=20) + "go.set()\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{HOW_A_RUNNING_TASK_ENDS[how].__name__}\n"
+    assert "abandoned" not in result.stderr
+    assert out.read_text().split() == [str(line) for line in range(10_000)]  # the whole file
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", list(HOW_A_RUNNING_TASK_ENDS))
+def test_exit_abandons_the_code_of_a_task_that_ended_after_the_exit_timeout(how: str, tmp_path: Path) -> None:
+    result, _ = run_python(ended_while_its_code_runs_program(how, tmp_path / "lines.txt", exit_timeout=0.5))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "0 task(s) still unfinished and the code of 1 timed out or cancelled task(s) still running "
+        "at interpreter exit were abandoned after waiting 0.5 s" in result.stderr
+    ), result.stderr
+    assert not (tmp_path / "lines.txt").exists()
 
 
 # How a shutdown's wait ends (a Ctrl-C noted first, its timeout: None waits on

@@ -4,8 +4,9 @@ Backends are created on first use, one of each kind per process. Configuration
 may change at any time and applies to the next submission.
 
 Interpreter exit: the runtime waits for unfinished tasks for at most
-``exit_timeout`` seconds (5 by default), then lets the process go and logs how
-many tasks were abandoned. Worker threads are daemons, so a stuck task can never
+``exit_timeout`` seconds (5 by default), and for the code of thread tasks that
+timed out or were cancelled as they ran, which goes on on its thread, then lets
+the process go and logs how many tasks were abandoned. Worker threads are daemons, so a stuck task can never
 hold the process up. Exit does not wait at all when the program already decided:
 after :func:`shutdown` (whatever it returned, even interrupted), or when an
 uncaught Ctrl-C ends the program (then queued tasks are cancelled).
@@ -335,7 +336,9 @@ def configure(
             or any ``concurrent.futures.Executor``. Overrides the
             ``MAKEPARALLEL_BACKEND`` environment variable.
         exit_timeout: the longest, in seconds, that interpreter exit waits for
-            unfinished tasks before abandoning them (default 5; ``math.inf``
+            unfinished tasks (and for the code of thread tasks that timed out
+            or were cancelled as they ran, which goes on on its thread) before
+            abandoning them (default 5; ``math.inf``
             for no limit, as ``None`` leaves the setting as it is). Exit does not
             wait after :func:`shutdown`, nor when an uncaught Ctrl-C ends the
             program.
@@ -751,7 +754,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     """Stop accepting tasks and wait, for at most ``timeout_secs``, for the rest to end.
 
     It waits within its timeout whatever the tasks do: a stuck task on threads is
-    left to its daemon thread. Then it stops the worker processes, busy or not:
+    left to its daemon thread. A thread task that timed out or was cancelled as
+    it ran has ended, but its code goes on on its thread until it returns
+    (threads cannot be stopped): that code is waited for too, as
+    ``concurrent.futures`` waits for every running call. Then it stops the worker processes, busy or not:
     told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, every pool's
     workers together, so about two seconds more at most; a process task that has not ended by
     then, running or queued, fails with ``ShutdownError``.
@@ -762,7 +768,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
         cancel_pending: cancel the tasks that have not started yet.
 
     Returns:
-        Whether every task ended in time.
+        Whether every task ended in time, the code of those timed out or
+        cancelled as they ran on threads included.
 
     Raises:
         TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
@@ -899,7 +906,8 @@ class ShutdownCall:
                 give_up = getattr(due, "give_up", None)
                 if give_up is not None:
                     give_up()
-            finished = wait_until_idle(timeout_secs)
+            deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
+            finished = wait_until_idle(timeout_secs) and _wait_abandoned(backends, deadline)
             if _shut_down:  # (not reset meanwhile: the tasks accepted since must run)
                 terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
         except KeyboardInterrupt:
@@ -1045,7 +1053,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             # went on starting them while the later exit hooks ran, after the user's Ctrl-C.
             for backend in [*backends, *executors]:
                 backend.close(cancel_pending=True)
-        if _active(backends):
+        if _unfinished(backends):
             # (It may not have returned: a Ctrl-C may have cut it short, or it waits on
             # in another thread. The warning says which, and names the setting of its
             # timeout: an integration's, where the program never called shutdown().)
@@ -1056,7 +1064,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
     else:
         timeout = _exit_timeout
         try:
-            idle = not _active([*backends, *executors]) or _wait_idle(_every_pool, timeout)
+            idle = not _unfinished([*backends, *executors]) or _wait_ended(_every_pool, timeout)
         except KeyboardInterrupt:
             # Ctrl-C while exit waited: the user will not wait, and the error would
             # only be printed as ignored, with the workers left running until the end.
@@ -1077,7 +1085,7 @@ def _abandon_on_interrupt(backends: list[Backend]) -> None:
     """Ctrl-C ended the program, or its wait at exit: what has not started never will."""
     for backend in backends:
         backend.close(cancel_pending=True)
-    if _active(backends):
+    if _unfinished(backends):
         _log_abandoned(backends, "after Ctrl-C", _CHECK_CANCELLED_ADVICE)
 
 
@@ -1102,14 +1110,50 @@ def _active(backends: list[Backend]) -> int:
     return sum(backend.active_count() for backend in backends)
 
 
+def _abandoned_running(backends: list[Backend]) -> int:
+    """Tasks of ``backends`` that ended as they ran (timed out, cancelled) and whose code still runs on a thread."""
+    return sum(backend.abandoned_running() for backend in backends)
+
+
+def _unfinished(backends: list[Backend]) -> int:
+    """Tasks of ``backends`` not yet ended, and those ended whose code still runs on a thread: what exit waits for."""
+    return _active(backends) + _abandoned_running(backends)
+
+
+def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:
+    """Block until the code of every task of ``backends`` that ended as it ran returned, or ``deadline`` (monotonic) passes."""
+    for backend in backends:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not backend.wait_abandoned(remaining):
+            return False
+    return True
+
+
+def _wait_ended(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
+    """Exit's wait: :func:`_wait_idle`, then for the code of the tasks that ended as they ran; whether all ended within ``timeout`` seconds.
+
+    A thread task that timed out or was cancelled as it ran goes on on its
+    daemon thread, which nothing stops: exit that waited only for the handles
+    let the process end in the middle of that code (a file half written).
+    That code may submit tasks (nothing is shut down at exit): waited for
+    again until one pass finds nothing left.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not _wait_idle(backends, remaining) or not _wait_abandoned(backends(), deadline):
+            return False
+        if not _unfinished(backends()):
+            return True
+
+
 def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
     """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended."""
-    _log.warning(
-        "makeparallel: %d task(s) still unfinished at interpreter exit were abandoned %s; %s",
-        _active(backends),
-        when,
-        advice,
-    )
+    running = _abandoned_running(backends)
+    unfinished = f"{_active(backends)} task(s) still unfinished"
+    if running:
+        unfinished += f" and the code of {running} timed out or cancelled task(s) still running"
+    _log.warning("makeparallel: %s at interpreter exit were abandoned %s; %s", unfinished, when, advice)
 
 
 def _reset_after_fork() -> None:

@@ -227,6 +227,18 @@ class Backend:
                 self._idle_waiters.remove(waiter)
             return self._active == 0
 
+    def abandoned_running(self) -> int:
+        """Tasks that ended as they ran here (timed out, cancelled) whose code still runs on a worker thread of this process.
+
+        Only the thread pool has such code: a thread cannot be stopped, and its
+        task's code goes on until it returns. Elsewhere none.
+        """
+        return 0
+
+    def wait_abandoned(self, timeout: float | None) -> bool:
+        """Block until :meth:`abandoned_running` is 0, or ``timeout`` seconds pass (``None``: no end); return whether it is."""
+        return True
+
     def _wait_idle_beside_held(self, timeout: float | None, loop: Any) -> bool:
         """:meth:`wait_idle` on the thread of ``loop``, which runs: the ``"sync"`` tasks admitted to run here run in place.
 

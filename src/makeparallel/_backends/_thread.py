@@ -25,6 +25,9 @@ Timeouts: a task that is timed out or cancelled while running keeps its thread
 until it returns, and so does an attempt timed out and retried. Each such
 thread is replaced, up to ``num_threads`` extra threads, so the pool keeps its
 capacity; the stuck thread retires when its task (or attempt) finally returns.
+Shutdown and interpreter exit wait for that return too, within their timeouts
+(:meth:`ThreadBackend.wait_abandoned`), as ``concurrent.futures`` waits for every
+running call: a process that ended first cut the task's code short.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .. import _events, _fork_child
+from .. import _events, _fork_child, _interruptible
 from .._cpus import usable_cpu_count
 from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, SUCCEEDED
 from .._task_context import _local
@@ -83,6 +86,7 @@ def _reset_after_fork() -> None:
         pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
         pool._parked = []
         pool._idle_waiters = []
+        pool._abandoned_waiters = []
         pool._autosizer = None
         pool._drop_queues_after_fork()
 
@@ -127,6 +131,7 @@ class ThreadBackend(QueueingBackend):
         self._workers = 0  # live worker threads
         self._busy = 0  # workers running a task
         self._stuck = 0  # workers still running a task that was timed out or cancelled
+        self._abandoned_waiters: list[threading.Lock] = []  # waits for _stuck to be 0 (shutdown's, exit's)
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
@@ -352,10 +357,45 @@ class ThreadBackend(QueueingBackend):
         for index, start in enumerate(late):
             if start is started:  # by identity, as the handle tells its attempts apart
                 del late[index]
-                self._stuck -= 1
-                self._set_capacity_locked()  # surplus now: the worker retires, as after a plain timeout
+                self._unstuck_locked()  # surplus now: the worker retires, as after a plain timeout
                 return True
         return False
+
+    def _unstuck_locked(self) -> None:
+        """A worker's task (or attempt), timed out or cancelled as it ran, returned: the worker is no longer stuck.
+
+        The waits for the code of every such task (:meth:`wait_abandoned`) wake with the last.
+        """
+        self._stuck -= 1
+        self._set_capacity_locked()
+        if not self._stuck and self._abandoned_waiters:
+            waiters, self._abandoned_waiters = self._abandoned_waiters, []
+            for waiter in waiters:
+                waiter.release()
+
+    def abandoned_running(self) -> int:
+        return self._stuck
+
+    def wait_abandoned(self, timeout: float | None) -> bool:
+        """Block until every task timed out or cancelled as it ran has returned on its worker, or ``timeout`` seconds pass.
+
+        Its handle ended, and its code goes on on its daemon thread; shutdown
+        and exit wait for it, within their timeouts: a program that ended
+        meanwhile cut that code short (a file half written). A late attempt
+        of a retried task counts too.
+        """
+        with self._lock:
+            if not self._stuck:
+                return True
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._abandoned_waiters.append(waiter)
+        if _interruptible.acquire(waiter, timeout):
+            return True
+        with self._lock:
+            if waiter in self._abandoned_waiters:
+                self._abandoned_waiters.remove(waiter)
+            return not self._stuck
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         self._replace_stuck_workers()
@@ -565,8 +605,7 @@ class ThreadBackend(QueueingBackend):
                     elif outcome[2] is not None and self._late_attempt_returned_locked(handle, outcome[2]):
                         pass  # an attempt retried past its timeout; the task waits to retry, or ended since
                     elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
-                        self._stuck -= 1
-                        self._set_capacity_locked()
+                        self._unstuck_locked()
                     outcome = _NO_OUTCOME  # hold no result while idle or running the next task
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work. One with callbacks to run claims
