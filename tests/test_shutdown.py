@@ -1305,6 +1305,74 @@ def test_exit_waits_again_once_the_shutdown_was_reset(tmp_path: Path) -> None:
     assert out.read_text() == "done"
 
 
+# A daemon thread's call waits for a slot of a limit, and the task holding that slot
+# ends as the program does: the slot is handed to the call, whose task exists only
+# once the call goes on. Exit, which counted only the tasks, found none and let it go.
+SLOT_HANDED_OVER_AT_EXIT = """
+import sys, threading
+import makeparallel as mp
+
+mp.configure(exit_timeout=20)
+go = threading.Event()
+started = threading.Event()
+
+@mp.parallel({limit})
+def work(name):
+    if name == "first":
+        started.set()
+        assert go.wait(30)
+    else:
+        with open({path!r}, "w") as f:
+            f.write(name)
+
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_ended":
+        frame = frame.f_back
+    return frame is not None
+
+def between_the_slot_and_the_submit(event):
+    # The producer has its slot and has not submitted yet: held there until exit waits.
+    if event.kind == "submitted" and threading.current_thread().name == "producer":
+        for _ in range(3000):
+            if exit_waits():
+                return
+            threading.Event().wait(0.01)
+
+mp.add_task_listener(between_the_slot_and_the_submit)
+{setup}
+first = work("first")
+assert started.wait(10)
+producer = threading.Thread(target=work, args=("second",), name="producer", daemon=True)
+producer.start()
+limiter = {limiter}
+for _ in range(1000):  # until the producer waits for the slot
+    if limiter._waiters:
+        break
+    threading.Event().wait(0.01)
+assert limiter._waiters
+go.set()
+first.get(timeout=10)  # its slot was handed to the producer as it ended
+"""
+
+SLOT_LIMITS = {  # the decorator's arguments, a setting, the limiter
+    "max_concurrent": ("max_concurrent=1", "", "work._spec.limiter"),
+    "set_max_concurrent_tasks": ("", "mp.set_max_concurrent_tasks(1)", "mp._runtime.global_limiter"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", list(SLOT_LIMITS))
+def test_exit_waits_for_a_daemon_threads_call_handed_a_slot_as_a_task_ended(limit: str, tmp_path: Path) -> None:
+    out = tmp_path / "second.txt"
+    decorator, setup, limiter = SLOT_LIMITS[limit]
+    program = SLOT_HANDED_OVER_AT_EXIT.format(limit=decorator, setup=setup, limiter=limiter, path=str(out))
+    result, _ = run_python(program, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert "abandoned" not in result.stderr
+    assert out.read_text() == "second"
+
+
 @pytest.mark.timeout(40)
 def test_exit_runs_every_uncollected_task(tmp_path: Path) -> None:
     out = tmp_path / "done.txt"

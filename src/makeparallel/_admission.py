@@ -223,7 +223,7 @@ def all_limiters() -> list[Limiter]:
 class Limiter:
     """Counts tasks in flight against an optional limit."""
 
-    __slots__ = ("__weakref__", "_closed", "_exempt_tasks", "_in_flight", "_lock", "_waiters", "limit")
+    __slots__ = ("__weakref__", "_closed", "_exempt_tasks", "_free_waiters", "_in_flight", "_lock", "_waiters", "limit")
 
     def __init__(self, limit: int | None, exempt_tasks: bool = True) -> None:
         """``exempt_tasks``: admit submissions from inside tasks without waiting.
@@ -244,6 +244,7 @@ class Limiter:
         # The oldest is read by a loop's first turn (`for ... break`): no call, where Ctrl-C
         # could land (see _hand_over_locked).
         self._waiters: OrderedDict[_Waiter | PendingAdmission, None] = OrderedDict()
+        self._free_waiters: list[threading.Lock] = []  # waits for no slot taken (exit's: wait_free)
         _limiters.add(weakref.ref(self, _limiters.discard))
 
     @property
@@ -546,6 +547,8 @@ class Limiter:
             waiters = self._waiters
             if not waiters or (self.limit is not None and self._in_flight > self.limit):
                 self._in_flight -= 1
+                if self._free_waiters and self._in_flight <= 0:
+                    self._wake_free_waiters_locked()
                 return
             for waiting in waiters:  # the oldest: the slot passes on to it, still counted
                 break
@@ -555,6 +558,33 @@ class Limiter:
                 if waiting in waiters:  # cut short: nothing is its own yet
                     self._hand_over_locked(waiting, self._in_flight)
                 raise
+
+    def wait_free(self, timeout: float | None) -> bool:
+        """Block until no slot is taken here, or ``timeout`` seconds pass (``None``: no end); return whether none is.
+
+        A slot is taken from the admission of a call to the end of its task: a
+        call handed one as a task ended (:meth:`release`) holds it before its
+        task exists, and no pool counts that task yet. Exit waits so for such
+        a call on a daemon thread: it waited for the pools alone, which were
+        idle just then, and the call's task was lost.
+        """
+        with self._lock:
+            if self._in_flight <= 0:
+                return True
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._free_waiters.append(waiter)
+        if _interruptible.acquire(waiter, timeout):
+            return True
+        with self._lock:
+            if waiter in self._free_waiters:
+                self._free_waiters.remove(waiter)
+            return self._in_flight <= 0
+
+    def _wake_free_waiters_locked(self) -> None:
+        waiters, self._free_waiters = self._free_waiters, []
+        for waiter in waiters:
+            waiter.release()
 
     def close(self) -> None:
         """Make every waiting and future blocked submission raise ``ShutdownError``.
@@ -604,6 +634,7 @@ class Limiter:
         self._lock = threading.Lock()
         self._in_flight = 0  # the parent's tasks do not exist in the child
         self._waiters = OrderedDict()
+        self._free_waiters = []
 
 
 class _Waiter:

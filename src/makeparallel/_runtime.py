@@ -1064,7 +1064,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
     else:
         timeout = _exit_timeout
         try:
-            idle = not _unfinished([*backends, *executors]) or _wait_ended(_every_pool, timeout)
+            idle = not (_unfinished([*backends, *executors]) or _slots_taken()) or _wait_ended(_every_pool, timeout)
         except KeyboardInterrupt:
             # Ctrl-C while exit waited: the user will not wait, and the error would
             # only be printed as ignored, with the workers left running until the end.
@@ -1129,30 +1129,53 @@ def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:
     return True
 
 
+def _slots_taken() -> int:
+    """Slots of every limit taken: by tasks not yet ended, and by calls admitted whose task no pool holds yet."""
+    return sum(limiter.in_flight for limiter in all_limiters())
+
+
+def _wait_slots_free(deadline: float | None) -> bool:
+    """Block until no slot of any limit is taken, or ``deadline`` (monotonic) passes; return whether none is."""
+    for limiter in all_limiters():
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not limiter.wait_free(remaining):
+            return False
+    return True
+
+
 def _wait_ended(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
-    """Exit's wait: :func:`_wait_idle`, then for the code of the tasks that ended as they ran; whether all ended within ``timeout`` seconds.
+    """Exit's wait: :func:`_wait_idle`, then for the code of the tasks that ended as they ran, then for the slots of the limits; whether all ended within ``timeout`` seconds.
 
     A thread task that timed out or was cancelled as it ran goes on on its
     daemon thread, which nothing stops: exit that waited only for the handles
     let the process end in the middle of that code (a file half written).
-    That code may submit tasks (nothing is shut down at exit): waited for
-    again until one pass finds nothing left.
+    A call on a daemon thread handed a slot of a limit as a task ended holds
+    it before its task exists: the pools were idle just then, and exit that
+    waited only for them lost that task (``Limiter.wait_free``). Either may
+    submit tasks (nothing is shut down at exit): waited for again until one
+    pass finds nothing left.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not _wait_idle(backends, remaining) or not _wait_abandoned(backends(), deadline):
+        if (
+            not _wait_idle(backends, remaining)
+            or not _wait_abandoned(backends(), deadline)
+            or not _wait_slots_free(deadline)
+        ):
             return False
-        if not _unfinished(backends()):
+        if not _unfinished(backends()) and not _slots_taken():
             return True
 
 
 def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
     """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended."""
-    running = _abandoned_running(backends)
-    unfinished = f"{_active(backends)} task(s) still unfinished"
+    active, running = _active(backends), _abandoned_running(backends)
+    unfinished = f"{active} task(s) still unfinished"
     if running:
         unfinished += f" and the code of {running} timed out or cancelled task(s) still running"
+    elif not active and _slots_taken():  # (exit waited for them: _wait_ended)
+        unfinished = "calls holding a slot of a limit (max_concurrent, set_max_concurrent_tasks), not yet submitted,"
     _log.warning("makeparallel: %s at interpreter exit were abandoned %s; %s", unfinished, when, advice)
 
 
