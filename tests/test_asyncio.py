@@ -3171,3 +3171,85 @@ def test_trio_gets_a_clear_error() -> None:
             handle.cancel()
 
     trio.run(main)
+
+
+# How a coroutine on a worker thread's own event loop waits for a task: each lends the worker's place.
+AWAITS_ON_A_WORKERS_LOOP: dict[str, Callable[[mp.AsyncHandle[Any]], Awaitable[Any]]] = {
+    "await handle": lambda handle: handle,
+    "asyncio.wait": lambda handle: asyncio.wait([handle]),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("wait", list(AWAITS_ON_A_WORKERS_LOOP))
+def test_a_loop_closed_while_its_await_waits_gives_back_the_workers_place(wait: str, gate: threading.Event) -> None:
+    """The await's end, which gives the place back, never runs on a closed loop: the pool counted the worker as lent for good."""
+    resize(2)
+    child = mp.parallel(poll_until_stopped)
+
+    @mp.parallel
+    def closes_its_loop_while_it_awaits() -> tuple[mp.AsyncHandle[None], int]:
+        loop = asyncio.new_event_loop()
+        waited = child(gate)
+        awaiting = loop.create_future()
+
+        async def awaits() -> None:
+            awaiting.set_result(None)  # and waits at once, in this same step
+            await AWAITS_ON_A_WORKERS_LOOP[wait](waited)
+
+        loop.create_task(awaits())
+        loop.run_until_complete(awaiting)
+        lent = mp.get_thread_pool_info()["blocked_threads"]
+        loop.close()  # the await still waits
+        return waited, lent
+
+    waited, lent = closes_its_loop_while_it_awaits().get(20)
+    assert lent == 1
+    after_the_awaits_callback = threading.Event()
+    gate.set()
+    waited.add_done_callback(lambda _: after_the_awaits_callback.set())  # callbacks run in the order added
+    assert after_the_awaits_callback.wait(20)
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_loop_closed_while_its_await_waits_gives_back_the_place_once_its_thread_awaits_on_another(
+    gate: threading.Event,
+) -> None:
+    """The task awaited may never end (nothing then tells of the close): the next loop that thread awaits on finds it."""
+    resize(2)
+    child = mp.parallel(poll_until_stopped)
+
+    @mp.parallel
+    def closes_its_loop_while_it_awaits() -> tuple[mp.AsyncHandle[None], str]:
+        loop = asyncio.new_event_loop()
+        waited = child(gate)
+        awaiting = loop.create_future()
+
+        async def awaits() -> None:
+            awaiting.set_result(None)
+            await waited
+
+        loop.create_task(awaits())
+        loop.run_until_complete(awaiting)
+        loop.close()
+        return waited, threading.current_thread().name
+
+    @mp.parallel
+    def awaits_on_a_new_loop() -> tuple[None, str]:
+        async def main() -> None:
+            released = threading.Event()
+            awaited = child(released)
+            asyncio.get_running_loop().call_soon(released.set)  # once the await below waits
+            return await awaited
+
+        return asyncio.run(main()), threading.current_thread().name
+
+    waited, first_thread = closes_its_loop_while_it_awaits().get(20)
+    assert mp.get_thread_pool_info()["blocked_threads"] == 1  # the child still runs
+    result, second_thread = awaits_on_a_new_loop().get(20)
+    assert (result, second_thread) == (None, first_thread)  # the idle worker took it
+    assert mp.get_thread_pool_info()["blocked_threads"] == 0, mp.get_thread_pool_info()
+    assert not waited.done()
+    gate.set()
+    assert waited.get(20) is None

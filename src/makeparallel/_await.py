@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._backends._base import pool_of_this_thread
+from ._backends._base import WorkerPlace, pool_of_this_thread
 from ._coroutines import check_the_loop_of, end_those_of_closed_loops, on_callers_loops
 from ._interruptible import SLICE
 from ._states import SUCCEEDED
@@ -65,15 +65,23 @@ _BATCH = 256  # awaits woken per turn of the loop, at most
 
 
 class _LoopWaker:
-    """Runs small callbacks on one event loop, in batches, on behalf of any thread."""
+    """Runs small callbacks on one event loop, in batches, on behalf of any thread.
 
-    __slots__ = ("_ended", "_lock", "_loop", "_scheduled")
+    It also counts the awaits of its loop that lend their worker's place
+    (:func:`lend_place_until`): a loop closed while they wait never ends them,
+    and it gives their place back once it finds the loop closed (:meth:`loop_closed`).
+    """
+
+    __slots__ = ("_closed", "_ended", "_lent", "_lock", "_loop", "_place", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ended: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
+        self._place: _Place | None = None  # the worker's place its awaits lend, once one does
+        self._lent = 0  # its awaits that lend it and have not ended (counted under the place's lock)
+        self._closed = False  # its loop was found closed: its awaits lend nothing any more
 
     def deliver(self, fn: Callable[[Any], object], arg: Any, _: object = None) -> None:
         """Call ``fn(arg)`` on the loop soon; a handle's done-callback, from any thread."""
@@ -93,6 +101,57 @@ class _LoopWaker:
             with self._lock:
                 self._ended.clear()
                 self._scheduled = False
+            self.loop_closed()
+
+    def lend(self, pool: WorkerPlace, future: asyncio.Future[Any]) -> None:
+        """Lend the place this thread holds in ``pool`` until ``future``, an await of this loop, is done (or the loop closed)."""
+        place = self._place
+        if place is None or place.pool is not pool:
+            place = self._place = _place_of_this_thread(pool)
+        with place.lock:
+            if self._closed:
+                return
+            first = not place.awaits
+            place.awaits += 1
+            self._lent += 1
+        if first:
+            pool.worker_blocks()
+        future.add_done_callback(self._give_back_one)
+
+    def _give_back_one(self, _: object) -> None:
+        """An await that lent the place ended (a done-callback, on the loop): the last one gives the place back."""
+        place = self._place
+        assert place is not None  # (set as it lent)
+        with place.lock:
+            if self._closed or not self._lent:  # given back with the loop (a close found meanwhile)
+                return
+            self._lent -= 1
+            place.awaits -= 1
+            last = not place.awaits
+        if last:
+            place.pool.worker_unblocks()
+
+    def loop_closed(self) -> None:
+        """The loop closed, found so by any thread: give back the place its awaits lent, which no end of theirs will.
+
+        A loop closed as an ``await handle`` or ``asyncio.wait(handles)``
+        waited never ran the callback that gave the place back: the pool
+        counted its worker as lent for good, and ran one thread more than its
+        size, while that thread's later awaits lent nothing.
+        """
+        place = self._place
+        if place is None:
+            self._closed = True
+            return
+        with place.lock:
+            if self._closed:
+                return
+            self._closed = True
+            lent, self._lent = self._lent, 0
+            place.awaits -= lent
+            last = lent and not place.awaits
+        if last:
+            place.pool.worker_unblocks()
 
     def _drain(self) -> None:
         ended = self._ended
@@ -130,14 +189,46 @@ def _one_per_loop(make: Callable[[asyncio.AbstractEventLoop], O]) -> Callable[[a
     return for_loop
 
 
-waker_for = _one_per_loop(_LoopWaker)
+class _OfThisThread(threading.local):
+    waker: _LoopWaker | None = None
+    place: _Place | None = None
 
 
-class _Lent(threading.local):
-    awaits = 0  # awaits of this worker thread's loop not yet ended
+_this_thread = _OfThisThread()
 
 
-_lent = _Lent()
+def waker_for(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    """The waker of ``loop``, the one this thread runs: made once, and kept until this thread runs another.
+
+    The waker of the loop it ran before, found closed then, gives back the
+    place its awaits lent (:meth:`_LoopWaker.loop_closed`): their tasks may
+    never end, and nothing else would tell it.
+    """
+    kept = _this_thread.waker
+    if kept is not None and kept._loop is loop:
+        return kept
+    if kept is not None and kept._loop.is_closed():
+        kept.loop_closed()
+    waker = _this_thread.waker = _LoopWaker(loop)
+    return waker
+
+
+class _Place:
+    """The place this thread holds in a pool, lent while the awaits of its loops wait (:func:`lend_place_until`)."""
+
+    __slots__ = ("awaits", "lock", "pool")
+
+    def __init__(self, pool: WorkerPlace) -> None:
+        self.pool = pool
+        self.awaits = 0  # awaits of this thread's loops that lend it and have not ended
+        self.lock = threading.Lock()  # a loop's close may be found on another thread
+
+
+def _place_of_this_thread(pool: WorkerPlace) -> _Place:
+    place = _this_thread.place
+    if place is None or place.pool is not pool:
+        place = _this_thread.place = _Place(pool)
+    return place
 
 
 def lend_place_until(future: asyncio.Future[Any]) -> None:
@@ -147,21 +238,14 @@ def lend_place_until(future: asyncio.Future[Any]) -> None:
     task's coroutine: while that coroutine awaits other tasks the worker does
     nothing, and on a full pool the tasks it awaits would never start. The
     place is lent once however many awaits the coroutine has going at a time,
-    and given back when the last one ends (its done-callbacks run on this thread).
+    and given back when the last one ends (its done-callbacks run on this
+    thread), or once the loop is found closed with awaits still waiting
+    (:meth:`_LoopWaker.loop_closed`).
     """
     pool = pool_of_this_thread()
     if pool is None or future.done():
         return
-    if not _lent.awaits:
-        pool.worker_blocks()
-    _lent.awaits += 1
-
-    def give_back(_: object) -> None:
-        _lent.awaits -= 1
-        if not _lent.awaits:
-            pool.worker_unblocks()
-
-    future.add_done_callback(give_back)
+    waker_for(future.get_loop()).lend(pool, future)
 
 
 class _Added(threading.local):
