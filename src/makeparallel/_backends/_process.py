@@ -58,6 +58,7 @@ import _pickle  # the C modules under pickle and socket: their Python modules im
 import _socket
 import errno
 import functools
+import itertools
 import logging
 import os
 import selectors
@@ -94,6 +95,7 @@ from ._socketpair import blocking_socketpair, widen_send_buffer
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._template_start import environment, stop_early
 from ._wakeup import drain, wakeup_pipe
+from ._worker_identity import process_name
 
 if TYPE_CHECKING:
     import subprocess  # imported where used: on Linux the template forks the workers
@@ -129,6 +131,9 @@ _AHEAD_BYTES = 64 * 1024
 #: Worker restarts are counted over this many seconds, for ``health()``.
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
+# Each worker's name (multiprocessing's current_process().name in it: _worker_identity), numbered
+# in this program as the thread pool's threads are, replacements and every pool's workers alike.
+_worker_numbers = itertools.count(1)
 # What a worker takes of the parent's imports: its sys.path, and the modules it must import from the
 # folders the parent loaded them from (_serialization.pins); and the parent's warning filters, which
 # a task's warnings meet as they stand when it is submitted (_interpreter_settings).
@@ -985,7 +990,10 @@ class ProcessBackend(QueueingBackend):
             started += 1
             worker.initializer = setup.name
             argv, settings = program_arguments(), interpreter_settings.current(path[2])
-            setup_message = (setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings)
+            identity = (f"makeparallel-process-{next(_worker_numbers)}", process_name())
+            setup_message = (
+                setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings, identity
+            )
             _send(worker, ("setup", *setup_message, worker.cpu_share))
             with self._lock:
                 self._workers.append(worker)

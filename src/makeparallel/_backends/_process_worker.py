@@ -16,13 +16,15 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            later, when the parent's sys.path, its pinned
                                                            modules (_PinnedModules) or its warning filters
                                                            changed
-                       ("setup", initializer, initargs, argv, main, ignore_sigint, settings, cpu_share)
+                       ("setup", initializer, initargs, argv, main, ignore_sigint, settings, identity,
+                        cpu_share)
                                                            then, always: the initializer pickled, or None;
                                                            the program's sys.argv, and its __main__'s file
                                                            and name (_main_module); whether it ignores
                                                            Ctrl-C; its recursion limit, int digits, warning
-                                                           filters (_interpreter_settings); this worker's
-                                                           usable CPUs (_cpu_share)
+                                                           filters (_interpreter_settings); the worker's
+                                                           name and the program's (_worker_identity);
+                                                           this worker's usable CPUs (_cpu_share)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
@@ -71,6 +73,7 @@ from .._states import CANCELLED, RUNNING
 from .._task_context import _local, wake_waits_of
 from .._worker_finders import installed as installed_finders
 from . import _interpreter_settings as interpreter_settings
+from . import _worker_identity as worker_identity
 from ._channel import Channel
 from ._crash_journal import JournalWriter
 from ._main_module import stand_in_for_main
@@ -222,12 +225,16 @@ class _Worker:
         main: tuple[str | None, str | None],
         ignore_sigint: bool,
         settings: Any,
+        identity: tuple[str, str],
         cpu_share: int,
     ) -> None:
         """Take on the program's ``sys.argv``, ``__main__``, Ctrl-C and settings, and this worker's share of the CPUs; run the pool's initializer, then say so.
 
+        The worker takes its name first (``identity``: its own and the
+        program's, ``_worker_identity``), so that the initializer runs under it.
         If the initializer raises, report it and exit.
         """
+        worker_identity.take_on(*identity)
         # The size of every pool its tasks (and the initializer) start; a message, not a variable
         # of this worker's environment, which the programs a task starts would inherit.
         set_worker_share(cpu_share)
@@ -714,55 +721,72 @@ def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bo
     # (sigwait, signalfd): blocked, the worker ran on until the SIGKILL after it, its output lost.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.register_at_fork(after_in_child=functools.partial(_leave_the_worker_behind, worker))
-    _forward_logs(worker.send)
+    # Each once its module is imported: most tasks never log, and few import multiprocessing (6 ms and more).
+    _once_imported(
+        {"logging": functools.partial(_forward_logs, worker.send), "multiprocessing.process": worker_identity.name_in}
+    )
     worker.serve()
 
 
-def _forward_logs(send: Callable[[tuple[Any, ...]], None]) -> None:
-    """Forward every log record to the parent, from the moment ``logging`` is imported here.
+def _forward_logs(send: Callable[[tuple[Any, ...]], None], module: Any) -> None:
+    """Forward every log record to the parent, from the moment ``logging`` (``module``) is imported here.
 
     ``logging`` (with the ``re``, ``traceback`` and ``string`` it imports) was
     the largest import of a cold worker before its first task, and most tasks
     never log. So unless the template imported it already, the forwarding
     handler is installed when a task (or a module it imports) first imports
-    ``logging``: an entry of ``sys.meta_path`` wraps the module's loader, which
-    installs the handler once the module has run and before the importing
-    code gets the module, so no record is logged before the handler is there.
+    ``logging`` (:func:`_once_imported`), so no record is logged before the
+    handler is there.
     """
-    if "logging" in sys.modules:
-        from ._worker_logging import forward_records
+    from ._worker_logging import forward_records
 
-        forward_records(send)
-    else:
-        sys.meta_path.insert(0, _ForwardOnImport(send))
+    forward_records(send)
 
 
-class _ForwardOnImport:
-    """A ``sys.meta_path`` entry that installs the log forwarding when ``logging`` is imported."""
+def _once_imported(actions: dict[str, Callable[[Any], None]]) -> None:
+    """Call each of ``actions`` with the module it is keyed by: now if imported, else once it is.
 
-    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
-        self._send = send
-        self._done = False  # it stays in sys.meta_path: removing it could skip a finder another thread iterates
+    An entry of ``sys.meta_path`` (:class:`_AfterImport`) wraps the module's
+    loader, which calls the action once the module has run and before the
+    importing code gets the module.
+    """
+    waiting = {}
+    for name, action in actions.items():
+        module = sys.modules.get(name)
+        if module is None:
+            waiting[name] = action
+        else:
+            action(module)
+    if waiting:
+        sys.meta_path.insert(0, _AfterImport(waiting))
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` entry that has each module it names call an action once imported (the first time)."""
+
+    def __init__(self, actions: dict[str, Callable[[Any], None]]) -> None:
+        # It stays in sys.meta_path once they are done: removing it could skip a finder another thread iterates.
+        self._actions = actions
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "logging" or self._done:
+        action = self._actions.pop(name, None)  # one lookup, for every module imported here (atomic)
+        if action is None:
             return None
-        self._done = True
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
             spec = None if finder is self or find_spec is None else find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _InstallAfter(spec.loader, self._send)
+                spec.loader = _CallAfter(spec.loader, action)
                 return spec
         return None
 
 
-class _InstallAfter:
-    """A loader that runs ``logging``'s own, then installs the log forwarding."""
+class _CallAfter:
+    """A loader that runs the module's own, then calls an action with the module."""
 
-    def __init__(self, loader: Any, send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, loader: Any, action: Callable[[Any], None]) -> None:
         self._loader = loader
-        self._send = send
+        self._action = action
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
@@ -770,9 +794,7 @@ class _InstallAfter:
     def exec_module(self, module: Any) -> None:
         module.__loader__ = module.__spec__.loader = self._loader  # what the module keeps is its own loader
         self._loader.exec_module(module)
-        from ._worker_logging import forward_records
-
-        forward_records(self._send)
+        self._action(module)
 
 
 def _leave_the_worker_behind(worker: _Worker) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from .. import _serialization
 from .._task_context import current_task
 from .._task_logging import _stamp
+from ._worker_identity import worker_name
 
 __all__ = ["forward_records"]
 
@@ -122,3 +123,28 @@ def forward_records(send: Callable[[tuple[Any, ...]], None]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_ForwardingHandler(send)]
     root.setLevel(logging.DEBUG)
+    _name_records()
+
+
+def _name_records() -> None:
+    """Have each record made here name this worker as its ``processName``, as ``multiprocessing`` would.
+
+    ``logging`` reads the name from ``multiprocessing`` where it is imported,
+    and says ``MainProcess`` where it is not: a worker's records, in the
+    program's handlers and in a task's own, read as if the program had logged
+    them. A worker imports ``multiprocessing`` only for a task that does
+    (``_worker_identity``), so until then the record factory sets it. A
+    factory set after this one that does not call it (``getLogRecordFactory()``)
+    makes records that say ``MainProcess`` again.
+    """
+    make_record = logging.getLogRecordFactory()
+
+    def make_named_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if record.processName == "MainProcess":  # not None: logging.logMultiprocessing off
+            name = worker_name()
+            if name is not None:
+                record.processName = name
+        return record
+
+    logging.setLogRecordFactory(make_named_record)
