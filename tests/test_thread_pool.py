@@ -185,6 +185,60 @@ def test_bad_stack_size_is_rejected(value: Any, error: type[Exception], pattern:
     assert after["num_threads"] == before["num_threads"]
 
 
+@pytest.mark.timeout(20)
+def test_a_stack_size_no_thread_can_start_with_is_rejected_at_configure() -> None:
+    # sys.maxsize bytes: more address space than any 64-bit system maps; threading.stack_size()
+    # takes it, and before, the first task failed with a bare "can't start new thread".
+    before = mp.get_thread_pool_info()
+    with pytest.raises(ValueError, match=rf"stack_size of {sys.maxsize} bytes .* no thread could start with it") as caught:
+        mp.configure_thread_pool(num_threads=before["num_threads"] + 1, stack_size=sys.maxsize)
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the system's refusal, kept
+    assert "(8,388,608 TiB)" in str(caught.value) and "Use a smaller stack_size" in str(caught.value)
+    after = mp.get_thread_pool_info()
+    assert (after["stack_size"], after["num_threads"]) == (before["stack_size"], before["num_threads"])
+    assert threading.stack_size() == 0  # process-wide: the check puts it back
+
+    @mp.parallel
+    def runs() -> int:
+        return 1
+
+    assert runs().get(timeout=10) == 1
+
+
+@pytest.mark.timeout(40)
+def test_a_stack_size_over_the_address_space_limit_is_rejected_and_the_pool_still_works() -> None:
+    # 1 TiB under RLIMIT_AS of 16 GiB: refused whatever the machine's overcommit policy.
+    result = run_python(
+        """
+        import resource
+        import makeparallel as mp
+
+        resource.setrlimit(resource.RLIMIT_AS, (16 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        try:
+            mp.configure_thread_pool(stack_size=2**40)
+        except ValueError as error:
+            print(error)
+        try:
+            mp.configure_thread_pool(num_threads="auto", stack_size=2**40)
+        except ValueError:
+            print("refused")
+        info = mp.get_thread_pool_info()
+        assert not info["auto"] and info["stack_size"] is None, info  # nothing half-configured
+
+        @mp.parallel
+        def runs():
+            return 1
+
+        assert runs().get(timeout=10) == 1
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    message, refused, ok = result.stdout.strip().splitlines()
+    assert message.startswith("stack_size of 1099511627776 bytes (1 TiB) is more than"), message
+    assert (refused, ok) == ("refused", "ok")
+
+
 # -- introspection ----------------------------------------------------------------------
 
 

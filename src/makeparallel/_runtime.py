@@ -408,10 +408,16 @@ def configure_thread_pool(num_threads: int | str | None | EllipsisType = ..., st
             while tasks are queued and the running ones partly wait rather than
             compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
             An int or ``None`` goes back to a fixed size.
-        stack_size: bytes of stack for threads started from now on (at least 32 KiB).
+        stack_size: bytes of stack for threads started from now on (at least
+            32 KiB), or ``None`` for the platform default. A thread is started
+            with it, and joined, to check that the system gives one that much:
+            what memory, overcommit and ``RLIMIT_AS`` allow bounds it.
 
     Raises:
-        TypeError, ValueError: ``num_threads`` or ``stack_size`` is not valid.
+        TypeError, ValueError: ``num_threads`` or ``stack_size`` is not valid;
+            ``ValueError`` too where no thread could start with ``stack_size``
+            (the system's ``RuntimeError`` as its ``__cause__``). Either way
+            the pool is left as it was.
         RuntimeError: the system refused a new thread (``can't start new
             thread``: a full pids cgroup, ``ulimit -u``); the pool keeps the
             threads it has. A task submitted to the pool raises it the same way,

@@ -104,7 +104,12 @@ def default_thread_count() -> int:
 
 
 def check_stack_size(stack_size: Any) -> int | None:
-    """``None`` (the platform default) or an integer (NumPy's too) of at least 32 KiB, returned as a plain int."""
+    """``None`` (the platform default) or an integer (NumPy's too) of at least 32 KiB, returned as a plain int.
+
+    A thread is started with the size, and joined, before it is accepted
+    (:func:`_check_a_thread_starts_with`): a size no thread can have is refused
+    here, not by the first task.
+    """
     if stack_size is None:
         return None
     size = as_integer(stack_size)
@@ -116,7 +121,60 @@ def check_stack_size(stack_size: Any) -> int | None:
         )
     if size > sys.maxsize:  # threading.stack_size() would raise OverflowError at each thread start
         raise ValueError(f"stack_size must be at most {sys.maxsize} bytes (sys.maxsize), got {stack_size}")
+    _check_a_thread_starts_with(size)
     return size
+
+
+def _check_a_thread_starts_with(size: int) -> None:
+    """Start one thread with ``size`` bytes of stack and join it; raise ``ValueError`` if the size is why none starts.
+
+    No bound can be read beforehand: ``pthread_attr_setstacksize`` takes any
+    size over its minimum, and the stack is mapped only as the thread starts,
+    where what memory, the overcommit policy and ``RLIMIT_AS`` allow bounds it
+    (1 TiB fails on most machines, and anything over the address space on
+    all). Accepted unchecked, the size made every new worker fail with a bare
+    ``RuntimeError: can't start new thread``, first surfacing at a task's
+    submission. A thread of the default size is started too where that one
+    failed: if it fails as well, the system refuses threads of any size (a
+    full pids cgroup, ``ulimit -u``), and that ``RuntimeError`` is raised as is.
+    """
+    try:
+        _start_and_join(size)
+    except RuntimeError as refusal:
+        try:
+            _start_and_join(0)
+        except RuntimeError:
+            raise refusal from None  # no thread starts at all: not the size's doing
+        raise ValueError(
+            f"stack_size of {size} bytes ({_in_units(size)}) is more than this system gives a thread: "
+            f"no thread could start with it ({refusal}; memory, overcommit and RLIMIT_AS bound a "
+            "thread's stack). Use a smaller stack_size, such as a few MiB, or None for the platform default"
+        ) from refusal
+
+
+def _start_and_join(size: int) -> None:
+    """Start a thread that returns at once with ``size`` bytes of stack (0: the default), and join it."""
+    thread = threading.Thread(target=int, name="makeparallel-stack-size-check", daemon=True)
+    with _stack_size_lock:  # threading.stack_size() is process-wide, as _spawn sets it
+        try:
+            previous = threading.stack_size(size)
+        except ValueError as error:  # the platform's own rule (macOS: a multiple of its page size)
+            raise ValueError(
+                f"stack_size must be a size this platform accepts for a thread, got {size}: {error}"
+            ) from None
+        try:
+            thread.start()
+        finally:
+            threading.stack_size(previous)
+    thread.join()
+
+
+def _in_units(size: int) -> str:
+    """``size`` bytes in the largest binary unit it has one of: ``"1 TiB"``, ``"1.5 GiB"``."""
+    for power, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << power:
+            return f"{size / (1 << power):,.1f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} bytes"
 
 
 class ThreadBackend(QueueingBackend):
@@ -151,8 +209,8 @@ class ThreadBackend(QueueingBackend):
         if num_threads == "auto":
             stack_size = check_stack_size(stack_size)
             self._start_autosizer()
-            if stack_size is not None:
-                self.configure(None, stack_size)
+            if stack_size is not None:  # checked above: configure() would start another thread to check it
+                self._resize(None, stack_size, refusal_raises=True)
             return
         if isinstance(num_threads, str):
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
