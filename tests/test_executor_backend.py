@@ -992,6 +992,18 @@ def test_interpreter_backend_names_the_version_it_needs() -> None:
         mp.configure(backend="interpreter")
 
 
+def test_dask_backend_names_the_extra_it_needs_where_distributed_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accepted by configure() before, it failed only at the first task, with the ImportError.
+    monkeypatch.setitem(sys.modules, "distributed", None)  # an import of it fails, as where it is not installed
+    before = _runtime._default_backend
+    message = r'backend="dask" needs the distributed package: pip install "makeparallel\[dask\]"'
+    with pytest.raises(ImportError, match=message):
+        mp.configure(backend="dask")
+    assert _runtime._default_backend is before
+    with pytest.raises(ImportError, match=message):
+        mp.parallel(backend="dask")(square)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 14), reason="the interpreter pool exists from 3.14")
 def test_interpreter_backend_runs_tasks_in_sub_interpreters() -> None:  # pragma: no cover - 3.14+
     assert mp.parallel(backend="interpreter")(square)(9).get(timeout=60) == 81

@@ -171,12 +171,25 @@ def check_backend(value: Any, source: str = "backend") -> BackendOption:
             from ._backends._interpreter import check_available
 
             check_available()  # at the call that names it, not at the first task
+        elif value == "dask":
+            _check_dask_available()  # as for the interpreter pool: not at the first task
         return check_backend_name(value, source)
     accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
     raise TypeError(
         f"{source} must be a backend name ({accepted}) or a concurrent.futures.Executor, "
         f"got {value!r} of type {type(value).__name__}"
     )
+
+
+def _check_dask_available() -> None:
+    """Raise the ``ImportError`` naming the extra, as the Dask backend's module does, where distributed is missing.
+
+    Looked up, not imported: naming the backend does not load Dask, its first task does.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ImportError('backend="dask" needs the distributed package: pip install "makeparallel[dask]"')
 
 
 def default_backend() -> BackendOption:
@@ -363,6 +376,9 @@ def configure(
             as a module global.
         TypeError: a value has the wrong type (``backend`` neither a name nor
             an executor, ``dask_client`` not a ``distributed.Client``).
+        RuntimeError: ``backend="interpreter"`` before Python 3.14.
+        ImportError: ``backend="dask"`` where the distributed package is not
+            installed (``pip install "makeparallel[dask]"``).
     """
     global _exit_timeout, _async_cancel, _dask_client
     if backend is not None:
