@@ -24,7 +24,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _events
 from makeparallel.testing import no_retry_waits
-from pool_helpers import wait_until
+from pool_helpers import resize, wait_until
 from test_retry import OutOfProcessThreads
 
 BACKENDS = ["thread", "sync", "process"]
@@ -155,6 +155,28 @@ def fifo(tmp_path: Path) -> Iterator[Fifo]:
 
 
 # -- the sequence of events ------------------------------------------------------------------
+
+
+_ENDS = {"succeeded": "completed_tasks", "failed": "failed_tasks", "cancelled": "cancelled_tasks", "timed out": "timed_out_tasks"}
+_COUNTS = ("total_tasks", *_ENDS.values(), "running_tasks", "queued_tasks")
+
+
+def assert_metrics_agree_with_events(events: list[mp.TaskEvent], name: str) -> None:
+    """The metrics of ``name`` count its tasks as ``events``, all of its tasks' events, tell of them."""
+    told = dict.fromkeys(_COUNTS, 0)
+    by_task: dict[int, list[mp.TaskEvent]] = {}
+    for event in events:
+        if event.kind != "circuit":
+            by_task.setdefault(event.task_id, []).append(event)
+    for task in by_task.values():
+        told["total_tasks"] += task[0].kind == "submitted"
+        if task[-1].kind == "finished":
+            told[_ENDS[task[-1].status]] += 1
+        else:
+            told["running_tasks" if any(e.kind == "started" for e in task) else "queued_tasks"] += 1
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert {key: metrics[key] for key in _COUNTS} == told
 
 
 def assert_well_formed(events: list[mp.TaskEvent], task_id: int, name: str) -> None:
@@ -787,6 +809,42 @@ def test_a_submission_refused_at_shutdown_is_told_finished(how: str, listen: Any
     told = [event for event in recorder.events if event.kind != "circuit"]
     assert kinds(told) == ["submitted", "finished"]
     assert told[-1].status == "failed"
+    # Counted as the listeners were told: submitted and failed. Before, the metrics
+    # counted no task at all (a refusal by an executor given as backend= counted).
+    assert_metrics_agree_with_events(recorder.events, name)
+
+
+@pytest.mark.timeout(30)
+def test_after_a_shutdown_that_timed_out_metrics_and_events_tell_the_same(listen: Any, gate: threading.Event) -> None:
+    # One task running on the pool's one thread, two queued that the shutdown
+    # cancels, one call refused after it; then the running one ends.
+    name = unique_name("events-shutdown-metrics")
+    recorder = Recorder(name)
+    listen(recorder)
+    resize(1)
+    started = threading.Event()
+
+    @mp.parallel(backend="thread", name=name)
+    def held(x: int) -> int:
+        started.set()
+        assert gate.wait(20)
+        return x
+
+    running = held(0)
+    assert started.wait(10)
+    queued = [held(1), held(2)]
+    assert mp.shutdown(timeout_secs=0, cancel_pending=True) is False
+    with pytest.raises(mp.ShutdownError):
+        held(3)
+    assert all(handle.cancelled() for handle in queued)
+    assert_metrics_agree_with_events(recorder.events, name)
+    gate.set()
+    assert running.get(timeout=10) == 0
+    recorder.wait_finished(running.get_task_id())
+    assert_metrics_agree_with_events(recorder.events, name)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.completed_tasks, metrics.cancelled_tasks, metrics.failed_tasks) == (4, 1, 2, 1)
 
 
 def test_a_process_task_whose_call_cannot_be_pickled_is_told_finished(listen: Any) -> None:
@@ -798,3 +856,4 @@ def test_a_process_task_whose_call_cannot_be_pickled_is_told_finished(listen: An
         mp.parallel(add_one, backend="process", name=name)(threading.Lock())
     assert kinds(recorder.events) == ["submitted", "finished"]
     assert recorder.events[-1].status == "failed"
+    assert_metrics_agree_with_events(recorder.events, name)

@@ -146,6 +146,18 @@ class TaskSpec:
         """Count ``count`` tasks cancelled before they started, together (under ``lock``)."""
         self._shard(lock).cancelled += count
 
+    def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
+        """Count a task its backend refused (shut down, or its call unpicklable) as submitted and failed.
+
+        As listeners are told, and as a refusal by an executor given as
+        ``backend=`` is counted. No backend counted it, so its shard is the
+        record's own; its slots went back in :func:`withdraw`.
+        """
+        shard = self.metrics.counted()
+        with shard.lock:
+            shard.total += 1
+            shard.count_end(FAILED, None, None)
+
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
         permits = handle._permits

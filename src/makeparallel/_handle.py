@@ -126,6 +126,9 @@ class TaskObserver(Protocol):
     def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
         """``count`` queued tasks were cancelled together, before they started (under ``lock``)."""
 
+    def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
+        """A task its backend refused before accepting it ended failed (under no lock)."""
+
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         """Called when an attempt failed and another is scheduled, under the backend lock."""
 
@@ -1036,11 +1039,15 @@ class AsyncHandle(Generic[T_co]):
         it accepts a task; anything else (a Ctrl-C) may land once it did, and
         the backend then ends the task as it ends any. Listeners told it was
         submitted are told it finished (failed): else an exporter that counts
-        the tasks in flight counted it for good.
+        the tasks in flight counted it for good. The metrics count it the same,
+        submitted and failed, as they count a task an executor given as
+        ``backend=`` refused: they counted none, and after a shutdown they and
+        the events told of different tasks.
         """
         if not isinstance(error, (ShutdownError, TaskSerializationError)):
             return
         self._reject(error)
+        self._observer.task_withdrawn(self)
         if getattr(self, "_event_order", None) is not None:
             _events.emit("finished", self)
 

@@ -23,7 +23,12 @@ class TaskMetrics(Mapping[str, Any]):
     due to its start (the waits to retry and the earlier attempts are no queueing).
     A task its pool failed before it started (its worker process could not
     start, a shutdown stopped the workers, or an executor given as
-    ``backend=`` refused it) counts as failed, not cancelled.
+    ``backend=`` refused it) counts as failed, not cancelled. So does a call
+    refused as it was submitted, after :func:`~makeparallel.shutdown` or
+    because a process task's call cannot be pickled (the call raised
+    ``ShutdownError`` or ``TaskSerializationError``): counted in
+    ``total_tasks`` and ``failed_tasks``, as the task events tell it
+    (``"submitted"``, then ``"finished"`` as failed).
 
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles
