@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -549,6 +550,36 @@ def test_profiled_counts_a_cancelled_await_as_cancelled() -> None:
     assert counts(name) == {"total": 3, "completed": 0, "failed": 0, "cancelled": 3, "timed_out": 0}
     metrics = mp.get_metrics(name)
     assert metrics is not None and metrics.total_execution_time_ms == 0
+
+
+def numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def async_numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("function", "kind"),
+    [
+        (numbers, "a generator"),
+        (async_numbers, "an async generator"),
+        (functools.partial(numbers, 3), "a generator"),  # seen through, as @parallel sees it
+    ],
+)
+def test_profiled_refuses_a_generator_function_as_parallel_does(function: Any, kind: str) -> None:
+    # A call only creates the generator: @profiled counted that, in microseconds, as a
+    # call completed, and none of the body, which runs as the caller iterates.
+    before = set(mp.get_all_metrics())
+    pattern = rf"@profiled cannot measure .*: it is {kind} function .* only create the .* iterates it"
+    with pytest.raises(TypeError, match=pattern):
+        mp.profiled(function)
+    with pytest.raises(TypeError, match=pattern):
+        mp.profiled(name=unique_name("profiled-generator"))(function)
+    assert set(mp.get_all_metrics()) == before  # no record was made
 
 
 def test_profiled_rejects_non_callables() -> None:

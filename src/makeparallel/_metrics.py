@@ -431,7 +431,11 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
     Raises:
         TypeError: ``fn`` is not callable, or ``name`` is not a non-empty ``str``
             (checked as ``@parallel`` checks it: a record named otherwise is
-            found by no lookup, and its label broke every Prometheus scrape).
+            found by no lookup, and its label broke every Prometheus scrape),
+            or ``fn`` is a generator or async generator function (or wraps
+            one, as ``@parallel`` judges it): a call only creates the
+            generator, and what a measure of it would count is not the work,
+            which runs as the caller iterates it.
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -441,8 +445,16 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
             hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
             raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
         # Named and judged as @parallel does (here: measuring alone needs none of the decorators).
-        from ._decorators import _describe, _returns_coroutines
+        from ._decorators import _describe, _generator_kind, _returns_coroutines
 
+        kind = _generator_kind(function)
+        if kind is not None:  # before its record is made: a refused function leaves none
+            raise TypeError(
+                f"@profiled cannot measure {_describe(function)}: it is {'an' if kind.startswith('a') else 'a'} "
+                f"{kind} function (or wraps one), so a call would only create the {kind}, in microseconds, "
+                "and none of its body runs until the caller iterates it. Profile the function that "
+                f"consumes the {kind}, or make this one return a list"
+            )
         if name:
             record = metrics_for(name)
         else:  # a partial or a callable object has no __qualname__
