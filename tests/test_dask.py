@@ -30,6 +30,7 @@ from pool_helpers import CalledBack, Flags, wait_for_flag, wait_until
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends import _base, _dask
+from makeparallel.testing import wait_until_idle
 
 pytestmark = pytest.mark.dask
 
@@ -538,6 +539,41 @@ def test_a_blocking_wait_on_an_asynchronous_clients_loop_says_to_await(cluster: 
     message = asyncio.run(main())
     assert "event loop of its asynchronous Dask client" in message, message
     assert "`await handle`" in message and "mp.gather_async" in message, message
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("call", ["shutdown(timeout_secs=None)", "wait_until_idle(timeout=None)"])
+def test_a_wait_for_every_task_on_an_asynchronous_clients_loop_says_to_await(
+    cluster: LocalCluster, client: Client, flags: Flags, call: str
+) -> None:
+    # Refused there, it said it was "called in a Dask task's callback" and to "call it from
+    # your program's own thread": in a coroutine that thread is this one, the loop's.
+    remote = mp.parallel(backend="dask")
+    wait_for_every_task = {
+        "shutdown(timeout_secs=None)": lambda: mp.shutdown(timeout_secs=None),
+        "wait_until_idle(timeout=None)": lambda: wait_until_idle(timeout=None),
+    }[call]
+
+    async def main() -> str:
+        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as own:
+            mp.configure(dask_client=own)
+            try:
+                later = remote(wait_for_flag)(flags, "later")
+                try:
+                    with pytest.raises(RuntimeError) as refused:
+                        wait_for_every_task()
+                finally:
+                    flags.set("later")
+                assert await later == "later"
+                assert await remote(square)(3) == 9  # nothing was shut down
+                return str(refused.value)
+            finally:
+                mp.configure(dask_client=client)
+
+    message = asyncio.run(main())
+    assert message.startswith(f"{call} called on the event loop of an asynchronous Dask client"), message
+    assert "your program's own thread" not in message, message
+    assert "`await handle`" in message and "asyncio.to_thread" in message, message
 
 
 # The waits for a task (``later``, one of ``group``'s) that a callback may make.

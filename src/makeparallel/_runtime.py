@@ -849,7 +849,7 @@ def _refuse_to_wait_for_good_here(
     elif pool is not None:
         where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
     elif (reader := _reads_results_here()) is not None:
-        where = f"{reader.called_on_reader}, which reads the results it waits for"
+        raise RuntimeError(reader.wait_for_all_refused_here(call, done, bound))
     else:
         coroutines = sys.modules.get("makeparallel._coroutines")
         held = None if coroutines is None else coroutines.one_only_this_thread_can_end()

@@ -126,7 +126,7 @@ class Backend:
     waited_for_on_reader: ClassVar[str] = (
         "runs in a worker process, and this is its pool's loop thread (a process task's callback runs here)"
     )
-    #: ...and of ``shutdown()`` without a timeout (``_runtime._refuse_to_wait_for_good_here``).
+    #: ...and of ``shutdown()`` without a timeout (:meth:`wait_for_all_refused_here`).
     called_on_reader: ClassVar[str] = "in a process task's callback, on the pool's loop thread"
 
     def __init__(self) -> None:
@@ -151,6 +151,17 @@ class Backend:
         return (
             f"{self.waited_for_on_reader}, which reads the result this wait is for: the wait could "
             "never end. Submit the follow-up work from the callback and return, or wait from another thread"
+        )
+
+    def wait_for_all_refused_here(self, call: str, done: str, bound: str) -> str:
+        """Why ``call``, a wait for every task with no bound, is refused where :meth:`reads_results_here` holds, and what to do instead.
+
+        ``done`` says what became of the call (``"; nothing was shut down"``),
+        ``bound`` names the argument that bounds its wait (``"a timeout_secs"``).
+        """
+        return (
+            f"{call} called {self.called_on_reader}, which reads the results it waits for, would wait "
+            f"for good{done}. Give it {bound}, or call it from your program's own thread"
         )
 
     def submit(self, handle: AsyncHandle[Any]) -> None:

@@ -162,15 +162,16 @@ class DaskBackend(ExecutorBackend):
         loop = running_loop()
         if loop is None:
             return False
-        if handle is not None:
-            clients = [self._client_of(handle)]
-        else:
-            with self._lock:
-                if not self._active:
-                    return False
-                futures = list(self._futures.values())
-            clients = [self._client, *(future.dask_future.client for future in futures if isinstance(future, TaskFuture))]
+        clients = [self._client_of(handle)] if handle is not None else self._clients_of_unfinished()
         return any(client is not None and _fetches_on(client, loop) for client in clients)
+
+    def _clients_of_unfinished(self) -> list[distributed.Client | None]:
+        """The clients that fetch the results of the tasks unfinished here, and the one bound now; none where all ended."""
+        with self._lock:
+            if not self._active:
+                return []
+            futures = list(self._futures.values())
+        return [self._client, *(future.dask_future.client for future in futures if isinstance(future, TaskFuture))]
 
     def wait_refused_here(self, handle: AsyncHandle[Any]) -> str:
         """Why a wait for ``handle`` is refused on its client's event loop thread, and what to do instead.
@@ -190,6 +191,28 @@ class DaskBackend(ExecutorBackend):
             "wait(), the blocking mp.gather, mp.wait and mp.as_completed, a map) could never end. "
             "In a coroutine, use `await handle` (or mp.gather_async, `async for` over "
             "mp.as_completed) instead; in a callback, submit the follow-up work and return"
+        )
+
+    def wait_for_all_refused_here(self, call: str, done: str, bound: str) -> str:
+        """Why ``call``, a wait for every task with no bound, is refused on a client's event loop thread, and what to do instead.
+
+        On an asynchronous client's loop, the program's own, the call comes
+        from a coroutine as often as from a callback: it said it was called in
+        a Dask task's callback, and to call it from the program's own thread,
+        which there is this one.
+        """
+        loop = running_loop()
+        if loop is None or not any(
+            client is not None and _fetches_on(client, loop) and getattr(client, "_asynchronous", False)
+            for client in self._clients_of_unfinished()
+        ):
+            return super().wait_for_all_refused_here(call, done, bound)
+        return (
+            f"{call} called on the event loop of an asynchronous Dask client (Client(asynchronous=True)), "
+            "where your coroutines and the Dask tasks' callbacks run, and which reads the results it "
+            f"waits for: it would wait for good{done}. In a coroutine, await the tasks first "
+            "(`await handle`, mp.gather_async), or run the call on another thread "
+            f"(`await asyncio.to_thread(...)`); in a callback, give it {bound}"
         )
 
     def _client_of(self, handle: AsyncHandle[Any]) -> distributed.Client | None:
