@@ -446,3 +446,42 @@ class Scaler:
     @mp.parallel
     def scale(self, x: int) -> int:
         return self.factor * x
+
+
+def run_an_executor_of_its_own(backend: str, how: str) -> tuple[list[bool], list[int], bool]:
+    """In a task: an executor made there, shut down with wait (``how``: ``"with"`` or ``"shutdown()"``).
+
+    Returns whether each of its tasks had ended once the shutdown returned, their
+    results, and whether it refused a task after.
+    """
+    executor = mp.Executor(backend=backend, max_workers=2)
+    futures = [executor.submit(abs, -x) for x in range(3)]
+    if how == "with":
+        with executor:
+            pass
+    else:
+        executor.shutdown()
+    ended = [future.done() for future in futures]
+    try:
+        executor.submit(abs, -1)
+    except RuntimeError:
+        return ended, [future.result(timeout=0) for future in futures], True
+    return ended, [future.result(timeout=0) for future in futures], False
+
+
+def refusal_to_shut_down_from_its_own_task() -> str:
+    """In a task: the error of ``shutdown(wait=True)`` in a task of an executor made there, given as a backend."""
+    executor = mp.Executor(max_workers=1)
+
+    @mp.parallel(backend=executor)
+    def shut_down_from_inside() -> str:
+        try:
+            executor.shutdown(wait=True)
+        except RuntimeError as error:
+            return str(error)
+        return "waited"
+
+    try:
+        return shut_down_from_inside().get(timeout=30)
+    finally:
+        executor.shutdown()

@@ -56,6 +56,8 @@ from pool_helpers import (
     parallel_mul,
     pid_once_released,
     queued_behind_the_first,
+    refusal_to_shut_down_from_its_own_task,
+    run_an_executor_of_its_own,
     time_out,
     wait_for_a_dying_task_on_four,
     wait_for_flag,
@@ -387,6 +389,25 @@ def test_shutdown_with_wait_from_a_task_it_runs_as_a_backend_raises_instead_of_h
     assert "own tasks" in shut_down_from_inside().get(timeout=10)
     assert executor.submit(abs, -1).result(timeout=30) == 1  # nothing was shut down
     executor.shutdown()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["with", "shutdown()"])
+@pytest.mark.parametrize("inner", ["thread", "process", "sync"])
+@pytest.mark.parametrize("outer", BACKENDS)
+def test_an_executor_made_in_a_task_shuts_down_with_wait(outer: str, inner: str, how: str) -> None:
+    # In a process task the current task is the worker's stand-in for the parent's, which
+    # has no pool of this process: asking whether it was the executor's own task raised
+    # AttributeError ('_RemoteTask' object has no attribute '_backend') instead of waiting.
+    in_a_task = mp.parallel(backend=outer)(run_an_executor_of_its_own)
+    assert in_a_task(inner, how).get(timeout=60) == ([True] * 3, [0, 1, 2], True)
+
+
+@pytest.mark.parametrize("outer", BACKENDS)
+def test_shutdown_with_wait_from_a_task_it_runs_as_a_backend_raises_in_a_task_too(outer: str) -> None:
+    # The refusal holds where the executor was made in a task, a process task's too.
+    in_a_task = mp.parallel(backend=outer)(refusal_to_shut_down_from_its_own_task)
+    assert "own tasks" in in_a_task().get(timeout=30)
 
 
 @pytest.mark.timeout(60)

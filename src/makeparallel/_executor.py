@@ -766,10 +766,13 @@ def _runs_a_task_of(backend: Backend) -> bool:
 
     Or runs within one on its worker: with this executor given as a backend
     (``@parallel(backend=executor)``), the task current there is the
-    ``@parallel`` call's, which the executor's own task runs.
+    ``@parallel`` call's, which the executor's own task runs. On a worker
+    process, the task current there is the worker's stand-in for the parent's
+    (``_process_worker._RemoteTask``), which has no pool: none of this
+    process's executors runs it.
     """
     task = current_task()
-    return task is not None and (task._backend is backend or pool_of_this_thread() is backend)
+    return task is not None and (getattr(task, "_backend", None) is backend or pool_of_this_thread() is backend)
 
 
 def _holds_a_thread_of(backend: Backend) -> bool:
