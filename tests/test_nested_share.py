@@ -229,3 +229,62 @@ def test_pool_info_and_health_in_a_worker_tell_its_share(two_workers: None) -> N
     assert health["live"], health
 
 
+
+
+# The variables a library reads its thread count from (GOTO_NUM_THREADS: OpenBLAS's fallback).
+THREAD_COUNTS = (*_process.THREAD_LIMIT_VARIABLES, "GOTO_NUM_THREADS")
+
+
+def thread_counts_here() -> dict[str, str]:
+    return {name: os.environ[name] for name in THREAD_COUNTS if name in os.environ}
+
+
+def thread_counts_of_a_nested_worker(set_in_the_task: dict[str, str]) -> dict[str, str]:
+    """In a worker, ``set_in_the_task`` set in its environment: the thread counts a nested pool's worker gets."""
+    before = {name: os.environ.get(name) for name in set_in_the_task}
+    os.environ.update(set_in_the_task)
+    try:
+        with mp.Executor(backend="process", max_workers=2) as executor:
+            return executor.submit(thread_counts_here).result(timeout=30)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
+NESTED = str(max(1, CPUS // 2))  # a nested pool of 2 in the only worker, which has every CPU
+ALL_NESTED = dict.fromkeys(_process.THREAD_LIMIT_VARIABLES, NESTED)
+
+
+@needs_two_cpus
+@pytest.mark.parametrize(
+    ("set_by_the_user", "set_in_the_task", "expected"),
+    [
+        ({}, {}, ALL_NESTED),
+        # The user's OMP_NUM_THREADS is OpenBLAS's, MKL's and numexpr's too: neither pool sets theirs.
+        ({"OMP_NUM_THREADS": "3"}, {}, {"OMP_NUM_THREADS": "3", "VECLIB_MAXIMUM_THREADS": NESTED}),
+        ({}, {"MKL_NUM_THREADS": "5"}, {**ALL_NESTED, "MKL_NUM_THREADS": "5"}),
+        ({}, {"OMP_NUM_THREADS": "4"}, {"OMP_NUM_THREADS": "4", "VECLIB_MAXIMUM_THREADS": NESTED}),
+    ],
+    ids=["none set", "set in the program", "set in the task", "OMP_NUM_THREADS set in the task"],
+)
+def test_a_nested_pool_sets_thread_counts_from_the_share_and_keeps_the_users(
+    monkeypatch: pytest.MonkeyPatch,
+    set_by_the_user: dict[str, str],
+    set_in_the_task: dict[str, str],
+    expected: dict[str, str],
+) -> None:
+    # The outer pool's counts are in its worker's environment: a nested pool took them for
+    # the user's and passed them on, so each nested worker ran the outer worker's share of
+    # BLAS threads, not a share of it. What the user set, in the program or in the task, stays.
+    for name in THREAD_COUNTS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in set_by_the_user.items():
+        monkeypatch.setenv(name, value)
+    fresh_process_pool(1)
+    try:
+        assert on_process(thread_counts_of_a_nested_worker)(set_in_the_task).get(timeout=60) == expected
+    finally:
+        fresh_process_pool(2)

@@ -9,9 +9,11 @@ before its first task and imports none of them until a task needs one.
 
 from __future__ import annotations
 
-__all__ = ["set_worker_share", "worker_share"]
+__all__ = ["pool_thread_limits", "set_pool_thread_limits", "set_worker_share", "worker_share"]
 
 _share: int | None = None  # None: no worker, or a worker told nothing
+# The thread-count variables the pool set in this worker's environment, as it set them: not the user's.
+_pool_thread_limits: dict[str, str] = {}
 
 
 def set_worker_share(cpus: int | None) -> None:
@@ -40,3 +42,25 @@ def set_worker_share(cpus: int | None) -> None:
 def worker_share() -> int | None:
     """This process's share of the CPUs, as a worker of a process pool, or ``None`` where it has none."""
     return _share
+
+
+def set_pool_thread_limits(limits: dict[str, str]) -> None:
+    """Note the thread counts (``OMP_NUM_THREADS``, the BLAS ones) the pool set in this worker's environment.
+
+    The worker calls it with what its set-up message says, before the pool's
+    initializer and its first task. A pool started in this process takes a
+    variable of this list, still as the pool set it, for none of the user's:
+    it sets its own count there, from this worker's share, as the outer pool
+    did from the program's CPUs (``_process.thread_limits``). One the user
+    set, in the program or in a task here, stays as set.
+
+    Args:
+        limits: each variable's name and the count the pool gave it, a str.
+    """
+    global _pool_thread_limits
+    _pool_thread_limits = dict(limits)
+
+
+def pool_thread_limits() -> dict[str, str]:
+    """The thread-count variables the pool set in this worker's environment, with their counts; empty elsewhere."""
+    return _pool_thread_limits

@@ -74,6 +74,7 @@ from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _deadlines, _events, _process_context, _serialization
+from .._cpu_share import pool_thread_limits
 from .._cpus import usable_cpu_count, usable_cpus
 from .._process_chunks import TEMPLATE_DIED, keep_results_before
 from .._remote_errors import attach_remote_traceback, described
@@ -838,7 +839,7 @@ class ProcessBackend(QueueingBackend):
         try:
             journal = JournalReader(journal_fd)
             limits, share = thread_limits(self._num_workers), cpu_share(self._num_workers)
-            environ = {**environment(), **limits}
+            environ = _environment_for_workers(limits)
             forked = self._fork(child_end, journal_fd, environ) if template_available() and _enterable() else None
             process: subprocess.Popen[bytes] | ForkedProcess
             if forked is not None:
@@ -994,7 +995,7 @@ class ProcessBackend(QueueingBackend):
             setup_message = (
                 setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings, identity
             )
-            _send(worker, ("setup", *setup_message, worker.cpu_share))
+            _send(worker, ("setup", *setup_message, worker.cpu_share, worker.thread_limits))
             with self._lock:
                 self._workers.append(worker)
                 if setup is not self._setup:  # replaced as it started: it ran every later task with the old one
@@ -2181,14 +2182,43 @@ def thread_limits(num_workers: int) -> dict[str, str]:
 
     Nor where the library reads a count set here instead (``OMP_NUM_THREADS=1`` alone is
     OpenBLAS's, MKL's and numexpr's limit too): set, the pool's would override the user's.
+    In a worker, a variable its own pool set, still as the pool set it, is none of the
+    user's (:func:`_users_count`): the pool its tasks start sets it from the worker's share.
     """
     per_worker = str(cpu_share(num_workers))
-    environ = os.environ
     return {
         name: per_worker
         for name in THREAD_LIMIT_VARIABLES
-        if name not in environ and not any(_a_thread_count(environ.get(other)) for other in _FALLS_BACK_TO.get(name, ()))
+        if _users_count(name) is None
+        and not any(_a_thread_count(_users_count(other)) for other in _FALLS_BACK_TO.get(name, ()))
     }
+
+
+def _users_count(name: str) -> str | None:
+    """The value of variable ``name`` here, if the user set it; ``None`` if unset, or set by this worker's pool.
+
+    A worker's environment holds the counts its pool set (``_cpu_share.pool_thread_limits``).
+    Taken for the user's, a nested pool passed them on unchanged: each of its workers ran the
+    outer worker's share of BLAS threads, not a share of that. A count the user set, in the
+    program or in a task (another value), stays the user's.
+    """
+    value = os.environ.get(name)
+    return None if value is None or pool_thread_limits().get(name) == value else value
+
+
+def _environment_for_workers(limits: dict[str, str]) -> dict[str, str]:
+    """The environment a new worker gets: this process's, and the thread counts ``limits`` (:func:`thread_limits`).
+
+    In a worker, without the counts its pool set there, still as set, that this pool sets
+    none of (beside a user's ``OMP_NUM_THREADS`` that those libraries read): a nested
+    worker's libraries take the user's count, as the outer pool's workers do.
+    """
+    environ = environment()
+    for name, value in pool_thread_limits().items():
+        if environ.get(name) == value:
+            del environ[name]
+    environ.update(limits)
+    return environ
 
 
 def _a_thread_count(value: str | None) -> bool:

@@ -17,14 +17,16 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            modules (_PinnedModules) or its warning filters
                                                            changed
                        ("setup", initializer, initargs, argv, main, ignore_sigint, settings, identity,
-                        cpu_share)
+                        cpu_share, thread_limits)
                                                            then, always: the initializer pickled, or None;
                                                            the program's sys.argv, and its __main__'s file
                                                            and name (_main_module); whether it ignores
                                                            Ctrl-C; its recursion limit, int digits, warning
                                                            filters (_interpreter_settings); the worker's
                                                            name and the program's (_worker_identity);
-                                                           this worker's usable CPUs (_cpu_share)
+                                                           this worker's usable CPUs, and the thread-count
+                                                           variables the pool set in its environment
+                                                           (_cpu_share)
                        ("tasks", [(task_id, name, function, data, buffer_sizes, timed), ...])
                        ("cancel", task_id, error)
                        ("output_failed", task_id, stream, errno, message)  the task's write to the parent's
@@ -66,7 +68,7 @@ from collections.abc import Callable, Sequence
 
 from .. import _serialization
 from .._coroutines import is_coroutine, run_here
-from .._cpu_share import set_worker_share
+from .._cpu_share import set_pool_thread_limits, set_worker_share
 from .._process_context import apply_values
 from .._remote_errors import described, mark_unpickling_failure
 from .._states import CANCELLED, RUNNING
@@ -227,6 +229,7 @@ class _Worker:
         settings: Any,
         identity: tuple[str, str],
         cpu_share: int,
+        thread_limits: dict[str, str],
     ) -> None:
         """Take on the program's ``sys.argv``, ``__main__``, Ctrl-C and settings, and this worker's share of the CPUs; run the pool's initializer, then say so.
 
@@ -236,8 +239,10 @@ class _Worker:
         """
         worker_identity.take_on(*identity)
         # The size of every pool its tasks (and the initializer) start; a message, not a variable
-        # of this worker's environment, which the programs a task starts would inherit.
+        # of this worker's environment, which the programs a task starts would inherit. So are the
+        # names of the thread counts the pool set there, which such a pool sets anew from the share.
         set_worker_share(cpu_share)
+        set_pool_thread_limits(thread_limits)
         sys.argv = argv
         stand_in_for_main(*main)
         interpreter_settings.take_on(settings)
