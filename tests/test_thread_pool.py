@@ -239,6 +239,69 @@ def test_a_stack_size_over_the_address_space_limit_is_rejected_and_the_pool_stil
     assert (refused, ok) == ("refused", "ok")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("starting", ["the check of a size refused", "a worker of a configured size"])
+def test_a_process_forked_as_a_pool_thread_starts_gets_the_programs_own_stack_size(starting: str) -> None:
+    # threading.stack_size() is process-wide, set only while the pool starts a thread; a
+    # fork by another thread then (multiprocessing's "fork", a pre-forking server) left
+    # the child with the pool's size for every thread of its own: with the check of
+    # sys.maxsize, none could start there at all.
+    result = run_python(
+        f"""
+        import os, sys, threading, warnings
+        import makeparallel as mp
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process, meant
+        threading.stack_size(512 * 1024)  # the program's own size for its threads
+        checking = {starting == "the check of a size refused"}
+        if not checking:
+            mp.configure_thread_pool(num_threads=1, stack_size=2**20)
+        held, forked = threading.Event(), threading.Event()
+        start = threading.Thread.start
+
+        def held_start(thread):  # the pool's thread start, its size in force, waits for the fork
+            if thread.name.startswith("makeparallel-") and not held.is_set():
+                held.set()
+                assert forked.wait(20)
+            start(thread)
+
+        threading.Thread.start = held_start
+
+        def starts_one():
+            if checking:
+                try:
+                    mp.configure_thread_pool(stack_size=sys.maxsize)
+                except ValueError:
+                    pass
+            else:
+                assert mp.parallel(int)().get(timeout=20) == 0
+
+        other = threading.Thread(target=starts_one)
+        start(other)
+        assert held.wait(20)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                thread = threading.Thread(target=int)
+                start(thread)
+                thread.join()
+                print("child started a thread, of", threading.stack_size(), "bytes by default", flush=True)
+            finally:
+                os._exit(0)
+        forked.set()
+        os.waitpid(pid, 0)
+        other.join(20)
+        print("parent:", threading.stack_size(), flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"child started a thread, of {512 * 1024} bytes by default",
+        f"parent: {512 * 1024}",
+    ], result.stderr
+
+
 # -- introspection ----------------------------------------------------------------------
 
 

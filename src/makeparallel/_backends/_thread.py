@@ -62,6 +62,9 @@ _MIN_STACK_SIZE = 32 * 1024
 # ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
 MAX_SPARES = 256
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
+# The size in force outside _stack_size_lock (the program's own, 0 for the platform's), as
+# its holder found it and sets it back: a process forked meanwhile gets it back too.
+_stack_size_outside = 0
 _release = _thread.LockType.release  # a worker's park lock, released from C (_wake_parked_locked)
 _thread_numbers = itertools.count(1)
 # Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
@@ -78,6 +81,8 @@ def _reset_after_fork() -> None:
     are the parent's (``_fork_child``).
     """
     global _stack_size_lock
+    if _stack_size_lock.locked():  # forked as a thread of the parent started one, its size in force
+        threading.stack_size(_stack_size_outside)  # not the pool's, for every thread started here
     _stack_size_lock = threading.Lock()  # a thread of the parent may have held it
     for pool in every_backend():
         if not isinstance(pool, ThreadBackend):
@@ -154,10 +159,11 @@ def _check_a_thread_starts_with(size: int) -> None:
 
 def _start_and_join(size: int) -> None:
     """Start a thread that returns at once with ``size`` bytes of stack (0: the default), and join it."""
+    global _stack_size_outside
     thread = threading.Thread(target=int, name="makeparallel-stack-size-check", daemon=True)
     with _stack_size_lock:  # threading.stack_size() is process-wide, as _spawn sets it
         try:
-            previous = threading.stack_size(size)
+            _stack_size_outside = previous = threading.stack_size(size)
         except ValueError as error:  # the platform's own rule (macOS: a multiple of its page size)
             raise ValueError(
                 f"stack_size must be a size this platform accepts for a thread, got {size}: {error}"
@@ -540,6 +546,7 @@ class ThreadBackend(QueueingBackend):
         exits (some Pythons refuse every start from its exit hooks on), the
         refusal is never raised: the queued tasks run in this thread.
         """
+        global _stack_size_outside
         count = started = 0
         running: threading.Event | None = None  # set by the thread being started as it begins
         try:  # around the loop: a Ctrl-C lands at any call, Thread() included, and at the loop's turn
@@ -559,7 +566,7 @@ class ThreadBackend(QueueingBackend):
                     daemon=True,
                 )
                 with _stack_size_lock:
-                    previous = threading.stack_size(self._stack_size or 0)
+                    _stack_size_outside = previous = threading.stack_size(self._stack_size or 0)
                     try:
                         running = began
                         thread.start()
