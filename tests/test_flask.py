@@ -109,6 +109,26 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
 
 
+@pytest.mark.parametrize("backend", ["dask", "interpreter"])
+def test_a_backend_that_cannot_run_here_is_named_as_a_setting(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused at the setting since configure() refuses them where named (ImportError where
+    # distributed is missing, RuntimeError before 3.14): the error escaped the check of the
+    # settings as it was, naming no key, a kind of error MakeParallel() did not document.
+    if backend == "interpreter" and sys.version_info >= (3, 14):
+        pytest.skip("the interpreter pool runs here")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # an import of it fails, as where it is not installed
+    error, message = {
+        "dask": (ImportError, r'pip install "makeparallel\[dask\]"'),
+        "interpreter": (RuntimeError, "needs Python 3.14"),
+    }[backend]
+    before = mp.get_thread_pool_info()["num_threads"]
+    app = make_app(MAKEPARALLEL_BACKEND=backend, MAKEPARALLEL_NUM_THREADS=before + 1)
+    with pytest.raises(error, match=rf"^invalid MAKEPARALLEL_BACKEND in app.config: .*{message}"):
+        MakeParallel(app)
+    assert mp.get_thread_pool_info()["num_threads"] == before
+    assert "makeparallel" not in app.extensions
+
+
 @pytest.mark.parametrize(
     ("key", "value", "error", "message"),
     [

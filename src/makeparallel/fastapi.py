@@ -133,6 +133,9 @@ def lifespan(
 
     Raises:
         ValueError, TypeError: an option is invalid (at once, not at start-up).
+        ImportError, RuntimeError: ``backend`` cannot run here (at once too):
+            ``"dask"`` where distributed is not installed, ``"interpreter"``
+            before Python 3.14.
         WorkerCrashedError: at start-up, with ``prestart``: the worker
             initializer raised (its exception is the ``__cause__``).
     """

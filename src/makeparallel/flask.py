@@ -75,6 +75,9 @@ def _checked_settings(config: Any) -> dict[str, Any]:
 
     Raises:
         ValueError, TypeError: a setting is invalid; the message names its key.
+        ImportError, RuntimeError: ``MAKEPARALLEL_BACKEND`` names a backend
+            that cannot run here (``"dask"`` without distributed,
+            ``"interpreter"`` before Python 3.14); the message names the key.
     """
 
     def check(key: str, checker: Callable[[Any], Any]) -> Any:
@@ -83,7 +86,7 @@ def _checked_settings(config: Any) -> dict[str, Any]:
             return None
         try:
             return checker(value)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, ImportError, RuntimeError) as error:  # the last two: check_backend's
             raise type(error)(f"invalid {key} in app.config: {error}") from error
 
     def num_threads(value: Any) -> Any:
@@ -153,6 +156,10 @@ class MakeParallel:
                 message names the setting; none of them is applied then);
                 ValueError also where the registry has another collector of one
                 of the library's metric names.
+            ImportError, RuntimeError: ``MAKEPARALLEL_BACKEND`` names a backend
+                that cannot run here: ``"dask"`` where distributed is not
+                installed, ``"interpreter"`` before Python 3.14 (named, and
+                nothing applied, as above).
         """
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
