@@ -129,6 +129,17 @@ def names_in_a_pool_of_its_own() -> tuple[str, int, list[tuple[str, str, int]]]:
     return multiprocessing.current_process().name, os.getpid(), children
 
 
+def a_nested_worker_s_identity() -> tuple[str, int, dict[str, Any]]:
+    """This worker's name and pid, and ``identity()`` in a worker of a process pool of its own."""
+    import multiprocessing
+
+    try:
+        return multiprocessing.current_process().name, os.getpid(), on_process(identity)().get(timeout=30)
+    finally:
+        mp.shutdown(10)  # this worker's own pool, and its processes
+        mp.reset_shutdown()
+
+
 def _child_identity(_: int) -> tuple[str, str, int]:
     import multiprocessing
 
@@ -222,6 +233,18 @@ def test_a_task_may_start_a_pool_whose_workers_know_their_parent() -> None:
     for child_name, parent_name, parent_pid in children:
         assert child_name.startswith("ForkPoolWorker-")
         assert (parent_name, parent_pid) == (name, pid)
+
+
+@both_ways
+@pytest.mark.usefixtures("cold_pool")
+def test_a_nested_pool_s_worker_is_named_under_its_worker() -> None:
+    # A worker's own pool numbered its workers from 1, as the program's does: its first took the
+    # name of the program's first worker (often its own parent), and records logged in either,
+    # forwarded to the program, read as one process's.
+    name, pid, nested = on_process(a_nested_worker_s_identity)().get(timeout=45)
+    assert WORKER_NAME.fullmatch(name)
+    assert re.fullmatch(re.escape(name) + r":[1-9][0-9]*", nested["name"]), nested
+    assert nested["parent"] == (name, pid, True)
 
 
 @both_ways

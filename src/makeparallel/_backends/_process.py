@@ -96,7 +96,7 @@ from ._socketpair import blocking_socketpair, widen_send_buffer
 from ._template import ForkedProcess, Template, take_template, template_available
 from ._template_start import environment, stop_early
 from ._wakeup import drain, wakeup_pipe
-from ._worker_identity import process_name
+from ._worker_identity import name_for_worker, process_name
 
 if TYPE_CHECKING:
     import subprocess  # imported where used: on Linux the template forks the workers
@@ -133,7 +133,8 @@ _AHEAD_BYTES = 64 * 1024
 RESTART_WINDOW = 10.0
 _log = logging.getLogger("makeparallel")
 # Each worker's name (multiprocessing's current_process().name in it: _worker_identity), numbered
-# in this program as the thread pool's threads are, replacements and every pool's workers alike.
+# in this program as the thread pool's threads are, replacements and every pool's workers alike
+# (in a worker, under its own name: name_for_worker).
 _worker_numbers = itertools.count(1)
 # What a worker takes of the parent's imports: its sys.path, and the modules it must import from the
 # folders the parent loaded them from (_serialization.pins); and the parent's warning filters, which
@@ -991,7 +992,7 @@ class ProcessBackend(QueueingBackend):
             started += 1
             worker.initializer = setup.name
             argv, settings = program_arguments(), interpreter_settings.current(path[2])
-            identity = (f"makeparallel-process-{next(_worker_numbers)}", process_name())
+            identity = (name_for_worker(next(_worker_numbers)), process_name())
             setup_message = (
                 setup.initializer, setup.initargs, argv, main_script(), interrupts_ignored(), settings, identity
             )

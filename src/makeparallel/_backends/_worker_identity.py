@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["name_in", "process_name", "take_on", "worker_name"]
+__all__ = ["name_for_worker", "name_in", "process_name", "take_on", "worker_name"]
 
 _name: str | None = None  # this worker's, once its set-up came; None in the program, or before
 _parent_name = "MainProcess"  # the program's, as multiprocessing names it there
@@ -48,6 +48,18 @@ def process_name() -> str:
     if current_process is None:
         return _name or "MainProcess"
     return str(current_process().name)
+
+
+def name_for_worker(number: int) -> str:
+    """The name of the ``number``-th worker started here: ``makeparallel-process-N``, or under this worker's.
+
+    In a worker (a task's own process pool), its name then ``:N``
+    (``makeparallel-process-1:2``), as ``multiprocessing`` names a child's
+    children (``Process-1:2``): numbered from 1 in each worker, a nested pool's
+    workers took the names of the program's, their own parent's among them, and
+    their records, forwarded to the program, read as that worker's.
+    """
+    return f"makeparallel-process-{number}" if _name is None else f"{process_name()}:{number}"
 
 
 def worker_name() -> str | None:
