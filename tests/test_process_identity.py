@@ -101,6 +101,14 @@ def log_a_record(logger_name: str) -> dict[str, Any]:
     return {"multiprocessing_imported": "multiprocessing" in sys.modules, "formatted": lines}
 
 
+class _RecordOfItsOwn(logging.LogRecord):
+    """A record class a task makes its record factory, which calls no factory set before it."""
+
+
+def make_records_of_its_own() -> None:
+    logging.setLogRecordFactory(_RecordOfItsOwn)
+
+
 _named_in_initializer: list[str] = []
 
 
@@ -203,6 +211,31 @@ def test_a_record_a_task_logs_names_its_worker_without_importing_multiprocessing
     assert not logged["multiprocessing_imported"]
     assert logged["formatted"] == [worker["name"]]  # a handler of the task's own
     assert [record.processName for record in records] == [worker["name"]]  # the program's
+
+
+@both_ways
+@pytest.mark.usefixtures("cold_pool")
+def test_a_record_of_a_factory_of_the_task_s_own_names_its_worker_to_the_program() -> None:
+    # A factory that calls none before it (a LogRecord class) makes records that say MainProcess
+    # where multiprocessing is not imported: the program's handlers showed them as its own.
+    mp.configure_process_pool(num_workers=1, initializer=make_records_of_its_own)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    name = "test_process_identity.own_records"
+    logger = logging.getLogger(name)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        logged = on_process(log_a_record)(name).get(timeout=30)
+    finally:
+        logger.removeHandler(handler)
+    worker = on_process(identity)().get(timeout=30)  # the same worker, which imports multiprocessing now
+    assert not logged["multiprocessing_imported"]
+    assert [record.processName for record in records] == [worker["name"]]
 
 
 @both_ways

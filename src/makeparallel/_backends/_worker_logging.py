@@ -64,6 +64,8 @@ class _ForwardingHandler(logging.Handler):
                     attributes[name] = _exact(value)
                 else:
                     extras[name] = _packed(value)
+            if attributes.get("processName") == "MainProcess":  # a factory of the task's own: _name_records
+                attributes["processName"] = worker_name() or "MainProcess"
             attributes["msg"] = _exact(record.getMessage())
             attributes["args"] = None
             if record.exc_info:
@@ -134,8 +136,10 @@ def _name_records() -> None:
     program's handlers and in a task's own, read as if the program had logged
     them. A worker imports ``multiprocessing`` only for a task that does
     (``_worker_identity``), so until then the record factory sets it. A
-    factory set after this one that does not call it (``getLogRecordFactory()``)
-    makes records that say ``MainProcess`` again.
+    factory set after this one that does not call it (``getLogRecordFactory()``),
+    a ``LogRecord`` class, makes records that say ``MainProcess`` again in a
+    task's own handlers; :class:`_ForwardingHandler` names the worker in those
+    it sends, so the program's handlers show them as the worker's.
     """
     make_record = logging.getLogRecordFactory()
 
