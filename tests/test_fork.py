@@ -292,6 +292,7 @@ def test_a_task_that_forks_goes_on_in_the_child_while_the_other_tasks_end_there(
     # Its own code goes on in the child: its handle is not ended under it.
     mp.configure_thread_pool(num_threads=2)
     waiting = mp.parallel(gate.wait)(30)
+    submitted = threading.Event()  # the fork comes once `mine` names this task's handle
 
     @mp.parallel
     def forks() -> int:
@@ -301,9 +302,11 @@ def test_a_task_that_forks_goes_on_in_the_child_while_the_other_tasks_end_there(
             assert mp.get_current_task_id() == here and not mine.done()
             assert waiting.done() and isinstance(waiting.exception(), mp.TaskError)
 
+        assert submitted.wait(20)
         return run_in_child(child)
 
     mine = forks()
+    submitted.set()
     try:
         assert mine.get(timeout=20) == 0
     finally:
