@@ -1373,6 +1373,49 @@ def test_exit_waits_for_a_daemon_threads_call_handed_a_slot_as_a_task_ended(limi
     assert out.read_text() == "second"
 
 
+# A "sync" task that forks goes on in the child, whose limits start with no slot taken:
+# its end there frees one more than the child took, and that limit counts -1. Exit, which
+# waits for the slots, summed the counts: -1 read as a slot still taken, while each
+# limit's own wait found none, and the child's exit passed over them again for good.
+FORKED_IN_A_SYNC_TASK = """
+import os, signal, threading, time
+import makeparallel as mp
+
+mp.configure(exit_timeout=30)  # beyond the parent's wait: the child must not wait at all
+{setup}
+
+@mp.parallel(backend="sync"{limit})
+def forks():
+    return os.fork()
+
+pid = forks().get()
+if pid:  # the parent: how the child ended, or that it never did
+    deadline = time.monotonic() + 20
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            print("the child's exit hung", flush=True)
+            break
+        threading.Event().wait(0.01)
+    else:
+        print("the child exited", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("limit", list(SLOT_LIMITS))
+def test_exit_of_a_child_a_sync_task_forked_ignores_a_limit_that_counts_below_zero(limit: str) -> None:
+    decorator, setup, _ = SLOT_LIMITS[limit]
+    program = FORKED_IN_A_SYNC_TASK.format(setup=setup, limit=f", {decorator}" if decorator else "")
+    result, _ = run_python(program, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "the child exited\n", result.stderr
+    assert "abandoned" not in result.stderr
+
+
 @pytest.mark.timeout(40)
 def test_exit_runs_every_uncollected_task(tmp_path: Path) -> None:
     out = tmp_path / "done.txt"

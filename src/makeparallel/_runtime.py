@@ -1152,8 +1152,15 @@ def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:
 
 
 def _slots_taken() -> int:
-    """Slots of every limit taken: by tasks not yet ended, and by calls admitted whose task no pool holds yet."""
-    return sum(limiter.in_flight for limiter in all_limiters())
+    """Slots of every limit taken: by tasks not yet ended, and by calls admitted whose task no pool holds yet.
+
+    A limit that counts below zero has none taken, as its own wait reads it
+    (``Limiter.wait_free``): in a child that a ``"sync"`` task forked, the
+    task's end frees a slot the child's count never held. Summed, that -1
+    read as a slot taken while every wait found none, and exit passed over
+    them again for good, whatever its timeout.
+    """
+    return sum(max(0, limiter.in_flight) for limiter in all_limiters())
 
 
 def _wait_slots_free(deadline: float | None) -> bool:
