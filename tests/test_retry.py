@@ -21,7 +21,7 @@ from makeparallel._handle import AsyncHandle
 from makeparallel._remote_errors import CarriedError
 from makeparallel._task_context import current_task
 from makeparallel.testing import no_retry_waits
-from pool_helpers import resize, wait_until
+from pool_helpers import hold_one_worker, resize, wait_until
 
 @pytest.fixture
 def events() -> Iterator[list[mp.TaskEvent]]:
@@ -2071,6 +2071,61 @@ def test_a_predicate_that_raises_leaves_the_error_not_retried_and_kills_no_threa
     )
     assert mp.parallel(backend=backend)(abs)(-3).get(timeout=30) == 3
     assert pool_threads_died(backend) == died
+
+
+class CountingPredicate:
+    """An ``on=`` predicate that counts its calls and answers ``answer``, or raises where ``answer`` is None."""
+
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def __call__(self, error: BaseException) -> bool:
+        self.calls += 1
+        if self.answer is None:
+            raise RuntimeError("the predicate's own bug")
+        return self.answer
+
+
+def run_where(where: str, fn: mp.ParallelFunction[[], None]) -> mp.AsyncHandle[None]:
+    """Call ``fn`` once, until it ends: on the sync backend, or run inline by a caller waiting for it."""
+    if where == "sync":
+        handle = fn.options(backend="sync")()
+        handle.wait(30)
+        return handle
+    gate = threading.Event()
+    held = hold_one_worker(gate)  # the caller's wait without a timeout runs the queued task itself
+    try:
+        handle = fn()
+        handle.wait()
+        return handle
+    finally:
+        gate.set()
+        held.get(timeout=30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["sync", "inline"])
+@pytest.mark.parametrize("guard", ["retry", "breaker"])
+@pytest.mark.parametrize("answer", [False, True, None])
+def test_a_failed_attempt_run_in_the_caller_asks_each_predicate_once(where: str, guard: str, answer: bool | None) -> None:
+    # A task run by its caller (the sync backend, or a wait that runs a queued task
+    # inline) had its error judged as the attempt ended and again as it settled: the
+    # user's predicate was called twice, and one that raised noted it twice.
+    predicate = CountingPredicate(answer)
+    if guard == "retry":
+        options: dict[str, Any] = {"retry": mp.Retry(on=predicate, attempts=2, wait_initial=0, wait_jitter=0)}
+        note = "makeparallel: not retried: the retry policy's on= predicate raised RuntimeError"
+    else:
+        options = {"circuit_breaker": mp.CircuitBreaker("counted", on=predicate, window=5, min_calls=5)}
+        note = "makeparallel: counted as a failure: circuit breaker 'counted''s on= predicate raised RuntimeError"
+    handle = run_where(where, mp.parallel(**options)(raises_connection_error))
+    error = handle.exception(timeout=0)
+    assert isinstance(error, ConnectionError)
+    assert handle.attempts == (2 if guard == "retry" and answer else 1)
+    assert predicate.calls == handle.attempts  # once per attempt
+    notes = getattr(error, "__notes__", [])
+    assert sum(note in line for line in notes) == (1 if answer is None else 0), notes
 
 
 def test_a_sync_call_cancelled_during_its_retry_wait_returns_at_once() -> None:

@@ -661,7 +661,9 @@ class AsyncHandle(Generic[T_co]):
         state, value, started = self._execute(_local.__dict__)
         if state == RUNNING:
             return  # a coroutine, started on the event loop running on this thread
-        self._finish(state, value, started)
+        # Judged already (_execute asked the predicates, as a worker's run does): not
+        # through _finish, which asked them again, calling the user's predicates twice.
+        self._settle_judged(state, value, started)
         if (
             state == FAILED
             and isinstance(value, (KeyboardInterrupt, SystemExit))
@@ -799,8 +801,13 @@ class AsyncHandle(Generic[T_co]):
         self._finish(SUCCEEDED if ok else FAILED, value, started)
 
     def _finish(self, state: int, value: Any, started: float | None = None) -> None:
+        """Settle an attempt's outcome that arrived from elsewhere (a worker process, a loop), judging a failure first."""
         if state == FAILED:
             state = self._failed(value)
+        self._settle_judged(state, value, started)
+
+    def _settle_judged(self, state: int, value: Any, started: float | None = None) -> None:
+        """Settle an attempt's outcome whose failure the retry policy and breaker judged already (``_failed``)."""
         lock = self._backend._lock
         if lock.locked():
             wait_while_held(lock)
