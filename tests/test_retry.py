@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import random
 import threading
@@ -1817,6 +1818,42 @@ def test_bare_retry_backoff_decorator_takes_the_defaults() -> None:
         assert parallel().get(timeout=10) == 3
     with pytest.raises(TypeError, match="needs a callable, got 5"):
         mp.retry_backoff(5)  # type: ignore[call-overload]  # the options are keyword-only, as in 0.2
+
+
+def stream_that_breaks() -> Iterator[int]:
+    yield 1
+    raise ConnectionError("mid-stream")
+
+
+async def async_stream_that_breaks() -> Any:
+    yield 1
+    raise ConnectionError("mid-stream")
+
+
+class StreamMaker:
+    """A callable object whose call makes a generator (judged through its ``__call__``)."""
+
+    def __call__(self) -> Iterator[int]:
+        yield 1
+
+
+@pytest.mark.parametrize("legacy", ["retry", "retry_backoff"])
+@pytest.mark.parametrize(
+    ("fn", "kind"),
+    [
+        (stream_that_breaks, "a generator"),
+        (async_stream_that_breaks, "an async generator"),
+        (functools.partial(stream_that_breaks), "a generator"),
+        (StreamMaker(), "a generator"),
+        (staticmethod(stream_that_breaks), "a generator"),
+    ],
+)
+def test_legacy_decorators_refuse_a_generator_function(legacy: str, fn: Any, kind: str) -> None:
+    # A call only creates the generator, which cannot fail: the error came later, as the
+    # caller iterated it, past the decorator, and was never retried.
+    decorate = mp.retry(max_retries=2) if legacy == "retry" else mp.retry_backoff(max_attempts=3)
+    with pytest.raises(TypeError, match=f"cannot retry .* it is {kind} function .*return a list"):
+        decorate(fn)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._decorators import ParallelFunction, _BoundParallelFunction, _returns_coroutines
+from ._decorators import (
+    ParallelFunction,
+    _BoundParallelFunction,
+    _describe,
+    _generator_kind,
+    _returns_coroutines,
+)
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
 from ._validation import as_integer, check_count
@@ -104,9 +110,27 @@ def _apply(policy: Retry, fn: Any) -> Any:
         return fn.options(retry=policy)
     if not callable(fn):
         raise TypeError(f"a retry decorator needs a callable, got {fn!r}")
+    _refuse_generator_function(fn)
     if _returns_coroutines(fn):
         return _retrying_coroutine_function(fn, policy)
     return RetryingFunction(fn, policy)
+
+
+def _refuse_generator_function(fn: Any) -> None:
+    """Raise ``TypeError`` for a function whose call only creates a generator, judged as ``@parallel`` judges it.
+
+    The call cannot fail: its body runs as the caller iterates the generator,
+    and an error there came past the decorator, never retried, with no word.
+    """
+    kind = _generator_kind(fn)
+    if kind is None:
+        return
+    raise TypeError(
+        f"a retry decorator cannot retry {_describe(fn)}: it is {'an' if kind.startswith('a') else 'a'} {kind} "
+        f"function (or wraps one), so a call only creates the {kind}, which cannot fail; its body runs, and "
+        "fails, as the caller iterates it, after items were handed out, where no retry can start it again. "
+        "Retry a plain function that does the work of one item, or make this one return a list"
+    )
 
 
 @overload
@@ -126,6 +150,10 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
 
     Raises:
         TypeError, ValueError: ``max_retries`` is not an int >= 0.
+        TypeError: ``fn`` is not callable, or is a generator or async generator
+            function (or wraps one): a call only creates the generator, and its
+            body fails later, as the caller iterates it, where no retry can
+            start it again.
     """
     retries = as_integer(max_retries)
     if retries is None:
@@ -169,7 +197,9 @@ def retry_backoff(
         max_delay: the longest wait, in seconds.
 
     Raises:
-        TypeError: an argument of the wrong type, or ``fn`` is not callable.
+        TypeError: an argument of the wrong type, ``fn`` is not callable, or
+            ``fn`` is a generator or async generator function (or wraps one),
+            as for :func:`retry`.
         ValueError: ``max_attempts`` < 1, an unknown ``backoff``, negative delays.
     """
     max_attempts = check_count(max_attempts, "max_attempts")
