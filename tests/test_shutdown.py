@@ -316,6 +316,29 @@ def test_shutdown_waits_for_the_code_of_a_task_that_ended_to_return(
     assert returned == ["returned"]  # before shutdown() returned
 
 
+@pytest.mark.timeout(30)
+def test_shutdown_does_not_wait_for_the_code_of_a_map_stopped_as_a_whole(gate: threading.Event) -> None:
+    # A map that ended early stops its chunks as a whole: on processes their workers are
+    # killed at the grace's end. A thread cannot be killed, and its code is not waited for.
+    mp.configure_thread_pool(num_threads=2)
+    started, returned = threading.Event(), []
+
+    def item(i: int) -> int:
+        if i == 0:
+            assert started.wait(10)
+            raise ValueError("the map ends here")
+        started.set()
+        assert gate.wait(30)
+        returned.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="the map ends here"):
+        mp.parallel_map(item, [0, 1], chunksize=1)
+    assert mp.shutdown(timeout_secs=10) is True
+    assert returned == []  # it still runs: shutdown did not wait for it
+    gate.set()
+
+
 @pytest.mark.timeout(20)
 def test_cancel_pending_cancels_queued_tasks_and_lets_running_ones_finish(
     gate: threading.Event,

@@ -10,5 +10,7 @@ STATE_NAMES = ("pending", "running", "waiting to retry", "succeeded", "failed", 
 
 # Who holds a task (``handle._on_worker``): nobody (queued, or a backend that does
 # not say); a waiter that claimed it to run inline; a worker; a worker, though the
-# handle ended (abandoned); nobody yet, as it is held back from the queue (admission).
-UNCLAIMED, INLINE, ON_WORKER, ABANDONED, HELD = range(5)
+# handle ended (abandoned); nobody yet, as it is held back from the queue (admission); a
+# worker, though the handle ended with a map or batch stopped as a whole (stopped: nothing
+# waits for that code, which the process backend would have killed).
+UNCLAIMED, INLINE, ON_WORKER, ABANDONED, HELD, STOPPED = range(6)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _events, _fork_child, _interruptible
 from .._cpus import usable_cpu_count
-from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, SUCCEEDED
+from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, STOPPED, SUCCEEDED
 from .._task_context import _local
 from .._validation import as_integer, check_count
 from .._yielding_lock import wait_while_held
@@ -88,7 +88,7 @@ def _reset_after_fork() -> None:
         if not isinstance(pool, ThreadBackend):
             continue
         pool._closed = True
-        pool._workers = pool._busy = pool._stuck = pool._blocked = pool._active = 0
+        pool._workers = pool._busy = pool._stuck = pool._stopped = pool._blocked = pool._active = 0
         pool._parked = []
         pool._idle_waiters = []
         pool._abandoned_waiters = []
@@ -195,7 +195,8 @@ class ThreadBackend(QueueingBackend):
         self._workers = 0  # live worker threads
         self._busy = 0  # workers running a task
         self._stuck = 0  # workers still running a task that was timed out or cancelled
-        self._abandoned_waiters: list[threading.Lock] = []  # waits for _stuck to be 0 (shutdown's, exit's)
+        self._stopped = 0  # of those, workers whose task was stopped with its map or batch (STOPPED)
+        self._abandoned_waiters: list[threading.Lock] = []  # waits for _stuck - _stopped to be 0 (shutdown's, exit's)
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
@@ -425,20 +426,25 @@ class ThreadBackend(QueueingBackend):
                 return True
         return False
 
-    def _unstuck_locked(self) -> None:
+    def _unstuck_locked(self, stopped: bool = False) -> None:
         """A worker's task (or attempt), timed out or cancelled as it ran, returned: the worker is no longer stuck.
 
+        ``stopped``: the task was stopped with its map or batch (:meth:`_stop_abandoned`).
         The waits for the code of every such task (:meth:`wait_abandoned`) wake with the last.
         """
         self._stuck -= 1
+        self._stopped -= stopped
         self._set_capacity_locked()
-        if not self._stuck and self._abandoned_waiters:
+        self._wake_abandoned_waiters_locked()
+
+    def _wake_abandoned_waiters_locked(self) -> None:
+        if self._stuck == self._stopped and self._abandoned_waiters:
             waiters, self._abandoned_waiters = self._abandoned_waiters, []
             for waiter in waiters:
                 waiter.release()
 
     def abandoned_running(self) -> int:
-        return self._stuck
+        return self._stuck - self._stopped
 
     def wait_abandoned(self, timeout: float | None) -> bool:
         """Block until every task timed out or cancelled as it ran has returned on its worker, or ``timeout`` seconds pass.
@@ -446,10 +452,11 @@ class ThreadBackend(QueueingBackend):
         Its handle ended, and its code goes on on its daemon thread; shutdown
         and exit wait for it, within their timeouts: a program that ended
         meanwhile cut that code short (a file half written). A late attempt
-        of a retried task counts too.
+        of a retried task counts too; the code of a task stopped with its map
+        or batch does not (:meth:`_stop_abandoned`).
         """
         with self._lock:
-            if not self._stuck:
+            if self._stuck == self._stopped:
                 return True
             waiter = threading.Lock()
             waiter.acquire()
@@ -459,10 +466,27 @@ class ThreadBackend(QueueingBackend):
         with self._lock:
             if waiter in self._abandoned_waiters:
                 self._abandoned_waiters.remove(waiter)
-            return not self._stuck
+            return self._stuck == self._stopped
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         self._replace_stuck_workers()
+
+    def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
+        """A task stopped with its map or batch still runs at its grace's end: its code is no longer waited for.
+
+        The process backend kills its worker there (``cancel_and_stop``: an
+        item's error, Ctrl-C while collecting, an ``imap`` left early). A
+        thread cannot be killed, and its code goes on; shutdown and exit,
+        which wait for the code of a task timed out or cancelled as it ran,
+        do not wait for this one: waited for, a Ctrl-C that stopped a batch
+        was held up at exit by the very code it stopped.
+        """
+        with self._lock:
+            if handle._on_worker == ABANDONED and not handle._code_done:  # (else its worker counted its return)
+                handle._on_worker = STOPPED
+                self._stopped += 1
+                self._wake_abandoned_waiters_locked()
+        super()._stop_abandoned(handle)
 
     def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
         if handles:
@@ -669,8 +693,8 @@ class ThreadBackend(QueueingBackend):
                         settled = handle
                     elif outcome[2] is not None and self._late_attempt_returned_locked(handle, outcome[2]):
                         pass  # an attempt retried past its timeout; the task waits to retry, or ended since
-                    elif handle._on_worker == ABANDONED and outcome[0] != RUNNING:  # (RUNNING: a stale attempt's)
-                        self._unstuck_locked()
+                    elif (handle._on_worker == ABANDONED or handle._on_worker == STOPPED) and outcome[0] != RUNNING:
+                        self._unstuck_locked(handle._on_worker == STOPPED)  # (RUNNING: a stale attempt's)
                     outcome = _NO_OUTCOME  # hold no result while idle or running the next task
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work. One with callbacks to run claims
