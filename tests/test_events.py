@@ -7,15 +7,17 @@ because ``get()`` returned: it waits (bounded) for the event itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import functools
 import logging
 import os
 import pickle
 import select
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -857,3 +859,133 @@ def test_a_process_task_whose_call_cannot_be_pickled_is_told_finished(listen: An
     assert kinds(recorder.events) == ["submitted", "finished"]
     assert recorder.events[-1].status == "failed"
     assert_metrics_agree_with_events(recorder.events, name)
+
+
+def restarts(reason: str) -> int:
+    """How many of the process pool's workers were replaced for ``reason`` so far."""
+    return int(mp.get_process_pool_info()["worker_restart_reasons"].get(reason, 0))
+
+
+async def _collect_async(results: AsyncIterable[int]) -> list[int]:
+    return [result async for result in results]
+
+
+def first_stuck_for_good(x: int) -> int:
+    """Item 0 never ends (a hung read): only the end of the worker process that runs it stops it."""
+    if x == 0:
+        threading.Event().wait()
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("how", ["parallel_map", "imap", "async imap"])
+def test_the_chunks_a_maps_timeout_stops_end_timed_out(backend: str, how: str, listen: Any, gate: threading.Event) -> None:
+    # One worker: the map's first chunk runs and never ends by itself, the three
+    # behind it wait. At the map's timeout all four were counted and told
+    # "cancelled", though nobody cancelled anything; a task whose own timeout
+    # passes ends timed out, and so do they now, the queued ones too (the map's
+    # clock starts at its call).
+    name = unique_name("events-map-timeout")
+    chunks = f"{name} [map]"
+    recorder = Recorder(chunks)
+    listen(recorder)
+    fn: Callable[[int], int]
+    if backend == "thread":
+        resize(1)
+
+        def first_held(x: int) -> int:
+            if x == 0:
+                assert gate.wait(20)
+            return x
+
+        fn = first_held
+    else:
+        mp.configure_process_pool(1)
+        # A worker ready first: the first chunk runs well before the map's deadline.
+        assert mp.parallel(backend="process")(add_one)(1).get(timeout=30) == 2
+        reasons = mp.get_process_pool_info()["worker_restart_reasons"]
+        fn = first_stuck_for_good
+    mapped = mp.parallel(backend=backend, name=name)(fn)
+    with pytest.raises(mp.TaskTimeoutError, match=r"^the map timed out after 0\.5 s with 0 item\(s\) done: ") as caught:
+        if how == "parallel_map":
+            mp.parallel_map(mapped, range(4), chunksize=1, timeout=0.5)
+        elif how == "imap":
+            list(mp.imap(mapped, range(4), chunksize=1, timeout=0.5))
+        else:
+            asyncio.run(_collect_async(mp.imap(mapped, range(4), chunksize=1, timeout=0.5)))
+    assert "the 4 in flight were cancelled" in str(caught.value)  # what the map tells its caller is unchanged
+
+    def all_told() -> bool:
+        ids = {event.task_id for event in recorder.events if event.kind == "submitted"}
+        return all(any(e.task_id == i and e.kind == "finished" for e in recorder.events) for i in ids)
+
+    assert wait_until(all_told, 20), recorder.events
+    ends = [event.status for event in recorder.events if event.kind == "finished"]
+    assert ends.count("timed out") == 4 and "cancelled" not in ends, ends
+    assert_metrics_agree_with_events(recorder.events, chunks)
+    metrics = mp.get_metrics(chunks)
+    assert metrics is not None
+    assert (metrics.timed_out_tasks, metrics.cancelled_tasks) == (4, 0)
+    if backend == "process":  # its worker was still replaced as the map's own stop, not as a task's timeout
+        assert wait_until(lambda: restarts("stopped") == reasons.get("stopped", 0) + 1, 30), restarts("stopped")
+        assert restarts("timed out") == reasons.get("timed out", 0)
+        assert mp.get_process_pool_info()["restarts_in_window"] == 0
+    gate.set()
+
+
+def second_stuck_for_good(marker: str, x: int) -> int:
+    """Item 1 creates the file ``marker``, then never ends: only the end of the worker process that runs it stops it."""
+    if x == 1:
+        Path(marker).touch()
+        threading.Event().wait()
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_the_chunks_an_imap_left_early_stops_end_cancelled(
+    backend: str, listen: Any, gate: threading.Event, tmp_path: Path
+) -> None:
+    # Leaving the loop is the user's own stop: its chunks in flight end cancelled,
+    # not timed out as at the map's timeout, though the map has one; on processes
+    # the item still running has its worker replaced after its grace, as before.
+    name = unique_name("events-imap-left")
+    chunks = f"{name} [map]"
+    recorder = Recorder(chunks)
+    listen(recorder)
+    fn: Callable[[int], int]
+    if backend == "thread":
+        resize(1)
+        started = threading.Event()
+
+        def second_held(x: int) -> int:
+            if x == 1:
+                started.set()
+                assert gate.wait(20)
+            return x
+
+        fn = second_held
+        has_started = started.is_set
+    else:
+        mp.configure_process_pool(1)
+        reasons = mp.get_process_pool_info()["worker_restart_reasons"]
+        marker = tmp_path / "started"
+        fn = functools.partial(second_stuck_for_good, str(marker))
+        has_started = marker.exists
+    iterator = mp.imap(mp.parallel(backend=backend, name=name)(fn), range(4), chunksize=1, timeout=30)
+    assert next(iterator) == 0
+    assert wait_until(has_started, 20)  # item 1 runs: its chunk is not merely sent
+    iterator.close()
+
+    def all_told() -> bool:
+        ids = {event.task_id for event in recorder.events if event.kind == "submitted"}
+        return all(any(e.task_id == i and e.kind == "finished" for e in recorder.events) for i in ids)
+
+    assert wait_until(all_told, 20), recorder.events
+    ends = sorted(event.status for event in recorder.events if event.kind == "finished")
+    assert ends == ["cancelled"] * 3 + ["succeeded"], ends
+    assert_metrics_agree_with_events(recorder.events, chunks)
+    if backend == "process":  # the item still running had its worker replaced after its grace: the map's stop
+        assert wait_until(lambda: restarts("stopped") == reasons.get("stopped", 0) + 1, 30), restarts("stopped")
+    gate.set()

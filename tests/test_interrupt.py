@@ -32,8 +32,8 @@ import pytest
 import makeparallel as mp
 from makeparallel._backends._thread import ThreadBackend
 from makeparallel._collect import Completions
-from makeparallel._handle import cancel_all
-from pool_helpers import hold_one_worker, resize
+from makeparallel._handle import cancel_all, time_out_all
+from pool_helpers import hold_one_worker, resize, wait_until
 
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child is POSIX-only"),
@@ -346,6 +346,34 @@ def test_cancel_all_ends_queued_tasks_nobody_waits_on_in_bulk(gate: threading.Ev
     with pytest.raises(mp.TaskCancelledError) as again:
         handle.exception()
     assert again.value is first.value  # one error per task, whoever asks
+
+
+@pytest.mark.timeout(30)
+def test_time_out_all_ends_tasks_timed_out_in_bulk(gate: threading.Event) -> None:
+    # As a map's timeout ends its chunks: queued ones by the bulk path (callbacks
+    # or not), a running one by its own, each counted and reported timed out; the
+    # error made when first asked for is a TaskTimeoutError, not a cancellation.
+    held = hold_one_worker(gate)
+    task = mp.parallel(backend="thread", name="bulk timed out")(abs)
+    quiet = [task(-i) for i in range(30)]
+    told = [task(-i) for i in range(5)]
+    errors: list[BaseException] = []
+    for handle in told:
+        handle.on_error(errors.append)
+    assert time_out_all([held, *quiet, *told, *quiet[:10]]) == 36
+    assert {h.status for h in [held, *quiet, *told]} == {"timed out"}
+    assert len(errors) == 5 and all(type(error) is mp.TaskTimeoutError for error in errors)
+    metrics = mp.get_metrics("bulk timed out")
+    assert metrics is not None and (metrics.timed_out_tasks, metrics.cancelled_tasks) == (35, 0), metrics
+    handle = quiet[7]
+    assert handle.done() and not handle.cancelled() and not handle.running()
+    with pytest.raises(mp.TaskTimeoutError, match=rf"task {handle.get_task_id()} \(bulk timed out\) timed out: "):
+        handle.get()
+    assert type(handle.exception()) is mp.TaskTimeoutError  # returned, as a timed-out task's error is
+    with pytest.raises(mp.TaskTimeoutError, match="the map it ran for reached its timeout"):
+        held.get()
+    gate.set()
+    assert wait_until(lambda: mp.get_thread_pool_info()["stuck_threads"] == 0)
 
 
 # SIGINT handled by a worker thread (the kernel may pick any thread; it does so

@@ -142,9 +142,16 @@ class TaskSpec:
         if first:
             shard.retried += 1
 
-    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
-        """Count ``count`` tasks cancelled before they started, together (under ``lock``)."""
-        self._shard(lock).cancelled += count
+    def tasks_ended(self, lock: threading.Lock, state: int, count: int) -> None:
+        """Count ``count`` tasks that ended together as ``state`` before they started (under ``lock``).
+
+        Cancelled, or timed out: the chunks of a map that met its timeout.
+        """
+        shard = self._shard(lock)
+        if state == CANCELLED:
+            shard.cancelled += count
+        else:
+            shard.timed_out += count
 
     def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
         """Count a task its backend refused (shut down, or its call unpicklable) as submitted and failed.

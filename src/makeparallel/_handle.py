@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from ._decorators import GuardedTaskSpec
     from ._retry import Attempts
 
-__all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop"]
+__all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop", "time_out_all"]
 
 # Covariant: a handle only gives its result out, so an ``AsyncHandle[int]`` is an
 # ``AsyncHandle[object]``, and handles of functions with different result types
@@ -121,10 +121,13 @@ class TaskObserver(Protocol):
         """Called once per accepted task, under the backend lock: keep it short."""
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
-        """Called once per task that ``tasks_cancelled`` does not count, under the backend lock."""
+        """Called once per task that ``tasks_ended`` does not count, under the backend lock."""
 
-    def tasks_cancelled(self, lock: threading.Lock, count: int) -> None:
-        """``count`` queued tasks were cancelled together, before they started (under ``lock``)."""
+    def tasks_ended(self, lock: threading.Lock, state: int, count: int) -> None:
+        """``count`` queued tasks ended together as ``state``, before they started (under ``lock``).
+
+        ``CANCELLED``, or ``TIMED_OUT``: the chunks of a map that met its timeout.
+        """
 
     def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
         """A task its backend refused before accepting it ended failed (under no lock)."""
@@ -506,9 +509,19 @@ class AsyncHandle(Generic[T_co]):
         return stopped.wait(_interruptible.bounded(timeout_secs))
 
     def _cancel_locked(self) -> _Announcement | None:
+        return self._stop_locked(CANCELLED)
+
+    def _stop_locked(self, state: int) -> _Announcement | None:
+        """End the unfinished task as ``state``: ``CANCELLED``, or ``TIMED_OUT`` with its map (:func:`time_out_all`)."""
         if self._state == PENDING:
             self._code_done = True  # it will never run
-        return self._settle_locked(CANCELLED, self._cancellation())
+        return self._settle_locked(state, self._stop_error(state))
+
+    def _stop_error(self, state: int) -> TaskCancelledError | TaskTimeoutError:
+        """The error of this task's end as ``state``: its cancellation, or its map's timeout."""
+        if state == CANCELLED:
+            return self._cancellation()
+        return TaskTimeoutError(f"task {self._id} ({self._observer.name}) timed out: the map it ran for reached its timeout")
 
     def _cancellation(self) -> TaskCancelledError:
         """The error of this task's cancellation."""
@@ -1495,10 +1508,10 @@ class AsyncHandle(Generic[T_co]):
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception, or a timeout after retries, gets its note the first time out."""
         error: BaseException | None = self._value
-        if error is None:  # cancelled in bulk: its error is made when first asked for
+        if error is None:  # cancelled or timed out in bulk: its error is made when first asked for
             with self._backend._lock:
                 if self._value is None:
-                    self._value = self._cancellation()
+                    self._value = self._stop_error(self._state)
                 return self._value  # type: ignore[no-any-return]
         state = self._state
         if state == FAILED or (state == TIMED_OUT and getattr(self, "_retry", None) is not None):
@@ -1601,15 +1614,16 @@ def _value_repr(value: Any) -> str:
         return f"<{type(value).__name__} object; repr() raised {type(error).__name__}>"
 
 
-def cancel_queued_locked(
-    handles: list[AsyncHandle[Any]],
+def end_queued_locked(
+    handles: list[AsyncHandle[Any]], state: int
 ) -> tuple[list[AsyncHandle[Any]], list[tuple[AsyncHandle[Any], _Announcement]]]:
-    """End queued tasks that nobody waits on as cancelled, under their backend's lock.
+    """End queued tasks that nobody waits on as ``state`` (cancelled, or timed out), under their backend's lock.
 
-    What ``_cancel_locked`` and ``_settle_locked`` do for one task, for a batch:
+    What ``_stop_locked`` and ``_settle_locked`` do for one task, for a batch:
     with no waiter or admission permit, the batch is counted at once, and each
-    task's ``TaskCancelledError`` is made only if someone asks for it
-    (``_error_for_caller``): most are never asked for after a Ctrl-C. Returns
+    task's error (``TaskCancelledError``, ``TaskTimeoutError``) is made only if
+    someone asks for it (``_error_for_caller``): most are never asked for after
+    a Ctrl-C. Returns
     the tasks it ended (each once, however often listed) that have no
     callbacks, and those that have, with the callbacks to run; the backend's
     own counts follow in ``_cancelled_queued_locked``.
@@ -1623,7 +1637,7 @@ def cancel_queued_locked(
     for handle in handles:
         if handle._state != PENDING:
             continue  # listed twice
-        handle._state = CANCELLED
+        handle._state = state
         handle._code_done = True  # it will never run
         handle._finished_at = now
         handle._fn = handle._args = handle._kwargs = handle._context = handle._payload = None
@@ -1634,14 +1648,14 @@ def cancel_queued_locked(
             handle._callbacks = None
         if handle._observer is not observer:
             if observer is not None:
-                observer.tasks_cancelled(handle._backend._lock, count)
+                observer.tasks_ended(handle._backend._lock, state, count)
             observer, count = handle._observer, 0
             release_permit = getattr(observer, "release_permit", None)  # a circuit breaker's
         count += 1
         if release_permit is not None:
             release_permit(handle)
     if observer is not None:
-        observer.tasks_cancelled(handles[0]._backend._lock, count)
+        observer.tasks_ended(handles[0]._backend._lock, state, count)
     return ended, told
 
 
@@ -1656,12 +1670,30 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
     backend then learns of the running tasks it lost all at once, when nothing of
     the batch is left queued for a replacement thread to run.
     """
+    return _end_all(handles, CANCELLED)
+
+
+def time_out_all(handles: Iterable[AsyncHandle[Any]]) -> int:
+    """End every unfinished handle of ``handles`` as timed out at once; return how many it ended.
+
+    The chunks of a map that met its timeout, running or still queued (the
+    map's clock starts at its call): they end, are counted (``timed_out_tasks``)
+    and told (``"timed out"``) as a task whose own ``timeout=`` passed, not as
+    cancelled, which nobody asked for. As :func:`cancel_all` otherwise, but a
+    running task's worker process is not killed for it here, as at a task's
+    own timeout: the map stops its workers itself (``_stop_abandoned``).
+    """
+    return _end_all(handles, TIMED_OUT)
+
+
+def _end_all(handles: Iterable[AsyncHandle[Any]], state: int) -> int:
+    """End every unfinished handle of ``handles`` as ``state`` (:func:`cancel_all`, :func:`time_out_all`)."""
     handles = list(handles)
     if _fork_child.boundary:  # in a forked child: the parent's end here, their callbacks not run
         handles = [handle for handle in handles if not handle._the_parents()]
     backends = {handle._backend for handle in handles}
     if len(backends) == 1:  # the usual batch: no grouping (ended handles are skipped there)
-        return backends.pop()._cancel_together(handles)
+        return backends.pop()._end_together(handles, state)
     by_backend: dict[Backend, list[AsyncHandle[Any]]] = {}
     for handle in handles:
         if handle._state < SUCCEEDED:
@@ -1669,7 +1701,7 @@ def cancel_all(handles: Iterable[AsyncHandle[Any]]) -> int:
             if group is None:
                 by_backend[handle._backend] = group = []
             group.append(handle)
-    return sum(backend._cancel_together(group) for backend, group in by_backend.items())
+    return sum(backend._end_together(group, state) for backend, group in by_backend.items())
 
 
 def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
@@ -1691,7 +1723,12 @@ def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
 
 
 class _StopIfRunning:
-    """Cancelled tasks to force at their grace's end (a :mod:`_deadlines` entry), if their code still runs then."""
+    """Tasks stopped as a whole to force at their grace's end (a :mod:`_deadlines` entry), if their code still runs then.
+
+    Cancelled, or timed out: with their map (:func:`time_out_all`), or by their
+    own timeout before the whole was stopped. What of them still runs is stopped
+    as the whole was; a task that ended by itself is left alone.
+    """
 
     __slots__ = ("_handles",)
 
@@ -1700,5 +1737,5 @@ class _StopIfRunning:
 
     def _expire(self) -> None:
         for handle in self._handles:
-            if not handle._code_done and handle._state == CANCELLED:
+            if not handle._code_done and handle._state in (CANCELLED, TIMED_OUT):
                 handle._backend._stop_abandoned(handle)

@@ -77,7 +77,7 @@ from ._decorators import (
     _returns_coroutines,
     callable_of,
 )
-from ._handle import AsyncHandle, _add_note, cancel_all, cancel_and_stop
+from ._handle import AsyncHandle, _add_note, cancel_and_stop, time_out_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
 from ._states import SUCCEEDED
@@ -1598,7 +1598,14 @@ class _Mapper:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def _time_out(self) -> NoReturn:
-        """End the map at its deadline; its chunks in flight are cancelled.
+        """End the map at its deadline; its chunks in flight end timed out.
+
+        Running or still queued, each ends as a task whose own ``timeout=``
+        passed (``time_out_all``): counted in ``timed_out_tasks`` and told
+        ``"timed out"`` to listeners. They were counted and told cancelled,
+        which the user never asked for; the map's clock starts at its call, so
+        a chunk that never started timed out with it too. (The map's error
+        says its chunks in flight "were cancelled": stopped, in its caller's words.)
 
         A chunk still running on a worker process has its worker replaced
         at once, as a task's at its own timeout: an item stuck for good (a
@@ -1610,7 +1617,7 @@ class _Mapper:
         """
         unfinished = self._items_in_flight
         handles = [handle for handle, _ in self._in_flight]
-        cancel_all(handles)  # together: one by one, each running chunk on threads had a thread replace it
+        time_out_all(handles)  # together: one by one, each running chunk on threads had a thread replace it
         for handle in handles:
             if not handle._code_done:  # its code still runs: on processes, its worker is replaced
                 handle._backend._stop_abandoned(handle)

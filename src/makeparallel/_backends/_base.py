@@ -21,7 +21,7 @@ from .._coroutines import (
     one_only_this_thread_can_end,
     running_loop,
 )
-from .._states import PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
+from .._states import CANCELLED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
@@ -395,12 +395,17 @@ class Backend:
         self._abandoned(handle, True)
 
     def _cancel_together(self, handles: list[AsyncHandle[Any]]) -> int:
-        """Cancel these tasks of this backend in one lock round; return how many ended.
+        """Cancel these tasks of this backend in one lock round; return how many ended."""
+        return self._end_together(handles, CANCELLED)
+
+    def _end_together(self, handles: list[AsyncHandle[Any]], state: int) -> int:
+        """End these tasks of this backend as ``state`` (cancelled, or timed out) in one lock round; return how many ended.
 
         Callbacks and waiters follow outside the lock, then the running tasks
-        lost are reported at once (see ``makeparallel._handle.cancel_all``).
+        lost are reported at once (see ``makeparallel._handle.cancel_all``
+        and ``time_out_all``).
         """
-        from .._handle import cancel_queued_locked  # (a cycle: handles import this module)
+        from .._handle import end_queued_locked  # (a cycle: handles import this module)
 
         ended: list[tuple[AsyncHandle[Any], Any]] = []
         running: list[AsyncHandle[Any]] = []
@@ -417,7 +422,7 @@ class Backend:
                     previous = handle._state
                     if previous >= SUCCEEDED:
                         continue  # ended meanwhile, or listed twice
-                    if (  # queued, never started, nobody waits: cancel_queued_locked
+                    if (  # queued, never started, nobody waits: end_queued_locked
                         previous == PENDING
                         and handle._started_at is None
                         and handle._waiters is None
@@ -425,11 +430,11 @@ class Backend:
                     ):
                         queued.append(handle)
                         continue
-                    ended.append((handle, handle._cancel_locked()))
+                    ended.append((handle, handle._stop_locked(state)))
                     if previous == RUNNING:
                         running.append(handle)
                 if queued:
-                    queued, told = cancel_queued_locked(queued)
+                    queued, told = end_queued_locked(queued, state)
                     self._cancelled_queued_locked([*queued, *(handle for handle, _ in told)])
                     ended += told
             self._announce_cancelled(ended)
@@ -443,7 +448,7 @@ class Backend:
         return len(ended) + len(queued)
 
     def _cancelled_queued_locked(self, handles: list[AsyncHandle[Any]]) -> None:
-        """Queued tasks were cancelled together (:func:`cancel_all`): count them as ended."""
+        """Queued tasks were ended together (:func:`cancel_all`, :func:`time_out_all`): count them as ended."""
         for handle in handles:
             self._settled_locked(handle, True)
 
@@ -463,7 +468,7 @@ class Backend:
             raise
 
     def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
-        """Running tasks cancelled together (:func:`cancel_all`)."""
+        """Running tasks ended together (:func:`cancel_all`, :func:`time_out_all`)."""
         for handle in handles:
             self._abandoned(handle)
 

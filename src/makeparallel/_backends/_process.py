@@ -624,6 +624,27 @@ class ProcessBackend(QueueingBackend):
         return any(worker.held is not None and handle in worker.held[0] for worker in self._workers)
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
+        # A task's own timeout kills the worker running it at once, as a forced cancel does.
+        self._abandon(handle, force or handle._state == TIMED_OUT, force)
+
+    def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
+        """Running tasks ended together (``cancel_all``, ``time_out_all``): each asked to stop, none killed here.
+
+        Not even a chunk timed out with its map: the map has the workers still
+        running its chunks killed itself (``_stop_abandoned``), as its own stop,
+        counted ``"stopped"`` and no incident for ``health()``, where a task's
+        own timeout is a ``"timed out"`` restart.
+        """
+        for handle in handles:
+            self._abandon(handle, False, False)
+
+    def _abandon(self, handle: AsyncHandle[Any], kill: bool, force: bool) -> None:
+        """Stop ``handle``, which ended as it ran or waited on a worker.
+
+        ``kill``: kill the worker if it runs the task (or starts it next); else
+        the worker is asked to stop it at its next ``check_cancelled()``, or
+        never to start it, and ``force`` kills it if it starts the task first.
+        """
         with self._lock:
             worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
             if worker is None:
@@ -633,7 +654,7 @@ class ProcessBackend(QueueingBackend):
                 return
             if worker.exited:  # ended already: nothing to stop (it is read to its end as it is)
                 return
-            if (force or handle._state == TIMED_OUT) and _runs(worker, handle):
+            if kill and _runs(worker, handle):
                 # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
                 timed_out = handle._state in (TIMED_OUT, RETRY_WAIT)
                 self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
