@@ -254,6 +254,38 @@ def test_a_bad_progress_option_is_a_type_error(option: Any) -> None:
     assert handle.get(5) == 6
 
 
+async def async_display(done: int, total: int | None) -> None:
+    """An ``async def`` display: called, it would only make a coroutine that nobody awaits."""
+
+
+class Display:
+    """A class: called, it would only make an instance each time (as ``progress=tqdm`` would)."""
+
+    def __init__(self, done: int, total: int | None) -> None:
+        self.done = done
+
+
+@pytest.mark.parametrize(
+    ("option", "pattern"),
+    [
+        (tqdm, r"progress=.*tqdm.*is a class.*progress=True"),
+        (Display, r"progress=.*Display.*is a class.*progress=True"),
+        (async_display, r"progress=.*async_display.*async function.*plain function"),
+    ],
+)
+def test_a_progress_callable_that_is_no_display_is_a_type_error_at_the_call(option: Any, pattern: str) -> None:
+    # A class is callable, and an async function too: each would be called after every chunk, once
+    # the work was done, to make a bar (an instance) or a coroutine per chunk, and nothing shown.
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(double, range(5), progress=option)
+    with pytest.raises(TypeError, match=pattern):
+        mp.imap(double, range(5), progress=option)  # at the call, before iterating
+    handle = mp.parallel(double)(3)
+    with pytest.raises(TypeError, match=pattern):
+        mp.gather([handle], progress=option)
+    assert handle.get(5) == 6
+
+
 # -- task-side progress ------------------------------------------------------------------------------
 
 

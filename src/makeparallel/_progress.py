@@ -68,7 +68,9 @@ def check_progress(option: ProgressOption) -> None:
         ImportError: a bar is asked for and tqdm is not installed.
         TypeError: ``option`` is neither a bool, a mapping of tqdm options nor a
             callable; or the mapping names an argument tqdm does not take, or
-            ``total`` or ``iterable``, which the library sets itself.
+            ``total`` or ``iterable``, which the library sets itself; or the
+            callable is a class (``tqdm`` itself) or an ``async`` function,
+            neither of which displays anything when called.
     """
     if option is True:
         _tqdm()
@@ -85,10 +87,26 @@ def check_progress(option: ProgressOption) -> None:
                 f"unknown progress option {', '.join(unknown)}: the keys are tqdm's "
                 f"arguments (desc, unit, leave, position, ...) and {REDIRECT_LOGGING!r}"
             )
-    elif not (option is None or option is False or callable(option)):
+    elif option is None or option is False:
+        return
+    elif not callable(option):
         raise TypeError(
             "progress must be True, False, a dict of tqdm options or a callable(done, total), "
             f"got {option!r}"
+        )
+    elif isinstance(option, type):
+        # tqdm's own class is the likely one (tqdm.contrib.concurrent takes tqdm_class=): called
+        # after each chunk, once the work was done, it would make a bar per chunk, or fail there.
+        raise TypeError(
+            f"progress={option.__qualname__} is a class, not a callable(done, total) to call after each "
+            "chunk: for a tqdm bar pass progress=True, or a dict of tqdm options "
+            '(progress={"desc": "resizing"})'
+        )
+    elif _is_async(option):
+        raise TypeError(
+            f"progress={getattr(option, '__qualname__', option)} is an async function: called after each "
+            "chunk, it would only make a coroutine that nobody awaits, and show nothing. Pass a plain "
+            "function(done, total); it runs on the thread that called the map, or gather"
         )
 
 
@@ -119,6 +137,13 @@ def open_progress(option: ProgressOption, total: int | None, description: str) -
     if callable(option):
         return Progress(total, callback=option)
     return None
+
+
+def _is_async(option: Callable[..., object]) -> bool:
+    """Whether calling ``option`` makes a coroutine: an ``async def`` function (also behind ``functools.partial``) or ``__call__``."""
+    import inspect  # as _tqdm_options: only for a callable display
+
+    return inspect.iscoroutinefunction(option) or inspect.iscoroutinefunction(type(option).__call__)
 
 
 def _tqdm_options() -> set[str]:
