@@ -216,6 +216,34 @@ def test_failed_items_count_as_done(backend: str) -> None:
     recorder.check_counts_up_to(total=10, last_done=10)
 
 
+def test_a_failing_item_calls_the_callable_no_more_than_the_items_done(backend: str) -> None:
+    # Items 0 to 6 end (chunks of one item, in order), item 7 fails: 7 calls, each with one more.
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="seven"):
+        mp.parallel_map(fail_on_seven, range(20), chunksize=1, max_in_flight=1, progress=recorder, backend=backend)
+    recorder.check_counts_up_to(total=20, last_done=7)
+
+
+class CallableError(Exception):
+    pass
+
+
+def test_a_callable_that_raises_is_called_once_and_its_error_raised_once(backend: str) -> None:
+    calls: list[int] = []
+
+    def broken(done: int, total: int | None) -> None:
+        calls.append(done)
+        raise CallableError(f"display broke at {done}")
+
+    for run in (lambda: mp.parallel_map(double, range(20), progress=broken, backend=backend),
+                lambda: list(mp.imap(double, range(20), progress=broken, backend=backend))):
+        calls.clear()
+        with pytest.raises(CallableError) as raised:
+            run()
+        assert len(calls) == 1, f"called again after it raised: {calls}"
+        assert raised.value.__context__ is None, "the error was raised while handling a first copy of itself"
+
+
 def test_the_callable_runs_on_the_collecting_thread() -> None:
     caller = threading.get_ident()
     idents: set[int] = set()

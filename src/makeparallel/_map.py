@@ -1167,7 +1167,9 @@ class _Mapper:
     def _results_before(self, handle: AsyncHandle[list[Any]]) -> list[Any]:
         """The results of chunk ``handle``'s items before the one whose error stops the map: handed out first."""
         results = take_results_before(handle)
-        if self._progress is not None:
+        # None kept (the chunk failed at its first item, or it gave its results and the progress
+        # display raised): no call to the display, which would repeat its last count or raise again.
+        if results and self._progress is not None:
             self._progress.advance(len(results))
         if self._keep_going:  # kept before an item's SystemExit (which on_error does not catch): its failures as on_error says
             results = _resolve_failures(results, self._skip)
