@@ -318,6 +318,19 @@ def test_an_item_whose_unpickling_ends_every_worker_is_found_and_fails_alone(on_
     assert results == expected
 
 
+def test_a_chunk_whose_worker_died_before_its_first_item_does_not_call_the_progress_display() -> None:
+    # Such a chunk ends with no item done (they run again): the display was called
+    # with the count it had been given already, or with 0 before any item ended.
+    calls: list[int] = []
+    items = [0, 1, DiesWhenUnpickled(), 3, 4, 5]
+    results = mp.parallel_map(
+        identity, items, backend="process", chunksize=4, on_error="skip", progress=lambda done, total: calls.append(done)
+    )
+    assert results == [0, 1, 3, 4, 5]
+    assert calls == sorted(set(calls)) and calls[0] > 0, f"the display was called again with the same count: {calls}"
+    assert calls[-1] == len(items)
+
+
 @pytest.mark.parametrize("count", [1, 6])
 def test_a_chunk_whose_worker_died_before_its_first_item_runs_again(count: int, tmp_path: Path) -> None:
     # Its worker died as it unpickled the items (killed from outside, say): no

@@ -1223,7 +1223,9 @@ class _Mapper:
             self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
         if rest:
             self._continue(place, rest, rest_start)
-        if self._progress is not None:
+        # No item done (a chunk of no items, one whose worker died before its first item, or
+        # one stopped at its time budget before it): not a call with the count shown already.
+        if size and self._progress is not None:
             self._progress.advance(size)
         if self._keep_going:
             chunk = _resolve_failures(chunk, self._skip)
