@@ -286,6 +286,11 @@ async def async_display(done: int, total: int | None) -> None:
     """An ``async def`` display: called, it would only make a coroutine that nobody awaits."""
 
 
+async def async_generator_display(done: int, total: int | None) -> Any:
+    """An ``async def`` display that yields: called, it would only make an async generator that nobody iterates."""
+    yield done
+
+
 class Display:
     """A class: called, it would only make an instance each time (as ``progress=tqdm`` would)."""
 
@@ -299,6 +304,7 @@ class Display:
         (tqdm, r"progress=.*tqdm.*is a class.*progress=True"),
         (Display, r"progress=.*Display.*is a class.*progress=True"),
         (async_display, r"progress=.*async_display.*async function.*plain function"),
+        (async_generator_display, r"progress=.*async_generator_display.*async generator function.*plain function"),
     ],
 )
 def test_a_progress_callable_that_is_no_display_is_a_type_error_at_the_call(option: Any, pattern: str) -> None:

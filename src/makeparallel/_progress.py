@@ -69,8 +69,9 @@ def check_progress(option: ProgressOption) -> None:
         TypeError: ``option`` is neither a bool, a mapping of tqdm options nor a
             callable; or the mapping names an argument tqdm does not take, or
             ``total`` or ``iterable``, which the library sets itself; or the
-            callable is a class (``tqdm`` itself) or an ``async`` function,
-            neither of which displays anything when called.
+            callable is a class (``tqdm`` itself) or an ``async def`` function
+            (a coroutine or an async generator function), neither of which
+            displays anything when called.
     """
     if option is True:
         _tqdm()
@@ -102,10 +103,11 @@ def check_progress(option: ProgressOption) -> None:
             "chunk: for a tqdm bar pass progress=True, or a dict of tqdm options "
             '(progress={"desc": "resizing"})'
         )
-    elif _is_async(option):
+    elif (made := _async_kind(option)) is not None:
+        kind, what = made
         raise TypeError(
-            f"progress={getattr(option, '__qualname__', option)} is an async function: called after each "
-            "chunk, it would only make a coroutine that nobody awaits, and show nothing. Pass a plain "
+            f"progress={getattr(option, '__qualname__', option)} is {kind}: called after each "
+            f"chunk, it would only make {what}, and show nothing. Pass a plain "
             "function(done, total); it runs on the thread that called the map, or gather"
         )
 
@@ -139,11 +141,20 @@ def open_progress(option: ProgressOption, total: int | None, description: str) -
     return None
 
 
-def _is_async(option: Callable[..., object]) -> bool:
-    """Whether calling ``option`` makes a coroutine: an ``async def`` function (also behind ``functools.partial``) or ``__call__``."""
+def _async_kind(option: Callable[..., object]) -> tuple[str, str] | None:
+    """What ``option`` is and what its call makes, if it is ``async def`` (also behind ``functools.partial``, or ``__call__``).
+
+    An ``async def`` function that yields is one too: its call makes an async
+    generator, which nobody iterates, and not even a warning says so.
+    """
     import inspect  # as _tqdm_options: only for a callable display
 
-    return inspect.iscoroutinefunction(option) or inspect.iscoroutinefunction(type(option).__call__)
+    call = type(option).__call__
+    if inspect.iscoroutinefunction(option) or inspect.iscoroutinefunction(call):
+        return "an async function", "a coroutine that nobody awaits"
+    if inspect.isasyncgenfunction(option) or inspect.isasyncgenfunction(call):
+        return "an async generator function", "an async generator that nobody iterates"
+    return None
 
 
 def _tqdm_options() -> set[str]:
