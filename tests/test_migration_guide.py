@@ -77,6 +77,7 @@ CHANGES = (
     "Metrics are keyed by `__qualname__`; `__name__` finds them when unambiguous",
     "`reset_metrics()` zeroes instead of removing",
     "`set_max_concurrent_tasks(0)` means no limit",
+    "A generator function is refused at decoration",
 )
 
 
