@@ -401,8 +401,10 @@ def test_a_dict_of_tqdm_options_shapes_the_bar(
     ("options", "pattern"),
     [
         ({"colour_of_sky": "blue"}, "unknown progress option 'colour_of_sky'"),
-        ({"total": 5}, "may not set total"),
         ({"iterable": [1]}, "may not set iterable"),
+        ({"total": "5"}, r"progress total must be an int >= 0 or None, got '5'"),
+        ({"total": 5.0}, r"progress total must be an int >= 0 or None, got 5\.0"),
+        ({"total": True}, r"progress total must be an int >= 0 or None, got True"),
     ],
 )
 def test_bad_tqdm_options_are_a_type_error_at_the_call(options: dict[str, Any], pattern: str) -> None:
@@ -414,6 +416,80 @@ def test_bad_tqdm_options_are_a_type_error_at_the_call(options: dict[str, Any], 
     with pytest.raises(TypeError, match=pattern):
         mp.gather([handle], progress=options)
     assert handle.get(5) == 6
+
+
+def numbers(count: int) -> Iterator[int]:
+    """An input with no length, as a generator is."""
+    yield from range(count)
+
+
+def test_a_total_gives_a_bar_over_a_generator_its_length(
+    backend: str,
+    recording_auto_tqdm: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    no_bar_left_open: None,
+) -> None:
+    # A generator has no length for the map to count: a total of yours gives the bar its end and ETA.
+    options = {"desc": "rows", "total": 30}
+    assert mp.parallel_map(double, numbers(30), progress=options, backend=backend) == [2 * x for x in range(30)]
+    assert list(mp.imap(double, numbers(30), progress=options, backend=backend)) == [2 * x for x in range(30)]
+    assert [made["total"] for made in recording_auto_tqdm] == [30, 30]
+    err = capsys.readouterr().err
+    assert err.count("30/30") >= 2 and "100%" in err
+    assert options == {"desc": "rows", "total": 30}  # the caller's dict is untouched
+
+
+def test_a_total_over_a_generator_reaches_imap_iterated_with_async_for(
+    recording_auto_tqdm: list[dict[str, Any]], no_bar_left_open: None
+) -> None:
+    import asyncio
+
+    async def collect() -> list[int]:
+        return [x async for x in mp.imap(double, numbers(8), progress={"total": 8})]
+
+    assert asyncio.run(collect()) == [2 * x for x in range(8)]
+    assert [made["total"] for made in recording_auto_tqdm] == [8]
+
+
+def test_a_total_that_is_wrong_about_a_generator_changes_no_result(
+    backend: str, recording_auto_tqdm: list[dict[str, Any]], no_bar_left_open: None
+) -> None:
+    # The total is the bar's, never taken for the input's length: the map reads the generator to its end.
+    for total in (0, 1, 3, 1000):
+        assert mp.parallel_map(double, numbers(50), progress={"total": total}, backend=backend) == [
+            2 * x for x in range(50)
+        ]
+        assert list(mp.imap(double, numbers(50), chunksize=4, progress={"total": total}, backend=backend)) == [
+            2 * x for x in range(50)
+        ]
+    assert [made["total"] for made in recording_auto_tqdm] == [0, 0, 1, 1, 3, 3, 1000, 1000]
+
+
+def test_a_total_that_agrees_with_the_input_is_accepted(recording_auto_tqdm: list[dict[str, Any]]) -> None:
+    assert mp.parallel_map(double, range(6), progress={"total": 6}) == [2 * x for x in range(6)]
+    assert list(mp.imap(double, list(range(6)), progress={"total": 6})) == [2 * x for x in range(6)]
+    assert mp.gather([mp.parallel(double)(i) for i in range(3)], progress={"total": 3}) == [0, 2, 4]
+    assert mp.parallel_map(double, numbers(2), progress={"total": None}) == [0, 2]  # no length, none given
+    assert [made["total"] for made in recording_auto_tqdm] == [6, 6, 3, None]
+
+
+@pytest.mark.parametrize("total", [4, 7, None])
+def test_a_total_that_disagrees_with_the_input_is_a_value_error_at_the_call(total: int | None) -> None:
+    pattern = rf"progress total={total} disagrees with the 6 items .* has a length; a total is for an input with none"
+    with pytest.raises(ValueError, match=pattern):
+        mp.parallel_map(double, range(6), progress={"total": total})
+    with pytest.raises(ValueError, match=pattern):
+        mp.imap(double, list(range(6)), progress={"total": total})  # at the call, before iterating
+    handles = [mp.parallel(double)(i) for i in range(6)]
+    gathered = rf"progress total={total} disagrees with the 6 handles gathered"
+    with pytest.raises(ValueError, match=gathered):
+        mp.gather(handles, progress={"total": total})
+    assert [handle.get(5) for handle in handles] == [2 * i for i in range(6)]
+
+
+def test_a_negative_total_is_a_value_error_at_the_call() -> None:
+    with pytest.raises(ValueError, match=r"progress total must be an int >= 0 or None, got -1"):
+        mp.imap(double, numbers(3), progress={"total": -1})
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from . import _held_on_loop, _interruptible
 from ._backends._base import BlockingWait
 from ._coroutines import end_those_of_closed_loops, on_callers_loops, running_loop
 from ._handle import AsyncHandle, cancel_and_stop
-from ._progress import ProgressOption, open_progress
+from ._progress import GATHERED, ProgressOption, open_progress
 from ._states import HELD, PENDING, SUCCEEDED
 from ._task_context import CancellationPoint, current_task
 from ._validation import check_wait_timeout
@@ -327,7 +327,8 @@ def gather(
         timeout: the longest to wait, in seconds, for all of them.
         progress: ``True`` for a progress bar (``tqdm.auto``), a dict of tqdm
             options for one, or a callable ``(done, total)`` called as each task
-            ends (see :func:`parallel_map`).
+            ends (see :func:`imap`). The bar's total is the number of handles; a
+            ``total`` in the options must be that number.
 
     Returns:
         The results in the order of ``handles``: ``list[T]``, or
@@ -340,7 +341,8 @@ def gather(
     Raises:
         TypeError: ``handles`` is not an iterable of handles, or ``progress``
             has the wrong type.
-        ValueError: ``on_error`` or ``timeout`` is out of range.
+        ValueError: ``on_error`` or ``timeout`` is out of range, or a ``total``
+            in ``progress`` is not the number of handles.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
             unfinished. They go on.
@@ -356,7 +358,7 @@ def gather(
         items = _as_handles(handles, "gather")
         check_on_error(on_error)
         timeout = check_wait_timeout(timeout)
-        bar = open_progress(progress, len(items), "gather")
+        bar = open_progress(progress, len(items), "gather", GATHERED)
         completions = Completions.of(items, timeout)
         try:
             completions.refuse_to_wait_for_all_and_itself()

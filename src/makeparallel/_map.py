@@ -429,7 +429,9 @@ def imap(
         progress: ``True`` for a progress bar (``tqdm.auto``), a dict of tqdm
             options for one (``{"desc": "resize", "unit": "image"}``, and
             ``"redirect_logging": True`` to print log lines above the bar), or a
-            callable ``(done, total)`` called after each chunk.
+            callable ``(done, total)`` called after each chunk. The bar's total
+            is the input's length; give one of yours (``{"total": n}``) where
+            the input has none (a generator): it is the bar's only.
         max_in_flight: the most items read and not yet yielded (default: enough
             to keep every worker busy, at most 131,072 per chunk, and about
             256 MiB of items by their estimated size, but never fewer than one
@@ -458,7 +460,8 @@ def imap(
     Raises:
         TypeError: ``fn`` is not callable, ``iterable`` is not iterable, or an
             option has the wrong type (raised at the call, not when iterating).
-        ValueError: an option is out of range or ``backend`` names no backend.
+        ValueError: an option is out of range, ``backend`` names no backend,
+            or the input has a length and a ``total`` in ``progress`` is another.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskSerializationError: (while iterating) on worker processes, the
             function or an item cannot be pickled, whatever ``on_error``
@@ -660,7 +663,7 @@ def _checked(
     else:
         chunk_task = _chunk_runner(name, backend if backend is not None else own.backend, own.limiter, own.priority)
     if progress is not False:
-        check_progress(progress)
+        check_progress(progress, total)  # a total of its own only where the input has no length
     return plain, items, total, chunk_task, name, timeout, chunksize, max_in_flight
 
 

@@ -7,6 +7,14 @@ options (``desc``, ``unit``, ``leave``, ``position``...); ``progress=fn`` calls
 ``None`` when the input has no length). tqdm is an optional extra, imported only
 when a bar is asked for.
 
+A bar's ``total`` is the length of the input, counted by the map or gather. An
+input with no length (a generator) has none, so the bar shows a count and a
+rate but no end or ETA: ``progress={"total": n}`` gives it one. That ``n`` is
+the bar's alone: it is never taken for the input's length (the map's chunk
+sizing keeps reading to the input's end, whatever it says), and where the
+input has a length it must agree with it, since the bar would otherwise stop
+short of, or run past, what the map does.
+
 One key of the dict is ours, not tqdm's: ``"redirect_logging": True`` routes
 logging through ``tqdm.contrib.logging.logging_redirect_tqdm`` while the bar is
 shown, so that log lines print above the bar instead of tearing it. That swaps
@@ -21,12 +29,19 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-__all__ = ["Progress", "ProgressOption", "check_progress", "open_progress"]
+from ._validation import as_integer
+
+__all__ = ["GATHERED", "Progress", "ProgressOption", "check_progress", "open_progress"]
 
 ProgressOption = Union[bool, Mapping[str, Any], Callable[[int, Union[int, None]], object], None]
 
 REDIRECT_LOGGING = "redirect_logging"
-_OURS = ("total", "iterable")  # the library sets these itself
+_TOTAL = "total"
+_ITERABLE = "iterable"  # the library feeds the bar itself
+
+# What a progress total that disagrees with the input's length is counted against, in its error.
+_MAP_INPUT = "items of the input, which has a length; a total is for an input with none (a generator): leave it out"
+GATHERED = "handles gathered: gather counts them itself; leave total out"
 
 
 class Progress:
@@ -61,27 +76,35 @@ class Progress:
             self._cleanup.close()
 
 
-def check_progress(option: ProgressOption) -> None:
+def check_progress(option: ProgressOption, length: int | None = None, counted: str = _MAP_INPUT) -> None:
     """Raise at the call for a bad ``progress=``, or for a bar without tqdm.
+
+    Args:
+        option: what ``progress=`` was given.
+        length: the number of items (or handles) in the input, ``None`` where it has no length.
+        counted: what ``length`` counts, for the error of a ``total`` that disagrees with it.
 
     Raises:
         ImportError: a bar is asked for and tqdm is not installed.
         TypeError: ``option`` is neither a bool, a mapping of tqdm options nor a
             callable; or the mapping names an argument tqdm does not take, or
-            ``total`` or ``iterable``, which the library sets itself; or the
-            callable is a class (``tqdm`` itself) or an ``async def`` function
-            (a coroutine or an async generator function), neither of which
-            displays anything when called.
+            ``iterable``, which the library feeds itself, or a ``total`` that is
+            not an int or ``None``; or the callable is a class (``tqdm`` itself)
+            or an ``async def`` function (a coroutine or an async generator
+            function), neither of which displays anything when called.
+        ValueError: the mapping's ``total`` is negative, or the input has a
+            length (``length`` is not ``None``) and ``total`` is another.
     """
     if option is True:
         _tqdm()
     elif isinstance(option, Mapping):
-        taken = [key for key in _OURS if key in option]
-        if taken:
+        if _ITERABLE in option:
             raise TypeError(
-                f"progress options may not set {', '.join(taken)}: the map or gather "
-                f"sets it from its input; got {dict(option)!r}"
+                f"progress options may not set {_ITERABLE}: the map or gather feeds the bar "
+                f"itself; got {dict(option)!r}"
             )
+        if _TOTAL in option:
+            _check_total(option[_TOTAL], length, counted)
         unknown = sorted(map(repr, set(option) - _tqdm_options() - {REDIRECT_LOGGING}))
         if unknown:
             raise TypeError(
@@ -112,17 +135,26 @@ def check_progress(option: ProgressOption) -> None:
         )
 
 
-def open_progress(option: ProgressOption, total: int | None, description: str) -> Progress | None:
+def open_progress(
+    option: ProgressOption, length: int | None, description: str, counted: str = _MAP_INPUT
+) -> Progress | None:
     """The display ``option`` asks for, or ``None`` when it asks for none.
 
+    Its total is the mapping's ``total`` where it gives one, else ``length``
+    (the input's, ``None`` where it has none).
+
     Raises:
-        ImportError, TypeError: as :func:`check_progress`.
+        ImportError, TypeError, ValueError: as :func:`check_progress`.
     """
-    check_progress(option)
+    check_progress(option, length, counted)
     if option is True:
         option = {}
+    total = length
     if isinstance(option, Mapping):
         tqdm_options = {"desc": description, "unit": "item", **option}
+        if _TOTAL in tqdm_options:  # checked: it agrees with length, or the input has none
+            given = tqdm_options.pop(_TOTAL)
+            total = None if given is None else as_integer(given)
         redirect = bool(tqdm_options.pop(REDIRECT_LOGGING, False))
         tqdm_class = _tqdm()
         cleanup = contextlib.ExitStack()
@@ -139,6 +171,24 @@ def open_progress(option: ProgressOption, total: int | None, description: str) -
     if callable(option):
         return Progress(total, callback=option)
     return None
+
+
+def _check_total(total: Any, length: int | None, counted: str) -> None:
+    """Raise unless ``total`` (a progress mapping's) is an int >= 0 or ``None`` that agrees with ``length``, where known.
+
+    Raises:
+        TypeError: ``total`` is neither an int (NumPy's too) nor ``None``.
+        ValueError: ``total`` is negative, or differs from ``length``.
+    """
+    if total is not None:
+        count = as_integer(total)
+        if count is None:
+            raise TypeError(f"progress total must be an int >= 0 or None, got {total!r}")
+        if count < 0:
+            raise ValueError(f"progress total must be an int >= 0 or None, got {total!r}")
+        total = count
+    if length is not None and total != length:
+        raise ValueError(f"progress total={total!r} disagrees with the {length} {counted}")
 
 
 def _async_kind(option: Callable[..., object]) -> tuple[str, str] | None:
