@@ -9,6 +9,7 @@ reaches ``on_progress`` while the handles are gathered.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import threading
@@ -291,6 +292,31 @@ async def async_generator_display(done: int, total: int | None) -> Any:
     yield done
 
 
+class AsyncDisplay:
+    """An object whose ``__call__`` is ``async def``: called, it too only makes a coroutine."""
+
+    async def __call__(self, *report: Any) -> None:
+        """Nothing: never awaited."""
+
+    async def show(self, *report: Any) -> None:
+        """Nothing: never awaited."""
+
+
+async def async_listener(fraction: float) -> None:
+    """An ``async def`` progress listener."""
+
+
+# Every way of giving a callable that makes a coroutine when called, and what its error names.
+ASYNC_CALLABLES = [
+    pytest.param(async_display, "async_display", id="async-def"),
+    pytest.param(functools.partial(async_display), "async_display", id="partial-of-async-def"),
+    pytest.param(AsyncDisplay(), "AsyncDisplay", id="async-call"),
+    pytest.param(functools.partial(AsyncDisplay()), "AsyncDisplay", id="partial-of-async-call"),
+    pytest.param(functools.partial(functools.partial(AsyncDisplay())), "AsyncDisplay", id="partial-of-partial"),
+    pytest.param(AsyncDisplay().show, "AsyncDisplay.show", id="async-method"),
+]
+
+
 class Display:
     """A class: called, it would only make an instance each time (as ``progress=tqdm`` would)."""
 
@@ -320,7 +346,53 @@ def test_a_progress_callable_that_is_no_display_is_a_type_error_at_the_call(opti
     assert handle.get(5) == 6
 
 
+@pytest.mark.parametrize(("option", "named"), ASYNC_CALLABLES)
+def test_an_async_progress_callable_is_a_type_error_at_the_call(option: Any, named: str) -> None:
+    pattern = rf"progress=.*{named}.* is an async function.*plain function"
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(double, range(5), progress=option)
+    with pytest.raises(TypeError, match=pattern):
+        mp.imap(double, numbers(5), progress=option)
+    handle = mp.parallel(double)(3)
+    with pytest.raises(TypeError, match=pattern):
+        mp.gather([handle], progress=option)
+    assert handle.get(5) == 6
+
+
 # -- task-side progress ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listener", "named"), [*ASYNC_CALLABLES, pytest.param(async_listener, "async_listener")])
+@pytest.mark.parametrize("reported", [False, True], ids=["before-a-report", "after-a-report"])
+def test_an_async_on_progress_listener_is_a_type_error_and_not_kept(
+    backend: str, gate: threading.Event, listener: Any, named: str, reported: bool
+) -> None:
+    # Called at each report (or at once, with a report that came already), an async listener would only
+    # make a coroutine that nobody awaits: nothing shown, and a RuntimeWarning far from the call.
+    half_way = threading.Event()
+    recorder: list[float] = []
+
+    @mp.parallel(backend=backend)
+    def stepped() -> str:
+        mp.report_progress(0.5)
+        half_way.set()
+        assert backend == "sync" or gate.wait(5)
+        mp.report_progress(1.0)
+        return "done"
+
+    if backend == "sync":
+        gate.set()
+    handle = stepped()
+    if reported:
+        assert half_way.wait(5)
+    with pytest.raises(TypeError, match=rf"on_progress\(.*{named}.*\) is an async function.*plain function"):
+        handle.on_progress(listener)
+    handle.on_progress(recorder.append)  # a plain one still is, and sees every report from here
+    gate.set()
+    assert handle.get(5) == "done"
+    assert recorder[-1] == 1.0
+
+
 
 
 def test_report_progress_reaches_on_progress_while_gathering(gate: threading.Event) -> None:

@@ -59,7 +59,7 @@ from ._states import (
     UNCLAIMED,
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
-from ._validation import check_seconds, check_wait_timeout
+from ._validation import async_call_kind, check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
     ShutdownError,
@@ -572,7 +572,21 @@ class AsyncHandle(Generic[T_co]):
         return self
 
     def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T_co]:
-        """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already."""
+        """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or calling it makes a
+                coroutine (an ``async def`` function, an object whose
+                ``__call__`` is one, or a ``functools.partial`` of either),
+                which nothing would await, as ``progress=`` refuses one.
+        """
+        if (made := async_call_kind(callback)) is not None:
+            raise TypeError(
+                f"on_progress({getattr(callback, '__qualname__', callback)}) is {made[0]}: called at each "
+                f"progress report, it would only make {made[1]}, and show nothing. Pass a plain "
+                "function(fraction); it runs on the thread that reports the progress (to reach an event loop from "
+                "there, use loop.call_soon_threadsafe)"
+            )
         self._register(_ON_PROGRESS, callback)
         return self
 

@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-from ._validation import as_integer
+from ._validation import as_integer, async_call_kind
 
 __all__ = ["GATHERED", "Progress", "ProgressOption", "check_progress", "open_progress"]
 
@@ -126,7 +126,7 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             "chunk: for a tqdm bar pass progress=True, or a dict of tqdm options "
             '(progress={"desc": "resizing"})'
         )
-    elif (made := _async_kind(option)) is not None:
+    elif (made := async_call_kind(option)) is not None:
         kind, what = made
         raise TypeError(
             f"progress={getattr(option, '__qualname__', option)} is {kind}: called after each "
@@ -189,22 +189,6 @@ def _check_total(total: Any, length: int | None, counted: str) -> None:
         total = count
     if length is not None and total != length:
         raise ValueError(f"progress total={total!r} disagrees with the {length} {counted}")
-
-
-def _async_kind(option: Callable[..., object]) -> tuple[str, str] | None:
-    """What ``option`` is and what its call makes, if it is ``async def`` (also behind ``functools.partial``, or ``__call__``).
-
-    An ``async def`` function that yields is one too: its call makes an async
-    generator, which nobody iterates, and not even a warning says so.
-    """
-    import inspect  # as _tqdm_options: only for a callable display
-
-    call = type(option).__call__
-    if inspect.iscoroutinefunction(option) or inspect.iscoroutinefunction(call):
-        return "an async function", "a coroutine that nobody awaits"
-    if inspect.isasyncgenfunction(option) or inspect.isasyncgenfunction(call):
-        return "an async generator function", "an async generator that nobody iterates"
-    return None
 
 
 def _tqdm_options() -> set[str]:

@@ -5,6 +5,7 @@ Messages state the rule, the value and, where it is not obvious, the fix.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "check_task_timeout",
     "check_wait_timeout",
     "is_real",
+    "async_call_kind",
     "shown",
 ]
 
@@ -124,6 +126,30 @@ def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> flo
     if not 0 <= seconds < math.inf:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
     return seconds
+
+
+def async_call_kind(fn: Any) -> tuple[str, str] | None:
+    """What ``fn`` is and what calling it makes, where it is ``async def``; else ``None``.
+
+    An ``async def`` function or method, or an object whose ``__call__`` is
+    one, makes a coroutine; one that yields makes an async generator. Also
+    behind ``functools.partial``, however deep: ``inspect.iscoroutinefunction``
+    looks through a partial to a function, but not to such an object. For a
+    callback or a display, which the library calls and neither awaits nor
+    iterates: an async generator is not even warned of.
+    """
+    import inspect  # only where a callback or display is checked: importing the package does not pay for it
+
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not callable(fn):
+        return None
+    call = type(fn).__call__
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
+        return "an async function", "a coroutine that nobody awaits"
+    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call):
+        return "an async generator function", "an async generator that nobody iterates"
+    return None
 
 
 def check_task_timeout(timeout: Any) -> float | None:
