@@ -32,7 +32,10 @@ time, and tens of thousands of cheap items of 64 KiB each would be gigabytes.
 The size of an item is estimated from a few items of each chunk read
 (``sys.getsizeof``, one level into tuples, lists and dicts), and the read-ahead
 in items is capped at the budget over that estimate, never below one item per
-worker plus one, so large items still run in parallel.
+worker plus one, so large items still run in parallel. Data held deeper (in an
+object's attributes, a dict of dicts) is not seen, and what items share is
+counted once per item: for such items ``max_in_flight`` is the bound
+(docs/architecture.md, "The size estimate stays one level deep").
 
 Failures: a failing item stops its chunk (``on_error="raise"``) and its error
 names the item's index and a short repr; ``imap`` first hands out the results
@@ -481,9 +484,16 @@ def imap(
         about 256 MiB (``DEFAULT_MAX_BYTES_IN_FLIGHT``): the size of an item is
         estimated with ``sys.getsizeof`` on a few items of each chunk read (one
         level into tuples, lists and dicts), and the number of items read ahead
-        is capped at the budget over that estimate. An explicit
-        ``max_in_flight`` is a bound in items only. The results of the chunks in
-        flight are not counted.
+        is capped at the budget over that estimate. That holds for items that
+        hold their data themselves (``bytes``, ``str``, NumPy arrays that own
+        it) or one level into a tuple, list or dict. Data held deeper, in an
+        object's attributes or a dict of dicts, is not seen: such items are
+        bounded in number only, up to ``131,072 * (2 * workers + 2)``. What
+        items share (``(row, table)`` with one table for all) is counted once
+        per item, which shrinks the read-ahead and the chunks to one item per
+        worker plus one. For such items pass ``max_in_flight``: an explicit
+        one is a bound in items only, and no size is estimated. The results
+        of the chunks in flight are not counted.
 
     Example:
         >>> import makeparallel as mp
