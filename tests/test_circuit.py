@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,12 +156,13 @@ def test_a_retry_admitted_as_the_breaker_turns_half_open_with_a_huge_trial_count
 
 def test_past_its_recovery_timeout_it_reads_open_until_the_next_call_turns_it_half_open(clock: FakeClock) -> None:
     # As resilience4j without its automatic transition: nothing runs on a timer.
-    breaker = breaker_for(clock, window=2, min_calls=2)
+    # (A name no other test's breaker has: one of them still alive made this one "payments#2" in health().)
+    breaker = breaker_for(clock, name="recovering_breaker", window=2, min_calls=2)
     pay = guarded(breaker)
     assert [outcome(pay(True)) for _ in range(2)] == ["ConnectionError"] * 2
     clock.now += 30
     assert breaker.state == "open" and breaker.statistics().state == "open"
-    assert any("'payments' is open" in reason for reason in mp.health(memory_limit_percent=100)["reasons"])
+    assert any("'recovering_breaker' is open" in reason for reason in mp.health(memory_limit_percent=100)["reasons"])
     assert outcome(pay(False)) == "ok"  # the first trial
     assert breaker.state == "half_open"
 
@@ -370,6 +373,44 @@ def test_prometheus_series(clock: FakeClock) -> None:
     assert 'makeparallel_circuit_state{breaker="prom_breaker",state="closed"} 0.0' in page
     assert 'makeparallel_circuit_calls_total{breaker="prom_breaker",kind="failed"} 4.0' in page
     assert 'makeparallel_circuit_calls_total{breaker="prom_breaker",kind="not_permitted"} 1.0' in page
+
+
+def test_breakers_of_one_name_are_told_apart_in_the_metrics_and_health(clock: FakeClock) -> None:
+    """Two live breakers of one name (an app factory run twice) each show, as themselves, everywhere.
+
+    Keyed by name, one hid the other: the one forced open read closed in the
+    metrics and Prometheus while health() said open.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from makeparallel.prometheus import register
+
+    first = breaker_for(clock, name="twin_breaker")
+    second = breaker_for(clock, name="twin_breaker")
+    named_like_a_label = breaker_for(clock, name="twin_breaker#2")
+    registry = CollectorRegistry()
+    register(registry)
+    for opened, closed, label in ((second, first, "twin_breaker#3"), (first, second, "twin_breaker")):
+        closed.reset()
+        opened.force_open()
+        snapshot = mp.metrics_snapshot()["circuit_breakers"]
+        assert [snapshot[key]["name"] for key in ("twin_breaker", "twin_breaker#2", "twin_breaker#3")] == [
+            "twin_breaker",
+            "twin_breaker#2",
+            "twin_breaker",
+        ]
+        assert [key for key, stats in snapshot.items() if stats["state"] == "open"] == [label]
+        page = generate_latest(registry).decode()
+        assert f'makeparallel_circuit_state{{breaker="{label}",state="open"}} 1.0' in page
+        assert re.findall(r'breaker="(twin_breaker[^"]*)",state="open"} 1.0', page) == [label]
+        reasons = [reason for reason in mp.health(memory_limit_percent=100)["reasons"] if "twin_breaker" in reason]
+        assert len(reasons) == 1 and f"{label!r} is open" in reasons[0]
+    first.reset()
+    del first  # the one left of its name is known by its name again
+    gc.collect()
+    assert set(mp.metrics_snapshot()["circuit_breakers"]) >= {"twin_breaker", "twin_breaker#2"}
+    assert mp.metrics_snapshot()["circuit_breakers"]["twin_breaker"]["state"] == "closed"
+    assert named_like_a_label.state == "closed"
 
 
 # -- with retries -----------------------------------------------------------------------------

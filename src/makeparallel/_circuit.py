@@ -27,6 +27,7 @@ permit.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import threading
 import time
@@ -41,16 +42,41 @@ from ._retry import RetryOn, _check_on
 from ._validation import check_count, check_finite_seconds, is_real
 from .errors import CircuitOpenError, TaskCancelledError
 
-__all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"]
+__all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers", "labelled_breakers"]
 
 _breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _breakers_lock = threading.Lock()
+_made = itertools.count()  # each breaker's place in the order they were made, under _breakers_lock
 
 
 def all_breakers() -> list[CircuitBreaker]:
-    """Every breaker alive now (for health and metrics)."""
+    """Every breaker alive now, by name, those of one name in the order they were made."""
     with _breakers_lock:
-        return sorted(_breakers, key=lambda b: b.name)
+        return sorted(_breakers, key=lambda b: (b.name, b._made))
+
+
+def labelled_breakers() -> dict[str, CircuitBreaker]:
+    """Every breaker alive now, by the label that tells it apart in the metrics and ``health()``.
+
+    A breaker's label is its name, unless an older live breaker has that name:
+    then ``"<name>#2"``, ``"#3"``... (the first such label that is no live
+    breaker's name nor another's label). An app factory run twice makes two
+    breakers of one name; keyed by name, one hid the other, and the metrics
+    said closed where ``health()`` said open. Once the older one is collected,
+    the newer is known by its name again.
+    """
+    breakers = all_breakers()
+    taken = {breaker.name for breaker in breakers}
+    labelled: dict[str, CircuitBreaker] = {}
+    for breaker in breakers:
+        label, number = breaker.name, 1
+        if label in labelled:  # an older one of this name has it
+            while label in taken:
+                number += 1
+                label = f"{breaker.name}#{number}"
+            taken.add(label)
+        labelled[label] = breaker
+    return labelled
 
 
 class CircuitState(str, enum.Enum):
@@ -185,6 +211,7 @@ class CircuitBreaker:
         self._round = 0
         self._clear_locked()
         with _breakers_lock:
+            self._made = next(_made)
             _breakers.add(self)
 
     def _clear_locked(self) -> None:

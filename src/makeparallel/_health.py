@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ._circuit import CircuitState, all_breakers
+from ._circuit import CircuitState, labelled_breakers
 from ._runtime import global_limiter, is_shut_down, pool_infos
 from ._validation import check_count, is_real
 
@@ -77,11 +77,11 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     limit = global_limiter.limit
     if limit is not None and global_limiter.in_flight >= limit:
         reasons.append(f"at the concurrency limit: {global_limiter.in_flight} of {limit} tasks in flight")
-    for breaker in all_breakers():
+    for label, breaker in labelled_breakers().items():  # labelled as in the metrics
         if breaker.state is CircuitState.OPEN:
             stats = breaker.statistics()
             reasons.append(
-                f"circuit breaker {breaker.name!r} is open ({breaker.rates(stats.failure_rate, stats.slow_call_rate)}): "
+                f"circuit breaker {label!r} is open ({breaker.rates(stats.failure_rate, stats.slow_call_rate)}): "
                 "calls through it are refused"
             )
     reasons += _memory_guard_reasons()

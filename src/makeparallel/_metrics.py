@@ -347,7 +347,9 @@ def metrics_snapshot() -> dict[str, Any]:
     cumulative histograms of execution time and queue wait in seconds
     (``[upper bound, samples at or below it]`` pairs, the last bound ``"+Inf"``)
     and their sums; ``pools`` describes each pool started so far;
-    ``circuit_breakers`` maps each live breaker's name to its statistics;
+    ``circuit_breakers`` maps each live breaker's label to its statistics
+    (the label is its name, or ``"<name>#2"``, ``"#3"``... for the newer
+    breakers of a name that several live ones share);
     ``memory_limit`` (``None`` until one is configured) gives the memory limit's
     figures: ``limit_percent``, ``paused``, ``pauses`` (times it paused the
     pools), ``used_bytes``, ``limit_bytes``, ``used_percent`` and ``source``.
@@ -378,7 +380,8 @@ def metrics_snapshot() -> dict[str, Any]:
 
 def _breakers() -> dict[str, Any]:
     circuit = sys.modules.get("makeparallel._circuit")  # loaded only once a breaker was made
-    return {} if circuit is None else {b.name: _breaker_fields(b) for b in circuit.all_breakers()}
+    # By label: two live breakers of one name (an app factory run twice) hid each other by name.
+    return {} if circuit is None else {label: _breaker_fields(b) for label, b in circuit.labelled_breakers().items()}
 
 
 def _memory_limit_fields() -> dict[str, Any] | None:

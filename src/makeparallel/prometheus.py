@@ -20,7 +20,8 @@ costs nothing per task. Metrics, labelled by function (and pool):
   only: for an executor, its workers running the library's tasks;
 * ``makeparallel_circuit_state{breaker,state}`` (1 for the breaker's state, 0 for
   the others) and ``makeparallel_circuit_calls_total{breaker,kind}`` (successful,
-  failed, slow, not_permitted);
+  failed, slow, not_permitted); the label is the breaker's name, or
+  ``<name>#2``, ``#3``... for the newer of several live breakers of that name;
 * with ``configure_memory_limit``: ``makeparallel_memory_paused`` and
   ``makeparallel_memory_pauses_total``.
 
