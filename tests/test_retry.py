@@ -607,6 +607,21 @@ def test_the_retry_timeout_stops_before_the_attempts_do() -> None:
     assert handle.attempts == 1
 
 
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_the_note_says_the_retry_timeout_stopped_the_retries(backend: str) -> None:
+    """Stopped by the policy's overall timeout, the note says so, as it says a shutdown stopped them."""
+    flaky = Flaky(10)
+    policy = mp.Retry(on=ConnectionError, attempts=10, timeout=1.0, wait_initial=60.0, wait_max=60.0, wait_jitter=0.0)
+    handle = mp.parallel(backend=backend, retry=policy)(flaky)()
+    with pytest.raises(ConnectionError) as caught:
+        handle.get(timeout=30)
+    assert handle.attempts == 1 and flaky.calls == 1
+    note = "\n".join(caught.value.__notes__)
+    assert "1 attempt(s) failed: attempt 1: ConnectionError after " in note, note
+    assert "; not retried again: the retry policy's timeout of 1 s would pass before attempt 2" in note, note
+    assert "after a wait of 60.000 s" in note, note
+
+
 def test_state_is_per_call() -> None:
     """Two calls of one function count their own attempts (tenacity shares them)."""
     counts: dict[int, int] = {1: 0, 2: 0}

@@ -980,7 +980,7 @@ class AsyncHandle(Generic[T_co]):
             record.stopped = SHUT_DOWN
             return False
         wait = retry.wait(attempt)
-        if retry.timeout is not None and now + wait - record.first_started > retry.timeout:
+        if record.out_of_time(retry.timeout, now, wait):
             return False
         record.wait = wait
         record.due = now + wait

@@ -87,7 +87,8 @@ class Retry:
         attempts: attempts in all, the first included (an int >= 1).
         timeout: seconds for all attempts and waits together, counted from the
             first start; no attempt starts after it. ``None``: no limit.
-            Whichever of ``attempts`` and ``timeout`` comes first stops it.
+            Whichever of ``attempts`` and ``timeout`` comes first stops it;
+            stopped by ``timeout``, the final error's note says so.
         wait_initial: seconds before the second attempt (without jitter).
         wait_max: the longest wait, in seconds.
         wait_jitter: at most this many seconds are added at random to each wait,
@@ -206,11 +207,30 @@ class Attempts:
     #: Whether the attempt that failed last (``last_error``) was its circuit breaker's refusal, so never
     #: ran: its ``CircuitOpenError`` is no outcome of the dependency, as one the task's code raised is.
     refused: bool = False
-    #: Why no attempt followed the last one, where the policy wanted one (the backend shut down).
+    #: Why no attempt followed the last one, where ``on`` wanted one (the backend shut down, the
+    #: policy's timeout would pass first).
     stopped: str | None = None
     #: The starts of the attempts retried past their timeout whose pool workers still run them,
     #: each counted as a stuck worker until it returns (the thread pool's ``_schedule_retry_locked``).
     late_on_workers: list[float] = field(default_factory=list)
+
+    def out_of_time(self, timeout: float | None, now: float, wait: float) -> bool:
+        """Whether the next attempt, ``wait`` seconds after ``now``, would start past ``timeout`` (the policy's); if so, say why.
+
+        The final error's note then gives the reason, as it gives a shutdown's:
+        without it, the note listed fewer attempts than the policy allowed and
+        left the reader to guess why.
+        """
+        if timeout is None:
+            return False
+        due = now + wait - self.first_started
+        if due <= timeout:
+            return False
+        self.stopped = (
+            f"the retry policy's timeout of {timeout:g} s would pass before attempt {len(self.failures) + 1} "
+            f"(due {due:.3f} s after the first start, after a wait of {wait:.3f} s)"
+        )
+        return True
 
     def describe(self) -> str:
         """The note listing every failed attempt, and why the retries stopped early if they did, for the final error."""

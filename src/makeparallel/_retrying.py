@@ -95,8 +95,7 @@ def _wait_after(policy: Retry, record: Attempts, error: BaseException) -> float 
     attempt = len(record.failures) + 1
     record.failures.append((attempt, type(error).__name__, now - record.first_started))
     wait = policy.wait(attempt)
-    out_of_time = policy.timeout is not None and now + wait - record.first_started > policy.timeout
-    if attempt >= policy.attempts or out_of_time or not policy.retries(error):
+    if attempt >= policy.attempts or not policy.retries(error) or record.out_of_time(policy.timeout, now, wait):
         if attempt > 1:
             _add_note(error, record.describe())
         return None
