@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
+import pickle
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -520,6 +522,29 @@ def test_retries_of_a_guarded_call_are_each_recorded(clock: FakeClock) -> None:
         assert flaky().get(timeout=30) == "up"
     stats = breaker.statistics()
     assert (stats.failed_calls, stats.successful_calls) == (2, 1)
+
+
+# -- other processes ---------------------------------------------------------------------------
+
+
+def test_a_breaker_refuses_to_be_pickled_naming_itself(clock: FakeClock) -> None:
+    # Its lock made pickle say "cannot pickle '_thread.lock' object", naming no breaker.
+    breaker = breaker_for(clock, name="pickled_breaker")
+    for send in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(TypeError, match=r"CircuitBreaker 'pickled_breaker' cannot be pickled.*circuit_breaker="):
+            send(breaker)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_task_that_refers_to_a_breaker_fails_at_submission_naming_it(clock: FakeClock) -> None:
+    # A closure, as a function of the main script, goes by value with the globals and cells it uses.
+    breaker = breaker_for(clock, name="closure_breaker")
+
+    def state() -> str:
+        return breaker.state
+
+    with pytest.raises(mp.TaskSerializationError, match="CircuitBreaker 'closure_breaker' cannot be pickled"):
+        mp.parallel(backend="process")(state)()
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -270,6 +270,24 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Refuse, naming the breaker: it counts the calls of this process, and stays in it.
+
+        Raises:
+            TypeError: always. Its lock made pickle say only "cannot pickle
+                '_thread.lock' object", from a process task (a function of the
+                main script, or a closure, sent by value with the breaker it
+                uses), naming no breaker; and a copy counted apart, guarding
+                nothing here.
+        """
+        raise TypeError(
+            f"CircuitBreaker {self.name!r} cannot be pickled or copied: it counts the calls of the process "
+            "that made it, and stays there (a copy in a worker process would count apart and guard nothing "
+            "here). Guard the task in this process instead: @parallel(backend=\"process\", circuit_breaker=...) "
+            "asks the breaker before each call is sent and counts its outcome here; or make a breaker in the "
+            "worker (in a module the task imports), which counts that worker's calls only"
+        )
+
     # -- engine side ------------------------------------------------------------------
 
     def admit(self) -> int | CircuitOpenError:
