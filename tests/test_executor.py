@@ -351,6 +351,52 @@ def test_shutdown_cancel_futures_cancels_what_has_not_started(gate: threading.Ev
         queued[0].result()
 
 
+@pytest.mark.timeout(60)
+def test_shutdown_with_wait_waits_for_the_code_of_a_task_cancelled_as_it_ran(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its handle ends at once, its code goes on on its thread: shutdown(wait=True) waited
+    # for the pool to be idle only, and returned as that code ran, where mp.shutdown()
+    # and exit wait for it (and concurrent.futures waits for every running call).
+    executor = mp.Executor(backend="thread", max_workers=2)
+    started = threading.Event()
+    returned: list[str] = []
+
+    def goes_on() -> None:
+        started.set()
+        assert gate.wait(30)
+        returned.append("returned")
+
+    future = executor.submit(goes_on)
+    assert started.wait(10)
+    assert future.handle.cancel()
+    with pytest.raises(cf.CancelledError):
+        future.result(timeout=10)
+    backend = executor._backend
+    wait_for_code = backend.wait_abandoned
+    waits_or_returned = threading.Event()
+
+    def tell_then_wait(timeout: float | None) -> bool:
+        waits_or_returned.set()
+        return wait_for_code(timeout)
+
+    monkeypatch.setattr(backend, "wait_abandoned", tell_then_wait)
+    outcome: list[list[str]] = []
+
+    def shut_down() -> None:
+        executor.shutdown(wait=True)
+        outcome.append(list(returned))
+        waits_or_returned.set()
+
+    stopper = threading.Thread(target=shut_down)
+    stopper.start()
+    assert waits_or_returned.wait(10)
+    assert outcome == []  # it did not return while the code ran
+    gate.set()
+    stopper.join(30)
+    assert outcome == [["returned"]]
+
+
 def test_shutdown_without_wait_returns_while_tasks_run(gate: threading.Event) -> None:
     executor = mp.Executor(max_workers=1)
     future = executor.submit(gate.wait, 30)

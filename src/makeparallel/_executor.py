@@ -617,9 +617,12 @@ class Executor(concurrent.futures.Executor):
         """Refuse new tasks and free the pool once the submitted ones end.
 
         Args:
-            wait: block until every submitted task has ended (then worker
-                processes are stopped); with ``False`` return at once and free
-                the pool in the background.
+            wait: block until every submitted task has ended, and the code
+                of those ended as they ran (cancelled through
+                ``future.handle.cancel()`` on threads, whose code goes on) has
+                returned, as ``concurrent.futures`` waits for every running
+                call; then worker processes are stopped. With ``False`` return
+                at once and free the pool in the background.
             cancel_futures: cancel the tasks that have not started.
 
         Calling it more than once is harmless. It never touches the pools of
@@ -664,6 +667,10 @@ class Executor(concurrent.futures.Executor):
         frees = self._finalizer.detach() is not None  # shut down, it leaves nothing to do when collected
         if wait:
             backend.wait_idle(None)  # (which ends the "sync" tasks whose loop closed, also as it waits)
+            # And for the code of tasks ended as they ran (cancelled through future.handle),
+            # which goes on on its thread: idle, the pool had it still running as this returned,
+            # where mp.shutdown() and exit wait for it. Not for a task stopped with its map.
+            backend.wait_abandoned(None)
             backend.terminate()  # worker processes stop now
         elif frees:  # the first call frees the pool
             _release_in_background(backend)
