@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from makeparallel import _runtime
+from makeparallel import _handle, _runtime
 from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
 from makeparallel.testing import wait_until_idle
@@ -336,6 +336,37 @@ def test_shutdown_does_not_wait_for_the_code_of_a_map_stopped_as_a_whole(gate: t
         mp.parallel_map(item, [0, 1], chunksize=1)
     assert mp.shutdown(timeout_secs=10) is True
     assert returned == []  # it still runs: shutdown did not wait for it
+    gate.set()
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_waits_for_the_code_of_a_task_that_timed_out_before_its_group_was_stopped(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The task's own timeout is its group's failure, and the group stops what is left as a
+    # whole. The task had ended one by one before: shutdown still waits for its code, as for
+    # any task that timed out as it ran. It was forced with the rest at the group's grace's end,
+    # and its code, left to a program that ended meanwhile, was no longer waited for.
+    expired = threading.Event()
+    expire = _handle._StopIfRunning._expire
+
+    def expire_and_tell(self: _handle._StopIfRunning) -> None:
+        expire(self)
+        expired.set()
+
+    monkeypatch.setattr(_handle._StopIfRunning, "_expire", expire_and_tell)
+    returned: list[str] = []
+
+    @mp.parallel(backend="thread", timeout=0.05)
+    def goes_on() -> None:
+        assert gate.wait(30)
+        returned.append("returned")
+
+    with pytest.raises(mp.TaskTimeoutError), mp.ParallelContext() as ctx:
+        ctx.submit(goes_on)
+    assert expired.wait(10)  # the group's grace is over
+    assert mp.shutdown(timeout_secs=0.2) is False
+    assert returned == []
     gate.set()
 
 

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from ._decorators import GuardedTaskSpec
     from ._retry import Attempts
 
-__all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop", "time_out_all"]
+__all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop", "stop_if_running", "time_out_all"]
 
 # Covariant: a handle only gives its result out, so an ``AsyncHandle[int]`` is an
 # ``AsyncHandle[object]``, and handles of functions with different result types
@@ -1731,25 +1731,38 @@ def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
     worker. Threads cannot be stopped: their code goes on, as after any cancel.
     """
     cancel_all(handles)
+    stop_if_running(handles, CANCELLED)
+
+
+def stop_if_running(handles: list[AsyncHandle[Any]], state: int) -> None:
+    """Force those of ``handles`` that ended as ``state`` and whose code still runs ``STOP_GRACE`` seconds from now.
+
+    ``state``: how the whole was stopped, ``CANCELLED`` (:func:`cancel_and_stop`)
+    or ``TIMED_OUT`` (a map's timeout, :func:`time_out_all`). A task that
+    timed out by its own ``timeout=`` before the whole was stopped is left as
+    it ended, one by one: forced with the rest, a thread task's code was no
+    longer waited for by shutdown and exit (``ThreadBackend._stop_abandoned``).
+    """
     running = [handle for handle in handles if not handle._code_done]
     if running:
-        _deadlines.schedule(_StopIfRunning(running), _now() + STOP_GRACE)
+        _deadlines.schedule(_StopIfRunning(running, state), _now() + STOP_GRACE)
 
 
 class _StopIfRunning:
     """Tasks stopped as a whole to force at their grace's end (a :mod:`_deadlines` entry), if their code still runs then.
 
-    Cancelled, or timed out: with their map (:func:`time_out_all`), or by their
-    own timeout before the whole was stopped. What of them still runs is stopped
-    as the whole was; a task that ended by itself is left alone.
+    Those that ended as the whole was stopped (``state``: cancelled, or timed
+    out with their map); a task that ended otherwise, by itself or by its own
+    timeout, is left alone.
     """
 
-    __slots__ = ("_handles",)
+    __slots__ = ("_handles", "_state")
 
-    def __init__(self, handles: list[AsyncHandle[Any]]) -> None:
+    def __init__(self, handles: list[AsyncHandle[Any]], state: int) -> None:
         self._handles = handles
+        self._state = state
 
     def _expire(self) -> None:
         for handle in self._handles:
-            if not handle._code_done and handle._state in (CANCELLED, TIMED_OUT):
+            if not handle._code_done and handle._state == self._state:
                 handle._backend._stop_abandoned(handle)

@@ -80,10 +80,10 @@ from ._decorators import (
     _returns_coroutines,
     callable_of,
 )
-from ._handle import AsyncHandle, _add_note, cancel_and_stop, time_out_all
+from ._handle import AsyncHandle, _add_note, cancel_and_stop, stop_if_running, time_out_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
-from ._states import SUCCEEDED
+from ._states import SUCCEEDED, TIMED_OUT
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
@@ -1638,6 +1638,7 @@ class _Mapper:
         for handle in handles:
             if not handle._code_done:  # its code still runs: on processes, its worker is replaced
                 handle._backend._stop_abandoned(handle)
+        stop_if_running(handles, TIMED_OUT)  # and again at the grace's end: one sent to a worker may have started since
         left = None if self._total is None else self._total - self._read
         if left == 0 or self._exhausted:
             rest = ""
