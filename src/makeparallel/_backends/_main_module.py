@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import builtins
 import sys
-import weakref
 from importlib.machinery import ModuleSpec
 from types import FunctionType, ModuleType
 
@@ -107,21 +106,10 @@ def adopt(fn: Any) -> None:
     and functions, the definitions pickle looks up by name: a value (a
     setting, a connection) the initializer or a task put in ``__main__``
     stays, and one no function put there is missing, not a stale copy. The
-    functions keep their own globals.
-
-    One object for each definition, as in the program: each function sent by
-    value brings its own copy of the script's functions it uses (one per
-    pickle), and ``__main__`` held the copy that came last; a task whose
-    function came earlier gave its own copy to a ``multiprocessing`` pool,
-    which pickles it by name, and failed (``it's not the same object as
-    __main__.square``), on whichever worker had run the other function
-    first. So a copy of a function ``__main__`` holds already, the same
-    code and defaults, is replaced by that one in the globals it came with.
-    A definition that differs (a notebook cell run again), and ``fn``
-    itself, which a task may hand on as it is, are the latest: they take
-    the name in ``__main__`` and in the globals of every function that came
-    before, as the program's ``__main__`` holds its latest definitions.
-    Does nothing outside a worker.
+    one sent last wins, as the program's ``__main__`` holds its latest
+    definitions: a notebook cell run again defines its class anew, and a
+    task of the new cell pickled an instance of it against the old one.
+    The functions keep their own globals. Does nothing outside a worker.
     """
     main = _stand_in
     if main is None:
@@ -135,93 +123,9 @@ def adopt(fn: Any) -> None:
     ):
         return
     adopted = main.__dict__
-    changed = False
-    refreshed: list[dict[str, Any]] = []
-    # fn and a method's class first: the latest, whatever the copies among its globals.
-    for value in (function, type(getattr(fn, "__self__", None)), *namespace.values()):
-        name = _definition_name(value)
-        if name is None:
-            continue
-        held = adopted.get(name)
-        if held is value:
-            continue
-        if value is not function and _same_function(held, value):
-            refreshed.append(held.__globals__)  # type: ignore[union-attr]  # a function: _same_function
-            continue
-        adopted[name] = value
-        changed = True
-    for globals_held in refreshed:
-        # The function held now runs for the copy, with the values of the copy's pickle, the
-        # latest: a task's function that calls it sees the globals as they were when it was sent.
-        if globals_held is not namespace:
-            globals_held.update((k, v) for k, v in namespace.items() if not (k.startswith("__") and k.endswith("__")))
-            _held_by_main(globals_held, adopted)
-    _held_by_main(namespace, adopted)
-    if changed:
-        for earlier in list(_arrived):
-            _held_by_main(earlier.__globals__, adopted)
-    _arrived.add(function)
-
-
-# The functions adopt() was given, whose globals name the script's definitions: a weak set,
-# as the worker forgets them (_serialization.load_function keeps a bounded number).
-_arrived: weakref.WeakSet[FunctionType] = weakref.WeakSet()
-
-
-def _definition_name(value: object) -> str | None:
-    """The name of ``value`` where it is a class or function defined at the top of the script, which pickle finds by name."""
-    if isinstance(value, (type, FunctionType)) and getattr(value, "__module__", None) == "__main__":
+    defined: list[Any] = [*namespace.values(), function, type(getattr(fn, "__self__", None))]  # a method's class
+    for value in defined:
         name = getattr(value, "__name__", None)
-        if isinstance(name, str) and getattr(value, "__qualname__", None) == name:
-            return name
-    return None
-
-
-def _held_by_main(namespace: dict[str, Any], adopted: dict[str, Any]) -> None:
-    """Have the script's definitions ``namespace`` holds be the ones ``__main__`` (``adopted``) holds."""
-    for key, value in list(namespace.items()):
-        name = _definition_name(value)
-        held = adopted.get(name) if name is not None else None
-        if held is not None and held is not value:
-            namespace[key] = held
-
-
-def _same_function(held: object, copy: object, depth: int = 0) -> bool:
-    """Whether ``copy`` is a function defined as ``held`` is: the same code, defaults, attributes and closure.
-
-    Their own globals are not compared: each copy's are those of its pickle.
-    A function among those (a decorator's ``__wrapped__``, a closure's cell)
-    compares as a function, to a few levels.
-    """
-    if type(held) is not FunctionType or type(copy) is not FunctionType or depth > 3:
-        return False
-    if held.__code__ != copy.__code__:
-        return False
-    pairs: list[tuple[Any, Any]] = [
-        (held.__defaults__ or (), copy.__defaults__ or ()),
-        (held.__kwdefaults__ or {}, copy.__kwdefaults__ or {}),
-        (held.__dict__, copy.__dict__),
-    ]
-    try:
-        pairs.append((_cell_contents(held), _cell_contents(copy)))
-        return all(_same_value(a, b, depth) for a, b in pairs)
-    except Exception:  # noqa: BLE001  # an empty cell, an == that raises (an array): not known to be the same
-        return False
-
-
-def _cell_contents(function: FunctionType) -> tuple[Any, ...]:
-    return tuple(cell.cell_contents for cell in function.__closure__ or ())
-
-
-def _same_value(held: Any, copy: Any, depth: int) -> bool:
-    if held is copy:
-        return True
-    if type(held) is FunctionType:
-        return _same_function(held, copy, depth + 1)
-    if type(held) is not type(copy):
-        return False
-    if type(held) is tuple:
-        return len(held) == len(copy) and all(_same_value(a, b, depth) for a, b in zip(held, copy))
-    if type(held) is dict:
-        return held.keys() == copy.keys() and all(_same_value(held[k], copy[k], depth) for k in held)
-    return (held == copy) is True
+        if isinstance(value, (type, FunctionType)) and getattr(value, "__module__", None) == "__main__":
+            if isinstance(name, str) and getattr(value, "__qualname__", None) == name:
+                adopted[name] = value
