@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -314,6 +315,7 @@ ASYNC_CALLABLES = [
     pytest.param(functools.partial(AsyncDisplay()), "AsyncDisplay", id="partial-of-async-call"),
     pytest.param(functools.partial(functools.partial(AsyncDisplay())), "AsyncDisplay", id="partial-of-partial"),
     pytest.param(AsyncDisplay().show, "AsyncDisplay.show", id="async-method"),
+    pytest.param(mock.AsyncMock(), "AsyncMock", id="AsyncMock"),
 ]
 
 
@@ -393,6 +395,41 @@ def test_an_async_on_progress_listener_is_a_type_error_and_not_kept(
     assert recorder[-1] == 1.0
 
 
+def plain_listener(fraction: float) -> None:
+    """A plain ``on_progress`` listener, for a mock to take the shape of."""
+
+
+def plain_display(done: int, total: int | None) -> None:
+    """A plain ``progress=`` display, for a mock to take the shape of."""
+
+
+# Mocks pass for what they stand in for: one made with spec= of a function claims to be a function
+# (isinstance) while its __code__ is a mock too, which inspect.iscoroutinefunction cannot read.
+PLAIN_MOCKS = [
+    pytest.param(lambda shape: mock.Mock(), id="Mock"),
+    pytest.param(lambda shape: mock.MagicMock(), id="MagicMock"),
+    pytest.param(lambda shape: mock.Mock(spec=shape), id="Mock-spec"),
+    pytest.param(lambda shape: mock.MagicMock(spec=shape), id="MagicMock-spec"),
+    pytest.param(lambda shape: mock.Mock(wraps=shape), id="Mock-wraps"),
+    pytest.param(lambda shape: mock.create_autospec(shape), id="autospec"),
+]
+
+
+@pytest.mark.parametrize("make", PLAIN_MOCKS)
+def test_a_mock_of_a_plain_callback_is_taken_and_called(make: Callable[[Any], Any]) -> None:
+    listener = make(plain_listener)
+
+    @mp.parallel(backend="sync")
+    def stepped() -> str:
+        mp.report_progress(0.5)
+        return "done"
+
+    handle = stepped()
+    assert handle.on_progress(listener) is handle  # a report came already: called at once
+    listener.assert_called_once_with(0.5)
+    display = make(plain_display)
+    assert mp.parallel_map(double, range(3), progress=display) == [0, 2, 4]
+    assert display.call_args == mock.call(3, 3)
 
 
 def test_report_progress_reaches_on_progress_while_gathering(gate: threading.Event) -> None:

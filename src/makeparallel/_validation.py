@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "as_integer",
     "as_seconds",
+    "async_call_kind",
     "check_count",
     "check_finite_seconds",
     "check_priority",
@@ -20,7 +21,6 @@ __all__ = [
     "check_task_timeout",
     "check_wait_timeout",
     "is_real",
-    "async_call_kind",
     "shown",
 ]
 
@@ -144,12 +144,25 @@ def async_call_kind(fn: Any) -> tuple[str, str] | None:
         fn = fn.func
     if not callable(fn):
         return None
-    call = type(fn).__call__
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
+    # Each as inspect can read it: a mock made with spec= of a function passes for one (isinstance)
+    # and its __code__ is a mock too, whose co_flags a MagicMock says are any flag and a Mock cannot
+    # combine with one (TypeError). Called, such a mock makes a mock, not a coroutine.
+    read = [each for each in (fn, type(fn).__call__) if _code_is_real(each)]
+    if any(inspect.iscoroutinefunction(each) for each in read):
         return "an async function", "a coroutine that nobody awaits"
-    if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call):
+    if any(inspect.isasyncgenfunction(each) for each in read):
         return "an async generator function", "an async generator that nobody iterates"
     return None
+
+
+def _code_is_real(fn: Any) -> bool:
+    """Whether ``fn`` has no ``__code__``, or one whose ``co_flags`` are an int, as inspect reads them.
+
+    ``AsyncMock`` (and a mock made with ``spec=`` of an ``async def``
+    function) sets real flags, ``CO_COROUTINE``: it is read, and refused.
+    """
+    code = getattr(fn, "__code__", None)
+    return code is None or isinstance(getattr(code, "co_flags", None), int)
 
 
 def check_task_timeout(timeout: Any) -> float | None:
