@@ -8,6 +8,7 @@ items were pulled from a generator. Orderings are forced with a gate.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import gc
 import itertools
@@ -1089,6 +1090,42 @@ def test_default_read_ahead_of_large_items_stays_under_the_byte_budget(wrap: boo
     budget_items = DEFAULT_MAX_BYTES_IN_FLIGHT // (64 * KIB)
     assert source.most_ahead <= budget_items, f"{source.most_ahead} items of 64 KiB read ahead"
     assert source.most_ahead > mp.get_thread_pool_info()["num_threads"]  # still ahead: workers kept busy
+
+
+Pair = collections.namedtuple("Pair", "index item")
+
+
+class Fields(list):  # type: ignore[type-arg]
+    """A list subclass, as a row type of a library may be."""
+
+
+def index_field(row: Any) -> int:
+    return int(row["index"] if isinstance(row, dict) else row[0])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(Pair, id="namedtuple"),
+        pytest.param(lambda index, item: Fields([index, item]), id="list subclass"),
+        pytest.param(lambda index, item: collections.OrderedDict(index=index, item=item), id="OrderedDict"),
+        pytest.param(lambda index, item: collections.defaultdict(int, index=index, item=item), id="defaultdict"),
+    ],
+)
+def test_default_read_ahead_of_large_items_in_a_subclass_of_tuple_list_or_dict_stays_under_the_byte_budget(
+    wrap: Any,
+) -> None:
+    # A namedtuple is a tuple (pandas' itertuples() gives them), an OrderedDict a dict: their
+    # elements are sized as a tuple's or a dict's are, or 64 KiB rows count as a few dozen bytes.
+    source = Ahead(64 * KIB)
+    results = mp.imap(index_field, (wrap(item.index, item) for item in source))
+    try:
+        source.consume(results, 20_000)
+    finally:
+        results.close()
+    budget_items = DEFAULT_MAX_BYTES_IN_FLIGHT // (64 * KIB)
+    assert source.most_ahead <= budget_items, f"{source.most_ahead} items of 64 KiB read ahead"
 
 
 @pytest.mark.timeout(60)

@@ -30,7 +30,7 @@ handed to the consumer, so ``imap`` over an endless generator is safe. By
 default that bound is also kept under about 256 MiB: a chunk is sized by run
 time, and tens of thousands of cheap items of 64 KiB each would be gigabytes.
 The size of an item is estimated from a few items of each chunk read
-(``sys.getsizeof``, one level into tuples, lists and dicts), and the read-ahead
+(``sys.getsizeof``, one level into tuples, lists and dicts, subclasses too), and the read-ahead
 in items is capped at the budget over that estimate, never below one item per
 worker plus one, so large items still run in parallel. Data held deeper (in an
 object's attributes, a dict of dicts) is not seen, and what items share is
@@ -132,6 +132,7 @@ DEFAULT_MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 _GENERATOR_FLAGS = _CO_GENERATOR | _CO_ASYNC_GENERATOR
 _SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
 _ELEMENT_SAMPLES = 4  # elements sized per container item
+_SIZED_INTO = (dict, tuple, list)  # the items whose elements are sized too, subclasses included
 
 
 def _is_sliced(items: object) -> TypeGuard[list[Any] | range]:
@@ -144,19 +145,27 @@ def _estimated_size(item: Any) -> float:
 
     ``getsizeof`` counts a tuple, list or dict without what it refers to, and an
     item is often a tuple of arguments; a few elements are sized and scaled to
-    the container's length. Deeper structures are underestimated.
+    the container's length. Deeper structures are underestimated. A subclass
+    (a namedtuple, an ``OrderedDict``) is one too, read through the built-in
+    type's own methods, so that no code of the item's runs here.
     """
     size = float(sys.getsizeof(item))
     kind = type(item)
     if kind is dict:
         elements: Iterable[Any] = item.values()
+        count = len(item)
     elif kind is tuple or kind is list:
         elements = item
+        count = len(item)
+    elif issubclass(kind, _SIZED_INTO):  # the item's type, not the __class__ it claims (a mock's spec)
+        base = next(each for each in _SIZED_INTO if issubclass(kind, each))
+        elements = dict.values(item) if base is dict else base.__iter__(item)
+        count = base.__len__(item)
     else:
         return size
     sampled = [sys.getsizeof(element) for element in itertools.islice(elements, _ELEMENT_SAMPLES)]
     if sampled:
-        size += sum(sampled) * len(item) / len(sampled)
+        size += sum(sampled) * count / len(sampled)
     return size
 
 
@@ -486,7 +495,8 @@ def imap(
         level into tuples, lists and dicts), and the number of items read ahead
         is capped at the budget over that estimate. That holds for items that
         hold their data themselves (``bytes``, ``str``, NumPy arrays that own
-        it) or one level into a tuple, list or dict. Data held deeper, in an
+        it) or one level into a tuple, list or dict (subclasses too: a
+        namedtuple, an ``OrderedDict``). Data held deeper, in an
         object's attributes or a dict of dicts, is not seen: such items are
         bounded in number only, up to ``131,072 * (2 * workers + 2)``. What
         items share (``(row, table)`` with one table for all) is counted once
