@@ -470,7 +470,7 @@ def run_an_executor_of_its_own(backend: str, how: str) -> tuple[list[bool], list
 
 
 def refusal_to_shut_down_from_its_own_task() -> str:
-    """In a task: the error of ``shutdown(wait=True)`` in a task of an executor made there, given as a backend."""
+    """The error of ``shutdown(wait=True)`` in a task of an executor given as a backend (in a task too), which it leaves running."""
     executor = mp.Executor(max_workers=1)
 
     @mp.parallel(backend=executor)
@@ -482,6 +482,8 @@ def refusal_to_shut_down_from_its_own_task() -> str:
         return "waited"
 
     try:
-        return shut_down_from_inside().get(timeout=30)
+        refusal = shut_down_from_inside().get(timeout=30)
+        assert executor.submit(abs, -1).result(timeout=30) == 1  # nothing was shut down
+        return refusal
     finally:
         executor.shutdown()

@@ -422,19 +422,7 @@ def test_shutdown_with_wait_from_its_own_task_raises_instead_of_hanging(backend:
 
 def test_shutdown_with_wait_from_a_task_it_runs_as_a_backend_raises_instead_of_hanging() -> None:
     # Given as @parallel's backend, the executor's own task runs the call's: that one is current there.
-    executor = mp.Executor(max_workers=1)
-
-    @mp.parallel(backend=executor)
-    def shut_down_from_inside() -> str:
-        try:
-            executor.shutdown(wait=True)
-        except RuntimeError as error:
-            return str(error)
-        return "waited"
-
-    assert "own tasks" in shut_down_from_inside().get(timeout=10)
-    assert executor.submit(abs, -1).result(timeout=30) == 1  # nothing was shut down
-    executor.shutdown()
+    assert "own tasks" in refusal_to_shut_down_from_its_own_task()
 
 
 @pytest.mark.timeout(90)

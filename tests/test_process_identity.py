@@ -156,6 +156,24 @@ def _child_identity(_: int) -> tuple[str, str, int]:
     return multiprocessing.current_process().name, parent.name, parent.pid
 
 
+def records_of_a_task(logger_name: str) -> tuple[dict[str, Any], list[logging.LogRecord]]:
+    """What a process task logging to ``logger_name`` saw (:func:`log_a_record`), and the records the program's handler got."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(logger_name)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        logged = on_process(log_a_record)(logger_name).get(timeout=30)
+    finally:
+        logger.removeHandler(handler)
+    return logged, records
+
+
 # -- tests ------------------------------------------------------------------------------------------
 
 
@@ -192,20 +210,7 @@ def test_a_record_a_task_logs_names_its_worker_without_importing_multiprocessing
     # logging reads processName from multiprocessing only where it is imported, else
     # MainProcess: a worker's records read as if the program had logged them.
     mp.configure_process_pool(num_workers=1)
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    name = "test_process_identity.records"
-    logger = logging.getLogger(name)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
-        logged = on_process(log_a_record)(name).get(timeout=30)
-    finally:
-        logger.removeHandler(handler)
+    logged, records = records_of_a_task("test_process_identity.records")
     worker = on_process(identity)().get(timeout=30)  # the same worker, which imports multiprocessing now
     assert WORKER_NAME.fullmatch(worker["name"])
     assert not logged["multiprocessing_imported"]
@@ -219,20 +224,7 @@ def test_a_record_of_a_factory_of_the_task_s_own_names_its_worker_to_the_program
     # A factory that calls none before it (a LogRecord class) makes records that say MainProcess
     # where multiprocessing is not imported: the program's handlers showed them as its own.
     mp.configure_process_pool(num_workers=1, initializer=make_records_of_its_own)
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    name = "test_process_identity.own_records"
-    logger = logging.getLogger(name)
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
-        logged = on_process(log_a_record)(name).get(timeout=30)
-    finally:
-        logger.removeHandler(handler)
+    logged, records = records_of_a_task("test_process_identity.own_records")
     worker = on_process(identity)().get(timeout=30)  # the same worker, which imports multiprocessing now
     assert not logged["multiprocessing_imported"]
     assert [record.processName for record in records] == [worker["name"]]
