@@ -547,6 +547,43 @@ def test_a_process_task_that_refers_to_a_breaker_fails_at_submission_naming_it(c
         mp.parallel(backend="process")(state)()
 
 
+def test_a_copy_of_a_guarded_function_is_the_function_itself(clock: FakeClock) -> None:
+    # copy.copy and copy.deepcopy went through __reduce__, which sends a function to another
+    # process without its breaker: the copy (of an object holding the function, too) ran
+    # while its breaker was open, with a max_concurrent limiter of its own.
+    breaker = breaker_for(clock, name="copied_breaker")
+    breaker.force_open()
+    pay = guarded(breaker, max_concurrent=1)
+    client = {"pay": pay}
+    for copied in (copy.copy(pay), copy.deepcopy(pay), copy.deepcopy(client)["pay"]):
+        assert outcome(copied(False)) == "CircuitOpenError"
+        assert copied is pay
+    assert pay.runs == []  # type: ignore[attr-defined]
+
+
+def test_a_copy_of_a_guarded_method_is_bound_as_a_copy_of_a_method_is(clock: FakeClock) -> None:
+    # Its attributes come from its function: copy.copy recursed for good, and copy.deepcopy,
+    # given the function's own, gave the function, unbound.
+    breaker = breaker_for(clock, name="copied_method_breaker")
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        @mp.parallel(backend="sync", circuit_breaker=breaker)
+        def pay(self) -> str:
+            self.calls.append("paid")
+            return "paid"
+
+    client = Client()
+    shallow, deep = copy.copy(client.pay), copy.deepcopy({"pay": client.pay})["pay"]
+    assert shallow().get(timeout=10) == "paid" and client.calls == ["paid"]
+    assert deep().get(timeout=10) == "paid" and client.calls == ["paid"]  # its own copy of the client
+    assert breaker.statistics().successful_calls == 2
+    breaker.force_open()
+    assert outcome(deep()) == "CircuitOpenError"
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 

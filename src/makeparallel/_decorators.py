@@ -568,6 +568,15 @@ class ParallelFunction(Generic[P, T]):
         }
         return (ParallelFunction, (self._fn, options))
 
+    def __copy__(self) -> ParallelFunction[P, T]:
+        # Itself, as copy gives a plain function. Made through __reduce__, which is for
+        # other processes, a copy (of an object holding it, too) lost in this one its
+        # breaker (it ran while the breaker was open), its limiter and an executor backend.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ParallelFunction[P, T]:
+        return self
+
     def __repr__(self) -> str:
         return f"<parallel function {self._spec.name}>"
 
@@ -746,6 +755,17 @@ class _BoundParallelFunction(Generic[P, T]):
             ValueError: an option has a value out of range.
         """
         return _BoundParallelFunction(self._function.options(**options), self._instance)
+
+    # As copy treats a bound method: the function itself, bound to the instance (deepcopy: to
+    # its copy). Else __getattr__ answered for the function: copy.copy recursed for good (on
+    # an instance with no slots set yet), and copy.deepcopy gave the function, unbound.
+    def __copy__(self) -> _BoundParallelFunction[P, T]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _BoundParallelFunction[P, T]:
+        import copy  # (only where something is copied)
+
+        return _BoundParallelFunction(self._function, copy.deepcopy(self._instance, memo))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._function, name)
