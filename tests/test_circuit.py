@@ -407,12 +407,15 @@ def test_breakers_of_one_name_are_told_apart_in_the_metrics_and_health(clock: Fa
         assert re.findall(r'breaker="(twin_breaker[^"]*)",state="open"} 1.0', page) == [label]
         reasons = [reason for reason in mp.health(memory_limit_percent=100)["reasons"] if "twin_breaker" in reason]
         assert len(reasons) == 1 and f"{label!r} is open" in reasons[0]
-    first.reset()
-    del first  # the one left of its name is known by its name again
+    del opened, closed, first  # the one left of its name is known by its name again
     gc.collect()
-    assert set(mp.metrics_snapshot()["circuit_breakers"]) >= {"twin_breaker", "twin_breaker#2"}
-    assert mp.metrics_snapshot()["circuit_breakers"]["twin_breaker"]["state"] == "closed"
+    second.force_open()
+    snapshot = mp.metrics_snapshot()["circuit_breakers"]
+    assert {key for key in snapshot if key.startswith("twin_breaker")} == {"twin_breaker", "twin_breaker#2"}
+    assert snapshot["twin_breaker"]["state"] == "open"
+    assert snapshot["twin_breaker#2"]["name"] == "twin_breaker#2"
     assert named_like_a_label.state == "closed"
+    second.reset()
 
 
 # -- with retries -----------------------------------------------------------------------------
