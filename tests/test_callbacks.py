@@ -8,6 +8,7 @@ registered after it.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -649,3 +650,59 @@ def test_a_callback_on_a_worker_may_wait_for_the_task_queued_behind_its_own(wait
     assert called.called.wait(20)
     assert called.outcome == {"get": 2, "gather": [2], "a slot": [3]}[wait]
     assert behind.get(5) == 2
+
+
+async def async_callback(*args: Any) -> None:
+    """An ``async def`` callback: called, it would only make a coroutine that nobody awaits."""
+
+
+async def async_generator_callback(*args: Any) -> Any:
+    """An ``async def`` callback that yields: called, it would only make an async generator."""
+    yield args
+
+
+class AsyncCallable:
+    """An object whose ``__call__`` is ``async def``."""
+
+    async def __call__(self, *args: Any) -> None:
+        """Nothing: never awaited."""
+
+
+ASYNC_FUNCTIONS = [
+    pytest.param(async_callback, "an async function", id="async-def"),
+    pytest.param(async_generator_callback, "an async generator function", id="async-generator"),
+]
+# add_done_callback looks at functions alone: the library's collectors add a bound method to each task.
+ASYNC_CALLABLES = [
+    *ASYNC_FUNCTIONS,
+    pytest.param(AsyncCallable(), "an async function", id="async-call"),
+    pytest.param(functools.partial(AsyncCallable()), "an async function", id="partial-of-async-call"),
+]
+
+
+@pytest.mark.parametrize(
+    ("register", "callback", "kind"),
+    [
+        *[pytest.param("on_complete", *p.values, id=f"on_complete-{p.id}") for p in ASYNC_CALLABLES],
+        *[pytest.param("on_error", *p.values, id=f"on_error-{p.id}") for p in ASYNC_CALLABLES],
+        *[pytest.param("add_done_callback", *p.values, id=f"add_done_callback-{p.id}") for p in ASYNC_FUNCTIONS],
+    ],
+)
+@pytest.mark.parametrize("ended", [False, True], ids=["before-its-end", "after-its-end"])
+def test_an_async_callback_is_a_type_error_and_not_kept(
+    backend: str, gate: threading.Event, register: str, callback: Any, kind: str, ended: bool
+) -> None:
+    # Called as the task ends (or at once, where it ended already), an async callback only made a
+    # coroutine that nobody awaits: nothing done, and a RuntimeWarning far from the call (none at all
+    # for an async generator), as on_progress and progress= refuse it.
+    recorder = Recorder()
+    handle = mp.parallel(gate.wait, backend=backend)(5) if not ended else mp.parallel(abs, backend=backend)(-1)
+    if ended:
+        handle.get(5)
+    with pytest.raises(TypeError, match=rf"{register}\(.*\) is {kind}.*plain"):
+        getattr(handle, register)(callback)
+    getattr(handle, register)(recorder)  # a plain one still is, and runs once
+    gate.set()
+    handle.wait(5)
+    wanted = 0 if register == "on_error" else 1
+    assert recorder.wait_for(wanted) and len(recorder.calls) == wanted

@@ -59,6 +59,7 @@ from ._states import (
     UNCLAIMED,
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
+from ._validation import ASYNC_CODE as _ASYNC_CODE
 from ._validation import async_call_kind, check_seconds, check_wait_timeout
 from ._yielding_lock import wait_while_held
 from .errors import (
@@ -562,12 +563,22 @@ class AsyncHandle(Generic[T_co]):
     # -- callbacks -----------------------------------------------------------------
 
     def on_complete(self, callback: Callable[[T_co], object]) -> AsyncHandle[T_co]:
-        """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle."""
+        """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is async (see :meth:`on_progress`).
+        """
+        _refuse_async("on_complete", callback, "as the task succeeds", "function(result)")
         self._register(_ON_COMPLETE, callback)
         return self
 
     def on_error(self, callback: Callable[[BaseException], object]) -> AsyncHandle[T_co]:
-        """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled."""
+        """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is async (see :meth:`on_progress`).
+        """
+        _refuse_async("on_error", callback, "as the task fails", "function(error)")
         self._register(_ON_ERROR, callback)
         return self
 
@@ -576,17 +587,11 @@ class AsyncHandle(Generic[T_co]):
 
         Raises:
             TypeError: ``callback`` is not callable, or calling it makes a
-                coroutine (an ``async def`` function, an object whose
-                ``__call__`` is one, or a ``functools.partial`` of either),
-                which nothing would await, as ``progress=`` refuses one.
+                coroutine or an async generator (an ``async def`` function, an
+                object whose ``__call__`` is one, or a ``functools.partial`` of
+                either), which nothing would await, as ``progress=`` refuses one.
         """
-        if (made := async_call_kind(callback)) is not None:
-            raise TypeError(
-                f"on_progress({getattr(callback, '__qualname__', callback)}) is {made[0]}: called at each "
-                f"progress report, it would only make {made[1]}, and show nothing. Pass a plain "
-                "function(fraction); it runs on the thread that reports the progress (to reach an event loop from "
-                "there, use loop.call_soon_threadsafe)"
-            )
+        _refuse_async("on_progress", callback, "at each progress report", "function(fraction)")
         self._register(_ON_PROGRESS, callback)
         return self
 
@@ -600,15 +605,23 @@ class AsyncHandle(Generic[T_co]):
         looks: that loop's close ends it with ``ShutdownError``.
 
         Raises:
+            TypeError: ``fn`` is not callable, or is an ``async def`` function,
+                whose call only makes a coroutine or an async generator that
+                nothing awaits. (Only a function is looked at, not a method or
+                an object, where :meth:`on_complete` looks at any callable: the
+                library's own collectors add a callback to each task.)
             RuntimeError: ``fn`` is asyncio's, and the task's coroutine runs on a
                 stopped loop that this thread ran (as ``await handle`` raises).
         """
         # asyncio's is a plain function (asyncio.wait's _on_completion): the library's
         # own collectors pass bound methods, and pay one type check.
-        if type(fn) is FunctionType and type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
-            from ._await import on_its_loop  # asyncio is imported already
+        if type(fn) is FunctionType:
+            if fn.__code__.co_flags & _ASYNC_CODE:
+                _refuse_async("add_done_callback", fn, "as the task ends", "function(handle)")
+            if type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
+                from ._await import on_its_loop  # asyncio is imported already
 
-            fn = on_its_loop(fn, self)
+                fn = on_its_loop(fn, self)
         self._register(_ON_DONE, fn)
 
     def remove_done_callback(self, fn: Callable[[AsyncHandle[T_co]], object]) -> int:
@@ -1619,6 +1632,22 @@ def _metadata_repr(metadata: dict[str, Any]) -> str:
         return repr(metadata)
     except Exception:  # noqa: BLE001  # whatever a value's repr raises: the note goes on without it
         return "{" + ", ".join(f"{key!r}: {_value_repr(value)}" for key, value in list(metadata.items())) + "}"
+
+
+def _refuse_async(method: str, callback: Any, when: str, plain: str) -> None:
+    """Raise ``TypeError`` where calling ``callback`` makes a coroutine or an async generator (:func:`async_call_kind`).
+
+    A callback is called on a plain thread, and nothing awaits or iterates
+    what it returns: it did nothing, with a ``RuntimeWarning`` far from the
+    mistake (none for an async generator).
+    """
+    made = async_call_kind(callback)
+    if made is not None:
+        raise TypeError(
+            f"{method}({getattr(callback, '__qualname__', callback)}) is {made[0]}: called {when}, it would "
+            f"only make {made[1]}, and do nothing. Pass a plain {plain}; it runs on the thread that ends "
+            "the task or reports its progress (to reach an event loop from there, use loop.call_soon_threadsafe)"
+        )
 
 
 def _value_repr(value: Any) -> str:
