@@ -826,7 +826,7 @@ def test_a_map_that_times_out_says_how_many_items_ended_were_in_flight_and_never
     finally:
         gate.set()
     message = str(raised.value)
-    counts = re.search(r"with (\d+) item\(s\) done: the (\d+) in flight were cancelled", message)
+    counts = re.search(r"with (\d+) item\(s\) done: the (\d+) in flight timed out with it", message)
     assert counts is not None, message
     done, in_flight = map(int, counts.groups())
     assert done <= 3 and in_flight >= 1, message

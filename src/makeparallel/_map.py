@@ -1658,5 +1658,5 @@ class _Mapper:
             rest = f", and the other {left} never started"
         raise TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s with {self._read - unfinished} item(s) done: "
-            f"the {unfinished} in flight were cancelled (those that had ended lose their results){rest}"
+            f"the {unfinished} in flight timed out with it (those that had ended lose their results){rest}"
         )
