@@ -688,7 +688,12 @@ ASYNC_CALLABLES = [
         *[pytest.param("add_done_callback", *p.values, id=f"add_done_callback-{p.id}") for p in ASYNC_FUNCTIONS],
     ],
 )
-@pytest.mark.parametrize("ended", [False, True], ids=["before-its-end", "after-its-end"])
+# A sync task runs at its call: before its end, a callback is registered on threads alone.
+@pytest.mark.parametrize(
+    ("backend", "ended"),
+    [("thread", False), ("thread", True), ("sync", True)],
+    ids=["thread-before-its-end", "thread-after-its-end", "sync-after-its-end"],
+)
 def test_an_async_callback_is_a_type_error_and_not_kept(
     backend: str, gate: threading.Event, register: str, callback: Any, kind: str, ended: bool
 ) -> None:
