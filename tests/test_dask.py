@@ -514,11 +514,14 @@ async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     return True
 
 
-@pytest.mark.timeout(120)
-def test_a_blocking_wait_on_an_asynchronous_clients_loop_says_to_await(cluster: LocalCluster, client: Client, flags: Flags) -> None:
-    # Refused, it said to "submit the follow-up work from the callback and return, or wait
-    # from another thread": there is no callback in a coroutine, and the loop is the
-    # program's own, where the way to wait is to await.
+def refused_on_an_asynchronous_clients_loop(
+    cluster: LocalCluster, client: Client, flags: Flags, wait: Callable[[mp.AsyncHandle[str]], object]
+) -> str:
+    """The ``RuntimeError`` of ``wait(later)`` in a coroutine of an asynchronous client, ``later`` a task of it.
+
+    The task then ends and is awaited, and another runs (nothing was shut
+    down); ``client`` is the configured one again after.
+    """
     remote = mp.parallel(backend="dask")
 
     async def main() -> str:
@@ -528,15 +531,24 @@ def test_a_blocking_wait_on_an_asynchronous_clients_loop_says_to_await(cluster: 
                 later = remote(wait_for_flag)(flags, "later")
                 try:
                     with pytest.raises(RuntimeError) as refused:
-                        later.get(timeout=10)
+                        wait(later)
                 finally:
                     flags.set("later")
                 assert await later == "later"
+                assert await remote(square)(3) == 9  # nothing was shut down
                 return str(refused.value)
             finally:
                 mp.configure(dask_client=client)
 
-    message = asyncio.run(main())
+    return asyncio.run(main())
+
+
+@pytest.mark.timeout(120)
+def test_a_blocking_wait_on_an_asynchronous_clients_loop_says_to_await(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+    # Refused, it said to "submit the follow-up work from the callback and return, or wait
+    # from another thread": there is no callback in a coroutine, and the loop is the
+    # program's own, where the way to wait is to await.
+    message = refused_on_an_asynchronous_clients_loop(cluster, client, flags, lambda later: later.get(timeout=10))
     assert "event loop of its asynchronous Dask client" in message, message
     assert "`await handle`" in message and "mp.gather_async" in message, message
 
@@ -548,29 +560,11 @@ def test_a_wait_for_every_task_on_an_asynchronous_clients_loop_says_to_await(
 ) -> None:
     # Refused there, it said it was "called in a Dask task's callback" and to "call it from
     # your program's own thread": in a coroutine that thread is this one, the loop's.
-    remote = mp.parallel(backend="dask")
     wait_for_every_task = {
-        "shutdown(timeout_secs=None)": lambda: mp.shutdown(timeout_secs=None),
-        "wait_until_idle(timeout=None)": lambda: wait_until_idle(timeout=None),
+        "shutdown(timeout_secs=None)": lambda _: mp.shutdown(timeout_secs=None),
+        "wait_until_idle(timeout=None)": lambda _: wait_until_idle(timeout=None),
     }[call]
-
-    async def main() -> str:
-        async with Client(cluster.scheduler_address, asynchronous=True, set_as_default=False) as own:
-            mp.configure(dask_client=own)
-            try:
-                later = remote(wait_for_flag)(flags, "later")
-                try:
-                    with pytest.raises(RuntimeError) as refused:
-                        wait_for_every_task()
-                finally:
-                    flags.set("later")
-                assert await later == "later"
-                assert await remote(square)(3) == 9  # nothing was shut down
-                return str(refused.value)
-            finally:
-                mp.configure(dask_client=client)
-
-    message = asyncio.run(main())
+    message = refused_on_an_asynchronous_clients_loop(cluster, client, flags, wait_for_every_task)
     assert message.startswith(f"{call} called on the event loop of an asynchronous Dask client"), message
     assert "your program's own thread" not in message, message
     assert "`await handle`" in message and "asyncio.to_thread" in message, message
