@@ -1035,6 +1035,9 @@ def test_exit_abandons_the_code_of_a_task_that_ended_after_the_exit_timeout(how:
         "0 task(s) still unfinished and the code of 1 timed out or cancelled task(s) still running "
         "at interpreter exit were abandoned after waiting 0.5 s" in result.stderr
     ), result.stderr
+    # Its handle ended: collecting results or shutting down does not stop its code.
+    assert "collect results" not in result.stderr, result.stderr
+    assert "makeparallel.check_cancelled()" in result.stderr, result.stderr
     assert not (tmp_path / "lines.txt").exists()
 
 

@@ -1093,11 +1093,14 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             _abandon_on_interrupt(_every_pool())
         else:
             if not idle:
+                pools = _every_pool()
+                # Only code whose handle ended runs on: collecting or shutting down would not stop it.
+                ended = not _active(pools) and _abandoned_running(pools)
                 _log_abandoned(
-                    _every_pool(),
+                    pools,
                     f"after waiting {timeout:g} s",
-                    "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting, or "
-                    "raise configure(exit_timeout=...)",
+                    (_STOP_ON_CANCEL_ADVICE if ended else "collect results or call makeparallel.shutdown() "
+                     "(Executor.shutdown()) before exiting") + ", or raise configure(exit_timeout=...)",
                 )
             return True
     return False
@@ -1112,6 +1115,8 @@ def _abandon_on_interrupt(backends: list[Backend]) -> None:
 
 
 _CHECK_CANCELLED_ADVICE = "a task stops sooner when it calls makeparallel.check_cancelled()"  # after a Ctrl-C
+# Where only the code of tasks that timed out or were cancelled as they ran is left.
+_STOP_ON_CANCEL_ADVICE = "a task's code stops at its timeout or cancel only where it calls makeparallel.check_cancelled()"
 
 
 def ending_on_interrupt() -> bool:
