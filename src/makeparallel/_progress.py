@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-from ._validation import as_integer, async_call_kind
+from ._validation import as_integer, async_call_kind, check_count
 
 __all__ = ["GATHERED", "Progress", "ProgressOption", "check_progress", "open_progress"]
 
@@ -181,12 +181,7 @@ def _check_total(total: Any, length: int | None, counted: str) -> None:
         ValueError: ``total`` is negative, or differs from ``length``.
     """
     if total is not None:
-        count = as_integer(total)
-        if count is None:
-            raise TypeError(f"progress total must be an int >= 0 or None, got {total!r}")
-        if count < 0:
-            raise ValueError(f"progress total must be an int >= 0 or None, got {total!r}")
-        total = count
+        total = check_count(total, "progress total", 0, " or None")
     if length is not None and total != length:
         raise ValueError(f"progress total={total!r} disagrees with the {length} {counted}")
 

@@ -23,7 +23,7 @@ from ._decorators import (
 )
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
-from ._validation import as_integer, check_count
+from ._validation import check_count
 
 __all__ = ["RetryingFunction", "retry", "retry_backoff"]
 
@@ -154,12 +154,7 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
             body fails later, as the caller iterates it, where no retry can
             start it again.
     """
-    retries = as_integer(max_retries)
-    if retries is None:
-        raise TypeError(f"max_retries must be an int >= 0, got {max_retries!r}")
-    if retries < 0:
-        raise ValueError(f"max_retries must be an int >= 0, got {max_retries}")
-    max_retries = retries
+    max_retries = check_count(max_retries, "max_retries", 0)
     policy = Retry(
         on=Exception, attempts=max_retries + 1, timeout=None, wait_initial=0.0, wait_max=0.0, wait_jitter=0.0
     )

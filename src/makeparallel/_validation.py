@@ -208,11 +208,14 @@ def check_priority(priority: Any) -> int:
     return checked
 
 
-def check_count(value: Any, name: str) -> int:
-    """A count of threads, tasks or the like: an integer >= 1 (:func:`as_integer`); returns it as a plain int."""
+def check_count(value: Any, name: str, least: int = 1, alternatives: str = "") -> int:
+    """A count of threads, tasks or the like: an integer >= ``least`` (:func:`as_integer`); returns it as a plain int.
+
+    ``alternatives`` ends the message with what else the caller accepts (``" or None"``).
+    """
     count = as_integer(value)
     if count is None:
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if count < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        raise TypeError(f"{name} must be an int >= {least}{alternatives}, got {value!r}")
+    if count < least:
+        raise ValueError(f"{name} must be an int >= {least}{alternatives}, got {value!r}")
     return count
