@@ -548,7 +548,7 @@ class Limiter:
             if not waiters or (self.limit is not None and self._in_flight > self.limit):
                 self._in_flight -= 1
                 if self._free_waiters and self._in_flight <= 0:
-                    self._wake_free_waiters_locked()
+                    _interruptible.wake(self._free_waiters)
                 return
             for waiting in waiters:  # the oldest: the slot passes on to it, still counted
                 break
@@ -568,23 +568,7 @@ class Limiter:
         a call on a daemon thread: it waited for the pools alone, which were
         idle just then, and the call's task was lost.
         """
-        with self._lock:
-            if self._in_flight <= 0:
-                return True
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._free_waiters.append(waiter)
-        if _interruptible.acquire(waiter, timeout):
-            return True
-        with self._lock:
-            if waiter in self._free_waiters:
-                self._free_waiters.remove(waiter)
-            return self._in_flight <= 0
-
-    def _wake_free_waiters_locked(self) -> None:
-        waiters, self._free_waiters = self._free_waiters, []
-        for waiter in waiters:
-            waiter.release()
+        return _interruptible.wait_until(self._lock, lambda: self._in_flight <= 0, self._free_waiters, timeout)
 
     def close(self) -> None:
         """Make every waiting and future blocked submission raise ``ShutdownError``.

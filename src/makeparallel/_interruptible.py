@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SLICE", "acquire", "bounded", "get", "in_slices", "wait"]
+__all__ = ["SLICE", "acquire", "bounded", "get", "in_slices", "wait", "wait_until", "wake"]
 
 #: Seconds the main thread sleeps at most before it looks for a pending signal.
 SLICE = 0.1
@@ -106,3 +106,34 @@ def wait(condition: threading.Condition, timeout: float | None) -> None:
         condition.wait(SLICE if timeout is None else min(SLICE, max(0.0, timeout)))
     else:
         condition.wait(None if timeout is None else bounded(timeout))
+
+
+def wait_until(
+    lock: threading.Lock, holds: Callable[[], bool], waiters: list[threading.Lock], timeout: float | None
+) -> bool:
+    """Block until ``holds()``, read under ``lock``, or ``timeout`` seconds pass (``None``: no end); return whether it holds.
+
+    The wait sleeps on a lock of its own in ``waiters`` (:func:`acquire`, so
+    Ctrl-C gets through); whoever makes ``holds()`` true, under ``lock``,
+    calls :func:`wake` on ``waiters``.
+    """
+    with lock:
+        if holds():
+            return True
+        waiter = threading.Lock()
+        waiter.acquire()
+        waiters.append(waiter)
+    if acquire(waiter, timeout):
+        return True
+    with lock:
+        if waiter in waiters:
+            waiters.remove(waiter)
+        return holds()
+
+
+def wake(waiters: list[threading.Lock]) -> None:
+    """Wake every :func:`wait_until` on ``waiters``, under the lock its condition is read under."""
+    woken = waiters[:]
+    waiters.clear()
+    for waiter in woken:
+        waiter.release()

@@ -439,9 +439,7 @@ class ThreadBackend(QueueingBackend):
 
     def _wake_abandoned_waiters_locked(self) -> None:
         if self._stuck == self._stopped and self._abandoned_waiters:
-            waiters, self._abandoned_waiters = self._abandoned_waiters, []
-            for waiter in waiters:
-                waiter.release()
+            _interruptible.wake(self._abandoned_waiters)
 
     def abandoned_running(self) -> int:
         return self._stuck - self._stopped
@@ -455,18 +453,9 @@ class ThreadBackend(QueueingBackend):
         of a retried task counts too; the code of a task stopped with its map
         or batch does not (:meth:`_stop_abandoned`).
         """
-        with self._lock:
-            if self._stuck == self._stopped:
-                return True
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._abandoned_waiters.append(waiter)
-        if _interruptible.acquire(waiter, timeout):
-            return True
-        with self._lock:
-            if waiter in self._abandoned_waiters:
-                self._abandoned_waiters.remove(waiter)
-            return self._stuck == self._stopped
+        return _interruptible.wait_until(
+            self._lock, lambda: self._stuck == self._stopped, self._abandoned_waiters, timeout
+        )
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         self._replace_stuck_workers()
