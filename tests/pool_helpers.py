@@ -487,3 +487,15 @@ def refusal_to_shut_down_from_its_own_task() -> str:
         return refusal
     finally:
         executor.shutdown()
+
+
+
+# For a child program (it imports sys and threading): whether its main thread is in exit's
+# wait for the tasks (in ``_wait_idle``) now.
+EXIT_WAITS = """
+def exit_waits():
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != "_wait_idle":
+        frame = frame.f_back
+    return frame is not None
+"""

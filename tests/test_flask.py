@@ -16,7 +16,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _runtime
-from pool_helpers import wait_until
+from pool_helpers import EXIT_WAITS, wait_until
 from web_helpers import check_live_fails_for_good, run_fresh_interpreter, werkzeug_server
 from web_tasks import count_primes
 
@@ -274,15 +274,6 @@ def test_the_exit_does_not_wait_again_once_the_library_is_shut_down(first: str) 
     assert done.stdout == "submitted\n"
     assert f"1 task(s) still unfinished at interpreter exit were abandoned after {by} waited 0.2 s;" in done.stderr
 
-
-# For a script: whether the main thread waits at exit (in ``_wait_idle``) now.
-EXIT_WAITS = """
-def exit_waits():
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != "_wait_idle":
-        frame = frame.f_back
-    return frame is not None
-"""
 
 # A task that sends the user's Ctrl-C once the main thread waits at exit for it.
 INTERRUPT_THE_EXIT_WAIT = """

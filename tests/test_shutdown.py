@@ -29,7 +29,7 @@ from makeparallel import _handle, _runtime
 from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
 from makeparallel.testing import wait_until_idle
-from pool_helpers import CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
+from pool_helpers import EXIT_WAITS, CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 T = TypeVar("T")
@@ -1176,15 +1176,6 @@ def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
     ) in stderr, stderr
     assert "timeout_secs" not in stderr, stderr
 
-
-# Whether the main thread is in exit's wait for the tasks (a child program's function).
-EXIT_WAITS = '''
-def exit_waits():
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None and frame.f_code.co_name != "_wait_idle":
-        frame = frame.f_back
-    return frame is not None
-'''
 
 CTRL_C_WHILE_EXIT_WAITS = """
 import os, signal, sys, threading
