@@ -295,6 +295,25 @@ def test_gather_rejects_non_handles(item: Any) -> None:
         mp.gather([square(1), item])
 
 
+@pytest.mark.parametrize("collect", [mp.gather, mp.as_completed, mp.wait])
+def test_collectors_point_an_executor_future_to_its_handle(collect: Callable[..., Any]) -> None:
+    # mp.Executor's futures hold the task's handle: the error says to pass that, not only what was expected.
+    with mp.Executor(backend="sync") as executor:
+        future = executor.submit(abs, -1)
+    with pytest.raises(TypeError, match=r"got an mp\.Executor future .*pass its future\.handle") as caught:
+        collect([future])
+    assert repr(future) in str(caught.value)
+
+
+@pytest.mark.parametrize("collect", [mp.gather, mp.as_completed, mp.wait])
+def test_collectors_point_a_standard_future_to_the_standard_waits(collect: Callable[..., Any]) -> None:
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    future.set_result(1)
+    with pytest.raises(TypeError, match=r"concurrent\.futures\.wait\(\) or as_completed\(\)") as caught:
+        collect([future])
+    assert repr(future) in str(caught.value)
+
+
 @pytest.mark.parametrize("on_error", ["ignore", "RAISE", None, 1])
 def test_gather_rejects_bad_on_error(on_error: Any) -> None:
     square, _ = functions("sync")

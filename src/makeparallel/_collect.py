@@ -85,11 +85,22 @@ def _as_handles(handles: Iterable[AsyncHandle[T]], caller: str) -> list[AsyncHan
         ) from None
     for item in items:
         if not isinstance(item, AsyncHandle):
-            raise TypeError(
-                f"{caller}() expected AsyncHandle objects (what a @parallel function returns) "
-                f"in its handles argument, got {item!r}"
-            )
+            raise TypeError(_not_a_handle(caller, item))
     return items
+
+
+def _not_a_handle(caller: str, item: object) -> str:
+    """What :func:`_as_handles` says of ``item``, which is no handle; for a future, what to pass instead."""
+    expected = f"{caller}() expected AsyncHandle objects (what a @parallel function returns) in its handles argument"
+    if not isinstance(item, futures.Future):
+        return f"{expected}, got {item!r}"
+    if isinstance(getattr(item, "handle", None), AsyncHandle):  # an mp.Executor's (_executor.ExecutorFuture)
+        return f"{expected}, got an mp.Executor future {item!r}: pass its future.handle, the task's AsyncHandle"
+    return (
+        f"{expected}, got a concurrent.futures.Future {item!r}: wait for standard futures with "
+        "concurrent.futures.wait() or as_completed(), or give their executor to @mp.parallel(backend=executor) "
+        "to get handles"
+    )
 
 
 def _cancel_after_interrupt(handles: object, items: list[AsyncHandle[Any]] | None) -> None:
