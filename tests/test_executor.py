@@ -641,6 +641,26 @@ def test_cancel_follows_concurrent_futures(gate: threading.Event) -> None:
         assert running.cancel() is False
 
 
+def test_a_futures_repr_says_running_while_its_task_runs(gate: threading.Event) -> None:
+    # The standard future's state never becomes RUNNING here (the handle runs the task): its repr said pending.
+    with mp.Executor(max_workers=1) as executor:
+        started = threading.Event()
+
+        def held() -> int:
+            started.set()
+            assert gate.wait(30)
+            return 7
+
+        running = executor.submit(held)
+        assert started.wait(10)
+        queued = executor.submit(abs, -1)
+        assert "state=running" in repr(running)
+        assert "state=pending" in repr(queued)
+        gate.set()
+        assert running.result(timeout=30) == 7
+        assert "state=finished returned int" in repr(running)
+
+
 def test_the_handle_cancels_a_running_task_cooperatively(gate: threading.Event) -> None:
     with mp.Executor(max_workers=1) as executor:
         started = threading.Event()

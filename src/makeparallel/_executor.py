@@ -112,6 +112,17 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         """Whether the task is running now."""
         return not self.done() and self.handle.running()
 
+    def __repr__(self) -> str:
+        """As the standard future's, with ``state=running`` while the task runs.
+
+        The standard future's own state goes from pending to finished here
+        (its handle runs the task; ``set_running_or_notify_cancel`` is only
+        for its end), so its repr said ``state=pending`` for a running task.
+        """
+        if self.running():
+            return f"<{type(self).__name__} at {id(self):#x} state=running>"
+        return super().__repr__()
+
     def done(self) -> bool:
         """Whether the task ended (in a forked child, a task of the parent's has: ``_fork_child``)."""
         if _fork_child.boundary:
