@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import math
@@ -11,6 +12,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from pool_helpers import poll_until_stopped
@@ -637,3 +639,105 @@ def test_validation_happens_before_the_function_is_given() -> None:
     # The mistake shows on the line with the options, even if never applied.
     with pytest.raises(ValueError, match="timeout"):
         mp.parallel(timeout=-1)
+
+
+# -- mocks of functions: what users test with ---------------------------------------------------
+
+
+def _plain_task(x: int) -> int:
+    """A plain task, for a mock to take the shape of."""
+    return x + 1
+
+
+async def _async_task(x: int) -> int:
+    """An ``async def`` task, for a mock to take the shape of."""
+    return x + 1
+
+
+# A mock made with spec= of a function passes for a function (isinstance) while its __code__ is a
+# mock too, whose co_flags a Mock cannot combine with an int (TypeError) and a MagicMock's match any
+# flag (judged an async generator function). Called, each makes its return value, as a function does.
+MOCKS_OF_A_FUNCTION = [
+    pytest.param(lambda: mock.Mock(spec=_plain_task, return_value=7), id="Mock-spec"),
+    pytest.param(lambda: mock.MagicMock(spec=_plain_task, return_value=7), id="MagicMock-spec"),
+    pytest.param(lambda: mock.create_autospec(_plain_task, return_value=7), id="autospec"),
+    pytest.param(lambda: mock.Mock(spec=_numbers, return_value=7), id="Mock-spec-of-a-generator-function"),
+    pytest.param(lambda: functools.partial(mock.Mock(spec=_plain_task, return_value=7)), id="partial-of-Mock-spec"),
+    pytest.param(lambda: functools.partial(mock.MagicMock(spec=_plain_task, return_value=7)), id="partial-of-MagicMock"),
+]
+
+
+def _through_executor(fn: Callable[[int], Any]) -> Any:
+    with mp.Executor(max_workers=1) as executor:
+        return executor.submit(fn, 1).result(5)
+
+
+def _through_group(fn: Callable[[int], Any]) -> Any:
+    with mp.TaskGroup() as group:
+        handle = group.submit(fn, 1)
+    return handle.get(5)
+
+
+# Each way a function is judged (a generator function refused, an async def's coroutine awaited),
+# and what it gives back for a task returning 7.
+WAYS_TO_RUN = [
+    pytest.param(lambda fn: mp.parallel(backend="thread")(fn)(1).get(5), id="parallel-thread"),
+    pytest.param(lambda fn: mp.parallel(backend="sync")(fn)(1).get(5), id="parallel-sync"),
+    pytest.param(lambda fn: mp.parallel_map(fn, [1])[0], id="parallel_map"),
+    pytest.param(lambda fn: next(iter(mp.imap(fn, [1]))), id="imap"),
+    pytest.param(lambda fn: mp.profiled(fn)(1), id="profiled"),
+    pytest.param(lambda fn: mp.retry(fn)(1), id="retry"),
+    pytest.param(lambda fn: mp.retry_backoff(fn)(1), id="retry_backoff"),
+    pytest.param(_through_group, id="TaskGroup.submit"),
+    pytest.param(_through_executor, id="Executor.submit"),
+]
+
+
+@pytest.mark.usefixtures("own_metrics")
+@pytest.mark.parametrize("run", WAYS_TO_RUN)
+@pytest.mark.parametrize("make", MOCKS_OF_A_FUNCTION)
+def test_a_mock_of_a_function_is_taken_and_called_as_one(
+    make: Callable[[], Any], run: Callable[[Callable[[int], Any]], Any]
+) -> None:
+    fn = make()
+    assert run(fn) == 7
+    called = fn.func if isinstance(fn, functools.partial) else fn
+    called.assert_called_once_with(1)
+
+
+@pytest.mark.usefixtures("own_metrics")
+@pytest.mark.parametrize("run", WAYS_TO_RUN)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: mock.AsyncMock(spec=_async_task, return_value=7), id="AsyncMock-spec"),
+        pytest.param(lambda: mock.Mock(spec=_async_task, return_value=7), id="Mock-spec-of-an-async-function"),
+        pytest.param(lambda: mock.MagicMock(spec=_async_task, return_value=7), id="MagicMock-spec-of-async"),
+    ],
+)
+def test_a_mock_of_an_async_function_is_taken_as_one(
+    make: Callable[[], Any], run: Callable[[Callable[[int], Any]], Any]
+) -> None:
+    fn = make()
+    made = run(fn)
+    # The decorators that run the call here give a coroutine function, as they do for an async def.
+    assert (asyncio.run(made) if inspect.iscoroutine(made) else made) == 7
+    fn.assert_awaited_once_with(1)
+
+
+@pytest.mark.parametrize("decorate", [mp.profiled, mp.retry, mp.retry_backoff])
+def test_decorators_over_a_mock_of_an_async_function_make_coroutine_functions(
+    decorate: Callable[[Any], Any], own_metrics: None
+) -> None:
+    assert inspect.iscoroutinefunction(decorate(mock.AsyncMock(spec=_async_task)))
+    assert not inspect.iscoroutinefunction(decorate(mock.Mock(spec=_plain_task)))
+
+
+@pytest.mark.timeout(120)
+def test_a_process_task_of_a_mock_is_refused_as_unpicklable() -> None:
+    # A mock cannot be pickled: the process backend says so, as for any task it cannot send.
+    in_processes = mp.parallel(backend="process")(mock.Mock(spec=_plain_task, return_value=7))
+    with pytest.raises(mp.TaskSerializationError, match="function <Mock .*could not be pickled"):
+        in_processes(1)
+    with pytest.raises(mp.TaskSerializationError, match="initializer"):
+        mp.configure_process_pool(initializer=mock.Mock(spec=_plain_task))

@@ -36,7 +36,7 @@ from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
-from ._validation import check_count, check_priority, check_task_timeout
+from ._validation import check_count, check_priority, check_task_timeout, code_is_real
 from .errors import CircuitOpenError
 
 _log = logging.getLogger("makeparallel")
@@ -420,7 +420,7 @@ class ParallelFunction(Generic[P, T]):
             limiter=limiter,
             is_async=_returns_coroutines(fn),
             async_cancel=options.get("async_cancel"),
-            function_name=getattr(fn, "__name__", None),
+            function_name=_short_name(fn),
             retry=options.get("retry"),
             breaker=breaker,
         )
@@ -822,7 +822,10 @@ def _returns_coroutines(fn: Any) -> bool:
         return False
     import inspect
 
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # A mock made with spec= of a function is asked nothing: its code flags are mocks (code_is_real).
+    return any(
+        inspect.iscoroutinefunction(each) for each in (fn, getattr(fn, "__call__", None)) if code_is_real(each)
+    )
 
 
 def _describe(fn: Any) -> str:
@@ -839,6 +842,31 @@ def _describe(fn: Any) -> str:
     if isinstance(fn, functools.partial):
         return f"partial({_describe(fn.func)})"
     return type(fn).__qualname__
+
+
+def _short_name(fn: Any) -> str | None:
+    """The ``__name__`` of ``fn`` if it is a str, else ``None`` (a mock made with ``spec=`` of a function has a mock)."""
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else None
+
+
+# What a function's attributes must be, of those functools.wraps copies onto one.
+_WRAPPER_KINDS = {"__name__": str, "__qualname__": str, "__annotations__": dict, "__type_params__": tuple}
+
+
+def _wraps(fn: Any) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """``functools.wraps(fn)``, less the attributes that a function cannot take from ``fn``.
+
+    A mock made with ``spec=`` of a function has a mock for its name and its
+    annotations, which a function's must be a str and a dict: ``functools.wraps``
+    raised ``TypeError``. The wrapper keeps its own there.
+    """
+    assigned = tuple(
+        name
+        for name in functools.WRAPPER_ASSIGNMENTS
+        if name not in _WRAPPER_KINDS or isinstance(getattr(fn, name, None), _WRAPPER_KINDS[name])
+    )
+    return functools.wraps(fn, assigned=assigned)
 
 
 def as_parallel(
@@ -986,6 +1014,8 @@ def _generator_kind(fn: Any) -> str | None:
     seen: set[int] = set()
     while id(fn) not in seen:
         seen.add(id(fn))
+        if not code_is_real(fn):  # a mock made with spec= of a function: called, it makes its return value
+            return None
         if inspect.isasyncgenfunction(fn):
             return "async generator"
         if inspect.isgeneratorfunction(fn):  # also sees through partials and methods

@@ -9,7 +9,6 @@ class lives in its own module, loaded at the first read: counting needs none of 
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -448,7 +447,13 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
             hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
             raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
         # Named and judged as @parallel does (here: measuring alone needs none of the decorators).
-        from ._decorators import _describe, _generator_kind, _returns_coroutines
+        from ._decorators import (
+            _describe,
+            _generator_kind,
+            _returns_coroutines,
+            _short_name,
+            _wraps,
+        )
 
         kind = _generator_kind(function)
         if kind is not None:  # before its record is made: a refused function leaves none
@@ -461,14 +466,14 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         if name:
             record = metrics_for(name)
         else:  # a partial or a callable object has no __qualname__
-            record = metrics_for(_describe(function), getattr(function, "__name__", None))
+            record = metrics_for(_describe(function), _short_name(function))
         counts = record.counted()
         # A partial of an async def, or an object whose __call__ is one, too: their own code is
         # none to read, and the plain wrapper counted each coroutine's creation as a call completed.
         if _returns_coroutines(function):
             return _profiled_coroutine_function(function, counts)  # type: ignore[return-value]
 
-        @functools.wraps(function)
+        @_wraps(function)
         def measured(*args: Any, **kwargs: Any) -> Any:
             with counts.lock:
                 counts.total += 1
@@ -498,9 +503,11 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
     """
     import asyncio  # (an async def function is one that asyncio, or a loop like it, runs)
 
+    from ._decorators import _wraps
+
     stopped = (asyncio.CancelledError, GeneratorExit)
 
-    @functools.wraps(function)
+    @_wraps(function)
     async def measured(*args: Any, **kwargs: Any) -> Any:
         with counts.lock:
             counts.total += 1

@@ -20,6 +20,7 @@ from ._decorators import (
     _describe,
     _generator_kind,
     _returns_coroutines,
+    _wraps,
 )
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
@@ -71,7 +72,7 @@ def _retrying_coroutine_function(fn: Callable[..., Any], policy: Retry) -> Calla
     ask (and it binds as a method, as any function does).
     """
 
-    @functools.wraps(fn)
+    @_wraps(fn)
     async def retrying(*args: Any, **kwargs: Any) -> Any:
         import asyncio  # an async caller has it loaded already
 

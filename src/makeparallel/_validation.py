@@ -28,6 +28,7 @@ __all__ = [
     "check_seconds",
     "check_task_timeout",
     "check_wait_timeout",
+    "code_is_real",
     "is_real",
     "shown",
 ]
@@ -170,7 +171,7 @@ def async_call_kind(fn: Any) -> tuple[str, str] | None:
     # Each as inspect can read it: a mock made with spec= of a function passes for one (isinstance)
     # and its __code__ is a mock too, whose co_flags a MagicMock says are any flag and a Mock cannot
     # combine with one (TypeError). Called, such a mock makes a mock, not a coroutine.
-    read = [each for each in (fn, type(fn).__call__) if _code_is_real(each)]
+    read = [each for each in (fn, type(fn).__call__) if code_is_real(each)]
     if any(inspect.iscoroutinefunction(each) for each in read):
         return "an async function", "a coroutine that nobody awaits"
     if any(inspect.isasyncgenfunction(each) for each in read):
@@ -178,12 +179,20 @@ def async_call_kind(fn: Any) -> tuple[str, str] | None:
     return None
 
 
-def _code_is_real(fn: Any) -> bool:
-    """Whether ``fn`` has no ``__code__``, or one whose ``co_flags`` are an int, as inspect reads them.
+def code_is_real(fn: Any) -> bool:
+    """Whether ``inspect``'s predicates can read the code flags of ``fn``: it has no ``__code__``, or one whose ``co_flags`` are an int.
 
-    ``AsyncMock`` (and a mock made with ``spec=`` of an ``async def``
-    function) sets real flags, ``CO_COROUTINE``: it is read, and refused.
+    Looked at past bound methods and ``functools.partial``, as ``inspect``
+    looks. A mock made with ``spec=`` of a function passes for a function
+    (``isinstance``) and its ``__code__`` is a mock too: a ``Mock``'s
+    ``co_flags`` cannot be combined with a flag (``TypeError``), and a
+    ``MagicMock``'s match every flag (an async generator function). Called, it
+    makes its return value, as a plain function does: ask ``inspect`` nothing
+    about it. ``AsyncMock`` (and a mock made with ``spec=`` of an ``async
+    def`` function) sets real flags, ``CO_COROUTINE``: it is read, as one.
     """
+    while isinstance(fn, (MethodType, functools.partial)):
+        fn = fn.__func__ if isinstance(fn, MethodType) else fn.func
     code = getattr(fn, "__code__", None)
     return code is None or isinstance(getattr(code, "co_flags", None), int)
 
