@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pool_helpers import CalledBack, Flags, hold_the_pool, poll_until_stopped
@@ -711,3 +711,53 @@ def test_an_async_callback_is_a_type_error_and_not_kept(
     handle.wait(5)
     wanted = 0 if register == "on_error" else 1
     assert recorder.wait_for(wanted) and len(recorder.calls) == wanted
+
+
+class Made:
+    """A class: called as a callback, it would only make an instance that nothing uses."""
+
+    instances: ClassVar[list[Made]] = []
+
+    def __init__(self, *args: Any) -> None:
+        Made.instances.append(self)
+
+
+# Every way of giving a class as a callback, and the class its error names.
+CLASSES = [
+    pytest.param(Made, "Made", id="class"),
+    pytest.param(functools.partial(Made, "bound"), "Made", id="partial-of-a-class"),
+    pytest.param(dict, "dict", id="builtin-class"),
+]
+
+
+@pytest.mark.parametrize(("callback", "named"), CLASSES)
+@pytest.mark.parametrize("register", ["on_complete", "on_error", "on_progress"])
+@pytest.mark.parametrize("ended", [False, True], ids=["before-its-end", "after-its-end"])
+def test_a_class_as_a_callback_is_a_type_error_and_not_kept(
+    gate: threading.Event, register: str, callback: Any, named: str, ended: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Called as the task ends or reports, a class only makes an object that nothing uses, as
+    # progress= refuses one (progress=tqdm, the class, is the likely one: on_progress(tqdm) too).
+    monkeypatch.setattr(Made, "instances", [])
+
+    @mp.parallel(backend="thread")
+    def reports(fails: bool) -> int:
+        mp.report_progress(0.5)
+        assert gate.wait(5)
+        if fails:
+            raise ValueError("failed, as asked")
+        return 1
+
+    handle = reports(register == "on_error")
+    if ended:
+        gate.set()
+        handle.wait(5)
+    pattern = rf"{register}\(.*\) is a class: called .*, it would only make a {named} object that nothing uses.*plain"
+    with pytest.raises(TypeError, match=pattern):
+        getattr(handle, register)(callback)
+    recorder = Recorder()
+    getattr(handle, register)(recorder)  # a plain one still is, and runs
+    gate.set()
+    handle.wait(5)
+    assert recorder.wait_for(1)
+    assert Made.instances == []

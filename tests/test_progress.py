@@ -331,6 +331,8 @@ class Display:
     [
         (tqdm, r"progress=.*tqdm.*is a class.*progress=True"),
         (Display, r"progress=.*Display.*is a class.*progress=True"),
+        (functools.partial(tqdm, desc="rows"), r"progress=.*is a class.*a tqdm object.*progress=True"),
+        (functools.partial(Display), r"progress=.*is a class.*a Display object.*progress=True"),
         (async_display, r"progress=.*async_display.*async function.*plain function"),
         (async_generator_display, r"progress=.*async_generator_display.*async generator function.*plain function"),
     ],

@@ -60,7 +60,7 @@ from ._states import (
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
 from ._validation import ASYNC_CODE as _ASYNC_CODE
-from ._validation import async_call_kind, check_seconds, check_wait_timeout
+from ._validation import check_seconds, check_wait_timeout, unused_call_kind
 from ._yielding_lock import wait_while_held
 from .errors import (
     ShutdownError,
@@ -566,9 +566,9 @@ class AsyncHandle(Generic[T_co]):
         """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle.
 
         Raises:
-            TypeError: ``callback`` is not callable, or is async (see :meth:`on_progress`).
+            TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
         """
-        _refuse_async("on_complete", callback, "as the task succeeds", "function(result)")
+        _refuse_unused_call("on_complete", callback, "as the task succeeds", "function(result)")
         self._register(_ON_COMPLETE, callback)
         return self
 
@@ -576,9 +576,9 @@ class AsyncHandle(Generic[T_co]):
         """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled.
 
         Raises:
-            TypeError: ``callback`` is not callable, or is async (see :meth:`on_progress`).
+            TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
         """
-        _refuse_async("on_error", callback, "as the task fails", "function(error)")
+        _refuse_unused_call("on_error", callback, "as the task fails", "function(error)")
         self._register(_ON_ERROR, callback)
         return self
 
@@ -586,12 +586,13 @@ class AsyncHandle(Generic[T_co]):
         """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already.
 
         Raises:
-            TypeError: ``callback`` is not callable, or calling it makes a
-                coroutine or an async generator (an ``async def`` function, an
-                object whose ``__call__`` is one, or a ``functools.partial`` of
-                either), which nothing would await, as ``progress=`` refuses one.
+            TypeError: ``callback`` is not callable, or calling it makes what
+                nothing would use, as ``progress=`` refuses it: an object (a
+                class), or a coroutine or an async generator (an ``async def``
+                function, an object whose ``__call__`` is one); also behind
+                ``functools.partial``.
         """
-        _refuse_async("on_progress", callback, "at each progress report", "function(fraction)")
+        _refuse_unused_call("on_progress", callback, "at each progress report", "function(fraction)")
         self._register(_ON_PROGRESS, callback)
         return self
 
@@ -617,7 +618,7 @@ class AsyncHandle(Generic[T_co]):
         # own collectors pass bound methods, and pay one type check.
         if type(fn) is FunctionType:
             if fn.__code__.co_flags & _ASYNC_CODE:
-                _refuse_async("add_done_callback", fn, "as the task ends", "function(handle)")
+                _refuse_unused_call("add_done_callback", fn, "as the task ends", "function(handle)")
             if type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
                 from ._await import on_its_loop  # asyncio is imported already
 
@@ -1634,14 +1635,15 @@ def _metadata_repr(metadata: dict[str, Any]) -> str:
         return "{" + ", ".join(f"{key!r}: {_value_repr(value)}" for key, value in list(metadata.items())) + "}"
 
 
-def _refuse_async(method: str, callback: Any, when: str, plain: str) -> None:
-    """Raise ``TypeError`` where calling ``callback`` makes a coroutine or an async generator (:func:`async_call_kind`).
+def _refuse_unused_call(method: str, callback: Any, when: str, plain: str) -> None:
+    """Raise ``TypeError`` where calling ``callback`` makes what nothing uses (:func:`unused_call_kind`).
 
     A callback is called on a plain thread, and nothing awaits or iterates
-    what it returns: it did nothing, with a ``RuntimeWarning`` far from the
-    mistake (none for an async generator).
+    what it returns: a class made an object, an async function a coroutine
+    that did nothing, with a ``RuntimeWarning`` far from the mistake (none for
+    an async generator).
     """
-    made = async_call_kind(callback)
+    made = unused_call_kind(callback)
     if made is not None:
         raise TypeError(
             f"{method}({getattr(callback, '__qualname__', callback)}) is {made[0]}: called {when}, it would "

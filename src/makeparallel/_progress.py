@@ -29,7 +29,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-from ._validation import as_integer, async_call_kind, check_count
+from ._validation import as_integer, check_count, unused_call_kind
 
 __all__ = ["GATHERED", "Progress", "ProgressOption", "check_progress", "open_progress"]
 
@@ -91,7 +91,8 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             ``iterable``, which the library feeds itself, or a ``total`` that is
             not an int or ``None``; or the callable is a class (``tqdm`` itself)
             or an ``async def`` function (a coroutine or an async generator
-            function), neither of which displays anything when called.
+            function), or a ``functools.partial`` of one, none of which
+            displays anything when called.
         ValueError: the mapping's ``total`` is negative, or the input has a
             length (``length`` is not ``None``) and ``total`` is another.
     """
@@ -118,20 +119,16 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             "progress must be True, False, a dict of tqdm options or a callable(done, total), "
             f"got {option!r}"
         )
-    elif isinstance(option, type):
-        # tqdm's own class is the likely one (tqdm.contrib.concurrent takes tqdm_class=): called
-        # after each chunk, once the work was done, it would make a bar per chunk, or fail there.
-        raise TypeError(
-            f"progress={option.__qualname__} is a class, not a callable(done, total) to call after each "
-            "chunk: for a tqdm bar pass progress=True, or a dict of tqdm options "
-            '(progress={"desc": "resizing"})'
-        )
-    elif (made := async_call_kind(option)) is not None:
+    elif (made := unused_call_kind(option)) is not None:
         kind, what = made
+        # tqdm's own class is the likely class (tqdm.contrib.concurrent takes tqdm_class=): called
+        # after each chunk, once the work was done, it would make a bar per chunk, or fail there.
+        bar = '; for a tqdm bar pass progress=True, or a dict of tqdm options (progress={"desc": "resizing"})'
         raise TypeError(
             f"progress={getattr(option, '__qualname__', option)} is {kind}: called after each "
             f"chunk, it would only make {what}, and show nothing. Pass a plain "
-            "function(done, total); it runs on the thread that called the map, or gather"
+            f"function(done, total); it runs on the thread that called the map, or gather"
+            f"{bar if kind == 'a class' else ''}"
         )
 
 

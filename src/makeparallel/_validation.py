@@ -21,7 +21,6 @@ from typing import Any
 __all__ = [
     "as_integer",
     "as_seconds",
-    "async_call_kind",
     "check_count",
     "check_finite_seconds",
     "check_priority",
@@ -31,6 +30,7 @@ __all__ = [
     "code_is_real",
     "is_real",
     "shown",
+    "unused_call_kind",
 ]
 
 
@@ -143,15 +143,17 @@ ASYNC_CODE = 0x80 | 0x200
 _NEVER_ASYNC = frozenset((BuiltinFunctionType, MethodWrapperType, WrapperDescriptorType, MethodDescriptorType))
 
 
-def async_call_kind(fn: Any) -> tuple[str, str] | None:
-    """What ``fn`` is and what calling it makes, where it is ``async def``; else ``None``.
+def unused_call_kind(fn: Any) -> tuple[str, str] | None:
+    """What ``fn`` is and what calling it makes, where nothing would use what it makes; else ``None``.
 
-    An ``async def`` function or method, or an object whose ``__call__`` is
-    one, makes a coroutine; one that yields makes an async generator. Also
-    behind ``functools.partial``, however deep: ``inspect.iscoroutinefunction``
-    looks through a partial to a function, but not to such an object. For a
-    callback or a display, which the library calls and neither awaits nor
-    iterates: an async generator is not even warned of.
+    For a callback or a display, which the library calls and whose return
+    value it drops, neither awaiting nor iterating it. A class makes an
+    object (``progress=tqdm``, the class, is the likely one). An ``async
+    def`` function or method, or an object whose ``__call__`` is one, makes a
+    coroutine; one that yields makes an async generator, which is not even
+    warned of. Each also behind ``functools.partial``, however deep:
+    ``inspect.iscoroutinefunction`` looks through a partial to a function,
+    but not to such an object.
     """
     if type(fn) in _NEVER_ASYNC:  # a queue's put, a list's append: a collector's callback
         return None
@@ -168,6 +170,9 @@ def async_call_kind(fn: Any) -> tuple[str, str] | None:
         fn = fn.func
     if not callable(fn):
         return None
+    if isinstance(fn, type):
+        name = fn.__qualname__
+        return "a class", f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} object that nothing uses"
     # Each as inspect can read it: a mock made with spec= of a function passes for one (isinstance)
     # and its __code__ is a mock too, whose co_flags a MagicMock says are any flag and a Mock cannot
     # combine with one (TypeError). Called, such a mock makes a mock, not a coroutine.
