@@ -989,3 +989,41 @@ def test_the_chunks_an_imap_left_early_stops_end_cancelled(
     if backend == "process":  # the item still running had its worker replaced after its grace: the map's stop
         assert wait_until(lambda: restarts("stopped") == reasons.get("stopped", 0) + 1, 30), restarts("stopped")
     gate.set()
+
+
+class MadeFromEvent:
+    """A class: called as a listener, it would only make an object that nothing uses."""
+
+    def __init__(self, event: mp.TaskEvent) -> None:
+        self.event = event
+
+
+async def async_listener(event: mp.TaskEvent) -> None:
+    """An ``async def`` listener: called, it would only make a coroutine that nobody awaits."""
+
+
+class AsyncListener:
+    """An object whose ``__call__`` is ``async def``."""
+
+    async def __call__(self, event: mp.TaskEvent) -> None:
+        """Nothing: never awaited."""
+
+
+@pytest.mark.parametrize(
+    ("listener", "pattern"),
+    [
+        pytest.param(MadeFromEvent, r"is a class: .*a MadeFromEvent object that nothing uses", id="class"),
+        pytest.param(functools.partial(MadeFromEvent), r"is a class: .*MadeFromEvent object", id="partial-of-a-class"),
+        pytest.param(async_listener, r"is an async function: .*a coroutine that nobody awaits", id="async-def"),
+        pytest.param(AsyncListener(), r"is an async function: .*a coroutine that nobody awaits", id="async-call"),
+    ],
+)
+def test_a_listener_whose_call_makes_what_nothing_uses_is_a_type_error_and_not_added(
+    listener: Any, pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Called at each event, as the handle's callbacks are at each end or report: refused as they refuse it.
+    monkeypatch.setattr(_events, "listeners", _events.listeners)  # (one taken is not left to the next test)
+    before = _events.listeners
+    with pytest.raises(TypeError, match=rf"add_task_listener\(.*\) {pattern}.*Pass a plain function\(event\)"):
+        mp.add_task_listener(listener)
+    assert _events.listeners == before

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._states import STATE_NAMES, SUCCEEDED
+from ._validation import refuse_unused_call
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
@@ -156,10 +157,23 @@ _FIELDS = tuple(TaskEvent.__annotations__)
 
 
 def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
-    """Call ``listener(event)`` for every task event from now on."""
+    """Call ``listener(event)`` for every task event from now on, on the thread where it happens.
+
+    Args:
+        listener: a plain function of one :class:`TaskEvent`; what it returns is dropped.
+
+    Raises:
+        TypeError: ``listener`` is not callable, or calling it makes what nothing
+            would use, as the handle's callbacks refuse it: an object (a class),
+            or a coroutine or an async generator (an ``async def`` function, an
+            object whose ``__call__`` is one); also behind ``functools.partial``.
+    """
     global listeners
     if not callable(listener):
         raise TypeError(f"listener must be callable, got {listener!r}")
+    refuse_unused_call(
+        "add_task_listener", listener, "at each task event", "function(event)", "the thread where it happens"
+    )
     with _lock:
         listeners = (*listeners, listener)
 

@@ -60,7 +60,7 @@ from ._states import (
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
 from ._validation import ASYNC_CODE as _ASYNC_CODE
-from ._validation import check_seconds, check_wait_timeout, unused_call_kind
+from ._validation import check_seconds, check_wait_timeout, refuse_unused_call
 from ._yielding_lock import wait_while_held
 from .errors import (
     ShutdownError,
@@ -84,6 +84,8 @@ T_co = TypeVar("T_co", covariant=True)
 
 # Callback kinds, kept with each callback in one list.
 _ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
+# Where a callback runs, for the error that refuses one.
+_ENDS_OR_REPORTS = "the thread that ends the task or reports its progress"
 
 _Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
 # What _settle_locked returns when the task did not end: it waits to retry, or
@@ -568,7 +570,7 @@ class AsyncHandle(Generic[T_co]):
         Raises:
             TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
         """
-        _refuse_unused_call("on_complete", callback, "as the task succeeds", "function(result)")
+        refuse_unused_call("on_complete", callback, "as the task succeeds", "function(result)", _ENDS_OR_REPORTS)
         self._register(_ON_COMPLETE, callback)
         return self
 
@@ -578,7 +580,7 @@ class AsyncHandle(Generic[T_co]):
         Raises:
             TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
         """
-        _refuse_unused_call("on_error", callback, "as the task fails", "function(error)")
+        refuse_unused_call("on_error", callback, "as the task fails", "function(error)", _ENDS_OR_REPORTS)
         self._register(_ON_ERROR, callback)
         return self
 
@@ -592,7 +594,9 @@ class AsyncHandle(Generic[T_co]):
                 function, an object whose ``__call__`` is one); also behind
                 ``functools.partial``.
         """
-        _refuse_unused_call("on_progress", callback, "at each progress report", "function(fraction)")
+        refuse_unused_call(
+            "on_progress", callback, "at each progress report", "function(fraction)", _ENDS_OR_REPORTS
+        )
         self._register(_ON_PROGRESS, callback)
         return self
 
@@ -618,7 +622,7 @@ class AsyncHandle(Generic[T_co]):
         # own collectors pass bound methods, and pay one type check.
         if type(fn) is FunctionType:
             if fn.__code__.co_flags & _ASYNC_CODE:
-                _refuse_unused_call("add_done_callback", fn, "as the task ends", "function(handle)")
+                refuse_unused_call("add_done_callback", fn, "as the task ends", "function(handle)", _ENDS_OR_REPORTS)
             if type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
                 from ._await import on_its_loop  # asyncio is imported already
 
@@ -1633,23 +1637,6 @@ def _metadata_repr(metadata: dict[str, Any]) -> str:
         return repr(metadata)
     except Exception:  # noqa: BLE001  # whatever a value's repr raises: the note goes on without it
         return "{" + ", ".join(f"{key!r}: {_value_repr(value)}" for key, value in list(metadata.items())) + "}"
-
-
-def _refuse_unused_call(method: str, callback: Any, when: str, plain: str) -> None:
-    """Raise ``TypeError`` where calling ``callback`` makes what nothing uses (:func:`unused_call_kind`).
-
-    A callback is called on a plain thread, and nothing awaits or iterates
-    what it returns: a class made an object, an async function a coroutine
-    that did nothing, with a ``RuntimeWarning`` far from the mistake (none for
-    an async generator).
-    """
-    made = unused_call_kind(callback)
-    if made is not None:
-        raise TypeError(
-            f"{method}({getattr(callback, '__qualname__', callback)}) is {made[0]}: called {when}, it would "
-            f"only make {made[1]}, and do nothing. Pass a plain {plain}; it runs on the thread that ends "
-            "the task or reports its progress (to reach an event loop from there, use loop.call_soon_threadsafe)"
-        )
 
 
 def _value_repr(value: Any) -> str:

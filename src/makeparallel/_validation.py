@@ -29,6 +29,7 @@ __all__ = [
     "check_wait_timeout",
     "code_is_real",
     "is_real",
+    "refuse_unused_call",
     "shown",
     "unused_call_kind",
 ]
@@ -182,6 +183,25 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
     if any(inspect.isasyncgenfunction(each) for each in read):
         return "an async generator function", "an async generator that nobody iterates"
     return None
+
+
+def refuse_unused_call(method: str, callback: Any, when: str, plain: str, runs_on: str) -> None:
+    """Raise ``TypeError`` where calling ``callback`` makes what nothing uses (:func:`unused_call_kind`).
+
+    A callback or a listener is called on a plain thread, and nothing awaits
+    or iterates what it returns: a class made an object, an async function a
+    coroutine that did nothing, with a ``RuntimeWarning`` far from the mistake
+    (none for an async generator). ``method`` names the call that registers
+    it, ``when`` says when it is called, ``plain`` what to pass instead and
+    ``runs_on`` the thread it runs on.
+    """
+    made = unused_call_kind(callback)
+    if made is not None:
+        raise TypeError(
+            f"{method}({getattr(callback, '__qualname__', callback)}) is {made[0]}: called {when}, it would "
+            f"only make {made[1]}, and do nothing. Pass a plain {plain}; it runs on {runs_on} "
+            "(to reach an event loop from there, use loop.call_soon_threadsafe)"
+        )
 
 
 def code_is_real(fn: Any) -> bool:
