@@ -82,6 +82,31 @@ def test_extension_conventions_and_the_test_client(gate: threading.Event) -> Non
     assert "makeparallel_tasks_total" in page.get_data(as_text=True)
 
 
+def test_an_app_set_up_after_a_shutdown_takes_tasks_again() -> None:
+    # An app factory called again once the extension shut down (a test suite's
+    # fixture does so for each test) made an app whose every task failed with
+    # ShutdownError, and whose /health/ready answered 503 for good; the FastAPI
+    # lifespan reopens the library as its server starts.
+    extension = MakeParallel()
+
+    def create_app() -> Any:
+        app = make_app()
+        extension.init_app(app)
+
+        @app.get("/double/<int:n>")
+        def double(n: int) -> Any:
+            return {"double": mp.parallel(lambda: 2 * n)().get(timeout=30)}
+
+        return app
+
+    for _ in range(2):
+        client = create_app().test_client()
+        assert client.get("/health/ready").status_code == 200
+        assert client.get("/double/21").get_json() == {"double": 42}
+        assert extension.shutdown()
+        assert client.get("/health/ready").status_code == 503
+
+
 @pytest.mark.parametrize("fault", ["thread", "process"])
 def test_health_live_answers_503_once_a_pool_thread_died(fault: str) -> None:
     """On a real werkzeug server and with the test client, in an interpreter whose pool thread died."""

@@ -151,6 +151,10 @@ class MakeParallel:
     def init_app(self, app: Flask) -> None:
         """Configure the pools from ``app.config``, register the blueprint, arrange the shutdown.
 
+        The library takes tasks again if it was shut down (by :meth:`shutdown`,
+        or ``mp.shutdown()``): an app set up after that, by an app factory
+        called again, serves as the first one did.
+
         Raises:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
                 message names the setting; none of them is applied then);
@@ -165,6 +169,10 @@ class MakeParallel:
             app.config.setdefault(key, default)
         config = app.config
         settings = _checked_settings(config)  # every one, before any is applied
+        # A new app takes tasks, as a server's start-up does with the FastAPI lifespan:
+        # an app factory called again after a shutdown (each test of a suite) made an
+        # app whose every task failed with ShutdownError, its /health/ready 503 for good.
+        mp.reset_shutdown()
         if settings["MAKEPARALLEL_BACKEND"] is not None:
             mp.configure(backend=settings["MAKEPARALLEL_BACKEND"])
         if settings["MAKEPARALLEL_NUM_THREADS"] is not None:
