@@ -3254,3 +3254,18 @@ def test_a_loop_closed_while_its_await_waits_gives_back_the_place_once_its_threa
     assert not waited.done()
     gate.set()
     assert waited.get(20) is None
+
+
+def test_async_with_on_a_group_says_to_use_with_or_await_the_handles() -> None:
+    # mp.TaskGroup has asyncio.TaskGroup's name, and `async with` is what a coroutine
+    # writes for that one; Python's own refusal named a protocol, not what to do.
+    body_ran = False
+
+    async def main() -> None:
+        nonlocal body_ran
+        async with mp.TaskGroup():  # (mp.ParallelContext: the same class)
+            body_ran = True
+
+    with pytest.raises(TypeError, match=r"entered with `with`, not `async with`.*mp\.gather_async"):
+        run(main())
+    assert not body_ran

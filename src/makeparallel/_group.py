@@ -150,6 +150,26 @@ class ParallelContext:
         if exc is None and self._timed_out is not None:  # met on another thread: the block's too
             raise TaskTimeoutError(self._timed_out)
 
+    def __aenter__(self) -> NoReturn:
+        """Refused with a ``TypeError`` that says what to write: ``async with`` cannot enter a group.
+
+        ``mp.TaskGroup`` has ``asyncio.TaskGroup``'s name, and ``async with`` is
+        what a coroutine writes for that one; Python's own refusal named the
+        protocol, not what to do instead. The block's end waits for the tasks,
+        which would block the event loop: a coroutine awaits the handles.
+
+        Raises:
+            TypeError: always.
+        """
+        raise TypeError(
+            f"{type(self).__name__} (mp.TaskGroup) is entered with `with`, not `async with`: the end of its "
+            "block waits for its tasks, blocking the event loop. In a coroutine, await the handles instead: "
+            "`await mp.gather_async([f(x) for x in items])` (cancelling the coroutine cancels them)"
+        )
+
+    async def __aexit__(self, *exc_info: object) -> None:  # never reached: __aenter__ refuses
+        return None
+
     # -- submitting ----------------------------------------------------------------
 
     # A @parallel function runs as itself, not as a task that submits it, and an async function's
