@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout, code_is_real
+from ._worker_reductions import for_workers
 from .errors import CircuitOpenError
 
 _log = logging.getLogger("makeparallel")
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
         @overload
         def __call__(self, fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 
-__all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel"]
+__all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel", "parallel_function_named"]
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -559,14 +561,35 @@ class ParallelFunction(Generic[P, T]):
         return self if instance is None else _BoundParallelFunction(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # For pickle and every other pickler but the process backend's (_reduce_for_workers), as
+        # they pickle a function: by its name, where that gives this very function (unpickled in
+        # this process, it is this one; in another, the one that name gives there). Sent as its
+        # function, it was refused: pickle sends a function by name, and the name gave the
+        # decorator. A copy with other options: its function, by that name, and its options. Any
+        # other (a lambda's, a closure's): its function itself, which cloudpickle sends by value
+        # and pickle refuses, naming it.
+        named = parallel_function_named(self._fn)
+        if named is None:
+            return (ParallelFunction, (self._fn, self._portable_options()))
+        reference = (self._fn.__module__, self._fn.__qualname__)
+        if named is self:
+            return (_named, reference)
+        return (_named_copy, (*reference, self._portable_options()))
+
+    def _reduce_for_workers(self) -> tuple[Any, ...]:
+        # The process backend's pickler's (_worker_reductions): its function itself, which that
+        # pickler sends by name where a worker imports it, by value where not. One of the main
+        # script, which workers never run, would not be found there by its name.
+        return (ParallelFunction, (self._fn, self._portable_options()))
+
+    def _portable_options(self) -> dict[str, Any]:
         # Sent to another process: the function and options travel, not the
         # limiter, the breaker, the metrics record or an executor, which belong to this process.
-        options = {
+        return {
             k: v
             for k, v in self._options.items()
             if k != "circuit_breaker" and (k != "backend" or isinstance(v, str))
         }
-        return (ParallelFunction, (self._fn, options))
 
     def __copy__(self) -> ParallelFunction[P, T]:
         # Itself, as copy gives a plain function. Made through __reduce__, which is for
@@ -811,6 +834,71 @@ class _ParallelClassMethod(classmethod):  # type: ignore[type-arg]
     def __reduce__(self) -> tuple[Any, ...]:
         # A class sent by value to a worker process (one of the main script) carries its methods.
         return (_ParallelClassMethod, (self.__func__,))
+
+
+# The process backend's pickler sends a parallel function so, not as its __reduce__ says.
+for_workers[ParallelFunction] = for_workers[_GuardedParallelFunction] = ParallelFunction._reduce_for_workers
+
+
+def _unbound(target: Any) -> Any:
+    """The parallel function a class method read on its class binds; anything else as it is.
+
+    Bound by :class:`_ParallelClassMethod`, or from Python 3.13 under
+    ``@classmethod``, a method whose ``__func__`` it is.
+    """
+    if type(target) is _BoundParallelFunction:
+        return target._function
+    return target.__func__ if isinstance(target, MethodType) else target
+
+
+def parallel_function_named(fn: Any) -> ParallelFunction[..., Any] | None:
+    """The parallel function of ``fn`` that ``fn``'s module holds under ``fn``'s qualified name, or None.
+
+    A method's is read on its class, a class method's through the class it
+    binds. The module is looked up, not imported: a function's module is
+    imported. Defined after the classes: a thread that imports this module
+    finds it half imported (``_serialization._parallel_reference``).
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    target = _unbound(target)
+    return target if isinstance(target, ParallelFunction) and target.__wrapped__ is fn else None
+
+
+def _named(module: str, qualname: str) -> ParallelFunction[..., Any]:
+    """The parallel function ``module`` holds under ``qualname``: a parallel function unpickled, by its name.
+
+    Raises:
+        ImportError: ``module`` cannot be imported here.
+        AttributeError: it has no object of that name.
+        TypeError: the name holds no parallel function here.
+    """
+    import importlib
+
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    function = _unbound(target)
+    if not isinstance(function, ParallelFunction):
+        raise TypeError(
+            f"a @parallel function pickled as {module}.{qualname} cannot be unpickled: that name holds "
+            f"{target!r} of type {type(target).__qualname__} here. Unpickle it where its module "
+            "defines it as it did where it was pickled"
+        )
+    return function
+
+
+def _named_copy(module: str, qualname: str, options: dict[str, Any]) -> ParallelFunction[..., Any]:
+    """The function of the parallel function ``module`` holds under ``qualname``, made parallel with ``options``: a copy unpickled.
+
+    Raises:
+        ImportError, AttributeError, TypeError: as :func:`_named`.
+    """
+    return ParallelFunction(_named(module, qualname).__wrapped__, options)
 
 
 def _returns_coroutines(fn: Any) -> bool:

@@ -3,7 +3,9 @@
 * A ``@parallel`` function travels as a reference (module and qualified name);
   the worker imports the module and takes the undecorated function from the
   decorator. Plain pickle cannot do this: the name points at the decorator, not
-  at the function.
+  at the function. The decorator itself travels as that function and its
+  options (:mod:`._worker_reductions`), not by its name as ``pickle`` sends it:
+  one of the main script goes by value.
 * Everything pickle cannot send by reference (lambdas, closures, functions of
   ``__main__``) goes by value, through cloudpickle. So do the functions and
   classes of a module that a worker could not import by name (imported through a
@@ -37,11 +39,12 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
 from . import _worker_finders
 from ._backends._main_module import adopt
 from ._remote_errors import ExceptionsPickled, reduce_exception
+from ._worker_reductions import for_workers
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -218,6 +221,8 @@ _picklers = threading.local()
 
 @functools.cache
 def _pickler_class() -> type[_pickle.Pickler]:
+    from collections import ChainMap
+
     import cloudpickle  # type: ignore[import-untyped]  # only the process backend needs it
 
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -233,6 +238,13 @@ def _pickler_class() -> type[_pickle.Pickler]:
             reduced = _reduce(obj)
             return super().reducer_override(obj) if reduced is NotImplemented else reduced
 
+    # Its dispatch table: the reductions for workers (a @parallel function's) and cloudpickle's
+    # in one dict, then copyreg's, as cloudpickle chains them. One map more would cost each
+    # object of a class of its own one failed lookup more.
+    own, *after = cloudpickle.Pickler.dispatch_table.maps
+    for kind, reduction in own.items():
+        for_workers.setdefault(kind, reduction)
+    Pickler.dispatch_table = ChainMap(for_workers, *after)
     return Pickler
 
 
@@ -957,30 +969,21 @@ def _under_sys_path() -> _PathAnswers:
 
 def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
     """``(module, qualname)`` if that name holds a @parallel wrapper of ``fn``."""
-    target: Any = sys.modules.get(fn.__module__)
-    if target is None or fn.__module__ == "__main__":
+    if fn.__module__ == "__main__":
         return None
     # No wrapper exists where the decorators were never imported: a worker sending back
     # a result or an exception (whose rebuilding function is met here) imported them,
     # the handle and the runtime, about 80 ms counted in the task's timeout. Nor before
-    # the class is made: while a task's thread imports them, sys.modules holds the module
-    # half imported (AttributeError, which failed the pickle and ended the worker).
+    # the lookup is made, after the classes: while a task's thread imports them, sys.modules
+    # holds the module half imported (AttributeError, which failed the pickle and ended the worker).
     decorators: Any = sys.modules.get(f"{__package__}._decorators")
-    wrapper = getattr(decorators, "ParallelFunction", None)
-    if wrapper is None:
+    named = getattr(decorators, "parallel_function_named", None)
+    # A class method's name gives the wrapper bound to its class, which the lookup sees
+    # through. Sent by value, its function read a copy of the module's globals, not what
+    # the initializer set there.
+    if named is None or named(fn) is None:
         return None
-    for part in fn.__qualname__.split("."):
-        target = getattr(target, part, None)
-    # A class method's name gives the wrapper bound to its class: a _BoundParallelFunction,
-    # or from Python 3.13 under @classmethod, a method whose __func__ it is. Sent by value,
-    # its function read a copy of the module's globals, not what the initializer set there.
-    if isinstance(target, MethodType):
-        target = target.__func__
-    elif type(target) is getattr(decorators, "_BoundParallelFunction", None):
-        target = target._function
-    if isinstance(target, wrapper) and target.__wrapped__ is fn:
-        return fn.__module__, fn.__qualname__
-    return None
+    return fn.__module__, fn.__qualname__
 
 
 def _undecorated(module: str, qualname: str) -> Any:

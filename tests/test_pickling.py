@@ -1,0 +1,223 @@
+"""A ``@parallel`` function pickles with ``pickle`` too: by its name, as a plain function does.
+
+So it can be an argument of a ``multiprocessing`` task (its ``ForkingPickler``),
+part of an object another library sends to another process, or stored. The
+library's own process backend pickles it its own way: as its function and
+options, a function of the main script by value, which fresh workers need
+(the rows at the end, and ``tests/test_process_*.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import makeparallel as mp
+from makeparallel._decorators import ParallelFunction
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@mp.parallel(backend="sync")
+def double(x: int) -> int:
+    return 2 * x
+
+
+@mp.parallel(backend="sync", timeout=5, priority=2, name="tripled", max_concurrent=3)
+def triple(x: int) -> int:
+    return 3 * x
+
+
+BREAKER = mp.CircuitBreaker("pickled_with_its_function")
+
+
+@mp.parallel(backend="sync", circuit_breaker=BREAKER)
+def guarded(x: int) -> int:
+    return x + 1
+
+
+class Shapes:
+    @mp.parallel(backend="sync")
+    def area(self, side: int) -> int:
+        return side * side
+
+    @staticmethod
+    @mp.parallel(backend="sync")
+    def static_double(x: int) -> int:
+        return 2 * x
+
+    @mp.parallel(backend="sync")
+    @classmethod
+    def class_above(cls, x: int) -> tuple[str, int]:
+        return cls.__name__, x
+
+    @classmethod
+    @mp.parallel(backend="sync")
+    def class_below(cls, x: int) -> tuple[str, int]:
+        return cls.__name__, x
+
+
+# Each a parallel function its module holds under its name (a class method's, through its class).
+NAMED: dict[str, Callable[[], Any]] = {
+    "function": lambda: double,
+    "function with options": lambda: triple,
+    "function with a circuit breaker": lambda: guarded,
+    "method, read on its class": lambda: Shapes.area,
+    "static method": lambda: Shapes.static_double,
+    "class method, @parallel above": lambda: vars(Shapes)["class_above"].__func__,
+    "class method, @parallel below": lambda: vars(Shapes)["class_below"].__func__,
+}
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("get", NAMED.values(), ids=NAMED.keys())
+def test_a_parallel_function_its_module_holds_unpickles_as_itself(get: Callable[[], Any], protocol: int) -> None:
+    # pickle sent the plain function by its name, which holds the parallel one: "Can't
+    # pickle <function double>: it's not the same object as test_pickling.double".
+    fn = get()
+    assert pickle.loads(pickle.dumps(fn, protocol=protocol)) is fn
+
+
+def test_a_class_method_held_as_its_class_holds_it_unpickles_as_itself() -> None:
+    held = vars(Shapes)["class_above"]
+    back = pickle.loads(pickle.dumps(held))
+    assert type(back) is type(held) and back.__func__ is held.__func__
+    assert back.__get__(None, Shapes)(3).get(timeout=5) == ("Shapes", 3)
+
+
+# Copies no name holds: each unpickles as its function (by its name) with its options.
+COPIES: dict[str, Callable[[], Any]] = {
+    "options copy": lambda: double.options(timeout=2, priority=1),
+    "options copy of one with options": lambda: triple.options(name="tripled again"),
+    "options copy of a method": lambda: Shapes.area.options(timeout=2),
+    "options copy of a class method": lambda: vars(Shapes)["class_above"].__func__.options(priority=4),
+}
+
+
+@pytest.mark.parametrize("get", COPIES.values(), ids=COPIES.keys())
+def test_a_copy_with_other_options_unpickles_as_its_function_and_options(get: Callable[[], Any]) -> None:
+    copy = get()
+    back = pickle.loads(pickle.dumps(copy))
+    assert type(back) is ParallelFunction and back is not copy
+    assert back.__wrapped__ is copy.__wrapped__
+    assert back._options == copy._options
+    assert repr(back) == repr(copy)
+
+
+def test_an_options_copy_runs_as_the_copy_does() -> None:
+    back = pickle.loads(pickle.dumps(double.options(timeout=2)))
+    assert back(4).get(timeout=5) == 8
+
+
+def test_a_copy_leaves_its_circuit_breaker_and_executor_in_this_process() -> None:
+    # As it does for the process backend: they belong to this process (README, "What travels").
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as executor:
+        copy = guarded.options(backend=executor, timeout=3)
+        back = pickle.loads(pickle.dumps(copy))
+    assert back._options == {"timeout": 3.0}
+    assert back(1).get(timeout=5) == 2
+
+
+def test_a_parallel_lambda_pickles_as_far_as_its_function_does() -> None:
+    # No name holds it: the function itself is pickled, and a pickler that can send a lambda
+    # (cloudpickle) sends it by value. pickle cannot, and says which function and why.
+    import cloudpickle  # type: ignore[import-untyped]
+
+    fn = mp.parallel(backend="sync")(lambda x: x - 1)
+    assert cloudpickle.loads(cloudpickle.dumps(fn))(3).get(timeout=5) == 2
+    with pytest.raises(AttributeError, match=r"Can't pickle local object .*<lambda>"):
+        pickle.dumps(fn)
+
+
+# -- other processes -------------------------------------------------------------------------
+
+SHAPES_MODULE = """\
+import makeparallel as mp
+
+@mp.parallel
+def square(x):
+    return x * x
+"""
+
+MAIN_SCRIPT = """\
+import multiprocessing, pickle, sys
+import makeparallel as mp
+import shapes
+
+@mp.parallel
+def double(x):
+    return 2 * x
+
+def use(fn, x):
+    return fn.__wrapped__(x), fn(x).get(timeout=30)
+
+if __name__ == "__main__":
+    print(pickle.loads(pickle.dumps(double)) is double, pickle.loads(pickle.dumps(shapes.square)) is shapes.square)
+    with multiprocessing.get_context(sys.argv[1]).Pool(1) as pool:
+        print(pool.apply(use, (double, 4)), pool.apply(use, (shapes.square, 3)),
+              pool.apply(use, (shapes.square.options(timeout=9), 5)))
+"""
+
+
+def run_in(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``arguments`` in ``folder``, the package importable."""
+    env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *arguments], cwd=folder, capture_output=True, text=True, timeout=50, env=env, check=False
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fork and forkserver are POSIX's")
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_multiprocessing_task_gets_a_parallel_function_of_the_script_or_a_module(
+    tmp_path: Path, start_method: str
+) -> None:
+    # Its ForkingPickler is pickle: the task could not be sent. A child has the script's
+    # functions under __main__ (forked, or run again as spawn does) and imports the module.
+    (tmp_path / "shapes.py").write_text(SHAPES_MODULE)
+    (tmp_path / "script.py").write_text(MAIN_SCRIPT)
+    result = run_in(tmp_path, "script.py", start_method)
+    assert result.stdout.splitlines() == ["True True", "(8, 8) (9, 9) (25, 25)"], result.stderr[-3000:]
+
+
+PROCESS_SCRIPT = """\
+import fractions, sys
+from makeparallel import _serialization
+
+if sys.argv[1] == "pickler first":  # the process backend's pickler made before the decorators are imported
+    _serialization.dumps(fractions.Fraction(1, 3))
+
+import makeparallel as mp
+
+@mp.parallel
+def double(x):
+    return 2 * x
+
+@mp.parallel(backend="process")
+def call(fn, x):
+    return fn.__wrapped__(x), fn.__name__
+
+if __name__ == "__main__":
+    print(call(double, 4).get(timeout=30), call(double.options(timeout=9), 5).get(timeout=30))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+@pytest.mark.parametrize("order", ["decorators first", "pickler first"])
+def test_the_process_backend_still_sends_a_parallel_function_of_the_script_by_value(
+    tmp_path: Path, order: str
+) -> None:
+    # Its workers never run the script: sent by its name, the function would not be found there.
+    (tmp_path / "script.py").write_text(PROCESS_SCRIPT)
+    result = run_in(tmp_path, "script.py", order)
+    assert result.stdout.splitlines() == ["(8, 'double') (10, 'double')"], result.stderr[-3000:]
