@@ -138,6 +138,43 @@ def test_a_parallel_lambda_pickles_as_far_as_its_function_does() -> None:
         pickle.dumps(fn)
 
 
+# Parallel methods bound: to an instance, and class methods to their class.
+BOUND: dict[str, Callable[[], Any]] = {
+    "method bound to an instance": lambda: Shapes().area,
+    "class method, @parallel above": lambda: Shapes.class_above,
+    "class method, @parallel below": lambda: Shapes.class_below,
+}
+
+
+@pytest.mark.parametrize("get", BOUND.values(), ids=BOUND.keys())
+def test_a_bound_parallel_method_unpickles_bound_as_it_was(get: Callable[[], Any]) -> None:
+    # Pickled as its slots, it was rebuilt without them, and unpickling asked it for
+    # __setstate__, which its __getattr__ looked up on a function not set yet: RecursionError.
+    bound = get()
+    back = pickle.loads(pickle.dumps(bound))
+    assert type(back) is type(bound) and back._function is bound._function
+    assert type(back._instance) is type(bound._instance) or back._instance is bound._instance
+    assert back(3).get(timeout=5) == bound(3).get(timeout=5)
+
+
+def test_a_bound_options_copy_unpickles_bound_with_its_options() -> None:
+    copy = Shapes.class_above.options(priority=4)
+    back = pickle.loads(pickle.dumps(copy))
+    assert back._instance is Shapes and back._function._options == copy._function._options
+    assert back(3).get(timeout=5) == ("Shapes", 3)
+
+
+def call_bound(method: Callable[[int], mp.AsyncHandle[Any]], x: int) -> Any:
+    return method(x).get(timeout=30)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+@pytest.mark.parametrize("get", BOUND.values(), ids=BOUND.keys())
+def test_a_process_task_gets_a_bound_parallel_method(get: Callable[[], Any]) -> None:
+    bound = get()
+    assert mp.parallel(backend="process")(call_bound)(bound, 3).get(timeout=30) == bound(3).get(timeout=5)
+
+
 # -- other processes -------------------------------------------------------------------------
 
 SHAPES_MODULE = """\

@@ -779,6 +779,13 @@ class _BoundParallelFunction(Generic[P, T]):
         """
         return _BoundParallelFunction(self._function.options(**options), self._instance)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Its function and instance, each pickled as itself (the function by its name, for
+        # pickle). Pickled as its slots, it was made again without them, and unpickling asked it
+        # for __setstate__, which __getattr__ looked up on its function, not set yet: for good
+        # (RecursionError), whatever the pickler, the process backend's too.
+        return (_BoundParallelFunction, (self._function, self._instance))
+
     # As copy treats a bound method: the function itself, bound to the instance (deepcopy: to
     # its copy). Else __getattr__ answered for the function: copy.copy recursed for good (on
     # an instance with no slots set yet), and copy.deepcopy gave the function, unbound.
