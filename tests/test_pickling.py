@@ -92,6 +92,13 @@ def test_a_class_method_held_as_its_class_holds_it_unpickles_as_itself() -> None
     assert back.__get__(None, Shapes)(3).get(timeout=5) == ("Shapes", 3)
 
 
+def test_unpickling_where_the_name_holds_no_parallel_function_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = pickle.dumps(double)
+    monkeypatch.setattr(sys.modules[__name__], "double", double.__wrapped__)
+    with pytest.raises(TypeError, match=rf"pickled as {__name__}\.double cannot be unpickled: that name holds <function double"):
+        pickle.loads(data)
+
+
 # Copies no name holds: each unpickles as its function (by its name) with its options.
 COPIES: dict[str, Callable[[], Any]] = {
     "options copy": lambda: double.options(timeout=2, priority=1),
