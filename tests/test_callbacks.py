@@ -761,3 +761,54 @@ def test_a_class_as_a_callback_is_a_type_error_and_not_kept(
     handle.wait(5)
     assert recorder.wait_for(1)
     assert Made.instances == []
+
+
+class Handles(type):
+    """A metaclass whose call handles what it is given: its classes make no object when called."""
+
+    calls: ClassVar[Recorder] = Recorder()
+
+    def __call__(cls, *args: Any) -> None:
+        Handles.calls(*args)
+
+
+class Handler(metaclass=Handles):
+    """A class called as a callback: its metaclass's ``__call__`` runs, and no ``Handler`` is made."""
+
+
+class AsyncHandles(type):
+    """A metaclass whose call is ``async def``: its classes make a coroutine when called."""
+
+    async def __call__(cls, *args: Any) -> None:
+        """Nothing: never awaited."""
+
+
+class AsyncHandler(metaclass=AsyncHandles):
+    """A class whose call makes a coroutine that nobody awaits."""
+
+
+@pytest.mark.parametrize("register", ["on_complete", "on_error", "on_progress"])
+def test_a_class_whose_metaclass_handles_its_call_is_a_callback(
+    gate: threading.Event, register: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a class whose call makes an object is refused: a metaclass's own __call__ (an Enum's
+    # lookup, a registry) does what it was written to do, and was taken before classes were refused.
+    monkeypatch.setattr(Handles, "calls", Recorder())
+
+    @mp.parallel(backend="thread")
+    def reports(fails: bool) -> int:
+        mp.report_progress(0.5)
+        assert gate.wait(5)
+        if fails:
+            raise ValueError("failed, as asked")
+        return 1
+
+    handle = reports(register == "on_error")
+    getattr(handle, register)(Handler)
+    getattr(handle, register)(functools.partial(Handler, "bound"))
+    with pytest.raises(TypeError, match=rf"{register}\(.*\) is an async function: .*a coroutine that nobody awaits"):
+        getattr(handle, register)(AsyncHandler)
+    gate.set()
+    handle.wait(5)
+    assert Handles.calls.wait_for(2)
+    assert [args[0] for args in Handles.calls.args][1] == "bound"

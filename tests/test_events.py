@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -1027,3 +1027,25 @@ def test_a_listener_whose_call_makes_what_nothing_uses_is_a_type_error_and_not_a
     with pytest.raises(TypeError, match=rf"add_task_listener\(.*\) {pattern}.*Pass a plain function\(event\)"):
         mp.add_task_listener(listener)
     assert _events.listeners == before
+
+
+class CountsEvents(type):
+    """A metaclass whose call handles the event: its classes make no object when called."""
+
+    kinds: ClassVar[list[str]] = []
+
+    def __call__(cls, event: mp.TaskEvent) -> None:
+        CountsEvents.kinds.append(event.kind)
+
+
+class EventCounter(metaclass=CountsEvents):
+    """A class called as a listener: its metaclass's ``__call__`` runs, and no ``EventCounter`` is made."""
+
+
+def test_a_class_whose_metaclass_handles_its_call_is_a_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a class whose call makes an object is refused: a metaclass's own __call__ does its work.
+    monkeypatch.setattr(_events, "listeners", _events.listeners)
+    monkeypatch.setattr(CountsEvents, "kinds", [])
+    mp.add_task_listener(EventCounter)
+    assert mp.parallel(backend="sync")(abs)(-1).get(5) == 1
+    assert CountsEvents.kinds == ["submitted", "started", "finished"]

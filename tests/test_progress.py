@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import pytest
@@ -348,6 +348,26 @@ def test_a_progress_callable_that_is_no_display_is_a_type_error_at_the_call(opti
     with pytest.raises(TypeError, match=pattern):
         mp.gather([handle], progress=option)
     assert handle.get(5) == 6
+
+
+class Shows(type):
+    """A metaclass whose call shows the report: its classes make no object when called."""
+
+    reports: ClassVar[list[tuple[int, int | None]]] = []
+
+    def __call__(cls, done: int, total: int | None) -> None:
+        Shows.reports.append((done, total))
+
+
+class Shown(metaclass=Shows):
+    """A class given as progress=: its metaclass's ``__call__`` runs after each chunk."""
+
+
+def test_a_class_whose_metaclass_handles_its_call_is_a_progress_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a class whose call makes an object (tqdm's) is refused: a metaclass's own __call__ shows.
+    monkeypatch.setattr(Shows, "reports", [])
+    assert mp.parallel_map(double, range(5), progress=Shown, backend="sync") == [0, 2, 4, 6, 8]
+    assert Shows.reports and Shows.reports[-1] == (5, 5)
 
 
 @pytest.mark.parametrize(("option", "named"), ASYNC_CALLABLES)

@@ -140,6 +140,8 @@ def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> flo
 
 # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR, without importing inspect.
 ASYNC_CODE = 0x80 | 0x200
+# What calling a class runs, unless its metaclass has a __call__ of its own: it makes an object.
+_MAKES_AN_OBJECT = type.__call__
 # Callables written in C, which no async def makes.
 _NEVER_ASYNC = frozenset((BuiltinFunctionType, MethodWrapperType, WrapperDescriptorType, MethodDescriptorType))
 
@@ -149,7 +151,9 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
 
     For a callback or a display, which the library calls and whose return
     value it drops, neither awaiting nor iterating it. A class makes an
-    object (``progress=tqdm``, the class, is the likely one). An ``async
+    object (``progress=tqdm``, the class, is the likely one), unless its
+    metaclass defines a ``__call__`` of its own, which is judged as an
+    object's ``__call__`` is (an ``Enum``'s looks a member up). An ``async
     def`` function or method, or an object whose ``__call__`` is one, makes a
     coroutine; one that yields makes an async generator, which is not even
     warned of. Each also behind ``functools.partial``, however deep:
@@ -171,7 +175,8 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
         fn = fn.func
     if not callable(fn):
         return None
-    if isinstance(fn, type):
+    if isinstance(fn, type) and type(fn).__call__ is _MAKES_AN_OBJECT:
+        # (A metaclass's own __call__, an Enum's lookup or a registry's, is read as any __call__ below.)
         name = fn.__qualname__
         return "a class", f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} object that nothing uses"
     # Each as inspect can read it: a mock made with spec= of a function passes for one (isinstance)
