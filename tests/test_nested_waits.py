@@ -578,6 +578,65 @@ def test_a_cancel_or_timeout_of_a_task_ends_its_wait_for_its_children(
         stuck.set()
 
 
+OWNED_WAYS = ["parallel_map", "unordered_map", "imap", "ParallelContext"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+@pytest.mark.parametrize("way", OWNED_WAYS)
+def test_a_stop_of_a_task_cancels_the_child_of_its_map_or_group_it_runs_inline(
+    way: str, stop: str, gate: threading.Event
+) -> None:
+    # On a pool of one, the task's map or group runs its first child inline
+    # (a map's chunk may be all of its items). The task's cancel or timeout
+    # cancels that child as it runs, which its check_cancelled() then tells
+    # it: the map or group would cancel it anyway once the wait is left. Before,
+    # the wait went on until the child ended by itself: here, never.
+    stuck = threading.Event()
+    _take_the_one_replacement_place(stuck)
+    started: list[int] = []
+    first_started = threading.Event()
+    child_saw: list[type[BaseException]] = []
+    outcome: list[type[BaseException]] = []
+    returned = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def child(i: int) -> int:
+        started.append(i)
+        first_started.set()
+        try:
+            while not gate.wait(0.01):
+                mp.check_cancelled()
+        except mp.TaskCancelledError as error:
+            child_saw.append(type(error))
+            raise
+        return i
+
+    @mp.parallel(backend="thread", timeout=0.2 if stop == "timeout" else None)
+    def parent() -> object:
+        try:
+            return _run_children(way, child, False)
+        except (mp.TaskCancelledError, mp.TaskTimeoutError) as error:
+            outcome.append(type(error))
+            raise
+        finally:
+            returned.set()
+
+    try:
+        handle = parent()
+        assert first_started.wait(10)
+        if stop == "cancel":
+            handle.cancel()
+        assert returned.wait(10), "the task's wait went on running its child inline after it was stopped"
+        assert outcome == [mp.TaskCancelledError if stop == "cancel" else mp.TaskTimeoutError]
+        assert mp.testing.wait_until_idle(10)
+        assert child_saw == [mp.TaskCancelledError]
+        assert started == [0], f"children started after their parent was stopped: {started}"
+    finally:
+        gate.set()
+        stuck.set()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("children", ["run_inline", "on_a_worker"])
 @pytest.mark.parametrize(

@@ -137,9 +137,14 @@ class Completions:
 
     Args:
         timeout: seconds from now after which :meth:`next` raises ``TaskTimeoutError``.
+        owned: the handles are the consumer's own (a map's chunks), which it
+            cancels when it leaves its wait early: one run inline is cancelled
+            as the task that runs it here is stopped
+            (``AsyncHandle._run_owned_here_if_queued``).
     """
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, *, owned: bool = False) -> None:
+        self._run_inline = AsyncHandle._run_owned_here_if_queued if owned else AsyncHandle._run_here_if_queued
         self._ended: queue.SimpleQueue[AsyncHandle[Any]] = queue.SimpleQueue()
         self._put = self._ended.put  # the done-callback, one object so that it can be removed
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -290,7 +295,7 @@ class Completions:
         assert candidates is not None
         while candidates:
             handle = candidates.popleft()()
-            if handle is not None and handle._run_here_if_queued():
+            if handle is not None and self._run_inline(handle):
                 return True
         return False
 

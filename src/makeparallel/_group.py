@@ -559,6 +559,7 @@ class ParallelContext:
             handle = self._handles[waited]
             waited += 1
             if self._deadline is None:
+                handle._run_owned_here_if_queued()  # queued, it runs here, as wait() would run it
                 handle.wait()
             else:
                 remaining = max(0.0, self._deadline - time.monotonic())

@@ -1324,6 +1324,28 @@ class AsyncHandle(Generic[T_co]):
             raise
         return self._state >= SUCCEEDED
 
+    def _run_owned_here_if_queued(self) -> bool:
+        """:meth:`_run_here_if_queued`, for a task of a map or group whose wait runs it; return whether it ended.
+
+        The task this thread runs is the one the map or group runs in: its
+        cancel or timeout cancels this task too as it runs here, and this
+        task's ``check_cancelled()`` tells it to return. The map or group
+        would cancel it anyway once its wait was left, but the wait could be
+        left only once this task returned by itself: late, or never (a map's
+        chunk may hold all its items). A task run inline for a plain wait
+        (``get()``, ``gather``) is left to end: it may be another's to use.
+        Outside any task it is :meth:`_run_here_if_queued`.
+
+        Raises:
+            TaskCancelledError: the task this thread runs was cancelled.
+            TaskTimeoutError: the task this thread runs timed out.
+        """
+        task = getattr(_local, "task", None)
+        if task is None:
+            return self._run_here_if_queued()
+        with CancellationPoint(task, _cancel_run_inline, self):
+            return self._run_here_if_queued()
+
     def _refuse_to_block_a_loop(self) -> None:
         """Raise ``RuntimeError`` where a wait for this unfinished task would block the loop that must end it.
 
@@ -1589,6 +1611,19 @@ def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:
             return started
         frame = frame.f_back
     return None
+
+
+def _cancel_run_inline(handle: AsyncHandle[Any]) -> None:
+    """Cancel ``handle``, a map's or group's task run inline by a task just stopped (``_run_owned_here_if_queued``).
+
+    On the deadline thread (a timeout) the cancel, which runs the task's
+    callbacks and listeners, goes to a thread of its own, as the deadline
+    thread's own settles do theirs (``_after_settle_aside``).
+    """
+    if threading.current_thread() is _deadlines._thread:
+        threading.Thread(target=handle.cancel, name="makeparallel-timeout-callbacks", daemon=True).start()
+    else:
+        handle.cancel()
 
 
 def _in_a_stopped_task() -> bool:

@@ -84,6 +84,7 @@ from ._handle import AsyncHandle, _add_note, cancel_and_stop, stop_if_running, t
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
 from ._states import SUCCEEDED, TIMED_OUT
+from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
@@ -1582,7 +1583,7 @@ class _Mapper:
 
     def _follow(self, handle: AsyncHandle[Any]) -> None:
         if self._completions is None:
-            self._completions = Completions(self._remaining())
+            self._completions = Completions(self._remaining(), owned=True)
         self._completions.add(handle)
 
     def _next_done(self) -> tuple[AsyncHandle[list[Any]], int]:
@@ -1594,7 +1595,7 @@ class _Mapper:
         if self._ordered and self._completions is not None:  # chunks with a time budget are followed
             entry = self._in_flight[0]
             # A queued oldest chunk runs here, as get() would run it: no wake-up to wait for.
-            if self._deadline is None and entry[0]._run_here_if_queued():
+            if self._deadline is None and entry[0]._run_owned_here_if_queued():
                 return entry
             while not entry[0].is_ready():
                 try:
@@ -1609,7 +1610,10 @@ class _Mapper:
         if self._ordered:
             entry = self._in_flight[0]
             remaining = self._remaining()
-            if remaining is not None and not entry[0].wait(remaining):
+            if remaining is None:
+                if current_task() is not None:  # a queued oldest chunk runs here, cancelled with the task
+                    entry[0]._run_owned_here_if_queued()  # (elsewhere its get() in _take runs it)
+            elif not entry[0].wait(remaining):
                 self._time_out()
             return entry
         assert self._completions is not None
