@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -377,6 +378,38 @@ def test_places_lent_to_blocked_tasks_are_bounded(monkeypatch: pytest.MonkeyPatc
 
     assert parent().get(timeout=45) == "timed out"
     assert mp.get_thread_pool_info()["live_threads"] <= 2
+
+
+@pytest.mark.timeout(60)
+def test_a_warning_says_when_every_place_to_lend_is_lent(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the bounded test above: the child's wait finds no place left, and its
+    # timeout ends it though the grandchild never started. A recursion of
+    # waits with a timeout (fib(16), each call waiting for its two) gets
+    # there with the real bound of 256 and failed with "gave up waiting",
+    # as if the work were slow, which nothing told apart. Once per process.
+    resize(1)
+    monkeypatch.setattr(_thread, "MAX_SPARES", 1)
+    monkeypatch.setattr(_thread, "_all_lent_told", False, raising=False)
+    grandchild = mp.parallel(backend="thread")(lambda: "never")
+
+    @mp.parallel(backend="thread")
+    def child() -> str:
+        return _expect_timeout(lambda: grandchild().get(timeout=SHORT))
+
+    @mp.parallel(backend="thread")
+    def parent() -> str:
+        return child().get(timeout=WAIT)
+
+    with caplog.at_level(logging.WARNING, logger="makeparallel"):
+        assert parent().get(timeout=45) == "timed out"
+        assert parent().get(timeout=45) == "timed out"
+    told = [r for r in caplog.records if "places" in r.getMessage()]
+    assert len(told) == 1
+    assert told[0].levelno == logging.WARNING
+    message = told[0].getMessage()
+    assert "all 1 places" in message and "wait without a timeout" in message
 
 
 @pytest.mark.timeout(60)

@@ -61,6 +61,10 @@ _MIN_STACK_SIZE = 32 * 1024
 # Workers lent to tasks that block in a wait, at most: the default of Java's
 # ForkJoinPool (DEFAULT_COMMON_MAX_SPARES), whose managedBlock does the same.
 MAX_SPARES = 256
+# Whether the warning that every place was lent was logged: once per process. A wait
+# with a timeout then ends at its deadline though what it waits for never started,
+# which looked like slow work ("gave up waiting") with nothing to tell them apart.
+_all_lent_told = False
 _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 # The size in force outside _stack_size_lock (the program's own, 0 for the platform's), as
 # its holder found it and sets it back: a process forked meanwhile gets it back too.
@@ -181,6 +185,22 @@ def _in_units(size: int) -> str:
         if size >= 1 << power:
             return f"{size / (1 << power):,.1f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{size} bytes"
+
+
+def _tell_all_lent() -> None:
+    """Log, once per process, that every place a pool lends to tasks blocked in waits is lent."""
+    global _all_lent_told
+    if _all_lent_told:
+        return
+    _all_lent_told = True
+    _log.warning(
+        "makeparallel: all %d places a thread pool lends to tasks blocked waiting for other tasks are "
+        "lent, so no more workers start for such waits: a wait with a timeout inside a task now ends at "
+        "its deadline (TaskTimeoutError) even where the task it waits for never started. Nest such waits "
+        "less deeply (a recursion of tasks each waiting for its own), or wait without a timeout inside "
+        "tasks: such a wait runs a queued task itself",
+        MAX_SPARES,
+    )
 
 
 class ThreadBackend(QueueingBackend):
@@ -516,7 +536,10 @@ class ThreadBackend(QueueingBackend):
             self._blocked += 1
             self._set_capacity_locked()
             spawn = self._queued - len(self._parked)
+            all_lent = self._blocked == MAX_SPARES
         self._spawn(spawn)
+        if all_lent:
+            _tell_all_lent()
 
     def worker_unblocks(self) -> None:
         """The wait ended: the place lent goes back, a parked surplus worker retires."""
