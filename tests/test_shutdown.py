@@ -920,6 +920,56 @@ def test_a_cancel_pending_not_a_bool_is_rejected_without_shutting_down(value: ob
 
 # -- interpreter exit -------------------------------------------------------------------
 
+# An imap left half read in a module's global lives until the interpreter
+# clears the modules, after the exit hook, where its generator is closed: that
+# close cancelled its chunks, importing as it went, and printed "Exception
+# ignored ... ImportError: sys.meta_path is None" below the program's output.
+HALF_READ_IMAP = """
+import sys
+import makeparallel as mp
+
+def work(i):
+    return i
+
+results = mp.imap(work, range(10_000_000), backend=sys.argv[1], ordered=sys.argv[2] == "ordered", progress=sys.argv[3] == "bar")
+for first in results:
+    break
+print("first", first, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("backend", "ordered", "bar"),
+    [
+        ("thread", "ordered", "no bar"),
+        ("thread", "unordered", "no bar"),
+        ("process", "ordered", "no bar"),
+        ("process", "unordered", "no bar"),
+        pytest.param(
+            "thread",
+            "ordered",
+            "bar",
+            # tqdm's own __del__ at exit crashes it while any generator is suspended, without makeparallel too.
+            marks=pytest.mark.skipif(sys.version_info[:3] == (3, 13, 0), reason="a segmentation fault of Python 3.13.0"),
+        ),
+    ],
+)
+def test_an_imap_left_half_read_in_a_global_exits_quietly(backend: str, ordered: str, bar: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(HALF_READ_IMAP), backend, ordered, bar],
+        timeout=50,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("first "), result.stdout
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 STUCK_FOREVER = """
 import threading
 import makeparallel as mp

@@ -1129,7 +1129,12 @@ class _Mapper:
             if self._input_error is not None:
                 raise self._input_error
         finally:
-            if not finished:  # an error, Ctrl-C, a timeout, or the consumer stopped: nothing of it goes on
+            # Closed as the interpreter clears its modules (an imap left half read in a
+            # global): the exit hook ran already, and waited for the chunks or cancelled
+            # them and stopped the workers; nothing is left to stop, and a cancel there
+            # failed on its imports ("Exception ignored", sys.meta_path is None).
+            if not finished and not sys.is_finalizing():
+                # an error, Ctrl-C, a timeout, or the consumer stopped: nothing of it goes on
                 cancel_and_stop([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
