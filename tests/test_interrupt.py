@@ -87,8 +87,8 @@ print("gather finished: it should have been interrupted", flush=True)
 """
 
 
-def interrupt(script: str) -> tuple[int, str, str]:
-    """Run ``script``, send SIGINT once it says "ready"; return (code, stdout, stderr).
+def interrupt(script: str, *args: str) -> tuple[int, str, str]:
+    """Run ``script`` (with ``args`` in ``sys.argv``), send SIGINT once it says "ready"; return (code, stdout, stderr).
 
     The child is not measured by coverage: tracing slows it tenfold, and this
     test times how promptly it stops.
@@ -99,7 +99,7 @@ def interrupt(script: str) -> tuple[int, str, str]:
         if k != "MAKEPARALLEL_BACKEND" and not k.startswith("COVERAGE_")
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", textwrap.dedent(script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -212,6 +212,35 @@ print("submitted all: it should have been interrupted", flush=True)
 )
 def test_ctrl_c_stops_every_kind_of_large_batch(script: str) -> None:
     check_clean_interrupt(*interrupt(script))
+
+
+# Ctrl-C inside a `with mp.Executor()` block, its queue long (10,000 tasks of
+# 10 ms on 2 workers: 50 s). Leaving the block shut the executor down with
+# wait=True, as concurrent.futures does, and so waited for the whole queue after
+# the user's Ctrl-C: a hang until a second one.
+EXECUTOR_BLOCK_SCRIPT = """
+import sys
+import threading
+import makeparallel as mp
+
+def work(i):
+    threading.Event().wait(0.01)
+    return i
+
+with mp.Executor(sys.argv[1], max_workers=2) as executor:
+    futures = [executor.submit(work, i) for i in range(10_000)]
+    futures[0].result()
+    print("ready", flush=True)
+    threading.Event().wait()  # the program does something else; Ctrl-C lands here
+print("the block ended: it should have been interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_ctrl_c_in_an_executor_block_does_not_wait_for_its_queue(backend: str) -> None:
+    code, out, err = interrupt(EXECUTOR_BLOCK_SCRIPT, backend)
+    check_clean_interrupt(code, out, err)
+    assert "Exception ignored" not in err, err
 
 
 def cooperative(gate: threading.Event) -> Callable[[int], int]:

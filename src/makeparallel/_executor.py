@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from types import MethodType
+from types import MethodType, TracebackType
 from typing import Any, NoReturn, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
@@ -307,6 +307,9 @@ class Executor(concurrent.futures.Executor):
         was given run first, also after ``shutdown(wait=False)``, as the standard
         executors' do (waited for as ``@parallel`` tasks are, at most
         ``configure(exit_timeout=...)``); then its worker processes are stopped.
+        A Ctrl-C (``KeyboardInterrupt``) leaving a ``with`` block cancels the
+        tasks not started and does not wait for the running ones, where the
+        standard executors wait for their whole queue.
     """
 
     def __init__(self, backend: str = "thread", max_workers: int | None = None) -> None:
@@ -332,6 +335,27 @@ class Executor(concurrent.futures.Executor):
         # Garbage collected without shutdown(): its tasks finish, then its pool stops.
         self._finalizer = weakref.finalize(self, _release_in_background, self._backend)
         self._finalizer.atexit = False
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """End a ``with`` block: ``shutdown(wait=True)``, as the standard executors do; after Ctrl-C, no wait.
+
+        A ``KeyboardInterrupt`` leaving the block cancels the tasks not yet
+        started and returns at once (``shutdown(wait=False,
+        cancel_futures=True)``): the wait for a long queue came after the
+        user's Ctrl-C, a hang until a second one. The tasks still running end
+        in the background, or are abandoned with a warning (their worker
+        processes stopped) when the program ends on that Ctrl-C, as after a
+        Ctrl-C while collecting.
+        """
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.shutdown(wait=True)
 
     @property
     def backend(self) -> str:
