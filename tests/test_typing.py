@@ -34,6 +34,11 @@ class Service:
 
 
 Service().lookup("key")  # a parallel method keeps its parameters, less self
+
+
+async def grouped() -> None:
+    async with mp.TaskGroup():  # a group is entered with `with` only (refused at run time too)
+        pass
 '''
 
 
@@ -76,6 +81,8 @@ def test_mypy_agrees(tmp_path: Path) -> None:
     wrong = mypy(wrong_checks(tmp_path) / "check_types.py", tmp_path / "cache")
     assert wrong.returncode == 1 and "[assert-type]" in wrong.stdout, wrong.stdout + wrong.stderr
     assert "[arg-type]" in wrong.stdout, wrong.stdout
+    # The run time's refusal of `async with` (its __aenter__) made mypy take it for a protocol met.
+    assert '"ParallelContext" has no attribute "__aenter__"' in wrong.stdout, wrong.stdout
 
 
 @pytest.mark.timeout(300)
@@ -85,6 +92,7 @@ def test_pyright_agrees(tmp_path: Path) -> None:
     wrong = pyright(wrong_checks(tmp_path))
     assert wrong.returncode == 1 and "reportAssertTypeFailure" in wrong.stdout, wrong.stdout + wrong.stderr
     assert "reportArgumentType" in wrong.stdout, wrong.stdout
+    assert 'Attribute "__aenter__" is unknown' in wrong.stdout, wrong.stdout
 
 
 def test_the_generic_classes_subscript_at_run_time_as_typing_does() -> None:

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Container, Coroutine, Iterable
 from types import MethodType, TracebackType
-from typing import Any, NoReturn, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, Union, overload
 
 from . import _interruptible
 from ._admission import Limiter, NoSlotInTime, holding_a_slot
@@ -150,25 +150,29 @@ class ParallelContext:
         if exc is None and self._timed_out is not None:  # met on another thread: the block's too
             raise TaskTimeoutError(self._timed_out)
 
-    def __aenter__(self) -> NoReturn:
-        """Refused with a ``TypeError`` that says what to write: ``async with`` cannot enter a group.
+    # Not for the type checkers: to them a group has no __aenter__, so that they flag `async with`
+    # as they did before it had one (mypy took this one, typed NoReturn, for the protocol met).
+    if not TYPE_CHECKING:
 
-        ``mp.TaskGroup`` has ``asyncio.TaskGroup``'s name, and ``async with`` is
-        what a coroutine writes for that one; Python's own refusal named the
-        protocol, not what to do instead. The block's end waits for the tasks,
-        which would block the event loop: a coroutine awaits the handles.
+        def __aenter__(self) -> NoReturn:
+            """Refused with a ``TypeError`` that says what to write: ``async with`` cannot enter a group.
 
-        Raises:
-            TypeError: always.
-        """
-        raise TypeError(
-            f"{type(self).__name__} (mp.TaskGroup) is entered with `with`, not `async with`: the end of its "
-            "block waits for its tasks, blocking the event loop. In a coroutine, await the handles instead: "
-            "`await mp.gather_async([f(x) for x in items])` (cancelling the coroutine cancels them)"
-        )
+            ``mp.TaskGroup`` has ``asyncio.TaskGroup``'s name, and ``async with`` is
+            what a coroutine writes for that one; Python's own refusal named the
+            protocol, not what to do instead. The block's end waits for the tasks,
+            which would block the event loop: a coroutine awaits the handles.
 
-    async def __aexit__(self, *exc_info: object) -> None:  # never reached: __aenter__ refuses
-        return None
+            Raises:
+                TypeError: always.
+            """
+            raise TypeError(
+                f"{type(self).__name__} (mp.TaskGroup) is entered with `with`, not `async with`: the end of its "
+                "block waits for its tasks, blocking the event loop. In a coroutine, await the handles instead: "
+                "`await mp.gather_async([f(x) for x in items])` (cancelling the coroutine cancels them)"
+            )
+
+        async def __aexit__(self, *exc_info: object) -> None:  # never reached: __aenter__ refuses
+            return None
 
     # -- submitting ----------------------------------------------------------------
 
