@@ -265,3 +265,43 @@ def test_the_process_backend_still_sends_a_parallel_function_of_the_script_by_va
     (tmp_path / "script.py").write_text(PROCESS_SCRIPT)
     result = run_in(tmp_path, "script.py", order)
     assert result.stdout.splitlines() == ["(8, 'double') (10, 'double')"], result.stderr[-3000:]
+
+
+SHIPPED_MODULE = """\
+import makeparallel as mp
+
+@mp.parallel(backend="sync")
+def double(x):
+    return 2 * x
+
+def use(x):  # sent by value, it takes double along
+    return double(x).get(timeout=30), double.options(timeout=9)(x).get(timeout=30)
+"""
+
+SHIPPING_SCRIPT = """\
+import sys
+import cloudpickle
+
+sys.path.insert(0, "modules")
+import shipped
+
+cloudpickle.register_pickle_by_value(shipped)
+with open("use.pickle", "wb") as file:
+    file.write(cloudpickle.dumps(shipped.use))
+"""
+
+
+def test_a_module_cloudpickle_sends_by_value_sends_its_parallel_functions_by_value(tmp_path: Path) -> None:
+    # cloudpickle.register_pickle_by_value is how a module that a cluster's workers cannot
+    # import reaches them (Dask, Ray): its @parallel functions went by name, and unpickling
+    # failed there with ModuleNotFoundError, where they had gone by value with the rest.
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "shipped.py").write_text(SHIPPED_MODULE)
+    (tmp_path / "ship.py").write_text(SHIPPING_SCRIPT)
+    shipped = run_in(tmp_path, "ship.py")
+    assert shipped.returncode == 0, shipped.stderr[-3000:]
+    (tmp_path / "elsewhere").mkdir()  # where no shipped module can be imported
+    loaded = run_in(
+        tmp_path / "elsewhere", "-c", "import pickle; print(pickle.load(open('../use.pickle', 'rb'))(4))"
+    )
+    assert loaded.stdout.splitlines() == ["(8, 8)"], loaded.stderr[-3000:]

@@ -569,7 +569,9 @@ class ParallelFunction(Generic[P, T]):
         # other (a lambda's, a closure's): its function itself, which cloudpickle sends by value
         # and pickle refuses, naming it.
         named = parallel_function_named(self._fn)
-        if named is None:
+        # Nor one of a module cloudpickle was told to send by value (register_pickle_by_value: a
+        # cluster's workers cannot import it): by name, it failed there. So pickle refuses it.
+        if named is None or _registered_by_value(self._fn.__module__):
             return (ParallelFunction, (self._fn, self._portable_options()))
         reference = (self._fn.__module__, self._fn.__qualname__)
         if named is self:
@@ -874,6 +876,20 @@ def parallel_function_named(fn: Any) -> ParallelFunction[..., Any] | None:
         target = getattr(target, part, None)
     target = _unbound(target)
     return target if isinstance(target, ParallelFunction) and target.__wrapped__ is fn else None
+
+
+def _registered_by_value(module: str) -> bool:
+    """Whether cloudpickle was told to send ``module``, or a package it is part of, by value.
+
+    As ``cloudpickle.register_pickle_by_value`` says: for a module the workers
+    of a cluster cannot import. Not imported here: none is, before cloudpickle is.
+    """
+    cloudpickle = sys.modules.get("cloudpickle")
+    if cloudpickle is None:
+        return False
+    registered = cloudpickle.list_registry_pickle_by_value()
+    parts = module.split(".")
+    return any(".".join(parts[:end]) in registered for end in range(1, len(parts) + 1))
 
 
 def _named(module: str, qualname: str) -> ParallelFunction[..., Any]:
