@@ -569,9 +569,10 @@ class ParallelFunction(Generic[P, T]):
         # other (a lambda's, a closure's): its function itself, which cloudpickle sends by value
         # and pickle refuses, naming it.
         named = parallel_function_named(self._fn)
-        # Nor one of a module cloudpickle was told to send by value (register_pickle_by_value: a
-        # cluster's workers cannot import it): by name, it failed there. So pickle refuses it.
-        if named is None or _registered_by_value(self._fn.__module__):
+        # Nor one whose function cloudpickle sends by value, of the main script or of a module it
+        # was told to (register_pickle_by_value: a cluster's workers cannot import it): by name,
+        # it failed there (Dask's own submit, loky), and only pickle refuses it.
+        if named is None or _sent_by_value(self._fn.__module__):
             return (ParallelFunction, (self._fn, self._portable_options()))
         reference = (self._fn.__module__, self._fn.__qualname__)
         if named is self:
@@ -878,12 +879,16 @@ def parallel_function_named(fn: Any) -> ParallelFunction[..., Any] | None:
     return target if isinstance(target, ParallelFunction) and target.__wrapped__ is fn else None
 
 
-def _registered_by_value(module: str) -> bool:
-    """Whether cloudpickle was told to send ``module``, or a package it is part of, by value.
+def _sent_by_value(module: str) -> bool:
+    """Whether cloudpickle sends the functions of ``module`` by value: the main script's, or a registered module's.
 
-    As ``cloudpickle.register_pickle_by_value`` says: for a module the workers
-    of a cluster cannot import. Not imported here: none is, before cloudpickle is.
+    A cluster's workers (Dask's, loky's under joblib) never run the main
+    script, and cannot import a module registered with
+    ``cloudpickle.register_pickle_by_value``, or one of a package registered
+    so. Not imported here: nothing is registered before cloudpickle is.
     """
+    if module == "__main__":
+        return True
     cloudpickle = sys.modules.get("cloudpickle")
     if cloudpickle is None:
         return False
