@@ -510,6 +510,8 @@ def _run_children(way: str, child: mp.ParallelFunction[[int], int], on_a_worker:
     that wait the group's deadline.
     """
     limit = WAIT if on_a_worker else None
+    if way == "parallel_map_of_one_item":  # one item, no timeout: the map's one chunk, waited for alone
+        return mp.parallel_map(child.__wrapped__, [0], timeout=limit, backend="thread")
     if way in ("parallel_map", "unordered_map", "imap"):
         items = child.__wrapped__  # a map runs plain functions, in chunks of its own
         if way == "imap":
@@ -611,7 +613,7 @@ def test_a_cancel_or_timeout_of_a_task_ends_its_wait_for_its_children(
         stuck.set()
 
 
-OWNED_WAYS = ["parallel_map", "unordered_map", "imap", "ParallelContext"]
+OWNED_WAYS = ["parallel_map", "parallel_map_of_one_item", "unordered_map", "imap", "ParallelContext"]
 
 
 @pytest.mark.timeout(60)

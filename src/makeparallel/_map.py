@@ -907,6 +907,8 @@ def _map_one_item(
         except TaskSerializationError as error:
             _raise_naming_the_item(error, fn, [item], 0)
         try:
+            if current_task() is not None:  # queued, it runs here, cancelled with the task (as a longer map's chunks)
+                handle._run_owned_here_if_queued()
             chunk = chunk_results(handle)
         except CallUnpickled as unpickled:  # on a worker process: the item's unpickling raised, or the function's
             _make_sure_it_unpickles(fn, chunk_task, keep_going)
