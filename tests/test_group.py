@@ -1697,3 +1697,35 @@ def test_a_shared_error_the_block_raises_first_is_the_task_s_failure_once(
         let_go.set()
     wait_until_idle(10)
     assert len(ctx.errors) == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("in_a_task", [False, True], ids=["outside_a_task", "in_a_task"])
+def test_the_block_end_tries_to_run_inline_only_the_tasks_still_queued(
+    in_a_task: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The block's end runs a queued task of the group itself (cancelled with
+    # the task it runs in); one that ended, or runs on a worker, has nothing to
+    # run there. Asked for every task, a group of 20,000 no-ops took 0.5 us
+    # more per task to end (about 9%): one call each, a listing in a task.
+    tried: list[mp.AsyncHandle[Any]] = []
+    run_owned = mp.AsyncHandle._run_owned_here_if_queued
+
+    def counted(handle: mp.AsyncHandle[Any]) -> bool:
+        tried.append(handle)
+        return run_owned(handle)
+
+    monkeypatch.setattr(mp.AsyncHandle, "_run_owned_here_if_queued", counted)
+
+    def group_of_ended_tasks() -> list[int]:
+        with mp.ParallelContext(backend="thread") as ctx:
+            for i in range(5):
+                assert ctx.submit(int, i).wait(10)
+        return ctx.results()
+
+    if in_a_task:
+        results = mp.parallel(backend="thread")(group_of_ended_tasks)().get(timeout=30)
+    else:
+        results = group_of_ended_tasks()
+    assert results == [0, 1, 2, 3, 4]
+    assert tried == [], f"the block's end tried to run {len(tried)} ended task(s) inline"
