@@ -15,6 +15,7 @@ dumps every thread's traceback should anything hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -377,6 +378,54 @@ def test_cancel_force_kills_the_worker(flags: Flags, pool: None) -> None:
     assert wait_until(lambda: not psutil.pid_exists(pid)), f"worker {pid} was not reaped"
     assert wait_until(lambda: info()["worker_restarts"] == restarts + 1), info()
     assert on_process(worker_pid)().get(timeout=20) != pid
+
+
+def run_a_program_and_a_helper(flags: Flags) -> None:
+    """Start a program (``sleep``, through a shell) and fork a helper, record their pids, wait for the program."""
+    helper = os.fork()
+    if helper == 0:
+        while True:
+            signal.pause()  # a fork-based Pool's worker: it waits for work that never comes
+    program = subprocess.Popen(["sh", "-c", "sleep 60; echo done"])  # the shell's own child, sleep, too
+    flags.set("pids", f"{helper} {program.pid}")
+    program.wait()
+
+
+def _process_tree(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", ["timeout", "cancel(force=True)"])
+def test_a_stopped_task_leaves_no_process_it_started(flags: Flags, pool: None, stop: str) -> None:
+    # Stopped with SIGTERM's default action, the worker left what its task had started
+    # running, re-parented to init: the program it waited for ran on after the task's
+    # timeout, and the workers of a fork-based Pool waited for work for good, outliving
+    # the program. On the thread backend a timeout stops no code, and the task ends with
+    # its children; a task stopped here takes its children with it.
+    task = on_process(run_a_program_and_a_helper)
+    handle = task(flags, timeout=1.0) if stop == "timeout" else task(flags)
+    assert flags.wait("pids", 20)
+    helper, program = map(int, flags.read("pids").split())
+    worker = psutil.Process(helper).ppid()
+    started = [helper, program, *_process_tree(program)]
+    assert len(started) == 3, started  # the shell's sleep too
+    try:
+        if stop == "cancel(force=True)":
+            assert handle.cancel(force=True) is True
+        with pytest.raises(mp.TaskTimeoutError if stop == "timeout" else mp.TaskCancelledError):
+            handle.get(timeout=20)
+        assert wait_until(lambda: gone(worker)), f"worker {worker} still runs"
+        assert wait_until(lambda: all(gone(pid) for pid in started), 10), [
+            pid for pid in started if not gone(pid)
+        ]
+    finally:
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- shutdown -------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ from ._crash_journal import JournalWriter
 from ._main_module import stand_in_for_main
 from ._output_relay import OutputRelay, flush_c_stdio
 from ._parent_death import ask_again_if_changed, die_with_parent, still_die_with_parent
+from ._process_tree import stop_descendants
 from ._wakeup import drain, wakeup_pipe
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -857,11 +858,14 @@ def _terminated(worker: _Worker, signum: int, frame: Any) -> None:
     Not if the parent stops a task that has ended since (the journal says
     which), however many ended after it: the signal, sent as the task
     ended, would have ended the one running then, which failed as crashed.
+    The processes its tasks started go first (``_process_tree``): left, they
+    outlived the task, and the program.
     """
     current = worker._current
     if worker.journal.declines(None if current is None else current._id, worker._ended):
         return
     try:
+        stop_descendants()  # before the output, which a blocked stream may hold past the SIGKILL
         worker._flush_output()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
