@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from chained_errors import explicit_cause, implicit_context, suppressed_context
+from pool_helpers import fresh_process_pool
 
 import makeparallel as mp
 from makeparallel._remote_errors import RemoteTraceback
@@ -712,6 +713,30 @@ def test_an_exception_raised_as_a_result_is_unpickled_is_described_without_killi
     with pytest.raises(mp.TaskSerializationError, match=r"StrFails: <exception str\(\) failed>"):
         mp.parallel_map(mapped, range(3), backend="process", chunksize=3, timeout=30)
     assert mp.parallel(backend="process")(abs)(-3).get(timeout=30) == 3
+
+
+def raise_an_error_only_the_worker_imports(folder: str) -> None:
+    """Raise an error of a module the worker imports from ``folder``, a plugin folder it keeps on its ``sys.path``."""
+    (Path(folder) / "plugin_of_a_worker.py").write_text("class PluginError(Exception):\n    pass\n")
+    sys.path.insert(0, folder)  # (taken off again, the class would travel by value)
+    from plugin_of_a_worker import PluginError  # type: ignore[import-not-found]
+
+    raise PluginError("no licence")
+
+
+@pytest.mark.timeout(60)
+def test_an_error_that_cannot_be_unpickled_here_is_told_as_raised_not_as_a_result(tmp_path: Path) -> None:
+    # The task raised, but its failure said "the result of task N came back from the
+    # worker": a user looked for a return value that could not be unpickled.
+    try:
+        error = failure(functools.partial(raise_an_error_only_the_worker_imports, str(tmp_path)))
+    finally:
+        fresh_process_pool(mp.get_process_pool_info()["num_workers"])  # no worker keeps the folder on its path
+    assert type(error) is mp.TaskSerializationError
+    message = str(error)
+    assert "raised an exception" in message and "the result" not in message, message
+    assert "could not be unpickled here: ModuleNotFoundError: No module named 'plugin_of_a_worker'" in message
+    assert "Raise exceptions" in message, message  # what to do
 
 
 def member_handled_with_its_group(how: str) -> None:

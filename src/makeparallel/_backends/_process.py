@@ -1685,6 +1685,10 @@ class ProcessBackend(QueueingBackend):
             unreadable = TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
                 f"but could not be unpickled here: {described(error)}"
+                if ok
+                else f"task {handle._id} ({handle.name}) raised an exception in its worker process "
+                f"that could not be unpickled here: {described(error)}. Raise exceptions this "
+                "process can import too (classes of a module both import), holding data it can"
             )
             # A map fails the items of the chunk that ran with it (after_unreadable): how
             # many results there were, if a list (a chunk stopped at its budget has fewer).
