@@ -65,7 +65,7 @@ def clean_runtime(request: pytest.FixtureRequest) -> object:
     mp.set_max_concurrent_tasks(None)
     _runtime.use_default_backend(None)
     mp.configure(exit_timeout=5.0, async_cancel="cooperative", process_contextvars=[])
-    mp.configure_thread_pool(num_threads=default_thread_count())
+    mp.configure_thread_pool(num_threads=default_thread_count(), stack_size=None)
     if "process" in _runtime._backends:  # never start the process pool just to size it
         mp.configure_process_pool(num_workers=default_thread_count())
         # Workers a test killed are its own restart storm, not the next test's.

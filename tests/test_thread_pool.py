@@ -120,8 +120,8 @@ def test_configure_before_the_pool_starts() -> None:
 
 @pytest.mark.timeout(40)
 def test_stack_size_is_accepted_and_does_not_leak_into_other_threads() -> None:
-    # In a subprocess: there is no way back to the platform's default stack size,
-    # so this must not change the pool the rest of the suite runs on.
+    # In a subprocess: threading.stack_size() is process-wide, and what it leaks
+    # must not reach the rest of the suite.
     result = run_python(
         """
         import threading
@@ -139,6 +139,44 @@ def test_stack_size_is_accepted_and_does_not_leak_into_other_threads() -> None:
         assert threading.stack_size() == 0, threading.stack_size()
         mp.configure_thread_pool(stack_size=32 * 1024)  # the documented minimum
         assert mp.get_thread_pool_info()["stack_size"] == 32 * 1024
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(40)
+def test_stack_size_none_goes_back_to_the_platform_default_and_leaving_it_out_keeps_it() -> None:
+    # The docstring says None is the platform default; it was taken as "not given", so a
+    # stack size once set stayed for every thread the pool started after.
+    result = run_python(
+        """
+        import sys
+        import makeparallel as mp
+
+        mp.configure_thread_pool(num_threads=2, stack_size=256 * 1024)
+        mp.configure_thread_pool(num_threads=3)  # stack_size left out: kept
+        assert mp.get_thread_pool_info()["stack_size"] == 256 * 1024, mp.get_thread_pool_info()
+        mp.configure_thread_pool(stack_size=None)
+        info = mp.get_thread_pool_info()
+        assert info["stack_size"] is None and info["num_threads"] == 3, info
+
+        @mp.parallel
+        def stack_limit():  # glibc maps a thread's default stack as RLIMIT_STACK says
+            import ctypes, ctypes.util
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+            libc.pthread_self.restype = ctypes.c_ulong
+            libc.pthread_getattr_np.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+            attr = ctypes.create_string_buffer(256)  # pthread_attr_t: 56 bytes on glibc x86-64
+            size = ctypes.c_size_t()
+            assert libc.pthread_getattr_np(libc.pthread_self(), attr) == 0
+            libc.pthread_attr_getstacksize(attr, ctypes.byref(size))
+            libc.pthread_attr_destroy(attr)
+            return size.value
+
+        if sys.platform.startswith("linux"):  # pthread_getattr_np is glibc's (and musl's)
+            assert stack_limit().get(timeout=10) > 256 * 1024
         print("ok")
         """
     )

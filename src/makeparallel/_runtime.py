@@ -412,7 +412,9 @@ def _check_dask_client(client: Any) -> None:
         raise TypeError(f"dask_client must be a distributed.Client, got {client!r}")
 
 
-def configure_thread_pool(num_threads: int | str | None | EllipsisType = ..., stack_size: int | None = None) -> None:
+def configure_thread_pool(
+    num_threads: int | str | None | EllipsisType = ..., stack_size: int | None | EllipsisType = ...
+) -> None:
     """Size the thread pool, before or after it started.
 
     Args:
@@ -425,9 +427,10 @@ def configure_thread_pool(num_threads: int | str | None | EllipsisType = ..., st
             compute; idle threads retire after 30 s (see ``benchmarks/adaptive_threads.py``).
             An int or ``None`` goes back to a fixed size.
         stack_size: bytes of stack for threads started from now on (at least
-            32 KiB), or ``None`` for the platform default. A thread is started
-            with it, and joined, to check that the system gives one that much:
-            what memory, overcommit and ``RLIMIT_AS`` allow bounds it.
+            32 KiB), or ``None`` for the platform default; not given, the
+            stack size is kept. Threads already running keep theirs. A thread
+            is started with it, and joined, to check that the system gives one
+            that much: what memory, overcommit and ``RLIMIT_AS`` allow bounds it.
 
     Raises:
         TypeError, ValueError: ``num_threads`` or ``stack_size`` is not valid;

@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections import deque
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 from .. import _events, _fork_child, _interruptible
@@ -226,22 +227,23 @@ class ThreadBackend(QueueingBackend):
 
     # -- configuration ---------------------------------------------------------------
 
-    def configure(self, num_threads: int | str | None, stack_size: int | None) -> None:
+    def configure(self, num_threads: int | str | None, stack_size: int | None | EllipsisType) -> None:
         """Resize the pool and set the stack size of threads started from now on.
 
         Safe while tasks run: a larger pool starts threads for queued work at once;
         a smaller one lets surplus threads retire as they become idle.
         ``num_threads="auto"`` hands the size to an :class:`AutoSizer`.
+        ``stack_size``: ``None`` is the platform's default, ``...`` keeps the size.
         """
-        if num_threads == "auto":
+        if stack_size is not ...:  # before any change: a refused call changes nothing
             stack_size = check_stack_size(stack_size)
+        if num_threads == "auto":
             self._start_autosizer()
-            if stack_size is not None:  # checked above: configure() would start another thread to check it
+            if stack_size is not ...:  # checked above: configure() would start another thread to check it
                 self._resize(None, stack_size, refusal_raises=True)
             return
         if isinstance(num_threads, str):
             raise TypeError(f'num_threads must be an int >= 1, "auto" or None, got {num_threads!r}')
-        stack_size = check_stack_size(stack_size)  # before any change: a refused call changes nothing
         if num_threads is not None:
             num_threads = check_count(num_threads, "num_threads")
             self._stop_autosizer()
@@ -252,9 +254,9 @@ class ThreadBackend(QueueingBackend):
 
         self._stop_autosizer()
         cores = default_thread_count()
-        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, None, sizer=sizer), cores)
+        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores)
         self._autosizer = sizer
-        self._resize(cores, None)
+        self._resize(cores, ...)
         sizer.start()
 
     def _stop_autosizer(self) -> None:
@@ -267,9 +269,16 @@ class ThreadBackend(QueueingBackend):
             return self._queued, self._busy
 
     def _resize(
-        self, num_threads: int | None, stack_size: int | None, refusal_raises: bool = False, sizer: Any = None
+        self,
+        num_threads: int | None,
+        stack_size: int | None | EllipsisType,
+        refusal_raises: bool = False,
+        sizer: Any = None,
     ) -> None:
         """Set the pool's size and stack size, and wake the idle workers to act on it (see :meth:`_spawn`).
+
+        ``num_threads`` ``None`` keeps the size; ``stack_size`` ``...`` keeps the
+        stack size, and ``None`` is the platform's default.
 
         ``sizer``: the :class:`AutoSizer` that asks; its size is applied only
         while it still sizes the pool. Stopping one does not stop a step past
@@ -280,7 +289,7 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 if sizer is not None and sizer is not self._autosizer:
                     return
-                if stack_size is not None:
+                if stack_size is not ...:
                     self._stack_size = stack_size
                 if num_threads is not None:
                     self._num_threads = num_threads
