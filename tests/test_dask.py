@@ -992,6 +992,25 @@ def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, clien
     assert mp.parallel(backend="dask")(square)(4).get(timeout=60) == 16
 
 
+def test_closing_a_client_no_longer_configured_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
+    # Its task ended "cancelled by its executor", naming the executor of the client configured
+    # since: the client of the task was not the one asked whether it closed.
+    first = Client(cluster, set_as_default=False)
+    mp.configure(dask_client=first)
+    try:
+        handle = mp.parallel(backend="dask")(wait_for_flag)(flags, "release")
+        assert wait_until(lambda: bool(first.processing() and any(first.processing().values())), 30)
+        mp.configure(dask_client=client)
+        assert mp.parallel(backend="dask")(square)(3).get(timeout=60) == 9  # sent through the client configured now
+        first.close()
+        with pytest.raises(mp.ShutdownError, match="Dask client was closed"):
+            handle.get(timeout=60)
+    finally:
+        flags.set("release")
+        mp.configure(dask_client=client)
+        first.close()
+
+
 def fail_once(flags: Flags) -> str:
     """Fails at its first attempt, then succeeds (attempts counted by a flag file, as workers share nothing)."""
     if flags.is_set("failed once"):

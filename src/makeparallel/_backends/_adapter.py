@@ -435,7 +435,7 @@ class ExecutorBackend(Backend):
         if self._in_process and not future.cancelled() and future.exception() is None:
             return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
-            state, cancellation = self.cancelled_by_executor(handle)
+            state, cancellation = self.cancelled_by_executor(handle, future)
             handle._ask_breaker(cancellation)  # (Dask's is a ShutdownError where its client closed)
             self._end(handle, state, cancellation, started)
             return
@@ -487,8 +487,8 @@ class ExecutorBackend(Backend):
         if unsent:
             handle._code_returned()
 
-    def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
-        """How a handle ends whose future the executor (or its owner) cancelled."""
+    def cancelled_by_executor(self, handle: AsyncHandle[Any], future: Any) -> tuple[int, BaseException]:
+        """How a handle ends whose ``future`` (its last attempt's) the executor, or its owner, cancelled."""
         error = TaskCancelledError(f"task {handle._id} ({handle.name}) was cancelled by its executor {self._executor!r}")
         return CANCELLED, error
 

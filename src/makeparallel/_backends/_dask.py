@@ -295,14 +295,20 @@ class DaskBackend(ExecutorBackend):
             advice = "create a new one (it becomes the current one), or pass one with makeparallel.configure(dask_client=client)"
         return f"its Dask client {self._client!r} is closed ({error}); {advice}"
 
-    def cancelled_by_executor(self, handle: AsyncHandle[Any]) -> tuple[int, BaseException]:
-        client = self._client
+    def cancelled_by_executor(self, handle: AsyncHandle[Any], future: Any) -> tuple[int, BaseException]:
+        """A ``ShutdownError`` where the client that ``future`` was sent through was closed; else cancelled.
+
+        That client, not the one configured now: a task sent before
+        ``configure(dask_client=...)`` named another ended "cancelled by its
+        executor" when its own client was closed, and named the new one's.
+        """
+        client = future.dask_future.client if isinstance(future, TaskFuture) else self._client
         if client is not None and client.status in ("closing", "closed"):
             return FAILED, ShutdownError(
                 f"task {handle._id} ({handle.name}) was still unfinished when its Dask client "
                 "was closed"
             )
-        return super().cancelled_by_executor(handle)
+        return super().cancelled_by_executor(handle, future)
 
     def translate_error(self, handle: AsyncHandle[Any], error: BaseException) -> BaseException:
         if isinstance(error, KilledWorker):
