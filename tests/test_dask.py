@@ -471,6 +471,24 @@ def test_maps_run_as_chunked_futures(fn: Any) -> None:
     assert sorted(mp.imap(fn, range(30), backend="dask", ordered=False, chunksize=4)) == [x * x for x in range(30)]
 
 
+def negate(x: int) -> int:
+    return -x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("over", [range, lambda n: iter(range(n))], ids=["a range", "a generator"])
+def test_an_imap_of_cheap_items_runs_them_in_chunks_of_many(over: Callable[[int], Any]) -> None:
+    # Its chunks shrank to one item each: a chunk's time counted from its submission, and a Dask
+    # task's round trip and its wait behind the chunks in flight before it (milliseconds, more
+    # than the 10 ms a chunk aims at) were taken for its items' work. 2,000 items took 7 s.
+    before = mp.get_metrics("negate [map]")
+    assert list(mp.imap(negate, over(2000), backend="dask")) == [-x for x in range(2000)]
+    after = mp.get_metrics("negate [map]")
+    assert after is not None
+    chunks = after.total_tasks - (before.total_tasks if before is not None else 0)
+    assert chunks <= 200  # an item is under a millisecond of work: chunks of hundreds
+
+
 def test_metrics_callbacks_and_progress_stay_here() -> None:
     done: list[Any] = []
     handle = mp.parallel(backend="dask", name="dask_progress")(reports_progress)()

@@ -21,6 +21,7 @@ from ._process_chunks import (
     SLICE_SECONDS,
     STOP_ITERATION,
     Failure,
+    TimedResults,
     item_failure,
     item_raised,
     keep_results_before,
@@ -84,6 +85,17 @@ def run_chunk(
     # A task on a thread is a handle; one on a worker process streams its results.
     if hasattr(task, "_send_partial"):
         return run_streaming(task, fn, items, start, keep_going, budget)
+    if task is None:  # on another executor's worker (``call_remotely``): the time it ran goes back with the results
+        began = time.perf_counter()
+        results = _run_here(fn, items, start, keep_going, budget, None)
+        return TimedResults(results, time.perf_counter() - began)
+    return _run_here(fn, items, start, keep_going, budget, task)
+
+
+def _run_here(
+    fn: Callable[[Any], Any], items: Sequence[Any], start: int, keep_going: bool, budget: float | None, task: Any
+) -> list[Any]:
+    """:func:`run_chunk` on this thread, as the task ``task`` (``None`` on another executor's worker)."""
     count = len(items)
     if count == 1:  # a map of one item: no slices
         if task is not None and task._state != RUNNING:

@@ -89,6 +89,7 @@ from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
     CallUnpickled,
+    TimedResults,
     after_crash,
     after_unpickled,
     after_unreadable,
@@ -921,7 +922,9 @@ def _map_one_item(
         except BaseException:  # Ctrl-C, or the item's error: the task must not go on
             cancel_and_stop([handle])  # as a longer map's chunks in flight: its worker too, if it runs on
             raise
-    return _resolve_failures(chunk, on_error == "skip") if keep_going else chunk
+    if keep_going:
+        return _resolve_failures(chunk, on_error == "skip")
+    return list(chunk) if type(chunk) is TimedResults else chunk  # the list the caller is promised
 
 
 # A chunk of no items that tells whether a map's function unpickles on a worker: before the map's chunks.
@@ -1025,6 +1028,18 @@ def refuse_unsendable_function(fn: Callable[..., Any], named: str, error: TaskSe
             "picklable, and so must what it holds (a bound method's object, a closure's values); "
             "backend='thread' needs no pickling"
         ) from error
+
+
+def _ran_for(handle: AsyncHandle[list[Any]], results: list[Any]) -> float:
+    """Seconds chunk ``handle``, which gave ``results``, worked: as its worker timed it on another executor.
+
+    Elsewhere the handle's clock runs from the submission (the executor does
+    not say when a chunk starts), round trip and queue included: read as the
+    items' work, they shrank the chunks to one item (:class:`TimedResults`).
+    """
+    if type(results) is TimedResults:
+        return results.seconds
+    return handle._finished_at - handle._started_at  # type: ignore[operator]
 
 
 def _resolve_failures(chunk: list[Any], skip: bool) -> list[Any]:
@@ -1251,7 +1266,7 @@ class _Mapper:
             self._went_on.discard(id(handle))
         else:
             remaining = None if self._total is None else self._total - self._read
-            self._sizer.observe(size, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
+            self._sizer.observe(size, _ran_for(handle, chunk), remaining)
         if rest:
             self._continue(place, rest, rest_start)
         # No item done (a chunk of no items, one whose worker died before its first item, or
@@ -1425,7 +1440,8 @@ class _Mapper:
         entry = next((entry for entry in self._in_flight if entry[0] is handle), None)
         if entry is None or handle._state != SUCCEEDED:
             return
-        done = len(handle.get())
+        results = handle.get()
+        done = len(results)
         if done == entry[1]:
             return
         start, items, budget = self._chunk_items[id(handle)]
@@ -1433,7 +1449,7 @@ class _Mapper:
         self._in_flight[place] = (handle, done)
         self._went_on.add(id(handle))
         remaining = None if self._total is None else self._total - self._read
-        self._sizer.observe(done, handle._finished_at - handle._started_at, remaining)  # type: ignore[operator]
+        self._sizer.observe(done, _ran_for(handle, results), remaining)
         self._continue(place + 1, items[done:], start + done)
 
     def _fill(self) -> None:

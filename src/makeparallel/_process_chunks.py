@@ -48,6 +48,7 @@ __all__ = [
     "STOP_ITERATION",
     "TEMPLATE_DIED",
     "Failure",
+    "TimedResults",
     "after_crash",
     "after_unreadable",
     "describe_item",
@@ -81,6 +82,25 @@ class Failure:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class TimedResults(list):  # type: ignore[type-arg]
+    """A chunk's results from another executor's worker, with the seconds the chunk ran there (``seconds``).
+
+    The map sizes its chunks from their time (``_map._ChunkSizer``). There the
+    executor does not say when a chunk starts, so its time counted from its
+    submission: a Dask task's round trip and its wait behind the chunks in
+    flight before it, milliseconds, more than the 10 ms a chunk aims at, read
+    as its items' work, and an ``imap`` of cheap items ran one item a chunk.
+    A list, so that whatever reads a chunk's results reads these alike; it
+    pickles as a list subclass does, its items and then ``seconds``.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, results: list[Any], seconds: float) -> None:
+        super().__init__(results)
+        self.seconds = seconds
 
 
 def describe_item(index: int, item: Any) -> str:

@@ -80,6 +80,7 @@ except ImportError as missing:  # pragma: no cover - the test extras install dis
     ) from missing
 
 from .._coroutines import running_loop
+from .._process_chunks import TimedResults
 from .._remote_errors import RemoteTraceback, described
 from .._states import FAILED
 from ..errors import ShutdownError, TaskSerializationError, WorkerCrashedError
@@ -664,6 +665,11 @@ def _serialize_sent(result: SentResult, context: dict[str, Any] | None = None) -
     value = result.value
     if result.failure is not None:  # (as in __reduce_ex__)
         return {"unsendable": [str(result.failure), ""]}, []
+    if type(value) is TimedResults:  # a map's chunk: its items go as a list's, its time beside them
+        header, frames = _serialize_sent(SentResult(list(value)), context)
+        if "result" in header and "unsent" not in header:
+            header["seconds"] = value.seconds
+        return header, frames
     try:
         header, frames = _serialized(value, context)
     except BaseException as error:  # noqa: BLE001  # SystemExit too: it stopped the worker's event loop
@@ -760,7 +766,7 @@ def _items_apart(value: Any) -> tuple[list[Any], list[tuple[int, str, str]]] | N
         for each item that cannot be pickled (the traceback of the first
         only, ``""`` for the others: a chunk of 10,000 locks formatted each).
     """
-    if type(value) is not list:
+    if type(value) is not list and type(value) is not TimedResults:  # (a map's chunk pickled alone: no Dask serializer)
         return None
     unsent: list[tuple[int, str, str]] = []
     with _quiet_probes.probing():  # each item that fails is logged at ERROR by Dask otherwise
@@ -800,6 +806,8 @@ def _deserialize_sent(header: dict[str, Any], frames: list[Any]) -> SentResult:
         return SentResult(None, _unpickling_failure(error))
     if "unsent" in header:
         return SentResult(None, ItemsUnsent(value, [(index, problem, text) for index, problem, text in header["unsent"]]))
+    if "seconds" in header:
+        return SentResult(TimedResults(value, header["seconds"]))
     return SentResult(value)
 
 
