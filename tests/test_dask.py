@@ -471,6 +471,15 @@ def test_maps_run_as_chunked_futures(fn: Any) -> None:
     assert sorted(mp.imap(fn, range(30), backend="dask", ordered=False, chunksize=4)) == [x * x for x in range(30)]
 
 
+def test_a_dask_client_given_as_the_backend_says_how_to_use_it(client: Client) -> None:
+    # A Client is no Executor: the error listed the backend names, and left the user to guess.
+    advice = r"for a Dask client, pass backend='dask' and makeparallel.configure\(dask_client=client\)"
+    with pytest.raises(TypeError, match=advice):
+        mp.parallel(backend=client)(square)
+    with pytest.raises(TypeError, match=advice):
+        mp.parallel_map(square, range(3), backend=client)
+
+
 def negate(x: int) -> int:
     return -x
 

@@ -177,8 +177,16 @@ def check_backend(value: Any, source: str = "backend") -> BackendOption:
     accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
     raise TypeError(
         f"{source} must be a backend name ({accepted}) or a concurrent.futures.Executor, "
-        f"got {value!r} of type {type(value).__name__}"
+        f"got {value!r} of type {type(value).__name__}{_dask_client_advice(value)}"
     )
+
+
+def _dask_client_advice(value: Any) -> str:
+    """What to do with ``value`` if it is a Dask client, which users pass as ``backend=``: no Executor, it is refused."""
+    distributed = sys.modules.get("distributed")  # imported already if value is a Client: never imported here
+    if distributed is None or not isinstance(value, distributed.Client):
+        return ""
+    return "; for a Dask client, pass backend='dask' and makeparallel.configure(dask_client=client)"
 
 
 def _check_dask_available() -> None:
