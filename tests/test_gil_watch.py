@@ -194,3 +194,23 @@ def test_tasks_that_wait_on_their_own_are_not_blamed_on_the_gil(
         assert "4.0 tasks ran at once on threads but together used 0.60 cores, a speed-up of 0.60x" in str(
             caught[0].message
         )
+
+
+def test_tasks_that_mostly_compute_are_told_on_a_machine_of_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tasks that compute 70% of their time alone, eight at once on eight cores, kept one core
+    # busy together: 1.4 times as fast as one after another, where eight processes would run
+    # them up to eight times as fast. Judged against a fixed 1.25x, the watch stayed silent.
+    monkeypatch.setattr(_gil_watch, "usable_cpu_count", lambda: 8)
+    watch = GilWatch("mostly-computes")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(4):  # the first tasks, alone: 7 ms of a core in 10 ms
+            watch.record(i * 0.010, i * 0.010 + 0.010, 0.007, False)
+        for i in range(16):  # then eight at once, keeping one core busy together
+            start = 1.0 + (i // 8) * 0.010
+            watch.record(start, start + 0.010, 0.00125, True)
+    assert not watch.active  # it decided
+    assert [w.category for w in caught] == [mp.GilBoundWarning]
+    assert "8.0 tasks ran at once on threads but together used 1.00 cores, a speed-up of 1.43x" in str(
+        caught[0].message
+    )
