@@ -399,13 +399,15 @@ def _process_tree(pid: int) -> list[int]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("stop", ["timeout", "cancel(force=True)"])
+@pytest.mark.parametrize("stop", ["timeout", "cancel(force=True)", "shutdown"])
 def test_a_stopped_task_leaves_no_process_it_started(flags: Flags, pool: None, stop: str) -> None:
     # Stopped with SIGTERM's default action, the worker left what its task had started
     # running, re-parented to init: the program it waited for ran on after the task's
     # timeout, and the workers of a fork-based Pool waited for work for good, outliving
     # the program. On the thread backend a timeout stops no code, and the task ends with
-    # its children; a task stopped here takes its children with it.
+    # its children; a task stopped here takes its children with it. At a shutdown, a worker
+    # whose task ran long enough for its reader thread to watch the pipe ended at the pipe's
+    # end of file, before any SIGTERM, and left them so too.
     task = on_process(run_a_program_and_a_helper)
     handle = task(flags, timeout=1.0) if stop == "timeout" else task(flags)
     assert flags.wait("pids", 20)
@@ -416,7 +418,10 @@ def test_a_stopped_task_leaves_no_process_it_started(flags: Flags, pool: None, s
     try:
         if stop == "cancel(force=True)":
             assert handle.cancel(force=True) is True
-        with pytest.raises(mp.TaskTimeoutError if stop == "timeout" else mp.TaskCancelledError):
+        elif stop == "shutdown":
+            assert mp.shutdown(0) is False
+        expected = {"timeout": mp.TaskTimeoutError, "cancel(force=True)": mp.TaskCancelledError}
+        with pytest.raises(expected.get(stop, mp.ShutdownError)):
             handle.get(timeout=20)
         assert wait_until(lambda: gone(worker)), f"worker {worker} still runs"
         assert wait_until(lambda: all(gone(pid) for pid in started), 10), [
@@ -426,6 +431,8 @@ def test_a_stopped_task_leaves_no_process_it_started(flags: Flags, pool: None, s
         for pid in started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if stop == "shutdown":
+            mp.reset_shutdown()
 
 
 # -- shutdown -------------------------------------------------------------------------------------------

@@ -473,9 +473,13 @@ class _Worker:
         """The parent closed the pipe or died: never outlive it.
 
         An idle worker ends normally (its interpreter shuts down cleanly); one still
-        running a task ends at once, task and all.
+        running a task ends at once, task and all, and the processes its tasks
+        started with it, as at a ``SIGTERM`` (:func:`_terminated`): at a shutdown
+        with a task running, one whose reader thread watched the pipe ended here
+        first, and left them running, re-parented to init.
         """
         if self._current is not None:
+            stop_descendants()
             self._flush_output()
             os._exit(0)
         with self._mail_lock:
