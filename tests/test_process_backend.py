@@ -539,6 +539,9 @@ def signals_sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sent: list[tuple[int, int]] = []
     monkeypatch.setattr(_process_worker.os, "kill", lambda pid, signum: sent.append((pid, signum)))
     monkeypatch.setattr(_process_worker.signal, "signal", lambda signum, handler: None)
+    # Not the processes below this one: in a worker, its tasks' (_process_tree); here, other
+    # tests' pools, whose SIGTERMs the handler's own would be recorded among.
+    monkeypatch.setattr(_process_worker, "stop_descendants", lambda: None)
     return sent
 
 
