@@ -730,6 +730,20 @@ CLASSES = [
 ]
 
 
+def _reporting_task(gate: threading.Event) -> Any:
+    """A task that reports progress, then waits for ``gate`` and fails if asked: one for each kind of callback."""
+
+    @mp.parallel(backend="thread")
+    def reports(fails: bool) -> int:
+        mp.report_progress(0.5)
+        assert gate.wait(5)
+        if fails:
+            raise ValueError("failed, as asked")
+        return 1
+
+    return reports
+
+
 @pytest.mark.parametrize(("callback", "named"), CLASSES)
 @pytest.mark.parametrize("register", ["on_complete", "on_error", "on_progress"])
 @pytest.mark.parametrize("ended", [False, True], ids=["before-its-end", "after-its-end"])
@@ -740,15 +754,7 @@ def test_a_class_as_a_callback_is_a_type_error_and_not_kept(
     # progress= refuses one (progress=tqdm, the class, is the likely one: on_progress(tqdm) too).
     monkeypatch.setattr(Made, "instances", [])
 
-    @mp.parallel(backend="thread")
-    def reports(fails: bool) -> int:
-        mp.report_progress(0.5)
-        assert gate.wait(5)
-        if fails:
-            raise ValueError("failed, as asked")
-        return 1
-
-    handle = reports(register == "on_error")
+    handle = _reporting_task(gate)(register == "on_error")
     if ended:
         gate.set()
         handle.wait(5)
@@ -795,15 +801,7 @@ def test_a_class_whose_metaclass_handles_its_call_is_a_callback(
     # lookup, a registry) does what it was written to do, and was taken before classes were refused.
     monkeypatch.setattr(Handles, "calls", Recorder())
 
-    @mp.parallel(backend="thread")
-    def reports(fails: bool) -> int:
-        mp.report_progress(0.5)
-        assert gate.wait(5)
-        if fails:
-            raise ValueError("failed, as asked")
-        return 1
-
-    handle = reports(register == "on_error")
+    handle = _reporting_task(gate)(register == "on_error")
     getattr(handle, register)(Handler)
     getattr(handle, register)(functools.partial(Handler, "bound"))
     with pytest.raises(TypeError, match=rf"{register}\(.*\) is an async function: .*a coroutine that nobody awaits"):
