@@ -877,6 +877,12 @@ def first_stuck_for_good(x: int) -> int:
     return x
 
 
+def every_submitted_finished(recorder: Recorder) -> bool:
+    """Whether ``recorder`` was told of an end for every task it was told was submitted."""
+    ids = {event.task_id for event in recorder.events if event.kind == "submitted"}
+    return all(any(e.task_id == i and e.kind == "finished" for e in recorder.events) for i in ids)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process"])
 @pytest.mark.parametrize("how", ["parallel_map", "imap", "async imap"])
@@ -916,11 +922,7 @@ def test_the_chunks_a_maps_timeout_stops_end_timed_out(backend: str, how: str, l
             asyncio.run(_collect_async(mp.imap(mapped, range(4), chunksize=1, timeout=0.5)))
     assert "the 4 in flight timed out with it" in str(caught.value)  # as their events and metrics tell
 
-    def all_told() -> bool:
-        ids = {event.task_id for event in recorder.events if event.kind == "submitted"}
-        return all(any(e.task_id == i and e.kind == "finished" for e in recorder.events) for i in ids)
-
-    assert wait_until(all_told, 20), recorder.events
+    assert wait_until(lambda: every_submitted_finished(recorder), 20), recorder.events
     ends = [event.status for event in recorder.events if event.kind == "finished"]
     assert ends.count("timed out") == 4 and "cancelled" not in ends, ends
     assert_metrics_agree_with_events(recorder.events, chunks)
@@ -978,11 +980,7 @@ def test_the_chunks_an_imap_left_early_stops_end_cancelled(
     assert wait_until(has_started, 20)  # item 1 runs: its chunk is not merely sent
     iterator.close()
 
-    def all_told() -> bool:
-        ids = {event.task_id for event in recorder.events if event.kind == "submitted"}
-        return all(any(e.task_id == i and e.kind == "finished" for e in recorder.events) for i in ids)
-
-    assert wait_until(all_told, 20), recorder.events
+    assert wait_until(lambda: every_submitted_finished(recorder), 20), recorder.events
     ends = sorted(event.status for event in recorder.events if event.kind == "finished")
     assert ends == ["cancelled"] * 3 + ["succeeded"], ends
     assert_metrics_agree_with_events(recorder.events, chunks)
