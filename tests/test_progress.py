@@ -13,7 +13,7 @@ import functools
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 from unittest import mock
 
@@ -256,17 +256,27 @@ def test_the_callable_runs_on_the_collecting_thread() -> None:
 # -- missing tqdm, bad options ---------------------------------------------------------------------
 
 
+def assert_refused_at_each_call(
+    option: Any, pattern: str, error: type[Exception] = TypeError, imap_items: Iterable[int] | None = None
+) -> None:
+    """``parallel_map``, ``imap`` (at the call, before iterating) and ``gather`` each refuse ``progress=option``.
+
+    Each raises ``error`` matching ``pattern``; the task gathered still gives its result.
+    """
+    with pytest.raises(error, match=pattern):
+        mp.parallel_map(double, range(5), progress=option)
+    with pytest.raises(error, match=pattern):
+        mp.imap(double, range(5) if imap_items is None else imap_items, progress=option)
+    handle = mp.parallel(double)(3)
+    with pytest.raises(error, match=pattern):
+        mp.gather([handle], progress=option)
+    assert handle.get(5) == 6
+
+
 def test_a_bar_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in ("tqdm", "tqdm.auto", "tqdm.std"):  # importing them now raises ImportError
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
-        mp.parallel_map(double, range(5), progress=True)
-    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
-        mp.imap(double, range(5), progress=True)
-    handle = mp.parallel(double)(3)
-    with pytest.raises(ImportError, match=r'pip install "makeparallel\[progress\]"'):
-        mp.gather([handle], progress=True)
-    assert handle.get(5) == 6
+    assert_refused_at_each_call(True, r'pip install "makeparallel\[progress\]"', ImportError)
     # a callable needs no tqdm
     recorder = Recorder()
     assert mp.parallel_map(double, range(5), progress=recorder) == [0, 2, 4, 6, 8]
@@ -274,14 +284,7 @@ def test_a_bar_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("option", ["yes", 1, 0.5, object()])
 def test_a_bad_progress_option_is_a_type_error(option: Any) -> None:
-    with pytest.raises(TypeError, match="progress"):
-        mp.parallel_map(double, range(5), progress=option)
-    with pytest.raises(TypeError, match="progress"):
-        mp.imap(double, range(5), progress=option)
-    handle = mp.parallel(double)(3)
-    with pytest.raises(TypeError, match="progress"):
-        mp.gather([handle], progress=option)
-    assert handle.get(5) == 6
+    assert_refused_at_each_call(option, "progress")
 
 
 async def async_display(done: int, total: int | None) -> None:
@@ -340,14 +343,7 @@ class Display:
 def test_a_progress_callable_that_is_no_display_is_a_type_error_at_the_call(option: Any, pattern: str) -> None:
     # A class is callable, and an async function too: each would be called after every chunk, once
     # the work was done, to make a bar (an instance) or a coroutine per chunk, and nothing shown.
-    with pytest.raises(TypeError, match=pattern):
-        mp.parallel_map(double, range(5), progress=option)
-    with pytest.raises(TypeError, match=pattern):
-        mp.imap(double, range(5), progress=option)  # at the call, before iterating
-    handle = mp.parallel(double)(3)
-    with pytest.raises(TypeError, match=pattern):
-        mp.gather([handle], progress=option)
-    assert handle.get(5) == 6
+    assert_refused_at_each_call(option, pattern)
 
 
 class Shows(type):
@@ -373,14 +369,7 @@ def test_a_class_whose_metaclass_handles_its_call_is_a_progress_display(monkeypa
 @pytest.mark.parametrize(("option", "named"), ASYNC_CALLABLES)
 def test_an_async_progress_callable_is_a_type_error_at_the_call(option: Any, named: str) -> None:
     pattern = rf"progress=.*{named}.* is an async function.*plain function"
-    with pytest.raises(TypeError, match=pattern):
-        mp.parallel_map(double, range(5), progress=option)
-    with pytest.raises(TypeError, match=pattern):
-        mp.imap(double, numbers(5), progress=option)
-    handle = mp.parallel(double)(3)
-    with pytest.raises(TypeError, match=pattern):
-        mp.gather([handle], progress=option)
-    assert handle.get(5) == 6
+    assert_refused_at_each_call(option, pattern, imap_items=numbers(5))
 
 
 # -- task-side progress ------------------------------------------------------------------------------
@@ -539,14 +528,7 @@ def test_a_dict_of_tqdm_options_shapes_the_bar(
     ],
 )
 def test_bad_tqdm_options_are_a_type_error_at_the_call(options: dict[str, Any], pattern: str) -> None:
-    with pytest.raises(TypeError, match=pattern):
-        mp.parallel_map(double, range(5), progress=options)
-    with pytest.raises(TypeError, match=pattern):
-        mp.imap(double, range(5), progress=options)  # at the call, before iterating
-    handle = mp.parallel(double)(3)
-    with pytest.raises(TypeError, match=pattern):
-        mp.gather([handle], progress=options)
-    assert handle.get(5) == 6
+    assert_refused_at_each_call(options, pattern)
 
 
 def numbers(count: int) -> Iterator[int]:
