@@ -905,11 +905,10 @@ def _named(module: str, qualname: str) -> ParallelFunction[..., Any]:
         AttributeError: it has no object of that name.
         TypeError: the name holds no parallel function here.
     """
-    import importlib
+    # Imported here, as this unpickles: a program of thread tasks needs no pickler.
+    from ._serialization import imported_object
 
-    target: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
+    target = imported_object(module, qualname)
     function = _unbound(target)
     if not isinstance(function, ParallelFunction):
         raise TypeError(

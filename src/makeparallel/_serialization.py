@@ -60,6 +60,7 @@ __all__ = [
     "dumps",
     "dumps_function",
     "dumps_in_band",
+    "imported_object",
     "list_length",
     "load_function",
     "loads",
@@ -987,9 +988,19 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
 
 
 def _undecorated(module: str, qualname: str) -> Any:
+    return imported_object(module, qualname).__wrapped__
+
+
+def imported_object(module: str, qualname: str) -> Any:
+    """What ``module``, imported here, holds under ``qualname`` (dotted: a method's is read on its class).
+
+    Raises:
+        ImportError: ``module`` cannot be imported here.
+        AttributeError: it has no object of that name.
+    """
     import importlib
 
     target: Any = importlib.import_module(module)
     for part in qualname.split("."):
         target = getattr(target, part)
-    return target.__wrapped__
+    return target
