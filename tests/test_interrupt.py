@@ -126,7 +126,9 @@ def interrupt(script: str, *args: str) -> tuple[int, str, str]:
 
 
 def check_clean_interrupt(code: int, out: str, err: str) -> None:
-    assert code != 0, f"exit status {code}\n{out}\n{err}"
+    # Killed by SIGINT, as CPython ends a program that dies of KeyboardInterrupt: what a shell,
+    # make and CI scripts read as Ctrl-C. Status 1 was CPython's record of it, cleared (_load).
+    assert code == -signal.SIGINT, f"exit status {code}\n{out}\n{err}"
     assert "KeyboardInterrupt" in err, err
     assert "Exception in thread" not in err, err
     # A worker thread's name in a report; not the source line that names them, which a
@@ -142,6 +144,55 @@ def test_ctrl_c_stops_a_map(script: str) -> None:
 
 def test_ctrl_c_stops_gather() -> None:
     check_clean_interrupt(*interrupt(GATHER_SCRIPT))
+
+
+# Source run by eval or exec on any thread after a Ctrl-C ended the main module clears
+# CPython's record that the program dies of KeyboardInterrupt, and it exits with status 1
+# instead of SIGINT. The GIL watch measures the machine's load on a pool thread as two
+# tasks first overlap, in a map's first milliseconds, and that imported psutil there,
+# whose namedtuple classes are built by eval: most programs interrupted that early
+# exited with status 1. A barrier makes the two tasks overlap.
+SOURCE_OFF_THE_MAIN_THREAD = """
+import builtins
+import threading
+import time
+import makeparallel as mp
+from makeparallel import _gil_watch
+
+ran = []
+
+def spied(real):
+    def run(source, *args, **kwargs):
+        if isinstance(source, (str, bytes)) and threading.current_thread() is not threading.main_thread():
+            ran.append(f"{real.__name__} on {threading.current_thread().name}: {source[:50]!r}")
+        return real(source, *args, **kwargs)
+    return run
+
+builtins.eval, builtins.exec = spied(builtins.eval), spied(builtins.exec)
+mp.configure_thread_pool(num_threads=2)
+both = threading.Barrier(2)
+
+@mp.parallel
+def overlapping(i):
+    both.wait()
+    end = time.perf_counter() + 0.005  # past the GIL watch's shortest task
+    while time.perf_counter() < end:
+        pass
+    return i
+
+assert mp.gather([overlapping(0), overlapping(1)]) == [0, 1]
+assert any(watch._load is not None for watch in _gil_watch._watches), "the GIL watch measured no load"
+print(len(ran), *ran, sep="\\n")
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the GIL watch watches only where there are 2 CPUs or more")
+def test_the_gil_watch_runs_no_source_on_a_pool_thread() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SOURCE_OFF_THE_MAIN_THREAD], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "0", result.stdout
 
 
 # A large batch each; "ready" once the whole batch is submitted, so the signal
