@@ -12,10 +12,11 @@ import pickle
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pool_helpers import hold_the_pool
+from pool_helpers import Flags, hold_the_pool
 
 import makeparallel as mp
 from makeparallel._states import RUNNING, SUCCEEDED
@@ -273,6 +274,58 @@ def test_get_timeout_zero_on_unfinished_task(gate: threading.Event) -> None:
         handle.get(timeout=0)
     gate.set()
     assert handle.get(5) == "done"
+
+
+def _once_let_go(flags: Flags, fail: bool) -> int:
+    """Wait for the test's ``"go"``; then fail, or return 3."""
+    assert flags.wait_for_release("go"), "the test never let the task go"
+    if fail:
+        raise ValueError("boom")
+    return 3
+
+
+# Each wait a bounded get() can give up in: the plain one, and that of a task with a retry policy.
+GIVE_UP_WAITS = {"plain": ("_block", None), "retrying": ("_wait_retrying", mp.Retry(on=KeyError, attempts=2))}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+@pytest.mark.parametrize("wait", list(GIVE_UP_WAITS))
+@pytest.mark.parametrize("collect", ["get", "result", "exception"])
+@pytest.mark.parametrize("on", ["thread", "process"])
+def test_a_wait_that_gives_up_as_the_task_ends_says_it_ended(
+    on: str, collect: str, wait: str, outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its message read "it is still succeeded and goes on", or "still failed",
+    # for a task that ended between the wait's timeout and the message.
+    method, retry = GIVE_UP_WAITS[wait]
+    flags = Flags(str(tmp_path))
+    handle = mp.parallel(_once_let_go).options(backend=on, retry=retry)(flags, outcome == "failed")
+    waited = getattr(mp.AsyncHandle, method)
+
+    def times_out_as_it_ends(self: mp.AsyncHandle[Any], timeout: float | None) -> bool:
+        if self is not handle:
+            return waited(self, timeout)  # type: ignore[no-any-return]
+        ended = threading.Event()
+        self.add_done_callback(lambda _: ended.set())
+        flags.set("go")
+        assert ended.wait(30), "the task never ended"
+        return False  # the wait's time ran out just as the task ended
+
+    monkeypatch.setattr(mp.AsyncHandle, method, times_out_as_it_ends)
+    try:
+        with pytest.raises(mp.TaskTimeoutError, match="gave up waiting") as caught:
+            getattr(handle, collect)(timeout=0.01)
+    finally:
+        flags.set("teardown")
+    message = str(caught.value)
+    assert f"it ended ({outcome}) just as the wait gave up" in message, message
+    assert "still" not in message and "goes on" not in message, message
+    monkeypatch.undo()
+    if outcome == "succeeded":
+        assert handle.get(0) == 3
+    else:
+        assert isinstance(handle.exception(0), ValueError)
 
 
 @pytest.mark.timeout(10)

@@ -264,8 +264,9 @@ class AsyncHandle(Generic[T_co]):
             The task's return value.
 
         Raises:
-            TaskTimeoutError: the wait gave up (the task goes on), or the task ran
-                past its own timeout.
+            TaskTimeoutError: the wait gave up (the task goes on; the message
+                says if it ended just as the wait gave up, its outcome then
+                ready for the next call), or the task ran past its own timeout.
             TaskCancelledError: the task was cancelled.
             RuntimeError: the wait could never end here: the task is async and
                 this thread's event loop runs, or its coroutine runs on the loop
@@ -1207,10 +1208,18 @@ class AsyncHandle(Generic[T_co]):
 
     def _gave_up(self, timeout: float) -> TaskTimeoutError:
         # The state as status shows it: a process task held for a worker still
-        # starting is pending, though its raw state says running.
+        # starting is pending, though its raw state says running. Read once, and
+        # phrased from that: a task that ended as the wait's time ran out read
+        # "it is still failed and goes on".
+        state = self._seen_state()
+        if state >= SUCCEEDED:
+            return TaskTimeoutError(
+                f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; it ended "
+                f"({STATE_NAMES[state]}) just as the wait gave up: ask again for its outcome, ready now"
+            )
         return TaskTimeoutError(
             f"gave up waiting for task {self._id} ({self.name}) after {timeout:g} s; "
-            f"it is still {STATE_NAMES[self._seen_state()]} and goes on. Wait again, or "
+            f"it is still {STATE_NAMES[state]} and goes on. Wait again, or "
             "cancel it with handle.cancel()"
         )
 
