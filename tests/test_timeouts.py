@@ -95,6 +95,57 @@ def test_cooperative_task_times_out_with_a_clear_error(gate: threading.Event) ->
     assert "timed out after 0.1 s" in str(stopped.error)
 
 
+async def _sleep_until_cancelled(cancelled: threading.Event | None) -> str:
+    try:
+        await asyncio.sleep(30)  # the test's timeout comes first
+    except asyncio.CancelledError:
+        if cancelled is not None:
+            cancelled.set()
+        raise
+    return "never cancelled"
+
+
+def _returns_a_coroutine(cancelled: threading.Event | None) -> Any:
+    return _sleep_until_cancelled(cancelled)
+
+
+# Where a timed-out coroutine task runs, and what stops it there: its cancel at
+# its next await, except on the process backend, where its worker is killed.
+COROUTINE_TIMEOUTS = {
+    "thread": ("thread", False, "its coroutine was cancelled: it stops at its next await"),
+    "sync": ("sync", False, "its coroutine was cancelled: it stops at its next await"),
+    "sync on the caller's loop": ("sync", True, "its coroutine was cancelled: it stops at its next await"),
+    "process": ("process", False, "its worker process was stopped"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("function", [_sleep_until_cancelled, _returns_a_coroutine], ids=["async def", "returns one"])
+@pytest.mark.parametrize("where", list(COROUTINE_TIMEOUTS))
+def test_a_timed_out_coroutine_task_is_told_how_it_stops(where: str, function: Any) -> None:
+    # On threads the message advised check_cancelled(), which a coroutine task
+    # needs not call: it is cancelled, and stops at its next await.
+    backend, on_a_loop, says = COROUTINE_TIMEOUTS[where]
+    in_process = backend != "process"
+    cancelled = threading.Event() if in_process else None
+    task = mp.parallel(function).options(backend=backend, timeout=0.1)
+
+    async def call_on_a_loop() -> mp.AsyncHandle[Any]:
+        handle = task(cancelled)
+        with pytest.raises(mp.TaskTimeoutError):
+            await handle
+        return handle
+
+    handle = asyncio.run(call_on_a_loop()) if on_a_loop else task(cancelled)
+    with pytest.raises(mp.TaskTimeoutError) as caught:
+        handle.get(timeout=20)
+    message = str(caught.value)
+    assert "timed out after 0.1 s" in message and says in message, message
+    assert "check_cancelled" not in message, message
+    if cancelled is not None:
+        assert cancelled.wait(10), "the coroutine was never cancelled"
+
+
 @pytest.mark.timeout(20)
 def test_the_handle_fails_at_the_deadline_even_if_the_task_goes_on(gate: threading.Event) -> None:
     started, finished = threading.Event(), threading.Event()

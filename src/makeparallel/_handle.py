@@ -902,9 +902,13 @@ class AsyncHandle(Generic[T_co]):
 
     def _timeout_error(self) -> TaskTimeoutError:
         """The error of the attempt under way, past its timeout."""
+        backend = self._backend
+        # An async task's coroutine is cancelled where the pool runs it here: advice to call
+        # check_cancelled() was wrong for it.
+        hint = (self._observer.is_async and backend.coroutine_stop_hint) or backend.stop_hint
         return TaskTimeoutError(
             f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
-            f"{self._backend.stop_hint}. Raise the timeout if the task needs longer"
+            f"{hint}. Raise the timeout if the task needs longer"
         )
 
     def _settle_locked(self, state: int, value: Any, started: float | None = None) -> _Announcement | None:

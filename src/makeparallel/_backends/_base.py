@@ -34,6 +34,9 @@ __all__ = ["Backend", "BlockingWait", "pool_of_this_thread", "terminate_all"]
 #: Why a task waiting to retry ends with its last error at shutdown (its retry record's note says).
 SHUT_DOWN = "makeparallel was shut down"
 
+#: How a timed-out coroutine task is stopped where the pool runs it in this process (``Backend.coroutine_stop_hint``).
+COROUTINE_CANCELLED = "its coroutine was cancelled: it stops at its next await"
+
 _this_thread = threading.local()  # .pool: the backend whose worker this thread is
 _every: weakref.WeakSet[Backend] = weakref.WeakSet()  # every backend alive: the runtime's, executors', adapters'
 
@@ -115,6 +118,9 @@ class Backend:
     name: ClassVar[str]
     #: How a task that timed out is stopped, for the error message.
     stop_hint: ClassVar[str] = "it was asked to stop at its next check_cancelled()"
+    #: How a timed-out task's coroutine (an async task's) is stopped, where that differs from
+    #: ``stop_hint``: in this process, it is cancelled, which needs no ``check_cancelled()``.
+    coroutine_stop_hint: ClassVar[str | None] = None
     #: Whether :meth:`hold` and :meth:`release_held` work here: a call over a limit on a
     #: running event loop returns at once, its task held until admitted (``_admission``).
     holds_tasks: ClassVar[bool] = False

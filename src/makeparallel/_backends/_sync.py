@@ -26,7 +26,7 @@ from .._coroutines import (
 )
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
-from ._base import SHUT_DOWN, Backend
+from ._base import COROUTINE_CANCELLED, SHUT_DOWN, Backend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -39,6 +39,8 @@ class SyncBackend(Backend):
 
     name = "sync"
     holds_tasks = True
+    #: A coroutine of this pool's is cancelled as its task is stopped (``_coroutines._cancel_when_stopped``).
+    coroutine_stop_hint = COROUTINE_CANCELLED
 
     def __init__(self) -> None:
         super().__init__()

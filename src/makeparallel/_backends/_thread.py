@@ -49,7 +49,7 @@ from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNI
 from .._task_context import _local
 from .._validation import as_integer, check_count
 from .._yielding_lock import wait_while_held
-from ._base import SHUT_DOWN, _this_thread, every_backend
+from ._base import COROUTINE_CANCELLED, SHUT_DOWN, _this_thread, every_backend
 from ._queueing import QueueingBackend
 
 if TYPE_CHECKING:
@@ -208,6 +208,8 @@ class ThreadBackend(QueueingBackend):
     """A pool of worker threads with priorities, inline claiming and replacement."""
 
     name = "thread"
+    #: A coroutine of this pool's is cancelled as its task is stopped (``_coroutines._cancel_when_stopped``).
+    coroutine_stop_hint = COROUTINE_CANCELLED
 
     def __init__(self, num_threads: int | None = None, stack_size: int | None = None) -> None:
         super().__init__()
