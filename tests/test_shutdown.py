@@ -1082,13 +1082,44 @@ def test_exit_abandons_the_code_of_a_task_that_ended_after_the_exit_timeout(how:
     result, _ = run_python(ended_while_its_code_runs_program(how, tmp_path / "lines.txt", exit_timeout=0.5))
     assert result.returncode == 0, result.stderr
     assert (
-        "0 task(s) still unfinished and the code of 1 timed out or cancelled task(s) still running "
+        "makeparallel: the code of 1 timed out or cancelled task(s) still running "
         "at interpreter exit were abandoned after waiting 0.5 s" in result.stderr
     ), result.stderr
     # Its handle ended: collecting results or shutting down does not stop its code.
     assert "collect results" not in result.stderr, result.stderr
     assert "makeparallel.check_cancelled()" in result.stderr, result.stderr
     assert not (tmp_path / "lines.txt").exists()
+
+
+# What exit's warning names, by what is left: (unfinished tasks, the running code of
+# ended ones, slots of limits taken) -> its start, or None for no warning.
+WHAT_EXIT_ABANDONS = {
+    "unfinished tasks": ((2, 0, 0), "2 task(s) still unfinished at"),
+    "ended tasks' code": ((0, 2, 0), "the code of 2 timed out or cancelled task(s) still running at"),
+    "both": ((1, 2, 0), "1 task(s) still unfinished and the code of 2 timed out or cancelled task(s) still running at"),
+    "slots only": ((0, 0, 3), "calls holding a slot of a limit (max_concurrent, set_max_concurrent_tasks), not yet submitted, at"),
+    "ended tasks' code and slots": ((0, 1, 3), "the code of 1 timed out or cancelled task(s) still running at"),
+    "nothing, any more": ((0, 0, 0), None),
+}
+
+
+@pytest.mark.parametrize("left", list(WHAT_EXIT_ABANDONS))
+def test_exits_warning_names_only_what_it_abandons(
+    left: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a Ctrl-C it read "0 task(s) still unfinished and the code of 2 timed
+    # out or cancelled task(s) still running ... were abandoned".
+    (active, running, slots), says = WHAT_EXIT_ABANDONS[left]
+    monkeypatch.setattr(_runtime, "_active", lambda backends: active)
+    monkeypatch.setattr(_runtime, "_abandoned_running", lambda backends: running)
+    monkeypatch.setattr(_runtime, "_slots_taken", lambda: slots)
+    with caplog.at_level("WARNING", logger="makeparallel"):
+        _runtime._log_abandoned([], "after Ctrl-C", _runtime._CHECK_CANCELLED_ADVICE)
+    if says is None:
+        assert not caplog.records, caplog.text
+        return
+    assert f"makeparallel: {says} interpreter exit were abandoned after Ctrl-C; " in caplog.text, caplog.text
+    assert "0 " not in caplog.text, caplog.text
 
 
 # How a shutdown's wait ends (a Ctrl-C noted first, its timeout: None waits on

@@ -1214,14 +1214,22 @@ def _wait_ended(backends: Callable[[], list[Backend]], timeout: float | None) ->
 
 
 def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
-    """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended."""
+    """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended.
+
+    Only what is left is named: after a Ctrl-C it read "0 task(s) still
+    unfinished and the code of 2 timed out or cancelled task(s) still running".
+    Nothing left (it all ended since the caller looked), nothing is said.
+    """
     active, running = _active(backends), _abandoned_running(backends)
-    unfinished = f"{active} task(s) still unfinished"
+    left = []
+    if active:
+        left.append(f"{active} task(s) still unfinished")
     if running:
-        unfinished += f" and the code of {running} timed out or cancelled task(s) still running"
-    elif not active and _slots_taken():  # (exit waited for them: _wait_ended)
-        unfinished = "calls holding a slot of a limit (max_concurrent, set_max_concurrent_tasks), not yet submitted,"
-    _log.warning("makeparallel: %s at interpreter exit were abandoned %s; %s", unfinished, when, advice)
+        left.append(f"the code of {running} timed out or cancelled task(s) still running")
+    if not left and _slots_taken():  # (exit waited for them: _wait_ended)
+        left.append("calls holding a slot of a limit (max_concurrent, set_max_concurrent_tasks), not yet submitted,")
+    if left:
+        _log.warning("makeparallel: %s at interpreter exit were abandoned %s; %s", " and ".join(left), when, advice)
 
 
 def _reset_after_fork() -> None:
