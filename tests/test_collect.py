@@ -8,6 +8,7 @@ the collector runs. Behaviour that must not depend on the engine runs on both th
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -269,6 +270,48 @@ def test_gather_timeout_says_how_many_were_unfinished(gate: threading.Event, tim
         mp.gather([done[0], blocked, done[1]], timeout=timeout)
     assert isinstance(caught.value, TimeoutError)
     assert blocked.running()  # the timeout gave up waiting; the task goes on
+    gate.set()
+    assert blocked.get(5) == "blocked"
+
+
+async def _gather_async(handles: list[mp.AsyncHandle[Any]], timeout: float) -> Any:
+    return await mp.gather_async(handles, timeout=timeout)
+
+
+async def _as_completed_async(handles: list[mp.AsyncHandle[Any]], timeout: float) -> Any:
+    return [handle async for handle in mp.as_completed(handles, timeout=timeout)]
+
+
+# Every collector with a timeout, as a call that waits for all of ``handles``.
+COLLECTORS_WITH_A_TIMEOUT: dict[str, Callable[[list[mp.AsyncHandle[Any]], float], Any]] = {
+    "gather": lambda handles, timeout: mp.gather(handles, timeout=timeout),
+    "gather_async": lambda handles, timeout: asyncio.run(_gather_async(handles, timeout)),
+    "as_completed": lambda handles, timeout: list(mp.as_completed(handles, timeout=timeout)),
+    "async for as_completed": lambda handles, timeout: asyncio.run(_as_completed_async(handles, timeout)),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("timeout", [0, 0.05])
+@pytest.mark.parametrize(("listed", "says"), [("bb", "1 of 1"), ("dbbdq", "1 of 3")])
+@pytest.mark.parametrize("collector", list(COLLECTORS_WITH_A_TIMEOUT))
+def test_a_collector_timeout_counts_a_task_listed_twice_once(
+    gate: threading.Event, collector: str, listed: str, says: str, timeout: float
+) -> None:
+    # gather and gather_async said "2 of 2 tasks unfinished" for one task
+    # listed twice, where as_completed counted the distinct tasks.
+    blocked = start_blocked(gate)
+
+    @mp.parallel(backend="thread")
+    def quick() -> str:
+        return "quick"
+
+    done, other = quick(), quick()
+    assert done.wait(5) and other.wait(5)
+    handles = [{"b": blocked, "d": done, "q": other}[name] for name in listed]
+    with pytest.raises(mp.TaskTimeoutError) as caught:
+        COLLECTORS_WITH_A_TIMEOUT[collector](handles, timeout)
+    assert f"with {says} tasks unfinished" in str(caught.value), str(caught.value)
     gate.set()
     assert blocked.get(5) == "blocked"
 

@@ -206,6 +206,10 @@ def test_gather_calls_the_callable_once_per_handle(backend: str) -> None:
     work = mp.parallel(backend=backend)(double)
     mp.gather([work(i) for i in range(6)], progress=recorder)
     assert recorder.calls == [(k, 6) for k in range(1, 7)]
+    recorder = Recorder()
+    handle = work(3)
+    assert mp.gather([handle, work(4), handle], progress=recorder) == [6, 8, 6]  # one task listed twice
+    assert recorder.calls == [(k, 3) for k in range(1, 4)]
 
 
 def test_failed_items_count_as_done(backend: str) -> None:

@@ -32,7 +32,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._collect import OnError, _as_handles, check_on_error, collect_timeout_error, stop_following, taken
+from ._collect import (
+    OnError,
+    _as_handles,
+    check_on_error,
+    collect_timeout_error,
+    stop_following,
+    taken,
+    unfinished_of,
+)
 from ._coroutines import on_callers_loops
 from ._handle import AsyncHandle
 from ._states import SUCCEEDED
@@ -338,7 +346,7 @@ async def gather_async(
         # The countdown may have finished before the loop heard of it: the tasks
         # ended on time (all of them before a timeout of 0), only the wake-up did not.
         if not countdown.finished():
-            raise collect_timeout_error(timeout, countdown.left, len(items)) from None
+            raise collect_timeout_error(timeout, *unfinished_of(items)) from None
     except asyncio.CancelledError:
         from ._await import cancel_crossing
 

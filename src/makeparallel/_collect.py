@@ -49,6 +49,7 @@ __all__ = [
     "gather",
     "stop_following",
     "taken",
+    "unfinished_of",
     "wait",
 ]
 
@@ -132,6 +133,17 @@ def collect_timeout_error(timeout: float | None, outstanding: int, total: int) -
     )
 
 
+def unfinished_of(handles: list[AsyncHandle[Any]]) -> tuple[int, int]:
+    """How many of the distinct tasks of ``handles`` are unfinished, and how many distinct tasks they are.
+
+    For a collector's timeout message: a task listed twice is one task, as
+    ``as_completed``, which yields it once, counts it. Counted as the error is
+    made, not as the tasks are followed: a ``gather`` that ends in time pays nothing.
+    """
+    distinct = dict.fromkeys(handles)
+    return sum(1 for handle in distinct if not handle.done()), len(distinct)
+
+
 class Completions:
     """Handles in the order they end; a consumer inside a task runs queued ones meanwhile.
 
@@ -151,6 +163,7 @@ class Completions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
+        self._listed: list[AsyncHandle[Any]] | None = None  # the handles of :meth:`of`, as the caller listed them
         self.timed_out = False  # the timeout passed: a TaskTimeoutError from next() is its own
         # To run inline, oldest first: only for a consumer that is itself a task.
         # Held weakly: a queued task is held by its pool, and an ended one must
@@ -169,6 +182,7 @@ class Completions:
     @classmethod
     def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
         completions = cls(timeout)
+        completions._listed = handles
         for handle in handles:
             completions.add(handle)
         return completions
@@ -250,7 +264,9 @@ class Completions:
                     handle = _interruptible.get(ended, remaining, functools.partial(end_those_of_closed_loops, watching) if watching else None)
         except queue.Empty:
             self.timed_out = True
-            raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
+            if self._listed is None:
+                raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
+            raise collect_timeout_error(self._timeout, *unfinished_of(self._listed)) from None
         self.outstanding -= 1
         return handle
 
