@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import makeparallel as mp
 from fake_cgroup import fake_cgroup
 from makeparallel import _health, _memory_budget
-from pool_helpers import wait_until
+from makeparallel._backends import _process
+from pool_helpers import fresh_process_pool, wait_until
 
 KEYS = {"status", "live", "ready", "reasons", "pools", "memory_percent"}
 
@@ -193,6 +197,64 @@ def test_unhealthy_and_not_ready_after_shutdown_then_ok_after_reset() -> None:
     assert report["status"] == "ok", report["reasons"]
     assert report["ready"] is True
     assert report["reasons"] == []
+
+
+def hang_in_initializer(started: str, fifo: str) -> None:
+    """Write this worker's pid to ``started``, then wait for good: a FIFO no one opens for writing."""
+    with open(f"{started}.part", "w") as file:
+        file.write(str(os.getpid()))
+    os.replace(f"{started}.part", started)
+    with open(fifo) as never:  # blocks in open(): no writer ever comes
+        never.read()
+
+
+def pool_reasons(report: dict[str, Any]) -> list[str]:
+    return [reason for reason in report["reasons"] if reason.startswith("process pool")]
+
+
+@pytest.mark.timeout(60)
+def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one or two tasks waiting (under the saturation limit) health() said
+    # "ok" for good: a readiness probe never saw a pool whose tasks never start.
+    fresh_process_pool(1)
+    clock = [time.monotonic() + 2 * _process.RESTART_WINDOW]
+    monkeypatch.setattr(_process, "_now", lambda: clock[0])
+    started, fifo = tmp_path / "started", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    mp.configure_process_pool(initializer=hang_in_initializer, initargs=(str(started), str(fifo)), prestart=True)
+    try:
+        assert wait_until(started.exists, 30)
+        pid = int(started.read_text())
+        clock[0] += _health.SLOW_START
+        assert pool_reasons(mp.health(memory_limit_percent=100.0)) == []  # slow, not yet too slow
+        clock[0] += 1.0
+        idle = mp.health(memory_limit_percent=100.0)  # stuck, but no task waits on it
+        assert pool_reasons(idle) == [
+            "process pool: 1 worker(s) starting for over 60 s (initializer hang_in_initializer), none ready"
+        ]
+        assert idle["status"] == "degraded" and idle["ready"] is True
+        handles = [mp.parallel(backend="process")(abs)(-x) for x in (1, 2)]
+        assert wait_until(lambda: mp.get_process_pool_info()["held_tasks"] >= 1, 10)  # given to it, held here
+        report = mp.health(memory_limit_percent=100.0)
+        pool = report["pools"]["process"]
+        assert pool["queued_tasks"] + pool["held_tasks"] == 2
+        waiting = "process pool: 2 task(s) wait for workers starting for over 60 s (initializer hang_in_initializer)"
+        assert pool_reasons(report) == [f"{waiting}, and none is ready"]
+        assert report["status"] == "unhealthy"
+        assert report["ready"] is False and report["live"] is True
+    finally:
+        assert mp.shutdown(timeout_secs=10, cancel_pending=True)
+        mp.reset_shutdown()
+        mp.configure_process_pool(initializer=None)
+    assert all(handle.status == "cancelled" for handle in handles)
+    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+
+
+def test_a_slow_start_is_as_long_as_the_fastapi_lifespan_waits_for_prestarted_workers() -> None:
+    fastapi = pytest.importorskip("makeparallel.fastapi")
+    assert _health.SLOW_START == fastapi._READY_WAIT
 
 
 @pytest.mark.parametrize("value", [0, -1, 100.5, 1000, float("nan")])

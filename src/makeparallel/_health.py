@@ -15,6 +15,12 @@ asks for, nor workers stopped with a map or a batch that was stopped as a
 whole, ``"stopped"``) within the last 10 seconds than the pool has workers. One restart per
 worker in that time is an incident; more means most tasks are failing and the
 pool spends its time starting processes.
+
+A slow start: a process worker still starting (its initializer running) after
+:data:`SLOW_START` seconds, as long as the FastAPI lifespan waits for
+prestarted workers. It is degraded; unhealthy while no worker is ready and
+tasks wait for one: an initializer that never returns holds them for good, and
+a saturated queue is too late a sign (ten tasks per worker).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from ._validation import check_count, is_real
 __all__ = ["health"]
 
 OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
+#: Seconds a process worker may take to start (fork, set-up, initializer) before health() says so:
+#: the time ``makeparallel.fastapi.lifespan(prestart=True)`` gives its workers to be ready.
+SLOW_START = 60.0
 
 
 def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -> dict[str, Any]:
@@ -71,9 +80,13 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     pools = pool_infos()
     reasons: list[str] = []
     broken: list[str] = []
+    stalled: list[str] = []  # tasks that wait for workers which do not get ready
     for name, info in pools.items():
         reasons += _pool_reasons(name, info, queue_limit)
         broken += _broken_reasons(name, info)
+        slow = _slow_start_reason(name, info)
+        if slow is not None:
+            (stalled if _waits_on_start(info) else reasons).append(slow)
     limit = global_limiter.limit
     if limit is not None and global_limiter.in_flight >= limit:
         reasons.append(f"at the concurrency limit: {global_limiter.in_flight} of {limit} tasks in flight")
@@ -98,9 +111,9 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         for name, info in pools.items()
         if info.get("refusing_tasks")
     ]
-    if refusing or broken:
+    if refusing or broken or stalled:
         status = UNHEALTHY
-        reasons[:0] = broken + refusing
+        reasons[:0] = broken + refusing + stalled
     if is_shut_down():
         status = UNHEALTHY
         reasons.insert(0, "shut down: no new tasks are accepted (reset_shutdown() reopens)")
@@ -151,6 +164,24 @@ def _pool_reasons(name: str, info: dict[str, Any], queue_limit: int | None) -> l
             f"for {workers} workers ({why})"
         )
     return reasons
+
+
+def _slow_start_reason(name: str, info: dict[str, Any]) -> str | None:
+    """What a worker starting for longer than :data:`SLOW_START` does to the pool, or None."""
+    longest = info.get("longest_start_s")
+    if longest is None or longest <= SLOW_START or info.get("closed"):
+        return None
+    initializer = f" (initializer {info['initializer']})" if info.get("initializer") else ""
+    if _waits_on_start(info):
+        waiting = info.get("queued_tasks", 0) + info.get("held_tasks", 0)
+        return f"{name} pool: {waiting} task(s) wait for workers starting for over {SLOW_START:g} s{initializer}, and none is ready"
+    ready = info.get("ready_workers") or "none"
+    return f"{name} pool: {info['starting_workers']} worker(s) starting for over {SLOW_START:g} s{initializer}, {ready} ready"
+
+
+def _waits_on_start(info: dict[str, Any]) -> bool:
+    """Whether tasks wait for a worker while none is ready: they wait on those starting."""
+    return not info.get("ready_workers") and bool(info.get("queued_tasks", 0) + info.get("held_tasks", 0))
 
 
 def _broken_reasons(name: str, info: dict[str, Any]) -> list[str]:

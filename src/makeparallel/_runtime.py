@@ -604,6 +604,8 @@ def get_process_pool_info() -> dict[str, Any]:
     ``"busy_workers"`` counts the ready workers with tasks; ``"starting_workers"``
     those still starting (forked, their initializer running): the tasks given to
     one are held in this process and have not begun, so it is not busy.
+    ``"held_tasks"`` counts those tasks, and ``"longest_start_s"`` says for how
+    many seconds the worker starting longest has been starting (``None``: none is).
 
     Also the thread-count variables (``OMP_NUM_THREADS`` and the BLAS ones) its
     workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are

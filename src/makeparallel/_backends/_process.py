@@ -186,7 +186,7 @@ class _Worker:
         "direct_bytes", "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
         "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
-        "sent", "spared", "start_round", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
+        "sent", "spared", "start_round", "started_at", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
         "undelivered", "waiting", "writing",
     )
 
@@ -234,6 +234,7 @@ class _Worker:
         # sent once it is (_send_held), unless an idle worker takes them first (_hand_over_held).
         self.held: tuple[list[AsyncHandle[Any]], _WorkersPath] | None = None
         self.start_round = start_round  # the pool's count of start-up deaths counted, as it started (_died_unready_locked)
+        self.started_at = _now()  # how long it has been starting, while not ready (info)
         self.killing = False
         self.retiring = False  # stopped because the pool shrank: not a restart
         self.kill_at: float | None = None
@@ -438,6 +439,8 @@ class ProcessBackend(QueueingBackend):
 
     def info(self) -> dict[str, Any]:
         with self._lock:
+            starting = [w for w in self._workers if not (w.ready or w.exited or w.killing)]
+            now = _now()
             return {
                 "backend": self.name,
                 "num_workers": self._num_workers,
@@ -447,7 +450,10 @@ class ProcessBackend(QueueingBackend):
                 ),
                 # The tasks given to a worker still starting are held here, not begun: it is not busy.
                 "busy_workers": sum(1 for w in self._workers if w.ready and w.outstanding),
-                "starting_workers": sum(1 for w in self._workers if not (w.ready or w.exited or w.killing)),
+                "starting_workers": len(starting),
+                # How long the one starting longest has been (its initializer may never return); None: none is.
+                "longest_start_s": max((now - w.started_at for w in starting), default=None),
+                "held_tasks": sum(len(w.held[0]) for w in starting if w.held is not None),
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
                 "worker_restarts": sum(self._restarts.values()),
