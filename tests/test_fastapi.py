@@ -322,6 +322,51 @@ def test_a_lifespan_starting_while_the_last_one_shuts_down_waits_for_that_shutdo
         mp.parallel(abs)(-1)  # the second lifespan, the last, shut the library down
 
 
+def test_a_lifespan_starting_while_the_program_shuts_down_in_another_thread_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a lifespan's own shutdown was waited for: a program's mp.shutdown()
+    # in another thread went on stopping the workers under the reopened library.
+    from makeparallel import _runtime
+
+    stopping, go, terminated, polled = (threading.Event() for _ in range(4))
+    terminate_all, shutdown_runs = _runtime.terminate_all, _runtime.shutdown_runs
+
+    def held_terminate_all(*args: Any) -> None:
+        stopping.set()
+        assert go.wait(30), "the test never let the shutdown go on"
+        terminate_all(*args)
+        terminated.set()
+
+    def polled_shutdown_runs() -> bool:
+        polled.set()
+        return shutdown_runs()
+
+    monkeypatch.setattr(_runtime, "terminate_all", held_terminate_all)
+    monkeypatch.setattr(_runtime, "shutdown_runs", polled_shutdown_runs)
+
+    async def main() -> bool:
+        started = lifespan(shutdown_timeout=10)(None)
+        shutting_down = threading.Thread(target=mp.shutdown, args=(10,))
+        shutting_down.start()
+        try:
+            assert await asyncio.get_running_loop().run_in_executor(None, stopping.wait, 30)
+            starting = asyncio.ensure_future(started.__aenter__())
+            while not (polled.is_set() or starting.done()):
+                await asyncio.sleep(0)
+            go.set()
+            await starting
+            over = terminated.is_set()
+            assert await mp.parallel(abs)(-1) == 1
+            await started.__aexit__(None, None, None)
+            return over
+        finally:
+            go.set()
+            shutting_down.join(30)
+
+    assert asyncio.run(main()) is True
+
+
 def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
     """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
 

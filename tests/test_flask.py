@@ -199,6 +199,53 @@ def test_numpy_numbers_are_settings_too() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_an_app_set_up_while_a_shutdown_runs_in_another_thread_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # init_app reopened the library at once, as the shutdown went on stopping
+    # the worker processes: the new app's first process tasks failed with
+    # ShutdownError, the library not shut down. It now waits for that shutdown
+    # to end, as the FastAPI lifespan waits for the one before it.
+    first = MakeParallel(make_app(MAKEPARALLEL_NUM_WORKERS=1))
+    assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1  # a worker runs
+    stopping, go, terminated, settled = (threading.Event() for _ in range(4))
+    terminate_all, wait_for_shutdowns = _runtime.terminate_all, getattr(_runtime, "wait_for_shutdowns", None)
+
+    def held_terminate_all(*args: Any) -> None:
+        stopping.set()
+        assert go.wait(30), "the test never let the shutdown go on"
+        terminate_all(*args)
+        terminated.set()
+
+    def announced_wait() -> None:
+        settled.set()  # it waits now (or once this returns)
+        assert wait_for_shutdowns is not None
+        wait_for_shutdowns()
+
+    monkeypatch.setattr(_runtime, "terminate_all", held_terminate_all)
+    monkeypatch.setattr(_runtime, "wait_for_shutdowns", announced_wait, raising=False)
+    seen: dict[str, Any] = {}
+
+    def set_up_second_app() -> None:
+        try:
+            MakeParallel(make_app(MAKEPARALLEL_NUM_WORKERS=1))
+            seen["shutdown over"] = terminated.is_set()
+            seen["result"] = mp.parallel(backend="process")(abs)(-2).get(timeout=30)
+        except Exception as error:  # noqa: BLE001  # checked below, in the test's thread
+            seen["result"] = error
+        finally:
+            settled.set()
+
+    with ThreadPoolExecutor(2) as threads:
+        shutting_down = threads.submit(first.shutdown)
+        assert stopping.wait(30), "the shutdown never began stopping the workers"
+        setting_up = threads.submit(set_up_second_app)
+        assert settled.wait(30)
+        go.set()
+        assert shutting_down.result(30) is True
+        setting_up.result(30)
+    assert seen == {"shutdown over": True, "result": 2}
+    assert not _runtime.is_shut_down()
+
+
 def test_a_shutdown_timeout_too_large_for_a_float_waits_without_limit() -> None:
     # Accepted by the setting's check, it failed the shutdown with OverflowError.
     extension = MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=10**400))

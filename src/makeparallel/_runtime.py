@@ -122,6 +122,8 @@ _async_cancel = "cooperative"
 ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
 _last_shutdown: ShutdownCall | None = None  # the shutdown that _shut_down stems from: what exit says of it
+_shutdowns_running = 0  # ShutdownCall.run()s begun and not ended, in any thread
+_shutdown_ended = threading.Condition(_lock)  # notified as one ends
 _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
@@ -922,7 +924,7 @@ class ShutdownCall:
 
     def run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
         """:func:`shutdown` (same arguments, return value and errors), remembered as this call."""
-        global _shut_down, _last_shutdown
+        global _shut_down, _last_shutdown, _shutdowns_running
         timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
         if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
             raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
@@ -930,7 +932,16 @@ class ShutdownCall:
         with _lock:
             _shut_down = True
             _last_shutdown = self
+            _shutdowns_running += 1
             backends = _all_backends()
+        try:
+            return self._run(backends, timeout_secs, cancel_pending)
+        finally:
+            with _lock:
+                _shutdowns_running -= 1
+                _shutdown_ended.notify_all()
+
+    def _run(self, backends: list[Backend], timeout_secs: float | None, cancel_pending: bool) -> bool:
         try:
             for limiter in all_limiters():
                 limiter.close()
@@ -1020,6 +1031,24 @@ def reset_shutdown() -> None:
             limiter.reopen()
         for backend in _all_backends():
             backend.reopen()
+
+
+def shutdown_runs() -> bool:
+    """Whether a :func:`shutdown` (or an integration's) is under way, in any thread."""
+    return _shutdowns_running > 0
+
+
+def wait_for_shutdowns() -> None:
+    """Return once no shutdown is under way: an integration that reopens the library waits for it.
+
+    A :func:`reset_shutdown` while another thread's shutdown still ran let it
+    go on stopping the worker processes under the reopened library, failing the
+    process tasks taken meanwhile with ``ShutdownError``. It waits as long as
+    that shutdown: its ``timeout_secs`` and two seconds more, for good with ``None``.
+    """
+    with _lock:
+        while _shutdowns_running:
+            _shutdown_ended.wait()
 
 
 def is_shut_down() -> bool:
@@ -1236,8 +1265,10 @@ def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
 
 def _reset_after_fork() -> None:
     """A forked child has none of the parent's threads: start afresh on first use."""
-    global _lock, _default_instance
+    global _lock, _default_instance, _shutdown_ended, _shutdowns_running
     _lock = threading.Lock()
+    _shutdown_ended = threading.Condition(_lock)
+    _shutdowns_running = 0  # those were the parent's threads'
     _backends.clear()
     _adapters.clear()
     _default_instance = None

@@ -53,6 +53,7 @@ from typing import Any
 import makeparallel as mp
 
 from ._interruptible import SLICE
+from . import _runtime
 from ._runtime import ShutdownCall
 from ._validation import as_integer, check_count, check_wait_timeout
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
@@ -196,7 +197,7 @@ def lifespan(
 
 
 async def _counted_once_no_shutdown_runs() -> None:
-    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended.
+    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended, and any other.
 
     Counted in the same step as that check, so that a lifespan ending meanwhile
     sees this one and leaves the pools to it. Waited for in slices of the loop,
@@ -208,11 +209,13 @@ async def _counted_once_no_shutdown_runs() -> None:
         with _running_lock:
             if _stopping is not None and _stopping.is_set():
                 _stopping = None
-            if _stopping is None:
+            # Nor any other shutdown (the program's mp.shutdown() in another thread):
+            # reopened under it, the library took tasks as it stopped the workers.
+            if _stopping is None and not _runtime.shutdown_runs():
                 _running += 1
                 return
             stopping = _stopping
-        while not stopping.is_set():
+        while not (stopping.is_set() if stopping is not None else not _runtime.shutdown_runs()):
             await asyncio.sleep(SLICE)
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import makeparallel as mp
 
+from . import _runtime
 from ._runtime import ShutdownCall, check_backend, ending_on_interrupt, is_shut_down
 from ._validation import as_integer, check_count, is_real
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
@@ -153,7 +154,11 @@ class MakeParallel:
 
         The library takes tasks again if it was shut down (by :meth:`shutdown`,
         or ``mp.shutdown()``): an app set up after that, by an app factory
-        called again, serves as the first one did.
+        called again, serves as the first one did. A shutdown still under way
+        in another thread is waited for first (up to its timeout, and about two
+        seconds to stop the worker processes), as the FastAPI lifespan's
+        start-up waits for the shutdown of the one before it: reopened
+        meanwhile, the library took tasks while that shutdown stopped the workers.
 
         Raises:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
@@ -172,6 +177,9 @@ class MakeParallel:
         # A new app takes tasks, as a server's start-up does with the FastAPI lifespan:
         # an app factory called again after a shutdown (each test of a suite) made an
         # app whose every task failed with ShutdownError, its /health/ready 503 for good.
+        # Once a shutdown under way in another thread has ended: reopened meanwhile, the
+        # library took tasks while that shutdown went on stopping the worker processes.
+        _runtime.wait_for_shutdowns()
         mp.reset_shutdown()
         if settings["MAKEPARALLEL_BACKEND"] is not None:
             mp.configure(backend=settings["MAKEPARALLEL_BACKEND"])
