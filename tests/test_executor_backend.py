@@ -8,6 +8,7 @@ timeouts, progress, a worker that dies.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import concurrent.futures as cf
 import functools
@@ -721,6 +722,49 @@ def test_in_process_progress_check_cancelled_and_timeout() -> None:
             handle.get(timeout=30)
         assert stopped.wait(30)
     assert progress == [0.25]
+
+
+def _polls_until_stopped(stopped: threading.Event) -> None:
+    try:
+        while not stopped.wait(0.005):  # the test's timeout comes first
+            mp.check_cancelled()
+    except mp.TaskTimeoutError:
+        stopped.set()
+        raise
+
+
+async def _awaits_until_stopped(stopped: threading.Event) -> None:
+    try:
+        await asyncio.sleep(30)  # the test's timeout comes first
+    except asyncio.CancelledError:
+        stopped.set()
+        raise
+
+
+# How a timed-out task on an executor in this process stops: as on the thread pool.
+IN_PROCESS_STOPS = {
+    "plain": (_polls_until_stopped, "it was asked to stop at its next check_cancelled()"),
+    "async def": (_awaits_until_stopped, "its coroutine was cancelled: it stops at its next await"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("function", list(IN_PROCESS_STOPS))
+@pytest.mark.parametrize("executor", ["ThreadPoolExecutor", "mp.Executor"])
+def test_a_timed_out_task_on_an_executor_in_this_process_is_told_how_it_stops(executor: str, function: str) -> None:
+    # Its error said "a call already running there cannot be stopped and was
+    # abandoned", though the executor's thread runs the handle itself: its
+    # check_cancelled() raised, or its coroutine was cancelled.
+    task, says = IN_PROCESS_STOPS[function]
+    stopped = threading.Event()
+    with cf.ThreadPoolExecutor(max_workers=1) if executor == "ThreadPoolExecutor" else mp.Executor(max_workers=1) as pool:
+        handle = mp.parallel(task).options(backend=pool, timeout=0.1)(stopped)
+        with pytest.raises(mp.TaskTimeoutError) as caught:
+            handle.get(timeout=30)
+        assert stopped.wait(30), "the task was never stopped"
+    message = str(caught.value)
+    assert "timed out after 0.1 s" in message and says in message, message
+    assert "cannot be stopped" not in message, message
 
 
 def test_a_waiting_task_runs_its_queued_child_inline() -> None:

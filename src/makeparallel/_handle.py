@@ -902,10 +902,9 @@ class AsyncHandle(Generic[T_co]):
 
     def _timeout_error(self) -> TaskTimeoutError:
         """The error of the attempt under way, past its timeout."""
-        backend = self._backend
         # An async task's coroutine is cancelled where the pool runs it here: advice to call
         # check_cancelled() was wrong for it.
-        hint = (self._observer.is_async and backend.coroutine_stop_hint) or backend.stop_hint
+        hint = self._backend.timeout_hint(self._observer.is_async)
         return TaskTimeoutError(
             f"task {self._id} ({self.name}) timed out after {self._timeout:g} s; "
             f"{hint}. Raise the timeout if the task needs longer"

@@ -52,7 +52,7 @@ from .._remote_errors import CarriedError, described
 from .._states import CANCELLED, FAILED, HELD, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, UNCLAIMED
 from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, WorkerCrashedError
-from ._base import Backend
+from ._base import COROUTINE_CANCELLED, Backend
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -77,6 +77,7 @@ class ExecutorBackend(Backend):
 
     name: ClassVar[str] = "executor"
     holds_tasks = True
+    #: Elsewhere only (:meth:`timeout_hint`): in this process the executor's thread runs the handle.
     stop_hint = (
         "it was cancelled on its executor if it had not started; a call already "
         "running there cannot be stopped and was abandoned (its result is dropped)"
@@ -379,6 +380,17 @@ class ExecutorBackend(Backend):
             if handle._timeout is not None:
                 _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
         future.add_done_callback(functools.partial(self._future_done, handle))
+
+    def timeout_hint(self, is_async: bool) -> str:
+        """How a task that timed out is stopped, for its error: in this process, as on the thread pool.
+
+        There the executor's thread runs the handle itself (:meth:`_run`), so its
+        ``check_cancelled()`` raises and its coroutine is cancelled; the error
+        said that the call could not be stopped, which holds only elsewhere.
+        """
+        if self._in_process:
+            return COROUTINE_CANCELLED if is_async else Backend.stop_hint
+        return self.stop_hint
 
     def _call_for(self, handle: AsyncHandle[Any]) -> tuple[Any, ...]:
         """What to give ``executor.submit``: the handle's runner, or the call to pickle."""

@@ -142,6 +142,15 @@ class Backend:
         self._idle_waiters: list[threading.Lock | _Wake] = []
         _every.add(self)
 
+    def timeout_hint(self, is_async: bool) -> str:
+        """How a task of this pool that timed out is stopped, for its error (``AsyncHandle._timeout_error``).
+
+        Args:
+            is_async: whether the task's function is async (its record's): then
+                ``coroutine_stop_hint``, where the pool has one.
+        """
+        return (is_async and self.coroutine_stop_hint) or self.stop_hint
+
     def reads_results_here(self, handle: AsyncHandle[Any] | None = None) -> bool:
         """Whether this thread is the one that reads this pool's results (:attr:`_loop`): ``handle``'s, where given.
 
