@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -313,6 +314,50 @@ def test_a_collector_timeout_counts_a_task_listed_twice_once(
         COLLECTORS_WITH_A_TIMEOUT[collector](handles, timeout)
     assert f"with {says} tasks unfinished" in str(caught.value), str(caught.value)
     gate.set()
+    assert blocked.get(5) == "blocked"
+
+
+# Where each collector starts to follow a handle: the test ends the task just after.
+FOLLOWS = {
+    "gather": ("_collect", "Completions", "add"),
+    "gather_async": ("_async_collect", "_Countdown", "follow"),
+    "as_completed": ("_collect", "Completions", "add"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("collector", list(FOLLOWS))
+def test_a_collector_timeout_says_when_every_task_ended_as_it_gave_up(
+    gate: threading.Event, collector: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "0 of 1 tasks unfinished; they go on unless cancelled": the task
+    # had ended, its end not yet told to the collector, whose timeout passed.
+    module, owner, method = FOLLOWS[collector]
+    blocked = start_blocked(gate)
+    told, tell = threading.Event(), threading.Event()
+
+    def holds_the_news(_: Any) -> None:  # the task's first callback: those after it wait
+        told.set()
+        assert tell.wait(20), "the test never let the callbacks go on"
+
+    blocked.add_done_callback(holds_the_news)
+    cls = getattr(importlib.import_module(f"makeparallel.{module}"), owner)
+    follow = getattr(cls, method)
+
+    def follows_then_ends(self: Any, handle: mp.AsyncHandle[Any]) -> None:
+        follow(self, handle)
+        gate.set()  # the task ends now; the collector hears of it once tell is set
+        assert told.wait(20), "the task never ended"
+
+    monkeypatch.setattr(cls, method, follows_then_ends)
+    try:
+        with pytest.raises(mp.TaskTimeoutError) as caught:
+            COLLECTORS_WITH_A_TIMEOUT[collector]([blocked], 0.05)
+    finally:
+        tell.set()
+    message = str(caught.value)
+    assert "timed out after 0.05 s; its 1 task(s) ended just as the wait gave up" in message, message
+    assert "go on" not in message, message
     assert blocked.get(5) == "blocked"
 
 

@@ -127,7 +127,17 @@ def stop_following(handles: Iterable[AsyncHandle[Any]], callback: Callable[..., 
 
 
 def collect_timeout_error(timeout: float | None, outstanding: int, total: int) -> TaskTimeoutError:
-    """The error of a collector whose ``timeout`` passed with tasks still unfinished."""
+    """The error of a collector whose ``timeout`` passed with tasks still unfinished.
+
+    ``outstanding`` 0: every task ended since the wait gave up (their ends
+    not yet told to it, :func:`unfinished_of` counts them ended), which it
+    says: "0 of 1 tasks unfinished; they go on" was said of one that had ended.
+    """
+    if not outstanding:
+        return TaskTimeoutError(
+            f"timed out after {timeout:g} s; its {total} task(s) ended just as the wait gave up: "
+            "ask again for their outcomes, ready now"
+        )
     return TaskTimeoutError(
         f"timed out after {timeout:g} s with {outstanding} of {total} tasks unfinished; they go on unless cancelled"
     )
@@ -377,7 +387,7 @@ def gather(
             in ``progress`` is not the number of handles.
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskTimeoutError: ``timeout`` passed; the message says how many tasks were
-            unfinished. They go on.
+            unfinished (they go on), or that all ended just as the wait gave up.
         RuntimeError: an unfinished task runs a coroutine and this thread's
             event loop is running: the wait would block that loop (await instead);
             or the task that gathers is among them (it would wait for its own end).
