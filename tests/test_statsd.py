@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -748,6 +751,35 @@ def test_stop_flushes_once_more(server: StatsdServer) -> None:
         exporter.stop()  # the timer would not fire for an hour: this flush is stop()'s
     wanted = f"test.{name}.completed:2|c"
     assert server.wait(lambda: wanted in server.lines()), server.lines()
+
+
+# A Ctrl-C in a program's first second, its exporter stopped at exit: stop()'s flush, on the
+# exporter's thread, built the first TaskMetrics there, a dataclass whose methods exec makes.
+# Source run by exec after a KeyboardInterrupt ended the main module clears CPython's record
+# of it, and the program exited with status 1, not killed by SIGINT as a shell expects (_load).
+STOPPED_AT_EXIT_AFTER_CTRL_C = """
+import atexit
+import sys
+import makeparallel as mp
+from makeparallel.statsd import StatsdExporter
+
+exporter = StatsdExporter("127.0.0.1", int(sys.argv[1]), interval=3600).start()
+atexit.register(exporter.stop)
+mp.gather([mp.parallel(abs)(-i) for i in range(3)])
+raise KeyboardInterrupt  # as a Ctrl-C here would
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="death by a signal is POSIX-only")
+def test_a_program_interrupted_with_its_exporter_stopped_at_exit_dies_of_sigint(server: StatsdServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}  # its exit runs no code of coverage's
+    result = subprocess.run(
+        [sys.executable, "-c", STOPPED_AT_EXIT_AFTER_CTRL_C, str(server.port)],
+        capture_output=True, text=True, timeout=30, check=False, env=env,
+    )
+    assert result.returncode == -signal.SIGINT, f"exit status {result.returncode}\n{result.stderr}"
+    assert "KeyboardInterrupt" in result.stderr, result.stderr
+    assert server.wait(lambda: any(".abs.completed:3|c" in line for line in server.lines())), server.lines()
 
 
 def test_stop_without_start_opens_no_socket() -> None:

@@ -38,6 +38,11 @@ from typing import Any
 
 import makeparallel
 
+# Loaded here, on the thread that imports the exporter, not by the first flush on its own
+# thread: TaskMetrics is a dataclass, whose methods exec builds, and source run after a
+# Ctrl-C ended the main module (stop() at exit flushes once more) clears CPython's record
+# of it: the program exited with status 1, not killed by SIGINT (see _load).
+from . import _task_metrics  # noqa: F401
 from ._backends._fd_numbers import standard_numbers_held
 from ._validation import as_integer, as_seconds, is_real, shown
 
