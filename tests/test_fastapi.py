@@ -367,6 +367,33 @@ def test_a_lifespan_starting_while_the_program_shuts_down_in_another_thread_wait
     assert asyncio.run(main()) is True
 
 
+@pytest.mark.timeout(60)
+def test_a_lifespan_started_by_a_task_a_shutdown_waits_for_does_not_hold_that_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The start-up waited for any shutdown under way to end: one that waited
+    # for the very task starting the server waited for good (timeout None),
+    # here for its whole timeout. Only a shutdown stopping the workers is
+    # waited for; one still waiting for its tasks stops none once reopened.
+    from makeparallel import _runtime
+    from makeparallel import fastapi as integration
+
+    monkeypatch.setattr(integration, "_running", 0)  # the task's lifespan never ends: not counted after
+    running = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def starts_a_server() -> str:
+        running.set()
+        assert wait_until(_runtime.is_shut_down, 30), "the shutdown never began"
+        asyncio.run(lifespan(shutdown_timeout=10)(None).__aenter__())
+        return "started"
+
+    handle = starts_a_server()
+    assert running.wait(30)
+    assert mp.shutdown(timeout_secs=30) is True  # the task ended within its wait
+    assert handle.result() == "started"
+
+
 def runs_until_cancelled(started: threading.Event, gate: threading.Event) -> mp.ParallelFunction[[], str]:
     """A task that sets ``started``, then runs until it is cancelled (or ``gate`` is set)."""
 

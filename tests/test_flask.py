@@ -246,6 +246,61 @@ def test_an_app_set_up_while_a_shutdown_runs_in_another_thread_waits_for_it(monk
     assert not _runtime.is_shut_down()
 
 
+@pytest.mark.timeout(60)
+def test_an_app_set_up_by_a_task_a_shutdown_waits_for_does_not_hold_that_shutdown() -> None:
+    # A background task that builds its app for an app context (create_app())
+    # as the program shut down in another thread: init_app waited for that
+    # shutdown to end, which waited for the task: for good with a timeout of
+    # None, here for its whole timeout. Only a shutdown stopping the workers is
+    # waited for; one still waiting for its tasks stops none once reopened.
+    MakeParallel(make_app())
+    running = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def builds_its_app() -> str:
+        running.set()
+        assert wait_until(_runtime.is_shut_down, 30), "the shutdown never began"
+        MakeParallel(make_app())
+        return "built"
+
+    handle = builds_its_app()
+    assert running.wait(30)
+    assert mp.shutdown(timeout_secs=30) is True  # the task ended within its wait
+    assert handle.result() == "built"
+    assert not _runtime.is_shut_down()  # the task's app reopened the library
+
+
+@pytest.mark.timeout(60)
+def test_an_app_set_up_by_a_signal_handler_as_its_thread_stops_the_workers_does_not_wait_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The handler (a SIGHUP that rebuilds the app) runs in the thread whose
+    # shutdown is stopping the workers: init_app waited for that shutdown to
+    # end, which could not go on before the handler returned. For good.
+    MakeParallel(make_app(MAKEPARALLEL_NUM_WORKERS=1))
+    assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1  # a worker to stop
+    set_up = threading.Event()
+    terminate_all = _runtime.terminate_all
+
+    def signalled_terminate_all(*args: Any) -> None:
+        signal.raise_signal(signal.SIGUSR1)  # handled in this thread, before the next line
+        terminate_all(*args)
+
+    def rebuild_the_app(signum: int, frame: Any) -> None:
+        MakeParallel(make_app())
+        set_up.set()
+
+    monkeypatch.setattr(_runtime, "terminate_all", signalled_terminate_all)
+    previous = signal.signal(signal.SIGUSR1, rebuild_the_app)
+    try:
+        assert mp.shutdown(timeout_secs=10) is True
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert set_up.is_set()
+    assert not _runtime.is_shut_down()  # reopened by the handler's app
+    assert mp.parallel(backend="process")(abs)(-2).get(timeout=30) == 2
+
+
 def test_a_shutdown_timeout_too_large_for_a_float_waits_without_limit() -> None:
     # Accepted by the setting's check, it failed the shutdown with OverflowError.
     extension = MakeParallel(make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=10**400))

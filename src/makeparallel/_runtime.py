@@ -122,8 +122,9 @@ _async_cancel = "cooperative"
 ASYNC_CANCEL_MODES = ("cooperative", "force")
 _shut_down = False
 _last_shutdown: ShutdownCall | None = None  # the shutdown that _shut_down stems from: what exit says of it
-_shutdowns_running = 0  # ShutdownCall.run()s begun and not ended, in any thread
-_shutdown_ended = threading.Condition(_lock)  # notified as one ends
+# The threads whose shutdown is stopping the worker processes now (terminate_all), one entry per shutdown.
+_stopping_workers: list[int] = []
+_shutdown_ended = threading.Condition(_lock)  # notified as one of them is done
 _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
@@ -924,7 +925,7 @@ class ShutdownCall:
 
     def run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
         """:func:`shutdown` (same arguments, return value and errors), remembered as this call."""
-        global _shut_down, _last_shutdown, _shutdowns_running
+        global _shut_down, _last_shutdown
         timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
         if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
             raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
@@ -932,16 +933,7 @@ class ShutdownCall:
         with _lock:
             _shut_down = True
             _last_shutdown = self
-            _shutdowns_running += 1
             backends = _all_backends()
-        try:
-            return self._run(backends, timeout_secs, cancel_pending)
-        finally:
-            with _lock:
-                _shutdowns_running -= 1
-                _shutdown_ended.notify_all()
-
-    def _run(self, backends: list[Backend], timeout_secs: float | None, cancel_pending: bool) -> bool:
         try:
             for limiter in all_limiters():
                 limiter.close()
@@ -954,8 +946,11 @@ class ShutdownCall:
                     give_up()
             deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
             finished = wait_until_idle(timeout_secs) and _wait_abandoned(backends, deadline)
-            if _shut_down:  # (not reset meanwhile: the tasks accepted since must run)
-                terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+            try:
+                if _begin_stopping_workers():  # (not reset meanwhile: the tasks accepted since must run)
+                    terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+            finally:
+                _end_stopping_workers()
         except KeyboardInterrupt:
             self.interrupted()
             raise
@@ -1033,21 +1028,48 @@ def reset_shutdown() -> None:
             backend.reopen()
 
 
+def _begin_stopping_workers() -> bool:
+    """Whether a shutdown, its wait over, is to stop the worker processes: not if reset meanwhile.
+
+    Decided under the lock, as :func:`reset_shutdown` reopens: the thread is
+    listed until :func:`_end_stopping_workers`, for :func:`wait_for_shutdowns`.
+    """
+    with _lock:
+        if _shut_down:
+            _stopping_workers.append(threading.get_ident())
+        return _shut_down
+
+
+def _end_stopping_workers() -> None:
+    """This thread's shutdown stopped the worker processes (or never began to): wake those waiting."""
+    with _lock:
+        me = threading.get_ident()
+        if me in _stopping_workers:  # (not if reset before, or a Ctrl-C came first)
+            _stopping_workers.remove(me)
+        _shutdown_ended.notify_all()
+
+
 def shutdown_runs() -> bool:
-    """Whether a :func:`shutdown` (or an integration's) is under way, in any thread."""
-    return _shutdowns_running > 0
+    """Whether a shutdown in another thread is stopping the worker processes now (:func:`wait_for_shutdowns`)."""
+    me = threading.get_ident()
+    return any(ident != me for ident in list(_stopping_workers))
 
 
 def wait_for_shutdowns() -> None:
-    """Return once no shutdown is under way: an integration that reopens the library waits for it.
+    """Return once no shutdown in another thread is stopping the worker processes: an integration that reopens waits.
 
-    A :func:`reset_shutdown` while another thread's shutdown still ran let it
-    go on stopping the worker processes under the reopened library, failing the
-    process tasks taken meanwhile with ``ShutdownError``. It waits as long as
-    that shutdown: its ``timeout_secs`` and two seconds more, for good with ``None``.
+    A :func:`reset_shutdown` as another thread's shutdown stopped the worker
+    processes let it go on under the reopened library, failing the process
+    tasks taken meanwhile with ``ShutdownError``. That takes about two seconds
+    at most (the workers' grace periods). A shutdown still waiting for its
+    tasks is not waited for: reset then, it stops no worker; and waited for,
+    it held for good a task of its own that reopened (an app factory called
+    in a task, with ``timeout_secs=None``). Nor is one of this thread's (a
+    signal handler's call as it ran), which could never end meanwhile.
     """
+    me = threading.get_ident()
     with _lock:
-        while _shutdowns_running:
+        while any(ident != me for ident in _stopping_workers):
             _shutdown_ended.wait()
 
 
@@ -1265,10 +1287,10 @@ def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
 
 def _reset_after_fork() -> None:
     """A forked child has none of the parent's threads: start afresh on first use."""
-    global _lock, _default_instance, _shutdown_ended, _shutdowns_running
+    global _lock, _default_instance, _shutdown_ended
     _lock = threading.Lock()
     _shutdown_ended = threading.Condition(_lock)
-    _shutdowns_running = 0  # those were the parent's threads'
+    _stopping_workers.clear()  # those were the parent's threads'
     _backends.clear()
     _adapters.clear()
     _default_instance = None

@@ -197,7 +197,9 @@ def lifespan(
 
 
 async def _counted_once_no_shutdown_runs() -> None:
-    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended, and any other.
+    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended.
+
+    And once no other shutdown stops the worker processes (``_runtime.wait_for_shutdowns``).
 
     Counted in the same step as that check, so that a lifespan ending meanwhile
     sees this one and leaves the pools to it. Waited for in slices of the loop,
@@ -209,8 +211,8 @@ async def _counted_once_no_shutdown_runs() -> None:
         with _running_lock:
             if _stopping is not None and _stopping.is_set():
                 _stopping = None
-            # Nor any other shutdown (the program's mp.shutdown() in another thread):
-            # reopened under it, the library took tasks as it stopped the workers.
+            # Nor another shutdown stopping the workers (the program's mp.shutdown() in another
+            # thread): reopened under it, the library took tasks as it stopped them.
             if _stopping is None and not _runtime.shutdown_runs():
                 _running += 1
                 return

@@ -154,11 +154,12 @@ class MakeParallel:
 
         The library takes tasks again if it was shut down (by :meth:`shutdown`,
         or ``mp.shutdown()``): an app set up after that, by an app factory
-        called again, serves as the first one did. A shutdown still under way
-        in another thread is waited for first (up to its timeout, and about two
-        seconds to stop the worker processes), as the FastAPI lifespan's
-        start-up waits for the shutdown of the one before it: reopened
-        meanwhile, the library took tasks while that shutdown stopped the workers.
+        called again, serves as the first one did. A shutdown in another
+        thread that is stopping the worker processes is waited for first
+        (about two seconds): reopened meanwhile, the library took tasks while
+        that shutdown stopped the workers. One still waiting for its tasks is
+        not: reopened then, it stops no worker (an app set up by one of those
+        tasks held it for good).
 
         Raises:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
@@ -177,8 +178,8 @@ class MakeParallel:
         # A new app takes tasks, as a server's start-up does with the FastAPI lifespan:
         # an app factory called again after a shutdown (each test of a suite) made an
         # app whose every task failed with ShutdownError, its /health/ready 503 for good.
-        # Once a shutdown under way in another thread has ended: reopened meanwhile, the
-        # library took tasks while that shutdown went on stopping the worker processes.
+        # Once a shutdown in another thread has stopped the worker processes: reopened
+        # meanwhile, the library took tasks while that shutdown went on stopping them.
         _runtime.wait_for_shutdowns()
         mp.reset_shutdown()
         if settings["MAKEPARALLEL_BACKEND"] is not None:
