@@ -22,7 +22,7 @@ import queue
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from concurrent import futures
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
@@ -143,7 +143,7 @@ def collect_timeout_error(timeout: float | None, outstanding: int, total: int) -
     )
 
 
-def unfinished_of(handles: list[AsyncHandle[Any]]) -> tuple[int, int]:
+def unfinished_of(handles: Collection[AsyncHandle[Any]]) -> tuple[int, int]:
     """How many of the distinct tasks of ``handles`` are unfinished, and how many distinct tasks they are.
 
     For a collector's timeout message: a task listed twice is one task, as
@@ -173,7 +173,7 @@ class Completions:
         self._timeout = timeout
         self.outstanding = 0
         self._total = 0
-        self._listed: list[AsyncHandle[Any]] | None = None  # the handles of :meth:`of`, as the caller listed them
+        self._counted: Collection[AsyncHandle[Any]] | None = None  # see of()
         self.timed_out = False  # the timeout passed: a TaskTimeoutError from next() is its own
         # To run inline, oldest first: only for a consumer that is itself a task.
         # Held weakly: a queued task is held by its pool, and an ended one must
@@ -190,9 +190,19 @@ class Completions:
         self._loop: Any = None
 
     @classmethod
-    def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> Completions:
+    def of(
+        cls, handles: list[AsyncHandle[Any]], timeout: float | None, *, counted: Collection[AsyncHandle[Any]] | None = None
+    ) -> Completions:
+        """Completions following ``handles``.
+
+        ``counted``: the handles a timeout's error counts the unfinished ones of
+        (:func:`unfinished_of`), a collection the caller keeps: ``gather``'s as
+        listed, ``as_completed``'s not yet yielded (it lets go of the others).
+        Without it, the error counts those not taken yet, one that ended just
+        as the wait gave up as unfinished, and a task listed twice twice.
+        """
         completions = cls(timeout)
-        completions._listed = handles
+        completions._counted = counted
         for handle in handles:
             completions.add(handle)
         return completions
@@ -274,9 +284,12 @@ class Completions:
                     handle = _interruptible.get(ended, remaining, functools.partial(end_those_of_closed_loops, watching) if watching else None)
         except queue.Empty:
             self.timed_out = True
-            if self._listed is None:
+            counted = self._counted
+            if counted is None:
                 raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
-            raise collect_timeout_error(self._timeout, *unfinished_of(self._listed)) from None
+            unfinished, distinct = unfinished_of(counted)
+            # Those followed, less the repeats among those counted: gather's are all of them.
+            raise collect_timeout_error(self._timeout, unfinished, self._total - (len(counted) - distinct)) from None
         self.outstanding -= 1
         return handle
 
@@ -401,7 +414,7 @@ def gather(
         check_on_error(on_error)
         timeout = check_wait_timeout(timeout)
         bar = open_progress(progress, len(items), "gather", GATHERED)
-        completions = Completions.of(items, timeout)
+        completions = Completions.of(items, timeout, counted=items)
         try:
             completions.refuse_to_wait_for_all_and_itself()
             while completions.outstanding:
@@ -484,7 +497,7 @@ def taken(pending: dict[AsyncHandle[T], None], handle: AsyncHandle[T]) -> AsyncH
 
 def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None) -> Iterator[AsyncHandle[T]]:
     try:
-        completions = Completions.of(list(pending), timeout)
+        completions = Completions.of(list(pending), timeout, counted=pending)
         try:
             while completions.outstanding:
                 yield taken(pending, completions.next())
