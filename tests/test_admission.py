@@ -429,7 +429,7 @@ def _group_map(flags: Flags, backend: str) -> object:
 
 
 _TIMED_OUT_MAP = r"the map timed out after 0.3 s"
-_TIMED_OUT_GROUP = r"the group timed out after 0.3 s; its 0 unfinished task\(s\) were cancelled"
+_TIMED_OUT_GROUP = r"the group timed out after 0.3 s; no task of it was left unfinished, none was cancelled"
 
 _WAITS_FOR_A_SLOT = {
     "parallel_map": (_map_list, {}, _TIMED_OUT_MAP),

@@ -1729,3 +1729,88 @@ def test_the_block_end_tries_to_run_inline_only_the_tasks_still_queued(
         results = group_of_ended_tasks()
     assert results == [0, 1, 2, 3, 4]
     assert tried == [], f"the block's end tried to run {len(tried)} ended task(s) inline"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("tasks", "says"), [(1, "no task of it was left unfinished"), (2, "its 1 unfinished task(s)")])
+def test_a_group_timeout_counts_only_the_tasks_it_cancelled(
+    tasks: int, says: str, gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timeout counted the unfinished tasks, then cancelled them: the first task
+    # ended in between, and was reported cancelled ("its 0 unfinished task(s) were
+    # cancelled" once it was the last). The first task's end is held until then.
+    first_gate, rest_gate = threading.Event(), gate
+    cancel_unfinished = mp.ParallelContext._cancel_unfinished
+    ended_first: list[mp.AsyncHandle[Any]] = []
+
+    def first_ends_then_cancel(ctx: mp.ParallelContext) -> Any:
+        first_gate.set()
+        assert ctx.handles[0].wait(20), "the first task did not end"
+        ended_first.append(ctx.handles[0])
+        return cancel_unfinished(ctx)
+
+    monkeypatch.setattr(mp.ParallelContext, "_cancel_unfinished", first_ends_then_cancel)
+    with pytest.raises(mp.TaskTimeoutError) as caught, mp.ParallelContext(timeout=0.05, backend="thread") as ctx:
+        ctx.submit(first_gate.wait, 20)
+        for _ in range(tasks - 1):
+            ctx.submit(rest_gate.wait, 20)
+    message = str(caught.value)
+    assert message.startswith("the group timed out after 0.05 s; ") and says in message, message
+    assert ended_first and ctx.handles[0].get(0) is True  # ended by itself, not cancelled
+    assert all(handle.cancelled() for handle in ctx.handles[1:])
+
+
+@pytest.mark.timeout(30)
+def test_a_group_timeout_met_on_another_thread_is_raised_by_the_block_with_its_own_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread's submit, waiting for the one slot, meets the timeout; the task
+    # holding the slot ends by itself just then, and the block ends. The block raises
+    # the timeout that thread met, with the count of tasks it cancelled (none), once
+    # that count is known: the block is seen waiting for it before the cancel ends.
+    release, giver_times_out, block_waits = threading.Event(), threading.Event(), threading.Event()
+    cancel_unfinished = mp.ParallelContext._cancel_unfinished
+    given: list[BaseException] = []
+
+    def held_ends_then_cancel(ctx: mp.ParallelContext) -> Any:
+        if threading.current_thread() is threading.main_thread():  # the block met it first
+            block_waits.set()
+            return cancel_unfinished(ctx)
+        release.set()
+        assert ctx.handles[0].wait(20), "the task holding the slot did not end"
+        giver_times_out.set()  # the body ends now
+        try:
+            return cancel_unfinished(ctx)
+        finally:
+            assert block_waits.wait(20), "the block never waited for the timeout's message"
+
+    class Watched(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread() is threading.main_thread() and getattr(ctx, "_timing_out", False):
+                block_waits.set()
+            return super().wait(timeout)
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(add, 1)
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+
+    monkeypatch.setattr(mp.ParallelContext, "_cancel_unfinished", held_ends_then_cancel)
+    giver: threading.Thread | None = None
+    try:
+        with pytest.raises(mp.TaskTimeoutError) as caught, mp.ParallelContext(timeout=0.2, max_concurrent=1) as ctx:
+            ctx._made = Watched(ctx._lock)
+            held = ctx.submit(release.wait, 20)
+            giver = threading.Thread(target=give, args=(ctx,))
+            giver.start()
+            assert giver_times_out.wait(20), "the other thread's submit never met the timeout"
+    finally:
+        block_waits.set()
+        release.set()
+        if giver is not None:
+            giver.join(30)
+    assert held.get(0) is True
+    message = str(caught.value)
+    assert "no task of it was left unfinished" in message, message
+    assert len(given) == 1 and str(given[0]) == message, given

@@ -111,7 +111,10 @@ class ParallelContext:
         self._cancelling = False  # set once the group cancels its own tasks
         self._ended = False  # set, under the lock, once the block ended and waited for every task
         self._deadline: float | None = None
-        self._timed_out: str | None = None  # the message of the group's timeout, once it passed
+        # Set, under the lock, as a wait first meets the group's deadline; the message of its timeout
+        # follows once its cancel has counted the tasks it cancelled (the other waits wait for it).
+        self._timing_out = False
+        self._timed_out: str | None = None
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
         # The body's failure, until a task's end records the same object: then it was that task's.
@@ -147,8 +150,8 @@ class ParallelContext:
             raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
         if exc is None and self.errors:
             raise self.errors[0]
-        if exc is None and self._timed_out is not None:  # met on another thread: the block's too
-            raise TaskTimeoutError(self._timed_out)
+        if exc is None and self._timing_out:  # met on another thread: the block's too, its message once made
+            self._time_out()
 
     # Not for the type checkers: to them a group has no __aenter__, so that they flag `async with`
     # as they did before it had one (mypy took this one, typed NoReturn, for the protocol met).
@@ -299,7 +302,11 @@ class ParallelContext:
         function = self._functions.get(key)
         if function is None:
             function = self._functions.setdefault(key, as_parallel(fn, self._backend))
-        if self._limiter is not None and not self._limiter.acquire(self._deadline, self):
+        try:
+            admitted = self._limiter is None or self._limiter.acquire(self._deadline, self)
+        except NoSlotInTime:  # another wait met the deadline first, its message still to come (_refuse_waiting)
+            admitted = False
+        if not admitted:
             self._time_out()
         try:
             self._refuse_if_ended()  # again: the slot this submit waited for may have been freed by a failure
@@ -439,12 +446,16 @@ class ParallelContext:
 
         As :meth:`_refuse_if_ended`, but a timeout met meanwhile by another of
         the group's waits (the block's end, ``results()``, a submit on another
-        thread), which wakes this one, raises ``TaskTimeoutError``, as this
-        wait meeting it first does: which wait wakes first, at the one
-        deadline, does not change what the submit (and a body it ends) raises.
+        thread), which wakes this one, ends the wait as its deadline does
+        (``NoSlotInTime``): the submit then raises the group's
+        ``TaskTimeoutError`` (:meth:`_time_out`), as this wait meeting it first
+        does. Which wait wakes first, at the one deadline, does not change what
+        the submit (and a body it ends) raises. Not raised here: under a
+        limiter's lock, this cannot wait for the message, made once the
+        timeout's cancel has counted what it cancelled.
         """
-        if self._timed_out is not None and not self._failed:
-            raise TaskTimeoutError(self._timed_out)
+        if self._timing_out and not self._failed:
+            raise NoSlotInTime
         self._refuse_if_ended()
 
     def _task_ended(self, handle: AsyncHandle[Any]) -> None:
@@ -492,8 +503,8 @@ class ParallelContext:
         if first:
             self._cancel_unfinished()
 
-    def _cancel_unfinished(self) -> None:
-        """Cancel what is left: the group ends as a whole, at its first failure or its timeout.
+    def _cancel_unfinished(self) -> int:
+        """Cancel what is left: the group ends as a whole, at its first failure or its timeout; return how many.
 
         A task still running on a worker process a moment later has its worker
         replaced (``cancel_and_stop``), as a map's: one stuck for good (a hung
@@ -504,7 +515,7 @@ class ParallelContext:
             self._cancelling = True
             self._made.notify_all()  # the block's end, waiting for a submit under way, need not any more
         self._wake_slot_waits()  # set first: a wait that begins after this sees it
-        cancel_and_stop(self.handles)
+        return cancel_and_stop(self.handles)
 
     def _ended_error(self) -> RuntimeError:
         failed = f", {len(self.errors)} failure(s) in ctx.errors" if self.errors else ""
@@ -579,17 +590,41 @@ class ParallelContext:
     def _time_out(self) -> NoReturn:
         """The group's deadline passed: cancel what is left and raise ``TaskTimeoutError``.
 
-        Kept for the block's end (before the cancelling, which may let it end):
-        met on another thread (a submit waiting for a slot there, say), the
-        timeout reached only that thread, and the block, finding every task
-        ended, ended without an error.
+        The first wait to meet it (the block's end, ``results()``, a submit on
+        any thread) cancels, and its message counts the tasks that cancel
+        ended: counted before it, a task that ended in between was said to be
+        cancelled ("its 0 unfinished task(s) were cancelled" of the last). The
+        others, the block's end too, wait for that message and raise it. Marked
+        before the cancelling, which may let the block end: met on another
+        thread (a submit waiting for a slot there, say), the timeout reached
+        only that thread, and the block, finding every task ended, ended
+        without an error.
         """
-        unfinished = sum(1 for h in self.handles if not h.done())
-        self._timed_out = (
-            f"the group timed out after {self._timeout:g} s; its {unfinished} unfinished task(s) were cancelled"
-        )
-        self._cancel_unfinished()
+        with self._lock:
+            first = not self._timing_out
+            self._timing_out = True
+        if first:
+            cancelled: int | None = None
+            try:
+                cancelled = self._cancel_unfinished()
+            finally:  # interrupted, the others still get a message (without the count)
+                with self._lock:
+                    self._timed_out = self._timeout_message(cancelled)
+                    self._made.notify_all()
+        else:
+            with self._lock:
+                while self._timed_out is None:
+                    _interruptible.wait(self._made, None)
         raise TaskTimeoutError(self._timed_out)
+
+    def _timeout_message(self, cancelled: int | None) -> str:
+        """What the group's timeout says, having cancelled ``cancelled`` tasks (``None``: interrupted, unknown)."""
+        timed_out = f"the group timed out after {self._timeout:g} s"
+        if cancelled is None:
+            return f"{timed_out}; its unfinished tasks were cancelled"
+        if not cancelled:
+            return f"{timed_out}; no task of it was left unfinished, none was cancelled"
+        return f"{timed_out}; its {cancelled} unfinished task(s) were cancelled"
 
 
 TaskGroup = ParallelContext

@@ -1783,8 +1783,8 @@ def _end_all(handles: Iterable[AsyncHandle[Any]], state: int) -> int:
     return sum(backend._end_together(group, state) for backend, group in by_backend.items())
 
 
-def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
-    """:func:`cancel_all`, then force the tasks whose code still runs ``STOP_GRACE`` seconds later.
+def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> int:
+    """:func:`cancel_all`, then force the tasks whose code still runs ``STOP_GRACE`` seconds later; return how many it cancelled.
 
     For what the user stopped as a whole: a map that ended early (an item's
     error, Ctrl-C, an ``imap`` loop left) and Ctrl-C while collecting. A plain
@@ -1795,8 +1795,9 @@ def cancel_and_stop(handles: list[AsyncHandle[Any]]) -> None:
     within the grace (a map chunk of cheap items, between slices) keeps its
     worker. Threads cannot be stopped: their code goes on, as after any cancel.
     """
-    cancel_all(handles)
+    cancelled = cancel_all(handles)
     stop_if_running(handles, CANCELLED)
+    return cancelled
 
 
 def stop_if_running(handles: list[AsyncHandle[Any]], state: int) -> None:
