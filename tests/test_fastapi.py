@@ -129,6 +129,32 @@ def test_prestart_fails_start_up_with_the_worker_initializers_error() -> None:
         mp.configure_process_pool(initializer=None)
 
 
+@pytest.mark.timeout(90)
+def test_prestart_serves_anyway_when_no_worker_gets_ready_in_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker's initializer never returns. The lifespan first awaited a no-op task,
+    # with no bound, and the server never started; its wait is bounded as a whole.
+    import makeparallel.fastapi as integration
+
+    monkeypatch.setattr(integration, "_READY_WAIT", 0.5)
+    app = cpu_app(num_workers=1, prestart=True, shutdown_timeout=1)
+    before = {child.pid for child in _live_children()}
+    mp.configure_process_pool(initializer=time.sleep, initargs=(3600,))  # a worker that never gets ready
+    try:
+        with caplog.at_level("WARNING", logger="makeparallel"), uvicorn_server(app) as (base, _):
+            info = mp.get_process_pool_info()
+            assert info["ready_workers"] == 0 and info["active_tasks"] == 0, info  # the probe did not stay queued
+            assert httpx.get(f"{base}/ping", timeout=30).text == '"pong"'
+            workers = info["worker_pids"]
+            assert workers, info
+    finally:
+        mp.configure_process_pool(initializer=None)
+    assert "0 of 1 process workers ready after 0.5 s at start-up; serving anyway" in caplog.text, caplog.text
+    assert wait_until(lambda: not any(_alive(pid) for pid in workers), 30), "the stuck worker outlived the server"
+    assert wait_until(lambda: not _new_children(before), 30), f"child processes are left: {_new_children(before)}"
+
+
 def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_worker(tmp_path: Any) -> None:
     flags = Flags(str(tmp_path))
     app = cpu_app(num_workers=2, shutdown_timeout=1, async_cancel="force")

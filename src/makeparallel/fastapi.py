@@ -116,9 +116,12 @@ def lifespan(
         prestart: start the process pool's workers at start-up
             (``mp.configure_process_pool(prestart=True)``) and wait, without
             blocking the loop, until each is ready (its initializer ran), so that
-            the first requests do not pay for starting interpreters. A worker
-            initializer that fails makes start-up fail with its error. The
-            thread pool needs no prestart: its threads start in microseconds.
+            the first requests do not pay for starting interpreters. The wait
+            lasts at most 60 seconds: past it (a slow initializer, or one that
+            never returns) the server starts anyway, with a warning saying how
+            many workers were ready. A worker initializer that fails makes
+            start-up fail with its error. The thread pool needs no prestart:
+            its threads start in microseconds.
         shutdown_timeout: seconds shutdown waits for unfinished tasks before the
             workers are stopped anyway (``None``: as long as it takes); a
             Ctrl-C during the wait ends it. Only the last lifespan of the
@@ -328,19 +331,24 @@ async def _workers_ready() -> None:
 
     A no-op task on the first worker ready surfaces an initializer's failure
     (after three failed starts the pool gives up, and the task fails with the
-    initializer's error). The rest are awaited for at most ``_READY_WAIT``
-    seconds, in short sleeps of the loop: the pool has no event for each
-    worker's readiness, and a worker that is slow to start must not stop the
-    server from starting.
+    initializer's error). The whole wait, that task's included, lasts at most
+    ``_READY_WAIT`` seconds, in short sleeps of the loop: the pool has no event
+    for each worker's readiness, and a worker that is slow to start, or whose
+    initializer never returns, must not stop the server from starting (the
+    task was awaited with no bound, and start-up hung for good). Past it, the
+    task is cancelled (no worker ran it) and a warning says how many were ready.
     """
     probe = mp.parallel(name="makeparallel.prestart", backend="process")(int)  # a builtin: nothing to pickle by value
-    await probe()
+    first = probe()
     give_up = time.monotonic() + _READY_WAIT
     while time.monotonic() < give_up:
-        info = mp.get_process_pool_info()
-        if info["ready_workers"] >= info["num_workers"]:
-            return
+        if first.is_ready():
+            first.get()  # an initializer's failure, raised
+            info = mp.get_process_pool_info()
+            if info["ready_workers"] >= info["num_workers"]:
+                return
         await asyncio.sleep(_READY_POLL)
+    first.cancel()  # still queued, if no worker got ready: it would wait for the first
     info = mp.get_process_pool_info()
     _log.warning(
         "%d of %d process workers ready after %g s at start-up; serving anyway",
