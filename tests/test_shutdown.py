@@ -1091,6 +1091,93 @@ def test_exit_abandons_the_code_of_a_task_that_ended_after_the_exit_timeout(how:
     assert not (tmp_path / "lines.txt").exists()
 
 
+STUCK_BETWEEN_AWAITS = """
+import asyncio
+import threading
+import makeparallel as mp
+
+mp.configure(exit_timeout=0.5)
+go = threading.Event()
+
+@mp.parallel(backend="thread")
+def plain(started):
+    started.set()
+    go.wait(30)
+
+@mp.parallel(backend="thread")
+async def coroutine(started):
+    started.set()
+    go.wait(30)  # no await until then: its stop reaches it only there
+    await asyncio.sleep(0)
+
+for function in {functions}:
+    started = threading.Event()
+    handle = function.options(timeout={timeout})(started)
+    assert started.wait(10)
+    if {cancel}:
+        handle.cancel()
+    try:
+        handle.get(timeout=5)
+    except (mp.TaskTimeoutError, mp.TaskCancelledError) as error:
+        print(type(error).__name__, flush=True)
+"""
+
+_PLAIN_STOPS = "a task's code stops at its timeout or cancel only where it calls makeparallel.check_cancelled()"
+_COROUTINE_STOPS = "an async task's coroutine stops at its timeout or cancel at its next await"
+_BOTH_STOP = (
+    "a plain task's code stops at its timeout or cancel only where it calls makeparallel.check_cancelled(), "
+    "an async task's coroutine at its next await"
+)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", list(HOW_A_RUNNING_TASK_ENDS))
+@pytest.mark.parametrize(
+    ("functions", "advice"),
+    [("plain", _PLAIN_STOPS), ("coroutine", _COROUTINE_STOPS), ("plain, coroutine", _BOTH_STOP)],
+)
+def test_exits_advice_on_the_code_it_abandons_fits_the_kind_of_task(functions: str, advice: str, how: str) -> None:
+    # It said a task's code stops only where it calls check_cancelled(), also of an
+    # async task's, whose coroutine is cancelled and stops at its next await.
+    timeout = 0.05 if how == "timed out" else None
+    program = STUCK_BETWEEN_AWAITS.format(functions=f"[{functions}]", timeout=timeout, cancel=how == "cancelled")
+    result, _ = run_python(program)
+    assert result.returncode == 0, result.stderr
+    count = functions.count(",") + 1
+    assert result.stdout == f"{HOW_A_RUNNING_TASK_ENDS[how].__name__}\n" * count, result.stdout
+    assert (
+        f"makeparallel: the code of {count} timed out or cancelled task(s) still running at interpreter exit "
+        f"were abandoned after waiting 0.5 s; {advice}, or raise configure(exit_timeout=...)" in result.stderr
+    ), result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_exits_advice_after_its_timeout_fits_the_counts_its_warning_gives(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The advice was chosen from one read of the counts and the warning made from a
+    # later one: a task that timed out in between (unfinished, then its code still
+    # running) was told to be collected, though only its code was left.
+    reads: list[str] = []
+
+    def active(backends: object) -> int:
+        reads.append("active")
+        return 1 if reads.count("active") == 1 else 0
+
+    monkeypatch.setattr(_runtime, "_unfinished", lambda backends: 1)
+    monkeypatch.setattr(_runtime, "_wait_ended", lambda backends, timeout: False)
+    monkeypatch.setattr(_runtime, "_active", active)
+    monkeypatch.setattr(_runtime, "_abandoned_running", lambda backends: 1)
+    monkeypatch.setattr(_runtime, "_slots_taken", lambda: 0)
+    with caplog.at_level("WARNING", logger="makeparallel"):
+        assert _runtime._wait_or_abandon([], []) is True
+    (record,) = caplog.records
+    message = record.getMessage()
+    unfinished = "1 task(s) still unfinished" in message
+    assert unfinished == ("collect results" in message), message
+    assert unfinished != ("check_cancelled()" in message), message
+
+
 # What exit's warning names, by what is left: (unfinished tasks, the running code of
 # ended ones, slots of limits taken) -> its start, or None for no warning.
 WHAT_EXIT_ABANDONS = {

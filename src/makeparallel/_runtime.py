@@ -1157,15 +1157,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             _abandon_on_interrupt(_every_pool())
         else:
             if not idle:
-                pools = _every_pool()
-                # Only code whose handle ended runs on: collecting or shutting down would not stop it.
-                ended = not _active(pools) and _abandoned_running(pools)
-                _log_abandoned(
-                    pools,
-                    f"after waiting {timeout:g} s",
-                    (_STOP_ON_CANCEL_ADVICE if ended else "collect results or call makeparallel.shutdown() "
-                     "(Executor.shutdown()) before exiting") + ", or raise configure(exit_timeout=...)",
-                )
+                _log_abandoned(_every_pool(), f"after waiting {timeout:g} s", _advice_after_exit_timeout)
             return True
     return False
 
@@ -1179,8 +1171,35 @@ def _abandon_on_interrupt(backends: list[Backend]) -> None:
 
 
 _CHECK_CANCELLED_ADVICE = "a task stops sooner when it calls makeparallel.check_cancelled()"  # after a Ctrl-C
-# Where only the code of tasks that timed out or were cancelled as they ran is left.
+# Where only the code of tasks that timed out or were cancelled as they ran is left: a plain
+# function's, an async function's (its coroutine was cancelled, ThreadBackend.coroutine_stop_hint), both.
 _STOP_ON_CANCEL_ADVICE = "a task's code stops at its timeout or cancel only where it calls makeparallel.check_cancelled()"
+_COROUTINE_STOP_ADVICE = "an async task's coroutine stops at its timeout or cancel at its next await"
+_BOTH_STOP_ADVICE = (
+    "a plain task's code stops at its timeout or cancel only where it calls makeparallel.check_cancelled(), "
+    "an async task's coroutine at its next await"
+)
+
+
+def _advice_after_exit_timeout(active: int, running: int, coroutines: int) -> str:
+    """Exit's advice once its timeout passed, for what its warning counts (:func:`_log_abandoned`).
+
+    ``active`` unfinished tasks; the code of ``running`` ended ones still
+    running, ``coroutines`` of them async tasks'. Where only such code runs
+    on, collecting or shutting down would not stop it. (``coroutines`` is
+    counted by the function's kind, as the task was abandoned and as its
+    code returned: a function that returned a coroutine only some of the
+    time may leave it off by one, so it is read within ``0..running``.)
+    """
+    if active or not running:
+        advice = "collect results or call makeparallel.shutdown() (Executor.shutdown()) before exiting"
+    elif coroutines <= 0:
+        advice = _STOP_ON_CANCEL_ADVICE
+    elif coroutines >= running:
+        advice = _COROUTINE_STOP_ADVICE
+    else:
+        advice = _BOTH_STOP_ADVICE
+    return f"{advice}, or raise configure(exit_timeout=...)"
 
 
 def ending_on_interrupt() -> bool:
@@ -1204,6 +1223,11 @@ def _active(backends: list[Backend]) -> int:
 def _abandoned_running(backends: list[Backend]) -> int:
     """Tasks of ``backends`` that ended as they ran (timed out, cancelled) and whose code still runs on a thread."""
     return sum(backend.abandoned_running() for backend in backends)
+
+
+def _abandoned_running_async(backends: list[Backend]) -> int:
+    """Of :func:`_abandoned_running`, the async tasks': their coroutine was cancelled, and stops at its next await."""
+    return sum(backend.abandoned_running_async() for backend in backends)
 
 
 def _unfinished(backends: list[Backend]) -> int:
@@ -1266,14 +1290,22 @@ def _wait_ended(backends: Callable[[], list[Backend]], timeout: float | None) ->
             return True
 
 
-def _log_abandoned(backends: list[Backend], when: str, advice: str) -> None:
+def _log_abandoned(
+    backends: list[Backend], when: str, advice: str | Callable[[int, int, int], str]
+) -> None:
     """Warn that the tasks of ``backends`` were abandoned at exit, with the advice that fits how the program ended.
 
     Only what is left is named: after a Ctrl-C it read "0 task(s) still
     unfinished and the code of 2 timed out or cancelled task(s) still running".
     Nothing left (it all ended since the caller looked), nothing is said.
+    ``advice`` may depend on what is left: a function of the counts read
+    here (unfinished tasks, running code of ended ones, of which async
+    tasks'), which the warning gives. Chosen from a read of its own, it told
+    to collect a task that had timed out since, only its code left.
     """
     active, running = _active(backends), _abandoned_running(backends)
+    if not isinstance(advice, str):
+        advice = advice(active, running, _abandoned_running_async(backends))
     left = []
     if active:
         left.append(f"{active} task(s) still unfinished")

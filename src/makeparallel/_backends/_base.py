@@ -261,6 +261,10 @@ class Backend:
         """
         return 0
 
+    def abandoned_running_async(self) -> int:
+        """Of :meth:`abandoned_running`, the tasks of async functions: their coroutine, cancelled, stops at its next await."""
+        return 0
+
     def wait_abandoned(self, timeout: float | None) -> bool:
         """Block until :meth:`abandoned_running` is 0, or ``timeout`` seconds pass (``None``: no end); return whether it is."""
         return True

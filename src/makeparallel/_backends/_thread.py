@@ -93,7 +93,7 @@ def _reset_after_fork() -> None:
         if not isinstance(pool, ThreadBackend):
             continue
         pool._closed = True
-        pool._workers = pool._busy = pool._stuck = pool._stopped = pool._blocked = pool._active = 0
+        pool._workers = pool._busy = pool._stuck = pool._stopped = pool._stuck_async = pool._blocked = pool._active = 0
         pool._parked = []
         pool._idle_waiters = []
         pool._abandoned_waiters = []
@@ -220,6 +220,9 @@ class ThreadBackend(QueueingBackend):
         self._stuck = 0  # workers still running a task that was timed out or cancelled
         self._stopped = 0  # of those, workers whose task was stopped with its map or batch (STOPPED)
         self._abandoned_waiters: list[threading.Lock] = []  # waits for _stuck - _stopped to be 0 (shutdown's, exit's)
+        # Of _stuck - _stopped, the async tasks' (their coroutine cancelled, it stops at its next await):
+        # exit's warning advises by kind. Counted only as a task is abandoned or stopped, never per task.
+        self._stuck_async = 0
         self._blocked = 0  # workers whose task waits for other tasks (worker_blocks)
         self._parked: list[threading.Lock] = []  # idle workers, each waiting on its lock
         self._capacity = self._num_threads  # live workers allowed, stuck ones replaced
@@ -421,6 +424,7 @@ class ThreadBackend(QueueingBackend):
             # own bookkeeping takes, so that the two always agree.
             handle._on_worker = ABANDONED
             self._stuck += 1
+            self._stuck_async += handle._observer.is_async
             self._set_capacity_locked()
         self._active -= 1
         if self._active == 0 and self._idle_waiters:
@@ -442,6 +446,7 @@ class ThreadBackend(QueueingBackend):
         if record.timed_out and handle._on_worker == ON_WORKER:
             record.late_on_workers.append(record.retried_start)  # type: ignore[arg-type]  # (it started)
             self._stuck += 1
+            self._stuck_async += handle._observer.is_async
             self._set_capacity_locked()
         super()._schedule_retry_locked(handle, due)
 
@@ -453,18 +458,21 @@ class ThreadBackend(QueueingBackend):
         for index, start in enumerate(late):
             if start is started:  # by identity, as the handle tells its attempts apart
                 del late[index]
-                self._unstuck_locked()  # surplus now: the worker retires, as after a plain timeout
+                self._unstuck_locked(handle)  # surplus now: the worker retires, as after a plain timeout
                 return True
         return False
 
-    def _unstuck_locked(self, stopped: bool = False) -> None:
+    def _unstuck_locked(self, handle: AsyncHandle[Any], stopped: bool = False) -> None:
         """A worker's task (or attempt), timed out or cancelled as it ran, returned: the worker is no longer stuck.
 
-        ``stopped``: the task was stopped with its map or batch (:meth:`_stop_abandoned`).
+        ``stopped``: the task was stopped with its map or batch (:meth:`_stop_abandoned`),
+        and no longer counted among the code waited for (nor, if async, in ``_stuck_async``).
         The waits for the code of every such task (:meth:`wait_abandoned`) wake with the last.
         """
         self._stuck -= 1
         self._stopped -= stopped
+        if not stopped:
+            self._stuck_async -= handle._observer.is_async
         self._set_capacity_locked()
         self._wake_abandoned_waiters_locked()
 
@@ -474,6 +482,9 @@ class ThreadBackend(QueueingBackend):
 
     def abandoned_running(self) -> int:
         return self._stuck - self._stopped
+
+    def abandoned_running_async(self) -> int:
+        return self._stuck_async
 
     def wait_abandoned(self, timeout: float | None) -> bool:
         """Block until every task timed out or cancelled as it ran has returned on its worker, or ``timeout`` seconds pass.
@@ -505,6 +516,7 @@ class ThreadBackend(QueueingBackend):
             if handle._on_worker == ABANDONED and not handle._code_done:  # (else its worker counted its return)
                 handle._on_worker = STOPPED
                 self._stopped += 1
+                self._stuck_async -= handle._observer.is_async
                 self._wake_abandoned_waiters_locked()
         super()._stop_abandoned(handle)
 
@@ -717,7 +729,7 @@ class ThreadBackend(QueueingBackend):
                     elif outcome[2] is not None and self._late_attempt_returned_locked(handle, outcome[2]):
                         pass  # an attempt retried past its timeout; the task waits to retry, or ended since
                     elif (handle._on_worker == ABANDONED or handle._on_worker == STOPPED) and outcome[0] != RUNNING:
-                        self._unstuck_locked(handle._on_worker == STOPPED)  # (RUNNING: a stale attempt's)
+                        self._unstuck_locked(handle, handle._on_worker == STOPPED)  # (RUNNING: a stale attempt's)
                     outcome = _NO_OUTCOME  # hold no result while idle or running the next task
                 # A surplus worker (the pool shrank, or a stuck task came back)
                 # retires rather than take more work. One with callbacks to run claims
