@@ -1726,3 +1726,23 @@ def test_a_map_of_an_async_function_called_inside_a_running_event_loop_gives_its
     finally:
         gate.set()
         held.wait(10)
+
+
+def _outlives_its_timeout(x: int) -> int:
+    """An item that runs past 0.05 s by its own clock, calling check_cancelled() as it goes."""
+    ends = time.monotonic() + 0.2
+    while time.monotonic() < ends:
+        mp.check_cancelled()  # raised here if the function's timeout applied to the item
+    return x
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["parallel_map", "imap"])
+def test_a_map_runs_each_item_of_a_function_with_a_timeout_to_its_end(backend: str, how: str) -> None:
+    # As documented: a @parallel function's own timeout bounds its calls, not the
+    # items of its maps, which the map's timeout= bounds as a whole.
+    limited = mp.parallel(backend=backend, timeout=0.05)(_outlives_its_timeout)
+    run = mp.parallel_map if how == "parallel_map" else (lambda *a, **k: list(mp.imap(*a, **k)))
+    assert run(limited, [1, 2], chunksize=1) == [1, 2]
+    with pytest.raises(mp.TaskTimeoutError, match="timed out after 0.05 s"):
+        limited(3).get(timeout=10)  # a call is bounded

@@ -432,7 +432,10 @@ def imap(
     Args:
         fn: a plain function of one argument, or a ``@parallel`` one (its
             backend, name, ``priority`` and ``max_concurrent`` are used; the
-            tasks it would make are not). Under ``max_concurrent=n`` at most
+            tasks it would make are not, nor its ``timeout``, retry policy
+            and circuit breaker: an item runs as long as it takes, within
+            the map's ``timeout`` for the whole map. For a timeout per item,
+            submit calls: ``mp.gather([fn(x) for x in items])``). Under ``max_concurrent=n`` at most
             ``n`` chunks, so ``n`` items, run at once, its direct calls in
             flight counted: they share its slots. An ``async def`` function's
             coroutine runs to its end for each item, on the worker's own event
