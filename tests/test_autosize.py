@@ -222,6 +222,8 @@ def test_linux_reports_a_computing_thread_as_active_and_runnable() -> None:
         assert started.wait(30)
         busy, idle = computing.native_id, waiting.native_id
         assert busy is not None and idle is not None
+        # Measured from once it sleeps: its start, waiting its turn on a loaded machine, counted 13 ms.
+        assert wait_until(lambda: not _autosize.thread_is_runnable(idle), 30)
         before = _autosize.pool_thread_activity()
         assert busy in before and idle in before
         assert wait_until(lambda: _autosize.pool_thread_activity()[busy] > before[busy] + 0.01, 30)
