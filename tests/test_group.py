@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1814,3 +1815,77 @@ def test_a_group_timeout_met_on_another_thread_is_raised_by_the_block_with_its_o
     message = str(caught.value)
     assert "no task of it was left unfinished" in message, message
     assert len(given) == 1 and str(given[0]) == message, given
+
+
+@pytest.mark.timeout(30)
+def test_a_ctrl_c_just_after_the_first_wait_meets_the_group_timeout_leaves_no_other_wait_hung(
+    gate: threading.Event,
+) -> None:
+    # The block's end met the deadline first and marked the group as timing out; a
+    # Ctrl-C noted meanwhile is raised as the mark's lock is let go, before the
+    # cancel. Another thread's submit, waiting for a slot, met the deadline too and
+    # waited for the timeout's message, which the interrupted wait never made: it
+    # waited for good. Here the Ctrl-C is raised as that lock is let go.
+    time_out = mp.ParallelContext._time_out.__code__
+    other_waits, block_marked = threading.Event(), threading.Event()
+    interrupted: list[bool] = []
+    given: list[BaseException] = []
+
+    class CtrlCAsLetGo:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            return self._lock.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            self._lock.release()
+
+        def __enter__(self) -> bool:
+            if sys._getframe(1).f_code is time_out and threading.current_thread() is not threading.main_thread():
+                block_marked.wait(20)  # the block's end meets the deadline first (else either may)
+            return self.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.release()
+            caller = sys._getframe(1)
+            on_main = threading.current_thread() is threading.main_thread()
+            # The block's end marked the group first: it raises the Ctrl-C as it lets the lock go.
+            if caller.f_code is time_out and on_main and not interrupted and caller.f_locals.get("first"):
+                interrupted.append(True)
+                block_marked.set()
+                assert other_waits.wait(20), "the other thread's submit never met the timeout"
+                raise KeyboardInterrupt
+
+    class Watched(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread() is not threading.main_thread():
+                other_waits.set()
+            return super().wait(timeout)
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(add, 1)
+        except BaseException as error:  # noqa: BLE001  # (told below, in the test's thread)
+            given.append(error)
+        finally:
+            other_waits.set()  # it met the deadline first, or was refused: nothing to wait for
+
+    giver: threading.Thread | None = None
+    ctx = mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread")
+    ctx._lock = CtrlCAsLetGo()  # type: ignore[assignment]
+    ctx._made = Watched(ctx._lock)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(KeyboardInterrupt), ctx:
+            ctx.submit(gate.wait, 20)
+            giver = threading.Thread(target=give, args=(ctx,), daemon=True)
+            giver.start()
+            wait_until(lambda: bool(ctx._slot_waits))
+    finally:
+        block_marked.set()
+        gate.set()
+        if giver is not None:
+            giver.join(10)
+    assert interrupted, "the block's end did not meet the timeout first"
+    assert giver is not None and not giver.is_alive(), "the other thread's submit waited for good"
+    assert len(given) == 1 and isinstance(given[0], (mp.TaskTimeoutError, mp.TaskCancelledError)), given

@@ -594,27 +594,29 @@ class ParallelContext:
         any thread) cancels, and its message counts the tasks that cancel
         ended: counted before it, a task that ended in between was said to be
         cancelled ("its 0 unfinished task(s) were cancelled" of the last). The
-        others, the block's end too, wait for that message and raise it. Marked
-        before the cancelling, which may let the block end: met on another
+        others, the block's end too, wait for that message and raise it; the
+        first makes it however it ends, a Ctrl-C from the mark on included.
+        Marked before the cancelling, which may let the block end: met on another
         thread (a submit waiting for a slot there, say), the timeout reached
         only that thread, and the block, finding every task ended, ended
         without an error.
         """
-        with self._lock:
-            first = not self._timing_out
-            self._timing_out = True
-        if first:
-            cancelled: int | None = None
-            try:
-                cancelled = self._cancel_unfinished()
-            finally:  # interrupted, the others still get a message (without the count)
-                with self._lock:
-                    self._timed_out = self._timeout_message(cancelled)
-                    self._made.notify_all()
-        else:
+        first = False
+        try:  # marked inside: a Ctrl-C raised as the mark's lock is let go left the others waiting for good
             with self._lock:
-                while self._timed_out is None:
-                    _interruptible.wait(self._made, None)
+                first, self._timing_out = not self._timing_out, True  # one line: marked and known together
+            if first:  # made as the count comes: a Ctrl-C landing after the cancel cannot keep it back
+                self._timed_out = self._timeout_message(self._cancel_unfinished())
+        finally:
+            if first:
+                with self._lock:
+                    if self._timed_out is None:  # interrupted, the others still get a message (without the count)
+                        self._timed_out = self._timeout_message(None)
+                    self._made.notify_all()
+        if not first:
+            with self._lock:
+                while self._timed_out is None:  # in slices: made by an interrupted wait, it may come untold
+                    _interruptible.wait(self._made, _interruptible.SLICE)
         raise TaskTimeoutError(self._timed_out)
 
     def _timeout_message(self, cancelled: int | None) -> str:
