@@ -155,6 +155,39 @@ def test_prestart_serves_anyway_when_no_worker_gets_ready_in_time(
     assert wait_until(lambda: not _new_children(before), 30), f"child processes are left: {_new_children(before)}"
 
 
+@pytest.mark.timeout(90)
+def test_a_start_up_cancelled_as_prestart_waits_leaves_no_probe_for_the_shutdown_to_wait_for() -> None:
+    # A server that gives up on start-up (a start-up timeout, Ctrl-C under asyncio.run)
+    # cancels the lifespan as it waits for the workers. Its no-op probe task, once
+    # awaited, was cancelled with it; polled, it stayed queued for a worker that never
+    # got ready, and the shutdown that follows (no shutdown_timeout, cancel_pending off)
+    # waited for it for good.
+    app = fastapi.FastAPI(lifespan=lifespan(num_workers=1, prestart=True, shutdown_timeout=None, cancel_pending=False))
+    before = {child.pid for child in _live_children()}
+
+    async def start_then_give_up() -> tuple[bool, dict[str, Any]]:
+        async def start() -> None:
+            async with app.router.lifespan_context(app):
+                pass  # pragma: no cover - start-up is cancelled
+
+        starting = asyncio.create_task(start())
+        while not mp.get_process_pool_info()["active_tasks"]:  # the probe is queued: the wait began
+            assert not starting.done(), starting
+            await asyncio.sleep(0.01)
+        starting.cancel()
+        done, _ = await asyncio.wait({starting}, timeout=30)
+        return bool(done), mp.get_process_pool_info()
+
+    mp.configure_process_pool(initializer=time.sleep, initargs=(3600,))  # a worker that never gets ready
+    try:
+        shut_down, info = asyncio.run(start_then_give_up())
+    finally:
+        mp.configure_process_pool(initializer=None)
+    assert info["active_tasks"] == 0, info  # the probe did not stay queued
+    assert shut_down, "the cancelled start-up's shutdown waited for good for the probe"
+    assert wait_until(lambda: not _new_children(before), 30), f"child processes are left: {_new_children(before)}"
+
+
 def test_stopping_the_server_with_requests_in_flight_is_prompt_and_leaves_no_worker(tmp_path: Any) -> None:
     flags = Flags(str(tmp_path))
     app = cpu_app(num_workers=2, shutdown_timeout=1, async_cancel="force")

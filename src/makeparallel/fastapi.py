@@ -337,18 +337,25 @@ async def _workers_ready() -> None:
     initializer never returns, must not stop the server from starting (the
     task was awaited with no bound, and start-up hung for good). Past it, the
     task is cancelled (no worker ran it) and a warning says how many were ready.
+    A start-up cancelled meanwhile cancels the task too: left queued, it held
+    the shutdown that follows (for good with no ``shutdown_timeout`` and
+    ``cancel_pending=False``), as the awaited task had not.
     """
     probe = mp.parallel(name="makeparallel.prestart", backend="process")(int)  # a builtin: nothing to pickle by value
     first = probe()
     give_up = time.monotonic() + _READY_WAIT
-    while time.monotonic() < give_up:
-        if first.is_ready():
-            first.get()  # an initializer's failure, raised
-            info = mp.get_process_pool_info()
-            if info["ready_workers"] >= info["num_workers"]:
-                return
-        await asyncio.sleep(_READY_POLL)
-    first.cancel()  # still queued, if no worker got ready: it would wait for the first
+    try:
+        while time.monotonic() < give_up:
+            if first.is_ready():
+                first.get()  # an initializer's failure, raised
+                info = mp.get_process_pool_info()
+                if info["ready_workers"] >= info["num_workers"]:
+                    return
+            await asyncio.sleep(_READY_POLL)
+    finally:
+        # Still queued, if no worker got ready: it would wait for the first, and the shutdown
+        # for it. Cancelled too where the start-up is (a server giving up on it), as it was awaited.
+        first.cancel()
     info = mp.get_process_pool_info()
     _log.warning(
         "%d of %d process workers ready after %g s at start-up; serving anyway",
