@@ -20,7 +20,7 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import Flags, wait_until
-from web_helpers import check_live_fails_for_good, run_fresh_interpreter, uvicorn_server
+from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, uvicorn_server
 from web_tasks import count_primes, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
@@ -422,6 +422,31 @@ def test_a_lifespan_starting_while_the_program_shuts_down_in_another_thread_wait
         finally:
             go.set()
             shutting_down.join(30)
+
+    assert asyncio.run(main()) is True
+
+
+@pytest.mark.timeout(60)
+def test_a_lifespan_starting_as_a_shutdown_begins_stopping_the_workers_does_not_reopen_under_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The start-up looked for a shutdown stopping the worker processes, then
+    # reopened the library in a second step: the program's mp.shutdown() that
+    # began stopping them in between was reopened under, the server's process
+    # tasks failing with ShutdownError as it went on. The look and the reopening
+    # are now one hold of the runtime's lock, which no shutdown comes between.
+    from makeparallel import _runtime
+
+    async def main() -> bool:
+        started = lifespan(shutdown_timeout=10)(None)
+        with shutdown_begun_after_the_look(monkeypatch, lambda: mp.shutdown(10)) as found:
+            await started.__aenter__()
+            reopened_under_a_shutdown = _runtime.shutdown_runs()
+        assert (found, reopened_under_a_shutdown) == (["held"], False)
+        try:
+            return await mp.parallel(abs)(-1) == 1  # type: ignore[no-any-return]
+        finally:
+            await started.__aexit__(None, None, None)
 
     assert asyncio.run(main()) is True
 

@@ -17,7 +17,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from pool_helpers import EXIT_WAITS, wait_until
-from web_helpers import check_live_fails_for_good, run_fresh_interpreter, werkzeug_server
+from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, werkzeug_server
 from web_tasks import count_primes
 
 flask = pytest.importorskip("flask")
@@ -207,7 +207,7 @@ def test_an_app_set_up_while_a_shutdown_runs_in_another_thread_waits_for_it(monk
     first = MakeParallel(make_app(MAKEPARALLEL_NUM_WORKERS=1))
     assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1  # a worker runs
     stopping, go, terminated, settled = (threading.Event() for _ in range(4))
-    terminate_all, wait_for_shutdowns = _runtime.terminate_all, getattr(_runtime, "wait_for_shutdowns", None)
+    terminate_all, reset_once_none_stops = _runtime.terminate_all, _runtime.reset_shutdown_once_none_stops
 
     def held_terminate_all(*args: Any) -> None:
         stopping.set()
@@ -217,11 +217,10 @@ def test_an_app_set_up_while_a_shutdown_runs_in_another_thread_waits_for_it(monk
 
     def announced_wait() -> None:
         settled.set()  # it waits now (or once this returns)
-        assert wait_for_shutdowns is not None
-        wait_for_shutdowns()
+        reset_once_none_stops()
 
     monkeypatch.setattr(_runtime, "terminate_all", held_terminate_all)
-    monkeypatch.setattr(_runtime, "wait_for_shutdowns", announced_wait, raising=False)
+    monkeypatch.setattr(_runtime, "reset_shutdown_once_none_stops", announced_wait)
     seen: dict[str, Any] = {}
 
     def set_up_second_app() -> None:
@@ -244,6 +243,24 @@ def test_an_app_set_up_while_a_shutdown_runs_in_another_thread_waits_for_it(monk
         setting_up.result(30)
     assert seen == {"shutdown over": True, "result": 2}
     assert not _runtime.is_shut_down()
+
+
+@pytest.mark.timeout(60)
+def test_an_app_set_up_as_a_shutdown_begins_stopping_the_workers_is_not_reset_under_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # init_app looked for a shutdown stopping the worker processes, under the
+    # runtime's lock, then reset the library in a second hold of it: a shutdown
+    # that began stopping them in between was reset under, the app's process
+    # tasks failing with ShutdownError as it went on. The look and the reset are
+    # now one hold, which no shutdown comes between.
+    first = MakeParallel(make_app())
+    with shutdown_begun_after_the_look(monkeypatch, first.shutdown) as found:
+        MakeParallel(make_app())
+        reset_under_a_shutdown = _runtime.shutdown_runs()
+    assert (found, reset_under_a_shutdown) == (["held"], False)
+    assert not _runtime.is_shut_down()
+    assert mp.parallel(abs)(-1).get(timeout=30) == 1
 
 
 @pytest.mark.timeout(60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -158,3 +159,57 @@ def check_live_fails_for_good(framework: str, fault: str) -> dict[str, Any]:
             assert client.get("/health/ready").status_code == 503  # unhealthy is not ready either
             assert client.get("/health/live").status_code == 503  # for good: it does not heal
     return report
+
+
+@contextmanager
+def shutdown_begun_after_the_look(monkeypatch: Any, shut_down: Callable[[], object]) -> Iterator[list[str]]:
+    """Run ``shut_down`` on a thread of its own, stopping the workers, right after this thread first looks for one that does.
+
+    Once this thread has looked through the shutdowns that stop the worker
+    processes (``_runtime._stopping_workers``) and found none, at its next call
+    (not a generator's): if it still holds the runtime's lock there, its look
+    and what follows are one hold, which no shutdown can come between, and
+    nothing is started ("held"); else ("free") ``shut_down`` runs and is held
+    as it stops the workers (``terminate_all``) until the block ends. Yields
+    the list of what was found. The trace set before is restored.
+    """
+    from makeparallel import _runtime
+
+    me = threading.get_ident()
+    looked, found = [False], []
+    stopping, go = threading.Event(), threading.Event()
+    terminate_all = _runtime.terminate_all
+
+    class Looked(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Iterator[Any]:
+            if threading.get_ident() == me:
+                looked[0] = True
+            return super().__iter__()
+
+    def held_terminate_all(*args: Any) -> None:
+        stopping.set()
+        assert go.wait(30), "the test never let the shutdown go on"
+        terminate_all(*args)
+
+    def at_each_call(frame: Any, event: str, arg: object) -> None:
+        if event != "call" or not looked[0] or found or frame.f_code.co_flags & inspect.CO_GENERATOR:
+            return
+        if _runtime._lock.locked():
+            found.append("held")
+            return
+        found.append("free")
+        threading.Thread(target=shut_down, name="shutting-down", daemon=True).start()
+        assert stopping.wait(30), "the shutdown never began stopping the workers"
+
+    monkeypatch.setattr(_runtime, "_stopping_workers", Looked())
+    monkeypatch.setattr(_runtime, "terminate_all", held_terminate_all)
+    tracing = sys.gettrace()
+    sys.settrace(at_each_call)
+    try:
+        yield found
+    finally:
+        sys.settrace(tracing)
+        go.set()
+        shutting_down = [thread for thread in threading.enumerate() if thread.name == "shutting-down"]
+        for thread in shutting_down:
+            thread.join(30)

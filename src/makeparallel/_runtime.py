@@ -1015,24 +1015,29 @@ def reset_shutdown() -> None:
     process tasks running then fail with ``ShutdownError``, and the pools take
     tasks again as the shutdown returns.)
     """
-    global _shut_down, _last_shutdown
     # Reopened under the lock, as shutdown() marks the library shut down: reopened
     # after it, a shutdown from another thread in between closed the pools first, and
     # the reset reopened them under it, the library shut down and taking every task.
     with _lock:
-        _shut_down = False
-        _last_shutdown = None
-        for limiter in all_limiters():
-            limiter.reopen()
-        for backend in _all_backends():
-            backend.reopen()
+        _reset_shutdown_locked()
+
+
+def _reset_shutdown_locked() -> None:
+    """:func:`reset_shutdown`, under the lock."""
+    global _shut_down, _last_shutdown
+    _shut_down = False
+    _last_shutdown = None
+    for limiter in all_limiters():
+        limiter.reopen()
+    for backend in _all_backends():
+        backend.reopen()
 
 
 def _begin_stopping_workers() -> bool:
     """Whether a shutdown, its wait over, is to stop the worker processes: not if reset meanwhile.
 
     Decided under the lock, as :func:`reset_shutdown` reopens: the thread is
-    listed until :func:`_end_stopping_workers`, for :func:`wait_for_shutdowns`.
+    listed until :func:`_end_stopping_workers`, for :func:`reset_shutdown_once_none_stops`.
     """
     with _lock:
         if _shut_down:
@@ -1050,13 +1055,19 @@ def _end_stopping_workers() -> None:
 
 
 def shutdown_runs() -> bool:
-    """Whether a shutdown in another thread is stopping the worker processes now (:func:`wait_for_shutdowns`)."""
+    """Whether a shutdown in another thread is stopping the worker processes now (:func:`reset_shutdown_once_none_stops`)."""
     me = threading.get_ident()
     return any(ident != me for ident in list(_stopping_workers))
 
 
-def wait_for_shutdowns() -> None:
-    """Return once no shutdown in another thread is stopping the worker processes: an integration that reopens waits.
+def _others_stop_workers_locked() -> bool:
+    """Whether a shutdown in another thread is stopping the worker processes now (under the lock)."""
+    me = threading.get_ident()
+    return any(ident != me for ident in _stopping_workers)
+
+
+def reset_shutdown_once_none_stops() -> None:
+    """:func:`reset_shutdown` once no shutdown in another thread is stopping the worker processes: an integration that reopens.
 
     A :func:`reset_shutdown` as another thread's shutdown stopped the worker
     processes let it go on under the reopened library, failing the process
@@ -1066,11 +1077,30 @@ def wait_for_shutdowns() -> None:
     it held for good a task of its own that reopened (an app factory called
     in a task, with ``timeout_secs=None``). Nor is one of this thread's (a
     signal handler's call as it ran), which could never end meanwhile.
+
+    The wait and the reset are one hold of the lock, which a shutdown takes
+    to begin stopping the workers (:func:`_begin_stopping_workers`): waited
+    for and then reset in two, a shutdown that began stopping them in between
+    was reset under all the same.
     """
-    me = threading.get_ident()
     with _lock:
-        while any(ident != me for ident in _stopping_workers):
+        while _others_stop_workers_locked():
             _shutdown_ended.wait()
+        _reset_shutdown_locked()
+
+
+def reset_shutdown_unless_one_stops() -> bool:
+    """:func:`reset_shutdown` unless a shutdown in another thread is stopping the worker processes now; return whether it reset.
+
+    For a caller that cannot block (the FastAPI lifespan, on its event loop),
+    which looks again later (:func:`shutdown_runs`). The look and the reset
+    are one hold of the lock, as in :func:`reset_shutdown_once_none_stops`.
+    """
+    with _lock:
+        if _others_stop_workers_locked():
+            return False
+        _reset_shutdown_locked()
+        return True
 
 
 def is_shut_down() -> bool:

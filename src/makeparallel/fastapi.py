@@ -164,9 +164,8 @@ def lifespan(
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
         global _running, _stopping
-        await _counted_once_no_shutdown_runs()  # counted before the library is reopened
+        await _counted_and_reopened_once_no_shutdown_runs()  # a server started again in this process takes tasks again
         try:
-            mp.reset_shutdown()  # a server started again in this process takes tasks again
             if backend is not None:
                 mp.configure(backend=backend)
             if async_cancel is not None:
@@ -199,10 +198,13 @@ def lifespan(
     return run
 
 
-async def _counted_once_no_shutdown_runs() -> None:
-    """Count a lifespan as running, once the shutdown of the last one to end (if one runs) has ended.
+async def _counted_and_reopened_once_no_shutdown_runs() -> None:
+    """Count a lifespan as running, and reopen the library, once the shutdown of the last one to end (if one runs) has ended.
 
-    And once no other shutdown stops the worker processes (``_runtime.wait_for_shutdowns``).
+    And once no other shutdown stops the worker processes
+    (``_runtime.reset_shutdown_unless_one_stops``: looked for and reopened in
+    one hold of the runtime's lock; looked for first and reopened after, a
+    shutdown that began stopping them in between was reopened under).
 
     Counted in the same step as that check, so that a lifespan ending meanwhile
     sees this one and leaves the pools to it. Waited for in slices of the loop,
@@ -216,7 +218,7 @@ async def _counted_once_no_shutdown_runs() -> None:
                 _stopping = None
             # Nor another shutdown stopping the workers (the program's mp.shutdown() in another
             # thread): reopened under it, the library took tasks as it stopped them.
-            if _stopping is None and not _runtime.shutdown_runs():
+            if _stopping is None and _runtime.reset_shutdown_unless_one_stops():
                 _running += 1
                 return
             stopping = _stopping

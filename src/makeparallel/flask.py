@@ -180,8 +180,9 @@ class MakeParallel:
         # app whose every task failed with ShutdownError, its /health/ready 503 for good.
         # Once a shutdown in another thread has stopped the worker processes: reopened
         # meanwhile, the library took tasks while that shutdown went on stopping them.
-        _runtime.wait_for_shutdowns()
-        mp.reset_shutdown()
+        # Waited for and reset in one hold of the runtime's lock: in two, a shutdown
+        # that began stopping them in between was reset under all the same.
+        _runtime.reset_shutdown_once_none_stops()
         if settings["MAKEPARALLEL_BACKEND"] is not None:
             mp.configure(backend=settings["MAKEPARALLEL_BACKEND"])
         if settings["MAKEPARALLEL_NUM_THREADS"] is not None:
