@@ -1425,3 +1425,56 @@ def test_a_function_of_a_module_only_a_finder_the_program_installed_finds_travel
     completed = run_in(tmp_path, "main.py")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["42"]
+
+
+# Run in a fresh interpreter, as a worker would run it: take_path changes sys.path,
+# sys.meta_path and the warning filters of the process it runs in.
+FORGET_WHILE_ANOTHER_THREAD_IMPORTS = """
+import sys
+import types
+from makeparallel._backends import _process_worker
+from makeparallel._backends._interpreter_settings import warning_filters
+
+package = types.ModuleType("moved_package")
+package.__spec__ = types.SimpleNamespace(origin="/elsewhere/moved_package/__init__.py", submodule_search_locations=[])
+sys.modules["moved_package"] = sys.modules["moved_package.part"] = package
+made = []
+
+def import_elsewhere(frame, event, arg):
+    # Each line run inside take_path: another thread of the worker (one a task
+    # left running) imports a module meanwhile.
+    caller = frame
+    while caller is not None and caller.f_code is not _process_worker.take_path.__code__:
+        caller = caller.f_back
+    if caller is not None and event == "line" and len(made) < 50:
+        name = f"imported_meanwhile_{len(made)}"
+        sys.modules[name] = types.ModuleType(name)
+        made.append(name)
+    return import_elsewhere
+
+sys.settrace(import_elsewhere)
+try:
+    _process_worker.take_path(list(sys.path), {"moved_package": ("/here",)}, warning_filters())
+finally:
+    sys.settrace(None)
+assert made, "no line of take_path ran under the trace"
+print(sorted(name for name in sys.modules if name.startswith("moved_package")), made[-1] in sys.modules)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_module_forgotten_as_another_thread_of_the_worker_imports_leaves_the_worker_whole() -> None:
+    # A worker forgets a module that the parent imports from elsewhere now, and its
+    # submodules, found by going through sys.modules in Python: a thread a task left
+    # running that imported meanwhile raised "dictionary changed size during
+    # iteration" out of the worker's loop, between two tasks.
+    result = subprocess.run(
+        [sys.executable, "-c", FORGET_WHILE_ANOTHER_THREAD_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        env={name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "True"]

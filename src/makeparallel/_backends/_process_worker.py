@@ -650,7 +650,9 @@ def take_path(path: list[str], pins: dict[str, tuple[str, ...]], filters: Any) -
         else:  # a namespace package stays: its path is looked for again in its new folders (_keep_portions)
             elsewhere = not _serialization.is_namespace(spec) and _serialization.module_folders(spec) != folders
         if elsewhere:
-            for loaded in [loaded for loaded in sys.modules if loaded == name or loaded.startswith(name + ".")]:
+            # Listed from a copy made in one C call: gone through in Python, an import by another
+            # thread (one a task left running) raised "dictionary changed size during iteration".
+            for loaded in [loaded for loaded in list(sys.modules) if loaded == name or loaded.startswith(name + ".")]:
                 del sys.modules[loaded]
             _serialization.forget_loaded_functions()  # a function of the old copy pickles as one of the new
     interpreter_settings.take_filters(filters)  # the program's, as they stand at its task's submission
