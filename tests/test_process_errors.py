@@ -829,3 +829,39 @@ def test_an_initializer_error_whose_pickling_raises_systemexit_is_reported_as_th
     assert "the worker initializer initializer_raising_what_exits_as_it_is_pickled raised" in str(error)
     assert type(error.__cause__) is mp.TaskError
     assert str(error.__cause__) == "ExitsAsItIsPickledError: no model (it cannot be pickled: SystemExit: 4)"
+
+
+@pytest.mark.timeout(30)
+def test_an_error_class_changed_by_another_thread_as_its_fields_are_read_still_pickles() -> None:
+    # The fields an error keeps outside its __dict__ were found by going through each
+    # class's __dict__ in Python: another thread setting an attribute of the class
+    # meanwhile (a class-level cache a task fills) raised "dictionary changed size
+    # during iteration" out of the error's pickling, and the task's error was lost.
+    from makeparallel import _remote_errors
+
+    class Coded(Exception):
+        __slots__ = ("code",)
+
+    error = Coded("refused")
+    error.code = 7
+    added: list[str] = []
+
+    def set_a_class_attribute_at_each_line(frame: Any, event: str, arg: object) -> object:
+        caller = frame
+        while caller is not None and caller.f_code is not _remote_errors._fields.__code__:
+            caller = caller.f_back
+        if caller is None:
+            return None
+        if event == "line" and len(added) < 20:
+            added.append(f"cached_{len(added)}")
+            setattr(Coded, added[-1], len(added))  # as another thread may, at any line
+        return set_a_class_attribute_at_each_line
+
+    tracing = sys.gettrace()
+    sys.settrace(set_a_class_attribute_at_each_line)
+    try:
+        fields = _remote_errors._fields(error)
+    finally:
+        sys.settrace(tracing)
+    assert added  # (the reading ran under the trace)
+    assert fields["code"] == 7

@@ -360,7 +360,9 @@ def _fields(error: BaseException) -> dict[str, Any]:
     """
     fields = {}
     for klass in type(error).__mro__:
-        for name, attribute in vars(klass).items():
+        # A copy made in one C call: gone through in Python, another thread setting an attribute
+        # of the class meanwhile raised "dictionary changed size during iteration".
+        for name, attribute in list(vars(klass).items()):
             if name in _NOT_FIELDS or name in fields:
                 continue
             if isinstance(attribute, (types.MemberDescriptorType, types.GetSetDescriptorType)):
