@@ -856,6 +856,51 @@ def test_a_recycled_workers_replacement_takes_the_tasks_held_for_one_still_start
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
+def hang_once(lock: str, started: str, fifo: str) -> None:
+    """The first worker to take ``lock`` writes its pid to ``started`` and stays here for good; the others return."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept for the worker's life: one worker hangs
+    except BlockingIOError:
+        os.close(fd)
+        return
+    with open(f"{started}.part", "w") as file:
+        file.write(str(os.getpid()))
+    os.replace(f"{started}.part", started)
+    with open(fifo) as never:  # blocks in open(): no writer ever comes
+        never.read()
+
+
+@pytest.mark.parametrize("recycled", ["as its last task is given", "as max_tasks_per_child is lowered"])
+def test_a_recycled_worker_stuck_in_its_initializer_gives_its_tasks_to_its_idle_replacement(
+    tmp_path: Path, recycled: str
+) -> None:
+    # Recycled (max_tasks_per_child) before it was ready, the worker kept the tasks held
+    # for it as its last ones, and counted as busy with them: its replacement, ready,
+    # idled beside it, and they waited for an initializer that never returned.
+    started, fifo = tmp_path / "started", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fresh_process_pool(1)
+    limit = 1 if recycled == "as its last task is given" else None
+    mp.configure_process_pool(initializer=hang_once, initargs=(str(tmp_path / "lock"), str(started), str(fifo)))
+    mp.configure_process_pool(max_tasks_per_child=limit)
+    pid = None
+    try:
+        held = on_process(os.getpid)()  # given to the first worker, which hangs: held here for it
+        assert wait_until(started.exists, 30)
+        pid = int(started.read_text())
+        if limit is None:  # (else it is its last task already: its replacement starts at once)
+            assert wait_until(lambda: info()["held_tasks"] == 1, 30), info()
+            mp.configure_process_pool(max_tasks_per_child=1)  # its one held task is its last now
+        assert held.get(timeout=30) != pid  # run by its replacement
+        assert not gone(pid)  # still in its initializer: left to it, as a replaced worker is
+        assert info()["held_tasks"] == 0
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: gone(pid), 30)
+
+
 def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
     # cancel_pending cancels the tasks not started: one held in the parent for a
     # worker in its initializer was given to the idle worker and ran.

@@ -1107,17 +1107,40 @@ class ProcessBackend(QueueingBackend):
         counted, they held the queue until all but the new size's number of
         them had ended; nor one still starting that holds tasks it gives back
         to an idle worker (:meth:`_hand_over_held`: counted, the replacement
-        was never idle to take them, and they waited for the initializer).
+        was never idle to take them, and they waited for the initializer),
+        unless recycled already: its replacement takes no other task while it
+        will run them, but takes them themselves (:meth:`_takes_held_locked`).
         """
+        running, last_held = self._busy_counts_locked()
+        return running + last_held >= self._num_workers
+
+    def _busy_counts_locked(self) -> tuple[int, int]:
+        """The workers that count as running tasks (:meth:`_full_locked`): those ready, and those recycled still starting."""
         stale, surplus = self._stale, self._surplus
-        busy = sum(
-            1
-            for w in self._workers
-            if w.outstanding
-            and (w.ready or w.leaving)
-            and not (w.killing or w.retiring or w.exited or w in surplus or w in stale)
-        )
-        return busy >= self._num_workers
+        running = last_held = 0
+        for w in self._workers:
+            if not w.outstanding or w.killing or w.retiring or w.exited or w in surplus or w in stale:
+                continue
+            if w.ready:
+                running += 1
+            elif w.leaving:  # its first tasks, held for it, are its last
+                last_held += 1
+        return running, last_held
+
+    def _takes_held_locked(self, worker: _Worker) -> bool:
+        """Whether ``worker``, ready and idle, takes the tasks held for workers still starting.
+
+        As :meth:`_declines_locked` has it, except that those held for a
+        recycled worker (``max_tasks_per_child``), counted as running there,
+        are no reason to decline them: it would have been the idle
+        replacement of a worker stuck in its initializer, declining that
+        worker's tasks for good.
+        """
+        if not worker.ready or worker.outstanding or worker.killing or worker.leaving or worker.held is not None:
+            return False
+        if worker in self._surplus:
+            return False
+        return len(self._workers) <= self._num_workers or self._busy_counts_locked()[0] < self._num_workers
 
     def _hand_over_held(self, workers: list[_Worker]) -> None:
         """Put the tasks held for workers still starting back in the queue while a ready worker is idle.
@@ -1129,14 +1152,17 @@ class ProcessBackend(QueueingBackend):
         pipe, they go back to the queue, where they take their turn by
         priority and order again, idle ready workers served first (taken
         back only once the queue was empty, a held task of high priority
-        waited behind every later one). Not those of a worker recycled
-        already (``max_tasks_per_child``: they are its last, and its
-        replacement started) or being killed (they go back as it dies).
+        waited behind every later one). Those of a worker recycled already
+        too (``max_tasks_per_child``, reached by the tasks held for it): they
+        were to be its last, and it leaves with none, once set up (its
+        replacement has started). Kept for it, they waited for an initializer
+        that never returned for good, beside that idle replacement. Not those
+        of a worker being killed (they go back as it dies).
         """
         with self._lock:
-            starting = [w for w in workers if w.held is not None and not (w.ready or w.leaving or w.killing)]
+            starting = [w for w in workers if w.held is not None and not (w.ready or w.killing)]
             self._holding = bool(starting)
-            if starting and any(w.ready and not w.outstanding and not self._declines_locked(w) for w in workers):
+            if starting and any(self._takes_held_locked(w) for w in workers):
                 taken = [handle for worker in starting for handle in self._take_back_held_locked(worker)]
                 for handle in sorted(taken, key=lambda handle: handle._id, reverse=True):  # oldest in front
                     self._requeue_locked(handle)
