@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -250,6 +251,44 @@ def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
         mp.configure_process_pool(initializer=None)
     assert all(handle.status == "cancelled" for handle in handles)
     assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+
+
+def set_up_quickly() -> None:
+    """An initializer that returns at once."""
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_start_names_the_initializer_the_stuck_worker_runs_not_the_one_that_replaced_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker stuck in its initializer is left to it when a new initializer replaces
+    # it; the reason named the pool's new initializer, which its replacement had run
+    # in no time, and sent whoever read it to the wrong function.
+    fresh_process_pool(1)
+    clock = [time.monotonic() + 2 * _process.RESTART_WINDOW]
+    monkeypatch.setattr(_process, "_now", lambda: clock[0])
+    started, fifo = tmp_path / "started", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    mp.configure_process_pool(initializer=hang_in_initializer, initargs=(str(started), str(fifo)), prestart=True)
+    pid = None
+    try:
+        assert wait_until(started.exists, 30)
+        pid = int(started.read_text())
+        mp.configure_process_pool(initializer=set_up_quickly)  # its replacement gets ready; it stays stuck
+        assert wait_until(lambda: mp.get_process_pool_info()["ready_workers"] == 1, 30)
+        clock[0] += _health.SLOW_START + 1.0
+        report = mp.health(memory_limit_percent=100.0)
+        assert pool_reasons(report) == [
+            "process pool: 1 worker(s) starting for over 60 s (initializer hang_in_initializer), 1 ready"
+        ]
+        pool = report["pools"]["process"]
+        assert (pool["initializer"], pool["longest_start_initializer"]) == ("set_up_quickly", "hang_in_initializer")
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+        mp.configure_process_pool(initializer=None)
+    assert wait_until(lambda: mp.get_process_pool_info()["longest_start_initializer"] is None, 30)  # its end seen
 
 
 def test_a_slow_start_is_as_long_as_the_fastapi_lifespan_waits_for_prestarted_workers() -> None:

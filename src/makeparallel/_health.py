@@ -171,7 +171,9 @@ def _slow_start_reason(name: str, info: dict[str, Any]) -> str | None:
     longest = info.get("longest_start_s")
     if longest is None or longest <= SLOW_START or info.get("closed"):
         return None
-    initializer = f" (initializer {info['initializer']})" if info.get("initializer") else ""
+    # The initializer that worker runs: a new one (the pool's) leaves it running its own.
+    runs = info.get("longest_start_initializer")
+    initializer = f" (initializer {runs})" if runs else ""
     if _waits_on_start(info):
         waiting = info.get("queued_tasks", 0) + info.get("held_tasks", 0)
         return f"{name} pool: {waiting} task(s) wait for workers starting for over {SLOW_START:g} s{initializer}, and none is ready"

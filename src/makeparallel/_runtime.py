@@ -608,7 +608,10 @@ def get_process_pool_info() -> dict[str, Any]:
     those still starting (forked, their initializer running): the tasks given to
     one are held in this process and have not begun, so it is not busy.
     ``"held_tasks"`` counts those tasks, and ``"longest_start_s"`` says for how
-    many seconds the worker starting longest has been starting (``None``: none is).
+    many seconds the worker starting longest has been starting (``None``: none is);
+    ``"longest_start_initializer"`` names the initializer that worker runs
+    (``None``: none is starting, or it runs none), which is not the pool's
+    ``"initializer"`` where a new one replaced the workers as it ran the old one.
 
     Also the thread-count variables (``OMP_NUM_THREADS`` and the BLAS ones) its
     workers get: ``max(1, usable CPUs // num_workers)`` each, unless they are

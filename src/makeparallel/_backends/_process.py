@@ -440,6 +440,7 @@ class ProcessBackend(QueueingBackend):
     def info(self) -> dict[str, Any]:
         with self._lock:
             starting = [w for w in self._workers if not (w.ready or w.exited or w.killing)]
+            longest = min(starting, key=lambda w: w.started_at, default=None)
             now = _now()
             return {
                 "backend": self.name,
@@ -452,7 +453,10 @@ class ProcessBackend(QueueingBackend):
                 "busy_workers": sum(1 for w in self._workers if w.ready and w.outstanding),
                 "starting_workers": len(starting),
                 # How long the one starting longest has been (its initializer may never return); None: none is.
-                "longest_start_s": max((now - w.started_at for w in starting), default=None),
+                "longest_start_s": now - longest.started_at if longest is not None else None,
+                # The initializer that one runs: its own, which a new set-up does not change (it is left to
+                # finish it). The pool's, named, was a new one its replacements had run in no time.
+                "longest_start_initializer": (longest.initializer or None) if longest is not None else None,
                 "held_tasks": sum(len(w.held[0]) for w in starting if w.held is not None),
                 "queued_tasks": self._queued,
                 "active_tasks": self._active,
