@@ -901,56 +901,6 @@ def test_a_recycled_worker_stuck_in_its_initializer_gives_its_tasks_to_its_idle_
             assert wait_until(lambda: gone(pid), 30)
 
 
-def hang_on_turns(turns: tuple[int, ...], counter: str, hung: str, fifo: str) -> None:
-    """The workers whose turn (their order of start, from 0) is in ``turns`` write their pid to ``hung`` and stay here for good."""
-    fd = os.open(counter, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        turn = int(os.read(fd, 20) or b"0")
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, str(turn + 1).encode())
-    finally:
-        os.close(fd)
-    if turn not in turns:
-        return
-    with open(hung, "a") as file:
-        file.write(f"{os.getpid()}\n")
-    with open(fifo) as never:  # blocks in open(): no writer ever comes
-        never.read()
-
-
-def test_a_recycled_worker_that_gave_its_tasks_away_does_not_hold_back_the_next_replacement(tmp_path: Path) -> None:
-    # A recycled worker stuck in its initializer gives its tasks to its idle replacement,
-    # but still counted as one finishing its last tasks, which only one at a time does
-    # beside its replacement: the next worker recycled as it started (stuck too) was
-    # given no replacement, and its tasks waited for good.
-    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    fresh_process_pool(1)
-    mp.configure_process_pool(max_tasks_per_child=1)
-    try:
-        mp.configure_process_pool(
-            initializer=hang_on_turns, initargs=((0, 2), str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
-        )
-        assert wait_until(lambda: len(hung_pids(hung)) == 1, 30)  # the first worker hangs before any task
-        first = on_process(os.getpid)()  # held for it, its last: run by its replacement (the second)
-        assert first.get(timeout=30) not in hung_pids(hung)
-        # The third replaced the second as it was given that task, and hangs too.
-        assert wait_until(lambda: len(hung_pids(hung)) == 2, 30)
-        second = on_process(os.getpid)()  # held for the third, its last: run by a fourth
-        assert second.get(timeout=30) not in hung_pids(hung)
-    finally:
-        for pid in hung_pids(hung):
-            os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
-        fresh_process_pool(1)  # not prestarted any more
-
-
-def hung_pids(hung: Path) -> list[int]:
-    """The pids :func:`hang_on_turns` wrote."""
-    return [int(line) for line in hung.read_text().split()] if hung.exists() else []
-
-
 def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
     # cancel_pending cancels the tasks not started: one held in the parent for a
     # worker in its initializer was given to the idle worker and ran.

@@ -983,13 +983,8 @@ class ProcessBackend(QueueingBackend):
             # Workers recycled for a reason (max_tasks_per_child, max_worker_memory) finish
             # their tasks, then exit: one may overlap its replacement, the others' wait.
             # Else with max_tasks_per_child=1 each task sent started a worker: 31 at once
-            # for 30 queued tasks. A new set-up replaces every worker at once. Not one still
-            # starting that gave its tasks away (_hand_over_held): it has none to finish, and may
-            # never end its initializer; counted, the next worker recycled as it started was
-            # given no replacement, and its tasks waited for good.
-            recycled = sum(
-                1 for w in self._workers if w.leaving and not (w.retiring or w.exited) and (w.ready or w.outstanding)
-            )
+            # for 30 queued tasks. A new set-up replaces every worker at once.
+            recycled = sum(1 for w in self._workers if w.leaving and not (w.retiring or w.exited))
             # Tasks held for a worker still starting wait for a worker too: with the pool one short
             # (its ready worker died, or was recycled) they waited out that worker's initializer.
             wanted = (self._queued or self._holding or self._warm or self._task_coming) and self._broken is None
