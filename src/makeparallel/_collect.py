@@ -198,8 +198,9 @@ class Completions:
         ``counted``: the handles a timeout's error counts the unfinished ones of
         (:func:`unfinished_of`), a collection the caller keeps: ``gather``'s as
         listed, ``as_completed``'s not yet yielded (it lets go of the others).
-        Without it, the error counts those not taken yet, one that ended just
-        as the wait gave up as unfinished, and a task listed twice twice.
+        Without it (a map's chunks), the error counts the handles not taken
+        yet: one that ended just as the wait gave up counts as unfinished, and
+        one listed twice as two.
         """
         completions = cls(timeout)
         completions._counted = counted
