@@ -213,12 +213,8 @@ def pool_reasons(report: dict[str, Any]) -> list[str]:
     return [reason for reason in report["reasons"] if reason.startswith("process pool")]
 
 
-@pytest.mark.timeout(60)
-def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # With one or two tasks waiting (under the saturation limit) health() said
-    # "ok" for good: a readiness probe never saw a pool whose tasks never start.
+def one_worker_stuck_in_its_initializer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], int]:
+    """A pool of one worker, prestarted, stuck in its initializer: the pool's clock (to move) and the worker's pid."""
     fresh_process_pool(1)
     clock = [time.monotonic() + 2 * _process.RESTART_WINDOW]
     monkeypatch.setattr(_process, "_now", lambda: clock[0])
@@ -227,7 +223,20 @@ def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
     mp.configure_process_pool(initializer=hang_in_initializer, initargs=(str(started), str(fifo)), prestart=True)
     try:
         assert wait_until(started.exists, 30)
-        pid = int(started.read_text())
+    except BaseException:
+        mp.configure_process_pool(initializer=None)
+        raise
+    return clock, int(started.read_text())
+
+
+@pytest.mark.timeout(60)
+def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one or two tasks waiting (under the saturation limit) health() said
+    # "ok" for good: a readiness probe never saw a pool whose tasks never start.
+    clock, pid = one_worker_stuck_in_its_initializer(tmp_path, monkeypatch)
+    try:
         clock[0] += _health.SLOW_START
         assert pool_reasons(mp.health(memory_limit_percent=100.0)) == []  # slow, not yet too slow
         clock[0] += 1.0
@@ -264,16 +273,8 @@ def test_a_slow_start_names_the_initializer_the_stuck_worker_runs_not_the_one_th
     # A worker stuck in its initializer is left to it when a new initializer replaces
     # it; the reason named the pool's new initializer, which its replacement had run
     # in no time, and sent whoever read it to the wrong function.
-    fresh_process_pool(1)
-    clock = [time.monotonic() + 2 * _process.RESTART_WINDOW]
-    monkeypatch.setattr(_process, "_now", lambda: clock[0])
-    started, fifo = tmp_path / "started", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    mp.configure_process_pool(initializer=hang_in_initializer, initargs=(str(started), str(fifo)), prestart=True)
-    pid = None
+    clock, pid = one_worker_stuck_in_its_initializer(tmp_path, monkeypatch)
     try:
-        assert wait_until(started.exists, 30)
-        pid = int(started.read_text())
         mp.configure_process_pool(initializer=set_up_quickly)  # its replacement gets ready; it stays stuck
         assert wait_until(lambda: mp.get_process_pool_info()["ready_workers"] == 1, 30)
         clock[0] += _health.SLOW_START + 1.0
@@ -284,9 +285,8 @@ def test_a_slow_start_names_the_initializer_the_stuck_worker_runs_not_the_one_th
         pool = report["pools"]["process"]
         assert (pool["initializer"], pool["longest_start_initializer"]) == ("set_up_quickly", "hang_in_initializer")
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
         mp.configure_process_pool(initializer=None)
     assert wait_until(lambda: mp.get_process_pool_info()["longest_start_initializer"] is None, 30)  # its end seen
 
