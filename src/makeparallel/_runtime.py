@@ -1058,15 +1058,12 @@ def _end_stopping_workers() -> None:
 
 
 def shutdown_runs() -> bool:
-    """Whether a shutdown in another thread is stopping the worker processes now (:func:`reset_shutdown_once_none_stops`)."""
+    """Whether a shutdown in another thread is stopping the worker processes now (:func:`reset_shutdown_once_none_stops`).
+
+    Read from a copy: under the lock, to reset in the same hold, or without it, to look again later.
+    """
     me = threading.get_ident()
     return any(ident != me for ident in list(_stopping_workers))
-
-
-def _others_stop_workers_locked() -> bool:
-    """Whether a shutdown in another thread is stopping the worker processes now (under the lock)."""
-    me = threading.get_ident()
-    return any(ident != me for ident in _stopping_workers)
 
 
 def reset_shutdown_once_none_stops() -> None:
@@ -1087,7 +1084,7 @@ def reset_shutdown_once_none_stops() -> None:
     was reset under all the same.
     """
     with _lock:
-        while _others_stop_workers_locked():
+        while shutdown_runs():
             _shutdown_ended.wait()
         _reset_shutdown_locked()
 
@@ -1100,7 +1097,7 @@ def reset_shutdown_unless_one_stops() -> bool:
     are one hold of the lock, as in :func:`reset_shutdown_once_none_stops`.
     """
     with _lock:
-        if _others_stop_workers_locked():
+        if shutdown_runs():
             return False
         _reset_shutdown_locked()
         return True
