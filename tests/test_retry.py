@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import inspect
+import pickle
 import random
 import threading
 import time
@@ -1822,6 +1824,41 @@ def test_an_async_method_under_a_retry_decorator_made_parallel_keeps_its_instanc
 def test_bare_retry_decorator() -> None:
     flaky = Flaky(3, ValueError)
     assert mp.retry(flaky)() == 4
+
+
+@mp.retry(max_retries=1)
+def retried_by_name(x: int) -> int:
+    return x * 10
+
+
+class RetriedMethods:
+    @mp.retry_backoff(max_attempts=2, initial_delay=0.0)
+    def scaled(self, x: int) -> int:
+        return x * 100
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_decorated_function_pickles_by_its_name_as_a_plain_function_does() -> None:
+    # pickle sends a function by its name: the name gave the decorator, not the function it
+    # wraps, and pickle refused it ("not the same object as ..."), so a multiprocessing Pool or a
+    # ProcessPoolExecutor could not run it (tenacity#147). The decorator itself goes by name.
+    for fn in (retried_by_name, RetriedMethods.scaled):
+        assert pickle.loads(pickle.dumps(fn)) is fn
+    bound = pickle.loads(pickle.dumps(RetriedMethods().scaled))
+    assert bound(2) == 200
+    assert copy.deepcopy(retried_by_name) is retried_by_name
+    with ProcessPoolExecutor(1) as pool:
+        assert pool.submit(retried_by_name, 4).result(timeout=30) == 40
+
+
+def test_a_retry_decorated_function_of_no_name_pickles_with_what_it_wraps() -> None:
+    # Not found by its name (made in a function): it travels as what it wraps and its policy,
+    # as a parallel function does; pickle refuses the local function, naming it.
+    def local(x: int) -> int:
+        return x
+
+    with pytest.raises((pickle.PicklingError, AttributeError), match="local"):
+        pickle.dumps(mp.retry(local))
 
 
 @pytest.mark.timeout(20)

@@ -10,6 +10,7 @@ Their ``on`` is ``Exception``, as in 0.2.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -20,6 +21,7 @@ from ._decorators import (
     _describe,
     _generator_kind,
     _returns_coroutines,
+    _sent_by_value,
     _wraps,
 )
 from ._handle import _add_note
@@ -58,6 +60,25 @@ class RetryingFunction:
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else functools.partial(self, instance)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By its name, as pickle sends a function, where that name gives this very object. Pickled
+        # as its attributes, its function went by that same name, which gave the decorator, and
+        # pickle refused it ("not the same object as mod.fn"): a multiprocessing Pool or a
+        # ProcessPoolExecutor could not run a retried function (tenacity#147). One of the main
+        # script or of a module cloudpickle sends by value, or not found by its name, travels as
+        # its function and policy, as a parallel function does (_decorators.ParallelFunction).
+        fn = self.__wrapped__  # type: ignore[attr-defined]
+        module, qualname = getattr(self, "__module__", None), getattr(self, "__qualname__", None)
+        if isinstance(module, str) and isinstance(qualname, str) and not _sent_by_value(module):
+            target: Any = sys.modules.get(module)
+            for part in qualname.split("."):
+                target = getattr(target, part, None)
+            if target is self:
+                from ._serialization import imported_object  # only where something is pickled
+
+                return (imported_object, (module, qualname))
+        return (RetryingFunction, (fn, self.__makeparallel_retry__))
 
     def __repr__(self) -> str:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
