@@ -286,6 +286,42 @@ def test_a_failed_trial_opens_it_at_the_trials_failure_rate(clock: FakeClock) ->
     assert refusal.failure_rate == 0.5 and "is open (failure rate 50%)" in str(refusal)
 
 
+def raises_no_answer(kind: str) -> str:
+    """Fails with an error that is no ``Exception``, or a cancellation, raised by the task's own code."""
+    if kind == "fail":
+        raise ConnectionError("payments down")
+    if kind == "ok":
+        return "paid"
+    errors: dict[str, BaseException] = {
+        "CancelledError": asyncio.CancelledError(),
+        "SystemExit": SystemExit(3),
+        "KeyboardInterrupt": KeyboardInterrupt(),
+        "TaskCancelledError": mp.TaskCancelledError("the call it waited for was cancelled"),
+    }
+    raise errors[kind]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("kind", ["CancelledError", "SystemExit", "KeyboardInterrupt", "TaskCancelledError"])
+def test_a_trial_that_ends_with_no_answer_neither_closes_nor_counts(backend: str, kind: str, clock: FakeClock) -> None:
+    # Such an ending was recorded as a success (it is not a failure that `on` names): a
+    # half-open trial that raised asyncio.CancelledError closed the breaker, as though the
+    # dependency had answered. Cancellations count as nothing; so do these, and the trial
+    # permit goes back, for the next call to take.
+    breaker = breaker_for(clock, half_open_calls=1)
+    call = mp.parallel(backend=backend, circuit_breaker=breaker)(raises_no_answer)
+    for _ in range(4):
+        assert isinstance(call("fail").exception(timeout=30), ConnectionError)
+    clock.now += 31
+    trial = call(kind)
+    assert type(trial.exception(timeout=30)).__name__ == kind
+    stats = breaker.statistics()
+    assert (stats.state, stats.successful_calls, stats.failed_calls, stats.buffered_calls) == ("half_open", 0, 4, 0)
+    assert call("fail").exception(timeout=30).__class__ is ConnectionError  # the permit came back: a trial ran
+    assert breaker.state == "open"
+
+
 def test_reset_and_force_open(clock: FakeClock) -> None:
     breaker = breaker_for(clock)
     pay = guarded(breaker)
@@ -1062,9 +1098,9 @@ def test_a_call_admitted_while_closed_that_waits_for_its_slot_is_no_trial(
 def test_a_call_that_raises_out_of_its_own_submission_gives_back_no_permit_twice(
     clock: FakeClock, gate: threading.Event
 ) -> None:
-    # A sync task raising SystemExit ends (its outcome recorded), then raises out
-    # of the call: the call gave its permit back again, and a third trial went
-    # through a half-open round of two.
+    # A sync task raising SystemExit ends (its trial permit given back: such an
+    # ending counts as nothing), then raises out of the call: the call gave its
+    # permit back again, and a fourth trial went through a half-open round of two.
     resize(2)
     breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=2)
 
@@ -1075,7 +1111,8 @@ def test_a_call_that_raises_out_of_its_own_submission_gives_back_no_permit_twice
     clock.now += 31
     first_trial = mp.parallel(backend="thread", circuit_breaker=breaker)(gate.wait)(30)
     with pytest.raises(SystemExit):
-        mp.parallel(backend="sync", circuit_breaker=breaker)(leave)()  # the second trial
+        mp.parallel(backend="sync", circuit_breaker=breaker)(leave)()  # the second trial, which gives its place back
+    assert outcome(mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1)) == "ok"  # the second trial
     assert outcome(mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1)) == "CircuitOpenError"
     gate.set()
     assert first_trial.get(timeout=30) is True

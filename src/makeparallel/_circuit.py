@@ -157,8 +157,10 @@ class CircuitBreaker:
             however many threads call at once. All must succeed to close it.
         on: what counts as a failure: an exception type, a tuple of them, or a
             predicate ``f(exc) -> bool``; other errors count as successes (the
-            dependency answered). Cancellations, and this breaker's own
-            refusals, count as nothing; a ``CircuitOpenError`` that the task's
+            dependency answered). Cancellations, errors that are no
+            ``Exception`` (``SystemExit``, an ``asyncio.CancelledError`` the
+            task's code raised), and this breaker's own refusals, count as
+            nothing; a ``CircuitOpenError`` that the task's
             code raised (a breaker refused a call it made) is judged by
             ``on`` as any error. An error
             whose predicate raises counts as a failure, and a note on it gives
@@ -317,6 +319,19 @@ class CircuitBreaker:
             if not (on_deadline_thread and _events.listeners and self.announce_aside(old, state)):
                 self._announce(old, state)
         return permit
+
+    @staticmethod
+    def answered(error: BaseException) -> bool:
+        """Whether a call that ran and failed with ``error`` tells anything of the dependency.
+
+        Not a cancellation, nor an error that is no ``Exception``
+        (``KeyboardInterrupt``, ``SystemExit``, an ``asyncio.CancelledError``
+        that the task's own code raised): such a call was stopped, it got no
+        answer. It counts as nothing, as a cancelled call does, and gives back
+        its trial permit; counted as a success (``on`` names no such error),
+        a half-open trial ending so closed the breaker.
+        """
+        return isinstance(error, Exception) and not isinstance(error, TaskCancelledError)
 
     def counts_as_failure(self, error: BaseException) -> bool:
         """Whether ``error``, the outcome of a call that ran, fails the dependency (``on``); cancellations never do.

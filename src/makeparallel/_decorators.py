@@ -294,7 +294,7 @@ class GuardedTaskSpec(RetryingTaskSpec):
         record = getattr(handle, "_retry", None)
         if record is not None and not record.holds_permit:
             return  # ended as it waited to retry (cancelled, given up): its last outcome was recorded then
-        if state == CANCELLED:
+        if state == CANCELLED or (state != SUCCEEDED and not breaker.answered(value)):
             breaker.release(admitted_in)
         elif not (record is not None and record.refused and record.last_error is value):  # refused: it never ran
             failed = state != SUCCEEDED and self._counts_as_failure(verdict, value)
