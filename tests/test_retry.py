@@ -1851,6 +1851,29 @@ def test_a_retry_decorated_function_pickles_by_its_name_as_a_plain_function_does
         assert pool.submit(retried_by_name, 4).result(timeout=30) == 40
 
 
+class RetriedClassMethods:
+    @classmethod
+    @mp.retry(max_retries=1)
+    def named(cls, x: int) -> str:
+        return f"{cls.__name__} {x}"
+
+    @mp.retry(max_retries=1)
+    @classmethod
+    def named_too(cls, x: int) -> str:
+        return f"{cls.__name__} {x}"
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_decorated_class_method_pickles_bound_to_its_class() -> None:
+    # Up to Python 3.12 a class method binds the retrying function as a partial of it and the
+    # class: its name gave that partial, not the retrying function, which then went as what it
+    # wraps, by the same name, and pickle refused it ("not the same object as ...").
+    for method in (RetriedClassMethods.named, RetriedClassMethods.named_too):
+        assert pickle.loads(pickle.dumps(method))(3) == "RetriedClassMethods 3"
+    with ProcessPoolExecutor(1) as pool:
+        assert pool.submit(RetriedClassMethods.named, 4).result(timeout=30) == "RetriedClassMethods 4"
+
+
 def test_a_retry_decorated_function_of_no_name_pickles_with_what_it_wraps() -> None:
     # Not found by its name (made in a function): it travels as what it wraps and its policy,
     # as a parallel function does; pickle refuses the local function, naming it.

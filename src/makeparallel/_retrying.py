@@ -13,6 +13,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from types import MethodType
 from typing import Any, TypeVar, overload
 
 from ._decorators import (
@@ -78,10 +79,43 @@ class RetryingFunction:
                 from ._serialization import imported_object  # only where something is pickled
 
                 return (imported_object, (module, qualname))
+            if _bound_of(target) is self:  # a class method's, read on its class (up to 3.12: a partial)
+                return (_named_unbound, (module, qualname))
         return (RetryingFunction, (fn, self.__makeparallel_retry__))
 
     def __repr__(self) -> str:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
+
+
+def _bound_of(target: Any) -> Any:
+    """The retrying function ``target`` binds, where it is one bound (a class method read on its class), else None.
+
+    Up to Python 3.12 a class method binds what it holds through that
+    object's ``__get__``: for a :class:`RetryingFunction`, a partial of it and
+    the class. From 3.13, a method.
+    """
+    if isinstance(target, functools.partial):
+        return target.func
+    return getattr(target, "__func__", None) if isinstance(target, MethodType) else None
+
+
+def _named_unbound(module: str, qualname: str) -> RetryingFunction:
+    """The retrying function that ``module``'s object under ``qualname`` binds: a class method's, unpickled by its name.
+
+    Raises:
+        ImportError: ``module`` cannot be imported here.
+        AttributeError: it has no object of that name.
+        TypeError: that name holds no retrying function bound to its class here.
+    """
+    from ._serialization import imported_object  # only where something is unpickled
+
+    function = _bound_of(imported_object(module, qualname))
+    if not isinstance(function, RetryingFunction):
+        raise TypeError(
+            f"{module}.{qualname} is no class method under a retry decorator here, as it was where it was "
+            "pickled: import the same version of that module in both processes"
+        )
+    return function
 
 
 def _retrying_coroutine_function(fn: Callable[..., Any], policy: Retry) -> Callable[..., Any]:
