@@ -7,12 +7,17 @@ import contextlib
 import copy
 import functools
 import inspect
+import multiprocessing
+import os
 import pickle
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1872,6 +1877,51 @@ def test_a_retry_decorated_class_method_pickles_bound_to_its_class() -> None:
         assert pickle.loads(pickle.dumps(method))(3) == "RetriedClassMethods 3"
     with ProcessPoolExecutor(1) as pool:
         assert pool.submit(RetriedClassMethods.named, 4).result(timeout=30) == "RetriedClassMethods 4"
+
+
+MAIN_SCRIPT_POOLS = """
+import multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+import makeparallel as mp
+
+@mp.retry(max_retries=1)
+def doubled(x):
+    return x * 2
+
+class Steps:
+    @mp.retry_backoff(max_attempts=2, initial_delay=0.0)
+    def plus_one(self, x):
+        return x + 1
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context(sys.argv[1])
+    with context.Pool(1) as pool:
+        print(pool.map(doubled, [1, 2]), pool.map(Steps().plus_one, [1, 2]))
+    with ProcessPoolExecutor(1, mp_context=context) as executor:
+        print(list(executor.map(doubled, [3])))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_retry_decorated_function_of_the_main_script_runs_in_a_multiprocessing_pool(
+    start_method: str, tmp_path: Path
+) -> None:
+    # tenacity#147's own example: a script's retried function, mapped by a multiprocessing Pool.
+    # One of the main script went as what it wraps, by value for cloudpickle (Dask, joblib),
+    # whose workers do not run the script; multiprocessing's pickler sent that function by its
+    # name, which gave the decorator, and refused it ("not the same object as __main__.doubled").
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} start method here")
+    script = tmp_path / "pool_script.py"
+    script.write_text(MAIN_SCRIPT_POOLS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKEPARALLEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, str(script), start_method], capture_output=True, text=True, env=env, timeout=100, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[2, 4] [2, 3]", "[6]"]
 
 
 def test_a_retry_decorated_function_of_no_name_pickles_with_what_it_wraps() -> None:

@@ -68,10 +68,22 @@ class RetryingFunction:
         # pickle refused it ("not the same object as mod.fn"): a multiprocessing Pool or a
         # ProcessPoolExecutor could not run a retried function (tenacity#147). One of the main
         # script or of a module cloudpickle sends by value, or not found by its name, travels as
-        # its function and policy, as a parallel function does (_decorators.ParallelFunction).
+        # its function and policy, as a parallel function does (_decorators.ParallelFunction);
+        # multiprocessing's own pickler sends the main script's by name (_reduce_by_name).
+        module = getattr(self, "__module__", None)
+        if isinstance(module, str) and _sent_by_value(module):
+            return (RetryingFunction, (self.__wrapped__, self.__makeparallel_retry__))  # type: ignore[attr-defined]
+        return self._reduce_by_name()
+
+    def _reduce_by_name(self) -> tuple[Any, ...]:
+        """By its name wherever that name gives it (the main script's too), else as its function and policy.
+
+        How multiprocessing's pickler sends it (``_let_multiprocessing_send_by_name``):
+        its workers run the main script again (``spawn``) or are forks of it.
+        """
         fn = self.__wrapped__  # type: ignore[attr-defined]
         module, qualname = getattr(self, "__module__", None), getattr(self, "__qualname__", None)
-        if isinstance(module, str) and isinstance(qualname, str) and not _sent_by_value(module):
+        if isinstance(module, str) and isinstance(qualname, str):
             target: Any = sys.modules.get(module)
             for part in qualname.split("."):
                 target = getattr(target, part, None)
@@ -85,6 +97,27 @@ class RetryingFunction:
 
     def __repr__(self) -> str:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
+
+
+def _let_multiprocessing_send_by_name(fn: Any) -> None:
+    """Have multiprocessing's pickler send a retrying function by its name, where ``fn``'s module goes by value.
+
+    A function of the main script goes as its function and policy, by value,
+    for cloudpickle (Dask, joblib), whose workers do not run the script: the
+    standard pickler sent that function by its name, which gave the decorator,
+    and refused it, so a ``multiprocessing.Pool`` or a ``ProcessPoolExecutor``
+    (whose workers run the script again, or are forks of it) could not run it
+    (tenacity#147). Their pickler takes reducers of its own: this one goes by
+    name. Registered as the main script decorates its first function (loading
+    multiprocessing, about 5 ms, where it is not loaded yet); a function of any
+    other module goes by name to every pickler.
+    """
+    module = getattr(fn, "__module__", None)
+    if not (isinstance(module, str) and _sent_by_value(module)):
+        return
+    from multiprocessing.reduction import ForkingPickler
+
+    ForkingPickler.register(RetryingFunction, RetryingFunction._reduce_by_name)
 
 
 def _bound_of(target: Any) -> Any:
@@ -168,6 +201,7 @@ def _apply(policy: Retry, fn: Any) -> Any:
     _refuse_generator_function(fn)
     if _returns_coroutines(fn):
         return _retrying_coroutine_function(fn, policy)
+    _let_multiprocessing_send_by_name(fn)
     return RetryingFunction(fn, policy)
 
 
