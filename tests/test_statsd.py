@@ -32,7 +32,7 @@ from pool_helpers import (
 
 import makeparallel
 import makeparallel as mp
-from makeparallel import _metrics
+from makeparallel import _metrics, _runtime
 from makeparallel._states import SUCCEEDED
 
 _BOUND_BEFORE = "statsd" in vars(makeparallel)
@@ -908,3 +908,68 @@ def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:
     for line in lines:
         assert " " not in line.name
         assert line.name.startswith("test.app.")  # the prefix's trailing dot is not doubled
+
+
+# A program that started an exporter and never stopped it (a batch job, a service ended by
+# its process manager) lost every count since the last flush: its thread is a daemon,
+# killed at exit without a last flush. With an interval longer than the program, nothing
+# at all was sent. The exporter flushes at exit, after the pools have waited for their
+# tasks. In the second program the exporter is started after the first pool, whose exit
+# hook was registered first and so runs last: a plain atexit hook flushed before that
+# wait. Its task ends at exit (the main thread done) once the last flush was made, or
+# after 2 s without one: the flush made first misses it, whatever the timing.
+NEVER_STOPPED = """
+import sys
+import threading
+import makeparallel as mp
+from makeparallel.statsd import StatsdExporter
+
+port = int(sys.argv[1])
+flushed = threading.Event()
+
+
+class Exporter(StatsdExporter):
+    def flush(self):
+        super().flush()
+        flushed.set()
+
+
+if sys.argv[2] == "before":
+    Exporter("127.0.0.1", port, prefix="atexit", interval=3600).start()
+    mp.gather([mp.parallel(abs)(-i) for i in range(3)])
+else:
+    mp.gather([mp.parallel(abs)(-i) for i in range(3)])
+    Exporter("127.0.0.1", port, prefix="atexit", interval=3600).start()
+    started = threading.Event()
+
+    @mp.parallel
+    def last():
+        started.set()
+        threading.main_thread().join(20)
+        flushed.wait(2)
+        return 1
+
+    last()
+    started.wait(10)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("started", ["before", "after"])
+def test_an_exporter_never_stopped_flushes_at_exit(server: StatsdServer, started: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NEVER_STOPPED, str(server.port), started],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    wanted = ["atexit.abs.completed:3|c"] + (["atexit.last.completed:1|c"] if started == "after" else [])
+    assert server.wait(lambda: all(line in server.lines() for line in wanted)), server.lines()
+
+
+def test_stop_takes_back_the_flush_at_exit(server: StatsdServer) -> None:
+    # Or each exporter started and stopped (one per test, per reconfiguration) stayed
+    # referenced until exit, to be stopped again there.
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600).start()
+    assert exporter.stop in _runtime._after_exit
+    exporter.stop()
+    assert exporter.stop not in _runtime._after_exit

@@ -129,6 +129,7 @@ _thread_pool_configured = False  # configure_thread_pool() was called
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
 _also_reported: list[Callable[[], dict[str, Backend]]] = []  # more pools pool_infos() lists (report_pools), executors'
+_after_exit: list[Callable[[], None]] = []  # run at exit once the pools stopped (after_pools_at_exit): exporters' last flush
 global_limiter = Limiter(None)
 
 
@@ -311,6 +312,41 @@ def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
         if pools not in _also_at_exit:
             _also_at_exit.append(pools)
         _register_exit_hook_locked()
+
+
+def after_pools_at_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at interpreter exit once the pools have waited for their tasks and stopped.
+
+    For an exporter's last flush: run before that wait (an ``atexit`` hook
+    registered after the first pool's runs before it), it missed the tasks
+    that ended in it. ``hook`` is registered with ``atexit`` itself where no
+    pool's exit hook is yet (it then runs after that one, registered later).
+    """
+    with _lock:
+        if hook in _after_exit:
+            return
+        _after_exit.append(hook)
+        if not _exit_hook_registered:
+            atexit.register(_run_after_exit, hook)
+
+
+def forget_after_exit(hook: Callable[[], None]) -> None:
+    """Take back ``hook`` from :func:`after_pools_at_exit`: it will not run at exit."""
+    with _lock:
+        if hook in _after_exit:
+            _after_exit.remove(hook)
+
+
+def _run_after_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` once, unless taken back; the others' run goes on whatever it raises."""
+    with _lock:
+        if hook not in _after_exit:
+            return
+        _after_exit.remove(hook)
+    try:
+        hook()
+    except Exception:
+        logging.getLogger("makeparallel").exception("an exit hook of makeparallel failed: %r", hook)
 
 
 def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
@@ -1147,6 +1183,8 @@ def _at_exit() -> None:
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
         coroutines.close_idle_loops()
+    for hook in list(_after_exit):  # the exporters' last flush: every task counted now
+        _run_after_exit(hook)
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,

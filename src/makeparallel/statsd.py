@@ -6,7 +6,8 @@
     exporter.stop()
 
 Every ``interval`` seconds the exporter reads :func:`makeparallel.metrics_snapshot`
-and sends what changed since the last flush:
+and sends what changed since the last flush (and once more at :meth:`~StatsdExporter.stop`,
+or at interpreter exit after the pools' tasks ended, for one never stopped):
 
 * ``<prefix>.<function>.<status>:<n>|c`` for tasks that ended (completed, failed,
   cancelled, timed_out), ``<prefix>.<function>.submitted:<n>|c``, and for
@@ -43,6 +44,7 @@ import makeparallel
 # Ctrl-C ended the main module (stop() at exit flushes once more) clears CPython's record
 # of it: the program exited with status 1, not killed by SIGINT (see _load).
 from . import _task_metrics  # noqa: F401
+from ._runtime import after_pools_at_exit, forget_after_exit
 from ._backends._fd_numbers import standard_numbers_held
 from ._validation import as_integer, as_seconds, is_real, shown
 
@@ -177,6 +179,10 @@ class StatsdExporter:
     def start(self) -> StatsdExporter:
         """Start flushing in a daemon thread; returns the exporter.
 
+        An exporter not stopped by then is stopped at interpreter exit, once
+        the pools have waited for their tasks: its last flush sends what
+        changed since the one before, the tasks that ended during that wait too.
+
         Raises:
             RuntimeError: it was started already, or stopped (its sockets are
                 closed for good: make a new exporter).
@@ -187,10 +193,15 @@ class StatsdExporter:
             raise RuntimeError("this StatsD exporter is already started")
         self._thread = threading.Thread(target=self._run, name="makeparallel-statsd", daemon=True)
         self._thread.start()
+        # A daemon thread dies at exit without its last flush: a program that never called
+        # stop() (a batch job shorter than the interval, a service ended by its manager) lost
+        # every count since the flush before, all of them with a long interval.
+        after_pools_at_exit(self.stop)
         return self
 
     def stop(self) -> None:
         """Flush once more, stop the thread and close the sockets; a flush after this sends nothing."""
+        forget_after_exit(self.stop)
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5 * self._interval + 5)
