@@ -437,6 +437,50 @@ def test_tasks_waiting_on_a_loop_for_a_concurrency_slot_count_as_queued() -> Non
     assert asyncio.run(main()) == (1, 2)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["thread", "executor"])
+def test_a_task_waiting_to_retry_counts_as_queued_not_running(backend: str) -> None:
+    """Its handle says "waiting to retry" (not running), and no worker holds it.
+
+    Running was derived as in flight less queued, and a task in its retry's wait is
+    in no pool's queue: a hundred retrying calls read as a hundred running on two
+    threads, in the metrics and in ``makeparallel_tasks_running``.
+    """
+    import concurrent.futures
+
+    name = unique_name()
+    retried = threading.Event()
+
+    def told(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == name:
+            retried.set()
+
+    executor = concurrent.futures.ThreadPoolExecutor(1) if backend == "executor" else None
+    policy = mp.Retry(on=KeyError, attempts=2, timeout=None, wait_initial=3600, wait_max=3600, wait_jitter=0)
+
+    @mp.parallel(name=name, retry=policy, backend=executor or "thread")
+    def flaky() -> None:
+        raise KeyError("once")
+
+    mp.add_task_listener(told)
+    try:
+        handle = flaky()
+        assert retried.wait(10)
+        assert handle.status == "waiting to retry"
+        metrics = mp.get_metrics(name)
+        assert metrics is not None
+        assert (metrics.running_tasks, metrics.queued_tasks) == (0, 1)
+        assert mp.metrics_snapshot()["functions"][name]["running_tasks"] == 0
+        handle.cancel()
+        metrics = mp.get_metrics(name)
+        assert metrics is not None
+        assert (metrics.running_tasks, metrics.queued_tasks, metrics.cancelled_tasks) == (0, 0, 1)
+    finally:
+        mp.remove_task_listener(told)
+        if executor is not None:
+            executor.shutdown()
+
+
 # -- @profiled -------------------------------------------------------------------------
 
 

@@ -30,9 +30,10 @@ from types import EllipsisType
 
 from . import _deadlines
 from ._admission import Limiter, all_limiters
-from ._backends._base import Backend, pool_of_this_thread, terminate_all
+from ._backends._base import Backend, _RetryDue, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
+from ._states import RETRY_WAIT
 from ._task_context import current_task
 from ._validation import as_integer, check_count, check_seconds, check_wait_timeout
 
@@ -773,11 +774,19 @@ def queued_by_name() -> dict[str, int]:
 
     The ``Executor``s' pools too: their tasks are measured under the functions'
     names as ``@parallel`` tasks are, and without them those queued read as running.
+    And the tasks waiting to retry, whose next attempt has not started: in no
+    pool's queue during the wait, they read as running, though their handles
+    say otherwise and no worker holds them.
     """
     queued: dict[str, int] = {}
     for backend in _every_pool():
         for name, count in backend.queued_by_name().items():
             queued[name] = queued.get(name, 0) + count
+    for due in _deadlines.pending():  # a retry's wait is an entry on the deadline heap
+        handle = due.handle if isinstance(due, _RetryDue) else None
+        if handle is not None and handle._state == RETRY_WAIT:
+            name = handle._observer.name
+            queued[name] = queued.get(name, 0) + 1
     return queued
 
 

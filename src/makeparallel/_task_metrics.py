@@ -28,7 +28,9 @@ class TaskMetrics(Mapping[str, Any]):
     because a process task's call cannot be pickled (the call raised
     ``ShutdownError`` or ``TaskSerializationError``): counted in
     ``total_tasks`` and ``failed_tasks``, as the task events tell it
-    (``"submitted"``, then ``"finished"`` as failed).
+    (``"submitted"``, then ``"finished"`` as failed). ``queued_tasks`` counts
+    the tasks not started, a task waiting to retry too (no worker holds it);
+    ``running_tasks`` those a worker runs.
 
     Times are in milliseconds. Execution times count tasks that ran to their end
     (succeeded or failed); queue waits count every task that started. Percentiles

@@ -10,7 +10,8 @@ costs nothing per task. Metrics, labelled by function (and pool):
   failed, cancelled, timed_out) and ``makeparallel_tasks_submitted_total{function}``;
 * ``makeparallel_tasks_retried_total{function}`` (tasks run again by their retry
   policy) and ``makeparallel_task_retries_total{function}`` (attempts after the first);
-* ``makeparallel_tasks_running{function}``, ``makeparallel_tasks_queued{function}``;
+* ``makeparallel_tasks_running{function}``, ``makeparallel_tasks_queued{function}`` (a
+  task waiting to retry is queued);
 * ``makeparallel_task_duration_seconds{function}`` and
   ``makeparallel_task_queue_wait_seconds{function}`` (histograms, buckets a factor
   of 4 apart from 1 us);
@@ -105,7 +106,7 @@ def _families(snapshot: dict[str, Any]) -> Iterator[Any]:
     )
     running = GaugeMetricFamily("makeparallel_tasks_running", "Tasks running now", labels=["function"])
     queued = GaugeMetricFamily(
-        "makeparallel_tasks_queued", "Tasks waiting to start", labels=["function"]
+        "makeparallel_tasks_queued", "Tasks waiting to start (or to retry)", labels=["function"]
     )
     durations = HistogramMetricFamily(
         "makeparallel_task_duration_seconds",
