@@ -481,6 +481,42 @@ def test_a_task_waiting_to_retry_counts_as_queued_not_running(backend: str) -> N
             executor.shutdown()
 
 
+def test_reading_the_metrics_walks_no_task_timeout_on_the_deadline_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the retry waits are looked for there, not the tasks' timeouts.
+
+    Each start of a task with a timeout leaves an entry on the heap until its
+    deadline, long after the task ended: a read that walked them all to find
+    the retry waits took 11 ms with 200,000 tasks of an hour's timeout run (0.03
+    ms before), under the heap's lock, which each such start takes too.
+    """
+    import weakref
+
+    from makeparallel import _deadlines
+
+    class Walked(list[Any]):
+        walks = 0
+
+        def __iter__(self) -> Iterator[Any]:
+            Walked.walks += 1
+            return super().__iter__()
+
+    class Timeout:
+        def _expire(self) -> None:
+            pass
+
+    name = unique_name()
+    mp.gather([mp.parallel(name=name)(abs)(-1)])
+    timeouts = [Timeout() for _ in range(100)]
+    # Far in the future, and none due: the deadline thread takes none of them meanwhile.
+    heap = Walked((1e12 + i, -1 - i, weakref.ref(due)) for i, due in enumerate(timeouts))
+    monkeypatch.setattr(_deadlines, "_heap", heap)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None and metrics.completed_tasks == 1
+    assert name in mp.metrics_snapshot()["functions"]
+    assert name in mp.get_all_metrics()
+    assert Walked.walks == 0
+
+
 # -- @profiled -------------------------------------------------------------------------
 
 

@@ -782,7 +782,7 @@ def queued_by_name() -> dict[str, int]:
     for backend in _every_pool():
         for name, count in backend.queued_by_name().items():
             queued[name] = queued.get(name, 0) + count
-    for due in _deadlines.pending():  # a retry's wait is an entry on the deadline heap
+    for due in _deadlines.held():  # a retry's wait is an entry on the deadline heap
         handle = due.handle if isinstance(due, _RetryDue) else None
         if handle is not None and handle._state == RETRY_WAIT:
             name = handle._observer.name
@@ -988,7 +988,7 @@ class ShutdownCall:
             for backend in backends:
                 backend.close(cancel_pending)
             _reopen_if_reset(backends)  # (a reset came before these: the tasks it lets in are taken as this waits)
-            for due in _deadlines.pending():  # a closed pool runs no further attempt: end them now
+            for due in _deadlines.held():  # a closed pool runs no further attempt: end them now
                 give_up = getattr(due, "give_up", None)
                 if give_up is not None:
                     give_up()
