@@ -481,6 +481,73 @@ def test_a_task_waiting_to_retry_counts_as_queued_not_running(backend: str) -> N
             executor.shutdown()
 
 
+@pytest.mark.timeout(30)
+def test_a_sync_call_waiting_to_retry_in_its_caller_counts_as_queued_not_running() -> None:
+    """Its caller sleeps out the wait (no heap entry, no queue): none of its code runs.
+
+    The "sync" backend counted nothing as queued, and such a call read as running.
+    """
+    from makeparallel._task_context import current_task
+
+    name = unique_name()
+    retried = threading.Event()
+    handles: list[Any] = []
+
+    def told(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == name:
+            retried.set()
+
+    policy = mp.Retry(on=KeyError, attempts=2, timeout=None, wait_initial=3600, wait_max=3600, wait_jitter=0)
+
+    @mp.parallel(name=name, retry=policy, backend="sync")
+    def flaky() -> None:
+        handles.append(current_task())
+        raise KeyError("once")
+
+    mp.add_task_listener(told)
+    caller = threading.Thread(target=flaky, daemon=True)  # returns its handle, cancelled, once its wait ends
+    try:
+        caller.start()
+        assert retried.wait(10)
+        assert handles[0].status == "waiting to retry"
+        metrics = mp.get_metrics(name)
+        assert metrics is not None
+        assert (metrics.running_tasks, metrics.queued_tasks) == (0, 1)
+    finally:
+        mp.remove_task_listener(told)
+        for handle in handles:
+            handle.cancel()
+        caller.join(10)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.running_tasks, metrics.queued_tasks, metrics.cancelled_tasks) == (0, 0, 1)
+
+
+def test_sync_tasks_held_on_a_loop_for_a_concurrency_slot_count_as_queued() -> None:
+    """As the thread pool's (above): a call over max_concurrent on a running loop returns at once, held, not run."""
+    name = unique_name()
+    released: list[asyncio.Event] = []
+
+    @mp.parallel(name=name, max_concurrent=1, backend="sync")
+    async def work(i: int) -> int:
+        await released[0].wait()
+        return i
+
+    async def main() -> tuple[list[str], int, int]:
+        release = asyncio.Event()  # (made on the loop: Python 3.10's binds the loop running as it is made)
+        released.append(release)
+        handles = [work(i) for i in range(3)]
+        try:
+            metrics = mp.get_metrics(name)
+            assert metrics is not None
+            return [handle.status for handle in handles], metrics.running_tasks, metrics.queued_tasks
+        finally:
+            release.set()
+            await mp.gather_async(handles)
+
+    assert asyncio.run(main()) == (["running", "pending", "pending"], 1, 2)
+
+
 def test_reading_the_metrics_walks_no_task_timeout_on_the_deadline_heap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the retry waits are looked for there, not the tasks' timeouts.
 

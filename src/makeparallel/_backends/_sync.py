@@ -85,6 +85,21 @@ class SyncBackend(Backend):
             with self._lock:
                 self._inline.discard(handle)
 
+    def queued_by_name(self) -> dict[str, int]:
+        """Tasks not started, by name: those held for their slots, and the calls waiting to retry in their callers.
+
+        Neither is in any queue, and none of their code runs: read as running
+        otherwise. (The waits of the coroutines on their callers' loops are on
+        the deadline heap, where the read finds them.)
+        """
+        counts: dict[str, int] = {}
+        with self._lock:
+            for handle in [*self._held, *self._inline]:
+                if (handle._state == PENDING and handle._on_worker == HELD) or handle._state == RETRY_WAIT:
+                    name = handle._observer.name
+                    counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a call over a limit on a running event loop: it runs there once admitted (:meth:`release_held`).
 
