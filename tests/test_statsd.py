@@ -970,6 +970,78 @@ def test_stop_takes_back_the_flush_at_exit(server: StatsdServer) -> None:
     # Or each exporter started and stopped (one per test, per reconfiguration) stayed
     # referenced until exit, to be stopped again there.
     exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600).start()
-    assert exporter.stop in _runtime._after_exit
+    assert exporter._stop_at_exit in _runtime._after_exit
     exporter.stop()
-    assert exporter.stop not in _runtime._after_exit
+    assert exporter._stop_at_exit not in _runtime._after_exit
+
+
+# The last flush hangs, as a lookup of a host whose resolver never answers does.
+STUCK_AT_EXIT = """
+import threading, sys
+import makeparallel as mp
+from makeparallel import statsd
+from makeparallel.statsd import StatsdExporter
+
+statsd.EXIT_FLUSH_WAIT = 0.2
+
+
+class Exporter(StatsdExporter):
+    def flush(self):  # the first is the exit's (interval=3600)
+        threading.Event().wait()  # for good: only the exit's bound ends the wait for it
+
+
+Exporter("127.0.0.1", int(sys.argv[1]), prefix="stuck", interval=3600).start()
+mp.gather([mp.parallel(abs)(-1)])
+print("exiting", flush=True)
+"""
+
+
+# The same, the wait ended by a Ctrl-C; a second exporter's flush is skipped, and an
+# exit hook the program registered before the first pool still runs.
+INTERRUPTED_AT_EXIT = """
+import atexit, os, sys, threading
+import makeparallel as mp
+from makeparallel import statsd
+from makeparallel.statsd import StatsdExporter
+
+statsd.EXIT_FLUSH_WAIT = 600
+atexit.register(print, "program's hook ran", flush=True)
+
+
+class Exporter(StatsdExporter):
+    def flush(self):  # the first is the exit's (interval=3600)
+        print("flushing", flush=True)
+        threading.Event().wait()
+
+
+mp.gather([mp.parallel(abs)(-1)])
+Exporter("127.0.0.1", int(sys.argv[1]), prefix="one", interval=3600).start()
+Exporter("127.0.0.1", int(sys.argv[1]), prefix="two", interval=3600).start()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_during_the_last_flush_ends_the_exit_quietly(server: StatsdServer) -> None:
+    # It escaped the pools' exit hook, printed with its traceback as an exception ignored.
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_AT_EXIT, str(server.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "flushing\n"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert (out, child.returncode) == ("program's hook ran\n", 0), err
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.timeout(60)
+def test_a_stuck_last_flush_does_not_hold_the_exit(server: StatsdServer) -> None:
+    # Waited for as stop() waits (5 * interval + 5 seconds), it held the exit for an hour.
+    result = subprocess.run(
+        [sys.executable, "-c", STUCK_AT_EXIT, str(server.port)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "exiting\n"), result.stderr

@@ -1192,8 +1192,15 @@ def _at_exit() -> None:
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
         coroutines.close_idle_loops()
-    for hook in list(_after_exit):  # the exporters' last flush: every task counted now
-        _run_after_exit(hook)
+    try:
+        for hook in list(_after_exit):  # the exporters' last flush: every task counted now
+            _run_after_exit(hook)
+    except KeyboardInterrupt:
+        # Ctrl-C as a flush is waited for: the user will not wait for the others either. The
+        # error would only be printed as ignored, with the pools left stopped.
+        with _lock:
+            _after_exit.clear()
+        reopen = False
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,

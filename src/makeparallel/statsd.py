@@ -55,6 +55,8 @@ _MAX_PACKET = 1432  # fits one Ethernet frame without fragmenting
 # Seconds a name's address is used before it is looked up again: a server that moved gets
 # the flushes within that, at a thirtieth of the lookups of one per flush (every second).
 _LOOKUP_EVERY = 30.0
+#: Seconds exit waits, at most, for the last flush of an exporter never stopped.
+EXIT_FLUSH_WAIT = 2.0
 # What a prefix cannot hold: the StatsD line's separators (name:value|type|@rate) and spaces.
 _BAD_IN_PREFIX = re.compile(r"[:|@\s]")
 _now = time.monotonic  # (a name of its own: the tests move this module's clock alone)
@@ -194,17 +196,29 @@ class StatsdExporter:
         self._thread = threading.Thread(target=self._run, name="makeparallel-statsd", daemon=True)
         self._thread.start()
         # A daemon thread dies at exit without its last flush: a program that never called
-        # stop() (a batch job shorter than the interval, a service ended by its manager) lost
+        # stop() (a batch job shorter than the interval, a script run to its end) lost
         # every count since the flush before, all of them with a long interval.
-        after_pools_at_exit(self.stop)
+        after_pools_at_exit(self._stop_at_exit)
         return self
 
     def stop(self) -> None:
         """Flush once more, stop the thread and close the sockets; a flush after this sends nothing."""
-        forget_after_exit(self.stop)
+        self._stop(5 * self._interval + 5)
+
+    def _stop_at_exit(self) -> None:
+        """:meth:`stop`, waiting at most :data:`EXIT_FLUSH_WAIT` seconds for the last flush: exit never waits on a stuck one.
+
+        A lookup of the host that hangs (a resolver that does not answer) held
+        the program's exit for ``5 * interval + 5`` seconds, an hour and more
+        with a long interval, where an exporter never stopped had let it exit at once.
+        """
+        self._stop(EXIT_FLUSH_WAIT)
+
+    def _stop(self, wait: float) -> None:
+        forget_after_exit(self._stop_at_exit)
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join(5 * self._interval + 5)
+            self._thread.join(wait)
         with self._sockets_lock:
             self._closed = True
             sockets, self._sockets = list(self._sockets.values()), {}
