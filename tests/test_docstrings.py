@@ -3,8 +3,11 @@ and the backends they list are the runtime's backends."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -72,3 +75,59 @@ def test_backend_lists_name_every_backend(function: Any) -> None:
 
 def test_the_old_decorator_names_are_the_decorator() -> None:
     assert mp.parallel_fast is mp.parallel_pool is mp.parallel_priority is mp.parallel
+
+
+# "Raises:" then indented lines; each entry starts at four spaces: "Name: text"
+# or "Name, Other: text".
+_RAISES_SECTION = re.compile(r"^Raises:\n((?:[ ]{4}.*\n|\n)+)", re.MULTILINE)
+
+
+def documented_exceptions(doc: str) -> set[str]:
+    """The exception names that start the entries of a Google-style ``Raises:`` section."""
+    names: set[str] = set()
+    for section in _RAISES_SECTION.finditer(doc + "\n"):
+        for entry in re.findall(r"^[ ]{4}(\S[^:\n]*):", section.group(1), re.MULTILINE):
+            names.update(name.strip() for name in entry.split(","))
+    return names
+
+
+def test_documented_exceptions_reads_a_google_style_section() -> None:
+    doc = "Summary.\n\nRaises:\n    TypeError, ValueError: bad input.\n        more of it.\n    TaskTimeoutError: late.\n"
+    assert documented_exceptions(doc) == {"TypeError", "ValueError", "TaskTimeoutError"}
+    assert documented_exceptions("No section here.") == set()
+
+
+async def _gather_async(*args: Any, **kwargs: Any) -> list[Any]:
+    return await mp.gather_async(*args, **kwargs)
+
+
+# What a caller gets wrong first, with the public name whose docstring must say so.
+BAD_CALLS = [
+    pytest.param(mp.AsyncHandle.get, lambda h: h.get(timeout=-1), ValueError, id="get-negative-timeout"),
+    pytest.param(mp.AsyncHandle.get, lambda h: h.get(timeout="soon"), TypeError, id="get-timeout-not-a-number"),
+    pytest.param(mp.AsyncHandle.exception, lambda h: h.exception(timeout=-1), ValueError, id="exception-negative-timeout"),
+    pytest.param(mp.AsyncHandle.exception, lambda h: h.exception(timeout="soon"), TypeError, id="exception-timeout-not-a-number"),
+    pytest.param(mp.AsyncHandle.exception, lambda h: h.exception(timeout=0), mp.TaskTimeoutError, id="exception-gives-up"),
+    pytest.param(mp.AsyncHandle.set_metadata, lambda h: h.set_metadata(17, "row"), TypeError, id="set_metadata-key-not-a-str"),
+    pytest.param(mp.as_completed, lambda h: mp.as_completed([h], timeout=-1), ValueError, id="as_completed-negative-timeout"),
+    pytest.param(mp.gather_async, lambda h: asyncio.run(_gather_async([h], on_error="ignore")), ValueError, id="gather_async-on_error"),
+    pytest.param(mp.gather_async, lambda h: asyncio.run(_gather_async([h, 5])), TypeError, id="gather_async-not-a-handle"),
+    pytest.param(mp.ParallelContext, lambda h: mp.ParallelContext(timeout=-1), ValueError, id="ParallelContext-negative-timeout"),
+    pytest.param(mp.ParallelContext, lambda h: mp.ParallelContext(max_concurrent="4"), TypeError, id="ParallelContext-max_concurrent"),
+]
+
+
+@pytest.mark.parametrize(("documented", "call", "raised"), BAD_CALLS)
+def test_the_errors_of_bad_calls_are_in_the_raises_section(
+    documented: Any, call: Callable[[mp.AsyncHandle[Any]], object], raised: type[BaseException]
+) -> None:
+    release = threading.Event()
+    handle = mp.parallel(release.wait)(30)  # unfinished while the call is made
+    try:
+        with pytest.raises(raised):
+            call(handle)
+    finally:
+        release.set()
+        handle.get(timeout=30)
+    names = documented_exceptions(inspect.getdoc(documented) or "")
+    assert raised.__name__ in names, f"{documented.__qualname__} raises {raised.__name__}, its Raises section names {sorted(names)}"

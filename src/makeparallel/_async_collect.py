@@ -307,6 +307,10 @@ async def gather_async(
         from the literal).
 
     Raises:
+        TypeError: ``handles`` is not an iterable of handles, or ``timeout``
+            is not a number of seconds or ``None``.
+        ValueError: ``on_error`` is not one of its three values, or
+            ``timeout`` is negative or NaN.
         TaskTimeoutError: ``timeout`` passed; the tasks go on.
         asyncio.CancelledError: the awaiting coroutine was cancelled; every task
             not yet ended is cancelled too.

@@ -453,8 +453,18 @@ def as_completed(
     ``concurrent.futures.as_completed`` does). Ctrl-C while it waits for the
     next one cancels the tasks not yet ended.
 
+    Args:
+        handles: the handles to follow; any mix of functions and backends.
+        timeout: the longest to wait, in seconds, for all of them, counted
+            from this call; ``None`` waits as long as it takes.
+
+    Returns:
+        An iterator of the handles, each as its task ends.
+
     Raises:
-        TypeError: ``handles`` is not an iterable of handles.
+        TypeError: ``handles`` is not an iterable of handles, or ``timeout``
+            is not a number of seconds or ``None``.
+        ValueError: ``timeout`` is negative or NaN.
         TaskTimeoutError: ``timeout`` seconds passed before all ended.
         RuntimeError: an unfinished task runs a coroutine and this thread's
             event loop is running: the wait would block that loop (await instead);

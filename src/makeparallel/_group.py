@@ -65,6 +65,14 @@ class ParallelContext:
         backend: the backend for plain functions submitted to the group
             (decorated functions keep their own).
 
+    Raises:
+        TypeError: ``timeout`` is not a number of seconds or ``None``,
+            ``max_concurrent`` is not an int (a ``bool`` or a float
+            included), or ``backend`` is neither a backend name nor an
+            executor.
+        ValueError: ``timeout`` is negative or NaN, ``max_concurrent`` is
+            below 1, or ``backend`` names no backend.
+
     Example::
 
         with mp.ParallelContext(max_concurrent=8) as ctx:

@@ -268,6 +268,8 @@ class AsyncHandle(Generic[T_co]):
                 says if it ended just as the wait gave up, its outcome then
                 ready for the next call), or the task ran past its own timeout.
             TaskCancelledError: the task was cancelled.
+            TypeError: ``timeout`` is not a number of seconds or ``None``.
+            ValueError: ``timeout`` is negative or NaN.
             RuntimeError: the wait could never end here: the task is async and
                 this thread's event loop runs, or its coroutine runs on the loop
                 of the code that called it (the ``"sync"`` backend called from a
@@ -305,7 +307,25 @@ class AsyncHandle(Generic[T_co]):
         """Wait for the task and return its error, or ``None`` if it succeeded.
 
         As in ``concurrent.futures``, a cancelled task raises ``TaskCancelledError``
-        here instead of returning it.
+        here instead of returning it. A task that ran past its own timeout
+        returns its ``TaskTimeoutError``.
+
+        Args:
+            timeout: the longest to wait, in seconds; ``None`` waits as long as it
+                takes.
+
+        Returns:
+            The exception the task raised (as :meth:`get` would raise it), its
+            ``TaskTimeoutError`` or another error of the library that ended it,
+            or ``None`` if it succeeded.
+
+        Raises:
+            TaskTimeoutError: the wait gave up before the task ended (the task
+                goes on).
+            TaskCancelledError: the task was cancelled.
+            TypeError: ``timeout`` is not a number of seconds or ``None``.
+            ValueError: ``timeout`` is negative or NaN.
+            RuntimeError: the wait could never end here, as for :meth:`get`.
         """
         if timeout is not None:
             timeout = check_wait_timeout(timeout)
@@ -545,7 +565,11 @@ class AsyncHandle(Generic[T_co]):
         return self._progress_message
 
     def set_metadata(self, key: str, value: Any) -> None:
-        """Attach a value to the task; it appears in the note of the task's error."""
+        """Attach a value to the task; it appears in the note of the task's error.
+
+        Raises:
+            TypeError: ``key`` is not a ``str``.
+        """
         if not isinstance(key, str):
             raise TypeError(f"metadata key must be a str, got {key!r} of type {type(key).__name__}")
         with self._backend._lock:
