@@ -114,3 +114,33 @@ def test_the_web_guides_job_registry_forgets_each_job_keep_seconds_after_it_ende
     now[0] += 61.0
     assert jobs.add(ended()) is not None
     assert first not in jobs.handles
+
+
+def _work_per_gil_example_task(code: str) -> int:
+    """The size of the pure-Python work each ``on_threads(...)`` task of a GIL example is given."""
+    calls = [
+        node
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "on_threads"
+    ]
+    assert calls, "no on_threads(...) call in the example"
+    sizes = {ast.literal_eval(call.args[0]) for call in calls}
+    assert len(sizes) == 1, sizes
+    return sizes.pop()
+
+
+def test_the_backends_guides_gil_example_gives_the_watch_tasks_that_overlap() -> None:
+    """The example under "it says so once" shows the warning, as the README's does.
+
+    Threads that hold the GIL take turns every ``sys.getswitchinterval()`` (5 ms):
+    a task shorter than that (``count(50_000)``, about 2 ms) ends before the
+    other thread gets the GIL, so the tasks run one after another, never side
+    by side, and the watch rightly says nothing: the guide's example printed no
+    warning in most runs. The README's ``count(200_000)`` runs about 8 ms, and
+    its tasks overlap.
+    """
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    guide = (DOCS / "guides" / "backends.md").read_text(encoding="utf-8")
+    readme_example = next(code for _, code in python_blocks(readme) if "GilBoundWarning" in code)
+    guide_example = next(code for _, code in python_blocks(guide) if "GilBoundWarning" in code)
+    assert _work_per_gil_example_task(guide_example) >= _work_per_gil_example_task(readme_example) == 200_000
