@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -131,3 +132,24 @@ def test_the_errors_of_bad_calls_are_in_the_raises_section(
         handle.get(timeout=30)
     names = documented_exceptions(inspect.getdoc(documented) or "")
     assert raised.__name__ in names, f"{documented.__qualname__} raises {raised.__name__}, its Raises section names {sorted(names)}"
+
+
+@pytest.mark.parametrize("method", ["get", "result", "wait", "exception"])
+def test_a_wait_that_runs_a_queued_task_on_the_main_thread_documents_its_system_exit(method: str, gate: threading.Event) -> None:
+    # Queued behind a task that holds the pool's one thread, the task runs inline
+    # in the wait, on the main thread, where its SystemExit is taken for one meant
+    # for the program (a signal handler's sys.exit) and raised again: even by
+    # wait(), which otherwise never raises the task's error.
+    assert threading.current_thread() is threading.main_thread()
+    mp.configure_thread_pool(num_threads=1)
+    blocker = mp.parallel(gate.wait)(30)
+    handle = mp.parallel(sys.exit)(4)
+    try:
+        with pytest.raises(SystemExit):
+            getattr(handle, method)()
+    finally:
+        gate.set()
+        blocker.get(timeout=30)
+    documented = getattr(mp.AsyncHandle, "get" if method == "result" else method)
+    names = documented_exceptions(inspect.getdoc(documented) or "")
+    assert "SystemExit" in names, f"AsyncHandle.{method} raises SystemExit here, its Raises section names {sorted(names)}"

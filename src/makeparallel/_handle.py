@@ -279,6 +279,9 @@ class AsyncHandle(Generic[T_co]):
             ShutdownError: the task's coroutine ran on the loop of the code that
                 called it, and that loop closed before the coroutine ended.
             Exception: whatever the task raised, as itself.
+            KeyboardInterrupt, SystemExit: the task raised it, as any error of its
+                own; one raised as the task ran here, inline on the main thread,
+                is also taken as meant for the program (see :meth:`wait`).
         """
         if timeout is not None:
             timeout = check_wait_timeout(timeout)
@@ -326,6 +329,10 @@ class AsyncHandle(Generic[T_co]):
             TypeError: ``timeout`` is not a number of seconds or ``None``.
             ValueError: ``timeout`` is negative or NaN.
             RuntimeError: the wait could never end here, as for :meth:`get`.
+            KeyboardInterrupt, SystemExit: without a timeout on the main thread,
+                a task still queued runs here, and one of these that it raised
+                is taken as meant for the program (Ctrl-C, a signal handler's
+                ``sys.exit``): it is raised again (the task failed with it).
         """
         if timeout is not None:
             timeout = check_wait_timeout(timeout)
@@ -341,13 +348,19 @@ class AsyncHandle(Generic[T_co]):
     def wait(self, timeout: float | None = None, *, timeout_secs: float | None = None) -> bool:
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
 
-        Never raises the task's error. ``timeout_secs=`` is the makeparallel 0.2
-        name of ``timeout``.
+        Never raises the task's error, but for a ``KeyboardInterrupt`` or
+        ``SystemExit`` of a queued task it ran on the main thread (below).
+        ``timeout_secs=`` is the makeparallel 0.2 name of ``timeout``.
 
         Raises:
             TypeError: both ``timeout`` and ``timeout_secs`` were given.
             TypeError, ValueError: the one given is not a number of seconds
                 >= 0 or ``None``; the error names it as it was given.
+            RuntimeError: the wait could never end here, as for :meth:`get`.
+            KeyboardInterrupt, SystemExit: without a timeout on the main thread,
+                a task still queued runs here, and one of these that it raised
+                is taken as meant for the program (Ctrl-C, a signal handler's
+                ``sys.exit``): it is raised again (the task failed with it).
         """
         if timeout_secs is not None:
             if timeout is not None:
