@@ -44,6 +44,7 @@ import makeparallel
 # Ctrl-C ended the main module (stop() at exit flushes once more) clears CPython's record
 # of it: the program exited with status 1, not killed by SIGINT (see _load).
 from . import _task_metrics  # noqa: F401
+from ._interruptible import in_slices
 from ._runtime import after_pools_at_exit, forget_after_exit
 from ._backends._fd_numbers import standard_numbers_held
 from ._validation import as_integer, as_seconds, is_real, shown
@@ -78,6 +79,12 @@ def _ipv6_address(host: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _joined(thread: threading.Thread, seconds: float) -> bool:
+    """Whether ``thread`` ended within ``seconds``."""
+    thread.join(seconds)
+    return not thread.is_alive()
 
 
 def _safe(name: str) -> str:
@@ -217,8 +224,10 @@ class StatsdExporter:
     def _stop(self, wait: float) -> None:
         forget_after_exit(self._stop_at_exit)
         self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(wait)
+        thread = self._thread
+        if thread is not None:
+            # In slices on the main thread: a Ctrl-C that landed on another thread left one join waiting it out.
+            in_slices(lambda seconds: _joined(thread, seconds), wait)
         with self._sockets_lock:
             self._closed = True
             sockets, self._sockets = list(self._sockets.values()), {}
