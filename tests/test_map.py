@@ -1645,6 +1645,48 @@ def test_a_chunk_past_its_budget_finishes_what_would_take_under_a_later_chunks_w
     assert past_budget(budget, budget, done=1, left=100)  # slow items stop
 
 
+@pytest.mark.timeout(60)
+def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rest of a chunk that stopped at its budget ends in a piece under a
+    # budget again, of slow items. The map's thread ran it itself when it was
+    # still queued, as it always was on threads (the workers' wake-up came
+    # later): each slow item after the first wave then ran there while the
+    # workers idled and no other stopped chunk went on, and 1,000 items of
+    # which ten slept 0.5 s took 4.5 s on two threads, 2.5 s on two processes.
+    # Here every chunk under a budget stops after its first item and the
+    # measured size is one item, so that the rests come in slow pieces without
+    # slow items; the map's thread must claim none of them.
+    mp.configure_thread_pool(2)
+    monkeypatch.setattr(_map, "_FIRST_WAVE_SECONDS", 0.0)
+    monkeypatch.setattr(_map, "_WHOLE_MAP_CHUNK_SECONDS", 1e-12)
+    budgeted: list[Any] = []  # the chunks started under a budget, first wave first (kept: ids stay theirs)
+    start_chunk = _map._Mapper._start_chunk
+
+    def recorded(self: Any, items: Any, start: int, budget: float | None, *args: Any, **options: Any) -> Any:
+        entry = start_chunk(self, items, start, budget, *args, **options)
+        if budget is not None and entry is not None:
+            budgeted.append(entry[0])
+        return entry
+
+    claimed: list[Any] = []  # the queued chunks the map's thread asked to run itself
+    run_here = mp.AsyncHandle._run_here_if_queued
+    map_thread = threading.get_ident()
+
+    def spied(handle: Any) -> bool:
+        if threading.get_ident() == map_thread:
+            claimed.append(handle)
+        return run_here(handle)
+
+    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    monkeypatch.setattr(mp.AsyncHandle, "_run_here_if_queued", spied)
+    assert mp.parallel_map(triple_plus_one, list(range(40)), backend="thread") == [3 * x + 1 for x in range(40)]
+    slow_rests = budgeted[2:]  # after the first wave's two chunks
+    assert slow_rests, "no chunk stopped at its budget: the test no longer sets up what it checks"
+    assert not [rest for rest in slow_rests if any(rest is handle for handle in claimed)], (
+        "the map's thread claimed the slow rest of a stopped chunk"
+    )
+
+
 ran_once: list[int] = []
 
 
