@@ -1655,8 +1655,10 @@ def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monke
     # which ten slept 0.5 s took 4.5 s on two threads, 2.5 s on two processes.
     # Here every chunk under a budget stops after its first item and the
     # measured size is one item, so that the rests come in slow pieces without
-    # slow items; the map's thread must claim none of them.
+    # slow items; the map's thread must claim none of them, as the workers
+    # start each in its grace (long here: a loaded machine is not slow workers).
     mp.configure_thread_pool(2)
+    monkeypatch.setattr(_map, "_SLOW_REST_GRACE_SECONDS", 60.0)
     monkeypatch.setattr(_map, "_FIRST_WAVE_SECONDS", 0.0)
     monkeypatch.setattr(_map, "_WHOLE_MAP_CHUNK_SECONDS", 1e-12)
     budgeted: list[Any] = []  # the chunks started under a budget, first wave first (kept: ids stay theirs)
@@ -1668,14 +1670,15 @@ def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monke
             budgeted.append(entry[0])
         return entry
 
-    claimed: list[Any] = []  # the queued chunks the map's thread asked to run itself
+    claimed: list[Any] = []  # the queued chunks the map's thread ran itself
     run_here = mp.AsyncHandle._run_here_if_queued
     map_thread = threading.get_ident()
 
     def spied(handle: Any) -> bool:
-        if threading.get_ident() == map_thread:
+        ran = run_here(handle)  # (it asks after its grace, once a worker started the piece: not run here)
+        if ran and threading.get_ident() == map_thread:
             claimed.append(handle)
-        return run_here(handle)
+        return ran
 
     monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
     monkeypatch.setattr(mp.AsyncHandle, "_run_here_if_queued", spied)
@@ -1685,6 +1688,40 @@ def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monke
     assert not [rest for rest in slow_rests if any(rest is handle for handle in claimed)], (
         "the map's thread claimed the slow rest of a stopped chunk"
     )
+
+
+@pytest.mark.timeout(60)
+def test_the_slow_rest_of_a_stopped_chunk_runs_in_the_map_thread_when_no_worker_takes_it(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    # The map's thread left such a piece to the workers whatever they did: with
+    # the pool's one worker busy until the map had returned (a task waiting on
+    # it), the map waited for good, where it had run every chunk itself.
+    monkeypatch.setattr(_map, "_FIRST_WAVE_SECONDS", 0.0)  # every chunk under a budget stops after its first item
+    monkeypatch.setattr(_map, "_WHOLE_MAP_CHUNK_SECONDS", 1e-12)  # and the measured size is one item
+    slow_rests: list[int] = []
+    go_on = _map._Mapper._continue
+
+    def recorded(self: Any, place: int, items: Any, start: int) -> None:
+        go_on(self, place, items, start)
+        slow_rests.extend(self._slow_rests)
+
+    monkeypatch.setattr(_map._Mapper, "_continue", recorded)
+    held = hold_one_worker(gate)
+    results: list[list[int]] = []
+    mapping = threading.Thread(
+        target=lambda: results.append(mp.parallel_map(triple_plus_one, list(range(40)), backend="thread"))
+    )
+    mapping.start()
+    try:
+        mapping.join(20)  # it takes well under a second; without the fix, until the gate opens
+        assert not mapping.is_alive(), "the map waited for the worker busy until it returned"
+    finally:
+        gate.set()
+        mapping.join()
+        held.wait(10)
+    assert slow_rests, "no chunk stopped at its budget: the test no longer sets up what it checks"
+    assert results == [[3 * x + 1 for x in range(40)]]
 
 
 ran_once: list[int] = []

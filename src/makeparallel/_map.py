@@ -83,7 +83,7 @@ from ._decorators import (
 from ._handle import AsyncHandle, _add_note, cancel_and_stop, stop_if_running, time_out_all
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
-from ._states import SUCCEEDED, TIMED_OUT
+from ._states import PENDING, RUNNING, SUCCEEDED, TIMED_OUT
 from ._task_context import current_task
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
@@ -120,6 +120,12 @@ _ONE_ITEM_SLACK = 25
 # A parallel_map's first chunks, one per worker, of unmeasured items, stop after
 # this many seconds, and the items they did not reach are chunked from their measure.
 _FIRST_WAVE_SECONDS = 0.02
+# The slow rest of a chunk that stopped (_Mapper._slow_rests), the oldest chunk, where none of the
+# map's chunks runs, is left to a worker that starts it within this many seconds, looked at every
+# _SLOW_REST_LOOK_SECONDS; past that, the map's thread runs it, as any queued oldest chunk: every
+# worker is busy with other tasks, maybe until the map returns (_Mapper._no_worker_takes).
+_SLOW_REST_GRACE_SECONDS = 0.02
+_SLOW_REST_LOOK_SECONDS = 0.001
 _MAX_CHUNK = 1 << 17
 #: A map's items: an iterator, or a sequence it slices.
 _Items = Union[Iterator[Any], list[Any], range]
@@ -1117,7 +1123,9 @@ class _Mapper:
         # map's thread never runs one itself: while it ran that item no other chunk that stopped went on
         # and the workers idled, and as each such piece was still queued when the map looked, every slow
         # item after the first wave ran in the map's thread (1,000 items of which ten slept 0.5 s took
-        # 4.5 s on two threads, against 2.5 s on two processes).
+        # 4.5 s on two threads, against 2.5 s on two processes). Unless no worker takes it
+        # (_no_worker_takes): with every worker busy until the map returned (a task waiting on it,
+        # on a pool of one thread), the map waited for good, where it had run every chunk itself.
         self._slow_rests: set[int] = set()
         self._sent_again: set[int] = set()  # items of one-item chunks run again after a death before they began
         self._read = 0
@@ -1630,15 +1638,20 @@ class _Mapper:
         """
         if self._ordered and self._completions is not None:  # chunks with a time budget are followed
             entry = self._in_flight[0]
+            slow_rest = id(entry[0]) in self._slow_rests
             # A queued oldest chunk runs here, as get() would run it: no wake-up to wait for.
-            # Not the slow rest of a chunk that stopped: see _slow_rests.
-            if (
-                self._deadline is None
-                and id(entry[0]) not in self._slow_rests
-                and entry[0]._run_owned_here_if_queued()
-            ):
+            # Not the slow rest of a chunk that stopped, unless no worker takes it (see _slow_rests).
+            if self._deadline is None and not slow_rest and entry[0]._run_owned_here_if_queued():
                 return entry
             while not entry[0].is_ready():
+                if (
+                    slow_rest
+                    and self._deadline is None
+                    and current_task() is None  # (in a task, the wait below runs queued chunks anyway)
+                    and self._no_worker_takes(entry[0])
+                    and entry[0]._run_owned_here_if_queued()
+                ):
+                    break
                 try:
                     done = self._completions.next()
                 except TaskTimeoutError:
@@ -1665,6 +1678,25 @@ class _Mapper:
                 raise
             self._time_out()
         return next(entry for entry in self._in_flight if entry[0] is done)
+
+    def _no_worker_takes(self, handle: AsyncHandle[list[Any]]) -> bool:
+        """Whether ``handle``, the slow rest of a chunk that stopped, queued, waits for a worker that may never come.
+
+        None of the map's chunks runs on a worker, whose end would wake the
+        map's wait (and free a worker), and none started it within
+        ``_SLOW_REST_GRACE_SECONDS``: every worker is busy with other tasks,
+        maybe one that waits for this map to return. A worker woken for it
+        but not yet started is given that grace.
+        """
+        if handle._state != PENDING or self._runs_a_chunk():
+            return False
+        ends = time.monotonic() + _SLOW_REST_GRACE_SECONDS
+        while handle._state == PENDING and time.monotonic() < ends:
+            handle.wait(_SLOW_REST_LOOK_SECONDS)  # its start sets off nothing to wait on
+        return handle._state == PENDING and not self._runs_a_chunk()
+
+    def _runs_a_chunk(self) -> bool:
+        return any(handle._state == RUNNING for handle, _ in self._in_flight)
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
