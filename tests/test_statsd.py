@@ -997,7 +997,9 @@ print("exiting", flush=True)
 
 
 # The same, the wait ended by a Ctrl-C; a second exporter's flush is skipped, and an
-# exit hook the program registered before the first pool still runs.
+# exit hook the program registered before the first pool still runs. Without a pool (a
+# program ended before its first task), the exporters' hooks are atexit's own: the one
+# started last runs first, and the Ctrl-C must skip the other there too.
 INTERRUPTED_AT_EXIT = """
 import atexit, os, sys, threading
 import makeparallel as mp
@@ -1014,17 +1016,21 @@ class Exporter(StatsdExporter):
         threading.Event().wait()
 
 
-mp.gather([mp.parallel(abs)(-1)])
+if sys.argv[2] == "pool":
+    mp.gather([mp.parallel(abs)(-1)])
 Exporter("127.0.0.1", int(sys.argv[1]), prefix="one", interval=3600).start()
 Exporter("127.0.0.1", int(sys.argv[1]), prefix="two", interval=3600).start()
 """
 
 
 @pytest.mark.timeout(60)
-def test_a_ctrl_c_during_the_last_flush_ends_the_exit_quietly(server: StatsdServer) -> None:
-    # It escaped the pools' exit hook, printed with its traceback as an exception ignored.
+@pytest.mark.parametrize("pools", ["pool", "no pool"])
+def test_a_ctrl_c_during_the_last_flush_ends_the_exit_quietly(server: StatsdServer, pools: str) -> None:
+    # It escaped the pools' exit hook, printed with its traceback as an exception ignored;
+    # without a pool, it escaped atexit's own call of the hook, and the next exporter's
+    # flush was waited for still.
     child = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_AT_EXIT, str(server.port)],
+        [sys.executable, "-c", INTERRUPTED_AT_EXIT, str(server.port), pools],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

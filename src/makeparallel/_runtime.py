@@ -322,13 +322,14 @@ def after_pools_at_exit(hook: Callable[[], None]) -> None:
     registered after the first pool's runs before it), it missed the tasks
     that ended in it. ``hook`` is registered with ``atexit`` itself where no
     pool's exit hook is yet (it then runs after that one, registered later).
+    A Ctrl-C as it runs skips the hooks left (:func:`_run_after_exit_hooks`).
     """
     with _lock:
         if hook in _after_exit:
             return
         _after_exit.append(hook)
         if not _exit_hook_registered:
-            atexit.register(_run_after_exit, hook)
+            atexit.register(_run_after_exit_hooks, [hook])
 
 
 def forget_after_exit(hook: Callable[[], None]) -> None:
@@ -336,6 +337,25 @@ def forget_after_exit(hook: Callable[[], None]) -> None:
     with _lock:
         if hook in _after_exit:
             _after_exit.remove(hook)
+
+
+def _run_after_exit_hooks(hooks: list[Callable[[], None]]) -> bool:
+    """Run ``hooks`` (:func:`_run_after_exit`); return whether a Ctrl-C did not end the run.
+
+    Ctrl-C as a flush is waited for: the user will not wait for the others
+    either, which are skipped, those ``atexit`` calls itself too. The error
+    would only be printed as ignored, with its traceback: where no pool was
+    made, ``atexit`` ran the hooks, and the next exporter's flush was waited
+    for still.
+    """
+    try:
+        for hook in hooks:
+            _run_after_exit(hook)
+    except KeyboardInterrupt:
+        with _lock:
+            _after_exit.clear()
+        return False
+    return True
 
 
 def _run_after_exit(hook: Callable[[], None]) -> None:
@@ -1192,15 +1212,8 @@ def _at_exit() -> None:
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
         coroutines.close_idle_loops()
-    try:
-        for hook in list(_after_exit):  # the exporters' last flush: every task counted now
-            _run_after_exit(hook)
-    except KeyboardInterrupt:
-        # Ctrl-C as a flush is waited for: the user will not wait for the others either. The
-        # error would only be printed as ignored, with the pools left stopped.
-        with _lock:
-            _after_exit.clear()
-        reopen = False
+    if not _run_after_exit_hooks(list(_after_exit)):  # the exporters' last flush: every task counted now
+        reopen = False  # Ctrl-C there: the pools are left stopped
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
