@@ -153,3 +153,43 @@ def test_a_wait_that_runs_a_queued_task_on_the_main_thread_documents_its_system_
     documented = getattr(mp.AsyncHandle, "get" if method == "result" else method)
     names = documented_exceptions(inspect.getdoc(documented) or "")
     assert "SystemExit" in names, f"AsyncHandle.{method} raises SystemExit here, its Raises section names {sorted(names)}"
+
+
+def _system_exit_entry(method: str) -> str:
+    """The text of the ``KeyboardInterrupt, SystemExit`` entry of ``AsyncHandle.<method>``'s Raises section."""
+    doc = inspect.getdoc(getattr(mp.AsyncHandle, method)) or ""
+    found = re.search(r"^[ ]{4}KeyboardInterrupt, SystemExit:((?:.*\n?)(?:[ ]{8}.*\n?)*)", doc, re.MULTILINE)
+    assert found, f"AsyncHandle.{method} documents no KeyboardInterrupt, SystemExit entry"
+    return " ".join(found.group(1).split())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["wait", "exception"])
+@pytest.mark.parametrize("where", ["process", "timeout of its own"])
+def test_a_wait_that_does_not_run_the_task_here_does_not_raise_its_system_exit(
+    method: str, where: str, gate: threading.Event
+) -> None:
+    # Nothing is run inline for a process task (it is sent to a worker), nor for a
+    # task with a timeout of its own (run inline, its deadline could not end the
+    # wait): the worker ran it, and wait() returns, exception() returns the
+    # SystemExit, as for any error. The docstrings said "a task still queued runs
+    # here", of every task, and a user wrapping wait() for the SystemExit of a CLI
+    # run as a process task met none.
+    assert threading.current_thread() is threading.main_thread()
+    if where == "process":
+        mp.configure_process_pool(num_workers=1)
+        blocker = mp.parallel(backend="process")(abs)(-1)  # the one worker busy: queued or not, never run here
+        handle = mp.parallel(backend="process")(sys.exit)(4)
+    else:
+        mp.configure_thread_pool(num_threads=1)
+        blocker = mp.parallel(gate.wait)(30)
+        handle = mp.parallel(timeout=30)(sys.exit)(4)
+        threading.Timer(0.2, gate.set).start()  # the worker frees up only after the wait began
+    try:
+        outcome = getattr(handle, method)()
+    finally:
+        gate.set()
+        blocker.get(timeout=30)
+    assert outcome is True if method == "wait" else isinstance(outcome, SystemExit)
+    entry = _system_exit_entry(method)
+    assert "thread backend" in entry and "timeout of its own" in entry, entry

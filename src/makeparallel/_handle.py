@@ -280,8 +280,9 @@ class AsyncHandle(Generic[T_co]):
                 called it, and that loop closed before the coroutine ended.
             Exception: whatever the task raised, as itself.
             KeyboardInterrupt, SystemExit: the task raised it, as any error of its
-                own; one raised as the task ran here, inline on the main thread,
-                is also taken as meant for the program (see :meth:`wait`).
+                own; one raised as the task ran here, inline on the main thread
+                (a thread backend's task, with no timeout of its own), is also
+                taken as meant for the program (see :meth:`wait`).
         """
         if timeout is not None:
             timeout = check_wait_timeout(timeout)
@@ -330,9 +331,12 @@ class AsyncHandle(Generic[T_co]):
             ValueError: ``timeout`` is negative or NaN.
             RuntimeError: the wait could never end here, as for :meth:`get`.
             KeyboardInterrupt, SystemExit: without a timeout on the main thread,
-                a task still queued runs here, and one of these that it raised
-                is taken as meant for the program (Ctrl-C, a signal handler's
-                ``sys.exit``): it is raised again (the task failed with it).
+                a thread backend's task still queued, with no timeout of its own,
+                runs here, and one of these that it raised is taken as meant for
+                the program (Ctrl-C, a signal handler's ``sys.exit``): it is
+                raised again (the task failed with it). A process task, or one
+                with a timeout of its own, is left to a worker: its error is
+                returned as any other.
         """
         if timeout is not None:
             timeout = check_wait_timeout(timeout)
@@ -349,7 +353,7 @@ class AsyncHandle(Generic[T_co]):
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
 
         Never raises the task's error, but for a ``KeyboardInterrupt`` or
-        ``SystemExit`` of a queued task it ran on the main thread (below).
+        ``SystemExit`` of a queued thread task it ran on the main thread (below).
         ``timeout_secs=`` is the makeparallel 0.2 name of ``timeout``.
 
         Raises:
@@ -358,9 +362,11 @@ class AsyncHandle(Generic[T_co]):
                 >= 0 or ``None``; the error names it as it was given.
             RuntimeError: the wait could never end here, as for :meth:`get`.
             KeyboardInterrupt, SystemExit: without a timeout on the main thread,
-                a task still queued runs here, and one of these that it raised
-                is taken as meant for the program (Ctrl-C, a signal handler's
-                ``sys.exit``): it is raised again (the task failed with it).
+                a thread backend's task still queued, with no timeout of its own,
+                runs here, and one of these that it raised is taken as meant for
+                the program (Ctrl-C, a signal handler's ``sys.exit``): it is
+                raised again (the task failed with it). A process task, or one
+                with a timeout of its own, is left to a worker: this returns.
         """
         if timeout_secs is not None:
             if timeout is not None:
