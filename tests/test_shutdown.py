@@ -1925,3 +1925,48 @@ def test_ctrl_c_interrupts_a_waiting_get() -> None:
     assert "KeyboardInterrupt" in stderr
     assert "get returned" not in stdout
     assert elapsed < 10, f"exit took {elapsed:.1f} s after Ctrl-C"
+
+
+# A signal handler that shuts down runs on the main thread between two of its bytecodes:
+# here, inside the with block, as the code it interrupted holds the lock.
+SHUTDOWN_IN_A_HANDLER = """
+import signal, sys, threading
+import makeparallel as mp
+from makeparallel import _deadlines, _runtime
+
+held = sys.argv[1]
+backend = "process" if held == "process pool" else "thread"
+mp.set_max_concurrent_tasks(4)
+task = mp.parallel(backend=backend)(abs)
+assert task(-1).get() == 1
+lock = {
+    "thread pool": lambda: _runtime.get_backend("thread")._lock,
+    "process pool": lambda: _runtime.get_backend("process")._lock,
+    "runtime": lambda: _runtime._lock,
+    "deadline heap": lambda: _deadlines._condition,
+    "limit": lambda: _runtime.global_limiter._lock,
+}[held]()
+returned = []
+signal.signal(signal.SIGTERM, lambda *_: returned.append(mp.shutdown(timeout_secs=5)))
+with lock:
+    signal.raise_signal(signal.SIGTERM)
+    print("handler returned", returned, flush=True)
+shutting = next(thread for thread in threading.enumerate() if thread.name == "makeparallel-shutdown")
+shutting.join(30)
+try:
+    task(-2)
+except mp.ShutdownError:
+    print("shut down", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("held", ["thread pool", "process pool", "runtime", "deadline heap", "limit"])
+def test_shutdown_in_a_signal_handler_that_interrupted_a_held_lock_goes_on_in_a_thread(held: str) -> None:
+    # It waited for the lock that the code it interrupted held: for good (a service's
+    # SIGTERM handler, 1 run in 4 as the main thread submitted tasks).
+    result = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_IN_A_HANDLER, held], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "handler returned [False]\nshut down\n"), result.stderr
+    assert "called from a signal handler that interrupted the main thread" in result.stderr

@@ -135,6 +135,11 @@ def _report_fault(due: Due) -> None:
         pass
 
 
+def busy() -> bool:
+    """Whether a thread holds the heap's lock now (``shutdown()`` in a signal handler asks: ``_runtime``)."""
+    return bool(_condition._lock.locked())  # type: ignore[attr-defined]
+
+
 def _reset_after_fork() -> None:
     global _condition, _thread, _warned
     _condition = threading.Condition(threading.Lock())

@@ -30,7 +30,7 @@ from types import EllipsisType
 
 from . import _deadlines
 from ._admission import Limiter, all_limiters
-from ._backends._base import Backend, _RetryDue, pool_of_this_thread, terminate_all
+from ._backends._base import Backend, _RetryDue, every_backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
 from ._process_context import locate_contextvars, set_process_contextvars
 from ._states import RETRY_WAIT
@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("makeparallel")
+# Seconds a lock that shutdown() takes may stay held before a call on the main thread takes it
+# for one held by the code it interrupted (_interrupted_holding_a_lock).
+_HELD_BELOW_AFTER = 0.25
 
 
 def _thread_backend() -> Backend:
@@ -875,7 +878,9 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
 
     Returns:
         Whether every task ended in time, the code of those timed out or
-        cancelled as they ran on threads included.
+        cancelled as they ran on threads included. ``False`` at once where
+        it was called from a signal handler that interrupted the library's
+        own work on the main thread (below).
 
     Raises:
         TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
@@ -897,6 +902,14 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     A ``"sync"`` task called over its limit from a coroutine runs on its loop's
     thread once it has its slot: this wait, on that thread, runs it in place
     (refused only where that loop stopped).
+
+    Called from a signal handler (``SIGTERM`` in a service) that interrupted
+    the main thread as it held one of the library's locks (a task's
+    submission), it could never take that lock: it waited for good. There it
+    logs a warning, goes on in a thread of its own, which the interpreter
+    waits for at exit, and returns ``False`` at once. Better: have the
+    handler set a flag, or raise ``SystemExit``, and shut down from the
+    program's own flow (exit stops the pools).
     """
     if timeout_secs is None:
         _refuse_to_wait_for_good_here()
@@ -953,6 +966,25 @@ def _refuse_to_wait_for_good_here(
     )
 
 
+def _interrupted_holding_a_lock() -> bool:
+    """Whether this is the main thread, and a lock a shutdown takes stays held for ``_HELD_BELOW_AFTER`` seconds.
+
+    Then the code that holds it is the code this call interrupted (a signal
+    handler's call): another thread holds one of them for microseconds, with
+    no wait inside, and the interrupted code cannot go on before this call
+    returns. Each lock is read without being taken.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    locks = [_lock, *(backend._lock for backend in every_backend()), *(limiter._lock for limiter in all_limiters())]
+    ends = time.monotonic() + _HELD_BELOW_AFTER
+    while _deadlines.busy() or any(lock.locked() for lock in locks):
+        if time.monotonic() >= ends:
+            return True
+        time.sleep(0.001)
+    return False
+
+
 def _reads_results_here() -> Backend | None:
     """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any."""
     with _lock:
@@ -993,11 +1025,26 @@ class ShutdownCall:
 
     def run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
         """:func:`shutdown` (same arguments, return value and errors), remembered as this call."""
-        global _shut_down, _last_shutdown
         timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
         if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
             raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
         self.timeout = timeout_secs
+        if _interrupted_holding_a_lock():
+            _log.warning(
+                "%s was called from a signal handler that interrupted the main thread as it held a lock of "
+                "makeparallel's: waiting there would wait for good. The shutdown goes on in a thread of its own, "
+                "which exit waits for, and the call returns False at once. Have the handler set a flag, or raise "
+                "SystemExit, and shut down from your program's own flow",
+                self.by,
+            )
+            threading.Thread(
+                target=self._run, args=(timeout_secs, cancel_pending), name="makeparallel-shutdown", daemon=False
+            ).start()
+            return False
+        return self._run(timeout_secs, cancel_pending)
+
+    def _run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
+        global _shut_down, _last_shutdown
         with _lock:
             _shut_down = True
             _last_shutdown = self
