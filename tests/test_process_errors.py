@@ -11,6 +11,7 @@ the worker's traceback below the deepest exception.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import os
@@ -483,6 +484,50 @@ def test_an_exception_with_an_attribute_that_cannot_be_pickled_arrives_as_itself
     assert "makeparallel: lock could not be pickled, and arrived as None" in error.__notes__
 
 
+def value_error_with_a_lock_argument() -> None:
+    raise ValueError("pool exhausted", threading.Lock())
+
+
+def key_error_while_handling_one_with_a_lock_argument() -> None:
+    try:
+        value_error_with_a_lock_argument()
+    except ValueError:
+        raise KeyError("user 7")  # its __context__ is the ValueError
+
+
+def group_with_a_member_holding_a_lock_argument() -> None:
+    group = vars(builtins)["ExceptionGroup"]  # Python 3.11+
+    raise group("batch", [ValueError("fine"), ValueError("pool exhausted", threading.Lock())])
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_with_an_argument_that_cannot_be_pickled_arrives_as_itself_with_a_note() -> None:
+    # A lock (a connection, a socket) among an exception's args made the whole
+    # exception a TaskError, where an attribute holding one arrived as None.
+    error = failure(value_error_with_a_lock_argument)
+    assert type(error) is ValueError
+    assert error.args == ("pool exhausted", None)
+    assert "makeparallel: args[1] could not be pickled, and arrived as None" in error.__notes__
+
+
+@pytest.mark.timeout(60)
+def test_a_chain_member_with_an_argument_that_cannot_be_pickled_keeps_the_raised_exception() -> None:
+    # The exception raised could travel; the one in its __context__ could not, and
+    # ``except KeyError`` around get() no longer caught what the task raised.
+    error = failure(key_error_while_handling_one_with_a_lock_argument)
+    assert type(error) is KeyError and error.args == ("user 7",)
+    context = error.__context__
+    assert type(context) is ValueError and context.args == ("pool exhausted", None)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is Python 3.11+")
+@pytest.mark.timeout(60)
+def test_a_group_member_with_an_argument_that_cannot_be_pickled_keeps_the_group() -> None:
+    error = failure(group_with_a_member_holding_a_lock_argument)
+    assert type(error) is vars(builtins)["ExceptionGroup"]
+    assert [member.args for member in error.exceptions] == [("fine",), ("pool exhausted", None)]
+
+
 ASYNC_FAILURE_SCRIPT = """
 import asyncio
 import makeparallel as mp
@@ -663,7 +708,15 @@ class StrFails(Exception):
 
 
 def str_fails_holding_a_lock() -> None:
-    raise StrFails(threading.Lock())
+    # A class of the function's own, sent by value, with a lock in its namespace: nothing
+    # of it can be pickled (an argument or attribute that cannot arrives as None).
+    class StrFails(Exception):
+        lock = threading.Lock()
+
+        def __str__(self) -> str:
+            raise RuntimeError("no text for this one")
+
+    raise StrFails()
 
 
 @pytest.mark.timeout(60)

@@ -13,9 +13,9 @@
   without its own ``__init__``; then its C-level fields, slots and
   ``__dict__`` are set as they were (the approach of mpire's
   ``populate_exception``). A C-level field or slot that cannot be pickled
-  (``AttributeError.obj``, a lock) stays unset; an attribute that cannot
-  (``HTTPError``'s open response) arrives as ``None``, with a note that says
-  so.
+  (``AttributeError.obj``, a lock) stays unset; an attribute or an argument
+  that cannot (``HTTPError``'s open response, a lock in ``args``) arrives as
+  ``None``, with a note that says so.
 * **The chain as objects.** ``__cause__``, ``__context__`` and
   ``__suppress_context__`` travel with each exception (and with the members of
   an ``ExceptionGroup``, which its own pickling carries), a chain that loops
@@ -287,9 +287,10 @@ def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, .
         make, args, state = core
         return (make, args, (state, chain, later), None, None, _set_state)
     fields = {name: value for name, value in _fields(error).items() if _pickles(value, pickled)}
-    state = _picklable_state(error, pickled)
-    made_with = error.args if later or not _refers_back(error.args, error, pickled) else ()
-    return (_rebuild, (type(error), made_with), (error.args, fields, state, chain, later), None, None, _fill)
+    args, dropped = _picklable_args(error, pickled)
+    state = _picklable_state(error, pickled, dropped)
+    made_with = args if later or not _refers_back(args, error, pickled) else ()
+    return (_rebuild, (type(error), made_with), (args, fields, state, chain, later), None, None, _fill)
 
 
 def _members(group: BaseException) -> list[BaseException]:
@@ -313,8 +314,8 @@ def _own_reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[An
             return None
         make, args = reduced[0], reduced[1]
         state = reduced[2] if len(reduced) > 2 else None
-        if not _harmless(make, args):
-            return None
+        if not _harmless(make, args) or not _pickles(args, pickled):
+            return None  # arguments that cannot be pickled: the rebuild sends what pickles of them
         copy = _apply(make, args, state)
         if _equal(copy, error) and (
             type(state) is not dict or all(_pickles(value, pickled) for value in state.values())
@@ -413,8 +414,25 @@ def _met_pickling(value: Any, pickled: ExceptionsPickled) -> Collection[int] | N
         return None
 
 
-def _picklable_state(error: BaseException, pickled: ExceptionsPickled) -> dict[str, Any]:
-    """``error.__dict__``, with ``None`` for what cannot be pickled, and a note that names it.
+def _picklable_args(error: BaseException, pickled: ExceptionsPickled) -> tuple[tuple[Any, ...], list[str]]:
+    """``error.args``, with ``None`` for each argument that cannot be pickled, and the names of those (``args[1]``).
+
+    ``ValueError("pool exhausted", lock)``, or a connection among a driver's
+    error's arguments: the whole exception became a ``TaskError``, and so did
+    the exception raised while handling it, whose ``__context__`` it was, so
+    that ``except KeyError`` no longer caught what the task raised.
+    """
+    args = error.args
+    if _pickles(args, pickled):
+        return args, []
+    kept = [_pickles(arg, pickled) for arg in args]
+    return tuple(arg if keep else None for arg, keep in zip(args, kept)), [
+        f"args[{index}]" for index, keep in enumerate(kept) if not keep
+    ]
+
+
+def _picklable_state(error: BaseException, pickled: ExceptionsPickled, dropped_args: list[str]) -> dict[str, Any]:
+    """``error.__dict__``, with ``None`` for what cannot be pickled, and a note that names it (and ``dropped_args``).
 
     ``urllib.error.HTTPError`` holds its open response: without it, the error
     still arrives as itself, with its code, message and url, where one
@@ -424,9 +442,10 @@ def _picklable_state(error: BaseException, pickled: ExceptionsPickled) -> dict[s
     """
     state = dict(getattr(error, "__dict__", {}))
     dropped = [name for name, value in state.items() if name != "__notes__" and not _pickles(value, pickled)]
+    for name in dropped:
+        state[name] = None
+    dropped = [*dropped_args, *dropped]
     if dropped:
-        for name in dropped:
-            state[name] = None
         note = f"makeparallel: {', '.join(dropped)} could not be pickled, and arrived as None"
         state["__notes__"] = [*state.get("__notes__", ()), note]
     return state
