@@ -1270,6 +1270,55 @@ def test_a_task_pickles_an_argument_whose_class_the_main_script_defines(tmp_path
     assert result.stdout.split() == ["1", "2", "[3]"], result.stderr[-2000:]
 
 
+SLOTTED_SCRIPT = """\
+import dataclasses
+import makeparallel as mp
+
+@dataclasses.dataclass(slots=True)
+class Reading:
+    sensor: str
+    value: float
+
+class Pair:
+    __slots__ = ("left", "__right")
+
+    def __init__(self, left, right):
+        self.left = left
+        self.__right = right
+
+    def right(self):
+        return self.__right
+
+def measure(sensor):
+    return Reading(sensor, 1.5)
+
+def pair(left):
+    value = Pair(left, left + 1)
+    return value, hasattr(value, "__dict__")
+
+if __name__ == "__main__":
+    task = mp.parallel(backend="process")
+    print(task(measure)("t1").get(timeout=30))
+    value, has_dict = task(pair)(1).get(timeout=30)
+    print(value.left, value.right(), has_dict)
+    print(mp.parallel_map(measure, ["a"], backend="process"))
+"""
+
+
+def test_a_task_returns_an_instance_of_a_slotted_class_of_the_main_script(tmp_path: Path) -> None:
+    # cloudpickle sends a class by value without its slots: the worker's copy kept its
+    # instances' attributes in a __dict__, and a result made there (a dataclass with
+    # slots=True) failed to unpickle against the script's own class ("'Reading' object
+    # has no attribute '__dict__'").
+    (tmp_path / "script.py").write_text(SLOTTED_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == [
+        "Reading(sensor='t1', value=1.5)",
+        "1 2 False",
+        "[Reading(sensor='a', value=1.5)]",
+    ], result.stderr[-2000:]
+
+
 def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
     # The worker's __main__ named the program's file but not its module: the spawn
     # pool's children ran app/main.py as a file, its relative import failed in each,

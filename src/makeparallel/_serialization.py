@@ -226,6 +226,8 @@ def _pickler_class() -> type[_pickle.Pickler]:
 
     import cloudpickle  # type: ignore[import-untyped]  # only the process backend needs it
 
+    make_class = getattr(cloudpickle.cloudpickle, "_make_skeleton_class", None)
+
     class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -237,7 +239,12 @@ def _pickler_class() -> type[_pickle.Pickler]:
             if isinstance(obj, BaseException):
                 return reduce_exception(obj, self.exceptions)
             reduced = _reduce(obj)
-            return super().reducer_override(obj) if reduced is NotImplemented else reduced
+            if reduced is not NotImplemented:
+                return reduced
+            reduced = super().reducer_override(obj)
+            if type(reduced) is tuple and reduced[0] is make_class and vars(obj).get("__slots__"):
+                return _with_slots(reduced, obj.__slots__)
+            return reduced
 
     # Its dispatch table: the reductions for workers (a @parallel function's) and cloudpickle's
     # in one dict, then copyreg's, as cloudpickle chains them. One map more would cost each
@@ -247,6 +254,25 @@ def _pickler_class() -> type[_pickle.Pickler]:
         for_workers.setdefault(kind, reduction)
     Pickler.dispatch_table = ChainMap(for_workers, *after)
     return Pickler
+
+
+def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a class sent by value, made to create the class with its ``__slots__``.
+
+    cloudpickle makes the class without them and sets ``__slots__`` as a plain
+    attribute afterwards, which makes no slot: the copy keeps its instances'
+    attributes in a ``__dict__``, and an instance a worker made (a
+    ``@dataclass(slots=True)`` of the main script returned by a task) was
+    pickled with that ``__dict__`` as its state, which the program's own
+    class, without one, refused as it was unpickled. Given when the class is
+    made, as its ``class`` statement gives them, they make its slots. Only
+    where there are some: ``__slots__ = ()`` makes none, and a
+    ``typing.NamedTuple``'s, always empty, may not be given again (its
+    metaclass refuses it).
+    """
+    make, (metaclass, name, bases, type_kwargs, *rest), *after = reduced
+    type_kwargs = {**type_kwargs, "__slots__": slots}
+    return (make, (metaclass, name, bases, type_kwargs, *rest), *after)
 
 
 def dumps_in_band(obj: Any) -> bytes:
