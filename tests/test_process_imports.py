@@ -1319,6 +1319,37 @@ def test_a_task_returns_an_instance_of_a_slotted_class_of_the_main_script(tmp_pa
     ], result.stderr[-2000:]
 
 
+CACHED_SCRIPT = """\
+import functools
+import makeparallel as mp
+
+@functools.cache
+def rate(currency):
+    return {"EUR": 2, "USD": 3}[currency]
+
+@functools.lru_cache(maxsize=8, typed=True)
+def fee(amount):
+    return amount // 10
+
+def convert(amount):
+    return amount * rate("EUR") + fee(amount) + rate.cache_info().misses
+
+if __name__ == "__main__":
+    print(mp.parallel(backend="process")(convert)(100).get(timeout=30))
+    print(mp.parallel_map(rate, ["EUR", "USD"], backend="process"))
+    print(mp.parallel(backend="process")(fee.cache_parameters)().get(timeout=30))
+"""
+
+
+def test_a_task_uses_a_cached_function_of_the_main_script(tmp_path: Path) -> None:
+    # A functools.cache (lru_cache) function pickles by its name, and a worker's
+    # __main__ has no such name: a task that called one of the script's, or a map of
+    # one, failed with "Can't get attribute 'rate' on <module '__main__'>".
+    (tmp_path / "script.py").write_text(CACHED_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == ["211", "[2, 3]", "{'maxsize': 8, 'typed': True}"], result.stderr[-2000:]
+
+
 def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
     # The worker's __main__ named the program's file but not its module: the spawn
     # pool's children ran app/main.py as a file, its relative import failed in each,

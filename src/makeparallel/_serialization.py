@@ -451,7 +451,35 @@ def _reduce(obj: Any) -> Any:
         return reduce_contextvar(obj)
     if type(obj) is CodeType and obj.co_filename != _NAMELESS_CODE:  # a function's code, sent by value
         return (_code_of_file, (obj.replace(co_filename=_NAMELESS_CODE), obj.co_filename))
+    if type(obj) is _CACHED_FUNCTION:
+        return _reduce_cached_function(obj)
     return NotImplemented
+
+
+_CACHED_FUNCTION = type(functools.lru_cache(maxsize=None)(len))  # functools.cache, functools.lru_cache
+
+
+def _reduce_cached_function(cached: Any) -> Any:
+    """Send a ``functools.cache`` (``lru_cache``) function of the main script, or of a module workers cannot import, by value.
+
+    It pickles by its name, as a function does, but unlike a function it is
+    not sent by value where the name leads nowhere in a worker: its
+    ``__main__`` has no such name (the script never runs there), and a task
+    that called one of the script's, or a map of one, failed with ``Can't get
+    attribute 'rate' on <module '__main__'>``. Its function goes by value, and
+    the worker wraps it again, with the same ``maxsize`` and ``typed``, and a
+    cache of its own.
+    """
+    module = getattr(cached, "__module__", None)
+    if not isinstance(module, str) or (module != "__main__" and _importable_by_name(module)):
+        return NotImplemented
+    parameters = cached.cache_parameters()
+    return (_cached_again, (cached.__wrapped__, parameters["maxsize"], parameters["typed"]))
+
+
+def _cached_again(fn: Any, maxsize: int | None, typed: bool) -> Any:
+    """``fn`` wrapped as ``functools.lru_cache(maxsize=maxsize, typed=typed)`` wraps it."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(fn)
 
 
 def _reduce_memoryview(view: memoryview) -> Any:
