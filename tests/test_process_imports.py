@@ -1350,6 +1350,67 @@ def test_a_task_uses_a_cached_function_of_the_main_script(tmp_path: Path) -> Non
     assert result.stdout.splitlines() == ["211", "[2, 3]", "{'maxsize': 8, 'typed': True}"], result.stderr[-2000:]
 
 
+CACHED_MODULE = """\
+import functools
+
+@functools.cache
+def by_name(x):
+    return x + 100
+
+def slow(x):
+    return x * 10
+
+fast = functools.lru_cache(maxsize=16, typed=True)(slow)  # its name, slow, holds the plain function
+
+def make():
+    @functools.cache
+    def inner(x):
+        return x - 1
+    return inner
+
+local = make()
+powers = functools.cache(functools.partial(pow, 2))  # no name at all
+"""
+
+CACHED_BY_MODULE_SCRIPT = """\
+import makeparallel as mp
+from cached_helpers import by_name, fast, local, powers
+
+def call(fn, x):
+    return fn(x), fn.cache_info().misses
+
+if __name__ == "__main__":
+    task = mp.parallel(backend="process")
+    print(task(by_name)(1).get(timeout=30), task(fast)(2).get(timeout=30), task(local)(3).get(timeout=30))
+    print(task(call)(fast, 2).get(timeout=30), task(call)(powers, 5).get(timeout=30))
+    print(mp.parallel_map(local, [1, 2], backend="process"), fast.cache_parameters())
+"""
+
+
+def test_a_task_uses_a_cached_function_of_a_module_whose_name_does_not_lead_to_it(tmp_path: Path) -> None:
+    # A cached function of an importable module went by its name even where that name
+    # leads elsewhere: one made in a function ("Can't pickle local object"), one cached
+    # under another name (fast = lru_cache(...)(slow): "it's not the same object as
+    # cached_helpers.slow"), a cached partial (no __qualname__).
+    (tmp_path / "cached_helpers.py").write_text(CACHED_MODULE)
+    (tmp_path / "script.py").write_text(CACHED_BY_MODULE_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == [
+        "101 20 2",
+        "(20, 1) (32, 1)",
+        "[0, 1] {'maxsize': 16, 'typed': True}",
+    ], result.stderr[-2000:]
+
+
+def test_a_cached_function_that_its_module_names_goes_by_name() -> None:
+    # By value only where the name does not lead to it: one that does is the worker's module's, cache and all.
+    import fnmatch
+
+    from makeparallel._serialization import _reduce_cached_function
+
+    assert _reduce_cached_function(fnmatch._compile_pattern) is NotImplemented  # an lru_cache of the stdlib
+
+
 def test_a_spawn_pool_a_task_makes_runs_a_module_run_with_dash_m_by_its_name(tmp_path: Path) -> None:
     # The worker's __main__ named the program's file but not its module: the spawn
     # pool's children ran app/main.py as a file, its relative import failed in each,

@@ -460,21 +460,43 @@ _CACHED_FUNCTION = type(functools.lru_cache(maxsize=None)(len))  # functools.cac
 
 
 def _reduce_cached_function(cached: Any) -> Any:
-    """Send a ``functools.cache`` (``lru_cache``) function of the main script, or of a module workers cannot import, by value.
+    """Send a ``functools.cache`` (``lru_cache``) function by value, unless a worker finds it by its name.
 
     It pickles by its name, as a function does, but unlike a function it is
     not sent by value where the name leads nowhere in a worker: its
     ``__main__`` has no such name (the script never runs there), and a task
     that called one of the script's, or a map of one, failed with ``Can't get
-    attribute 'rate' on <module '__main__'>``. Its function goes by value, and
-    the worker wraps it again, with the same ``maxsize`` and ``typed``, and a
-    cache of its own.
+    attribute 'rate' on <module '__main__'>``. Nor where its module, importable,
+    holds something else under that name, or nothing: one made in a function
+    ("Can't pickle local object"), one cached under another name
+    (``fast = lru_cache(maxsize=16)(slow)``: "not the same object as
+    mod.slow"), a cached ``functools.partial`` (no ``__qualname__``). Its
+    function goes by value, and the worker wraps it again, with the same
+    ``maxsize`` and ``typed``, and a cache of its own.
     """
     module = getattr(cached, "__module__", None)
-    if not isinstance(module, str) or (module != "__main__" and _importable_by_name(module)):
+    qualname = getattr(cached, "__qualname__", None)
+    if (
+        isinstance(module, str)
+        and isinstance(qualname, str)
+        and module != "__main__"
+        and _importable_by_name(module)
+        and _named(module, qualname) is cached
+    ):
         return NotImplemented
     parameters = cached.cache_parameters()
     return (_cached_again, (cached.__wrapped__, parameters["maxsize"], parameters["typed"]))
+
+
+def _named(module: str, qualname: str) -> Any:
+    """What ``module``, as imported here, holds under ``qualname``; ``None`` if nothing (a ``<locals>`` name)."""
+    target: Any = sys.modules.get(module)
+    try:
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except Exception:  # noqa: BLE001  # a module's or class's __getattr__ may raise anything
+        return None
+    return target
 
 
 def _cached_again(fn: Any, maxsize: int | None, typed: bool) -> Any:
