@@ -1350,6 +1350,37 @@ def test_a_task_uses_a_cached_function_of_the_main_script(tmp_path: Path) -> Non
     assert result.stdout.splitlines() == ["211", "[2, 3]", "{'maxsize': 8, 'typed': True}"], result.stderr[-2000:]
 
 
+CACHED_PROPERTY_SCRIPT = """\
+import functools
+import makeparallel as mp
+
+class Order:
+    def __init__(self, items):
+        self.items = items
+
+    @functools.cached_property
+    def total(self):
+        \"\"\"The sum of the items.\"\"\"
+        return sum(self.items)
+
+def total(order):
+    return order.total, Order.total.attrname, Order.total.__doc__
+
+if __name__ == "__main__":
+    print(mp.parallel(backend="process")(total)(Order([1, 2])).get(timeout=30))
+    print(mp.parallel_map(lambda n: Order([n, n]).total, [1, 2], backend="process"))
+"""
+
+
+def test_a_task_uses_a_class_of_the_main_script_with_a_cached_property(tmp_path: Path) -> None:
+    # On Python 3.10 and 3.11 a functools.cached_property holds a lock, which cannot be
+    # pickled: every task that used such a class of the script, sent by value, failed
+    # with "cannot pickle '_thread.RLock' object".
+    (tmp_path / "script.py").write_text(CACHED_PROPERTY_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == ["(3, 'total', 'The sum of the items.')", "[2, 4]"], result.stderr[-2000:]
+
+
 CACHED_MODULE = """\
 import functools
 

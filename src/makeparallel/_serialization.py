@@ -252,8 +252,23 @@ def _pickler_class() -> type[_pickle.Pickler]:
     own, *after = cloudpickle.Pickler.dispatch_table.maps
     for kind, reduction in own.items():
         for_workers.setdefault(kind, reduction)
+    if "lock" in vars(functools.cached_property(len)):  # Python 3.10 and 3.11
+        for_workers.setdefault(functools.cached_property, _reduce_cached_property)
     Pickler.dispatch_table = ChainMap(for_workers, *after)
     return Pickler
+
+
+def _reduce_cached_property(prop: functools.cached_property[Any]) -> Any:
+    """A ``functools.cached_property`` made again from its function, with its ``attrname`` and ``__doc__``, and a lock of its own.
+
+    Before Python 3.12 it holds an ``RLock``, which cannot be pickled: a class
+    of the main script with one, sent by value, could not be sent at all, and
+    every task that used it failed with "cannot pickle '_thread.RLock'
+    object", where threads run it. ``attrname`` goes with the rest of its
+    ``__dict__``: only a ``class`` statement sets it, and the worker's copy of
+    the class is made without one.
+    """
+    return (functools.cached_property, (prop.func,), {k: v for k, v in vars(prop).items() if k != "lock"})
 
 
 def _with_slots(reduced: tuple[Any, ...], slots: Any) -> tuple[Any, ...]:
