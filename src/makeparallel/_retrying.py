@@ -87,8 +87,8 @@ class RetryingFunction:
             target: Any = sys.modules.get(module)
             for part in qualname.split("."):
                 target = getattr(target, part, None)
-            if target is self:
-                from ._serialization import imported_object  # only where something is pickled
+            if target is self:  # (_serialization: imported only where something is pickled)
+                from ._serialization import imported_object
 
                 return (imported_object, (module, qualname))
             if _bound_of(target) is self:  # a class method's, read on its class (up to 3.12: a partial)

@@ -44,9 +44,9 @@ import makeparallel
 # Ctrl-C ended the main module (stop() at exit flushes once more) clears CPython's record
 # of it: the program exited with status 1, not killed by SIGINT (see _load).
 from . import _task_metrics  # noqa: F401
+from ._backends._fd_numbers import standard_numbers_held
 from ._interruptible import in_slices
 from ._runtime import after_pools_at_exit, forget_after_exit
-from ._backends._fd_numbers import standard_numbers_held
 from ._validation import as_integer, as_seconds, is_real, shown
 
 __all__ = ["StatsdExporter"]
