@@ -970,6 +970,44 @@ def test_an_imap_closed_before_its_first_result_reads_no_input_and_runs_nothing(
     assert pulled == []
 
 
+_RELEASE = threading.Event()  # never set in a worker process: its items wait until cancelled
+
+
+def held_from_five(x: int) -> int:
+    """``x``, from item 5 on once released or cancelled (a thread's code must stop by itself)."""
+    if x >= 5:
+        while not _RELEASE.wait(0.01):
+            mp.check_cancelled()
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_an_imap_closed_from_another_thread_ends_its_loop_and_its_chunks(backend: str) -> None:
+    # close() raised "generator already executing" there, and the map went on: over an
+    # endless input, for good. As with a generator, only the thread iterating could close it.
+    _RELEASE.clear()
+    iterator = mp.imap(held_from_five, itertools.count(), chunksize=1, max_in_flight=1, backend=backend)
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.extend(iterator))
+    reader.start()
+    try:
+        assert wait_until(lambda: len(got) == 5 and iterator._results is not None and iterator._results.gi_running)
+        handles = iterator._mapper._chunks_in_flight()
+        iterator.close()
+        if backend == "sync":  # item 5 runs in the reader's thread, as the map starts its chunk
+            _RELEASE.set()
+        reader.join(30)
+        assert not reader.is_alive(), "the loop over the imap went on after close()"
+        assert got == [0, 1, 2, 3, 4]
+        assert all(handle.is_ready() for handle in handles)
+        assert handles or backend == "sync"  # (there item 5's chunk runs before it is in flight)
+    finally:
+        iterator.close()
+        _RELEASE.set()
+        reader.join(30)
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("chunksize", [None, 1, 50])
 def test_imap_over_an_endless_generator_stays_bounded(backend: str, chunksize: int | None) -> None:

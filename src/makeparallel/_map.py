@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
@@ -532,6 +533,7 @@ class MapIterator(Iterator[R]):
     def __init__(self, mapper: _Mapper) -> None:
         self._mapper = mapper
         self._results: Iterator[R] | None = None
+        self._reader: int | None = None  # the thread that asked for the first result
         self._async = False
         self._closed_unstarted = False  # close() came before the first result was asked for
 
@@ -539,6 +541,7 @@ class MapIterator(Iterator[R]):
         if self._results is None:
             if self._async:
                 raise RuntimeError("this imap is iterated with `async for` already")
+            self._reader = threading.get_ident()
             self._results = _each(self._mapper.chunks())
         return next(self._results)
 
@@ -547,12 +550,20 @@ class MapIterator(Iterator[R]):
 
         Closed before its first result, the map never starts: iterating it
         then gives nothing, as a generator closed before its first ``next()``.
+        Closed from another thread than the one that iterates it, the chunks
+        in flight are cancelled at once, and that thread's loop ends as it
+        asks for its next result (at most the rest of the chunk it holds first;
+        on the ``"sync"`` backend, whose items run in that thread, once the
+        item running returns).
         """
         if self._results is None and not self._async:
             self._results = _no_results()  # a generator: closing it again is harmless
             self._closed_unstarted = True
         elif self._results is not None:
-            self._results.close()  # type: ignore[attr-defined]
+            if self._reader == threading.get_ident():
+                self._results.close()  # type: ignore[attr-defined]
+            else:  # the generator may be running there: "generator already executing", and the map went on
+                self._mapper.close_elsewhere()
 
     def __aiter__(self) -> AsyncIterator[R]:
         if self._closed_unstarted:
@@ -1118,6 +1129,7 @@ class _Mapper:
         # Each chunk in flight's first item's index, items and time budget.
         self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
         self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
+        self._closed_elsewhere = False  # closed from another thread than the one iterating (close_elsewhere)
         # Chunks in flight that are the last piece of the rest of a chunk that stopped at its time budget,
         # under a budget again (_continue): its items are slow, and it ends only after its first one. The
         # map's thread never runs one itself: while it ran that item no other chunk that stopped went on
@@ -1145,13 +1157,15 @@ class _Mapper:
         self._progress = open_progress(self._progress_option, self._total, self._name)
         try:
             self._fill()
-            while self._in_flight:
+            while self._in_flight and not self._closed_elsewhere:
                 entry = self._next_done()
                 try:
                     chunk, taken = self._take(entry)
                 except KeyboardInterrupt:  # Ctrl-C: nothing more is handed out
                     raise
                 except BaseException:  # the results of the chunk's items before its error first (SystemExit too)
+                    if self._closed_elsewhere:  # its cancel, most likely: the map ends as closed
+                        return
                     if before := self._results_before(entry[0]):
                         yield before
                     raise
@@ -1160,6 +1174,8 @@ class _Mapper:
                 # and not yet handed out never exceeds max_in_flight.
                 self._items_in_flight -= taken
                 self._fill()
+            if self._closed_elsewhere:
+                return
             finished = True
             if self._input_error is not None:
                 raise self._input_error
@@ -1227,6 +1243,15 @@ class _Mapper:
                 cancel_and_stop([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()
+
+    def close_elsewhere(self) -> None:
+        """Stop the map from another thread than the one iterating :meth:`chunks`: cancel its chunks in flight now.
+
+        That thread's loop ends as it asks for its next chunk, reading no more
+        input; its own ``finally`` then stops what it started meanwhile.
+        """
+        self._closed_elsewhere = True
+        cancel_and_stop([handle for handle, _ in list(self._in_flight)])  # (listed in one C call: it may change)
 
     def _results_before(self, handle: AsyncHandle[list[Any]]) -> list[Any]:
         """The results of chunk ``handle``'s items before the one whose error stops the map: handed out first."""
@@ -1482,9 +1507,10 @@ class _Mapper:
         and for good where the submitter holding the slot waited for what the
         consumer does with the next one.
         """
-        if self._unsent is not None and not self._send(self._unsent):
+        if self._closed_elsewhere or (self._unsent is not None and not self._send(self._unsent)):
             return
-        while not self._exhausted and len(self._in_flight) < self._max_chunks:
+        # (Looked at each turn: on the "sync" backend a chunk runs here as it starts, maybe as close() came.)
+        while not self._closed_elsewhere and not self._exhausted and len(self._in_flight) < self._max_chunks:
             size = self._sizer.next_size()
             if self._bytes_bounded and not self._bytes_per_item and size > 1:
                 self._peek()  # a first chunk of many items: their size bounds how many
