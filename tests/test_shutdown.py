@@ -142,13 +142,16 @@ def test_shutdown_refuses_new_tasks_until_reset(backend: str) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_shutdown_from_a_process_tasks_callback_returns_instead_of_raising() -> None:
+def test_shutdown_from_a_process_tasks_callback_is_refused_at_once_and_never_joins_its_thread() -> None:
     # It ran on the pool's loop thread, and joined that thread: RuntimeError("cannot join
     # current thread"), logged as the callback's error, after waiting its whole timeout.
+    # Its wait there can see no task end, so it is refused before anything is shut down.
     stop_everything = CalledBack(lambda: mp.shutdown(timeout_secs=0.2))
     mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
     assert stop_everything.called.wait(20)
-    assert stop_everything.outcome in (True, False), stop_everything.outcome
+    assert isinstance(stop_everything.outcome, RuntimeError), stop_everything.outcome
+    assert "cannot join" not in str(stop_everything.outcome)
+    assert "loop thread" in str(stop_everything.outcome)
     mp.reset_shutdown()
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=20) == 2
 
@@ -222,6 +225,29 @@ def test_shutdown_without_a_timeout_in_a_process_tasks_callback_raises_at_once(t
     assert isinstance(stop_everything.outcome, RuntimeError), stop_everything.outcome
     assert "on the pool's loop thread" in str(stop_everything.outcome)
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=30) == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["shutdown", "wait_until_idle"])
+def test_a_wait_for_every_task_with_a_timeout_in_a_process_tasks_callback_raises_at_once(
+    tmp_path: Path, call: str
+) -> None:
+    # On the pool's loop thread, which reads the results, the wait could see no task
+    # end: it waited out its whole timeout, and shutdown() then stopped the workers,
+    # failing a task whose result was there unread as "still running".
+    flags = Flags(str(tmp_path))
+    wait = {"shutdown": lambda: mp.shutdown(timeout_secs=20), "wait_until_idle": lambda: wait_until_idle(20)}[call]
+    in_callback = CalledBack(wait)
+    other = mp.parallel(backend="process")(flags.wait_for_release)("other")
+    mp.parallel(backend="process")(flags.wait_for_release)("end").on_complete(in_callback)
+    flags.set("end")
+    assert in_callback.called.wait(30)
+    flags.set("other")
+    assert isinstance(in_callback.outcome, RuntimeError), in_callback.outcome
+    assert f"{call}(" in str(in_callback.outcome) and "on the pool's loop thread" in str(in_callback.outcome)
+    assert "another thread" in str(in_callback.outcome)
+    assert other.get(timeout=30) is True  # not stopped, not lost
+    assert not _runtime.is_shut_down()
 
 
 def test_a_backend_first_used_after_shutdown_refuses_too() -> None:

@@ -833,11 +833,15 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             as for :func:`shutdown`: inside a task, in a callback on a thread
             pool's worker, on a process pool's loop thread, or on the thread
             of an event loop that runs a ``"sync"`` task's coroutine (or
-            comes to: a task it ran in place there returned one).
+            comes to: a task it ran in place there returned one); and in a
+            process task's callback (on the pool's loop thread, which reads
+            the results) whatever the timeout, as the wait could see no task end.
     """
     timeout = check_wait_timeout(timeout)
     if timeout is None:
         _refuse_to_wait_for_good_here("wait_until_idle(timeout=None)", "", "a timeout")
+    else:
+        _refuse_to_wait_blind_here(f"wait_until_idle(timeout={timeout:g})", ", and return False")
     return _wait_idle(_all_backends, timeout)
 
 
@@ -886,7 +890,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
         TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
             or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
         RuntimeError: ``timeout_secs`` is ``None`` where the wait could never
-            end (below); nothing is shut down then.
+            end (below); or, whatever the timeout, in a process task's
+            callback (on the pool's loop thread, which reads the results: the
+            wait could see no task end, and would stop the workers with
+            results unread). Nothing is shut down then.
 
     After it, interpreter exit does not wait for tasks again (not even when this
     returned ``False`` or was interrupted): it abandons what is left at once,
@@ -911,9 +918,7 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     handler set a flag, or raise ``SystemExit``, and shut down from the
     program's own flow (exit stops the pools).
     """
-    if timeout_secs is None:
-        _refuse_to_wait_for_good_here()
-    return _programs_shutdown().run(timeout_secs, cancel_pending)
+    return _programs_shutdown().run(timeout_secs, cancel_pending, refuse_none=True)
 
 
 def _refuse_to_wait_for_good_here(
@@ -985,6 +990,21 @@ def _interrupted_holding_a_lock() -> bool:
     return False
 
 
+def _refuse_to_wait_blind_here(call: str, then: str) -> None:
+    """Raise ``RuntimeError`` where ``call``, a wait for every task with a timeout, could see no task end.
+
+    On a process pool's loop thread (in a process task's callback), which
+    reads every result: the wait ran out its whole timeout, and a shutdown
+    then stopped the workers, failing the tasks that had ended, their results
+    unread, as still running or not started. A wait there for one task is
+    refused with or without a timeout (``AsyncHandle._refuse_to_block_a_loop``).
+    ``then`` says what the call would have done once its timeout passed.
+    """
+    reader = _reads_results_here()
+    if reader is not None and reader.refuses_timed_wait_for_all:
+        raise RuntimeError(reader.timed_wait_for_all_refused_here(call, then))
+
+
 def _reads_results_here() -> Backend | None:
     """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any."""
     with _lock:
@@ -1023,12 +1043,17 @@ class ShutdownCall:
         self.timeout: float | None = None
         self.ended = _WAITING
 
-    def run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
-        """:func:`shutdown` (same arguments, return value and errors), remembered as this call."""
+    def run(self, timeout_secs: float | None, cancel_pending: bool, refuse_none: bool = False) -> bool:
+        """:func:`shutdown` (same arguments, return value and errors), remembered as this call.
+
+        With ``refuse_none``, ``timeout_secs=None`` is refused where it would
+        wait for good (:func:`shutdown`'s rule).
+        """
         timeout_secs = check_wait_timeout(timeout_secs, "timeout_secs")
         if not isinstance(cancel_pending, bool):  # "no", a truthy str, would have cancelled them all
             raise TypeError(f"cancel_pending must be a bool, got {cancel_pending!r}")
         self.timeout = timeout_secs
+        # First: the refusals below take the runtime's lock, which the code a signal handler interrupted may hold.
         if _interrupted_holding_a_lock():
             _log.warning(
                 "%s was called from a signal handler that interrupted the main thread as it held a lock of "
@@ -1041,6 +1066,14 @@ class ShutdownCall:
                 target=self._run, args=(timeout_secs, cancel_pending), name="makeparallel-shutdown", daemon=False
             ).start()
             return False
+        if timeout_secs is None and refuse_none:
+            _refuse_to_wait_for_good_here()
+        if timeout_secs is not None:
+            _refuse_to_wait_blind_here(
+                f"shutdown(timeout_secs={timeout_secs:g})",
+                ", then stop the worker processes, failing with ShutdownError the tasks whose results "
+                "it left unread; nothing was shut down",
+            )
         return self._run(timeout_secs, cancel_pending)
 
     def _run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:

@@ -179,6 +179,26 @@ class Backend:
             f"for good{done}. Give it {bound}, or call it from your program's own thread"
         )
 
+    #: Whether a wait for every task *with* a timeout is refused where :meth:`reads_results_here`
+    #: holds (:meth:`timed_wait_for_all_refused_here`): the process pool's loop thread, whose
+    #: wait saw no task end, waited out its timeout, and a shutdown then stopped the workers
+    #: with results unread. Not on a Dask client's loop, whose shutdown there the README
+    #: documents: it asks Dask to cancel once the loop is free, and stops no worker.
+    refuses_timed_wait_for_all: ClassVar[bool] = True
+
+    def timed_wait_for_all_refused_here(self, call: str, then: str) -> str:
+        """Why ``call``, a wait for every task with a timeout, is refused where :meth:`reads_results_here` holds.
+
+        ``then`` says what the call would do once its timeout passed (``", and
+        return False"``).
+        """
+        return (
+            f"{call} called {self.called_on_reader}, which reads the results it waits for: it could see "
+            f"no task end, so it would wait out its whole timeout{then}. Call it from another thread "
+            "(`threading.Thread(target=mp.shutdown, args=(30,)).start()`), or submit the follow-up "
+            "work from the callback and return"
+        )
+
     def submit(self, handle: AsyncHandle[Any]) -> None:
         """Take ``handle`` to run; raise ``ShutdownError`` when closed."""
         raise NotImplementedError

@@ -118,6 +118,7 @@ class DaskBackend(ExecutorBackend):
         "task's callback runs here)"
     )
     called_on_reader = "in a Dask task's callback, on its client's event loop thread"
+    refuses_timed_wait_for_all = False  # documented: a shutdown there asks to cancel once the loop is free
 
     def __init__(self, client: distributed.Client | None = None) -> None:
         super().__init__(None, in_process=False)
