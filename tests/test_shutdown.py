@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
 import os
 import re
 import signal
@@ -170,6 +171,17 @@ def test_shutdown_without_a_timeout_inside_a_task_raises_at_once(backend: str) -
     with pytest.raises(RuntimeError, match=SHUTDOWN_FOR_GOOD + ".*timeout_secs"):
         stop_everything().get(timeout=30)
     assert mp.parallel(backend=backend)(abs)(-1).get(timeout=30) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["shutdown", "wait_until_idle"])
+def test_an_infinite_timeout_inside_a_task_raises_at_once_as_none_does(call: str) -> None:
+    # math.inf (as configure(exit_timeout=math.inf) takes for no limit) passed the check
+    # that refuses None: the wait included the task's own end, and lasted for good.
+    wait = {"shutdown": lambda: mp.shutdown(timeout_secs=math.inf), "wait_until_idle": lambda: wait_until_idle(math.inf)}[call]
+    with pytest.raises(RuntimeError, match=rf"{call}\(timeout(_secs)?=inf\) called inside task .* would wait for good.* finite"):
+        mp.parallel(wait)().get(timeout=10)
+    assert not _runtime.is_shut_down()
 
 
 @pytest.mark.timeout(60)

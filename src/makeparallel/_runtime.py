@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import sys
 import threading
@@ -829,7 +830,7 @@ def wait_until_idle(timeout: float | None = None) -> bool:
 
     Raises:
         TypeError, ValueError: ``timeout`` is not a number >= 0 or ``None``.
-        RuntimeError: ``timeout`` is ``None`` where the wait could never end,
+        RuntimeError: ``timeout`` is ``None`` (or ``math.inf``) where the wait could never end,
             as for :func:`shutdown`: inside a task, in a callback on a thread
             pool's worker, on a process pool's loop thread, or on the thread
             of an event loop that runs a ``"sync"`` task's coroutine (or
@@ -838,8 +839,9 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             the results) whatever the timeout, as the wait could see no task end.
     """
     timeout = check_wait_timeout(timeout)
-    if timeout is None:
-        _refuse_to_wait_for_good_here("wait_until_idle(timeout=None)", "", "a timeout")
+    if timeout is None or timeout == math.inf:  # math.inf waits as long as None does
+        bound = "a timeout" if timeout is None else "a finite timeout"
+        _refuse_to_wait_for_good_here(f"wait_until_idle(timeout={timeout})", "", bound)
     else:
         _refuse_to_wait_blind_here(f"wait_until_idle(timeout={timeout:g})", ", and return False")
     return _wait_idle(_all_backends, timeout)
@@ -889,8 +891,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     Raises:
         TypeError, ValueError: ``timeout_secs`` is not ``None`` or a number >= 0,
             or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
-        RuntimeError: ``timeout_secs`` is ``None`` where the wait could never
-            end (below); or, whatever the timeout, in a process task's
+        RuntimeError: ``timeout_secs`` is ``None`` (or ``math.inf``) where the
+            wait could never end (below); or, whatever the timeout, in a process task's
             callback (on the pool's loop thread, which reads the results: the
             wait could see no task end, and would stop the workers with
             results unread). Nothing is shut down then.
@@ -1068,6 +1070,8 @@ class ShutdownCall:
             return False
         if timeout_secs is None and refuse_none:
             _refuse_to_wait_for_good_here()
+        elif timeout_secs == math.inf and refuse_none:  # it waits as long as None does
+            _refuse_to_wait_for_good_here("shutdown(timeout_secs=inf)", bound="a finite timeout_secs")
         if timeout_secs is not None:
             _refuse_to_wait_blind_here(
                 f"shutdown(timeout_secs={timeout_secs:g})",
