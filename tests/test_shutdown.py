@@ -142,17 +142,19 @@ def test_shutdown_refuses_new_tasks_until_reset(backend: str) -> None:
     assert quick().get(timeout=5) == "ran"
 
 
-@pytest.mark.timeout(30)
-def test_shutdown_from_a_process_tasks_callback_is_refused_at_once_and_never_joins_its_thread() -> None:
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["shutdown", "wait_until_idle"])
+def test_a_timed_wait_for_every_task_in_the_callback_of_a_process_pools_last_task_works(call: str) -> None:
     # It ran on the pool's loop thread, and joined that thread: RuntimeError("cannot join
     # current thread"), logged as the callback's error, after waiting its whole timeout.
-    # Its wait there can see no task end, so it is refused before anything is shut down.
-    stop_everything = CalledBack(lambda: mp.shutdown(timeout_secs=0.2))
-    mp.parallel(backend="process")(abs)(-1).on_complete(stop_everything)
-    assert stop_everything.called.wait(20)
-    assert isinstance(stop_everything.outcome, RuntimeError), stop_everything.outcome
-    assert "cannot join" not in str(stop_everything.outcome)
-    assert "loop thread" in str(stop_everything.outcome)
+    # The pool has no task left whose result that thread would read: the wait sees every
+    # task end, and is not refused as one with tasks of that pool unfinished is.
+    wait = {"shutdown": lambda: mp.shutdown(timeout_secs=20), "wait_until_idle": lambda: wait_until_idle(20)}[call]
+    in_callback = CalledBack(wait)
+    mp.parallel(backend="process")(abs)(-1).on_complete(in_callback)
+    assert in_callback.called.wait(30)
+    assert in_callback.outcome is True, in_callback.outcome
+    assert _runtime.is_shut_down() == (call == "shutdown")
     mp.reset_shutdown()
     assert mp.parallel(backend="process")(abs)(-2).get(timeout=20) == 2
 

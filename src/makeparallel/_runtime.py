@@ -836,7 +836,8 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             of an event loop that runs a ``"sync"`` task's coroutine (or
             comes to: a task it ran in place there returned one); and in a
             process task's callback (on the pool's loop thread, which reads
-            the results) whatever the timeout, as the wait could see no task end.
+            the results) whatever the timeout while that pool has a task
+            unfinished, as the wait could see none of them end.
     """
     timeout = check_wait_timeout(timeout)
     if timeout is None or timeout == math.inf:  # math.inf waits as long as None does
@@ -893,9 +894,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
             or ``cancel_pending`` is not a ``bool``; nothing is shut down then.
         RuntimeError: ``timeout_secs`` is ``None`` (or ``math.inf``) where the
             wait could never end (below); or, whatever the timeout, in a process task's
-            callback (on the pool's loop thread, which reads the results: the
-            wait could see no task end, and would stop the workers with
-            results unread). Nothing is shut down then.
+            callback (on the pool's loop thread, which reads the results) while
+            that pool has a task unfinished: the wait could see none of them
+            end, and would stop the workers with results unread. Nothing is
+            shut down then.
 
     After it, interpreter exit does not wait for tasks again (not even when this
     returned ``False`` or was interrupted): it abandons what is left at once,
@@ -1001,9 +1003,13 @@ def _refuse_to_wait_blind_here(call: str, then: str) -> None:
     unread, as still running or not started. A wait there for one task is
     refused with or without a timeout (``AsyncHandle._refuse_to_block_a_loop``).
     ``then`` says what the call would have done once its timeout passed.
+
+    Only while that pool has a task unfinished, as a wait for one task is
+    refused only while it is: in the callback of its last task, the wait saw
+    every task end (a shutdown on the last result, from its callback).
     """
     reader = _reads_results_here()
-    if reader is not None and reader.refuses_timed_wait_for_all:
+    if reader is not None and reader.refuses_timed_wait_for_all and reader.active_count():
         raise RuntimeError(reader.timed_wait_for_all_refused_here(call, then))
 
 
