@@ -161,7 +161,12 @@ def return_lock() -> threading.Lock:
 
 
 def raise_unpicklable_error() -> None:
-    raise ValueError(threading.Lock())
+    # A class of the function's own, sent by value, with a lock in its namespace: nothing of it
+    # can be pickled (an exception's argument that cannot arrives as None, with a note).
+    class Unsendable(ValueError):
+        lock = threading.Lock()
+
+    raise Unsendable("bad")
 
 
 def _raise_lookup_error(message: str) -> None:
@@ -250,7 +255,7 @@ FAULTS = {
         lambda: on_process(return_lock)(), mp.TaskSerializationError, r"result of task \d+ \(return_lock\) could not be pickled"
     ),
     "unpicklable exception": Fault(
-        lambda: on_process(raise_unpicklable_error)(), mp.TaskError, r"raised ValueError: .*cannot pickle"
+        lambda: on_process(raise_unpicklable_error)(), mp.TaskError, r"raised .*Unsendable: bad .*cannot pickle"
     ),
     "result fails to unpickle in the parent": Fault(
         lambda: on_process(return_unloadable)(os.getpid()),
