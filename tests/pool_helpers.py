@@ -242,12 +242,16 @@ def the_pool_goes_on_beside(held: mp.AsyncHandle[Any]) -> None:
 
 
 def live_worker_pids(count: int = 2) -> list[int]:
-    """The pids of ``count`` workers of the process pool, once each has answered a task."""
+    """The pids of ``count`` workers of the process pool, once each has answered a task.
+
+    Asked until then, for up to a minute: a worker still starting takes none, and
+    beside a CPU hog a cold pool's ready worker answered 50 rounds of 8 before the
+    second was up.
+    """
     pids: set[int] = set()
-    for _ in range(50):
+    deadline = time.monotonic() + 60
+    while len(pids) < count and time.monotonic() < deadline:
         pids.update(h.get(timeout=30) for h in [mp.parallel(backend="process")(os.getpid)() for _ in range(8)])
-        if len(pids) >= count:
-            break
     return sorted(pids)
 
 
