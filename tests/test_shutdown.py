@@ -2010,3 +2010,35 @@ def test_shutdown_in_a_signal_handler_that_interrupted_a_held_lock_goes_on_in_a_
     )
     assert (result.returncode, result.stdout) == (0, "handler returned [False]\nshut down\n"), result.stderr
     assert "called from a signal handler that interrupted the main thread" in result.stderr
+
+
+# The handler interrupts the main thread as it sends a task to an idle worker, its send lock held.
+SHUTDOWN_IN_A_HANDLER_DURING_A_SEND = """
+import signal, threading
+import makeparallel as mp
+from makeparallel import _runtime
+
+task = mp.parallel(backend="process")(abs)
+assert task(-1).get() == 1
+worker = _runtime.get_backend("process")._workers[0]
+returned = []
+signal.signal(signal.SIGTERM, lambda *_: returned.append(mp.shutdown(timeout_secs=5)))
+with worker.send_lock:
+    signal.raise_signal(signal.SIGTERM)
+    print("handler returned", returned, "channel open", worker.conn.fileno() != -1, flush=True)
+next(thread for thread in threading.enumerate() if thread.name == "makeparallel-shutdown").join(30)
+print("workers", len(_runtime.get_backend("process")._workers), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_in_a_signal_handler_that_interrupted_a_send_to_a_worker_goes_on_in_a_thread() -> None:
+    # The shutdown closed the worker's channel under the send after a second: the send went
+    # on with its message gone, and raised IndexError from the program's submission.
+    result = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_IN_A_HANDLER_DURING_A_SEND], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "handler returned [False] channel open True\nworkers 0\n"), (
+        result.stdout + result.stderr
+    )
+    assert "called from a signal handler that interrupted the main thread" in result.stderr

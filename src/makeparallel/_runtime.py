@@ -985,7 +985,8 @@ def _interrupted_holding_a_lock() -> bool:
     """
     if threading.current_thread() is not threading.main_thread():
         return False
-    locks = [_lock, *(backend._lock for backend in every_backend()), *(limiter._lock for limiter in all_limiters())]
+    locks = [_lock, *(lock for backend in every_backend() for lock in backend.locks_shutdown_takes())]
+    locks += [limiter._lock for limiter in all_limiters()]
     ends = time.monotonic() + _HELD_BELOW_AFTER
     while _deadlines.busy() or any(lock.locked() for lock in locks):
         if time.monotonic() >= ends:

@@ -216,6 +216,10 @@ class Backend:
         with self._lock:
             return {"backend": self.name, "active_tasks": self._active, "closed": self._closed}
 
+    def locks_shutdown_takes(self) -> list[Any]:
+        """The locks of this pool that a shutdown takes, read without taking them (``_runtime._interrupted_holding_a_lock``)."""
+        return [self._lock]
+
     def worker_count(self) -> int:
         """How many tasks can run at once here."""
         return 1

@@ -564,6 +564,10 @@ class ProcessBackend(QueueingBackend):
             self._terminating = False
             self._replacing = False  # its first workers start as a new pool's: none replaces one
 
+    def locks_shutdown_takes(self) -> list[Any]:
+        """The pool's lock, and each worker's send lock: a shutdown closes their pipes (``_close``), after a send."""
+        return [self._lock, *(worker.send_lock for worker in list(self._workers))]
+
     def begin_terminate(self) -> None:
         """Have the loop thread stop every worker, without waiting; a task still running fails with ``ShutdownError``.
 
