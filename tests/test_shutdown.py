@@ -2042,3 +2042,13 @@ def test_shutdown_in_a_signal_handler_that_interrupted_a_send_to_a_worker_goes_o
         result.stdout + result.stderr
     )
     assert "called from a signal handler that interrupted the main thread" in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_shutdown_without_a_timeout_in_a_signal_handler_that_interrupted_a_held_lock_goes_on_in_a_thread() -> None:
+    # Its check that a wait for good could end took the runtime's lock first: held below, for good.
+    script = SHUTDOWN_IN_A_HANDLER.replace("mp.shutdown(timeout_secs=5)", "mp.shutdown(timeout_secs=None)")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "runtime"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "handler returned [False]\nshut down\n"), result.stderr

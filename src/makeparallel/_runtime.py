@@ -1015,9 +1015,12 @@ def _refuse_to_wait_blind_here(call: str, then: str) -> None:
 
 
 def _reads_results_here() -> Backend | None:
-    """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any."""
-    with _lock:
-        backends = _all_backends()
+    """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any.
+
+    Listed without the lock (copies taken in C calls): ``shutdown(timeout_secs=None)``
+    in a signal handler asks, maybe as the code it interrupted holds the lock.
+    """
+    backends = _all_backends()
     return next((backend for backend in backends if backend.reads_results_here()), None)
 
 
