@@ -2052,3 +2052,54 @@ def test_shutdown_without_a_timeout_in_a_signal_handler_that_interrupted_a_held_
         [sys.executable, "-c", script, "runtime"], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout) == (0, "handler returned [False]\nshut down\n"), result.stderr
+
+
+# The same, a task that never ends: exit waits for the shutdown going on, until a Ctrl-C.
+DEFERRED_SHUTDOWN_AT_EXIT = """
+import signal, threading
+import makeparallel as mp
+from makeparallel import _interruptible, _runtime
+
+join = _interruptible.join
+
+
+def joined_at_exit(thread, timeout):  # says when exit waits: the Ctrl-C comes then
+    print("exit waits", flush=True)
+    return join(thread, timeout)
+
+
+_interruptible.join = joined_at_exit
+
+started = threading.Event()
+
+
+@mp.parallel
+def forever():
+    started.set()
+    threading.Event().wait()
+
+
+forever()
+started.wait(30)
+signal.signal(signal.SIGTERM, lambda *_: mp.shutdown(timeout_secs=None))
+with _runtime._lock:
+    signal.raise_signal(signal.SIGTERM)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_ctrl_c_ends_exits_wait_for_a_shutdown_that_goes_on_in_a_thread() -> None:
+    # The thread was not a daemon: the interpreter waited for it in one piece, which
+    # a Ctrl-C did not end, and shutdown(None) beside a task that never ends held the exit for good.
+    child = subprocess.Popen(
+        [sys.executable, "-c", DEFERRED_SHUTDOWN_AT_EXIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "exit waits\n"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert "Traceback" not in err, err
+    assert "abandoned after Ctrl-C ended makeparallel.shutdown()" in err, err

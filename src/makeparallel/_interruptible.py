@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SLICE", "acquire", "bounded", "get", "in_slices", "wait", "wait_until", "wake"]
+__all__ = ["SLICE", "acquire", "bounded", "get", "in_slices", "join", "wait", "wait_until", "wake"]
 
 #: Seconds the main thread sleeps at most before it looks for a pending signal.
 SLICE = 0.1
@@ -74,6 +74,16 @@ def get(items: queue.SimpleQueue[Any], timeout: float | None, between: Callable[
     if not in_slices(get_one, timeout, between):
         raise queue.Empty
     return got[0]
+
+
+def join(thread: threading.Thread, timeout: float | None) -> bool:
+    """``thread.join(timeout)`` (``None``: no end), in slices; return whether ``thread`` ended."""
+
+    def joined(seconds: float) -> bool:
+        thread.join(seconds)
+        return not thread.is_alive()
+
+    return in_slices(joined, timeout)
 
 
 def in_slices(attempt: Callable[[float], bool], timeout: float | None, between: Callable[[], object] | None = None) -> bool:

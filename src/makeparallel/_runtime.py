@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from types import EllipsisType
 
-from . import _deadlines
+from . import _deadlines, _interruptible
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend, _RetryDue, every_backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
@@ -1074,9 +1074,12 @@ class ShutdownCall:
                 "SystemExit, and shut down from your program's own flow",
                 self.by,
             )
-            threading.Thread(
-                target=self._run, args=(timeout_secs, cancel_pending), name="makeparallel-shutdown", daemon=False
-            ).start()
+            thread = threading.Thread(
+                target=self._run, args=(timeout_secs, cancel_pending), name="makeparallel-shutdown", daemon=True
+            )
+            thread.start()
+            # Registered last, so run first at exit: the pools' hook then finds the shutdown over.
+            atexit.register(self._wait_at_exit, thread)
             return False
         if timeout_secs is None and refuse_none:
             _refuse_to_wait_for_good_here()
@@ -1119,6 +1122,26 @@ class ShutdownCall:
         self._end(_WAITED if finished else _TIMED_OUT)
         _reopen_if_reset(backends)
         return finished
+
+    def _wait_at_exit(self, thread: threading.Thread) -> None:
+        """At exit, wait for this shutdown going on in ``thread`` (:meth:`run` from a signal handler), in slices.
+
+        A non-daemon thread was waited for by the interpreter in one piece, which
+        a Ctrl-C did not end: ``shutdown(None)`` with a task that never ends held
+        the exit for good. A Ctrl-C ends this wait as it ends the pools' own, and
+        exit abandons what is left saying so, even where the thread had not
+        yet marked the library shut down (the pools' hook then waited for the tasks).
+        """
+        global _shut_down, _last_shutdown
+        with _lock:
+            _shut_down = True
+            _last_shutdown = self
+        try:
+            if ending_on_interrupt():  # a Ctrl-C ended the program: the user will not wait
+                raise KeyboardInterrupt
+            _interruptible.join(thread, None)
+        except KeyboardInterrupt:
+            self.interrupted()
 
     def interrupted(self) -> None:
         """A Ctrl-C ended the wait for this shutdown: exit's warning says so, and advises no longer timeout.

@@ -45,7 +45,7 @@ import makeparallel
 # of it: the program exited with status 1, not killed by SIGINT (see _load).
 from . import _task_metrics  # noqa: F401
 from ._backends._fd_numbers import standard_numbers_held
-from ._interruptible import in_slices
+from ._interruptible import join
 from ._runtime import after_pools_at_exit, forget_after_exit
 from ._validation import as_integer, as_seconds, is_real, shown
 
@@ -79,12 +79,6 @@ def _ipv6_address(host: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
-
-
-def _joined(thread: threading.Thread, seconds: float) -> bool:
-    """Whether ``thread`` ended within ``seconds``."""
-    thread.join(seconds)
-    return not thread.is_alive()
 
 
 def _safe(name: str) -> str:
@@ -224,10 +218,9 @@ class StatsdExporter:
     def _stop(self, wait: float) -> None:
         forget_after_exit(self._stop_at_exit)
         self._stopped.set()
-        thread = self._thread
-        if thread is not None:
-            # In slices on the main thread: a Ctrl-C that landed on another thread left one join waiting it out.
-            in_slices(lambda seconds: _joined(thread, seconds), wait)
+        if self._thread is not None:
+            # In slices: a Ctrl-C that landed on another thread left one join on the main thread waiting it out.
+            join(self._thread, wait)
         with self._sockets_lock:
             self._closed = True
             sockets, self._sockets = list(self._sockets.values()), {}
