@@ -917,8 +917,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     Called from a signal handler (``SIGTERM`` in a service) that interrupted
     the main thread as it held one of the library's locks (a task's
     submission), it could never take that lock: it waited for good. There it
-    logs a warning, goes on in a thread of its own, which the interpreter
-    waits for at exit, and returns ``False`` at once. Better: have the
+    logs a warning, goes on in a thread of its own, which exit waits for
+    (a Ctrl-C ends that wait), and returns ``False`` at once. Better: have the
     handler set a flag, or raise ``SystemExit``, and shut down from the
     program's own flow (exit stops the pools).
     """
@@ -1136,9 +1136,10 @@ class ShutdownCall:
         with _lock:
             _shut_down = True
             _last_shutdown = self
+        if ending_on_interrupt():  # a Ctrl-C ended the program: the user will not wait
+            self.interrupted()
+            return
         try:
-            if ending_on_interrupt():  # a Ctrl-C ended the program: the user will not wait
-                raise KeyboardInterrupt
             _interruptible.join(thread, None)
         except KeyboardInterrupt:
             self.interrupted()
