@@ -1008,6 +1008,51 @@ def test_an_imap_closed_from_another_thread_ends_its_loop_and_its_chunks(backend
         reader.join(30)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_imap_closed_by_its_own_progress_callback_ends_after_the_chunk_it_counted(backend: str, ordered: bool) -> None:
+    # The callback runs in the reading thread, inside the map's generator: closing that
+    # generator raised "generator already executing", and the map went on.
+    iterator: mp.MapIterator[int] | None = None
+
+    def stop_at_three(done: int, total: int | None) -> None:
+        if done == 3:
+            assert iterator is not None
+            iterator.close()
+
+    iterator = mp.imap(
+        int, itertools.count(), chunksize=1, max_in_flight=1, progress=stop_at_three, ordered=ordered, backend=backend
+    )
+    got = list(itertools.islice(iterator, 100))
+    assert got == [0, 1, 2]
+    assert list(iterator) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_an_imap_handed_to_another_thread_is_closed_from_the_thread_that_began_it(backend: str) -> None:
+    # close() from the thread that asked for the first result closed the generator
+    # the other thread was running: "generator already executing", and the map went on.
+    _RELEASE.clear()
+    iterator = mp.imap(held_from_five, itertools.count(), chunksize=1, max_in_flight=1, backend=backend)
+    got = [next(iterator)]
+    reader = threading.Thread(target=lambda: got.extend(iterator))
+    reader.start()
+    try:
+        assert wait_until(lambda: len(got) == 5 and iterator._results is not None and iterator._results.gi_running)
+        iterator.close()
+        if backend == "sync":  # item 5 runs in the reader's thread
+            _RELEASE.set()
+        reader.join(30)
+        assert not reader.is_alive(), "the loop over the imap went on after close()"
+        assert got == [0, 1, 2, 3, 4]
+    finally:
+        _RELEASE.set()
+        reader.join(30)
+        iterator.close()
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("chunksize", [None, 1, 50])
 def test_imap_over_an_endless_generator_stays_bounded(backend: str, chunksize: int | None) -> None:

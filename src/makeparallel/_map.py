@@ -550,8 +550,9 @@ class MapIterator(Iterator[R]):
 
         Closed before its first result, the map never starts: iterating it
         then gives nothing, as a generator closed before its first ``next()``.
-        Closed from another thread than the one that iterates it, the chunks
-        in flight are cancelled at once, and that thread's loop ends as it
+        Closed from another thread than the one that iterates it, or as it
+        hands out a result (from a ``progress`` callback, say), the chunks
+        in flight are cancelled at once, and the loop reading it ends as it
         asks for its next result (at most the rest of the chunk it holds first;
         on the ``"sync"`` backend, whose items run in that thread, once the
         item running returns).
@@ -560,9 +561,10 @@ class MapIterator(Iterator[R]):
             self._results = _no_results()  # a generator: closing it again is harmless
             self._closed_unstarted = True
         elif self._results is not None:
-            if self._reader == threading.get_ident():
+            if self._reader == threading.get_ident() and not self._results.gi_running:  # type: ignore[attr-defined]
                 self._results.close()  # type: ignore[attr-defined]
-            else:  # the generator may be running there: "generator already executing", and the map went on
+            else:  # the generator may be running: "generator already executing", and the map went on
+                # (there, or here: a progress callback's close, or an imap handed to another thread to read)
                 self._mapper.close_elsewhere()
 
     def __aiter__(self) -> AsyncIterator[R]:
