@@ -1053,6 +1053,51 @@ def test_an_imap_handed_to_another_thread_is_closed_from_the_thread_that_began_i
         iterator.close()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_imap_read_with_async_for_stops_at_close(backend: str, ordered: bool) -> None:
+    # close() did nothing to an imap read with `async for`: the map went on, for good over an endless input.
+    async def read() -> list[int]:
+        iterator = mp.imap(int, itertools.count(), chunksize=1, max_in_flight=1, ordered=ordered, backend=backend)
+        got: list[int] = []
+        async for x in iterator:
+            got.append(x)
+            if x == 2:
+                iterator.close()
+            if len(got) == 100:
+                break
+        return got
+
+    assert asyncio.run(read()) == [0, 1, 2]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_imap_read_with_async_for_stops_at_a_close_from_another_thread(backend: str, ordered: bool) -> None:
+    # Before or as the loop awaits item 5 (held until cancelled), the close ends the loop and cancels it.
+    _RELEASE.clear()
+    closer: list[threading.Thread] = []
+
+    async def read() -> list[int]:
+        iterator = mp.imap(held_from_five, itertools.count(), chunksize=1, max_in_flight=1, ordered=ordered, backend=backend)
+        got: list[int] = []
+        async for x in iterator:
+            got.append(x)
+            if x == 4:
+                closer.append(threading.Thread(target=iterator.close))
+                closer[0].start()
+        return got
+
+    try:
+        assert asyncio.run(asyncio.wait_for(read(), 30)) == [0, 1, 2, 3, 4]
+    finally:
+        _RELEASE.set()
+        for thread in closer:
+            thread.join(30)
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("chunksize", [None, 1, 50])
 def test_imap_over_an_endless_generator_stays_bounded(backend: str, chunksize: int | None) -> None:

@@ -551,7 +551,8 @@ class MapIterator(Iterator[R]):
         Closed before its first result, the map never starts: iterating it
         then gives nothing, as a generator closed before its first ``next()``.
         Closed from another thread than the one that iterates it, or as it
-        hands out a result (from a ``progress`` callback, say), the chunks
+        hands out a result (from a ``progress`` callback, say), or read with
+        ``async for`` (from any thread), the chunks
         in flight are cancelled at once, and the loop reading it ends as it
         asks for its next result (at most the rest of the chunk it holds first;
         on the ``"sync"`` backend, whose items run in that thread, once the
@@ -566,6 +567,8 @@ class MapIterator(Iterator[R]):
             else:  # the generator may be running: "generator already executing", and the map went on
                 # (there, or here: a progress callback's close, or an imap handed to another thread to read)
                 self._mapper.close_elsewhere()
+        else:  # read with `async for`: its generator is not ours to close, and close() did nothing
+            self._mapper.close_elsewhere()
 
     def __aiter__(self) -> AsyncIterator[R]:
         if self._closed_unstarted:
@@ -1205,7 +1208,7 @@ class _Mapper:
             if not self._ordered:
                 self._completions = AsyncCompletions(self._remaining())  # type: ignore[assignment]
             self._fill()
-            while self._in_flight:
+            while self._in_flight and not self._closed_elsewhere:
                 if self._ordered:
                     entry = self._in_flight[0]
                     try:
@@ -1226,12 +1229,16 @@ class _Mapper:
                 except KeyboardInterrupt:  # as in chunks()
                     raise
                 except BaseException:  # as in chunks()
+                    if self._closed_elsewhere:
+                        return
                     if before := self._results_before(entry[0]):
                         yield before
                     raise
                 yield chunk
                 self._items_in_flight -= taken
                 self._fill()
+            if self._closed_elsewhere:
+                return
             finished = True
             if self._input_error is not None:
                 raise self._input_error
@@ -1247,7 +1254,7 @@ class _Mapper:
                 self._progress.close()
 
     def close_elsewhere(self) -> None:
-        """Stop the map from another thread than the one iterating :meth:`chunks`: cancel its chunks in flight now.
+        """Stop the map from outside its loop (another thread, a progress callback): cancel its chunks in flight now.
 
         That thread's loop ends as it asks for its next chunk, reading no more
         input; its own ``finally`` then stops what it started meanwhile.
