@@ -2103,3 +2103,53 @@ def test_a_ctrl_c_ends_exits_wait_for_a_shutdown_that_goes_on_in_a_thread() -> N
         child.kill()
     assert "Traceback" not in err, err
     assert "abandoned after Ctrl-C ended makeparallel.shutdown()" in err, err
+
+
+# A deferred shutdown that ended, then reset_shutdown(): exit waits for the tasks taken since, as ever.
+DEFERRED_SHUTDOWN_RESET = """
+import atexit, signal, threading
+import makeparallel as mp
+from makeparallel import _runtime
+
+ran = []
+atexit.register(lambda: print("ran", ran, flush=True))  # registered first: runs last
+mp.parallel(abs)(1).result()  # the pools' exit hook registered before the shutdown's
+signal.signal(signal.SIGTERM, lambda *_: mp.shutdown(timeout_secs=5))
+with _runtime._lock:
+    signal.raise_signal(signal.SIGTERM)
+for thread in threading.enumerate():
+    if thread.name == "makeparallel-shutdown":
+        thread.join()
+mp.reset_shutdown()
+
+exit_waits = threading.Event()
+wait_ended = _runtime._wait_ended
+
+
+def wait_ended_at_exit(backends, timeout):  # the task ends only once exit waits for it
+    exit_waits.set()
+    return wait_ended(backends, timeout)
+
+
+_runtime._wait_ended = wait_ended_at_exit
+
+
+@mp.parallel
+def later():
+    exit_waits.wait()
+    ran.append(1)
+
+
+later()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_exit_waits_for_the_tasks_taken_after_a_reset_that_followed_a_shutdown_gone_on_in_a_thread() -> None:
+    # Exit's hook for that shutdown marked the library shut down once more, its thread long over:
+    # the pools' hook then abandoned the tasks the program submitted after reset_shutdown().
+    result = subprocess.run(
+        [sys.executable, "-c", DEFERRED_SHUTDOWN_RESET], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, "ran [1]\n"), result.stderr
+    assert "abandoned" not in result.stderr, result.stderr

@@ -1131,8 +1131,12 @@ class ShutdownCall:
         the exit for good. A Ctrl-C ends this wait as it ends the pools' own, and
         exit abandons what is left saying so, even where the thread had not
         yet marked the library shut down (the pools' hook then waited for the tasks).
+        A shutdown already over is left as it is: marked shut down again after a
+        :func:`reset_shutdown`, exit abandoned the tasks the program took since.
         """
         global _shut_down, _last_shutdown
+        if not thread.is_alive():
+            return
         with _lock:
             _shut_down = True
             _last_shutdown = self
