@@ -11,6 +11,8 @@ import concurrent.futures as cf
 import contextlib
 import importlib
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +34,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         threading.Event().wait(0.005)
     return True
+
+
+def interrupted_once_it_says(
+    args: list[str], line: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args``, send it ``SIGINT`` once its first line of output is ``line``, and wait ``timeout`` seconds for its end.
+
+    Raises:
+        AssertionError: its first line was another (it is killed).
+        subprocess.TimeoutExpired: it did not end in time (it is killed).
+    """
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first == line + "\n", first
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
 
 
 def resize(num_threads: int) -> None:

@@ -31,7 +31,16 @@ from makeparallel import _handle, _runtime
 from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
 from makeparallel.testing import wait_until_idle
-from pool_helpers import EXIT_WAITS, CalledBack, Flags, fresh_process_pool, hold_one_worker, resize, wait_until
+from pool_helpers import (
+    EXIT_WAITS,
+    CalledBack,
+    Flags,
+    fresh_process_pool,
+    hold_one_worker,
+    interrupted_once_it_says,
+    resize,
+    wait_until,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 T = TypeVar("T")
@@ -1362,23 +1371,11 @@ except KeyboardInterrupt:
 @pytest.mark.timeout(40)
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process (POSIX)")
 def test_exit_does_not_wait_again_after_ctrl_c_interrupted_shutdown() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPTED_SHUTDOWN)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
+    result = interrupted_once_it_says(  # exit_timeout is 60 s
+        [sys.executable, "-c", textwrap.dedent(INTERRUPTED_SHUTDOWN)], "ready", timeout=30, env=child_env()
     )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)  # exit_timeout is 60 s
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+    stdout, stderr = result.stdout, result.stderr
+    assert result.returncode == 0, stderr
     assert stdout == "interrupted\n"
     # Not "give shutdown() a longer timeout_secs": it had none, and the user ended it.
     assert (
@@ -2091,16 +2088,7 @@ with _runtime._lock:
 def test_a_ctrl_c_ends_exits_wait_for_a_shutdown_that_goes_on_in_a_thread() -> None:
     # The thread was not a daemon: the interpreter waited for it in one piece, which
     # a Ctrl-C did not end, and shutdown(None) beside a task that never ends held the exit for good.
-    child = subprocess.Popen(
-        [sys.executable, "-c", DEFERRED_SHUTDOWN_AT_EXIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "exit waits\n"
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=60)
-    finally:
-        child.kill()
+    err = interrupted_once_it_says([sys.executable, "-c", DEFERRED_SHUTDOWN_AT_EXIT], "exit waits", timeout=60).stderr
     assert "Traceback" not in err, err
     assert "abandoned after Ctrl-C ended makeparallel.shutdown()" in err, err
 

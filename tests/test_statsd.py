@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from pool_helpers import (
+    interrupted_once_it_says,
     two_queued_behind_a_busy_executor,
     two_queued_in_an_executors_pool,
 )
@@ -1029,19 +1030,11 @@ def test_a_ctrl_c_during_the_last_flush_ends_the_exit_quietly(server: StatsdServ
     # It escaped the pools' exit hook, printed with its traceback as an exception ignored;
     # without a pool, it escaped atexit's own call of the hook, and the next exporter's
     # flush was waited for still.
-    child = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_AT_EXIT, str(server.port), pools],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    result = interrupted_once_it_says(
+        [sys.executable, "-c", INTERRUPTED_AT_EXIT, str(server.port), pools], "flushing", timeout=30
     )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "flushing\n"
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=30)
-    finally:
-        child.kill()
-    assert (out, child.returncode) == ("program's hook ran\n", 0), err
-    assert "Traceback" not in err, err
+    assert (result.stdout, result.returncode) == ("program's hook ran\n", 0), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.timeout(60)
