@@ -669,15 +669,21 @@ def test_a_replaced_worker_still_running_its_initializer_is_not_killed(
     assert "has not exited" not in caplog.text
 
 
-def start_slowly_once(lock: str, started: str, go: str) -> None:
-    """The first worker to take ``lock`` stays in this initializer until ``go`` exists; the others start at once."""
+def first_to_lock(lock: str) -> bool:
+    """Whether this worker is the first to take the file lock ``lock``, which it then keeps for its life."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept for the worker's life: one worker waits
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return
-    wait_for_file(started, go, os.devnull)
+        return False
+    return True
+
+
+def start_slowly_once(lock: str, started: str, go: str) -> None:
+    """The first worker to take ``lock`` stays in this initializer until ``go`` exists; the others start at once."""
+    if first_to_lock(lock):
+        wait_for_file(started, go, os.devnull)
 
 
 @contextlib.contextmanager
@@ -858,11 +864,7 @@ def test_a_recycled_workers_replacement_takes_the_tasks_held_for_one_still_start
 
 def hang_once(lock: str, started: str, fifo: str) -> None:
     """The first worker to take ``lock`` writes its pid to ``started`` and stays here for good; the others return."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept for the worker's life: one worker hangs
-    except BlockingIOError:
-        os.close(fd)
+    if not first_to_lock(lock):
         return
     with open(f"{started}.part", "w") as file:
         file.write(str(os.getpid()))
