@@ -58,7 +58,7 @@ if TYPE_CHECKING:
         @overload
         def __call__(self, fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 
-__all__ = ["ParallelFunction", "as_parallel", "own_parameters", "parallel", "parallel_function_named"]
+__all__ = ["ParallelFunction", "as_parallel", "held_under", "own_parameters", "parallel", "parallel_function_named"]
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -872,11 +872,16 @@ def parallel_function_named(fn: Any) -> ParallelFunction[..., Any] | None:
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
+    target = _unbound(held_under(module, qualname))
+    return target if isinstance(target, ParallelFunction) and target.__wrapped__ is fn else None
+
+
+def held_under(module: str, qualname: str) -> Any:
+    """What ``module``, as imported here (looked up, not imported), holds under ``qualname``; None where nothing."""
     target: Any = sys.modules.get(module)
     for part in qualname.split("."):
         target = getattr(target, part, None)
-    target = _unbound(target)
-    return target if isinstance(target, ParallelFunction) and target.__wrapped__ is fn else None
+    return target
 
 
 def _sent_by_value(module: str) -> bool:

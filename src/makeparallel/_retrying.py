@@ -10,7 +10,6 @@ Their ``on`` is ``Exception``, as in 0.2.
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Callable
 from types import MethodType
@@ -24,6 +23,7 @@ from ._decorators import (
     _returns_coroutines,
     _sent_by_value,
     _wraps,
+    held_under,
 )
 from ._handle import _add_note
 from ._retry import Attempts, Retry, _LinearRetry
@@ -84,9 +84,7 @@ class RetryingFunction:
         fn = self.__wrapped__  # type: ignore[attr-defined]
         module, qualname = getattr(self, "__module__", None), getattr(self, "__qualname__", None)
         if isinstance(module, str) and isinstance(qualname, str):
-            target: Any = sys.modules.get(module)
-            for part in qualname.split("."):
-                target = getattr(target, part, None)
+            target = held_under(module, qualname)
             if target is self:  # (_serialization: imported only where something is pickled)
                 from ._serialization import imported_object
 
