@@ -371,7 +371,7 @@ def _run_after_exit(hook: Callable[[], None]) -> None:
     try:
         hook()
     except Exception:
-        logging.getLogger("makeparallel").exception("an exit hook of makeparallel failed: %r", hook)
+        _log.exception("an exit hook of makeparallel failed: %r", hook)
 
 
 def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
