@@ -246,3 +246,39 @@ def logged_refusal_at_the_culprit(item: tuple[int, str, str]) -> int:
 
         raise plugin_of_the_workers.Refused(index)
     return index
+
+
+def _rebuilt_away_from(index: int, parent: int) -> RebuiltAwayFrom:
+    """Rebuild a :class:`RebuiltAwayFrom`; in process ``parent`` (the test's own) it raises."""
+    if os.getpid() == parent:
+        raise RuntimeError(f"result {index} cannot be rebuilt in the parent")
+    return RebuiltAwayFrom(index, parent)
+
+
+class RebuiltAwayFrom:
+    """A result that pickles anywhere and unpickles anywhere but in process ``parent``."""
+
+    def __init__(self, index: int, parent: int) -> None:
+        self.index, self.parent = index, parent
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int]]:
+        return _rebuilt_away_from, (self.index, self.parent)
+
+
+def unreadable_here_at_the_culprits(item: tuple[int, str, str, tuple[int, ...]]) -> Any:
+    """Items in ``culprits`` return a result the parent cannot unpickle; the others return ``(index, "ok")``.
+
+    ``how``: ``"module"``, an object of a class from ``where``, a folder only the
+    worker puts on ``sys.path`` (``ModuleNotFoundError`` in the parent); ``"reduce"``,
+    a :class:`RebuiltAwayFrom` whose rebuilding raises in process ``int(where)``.
+    """
+    index, how, where, culprits = item
+    if index not in culprits:
+        return (index, "ok")
+    if how == "reduce":
+        return RebuiltAwayFrom(index, int(where))
+    if where not in sys.path:
+        sys.path.append(where)
+    import plugin_of_the_workers  # type: ignore[import-not-found]
+
+    return plugin_of_the_workers.Thing(index)

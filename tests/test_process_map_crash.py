@@ -48,9 +48,11 @@ from map_crash_tasks import (
     FunctionRaisingWhenUnpickled,
     IdentityDyingWhenSent,
     RaisesWhenUnpickled,
+    RebuiltAwayFrom,
     exit_at_the_culprit,
     Item,
     Rejected,
+    unreadable_here_at_the_culprits,
     identity,
     lock_at,
     logged_plugin_object_at_the_culprit,
@@ -439,13 +441,53 @@ def test_a_result_that_cannot_be_unpickled_here_fails_its_item_alone_with_chunks
         assert results == [None if i == CULPRIT else i for i in range(ITEMS)]
 
 
-def test_a_result_that_cannot_be_unpickled_here_fails_the_items_of_its_chunk_and_the_map_goes_on(
-    plugin_folder: str,
+def _unreadable_items(how: str, plugin_folder: str, culprits: tuple[int, ...]) -> list[tuple[int, str, str, tuple[int, ...]]]:
+    where = plugin_folder if how == "module" else str(os.getpid())
+    return [(i, how, where, culprits) for i in range(ITEMS)]
+
+
+def _map_in(mode: str, items: list[Any], on_error: str) -> list[Any]:
+    fn = unreadable_here_at_the_culprits
+    if mode == "imap":
+        return list(mp.imap(fn, items, backend="process", on_error=on_error))  # type: ignore[call-overload]
+    chunksize = 10 if mode == "chunks-of-10" else None
+    return mp.parallel_map(fn, items, backend="process", chunksize=chunksize, on_error=on_error)  # type: ignore[no-any-return, call-overload]
+
+
+UNREADABLE_HOWS = ["module", "reduce"]  # a class only the workers import; a rebuilding that raises here
+MAP_MODES = ["chunks-of-10", "adaptive", "imap"]
+
+
+@pytest.mark.parametrize("culprits", [(CULPRIT,), (CULPRIT, CULPRIT + 1, CULPRIT + 5)], ids=["one", "three"])
+@pytest.mark.parametrize("on_error", ["skip", "none"])
+@pytest.mark.parametrize("mode", MAP_MODES)
+@pytest.mark.parametrize("how", UNREADABLE_HOWS)
+def test_a_result_that_cannot_be_unpickled_here_fails_its_item_alone_in_a_chunk_of_several(
+    how: str, mode: str, on_error: str, culprits: tuple[int, ...], plugin_folder: str
 ) -> None:
-    items = [(i, plugin_folder) for i in range(ITEMS)]
-    results = mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10, on_error="none")
-    lost = range(CULPRIT - CULPRIT % 10, CULPRIT - CULPRIT % 10 + 10)  # the culprit's chunk: 50 to 59
-    assert results == [None if i in lost else i for i in range(ITEMS)]
+    # Each chunk's results travel together: one that could not be unpickled here
+    # failed every item of its chunk (the ten of chunk 50 to 59; half the map in a
+    # parallel_map's first chunks), good results lost. Only the culprits fail now.
+    # Three of them share their class (or their function) in the pickle's memo.
+    results = _map_in(mode, _unreadable_items(how, plugin_folder, culprits), on_error)
+    if on_error == "skip":
+        assert results == [(i, "ok") for i in range(ITEMS) if i not in culprits]
+    else:
+        assert results == [None if i in culprits else (i, "ok") for i in range(ITEMS)]
+
+
+@pytest.mark.parametrize("mode", ["chunks-of-10", "adaptive"])
+@pytest.mark.parametrize("how", UNREADABLE_HOWS)
+def test_a_result_that_cannot_be_unpickled_here_in_a_chunk_of_several_names_its_item(
+    how: str, mode: str, plugin_folder: str
+) -> None:
+    items = _unreadable_items(how, plugin_folder, (CULPRIT,))
+    got: list[Any] = []
+    chunksize = 10 if mode == "chunks-of-10" else None
+    with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(\({CULPRIT}, '{how}', .*\) of the map ran on a worker process, but its result \(or its error\) could not be unpickled here") as caught:
+        got.extend(mp.imap(unreadable_here_at_the_culprits, items, backend="process", chunksize=chunksize))
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError if how == "module" else RuntimeError)
+    assert got == [(i, "ok") for i in range(CULPRIT)]  # the results before it, its chunk's too, handed out first
 
 
 def test_a_result_that_cannot_be_unpickled_here_names_its_item_or_its_chunk(plugin_folder: str) -> None:
@@ -453,51 +495,48 @@ def test_a_result_that_cannot_be_unpickled_here_names_its_item_or_its_chunk(plug
     with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(\({CULPRIT}, '.*'\)\) of the map ran on a worker process, but its result \(or its error\) could not be unpickled here: ModuleNotFoundError: No module named 'plugin_of_the_workers'") as caught:
         mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=1)
     assert isinstance(caught.value.__cause__, ModuleNotFoundError)
-    with pytest.raises(mp.TaskSerializationError, match=r"items 50 to 59 of the map ran on a worker process, and their results came back together"):
+    with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(\({CULPRIT}, '.*'\)\) of the map ran on a worker process, but its result"):
         mp.parallel_map(plugin_object_at_the_culprit, items, backend="process", chunksize=10)
 
 
 def test_results_that_cannot_be_unpickled_here_fail_before_a_later_items_error(plugin_folder: str) -> None:
     # Item 57's result cannot be read here and item 67 raises: the map raised
-    # item 67's error, and nothing said that item 57's result was lost.
+    # item 67's error, and nothing said that item 57's result was lost. Item 57's
+    # error comes first, after the results before it.
     items = [(i, plugin_folder) for i in range(ITEMS)]
     fn = plugin_object_at_the_culprit_then_raise
     got = []
-    with pytest.raises(mp.TaskSerializationError, match=rf"items 0 to {CULPRIT + 9} of the map ran on a worker process"):
+    with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(.*\) of the map ran on a worker process"):
         for result in mp.imap(fn, items, backend="process", chunksize=ITEMS):
             got.append(result)
-    assert got == []
-    with pytest.raises(mp.TaskSerializationError, match=rf"items 0 to {CULPRIT + 9} of the map"):
+    assert got == list(range(CULPRIT))
+    with pytest.raises(mp.TaskSerializationError, match=rf"item {CULPRIT} \(.*\) of the map"):
         mp.parallel_map(fn, items, backend="process", chunksize=ITEMS)
 
 
-def test_a_chunk_stopped_at_its_budget_fails_only_the_items_it_ran_when_its_results_cannot_be_unpickled(
+def test_a_chunk_stopped_at_its_budget_fails_only_the_culprit_when_its_results_cannot_be_unpickled(
     log: str, plugin_folder: str
 ) -> None:
     # The first chunks stop at a time budget (20 ms): the culprit, 50 ms long, first in
-    # its chunk, ends it. Its items that never ran were failed too, and never ran.
+    # its chunk, ends it. Its items that never ran were failed too, and never ran;
+    # then the items it ran failed with it.
     items = [(CULPRIT + i, plugin_folder, log, 0.05) for i in range(16)]
     results = mp.parallel_map(logged_plugin_object_at_the_culprit, items, backend="process", on_error="none")
     ran_once(log, range(CULPRIT, CULPRIT + 16))
-    failed = [i for i, result in enumerate(results) if result is None]
-    assert failed == list(range(len(failed))) and failed, results  # the culprit's chunk, from the culprit on
-    assert len(failed) < 8  # those the chunk ran, not the half of the map it was given
-    assert results[len(failed) :] == [CULPRIT + i for i in range(len(failed), 16)]
+    assert results == [None, *(CULPRIT + i for i in range(1, 16))]
 
 
-def test_an_error_that_cannot_be_unpickled_here_fails_only_the_items_its_chunk_ran_when_numbers_follow_it(
+def test_an_error_that_cannot_be_unpickled_here_fails_only_its_item_when_numbers_follow_it(
     log: str, plugin_folder: str
 ) -> None:
     # The culprit's error goes to the parent at once, and cannot be read there; the
     # results after it are numbers, sent as a copy of their journal records at the
     # chunk's end. Their count was not read from those, and every item the chunk was
-    # given failed, though most never ran.
+    # given failed, though most never ran; then every item the chunk ran.
     items = [(CULPRIT + i, plugin_folder, log) for i in range(20_000)]
     results = mp.parallel_map(logged_refusal_at_the_culprit, items, backend="process", on_error="none")
     ran_once(log, range(CULPRIT, CULPRIT + 20_000))
-    failed = [i for i, result in enumerate(results) if result is None]
-    assert failed == list(range(len(failed))) and failed  # the items the culprit's chunk ran
-    assert results[len(failed) :] == [CULPRIT + i for i in range(len(failed), 20_000)]
+    assert results == [None, *(CULPRIT + i for i in range(1, 20_000))]
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
@@ -977,3 +1016,38 @@ def test_an_int_equal_to_the_journals_marker_reads_as_not_written() -> None:
         assert writer.results() == [0, marker, 2]  # sent as it was, where no crash intervened
     finally:
         reader.close()
+
+
+def test_each_item_of_a_pickled_list_is_read_alone_where_the_list_cannot_be_read_whole() -> None:
+    # More than one batch of appends (pickle appends 1,000 at a time), an object two
+    # items share, a buffer out of band after a culprit, and culprits that share
+    # their rebuilding function in the memo: only the culprits fail.
+    from makeparallel._serialization import Unreadable, dumps, loads, loads_each
+
+    shared = ["shared"] * 3
+    results: list[Any] = [(i, shared) if i % 3 else {"i": i} for i in range(2_500)]
+    for culprit in (CULPRIT, 1_000, 2_499):
+        results[culprit] = RebuiltAwayFrom(culprit, os.getpid())
+    results[1_001] = bytearray(200_000)  # out of band
+    data, buffers = dumps(results)
+    assert buffers
+    with pytest.raises(RuntimeError, match="cannot be rebuilt in the parent"):
+        loads(data, buffers)
+    read = loads_each(data, buffers)
+    assert read is not None
+    failed = [i for i, item in enumerate(read) if type(item) is Unreadable]
+    assert failed == [CULPRIT, 1_000, 2_499]
+    assert all(read[i] == results[i] for i in range(2_500) if i not in failed)
+    assert read[1][1] is read[2][1]  # shared, as the whole list had it
+    assert str(read[CULPRIT].error) == f"result {CULPRIT} cannot be rebuilt in the parent"
+    assert loads_each(*dumps((1, 2))) is None  # no list
+
+
+def test_an_item_that_refers_to_what_an_unreadable_one_would_have_made_fails_with_it() -> None:
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    culprit = RebuiltAwayFrom(0, os.getpid())
+    read = loads_each(*dumps([[culprit], 1, [culprit], "after"]))  # the second refers to the first's memo entry
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [True, False, True, False]
+    assert read[1] == 1 and read[3] == "after"

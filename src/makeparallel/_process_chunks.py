@@ -521,13 +521,18 @@ def after_unreadable(
     to hand out first (:func:`keep_results_before`).
 
     A result of a class this process cannot import (one from a folder only
-    the worker put on ``sys.path``, say) travels with the chunk's others, and
-    none of them can be read back alone: every item of the chunk that ran
-    fails with it, as ``on_error`` says, and the map goes on. None runs again.
-    A chunk stopped at its time budget ran fewer than its items: the backend
-    counts its results without unpickling them (``_unreadable``), and the
-    caller runs the items after those, as for any such chunk. Where that
-    count is not known, every item of the chunk fails.
+    the worker put on ``sys.path``, say) travels with the chunk's others, in
+    one pickle that cannot be read back whole: the backend keeps it as it came
+    (``_results_as_sent``), and each result is read from it alone
+    (``_serialization.loads_each``). Only the items whose results cannot be
+    fail, as ``on_error`` says (with ``keep_going`` false, the first of them
+    raises, the results before it kept for chunk ``task``'s map to hand out
+    first), and the map goes on. None runs again. Where they cannot be read
+    one by one (no list, a count that differs), every item of the chunk that
+    ran fails with it. A chunk stopped at its time budget ran fewer than its
+    items: the backend counts its results without unpickling them
+    (``_unreadable``), and the caller runs the items after those, as for any
+    such chunk. Where that count is not known, every item of the chunk fails.
 
     Raises:
         TaskSerializationError: with ``keep_going`` false, naming the item, or
@@ -544,6 +549,9 @@ def after_unreadable(
         raise error
     cause, sent = unreadable
     ran = sent if sent is not None and 0 < sent <= len(items) else len(items)
+    results = _each_read(error, ran)
+    if results is not None:
+        return _without_unreadable(results, items, start, keep_going, task)
     problem = described(cause)
     if ran == 1:
         lost = TaskSerializationError(
@@ -566,6 +574,59 @@ def after_unreadable(
         raise lost from cause
     lost.__cause__ = cause
     return [Failure(lost)] * ran, ran
+
+
+def _each_read(error: TaskSerializationError, ran: int) -> list[Any] | None:
+    """The ``ran`` results of a chunk that could not be unpickled whole, each read alone (``Unreadable`` where it cannot be); ``None`` if they cannot be."""
+    sent = getattr(error, "_results_as_sent", None)
+    if sent is None:
+        return None
+    from ._serialization import Unreadable, loads_each
+
+    done, pieces, last = sent
+    results: list[Any] = []
+    read = 0  # the results of done taken so far
+    for before, data, buffers in [*pieces, (len(done), *last)] if type(last) is tuple else pieces:
+        results += done[read:before]
+        read = before
+        each = loads_each(data, buffers)
+        if each is None:
+            return None
+        results += each
+    results += done[read:]
+    if type(last) is list:
+        results += last
+    if len(results) != ran or not any(type(result) is Unreadable for result in results):
+        return None  # not as counted, or read whole after all: the chunk fails whole, as it came
+    return results
+
+
+def _without_unreadable(
+    results: list[Any], items: Sequence[Any], start: int, keep_going: bool, task: Any
+) -> tuple[list[Any], int]:
+    """A chunk's ``results``, each that could not be unpickled here (an ``Unreadable``) failed in its place; and how many.
+
+    Raises:
+        TaskSerializationError: with ``keep_going`` false, naming the first
+            item whose result could not be unpickled, its error as the cause.
+    """
+    from ._serialization import Unreadable
+    from .errors import TaskSerializationError
+
+    for index, result in enumerate(results):
+        if type(result) is not Unreadable:
+            continue
+        cause = result.error
+        failure = TaskSerializationError(
+            f"{describe_item(start + index, items[index])} of the map ran on a worker process, but its result (or its "
+            f"error) could not be unpickled here: {described(cause)}. Return data this process can import too"
+        )
+        if not keep_going:
+            keep_results_before(task, results[:index])
+            raise failure from cause
+        failure.__cause__ = cause
+        results[index] = Failure(failure)
+    return results, len(results)
 
 
 def _without_unsent(

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     _Examined = tuple[Any, tuple[str, ...] | None, tuple[Any, int] | None]
 
 __all__ = [
+    "Unreadable",
     "dumps",
     "dumps_function",
     "dumps_in_band",
@@ -64,6 +65,7 @@ __all__ = [
     "list_length",
     "load_function",
     "loads",
+    "loads_each",
     "objects_pickled",
     "wrap_argument",
 ]
@@ -432,6 +434,154 @@ def list_length(data: bytes) -> int | None:
         else:
             depth += len(after)
     return count
+
+
+class Unreadable:
+    """An item of a list that :func:`loads_each` could not unpickle, in its place; ``error`` says why."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
+def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
+    """The items of the list pickled as ``data``, each unpickled alone: an :class:`Unreadable` in place of each that cannot be.
+
+    For a map chunk's results that cannot all be unpickled here (one of a
+    class only the worker imports, or rebuilt by a function that raises
+    here): the others are not lost with it. The list's opcodes are read with
+    ``pickletools``, the stack followed as in :func:`list_length`, and the
+    opcodes that built each item are unpickled on their own, in order, the
+    memo shared (pickle's pure-Python unpickler, whose memo is a plain
+    dictionary): an object an earlier item memoized, its class say, is the
+    same object for a later one. An item that refers to what a failed item
+    would have memoized fails with that item's error. Slow (the pure-Python
+    unpickler), and read only where the list could not be unpickled whole.
+
+    Returns:
+        The items, or ``None`` where ``data`` is not a pickled list (or is not
+        whole, or is read otherwise than this function expects).
+    """
+    try:
+        spans = _item_spans(data)
+    except Exception:  # noqa: BLE001  # not a whole pickle (pickletools' ValueError), or not as expected
+        return None
+    if spans is None:
+        return None
+    import pickle
+
+    memo: dict[int, Any] = {}
+    lost: dict[int, BaseException] = {}  # memo entries a failed item did not make: its error
+    used = 0  # buffers taken by the items so far
+    items: list[Any] = []
+    for body, puts, gets, buffer_count in spans:
+        item_buffers = buffers[used : used + buffer_count]
+        used += buffer_count
+        error = next((lost[index] for index in gets if index in lost), None)
+        if error is None:
+            unpickler = pickle._Unpickler(io.BytesIO(body), buffers=item_buffers)
+            unpickler.memo = memo  # type: ignore[attr-defined]  # shared: what earlier items memoized, later ones refer to
+            try:
+                items.append(unpickler.load())
+                continue
+            except KeyboardInterrupt:  # Ctrl-C, as the map read: not the item's
+                raise
+            except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
+                error = raised
+        items.append(Unreadable(error))
+        for index in puts:
+            if index not in memo:
+                lost[index] = error
+    return items
+
+
+def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | None:
+    """For each item of the list pickled as ``data``: a pickle of it alone, its memo puts and gets, and its buffers.
+
+    ``None`` where ``data`` is no list appended to item by item.
+
+    Raises:
+        ValueError: ``data`` is not a whole pickle.
+    """
+    import pickletools
+
+    operations = list(pickletools.genops(data))
+    starts: list[int] = []  # the position where what each object on the stack took shape began; marks left out
+    marks: list[tuple[int, int]] = []  # the depth at each mark, and its position
+    spans: list[tuple[int, int]] = []  # where each item of the list begins and ends
+    for opcode, _, at in operations:
+        position = at or 0  # (known for bytes)
+        name, before, after = opcode.name, opcode.stack_before, opcode.stack_after
+        depth = len(starts)
+        if depth == 0 and after and name != "EMPTY_LIST" and after != [pickletools.markobject]:
+            return None  # the first object is no list
+        if (name == "APPENDS" and marks and marks[-1][0] == 1) or (name == "APPEND" and depth == 2):
+            ends = [*starts[2:], position]  # items appended to the list, at the bottom: each ends where the next begins
+            spans.extend(zip(starts[1:], ends))
+        if pickletools.markobject in before:  # pops through the last mark
+            mark_depth, mark_position = marks.pop()
+            below = mark_depth - before.index(pickletools.markobject)
+            popped = [mark_position, *starts[below:]]
+            del starts[below:]
+        else:
+            popped = starts[depth - len(before) :] if before else []
+            del starts[depth - len(before) :]
+        if before and not starts and before != after and name not in _KEEP_THE_LIST:
+            return None  # the list went into another object (a tuple, say): that one is what was pickled
+        if after == [pickletools.markobject]:
+            marks.append((len(starts), position))
+        else:
+            starts.extend([min(popped, default=position)] * len(after))
+    return _item_pickles(data, operations, spans)
+
+
+def _item_pickles(
+    data: bytes, operations: list[Any], spans: list[tuple[int, int]]
+) -> list[tuple[bytes, list[int], list[int], int]]:
+    """The pickle of each item of ``data`` whose opcodes are at ``spans``, its memo puts and gets, and its buffers.
+
+    Its opcodes between ``PROTO 5`` and ``STOP``, frames left out, and each
+    ``MEMOIZE`` written as a put at its index in the whole pickle, so that the
+    item reads and writes the memo as the whole would.
+    """
+    pickles: list[tuple[bytes, list[int], list[int], int]] = []
+    memoized = 0  # the entries MEMOIZE made so far: the index of the next one
+    ends = [*(at or 0 for _, _, at in operations[1:]), len(data)]
+    span = iter(spans)
+    begins, ends_at = next(span, (len(data), len(data)))
+    body: list[bytes] = []
+    puts: list[int] = []
+    gets: list[int] = []
+    buffer_count = 0
+    for (opcode, argument, position), end in zip(operations, ends):
+        if position >= ends_at:  # the item read is whole
+            pickles.append((b"\x80\x05" + b"".join(body) + b".", puts, gets, buffer_count))
+            body, puts, gets, buffer_count = [], [], [], 0
+            begins, ends_at = next(span, (len(data), len(data)))
+        name = opcode.name
+        index = None
+        if name == "MEMOIZE":
+            index = memoized
+            memoized += 1
+        elif name in _MEMO_PUTS:
+            index = argument
+        if position < begins:
+            continue  # the list's own opcodes (itself, its marks, its appends)
+        if index is not None:
+            puts.append(index)
+            body.append(b"r" + struct.pack("<I", index))  # LONG_BINPUT, at the whole pickle's index
+        elif name != "FRAME":  # (a length to read ahead, of the whole pickle's frames)
+            if name in _MEMO_GETS:
+                gets.append(argument)
+            elif name == "NEXT_BUFFER":
+                buffer_count += 1
+            body.append(data[position:end])
+    return pickles
 
 
 def _reduce(obj: Any) -> Any:

@@ -174,8 +174,9 @@ WorkerSetup.__doc__ = "What each new worker runs before its first task: the pool
 NO_SETUP = WorkerSetup("", None, b"")
 
 # What a running map chunk streamed (``ProcessBackend._partials``): the results read, the
-# error of a slice that could not be, and how many results such slices held (None: unknown).
-_Streamed = tuple[list[Any], Exception | None, int | None]
+# error of a slice that could not be, how many results such slices held (None: unknown),
+# and each such slice as it came, with the number of results read before it.
+_Streamed = tuple[list[Any], Exception | None, int | None, list[tuple[int, bytes, list[Any]]]]
 
 
 class _Worker:
@@ -1686,14 +1687,15 @@ class ProcessBackend(QueueingBackend):
             self._wake()
 
     def _add_partial(self, task_id: int, data: bytes, buffers: list[Any]) -> None:
-        done, failed, unread = self._partials.get(task_id) or ([], None, 0)
+        done, failed, unread, pieces = self._partials.get(task_id) or ([], None, 0, [])
         try:
             done.extend(_serialization.loads(data, buffers))
         except Exception as error:  # the chunk fails with it when it ends
             failed = failed or error
             length = _list_length(data)
             unread = None if unread is None or length is None else unread + length
-        self._partials[task_id] = (done, failed, unread)
+            pieces.append((len(done), data, buffers))  # its map reads what it can of it (after_unreadable)
+        self._partials[task_id] = (done, failed, unread, pieces)
 
     def _started(self, worker: _Worker, task_id: int) -> None:
         """A timed task started on its worker: its timeout counts from now."""
@@ -1716,7 +1718,7 @@ class ProcessBackend(QueueingBackend):
             value = _serialization.loads(data, buffers)
             # Results a map chunk sent that could not be read fail first: before an item's error too.
             if streamed is not None and (ok or streamed[1] is not None):
-                done, failed, _ = streamed
+                done, failed, _, _ = streamed
                 if failed is not None:
                     raise failed
                 done.extend(value)
@@ -1738,6 +1740,10 @@ class ProcessBackend(QueueingBackend):
             else:  # an item's error: after results sent that could not be read (they count), or itself unreadable
                 sent = _results_sent(streamed, 0) if streamed is not None and error is streamed[1] else None
             vars(unreadable)["_unreadable"] = (error, sent)
+            if sent is not None:  # the results as they came, for the map to read each it can (after_unreadable)
+                last = value if type(value) is list or not ok else (data, buffers)
+                done, _, _, pieces = streamed if streamed is not None else ([], None, 0, [])
+                vars(unreadable)["_results_as_sent"] = (done, pieces, [] if not ok else last)
             ok, value = False, unreadable
         else:
             if not ok:
@@ -1880,7 +1886,7 @@ class ProcessBackend(QueueingBackend):
         results cannot all be had (one that cannot be unpickled here): the
         chunk then fails as a whole, rather than run an item twice.
         """
-        done, failed, _ = streamed if streamed is not None else ([], None, 0)
+        done, failed, _, _ = streamed if streamed is not None else ([], None, 0, [])
         if failed is not None:
             return None
         try:
@@ -2425,7 +2431,7 @@ def _results_sent(streamed: _Streamed | None, last: int | None) -> int | None:
     """
     if last is None or streamed is None:
         return last
-    done, _, unread = streamed
+    done, _, unread, _ = streamed
     return None if unread is None else len(done) + unread + last
 
 
