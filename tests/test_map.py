@@ -1053,6 +1053,110 @@ def test_an_imap_handed_to_another_thread_is_closed_from_the_thread_that_began_i
         iterator.close()
 
 
+def _in_thread(call: Any) -> Any:
+    """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as error:  # noqa: BLE001  # the outcome looked at, whatever it is
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return outcome[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("closed_by", ["the thread that began it", "the thread it was handed to"])
+def test_an_imap_handed_to_another_thread_gives_nothing_more_after_close_on_any_thread(
+    backend: str, closed_by: str
+) -> None:
+    # The thread it was handed to closed it: that thread's next() went on with
+    # the rest of the chunk it held (items 2 to 9), on every thread.
+    iterator = mp.imap(int, range(100), chunksize=10, backend=backend)
+    assert next(iterator) == 0
+    assert _in_thread(lambda: next(iterator)) == 1
+    if closed_by == "the thread that began it":
+        iterator.close()
+    else:
+        _in_thread(iterator.close)
+    assert isinstance(_in_thread(lambda: next(iterator)), StopIteration)
+    with pytest.raises(StopIteration):
+        next(iterator)
+    assert list(iterator) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("closed_by", ["the thread that began it", "another thread"])
+def test_a_next_as_the_imap_is_closed_raises_stop_iteration(
+    backend: str, closed_by: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next() comes from another thread as the close cancels the chunks. Closed by
+    # the thread that began it, which closes the map's generator, it raised ValueError
+    # ("generator already executing"); closed by another, it gave the next item.
+    closing, asked = threading.Event(), threading.Event()
+    cancel = _map.cancel_and_stop
+
+    def cancel_as_another_thread_asks(handles: Any, *args: Any) -> None:
+        closing.set()
+        assert asked.wait(30)
+        cancel(handles, *args)
+
+    def ask() -> Any:
+        assert closing.wait(30)
+        try:
+            return _in_thread(lambda: next(iterator))
+        finally:
+            asked.set()
+
+    iterator = mp.imap(int, range(100), chunksize=10, backend=backend)
+    assert next(iterator) == 0
+    monkeypatch.setattr(_map, "cancel_and_stop", cancel_as_another_thread_asks)
+    if closed_by == "the thread that began it":
+        outcome: list[Any] = []
+        asker = threading.Thread(target=lambda: outcome.append(ask()))
+        asker.start()
+        try:
+            iterator.close()
+        finally:
+            asked.set()
+            asker.join(30)
+        assert outcome
+        outcome_seen = outcome[0]
+    else:
+        closer = threading.Thread(target=iterator.close)
+        closer.start()
+        try:
+            outcome_seen = ask()
+        finally:
+            closer.join(30)
+    assert isinstance(outcome_seen, StopIteration), repr(outcome_seen)
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_an_imap_read_with_async_for_gives_nothing_more_after_close_however_large_its_chunk(backend: str) -> None:
+    # The loop went on with the rest of the chunk it held: items 3 to 9.
+    async def read() -> list[int]:
+        iterator = mp.imap(int, range(100), chunksize=10, backend=backend)
+        got: list[int] = []
+        async for x in iterator:
+            got.append(x)
+            if x == 2:
+                iterator.close()
+        return got
+
+    assert asyncio.run(read()) == [0, 1, 2]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
 @pytest.mark.parametrize("ordered", [True, False])

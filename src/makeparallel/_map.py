@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
@@ -533,40 +532,56 @@ class MapIterator(Iterator[R]):
     def __init__(self, mapper: _Mapper) -> None:
         self._mapper = mapper
         self._results: Iterator[R] | None = None
-        self._reader: int | None = None  # the thread that asked for the first result
         self._async = False
+        self._closed = False  # close() came: every next() from now on, on any thread, ends
         self._closed_unstarted = False  # close() came before the first result was asked for
 
     def __next__(self) -> R:
         if self._results is None:
             if self._async:
                 raise RuntimeError("this imap is iterated with `async for` already")
-            self._reader = threading.get_ident()
             self._results = _each(self._mapper.chunks())
-        return next(self._results)
+        try:
+            return next(self._results)
+        except ValueError:  # "generator already executing": close() on another thread closes it
+            if self._closed:
+                raise StopIteration from None
+            raise
 
     def close(self) -> None:
         """Stop: cancel the chunks in flight and read no more input.
 
         Closed before its first result, the map never starts: iterating it
         then gives nothing, as a generator closed before its first ``next()``.
-        Closed from another thread than the one that iterates it, or as it
+        After ``close()``, from any thread, every ``next()`` on any thread
+        raises ``StopIteration``. Closed as a thread waits in ``next()`` or
         hands out a result (from a ``progress`` callback, say), or read with
-        ``async for`` (from any thread), the chunks
-        in flight are cancelled at once, and the loop reading it ends as it
-        asks for its next result (at most the rest of the chunk it holds first;
-        on the ``"sync"`` backend, whose items run in that thread, once the
-        item running returns).
+        ``async for`` (from any thread), the chunks in flight are cancelled at
+        once, and the loop reading it ends as it asks for its next result (on
+        the ``"sync"`` backend, whose items run in that thread, once the item
+        running returns).
+
+        Thread-safety:
+            Safe from any thread, as any ``next()`` runs: the map's generator is
+            closed where no thread runs it, else its map is stopped from here
+            (:meth:`_Mapper.close_elsewhere`).
         """
+        self._closed = True
         if self._results is None and not self._async:
             self._results = _no_results()  # a generator: closing it again is harmless
             self._closed_unstarted = True
         elif self._results is not None:
-            if self._reader == threading.get_ident() and not self._results.gi_running:  # type: ignore[attr-defined]
-                self._results.close()  # type: ignore[attr-defined]
-            else:  # the generator may be running: "generator already executing", and the map went on
-                # (there, or here: a progress callback's close, or an imap handed to another thread to read)
-                self._mapper.close_elsewhere()
+            # Any next() from now on gets nothing: not the rest of the chunk the generator holds.
+            results, self._results = self._results, _no_results()
+            try:
+                if not results.gi_running:  # type: ignore[attr-defined]
+                    results.close()  # type: ignore[attr-defined]  # (a generator is no thread's own)
+                    return
+            except ValueError:  # a next() began to run it meanwhile: "generator already executing"
+                pass
+            # The generator runs: closing it raised "generator already executing", and the map went
+            # on (a progress callback's close, or a thread's as another waits in next()).
+            self._mapper.close_elsewhere()
         else:  # read with `async for`: its generator is not ours to close, and close() did nothing
             self._mapper.close_elsewhere()
 
@@ -576,7 +591,7 @@ class MapIterator(Iterator[R]):
         if self._results is not None or self._async:
             raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
         self._async = True
-        return _each_async(self._mapper.chunks_async())
+        return _each_async(self._mapper.chunks_async(), self._mapper)
 
 
 def _no_results() -> Iterator[Any]:
@@ -591,11 +606,11 @@ async def _nothing() -> AsyncIterator[Any]:
     yield
 
 
-async def _each_async(chunks: AsyncIterator[list[Any]]) -> AsyncIterator[Any]:
+async def _each_async(chunks: AsyncIterator[list[Any]], mapper: _Mapper) -> AsyncIterator[Any]:
     try:
         async for chunk in chunks:
             chunk.reverse()
-            while chunk:
+            while chunk and not mapper._closed_elsewhere:  # closed: not the rest of the chunk either
                 yield chunk.pop()  # an item handed out is no longer held here
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
