@@ -28,8 +28,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from . import _circuit
 from ._circuit import CircuitState, labelled_breakers
-from ._runtime import global_limiter, is_shut_down, pool_infos
+from ._runtime import global_limiter, held_below, is_shut_down, pool_infos, pool_locks
 from ._validation import check_count, is_real
 
 __all__ = ["health"]
@@ -69,6 +70,15 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
             not an int.
         ValueError: ``memory_limit_percent`` is outside (0, 100], or
             ``queue_limit`` below 1.
+
+    In a signal handler:
+        Called from one (a ``SIGUSR1`` handler that logs it) that interrupted
+        the main thread as it held a lock of the library's that the report
+        reads (a pool's, as a task was submitted; an open breaker's), it
+        could never take that lock: it waited for good. There it returns
+        within 0.25 s a report that says so: ``"degraded"`` (``"unhealthy"``
+        once shut down), ``pools`` empty, ``memory_percent`` ``None``, and a
+        first reason that begins ``"not read"``.
     """
     if not is_real(memory_limit_percent):
         raise TypeError(f"memory_limit_percent must be a number, got {memory_limit_percent!r}")
@@ -77,6 +87,8 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
     memory_limit_percent = float(memory_limit_percent)
     if queue_limit is not None:
         queue_limit = check_count(queue_limit, "queue_limit")
+    if held_below(_locks_health_takes):
+        return _unread_report()
     pools = pool_infos()
     reasons: list[str] = []
     broken: list[str] = []
@@ -124,6 +136,35 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         "reasons": reasons,
         "pools": pools,
         "memory_percent": memory_percent,
+    }
+
+
+def _locks_health_takes() -> list[Any]:
+    """The locks :func:`health` takes: the pools', the open breakers', the memory guard's."""
+    guard = sys.modules.get("makeparallel._memory_guard")
+    current = None if guard is None else guard.current_guard()
+    # Listed without the registry's lock, which is among those read (a breaker made as the signal came).
+    breakers = [breaker._lock for breaker in list(_circuit._breakers) if breaker.state is CircuitState.OPEN]
+    locks = [*pool_locks(), _circuit._breakers_lock, *breakers]
+    return locks if current is None else [*locks, current._lock]
+
+
+def _unread_report() -> dict[str, Any]:
+    """What :func:`health` says where a lock it takes is held by the code a signal handler interrupted."""
+    reason = (
+        "not read: health() was called from a signal handler that interrupted the main thread as it held a lock "
+        "of makeparallel's (a task's submission, say), which reading the pools needs; call it from another "
+        "thread, or have the handler set a flag and check health from your program's own flow"
+    )
+    shut_down = is_shut_down()
+    reasons = [reason, *(["shut down: no new tasks are accepted (reset_shutdown() reopens)"] if shut_down else [])]
+    return {
+        "status": UNHEALTHY if shut_down else DEGRADED,
+        "live": True,
+        "ready": not shut_down,
+        "reasons": reasons,
+        "pools": {},
+        "memory_percent": None,
     }
 
 

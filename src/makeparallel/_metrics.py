@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
-from ._runtime import get_active_task_count, pool_infos, queued_by_name
+from ._runtime import (
+    DEADLINE_HEAP,
+    get_active_task_count,
+    pool_infos,
+    pool_locks,
+    queued_by_name,
+    refuse_under_a_held_lock,
+)
 
 if TYPE_CHECKING:
     from ._circuit import CircuitBreaker
@@ -268,6 +275,10 @@ def get_metrics(name: str) -> TaskMetrics | None:
             found nothing and read as a function never run).
         KeyError: ``name`` is a short name shared by several functions; the
             message lists their full names, which find each one.
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held a lock these counts are read under (a pool's, as
+            a task was submitted or ended on it): raised within 0.25 s, where
+            the read waited for good.
     """
     if not isinstance(name, str):
         raise TypeError(
@@ -279,7 +290,25 @@ def get_metrics(name: str) -> TaskMetrics | None:
     if not found:
         return None
     full = found[0]
+    _refuse_in_a_handler("get_metrics()", [_records[full]])
     return _records[full].snapshot(queued_by_name().get(full, 0))
+
+
+_READ_ELSEWHERE = "Read them from another thread, or have the handler set a flag and read them from your program's own flow"
+
+
+def _refuse_in_a_handler(call: str, records: list[FunctionMetrics], *more: Any) -> None:
+    """Raise ``RuntimeError`` where ``call`` would wait for good for a lock held by the code a signal handler interrupted.
+
+    The locks read: the pools' and the deadline heap's (the tasks queued, and
+    waiting to retry), the shards' of ``records``, and ``more``.
+    """
+
+    def locks() -> list[Any]:
+        shards = [lock for record in records for lock in list(record._shards)]
+        return [*pool_locks(), DEADLINE_HEAP, *shards, *more]
+
+    refuse_under_a_held_lock(call, locks, _READ_ELSEWHERE)
 
 
 def _ambiguous(name: str, candidates: tuple[str, ...]) -> str:
@@ -326,7 +355,14 @@ def get_all_metrics() -> MetricsByName:
     """Snapshots of every function's metrics, by full name; short names find them too.
 
     See :class:`MetricsByName` for how a function's ``__name__`` is looked up.
+
+    Raises:
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held a lock these counts are read under (a pool's, as
+            a task was submitted or ended on it): raised within 0.25 s, where
+            the read waited for good.
     """
+    _refuse_in_a_handler("get_all_metrics()", all_records())
     queued = queued_by_name()
     return MetricsByName(
         {name: record.snapshot(queued.get(name, 0)) for name, record in list(_records.items())}
@@ -352,7 +388,14 @@ def metrics_snapshot() -> dict[str, Any]:
     ``memory_limit`` (``None`` until one is configured) gives the memory limit's
     figures: ``limit_percent``, ``paused``, ``pauses`` (times it paused the
     pools), ``used_bytes``, ``limit_bytes``, ``used_percent`` and ``source``.
+
+    Raises:
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held a lock these figures are read under (a pool's,
+            as a task was submitted; a breaker's, as a call went through it):
+            raised within 0.25 s, where the read waited for good.
     """
+    _refuse_in_a_handler("metrics_snapshot()", all_records(), _reset_lock, *_breaker_locks(), *_guard_locks())
     queued = queued_by_name()
     functions: dict[str, Any] = {}
     with _reset_lock:  # never half a reset: the counts and "resets" agree
@@ -383,6 +426,18 @@ def _breakers() -> dict[str, Any]:
     return {} if circuit is None else {label: _breaker_fields(b) for label, b in circuit.labelled_breakers().items()}
 
 
+def _breaker_locks() -> list[Any]:
+    """The locks :func:`_breakers` takes, listed without taking any."""
+    circuit = sys.modules.get("makeparallel._circuit")
+    return [] if circuit is None else [circuit._breakers_lock, *(breaker._lock for breaker in list(circuit._breakers))]
+
+
+def _guard_locks() -> list[Any]:
+    guard = sys.modules.get("makeparallel._memory_guard")
+    current = None if guard is None else guard.current_guard()
+    return [] if current is None else [current._lock]
+
+
 def _memory_limit_fields() -> dict[str, Any] | None:
     guard = sys.modules.get("makeparallel._memory_guard")  # loaded only once a limit was configured
     current = None if guard is None else guard.current_guard()
@@ -403,8 +458,15 @@ def reset_metrics() -> None:
     Tasks in flight at the time are counted when they end, so after a reset
     the ended counts may exceed ``total_tasks`` by those tasks; they still
     count as running until then.
+
+    Raises:
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held a lock these counts are kept under (a pool's, as
+            a task was submitted or ended on it): raised within 0.25 s, where
+            the reset waited for good. Nothing is reset then.
     """
     global _resets
+    _refuse_in_a_handler("reset_metrics()", all_records(), _reset_lock)
     with _reset_lock:
         for record in list(_records.values()):
             record.reset()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from types import EllipsisType
 
-from . import _deadlines, _interruptible
+from . import _admission, _deadlines, _interruptible
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend, _RetryDue, every_backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
@@ -976,23 +976,107 @@ def _refuse_to_wait_for_good_here(
 
 
 def _interrupted_holding_a_lock() -> bool:
-    """Whether this is the main thread, and a lock a shutdown takes stays held for ``_HELD_BELOW_AFTER`` seconds.
+    """Whether this is the main thread, and a lock a shutdown (or a reset) takes stays held for ``_HELD_BELOW_AFTER`` seconds.
 
     Then the code that holds it is the code this call interrupted (a signal
     handler's call): another thread holds one of them for microseconds, with
     no wait inside, and the interrupted code cannot go on before this call
     returns. Each lock is read without being taken.
     """
+    return held_below(_locks_shutdown_takes)
+
+
+def _locks_shutdown_takes() -> list[Any]:
+    # (The limits listed through their module: a look that takes no lock, no step of the shutdown or reset.)
+    locks = [_lock, *(lock for backend in every_backend() for lock in backend.locks_shutdown_takes())]
+    return [*locks, *(limiter._lock for limiter in _admission.all_limiters()), DEADLINE_HEAP]
+
+
+class _DeadlineHeap:
+    """The deadline heap's lock, as :func:`held_below` reads a lock: ``locked()``."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def locked() -> bool:
+        return _deadlines.busy()
+
+
+DEADLINE_HEAP = _DeadlineHeap()
+
+
+def held_below(locks: Callable[[], Iterable[Any]]) -> bool:
+    """Whether this is the main thread, and one of ``locks()`` stays held for ``_HELD_BELOW_AFTER`` seconds.
+
+    :func:`_interrupted_holding_a_lock` for the locks a call other than a
+    shutdown takes (``health()``, the metrics): listed only on the main
+    thread, each read without being taken.
+    """
     if threading.current_thread() is not threading.main_thread():
         return False
-    locks = [_lock, *(lock for backend in every_backend() for lock in backend.locks_shutdown_takes())]
-    locks += [limiter._lock for limiter in all_limiters()]
+    held = list(locks())
     ends = time.monotonic() + _HELD_BELOW_AFTER
-    while _deadlines.busy() or any(lock.locked() for lock in locks):
+    while any(lock.locked() for lock in held):
         if time.monotonic() >= ends:
             return True
         time.sleep(0.001)
     return False
+
+
+def pool_locks() -> list[Any]:
+    """The lock of every pool alive: what reading a pool's figures (``info()``, its queue, its counts) takes."""
+    return [backend._lock for backend in every_backend()]
+
+
+def refuse_under_a_held_lock(call: str, locks: Callable[[], Iterable[Any]], instead: str) -> None:
+    """Raise ``RuntimeError`` where ``call`` would wait for good for one of ``locks()``, held by the code a signal handler interrupted.
+
+    Within ``_HELD_BELOW_AFTER`` seconds (:func:`held_below`); ``instead``
+    says what to do.
+    """
+    if held_below(locks):
+        raise RuntimeError(
+            f"{call} was called from a signal handler that interrupted the main thread as it held a lock of "
+            f"makeparallel's (a task's submission, say), which {call} needs: it would wait for good. {instead}"
+        )
+
+
+# The shutdowns and resets a signal handler deferred to a thread of their own (_defer), while
+# one may still run: each runs once those before it ended, in the order the handler called them.
+_deferred: list[threading.Thread] = []
+
+
+def _defer(call: Callable[[], object], name: str) -> threading.Thread:
+    """Run ``call`` in a daemon thread named ``name`` once the calls deferred before it ended.
+
+    Only the main thread defers (a signal handler's call), so the list needs no lock.
+    """
+    before = [thread for thread in _deferred if thread.is_alive()]
+
+    def in_order() -> None:
+        for thread in before:
+            thread.join()
+        call()
+
+    thread = threading.Thread(target=in_order, name=name, daemon=True)
+    _deferred[:] = [*before, thread]
+    thread.start()
+    return thread
+
+
+def _deferred_pending() -> bool:
+    """Whether a shutdown or reset that a signal handler deferred has not ended yet."""
+    return any(thread.is_alive() for thread in _deferred)
+
+
+def _join_at_exit(thread: threading.Thread) -> None:
+    """At exit, wait in slices for a deferred :func:`reset_shutdown` going on in ``thread``; a Ctrl-C ends the wait."""
+    if ending_on_interrupt():
+        return
+    try:
+        _interruptible.join(thread, None)
+    except KeyboardInterrupt:
+        pass
 
 
 def _refuse_to_wait_blind_here(call: str, then: str) -> None:
@@ -1074,10 +1158,7 @@ class ShutdownCall:
                 "SystemExit, and shut down from your program's own flow",
                 self.by,
             )
-            thread = threading.Thread(
-                target=self._run, args=(timeout_secs, cancel_pending), name="makeparallel-shutdown", daemon=True
-            )
-            thread.start()
+            thread = _defer(lambda: self._run(timeout_secs, cancel_pending), "makeparallel-shutdown")
             # Registered last, so run first at exit: the pools' hook then finds the shutdown over.
             atexit.register(self._wait_at_exit, thread)
             return False
@@ -1204,7 +1285,31 @@ def reset_shutdown() -> None:
     (Called once the shutdown has begun stopping the worker processes, the
     process tasks running then fail with ``ShutdownError``, and the pools take
     tasks again as the shutdown returns.)
+
+    Called from a signal handler that interrupted the main thread as it held
+    one of the library's locks (a task's submission), it could never take
+    that lock: it waited for good. There, and on the main thread while a
+    shutdown or reset that a handler deferred so has not ended, it logs a
+    warning and returns at once (within 0.25 s), and the reset goes on in a
+    thread of its own once the calls deferred before it ended, in the order
+    they were called: ``shutdown()`` then ``reset_shutdown()`` in a handler
+    leaves the library open, as the two calls one after the other would.
+    Exit waits for that thread (a Ctrl-C ends that wait).
     """
+    if _interrupted_holding_a_lock() or (_deferred_pending() and threading.current_thread() is threading.main_thread()):
+        _log.warning(
+            "makeparallel.reset_shutdown() was called from a signal handler that interrupted the main thread as it "
+            "held a lock of makeparallel's, or while a shutdown deferred so had not ended: waiting there could wait "
+            "for good. The reset goes on in a thread of its own, after the shutdowns deferred before it, and the "
+            "call returns at once"
+        )
+        # Registered after the shutdown's exit hook, so run before it: that one then finds its shutdown over.
+        atexit.register(_join_at_exit, _defer(_reset_now, "makeparallel-reset"))
+        return
+    _reset_now()
+
+
+def _reset_now() -> None:
     # Reopened under the lock, as shutdown() marks the library shut down: reopened
     # after it, a shutdown from another thread in between closed the pools first, and
     # the reset reopened them under it, the library shut down and taking every task.
@@ -1542,6 +1647,7 @@ def _reset_after_fork() -> None:
     _lock = threading.Lock()
     _shutdown_ended = threading.Condition(_lock)
     _stopping_workers.clear()  # those were the parent's threads'
+    _deferred.clear()  # likewise
     _backends.clear()
     _adapters.clear()
     _default_instance = None

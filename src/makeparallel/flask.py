@@ -170,7 +170,18 @@ class MakeParallel:
                 that cannot run here: ``"dask"`` where distributed is not
                 installed, ``"interpreter"`` before Python 3.14 (named, and
                 nothing applied, as above).
+            RuntimeError: called from a signal handler (an app factory run on
+                ``SIGHUP``) that interrupted the main thread as it held a lock
+                of the library's (a task's submission), which the reset and
+                the pools' settings take: raised within 0.25 s, where it
+                waited for good; nothing is applied. Set the app up from your
+                program's own flow.
         """
+        _runtime.refuse_under_a_held_lock(
+            "init_app()",
+            _runtime._locks_shutdown_takes,
+            "Have the handler set a flag, and set the app up from your program's own flow",
+        )
         for key, default in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, default)
         config = app.config
