@@ -19,6 +19,8 @@ import makeparallel as mp
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
 from test_retry import (
+    CAN_APPLY,
+    NEVER_APPLIES,
     pool_threads_died,
     predicate_that_raises,
     predicate_that_raises_a_base_exception,
@@ -1286,3 +1288,16 @@ def test_a_nested_refusal_counts_by_on_as_any_error(backend: str, clock: FakeClo
     clock.now += 31
     assert outcome(mp.parallel(backend=backend, circuit_breaker=breaker)(refused_by_another_breaker)()) == "CircuitOpenError"
     assert breaker.state == "closed" and breaker.statistics().successful_calls == 1  # the dependency answered
+
+
+@pytest.mark.parametrize("on", NEVER_APPLIES, ids=repr)
+def test_a_breaker_on_what_is_never_counted_is_refused(on: Any) -> None:
+    # Accepted silently, such a breaker counted nothing as a failure, and never opened.
+    never = next(kind for kind in (on if isinstance(on, tuple) else (on,)) if kind is not ConnectionError)
+    with pytest.raises(ValueError, match=rf"on names {never.__name__}, .* counts? as nothing.*Name the errors"):
+        mp.CircuitBreaker("dependency", on=on)
+
+
+@pytest.mark.parametrize("on", CAN_APPLY, ids=repr)
+def test_a_breaker_on_what_can_be_counted_is_accepted(on: Any) -> None:
+    assert mp.CircuitBreaker("dependency", on=on).on is on

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+import concurrent.futures
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -2435,3 +2436,41 @@ def test_shutdown_as_an_attempt_runs_says_why_it_was_not_retried(gate: threading
         stopping.join(30)
         mp.reset_shutdown()
     assert "not retried again: makeparallel was shut down" in "\n".join(caught.value.__notes__)
+
+
+class _CancelledHere(mp.TaskCancelledError):
+    pass
+
+
+# What a retry never retries and a circuit breaker never counts, whatever `on` says:
+# cancellations and errors that are no Exception. Named in `on`, it can never apply.
+NEVER_APPLIES: list[Any] = [
+    SystemExit,
+    KeyboardInterrupt,
+    GeneratorExit,
+    asyncio.CancelledError,
+    mp.TaskCancelledError,
+    _CancelledHere,
+    (ConnectionError, SystemExit),
+]
+# Each can: it is, or is a base of, errors that are Exceptions and no cancellation.
+CAN_APPLY: list[Any] = [
+    BaseException,
+    Exception,
+    concurrent.futures.CancelledError,  # a plain future's, not a task's
+    (ConnectionError, BaseException),
+    mp.CircuitOpenError,
+]
+
+
+@pytest.mark.parametrize("on", NEVER_APPLIES, ids=repr)
+def test_a_retry_on_what_is_never_retried_is_refused(on: Any) -> None:
+    # Accepted silently, such a policy retried nothing, and read as if it did.
+    never = next(kind for kind in (on if isinstance(on, tuple) else (on,)) if kind is not ConnectionError)
+    with pytest.raises(ValueError, match=rf"on names {never.__name__}, .* never retried.*Name the errors"):
+        mp.Retry(on=on)
+
+
+@pytest.mark.parametrize("on", CAN_APPLY, ids=repr)
+def test_a_retry_on_what_can_be_retried_is_accepted(on: Any) -> None:
+    assert mp.Retry(on=on).on is on

@@ -38,7 +38,7 @@ from typing import Any
 
 from . import _deadlines, _events
 from ._predicates import ask
-from ._retry import RetryOn, _check_on
+from ._retry import NEVER_COUNTED, RetryOn, _check_on
 from ._validation import check_count, check_finite_seconds, is_real
 from .errors import CircuitOpenError, TaskCancelledError
 
@@ -169,7 +169,11 @@ class CircuitBreaker:
 
     Raises:
         TypeError, ValueError: an argument of the wrong type or out of range,
-            naming it.
+            naming it; ``ValueError`` too where ``on`` names a type that counts
+            as nothing (``SystemExit``, ``KeyboardInterrupt``,
+            ``GeneratorExit``, ``asyncio.CancelledError``,
+            ``TaskCancelledError``, or a subclass of one), alone or in its
+            tuple: the breaker would never open.
 
     Thread-safety:
         Every method may be called from any thread. A lock guards the counters
@@ -201,7 +205,7 @@ class CircuitBreaker:
         self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
         self.recovery_timeout: float = check_finite_seconds(recovery_timeout, "recovery_timeout") or 0.0
         self.half_open_calls = check_count(half_open_calls, "half_open_calls")
-        _check_on(on)
+        _check_on(on, NEVER_COUNTED)
         self.on = on
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")

@@ -37,6 +37,15 @@ _no_waits_lock = threading.Lock()
 _no_waits = 0  # blocks of makeparallel.testing.no_retry_waits() open now
 
 
+def _check_can_apply(kind: type[BaseException], never: str) -> None:
+    if issubclass(kind, TaskCancelledError) or not (issubclass(kind, Exception) or issubclass(Exception, kind)):
+        # A ValueError: the type is the value of on, and of the right kind (an exception type).
+        raise ValueError(  # noqa: TRY004
+            f"on names {kind.__name__}, which {never}: it could never apply. Name the errors (Exception "
+            f"subclasses) to look at, got on={kind!r}"
+        )
+
+
 def waits_enabled() -> bool:
     """Whether retries wait their computed time (``no_retry_waits()`` makes them not)."""
     return _no_waits == 0
@@ -49,10 +58,27 @@ def suspend_waits(delta: int) -> None:
         _no_waits += delta
 
 
-def _check_on(on: Any) -> None:
+# Why each user of ``on`` never applies it to a cancellation or an error that is no Exception.
+NEVER_RETRIED = "is never retried (a cancellation, or an exit or interrupt that is no Exception)"
+NEVER_COUNTED = (
+    "counts as nothing, neither failure nor success (a cancellation, or an exit or interrupt that is no Exception)"
+)
+
+
+def _check_on(on: Any, never: str = NEVER_RETRIED) -> None:
+    """Check ``on``: an exception type, a tuple of them, or a predicate; ``never`` says why a type named can never apply.
+
+    A type can never apply where each of its errors is a cancellation
+    (``TaskCancelledError``) or no ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt``, ``GeneratorExit``, ``asyncio.CancelledError``):
+    neither a retry nor a breaker looks at those, so the policy or the
+    breaker would silently do nothing. ``BaseException`` can: it is a base
+    of every ``Exception``.
+    """
     if isinstance(on, type):
         if not issubclass(on, BaseException):
             raise TypeError(f"on must be an exception type, a tuple of them or a predicate, got the type {on.__name__}")
+        _check_can_apply(on, never)
         return
     if isinstance(on, tuple):
         if not on:
@@ -60,6 +86,8 @@ def _check_on(on: Any) -> None:
         for kind in on:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise TypeError(f"on must hold exception types only, got {kind!r}")
+        for kind in on:
+            _check_can_apply(kind, never)
         return
     if not callable(on):
         raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
@@ -100,7 +128,10 @@ class Retry:
         TypeError: ``on`` is not an exception type, a tuple of them or a callable;
             a number is of the wrong type.
         ValueError: ``attempts`` < 1, a negative or infinite number of seconds,
-            ``wait_exp_base`` below 1 or infinite, or an empty ``on`` tuple.
+            ``wait_exp_base`` below 1 or infinite, an empty ``on`` tuple, or
+            ``on`` names a type that is never retried (``SystemExit``,
+            ``KeyboardInterrupt``, ``GeneratorExit``, ``asyncio.CancelledError``,
+            ``TaskCancelledError``, or a subclass of one), alone or in its tuple.
     """
 
     on: RetryOn
