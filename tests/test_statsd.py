@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1044,3 +1045,59 @@ def test_a_stuck_last_flush_does_not_hold_the_exit(server: StatsdServer) -> None
         [sys.executable, "-c", STUCK_AT_EXIT, str(server.port)], capture_output=True, text=True, timeout=30, check=False
     )
     assert (result.returncode, result.stdout) == (0, "exiting\n"), result.stderr
+
+
+# -- across os.fork() ------------------------------------------------------------------------------
+
+
+def child_exit_code(pid: int, timeout: float = 30) -> int:
+    """The exit code of the forked child ``pid``, killed (and the test failed) if it has not ended in ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not end within {timeout} s")
+        threading.Event().wait(0.01)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: a fork of a threaded process; the case itself
+def test_a_started_exporter_goes_on_in_a_forked_child(server: StatsdServer, exporter: StatsdExporter) -> None:
+    """A forking server's worker (``--preload``) sent nothing: the flushing thread is not copied by a fork.
+
+    The child has a thread and a socket of its own, and sends its own tasks
+    only: the parent's, flushed before the fork, are not sent again.
+    """
+    name = unique_name("statsd-fork")
+    work = make_work(name, backend="thread")
+    exporter.start()
+    run(work, succeed=3)
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 3
+    parents_thread, parents_sockets = exporter._thread, list(exporter._sockets.values())
+    pid = os.fork()
+    if pid == 0:  # the child: its exit code says how it went
+        code = 1
+        try:
+            run(work, succeed=2)
+            thread = exporter._thread
+            assert thread is not parents_thread and thread is not None and thread.is_alive(), thread
+            assert [sender.fileno() for sender in parents_sockets] == [-1]  # the child's copies, closed
+            exporter.stop()  # its thread's last flush sends the child's two tasks
+            code = 0
+        except BaseException:  # noqa: BLE001  # anything: printed, and the exit code says so
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    assert child_exit_code(pid) == 0
+    marker = f"test.{name}.completed:2|c"
+    assert server.wait(lambda: marker in server.lines()), server.lines()
+    assert counter(of([Line.parse(text) for text in server.lines()], f"test.{name}"), "completed") == 5
+    # The parent's exporter goes on as it was: its thread, its socket, its own tasks only.
+    assert exporter._thread is parents_thread and parents_thread.is_alive()
+    run(work, succeed=1)
+    assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 1

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +63,8 @@ EXIT_FLUSH_WAIT = 2.0
 # What a prefix cannot hold: the StatsD line's separators (name:value|type|@rate) and spaces.
 _BAD_IN_PREFIX = re.compile(r"[:|@\s]")
 _now = time.monotonic  # (a name of its own: the tests move this module's clock alone)
+# The exporters started and not stopped: a forked child starts each again (_go_on_in_child).
+_started: weakref.WeakSet[StatsdExporter] = weakref.WeakSet()
 _STATUSES = (
     ("completed", "completed_tasks"),
     ("failed", "failed_tasks"),
@@ -189,6 +193,13 @@ class StatsdExporter:
         Raises:
             RuntimeError: it was started already, or stopped (its sockets are
                 closed for good: make a new exporter).
+
+        After a fork:
+            A child of ``os.fork()`` (a worker of ``gunicorn --preload``)
+            flushes too, from a thread and a socket of its own, sending its own
+            tasks only (its counts start from zero). Its last flush at exit is
+            skipped where it ends with ``os._exit()`` (``multiprocessing``'s
+            children do): call :meth:`stop` there first.
         """
         if self._stopped.is_set():
             raise RuntimeError("this StatsD exporter was stopped and cannot start again: make a new StatsdExporter")
@@ -196,6 +207,7 @@ class StatsdExporter:
             raise RuntimeError("this StatsD exporter is already started")
         self._thread = threading.Thread(target=self._run, name="makeparallel-statsd", daemon=True)
         self._thread.start()
+        _started.add(self)
         # A daemon thread dies at exit without its last flush: a program that never called
         # stop() (a batch job shorter than the interval, a script run to its end) lost
         # every count since the flush before, all of them with a long interval.
@@ -218,6 +230,7 @@ class StatsdExporter:
     def _stop(self, wait: float) -> None:
         forget_after_exit(self._stop_at_exit)
         self._stopped.set()
+        _started.discard(self)
         if self._thread is not None:
             # In slices: a Ctrl-C that landed on another thread left one join on the main thread waiting it out.
             join(self._thread, wait)
@@ -305,6 +318,29 @@ class StatsdExporter:
                 self._sockets[family] = sender
             return sender
 
+    def _go_on_in_child(self) -> None:
+        """In a forked child: a thread, a socket and locks of its own, and no count sent yet.
+
+        A fork copies no thread: a worker of a forking server (``gunicorn
+        --preload``, ``os.fork()``) sent nothing, ever. The child's counts start
+        from zero (``_metrics``), so what it sends is its own tasks; what the
+        parent sent before is not sent again. The parent's socket is not
+        shared, as StatsD clients do not share one across processes: the
+        child's copy is closed (the parent's stays open). The locks may have
+        been held by the parent's thread, mid-flush, at the fork.
+        """
+        if self._stopped.is_set():
+            return
+        self._flushing = threading.Lock()
+        self._sockets_lock = threading.Lock()
+        for sender in self._sockets.values():
+            sender.close()
+        self._sockets = {}
+        self._previous = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="makeparallel-statsd", daemon=True)
+        self._thread.start()
+
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
             self._flush_logged()
@@ -345,6 +381,19 @@ class StatsdExporter:
             packet = packet + b"\n" + data if packet else data
         if packet:
             _send_packet(sender, packet, address)
+
+
+def _go_on_after_fork() -> None:
+    """In a forked child: each exporter the parent started, and had not stopped, goes on here (its own thread)."""
+    for exporter in list(_started):
+        try:
+            exporter._go_on_in_child()
+        except (RuntimeError, OSError):  # no thread can start here (out of them): the child goes on without it
+            _log.exception("the StatsD exporter could not start again in forked process %d", os.getpid())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_go_on_after_fork)
 
 
 def _send_packet(sender: socket.socket, packet: bytes, address: Any) -> None:
