@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -292,3 +293,37 @@ def test_a_worker_that_imported_multiprocessing_as_it_started_is_named_too(templ
     assert worker["imported_before"]
     assert WORKER_NAME.fullmatch(worker["name"])
     assert worker["parent"] == ["MainProcess", program, True]
+
+
+# -- what a task leaves in its worker ---------------------------------------------------------------
+
+
+def on_usr1(signum: int, frame: Any) -> None:
+    """The handler a task installs (it never runs: no signal is sent)."""
+
+
+@on_process
+def install_a_handler() -> int:
+    signal.signal(signal.SIGUSR1, on_usr1)
+    return os.getpid()
+
+
+@on_process
+def handler_found() -> tuple[int, str]:
+    handler = signal.getsignal(signal.SIGUSR1)
+    return os.getpid(), getattr(handler, "__qualname__", repr(handler))
+
+
+@both_ways
+@pytest.mark.parametrize("per_child", [None, 1], ids=["workers kept", "max_tasks_per_child=1"])
+@pytest.mark.usefixtures("cold_pool")
+def test_a_signal_handler_a_task_installs_stays_for_its_worker_s_next_tasks(per_child: int | None) -> None:
+    # As os.chdir or os.environ do (the README's list of what stays in a worker): one worker, two tasks.
+    mp.configure_process_pool(num_workers=1, max_tasks_per_child=per_child)
+    installed_in = install_a_handler().get(timeout=30)
+    found_in, handler = handler_found().get(timeout=30)
+    if per_child is None:
+        assert (found_in, handler) == (installed_in, "on_usr1")
+    else:  # a new worker: the handler the template or a fresh interpreter has
+        assert found_in != installed_in
+        assert handler == repr(signal.SIG_DFL)
