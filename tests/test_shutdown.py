@@ -1417,6 +1417,43 @@ def test_ctrl_c_while_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceb
     assert wall < 30
 
 
+# The program's own end is normal; the user's Ctrl-C (a real SIGINT from outside) comes as
+# exit waits for a task that never ends. A daemon thread says when: a process task cannot.
+CTRL_C_FROM_OUTSIDE_AS_EXIT_WAITS = """
+import sys, threading, time
+import makeparallel as mp
+
+mp.configure(exit_timeout=60)
+never = threading.Event()
+""" + EXIT_WAITS + """
+def say_when_exit_waits():
+    while not exit_waits():
+        never.wait(0.001)
+    print("exit waits", flush=True)
+
+task = mp.parallel(backend=sys.argv[1])(time.sleep)(600)  # (a function that pickles, for a worker process)
+while not task.running():  # not queued: exit would cancel it, and have none to abandon
+    never.wait(0.001)
+threading.Thread(target=say_when_exit_waits, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child process (POSIX)")
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_ctrl_c_as_exit_waits_ends_the_program_with_status_0(backend: str) -> None:
+    # As CPython ends one interrupted in its own exit's wait (threading's join of the
+    # threads left, concurrent.futures' wait for its workers, an atexit handler): status 0,
+    # the program's own end having been normal; killed by SIGINT is for a Ctrl-C that
+    # ended the program itself. The README said the latter of both.
+    result = interrupted_once_it_says(
+        [sys.executable, "-c", CTRL_C_FROM_OUTSIDE_AS_EXIT_WAITS, backend], "exit waits", timeout=30, env=child_env()
+    )
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr  # (its first line was read)
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after Ctrl-C" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 # Typed at the interactive prompt: the prompt catches the Ctrl-C, and the session goes
 # on. Its task ends once exit waits for it, and says so.
 CTRL_C_CAUGHT_BY_THE_PROMPT = """
@@ -1565,7 +1602,7 @@ def test_exit_waits_again_once_the_shutdown_was_reset(tmp_path: Path) -> None:
 # ends as the program does: the slot is handed to the call, whose task exists only
 # once the call goes on. Exit, which counted only the tasks, found none and let it go.
 SLOT_HANDED_OVER_AT_EXIT = """
-import sys, threading
+import sys, threading, time
 import makeparallel as mp
 
 mp.configure(exit_timeout=20)
