@@ -903,6 +903,131 @@ def test_a_recycled_worker_stuck_in_its_initializer_gives_its_tasks_to_its_idle_
             assert wait_until(lambda: gone(pid), 30)
 
 
+def hang_on_turns(turns: tuple[int, ...], counter: str, hung: str, fifo: str) -> None:
+    """The workers whose turn (their order of start, from 0) is in ``turns`` write their pid to ``hung`` and stay here for good."""
+    fd = os.open(counter, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        turn = int(os.read(fd, 20) or b"0")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, str(turn + 1).encode())
+    finally:
+        os.close(fd)
+    if turn not in turns:
+        return
+    with open(hung, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    with open(fifo) as never:  # blocks in open(): no writer ever comes
+        never.read()
+
+
+def hung_pids(hung: Path) -> list[int]:
+    """The pids :func:`hang_on_turns` wrote."""
+    return [int(line) for line in hung.read_text().split()] if hung.exists() else []
+
+
+@contextlib.contextmanager
+def most_child_processes() -> Iterator[Callable[[], int]]:
+    """Count this process's live children (recursively) until the block ends; yield a function giving the most seen at once.
+
+    Those already there as it begins (other tests' processes, still ending) are left out.
+    """
+    import psutil
+
+    me = psutil.Process()
+    others = {p.pid for p in me.children(recursive=True)}
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                children = me.children(recursive=True)
+                alive = [p for p in children if p.pid not in others and p.status() != psutil.STATUS_ZOMBIE]
+            except psutil.Error:
+                continue
+            peak = max(peak, len(alive))
+            done.wait(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield lambda: peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+@pytest.mark.timeout(90)
+def test_two_recycled_workers_stuck_in_their_initializers_do_not_stall_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker recycled (max_tasks_per_child) while it started gives its tasks to an idle
+    # worker, but still counted as the one recycled worker that may overlap its
+    # replacement: stuck in its initializer, it never exited, and the next worker
+    # recycled as it started (stuck too) was given no replacement: its tasks waited for
+    # good. Left out of that count at once instead, the pool ran more processes than it
+    # may. Starting for longer than a bound (60 s, 0.2 s here), it is killed.
+    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
+    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="makeparallel"), most_child_processes() as most:
+            mp.configure_process_pool(
+                initializer=hang_on_turns, initargs=((0, 2), str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
+            )
+            assert wait_until(lambda: len(hung_pids(hung)) == 1, 30)  # the first worker hangs before any task
+            first = on_process(os.getpid)()  # held for it, its last: run by its replacement (the second)
+            assert first.get(timeout=30) not in hung_pids(hung)
+            # The third replaced the second as it was given that task, and hangs too.
+            assert wait_until(lambda: len(hung_pids(hung)) == 2, 30)
+            second = on_process(os.getpid)()  # held for the third, its last: run by a fourth
+            assert second.get(timeout=30) not in hung_pids(hung)
+            assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
+        # One worker, one recycled one beside its replacement, and the template that forks them.
+        assert most() <= 1 + 1 + 1, f"{most()} processes at once for num_workers=1"
+        assert caplog.text.count("is still starting (initializer hang_on_turns)") == 2, caplog.text
+    finally:
+        for pid in hung_pids(hung):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
+        fresh_process_pool(1)  # not prestarted any more
+
+
+def test_a_worker_replaced_by_a_new_initializer_while_stuck_in_the_old_one_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It holds no place while its replacement starts, but it never read its stop:
+    # a process beside the pool's for good. Starting for longer than the bound
+    # (0.2 s here), it is killed as a recycled one is.
+    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
+    started, fifo = tmp_path / "started", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fresh_process_pool(1)
+    pid = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="makeparallel"):
+            mp.configure_process_pool(
+                initializer=hang_once, initargs=(str(tmp_path / "lock"), str(started), str(fifo)), prestart=True
+            )
+            assert wait_until(started.exists, 30)
+            pid = int(started.read_text())
+            mp.configure_process_pool(initializer=None)
+            assert on_process(os.getpid)().get(timeout=30) != pid
+            assert wait_until(lambda: gone(pid), 30)
+        assert "told to stop (the pool changed) with no task left, is still starting (initializer hang_once)" in caplog.text
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: gone(pid), 30)
+        fresh_process_pool(1)  # not prestarted any more
+
+
 def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
     # cancel_pending cancels the tasks not started: one held in the parent for a
     # worker in its initializer was given to the idle worker and ran.

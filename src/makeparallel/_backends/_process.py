@@ -122,6 +122,10 @@ _EXIT_POLL = 0.1  # seconds between looks at whether a worker whose output is be
 _FORCED_POLL = 0.01  # seconds between looks at a worker's crash journal while a forced cancel waits on it
 # Seconds a worker told to stop has to exit once its tasks are done (its atexit handlers run meanwhile).
 _EXIT_GRACE = 5.0
+# Seconds a worker told to stop while it started, with no task left, may run its initializer before it
+# is killed: health()'s SLOW_START. It would run no task, and held the place of the one recycled worker
+# that may overlap its replacement (_maintain): two stuck in a row stalled a pool of one for good.
+_LEAVING_START_GRACE = 60.0
 _RETRY_REFUSED_AFTER = 1.0  # seconds before a look starts a worker again after the system refused one a fork or a thread
 # A task this small is sent at once from submit(), never blocking its submitter; more where
 # the worker's socket has the room for it (widen_send_buffer).
@@ -2039,7 +2043,13 @@ class ProcessBackend(QueueingBackend):
         """
         now = time.monotonic()
         for worker in self._workers:
-            if worker.exited or not _exiting(worker):
+            if worker.exited or not worker.leaving:
+                continue
+            if _starting_for_nothing(worker):
+                if _now() - worker.started_at >= _LEAVING_START_GRACE:
+                    self._end_start_for_nothing(worker)
+                continue
+            if not _exiting(worker):
                 continue
             if worker.exit_by is None:
                 worker.exit_by = now + _EXIT_GRACE
@@ -2053,6 +2063,27 @@ class ProcessBackend(QueueingBackend):
                 )
                 with self._lock:
                     worker.killing, worker.stop_for = True, None
+
+    def _end_start_for_nothing(self, worker: _Worker) -> None:
+        """Kill ``worker``, told to stop while it started, its tasks given to others, and still in its initializer.
+
+        It reads the stop only once set up, and would run no task: an
+        initializer that never returns kept it for good, counted as the one
+        recycled worker that may overlap its replacement (:meth:`_maintain`),
+        and a second one stuck as it was recycled stalled a pool of one.
+        Left out of that count instead, the pool ran more processes than
+        ``num_workers`` allows (a worker that gave its tasks to its ready
+        replacement started another before it ended its own start). Killed
+        after :data:`_LEAVING_START_GRACE` seconds, it counts until it is reaped.
+        """
+        _warn(
+            "a makeparallel worker process (pid %s), told to stop (%s) with no task left, is still starting%s "
+            "%.0f s after it began, and is killed: it would run no task",
+            worker.process.pid, worker.stop_reason if not worker.retiring else "the pool changed",
+            f" (initializer {worker.initializer})" if worker.initializer else "", _LEAVING_START_GRACE,
+        )
+        with self._lock:
+            worker.killing, worker.stop_for = True, None
 
     def _kill_marked(self) -> None:
         now = time.monotonic()
@@ -2156,7 +2187,7 @@ class ProcessBackend(QueueingBackend):
         self._left_to_end = [process for process in self._left_to_end if process.poll() is None]
 
     def _next_due_in(self) -> float | None:
-        """Seconds until a worker is to be killed or to have exited, a refused start tried again, or one left to end looked at."""
+        """Seconds until a worker is to be killed or to have exited (or ended its start), a refused start tried again, or one left to end looked at."""
         now = time.monotonic()
         deadlines = []
         for w in self._workers:
@@ -2166,6 +2197,8 @@ class ProcessBackend(QueueingBackend):
                 deadlines.append(w.kill_at)
             elif w.leaving and _exiting(w):  # (leaving first: the common case asks no more)
                 deadlines.append(now if w.exit_by is None else w.exit_by)  # none yet: the next look sets it
+            elif w.leaving and _starting_for_nothing(w):
+                deadlines.append(now + max(0.0, w.started_at + _LEAVING_START_GRACE - _now()))  # (_now: its clock)
             elif w.delivering and not isinstance(w.process, ForkedProcess):
                 # Its pipe unwatched, nothing tells of its end (a forked one's, its template does).
                 deadlines.append(now + _EXIT_POLL)
@@ -2609,6 +2642,17 @@ def _exiting(worker: _Worker) -> bool:
     """
     return (
         worker.leaving and worker.ready and not worker.killing and not worker.outstanding and worker.held is None
+    )
+
+
+def _starting_for_nothing(worker: _Worker) -> bool:
+    """Whether ``worker`` was told to stop while still starting, and has no task: all it has left is its initializer.
+
+    Its held tasks went to another worker (:meth:`ProcessBackend._hand_over_held`),
+    or back to the queue.
+    """
+    return (
+        worker.leaving and not worker.ready and not worker.killing and not worker.outstanding and worker.held is None
     )
 
 
