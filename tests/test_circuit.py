@@ -9,6 +9,7 @@ import gc
 import pickle
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -547,6 +548,80 @@ def test_a_refused_call_is_retried_when_on_names_it(clock: FakeClock) -> None:
         handle = refused_all(False)
         error = handle.exception(timeout=30)
     assert isinstance(error, mp.CircuitOpenError) and handle.attempts == 3
+
+
+def refused_for_ten_minutes() -> str:
+    """A task whose own code is refused by a dependency's breaker that admits calls again in ten minutes."""
+    raise mp.CircuitOpenError(
+        "circuit breaker 'db' is open", breaker="db", failure_rate=1.0, retry_at=time.time() + 600
+    )
+
+
+async def paid_async(fail: bool) -> str:
+    return "paid"
+
+
+def refused_for_ten_minutes_by(how: str, clock: FakeClock, retry: mp.Retry) -> mp.ParallelFunction[..., str]:
+    """A function whose first attempt fails with a CircuitOpenError whose retry_at is ten minutes on (fake clock)."""
+    backend = how.split(" on ")[-1]
+    if how.startswith("raised"):
+        return mp.parallel(backend=backend, retry=retry)(refused_for_ten_minutes)
+    breaker = breaker_for(clock, window=1, min_calls=1, recovery_timeout=600.0)
+    assert outcome(guarded(breaker)(True)) == "ConnectionError" and breaker.state == "open"
+    if how.startswith("refused async"):
+        return mp.parallel(backend=backend, circuit_breaker=breaker, retry=retry)(paid_async)
+    return guarded(breaker, backend=backend, retry=retry)
+
+
+RECOVERING = [
+    "refused on thread",
+    "refused on process",
+    "refused async def on thread",
+    "raised on thread",
+    "raised on process",
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", RECOVERING)
+def test_a_retry_after_an_open_breaker_waits_until_it_admits_calls_again(how: str, clock: FakeClock) -> None:
+    # The next attempt came after the policy's backoff, 10 ms, while the breaker stayed
+    # open for 600 s: each was refused at once, every retry spent in milliseconds.
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=2, timeout=None, wait_initial=0.01, wait_max=0.01, wait_jitter=0)
+    fn = refused_for_ten_minutes_by(how, clock, retry)
+    waits: list[float] = []
+    retried = threading.Event()
+
+    def on_retry(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == fn._spec.name:
+            waits.append(event.wait)  # type: ignore[arg-type]
+            retried.set()
+
+    mp.add_task_listener(on_retry)
+    handle = None
+    try:
+        handle = fn(False) if how.startswith("refused") else fn()
+        assert retried.wait(30)
+        assert handle.status == "waiting to retry" and handle.attempts == 1
+        assert 500 < waits[0] <= 600  # the breaker's time, not the backoff (no sleeping for it here)
+    finally:
+        mp.remove_task_listener(on_retry)
+        if handle is not None:
+            handle.cancel()
+    assert handle.cancelled()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", [*RECOVERING, "refused on sync", "raised on sync"])
+def test_a_retry_whose_timeout_ends_before_the_breaker_admits_calls_fails_at_once(how: str, clock: FakeClock) -> None:
+    # Its attempts were all spent, refused, within its timeout; the next attempt cannot
+    # come before the breaker's 600 s, past the policy's 5 s: none follows.
+    retry = mp.Retry(on=mp.CircuitOpenError, attempts=5, timeout=5.0, wait_initial=0.01, wait_max=0.01, wait_jitter=0)
+    fn = refused_for_ten_minutes_by(how, clock, retry)
+    handle = fn(False) if how.startswith("refused") else fn()
+    error = handle.exception(timeout=30)
+    assert isinstance(error, mp.CircuitOpenError) and handle.attempts == 1
+    assert "the retry policy's timeout of 5 s would pass before attempt 2" in "\n".join(error.__notes__)
 
 
 def test_retries_of_a_guarded_call_are_each_recorded(clock: FakeClock) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import math
 import multiprocessing
 import os
 import pickle
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
-from makeparallel import _runtime
+from makeparallel import _retrying, _runtime
 from makeparallel._backends._adapter import ExecutorBackend
 from makeparallel._handle import AsyncHandle
 from makeparallel._remote_errors import CarriedError
@@ -127,6 +128,57 @@ def test_no_retry_waits_makes_waits_zero() -> None:
     with no_retry_waits():
         assert policy.wait(3) == 0.0
     assert policy.wait(1) == 5.0
+
+
+def refusal(retry_at: float | None) -> mp.CircuitOpenError:
+    """An open breaker's refusal that lets calls through again at ``retry_at`` (``time.time()``; None: forced open)."""
+    return mp.CircuitOpenError("circuit breaker 'db' is open", breaker="db", failure_rate=1.0, retry_at=retry_at)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (lambda: refusal(time.time() + 600), (500.0, 600.0)),  # past wait_max: an attempt sooner is refused too
+        (lambda: refusal(time.time() - 5), (0.25, 0.25)),  # already past: the backoff
+        (lambda: refusal(None), (0.25, 0.25)),  # forced open: no time to wait for
+        (lambda: refusal(math.inf), (0.25, 0.25)),  # a refusal the task's code made, with no time that ends
+        (lambda: refusal(math.nan), (0.25, 0.25)),
+        (lambda: ConnectionError("reset"), (0.25, 0.25)),
+        (lambda: None, (0.25, 0.25)),
+    ],
+    ids=["in ten minutes", "passed", "forced open", "infinite", "nan", "another error", "no error"],
+)
+def test_the_wait_after_a_circuit_breakers_refusal_lasts_until_it_admits_calls_again(
+    error: Callable[[], BaseException | None], expected: tuple[float, float]
+) -> None:
+    # A retry on CircuitOpenError came back after its backoff, while the breaker was
+    # still open: each attempt was refused at once, the retries spent in milliseconds.
+    policy = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=0.0)
+    low, high = expected
+    assert low <= policy.wait(1, error()) <= high
+    with no_retry_waits():
+        assert policy.wait(1, error()) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["plain", "async def"])
+def test_a_retry_in_the_caller_ends_at_once_where_the_breaker_stays_open_past_its_timeout(kind: str) -> None:
+    # The next attempt waits until the refusal's retry_at; where that is past the
+    # policy's timeout, none follows, and the note says why.
+    policy = mp.Retry(on=mp.CircuitOpenError, attempts=5, timeout=5.0, wait_initial=0.01, wait_jitter=0.0)
+    calls: list[int] = []
+
+    def refused() -> str:
+        calls.append(1)
+        raise refusal(time.time() + 600)
+
+    async def refused_async() -> str:
+        return refused()
+
+    fn = _retrying._apply(policy, refused if kind == "plain" else refused_async)
+    with pytest.raises(mp.CircuitOpenError) as caught:
+        fn() if kind == "plain" else asyncio.run(fn())
+    assert len(calls) == 1
+    assert "the retry policy's timeout of 5 s would pass before attempt 2" in "\n".join(caught.value.__notes__)
 
 
 @pytest.mark.parametrize(

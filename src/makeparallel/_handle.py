@@ -1044,7 +1044,7 @@ class AsyncHandle(Generic[T_co]):
 
             record.stopped = SHUT_DOWN
             return False
-        wait = retry.wait(attempt)
+        wait = retry.wait(attempt, error)
         if record.out_of_time(retry.timeout, now, wait):
             return False
         record.wait = wait

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -100,6 +101,8 @@ class Retry:
     Pass it to ``@parallel(retry=Retry(on=...))``. The wait before attempt n+1 is
     ``min(wait_max, wait_initial * wait_exp_base ** (n - 1) + uniform(0, wait_jitter))``:
     exponential backoff with additive jitter, the formula and defaults of stamina.
+    After a :class:`~makeparallel.CircuitOpenError` the wait lasts at least
+    until its ``retry_at``, when the breaker admits calls again.
 
     Args:
         on: what to retry: an exception type, a tuple of them, or a predicate
@@ -179,11 +182,30 @@ class Retry:
             return isinstance(error, kinds)
         return not explicit and ask(on, error, "the retry policy", False, "not retried")
 
-    def wait(self, failed_attempt: int) -> float:
-        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed."""
+    def wait(self, failed_attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed with ``error``.
+
+        Args:
+            failed_attempt: the number of the attempt that failed, 1 for the first.
+            error: what it raised, or ``None``.
+
+        Returns:
+            The backoff, in seconds; after a :class:`~makeparallel.CircuitOpenError`
+            whose ``retry_at`` is set, at least the seconds until then, even past
+            ``wait_max``: an attempt sooner would be refused too, at once, and the
+            retries were spent in milliseconds while the breaker stayed open.
+            Zero inside ``no_retry_waits()``.
+        """
         if not waits_enabled():
             return 0.0
-        return self._backoff(failed_attempt)
+        backoff = self._backoff(failed_attempt)
+        if not isinstance(error, CircuitOpenError):
+            return backoff
+        retry_at = error.retry_at  # time.time(); None when forced open (only reset() closes it)
+        if retry_at is None or not is_real(retry_at):  # one the task's own code made may hold anything
+            return backoff
+        remaining = as_seconds(retry_at) - time.time()
+        return max(backoff, remaining) if math.isfinite(remaining) else backoff
 
     def _backoff(self, failed_attempt: int) -> float:
         exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer
