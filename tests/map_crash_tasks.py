@@ -282,3 +282,21 @@ def unreadable_here_at_the_culprits(item: tuple[int, str, str, tuple[int, ...]])
     import plugin_of_the_workers  # type: ignore[import-not-found]
 
     return plugin_of_the_workers.Thing(index)
+
+
+_shared_by_the_culprits: dict[int, list[Any]] = {}
+
+
+def one_object_at_the_culprits(item: tuple[int, int, tuple[int, ...]]) -> Any:
+    """Items in ``culprits`` return one list, the same object for all, holding a result process ``parent`` cannot unpickle.
+
+    The others return ``(index, "ok")``. The list is pickled once in a chunk's results, and
+    referred to by each culprit after the first.
+    """
+    index, parent, culprits = item
+    if index not in culprits:
+        return (index, "ok")
+    shared = _shared_by_the_culprits.setdefault(parent, [])
+    if not shared:
+        shared.extend(["before", RebuiltAwayFrom(index, parent), "after"])
+    return shared

@@ -53,6 +53,7 @@ from map_crash_tasks import (
     Item,
     Rejected,
     unreadable_here_at_the_culprits,
+    one_object_at_the_culprits,
     identity,
     lock_at,
     logged_plugin_object_at_the_culprit,
@@ -470,6 +471,26 @@ def test_a_result_that_cannot_be_unpickled_here_fails_its_item_alone_in_a_chunk_
     # parallel_map's first chunks), good results lost. Only the culprits fail now.
     # Three of them share their class (or their function) in the pickle's memo.
     results = _map_in(mode, _unreadable_items(how, plugin_folder, culprits), on_error)
+    if on_error == "skip":
+        assert results == [(i, "ok") for i in range(ITEMS) if i not in culprits]
+    else:
+        assert results == [None if i in culprits else (i, "ok") for i in range(ITEMS)]
+
+
+@pytest.mark.parametrize("on_error", ["skip", "none"])
+@pytest.mark.parametrize("mode", ["chunks-of-10", "imap"])
+def test_results_that_are_one_object_which_cannot_be_unpickled_here_all_fail(mode: str, on_error: str) -> None:
+    # Two items of a chunk return the same list, which holds a result the parent
+    # cannot unpickle: the pickle builds it once, in the first item, and the second
+    # refers to it. The first failed; the second was handed out as the list the first
+    # had begun to build, empty, as if the task had returned that.
+    culprits = (CULPRIT, CULPRIT + 2)
+    items = [(i, os.getpid(), culprits) for i in range(ITEMS)]
+    fn = one_object_at_the_culprits
+    if mode == "imap":
+        results = list(mp.imap(fn, items, backend="process", chunksize=10, on_error=on_error))  # type: ignore[call-overload]
+    else:
+        results = mp.parallel_map(fn, items, backend="process", chunksize=10, on_error=on_error)  # type: ignore[call-overload]
     if on_error == "skip":
         assert results == [(i, "ok") for i in range(ITEMS) if i not in culprits]
     else:
@@ -1051,3 +1072,60 @@ def test_an_item_that_refers_to_what_an_unreadable_one_would_have_made_fails_wit
     assert read is not None
     assert [type(item) is Unreadable for item in read] == [True, False, True, False]
     assert read[1] == 1 and read[3] == "after"
+
+
+class _Holder:
+    """An object of this test module's, its state set after it is made (as ``BUILD`` does)."""
+
+    def __init__(self, held: Any) -> None:
+        self.held = held
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Holder and other.held == self.held
+
+
+def test_an_item_that_refers_to_an_object_an_unreadable_one_had_begun_to_make_fails_with_it() -> None:
+    # An object the failed item had memoized but not finished (a list, a dict, an
+    # object whose state was being set, as deep as it goes) was handed out, part-made,
+    # to each later item that refers to it, where the whole list would have failed.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    culprit = RebuiltAwayFrom(0, os.getpid())
+    in_a_list = [1, culprit, 2]
+    in_a_dict = {"a": 1, "culprit": culprit}
+    in_state = _Holder([culprit])
+    deep = [[["deep", culprit]]]
+    results = [in_a_list, "x", in_a_list, (3, in_a_list), in_a_dict, in_a_dict, in_state, in_state.held, in_state,
+               deep, deep[0][0], "end"]  # fmt: skip
+    read = loads_each(*dumps(results))
+    assert read is not None
+    failed = [i for i, item in enumerate(read) if type(item) is Unreadable]
+    assert failed == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert read[1] == "x" and read[11] == "end"
+
+
+def test_what_an_unreadable_item_finished_making_is_there_for_the_items_after_it() -> None:
+    # Its class, and the objects it finished before the culprit (a tuple, the list
+    # in it), are whole: the items after it that refer to them are read.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    finished = ("finished", [1, 2])
+    results = [[finished, _Holder(1), RebuiltAwayFrom(0, os.getpid())], finished, _Holder(2), finished[1]]
+    read = loads_each(*dumps(results))
+    assert read is not None
+    assert type(read[0]) is Unreadable
+    assert read[1:] == results[1:]
+    assert read[3] is read[1][1]
+
+
+def test_an_item_that_refers_to_what_an_unreadable_one_made_around_itself_fails_with_it() -> None:
+    # A finished object may hold one that was not (a tuple of the list being made):
+    # where the failed item refers back to what it had begun, what it made fails too.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    outer: list[Any] = []
+    around = (outer,)
+    outer.extend([around, RebuiltAwayFrom(0, os.getpid())])
+    read = loads_each(*dumps([outer, around, "after"]))
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [True, True, False]

@@ -445,6 +445,8 @@ class Unreadable:
         self.error = error
 
 
+_ATOMS = _SCALARS | {bytes}  # whole once made: never part-made, holding nothing
+_MADE_WHOLE = frozenset({tuple, frozenset})  # whole once made, holding what was made before them
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
@@ -460,8 +462,11 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
     memo shared (pickle's pure-Python unpickler, whose memo is a plain
     dictionary): an object an earlier item memoized, its class say, is the
     same object for a later one. An item that refers to what a failed item
-    would have memoized fails with that item's error. Slow (the pure-Python
-    unpickler), and read only where the list could not be unpickled whole.
+    would have memoized, or had begun to make and not finished (a list it
+    was filling, an object whose state it was setting, still on the
+    unpickler's stack), fails with that item's error: never handed out
+    part-made. Slow (the pure-Python unpickler), and read only where the list
+    could not be unpickled whole.
 
     Returns:
         The items, or ``None`` where ``data`` is not a pickled list (or is not
@@ -475,6 +480,13 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         return None
     import pickle
 
+    class Unpickler(pickle._Unpickler):  # the pure-Python one
+        def find_class(self, module: str, name: str) -> Any:
+            found = super().find_class(module, name)
+            imported[id(found)] = found  # a module's own: whole, whatever an item that failed made of it
+            return found
+
+    imported: dict[int, Any] = {}  # by id (kept: no id is another's meanwhile)
     memo: dict[int, Any] = {}
     lost: dict[int, BaseException] = {}  # memo entries a failed item did not make: its error
     used = 0  # buffers taken by the items so far
@@ -484,7 +496,7 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         used += buffer_count
         error = next((lost[index] for index in gets if index in lost), None)
         if error is None:
-            unpickler = pickle._Unpickler(io.BytesIO(body), buffers=item_buffers)
+            unpickler = Unpickler(io.BytesIO(body), buffers=item_buffers)
             unpickler.memo = memo  # type: ignore[attr-defined]  # shared: what earlier items memoized, later ones refer to
             try:
                 items.append(unpickler.load())
@@ -493,11 +505,41 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
                 raise
             except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
                 error = raised
+                puts = _unfinished(puts, gets, memo, unpickler, imported)
         items.append(Unreadable(error))
-        for index in puts:
-            if index not in memo:
-                lost[index] = error
+        for index in puts:  # (all of them, where it did not run)
+            lost[index] = error
     return items
+
+
+def _unfinished(puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any]) -> list[int]:
+    """The memo entries of ``puts`` that an item whose ``unpickler`` raised did not make, or did not finish.
+
+    What it had begun is still on the unpickler's stack (or under a mark):
+    a list before its items were appended, an object before its state was
+    set. What it finished was taken off, whole, into what it was part of;
+    what is on the stack is taken for unfinished, but for a tuple or a
+    frozenset, made whole at once. Unless what it made holds what it had
+    begun (its ``gets`` referred to an object on the stack): then only its
+    strings, numbers and such are whole, and what it found by name in a
+    module (``imported``: what ``find_class`` returned, by id).
+    """
+    begun = {id(value) for stack in (*unpickler.metastack, unpickler.stack) for value in stack}
+    begun -= imported.keys()
+    own = set(puts)
+    around_itself = any(
+        index in own and id(memo.get(index)) in begun and type(memo.get(index)) not in _ATOMS for index in gets
+    )
+    return [
+        index
+        for index in puts
+        if index not in memo
+        or (
+            type(memo[index]) not in _ATOMS
+            and id(memo[index]) not in imported
+            and (around_itself or (id(memo[index]) in begun and type(memo[index]) not in _MADE_WHOLE))
+        )
+    ]
 
 
 def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | None:
