@@ -1118,6 +1118,24 @@ def test_what_an_unreadable_item_finished_making_is_there_for_the_items_after_it
     assert read[3] is read[1][1]
 
 
+def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive() -> None:
+    # Kept as the cause of what the map raises, its traceback held the frames that read
+    # the chunk (the shared memo: every result): a chunk of 1 kB strings kept 245 MB.
+    import gc
+    import weakref
+
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    read = loads_each(*dumps([_Holder(1), RebuiltAwayFrom(0, os.getpid()), _Holder(2)]))
+    assert read is not None and type(read[1]) is Unreadable
+    error = read[1].error
+    results = [weakref.ref(read[0]), weakref.ref(read[2])]
+    del read
+    gc.collect()
+    assert [result() for result in results] == [None, None]
+    assert "in _rebuilt_away_from" in error.__notes__[-1]  # still says where it failed
+
+
 def test_an_item_that_refers_to_what_an_unreadable_one_made_around_itself_fails_with_it() -> None:
     # A finished object may hold one that was not (a tuple of the list being made):
     # where the failed item refers back to what it had begun, what it made fails too.

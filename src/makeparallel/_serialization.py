@@ -506,10 +506,35 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
             except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
                 error = raised
                 puts = _unfinished(puts, gets, memo, unpickler, imported)
+                _let_go_of_the_chunk(raised)
         items.append(Unreadable(error))
         for index in puts:  # (all of them, where it did not run)
             lost[index] = error
     return items
+
+
+def _let_go_of_the_chunk(error: BaseException) -> None:
+    """Keep where ``error`` was raised as text (a note), not as frames: those hold the chunk being read.
+
+    The error is kept (the cause of what the map raises), and a traceback
+    holds each frame of the stack it came through, with their locals: the
+    reader's, with the shared memo (every result of the chunk), and their
+    callers' (a chunk of 1 kB strings kept 245 MB alive). As with the errors
+    of a worker (``concurrent.futures`` keeps theirs as text likewise).
+    """
+    import traceback
+
+    below = error.__traceback__.tb_next if error.__traceback__ is not None else None  # (this module's frame left out)
+    lines = traceback.format_tb(below)
+    chained: list[BaseException] = []
+    while error is not None and not any(error is seen for seen in chained):  # (a chain may loop)
+        chained.append(error)
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    if lines:
+        first = chained[0]
+        note = "Traceback of its unpickling in this process (most recent call last):\n" + "".join(lines).rstrip()
+        first.__notes__ = [*getattr(first, "__notes__", ()), note]
 
 
 def _unfinished(puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any]) -> list[int]:
