@@ -160,6 +160,24 @@ def test_the_wait_after_a_circuit_breakers_refusal_lasts_until_it_admits_calls_a
         assert policy.wait(1, error()) == 0.0
 
 
+def test_the_wait_for_a_circuit_breaker_keeps_its_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every task one open breaker refused waited for the same retry_at, the jitter lost
+    # in max(backoff, remaining): they all came back at once as it turned half-open,
+    # its few trial calls were taken, and the rest were refused again together.
+    drawn: list[tuple[float, float]] = []
+
+    def greatest(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    monkeypatch.setattr(random, "uniform", greatest)
+    policy = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=3.0)
+    assert 602.0 < policy.wait(1, refusal(time.time() + 600)) <= 603.0  # the breaker's time, then the jitter
+    assert drawn and all(bounds == (0.0, 3.0) for bounds in drawn)
+    steady = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=0.0)
+    assert 500.0 < steady.wait(1, refusal(time.time() + 600)) <= 600.0  # no jitter asked: none added
+
+
 @pytest.mark.parametrize("kind", ["plain", "async def"])
 def test_a_retry_in_the_caller_ends_at_once_where_the_breaker_stays_open_past_its_timeout(kind: str) -> None:
     # The next attempt waits until the refusal's retry_at; where that is past the

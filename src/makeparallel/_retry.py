@@ -102,7 +102,8 @@ class Retry:
     ``min(wait_max, wait_initial * wait_exp_base ** (n - 1) + uniform(0, wait_jitter))``:
     exponential backoff with additive jitter, the formula and defaults of stamina.
     After a :class:`~makeparallel.CircuitOpenError` the wait lasts at least
-    until its ``retry_at``, when the breaker admits calls again.
+    until its ``retry_at``, when the breaker admits calls again, and the jitter
+    is added past it, so that the tasks it refused do not all come back at once.
 
     Args:
         on: what to retry: an exception type, a tuple of them, or a predicate
@@ -191,10 +192,11 @@ class Retry:
 
         Returns:
             The backoff, in seconds; after a :class:`~makeparallel.CircuitOpenError`
-            whose ``retry_at`` is set, at least the seconds until then, even past
-            ``wait_max``: an attempt sooner would be refused too, at once, and the
-            retries were spent in milliseconds while the breaker stayed open.
-            Zero inside ``no_retry_waits()``.
+            whose ``retry_at`` is set, where that is later, the seconds until then
+            plus up to ``wait_jitter`` at random, even past ``wait_max``: an
+            attempt sooner would be refused too, at once, and the retries were
+            spent in milliseconds while the breaker stayed open. Zero inside
+            ``no_retry_waits()``.
         """
         if not waits_enabled():
             return 0.0
@@ -205,7 +207,12 @@ class Retry:
         if retry_at is None or not is_real(retry_at):  # one the task's own code made may hold anything
             return backoff
         remaining = as_seconds(retry_at) - time.time()
-        return max(backoff, remaining) if math.isfinite(remaining) else backoff
+        if not math.isfinite(remaining) or remaining <= backoff:
+            return backoff
+        # Every task the breaker refused waits for this same moment: the jitter spreads them
+        # out past it, as it spreads any wait (lost in the larger of the two, they all came
+        # back at once, and all but its few trial calls were refused again together).
+        return remaining + (random.uniform(0.0, self.wait_jitter) if self.wait_jitter else 0.0)
 
     def _backoff(self, failed_attempt: int) -> float:
         exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer
