@@ -96,7 +96,8 @@ class CircuitOpenError(TaskError):
 
     The task never ran. ``breaker`` names the breaker, ``failure_rate`` is the
     failure rate that opened it (0 to 1), ``retry_at`` the ``time.time()`` at
-    which it lets trial calls through again (``None`` when forced open).
+    which it lets trial calls through again (``None`` when forced open, and when
+    half-open with its trial calls all taken: no time is known then).
     """
 
     def __init__(self, message: str, breaker: str = "", failure_rate: float = 0.0, retry_at: float | None = None) -> None:
