@@ -178,6 +178,38 @@ def test_the_wait_for_a_circuit_breaker_keeps_its_jitter(monkeypatch: pytest.Mon
     assert 500.0 < steady.wait(1, refusal(time.time() + 600)) <= 600.0  # no jitter asked: none added
 
 
+class SleptEnough(BaseException):
+    """Raised by a stand-in for ``time.sleep`` once the retry's wait was one the platform takes."""
+
+
+@pytest.mark.timeout(30)
+def test_a_retry_in_the_caller_waits_for_a_breaker_centuries_away_rather_than_fail_of_the_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A refusal whose retry_at is in milliseconds (time.time() * 1000), with no timeout:
+    # time.sleep refused the 54,000 years, and the caller got OverflowError in place of
+    # the task's error. A wait sliced to what the platform takes waits, as the engine's do.
+    sleep = time.sleep
+    slept: list[float] = []
+
+    def sliced(seconds: float) -> None:
+        slept.append(seconds)
+        if seconds > _retrying.LONGEST_SLEEP:
+            sleep(seconds)  # the platform's own answer, at once: OverflowError
+        raise SleptEnough
+
+    monkeypatch.setattr(time, "sleep", sliced)
+    policy = mp.Retry(on=mp.CircuitOpenError, attempts=2, timeout=None, wait_jitter=0.0)
+    fn = _retrying._apply(policy, functools.partial(_raise, refusal(time.time() * 1000)))
+    with pytest.raises(SleptEnough):
+        fn()
+    assert slept == [_retrying.LONGEST_SLEEP]
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
 @pytest.mark.parametrize("kind", ["plain", "async def"])
 def test_a_retry_in_the_caller_ends_at_once_where_the_breaker_stays_open_past_its_timeout(kind: str) -> None:
     # The next attempt waits until the refusal's retry_at; where that is past the

@@ -33,6 +33,10 @@ __all__ = ["RetryingFunction", "retry", "retry_backoff"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The longest single sleep of a retry in its caller, in seconds (about 31 years): time.sleep
+#: refuses a wait past what the platform's clock can reach (about 292 years on Linux).
+LONGEST_SLEEP = 1e9
+
 BACKOFFS = ("exponential", "linear", "constant")
 
 
@@ -57,6 +61,9 @@ class RetryingFunction:
                 wait = _wait_after(policy, record, error)
                 if wait is None:
                     raise
+            while wait > LONGEST_SLEEP:  # a breaker's retry_at may lie past what one sleep takes
+                time.sleep(LONGEST_SLEEP)
+                wait -= LONGEST_SLEEP
             time.sleep(wait)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
