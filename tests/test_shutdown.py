@@ -2188,6 +2188,57 @@ def test_calls_in_a_signal_handler_that_interrupted_a_held_lock_never_wait_for_i
     assert (result.returncode, result.stdout) == (0, f"{outcomes}\nshut down False task 2\n"), result.stderr
 
 
+# A handler that logs the pools on SIGUSR1, as the code it interrupted holds a pool's lock
+# (or the runtime's, with no pool made yet): each info call returns or raises at once.
+POOL_INFO_IN_A_HANDLER = """
+import faulthandler, signal, sys
+import makeparallel as mp
+from makeparallel import _runtime
+
+faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
+held = sys.argv[1]
+if held != "runtime":
+    assert mp.parallel(backend=held)(abs)(-1).get() == 1
+lock = _runtime._lock if held == "runtime" else _runtime.get_backend(held)._lock
+
+
+def outcome(call):
+    try:
+        return "ok" if isinstance(call(), dict) else "?"
+    except RuntimeError as error:
+        assert "signal handler" in str(error) and "another thread" in str(error), error
+        return "RuntimeError"
+
+
+outcomes = []
+calls = {"thread": mp.get_thread_pool_info, "process": mp.get_process_pool_info}
+signal.signal(signal.SIGUSR1, lambda *_: outcomes.extend(f"{name}={outcome(call)}" for name, call in calls.items()))
+with lock:
+    signal.raise_signal(signal.SIGUSR1)
+print(*outcomes, *(f"{name}={outcome(call)}" for name, call in calls.items()), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here")
+@pytest.mark.parametrize(
+    ("held", "outcomes"),
+    [
+        ("thread", "thread=RuntimeError process=ok"),
+        ("process", "thread=ok process=RuntimeError"),
+        ("runtime", "thread=RuntimeError process=RuntimeError"),
+    ],
+)
+def test_pool_info_in_a_signal_handler_that_interrupted_a_held_lock_never_waits_for_it(held: str, outcomes: str) -> None:
+    # get_thread_pool_info() and get_process_pool_info() waited for good for the lock that the
+    # code the handler interrupted held (a handler logging the pools on SIGUSR1). Out of the
+    # handler, the lock released, both read the pools again.
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_INFO_IN_A_HANDLER, held], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, f"{outcomes} thread=ok process=ok\n"), result.stderr
+
+
 # The same, a task that never ends: exit waits for the shutdown going on, until a Ctrl-C.
 DEFERRED_SHUTDOWN_AT_EXIT = """
 import signal, threading

@@ -682,7 +682,15 @@ def get_process_pool_info() -> dict[str, Any]:
     ``"restarts_in_window"`` counts the restarts of the last
     ``"restart_window_s"`` seconds that no configuration asked for, and
     ``"restart_reasons_in_window"`` the same by reason.
+
+    Raises:
+        RuntimeError: called from a signal handler (one that logs the pools
+            on ``SIGUSR1``) that interrupted the main thread as it held the
+            pool's lock (a task's submission), or the library's, with no
+            process pool made yet: raised within 0.25 s, where the read
+            waited for good.
     """
+    _refuse_pool_info_in_a_handler("get_process_pool_info()", "process")
     return _process_pool().info()
 
 
@@ -697,8 +705,31 @@ def get_thread_pool_info() -> dict[str, Any]:
     ``"configured"`` says whether :func:`configure_thread_pool` was called (as
     in makeparallel 0.2); ``"num_threads"`` (also ``"current_num_threads"``) is
     the pool's size either way.
+
+    Raises:
+        RuntimeError: called from a signal handler (one that logs the pools
+            on ``SIGUSR1``) that interrupted the main thread as it held the
+            pool's lock (a task's submission), or the library's, with no
+            thread pool made yet: raised within 0.25 s, where the read waited
+            for good.
     """
+    _refuse_pool_info_in_a_handler("get_thread_pool_info()", "thread")
     return {**get_backend("thread").info(), "configured": _thread_pool_configured}
+
+
+def _refuse_pool_info_in_a_handler(call: str, name: str) -> None:
+    """Raise ``RuntimeError`` where reading pool ``name`` would wait for good for a lock held below a signal handler.
+
+    Its ``info()`` takes the pool's lock; a pool not made yet is made under the runtime's.
+    """
+
+    def locks() -> list[Any]:
+        backend = _backends.get(name)
+        return [_lock] if backend is None else [backend._lock]
+
+    refuse_under_a_held_lock(
+        call, locks, "Read it from another thread, or have the handler set a flag and read it from your program's own flow"
+    )
 
 
 def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
