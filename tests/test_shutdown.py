@@ -2188,6 +2188,62 @@ def test_calls_in_a_signal_handler_that_interrupted_a_held_lock_never_wait_for_i
     assert (result.returncode, result.stdout) == (0, f"{outcomes}\nshut down False task 2\n"), result.stderr
 
 
+# A handler's "reload" (shutdown, then reset) deferred behind a task that runs on, and the
+# program's own shutdown after it, from the thread that argv names: the library ends shut down.
+SHUTDOWN_AFTER_A_DEFERRED_RESET = """
+import faulthandler, signal, sys, threading
+import makeparallel as mp
+from makeparallel import _runtime
+
+faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
+gate, started = threading.Event(), threading.Event()
+
+
+@mp.parallel
+def runs_on():
+    started.set()
+    return gate.wait(15)
+
+
+handle = runs_on()
+assert started.wait(15)
+signal.signal(signal.SIGHUP, lambda *_: print("handler", mp.shutdown(timeout_secs=15), mp.reset_shutdown(), flush=True))
+with _runtime.get_backend("thread")._lock:
+    signal.raise_signal(signal.SIGHUP)
+def programs_shutdown():
+    print("program's shutdown", mp.shutdown(timeout_secs=0), flush=True)
+if sys.argv[1] == "main":
+    programs_shutdown()
+else:
+    thread = threading.Thread(target=programs_shutdown)
+    thread.start()
+    thread.join()
+gate.set()
+assert handle.get() is True
+for thread in threading.enumerate():
+    if thread.name in ("makeparallel-shutdown", "makeparallel-reset"):
+        thread.join(15)
+print("shut down", _runtime.is_shut_down(), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+@pytest.mark.parametrize("called_on", ["main", "another thread"])
+def test_a_shutdown_called_after_a_deferred_reset_is_not_undone_by_it(called_on: str) -> None:
+    # The reset, deferred behind the handler's shutdown (which waits for the task), ran once
+    # that ended: after the program's own shutdown, called later, which it undid.
+    result = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_AFTER_A_DEFERRED_RESET, called_on],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    expected = "handler False None\nprogram's shutdown False\nshut down True\n"
+    assert (result.returncode, result.stdout) == (0, expected), result.stderr
+
+
 # A handler that logs the pools on SIGUSR1, as the code it interrupted holds a pool's lock
 # (or the runtime's, with no pool made yet): each info call returns or raises at once.
 POOL_INFO_IN_A_HANDLER = """

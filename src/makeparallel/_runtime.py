@@ -1075,6 +1075,9 @@ def refuse_under_a_held_lock(call: str, locks: Callable[[], Iterable[Any]], inst
 # The shutdowns and resets a signal handler deferred to a thread of their own (_defer), while
 # one may still run: each runs once those before it ended, in the order the handler called them.
 _deferred: list[threading.Thread] = []
+# Shutdowns called so far (as each is called, deferred or not): a deferred reset that finds one
+# called after it skips itself, else it undid that later shutdown (_reset_unless_shut_down_since).
+_shutdowns_called = 0
 
 
 def _defer(call: Callable[[], object], name: str) -> threading.Thread:
@@ -1189,6 +1192,7 @@ class ShutdownCall:
                 "SystemExit, and shut down from your program's own flow",
                 self.by,
             )
+            _count_shutdown_called()
             thread = _defer(lambda: self._run(timeout_secs, cancel_pending), "makeparallel-shutdown")
             # Registered last, so run first at exit: the pools' hook then finds the shutdown over.
             atexit.register(self._wait_at_exit, thread)
@@ -1203,6 +1207,7 @@ class ShutdownCall:
                 ", then stop the worker processes, failing with ShutdownError the tasks whose results "
                 "it left unread; nothing was shut down",
             )
+        _count_shutdown_called()
         return self._run(timeout_secs, cancel_pending)
 
     def _run(self, timeout_secs: float | None, cancel_pending: bool) -> bool:
@@ -1325,6 +1330,9 @@ def reset_shutdown() -> None:
     thread of its own once the calls deferred before it ended, in the order
     they were called: ``shutdown()`` then ``reset_shutdown()`` in a handler
     leaves the library open, as the two calls one after the other would.
+    A shutdown called after it, before it ran (the program's own, from any
+    thread, as the deferred shutdown still waited for the tasks), skips it,
+    with a warning: the library stays shut down, as the last call left it.
     Exit waits for that thread (a Ctrl-C ends that wait).
     """
     if _interrupted_holding_a_lock() or (_deferred_pending() and threading.current_thread() is threading.main_thread()):
@@ -1334,10 +1342,35 @@ def reset_shutdown() -> None:
             "for good. The reset goes on in a thread of its own, after the shutdowns deferred before it, and the "
             "call returns at once"
         )
+        called = _shutdowns_called
         # Registered after the shutdown's exit hook, so run before it: that one then finds its shutdown over.
-        atexit.register(_join_at_exit, _defer(_reset_now, "makeparallel-reset"))
+        atexit.register(_join_at_exit, _defer(lambda: _reset_unless_shut_down_since(called), "makeparallel-reset"))
         return
     _reset_now()
+
+
+def _count_shutdown_called() -> None:
+    """Count a shutdown as it is called (no lock: a signal handler calls it; any change tells)."""
+    global _shutdowns_called
+    _shutdowns_called += 1
+
+
+def _reset_unless_shut_down_since(called: int) -> None:
+    """A deferred :func:`reset_shutdown`: skipped where a shutdown was called after it (``called`` shutdowns before).
+
+    Run once the calls deferred before it ended, maybe long after (a deferred
+    shutdown waits for the tasks): a shutdown the program called meanwhile,
+    from its own flow, ran first, and the reset reopened the library under it.
+    Decided under the lock: a shutdown not counted yet runs after the reset.
+    """
+    with _lock:
+        if _shutdowns_called != called:
+            _log.warning(
+                "makeparallel.reset_shutdown(), deferred from a signal handler, was skipped: shutdown() was called "
+                "after it, before it could run"
+            )
+            return
+        _reset_shutdown_locked()
 
 
 def _reset_now() -> None:
