@@ -2562,6 +2562,8 @@ CAN_APPLY: list[Any] = [
     concurrent.futures.CancelledError,  # a plain future's, not a task's
     (ConnectionError, BaseException),
     mp.CircuitOpenError,
+    # No Exception, but a base of one: ExceptionGroup (asyncio.TaskGroup's error) is a BaseExceptionGroup.
+    *([BaseExceptionGroup, (ConnectionError, BaseExceptionGroup)] if sys.version_info >= (3, 11) else []),  # noqa: F821
 ]
 
 
@@ -2576,3 +2578,19 @@ def test_a_retry_on_what_is_never_retried_is_refused(on: Any) -> None:
 @pytest.mark.parametrize("on", CAN_APPLY, ids=repr)
 def test_a_retry_on_what_can_be_retried_is_accepted(on: Any) -> None:
     assert mp.Retry(on=on).on is on
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are built in from Python 3.11")
+def test_a_retry_on_base_exception_group_retries_an_exception_group() -> None:
+    # Refused as "never retried": an ExceptionGroup, an Exception, is a BaseExceptionGroup.
+    attempts: list[int] = []
+
+    def fails_once() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ExceptionGroup("one failed", [ConnectionError("refused")])  # noqa: F821
+        return len(attempts)
+
+    with no_retry_waits():
+        task = mp.parallel(backend="sync", retry=mp.Retry(on=BaseExceptionGroup, attempts=2))(fails_once)  # noqa: F821
+        assert task().get(timeout=30) == 2

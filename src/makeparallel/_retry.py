@@ -39,12 +39,23 @@ _no_waits = 0  # blocks of makeparallel.testing.no_retry_waits() open now
 
 
 def _check_can_apply(kind: type[BaseException], never: str) -> None:
-    if issubclass(kind, TaskCancelledError) or not (issubclass(kind, Exception) or issubclass(Exception, kind)):
+    if issubclass(kind, TaskCancelledError) or not _has_exceptions(kind):
         # A ValueError: the type is the value of on, and of the right kind (an exception type).
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"on names {kind.__name__}, which {never}: it could never apply. Name the errors (Exception "
             f"subclasses) to look at, got on={kind!r}"
         )
+
+
+def _has_exceptions(kind: type[BaseException]) -> bool:
+    """Whether some errors of ``kind`` are ``Exception``s: it is one, a base of one, or a subclass of it is one.
+
+    The last for ``BaseExceptionGroup``: no ``Exception``, but ``ExceptionGroup`` (an
+    ``asyncio.TaskGroup``'s error) is one of its subclasses.
+    """
+    if issubclass(kind, Exception) or issubclass(Exception, kind):
+        return True
+    return any(_has_exceptions(subclass) for subclass in type.__subclasses__(kind))
 
 
 def waits_enabled() -> bool:
@@ -74,7 +85,8 @@ def _check_on(on: Any, never: str = NEVER_RETRIED) -> None:
     ``KeyboardInterrupt``, ``GeneratorExit``, ``asyncio.CancelledError``):
     neither a retry nor a breaker looks at those, so the policy or the
     breaker would silently do nothing. ``BaseException`` can: it is a base
-    of every ``Exception``.
+    of every ``Exception``; so can ``BaseExceptionGroup``: ``ExceptionGroup``
+    is an ``Exception`` and its subclass.
     """
     if isinstance(on, type):
         if not issubclass(on, BaseException):
