@@ -2152,6 +2152,43 @@ _UNREAD = "health=unread get_all_metrics=RuntimeError get_metrics=RuntimeError m
 _DEFERRED = "shutdown=False reset_shutdown=None init_app=RuntimeError"
 
 
+class _HeldForLooks:
+    """A lock seen held by its first ``looks`` looks, then free: another thread's brief hold."""
+
+    def __init__(self, looks: int) -> None:
+        self.looks = looks
+
+    def locked(self) -> bool:
+        self.looks -= 1
+        return self.looks >= 0
+
+
+class _PausingClock:
+    """``time`` for ``_runtime``: each look at the clock a second after the last, as on a main thread starved of the GIL."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_a_brief_hold_seen_across_a_long_pause_of_the_main_thread_is_not_one_held_below(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The main thread, starved of the GIL past the bound, saw another thread's brief hold
+    # on both sides of its pause: health() said "not read", the metrics raised, in a
+    # program with no signal handler. A hold below is one seen held look after look.
+    monkeypatch.setattr(_runtime, "time", _PausingClock())
+    assert not _runtime.held_below(lambda: [_HeldForLooks(3)])
+    assert _runtime.held_below(lambda: [_HeldForLooks(10**6)])  # held for good: the interrupted code's
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("held", "outcomes"),

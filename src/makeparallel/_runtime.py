@@ -59,6 +59,9 @@ _log = logging.getLogger("makeparallel")
 # Seconds a lock that shutdown() takes may stay held before a call on the main thread takes it
 # for one held by the code it interrupted (_interrupted_holding_a_lock).
 _HELD_BELOW_AFTER = 0.25
+# And at least this many looks, a millisecond apart, saw it held on end: a main thread starved of
+# the GIL past that time saw another thread's brief hold on both sides of its pause, in a few looks.
+_HELD_BELOW_LOOKS = 100
 
 
 def _thread_backend() -> Backend:
@@ -1037,7 +1040,7 @@ DEADLINE_HEAP = _DeadlineHeap()
 
 
 def held_below(locks: Callable[[], Iterable[Any]]) -> bool:
-    """Whether this is the main thread, and one of ``locks()`` stays held for ``_HELD_BELOW_AFTER`` seconds.
+    """Whether this is the main thread, and one of ``locks()`` stays held for ``_HELD_BELOW_AFTER`` seconds (``_HELD_BELOW_LOOKS`` looks).
 
     :func:`_interrupted_holding_a_lock` for the locks a call other than a
     shutdown takes (``health()``, the metrics): listed only on the main
@@ -1047,8 +1050,10 @@ def held_below(locks: Callable[[], Iterable[Any]]) -> bool:
         return False
     held = list(locks())
     ends = time.monotonic() + _HELD_BELOW_AFTER
+    looks = 0
     while any(lock.locked() for lock in held):
-        if time.monotonic() >= ends:
+        looks += 1
+        if looks >= _HELD_BELOW_LOOKS and time.monotonic() >= ends:
             return True
         time.sleep(0.001)
     return False
