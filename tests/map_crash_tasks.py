@@ -7,6 +7,7 @@ tests crash a worker and start a new one again and again.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import os
 import signal
@@ -300,3 +301,36 @@ def one_object_at_the_culprits(item: tuple[int, int, tuple[int, ...]]) -> Any:
     if not shared:
         shared.extend(["before", RebuiltAwayFrom(index, parent), "after"])
     return shared
+
+
+def _rebuilt_with_errors_away_from(index: int, parent: int, how: str) -> RebuiltWithErrorsAwayFrom:
+    """Rebuild a :class:`RebuiltWithErrorsAwayFrom`; in process ``parent`` it raises errors chained as ``how`` says.
+
+    ``"cause and context"``: raised from an explicit cause while handling another
+    error (its context); ``"group"``: an exception group of errors each caught here.
+    """
+    if os.getpid() != parent:
+        return RebuiltWithErrorsAwayFrom(index, parent, how)
+    if how == "group":
+        caught = []
+        for reason in ("first", "second"):
+            try:
+                raise LookupError(reason)
+            except LookupError as error:
+                caught.append(error)
+        group: Any = vars(builtins)["ExceptionGroup"]  # Python 3.11's
+        raise group(f"result {index} cannot be rebuilt in the parent", caught)
+    try:
+        raise LookupError("the context")
+    except LookupError:
+        raise RuntimeError(f"result {index} cannot be rebuilt in the parent") from ValueError("the cause")
+
+
+class RebuiltWithErrorsAwayFrom:
+    """A result that unpickles anywhere but in process ``parent``, where it raises an error chained as ``how`` says."""
+
+    def __init__(self, index: int, parent: int, how: str) -> None:
+        self.index, self.parent, self.how = index, parent, how
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int, str]]:
+        return _rebuilt_with_errors_away_from, (self.index, self.parent, self.how)

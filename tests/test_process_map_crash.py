@@ -49,6 +49,7 @@ from map_crash_tasks import (
     IdentityDyingWhenSent,
     RaisesWhenUnpickled,
     RebuiltAwayFrom,
+    RebuiltWithErrorsAwayFrom,
     exit_at_the_culprit,
     Item,
     Rejected,
@@ -1134,6 +1135,30 @@ def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive(
     gc.collect()
     assert [result() for result in results] == [None, None]
     assert "in _rebuilt_away_from" in error.__notes__[-1]  # still says where it failed
+
+
+@pytest.mark.parametrize("how", ["cause and context", "group"])
+def test_no_error_chained_to_an_unreadable_items_error_keeps_the_chunks_results_alive(how: str) -> None:
+    # Only the error's causes were walked: an error raised from a cause while another
+    # was handled (its context), or the errors of an exception group, kept their
+    # tracebacks, and through their frames' callers the chunk's results.
+    import gc
+    import sys
+    import weakref
+
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    if how == "group" and sys.version_info < (3, 11):
+        pytest.skip("ExceptionGroup is Python 3.11's")
+    culprit = RebuiltWithErrorsAwayFrom(0, os.getpid(), how)
+    read = loads_each(*dumps([_Holder(1), culprit, _Holder(2)]))
+    assert read is not None and type(read[1]) is Unreadable
+    error = read[1].error
+    results = [weakref.ref(read[0]), weakref.ref(read[2])]
+    del read
+    gc.collect()
+    assert [result() for result in results] == [None, None]
+    assert "in _rebuilt_with_errors_away_from" in error.__notes__[-1]
 
 
 def test_an_item_that_refers_to_what_an_unreadable_one_made_around_itself_fails_with_it() -> None:

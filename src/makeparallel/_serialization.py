@@ -521,20 +521,32 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
     reader's, with the shared memo (every result of the chunk), and their
     callers' (a chunk of 1 kB strings kept 245 MB alive). As with the errors
     of a worker (``concurrent.futures`` keeps theirs as text likewise).
+    Every error chained to it loses its traceback: its cause and its context
+    both (an error raised from one while another was handled has the two),
+    and the errors of an exception group, and theirs; following the causes
+    alone left the others' frames, and through their callers the chunk.
     """
+    import builtins
     import traceback
 
+    group = getattr(builtins, "BaseExceptionGroup", ())  # (none before Python 3.11: isinstance of none)
     below = error.__traceback__.tb_next if error.__traceback__ is not None else None  # (this module's frame left out)
     lines = traceback.format_tb(below)
-    chained: list[BaseException] = []
-    while error is not None and not any(error is seen for seen in chained):  # (a chain may loop)
-        chained.append(error)
-        error.__traceback__ = None
-        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    seen: set[int] = set()  # by id (each is reached from ``error``, kept: no id is another's meanwhile)
+    chained = [error]
+    while chained:  # (a chain may loop)
+        linked = chained.pop()
+        if id(linked) in seen:
+            continue
+        seen.add(id(linked))
+        linked.__traceback__ = None
+        members = linked.exceptions if isinstance(linked, group) else ()
+        for other in (linked.__cause__, linked.__context__, *members):
+            if isinstance(other, BaseException):
+                chained.append(other)
     if lines:
-        first = chained[0]
         note = "Traceback of its unpickling in this process (most recent call last):\n" + "".join(lines).rstrip()
-        first.__notes__ = [*getattr(first, "__notes__", ()), note]
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
 def _unfinished(puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any]) -> list[int]:
