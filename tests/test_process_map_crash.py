@@ -1161,6 +1161,22 @@ def test_no_error_chained_to_an_unreadable_items_error_keeps_the_chunks_results_
     assert "in _rebuilt_with_errors_away_from" in error.__notes__[-1]
 
 
+def test_what_an_unreadable_item_finished_and_had_yet_to_put_in_its_place_is_there_for_the_items_after_it() -> None:
+    # Objects it had finished but not yet put where they go (into a tuple, a dict, a
+    # list, as the items before the culprit wait on the unpickler's stack) were taken
+    # for unfinished: an enum member, or a dict the results share, failed every later
+    # result that held it too.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    shared = {"config": [1, 2]}
+    results = [(Colour.RED, shared, RebuiltAwayFrom(0, os.getpid())), (Colour.RED, 1), shared,
+               [shared["config"], _Holder(shared), RebuiltAwayFrom(1, os.getpid())], shared["config"], "end"]  # fmt: skip
+    read = loads_each(*dumps(results))
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [True, False, False, True, False, False]
+    assert read[1] == (Colour.RED, 1) and read[2] == shared and read[4] is read[2]["config"] and read[5] == "end"
+
+
 def test_an_item_that_refers_to_what_an_unreadable_one_made_around_itself_fails_with_it() -> None:
     # A finished object may hold one that was not (a tuple of the list being made):
     # where the failed item refers back to what it had begun, what it made fails too.

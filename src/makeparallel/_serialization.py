@@ -463,9 +463,9 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
     dictionary): an object an earlier item memoized, its class say, is the
     same object for a later one. An item that refers to what a failed item
     would have memoized, or had begun to make and not finished (a list it
-    was filling, an object whose state it was setting, still on the
-    unpickler's stack), fails with that item's error: never handed out
-    part-made. Slow (the pure-Python unpickler), and read only where the list
+    was filling, an object whose state it was setting: what its opcodes
+    from the one that raised on would change), fails with that item's
+    error: never handed out part-made. Slow (the pure-Python unpickler), and read only where the list
     could not be unpickled whole.
 
     Returns:
@@ -496,7 +496,8 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         used += buffer_count
         error = next((lost[index] for index in gets if index in lost), None)
         if error is None:
-            unpickler = Unpickler(io.BytesIO(body), buffers=item_buffers)
+            stream = io.BytesIO(body)
+            unpickler = Unpickler(stream, buffers=item_buffers)
             unpickler.memo = memo  # type: ignore[attr-defined]  # shared: what earlier items memoized, later ones refer to
             try:
                 items.append(unpickler.load())
@@ -505,7 +506,7 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
                 raise
             except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
                 error = raised
-                puts = _unfinished(puts, gets, memo, unpickler, imported)
+                puts = _unfinished(puts, gets, memo, unpickler, imported, _yet_to_change(body, stream.tell()))
                 _let_go_of_the_chunk(raised)
         items.append(Unreadable(error))
         for index in puts:  # (all of them, where it did not run)
@@ -549,18 +550,31 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
         error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
-def _unfinished(puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any]) -> list[int]:
+def _unfinished(
+    puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any], yet: set[int] | None
+) -> list[int]:
     """The memo entries of ``puts`` that an item whose ``unpickler`` raised did not make, or did not finish.
 
-    What it had begun is still on the unpickler's stack (or under a mark):
-    a list before its items were appended, an object before its state was
-    set. What it finished was taken off, whole, into what it was part of;
+    What it had yet to finish is what its opcodes from the one that raised on
+    would change, or had changed as it raised (``yet``, the memo entries
+    :func:`_yet_to_change` gives: a list before its items were appended, an
+    object before its state was set), and what holds one of those. What it
+    finished is whole, though still on the unpickler's stack, waiting to be
+    put where it goes (an enum member before the culprit in a tuple): taking
+    all that was there for unfinished failed each later item that held such
+    a member too. Where its opcodes could not be followed (``yet`` None),
     what is on the stack is taken for unfinished, but for a tuple or a
-    frozenset, made whole at once. Unless what it made holds what it had
+    frozenset, made whole at once; unless what it made holds what it had
     begun (its ``gets`` referred to an object on the stack): then only its
     strings, numbers and such are whole, and what it found by name in a
     module (``imported``: what ``find_class`` returned, by id).
     """
+    if yet is not None:
+        return [
+            index
+            for index in puts
+            if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported and index in yet)
+        ]
     begun = {id(value) for stack in (*unpickler.metastack, unpickler.stack) for value in stack}
     begun -= imported.keys()
     own = set(puts)
@@ -577,6 +591,94 @@ def _unfinished(puts: list[int], gets: list[int], memo: dict[int, Any], unpickle
             and (around_itself or (id(memo[index]) in begun and type(memo[index]) not in _MADE_WHOLE))
         )
     ]
+
+
+_CHANGERS = {"APPEND": 1, "SETITEM": 2, "BUILD": 1, "APPENDS": -1, "SETITEMS": -1, "ADDITEMS": -1}  # what they take: -1, a mark's
+_CALLS = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"})  # what they take: the callable first
+_FOUND_BY_NAME = frozenset({"GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"})
+_ATOMS_PUSHED = [  # what an opcode that takes nothing pushes, whole once made (as pickletools names it)
+    [name] for name in ("int", "bool", "int_or_bool", "float", "bytes", "bytes_or_str", "str", "None", "tuple")
+]
+
+
+def _yet_to_change(body: bytes, reached: int) -> set[int] | None:
+    """The memo entries of the item pickled as ``body`` that its opcodes from the one that raised on change, or that hold such.
+
+    ``reached``: where its unpickling stopped, after the opcode that raised.
+    The stack is followed as the unpickler would, each object known by the
+    opcode that made it. An ``APPENDS``, ``SETITEMS``, ``ADDITEMS``,
+    ``APPEND``, ``SETITEM`` or ``BUILD`` at or after that opcode changes the
+    object under what it takes; the one that raised may have changed what it
+    took, and what that holds (a call, such as the one that sets a
+    function's state, its arguments; a ``__setstate__`` its state). An
+    object holds what the opcode that made it took (a tuple its items, an
+    object made by a call its arguments), and what an opcode that changed it
+    took. ``None`` where the opcodes cannot be followed so.
+    """
+    import pickletools
+
+    try:
+        operations: list[Any] = list(pickletools.genops(body))
+        raised = max(number for number, (_, _, position) in enumerate(operations) if position < reached)
+        stack: list[int] = []
+        marks: list[list[int]] = []
+        memoized: dict[int, int] = {}  # memo entry: the object (the opcode that made it)
+        holders: dict[int, list[int]] = {}  # object: those that hold it
+        holds: dict[int, list[int]] = {}  # object: what it holds
+        whole: set[int] = set()  # a string, a number and such, or what was found by name: never changed
+        changed: set[int] = set()
+        for number, (opcode, argument, _) in enumerate(operations):
+            name, before_it = opcode.name, opcode.stack_before
+            taken: list[int] = []
+            if name in _MEMO_PUTS:
+                memoized[argument] = stack[-1]
+            elif name in _MEMO_GETS:
+                stack.append(memoized.get(argument, -1 - argument))  # below 0: an earlier item's, whole
+            elif name == "MARK":
+                marks.append(stack)
+                stack = []
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name in _CHANGERS:
+                count = _CHANGERS[name]
+                if count < 0:
+                    taken, stack = stack, marks.pop()
+                else:
+                    taken = stack[-count:]
+                    del stack[-count:]
+                if number >= raised:
+                    changed.add(stack[-1])
+                holds.setdefault(stack[-1], []).extend(taken)
+                for held in taken:
+                    holders.setdefault(held, []).append(stack[-1])
+            else:
+                before = opcode.stack_before
+                below = len(before)
+                if pickletools.markobject in before:
+                    taken, stack = stack, marks.pop()
+                    below = before.index(pickletools.markobject)
+                if below:
+                    taken = [*stack[-below:], *taken]
+                    del stack[-below:]
+                holds[number] = taken
+                for held in taken:
+                    holders.setdefault(held, []).append(number)
+                stack.extend([number] * len(opcode.stack_after))
+            if number == raised and name in _CALLS:  # its arguments, as they were given
+                for argument_made in taken[1:]:
+                    changed.update(made for made in (argument_made, *holds.get(argument_made, ())) if made not in whole)
+            if name in _FOUND_BY_NAME or (not before_it and [made.name for made in opcode.stack_after] in _ATOMS_PUSHED):
+                whole.add(number)
+        unfinished = set(changed)
+        waiting = list(changed)
+        while waiting:
+            for holder in holders.get(waiting.pop(), ()):
+                if holder not in unfinished:
+                    unfinished.add(holder)
+                    waiting.append(holder)
+        return {index for index, made in memoized.items() if made in unfinished}
+    except Exception:  # noqa: BLE001  # opcodes other than a pickler writes
+        return None
 
 
 def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | None:
