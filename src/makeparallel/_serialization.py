@@ -446,7 +446,6 @@ class Unreadable:
 
 
 _ATOMS = _SCALARS | {bytes}  # whole once made: never part-made, holding nothing
-_MADE_WHOLE = frozenset({tuple, frozenset})  # whole once made, holding what was made before them
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
@@ -506,7 +505,7 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
                 raise
             except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
                 error = raised
-                puts = _unfinished(puts, gets, memo, unpickler, imported, _yet_to_change(body, stream.tell()))
+                puts = _unfinished(puts, memo, imported, _yet_to_change(body, stream.tell()))
                 _let_go_of_the_chunk(raised)
         items.append(Unreadable(error))
         for index in puts:  # (all of them, where it did not run)
@@ -550,10 +549,8 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
         error.__notes__ = [*getattr(error, "__notes__", ()), note]
 
 
-def _unfinished(
-    puts: list[int], gets: list[int], memo: dict[int, Any], unpickler: Any, imported: dict[int, Any], yet: set[int] | None
-) -> list[int]:
-    """The memo entries of ``puts`` that an item whose ``unpickler`` raised did not make, or did not finish.
+def _unfinished(puts: list[int], memo: dict[int, Any], imported: dict[int, Any], yet: set[int] | None) -> list[int]:
+    """The memo entries of ``puts`` that an item whose unpickling raised did not make, or did not finish.
 
     What it had yet to finish is what its opcodes from the one that raised on
     would change, or had changed as it raised (``yet``, the memo entries
@@ -562,34 +559,17 @@ def _unfinished(
     finished is whole, though still on the unpickler's stack, waiting to be
     put where it goes (an enum member before the culprit in a tuple): taking
     all that was there for unfinished failed each later item that held such
-    a member too. Where its opcodes could not be followed (``yet`` None),
-    what is on the stack is taken for unfinished, but for a tuple or a
-    frozenset, made whole at once; unless what it made holds what it had
-    begun (its ``gets`` referred to an object on the stack): then only its
-    strings, numbers and such are whole, and what it found by name in a
-    module (``imported``: what ``find_class`` returned, by id).
+    a member too. Its strings, numbers and such are whole, and so is what it
+    found by name in a module (``imported``: what ``find_class`` returned, by
+    id). Where its opcodes could not be followed (``yet`` None), all it made
+    is taken for unfinished.
     """
-    if yet is not None:
-        return [
-            index
-            for index in puts
-            if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported and index in yet)
-        ]
-    begun = {id(value) for stack in (*unpickler.metastack, unpickler.stack) for value in stack}
-    begun -= imported.keys()
-    own = set(puts)
-    around_itself = any(
-        index in own and id(memo.get(index)) in begun and type(memo.get(index)) not in _ATOMS for index in gets
-    )
+    if yet is None:
+        return puts
     return [
         index
         for index in puts
-        if index not in memo
-        or (
-            type(memo[index]) not in _ATOMS
-            and id(memo[index]) not in imported
-            and (around_itself or (id(memo[index]) in begun and type(memo[index]) not in _MADE_WHOLE))
-        )
+        if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported and index in yet)
     ]
 
 
