@@ -2594,3 +2594,44 @@ def test_a_retry_on_base_exception_group_retries_an_exception_group() -> None:
     with no_retry_waits():
         task = mp.parallel(backend="sync", retry=mp.Retry(on=BaseExceptionGroup, attempts=2))(fails_once)  # noqa: F821
         assert task().get(timeout=30) == 2
+
+
+@pytest.mark.timeout(30)
+def test_the_jitter_past_a_breakers_retry_at_never_gives_up_an_attempt_its_timeout_leaves_room_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The breaker admits calls again 1.2 s on, within the policy's 1.5 s timeout; the jitter
+    # added past that (up to 1 s, here its top) took the next attempt past the timeout,
+    # and the retry failed at once, where it had waited for retry_at and run. The jitter
+    # spreads the tasks within the time the timeout leaves.
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    policy = mp.Retry(on=mp.CircuitOpenError, attempts=3, timeout=1.5, wait_initial=0.01, wait_jitter=1.0)
+    refusals = [refusal(time.time() + 1.2)]
+
+    def refused_once() -> str:
+        if refusals:
+            raise refusals.pop()
+        return "admitted"
+
+    assert _retrying._apply(policy, refused_once)() == "admitted"
+    assert len(slept) == 1 and 1.1 < slept[0] <= 1.5
+    far = refusal(time.time() + 600)  # past the timeout: none follows, as before
+    assert policy.wait(1, far, left=1.5) > 1.5
+
+
+@pytest.mark.timeout(30)
+def test_the_engines_retry_keeps_the_jitter_past_retry_at_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same in the engine: the task failed at once, its note saying the timeout would pass.
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    refusals = [refusal(time.time() + 0.6)]
+    policy = mp.Retry(on=mp.CircuitOpenError, attempts=3, timeout=0.8, wait_initial=0.01, wait_jitter=0.5)
+
+    @mp.parallel(backend="thread", retry=policy)
+    def refused_once() -> str:
+        if refusals:
+            raise refusals.pop()
+        return "admitted"
+
+    assert refused_once().get(timeout=20) == "admitted"

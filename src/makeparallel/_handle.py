@@ -1044,7 +1044,8 @@ class AsyncHandle(Generic[T_co]):
 
             record.stopped = SHUT_DOWN
             return False
-        wait = retry.wait(attempt, error)
+        left = None if retry.timeout is None else retry.timeout - (now - record.first_started)
+        wait = retry.wait(attempt, error, left)
         if record.out_of_time(retry.timeout, now, wait):
             return False
         record.wait = wait

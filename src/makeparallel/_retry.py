@@ -195,19 +195,23 @@ class Retry:
             return isinstance(error, kinds)
         return not explicit and ask(on, error, "the retry policy", False, "not retried")
 
-    def wait(self, failed_attempt: int, error: BaseException | None = None) -> float:
+    def wait(self, failed_attempt: int, error: BaseException | None = None, left: float | None = None) -> float:
         """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed with ``error``.
 
         Args:
             failed_attempt: the number of the attempt that failed, 1 for the first.
             error: what it raised, or ``None``.
+            left: seconds the policy's ``timeout`` leaves from now, or ``None``
+                (no timeout): the jitter past a breaker's ``retry_at`` never
+                takes the wait past them where ``retry_at`` itself comes first.
 
         Returns:
             The backoff, in seconds; after a :class:`~makeparallel.CircuitOpenError`
             whose ``retry_at`` is set, where that is later, the seconds until then
             plus up to ``wait_jitter`` at random, even past ``wait_max``: an
             attempt sooner would be refused too, at once, and the retries were
-            spent in milliseconds while the breaker stayed open. Zero inside
+            spent in milliseconds while the breaker stayed open; where ``retry_at``
+            comes before ``left`` runs out, at most ``left``. Zero inside
             ``no_retry_waits()``.
         """
         if not waits_enabled():
@@ -224,7 +228,13 @@ class Retry:
         # Every task the breaker refused waits for this same moment: the jitter spreads them
         # out past it, as it spreads any wait (lost in the larger of the two, they all came
         # back at once, and all but its few trial calls were refused again together).
-        return remaining + (random.uniform(0.0, self.wait_jitter) if self.wait_jitter else 0.0)
+        # Within the time the timeout leaves, where retry_at comes first: drawn past it, the
+        # jitter gave up at once an attempt the breaker would have admitted in time. (A
+        # microsecond short of it: the caller's sum for the due time rounds.)
+        room = self.wait_jitter
+        if left is not None and remaining <= left:
+            room = min(room, max(0.0, left - remaining - 1e-6))
+        return remaining + (random.uniform(0.0, room) if room else 0.0)
 
     def _backoff(self, failed_attempt: int) -> float:
         exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer
