@@ -1028,6 +1028,41 @@ def test_a_worker_replaced_by_a_new_initializer_while_stuck_in_the_old_one_is_ki
         fresh_process_pool(1)  # not prestarted any more
 
 
+@pytest.mark.timeout(90)
+def test_a_recycled_worker_stuck_in_its_initializer_whose_last_task_is_cancelled_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Recycled (max_tasks_per_child=1) as its one task was given to it, the first worker
+    # held that task; cancelled, the task left it with nothing to run but its
+    # initializer, stuck. Its replacement stuck too, nothing woke the loop: the bound
+    # (0.2 s here) passed, and the worker stayed beside the idle pool for good.
+    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
+    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="makeparallel"):
+            mp.configure_process_pool(
+                initializer=hang_on_turns, initargs=((0, 1), str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
+            )
+            assert wait_until(lambda: len(hung_pids(hung)) == 1, 30)  # the first worker hangs before any task
+            first = hung_pids(hung)[0]
+            task = on_process(os.getpid)()  # held for it, its last: its replacement starts, and hangs too
+            assert wait_until(lambda: len(hung_pids(hung)) == 2, 30)
+            assert task.status == "pending"
+            assert task.cancel()
+            assert wait_until(lambda: gone(first), 30)
+            assert not gone(hung_pids(hung)[1])  # its replacement, which takes the next task, stays
+        assert "told to stop (max_tasks_per_child) with no task left, is still starting (initializer hang_on_turns)" in caplog.text
+    finally:
+        for pid in hung_pids(hung):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
+        fresh_process_pool(1)  # not prestarted any more
+
+
 def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
     # cancel_pending cancels the tasks not started: one held in the parent for a
     # worker in its initializer was given to the idle worker and ran.

@@ -1282,6 +1282,10 @@ class ProcessBackend(QueueingBackend):
 
         Left there until they were sent or given back, it kept the worker
         counted busy, and ``cancel_with_timeout`` waited its whole timeout.
+        The last of them taken from a recycled worker leaves it nothing but
+        its start: the loop is woken to set its bound (``_LEAVING_START_GRACE``),
+        which it sets only as it looks (an idle pool's loop waited with no
+        deadline, the worker stuck in its initializer for good).
         """
         assert worker.held is not None
         batch, had = worker.held
@@ -1291,6 +1295,8 @@ class ProcessBackend(QueueingBackend):
         if not batch:
             worker.held = None
             worker.path = had  # it never got theirs
+            if _starting_for_nothing(worker):
+                self._wake()
         handle._code_returned()
 
     def _take_back_held_locked(self, worker: _Worker) -> list[AsyncHandle[Any]]:
