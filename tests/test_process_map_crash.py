@@ -1119,29 +1119,12 @@ def test_what_an_unreadable_item_finished_making_is_there_for_the_items_after_it
     assert read[3] is read[1][1]
 
 
-def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive() -> None:
+@pytest.mark.parametrize("how", ["alone", "cause and context", "group"])
+def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive(how: str) -> None:
     # Kept as the cause of what the map raises, its traceback held the frames that read
     # the chunk (the shared memo: every result): a chunk of 1 kB strings kept 245 MB.
-    import gc
-    import weakref
-
-    from makeparallel._serialization import Unreadable, dumps, loads_each
-
-    read = loads_each(*dumps([_Holder(1), RebuiltAwayFrom(0, os.getpid()), _Holder(2)]))
-    assert read is not None and type(read[1]) is Unreadable
-    error = read[1].error
-    results = [weakref.ref(read[0]), weakref.ref(read[2])]
-    del read
-    gc.collect()
-    assert [result() for result in results] == [None, None]
-    assert "in _rebuilt_away_from" in error.__notes__[-1]  # still says where it failed
-
-
-@pytest.mark.parametrize("how", ["cause and context", "group"])
-def test_no_error_chained_to_an_unreadable_items_error_keeps_the_chunks_results_alive(how: str) -> None:
-    # Only the error's causes were walked: an error raised from a cause while another
-    # was handled (its context), or the errors of an exception group, kept their
-    # tracebacks, and through their frames' callers the chunk's results.
+    # So did the errors chained to it: an error raised from a cause while another was
+    # handled (its context), the errors of an exception group.
     import gc
     import sys
     import weakref
@@ -1150,7 +1133,10 @@ def test_no_error_chained_to_an_unreadable_items_error_keeps_the_chunks_results_
 
     if how == "group" and sys.version_info < (3, 11):
         pytest.skip("ExceptionGroup is Python 3.11's")
-    culprit = RebuiltWithErrorsAwayFrom(0, os.getpid(), how)
+    if how == "alone":
+        culprit, where = RebuiltAwayFrom(0, os.getpid()), "in _rebuilt_away_from"
+    else:
+        culprit, where = RebuiltWithErrorsAwayFrom(0, os.getpid(), how), "in _rebuilt_with_errors_away_from"
     read = loads_each(*dumps([_Holder(1), culprit, _Holder(2)]))
     assert read is not None and type(read[1]) is Unreadable
     error = read[1].error
@@ -1158,7 +1144,7 @@ def test_no_error_chained_to_an_unreadable_items_error_keeps_the_chunks_results_
     del read
     gc.collect()
     assert [result() for result in results] == [None, None]
-    assert "in _rebuilt_with_errors_away_from" in error.__notes__[-1]
+    assert where in error.__notes__[-1]  # still says where it failed
 
 
 def test_what_an_unreadable_item_finished_and_had_yet_to_put_in_its_place_is_there_for_the_items_after_it() -> None:

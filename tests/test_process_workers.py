@@ -1576,37 +1576,12 @@ def test_max_tasks_per_child_keeps_no_more_worker_processes_than_num_workers() -
     # sent, so with num_workers=2 and max_tasks_per_child=1 a queue of 30 tasks
     # had up to 31 worker processes at once on a 2-core machine; with
     # timeout=0.5, about half of 30 no-op lambdas then timed out.
-    import threading
-
-    import psutil
-
     fresh_process_pool(2)
     mp.configure_process_pool(max_tasks_per_child=1)
-    me = psutil.Process()
-    others = {p.pid for p in me.children(recursive=True)}  # other tests' processes, still ending
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                children = me.children(recursive=True)
-                alive = [p for p in children if p.pid not in others and p.status() != psutil.STATUS_ZOMBIE]
-            except psutil.Error:
-                continue
-            peak = max(peak, len(alive))
-            done.wait(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with most_child_processes() as peak:
         handles = [on_process(os.getpid)() for _ in range(30)]
         assert len({h.get(timeout=60) for h in handles}) == 30
-    finally:
-        done.set()
-        sampler.join()
-    assert peak <= 2 + 1 + 1, f"{peak} processes at once: the template, and workers for num_workers=2"
+    assert peak() <= 2 + 1 + 1, f"{peak()} processes at once: the template, and workers for num_workers=2"
 
 
 # -- shrinking ----------------------------------------------------------------------------------
