@@ -1101,3 +1101,80 @@ def test_a_started_exporter_goes_on_in_a_forked_child(server: StatsdServer, expo
     assert exporter._thread is parents_thread and parents_thread.is_alive()
     run(work, succeed=1)
     assert counter(of(server.flush(exporter), f"test.{name}"), "completed") == 1
+
+
+# The exporter's module imported first, as an app that sets up its metrics before anything
+# else: the modules a flush reads are loaded after it. The parent holds the metrics' lock as
+# it forks, as its exporter's thread does mid-flush; the child's must read the child's new one.
+FORKED_MID_FLUSH = """
+import os, sys, threading, traceback
+from makeparallel.statsd import StatsdExporter
+
+entered, returned = threading.Event(), threading.Event()
+
+def wait_for_the_child_s_first_flush():
+    # After the exporter's at-fork hook, before those of the modules loaded since: the
+    # child's thread flushes meanwhile (or blocks there, on a lock the parent held).
+    if entered.wait(10):
+        returned.wait(2)
+
+os.register_at_fork(after_in_child=wait_for_the_child_s_first_flush)
+import makeparallel as mp
+from makeparallel import _metrics
+
+def snapshot():  # the child's flushes only: the parent's meanwhile set nothing
+    in_child = os.getpid() != parent
+    if in_child:
+        entered.set()
+    try:
+        return real_snapshot()
+    finally:
+        if in_child:
+            returned.set()
+
+parent = os.getpid()
+real_snapshot, mp.metrics_snapshot = mp.metrics_snapshot, snapshot
+exporter = StatsdExporter("127.0.0.1", int(sys.argv[1]), prefix="forked", interval=0.001).start()
+mp.parallel(backend="thread")(abs)(-1).get(timeout=30)
+held, release = threading.Event(), threading.Event()
+
+def hold_the_metrics_lock():  # as the parent's exporter thread does, mid-flush
+    with _metrics._reset_lock:
+        held.set()
+        release.wait(30)
+
+threading.Thread(target=hold_the_metrics_lock, daemon=True).start()
+held.wait(30)
+pid = os.fork()
+if pid == 0:
+    code = 1
+    try:
+        mp.parallel(backend="thread")(abs)(-2).get(timeout=30)
+        flush = threading.Thread(target=exporter.flush, daemon=True)
+        flush.start()
+        flush.join(10)
+        code = 3 if flush.is_alive() else 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+release.set()
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+exporter.stop()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+def test_a_child_forked_mid_flush_flushes_where_the_exporter_was_imported_first(server: StatsdServer) -> None:
+    """The child's thread started in the exporter's at-fork hook, before the hooks of the modules imported later.
+
+    It read the metrics' lock, held by the parent's thread mid-flush, before
+    their hook gave the child a new one: it waited for good, holding the
+    exporter's flush lock, and the child sent nothing ever again.
+    """
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", FORKED_MID_FLUSH, str(server.port)],
+        capture_output=True, text=True, timeout=50, check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr

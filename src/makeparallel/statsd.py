@@ -41,11 +41,17 @@ from typing import Any
 
 import makeparallel
 
-# Loaded here, on the thread that imports the exporter, not by the first flush on its own
-# thread: TaskMetrics is a dataclass, whose methods exec builds, and source run after a
-# Ctrl-C ended the main module (stop() at exit flushes once more) clears CPython's record
-# of it: the program exited with status 1, not killed by SIGINT (see _load).
-from . import _task_metrics  # noqa: F401
+# _task_metrics: loaded here, on the thread that imports the exporter, not by the first
+# flush on its own thread: TaskMetrics is a dataclass, whose methods exec builds, and source
+# run after a Ctrl-C ended the main module (stop() at exit flushes once more) clears
+# CPython's record of it: the program exited with status 1, not killed by SIGINT (see _load).
+# _circuit, _memory_guard, _metrics: loaded before this module registers its at-fork hook,
+# for their own hooks to run first in a forked child: each gives the child new locks for
+# what a flush reads (the breakers, the memory limit, the counts), which the parent's
+# threads may have held as it forked. The child's exporter thread starts in this module's
+# hook; where they were loaded later, it could read an old lock, held for good, before
+# theirs ran, and the child never sent again.
+from . import _circuit, _memory_guard, _metrics, _task_metrics  # noqa: F401
 from ._backends._fd_numbers import standard_numbers_held
 from ._interruptible import join
 from ._runtime import after_pools_at_exit, forget_after_exit
