@@ -59,6 +59,22 @@ def interrupted_once_it_says(
     return subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
 
 
+def child_exit_code(pid: int, timeout: float = 30) -> int:
+    """The exit code of the forked child ``pid``; killed, and the test failed, if it has not ended in ``timeout`` s."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not end within {timeout} s (a deadlock?)")
+        threading.Event().wait(0.01)
+
+
 def resize(num_threads: int) -> None:
     """Size the thread pool and wait until threads left over from earlier tests are gone.
 

@@ -26,7 +26,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel._states import HELD
-from pool_helpers import fresh_process_pool, wait_until
+from pool_helpers import child_exit_code, fresh_process_pool, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only"),
@@ -48,16 +48,7 @@ def run_in_child(body: Callable[[], None], timeout: float = 20) -> int:
             traceback.print_exc()
         finally:
             os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the forked child did not finish within {timeout} s (deadlock?)")
-        threading.Event().wait(0.01)
+    return child_exit_code(pid, timeout)
 
 
 @mp.parallel

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from pool_helpers import (
+    child_exit_code,
     interrupted_once_it_says,
     two_queued_behind_a_busy_executor,
     two_queued_in_an_executors_pool,
@@ -1048,20 +1049,6 @@ def test_a_stuck_last_flush_does_not_hold_the_exit(server: StatsdServer) -> None
 
 
 # -- across os.fork() ------------------------------------------------------------------------------
-
-
-def child_exit_code(pid: int, timeout: float = 30) -> int:
-    """The exit code of the forked child ``pid``, killed (and the test failed) if it has not ended in ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the forked child did not end within {timeout} s")
-        threading.Event().wait(0.01)
 
 
 @pytest.mark.timeout(60)
