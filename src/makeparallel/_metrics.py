@@ -305,7 +305,7 @@ def _refuse_in_a_handler(call: str, records: list[FunctionMetrics], *more: Any) 
     """
 
     def locks() -> list[Any]:
-        shards = [lock for record in records for lock in list(record._shards)]
+        shards = [shard.lock for record in records for shard in list(record._shards.values())]  # (a fork's are new)
         return [*pool_locks(), DEADLINE_HEAP, *shards, *more]
 
     refuse_under_a_held_lock(call, locks, _READ_ELSEWHERE)
