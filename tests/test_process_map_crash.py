@@ -1163,6 +1163,24 @@ def test_what_an_unreadable_item_finished_and_had_yet_to_put_in_its_place_is_the
     assert read[1] == (Colour.RED, 1) and read[2] == shared and read[4] is read[2]["config"] and read[5] == "end"
 
 
+def test_a_function_whose_state_an_unreadable_item_had_yet_to_set_fails_with_it() -> None:
+    # A function sent by value (a closure) is made first, then its state set by a call
+    # whose result is thrown away (cloudpickle's ``_function_setstate``: REDUCE, POP):
+    # no APPENDS nor BUILD changes it. Where its closure held the culprit, a later
+    # result holding the same function got it with empty cells and no globals.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    culprit, scale = RebuiltAwayFrom(0, os.getpid()), 10
+
+    def scaled(x: int) -> tuple[int, Any]:
+        return x * scale, culprit
+
+    read = loads_each(*dumps([scaled, {"again": scaled}, "after"]))
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [True, True, False]
+    assert read[2] == "after"
+
+
 def test_an_item_that_refers_to_what_an_unreadable_one_made_around_itself_fails_with_it() -> None:
     # A finished object may hold one that was not (a tuple of the list being made):
     # where the failed item refers back to what it had begun, what it made fails too.

@@ -588,9 +588,12 @@ def _yet_to_change(body: bytes, reached: int) -> set[int] | None:
     The stack is followed as the unpickler would, each object known by the
     opcode that made it. An ``APPENDS``, ``SETITEMS``, ``ADDITEMS``,
     ``APPEND``, ``SETITEM`` or ``BUILD`` at or after that opcode changes the
-    object under what it takes; the one that raised may have changed what it
-    took, and what that holds (a call, such as the one that sets a
-    function's state, its arguments; a ``__setstate__`` its state). An
+    object under what it takes; so does a call after it whose result is
+    thrown away (``POP``), made for what it does to its arguments: the
+    ``state_setter`` of a ``__reduce__``, which sets the state of a function
+    or class cloudpickle sent by value. The one that raised may have changed
+    what it took, and what that holds (a call, such as that state setter,
+    its arguments; a ``__setstate__`` its state). An
     object holds what the opcode that made it took (a tuple its items, an
     object made by a call its arguments), and what an opcode that changed it
     took. ``None`` where the opcodes cannot be followed so.
@@ -607,6 +610,11 @@ def _yet_to_change(body: bytes, reached: int) -> set[int] | None:
         holds: dict[int, list[int]] = {}  # object: what it holds
         whole: set[int] = set()  # a string, a number and such, or what was found by name: never changed
         changed: set[int] = set()
+
+        def given(taken: list[int]) -> list[int]:
+            """What a call that took ``taken`` (the callable first) was given, and what that holds: what it may change."""
+            return [made for argument in taken[1:] for made in (argument, *holds.get(argument, ())) if made not in whole]
+
         for number, (opcode, argument, _) in enumerate(operations):
             name, before_it = opcode.name, opcode.stack_before
             taken: list[int] = []
@@ -645,8 +653,9 @@ def _yet_to_change(body: bytes, reached: int) -> set[int] | None:
                     holders.setdefault(held, []).append(number)
                 stack.extend([number] * len(opcode.stack_after))
             if number == raised and name in _CALLS:  # its arguments, as they were given
-                for argument_made in taken[1:]:
-                    changed.update(made for made in (argument_made, *holds.get(argument_made, ())) if made not in whole)
+                changed.update(given(taken))
+            elif name == "POP" and taken and taken[0] > raised and operations[taken[0]][0].name in _CALLS:
+                changed.update(given(holds[taken[0]]))  # a call made for what it does to its arguments: a state setter's
             if name in _FOUND_BY_NAME or (not before_it and [made.name for made in opcode.stack_after] in _ATOMS_PUSHED):
                 whole.add(number)
         unfinished = set(changed)
