@@ -8,6 +8,7 @@ tests crash a worker and start a new one again and again.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import enum
 import os
 import signal
@@ -320,10 +321,23 @@ def _rebuilt_with_errors_away_from(index: int, parent: int, how: str) -> Rebuilt
                 caught.append(error)
         group: Any = vars(builtins)["ExceptionGroup"]  # Python 3.11's
         raise group(f"result {index} cannot be rebuilt in the parent", caught)
+    if how == "frozen":
+        raise FrozenError(f"result {index} cannot be rebuilt in the parent") from FrozenError("the cause")
+    if how == "notes not a list":
+        error = RuntimeError(f"result {index} cannot be rebuilt in the parent")
+        error.__notes__ = None  # type: ignore[attr-defined]
+        raise error
     try:
         raise LookupError("the context")
     except LookupError:
         raise RuntimeError(f"result {index} cannot be rebuilt in the parent") from ValueError("the cause")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """An error whose attributes cannot be set once made: ``__traceback__`` and ``__notes__`` neither."""
+
+    reason: str
 
 
 class RebuiltWithErrorsAwayFrom:

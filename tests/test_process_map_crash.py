@@ -45,6 +45,7 @@ from map_crash_tasks import (
     DiesWhenSent,
     DiesWhenUnpickled,
     DiesWhenUnpickledOnce,
+    FrozenError,
     FunctionRaisingWhenUnpickled,
     IdentityDyingWhenSent,
     RaisesWhenUnpickled,
@@ -1145,6 +1146,23 @@ def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive(
     gc.collect()
     assert [result() for result in results] == [None, None]
     assert where in error.__notes__[-1]  # still says where it failed
+
+
+@pytest.mark.parametrize("how", ["frozen", "notes not a list"])
+def test_an_unreadable_items_error_that_refuses_its_note_fails_only_that_item(how: str) -> None:
+    # Its traceback was dropped, and its note added, by assigning them: an error whose
+    # class refuses that (a frozen dataclass), or whose __notes__ is no list, raised
+    # out of the reader, and the map lost the chunk's good results with it.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    read = loads_each(*dumps([_Holder(1), RebuiltWithErrorsAwayFrom(0, os.getpid(), how), _Holder(2)]))
+    assert read is not None and read[0] == _Holder(1) and read[2] == _Holder(2) and type(read[1]) is Unreadable
+    error = read[1].error
+    assert error.__traceback__ is None and (error.__cause__ is None or error.__cause__.__traceback__ is None)
+    if how == "frozen":
+        assert type(error) is FrozenError and "in _rebuilt_with_errors_away_from" in error.__notes__[-1]
+    else:
+        assert error.__notes__ is None  # left as it was
 
 
 def test_what_an_unreadable_item_finished_and_had_yet_to_put_in_its_place_is_there_for_the_items_after_it() -> None:

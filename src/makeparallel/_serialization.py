@@ -525,6 +525,8 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
     both (an error raised from one while another was handled has the two),
     and the errors of an exception group, and theirs; following the causes
     alone left the others' frames, and through their callers the chunk.
+    Neither is assigned through the error's own ``__setattr__``: a frozen
+    dataclass's refuses every attribute, and raised out of the reader.
     """
     import builtins
     import traceback
@@ -539,14 +541,19 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
         if id(linked) in seen:
             continue
         seen.add(id(linked))
-        linked.__traceback__ = None
+        BaseException.with_traceback(linked, None)  # (not assigned: a frozen dataclass's __setattr__ refuses it)
         members = linked.exceptions if isinstance(linked, group) else ()
         for other in (linked.__cause__, linked.__context__, *members):
             if isinstance(other, BaseException):
                 chained.append(other)
     if lines:
         note = "Traceback of its unpickling in this process (most recent call last):\n" + "".join(lines).rstrip()
-        error.__notes__ = [*getattr(error, "__notes__", ()), note]
+        from contextlib import suppress
+
+        with suppress(Exception):  # the user's error, its attributes its own: kept without the note
+            notes = getattr(error, "__notes__", ())
+            if isinstance(notes, (list, tuple)):  # (anything else, the error's own, is left as it is)
+                object.__setattr__(error, "__notes__", [*notes, note])
 
 
 def _unfinished(puts: list[int], memo: dict[int, Any], imported: dict[int, Any], yet: set[int] | None) -> list[int]:
