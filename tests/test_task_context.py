@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import threading
@@ -518,6 +519,31 @@ def test_error_note_is_added_once(backend: str) -> None:
     handle.on_error(errors.append)
     assert all(error is errors[0] for error in errors)
     assert len(library_notes(errors[0])) == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """An error whose attributes cannot be set once made: ``__notes__`` neither (its ``__setattr__`` refuses all)."""
+
+    row: int
+
+
+def refuse_row(row: int) -> None:
+    raise FrozenError(row)
+
+
+def test_an_error_that_refuses_new_attributes_comes_back_as_itself_with_its_note(backend: str) -> None:
+    # The note was added through the error's __setattr__ (add_note's, or an assignment
+    # on 3.10): a frozen dataclass's raised FrozenInstanceError in its place, and a
+    # map with on_error="skip" raised it, its results lost.
+    with pytest.raises(FrozenError) as caught:
+        mp.parallel(backend=backend)(refuse_row)(3).get(5)
+    (note,) = library_notes(caught.value)
+    assert "failed after" in note
+    assert mp.parallel_map(refuse_row, range(4), backend=backend, on_error="skip") == []
+    with pytest.raises(FrozenError) as caught:
+        mp.parallel_map(refuse_row, [7], backend=backend)
+    assert any("raised by item 0" in note for note in library_notes(caught.value))
 
 
 def test_user_notes_are_kept(backend: str) -> None:

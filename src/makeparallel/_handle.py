@@ -1708,12 +1708,18 @@ def _no_place_to_lend() -> bool:
 
 
 def _add_note(error: BaseException, note: str) -> None:
-    """``BaseException.add_note`` where it exists (3.11+), its attribute otherwise."""
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None:
-        add_note(note)
-    else:  # Python 3.10: store it where 3.11's traceback would look for it
-        error.__notes__ = [*getattr(error, "__notes__", ()), note]
+    """Add ``note`` to ``error``'s ``__notes__``, as ``BaseException.add_note`` (3.11+) does, on 3.10 too.
+
+    The first note is set past the error's own ``__setattr__``: a frozen
+    dataclass's refuses every attribute, and ``add_note`` raised its
+    ``FrozenInstanceError`` in place of the task's error. Where
+    ``__notes__`` is set and no list, the error's own, it is left as it is.
+    """
+    notes = getattr(error, "__notes__", None)
+    if notes is None:
+        object.__setattr__(error, "__notes__", [note])
+    elif isinstance(notes, list):
+        notes.append(note)
 
 
 def _metadata_repr(metadata: dict[str, Any]) -> str:
