@@ -1106,18 +1106,21 @@ def test_an_item_that_refers_to_an_object_an_unreadable_one_had_begun_to_make_fa
     assert read[1] == "x" and read[11] == "end"
 
 
-def test_what_an_unreadable_item_finished_making_is_there_for_the_items_after_it() -> None:
-    # Its class, and the objects it finished before the culprit (a tuple, the list
-    # in it), are whole: the items after it that refer to them are read.
+def test_what_an_unreadable_item_made_fails_the_items_that_share_it_but_what_is_whole_once_made() -> None:
+    # Only strings, numbers, bytes and what it found by name in a module (its classes)
+    # are whole, whatever the failed item did after: the later items that use those
+    # are read. An object it finished (a tuple, a list, an enum member, a dict) fails
+    # the items that share it, as one it had not finished must: no reading of its
+    # opcodes told the two apart without handing out, silently, some part-made ones.
     from makeparallel._serialization import Unreadable, dumps, loads_each
 
-    finished = ("finished", [1, 2])
-    results = [[finished, _Holder(1), RebuiltAwayFrom(0, os.getpid())], finished, _Holder(2), finished[1]]
+    finished, shared = ("finished", [1, 2]), {"config": [1, 2]}
+    results = [[finished, Colour.RED, shared, _Holder(1), "a text", 10**30, RebuiltAwayFrom(0, os.getpid())],
+               finished, (Colour.RED, 1), shared, _Holder(2), "a text", 10**30, finished[1], "end"]  # fmt: skip
     read = loads_each(*dumps(results))
     assert read is not None
-    assert type(read[0]) is Unreadable
-    assert read[1:] == results[1:]
-    assert read[3] is read[1][1]
+    assert [type(item) is Unreadable for item in read] == [True, True, True, True, False, False, False, True, False]
+    assert read[4] == _Holder(2) and read[5] == "a text" and read[6] == 10**30 and read[8] == "end"
 
 
 @pytest.mark.parametrize("how", ["alone", "cause and context", "group"])
@@ -1163,22 +1166,6 @@ def test_an_unreadable_items_error_that_refuses_its_note_fails_only_that_item(ho
         assert type(error) is FrozenError and "in _rebuilt_with_errors_away_from" in error.__notes__[-1]
     else:
         assert error.__notes__ is None  # left as it was
-
-
-def test_what_an_unreadable_item_finished_and_had_yet_to_put_in_its_place_is_there_for_the_items_after_it() -> None:
-    # Objects it had finished but not yet put where they go (into a tuple, a dict, a
-    # list, as the items before the culprit wait on the unpickler's stack) were taken
-    # for unfinished: an enum member, or a dict the results share, failed every later
-    # result that held it too.
-    from makeparallel._serialization import Unreadable, dumps, loads_each
-
-    shared = {"config": [1, 2]}
-    results = [(Colour.RED, shared, RebuiltAwayFrom(0, os.getpid())), (Colour.RED, 1), shared,
-               [shared["config"], _Holder(shared), RebuiltAwayFrom(1, os.getpid())], shared["config"], "end"]  # fmt: skip
-    read = loads_each(*dumps(results))
-    assert read is not None
-    assert [type(item) is Unreadable for item in read] == [True, False, False, True, False, False]
-    assert read[1] == (Colour.RED, 1) and read[2] == shared and read[4] is read[2]["config"] and read[5] == "end"
 
 
 def test_a_function_whose_state_an_unreadable_item_had_yet_to_set_fails_with_it() -> None:

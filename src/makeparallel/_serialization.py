@@ -460,12 +460,12 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
     opcodes that built each item are unpickled on their own, in order, the
     memo shared (pickle's pure-Python unpickler, whose memo is a plain
     dictionary): an object an earlier item memoized, its class say, is the
-    same object for a later one. An item that refers to what a failed item
-    would have memoized, or had begun to make and not finished (a list it
-    was filling, an object whose state it was setting: what its opcodes
-    from the one that raised on would change), fails with that item's
-    error: never handed out part-made. Slow (the pure-Python unpickler), and read only where the list
-    could not be unpickled whole.
+    same object for a later one. An item that refers to anything a failed
+    item made fails with that item's error, but for what is whole once made
+    (a string, a number, bytes, what it found by name in a module): never
+    handed out part-made, a list the failed item was filling, an object whose
+    state it was setting. Slow (the pure-Python unpickler), and read only
+    where the list could not be unpickled whole.
 
     Returns:
         The items, or ``None`` where ``data`` is not a pickled list (or is not
@@ -487,7 +487,7 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
 
     imported: dict[int, Any] = {}  # by id (kept: no id is another's meanwhile)
     memo: dict[int, Any] = {}
-    lost: dict[int, BaseException] = {}  # memo entries a failed item did not make: its error
+    lost: dict[int, BaseException] = {}  # memo entries a failed item made, or did not: its error
     used = 0  # buffers taken by the items so far
     items: list[Any] = []
     for body, puts, gets, buffer_count in spans:
@@ -495,8 +495,7 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         used += buffer_count
         error = next((lost[index] for index in gets if index in lost), None)
         if error is None:
-            stream = io.BytesIO(body)
-            unpickler = Unpickler(stream, buffers=item_buffers)
+            unpickler = Unpickler(io.BytesIO(body), buffers=item_buffers)
             unpickler.memo = memo  # type: ignore[attr-defined]  # shared: what earlier items memoized, later ones refer to
             try:
                 items.append(unpickler.load())
@@ -505,11 +504,11 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
                 raise
             except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
                 error = raised
-                puts = _unfinished(puts, memo, imported, _yet_to_change(body, stream.tell()))
                 _let_go_of_the_chunk(raised)
         items.append(Unreadable(error))
-        for index in puts:  # (all of them, where it did not run)
-            lost[index] = error
+        for index in puts:  # all it made (none, where it did not run), but what is whole once made
+            if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported):
+                lost[index] = error
     return items
 
 
@@ -554,127 +553,6 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
             notes = getattr(error, "__notes__", ())
             if isinstance(notes, (list, tuple)):  # (anything else, the error's own, is left as it is)
                 object.__setattr__(error, "__notes__", [*notes, note])
-
-
-def _unfinished(puts: list[int], memo: dict[int, Any], imported: dict[int, Any], yet: set[int] | None) -> list[int]:
-    """The memo entries of ``puts`` that an item whose unpickling raised did not make, or did not finish.
-
-    What it had yet to finish is what its opcodes from the one that raised on
-    would change, or had changed as it raised (``yet``, the memo entries
-    :func:`_yet_to_change` gives: a list before its items were appended, an
-    object before its state was set), and what holds one of those. What it
-    finished is whole, though still on the unpickler's stack, waiting to be
-    put where it goes (an enum member before the culprit in a tuple): taking
-    all that was there for unfinished failed each later item that held such
-    a member too. Its strings, numbers and such are whole, and so is what it
-    found by name in a module (``imported``: what ``find_class`` returned, by
-    id). Where its opcodes could not be followed (``yet`` None), all it made
-    is taken for unfinished.
-    """
-    if yet is None:
-        return puts
-    return [
-        index
-        for index in puts
-        if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported and index in yet)
-    ]
-
-
-_CHANGERS = {"APPEND": 1, "SETITEM": 2, "BUILD": 1, "APPENDS": -1, "SETITEMS": -1, "ADDITEMS": -1}  # what they take: -1, a mark's
-_CALLS = frozenset({"REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"})  # what they take: the callable first
-_FOUND_BY_NAME = frozenset({"GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"})
-_ATOMS_PUSHED = [  # what an opcode that takes nothing pushes, whole once made (as pickletools names it)
-    [name] for name in ("int", "bool", "int_or_bool", "float", "bytes", "bytes_or_str", "str", "None", "tuple")
-]
-
-
-def _yet_to_change(body: bytes, reached: int) -> set[int] | None:
-    """The memo entries of the item pickled as ``body`` that its opcodes from the one that raised on change, or that hold such.
-
-    ``reached``: where its unpickling stopped, after the opcode that raised.
-    The stack is followed as the unpickler would, each object known by the
-    opcode that made it. An ``APPENDS``, ``SETITEMS``, ``ADDITEMS``,
-    ``APPEND``, ``SETITEM`` or ``BUILD`` at or after that opcode changes the
-    object under what it takes; so does a call after it whose result is
-    thrown away (``POP``), made for what it does to its arguments: the
-    ``state_setter`` of a ``__reduce__``, which sets the state of a function
-    or class cloudpickle sent by value. The one that raised may have changed
-    what it took, and what that holds (a call, such as that state setter,
-    its arguments; a ``__setstate__`` its state). An
-    object holds what the opcode that made it took (a tuple its items, an
-    object made by a call its arguments), and what an opcode that changed it
-    took. ``None`` where the opcodes cannot be followed so.
-    """
-    import pickletools
-
-    try:
-        operations: list[Any] = list(pickletools.genops(body))
-        raised = max(number for number, (_, _, position) in enumerate(operations) if position < reached)
-        stack: list[int] = []
-        marks: list[list[int]] = []
-        memoized: dict[int, int] = {}  # memo entry: the object (the opcode that made it)
-        holders: dict[int, list[int]] = {}  # object: those that hold it
-        holds: dict[int, list[int]] = {}  # object: what it holds
-        whole: set[int] = set()  # a string, a number and such, or what was found by name: never changed
-        changed: set[int] = set()
-
-        def given(taken: list[int]) -> list[int]:
-            """What a call that took ``taken`` (the callable first) was given, and what that holds: what it may change."""
-            return [made for argument in taken[1:] for made in (argument, *holds.get(argument, ())) if made not in whole]
-
-        for number, (opcode, argument, _) in enumerate(operations):
-            name, before_it = opcode.name, opcode.stack_before
-            taken: list[int] = []
-            if name in _MEMO_PUTS:
-                memoized[argument] = stack[-1]
-            elif name in _MEMO_GETS:
-                stack.append(memoized.get(argument, -1 - argument))  # below 0: an earlier item's, whole
-            elif name == "MARK":
-                marks.append(stack)
-                stack = []
-            elif name == "DUP":
-                stack.append(stack[-1])
-            elif name in _CHANGERS:
-                count = _CHANGERS[name]
-                if count < 0:
-                    taken, stack = stack, marks.pop()
-                else:
-                    taken = stack[-count:]
-                    del stack[-count:]
-                if number >= raised:
-                    changed.add(stack[-1])
-                holds.setdefault(stack[-1], []).extend(taken)
-                for held in taken:
-                    holders.setdefault(held, []).append(stack[-1])
-            else:
-                before = opcode.stack_before
-                below = len(before)
-                if pickletools.markobject in before:
-                    taken, stack = stack, marks.pop()
-                    below = before.index(pickletools.markobject)
-                if below:
-                    taken = [*stack[-below:], *taken]
-                    del stack[-below:]
-                holds[number] = taken
-                for held in taken:
-                    holders.setdefault(held, []).append(number)
-                stack.extend([number] * len(opcode.stack_after))
-            if number == raised and name in _CALLS:  # its arguments, as they were given
-                changed.update(given(taken))
-            elif name == "POP" and taken and taken[0] > raised and operations[taken[0]][0].name in _CALLS:
-                changed.update(given(holds[taken[0]]))  # a call made for what it does to its arguments: a state setter's
-            if name in _FOUND_BY_NAME or (not before_it and [made.name for made in opcode.stack_after] in _ATOMS_PUSHED):
-                whole.add(number)
-        unfinished = set(changed)
-        waiting = list(changed)
-        while waiting:
-            for holder in holders.get(waiting.pop(), ()):
-                if holder not in unfinished:
-                    unfinished.add(holder)
-                    waiting.append(holder)
-        return {index for index, made in memoized.items() if made in unfinished}
-    except Exception:  # noqa: BLE001  # opcodes other than a pickler writes
-        return None
 
 
 def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | None:
