@@ -155,9 +155,9 @@ def test_the_wait_after_a_circuit_breakers_refusal_lasts_until_it_admits_calls_a
     # still open: each attempt was refused at once, the retries spent in milliseconds.
     policy = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=0.0)
     low, high = expected
-    assert low <= policy.wait(1, error()) <= high
+    assert low <= policy._wait_after(1, error(), None) <= high
     with no_retry_waits():
-        assert policy.wait(1, error()) == 0.0
+        assert policy._wait_after(1, error(), None) == 0.0
 
 
 def test_the_wait_for_a_circuit_breaker_keeps_its_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,10 +172,10 @@ def test_the_wait_for_a_circuit_breaker_keeps_its_jitter(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(random, "uniform", greatest)
     policy = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=3.0)
-    assert 602.0 < policy.wait(1, refusal(time.time() + 600)) <= 603.0  # the breaker's time, then the jitter
+    assert 602.0 < policy._wait_after(1, refusal(time.time() + 600), None) <= 603.0  # the breaker's time, then the jitter
     assert drawn and all(bounds == (0.0, 3.0) for bounds in drawn)
     steady = mp.Retry(on=mp.CircuitOpenError, wait_initial=0.25, wait_max=5.0, wait_jitter=0.0)
-    assert 500.0 < steady.wait(1, refusal(time.time() + 600)) <= 600.0  # no jitter asked: none added
+    assert 500.0 < steady._wait_after(1, refusal(time.time() + 600), None) <= 600.0  # no jitter asked: none added
 
 
 class SleptEnough(BaseException):
@@ -2618,7 +2618,36 @@ def test_the_jitter_past_a_breakers_retry_at_never_gives_up_an_attempt_its_timeo
     assert _retrying._apply(policy, refused_once)() == "admitted"
     assert len(slept) == 1 and 1.1 < slept[0] <= 1.5
     far = refusal(time.time() + 600)  # past the timeout: none follows, as before
-    assert policy.wait(1, far, left=1.5) > 1.5
+    assert policy._wait_after(1, far, 1.5) > 1.5
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["thread", "sync", "caller"])
+def test_a_subclass_whose_wait_takes_only_the_attempt_still_retries_and_waits_for_the_breaker(way: str) -> None:
+    # Retry.wait(failed_attempt) is public: a subclass overrides it for a backoff of its
+    # own. The engine called it with the error and the time left as well, a TypeError
+    # that killed the worker thread (the task never ended) or reached the caller in
+    # place of the task's result. Its backoff is used, and a breaker's refusal still
+    # waits until it admits calls (the refusal here says it does already).
+    class CountedWait(mp.Retry):
+        def wait(self, failed_attempt: int) -> float:
+            waits.append(failed_attempt)
+            return 0.0
+
+    waits: list[int] = []
+    failures: list[BaseException] = [refusal(time.time() - 1), ValueError("first")]
+
+    def fails_twice() -> str:
+        if failures:
+            raise failures.pop()
+        return "done"
+
+    policy = CountedWait(on=(ValueError, mp.CircuitOpenError), attempts=3)
+    if way == "caller":
+        assert _retrying._apply(policy, fails_twice)() == "done"
+    else:
+        assert mp.parallel(backend=way, retry=policy)(fails_twice)().get(timeout=10) == "done"
+    assert waits == [1, 2]
 
 
 @pytest.mark.timeout(30)

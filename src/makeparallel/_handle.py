@@ -1045,7 +1045,7 @@ class AsyncHandle(Generic[T_co]):
             record.stopped = SHUT_DOWN
             return False
         left = None if retry.timeout is None else retry.timeout - (now - record.first_started)
-        wait = retry.wait(attempt, error, left)
+        wait = retry._wait_after(attempt, error, left)
         if record.out_of_time(retry.timeout, now, wait):
             return False
         record.wait = wait

@@ -195,29 +195,30 @@ class Retry:
             return isinstance(error, kinds)
         return not explicit and ask(on, error, "the retry policy", False, "not retried")
 
-    def wait(self, failed_attempt: int, error: BaseException | None = None, left: float | None = None) -> float:
-        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed with ``error``.
+    def wait(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed: the backoff.
 
-        Args:
-            failed_attempt: the number of the attempt that failed, 1 for the first.
-            error: what it raised, or ``None``.
-            left: seconds the policy's ``timeout`` leaves from now, or ``None``
-                (no timeout): the jitter past a breaker's ``retry_at`` never
-                takes the wait past them where ``retry_at`` itself comes first.
-
-        Returns:
-            The backoff, in seconds; after a :class:`~makeparallel.CircuitOpenError`
-            whose ``retry_at`` is set, where that is later, the seconds until then
-            plus up to ``wait_jitter`` at random, even past ``wait_max``: an
-            attempt sooner would be refused too, at once, and the retries were
-            spent in milliseconds while the breaker stayed open; where ``retry_at``
-            comes before ``left`` runs out, at most ``left``. Zero inside
-            ``no_retry_waits()``.
+        After a :class:`~makeparallel.CircuitOpenError` the retry waits longer
+        where the breaker admits calls later (:meth:`_wait_after`); a subclass
+        that overrides this for a backoff of its own keeps that.
         """
         if not waits_enabled():
             return 0.0
-        backoff = self._backoff(failed_attempt)
-        if not isinstance(error, CircuitOpenError):
+        return self._backoff(failed_attempt)
+
+    def _wait_after(self, failed_attempt: int, error: BaseException, left: float | None) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` failed with ``error``, ``left`` seconds of the timeout to go.
+
+        :meth:`wait`; after a :class:`~makeparallel.CircuitOpenError` whose
+        ``retry_at`` is set, where that is later, the seconds until then plus
+        up to ``wait_jitter`` at random, even past ``wait_max``: an attempt
+        sooner would be refused too, at once, and the retries were spent in
+        milliseconds while the breaker stayed open. Where ``retry_at`` comes
+        before ``left`` (``None``: no timeout) runs out, at most ``left``.
+        What the engine and the retrying decorators wait.
+        """
+        backoff = self.wait(failed_attempt)
+        if not waits_enabled() or not isinstance(error, CircuitOpenError):
             return backoff
         retry_at = error.retry_at  # time.time(); None when forced open (only reset() closes it)
         if retry_at is None or not is_real(retry_at):  # one the task's own code made may hold anything
