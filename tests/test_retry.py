@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -2619,6 +2620,18 @@ def test_the_jitter_past_a_breakers_retry_at_never_gives_up_an_attempt_its_timeo
     assert len(slept) == 1 and 1.1 < slept[0] <= 1.5
     far = refusal(time.time() + 600)  # past the timeout: none follows, as before
     assert policy._wait_after(1, far, 1.5) > 1.5
+
+
+@pytest.mark.parametrize(
+    ("attempt", "error"),
+    [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError), ("1", TypeError)],
+)
+def test_retry_wait_refuses_what_is_no_attempt(attempt: Any, error: type[Exception]) -> None:
+    # It returned a wait for an attempt that never ran.
+    message = rf"failed_attempt must be an int >= 1 \(1 for the first attempt\), got {re.escape(repr(attempt))}"
+    with pytest.raises(error, match=message):
+        mp.Retry(on=ValueError).wait(attempt)
+    assert mp.Retry(on=ValueError, wait_initial=0.5, wait_jitter=0.0).wait(2) == 1.0
 
 
 @pytest.mark.timeout(60)

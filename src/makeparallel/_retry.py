@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._predicates import ask
-from ._validation import as_integer, as_seconds, check_finite_seconds, is_real, shown
+from ._validation import (
+    as_integer,
+    as_seconds,
+    check_count,
+    check_finite_seconds,
+    is_real,
+    shown,
+)
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
 __all__ = ["Attempts", "Retry", "RetryOn", "check_retry", "suspend_waits", "waits_enabled"]
@@ -201,7 +208,12 @@ class Retry:
         After a :class:`~makeparallel.CircuitOpenError` the retry waits longer
         where the breaker admits calls later (:meth:`_wait_after`); a subclass
         that overrides this for a backoff of its own keeps that.
+
+        Raises:
+            TypeError: ``failed_attempt`` is not an int (a bool is not).
+            ValueError: ``failed_attempt`` is below 1: no such attempt ran.
         """
+        failed_attempt = check_count(failed_attempt, "failed_attempt", alternatives=" (1 for the first attempt)")
         if not waits_enabled():
             return 0.0
         return self._backoff(failed_attempt)
