@@ -267,6 +267,19 @@ class RebuiltAwayFrom:
         return _rebuilt_away_from, (self.index, self.parent)
 
 
+class JoinsItsParentAwayFrom:
+    """A result whose unpickling first adds it to ``parent`` (a list), then fails in process ``pid``: part-made there."""
+
+    def __init__(self, parent: list[Any], pid: int) -> None:
+        self.parent, self.pid = parent, pid
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["parent"].append(self)
+        if os.getpid() == state["pid"]:
+            raise RuntimeError("it cannot be rebuilt in the parent")
+        self.__dict__.update(state)
+
+
 def unreadable_here_at_the_culprits(item: tuple[int, str, str, tuple[int, ...]]) -> Any:
     """Items in ``culprits`` return a result the parent cannot unpickle; the others return ``(index, "ok")``.
 

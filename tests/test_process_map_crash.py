@@ -48,6 +48,7 @@ from map_crash_tasks import (
     FrozenError,
     FunctionRaisingWhenUnpickled,
     IdentityDyingWhenSent,
+    JoinsItsParentAwayFrom,
     RaisesWhenUnpickled,
     RebuiltAwayFrom,
     RebuiltWithErrorsAwayFrom,
@@ -1107,11 +1108,11 @@ def test_an_item_that_refers_to_an_object_an_unreadable_one_had_begun_to_make_fa
 
 
 def test_what_an_unreadable_item_made_fails_the_items_that_share_it_but_what_is_whole_once_made() -> None:
-    # Only strings, numbers, bytes and what it found by name in a module (its classes)
-    # are whole, whatever the failed item did after: the later items that use those
-    # are read. An object it finished (a tuple, a list, an enum member, a dict) fails
-    # the items that share it, as one it had not finished must: no reading of its
-    # opcodes told the two apart without handing out, silently, some part-made ones.
+    # Strings, numbers, bytes and what is found by name in a module (a class) bind no
+    # items together: the later items that use those are read. An object the failed
+    # item made (a tuple, a list, an enum member, a dict) fails the items that share
+    # it, finished or not: no reading of its opcodes told the two apart without
+    # handing out, silently, some part-made ones.
     from makeparallel._serialization import Unreadable, dumps, loads_each
 
     finished, shared = ("finished", [1, 2]), {"config": [1, 2]}
@@ -1121,6 +1122,24 @@ def test_what_an_unreadable_item_made_fails_the_items_that_share_it_but_what_is_
     assert read is not None
     assert [type(item) is Unreadable for item in read] == [True, True, True, True, False, False, False, True, False]
     assert read[4] == _Holder(2) and read[5] == "a text" and read[6] == 10**30 and read[8] == "end"
+
+
+def test_an_unreadable_item_that_changed_what_an_earlier_item_made_fails_it_too() -> None:
+    # Its unpickling ran code (a __setstate__) that put the item, part-made, into a list
+    # an earlier item had made, then raised: read one by one, the earlier item, and each
+    # that shares with it, came back holding an object whose state was never set. Items
+    # that share objects are read, and fail, together; the others apart from them.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    children: list[Any] = []
+    elsewhere: list[Any] = ["apart"]
+    joins = JoinsItsParentAwayFrom(children, os.getpid())
+    results = [children, (elsewhere, "a text"), ("a text", joins), {"kids": children}, elsewhere]
+    read = loads_each(*dumps(results))
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [True, False, True, True, False]
+    assert read[1] == (["apart"], "a text") and read[4] is read[1][0]  # shared, as the whole list had it
+    assert str(read[0].error) == "it cannot be rebuilt in the parent"
 
 
 @pytest.mark.parametrize("how", ["alone", "cause and context", "group"])

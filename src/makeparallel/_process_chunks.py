@@ -523,9 +523,9 @@ def after_unreadable(
     A result of a class this process cannot import (one from a folder only
     the worker put on ``sys.path``, say) travels with the chunk's others, in
     one pickle that cannot be read back whole: the backend keeps it as it came
-    (``_results_as_sent``), and each result is read from it alone
-    (``_serialization.loads_each``). Only the items whose results cannot be
-    fail, as ``on_error`` says (with ``keep_going`` false, the first of them
+    (``_results_as_sent``), and the results are read from it apart, those
+    that share an object together (``_serialization.loads_each``). Only the
+    items whose results cannot be read so fail, as ``on_error`` says (with ``keep_going`` false, the first of them
     raises, the results before it kept for chunk ``task``'s map to hand out
     first), and the map goes on. None runs again. Where they cannot be read
     one by one (no list, a count that differs), every item of the chunk that

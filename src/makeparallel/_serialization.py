@@ -445,27 +445,29 @@ class Unreadable:
         self.error = error
 
 
-_ATOMS = _SCALARS | {bytes}  # whole once made: never part-made, holding nothing
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+# What pushes a string, bytes or a number, whole once made and holding nothing (as pickletools names it).
+_ATOMS_PUSHED = [[name] for name in ("int", "bool", "int_or_bool", "float", "bytes", "bytes_or_str", "str", "None")]
 
 
 def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
-    """The items of the list pickled as ``data``, each unpickled alone: an :class:`Unreadable` in place of each that cannot be.
+    """The items of the list pickled as ``data``, read apart: an :class:`Unreadable` in place of each that cannot be.
 
     For a map chunk's results that cannot all be unpickled here (one of a
     class only the worker imports, or rebuilt by a function that raises
     here): the others are not lost with it. The list's opcodes are read with
-    ``pickletools``, the stack followed as in :func:`list_length`, and the
-    opcodes that built each item are unpickled on their own, in order, the
-    memo shared (pickle's pure-Python unpickler, whose memo is a plain
-    dictionary): an object an earlier item memoized, its class say, is the
-    same object for a later one. An item that refers to anything a failed
-    item made fails with that item's error, but for what is whole once made
-    (a string, a number, bytes, what it found by name in a module): never
-    handed out part-made, a list the failed item was filling, an object whose
-    state it was setting. Slow (the pure-Python unpickler), and read only
-    where the list could not be unpickled whole.
+    ``pickletools``, the stack followed as in :func:`list_length`, and cut
+    into the opcodes of each item. Items that share an object (one refers to
+    what another made) are read together, as one list, each group apart from
+    the others, by the unpickler that reads a whole chunk; a string, bytes, a
+    number or what is found by name in a module (a class, a function) that
+    they share binds no two of them: each group has its own. A group that
+    cannot be read fails as one: its items share objects, which what failed
+    may have left part-made (a list it was filling, an object whose state it
+    was setting, even one an earlier item made, changed by a ``__setstate__``
+    that then raised), and no reading of the opcodes tells the part-made from
+    the whole. A group read is read as the whole list would have been.
 
     Returns:
         The items, or ``None`` where ``data`` is not a pickled list (or is not
@@ -477,39 +479,50 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         return None
     if spans is None:
         return None
-    import pickle
-
-    class Unpickler(pickle._Unpickler):  # the pure-Python one
-        def find_class(self, module: str, name: str) -> Any:
-            found = super().find_class(module, name)
-            imported[id(found)] = found  # a module's own: whole, whatever an item that failed made of it
-            return found
-
-    imported: dict[int, Any] = {}  # by id (kept: no id is another's meanwhile)
-    memo: dict[int, Any] = {}
-    lost: dict[int, BaseException] = {}  # memo entries a failed item made, or did not: its error
-    used = 0  # buffers taken by the items so far
-    items: list[Any] = []
-    for body, puts, gets, buffer_count in spans:
-        item_buffers = buffers[used : used + buffer_count]
-        used += buffer_count
-        error = next((lost[index] for index in gets if index in lost), None)
-        if error is None:
-            unpickler = Unpickler(io.BytesIO(body), buffers=item_buffers)
-            unpickler.memo = memo  # type: ignore[attr-defined]  # shared: what earlier items memoized, later ones refer to
-            try:
-                items.append(unpickler.load())
-                continue
-            except KeyboardInterrupt:  # Ctrl-C, as the map read: not the item's
-                raise
-            except BaseException as raised:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the item's
-                error = raised
-                _let_go_of_the_chunk(raised)
-        items.append(Unreadable(error))
-        for index in puts:  # all it made (none, where it did not run), but what is whole once made
-            if index not in memo or (type(memo[index]) not in _ATOMS and id(memo[index]) not in imported):
-                lost[index] = error
+    groups: dict[int, list[int]] = {}
+    for number, group in enumerate(_sharing(spans)):
+        groups.setdefault(group, []).append(number)
+    taken = [0]  # the buffers of the items before each
+    for *_, count in spans:
+        taken.append(taken[-1] + count)
+    items: list[Any] = [None] * len(spans)
+    for numbers in groups.values():
+        numbering: dict[int, int] = {}
+        body = b"".join(_written(spans[number][0], numbering) for number in numbers)
+        group_buffers = [buffer for number in numbers for buffer in buffers[taken[number] : taken[number + 1]]]
+        try:
+            read = loads(b"\x80\x05](" + body + b"e.", group_buffers)  # PROTO 5, EMPTY_LIST, MARK ... APPENDS, STOP
+        except KeyboardInterrupt:  # Ctrl-C, as the map read: not the items'
+            raise
+        except BaseException as error:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the items'
+            _let_go_of_the_chunk(error)
+            read = [Unreadable(error)] * len(numbers)
+        for number, item in zip(numbers, read):
+            items[number] = item
     return items
+
+
+def _sharing(spans: list[tuple[list[Any], list[int], list[int], int]]) -> list[int]:
+    """For each item of ``spans``, the first item of its group: those it shares an object with, and theirs."""
+    first = list(range(len(spans)))
+
+    def root(number: int) -> int:
+        while first[number] != number:
+            first[number] = first[first[number]]
+            number = first[number]
+        return number
+
+    made_by: dict[int, int] = {}  # memo entry: the item that made it
+    for number, (_, puts, _, _) in enumerate(spans):
+        for index in puts:
+            made_by[index] = number
+    for number, (_, _, gets, _) in enumerate(spans):
+        for index in gets:
+            other = made_by.get(index)
+            if other is not None:
+                low, high = sorted((root(number), root(other)))
+                first[high] = low
+    return [root(number) for number in range(len(spans))]
 
 
 def _let_go_of_the_chunk(error: BaseException) -> None:
@@ -517,7 +530,7 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
 
     The error is kept (the cause of what the map raises), and a traceback
     holds each frame of the stack it came through, with their locals: the
-    reader's, with the shared memo (every result of the chunk), and their
+    reader's, with the chunk's pickle and what was read of it, and their
     callers' (a chunk of 1 kB strings kept 245 MB alive). As with the errors
     of a worker (``concurrent.futures`` keeps theirs as text likewise).
     Every error chained to it loses its traceback: its cause and its context
@@ -555,8 +568,8 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
                 object.__setattr__(error, "__notes__", [*notes, note])
 
 
-def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | None:
-    """For each item of the list pickled as ``data``: a pickle of it alone, its memo puts and gets, and its buffers.
+def _item_spans(data: bytes) -> list[tuple[list[Any], list[int], list[int], int]] | None:
+    """For each item of the list pickled as ``data``: its opcodes, its memo's puts and its gets of others', and its buffers (:func:`_item_pickles`).
 
     ``None`` where ``data`` is no list appended to item by item.
 
@@ -597,46 +610,105 @@ def _item_spans(data: bytes) -> list[tuple[bytes, list[int], list[int], int]] | 
 
 def _item_pickles(
     data: bytes, operations: list[Any], spans: list[tuple[int, int]]
-) -> list[tuple[bytes, list[int], list[int], int]]:
-    """The pickle of each item of ``data`` whose opcodes are at ``spans``, its memo puts and gets, and its buffers.
+) -> list[tuple[list[Any], list[int], list[int], int]]:
+    """The opcodes of each item of ``data`` at ``spans``, the memo entries it uses that other items make, and its buffers.
 
-    Its opcodes between ``PROTO 5`` and ``STOP``, frames left out, and each
-    ``MEMOIZE`` written as a put at its index in the whole pickle, so that the
-    item reads and writes the memo as the whole would.
+    Its opcodes as they are (bytes), frames left out, and its memo's puts and
+    gets (``MEMOIZE`` too) as ``(_PUT, index)`` and ``(_GET, index)``, at
+    their indices in the whole pickle, so that items read together use the
+    memo as the whole would (:func:`_written`). Where it refers to a string, bytes, a number
+    or what was found by name in a module (``GLOBAL``, ``STACK_GLOBAL`` of
+    strings), the opcodes that made it are written in its place: the item
+    needs no other for it. Its other references (``gets``) are to objects:
+    those it shares with the item that made them.
     """
-    pickles: list[tuple[bytes, list[int], list[int], int]] = []
+    import pickletools
+
+    pickles: list[tuple[list[Any], list[int], list[int], int]] = []
     memoized = 0  # the entries MEMOIZE made so far: the index of the next one
+    made: dict[int, bytes] = {}  # memo entry: the opcodes that push it again, where it needs no other object
+    stack: list[bytes | None] = []  # the same for each object on the stack; None: it does
+    marks: list[list[bytes | None]] = []
     ends = [*(at or 0 for _, _, at in operations[1:]), len(data)]
     span = iter(spans)
     begins, ends_at = next(span, (len(data), len(data)))
-    body: list[bytes] = []
+    body: list[Any] = []
     puts: list[int] = []
     gets: list[int] = []
     buffer_count = 0
     for (opcode, argument, position), end in zip(operations, ends):
         if position >= ends_at:  # the item read is whole
-            pickles.append((b"\x80\x05" + b"".join(body) + b".", puts, gets, buffer_count))
+            pickles.append((body, puts, gets, buffer_count))
             body, puts, gets, buffer_count = [], [], [], 0
             begins, ends_at = next(span, (len(data), len(data)))
-        name = opcode.name
+        name, raw = opcode.name, data[position:end]
         index = None
         if name == "MEMOIZE":
             index = memoized
             memoized += 1
         elif name in _MEMO_PUTS:
             index = argument
+        if index is not None:
+            made[index] = stack[-1]  # type: ignore[assignment]  # (None where it needs another object)
+            if made[index] is None:
+                del made[index]
+        elif name in _MEMO_GETS:
+            stack.append(made.get(argument))
+        elif name == "FRAME":
+            pass
+        elif name == "MARK":
+            marks.append(stack)
+            stack = []
+        elif name == "GLOBAL" or (not opcode.stack_before and [made_as.name for made_as in opcode.stack_after] in _ATOMS_PUSHED):
+            stack.append(raw)
+        elif name == "STACK_GLOBAL":
+            module, qualname = stack[-2:]
+            del stack[-2:]
+            stack.append(module + qualname + raw if module is not None and qualname is not None else None)
+        else:
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                stack = marks.pop()
+                before = before[: before.index(pickletools.markobject)]
+            if before:
+                del stack[-len(before) :]
+            stack.extend([None] * len(opcode.stack_after))
         if position < begins:
             continue  # the list's own opcodes (itself, its marks, its appends)
         if index is not None:
             puts.append(index)
-            body.append(b"r" + struct.pack("<I", index))  # LONG_BINPUT, at the whole pickle's index
+            body.append((_PUT, index))
+        elif name in _MEMO_GETS and argument in made:
+            body.append(made[argument])  # made again: no other item's
+        elif name in _MEMO_GETS:
+            gets.append(argument)
+            body.append((_GET, argument))
         elif name != "FRAME":  # (a length to read ahead, of the whole pickle's frames)
-            if name in _MEMO_GETS:
-                gets.append(argument)
-            elif name == "NEXT_BUFFER":
+            if name == "NEXT_BUFFER":
                 buffer_count += 1
-            body.append(data[position:end])
+            body.append(raw)
     return pickles
+
+
+_PUT, _GET = b"r", b"j"  # LONG_BINPUT, LONG_BINGET
+
+
+def _written(parts: list[Any], numbers: dict[int, int]) -> bytes:
+    """The opcodes of an item (:func:`_item_pickles`), its memo entries numbered by ``numbers``, in which new ones go last.
+
+    Numbered afresh for each group read: at their indices in the whole
+    pickle, the unpickler's memo for a group of the ten-thousandth item was
+    as long as that (it grows to the largest index), and reading 100,000
+    results apart took six seconds.
+    """
+    written = []
+    for part in parts:
+        if type(part) is bytes:
+            written.append(part)
+        else:
+            code, index = part
+            written.append(code + struct.pack("<I", numbers.setdefault(index, len(numbers))))
+    return b"".join(written)
 
 
 def _reduce(obj: Any) -> Any:
