@@ -1142,6 +1142,18 @@ def test_an_unreadable_item_that_changed_what_an_earlier_item_made_fails_it_too(
     assert str(read[0].error) == "it cannot be rebuilt in the parent"
 
 
+def test_a_group_read_as_more_items_than_it_has_is_taken_for_no_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Were an item cut wrong (its opcodes pushing two objects), zipping a group's items
+    # with what was read would hand one item's result to another: the chunk is not read
+    # one by one then (None), and its items fail together, as they came.
+    from makeparallel import _serialization
+    from makeparallel._serialization import dumps, loads_each
+
+    written = _serialization._written
+    monkeypatch.setattr(_serialization, "_written", lambda parts, numbers: written(parts, numbers) + b"N")
+    assert loads_each(*dumps([(1, "a"), RebuiltAwayFrom(0, os.getpid()), (2, "b")])) is None
+
+
 @pytest.mark.parametrize("how", ["alone", "cause and context", "group"])
 def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive(how: str) -> None:
     # Kept as the cause of what the map raises, its traceback held the frames that read

@@ -497,6 +497,8 @@ def loads_each(data: bytes, buffers: list[Any]) -> list[Any] | None:
         except BaseException as error:  # noqa: BLE001  # unpickling runs the user's code: a SystemExit is the items'
             _let_go_of_the_chunk(error)
             read = [Unreadable(error)] * len(numbers)
+        if type(read) is not list or len(read) != len(numbers):
+            return None  # not cut as this function expects: nothing of it is taken for an item's
         for number, item in zip(numbers, read):
             items[number] = item
     return items
