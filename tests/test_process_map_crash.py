@@ -1154,6 +1154,63 @@ def test_a_group_read_as_more_items_than_it_has_is_taken_for_no_items(monkeypatc
     assert loads_each(*dumps([(1, "a"), RebuiltAwayFrom(0, os.getpid()), (2, "b")])) is None
 
 
+class _RebuiltFrom:
+    """An object of this test module's, rebuilt by a call with what it holds (``REDUCE``, not ``NEWOBJ``)."""
+
+    def __init__(self, held: Any) -> None:
+        self.held = held
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return _RebuiltFrom, (self.held,)
+
+
+@pytest.mark.parametrize("how", ["tuple", "long tuple", "rebuilt"])
+def test_an_item_the_pickler_made_then_threw_away_keeps_its_opcodes_and_the_next_its_own_buffer(how: str) -> None:
+    # An object met again while what it holds is pickled (a tuple holding a list that
+    # holds it; one rebuilt by a call whose argument leads back to it) is made, thrown
+    # away (POP, POP_MARK) and fetched from the memo: its first opcodes leave nothing on
+    # the stack. They were taken for the list's own: the item failed ("Memo value not
+    # found"), and a buffer sent out of band among them counted for no item, so the next
+    # item was handed that buffer, silently, in place of its own.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    first, second = b"1" * 70_000, b"2" * 70_000  # out of band, each
+    inner: list[Any] = []
+    if how == "rebuilt":
+        item: Any = _RebuiltFrom(None)
+        item.held = _Holder((item, first))
+    else:
+        item = (inner, first) if how == "tuple" else (inner, 1, 2, 3, first)
+        inner.append(item)
+    data, buffers = dumps([item, second, RebuiltAwayFrom(0, os.getpid())])
+    assert len(buffers) == 2
+    read = loads_each(data, buffers)
+    assert read is not None
+    assert read[1] == second  # its own
+    assert [type(each) is Unreadable for each in read] == [False, False, True]
+    if how == "rebuilt":
+        assert read[0].held.held[0] is read[0] and read[0].held.held[1] == first
+    else:
+        assert read[0][0][0] is read[0] and read[0][-1] == first
+
+
+def test_a_function_whose_state_is_set_after_it_is_made_keeps_that_call_in_its_item() -> None:
+    # A function sent by value is made, then its state set by a call whose result is
+    # thrown away (cloudpickle's ``_function_setstate``: REDUCE, POP): that call is the
+    # function's item's, not the next item's, which must not fail with it.
+    from makeparallel._serialization import Unreadable, dumps, loads_each
+
+    scale = 10
+
+    def scaled(x: int) -> int:
+        return x * scale
+
+    read = loads_each(*dumps([scaled, RebuiltAwayFrom(1, os.getpid()), "after", scaled]))
+    assert read is not None
+    assert [type(item) is Unreadable for item in read] == [False, True, False, False]
+    assert read[0](2) == 20 and read[2] == "after" and read[3] is read[0]
+
+
 @pytest.mark.parametrize("how", ["alone", "cause and context", "group"])
 def test_the_error_of_an_unreadable_item_keeps_none_of_the_chunks_results_alive(how: str) -> None:
     # Kept as the cause of what the map raises, its traceback held the frames that read

@@ -584,15 +584,32 @@ def _item_spans(data: bytes) -> list[tuple[list[Any], list[int], list[int], int]
     starts: list[int] = []  # the position where what each object on the stack took shape began; marks left out
     marks: list[tuple[int, int]] = []  # the depth at each mark, and its position
     spans: list[tuple[int, int]] = []  # where each item of the list begins and ends
+    # The first item of a batch of appends begins after the list's own opcodes (its mark; or the
+    # list, its memo entry, the appends before), not where the first object left on the stack
+    # began: the pickler makes an object met again while what it holds is pickled (a tuple
+    # holding a list that holds it), throws it away (POP, POP_MARK) and fetches it from the
+    # memo. Those opcodes were left out of the item, and a buffer among them counted for none.
+    own_end = 0  # where the list's own opcodes before the item being read end
+    ends_here = False  # the last opcode was the list's own: the next one begins after them
+    list_made = False  # the last opcode made the list: the next, a memo put, is the list's own too
     for opcode, _, at in operations:
         position = at or 0  # (known for bytes)
         name, before, after = opcode.name, opcode.stack_before, opcode.stack_after
         depth = len(starts)
+        if ends_here:
+            own_end, ends_here = position, False
         if depth == 0 and after and name != "EMPTY_LIST" and after != [pickletools.markobject]:
             return None  # the first object is no list
-        if (name == "APPENDS" and marks and marks[-1][0] == 1) or (name == "APPEND" and depth == 2):
-            ends = [*starts[2:], position]  # items appended to the list, at the bottom: each ends where the next begins
-            spans.extend(zip(starts[1:], ends))
+        if name == "APPENDS" and marks and marks[-1][0] == 1:
+            first = marks[-1][1] + 1  # after the mark (one byte)
+            spans.extend(zip([first, *starts[2:]], [*starts[2:], position]))  # each ends where the next begins
+            ends_here = True
+        elif name == "APPEND" and depth == 2:
+            spans.append((own_end, position))
+            ends_here = True
+        elif (depth == 0 and name == "EMPTY_LIST") or (list_made and (name in _MEMO_PUTS or name == "MEMOIZE")):
+            ends_here = True
+        list_made = depth == 0 and name == "EMPTY_LIST"
         if pickletools.markobject in before:  # pops through the last mark
             mark_depth, mark_position = marks.pop()
             below = mark_depth - before.index(pickletools.markobject)
