@@ -2634,6 +2634,43 @@ def test_retry_wait_refuses_what_is_no_attempt(attempt: Any, error: type[Excepti
     assert mp.Retry(on=ValueError, wait_initial=0.5, wait_jitter=0.0).wait(2) == 1.0
 
 
+class _WaitFails(mp.Retry):
+    """A retry policy whose own wait() raises, or returns no number of seconds (``how``)."""
+
+    how = "raises"
+
+    def wait(self, failed_attempt: int) -> float:
+        if self.how == "raises":
+            raise LookupError("no backoff table here")
+        return None  # type: ignore[return-value]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["raises", "returns None"])
+@pytest.mark.parametrize("way", ["thread", "sync", "caller"])
+def test_a_subclass_whose_wait_fails_ends_the_task_with_its_error_and_a_note(way: str, how: str) -> None:
+    # It ran as the attempt ended, on the pool's thread, under the task's lock: it killed
+    # that thread, and the task never ended (get() timed out; exit waited 30 s for it);
+    # in the caller's loop, its error replaced the task's. Now the task is not retried:
+    # it fails with its own error, a note saying why.
+    policy = _WaitFails(on=ValueError, attempts=3)
+    object.__setattr__(policy, "how", how)
+    calls: list[int] = []
+
+    def fails() -> str:
+        calls.append(1)
+        raise ValueError("the task's own")
+
+    with pytest.raises(ValueError, match="the task's own") as raised:
+        if way == "caller":
+            _retrying._apply(policy, fails)()
+        else:
+            mp.parallel(backend=way, retry=policy)(fails)().get(timeout=10)
+    problem = "raised LookupError: no backoff table here" if how == "raises" else "returned None, not a number"
+    assert any(f"not retried: the retry policy's wait(1) {problem}" in note for note in raised.value.__notes__)
+    assert len(calls) == 1
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("way", ["thread", "sync", "caller"])
 def test_a_subclass_whose_wait_takes_only_the_attempt_still_retries_and_waits_for_the_breaker(way: str) -> None:

@@ -1046,7 +1046,7 @@ class AsyncHandle(Generic[T_co]):
             return False
         left = None if retry.timeout is None else retry.timeout - (now - record.first_started)
         wait = retry._wait_after(attempt, error, left)
-        if record.out_of_time(retry.timeout, now, wait):
+        if wait is None or record.out_of_time(retry.timeout, now, wait):
             return False
         record.wait = wait
         record.due = now + wait

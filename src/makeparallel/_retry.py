@@ -218,7 +218,7 @@ class Retry:
             return 0.0
         return self._backoff(failed_attempt)
 
-    def _wait_after(self, failed_attempt: int, error: BaseException, left: float | None) -> float:
+    def _wait_after(self, failed_attempt: int, error: BaseException, left: float | None) -> float | None:
         """Seconds to wait after attempt number ``failed_attempt`` failed with ``error``, ``left`` seconds of the timeout to go.
 
         :meth:`wait`; after a :class:`~makeparallel.CircuitOpenError` whose
@@ -227,10 +227,12 @@ class Retry:
         sooner would be refused too, at once, and the retries were spent in
         milliseconds while the breaker stayed open. Where ``retry_at`` comes
         before ``left`` (``None``: no timeout) runs out, at most ``left``.
-        What the engine and the retrying decorators wait.
+        What the engine and the retrying decorators wait. ``None`` where a
+        subclass's ``wait()`` raised, or gave no number of seconds
+        (:meth:`_asked_wait`): the task is not retried.
         """
-        backoff = self.wait(failed_attempt)
-        if not waits_enabled() or not isinstance(error, CircuitOpenError):
+        backoff = self._asked_wait(failed_attempt, error)
+        if backoff is None or not waits_enabled() or not isinstance(error, CircuitOpenError):
             return backoff
         retry_at = error.retry_at  # time.time(); None when forced open (only reset() closes it)
         if retry_at is None or not is_real(retry_at):  # one the task's own code made may hold anything
@@ -248,6 +250,31 @@ class Retry:
         if left is not None and remaining <= left:
             room = min(room, max(0.0, left - remaining - 1e-6))
         return remaining + (random.uniform(0.0, room) if room else 0.0)
+
+    def _asked_wait(self, failed_attempt: int, error: BaseException) -> float | None:
+        """:meth:`wait`, or ``None`` where it raised or gave no number of seconds, with a note on ``error``.
+
+        A subclass's ``wait()`` runs as a task's attempt ends, on a pool's
+        thread, under the task's lock: one that raised there (or returned
+        ``None``, which the sum for its due time raised on) killed that
+        thread, and the task never ended. As an ``on=`` predicate that raises
+        (``_predicates``), it fails the task instead, with its own error and a
+        note saying why it was not retried.
+        """
+        try:
+            seconds = self.wait(failed_attempt)
+        except BaseException as raised:  # the user's code, on a thread of the pool's that must go on
+            if isinstance(raised, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise
+            problem = f"raised {type(raised).__name__}: {raised}"
+        else:
+            if is_real(seconds) and seconds >= 0:  # (NaN is not)
+                return float(seconds)
+            problem = f"returned {seconds!r}, not a number of seconds >= 0"
+        from ._handle import _add_note  # only once a wait failed: nothing loads before
+
+        _add_note(error, f"makeparallel: not retried: the retry policy's wait({failed_attempt}) {problem}")
+        return None
 
     def _backoff(self, failed_attempt: int) -> float:
         exponent = min(failed_attempt - 1, 1024)  # a float overflow would not wait any longer

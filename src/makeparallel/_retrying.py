@@ -189,12 +189,13 @@ def _wait_after(policy: Retry, record: Attempts, error: BaseException) -> float 
     attempt = len(record.failures) + 1
     record.failures.append((attempt, type(error).__name__, now - record.first_started))
     left = None if policy.timeout is None else policy.timeout - (now - record.first_started)
-    wait = policy._wait_after(attempt, error, left)
-    if attempt >= policy.attempts or not policy.retries(error) or record.out_of_time(policy.timeout, now, wait):
-        if attempt > 1 or record.stopped is not None:  # one attempt, and no other as its wait passes the timeout
-            _add_note(error, record.describe())
-        return None
-    return wait
+    if attempt < policy.attempts and policy.retries(error):
+        wait = policy._wait_after(attempt, error, left)  # (None where a subclass's wait() failed: a note says so)
+        if wait is not None and not record.out_of_time(policy.timeout, now, wait):
+            return wait
+    if attempt > 1 or record.stopped is not None:  # one attempt, and no other as its wait passes the timeout
+        _add_note(error, record.describe())
+    return None
 
 
 def _apply(policy: Retry, fn: Any) -> Any:
