@@ -30,7 +30,14 @@ from typing import Any
 
 from . import _circuit
 from ._circuit import CircuitState, labelled_breakers
-from ._runtime import global_limiter, held_below, is_shut_down, pool_infos, pool_locks
+from ._runtime import (
+    global_limiter,
+    held_below,
+    is_shut_down,
+    memory_guard_locks,
+    pool_infos,
+    pool_locks,
+)
 from ._validation import check_count, is_real
 
 __all__ = ["health"]
@@ -141,12 +148,9 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
 
 def _locks_health_takes() -> list[Any]:
     """The locks :func:`health` takes: the pools', the open breakers', the memory guard's."""
-    guard = sys.modules.get("makeparallel._memory_guard")
-    current = None if guard is None else guard.current_guard()
     # Listed without the registry's lock, which is among those read (a breaker made as the signal came).
     breakers = [breaker._lock for breaker in list(_circuit._breakers) if breaker.state is CircuitState.OPEN]
-    locks = [*pool_locks(), _circuit._breakers_lock, *breakers]
-    return locks if current is None else [*locks, current._lock]
+    return [*pool_locks(), _circuit._breakers_lock, *breakers, *memory_guard_locks()]
 
 
 def _unread_report() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import (
     DEADLINE_HEAP,
     get_active_task_count,
+    memory_guard_locks,
     pool_infos,
     pool_locks,
     queued_by_name,
@@ -395,7 +396,7 @@ def metrics_snapshot() -> dict[str, Any]:
             as a task was submitted; a breaker's, as a call went through it):
             raised within 0.25 s, where the read waited for good.
     """
-    _refuse_in_a_handler("metrics_snapshot()", all_records(), _reset_lock, *_breaker_locks(), *_guard_locks())
+    _refuse_in_a_handler("metrics_snapshot()", all_records(), _reset_lock, *_breaker_locks(), *memory_guard_locks())
     queued = queued_by_name()
     functions: dict[str, Any] = {}
     with _reset_lock:  # never half a reset: the counts and "resets" agree
@@ -430,12 +431,6 @@ def _breaker_locks() -> list[Any]:
     """The locks :func:`_breakers` takes, listed without taking any."""
     circuit = sys.modules.get("makeparallel._circuit")
     return [] if circuit is None else [circuit._breakers_lock, *(breaker._lock for breaker in list(circuit._breakers))]
-
-
-def _guard_locks() -> list[Any]:
-    guard = sys.modules.get("makeparallel._memory_guard")
-    current = None if guard is None else guard.current_guard()
-    return [] if current is None else [current._lock]
 
 
 def _memory_limit_fields() -> dict[str, Any] | None:

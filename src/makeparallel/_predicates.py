@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ask"]
+__all__ = ["ask", "note_what_it_raised"]
 
 
 def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: bool, meaning: str) -> bool:
@@ -30,19 +30,24 @@ def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: b
     except BaseException as raised:  # the user's code, on a thread of the pool's that must go on
         if isinstance(raised, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
             raise
-        # Only once a predicate failed: nothing loads before.
-        from ._handle import _add_note
-
-        where = ""
-        traceback = raised.__traceback__
-        while traceback is not None and traceback.tb_next is not None:
-            traceback = traceback.tb_next
-        if traceback is not None:
-            code = traceback.tb_frame.f_code
-            where = f" (in {code.co_name}, {code.co_filename}:{traceback.tb_lineno})"
-        try:
-            text = str(raised)
-        except BaseException:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
-            text = "(its message cannot be shown)"
-        _add_note(error, f"makeparallel: {meaning}: {owner}'s on= predicate raised {type(raised).__name__}: {text}{where}")
+        note_what_it_raised(error, f"makeparallel: {meaning}: {owner}'s on= predicate", raised)
         return otherwise
+
+
+def note_what_it_raised(error: BaseException, what: str, raised: BaseException) -> None:
+    """Note on ``error`` that ``what`` (the user's code, asked about it) raised ``raised``, and where."""
+    # Only once the user's code failed: nothing loads before.
+    from ._handle import _add_note
+
+    where = ""
+    traceback = raised.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is not None:
+        code = traceback.tb_frame.f_code
+        where = f" (in {code.co_name}, {code.co_filename}:{traceback.tb_lineno})"
+    try:
+        text = str(raised)
+    except BaseException:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
+        text = "(its message cannot be shown)"
+    _add_note(error, f"{what} raised {type(raised).__name__}: {text}{where}")

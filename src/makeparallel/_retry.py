@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ._predicates import ask
+from ._predicates import ask, note_what_it_raised
 from ._validation import (
     as_integer,
     as_seconds,
@@ -261,19 +261,19 @@ class Retry:
         (``_predicates``), it fails the task instead, with its own error and a
         note saying why it was not retried.
         """
+        what = f"makeparallel: not retried: the retry policy's wait({failed_attempt})"
         try:
             seconds = self.wait(failed_attempt)
         except BaseException as raised:  # the user's code, on a thread of the pool's that must go on
             if isinstance(raised, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
                 raise
-            problem = f"raised {type(raised).__name__}: {raised}"
-        else:
-            if is_real(seconds) and seconds >= 0:  # (NaN is not)
-                return float(seconds)
-            problem = f"returned {seconds!r}, not a number of seconds >= 0"
+            note_what_it_raised(error, what, raised)
+            return None
+        if is_real(seconds) and seconds >= 0:  # (NaN is not)
+            return float(seconds)
         from ._handle import _add_note  # only once a wait failed: nothing loads before
 
-        _add_note(error, f"makeparallel: not retried: the retry policy's wait({failed_attempt}) {problem}")
+        _add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
         return None
 
     def _backoff(self, failed_attempt: int) -> float:

@@ -1064,6 +1064,13 @@ def pool_locks() -> list[Any]:
     return [backend._lock for backend in every_backend()]
 
 
+def memory_guard_locks() -> list[Any]:
+    """The memory limit's lock, where one is configured: what reading its figures takes."""
+    guard = sys.modules.get("makeparallel._memory_guard")  # loaded only once a limit was configured
+    current = None if guard is None else guard.current_guard()
+    return [] if current is None else [current._lock]
+
+
 def refuse_under_a_held_lock(call: str, locks: Callable[[], Iterable[Any]], instead: str) -> None:
     """Raise ``RuntimeError`` where ``call`` would wait for good for one of ``locks()``, held by the code a signal handler interrupted.
 
