@@ -2001,25 +2001,30 @@ def test_ctrl_c_interrupts_a_waiting_get() -> None:
     assert elapsed < 10, f"exit took {elapsed:.1f} s after Ctrl-C"
 
 
+# The lock named on the command line, held by a pool of that backend or by the library,
+# after a first task there (a limit set): ``locks`` names each.
+HELD_LOCKS = """
+held = sys.argv[1]
+backend = "process" if held == "process pool" else "thread"
+mp.set_max_concurrent_tasks(4)
+task = mp.parallel(backend=backend)(abs)
+assert task(-1).get() == 1
+locks = {
+    "thread pool": lambda: _runtime.get_backend("thread")._lock,
+    "process pool": lambda: _runtime.get_backend("process")._lock,
+    "runtime": lambda: _runtime._lock,
+    "deadline heap": lambda: _deadlines._condition,
+    "limit": lambda: _runtime.global_limiter._lock,
+}
+"""
 # A signal handler that shuts down runs on the main thread between two of its bytecodes:
 # here, inside the with block, as the code it interrupted holds the lock.
 SHUTDOWN_IN_A_HANDLER = """
 import signal, sys, threading
 import makeparallel as mp
 from makeparallel import _deadlines, _runtime
-
-held = sys.argv[1]
-backend = "process" if held == "process pool" else "thread"
-mp.set_max_concurrent_tasks(4)
-task = mp.parallel(backend=backend)(abs)
-assert task(-1).get() == 1
-lock = {
-    "thread pool": lambda: _runtime.get_backend("thread")._lock,
-    "process pool": lambda: _runtime.get_backend("process")._lock,
-    "runtime": lambda: _runtime._lock,
-    "deadline heap": lambda: _deadlines._condition,
-    "limit": lambda: _runtime.global_limiter._lock,
-}[held]()
+""" + HELD_LOCKS + """
+lock = locks[held]()
 returned = []
 signal.signal(signal.SIGTERM, lambda *_: returned.append(mp.shutdown(timeout_secs=5)))
 with lock:
@@ -2098,24 +2103,14 @@ from makeparallel import _deadlines, _runtime
 from makeparallel.flask import MakeParallel
 
 faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
-held = sys.argv[1]
-backend = "process" if held == "process pool" else "thread"
-mp.set_max_concurrent_tasks(4)
-task = mp.parallel(backend=backend)(abs)
-assert task(-1).get() == 1
+""" + HELD_LOCKS + """
 breaker = mp.CircuitBreaker("dependency", min_calls=1, window=1)
 breaker.force_open()
 measured = mp.profiled(name="measured")(abs)
 measured(-1)
-lock = {
-    "thread pool": lambda: _runtime.get_backend("thread")._lock,
-    "process pool": lambda: _runtime.get_backend("process")._lock,
-    "runtime": lambda: _runtime._lock,
-    "deadline heap": lambda: _deadlines._condition,
-    "limit": lambda: _runtime.global_limiter._lock,
-    "open breaker": lambda: breaker._lock,
-    "profiled record": lambda: mp._metrics.metrics_for("measured")._lock,
-}[held]()
+locks["open breaker"] = lambda: breaker._lock
+locks["profiled record"] = lambda: mp._metrics.metrics_for("measured")._lock
+lock = locks[held]()
 
 
 def outcome(call):
