@@ -959,6 +959,37 @@ def most_child_processes() -> Iterator[Callable[[], int]]:
         sampler.join()
 
 
+@contextlib.contextmanager
+def recycled_and_stuck_on_turns(
+    turns: tuple[int, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A pool of one worker, replaced after each task, whose initializer hangs on ``turns`` (:func:`hang_on_turns`).
+
+    A worker starting for nothing is killed after 0.2 s. Yields the file of the
+    hung workers' pids and what prestarts the pool with that initializer;
+    kills those still there, and makes the pool afresh, at the end.
+    """
+    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
+    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fresh_process_pool(1)
+    mp.configure_process_pool(max_tasks_per_child=1)
+
+    def start() -> None:
+        mp.configure_process_pool(
+            initializer=hang_on_turns, initargs=(turns, str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
+        )
+
+    try:
+        yield hung, start
+    finally:
+        for pid in hung_pids(hung):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
+        fresh_process_pool(1)  # not prestarted any more
+
+
 @pytest.mark.timeout(90)
 def test_two_recycled_workers_stuck_in_their_initializers_do_not_stall_the_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -969,16 +1000,9 @@ def test_two_recycled_workers_stuck_in_their_initializers_do_not_stall_the_pool(
     # recycled as it started (stuck too) was given no replacement: its tasks waited for
     # good. Left out of that count at once instead, the pool ran more processes than it
     # may. Starting for longer than a bound (60 s, 0.2 s here), it is killed.
-    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
-    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    fresh_process_pool(1)
-    mp.configure_process_pool(max_tasks_per_child=1)
-    try:
+    with recycled_and_stuck_on_turns((0, 2), tmp_path, monkeypatch) as (hung, start):
         with caplog.at_level(logging.WARNING, logger="makeparallel"), most_child_processes() as most:
-            mp.configure_process_pool(
-                initializer=hang_on_turns, initargs=((0, 2), str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
-            )
+            start()
             assert wait_until(lambda: len(hung_pids(hung)) == 1, 30)  # the first worker hangs before any task
             first = on_process(os.getpid)()  # held for it, its last: run by its replacement (the second)
             assert first.get(timeout=30) not in hung_pids(hung)
@@ -990,12 +1014,6 @@ def test_two_recycled_workers_stuck_in_their_initializers_do_not_stall_the_pool(
         # One worker, one recycled one beside its replacement, and the template that forks them.
         assert most() <= 1 + 1 + 1, f"{most()} processes at once for num_workers=1"
         assert caplog.text.count("is still starting (initializer hang_on_turns)") == 2, caplog.text
-    finally:
-        for pid in hung_pids(hung):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
-        fresh_process_pool(1)  # not prestarted any more
 
 
 def test_a_worker_replaced_by_a_new_initializer_while_stuck_in_the_old_one_is_killed(
@@ -1036,16 +1054,9 @@ def test_a_recycled_worker_stuck_in_its_initializer_whose_last_task_is_cancelled
     # held that task; cancelled, the task left it with nothing to run but its
     # initializer, stuck. Its replacement stuck too, nothing woke the loop: the bound
     # (0.2 s here) passed, and the worker stayed beside the idle pool for good.
-    monkeypatch.setattr(_process, "_LEAVING_START_GRACE", 0.2)
-    hung, fifo = tmp_path / "hung", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    fresh_process_pool(1)
-    mp.configure_process_pool(max_tasks_per_child=1)
-    try:
+    with recycled_and_stuck_on_turns((0, 1), tmp_path, monkeypatch) as (hung, start):
         with caplog.at_level(logging.WARNING, logger="makeparallel"):
-            mp.configure_process_pool(
-                initializer=hang_on_turns, initargs=((0, 1), str(tmp_path / "turn"), str(hung), str(fifo)), prestart=True
-            )
+            start()
             assert wait_until(lambda: len(hung_pids(hung)) == 1, 30)  # the first worker hangs before any task
             first = hung_pids(hung)[0]
             task = on_process(os.getpid)()  # held for it, its last: its replacement starts, and hangs too
@@ -1055,12 +1066,6 @@ def test_a_recycled_worker_stuck_in_its_initializer_whose_last_task_is_cancelled
             assert wait_until(lambda: gone(first), 30)
             assert not gone(hung_pids(hung)[1])  # its replacement, which takes the next task, stays
         assert "told to stop (max_tasks_per_child) with no task left, is still starting (initializer hang_on_turns)" in caplog.text
-    finally:
-        for pid in hung_pids(hung):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: all(gone(pid) for pid in hung_pids(hung)), 30)
-        fresh_process_pool(1)  # not prestarted any more
 
 
 def test_shutdown_cancels_the_tasks_held_for_a_starting_worker_with_the_queued_ones(tmp_path: Path) -> None:
