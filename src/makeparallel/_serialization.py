@@ -82,6 +82,7 @@ class _SentFunction:
     """A function argument, pickled once (:func:`dumps_function`) and unpickled once per worker."""
 
     __slots__ = ("data",)
+    _pickled_plainly = True  # its reduction: load_function and bytes (_PlainPickler)
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -104,7 +105,9 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     cloudpickle pickler costs ten times more than pickling a small call. A
     scalar goes through the plain C pickler, which writes it alike: a worker
     whose tasks return numbers and strings never imports cloudpickle (about
-    17 ms on a cold worker's first result).
+    17 ms on a cold worker's first result). So do built-in containers of
+    them (a map chunk's items and results), until the thread meets something
+    else (:class:`_PlainPickler`).
 
     The kept pickler is taken off the thread while it pickles: a pickle made
     inside this one on the same thread (a ``__reduce__`` that submits a
@@ -185,12 +188,54 @@ class _OutOfBandStream(io.BytesIO):
         return _BYTES8_HEADER.size if last.endswith(_BYTES8_HEADER.pack(_BINBYTES8, size)) else 0
 
 
+class _NotPlain(Exception):
+    """What :class:`_PlainPickler` raises at an object only the full pickler may write."""
+
+
+class _PlainPickler(_pickle.Pickler):
+    """The C pickler, for built-in values in built-in containers only: any pickler writes those alike.
+
+    Tried first, until a process needs the full pickler (``_pickler_class``):
+    importing cloudpickle costs a cold worker about 25 ms, and the first chunk
+    of a map over numbers, and its results, never needed it. The C pickler
+    writes ``None``, ``bool``, ``int``, ``float``, ``bytes``, ``str``,
+    ``dict``, ``set``, ``frozenset``, ``list``, ``tuple``, ``bytearray`` and
+    ``PickleBuffer`` (exact types) itself, before it asks ``reducer_override``
+    or a dispatch table (``save`` in ``Modules/_pickle.c``); everything else
+    reaches ``reducer_override``, which gives up here, but for ``range`` and
+    ``complex`` (and their classes, by name), a module's C function, a
+    module-level function of this package (by name), and an object of a
+    class of this package marked ``_pickled_plainly``, whose reduction holds
+    only those (a map's function, pickled already: :class:`_SentFunction`; a
+    chunk's numeric results: ``_crash_journal._Records``). The full pickler
+    leaves all of them to their own reductions too.
+    Where a later Python asked it about more, pickling would only fall back
+    to the full pickler more often.
+    """
+
+    exceptions = None  # the full pickler's record of the exceptions met: this one meets none
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is range or kind is complex or obj is range or obj is complex:  # a chunk of a range
+            return NotImplemented
+        if kind is FunctionType and _named_here(obj):
+            return NotImplemented
+        if getattr(kind, "_pickled_plainly", False) and kind.__module__.partition(".")[0] == __package__:
+            return NotImplemented
+        if kind is BuiltinFunctionType and type(obj.__self__) is ModuleType:
+            return NotImplemented  # a module's C function, by reference, as in dumps_function
+        raise _NotPlain
+
+
 class _ReusablePickler:
     __slots__ = ("pickler", "stream")
 
     def __init__(self) -> None:
         self.stream = _OutOfBandStream()
-        self.pickler: Any = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
+        plain = not _pickler_class.cache_info().currsize  # else cloudpickle is here already: no try needed
+        kind = _PlainPickler if plain else _pickler_class()
+        self.pickler: Any = kind(self.stream, protocol=5, buffer_callback=self._out_of_band)
 
     def _out_of_band(self, buffer: _pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < _OUT_OF_BAND_MIN:
@@ -199,6 +244,13 @@ class _ReusablePickler:
         return False
 
     def dumps(self, obj: Any) -> tuple[bytes, list[Any]]:
+        try:
+            return self._dumps(obj)
+        except _NotPlain:  # the plain pickler met an object it cannot write: the full one from now on
+            self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
+            return self._dumps(obj)
+
+    def _dumps(self, obj: Any) -> tuple[bytes, list[Any]]:
         stream = self.stream
         stream.seek(0)
         stream.truncate()
@@ -213,7 +265,7 @@ class _ReusablePickler:
             # were cleared before the next pickle only: they kept the last call's arguments
             # (a large array sent out of band too) alive until this thread sent another.
             pickler.clear_memo()
-            if pickler.exceptions.open:
+            if pickler.exceptions is not None and pickler.exceptions.open:
                 pickler.exceptions.clear()
             stream.buffers = []
             stream.last = b""
@@ -296,12 +348,19 @@ def dumps_in_band(obj: Any) -> bytes:
     """Pickle ``obj`` into one stream, buffers included (for a channel that is not ours).
 
     With a pickler of its own, never the thread's kept one (:func:`dumps`),
-    which this may be called inside of (a ``__reduce__`` that logs). A scalar
-    goes through the plain C pickler, as in :func:`dumps`.
+    which this may be called inside of (a ``__reduce__`` that logs). A scalar,
+    and built-in containers of them, go through the plain C pickler, as in
+    :func:`dumps`.
     """
     if type(obj) in _SCALARS:
         return _pickle.dumps(obj, protocol=5)
     stream = io.BytesIO()
+    if not _pickler_class.cache_info().currsize:
+        try:
+            _PlainPickler(stream, protocol=5).dump(obj)
+            return stream.getvalue()
+        except _NotPlain:
+            stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(obj)
     return stream.getvalue()
 
@@ -348,12 +407,29 @@ def dumps_function(fn: Any) -> bytes:
         cached = answers.functions.get(fn)
         if cached is not None:
             return cached
-    stream = io.BytesIO()
-    _pickler_class()(stream, protocol=5).dump(fn)
-    data = stream.getvalue()
+    if cacheable and _named_here(fn):  # a map's chunk runner
+        data = _pickle.dumps(fn, protocol=5)
+    else:
+        stream = io.BytesIO()
+        _pickler_class()(stream, protocol=5).dump(fn)
+        data = stream.getvalue()
     if cacheable and answers.path == sys.path:  # else another thread changed it meanwhile: made under which?
         answers.functions[fn] = data
     return data
+
+
+def _named_here(fn: FunctionType) -> bool:
+    """Whether ``fn`` is a module-level function of this package, which its module holds under its name.
+
+    Pickled by that name by the C pickler, as the full pickler would send it,
+    without importing cloudpickle: every worker imports this package, from
+    where the program did, before its first task. Not a nested function, nor
+    a ``@parallel`` one (its name holds its wrapper): the full pickler sends those.
+    """
+    module = fn.__module__
+    if not isinstance(module, str) or module.partition(".")[0] != __package__:
+        return False
+    return getattr(sys.modules.get(module), fn.__qualname__, None) is fn
 
 
 def load_function(data: bytes) -> Any:

@@ -452,6 +452,7 @@ class _Records:
     """
 
     __slots__ = ("_raw", "_typecode")
+    _pickled_plainly = True  # its reduction: records_to_list, bytes and a str (_serialization._PlainPickler)
 
     def __init__(self, raw: bytes, typecode: Typecode) -> None:
         self._raw = raw
