@@ -45,6 +45,7 @@ from ._coroutines import (
     running_loop,
     start_on_running_loop,
 )
+from ._notes import add_note
 from ._states import (
     CANCELLED,
     FAILED,
@@ -1629,7 +1630,7 @@ class AsyncHandle(Generic[T_co]):
                 first = not self._noted
                 self._noted = True
             if first:
-                _add_note(error, self._describe_failure())
+                add_note(error, self._describe_failure())
         return error
 
     def _describe_failure(self) -> str:
@@ -1705,21 +1706,6 @@ def _no_place_to_lend() -> bool:
     """Whether this thread is a pool's worker that could lend no place if it blocked now."""
     pool = pool_of_this_thread()
     return pool is not None and pool.places_all_lent()
-
-
-def _add_note(error: BaseException, note: str) -> None:
-    """Add ``note`` to ``error``'s ``__notes__``, as ``BaseException.add_note`` (3.11+) does, on 3.10 too.
-
-    The first note is set past the error's own ``__setattr__``: a frozen
-    dataclass's refuses every attribute, and ``add_note`` raised its
-    ``FrozenInstanceError`` in place of the task's error. Where
-    ``__notes__`` is set and no list, the error's own, it is left as it is.
-    """
-    notes = getattr(error, "__notes__", None)
-    if notes is None:
-        object.__setattr__(error, "__notes__", [note])
-    elif isinstance(notes, list):
-        notes.append(note)
 
 
 def _metadata_repr(metadata: dict[str, Any]) -> str:

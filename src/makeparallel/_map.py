@@ -80,7 +80,8 @@ from ._decorators import (
     _returns_coroutines,
     callable_of,
 )
-from ._handle import AsyncHandle, _add_note, cancel_and_stop, stop_if_running, time_out_all
+from ._handle import AsyncHandle, cancel_and_stop, stop_if_running, time_out_all
+from ._notes import add_note
 from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
 from ._states import PENDING, RUNNING, SUCCEEDED, TIMED_OUT
@@ -1011,7 +1012,7 @@ def _halves(count: int, budget: float | None) -> list[tuple[int, int, float | No
 
 def _probes_died(error: WorkerCrashedError) -> NoReturn:
     """Raise ``error``, the death of the worker of the last chunk of no items that was to tell whether the function unpickles."""
-    _add_note(
+    add_note(
         error,
         f"makeparallel: the map could not learn whether its function unpickles on a worker process: the worker of "
         f"each of {_PROBE_DEATHS} chunks of no items sent to tell died",
@@ -1021,7 +1022,7 @@ def _probes_died(error: WorkerCrashedError) -> NoReturn:
 
 def _function_failed(error: BaseException) -> NoReturn:
     """Raise ``error``, which unpickling the map's function on a worker raised, saying so."""
-    _add_note(error, "makeparallel: the map's function could not be unpickled on a worker process")
+    add_note(error, "makeparallel: the map's function could not be unpickled on a worker process")
     raise error
 
 

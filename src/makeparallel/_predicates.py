@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ._notes import add_note
+
 __all__ = ["ask", "note_what_it_raised"]
 
 
@@ -36,9 +38,6 @@ def ask(on: Callable[[Any], Any], error: BaseException, owner: str, otherwise: b
 
 def note_what_it_raised(error: BaseException, what: str, raised: BaseException) -> None:
     """Note on ``error`` that ``what`` (the user's code, asked about it) raised ``raised``, and where."""
-    # Only once the user's code failed: nothing loads before.
-    from ._handle import _add_note
-
     where = ""
     traceback = raised.__traceback__
     while traceback is not None and traceback.tb_next is not None:
@@ -50,4 +49,4 @@ def note_what_it_raised(error: BaseException, what: str, raised: BaseException) 
         text = str(raised)
     except BaseException:  # noqa: BLE001  # its own __str__ raises: its type and place say enough
         text = "(its message cannot be shown)"
-    _add_note(error, f"{what} raised {type(raised).__name__}: {text}{where}")
+    add_note(error, f"{what} raised {type(raised).__name__}: {text}{where}")

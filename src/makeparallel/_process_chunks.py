@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 from ._coroutines import is_coroutine
+from ._notes import add_note
 from ._remote_errors import RemoteTraceback, described, unpickling_failure
 from ._states import RUNNING
 
@@ -158,9 +159,7 @@ def item_failure(raised: Exception, index: int, item: Any) -> Exception:
 
 def item_raised(error: BaseException, index: int, item: Any) -> None:
     """Ready ``error``, raised by item ``index`` of a map, to be raised or kept: a note names the item, and it is the item's own."""
-    from ._handle import _add_note
-
-    _add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
+    add_note(error, f"makeparallel: raised by {describe_item(index, item)}")
     disown_worker_death(error)
 
 

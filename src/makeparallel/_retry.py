@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ._notes import add_note
 from ._predicates import ask, note_what_it_raised
 from ._validation import (
     as_integer,
@@ -271,9 +272,7 @@ class Retry:
             return None
         if is_real(seconds) and seconds >= 0:  # (NaN is not)
             return float(seconds)
-        from ._handle import _add_note  # only once a wait failed: nothing loads before
-
-        _add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
+        add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
         return None
 
     def _backoff(self, failed_attempt: int) -> float:

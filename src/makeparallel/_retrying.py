@@ -25,7 +25,7 @@ from ._decorators import (
     _wraps,
     held_under,
 )
-from ._handle import _add_note
+from ._notes import add_note
 from ._retry import Attempts, Retry, _LinearRetry
 from ._validation import check_count
 
@@ -194,7 +194,7 @@ def _wait_after(policy: Retry, record: Attempts, error: BaseException) -> float 
         if wait is not None and not record.out_of_time(policy.timeout, now, wait):
             return wait
     if attempt > 1 or record.stopped is not None:  # one attempt, and no other as its wait passes the timeout
-        _add_note(error, record.describe())
+        add_note(error, record.describe())
     return None
 
 
