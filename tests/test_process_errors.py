@@ -12,6 +12,7 @@ the worker's traceback below the deepest exception.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import json
 import os
@@ -200,6 +201,48 @@ def remote_text(error: BaseException) -> str:
         deepest = below
     assert isinstance(deepest.__cause__, RemoteTraceback), repr(deepest)
     return str(deepest.__cause__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """A frozen dataclass: its __setattr__ refuses every attribute, args and __cause__ too."""
+
+    code: int
+
+
+def raise_frozen_from_a_key_error() -> None:
+    try:
+        {}["id"]
+    except KeyError as error:
+        raise FrozenError(7) from error
+
+
+def raise_frozen() -> None:
+    raise FrozenError(8)
+
+
+class FrozenOnArrival:
+    """An argument whose unpickling, in the worker, raises a frozen dataclass error."""
+
+    def __reduce__(self) -> Any:
+        return (raise_frozen, ())
+
+
+def test_a_frozen_dataclass_error_arrives_as_itself_with_its_chain() -> None:
+    # It was rebuilt with its args, fields and chain set through its own __setattr__,
+    # which refuses them all: the task failed with a TaskSerializationError instead.
+    error = failure(raise_frozen_from_a_key_error)
+    assert type(error) is FrozenError and error.code == 7
+    assert type(error.__cause__) is KeyError and error.__cause__.args == ("id",)
+    assert error.__suppress_context__ is True
+    assert "raise_frozen_from_a_key_error" in remote_text(error)
+
+
+def test_a_frozen_dataclass_error_raised_as_the_worker_unpickles_the_task_arrives_as_itself() -> None:
+    with pytest.raises(FrozenError) as raised:
+        mp.parallel(backend="process")(len)(FrozenOnArrival()).get(timeout=30)
+    assert raised.value.code == 8
+    assert any("unpickled the task" in note for note in raised.value.__notes__)
 
 
 def test_an_explicit_cause_arrives_as_the_object() -> None:

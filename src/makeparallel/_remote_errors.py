@@ -37,6 +37,8 @@ from __future__ import annotations
 import builtins
 import types
 
+from ._notes import add_note
+
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,11 +74,7 @@ def mark_unpickling_failure(error: BaseException) -> None:
     A map's chunk that fails so ran none of its items: the map runs them
     again, apart, so that an item whose unpickling raises fails alone.
     """
-    add_note = getattr(error, "add_note", None)
-    if add_note is not None:
-        add_note(UNPICKLING_NOTE)
-    else:  # Python 3.10: where 3.11's traceback would look for it
-        error.__notes__ = [*getattr(error, "__notes__", ()), UNPICKLING_NOTE]
+    add_note(error, UNPICKLING_NOTE)
     vars(error)["_unpickling"] = True
 
 
@@ -124,7 +122,7 @@ def attach_remote_traceback(error: BaseException, text: str) -> None:
             break
         seen.add(id(below))
         deepest = below
-    deepest.__cause__ = RemoteTraceback(text)
+    object.__setattr__(deepest, "__cause__", RemoteTraceback(text))  # past its own __setattr__ (_fill)
 
 
 class CarriedError(Exception):
@@ -480,7 +478,10 @@ def _set_chain(error: BaseException, chain: tuple[Any, Any, bool], later: Any) -
 
     ``later``: the states of the members of a group, made bare, as ``(member, setter, state)``.
     """
-    error.__cause__, error.__context__, error.__suppress_context__ = chain
+    cause, context, suppress_context = chain
+    object.__setattr__(error, "__cause__", cause)  # past its own __setattr__, as in _fill
+    object.__setattr__(error, "__context__", context)
+    object.__setattr__(error, "__suppress_context__", suppress_context)
     for member, setter, state in later:
         setter(member, state)
 
@@ -497,16 +498,22 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
 
 
 def _fill(error: BaseException, state: tuple[tuple[Any, ...], dict[str, Any], dict[str, Any], Any, Any]) -> None:
-    """Give a rebuilt exception its ``args``, ``__dict__``, the fields its base did not fill (slots too), and its chain."""
+    """Give a rebuilt exception its ``args``, ``__dict__``, the fields its base did not fill (slots too), and its chain.
+
+    Each is set past the exception's own ``__setattr__``, as unpickling sets
+    an object's ``__dict__``: a frozen dataclass's refuses every attribute,
+    ``args`` and ``__cause__`` too, and the task failed with a
+    ``TaskSerializationError`` in place of its own error.
+    """
     args, fields, attributes, chain, later = state
-    error.args = args
+    object.__setattr__(error, "args", args)
     if attributes:  # first: a __getattr__ that reads the __dict__ (HTTPError's) needs it below
         error.__dict__.update(attributes)
     for name, value in fields.items():
         try:
             if getattr(error, name, None) == value:
                 continue  # filled by the base's __init__ (and None stays unset: OSError prints a set one)
-            setattr(error, name, value)
+            object.__setattr__(error, name, value)
         except Exception:
             pass  # read-only, or a lookup the class refuses
     _set_chain(error, chain, later)
