@@ -1437,6 +1437,29 @@ def test_what_the_plain_pickler_cannot_write_is_pickled_whole_by_the_full_one() 
     assert result.stdout.split() == ["ok"]
 
 
+def test_what_neither_pickler_can_write_fails_as_the_full_pickler_failed() -> None:
+    # The plain pickler gave up first, and the full pickler's error was raised while its
+    # _NotPlain was being handled: every traceback of an unpicklable argument or result
+    # showed makeparallel's own signal to fall back, "during handling" of which the
+    # user's error seemed to happen. Its cause and context must be the full pickler's.
+    script = textwrap.dedent(
+        """
+        import threading
+        from makeparallel._serialization import dumps
+
+        for value in ([1, threading.Lock()], {"lock": threading.Lock()}):
+            try:
+                dumps(value)
+            except TypeError as error:
+                print(repr(error.__context__), repr(error.__cause__))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=25, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "None"] * 2
+
+
 def fingerprint(item: tuple[int, bytes | bytearray]) -> tuple[int, str, str]:
     index, data = item
     return index, type(data).__name__, hashlib.sha256(data).hexdigest()

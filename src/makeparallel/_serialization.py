@@ -247,8 +247,10 @@ class _ReusablePickler:
         try:
             return self._dumps(obj)
         except _NotPlain:  # the plain pickler met an object it cannot write: the full one from now on
-            self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
-            return self._dumps(obj)
+            pass
+        # Out of the except clause: what the full pickler raises has no _NotPlain as its context.
+        self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
+        return self._dumps(obj)
 
     def _dumps(self, obj: Any) -> tuple[bytes, list[Any]]:
         stream = self.stream
