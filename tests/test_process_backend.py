@@ -1437,6 +1437,33 @@ def test_what_the_plain_pickler_cannot_write_is_pickled_whole_by_the_full_one() 
     assert result.stdout.split() == ["ok"]
 
 
+_REGISTRY: dict[str, Any] = {}
+
+
+class _Registered(type):
+    """A metaclass that looks names up in a registry: a ``KeyError`` for one not there."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _REGISTRY[name]
+
+
+class Plugin(metaclass=_Registered):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_the_plain_pickler_gives_up_on_a_class_whose_metaclass_raises_for_unknown_names() -> None:
+    # The full pickler never asks such a class for a name it lacks, and pickles its objects;
+    # the plain one asked it for its own marker, and the KeyError failed the whole pickle
+    # where it should have given up and left it to the full pickler.
+    from makeparallel._serialization import _NotPlain, _PlainPickler
+
+    with pytest.raises(_NotPlain):
+        _PlainPickler(io.BytesIO(), protocol=5).dump([Plugin("a")])
+
+
 def test_what_neither_pickler_can_write_fails_as_the_full_pickler_failed() -> None:
     # The plain pickler gave up first, and the full pickler's error was raised while its
     # _NotPlain was being handled: every traceback of an unpicklable argument or result

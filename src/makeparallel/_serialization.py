@@ -205,7 +205,8 @@ class _PlainPickler(_pickle.Pickler):
     reaches ``reducer_override``, which gives up here, but for ``range`` and
     ``complex`` (and their classes, by name), a module's C function, a
     module-level function of this package (by name), and an object of a
-    class of this package marked ``_pickled_plainly``, whose reduction holds
+    class of this package marked ``_pickled_plainly`` in its own body (not
+    inherited: a subclass may reduce otherwise), whose reduction holds
     only those (a map's function, pickled already: :class:`_SentFunction`; a
     chunk's numeric results: ``_crash_journal._Records``). The full pickler
     leaves all of them to their own reductions too.
@@ -221,7 +222,9 @@ class _PlainPickler(_pickle.Pickler):
             return NotImplemented
         if kind is FunctionType and _named_here(obj):
             return NotImplemented
-        if getattr(kind, "_pickled_plainly", False) and kind.__module__.partition(".")[0] == __package__:
+        # Read from the class's own namespace: getattr() would call a metaclass's __getattr__,
+        # whose KeyError for a name it does not know (a registry's) failed the whole pickle.
+        if kind.__dict__.get("_pickled_plainly") and kind.__module__.partition(".")[0] == __package__:
             return NotImplemented
         if kind is BuiltinFunctionType and type(obj.__self__) is ModuleType:
             return NotImplemented  # a module's C function, by reference, as in dumps_function
