@@ -1487,6 +1487,31 @@ def test_what_neither_pickler_can_write_fails_as_the_full_pickler_failed() -> No
     assert result.stdout.split() == ["None", "None"] * 2
 
 
+def test_data_nested_too_deep_for_either_pickler_fails_as_the_full_pickler_fails() -> None:
+    # Lists in lists 100,000 deep: the plain pickler ran out of stack as the full one does,
+    # but raised RecursionError where the full one (cloudpickle's) raises its PicklingError,
+    # "excessively deep recursion required": an error that hung on which pickler a thread had.
+    script = textwrap.dedent(
+        """
+        import io
+        from makeparallel._serialization import _pickler_class, dumps, dumps_in_band
+
+        deep = []
+        for _ in range(100_000):
+            deep = [deep]
+        for pickle_it in (lambda: dumps(deep), lambda: dumps_in_band(deep), lambda: _pickler_class()(io.BytesIO()).dump(deep)):
+            try:
+                pickle_it()
+            except Exception as error:
+                print(type(error).__name__)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=25, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["PicklingError"] * 3
+
+
 def fingerprint(item: tuple[int, bytes | bytearray]) -> tuple[int, str, str]:
     index, data = item
     return index, type(data).__name__, hashlib.sha256(data).hexdigest()

@@ -251,7 +251,10 @@ class _ReusablePickler:
             return self._dumps(obj)
         except _NotPlain:  # the plain pickler met an object it cannot write: the full one from now on
             pass
-        # Out of the except clause: what the full pickler raises has no _NotPlain as its context.
+        except RecursionError:  # nested too deep: the full pickler fails as it does (its PicklingError)
+            if type(self.pickler) is not _PlainPickler:
+                raise
+        # Out of the except clauses: what the full pickler raises has no _NotPlain as its context.
         self.pickler = _pickler_class()(self.stream, protocol=5, buffer_callback=self._out_of_band)
         return self._dumps(obj)
 
@@ -364,7 +367,7 @@ def dumps_in_band(obj: Any) -> bytes:
         try:
             _PlainPickler(stream, protocol=5).dump(obj)
             return stream.getvalue()
-        except _NotPlain:
+        except (_NotPlain, RecursionError):  # as in _ReusablePickler.dumps
             stream = io.BytesIO()
     _pickler_class()(stream, protocol=5).dump(obj)
     return stream.getvalue()
