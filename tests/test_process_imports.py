@@ -275,6 +275,29 @@ def test_a_module_shadowed_by_another_of_its_name_goes_by_value(tmp_path: Path) 
         assert mp.parallel_map(module.which, range(4), backend="process") == ["imported"] * 4
 
 
+def test_a_program_that_takes_the_package_folder_off_sys_path_still_sends_functions_by_value(tmp_path: Path) -> None:
+    # The package's own modules (a map's chunk runner, a function argument's wrapper) read
+    # as importable by no one, and went by value: cloudpickle, sending them by value, recursed
+    # until "excessively deep recursion required", and every lambda or closure failed to go.
+    # Workers import the package from its own folder, first on their command line.
+    package_folder = str(Path(mp.__file__).resolve().parents[1])
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        import makeparallel as mp
+
+        sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != {package_folder!r}]
+        offset = 10
+        print(*mp.parallel_map(lambda x: x + offset, [1, 2], backend="process"))
+        print(mp.parallel(lambda: offset, backend="process")().get(timeout=30))
+        """
+    )
+    (tmp_path / "script.py").write_text(script)
+    completed = run_in(tmp_path, "script.py")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["11", "12", "10"]
+
+
 def test_a_map_result_of_a_class_sent_by_value_imports_no_module_of_its_name_in_the_workers(tmp_path: Path) -> None:
     # A map's worker journals each result with plain pickle first, which imported the
     # result's class's module by name: the other module of that name, put first on

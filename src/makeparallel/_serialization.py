@@ -985,9 +985,13 @@ def _importable_by_name(module: str) -> bool:
     put before its own on ``sys.path``, an installed copy of a checkout removed
     from it) would run other code in the worker, with no error. ``__main__``
     and unknown modules are left to cloudpickle, which sends their functions by
-    value.
+    value. This package's own modules always are: a worker imports them from
+    the package's folder, first on its command line (``PACKAGE_FOLDER``),
+    whatever the program did to ``sys.path`` since; sent by value, they took
+    cloudpickle into themselves until it gave up ("excessively deep
+    recursion"), and no lambda could go.
     """
-    if module == "__main__" or module not in sys.modules:
+    if module == "__main__" or module not in sys.modules or module.partition(".")[0] == __package__:
         return True
     answers = _under_sys_path()
     origin = getattr(getattr(sys.modules.get(module), "__spec__", None), "origin", None)
