@@ -328,6 +328,9 @@ class _LockThatSaysItWaited:
     def __exit__(self, *exc_info: object) -> None:
         self._lock.release()
 
+    def locked(self) -> bool:  # read, as a lock is, by configure_memory_limit() on the main thread
+        return self._lock.locked()
+
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("made_by", ["Executor", "first use of a backend"])

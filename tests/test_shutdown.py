@@ -2327,6 +2327,93 @@ def test_pool_info_in_a_signal_handler_that_interrupted_a_held_lock_never_waits_
     assert (result.returncode, result.stdout) == (0, f"{outcomes} thread=ok process=ok\n"), result.stderr
 
 
+# A handler that configures the library on SIGUSR1 (a "reload"), as the code it interrupted
+# holds one of its locks: each call applies its change, or raises at once and changes nothing.
+CONFIGURE_IN_A_HANDLER = """
+import faulthandler, signal, sys
+import makeparallel as mp
+from makeparallel import _deadlines, _memory_guard, _runtime
+
+faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
+mp.configure_memory_limit(99.99)
+""" + HELD_LOCKS + """
+locks["memory limit"] = lambda: _memory_guard._guard_lock
+dask = {}
+if held == "dask pool":
+    import distributed
+
+    dask = {"dask_client": object.__new__(distributed.Client)}  # its type is checked, then it is kept
+    locks[held] = lambda: _runtime.get_backend("dask")._lock
+lock = locks[held]()
+
+
+def outcome(call):
+    try:
+        call()
+    except RuntimeError as error:
+        assert "signal handler" in str(error) and "another thread" in str(error), error
+        return "RuntimeError"
+    return "ok"
+
+
+calls = {
+    "configure": lambda: mp.configure(exit_timeout=7, **dask),
+    "thread": lambda: mp.configure_thread_pool(3),
+    "process": lambda: mp.configure_process_pool(2),
+    "memory": lambda: mp.configure_memory_limit(99.98),
+    "limit": lambda: mp.set_max_concurrent_tasks(8),
+    "process_info": mp.get_process_pool_info,
+}
+outcomes = []
+signal.signal(signal.SIGUSR1, lambda *_: outcomes.extend(f"{name}={outcome(call)}" for name, call in calls.items()))
+with lock:
+    signal.raise_signal(signal.SIGUSR1)
+print(*outcomes, flush=True)
+print("limit", _runtime.global_limiter.limit, flush=True)
+print(*(f"{name}={outcome(call)}" for name, call in calls.items()), flush=True)
+"""
+_CONFIGURED = "configure=ok thread=ok process=ok memory=ok limit=ok process_info=ok"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here")
+@pytest.mark.parametrize(
+    ("held", "outcomes", "limit"),
+    [
+        ("thread pool", "configure=ok thread=RuntimeError process=ok memory=RuntimeError limit=ok process_info=ok", 8),
+        (
+            "process pool",
+            "configure=ok thread=ok process=RuntimeError memory=RuntimeError limit=ok process_info=RuntimeError",
+            8,
+        ),
+        ("runtime", "configure=ok thread=ok process=RuntimeError memory=ok limit=ok process_info=RuntimeError", 8),
+        ("deadline heap", _CONFIGURED, 8),
+        ("limit", "configure=ok thread=ok process=ok memory=ok limit=RuntimeError process_info=ok", 4),
+        (
+            "memory limit",
+            "configure=ok thread=ok process=RuntimeError memory=RuntimeError limit=ok process_info=RuntimeError",
+            8,
+        ),
+        ("dask pool", "configure=RuntimeError thread=ok process=ok memory=ok limit=ok process_info=ok", 8),
+    ],
+)
+def test_configuring_in_a_signal_handler_that_interrupted_a_held_lock_never_waits_for_it(
+    held: str, outcomes: str, limit: int
+) -> None:
+    # configure(dask_client=...), configure_thread_pool(), configure_process_pool(),
+    # configure_memory_limit() and set_max_concurrent_tasks() waited for good for the lock
+    # that the code the handler interrupted held (a handler reconfiguring on SIGUSR1), as did
+    # get_process_pool_info() with no pool made yet as that code held the memory limit's.
+    # Refused, a call changes nothing (the limit stays 4); out of the handler, each applies.
+    if held == "dask pool":
+        pytest.importorskip("distributed")
+    result = subprocess.run(
+        [sys.executable, "-c", CONFIGURE_IN_A_HANDLER, held], capture_output=True, text=True, timeout=80, check=False
+    )
+    expected = f"{outcomes}\nlimit {limit}\n{_CONFIGURED}\n"
+    assert (result.returncode, result.stdout) == (0, expected), result.stderr
+
+
 # The same, a task that never ends: exit waits for the shutdown going on, until a Ctrl-C.
 DEFERRED_SHUTDOWN_AT_EXIT = """
 import signal, threading

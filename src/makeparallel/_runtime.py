@@ -451,7 +451,11 @@ def configure(
             as a module global.
         TypeError: a value has the wrong type (``backend`` neither a name nor
             an executor, ``dask_client`` not a ``distributed.Client``).
-        RuntimeError: ``backend="interpreter"`` before Python 3.14.
+        RuntimeError: ``backend="interpreter"`` before Python 3.14; or
+            ``dask_client`` given from a signal handler that interrupted the
+            main thread as it held the Dask pool's lock (a task's submission):
+            raised within 0.25 s, where the call waited for good; nothing is
+            changed (the other settings take no lock).
         ImportError: ``backend="dask"`` where the distributed package is not
             installed (``pip install "makeparallel[dask]"``).
     """
@@ -466,6 +470,7 @@ def configure(
         located = locate_contextvars(process_contextvars)
     if dask_client is not None:
         _check_dask_client(dask_client)
+        _refuse_configuring_in_a_handler("configure(dask_client=...)", lambda: _lock_of(_backends.get("dask")))
     if backend is not None:
         use_default_backend(backend)
     if exit_timeout is not None:
@@ -515,11 +520,16 @@ def configure_thread_pool(
         RuntimeError: the system refused a new thread (``can't start new
             thread``: a full pids cgroup, ``ulimit -u``); the pool keeps the
             threads it has. A task submitted to the pool raises it the same way,
-            and is withdrawn.
+            and is withdrawn. Also, from a signal handler that interrupted the
+            main thread as it held the pool's lock (a task's submission), or
+            the library's or the memory limit's with no thread pool made yet:
+            raised within 0.25 s, where the call waited for good; nothing is
+            changed.
     """
     from ._backends._thread import ThreadBackend, default_thread_count
 
     global _thread_pool_configured
+    _refuse_configuring_in_a_handler("configure_thread_pool()", lambda: _locks_to_reach_pool("thread"))
     if num_threads is None:  # what the README shows ends "auto": a fixed size, the usable cores
         num_threads = default_thread_count()
     backend = get_backend("thread")
@@ -590,6 +600,11 @@ def configure_process_pool(
         ValueError: a count is not an int >= 1, or ``max_worker_memory`` is
             under one byte or a string that is not a number and a unit.
         TaskSerializationError: the initializer or its arguments cannot be pickled.
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held the pool's lock (a task's submission), or, with
+            no process pool made yet, the library's or the memory limit's:
+            raised within 0.25 s, where the call waited for good; nothing is
+            changed.
 
     Initializer failures: the tasks sent to a worker whose initializer raised
     fail with ``WorkerCrashedError`` naming the initializer, its exception as
@@ -614,6 +629,7 @@ def configure_process_pool(
     if not isinstance(prestart, bool):
         raise TypeError(f"prestart must be a bool, got {prestart!r}")
     setup = _worker_setup(initializer, initargs)
+    _refuse_configuring_in_a_handler("configure_process_pool()", lambda: _locks_to_reach_pool("process"))
     backend = _process_pool()
     assert isinstance(backend, ProcessBackend)
     backend.configure(num_workers, setup, max_tasks_per_child, prestart, max_worker_memory)
@@ -689,9 +705,9 @@ def get_process_pool_info() -> dict[str, Any]:
     Raises:
         RuntimeError: called from a signal handler (one that logs the pools
             on ``SIGUSR1``) that interrupted the main thread as it held the
-            pool's lock (a task's submission), or the library's, with no
-            process pool made yet: raised within 0.25 s, where the read
-            waited for good.
+            pool's lock (a task's submission), or the library's or the
+            memory limit's, with no process pool made yet: raised within
+            0.25 s, where the read waited for good.
     """
     _refuse_pool_info_in_a_handler("get_process_pool_info()", "process")
     return _process_pool().info()
@@ -712,9 +728,9 @@ def get_thread_pool_info() -> dict[str, Any]:
     Raises:
         RuntimeError: called from a signal handler (one that logs the pools
             on ``SIGUSR1``) that interrupted the main thread as it held the
-            pool's lock (a task's submission), or the library's, with no
-            thread pool made yet: raised within 0.25 s, where the read waited
-            for good.
+            pool's lock (a task's submission), or the library's or the
+            memory limit's, with no thread pool made yet: raised within
+            0.25 s, where the read waited for good.
     """
     _refuse_pool_info_in_a_handler("get_thread_pool_info()", "thread")
     return {**get_backend("thread").info(), "configured": _thread_pool_configured}
@@ -726,13 +742,42 @@ def _refuse_pool_info_in_a_handler(call: str, name: str) -> None:
     Its ``info()`` takes the pool's lock; a pool not made yet is made under the runtime's.
     """
 
-    def locks() -> list[Any]:
-        backend = _backends.get(name)
-        return [_lock] if backend is None else [backend._lock]
-
     refuse_under_a_held_lock(
-        call, locks, "Read it from another thread, or have the handler set a flag and read it from your program's own flow"
+        call,
+        lambda: _locks_to_reach_pool(name),
+        "Read it from another thread, or have the handler set a flag and read it from your program's own flow",
     )
+
+
+def _locks_to_reach_pool(name: str) -> list[Any]:
+    """The locks that reading or configuring pool ``name`` takes: its own, or, not made yet, those its making takes.
+
+    Made under the runtime's lock, a new pool follows the memory limit under that one's (:func:`follow_memory_pause`).
+    """
+    backend = _backends.get(name)
+    return [_lock, *_memory_limit_lock()] if backend is None else [backend._lock]
+
+
+def _memory_limit_lock() -> list[Any]:
+    """The lock that the memory limit is replaced under, and that a new pool follows it under, once one was configured."""
+    guard = sys.modules.get("makeparallel._memory_guard")  # loaded only once a limit was configured
+    return [] if guard is None else [guard._guard_lock]
+
+
+_CONFIGURE_ELSEWHERE = (
+    "Nothing was changed. Configure it from another thread, or have the handler set a flag and configure it "
+    "from your program's own flow"
+)
+
+
+def _refuse_configuring_in_a_handler(call: str, locks: Callable[[], Iterable[Any]]) -> None:
+    """Raise ``RuntimeError`` where ``call``, a change, would wait for good for one of ``locks()``, held below a signal handler.
+
+    Refused, not deferred: a change made later, in a thread of its own, would
+    land after whatever the program did meanwhile (a configuration of its own
+    undone), and its errors would reach no caller. See :func:`held_below`.
+    """
+    refuse_under_a_held_lock(call, locks, _CONFIGURE_ELSEWHERE)
 
 
 def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
@@ -754,10 +799,24 @@ def configure_memory_limit(max_memory_percent: float | None = 80.0) -> None:
     Raises:
         TypeError: not a number or ``None``.
         ValueError: outside (0, 100].
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held the memory limit's lock, or a pool's (a task's
+            submission), which pausing or resuming the pools takes: raised
+            within 0.25 s, where the call waited for good; nothing is changed.
     """
     from . import _memory_guard
 
+    if max_memory_percent is not None:
+        _memory_guard.check_percent(max_memory_percent)  # a bad value says so first, in a handler too
+    _refuse_configuring_in_a_handler(
+        "configure_memory_limit()", lambda: [*_memory_limit_lock(), *memory_guard_locks(), *_locks_a_pause_takes()]
+    )
     _memory_guard.configure_memory_limit(max_memory_percent, _pause_pools)
+
+
+def _locks_a_pause_takes() -> list[Any]:
+    """The locks of the pools that pausing takes: those that pause (threads, processes); the others ignore it."""
+    return [backend._lock for backend in every_backend() if type(backend).set_paused is not Backend.set_paused]
 
 
 def _pause_pools(paused: bool) -> None:
@@ -798,6 +857,10 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
         TypeError: ``limit`` is not an int or ``None``, or was given twice.
         ValueError: ``limit`` is negative. Either error names it as it was
             given: ``limit`` or ``max_tasks``.
+        RuntimeError: called from a signal handler that interrupted the main
+            thread as it held the limit's lock (a task's submission under the
+            limit): raised within 0.25 s, where the call waited for good; the
+            limit is not changed.
     """
     name = "limit"
     if max_tasks is not _NO_LIMIT_GIVEN:
@@ -813,6 +876,10 @@ def set_max_concurrent_tasks(limit: int | None = _NO_LIMIT_GIVEN, *, max_tasks: 
             limit = check_count(limit, "limit")
         except (TypeError, ValueError) as error:
             raise type(error)(f"{name} must be an int >= 1, or None or 0 for no limit, got {limit!r}") from None
+    # (The admission thread's lock too: a raised limit hands its slots on under both.)
+    _refuse_configuring_in_a_handler(
+        "set_max_concurrent_tasks()", lambda: [global_limiter._lock, _admission._admitter_lock]
+    )
     global_limiter.set_limit(limit)
 
 
@@ -1062,6 +1129,11 @@ def held_below(locks: Callable[[], Iterable[Any]]) -> bool:
 def pool_locks() -> list[Any]:
     """The lock of every pool alive: what reading a pool's figures (``info()``, its queue, its counts) takes."""
     return [backend._lock for backend in every_backend()]
+
+
+def _lock_of(backend: Backend | None) -> list[Any]:
+    """The lock of ``backend``, where there is one (none: not made, nothing to take)."""
+    return [] if backend is None else [backend._lock]
 
 
 def memory_guard_locks() -> list[Any]:
