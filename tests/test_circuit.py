@@ -8,6 +8,9 @@ import copy
 import gc
 import pickle
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1376,3 +1379,65 @@ def test_a_breaker_on_what_is_never_counted_is_refused(on: Any) -> None:
 @pytest.mark.parametrize("on", CAN_APPLY, ids=repr)
 def test_a_breaker_on_what_can_be_counted_is_accepted(on: Any) -> None:
     assert mp.CircuitBreaker("dependency", on=on).on is on
+
+
+# A handler that logs a breaker, or resets it, on SIGUSR1, as the code it interrupted was inside
+# the locked section of the breaker named in argv (a guarded call's admission or outcome).
+BREAKER_IN_A_HANDLER = """
+import faulthandler, signal, sys
+import makeparallel as mp
+
+faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
+breaker = mp.CircuitBreaker("dependency", window=5, min_calls=5)
+other = mp.CircuitBreaker("other")
+assert mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1).get() == 1
+lock = {"its own": breaker, "another breaker's": other}[sys.argv[1]]._lock
+
+
+def outcome(call):
+    try:
+        call()
+    except RuntimeError as error:
+        assert "signal handler" in str(error) and "another thread" in str(error), error
+        return "RuntimeError"
+    return "ok"
+
+
+calls = {
+    "state": lambda: breaker.state,
+    "repr": lambda: repr(breaker),
+    "statistics": breaker.statistics,
+    "reset": breaker.reset,
+    "force_open": breaker.force_open,
+}
+outcomes = []
+signal.signal(signal.SIGUSR1, lambda *_: outcomes.extend(f"{name}={outcome(call)}" for name, call in calls.items()))
+with lock:
+    signal.raise_signal(signal.SIGUSR1)
+print(*outcomes, flush=True)
+print(breaker.state.value, breaker.statistics().successful_calls, flush=True)
+print(*(f"{name}={outcome(call)}" for name, call in calls.items()), flush=True)
+"""
+_BREAKER_CALLS_OK = "state=ok repr=ok statistics=ok reset=ok force_open=ok"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here")
+@pytest.mark.parametrize(
+    ("held", "outcomes", "after"),
+    [
+        ("its own", "state=ok repr=ok statistics=RuntimeError reset=RuntimeError force_open=RuntimeError", "closed 1"),
+        ("another breaker's", _BREAKER_CALLS_OK, "open 0"),
+    ],
+)
+def test_a_breaker_read_or_reset_in_a_signal_handler_never_waits_for_its_lock_held_below(
+    held: str, outcomes: str, after: str
+) -> None:
+    # statistics(), reset() and force_open() from a signal handler that interrupted the main
+    # thread inside the breaker's locked section took the lock and waited for good: the
+    # service hung. Refused, reset() and force_open() change nothing (still closed, one call
+    # counted); out of the handler, each works. state and repr take no lock.
+    result = subprocess.run(
+        [sys.executable, "-c", BREAKER_IN_A_HANDLER, held], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, f"{outcomes}\n{after}\n{_BREAKER_CALLS_OK}\n"), result.stderr

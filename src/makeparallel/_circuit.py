@@ -39,6 +39,7 @@ from typing import Any
 from . import _deadlines, _events
 from ._predicates import ask
 from ._retry import NEVER_COUNTED, RetryOn, _check_on
+from ._runtime import refuse_under_a_held_lock
 from ._validation import check_count, check_finite_seconds, is_real
 from .errors import CircuitOpenError, TaskCancelledError
 
@@ -47,6 +48,12 @@ __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"
 _breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _breakers_lock = threading.Lock()
 _made = itertools.count()  # each breaker's place in the order they were made, under _breakers_lock
+# Refused, not deferred: a reset or force_open() made later, by a thread of its own, would land
+# after the calls judged meanwhile, and over the program's own reset or force_open() since.
+_CHANGE_ELSEWHERE = (
+    "The breaker was left as it was. Call it from another thread, or have the handler set a flag and call it "
+    "from your program's own flow"
+)
 
 
 def all_breakers() -> list[CircuitBreaker]:
@@ -239,7 +246,17 @@ class CircuitBreaker:
         return self._state
 
     def statistics(self) -> CircuitStatistics:
-        """A frozen snapshot: state, rates, calls by outcome, next attempt time."""
+        """A frozen snapshot: state, rates, calls by outcome, next attempt time.
+
+        Raises:
+            RuntimeError: called from a signal handler that interrupted the
+                main thread inside this breaker's locked section (a guarded
+                call's admission or outcome): raised within 0.25 s, where the
+                read waited for good.
+        """
+        self._refuse_under_its_held_lock(
+            "statistics()", "Read it from another thread, or have the handler set a flag and read it from your program's own flow"
+        )
         with self._lock:
             return CircuitStatistics(
                 name=self.name,
@@ -255,7 +272,15 @@ class CircuitBreaker:
             )
 
     def reset(self) -> None:
-        """Close the breaker and forget every recorded call."""
+        """Close the breaker and forget every recorded call.
+
+        Raises:
+            RuntimeError: called from a signal handler that interrupted the
+                main thread inside this breaker's locked section (a guarded
+                call's admission or outcome): raised within 0.25 s, where the
+                call waited for good; the breaker is left as it was.
+        """
+        self._refuse_under_its_held_lock("reset()", _CHANGE_ELSEWHERE)
         with self._lock:
             old = self._state
             self._state = CircuitState.CLOSED
@@ -265,7 +290,15 @@ class CircuitBreaker:
         self._announce(old, CircuitState.CLOSED)
 
     def force_open(self) -> None:
-        """Open the breaker until :meth:`reset`: every call is refused (for maintenance)."""
+        """Open the breaker until :meth:`reset`: every call is refused (for maintenance).
+
+        Raises:
+            RuntimeError: called from a signal handler that interrupted the
+                main thread inside this breaker's locked section (a guarded
+                call's admission or outcome): raised within 0.25 s, where the
+                call waited for good; the breaker is left as it was.
+        """
+        self._refuse_under_its_held_lock("force_open()", _CHANGE_ELSEWHERE)
         with self._lock:
             old = self._state
             self._state = CircuitState.OPEN
@@ -293,6 +326,15 @@ class CircuitBreaker:
             "asks the breaker before each call is sent and counts its outcome here; or make a breaker in the "
             "worker (in a module the task imports), which counts that worker's calls only"
         )
+
+    def _refuse_under_its_held_lock(self, call: str, instead: str) -> None:
+        """Raise ``RuntimeError`` where ``call`` would wait for good for this breaker's lock, held below a signal handler.
+
+        Only the public calls a handler may make look (on the main thread
+        only, see :func:`._runtime.held_below`): the engine's, on every
+        guarded call, take the lock as they did.
+        """
+        refuse_under_a_held_lock(f"CircuitBreaker({self.name!r}).{call}", lambda: [self._lock], instead)
 
     # -- engine side ------------------------------------------------------------------
 
