@@ -8,6 +8,7 @@ while its task runs. Cross-process signals are marker files (``Flags``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -373,6 +374,36 @@ def test_an_error_whose_str_raises_keeps_its_class() -> None:
     with pytest.raises(CannotSayItself) as caught:
         mp.parallel(backend="dask")(fail_unsayably)().get(timeout=60)
     assert caught.value.args == ("raised by the task",)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenWithoutState(Exception):
+    """Without fields, pickle alone rebuilds it; Dask's pickling (tblib's) sets its chain through __setattr__, which refuses."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenCause(Exception):
+    pass
+
+
+def fail_frozen() -> None:
+    raise FrozenWithoutState()
+
+
+def fail_caused_by_a_frozen_error() -> None:
+    raise ValueError("outer") from FrozenCause()
+
+
+def test_an_error_that_refuses_its_chain_arrives_as_itself() -> None:
+    # Dask pickles an error with tblib, whose unpickling sets __cause__ and __context__
+    # through the class's own __setattr__; a frozen dataclass's refuses them, and Dask sent
+    # a bare Exception with its repr() in place of the error, and of the error it caused.
+    with pytest.raises(FrozenWithoutState) as caught:
+        mp.parallel(backend="dask")(fail_frozen)().get(timeout=60)
+    assert "in fail_frozen" in str(caught.value.__cause__)  # the worker's traceback, as text
+    with pytest.raises(ValueError, match="outer") as caught_outer:
+        mp.parallel(backend="dask")(fail_caused_by_a_frozen_error)().get(timeout=60)
+    assert type(caught_outer.value.__cause__) is FrozenCause
 
 
 def fail_with_a_lock_on_13(x: int) -> int:

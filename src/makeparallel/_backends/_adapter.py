@@ -37,6 +37,7 @@ dropped: its future is no longer the handle's.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import pickle
 import sys
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     from .._handle import AsyncHandle
 
 __all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely", "carried", "carried_if_unpicklable"]
+
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 on; isinstance(x, ()) is False
 
 #: Seconds ``health()`` reports an executor that refused a task (shut down) as failing every task.
 REFUSALS_SHOWN_FOR = 10.0
@@ -746,9 +749,15 @@ def _travels_as_itself(error: BaseException) -> bool:
     (``SystemExit``, ``KeyboardInterrupt``) does not: a Dask worker dies of
     one its task raised, as many times as the scheduler allows. Nor one whose
     ``str()`` raises: a Dask worker describes the error so as it sends it, and
-    sent that ``str()``'s error instead.
+    sent that ``str()``'s error instead. Nor one of whose chain any class has
+    its own ``__setattr__`` (a frozen dataclass's, which refuses every
+    attribute): a Dask worker pickles an error with tblib, whose unpickling
+    sets the chain of each through it, and Dask sent a bare ``Exception``
+    with its ``repr()`` in place of the error (of the error it caused too).
+    Plain pickle, tried here, sets none of them, and rebuilt one that has
+    no state.
     """
-    if not isinstance(error, Exception):
+    if not isinstance(error, Exception) or _sets_its_own_attributes(error):
         return False
     try:
         str(error)
@@ -756,4 +765,20 @@ def _travels_as_itself(error: BaseException) -> bool:
     except BaseException:  # noqa: BLE001  # SystemExit too: a __reduce__ that calls sys.exit()
         return False
     return True
+
+
+def _sets_its_own_attributes(error: BaseException) -> bool:
+    """Whether the class of ``error``, or of one in its chain or among a group's members, has its own ``__setattr__``."""
+    seen: set[int] = set()
+    waiting = [error]
+    while waiting:  # (a chain may loop)
+        linked = waiting.pop()
+        if id(linked) in seen:
+            continue
+        seen.add(id(linked))
+        if type(linked).__setattr__ is not BaseException.__setattr__:
+            return True
+        members = getattr(linked, "exceptions", ()) if isinstance(linked, _GROUP) else ()
+        waiting.extend(other for other in (linked.__cause__, linked.__context__, *members) if other is not None)
+    return False
 
