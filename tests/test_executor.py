@@ -1358,3 +1358,49 @@ def test_a_map_in_chunks_of_an_async_parallel_function_is_waited_for_on_a_runnin
         finally:
             gate.set()
         blocker.result(timeout=30)
+
+
+# A handler that makes an Executor on SIGUSR1 (a diagnostic batch), as the code it interrupted
+# held the lock named in argv: the runtime's (a first task's pool being made, an Executor made),
+# or the memory limit's (a new pool following it). Made, an Executor takes both.
+EXECUTOR_IN_A_HANDLER = """
+import faulthandler, signal, sys
+import makeparallel as mp
+from makeparallel import _memory_guard, _runtime
+
+faulthandler.dump_traceback_later(20, exit=True)  # a hang names the call
+mp.configure_memory_limit(99.99)
+lock = {"runtime": _runtime._lock, "memory limit": _memory_guard._guard_lock, "none": None}[sys.argv[1]]
+
+
+def outcome():
+    try:
+        with mp.Executor(backend="thread", max_workers=1) as executor:
+            return str(executor.submit(abs, -3).result(timeout=10))
+    except RuntimeError as error:
+        assert "signal handler" in str(error) and "another thread" in str(error), error
+        return "RuntimeError"
+
+
+outcomes = []
+signal.signal(signal.SIGUSR1, lambda *_: outcomes.append(outcome()))
+if lock is None:
+    signal.raise_signal(signal.SIGUSR1)
+else:
+    with lock:
+        signal.raise_signal(signal.SIGUSR1)
+print(*outcomes, outcome(), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 here")
+@pytest.mark.parametrize(("held", "outcomes"), [("runtime", "RuntimeError 3"), ("memory limit", "RuntimeError 3"), ("none", "3 3")])
+def test_an_executor_made_in_a_signal_handler_never_waits_for_a_lock_held_below(held: str, outcomes: str) -> None:
+    # mp.Executor(...) from a signal handler that interrupted the main thread as it held the
+    # runtime's lock (a first task's pool being made) or the memory limit's took the lock and
+    # waited for good. Refused at once, nothing made; out of the handler, it works.
+    result = subprocess.run(
+        [sys.executable, "-c", EXECUTOR_IN_A_HANDLER, held], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert (result.returncode, result.stdout) == (0, f"{outcomes}\n"), result.stderr

@@ -282,6 +282,12 @@ class Executor(concurrent.futures.Executor):
         ValueError: ``backend`` is not one of the names above, or ``max_workers``
             is below 1.
         TypeError: ``max_workers`` is not an int.
+        RuntimeError: made in a signal handler that interrupted the main
+            thread as it held the library's lock (a first task's pool being
+            made, another ``Executor`` being made) or the memory limit's, both
+            of which making one takes: raised within 0.25 s, where it waited
+            for good; nothing is made. Make it from another thread, or have
+            the handler set a flag and make it in your program's own flow.
 
     Example::
 
@@ -317,6 +323,13 @@ class Executor(concurrent.futures.Executor):
             accepted = ", ".join(repr(name) for name in _BACKENDS)
             raise ValueError(f"backend must be one of {accepted}, got {backend!r}")
         self._max_workers = usable_cpu_count() if max_workers is None else check_count(max_workers, "max_workers")
+        # Listed and following the memory limit below, under the runtime's lock and the limit's.
+        _runtime.refuse_under_a_held_lock(
+            "mp.Executor()",
+            lambda: [_runtime._lock, *_runtime._memory_limit_lock()],
+            "Nothing was made. Make it from another thread, or have the handler set a flag and make it "
+            "from your program's own flow",
+        )
         self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
         # Read by the executor adapter, should this executor itself serve as a backend.
         self._makeparallel_in_process = self._backend.name != "process"
