@@ -430,8 +430,8 @@ def _named_here(fn: FunctionType) -> bool:
     """Whether ``fn`` is a module-level function of this package, which its module holds under its name.
 
     Pickled by that name by the C pickler, as the full pickler would send it,
-    without importing cloudpickle: every worker imports this package, from
-    where the program did, before its first task. Not a nested function, nor
+    without importing cloudpickle: every worker imports this package from its
+    own folder before its first task (:func:`_importable_by_name`). Not a nested function, nor
     a ``@parallel`` one (its name holds its wrapper): the full pickler sends those.
     """
     module = fn.__module__
