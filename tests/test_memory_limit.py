@@ -582,3 +582,72 @@ def test_a_pool_made_as_the_limit_is_replaced_does_not_wait_for_the_old_guards_r
             stop()
     guard = _memory_guard.current_guard()
     assert guard is not None and guard is not old and guard.limit_percent == 60
+
+
+def _wait_by_get(quick: Any) -> list[int]:
+    return [quick(0).get()]
+
+
+def _wait_by_parallel_map(quick: Any) -> list[int]:
+    return mp.parallel_map(quick, range(3))
+
+
+def _wait_in_a_group(quick: Any) -> list[int]:
+    with mp.ParallelContext() as ctx:
+        for i in range(3):
+            ctx.submit(quick, i)
+    return ctx.results()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("wait_for", [_wait_by_get, _wait_by_parallel_map, _wait_in_a_group])
+def test_a_paused_pool_starts_no_queued_task_in_the_thread_that_waits_for_it(
+    fake_memory: FakeMemory, gate: threading.Event, wait_for: Callable[[Any], list[int]]
+) -> None:
+    # A thread outside the pool's tasks that waited for a queued task (get(), a map, a
+    # group's end) ran it itself: beside the pool's one worker, one more task per such
+    # thread ran while memory was over the limit (two at once here; a service's request
+    # threads, each mapping, ran one each).
+    resize(4)
+    running = 0
+    high_water = 0
+    ran_on: set[str] = set()
+    lock = threading.Lock()
+    first_running = threading.Event()
+
+    def count(delta: int) -> None:
+        nonlocal running, high_water
+        with lock:
+            running += delta
+            high_water = max(high_water, running)
+
+    @mp.parallel
+    def hold() -> None:
+        count(1)
+        first_running.set()
+        assert gate.wait(30)
+        count(-1)
+
+    @mp.parallel
+    def quick(i: int) -> int:
+        count(1)
+        ran_on.add(threading.current_thread().name)
+        count(-1)
+        return i
+
+    fake_memory.percent = 95
+    mp.configure_memory_limit(80)
+    held = hold()  # the pool's one worker runs it
+    assert first_running.wait(30)
+    results: list[list[int]] = []
+    waiter = threading.Thread(target=lambda: results.append(wait_for(quick)), name="waiter")
+    waiter.start()
+    # Queued behind the task that holds the one worker; run by the waiter, it left the queue at once.
+    assert wait_until(lambda: mp.get_thread_pool_info()["queued_tasks"] >= 1 or not waiter.is_alive())
+    gate.set()
+    waiter.join(30)
+    assert not waiter.is_alive()
+    held.get(timeout=30)
+    assert results and results[0] == list(range(len(results[0])))
+    assert high_water == 1, "a queued task started beside the running one while paused"
+    assert "waiter" not in ran_on

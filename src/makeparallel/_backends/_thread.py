@@ -546,6 +546,27 @@ class ThreadBackend(QueueingBackend):
                 spawn = self._queued - len(self._parked)
         self._spawn(spawn)
 
+    def _steal(self, handle: AsyncHandle[Any]) -> bool:
+        """Claim a queued task for the waiting caller to run inline; while paused, only a task's wait or a worker's may.
+
+        Paused for memory, the pool starts one task at a time. A thread outside
+        its tasks that waited for a queued one (``get()``, a map, a group's
+        end) ran it itself, beside the task the pool's worker ran: one more
+        task at once per such thread (a service's request threads, each
+        mapping, ran one each), over the limit. It waits for the worker
+        instead. A task waiting for its children still runs them (nested work
+        never deadlocks), and so does this pool's worker (its callbacks), or a
+        wait where the pool has no worker left to run it (at exit).
+        """
+        if (
+            self._paused
+            and self._workers
+            and getattr(_local, "task", None) is None
+            and getattr(_this_thread, "pool", None) is not self
+        ):
+            return False
+        return super()._steal(handle)
+
     def worker_blocks(self) -> None:
         """A worker's task waits for other tasks: run one more worker meanwhile.
 
