@@ -477,6 +477,34 @@ def test_an_item_that_raises_stop_iteration_fails_alone_instead_of_ending_its_sl
     assert got == list(range(13))
 
 
+def stop_async_at_13(x: int) -> int:
+    if x == 13:
+        raise StopAsyncIteration("an async iterator ran dry inside the item")
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", [*BACKENDS, "process"])
+def test_an_item_that_raises_stop_async_iteration_fails_async_for_with_an_error_naming_it(backend: str) -> None:
+    # No async generator can pass a StopAsyncIteration on (PEP 525): `async for`
+    # over an imap raised Python's "async generator raised StopAsyncIteration",
+    # which named a generator of the library's and carried the item's note only
+    # in its cause. The items before it are handed out first, as for any error.
+    async def collect(got: list[int]) -> None:
+        async for result in mp.imap(stop_async_at_13, range(30), chunksize=10, backend=backend):
+            got.append(result)
+
+    got: list[int] = []
+    with pytest.raises(RuntimeError, match="^the map's function raised StopAsyncIteration") as caught:
+        asyncio.run(collect(got))
+    assert got == list(range(13))
+    assert isinstance(caught.value.__cause__, StopAsyncIteration)
+    assert "makeparallel: raised by item 13 (13)" in caught.value.__notes__
+    # Iterated without `async for`, or collected, it passes on as itself.
+    with pytest.raises(StopAsyncIteration):
+        list(mp.imap(stop_async_at_13, range(30), chunksize=10, backend=backend))
+
+
 class Abort(BaseException):
     """What a program raises to stop, not an error."""
 

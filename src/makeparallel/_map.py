@@ -617,6 +617,24 @@ async def _each_async(chunks: AsyncIterator[list[Any]], mapper: _Mapper) -> Asyn
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
+#: What an item's StopAsyncIteration becomes in ``async for`` over a map (PEP 525), as STOP_ITERATION in a loop.
+STOP_ASYNC_ITERATION = "the map's function raised StopAsyncIteration, which no async for can pass on (PEP 525)"
+
+
+def _stop_async_iteration_failure(raised: StopAsyncIteration) -> RuntimeError:
+    """The error ``async for`` over a map raises for ``raised``: a ``RuntimeError`` it caused, with its notes.
+
+    No async generator can raise a ``StopAsyncIteration`` (PEP 525): Python
+    made it "async generator raised StopAsyncIteration", which named a
+    generator of the library's and left the item's note in its cause only.
+    Iterated with ``for``, or collected, the map raises it as itself.
+    """
+    failure = RuntimeError(STOP_ASYNC_ITERATION)
+    for note in getattr(raised, "__notes__", ()):
+        add_note(failure, note)
+    return failure
+
+
 def _chunk_runner(
     name: str, backend: BackendOption | Backend | None, limiter: Limiter | None, priority: int = 0
 ) -> ParallelFunction[..., list[Any]]:
@@ -1244,11 +1262,13 @@ class _Mapper:
                     chunk, taken = self._take(entry)
                 except KeyboardInterrupt:  # as in chunks()
                     raise
-                except BaseException:  # as in chunks()
+                except BaseException as error:  # as in chunks()
                     if self._closed_elsewhere:
                         return
                     if before := self._results_before(entry[0]):
                         yield before
+                    if isinstance(error, StopAsyncIteration):
+                        raise _stop_async_iteration_failure(error) from error
                     raise
                 yield chunk
                 self._items_in_flight -= taken
@@ -1257,6 +1277,8 @@ class _Mapper:
                 return
             finished = True
             if self._input_error is not None:
+                if isinstance(self._input_error, StopAsyncIteration):
+                    raise _stop_async_iteration_failure(self._input_error) from self._input_error
                 raise self._input_error
         except asyncio.CancelledError:
             cancelled = True
