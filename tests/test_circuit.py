@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from handler_scripts import CALLS_UNDER_THE_LOCK, REFUSED_OR_OK
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
 from test_retry import (
@@ -1392,16 +1393,7 @@ breaker = mp.CircuitBreaker("dependency", window=5, min_calls=5)
 other = mp.CircuitBreaker("other")
 assert mp.parallel(backend="sync", circuit_breaker=breaker)(abs)(-1).get() == 1
 lock = {"its own": breaker, "another breaker's": other}[sys.argv[1]]._lock
-
-
-def outcome(call):
-    try:
-        call()
-    except RuntimeError as error:
-        assert "signal handler" in str(error) and "another thread" in str(error), error
-        return "RuntimeError"
-    return "ok"
-
+""" + REFUSED_OR_OK + """
 
 calls = {
     "state": lambda: breaker.state,
@@ -1410,11 +1402,7 @@ calls = {
     "reset": breaker.reset,
     "force_open": breaker.force_open,
 }
-outcomes = []
-signal.signal(signal.SIGUSR1, lambda *_: outcomes.extend(f"{name}={outcome(call)}" for name, call in calls.items()))
-with lock:
-    signal.raise_signal(signal.SIGUSR1)
-print(*outcomes, flush=True)
+""" + CALLS_UNDER_THE_LOCK + """
 print(breaker.state.value, breaker.statistics().successful_calls, flush=True)
 print(*(f"{name}={outcome(call)}" for name, call in calls.items()), flush=True)
 """

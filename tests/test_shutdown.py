@@ -30,6 +30,7 @@ import makeparallel as mp
 from makeparallel import _handle, _runtime
 from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
+from handler_scripts import CALLS_UNDER_THE_LOCK, REFUSED_OR_OK
 from makeparallel.testing import wait_until_idle
 from pool_helpers import (
     EXIT_WAITS,
@@ -2345,16 +2346,7 @@ if held == "dask pool":
     dask = {"dask_client": object.__new__(distributed.Client)}  # its type is checked, then it is kept
     locks[held] = lambda: _runtime.get_backend("dask")._lock
 lock = locks[held]()
-
-
-def outcome(call):
-    try:
-        call()
-    except RuntimeError as error:
-        assert "signal handler" in str(error) and "another thread" in str(error), error
-        return "RuntimeError"
-    return "ok"
-
+""" + REFUSED_OR_OK + """
 
 calls = {
     "configure": lambda: mp.configure(exit_timeout=7, **dask),
@@ -2364,11 +2356,7 @@ calls = {
     "limit": lambda: mp.set_max_concurrent_tasks(8),
     "process_info": mp.get_process_pool_info,
 }
-outcomes = []
-signal.signal(signal.SIGUSR1, lambda *_: outcomes.extend(f"{name}={outcome(call)}" for name, call in calls.items()))
-with lock:
-    signal.raise_signal(signal.SIGUSR1)
-print(*outcomes, flush=True)
+""" + CALLS_UNDER_THE_LOCK + """
 print("limit", _runtime.global_limiter.limit, flush=True)
 print(*(f"{name}={outcome(call)}" for name, call in calls.items()), flush=True)
 """
