@@ -651,3 +651,45 @@ def test_a_paused_pool_starts_no_queued_task_in_the_thread_that_waits_for_it(
     assert results and results[0] == list(range(len(results[0])))
     assert high_water == 1, "a queued task started beside the running one while paused"
     assert "waiter" not in ran_on
+
+
+@pytest.mark.timeout(30)
+def test_a_paused_pool_whose_places_are_all_stuck_lets_the_waiter_run_the_queued_task(
+    fake_memory: FakeMemory, gate: threading.Event
+) -> None:
+    # Paused, the pool keeps one worker and replaces one stuck thread: two tasks cancelled
+    # as they ran (still running) fill both places, and no worker takes a queued task.
+    # A thread outside the tasks that waited for one was refused it, as if a worker
+    # would run it, and waited until a stuck task returned or memory fell: for good
+    # where neither came. With no worker to take it, it runs it itself, as before.
+    resize(4)
+    started = threading.Semaphore(0)
+
+    @mp.parallel
+    def ignores_cancel() -> None:
+        started.release()
+        assert gate.wait(30)
+
+    @mp.parallel
+    def quick(i: int) -> int:
+        return i
+
+    stuck = [ignores_cancel() for _ in range(2)]
+    for _ in stuck:
+        assert started.acquire(timeout=30)
+    for handle in stuck:
+        assert handle.cancel()
+    assert mp.get_thread_pool_info()["stuck_threads"] == 2
+    fake_memory.percent = 95
+    mp.configure_memory_limit(80)
+    assert mp.get_thread_pool_info()["paused"] is True
+    handle = quick(7)
+    results: list[int] = []
+    waiter = threading.Thread(target=lambda: results.append(handle.get()), name="waiter", daemon=True)
+    waiter.start()
+    waiter.join(10)  # bounded: it ends at once, or never while the tasks stay stuck
+    stopped_waiting = not waiter.is_alive()
+    gate.set()  # the stuck tasks return, and a worker runs the task if the waiter did not
+    waiter.join(30)
+    assert stopped_waiting, "the waiter waited for a worker the paused pool did not have"
+    assert results == [7]

@@ -556,15 +556,20 @@ class ThreadBackend(QueueingBackend):
         mapping, ran one each), over the limit. It waits for the worker
         instead. A task waiting for its children still runs them (nested work
         never deadlocks), and so does this pool's worker (its callbacks), or a
-        wait where the pool has no worker left to run it (at exit).
+        wait where no worker is left to take it: none at exit, and none while
+        stuck threads (tasks timed out or cancelled as they ran) fill the
+        places, which a pause cuts to two. Refused there, the waiter waited
+        until a stuck task returned or memory fell: for good where neither came.
         """
         if (
             self._paused
-            and self._workers
             and getattr(_local, "task", None) is None
             and getattr(_this_thread, "pool", None) is not self
         ):
-            return False
+            with self._lock:
+                # Surplus workers retire without taking a task; stuck and blocked ones take none.
+                if min(self._workers, self._capacity) > self._stuck + self._blocked:
+                    return False
         return super()._steal(handle)
 
     def worker_blocks(self) -> None:
