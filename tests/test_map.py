@@ -505,6 +505,29 @@ def test_an_item_that_raises_stop_async_iteration_fails_async_for_with_an_error_
         list(mp.imap(stop_async_at_13, range(30), chunksize=10, backend=backend))
 
 
+def input_that_stops_async() -> Iterator[int]:
+    yield 0
+    yield 1
+    raise StopAsyncIteration("an async iterator ran dry inside the input")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_input_that_raises_stop_async_iteration_is_named_as_the_input_not_the_function(ordered: bool) -> None:
+    # The input's StopAsyncIteration, read with `async for`, failed with "the map's
+    # function raised StopAsyncIteration": the function never raised it, and nothing
+    # else pointed at the input.
+    async def collect(got: list[int]) -> None:
+        async for result in mp.imap(stop_async_at_13, input_that_stops_async(), ordered=ordered):
+            got.append(result)
+
+    got: list[int] = []
+    with pytest.raises(RuntimeError, match="^the map's input raised StopAsyncIteration") as caught:
+        asyncio.run(collect(got))
+    assert sorted(got) == [0, 1]
+    assert isinstance(caught.value.__cause__, StopAsyncIteration)
+
+
 class Abort(BaseException):
     """What a program raises to stop, not an error."""
 

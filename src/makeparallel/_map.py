@@ -621,15 +621,21 @@ async def _each_async(chunks: AsyncIterator[list[Any]], mapper: _Mapper) -> Asyn
 STOP_ASYNC_ITERATION = "the map's function raised StopAsyncIteration, which no async for can pass on (PEP 525)"
 
 
-def _stop_async_iteration_failure(raised: StopAsyncIteration) -> RuntimeError:
+#: The same, where the map's input raised it: named as the function's, it sent users to a function that never raised.
+STOP_ASYNC_ITERATION_INPUT = "the map's input raised StopAsyncIteration, which no async for can pass on (PEP 525)"
+
+
+def _stop_async_iteration_failure(raised: StopAsyncIteration, message: str = STOP_ASYNC_ITERATION) -> RuntimeError:
     """The error ``async for`` over a map raises for ``raised``: a ``RuntimeError`` it caused, with its notes.
 
     No async generator can raise a ``StopAsyncIteration`` (PEP 525): Python
     made it "async generator raised StopAsyncIteration", which named a
     generator of the library's and left the item's note in its cause only.
     Iterated with ``for``, or collected, the map raises it as itself.
+    ``message`` names where it came from: the map's function (an item), or
+    its input (``STOP_ASYNC_ITERATION_INPUT``).
     """
-    failure = RuntimeError(STOP_ASYNC_ITERATION)
+    failure = RuntimeError(message)
     for note in getattr(raised, "__notes__", ()):
         add_note(failure, note)
     return failure
@@ -1278,7 +1284,8 @@ class _Mapper:
             finished = True
             if self._input_error is not None:
                 if isinstance(self._input_error, StopAsyncIteration):
-                    raise _stop_async_iteration_failure(self._input_error) from self._input_error
+                    failure = _stop_async_iteration_failure(self._input_error, STOP_ASYNC_ITERATION_INPUT)
+                    raise failure from self._input_error
                 raise self._input_error
         except asyncio.CancelledError:
             cancelled = True
