@@ -736,6 +736,43 @@ def test_profiled_rejects_non_callables() -> None:
         mp.profiled(name="x")("not callable")  # type: ignore[arg-type]
 
 
+
+@pytest.mark.timeout(10)
+def test_profiled_over_staticmethod_and_classmethod_keeps_the_binding() -> None:
+    # Over @staticmethod, the wrapper was a plain function: read on an instance it bound
+    # the instance, and the call raised "Profiled.double() takes 1 positional argument but
+    # 2 were given". Over @classmethod, it was refused as no callable, where @parallel takes both.
+    class Profiled:
+        @mp.profiled
+        @staticmethod
+        def double(x: int) -> int:
+            return 2 * x
+
+        @mp.profiled
+        @classmethod
+        def named(cls, x: int) -> str:
+            return f"{cls.__name__}:{x}"
+
+        @mp.profiled
+        @staticmethod
+        async def later(x: int) -> int:
+            return x
+
+    class Child(Profiled):
+        pass
+
+    assert Profiled.double(2) == 4
+    assert Profiled().double(3) == 6
+    assert Profiled.named(1) == "Profiled:1"
+    assert Child().named(2) == "Child:2"  # the class it is read on, as a class method's
+    assert asyncio.run(Profiled().later(5)) == 5
+    prefix = "test_profiled_over_staticmethod_and_classmethod_keeps_the_binding.<locals>.Profiled"
+    for method, calls in (("double", 2), ("named", 2), ("later", 1)):
+        metrics = mp.get_metrics(f"{prefix}.{method}")
+        assert metrics is not None, method
+        assert (metrics.total_tasks, metrics.completed_tasks) == (calls, calls), metrics
+
+
 @pytest.mark.timeout(10)
 def test_profiled_refuses_a_name_that_is_no_str_as_parallel_does() -> None:
     # name=5 was taken: its record was keyed by the int, which no get_metrics()

@@ -482,7 +482,9 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
     measured as it is awaited, from its start to its end, awaits included.
 
     Args:
-        fn: the function to measure.
+        fn: the function to measure; under ``@staticmethod`` or
+            ``@classmethod`` too (``@profiled`` above them), which it measures
+            and keeps as such.
         name: the name to record under; defaults to the function's
             ``__qualname__`` (as for ``@parallel``: a ``functools.partial``'s is
             ``partial(<its function's>)``, a callable object's its class's).
@@ -500,6 +502,13 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         raise TypeError(f"name must be a non-empty str, got {name!r}")
 
     def decorate(function: F) -> F:
+        # Wrapped inside, as @parallel does: the plain wrapper made of a staticmethod bound
+        # the instance it was read on ("takes 1 positional argument but 2 were given"),
+        # and a classmethod, no callable, was refused.
+        if isinstance(function, staticmethod):
+            return staticmethod(decorate(function.__func__))  # type: ignore[arg-type, return-value]
+        if isinstance(function, classmethod):
+            return classmethod(decorate(function.__func__))
         if not callable(function):
             hint = f" (a name goes in name=: @profiled(name={function!r}))" if isinstance(function, str) else ""
             raise TypeError(f"@profiled needs a callable, got {function!r}{hint}")
