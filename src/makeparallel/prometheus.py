@@ -219,7 +219,9 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
     """Register the collector and serve ``/metrics`` on ``addr:port``.
 
     Returns what ``prometheus_client.start_http_server`` returns (the server and
-    its thread in current versions; call ``server.shutdown()`` to stop). The
+    its thread in current versions; ``server.shutdown()`` stops serving, then
+    ``server.server_close()`` frees the port: without it, a scrape waits
+    until its timeout and a new server on that port fails). The
     port may be an integer of any type (NumPy's ``int64`` too). The
     address defaults to loopback: expose it deliberately. A registry that has
     the collector already (:func:`register` called first, or a server on
