@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import gc
+import os
 import pickle
 import re
 import signal
@@ -895,10 +896,11 @@ def test_a_predicate_that_calls_the_library_deadlocks_no_sync_call_whose_loop_cl
 
 
 @pytest.mark.timeout(60)
-def test_a_held_sync_call_whose_loop_closed_is_one_failure_for_its_breaker(clock: FakeClock, gate: threading.Event) -> None:
+def test_a_held_sync_call_whose_loop_closed_asks_its_breaker_once(clock: FakeClock, gate: threading.Event) -> None:
     # Two find its loop closed: its admission, and a wait for it that looks at its loop. Each
-    # ended it and asked its breaker, which counted the call's failure twice. Here the wait
-    # looks while the admission asks the breaker.
+    # ended it and asked its breaker, which counted the call's failure twice (its
+    # ShutdownError now counts as nothing). Here the wait looks while the admission asks
+    # the breaker.
     asked: list[BaseException] = []
     waiting: list[mp.AsyncHandle[Any]] = []
     started, first_asked = threading.Event(), threading.Event()
@@ -1429,3 +1431,53 @@ def test_a_breaker_read_or_reset_in_a_signal_handler_never_waits_for_its_lock_he
         [sys.executable, "-c", BREAKER_IN_A_HANDLER, held], capture_output=True, text=True, timeout=50, check=False
     )
     assert (result.returncode, result.stdout) == (0, f"{outcomes}\n{after}\n{_BREAKER_CALLS_OK}\n"), result.stderr
+
+
+def runs_until_stopped(folder: str) -> None:
+    """A process task that says it started (a file in ``folder``), then runs until shutdown() stops its worker."""
+    with open(os.path.join(folder, str(os.getpid())), "w"):
+        pass
+    time.sleep(60)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("which", ["running", "queued"])
+def test_calls_that_shutdown_stopped_count_as_nothing_for_their_breaker(
+    which: str, tmp_path: Any, clock: FakeClock
+) -> None:
+    # Stopped by shutdown(), running or not yet started, a process task fails with
+    # ShutdownError, which the breaker counted as a failure of the dependency: a
+    # shutdown opened it (the dependency never answered, the queued call never ran),
+    # and after reset_shutdown() every call was refused for its recovery_timeout.
+    mp.configure_process_pool(num_workers=1)  # (put back after each test)
+    breaker = breaker_for(clock, window=1, min_calls=1)
+    call = mp.parallel(backend="process", circuit_breaker=breaker)(runs_until_stopped)
+    handles = {"running": call(str(tmp_path)), "queued": call(str(tmp_path))}
+    assert wait_until(lambda: any(tmp_path.iterdir()), 30)
+    assert mp.shutdown(timeout_secs=0.1) is False
+    assert isinstance(handles[which].exception(timeout=30), mp.ShutdownError)
+    stats = breaker.statistics()
+    assert (stats.state, stats.failed_calls, stats.successful_calls, stats.buffered_calls) == ("closed", 0, 0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_an_attempt_that_a_shutdown_error_ended_gives_back_its_trial_permit_for_its_retry(clock: FakeClock) -> None:
+    # Retried, an attempt that ended with ShutdownError (its code called into a pool
+    # that was shut down) was recorded as a failed trial: the breaker opened again,
+    # and refused the retry.
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=1)
+    assert outcome(guarded(breaker)(True)) == "ConnectionError"
+    clock.now += 31
+    attempts: list[int] = []
+
+    @mp.parallel(backend="thread", circuit_breaker=breaker, retry=mp.Retry(on=mp.ShutdownError, attempts=2, wait_initial=0, wait_jitter=0))
+    def calls_a_closed_pool() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise mp.ShutdownError("the pool it called was shut down")
+        return "paid"
+
+    handle = calls_a_closed_pool()
+    assert handle.get(timeout=30) == "paid" and handle.attempts == 2
+    stats = breaker.statistics()
+    assert (stats.state, stats.failed_calls, stats.successful_calls) == ("closed", 1, 1)

@@ -41,7 +41,7 @@ from ._predicates import ask
 from ._retry import NEVER_COUNTED, RetryOn, _check_on
 from ._runtime import refuse_under_a_held_lock
 from ._validation import check_count, check_finite_seconds, is_real
-from .errors import CircuitOpenError, TaskCancelledError
+from .errors import CircuitOpenError, ShutdownError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers", "labelled_breakers"]
 
@@ -166,8 +166,8 @@ class CircuitBreaker:
             predicate ``f(exc) -> bool``; other errors count as successes (the
             dependency answered). Cancellations, errors that are no
             ``Exception`` (``SystemExit``, an ``asyncio.CancelledError`` the
-            task's code raised), and this breaker's own refusals, count as
-            nothing; a ``CircuitOpenError`` that the task's
+            task's code raised), ``ShutdownError`` (a shutdown stopped the
+            call), and this breaker's own refusals, count as nothing; a ``CircuitOpenError`` that the task's
             code raised (a breaker refused a call it made) is judged by
             ``on`` as any error. An error
             whose predicate raises counts as a failure, and a note on it gives
@@ -372,12 +372,16 @@ class CircuitBreaker:
 
         Not a cancellation, nor an error that is no ``Exception``
         (``KeyboardInterrupt``, ``SystemExit``, an ``asyncio.CancelledError``
-        that the task's own code raised): such a call was stopped, it got no
-        answer. It counts as nothing, as a cancelled call does, and gives back
-        its trial permit; counted as a success (``on`` names no such error),
-        a half-open trial ending so closed the breaker.
+        that the task's own code raised), nor a ``ShutdownError`` (a shutdown
+        stopped the call, or it never started; or its code called a pool
+        that was shut down): such a call was stopped, it got no answer. It
+        counts as nothing, as a cancelled call does, and gives back its trial
+        permit; counted as a success (``on`` names no such error), a
+        half-open trial ending so closed the breaker, and counted as a
+        failure (the default ``on``), a shutdown opened the breaker, which
+        then refused every call after ``reset_shutdown()``.
         """
-        return isinstance(error, Exception) and not isinstance(error, TaskCancelledError)
+        return isinstance(error, Exception) and not isinstance(error, (TaskCancelledError, ShutdownError))
 
     def counts_as_failure(self, error: BaseException) -> bool:
         """Whether ``error``, the outcome of a call that ran, fails the dependency (``on``); cancellations never do.

@@ -276,9 +276,14 @@ class GuardedTaskSpec(RetryingTaskSpec):
         super().task_retried(handle, first)
         error = handle._retry.last_error
         assert error is not None
-        if not handle._retry.refused:  # a refused attempt never ran (a CircuitOpenError its code raised is an outcome)
-            started = handle._started_at
-            self._record(self._counts_as_failure(self._verdicts.pop(handle._id, None), error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))
+        if handle._retry.refused:  # a refused attempt never ran (a CircuitOpenError its code raised is an outcome)
+            return
+        if not self.breaker.answered(error):  # type: ignore[union-attr]  # stopped (a ShutdownError): nothing
+            self._verdicts.pop(handle._id, None)
+            self.breaker.release(self._rounds.get(handle._id))  # type: ignore[union-attr]
+            return
+        started = handle._started_at
+        self._record(self._counts_as_failure(self._verdicts.pop(handle._id, None), error), None if started is None else time.perf_counter() - started, self._rounds.get(handle._id))
 
     def release_permit(self, handle: AsyncHandle[Any]) -> None:
         """Give back ``handle``'s permit: cancelled with others while queued, or its next attempt never ran."""
