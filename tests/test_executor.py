@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from makeparallel import _runtime
+from makeparallel import _executor, _runtime
 from makeparallel._admission import Limiter, Recipient
 
 # The tasks live in pool_helpers: a new worker imports the module of a task it runs,
@@ -606,6 +606,43 @@ def test_shutdown_with_cancel_futures_cancels_the_tasks_held_for_the_global_limi
     finally:
         flags.set("holder-go")
         executor.shutdown()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_as_a_with_block_waits_at_its_end_cancels_the_queue_and_frees_the_pool(
+    backend: str, flags: Flags, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The block's body only submits, so its end's wait for the queue is where a Ctrl-C lands,
+    # and a notebook, a REPL or a program that goes on catches it. There it left the queue
+    # running, every task of it, and the pool's worker processes alive for good.
+    executor = mp.Executor(backend=backend, max_workers=1)
+    backend_of = executor._backend
+    real_wait_idle = backend_of.wait_idle
+    interrupted = []
+
+    def wait_idle(timeout: float | None) -> bool:
+        if not interrupted:  # the block's wait: a Ctrl-C lands in it
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_wait_idle(timeout)
+
+    monkeypatch.setattr(backend_of, "wait_idle", wait_idle)
+    try:
+        with pytest.raises(KeyboardInterrupt), executor:
+            running = executor.submit(mark_then_wait, flags, "running")
+            assert flags.wait("running", 30)
+            queued = [executor.submit(abs, -i) for i in range(3)]
+        assert interrupted
+        assert [future.cancelled() for future in queued] == [True, True, True]
+        assert not running.done()  # not waited for
+        flags.set("running-go")
+        assert running.result(timeout=30) == "running"
+        # Then the pool is freed, as by shutdown(wait=False): its workers stop.
+        assert wait_until(lambda: backend_of not in _executor._releasing, timeout=30)
+        assert backend_of.info().get("live_workers", 0) == 0
+    finally:
+        flags.set("running-go")
 
 
 def test_shutdown_never_touches_the_shared_pools() -> None:

@@ -313,9 +313,10 @@ class Executor(concurrent.futures.Executor):
         was given run first, also after ``shutdown(wait=False)``, as the standard
         executors' do (waited for as ``@parallel`` tasks are, at most
         ``configure(exit_timeout=...)``); then its worker processes are stopped.
-        A Ctrl-C (``KeyboardInterrupt``) leaving a ``with`` block cancels the
-        tasks not started and does not wait for the running ones, where the
-        standard executors wait for their whole queue.
+        A Ctrl-C (``KeyboardInterrupt``) leaving a ``with`` block, in its body
+        or as its end waits for the tasks, cancels the tasks not started and
+        does not wait for the running ones, where the standard executors wait
+        for their whole queue.
     """
 
     def __init__(self, backend: str = "thread", max_workers: int | None = None) -> None:
@@ -357,18 +358,26 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         """End a ``with`` block: ``shutdown(wait=True)``, as the standard executors do; after Ctrl-C, no wait.
 
-        A ``KeyboardInterrupt`` leaving the block cancels the tasks not yet
-        started and returns at once (``shutdown(wait=False,
-        cancel_futures=True)``): the wait for a long queue came after the
-        user's Ctrl-C, a hang until a second one. The tasks still running end
-        in the background, or are abandoned with a warning (their worker
-        processes stopped) when the program ends on that Ctrl-C, as after a
-        Ctrl-C while collecting.
+        A ``KeyboardInterrupt`` leaving the block, or interrupting that wait
+        for the tasks, cancels the tasks not yet started and returns at once
+        (``shutdown(wait=False, cancel_futures=True)``): the wait for a long
+        queue came after the user's Ctrl-C, a hang until a second one. The
+        tasks still running end in the background, or are abandoned with a
+        warning (their worker processes stopped) when the program ends on
+        that Ctrl-C, as after a Ctrl-C while collecting.
         """
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.shutdown(wait=False, cancel_futures=True)
-        else:
+            return
+        try:
             self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            # Landed in the wait for the queue, where a block that only submits spends its time:
+            # it leaves the block all the same, and cancels as one in the body does. Uncancelled
+            # (shutdown() leaves the pool to be freed in the background), the whole queue ran on
+            # in a notebook, or any program that caught the Ctrl-C and went on.
+            self._backend.close(cancel_pending=True)
+            raise
 
     @property
     def backend(self) -> str:
@@ -670,7 +679,8 @@ class Executor(concurrent.futures.Executor):
                 ``future.handle.cancel()`` on threads, whose code goes on) has
                 returned, as ``concurrent.futures`` waits for every running
                 call; then worker processes are stopped. With ``False`` return
-                at once and free the pool in the background.
+                at once and free the pool in the background; so is it freed
+                when a Ctrl-C interrupts the wait.
             cancel_futures: cancel the tasks that have not started.
 
         Calling it more than once is harmless. It never touches the pools of
@@ -713,15 +723,23 @@ class Executor(concurrent.futures.Executor):
         backend = self._backend
         backend.close(cancel_pending=cancel_futures)
         frees = self._finalizer.detach() is not None  # shut down, it leaves nothing to do when collected
-        if wait:
+        if not wait:
+            if frees:  # the first call frees the pool
+                _release_in_background(backend)
+            return
+        try:
             backend.wait_idle(None)  # (which ends the "sync" tasks whose loop closed, also as it waits)
             # And for the code of tasks ended as they ran (cancelled through future.handle),
             # which goes on on its thread: idle, the pool had it still running as this returned,
             # where mp.shutdown() and exit wait for it. Not for a task stopped with its map.
             backend.wait_abandoned(None)
-            backend.terminate()  # worker processes stop now
-        elif frees:  # the first call frees the pool
-            _release_in_background(backend)
+        except BaseException:
+            # Interrupted (Ctrl-C): the pool is freed once its tasks end, as by shutdown(wait=False).
+            # Its finalizer detached above, nothing else did: its worker processes stayed up for good.
+            if frees:
+                _release_in_background(backend)
+            raise
+        backend.terminate()  # worker processes stop now
 
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
