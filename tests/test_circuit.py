@@ -1384,6 +1384,21 @@ def test_a_breaker_on_what_can_be_counted_is_accepted(on: Any) -> None:
     assert mp.CircuitBreaker("dependency", on=on).on is on
 
 
+class _StoppedHere(mp.ShutdownError):
+    pass
+
+
+@pytest.mark.parametrize("on", [mp.ShutdownError, _StoppedHere, (ConnectionError, mp.ShutdownError)], ids=repr)
+def test_a_breaker_on_shutdown_error_is_refused(on: Any) -> None:
+    # A ShutdownError counts as nothing (a shutdown stopped the call): named in `on`, it was
+    # accepted, and the breaker silently never opened on it. A retry may still name it.
+    never = next(kind for kind in (on if isinstance(on, tuple) else (on,)) if kind is not ConnectionError)
+    with pytest.raises(ValueError, match=rf"on names {never.__name__}, .* counts? as nothing.*Name the errors"):
+        mp.CircuitBreaker("dependency", on=on)
+    assert mp.Retry(on=on).on is on
+    assert mp.CircuitBreaker("dependency", on=mp.TaskError).on is mp.TaskError  # a base of it: other errors count
+
+
 # A handler that logs a breaker, or resets it, on SIGUSR1, as the code it interrupted was inside
 # the locked section of the breaker named in argv (a guarded call's admission or outcome).
 BREAKER_IN_A_HANDLER = """

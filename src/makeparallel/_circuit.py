@@ -137,6 +137,22 @@ def _check_rate(value: Any, name: str, low_open: bool) -> float:
     return float(value)
 
 
+def _refuse_shutdown_error(on: Any) -> None:
+    """Refuse an ``on`` that names ``ShutdownError``: a breaker counts it as nothing (``answered``).
+
+    A retry may name it (its code called a pool that was shut down), so
+    ``_check_on`` takes it; a breaker named so silently never opened on it.
+    """
+    # A ValueError, as _check_on's: the type is the value of on, and of the right kind.
+    named = [kind for kind in (on if isinstance(on, tuple) else (on,)) if isinstance(kind, type) and issubclass(kind, ShutdownError)]
+    if named:
+        raise ValueError(
+            f"on names {named[0].__name__}, which counts as nothing, neither failure nor success (a shutdown "
+            f"stopped the call, which got no answer): it could never apply. Name the errors (Exception "
+            f"subclasses) to look at, got on={named[0]!r}"
+        )
+
+
 # Outcomes in the ring: bit 1 failed, bit 2 slow.
 _FAILED, _SLOW = 1, 2
 
@@ -179,8 +195,8 @@ class CircuitBreaker:
             naming it; ``ValueError`` too where ``on`` names a type that counts
             as nothing (``SystemExit``, ``KeyboardInterrupt``,
             ``GeneratorExit``, ``asyncio.CancelledError``,
-            ``TaskCancelledError``, or a subclass of one), alone or in its
-            tuple: the breaker would never open.
+            ``TaskCancelledError``, ``ShutdownError``, or a subclass of one),
+            alone or in its tuple: the breaker would never open.
 
     Thread-safety:
         Every method may be called from any thread. A lock guards the counters
@@ -213,6 +229,7 @@ class CircuitBreaker:
         self.recovery_timeout: float = check_finite_seconds(recovery_timeout, "recovery_timeout") or 0.0
         self.half_open_calls = check_count(half_open_calls, "half_open_calls")
         _check_on(on, NEVER_COUNTED)
+        _refuse_shutdown_error(on)
         self.on = on
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
