@@ -645,6 +645,46 @@ def test_ctrl_c_as_a_with_block_waits_at_its_end_cancels_the_queue_and_frees_the
         flags.set("running-go")
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_as_a_with_block_begins_its_closing_shutdown_shuts_it_down_and_frees_the_pool(
+    backend: str, flags: Flags, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Ctrl-C lands in shutdown() before its wait: in its close of the pool, whose finalizer
+    # is still attached. The block's end only cancelled the queue there: the executor did not
+    # count as shut down, and its pool, never freed, kept its worker processes while it lived.
+    executor = mp.Executor(backend=backend, max_workers=1)
+    backend_of = executor._backend
+    real_close = backend_of.close
+    interrupted = []
+
+    def close(cancel_pending: bool) -> None:
+        if not interrupted:  # shutdown()'s close, before its wait: a Ctrl-C lands in it
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real_close(cancel_pending)
+
+    monkeypatch.setattr(backend_of, "close", close)
+    try:
+        with pytest.raises(KeyboardInterrupt), executor:
+            running = executor.submit(mark_then_wait, flags, "running")
+            assert flags.wait("running", 30)
+            queued = [executor.submit(abs, -i) for i in range(3)]
+        assert interrupted
+        assert [future.cancelled() for future in queued] == [True, True, True]
+        assert "shut down" in repr(executor)
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(abs, 1)
+        assert not running.done()  # not waited for
+        flags.set("running-go")
+        assert running.result(timeout=30) == "running"
+        # Then the pool is freed, as by shutdown(wait=False), though the executor lives on.
+        assert wait_until(lambda: backend_of not in _executor._releasing and not backend_of.info().get("live_workers", 0))
+    finally:
+        flags.set("running-go")
+        executor.shutdown()
+
+
 def test_shutdown_never_touches_the_shared_pools() -> None:
     @mp.parallel
     def shared(x: int) -> int:

@@ -375,8 +375,10 @@ class Executor(concurrent.futures.Executor):
             # Landed in the wait for the queue, where a block that only submits spends its time:
             # it leaves the block all the same, and cancels as one in the body does. Uncancelled
             # (shutdown() leaves the pool to be freed in the background), the whole queue ran on
-            # in a notebook, or any program that caught the Ctrl-C and went on.
-            self._backend.close(cancel_pending=True)
+            # in a notebook, or any program that caught the Ctrl-C and went on. Shut down again, not
+            # only cancelled: the Ctrl-C may have landed before shutdown() left the pool to be freed
+            # (in its close of the pool), whose worker processes then stayed up while the executor lived.
+            self.shutdown(wait=False, cancel_futures=True)
             raise
 
     @property
