@@ -175,6 +175,13 @@ def counter(lines: dict[str, list[Line]], key: str) -> float:
     return sum(line.value for line in entries)
 
 
+def sent_mean(lines: dict[str, list[Line]], key: str) -> float:
+    """The mean a StatsD server computes from the timer lines: each value counted 1/rate times."""
+    entries = lines[key]
+    total = sum(line.value * (1.0 if line.rate is None else 1.0 / line.rate) for line in entries)
+    return total / sampled_count(lines, key)
+
+
 def sampled_count(lines: dict[str, list[Line]], key: str) -> float:
     """How many samples the timer lines stand for: the sum of 1/rate."""
     entries = lines.get(key, [])
@@ -220,11 +227,8 @@ def test_counters_timers_and_pool_gauges(server: StatsdServer, exporter: StatsdE
     assert round(sampled_count(mine, "queue_wait")) == 6
     metrics = mp.get_metrics(name)
     assert metrics is not None and metrics.min_execution_time_ms >= 20.0
-    for line in mine["duration"]:
-        # A line's value is the midpoint 2.5 L of its bucket (L, 4L]: that bucket
-        # must hold some of the durations, all between the minimum and the maximum.
-        low, high = line.value / 2.5, line.value / 2.5 * 4
-        assert low < metrics.max_execution_time_ms and high >= metrics.min_execution_time_ms, line
+    # The lines add up to the time measured: their mean is the tasks' own.
+    assert sent_mean(mine, "duration") == pytest.approx(metrics.average_execution_time_ms, rel=1e-4)
     # Gauges for every pool started so far.
     pools = mp.metrics_snapshot()["pools"]
     for pool in pools:
@@ -232,6 +236,24 @@ def test_counters_timers_and_pool_gauges(server: StatsdServer, exporter: StatsdE
         assert [g.type for g in gauges["queued"]] == ["g"] and [g.type for g in gauges["busy"]] == ["g"]
         assert gauges["queued"][0].value >= 0 and gauges["busy"][0].value >= 0
     assert of(lines, "test.pool.sync")["queued"][0].value == 0
+
+
+def test_timer_lines_add_up_to_the_time_measured_in_each_flush(server: StatsdServer, exporter: StatsdExporter) -> None:
+    # Each line was its bucket's midpoint, 2.5 L of (L, 4L]: ten tasks of about 21 ms
+    # were sent as 40.96 ms each, and the server's sum and mean were twice the truth.
+    # Scaled by one factor per flush, they add up to what was measured since the last.
+    name = unique_name("statsd-mean")
+    work = make_work(name)
+    totals = []
+    for seconds in (0.02, 0.001):
+        before = mp.metrics_snapshot()["functions"].get(name, {}).get("execution_time_sum_seconds", 0.0)
+        run(work, succeed=5, seconds=seconds)
+        mine = of(server.flush(exporter), f"test.{name}")
+        measured = mp.metrics_snapshot()["functions"][name]["execution_time_sum_seconds"] - before
+        assert round(sampled_count(mine, "duration")) == 5
+        assert sent_mean(mine, "duration") * 5 == pytest.approx(measured * 1000.0, rel=1e-4)
+        totals.append(measured)
+    assert totals[0] > totals[1]  # each flush its own time, not the running total
 
 
 @pytest.mark.timeout(20)

@@ -13,8 +13,10 @@ or at interpreter exit after the pools' tasks ended, for one never stopped):
   cancelled, timed_out), ``<prefix>.<function>.submitted:<n>|c``, and for
   retries ``.retried`` (tasks retried) and ``.retries`` (attempts after the first);
 * ``<prefix>.<function>.duration:<ms>|ms|@<rate>`` and ``...queue_wait...``: the
-  timers, one line per histogram bucket that gained samples, its value the
-  bucket's midpoint and its sample rate 1/count, so the server counts every task;
+  timers, one line per histogram bucket that gained samples, its sample rate
+  1/count, so the server counts every task, and its value the bucket's
+  midpoint scaled so that the lines add up to the time measured since the
+  last flush: the server's sum and mean are the true ones (:func:`_timer_lines`);
 * ``<prefix>.pool.<pool>.queued:<n>|g`` and ``.busy`` gauges.
 
 It never blocks or fails a task: tasks are not involved at all, sends are
@@ -369,8 +371,12 @@ class StatsdExporter:
                 delta = _delta(metrics[field], previous.get(field, 0))
                 if delta > 0:  # never negative: a StatsD counter only adds
                     yield f"{base}.{status}:{delta}|c"
-            for timer, field in (("duration", "execution_time_buckets"), ("queue_wait", "queue_wait_buckets")):
-                yield from _timer_lines(f"{base}.{timer}", metrics[field], previous.get(field))
+            for timer, field, total in (
+                ("duration", "execution_time_buckets", "execution_time_sum_seconds"),
+                ("queue_wait", "queue_wait_buckets", "queue_wait_sum_seconds"),
+            ):
+                seconds = metrics[total] - previous.get(total, 0.0)
+                yield from _timer_lines(f"{base}.{timer}", metrics[field], previous.get(field), seconds)
             self._previous[name] = metrics
         for pool, info in snapshot["pools"].items():
             base = f"{self._prefix}pool.{_safe(pool)}"
@@ -423,9 +429,19 @@ def _sample_rate(count: int) -> str:
     return f"{1 / count:.{5 + len(str(count))}f}".rstrip("0")
 
 
-def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] | None) -> Iterator[str]:
-    """One sampled timer line per bucket that gained samples since ``previous``."""
+def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] | None, seconds: float) -> Iterator[str]:
+    """One sampled timer line per bucket that gained samples since ``previous``; ``seconds``: their measured total.
+
+    Each line's value is its bucket's midpoint, ``2.5 L`` of ``(L, 4L]``,
+    times one factor for all of them: the one that makes the values, each
+    counted as many times as its samples, add up to ``seconds``. Unscaled,
+    a midpoint was up to 2.5 times the durations it stood for (ten tasks of
+    21 ms were sent as 40.96 ms each), and the server's sum, mean and rates
+    of time were as far off. The factor keeps the buckets' proportions, so
+    the server's percentiles stay those of the buckets, about the true ones.
+    """
     before = [count for _, count in previous] if previous else [0] * len(buckets)
+    gained = []  # (midpoint in ms, samples) of each bucket that gained some
     lower = 0.0
     below_now = below_before = 0
     for (le, cumulative), cumulative_before in zip(buckets, before):
@@ -433,7 +449,11 @@ def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] 
         below_now, below_before = cumulative, cumulative_before
         upper = lower * 4 if le == "+Inf" else float(le)
         if added > 0:
-            midpoint_ms = (lower + upper) / 2 * 1000.0
-            rate = "" if added == 1 else f"|@{_sample_rate(added)}"
-            yield f"{name}:{midpoint_ms:.6g}|ms{rate}"
+            gained.append(((lower + upper) / 2 * 1000.0, added))
         lower = upper if not math.isinf(upper) else lower
+    midpoints_ms = sum(midpoint * added for midpoint, added in gained)
+    # (No scaling where the total did not grow: a reset the exporter has not seen yet.)
+    factor = seconds * 1000.0 / midpoints_ms if seconds > 0 and midpoints_ms > 0 else 1.0
+    for midpoint, added in gained:
+        rate = "" if added == 1 else f"|@{_sample_rate(added)}"
+        yield f"{name}:{midpoint * factor:.6g}|ms{rate}"
