@@ -256,6 +256,20 @@ def test_timer_lines_add_up_to_the_time_measured_in_each_flush(server: StatsdSer
     assert totals[0] > totals[1]  # each flush its own time, not the running total
 
 
+@pytest.mark.timeout(30)
+def test_a_timer_whose_samples_are_all_zero_sends_zero(server: StatsdServer, exporter: StatsdExporter) -> None:
+    # @profiled counts every call's queue wait as 0.0: the flush's total did not grow,
+    # and the lines were sent unscaled, 0.0005 ms each, a server's sum and mean not 0.
+    name = unique_name("statsd-no-wait")
+    work = mp.profiled(name=name)(lambda: None)
+    for _ in range(5):
+        work()
+    mine = of(server.flush(exporter), f"test.{name}")
+    assert round(sampled_count(mine, "queue_wait")) == 5
+    assert sent_mean(mine, "queue_wait") == 0.0
+    assert sent_mean(mine, "duration") > 0.0
+
+
 @pytest.mark.timeout(20)
 def test_pool_gauges_show_queued_and_busy(
     server: StatsdServer, exporter: StatsdExporter, gate: threading.Event

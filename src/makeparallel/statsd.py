@@ -452,8 +452,9 @@ def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] 
             gained.append(((lower + upper) / 2 * 1000.0, added))
         lower = upper if not math.isinf(upper) else lower
     midpoints_ms = sum(midpoint * added for midpoint, added in gained)
-    # (No scaling where the total did not grow: a reset the exporter has not seen yet.)
-    factor = seconds * 1000.0 / midpoints_ms if seconds > 0 and midpoints_ms > 0 else 1.0
+    # A total of 0 scales to 0: samples all of 0 s (@profiled's queue waits) are sent as 0,
+    # not as the first bucket's midpoint. (No scaling where the total shrank: a reset not seen.)
+    factor = seconds * 1000.0 / midpoints_ms if seconds >= 0 and midpoints_ms > 0 else 1.0
     for midpoint, added in gained:
         rate = "" if added == 1 else f"|@{_sample_rate(added)}"
         yield f"{name}:{midpoint * factor:.6g}|ms{rate}"
