@@ -377,6 +377,30 @@ def test_a_sample_rate_is_written_as_digits_and_a_point(server: StatsdServer, ex
         assert round(sum(1 / float(rate) for rate in rates)) == samples
 
 
+@pytest.mark.timeout(30)
+def test_a_timer_value_is_written_as_digits_and_a_point(server: StatsdServer, exporter: StatsdExporter) -> None:
+    """Scaled to the time measured, a value can be far from every bucket's midpoint.
+
+    ``{:.6g}`` wrote 40 ns as ``4e-05`` ms and 2,000 s as ``2e+06`` ms, where
+    a StatsD value is a decimal (a midpoint was always between 0.0005 and
+    167,772 ms, which it wrote so). Written as digits and a point, the values
+    still add up to the time measured.
+    """
+    name = unique_name("statsd-far-values")
+    counts = _metrics.metrics_for(name).counted()
+    for seconds in (4e-8, 2000.0):  # one flush each: one value each, scaled to it alone
+        with counts.lock:
+            counts.total += 1
+            counts.count_end(SUCCEEDED, seconds, seconds)
+        start = len(server.packets)
+        mine = of(server.flush(exporter), f"test.{name}")
+        for timer in ("duration", "queue_wait"):
+            sent = [line for line in server.lines(start) if line.startswith(f"test.{name}.{timer}:")]
+            values = [line.partition(":")[2].partition("|")[0] for line in sent]
+            assert values and all(re.fullmatch(r"[0-9]+(\.[0-9]+)?", value) for value in values), values
+            assert sent_mean(mine, timer) == pytest.approx(seconds * 1000.0, rel=1e-4)
+
+
 def test_counts_restart_after_reset_metrics_without_negative_numbers(
     server: StatsdServer, exporter: StatsdExporter
 ) -> None:

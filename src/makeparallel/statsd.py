@@ -39,6 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import makeparallel
@@ -457,4 +458,14 @@ def _timer_lines(name: str, buckets: list[list[Any]], previous: list[list[Any]] 
     factor = seconds * 1000.0 / midpoints_ms if seconds >= 0 and midpoints_ms > 0 else 1.0
     for midpoint, added in gained:
         rate = "" if added == 1 else f"|@{_sample_rate(added)}"
-        yield f"{name}:{midpoint * factor:.6g}|ms{rate}"
+        yield f"{name}:{_decimal(midpoint * factor)}|ms{rate}"
+
+
+def _decimal(value: float) -> str:
+    """``value`` to 6 significant digits, as digits and a point: never ``4e-05`` or ``2e+06``.
+
+    A StatsD value is a decimal. A midpoint was always between 0.0005 and
+    167,772 ms, which ``{:.6g}`` writes so; scaled to the time measured, a
+    value is 40 ns or 2,000 s too, which it wrote in exponent notation.
+    """
+    return format(Decimal(f"{value:.6g}"), "f")
