@@ -22,6 +22,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import psutil
@@ -608,6 +609,30 @@ def test_shutdown_with_cancel_futures_cancels_the_tasks_held_for_the_global_limi
         executor.shutdown()
 
 
+def interrupt_once(monkeypatch: pytest.MonkeyPatch, target: Any, method: str) -> list[bool]:
+    """Make ``target.method`` raise ``KeyboardInterrupt`` on its first call, as a Ctrl-C landing there; the list says it did."""
+    real = getattr(target, method)
+    interrupted: list[bool] = []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, method, once)
+    return interrupted
+
+
+def submit_then_leave_on_ctrl_c(executor: mp.Executor, flags: Flags) -> tuple[cf.Future[str], list[cf.Future[int]]]:
+    """A ``with`` block that only submits (one task running, three queued), left by a Ctrl-C at its end."""
+    with pytest.raises(KeyboardInterrupt), executor:
+        running = executor.submit(mark_then_wait, flags, "running")
+        assert flags.wait("running", 30)
+        queued = [executor.submit(abs, -i) for i in range(3)]
+    return running, queued
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ctrl_c_as_a_with_block_waits_at_its_end_cancels_the_queue_and_frees_the_pool(
@@ -618,21 +643,9 @@ def test_ctrl_c_as_a_with_block_waits_at_its_end_cancels_the_queue_and_frees_the
     # running, every task of it, and the pool's worker processes alive for good.
     executor = mp.Executor(backend=backend, max_workers=1)
     backend_of = executor._backend
-    real_wait_idle = backend_of.wait_idle
-    interrupted = []
-
-    def wait_idle(timeout: float | None) -> bool:
-        if not interrupted:  # the block's wait: a Ctrl-C lands in it
-            interrupted.append(True)
-            raise KeyboardInterrupt
-        return real_wait_idle(timeout)
-
-    monkeypatch.setattr(backend_of, "wait_idle", wait_idle)
+    interrupted = interrupt_once(monkeypatch, backend_of, "wait_idle")  # the block's wait: a Ctrl-C lands in it
     try:
-        with pytest.raises(KeyboardInterrupt), executor:
-            running = executor.submit(mark_then_wait, flags, "running")
-            assert flags.wait("running", 30)
-            queued = [executor.submit(abs, -i) for i in range(3)]
+        running, queued = submit_then_leave_on_ctrl_c(executor, flags)
         assert interrupted
         assert [future.cancelled() for future in queued] == [True, True, True]
         assert not running.done()  # not waited for
@@ -655,21 +668,9 @@ def test_ctrl_c_as_a_with_block_begins_its_closing_shutdown_shuts_it_down_and_fr
     # count as shut down, and its pool, never freed, kept its worker processes while it lived.
     executor = mp.Executor(backend=backend, max_workers=1)
     backend_of = executor._backend
-    real_close = backend_of.close
-    interrupted = []
-
-    def close(cancel_pending: bool) -> None:
-        if not interrupted:  # shutdown()'s close, before its wait: a Ctrl-C lands in it
-            interrupted.append(True)
-            raise KeyboardInterrupt
-        real_close(cancel_pending)
-
-    monkeypatch.setattr(backend_of, "close", close)
+    interrupted = interrupt_once(monkeypatch, backend_of, "close")  # shutdown()'s close, before its wait
     try:
-        with pytest.raises(KeyboardInterrupt), executor:
-            running = executor.submit(mark_then_wait, flags, "running")
-            assert flags.wait("running", 30)
-            queued = [executor.submit(abs, -i) for i in range(3)]
+        running, queued = submit_then_leave_on_ctrl_c(executor, flags)
         assert interrupted
         assert [future.cancelled() for future in queued] == [True, True, True]
         assert "shut down" in repr(executor)
