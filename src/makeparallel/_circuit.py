@@ -48,6 +48,9 @@ __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers"
 _breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 _breakers_lock = threading.Lock()
 _made = itertools.count()  # each breaker's place in the order they were made, under _breakers_lock
+# The errors of a call that was stopped, not answered: they count as nothing (answered), and an
+# ``on`` that names one is refused (_check_on): the breaker would silently never open on it.
+_STOPPED: tuple[type[Exception], ...] = (TaskCancelledError, ShutdownError)
 # Refused, not deferred: a reset or force_open() made later, by a thread of its own, would land
 # after the calls judged meanwhile, and over the program's own reset or force_open() since.
 _CHANGE_ELSEWHERE = (
@@ -137,22 +140,6 @@ def _check_rate(value: Any, name: str, low_open: bool) -> float:
     return float(value)
 
 
-def _refuse_shutdown_error(on: Any) -> None:
-    """Refuse an ``on`` that names ``ShutdownError``: a breaker counts it as nothing (``answered``).
-
-    A retry may name it (its code called a pool that was shut down), so
-    ``_check_on`` takes it; a breaker named so silently never opened on it.
-    """
-    # A ValueError, as _check_on's: the type is the value of on, and of the right kind.
-    named = [kind for kind in (on if isinstance(on, tuple) else (on,)) if isinstance(kind, type) and issubclass(kind, ShutdownError)]
-    if named:
-        raise ValueError(
-            f"on names {named[0].__name__}, which counts as nothing, neither failure nor success (a shutdown "
-            f"stopped the call, which got no answer): it could never apply. Name the errors (Exception "
-            f"subclasses) to look at, got on={named[0]!r}"
-        )
-
-
 # Outcomes in the ring: bit 1 failed, bit 2 slow.
 _FAILED, _SLOW = 1, 2
 
@@ -228,8 +215,7 @@ class CircuitBreaker:
         self.slow_call_rate = _check_rate(slow_call_rate, "slow_call_rate", low_open=True)
         self.recovery_timeout: float = check_finite_seconds(recovery_timeout, "recovery_timeout") or 0.0
         self.half_open_calls = check_count(half_open_calls, "half_open_calls")
-        _check_on(on, NEVER_COUNTED)
-        _refuse_shutdown_error(on)
+        _check_on(on, NEVER_COUNTED, _STOPPED)
         self.on = on
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
@@ -398,7 +384,7 @@ class CircuitBreaker:
         failure (the default ``on``), a shutdown opened the breaker, which
         then refused every call after ``reset_shutdown()``.
         """
-        return isinstance(error, Exception) and not isinstance(error, (TaskCancelledError, ShutdownError))
+        return isinstance(error, Exception) and not isinstance(error, _STOPPED)
 
     def counts_as_failure(self, error: BaseException) -> bool:
         """Whether ``error``, the outcome of a call that ran, fails the dependency (``on``); cancellations never do.

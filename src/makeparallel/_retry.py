@@ -46,8 +46,8 @@ _no_waits_lock = threading.Lock()
 _no_waits = 0  # blocks of makeparallel.testing.no_retry_waits() open now
 
 
-def _check_can_apply(kind: type[BaseException], never: str) -> None:
-    if issubclass(kind, TaskCancelledError) or not _has_exceptions(kind):
+def _check_can_apply(kind: type[BaseException], never: str, stopped: tuple[type[Exception], ...]) -> None:
+    if issubclass(kind, stopped) or not _has_exceptions(kind):
         # A ValueError: the type is the value of on, and of the right kind (an exception type).
         raise ValueError(
             f"on names {kind.__name__}, which {never}: it could never apply. Name the errors (Exception "
@@ -81,15 +81,19 @@ def suspend_waits(delta: int) -> None:
 # Why each user of ``on`` never applies it to a cancellation or an error that is no Exception.
 NEVER_RETRIED = "is never retried (a cancellation, or an exit or interrupt that is no Exception)"
 NEVER_COUNTED = (
-    "counts as nothing, neither failure nor success (a cancellation, or an exit or interrupt that is no Exception)"
+    "counts as nothing, neither failure nor success (a cancellation, a call a shutdown stopped, or an exit or "
+    "interrupt that is no Exception)"
 )
 
 
-def _check_on(on: Any, never: str = NEVER_RETRIED) -> None:
+def _check_on(
+    on: Any, never: str = NEVER_RETRIED, stopped: tuple[type[Exception], ...] = (TaskCancelledError,)
+) -> None:
     """Check ``on``: an exception type, a tuple of them, or a predicate; ``never`` says why a type named can never apply.
 
-    A type can never apply where each of its errors is a cancellation
-    (``TaskCancelledError``) or no ``Exception`` (``SystemExit``,
+    A type can never apply where each of its errors is one of ``stopped``
+    (a cancellation, ``TaskCancelledError``; for a breaker, a shutdown's
+    ``ShutdownError`` too) or no ``Exception`` (``SystemExit``,
     ``KeyboardInterrupt``, ``GeneratorExit``, ``asyncio.CancelledError``):
     neither a retry nor a breaker looks at those, so the policy or the
     breaker would silently do nothing. ``BaseException`` can: it is a base
@@ -99,7 +103,7 @@ def _check_on(on: Any, never: str = NEVER_RETRIED) -> None:
     if isinstance(on, type):
         if not issubclass(on, BaseException):
             raise TypeError(f"on must be an exception type, a tuple of them or a predicate, got the type {on.__name__}")
-        _check_can_apply(on, never)
+        _check_can_apply(on, never, stopped)
         return
     if isinstance(on, tuple):
         if not on:
@@ -108,7 +112,7 @@ def _check_on(on: Any, never: str = NEVER_RETRIED) -> None:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise TypeError(f"on must hold exception types only, got {kind!r}")
         for kind in on:
-            _check_can_apply(kind, never)
+            _check_can_apply(kind, never, stopped)
         return
     if not callable(on):
         raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
