@@ -42,7 +42,7 @@ from ._notes import add_note
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterator
     from typing import Any
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "RemoteTraceback",
     "attach_remote_traceback",
     "described",
+    "linked_errors",
     "mark_unpickling_failure",
     "reduce_exception",
     "unpickling_failure",
@@ -289,6 +290,24 @@ def _reduction(error: BaseException, pickled: ExceptionsPickled) -> tuple[Any, .
     state = _picklable_state(error, pickled, dropped)
     made_with = args if later or not _refers_back(args, error, pickled) else ()
     return (_rebuild, (type(error), made_with), (args, fields, state, chain, later), None, None, _fill)
+
+
+def linked_errors(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then each error linked to it: its cause, its context, a group's members, and theirs; each once.
+
+    A chain may loop (``raise error from error``); errors are told apart by
+    id, each kept alive by the one it is reached from.
+    """
+    seen: set[int] = set()
+    waiting = [error]
+    while waiting:
+        linked = waiting.pop()
+        if id(linked) in seen:
+            continue
+        seen.add(id(linked))
+        yield linked
+        members = linked.exceptions if isinstance(linked, _GROUP) else ()
+        waiting.extend(other for other in (linked.__cause__, linked.__context__, *members) if isinstance(other, BaseException))
 
 
 def _members(group: BaseException) -> list[BaseException]:

@@ -43,7 +43,7 @@ from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 
 from . import _worker_finders
 from ._backends._main_module import adopt
-from ._remote_errors import ExceptionsPickled, reduce_exception
+from ._remote_errors import ExceptionsPickled, linked_errors, reduce_exception
 from ._worker_reductions import for_workers
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
@@ -626,24 +626,12 @@ def _let_go_of_the_chunk(error: BaseException) -> None:
     Neither is assigned through the error's own ``__setattr__``: a frozen
     dataclass's refuses every attribute, and raised out of the reader.
     """
-    import builtins
     import traceback
 
-    group = getattr(builtins, "BaseExceptionGroup", ())  # (none before Python 3.11: isinstance of none)
     below = error.__traceback__.tb_next if error.__traceback__ is not None else None  # (this module's frame left out)
     lines = traceback.format_tb(below)
-    seen: set[int] = set()  # by id (each is reached from ``error``, kept: no id is another's meanwhile)
-    chained = [error]
-    while chained:  # (a chain may loop)
-        linked = chained.pop()
-        if id(linked) in seen:
-            continue
-        seen.add(id(linked))
+    for linked in linked_errors(error):
         BaseException.with_traceback(linked, None)  # (not assigned: a frozen dataclass's __setattr__ refuses it)
-        members = linked.exceptions if isinstance(linked, group) else ()
-        for other in (linked.__cause__, linked.__context__, *members):
-            if isinstance(other, BaseException):
-                chained.append(other)
     if lines:
         note = "Traceback of its unpickling in this process (most recent call last):\n" + "".join(lines).rstrip()
         from contextlib import suppress

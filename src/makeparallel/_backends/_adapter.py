@@ -37,7 +37,6 @@ dropped: its future is no longer the handle's.
 
 from __future__ import annotations
 
-import builtins
 import functools
 import pickle
 import sys
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .. import _deadlines, _events, _serialization
 from .._coroutines import is_coroutine, run_to_end
 from .._cpus import usable_cpu_count
-from .._remote_errors import CarriedError, described
+from .._remote_errors import CarriedError, described, linked_errors
 from .._states import CANCELLED, FAILED, HELD, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, UNCLAIMED
 from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, WorkerCrashedError
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = ["REFUSALS_SHOWN_FOR", "ExecutorBackend", "call_remotely", "carried", "carried_if_unpicklable"]
 
-_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11 on; isinstance(x, ()) is False
 
 #: Seconds ``health()`` reports an executor that refused a task (shut down) as failing every task.
 REFUSALS_SHOWN_FOR = 10.0
@@ -769,16 +767,5 @@ def _travels_as_itself(error: BaseException) -> bool:
 
 def _sets_its_own_attributes(error: BaseException) -> bool:
     """Whether the class of ``error``, or of one in its chain or among a group's members, has its own ``__setattr__``."""
-    seen: set[int] = set()
-    waiting = [error]
-    while waiting:  # (a chain may loop)
-        linked = waiting.pop()
-        if id(linked) in seen:
-            continue
-        seen.add(id(linked))
-        if type(linked).__setattr__ is not BaseException.__setattr__:
-            return True
-        members = getattr(linked, "exceptions", ()) if isinstance(linked, _GROUP) else ()
-        waiting.extend(other for other in (linked.__cause__, linked.__context__, *members) if other is not None)
-    return False
+    return any(type(linked).__setattr__ is not BaseException.__setattr__ for linked in linked_errors(error))
 
