@@ -324,10 +324,10 @@ class Executor(concurrent.futures.Executor):
             accepted = ", ".join(repr(name) for name in _BACKENDS)
             raise ValueError(f"backend must be one of {accepted}, got {backend!r}")
         self._max_workers = usable_cpu_count() if max_workers is None else check_count(max_workers, "max_workers")
-        # Listed and following the memory limit below, under the runtime's lock and the limit's.
+        # Its pool, made below, takes the locks every new pool's making takes.
         _runtime.refuse_under_a_held_lock(
             "mp.Executor()",
-            lambda: [_runtime._lock, *_runtime._memory_limit_lock()],
+            _runtime.locks_making_a_pool_takes,
             "Nothing was made. Make it from another thread, or have the handler set a flag and make it "
             "from your program's own flow",
         )

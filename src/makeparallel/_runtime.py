@@ -750,12 +750,17 @@ def _refuse_pool_info_in_a_handler(call: str, name: str) -> None:
 
 
 def _locks_to_reach_pool(name: str) -> list[Any]:
-    """The locks that reading or configuring pool ``name`` takes: its own, or, not made yet, those its making takes.
-
-    Made under the runtime's lock, a new pool follows the memory limit under that one's (:func:`follow_memory_pause`).
-    """
+    """The locks that reading or configuring pool ``name`` takes: its own, or, not made yet, those its making takes."""
     backend = _backends.get(name)
-    return [_lock, *_memory_limit_lock()] if backend is None else [backend._lock]
+    return locks_making_a_pool_takes() if backend is None else [backend._lock]
+
+
+def locks_making_a_pool_takes() -> list[Any]:
+    """The locks a new pool is made under: the runtime's, which lists it, and the memory limit's.
+
+    The pool follows the memory limit under that one (:func:`follow_memory_pause`).
+    """
+    return [_lock, *_memory_limit_lock()]
 
 
 def _memory_limit_lock() -> list[Any]:
