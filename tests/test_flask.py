@@ -134,6 +134,22 @@ def test_routes_can_be_left_out_and_settings_are_checked() -> None:
         MakeParallel(make_app(MAKEPARALLEL_ROUTES="false"))
 
 
+@pytest.mark.parametrize("second", ["the same extension", "another extension"])
+def test_an_app_set_up_twice_is_refused_and_nothing_is_applied(second: str) -> None:
+    """It failed with Flask's own blueprint message ("Use 'name=' ..."), which init_app has no
+    such argument for, after applying the pool settings and the shutdown options again."""
+    before = mp.get_thread_pool_info()["num_threads"]
+    app = make_app(MAKEPARALLEL_SHUTDOWN_TIMEOUT=7)
+    extension = MakeParallel(app)
+    app.config.update(MAKEPARALLEL_NUM_THREADS=before + 1, MAKEPARALLEL_SHUTDOWN_TIMEOUT=1)
+    again = extension if second == "the same extension" else MakeParallel()
+    with pytest.raises(RuntimeError, match=r"^makeparallel is already set up on Flask app 'test_flask'"):
+        again.init_app(app)
+    assert app.extensions["makeparallel"] is extension
+    assert extension._shutdown_timeout == 7
+    assert mp.get_thread_pool_info()["num_threads"] == before
+
+
 @pytest.mark.parametrize("backend", ["dask", "interpreter"])
 def test_a_backend_that_cannot_run_here_is_named_as_a_setting(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Refused at the setting since configure() refuses them where named (ImportError where

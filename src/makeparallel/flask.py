@@ -170,13 +170,22 @@ class MakeParallel:
                 that cannot run here: ``"dask"`` where distributed is not
                 installed, ``"interpreter"`` before Python 3.14 (named, and
                 nothing applied, as above).
-            RuntimeError: called from a signal handler (an app factory run on
+            RuntimeError: ``app`` is set up already, by this extension or
+                another (``init_app`` ran for it before); nothing is applied.
+                Or called from a signal handler (an app factory run on
                 ``SIGHUP``) that interrupted the main thread as it held a lock
                 of the library's (a task's submission), which the reset and
                 the pools' settings take: raised within 0.25 s, where it
                 waited for good; nothing is applied. Set the app up from your
                 program's own flow.
         """
+        # Before anything is applied: the blueprint's registration refused a second one with
+        # Flask's own advice (a name= that init_app has not), the settings applied already.
+        if "makeparallel" in app.extensions:
+            raise RuntimeError(
+                f"makeparallel is already set up on Flask app {app.name!r}: init_app() ran for it before. "
+                "Set each app up once; its extension is app.extensions['makeparallel']"
+            )
         _runtime.refuse_under_a_held_lock(
             "init_app()",
             _runtime._locks_shutdown_takes,
