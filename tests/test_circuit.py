@@ -1274,7 +1274,7 @@ def test_a_retry_half_opening_a_breaker_where_no_thread_starts_still_runs(
     real_start = threading.Thread.start
 
     def start(thread: threading.Thread) -> None:
-        if getattr(thread, "_target", None) == breaker._announce:
+        if thread.name == "makeparallel-circuit-event":
             raise RuntimeError("can't start new thread")
         real_start(thread)
 
@@ -1496,3 +1496,63 @@ def test_an_attempt_that_a_shutdown_error_ended_gives_back_its_trial_permit_for_
     assert handle.get(timeout=30) == "paid" and handle.attempts == 2
     stats = breaker.statistics()
     assert (stats.state, stats.failed_calls, stats.successful_calls) == ("closed", 1, 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("opened_by", ["a task's failure", "force_open() on another thread"])
+@pytest.mark.parametrize("then", ["a trial closes it", "reset()"])
+def test_a_slow_listener_hears_one_breakers_changes_in_the_order_they_happened(
+    opened_by: str, then: str, clock: FakeClock
+) -> None:
+    # Each change was told on its own thread (a short-lived one, or the caller's): while
+    # a listener was slow on "open", the changes after it reached it first, and a
+    # dashboard keeping the latest state it was told said open with the breaker closed.
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=1)
+    pay = guarded(breaker, backend="thread")
+    told: list[tuple[str, str]] = []
+    told_lock = threading.Lock()
+    in_open, release, all_told = threading.Event(), threading.Event(), threading.Event()
+    expected = [("closed", "open")]
+    if opened_by != "a task's failure" and then == "a trial closes it":  # reset, then a task's failure opens it
+        expected += [("open", "closed"), ("closed", "open")]
+    expected += [("open", "half_open"), ("half_open", "closed")] if then == "a trial closes it" else [("open", "closed")]
+
+    def dashboard(event: mp.TaskEvent) -> None:
+        if event.kind != "circuit" or event.breaker != "payments":
+            return
+        if event.new_state == "open":
+            in_open.set()
+            release.wait(30)  # slow on "open"
+        with told_lock:
+            told.append((event.old_state, event.new_state))  # type: ignore[arg-type]
+            if len(told) == len(expected):
+                all_told.set()
+
+    mp.add_task_listener(dashboard)
+    opener: threading.Thread | None = None
+    try:
+        if opened_by == "a task's failure":
+            assert outcome(pay(True)) == "ConnectionError"
+        else:
+            opener = threading.Thread(target=breaker.force_open, name="opener")
+            opener.start()
+        assert in_open.wait(30)
+        # The listener holds "open": the breaker goes on, and its callers are not held.
+        if then == "a trial closes it":
+            if opened_by != "a task's failure":
+                breaker.reset()
+                assert outcome(pay(True)) == "ConnectionError"
+            clock.now += 31
+            assert outcome(pay(False)) == "ok"
+        else:
+            breaker.reset()
+        assert breaker.state == "closed"
+        release.set()
+        assert all_told.wait(30)
+    finally:
+        release.set()
+        mp.remove_task_listener(dashboard)
+        if opener is not None:
+            opener.join(30)
+    assert told == expected
+    assert told[-1][1] == breaker.state == "closed"

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -225,6 +226,10 @@ class CircuitBreaker:
         self._forced = False
         #: The round (the stay in the current state) that permits admitted now belong to.
         self._round = 0
+        #: State changes not told yet, queued under the lock in the order they happened (see
+        #: ``_tell_changes``): old, new, when, and the listeners then.
+        self._untold: deque[tuple[str, str, float, tuple[Callable[[_events.TaskEvent], object], ...]]] = deque()
+        self._telling = False  # whether a thread tells them now, under the lock
         self._clear_locked()
         with _breakers_lock:
             self._made = next(_made)
@@ -290,7 +295,9 @@ class CircuitBreaker:
             self._forced = False
             self._round += 1  # the calls under way are forgotten too
             self._clear_locked()
-        self._announce(old, CircuitState.CLOSED)
+            untold = self._changed_locked(old, CircuitState.CLOSED)
+        if untold:
+            self._tell_changes()
 
     def force_open(self) -> None:
         """Open the breaker until :meth:`reset`: every call is refused (for maintenance).
@@ -307,7 +314,9 @@ class CircuitBreaker:
             self._state = CircuitState.OPEN
             self._forced = True
             self._round += 1
-        self._announce(old, CircuitState.OPEN)
+            untold = self._changed_locked(old, CircuitState.OPEN)
+        if untold:
+            self._tell_changes()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value}>"
@@ -360,13 +369,12 @@ class CircuitBreaker:
             else:
                 self._not_permitted += 1
                 permit = self._refusal_locked()
-        if state is not old:
-            # A retry's next attempt is admitted on the deadline thread, which serves
-            # every timeout: a slow listener there held them all back. Where no thread
-            # can start, it is told here, late, rather than the permit lost.
-            on_deadline_thread = threading.current_thread() is _deadlines._thread
-            if not (on_deadline_thread and _events.listeners and self.announce_aside(old, state)):
-                self._announce(old, state)
+            untold = state is not old and self._changed_locked(old, state)
+        # A retry's next attempt is admitted on the deadline thread, which serves every
+        # timeout: a slow listener there held them all back. Where no thread can start,
+        # it is told here, late, rather than the permit lost.
+        if untold and (threading.current_thread() is not _deadlines._thread or not self.tell_aside()):
+            self._tell_changes()
         return permit
 
     @staticmethod
@@ -400,11 +408,12 @@ class CircuitBreaker:
             return isinstance(error, on)
         return ask(on, error, f"circuit breaker {self.name!r}", True, "counted as a failure")
 
-    def record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> tuple[CircuitState, CircuitState] | None:
-        """Record the outcome of one call admitted in round ``admitted_in``; return ``(old, new)`` if the state changed.
+    def record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> bool:
+        """Record the outcome of one call admitted in round ``admitted_in``; return whether the caller must tell a change.
 
         Every outcome is counted in the statistics; only one of the current
-        round moves the state. The caller announces the change (``announce``)
+        round moves the state. True: the state changed, listeners are to hear
+        of it and no thread tells them now; the caller calls :meth:`tell_aside`
         once outside its own locks.
         """
         slow = self.slow_call_seconds is not None and seconds is not None and seconds >= self.slow_call_seconds
@@ -418,7 +427,7 @@ class CircuitBreaker:
                 self._slow += 1
             old = self._state
             if admitted_in != self._round:
-                return None  # admitted before the state it ends in: it tells nothing of this round
+                return False  # admitted before the state it ends in: it tells nothing of this round
             if old is CircuitState.HALF_OPEN:
                 self._push_locked(outcome)
                 if failed or slow:
@@ -439,7 +448,7 @@ class CircuitBreaker:
                 ):
                     self._open_locked()
             new = self._state
-        return None if new is old else (old, new)
+            return new is not old and self._changed_locked(old, new)
 
     def release(self, admitted_in: int | None) -> None:
         """A call admitted in round ``admitted_in`` was cancelled before its outcome: give back its trial permit, if it was one."""
@@ -461,16 +470,15 @@ class CircuitBreaker:
             return f"failure rate {failure_rate:.0%}"
         return f"failure rate {failure_rate:.0%}, slow-call rate {slow_call_rate:.0%}"
 
-    def announce_aside(self, old: CircuitState, new: CircuitState) -> bool:
-        """Tell listeners of a change from ``old`` to ``new`` on a thread of its own; False where none could start.
+    def tell_aside(self) -> bool:
+        """Tell listeners the changes not told yet, on a thread of its own; False where none could start.
 
         For callers that hold a lock, or serve every timeout: listeners run
-        whatever they like, for as long as they like.
+        whatever they like, for as long as they like. Where no thread could
+        start, the changes wait, in order, for the next change's telling.
         """
         try:
-            threading.Thread(
-                target=self._announce, args=(old, new), name="makeparallel-circuit-event", daemon=True
-            ).start()
+            threading.Thread(target=self._tell_changes, name="makeparallel-circuit-event", daemon=True).start()
         except RuntimeError:  # can't start new thread (the process limit counts threads)
             return False
         return True
@@ -533,9 +541,50 @@ class CircuitBreaker:
             retry_at=retry_at,
         )
 
-    def _announce(self, old: CircuitState, new: CircuitState) -> None:
-        if old is not new and _events.listeners:
-            _events.emit_circuit(self.name, old.value, new.value)
+    def _changed_locked(self, old: CircuitState, new: CircuitState) -> bool:
+        """Queue a change from ``old`` to ``new`` for the listeners there are; whether a thread must tell it (none does now).
+
+        Queued under the lock that changed the state, so the queue holds the
+        changes in the order they happened.
+        """
+        listening = _events.listeners
+        if new is old or not listening:
+            return False
+        self._untold.append((old.value, new.value, time.time(), listening))
+        return not self._telling
+
+    def _tell_changes(self) -> None:
+        """Tell the changes not told yet, oldest first, unless another thread tells them now.
+
+        One breaker's changes are told by one thread at a time, in the order
+        they happened: each on a thread of its own, a listener slow on "open"
+        heard the "closed" that followed first, and a dashboard keeping the
+        last state it was told said open with the breaker closed. A change
+        made while a thread tells is queued for that thread, and its own
+        thread goes on at once; the lock is never held while a listener runs.
+        """
+        untold = self._untold
+        with self._lock:
+            if self._telling:
+                return
+            self._telling = True
+        interrupt: KeyboardInterrupt | None = None
+        try:
+            while True:
+                with self._lock:
+                    if not untold:
+                        self._telling = False
+                        break
+                    old, new, when, listening = untold.popleft()
+                try:
+                    _events.emit_circuit(self.name, old, new, when, listening)
+                except KeyboardInterrupt as error:  # on the main thread: once the queue is told
+                    interrupt = interrupt or error
+        except BaseException:  # a Ctrl-C between two changes: the next change's telling tells what is left, first
+            self._telling = False
+            raise
+        if interrupt is not None:
+            raise interrupt
 
 
 def check_breaker(breaker: Any) -> CircuitBreaker | None:
@@ -557,6 +606,9 @@ def _after_fork_in_child() -> None:
     for breaker in list(_breakers):
         breaker._lock = threading.Lock()
         breaker._trials_admitted = breaker._trials_succeeded
+        # The changes not told yet are the parent's to tell, and its telling thread is not here.
+        breaker._untold.clear()
+        breaker._telling = False
 
 
 if hasattr(os, "register_at_fork"):

@@ -308,11 +308,14 @@ class GuardedTaskSpec(RetryingTaskSpec):
     def _record(self, failed: bool, seconds: float | None, admitted_in: int | None) -> None:
         breaker = self.breaker
         assert breaker is not None
-        change = breaker.record(failed, seconds, admitted_in)
-        # Under the backend lock here: listeners hear of it from a thread of its own. Where
-        # none could start, they miss it: raised here, the error killed the worker ending the task.
-        if change is not None and _events.listeners and not breaker.announce_aside(*change):
-            _log.warning("makeparallel: no thread could start to tell listeners that %r changed state", breaker)
+        # Under the backend lock here: listeners hear of a change from a thread of its own. Where
+        # none could start, they hear of it at the next change: raised here, the error killed
+        # the worker ending the task.
+        if breaker.record(failed, seconds, admitted_in) and not breaker.tell_aside():
+            _log.warning(
+                "makeparallel: no thread could start to tell listeners that %r changed state; they are told at its next change",
+                breaker,
+            )
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:

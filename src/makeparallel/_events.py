@@ -21,7 +21,10 @@ happened. And they are put in order as they are queued: a
 "started" after the task ended (cancelled, or timed out, as it started) is
 dropped, as is one told again (a process task sent again after its worker
 died); a "retry" not told yet when the next attempt starts is told then, and
-not again; nothing follows "finished".
+not again; nothing follows "finished". A circuit breaker's "circuit" events
+come in the order of its state changes, told so too by one thread at a time
+(``_circuit``), on a thread of their own where the change happened under a
+pool's lock or on the thread that serves timeouts.
 """
 
 from __future__ import annotations
@@ -294,15 +297,17 @@ def _event(kind: str, handle: AsyncHandle[Any], details: dict[str, Any]) -> Task
     )
 
 
-def emit_circuit(breaker: str, old_state: str, new_state: str) -> None:
-    """Tell every listener that the circuit breaker ``breaker`` changed state."""
+def emit_circuit(
+    breaker: str, old_state: str, new_state: str, when: float, listening: tuple[Callable[[TaskEvent], object], ...]
+) -> None:
+    """Tell ``listening``, the listeners there were then, that the circuit breaker ``breaker`` changed state at ``when`` (``time.time()``)."""
     _tell(
         TaskEvent(
             kind="circuit",
             task_id=0,
             name=breaker,
             status=new_state,
-            time=time.time(),
+            time=when,
             queue_wait=None,
             duration=None,
             metadata={},
@@ -310,7 +315,7 @@ def emit_circuit(breaker: str, old_state: str, new_state: str) -> None:
             old_state=old_state,
             new_state=new_state,
         ),
-        listeners,
+        listening,
     )
 
 
