@@ -1556,3 +1556,45 @@ def test_a_slow_listener_hears_one_breakers_changes_in_the_order_they_happened(
             opener.join(30)
     assert told == expected
     assert told[-1][1] == breaker.state == "closed"
+
+
+SLOW, FAST = 2.0, 0.1  # seconds a trial ran, against slow_call_seconds=1.0
+
+
+@pytest.mark.parametrize(
+    ("half_open_calls", "slow_call_rate", "trials", "after"),
+    [
+        (2, 1.0, [SLOW, FAST], "closed"),  # 50% slow, under 100%
+        (2, 1.0, [FAST, SLOW], "closed"),
+        (3, 0.5, [SLOW, FAST, FAST], "closed"),  # 33%, under 50%
+        (2, 0.5, [SLOW, FAST], "open"),  # 50% reaches 50%
+        (2, 1.0, [SLOW, SLOW], "open"),
+        (1, 1.0, [SLOW], "open"),
+    ],
+)
+def test_a_slow_trial_that_succeeded_reopens_it_only_where_the_trials_slow_call_rate_reaches_its_threshold(
+    half_open_calls: int, slow_call_rate: float, trials: list[float], after: str, clock: FakeClock
+) -> None:
+    # Any slow trial opened the breaker again, as a failed one does: a slow_call_rate of
+    # 100% over two trials was met by one slow call of two, and a dependency that answered
+    # every trial was refused for another recovery_timeout. Half-open, the rates are the
+    # trials' (as resilience4j computes them), judged once all are in.
+    breaker = breaker_for(
+        clock, half_open_calls=half_open_calls, slow_call_seconds=1.0, slow_call_rate=slow_call_rate
+    )
+    for _ in range(4):
+        breaker.record(True, FAST, breaker.admit())  # type: ignore[arg-type]
+    assert breaker.state == "open"
+    clock.now += 31
+    permits = [breaker.admit() for _ in trials]
+    assert all(isinstance(permit, int) for permit in permits) and breaker.state == "half_open"
+    for permit, seconds in zip(permits[:-1], trials[:-1]):
+        breaker.record(False, seconds, permit)  # type: ignore[arg-type]
+        assert breaker.state == "half_open"  # a success, slow or not: the trials are not all in
+    breaker.record(False, trials[-1], permits[-1])  # type: ignore[arg-type]
+    stats = breaker.statistics()
+    assert (stats.state, stats.failed_calls, stats.successful_calls, stats.slow_calls) == (
+        after, 4, len(trials), trials.count(SLOW)
+    )
+    if after == "open":
+        assert stats.slow_call_rate == trials.count(SLOW) / len(trials)

@@ -11,10 +11,11 @@ States::
     CLOSED --failure or slow-call rate over the window reaches its threshold--> OPEN
     OPEN --recovery_timeout passed, at the next call--> HALF_OPEN (admits half_open_calls trials)
     HALF_OPEN --every trial succeeded--> CLOSED;  --a trial failed--> OPEN
+    HALF_OPEN --every trial succeeded, but their slow-call rate reaches its threshold--> OPEN
 
 While closed, the rates are over the last ``window`` calls; while half-open, over
 its trials (a ring as long as ``half_open_calls``), as resilience4j computes them:
-opened again by a failed trial, it reports what the trials showed, not the window
+opened again by its trials, it reports what the trials showed, not the window
 that first opened it.
 
 Each stay in a state is a *round*, numbered, and a permit is of the round it was
@@ -111,7 +112,7 @@ class CircuitStatistics:
         failure_rate: failed calls over the calls in the window (0 to 1). The
             window is the last ``window`` calls while closed, and the trial
             calls from the time it turns half-open until it opens or closes
-            again: opened by a failed trial, it gives the trials' rate.
+            again: opened again by them, it gives the trials' rate.
         slow_call_rate: slow calls over the calls in the window (0 to 1).
         buffered_calls: calls in the window now (at most ``window``, or
             ``half_open_calls`` for the trials).
@@ -165,7 +166,10 @@ class CircuitBreaker:
         slow_call_rate: the slow-call rate (0 to 1] at which it opens.
         recovery_timeout: seconds it stays open before admitting trial calls.
         half_open_calls: trial calls admitted when half-open: exactly this many,
-            however many threads call at once. All must succeed to close it.
+            however many threads call at once. All must succeed to close it, and
+            their slow-call rate stay under ``slow_call_rate``: one that
+            fails opens it again at once, and slow ones that succeed open it
+            again once all are in, if that rate reaches the threshold.
         on: what counts as a failure: an exception type, a tuple of them, or a
             predicate ``f(exc) -> bool``; other errors count as successes (the
             dependency answered). Cancellations, errors that are no
@@ -430,14 +434,12 @@ class CircuitBreaker:
                 return False  # admitted before the state it ends in: it tells nothing of this round
             if old is CircuitState.HALF_OPEN:
                 self._push_locked(outcome)
-                if failed or slow:
+                if failed:
                     self._open_locked()
                 else:
                     self._trials_succeeded += 1
                     if self._trials_succeeded >= self.half_open_calls:
-                        self._state = CircuitState.CLOSED
-                        self._round += 1
-                        self._clear_window_locked(self.window)
+                        self._end_trials_locked()
             elif old is CircuitState.CLOSED:
                 self._push_locked(outcome)
                 # Rates compared as rates: 7 of 25 is 0.28 exactly, but 7 >= 0.28 * 25 is
@@ -512,6 +514,22 @@ class CircuitBreaker:
             self._next = (i + 1) % self._size
         self._failures += outcome & _FAILED
         self._slows += (outcome & _SLOW) >> 1
+
+    def _end_trials_locked(self) -> None:
+        """Every trial succeeded: close, unless the trials' slow-call rate reached its threshold.
+
+        A slow trial that succeeded is a success, weighed in that rate once all
+        are in, as resilience4j judges them: reopened at it, as at a failure, a
+        breaker whose ``slow_call_rate`` was 100% reopened at one slow trial of
+        two, refusing for another ``recovery_timeout`` a dependency that
+        answered every trial.
+        """
+        if self.slow_call_seconds is not None and self._slows / self._buffered >= self.slow_call_rate:
+            self._open_locked()
+            return
+        self._state = CircuitState.CLOSED
+        self._round += 1
+        self._clear_window_locked(self.window)
 
     def _open_locked(self) -> None:
         self._last_rate = self._failures / self._buffered if self._buffered else 1.0
