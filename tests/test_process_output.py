@@ -63,6 +63,10 @@ def reconfigured() -> tuple[str, str]:
     return sys.stdout.name, sys.stdout.errors
 
 
+def stream_attributes() -> list[tuple[str, str]]:
+    return [(stream.name, stream.mode) for stream in (sys.stdout, sys.stderr, sys.stdout.buffer, sys.stderr.buffer)]
+
+
 def write_split_character() -> None:
     encoded = "é€".encode()
     for i in range(len(encoded)):
@@ -229,6 +233,20 @@ def test_reconfigure_refuses_what_a_text_stream_refuses(arguments: dict[str, Any
         relay.reconfigure(**arguments)
     with pytest.raises(error):
         io.TextIOWrapper(io.BytesIO()).reconfigure(**arguments)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_task_reads_the_name_and_mode_of_its_standard_streams(backend: str) -> None:
+    # A worker's relays had a name but no mode, and their buffers neither: code that
+    # reads sys.stdout.mode (or sys.stdout.buffer.name) failed with AttributeError there.
+    from makeparallel._backends._output_relay import OutputRelay
+
+    relay = OutputRelay(0, 1, lambda message: None)
+    assert (relay.mode, relay.buffer.mode, relay.buffer.name) == ("w", "wb", "<stdout>")
+    task = on_process(stream_attributes) if backend == "process" else mp.parallel(stream_attributes, backend="thread")
+    expected = [("<stdout>", "w"), ("<stderr>", "w"), ("<stdout>", "wb"), ("<stderr>", "wb")]
+    with contextlib.redirect_stdout(sys.__stdout__), contextlib.redirect_stderr(sys.__stderr__):
+        assert task().get(timeout=30) == expected
 
 
 def test_a_task_reconfigures_its_standard_output() -> None:

@@ -13,10 +13,11 @@ Bytes written to ``sys.stdout.buffer`` travel as bytes, in order with the
 text, and the parent writes them to its stream's ``buffer`` (a task that
 writes a gzip stream to standard output delivers it intact); where its
 stream has none (a ``StringIO``), they are decoded as UTF-8. Like a real
-console stream, a relay has a ``name``, and ``reconfigure()``, which a
-script calls at its top (``sys.stdout.reconfigure(encoding="utf-8")``): the
-text is relayed as text, and the parent's stream encodes it, so it changes
-nothing but what the relay reports.
+console stream, a relay has a ``name`` and a ``mode`` (its ``buffer`` too),
+and ``reconfigure()``, which a script calls at its top
+(``sys.stdout.reconfigure(encoding="utf-8")``): the text is relayed as
+text, and the parent's stream encodes it, so it changes nothing but what
+the relay reports.
 
 Cost: one message per line written (a few microseconds); a task that prints
 hundreds of thousands of lines should log or return its text instead.
@@ -85,6 +86,10 @@ class OutputRelay(io.TextIOBase):
     @property
     def name(self) -> str:
         return f"<{STREAMS[self._stream]}>"
+
+    @property
+    def mode(self) -> str:  # a console stream's, which code that picks text or bytes reads
+        return "w"
 
     @property
     def line_buffering(self) -> bool:
@@ -205,6 +210,14 @@ class _BinaryRelay(io.RawIOBase):
     def __init__(self, text: OutputRelay) -> None:
         super().__init__()
         self._text = text
+
+    @property
+    def name(self) -> str:
+        return self._text.name
+
+    @property
+    def mode(self) -> str:
+        return "wb"
 
     def writable(self) -> bool:
         return True
