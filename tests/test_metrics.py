@@ -843,6 +843,59 @@ def test_profiled_measures_an_async_partial_and_an_async_callable_object_to_thei
         assert counts(name) == {"total": 1, "completed": 0, "failed": 1, "cancelled": 0, "timed_out": 0}
 
 
+@pytest.mark.timeout(10)
+def test_profiled_twice_counts_each_call_once() -> None:
+    # profiled(profiled(f)), or a function profiled by two layers of a program, counted
+    # every call twice, under the one name: each layer counted it.
+    name = unique_name("profiled-twice")
+
+    def work(x: int) -> int:
+        return x + 1
+
+    inner = mp.profiled(name=name)(work)
+    for outer in (mp.profiled(inner), mp.profiled(name=name)(inner), mp.profiled(mp.profiled(name=name)(work))):
+        assert outer(1) == 2
+    assert counts(name) == {"total": 3, "completed": 3, "failed": 0, "cancelled": 0, "timed_out": 0}
+
+    async def fetch() -> str:
+        return "fetched"
+
+    async_name = unique_name("profiled-twice-async")
+    twice = mp.profiled(mp.profiled(name=async_name)(fetch))
+    assert asyncio.run(twice()) == "fetched"
+    assert counts(async_name)["total"] == 1
+
+    class Twice:
+        @mp.profiled
+        @classmethod
+        @mp.profiled
+        def named(cls) -> str:
+            return cls.__name__
+
+    assert Twice.named() == "Twice"
+    assert counts(f"{Twice.__qualname__}.named")["total"] == 1
+
+
+@pytest.mark.timeout(10)
+def test_profiled_again_under_another_name_counts_its_calls_under_that_name_alone() -> None:
+    # Two layers that give two names: a call through the outer one counts once, under
+    # its name; a call through the inner one (still held by the code that made it) under its own.
+    inner_name, outer_name = unique_name("profiled-inner"), unique_name("profiled-outer")
+
+    def work(x: int) -> int:
+        return x + 1
+
+    inner = mp.profiled(name=inner_name)(work)
+    outer = mp.profiled(name=outer_name)(inner)
+    assert outer(1) == 2
+    assert outer.__wrapped__ is work
+    assert counts(outer_name)["total"] == 1
+    assert counts(inner_name)["total"] == 0
+    assert inner(1) == 2
+    assert counts(inner_name)["total"] == 1
+    assert counts(outer_name)["total"] == 1
+
+
 def test_profiled_is_reset_too() -> None:
     name = unique_name("profiled")
 

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from types import CodeType
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
@@ -37,6 +38,7 @@ __all__ = [
     "Counts",
     "FunctionMetrics",
     "MetricsByName",
+    "ProfiledLayer",
     "all_records",
     "full_names",
     "get_all_metrics",
@@ -44,6 +46,7 @@ __all__ = [
     "metrics_for",
     "metrics_snapshot",
     "profiled",
+    "profiled_layer",
     "reset_metrics",
 ]
 
@@ -497,6 +500,16 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
             one, as ``@parallel`` judges it): a call only creates the
             generator, and what a measure of it would count is not the work,
             which runs as the caller iterates it.
+
+    Profiled twice:
+        A function that is ``@profiled`` already (twice over, or by two
+        layers of a program) is measured once per call, never once per
+        layer. Profiled again without a ``name=``, or under the name it is
+        recorded under already, it is returned as it is. Under another
+        ``name=``, the new wrapper measures the function underneath, under
+        that name alone: a call through it counts there, and a call through
+        the first wrapper (which code holding it still calls) counts under
+        the first name.
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -518,7 +531,6 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
             _generator_kind,
             _returns_coroutines,
             _short_name,
-            _wraps,
         )
 
         kind = _generator_kind(function)
@@ -529,6 +541,12 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
                 "and none of its body runs until the caller iterates it. Profile the function that "
                 f"consumes the {kind}, or make this one return a list"
             )
+        layer = profiled_layer(function)
+        if layer is not None:
+            # Profiled already: each layer counted every call, twice under the one name.
+            if name is None or name == layer.record:
+                return function
+            function = cast(F, layer.function)  # measured once, under the name this layer gives
         if name:
             record = metrics_for(name)
         else:  # a partial or a callable object has no __qualname__
@@ -537,25 +555,61 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         # A partial of an async def, or an object whose __call__ is one, too: their own code is
         # none to read, and the plain wrapper counted each coroutine's creation as a call completed.
         if _returns_coroutines(function):
-            return _profiled_coroutine_function(function, counts)  # type: ignore[return-value]
-
-        @_wraps(function)
-        def measured(*args: Any, **kwargs: Any) -> Any:
-            with counts.lock:
-                counts.total += 1
-            started = time.perf_counter()
-            state = FAILED
-            try:
-                result = function(*args, **kwargs)
-                state = SUCCEEDED
-                return result
-            finally:
-                with counts.lock:
-                    counts.count_end(state, time.perf_counter() - started, 0.0)
-
+            measured = _profiled_coroutine_function(function, counts)
+        else:
+            measured = _profiled_function(function, counts)
+        measured.__profiled__ = ProfiledLayer(function, name, record.name)  # type: ignore[attr-defined]
         return measured  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+class ProfiledLayer:
+    """What a ``@profiled`` wrapper measures: its function, the ``name=`` it was given, and its record's name.
+
+    A plain class: a ``NamedTuple`` made a ``ForwardRef`` of each annotation
+    as this module loaded, which every first task loads.
+    """
+
+    __slots__ = ("function", "name", "record")
+
+    def __init__(self, function: Callable[..., Any], name: str | None, record: str) -> None:
+        self.function, self.name, self.record = function, name, record
+
+
+def profiled_layer(fn: Any) -> ProfiledLayer | None:
+    """What ``fn`` measures, if it is a ``@profiled`` wrapper; else None.
+
+    Known by its code, not by the attribute alone: ``functools.wraps`` copies
+    a function's ``__dict__``, so a wrapper of a program's own made around a
+    profiled function carries the attribute too.
+    """
+    if getattr(fn, "__code__", None) not in _WRAPPER_CODES:
+        return None
+    layer = vars(fn).get("__profiled__")
+    return layer if isinstance(layer, ProfiledLayer) else None
+
+
+def _profiled_function(function: Callable[..., Any], counts: Counts) -> Callable[..., Any]:
+    """``function``, a plain one, measured from the start to the end of each call."""
+    from ._decorators import _wraps
+
+    @_wraps(function)
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        with counts.lock:
+            counts.total += 1
+        started = time.perf_counter()
+        state = FAILED
+        try:
+            result = function(*args, **kwargs)
+            state = SUCCEEDED
+            return result
+        finally:
+            with counts.lock:
+                counts.count_end(state, time.perf_counter() - started, 0.0)
+
+    _WRAPPER_CODES.add(measured.__code__)
+    return measured
 
 
 def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -> Callable[..., Any]:
@@ -590,7 +644,12 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
             with counts.lock:
                 counts.count_end(state, None if state == CANCELLED else time.perf_counter() - started, 0.0)
 
+    _WRAPPER_CODES.add(measured.__code__)
     return measured
+
+
+# The code of the two wrappers @profiled makes: each wrapper is a closure of one of them.
+_WRAPPER_CODES: set[CodeType] = set()
 
 
 def _start_afresh_after_fork() -> None:
