@@ -186,6 +186,81 @@ def test_a_process_task_gets_a_bound_parallel_method(get: Callable[[], Any]) -> 
     assert mp.parallel(backend="process")(call_bound)(bound, 3).get(timeout=30) == bound(3).get(timeout=5)
 
 
+@mp.profiled
+def profiled_square(x: int) -> int:
+    return x * x
+
+
+class Measured:
+    @mp.profiled
+    def method(self, x: int) -> int:
+        return x + 1
+
+    @mp.profiled
+    @classmethod
+    def class_above(cls, x: int) -> tuple[str, int]:
+        return cls.__name__, x
+
+    @classmethod
+    @mp.profiled
+    def class_below(cls, x: int) -> tuple[str, int]:
+        return cls.__name__, x
+
+    @mp.profiled
+    @staticmethod
+    def static_above(x: int) -> int:
+        return 2 * x
+
+    @staticmethod
+    @mp.profiled
+    def static_below(x: int) -> int:
+        return 3 * x
+
+
+# Each @profiled function, as a task gets it, and the name it is measured under.
+PROFILED: dict[str, tuple[Callable[[], Any], str]] = {
+    "function": (lambda: profiled_square, "profiled_square"),
+    "method, bound": (lambda: Measured().method, "Measured.method"),
+    "class method, @profiled above": (lambda: Measured.class_above, "Measured.class_above"),
+    "class method, @profiled below": (lambda: Measured.class_below, "Measured.class_below"),
+    "static method, @profiled above": (lambda: Measured.static_above, "Measured.static_above"),
+    "static method, @profiled below": (lambda: Measured.static_below, "Measured.static_below"),
+}
+
+
+def call_counted(fn: Callable[[int], Any], name: str, x: int) -> tuple[Any, int]:
+    """``fn(x)``, and how many calls the metrics of ``name`` counted meanwhile, here."""
+    before = mp.get_metrics(name)
+    result = fn(x)
+    after = mp.get_metrics(name)
+    assert after is not None
+    return result, after.total_tasks - (0 if before is None else before.total_tasks)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+@pytest.mark.parametrize(("get", "name"), PROFILED.values(), ids=PROFILED.keys())
+def test_a_process_task_gets_a_profiled_function_measured_once(get: Callable[[], Any], name: str) -> None:
+    # Sent by value, its wrapper took the metrics record's lock along: "cannot pickle
+    # '_thread.lock' object" for a class method (@profiled above or below @classmethod),
+    # whose name reads as a bound method, not as the wrapper. It goes by its name.
+    fn = get()
+    expected = fn(3)
+    assert mp.parallel(backend="process")(call_counted)(fn, name, 3).get(timeout=30) == (expected, 1)
+    assert mp.parallel(backend="process")(fn)(3).get(timeout=30) == expected
+
+
+@pytest.mark.parametrize(("get", "name"), PROFILED.values(), ids=PROFILED.keys())
+def test_cloudpickle_sends_a_profiled_function_measured_where_it_is_unpickled(get: Callable[[], Any], name: str) -> None:
+    # Another library's cloudpickle (Dask's) sends a class method's wrapper by value, its
+    # closure too: the metrics record's lock could not be pickled. The copy counts in the
+    # record of its name in the process that unpickles it (this one, here).
+    import cloudpickle  # type: ignore[import-untyped]
+
+    fn = get()
+    copy = pickle.loads(cloudpickle.dumps(fn))
+    assert call_counted(copy, name, 4) == (fn(4), 1)
+
+
 # -- other processes -------------------------------------------------------------------------
 
 SHAPES_MODULE = """\
@@ -269,6 +344,49 @@ def test_the_process_backend_still_sends_a_parallel_function_of_the_script_by_va
     (tmp_path / "script.py").write_text(PROCESS_SCRIPT)
     result = run_in(tmp_path, "script.py", order)
     assert result.stdout.splitlines() == ["(8, 'double') (10, 'double')"], result.stderr[-3000:]
+
+
+PROFILED_SCRIPT = """\
+import makeparallel as mp
+
+@mp.profiled
+def square(x):
+    return x * x
+
+class Measured:
+    @mp.profiled
+    @classmethod
+    def named(cls, x):
+        return cls.__name__, x
+
+    @staticmethod
+    @mp.profiled(name="tripled")
+    def triple(x):
+        return 3 * x
+
+def call_counted(fn, name, x):
+    before = mp.get_metrics(name)
+    result = fn(x)
+    return result, mp.get_metrics(name).total_tasks - (0 if before is None else before.total_tasks)
+
+if __name__ == "__main__":
+    call = mp.parallel(backend="process")(call_counted)
+    for fn, name in ((square, "square"), (Measured.named, "Measured.named"), (Measured.triple, "tripled")):
+        print(call(fn, name, 4).get(timeout=30), mp.parallel(backend="process")(fn)(4).get(timeout=30))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+def test_the_process_backend_sends_a_profiled_function_of_the_script_by_value(tmp_path: Path) -> None:
+    # Sent by value, as the script's functions go, the wrapper took its metrics record's
+    # lock along ("cannot pickle '_thread.lock' object"): its function goes, and is profiled there.
+    (tmp_path / "script.py").write_text(PROFILED_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == [
+        "(16, 1) 16",
+        "(('Measured', 4), 1) ('Measured', 4)",
+        "(12, 1) 12",
+    ], result.stderr[-3000:]
 
 
 SHIPPED_MODULE = """\

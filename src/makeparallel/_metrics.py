@@ -29,6 +29,7 @@ from ._runtime import (
     queued_by_name,
     refuse_under_a_held_lock,
 )
+from ._worker_reductions import for_worker_functions
 
 if TYPE_CHECKING:
     from ._circuit import CircuitBreaker
@@ -73,6 +74,7 @@ class Counts:
         "lock",
         "new_durations",
         "new_waits",
+        "record",
         "retried",
         "retries",
         "timed_out",
@@ -80,9 +82,18 @@ class Counts:
         "waits",
     )
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.Lock, record: str = "") -> None:
         self.lock = lock
+        self.record = record  # the name of the record it is a shard of
         self.zero()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Met in the closure of a @profiled wrapper that a pickler of another library sends
+        # by value (cloudpickle, a class method's: no name finds the wrapper): a lock cannot
+        # be pickled. Where it is unpickled, it is the own shard of the record of its name there.
+        if not self.record:
+            raise TypeError("the counts of a merged metrics record cannot be pickled")
+        return (_own_counts, (self.record,))
 
     def zero(self) -> None:
         self.total = self.completed = self.failed = self.cancelled = self.timed_out = 0
@@ -160,7 +171,7 @@ class FunctionMetrics:
         """The shard to change while holding ``lock``."""
         shard = self._shards.get(lock)
         if shard is None:
-            shard = self._shards.setdefault(lock, Counts(lock))  # atomic: one wins
+            shard = self._shards.setdefault(lock, Counts(lock, self.name))  # atomic: one wins
         return shard
 
     def counted(self) -> Counts:
@@ -185,6 +196,11 @@ class FunctionMetrics:
                 still_in_flight = shard.total + shard.carried - shard.ended
                 shard.zero()
                 shard.carried = still_in_flight
+
+
+def _own_counts(record: str) -> Counts:
+    """The shard of the record named ``record`` that callers holding no lock count in (a pickled one's, unpickled)."""
+    return metrics_for(record).counted()
 
 
 def task_metrics(name: str, counts: Counts, queued: int) -> TaskMetrics:
@@ -510,6 +526,12 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         that name alone: a call through it counts there, and a call through
         the first wrapper (which code holding it still calls) counts under
         the first name.
+
+    Pickling:
+        The wrapper pickles as the function it wraps does: by its name where
+        its module holds it (a class or static method's too, for the process
+        backend), by value otherwise (a function of the main script), and is
+        measured where it is unpickled, in that process's records.
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"name must be a non-empty str, got {name!r}")
@@ -608,7 +630,7 @@ def _profiled_function(function: Callable[..., Any], counts: Counts) -> Callable
             with counts.lock:
                 counts.count_end(state, time.perf_counter() - started, 0.0)
 
-    _WRAPPER_CODES.add(measured.__code__)
+    _made(measured)
     return measured
 
 
@@ -644,12 +666,40 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
             with counts.lock:
                 counts.count_end(state, None if state == CANCELLED else time.perf_counter() - started, 0.0)
 
-    _WRAPPER_CODES.add(measured.__code__)
+    _made(measured)
     return measured
 
 
 # The code of the two wrappers @profiled makes: each wrapper is a closure of one of them.
 _WRAPPER_CODES: set[CodeType] = set()
+
+
+def _made(wrapper: Callable[..., Any]) -> None:
+    """Know ``wrapper``'s code as a @profiled wrapper's, here and in the process backend's pickler."""
+    code = wrapper.__code__
+    if code not in _WRAPPER_CODES:
+        _WRAPPER_CODES.add(code)
+        for_worker_functions[code] = _reduce_profiled
+
+
+def _reduce_profiled(wrapper: Callable[..., Any]) -> tuple[Any, ...]:
+    """``wrapper`` as a worker gets it where no name finds it: its function, profiled again there.
+
+    Sent by value, as cloudpickle sends a function of the main script, or a
+    class method's (whose name gives a bound method, not the function), the
+    wrapper took its metrics record, and the record's lock, along: ``cannot
+    pickle '_thread.lock' object``. Its function goes as it goes alone (by its
+    name where a worker finds it so), and the worker measures it in a record of its own.
+    """
+    layer = profiled_layer(wrapper)
+    if layer is None:  # its attribute taken off: nothing to make it again from
+        raise TypeError(f"{wrapper!r} is a @profiled wrapper without what it measures, and cannot be pickled")
+    return (_profiled_again, (layer.function, layer.name))
+
+
+def _profiled_again(function: Callable[..., Any], name: str | None) -> Callable[..., Any]:
+    """``function`` profiled in this process, as :func:`_reduce_profiled` sent it."""
+    return profiled(function) if name is None else profiled(name=name)(function)
 
 
 def _start_afresh_after_fork() -> None:

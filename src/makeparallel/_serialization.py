@@ -39,12 +39,12 @@ import sys
 import threading
 import weakref
 from contextvars import ContextVar
-from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 
 from . import _worker_finders
 from ._backends._main_module import adopt
 from ._remote_errors import ExceptionsPickled, linked_errors, reduce_exception
-from ._worker_reductions import for_workers
+from ._worker_reductions import for_worker_functions, for_workers
 
 # typing.TYPE_CHECKING without importing typing: a worker imports this before its first task.
 TYPE_CHECKING = False
@@ -810,11 +810,17 @@ def _reduce(obj: Any) -> Any:
     if isinstance(obj, FunctionType):
         if unpickling_a_task:
             _refuse_a_function_of_a_module_being_imported(obj)
+        # A decorator's wrapper (@profiled's) is made again from its function: sent by value, as
+        # cloudpickle sends what it cannot send by name, it took its metrics record's lock along.
+        made_again = for_worker_functions.get(obj.__code__)
         if not _importable_by_name(obj.__module__):
             _send_by_value(obj.__module__)
-            return NotImplemented  # cloudpickle sends it, and its module's functions and classes, by value
-        reference = _parallel_reference(obj)
-        return NotImplemented if reference is None else (_undecorated, reference)
+            # cloudpickle sends it, and its module's functions and classes, by value
+            return NotImplemented if made_again is None else made_again(obj)
+        reference = _decorated_reference(obj)
+        if reference is not None:
+            return reference
+        return NotImplemented if made_again is None else made_again(obj)
     if isinstance(obj, ModuleType):  # a global of a function sent by value: a sibling module, say
         if not _importable_by_name(obj.__name__):
             _send_by_value(obj.__name__)  # cloudpickle sends its namespace, functions by value
@@ -1431,8 +1437,14 @@ def _under_sys_path() -> _PathAnswers:
     return answers
 
 
-def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
-    """``(module, qualname)`` if that name holds a @parallel wrapper of ``fn``."""
+def _decorated_reference(fn: FunctionType) -> tuple[Any, tuple[str, str]] | None:
+    """How a worker finds ``fn`` by its name, ``(module, qualname)``, where that name holds a wrapper of it, else None.
+
+    The wrapper is ``@parallel``'s or ``@profiled``'s, or ``fn`` is that
+    ``@profiled`` wrapper itself. A class method's name gives the wrapper
+    bound to its class, which the lookup sees through: pickled by cloudpickle,
+    the function (or wrapper) was found under no name, and went by value.
+    """
     if fn.__module__ == "__main__":
         return None
     # No wrapper exists where the decorators were never imported: a worker sending back
@@ -1445,13 +1457,31 @@ def _parallel_reference(fn: FunctionType) -> tuple[str, str] | None:
     # A class method's name gives the wrapper bound to its class, which the lookup sees
     # through. Sent by value, its function read a copy of the module's globals, not what
     # the initializer set there.
-    if named is None or named(fn) is None:
+    if named is None:
         return None
-    return fn.__module__, fn.__qualname__
+    reference = fn.__module__, fn.__qualname__
+    if named(fn) is not None:
+        return _undecorated, reference
+    if not for_worker_functions:  # no @profiled wrapper was ever made
+        return None
+    layer_of = sys.modules[f"{__package__}._metrics"].profiled_layer  # loaded: it made one
+    held = decorators._unbound(decorators.held_under(*reference))
+    if held is fn and layer_of(fn) is not None:
+        return _imported_function, reference
+    layer = layer_of(held)
+    if layer is not None and layer.function is fn:
+        return _undecorated, reference
+    return None
 
 
 def _undecorated(module: str, qualname: str) -> Any:
     return imported_object(module, qualname).__wrapped__
+
+
+def _imported_function(module: str, qualname: str) -> Any:
+    """What :func:`imported_object` finds, the function itself where it is a class method bound to its class."""
+    found = imported_object(module, qualname)
+    return found.__func__ if isinstance(found, MethodType) else found
 
 
 def imported_object(module: str, qualname: str) -> Any:

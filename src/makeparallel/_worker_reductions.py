@@ -18,11 +18,17 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import CodeType, FunctionType
     from typing import Any
 
-__all__ = ["for_workers"]
+__all__ = ["for_worker_functions", "for_workers"]
 
 #: By exact type, as pickle looks its dispatch table up: what an object of it pickles as for a worker
 #: (a reduction, as ``__reduce__`` returns). The process backend's pickler adds cloudpickle's own as it
 #: is made (``_serialization._pickler_class``), so that one dict serves both.
 for_workers: dict[type, Callable[[Any], Any]] = {}
+
+#: By code object: what a function made of it (a decorator's wrapper, one closure of that code per
+#: decorated function: ``@profiled``'s) pickles as for a worker, where its module does not hold it
+#: under its name. Looked up by type, every function is one: its code tells the wrappers apart.
+for_worker_functions: dict[CodeType, Callable[[FunctionType], Any]] = {}
