@@ -973,6 +973,29 @@ def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:
         assert line.name.startswith("test.app.")  # the prefix's trailing dot is not doubled
 
 
+
+def test_names_of_other_scripts_stay_apart_and_ascii(server: StatsdServer) -> None:
+    """Their letters were dropped: every name of Chinese characters was sent as "unnamed",
+    and "größe" and "grüße" both as "gr_e", one series for several functions."""
+    token = uuid.uuid4().hex
+    names = [f"处理_{token}", f"处置_{token}", f"größe_{token}", f"grüße_{token}", "处理", "函数"]
+    for name in names:
+        run(make_work(name), succeed=1)
+    exporter = StatsdExporter("127.0.0.1", server.port, prefix="test", interval=3600)
+    try:
+        lines = server.flush(exporter)
+    finally:
+        exporter.stop()
+    completed = {line.name.removesuffix(".completed") for line in lines if line.name.endswith(".completed")}
+    sent = {name: statsd_module._safe(name) for name in names}
+    assert len(set(sent.values())) == len(names), sent
+    for name, safe in sent.items():
+        assert f"test.{safe}" in completed
+        assert re.fullmatch(r"[A-Za-z0-9_\-]+", safe), safe
+    assert sent[f"größe_{token}"].startswith(f"gro_e_{token}_")  # what can be read is kept
+    assert statsd_module._safe("Worker.run") == "Worker_run"  # an ASCII name is sent as it always was
+
+
 # A program that started an exporter and never stopped it (a batch job, a service ended by
 # its process manager) lost every count since the last flush: its thread is a daemon,
 # killed at exit without a last flush. With an interval longer than the program, nothing

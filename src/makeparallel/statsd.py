@@ -30,6 +30,7 @@ sends nothing and loses nothing: its counts go with the next one that does.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ import re
 import socket
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Iterator
 from decimal import Decimal
@@ -95,7 +97,22 @@ def _ipv6_address(host: str) -> bool:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-]+", "_", name).strip("_") or "unnamed"
+    """``name`` as a metric name's label: letters, digits, ``_`` and ``-``, others replaced by ``_``.
+
+    StatsD servers keep only those (etsy's deletes the rest, DogStatsD
+    replaces them), all ASCII. A name with other characters (a function
+    named in Chinese, or "größe") is decomposed (NFKD) so that accented
+    letters keep their base letter, and ends with eight hex digits of its
+    BLAKE2 digest: its letters dropped, "处理" and "函数" were both sent as
+    "unnamed", one series for two functions. An ASCII name with a letter or
+    digit in it is sent as it always was.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_\-]+", "_", name).strip("_")
+    if safe and name.isascii():
+        return safe
+    readable = re.sub(r"[^A-Za-z0-9_\-]+", "_", unicodedata.normalize("NFKD", name)).strip("_") or "unnamed"
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{readable}_{digest}"
 
 
 class StatsdExporter:
