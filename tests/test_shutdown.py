@@ -969,6 +969,106 @@ def test_a_cancel_pending_not_a_bool_is_rejected_without_shutting_down(value: ob
     assert mp.parallel(lambda: 1)().get(timeout=5) == 1
 
 
+# -- the threads shutdown() ends --------------------------------------------------------
+
+
+def _pool_threads() -> list[threading.Thread]:
+    """The thread pool's workers and its sizer's thread that are alive now."""
+    prefixes = ("makeparallel-thread-", "makeparallel-autosize")
+    return [thread for thread in threading.enumerate() if thread.name.startswith(prefixes) and thread.is_alive()]
+
+
+def worker_in_callback(gate: threading.Event) -> None:
+    """Have a task end, its worker then held in the task's callback until ``gate`` is set."""
+    registered, in_callback = threading.Event(), threading.Event()
+
+    @mp.parallel
+    def ends_once_called_back() -> int:
+        assert registered.wait(10)  # registered later, the callback ran in this thread
+        return 1
+
+    def called_back(_: object) -> None:
+        in_callback.set()
+        assert gate.wait(30)
+
+    ends_once_called_back().on_complete(called_back)
+    registered.set()
+    assert in_callback.wait(10)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("callbacks", [False, True], ids=["idle", "in-callbacks"])
+def test_shutdown_returns_with_the_thread_pools_workers_ended(gate: threading.Event, callbacks: bool) -> None:
+    # The workers, woken to retire, were still alive as shutdown() returned: a
+    # thread-leak check (threading.active_count() after it) saw every one of them.
+    resize(4)
+
+    @mp.parallel
+    def quick(i: int) -> int:
+        return i
+
+    assert mp.gather([quick(i) for i in range(16)], timeout=10) == list(range(16))
+    if callbacks:  # a task ended, its worker still in its callback as the shutdown waits
+        worker_in_callback(gate)
+        assert wait_until_idle(10)
+        threading.Thread(target=gate.set).start()
+    assert _pool_threads()
+    assert mp.shutdown(timeout_secs=10) is True
+    assert _pool_threads() == []
+    mp.reset_shutdown()
+    assert quick(1).get(timeout=10) == 1  # the pool starts workers again
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_leaves_only_the_worker_of_a_task_that_cannot_be_stopped(gate: threading.Event) -> None:
+    resize(3)
+    started = threading.Event()
+
+    @mp.parallel
+    def stuck() -> None:
+        started.set()
+        gate.wait(30)
+
+    @mp.parallel
+    def quick(i: int) -> int:
+        return i
+
+    handle = stuck()
+    assert started.wait(10)
+    assert mp.gather([quick(i) for i in range(6)], timeout=10) == list(range(6))
+    handle.cancel()  # it ended, its code goes on: the one thread shutdown cannot end
+    assert mp.shutdown(timeout_secs=0.2) is False
+    assert len(_pool_threads()) == 1, _pool_threads()
+    gate.set()
+    assert wait_until(lambda: not _pool_threads())
+    mp.reset_shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_as_shutdown_waits_for_the_workers_to_end_is_raised(gate: threading.Event) -> None:
+    resize(2)
+    worker_in_callback(gate)
+    pool = _runtime._backends["thread"]
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:  # once the shutdown waits for the worker still in its callback
+        assert wait_until(lambda: bool(pool._retire_waiters), 20)  # type: ignore[attr-defined]
+        signal.pthread_kill(main, signal.SIGINT)
+
+    interrupting = threading.Thread(target=interrupt)
+    interrupting.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mp.shutdown(timeout_secs=10)
+        assert _runtime._last_shutdown is not None and _runtime._last_shutdown.ended == "Ctrl-C"
+    finally:
+        interrupting.join(30)
+        gate.set()
+    assert wait_until(lambda: not _pool_threads())
+    mp.reset_shutdown()
+
+
 # -- interpreter exit -------------------------------------------------------------------
 
 # An imap left half read in a module's global lives until the interpreter

@@ -62,6 +62,9 @@ _HELD_BELOW_AFTER = 0.25
 # And at least this many looks, a millisecond apart, saw it held on end: a main thread starved of
 # the GIL past that time saw another thread's brief hold on both sides of its pause, in a few looks.
 _HELD_BELOW_LOOKS = 100
+# Seconds a shutdown waits at most, its wait for the tasks and the stop of the worker processes
+# over, for the worker threads with no task left (callbacks at most) to end (_end_threads).
+_THREADS_END_WITHIN = 1.0
 
 
 def _thread_backend() -> Backend:
@@ -982,7 +985,13 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     ``concurrent.futures`` waits for every running call. Then it stops the worker processes, busy or not:
     told to end, then ``SIGTERM`` and ``SIGKILL`` a second apart, every pool's
     workers together, so about two seconds more at most; a process task that has not ended by
-    then, running or queued, fails with ``ShutdownError``.
+    then, running or queued, fails with ``ShutdownError``. Last, it joins the thread
+    pool's workers, for at most one second more: as it returns, none is alive but
+    those still running a task's code (one the wait ran out on, or one timed out or
+    cancelled as it ran, which a thread cannot be stopped in), and its own thread
+    where it is a worker (called from a task or a callback). The idle ones end at
+    once; one still in a callback of a task that ended is waited for. A Ctrl-C
+    there is raised, as in the wait for the tasks.
 
     Args:
         timeout_secs: the longest to wait, in seconds; ``None`` waits as long as
@@ -1320,6 +1329,7 @@ class ShutdownCall:
             try:
                 if _begin_stopping_workers():  # (not reset meanwhile: the tasks accepted since must run)
                     terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+                    _end_threads(backends)  # nor an idle worker thread
             finally:
                 _end_stopping_workers()
         except KeyboardInterrupt:
@@ -1710,6 +1720,13 @@ def _abandoned_running_async(backends: list[Backend]) -> int:
 def _unfinished(backends: list[Backend]) -> int:
     """Tasks of ``backends`` not yet ended, and those ended whose code still runs on a thread: what exit waits for."""
     return _active(backends) + _abandoned_running(backends)
+
+
+def _end_threads(backends: list[Backend]) -> None:
+    """Join the worker threads of ``backends`` that have no task left, for at most ``_THREADS_END_WITHIN`` seconds in all."""
+    deadline = time.monotonic() + _THREADS_END_WITHIN
+    for backend in backends:
+        backend.end_threads(max(0.0, deadline - time.monotonic()))
 
 
 def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:

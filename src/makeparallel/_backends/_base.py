@@ -531,6 +531,13 @@ class Backend:
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""
 
+    def end_threads(self, timeout: float) -> None:
+        """After a shutdown stopped the workers: join the threads of this pool that have no task left, for at most ``timeout`` seconds.
+
+        Only the thread pool has such threads (``ThreadBackend.end_threads``);
+        a process pool's loop thread is joined by :meth:`terminate`.
+        """
+
 
 class _Wake:
     """An idle waiter (``Backend._idle_waiters``) that puts a ``None`` into a queue, which a held task's admission wakes too."""

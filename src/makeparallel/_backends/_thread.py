@@ -97,6 +97,8 @@ def _reset_after_fork() -> None:
         pool._parked = []
         pool._idle_waiters = []
         pool._abandoned_waiters = []
+        pool._retired = []
+        pool._retire_waiters = []
         pool._autosizer = None
         pool._drop_queues_after_fork()
 
@@ -229,6 +231,10 @@ class ThreadBackend(QueueingBackend):
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
         self._autosizer: Any = None  # num_threads="auto": grows and shrinks the pool
+        # Workers that left their loop, until end_threads() joins them or finds them ended; and the
+        # waits of end_threads() for the rest to leave, woken as each one does.
+        self._retired: list[threading.Thread] = []
+        self._retire_waiters: list[threading.Lock] = []
 
     # -- configuration ---------------------------------------------------------------
 
@@ -401,6 +407,62 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 self._wake_parked_locked()
 
+    def reopen(self) -> None:
+        with self._lock:
+            self._closed = False
+            if self._retire_waiters:  # (end_threads: the workers stay)
+                _interruptible.wake(self._retire_waiters)
+
+    def end_threads(self, timeout: float) -> None:
+        """After a shutdown's wait: wait for the workers to leave, and join them, for at most ``timeout`` seconds.
+
+        Closed, a worker leaves its loop once it has no task left to run, nor
+        a callback of one: an idle one at once, woken by :meth:`close`. They
+        left on their own, still alive as ``shutdown()`` returned, where a
+        thread-leak check (``threading.active_count()``) saw every one. Not
+        waited for: a worker whose task cannot be stopped (timed out or
+        cancelled as it ran, its code going on: it leaves as that returns), and
+        this thread, where it is one of the workers (a shutdown from a task or a
+        callback). A worker whose task still runs (the wait ran out) is waited
+        for within ``timeout``. Reopened meanwhile (``reset_shutdown()``), the
+        workers stay, and it returns at once.
+
+        A Ctrl-C ends the wait (:mod:`._interruptible`): it is raised, and the
+        workers leave on their own.
+        """
+        deadline = time.monotonic() + timeout
+        here = int(getattr(_this_thread, "pool", None) is self)
+        while True:
+            with self._lock:
+                if not self._closed:
+                    return
+                if self._workers <= self._stuck + here:
+                    break
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._retire_waiters.append(waiter)
+            try:
+                woken = _interruptible.acquire(waiter, max(0.0, deadline - time.monotonic()))
+            finally:
+                with self._lock:
+                    if waiter in self._retire_waiters:
+                        self._retire_waiters.remove(waiter)
+            if not woken:
+                break  # out of time: those that left are still joined
+        with self._lock:
+            left = self._retired[:]
+        for thread in left:
+            _interruptible.join(thread, max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._retired = [thread for thread in self._retired if thread.is_alive()]
+
+    def _leaves_locked(self) -> None:
+        """This worker leaves its loop: kept for :meth:`end_threads` to join (those ended since are let go), which is woken."""
+        self._retired = [thread for thread in self._retired if thread.is_alive()]
+        self._retired.append(threading.current_thread())
+        if self._retire_waiters:
+            _interruptible.wake(self._retire_waiters)
+
     def _wake_parked_locked(self) -> None:
         """Wake every idle worker, in two C calls.
 
@@ -426,6 +488,8 @@ class ThreadBackend(QueueingBackend):
             self._stuck += 1
             self._stuck_async += handle._observer.is_async
             self._set_capacity_locked()
+            if self._retire_waiters:  # end_threads() no longer waits for this worker
+                _interruptible.wake(self._retire_waiters)
         self._active -= 1
         if self._active == 0 and self._idle_waiters:
             self._wake_idle_waiters_locked()
@@ -715,6 +779,7 @@ class ThreadBackend(QueueingBackend):
             with self._lock:
                 self._dead += 1
                 self._workers -= 1
+                self._leaves_locked()
                 spawn = self._queued - len(self._parked)
             self._spawn(spawn)
 
@@ -771,6 +836,7 @@ class ThreadBackend(QueueingBackend):
                         if self._closed or self._workers > self._capacity:
                             self._workers -= 1
                             retire = True
+                            self._leaves_locked()
                             # Woken for work it will not take: pass the wake-up on.
                             wake = self._parked.pop() if self._queued and self._parked else None
                         else:
