@@ -1069,6 +1069,22 @@ def test_ctrl_c_as_shutdown_waits_for_the_workers_to_end_is_raised(gate: threadi
     mp.reset_shutdown()
 
 
+@pytest.mark.timeout(30)
+def test_shutdown_stops_the_auto_sizing_thread_and_a_reset_starts_it_again() -> None:
+    mp.configure_thread_pool(num_threads="auto")
+    try:
+        assert any(thread.name == "makeparallel-autosize" for thread in _pool_threads())
+        assert mp.parallel(abs)(-1).get(timeout=10) == 1
+        assert mp.shutdown(timeout_secs=10) is True
+        assert _pool_threads() == []
+        assert mp.get_thread_pool_info()["auto"] is True  # still the pool's setting
+        mp.reset_shutdown()
+        assert [thread.name for thread in _pool_threads()] == ["makeparallel-autosize"]
+        assert mp.parallel(abs)(-2).get(timeout=10) == 2
+    finally:
+        mp.configure_thread_pool(num_threads=None)
+
+
 # -- interpreter exit -------------------------------------------------------------------
 
 # An imap left half read in a module's global lives until the interpreter

@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _interruptible
+
 __all__ = ["AutoSizePolicy", "AutoSizer"]
 
 INTERVAL = 0.1  # seconds between samples while nothing is queued
@@ -157,7 +159,7 @@ class AutoSizer:
         self._runnable = runnable
         self._cpu_clock = cpu_clock
         self._clock = clock
-        self._stop = False
+        self._runs = 0  # starts so far: a watching thread whose start is not the last returns (stop() counts one)
         self._wake = threading.Event()
         self._idle = True  # the watcher sleeps INTERVAL: new queued work should wake it
         self._thread: threading.Thread | None = None
@@ -217,19 +219,38 @@ class AutoSizer:
             self._wake.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="makeparallel-autosize", daemon=True)
+        """Sample from a daemon thread of its own until :meth:`stop`; after a stop, from a new one.
+
+        A shutdown stops the thread, and :func:`reset_shutdown` starts it
+        again (``ThreadBackend.end_threads``, ``reopen``). A thread stopped
+        that had not returned yet returns all the same: it is not the last start.
+        """
+        self._runs += 1
+        self._thread = threading.Thread(target=self._watch, args=(self._runs,), name="makeparallel-autosize", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop = True
+        """Have the sampling thread return, woken now; :meth:`join` waits for it."""
+        self._runs += 1
         self._wake.set()
 
-    def _watch(self) -> None:
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the thread :meth:`stop` stopped to end; return whether it did.
+
+        The thread ends at once, unless it is in the middle of a step (a
+        resize). A Ctrl-C ends the wait (:mod:`._interruptible`) and is raised.
+        """
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        return _interruptible.join(thread, timeout)
+
+    def _watch(self, run: int) -> None:
         interval = INTERVAL
         while True:
             self._wake.wait(interval)
             self._wake.clear()
-            if self._stop:
+            if self._runs != run:  # stopped, or started again on a new thread
                 return
             self.step()
             interval = BUSY_INTERVAL if self._sample()[0] else INTERVAL

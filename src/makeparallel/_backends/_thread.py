@@ -72,6 +72,8 @@ _stack_size_lock = threading.Lock()  # threading.stack_size() is process-wide
 _stack_size_outside = 0
 _release = _thread.LockType.release  # a worker's park lock, released from C (_wake_parked_locked)
 _thread_numbers = itertools.count(1)
+# Seconds a num_threads="auto" that ends (a fixed size configured) waits at most for its thread to end.
+_SIZER_ENDS_WITHIN = 1.0
 # Seconds a _spawn interrupted inside Thread.start() waits to learn whether the thread
 # began: one that did says so at once; one that never will costs the Ctrl-C this delay.
 _BEGINS_WITHIN = 0.5
@@ -100,6 +102,7 @@ def _reset_after_fork() -> None:
         pool._retired = []
         pool._retire_waiters = []
         pool._autosizer = None
+        pool._sizer_stopped = False
         pool._drop_queues_after_fork()
 
 
@@ -231,6 +234,7 @@ class ThreadBackend(QueueingBackend):
         self._dead = 0  # workers that died of an error in the pool itself
         self._paused = False  # memory is short: one worker takes new tasks
         self._autosizer: Any = None  # num_threads="auto": grows and shrinks the pool
+        self._sizer_stopped = False  # a shutdown stopped the sizer's thread: a reopen starts it again
         # Workers that left their loop, until end_threads() joins them or finds them ended; and the
         # waits of end_threads() for the rest to leave, woken as each one does.
         self._retired: list[threading.Thread] = []
@@ -267,13 +271,17 @@ class ThreadBackend(QueueingBackend):
         cores = default_thread_count()
         sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores)
         self._autosizer = sizer
+        self._sizer_stopped = False
         self._resize(cores, ...)
         sizer.start()
 
     def _stop_autosizer(self) -> None:
+        """End the sizing: its thread is stopped and joined, for at most ``_SIZER_ENDS_WITHIN`` seconds."""
         sizer, self._autosizer = self._autosizer, None
+        self._sizer_stopped = False
         if sizer is not None:
             sizer.stop()
+            sizer.join(_SIZER_ENDS_WITHIN)
 
     def _load(self) -> tuple[int, int]:
         with self._lock:
@@ -412,6 +420,13 @@ class ThreadBackend(QueueingBackend):
             self._closed = False
             if self._retire_waiters:  # (end_threads: the workers stay)
                 _interruptible.wake(self._retire_waiters)
+            if self._sizer_stopped:  # under the lock, as end_threads stops it: one decides at a time
+                self._sizer_stopped = False
+                try:
+                    self._autosizer.start()
+                except BaseException:  # (Ctrl-C, or no thread could start) the next reopen tries again
+                    self._sizer_stopped = True
+                    raise
 
     def end_threads(self, timeout: float) -> None:
         """After a shutdown's wait: wait for the workers to leave, and join them, for at most ``timeout`` seconds.
@@ -425,12 +440,20 @@ class ThreadBackend(QueueingBackend):
         this thread, where it is one of the workers (a shutdown from a task or a
         callback). A worker whose task still runs (the wait ran out) is waited
         for within ``timeout``. Reopened meanwhile (``reset_shutdown()``), the
-        workers stay, and it returns at once.
+        workers stay, and it returns at once. The thread of ``num_threads="auto"``
+        is stopped and joined first (``reopen()`` starts it again).
 
         A Ctrl-C ends the wait (:mod:`._interruptible`): it is raised, and the
         workers leave on their own.
         """
         deadline = time.monotonic() + timeout
+        with self._lock:  # the sizer first: it would start workers for nothing
+            sizer = self._autosizer if self._closed and not self._sizer_stopped else None
+            if sizer is not None:
+                self._sizer_stopped = True
+                sizer.stop()
+        if sizer is not None:
+            sizer.join(timeout)
         here = int(getattr(_this_thread, "pool", None) is self)
         while True:
             with self._lock:
