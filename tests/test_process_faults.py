@@ -385,6 +385,28 @@ def test_cancel_force_kills_the_worker(flags: Flags, pool: None) -> None:
     assert on_process(worker_pid)().get(timeout=20) != pid
 
 
+@pytest.mark.parametrize("asked", ["cancel()", "cancel_with_timeout(0)"])
+def test_cancel_force_after_a_plain_cancel_kills_the_worker(flags: Flags, pool: None, asked: str) -> None:
+    # A plain cancel asks the task to stop at its next check_cancelled(); this one never
+    # calls it, and runs on. A cancel(force=True) then, the escalation its docstring offers,
+    # found the handle ended, returned False and killed nothing: the worker stayed busy
+    # with the task for good, and a cancel_with_timeout waiting for its code waited its
+    # whole timeout.
+    cancelled = info()["worker_restart_reasons"].get("cancelled", 0)
+    handle = on_process(record_pid_and_wait)(flags)
+    assert flags.wait("pid")
+    pid = int(flags.read("pid"))
+    if asked == "cancel()":
+        assert handle.cancel() is True
+    else:
+        assert handle.cancel_with_timeout(0) is False  # its code runs on
+    assert handle.cancel(force=True) is False  # the task had ended already
+    assert wait_until(lambda: gone(pid)), f"worker {pid} still runs after cancel(force=True)"
+    assert handle.cancel_with_timeout(20)
+    assert wait_until(lambda: info()["worker_restart_reasons"].get("cancelled", 0) == cancelled + 1), info()
+    assert on_process(worker_pid)().get(timeout=20) != pid
+
+
 def run_a_program_and_a_helper(flags: Flags) -> None:
     """Start a program (``sleep``, through a shell) and fork a helper, record their pids, wait for the program."""
     helper = os.fork()

@@ -489,8 +489,14 @@ class AsyncHandle(Generic[T_co]):
 
         Args:
             force: on the process backend, terminate the worker process running
-                the task (a new one takes its place). Threads cannot be killed, so
+                the task (a new one takes its place), also when the handle
+                already ended (cancelled without ``force``, timed out) but the
+                task's code still runs there. Threads cannot be killed, so
                 elsewhere it changes nothing.
+
+        Returns:
+            Whether the task was still unfinished: ``False`` for one that had
+            ended, even where ``force`` stopped the code it left running.
 
         Cancellation:
             A queued task never runs. A running task is asked to stop: the handle
@@ -507,9 +513,14 @@ class AsyncHandle(Generic[T_co]):
         backend = self._backend
         with backend._lock:
             previous = self._state
-            if previous >= SUCCEEDED:
-                return False
-            announce = self._cancel_locked()
+            announce = self._cancel_locked() if previous < SUCCEEDED else None
+        if previous >= SUCCEEDED:
+            # Ended (cancelled without force, timed out) with its code still running: a
+            # plain cancel() and then a forced one, the escalation, left a task that never
+            # calls check_cancelled() holding its worker for good.
+            if force and not self._code_done:
+                backend._abandoned(self, True)
+            return False
         self._after_settle(announce)
         if previous == RUNNING:
             wake_waits_of(self)
@@ -544,8 +555,7 @@ class AsyncHandle(Generic[T_co]):
             if self._stop_event is None:
                 self._stop_event = threading.Event()
             stopped = self._stop_event
-        if not self.cancel(force) and force and not self._code_done:
-            self._backend._abandoned(self, True)  # ended (timed out, cancelled) but still running
+        self.cancel(force)  # (forced, it also stops code that runs on after the handle ended)
         # The runner sets _code_done, then reads _stop_event; this set _stop_event,
         # then reads _code_done: one of the two sees the other's write.
         if self._code_done:
