@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 import makeparallel as mp
-from makeparallel import _events
+from makeparallel import _events, _runtime
 from makeparallel.testing import no_retry_waits
 from pool_helpers import resize, wait_until
 from test_retry import OutOfProcessThreads
@@ -814,6 +814,72 @@ def test_a_submission_refused_at_shutdown_is_told_finished(how: str, listen: Any
     # Counted as the listeners were told: submitted and failed. Before, the metrics
     # counted no task at all (a refusal by an executor given as backend= counted).
     assert_metrics_agree_with_events(recorder.events, name)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize("when", ["waiting for a slot", "called after it"])
+@pytest.mark.parametrize("how", ["call", "group's submit"])
+def test_a_call_over_a_full_limit_refused_at_shutdown_is_told_finished(
+    limit: str, when: str, how: str, listen: Any, gate: threading.Event
+) -> None:
+    # With the limit full, the shutdown refuses the call in the limit's wait,
+    # before the pool sees it: it raised ShutdownError told of nothing and
+    # counted nowhere, where a refusal by the pool is told "submitted" then
+    # "finished" (failed) and counted so. A group's submit (its timeout bounds
+    # the wait) takes a path of its own.
+    name = unique_name("events-shut-full")
+    recorder = Recorder(name)
+    listen(recorder)
+    started = threading.Event()
+
+    def hold(x: int) -> int:
+        started.set()
+        assert gate.wait(20)
+        return x
+
+    if limit == "max_concurrent":
+        fn = mp.parallel(hold, backend="thread", name=name, max_concurrent=1)
+        limiter = fn._spec.limiter
+    else:
+        mp.set_max_concurrent_tasks(1)
+        fn = mp.parallel(hold, backend="thread", name=name)
+        limiter = _runtime.global_limiter
+    assert limiter is not None
+    running = fn(0)
+    assert started.wait(10)
+    refusals: list[mp.ShutdownError] = []
+
+    def call() -> None:
+        try:
+            if how == "call":
+                fn(1)
+            else:
+                with mp.ParallelContext(timeout=20) as ctx:
+                    ctx.submit(fn, 1)
+        except mp.ShutdownError as error:
+            refusals.append(error)
+
+    if when == "waiting for a slot":
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert wait_until(lambda: bool(limiter._waiters))  # blocked for the slot the running task holds
+        assert mp.shutdown(timeout_secs=0) is False
+        caller.join(10)
+    else:
+        assert mp.shutdown(timeout_secs=0) is False
+        call()
+    assert len(refusals) == 1
+    refused = [event for event in recorder.events if event.task_id != running.get_task_id()]
+    assert kinds(refused) == ["submitted", "finished"]
+    assert refused[-1].status == "failed"
+    gate.set()
+    assert running.get(timeout=10) == 0
+    recorder.wait_finished(running.get_task_id())
+    assert_metrics_agree_with_events(recorder.events, name)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.completed_tasks, metrics.failed_tasks) == (2, 1, 1)
 
 
 @pytest.mark.timeout(30)

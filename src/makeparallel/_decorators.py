@@ -39,7 +39,7 @@ from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout, code_is_real
 from ._worker_reductions import for_workers
-from .errors import CircuitOpenError
+from .errors import CircuitOpenError, ShutdownError
 
 _log = logging.getLogger("makeparallel")
 
@@ -458,7 +458,7 @@ class ParallelFunction(Generic[P, T]):
             loop = running_loop()
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(handle, backend, loop)
-            handle._permits = self._admit()
+            handle._permits = self._admit(handle)
         if _events.listeners:  # before submit: an inline backend runs the task within it
             _events.emit("submitted", handle)
         try:
@@ -518,7 +518,7 @@ class ParallelFunction(Generic[P, T]):
             loop = running_loop()
             if loop is not None and backend.holds_tasks:  # no wait there: the task waits for its slots instead
                 return self._admit_on_loop(handle, backend, loop)
-            handle._permits = self._admit(deadline, recipient)
+            handle._permits = self._admit(handle, deadline, recipient)
         if _events.listeners:
             _events.emit("submitted", handle)
         try:
@@ -624,11 +624,17 @@ class ParallelFunction(Generic[P, T]):
         hold_for_admission(handle, backend, limiters, loop)
         return handle
 
-    def _admit(self, deadline: float | None = None, recipient: Recipient | None = None) -> tuple[Limiter, ...]:
-        """Take a slot from each limit that applies, waiting while one is full (until ``deadline``, if given).
+    def _admit(
+        self, handle: AsyncHandle[T], deadline: float | None = None, recipient: Recipient | None = None
+    ) -> tuple[Limiter, ...]:
+        """Take a slot for ``handle`` from each limit that applies, waiting while one is full (until ``deadline``, if given).
 
         Raises:
             NoSlotInTime: ``deadline`` passed first; no slot is kept.
+            ShutdownError: the library was shut down as the call waited for a
+                slot (or before it, the limit full); no slot is kept, and
+                ``handle`` ends refused, as a pool's refusal ends it
+                (:func:`refused_by_a_limit`).
             Exception: ``recipient``'s refusal, as it stopped first; no slot is kept.
         """
         # Picked before the try: CPython leaves the jumps that skip a loop's turn (a limit not set)
@@ -638,7 +644,25 @@ class ParallelFunction(Generic[P, T]):
             for limiter in (self._spec.limiter, _runtime.global_limiter)
             if limiter is not None and limiter.limit is not None
         ]
-        return take_slots(limiters, deadline, recipient)
+        try:
+            return take_slots(limiters, deadline, recipient)
+        except ShutdownError as error:
+            refused_by_a_limit(handle, error)
+            raise
+
+
+def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:
+    """End ``handle``, which a limit closed by a shutdown refused before any pool saw it, as a pool's refusal ends one.
+
+    Told "submitted" then "finished" (failed), and counted submitted and
+    failed: with the limit full, a call after ``shutdown()``, or one waiting
+    for a slot as it came, raised ``ShutdownError`` from the limit's wait,
+    told to no listener and counted nowhere, where the same call with a slot
+    free was refused by the pool and counted.
+    """
+    if _events.listeners:
+        _events.emit("submitted", handle)
+    handle._withdrawn(error)
 
 
 def take_slots(
