@@ -307,6 +307,36 @@ def test_bad_max_concurrent_is_rejected(limit: Any, error: type[Exception]) -> N
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("where", ["global", "function"])
+def test_a_call_after_shutdown_over_a_full_limit_is_not_said_to_have_waited(
+    where: str, gate: threading.Event
+) -> None:
+    # The limit full, a call made after the shutdown was refused by the limit's
+    # wait, whose message said the library "was shut down while this submission
+    # waited for a free slot": it never waited. It says what a call refused by
+    # the pool says.
+    if where == "global":
+        mp.set_max_concurrent_tasks(1)
+        options: dict[str, Any] = {}
+    else:
+        options = {"max_concurrent": 1}
+    started = threading.Event()
+
+    @mp.parallel(**options)
+    def held() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    first = held()
+    assert started.wait(5)
+    assert mp.shutdown(timeout_secs=0) is False  # the first task still holds the slot
+    with pytest.raises(mp.ShutdownError, match=r"^makeparallel is shut down and accepts no new tasks; call makeparallel\.reset_shutdown\(\)"):
+        held()
+    gate.set()
+    first.get(timeout=5)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", ["global", "function"])
 def test_shutdown_while_a_submitter_waits_raises_shutdown_error(
     where: str, gate: threading.Event
 ) -> None:

@@ -82,6 +82,10 @@ _SHUT_DOWN_WHILE_WAITING = (
     "makeparallel was shut down while this submission waited for a free slot; call "
     "makeparallel.reset_shutdown() to accept tasks again"
 )
+# A call made once shut down, the limit full, never waited: it is told what a pool's refusal tells.
+_SHUT_DOWN_BEFORE = (
+    "makeparallel is shut down and accepts no new tasks; call makeparallel.reset_shutdown() to accept tasks again"
+)
 
 # Weak references in a plain set, copied in one C call (all_limiters): a WeakSet iterates in
 # Python, and a limiter made meanwhile on another thread (a TaskGroup's) made that raise.
@@ -395,6 +399,8 @@ class Limiter:
         the recipient's refusal (each waking only this waiter), the
         ``RuntimeError`` of :meth:`_refuse_to_block_their_loop`.
         """
+        if self._closed:  # shut down before this call, which never waited: its refusal says so
+            raise ShutdownError(_SHUT_DOWN_BEFORE)
         if loop is not None:  # tasks started on this loop before the wait may hold every slot
             self._lock.release()
             try:
