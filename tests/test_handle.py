@@ -442,6 +442,19 @@ def test_exception_raises_for_a_cancelled_task(gate: threading.Event) -> None:
         blocker.get(5)
 
 
+
+@pytest.mark.parametrize("collector", ["wait", "as_completed"])
+def test_concurrent_futures_collectors_name_the_ones_that_take_handles(collector: str) -> None:
+    """They failed with "'AsyncHandle' object has no attribute '_condition'", which says nothing of what to do."""
+    handle = mp.parallel(abs)(-1)
+    with pytest.raises(AttributeError, match=rf"not concurrent.futures.Future objects.*mp\.{collector}\("):
+        if collector == "wait":
+            concurrent.futures.wait([handle], timeout=5)
+        else:
+            next(concurrent.futures.as_completed([handle], timeout=5))
+    assert not hasattr(handle, "_condition")  # what tools that look for attributes still see
+    assert handle.get(5) == 1
+
 # -- protocol: bool, repr --------------------------------------------------------------
 
 

@@ -398,6 +398,21 @@ class AsyncHandle(Generic[T_co]):
         """``concurrent.futures`` name of :meth:`is_ready`."""
         return self._state >= SUCCEEDED or (self._id < _fork_child.boundary and self._the_parents())
 
+    @property
+    def _condition(self) -> Any:
+        """Refuses ``concurrent.futures.wait()`` and ``as_completed()``, which take the lock of this name of each future.
+
+        They failed with "'AsyncHandle' object has no attribute '_condition'",
+        which says nothing of what to do. Still an ``AttributeError``, so that
+        tools looking for attributes (``hasattr``, ``inspect.getmembers``) see
+        none, as before.
+        """
+        raise AttributeError(
+            "makeparallel handles are not concurrent.futures.Future objects, which concurrent.futures.wait() "
+            "and as_completed() take: use mp.wait(handles, ...) or mp.as_completed(handles, ...), "
+            "which take the same arguments and return_when constants"
+        )
+
     def running(self) -> bool:
         """Whether the task is running now (not while a process pool holds it for a worker still starting)."""
         return self._seen_state() == RUNNING
