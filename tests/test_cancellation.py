@@ -226,3 +226,32 @@ def test_cancel_from_another_thread_wakes_a_blocked_waiter(gate: threading.Event
     assert not thread.is_alive()
     assert isinstance(outcome[0], mp.TaskCancelledError)
     gate.set()
+
+
+@pytest.mark.timeout(60)
+def test_a_tasks_cancel_with_timeout_for_its_child_ends_at_its_own_cancel(gate: threading.Event) -> None:
+    """Its other waits for its children raise at its cancel; this one waited its whole timeout."""
+    child_runs = threading.Event()
+    waited: list[BaseException] = []
+
+    @mp.parallel
+    def child() -> None:
+        child_runs.set()
+        gate.wait(60)  # never checks for its cancel
+
+    @mp.parallel
+    def parent() -> None:
+        handle = child()
+        assert child_runs.wait(10)
+        try:
+            handle.cancel_with_timeout(60)
+        except BaseException as error:
+            waited.append(error)
+            raise
+
+    mp.configure_thread_pool(num_threads=2)
+    outer = parent()
+    assert child_runs.wait(10)
+    assert outer.cancel_with_timeout(10)  # the parent's code returned: its wait ended
+    assert [type(error) for error in waited] == [mp.TaskCancelledError]
+    gate.set()

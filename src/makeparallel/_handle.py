@@ -246,7 +246,7 @@ class AsyncHandle(Generic[T_co]):
         self._permits: tuple[Any, ...] = ()
         # The task's code has returned, or will never run (see cancel_with_timeout).
         self._code_done = False
-        self._stop_event: threading.Event | None = None
+        self._stop_event: _CodeStopped | None = None
 
     # -- results -----------------------------------------------------------------
 
@@ -568,14 +568,16 @@ class AsyncHandle(Generic[T_co]):
         _check_force(force)
         with self._backend._lock:
             if self._stop_event is None:
-                self._stop_event = threading.Event()
+                self._stop_event = _CodeStopped()
             stopped = self._stop_event
         self.cancel(force)  # (forced, it also stops code that runs on after the handle ended)
         # The runner sets _code_done, then reads _stop_event; this set _stop_event,
         # then reads _code_done: one of the two sees the other's write.
         if self._code_done:
             return True
-        return stopped.wait(_interruptible.bounded(timeout_secs))
+        task = getattr(_local, "task", None)  # inside a task, its own cancel or timeout ends the wait
+        with CancellationPoint(task, stopped.interrupt, None):
+            return stopped.wait(timeout_secs, task)
 
     def _cancel_locked(self) -> _Announcement | None:
         return self._stop_locked(CANCELLED)
@@ -1873,6 +1875,50 @@ def stop_if_running(handles: list[AsyncHandle[Any]], state: int) -> None:
     running = [handle for handle in handles if not handle._code_done]
     if running:
         _deadlines.schedule(_StopIfRunning(running, state), _now() + STOP_GRACE)
+
+
+class _CodeStopped:
+    """Set once a task's code stopped running: what :meth:`AsyncHandle.cancel_with_timeout` waits for.
+
+    Not a ``threading.Event``: inside a task, the wait ends at that task's own
+    cancel or timeout too (:meth:`interrupt`, its ``CancellationPoint``'s wake),
+    as its other waits for its children do. On an event it waited its whole
+    timeout, the cancelled task's code running on meanwhile.
+    """
+
+    __slots__ = ("_changed", "_set")
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._set = False
+
+    def set(self) -> None:
+        with self._changed:
+            self._set = True
+            self._changed.notify_all()
+
+    def interrupt(self, _: object = None) -> None:
+        """Wake the waits, for each to look whether the task it runs in was stopped."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, timeout: float, task: AsyncHandle[Any] | None) -> bool:
+        """Whether it was set within ``timeout`` seconds.
+
+        Raises:
+            TaskCancelledError, TaskTimeoutError: ``task``, the one this thread
+                runs (None: none), was stopped meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:  # (looked at under it: a stop after the look wakes the wait)
+            while not self._set:
+                if task is not None:
+                    task._raise_if_stopped()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(_interruptible.bounded(left))
+            return True
 
 
 class _StopIfRunning:
