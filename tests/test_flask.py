@@ -150,6 +150,40 @@ def test_an_app_set_up_twice_is_refused_and_nothing_is_applied(second: str) -> N
     assert mp.get_thread_pool_info()["num_threads"] == before
 
 
+@pytest.mark.parametrize("failure", ["a registry with another collector", "an app that served a request", "a blueprint of its name"])
+def test_a_set_up_that_failed_applies_nothing_and_may_be_tried_again(failure: str) -> None:
+    """The extension was recorded before its blueprint was made and registered: where either
+    failed, the pools were resized, and a second try, the cause fixed, was refused as a
+    second set-up of an app that served no route of the library's."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    before = mp.get_thread_pool_info()["num_threads"]
+    app = make_app(MAKEPARALLEL_NUM_THREADS=before + 1)
+    registry = None
+    if failure == "a registry with another collector":
+        registry = prometheus_client.CollectorRegistry()
+        prometheus_client.Gauge("makeparallel_tasks_running", "not the library's", registry=registry)
+        raised: Any = (ValueError, "the registry has another collector of makeparallel's metric names")
+    elif failure == "an app that served a request":
+        app.add_url_rule("/", "index", lambda: "hello")
+        assert app.test_client().get("/").status_code == 200
+        raised = (AssertionError, "register_blueprint")
+    else:
+        app.register_blueprint(flask.Blueprint("makeparallel", __name__))
+        raised = (ValueError, "'makeparallel' is already registered")
+    with pytest.raises(raised[0], match=raised[1]):
+        MakeParallel(app, registry=registry)
+    assert "makeparallel" not in app.extensions
+    assert mp.get_thread_pool_info()["num_threads"] == before
+    if failure == "a registry with another collector":
+        extension = MakeParallel(app)  # a registry of its own
+        assert app.test_client().get("/metrics").status_code == 200
+    else:
+        app.config["MAKEPARALLEL_ROUTES"] = False
+        extension = MakeParallel(app)
+    assert app.extensions["makeparallel"] is extension
+    assert mp.get_thread_pool_info()["num_threads"] == before + 1
+
+
 @pytest.mark.parametrize("backend", ["dask", "interpreter"])
 def test_a_backend_that_cannot_run_here_is_named_as_a_setting(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Refused at the setting since configure() refuses them where named (ImportError where

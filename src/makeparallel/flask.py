@@ -165,7 +165,13 @@ class MakeParallel:
             ValueError, TypeError: a ``MAKEPARALLEL_*`` setting is invalid (its
                 message names the setting; none of them is applied then);
                 ValueError also where the registry has another collector of one
-                of the library's metric names.
+                of the library's metric names (nothing applied, and the app may
+                be set up again, the cause fixed).
+            AssertionError, ValueError: Flask's own, refusing the blueprint:
+                the app served a request already (set it up before, or set
+                ``MAKEPARALLEL_ROUTES`` to ``False``), or has a blueprint named
+                ``makeparallel``. Nothing is applied, and the app may be set up
+                again.
             ImportError, RuntimeError: ``MAKEPARALLEL_BACKEND`` names a backend
                 that cannot run here: ``"dask"`` where distributed is not
                 installed, ``"interpreter"`` before Python 3.14 (named, and
@@ -195,6 +201,14 @@ class MakeParallel:
             app.config.setdefault(key, default)
         config = app.config
         settings = _checked_settings(config)  # every one, before any is applied
+        # The blueprint too, made and registered before anything is applied, and the
+        # extension recorded only then: made or registered after, a registry with another
+        # collector of the library's names, an app that had served a request, or a blueprint
+        # of its name failed the set-up with the pools resized and the extension recorded,
+        # and the second try, the cause fixed, was refused as a second set-up.
+        if config["MAKEPARALLEL_ROUTES"]:
+            app.register_blueprint(self.blueprint(), url_prefix=config["MAKEPARALLEL_URL_PREFIX"] or None)
+        app.extensions["makeparallel"] = self
         # A new app takes tasks, as a server's start-up does with the FastAPI lifespan:
         # an app factory called again after a shutdown (each test of a suite) made an
         # app whose every task failed with ShutdownError, its /health/ready 503 for good.
@@ -213,9 +227,6 @@ class MakeParallel:
             mp.set_max_concurrent_tasks(settings["MAKEPARALLEL_MAX_CONCURRENT_TASKS"])
         self._shutdown_timeout = config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"]
         self._cancel_pending = config["MAKEPARALLEL_CANCEL_PENDING"]
-        app.extensions["makeparallel"] = self
-        if config["MAKEPARALLEL_ROUTES"]:
-            app.register_blueprint(self.blueprint(), url_prefix=config["MAKEPARALLEL_URL_PREFIX"] or None)
         # The pools' own exit hook is registered when the first pool starts;
         # starting it now puts this one after it, and atexit runs the last
         # registered first: this shutdown, with its settings, comes first.
