@@ -1598,3 +1598,37 @@ def test_a_slow_trial_that_succeeded_reopens_it_only_where_the_trials_slow_call_
     )
     if after == "open":
         assert stats.slow_call_rate == trials.count(SLOW) / len(trials)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["sync", "thread"])
+def test_a_ctrl_c_in_a_listener_told_as_a_call_turns_it_half_open_gives_back_that_calls_trial_permit(
+    backend: str, clock: FakeClock
+) -> None:
+    # The change a submission makes (open to half-open) is told on the caller's thread,
+    # after its trial permit was taken. A Ctrl-C there (a listener running on the main
+    # thread) came out of the call with no handle, the permit kept: the breaker stayed
+    # half-open, its trials taken by no call, and refused every call until reset().
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a SIGINT raises KeyboardInterrupt on the main thread only")
+    breaker = breaker_for(clock, window=1, min_calls=1, half_open_calls=1)
+    pay = guarded(breaker, backend=backend)
+    assert outcome(pay(True)) == "ConnectionError" and breaker.state == "open"
+    interrupted: list[str] = []
+
+    def dashboard(event: mp.TaskEvent) -> None:
+        if event.kind == "circuit" and event.new_state == "half_open" and not interrupted:
+            interrupted.append(threading.current_thread().name)
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, handled on this thread
+
+    clock.now += 31
+    mp.add_task_listener(dashboard)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pay(False)
+    finally:
+        mp.remove_task_listener(dashboard)
+    assert interrupted == ["MainThread"] and breaker.state == "half_open"
+    assert len(pay.runs) == 1  # type: ignore[attr-defined]  # the interrupted call never ran
+    assert outcome(pay(False)) == "ok"  # the trial it would have been
+    assert breaker.state == "closed"

@@ -355,7 +355,13 @@ class CircuitBreaker:
     # -- engine side ------------------------------------------------------------------
 
     def admit(self) -> int | CircuitOpenError:
-        """Take a permit for one call: the round it was admitted in, else the error to fail it with."""
+        """Take a permit for one call: the round it was admitted in, else the error to fail it with.
+
+        Raises:
+            KeyboardInterrupt: a Ctrl-C on the main thread as it told listeners
+                the change this call made (to half-open); the permit is given
+                back, and the call is not to run.
+        """
         with self._lock:
             old = self._state
             if old is CircuitState.OPEN and not self._forced and self._clock() - self._opened_at >= self.recovery_timeout:
@@ -378,7 +384,15 @@ class CircuitBreaker:
         # timeout: a slow listener there held them all back. Where no thread can start,
         # it is told here, late, rather than the permit lost.
         if untold and (threading.current_thread() is not _deadlines._thread or not self.tell_aside()):
-            self._tell_changes()
+            try:
+                self._tell_changes()
+            except BaseException:
+                # A Ctrl-C in a listener on the main thread: the call ends here, without its
+                # permit. Kept, a trial permit was taken by no call, and a half-open breaker
+                # refused every call until reset().
+                if isinstance(permit, int):
+                    self.release(permit)
+                raise
         return permit
 
     @staticmethod
