@@ -398,6 +398,28 @@ def test_shutdown_with_wait_waits_for_the_code_of_a_task_cancelled_as_it_ran(
     assert outcome == [["returned"]]
 
 
+def _threads_of(executor: mp.Executor) -> list[threading.Thread]:
+    """The worker threads of ``executor``'s pool alive now."""
+    pool = executor._backend
+    return [thread for thread in threading.enumerate() if getattr(getattr(thread, "_target", None), "__self__", None) is pool]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ends", ["shutdown", "with"])
+def test_shutdown_with_wait_returns_with_its_worker_threads_ended(ends: str) -> None:
+    # It waited for the tasks, then returned with every idle worker still alive, for a few
+    # hundred milliseconds: a thread-leak check after a with block (or shutdown(wait=True))
+    # saw them all, where concurrent.futures joins its threads and mp.shutdown() joins the pool's.
+    executor = mp.Executor(backend="thread", max_workers=3)
+    with executor:
+        assert list(executor.map(abs, range(-9, 0))) == list(range(9, 0, -1))
+        threads = _threads_of(executor)
+        assert threads
+        if ends == "shutdown":
+            executor.shutdown(wait=True)
+    assert [thread for thread in threads if thread.is_alive()] == []
+
+
 def test_shutdown_without_wait_returns_while_tasks_run(gate: threading.Event) -> None:
     executor = mp.Executor(max_workers=1)
     future = executor.submit(gate.wait, 30)

@@ -680,9 +680,11 @@ class Executor(concurrent.futures.Executor):
                 of those ended as they ran (cancelled through
                 ``future.handle.cancel()`` on threads, whose code goes on) has
                 returned, as ``concurrent.futures`` waits for every running
-                call; then worker processes are stopped. With ``False`` return
-                at once and free the pool in the background; so is it freed
-                when a Ctrl-C interrupts the wait.
+                call; then worker processes are stopped, and worker threads
+                joined, for at most one second more (a callback of a task may
+                still run in one): as it returns, none is alive. With ``False``
+                return at once and free the pool in the background; so is it
+                freed when a Ctrl-C interrupts the wait.
             cancel_futures: cancel the tasks that have not started.
 
         Calling it more than once is harmless. It never touches the pools of
@@ -742,6 +744,9 @@ class Executor(concurrent.futures.Executor):
                 _release_in_background(backend)
             raise
         backend.terminate()  # worker processes stop now
+        # And worker threads, as mp.shutdown() joins the shared pool's: they left on their own,
+        # still alive as this returned, where a thread-leak check after the with block saw them.
+        backend.end_threads(_runtime._THREADS_END_WITHIN)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shut_down else f"{self._backend.active_count()} task(s) unfinished"
