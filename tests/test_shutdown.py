@@ -1085,6 +1085,39 @@ def test_shutdown_stops_the_auto_sizing_thread_and_a_reset_starts_it_again() -> 
         mp.configure_thread_pool(num_threads=None)
 
 
+@pytest.mark.timeout(30)
+def test_a_reset_as_shutdown_stops_the_auto_sizing_thread_has_it_join_the_thread_it_stopped() -> None:
+    # A reset between the stop and the join started a new sampling thread, which the
+    # join then waited for, its whole second, never to end; the one stopped went unjoined.
+    mp.configure_thread_pool(num_threads="auto")
+    try:
+        pool = _runtime._backends["thread"]
+        sizer = pool._autosizer  # type: ignore[attr-defined]
+        stopped = sizer._thread
+        join = sizer.join
+        joined: list[bool] = []
+
+        def reset_then_join(timeout: float) -> bool:  # a reset from another thread lands just before the join
+            resetting = threading.Thread(target=mp.reset_shutdown)
+            resetting.start()
+            resetting.join(10)
+            joined.append(join(timeout))
+            return joined[-1]
+
+        sizer.join = reset_then_join
+        try:
+            mp.shutdown(timeout_secs=10)
+        finally:
+            del sizer.join
+        assert joined == [True]
+        assert not stopped.is_alive()
+        sampling = [thread for thread in _pool_threads() if thread.name == "makeparallel-autosize"]
+        assert sampling == [sizer._thread]  # the reset's, running
+        assert mp.parallel(abs)(-3).get(timeout=10) == 3
+    finally:
+        mp.configure_thread_pool(num_threads=None)
+
+
 # -- interpreter exit -------------------------------------------------------------------
 
 # An imap left half read in a module's global lives until the interpreter

@@ -163,6 +163,7 @@ class AutoSizer:
         self._wake = threading.Event()
         self._idle = True  # the watcher sleeps INTERVAL: new queued work should wake it
         self._thread: threading.Thread | None = None
+        self._stopped: threading.Thread | None = None  # the thread the last stop() stopped, for join()
         self._last: tuple[float, Any] | None = None  # when the pool could grow since, and its reading then
 
     def step(self) -> int:
@@ -232,6 +233,7 @@ class AutoSizer:
     def stop(self) -> None:
         """Have the sampling thread return, woken now; :meth:`join` waits for it."""
         self._runs += 1
+        self._stopped = self._thread
         self._wake.set()
 
     def join(self, timeout: float) -> bool:
@@ -239,8 +241,11 @@ class AutoSizer:
 
         The thread ends at once, unless it is in the middle of a step (a
         resize). A Ctrl-C ends the wait (:mod:`._interruptible`) and is raised.
+        That thread, not the one a :meth:`start` since began: a reset as a
+        shutdown stopped it started one, which the join waited for, never to
+        end, its whole timeout.
         """
-        thread = self._thread
+        thread = self._stopped
         if thread is None or thread is threading.current_thread():
             return True
         return _interruptible.join(thread, timeout)
