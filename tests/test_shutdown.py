@@ -1044,6 +1044,35 @@ def test_shutdown_leaves_only_the_worker_of_a_task_that_cannot_be_stopped(gate: 
     mp.reset_shutdown()
 
 
+@pytest.mark.timeout(60)
+def test_a_shutdown_whose_wait_ran_out_waits_for_no_busy_worker(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """shutdown(timeout_secs=0) took a second more, waiting for the worker of a task still running."""
+    monkeypatch.setattr(_runtime, "_THREADS_END_WITHIN", 3600.0)  # a wait for that worker would last till the gate
+    resize(3)
+    started = threading.Event()
+
+    @mp.parallel
+    def busy() -> None:
+        started.set()
+        gate.wait(60)
+
+    handle = busy()
+    assert started.wait(10)
+    returned = threading.Event()
+    shutting_down = threading.Thread(target=lambda: (mp.shutdown(timeout_secs=0), returned.set()))
+    shutting_down.start()
+    try:
+        assert returned.wait(30), "the shutdown waited for the worker of the running task"
+        assert len(_pool_threads()) == 1, _pool_threads()  # the idle ones were joined all the same
+    finally:
+        gate.set()
+        shutting_down.join(60)
+    handle.wait(10)
+    mp.reset_shutdown()
+
+
 @pytest.mark.timeout(30)
 def test_ctrl_c_as_shutdown_waits_for_the_workers_to_end_is_raised(gate: threading.Event) -> None:
     resize(2)

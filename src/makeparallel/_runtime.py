@@ -990,7 +990,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     those still running a task's code (one the wait ran out on, or one timed out or
     cancelled as it ran, which a thread cannot be stopped in), and its own thread
     where it is a worker (called from a task or a callback). The idle ones end at
-    once; one still in a callback of a task that ended is waited for. A Ctrl-C
+    once; one still in a callback of a task that ended is waited for, unless the
+    wait for the tasks ran out (no busy worker is waited for then). A Ctrl-C
     there is raised, as in the wait for the tasks.
 
     Args:
@@ -1329,7 +1330,7 @@ class ShutdownCall:
             try:
                 if _begin_stopping_workers():  # (not reset meanwhile: the tasks accepted since must run)
                     terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
-                    _end_threads(backends)  # nor an idle worker thread
+                    _end_threads(backends, finished)  # nor an idle worker thread
             finally:
                 _end_stopping_workers()
         except KeyboardInterrupt:
@@ -1722,11 +1723,15 @@ def _unfinished(backends: list[Backend]) -> int:
     return _active(backends) + _abandoned_running(backends)
 
 
-def _end_threads(backends: list[Backend]) -> None:
-    """Join the worker threads of ``backends`` that have no task left, for at most ``_THREADS_END_WITHIN`` seconds in all."""
+def _end_threads(backends: list[Backend], finished: bool) -> None:
+    """Join the worker threads of ``backends`` that have no task left, for at most ``_THREADS_END_WITHIN`` seconds in all.
+
+    ``finished``: every task ended in the shutdown's wait, and a busy worker is
+    in a callback, waited for too; else only the idle ones are.
+    """
     deadline = time.monotonic() + _THREADS_END_WITHIN
     for backend in backends:
-        backend.end_threads(max(0.0, deadline - time.monotonic()))
+        backend.end_threads(max(0.0, deadline - time.monotonic()), finished)
 
 
 def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:

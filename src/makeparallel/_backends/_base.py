@@ -531,7 +531,7 @@ class Backend:
     def terminate(self) -> None:
         """Stop the workers now (after shutdown's wait, or at exit); threads cannot be."""
 
-    def end_threads(self, timeout: float) -> None:
+    def end_threads(self, timeout: float, running_too: bool = True) -> None:
         """After a shutdown stopped the workers: join the threads of this pool that have no task left, for at most ``timeout`` seconds.
 
         Only the thread pool has such threads (``ThreadBackend.end_threads``);
