@@ -568,7 +568,7 @@ def test_a_worker_keeps_no_cancel_of_a_task_that_ended(worker_here: tuple[Any, A
     assert worker._cancelled == {}
     worker._cancel(2, mp.TaskCancelledError("early"))
     skipped, _ = worker._run(2, "abs", *call)
-    assert skipped == (2, False, b"", [], 0.0)  # never ran
+    assert skipped == (2, False, (b"", "", ""), [], 0.0)  # never ran: no error, traceback nor description
     worker._cancel(2, mp.TaskCancelledError("again"))
     assert worker._cancelled == {}
 
@@ -704,7 +704,7 @@ def test_a_task_sent_ahead_and_cancelled_while_the_one_before_ran_never_runs(wor
     assert worker._run(*task)[0][:2] == (1, True)
     kind, task = worker._next()
     assert (kind, task[0]) == ("task", 2)
-    assert worker._run(*task)[0] == (2, False, b"", [], 0.0)  # dropped: it never ran
+    assert worker._run(*task)[0] == (2, False, (b"", "", ""), [], 0.0)  # dropped: it never ran
     kind, task = worker._next()
     assert worker._run(*task)[0][:2] == (3, True)
     assert worker._cancelled == {}

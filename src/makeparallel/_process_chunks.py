@@ -528,7 +528,9 @@ def after_unreadable(
     raises, the results before it kept for chunk ``task``'s map to hand out
     first), and the map goes on. None runs again. Where they cannot be read
     one by one (no list, a count that differs), every item of the chunk that
-    ran fails with it. A chunk stopped at its time budget ran fewer than its
+    ran fails with it. So do they where an item's error itself could not be
+    read (``_unreadable`` then says what it was): the failure names it, the
+    worker's traceback below it (whose note names the item). A chunk stopped at its time budget ran fewer than its
     items: the backend counts its results without unpickling them
     (``_unreadable``), and the caller runs the items after those, as for any
     such chunk. Where that count is not known, every item of the chunk fails.
@@ -546,12 +548,18 @@ def after_unreadable(
     unreadable = getattr(error, "_unreadable", None)
     if unreadable is None:
         raise error
-    cause, sent = unreadable
+    cause, sent, raised = unreadable
     ran = sent if sent is not None and 0 < sent <= len(items) else len(items)
     results = _each_read(error, ran)
     if results is not None:
         return _without_unreadable(results, items, start, keep_going, task)
     problem = described(cause)
+    if raised:  # an item's error, itself: what it was, and the worker's traceback (its note names the item)
+        lost = _item_error_unread(raised, problem, items, start, ran)
+        lost.__cause__ = error.__cause__  # the worker's traceback, a RemoteTraceback (_process._settle)
+        if not keep_going:
+            raise lost
+        return [Failure(lost)] * ran, ran
     if ran == 1:
         lost = TaskSerializationError(
             f"{describe_item(start, items[0])} of the map ran on a worker process, but its result (or its "
@@ -573,6 +581,20 @@ def after_unreadable(
         raise lost from cause
     lost.__cause__ = cause
     return [Failure(lost)] * ran, ran
+
+
+def _item_error_unread(raised: str, problem: str, items: Sequence[Any], start: int, ran: int) -> TaskSerializationError:
+    """The failure of the ``ran`` items of a chunk one of which raised ``raised`` (``Type: message``), which could not be unpickled here for ``problem``."""
+    from .errors import TaskSerializationError
+
+    if ran == 1:
+        which = f"{describe_item(start, items[0])} of the map"
+    else:  # the worker's traceback, below, names the item in a note
+        which = f"an item of items {start} to {start + ran - 1} of the map, which went to a worker process together,"
+    return TaskSerializationError(
+        f"{which} raised an exception in its worker process ({raised}) that could not be unpickled here: "
+        f"{problem}. Raise exceptions this process can import too (classes of a module both import), holding data it can"
+    )
 
 
 def _each_read(error: TaskSerializationError, ran: int) -> list[Any] | None:

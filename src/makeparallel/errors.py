@@ -87,7 +87,10 @@ class TaskSerializationError(TaskError):
 
     Raised at submission for the function and arguments, and by ``get()`` for a
     result. The message names the object that failed; the thread backend needs no
-    pickling at all.
+    pickling at all. Also raised by ``get()`` for an exception the task raised
+    that cannot be unpickled here (a class of a module only the worker imports):
+    the message gives its type and message, and the worker's traceback hangs
+    below it as its ``__cause__``, as below an error that arrives as itself.
     """
 
 

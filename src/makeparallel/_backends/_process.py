@@ -1716,7 +1716,8 @@ class ProcessBackend(QueueingBackend):
             handle._started_at = time.perf_counter()
         _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
 
-    def _settle(self, handle: AsyncHandle[Any], ok: bool, data: bytes, buffers: list[Any], seconds: float) -> None:
+    def _settle(self, handle: AsyncHandle[Any], ok: bool, data: Any, buffers: list[Any], seconds: float) -> None:
+        """Settle ``handle`` with what its worker sent: ``data``, its result pickled, or for a failure ``(error pickled, traceback, "Type: message")``."""
         self._mean_seconds = 0.9 * self._mean_seconds + 0.1 * seconds
         self._window = 32 if self._mean_seconds < _SHORT_TASK else 1
         handle._code_returned()
@@ -1724,7 +1725,10 @@ class ProcessBackend(QueueingBackend):
         if handle._state != RUNNING:
             return  # timed out or cancelled meanwhile: the late outcome is dropped
         value: Any = None
+        remote_traceback = raised = ""
         try:
+            if not ok:  # read apart from the error, which may not be readable here (_process_worker._failure_sent)
+                data, remote_traceback, raised = data
             value = _serialization.loads(data, buffers)
             # Results a map chunk sent that could not be read fail first: before an item's error too.
             if streamed is not None and (ok or streamed[1] is not None):
@@ -1734,14 +1738,19 @@ class ProcessBackend(QueueingBackend):
                 done.extend(value)
                 value = done
         except BaseException as error:  # unpickling runs the user's code: nothing may end the loop
+            # The task's error itself, not results of a map chunk's sent before it, could not be read.
+            error_unread = not ok and (streamed is None or error is not streamed[1])
+            what = f" ({raised})" if error_unread and raised else ""
             unreadable = TaskSerializationError(
                 f"the result of task {handle._id} ({handle.name}) came back from the worker "
                 f"but could not be unpickled here: {described(error)}"
                 if ok
-                else f"task {handle._id} ({handle.name}) raised an exception in its worker process "
+                else f"task {handle._id} ({handle.name}) raised an exception in its worker process{what} "
                 f"that could not be unpickled here: {described(error)}. Raise exceptions this "
                 "process can import too (classes of a module both import), holding data it can"
             )
+            if error_unread and remote_traceback:  # where it was raised, its whole chain as the worker printed it
+                attach_remote_traceback(unreadable, remote_traceback)
             # A map fails the items of the chunk that ran with it (after_unreadable): how
             # many results there were, if a list (a chunk stopped at its budget has fewer).
             # The last results may have been read (an earlier slice was not): their count is theirs.
@@ -1749,7 +1758,7 @@ class ProcessBackend(QueueingBackend):
                 sent = _results_sent(streamed, len(value) if type(value) is list else _list_length(data))
             else:  # an item's error: after results sent that could not be read (they count), or itself unreadable
                 sent = _results_sent(streamed, 0) if streamed is not None and error is streamed[1] else None
-            vars(unreadable)["_unreadable"] = (error, sent)
+            vars(unreadable)["_unreadable"] = (error, sent, raised if error_unread else "")
             if sent is not None:  # the results as they came, for the map to read each it can (after_unreadable)
                 last = value if type(value) is list or not ok else (data, buffers)
                 done, _, _, pieces = streamed if streamed is not None else ([], None, 0, [])
@@ -1757,7 +1766,6 @@ class ProcessBackend(QueueingBackend):
             ok, value = False, unreadable
         else:
             if not ok:
-                value, remote_traceback = value
                 if remote_traceback:
                     attach_remote_traceback(value, remote_traceback)
                 if streamed is not None and streamed[1] is None and not isinstance(value, KeyboardInterrupt):
@@ -2759,21 +2767,24 @@ def _warn(message: str, *args: Any) -> None:
         pass
 
 
-def _initializer_error(data: bytes) -> BaseException:
-    """The error a worker's initializer raised, with the worker's traceback below it, from ``data`` the worker pickled.
+def _initializer_error(sent: tuple[bytes, str, str]) -> BaseException:
+    """The error a worker's initializer raised, with the worker's traceback below it, from what the worker sent.
 
-    One that cannot be unpickled here (a class only the worker imports) is a
-    ``TaskSerializationError`` that says why.
+    ``sent``: the error pickled, its traceback as text, and its ``Type:
+    message`` (``_process_worker._failure_sent``). One that cannot be unpickled
+    here (a class only the worker imports) is a ``TaskSerializationError``
+    that says what it was and why, the worker's traceback below it too.
     """
+    data, remote_traceback, raised = sent
     error: BaseException
     try:
-        error, remote_traceback = _serialization.loads(data, [])
+        error = _serialization.loads(data, [])
     except BaseException as unreadable:  # unpickling runs the user's code: nothing may end the loop
-        return TaskSerializationError(
-            f"the error the worker initializer raised came back but could not be unpickled here: "
+        error = TaskSerializationError(
+            f"the error the worker initializer raised ({raised}) came back but could not be unpickled here: "
             f"{described(unreadable)}"
         )
-    attach_remote_traceback(error, remote_traceback)
+    attach_remote_traceback(error, remote_traceback)  # where it was raised: its whole chain, as the worker printed it
     return error
 
 

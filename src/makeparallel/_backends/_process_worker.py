@@ -33,9 +33,12 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            stream failed so
                        ("stop",)                           finish the tasks sent, then exit
     worker -> parent   ("ready", pid, finders)             set up: tasks may start; its sys.meta_path
-                       ("init_failed", data)               the initializer raised; exiting
+                       ("init_failed", (data, text, description))  the initializer raised; exiting
                        ("started", task_id)                a timed task starts: its clock starts
-                       ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])
+                       ("done", [(task_id, ok, data, buffer_sizes, seconds), ...])  a failure's data is
+                                                           (data, text, description): its error pickled, its
+                                                           traceback and "Type: message", read apart
+                                                           (_failure_sent)
                        ("progress", task_id, fraction, message)
                        ("log", attributes, extras, metadata, owner)  a log record: its own attributes, each a
                                                            str, a number or None; its extras each pickled
@@ -259,18 +262,16 @@ class _Worker:
                     for variable, set_value in run_here(_with_its_context(value), None).items():
                         variable.set(set_value)
             except BaseException as error:
-                import traceback  # with logging: imported only when needed (see _forward_logs)
-
                 self._flush_output()
-                failure = (error, "".join(traceback.format_exception(error)))
                 try:
-                    data, _ = _serialization.dumps(failure)
+                    data = _serialization.dumps_in_band(error)
                 except BaseException as unpicklable:  # SystemExit too, as for a task's result (_run)
                     from ..errors import TaskError  # concurrent.futures: only a worker that fails pays for it
 
-                    described_error = TaskError(f"{described(error)} (it cannot be pickled: {described(unpicklable)})")
-                    data, _ = _serialization.dumps((described_error, failure[1]))
-                self.send(("init_failed", data))
+                    data = _serialization.dumps_in_band(
+                        TaskError(f"{described(error)} (it cannot be pickled: {described(unpicklable)})")
+                    )
+                self.send(("init_failed", _failure_sent(data, error)))
                 os._exit(1)
             still_die_with_parent()  # an initializer that dropped privileges cleared the request
             self._flush_output()
@@ -297,7 +298,7 @@ class _Worker:
                 self._current = task
         if stop_error is not None:  # cancelled before it started: never run it
             self._ended.append(task_id)
-            return (task_id, False, b"", [], 0.0), []
+            return (task_id, False, (b"", "", ""), [], 0.0), []
         self.journal.started(task_id)  # dying from now on fails this task; before, it is sent again
         if timed:
             self.send(("started", task_id))  # its timeout counts from now
@@ -314,9 +315,7 @@ class _Worker:
             else:  # with the submitter's context variables, set in a context of its own
                 value, ok = contextvars.copy_context().run(_call, fn, call[0], call[1], task, call[2]), True
         except BaseException as error:  # SystemExit too: it ends the task, not the worker
-            import traceback  # see _set_up
-
-            value, ok = (error, "".join(traceback.format_exception(error))), False
+            value, ok = error, False
         finally:
             seconds = time.perf_counter() - started
             _local.task = None
@@ -333,18 +332,19 @@ class _Worker:
 
             detail = described(error)
             if ok:
-                failure = TaskSerializationError(
+                sent: BaseException = TaskSerializationError(
                     f"the result of task {task_id} ({name}) could not be pickled to send it "
                     f"back from the worker process: {detail}. Return picklable data, or use "
                     "backend='thread', which needs no pickling"
                 )
-                value = (failure, "")
+                value, ok = None, False  # no error the task raised: no traceback of it goes
             else:  # the task's own exception cannot travel: send what describes it
-                value = (TaskError(f"task {task_id} ({name}) raised {described(value[0])} ({detail})"), value[1])
-            ok = False
-            result, result_buffers = _serialization.dumps(value)
+                sent = TaskError(f"task {task_id} ({name}) raised {described(value)} ({detail})")
+            result, result_buffers = _serialization.dumps(sent)
         sizes = [memoryview(b).nbytes for b in result_buffers]
-        return (task_id, ok, result, sizes, seconds), result_buffers
+        if ok:
+            return (task_id, True, result, sizes, seconds), result_buffers
+        return (task_id, False, _failure_sent(result, value), sizes, seconds), result_buffers
 
     def _next(self) -> tuple[str, Any]:
         """The next thing to do: from the inbox, else read from the pipe here (idle).
@@ -833,6 +833,23 @@ def _leave_the_worker_behind(worker: _Worker) -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, OutputRelay):
             stream._lock = threading.Lock()
+
+
+def _failure_sent(data: bytes, error: BaseException | None) -> tuple[bytes, str, str]:
+    """What goes to the parent for a failure: ``data``, the error pickled; its traceback as text; its ``Type: message``.
+
+    The text and the description travel beside the pickle, not in it: the
+    parent may be unable to unpickle the error (its class, one of its chain's,
+    an attribute's or a group member's from a module only this worker
+    imports), and then still tells what was raised and where
+    (``_process._settle``). Unpickled whole, the pair went with it. ``error``
+    ``None``: no error the task raised (a result that could not be pickled).
+    """
+    if error is None:
+        return data, "", ""
+    import traceback  # with logging: imported only when needed (see _forward_logs)
+
+    return data, "".join(traceback.format_exception(error)), described(error)
 
 
 def _unpickled(function: bytes, data: bytes, buffers: list[Any]) -> tuple[Any, Any]:
