@@ -278,6 +278,31 @@ def test_a_rejected_call_leaves_the_auto_sizing_on() -> None:
     assert mp.get_thread_pool_info()["auto"] is False
 
 
+def test_a_sizing_whose_thread_could_not_start_can_be_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its unstarted thread was kept, and the fixed size configured next failed joining it
+    ("cannot join thread before it is started")."""
+    start = threading.Thread.start
+
+    def refused(thread: threading.Thread) -> None:
+        if thread.name == "makeparallel-autosize":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    cores = default_thread_count()
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            mp.configure_thread_pool(num_threads="auto")
+        assert mp.get_thread_pool_info()["auto"] is False  # no thread samples it
+        monkeypatch.setattr(threading.Thread, "start", start)
+        mp.configure_thread_pool(num_threads=cores + 1)
+        assert mp.get_thread_pool_info()["num_threads"] == cores + 1
+    finally:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        mp.configure_thread_pool(num_threads=cores)
+    assert mp.get_thread_pool_info()["auto"] is False
+
+
 def test_num_threads_none_ends_the_auto_sizing_at_the_usable_cores() -> None:
     # As the README shows: mp.configure_thread_pool(num_threads=None) goes back to a
     # fixed size, the usable cores. It left the pool sized automatically.

@@ -227,8 +227,9 @@ class AutoSizer:
         that had not returned yet returns all the same: it is not the last start.
         """
         self._runs += 1
-        self._thread = threading.Thread(target=self._watch, args=(self._runs,), name="makeparallel-autosize", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._watch, args=(self._runs,), name="makeparallel-autosize", daemon=True)
+        thread.start()
+        self._thread = thread  # only once it started: join() of one that never did raised RuntimeError
 
     def stop(self) -> None:
         """Have the sampling thread return, woken now; :meth:`join` waits for it."""

@@ -273,12 +273,19 @@ class ThreadBackend(QueueingBackend):
         self._autosizer = sizer
         self._sizer_stopped = False
         self._resize(cores, ...)
-        sizer.start()
+        try:
+            sizer.start()
+        except BaseException:  # no thread could start (or a Ctrl-C): the pool is not sized automatically
+            with self._lock:
+                if self._autosizer is sizer:
+                    self._autosizer = None
+            raise
 
     def _stop_autosizer(self) -> None:
         """End the sizing: its thread is stopped and joined, for at most ``_SIZER_ENDS_WITHIN`` seconds."""
-        sizer, self._autosizer = self._autosizer, None
-        self._sizer_stopped = False
+        with self._lock:  # as reopen() reads both: a reset in between started None
+            sizer, self._autosizer = self._autosizer, None
+            self._sizer_stopped = False
         if sizer is not None:
             sizer.stop()
             sizer.join(_SIZER_ENDS_WITHIN)
