@@ -481,6 +481,9 @@ def main_thread_waits():
         code = frame.f_code
         if code.co_name in ("_sleep", "next") or code.co_filename.endswith(("_interruptible.py", "_admission.py")):
             return True
+        caller = frame.f_back
+        if code.co_name == "wait" and caller is not None and caller.f_code.co_filename.endswith("_handle.py"):
+            return True  # a condition's wait in one piece, straight from a handle's
         frame = frame.f_back
     return False
 
@@ -511,6 +514,9 @@ release.set()
                 "mp.gather([handle])",
                 "list(mp.as_completed([handle]))",
                 "mp.wait([handle])",
+                # Its code runs on (it never calls check_cancelled()): the wait for it slept
+                # on a condition in one piece, and ended at its timeout, not at the Ctrl-C.
+                "handle.cancel_with_timeout(3600)",
             )
         ),
         # A submission waiting for a slot (set_max_concurrent_tasks, a group's

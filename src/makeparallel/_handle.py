@@ -1917,7 +1917,9 @@ class _CodeStopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._changed.wait(_interruptible.bounded(left))
+                # In slices on the main thread: in one piece, a Ctrl-C that another thread took
+                # (or that landed just before the sleep) ended the wait only at its timeout.
+                _interruptible.wait(self._changed, left)
             return True
 
 
