@@ -883,6 +883,66 @@ def test_a_call_over_a_full_limit_refused_at_shutdown_is_told_finished(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize("when", ["waiting for a slot", "called after it"])
+def test_an_executor_submit_over_a_full_limit_refused_at_shutdown_is_told_finished(
+    limit: str, when: str, listen: Any, gate: threading.Event
+) -> None:
+    # An mp.Executor's submit takes the same slots as a call, through a path of its
+    # own: the shutdown's refusal in the limit's wait was told of nothing and counted
+    # nowhere there, after a call's was (ShutdownError, the task never submitted).
+    name = unique_name("events-shut-full-executor")
+    recorder = Recorder(name)
+    listen(recorder)
+    started = threading.Event()
+
+    def hold(x: int) -> int:
+        started.set()
+        assert gate.wait(20)
+        return x
+
+    if limit == "max_concurrent":
+        fn = mp.parallel(hold, name=name, max_concurrent=1)
+        limiter = fn._spec.limiter
+    else:
+        mp.set_max_concurrent_tasks(1)
+        fn = mp.parallel(hold, name=name)
+        limiter = _runtime.global_limiter
+    assert limiter is not None
+    refusals: list[mp.ShutdownError] = []
+    with mp.Executor("thread", max_workers=2) as executor:
+        running = executor.submit(fn, 0)
+        assert started.wait(10)
+
+        def call() -> None:
+            try:
+                executor.submit(fn, 1)
+            except mp.ShutdownError as error:
+                refusals.append(error)
+
+        if when == "waiting for a slot":
+            caller = threading.Thread(target=call)
+            caller.start()
+            assert wait_until(lambda: bool(limiter._waiters))  # blocked for the slot the running task holds
+            assert mp.shutdown(timeout_secs=0) is not None
+            caller.join(10)
+        else:
+            assert mp.shutdown(timeout_secs=0) is not None
+            call()
+        gate.set()
+        assert running.result(timeout=10) == 0
+    assert len(refusals) == 1
+    recorder.wait_finished(running.handle.get_task_id())
+    refused = [event for event in recorder.events if event.task_id != running.handle.get_task_id()]
+    assert kinds(refused) == ["submitted", "finished"]
+    assert refused[-1].status == "failed"
+    assert_metrics_agree_with_events(recorder.events, name)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.completed_tasks, metrics.failed_tasks) == (2, 1, 1)
+
+
+@pytest.mark.timeout(30)
 def test_after_a_shutdown_that_timed_out_metrics_and_events_tell_the_same(listen: Any, gate: threading.Event) -> None:
     # One task running on the pool's one thread, two queued that the shutdown
     # cancels, one call refused after it; then the running one ends.

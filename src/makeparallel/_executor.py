@@ -49,6 +49,7 @@ from ._decorators import (
     _GuardedParallelFunction,
     callable_of,
     hold_for_admission,
+    refused_by_a_limit,
     take_slots,
     withdraw,
 )
@@ -431,6 +432,10 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             RuntimeError: the executor was shut down.
+            ShutdownError: ``makeparallel.shutdown()`` came as the call waited for
+                a slot of a full concurrency limit (``set_max_concurrent_tasks``,
+                the function's ``max_concurrent``), or before it; the task is
+                told and counted as failed, as a call refused there is.
             TaskSerializationError: on the process backend, ``fn`` or an argument
                 cannot be pickled.
         """
@@ -489,7 +494,11 @@ class Executor(concurrent.futures.Executor):
                 return self._admit_on_loop(future, backend, limiters, loop)
             if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
                 deadline = _deadline_of_a_map(self)
-            handle._permits = take_slots(limiters, deadline, recipient)
+            try:
+                handle._permits = take_slots(limiters, deadline, recipient)
+            except ShutdownError as error:  # told and counted, as a call's refusal there is
+                refused_by_a_limit(handle, error)
+                raise
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
         try:
