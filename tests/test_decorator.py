@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import math
@@ -741,3 +742,56 @@ def test_a_process_task_of_a_mock_is_refused_as_unpicklable() -> None:
         in_processes(1)
     with pytest.raises(mp.TaskSerializationError, match="initializer"):
         mp.configure_process_pool(initializer=mock.Mock(spec=_plain_task))
+
+
+# -- the default backend ---------------------------------------------------------------
+
+
+def _default_runs_inline() -> bool:
+    """Whether a function that names no backend runs in the caller's thread, at its call."""
+    caller = threading.get_ident()
+    handle = mp.parallel(threading.get_ident)()
+    assert handle.wait(10)  # with a timeout: a wait without one could run a queued task here too
+    return handle.get() == caller
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("change", ["configure", "inline"])
+def test_a_default_changed_as_another_thread_looks_it_up_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # A thread's first call after a change of the default looks the backend up
+    # afresh. The change that lands between its reading of the setting and its
+    # keeping of what it found must win: kept, the old backend stayed the default
+    # for every later call, as if the configure (or the test's inline block) had
+    # never been made.
+    from makeparallel import _runtime
+    from makeparallel.testing import inline
+
+    read, changed = threading.Event(), threading.Event()
+    submitted: list[mp.AsyncHandle[int]] = []
+    looked_up = _runtime.default_backend
+
+    def paused_after_reading() -> Any:
+        option = looked_up()
+        if threading.current_thread() is submitter:
+            read.set()
+            changed.wait(10)
+        return option
+
+    monkeypatch.setattr(_runtime, "default_backend", paused_after_reading)
+    _runtime.use_default_backend(None)  # looked up afresh at the next call
+    submitter = threading.Thread(target=lambda: submitted.append(mp.parallel(threading.get_ident)()))
+    submitter.start()
+    try:
+        assert read.wait(10)
+        with inline() if change == "inline" else contextlib.nullcontext():
+            if change == "configure":
+                mp.configure(backend="sync")
+            changed.set()
+            submitter.join(10)
+            assert submitted and submitted[0].wait(10)  # it used the default it read: threads
+            assert _default_runs_inline()
+    finally:
+        changed.set()
+        submitter.join(10)

@@ -128,6 +128,7 @@ _adapters: weakref.WeakValueDictionary[int, Backend] = weakref.WeakValueDictiona
 _dask_client: Any = None  # configure(dask_client=...); else distributed's current client
 _default_backend: BackendOption | None = None  # set by configure(); else the environment; else "thread"
 _default_instance: Backend | None = None  # the default backend once resolved: the hot path
+_default_changed: object = object()  # made anew by each change of the default: see _look_up_default
 _exit_timeout = 5.0
 _async_cancel = "cooperative"
 ASYNC_CANCEL_MODES = ("cooperative", "force")
@@ -240,17 +241,38 @@ def get_backend(name: BackendOption | Backend | None = None) -> Backend:
     A name gives one of the library's backends; an executor, its adapter; a
     backend, itself.
     """
-    global _default_instance
     if name is None:
-        if _default_instance is None:
-            _default_instance = get_backend(default_backend())
-        return _default_instance
+        backend = _default_instance  # read once: a change of the default may clear it meanwhile
+        return backend if backend is not None else _look_up_default()
     if isinstance(name, str):
         backend = _backends.get(name)
         return backend if backend is not None else _create(resolve_auto(name))
     if isinstance(name, Backend):
         return name
     return _adapter_for(name)
+
+
+def _look_up_default() -> Backend:
+    """The default backend, looked up afresh and kept for the next calls, unless it changed meanwhile.
+
+    A change of the default (``configure(backend=...)``, ``testing.inline()``)
+    that lands while another thread looks it up must win. Kept regardless,
+    the backend that thread had found stayed the default of every later call,
+    and the change was lost. So a lookup that a change overtook keeps nothing,
+    and the next call looks up again. No lock: ``configure(backend=...)`` may
+    be called from a signal handler, which a lock held by the thread it
+    interrupted would hang. A change writes the setting, then a new token,
+    then clears the kept backend; a lookup reads the token, then the setting,
+    keeps what it found, then compares the token: a change made after its
+    reading of the setting either clears what it kept or shows it a new token.
+    """
+    global _default_instance
+    changed = _default_changed
+    backend = get_backend(default_backend())
+    _default_instance = backend
+    if _default_changed is not changed:
+        _default_instance = None
+    return backend
 
 
 def _adapter_for(executor: concurrent.futures.Executor) -> Backend:
@@ -392,8 +414,9 @@ def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
 
 def use_default_backend(name: BackendOption | None) -> None:
     """Make ``name`` the default backend; ``None`` goes back to the environment's."""
-    global _default_backend, _default_instance
+    global _default_backend, _default_instance, _default_changed
     _default_backend = name
+    _default_changed = object()  # in this order: see _look_up_default
     _default_instance = None
 
 
