@@ -311,3 +311,16 @@ def test_ctrl_c_during_the_demo_ends_it_quietly_with_code_130() -> None:
     )
     assert completed.returncode == 130, completed.stderr
     assert completed.stderr == "makeparallel demo: interrupted\n"  # no traceback, and no task left to abandon at exit
+
+
+@pytest.mark.timeout(120)
+def test_the_demo_names_the_workers_the_pools_have_on_one_cpu() -> None:
+    # On one usable CPU the pools have one worker each, but each workload is
+    # still split into two tasks: the line said two worker processes started.
+    mp.configure_thread_pool(num_threads=1)
+    mp.configure_process_pool(num_workers=1)
+    out = io.StringIO()
+    _demo.run_demo(quick=True, out=out)
+    assert mp.get_process_pool_info()["num_workers"] == 1
+    assert "starting 1 worker thread(s) and 1 worker process(es)..." in out.getvalue(), out.getvalue()
+    assert "each workload split into 2 tasks" in out.getvalue(), out.getvalue()

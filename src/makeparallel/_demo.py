@@ -260,16 +260,17 @@ def run_demo(quick: bool = False, out: TextIO | None = None) -> DemoReport:
     """
     size = _QUICK if quick else _FULL
     threads = int(get_thread_pool_info()["num_threads"])
-    tasks = max(2, threads)
+    workers = int(get_process_pool_info()["num_workers"])
+    tasks = max(2, threads)  # two at least, on one CPU too: the pools' workers may be fewer
     cpus = usable_cpus()
     show = _Printer(out)
     show.line(f"makeparallel demo: {_build_words()}")
     show.line(
         f"{cpus.cpus} usable CPU(s) ({cpus.source}); starting {threads} worker thread(s) and "
-        f"{tasks} worker process(es)..."
+        f"{workers} worker process(es)..."
     )
     _warm_up(threads)
-    _warm_up_processes(tasks)
+    _warm_up_processes(workers)
     workloads = (
         _hash_workload(tasks, size),
         _loop_workload(tasks, size, "thread"),
