@@ -324,3 +324,15 @@ def test_the_demo_names_the_workers_the_pools_have_on_one_cpu() -> None:
     assert mp.get_process_pool_info()["num_workers"] == 1
     assert "starting 1 worker thread(s) and 1 worker process(es)..." in out.getvalue(), out.getvalue()
     assert "each workload split into 2 tasks" in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"]])
+def test_a_closed_standard_output_ends_the_command_quietly(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Started with descriptor 1 closed (`makeparallel info >&-`, a daemon's
+    # child), Python sets sys.stdout to None: print() writes nothing, and the
+    # flush after the command raised AttributeError with a traceback.
+    errors = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", errors)
+    assert main(argv) == 0
+    assert errors.getvalue() == ""

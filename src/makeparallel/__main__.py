@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     A reader that stops reading (``makeparallel info | head -1``) ends the
     command with code 1 and no traceback, as Python's documentation advises
-    for a closed pipe. Ctrl-C ends it with code 130 (128 + ``SIGINT``, as a
+    for a closed pipe. With standard output closed as it starts
+    (``makeparallel info >&-``), it prints nothing, as ``print()`` does there. Ctrl-C ends it with code 130 (128 + ``SIGINT``, as a
     shell reports a command that Ctrl-C ended) and a line on standard error
     saying so: not with a traceback through the library, and the demo's
     tasks cancelled, so that exit neither waits for them nor warns of them.
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         code = int(arguments.run(arguments))
-        sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit, where Python prints it as ignored
+        if sys.stdout is not None:  # None where descriptor 1 was closed as Python started: print() wrote nothing
+            sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit, where Python prints it as ignored
     except BrokenPipeError:
         _silence_stdout()
         return 1
