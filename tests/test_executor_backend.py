@@ -1027,6 +1027,14 @@ def test_a_backend_of_the_wrong_type_is_refused() -> None:
         mp.parallel_map(square, [1], backend="warp-drive")
 
 
+@pytest.mark.parametrize("executor", [cf.ThreadPoolExecutor, mp.Executor])
+def test_an_executors_class_given_as_backend_is_told_to_make_one(executor: type) -> None:
+    """It said "got <class ...> of type type", and not what to pass instead."""
+    advice = rf"that is the class: pass an executor made from it, {executor.__name__}\(max_workers=\.\.\.\)"
+    with pytest.raises(TypeError, match=advice):
+        mp.parallel(backend=executor)(square)  # type: ignore[call-overload]
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 14), reason="the interpreter pool exists from 3.14")
 def test_interpreter_backend_names_the_version_it_needs() -> None:
     message = r"backend='interpreter' needs Python 3.14 or newer .* this is Python 3\.\d+"

@@ -193,8 +193,15 @@ def check_backend(value: Any, source: str = "backend") -> BackendOption:
     accepted = ", ".join(repr(n) for n in BACKEND_NAMES)
     raise TypeError(
         f"{source} must be a backend name ({accepted}) or a concurrent.futures.Executor, "
-        f"got {value!r} of type {type(value).__name__}{_dask_client_advice(value)}"
+        f"got {value!r} of type {type(value).__name__}{_dask_client_advice(value)}{_executor_class_advice(value)}"
     )
+
+
+def _executor_class_advice(value: Any) -> str:
+    """What to do with ``value`` if it is an executor's class, which ``backend=`` takes an instance of."""
+    if not (isinstance(value, type) and issubclass(value, concurrent.futures.Executor)):
+        return ""
+    return f"; that is the class: pass an executor made from it, {value.__name__}(max_workers=...)"
 
 
 def _dask_client_advice(value: Any) -> str:
