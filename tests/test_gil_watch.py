@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import warnings
+from typing import Any
 
 import pytest
 
 import makeparallel as mp
-from makeparallel import _gil_watch, _load
+from makeparallel import _gil_watch, _load, _map
 from makeparallel._gil_watch import GilWatch
 
 
@@ -48,6 +49,31 @@ def test_gil_bound_tasks_warn_once_naming_the_function_and_the_fix() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         feed(watch, cpu_per_task=0.005)  # decided already: silent from now on
+
+
+def _map_watch() -> GilWatch:
+    return _map._new_chunk_runner("crunch", None, None, 0)._spec.cpu_watch  # type: ignore[return-value]
+
+
+def _executor_watch() -> GilWatch:
+    executor = mp.Executor(max_workers=2)
+    try:
+        return executor._spec_named("crunch").cpu_watch  # type: ignore[return-value]
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("watch_of", "remedy"),
+    [
+        pytest.param(_map_watch, r"map it with backend='process' \(parallel_map\(fn, items, backend='process'\), imap's too\)", id="map"),
+        pytest.param(_executor_watch, r"run it on mp\.Executor\(backend='process'\)", id="executor"),
+    ],
+)
+def test_the_warning_of_a_maps_or_an_executors_tasks_names_their_own_remedy(watch_of: Any, remedy: str) -> None:
+    """Both advised @parallel(backend='process'), which an executor's tasks ignore, and which a map does not take."""
+    with pytest.warns(mp.GilBoundWarning, match=rf"'crunch.*' looks GIL-bound.*{remedy} to use every core"):
+        feed(watch_of(), cpu_per_task=0.005)
 
 
 @pytest.mark.parametrize(

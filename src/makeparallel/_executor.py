@@ -53,6 +53,7 @@ from ._decorators import (
     take_slots,
     withdraw,
 )
+from ._gil_watch import EXECUTOR_REMEDY
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
 from ._process_chunks import TEMPLATE_DIED, disown_worker_death, short_repr
@@ -774,7 +775,7 @@ class Executor(concurrent.futures.Executor):
         """The observer of the tasks named ``name``: metrics by the function's name, as ``@parallel``."""
         spec = self._specs.get(name)
         if spec is None:
-            spec = self._specs[name] = TaskSpec(name, None, None, 0, None)
+            spec = self._specs[name] = _advising_processes(TaskSpec(name, None, None, 0, None))
         return spec
 
     def _spec_of(self, own: TaskSpec, suffix: str = "") -> TaskSpec:
@@ -793,10 +794,17 @@ class Executor(concurrent.futures.Executor):
         spec = self._parallel_specs.get(key)
         if spec is None:
             is_async = own.is_async and not suffix
-            spec = self._parallel_specs[key] = TaskSpec(
-                name, None, None, own.priority, own.limiter, is_async, function_name=own.function_name
+            spec = self._parallel_specs[key] = _advising_processes(
+                TaskSpec(name, None, None, own.priority, own.limiter, is_async, function_name=own.function_name)
             )
         return spec
+
+
+def _advising_processes(spec: TaskSpec) -> TaskSpec:
+    """``spec``, whose GIL warning advises an executor of processes: its function's backend is not this executor's."""
+    if spec.cpu_watch is not None:
+        spec.cpu_watch.remedy = EXECUTOR_REMEDY
+    return spec
 
 
 class _MapChunks(functools.partial[Any]):

@@ -48,7 +48,7 @@ import weakref
 from . import _load
 from ._cpus import usable_cpu_count
 
-__all__ = ["GilBoundWarning", "GilWatch"]
+__all__ = ["DECORATOR_REMEDY", "EXECUTOR_REMEDY", "MAP_REMEDY", "GilBoundWarning", "GilWatch"]
 
 _log = logging.getLogger("makeparallel")
 
@@ -61,6 +61,11 @@ _ALONE_SAMPLES = 3  # tasks that ran alone, at least, before their share of a co
 # tasks alone; on more cores, as much more (processes gain as many times as tasks run at once,
 # up to the cores).
 _SHARE_OF_PROCESS_GAIN = 0.625
+# What the warning advises, by where the tasks come from (GilWatch.remedy). An executor's
+# tasks ignore their function's backend: the decorator's argument was no advice for them.
+DECORATOR_REMEDY = "run it with @parallel(backend='process') (or backend='auto')"
+MAP_REMEDY = "map it with backend='process' (parallel_map(fn, items, backend='process'), imap's too)"
+EXECUTOR_REMEDY = "run it on mp.Executor(backend='process')"
 
 
 def _busy_time(spans: list[tuple[float, float]]) -> float:
@@ -93,10 +98,14 @@ class GilWatch:
         "_wall",
         "active",
         "name",
+        "remedy",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: How to run the function's tasks on processes, as its warning advises: the
+        #: decorator's argument for a @parallel function, a map's or an executor's own.
+        self.remedy = DECORATOR_REMEDY
         self.active = (os.cpu_count() or 1) > 1
         self._lock = threading.Lock()
         self._seen = self._samples = 0
@@ -167,8 +176,7 @@ class GilWatch:
         message = (
             f"parallel function {self.name!r} looks GIL-bound: {concurrency:.1f} tasks ran "
             f"at once on threads but together used {cores:.2f} cores, a speed-up of "
-            f"{speedup:.2f}x. Pure-Python code needs the GIL on this Python; run it with "
-            f"@parallel(backend='process') (or backend='auto') to use every core"
+            f"{speedup:.2f}x. Pure-Python code needs the GIL on this Python; {self.remedy} to use every core"
         )
         try:
             warnings.warn(message, GilBoundWarning, stacklevel=2)

@@ -80,6 +80,7 @@ from ._decorators import (
     _returns_coroutines,
     callable_of,
 )
+from ._gil_watch import MAP_REMEDY
 from ._handle import AsyncHandle, cancel_and_stop, stop_if_running, time_out_all
 from ._notes import add_note
 from ._progress import Progress, ProgressOption, check_progress, open_progress
@@ -675,7 +676,11 @@ def _new_chunk_runner(
     name: str, backend: BackendOption | Backend | None, limiter: Limiter | None, priority: int
 ) -> ParallelFunction[..., list[Any]]:
     options = {"name": f"{name} [map]", "backend": backend, "priority": priority}
-    return ParallelFunction(run_chunk, options, limiter)
+    runner: ParallelFunction[..., list[Any]] = ParallelFunction(run_chunk, options, limiter)
+    watch = runner._spec.cpu_watch
+    if watch is not None:
+        watch.remedy = MAP_REMEDY
+    return runner
 
 
 def _start(
