@@ -679,7 +679,7 @@ def _made(wrapper: Callable[..., Any]) -> None:
     code = wrapper.__code__
     if code not in _WRAPPER_CODES:
         _WRAPPER_CODES.add(code)
-        for_worker_functions[code] = _reduce_profiled
+        for_worker_functions[id(code)] = _reduce_profiled
 
 
 def _reduce_profiled(wrapper: Callable[..., Any]) -> tuple[Any, ...]:
