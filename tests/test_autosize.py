@@ -337,3 +337,46 @@ def test_a_fixed_size_set_as_the_sizer_decides_is_kept() -> None:
         assert (info["auto"], info["num_threads"]) == (False, default_thread_count() + 3)
     finally:
         backend.close(cancel_pending=True)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("when", ["before its resize", "after its resize"])
+def test_a_fixed_size_set_as_auto_sizing_starts_is_kept_and_leaves_no_sampling_thread(when: str) -> None:
+    # configure_thread_pool(num_threads=n) from one thread as another's num_threads="auto"
+    # was between choosing its sizer and starting its thread: the stop found no thread
+    # to stop, the start came after it, and that thread sampled for good, sizing nothing;
+    # and the auto sizing's resize to the cores, where it came after, replaced n.
+    backend = ThreadBackend()
+    reached, go = threading.Event(), threading.Event()
+    resize = backend._resize
+    cores = default_thread_count()
+
+    def held(num_threads: int | None, *args: object, **kwargs: object) -> None:
+        if num_threads == cores and when == "after its resize":
+            resize(num_threads, *args, **kwargs)  # type: ignore[arg-type]
+        if num_threads == cores:  # the auto sizing's own resize
+            reached.set()
+            assert go.wait(10)
+        if num_threads != cores or when == "before its resize":
+            resize(num_threads, *args, **kwargs)  # type: ignore[arg-type]
+
+    backend._resize = held  # type: ignore[method-assign]
+    before = set(threading.enumerate())
+    auto = threading.Thread(target=backend.configure, args=("auto", None))
+    try:
+        auto.start()
+        assert reached.wait(10)
+        backend.configure(cores + 3, None)  # as the other thread starts the sizing
+        go.set()
+        auto.join(10)
+        assert not auto.is_alive()
+        info = backend.info()
+        assert (info["auto"], info["num_threads"]) == (False, cores + 3)
+        samplers = [t for t in threading.enumerate() if t not in before and t.name == "makeparallel-autosize"]
+        for thread in samplers:
+            thread.join(5)
+        assert not [t for t in samplers if t.is_alive()], "a sampling thread of a sizer no longer in use is left"
+    finally:
+        go.set()
+        backend.close(cancel_pending=True)
+        backend.end_threads(5)

@@ -270,16 +270,22 @@ class ThreadBackend(QueueingBackend):
         self._stop_autosizer()
         cores = default_thread_count()
         sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores)
-        self._autosizer = sizer
-        self._sizer_stopped = False
-        self._resize(cores, ...)
-        try:
-            sizer.start()
-        except BaseException:  # no thread could start (or a Ctrl-C): the pool is not sized automatically
-            with self._lock:
-                if self._autosizer is sizer:
-                    self._autosizer = None
-            raise
+        with self._lock:  # as _stop_autosizer() swaps it
+            self._autosizer = sizer
+            self._sizer_stopped = False
+        self._resize(cores, ..., sizer=sizer)  # not where a configure() ended the sizing since: its size stays
+        with self._lock:
+            # Only while it still sizes the pool, decided under the lock as a stop takes it:
+            # a configure() from another thread that ended the sizing since found no thread to
+            # stop, and the thread started after it sampled for good, sizing nothing. Nor where
+            # a shutdown stopped it meanwhile (reopen() starts it).
+            if self._autosizer is not sizer or self._sizer_stopped:
+                return
+            try:
+                sizer.start()
+            except BaseException:  # no thread could start (or a Ctrl-C): the pool is not sized automatically
+                self._autosizer = None
+                raise
 
     def _stop_autosizer(self) -> None:
         """End the sizing: its thread is stopped and joined, for at most ``_SIZER_ENDS_WITHIN`` seconds."""
