@@ -380,3 +380,28 @@ def test_a_fixed_size_set_as_auto_sizing_starts_is_kept_and_leaves_no_sampling_t
         go.set()
         backend.close(cancel_pending=True)
         backend.end_threads(5)
+
+
+def test_a_sizing_whose_thread_could_not_start_leaves_the_size_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The call raised, with the pool no longer sized automatically, yet resized to the
+    # cores: a refused num_threads="auto" changed the size configured before it.
+    backend = ThreadBackend()
+    start = threading.Thread.start
+
+    def refused(thread: threading.Thread) -> None:
+        if thread.name == "makeparallel-autosize":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    try:
+        backend.configure(default_thread_count() + 2, None)
+        monkeypatch.setattr(threading.Thread, "start", refused)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            backend.configure("auto", None)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        info = backend.info()
+        assert (info["auto"], info["num_threads"]) == (False, default_thread_count() + 2)
+    finally:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        backend.close(cancel_pending=True)
+        backend.end_threads(5)

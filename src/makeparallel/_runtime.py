@@ -552,7 +552,8 @@ def configure_thread_pool(
             the pool is left as it was.
         RuntimeError: the system refused a new thread (``can't start new
             thread``: a full pids cgroup, ``ulimit -u``); the pool keeps the
-            threads it has. A task submitted to the pool raises it the same way,
+            threads it has. With ``num_threads="auto"``, where the sampling
+            thread could not start, the pool keeps its size, fixed. A task submitted to the pool raises it the same way,
             and is withdrawn. Also, from a signal handler that interrupted the
             main thread as it held the pool's lock (a task's submission), or
             the library's or the memory limit's with no thread pool made yet:

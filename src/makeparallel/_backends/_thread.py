@@ -273,17 +273,28 @@ class ThreadBackend(QueueingBackend):
         with self._lock:  # as _stop_autosizer() swaps it
             self._autosizer = sizer
             self._sizer_stopped = False
+            previous = self._num_threads
         self._resize(cores, ..., sizer=sizer)  # not where a configure() ended the sizing since: its size stays
+        try:
+            self._start_if_current(sizer)
+        except BaseException:  # no thread could start (or a Ctrl-C): the pool is not sized automatically,
+            self._resize(previous, ...)  # nor resized: sized as before the call that raised
+            raise
+
+    def _start_if_current(self, sizer: Any) -> None:
+        """Start ``sizer``'s sampling thread, if it still sizes the pool; dropped where its thread cannot start.
+
+        Decided under the lock, as a stop takes the sizer: a configure() from
+        another thread that ended the sizing since found no thread to stop,
+        and the thread started after it sampled for good, sizing nothing. Nor
+        where a shutdown stopped it meanwhile (reopen() starts it).
+        """
         with self._lock:
-            # Only while it still sizes the pool, decided under the lock as a stop takes it:
-            # a configure() from another thread that ended the sizing since found no thread to
-            # stop, and the thread started after it sampled for good, sizing nothing. Nor where
-            # a shutdown stopped it meanwhile (reopen() starts it).
             if self._autosizer is not sizer or self._sizer_stopped:
                 return
             try:
                 sizer.start()
-            except BaseException:  # no thread could start (or a Ctrl-C): the pool is not sized automatically
+            except BaseException:
                 self._autosizer = None
                 raise
 
