@@ -518,13 +518,13 @@ def doubled_in_a_worker(x: int) -> int:
 def shutdown_on_a_thread_until_it_waits(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Thread, list[bool]]:
     """Start ``mp.shutdown(timeout_secs=30)`` on a thread; return once it waits for the tasks, with what it returns."""
     waiting = threading.Event()
-    wait_for_tasks = _runtime.wait_until_idle
+    wait_for_tasks = _runtime._wait_for_every_task
 
-    def wait_and_tell(timeout: float | None = None) -> bool:
+    def wait_and_tell(pools: Callable[[], list[Backend]], timeout: float | None) -> bool:
         waiting.set()
-        return wait_for_tasks(timeout)
+        return wait_for_tasks(pools, timeout)
 
-    monkeypatch.setattr(_runtime, "wait_until_idle", wait_and_tell)
+    monkeypatch.setattr(_runtime, "_wait_for_every_task", wait_and_tell)
     outcome: list[bool] = []
     shutting_down = threading.Thread(target=lambda: outcome.append(mp.shutdown(timeout_secs=30)))
     shutting_down.start()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
+from pool_helpers import Flags, wait_for_flag
 
 import makeparallel as mp
 from makeparallel import _runtime
-from makeparallel.testing import inline
+from makeparallel.testing import inline, wait_until_idle
 
 
 def _runs_inline() -> bool:
@@ -60,3 +62,56 @@ def test_inline_puts_back_the_default_it_found() -> None:
     with pytest.raises(KeyError), inline():
         raise KeyError("a failing test")
     assert not _runs_inline()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_wait_until_idle_waits_for_the_tasks_of_an_executor(backend: str, tmp_path: Path) -> None:
+    # Code under test that takes an executor (`loop.run_in_executor`, a library's
+    # `executor=`) submits to an mp.Executor and does not wait: wait_until_idle()
+    # returned True at once, its task still running, and the test's next
+    # assertion failed, or passed, as the task happened to be quick.
+    flags = Flags(str(tmp_path))
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        future = executor.submit(wait_for_flag, flags, "go")
+        try:
+            assert not wait_until_idle(timeout=0.2)  # its task waits for the flag
+            assert not future.done()
+            assert mp.get_active_task_count() == 1
+        finally:
+            flags.set("go")
+        assert wait_until_idle(timeout=30)
+        assert future.done()
+        assert future.result() == "go"
+    assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(60)
+def test_wait_until_idle_in_a_process_executors_callback_is_refused_as_in_a_process_tasks(tmp_path: Path) -> None:
+    # The callback runs on the executor's pool's loop thread, which reads the
+    # results the wait is for: without a timeout it would wait for good.
+    refusals: list[str] = []
+    called = threading.Event()
+
+    def wait_there(_: object) -> None:
+        for timeout in (None, 5):
+            try:
+                wait_until_idle(timeout)
+            except RuntimeError as error:
+                refusals.append(str(error))
+        called.set()
+
+    flags = Flags(str(tmp_path))
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        first = executor.submit(wait_for_flag, flags, "first")
+        second = executor.submit(wait_for_flag, flags, "second")  # unfinished as the first one's callback runs
+        first.add_done_callback(wait_there)  # before it can end: the callback runs on the loop thread
+        try:
+            flags.set("first")
+            assert called.wait(30)
+        finally:
+            flags.set("second")
+        assert second.result(timeout=30) == "second"
+    assert len(refusals) == 2
+    assert "wait_until_idle(timeout=None) called in a process task's callback" in refusals[0]
+    assert "wait_until_idle(timeout=5) called in a process task's callback" in refusals[1]

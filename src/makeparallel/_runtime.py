@@ -955,12 +955,19 @@ def queued_by_name() -> dict[str, int]:
 
 
 def get_active_task_count() -> int:
-    """Tasks submitted and not yet ended, across every backend."""
-    return _active(_all_backends())
+    """Tasks submitted and not yet ended, across every backend, the ``Executor``'s pools included."""
+    return _active(_every_pool())
 
 
 def wait_until_idle(timeout: float | None = None) -> bool:
     """Block until no task is unfinished, or ``timeout`` seconds pass; return whether idle.
+
+    The tasks of every pool count: the runtime's and those of each
+    :class:`~makeparallel.Executor` (its ``submit`` and ``map``), as at
+    interpreter exit. Code under test that takes an executor (an
+    ``executor=`` argument, ``loop.run_in_executor``) and does not wait for
+    its futures is waited for too. (:func:`shutdown` waits for the
+    runtime's alone: it leaves an ``Executor`` to its own ``shutdown``.)
 
     Args:
         timeout: the longest to wait, in seconds; ``None`` waits as long as it takes.
@@ -979,13 +986,18 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             the results) whatever the timeout while that pool has a task
             unfinished, as the wait could see none of them end.
     """
+    return _wait_for_every_task(_every_pool, timeout)
+
+
+def _wait_for_every_task(pools: Callable[[], list[Backend]], timeout: float | None) -> bool:
+    """:func:`wait_until_idle` for the tasks of ``pools()``: its checks, its refusals, its wait."""
     timeout = check_wait_timeout(timeout)
     if timeout is None or timeout == math.inf:  # math.inf waits as long as None does
         bound = "a timeout" if timeout is None else "a finite timeout"
-        _refuse_to_wait_for_good_here(f"wait_until_idle(timeout={timeout})", "", bound)
+        _refuse_to_wait_for_good_here(f"wait_until_idle(timeout={timeout})", "", bound, pools)
     else:
-        _refuse_to_wait_blind_here(f"wait_until_idle(timeout={timeout:g})", ", and return False")
-    return _wait_idle(_all_backends, timeout)
+        _refuse_to_wait_blind_here(f"wait_until_idle(timeout={timeout:g})", ", and return False", pools)
+    return _wait_idle(pools, timeout)
 
 
 def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
@@ -1073,7 +1085,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
 
 
 def _refuse_to_wait_for_good_here(
-    call: str = "shutdown(timeout_secs=None)", done: str = "; nothing was shut down", bound: str = "a timeout_secs"
+    call: str = "shutdown(timeout_secs=None)",
+    done: str = "; nothing was shut down",
+    bound: str = "a timeout_secs",
+    pools: Callable[[], list[Backend]] = _all_backends,
 ) -> None:
     """Raise ``RuntimeError`` on a thread where a wait for every task (``call``) could only wait for good.
 
@@ -1087,7 +1102,8 @@ def _refuse_to_wait_for_good_here(
     Dask task that this process sent to a worker of its own (an in-process
     cluster). Elsewhere in a Dask task it secedes from the worker's threads
     first, as a wait for tasks of its own does: the tasks it submitted may
-    need its thread.
+    need its thread. ``pools()`` lists the pools the wait is for (a loop
+    thread of another reads nothing the wait needs).
     """
     task = current_task()
     pool = pool_of_this_thread()
@@ -1101,7 +1117,7 @@ def _refuse_to_wait_for_good_here(
         where = f"inside task {task.get_task_id()} ({task.name}), whose own end it waits for"
     elif pool is not None:
         where = "on a thread pool's worker (a callback), which the tasks queued behind may need"
-    elif (reader := _reads_results_here()) is not None:
+    elif (reader := _reads_results_here(pools)) is not None:
         raise RuntimeError(reader.wait_for_all_refused_here(call, done, bound))
     else:
         coroutines = sys.modules.get("makeparallel._coroutines")
@@ -1243,7 +1259,7 @@ def _join_at_exit(thread: threading.Thread) -> None:
         pass
 
 
-def _refuse_to_wait_blind_here(call: str, then: str) -> None:
+def _refuse_to_wait_blind_here(call: str, then: str, pools: Callable[[], list[Backend]] = _all_backends) -> None:
     """Raise ``RuntimeError`` where ``call``, a wait for every task with a timeout, could see no task end.
 
     On a process pool's loop thread (in a process task's callback), which
@@ -1256,19 +1272,20 @@ def _refuse_to_wait_blind_here(call: str, then: str) -> None:
     Only while that pool has a task unfinished, as a wait for one task is
     refused only while it is: in the callback of its last task, the wait saw
     every task end (a shutdown on the last result, from its callback).
+    ``pools()`` lists the pools the wait is for.
     """
-    reader = _reads_results_here()
+    reader = _reads_results_here(pools)
     if reader is not None and reader.refuses_timed_wait_for_all and reader.active_count():
         raise RuntimeError(reader.timed_wait_for_all_refused_here(call, then))
 
 
-def _reads_results_here() -> Backend | None:
-    """The pool whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any.
+def _reads_results_here(pools: Callable[[], list[Backend]] = _all_backends) -> Backend | None:
+    """The pool of ``pools()`` whose results this thread reads (a process pool's loop thread, a Dask client's event loop thread), if any.
 
     Listed without the lock (copies taken in C calls): ``shutdown(timeout_secs=None)``
     in a signal handler asks, maybe as the code it interrupted holds the lock.
     """
-    backends = _all_backends()
+    backends = pools()
     return next((backend for backend in backends if backend.reads_results_here()), None)
 
 
@@ -1357,7 +1374,7 @@ class ShutdownCall:
                 if give_up is not None:
                     give_up()
             deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
-            finished = wait_until_idle(timeout_secs) and _wait_abandoned(backends, deadline)
+            finished = _wait_for_every_task(_all_backends, timeout_secs) and _wait_abandoned(backends, deadline)
             try:
                 if _begin_stopping_workers():  # (not reset meanwhile: the tasks accepted since must run)
                     terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
