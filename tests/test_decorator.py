@@ -795,3 +795,24 @@ def test_a_default_changed_as_another_thread_looks_it_up_is_not_lost(
     finally:
         changed.set()
         submitter.join(10)
+
+
+@pytest.mark.timeout(30)
+def test_a_call_of_an_auto_function_takes_no_runtime_lock_once_its_pool_exists() -> None:
+    # A call of a function that names a backend finds its pool in one dict lookup.
+    # "auto" was looked for under its own name, never kept so, and each call took
+    # the runtime's lock to create its pool again: a lock a signal handler's call
+    # could wait for in the thread it interrupted, and ~2 us per call on a Python
+    # without sys._is_gil_enabled.
+    from makeparallel import _runtime
+
+    resolved = _runtime.get_backend(_runtime.resolve_auto("auto"))  # the pool "auto" means here
+    found: list[object] = []
+    with _runtime._lock:  # held, as by another thread, or by the one a signal handler interrupts
+        looker = threading.Thread(target=lambda: found.append(_runtime.get_backend("auto")), daemon=True)
+        looker.start()
+        looker.join(10)
+        looked_up_without_the_lock = not looker.is_alive()
+    looker.join(10)
+    assert looked_up_without_the_lock
+    assert found == [resolved]

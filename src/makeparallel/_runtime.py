@@ -157,10 +157,14 @@ def available_backend_names() -> list[str]:
     return [name for name in BACKEND_NAMES if name not in unavailable]
 
 
+# Looked up once: asked of sys on each call, a Python without it (before 3.13) raised and caught an
+# AttributeError, 2 us, for each call of a backend="auto" function.
+_is_gil_enabled: Callable[[], bool] | None = getattr(sys, "_is_gil_enabled", None)
+
+
 def free_threaded() -> bool:
     """Whether this interpreter runs Python bytecode in parallel (GIL disabled)."""
-    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
-    return is_gil_enabled is not None and not is_gil_enabled()
+    return _is_gil_enabled is not None and not _is_gil_enabled()
 
 
 def resolve_auto(name: str) -> str:
@@ -253,7 +257,12 @@ def get_backend(name: BackendOption | Backend | None = None) -> Backend:
         return backend if backend is not None else _look_up_default()
     if isinstance(name, str):
         backend = _backends.get(name)
-        return backend if backend is not None else _create(resolve_auto(name))
+        if backend is None:
+            # "auto" is kept under the name it means now: created again for each call, it took
+            # the runtime lock each time (which a signal handler's call could wait for).
+            name = resolve_auto(name)
+            backend = _backends.get(name)
+        return backend if backend is not None else _create(name)
     if isinstance(name, Backend):
         return name
     return _adapter_for(name)
