@@ -1062,3 +1062,32 @@ def test_interpreter_backend_runs_tasks_in_sub_interpreters() -> None:  # pragma
     assert mp.parallel_map(square, range(10), backend="interpreter") == [x * x for x in range(10)]
     with pytest.raises(KeyError):
         mp.parallel(backend="interpreter")(fail)("x").get(timeout=60)
+
+
+class _ExecutorOfAClient(cf.ThreadPoolExecutor):
+    """An executor class whose constructor takes no max_workers, as a cluster client's does."""
+
+    def __init__(self, client: object) -> None:
+        super().__init__(max_workers=1)
+        self.client = client
+
+
+@pytest.mark.parametrize(
+    ("executor", "advice"),
+    [
+        # The base class makes no executor that runs anything: Executor() refuses max_workers,
+        # and one made without it raises NotImplementedError at its first task.
+        (
+            cf.Executor,
+            (
+                r"the base class of executors: pass an executor made from one of its subclasses, "
+                r"ThreadPoolExecutor\(max_workers=\.\.\.\) say"
+            ),
+        ),
+        (_ExecutorOfAClient, r"that is the class: pass an executor made from it, _ExecutorOfAClient\(\.\.\.\)$"),
+    ],
+)
+def test_the_advice_for_an_executors_class_makes_an_executor_that_class_can_make(executor: type, advice: str) -> None:
+    """It advised Executor(max_workers=...) for every class: a TypeError for these."""
+    with pytest.raises(TypeError, match=advice):
+        mp.parallel(backend=executor)(square)  # type: ignore[call-overload]

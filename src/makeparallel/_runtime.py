@@ -205,7 +205,20 @@ def _executor_class_advice(value: Any) -> str:
     """What to do with ``value`` if it is an executor's class, which ``backend=`` takes an instance of."""
     if not (isinstance(value, type) and issubclass(value, concurrent.futures.Executor)):
         return ""
-    return f"; that is the class: pass an executor made from it, {value.__name__}(max_workers=...)"
+    if value is concurrent.futures.Executor:  # Executor(max_workers=...) is a TypeError; Executor() runs nothing
+        return (
+            "; that is the base class of executors: pass an executor made from one of its subclasses, "
+            "ThreadPoolExecutor(max_workers=...) say"
+        )
+    # The call shown is one the class takes: a cluster client's executor takes no max_workers.
+    import inspect
+
+    try:
+        takes_max_workers = "max_workers" in inspect.signature(value).parameters
+    except (TypeError, ValueError):  # a signature inspect cannot read: no argument named
+        takes_max_workers = False
+    arguments = "max_workers=..." if takes_max_workers else "..."
+    return f"; that is the class: pass an executor made from it, {value.__name__}({arguments})"
 
 
 def _dask_client_advice(value: Any) -> str:
