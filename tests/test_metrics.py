@@ -1003,3 +1003,116 @@ def test_snapshots_while_counting_never_lose_tasks() -> None:
     assert seen == sorted(seen)  # totals only ever grow
     assert counts(name)["total"] == 1000
     assert counts(name)["completed"] == 1000
+
+
+def _plain_counts(name: str) -> dict[str, int]:
+    """:func:`counts` of ``name``, all zero where nothing was recorded under it."""
+    if mp.get_metrics(name) is None:
+        return dict.fromkeys(("total", "completed", "failed", "cancelled", "timed_out"), 0)
+    return counts(name)
+
+
+ONE_DONE = {"total": 1, "completed": 1, "failed": 0, "cancelled": 0, "timed_out": 0}
+
+
+@pytest.mark.timeout(20)
+def test_parallel_over_profiled_counts_each_call_once(backend: str) -> None:
+    # The task counted the call under the function's name, and the profiled layer, which
+    # the task ran, counted it again under the same name: total_tasks 2 for one call.
+    def work(x: int) -> int:
+        return x + 1
+
+    work.__qualname__ = unique_name("work")  # its own record, whatever the backend
+    twice = mp.parallel(backend=backend)(mp.profiled(work))
+    assert twice(1).get(timeout=5) == 2
+    assert counts(work.__qualname__) == ONE_DONE
+    assert twice.__wrapped__ is work  # what its task runs
+
+    # Named by @profiled alone: the parallel function counts under that name too, its copies as well.
+    name = unique_name("parallel-over-profiled")
+
+    def named(x: int) -> int:
+        return x + 1
+
+    once = mp.parallel(backend=backend)(mp.profiled(name=name)(named))
+    assert once(1).get(timeout=5) == 2
+    assert once.options(priority=1)(1).get(timeout=5) == 2
+    assert counts(name) == {**ONE_DONE, "total": 2, "completed": 2}
+    assert _plain_counts(named.__qualname__)["total"] == 0
+
+    async def fetch() -> str:
+        return "fetched"
+
+    async_name = unique_name("parallel-over-profiled-async")
+    fetched = mp.parallel(backend=backend, name=async_name)(mp.profiled(name=async_name)(fetch))
+    assert fetched().get(timeout=5) == "fetched"
+    assert counts(async_name) == ONE_DONE
+
+    class Methods:
+        @mp.parallel(backend=backend)
+        @mp.profiled
+        def method(self, x: int) -> int:
+            return x + 2
+
+        @mp.parallel(backend=backend)
+        @mp.profiled
+        @classmethod
+        def class_method(cls, x: int) -> tuple[str, int]:
+            return cls.__name__, x
+
+        @staticmethod
+        @mp.parallel(backend=backend)
+        @mp.profiled
+        def static_method(x: int) -> int:
+            return x + 3
+
+    names = [f"{Methods.__qualname__}.{method}" for method in ("method", "class_method", "static_method")]
+    before = [_plain_counts(name) for name in names]  # (each backend's run defines the class again)
+    assert Methods().method(1).get(timeout=5) == 3
+    assert Methods.class_method(1).get(timeout=5) == ("Methods", 1)
+    assert Methods.static_method(1).get(timeout=5) == 4
+    for name, earlier in zip(names, before):
+        assert {key: value - earlier[key] for key, value in counts(name).items()} == ONE_DONE, name
+
+    class Profiled:
+        @mp.profiled
+        def method(self, x: int) -> int:
+            return x + 4
+
+    earlier = _plain_counts(Profiled.method.__qualname__)
+    assert mp.parallel(backend=backend)(Profiled().method)(1).get(timeout=5) == 5  # made of the bound method
+    assert {key: value - earlier[key] for key, value in counts(Profiled.method.__qualname__).items()} == ONE_DONE
+
+
+@pytest.mark.timeout(20)
+def test_parallel_over_profiled_under_another_name_counts_under_that_name_alone(backend: str) -> None:
+    # As a function profiled again under another name: a call through the parallel function counts
+    # under its name; a call of the profiled function itself, under the profiled one's.
+    inner_name, outer_name = unique_name("profiled-inner"), unique_name("parallel-outer")
+
+    def work(x: int) -> int:
+        return x + 1
+
+    inner = mp.profiled(name=inner_name)(work)
+    outer = mp.parallel(backend=backend, name=outer_name)(inner)
+    assert outer(1).get(timeout=5) == 2
+    assert counts(outer_name) == ONE_DONE
+    assert _plain_counts(inner_name)["total"] == 0
+    assert inner(1) == 2
+    assert counts(inner_name) == ONE_DONE
+    assert counts(outer_name)["total"] == 1
+
+
+@pytest.mark.timeout(20)
+def test_a_map_of_parallel_over_profiled_counts_as_one_of_the_parallel_function() -> None:
+    # The map ran the profiled layer per item: each item counted under the function's name
+    # beside the chunks under "<name> [map]", where a map of the @parallel function counts chunks only.
+    name = unique_name("mapped")
+
+    def work(x: int) -> int:
+        return x + 1
+
+    mapped = mp.parallel(name=name)(mp.profiled(name=name)(work))
+    assert mp.parallel_map(mapped, [1, 2, 3], chunksize=3) == [2, 3, 4]
+    assert _plain_counts(name)["total"] == 0
+    assert counts(f"{name} [map]") == ONE_DONE

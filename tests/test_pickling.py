@@ -261,6 +261,62 @@ def test_cloudpickle_sends_a_profiled_function_measured_where_it_is_unpickled(ge
     assert call_counted(copy, name, 4) == (fn(4), 1)
 
 
+@mp.parallel(backend="process")
+@mp.profiled
+def parallel_cube(x: int) -> int:
+    return x * x * x
+
+
+@mp.parallel(backend="process")
+@mp.profiled(name="profiled cube")
+def named_cube(x: int) -> int:
+    return x * x * x
+
+
+class Cubes:
+    @mp.parallel(backend="process")
+    @mp.profiled
+    def method(self, x: int) -> int:
+        return x * x * x
+
+    @mp.parallel(backend="process")
+    @mp.profiled
+    @classmethod
+    def class_method(cls, x: int) -> tuple[str, int]:
+        return cls.__name__, x
+
+    @staticmethod
+    @mp.parallel(backend="process")
+    @mp.profiled
+    def static_method(x: int) -> int:
+        return x * x * x
+
+
+# Each @parallel function over a @profiled one, as a call gets it, the name it is measured under, and its value at 3.
+PARALLEL_OVER_PROFILED: dict[str, tuple[Callable[[], Any], str, Any]] = {
+    "function": (lambda: parallel_cube, "parallel_cube", 27),
+    "function, named by @profiled": (lambda: named_cube, "profiled cube", 27),
+    "method, bound": (lambda: Cubes().method, "Cubes.method", 27),
+    "class method": (lambda: Cubes.class_method, "Cubes.class_method", ("Cubes", 3)),
+    "static method": (lambda: Cubes.static_method, "Cubes.static_method", 27),
+}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+@pytest.mark.parametrize(("get", "name", "expected"), PARALLEL_OVER_PROFILED.values(), ids=PARALLEL_OVER_PROFILED.keys())
+def test_a_parallel_function_over_a_profiled_one_runs_its_function_in_a_worker(
+    get: Callable[[], Any], name: str, expected: Any
+) -> None:
+    # Its task runs the function underneath, which goes by its name: the name holds the
+    # parallel function, whose __wrapped__ it is. Counted once, here, as the task.
+    fn = get()
+    before = mp.get_metrics(name)
+    assert fn(3).get(timeout=30) == expected
+    after = mp.get_metrics(name)
+    assert after is not None and after.total_tasks == (0 if before is None else before.total_tasks) + 1
+    assert pickle.loads(pickle.dumps(fn))(3).get(timeout=30) == expected
+
+
 def test_the_process_pickler_asks_no_ordinary_function_whether_it_is_a_profiled_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -406,6 +462,35 @@ def test_the_process_backend_sends_a_profiled_function_of_the_script_by_value(tm
         "(('Measured', 4), 1) ('Measured', 4)",
         "(12, 1) 12",
     ], result.stderr[-3000:]
+
+
+PARALLEL_OVER_PROFILED_SCRIPT = """\
+import makeparallel as mp
+
+@mp.parallel(backend="process")
+@mp.profiled
+def cube(x):
+    return x * x * x
+
+class Cubes:
+    @mp.parallel(backend="process")
+    @mp.profiled
+    @classmethod
+    def named(cls, x):
+        return cls.__name__, x
+
+if __name__ == "__main__":
+    print(cube(3).get(timeout=30), Cubes.named(3).get(timeout=30))
+    print(mp.get_metrics("cube").total_tasks, mp.get_metrics("Cubes.named").total_tasks)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+def test_the_process_backend_sends_a_parallel_function_over_a_profiled_one_of_the_script_by_value(tmp_path: Path) -> None:
+    # Its task runs the function underneath, sent by value with the script's; counted once, as the task.
+    (tmp_path / "script.py").write_text(PARALLEL_OVER_PROFILED_SCRIPT)
+    result = run_in(tmp_path, "script.py")
+    assert result.stdout.splitlines() == ["27 ('Cubes', 3)", "1 1"], result.stderr[-3000:]
 
 
 SHIPPED_MODULE = """\

@@ -38,7 +38,7 @@ from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout, code_is_real
-from ._worker_reductions import for_workers
+from ._worker_reductions import for_worker_functions, for_workers
 from .errors import CircuitOpenError, ShutdownError
 
 _log = logging.getLogger("makeparallel")
@@ -410,6 +410,9 @@ class ParallelFunction(Generic[P, T]):
 
     def __init__(self, fn: Callable[P, T], options: dict[str, Any], limiter: Limiter | None = None) -> None:
         functools.update_wrapper(self, fn)
+        if id(getattr(fn, "__code__", None)) in for_worker_functions:  # a @profiled wrapper, maybe
+            fn, options = _measured_by_the_task(fn, options)
+            self.__wrapped__ = fn
         self._fn = fn
         self._options = options
         max_concurrent = options.get("max_concurrent")
@@ -649,6 +652,27 @@ class ParallelFunction(Generic[P, T]):
         except ShutdownError as error:
             refused_by_a_limit(handle, error)
             raise
+
+
+def _measured_by_the_task(fn: Callable[P, T], options: dict[str, Any]) -> tuple[Callable[P, T], dict[str, Any]]:
+    """What a parallel function of ``fn`` runs, and its options: ``fn``'s own function where ``fn`` is ``@profiled``.
+
+    Each task is measured already, from its start to its end: running the
+    profiled wrapper, it counted every call twice under the one name (once as
+    the task, once as the call). The task runs the function underneath, under
+    the name ``@profiled`` gave it unless ``name=`` says another, as a
+    function profiled again under another name is measured under that one alone.
+    """
+    from ._metrics import profiled_layer  # (loaded: it made the wrapper)
+
+    layer = profiled_layer(fn)
+    if layer is None:
+        return fn, options
+    if layer.name is not None and not options.get("name"):
+        options = {**options, "name": layer.record}  # kept by copies (options()) and for workers
+    if type(fn) is MethodType:  # a profiled method read on its instance (or class method on its class)
+        return MethodType(layer.function, fn.__self__), options
+    return layer.function, options
 
 
 def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:
@@ -1097,7 +1121,7 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             and the task waits for its slot instead; on ``"sync"``, a blocking
             wait for it on that thread runs it there once its slot frees.
         name (str | None): the name in metrics and error notes (default:
-            ``__qualname__``).
+            ``__qualname__``; over ``@profiled``, the name it records under).
         async_cancel (str | None): what cancelling the coroutine that awaits a
             task does to it: ``"cooperative"`` (``handle.cancel()``) or
             ``"force"`` (``handle.cancel(force=True)``: on the process backend
@@ -1118,6 +1142,14 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
             decorator: use :func:`imap`, or return a list), or an option is
             unknown or of the wrong type.
         ValueError: an option has a value out of range.
+
+    Over @profiled:
+        Each task is measured already, from its start to its end, so a
+        ``@profiled`` function made parallel (``@parallel`` above
+        ``@profiled``) runs the function underneath, which is its
+        ``__wrapped__``: a call counts once, as the task, under the name
+        ``@profiled`` records under, or under ``name=`` alone where it gives
+        another (as a function profiled again under another name is measured).
     """
     checked = _check_options(options)
 
