@@ -1116,3 +1116,84 @@ def test_a_map_of_parallel_over_profiled_counts_as_one_of_the_parallel_function(
     assert mp.parallel_map(mapped, [1, 2, 3], chunksize=3) == [2, 3, 4]
     assert _plain_counts(name)["total"] == 0
     assert counts(f"{name} [map]") == ONE_DONE
+
+
+@pytest.mark.timeout(20)
+def test_profiled_over_parallel_is_the_parallel_function_measured_to_its_task_end() -> None:
+    # The profiled layer timed the submission, which returns the handle at once, and counted
+    # it as a completed call beside the task, under the same name, as the task still ran.
+    gate = threading.Event()
+    name = unique_name("profiled-over-parallel")
+
+    def wait(x: int) -> int:
+        gate.wait(10)
+        return x
+
+    wait.__qualname__ = name  # the name both record under: its own, as no other test's
+    task = mp.parallel(wait)
+    outer = mp.profiled(task)
+    handle = outer(1)
+    try:
+        assert counts(name) == {"total": 1, "completed": 0, "failed": 0, "cancelled": 0, "timed_out": 0}
+    finally:
+        gate.set()
+    assert handle.get(timeout=5) == 1
+    assert counts(name) == ONE_DONE
+    assert outer is task and mp.profiled(name=name)(task) is task
+
+    class Methods:
+        @mp.profiled
+        @mp.parallel
+        def method(self, x: int) -> int:
+            return x + 2
+
+        @mp.profiled
+        @mp.parallel
+        @classmethod
+        def class_method(cls, x: int) -> tuple[str, int]:
+            return cls.__name__, x
+
+        @mp.profiled
+        @staticmethod
+        @mp.parallel
+        def static_method(x: int) -> int:
+            return x + 3
+
+    instance = Methods()
+    assert mp.profiled(instance.method)(1).get(timeout=5) == 3
+    assert instance.method(1).get(timeout=5) == 3
+    assert Methods.class_method(1).get(timeout=5) == ("Methods", 1)
+    assert Methods.class_method.options(priority=1)(1).get(timeout=5) == ("Methods", 1)
+    assert Methods.static_method(1).get(timeout=5) == 4
+    assert counts(f"{Methods.__qualname__}.method")["total"] == 2
+    for method in ("class_method", "static_method"):
+        assert counts(f"{Methods.__qualname__}.{method}")["total"] == (2 if method == "class_method" else 1), method
+
+
+@pytest.mark.timeout(20)
+def test_profiled_over_parallel_under_another_name_is_a_copy_named_so() -> None:
+    # As a function profiled again under another name: the copy's calls count under its name
+    # alone, and those of the parallel function (which code holding it still calls) under its own.
+    name, other = unique_name("parallel-own"), unique_name("profiled-other")
+
+    def work(x: int) -> int:
+        return x + 1
+
+    task = mp.parallel(name=name)(work)
+    renamed = mp.profiled(name=other)(task)
+    assert isinstance(renamed, type(task)) and renamed is not task
+    assert renamed(1).get(timeout=5) == 2
+    assert counts(other) == ONE_DONE
+    assert _plain_counts(name)["total"] == 0
+    assert task(1).get(timeout=5) == 2
+    assert counts(name) == ONE_DONE
+
+    class Methods:
+        @mp.profiled(name=other)
+        @mp.parallel(name=name)
+        @classmethod
+        def class_method(cls, x: int) -> tuple[str, int]:
+            return cls.__name__, x
+
+    assert Methods.class_method(1).get(timeout=5) == ("Methods", 1)
+    assert counts(other)["total"] == 2 and counts(name)["total"] == 1

@@ -292,6 +292,23 @@ class Cubes:
         return x * x * x
 
 
+@mp.profiled
+@mp.parallel(backend="process")
+def profiled_cube(x: int) -> int:
+    return x * x * x
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the process backend is POSIX-only for now")
+def test_a_profiled_function_over_a_parallel_one_is_counted_once_as_its_task() -> None:
+    # The profiled wrapper counted the submission, which returns the handle at once, as a call
+    # completed here, beside the task: two counts for one call. It is the parallel function itself.
+    before = mp.get_metrics("profiled_cube")
+    assert profiled_cube(3).get(timeout=30) == 27
+    after = mp.get_metrics("profiled_cube")
+    assert after is not None and after.total_tasks == (0 if before is None else before.total_tasks) + 1
+    assert pickle.loads(pickle.dumps(profiled_cube)) is profiled_cube
+
+
 # Each @parallel function over a @profiled one, as a call gets it, the name it is measured under, and its value at 3.
 PARALLEL_OVER_PROFILED: dict[str, tuple[Callable[[], Any], str, Any]] = {
     "function": (lambda: parallel_cube, "parallel_cube", 27),

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import CodeType
+from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._histogram import Histogram
@@ -527,6 +527,16 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         the first wrapper (which code holding it still calls) counts under
         the first name.
 
+    Over @parallel:
+        A ``@parallel`` function (a method of one, bound or in its class's
+        body, too) is measured already, each task from its start to its end;
+        a wrapper timed the submission, which returns the handle at once, and
+        counted it as a call beside the task. Profiled without a ``name=``,
+        or under the name it records under, it is returned as it is; under
+        another ``name=``, its copy with that name (``.options(name=...)``),
+        whose tasks count under that name alone. Below ``@parallel``,
+        ``@profiled`` is taken apart by it: see :func:`parallel`.
+
     Pickling:
         The wrapper pickles as the function it wraps does: by its name where
         its module holds it (a class or static method's too, for the process
@@ -537,6 +547,9 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         raise TypeError(f"name must be a non-empty str, got {name!r}")
 
     def decorate(function: F) -> F:
+        parallel = _parallel_kind(function)
+        if parallel is not None:
+            return cast(F, _profiled_parallel(function, parallel, name))
         # Wrapped inside, as @parallel does: the plain wrapper made of a staticmethod bound
         # the instance it was read on ("takes 1 positional argument but 2 were given"),
         # and a classmethod, no callable, was refused.
@@ -584,6 +597,38 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         return measured  # type: ignore[return-value]
 
     return decorate if fn is None else decorate(fn)
+
+
+def _parallel_kind(function: Any) -> Any:
+    """The parallel function ``function`` is, is bound from or holds as a class method; else None.
+
+    Looked up only where ``@parallel`` was imported: nothing else makes one.
+    """
+    decorators = sys.modules.get(f"{__package__}._decorators")
+    if decorators is None:
+        return None
+    if isinstance(function, decorators._ParallelClassMethod):
+        return function.__func__
+    function = decorators.callable_of(function) if type(function) is MethodType else function
+    if isinstance(function, decorators._BoundParallelFunction):
+        return function._function
+    return function if isinstance(function, decorators.ParallelFunction) else None
+
+
+def _profiled_parallel(function: Any, parallel: Any, name: str | None) -> Any:
+    """``function``, a ``@parallel`` one (``parallel``), as ``@profiled`` makes it: itself, or a copy named ``name``.
+
+    Each of its tasks is measured already, from its start to its end: a
+    wrapper counted its submission (which returns the handle at once) as a
+    call completed in microseconds, beside the task, under the same name.
+    """
+    if name is None or name == parallel._spec.name:
+        return function
+    if type(function) is MethodType:  # from Python 3.13, a @parallel class method read on its class
+        function = sys.modules[f"{__package__}._decorators"].callable_of(function)
+    if isinstance(function, classmethod):  # a @parallel class method, in its class's body
+        return type(function)(parallel.options(name=name))
+    return function.options(name=name)
 
 
 class ProfiledLayer:
