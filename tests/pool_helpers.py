@@ -75,6 +75,14 @@ def child_exit_code(pid: int, timeout: float = 30) -> int:
         threading.Event().wait(0.01)
 
 
+def default_runs_inline() -> bool:
+    """Whether a function that names no backend runs here, in the caller's thread, at its call."""
+    caller = threading.get_ident()
+    handle = mp.parallel(threading.get_ident)()
+    assert handle.wait(10)  # with a timeout: a wait without one could run a queued task here too
+    return handle.get() == caller
+
+
 def resize(num_threads: int) -> None:
     """Size the thread pool and wait until threads left over from earlier tests are gone.
 

@@ -16,7 +16,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from pool_helpers import poll_until_stopped
+from pool_helpers import default_runs_inline, poll_until_stopped
 
 import makeparallel as mp
 from makeparallel._decorators import own_parameters
@@ -747,14 +747,6 @@ def test_a_process_task_of_a_mock_is_refused_as_unpicklable() -> None:
 # -- the default backend ---------------------------------------------------------------
 
 
-def _default_runs_inline() -> bool:
-    """Whether a function that names no backend runs in the caller's thread, at its call."""
-    caller = threading.get_ident()
-    handle = mp.parallel(threading.get_ident)()
-    assert handle.wait(10)  # with a timeout: a wait without one could run a queued task here too
-    return handle.get() == caller
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("change", ["configure", "inline"])
 def test_a_default_changed_as_another_thread_looks_it_up_is_not_lost(
@@ -791,7 +783,7 @@ def test_a_default_changed_as_another_thread_looks_it_up_is_not_lost(
             changed.set()
             submitter.join(10)
             assert submitted and submitted[0].wait(10)  # it used the default it read: threads
-            assert _default_runs_inline()
+            assert default_runs_inline()
     finally:
         changed.set()
         submitter.join(10)

@@ -6,19 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from pool_helpers import Flags, wait_for_flag
+from pool_helpers import Flags, default_runs_inline, wait_for_flag
 
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel.testing import inline, wait_until_idle
-
-
-def _runs_inline() -> bool:
-    """Whether a function that names no backend runs here, in the caller's thread, at its call."""
-    caller = threading.get_ident()
-    handle = mp.parallel(threading.get_ident)()
-    assert handle.wait(10)  # with a timeout: a wait without one could run a queued task here too
-    return handle.get() == caller
 
 
 @pytest.mark.timeout(20)
@@ -41,12 +33,12 @@ def test_inline_blocks_that_overlap_in_two_threads_put_the_default_back() -> Non
         with inline():
             first_may_end.set()
             assert first_ended.wait(10)
-            assert _runs_inline()  # the first block's end did not end this one
+            assert default_runs_inline()  # the first block's end did not end this one
     finally:
         first_may_end.set()
         other.join(10)
     assert _runtime.default_backend_name() == "thread"
-    assert not _runs_inline()
+    assert not default_runs_inline()
 
 
 @pytest.mark.timeout(20)
@@ -57,11 +49,11 @@ def test_inline_puts_back_the_default_it_found() -> None:
     assert _runtime.default_backend_name() == "sync"
     _runtime.use_default_backend(None)
     with inline(), inline():
-        assert _runs_inline()
+        assert default_runs_inline()
     assert _runtime.default_backend_name() == "thread"
     with pytest.raises(KeyError), inline():
         raise KeyError("a failing test")
-    assert not _runs_inline()
+    assert not default_runs_inline()
 
 
 @pytest.mark.timeout(60)
