@@ -442,7 +442,6 @@ def test_exception_raises_for_a_cancelled_task(gate: threading.Event) -> None:
         blocker.get(5)
 
 
-
 @pytest.mark.parametrize("collector", ["wait", "as_completed"])
 def test_concurrent_futures_collectors_name_the_ones_that_take_handles(collector: str) -> None:
     """They failed with "'AsyncHandle' object has no attribute '_condition'", which says nothing of what to do."""

@@ -973,7 +973,6 @@ def test_names_with_dots_and_spaces_are_sanitised(server: StatsdServer) -> None:
         assert line.name.startswith("test.app.")  # the prefix's trailing dot is not doubled
 
 
-
 def test_names_of_other_scripts_stay_apart_and_ascii(server: StatsdServer) -> None:
     """Their letters were dropped: every name of Chinese characters was sent as "unnamed",
     and "größe" and "grüße" both as "gr_e", one series for several functions."""
