@@ -1197,3 +1197,40 @@ def test_profiled_over_parallel_under_another_name_is_a_copy_named_so() -> None:
 
     assert Methods.class_method(1).get(timeout=5) == ("Methods", 1)
     assert counts(other)["total"] == 2 and counts(name)["total"] == 1
+
+
+@pytest.mark.timeout(20)
+def test_an_executor_task_of_a_profiled_function_counts_once() -> None:
+    # The executor counted its task under the function's name, and the profiled wrapper,
+    # which the task ran, counted the same call again under that name: total 2 for one call.
+    def work(x: int) -> int:
+        return x + 1
+
+    work.__qualname__ = unique_name("executor-work")
+    measured = mp.profiled(work)
+    with mp.Executor(max_workers=2) as executor:
+        assert executor.submit(measured, 1).result(timeout=5) == 2
+        assert counts(work.__qualname__) == ONE_DONE
+        assert list(executor.map(measured, [1, 2])) == [2, 3]  # one task per call
+        assert counts(work.__qualname__) == {**ONE_DONE, "total": 3, "completed": 3}
+
+    # Named by @profiled: counted under that name alone, as @parallel over it counts.
+    name = unique_name("executor-profiled")
+
+    def named(x: int) -> int:
+        return x + 1
+
+    with mp.Executor(max_workers=2) as executor:
+        assert executor.submit(mp.profiled(name=name)(named), 1).result(timeout=5) == 2
+    assert counts(name) == ONE_DONE
+    assert _plain_counts(named.__qualname__)["total"] == 0
+
+    class Profiled:
+        @mp.profiled(name=unique_name("executor-method"))
+        def method(self, x: int) -> int:
+            return x + 4
+
+    record = mp.profiled(Profiled.method).__profiled__.record  # type: ignore[attr-defined]
+    with mp.Executor(max_workers=2) as executor:
+        assert executor.submit(Profiled().method, 1).result(timeout=5) == 5
+    assert counts(record) == ONE_DONE

@@ -25,7 +25,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from types import MethodType, TracebackType
+from types import FunctionType, MethodType, TracebackType
 from typing import Any, NoReturn, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
@@ -60,6 +60,7 @@ from ._process_chunks import TEMPLATE_DIED, disown_worker_death, short_repr
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
+from ._worker_reductions import for_worker_functions
 from .errors import (
     ShutdownError,
     TaskSerializationError,
@@ -422,6 +423,11 @@ class Executor(concurrent.futures.Executor):
         executor runs the call once, on its own pool; and ``kwargs`` all go to
         the function (``timeout=`` and ``priority=`` are no call-time options here).
 
+        A ``@profiled`` function (or a method of one) runs the function it
+        measures: the task is measured already, from its start to its end,
+        and counts once, under the name ``@profiled`` records under (the
+        wrapper run as the task counted each call a second time).
+
         Args:
             fn: the callable to run; an ``async def`` function's coroutine runs
                 to its end in the task.
@@ -440,8 +446,12 @@ class Executor(concurrent.futures.Executor):
             TaskSerializationError: on the process backend, ``fn`` or an argument
                 cannot be pickled.
         """
-        if type(fn) in _RUN_AS_PLAIN:  # the one check a plain function pays for (tens of ns)
+        kind = type(fn)
+        if kind in _RUN_AS_PLAIN:  # the checks a plain function pays for (tens of ns)
             return self._submit_plain_of(fn, args, kwargs)
+        if kind is FunctionType and id(fn.__code__) in for_worker_functions:  # a @profiled wrapper, maybe
+            fn, name = _measured_by_the_task(fn)
+            return self._submit(self._spec_named(name), fn, args, kwargs)
         return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
 
     def _submit_plain_of(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ExecutorFuture[Any]:
@@ -453,7 +463,8 @@ class Executor(concurrent.futures.Executor):
         """
         fn = callable_of(fn)
         if type(fn) not in _RUN_AS_PLAIN or type(fn) is MethodType:  # a plain function or method, run as it is
-            return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
+            fn, name = _measured_by_the_task(fn)  # (or what it measures, if it is @profiled)
+            return self._submit(self._spec_named(name), fn, args, kwargs)
         if type(fn) is functools.partial:  # of a @parallel function, its plain function's (the arguments kept)
             plain, own = _plain_of(fn)
             return self._submit(self._spec_named(_describe(fn)) if own is None else self._spec_of(own), plain, args, kwargs)
@@ -657,7 +668,9 @@ class Executor(concurrent.futures.Executor):
         plain, own = _plain_of(fn)
         if getattr(submit, "__func__", None) is Executor.submit:
             if chunksize == 1:
-                spec = self._spec_named(_describe(fn)) if own is None else self._spec_of(own)
+                if own is None:  # (a @profiled function's calls are tasks measured already: what it measures runs)
+                    plain, name = _measured_by_the_task(plain)
+                spec = self._spec_named(name) if own is None else self._spec_of(own)
                 return lambda args, until: (self._submit(spec, plain, args, {}, deadline, until), 1)
             # As parallel_map names its chunks.
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]") if own is None else self._spec_of(own, " [map]")
@@ -798,6 +811,27 @@ class Executor(concurrent.futures.Executor):
                 TaskSpec(name, None, None, own.priority, own.limiter, is_async, function_name=own.function_name)
             )
         return spec
+
+
+def _measured_by_the_task(fn: Callable[..., T]) -> tuple[Callable[..., T], str]:
+    """What a task of ``fn`` runs, and the name it is measured under: ``fn``'s function where ``fn`` is ``@profiled``.
+
+    Each task is measured already, from its start to its end, under the name
+    of its function: running the profiled wrapper, which copies that name, a
+    call counted twice under it. The task runs the function underneath, under
+    the name ``@profiled`` records under, as ``@parallel`` over ``@profiled``
+    does (``_decorators._measured_by_the_task``). A profiled method read on
+    its instance is bound to it again. Any other ``fn`` runs as it is, under
+    its own name.
+    """
+    from ._metrics import profiled_layer  # (loaded where a wrapper was made)
+
+    layer = profiled_layer(fn) if id(getattr(fn, "__code__", None)) in for_worker_functions else None
+    if layer is None:
+        return fn, _describe(fn)
+    if type(fn) is MethodType:  # a profiled method read on its instance (or class method on its class)
+        return MethodType(layer.function, fn.__self__), layer.record
+    return layer.function, layer.record
 
 
 def _advising_processes(spec: TaskSpec) -> TaskSpec:
