@@ -2700,6 +2700,36 @@ def test_a_subclass_whose_wait_takes_only_the_attempt_still_retries_and_waits_fo
     assert waits == [1, 2]
 
 
+class _HourLongWaits(mp.Retry):
+    """A retry policy with a backoff of its own: an hour after each failed attempt."""
+
+    def wait(self, failed_attempt: int) -> float:
+        return 3600.0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["thread", "caller"])
+def test_no_retry_waits_makes_the_waits_of_a_subclass_zero(way: str) -> None:
+    # A subclass's own wait() was taken as it was: in a block of no_retry_waits(), whose
+    # docstring says every retry waits zero seconds, a test of a task with such a policy
+    # slept through its backoff. Its wait() is still asked (where it fails, the task is
+    # not retried, as outside the block), and the wait is zero.
+    policy = _HourLongWaits(on=ConnectionError, attempts=3, timeout=None)
+    flaky = Flaky(failures=2)
+    with no_retry_waits():
+        assert policy._wait_after(1, ConnectionError("reset"), None) == 0.0
+        assert policy._wait_after(1, refusal(time.time() + 600), None) == 0.0
+        if way == "caller":
+            done = []
+            caller = threading.Thread(target=lambda: done.append(_retrying._apply(policy, flaky)()), daemon=True)
+            caller.start()
+            caller.join(10)
+            assert done == [3]
+        else:
+            assert mp.parallel(backend=way, retry=policy)(flaky)().get(timeout=10) == 3
+    assert policy._wait_after(1, ConnectionError("reset"), None) == 3600.0
+
+
 @pytest.mark.timeout(30)
 def test_the_engines_retry_keeps_the_jitter_past_retry_at_within_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same in the engine: the task failed at once, its note saying the timeout would pass.

@@ -264,7 +264,8 @@ class Retry:
         ``None``, which the sum for its due time raised on) killed that
         thread, and the task never ended. As an ``on=`` predicate that raises
         (``_predicates``), it fails the task instead, with its own error and a
-        note saying why it was not retried.
+        note saying why it was not retried. Zero within ``no_retry_waits()``,
+        a subclass's wait too.
         """
         what = f"makeparallel: not retried: the retry policy's wait({failed_attempt})"
         try:
@@ -275,7 +276,9 @@ class Retry:
             note_what_it_raised(error, what, raised)
             return None
         if is_real(seconds) and seconds >= 0:  # (NaN is not)
-            return float(seconds)
+            # A subclass's own wait() knows nothing of no_retry_waits(): asked all the same, so
+            # that one that fails ends the task as it would outside the block, its wait is zero.
+            return float(seconds) if waits_enabled() else 0.0
         add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
         return None
 

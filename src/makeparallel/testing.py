@@ -54,7 +54,9 @@ def inline() -> Iterator[None]:
 def no_retry_waits() -> Iterator[None]:
     """Within the block, retries wait zero seconds between attempts (in every thread).
 
-    Attempts are still counted, and ``Retry(timeout=...)`` still applies.
+    Attempts are still counted, and ``Retry(timeout=...)`` still applies. A
+    ``Retry`` subclass's own ``wait()`` is still asked (one that raises stops
+    the retries, as outside the block), and its wait is zero too.
     """
     _retry.suspend_waits(+1)
     try:
