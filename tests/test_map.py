@@ -1440,6 +1440,49 @@ def test_a_parallel_map_of_a_list_whose_first_item_is_small_sends_no_chunk_past_
     assert largest * 8 * MIB <= DEFAULT_MAX_BYTES_IN_FLIGHT // 2, f"a chunk of {largest} items of 8 MiB"
 
 
+class GrowsLarge:
+    """``small`` items of a few dozen bytes, then items that claim ``size`` bytes: bytes read ahead recorded."""
+
+    def __init__(self, small: int, size: int, large: int) -> None:
+        self.small = small
+        self.size = size
+        self.large = large
+        self.ahead = 0  # bytes read and not yet consumed
+        self.most_ahead = 0
+
+    def size_of(self, index: int) -> int:
+        return 0 if index < self.small else self.size
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(self.small + self.large):
+            self.ahead += self.size_of(i)
+            self.most_ahead = max(self.most_ahead, self.ahead)
+            yield Claims(i, self.size_of(i) or 40)
+
+    def consume(self, results: Iterator[int], ordered: bool) -> None:
+        seen = []
+        for index in results:
+            self.ahead -= self.size_of(index)
+            seen.append(index)
+        assert (seen if ordered else sorted(seen)) == list(range(self.small + self.large))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_read_ahead_stays_under_the_byte_budget_when_small_items_turn_large(backend: str, ordered: bool) -> None:
+    # Cheap small items grow the chunks to tens of thousands of items; an input read in runs
+    # that doubled read a run of that many of the large items that followed before sizing one:
+    # 100,000 lines of a few bytes, then 1 MiB blobs, read 3 GiB ahead where 256 MiB was the bound.
+    source = GrowsLarge(100_000, MIB, 2_000)
+    results = mp.imap(index_of, source, backend=backend, ordered=ordered)
+    try:
+        source.consume(results, ordered)
+    finally:
+        results.close()
+    assert source.most_ahead <= 1.5 * DEFAULT_MAX_BYTES_IN_FLIGHT, f"{source.most_ahead / MIB:.0f} MiB read ahead"
+
+
 @pytest.mark.timeout(60)
 def test_items_larger_than_the_budget_still_run_one_per_worker() -> None:
     workers = mp.get_thread_pool_info()["num_threads"]

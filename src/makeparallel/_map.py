@@ -143,6 +143,11 @@ _GENERATOR_FLAGS = _CO_GENERATOR | _CO_ASYNC_GENERATOR
 _SIZE_SAMPLES = 3  # items sized per chunk read (first, middle, last)
 _ELEMENT_SAMPLES = 4  # elements sized per container item
 _SIZED_INTO = (dict, tuple, list)  # the items whose elements are sized too, subclasses included
+# Items an iterator's chunk reads between two sizings, at most (_Mapper._read_within_bytes): what it may
+# read past its share where its items grow. Runs that doubled up to half a chunk of cheap items read
+# 32,768 of the 1 MiB items that followed 100,000 short lines before sizing one: 3 GiB, not 256 MiB.
+# Not fewer: a run costs about 0.6 us, some 10 ns an item of a cheap map at 64 (docs/architecture.md).
+_SIZED_RUN = 64
 
 
 def _is_sliced(items: object) -> TypeGuard[list[Any] | range]:
@@ -505,7 +510,8 @@ def imap(
         Without ``max_in_flight``, the items read ahead of you are kept under
         about 256 MiB (``DEFAULT_MAX_BYTES_IN_FLIGHT``): the size of an item is
         estimated with ``sys.getsizeof`` on a few items of each chunk read (one
-        level into tuples, lists and dicts), and the number of items read ahead
+        level into tuples, lists and dicts; an iterator's every 64 items as it
+        is read, so items that grow are seen), and the number of items read ahead
         is capped at the budget over that estimate. That holds for items that
         hold their data themselves (``bytes``, ``str``, NumPy arrays that own
         it) or one level into a tuple, list or dict (subclasses too: a
@@ -1673,8 +1679,10 @@ class _Mapper:
         looked for before the chunk passes its share (the byte budget over
         ``_max_chunks``). A list's chunk is sized from its middle and last
         items, looked at in place, and sliced once. An iterator's items must be
-        read to be sized: they are read in runs that double, the last of each
-        run sized, so its chunk passes its share by one run at most.
+        read to be sized: they are read in runs that double up to
+        ``_SIZED_RUN`` items, the last of each run sized, so its chunk passes
+        its share by one run at most, however many cheap small items before
+        them grew the chunk.
         """
         items = self._items
         share = DEFAULT_MAX_BYTES_IN_FLIGHT / self._max_chunks
@@ -1687,11 +1695,23 @@ class _Mapper:
                 size = max(1, min(size, int(share / per_item)))
             return items[first : first + size]
         chunk = self._read_into([], 1)
-        while chunk and len(chunk) < size:
-            read = len(chunk)
-            self._read_into(chunk, min(read, size - read))
-            if len(chunk) == read or len(chunk) * max(self._bytes_per_item, _estimated_size(chunk[-1])) > share:
-                break
+        if not chunk or self._input_error is not None:
+            return chunk
+        # Read here, not through _read_into: a call per run of _SIZED_RUN items cost as much as the items.
+        per_item = self._bytes_per_item
+        try:
+            while len(chunk) < size:
+                read = len(chunk)
+                chunk.extend(itertools.islice(items, min(read, size - read, _SIZED_RUN)))
+                if len(chunk) == read:
+                    break
+                last = chunk[-1]
+                grown = _estimated_size(last) if isinstance(last, _SIZED_INTO) else sys.getsizeof(last)
+                if len(chunk) * max(per_item, grown) > share:
+                    break
+        except Exception as error:  # noqa: BLE001  # as _read_into: the input ends there, raised after the items read before it
+            self._input_error = error
+            self._exhausted = True
         return chunk
 
     def _item_budget(self) -> int:
