@@ -2671,6 +2671,39 @@ def test_a_subclass_whose_wait_fails_ends_the_task_with_its_error_and_a_note(way
     assert len(calls) == 1
 
 
+class _WaitsTooLongForAFloat(mp.Retry):
+    """A retry policy whose own wait() gives an int too large for a float: longer than any timeout."""
+
+    def wait(self, failed_attempt: int) -> float:
+        return 10**400
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("way", ["thread", "sync", "caller"])
+def test_a_subclass_whose_wait_is_an_int_too_large_for_a_float_waits_past_the_timeout(way: str) -> None:
+    # A real number >= 0, so taken, and then float() of it raised OverflowError: it killed
+    # the pool's thread (the task never ended), or replaced the task's error in the caller.
+    # It is infinitely many seconds, as everywhere else seconds are read: past the
+    # policy's timeout, so the task fails with its own error and a note saying why.
+    policy = _WaitsTooLongForAFloat(on=ValueError, attempts=3, timeout=30)
+    calls: list[int] = []
+
+    def fails() -> str:
+        calls.append(1)
+        raise ValueError("the task's own")
+
+    with pytest.raises(ValueError, match="the task's own") as raised:
+        if way == "caller":
+            _retrying._apply(policy, fails)()
+        else:
+            mp.parallel(backend=way, retry=policy)(fails)().get(timeout=10)
+    assert any("the retry policy's timeout of 30 s would pass before attempt 2" in note for note in raised.value.__notes__)
+    assert len(calls) == 1
+    assert policy._wait_after(1, ValueError("again"), None) == math.inf
+    with no_retry_waits():
+        assert policy._wait_after(1, ValueError("again"), None) == 0.0
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("way", ["thread", "sync", "caller"])
 def test_a_subclass_whose_wait_takes_only_the_attempt_still_retries_and_waits_for_the_breaker(way: str) -> None:

@@ -278,7 +278,9 @@ class Retry:
         if is_real(seconds) and seconds >= 0:  # (NaN is not)
             # A subclass's own wait() knows nothing of no_retry_waits(): asked all the same, so
             # that one that fails ends the task as it would outside the block, its wait is zero.
-            return float(seconds) if waits_enabled() else 0.0
+            # An int too large for a float is infinitely many seconds (float() of it raised
+            # OverflowError, which killed the pool's thread that asked).
+            return as_seconds(seconds) if waits_enabled() else 0.0
         add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
         return None
 
