@@ -9,6 +9,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _autosize
 from makeparallel._autosize import AutoSizePolicy, AutoSizer
+from makeparallel._backends import _thread
 from makeparallel._backends._thread import ThreadBackend, default_thread_count
 from makeparallel import _runtime
 from pool_helpers import wait_until
@@ -403,5 +404,50 @@ def test_a_sizing_whose_thread_could_not_start_leaves_the_size_as_it_was(monkeyp
         assert (info["auto"], info["num_threads"]) == (False, default_thread_count() + 2)
     finally:
         monkeypatch.setattr(threading.Thread, "start", start)
+        backend.close(cancel_pending=True)
+        backend.end_threads(5)
+
+
+@pytest.mark.timeout(30)
+def test_two_auto_sizings_started_at_once_leave_one_sampling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two num_threads="auto" calls from two threads: each stopped the sizer it found (none),
+    # then set its own. The one set second replaced the first, whose thread had started,
+    # without stopping it: that thread sampled for good, sizing nothing, and no later
+    # configure() could stop it (looping "auto" from two threads left hundreds of them).
+    backend = ThreadBackend()
+    reached, go = threading.Event(), threading.Event()
+    cores = default_thread_count()
+    held_thread: list[threading.Thread] = []
+
+    def counted() -> int:
+        if threading.current_thread() in held_thread:  # stopped what it found; its sizer is not set yet
+            reached.set()
+            assert go.wait(10)
+        return cores
+
+    monkeypatch.setattr(_thread, "default_thread_count", counted)
+    before = set(threading.enumerate())
+    second = threading.Thread(target=backend.configure, args=("auto", None))
+    held_thread.append(second)
+    first_sizer = None
+    try:
+        second.start()
+        assert reached.wait(10)
+        backend.configure("auto", None)  # the first, set and started in full
+        first_sizer = backend._autosizer
+        go.set()
+        second.join(10)
+        assert not second.is_alive()
+        assert backend._autosizer is not first_sizer and backend.info()["auto"]
+        backend.configure(cores + 3, None)  # ends the sizing: no sampling thread is left
+        assert (backend.info()["auto"], backend.info()["num_threads"]) == (False, cores + 3)
+        samplers = [t for t in threading.enumerate() if t not in before and t.name == "makeparallel-autosize"]
+        for thread in samplers:
+            thread.join(5)
+        assert not [t for t in samplers if t.is_alive()], "the sampling thread of the sizer replaced is left"
+    finally:
+        go.set()
+        if first_sizer is not None:  # (left sampling where the replacement did not stop it)
+            first_sizer.stop()
         backend.close(cancel_pending=True)
         backend.end_threads(5)

@@ -271,9 +271,14 @@ class ThreadBackend(QueueingBackend):
         cores = default_thread_count()
         sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores)
         with self._lock:  # as _stop_autosizer() swaps it
-            self._autosizer = sizer
+            # The sizer of an "auto" call from another thread, set since the stop above: it is
+            # replaced, and stopped here (left, its thread sampled for good, sizing nothing).
+            replaced, self._autosizer = self._autosizer, sizer
             self._sizer_stopped = False
             previous = self._num_threads
+        if replaced is not None:
+            replaced.stop()
+            replaced.join(_SIZER_ENDS_WITHIN)
         self._resize(cores, ..., sizer=sizer)  # not where a configure() ended the sizing since: its size stays
         try:
             self._start_if_current(sizer)
