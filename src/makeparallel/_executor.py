@@ -824,9 +824,11 @@ def _measured_by_the_task(fn: Callable[..., T]) -> tuple[Callable[..., T], str]:
     its instance is bound to it again. Any other ``fn`` runs as it is, under
     its own name.
     """
+    if id(getattr(fn, "__code__", None)) not in for_worker_functions:  # no import first: 0.3 us of each submit
+        return fn, _describe(fn)
     from ._metrics import profiled_layer  # (loaded where a wrapper was made)
 
-    layer = profiled_layer(fn) if id(getattr(fn, "__code__", None)) in for_worker_functions else None
+    layer = profiled_layer(fn)
     if layer is None:
         return fn, _describe(fn)
     if type(fn) is MethodType:  # a profiled method read on its instance (or class method on its class)
