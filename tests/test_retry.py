@@ -2655,6 +2655,13 @@ def test_a_subclass_whose_wait_fails_ends_the_task_with_its_error_and_a_note(way
     # it fails with its own error, a note saying why.
     policy = _WaitFails(on=ValueError, attempts=3)
     object.__setattr__(policy, "how", how)
+    notes = _notes_of_a_task_that_fails_once_under(policy, way)
+    problem = "raised LookupError: no backoff table here" if how == "raises" else "returned None, not a number"
+    assert any(f"not retried: the retry policy's wait(1) {problem}" in note for note in notes)
+
+
+def _notes_of_a_task_that_fails_once_under(policy: mp.Retry, way: str) -> list[str]:
+    """The notes of the ValueError of a task run ``way`` under ``policy``, which must not retry it."""
     calls: list[int] = []
 
     def fails() -> str:
@@ -2666,9 +2673,8 @@ def test_a_subclass_whose_wait_fails_ends_the_task_with_its_error_and_a_note(way
             _retrying._apply(policy, fails)()
         else:
             mp.parallel(backend=way, retry=policy)(fails)().get(timeout=10)
-    problem = "raised LookupError: no backoff table here" if how == "raises" else "returned None, not a number"
-    assert any(f"not retried: the retry policy's wait(1) {problem}" in note for note in raised.value.__notes__)
     assert len(calls) == 1
+    return raised.value.__notes__
 
 
 class _WaitsTooLongForAFloat(mp.Retry):
@@ -2686,19 +2692,8 @@ def test_a_subclass_whose_wait_is_an_int_too_large_for_a_float_waits_past_the_ti
     # It is infinitely many seconds, as everywhere else seconds are read: past the
     # policy's timeout, so the task fails with its own error and a note saying why.
     policy = _WaitsTooLongForAFloat(on=ValueError, attempts=3, timeout=30)
-    calls: list[int] = []
-
-    def fails() -> str:
-        calls.append(1)
-        raise ValueError("the task's own")
-
-    with pytest.raises(ValueError, match="the task's own") as raised:
-        if way == "caller":
-            _retrying._apply(policy, fails)()
-        else:
-            mp.parallel(backend=way, retry=policy)(fails)().get(timeout=10)
-    assert any("the retry policy's timeout of 30 s would pass before attempt 2" in note for note in raised.value.__notes__)
-    assert len(calls) == 1
+    notes = _notes_of_a_task_that_fails_once_under(policy, way)
+    assert any("the retry policy's timeout of 30 s would pass before attempt 2" in note for note in notes)
     assert policy._wait_after(1, ValueError("again"), None) == math.inf
     with no_retry_waits():
         assert policy._wait_after(1, ValueError("again"), None) == 0.0
