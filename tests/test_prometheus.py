@@ -434,3 +434,17 @@ def test_a_server_on_a_registry_with_another_collector_of_the_same_names_is_refu
     assert "another collector" in str(raised.value)
     with pytest.raises(ValueError, match="another collector"):  # the FastAPI and Flask /metrics
         metrics_registry(registry)
+
+
+@pytest.mark.timeout(30)
+def test_registering_twice_says_the_collector_is_there_already_and_what_to_do() -> None:
+    # prometheus_client's own refusal listed some 40 series names
+    # ("Duplicated timeseries in CollectorRegistry: {...}"), saying neither that
+    # makeparallel's collector was there already nor what to do about it.
+    with registered() as (registry, _):
+        with pytest.raises(ValueError, match="registered with this registry already") as raised:
+            mp_prometheus.register(registry)
+    message = str(raised.value)
+    assert "register it once per registry" in message
+    assert "Duplicated timeseries" not in message
+    assert isinstance(raised.value.__cause__, ValueError)  # prometheus_client's refusal, chained

@@ -206,12 +206,26 @@ def register(registry: Any = None) -> MakeparallelCollector:
     """Register a collector with ``registry`` (default: the global one); return it.
 
     Raises:
-        ValueError: ``registry`` has makeparallel's collector already (or
-            another collector of the same metric names).
+        ValueError: ``registry`` has makeparallel's collector already (each
+            metric would be served twice), or another collector of one of the
+            same metric names (the application's own ``makeparallel_tasks``).
+            prometheus_client's own refusal is chained as ``__cause__``.
     """
     client = _client()
     collector = MakeparallelCollector()
-    (registry if registry is not None else client.REGISTRY).register(collector)
+    registry = registry if registry is not None else client.REGISTRY
+    try:
+        registry.register(collector)
+    except ValueError as error:
+        # prometheus_client's refusal lists some 40 series names and says
+        # neither which collector holds them nor what to do.
+        if not _has_collector(registry):
+            raise
+        raise ValueError(
+            "makeparallel's collector is registered with this registry already "
+            "(makeparallel_tasks and its other metrics would be served twice): register it "
+            "once per registry; start_http_server() and the web routes keep the one there"
+        ) from error
     return collector
 
 
