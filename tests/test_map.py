@@ -1427,14 +1427,14 @@ def test_a_parallel_map_of_a_list_whose_first_item_is_small_sends_no_chunk_past_
     # A list is sliced: its items are in memory already, but a chunk of them is
     # what a worker process receives, pickled, in one message.
     largest = 0
-    start_chunk = _map._Mapper._start_chunk
+    start_chunk = _map._Mapper._submit_chunk  # every chunk a map submits
 
-    def recorded(self: Any, items: Any, start: int, budget: float | None, **options: Any) -> Any:
+    def recorded(self: Any, items: Any, start: int, budget: float | None, *args: Any, **options: Any) -> Any:
         nonlocal largest
         largest = max(largest, len(items))
-        return start_chunk(self, items, start, budget, **options)
+        return start_chunk(self, items, start, budget, *args, **options)
 
-    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    monkeypatch.setattr(_map._Mapper, "_submit_chunk", recorded)
     rows = list(SizedAhead(8 * MIB, 200, first_size=100))
     assert mp.parallel_map(index_of, rows, backend="thread") == list(range(200))
     assert largest * 8 * MIB <= DEFAULT_MAX_BYTES_IN_FLIGHT // 2, f"a chunk of {largest} items of 8 MiB"
@@ -1988,7 +1988,7 @@ def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monke
     monkeypatch.setattr(_map, "_FIRST_WAVE_SECONDS", 0.0)
     monkeypatch.setattr(_map, "_WHOLE_MAP_CHUNK_SECONDS", 1e-12)
     budgeted: list[Any] = []  # the chunks started under a budget, first wave first (kept: ids stay theirs)
-    start_chunk = _map._Mapper._start_chunk
+    start_chunk = _map._Mapper._submit_chunk  # every chunk a map submits
 
     def recorded(self: Any, items: Any, start: int, budget: float | None, *args: Any, **options: Any) -> Any:
         entry = start_chunk(self, items, start, budget, *args, **options)
@@ -2006,7 +2006,7 @@ def test_the_map_thread_never_runs_the_slow_rest_of_a_stopped_chunk_itself(monke
             claimed.append(handle)
         return ran
 
-    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    monkeypatch.setattr(_map._Mapper, "_submit_chunk", recorded)
     monkeypatch.setattr(mp.AsyncHandle, "_run_here_if_queued", spied)
     assert mp.parallel_map(triple_plus_one, list(range(40)), backend="thread") == [3 * x + 1 for x in range(40)]
     slow_rests = budgeted[2:]  # after the first wave's two chunks

@@ -207,13 +207,13 @@ def test_the_items_after_a_crash_in_a_first_chunk_run_under_its_budget(
     # after a crash in one must not run in one chunk on one worker, whatever they
     # cost: they stop at the budget too, and their rest is spread.
     started: list[tuple[int, int, float | None]] = []
-    start_chunk = _map._Mapper._start_chunk
+    start_chunk = _map._Mapper._submit_chunk  # every chunk a map submits
 
-    def recorded(self: Any, items: Any, start: int, budget: float | None, **options: Any) -> Any:
+    def recorded(self: Any, items: Any, start: int, budget: float | None, *args: Any, **options: Any) -> Any:
         started.append((start, len(items), budget))
-        return start_chunk(self, items, start, budget, **options)
+        return start_chunk(self, items, start, budget, *args, **options)
 
-    monkeypatch.setattr(_map._Mapper, "_start_chunk", recorded)
+    monkeypatch.setattr(_map._Mapper, "_submit_chunk", recorded)
     items = [Item(i, log, 0.03, "exit", culprits=(0,)) for i in range(24)]
     assert mp.parallel_map(work, items, backend="process", on_error="skip") == list(range(1, 24))
     ran_once(log, range(24))
@@ -767,6 +767,81 @@ def test_an_unpicklable_item_is_named_at_submission(count: int) -> None:
     pattern = rf"item {count // 3} \(<unlocked _thread\..*\) of the map cannot be sent to a worker process: TypeError"
     with pytest.raises(mp.TaskSerializationError, match=pattern):
         mp.parallel_map(str, items, backend="process")
+
+
+UNSENDABLE = 120  # the index of the item that cannot be pickled, of ITEMS
+
+
+def items_with_a_lock_at(log: str, at: int, kind: str) -> Any:
+    """``ITEMS`` items of ``work``, item ``at`` a lock (it cannot be pickled), as a list, a tuple or a generator."""
+    items: list[Any] = [Item(i, log, culprits=()) for i in range(ITEMS)]
+    items[at] = threading.Lock()
+    if kind == "list":  # sliced, of known length
+        return items
+    if kind == "tuple":  # iterated, of known length
+        return tuple(items)
+    return (item for item in items)  # iterated, of unknown length
+
+
+def unsendable_pattern(at: int) -> str:
+    return rf"^item {at} \(<unlocked _thread\..*\) of the map cannot be sent to a worker process: TypeError"
+
+
+@pytest.mark.parametrize("at", [0, 1, UNSENDABLE], ids=["first", "second", "later"])
+@pytest.mark.parametrize("chunksize", [None, 7, ITEMS], ids=["adaptive-chunks", "chunks-of-7", "one-chunk"])
+@pytest.mark.parametrize("kind", ["list", "tuple", "generator"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+@pytest.mark.parametrize("way", ["for", "async for", "parallel_map"])
+def test_an_unpicklable_item_ends_the_map_after_the_items_before_it(
+    way: str, ordered: bool, kind: str, chunksize: int | None, at: int, log: str
+) -> None:
+    # The map raised at the submission of the chunk holding the item, and handed out
+    # the results of the chunks that had ended by then only: 1 result of 500 of a list.
+    # Now the items before it run (those of its chunk too, in a chunk of their own),
+    # their results are handed out, then the error naming the item is raised, as
+    # for an input that raises there. No item after it runs, none twice.
+    items = items_with_a_lock_at(log, at, kind)
+    calls: list[tuple[int, int | None]] = []
+    options: dict[str, Any] = {
+        "backend": "process",
+        "ordered": ordered,
+        "chunksize": chunksize,
+        "timeout": 60,
+        "progress": lambda done, total: calls.append((done, total)),
+    }
+    got: list[Any] = []
+    with pytest.raises(mp.TaskSerializationError, match=unsendable_pattern(at)) as caught:
+        if way == "parallel_map":
+            mp.parallel_map(work, items, **options)
+        elif way == "for":
+            got.extend(mp.imap(work, items, **options))  # keeps what it took before the error
+        else:
+
+            async def main() -> None:
+                async for result in mp.imap(work, items, **options):
+                    got.append(result)
+
+            asyncio.run(main())
+    assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+    if way != "parallel_map":
+        assert (got if ordered else sorted(got)) == list(range(at))
+    ran_once(log, range(at))
+    assert calls[-1:] == ([(at, None if kind == "generator" else ITEMS)] if at else [])
+
+
+def test_an_unpicklable_item_leaves_nothing_running_on_the_workers(log: str) -> None:
+    # The chunks in flight before it end, and the pool takes the next map at once.
+    items = items_with_a_lock_at(log, UNSENDABLE, "list")
+    with pytest.raises(mp.TaskSerializationError, match=unsendable_pattern(UNSENDABLE)):
+        list(mp.imap(work, items, backend="process", chunksize=3))
+    assert mp.parallel_map(identity, range(50), backend="process") == list(range(50))
+    ran_once(log, range(UNSENDABLE))
+
+
+def test_an_unpicklable_item_maps_on_threads(log: str) -> None:
+    # Threads pickle nothing: the item is handed to the function as any other.
+    items = items_with_a_lock_at(log, UNSENDABLE, "generator")
+    assert mp.parallel_map(identity, items, backend="thread")[UNSENDABLE].locked() is False
 
 
 class HoldsALock:

@@ -42,7 +42,10 @@ names the item's index and a short repr; ``imap`` first hands out the results
 of the chunk's items before it (``keep_results_before``); with ``"skip"`` or
 ``"none"`` the chunk carries on. On worker processes each item's result is
 journaled in shared memory as it ends, so a worker that dies loses only the
-item it was running, and no item runs twice (``_process_chunks``). Ctrl-C, an
+item it was running, and no item runs twice (``_process_chunks``). An item
+that cannot be pickled ends the input there, as an error reading it does: the
+items before it run, their results are handed out, then its error is raised
+(``_Mapper._send_before_unsendable``). Ctrl-C, an
 error, a timeout or closing the ``imap`` iterator early cancels the chunks in
 flight; a running chunk stops before its next item.
 
@@ -495,7 +498,9 @@ def imap(
         ImportError: a progress bar is asked for and tqdm is not installed.
         TaskSerializationError: (while iterating) on worker processes, the
             function or an item cannot be pickled, whatever ``on_error``
-            says; the error names which (an item by its index and repr).
+            says; the error names which (an item by its index and repr). An
+            item's ends the input there: it is raised once the items before
+            it ran and their results were handed out, and no item after it runs.
         TaskTimeoutError: ``timeout`` passed (while iterating), or passed as a
             chunk waited for a slot under ``mp.set_max_concurrent_tasks`` or
             the function's ``max_concurrent``.
@@ -938,6 +943,9 @@ def parallel_map(
         TypeError, ValueError, ImportError, TaskTimeoutError: as :func:`imap`;
             also when the function or the items are missing, or given under
             both names.
+        TaskSerializationError: on worker processes, the function or an
+            item cannot be pickled, whatever ``on_error`` says; the error names
+            which. An item's is raised once the items before it ran.
         Exception: with ``on_error="raise"``, the first item error, as itself.
     """
     given_as = ("fn", "iterable")
@@ -1071,6 +1079,23 @@ def _raise_naming_the_item(
     not what the map was given. The function is tried first, as the chunk
     pickles it first: then every chunk would fail, whatever its items.
     """
+    found = _unsendable_item(error, fn, items, start)
+    if found is None:
+        raise error
+    raise found[1] from error
+
+
+def _unsendable_item(
+    error: TaskSerializationError, fn: Callable[[Any], Any], items: Sequence[Any], start: int
+) -> tuple[int, TaskSerializationError] | None:
+    """The offset in ``items`` of the first that cannot be pickled, and the error naming it (caused by ``error``, the chunk's).
+
+    ``None`` where each item alone can be (the chunk cannot be as a whole).
+
+    Raises:
+        TaskSerializationError: the map's function cannot be pickled
+            (:func:`refuse_unsendable_function`): every chunk would fail.
+    """
     from . import _serialization
 
     shown = fn.__wrapped__ if type(fn) is Awaited else fn
@@ -1079,12 +1104,14 @@ def _raise_naming_the_item(
         try:
             _serialization.dumps(item)
         except Exception as problem:
-            raise TaskSerializationError(
+            failure = TaskSerializationError(
                 f"{describe_item(start + offset, item)} of the map cannot be sent to a worker process: "
                 f"{type(problem).__name__}: {problem}. Every item must be picklable; backend='thread' "
                 "needs no pickling"
-            ) from error
-    raise error
+            )
+            failure.__cause__ = error
+            return offset, failure
+    return None
 
 
 def refuse_unsendable_function(fn: Callable[..., Any], named: str, error: TaskSerializationError) -> None:
@@ -1201,7 +1228,9 @@ class _Mapper:
         self._unsent: tuple[list[Any] | range, float | None] | None = None
         self._until_ready = UntilReady(self._next_ready, self._chunks_in_flight)  # ends such a wait (the chunks' ends wake it)
         self._exhausted = False
-        self._input_error: Exception | None = None  # what reading the input raised: raised after its items' results
+        # What ends the input early, raised after its items' results: what reading it raised, or the
+        # TaskSerializationError of an item that cannot be sent to a worker process (_send_before_unsendable).
+        self._input_error: Exception | None = None
         self._function_unpickles = False  # on a worker process: known once a chunk gave results (_after_unpickled)
         self._probed = False  # a chunk of no items was sent to learn it, and has not died
         self._probe_deaths = 0  # such chunks whose worker died before they told
@@ -1513,6 +1542,26 @@ class _Mapper:
         Raises:
             TaskTimeoutError: the map's ``timeout`` has passed, before the chunk
                 was submitted or as it waited for a slot.
+            TaskSerializationError: on worker processes, the chunk cannot be
+                pickled: the error names the map's function or the item at fault.
+        """
+        try:
+            return self._submit_chunk(items, start, budget, task, until_ready)
+        except TaskSerializationError as error:
+            _raise_naming_the_item(error, self._fn, items, start)
+
+    def _submit_chunk(
+        self,
+        items: Sequence[Any],
+        start: int,
+        budget: float | None,
+        task: ParallelFunction[..., list[Any]] | None = None,
+        until_ready: bool = False,
+    ) -> tuple[AsyncHandle[list[Any]], int] | None:
+        """:meth:`_start_chunk`, but a chunk that cannot be pickled raises the submission's ``TaskSerializationError`` as it is.
+
+        A map's new chunk is sent so (:meth:`_send`): that error does not say
+        which item is at fault, which :meth:`_send_before_unsendable` finds.
         """
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
@@ -1528,8 +1577,6 @@ class _Mapper:
             handle = None
         except ResultReady:  # the next result is ready: handed out first, this chunk submitted after it
             return None
-        except TaskSerializationError as error:
-            _raise_naming_the_item(error, self._fn, items, start)
         if handle is None:
             self._time_out()  # not while handling NoSlotInTime: the map's error alone is shown
         self._chunk_items[id(handle)] = (start, items, budget)
@@ -1599,12 +1646,17 @@ class _Mapper:
         """Submit a chunk read, with its time budget; return whether it was (else it is kept in :attr:`_unsent`).
 
         Its wait for a slot ends as the next result is ready, where a chunk is in flight.
+        A chunk that cannot be pickled is cut before its item at fault (:meth:`_send_before_unsendable`).
 
         Raises:
             TaskTimeoutError: as :meth:`_start_chunk`.
+            TaskSerializationError: as :meth:`_send_before_unsendable`.
         """
         chunk, budget = unsent
-        entry = self._start_chunk(chunk, self._read, budget, until_ready=bool(self._in_flight))
+        try:
+            entry = self._submit_chunk(chunk, self._read, budget, until_ready=bool(self._in_flight))
+        except TaskSerializationError as error:  # on worker processes: an item, or the function, cannot be pickled
+            return self._send_before_unsendable(chunk, budget, error)
         if entry is None:
             self._unsent = unsent
             return False
@@ -1612,6 +1664,32 @@ class _Mapper:
         self._in_flight.append(entry)
         self._read += len(chunk)
         self._items_in_flight += len(chunk)
+        return True
+
+    def _send_before_unsendable(
+        self, chunk: list[Any] | range, budget: float | None, error: TaskSerializationError
+    ) -> bool:
+        """Submit the items of ``chunk``, which could not be pickled, before its first that cannot be; as :meth:`_send`.
+
+        That item ends the input there, as an error reading it does
+        (:meth:`_read_into`): its ``TaskSerializationError``, which names it,
+        is raised once the results of the items before it are handed out
+        (:meth:`chunks`). The map raised it at once, and lost the results of
+        the chunks in flight and of the items of its chunk before it.
+
+        Raises:
+            TaskSerializationError: the map's function cannot be pickled (every
+                chunk would fail), or the chunk cannot be as a whole though each
+                of its items alone can be; ``TaskTimeoutError`` as :meth:`_start_chunk`.
+        """
+        found = _unsendable_item(error, self._fn, chunk, self._read)
+        if found is None:
+            raise error
+        offset, self._input_error = found
+        self._exhausted = True  # read no further: no item after it runs
+        if offset:
+            return self._send((chunk[:offset], budget))
+        self._unsent = None
         return True
 
     def _chunks_in_flight(self) -> list[AsyncHandle[list[Any]]]:
