@@ -869,6 +869,73 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
     assert states == ["cancelled"] * 10, f"Ctrl-C in gather left tasks going on: {states}"
 
 
+def stuck_for_good(folder: str) -> None:
+    """A process task that says it started, then never ends: only its worker's end stops it."""
+    from pathlib import Path
+
+    (Path(folder) / "started").write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def _gather_async(handles: Any) -> object:
+    import asyncio
+
+    return asyncio.run(mp.gather_async(handles))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "collect",
+    [mp.gather, mp.wait, lambda handles: list(mp.as_completed(handles)), _gather_async],
+    ids=["gather", "wait", "as_completed", "gather_async"],
+)
+def test_an_interrupt_while_a_collector_reads_a_generator_cancels_the_tasks_read(
+    collect: Callable[[Any], object], gate: threading.Event
+) -> None:
+    # mp.gather(f(x) for x in items): under a max_concurrent limit the generator's next
+    # call waits for a slot, and that is where Ctrl-C lands. The handles read until then
+    # were never cancelled: the collector had not seen them as a list yet.
+    @mp.parallel(backend="thread")
+    def held(x: int) -> int:
+        assert gate.wait(10)
+        return x
+
+    made: list[mp.AsyncHandle[int]] = []
+
+    def handles() -> Any:
+        for i in range(3):
+            made.append(held(i))
+            yield made[-1]
+        raise KeyboardInterrupt  # Ctrl-C in the next submit's wait for a slot
+
+    with pytest.raises(KeyboardInterrupt):
+        collect(handles())
+    states = [h.status for h in made]
+    gate.set()
+    assert states == ["cancelled"] * 3, f"Ctrl-C while reading the handles left tasks going on: {states}"
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupt_while_gather_reads_a_generator_gives_up_a_process_task_s_worker(tmp_path: Any) -> None:
+    # On processes the task read before Ctrl-C kept its worker busy for good.
+    mp.configure_process_pool(2)
+    stopped = mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0)
+    stuck = mp.parallel(backend="process")(stuck_for_good)
+    made: list[mp.AsyncHandle[None]] = []
+
+    def handles() -> Any:
+        made.append(stuck(str(tmp_path)))
+        yield made[-1]
+        assert wait_until(lambda: (tmp_path / "started").exists(), 30)  # it runs as Ctrl-C comes
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mp.gather(handles())
+    assert made[0].cancelled()
+    assert wait_until(lambda: mp.get_process_pool_info()["worker_restart_reasons"].get("stopped", 0) == stopped + 1, 30)
+    assert int((tmp_path / "started").read_text()) not in mp.get_process_pool_info()["worker_pids"]
+
+
 # CPython runs a pending signal's handler when a Python function starts and as a
 # C call returns (among other places), so Ctrl-C can surface as KeyboardInterrupt
 # at the entry of any of the library's functions that the main thread runs, or

@@ -74,9 +74,19 @@ def check_on_error(on_error: Any) -> OnError:
 
 
 def _as_handles(handles: Iterable[AsyncHandle[T]], caller: str) -> list[AsyncHandle[T]]:
-    """The handles as a list; a ``TypeError`` naming ``caller`` for anything else."""
+    """The handles as a list; a ``TypeError`` naming ``caller`` for anything else.
+
+    Ctrl-C while an iterator is read (``gather(f(x) for x in items)``, whose
+    next call may wait for a ``max_concurrent`` slot) cancels the tasks read
+    so far, as Ctrl-C while the collector waits does: nothing else can see
+    those handles again, and they ran on, a process task's worker kept busy.
+    """
+    items: list[AsyncHandle[T]] = []
     try:
-        items = list(handles)
+        items.extend(handles)  # not list(): what an iterator yielded before it raised stays in items
+    except KeyboardInterrupt:
+        cancel_and_stop([item for item in items if isinstance(item, AsyncHandle)])
+        raise
     except TypeError:
         if hasattr(handles, "__iter__"):
             raise  # the iterable itself failed: its own error says why
