@@ -486,6 +486,30 @@ def test_group_timeout_does_not_record_its_own_cancellations_as_failures(gate: t
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("asked", ["after the block", "inside the block"])
+def test_results_of_a_group_that_timed_out_raise_its_timeout(gate: threading.Event, asked: str) -> None:
+    # results() raises what leaving the block raised: the group's TaskTimeoutError, not
+    # the TaskCancelledError of the first task its timeout cancelled.
+    slow = Cancellable(gate)
+    with pytest.raises(mp.TaskTimeoutError) as caught, mp.ParallelContext(timeout=0.1, backend="thread") as ctx:
+        done = ctx.submit(square, 3)
+        ctx.submit(slow)
+        assert slow.started.wait(5) and done.wait(5)
+        if asked == "inside the block":
+            try:
+                ctx.results()  # meets the deadline: raises the timeout, as the block's end does
+            except mp.TaskTimeoutError:
+                pass
+            with pytest.raises(mp.TaskTimeoutError) as again:
+                ctx.results()  # every task has ended now: nothing left to wait for
+            assert "its 1 unfinished task(s) were cancelled" in str(again.value)
+    with pytest.raises(mp.TaskTimeoutError) as asked_after:
+        ctx.results()
+    assert str(asked_after.value) == str(caught.value)
+    assert slow.saw_cancellation.wait(5)
+
+
+@pytest.mark.timeout(20)
 def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> None:
     blockers = hold_the_pool(gate)
     queued = Recorder()

@@ -408,9 +408,14 @@ class ParallelContext:
     def results(self) -> list[Any]:
         """Wait for every task so far and return their results in submission order.
 
-        Raises the group's first failure, as leaving the block would.
+        Raises the group's first failure, or its timeout, as leaving the block would.
 
         Raises:
+            Exception: the group's first failure, as itself.
+            TaskTimeoutError: the group's ``timeout`` passed (met by this wait
+                or another of the group's, the block's end included): the
+                block's own error, with its count of the tasks it cancelled,
+                not the ``TaskCancelledError`` of one of them.
             RuntimeError: called from one of the group's own unfinished tasks,
                 which would wait for its own end.
         """
@@ -420,6 +425,8 @@ class ParallelContext:
         self._wait_all()
         if self.errors:
             raise self.errors[0]
+        if self._timing_out:  # its tasks, cancelled, are not failures: the timeout is what the block raised
+            self._time_out()
         return [handle.get() for handle in self.handles]
 
     @property
