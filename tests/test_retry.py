@@ -2677,6 +2677,43 @@ def _notes_of_a_task_that_fails_once_under(policy: mp.Retry, way: str) -> list[s
     return raised.value.__notes__
 
 
+class _Unprintable:
+    """A value whose repr() raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr here")
+
+
+class _WaitIsNoSeconds(mp.Retry):
+    """A retry policy whose own wait() returns ``value``, no number of seconds >= 0, that repr() cannot show."""
+
+    value: Any = None
+
+    def wait(self, failed_attempt: int) -> float:
+        return self.value  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("value", "shown_as"),
+    [(-(10**5000), "an int of about -10**5000"), (_Unprintable(), "a _Unprintable (its repr() raised RuntimeError)")],
+    ids=["negative-int-past-4300-digits", "repr-raises"],
+)
+@pytest.mark.parametrize("way", ["thread", "sync", "caller"])
+def test_a_subclass_whose_wait_returns_what_repr_cannot_show_ends_the_task_with_a_note(
+    way: str, value: Any, shown_as: str
+) -> None:
+    # The note saying the wait was no number of seconds took repr() of it, which raised
+    # (ValueError past 4300 digits, or the value's own error): on the pool's thread, under
+    # the task's lock, it killed that thread and the task never ended; in the caller's
+    # loop, its error replaced the task's. The task fails with its own error and the note.
+    policy = _WaitIsNoSeconds(on=ValueError, attempts=3)
+    object.__setattr__(policy, "value", value)
+    notes = _notes_of_a_task_that_fails_once_under(policy, way)
+    expected = f"not retried: the retry policy's wait(1) returned {shown_as}, not a number of seconds >= 0"
+    assert any(expected in note for note in notes), notes
+
+
 class _WaitsTooLongForAFloat(mp.Retry):
     """A retry policy whose own wait() gives an int too large for a float: longer than any timeout."""
 

@@ -118,6 +118,20 @@ def _check_on(
         raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
 
 
+def _shown_safely(value: Any) -> str:
+    """:func:`shown` of ``value``, or its type where its ``repr()`` raises: for a note written on a pool's thread.
+
+    A subclass's ``wait()`` may return anything; a note that raised as it
+    showed the value (``repr()`` of an int past 4300 digits, or a value's own
+    ``__repr__``) killed the thread, under the task's lock, as the value's
+    ``float()`` did.
+    """
+    try:
+        return shown(value)
+    except Exception as raised:  # noqa: BLE001  # any error of the user's __repr__: the note goes on without it
+        return f"a {type(value).__qualname__} (its repr() raised {type(raised).__name__})"
+
+
 @dataclass(frozen=True)
 class Retry:
     """When and how often to run a failed task again, and how long to wait between.
@@ -281,7 +295,7 @@ class Retry:
             # An int too large for a float is infinitely many seconds (float() of it raised
             # OverflowError, which killed the pool's thread that asked).
             return as_seconds(seconds) if waits_enabled() else 0.0
-        add_note(error, f"{what} returned {seconds!r}, not a number of seconds >= 0")
+        add_note(error, f"{what} returned {_shown_safely(seconds)}, not a number of seconds >= 0")
         return None
 
     def _backoff(self, failed_attempt: int) -> float:
