@@ -441,9 +441,8 @@ def test_registering_twice_says_the_collector_is_there_already_and_what_to_do() 
     # prometheus_client's own refusal listed some 40 series names
     # ("Duplicated timeseries in CollectorRegistry: {...}"), saying neither that
     # makeparallel's collector was there already nor what to do about it.
-    with registered() as (registry, _):
-        with pytest.raises(ValueError, match="registered with this registry already") as raised:
-            mp_prometheus.register(registry)
+    with registered() as (registry, _), pytest.raises(ValueError, match="registered with this registry already") as raised:
+        mp_prometheus.register(registry)
     message = str(raised.value)
     assert "register it once per registry" in message
     assert "Duplicated timeseries" not in message
