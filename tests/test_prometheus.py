@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
+import socket
 import sys
 import threading
 import urllib.request
@@ -390,6 +392,17 @@ def test_an_address_that_is_no_host_is_refused_rather_than_served_on_every_inter
     with pytest.raises(error, match=r"addr must be a host name or address, a non-empty str .*'0\.0\.0\.0'.*, got"):
         mp_prometheus.start_http_server(0, addr=addr, registry=registry)
     assert list(registry.collect()) == []  # refused before the collector was registered, and nothing served
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("addr", ["999.1.1.1", "no-such-host.invalid"])
+def test_an_address_that_cannot_be_served_on_is_named_in_the_error(addr: str) -> None:
+    """It raised the socket's "[Errno -2] Name or service not known", naming no address."""
+    registry = CollectorRegistry()
+    with pytest.raises(OSError, match=rf"cannot serve /metrics on {re.escape(addr)} port 0: ") as raised:
+        mp_prometheus.start_http_server(0, addr=addr, registry=registry)
+    assert isinstance(raised.value, socket.gaierror)  # the socket's own kind, its number kept
+    assert raised.value.errno == raised.value.__cause__.errno  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(30)

@@ -249,7 +249,9 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
             ``addr`` is empty, or ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
             served, the page would have none of the library's metrics.
-        OSError: ``addr:port`` cannot be bound (a server listens there already).
+        OSError: ``addr:port`` cannot be bound (a server listens there
+            already), or ``addr`` names no host (``socket.gaierror``): the
+            socket's error, of its kind and number, its message naming both.
     """
     client = _client()
     # A plain int: a socket address takes no NumPy one ("Int or String expected"). Checked
@@ -273,7 +275,14 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
         raise ValueError(wrong) if isinstance(addr, str) else TypeError(wrong)
     registry = registry if registry is not None else client.REGISTRY
     _register_once(registry)
-    return client.start_http_server(port, addr=addr, registry=registry)
+    try:
+        return client.start_http_server(port, addr=addr, registry=registry)
+    except OSError as error:
+        # The socket's own message named no address ("[Errno -2] Name or service not known",
+        # "[Errno 98] Address already in use"): said again, of the same kind and number.
+        if error.errno is None:
+            raise
+        raise type(error)(error.errno, f"cannot serve /metrics on {addr} port {port}: {error.strerror}") from error
 
 
 def _register_once(registry: Any) -> None:
