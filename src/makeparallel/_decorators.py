@@ -663,16 +663,15 @@ def _measured_by_the_task(fn: Callable[P, T], options: dict[str, Any]) -> tuple[
     the name ``@profiled`` gave it unless ``name=`` says another, as a
     function profiled again under another name is measured under that one alone.
     """
-    from ._metrics import profiled_layer  # (loaded: it made the wrapper)
+    from ._metrics import unprofiled  # (loaded: it made the wrapper)
 
-    layer = profiled_layer(fn)
-    if layer is None:
+    measured = unprofiled(fn)
+    if measured is None:
         return fn, options
+    function, layer = measured
     if layer.name is not None and not options.get("name"):
         options = {**options, "name": layer.record}  # kept by copies (options()) and for workers
-    if type(fn) is MethodType:  # a profiled method read on its instance (or class method on its class)
-        return MethodType(layer.function, fn.__self__), options
-    return layer.function, options
+    return function, options
 
 
 def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:

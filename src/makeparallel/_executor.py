@@ -826,14 +826,13 @@ def _measured_by_the_task(fn: Callable[..., T]) -> tuple[Callable[..., T], str]:
     """
     if id(getattr(fn, "__code__", None)) not in for_worker_functions:  # no import first: 0.3 us of each submit
         return fn, _describe(fn)
-    from ._metrics import profiled_layer  # (loaded where a wrapper was made)
+    from ._metrics import unprofiled  # (loaded where a wrapper was made)
 
-    layer = profiled_layer(fn)
-    if layer is None:
+    measured = unprofiled(fn)
+    if measured is None:
         return fn, _describe(fn)
-    if type(fn) is MethodType:  # a profiled method read on its instance (or class method on its class)
-        return MethodType(layer.function, fn.__self__), layer.record
-    return layer.function, layer.record
+    function, layer = measured
+    return function, layer.record
 
 
 def _advising_processes(spec: TaskSpec) -> TaskSpec:

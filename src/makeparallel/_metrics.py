@@ -49,6 +49,7 @@ __all__ = [
     "profiled",
     "profiled_layer",
     "reset_metrics",
+    "unprofiled",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -655,6 +656,21 @@ def profiled_layer(fn: Any) -> ProfiledLayer | None:
         return None
     layer = vars(fn).get("__profiled__")
     return layer if isinstance(layer, ProfiledLayer) else None
+
+
+def unprofiled(fn: Any) -> tuple[Callable[..., Any], ProfiledLayer] | None:
+    """The function ``fn`` measures, and its layer, if ``fn`` is a ``@profiled`` wrapper; else None.
+
+    For a task that is measured already, whatever runs it (``@parallel``,
+    ``mp.Executor``): a profiled method read on its instance (or a class
+    method on its class) gives its function bound to that again.
+    """
+    layer = profiled_layer(fn)
+    if layer is None:
+        return None
+    if type(fn) is MethodType:
+        return MethodType(layer.function, fn.__self__), layer
+    return layer.function, layer
 
 
 def _profiled_function(function: Callable[..., Any], counts: Counts) -> Callable[..., Any]:
