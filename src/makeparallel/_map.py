@@ -1783,9 +1783,7 @@ class _Mapper:
                 chunk.extend(itertools.islice(items, min(read, size - read, _SIZED_RUN)))
                 if len(chunk) == read:
                     break
-                last = chunk[-1]
-                grown = _estimated_size(last) if isinstance(last, _SIZED_INTO) else sys.getsizeof(last)
-                if len(chunk) * max(per_item, grown) > share:
+                if len(chunk) * max(per_item, _estimated_size(chunk[-1])) > share:
                     break
         except Exception as error:  # noqa: BLE001  # as _read_into: the input ends there, raised after the items read before it
             self._input_error = error
