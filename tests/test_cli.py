@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -336,3 +337,35 @@ def test_a_closed_standard_output_ends_the_command_quietly(argv: list[str], monk
     monkeypatch.setattr(sys, "stderr", errors)
     assert main(argv) == 0
     assert errors.getvalue() == ""
+
+
+# Every way standard output can refuse a write that is not a closed pipe: full
+# (`makeparallel info >/dev/full`, as a full disk is), or a descriptor opened
+# for reading only (`makeparallel info 1</dev/null`).
+_REFUSING_OUTPUTS = [
+    pytest.param("/dev/full", "w", "[Errno 28] No space left on device", id="full"),
+    pytest.param(os.devnull, "r", "[Errno 9] Bad file descriptor", id="read-only"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"], ["demo", "--quick"]])
+@pytest.mark.parametrize(("path", "mode", "error"), _REFUSING_OUTPUTS)
+def test_an_output_that_refuses_writes_ends_the_command_with_one_line(
+    argv: list[str], path: str, mode: str, error: str
+) -> None:
+    # It ended with an OSError traceback, and Python's own "Exception ignored"
+    # as it flushed standard output again at exit.
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not on this system")
+    with open(path, mode) as output:
+        completed = subprocess.run(
+            [sys.executable, "-m", "makeparallel", *argv],
+            stdout=output,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=100,
+            check=False,
+        )
+    assert completed.returncode == 1
+    assert completed.stderr == f"makeparallel {argv[0]}: error: cannot write to standard output: {error}\n"

@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import psutil
 
@@ -113,15 +113,55 @@ def _info(arguments: argparse.Namespace) -> int:
     try:
         info = collect_info()
     except ValueError as error:  # a bad MAKEPARALLEL_BACKEND: say so, no traceback
-        print(f"makeparallel info: error: {error}", file=sys.stderr)
+        _say(f"makeparallel info: error: {error}")
         return 1
-    print(json.dumps(info, indent=2) if arguments.json else _render_info(info))
+    print(json.dumps(info, indent=2) if arguments.json else _render_info(info), file=arguments.out)
     return 0
 
 
 def _demo(arguments: argparse.Namespace) -> int:
-    run_demo(quick=arguments.quick, out=sys.stdout)
+    run_demo(quick=arguments.quick, out=cast(TextIO, arguments.out))
     return 0
+
+
+class _OutputRefused(Exception):
+    """Standard output refused a write (full, or not open for writing): the ``OSError`` is the cause."""
+
+
+class _Output:
+    """Standard output as the commands write to it: a write it refuses raises :class:`_OutputRefused`.
+
+    So the command line tells that failure from any other ``OSError`` and
+    names it. A closed pipe stays ``BrokenPipeError``, which ends the
+    command quietly. ``None`` (descriptor 1 closed as Python started)
+    takes every write and keeps nothing, as ``print()`` does there.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if self._stream is None:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputRefused(error) from error
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputRefused(error) from error
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     A reader that stops reading (``makeparallel info | head -1``) ends the
     command with code 1 and no traceback, as Python's documentation advises
-    for a closed pipe. With standard output closed as it starts
+    for a closed pipe. An output that refuses a write otherwise (a full
+    disk, ``>/dev/full``; a descriptor open for reading only) ends it with
+    code 1 and one line on standard error that names the error, as ``ls``
+    does there, and no traceback. With standard output closed as it starts
     (``makeparallel info >&-``), it prints nothing, as ``print()`` does there. Ctrl-C ends it with code 130 (128 + ``SIGINT``, as a
     shell reports a command that Ctrl-C ended) and a line on standard error
     saying so: not with a traceback through the library, and the demo's
@@ -164,17 +207,33 @@ def main(argv: list[str] | None = None) -> int:
         SystemExit: with code 2 on a usage error (argparse prints the usage).
     """
     arguments = _parser().parse_args(argv)
+    # sys.stdout is None where descriptor 1 was closed as Python started: print() writes nothing there.
+    arguments.out = _Output(sys.stdout)
     try:
         code = int(arguments.run(arguments))
-        if sys.stdout is not None:  # None where descriptor 1 was closed as Python started: print() wrote nothing
-            sys.stdout.flush()  # here, where a closed pipe can be caught, not at exit, where Python prints it as ignored
+        arguments.out.flush()  # here, where a failure can be caught, not at exit, where Python prints it as ignored
     except BrokenPipeError:
         _silence_stdout()
         return 1
+    except _OutputRefused as refused:
+        # Silenced too: what it kept unwritten, flushed again at exit, failed again with Python's own message.
+        _silence_stdout()
+        _say(f"makeparallel {arguments.command}: error: cannot write to standard output: {refused.__cause__}")
+        return 1
     except KeyboardInterrupt:
-        print(f"makeparallel {arguments.command}: interrupted", file=sys.stderr)
+        _say(f"makeparallel {arguments.command}: interrupted")
         return 130
     return code
+
+
+def _say(line: str) -> None:
+    """Write ``line`` to standard error, if it takes it: the command's last word, which must not fail with a traceback."""
+    if sys.stderr is None:  # descriptor 2 closed as Python started (print() would write to stdout)
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # full, or closed
+        pass
 
 
 def _silence_stdout() -> None:
