@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -1974,3 +1975,42 @@ def test_a_loop_the_system_refuses_a_descriptor_fails_the_queued_tasks_and_the_n
         handle.get(timeout=30)
     assert info()["loop_deaths"] == 0 and mp.health()["live"]
     assert mp.parallel(backend="process")(os.getpid)().get(timeout=30) != os.getpid()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("as_map", [False, True], ids=["task", "map-item"])
+def test_a_worker_killed_as_the_pool_shuts_down_is_not_reported_replaced(tmp_path: Path, as_map: bool) -> None:
+    # Killed as a shutdown waited for its task, with nothing queued, it was counted as a
+    # restart and its task told "a new worker takes its place": the pool started none.
+    flags = Flags(str(tmp_path))
+    fresh_process_pool(1)
+    held = functools.partial(mark_then_wait, flags)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            mp.parallel_map(held, ["held"], backend="process") if as_map else on_process(held)("held").get(timeout=60)
+        except BaseException as error:  # (read below)
+            outcome.append(error)
+
+    running = threading.Thread(target=run)
+    running.start()
+    assert flags.wait("held", 30)
+    [pid] = info()["worker_pids"]  # (the pool's one worker, busy)
+    before = restarts()
+    shutting_down = threading.Thread(target=mp.shutdown, args=(60,))
+    shutting_down.start()
+    try:
+        assert wait_until(lambda: info()["closed"], 30)
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        running.join(60)
+        flags.set("teardown")
+        shutting_down.join(60)
+    [error] = outcome
+    assert isinstance(error, mp.WorkerCrashedError), repr(error)
+    assert re.search(r"SIGKILL.*the pool is shutting down, so no worker takes its place", str(error)), str(error)
+    assert "new worker" not in str(error)
+    assert restarts() == before
+    assert not _runtime._backends["process"]._recent_restarts  # type: ignore[attr-defined]  # no restart storm
+    mp.reset_shutdown()

@@ -71,6 +71,9 @@ TEMPLATE_DIED = (
     "with it; new workers take their place"
 )
 
+# A worker that died as its pool was shutting down, with no task left waiting for a worker: none is started.
+UNREPLACED = "the pool is shutting down, so no worker takes its place"
+
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
 _short_repr.maxother = 40
@@ -186,6 +189,7 @@ def disown_worker_death(error: BaseException) -> None:
         vars(error).pop("_how", None)
         vars(error).pop("_crash", None)
         vars(error).pop("_with_template", None)
+        vars(error).pop("_unreplaced", None)
         vars(error).pop("_lost_elsewhere", None)
     elif isinstance(error, TaskSerializationError):
         vars(error).pop("_unreadable", None)  # its own task's results, not the chunk's (after_unreadable)
@@ -380,7 +384,8 @@ def after_crash(
             chunk's worker (the process pool failed as a whole, say).
     """
     crash = getattr(error, "_crash", None)
-    with_template = getattr(error, "_with_template", False)
+    # None: the pool was shutting down and replaced no worker, template or not (_aftermath).
+    with_template: bool | None = None if getattr(error, "_unreplaced", False) else getattr(error, "_with_template", False)
     if crash is None:
         how = getattr(error, "_how", None)
         if how is not None:
@@ -398,7 +403,7 @@ def after_crash(
 
 
 def _with_culprit(
-    done: list[Any], how: str, with_template: bool, items: Sequence[Any], start: int, keep_going: bool
+    done: list[Any], how: str, with_template: bool | None, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
     """``done``, then the failure of the item after them, whose run ended its worker; and how many items they are.
 
@@ -415,23 +420,28 @@ def _with_culprit(
         )
     else:
         failure = WorkerCrashedError(
-            f"{item} of the map crashed its worker process ({how}); a new worker takes its place, and "
-            "the other items were not affected"
+            f"{item} of the map crashed its worker process ({how}); {_aftermath(with_template)}"
         )
     if not keep_going:
         raise failure
     return [*done, Failure(failure)], position + 1
 
 
+def _aftermath(with_template: bool | None) -> str:
+    """What came of a dead worker, for its chunk's items: ``None`` where the pool was shutting down and replaced none."""
+    replaced = UNREPLACED if with_template is None else "a new worker takes its place"
+    return f"{replaced}, and the other items were not affected"
+
+
 def _lost(
-    error: WorkerCrashedError, how: str, with_template: bool, items: Sequence[Any], start: int, keep_going: bool
+    error: WorkerCrashedError, how: str, with_template: bool | None, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
     """The failures of a chunk's items, none of which can be blamed alone for its worker's death; how many they are."""
     from .errors import WorkerCrashedError
 
     if len(items) == 1:
         return _with_culprit([], how, with_template, items, start, keep_going)
-    aftermath = TEMPLATE_DIED if with_template else "a new worker takes its place, and the other items were not affected"
+    aftermath = TEMPLATE_DIED if with_template else _aftermath(with_template)
     lost = WorkerCrashedError(
         f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
         f"process ({how}), which died with a result that could not be read back here, so no "

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpu_share import pool_thread_limits
 from .._cpus import usable_cpu_count, usable_cpus
-from .._process_chunks import TEMPLATE_DIED, keep_results_before
+from .._process_chunks import TEMPLATE_DIED, UNREPLACED, keep_results_before
 from .._remote_errors import attach_remote_traceback, described
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
@@ -1814,8 +1814,13 @@ class ProcessBackend(QueueingBackend):
             # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
             # exits: one that died with a task still running crashed, whatever it was to do next.
             crashed = worker.leaving and not worker.killing and bool(outstanding)
+            # Closed (a shutdown waits for the tasks), the pool starts a worker only for tasks still
+            # waiting for one: with none, this death is no restart, and its task's error says so. Counted
+            # and told "a new worker takes its place", it showed in the restarts (and a restart storm in
+            # health()) of a pool that was ending, and started none.
+            unreplaced = self._closed and not (self._queued or self._holding)
             restart = None  # counted once the worker is reaped, unless the system refused it its start
-            if not self._terminating and (crashed or not worker.retiring):
+            if not self._terminating and not unreplaced and (crashed or not worker.retiring):
                 restart = "initializer failed" if init_failure is not None else "crashed" if crashed else worker.stop_reason
         streamed = self._partials.pop(outstanding[0]._id, None) if outstanding and self._partials else None
         _close(worker)
@@ -1872,13 +1877,19 @@ class ProcessBackend(QueueingBackend):
                 how = describe_exit(code)
                 running = f"the worker process (pid {worker.process.pid}) running task {handle._id} ({handle.name})"
                 with_template = isinstance(worker.process, ForkedProcess) and worker.process.with_template
-                if with_template:
+                if unreplaced:
+                    error = WorkerCrashedError(
+                        f"{running} died with {how}; {UNREPLACED}, and no other task was affected"
+                    )
+                    error._unreplaced = True  # type: ignore[attr-defined]  # for a map: its message says so too
+                elif with_template:
                     error = WorkerCrashedError(f"{running} died with {how}: {TEMPLATE_DIED}")
-                    error._with_template = True  # type: ignore[attr-defined]  # for a map: no item to blame it on
                 else:
                     error = WorkerCrashedError(
                         f"{running} died with {how}; a new worker takes its place, and no other task was affected"
                     )
+                if with_template:
+                    error._with_template = True  # type: ignore[attr-defined]  # for a map: no item to blame it on
                 error._how = how  # type: ignore[attr-defined]  # for a map (_process_chunks)
                 if finished is not None:  # what a map chunk finished and how many items started ([], 0 for a task)
                     error._crash = (*finished, how)  # type: ignore[attr-defined]
