@@ -6,6 +6,7 @@ real interpreters in subprocesses, because only a real exit runs the exit hook.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import math
@@ -27,7 +28,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from makeparallel import _handle, _runtime
+from makeparallel import _admission, _handle, _runtime
 from makeparallel._admission import Limiter
 from makeparallel._backends._base import Backend, terminate_all
 from handler_scripts import CALLS_UNDER_THE_LOCK, REFUSED_OR_OK
@@ -1096,6 +1097,103 @@ def test_ctrl_c_as_shutdown_waits_for_the_workers_to_end_is_raised(gate: threadi
         gate.set()
     assert wait_until(lambda: not _pool_threads())
     mp.reset_shutdown()
+
+
+LIBRARY_THREADS = ("makeparallel-admission", "makeparallel-deadlines")
+
+
+def _library_threads() -> list[str]:
+    """The names of the admission and deadlines threads alive now."""
+    return sorted(t.name for t in threading.enumerate() if t.name in LIBRARY_THREADS and t.is_alive())
+
+
+def _admitted_from_a_loop_with_a_timeout() -> list[int]:
+    """Run three tasks with a timeout over a limit of one from an event loop: both threads start."""
+
+    @mp.parallel(max_concurrent=1, timeout=30)
+    def double(i: int) -> int:
+        return 2 * i
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*[double(i) for i in range(3)]))
+
+    return asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_ends_the_admission_and_deadlines_threads_and_later_use_starts_them_again() -> None:
+    # Each waited for work for good: a thread-leak check after shutdown() saw both.
+    assert _admitted_from_a_loop_with_a_timeout() == [0, 2, 4]
+    assert _library_threads() == sorted(LIBRARY_THREADS)
+    assert mp.shutdown(timeout_secs=10) is True
+    assert _library_threads() == []
+    mp.reset_shutdown()
+    assert _admitted_from_a_loop_with_a_timeout() == [0, 2, 4]
+    assert _library_threads() == sorted(LIBRARY_THREADS)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("retried", [False, True], ids=["plain", "retried"])
+def test_a_task_left_running_by_a_shutdown_still_times_out(gate: threading.Event, retried: bool) -> None:
+    # The deadlines thread stays while a task it must time out still runs, and ends after;
+    # also where its timeout is retried (on the closed pool, no attempt runs).
+    started = threading.Event()
+    retry = mp.Retry(on=TimeoutError, attempts=2, wait_initial=0.01, wait_jitter=0.0) if retried else None
+
+    @mp.parallel(timeout=0.5, retry=retry)
+    def runs_past_its_timeout() -> None:
+        started.set()
+        gate.wait(30)
+
+    handle = runs_past_its_timeout()
+    assert started.wait(10)
+    assert mp.shutdown(timeout_secs=0) is False
+    assert "makeparallel-deadlines" in _library_threads()
+    with pytest.raises((mp.TaskTimeoutError, mp.ShutdownError)):  # retried: the closed pool runs no attempt
+        handle.get(timeout=20)
+    assert wait_until(lambda: "makeparallel-deadlines" not in _library_threads(), 20)
+    gate.set()
+    assert wait_until_idle(10)
+    mp.reset_shutdown()
+    started.clear()
+    gate.clear()
+    with pytest.raises(mp.TaskTimeoutError):  # a new thread enforces the timeouts after the reset
+        runs_past_its_timeout().get(timeout=20)
+    gate.set()
+
+
+@pytest.mark.timeout(30)
+def test_a_step_handed_on_as_the_admission_thread_ends_runs_after_the_steps_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shutdown does not wait for good for a step that runs on (it joins within its bound),
+    # and a step handed on meanwhile starts a new thread, which runs it only once the old one
+    # ran its own: admissions stay in turn.
+    monkeypatch.setattr(_runtime, "_THREADS_END_WITHIN", 0.0)
+    in_first, release, ran = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        in_first.set()
+        assert release.wait(30)
+        ran.append(("first", threading.current_thread()))
+
+    _admission._hand_on(first)
+    assert in_first.wait(10)
+    assert mp.shutdown(timeout_secs=10) is True  # (the thread, in its step, is told to end)
+    old = _admission._thread
+    assert old is not None and old.is_alive()
+    _admission._hand_on(lambda: ran.append(("second", threading.current_thread())))
+    new = _admission._thread
+    assert new is not None and new is not old
+    release.set()
+    new_ended = _admission._admitter
+    old.join(10)
+    assert wait_until(lambda: len(ran) == 2, 10)
+    assert [name for name, _ in ran] == ["first", "second"]
+    assert [thread for _, thread in ran] == [old, new]
+    mp.reset_shutdown()
+    _admission.end_thread(10)
+    assert new_ended is not None and new_ended.is_set()
 
 
 @pytest.mark.timeout(30)

@@ -771,11 +771,13 @@ class PendingAdmission:
         handle._after_settle(announce)
 
 
-_steps: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-# The admission thread's flag that it ended, once one started; None before. Not Thread.is_alive():
-# a Ctrl-C inside it (CPython 3.11's bpo-45274 handling) marked the running thread as stopped, and
-# a second one started, which ran steps beside it, out of turn.
+# The admission thread's queue of steps; None in it tells the thread to leave (end_thread).
+_steps: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+# The admission thread's flag that it ended, once one started; None before, and once told to end.
+# Not Thread.is_alive(): a Ctrl-C inside it (CPython 3.11's bpo-45274 handling) marked the running
+# thread as stopped, and a second one started, which ran steps beside it, out of turn.
 _admitter: threading.Event | None = None
+_thread: threading.Thread | None = None  # that thread, for a shutdown to join (end_thread)
 _admitter_lock = threading.Lock()  # taken under a backend's lock, and nothing is taken under it
 # Seconds a _hand_on interrupted inside Thread.start() waits to learn whether the thread began
 # (as the thread pool's _spawn does): one that did says so at once.
@@ -786,14 +788,19 @@ _log = logging.getLogger("makeparallel")
 def _hand_on(step: Callable[[], None]) -> None:
     """Run ``step`` on the admission thread, one step at a time, in order; start the thread if need be.
 
+    A thread started while one told to end still runs its last steps
+    (:func:`end_thread`) runs its own once that one ended: in turn still.
+
     Raises:
         RuntimeError: no thread can start (the process limit counts threads).
     """
-    global _admitter
+    global _admitter, _thread
     with _admitter_lock:
         if _admitter is None or _admitter.is_set():
             began, ended = threading.Event(), threading.Event()
-            thread = threading.Thread(target=_admit_in_turn, args=(began, ended), name="makeparallel-admission", daemon=True)
+            thread = threading.Thread(
+                target=_admit_in_turn, args=(_steps, began, ended, _thread), name="makeparallel-admission", daemon=True
+            )
             try:
                 thread.start()
             except RuntimeError:
@@ -802,17 +809,46 @@ def _hand_on(step: Callable[[], None]) -> None:
                 # A Ctrl-C inside start() may land once the thread runs (start() then waits for it
                 # to begin): unnoted, it ran on beside the one the hand-over made again started.
                 if began.wait(_BEGINS_WITHIN):
-                    _admitter = ended
+                    _admitter, _thread = ended, thread
                 raise
-            _admitter = ended
+            _admitter, _thread = ended, thread
         _steps.put(step)
 
 
-def _admit_in_turn(began: threading.Event, ended: threading.Event) -> None:
+def end_thread(timeout: float) -> None:
+    """Have the admission thread end once it ran the steps queued, and join it, for at most ``timeout`` seconds (a shutdown's).
+
+    Left to wait for steps for good, it outlived ``shutdown()``: a thread-leak
+    check saw it. The next step starts a new one, with a queue of its own,
+    which runs once this one ended. Not joined from the thread itself (a
+    shutdown in a step). A Ctrl-C ends the join.
+    """
+    global _admitter, _steps
+    with _admitter_lock:
+        thread = _thread
+        if _admitter is None or _admitter.is_set() or thread is None:
+            return
+        _steps.put(None)
+        _steps = queue.SimpleQueue()
+        _admitter = None
+    if thread is not threading.current_thread():
+        _interruptible.join(thread, timeout)
+
+
+def _admit_in_turn(
+    steps: queue.SimpleQueue[Callable[[], None] | None],
+    began: threading.Event,
+    ended: threading.Event,
+    after: threading.Thread | None,
+) -> None:
     began.set()
     try:
+        if after is not None and after.is_alive():  # told to end, it may still run its last steps: in turn
+            after.join()
         while True:
-            step = _steps.get()
+            step = steps.get()
+            if step is None:  # told to end (end_thread): every step queued before ran
+                return
             try:
                 step()
             except BaseException:  # a fault of the library's own: the admissions after it must still go on
@@ -824,12 +860,12 @@ def _admit_in_turn(began: threading.Event, ended: threading.Event) -> None:
             # partial of its PendingAdmission) kept its task, ended, and the task's arguments.
             del step
     finally:
-        ended.set()  # (it never ends, short of a fault in the queue itself)
+        ended.set()
 
 
 def _reset_all_after_fork() -> None:
-    global _admitter, _admitter_lock, _steps
-    _admitter, _admitter_lock, _steps = None, threading.Lock(), queue.SimpleQueue()
+    global _admitter, _admitter_lock, _steps, _thread
+    _admitter, _admitter_lock, _steps, _thread = None, threading.Lock(), queue.SimpleQueue(), None
     for limiter in all_limiters():
         limiter._reset_after_fork()
 

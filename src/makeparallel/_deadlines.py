@@ -6,6 +6,11 @@ until the earliest deadline (or until an earlier one arrives) and then calls
 that attempt. Retries use the same heap: their entry's ``_expire()`` queues the
 next attempt. It is a daemon thread: it never holds up interpreter exit.
 
+A shutdown ends the thread once nothing needs it (:func:`end`): at once where
+no task waits for a deadline, else as the last one that does ends (a task left
+running by a shutdown whose wait ran out keeps its timeout). The next task
+with a timeout starts it again.
+
 Where no thread can start (at the user's process limit, which counts threads),
 the deadline waits on the heap, and the next one scheduled tries again, with a
 warning once: the error reached the caller, the process pool's loop thread,
@@ -26,15 +31,19 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-from ._interruptible import bounded
+from ._interruptible import bounded, join
 
-__all__ = ["Due", "held", "schedule"]
+__all__ = ["Due", "end", "held", "keep", "schedule"]
 
 
 class Due(Protocol):
     """What the heap holds: a handle (its timeout) or a retry entry."""
 
     def _expire(self) -> None: ...
+
+    def _spent(self) -> bool:
+        """Whether ``_expire()`` would do nothing now, nor ever: what :func:`end` lets go of."""
+        ...
 
 
 _condition = threading.Condition(threading.Lock())
@@ -49,6 +58,13 @@ _order = itertools.count()  # breaks ties between equal deadlines without compar
 _held: dict[int, Due] = {}
 _thread: threading.Thread | None = None
 _warned = False  # that no thread could start, since one last did
+# A shutdown asked the thread to end once nothing needs it (end); cleared by a reset (keep) and
+# for a new thread, not by schedule(): an entry scheduled after the shutdown for what it left
+# running (a map's stop of its tasks) would otherwise keep the thread once it was spent.
+_ending = False
+# Seconds between looks, while ending, for entries spent before their deadline (their task ended): none
+# tells the thread, which would otherwise stay until the last deadline, an hour's timeout's maybe.
+_LOOK_AGAIN_WITHIN = 1.0
 _log = logging.getLogger("makeparallel")
 
 
@@ -57,7 +73,7 @@ def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
 
     ``weakly``: forget it if nothing else holds ``handle`` by then.
     """
-    global _thread, _warned
+    global _thread, _warned, _ending
     warn = False
     with _condition:
         ref: Callable[[], Due | None] = weakref.ref(handle) if weakly else (lambda: handle)
@@ -67,6 +83,7 @@ def schedule(handle: Due, deadline: float, *, weakly: bool = False) -> None:
         heapq.heappush(_heap, entry)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_watch, name="makeparallel-deadlines", daemon=True)
+            _ending = False  # a new thread, for a new use
             try:
                 _thread.start()
                 _warned = False
@@ -95,10 +112,62 @@ def held() -> list[Due]:
         return list(_held.values())
 
 
+def end(timeout: float) -> None:
+    """End the thread once nothing needs it, and join it if that is now, for at most ``timeout`` seconds (a shutdown's).
+
+    The entries spent (their task ended, or dropped) are let go now. Where one
+    is left (a task still running, its timeout to enforce), the thread stays
+    and ends once the last one is spent or expired (an entry scheduled
+    meanwhile, for what the shutdown left running, is one more); a reset (:func:`keep`) keeps it, and the
+    next :func:`schedule` after it ended starts a new one. Not joined from the thread itself (a
+    shutdown from its ``_expire()``). A Ctrl-C ends the join.
+    """
+    global _ending
+    with _condition:
+        thread = _thread
+        if thread is None:
+            return
+        _ending = True
+        _drop_spent_locked()
+        _condition.notify()
+        if _heap:
+            return
+    if thread is not threading.current_thread():
+        join(thread, timeout)
+
+
+def keep() -> None:
+    """A reset (``reset_shutdown()``): the thread stays, where a shutdown had it end once nothing needed it."""
+    global _ending
+    with _condition:
+        _ending = False
+
+
+def _drop_spent_locked() -> None:
+    """Let go of the entries whose ``_expire()`` would do nothing now, nor ever."""
+    kept = []
+    for entry in _heap:
+        due = entry[2]()
+        if due is None or due._spent():
+            _held.pop(entry[1], None)
+        else:
+            kept.append(entry)
+    if len(kept) != len(_heap):
+        _heap[:] = kept
+        heapq.heapify(_heap)
+
+
 def _watch() -> None:
+    global _thread
     while True:
         with _condition:
             while True:
+                if _ending:
+                    _drop_spent_locked()
+                    if not _heap:  # a shutdown asked, and nothing needs the thread: it ends
+                        if _thread is threading.current_thread():
+                            _thread = None  # (under the lock: the next schedule() starts a new one)
+                        return
                 if _heap:
                     delay = _heap[0][0] - time.perf_counter()
                     if delay <= 0:
@@ -106,6 +175,8 @@ def _watch() -> None:
                         handle = ref()
                         _held.pop(order, None)
                         break
+                    if _ending:
+                        delay = min(delay, _LOOK_AGAIN_WITHIN)
                     # A timeout of centuries overflows a lock's wait (OverflowError) and killed
                     # the thread: wait at most what the platform takes, then look again.
                     _condition.wait(bounded(delay))
@@ -141,7 +212,8 @@ def busy() -> bool:
 
 
 def _reset_after_fork() -> None:
-    global _condition, _thread, _warned
+    global _condition, _thread, _warned, _ending
+    _ending = False
     _condition = threading.Condition(threading.Lock())
     _heap.clear()
     _held.clear()

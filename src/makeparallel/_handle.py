@@ -971,6 +971,10 @@ class AsyncHandle(Generic[T_co]):
             return
         backend._abandoned(self)
 
+    def _spent(self) -> bool:
+        """Whether the task ended: its deadline's :meth:`_expire` does nothing then (:func:`._deadlines.end`)."""
+        return self._state >= SUCCEEDED
+
     def _timeout_error(self) -> TaskTimeoutError:
         """The error of the attempt under way, past its timeout."""
         # An async task's coroutine is cancelled where the pool runs it here: advice to call
@@ -1941,3 +1945,7 @@ class _StopIfRunning:
         for handle in self._handles:
             if not handle._code_done and handle._state == self._state:
                 handle._backend._stop_abandoned(handle)
+
+    def _spent(self) -> bool:
+        """Whether none of its tasks is left to force: each one's code returned, or it ended otherwise."""
+        return all(handle._code_done or handle._state != self._state for handle in self._handles)

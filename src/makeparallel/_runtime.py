@@ -1056,7 +1056,10 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = False) ->
     cancelled as it ran, which a thread cannot be stopped in), and its own thread
     where it is a worker (called from a task or a callback). The idle ones end at
     once; one still in a callback of a task that ended is waited for, unless the
-    wait for the tasks ran out (no busy worker is waited for then). A Ctrl-C
+    wait for the tasks ran out (no busy worker is waited for then). Within
+    that second it also ends and joins the library's admission thread and, unless a task
+    left running still has a timeout to enforce (it then ends with the last
+    such task), its deadlines thread; the next use starts them again. A Ctrl-C
     there is raised, as in the wait for the tasks.
 
     Args:
@@ -1560,6 +1563,7 @@ def _reset_shutdown_locked() -> None:
         limiter.reopen()
     for backend in _all_backends():
         backend.reopen()
+    _deadlines.keep()
 
 
 def _begin_stopping_workers() -> bool:
@@ -1794,7 +1798,7 @@ def _unfinished(backends: list[Backend]) -> int:
 
 
 def _end_threads(backends: list[Backend], finished: bool) -> None:
-    """Join the worker threads of ``backends`` that have no task left, for at most ``_THREADS_END_WITHIN`` seconds in all.
+    """Join the worker threads of ``backends`` that have no task left, and the admission and deadlines threads, for at most ``_THREADS_END_WITHIN`` seconds in all.
 
     ``finished``: every task ended in the shutdown's wait, and a busy worker is
     in a callback, waited for too; else only the idle ones are.
@@ -1802,6 +1806,11 @@ def _end_threads(backends: list[Backend], finished: bool) -> None:
     deadline = time.monotonic() + _THREADS_END_WITHIN
     for backend in backends:
         backend.end_threads(max(0.0, deadline - time.monotonic()), finished)
+    # The library's own threads too, which waited for work for good: the admission thread
+    # runs the steps queued, and the deadlines thread stays while a task left running has a
+    # timeout to enforce. The next use starts each again.
+    _admission.end_thread(max(0.0, deadline - time.monotonic()))
+    _deadlines.end(max(0.0, deadline - time.monotonic()))
 
 
 def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:

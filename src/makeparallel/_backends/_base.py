@@ -562,6 +562,10 @@ class _RetryDue:
     def _expire(self) -> None:
         self.handle._retry_due()
 
+    def _spent(self) -> bool:
+        """Whether its task ended (given up at a shutdown, cancelled): no attempt is due then."""
+        return self.handle._state >= SUCCEEDED
+
     def give_up(self) -> None:
         """Shutdown: end the task with its last error now, rather than at its due time."""
         self.handle._give_up_retrying(SHUT_DOWN)
