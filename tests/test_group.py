@@ -509,6 +509,64 @@ def test_results_of_a_group_that_timed_out_raise_its_timeout(gate: threading.Eve
     assert slow.saw_cancellation.wait(5)
 
 
+GROUP_TIMEOUT_MET_BY = ["the block's end", "results()", "submit", "map", "another thread's submit"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("met_by", GROUP_TIMEOUT_MET_BY)
+def test_the_groups_own_timeout_is_no_failure_wherever_it_is_raised(gate: threading.Event, met_by: str) -> None:
+    # Met by the block's end, the group's timeout left ctx.errors empty: it is the
+    # group's own ending, not a task's failure. Met by ctx.results() or a submit (or
+    # ctx.map) waiting for a slot inside the block, it left the block as the body's
+    # error, and was kept in ctx.errors as a failure. Wherever met, the block raises
+    # the group's TaskTimeoutError and ctx.errors holds no failure.
+    mp.configure_thread_pool(2)
+    slow = Cancellable(gate)
+    given: list[BaseException] = []
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(square, 2)
+        except BaseException as error:  # noqa: BLE001  # (raised below, in the test's thread)
+            given.append(error)
+
+    timed_out = pytest.raises(mp.TaskTimeoutError, match="the group timed out after 0.2 s")
+    with timed_out as caught, mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread") as ctx:
+        ctx.submit(slow)  # holds the group's one slot past its timeout
+        assert slow.started.wait(5)
+        if met_by == "results()":
+            ctx.results()
+        elif met_by == "submit":
+            ctx.submit(square, 2)  # no slot until the deadline
+        elif met_by == "map":
+            ctx.map(square, [2, 3])
+        elif met_by == "another thread's submit":
+            giver = threading.Thread(target=give, args=(ctx,))
+            giver.start()
+            giver.join(10)
+            assert len(given) == 1, given
+            raise given[0]  # the body raises what its thread was told
+    assert ctx.errors == [], f"the group's own timeout, met by {met_by}, was kept as a failure: {ctx.errors!r}"
+    assert slow.saw_cancellation.wait(5)
+    if met_by != "the block's end":
+        with pytest.raises(mp.TaskTimeoutError) as asked_after:
+            ctx.results()
+        assert str(asked_after.value) == str(caught.value)
+
+
+@pytest.mark.timeout(20)
+def test_an_inner_groups_timeout_is_a_failure_of_the_outer_group(gate: threading.Event) -> None:
+    # Only a group's own timeout is not its failure: an inner group's, raised out of
+    # the outer block, is the outer body's error, as any other.
+    slow = Cancellable(gate)
+    inner = mp.ParallelContext(timeout=0.1, backend="thread")
+    with pytest.raises(mp.TaskTimeoutError) as caught, mp.ParallelContext(backend="thread") as outer, inner:
+        inner.submit(slow)
+        assert slow.started.wait(5)
+    assert outer.errors == [caught.value]
+    assert inner.errors == []
+
+
 @pytest.mark.timeout(20)
 def test_group_timeout_leaves_queued_tasks_never_run(gate: threading.Event) -> None:
     blockers = hold_the_pool(gate)

@@ -55,7 +55,8 @@ class ParallelContext:
             ``mp.set_max_concurrent_tasks``): past it, nothing is submitted
             and ``submit`` times the group out (the block then raises
             ``TaskTimeoutError`` too, though that ``submit`` ran on another
-            thread).
+            thread). Wherever it is met, the timeout is the group's own
+            ending, not a failure: ``ctx.errors`` does not hold it.
         max_concurrent: at most this many of the group's tasks in flight; a
             submission over the limit waits until one ends (within the
             group's ``timeout``: past it, ``submit`` times the group out).
@@ -125,10 +126,15 @@ class ParallelContext:
         self._timed_out: str | None = None
         # The refusals this group raised since it failed: one that ends the body is not its failure.
         self._refusals: weakref.WeakSet[BaseException] = weakref.WeakSet()
+        # The TaskTimeoutErrors this group raised (results(), a submit, on any thread): one that ends the
+        # body is the group's own ending, as at the block's end, not a failure for ctx.errors.
+        self._timeouts: weakref.WeakSet[BaseException] = weakref.WeakSet()
         # The body's failure, until a task's end records the same object: then it was that task's.
         self._body_error: BaseException | None = None
         self.errors: list[BaseException] = []
-        """Every failure of the group's tasks (and of the body), in the order seen; each once."""
+        """Every failure of the group's tasks (and of the body), in the order seen; each once.
+
+        Not the group's own timeout, wherever it was met (the block's end, ``results()``, a submit)."""
 
     def __enter__(self) -> ParallelContext:
         if self._ended:  # as asyncio.TaskGroup: its tasks and errors are those of the block that ended
@@ -144,14 +150,19 @@ class ParallelContext:
         traceback: TracebackType | None,
     ) -> None:
         refused = exc is not None and exc in self._refusals  # the body submitted on after a failure
-        if exc is not None and not refused:
+        # The group's own timeout, met inside the block (results(), a submit waiting for a slot): its
+        # tasks are cancelled already, and it ends the block as the block's end meeting it does.
+        timed_out = exc is not None and exc in self._timeouts
+        if exc is not None and not refused and not timed_out:
             self._fail(exc, raised_by_the_body=True)
         try:
             self._wait_to_end()
-        except BaseException:
+        except BaseException as error:
             self._cancel_unfinished()  # a task made after this sees _cancelling: it is cancelled as made
             with self._lock:
                 self._ended = True
+            if timed_out and error in self._timeouts:
+                return  # the same timeout, met again: the body's is raised, as it was
             raise
         if refused:  # the failure that made the group refuse, as the block had not seen it
             failure = self.errors[0]
@@ -632,7 +643,9 @@ class ParallelContext:
             with self._lock:
                 while self._timed_out is None:  # in slices: made by an interrupted wait, it may come untold
                     _interruptible.wait(self._made, _interruptible.SLICE)
-        raise TaskTimeoutError(self._timed_out)
+        error = TaskTimeoutError(self._timed_out)
+        self._timeouts.add(error)  # if it ends the body, it is the group's ending, not a failure
+        raise error
 
     def _timeout_message(self, cancelled: int | None) -> str:
         """What the group's timeout says, having cancelled ``cancelled`` tasks (``None``: interrupted, unknown)."""
