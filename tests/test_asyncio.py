@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -3079,6 +3079,91 @@ def test_an_imap_iterates_one_way_only() -> None:
 
     run(main())
     iterator.close()
+
+
+# -- imap and as_completed are async iterators themselves ---------------------------------------
+
+
+def _async_iterable_results(kind: str, backend: str) -> tuple[Any, list[int]]:
+    """What ``kind`` returns over -1..-4 on ``backend``, and its values in an order that compares (sorted)."""
+    if kind == "as_completed":
+        task = mp.parallel(backend=backend)(abs)
+        return mp.as_completed([task(-n) for n in range(1, 5)]), [1, 2, 3, 4]
+    return mp.imap(abs, [-1, -2, -3, -4], ordered=kind == "imap", chunksize=1, backend=backend), [1, 2, 3, 4]
+
+
+def _value(kind: str, got: Any) -> int:
+    return got.get() if kind == "as_completed" else got  # type: ignore[no-any-return]
+
+
+ASYNC_ITERABLE_RESULTS = ["imap", "imap unordered", "as_completed"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+@pytest.mark.parametrize("kind", ASYNC_ITERABLE_RESULTS)
+def test_what_async_for_reads_is_an_async_iterator_itself(kind: str, backend: str) -> None:
+    # `async for` worked, through __aiter__, which made a new async generator; but
+    # the object itself had no __anext__, so `await anext(mp.imap(...))` raised
+    # TypeError ("not an async iterator"), and so did `anext` over as_completed.
+    # Each is an async iterator now, as aiter() of it is: anext() reads the next
+    # value, and `async for` goes on from there (aiter() gives one iteration, always).
+    async def main() -> None:
+        results, expected = _async_iterable_results(kind, backend)
+        assert isinstance(results, AsyncIterator)
+        assert aiter(results) is aiter(results)
+        first = _value(kind, await anext(results))
+        rest = [_value(kind, got) async for got in results]
+        assert sorted([first, *rest]) == expected
+        assert (first, rest) == (1, [2, 3, 4]) or kind != "imap"
+        with pytest.raises(StopAsyncIteration):
+            await anext(results)
+        assert await anext(results, "ended") == "ended"
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ASYNC_ITERABLE_RESULTS)
+def test_an_async_iterated_result_still_iterates_with_for(kind: str) -> None:
+    # Being an async iterator takes nothing from the synchronous one.
+    results, expected = _async_iterable_results(kind, "thread")
+    assert isinstance(results, Iterator) and iter(results) is results
+    assert sorted(_value(kind, got) for got in results) == expected
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["imap", "as_completed"])
+def test_aclose_after_anext_stops_what_is_left(kind: str, gate: threading.Event) -> None:
+    # An async generator has aclose(), and aiter() of these gave one: they keep it.
+    # Closed after its first value, an imap cancels its chunks in flight; as_completed
+    # stops following its handles (they go on, as after leaving its loop).
+    resize(2)
+    started = threading.Event()
+
+    def held(x: int) -> int:
+        if x:
+            started.set()
+            poll_until_stopped(gate)
+        return x
+
+    async def main() -> None:
+        if kind == "imap":
+            results: Any = mp.imap(held, [0, 1], chunksize=1, backend="thread")
+        else:
+            task = mp.parallel(backend="thread")(held)
+            handles = [task(0), task(1)]
+            results = mp.as_completed(handles)
+        first = await anext(results)
+        assert _value(kind, first) == 0
+        await on_a_thread(lambda: started.wait(20))
+        await results.aclose()
+        assert await anext(results, "ended") == "ended"
+
+    run(main())
+    if kind == "as_completed":
+        gate.set()
+    assert wait_until_idle(20)
 
 
 # -- context variables ---------------------------------------------------------------------

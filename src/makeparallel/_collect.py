@@ -22,7 +22,14 @@ import queue
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+)
 from concurrent import futures
 from typing import Any, Literal, NamedTuple, TypeVar, overload
 
@@ -485,8 +492,13 @@ def as_completed(
     return Completed(pending, check_wait_timeout(timeout))
 
 
-class Completed(Iterator[AsyncHandle[T]]):
-    """What :func:`as_completed` returns: iterable with ``for`` and with ``async for``.
+class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
+    """What :func:`as_completed` returns: an iterator and an async iterator.
+
+    Read it with ``for`` or ``next()``, or in asyncio code with ``async for``
+    or ``await anext()``. ``async for`` and ``anext()`` read one iteration:
+    ``anext()`` then ``async for`` reads on from there. ``aiter()`` of it is
+    the async generator both read, as for :class:`~makeparallel._map.MapIterator`.
 
     It follows the handles not yet yielded (to cancel them on Ctrl-C) and lets
     go of each one as it is yielded, so a result the consumer dropped is freed
@@ -498,16 +510,46 @@ class Completed(Iterator[AsyncHandle[T]]):
         self._pending = pending
         self._timeout = timeout
         self._iterator: Iterator[AsyncHandle[T]] | None = None
+        # What `async for` and anext() read, made at the first of them (their own, as aiter()
+        # gave it, had no __anext__ on this object: `await anext(mp.as_completed(...))` was a TypeError).
+        self._async_iterator: AsyncIterator[AsyncHandle[T]] | None = None
 
     def __next__(self) -> AsyncHandle[T]:
         if self._iterator is None:
             self._iterator = _yield_completed(self._pending, self._timeout)
         return next(self._iterator)
 
-    def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:
-        from ._async_collect import as_completed_async  # asyncio only for async callers
+    def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:  # noqa: PYI034  # (not self: see MapIterator)
+        """The async generator ``async for`` reads, which ``anext()`` on this object reads too; one per call."""
+        return self._async_started()
 
-        return as_completed_async(self._pending, self._timeout)
+    def __anext__(self) -> Awaitable[AsyncHandle[T]]:
+        """The next handle to end, awaited (``await anext(it)``); ``StopAsyncIteration`` once all were.
+
+        Raises:
+            TaskTimeoutError: the ``timeout`` of :func:`as_completed` passed.
+        """
+        iterator = self._async_iterator
+        if iterator is None:
+            iterator = self._async_started()
+        return iterator.__anext__()  # the generator's own awaitable: no frame of ours per handle
+
+    async def aclose(self) -> None:
+        """Stop following the handles (they go on), awaited; every ``anext()`` after it raises ``StopAsyncIteration``.
+
+        What ``aiter()`` of it gave, an async generator, had it.
+        """
+        iterator = self._async_started()
+        await iterator.aclose()  # type: ignore[attr-defined]  # (an async generator: as_completed_async)
+
+    def _async_started(self) -> AsyncIterator[AsyncHandle[T]]:
+        """The async generator ``async for`` and ``anext()`` read, made at the first of them."""
+        if self._async_iterator is None:
+            # asyncio only for async callers
+            from ._async_collect import as_completed_async
+
+            self._async_iterator = as_completed_async(self._pending, self._timeout)
+        return self._async_iterator
 
 
 def taken(pending: dict[AsyncHandle[T], None], handle: AsyncHandle[T]) -> AsyncHandle[T]:
