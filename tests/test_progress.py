@@ -568,6 +568,37 @@ def test_a_total_over_a_generator_reaches_imap_iterated_with_async_for(
     assert [made["total"] for made in recording_auto_tqdm] == [8]
 
 
+def _imap_with_async_for(items: list[int], progress: Any) -> list[int]:
+    import asyncio
+
+    async def collect() -> list[int]:
+        return [x async for x in mp.imap(double, items, progress=progress)]
+
+    return asyncio.run(collect())
+
+
+EMPTY_BATCHES: dict[str, Callable[[Any], list[Any]]] = {
+    "gather": lambda progress: mp.gather([], progress=progress),
+    "parallel_map": lambda progress: mp.parallel_map(double, [], progress=progress),
+    "parallel_map unordered": lambda progress: mp.parallel_map(double, [], ordered=False, progress=progress),
+    "imap": lambda progress: list(mp.imap(double, [], progress=progress)),
+    "imap with async for": lambda progress: _imap_with_async_for([], progress),
+}
+
+
+@pytest.mark.parametrize("collector", list(EMPTY_BATCHES))
+def test_every_collector_gives_an_empty_batch_a_bar_of_total_0(
+    collector: str, recording_auto_tqdm: list[dict[str, Any]], no_bar_left_open: None
+) -> None:
+    # An empty input has a length, 0: the bar's total, in every collector alike (tqdm
+    # draws a total of 0 as "0item", as it draws tqdm([])), and a callable is never called.
+    assert EMPTY_BATCHES[collector](True) == []
+    assert [made["total"] for made in recording_auto_tqdm] == [0]
+    recorder = Recorder()
+    assert EMPTY_BATCHES[collector](recorder) == []
+    assert recorder.calls == []
+
+
 def test_a_total_that_is_wrong_about_a_generator_changes_no_result(
     backend: str, recording_auto_tqdm: list[dict[str, Any]], no_bar_left_open: None
 ) -> None:
