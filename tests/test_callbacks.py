@@ -334,7 +334,7 @@ def test_callbacks_registered_after_success_run_at_once_here(backend: str) -> No
     assert recorders["done"].args == [(handle,)]
     assert recorders["done"].threads == [me]
     assert recorders["error"].calls == []
-    assert recorders["progress"].calls == []
+    assert recorders["progress"].calls == [((1.0,), me, threading.current_thread().name)]  # get_progress()'s
 
 
 def test_callbacks_registered_after_failure_run_at_once_here(backend: str) -> None:
@@ -372,21 +372,24 @@ def test_callbacks_registered_after_timeout_run_at_once_here(
     assert recorders["complete"].calls == []
 
 
-def test_progress_callback_registered_after_success_gets_the_last_report(
-    backend: str,
+@pytest.mark.parametrize("reports", [(), (0.25, 0.5)])
+def test_progress_callback_registered_after_success_gets_what_get_progress_says(
+    backend: str, reports: tuple[float, ...]
 ) -> None:
+    # It was called with the last report (0.5), or not at all where none came,
+    # while get_progress() said 1.0: an ended task's callback gets its final state,
+    # as add_done_callback's does.
     @mp.parallel(backend=backend)
     def work() -> None:
-        mp.report_progress(0.25)
-        mp.report_progress(0.75, "almost")
+        for fraction in reports:
+            mp.report_progress(fraction)
 
     handle = work()
     handle.get(5)
     recorder = Recorder()
     handle.on_progress(recorder)
-    # The last report is replayed (get_progress() says 1.0 once it succeeded).
-    assert recorder.args == [(0.75,)]
     assert handle.get_progress() == 1.0
+    assert recorder.args == [(1.0,)]
     assert recorder.threads == [threading.get_ident()]
 
 
@@ -403,8 +406,21 @@ def test_progress_callback_registered_after_failure_gets_the_last_report(
     handle.wait(5)
     recorder = Recorder()
     handle.on_progress(recorder)
-    assert recorder.args == [(0.75,)]
+    assert recorder.args == [(handle.get_progress(),)] == [(0.75,)]
     assert recorder.threads == [threading.get_ident()]
+
+
+def test_progress_callback_registered_after_a_failure_without_reports_is_not_called(backend: str) -> None:
+    # No report came and the task did not succeed: nothing to say (get_progress() gives 0.0 by default).
+    @mp.parallel(backend=backend)
+    def work() -> None:
+        raise RuntimeError("stopped")
+
+    handle = work()
+    handle.wait(5)
+    recorder = Recorder()
+    handle.on_progress(recorder)
+    assert recorder.args == []
 
 
 # -- progress callbacks while running --------------------------------------------------
@@ -557,15 +573,17 @@ def test_registration_methods_chain(backend: str) -> None:
 
     handle = work()
     seen: list[Any] = []
+    progress: list[float] = []
     chained = (
         handle.on_complete(seen.append)
         .on_error(seen.append)
-        .on_progress(seen.append)
+        .on_progress(progress.append)
     )
     assert chained is handle
     assert handle.add_done_callback(lambda h: None) is None  # as in concurrent.futures
     handle.get(5)
     assert seen == [5]
+    assert progress in ([], [1.0])  # 1.0 where it ended first ("sync": always), as get_progress() says
 
 
 @pytest.mark.timeout(10)

@@ -485,7 +485,8 @@ def test_progress_callbacks_example() -> None:
     handle.on_complete(finished.append)
     assert handle.get() == "done"
     assert finished == ["done"]
-    assert seen == sorted(seen) and all(0.0 <= p < 1.0 for p in seen)
+    # 1.0 only where the task ended first: a callback added then gets get_progress()'s 1.0.
+    assert seen == sorted(seen) and all(0.0 <= p < 1.0 for p in seen[:-1]) and 0.0 <= seen[-1] <= 1.0
 
 
 def test_report_progress_with_0_2_keywords_and_a_task_id(gate: threading.Event) -> None:

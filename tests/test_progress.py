@@ -440,8 +440,8 @@ def test_a_mock_of_a_plain_callback_is_taken_and_called(make: Callable[[Any], An
         return "done"
 
     handle = stepped()
-    assert handle.on_progress(listener) is handle  # a report came already: called at once
-    listener.assert_called_once_with(0.5)
+    assert handle.on_progress(listener) is handle  # it succeeded already: called at once, as get_progress() says
+    listener.assert_called_once_with(1.0)
     display = make(plain_display)
     assert mp.parallel_map(double, range(3), progress=display) == [0, 2, 4]
     assert display.call_args == mock.call(3, 3)

@@ -659,6 +659,11 @@ class AsyncHandle(Generic[T_co]):
     def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T_co]:
         """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already.
 
+        Added once the task ended, it is called at once with what
+        :meth:`get_progress` says: 1.0 if the task succeeded (whatever it
+        reported last, or without a report), else its last report, and not at
+        all where none came.
+
         Raises:
             TypeError: ``callback`` is not callable, or calling it makes what
                 nothing would use, as ``progress=`` refuses it: an object (a
@@ -1629,8 +1634,12 @@ class AsyncHandle(Generic[T_co]):
             if kind == _ON_DONE:
                 callback(self)
             elif kind == _ON_PROGRESS:
-                if self._progress is not None:
-                    callback(self._progress)  # the last report: the event being replayed
+                # The last report: the event being replayed. A callback added once the task
+                # succeeded gets 1.0, as get_progress() says: its last report (0.5, say), or
+                # none at all, said the task had not got there, as add_done_callback's final state does not.
+                progress = 1.0 if state == SUCCEEDED else self._progress
+                if progress is not None:
+                    callback(progress)
             elif kind == _ON_COMPLETE:
                 if state == SUCCEEDED:
                     callback(self._value)
