@@ -2229,6 +2229,67 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("stop", ["cancel", "shutdown"])
+def test_a_retry_stopped_during_its_wait_never_ran_and_is_not_counted(
+    backend: str, stop: str, events: list[mp.TaskEvent]
+) -> None:
+    # The retry was counted as it was scheduled: a task cancelled, or shut down, as it
+    # waited made one attempt, and the metrics said it had been retried once.
+    waiting = threading.Event()
+
+    def note(event: mp.TaskEvent) -> None:
+        if event.kind == "retry" and event.name == "stopped_in_its_wait":
+            waiting.set()
+
+    policy = mp.Retry(on=ConnectionError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0)
+
+    @mp.parallel(name="stopped_in_its_wait", backend=backend, retry=policy)
+    def down() -> None:
+        raise ConnectionError("still down")
+
+    mp.reset_metrics()
+    mp.add_task_listener(note)
+    try:
+        handle = down()
+        assert waiting.wait(30)
+        if stop == "cancel":
+            assert handle.cancel()
+        else:
+            assert mp.shutdown(timeout_secs=30) is True
+    finally:
+        mp.remove_task_listener(note)
+        if stop == "shutdown":
+            mp.reset_shutdown()
+    assert handle.wait(30)
+    assert handle.attempts == 1
+    metrics = mp.get_metrics("stopped_in_its_wait")
+    assert metrics is not None
+    assert (metrics.retried_tasks, metrics.retries, metrics.total_tasks) == (0, 0, 1)
+    # The events say what happened: a retry scheduled ("retry"), then the end, no attempt between.
+    told = [e.kind for e in events if e.task_id == handle.get_task_id()]
+    assert told == ["submitted", "started", "retry", "finished"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_retry_is_counted_once_its_attempt_ran(backend: str, tmp_path: Path) -> None:
+    # Counted when that attempt ends: as it fails again (before the task ends), or as the task ends.
+    policy = mp.Retry(on=ConnectionError, attempts=3, wait_initial=0, wait_max=0, wait_jitter=0)
+    fn = mp.parallel(name="counted_as_it_ran", backend=backend, retry=policy)(flaky_in_process)
+    mp.reset_metrics()
+    assert fn(str(tmp_path / "calls"), 2).get(timeout=30) == 3
+    metrics = mp.get_metrics("counted_as_it_ran")
+    assert metrics is not None
+    assert (metrics.retried_tasks, metrics.retries, metrics.completed_tasks) == (1, 2, 1)
+    with pytest.raises(ConnectionError):
+        fn(str(tmp_path / "more_calls"), 5).get(timeout=30)
+    metrics = mp.get_metrics("counted_as_it_ran")
+    assert metrics is not None
+    assert (metrics.retried_tasks, metrics.retries, metrics.failed_tasks) == (2, 4, 1)
+
+
+@pytest.mark.timeout(60)
 def test_shutdown_ends_a_sync_call_waiting_to_retry_in_its_caller_at_once() -> None:
     # The caller slept out its whole wait (shutdown() waiting with it), then
     # ran one more attempt after the shutdown.

@@ -138,11 +138,30 @@ class TaskSpec:
         shard.total += 1
 
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
-        """Count a retry, and the task as retried at its first (under the backend lock)."""
+        """An attempt failed and another is scheduled (under the backend lock): nothing is counted yet.
+
+        The retry has not run: a cancel or a shutdown during its wait ends
+        the task without it. It counts once its attempt ran (:meth:`retries_ran`).
+        """
+
+    def retries_ran(self, handle: AsyncHandle[Any]) -> None:
+        """Count the retries of ``handle`` whose attempts ran, not counted yet, and the task as retried at its first (under the backend lock).
+
+        Called as an attempt fails (before the next is scheduled) and as a
+        retried task ends: a retry counts once its attempt ran, as
+        ``handle.attempts`` counts it. Counted as it was scheduled, a retry
+        that a cancel or a shutdown stopped during its wait was counted too.
+        """
+        record = handle._retry
+        ran = handle.attempts - 1
+        counted = record.counted
+        if ran <= counted:
+            return
         shard = self._shard(handle._backend._lock)
-        shard.retries += 1
-        if first:
+        shard.retries += ran - counted
+        if counted == 0:
             shard.retried += 1
+        record.counted = ran
 
     def tasks_ended(self, lock: threading.Lock, state: int, count: int) -> None:
         """Count ``count`` tasks that ended together as ``state`` before they started (under ``lock``).
@@ -212,6 +231,7 @@ class RetryingTaskSpec(TaskSpec):
         if getattr(handle, "_retry", None) is None:  # never retried: it waited from its submission
             super().task_finished(handle)
             return
+        self.retries_ran(handle)  # its last attempt, if a retry's, ran to this end
         for limiter in handle._permits:
             limiter.release()
         state, started = handle._state, handle._started_at

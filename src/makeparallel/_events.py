@@ -58,7 +58,10 @@ class TaskEvent:
 
     Attributes:
         kind: ``"submitted"``, ``"started"``, ``"retry"`` (an attempt failed and
-            another is scheduled), ``"finished"``, or ``"circuit"`` (not a task's:
+            another is scheduled, told as its wait begins: a ``cancel()`` or
+            ``shutdown()`` during the wait ends the task with no other
+            ``"started"``, and the metrics count no retry for it),
+            ``"finished"``, or ``"circuit"`` (not a task's:
             a circuit breaker changed state).
         task_id: the task's id (``handle.get_task_id()``).
         name: the function's name, as metrics know it.

@@ -139,6 +139,9 @@ class TaskObserver(Protocol):
     def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
         """Called when an attempt failed and another is scheduled, under the backend lock."""
 
+    def retries_ran(self, handle: AsyncHandle[Any]) -> None:
+        """Called as an attempt of a retried task fails, and as one ends, under the backend lock: count the retries that ran."""
+
 
 class AsyncHandle(Generic[T_co]):
     """The handle of a task submitted to run in parallel.
@@ -1071,6 +1074,8 @@ class AsyncHandle(Generic[T_co]):
             record = self._retry = Attempts(started if started is not None else now, queued_at=self._submitted_at)
         attempt = len(record.failures) + 1
         record.failures.append((attempt, type(error).__name__, now - record.first_started))
+        if attempt > 1:  # a retry's attempt, which ran: counted now, not as it was scheduled
+            self._observer.retries_ran(self)
         record.last_error = error
         record.timed_out = timed_out
         record.refused = refused

@@ -333,7 +333,10 @@ class Attempts:
     #: One ``(attempt number, error type name, seconds since the first start)`` per failed attempt.
     failures: list[tuple[int, str, float]] = field(default_factory=list)
     last_error: BaseException | None = None
+    #: Retries scheduled (a cancel or a shutdown during the wait stops the last one before it runs).
     retries: int = 0
+    #: Retries counted in the metrics: those whose attempt ran, counted as it failed or the task ended.
+    counted: int = 0
     retried_start: float | None = None  # the start time of the attempt retried last
     #: When the attempt after the one retried last began to wait for a worker: its retry's due time
     #: (the first attempt's: the task's submission). Its wait to retry is no queueing.
