@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -1234,3 +1234,105 @@ def test_an_executor_task_of_a_profiled_function_counts_once() -> None:
     with mp.Executor(max_workers=2) as executor:
         assert executor.submit(Profiled().method, 1).result(timeout=5) == 5
     assert counts(record) == ONE_DONE
+
+
+@mp.profiled
+def work_in_tasks(x: int) -> tuple[int, int]:
+    """``x + 1``, and how many calls the profiled layer counted so far, in this process."""
+    metrics = mp.get_metrics("work_in_tasks")
+    return x + 1, 0 if metrics is None else metrics.total_tasks
+
+
+@mp.profiled
+async def fetch_in_tasks(x: int) -> int:
+    return x + 1
+
+
+def own_wrapper(fn: Any) -> Any:
+    """A program's own decorator, made with functools.wraps (which copies the wrapper's attributes)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awaiting(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)
+
+        return awaiting
+
+    @functools.wraps(fn)
+    def calling(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return calling
+
+
+# A @profiled function as a task may hold it: each call is the task's, to count once, under its name.
+HOLDING_PROFILED: dict[str, Callable[[Any], Any]] = {
+    "partial": lambda fn: functools.partial(fn),
+    "partial of a partial": lambda fn: functools.partial(functools.partial(fn)),
+    "own wrapper": own_wrapper,
+    "own wrapper of own wrapper": lambda fn: own_wrapper(own_wrapper(fn)),
+    "partial of own wrapper": lambda fn: functools.partial(own_wrapper(fn)),
+}
+
+
+def _count_of(name: str, before: dict[str, int]) -> dict[str, int]:
+    return {key: value - before[key] for key, value in _plain_counts(name).items()}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+@pytest.mark.parametrize("hold", HOLDING_PROFILED.values(), ids=HOLDING_PROFILED.keys())
+def test_a_task_of_a_partial_or_a_wrapper_of_a_profiled_function_counts_each_call_once(
+    backend: str, hold: Callable[[Any], Any]
+) -> None:
+    # The task counted the call (under "partial(...)" for a partial), and the profiled layer
+    # it ran counted it again: twice for one call (on processes, once here and once in the worker).
+    name = "work_in_tasks"
+    task = mp.parallel(backend=backend)(hold(work_in_tasks))
+    before = _plain_counts(name)
+    value, counted_where_it_ran = task(1).get(timeout=30)
+    assert value == 2
+    assert _count_of(name, before) == ONE_DONE
+    if backend == "process":  # the worker counted no call of its own
+        assert counted_where_it_ran == 0
+    assert mp.get_metrics("partial(work_in_tasks)") is None
+
+    # A map of it counts chunks ("<name> [map]"), as a map of the parallel function over the profiled one.
+    before, chunks = _plain_counts(name), _plain_counts(f"{name} [map]")
+    assert [value for value, _ in mp.parallel_map(task, [1, 2], chunksize=2)] == [2, 3]
+    assert _count_of(name, before)["total"] == 0
+    assert _count_of(f"{name} [map]", chunks) == ONE_DONE
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("hold", HOLDING_PROFILED.values(), ids=HOLDING_PROFILED.keys())
+def test_a_task_of_a_partial_or_a_wrapper_of_a_profiled_async_function_counts_each_call_once(
+    backend: str, hold: Callable[[Any], Any]
+) -> None:
+    name = "fetch_in_tasks"
+    task = mp.parallel(backend=backend)(hold(fetch_in_tasks))
+    before = _plain_counts(name)
+    assert task(1).get(timeout=30) == 2
+    assert _count_of(name, before) == ONE_DONE
+    assert mp.get_metrics("partial(fetch_in_tasks)") is None
+    before = _plain_counts(name)
+    assert asyncio.run(fetch_in_tasks(1)) == 2  # called itself, it is measured as ever
+    assert _count_of(name, before) == ONE_DONE
+
+
+@pytest.mark.timeout(20)
+def test_a_profiled_function_called_by_a_task_of_its_own_wrapper_again_counts_those_calls() -> None:
+    # Only the call the task makes is the task's: the profiled function called again, inside
+    # it or after it on the same thread, counts as a call.
+    name = unique_name("called-again")
+
+    @mp.profiled(name=name)
+    def step(n: int) -> int:
+        return 0 if n == 0 else 1 + step(n - 1)
+
+    task = mp.parallel(backend="sync")(own_wrapper(step))
+    assert task(3).get(timeout=5) == 3
+    assert counts(name)["total"] == 1 + 3  # the task, and the three calls step made of itself
+    assert step(0) == 0
+    assert counts(name)["total"] == 5

@@ -430,10 +430,11 @@ class ParallelFunction(Generic[P, T]):
 
     def __init__(self, fn: Callable[P, T], options: dict[str, Any], limiter: Limiter | None = None) -> None:
         functools.update_wrapper(self, fn)
-        if id(getattr(fn, "__code__", None)) in for_worker_functions:  # a @profiled wrapper, maybe
-            fn, options = _measured_by_the_task(fn, options)
+        runs = fn
+        if for_worker_functions:  # @profiled made a wrapper in this process: fn may be one, or hold one
+            fn, runs, options = _measured_by_the_task(fn, options)
             self.__wrapped__ = fn
-        self._fn = fn
+        self._fn = runs
         self._options = options
         max_concurrent = options.get("max_concurrent")
         if limiter is None and max_concurrent is not None:
@@ -599,13 +600,14 @@ class ParallelFunction(Generic[P, T]):
         # decorator. A copy with other options: its function, by that name, and its options. Any
         # other (a lambda's, a closure's): its function itself, which cloudpickle sends by value
         # and pickle refuses, naming it.
-        named = parallel_function_named(self._fn)
+        fn = self.__wrapped__  # what it is made of (its task may run it through MeasuredByItsTask)
+        named = parallel_function_named(fn)
         # Nor one whose function cloudpickle sends by value, of the main script or of a module it
         # was told to (register_pickle_by_value: a cluster's workers cannot import it): by name,
         # it failed there (Dask's own submit, loky), and only pickle refuses it.
-        if named is None or _sent_by_value(self._fn.__module__):
-            return (ParallelFunction, (self._fn, self._portable_options()))
-        reference = (self._fn.__module__, self._fn.__qualname__)
+        if named is None or _sent_by_value(fn.__module__):
+            return (ParallelFunction, (fn, self._portable_options()))
+        reference = (fn.__module__, fn.__qualname__)
         if named is self:
             return (_named, reference)
         return (_named_copy, (*reference, self._portable_options()))
@@ -614,7 +616,7 @@ class ParallelFunction(Generic[P, T]):
         # The process backend's pickler's (_worker_reductions): its function itself, which that
         # pickler sends by name where a worker imports it, by value where not. One of the main
         # script, which workers never run, would not be found there by its name.
-        return (ParallelFunction, (self._fn, self._portable_options()))
+        return (ParallelFunction, (self.__wrapped__, self._portable_options()))
 
     def _portable_options(self) -> dict[str, Any]:
         # Sent to another process: the function and options travel, not the
@@ -674,24 +676,46 @@ class ParallelFunction(Generic[P, T]):
             raise
 
 
-def _measured_by_the_task(fn: Callable[P, T], options: dict[str, Any]) -> tuple[Callable[P, T], dict[str, Any]]:
-    """What a parallel function of ``fn`` runs, and its options: ``fn``'s own function where ``fn`` is ``@profiled``.
+def _measured_by_the_task(
+    fn: Callable[P, T], options: dict[str, Any]
+) -> tuple[Callable[P, T], Callable[P, T], dict[str, Any]]:
+    """What a parallel function of ``fn`` is made of, what its tasks run, and its options, where ``fn`` is or holds a ``@profiled`` function.
 
     Each task is measured already, from its start to its end: running the
-    profiled wrapper, it counted every call twice under the one name (once as
-    the task, once as the call). The task runs the function underneath, under
-    the name ``@profiled`` gave it unless ``name=`` says another, as a
-    function profiled again under another name is measured under that one alone.
+    profiled wrapper, it counted every call twice (once as the task, once as
+    the call). The task runs the function underneath, under the name
+    ``@profiled`` gave it unless ``name=`` says another, as a function
+    profiled again under another name is measured under that one alone. So
+    does a partial of a profiled function (made again of the function
+    underneath); a program's own wrapper of one (``functools.wraps``) runs as
+    it is, its call of the profiled function left to the task to count
+    (``_metrics.MeasuredByItsTask``). Called only where a profiled wrapper was
+    made: a program without one pays one truth test of a dict, when a
+    parallel function is made, never on a call.
     """
-    from ._metrics import unprofiled  # (loaded: it made the wrapper)
+    if id(getattr(fn, "__code__", None)) in for_worker_functions:  # a @profiled wrapper, maybe
+        from ._metrics import unprofiled  # (loaded: it made the wrapper)
 
-    measured = unprofiled(fn)
-    if measured is None:
-        return fn, options
-    function, layer = measured
-    if layer.name is not None and not options.get("name"):
-        options = {**options, "name": layer.record}  # kept by copies (options()) and for workers
-    return function, options
+        measured = unprofiled(fn)
+        if measured is None:
+            return fn, fn, options
+        function, layer = measured
+        if layer.name is not None and not options.get("name"):
+            options = {**options, "name": layer.record}  # kept by copies (options()) and for workers
+        return function, function, options
+    if type(fn) is not functools.partial and getattr(fn, "__wrapped__", None) is None:
+        return fn, fn, options  # a plain function, the usual case
+    from ._metrics import MeasuredByItsTask, task_of_profiled
+
+    if type(fn) is MeasuredByItsTask:  # sent to a worker as its parallel function's, made already
+        return fn.__wrapped__, fn, options  # type: ignore[attr-defined]
+    held = task_of_profiled(fn)
+    if held is None:
+        return fn, fn, options
+    made_of, runs, layer = held
+    if not options.get("name"):  # a partial's task was "partial(<name>)", where @profiled counted the call
+        options = {**options, "name": layer.record}
+    return made_of, runs, options
 
 
 def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:
@@ -1169,6 +1193,11 @@ def parallel(fn: Any = None, /, **options: Any) -> Any:
         ``__wrapped__``: a call counts once, as the task, under the name
         ``@profiled`` records under, or under ``name=`` alone where it gives
         another (as a function profiled again under another name is measured).
+        So does a ``functools.partial`` of one (made again of the function
+        underneath), and a wrapper of your own around one (``functools.wraps``),
+        which runs as it is: its call of the profiled function, the first in
+        the task, is the task's; later calls (the function calling itself)
+        count as calls.
     """
     checked = _check_options(options)
 

@@ -9,12 +9,14 @@ class lives in its own module, loaded at the first read: counting needs none of 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
@@ -49,6 +51,7 @@ __all__ = [
     "profiled",
     "profiled_layer",
     "reset_metrics",
+    "task_of_profiled",
     "unprofiled",
 ]
 
@@ -673,12 +676,132 @@ def unprofiled(fn: Any) -> tuple[Callable[..., Any], ProfiledLayer] | None:
     return layer.function, layer
 
 
+def task_of_profiled(fn: Any) -> tuple[Callable[..., Any], Callable[..., Any], ProfiledLayer] | None:
+    """For a task of ``fn``, a partial of a ``@profiled`` function or a program's own wrapper of one: what it is made of, what it runs, the layer.
+
+    Each call is the task's, measured by it already; the profiled layer that
+    it ran counted it again (for a partial, under another name: its task's
+    ``partial(<name>)``). A partial of the wrapper is made again of what the
+    wrapper measures. A wrapper of a program's own (``functools.wraps``),
+    whose code must run, runs as it is, through :class:`MeasuredByItsTask`,
+    which has the profiled layer under it leave its next call uncounted.
+    None where ``fn`` holds no profiled wrapper.
+    """
+    if type(fn) is functools.partial:
+        inner: Any = fn.func
+        args, keywords = fn.args, fn.keywords
+        while type(inner) is functools.partial:  # as called: the inner arguments first, the outer keywords win
+            inner, args, keywords = inner.func, (*inner.args, *args), {**inner.keywords, **keywords}
+        measured = unprofiled(inner)
+        if measured is not None:
+            plain = functools.partial(measured[0], *args, **keywords)
+            return plain, plain, measured[1]
+    wrapper = _profiled_under(fn)
+    if wrapper is None:
+        return None
+    layer = profiled_layer(wrapper)
+    assert layer is not None
+    return fn, MeasuredByItsTask(fn, wrapper), layer
+
+
+def _profiled_under(fn: Any) -> Callable[..., Any] | None:
+    """The ``@profiled`` wrapper that ``fn`` calls through its ``__wrapped__`` (or a partial's ``func``) chain; else None."""
+    seen: set[int] = set()
+    while fn is not None and id(fn) not in seen and len(seen) < 64:
+        seen.add(id(fn))
+        if profiled_layer(fn) is not None:
+            return cast("Callable[..., Any]", fn)
+        fn = fn.func if type(fn) is functools.partial else getattr(fn, "__wrapped__", None)
+    return None
+
+
+#: The @profiled wrapper whose next call, in this context, is a task's own, measured by the task.
+_task_call: ContextVar[Callable[..., Any] | None] = ContextVar("makeparallel_task_call", default=None)
+#: Whether a MeasuredByItsTask was made in this process: until then, a profiled call reads no context variable.
+_tasks_hold_profiled = False
+
+
+class MeasuredByItsTask:
+    """A task's function that calls a ``@profiled`` one from code of its own: that call is left to the task to count.
+
+    A program's own ``functools.wraps`` wrapper of a profiled function runs as
+    it is; the first call it makes of the profiled wrapper under it, in this
+    context, is not counted there: the task counts it, from its start to its
+    end. Later calls (the function calling itself, or called again) count as
+    ever. Pickled as the wrapper it runs, and made again where it is unpickled.
+    """
+
+    def __init__(self, fn: Callable[..., Any], profiled: Callable[..., Any]) -> None:
+        global _tasks_hold_profiled
+        functools.update_wrapper(self, fn)  # its names, for pickling by name; __wrapped__: fn
+        self._fn = fn
+        self._profiled = profiled
+        self._is_async = sys.modules[f"{__package__}._decorators"]._returns_coroutines(fn) or _wraps_async(fn)
+        _tasks_hold_profiled = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._is_async:  # its call makes the coroutine: the profiled call comes as it is awaited
+            return self._awaited(args, kwargs)
+        token = _task_call.set(self._profiled)
+        try:
+            return self._fn(*args, **kwargs)
+        finally:
+            _task_call.reset(token)
+
+    async def _awaited(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        token = _task_call.set(self._profiled)
+        try:
+            return await self._fn(*args, **kwargs)
+        finally:
+            _task_call.reset(token)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_measured_by_its_task, (self._fn,))
+
+    def __repr__(self) -> str:
+        return f"<task of {self._fn!r}>"
+
+
+def _wraps_async(fn: Any) -> bool:
+    """Whether ``fn`` is a wrapper (``functools.wraps``) of an ``async def`` function, as a map judges it (``_map``)."""
+    returns_coroutines = sys.modules[f"{__package__}._decorators"]._returns_coroutines
+    seen: set[int] = set()
+    wrapped = getattr(fn, "__wrapped__", None)
+    while wrapped is not None and id(wrapped) not in seen:
+        seen.add(id(wrapped))
+        if returns_coroutines(wrapped):
+            return True
+        wrapped = getattr(wrapped, "__wrapped__", None)
+    return False
+
+
+def _taken_by_its_task(wrapper: Callable[..., Any]) -> bool:
+    """Whether this call of ``wrapper``, a ``@profiled`` one, is the one a task makes (:class:`MeasuredByItsTask`), which it counts.
+
+    A function, not the context variable read in the wrapper: cloudpickle
+    sends a wrapper by value (a class method's) with the globals it names, and
+    a ``ContextVar`` cannot be pickled. Only the first call is the task's.
+    """
+    if _task_call.get() is not wrapper:
+        return False
+    _task_call.set(None)
+    return True
+
+
+def _measured_by_its_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, a program's wrapper of a ``@profiled`` function, as a task runs it here (unpickled in a worker)."""
+    wrapper = _profiled_under(fn)
+    return fn if wrapper is None else MeasuredByItsTask(fn, wrapper)
+
+
 def _profiled_function(function: Callable[..., Any], counts: Counts) -> Callable[..., Any]:
     """``function``, a plain one, measured from the start to the end of each call."""
     from ._decorators import _wraps
 
     @_wraps(function)
     def measured(*args: Any, **kwargs: Any) -> Any:
+        if _tasks_hold_profiled and _taken_by_its_task(measured):  # the task counts this call
+            return function(*args, **kwargs)
         with counts.lock:
             counts.total += 1
         started = time.perf_counter()
@@ -712,6 +835,8 @@ def _profiled_coroutine_function(function: Callable[..., Any], counts: Counts) -
 
     @_wraps(function)
     async def measured(*args: Any, **kwargs: Any) -> Any:
+        if _tasks_hold_profiled and _taken_by_its_task(measured):  # the task counts this call
+            return await function(*args, **kwargs)
         with counts.lock:
             counts.total += 1
         started = time.perf_counter()
