@@ -58,7 +58,15 @@ if TYPE_CHECKING:
         @overload
         def __call__(self, fn: Callable[P, T], /) -> ParallelFunction[P, T]: ...
 
-__all__ = ["ParallelFunction", "as_parallel", "held_under", "own_parameters", "parallel", "parallel_function_named"]
+__all__ = [
+    "ParallelFunction",
+    "as_parallel",
+    "held_under",
+    "own_parameters",
+    "parallel",
+    "parallel_function_named",
+    "wraps_async",
+]
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -1045,6 +1053,18 @@ def _returns_coroutines(fn: Any) -> bool:
     return any(
         inspect.iscoroutinefunction(each) for each in (fn, getattr(fn, "__call__", None)) if code_is_real(each)
     )
+
+
+def wraps_async(fn: Any) -> bool:
+    """Whether ``fn`` is a decorator's wrapper (``functools.wraps``) around an ``async def`` function: a map and a task of a profiled function's wrapper await it."""
+    seen: set[int] = set()
+    wrapped = getattr(fn, "__wrapped__", None)
+    while wrapped is not None and id(wrapped) not in seen:
+        seen.add(id(wrapped))
+        if _returns_coroutines(wrapped):
+            return True
+        wrapped = getattr(wrapped, "__wrapped__", None)
+    return False
 
 
 def _describe(fn: Any) -> str:

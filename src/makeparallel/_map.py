@@ -82,6 +82,7 @@ from ._decorators import (
     _plain_code,
     _returns_coroutines,
     callable_of,
+    wraps_async,
 )
 from ._gil_watch import MAP_REMEDY
 from ._handle import AsyncHandle, cancel_and_stop, stop_if_running, time_out_all
@@ -303,31 +304,19 @@ def _plain_function(fn: Any, given_as: str = "fn") -> tuple[Callable[[Any], Any]
             inner, args = inner._function, (inner._instance, *args)
         if isinstance(inner, ParallelFunction):  # called, it started a task per item, and gave its handle
             bound = functools.partial(inner._fn, *args, **keywords)
-            awaited = _returns_coroutines(inner._fn) or _wraps_async(inner._fn)
+            awaited = _returns_coroutines(inner._fn) or wraps_async(inner._fn)
             return (Awaited(bound) if awaited else bound), inner._spec.name, inner._spec
     if isinstance(fn, _BoundParallelFunction):
         plain, name, spec = _plain_function(fn._function)
         return functools.partial(plain, fn._instance), name, spec
     if isinstance(fn, ParallelFunction):  # a generator function was refused at decoration already
         plain = fn._fn
-        awaited = _returns_coroutines(plain) or _wraps_async(plain)
+        awaited = _returns_coroutines(plain) or wraps_async(plain)
         return (Awaited(plain) if awaited else plain), fn._spec.name, fn._spec
     if not callable(fn):
         raise TypeError(f"{given_as} must be callable, got {fn!r}")
     _refuse_generator_function(fn)
-    return (Awaited(fn) if _returns_coroutines(fn) or _wraps_async(fn) else fn), _describe(fn), None
-
-
-def _wraps_async(fn: Any) -> bool:
-    """Whether ``fn`` is a decorator's wrapper (``functools.wraps``) around an ``async def`` function."""
-    seen: set[int] = set()
-    wrapped = getattr(fn, "__wrapped__", None)
-    while wrapped is not None and id(wrapped) not in seen:
-        seen.add(id(wrapped))
-        if _returns_coroutines(wrapped):
-            return True
-        wrapped = getattr(wrapped, "__wrapped__", None)
-    return False
+    return (Awaited(fn) if _returns_coroutines(fn) or wraps_async(fn) else fn), _describe(fn), None
 
 
 def _refuse_generator_function(fn: Any) -> None:

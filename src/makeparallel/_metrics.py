@@ -736,7 +736,9 @@ class MeasuredByItsTask:
         functools.update_wrapper(self, fn)  # its names, for pickling by name; __wrapped__: fn
         self._fn = fn
         self._profiled = profiled
-        self._is_async = sys.modules[f"{__package__}._decorators"]._returns_coroutines(fn) or _wraps_async(fn)
+        from ._decorators import _returns_coroutines, wraps_async
+
+        self._is_async = _returns_coroutines(fn) or wraps_async(fn)
         _tasks_hold_profiled = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -760,19 +762,6 @@ class MeasuredByItsTask:
 
     def __repr__(self) -> str:
         return f"<task of {self._fn!r}>"
-
-
-def _wraps_async(fn: Any) -> bool:
-    """Whether ``fn`` is a wrapper (``functools.wraps``) of an ``async def`` function, as a map judges it (``_map``)."""
-    returns_coroutines = sys.modules[f"{__package__}._decorators"]._returns_coroutines
-    seen: set[int] = set()
-    wrapped = getattr(fn, "__wrapped__", None)
-    while wrapped is not None and id(wrapped) not in seen:
-        seen.add(id(wrapped))
-        if returns_coroutines(wrapped):
-            return True
-        wrapped = getattr(wrapped, "__wrapped__", None)
-    return False
 
 
 def _taken_by_its_task(wrapper: Callable[..., Any]) -> bool:
