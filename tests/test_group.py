@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -552,6 +553,52 @@ def test_the_groups_own_timeout_is_no_failure_wherever_it_is_raised(gate: thread
         with pytest.raises(mp.TaskTimeoutError) as asked_after:
             ctx.results()
         assert str(asked_after.value) == str(caught.value)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("met_by", ["results(), caught", "another thread's submit"])
+@pytest.mark.parametrize("then", ["submit", "map"])
+def test_a_submit_refused_after_the_groups_timeout_gives_way_to_it(
+    gate: threading.Event, met_by: str, then: str
+) -> None:
+    # The timeout met where the body does not end (results() caught, a submit on another
+    # thread), the body's next submit is refused with TaskCancelledError ("the group timed
+    # out ... takes no new tasks"). Left to end the block (a loop of submits), that refusal
+    # was kept in ctx.errors as the body's failure and raised instead of the group's
+    # timeout; a refusal after a failure gives way to the failure, this one to the timeout.
+    mp.configure_thread_pool(2)
+    slow = Cancellable(gate)
+    told: list[BaseException] = []
+
+    def give(ctx: mp.ParallelContext) -> None:
+        try:
+            ctx.submit(square, 2)
+        except BaseException as error:  # noqa: BLE001  # (checked below, in the test's thread)
+            told.append(error)
+
+    timed_out = pytest.raises(mp.TaskTimeoutError, match="the group timed out after 0.2 s")
+    with timed_out as caught, mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread") as ctx:
+        ctx.submit(slow)  # holds the group's one slot past its timeout
+        assert slow.started.wait(5)
+        if met_by == "results(), caught":
+            with pytest.raises(mp.TaskTimeoutError):
+                ctx.results()
+        else:
+            giver = threading.Thread(target=give, args=(ctx,))
+            giver.start()
+            giver.join(10)
+            assert len(told) == 1 and isinstance(told[0], mp.TaskTimeoutError), told
+        if then == "submit":
+            for n in range(3):
+                ctx.submit(square, n)
+        else:
+            ctx.map(square, [1, 2])
+    assert ctx.errors == [], f"a refusal after the group's timeout was kept as a failure: {ctx.errors!r}"
+    shown = "".join(traceback.format_exception(caught.type, caught.value, caught.tb))
+    assert "takes no new tasks" not in shown, f"the refusal is shown as what the timeout was raised in handling: {shown}"
+    with pytest.raises(mp.TaskTimeoutError) as asked_after:
+        ctx.results()
+    assert str(asked_after.value) == str(caught.value)
 
 
 @pytest.mark.timeout(20)

@@ -163,7 +163,14 @@ class ParallelContext:
                 self._ended = True
             if timed_out and error in self._timeouts:
                 return  # the same timeout, met again: the body's is raised, as it was
+            if refused and error in self._timeouts:
+                raise error from None  # the timeout that made the group refuse, not raised in handling the refusal
             raise
+        if refused and not self.errors:  # refused as the group had timed out: its timeout, as the block had not seen it
+            try:
+                self._time_out()
+            except TaskTimeoutError as timeout:
+                raise timeout from None
         if refused:  # the failure that made the group refuse, as the block had not seen it
             failure = self.errors[0]
             raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
@@ -226,7 +233,8 @@ class ParallelContext:
             TaskCancelledError: the group already failed, or failed while this
                 call waited for a slot of any limit (left to end the block, the
                 block raises that failure instead), or timed out (a task made as
-                it ends so is returned cancelled, with its other tasks);
+                it ends so is returned cancelled, with its other tasks; left to
+                end the block, the block raises the timeout instead);
                 or, inside a task, that task was cancelled while this call
                 waited for a slot (``max_concurrent``): a cancellation point.
             TaskTimeoutError: the group's ``timeout`` passed while this call
@@ -462,8 +470,10 @@ class ParallelContext:
             refusal = TaskCancelledError("the group already failed and takes no new tasks; see ctx.errors")
             self._refusals.add(refusal)  # if it ends the body, the block raises the failure instead
             raise refusal
-        if self._cancelling:
-            raise TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
+        if self._cancelling:  # in the block: timed out (a Ctrl-C there fails the group, or ends the block)
+            refusal = TaskCancelledError("the group timed out (or was interrupted) and takes no new tasks")
+            self._refusals.add(refusal)  # if it ends the body, the block raises the timeout instead
+            raise refusal
         if self._ended:
             raise self._ended_error()
 
