@@ -3166,6 +3166,31 @@ def test_aclose_after_anext_stops_what_is_left(kind: str, gate: threading.Event)
     assert wait_until_idle(20)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("order", ["anext, next, anext, next", "next, anext, anext, next", "anext, next, next, anext"])
+def test_as_completed_read_by_next_and_anext_in_turn_yields_each_handle_once(order: str) -> None:
+    # as_completed keeps one reader for `for`/next() and one for `async for`/anext(), each
+    # following the handles pending when it began; anext() on the object itself made the
+    # two easy to mix. A reader that resumed after the other had yielded one of its
+    # handles raised KeyError (naming the handle) instead of going on: each handle is
+    # yielded once, by whichever reader asks first.
+    task = mp.parallel(backend="thread")(abs)
+    handles = [task(-n) for n in range(1, 5)]
+    assert mp.wait(handles, timeout=20).not_done == set()
+    results = mp.as_completed(handles)
+
+    async def main() -> list[mp.AsyncHandle[int]]:
+        got = []
+        for step in order.split(", "):
+            got.append(await anext(results) if step == "anext" else next(results))
+        assert await anext(results, "ended") == "ended"
+        assert next(results, None) is None
+        return got
+
+    got = run(main())
+    assert sorted(handle.get() for handle in got) == [1, 2, 3, 4]
+
+
 # -- context variables ---------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._collect import (
     OnError,
+    TakenElsewhere,
     _as_handles,
     check_on_error,
     collect_timeout_error,
@@ -256,7 +257,10 @@ async def as_completed_async(
         completions = await AsyncCompletions.of(list(pending), timeout)
         try:
             while completions.outstanding:
-                yield taken(pending, await completions.next())
+                try:  # the `for` reader of the same as_completed yielded it (taken() says why)
+                    yield taken(pending, await completions.next())
+                except TakenElsewhere:
+                    continue
         finally:  # also when the consumer leaves the loop early
             stop_following(pending, completions.callback)
     except asyncio.CancelledError:

@@ -499,6 +499,8 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
     or ``await anext()``. ``async for`` and ``anext()`` read one iteration:
     ``anext()`` then ``async for`` reads on from there. ``aiter()`` of it is
     the async generator both read, as for :class:`~makeparallel._map.MapIterator`.
+    ``next()`` and ``anext()`` in turn read two iterations, each yielding only
+    the handles the other has not: every handle comes once, to whichever asks.
 
     It follows the handles not yet yielded (to cancel them on Ctrl-C) and lets
     go of each one as it is yielded, so a result the consumer dropped is freed
@@ -552,9 +554,24 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         return self._async_iterator
 
 
+class TakenElsewhere(Exception):
+    """A handle the other reader of the same :class:`Completed` yielded already (see :func:`taken`)."""
+
+
 def taken(pending: dict[AsyncHandle[T], None], handle: AsyncHandle[T]) -> AsyncHandle[T]:
-    """``handle``, no longer pending: returned straight into a ``yield``, so no frame keeps it."""
-    del pending[handle]
+    """``handle``, no longer pending: returned straight into a ``yield``, so no frame keeps it.
+
+    Raises:
+        TakenElsewhere: ``handle`` is no longer pending. One ``Completed``
+            has a reader for ``for`` and one for ``async for`` (``next()``
+            and ``anext()`` on it mixed), each following the handles pending
+            as it began: the other yielded this one, which its reader skips.
+            Let through, it was a ``KeyError`` naming the handle.
+    """
+    try:
+        del pending[handle]
+    except KeyError:
+        raise TakenElsewhere from None
     return handle
 
 
@@ -563,7 +580,10 @@ def _yield_completed(pending: dict[AsyncHandle[T], None], timeout: float | None)
         completions = Completions.of(list(pending), timeout, counted=pending)
         try:
             while completions.outstanding:
-                yield taken(pending, completions.next())
+                try:  # (no cost from Python 3.11 on) only taken() raises it: nothing thrown in at the yield is one
+                    yield taken(pending, completions.next())
+                except TakenElsewhere:
+                    continue
         finally:  # also when the consumer leaves the loop early
             completions.stop_following(pending)
     except KeyboardInterrupt:  # raised while waiting here, not in the consumer's loop body
