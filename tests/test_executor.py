@@ -1504,3 +1504,26 @@ def test_an_executor_made_in_a_signal_handler_never_waits_for_a_lock_held_below(
         [sys.executable, "-c", EXECUTOR_IN_A_HANDLER, held], capture_output=True, text=True, timeout=50, check=False
     )
     assert (result.returncode, result.stdout) == (0, f"{outcomes}\n"), result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_calls_lost_with_a_worker_killed_as_the_executor_shuts_down_are_not_told_it_was_replaced(tmp_path: Path) -> None:
+    # Killed as the executor's shutdown waited for its chunk, the worker was not replaced
+    # (the closed pool starts none), yet Executor.map's error said "A new worker takes its place".
+    flags = Flags(str(tmp_path))
+    executor = mp.Executor(backend="process", max_workers=1)
+    results = executor.map(functools.partial(mark_then_wait, flags), ["held", "after"], chunksize=2)
+    shutting_down = threading.Thread(target=executor.shutdown, kwargs={"wait": True})
+    try:
+        assert flags.wait("held", 30)
+        [pid] = executor._backend.info()["worker_pids"]  # type: ignore[attr-defined]  # its one worker, busy
+        shutting_down.start()
+        assert wait_until(lambda: executor._backend.info()["closed"], 30)  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(mp.WorkerCrashedError, match=r"calls 0 to 1 of Executor\.map were lost") as caught:
+            next(results)
+    finally:
+        flags.set("teardown")
+        shutting_down.join(60) if shutting_down.ident is not None else executor.shutdown(wait=True)
+    assert "The pool is shutting down, so no worker takes its place" in str(caught.value)
+    assert "new worker" not in str(caught.value), str(caught.value)

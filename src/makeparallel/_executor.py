@@ -56,7 +56,7 @@ from ._decorators import (
 from ._gil_watch import EXECUTOR_REMEDY
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
-from ._process_chunks import TEMPLATE_DIED, disown_worker_death, short_repr
+from ._process_chunks import TEMPLATE_DIED, UNREPLACED, disown_worker_death, short_repr
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
@@ -1237,15 +1237,18 @@ def _results(feed: _Feed, deadline: float | None, timeout: float | None, flatten
                 how = getattr(error, "_how", None)  # set by the process backend for a worker's death
                 if not flatten or how is None:
                     raise
-                if getattr(error, "_with_template", False):
+                # Dead as its pool shut down, with no task left for a worker: none replaced it, template or not.
+                unreplaced = getattr(error, "_unreplaced", False)
+                if getattr(error, "_with_template", False) and not unreplaced:
                     raise WorkerCrashedError(
                         f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
                         f"worker process ({how}): {TEMPLATE_DIED}"
                     ) from error
+                aftermath = UNREPLACED[0].upper() + UNREPLACED[1:] if unreplaced else "A new worker takes its place"
                 raise WorkerCrashedError(
                     f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
                     f"worker process ({how}): with chunksize above 1 they ran as one task, so no "
-                    "one of them can be blamed. A new worker takes its place, and the other "
+                    f"one of them can be blamed. {aftermath}, and the other "
                     "chunks were not affected; pass chunksize=1 to run each call as a task of its own"
                 ) from error
             in_flight.popleft()
