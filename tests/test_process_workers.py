@@ -2014,3 +2014,31 @@ def test_a_worker_killed_as_the_pool_shuts_down_is_not_reported_replaced(tmp_pat
     assert restarts() == before
     assert not _runtime._backends["process"]._recent_restarts  # type: ignore[attr-defined]  # no restart storm
     mp.reset_shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_a_task_timing_out_as_the_pool_shuts_down_is_not_told_a_new_worker_took_its_place(tmp_path: Path) -> None:
+    # Its worker, stopped at the timeout while a shutdown waited, was not replaced (the closed
+    # pool starts none for an empty queue), yet the error said "a new one took its place".
+    flags = Flags(str(tmp_path))
+    fresh_process_pool(1)
+    first = on_process(functools.partial(mark_then_wait, flags))("first")
+    # Queued behind the first on the pool's one worker: its timeout runs from its start, once the pool closed.
+    timed = mp.parallel(backend="process", timeout=0.5)(functools.partial(mark_then_wait, flags))("timed")
+    shutting_down = threading.Thread(target=mp.shutdown, args=(60,))
+    try:
+        assert flags.wait("first", 30)
+        before = restarts()
+        shutting_down.start()
+        assert wait_until(lambda: info()["closed"], 30)
+        flags.set("first-go")
+        assert first.get(timeout=30) == "first"
+        with pytest.raises(mp.TaskTimeoutError) as caught:
+            timed.get(timeout=30)
+    finally:
+        flags.set("teardown")
+        shutting_down.join(60)
+        mp.reset_shutdown()
+    assert "the pool is shutting down, so no worker takes its place" in str(caught.value), str(caught.value)
+    assert "new one" not in str(caught.value)
+    assert restarts() == before

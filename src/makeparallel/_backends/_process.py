@@ -439,6 +439,23 @@ class ProcessBackend(QueueingBackend):
             self._start_loop()
         self._wake()
 
+    def timeout_hint(self, is_async: bool) -> str:
+        """How a timed-out task of this pool is stopped, for its error: with its worker, replaced unless the pool is ending.
+
+        Closed (a shutdown waits for the tasks) with no task waiting for a
+        worker, the pool starts none for the one it stops, as for one that
+        died (:meth:`_worker_died`); the error said "a new one took its place".
+        Read without the pool's lock, which the handle holds as it asks
+        (``AsyncHandle._expire``).
+
+        Args:
+            is_async: whether the task's function is async; a process task's
+                coroutine ends with its worker all the same.
+        """
+        if self._closed and not (self._queued or self._holding):
+            return f"its worker process was stopped; {UNREPLACED}"
+        return self.stop_hint
+
     def worker_count(self) -> int:
         return self._num_workers
 
