@@ -2948,3 +2948,43 @@ def test_the_environment_is_copied_though_another_thread_removes_a_variable_mean
     monkeypatch.setattr(os, "environ", RemovedWhileCopied())
     copied = environment()
     assert "REMOVED" not in copied and copied["KEPT"] == "1"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("as_map", [False, True], ids=["task", "map-item"])
+def test_a_template_killed_as_the_pool_shuts_down_is_still_named_and_no_task_blamed(
+    two_workers: None, tmp_path: Path, as_map: bool
+) -> None:
+    # Killed as a shutdown waited, the template took every worker with it: the task was told
+    # "no other task was affected", with no word of the template, and a map item was blamed
+    # for crashing its worker, as for a crash of its own.
+    template = psutil.Process(psutil.Process(live_worker_pids()[0]).ppid())
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if as_map:
+                mp.parallel_map(functools.partial(block_on_item, str(tmp_path)), [3], backend="process")
+            else:
+                on_process(block)(str(tmp_path)).get(timeout=60)
+        except mp.WorkerCrashedError as error:  # (anything else fails the thread, and the test below)
+            outcome.append(error)
+
+    running = threading.Thread(target=run)
+    running.start()
+    shutting_down = threading.Thread(target=mp.shutdown, args=(60,))
+    try:
+        assert wait_until(lambda: (tmp_path / "started").exists(), 30)
+        shutting_down.start()
+        assert wait_until(lambda: mp.get_process_pool_info()["closed"], 30)
+        template.send_signal(signal.SIGKILL)
+    finally:
+        running.join(60)
+        shutting_down.join(60)
+        mp.reset_shutdown()
+    [error] = outcome
+    assert isinstance(error, mp.WorkerCrashedError), repr(error)
+    message = str(error)
+    assert "the pool's template process" in message and "the pool is shutting down" in message, message
+    assert "not affected" not in message and "crashed its worker" not in message, message
+    assert "take their place" not in message and "takes its place" not in message.replace("no worker takes its place", ""), message

@@ -56,7 +56,7 @@ from ._decorators import (
 from ._gil_watch import EXECUTOR_REMEDY
 from ._handle import _ON_DONE, AsyncHandle
 from ._interruptible import bounded
-from ._process_chunks import TEMPLATE_DIED, UNREPLACED, disown_worker_death, short_repr
+from ._process_chunks import UNREPLACED, disown_worker_death, short_repr, template_died
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
@@ -1239,10 +1239,10 @@ def _results(feed: _Feed, deadline: float | None, timeout: float | None, flatten
                     raise
                 # Dead as its pool shut down, with no task left for a worker: none replaced it, template or not.
                 unreplaced = getattr(error, "_unreplaced", False)
-                if getattr(error, "_with_template", False) and not unreplaced:
+                if getattr(error, "_with_template", False):
                     raise WorkerCrashedError(
                         f"calls {first} to {first + calls - 1} of Executor.map were lost with their "
-                        f"worker process ({how}): {TEMPLATE_DIED}"
+                        f"worker process ({how}): {template_died(not unreplaced)}"
                     ) from error
                 aftermath = UNREPLACED[0].upper() + UNREPLACED[1:] if unreplaced else "A new worker takes its place"
                 raise WorkerCrashedError(

@@ -48,6 +48,7 @@ __all__ = [
     "SLICE_SECONDS",
     "STOP_ITERATION",
     "TEMPLATE_DIED",
+    "UNREPLACED",
     "Failure",
     "TimedResults",
     "after_crash",
@@ -61,18 +62,28 @@ __all__ = [
     "run_streaming",
     "short_repr",
     "take_results_before",
+    "template_died",
 ]
 
 SLICE_SECONDS = 0.001  # the work between two checks that the chunk was not stopped
 _FINISH_UNDER = 2.5  # a chunk past its budget finishes if its items left take under this many times it
 #: Why a forked worker died when its template did (``WorkerCrashedError`` messages): no task's fault.
-TEMPLATE_DIED = (
-    "the pool's template process, which forks its workers, died, and every worker forked from it "
-    "with it; new workers take their place"
+_DIED_WITH_TEMPLATE = (
+    "the pool's template process, which forks its workers, died, and every worker forked from it with it"
 )
+TEMPLATE_DIED = f"{_DIED_WITH_TEMPLATE}; new workers take their place"
 
 # A worker that died as its pool was shutting down, with no task left waiting for a worker: none is started.
 UNREPLACED = "the pool is shutting down, so no worker takes its place"
+
+
+def template_died(replaced: bool) -> str:
+    """Why a forked worker died when its template did, and whether workers take their place (``replaced``).
+
+    Not replaced where the pool was shutting down (:data:`UNREPLACED`): the
+    template is named all the same, as no task's fault.
+    """
+    return TEMPLATE_DIED if replaced else f"{_DIED_WITH_TEMPLATE}; the pool is shutting down, so no worker takes their place"
 
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 40
@@ -384,12 +395,13 @@ def after_crash(
             chunk's worker (the process pool failed as a whole, say).
     """
     crash = getattr(error, "_crash", None)
-    # None: the pool was shutting down and replaced no worker, template or not (_aftermath).
-    with_template: bool | None = None if getattr(error, "_unreplaced", False) else getattr(error, "_with_template", False)
+    with_template = getattr(error, "_with_template", False)
+    # Not where the pool was shutting down and replaced no worker, template or not: the messages say so.
+    replaced = not getattr(error, "_unreplaced", False)
     if crash is None:
         how = getattr(error, "_how", None)
         if how is not None:
-            return _lost(error, how, with_template, items, start, keep_going)
+            return _lost(error, how, with_template, replaced, items, start, keep_going)
         if getattr(error, "_lost_elsewhere", False):
             return _lost_elsewhere(error, items, start, keep_going)
         raise error
@@ -397,18 +409,20 @@ def after_crash(
     position = len(done)
     if position >= min(ran, len(items)):  # it died after an item's end, before the next one started
         if position == 0 and sent_again and len(items) == 1:  # its unpickling ended two workers
-            return _with_culprit(done, how, with_template, items, start, keep_going)
+            return _with_culprit(done, how, with_template, replaced, items, start, keep_going)
         return done, position
-    return _with_culprit(done, how, with_template, items, start, keep_going)
+    return _with_culprit(done, how, with_template, replaced, items, start, keep_going)
 
 
 def _with_culprit(
-    done: list[Any], how: str, with_template: bool | None, items: Sequence[Any], start: int, keep_going: bool
+    done: list[Any], how: str, with_template: bool, replaced: bool, items: Sequence[Any], start: int, keep_going: bool
 ) -> tuple[list[Any], int]:
     """``done``, then the failure of the item after them, whose run ended its worker; and how many items they are.
 
     With ``with_template``, the worker died because its template did: the
     item was running, and fails, but the message does not blame it.
+    ``replaced``: whether a worker takes the dead one's place (not as the
+    pool shuts down).
     """
     from .errors import WorkerCrashedError
 
@@ -416,32 +430,37 @@ def _with_culprit(
     item = describe_item(start + position, items[position])
     if with_template:
         failure = WorkerCrashedError(
-            f"{item} of the map was running when its worker process died with {how}: {TEMPLATE_DIED}"
+            f"{item} of the map was running when its worker process died with {how}: {template_died(replaced)}"
         )
     else:
         failure = WorkerCrashedError(
-            f"{item} of the map crashed its worker process ({how}); {_aftermath(with_template)}"
+            f"{item} of the map crashed its worker process ({how}); {_aftermath(replaced)}"
         )
     if not keep_going:
         raise failure
     return [*done, Failure(failure)], position + 1
 
 
-def _aftermath(with_template: bool | None) -> str:
-    """What came of a dead worker, for its chunk's items: ``None`` where the pool was shutting down and replaced none."""
-    replaced = UNREPLACED if with_template is None else "a new worker takes its place"
-    return f"{replaced}, and the other items were not affected"
+def _aftermath(replaced: bool) -> str:
+    """What came of a dead worker, for its chunk's items: not ``replaced`` where the pool was shutting down."""
+    return f"{'a new worker takes its place' if replaced else UNREPLACED}, and the other items were not affected"
 
 
 def _lost(
-    error: WorkerCrashedError, how: str, with_template: bool | None, items: Sequence[Any], start: int, keep_going: bool
+    error: WorkerCrashedError,
+    how: str,
+    with_template: bool,
+    replaced: bool,
+    items: Sequence[Any],
+    start: int,
+    keep_going: bool,
 ) -> tuple[list[Any], int]:
     """The failures of a chunk's items, none of which can be blamed alone for its worker's death; how many they are."""
     from .errors import WorkerCrashedError
 
     if len(items) == 1:
-        return _with_culprit([], how, with_template, items, start, keep_going)
-    aftermath = TEMPLATE_DIED if with_template else _aftermath(with_template)
+        return _with_culprit([], how, with_template, replaced, items, start, keep_going)
+    aftermath = template_died(replaced) if with_template else _aftermath(replaced)
     lost = WorkerCrashedError(
         f"items {start} to {start + len(items) - 1} of the map were lost with their worker "
         f"process ({how}), which died with a result that could not be read back here, so no "

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import _deadlines, _events, _process_context, _serialization
 from .._cpu_share import pool_thread_limits
 from .._cpus import usable_cpu_count, usable_cpus
-from .._process_chunks import TEMPLATE_DIED, UNREPLACED, keep_results_before
+from .._process_chunks import UNREPLACED, keep_results_before, template_died
 from .._remote_errors import attach_remote_traceback, described
 from .._states import FAILED, ON_WORKER, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, TIMED_OUT
 from .._worker_memory import ResidentMemory
@@ -1894,19 +1894,20 @@ class ProcessBackend(QueueingBackend):
                 how = describe_exit(code)
                 running = f"the worker process (pid {worker.process.pid}) running task {handle._id} ({handle.name})"
                 with_template = isinstance(worker.process, ForkedProcess) and worker.process.with_template
-                if unreplaced:
+                if with_template:  # (every worker died with it: no task's fault)
+                    error = WorkerCrashedError(f"{running} died with {how}: {template_died(not unreplaced)}")
+                elif unreplaced:
                     error = WorkerCrashedError(
                         f"{running} died with {how}; {UNREPLACED}, and no other task was affected"
                     )
-                    error._unreplaced = True  # type: ignore[attr-defined]  # for a map: its message says so too
-                elif with_template:
-                    error = WorkerCrashedError(f"{running} died with {how}: {TEMPLATE_DIED}")
                 else:
                     error = WorkerCrashedError(
                         f"{running} died with {how}; a new worker takes its place, and no other task was affected"
                     )
                 if with_template:
                     error._with_template = True  # type: ignore[attr-defined]  # for a map: no item to blame it on
+                if unreplaced:
+                    error._unreplaced = True  # type: ignore[attr-defined]  # for a map: its message says so too
                 error._how = how  # type: ignore[attr-defined]  # for a map (_process_chunks)
                 if finished is not None:  # what a map chunk finished and how many items started ([], 0 for a task)
                     error._crash = (*finished, how)  # type: ignore[attr-defined]
