@@ -931,6 +931,27 @@ def test_a_chunked_maps_unpicklable_function_or_argument_is_named(buffersize: in
         assert list(executor.map(mul, range(6), range(6), chunksize=3, buffersize=buffersize)) == [x * x for x in range(6)]
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.parametrize("buffersize", [None, 1, 4])
+def test_a_maps_results_before_an_argument_that_cannot_be_pickled_come_out_first(
+    chunksize: int, buffersize: int | None
+) -> None:
+    # As ProcessPoolExecutor.map: the results of calls 0 to 9, in order, then the error of call 10.
+    # With buffersize=4 only 0 to 5 came out (the refill that met call 10 raised, and the calls in
+    # flight were cancelled); with chunksize=3, none; without buffersize, map() itself raised.
+    calls = [*range(10), threading.Lock(), *range(11, 30)]
+    pattern = r"argument 0 \(<unlocked _thread\..*\) of call 10 of Executor.map cannot be sent to a worker process: TypeError"
+    with mp.Executor(backend="process", max_workers=2) as executor:
+        results = executor.map(mul, calls, itertools.repeat(1), chunksize=chunksize, buffersize=buffersize)
+        taken = []
+        with pytest.raises(mp.TaskSerializationError, match=pattern):
+            for result in results:
+                taken.append(result)
+        assert taken == list(range(10))
+        assert list(executor.map(mul, range(6), range(6), chunksize=chunksize, buffersize=buffersize)) == [x * x for x in range(6)]
+
+
 def test_loop_run_in_executor_and_wrap_future(executor: mp.Executor) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from types import FunctionType, MethodType, TracebackType
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from . import _events, _fork_child, _runtime
 from ._admission import Limiter, NoSlotInTime, Recipient, ResultReady, UntilReady
@@ -609,12 +609,14 @@ class Executor(concurrent.futures.Executor):
             ValueError: ``chunksize`` or ``buffersize`` is below 1.
             TypeError: ``buffersize`` is not an int or ``None``.
             RuntimeError: the executor was shut down.
-            TaskSerializationError: on the process backend, ``fn`` or an
-                argument cannot be pickled (raised as its call or chunk is
-                submitted, from ``map()`` or, with ``buffersize``, from
-                ``next()``); it names the function, or the argument (with
-                ``chunksize`` above 1, and its call's index in the map; with
-                1, its position, as ``submit`` names it).
+            TaskSerializationError: on the process backend, ``fn`` cannot be
+                pickled (raised from ``map()``, naming the function), or an
+                argument cannot be: that call ends the input, as in
+                ``ProcessPoolExecutor.map``; the calls before it run and
+                ``next()`` gives their results, in order, then raises this
+                error, which names the argument (its position and a short
+                repr) and its call's index in the map. No call after it is
+                read or submitted.
             WorkerCrashedError: from ``next()``, a worker process died running a
                 call; with ``chunksize`` above 1 the calls of its chunk fail
                 together, the error naming their range.
@@ -631,11 +633,11 @@ class Executor(concurrent.futures.Executor):
         calls = zip(*iterables)
         chunks: Iterator[tuple[Any, ...]] = calls if chunksize == 1 else _batched(calls, chunksize)
         submit_one = self._map_submitter(fn, chunksize, deadline)
-        feed = _Feed(submit_one, chunks if buffersize is not None else None, buffersize or 0)
+        locate = functools.partial(_unsendable_call if chunksize > 1 else _unsendable_single_call, fn=_plain_of(fn)[0])
+        feed = _Feed(submit_one, chunks if buffersize is not None else None, buffersize or 0, locate)
         try:
             if buffersize is None:
-                for call in chunks:
-                    feed.in_flight.append(submit_one(call, None))
+                feed.submit_all(chunks)
             else:
                 feed.fill(buffersize)
         except NoSlotInTime:  # the timeout passed while a call waited for a slot: the rest are never submitted
@@ -674,12 +676,9 @@ class Executor(concurrent.futures.Executor):
                 return lambda args, until: (self._submit(spec, plain, args, {}, deadline, until), 1)
             # As parallel_map names its chunks.
             chunk_spec = self._spec_named(f"{_describe(fn)} [map]") if own is None else self._spec_of(own, " [map]")
-            return _naming_what_cannot_be_sent(
-                plain,
-                lambda chunk, until: (
-                    self._submit(chunk_spec, _run_chunk, (plain, chunk), {}, deadline, until),
-                    len(chunk),
-                ),
+            return lambda chunk, until: (
+                self._submit(chunk_spec, _run_chunk, (plain, chunk), {}, deadline, until),
+                len(chunk),
             )
         if chunksize == 1:  # a @parallel function as given: the overriding submit sees the caller's function
             return lambda args, _: (_submit_for_a_map(self, submit, deadline, fn, args), 1)
@@ -691,9 +690,7 @@ class Executor(concurrent.futures.Executor):
             run_chunk = _MapChunks(_run_chunk, plain)
             run_chunk.own = own
             run_chunk.__qualname__ = f"{own.name} [map]"  # type: ignore[attr-defined]  # as above
-        return _naming_what_cannot_be_sent(
-            plain, lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
-        )
+        return lambda chunk, _: (_submit_for_a_map(self, submit, deadline, run_chunk, (chunk,)), len(chunk))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks and free the pool once the submitted ones end.
@@ -1037,35 +1034,21 @@ def _batched(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[Any,
         yield chunk
 
 
-def _naming_what_cannot_be_sent(fn: Callable[..., Any], submit_chunk: _SubmitOne) -> _SubmitOne:
-    """``submit_chunk``, whose ``TaskSerializationError`` names the map's function or the call whose argument failed.
+def _unsendable_call(
+    error: TaskSerializationError, chunk: tuple[tuple[Any, ...], ...], first: int, fn: Callable[..., Any]
+) -> tuple[int, TaskSerializationError]:
+    """Where ``chunk`` (argument tuples, ``first`` the map's index of its first call), which could not be pickled, fails.
 
-    A chunk is one task of ``_run_chunk``: the error named that task's
-    arguments (``argument 0 (method)`` for a method of an object holding a
-    lock, ``argument 1 (tuple)`` for any call's argument), not what the map
-    was given. Calls are counted from the map's first, as a lost chunk's are.
-    """
-    first = 0  # the index of the first call of the next chunk
+    The offset in ``chunk`` of the first call an argument of which cannot be
+    pickled, and the error naming that argument and the call (``error``, the
+    submission's, its cause); offset 0 and ``error`` itself where each
+    argument alone can be. The submission's error named the task's own
+    arguments (``argument 1 (tuple)`` for a chunk, ``task 12`` for a call):
+    not what the map was given.
 
-    def submit_one(chunk: tuple[Any, ...], until: Recipient | None) -> tuple[concurrent.futures.Future[Any], int]:
-        nonlocal first
-        try:
-            entry = submit_chunk(chunk, until)
-        except TaskSerializationError as error:
-            _raise_naming_the_call(error, fn, chunk, first)
-        first += len(chunk)
-        return entry
-
-    return submit_one
-
-
-def _raise_naming_the_call(
-    error: TaskSerializationError, fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...], first: int
-) -> NoReturn:
-    """Raise ``error``, a chunk's that could not be pickled, as the map's function or the first argument that cannot be, where one alone cannot.
-
-    The function is tried first, as the chunk pickles it first: then every
-    chunk would fail, whatever its calls.
+    Raises:
+        TaskSerializationError: ``fn``, the map's function, cannot be pickled
+            (tried first, as a chunk pickles it first): every call would fail.
     """
     from . import _serialization  # on this failure path only
     from ._map import refuse_unsendable_function
@@ -1076,12 +1059,21 @@ def _raise_naming_the_call(
             try:
                 _serialization.dumps(value)
             except Exception as problem:
-                raise TaskSerializationError(
+                failure = TaskSerializationError(
                     f"argument {position} ({short_repr(value)}) of call {first + offset} of Executor.map "
                     f"cannot be sent to a worker process: {type(problem).__name__}: {problem}. Every "
                     "argument must be picklable; backend='thread' needs no pickling"
-                ) from error
-    raise error
+                )
+                failure.__cause__ = error
+                return offset, failure
+    return 0, error
+
+
+def _unsendable_single_call(
+    error: TaskSerializationError, args: tuple[Any, ...], first: int, fn: Callable[..., Any]
+) -> tuple[int, TaskSerializationError]:
+    """:func:`_unsendable_call` for a map of one call per task: ``args``, the call's arguments, is call ``first``."""
+    return _unsendable_call(error, (args,), first, fn)
 
 
 def _run_chunk(fn: Callable[..., T], chunk: tuple[tuple[Any, ...], ...]) -> list[T]:
@@ -1132,6 +1124,8 @@ def _map_timed_out(timeout: float | None) -> TaskTimeoutError:
 
 # Submits a map's call (or chunk) of arguments, its wait for a slot ending as the recipient says, if given.
 _SubmitOne = Callable[[tuple[Any, ...], "Recipient | None"], tuple[concurrent.futures.Future[Any], int]]
+# Where a call (or chunk) that could not be pickled fails, given its submission's error and its first call's index.
+_Locate = Callable[[TaskSerializationError, tuple[Any, ...], int], tuple[int, TaskSerializationError]]
 
 
 class _Feed:
@@ -1142,15 +1136,27 @@ class _Feed:
     (:attr:`unsent`), the result handed out, and the call submitted after it.
     Waiting on held back the results ready meanwhile, and for good where the
     submitter holding the slot waited for what the consumer does with the next one.
+
+    A call an argument of which cannot be pickled (on worker processes) ends
+    the input there (:meth:`_send`), as in ``ProcessPoolExecutor.map``: the
+    calls before it run, their results are handed out, then its error is
+    raised. Raised as it was submitted, it cancelled the calls in flight and
+    lost their results, and those of its chunk's calls before it.
     """
 
-    def __init__(self, submit_one: _SubmitOne, calls: Iterator[tuple[Any, ...]] | None, buffer: int) -> None:
+    def __init__(
+        self, submit_one: _SubmitOne, calls: Iterator[tuple[Any, ...]] | None, buffer: int, locate: _Locate
+    ) -> None:
         self.in_flight: deque[tuple[concurrent.futures.Future[Any], int]] = deque()
         self.unsent: tuple[Any, ...] | None = None  # read from the input, its wait for a slot ended by a result
         self.short = False  # the calls after those in flight were never submitted: the deadline passed first
+        # The error of the call that could not be pickled, which ended the input: raised after the results before it.
+        self.unsendable: TaskSerializationError | None = None
         self._calls = calls  # None once read to its end, or cut short
         self._buffer = buffer
         self._submit_one = submit_one
+        self._locate = locate
+        self._submitted = 0  # calls submitted: the map's index of the next one
         self._until_ready = UntilReady(self._oldest_ready, self._calls_in_flight)
 
     def _oldest_ready(self) -> bool:
@@ -1184,12 +1190,53 @@ class _Feed:
                     self._calls = None
                     return
             try:
-                entry = self._submit_one(self.unsent, self._until_ready if self.in_flight else None)
+                entry = self._send(self.unsent, self._until_ready if self.in_flight else None)
             except ResultReady:
                 return
+            if entry is not None:
+                self._until_ready.follow(entry[0], _runtime.global_limiter.limit is not None)  # its end may end such a wait
+
+    def submit_all(self, calls: Iterator[tuple[Any, ...]]) -> None:
+        """Submit every call (or chunk) of ``calls`` now, as a map without ``buffersize`` does, up to one that cannot be pickled.
+
+        Raises:
+            NoSlotInTime: the map's deadline passed as a call waited for its slot.
+            TaskSerializationError: the map's function cannot be pickled.
+        """
+        for call in calls:
+            self.unsent = call
+            self._send(call, None)
+            if self.unsendable is not None:
+                return
+
+    def _send(self, call: tuple[Any, ...], until: Recipient | None) -> tuple[concurrent.futures.Future[Any], int] | None:
+        """Submit ``call`` (:attr:`unsent`), its wait for a slot ended by ``until``; return its entry in flight.
+
+        One that cannot be pickled is cut before its first call that cannot
+        be: the calls before it are submitted (their entry returned; None
+        where there are none), and its error, which names that call
+        (``_locate``), is kept in :attr:`unsendable`; no call after it is read.
+
+        Raises:
+            ResultReady: ``until``'s: the oldest result is ready first; :attr:`unsent` is kept.
+            NoSlotInTime: the map's deadline passed as the call waited for its slot.
+            TaskSerializationError: the map's function cannot be pickled: every call would fail.
+        """
+        while True:
+            try:
+                entry = self._submit_one(call, until)
+            except TaskSerializationError as error:
+                offset, self.unsendable = self._locate(error, call, self._submitted)
+                self._calls = None
+                self.unsent = call[:offset] if offset else None  # kept there should a result be ready first
+                if self.unsent is None:
+                    return None
+                call = self.unsent
+                continue
             self.unsent = None
             self.in_flight.append(entry)
-            self._until_ready.follow(entry[0], _runtime.global_limiter.limit is not None)  # its end may end such a wait
+            self._submitted += entry[1]
+            return entry
 
     def refill(self) -> None:
         """Before the oldest call's result is waited for: one more in flight for each one taken (as 3.14's)."""
@@ -1261,6 +1308,8 @@ def _results(feed: _Feed, deadline: float | None, timeout: float | None, flatten
                 yield results.pop()
         if feed.short:
             raise _map_timed_out(timeout)
+        if feed.unsendable is not None:
+            raise feed.unsendable
     finally:
         for future, _ in in_flight:
             future.cancel()
