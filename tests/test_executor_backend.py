@@ -1091,3 +1091,55 @@ def test_the_advice_for_an_executors_class_makes_an_executor_that_class_can_make
     """It advised Executor(max_workers=...) for every class: a TypeError for these."""
     with pytest.raises(TypeError, match=advice):
         mp.parallel(backend=executor)(square)  # type: ignore[call-overload]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_a_task_on_an_mp_executor_counts_once_and_is_measured_once_under_its_name(
+    backend: str, flags: Flags, own_metrics: None
+) -> None:
+    # The Executor ran each call as a task of its own (the adapter's ExecutorBackend._run, or
+    # call_remotely elsewhere): get_active_task_count() said 2 for the one call running, and the
+    # metrics had a second record, of a task nobody submitted.
+    with mp.Executor(backend=backend, max_workers=2) as pool:
+        held = mp.parallel(backend=pool)(mark_then_wait)
+        handle = None if backend == "sync" else held(flags, "held")
+        try:
+            if handle is not None:
+                assert flags.wait("held", 30)
+                assert mp.get_active_task_count() == 1
+        finally:
+            flags.set("held-go")
+        assert handle is None or handle.get(timeout=30) == "held"
+        heard: list[tuple[str, str]] = []
+        listener = lambda event: heard.append((event.kind, event.name))
+        mp.add_task_listener(listener)
+        try:
+            assert mp.parallel(backend=pool)(square)(3).get(timeout=30) == 9
+        finally:
+            mp.remove_task_listener(listener)
+        # (Its "finished" may come just after get() returns: the names, and what came before it.)
+        assert heard[:2] == [("submitted", "square"), ("started", "square")]
+        assert {name for _, name in heard} == {"square"}
+        records = {name: record.total_tasks for name, record in mp.get_all_metrics().items()}
+        assert records == {"mark_then_wait": 0 if handle is None else 1, "square": 1}
+        assert mp.get_active_task_count() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_a_task_on_an_mp_executor_takes_one_slot_of_the_concurrency_limit(backend: str) -> None:
+    # Its call took a second slot as the Executor's own task: under a limit of 1, the call's
+    # submission waited for good for the slot its own task held.
+    outcome: list[int] = []
+    with mp.Executor(backend=backend, max_workers=2) as pool:
+        mp.set_max_concurrent_tasks(1)
+        caller = threading.Thread(target=lambda: outcome.append(mp.parallel(backend=pool)(square)(4).get(timeout=30)))
+        try:
+            caller.start()
+            caller.join(30)
+            assert not caller.is_alive(), "the call waited for a second slot of the limit"
+        finally:
+            mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
+            caller.join(30)
+        assert outcome == [16]

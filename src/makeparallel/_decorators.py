@@ -81,6 +81,9 @@ _CALL_TIME_OPTIONS = ("timeout", "priority")
 class TaskSpec:
     """What every task of one decorated function shares; it observes their ends."""
 
+    #: Listeners hear of every task (``TaskObserver.unseen``).
+    unseen = False
+
     __slots__ = (
         "_last_shard",
         "async_cancel",

@@ -196,7 +196,13 @@ def remove_task_listener(listener: Callable[[TaskEvent], object]) -> None:
 
 
 def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
-    """Tell every listener that ``kind`` happened to ``handle``, in the task's order; ``details``: the event's own fields."""
+    """Tell every listener that ``kind`` happened to ``handle``, in the task's order; ``details``: the event's own fields.
+
+    Nothing of a task whose observer is ``unseen``: an ``mp.Executor``'s task
+    that runs another (``@parallel(backend=executor)``), which is told.
+    """
+    if handle._observer.unseen:
+        return
     event = _event(kind, handle, details)
     if kind == "submitted":  # before the task is submitted: no other thread has it yet
         handle._event_order = _Order()

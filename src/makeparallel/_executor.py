@@ -335,8 +335,11 @@ class Executor(concurrent.futures.Executor):
             "from your program's own flow",
         )
         self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
-        # Read by the executor adapter, should this executor itself serve as a backend.
+        # Read by the executor adapter, should this executor itself serve as a backend: whether calls
+        # run in this process, and the pool whose tasks carry its tasks (_makeparallel_carry).
         self._makeparallel_in_process = self._backend.name != "process"
+        self._makeparallel_pool = self._backend
+        self._carriers: dict[str, _Carrier] = {}
         self._specs: dict[str, TaskSpec] = {}
         # Those of @parallel functions' tasks, by name, limiter and priority (_spec_of).
         self._parallel_specs: dict[tuple[str, Limiter | None, int], TaskSpec] = {}
@@ -513,6 +516,46 @@ class Executor(concurrent.futures.Executor):
                 raise
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
+        try:
+            backend.submit(handle)
+        except BaseException as error:
+            withdraw(handle, backend, error)
+            if isinstance(error, ShutdownError):
+                raise self._refusal() from None
+            raise
+        return future
+
+    def _makeparallel_carry(
+        self, task: AsyncHandle[Any], fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args)``, the call by which the adapter of this executor runs ``task`` (``@parallel(backend=executor)``).
+
+        ``task`` is counted, measured, admitted through the concurrency limits
+        and told to listeners by the adapter, as its function's task: the task
+        of this pool that carries it is none of these (:class:`_Carrier`),
+        and takes no slot. As an ordinary ``submit``, it was a second task of
+        every count, a second metrics record ("ExecutorBackend._run", or
+        "call_remotely" on processes), and took a second slot of the limit,
+        which under a limit of 1 its own call held: it waited for good. It is
+        named as ``task`` (in an error of this pool, a worker's death) and
+        queued at its priority. Where a subclass or the instance overrides
+        ``submit``, the call goes through it, as any call does.
+
+        Raises:
+            RuntimeError: the executor was shut down (the adapter fails the
+                task with ``ShutdownError``).
+        """
+        if getattr(self.submit, "__func__", None) is not Executor.submit:
+            return self.submit(fn, *args)
+        if self._shut_down:
+            raise self._refusal()
+        carrier = self._carriers.get(task.name)
+        if carrier is None:
+            carrier = self._carriers[task.name] = _Carrier(task.name, task._observer.function_name)
+        backend = self._backend
+        handle: AsyncHandle[Any] = AsyncHandle(fn, args, {}, contextvars.copy_context(), carrier, backend, task._priority)
+        future = ExecutorFuture(handle)
+        handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
         try:
             backend.submit(handle)
         except BaseException as error:
@@ -808,6 +851,46 @@ class Executor(concurrent.futures.Executor):
                 TaskSpec(name, None, None, own.priority, own.limiter, is_async, function_name=own.function_name)
             )
         return spec
+
+
+class _Carrier:
+    """The observer of an ``Executor``'s tasks that each run a task of its adapter's (:meth:`Executor._makeparallel_carry`).
+
+    It counts, measures and tells nothing (``unseen``): the task carried is
+    counted and measured under its function's name, and told to listeners,
+    by the adapter. The executor's pool counts the carrier among its active
+    tasks, which ``get_active_task_count()`` takes for the task carried
+    (``ExecutorBackend.active_count_beside``).
+    """
+
+    __slots__ = ("cpu_watch", "function_name", "is_async", "name")
+    retry = None
+    breaker = None
+    unseen = True
+
+    def __init__(self, name: str, function_name: str) -> None:
+        self.name = name
+        self.function_name = function_name
+        self.cpu_watch = None  # the task carried is run by its adapter, not watched as this pool's
+        self.is_async = False
+
+    def task_submitted(self, handle: AsyncHandle[Any]) -> None:
+        pass
+
+    def task_finished(self, handle: AsyncHandle[Any]) -> None:
+        pass  # (it took no slot)
+
+    def tasks_ended(self, lock: threading.Lock, state: int, count: int) -> None:
+        pass
+
+    def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
+        pass
+
+    def task_retried(self, handle: AsyncHandle[Any], first: bool) -> None:
+        pass
+
+    def retries_ran(self, handle: AsyncHandle[Any]) -> None:
+        pass
 
 
 def _measured_by_the_task(fn: Callable[..., T]) -> tuple[Callable[..., T], str]:

@@ -120,6 +120,8 @@ class TaskObserver(Protocol):
     retry: Any
     #: The circuit breaker (a ``CircuitBreaker``), or ``None``.
     breaker: Any
+    #: Whether listeners are told nothing of the tasks: true only for those that run another task, told already.
+    unseen: bool
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""

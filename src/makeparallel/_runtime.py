@@ -1778,8 +1778,13 @@ def ending_on_interrupt() -> bool:
 
 
 def _active(backends: list[Backend]) -> int:
-    """Tasks submitted to ``backends`` and not yet ended."""
-    return sum(backend.active_count() for backend in backends)
+    """Tasks submitted to ``backends`` and not yet ended, each once.
+
+    A task that an adapter sent to an ``mp.Executor`` runs in a task of that
+    executor's pool, which counts it too: once, where that pool is among
+    ``backends`` (``ExecutorBackend.active_count_beside``).
+    """
+    return sum(backend.active_count_beside(backends) for backend in backends)
 
 
 def _abandoned_running(backends: list[Backend]) -> int:

@@ -103,6 +103,9 @@ class ExecutorBackend(Backend):
         self._held: dict[AsyncHandle[Any], tuple[Any, ...]] = {}
         # Whether its workers send the error of pickling a result as the future's (_result_unsent).
         self._sends_result_errors = sends_result_errors(executor)
+        # An mp.Executor's pool, which runs each call in a task of its own, and how (_carry): None for any other executor.
+        self._carrier_pool: Backend | None = getattr(executor, "_makeparallel_pool", None)
+        self._carrier = getattr(executor, "_makeparallel_carry", None)
 
     # -- what the runtime asks -------------------------------------------------------
 
@@ -146,11 +149,26 @@ class ExecutorBackend(Backend):
         is running from its submission, as its handle says.
         """
         counts: dict[str, int] = {}
+        carriers = self._carrier_pool is not None
         with self._lock:
-            for handle in self._unstarted_locked():
-                name = handle._observer.name
-                counts[name] = counts.get(name, 0) + 1
+            for handle, future in self._futures.items():
+                if handle._state == PENDING and not (carriers and _carried(future)):  # (that pool counts a carried one)
+                    name = handle._observer.name
+                    counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def active_count_beside(self, pools: list[Backend]) -> int:
+        """Of the tasks accepted and not ended, those that the pool of an ``mp.Executor`` among ``pools`` does not count too.
+
+        That executor runs each call in a task of its own pool (:meth:`_carry`),
+        which counts it as long as it has not ended: ``get_active_task_count()``
+        counted each call running there twice. Only those: a task held for its
+        limits' slots, waiting to retry, or run inline by a waiter counts here alone.
+        """
+        if self._carrier_pool is None or self._carrier_pool not in pools:
+            return self._active
+        with self._lock:
+            return self._active - sum(1 for future in self._futures.values() if _carried(future))
 
     def _unstarted_locked(self) -> list[AsyncHandle[Any]]:
         """The tasks accepted whose handles say pending: held, or queued in an executor in this process."""
@@ -340,7 +358,7 @@ class ExecutorBackend(Backend):
             TypeError: the executor's ``submit`` returned no future.
         """
         try:
-            future = self._executor.submit(*call)
+            future = self._carry(handle, call)
         except Exception as error:  # the task ends failed (_refused_as_sent, release_held, _send_again)
             if isinstance(error, BrokenExecutor):  # a worker died (or its initializer failed): it refuses every task now
                 why = f"{self._executor!r} is broken ({error}); pass a working one as backend="
@@ -381,6 +399,21 @@ class ExecutorBackend(Backend):
             if handle._timeout is not None:
                 _deadlines.schedule(handle, handle._started_at + handle._timeout, weakly=True)  # type: ignore[operator]
         future.add_done_callback(functools.partial(self._future_done, handle))
+
+    def _carry(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> Any:
+        """``executor.submit(*call)``; to an ``mp.Executor``, a call that carries ``handle``, counted and measured already.
+
+        An ``mp.Executor`` runs each call as a task of its own pool: its
+        ``submit`` counted, measured, admitted and announced that task as well
+        as ``handle`` (a second metrics record, "ExecutorBackend._run" or
+        "call_remotely"; a second slot of the concurrency limit, which under a
+        limit of 1 was never free). Its ``_makeparallel_carry`` runs the call
+        unseen, as what carries ``handle`` (through its ``submit``, where a
+        subclass or the instance overrides it).
+        """
+        if self._carrier is None:
+            return self._executor.submit(*call)
+        return self._carrier(handle, *call)
 
     def timeout_hint(self, is_async: bool) -> str:
         """How a task that timed out is stopped, for its error: in this process, as on the thread pool.
@@ -613,6 +646,17 @@ class ExecutorBackend(Backend):
     def _cancel_future(self, future: Any) -> None:
         """Ask the executor to drop ``future``; a standard one cannot once it runs."""
         future.cancel()
+
+
+def _carried(future: Any) -> bool:
+    """Whether ``future`` (a value of ``_futures``) is that of an ``mp.Executor``'s task carrying the handle, not ended.
+
+    That task (``_carry``) is counted by the executor's pool until it ends,
+    which it does after the handle it ran (or found claimed, and left to the
+    waiter that runs it inline).
+    """
+    carrier = getattr(future, "handle", None)
+    return carrier is not None and carrier._state < SUCCEEDED
 
 
 class _Unsent:

@@ -232,6 +232,10 @@ class Backend:
         """Tasks submitted here that have not ended."""
         return self._active
 
+    def active_count_beside(self, pools: list[Backend]) -> int:
+        """Of :meth:`active_count`, the tasks that none of ``pools`` counts too (all, but for an adapter's)."""
+        return self._active
+
     def close(self, cancel_pending: bool) -> None:
         """Refuse new tasks from now on; cancel the queued ones if asked."""
         with self._lock:
