@@ -96,6 +96,8 @@ class Acquirer:
 class Deferred:
     """Stands for a task submitted on a running event loop, waiting in the queue for its slot."""
 
+    through_shutdown = False  # (a task of a pool that a shutdown closes)
+
     def __init__(self, name: str, got: Record) -> None:
         self.name = name
         self._got = got
@@ -431,6 +433,8 @@ def at_each_place(scenario: Callable[[int], bool]) -> None:
 
 class HeldBackend:
     """What a deferred admission uses of its backend: a lock, and ``release_held``, recorded."""
+
+    outlives_shutdown = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -901,33 +901,45 @@ def _assert_told_refused_once(recorder: Recorder, running: int, name: str) -> No
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
 @pytest.mark.parametrize("when", ["waiting for a slot", "called after it"])
-def test_an_executor_submit_over_a_full_limit_refused_at_shutdown_is_told_finished(
+def test_an_executor_submit_over_a_full_limit_at_shutdown_waits_and_is_told_once(
     limit: str, when: str, listen: Any, gate: threading.Event
 ) -> None:
-    # An mp.Executor's submit takes the same slots as a call, through a path of its
-    # own: the shutdown's refusal in the limit's wait was told of nothing and counted
-    # nowhere there, after a call's was (ShutdownError, the task never submitted).
+    # An mp.Executor's submit takes the same slots as a call, through a path of its own.
+    # mp.shutdown() leaves the executor taking tasks: its submission waits for its slot
+    # through the shutdown and runs once the slot is freed, told and counted once. (It was
+    # refused there with ShutdownError, and its refusal had to be told and counted.)
     name = unique_name("events-shut-full-executor")
     recorder = Recorder(name)
     listen(recorder)
     started = threading.Event()
     fn, limiter = _held_under_a_full_limit(limit, name, started, gate)
-    refusals: list[mp.ShutdownError] = []
+    waited: list[Any] = []
     with mp.Executor("thread", max_workers=2) as executor:
         running = executor.submit(fn, 0)
         assert started.wait(10)
-
-        def call() -> None:
-            try:
-                executor.submit(fn, 1)
-            except mp.ShutdownError as error:
-                refusals.append(error)
-
-        _shut_down_as(when, limiter, call)
-        gate.set()
+        caller = threading.Thread(target=lambda: waited.append(executor.submit(fn, 1)))
+        if when == "called after it":
+            mp.shutdown(timeout_secs=0)
+        caller.start()
+        try:
+            assert wait_until(lambda: bool(limiter._waiters))  # blocked for the slot the running task holds
+            if when == "waiting for a slot":
+                mp.shutdown(timeout_secs=0)
+        finally:
+            gate.set()
+            caller.join(10)
         assert running.result(timeout=10) == 0
-    assert len(refusals) == 1
-    _assert_told_refused_once(recorder, running.handle.get_task_id(), name)
+        assert len(waited) == 1, "the submission was refused"
+        assert waited[0].result(timeout=10) == 1
+    task = waited[0].handle.get_task_id()
+    events = recorder.wait_finished(task)
+    assert kinds(events) == ["submitted", "started", "finished"]
+    assert events[-1].status == "succeeded"
+    recorder.wait_finished(running.handle.get_task_id())
+    assert_metrics_agree_with_events(recorder.events, name)
+    metrics = mp.get_metrics(name)
+    assert metrics is not None
+    assert (metrics.total_tasks, metrics.completed_tasks, metrics.failed_tasks) == (2, 2, 0)
 
 
 @pytest.mark.timeout(30)

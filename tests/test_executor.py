@@ -327,6 +327,53 @@ def test_submit_after_shutdown_raises_runtime_error(executor: mp.Executor) -> No
     executor.shutdown()  # twice is harmless
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["thread", "loop"])
+@pytest.mark.parametrize("limit", ["none", "free", "full", "full as it comes"])
+def test_mp_shutdown_leaves_an_executor_taking_tasks_whatever_the_limit(limit: str, where: str, gate: threading.Event) -> None:
+    # mp.shutdown() refuses @parallel calls (ShutdownError) until reset_shutdown(); an Executor is
+    # its owner's and refuses only after its own shutdown(), as concurrent.futures' do. It took a
+    # task while mp.set_max_concurrent_tasks' limit had a slot free, and refused it where the
+    # limit was full: its submission raised ShutdownError, or its future failed with it.
+    limiter = _runtime.global_limiter
+    with mp.Executor(max_workers=2) as executor:
+        if limit != "none":
+            mp.set_max_concurrent_tasks(2 if limit == "free" else 1)
+        holder = executor.submit(gate.wait, 30)  # holds a slot until the gate opens
+        waits = limit.startswith("full")
+        if limit != "full as it comes":
+            mp.shutdown(timeout_secs=0)  # (the holder's slot stays taken: it does not wait for it)
+        got: list[int] = []
+
+        async def submit_on_a_loop() -> int:
+            future = executor.submit(pow, 2, 5)  # held for its slot, where it must wait: the loop is not blocked
+            if limit == "full as it comes":
+                await asyncio.to_thread(mp.shutdown, 0)
+            gate.set()
+            return await asyncio.wrap_future(future)
+
+        def submit() -> None:
+            got.append(asyncio.run(submit_on_a_loop()) if where == "loop" else executor.submit(pow, 2, 5).result(30))
+
+        submitter = threading.Thread(target=submit)
+        submitter.start()
+        try:
+            if waits and where == "thread":
+                assert wait_until(lambda: len(limiter._waiters) == 1, timeout=30), "the submission never waited for a slot"
+                if limit == "full as it comes":
+                    mp.shutdown(timeout_secs=0)
+                assert submitter.is_alive()
+            gate.set()
+            submitter.join(30)
+        finally:
+            gate.set()
+        assert not submitter.is_alive()
+        assert got == [32]
+        assert holder.result(30) is True
+        with pytest.raises(mp.ShutdownError):
+            mp.parallel(abs)(1)  # while @parallel calls are refused
+
+
 def test_shutdown_cancel_futures_cancels_what_has_not_started(gate: threading.Event) -> None:
     executor = mp.Executor(max_workers=1)
     started = threading.Event()
@@ -584,10 +631,12 @@ def test_a_maps_timeout_bounds_no_wait_for_a_slot_of_another_executor_made_in_a_
     deadlines: list[float | None] = []
     acquire_a_slot = Limiter.acquire
 
-    def acquire(limiter: Limiter, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
+    def acquire(
+        limiter: Limiter, deadline: float | None = None, recipient: Recipient | None = None, through_shutdown: bool = False
+    ) -> bool:
         if limiter is _runtime.global_limiter:
             deadlines.append(deadline)
-        return acquire_a_slot(limiter, deadline, recipient)
+        return acquire_a_slot(limiter, deadline, recipient, through_shutdown)
 
     with mp.Executor(max_workers=1) as other:
 

@@ -297,7 +297,9 @@ class Limiter:
         self._in_flight = in_flight
         del self._waiters[waiting]
 
-    def acquire(self, deadline: float | None = None, recipient: Recipient | None = None) -> bool:
+    def acquire(
+        self, deadline: float | None = None, recipient: Recipient | None = None, through_shutdown: bool = False
+    ) -> bool:
         """Admit one task, waiting while the limit is reached (unless exempt).
 
         ``deadline`` (a ``time.monotonic()`` value): give up then and return
@@ -314,13 +316,18 @@ class Limiter:
         slot goes back): the submission makes no task. A call that finds a
         slot free at once does not ask it (the submission checked it already).
 
+        ``through_shutdown``: the task goes to a pool that ``mp.shutdown()``
+        leaves running (an ``mp.Executor``'s): the wait goes on through the
+        shutdown (:meth:`close`), before or as it comes, until a slot is freed.
+
         Cancellation: inside a task the wait is a cancellation point
         (``CancellationPoint``): the task's cancel or timeout wakes it, and it
         raises what ``check_cancelled()`` raises there, admitting nothing. A
         task that never waited is not checked: the call stays one lock round.
 
         Raises:
-            ShutdownError: the library was shut down while this call waited.
+            ShutdownError: the library was shut down while this call waited, or
+                before it (not ``through_shutdown``).
             TaskCancelledError: the task this runs in was cancelled while it waited.
             TaskTimeoutError: the task this runs in timed out while it waited.
             RuntimeError: on a thread whose event loop runs, the tasks holding
@@ -344,7 +351,7 @@ class Limiter:
                 self.release()
             raise
         task = current_task()
-        waiter = _Waiter(self._lock)
+        waiter = _Waiter(self._lock, through_shutdown)
         loop = running_loop()  # a group's own limit, waited for on a loop's thread: see _run_held_on_loop
         admitted = False
         try:
@@ -399,7 +406,7 @@ class Limiter:
         the recipient's refusal (each waking only this waiter), the
         ``RuntimeError`` of :meth:`_refuse_to_block_their_loop`.
         """
-        if self._closed:  # shut down before this call, which never waited: its refusal says so
+        if self._closed and not waiter.through_shutdown:  # shut down before this call, which never waited: its refusal says so
             raise ShutdownError(_SHUT_DOWN_BEFORE)
         if loop is not None:  # tasks started on this loop before the wait may hold every slot
             self._lock.release()
@@ -408,7 +415,8 @@ class Limiter:
             finally:
                 self._lock.acquire()
         while not waiter.granted:
-            if self._closed or waiter.shut_out:  # shut_out: closed, maybe reopened before this thread ran again
+            # shut_out: closed, maybe reopened before this thread ran again
+            if waiter.shut_out or (self._closed and not waiter.through_shutdown):
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
             if task is not None:  # checked under the lock Waiter.wake takes: no stop goes unseen
                 task._raise_if_stopped()
@@ -525,13 +533,14 @@ class Limiter:
         first served).
 
         Raises:
-            ShutdownError: the library is shut down and the limit is reached.
+            ShutdownError: the library is shut down and the limit is reached
+                (unless ``waiting.through_shutdown``, as :meth:`acquire` has it).
         """
         with self._lock:
             if self.limit is None or (self._in_flight < self.limit and not self._waiters) or self._nested():
                 self._in_flight += 1
                 return True
-            if self._closed:
+            if self._closed and not waiting.through_shutdown:
                 raise ShutdownError(_SHUT_DOWN_WHILE_WAITING)
             self._waiters[waiting] = None
             return False
@@ -577,7 +586,7 @@ class Limiter:
         return _interruptible.wait_until(self._lock, lambda: self._in_flight <= 0, self._free_waiters, timeout)
 
     def close(self) -> None:
-        """Make every waiting and future blocked submission raise ``ShutdownError``.
+        """Make every waiting and future blocked submission raise ``ShutdownError``, but those ``through_shutdown``.
 
         Deferred admissions end their tasks with ``ShutdownError``, as a blocked
         submission would have raised it. Interrupted (Ctrl-C), it shuts out and
@@ -603,18 +612,21 @@ class Limiter:
         """Take every waiter off the queue: wake the blocked calls to raise, add the deferred admissions to ``refused``.
 
         Off the queue, all of them: a slot freed from now on is not handed to
-        a waiter about to raise. The queue is emptied last: cut short, a call
+        a waiter about to raise. The queue is replaced last: cut short, a call
         again does it all again (a call woken twice, or an admission refused
-        twice, ends once).
+        twice, ends once). Those ``through_shutdown`` stay queued, in order.
         """
         waiters = self._waiters
+        kept: OrderedDict[_Waiter | PendingAdmission, None] = OrderedDict()
         for waiting in waiters:
-            if isinstance(waiting, _Waiter):
+            if waiting.through_shutdown:
+                kept[waiting] = None
+            elif isinstance(waiting, _Waiter):
                 waiting.shut_out = True  # off the queue: it must raise, even if reopen() comes first
                 waiting.woken.notify()
             else:
                 refused.append(waiting)
-        self._waiters = OrderedDict()
+        self._waiters = kept
 
     def reopen(self) -> None:
         with self._lock:
@@ -630,11 +642,12 @@ class Limiter:
 class _Waiter:
     """A call blocked in :meth:`Limiter.acquire`, queued: woken alone, when handed a slot or told to look again."""
 
-    __slots__ = ("granted", "shut_out", "woken")
+    __slots__ = ("granted", "shut_out", "through_shutdown", "woken")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.Lock, through_shutdown: bool) -> None:
         self.granted = False  # set under the limiter's lock as it leaves the queue: the slot is this call's, counted
         self.shut_out = False  # set under the limiter's lock by close(), which took it off the queue
+        self.through_shutdown = through_shutdown  # close() leaves it waiting (Limiter.acquire)
         self.woken = threading.Condition(lock)
 
     def wake(self) -> None:
@@ -673,7 +686,7 @@ class PendingAdmission:
     task cancelled meanwhile hands each slot it is given straight back.
     """
 
-    __slots__ = ("_backend", "_handle", "_limiters", "_loop", "granted_by")
+    __slots__ = ("_backend", "_handle", "_limiters", "_loop", "granted_by", "through_shutdown")
 
     def __init__(
         self,
@@ -689,6 +702,8 @@ class PendingAdmission:
         # The limiter whose slot is this task's, not yet taken by its next step: set under
         # that limiter's lock as the task leaves its queue, and cleared under it by that step.
         self.granted_by: Limiter | None = None
+        # For a pool that makeparallel.shutdown() leaves running (an mp.Executor's): it waits on through it.
+        self.through_shutdown = backend.outlives_shutdown
 
     def start(self) -> None:
         """Take every slot free now; queue for the first that is not."""

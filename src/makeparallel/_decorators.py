@@ -744,18 +744,24 @@ def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:
 
 
 def take_slots(
-    limiters: list[Limiter], deadline: float | None = None, recipient: Recipient | None = None
+    limiters: list[Limiter],
+    deadline: float | None = None,
+    recipient: Recipient | None = None,
+    through_shutdown: bool = False,
 ) -> tuple[Limiter, ...]:
     """Take a slot from each of ``limiters`` in turn, waiting while one is full: a call's, or ``mp.Executor``'s.
 
+    ``through_shutdown``: as ``Limiter.acquire`` has it (an ``mp.Executor``'s task).
+
     Raises:
         NoSlotInTime: ``deadline`` passed first; no slot is kept.
+        ShutdownError: makeparallel was shut down before or during a wait (not ``through_shutdown``).
         Exception: ``recipient``'s refusal, as it stopped first; no slot is kept.
     """
     permits: list[Limiter] = []
     try:
         for limiter in limiters:
-            if not limiter.acquire(deadline, recipient):
+            if not limiter.acquire(deadline, recipient, through_shutdown):
                 raise NoSlotInTime
             permits.append(limiter)
         return tuple(permits)  # inside: a Ctrl-C as tuple() returns gives the slots back too

@@ -49,7 +49,6 @@ from ._decorators import (
     _GuardedParallelFunction,
     callable_of,
     hold_for_admission,
-    refused_by_a_limit,
     take_slots,
     withdraw,
 )
@@ -309,7 +308,14 @@ class Executor(concurrent.futures.Executor):
         :meth:`submit`).
 
     Shutdown:
-        ``shutdown()`` stops this executor's pool only. An executor garbage
+        ``shutdown()`` stops this executor's pool only, and only it makes the
+        executor refuse tasks (``RuntimeError``), as the standard executors'
+        own ``shutdown()`` does. ``makeparallel.shutdown()``, which refuses
+        ``@parallel`` calls with ``ShutdownError``, leaves the executor
+        taking tasks whatever the state of ``set_max_concurrent_tasks``' limit
+        (or a function's ``max_concurrent``): over it, a task waits for its
+        slot before, through and after that shutdown, as at any other time
+        (on an event loop's thread, held without blocking the loop). An executor garbage
         collected without it is shut down as by ``shutdown(wait=False)``, as the
         standard executors are: the tasks it was given still run, and their
         futures end; then its workers stop. At interpreter exit, the tasks it
@@ -335,6 +341,7 @@ class Executor(concurrent.futures.Executor):
             "from your program's own flow",
         )
         self._backend = _make_backend(_runtime.resolve_auto(backend), self._max_workers)
+        self._backend.outlives_shutdown = True  # its tasks wait for their slots through mp.shutdown()
         # Read by the executor adapter, should this executor itself serve as a backend: whether calls
         # run in this process, and the pool whose tasks carry its tasks (_makeparallel_carry).
         self._makeparallel_in_process = self._backend.name != "process"
@@ -441,11 +448,8 @@ class Executor(concurrent.futures.Executor):
             The task's :class:`ExecutorFuture`; ``future.handle`` is its handle.
 
         Raises:
-            RuntimeError: the executor was shut down.
-            ShutdownError: ``makeparallel.shutdown()`` came as the call waited for
-                a slot of a full concurrency limit (``set_max_concurrent_tasks``,
-                the function's ``max_concurrent``), or before it; the task is
-                told and counted as failed, as a call refused there is.
+            RuntimeError: the executor was shut down (its own ``shutdown()``;
+                ``makeparallel.shutdown()`` leaves it taking tasks: see the class).
             TaskSerializationError: on the process backend, ``fn`` or an argument
                 cannot be pickled.
         """
@@ -509,11 +513,8 @@ class Executor(concurrent.futures.Executor):
                 return self._admit_on_loop(future, backend, limiters, loop)
             if deadline is None:  # a map's call through an overriding submit (_map_submitter) has the map's
                 deadline = _deadline_of_a_map(self)
-            try:
-                handle._permits = take_slots(limiters, deadline, recipient)
-            except ShutdownError as error:  # told and counted, as a call's refusal there is
-                refused_by_a_limit(handle, error)
-                raise
+            # Through makeparallel.shutdown(), which leaves this executor taking tasks (see the class).
+            handle._permits = take_slots(limiters, deadline, recipient, through_shutdown=True)
         if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
             _events.emit("submitted", handle)
         try:

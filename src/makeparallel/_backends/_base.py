@@ -124,6 +124,9 @@ class Backend:
     #: Whether :meth:`hold` and :meth:`release_held` work here: a call over a limit on a
     #: running event loop returns at once, its task held until admitted (``_admission``).
     holds_tasks: ClassVar[bool] = False
+    #: Whether ``makeparallel.shutdown()`` leaves this pool taking tasks (an ``mp.Executor``'s, which
+    #: refuses them after its own ``shutdown()`` only): its tasks wait for their slots through it.
+    outlives_shutdown = False
     #: The one thread that reads this pool's results (a process pool's loop thread), on
     #: which a wait for one of its tasks could never end; ``None`` where there is none.
     _loop: threading.Thread | None = None
