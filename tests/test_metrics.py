@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -1336,3 +1338,81 @@ def test_a_profiled_function_called_by_a_task_of_its_own_wrapper_again_counts_th
     assert counts(name)["total"] == 1 + 3  # the task, and the three calls step made of itself
     assert step(0) == 0
     assert counts(name)["total"] == 5
+
+
+def _gathering(fn: Any) -> Any:
+    """An async wrapper that makes its three calls of ``fn`` at once (asyncio.gather: a Task, and a context copy, each)."""
+
+    @functools.wraps(fn)
+    async def gathering(x: int) -> list[int]:
+        return list(await asyncio.gather(*(fn(x) for _ in range(3))))
+
+    return gathering
+
+
+def _on_threads(fn: Any) -> Any:
+    """A wrapper that makes its three calls of ``fn`` on threads, each in a copy of its context (as asyncio.to_thread does)."""
+
+    @functools.wraps(fn)
+    def on_threads(x: int) -> list[int]:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as threads:
+            calls = [threads.submit(contextvars.copy_context().run, fn, x) for _ in range(3)]
+            return [call.result(timeout=20) for call in calls]
+
+    return on_threads
+
+
+# A task's function whose calls of the profiled function run in copies of the task's context.
+IN_CONTEXT_COPIES: dict[str, tuple[Callable[[Any], Any], bool]] = {
+    "asyncio.gather": (_gathering, True),
+    "threads, each in a context copy": (_on_threads, False),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("copies", IN_CONTEXT_COPIES.values(), ids=IN_CONTEXT_COPIES.keys())
+def test_a_task_whose_calls_of_a_profiled_function_run_in_copies_of_its_context_counts_all_but_one(
+    backend: str, copies: tuple[Callable[[Any], Any], bool]
+) -> None:
+    # The task's own call is the first of its context: a copy of that context (each Task of
+    # asyncio.gather, each asyncio.to_thread) found it unclaimed again, so no call was counted.
+    wrap, is_async = copies
+    name = unique_name("copies")
+    if is_async:
+
+        async def plain(x: int) -> int:
+            return x + 1
+
+    else:
+
+        def plain(x: int) -> int:  # type: ignore[misc]
+            return x + 1
+
+    task = mp.parallel(backend=backend)(wrap(mp.profiled(name=name)(plain)))
+    assert task(1).get(timeout=20) == [2, 2, 2]
+    assert counts(name)["total"] == 1 + 2  # the task (with one call), and the two other calls
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_copy_of_a_tasks_context_run_after_the_task_counts_its_call_of_the_profiled_function(backend: str) -> None:
+    # The task made no call of its own; a copy of its context, run once it ended, still found
+    # the call to be the task's and counted nothing.
+    name = unique_name("late-copy")
+    copied: list[contextvars.Context] = []
+
+    @mp.profiled(name=name)
+    def step(x: int) -> int:
+        return x + 1
+
+    @functools.wraps(step)
+    def keeping_a_copy(x: int) -> int:
+        copied.append(contextvars.copy_context())
+        return x
+
+    task = mp.parallel(backend=backend)(keeping_a_copy)
+    assert task(1).get(timeout=20) == 1
+    assert counts(name)["total"] == 1
+    assert copied[0].run(step, 1) == 2
+    assert counts(name)["total"] == 2

@@ -715,8 +715,10 @@ def _profiled_under(fn: Any) -> Callable[..., Any] | None:
     return None
 
 
-#: The @profiled wrapper whose next call, in this context, is a task's own, measured by the task.
-_task_call: ContextVar[Callable[..., Any] | None] = ContextVar("makeparallel_task_call", default=None)
+#: The @profiled wrapper whose next call is a task's own, measured by the task: in a list of one,
+#: shared by every copy of the task's context (asyncio.gather's Tasks, asyncio.to_thread, a task
+#: it submits), emptied by the call that takes it, and by the task's end.
+_task_call: ContextVar[list[Callable[..., Any]] | None] = ContextVar("makeparallel_task_call", default=None)
 #: Whether a MeasuredByItsTask was made in this process: until then, a profiled call reads no context variable.
 _tasks_hold_profiled = False
 
@@ -744,17 +746,21 @@ class MeasuredByItsTask:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._is_async:  # its call makes the coroutine: the profiled call comes as it is awaited
             return self._awaited(args, kwargs)
-        token = _task_call.set(self._profiled)
+        untaken = [self._profiled]
+        token = _task_call.set(untaken)
         try:
             return self._fn(*args, **kwargs)
         finally:
+            untaken.clear()  # a copy of the context kept past the task's end holds nothing more
             _task_call.reset(token)
 
     async def _awaited(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        token = _task_call.set(self._profiled)
+        untaken = [self._profiled]
+        token = _task_call.set(untaken)
         try:
             return await self._fn(*args, **kwargs)
         finally:
+            untaken.clear()
             _task_call.reset(token)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -769,11 +775,21 @@ def _taken_by_its_task(wrapper: Callable[..., Any]) -> bool:
 
     A function, not the context variable read in the wrapper: cloudpickle
     sends a wrapper by value (a class method's) with the globals it names, and
-    a ``ContextVar`` cannot be pickled. Only the first call is the task's.
+    a ``ContextVar`` cannot be pickled. Only the first call is the task's,
+    in whichever copy of its context it comes: the one list they share is
+    emptied by it (cleared in its own context alone, the wrapper stayed named
+    in every copy, and each call of an ``asyncio.gather`` went uncounted).
+    ``list.pop`` is atomic: of two threads that find it there, one takes it.
     """
-    if _task_call.get() is not wrapper:
+    untaken = _task_call.get()
+    if not untaken:
         return False
-    _task_call.set(None)
+    try:
+        if untaken[-1] is not wrapper:
+            return False
+        untaken.pop()
+    except IndexError:  # another copy of the context took it meanwhile
+        return False
     return True
 
 
