@@ -1416,3 +1416,28 @@ def test_a_copy_of_a_tasks_context_run_after_the_task_counts_its_call_of_the_pro
     assert counts(name)["total"] == 1
     assert copied[0].run(step, 1) == 2
     assert counts(name)["total"] == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("how", ["submit", "map"])
+@pytest.mark.parametrize("hold", HOLDING_PROFILED.values(), ids=HOLDING_PROFILED.keys())
+def test_an_executor_task_of_a_partial_or_a_wrapper_of_a_profiled_function_counts_each_call_once(
+    backend: str, how: str, hold: Callable[[Any], Any]
+) -> None:
+    # As @parallel over them: the task counted the call (under "partial(...)" for a partial),
+    # and the profiled layer it ran counted it again (on processes, in the worker).
+    name = "work_in_tasks"
+    before = _plain_counts(name)
+    with mp.Executor(backend=backend, max_workers=1) as executor:
+        if how == "submit":
+            results = [executor.submit(hold(work_in_tasks), 1).result(timeout=30)]
+            assert [value for value, _ in results] == [2]
+        else:  # one task per call
+            results = list(executor.map(hold(work_in_tasks), [1, 2]))
+            assert [value for value, _ in results] == [2, 3]
+    calls = len(results)
+    assert _count_of(name, before) == {**ONE_DONE, "total": calls, "completed": calls}
+    if backend == "process":  # the worker counted no call of its own
+        assert [counted_where_it_ran for _, counted_where_it_ran in results] == [0] * calls
+    assert mp.get_metrics("partial(work_in_tasks)") is None

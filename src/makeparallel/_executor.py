@@ -456,7 +456,11 @@ class Executor(concurrent.futures.Executor):
         kind = type(fn)
         if kind in _RUN_AS_PLAIN:  # the checks a plain function pays for (tens of ns)
             return self._submit_plain_of(fn, args, kwargs)
-        if kind is FunctionType and id(fn.__code__) in for_worker_functions:  # a @profiled wrapper, maybe
+        if (
+            for_worker_functions  # @profiled made a wrapper in this process: fn may be one, or hold one
+            and kind is FunctionType
+            and (id(fn.__code__) in for_worker_functions or "__wrapped__" in fn.__dict__)  # (functools.wraps sets it there)
+        ):
             fn, name = _measured_by_the_task(fn)
             return self._submit(self._spec_named(name), fn, args, kwargs)
         return self._submit(self._spec_named(_describe(fn)), fn, args, kwargs)
@@ -474,7 +478,10 @@ class Executor(concurrent.futures.Executor):
             return self._submit(self._spec_named(name), fn, args, kwargs)
         if type(fn) is functools.partial:  # of a @parallel function, its plain function's (the arguments kept)
             plain, own = _plain_of(fn)
-            return self._submit(self._spec_named(_describe(fn)) if own is None else self._spec_of(own), plain, args, kwargs)
+            if own is None:  # a partial of another function: of a @profiled one, a task of what it measures
+                plain, name = _measured_by_the_task(plain)
+                return self._submit(self._spec_named(name), plain, args, kwargs)
+            return self._submit(self._spec_of(own), plain, args, kwargs)
         if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
             return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
         if isinstance(fn, _BoundParallelFunction):
@@ -902,18 +909,32 @@ def _measured_by_the_task(fn: Callable[..., T]) -> tuple[Callable[..., T], str]:
     call counted twice under it. The task runs the function underneath, under
     the name ``@profiled`` records under, as ``@parallel`` over ``@profiled``
     does (``_decorators._measured_by_the_task``). A profiled method read on
-    its instance is bound to it again. Any other ``fn`` runs as it is, under
+    its instance is bound to it again. So is a ``functools.partial`` of a
+    profiled function (made again of the function underneath), and a
+    program's own wrapper of one (``functools.wraps``), which runs as it is,
+    its first call of the profiled function left to the task to count
+    (``_metrics.MeasuredByItsTask``). Any other ``fn`` runs as it is, under
     its own name.
     """
-    if id(getattr(fn, "__code__", None)) not in for_worker_functions:  # no import first: 0.3 us of each submit
+    if not for_worker_functions:  # no @profiled wrapper in this process: no import, nothing to look for
         return fn, _describe(fn)
-    from ._metrics import unprofiled  # (loaded where a wrapper was made)
+    if id(getattr(fn, "__code__", None)) in for_worker_functions:  # a @profiled wrapper, maybe
+        from ._metrics import unprofiled  # (loaded where a wrapper was made)
 
-    measured = unprofiled(fn)
-    if measured is None:
+        measured = unprofiled(fn)
+        if measured is None:
+            return fn, _describe(fn)
+        function, layer = measured
+        return function, layer.record
+    if type(fn) is not functools.partial and getattr(fn, "__wrapped__", None) is None:
+        return fn, _describe(fn)  # a plain function, the usual case
+    from ._metrics import task_of_profiled
+
+    held = task_of_profiled(fn)
+    if held is None:
         return fn, _describe(fn)
-    function, layer = measured
-    return function, layer.record
+    _, runs, layer = held
+    return runs, layer.record
 
 
 def _advising_processes(spec: TaskSpec) -> TaskSpec:
