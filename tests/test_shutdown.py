@@ -1133,6 +1133,29 @@ def test_shutdown_ends_the_admission_and_deadlines_threads_and_later_use_starts_
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("interrupted", ["backend", "admission"])
+def test_a_ctrl_c_in_a_shutdowns_join_still_ends_the_library_threads(
+    monkeypatch: pytest.MonkeyPatch, interrupted: str
+) -> None:
+    # A Ctrl-C in one of the joins ended the shutdown before it told the threads after it
+    # to end: they waited for work for good, until the next reset.
+    assert _admitted_from_a_loop_with_a_timeout() == [0, 2, 4]
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    if interrupted == "backend":
+        monkeypatch.setattr(type(_runtime.get_backend("thread")), "end_threads", ctrl_c)
+    else:
+        monkeypatch.setattr(_admission, "end_thread", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        mp.shutdown(timeout_secs=10)
+    monkeypatch.undo()
+    left = {"backend": LIBRARY_THREADS, "admission": ("makeparallel-deadlines",)}[interrupted]
+    assert wait_until(lambda: not set(left) & set(_library_threads()), 10), _library_threads()
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("retried", [False, True], ids=["plain", "retried"])
 def test_a_task_left_running_by_a_shutdown_still_times_out(gate: threading.Event, retried: bool) -> None:
     # The deadlines thread stays while a task it must time out still runs, and ends after;

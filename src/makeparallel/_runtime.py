@@ -1809,13 +1809,29 @@ def _end_threads(backends: list[Backend], finished: bool) -> None:
     in a callback, waited for too; else only the idle ones are.
     """
     deadline = time.monotonic() + _THREADS_END_WITHIN
-    for backend in backends:
-        backend.end_threads(max(0.0, deadline - time.monotonic()), finished)
-    # The library's own threads too, which waited for work for good: the admission thread
-    # runs the steps queued, and the deadlines thread stays while a task left running has a
-    # timeout to enforce. The next use starts each again.
-    _admission.end_thread(max(0.0, deadline - time.monotonic()))
-    _deadlines.end(max(0.0, deadline - time.monotonic()))
+    try:
+        for backend in backends:
+            backend.end_threads(max(0.0, deadline - time.monotonic()), finished)
+    except BaseException:  # a Ctrl-C in a join: the threads after are still told to end, not waited for
+        _end_library_threads(None)
+        raise
+    _end_library_threads(deadline)
+
+
+def _end_library_threads(deadline: float | None) -> None:
+    """Have the admission and deadlines threads end, each joined until ``deadline`` (monotonic); None: not joined.
+
+    They waited for work for good: the admission thread runs the steps queued,
+    and the deadlines thread stays while a task left running has a timeout to
+    enforce. The next use starts each again. A Ctrl-C in the first join still
+    tells the second to end, without waiting for it.
+    """
+    try:
+        _admission.end_thread(0.0 if deadline is None else max(0.0, deadline - time.monotonic()))
+    except BaseException:
+        _deadlines.end(0.0)
+        raise
+    _deadlines.end(0.0 if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 def _wait_abandoned(backends: list[Backend], deadline: float | None) -> bool:
