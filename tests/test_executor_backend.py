@@ -1143,3 +1143,39 @@ def test_a_task_on_an_mp_executor_takes_one_slot_of_the_concurrency_limit(backen
             mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
             caller.join(30)
         assert outcome == [16]
+
+
+class SeesEachCall(mp.Executor):
+    """An ``mp.Executor`` whose own ``submit`` records each call, then hands it to ``Executor.submit``."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend=backend, max_workers=2)
+        self.seen = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:  # type: ignore[override]
+        self.seen += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_subclass_whose_submit_calls_the_executors_sees_each_call_and_takes_one_slot(
+    backend: str, own_metrics: None
+) -> None:
+    # Its submit, given the adapter's call, handed it to Executor.submit as a task of its own:
+    # a second slot of the limit, which under a limit of 1 its own call held (the call waited
+    # for good), and a second metrics record ("ExecutorBackend._run", or "call_remotely").
+    outcome: list[int] = []
+    with SeesEachCall(backend) as pool:
+        mp.set_max_concurrent_tasks(1)
+        caller = threading.Thread(target=lambda: outcome.append(mp.parallel(backend=pool)(square)(4).get(timeout=30)))
+        try:
+            caller.start()
+            caller.join(30)
+            assert not caller.is_alive(), "the call waited for a second slot of the limit"
+        finally:
+            mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
+            caller.join(30)
+        assert outcome == [16]
+        assert pool.seen == 1
+        assert {name: record.total_tasks for name, record in mp.get_all_metrics().items()} == {"square": 1}

@@ -482,6 +482,10 @@ class Executor(concurrent.futures.Executor):
                 plain, name = _measured_by_the_task(plain)
                 return self._submit(self._spec_named(name), plain, args, kwargs)
             return self._submit(self._spec_of(own), plain, args, kwargs)
+        if type(fn) is _CarriedCall:  # an adapter's call, through a subclass's submit (_makeparallel_carry)
+            if kwargs:  # (the subclass's own, added: its own call, then, seen as such)
+                return self._submit(self._spec_named(_describe(fn.fn)), fn.fn, args, kwargs)
+            return self._carry(fn.task, fn.fn, args)
         if isinstance(fn, _MapChunks):  # a map's chunk, through a subclass's submit (_map_submitter)
             return self._submit(self._spec_of(fn.own, " [map]"), fn, args, kwargs)
         if isinstance(fn, _BoundParallelFunction):
@@ -554,7 +558,12 @@ class Executor(concurrent.futures.Executor):
                 task with ``ShutdownError``).
         """
         if getattr(self.submit, "__func__", None) is not Executor.submit:
-            return self.submit(fn, *args)
+            # As it is handed on to Executor.submit, which carries it as below (_submit_plain_of).
+            return self.submit(_CarriedCall(fn, task), *args)
+        return self._carry(task, fn, args)
+
+    def _carry(self, task: AsyncHandle[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> ExecutorFuture[Any]:
+        """The task of this pool that runs ``fn(*args)`` and carries ``task``, unseen (:meth:`_makeparallel_carry`)."""
         if self._shut_down:
             raise self._refusal()
         carrier = self._carriers.get(task.name)
@@ -960,6 +969,38 @@ class _MapChunks(functools.partial[Any]):
         return (functools.partial, (self.func, *self.args))
 
 
+class _CarriedCall:
+    """The adapter's call that runs ``task`` (``@parallel(backend=executor)``), as a subclass's ``submit`` is given it.
+
+    ``Executor.submit`` knows it by its type: handed on there, the call runs
+    unseen, carrying ``task`` (:meth:`Executor._carry`). As the call itself,
+    it was a second task of every count and metrics record, and took a
+    second slot of the concurrency limit, which under a limit of 1 the task
+    held: the call waited for good. Called, it is the call; it travels to a
+    worker process as that call, without ``task``, which belongs to this process.
+    """
+
+    __slots__ = ("fn", "task")
+
+    def __init__(self, fn: Callable[..., Any], task: AsyncHandle[Any]) -> None:
+        self.fn = fn
+        self.task = task
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_the_call, (self.fn,))
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+def _the_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A :class:`_CarriedCall` unpickled: the call it wrapped."""
+    return fn
+
+
 # What submit runs the plain function of, by exact type: a set lookup costs a plain function's
 # submit a third of what isinstance() against these classes did. (@parallel with a circuit
 # breaker makes a _GuardedParallelFunction; no other subclasses are made.) And a staticmethod
@@ -971,6 +1012,7 @@ _RUN_AS_PLAIN = frozenset(
         _GuardedParallelFunction,
         _BoundParallelFunction,
         _MapChunks,
+        _CarriedCall,
         staticmethod,
         functools.partial,
         MethodType,
