@@ -3167,6 +3167,33 @@ def test_aclose_after_anext_stops_what_is_left(kind: str, gate: threading.Event)
 
 
 @pytest.mark.timeout(30)
+def test_as_completed_aclose_while_another_coroutine_awaits_anext_ends_that_anext(gate: threading.Event) -> None:
+    # `await ac.aclose()` while another coroutine awaited `anext(ac)` raised "aclose():
+    # asynchronous generator is already running", and the anext went on waiting. As an
+    # imap's aclose() does then, it stops the iteration: the waiting anext raises
+    # StopAsyncIteration, and so does every anext after; the tasks go on (as after
+    # leaving the loop).
+    task = mp.parallel(backend="thread")(poll_until_stopped)
+
+    async def main() -> None:
+        handle = task(gate)
+        results = mp.as_completed([handle])
+        waiting = asyncio.ensure_future(anext(results))
+        while not aiter(results).ag_running:  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+        await results.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 20)
+        assert await anext(results, "ended") == "ended"
+        assert not handle.done()
+        gate.set()
+        assert await handle is None
+
+    run(main())
+    assert wait_until_idle(20)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("order", ["anext, next, anext, next", "next, anext, anext, next", "anext, next, next, anext"])
 def test_as_completed_read_by_next_and_anext_in_turn_yields_each_handle_once(order: str) -> None:
     # as_completed keeps one reader for `for`/next() and one for `async for`/anext(), each

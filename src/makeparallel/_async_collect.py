@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from ._await import LoopWatch
 
-__all__ = ["AsyncCompletions", "as_completed_async", "gather_async"]
+__all__ = ["AsyncCompletions", "Closer", "CompletionsClosed", "as_completed_async", "gather_async"]
 
 T = TypeVar("T")
 
@@ -68,6 +68,10 @@ async def _follow(handles: list[AsyncHandle[Any]], follow: Any) -> None:
             await asyncio.sleep(0)
         for handle in handles[start : start + _BATCH]:
             follow(handle)
+
+
+class CompletionsClosed(Exception):
+    """What :meth:`AsyncCompletions.next` raises once :meth:`AsyncCompletions.close` was called."""
 
 
 class AsyncCompletions:
@@ -94,13 +98,7 @@ class AsyncCompletions:
         self._without_yield = 0  # handles taken in a row without the loop getting a turn
         self._elsewhere: list[AsyncHandle[Any]] = []  # those whose coroutine runs on another loop (_await.on_other_loops)
         self.callback = self._on_end  # one object, so that stop_following can remove it
-
-    @classmethod
-    async def of(cls, handles: list[AsyncHandle[Any]], timeout: float | None) -> AsyncCompletions:
-        """Follow ``handles``, giving the loop a turn every ``_BATCH`` of them."""
-        completions = cls(timeout)
-        await _follow(handles, completions.add)
-        return completions
+        self.closed = False
 
     def add(self, handle: AsyncHandle[Any]) -> None:
         """Follow one more handle.
@@ -128,6 +126,18 @@ class AsyncCompletions:
         if waiting is not None:
             self._deliver(self._wake, waiting)
 
+    def close(self) -> None:
+        """Have :meth:`next`, awaited now or later, raise ``CompletionsClosed``; on the loop's thread.
+
+        For another coroutine to stop the one that waits in :meth:`next`: a
+        handle ended and not yet taken is not taken either.
+        """
+        with self._lock:
+            self.closed = True
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._wake(waiting)
+
     async def next(self) -> AsyncHandle[Any]:
         """The next handle to end.
 
@@ -138,6 +148,7 @@ class AsyncCompletions:
         Raises:
             TaskTimeoutError: the ``timeout`` given at construction passed,
                 and no task not yet taken had ended by then.
+            CompletionsClosed: :meth:`close` was called, before or while it waited.
         """
         import asyncio
 
@@ -147,6 +158,8 @@ class AsyncCompletions:
             await asyncio.sleep(0)
         while True:
             with self._lock:
+                if self.closed:
+                    raise CompletionsClosed
                 if self._ended:
                     handle = self._ended.popleft()
                     break
@@ -244,23 +257,49 @@ class _Countdown:
         self._deliver(self._wake, self.future)
 
 
+class Closer:
+    """Ends one ``async for`` over ``as_completed`` from another coroutine, as that one waits for the next handle.
+
+    ``aclose()`` of an async generator that an ``anext()`` is awaiting raises
+    "asynchronous generator is already running": nothing can be thrown into
+    it then. ``close()`` has the wait end instead (the generator returns:
+    the awaiting ``anext()`` raises ``StopAsyncIteration``), as
+    ``MapIterator.aclose`` stops an imap in that case.
+    """
+
+    __slots__ = ("completions",)
+
+    def __init__(self) -> None:
+        self.completions: AsyncCompletions | None = None  # set as the generator starts, before it can wait
+
+    def close(self) -> None:
+        if self.completions is not None:
+            self.completions.close()
+
+
 async def as_completed_async(
-    pending: dict[AsyncHandle[T], None], timeout: float | None
+    pending: dict[AsyncHandle[T], None], timeout: float | None, closer: Closer | None = None
 ) -> AsyncIterator[AsyncHandle[T]]:
     """What ``async for handle in mp.as_completed(...)`` iterates over.
 
     ``pending`` holds the handles not yet yielded, each dropped as it is yielded.
+    ``closer.close()`` ends it, from another coroutine, while it waits.
     """
     import asyncio
 
     try:
-        completions = await AsyncCompletions.of(list(pending), timeout)
+        completions = AsyncCompletions(timeout)
+        if closer is not None:
+            closer.completions = completions
         try:
+            await _follow(list(pending), completions.add)
             while completions.outstanding:
                 try:  # the `for` reader of the same as_completed yielded it (taken() says why)
                     yield taken(pending, await completions.next())
                 except TakenElsewhere:
                     continue
+        except CompletionsClosed:  # closed by another coroutine while this one waited (Closer)
+            return
         finally:  # also when the consumer leaves the loop early
             stop_following(pending, completions.callback)
     except asyncio.CancelledError:

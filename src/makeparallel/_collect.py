@@ -515,6 +515,7 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         # What `async for` and anext() read, made at the first of them (their own, as aiter()
         # gave it, had no __anext__ on this object: `await anext(mp.as_completed(...))` was a TypeError).
         self._async_iterator: AsyncIterator[AsyncHandle[T]] | None = None
+        self._closer: Any = None  # the _async_collect.Closer of the async generator, made with it
 
     def __next__(self) -> AsyncHandle[T]:
         if self._iterator is None:
@@ -539,18 +540,26 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
     async def aclose(self) -> None:
         """Stop following the handles (they go on), awaited; every ``anext()`` after it raises ``StopAsyncIteration``.
 
-        What ``aiter()`` of it gave, an async generator, had it.
+        What ``aiter()`` of it gave, an async generator, had it. Awaited as
+        another coroutine waits in ``anext()`` (the generator runs), it ends
+        that wait: that ``anext()`` raises ``StopAsyncIteration``, and no handle
+        ended meanwhile is yielded. (An async generator's own ``aclose()``
+        raised "asynchronous generator is already running" there.)
         """
         iterator = self._async_started()
+        if getattr(iterator, "ag_running", False):
+            self._closer.close()
+            return
         await iterator.aclose()  # type: ignore[attr-defined]  # (an async generator: as_completed_async)
 
     def _async_started(self) -> AsyncIterator[AsyncHandle[T]]:
         """The async generator ``async for`` and ``anext()`` read, made at the first of them."""
         if self._async_iterator is None:
             # asyncio only for async callers
-            from ._async_collect import as_completed_async
+            from ._async_collect import Closer, as_completed_async
 
-            self._async_iterator = as_completed_async(self._pending, self._timeout)
+            self._closer = Closer()
+            self._async_iterator = as_completed_async(self._pending, self._timeout, self._closer)
         return self._async_iterator
 
 
