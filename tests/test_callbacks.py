@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from pool_helpers import CalledBack, Flags, hold_the_pool, poll_until_stopped
+from pool_helpers import (
+    CalledBack,
+    Flags,
+    hold_the_pool,
+    poll_until_stopped,
+    wait_until,
+)
 
 import makeparallel as mp
 from makeparallel import _handle
@@ -828,3 +834,83 @@ def test_a_class_whose_metaclass_handles_its_call_is_a_callback(
     handle.wait(5)
     assert Handles.calls.wait_for(2)
     assert [args[0] for args in Handles.calls.args][1] == "bound"
+
+
+# -- progress callbacks racing with reports ----------------------------------------------
+
+
+class _ReportOnRelease:
+    """The backend's lock, which has ``report()`` run on another thread as ``thread`` first releases it.
+
+    The moment a report can come between the end of what a thread did under the
+    lock (the report it recorded, the listener it added) and the calls it makes
+    after: the point two deliveries of one report, or an older one after a newer
+    one, came from.
+    """
+
+    def __init__(self, lock: Any, thread: threading.Thread, report: Any) -> None:
+        self._lock = lock
+        self._thread: threading.Thread | None = thread
+        self._report = report
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.__exit__(*exc_info)
+        if threading.current_thread() is self._thread:
+            self._thread = None
+            other = threading.Thread(target=self._report)
+            other.start()
+            other.join(20)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lock, name)
+
+
+def report_quarter_then_wait(flags: Flags) -> str:
+    mp.report_progress(0.25)
+    flags.set("reported")
+    assert flags.wait_for_release("go")
+    return "done"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("racing", ["on_progress", "report_progress"])
+def test_a_report_racing_a_delivery_reaches_each_callback_once_and_in_order(
+    backend: str, racing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report that came as a callback was added, or as another report was delivered, was
+    # delivered twice: each delivery read the handle's last progress after leaving the lock,
+    # so both gave the newer value (and where the read came before the newer report and the
+    # call after, the older value came last: a bar went backwards). Each callback now gets
+    # each report at most once, in the order they were recorded. `_report_progress` is where
+    # a report arrives on either backend: the task's thread, or the process's reader thread.
+    flags = Flags(str(tmp_path))
+    handle = mp.parallel(backend=backend)(report_quarter_then_wait)(flags)
+    try:
+        assert flags.wait("reported", 20)
+        assert wait_until(lambda: handle.get_progress() == 0.25, 20)
+        recorder = Recorder()
+        backend_object = handle._backend
+        if racing == "on_progress":
+            racer = threading.current_thread()
+            lock = _ReportOnRelease(backend_object._lock, racer, lambda: handle._report_progress(0.5, None))
+            monkeypatch.setattr(backend_object, "_lock", lock)
+            handle.on_progress(recorder)
+            expected = [(0.25,), (0.5,)]
+        else:
+            handle.on_progress(recorder)
+            racer = threading.Thread(target=handle._report_progress, args=(0.5, None))
+            lock = _ReportOnRelease(backend_object._lock, racer, lambda: handle._report_progress(0.75, None))
+            monkeypatch.setattr(backend_object, "_lock", lock)
+            racer.start()
+            racer.join(20)
+            expected = [(0.25,), (0.5,), (0.75,)]
+        monkeypatch.undo()
+        assert recorder.args == expected
+    finally:
+        monkeypatch.undo()
+        flags.set("go")
+    assert handle.get(20) == "done"

@@ -88,7 +88,9 @@ _ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
 # Where a callback runs, for the error that refuses one.
 _ENDS_OR_REPORTS = "the thread that ends the task or reports its progress"
 
-_Announcement = tuple[list[tuple[int, Callable[..., Any]]] | None, list[threading.Lock] | None]
+# A registered callback, with its kind: for _ON_PROGRESS, the callback's _ProgressListener.
+_Registered = tuple[int, Any]
+_Announcement = tuple[list[_Registered] | None, list[threading.Lock] | None]
 # What _settle_locked returns when the task did not end: it waits to retry, or
 # the outcome was a stale attempt's (timed out, retried, and returned late).
 _RETRYING: _Announcement = (None, None)
@@ -143,6 +145,20 @@ class TaskObserver(Protocol):
 
     def retries_ran(self, handle: AsyncHandle[Any]) -> None:
         """Called as an attempt of a retried task fails, and as one ends, under the backend lock: count the retries that ran."""
+
+
+class _ProgressListener:
+    """An ``on_progress`` callback of a running task, and who calls it now (see ``AsyncHandle._deliver_progress``).
+
+    ``busy`` and ``pending`` are read and written under the backend's lock.
+    """
+
+    __slots__ = ("busy", "callback", "pending")
+
+    def __init__(self, callback: Callable[[float], object]) -> None:
+        self.callback = callback
+        self.busy = False  # a thread calls callback, or is about to
+        self.pending: float | None = None  # the report recorded since, which that thread calls it with next
 
 
 class AsyncHandle(Generic[T_co]):
@@ -242,7 +258,7 @@ class AsyncHandle(Generic[T_co]):
         self._started_at: float | None = None
         self._finished_at: float | None = None
         self._waiters: list[threading.Lock] | None = None
-        self._callbacks: list[tuple[int, Callable[..., Any]]] | None = None
+        self._callbacks: list[_Registered] | None = None
         self._progress: float | None = None
         self._progress_message: str | None = None
         self._metadata: dict[str, Any] | None = None
@@ -1254,7 +1270,7 @@ class AsyncHandle(Generic[T_co]):
 
     def _announce(
         self,
-        callbacks: list[tuple[int, Callable[..., Any]]] | None,
+        callbacks: list[_Registered] | None,
         waiters: list[threading.Lock] | None,
     ) -> None:
         """Run the callbacks, then wake the waiters, whatever the callbacks raise.
@@ -1592,14 +1608,56 @@ class AsyncHandle(Generic[T_co]):
         or the report is an attempt's that timed out and was retried.
         """
         started = self._retried_attempt_started_here()
+        claimed = None
         with self._backend._lock:
             if self._state >= SUCCEEDED or (started is not None and started is not self._started_at):
                 return
             self._progress = fraction
             self._progress_message = message
-            listeners = [cb for kind, cb in self._callbacks or () if kind == _ON_PROGRESS]
-        for callback in listeners:
-            self._invoke(_ON_PROGRESS, callback)
+            for kind, listener in self._callbacks or ():
+                if kind != _ON_PROGRESS:
+                    continue
+                if listener.busy:  # another thread calls it now: it calls it with this report next
+                    listener.pending = fraction
+                elif claimed is None:
+                    listener.busy = True
+                    claimed = [listener]
+                else:
+                    listener.busy = True
+                    claimed.append(listener)
+        for listener in claimed or ():
+            self._deliver_progress(listener, fraction)
+
+    def _deliver_progress(self, listener: _ProgressListener, fraction: float) -> None:
+        """Call ``listener``'s callback with ``fraction``, then with the report that came meanwhile, if one did.
+
+        The caller claimed the listener (``busy``, under the lock), so that one
+        thread at a time calls it. A report recorded while it is called is left
+        for this thread (``pending``, the newest only), so the callback sees the
+        reports in the order they were recorded, each at most once: two threads
+        that each called it with the value they read after leaving the lock
+        called it twice with the newer report, or with the older one last.
+        """
+        lock = self._backend._lock
+        callback = listener.callback
+        while True:
+            try:
+                callback(fraction)
+            except BaseException as error:  # noqa: BLE001  # logged; Ctrl-C on the main thread is raised again
+                try:
+                    self._callback_raised(callback, error)
+                except BaseException:  # Ctrl-C on the main thread goes on: let the next report call it
+                    with lock:
+                        listener.busy = False
+                        listener.pending = None
+                    raise
+            with lock:
+                pending = listener.pending
+                if pending is None:
+                    listener.busy = False
+                    return
+                listener.pending = None
+            fraction = pending
 
     # -- callbacks and errors ---------------------------------------------------------
 
@@ -1608,15 +1666,26 @@ class AsyncHandle(Generic[T_co]):
             raise TypeError(f"callback must be callable, got {callback!r}")
         if self._id < _fork_child.boundary:
             self._the_parents()
+        progress: float | None = None  # the last report, where it is called with it while the task runs
         with self._backend._lock:
-            ended = self._state >= SUCCEEDED
-            if not ended:
+            if self._state < SUCCEEDED:
                 if self._callbacks is None:
                     self._callbacks = []
-                self._callbacks.append((kind, callback))
-                if kind != _ON_PROGRESS or self._progress is None:
+                if kind != _ON_PROGRESS:
+                    self._callbacks.append((kind, callback))
                     return
-        self._invoke(kind, callback)
+                # Claimed as it is added, with the last report read under the lock: a report
+                # that comes before it is called waits for this thread (_deliver_progress).
+                listener = _ProgressListener(callback)
+                self._callbacks.append((kind, listener))
+                progress = self._progress
+                if progress is None:
+                    return
+                listener.busy = True
+        if progress is None:  # it ended: called at once with its final state
+            self._invoke(kind, callback)
+        else:
+            self._deliver_progress(listener, progress)
 
     def _forget_done_callback(self, callback: Callable[..., Any]) -> bool:
         """Remove a done-callback registered with ``add_done_callback``, if the task has not ended; return whether it did.
@@ -1652,16 +1721,22 @@ class AsyncHandle(Generic[T_co]):
                     callback(self._value)
             elif state >= FAILED:
                 callback(self._error_for_caller())
-        except BaseException as error:
-            # SystemExit, GeneratorExit or any BaseException from a callback must
-            # not end the worker or loop thread that runs it; only Ctrl-C on the
-            # main thread goes on, as it would from any other code there.
-            if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
-                raise
-            try:
-                _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
-            except Exception:  # logging's last resort raises where sys.stderr was closed: the thread goes on
-                pass
+        except BaseException as error:  # noqa: BLE001  # logged; Ctrl-C on the main thread is raised again
+            self._callback_raised(callback, error)
+
+    def _callback_raised(self, callback: Callable[..., Any], error: BaseException) -> None:
+        """Log what ``callback`` raised (in an ``except`` block); Ctrl-C on the main thread is raised again.
+
+        SystemExit, GeneratorExit or any BaseException from a callback must not
+        end the worker or loop thread that runs it; only Ctrl-C on the main
+        thread goes on, as it would from any other code there.
+        """
+        if isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            raise error
+        try:
+            _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
+        except Exception:  # logging's last resort raises where sys.stderr was closed: the thread goes on
+            pass
 
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception, or a timeout after retries, gets its note the first time out."""
