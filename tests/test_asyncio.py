@@ -2837,6 +2837,50 @@ def test_a_task_that_raised_stop_iteration_is_awaited_as_a_runtime_error_naming_
         first([]).get(30)
 
 
+def cancel_itself(_: object = None) -> int:
+    raise asyncio.CancelledError("from asyncio code the task called")  # as a helper's own asyncio.run() may
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process", "sync"])
+def test_a_task_that_raised_cancelled_error_is_awaited_as_a_runtime_error_naming_it(backend: str) -> None:
+    """A task's own CancelledError, passed on by an await, looked like the awaiting coroutine's cancellation.
+
+    It is no Exception: `except Exception` let it through, a TaskGroup or asyncio.gather took the awaiting
+    task as cancelled, and a coroutine that was never cancelled ended as if it were (as loop.run_in_executor
+    and asyncio.to_thread pass it on). As for a StopIteration, the await raises a RuntimeError naming the
+    task, caused by the CancelledError with its traceback; get() raises it as itself.
+    """
+    task = mp.parallel(backend=backend)(cancel_itself)
+    waits: dict[str, Callable[[], Awaitable[Any]]] = {
+        r"task \d+ \(cancel_itself\) raised asyncio.CancelledError": lambda: task(),
+        r"task \d+ \(cancel_itself\) raised asyncio\.CancelledError": lambda: mp.gather_async([task()]),
+        r"the map's function raised asyncio\.CancelledError": lambda: _first_async(mp.imap(cancel_itself, [1], backend=backend)),
+    }
+
+    async def main() -> list[BaseException]:
+        errors = []
+        for pattern, wait in waits.items():
+            with pytest.raises(RuntimeError, match=pattern) as raised:
+                await wait()
+            errors.append(raised.value)
+        current = asyncio.current_task()
+        assert current is not None and not getattr(current, "cancelling", lambda: 0)()
+        return errors
+
+    for error in run(main()):
+        assert isinstance(error.__cause__, asyncio.CancelledError)
+        assert error.__cause__.__traceback__ is not None
+    with pytest.raises(asyncio.CancelledError, match="from asyncio code"):  # get() raises it as itself
+        task().get(30)
+
+
+async def _first_async(results: Any) -> Any:
+    async for result in results:
+        return result
+    return None
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.wait adds its callback to the handles from 3.11")
 def test_asyncio_wait_refused_for_one_handle_gives_back_the_place_lent_for_the_others(gate: threading.Event) -> None:

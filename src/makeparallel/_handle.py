@@ -756,10 +756,15 @@ class AsyncHandle(Generic[T_co]):
         return self._awaited_result()
 
     def _awaited_result(self) -> T_co:
-        """:meth:`get`, for a task that ended, from an await: a ``StopIteration`` of the task becomes a ``RuntimeError`` naming it.
+        """:meth:`get`, for a task that ended, from an await: a ``StopIteration`` or ``asyncio.CancelledError`` of the task becomes a ``RuntimeError`` naming it.
 
         No await can pass a ``StopIteration`` on (PEP 479): Python made it
-        "generator raised StopIteration", raised from this library's code.
+        "generator raised StopIteration", raised from this library's code. A
+        task's own ``asyncio.CancelledError`` (asyncio code it ran raised it),
+        passed on, looked like the cancellation of the awaiting coroutine:
+        ``except Exception`` let it through, and a ``TaskGroup`` or
+        ``asyncio.gather`` took that coroutine as cancelled, where nothing
+        cancelled it (as ``asyncio.to_thread`` passes it on).
         """
         try:
             return self.get()
@@ -768,6 +773,16 @@ class AsyncHandle(Generic[T_co]):
                 f"task {self._id} ({self.name}) raised StopIteration, which no await can pass on (PEP 479); "
                 "it is this error's cause, and handle.get() raises it as itself. In the function, "
                 "catch it, or give next() a default: next(iterator, None)"
+            ) from error
+        except BaseException as error:
+            from asyncio import CancelledError  # (loaded: something awaits)
+
+            if not isinstance(error, CancelledError):
+                raise
+            raise RuntimeError(
+                f"task {self._id} ({self.name}) raised asyncio.CancelledError, which an await would pass on as "
+                "the cancellation of the awaiting coroutine; nothing cancelled the task or that coroutine. "
+                "The CancelledError is this error's cause, and handle.get() raises it as itself"
             ) from error
 
     def __bool__(self) -> bool:

@@ -680,7 +680,14 @@ STOP_ASYNC_ITERATION = "the map's function raised StopAsyncIteration, which no a
 STOP_ASYNC_ITERATION_INPUT = "the map's input raised StopAsyncIteration, which no async for can pass on (PEP 525)"
 
 
-def _stop_async_iteration_failure(raised: StopAsyncIteration, message: str = STOP_ASYNC_ITERATION) -> RuntimeError:
+#: What an item's own asyncio.CancelledError becomes in ``async for`` over a map, as ``await handle`` makes it.
+CANCELLED_ERROR = (
+    "the map's function raised asyncio.CancelledError, which an async for would pass on as the cancellation "
+    "of the coroutine that iterates; nothing cancelled the map or that coroutine"
+)
+
+
+def _stop_async_iteration_failure(raised: BaseException, message: str = STOP_ASYNC_ITERATION) -> RuntimeError:
     """The error ``async for`` over a map raises for ``raised``: a ``RuntimeError`` it caused, with its notes.
 
     No async generator can raise a ``StopAsyncIteration`` (PEP 525): Python
@@ -688,7 +695,9 @@ def _stop_async_iteration_failure(raised: StopAsyncIteration, message: str = STO
     generator of the library's and left the item's note in its cause only.
     Iterated with ``for``, or collected, the map raises it as itself.
     ``message`` names where it came from: the map's function (an item), or
-    its input (``STOP_ASYNC_ITERATION_INPUT``).
+    its input (``STOP_ASYNC_ITERATION_INPUT``); or, with ``CANCELLED_ERROR``,
+    that ``raised`` is an item's own ``asyncio.CancelledError``, which
+    ``async for`` would pass on as the consumer's cancellation.
     """
     failure = RuntimeError(message)
     for note in getattr(raised, "__notes__", ()):
@@ -1358,6 +1367,8 @@ class _Mapper:
                         yield before
                     if isinstance(error, StopAsyncIteration):
                         raise _stop_async_iteration_failure(error) from error
+                    if isinstance(error, asyncio.CancelledError):  # the item's own: _take() awaits nothing
+                        raise _stop_async_iteration_failure(error, CANCELLED_ERROR) from error
                     raise
                 yield chunk
                 self._items_in_flight -= taken
