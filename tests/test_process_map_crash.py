@@ -844,6 +844,82 @@ def test_an_unpicklable_item_maps_on_threads(log: str) -> None:
     assert mp.parallel_map(identity, items, backend="thread")[UNSENDABLE].locked() is False
 
 
+class PicklesOnlyOnTurns:
+    """An item whose pickling fails except on the turns given (1 its first), whatever else is pickled with it.
+
+    It stands for an item that pickles alone but not with the items of its chunk
+    (a recursion limit reached by the chunk as a whole, an object shared by items
+    that pickles only once) or not the first time: what the chunk's failure comes
+    from, not the item alone. It is never sent, so it needs no unpickling. The
+    submission of its chunk pickles the chunk task's call (turn 1), then each of
+    its arguments to name the culprit (turn 2, the items' list); the map then
+    pickles each item alone (turn 3), then the chunk again.
+    """
+
+    def __init__(self, turns: set[int], always_after: bool) -> None:
+        self.turns, self.always_after, self.taken = turns, always_after, 0
+
+    def __reduce__(self) -> Any:
+        self.taken += 1
+        if self.taken in self.turns or (self.always_after and self.taken > max(self.turns)):
+            return (PicklesOnlyOnTurns, (self.turns, self.always_after))
+        raise RuntimeError(f"refused on turn {self.taken}")
+
+
+@pytest.mark.parametrize("at", [0, UNSENDABLE], ids=["first", "later"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+@pytest.mark.parametrize("way", ["for", "parallel_map"])
+def test_an_item_that_pickles_alone_but_not_in_its_chunk_ends_the_map_after_the_items_before_it(
+    way: str, ordered: bool, at: int, log: str
+) -> None:
+    # Where each item of a chunk that could not be pickled pickled alone, the map
+    # raised the chunk task's error ("task 3 ... cannot be sent") from its read-ahead:
+    # the results of the chunks in flight were lost and no item was named. Now the
+    # item the chunk fails with (with those before it) is named, as one that cannot
+    # be pickled alone is, once the results before it are handed out.
+    items: list[Any] = [Item(i, log, culprits=()) for i in range(ITEMS)]
+    items[at] = PicklesOnlyOnTurns({3}, always_after=False)  # alone; never with its chunk
+    got: list[Any] = []
+    options: dict[str, Any] = {"backend": "process", "ordered": ordered, "chunksize": 7, "timeout": 60}
+    pattern = (
+        rf"^item {at} \(<.*\) of the map cannot be sent to a worker process with the items "
+        rf"before it in its chunk \(items {at - at % 7} to {at}\): RuntimeError: refused on turn .*chunksize=1"
+    )
+    with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+        if way == "parallel_map":
+            mp.parallel_map(work, items, **options)
+        else:
+            got.extend(mp.imap(work, items, **options))
+    assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+    if way != "parallel_map":
+        assert (got if ordered else sorted(got)) == list(range(at))
+    ran_once(log, range(at))
+
+
+@pytest.mark.parametrize("way", ["for", "parallel_map"])
+def test_a_chunk_whose_pickling_fails_once_ends_the_map_after_the_items_before_it(way: str, log: str) -> None:
+    # Its pickling failed once, not again: no item can be named. The map raised the
+    # chunk task's error from its read-ahead, and lost the results in flight; now the
+    # chunk ends the input, and the error says it could not be pickled and what to do.
+    items: list[Any] = [Item(i, log, culprits=()) for i in range(ITEMS)]
+    at, start = 122, 119  # the item, and the first of its chunk of 7
+    items[at] = PicklesOnlyOnTurns({2}, always_after=True)  # refused on its first turn only
+    got: list[Any] = []
+    pattern = (
+        rf"^the chunk of items {start} to {start + 6} of the map could not be sent to a worker process "
+        r"\(RuntimeError: refused on turn 1\), though each item alone can be pickled.*chunksize=1"
+    )
+    with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+        if way == "parallel_map":
+            mp.parallel_map(work, items, backend="process", chunksize=7, timeout=60)
+        else:
+            got.extend(mp.imap(work, items, backend="process", chunksize=7, timeout=60))
+    assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+    if way != "parallel_map":
+        assert got == list(range(start))
+    ran_once(log, range(start))
+
+
 class HoldsALock:
     """An object a bound method of which cannot be pickled: it holds a lock."""
 

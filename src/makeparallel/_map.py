@@ -1124,25 +1124,29 @@ def _function_failed(error: BaseException) -> NoReturn:
 def _raise_naming_the_item(
     error: TaskSerializationError, fn: Callable[[Any], Any], items: Sequence[Any], start: int
 ) -> NoReturn:
-    """Raise ``error``, a chunk's that could not be pickled, as the map's function or its first item that cannot be, where one alone cannot.
+    """Raise ``error``, a chunk's that could not be pickled, as the map's function or the item at fault cannot be.
 
     Else the error named the chunk task's argument (``argument 0 (method)`` for
     a method of an object holding a lock, ``argument 1 (list)`` for an item),
     not what the map was given. The function is tried first, as the chunk
     pickles it first: then every chunk would fail, whatever its items.
     """
-    found = _unsendable_item(error, fn, items, start)
-    if found is None:
-        raise error
-    raise found[1] from error
+    raise _unsendable_item(error, fn, items, start)[1] from error
 
 
 def _unsendable_item(
     error: TaskSerializationError, fn: Callable[[Any], Any], items: Sequence[Any], start: int
-) -> tuple[int, TaskSerializationError] | None:
-    """The offset in ``items`` of the first that cannot be pickled, and the error naming it (caused by ``error``, the chunk's).
+) -> tuple[int, TaskSerializationError]:
+    """The offset in ``items`` (a chunk that could not be pickled) of the item at fault, and the error naming it.
 
-    ``None`` where each item alone can be (the chunk cannot be as a whole).
+    The first item that cannot be pickled alone; else, where each can be, the
+    first that the chunk cannot be pickled with, the items before it in it
+    (found by halving: the first ``k`` pickle together, the first ``k + 1``
+    do not), as with a recursion limit reached by the chunk as a whole or an
+    object whose pickling fails once it was seen in the same pickle. Where the
+    chunk pickles now (its failure does not repeat), no item can be named:
+    offset 0 and an error saying the chunk could not be. The error returned
+    has ``error`` (the submission's) as its cause.
 
     Raises:
         TaskSerializationError: the map's function cannot be pickled
@@ -1156,14 +1160,60 @@ def _unsendable_item(
         try:
             _serialization.dumps(item)
         except Exception as problem:
-            failure = TaskSerializationError(
+            return offset, _caused(
                 f"{describe_item(start + offset, item)} of the map cannot be sent to a worker process: "
-                f"{type(problem).__name__}: {problem}. Every item must be picklable; backend='thread' "
-                "needs no pickling"
+                f"{_described(problem)}. Every item must be picklable; backend='thread' needs no pickling",
+                error,
             )
-            failure.__cause__ = error
-            return offset, failure
+    low, high = 0, len(items)  # the first `low` pickle together (none do, trivially); the first `high` do not
+    failed = _chunk_problem(fn, items, high)
+    if failed is None:
+        return 0, _caused(
+            f"the chunk of items {start} to {start + len(items) - 1} of the map could not be sent to a worker "
+            f"process ({_described(error.__cause__ or error)}), though each item alone can be pickled, and the "
+            "chunk could be when tried again: its pickling does not fail the same way twice (an object whose "
+            "pickling depends on what was pickled before it). Make the items' pickling repeatable, pass "
+            "chunksize=1 to send each item alone, or use backend='thread', which needs no pickling",
+            error,
+        )
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = _chunk_problem(fn, items, middle)
+        if found is None:
+            low = middle
+        else:
+            high, failed = middle, found
+    return low, _caused(
+        f"{describe_item(start + low, items[low])} of the map cannot be sent to a worker process with the "
+        f"items before it in its chunk (items {start} to {start + low}): {_described(failed)}. Alone it "
+        "can be pickled, but a chunk's items are pickled together (a recursion limit reached by the chunk "
+        "as a whole, an object shared by items that pickles only once); pass chunksize=1 to send each item "
+        "alone, or use backend='thread', which needs no pickling",
+        error,
+    )
+
+
+def _chunk_problem(fn: Callable[[Any], Any], items: Sequence[Any], count: int) -> Exception | None:
+    """What pickling the map's function with the first ``count`` of ``items``, as a chunk's task does, raises; ``None`` if nothing."""
+    from . import _serialization
+
+    try:
+        _serialization.dumps((fn, list(items[:count])))
+    except Exception as problem:  # noqa: BLE001  # pickling runs the items' own code: whatever it raises, they fail
+        return problem
     return None
+
+
+def _described(problem: BaseException) -> str:
+    """``RecursionError: maximum recursion depth exceeded``: an error, as a message quotes it."""
+    return f"{type(problem).__name__}: {problem}"
+
+
+def _caused(message: str, cause: TaskSerializationError) -> TaskSerializationError:
+    """A ``TaskSerializationError`` saying ``message``, with ``cause`` (the submission's) as its cause."""
+    failure = TaskSerializationError(message)
+    failure.__cause__ = cause
+    return failure
 
 
 def refuse_unsendable_function(fn: Callable[..., Any], named: str, error: TaskSerializationError) -> None:
@@ -1731,15 +1781,15 @@ class _Mapper:
         (:meth:`chunks`). The map raised it at once, and lost the results of
         the chunks in flight and of the items of its chunk before it.
 
+        The item at fault may pickle alone: a chunk's items are pickled
+        together (:func:`_unsendable_item`). Where no item can be named, the
+        chunk's own error ends the input before its first item.
+
         Raises:
             TaskSerializationError: the map's function cannot be pickled (every
-                chunk would fail), or the chunk cannot be as a whole though each
-                of its items alone can be; ``TaskTimeoutError`` as :meth:`_start_chunk`.
+                chunk would fail); ``TaskTimeoutError`` as :meth:`_start_chunk`.
         """
-        found = _unsendable_item(error, self._fn, chunk, self._read)
-        if found is None:
-            raise error
-        offset, self._input_error = found
+        offset, self._input_error = _unsendable_item(error, self._fn, chunk, self._read)
         self._exhausted = True  # read no further: no item after it runs
         if offset:
             return self._send((chunk[:offset], budget))
