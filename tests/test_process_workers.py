@@ -166,6 +166,14 @@ def first_starts_when_told_the_others_fail(folder: str) -> None:
         time.sleep(0.01)
 
 
+def raise_when_told(folder: str) -> None:
+    """An initializer that says it runs, then raises once the test says "go" (or tears down)."""
+    flags = Flags(folder)
+    flags.set("initializing")
+    flags.wait_for_release("go", 60)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
 def raise_an_error_only_the_worker_imports(folder: str) -> None:
     (Path(folder) / "worker_plugin.py").write_text("class PluginError(Exception):\n    pass\n")
     sys.path.insert(0, folder)
@@ -2014,6 +2022,35 @@ def test_a_worker_killed_as_the_pool_shuts_down_is_not_reported_replaced(tmp_pat
     assert restarts() == before
     assert not _runtime._backends["process"]._recent_restarts  # type: ignore[attr-defined]  # no restart storm
     mp.reset_shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_an_initializer_failing_as_the_pool_shuts_down_is_not_told_a_new_worker_starts(tmp_path: Path) -> None:
+    # Its task failed with "...; the task was not run, and the pool will start a new
+    # worker", though the closed pool, with no task waiting for a worker, starts none.
+    flags = Flags(str(tmp_path))
+    fresh_process_pool(1)
+    mp.configure_process_pool(initializer=raise_when_told, initargs=(str(tmp_path),))
+    handle = on_process(noop)()
+    shutting_down = threading.Thread(target=mp.shutdown, args=(60,))
+    try:
+        assert flags.wait("initializing", 30)
+        before = restarts()
+        shutting_down.start()
+        assert wait_until(lambda: info()["closed"], 30)
+        flags.set("go")
+        with pytest.raises(mp.WorkerCrashedError) as caught:
+            handle.get(timeout=30)
+    finally:
+        flags.set("teardown")
+        shutting_down.join(60)
+        mp.reset_shutdown()
+    message = str(caught.value)
+    assert re.search(r"raise_when_told raised ConnectionRefusedError.*the task was not run, and the pool is "
+                     r"shutting down, so no worker takes its place", message), message
+    assert "new worker" not in message
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    assert restarts() == before
 
 
 @pytest.mark.timeout(90)

@@ -283,14 +283,18 @@ def _runs(worker: _Worker, handle: AsyncHandle[Any]) -> bool:
     return worker.outstanding[0] is handle and all(other._id != started for other in worker.outstanding)
 
 
-def _after_failed_start(gave_up: bool) -> str:
-    """What the pool does after a failed start, for the error that reports it."""
+def _after_failed_start(gave_up: bool, unreplaced: bool = False) -> str:
+    """What the pool does after a failed start, for the error that reports it.
+
+    ``unreplaced``: the pool is shutting down with no task waiting for a
+    worker, so it starts none (:data:`UNREPLACED`), as for a worker that dies then.
+    """
     if gave_up:
         return (
             f"after {_FAILED_STARTS_ALLOWED} failed starts in a row the pool starts no more workers and "
             "fails new tasks at once, until configure_process_pool() is called again"
         )
-    return "the pool will start a new worker"
+    return UNREPLACED if unreplaced else "the pool will start a new worker"
 
 
 def describe_exit(code: int | None) -> str:
@@ -1814,11 +1818,11 @@ class ProcessBackend(QueueingBackend):
             outdated = worker.configured_at != self._configured_at
             init_failure = None
             if worker.init_error is not None:
-                init_failure = self._initializer_failed_locked(worker, counted=not outdated)
                 if outdated and not self._terminating:
                     for handle in reversed(outstanding):
                         if handle._state == RUNNING and handle._submitted_at >= self._configured_at:
                             self._requeue_locked(handle)
+                init_failure = self._initializer_failed_locked(worker, not outdated, self._starts_none_locked())
             # Died before it was ready, and not because it was told to: a failed start too. (Leaving
             # is no telling: with max_tasks_per_child=1 a worker leaves as its one task is sent,
             # ready or not, and one that died starting was started again and again, uncounted.)
@@ -1831,11 +1835,7 @@ class ProcessBackend(QueueingBackend):
             # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
             # exits: one that died with a task still running crashed, whatever it was to do next.
             crashed = worker.leaving and not worker.killing and bool(outstanding)
-            # Closed (a shutdown waits for the tasks), the pool starts a worker only for tasks still
-            # waiting for one: with none, this death is no restart, and its task's error says so. Counted
-            # and told "a new worker takes its place", it showed in the restarts (and a restart storm in
-            # health()) of a pool that was ending, and started none.
-            unreplaced = self._closed and not (self._queued or self._holding)
+            unreplaced = self._starts_none_locked()
             restart = None  # counted once the worker is reaped, unless the system refused it its start
             if not self._terminating and not unreplaced and (crashed or not worker.retiring):
                 restart = "initializer failed" if init_failure is not None else "crashed" if crashed else worker.stop_reason
@@ -1945,8 +1945,32 @@ class ProcessBackend(QueueingBackend):
         unsent, ran = journaled
         return done + unsent, ran
 
-    def _initializer_failed_locked(self, worker: _Worker, counted: bool) -> Callable[[], BaseException]:
-        """Count a failed start (``counted``); after a few in a row, stop starting workers. Return the error's maker."""
+    def _starts_none_locked(self) -> bool:
+        """Whether the pool starts no worker in place of one that ends now: it is shutting down, and no task waits.
+
+        Closed (a shutdown waits for the tasks), the pool starts a worker only
+        for tasks still waiting for one: with none, a worker's death is no
+        restart, and its task's error says so. Counted and told "a new worker
+        takes its place" (or, where its initializer failed, "the pool will start
+        a new worker"), it showed in the restarts (and a restart storm in
+        ``health()``) of a pool that was ending, and started none. Tasks held
+        for a worker still starting are looked for among the workers left:
+        ``_holding``, set as the last pass looked, still counts those of a
+        worker that died starting (its initializer raised), and the pool was
+        said to replace it.
+        """
+        if not self._closed or self._queued:
+            return False
+        return not (self._holding and any(other.held is not None for other in self._workers))
+
+    def _initializer_failed_locked(
+        self, worker: _Worker, counted: bool, unreplaced: bool
+    ) -> Callable[[], BaseException]:
+        """Count a failed start (``counted``); after a few in a row, stop starting workers. Return the error's maker.
+
+        ``unreplaced``: the pool is shutting down and starts no worker in its
+        place, which the error says (it said "the pool will start a new worker").
+        """
         cause = worker.init_error
         assert cause is not None
         if counted:
@@ -1959,7 +1983,7 @@ class ProcessBackend(QueueingBackend):
         def make_error() -> BaseException:
             error = WorkerCrashedError(
                 f"the worker initializer {name} raised {described(cause)}; "
-                f"the task was not run, and {_after_failed_start(gave_up)}"
+                f"the task was not run, and {_after_failed_start(gave_up, unreplaced)}"
             )
             error.__cause__ = cause
             return error
