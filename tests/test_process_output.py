@@ -67,6 +67,21 @@ def stream_attributes() -> list[tuple[str, str]]:
     return [(stream.name, stream.mode) for stream in (sys.stdout, sys.stderr, sys.stdout.buffer, sys.stderr.buffer)]
 
 
+def stream_settings() -> list[Any]:
+    """What libraries read of the standard streams (click, rich, tqdm, logging handlers), and a write to buffer.raw."""
+    sys.stdout.buffer.raw.write(b"raw bytes\n")  # type: ignore[attr-defined]
+    sys.stdout.buffer.raw.flush()  # type: ignore[attr-defined]
+    return [
+        sys.stdout.errors,
+        sys.stderr.errors,
+        sys.stdout.buffer.raw.name,  # type: ignore[attr-defined]
+        sys.stderr.buffer.raw.mode,  # type: ignore[attr-defined]
+        sys.stdout.buffer.raw.writable(),  # type: ignore[attr-defined]
+        sys.stdin.readable(),
+        sys.stdin.read(),
+    ]
+
+
 def write_split_character() -> None:
     encoded = "é€".encode()
     for i in range(len(encoded)):
@@ -247,6 +262,21 @@ def test_a_task_reads_the_name_and_mode_of_its_standard_streams(backend: str) ->
     expected = [("<stdout>", "w"), ("<stderr>", "w"), ("<stdout>", "wb"), ("<stderr>", "wb")]
     with contextlib.redirect_stdout(sys.__stdout__), contextlib.redirect_stderr(sys.__stderr__):
         assert task().get(timeout=30) == expected
+
+
+def test_a_task_s_standard_streams_say_what_a_program_s_say() -> None:
+    # A worker's relays said errors="strict" for stderr too (a program's stderr says
+    # "backslashreplace", and its stdout says "surrogateescape" under the C locale),
+    # and their buffers had no raw: code that writes to sys.stdout.buffer.raw failed.
+    import subprocess
+
+    program = "import sys; print(repr([sys.stdout.errors, sys.stderr.errors]))"
+    expected = eval(subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        got = on_process(stream_settings)().get(timeout=30)
+    assert got == [*expected, "<stdout>", "wb", True, True, ""]
+    assert out.getvalue() == "raw bytes\n"
 
 
 def test_a_task_reconfigures_its_standard_output() -> None:

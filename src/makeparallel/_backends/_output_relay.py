@@ -13,8 +13,10 @@ Bytes written to ``sys.stdout.buffer`` travel as bytes, in order with the
 text, and the parent writes them to its stream's ``buffer`` (a task that
 writes a gzip stream to standard output delivers it intact); where its
 stream has none (a ``StringIO``), they are decoded as UTF-8. Like a real
-console stream, a relay has a ``name`` and a ``mode`` (its ``buffer`` too),
-and ``reconfigure()``, which a script calls at its top
+console stream, a relay has a ``name`` and a ``mode`` (its ``buffer`` too,
+and that buffer a ``raw``, itself: nothing is held back), the ``errors`` of
+the stream it replaced, ``line_buffering`` true (a line is sent as it is
+complete, a pipe's ``False`` would say it waits), and ``reconfigure()``, which a script calls at its top
 (``sys.stdout.reconfigure(encoding="utf-8")``): the text is relayed as
 text, and the parent's stream encodes it, so it changes nothing but what
 the relay reports.
@@ -62,7 +64,18 @@ STREAMS = ("stdout", "stderr")
 class OutputRelay(io.TextIOBase):
     """A text stream that sends what is written to it, a line at a time, with ``send``."""
 
-    def __init__(self, stream: int, fileno: int, send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(
+        self, stream: int, fileno: int, send: Callable[[tuple[Any, ...]], None], replaced: Any = None
+    ) -> None:
+        """Relay stream ``stream`` (0 stdout, 1 stderr) with ``send``; ``fileno`` is the worker's own descriptor.
+
+        ``errors`` is that of ``replaced``, the stream the relay takes the
+        place of: what Python chose for this program, so code that reads it
+        sees a program's (``"backslashreplace"`` for stderr, and
+        ``"surrogateescape"`` for stdout under the C locale); else
+        ``"strict"``. ``line_buffering`` is ``True`` whatever the replaced
+        stream said (``False`` for a pipe): each complete line *is* sent at once.
+        """
         super().__init__()
         self._stream = stream  # 0 stdout, 1 stderr
         self._fileno = fileno
@@ -71,7 +84,7 @@ class OutputRelay(io.TextIOBase):
         self._failure: tuple[int | None, str] | None = None  # how the parent's stream failed: (errno, message)
         self._lock = threading.Lock()  # the threads of a task may print at once
         self._encoding = "utf-8"
-        self._errors = "strict"
+        self._errors = getattr(replaced, "errors", None) or "strict"
         self._line_buffering = True  # a whole line is sent at once
         self._write_through = False
 
@@ -232,6 +245,11 @@ class _BinaryRelay(io.RawIOBase):
 
     def fileno(self) -> int:
         return self._text.fileno()
+
+    @property
+    def raw(self) -> _BinaryRelay:
+        """Itself: a console stream's buffer has a raw stream below it, and this one holds nothing back."""
+        return self
 
 
 def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> tuple[int | None, str] | None:

@@ -727,7 +727,10 @@ def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bo
     journal = JournalWriter(journal_fd)
     os.close(journal_fd)  # the mapping keeps the file
     worker = _Worker(conn, journal)
-    sys.stdout, sys.stderr = worker.relays = (OutputRelay(0, 1, worker.send), OutputRelay(1, 2, worker.send))
+    sys.stdout, sys.stderr = worker.relays = (
+        OutputRelay(0, 1, worker.send, sys.stdout),
+        OutputRelay(1, 2, worker.send, sys.stderr),
+    )
     signal.signal(signal.SIGTERM, functools.partial(_terminated, worker))
     # The pool stops a worker with it (a timeout, a forced cancel), though the program blocks it
     # (sigwait, signalfd): blocked, the worker ran on until the SIGKILL after it, its output lost.
