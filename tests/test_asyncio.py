@@ -3238,6 +3238,35 @@ def test_as_completed_aclose_while_another_coroutine_awaits_anext_ends_that_anex
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["imap", "as_completed"])
+def test_anext_right_after_aclose_that_ended_another_coroutines_anext_stops(kind: str, gate: threading.Event) -> None:
+    # aclose() as another coroutine awaits anext() returns before that coroutine
+    # resumes: its generator still ran then, and an anext() or `async for` right
+    # after the aclose raised "anext(): asynchronous generator is already running"
+    # where each must stop at once, as after any aclose().
+    if kind == "imap":
+        results: Any = mp.imap(poll_until_stopped, [gate], backend="thread")
+    else:
+        results = mp.as_completed([mp.parallel(backend="thread")(poll_until_stopped)(gate)])
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(anext(results))
+        while not aiter(results).ag_running:  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+        await results.aclose()
+        assert await anext(results, "ended") == "ended"
+        assert [got async for got in results] == []
+        await results.aclose()  # again: nothing left to close
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 20)
+        assert await anext(results, "ended") == "ended"
+
+    run(main())
+    gate.set()
+    assert wait_until_idle(20)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("order", ["anext, next, anext, next", "next, anext, anext, next", "anext, next, next, anext"])
 def test_as_completed_read_by_next_and_anext_in_turn_yields_each_handle_once(order: str) -> None:
     # as_completed keeps one reader for `for`/next() and one for `async for`/anext(), each

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from ._await import LoopWatch
 
-__all__ = ["AsyncCompletions", "Closer", "CompletionsClosed", "as_completed_async", "gather_async"]
+__all__ = ["AsyncCompletions", "Closer", "CompletionsClosed", "as_completed_async", "gather_async", "nothing"]
 
 T = TypeVar("T")
 
@@ -275,6 +275,12 @@ class Closer:
     def close(self) -> None:
         if self.completions is not None:
             self.completions.close()
+
+
+async def nothing() -> AsyncIterator[Any]:
+    """An async generator that yields nothing: what ``as_completed`` reads once closed as its own still ran (``Completed.aclose``)."""
+    return
+    yield
 
 
 async def as_completed_async(

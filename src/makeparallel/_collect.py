@@ -543,12 +543,19 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         What ``aiter()`` of it gave, an async generator, had it. Awaited as
         another coroutine waits in ``anext()`` (the generator runs), it ends
         that wait: that ``anext()`` raises ``StopAsyncIteration``, and no handle
-        ended meanwhile is yielded. (An async generator's own ``aclose()``
-        raised "asynchronous generator is already running" there.)
+        ended meanwhile is yielded; ``anext()`` and ``async for`` read an
+        ended generator from then on, even before that coroutine resumes. (An
+        async generator's own ``aclose()`` raised "asynchronous generator is
+        already running" there.)
         """
         iterator = self._async_started()
         if getattr(iterator, "ag_running", False):
             self._closer.close()
+            # That coroutine resumes only later: until then its generator runs, and raised
+            # "asynchronous generator is already running" to an anext() right after this.
+            from ._async_collect import nothing
+
+            self._async_iterator = nothing()
             return
         await iterator.aclose()  # type: ignore[attr-defined]  # (an async generator: as_completed_async)
 

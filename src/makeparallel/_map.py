@@ -628,11 +628,17 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         What ``aiter()`` of an imap gave, an async generator, had it: the chunks
         in flight are cancelled, and every ``anext()`` after it raises
         ``StopAsyncIteration``. Awaited as another coroutine waits for the next
-        result (the generator runs), it stops the map as :meth:`close` does.
+        result (the generator runs), it stops the map as :meth:`close` does,
+        and ``anext()`` and ``async for`` read an ended generator from then
+        on: that coroutine resumes only later, and until then the running one
+        raised "asynchronous generator is already running" to an ``anext()``
+        right after this ``aclose()``.
         """
         results = self._async_results
         if results is None or getattr(results, "ag_running", False):
             self.close()
+            if results is not None:
+                self._async_results = _nothing()
             return
         self._closed = True
         await results.aclose()  # type: ignore[attr-defined]  # (an async generator: _each_async, _nothing)
