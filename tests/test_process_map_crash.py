@@ -428,8 +428,16 @@ def test_a_map_of_one_item_that_crashes_names_it() -> None:
 
 @pytest.fixture
 def plugin_folder(tmp_path: Path) -> str:
-    """A folder that only the workers put on ``sys.path``, holding the module of the culprit's result."""
+    """A folder that only the workers put on ``sys.path``, holding the module of the culprit's result.
+
+    The workers are cold: one kept from an earlier test had imported the
+    plugin module from that test's folder, and found another file of that
+    name first on ``sys.path``, this test's. A class of a module shadowed so
+    goes by value (``_serialization._importable_by_name``), and the parent
+    read the result the test expects unreadable.
+    """
     (tmp_path / "plugin_of_the_workers.py").write_text(PLUGIN)
+    fresh_process_pool(2)
     return str(tmp_path)
 
 
