@@ -928,6 +928,55 @@ def test_a_chunk_whose_pickling_fails_once_ends_the_map_after_the_items_before_i
     ran_once(log, range(start))
 
 
+class NestsTooDeepInATask:
+    """An item nested so deep that it pickles alone but not inside a chunk task's call (nor, ``always``, with its chunk).
+
+    The call wraps it in more levels (the arguments, the items' list) and is
+    pickled further down the stack than the map tries it again: where the
+    recursion limit falls between the two, only the submission fails (turn 1;
+    turn 2 names the task's argument, turn 3 pickles the item alone). It stands
+    for that, as pickling raises then.
+    """
+
+    def __init__(self, always: bool) -> None:
+        self.always, self.taken = always, 0
+
+    def __reduce__(self) -> Any:
+        self.taken += 1
+        if self.taken == 1 or (self.always and self.taken > 3):
+            raise RecursionError("maximum recursion depth exceeded while pickling an object")
+        return (NestsTooDeepInATask, (self.always,))
+
+
+@pytest.mark.parametrize("always", [False, True], ids=["in-the-task", "with-its-chunk"])
+@pytest.mark.parametrize("chunksize", [1, 7])
+def test_an_item_nested_too_deep_for_its_chunk_task_is_told_as_such(chunksize: int, always: bool, log: str) -> None:
+    # Its chunk failed with a recursion limit, and the item pickled alone: the map said the
+    # chunk's pickling "does not fail the same way twice", or that the item failed "with the
+    # items before it", and advised chunksize=1, which fails alike (a list nested some 490
+    # deep on 3.10 and 3.11; chunksize=1 named "items 3 to 3"). The fault is the item's
+    # depth: the error says so, and how to get past it.
+    items: list[Any] = [Item(i, log, culprits=()) for i in range(ITEMS)]
+    at = 122
+    start = at - at % chunksize
+    items[at] = NestsTooDeepInATask(always)
+    got: list[Any] = []
+    if always:
+        pattern = rf"^item {at} \(<.*\) of the map cannot be sent to a worker process in its chunk: it nests too deep"
+        before = at
+    else:
+        pattern = rf"^the chunk of items {start} to {start + chunksize - 1} of the map could not be sent to a worker process: it nests too deep"
+        before = start
+    pattern += r" to pickle \(.*recursion.*\).*recursion limit.*sys.setrecursionlimit"
+    with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+        got.extend(mp.imap(work, items, backend="process", chunksize=chunksize, timeout=60))
+    assert "chunksize=1" not in str(caught.value)
+    assert "fail the same way twice" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+    assert got == list(range(before))
+    ran_once(log, range(before))
+
+
 class HoldsALock:
     """An object a bound method of which cannot be pickled: it holds a lock."""
 

@@ -1173,6 +1173,13 @@ def _unsendable_item(
             )
     low, high = 0, len(items)  # the first `low` pickle together (none do, trivially); the first `high` do not
     failed = _chunk_problem(fn, items, high)
+    if failed is None and _too_deep(error):
+        return 0, _caused(
+            f"the chunk of items {start} to {start + len(items) - 1} of the map could not be sent to a worker "
+            f"process: it nests too deep to pickle ({_described(error.__cause__ or error)}), though each item "
+            f"alone can be pickled. {_TOO_DEEP}",
+            error,
+        )
     if failed is None:
         return 0, _caused(
             f"the chunk of items {start} to {start + len(items) - 1} of the map could not be sent to a worker "
@@ -1189,6 +1196,12 @@ def _unsendable_item(
             low = middle
         else:
             high, failed = middle, found
+    if _too_deep(failed):
+        return low, _caused(
+            f"{describe_item(start + low, items[low])} of the map cannot be sent to a worker process in its "
+            f"chunk: it nests too deep to pickle ({_described(failed)}), though alone it can be pickled. {_TOO_DEEP}",
+            error,
+        )
     return low, _caused(
         f"{describe_item(start + low, items[low])} of the map cannot be sent to a worker process with the "
         f"items before it in its chunk (items {start} to {start + low}): {_described(failed)}. Alone it "
@@ -1208,6 +1221,28 @@ def _chunk_problem(fn: Callable[[Any], Any], items: Sequence[Any], count: int) -
     except Exception as problem:  # noqa: BLE001  # pickling runs the items' own code: whatever it raises, they fail
         return problem
     return None
+
+
+# Said of a chunk whose pickling reached the recursion limit though each item alone did not: sending
+# each alone (chunksize=1) wraps it as deep, and fails alike.
+_TOO_DEEP = (
+    "A task's call wraps its items in a few more levels, pickled further down the stack: an item nested "
+    "nearly as deep as Python's recursion limit pickles alone but not there. Nest the items less deeply, "
+    "raise the limit (sys.setrecursionlimit), or use backend='thread', which needs no pickling"
+)
+
+
+def _too_deep(problem: BaseException | None) -> bool:
+    """Whether ``problem`` (or what caused it) is a ``RecursionError``: pickling went too deep.
+
+    cloudpickle raises a ``PicklingError`` caused by it; the plain pickler raises it as it is.
+    """
+    seen = 0
+    while problem is not None and seen < 8:
+        if isinstance(problem, RecursionError):
+            return True
+        problem, seen = problem.__cause__, seen + 1
+    return False
 
 
 def _described(problem: BaseException) -> str:
