@@ -1998,7 +1998,7 @@ def test_a_worker_killed_as_the_pool_shuts_down_is_not_reported_replaced(tmp_pat
     def run() -> None:
         try:
             mp.parallel_map(held, ["held"], backend="process") if as_map else on_process(held)("held").get(timeout=60)
-        except BaseException as error:  # (read below)
+        except mp.WorkerCrashedError as error:  # (read below)
             outcome.append(error)
 
     running = threading.Thread(target=run)
