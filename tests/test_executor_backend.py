@@ -1127,22 +1127,27 @@ def test_a_task_on_an_mp_executor_counts_once_and_is_measured_once_under_its_nam
 
 
 @pytest.mark.timeout(60)
+def _called_under_a_limit_of_one(pool: mp.Executor) -> list[int]:
+    """``square(4)`` called through ``@parallel(backend=pool)`` from a thread, under a concurrency limit of 1: its result."""
+    outcome: list[int] = []
+    mp.set_max_concurrent_tasks(1)
+    caller = threading.Thread(target=lambda: outcome.append(mp.parallel(backend=pool)(square)(4).get(timeout=30)))
+    try:
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "the call waited for a second slot of the limit"
+    finally:
+        mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
+        caller.join(30)
+    return outcome
+
+
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
 def test_a_task_on_an_mp_executor_takes_one_slot_of_the_concurrency_limit(backend: str) -> None:
     # Its call took a second slot as the Executor's own task: under a limit of 1, the call's
     # submission waited for good for the slot its own task held.
-    outcome: list[int] = []
     with mp.Executor(backend=backend, max_workers=2) as pool:
-        mp.set_max_concurrent_tasks(1)
-        caller = threading.Thread(target=lambda: outcome.append(mp.parallel(backend=pool)(square)(4).get(timeout=30)))
-        try:
-            caller.start()
-            caller.join(30)
-            assert not caller.is_alive(), "the call waited for a second slot of the limit"
-        finally:
-            mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
-            caller.join(30)
-        assert outcome == [16]
+        assert _called_under_a_limit_of_one(pool) == [16]
 
 
 class SeesEachCall(mp.Executor):
@@ -1165,17 +1170,7 @@ def test_a_subclass_whose_submit_calls_the_executors_sees_each_call_and_takes_on
     # Its submit, given the adapter's call, handed it to Executor.submit as a task of its own:
     # a second slot of the limit, which under a limit of 1 its own call held (the call waited
     # for good), and a second metrics record ("ExecutorBackend._run", or "call_remotely").
-    outcome: list[int] = []
     with SeesEachCall(backend) as pool:
-        mp.set_max_concurrent_tasks(1)
-        caller = threading.Thread(target=lambda: outcome.append(mp.parallel(backend=pool)(square)(4).get(timeout=30)))
-        try:
-            caller.start()
-            caller.join(30)
-            assert not caller.is_alive(), "the call waited for a second slot of the limit"
-        finally:
-            mp.set_max_concurrent_tasks(None)  # (lets a call that waited go)
-            caller.join(30)
-        assert outcome == [16]
+        assert _called_under_a_limit_of_one(pool) == [16]
         assert pool.seen == 1
         assert {name: record.total_tasks for name, record in mp.get_all_metrics().items()} == {"square": 1}
