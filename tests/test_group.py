@@ -513,6 +513,23 @@ def test_results_of_a_group_that_timed_out_raise_its_timeout(gate: threading.Eve
 GROUP_TIMEOUT_MET_BY = ["the block's end", "results()", "submit", "map", "another thread's submit"]
 
 
+def _raised_by_a_submit_on_another_thread(ctx: mp.ParallelContext) -> BaseException:
+    """What ``ctx.submit(square, 2)`` raised on a thread of its own, given back to the test's thread; it must raise."""
+    told: list[BaseException] = []
+
+    def give() -> None:
+        try:
+            ctx.submit(square, 2)
+        except BaseException as error:  # noqa: BLE001  # (given back to the test's thread)
+            told.append(error)
+
+    giver = threading.Thread(target=give)
+    giver.start()
+    giver.join(10)
+    assert len(told) == 1, told
+    return told[0]
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("met_by", GROUP_TIMEOUT_MET_BY)
 def test_the_groups_own_timeout_is_no_failure_wherever_it_is_raised(gate: threading.Event, met_by: str) -> None:
@@ -523,14 +540,6 @@ def test_the_groups_own_timeout_is_no_failure_wherever_it_is_raised(gate: thread
     # the group's TaskTimeoutError and ctx.errors holds no failure.
     mp.configure_thread_pool(2)
     slow = Cancellable(gate)
-    given: list[BaseException] = []
-
-    def give(ctx: mp.ParallelContext) -> None:
-        try:
-            ctx.submit(square, 2)
-        except BaseException as error:  # noqa: BLE001  # (raised below, in the test's thread)
-            given.append(error)
-
     timed_out = pytest.raises(mp.TaskTimeoutError, match="the group timed out after 0.2 s")
     with timed_out as caught, mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread") as ctx:
         ctx.submit(slow)  # holds the group's one slot past its timeout
@@ -542,11 +551,7 @@ def test_the_groups_own_timeout_is_no_failure_wherever_it_is_raised(gate: thread
         elif met_by == "map":
             ctx.map(square, [2, 3])
         elif met_by == "another thread's submit":
-            giver = threading.Thread(target=give, args=(ctx,))
-            giver.start()
-            giver.join(10)
-            assert len(given) == 1, given
-            raise given[0]  # the body raises what its thread was told
+            raise _raised_by_a_submit_on_another_thread(ctx)  # the body raises what its thread was told
     assert ctx.errors == [], f"the group's own timeout, met by {met_by}, was kept as a failure: {ctx.errors!r}"
     assert slow.saw_cancellation.wait(5)
     if met_by != "the block's end":
@@ -568,14 +573,6 @@ def test_a_submit_refused_after_the_groups_timeout_gives_way_to_it(
     # timeout; a refusal after a failure gives way to the failure, this one to the timeout.
     mp.configure_thread_pool(2)
     slow = Cancellable(gate)
-    told: list[BaseException] = []
-
-    def give(ctx: mp.ParallelContext) -> None:
-        try:
-            ctx.submit(square, 2)
-        except BaseException as error:  # noqa: BLE001  # (checked below, in the test's thread)
-            told.append(error)
-
     timed_out = pytest.raises(mp.TaskTimeoutError, match="the group timed out after 0.2 s")
     with timed_out as caught, mp.ParallelContext(timeout=0.2, max_concurrent=1, backend="thread") as ctx:
         ctx.submit(slow)  # holds the group's one slot past its timeout
@@ -584,10 +581,8 @@ def test_a_submit_refused_after_the_groups_timeout_gives_way_to_it(
             with pytest.raises(mp.TaskTimeoutError):
                 ctx.results()
         else:
-            giver = threading.Thread(target=give, args=(ctx,))
-            giver.start()
-            giver.join(10)
-            assert len(told) == 1 and isinstance(told[0], mp.TaskTimeoutError), told
+            told = _raised_by_a_submit_on_another_thread(ctx)
+            assert isinstance(told, mp.TaskTimeoutError), told
         if then == "submit":
             for n in range(3):
                 ctx.submit(square, n)
