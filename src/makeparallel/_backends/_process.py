@@ -449,14 +449,15 @@ class ProcessBackend(QueueingBackend):
         Closed (a shutdown waits for the tasks) with no task waiting for a
         worker, the pool starts none for the one it stops, as for one that
         died (:meth:`_worker_died`); the error said "a new one took its place".
-        Read without the pool's lock, which the handle holds as it asks
-        (``AsyncHandle._expire``).
+        The same check as there (:meth:`_starts_none_locked`), under the pool's
+        lock, which the handle holds as it asks (``AsyncHandle._expire``); read
+        without it where the task's circuit breaker is told first.
 
         Args:
             is_async: whether the task's function is async; a process task's
                 coroutine ends with its worker all the same.
         """
-        if self._closed and not (self._queued or self._holding):
+        if self._starts_none_locked():
             return f"its worker process was stopped; {UNREPLACED}"
         return self.stop_hint
 
