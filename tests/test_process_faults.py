@@ -103,9 +103,11 @@ def pool() -> Iterator[None]:
         mp.configure_process_pool(before)
 
 
-def run_script(script: str, *args: str) -> subprocess.Popen[str]:
+def run_script(script: str, *args: str, variables: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``script`` with ``python -c``, this package importable and ``variables`` added to its environment."""
     env = {k: v for k, v in os.environ.items() if k != "MAKEPARALLEL_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env.update(variables or {})
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *args],
         stdout=subprocess.PIPE,

@@ -279,6 +279,30 @@ def test_a_task_s_standard_streams_say_what_a_program_s_say() -> None:
     assert out.getvalue() == "raw bytes\n"
 
 
+STREAM_ENCODINGS_SCRIPT = """
+import sys
+import makeparallel as mp
+
+def encodings():
+    return [sys.stdout.encoding, sys.stderr.encoding]
+
+if __name__ == "__main__":
+    print(repr([encodings(), mp.parallel(backend="process")(encodings)().get(timeout=30)]))
+"""
+
+
+def test_a_task_s_standard_streams_say_the_program_s_encoding() -> None:
+    # The relays said "utf-8" whatever the program's streams said: under
+    # PYTHONIOENCODING=ascii a library that picks its characters by the encoding
+    # (tqdm's bars) printed characters that arrived escaped.
+    proc = run_script(STREAM_ENCODINGS_SCRIPT, variables={"PYTHONIOENCODING": "latin-1"})
+    out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    in_the_program, in_a_worker = eval(out)
+    assert in_the_program == ["iso8859-1", "iso8859-1"]
+    assert in_a_worker == in_the_program
+
+
 def test_a_task_reconfigures_its_standard_output() -> None:
     # The relay had no reconfigure(): a module calling sys.stdout.reconfigure(encoding="utf-8")
     # at its top, as many scripts do, failed every task with AttributeError.

@@ -69,11 +69,15 @@ class OutputRelay(io.TextIOBase):
     ) -> None:
         """Relay stream ``stream`` (0 stdout, 1 stderr) with ``send``; ``fileno`` is the worker's own descriptor.
 
-        ``errors`` is that of ``replaced``, the stream the relay takes the
-        place of: what Python chose for this program, so code that reads it
-        sees a program's (``"backslashreplace"`` for stderr, and
-        ``"surrogateescape"`` for stdout under the C locale); else
-        ``"strict"``. ``line_buffering`` is ``True`` whatever the replaced
+        ``encoding`` and ``errors`` are those of ``replaced``, the stream the
+        relay takes the place of: what Python chose for this program, so code
+        that reads them sees a program's (``PYTHONIOENCODING``'s or the
+        locale's encoding; ``"backslashreplace"`` for stderr, and
+        ``"surrogateescape"`` for stdout under the C locale); else ``"utf-8"``
+        and ``"strict"``. A library picks its characters by the encoding
+        (tqdm's bars, rich's boxes): told ``"utf-8"`` under
+        ``PYTHONIOENCODING=ascii``, it printed characters the program's
+        stream could only show escaped. ``line_buffering`` is ``True`` whatever the replaced
         stream said (``False`` for a pipe): each complete line *is* sent at once.
         """
         super().__init__()
@@ -83,7 +87,7 @@ class OutputRelay(io.TextIOBase):
         self._pending: list[str] = []
         self._failure: tuple[int | None, str] | None = None  # how the parent's stream failed: (errno, message)
         self._lock = threading.Lock()  # the threads of a task may print at once
-        self._encoding = "utf-8"
+        self._encoding = getattr(replaced, "encoding", None) or "utf-8"
         self._errors = getattr(replaced, "errors", None) or "strict"
         self._line_buffering = True  # a whole line is sent at once
         self._write_through = False
