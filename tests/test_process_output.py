@@ -63,6 +63,23 @@ def reconfigured() -> tuple[str, str]:
     return sys.stdout.name, sys.stdout.errors
 
 
+def reconfigured_in_turn(stream: Any) -> list[Any]:
+    """What ``stream`` says after each of the reconfigurations scripts make, or the error one raised."""
+    said: list[Any] = [stream.errors]
+    for encoding in ("utf-8", "LATIN-1", "locale"):
+        try:
+            stream.reconfigure(encoding=encoding)
+        except LookupError as error:
+            said.append(type(error))
+        else:
+            said += [stream.encoding, stream.errors]
+    return said
+
+
+def stderr_reconfigured_in_turn() -> list[Any]:
+    return reconfigured_in_turn(sys.stderr)
+
+
 def stream_attributes() -> list[tuple[str, str]]:
     return [(stream.name, stream.mode) for stream in (sys.stdout, sys.stderr, sys.stdout.buffer, sys.stderr.buffer)]
 
@@ -310,6 +327,16 @@ def test_a_task_reconfigures_its_standard_output() -> None:
     with contextlib.redirect_stdout(out):
         assert on_process(reconfigured)().get(timeout=30) == ("<stdout>", "replace")
     assert out.getvalue() == "after reconfigure\n"
+
+
+def test_a_task_s_reconfigured_stream_says_what_a_program_s_would() -> None:
+    # A relay kept its errors when given an encoding alone, where a program's stream
+    # goes back to "strict", and took encoding="locale" as the encoding's name: it
+    # said "locale" where a program's said the locale's encoding ("UTF-8"), and
+    # took it on Python 3.10, whose streams raise LookupError for it.
+    program_s = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace")
+    expected = reconfigured_in_turn(program_s)
+    assert on_process(stderr_reconfigured_in_turn)().get(timeout=30) == expected
 
 
 def test_output_of_a_map_arrives_with_it() -> None:

@@ -127,16 +127,25 @@ class OutputRelay(io.TextIOBase):
     ) -> None:
         """As ``io.TextIOWrapper.reconfigure``; the text is relayed as text, whatever the encoding said.
 
+        As there, an ``encoding`` given without ``errors`` sets them back to
+        ``"strict"``, and ``"locale"`` (Python 3.11 on) stands for the
+        locale's encoding, which the stream then says.
+
         Raises:
-            LookupError: ``encoding`` names no text encoding.
+            LookupError: ``encoding`` names no text encoding (``"locale"`` on Python 3.10).
             ValueError: ``newline`` is none of ``None``, ``""``, ``"\\n"``, ``"\\r"`` and ``"\\r\\n"``.
             TypeError: an argument is not of its type.
         """
-        if encoding is not None and encoding != "locale":
+        if encoding is not None:
             if not isinstance(encoding, str):
                 raise TypeError(f"reconfigure() argument 'encoding' must be str or None, not {type(encoding).__name__}")
-            if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):
+            if encoding == "locale" and sys.version_info >= (3, 11):
+                import locale  # a worker imports it only for this
+
+                encoding = locale.getencoding()
+            elif not getattr(codecs.lookup(encoding), "_is_text_encoding", True):
                 raise LookupError(f"{encoding!r} is not a text encoding")
+            errors = errors or "strict"
         if errors is not None and not isinstance(errors, str):
             raise TypeError(f"reconfigure() argument 'errors' must be str or None, not {type(errors).__name__}")
         if newline is not None and not isinstance(newline, str):
