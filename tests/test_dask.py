@@ -809,8 +809,10 @@ def test_shutdown_cancelling_pending_tasks_leaves_the_running_ones_running(
     assert wait_until(lambda: any(cluster.scheduler.tasks[k].who_wants for k in new_keys(cluster, known)), 30)
     (key,) = new_keys(cluster, known)
     assert mp.shutdown(timeout_secs=0, cancel_pending=True) is False
-    with pytest.raises(mp.TaskCancelledError):
+    with pytest.raises(mp.TaskCancelledError) as caught:
         queued.get(timeout=60)
+    # The program's cancel, not one by "its executor <Dask executor of ...>", a client nobody closed.
+    assert str(caught.value) == f"task {queued.get_task_id()} (set_flag) was cancelled"
     assert [handle.status for handle in running] == ["running", "running"]
     assert wait_until(lambda: not held_anywhere(cluster, client, key), 30)
     flags.set("release")

@@ -613,6 +613,34 @@ def test_mp_shutdown_refuses_new_tasks_but_leaves_the_executor_running() -> None
         assert remote(3).get(timeout=30) == 9
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["ThreadPoolExecutor", "ProcessPoolExecutor", "mp.Executor"])
+def test_a_task_mp_shutdown_cancels_says_it_was_cancelled_not_by_its_executor(kind: str, flags: Flags) -> None:
+    # mp.shutdown(cancel_pending=True) cancels the executor's futures of the tasks not started:
+    # their handles said "cancelled by its executor <...>", blaming the user's executor, which
+    # was never shut down, for the program's own cancel. They read as on the library's pools.
+    pool: Any = {
+        "ThreadPoolExecutor": lambda: cf.ThreadPoolExecutor(max_workers=1),
+        "ProcessPoolExecutor": lambda: cf.ProcessPoolExecutor(max_workers=1),
+        "mp.Executor": lambda: mp.Executor(max_workers=1),
+    }[kind]()
+    try:
+        blocker = mp.parallel(backend=pool)(mark_then_wait)(flags, "busy")
+        assert flags.wait("busy", 30)
+        # ProcessPoolExecutor moves max_workers + 1 calls to its workers' queue, beside the running
+        # one, where they cannot be cancelled: the fourth stays in its own.
+        queued = [mp.parallel(backend=pool)(square)(x) for x in range(4)]
+        assert not mp.shutdown(timeout_secs=0, cancel_pending=True)
+        flags.set("busy-go")
+        assert blocker.get(timeout=30) == "busy"
+        with pytest.raises(mp.TaskCancelledError) as caught:
+            queued[-1].get(timeout=30)
+        assert str(caught.value) == f"task {queued[-1].get_task_id()} (square) was cancelled"
+    finally:
+        flags.set("busy-go")
+        pool.shutdown()
+
+
 def test_an_executor_shut_down_by_its_owner_refuses_with_shutdown_error(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = cf.ThreadPoolExecutor(max_workers=1)
     remote = mp.parallel(backend=pool)(square)

@@ -101,6 +101,8 @@ class ExecutorBackend(Backend):
         self._refused: tuple[str, float] | None = None
         # Held until their limits admit them (hold()): the call to send each.
         self._held: dict[AsyncHandle[Any], tuple[Any, ...]] = {}
+        # The ids of the futures that close(cancel_pending=True) is cancelling now (_cancel_unstarted).
+        self._cancelling_unstarted: set[int] = set()
         # Whether its workers send the error of pickling a result as the future's (_result_unsent).
         self._sends_result_errors = sends_result_errors(executor)
         # An mp.Executor's pool, which runs each call in a task of its own, and how (_carry): None for any other executor.
@@ -222,7 +224,25 @@ class ExecutorBackend(Backend):
             futures = list(self._futures.items()) if cancel_pending else []
         for handle, future in futures:
             if not isinstance(future, _Unsent) and (handle._state == PENDING or not self._in_process):
-                self._cancel_future(future)  # an unstarted one is cancelled; its callback ends the handle
+                self._cancel_unstarted(future)  # an unstarted one is cancelled; its callback ends the handle
+
+    def _cancel_unstarted(self, future: Any) -> None:
+        """Cancel ``future`` for ``close(cancel_pending=True)``: its handle ends cancelled by the program, not the executor.
+
+        Its done-callback (:meth:`_future_done`) runs within ``cancel()`` and
+        tells this cancel from the executor's own by the mark. Unmarked, the
+        handle said "cancelled by its executor <...>" after
+        ``mp.shutdown(cancel_pending=True)``, blaming an executor that nobody
+        had shut down; it now reads as on the library's own pools. (A future
+        whose callbacks run later, elsewhere, finds no mark: it says the executor.)
+        """
+        with self._lock:
+            self._cancelling_unstarted.add(id(future))
+        try:
+            self._cancel_future(future)
+        finally:
+            with self._lock:
+                self._cancelling_unstarted.discard(id(future))
 
     # -- submission ------------------------------------------------------------------
 
@@ -481,7 +501,11 @@ class ExecutorBackend(Backend):
         if self._in_process and not future.cancelled() and future.exception() is None:
             return  # _run found it claimed (a waiter runs it inline): it ends there, not here
         if future.cancelled():
-            state, cancellation = self.cancelled_by_executor(handle, future)
+            cancellation: BaseException
+            if id(future) in self._cancelling_unstarted:  # by close(cancel_pending=True): the program's cancel
+                state, cancellation = CANCELLED, handle._cancellation()
+            else:
+                state, cancellation = self.cancelled_by_executor(handle, future)
             handle._ask_breaker(cancellation)  # (Dask's is a ShutdownError where its client closed)
             self._end(handle, state, cancellation, started)
             return

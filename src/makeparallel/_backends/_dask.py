@@ -279,12 +279,12 @@ class DaskBackend(ExecutorBackend):
         loop = running_loop()
         for client, waiting in _pending_by_client(futures).items():
             if loop is not None and _fetches_on(client, loop):
-                client.loop.add_callback(_cancel_not_started, client, waiting, self._cancel_future)  # type: ignore[union-attr]
+                client.loop.add_callback(_cancel_not_started, client, waiting, self._cancel_unstarted)  # type: ignore[union-attr]
                 continue
             unfinished = _ask_unfinished(client, [future.dask_future.key for future in waiting])
             for future in waiting:
                 if future.dask_future.key in unfinished:
-                    self._cancel_future(future)
+                    self._cancel_unstarted(future)
 
     def is_closed_error(self, error: Exception) -> bool:
         return isinstance(error, ClosedClientError) or super().is_closed_error(error)
