@@ -186,7 +186,7 @@ def test_map_takes_the_futures_of_a_submit_that_submits_elsewhere() -> None:
         ({"chunksize": 0}, ValueError, "chunksize must be an int >= 1, got 0"),
         ({"buffersize": 0}, ValueError, "buffersize must be an int >= 1 or None, got 0"),
         ({"buffersize": 1.5}, TypeError, "buffersize must be an int >= 1 or None, got 1.5"),
-        ({"timeout": -1}, ValueError, "timeout must be a number of seconds >= 0"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be a number of seconds >= 0"),
     ],
 )
 def test_map_rejects_bad_options(options: dict[str, object], error: type[Exception], pattern: str) -> None:
@@ -202,6 +202,20 @@ def test_map_timeout_raises_timeout_error_and_cancels_the_rest(flags: Flags) -> 
         futures_left = executor._backend.active_count()
         flags.set("release")
     assert futures_left <= 1  # the running one goes on; the queued ones were cancelled
+
+
+def test_map_with_a_timeout_already_past_gives_what_has_ended_then_times_out(flags: Flags) -> None:
+    # timeout=deadline - time.monotonic() goes negative once the deadline passed: the
+    # standard map takes it as a deadline already past, and gives the results that are
+    # there; this one raised ValueError from map() itself.
+    with mp.Executor(backend="sync") as executor:  # each call ends as it is submitted
+        assert list(executor.map(abs, [-1, -2], timeout=-1)) == [1, 2]
+        assert list(executor.map(abs, [-3], timeout=-(10**400))) == [3]  # too many seconds for a float: as -inf
+    with mp.Executor(max_workers=1) as executor:
+        results = executor.map(wait_for_flag, [flags, flags], ["release"] * 2, timeout=-0.5)
+        with pytest.raises(TimeoutError):
+            next(results)
+        flags.set("release")
 
 
 def answer_once_awaited_by(waiting_thread: int, given_up: threading.Event) -> Callable[..., str]:

@@ -455,8 +455,12 @@ def test_seconds_too_many_for_a_float_mean_no_limit_as_infinity_does(
     assert call(ended, HUGE) == unlimited
 
 
+# Executor.map takes a negative timeout as a deadline already past, as the standard map does.
+REFUSING_NEGATIVE = [row for row in UNLIMITED if row[0] != "Executor.map"]
+
+
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(("name", "call"), [row[1:3] for row in UNLIMITED], ids=[row[0] for row in UNLIMITED])
+@pytest.mark.parametrize(("name", "call"), [row[1:3] for row in REFUSING_NEGATIVE], ids=[row[0] for row in REFUSING_NEGATIVE])
 def test_negative_seconds_too_many_for_a_float_are_refused_by_name(
     name: str, call: Callable[[mp.AsyncHandle[str], Any], object]
 ) -> None:

@@ -646,7 +646,10 @@ class Executor(concurrent.futures.Executor):
                 calls) taking one of its slots; its ``priority`` orders them in
                 the queue. The rest of its options do not apply (see :meth:`submit`).
             timeout: seconds, from this call, within which every result must be
-                available; ``None`` waits as long as it takes. It also bounds
+                available; ``None`` waits as long as it takes. A negative one
+                has passed already, as in the standard ``map``
+                (``deadline - time.monotonic()``): the results already there
+                are given, then ``TimeoutError``. It also bounds
                 each call's wait for a slot under ``mp.set_max_concurrent_tasks``
                 (in this call, or in ``next()`` with ``buffersize``): a call
                 with no slot by then is never submitted. With ``buffersize``,
@@ -666,8 +669,9 @@ class Executor(concurrent.futures.Executor):
                 available within ``timeout``, or its call got no slot under the
                 concurrency limit within it; the calls not yet started are
                 cancelled.
-            ValueError: ``chunksize`` or ``buffersize`` is below 1.
-            TypeError: ``buffersize`` is not an int or ``None``.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1, or ``timeout`` is NaN.
+            TypeError: ``buffersize`` is not an int or ``None``, or ``timeout``
+                not a number or ``None``.
             RuntimeError: the executor was shut down.
             TaskSerializationError: on the process backend, ``fn`` cannot be
                 pickled (raised from ``map()``, naming the function), or an
@@ -682,6 +686,8 @@ class Executor(concurrent.futures.Executor):
                 together, the error naming their range.
             Exception: from ``next()``, what a call raised, as itself.
         """
+        if timeout is not None and is_real(timeout) and as_seconds(timeout) < 0:  # as the standard map: a deadline past
+            timeout = 0.0
         timeout = check_wait_timeout(timeout)
         chunksize = check_count(chunksize, "chunksize")
         if buffersize is not None:
