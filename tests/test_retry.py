@@ -1877,6 +1877,51 @@ def test_a_retry_decorator_never_retries_the_cancellation_of_its_async_caller() 
     assert started == [1]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+@pytest.mark.parametrize("legacy", ["retry_backoff", "retry_backoff over retry_backoff"])
+def test_a_retry_decorator_inside_a_task_stops_waiting_and_retrying_once_the_task_is_stopped(
+    stop: str, legacy: str
+) -> None:
+    # A task calling a helper under a retry decorator (as the README advises for a map's
+    # items): the helper's wait between attempts slept on past the task's cancel or
+    # timeout, then ran another attempt for a caller who had given up (a second call to the
+    # service), and shutdown() and exit waited for the sleeps.
+    calls: list[int] = []
+    failed_once = threading.Event()
+    ended: list[BaseException] = []
+    code_done = threading.Event()
+
+    def call_service() -> None:
+        calls.append(1)
+        failed_once.set()
+        raise ConnectionError("busy")
+
+    decorate = mp.retry_backoff(max_attempts=3, initial_delay=60.0)
+    helper = decorate(call_service) if legacy == "retry_backoff" else decorate(decorate(call_service))
+
+    @mp.parallel(timeout=0.05 if stop == "timeout" else None)
+    def job() -> None:
+        try:
+            helper()
+        except BaseException as error:
+            ended.append(error)
+            raise
+        finally:
+            code_done.set()
+
+    handle = job()
+    assert failed_once.wait(10)
+    if stop == "cancel":
+        assert handle.cancel()
+    else:
+        assert isinstance(handle.exception(timeout=10), mp.TaskTimeoutError)
+    assert code_done.wait(10), "the retry decorator slept on in a task that was stopped"
+    assert calls == [1]  # no attempt after the stop
+    assert isinstance(ended[0], mp.TaskCancelledError if stop == "cancel" else mp.TaskTimeoutError)
+    assert isinstance(ended[0].__context__, ConnectionError)  # the error it was waiting to retry
+
+
 @pytest.mark.parametrize("order", ["retry_outside", "retry_inside"])
 @pytest.mark.parametrize("legacy", ["retry", "retry_backoff"])
 def test_stacked_with_parallel_in_either_order_the_retry_becomes_the_tasks_policy(order: str, legacy: str) -> None:

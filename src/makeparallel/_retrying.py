@@ -10,6 +10,7 @@ Their ``on`` is ``Exception``, as in 0.2.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from types import MethodType
@@ -25,8 +26,10 @@ from ._decorators import (
     _wraps,
     held_under,
 )
+from ._interruptible import bounded
 from ._notes import add_note
 from ._retry import Attempts, Retry, _LinearRetry
+from ._task_context import CancellationPoint, current_task
 from ._validation import check_count
 
 __all__ = ["RetryingFunction", "retry", "retry_backoff"]
@@ -61,6 +64,10 @@ class RetryingFunction:
                 wait = _wait_after(policy, record, error)
                 if wait is None:
                     raise
+                task = current_task()
+                if task is not None:  # in the except block: the task's stop has this error as its context
+                    _wait_in_task(task, wait)
+                    continue
             while wait > LONGEST_SLEEP:  # a breaker's retry_at may lie past what one sleep takes
                 time.sleep(LONGEST_SLEEP)
                 wait -= LONGEST_SLEEP
@@ -102,6 +109,24 @@ class RetryingFunction:
 
     def __repr__(self) -> str:
         return f"<retrying function {getattr(self, '__qualname__', self.__wrapped__)!r}>"  # type: ignore[attr-defined]
+
+
+def _wait_in_task(task: Any, seconds: float) -> None:
+    """Wait ``seconds`` before the next attempt in ``task``, the task running here; raise as it is stopped.
+
+    A cancellation point, as ``check_cancelled()`` is: the task's cancel or
+    timeout (or its attempt's, retried by its own policy) ends the wait and
+    raises ``TaskCancelledError`` or ``TaskTimeoutError``, at once where the
+    task was stopped as the attempt ran. A plain sleep slept on past the
+    stop, then ran another attempt for a caller who had given up (one more
+    call to the service that failed), and ``shutdown()`` and exit waited
+    for the sleeps.
+    """
+    woken = threading.Event()
+    with CancellationPoint(task, threading.Event.set, woken):
+        deadline = time.monotonic() + seconds
+        while not woken.is_set() and (left := deadline - time.monotonic()) > 0:
+            woken.wait(bounded(left))  # a breaker's retry_at may lie past what one wait takes
 
 
 def _let_multiprocessing_send_by_name(fn: Any) -> None:
@@ -240,6 +265,11 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
     cancellation); the last attempt's error is raised, with a note listing them all.
     Over or under ``@parallel`` it becomes the task's ``retry=`` policy.
 
+    Inside a task (the decorated function called by a task, or mapped), the
+    task's cancel or timeout ends the wait between attempts: the call raises
+    ``TaskCancelledError`` or ``TaskTimeoutError`` there, as
+    ``check_cancelled()`` does, and no attempt follows.
+
     Args:
         fn: the function, when used bare (``@retry``).
         max_retries: attempts after the first (an int >= 0).
@@ -279,6 +309,7 @@ def retry_backoff(
     ``initial_delay * n`` (``"linear"``) or ``initial_delay`` (``"constant"``), at
     most ``max_delay``; no jitter. Every ``Exception`` is retried. Over or under
     ``@parallel`` it becomes the task's ``retry=`` policy, whose waits hold no worker.
+    Inside a task, its cancel or timeout ends the wait, as for :func:`retry`.
 
     Args:
         fn: the function, when used bare (``@retry_backoff``), as ``@retry``.
