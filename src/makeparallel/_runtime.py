@@ -990,6 +990,9 @@ def wait_until_idle(timeout: float | None = None) -> bool:
     ``executor=`` argument, ``loop.run_in_executor``) and does not wait for
     its futures is waited for too. (:func:`shutdown` waits for the
     runtime's alone: it leaves an ``Executor`` to its own ``shutdown``.)
+    It returns as the last task ends, when that task's callbacks
+    (``on_complete``, a future's ``add_done_callback``) and task listeners
+    may still run: what they record needs a wait of its own.
 
     Args:
         timeout: the longest to wait, in seconds; ``None`` waits as long as it takes.
