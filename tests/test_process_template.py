@@ -1558,6 +1558,58 @@ def test_killing_a_template_as_it_is_reaped_signals_no_other_process() -> None:
         assert started.exit_code(10) == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("where", ["thread start", "spawn wait"])
+def test_a_ctrl_c_as_a_template_starts_leaves_no_template_running(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first process task starts the template on the caller's thread, which waits for the
+    # thread that spawns it (Thread.start, then the spawn). A Ctrl-C in either wait left the
+    # template serving a socket nobody would close: a child of the program until it exited,
+    # past mp.shutdown(), and an os.wait() loop after it waited for good.
+    owners: list[threading.Thread] = []
+    templates: list[StartedTemplate] = []
+    spawned = threading.Event()
+
+    class Owner(threading.Thread):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            templates.append(kwargs["target"].__self__)
+
+        def start(self) -> None:
+            owners.append(self)
+            super().start()
+            if where == "thread start":
+                spawned.wait(30)  # the template is started (as a Ctrl-C here may find it)
+                raise KeyboardInterrupt  # Ctrl-C while start() waits for the new thread to run
+
+    class Spawned(threading.Event):
+        def set(self) -> None:
+            super().set()
+            spawned.set()
+
+        def wait(self, timeout: float | None = None) -> bool:
+            super().wait(timeout)
+            raise KeyboardInterrupt  # Ctrl-C while the caller waits for the spawn
+
+    import makeparallel._backends._template_start as template_start
+
+    namespace = type(sys)("threading")
+    namespace.__dict__.update(vars(threading))
+    namespace.Thread = Owner  # type: ignore[attr-defined]
+    namespace.Event = Spawned  # type: ignore[attr-defined]
+    monkeypatch.setattr(template_start, "threading", namespace)
+    with pytest.raises(KeyboardInterrupt):
+        StartedTemplate()
+    monkeypatch.undo()
+    assert spawned.wait(30)
+    (owner,) = owners
+    owner.join(30)  # it reaps the template once that exits
+    try:
+        assert not owner.is_alive(), "the template still runs, though nothing will ever use it"
+    finally:
+        templates[0].sock.close()  # ends it where the assertion failed
+
+
 def test_a_template_whose_pool_closed_its_socket_with_reports_unread_ends_quietly() -> None:
     # The pool stopped (a second Ctrl-C as the program exited) before it read the template's
     # report of a fork: the template's next read raised ConnectionResetError, whose traceback

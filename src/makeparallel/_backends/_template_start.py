@@ -116,7 +116,18 @@ class StartedTemplate:
             ours.close()
             theirs.close()
             raise OSError(f"cannot start the thread that starts the template: {error}") from error
-        self._spawned.wait()
+        except BaseException:
+            ours.close()  # Ctrl-C as start() waited for the thread: see below
+            raise
+        try:
+            self._spawned.wait()
+        except BaseException:
+            # Ctrl-C as the caller (a first process task) waited: no pool will have this
+            # template, so none would close its socket, and it served on, a child of the
+            # program past mp.shutdown(). Closed, the template exits as it reads the end
+            # (once spawned, if it was not yet), and its thread reaps it.
+            ours.close()
+            raise
         if self._error is not None:
             ours.close()
             raise self._error
