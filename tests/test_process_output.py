@@ -106,6 +106,18 @@ def write_split_character() -> None:
     sys.stdout.buffer.write(b"\n")
 
 
+def write_bytes_in_the_stream_s_encoding(encoding: str) -> str:
+    """Write text encoded as ``sys.stdout`` says, after reconfiguring it to ``encoding``; its settings are put back."""
+    before = sys.stdout.encoding, sys.stdout.errors
+    sys.stdout.reconfigure(encoding=encoding)
+    try:
+        sys.stdout.buffer.write("café €\n".encode(sys.stdout.encoding, "replace"))
+        sys.stdout.flush()
+        return sys.stdout.encoding
+    finally:
+        sys.stdout.reconfigure(encoding=before[0], errors=before[1])
+
+
 def close_a_wrapper_of_the_buffer() -> str:
     wrapper = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8")
     wrapper.write("through a wrapper\n")
@@ -239,6 +251,17 @@ def test_a_character_split_across_writes_to_the_buffer_arrives_whole_in_a_text_s
     with contextlib.redirect_stdout(out):
         on_process(write_split_character)().get(timeout=30)
     assert out.getvalue() == "é€\n"
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
+def test_bytes_for_a_stream_with_no_buffer_are_decoded_as_the_task_s_stream_says(encoding: str) -> None:
+    # They were decoded as UTF-8 whatever the worker's stream said: under
+    # PYTHONIOENCODING=latin-1, a task encoding its text as sys.stdout.encoding
+    # says (the bytes a program's stream would write) reached a StringIO as "caf\ufffd".
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert on_process(write_bytes_in_the_stream_s_encoding)(encoding).get(timeout=30) == encoding
+    assert out.getvalue() == "café €\n".encode(encoding, "replace").decode(encoding)
 
 
 def test_a_task_that_closes_the_buffer_leaves_it_open_for_the_next() -> None:

@@ -12,7 +12,9 @@ terminated (its ``SIGTERM`` handler flushes first).
 Bytes written to ``sys.stdout.buffer`` travel as bytes, in order with the
 text, and the parent writes them to its stream's ``buffer`` (a task that
 writes a gzip stream to standard output delivers it intact); where its
-stream has none (a ``StringIO``), they are decoded as UTF-8. Like a real
+stream has none (a ``StringIO``), they are decoded in the encoding the
+worker's stream said as they were written (the program's, or what the task
+set with ``reconfigure()``). Like a real
 console stream, a relay has a ``name`` and a ``mode`` (its ``buffer`` too,
 and that buffer a ``raw``, itself: nothing is held back), the ``errors`` of
 the stream it replaced, ``line_buffering`` true (a line is sent as it is
@@ -196,13 +198,19 @@ class OutputRelay(io.TextIOBase):
                 self._send_pending_locked()
 
     def write_bytes(self, data: bytes) -> None:
-        """Relay ``data`` as bytes, after the text written before it."""
+        """Relay ``data`` as bytes, after the text written before it, with the encoding this stream says.
+
+        A parent's stream with no buffer (a ``StringIO``) gets them decoded
+        so: a task that encodes its text as ``sys.stdout.encoding`` says
+        (``PYTHONIOENCODING=latin-1``) wrote bytes that, decoded as UTF-8,
+        arrived as ``"caf\\ufffd"``.
+        """
         if self._failure is not None:
             _raise(self._failure)
         with self._lock:
             if self._pending:
                 self._send_pending_locked()
-            self._relay(data)
+            self._relay(data, self._encoding)
 
     def fail(self, code: int | None, message: str) -> None:
         """The parent's stream failed so (``errno`` ``code``, or a closed file's ``ValueError``): every later write raises it.
@@ -217,9 +225,9 @@ class OutputRelay(io.TextIOBase):
         self._pending.clear()
         self._relay(text)
 
-    def _relay(self, output: str | bytes) -> None:
+    def _relay(self, output: str | bytes, *encoding: str) -> None:
         try:
-            self._send(("output", self._stream, output))
+            self._send(("output", self._stream, output, *encoding))
         except OSError:
             pass  # the parent is gone: nobody to print to
 
@@ -265,7 +273,9 @@ class _BinaryRelay(io.RawIOBase):
         return self
 
 
-def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> tuple[int | None, str] | None:
+def write_relayed(
+    stream: int, text: str | bytes, decoders: dict[int, Any], encoding: str = "utf-8"
+) -> tuple[int | None, str] | None:
     """In the parent: write ``text`` to the current ``sys.stdout`` (0) or ``sys.stderr`` (1).
 
     Returns how the stream failed, for the worker's relay (:meth:`OutputRelay.fail`):
@@ -273,9 +283,10 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> t
     ``(None, message)`` for a closed file's ``ValueError``; None if it did not.
 
     Bytes go to the stream's ``buffer``, after what was written to it as text;
-    to a stream with none (a ``StringIO``), they are written decoded as UTF-8
-    by the incremental decoder in ``decoders`` (one per worker and stream: a
-    character may span writes). Text the stream cannot encode is written
+    to a stream with none (a ``StringIO``), they are written decoded as
+    ``encoding`` says (the worker's stream's as the task wrote them; UTF-8
+    where the parent has no such codec) by the incremental decoder in
+    ``decoders`` (one per worker and stream: a character may span writes). Text the stream cannot encode is written
     escaped (``backslashreplace``, as Python writes ``sys.stderr``): the task
     that printed it has ended well, and the line is not lost.
     """
@@ -290,15 +301,13 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> t
                 binary.write(text)
                 binary.flush()
                 return None
-            decoder = decoders.get(stream)
-            if decoder is None:
-                decoder = decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
-            text = decoder.decode(text)
+            decoded: str = _decoder(decoders, stream, encoding).decode(text)
+            text = decoded
         try:
             target.write(text)
         except UnicodeEncodeError:  # not in the stream's encoding (PYTHONIOENCODING=ascii): escaped, not dropped
-            encoding = getattr(target, "encoding", None) or "ascii"
-            target.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            written_as = getattr(target, "encoding", None) or "ascii"
+            target.write(text.encode(written_as, "backslashreplace").decode(written_as))
         target.flush()
     except OSError as error:  # a broken or closed stream must not break the pool's loop: the task hears of it
         return error.errno, error.strerror or str(error)
@@ -307,6 +316,19 @@ def write_relayed(stream: int, text: str | bytes, decoders: dict[int, Any]) -> t
     except Exception:  # the user's stream object's own failure: not the task's to hear of
         pass
     return None
+
+
+def _decoder(decoders: dict[int, Any], stream: int, encoding: str) -> Any:
+    """The incremental decoder of ``stream`` in ``decoders`` for ``encoding``: a new one where the task reconfigured it."""
+    kept = decoders.get(stream)
+    if kept is not None and kept[0] == encoding:
+        return kept[1]
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)("replace")
+    except LookupError:  # a codec the worker registered, which this process lacks
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoders[stream] = (encoding, decoder)
+    return decoder
 
 
 def flush_c_stdio() -> Callable[[], object]:

@@ -1675,7 +1675,7 @@ class ProcessBackend(QueueingBackend):
                 self._add_partial(task_id, data, buffers)
             elif kind == "output":
                 task_id = worker.outstanding[0]._id if worker.outstanding else None  # (output comes before its result)
-                worker.undelivered.append(functools.partial(self._write_output, worker, message[1], message[2], task_id))
+                worker.undelivered.append(functools.partial(self._write_output, worker, task_id, *message[1:]))
             elif kind == "started":
                 self._started(worker, message[1])
             elif kind == "ready":
@@ -1705,13 +1705,15 @@ class ProcessBackend(QueueingBackend):
         except (EOFError, OSError):
             self._worker_died(worker)
 
-    def _write_output(self, worker: _Worker, stream: int, text: str | bytes, task_id: int | None) -> None:
+    def _write_output(self, worker: _Worker, task_id: int | None, stream: int, text: str | bytes, *encoding: str) -> None:
         """On the Delivery's thread: write what ``worker`` printed; tell task ``task_id`` once if the stream failed.
+
+        Bytes come with the encoding the worker's stream said (``write_relayed`` decodes them so where needed).
 
         The loop reads none of ``worker``'s messages meanwhile: ``output_failed``
         is this thread's until the delivery ends.
         """
-        failure = write_relayed(stream, text, worker.decoders)
+        failure = write_relayed(stream, text, worker.decoders, *encoding)
         if failure is not None and task_id is not None and stream not in worker.output_failed:
             worker.output_failed.add(stream)  # told once: it raises from then on, in the task that wrote
             with self._lock:

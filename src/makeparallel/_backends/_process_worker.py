@@ -47,7 +47,9 @@ Messages are pickled tuples, each followed by its out-of-band buffers:
                                                            or None; the id of the parent's task that logged
                                                            it, whose metadata it takes there, or None
                                                            (_worker_logging)
-                       ("output", stream, text)            print() and friends; bytes: sys.stdout.buffer
+                       ("output", stream, text)            print() and friends
+                       ("output", stream, data, encoding)  bytes: sys.stdout.buffer, with the encoding
+                                                           the stream says (for a parent's StringIO)
                        ("partial", task_id, data, buffer_sizes)  a map chunk's finished slice
 
 A map chunk also writes each item's result to the worker's crash journal,
