@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pool_helpers import wait_until
 
 import makeparallel as mp
 
@@ -507,6 +508,27 @@ def test_as_completed_yields_before_a_just_submitted_blocked_task_ends(gate: thr
         "as_completed yielded the free task only after the blocked one ended: the "
         "consuming thread ran the blocked task inline"
     )
+
+
+@pytest.mark.timeout(60)
+def test_as_completed_read_by_two_threads_at_once_says_so_and_loses_nothing(gate: threading.Event) -> None:
+    # A second thread's next() as the first waited in its own raised ValueError("generator
+    # already executing"), of a generator the program never made.
+    blocked = start_blocked(gate)
+    completed = mp.as_completed([blocked])
+    first: list[Any] = []
+    reader = threading.Thread(target=lambda: first.append(next(completed)))
+    reader.start()
+    try:
+        assert wait_until(lambda: completed._iterator is not None and completed._iterator.gi_running)
+        with pytest.raises(RuntimeError, match=r"as_completed\(\) is being read by another next\(\).*one thread at a time"):
+            next(completed)
+    finally:
+        gate.set()
+        reader.join(30)
+    assert not reader.is_alive()
+    assert first == [blocked]
+    assert list(completed) == []
 
 
 def test_as_completed_timeout(gate: threading.Event) -> None:

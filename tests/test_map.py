@@ -1111,6 +1111,39 @@ def test_an_imap_handed_to_another_thread_is_closed_from_the_thread_that_began_i
         iterator.close()
 
 
+_FIRST_HELD = threading.Event()
+
+
+def held_at_zero(x: int) -> int:
+    """``x``; item 0 waits for ``_FIRST_HELD`` (set by the test that clears it)."""
+    if x == 0:
+        assert _FIRST_HELD.wait(30), "the test never released item 0"
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_an_imap_read_by_two_threads_at_once_says_so_and_loses_nothing(backend: str, ordered: bool) -> None:
+    # A second thread's next() as the first waited in its own raised ValueError("generator
+    # already executing"), of a generator the program never made.
+    _FIRST_HELD.clear()
+    iterator = mp.imap(held_at_zero, range(3), chunksize=1, max_in_flight=1, ordered=ordered, backend=backend)
+    first: list[Any] = []
+    reader = threading.Thread(target=lambda: first.append(next(iterator)))
+    reader.start()
+    try:
+        assert wait_until(lambda: iterator._results is not None and iterator._results.gi_running)
+        with pytest.raises(RuntimeError, match=r"imap\(\) is being read by another next\(\).*one thread at a time"):
+            next(iterator)
+    finally:
+        _FIRST_HELD.set()
+        reader.join(30)
+    assert not reader.is_alive()
+    assert first == [0]
+    assert list(iterator) == [1, 2]
+
+
 def _in_thread(call: Any) -> Any:
     """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
     outcome: list[Any] = []

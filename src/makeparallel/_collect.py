@@ -54,6 +54,7 @@ __all__ = [
     "check_on_error",
     "collect_timeout_error",
     "gather",
+    "read_elsewhere",
     "stop_following",
     "taken",
     "unfinished_of",
@@ -502,6 +503,9 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
     ``next()`` and ``anext()`` in turn read two iterations, each yielding only
     the handles the other has not: every handle comes once, to whichever asks.
 
+    One thread reads it at a time: a ``next()`` while another runs (on another
+    thread) raises ``RuntimeError``, and takes nothing from that one.
+
     It follows the handles not yet yielded (to cancel them on Ctrl-C) and lets
     go of each one as it is yielded, so a result the consumer dropped is freed
     while the iteration goes on (as ``concurrent.futures.as_completed`` does
@@ -518,9 +522,23 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         self._closer: Any = None  # the _async_collect.Closer of the async generator, made with it
 
     def __next__(self) -> AsyncHandle[T]:
+        """The next handle to end.
+
+        Raises:
+            StopIteration: every handle was yielded.
+            TaskTimeoutError: the ``timeout`` of :func:`as_completed` passed.
+            RuntimeError: another ``next()`` on it runs now (on another
+                thread): read it from one thread at a time (see
+                :func:`read_elsewhere`).
+        """
         if self._iterator is None:
             self._iterator = _yield_completed(self._pending, self._timeout)
-        return next(self._iterator)
+        try:
+            return next(self._iterator)
+        except ValueError:
+            if self._iterator.gi_running:  # type: ignore[attr-defined]  # "generator already executing"
+                raise read_elsewhere("as_completed()") from None
+            raise
 
     def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:  # noqa: PYI034  # (not self: see MapIterator)
         """The async generator ``async for`` reads, which ``anext()`` on this object reads too; one per call."""
@@ -568,6 +586,25 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
             self._closer = Closer()
             self._async_iterator = as_completed_async(self._pending, self._timeout, self._closer)
         return self._async_iterator
+
+
+def read_elsewhere(made_by: str) -> RuntimeError:
+    """The error of a ``next()`` on an iterator that ``made_by`` returned, as another ``next()`` on it runs.
+
+    Those iterators read a generator, which refuses a second reader while the
+    first waits in it: the ``ValueError`` it raised, "generator already
+    executing", named a generator the program never made, and not what to do.
+    Nothing is lost: the generator was not entered, and the other reader
+    goes on. Not made to serve several readers: a lock taken per ``next()``
+    would cost every loop over an ``imap`` (it more than doubled the time of a
+    no-op result), and a reader waiting on it would be bound by no timeout and
+    miss the first reader's error (docs/architecture.md).
+    """
+    return RuntimeError(
+        f"this iterator of {made_by} is being read by another next() call at this moment (on another "
+        "thread, or from a progress callback): read it from one thread at a time. To share the work among "
+        "threads, have one thread read it and hand each result to the others through a queue.Queue"
+    )
 
 
 class TakenElsewhere(Exception):

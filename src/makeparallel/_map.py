@@ -69,7 +69,7 @@ from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 from ._admission import Limiter, NoSlotInTime, ResultReady, UntilReady
 from ._backends._base import Backend
 from ._chunk_task import Awaited, run_chunk
-from ._collect import Completions, OnError, check_on_error
+from ._collect import Completions, OnError, check_on_error, read_elsewhere
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -537,6 +537,11 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
     ``aiter()`` of it is the async generator both read (not the object
     itself: ``async for`` then reads that generator with no call of ours per
     result).
+
+    One thread reads it at a time (it may be handed from one to another): a
+    ``next()`` while another runs, on another thread or from a ``progress``
+    callback, raises ``RuntimeError`` and takes nothing from that one.
+    :meth:`close` is safe from any thread.
     """
 
     def __init__(self, mapper: _Mapper) -> None:
@@ -558,6 +563,8 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         except ValueError:  # "generator already executing": close() on another thread closes it
             if self._closed:
                 raise StopIteration from None
+            if self._results.gi_running:  # type: ignore[attr-defined]  # another next() runs it
+                raise read_elsewhere("imap()") from None
             raise
 
     def close(self) -> None:
