@@ -17,18 +17,23 @@ class ScriptedLoad:
     """Stands in for the load meter: other processes' load, as the test says."""
 
     others: float | None = 0.0
+    seconds = 1.0  # the window measured so far: long enough for the CPU counters unless a test says
 
     def start(self) -> None:
         pass
 
+    def window(self) -> float:
+        return ScriptedLoad.seconds
+
     def stop(self) -> float | None:
-        return ScriptedLoad.others
+        return ScriptedLoad.others if ScriptedLoad.seconds >= _load.MIN_WINDOW else None
 
 
 @pytest.fixture(autouse=True)
 def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedLoad]:
     """The watch sees an idle machine unless a test says otherwise: CI's load is not the test's."""
     ScriptedLoad.others = 0.0
+    ScriptedLoad.seconds = 1.0
     monkeypatch.setattr(_load, "LoadMeter", ScriptedLoad)
     monkeypatch.setattr(_load, "recent_load", lambda ours: 0.0)
     return ScriptedLoad
@@ -137,6 +142,27 @@ def test_a_busy_machine_is_not_blamed_on_the_gil(
         feed(watch, cpu_per_task=0.005)  # about one core between two tasks: could be either
     assert not watch.active  # it decided: no warning
     assert "other processes used 1.5 CPUs" in caplog.text
+
+
+@pytest.mark.parametrize(("others", "warns"), [(1.5, False), (0.0, True)])
+def test_a_burst_too_brief_to_measure_the_load_is_sampled_on_until_it_can(
+    quiet_machine: type[ScriptedLoad], monkeypatch: pytest.MonkeyPatch, others: float, warns: bool
+) -> None:
+    # Sixteen tasks of a few milliseconds end within 0.1 s, below the CPU counters' resolution.
+    # The load average (a minute's) barely holds such a burst, and less our tasks it read none:
+    # two threads hashing beside two busy processes were told to use processes.
+    monkeypatch.setattr(_load, "recent_load", lambda ours: max(0.0, 1.5 - ours))  # 1.5: others'
+    quiet_machine.others = others
+    quiet_machine.seconds = 0.05
+    watch = GilWatch("brief-burst")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed(watch, cpu_per_task=0.005)  # two at a time, one core between them: GIL or load?
+        assert watch.active and caught == []  # not decided: the load cannot be told yet
+        quiet_machine.seconds = 0.2  # more tasks later: the window is long enough now
+        feed(watch, cpu_per_task=0.005, tasks=2)
+    assert not watch.active
+    assert [w.category for w in caught] == ([mp.GilBoundWarning] if warns else [])
 
 
 @pytest.mark.parametrize(("recent", "warns"), [(2.0, False), (0.1, True)])

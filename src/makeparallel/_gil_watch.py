@@ -30,7 +30,12 @@ A machine that other processes keep busy looks the same from inside: threads
 that release the GIL get less than a core each, too. So the watch also measures
 the other processes' load while it samples (``_load``), and stays silent when
 they kept half a CPU or more busy: it cannot tell, and a warning that blames the
-GIL for hashlib work on a loaded machine would teach the wrong fix. Likewise a
+GIL for hashlib work on a loaded machine would teach the wrong fix. Its samples
+must span ``_load.MIN_WINDOW`` (0.1 s) for that: sixteen tasks of a few
+milliseconds end sooner, and it samples on until they do. It decided from
+the one-minute load average instead, less the tasks running at once, which
+a burst that young has hardly entered: two threads hashing beside two busy
+processes read no other load, and were told to use processes. Likewise a
 process that may use one core only (its affinity, or a cgroup CPU quota of one
 CPU, on a host with more): threads share that core whatever they run, and
 processes would share it too. Tasks count as running at once only up to the
@@ -133,6 +138,8 @@ class GilWatch:
                 self._spans.append((started, ended))
             if self._samples < _SAMPLES and self._seen < _GIVE_UP_AFTER:
                 return
+            if self._seen < _GIVE_UP_AFTER and self._load is not None and self._load.window() < _load.MIN_WINDOW:
+                return  # a burst too brief for the CPU counters: sample on until the load can be told
             self.active = False
             if self._samples < _SAMPLES:
                 return

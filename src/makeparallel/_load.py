@@ -100,6 +100,10 @@ class LoadMeter:
         self._busy = self._machine_busy()
         self._started = self._clock()
 
+    def window(self) -> float:
+        """Seconds since :meth:`start`: at least :data:`MIN_WINDOW` for :meth:`stop` to tell anything."""
+        return self._clock() - self._started
+
     def stop(self) -> float | None:
         """Other processes' average CPU use since :meth:`start`.
 
