@@ -738,3 +738,16 @@ def test_aliases_are_the_same_objects() -> None:
 def test_there_is_no_makeParallel_module() -> None:
     # 0.2.0's wheel has none either; see docs/migrating-from-0.2.md.
     assert importlib.util.find_spec("makeParallel") is None
+
+
+@pytest.mark.parametrize(
+    ("decorator", "call"),
+    [
+        pytest.param(mp.retry, r"@retry\(max_retries=3\)", id="retry"),
+        pytest.param(mp.retry_backoff, r"@retry_backoff\(max_attempts=3\)", id="retry_backoff"),
+    ],
+)
+def test_a_count_given_positionally_to_a_retry_decorator_names_its_keyword(decorator: Any, call: str) -> None:
+    """``retry(3)`` read 3 as the function to decorate: "needs a callable, got 3" hid the fix."""
+    with pytest.raises(TypeError, match=rf"takes its options as keywords: {call}, got 3"):
+        decorator(3)

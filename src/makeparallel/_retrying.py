@@ -237,6 +237,15 @@ def _apply(policy: Retry, fn: Any) -> Any:
     return RetryingFunction(fn, policy)
 
 
+def _refuse_a_count(fn: Any, decorator: str, keyword: str) -> None:
+    """Refuse ``retry(3)``: an int where the function goes is the count, given without its keyword."""
+    if isinstance(fn, int) and not isinstance(fn, bool):
+        raise TypeError(
+            f"{decorator}() takes its options as keywords: @{decorator}({keyword}={fn}), "
+            f"got {fn} as the function to decorate"
+        )
+
+
 def _refuse_generator_function(fn: Any) -> None:
     """Raise ``TypeError`` for a function whose call only creates a generator, judged as ``@parallel`` judges it.
 
@@ -276,11 +285,14 @@ def retry(fn: Any = None, /, *, max_retries: int = 3) -> Any:
 
     Raises:
         TypeError, ValueError: ``max_retries`` is not an int >= 0.
-        TypeError: ``fn`` is not callable, or is a generator or async generator
+        TypeError: ``fn`` is not callable (an int there is the count without its
+            keyword, ``retry(3)``: the message says ``@retry(max_retries=3)``),
+            or is a generator or async generator
             function (or wraps one): a call only creates the generator, and its
             body fails later, as the caller iterates it, where no retry can
             start it again.
     """
+    _refuse_a_count(fn, "retry", "max_retries")
     max_retries = check_count(max_retries, "max_retries", 0)
     policy = Retry(
         on=Exception, attempts=max_retries + 1, timeout=None, wait_initial=0.0, wait_max=0.0, wait_jitter=0.0
@@ -319,11 +331,13 @@ def retry_backoff(
         max_delay: the longest wait, in seconds.
 
     Raises:
-        TypeError: an argument of the wrong type, ``fn`` is not callable, or
-            ``fn`` is a generator or async generator function (or wraps one),
-            as for :func:`retry`.
+        TypeError: an argument of the wrong type, ``fn`` is not callable (an
+            int there is ``max_attempts`` without its keyword, as for
+            :func:`retry`), or ``fn`` is a generator or async generator
+            function (or wraps one), as for :func:`retry`.
         ValueError: ``max_attempts`` < 1, an unknown ``backoff``, negative delays.
     """
+    _refuse_a_count(fn, "retry_backoff", "max_attempts")
     max_attempts = check_count(max_attempts, "max_attempts")
     if backoff not in BACKOFFS:
         raise ValueError(f"backoff must be one of {', '.join(map(repr, BACKOFFS))}, got {backoff!r}")
