@@ -474,7 +474,9 @@ def as_completed(
     Args:
         handles: the handles to follow; any mix of functions and backends.
         timeout: the longest to wait, in seconds, for all of them, counted
-            from this call; ``None`` waits as long as it takes.
+            from the first ``next()`` (or ``anext()``), as
+            ``concurrent.futures.as_completed`` counts it; ``None`` waits as
+            long as it takes.
 
     Returns:
         An iterator of the handles, each as its task ends.
