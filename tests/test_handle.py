@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import copy
+import functools
 import gc
 import logging
 import pickle
@@ -908,3 +909,131 @@ def test_a_task_holds_its_result_before_its_state_says_it_ended(gate: threading.
     gate.set()
     assert handle.get(10) is True
     assert value_as_it_ended == [True]
+
+
+# -- an error read again and again -----------------------------------------------------
+
+
+def _ended_with(outcome: str, backend: str, gate: threading.Event) -> mp.AsyncHandle[Any]:
+    """A handle that ended ``outcome``: "failed" (a ValueError), "cancelled" or "timed out" as it ran."""
+    if outcome == "failed":
+        handle = mp.parallel(int, backend=backend)("not a number")
+        handle.wait(10)
+        return handle
+    started = threading.Event()
+
+    def held() -> None:
+        started.set()
+        gate.wait(10)
+
+    handle = mp.parallel(held, backend="thread", timeout=0.01 if outcome == "timed out" else None)()
+    assert started.wait(10)
+    if outcome == "cancelled":
+        assert handle.cancel()
+    assert handle.wait(10) and handle.status == outcome
+    return handle
+
+
+def _get(handle: mp.AsyncHandle[Any]) -> object:
+    return handle.get()
+
+
+def _result(handle: mp.AsyncHandle[Any]) -> object:
+    return handle.result(10)
+
+
+def _try_get(handle: mp.AsyncHandle[Any]) -> object:
+    return handle.try_get()
+
+
+def _await(handle: mp.AsyncHandle[Any]) -> object:
+    async def main() -> object:
+        return await handle
+
+    return asyncio.run(main())
+
+
+ERROR_READS = {"get": _get, "result": _result, "try_get": _try_get, "await": _await}
+
+
+def _read_from_a_caller(read: Callable[[], object]) -> tuple[weakref.ref[Payload], int]:
+    """Read an ended task's error from a frame holding an object, as a request handler's holds its request.
+
+    Returns a weak reference to that object, and how many frames the error's traceback listed.
+    """
+    request = Payload()
+    try:
+        read()
+    except Exception as error:  # noqa: BLE001  # (TaskCancelledError is one too)
+        frames = 0
+        tb = error.__traceback__
+        while tb is not None:
+            frames, tb = frames + 1, tb.tb_next
+        return weakref.ref(request), frames
+    raise AssertionError("the read gave no error")
+
+
+def _read_again_and_again(read: Callable[[], object]) -> None:
+    """Each read lists as many frames as the first, and the first reader's frame is let go."""
+    first_request, frames = _read_from_a_caller(read)
+    for _ in range(5):
+        _, again = _read_from_a_caller(read)
+        assert again == frames
+    gc.collect()
+    assert first_request() is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("outcome", "on"),
+    [("failed", "thread"), ("failed", "sync"), ("failed", "process"), ("cancelled", "thread"), ("timed out", "thread")],
+)
+@pytest.mark.parametrize("read", list(ERROR_READS))
+def test_an_error_read_again_keeps_no_earlier_callers_frames(
+    read: str, outcome: str, on: str, gate: threading.Event
+) -> None:
+    """Each read raises the error with the traceback it had, not with every earlier read's frames on it.
+
+    Raised as it was, the error's traceback grew by the reader's frames at each
+    read, and kept every one alive with its locals: a service that polled a
+    failed task's handle (``try_get()`` at each status request) kept each request
+    for as long as it kept the handle, and the traceback printed listed them all.
+    """
+    handle = _ended_with(outcome, on, gate)
+    _read_again_and_again(functools.partial(ERROR_READS[read], handle))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+def test_an_executor_future_read_again_keeps_no_earlier_callers_frames(outcome: str, gate: threading.Event) -> None:
+    """``ExecutorFuture.result()``, read again and again, raises the error as it was first raised (as above)."""
+    started = threading.Event()
+
+    def task() -> None:
+        started.set()
+        if outcome == "failed":
+            raise ValueError("failed")
+        gate.wait(10)
+
+    with mp.Executor(max_workers=1) as executor:
+        future = executor.submit(task)
+        assert started.wait(10)
+        if outcome == "cancelled":
+            assert future.handle.cancel()
+        concurrent.futures.wait([future], timeout=10)
+        _read_again_and_again(functools.partial(future.result, 10))
+        gate.set()
+
+
+@pytest.mark.timeout(60)
+def test_a_groups_results_read_again_keep_no_earlier_callers_frames() -> None:
+    """``ParallelContext.results()`` raises the group's first failure as it was first raised (as above)."""
+
+    def fail() -> None:
+        raise ValueError("failed")
+
+    with pytest.raises(ValueError, match="failed"), mp.ParallelContext() as ctx:
+        # Ended on a worker (a wait with a timeout runs nothing inline): one run inline by the first
+        # results() would keep that caller as its own frames' caller, as any traceback does.
+        assert ctx.submit(fail).wait(10)
+        _read_again_and_again(ctx.results)

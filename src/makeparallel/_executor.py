@@ -165,7 +165,8 @@ class ExecutorFuture(concurrent.futures.Future[T]):
         if error is None:
             return self._result  # type: ignore[return-value]  # finished without an exception: the result is set
         try:
-            raise error
+            # The handle's error (_follow): raised from its first traceback, not with every earlier raise's frames.
+            raise self.handle._error_to_raise() if error is self.handle._value else error
         finally:
             del self, error  # the traceback holds this frame: no cycle back to the error (as the standard result())
 

@@ -132,6 +132,9 @@ class ParallelContext:
         # The body's failure, until a task's end records the same object: then it was that task's.
         self._body_error: BaseException | None = None
         self.errors: list[BaseException] = []
+        # The traceback of errors[0] as it was recorded: each raise of it starts from there, so that
+        # results() read again lists no earlier reader's frames, nor keeps them alive (_first_failure).
+        self._first_traceback: TracebackType | None = None
         """Every failure of the group's tasks (and of the body), in the order seen; each once.
 
         Not the group's own timeout, wherever it was met (the block's end, ``results()``, a submit)."""
@@ -154,7 +157,7 @@ class ParallelContext:
         # tasks are cancelled already, and it ends the block as the block's end meeting it does.
         timed_out = exc is not None and exc in self._timeouts
         if exc is not None and not refused and not timed_out:
-            self._fail(exc, raised_by_the_body=True)
+            self._fail(exc, traceback, raised_by_the_body=True)
         try:
             self._wait_to_end()
         except BaseException as error:
@@ -175,7 +178,7 @@ class ParallelContext:
             failure = self.errors[0]
             raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
         if exc is None and self.errors:
-            raise self.errors[0]
+            raise self._first_failure()
         if exc is None and self._timing_out:  # met on another thread: the block's too, its message once made
             self._time_out()
 
@@ -443,7 +446,7 @@ class ParallelContext:
             task._refuse_to_wait_for_itself()  # at once, not after waiting for the tasks before it
         self._wait_all()
         if self.errors:
-            raise self.errors[0]
+            raise self._first_failure()
         if self._timing_out:  # its tasks, cancelled, are not failures: the timeout is what the block raised
             self._time_out()
         return [handle.get() for handle in self.handles]
@@ -511,13 +514,18 @@ class ParallelContext:
         state = handle._state
         try:
             if state != SUCCEEDED and not (state == CANCELLED and self._cancelling):  # not one this group cancelled
-                self._fail(handle._error_for_caller())
+                error = handle._error_for_caller()
+                # Its first traceback, not the one it has now: a wait of results() may have raised it already.
+                self._fail(error, handle._origin)
         finally:
             if self._limiter is not None:
                 self._limiter.release()
 
-    def _fail(self, error: BaseException, raised_by_the_body: bool = False) -> None:
+    def _fail(self, error: BaseException, origin: TracebackType | None, raised_by_the_body: bool = False) -> None:
         """Record a failure and, at the first, cancel the rest; the body's, a task's raised again, is not again.
+
+        ``origin``: the traceback ``error`` had as it was first raised, where
+        each raise of the first failure starts (:meth:`_first_failure`).
 
         The body may raise a task's own error (``handle.get()``, ``results()``)
         out of the block: that is the failure the task's end recorded (or
@@ -534,10 +542,16 @@ class ParallelContext:
                 self._body_error = None
                 return
             self.errors.append(error)
+            if len(self.errors) == 1:
+                self._first_traceback = origin
             first = not self._failed
             self._failed = True
         if first:
             self._cancel_unfinished()
+
+    def _first_failure(self) -> BaseException:
+        """``errors[0]``, its traceback set back to the one it had as recorded: for a ``raise`` (see ``AsyncHandle._error_to_raise``)."""
+        return BaseException.with_traceback(self.errors[0], self._first_traceback)
 
     def _cancel_unfinished(self) -> int:
         """Cancel what is left: the group ends as a whole, at its first failure or its timeout; return how many.

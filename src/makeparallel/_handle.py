@@ -101,6 +101,8 @@ _now = time.perf_counter
 _run_in = Context.run  # called unbound: context.run made a bound method per task
 _allocate_lock = threading.Lock
 _task_ids = itertools.count(1)
+# ``_origin`` until the task's error is first handed out.
+_UNASKED: Any = object()
 #: Seconds that the code of tasks cancelled by :func:`cancel_and_stop` has to stop by
 #: itself (a map chunk stops between slices of about a millisecond) before it is forced.
 STOP_GRACE = 0.1
@@ -205,9 +207,9 @@ class AsyncHandle(Generic[T_co]):
         "_id",
         "_kwargs",
         "_metadata",
-        "_noted",
         "_observer",
         "_on_worker",
+        "_origin",
         "_payload",
         "_permits",
         "_priority",
@@ -262,7 +264,9 @@ class AsyncHandle(Generic[T_co]):
         self._progress: float | None = None
         self._progress_message: str | None = None
         self._metadata: dict[str, Any] | None = None
-        self._noted = False
+        # The traceback the task's error had as it was first handed out: each raise of it
+        # starts from there (_error_to_raise). _UNASKED until then.
+        self._origin: Any = _UNASKED
         self._on_worker = UNCLAIMED  # who holds it, where a backend says (_states)
         self._permits: tuple[Any, ...] = ()
         # The task's code has returned, or will never run (see cancel_with_timeout).
@@ -317,7 +321,7 @@ class AsyncHandle(Generic[T_co]):
             self._wait_for_end(timeout)
             if self._state == SUCCEEDED:
                 return self._value  # type: ignore[no-any-return]
-        raise self._error_for_caller()
+        raise self._error_to_raise()
 
     def result(self, timeout: float | None = None) -> T_co:
         """``concurrent.futures`` name of :meth:`get`."""
@@ -366,10 +370,9 @@ class AsyncHandle(Generic[T_co]):
             self._wait_for_end(timeout)
         if self._state == SUCCEEDED:
             return None
-        error = self._error_for_caller()
         if self._state == CANCELLED:
-            raise error
-        return error
+            raise self._error_to_raise()
+        return self._error_for_caller()
 
     def wait(self, timeout: float | None = None, *, timeout_secs: float | None = None) -> bool:
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
@@ -1241,7 +1244,7 @@ class AsyncHandle(Generic[T_co]):
                 "forked this one (or its parent): it runs in that process, and its result reaches no "
                 "other. Wait for a task in the process that submitted it"
             )
-            self._noted = True  # a failure of no code of its own here: nothing to note
+            self._origin = None  # a failure of no code of its own here: nothing to note
             self._finished_at = _now()
             self._fn = self._args = self._kwargs = self._context = self._payload = None
             self._callbacks = self._waiters = None
@@ -1754,21 +1757,38 @@ class AsyncHandle(Generic[T_co]):
             pass
 
     def _error_for_caller(self) -> BaseException:
-        """The task's error; a user's exception, or a timeout after retries, gets its note the first time out."""
+        """The task's error; a user's exception, or a timeout after retries, gets its note the first time out.
+
+        Its traceback then is kept as ``_origin``, where each raise of it starts (:meth:`_error_to_raise`).
+        """
         error: BaseException | None = self._value
         if error is None:  # cancelled or timed out in bulk: its error is made when first asked for
             with self._backend._lock:
                 if self._value is None:
                     self._value = self._stop_error(self._state)
-                return self._value  # type: ignore[no-any-return]
-        state = self._state
-        if state == FAILED or (state == TIMED_OUT and getattr(self, "_retry", None) is not None):
-            with self._backend._lock:
-                first = not self._noted
-                self._noted = True
+                error = self._value
+        if self._origin is not _UNASKED:
+            return error
+        with self._backend._lock:
+            first = self._origin is _UNASKED
             if first:
-                add_note(error, self._describe_failure())
+                self._origin = error.__traceback__
+        state = self._state
+        if first and (state == FAILED or (state == TIMED_OUT and getattr(self, "_retry", None) is not None)):
+            add_note(error, self._describe_failure())
         return error
+
+    def _error_to_raise(self) -> BaseException:
+        """The task's error, its traceback set back to the one it had as first handed out: for a ``raise``.
+
+        Raised as it was, the error's traceback grew by the raiser's frames at
+        each raise (``raise`` adds to the traceback an exception has), and kept
+        each of them alive with its locals: a service that polled a failed
+        task's handle kept every request that asked, for as long as it kept the
+        handle. asyncio's ``Future.result()`` does the same, for the same reason.
+        """
+        error = self._error_for_caller()
+        return BaseException.with_traceback(error, self._origin)
 
     def _describe_failure(self) -> str:
         note = f"makeparallel: task {self._id} ({self.name}) failed after {self.elapsed_time():.3f} s"
