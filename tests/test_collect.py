@@ -531,6 +531,47 @@ def test_as_completed_read_by_two_threads_at_once_says_so_and_loses_nothing(gate
     assert list(completed) == []
 
 
+@pytest.mark.timeout(60)
+def test_as_completed_first_read_by_two_threads_at_once_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two threads' first next() at once each found no generator yet and made one, and both read
+    # on at once, with no RuntimeError.
+    from makeparallel import _collect
+
+    handles = [mp.parallel(abs)(i) for i in range(3)]
+    mp.wait(handles)
+    completed = mp.as_completed(handles)
+    yield_completed = _collect._yield_completed
+    second: list[Any] = []
+
+    def read_by_another_thread(*args: Any) -> Any:
+        monkeypatch.setattr(_collect, "_yield_completed", yield_completed)
+        second.append(in_thread(lambda: next(completed)))  # while this first next() makes its generator
+        return yield_completed(*args)
+
+    monkeypatch.setattr(_collect, "_yield_completed", read_by_another_thread)
+    first = next(completed)
+    assert isinstance(second[0], RuntimeError), second
+    assert "one thread at a time" in str(second[0])
+    assert {first, *completed} == set(handles)
+
+
+def in_thread(call: Callable[[], Any]) -> Any:
+    """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as error:  # noqa: BLE001  # the outcome looked at, whatever it is
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return outcome[0]
+
+
 def test_as_completed_timeout(gate: threading.Event) -> None:
     blocked = start_blocked(gate)
 

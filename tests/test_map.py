@@ -1144,6 +1144,26 @@ def test_an_imap_read_by_two_threads_at_once_says_so_and_loses_nothing(backend: 
     assert list(iterator) == [1, 2]
 
 
+@pytest.mark.timeout(60)
+def test_an_imap_first_read_by_two_threads_at_once_starts_its_map_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two threads' first next() at once each found no generator yet and made one: the map ran
+    # twice, an item came twice, and the second generator's chunks() raised KeyError.
+    iterator = mp.imap(abs, range(3), chunksize=1, backend="thread")
+    each = _map._each
+    second: list[Any] = []
+
+    def each_as_another_thread_reads(chunks: Any) -> Any:
+        monkeypatch.setattr(_map, "_each", each)
+        second.append(_in_thread(lambda: next(iterator)))  # while this first next() makes its generator
+        return each(chunks)
+
+    monkeypatch.setattr(_map, "_each", each_as_another_thread_reads)
+    assert next(iterator) == 0
+    assert isinstance(second[0], RuntimeError), second
+    assert "one thread at a time" in str(second[0])
+    assert list(iterator) == [1, 2]
+
+
 def _in_thread(call: Any) -> Any:
     """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
     outcome: list[Any] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import queue
+import threading
 import time
 import weakref
 from collections import deque
@@ -522,6 +523,9 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         # gave it, had no __anext__ on this object: `await anext(mp.as_completed(...))` was a TypeError).
         self._async_iterator: AsyncIterator[AsyncHandle[T]] | None = None
         self._closer: Any = None  # the _async_collect.Closer of the async generator, made with it
+        # Held by the next() that makes the generator: two threads' first next() at once each
+        # found none and made one, and read on at once, neither told it was not for two.
+        self._starting = threading.Lock()
 
     def __next__(self) -> AsyncHandle[T]:
         """The next handle to end.
@@ -533,14 +537,30 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
                 thread): read it from one thread at a time (see
                 :func:`read_elsewhere`).
         """
-        if self._iterator is None:
-            self._iterator = _yield_completed(self._pending, self._timeout)
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._start()
         try:
-            return next(self._iterator)
+            return next(iterator)
         except ValueError:
-            if self._iterator.gi_running:  # type: ignore[attr-defined]  # "generator already executing"
+            if iterator.gi_running:  # type: ignore[attr-defined]  # "generator already executing"
                 raise read_elsewhere("as_completed()") from None
             raise
+
+    def _start(self) -> Iterator[AsyncHandle[T]]:
+        """The generator ``next()`` reads, made at the first ``next()``.
+
+        Raises:
+            RuntimeError: another thread's first ``next()`` makes it at this moment.
+        """
+        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
+            raise read_elsewhere("as_completed()")
+        try:
+            if self._iterator is None:
+                self._iterator = _yield_completed(self._pending, self._timeout)
+            return self._iterator
+        finally:
+            self._starting.release()
 
     def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:  # noqa: PYI034  # (not self: see MapIterator)
         """The async generator ``async for`` reads, which ``anext()`` on this object reads too; one per call."""

@@ -61,6 +61,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
@@ -552,20 +553,40 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         self._async_results: AsyncIterator[R] | None = None
         self._closed = False  # close() came: every next() from now on, on any thread, ends
         self._closed_unstarted = False  # close() came before the first result was asked for
+        # Held by the next() that makes the generator: two threads' first next() at once each
+        # found none and made one, and the map ran twice (an item came twice, to both readers).
+        self._starting = threading.Lock()
 
     def __next__(self) -> R:
-        if self._results is None:
-            if self._async_results is not None:
-                raise RuntimeError("this imap is iterated with `async for` already")
-            self._results = _each(self._mapper.chunks())
+        results = self._results
+        if results is None:
+            results = self._start()
         try:
-            return next(self._results)
+            return next(results)
         except ValueError:  # "generator already executing": close() on another thread closes it
             if self._closed:
                 raise StopIteration from None
-            if self._results.gi_running:  # type: ignore[attr-defined]  # another next() runs it
+            if results.gi_running:  # type: ignore[attr-defined]  # another next() runs it
                 raise read_elsewhere("imap()") from None
             raise
+
+    def _start(self) -> Iterator[R]:
+        """The generator ``next()`` reads, made at the first ``next()``.
+
+        Raises:
+            RuntimeError: it is iterated with ``async for`` already, or another
+                thread's first ``next()`` makes it at this moment.
+        """
+        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
+            raise read_elsewhere("imap()")
+        try:
+            if self._results is None:
+                if self._async_results is not None:
+                    raise RuntimeError("this imap is iterated with `async for` already")
+                self._results = _each(self._mapper.chunks())
+            return self._results
+        finally:
+            self._starting.release()
 
     def close(self) -> None:
         """Stop: cancel the chunks in flight and read no more input.
