@@ -2388,6 +2388,35 @@ def test_shutdown_stops_the_template_too(two_workers: None) -> None:
         mp.reset_shutdown()
 
 
+def test_shutdown_stops_a_template_a_first_task_started_before_a_ctrl_c() -> None:
+    # A Ctrl-C as a first process task imported the pool's modules, its template started
+    # early, left that template to no pool: it served on past mp.shutdown(), a child of the
+    # program until its next first process task took it, or its exit.
+    out = run_fresh(
+        """
+        import psutil
+        import makeparallel as mp
+        from makeparallel import _runtime
+
+        def interrupted():
+            raise KeyboardInterrupt  # Ctrl-C as the pool's modules import
+
+        made = _runtime._idle_process_backend
+        _runtime._idle_process_backend = interrupted
+        try:
+            mp.parallel(backend="process")(abs)(-1)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+        _runtime._idle_process_backend = made
+        assert [child for child in psutil.Process().children()], "no template started"
+        print(mp.shutdown(10), [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE])
+        mp.reset_shutdown()
+        print(mp.parallel(backend="process")(abs)(-2).get(timeout=30))  # a first task after it works
+        """
+    )
+    assert out == ["KeyboardInterrupt", "True", "[]", "2"]
+
+
 def test_without_a_template_workers_are_fresh_interpreters(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_process, "template_available", lambda: False)  # what a system without fork gets
     with mp.Executor(backend="process", max_workers=1) as executor:

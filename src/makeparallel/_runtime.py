@@ -87,6 +87,19 @@ def _process_backend() -> Backend:
     return _idle_process_backend()
 
 
+def _stop_early_template() -> None:
+    """Stop the template a first process task started, if no pool took it (a Ctrl-C came before).
+
+    A Ctrl-C as that task imported the pool's modules, or as the pool was
+    made, left the template to no pool, whose stop would end it: it served
+    on past the shutdown, a child of the program until its next first
+    process task took it. Imports nothing where no process task ran.
+    """
+    template_start = sys.modules.get("makeparallel._backends._template_start")
+    if template_start is not None:
+        template_start.stop_early()
+
+
 def _idle_process_backend() -> Backend:
     from ._backends._process import ProcessBackend  # subprocess, sockets: only when used
 
@@ -1406,6 +1419,7 @@ class ShutdownCall:
             try:
                 if _begin_stopping_workers():  # (not reset meanwhile: the tasks accepted since must run)
                     terminate_all(backends)  # no worker process outlives shutdown, busy or not; every pool's at once
+                    _stop_early_template()  # nor a template no pool took
                     _end_threads(backends, finished)  # nor an idle worker thread
             finally:
                 _end_stopping_workers()
