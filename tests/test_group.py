@@ -9,12 +9,14 @@ with events; a task that must notice its cancellation polls ``check_cancelled()`
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 import re
 import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -431,6 +433,39 @@ def test_the_failure_a_refused_body_raises_keeps_its_cause(backend: str) -> None
             ctx.submit(fail_from_a_cause, 14).wait(5)
             ctx.submit(square, 2)
     assert isinstance(caught.value.__cause__, KeyError)
+
+
+class Request:
+    """What a reader's frame holds, as a request handler's holds its request."""
+
+
+def _read_and_swallow(handle: mp.AsyncHandle[Any]) -> weakref.ref[Request]:
+    """Read a failed task's error from a frame holding a ``Request``, and let the error go; return a weak reference to it."""
+    request = Request()
+    try:
+        handle.get()
+    except Boom:
+        pass
+    return weakref.ref(request)
+
+
+def test_the_failure_a_refused_body_raises_lists_no_earlier_readers_frames(backend: str) -> None:
+    """The block's end raises the failure from its first traceback, after a refusal too (as without one).
+
+    It was raised as it was: below the block's end, its traceback listed the
+    body's last read of it (a ``get()`` whose error the body caught), and kept
+    that reader's frame alive with its locals.
+    """
+    with pytest.raises(Boom) as caught, mp.ParallelContext(backend=backend) as ctx:
+        handle = ctx.submit(fail, 15)
+        handle.wait(5)
+        readers = [_read_and_swallow(handle) for _ in range(2)]
+        ctx.submit(square, 2)
+    shown = [entry.name for entry in traceback.extract_tb(caught.tb)]
+    assert "_read_and_swallow" not in shown, f"the traceback lists an earlier reader: {shown}"
+    assert shown[-1] == "fail", shown
+    gc.collect()
+    assert [reader() for reader in readers] == [None, None], "an earlier reader's frame is kept alive"
 
 
 def test_a_refusal_by_an_outer_group_fails_the_inner_group_as_the_body_s_error(backend: str) -> None:

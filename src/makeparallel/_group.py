@@ -175,7 +175,7 @@ class ParallelContext:
             except TaskTimeoutError as timeout:
                 raise timeout from None
         if refused:  # the failure that made the group refuse, as the block had not seen it
-            failure = self.errors[0]
+            failure = self._first_failure()  # from its first traceback, as below: no earlier reader's frames
             raise failure from failure.__cause__  # its own cause kept; not shown as raised in handling the refusal
         if exc is None and self.errors:
             raise self._first_failure()
