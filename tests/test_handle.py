@@ -11,6 +11,7 @@ import gc
 import logging
 import pickle
 import threading
+import traceback
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -1037,3 +1038,33 @@ def test_a_groups_results_read_again_keep_no_earlier_callers_frames() -> None:
         # results() would keep that caller as its own frames' caller, as any traceback does.
         assert ctx.submit(fail).wait(10)
         _read_again_and_again(ctx.results)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+def test_a_task_that_let_another_tasks_error_through_is_raised_from_its_own_frames(backend: str) -> None:
+    """A task that raised another task's error (its ``get()``) keeps the traceback it ended with, whoever read first.
+
+    The two handles hold one exception object. Each took its traceback at its
+    first read: read first through the other task's handle, it was that read's,
+    so this task's error listed the other task's reader in place of this task's
+    own frames, and kept that reader alive for as long as this handle lived.
+    """
+    failing = mp.parallel(int, backend=backend)("not a number")
+    failing.wait(10)
+
+    def let_through() -> int:
+        return failing.get()
+
+    through = mp.parallel(let_through, backend=backend)()
+    assert through.wait(10)
+    other_reader, _ = _read_from_a_caller(failing.get)
+    with pytest.raises(ValueError) as caught:
+        through.get()
+    assert caught.value is failing.exception()
+    shown = [entry.name for entry in traceback.extract_tb(caught.tb)]
+    assert "let_through" in shown, f"the task's own frames are missing: {shown}"
+    assert "_read_from_a_caller" not in shown, f"the other task's reader is listed: {shown}"
+    del caught
+    gc.collect()
+    assert other_reader() is None, "the other task's reader is kept alive"

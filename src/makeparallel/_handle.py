@@ -101,8 +101,10 @@ _now = time.perf_counter
 _run_in = Context.run  # called unbound: context.run made a bound method per task
 _allocate_lock = threading.Lock
 _task_ids = itertools.count(1)
-# ``_origin`` until the task's error is first handed out.
-_UNASKED: Any = object()
+# ``_origin`` until the task fails, or its error (one the library made) is first handed out.
+_UNSET: Any = object()
+# ``_origin`` of a failure not handed out yet is a 1-tuple of the traceback it ended with (no
+# traceback is a tuple): the one slot says both where to raise from and whether the note was added.
 #: Seconds that the code of tasks cancelled by :func:`cancel_and_stop` has to stop by
 #: itself (a map chunk stops between slices of about a millisecond) before it is forced.
 STOP_GRACE = 0.1
@@ -264,9 +266,10 @@ class AsyncHandle(Generic[T_co]):
         self._progress: float | None = None
         self._progress_message: str | None = None
         self._metadata: dict[str, Any] | None = None
-        # The traceback the task's error had as it was first handed out: each raise of it
-        # starts from there (_error_to_raise). _UNASKED until then.
-        self._origin: Any = _UNASKED
+        # The traceback the task's error had as the task failed with it, or, for an error the
+        # library made, as it was first handed out: each raise of it starts from there
+        # (_error_to_raise). _UNSET until then; a 1-tuple until a failure is first handed out.
+        self._origin: Any = _UNSET
         self._on_worker = UNCLAIMED  # who holds it, where a backend says (_states)
         self._permits: tuple[Any, ...] = ()
         # The task's code has returned, or will never run (see cancel_with_timeout).
@@ -1057,6 +1060,10 @@ class AsyncHandle(Generic[T_co]):
         was_pending = self._state == PENDING
         # The value first: get() reads the state without the lock, then the value.
         self._value = value
+        if state == FAILED:
+            # Its traceback now: another task that raised the same error (its get()) has it
+            # raised again from that one's own, and this one's first read would list that reader.
+            self._origin = (value.__traceback__,)
         self._state = state
         self._finished_at = _now()
         # Drop the references the task held, so a kept handle keeps nothing alive.
@@ -1759,7 +1766,9 @@ class AsyncHandle(Generic[T_co]):
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception, or a timeout after retries, gets its note the first time out.
 
-        Its traceback then is kept as ``_origin``, where each raise of it starts (:meth:`_error_to_raise`).
+        An error the library made (a cancellation, a timeout) has its traceback
+        then kept as ``_origin``, where each raise of it starts
+        (:meth:`_error_to_raise`); a failure's was kept as the task failed.
         """
         error: BaseException | None = self._value
         if error is None:  # cancelled or timed out in bulk: its error is made when first asked for
@@ -1767,19 +1776,21 @@ class AsyncHandle(Generic[T_co]):
                 if self._value is None:
                     self._value = self._stop_error(self._state)
                 error = self._value
-        if self._origin is not _UNASKED:
+        origin = self._origin
+        if origin is not _UNSET and type(origin) is not tuple:
             return error
         with self._backend._lock:
-            first = self._origin is _UNASKED
+            origin = self._origin
+            first = origin is _UNSET or type(origin) is tuple
             if first:
-                self._origin = error.__traceback__
+                self._origin = error.__traceback__ if origin is _UNSET else origin[0]
         state = self._state
         if first and (state == FAILED or (state == TIMED_OUT and getattr(self, "_retry", None) is not None)):
             add_note(error, self._describe_failure())
         return error
 
     def _error_to_raise(self) -> BaseException:
-        """The task's error, its traceback set back to the one it had as first handed out: for a ``raise``.
+        """The task's error, its traceback set back to the one it ended with (``_origin``): for a ``raise``.
 
         Raised as it was, the error's traceback grew by the raiser's frames at
         each raise (``raise`` adds to the traceback an exception has), and kept
