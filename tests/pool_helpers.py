@@ -22,6 +22,23 @@ from typing import Any
 import makeparallel as mp
 
 
+def in_thread(call: Callable[[], Any]) -> Any:
+    """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as error:  # noqa: BLE001  # the outcome looked at, whatever it is
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    return outcome[0]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return whether it held.
 

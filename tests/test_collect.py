@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pool_helpers import wait_until
+from pool_helpers import in_thread, wait_until
 
 import makeparallel as mp
 
@@ -553,23 +553,6 @@ def test_as_completed_first_read_by_two_threads_at_once_says_so(monkeypatch: pyt
     assert isinstance(second[0], RuntimeError), second
     assert "one thread at a time" in str(second[0])
     assert {first, *completed} == set(handles)
-
-
-def in_thread(call: Callable[[], Any]) -> Any:
-    """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as error:  # noqa: BLE001  # the outcome looked at, whatever it is
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    return outcome[0]
 
 
 def test_as_completed_timeout(gate: threading.Event) -> None:

@@ -30,7 +30,7 @@ from makeparallel import _chunk_task, _map
 from makeparallel._chunk_task import run_chunk
 from makeparallel._map import _FIRST_WAVE_SECONDS, _MAX_CHUNK, DEFAULT_MAX_BYTES_IN_FLIGHT, _ChunkSizer, _start
 from makeparallel.testing import wait_until_idle
-from pool_helpers import earlier_items_alive, hold_one_worker, wait_until
+from pool_helpers import earlier_items_alive, hold_one_worker, in_thread, wait_until
 
 BACKENDS = ["thread", "sync"]
 
@@ -1154,7 +1154,7 @@ def test_an_imap_first_read_by_two_threads_at_once_starts_its_map_once(monkeypat
 
     def each_as_another_thread_reads(chunks: Any) -> Any:
         monkeypatch.setattr(_map, "_each", each)
-        second.append(_in_thread(lambda: next(iterator)))  # while this first next() makes its generator
+        second.append(in_thread(lambda: next(iterator)))  # while this first next() makes its generator
         return each(chunks)
 
     monkeypatch.setattr(_map, "_each", each_as_another_thread_reads)
@@ -1162,23 +1162,6 @@ def test_an_imap_first_read_by_two_threads_at_once_starts_its_map_once(monkeypat
     assert isinstance(second[0], RuntimeError), second
     assert "one thread at a time" in str(second[0])
     assert list(iterator) == [1, 2]
-
-
-def _in_thread(call: Any) -> Any:
-    """What ``call()`` returns in a thread of its own, or the exception it raised (the thread joined)."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except BaseException as error:  # noqa: BLE001  # the outcome looked at, whatever it is
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    return outcome[0]
 
 
 @pytest.mark.timeout(60)
@@ -1191,12 +1174,12 @@ def test_an_imap_handed_to_another_thread_gives_nothing_more_after_close_on_any_
     # the rest of the chunk it held (items 2 to 9), on every thread.
     iterator = mp.imap(int, range(100), chunksize=10, backend=backend)
     assert next(iterator) == 0
-    assert _in_thread(lambda: next(iterator)) == 1
+    assert in_thread(lambda: next(iterator)) == 1
     if closed_by == "the thread that began it":
         iterator.close()
     else:
-        _in_thread(iterator.close)
-    assert isinstance(_in_thread(lambda: next(iterator)), StopIteration)
+        in_thread(iterator.close)
+    assert isinstance(in_thread(lambda: next(iterator)), StopIteration)
     with pytest.raises(StopIteration):
         next(iterator)
     assert list(iterator) == []
@@ -1222,7 +1205,7 @@ def test_a_next_as_the_imap_is_closed_raises_stop_iteration(
     def ask() -> Any:
         assert closing.wait(30)
         try:
-            return _in_thread(lambda: next(iterator))
+            return in_thread(lambda: next(iterator))
         finally:
             asked.set()
 
