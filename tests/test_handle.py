@@ -1068,3 +1068,79 @@ def test_a_task_that_let_another_tasks_error_through_is_raised_from_its_own_fram
     del caught
     gc.collect()
     assert other_reader() is None, "the other task's reader is kept alive"
+
+
+def _exception(handle: mp.AsyncHandle[Any]) -> BaseException | None:
+    return handle.exception(10)
+
+
+def _on_error(handle: mp.AsyncHandle[Any]) -> BaseException | None:
+    given: list[BaseException] = []
+    handle.on_error(given.append)  # added once the task ended: it runs here, at once
+    return given[0]
+
+
+ERROR_HAND_OUTS = {"exception": _exception, "on_error": _on_error}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("on", ["thread", "sync", "process"])
+@pytest.mark.parametrize("hand_out", list(ERROR_HAND_OUTS))
+def test_an_error_handed_out_after_a_read_lists_no_readers_frames(hand_out: str, on: str) -> None:
+    """``exception()`` and an ``on_error`` callback give the error with the traceback it ended with, after any read.
+
+    A read (``get()``) raised the error and left its own frames on it: handed
+    out as it was then, the error listed that reader as where it was raised,
+    printed or logged (``logging.error(exc_info=error)``), and kept the
+    reader's frame alive with its locals for as long as the error was held.
+    """
+    handle = mp.parallel(int, backend=on)("not a number")
+    assert handle.wait(10)
+    reader, _ = _read_from_a_caller(handle.get)
+    error = ERROR_HAND_OUTS[hand_out](handle)
+    assert isinstance(error, ValueError)
+    shown = [entry.name for entry in traceback.extract_tb(error.__traceback__)]
+    assert "_read_from_a_caller" not in shown, f"the error lists an earlier reader: {shown}"
+    del error
+    gc.collect()
+    assert reader() is None, "the earlier reader is kept alive"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("through", ["exception", "wrap_future"])
+def test_an_executor_futures_error_handed_out_after_a_read_lists_no_readers_frames(through: str) -> None:
+    """``ExecutorFuture.exception()``, and asyncio's ``wrap_future`` that reads it, give the error as it ended (as above).
+
+    ``asyncio.wrap_future`` of a future that ended keeps the traceback its
+    error has then, and raises from it at every ``await``: it listed the
+    future's last ``result()`` reader there, and kept it alive with the future.
+    """
+
+    def fail() -> None:
+        raise ValueError("failed")
+
+    with mp.Executor(max_workers=1) as executor:
+        future = executor.submit(fail)
+        concurrent.futures.wait([future], timeout=10)
+        reader, _ = _read_from_a_caller(functools.partial(future.result, 10))
+        if through == "exception":
+            error = future.exception(10)
+            assert isinstance(error, ValueError)
+            tb = error.__traceback__
+            del error
+        else:
+
+            async def main() -> Any:
+                wrapped = asyncio.wrap_future(future)
+                try:
+                    await wrapped
+                except ValueError as caught:
+                    return caught.__traceback__
+                raise AssertionError("the await gave no error")
+
+            tb = asyncio.run(main())
+        shown = [entry.name for entry in traceback.extract_tb(tb)]
+        assert "_read_from_a_caller" not in shown, f"the error lists an earlier reader: {shown}"
+        del tb
+        gc.collect()
+        assert reader() is None, "the earlier reader is kept alive"

@@ -171,8 +171,14 @@ class ExecutorFuture(concurrent.futures.Future[T]):
             del self, error  # the traceback holds this frame: no cycle back to the error (as the standard result())
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The task's exception, as ``concurrent.futures.Future.exception`` gives it (see :meth:`result`)."""
-        return super().exception(self._wait_inside_a_task(timeout))
+        """The task's exception, as ``concurrent.futures.Future.exception`` gives it (see :meth:`result`).
+
+        The handle's error comes with the traceback it ended with, not with the
+        frames of the last :meth:`result` that raised it: ``asyncio.wrap_future``
+        reads it here, and raised from that traceback at every ``await``.
+        """
+        error = super().exception(self._wait_inside_a_task(timeout))
+        return self.handle._error_to_raise() if error is not None and error is self.handle._value else error
 
     def _wait_inside_a_task(self, timeout: float | None) -> float | None:
         """On a pool's worker, wait through the handle; return what is left of ``timeout``.

@@ -375,7 +375,7 @@ class AsyncHandle(Generic[T_co]):
             return None
         if self._state == CANCELLED:
             raise self._error_to_raise()
-        return self._error_for_caller()
+        return self._error_to_raise()  # not with the frames of the last get() that raised it
 
     def wait(self, timeout: float | None = None, *, timeout_secs: float | None = None) -> bool:
         """Block until the task ends or ``timeout`` seconds pass; return whether it ended.
@@ -1745,7 +1745,7 @@ class AsyncHandle(Generic[T_co]):
                 if state == SUCCEEDED:
                     callback(self._value)
             elif state >= FAILED:
-                callback(self._error_for_caller())
+                callback(self._error_to_raise())  # as exception() gives it
         except BaseException as error:  # noqa: BLE001  # logged; Ctrl-C on the main thread is raised again
             self._callback_raised(callback, error)
 
@@ -1790,13 +1790,16 @@ class AsyncHandle(Generic[T_co]):
         return error
 
     def _error_to_raise(self) -> BaseException:
-        """The task's error, its traceback set back to the one it ended with (``_origin``): for a ``raise``.
+        """The task's error, its traceback set back to the one it ended with (``_origin``): for a ``raise``, or to hand out.
 
         Raised as it was, the error's traceback grew by the raiser's frames at
         each raise (``raise`` adds to the traceback an exception has), and kept
         each of them alive with its locals: a service that polled a failed
         task's handle kept every request that asked, for as long as it kept the
         handle. asyncio's ``Future.result()`` does the same, for the same reason.
+        Handed out as it was (``exception()``, an ``on_error`` callback), it
+        listed the last reader that raised it as where it was raised, printed
+        or logged, and kept that reader alive for as long as it was held.
         """
         error = self._error_for_caller()
         return BaseException.with_traceback(error, self._origin)
