@@ -1165,6 +1165,42 @@ def test_an_imap_first_read_by_two_threads_at_once_starts_its_map_once(monkeypat
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("read", ["next", "async for"])
+def test_an_imap_closed_as_its_first_read_starts_it_never_starts(read: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() on another thread as the first next() (or async for) made the map's generator found
+    # none yet and marked the imap closed unstarted; the first read then put its own generator in
+    # place, and the map ran to its end after close(), which said it would never start.
+    ran: list[int] = []
+
+    def record(item: int) -> int:
+        ran.append(item)
+        return item
+
+    iterator = mp.imap(record, range(3), chunksize=1, backend="thread")
+    name = "_each" if read == "next" else "_each_async"
+    each = getattr(_map, name)
+    closed: list[Any] = []
+
+    def each_as_another_thread_closes(*args: Any) -> Any:
+        monkeypatch.setattr(_map, name, each)
+        closed.append(in_thread(iterator.close))  # while this first read makes its generator
+        return each(*args)
+
+    monkeypatch.setattr(_map, name, each_as_another_thread_closes)
+    if read == "next":
+        got = list(iterator)
+    else:
+
+        async def main() -> list[int]:
+            return [item async for item in iterator]
+
+        got = asyncio.run(main())
+    assert closed == [None]
+    assert got == [], "the imap gave results after close()"
+    assert ran == [], "the map ran after close()"
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
 @pytest.mark.parametrize("closed_by", ["the thread that began it", "the thread it was handed to"])
 def test_an_imap_handed_to_another_thread_gives_nothing_more_after_close_on_any_thread(

@@ -584,9 +584,26 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
                 if self._async_results is not None:
                     raise RuntimeError("this imap is iterated with `async for` already")
                 self._results = _each(self._mapper.chunks())
+                if self._closed:  # close() on another thread may have found none yet: see _closed_as_started
+                    self._closed_as_started()
             return self._results
         finally:
             self._starting.release()
+
+    def _closed_as_started(self) -> None:
+        """A first read made its generator as ``close()`` came on another thread: no map starts.
+
+        ``close()`` marks the imap closed, then looks for a generator; the first
+        read makes one, then looks at the mark. That ``close()`` found none
+        yet and marked the imap closed unstarted, and the generator made then
+        replaced its empty one: the map ran to its end after ``close()``, which
+        said it would never start. Made and never run, the generator started
+        nothing: dropped, it leaves nothing to stop.
+        """
+        self._results = _no_results()
+        self._closed_unstarted = True
+        if self._async_results is not None:
+            self._async_results = _nothing()
 
     def close(self) -> None:
         """Stop: cancel the chunks in flight and read no more input.
@@ -681,6 +698,8 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
             raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
         else:
             self._async_results = _each_async(self._mapper.chunks_async(), self._mapper)
+            if self._closed:  # close() on another thread may have found none yet, as for next()
+                self._closed_as_started()
         return self._async_results
 
 
