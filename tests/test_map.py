@@ -1165,6 +1165,42 @@ def test_an_imap_first_read_by_two_threads_at_once_starts_its_map_once(monkeypat
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("first", ["next", "async for"])
+def test_an_imap_first_read_both_ways_at_once_starts_its_map_once(first: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first next() on one thread and a first `async for` on another at once each found no
+    # generator of the other yet and made their own, on the one map: the second took every item,
+    # and the first read ended at once with none, neither told.
+    ran: list[int] = []
+
+    def record(item: int) -> int:
+        ran.append(item)
+        return item
+
+    iterator = mp.imap(record, range(3), chunksize=1, backend="thread")
+
+    async def read_async() -> list[int]:
+        return [item async for item in iterator]
+
+    def read(way: str) -> Any:
+        return list(iterator) if way == "next" else asyncio.run(read_async())
+
+    name = "_each" if first == "next" else "_each_async"
+    each = getattr(_map, name)
+    second: list[Any] = []
+
+    def each_as_another_thread_reads(*args: Any) -> Any:
+        monkeypatch.setattr(_map, name, each)
+        # while this first read makes its generator
+        second.append(in_thread(lambda: read("async for" if first == "next" else "next")))
+        return each(*args)
+
+    monkeypatch.setattr(_map, name, each_as_another_thread_reads)
+    assert read(first) == [0, 1, 2]
+    assert isinstance(second[0], RuntimeError), second
+    assert sorted(ran) == [0, 1, 2]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("read", ["next", "async for"])
 def test_an_imap_closed_as_its_first_read_starts_it_never_starts(read: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # close() on another thread as the first next() (or async for) made the map's generator found

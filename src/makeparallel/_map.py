@@ -650,7 +650,8 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         takes 120, on no-op items).
 
         Raises:
-            RuntimeError: it is iterated with ``for`` or ``next()`` already.
+            RuntimeError: it is iterated with ``for`` or ``next()`` already, or
+                another thread's first ``next()`` starts it at this moment.
         """
         return self._async_started()
 
@@ -658,7 +659,8 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         """The next result, awaited (``await anext(it)``); ``StopAsyncIteration`` at the end.
 
         Raises:
-            RuntimeError: it is iterated with ``for`` or ``next()`` already.
+            RuntimeError: it is iterated with ``for`` or ``next()`` already, or
+                another thread's first ``next()`` starts it at this moment.
             Exception: what ``async for`` over it raises: an item's error, as
                 itself, or the map's ``TaskTimeoutError``.
         """
@@ -689,18 +691,36 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         await results.aclose()  # type: ignore[attr-defined]  # (an async generator: _each_async, _nothing)
 
     def _async_started(self) -> AsyncIterator[R]:
-        """The async generator ``async for`` and ``anext()`` read, made at the first of them."""
+        """The async generator ``async for`` and ``anext()`` read, made at the first of them.
+
+        Made under the lock that :meth:`_start` holds as it makes the one
+        ``next()`` reads: a first ``next()`` on one thread and a first
+        ``async for`` on another at once each found none of the other's yet,
+        and made their own on the one map; the second took every item, and
+        the first ended with none, neither told.
+
+        Raises:
+            RuntimeError: it is iterated with ``for`` or ``next()`` already, or
+                another thread's first ``next()`` makes that generator at this moment.
+        """
         if self._async_results is not None:
             return self._async_results
-        if self._closed_unstarted:
-            self._async_results = _nothing()
-        elif self._results is not None:
-            raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
-        else:
-            self._async_results = _each_async(self._mapper.chunks_async(), self._mapper)
-            if self._closed:  # close() on another thread may have found none yet, as for next()
-                self._closed_as_started()
-        return self._async_results
+        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
+            raise read_elsewhere("imap()")
+        try:
+            if self._async_results is not None:
+                return self._async_results
+            if self._closed_unstarted:
+                self._async_results = _nothing()
+            elif self._results is not None:
+                raise RuntimeError("this imap is iterated already; call mp.imap(...) again")
+            else:
+                self._async_results = _each_async(self._mapper.chunks_async(), self._mapper)
+                if self._closed:  # close() on another thread may have found none yet, as for next()
+                    self._closed_as_started()
+            return self._async_results
+        finally:
+            self._starting.release()
 
 
 def _no_results() -> Iterator[Any]:
