@@ -1630,6 +1630,42 @@ def test_a_parallel_map_sizes_its_first_chunks_by_the_bytes_of_an_item() -> None
     assert source.most_ahead <= DEFAULT_MAX_BYTES_IN_FLIGHT // size + 1, f"{source.most_ahead} items read ahead"
 
 
+class UnsizedRow:
+    """An item whose ``__sizeof__`` fails as ``how`` says; the map's function never asks for it."""
+
+    def __init__(self, index: int, how: str) -> None:
+        self.index = index
+        self.how = how
+
+    def __sizeof__(self) -> int:
+        if self.how == "raises":
+            raise RuntimeError("a proxy whose target is gone")
+        return -1 if self.how == "negative" else "many"  # type: ignore[return-value]
+
+
+def index_of_unsized(item: Any) -> int:
+    return int(item.index if isinstance(item, UnsizedRow) else item[1].index)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+@pytest.mark.parametrize("how", ["raises", "negative", "not an int"])
+@pytest.mark.parametrize("wrap", [False, True], ids=["items", "tuples holding them"])
+@pytest.mark.parametrize("read", ["list", "iterator", "imap"])
+def test_items_whose_sizeof_fails_are_mapped_under_the_default_byte_budget(
+    backend: str, how: str, wrap: bool, read: str
+) -> None:
+    # The byte estimate calls each sampled item's __sizeof__ (sys.getsizeof), code the user never
+    # asked to run: one that raised (a proxy, a lazy row) failed the whole map with its error, or
+    # getsizeof's ValueError or TypeError, and no note; with max_in_flight given, the same items mapped.
+    rows = [(i, UnsizedRow(i, how)) if wrap else UnsizedRow(i, how) for i in range(300)]
+    if read == "imap":
+        results = list(mp.imap(index_of_unsized, iter(rows), backend=backend))
+    else:
+        results = mp.parallel_map(index_of_unsized, rows if read == "list" else iter(rows), backend=backend)
+    assert results == list(range(300))
+
+
 @pytest.mark.timeout(60)
 def test_an_explicit_max_in_flight_bounds_items_only() -> None:
     source = Ahead(MIB)

@@ -167,9 +167,10 @@ def _estimated_size(item: Any) -> float:
     item is often a tuple of arguments; a few elements are sized and scaled to
     the container's length. Deeper structures are underestimated. A subclass
     (a namedtuple, an ``OrderedDict``) is one too, read through the built-in
-    type's own methods, so that no code of the item's runs here.
+    type's own methods, so that no code of the item's runs here but its
+    ``__sizeof__`` (:func:`_size_of`).
     """
-    size = float(sys.getsizeof(item))
+    size = float(_size_of(item))
     kind = type(item)
     if kind is dict:
         elements: Iterable[Any] = item.values()
@@ -183,10 +184,27 @@ def _estimated_size(item: Any) -> float:
         count = base.__len__(item)
     else:
         return size
-    sampled = [sys.getsizeof(element) for element in itertools.islice(elements, _ELEMENT_SAMPLES)]
+    sampled = [_size_of(element) for element in itertools.islice(elements, _ELEMENT_SAMPLES)]
     if sampled:
         size += sum(sampled) * count / len(sampled)
     return size
+
+
+def _size_of(obj: Any) -> int:
+    """``sys.getsizeof(obj)``; where ``obj``'s own ``__sizeof__`` fails, the size of its bare object.
+
+    ``getsizeof`` runs the object's ``__sizeof__``, code the user never asked
+    the map to run: one that raised (a proxy whose target is gone, a lazy
+    row), returned a negative number (``ValueError``) or no int
+    (``TypeError``) failed the whole map, with no note, though the function
+    would have mapped the item, and did with ``max_in_flight`` given. Such an
+    item counts as one whose data is held where the estimate does not look.
+    (``Exception`` only: a Ctrl-C there stops the map, as anywhere.)
+    """
+    try:
+        return sys.getsizeof(obj)
+    except Exception:  # noqa: BLE001  # the item's __sizeof__ failed: its header's size, as getsizeof's default
+        return object.__sizeof__(obj)
 
 
 class _ChunkSizer:
@@ -511,7 +529,8 @@ def imap(
         hold their data themselves (``bytes``, ``str``, NumPy arrays that own
         it) or one level into a tuple, list or dict (subclasses too: a
         namedtuple, an ``OrderedDict``). Data held deeper, in an
-        object's attributes or a dict of dicts, is not seen: such items are
+        object's attributes or a dict of dicts, is not seen, nor that of an
+        item whose ``__sizeof__`` fails (sized as its bare object): such items are
         bounded in number only, up to ``131,072 * (2 * workers + 2)``. What
         items share (``(row, table)`` with one table for all) is counted once
         per item, which shrinks the read-ahead and the chunks to one item per
