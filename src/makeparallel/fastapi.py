@@ -371,7 +371,9 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
     """An ``APIRouter`` with ``GET /health/live``, ``/health/ready`` and ``/metrics``.
 
     Args:
-        prefix: a path prefix for the three routes (``""``: at the root).
+        prefix: a path prefix for the three routes (``""``: at the root), as
+            Flask's ``MAKEPARALLEL_URL_PREFIX``: ``"/ops"``, ``"/ops/"`` and
+            ``"/"`` (the root) are taken.
         registry: the ``prometheus_client`` registry to serve at ``/metrics``,
             with the library's collector added; default: a registry of its own
             holding only the library's metrics.
@@ -382,11 +384,19 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
 
     Raises:
         ImportError: prometheus-client is not installed.
-        ValueError: ``registry`` has another collector of one of the library's
-            metric names: ``/metrics`` would serve none of the library's.
+        TypeError: ``prefix`` is not a string.
+        ValueError: ``prefix`` is neither ``""`` nor a path that starts with
+            ``"/"``; or ``registry`` has another collector of one of the
+            library's metric names: ``/metrics`` would serve none of the library's.
     """
+    if not isinstance(prefix, str):
+        raise TypeError(f'prefix must be "" or a path that starts with "/" ("/ops"), got {prefix!r}')
+    if prefix[:1] not in ("", "/"):
+        raise ValueError(f'prefix must be "" or a path that starts with "/" ("/ops"), got {prefix!r}')
     served = metrics_registry(registry)
-    routes = APIRouter(prefix=prefix, include_in_schema=include_in_schema)
+    # FastAPI asserts there is no trailing "/" (an AssertionError, skipped under python -O,
+    # where "/" put the routes at "//health/live"); Flask takes one: so does this.
+    routes = APIRouter(prefix=prefix.rstrip("/"), include_in_schema=include_in_schema)
 
     @routes.get("/health/live")
     async def live() -> JSONResponse:
