@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -827,3 +828,57 @@ def test_a_child_forked_as_the_gil_watch_took_a_sample_runs_the_function() -> No
         forked.set()
         holder.join(10)
     assert code == 0
+
+
+# A program that registers a fork handler of its own after `import makeparallel` and
+# before its first task, and whose handler runs a task in the child (a web server's
+# "after fork" set-up, say). Prints the parent's health once the child has ended.
+_HANDLER_BEFORE_THE_FIRST_TASK = """
+import os, sys
+import makeparallel as mp
+
+def in_the_child() -> None:
+    try:
+        outcome = repr(double(5).get(timeout=10))
+    except BaseException as error:
+        outcome = f"{type(error).__name__}: {error}"
+    with open(sys.argv[2], "w") as out:
+        out.write(outcome)
+
+os.register_at_fork(after_in_child=in_the_child)
+
+@mp.parallel(backend=sys.argv[1])
+def double(x: int) -> int:
+    return 2 * x
+
+assert double(1).get(timeout=60) == 2
+pid = os.fork()
+if pid == 0:
+    mp.shutdown()
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+assert double(3).get(timeout=60) == 6
+health = mp.health()
+print(health["status"], health["reasons"])
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_fork_handler_registered_after_the_import_runs_tasks_in_the_child(backend: str, tmp_path: Path) -> None:
+    # The library's own handlers were registered as each of its modules loaded, at the
+    # first task, after the program's: the program's ran first, in a child still holding
+    # the parent's pools. On threads its task was queued for threads the child did not
+    # have, and lost; on processes it went to the parent's worker, on the parent's pipe,
+    # and the parent's pool loop died of the answer it had not asked for.
+    outcome = tmp_path / "outcome"
+    completed = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _HANDLER_BEFORE_THE_FIRST_TASK, backend, str(outcome)],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert outcome.read_text() == "10"
+    assert completed.stdout.split("\n")[0] == "ok []", completed.stderr

@@ -16,13 +16,13 @@ use (PEP 562), so ``import makeparallel`` costs about what ``import
 concurrent.futures`` does, and a program pays only for the parts it uses.
 """
 
-from os import environ as _environ
+import os as _os
 
 # The process backend's template process (whose forks are the workers) loads the
 # errors on first use, like every other name: with the concurrent.futures and
 # logging they import, they were the largest part of a cold worker's imports,
 # which most tasks never need (``_backends/_template_start``).
-if "_MAKEPARALLEL_TEMPLATE" not in _environ:
+if "_MAKEPARALLEL_TEMPLATE" not in _os.environ:
     from .errors import CircuitOpenError as CircuitOpenError
     from .errors import ShutdownError as ShutdownError
     from .errors import TaskCancelledError as TaskCancelledError
@@ -30,8 +30,6 @@ if "_MAKEPARALLEL_TEMPLATE" not in _environ:
     from .errors import TaskSerializationError as TaskSerializationError
     from .errors import TaskTimeoutError as TaskTimeoutError
     from .errors import WorkerCrashedError as WorkerCrashedError
-del _environ
-
 __version__ = "0.3.0"
 
 # ``typing.TYPE_CHECKING`` without importing typing; type checkers know the name.
@@ -103,6 +101,45 @@ if TYPE_CHECKING:  # what the checkers and the documentation read; at run time, 
     from .errors import TaskSerializationError as TaskSerializationError
     from .errors import TaskTimeoutError as TaskTimeoutError
     from .errors import WorkerCrashedError as WorkerCrashedError
+
+if TYPE_CHECKING:  # (for the fork handlers below, no public name)
+    from collections.abc import Callable
+
+#: What each module of the package does in a forked child, in the order the modules loaded.
+_in_a_forked_child: "list[Callable[[], object]]" = []
+
+
+def _at_fork_in_child(handler: "Callable[[], object]") -> None:
+    """Run ``handler`` in each child this process forks from now on, after the package's earlier ones.
+
+    The modules of the package register their clean-up for a forked child here,
+    not with ``os.register_at_fork`` as they load: the one fork handler that
+    runs them all is registered as the package is imported, so they run before
+    any handler the program registers after ``import makeparallel``. Registered
+    by each module as it loaded (mostly at the first task), they ran after a
+    handler the program had registered between its import and its first task,
+    and a task that handler ran found the parent's pools in the child: queued
+    for threads the child did not have, it was lost, and sent to the parent's
+    worker process on the parent's pipe, its answer killed the parent's pool loop.
+    """
+    _in_a_forked_child.append(handler)
+
+
+def _run_in_a_forked_child() -> None:
+    """The package's fork handler: each module's, in turn, whatever the others raised."""
+    failed = None
+    for handler in _in_a_forked_child:
+        try:
+            handler()
+        except BaseException as error:  # noqa: BLE001  # as separate fork handlers would, each runs
+            if failed is None:
+                failed = error
+    if failed is not None:
+        raise failed  # reported as a fork handler's error is (sys.unraisablehook)
+
+
+if hasattr(_os, "register_at_fork"):  # not on Windows
+    _os.register_at_fork(after_in_child=_run_in_a_forked_child)
 
 #: Each public name loaded on first use: its module, and its name there.
 _LAZY: dict[str, tuple[str, str]] = {

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import queue
 import threading
 import time
@@ -56,7 +55,7 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _held_on_loop, _interruptible
+from . import _at_fork_in_child, _held_on_loop, _interruptible
 from ._backends._base import BlockingWait
 from ._coroutines import on_callers_loops, running_loop
 from ._states import FAILED, PENDING, SUCCEEDED
@@ -885,5 +884,4 @@ def _reset_all_after_fork() -> None:
         limiter._reset_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_all_after_fork)
+_at_fork_in_child(_reset_all_after_fork)

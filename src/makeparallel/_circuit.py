@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
 import threading
 import time
 import weakref
@@ -38,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _deadlines, _events
+from . import _at_fork_in_child, _deadlines, _events
 from ._predicates import ask
 from ._retry import NEVER_COUNTED, RetryOn, _check_on
 from ._runtime import refuse_under_a_held_lock
@@ -643,5 +642,4 @@ def _after_fork_in_child() -> None:
         breaker._telling = False
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_at_fork_in_child(_after_fork_in_child)

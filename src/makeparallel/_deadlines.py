@@ -24,13 +24,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
 
+from . import _at_fork_in_child
 from ._interruptible import bounded, join
 
 __all__ = ["Due", "end", "held", "keep", "schedule"]
@@ -221,5 +221,4 @@ def _reset_after_fork() -> None:
     _warned = False
 
 
-if hasattr(os, "register_at_fork"):  # a forked child has no deadline thread
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_at_fork_in_child(_reset_after_fork)  # a forked child has no deadline thread

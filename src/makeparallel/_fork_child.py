@@ -26,6 +26,7 @@ import os
 import sys
 from typing import NoReturn
 
+from . import _at_fork_in_child
 from ._task_context import current_task
 
 __all__ = ["boundary", "generation", "leave_forked_child", "owner", "running_here"]
@@ -79,5 +80,4 @@ def _note_the_fork() -> None:
     running_here = -1 if task is None else task._id
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_note_the_fork)
+_at_fork_in_child(_note_the_fork)

@@ -50,7 +50,7 @@ import threading
 import warnings
 import weakref
 
-from . import _load
+from . import _at_fork_in_child, _load
 from ._cpus import usable_cpu_count
 
 __all__ = ["DECORATOR_REMEDY", "EXECUTOR_REMEDY", "MAP_REMEDY", "GilBoundWarning", "GilWatch"]
@@ -204,5 +204,4 @@ def _after_fork() -> None:
         watch._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+_at_fork_in_child(_after_fork)

@@ -13,11 +13,11 @@ limit, the pools resume at full size.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import _at_fork_in_child
 from ._memory_budget import MemoryBudget, memory_budget
 from ._validation import is_real
 
@@ -243,5 +243,4 @@ def _after_fork() -> None:
         guard._thread = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+_at_fork_in_child(_after_fork)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from contextvars import ContextVar
 from types import CodeType, MethodType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from . import _at_fork_in_child
 from ._histogram import Histogram
 from ._states import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from ._runtime import (
@@ -913,5 +913,4 @@ def _start_afresh_after_fork() -> None:
     _resets += 1  # exporters of deltas start over
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_start_afresh_after_fork)
+_at_fork_in_child(_start_afresh_after_fork)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from types import EllipsisType
 
-from . import _admission, _deadlines, _interruptible
+from . import _at_fork_in_child, _admission, _deadlines, _interruptible
 from ._admission import Limiter, all_limiters
 from ._backends._base import Backend, _RetryDue, every_backend, pool_of_this_thread, terminate_all
 from ._backends._sync import SyncBackend
@@ -1945,5 +1945,4 @@ def _reset_after_fork() -> None:
     _default_instance = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_at_fork_in_child(_reset_after_fork)

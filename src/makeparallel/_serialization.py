@@ -41,7 +41,7 @@ import weakref
 from contextvars import ContextVar
 from types import BuiltinFunctionType, CodeType, FunctionType, MethodType, ModuleType
 
-from . import _worker_finders
+from . import _at_fork_in_child, _worker_finders
 from ._backends._main_module import adopt
 from ._remote_errors import ExceptionsPickled, linked_errors, reduce_exception
 from ._worker_reductions import for_worker_functions, for_workers
@@ -1395,8 +1395,7 @@ def _new_answers_lock_after_fork() -> None:
     _answers_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_answers_lock_after_fork)
+_at_fork_in_child(_new_answers_lock_after_fork)
 
 
 def take_worker_finders(finders: list[tuple[str, str]]) -> None:

@@ -56,7 +56,7 @@ import makeparallel
 # threads may have held as it forked. The child's exporter thread starts in this module's
 # hook; where they were loaded later, it could read an old lock, held for good, before
 # theirs ran, and the child never sent again.
-from . import _circuit, _memory_guard, _metrics, _task_metrics  # noqa: F401
+from . import _at_fork_in_child, _circuit, _memory_guard, _metrics, _task_metrics  # noqa: F401
 from ._backends._fd_numbers import standard_numbers_held
 from ._interruptible import join
 from ._runtime import after_pools_at_exit, forget_after_exit
@@ -422,8 +422,7 @@ def _go_on_after_fork() -> None:
             _log.exception("the StatsD exporter could not start again in forked process %d", os.getpid())
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_go_on_after_fork)
+_at_fork_in_child(_go_on_after_fork)
 
 
 def _send_packet(sender: socket.socket, packet: bytes, address: Any) -> None:

@@ -8,14 +8,13 @@ backend's lock and calls the ``_locked`` hooks here while holding it.
 from __future__ import annotations
 
 import gc
-import os
 import queue
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .. import _deadlines, _events, _held_on_loop, _interruptible
+from .. import _at_fork_in_child, _deadlines, _events, _held_on_loop, _interruptible
 from .._coroutines import (
     end_those_of_closed_loops,
     one_only_this_thread_can_end,
@@ -51,8 +50,7 @@ def _new_locks_after_fork() -> None:
         backend._lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_locks_after_fork)
+_at_fork_in_child(_new_locks_after_fork)
 
 
 def every_backend() -> list[Backend]:

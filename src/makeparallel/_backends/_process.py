@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 from types import EllipsisType, FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import _deadlines, _events, _process_context, _serialization
+from .. import _at_fork_in_child, _deadlines, _events, _process_context, _serialization
 from .._cpu_share import pool_thread_limits
 from .._cpus import usable_cpu_count, usable_cpus
 from .._process_chunks import UNREPLACED, keep_results_before, template_died
@@ -333,7 +333,7 @@ class ProcessBackend(QueueingBackend):
         self._wake_r, self._wake_w = wakeup_pipe()
         # Closed when the backend is collected (an Executor's, once shut down), or in a forked
         # child; not at exit, when the loop may still use it to stop the workers.
-        self._close_wake_pipe = weakref.finalize(self, _close_all, self._wake_r, self._wake_w)
+        self._close_wake_pipe = weakref.finalize(self, _close_all, os.close, self._wake_r, self._wake_w)
         self._close_wake_pipe.atexit = False
         self._woken = False  # a wake-up byte is written and the loop has not yet looked
         self._loop: threading.Thread | None = None
@@ -2933,12 +2933,18 @@ def _drop_pipes_after_fork() -> None:
     _alive.clear()
 
 
-def _close_all(*fds: int) -> None:
+def _close_all(close: Callable[[int], None], *fds: int) -> None:
+    """Close each of ``fds`` with ``close`` (``os.close``).
+
+    Given, not looked up: as a finalizer this may run as the interpreter
+    clears the modules at exit (a pool made as exit waited), after this
+    module's ``os`` was set to None.
+    """
     for fd in fds:
         try:
-            os.close(fd)
+            close(fd)
         except OSError:
             pass
 
 
-os.register_at_fork(after_in_child=_drop_pipes_after_fork)
+_at_fork_in_child(_drop_pipes_after_fork)

@@ -71,7 +71,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from .. import _serialization
+from .. import _at_fork_in_child, _serialization
 from .._coroutines import is_coroutine, run_here
 from .._cpu_share import set_pool_thread_limits, set_worker_share
 from .._process_context import apply_values
@@ -737,7 +737,7 @@ def main(conn: Channel, parent_pid: int, journal_fd: int, unblock_interrupts: bo
     # The pool stops a worker with it (a timeout, a forced cancel), though the program blocks it
     # (sigwait, signalfd): blocked, the worker ran on until the SIGKILL after it, its output lost.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    os.register_at_fork(after_in_child=functools.partial(_leave_the_worker_behind, worker))
+    _at_fork_in_child(functools.partial(_leave_the_worker_behind, worker))
     # Each once its module is imported: most tasks never log, and few import multiprocessing (6 ms and more).
     _once_imported(
         {"logging": functools.partial(_forward_logs, worker.send), "multiprocessing.process": worker_identity.name_in}

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 
+from .. import _at_fork_in_child
 from ._inherited import inherits_standard_stream, snapshot
 from ._interpreter_options import PACKAGE_FOLDER, interpreter_options, path_arguments, refused_start
 from ._socketpair import blocking_socketpair
@@ -352,4 +353,4 @@ def _drop_early_after_fork() -> None:
         _early = None
 
 
-os.register_at_fork(after_in_child=_drop_early_after_fork)
+_at_fork_in_child(_drop_early_after_fork)

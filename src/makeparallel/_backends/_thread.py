@@ -35,7 +35,6 @@ from __future__ import annotations
 import _thread
 import itertools
 import logging
-import os
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ from collections import deque
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
-from .. import _events, _fork_child, _interruptible
+from .. import _at_fork_in_child, _events, _fork_child, _interruptible
 from .._cpus import usable_cpu_count
 from .._states import ABANDONED, CANCELLED, FAILED, ON_WORKER, RETRY_WAIT, RUNNING, STOPPED, SUCCEEDED
 from .._task_context import _local
@@ -106,8 +105,7 @@ def _reset_after_fork() -> None:
         pool._drop_queues_after_fork()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_at_fork_in_child(_reset_after_fork)
 
 
 _NO_OUTCOME: tuple[int, Any, float | None] = (0, None, None)  # (state, value, started), as _execute returns
