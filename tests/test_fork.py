@@ -882,3 +882,39 @@ def test_a_fork_handler_registered_after_the_import_runs_tasks_in_the_child(back
     assert completed.returncode == 0, completed.stderr
     assert outcome.read_text() == "10"
     assert completed.stdout.split("\n")[0] == "ok []", completed.stderr
+
+
+def forks_with_a_statsd_exporter_started() -> str:
+    """A process task that starts a StatsD exporter and forks: what the child's ``threading`` says of its thread."""
+    import socket
+
+    from makeparallel.statsd import StatsdExporter
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        exporter = StatsdExporter(port=server.getsockname()[1], interval=3600).start()
+        try:
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: no flush, no stop; it says what it sees, then leaves
+                thread = exporter._thread
+                seen = f"alive={thread is not None and thread.is_alive()} listed={thread in threading.enumerate()}"
+                os.write(write, seen.encode())
+                os._exit(0)
+            os.close(write)
+            with os.fdopen(read, "rb") as said:
+                seen = said.read().decode()
+            os.waitpid(pid, 0)
+            return seen
+        finally:
+            exporter.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_the_clean_up_starts_in_a_child_of_a_process_task_is_one_threading_knows() -> None:
+    # A worker imports the package before threading (the template skips the errors, which
+    # import it): the package's one fork handler was registered before threading's, so in a
+    # child the task forked it started the exporter's thread before threading's own clean-up,
+    # which then took it for one of the parent's: not alive (3.10), not listed (3.13).
+    task = mp.parallel(backend="process")(forks_with_a_statsd_exporter_started)
+    assert task().get(timeout=50) == "alive=True listed=True"

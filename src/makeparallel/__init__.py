@@ -139,6 +139,14 @@ def _run_in_a_forked_child() -> None:
 
 
 if hasattr(_os, "register_at_fork"):  # not on Windows
+    # Fork handlers run in the order they were registered: threading's own (which drops the
+    # parent's threads from its list and marks them ended) must run before the package's, one
+    # of which starts a thread (the StatsD exporter's). The template does not import the errors,
+    # which import threading: there the package's ran first, and the thread it started was
+    # taken for one of the parent's (not alive, not listed). The template imports threading
+    # anyway, next.
+    import threading as _threading  # noqa: F401
+
     _os.register_at_fork(after_in_child=_run_in_a_forked_child)
 
 #: Each public name loaded on first use: its module, and its name there.
