@@ -918,3 +918,41 @@ def test_a_thread_the_clean_up_starts_in_a_child_of_a_process_task_is_one_thread
     # which then took it for one of the parent's: not alive (3.10), not listed (3.13).
     task = mp.parallel(backend="process")(forks_with_a_statsd_exporter_started)
     assert task().get(timeout=50) == "alive=True listed=True"
+
+
+# A program that reloads the package (importlib.reload, as a notebook's autoreload may)
+# after its first task, then forks; the child runs a task and prints what it got.
+_RELOADED_THEN_FORKED = """
+import importlib, os, sys
+import makeparallel as mp
+
+assert mp.parallel(backend=sys.argv[1])(abs)(-1).get(timeout=60) == 1
+importlib.reload(mp)
+pid = os.fork()
+if pid == 0:
+    try:
+        print(mp.parallel(backend=sys.argv[1])(abs)(-2).get(timeout=20), flush=True)
+    except BaseException as error:
+        print(f"{type(error).__name__}: {error}", flush=True)
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+assert mp.parallel(backend=sys.argv[1])(abs)(-3).get(timeout=60) == 3
+mp.shutdown()
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_child_forked_after_the_package_is_reloaded_runs_tasks(backend: str) -> None:
+    # A reload ran the package's __init__ again, which made a new, empty list of the
+    # modules' clean-ups: the modules, loaded already, did not add theirs again, so the
+    # child kept the parent's pools, and its task waited for threads it did not have.
+    completed = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _RELOADED_THEN_FORKED, backend],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "2\n", completed.stderr

@@ -105,8 +105,14 @@ if TYPE_CHECKING:  # what the checkers and the documentation read; at run time, 
 if TYPE_CHECKING:  # (for the fork handlers below, no public name)
     from collections.abc import Callable
 
+# A reload of the package (importlib.reload, a notebook's autoreload) runs this file again in
+# the same namespace: it keeps the list, and the one handler registered. A new, empty list lost
+# the clean-up of every module loaded already (they do not load again), and the child kept the
+# parent's pools; a second handler ran that of each module loaded after twice.
+_reloaded = "_in_a_forked_child" in globals()
+
 #: What each module of the package does in a forked child, in the order the modules loaded.
-_in_a_forked_child: "list[Callable[[], object]]" = []
+_in_a_forked_child: "list[Callable[[], object]]" = globals().get("_in_a_forked_child", [])
 
 
 def _at_fork_in_child(handler: "Callable[[], object]") -> None:
@@ -138,7 +144,7 @@ def _run_in_a_forked_child() -> None:
         raise failed  # reported as a fork handler's error is (sys.unraisablehook)
 
 
-if hasattr(_os, "register_at_fork"):  # not on Windows
+if hasattr(_os, "register_at_fork") and not _reloaded:  # not on Windows; once
     # Fork handlers run in the order they were registered: threading's own (which drops the
     # parent's threads from its list and marks them ended) must run before the package's, one
     # of which starts a thread (the StatsD exporter's). The template does not import the errors,
@@ -147,7 +153,8 @@ if hasattr(_os, "register_at_fork"):  # not on Windows
     # anyway, next.
     import threading as _threading  # noqa: F401
 
-    _os.register_at_fork(after_in_child=_run_in_a_forked_child)
+    _os.register_at_fork(after_in_child=_run_in_a_forked_child)  # reads the list in this namespace
+del _reloaded
 
 #: Each public name loaded on first use: its module, and its name there.
 _LAZY: dict[str, tuple[str, str]] = {
