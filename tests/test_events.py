@@ -898,6 +898,54 @@ def _assert_told_refused_once(recorder: Recorder, running: int, name: str) -> No
     assert (metrics.total_tasks, metrics.completed_tasks, metrics.failed_tasks) == (2, 1, 1)
 
 
+class CtrlCOnSubmitted:
+    """A listener that raises KeyboardInterrupt, as Ctrl-C landing in it would, at the first "submitted" of ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.armed = True
+
+    def __call__(self, event: mp.TaskEvent) -> None:
+        if event.name == self.name and event.kind == "submitted" and self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize("how", ["call", "group's submit", "executor"])
+def test_a_ctrl_c_in_a_submitted_listener_gives_the_calls_slot_back(limit: str, how: str, listen: Any) -> None:
+    # On the main thread, a listener's Ctrl-C is raised again from the call, once every
+    # listener was told. The call had taken its slot of the limit before, and kept it:
+    # under a limit of one, every later call waited for a slot no task would ever free.
+    assert threading.current_thread() is threading.main_thread()
+    name = unique_name("events-ctrl-c-submitted")
+    listen(CtrlCOnSubmitted(name))
+    if limit == "max_concurrent":
+        fn = mp.parallel(add_one, backend="thread", name=name, max_concurrent=1)
+        limiter = fn._spec.limiter
+    else:
+        mp.set_max_concurrent_tasks(1)
+        fn = mp.parallel(add_one, backend="thread", name=name)
+        limiter = _runtime.global_limiter
+    assert limiter is not None
+    with mp.Executor("thread", max_workers=1) as executor:
+
+        def call(x: int) -> Any:
+            if how == "call":
+                return fn(x)
+            if how == "executor":
+                return executor.submit(fn, x)
+            with mp.ParallelContext(timeout=20) as ctx:  # a timeout: the slot's wait is bounded, a path of its own
+                return ctx.submit(fn, x)
+
+        with pytest.raises(KeyboardInterrupt):
+            call(1)
+        assert limiter._in_flight == 0, "the interrupted call kept its slot"
+        later = call(2)
+        assert later.result(timeout=10) == 3
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
 @pytest.mark.parametrize("when", ["waiting for a slot", "called after it"])
