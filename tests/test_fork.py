@@ -956,3 +956,41 @@ def test_a_child_forked_after_the_package_is_reloaded_runs_tasks(backend: str) -
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "2\n", completed.stderr
+
+
+def _process_pool_settings() -> tuple[Any, ...]:
+    info = mp.get_process_pool_info()
+    return info["num_workers"], info["max_tasks_per_child"], info["max_worker_memory"], info["initializer"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("num_threads", [5, "auto"])
+def test_a_child_keeps_the_pools_configuration_of_its_parent(num_threads: int | str) -> None:
+    # A forking server configures its pools as its app loads, then forks its workers:
+    # each worker started its pools with the default sizes, "auto" and the stack size
+    # lost, while get_thread_pool_info() said "configured".
+    mp.configure_thread_pool(num_threads=num_threads, stack_size=256 * 1024)
+    mp.configure_process_pool(num_workers=3, max_tasks_per_child=7, max_worker_memory="1GiB")
+    parent = _process_pool_settings()
+    try:
+        size = mp.get_thread_pool_info()["num_threads"]
+        assert square(2).get(timeout=10) == 4
+
+        def child() -> None:
+            def sampling() -> bool:
+                return any(thread.name == "makeparallel-autosize" for thread in threading.enumerate())
+
+            for first_use in (True, False):
+                info = mp.get_thread_pool_info()
+                assert info["auto"] is (num_threads == "auto"), info
+                assert info["num_threads"] == size, info
+                assert info["stack_size"] == 256 * 1024, info
+                assert sampling() is (num_threads == "auto")
+                assert _process_pool_settings() == parent
+                if first_use:
+                    assert square(3).get(timeout=10) == 9
+
+        assert run_in_child(child) == 0
+    finally:
+        mp.configure_thread_pool(num_threads=None, stack_size=None)
+        mp.configure_process_pool(max_tasks_per_child=None, max_worker_memory=None)

@@ -151,6 +151,11 @@ _last_shutdown: ShutdownCall | None = None  # the shutdown that _shut_down stems
 _stopping_workers: list[int] = []
 _shutdown_ended = threading.Condition(_lock)  # notified as one of them is done
 _thread_pool_configured = False  # configure_thread_pool() was called
+# What configure_thread_pool() and configure_process_pool() set, as each pool's settings() gave
+# it after the call: a forked child makes its pools anew with it (_reset_after_fork), taken from
+# _inherited_settings as each is made there.
+_pool_settings: dict[str, Any] = {}
+_inherited_settings: dict[str, Any] = {}
 _exit_hook_registered = False
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
 _also_reported: list[Callable[[], dict[str, Backend]]] = []  # more pools pool_infos() lists (report_pools), executors'
@@ -360,6 +365,9 @@ def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
         backend = _backends.get(name)
         if backend is None:
             backend = (factory or _FACTORIES[name])()
+            settings = _inherited_settings.pop(name, None)
+            if settings is not None:  # in a forked child: the parent's configuration, as it had it
+                backend.restore(settings)
             if _shut_down:
                 backend.close(cancel_pending=False)
             _backends[name] = backend
@@ -604,6 +612,7 @@ def configure_thread_pool(
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)
     backend.configure(None if num_threads is ... else num_threads, stack_size)
+    _pool_settings["thread"] = backend.settings()
     _thread_pool_configured = True
 
 
@@ -702,6 +711,7 @@ def configure_process_pool(
     backend = _process_pool()
     assert isinstance(backend, ProcessBackend)
     backend.configure(num_workers, setup, max_tasks_per_child, prestart, max_worker_memory)
+    _pool_settings["process"] = backend.settings()
 
 
 def _worker_setup(initializer: Any, initargs: Any) -> Any:
@@ -1934,13 +1944,22 @@ def _log_abandoned(
 
 
 def _reset_after_fork() -> None:
-    """A forked child has none of the parent's threads: start afresh on first use."""
+    """A forked child has none of the parent's threads: start afresh on first use.
+
+    Its pools are made anew, with the configuration the parent gave its own
+    (``_pool_settings``): a forking server configures its pools as its app
+    loads, then forks its workers, and each ran pools of the default size,
+    ``num_threads="auto"`` and the stack size lost, while
+    ``get_thread_pool_info()["configured"]`` said otherwise.
+    """
     global _lock, _default_instance, _shutdown_ended
     _lock = threading.Lock()
     _shutdown_ended = threading.Condition(_lock)
     _stopping_workers.clear()  # those were the parent's threads'
     _deferred.clear()  # likewise
     _backends.clear()
+    _inherited_settings.clear()
+    _inherited_settings.update(_pool_settings)
     _adapters.clear()
     _default_instance = None
 

@@ -143,6 +143,13 @@ class Backend:
         self._idle_waiters: list[threading.Lock | _Wake] = []
         _every.add(self)
 
+    def settings(self) -> Any:
+        """What the user configured this pool with, for :meth:`restore`; ``None`` where nothing is configured."""
+        return None
+
+    def restore(self, settings: Any) -> None:
+        """Take the configuration :meth:`settings` gave, as a forked child makes the pool anew (``_runtime``)."""
+
     def timeout_hint(self, is_async: bool) -> str:
         """How a task of this pool that timed out is stopped, for its error (``AsyncHandle._timeout_error``).
 

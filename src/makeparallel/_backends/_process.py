@@ -388,6 +388,15 @@ class ProcessBackend(QueueingBackend):
 
     # -- configuration and state -------------------------------------------------------
 
+    def settings(self) -> tuple[int, WorkerSetup, int | None, int | None]:
+        """The size, the workers' set-up (initializer), ``max_tasks_per_child`` and ``max_worker_memory``."""
+        with self._lock:
+            return self._num_workers, self._setup, self._max_tasks_per_child, self._max_worker_memory
+
+    def restore(self, settings: tuple[int, WorkerSetup, int | None, int | None]) -> None:
+        num_workers, setup, max_tasks_per_child, max_worker_memory = settings
+        self.configure(num_workers, setup, max_tasks_per_child, False, max_worker_memory)
+
     def configure(
         self,
         num_workers: int | None,

@@ -262,6 +262,15 @@ class ThreadBackend(QueueingBackend):
             self._stop_autosizer()
         self._resize(num_threads, stack_size, refusal_raises=True)
 
+    def settings(self) -> tuple[int | str, int | None]:
+        """The size, ``"auto"`` where an :class:`AutoSizer` sizes the pool, and the stack size."""
+        return ("auto" if self._autosizer is not None else self._num_threads), self._stack_size
+
+    def restore(self, settings: tuple[int | str, int | None]) -> None:
+        num_threads, stack_size = settings
+        self._resize(None, stack_size)  # checked as the parent set it: no thread started to check it again
+        self.configure(num_threads, ...)
+
     def _start_autosizer(self) -> None:
         from .._autosize import AutoSizePolicy, AutoSizer
 
