@@ -994,3 +994,24 @@ def test_a_child_keeps_the_pools_configuration_of_its_parent(num_threads: int | 
     finally:
         mp.configure_thread_pool(num_threads=None, stack_size=None)
         mp.configure_process_pool(max_tasks_per_child=None, max_worker_memory=None)
+
+
+@pytest.mark.timeout(60)
+def test_a_child_of_a_shut_down_parent_starts_its_auto_sizing_at_the_reset() -> None:
+    mp.configure_thread_pool(num_threads="auto")
+    assert mp.shutdown(timeout_secs=10) is True
+    try:
+        def child() -> None:
+            def sampling() -> bool:
+                return any(thread.name == "makeparallel-autosize" for thread in threading.enumerate())
+
+            assert mp.get_thread_pool_info()["auto"] is True
+            assert not sampling()  # the pool is shut down, as the parent's was
+            mp.reset_shutdown()
+            assert sampling()
+            assert square(3).get(timeout=10) == 9
+
+        assert run_in_child(child) == 0
+    finally:
+        mp.reset_shutdown()
+        mp.configure_thread_pool(num_threads=None)

@@ -1236,6 +1236,23 @@ def test_shutdown_stops_the_auto_sizing_thread_and_a_reset_starts_it_again() -> 
 
 
 @pytest.mark.timeout(30)
+def test_auto_sizing_configured_after_a_shutdown_starts_its_thread_at_the_reset() -> None:
+    # Its sampling thread started at once, and sampled the shut-down pool until a reset,
+    # or for good: shutdown() had ended the pool's threads already.
+    assert mp.shutdown(timeout_secs=10) is True
+    try:
+        mp.configure_thread_pool(num_threads="auto")
+        assert _pool_threads() == []
+        assert mp.get_thread_pool_info()["auto"] is True  # the setting is taken
+        mp.reset_shutdown()
+        assert [thread.name for thread in _pool_threads()] == ["makeparallel-autosize"]
+        assert mp.parallel(abs)(-2).get(timeout=10) == 2
+    finally:
+        mp.reset_shutdown()
+        mp.configure_thread_pool(num_threads=None)
+
+
+@pytest.mark.timeout(30)
 def test_a_reset_as_shutdown_stops_the_auto_sizing_thread_has_it_join_the_thread_it_stopped() -> None:
     # A reset between the stop and the join started a new sampling thread, which the
     # join then waited for, its whole second, never to end; the one stopped went unjoined.

@@ -365,11 +365,11 @@ def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
         backend = _backends.get(name)
         if backend is None:
             backend = (factory or _FACTORIES[name])()
-            settings = _inherited_settings.pop(name, None)
-            if settings is not None:  # in a forked child: the parent's configuration, as it had it
-                backend.restore(settings)
             if _shut_down:
                 backend.close(cancel_pending=False)
+            settings = _inherited_settings.pop(name, None)
+            if settings is not None:  # in a forked child: the parent's configuration, as it had it
+                backend.restore(settings)  # (once closed: a sizer's thread then starts at the reset)
             _backends[name] = backend
             follow_memory_pause(backend)  # listed first: see there
         _register_exit_hook_locked()

@@ -299,10 +299,16 @@ class ThreadBackend(QueueingBackend):
         Decided under the lock, as a stop takes the sizer: a configure() from
         another thread that ended the sizing since found no thread to stop,
         and the thread started after it sampled for good, sizing nothing. Nor
-        where a shutdown stopped it meanwhile (reopen() starts it).
+        where a shutdown stopped it meanwhile, or closed the pool before this
+        call: left stopped, as a shutdown leaves it, for reopen() to start.
+        Started there, it sampled the shut-down pool until a reset, past the
+        shutdown that had ended the pool's threads.
         """
         with self._lock:
             if self._autosizer is not sizer or self._sizer_stopped:
+                return
+            if self._closed:
+                self._sizer_stopped = True
                 return
             try:
                 sizer.start()
