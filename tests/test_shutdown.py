@@ -1771,6 +1771,76 @@ def test_a_ctrl_c_as_exit_waits_ends_the_program_with_status_0(backend: str) -> 
     assert "Traceback" not in result.stderr, result.stderr
 
 
+# A service's SIGTERM handler raises SystemExit, as the README advises; the service
+# manager's SIGTERM comes as exit waits for a task that never ends (the program ended
+# normally, or after a first SIGTERM). The handler runs on the main thread, in exit's wait.
+SIGTERM_AS_EXIT_WAITS = """
+import signal, sys, threading, time
+import makeparallel as mp
+from makeparallel import _runtime
+
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+mp.configure(exit_timeout=60)
+never = threading.Event()
+""" + EXIT_WAITS + """
+def say_when_exit_waits():
+    while not exit_waits():
+        never.wait(0.001)
+    print("exit waits", flush=True)
+
+if sys.argv[1] == "flask":  # its exit hook shuts down first, with its timeout
+    from flask import Flask
+    from makeparallel.flask import MakeParallel
+
+    app = Flask(__name__)
+    app.config["MAKEPARALLEL_SHUTDOWN_TIMEOUT"] = 60
+    MakeParallel(app, registry=None)
+task = mp.parallel(backend="thread" if sys.argv[1] == "flask" else sys.argv[1])(time.sleep)(600)
+while not task.running():
+    never.wait(0.001)
+_runtime.after_pools_at_exit(lambda: print("flushed", file=sys.stderr, flush=True))  # an exporter's last flush
+threading.Thread(target=say_when_exit_waits, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGTERM to a child process (POSIX)")
+@pytest.mark.parametrize("backend", ["thread", "process", "flask"])
+def test_a_signal_handlers_system_exit_as_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceback(
+    backend: str,
+) -> None:
+    if backend == "flask":
+        pytest.importorskip("flask")
+        pytest.importorskip("prometheus_client")
+    # It went up through exit's hook: Python printed it as ignored with the library's frames,
+    # and the hook's rest was skipped (the workers' stop, the exporters' last flush).
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_AS_EXIT_WAITS, backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "exit waits\n"
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert (child.returncode, stdout) == (0, ""), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    abandoned = "1 task(s) still unfinished at interpreter exit were abandoned "
+    if backend == "flask":  # (the extension's shutdown waited, not exit's own wait)
+        abandoned += "while the makeparallel.flask extension's shutdown still waited for them"
+    else:
+        abandoned += "after SystemExit ended the wait for them"
+    assert abandoned in stderr, stderr
+    assert stderr.endswith("flushed\n"), stderr
+
+
 # Typed at the interactive prompt: the prompt catches the Ctrl-C, and the session goes
 # on. Its task ends once exit waits for it, and says so.
 CTRL_C_CAUGHT_BY_THE_PROMPT = """

@@ -422,7 +422,7 @@ def forget_after_exit(hook: Callable[[], None]) -> None:
 
 
 def _run_after_exit_hooks(hooks: list[Callable[[], None]]) -> bool:
-    """Run ``hooks`` (:func:`_run_after_exit`); return whether a Ctrl-C did not end the run.
+    """Run ``hooks`` (:func:`_run_after_exit`); return whether a Ctrl-C (or a signal handler's ``SystemExit``) did not end the run.
 
     Ctrl-C as a flush is waited for: the user will not wait for the others
     either, which are skipped, those ``atexit`` calls itself too. The error
@@ -433,7 +433,7 @@ def _run_after_exit_hooks(hooks: list[Callable[[], None]]) -> bool:
     try:
         for hook in hooks:
             _run_after_exit(hook)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # (SystemExit: a signal handler's, SIGTERM)
         with _lock:
             _after_exit.clear()
         return False
@@ -1464,6 +1464,8 @@ class ShutdownCall:
             _interruptible.join(thread, None)
         except KeyboardInterrupt:
             self.interrupted()
+        except SystemExit:  # a signal handler's (SIGTERM): exit's warning says this wait had not ended
+            pass
 
     def interrupted(self) -> None:
         """A Ctrl-C ended the wait for this shutdown: exit's warning says so, and advises no longer timeout.
@@ -1695,7 +1697,7 @@ def _at_exit() -> None:
     # No orphaned or zombie worker process; every pool's stopped at once.
     try:
         terminate_all(_every_pool())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # (SystemExit: a signal handler's, as in the wait)
         # Ctrl-C as the workers stop (a second one after the Ctrl-C that ended the
         # program, or one while a worker deaf to SIGTERM takes its two grace periods):
         # the user will not wait. A worker not stopped yet dies with this process (its
@@ -1744,6 +1746,11 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             # Ctrl-C while exit waited: the user will not wait, and the error would
             # only be printed as ignored, with the workers left running until the end.
             _abandon_on_interrupt(_every_pool())
+        except SystemExit:
+            # Likewise a signal handler's sys.exit() (SIGTERM from a service manager, as
+            # the README advises): printed as ignored with the library's frames, it also
+            # skipped the workers' stop and the exporters' last flush.
+            _abandon_on_interrupt(_every_pool(), "after SystemExit ended the wait for them")
         else:
             if not idle:
                 _log_abandoned(_every_pool(), f"after waiting {timeout:g} s", _advice_after_exit_timeout)
@@ -1751,12 +1758,12 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
     return False
 
 
-def _abandon_on_interrupt(backends: list[Backend]) -> None:
-    """Ctrl-C ended the program, or its wait at exit: what has not started never will."""
+def _abandon_on_interrupt(backends: list[Backend], when: str = "after Ctrl-C") -> None:
+    """Ctrl-C ended the program, or its wait at exit (or ``SystemExit`` did, ``when`` says): what has not started never will."""
     for backend in backends:
         backend.close(cancel_pending=True)
     if _unfinished(backends):
-        _log_abandoned(backends, "after Ctrl-C", _CHECK_CANCELLED_ADVICE)
+        _log_abandoned(backends, when, _CHECK_CANCELLED_ADVICE)
 
 
 _CHECK_CANCELLED_ADVICE = "a task stops sooner when it calls makeparallel.check_cancelled()"  # after a Ctrl-C

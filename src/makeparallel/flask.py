@@ -259,6 +259,8 @@ class MakeParallel:
             self.shutdown()
         except KeyboardInterrupt:
             pass  # the library's exit hook then abandons what is left, with a warning that says Ctrl-C ended this wait
+        except SystemExit:
+            pass  # a signal handler's (SIGTERM): that warning says this wait had not ended; no traceback of the hook
 
     def shutdown(self) -> bool:
         """Shut the library down as configured; return whether every task ended in time.
