@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import functools
 import gc
+import inspect
 import os
 import subprocess
 import sys
@@ -1954,6 +1955,93 @@ async def wait_for_cancel_in_a_coroutine(flags: Flags) -> None:
     except asyncio.CancelledError:
         flags.set("cancelled")
         raise
+
+
+class CancelledWhileUnpickled:
+    """An argument whose unpickling in the worker waits until the task it belongs to is cancelled.
+
+    As a slow import of the task's module does (numpy, a model): the cancel
+    reaches the worker after the task started, before its coroutine exists.
+    """
+
+    def __init__(self, flags: Flags) -> None:
+        self.flags = flags
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _wait_until_cancelled_here, (self.flags,)
+
+
+def _wait_until_cancelled_here(flags: Flags) -> Flags:
+    flags.set("unpickling")
+
+    def stopped() -> bool:
+        try:
+            mp.check_cancelled()
+        except mp.TaskCancelledError:
+            return True
+        return False
+
+    if wait_until(stopped, 30):
+        flags.set("cancel arrived")
+    return flags
+
+
+async def wait_for_cancel_after_unpickling(flags: Flags, _: Flags) -> None:
+    await wait_for_cancel_in_a_coroutine(flags)
+
+
+def returns_a_coroutine_once_released(
+    flags: Flags, gate: threading.Event, entered: threading.Event, made: list[Any]
+) -> Any:
+    """A plain function that works before it returns its coroutine (a decorator without ``functools.wraps``)."""
+    entered.set()
+    assert gate.wait(10)
+    made.append(wait_for_cancel_in_a_coroutine(flags))
+    return made[-1]
+
+
+@pytest.mark.timeout(90)
+def test_an_async_process_task_cancelled_before_its_coroutine_starts_cancels_it(tmp_path: Any) -> None:
+    # The cancel reached the worker while it unpickled the call, before the coroutine ran and
+    # said how to cancel it: the coroutine then ran to its end, for nobody, its worker held.
+    flags = Flags(str(tmp_path))
+    mp.configure_process_pool(num_workers=1)
+    handle = mp.parallel(backend="process")(wait_for_cancel_after_unpickling)(flags, CancelledWhileUnpickled(flags))
+    try:
+        assert flags.wait("unpickling", 30)
+        assert handle.cancel()
+        assert flags.wait("cancel arrived", 30)
+        # The worker, the pool's only one, is free for the next task: the coroutine never started.
+        assert mp.parallel(backend="process")(abs)(-1).get(timeout=30) == 1
+        assert not flags.is_set("started"), "the coroutine of a cancelled task started"
+    finally:
+        flags.set("teardown")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stop", ["cancel", "timeout"])
+def test_an_async_thread_task_stopped_before_its_coroutine_starts_closes_it(tmp_path: Any, stop: str) -> None:
+    # The handle, ended, had dropped the context the coroutine was to run in: the coroutine was
+    # never run nor closed, and warned "never awaited" as it was collected (an error under
+    # -W error), its attempt failing on an assert (under -O, on None's missing run()).
+    flags = Flags(str(tmp_path))
+    gate, entered = threading.Event(), threading.Event()
+    made: list[Any] = []
+    fn = mp.parallel(returns_a_coroutine_once_released, timeout=0.05 if stop == "timeout" else None)
+    handle = fn(flags, gate, entered, made)
+    try:
+        assert entered.wait(10)
+        if stop == "timeout":
+            with pytest.raises(mp.TaskTimeoutError):
+                handle.get(timeout=30)
+        else:
+            assert handle.cancel()
+    finally:
+        gate.set()
+    assert handle.cancel_with_timeout(30)  # its code returned
+    assert len(made) == 1
+    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED
+    assert not flags.is_set("started"), "the coroutine of a stopped task started"
 
 
 def test_progress_and_check_cancelled_work_inside_an_async_task() -> None:

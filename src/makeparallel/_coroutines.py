@@ -500,6 +500,11 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None
 
     if hasattr(task, "on_stop"):  # a worker process's task: its cancel message calls this, the one coroutine running
         task.on_stop = cancel
+        if task._stop_error is not None:
+            # Its cancel came before this (as the worker unpickled the call, importing a slow
+            # module), and found no coroutine to cancel: it ran to its end, for nobody, holding
+            # its worker. Cancelled here, on its loop's thread, it never starts, as a queued task.
+            future.cancel()
     elif task is not None:  # a handle: it ends when stopped, and at the end
         task.add_done_callback(cancel)
     return cancel

@@ -938,9 +938,14 @@ class AsyncHandle(Generic[T_co]):
         comes with the attempt's start (``_finish_from_loop``), which tells a late one.
         """
         self._observer.is_async = True  # learned, for functions that are not ``async def``
-        loop = running_loop()
         context = self._context
-        assert context is not None
+        if context is None:
+            # The task ended (cancelled, timed out) as its function made the coroutine, and dropped
+            # its context: none of it runs, as asyncio cancels a coroutine that has not started.
+            # Unclosed, it warned "never awaited" as it was collected (an error under -W error).
+            coroutine.close()
+            raise TaskCancelledError(f"the coroutine of task {self._id} was cancelled")
+        loop = running_loop()
         if loop is None:
             return SUCCEEDED, context.run(run_here, coroutine, self)
         started = self._started_at  # this attempt's, as _execute set it just before
