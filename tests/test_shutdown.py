@@ -1841,6 +1841,58 @@ def test_a_signal_handlers_system_exit_as_exit_waits_abandons_the_tasks_with_a_w
     assert stderr.endswith("flushed\n"), stderr
 
 
+# The first SIGTERM ends exit's wait; a second one comes as the warning of the tasks abandoned
+# is written, by a logging handler that ships it elsewhere (and takes a while).
+SECOND_SIGTERM_AS_EXIT_ABANDONS = """
+import logging, os, signal, sys, threading, time
+import makeparallel as mp
+from makeparallel import _runtime
+
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+mp.configure(exit_timeout=60)
+never = threading.Event()
+""" + EXIT_WAITS + """
+class SecondSigterm(logging.Handler):
+    def emit(self, record):
+        print(record.getMessage(), file=sys.stderr, flush=True)
+        if "abandoned" in record.getMessage():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+logging.getLogger("makeparallel").addHandler(SecondSigterm())
+task = mp.parallel(backend=sys.argv[1])(time.sleep)(600)
+while not task.running():
+    never.wait(0.001)
+_runtime.after_pools_at_exit(lambda: print("flushed", file=sys.stderr, flush=True))
+
+def sigterm_when_exit_waits():
+    while not exit_waits():
+        never.wait(0.001)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=sigterm_when_exit_waits, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGTERM to itself (POSIX)")
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_second_sigterm_as_exit_abandons_the_tasks_still_stops_the_workers_and_flushes(backend: str) -> None:
+    # It went up through exit's hook, as a second Ctrl-C there does not: printed as ignored
+    # with the library's frames, the workers' stop and the exporters' last flush skipped.
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_SIGTERM_AS_EXIT_ABANDONS, backend],
+        check=False,
+        timeout=40,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert "1 task(s) still unfinished at interpreter exit were abandoned after SystemExit" in result.stderr
+    assert result.stderr.endswith("flushed\n"), result.stderr
+
+
 # Typed at the interactive prompt: the prompt catches the Ctrl-C, and the session goes
 # on. Its task ends once exit waits for it, and says so.
 CTRL_C_CAUGHT_BY_THE_PROMPT = """

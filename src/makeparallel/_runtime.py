@@ -1689,10 +1689,12 @@ def _at_exit() -> None:
     end_those_of_closed_loops()  # (before its count of the tasks left, too)
     try:
         reopen = _wait_or_abandon(backends, _executor_pools())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         # Ctrl-C as exit abandons the tasks (a second one after the Ctrl-C that ended
         # the program, while a large batch is cancelled): the user will not wait, and
         # the error would only be printed as ignored, with the workers not stopped.
+        # Likewise a signal handler's SystemExit (a second SIGTERM, as the warning of
+        # the tasks a first one abandoned is written): it skipped the exporters' flush too.
         reopen = False
     # No orphaned or zombie worker process; every pool's stopped at once.
     try:
