@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _cpus as mp_cpus
+from makeparallel import _runtime
 from makeparallel._states import HELD
 from pool_helpers import child_exit_code, fresh_process_pool, wait_until
 
@@ -1015,3 +1017,39 @@ def test_a_child_of_a_shut_down_parent_starts_its_auto_sizing_at_the_reset() -> 
     finally:
         mp.reset_shutdown()
         mp.configure_thread_pool(num_threads=None)
+
+
+def _take_nothing() -> None:
+    pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="narrows the child's CPUs (Linux)")
+def test_a_child_on_fewer_cpus_sizes_the_pools_its_parent_left_at_the_default_by_its_own_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that pins each worker it forks to a CPU (uWSGI's cpu-affinity): the parent set
+    # only a stack size and an initializer, or num_threads=None ("the cores this process may
+    # use"), and each worker took the parent's core count as a configured size.
+    if len(os.sched_getaffinity(0)) < 2 or mp_cpus.usable_cpu_count() < 2:
+        pytest.skip("needs two CPUs, to narrow the child's to one")
+    one_cpu = {min(os.sched_getaffinity(0))}
+    monkeypatch.setattr(_runtime, "_pool_settings", {})  # as in a program that set no size yet
+    try:
+        for call in (
+            lambda: mp.configure_thread_pool(stack_size=256 * 1024),
+            lambda: mp.configure_thread_pool(num_threads=None),
+        ):
+            call()
+            mp.configure_process_pool(initializer=_take_nothing)
+
+            def child() -> None:
+                os.sched_setaffinity(0, one_cpu)
+                assert mp.get_thread_pool_info()["num_threads"] == 1, mp.get_thread_pool_info()
+                info = mp.get_process_pool_info()
+                assert (info["num_workers"], info["initializer"]) == (1, "_take_nothing"), info
+
+            assert run_in_child(child) == 0
+    finally:
+        mp.configure_thread_pool(num_threads=None, stack_size=None)
+        mp.configure_process_pool(initializer=None)

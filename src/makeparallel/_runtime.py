@@ -607,13 +607,29 @@ def configure_thread_pool(
 
     global _thread_pool_configured
     _refuse_configuring_in_a_handler("configure_thread_pool()", lambda: _locks_to_reach_pool("thread"))
+    by_cores = num_threads is None
     if num_threads is None:  # what the README shows ends "auto": a fixed size, the usable cores
         num_threads = default_thread_count()
     backend = get_backend("thread")
     assert isinstance(backend, ThreadBackend)
     backend.configure(None if num_threads is ... else num_threads, stack_size)
-    _pool_settings["thread"] = backend.settings()
+    size: int | str | None
+    size, stack = backend.settings()
+    if size != "auto" and (by_cores or (num_threads is ... and _size_left_by_cores("thread"))):
+        size = None  # the cores of the process that makes the pool: a forked child's own (restore() keeps it)
+    _pool_settings["thread"] = (size, stack)
     _thread_pool_configured = True
+
+
+def _size_left_by_cores(name: str) -> bool:
+    """Whether pool ``name``'s size, as configured so far, is the cores of the process that makes it.
+
+    So it is recorded for a forked child (``_pool_settings``): the child's
+    own cores, not the parent's count, where a server pins each worker it
+    forks to fewer CPUs (uWSGI's ``cpu-affinity``).
+    """
+    recorded = _pool_settings.get(name)
+    return recorded is None or recorded[0] is None
 
 
 def configure_process_pool(
@@ -711,7 +727,11 @@ def configure_process_pool(
     backend = _process_pool()
     assert isinstance(backend, ProcessBackend)
     backend.configure(num_workers, setup, max_tasks_per_child, prestart, max_worker_memory)
-    _pool_settings["process"] = backend.settings()
+    size: int | None
+    size, *rest = backend.settings()
+    if num_workers is None and _size_left_by_cores("process"):
+        size = None  # as for the thread pool: a forked child's own cores
+    _pool_settings["process"] = (size, *rest)
 
 
 def _worker_setup(initializer: Any, initargs: Any) -> Any:

@@ -393,7 +393,8 @@ class ProcessBackend(QueueingBackend):
         with self._lock:
             return self._num_workers, self._setup, self._max_tasks_per_child, self._max_worker_memory
 
-    def restore(self, settings: tuple[int, WorkerSetup, int | None, int | None]) -> None:
+    def restore(self, settings: tuple[int | None, WorkerSetup, int | None, int | None]) -> None:
+        """Take :meth:`settings`' configuration; a size of ``None`` keeps this pool's (its process's cores)."""
         num_workers, setup, max_tasks_per_child, max_worker_memory = settings
         self.configure(num_workers, setup, max_tasks_per_child, False, max_worker_memory)
 

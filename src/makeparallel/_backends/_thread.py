@@ -266,7 +266,8 @@ class ThreadBackend(QueueingBackend):
         """The size, ``"auto"`` where an :class:`AutoSizer` sizes the pool, and the stack size."""
         return ("auto" if self._autosizer is not None else self._num_threads), self._stack_size
 
-    def restore(self, settings: tuple[int | str, int | None]) -> None:
+    def restore(self, settings: tuple[int | str | None, int | None]) -> None:
+        """Take :meth:`settings`' configuration; a size of ``None`` keeps this pool's (its process's cores)."""
         num_threads, stack_size = settings
         self._resize(None, stack_size)  # checked as the parent set it: no thread started to check it again
         self.configure(num_threads, ...)
