@@ -947,6 +947,48 @@ def test_a_ctrl_c_in_a_submitted_listener_gives_the_calls_slot_back(limit: str, 
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("limit", [None, "max_concurrent"])
+@pytest.mark.parametrize("how", ["call", "group's submit", "executor", "on a running loop"])
+def test_a_ctrl_c_in_a_submitted_listener_ends_the_task_it_told_of(limit: str | None, how: str, listen: Any) -> None:
+    # Listeners told "submitted" heard nothing more of the interrupted call's task, which no
+    # backend ever had: an exporter counting the tasks in flight counted it for good, and the
+    # metrics, which never counted it, disagreed with the events. It ends cancelled, and told so.
+    assert threading.current_thread() is threading.main_thread()
+    name = unique_name("events-ctrl-c-submitted-ends")
+    recorder = Recorder(name)
+    listen(recorder)
+    listen(CtrlCOnSubmitted(name))
+    options: dict[str, Any] = {} if limit is None else {"max_concurrent": 1}
+    fn = mp.parallel(add_one, backend="thread", name=name, **options)
+    with mp.Executor("thread", max_workers=1) as executor:
+
+        def call(x: int) -> Any:
+            if how == "call":
+                return fn(x)
+            if how == "executor":
+                return executor.submit(fn, x)
+            if how == "on a running loop":
+
+                async def submit_there() -> Any:
+                    return fn(x)
+
+                return asyncio.run(submit_there())
+            with mp.ParallelContext(timeout=20) as ctx:
+                return ctx.submit(fn, x)
+
+        with pytest.raises(KeyboardInterrupt):
+            call(1)
+        (interrupted,) = {event.task_id for event in recorder.events}
+        assert kinds(recorder.of(interrupted)) == ["submitted", "finished"]
+        assert recorder.of(interrupted)[-1].status == "cancelled"
+        later = call(2)
+        assert later.result(timeout=10) == 3
+    (second,) = {event.task_id for event in recorder.events} - {interrupted}
+    recorder.wait_finished(second)
+    assert_metrics_agree_with_events(recorder.events, name)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
 @pytest.mark.parametrize("when", ["waiting for a slot", "called after it"])
 def test_an_executor_submit_over_a_full_limit_at_shutdown_waits_and_is_told_once(

@@ -186,16 +186,19 @@ class TaskSpec:
             shard.timed_out += count
 
     def task_withdrawn(self, handle: AsyncHandle[Any]) -> None:
-        """Count a task its backend refused (shut down, or its call unpicklable) as submitted and failed.
+        """Count a task no backend had as submitted and ended as its state says.
 
-        As listeners are told, and as a refusal by an executor given as
-        ``backend=`` is counted. No backend counted it, so its shard is the
-        record's own; its slots went back in :func:`withdraw`.
+        Failed: its backend refused it (shut down, or its call unpicklable), as
+        listeners are told, and as a refusal by an executor given as
+        ``backend=`` is counted. Cancelled: a listener's Ctrl-C as it was told
+        submitted (:func:`tell_submitted`). No backend counted it, so its shard
+        is the record's own; its slots went back in :func:`withdraw` (or
+        :func:`tell_submitted`).
         """
         shard = self.metrics.counted()
         with shard.lock:
             shard.total += 1
-            shard.count_end(FAILED, None, None)
+            shard.count_end(handle._state, None, None)
 
     def task_finished(self, handle: AsyncHandle[Any]) -> None:
         """Count the task's end and free its admission slots (under the backend lock)."""
@@ -497,7 +500,7 @@ class ParallelFunction(Generic[P, T]):
         try:
             # Inside: a listener's Ctrl-C (raised again on the main thread) gives the slots back.
             if _events.listeners:  # before submit: an inline backend runs the task within it
-                _events.emit("submitted", handle)
+                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             withdraw(handle, backend, error)
@@ -557,7 +560,7 @@ class ParallelFunction(Generic[P, T]):
             handle._permits = self._admit(handle, deadline, recipient)
         try:
             if _events.listeners:  # inside, as in __call__: a listener's Ctrl-C gives the slots back
-                _events.emit("submitted", handle)
+                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             withdraw(handle, backend, error)
@@ -740,7 +743,7 @@ def refused_by_a_limit(handle: AsyncHandle[Any], error: ShutdownError) -> None:
     free was refused by the pool and counted.
     """
     if _events.listeners:
-        _events.emit("submitted", handle)
+        tell_submitted(handle)
     handle._withdrawn(error)
 
 
@@ -779,13 +782,36 @@ def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: lis
         BaseException: what ``backend.hold`` raised (``ShutdownError``, say); the task is withdrawn.
     """
     if _events.listeners:
-        _events.emit("submitted", handle)
+        tell_submitted(handle)
     try:
         backend.hold(handle)
     except BaseException as error:
         handle._withdrawn(error)
         raise
     PendingAdmission(handle, backend, limiters, loop).start()
+
+
+def tell_submitted(handle: AsyncHandle[Any]) -> None:
+    """Tell the listeners that ``handle`` was submitted, before any backend has it; a call's, or ``mp.Executor``'s.
+
+    On the main thread a listener's ``KeyboardInterrupt`` (Ctrl-C landing in
+    it) is raised again once every listener was told. The task then ends
+    cancelled, where no backend ever had it, its slots given back, and is told
+    "finished" and counted so: else the listeners, told it was submitted, heard
+    nothing more of it (an exporter counting the tasks in flight counted it for
+    good), and the metrics, which never counted it, disagreed with them.
+
+    Raises:
+        KeyboardInterrupt: a listener's, on the main thread; ``handle`` ended cancelled.
+    """
+    try:
+        _events.emit("submitted", handle)
+    except BaseException:
+        permits, handle._permits = handle._permits, ()  # taken first: withdraw() then gives none back again
+        for limiter in permits:
+            limiter.release()
+        handle._interrupted_unsubmitted()
+        raise
 
 
 def withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
@@ -851,7 +877,7 @@ class _GuardedParallelFunction(ParallelFunction[P, T]):
         retry = spec.retry
         if retry is not None and retry.attempts > 1 and retry.retries(error):
             if _events.listeners:  # accepted, to retry: its events begin as any accepted task's
-                _events.emit("submitted", handle)
+                tell_submitted(handle)
             try:
                 backend._accept_refused(handle, error)
             except BaseException as refusal:

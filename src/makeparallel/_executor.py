@@ -50,6 +50,7 @@ from ._decorators import (
     callable_of,
     hold_for_admission,
     take_slots,
+    tell_submitted,
     withdraw,
 )
 from ._gil_watch import EXECUTOR_REMEDY
@@ -537,7 +538,7 @@ class Executor(concurrent.futures.Executor):
             # Before submit, as a @parallel call tells it: an inline backend runs the task within
             # it. Inside the try: a listener's Ctrl-C (raised again on the main thread) gives the slots back.
             if _events.listeners:
-                _events.emit("submitted", handle)
+                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             withdraw(handle, backend, error)

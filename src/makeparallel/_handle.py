@@ -1222,6 +1222,20 @@ class AsyncHandle(Generic[T_co]):
         self._reject(error)
         self._started_at = self._finished_at
 
+    def _interrupted_unsubmitted(self) -> None:
+        """End as cancelled a task a listener's Ctrl-C interrupted as it was told submitted, before any backend had it.
+
+        Counted submitted and cancelled, and told "finished", as a task the
+        interrupted submission's backend held is cancelled (``withdraw``).
+        """
+        self._code_done = True
+        self._state = CANCELLED
+        self._value = self._cancellation()
+        self._finished_at = _now()
+        self._fn = self._args = self._kwargs = self._context = None
+        self._observer.task_withdrawn(self)
+        _events.emit("finished", self)
+
     def _withdrawn(self, error: BaseException) -> None:
         """End a task whose submission raised ``error``, where its backend refused it.
 
