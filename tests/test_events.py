@@ -862,15 +862,20 @@ def _held_under_a_full_limit(limit: str, name: str, started: threading.Event, ga
         assert gate.wait(20)
         return x
 
+    return _under_a_limit_of_one(hold, limit, name)
+
+
+def _under_a_limit_of_one(fn: Callable[[int], int], limit: str, name: str) -> tuple[Any, Any]:
+    """``fn`` as a thread task named ``name`` under a limit of one (``limit`` says which), and that limit."""
     if limit == "max_concurrent":
-        fn = mp.parallel(hold, backend="thread", name=name, max_concurrent=1)
-        limiter = fn._spec.limiter
+        task = mp.parallel(fn, backend="thread", name=name, max_concurrent=1)
+        limiter = task._spec.limiter
     else:
         mp.set_max_concurrent_tasks(1)
-        fn = mp.parallel(hold, backend="thread", name=name)
+        task = mp.parallel(fn, backend="thread", name=name)
         limiter = _runtime.global_limiter
     assert limiter is not None
-    return fn, limiter
+    return task, limiter
 
 
 def _shut_down_as(when: str, limiter: Any, call: Callable[[], None]) -> None:
@@ -921,14 +926,7 @@ def test_a_ctrl_c_in_a_submitted_listener_gives_the_calls_slot_back(limit: str, 
     assert threading.current_thread() is threading.main_thread()
     name = unique_name("events-ctrl-c-submitted")
     listen(CtrlCOnSubmitted(name))
-    if limit == "max_concurrent":
-        fn = mp.parallel(add_one, backend="thread", name=name, max_concurrent=1)
-        limiter = fn._spec.limiter
-    else:
-        mp.set_max_concurrent_tasks(1)
-        fn = mp.parallel(add_one, backend="thread", name=name)
-        limiter = _runtime.global_limiter
-    assert limiter is not None
+    fn, limiter = _under_a_limit_of_one(add_one, limit, name)
     with mp.Executor("thread", max_workers=1) as executor:
 
         def call(x: int) -> Any:
