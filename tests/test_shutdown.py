@@ -1893,6 +1893,69 @@ def test_a_second_sigterm_as_exit_abandons_the_tasks_still_stops_the_workers_and
     assert result.stderr.endswith("flushed\n"), result.stderr
 
 
+# A handler's "reload" (shutdown, then reset), both deferred as it interrupted a submission,
+# behind a task that never ends: exit waits for the reset, then for the shutdown. The service
+# manager's SIGTERM comes in each wait; the program's handler raises SystemExit.
+SIGTERM_AS_EXIT_WAITS_FOR_A_DEFERRED_RESET = """
+import os, signal, sys, threading
+import makeparallel as mp
+from makeparallel import _runtime
+
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+never, started = threading.Event(), threading.Event()
+
+
+def main_thread_in(name):
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_name != name:
+        frame = frame.f_back
+    return frame is not None
+
+
+@mp.parallel
+def runs_on():
+    started.set()
+    never.wait()
+
+
+handle = runs_on()
+assert started.wait(15)
+signal.signal(signal.SIGHUP, lambda *_: (mp.shutdown(timeout_secs=60), mp.reset_shutdown()))
+with _runtime.get_backend("thread")._lock:
+    signal.raise_signal(signal.SIGHUP)
+_runtime.after_pools_at_exit(lambda: print("flushed", file=sys.stderr, flush=True))
+
+
+def sigterm_in_each_wait():
+    for wait in ("_join_at_exit", "_wait_at_exit"):
+        while not main_thread_in(wait):
+            never.wait(0.001)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=sigterm_in_each_wait, daemon=True).start()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="sends SIGHUP and SIGTERM to itself (POSIX)")
+def test_a_signal_handlers_system_exit_as_exit_waits_for_a_deferred_reset_prints_no_traceback() -> None:
+    # The wait for the deferred reset took a Ctrl-C only: SystemExit went up through its exit
+    # hook, and Python printed it as ignored, with the library's frames.
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AS_EXIT_WAITS_FOR_A_DEFERRED_RESET],
+        check=False,
+        timeout=40,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert "1 task(s) still unfinished at interpreter exit were abandoned" in result.stderr, result.stderr
+    assert result.stderr.endswith("flushed\n"), result.stderr
+
+
 # Typed at the interactive prompt: the prompt catches the Ctrl-C, and the session goes
 # on. Its task ends once exit waits for it, and says so.
 CTRL_C_CAUGHT_BY_THE_PROMPT = """

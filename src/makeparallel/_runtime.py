@@ -1321,12 +1321,16 @@ def _deferred_pending() -> bool:
 
 
 def _join_at_exit(thread: threading.Thread) -> None:
-    """At exit, wait in slices for a deferred :func:`reset_shutdown` going on in ``thread``; a Ctrl-C ends the wait."""
+    """At exit, wait in slices for a deferred :func:`reset_shutdown` going on in ``thread``; a Ctrl-C ends the wait.
+
+    So does a signal handler's ``SystemExit`` (SIGTERM), as in the other waits
+    at exit: it went up through this hook, printed as ignored with the library's frames.
+    """
     if ending_on_interrupt():
         return
     try:
         _interruptible.join(thread, None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
 
 
