@@ -25,7 +25,7 @@ import pytest
 
 import makeparallel as mp
 from makeparallel import _events, _runtime
-from makeparallel.testing import no_retry_waits
+from makeparallel.testing import no_retry_waits, wait_until_idle
 from pool_helpers import resize, wait_until
 from test_retry import OutOfProcessThreads
 
@@ -984,6 +984,48 @@ def test_a_ctrl_c_in_a_submitted_listener_ends_the_task_it_told_of(limit: str | 
     (second,) = {event.task_id for event in recorder.events} - {interrupted}
     recorder.wait_finished(second)
     assert_metrics_agree_with_events(recorder.events, name)
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", ["thread", "sync"])
+@pytest.mark.parametrize("when", ["as the pool took it", "before the pool took it"])
+def test_a_ctrl_c_as_a_call_over_a_limit_on_a_running_loop_is_held_ends_its_task(
+    backend: str, when: str, listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Ctrl-C landing in the pool's hold() (a C call's return in it) went by unhandled: taken,
+    # the task stayed held for good (no admission was started for it), counted active and
+    # queued and never told "finished"; not taken, it was told "submitted" and nothing more.
+    name = unique_name("events-ctrl-c-hold")
+    recorder = Recorder(name)
+    listen(recorder)
+    fn = mp.parallel(add_one, backend=backend, name=name, max_concurrent=1)
+    pool = _runtime.get_backend(backend)
+    hold = pool.hold
+
+    def interrupted_hold(handle: Any) -> None:
+        if when == "as the pool took it":
+            hold(handle)
+        raise KeyboardInterrupt
+
+    async def submit_there(x: int) -> Any:
+        return fn(x)
+
+    monkeypatch.setattr(pool, "hold", interrupted_hold)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(submit_there(1))
+    monkeypatch.undo()
+    (interrupted,) = {event.task_id for event in recorder.events}
+    assert kinds(recorder.of(interrupted)) == ["submitted", "finished"]
+    assert recorder.of(interrupted)[-1].status == "cancelled"
+    assert wait_until_idle(10), f"{mp.get_active_task_count()} task(s) never end"
+
+    async def result_there() -> Any:
+        return await fn(2)
+
+    assert asyncio.run(result_there()) == 3
+    (second,) = {event.task_id for event in recorder.events} - {interrupted}
+    recorder.wait_finished(second)
+    assert_metrics_agree_with_events(recorder.events, name)
+
 
 
 @pytest.mark.timeout(30)

@@ -36,10 +36,10 @@ from ._coroutines import running_loop
 from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
-from ._states import CANCELLED, FAILED, PENDING, SUCCEEDED
+from ._states import CANCELLED, FAILED, HELD, PENDING, SUCCEEDED
 from ._validation import check_count, check_priority, check_task_timeout, code_is_real
 from ._worker_reductions import for_worker_functions, for_workers
-from .errors import CircuitOpenError, ShutdownError
+from .errors import CircuitOpenError, ShutdownError, TaskSerializationError
 
 _log = logging.getLogger("makeparallel")
 
@@ -778,15 +778,27 @@ def take_slots(
 def hold_for_admission(handle: AsyncHandle[Any], backend: Backend, limiters: list[Limiter], loop: Any) -> None:
     """Accept ``handle`` at once, held until ``limiters`` admit it: a call's, or ``mp.Executor``'s, on a running loop.
 
+    A Ctrl-C landing in ``backend.hold`` (a C call's return in it) ends the
+    task cancelled: taken, it stayed held for good, no admission started for
+    it, counted active and never told "finished"; not taken, it was told
+    "submitted" and nothing more.
+
     Raises:
-        BaseException: what ``backend.hold`` raised (``ShutdownError``, say); the task is withdrawn.
+        BaseException: what ``backend.hold`` raised (``ShutdownError``, say); the task is withdrawn,
+            or cancelled (a ``KeyboardInterrupt``).
     """
     if _events.listeners:
         tell_submitted(handle)
     try:
         backend.hold(handle)
     except BaseException as error:
-        handle._withdrawn(error)
+        if handle._on_worker == HELD:  # taken (set last, under the pool's lock): cancelled as withdraw() does
+            handle.cancel()
+            backend.release_held(handle)  # forgotten there: it is no longer pending
+        elif handle._state == PENDING and not isinstance(error, (ShutdownError, TaskSerializationError)):
+            handle._interrupted_unsubmitted()
+        else:
+            handle._withdrawn(error)
         raise
     PendingAdmission(handle, backend, limiters, loop).start()
 

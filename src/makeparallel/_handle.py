@@ -1223,7 +1223,7 @@ class AsyncHandle(Generic[T_co]):
         self._started_at = self._finished_at
 
     def _interrupted_unsubmitted(self) -> None:
-        """End as cancelled a task a listener's Ctrl-C interrupted as it was told submitted, before any backend had it.
+        """End as cancelled a task a Ctrl-C interrupted before any backend had it: as it was told submitted, or as it was held.
 
         Counted submitted and cancelled, and told "finished", as a task the
         interrupted submission's backend held is cancelled (``withdraw``).
@@ -1234,7 +1234,8 @@ class AsyncHandle(Generic[T_co]):
         self._finished_at = _now()
         self._fn = self._args = self._kwargs = self._context = None
         self._observer.task_withdrawn(self)
-        _events.emit("finished", self)
+        if getattr(self, "_event_order", None) is not None:  # told "submitted" (else no listener heard of it)
+            _events.emit("finished", self)
 
     def _withdrawn(self, error: BaseException) -> None:
         """End a task whose submission raised ``error``, where its backend refused it.
