@@ -541,9 +541,7 @@ class Executor(concurrent.futures.Executor):
                 tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
-            withdraw(handle, backend, error)
-            if isinstance(error, ShutdownError):
-                raise self._refusal() from None
+            self._withdraw(handle, backend, error)
             raise
         return future
 
@@ -586,11 +584,20 @@ class Executor(concurrent.futures.Executor):
         try:
             backend.submit(handle)
         except BaseException as error:
-            withdraw(handle, backend, error)
-            if isinstance(error, ShutdownError):
-                raise self._refusal() from None
+            self._withdraw(handle, backend, error)
             raise
         return future
+
+    def _withdraw(self, handle: AsyncHandle[Any], backend: Backend, error: BaseException) -> None:
+        """Take back ``handle``, which ``backend`` did not take (its ``submit`` raised ``error``).
+
+        Raises:
+            RuntimeError: ``error`` is the pool's ``ShutdownError``: this
+                executor's refusal, as ``concurrent.futures`` words it.
+        """
+        withdraw(handle, backend, error)
+        if isinstance(error, ShutdownError):
+            raise self._refusal() from None
 
     def _admit_on_loop(
         self, future: ExecutorFuture[T], backend: Backend, limiters: list[Limiter], loop: Any
