@@ -976,14 +976,26 @@ def test_a_ctrl_c_in_a_submitted_listener_ends_the_task_it_told_of(limit: str | 
 
         with pytest.raises(KeyboardInterrupt):
             call(1)
-        (interrupted,) = {event.task_id for event in recorder.events}
-        assert kinds(recorder.of(interrupted)) == ["submitted", "finished"]
-        assert recorder.of(interrupted)[-1].status == "cancelled"
+        interrupted = _told_ended_cancelled(recorder)
         later = call(2)
         assert later.result(timeout=10) == 3
+    _told_and_counted_alike_after(recorder, interrupted, name)
+
+
+def _told_ended_cancelled(recorder: Recorder) -> int:
+    """The one task ``recorder`` heard of, told submitted then finished, cancelled: its id."""
+    (interrupted,) = {event.task_id for event in recorder.events}
+    assert kinds(recorder.of(interrupted)) == ["submitted", "finished"]
+    assert recorder.of(interrupted)[-1].status == "cancelled"
+    return interrupted
+
+
+def _told_and_counted_alike_after(recorder: Recorder, interrupted: int, name: str) -> None:
+    """The one task after ``interrupted`` finished, and the metrics of ``name`` agree with every event told."""
     (second,) = {event.task_id for event in recorder.events} - {interrupted}
     recorder.wait_finished(second)
     assert_metrics_agree_with_events(recorder.events, name)
+
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("backend", ["thread", "sync"])
@@ -1013,19 +1025,14 @@ def test_a_ctrl_c_as_a_call_over_a_limit_on_a_running_loop_is_held_ends_its_task
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(submit_there(1))
     monkeypatch.undo()
-    (interrupted,) = {event.task_id for event in recorder.events}
-    assert kinds(recorder.of(interrupted)) == ["submitted", "finished"]
-    assert recorder.of(interrupted)[-1].status == "cancelled"
+    interrupted = _told_ended_cancelled(recorder)
     assert wait_until_idle(10), f"{mp.get_active_task_count()} task(s) never end"
 
     async def result_there() -> Any:
         return await fn(2)
 
     assert asyncio.run(result_there()) == 3
-    (second,) = {event.task_id for event in recorder.events} - {interrupted}
-    recorder.wait_finished(second)
-    assert_metrics_agree_with_events(recorder.events, name)
-
+    _told_and_counted_alike_after(recorder, interrupted, name)
 
 
 @pytest.mark.timeout(30)
