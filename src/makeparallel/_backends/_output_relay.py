@@ -286,9 +286,10 @@ def write_relayed(
     to a stream with none (a ``StringIO``), they are written decoded as
     ``encoding`` says (the worker's stream's as the task wrote them; UTF-8
     where the parent has no such codec) by the incremental decoder in
-    ``decoders`` (one per worker and stream: a character may span writes). Text the stream cannot encode is written
-    escaped (``backslashreplace``, as Python writes ``sys.stderr``): the task
-    that printed it has ended well, and the line is not lost.
+    ``decoders`` (one per worker and stream: a character may span writes).
+    Text the stream cannot encode is written escaped (``backslashreplace``,
+    as Python writes ``sys.stderr``): the task that printed it has ended
+    well, and the line is not lost.
     """
     target = getattr(sys, STREAMS[stream], None)
     if target is None:
@@ -301,8 +302,7 @@ def write_relayed(
                 binary.write(text)
                 binary.flush()
                 return None
-            decoded: str = _decoder(decoders, stream, encoding).decode(text)
-            text = decoded
+            text = _decoder(decoders, stream, encoding).decode(text)
         try:
             target.write(text)
         except UnicodeEncodeError:  # not in the stream's encoding (PYTHONIOENCODING=ascii): escaped, not dropped
@@ -318,7 +318,9 @@ def write_relayed(
     return None
 
 
-def _decoder(decoders: dict[int, Any], stream: int, encoding: str) -> Any:
+def _decoder(
+    decoders: dict[int, tuple[str, codecs.IncrementalDecoder]], stream: int, encoding: str
+) -> codecs.IncrementalDecoder:
     """The incremental decoder of ``stream`` in ``decoders`` for ``encoding``: a new one where the task reconfigured it."""
     kept = decoders.get(stream)
     if kept is not None and kept[0] == encoding:
