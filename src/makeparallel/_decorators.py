@@ -497,10 +497,9 @@ class ParallelFunction(Generic[P, T]):
             if loop is not None and backend.holds_tasks:
                 return self._admit_on_loop(handle, backend, loop)
             handle._permits = self._admit(handle)
+        if _events.listeners:  # before submit: an inline backend runs the task within it
+            tell_submitted(handle)
         try:
-            # Inside: a listener's Ctrl-C (raised again on the main thread) gives the slots back.
-            if _events.listeners:  # before submit: an inline backend runs the task within it
-                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             withdraw(handle, backend, error)
@@ -558,9 +557,9 @@ class ParallelFunction(Generic[P, T]):
             if loop is not None and backend.holds_tasks:  # no wait there: the task waits for its slots instead
                 return self._admit_on_loop(handle, backend, loop)
             handle._permits = self._admit(handle, deadline, recipient)
+        if _events.listeners:
+            tell_submitted(handle)
         try:
-            if _events.listeners:  # inside, as in __call__: a listener's Ctrl-C gives the slots back
-                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             withdraw(handle, backend, error)

@@ -534,11 +534,9 @@ class Executor(concurrent.futures.Executor):
                 deadline = _deadline_of_a_map(self)
             # Through makeparallel.shutdown(), which leaves this executor taking tasks (see the class).
             handle._permits = take_slots(limiters, deadline, recipient, through_shutdown=True)
+        if _events.listeners:  # before submit, as a @parallel call tells it: an inline backend runs the task within it
+            tell_submitted(handle)
         try:
-            # Before submit, as a @parallel call tells it: an inline backend runs the task within
-            # it. Inside the try: a listener's Ctrl-C (raised again on the main thread) gives the slots back.
-            if _events.listeners:
-                tell_submitted(handle)
             backend.submit(handle)
         except BaseException as error:
             self._withdraw(handle, backend, error)
