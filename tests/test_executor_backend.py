@@ -706,6 +706,63 @@ def test_a_queued_task_cancelled_never_runs(gate: threading.Event) -> None:
     assert queued.cancelled() and not ran.is_set()
 
 
+def _cancel_the_queued(queued: Any, handles: list[Any]) -> None:
+    assert all(handle.cancel() for handle in handles)
+
+
+def _stop_a_map_with_an_items_error(queued: Any, handles: list[Any]) -> None:
+    # Its consumer runs the first item inline (the worker is held), which fails: the rest are cancelled together.
+    with pytest.raises(ValueError, match="the first item fails"):
+        mp.parallel_map(queued, ["fail", 1, 2, 3], chunksize=1)
+
+
+def _time_out_a_map(queued: Any, handles: list[Any]) -> None:
+    # A wait with a timeout runs nothing inline: every item stays queued until the map times out.
+    with pytest.raises(mp.TaskTimeoutError):
+        mp.parallel_map(queued, [1, 2, 3], chunksize=1, timeout=0.2)
+
+
+def fails_on_fail(item: Any) -> Any:
+    if item == "fail":
+        raise ValueError("the first item fails")
+    return item
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", [_cancel_the_queued, _stop_a_map_with_an_items_error, _time_out_a_map])
+def test_a_task_ended_while_queued_in_an_mp_executor_leaves_its_pool(gate: threading.Event, end: Any) -> None:
+    """The executor's task that carried it stayed queued until a worker reached it.
+
+    So the call counted as active (``get_active_task_count()``, ``wait_until_idle()``),
+    queued in its function's metrics and in the executor's pool info, after it ended:
+    cancelled, ended with its map, or run inline by the map's consumer.
+    """
+    name = f"adapter_dropped_{uuid.uuid4().hex}"
+    started = threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(30)
+
+    with mp.Executor(max_workers=1) as pool:
+        blocker = mp.parallel(backend=pool)(hold)()
+        queued = mp.parallel(backend=pool, name=name)(fails_on_fail)
+        handles = [queued(x) for x in range(2)]
+        try:
+            assert started.wait(30)
+            end(queued, handles)
+            left = sum(not handle.done() for handle in handles)  # queued still (a map ends its own items)
+            assert mp.get_active_task_count() == 1 + left
+            info = _runtime.pool_infos()[f"Executor-{id(pool):x}"]
+            assert (info["queued_tasks"], info["active_tasks"]) == (left, 1 + left)
+            metrics = mp.get_metrics(name)
+            assert metrics is not None and (metrics.running_tasks, metrics.queued_tasks) == (0, left)
+        finally:
+            gate.set()
+        assert blocker.get(timeout=30) is True
+        assert mp.gather(handles, on_error="none", timeout=30) == ([0, 1] if left else [None, None])
+
+
 def test_tasks_the_executor_has_not_started_count_as_queued(gate: threading.Event) -> None:
     """Their handles say pending; their metrics said running, with nothing queued."""
     name = f"adapter_queued_{uuid.uuid4().hex}"

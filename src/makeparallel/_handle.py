@@ -567,6 +567,8 @@ class AsyncHandle(Generic[T_co]):
         if previous == RUNNING:
             wake_waits_of(self)
             backend._abandoned(self, force)
+        elif previous == PENDING:
+            backend._let_go_of_queued()
         return True
 
     def cancel_with_timeout(self, timeout_secs: float, force: bool = False) -> bool:

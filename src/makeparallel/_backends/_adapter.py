@@ -93,6 +93,8 @@ class ExecutorBackend(Backend):
         self._futures: dict[AsyncHandle[Any], Any] = {}
         # Timed out or cancelled while running (or timed out and retried): the future to cancel, for _abandoned().
         self._abandoning: dict[AsyncHandle[Any], Any] = {}
+        # The futures of tasks that ended queued in an executor in this process, for _let_go_of_queued() to cancel.
+        self._dropped: list[Any] = []
         # Sent elsewhere: the future of each task's last attempt, until it ends, when
         # the task's code has returned (what cancel_with_timeout waits for).
         self._last_sent: dict[AsyncHandle[Any], Any] = {}
@@ -633,13 +635,22 @@ class ExecutorBackend(Backend):
                 return False
             handle._state = RUNNING
             handle._on_worker = INLINE  # an interrupted waiter tells its claim by it
-            return True
+            # The call runs here: the executor's future is no longer the task's (a _send still
+            # under way finds its place taken, and cancels the future it gets).
+            future = self._futures.get(handle)
+            self._futures[handle] = _Unsent()
+        if future is not None and not isinstance(future, _Unsent):
+            self._cancel_future(future)  # the executor drops the call: see _let_go_of_queued()
+        return True
 
     def _settled_locked(self, handle: AsyncHandle[Any], was_pending: bool) -> None:
         self._held.pop(handle, None)
         future = self._pop_future_locked(handle)
-        if future is not None and not was_pending and handle._state >= CANCELLED:
-            self._abandoning[handle] = future  # the handle calls _abandoned() next
+        if future is not None:
+            if was_pending:
+                self._dropped.append(future)  # queued in the executor: _let_go_of_queued() follows
+            elif handle._state >= CANCELLED:
+                self._abandoning[handle] = future  # the handle calls _abandoned() next
         super()._settled_locked(handle, was_pending)
 
     def _pop_future_locked(self, handle: AsyncHandle[Any]) -> Any:
@@ -665,6 +676,24 @@ class ExecutorBackend(Backend):
         with self._lock:
             future = self._abandoning.pop(handle, None)
         if future is not None:
+            self._cancel_future(future)
+
+    def _let_go_of_queued(self) -> None:
+        """Cancel the executor's futures of the tasks that ended while it had them queued.
+
+        Left there, the call stayed in the executor until a worker reached it
+        and found it ended: an ``mp.Executor``'s pool counted the task that
+        carries it as active and queued all that while (in
+        ``get_active_task_count()``, ``wait_until_idle()``, the function's
+        metrics and the pool's info), and a ``ThreadPoolExecutor`` kept it in
+        its queue. Cancelled outside the lock: the future's done-callback
+        (:meth:`_future_done`) takes it.
+        """
+        if not self._dropped:
+            return
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        for future in dropped:
             self._cancel_future(future)
 
     def _cancel_future(self, future: Any) -> None:

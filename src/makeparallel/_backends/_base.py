@@ -442,6 +442,14 @@ class Backend:
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
 
+    def _let_go_of_queued(self) -> None:
+        """Tasks of this backend ended while queued (cancelled, timed out with their map): called after the lock.
+
+        A pool's own queue skips an ended task when it reaches it. Only the
+        executor adapter queues tasks where it cannot: in the executor, which
+        it asks here to drop them (``ExecutorBackend._let_go_of_queued``).
+        """
+
     def _stop_abandoned(self, handle: AsyncHandle[Any]) -> None:
         """A task cancelled with a map or a batch that was stopped as a whole still runs: kill it if possible.
 
@@ -500,6 +508,7 @@ class Backend:
             if collecting:
                 gc.enable()
             self._abandoned_all(running)
+            self._let_go_of_queued()
         return len(ended) + len(queued)
 
     def _cancelled_queued_locked(self, handles: list[AsyncHandle[Any]]) -> None:
