@@ -994,6 +994,88 @@ def test_a_chunked_maps_unpicklable_function_or_argument_is_named(buffersize: in
         assert list(executor.map(mul, range(6), range(6), chunksize=3, buffersize=buffersize)) == [x * x for x in range(6)]
 
 
+class PicklesOnTurns:
+    """An argument whose pickling raises ``error`` except on the turns given (1 its first), whatever is pickled with it.
+
+    It stands for one that pickles alone but not with the rest of its call or
+    chunk (a recursion limit reached by the chunk as a whole, an object shared
+    by calls that pickles only once), or not the first time. It is never sent.
+    The submission pickles the task's call (turn 1), then each of the task's
+    arguments to name the culprit (turn 2); the map then pickles each argument
+    alone (turn 3), then the call or chunk again.
+    """
+
+    def __init__(self, turns: set[int], always_after: bool, error: type[Exception] = RuntimeError) -> None:
+        self.turns, self.always_after, self.error, self.taken = turns, always_after, error, 0
+
+    def __reduce__(self) -> Any:
+        self.taken += 1
+        if self.taken in self.turns or (self.always_after and self.taken > max(self.turns)):
+            return (PicklesOnTurns, (self.turns, self.always_after, self.error))
+        raise self.error(f"refused on turn {self.taken}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("chunksize", "argument", "pattern", "before"),
+    [
+        (
+            3,
+            PicklesOnTurns({3}, always_after=False),
+            (
+                r"call 4 \(\(4, <test_executor\.Pic.*>\)\) of Executor\.map cannot be sent to a worker process with the "
+                r"calls before it in its chunk \(calls 3 to 4\): RuntimeError: refused on turn \d+\..*chunksize=1"
+            ),
+            4,
+        ),
+        (
+            1,
+            PicklesOnTurns({3}, always_after=False),
+            (
+                r"call 4 \(\(4, <test_executor\.Pic.*>\)\) of Executor\.map cannot be sent to a worker process: its "
+                r"arguments cannot be pickled together, though each alone can be: RuntimeError: refused on turn 4"
+            ),
+            4,
+        ),
+        (
+            3,
+            PicklesOnTurns({2}, always_after=True),
+            (
+                r"calls 3 to 5 of Executor\.map could not be sent to a worker process \(.*refused on turn 1\), though "
+                r"each argument alone can be pickled, and they could be when tried again"
+            ),
+            3,
+        ),
+        (
+            3,
+            PicklesOnTurns({3}, always_after=False, error=RecursionError),
+            (
+                r"call 4 \(\(4, <test_executor\.Pic.*>\)\) of Executor\.map cannot be sent to a worker process: it nests "
+                r"too deep to pickle \(.*recursion.*\), though each argument alone can be pickled.*sys\.setrecursionlimit"
+            ),
+            4,
+        ),
+    ],
+    ids=["in its chunk", "in its call", "not twice", "too deep"],
+)
+def test_a_call_that_pickles_only_alone_is_named_by_its_index_and_value(
+    chunksize: int, argument: PicklesOnTurns, pattern: str, before: int
+) -> None:
+    # Each argument pickled alone, so the map found none at fault and raised the submission's
+    # error, which named the task's argument ("argument 1 (tuple)" of "task 12 (mul [map])"),
+    # not the call of the map (its index and its arguments) that could not be sent.
+    calls = [1, 1, 1, 1, argument, 1]
+    with mp.Executor(backend="process", max_workers=1) as executor:
+        results = executor.map(mul, range(6), calls, chunksize=chunksize)
+        taken = []
+        with pytest.raises(mp.TaskSerializationError, match=pattern) as caught:
+            for result in results:
+                taken.append(result)  # noqa: PERF402  # one at a time: those before the error are kept
+        assert taken == list(range(before))
+        assert "argument 1 (tuple)" not in str(caught.value)
+        assert isinstance(caught.value.__cause__, mp.TaskSerializationError)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("chunksize", [1, 3])
 @pytest.mark.parametrize("buffersize", [None, 1, 4])

@@ -694,8 +694,10 @@ class Executor(concurrent.futures.Executor):
                 ``ProcessPoolExecutor.map``; the calls before it run and
                 ``next()`` gives their results, in order, then raises this
                 error, which names the argument (its position and a short
-                repr) and its call's index in the map. No call after it is
-                read or submitted.
+                repr) and its call's index in the map; where each argument
+                pickles alone, the first call (its index and arguments) that
+                cannot be pickled with the calls before it in its chunk. No
+                call after it is read or submitted.
             WorkerCrashedError: from ``next()``, a worker process died running a
                 call; with ``chunksize`` above 1 the calls of its chunk fail
                 together, the error naming their range.
@@ -1207,19 +1209,24 @@ def _unsendable_call(
 ) -> tuple[int, TaskSerializationError]:
     """Where ``chunk`` (argument tuples, ``first`` the map's index of its first call), which could not be pickled, fails.
 
-    The offset in ``chunk`` of the first call an argument of which cannot be
-    pickled, and the error naming that argument and the call (``error``, the
-    submission's, its cause); offset 0 and ``error`` itself where each
-    argument alone can be. The submission's error named the task's own
-    arguments (``argument 1 (tuple)`` for a chunk, ``task 12`` for a call):
-    not what the map was given.
+    The offset in ``chunk`` of the call at fault, and the error naming it
+    (``error``, the submission's, its cause): the first call an argument of
+    which cannot be pickled alone, naming that argument; else, where each
+    can be, the first call that cannot be pickled with the calls before it
+    in the chunk (found by halving, as ``parallel_map`` finds an item: a
+    recursion limit reached by the chunk as a whole, an object whose pickling
+    fails once it was seen in the same pickle). Where the chunk pickles now
+    (its failure does not repeat), no call can be named: offset 0 and an
+    error naming the chunk's calls. The submission's error named the task's
+    own arguments (``argument 1 (tuple)`` for a chunk, ``task 12`` for a
+    call): not what the map was given.
 
     Raises:
         TaskSerializationError: ``fn``, the map's function, cannot be pickled
             (tried first, as a chunk pickles it first): every call would fail.
     """
     from . import _serialization  # on this failure path only
-    from ._map import refuse_unsendable_function
+    from ._map import _TOO_DEEP, _chunk_problem, _too_deep, refuse_unsendable_function
 
     refuse_unsendable_function(fn, f"the function {_describe(fn)} of Executor.map", error)
     for offset, args in enumerate(chunk):
@@ -1227,14 +1234,60 @@ def _unsendable_call(
             try:
                 _serialization.dumps(value)
             except Exception as problem:
-                failure = TaskSerializationError(
+                return offset, _unsendable(
                     f"argument {position} ({short_repr(value)}) of call {first + offset} of Executor.map "
                     f"cannot be sent to a worker process: {type(problem).__name__}: {problem}. Every "
-                    "argument must be picklable; backend='thread' needs no pickling"
+                    "argument must be picklable; backend='thread' needs no pickling",
+                    error,
                 )
-                failure.__cause__ = error
-                return offset, failure
-    return 0, error
+    calls = f"call {first}" if len(chunk) == 1 else f"calls {first} to {first + len(chunk) - 1}"
+    low, high = 0, len(chunk)  # the first `low` calls pickle together (none do, trivially); the first `high` do not
+    failed = _chunk_problem(fn, chunk, high)
+    if failed is None:
+        cause = error.__cause__ or error
+        return 0, _unsendable(
+            f"{calls} of Executor.map could not be sent to a worker process ({type(cause).__name__}: {cause}), "
+            f"though each argument alone can be pickled, and {'it' if len(chunk) == 1 else 'they'} could be "
+            "when tried again: their pickling does not fail the same way twice (an object whose pickling "
+            "depends on what was pickled before it). Make the arguments' pickling repeatable, or use "
+            "backend='thread', which needs no pickling",
+            error,
+        )
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = _chunk_problem(fn, chunk, middle)
+        if found is None:
+            low = middle
+        else:
+            high, failed = middle, found
+    at = f"call {first + low} ({short_repr(chunk[low])}) of Executor.map"
+    if _too_deep(failed):
+        return low, _unsendable(
+            f"{at} cannot be sent to a worker process: it nests too deep to pickle "
+            f"({type(failed).__name__}: {failed}), though each argument alone can be pickled. {_TOO_DEEP}",
+            error,
+        )
+    failure = f"{type(failed).__name__}: {failed}"
+    if len(chunk) == 1:
+        return 0, _unsendable(
+            f"{at} cannot be sent to a worker process: its arguments cannot be pickled together, though each "
+            f"alone can be: {failure}. Every call must be picklable; backend='thread' needs no pickling",
+            error,
+        )
+    return low, _unsendable(
+        f"{at} cannot be sent to a worker process with the calls before it in its chunk (calls {first} to "
+        f"{first + low}): {failure}. Each of its arguments alone can be pickled, but a chunk's calls are pickled together (a "
+        "recursion limit reached by the chunk as a whole, an object shared by calls that pickles only "
+        "once); pass chunksize=1 to send each call alone, or use backend='thread', which needs no pickling",
+        error,
+    )
+
+
+def _unsendable(message: str, cause: TaskSerializationError) -> TaskSerializationError:
+    """A ``TaskSerializationError`` saying ``message``, with ``cause`` (the submission's) as its cause."""
+    failure = TaskSerializationError(message)
+    failure.__cause__ = cause
+    return failure
 
 
 def _unsendable_single_call(
