@@ -763,6 +763,34 @@ def test_a_task_ended_while_queued_in_an_mp_executor_leaves_its_pool(gate: threa
         assert mp.gather(handles, on_error="none", timeout=30) == ([0, 1] if left else [None, None])
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("backend", "expected"), [("thread", (1, 1)), ("process", (2, 0))])
+def test_an_mp_executors_calls_count_in_the_metrics_as_their_handles_say(
+    backend: str, expected: tuple[int, int], flags: Flags
+) -> None:
+    """Queued on threads, where the executor's worker starts the handle; running from its submission on processes.
+
+    The executor's pool counted the task carrying the second call as queued in the
+    function's metrics, whose handle said running on processes (as on any executor
+    elsewhere): a running call read as queued. Its pool's own info still shows it queued.
+    """
+    name = f"adapter_carried_{uuid.uuid4().hex}"
+    with mp.Executor(backend=backend, max_workers=1) as pool:
+        work = mp.parallel(backend=pool, name=name)(mark_then_wait)
+        first = work(flags, "first")
+        assert flags.wait("first", 30)
+        second = work(flags, "second")
+        try:
+            assert second.status == ("pending" if backend == "thread" else "running")
+            metrics = mp.get_metrics(name)
+            assert metrics is not None and (metrics.running_tasks, metrics.queued_tasks) == expected
+            assert _runtime.pool_infos()[f"Executor-{id(pool):x}"]["queued_tasks"] == 1
+        finally:
+            flags.set("first-go")
+            flags.set("second-go")
+        assert mp.gather([first, second], timeout=30) == ["first", "second"]
+
+
 def test_tasks_the_executor_has_not_started_count_as_queued(gate: threading.Event) -> None:
     """Their handles say pending; their metrics said running, with nothing queued."""
     name = f"adapter_queued_{uuid.uuid4().hex}"

@@ -150,13 +150,15 @@ class ExecutorBackend(Backend):
         A task sent to an executor in this process is pending until one of its
         workers takes it; counting only the held ones made the rest running
         in the metrics while their handles said pending. One sent elsewhere
-        is running from its submission, as its handle says.
+        is running from its submission, as its handle says: so is one an
+        ``mp.Executor`` of processes still has queued, whose pool does not
+        count the task that carries it (it read as queued while its handle
+        said running).
         """
         counts: dict[str, int] = {}
-        carriers = self._carrier_pool is not None
         with self._lock:
-            for handle, future in self._futures.items():
-                if handle._state == PENDING and not (carriers and _carried(future)):  # (that pool counts a carried one)
+            for handle in self._futures:
+                if handle._state == PENDING:
                     name = handle._observer.name
                     counts[name] = counts.get(name, 0) + 1
         return counts

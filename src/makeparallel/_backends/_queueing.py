@@ -114,9 +114,17 @@ class QueueingBackend(Backend):
         return None
 
     def queued_by_name(self) -> dict[str, int]:
+        """The tasks not started, by name; not an ``mp.Executor``'s task that carries an adapter's (``unseen``).
+
+        The adapter counts the task carried, as its handle says: elsewhere
+        running from its submission. Counted here too, a call to a process
+        ``mp.Executor`` whose handle said running read as queued in its metrics.
+        """
         counts: dict[str, int] = {}
         with self._lock:
             for handle in self._pending_locked():
+                if handle._observer.unseen:
+                    continue
                 name = handle._observer.name
                 counts[name] = counts.get(name, 0) + 1
             for handle in list(self._held):
