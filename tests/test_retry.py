@@ -1269,6 +1269,64 @@ def test_the_progress_of_an_attempt_that_timed_out_and_was_retried_is_dropped(ga
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("backend", "first_ends_by"),
+    [("thread", "timing out"), ("thread", "failing"), ("sync", "failing")],
+    ids=["thread-timed-out", "thread-failed", "sync-failed"],
+)
+def test_the_progress_of_a_thread_an_earlier_attempt_started_is_dropped(
+    backend: str, first_ends_by: str, gate: threading.Event
+) -> None:
+    # Such a thread reports by the task's id (report_progress(task_id=...)), which every attempt
+    # shares: its reports, late, overwrote the retry's progress as the late attempt's own did.
+    resize(2)
+    helper_may_report = threading.Event()
+    helper_reported = threading.Event()
+    helpers: list[threading.Thread] = []
+    seen_by_the_retry: list[tuple[float, str | None]] = []
+    given_ids: list[Any] = []
+
+    def report_late(task_id: int) -> None:
+        assert helper_may_report.wait(30)
+        mp.report_progress(0.9, "the earlier attempt's thread", task_id=task_id)
+        helper_reported.set()
+
+    @mp.parallel(
+        backend=backend,
+        timeout=0.2 if first_ends_by == "timing out" else None,
+        retry=mp.Retry(on=(ConnectionError, mp.TaskTimeoutError), attempts=2),
+    )
+    def reports_from_a_thread() -> None:
+        if not helpers:
+            given_ids.append(mp.get_current_task_id())
+            helper = threading.Thread(target=report_late, args=(given_ids[0],))
+            helpers.append(helper)
+            helper.start()
+            if first_ends_by == "timing out":
+                assert gate.wait(30)  # deaf to its timeout: no check_cancelled()
+                return
+            raise ConnectionError("the first attempt failed")
+        mp.report_progress(0.1, "the retry")
+        helper_may_report.set()
+        assert helper_reported.wait(30)
+        task = current_task()
+        assert task is not None
+        seen_by_the_retry.append((task.get_progress(), task.get_progress_message()))
+
+    with no_retry_waits():
+        handle = reports_from_a_thread()
+        handle.get(timeout=30)
+    gate.set()
+    helpers[0].join(30)
+    assert seen_by_the_retry == [(0.1, "the retry")]
+    assert handle.attempts == 2
+    # The id an attempt gives out is the task's id, and travels as a plain int.
+    given = given_ids[0]
+    assert given == handle.get_task_id() and repr(given) == repr(handle.get_task_id())
+    assert type(pickle.loads(pickle.dumps(given))) is int
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.

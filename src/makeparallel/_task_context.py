@@ -40,11 +40,36 @@ def current_task() -> AsyncHandle[object] | None:
     return getattr(_local, "task", None)
 
 
+class _AttemptTaskId(int):
+    """The id of a retried task as one of its attempts gives it out: equal to the id, and knowing its attempt.
+
+    Every attempt of a task has the task's id, and a thread that an attempt
+    started may go on after the attempt failed or timed out: its
+    ``report_progress(task_id=...)`` overwrote the progress of the retry that
+    runs meanwhile. ``report_progress`` drops the reports of an attempt that is
+    no longer the task's current one (:func:`_of_an_earlier_attempt`), as it
+    drops those of the late attempt's own code. Pickled as a plain ``int``: a
+    copy knows no attempt, and reports as the id always did.
+    """
+
+    started: float | None  # the attempt's start, the handle's ``_started_at`` object as it ran
+
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        return (int, (int(self),))
+
+
+def _of_an_earlier_attempt(task_id: Any, task: Any) -> bool:
+    """Whether ``task_id`` was given out by an attempt of ``task`` other than the one it runs now (it was retried)."""
+    return type(task_id) is _AttemptTaskId and task_id.started is not task._started_at
+
+
 def get_current_task_id() -> int | None:
     """The id of the task running on this thread, or ``None`` outside any task.
 
     ``report_progress(fraction, task_id)`` with this id reports for this task
-    from any thread (one the task started, for instance).
+    from any thread (one the task started, for instance). In a task with a
+    retry policy it reports for the attempt that gave it: once the task is
+    retried, the reports of threads an earlier attempt started are dropped.
     """
     task = current_task()
     if task is None:
@@ -52,7 +77,11 @@ def get_current_task_id() -> int | None:
     task_id = task.get_task_id()
     if task_id not in _known:
         _known[task_id] = task
-    return task_id
+    if getattr(getattr(task, "_observer", None), "retry", None) is None:  # one attempt: the id is all there is
+        return task_id
+    given = _AttemptTaskId(task_id)
+    given.started = task._started_at
+    return given
 
 
 def check_cancelled() -> None:
@@ -166,7 +195,9 @@ def report_progress(
             thread: the task itself, or one whose id ``get_current_task_id()``
             gave. For an id never given out the call does nothing, and so it
             does for a task that has ended (cancelled or timed out, its code
-            may still run and report).
+            may still run and report), and for an id an attempt of a retried
+            task gave once the task was retried: a thread that attempt started
+            may still run and report, as the next attempt runs.
 
     Raises:
         TypeError: ``fraction`` is missing or not a real number (an ``int``,
@@ -195,7 +226,7 @@ def report_progress(
     task = current_task()
     if task_id is not None and (task is None or task.get_task_id() != task_id):
         task = _known.get(task_id)
-    if task is not None:  # (one that ended ignores it: progress no longer means anything)
+    if task is not None and not _of_an_earlier_attempt(task_id, task):  # (one that ended ignores it)
         task._report_progress(float(fraction), message)
 
 
