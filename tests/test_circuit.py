@@ -342,6 +342,30 @@ def test_reset_and_force_open(clock: FakeClock) -> None:
     assert breaker.statistics().not_permitted_calls == 0 and breaker.statistics().successful_calls == 1
 
 
+@pytest.mark.parametrize(
+    ("options", "failures_first"),
+    [({}, 0), ({}, 2), ({"slow_call_seconds": 60.0}, 0)],
+    ids=["closed", "opened by failures", "slow calls measured"],
+)
+def test_a_breaker_forced_open_says_so_not_a_rate(clock: FakeClock, options: dict[str, Any], failures_first: int) -> None:
+    # Its refusals and health() said "is open (failure rate 0%)": a rate that opens no breaker.
+    breaker = breaker_for(clock, name="forced_breaker", **options)
+    try:
+        pay = guarded(breaker)
+        for fail in [True, False] * failures_first:
+            pay(fail).exception(timeout=30)
+        breaker.force_open()
+        error = pay(False).exception(timeout=30)
+        assert isinstance(error, mp.CircuitOpenError) and error.retry_at is None
+        assert str(error).startswith("circuit breaker 'forced_breaker' is open (forced open by force_open()): ")
+        assert str(error).endswith("; breaker.reset() closes it") and "rate" not in str(error)
+        reasons = mp.health(memory_limit_percent=100)["reasons"]
+        about_it = [reason for reason in reasons if "'forced_breaker" in reason]  # (or 'forced_breaker#2': one of a case before)
+        assert len(about_it) == 1 and about_it[0].endswith("' is open (forced open by force_open()): calls through it are refused")
+    finally:
+        breaker.reset()
+
+
 def test_state_changes_are_circuit_events(clock: FakeClock) -> None:
     breaker = breaker_for(clock, name="events_breaker")
     pay = guarded(breaker, backend="thread")

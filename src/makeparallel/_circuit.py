@@ -475,12 +475,15 @@ class CircuitBreaker:
             ):
                 self._trials_admitted -= 1
 
-    def rates(self, failure_rate: float, slow_call_rate: float) -> str:
-        """The rates that open this breaker, as its refusals and ``health()`` name them.
+    def why_open(self, failure_rate: float, slow_call_rate: float) -> str:
+        """Why this breaker is open, as its refusals and ``health()`` say it: forced open, or the rates given.
 
         The slow-call rate too where slow calls are measured: a breaker that slow
-        calls opened read "open (failure rate 0%)".
+        calls opened read "open (failure rate 0%)", and so did one forced open,
+        whatever rate opened it before.
         """
+        if self._forced:
+            return "forced open by force_open()"
         if self.slow_call_seconds is None:
             return f"failure rate {failure_rate:.0%}"
         return f"failure rate {failure_rate:.0%}, slow-call rate {slow_call_rate:.0%}"
@@ -559,13 +562,13 @@ class CircuitBreaker:
     def _refusal_locked(self) -> CircuitOpenError:
         retry_at = self._next_attempt_wall_locked()
         if self._forced:
-            when = "it was forced open; breaker.reset() closes it"
+            when = "breaker.reset() closes it"
         elif retry_at is None:  # half-open, its trial calls all taken
             when = f"it is half-open and its {self.half_open_calls} trial call(s) are taken"
         else:
             when = f"it lets trial calls through again in {max(0.0, retry_at - time.time()):.1f} s"
         return CircuitOpenError(
-            f"circuit breaker {self.name!r} is open ({self.rates(self._last_rate, self._last_slow_rate)}): the call was "
+            f"circuit breaker {self.name!r} is open ({self.why_open(self._last_rate, self._last_slow_rate)}): the call was "
             f"refused and did not run; {when}",
             breaker=self.name,
             failure_rate=self._last_rate,

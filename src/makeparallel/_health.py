@@ -113,7 +113,7 @@ def health(memory_limit_percent: float = 90.0, queue_limit: int | None = None) -
         if breaker.state is CircuitState.OPEN:
             stats = breaker.statistics()
             reasons.append(
-                f"circuit breaker {label!r} is open ({breaker.rates(stats.failure_rate, stats.slow_call_rate)}): "
+                f"circuit breaker {label!r} is open ({breaker.why_open(stats.failure_rate, stats.slow_call_rate)}): "
                 "calls through it are refused"
             )
     reasons += _memory_guard_reasons()
