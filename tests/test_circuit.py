@@ -732,23 +732,34 @@ def test_a_copy_of_a_guarded_method_is_bound_as_a_copy_of_a_method_is(clock: Fak
 # -- bad input ---------------------------------------------------------------------------------
 
 
+# Each message gives the rule, the value and what to pass instead. A wrong type is a TypeError,
+# a value of the right type out of range a ValueError: an empty name was a TypeError.
 @pytest.mark.parametrize(
     ("kwargs", "error", "pattern"),
     [
-        ({"name": ""}, TypeError, "name"),
-        ({"failure_rate": 0}, ValueError, "failure_rate"),
-        ({"failure_rate": 1.5}, ValueError, "failure_rate"),
-        ({"failure_rate": "half"}, TypeError, "failure_rate"),
-        ({"slow_call_rate": -0.1}, ValueError, "slow_call_rate"),
-        ({"window": 0}, ValueError, "window"),
-        ({"min_calls": 2.5}, TypeError, "min_calls"),
-        ({"half_open_calls": 0}, ValueError, "half_open_calls"),
-        ({"recovery_timeout": -1}, ValueError, "recovery_timeout"),
-        ({"slow_call_seconds": "1"}, TypeError, "slow_call_seconds"),
+        ({"name": ""}, ValueError, r"^name must be a non-empty str, the dependency .* \(CircuitBreaker\('payments'\)\), got ''$"),
+        ({"name": 3}, TypeError, r"^name must be a str, the dependency .* \(CircuitBreaker\('payments'\)\), got 3$"),
+        ({"failure_rate": 0}, ValueError, r"^failure_rate must be in \(0, 1\], a fraction of the calls \(0.5 for half\), got 0$"),
+        ({"failure_rate": 50}, ValueError, r"^failure_rate must be in \(0, 1\], a fraction .*, got 50$"),
+        ({"failure_rate": float("nan")}, ValueError, r"^failure_rate must be in \(0, 1\], .*, got nan$"),
+        # Past 4300 digits repr() of an int raises ValueError itself: the message was that one.
+        ({"failure_rate": 10**5000}, ValueError, r"^failure_rate must be in .*, got an int of about 10\*\*5000$"),
+        ({"failure_rate": "half"}, TypeError, r"^failure_rate must be a number in \(0, 1\], a fraction .*, got 'half'$"),
+        ({"slow_call_rate": -0.1}, ValueError, r"^slow_call_rate must be in \(0, 1\], .*, got -0.1$"),
+        ({"window": 0}, ValueError, r"^window must be an int >= 1, got 0$"),
+        ({"window": -(10**5000)}, ValueError, r"^window must be an int >= 1, got an int of about -10\*\*5000$"),
+        ({"min_calls": 2.5}, TypeError, r"^min_calls must be an int >= 1, got 2.5$"),
+        ({"half_open_calls": 0}, ValueError, r"^half_open_calls must be an int >= 1, got 0$"),
+        ({"recovery_timeout": -1}, ValueError, r"^recovery_timeout must be a finite number of seconds >= 0, got -1$"),
+        ({"recovery_timeout": None}, TypeError, r"^recovery_timeout must be a number of seconds, got None$"),
+        ({"slow_call_seconds": "1"}, TypeError, r"^slow_call_seconds must be a number of seconds or None, got '1'$"),
+        ({"slow_call_seconds": float("inf")}, ValueError, r"^slow_call_seconds must be .* >= 0 or None, got inf$"),
         # Ints too large for a float: OverflowError, where infinity was refused.
         ({"recovery_timeout": 10**400}, ValueError, r"recovery_timeout must be a finite .*, got an int of about 10\*\*400$"),
         ({"slow_call_seconds": 10**400}, ValueError, "slow_call_seconds must be a finite"),
         ({"on": int}, TypeError, "on must be"),
+        ({"on": ()}, ValueError, r"^on must name at least one exception type, got an empty tuple: name the errors .*on=ConnectionError"),
+        ({"clock": 3}, TypeError, r"^clock must be a callable returning seconds, got 3$"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:

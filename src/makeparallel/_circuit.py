@@ -41,7 +41,7 @@ from . import _at_fork_in_child, _deadlines, _events
 from ._predicates import ask
 from ._retry import NEVER_COUNTED, RetryOn, _check_on
 from ._runtime import refuse_under_a_held_lock
-from ._validation import check_count, check_finite_seconds, is_real
+from ._validation import check_count, check_finite_seconds, is_real, shown
 from .errors import CircuitOpenError, ShutdownError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers", "labelled_breakers"]
@@ -134,10 +134,12 @@ class CircuitStatistics:
 
 
 def _check_rate(value: Any, name: str, low_open: bool) -> float:
+    """``value`` is a rate, a fraction of the calls in ``(0, 1]`` (``[0, 1]`` unless ``low_open``); returns it as a float."""
+    rule = f"in {'(0' if low_open else '[0'}, 1], a fraction of the calls (0.5 for half)"
     if not is_real(value):
-        raise TypeError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], got {value!r}")
+        raise TypeError(f"{name} must be a number {rule}, got {value!r}")
     if not (0 < value <= 1 if low_open else 0 <= value <= 1):
-        raise ValueError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value!r}")
+        raise ValueError(f"{name} must be {rule}, got {shown(value)}")
     return float(value)
 
 
@@ -182,8 +184,13 @@ class CircuitBreaker:
         clock: the monotonic clock, in seconds (for tests).
 
     Raises:
-        TypeError, ValueError: an argument of the wrong type or out of range,
-            naming it; ``ValueError`` too where ``on`` names a type that counts
+        TypeError: an argument of the wrong type (``name`` no ``str``, a
+            rate or a number of seconds no number, ``on`` no exception type,
+            tuple of them or callable), naming it.
+        ValueError: an argument of the right type out of range (an empty
+            ``name``, a rate outside (0, 1], a count below 1, seconds
+            negative or infinite, an empty ``on`` tuple), naming it and the
+            value; and where ``on`` names a type that counts
             as nothing (``SystemExit``, ``KeyboardInterrupt``,
             ``GeneratorExit``, ``asyncio.CancelledError``,
             ``TaskCancelledError``, ``ShutdownError``, or a subclass of one),
@@ -207,8 +214,12 @@ class CircuitBreaker:
         on: RetryOn = Exception,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, the dependency the breaker guards (CircuitBreaker('payments')), got {name!r}")
+        if not name:
+            raise ValueError(
+                "name must be a non-empty str, the dependency the breaker guards (CircuitBreaker('payments')), got ''"
+            )
         self.name = name
         self.failure_rate = _check_rate(failure_rate, "failure_rate", low_open=True)
         self.window = check_count(window, "window")

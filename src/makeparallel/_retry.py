@@ -107,7 +107,10 @@ def _check_on(
         return
     if isinstance(on, tuple):
         if not on:
-            raise ValueError("on must name at least one exception type, got an empty tuple")
+            raise ValueError(
+                "on must name at least one exception type, got an empty tuple: name the errors to look at, as "
+                "on=ConnectionError or on=(ConnectionError, TimeoutError)"
+            )
         for kind in on:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise TypeError(f"on must hold exception types only, got {kind!r}")
@@ -190,7 +193,7 @@ class Retry:
         if attempts is None:
             raise TypeError(f"attempts must be an int >= 1, got {self.attempts!r}")
         if attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1 (the first attempt counts), got {self.attempts}")
+            raise ValueError(f"attempts must be an int >= 1 (the first attempt counts), got {shown(self.attempts)}")
         check_finite_seconds(self.timeout, "timeout", allow_none=True)
         for name in ("wait_initial", "wait_max", "wait_jitter"):
             check_finite_seconds(getattr(self, name), name)

@@ -130,11 +130,12 @@ def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> flo
     """
     if value is None and allow_none:
         return None
+    alternatives = " or None" if allow_none else ""
     if not is_real(value):
-        raise TypeError(f"{name} must be a number of seconds{' or None' if allow_none else ''}, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds{alternatives}, got {value!r}")
     seconds = as_seconds(value)
     if not 0 <= seconds < math.inf:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {shown(value)}")
+        raise ValueError(f"{name} must be a finite number of seconds >= 0{alternatives}, got {shown(value)}")
     return seconds
 
 
@@ -256,5 +257,5 @@ def check_count(value: Any, name: str, least: int = 1, alternatives: str = "") -
     if count is None:
         raise TypeError(f"{name} must be an int >= {least}{alternatives}, got {value!r}")
     if count < least:
-        raise ValueError(f"{name} must be an int >= {least}{alternatives}, got {value!r}")
+        raise ValueError(f"{name} must be an int >= {least}{alternatives}, got {shown(value)}")
     return count
