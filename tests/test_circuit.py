@@ -971,7 +971,7 @@ def test_cancelling_a_call_waiting_to_retry_gives_back_no_trial_permit(backend: 
     retrying = mp.parallel(
         backend=backend,
         circuit_breaker=breaker,
-        retry=mp.Retry(on=ConnectionError, attempts=5, timeout=None, wait_initial=1000, wait_jitter=0),
+        retry=mp.Retry(on=ConnectionError, attempts=5, timeout=None, wait_initial=1000, wait_max=1000, wait_jitter=0),
     )(raises_connection_error)
     waiting = [retrying() for _ in range(2)]
     assert all(wait_until(lambda h=h: h.status == "waiting to retry", 30) for h in waiting)

@@ -309,7 +309,7 @@ def test_a_task_that_forks_goes_on_in_the_child_while_the_other_tasks_end_there(
 
 
 def _waiting_to_retry(gate: threading.Event, cleanups: list[Callable[[], object]]) -> list[mp.AsyncHandle[Any]]:
-    @mp.parallel(retry=mp.Retry(on=ValueError, attempts=2, wait_initial=60.0))
+    @mp.parallel(retry=mp.Retry(on=ValueError, attempts=2, timeout=None, wait_initial=60.0, wait_max=60.0))
     def flaky() -> None:
         raise ValueError("first attempt")
 

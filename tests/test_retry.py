@@ -257,12 +257,31 @@ def test_a_retry_in_the_caller_ends_at_once_where_the_breaker_stays_open_past_it
         ({"on": Exception, "timeout": float("inf")}, ValueError, r"^timeout must be a finite number of seconds >= 0 or None, got inf$"),
         ({"on": Exception, "timeout": 10**400}, ValueError, r"timeout must be a finite .*, got an int of about 10\*\*400$"),
         ({"on": Exception, "wait_max": 10**400}, ValueError, "wait_max must be a finite"),
+        # A first wait past the cap was cut to it, silently: Retry(wait_initial=100) waited 5 s each time.
+        (
+            {"on": Exception, "wait_initial": 100},
+            ValueError,
+            (
+                r"^wait_initial must be <= wait_max .*, got wait_initial=100 and wait_max=5: every wait would be cut to 5 s\. "
+                r"Pass wait_max=100 or more"
+            ),
+        ),
+        ({"on": Exception, "wait_initial": 0.5, "wait_max": 0.25}, ValueError, r"wait_initial=0.5 and wait_max=0.25: "),
         ({"on": Exception, "wait_initial": -(10**400)}, ValueError, r"wait_initial .*, got an int of about -10\*\*400$"),
     ],
 )
 def test_bad_policy_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:
     with pytest.raises(error, match=pattern):
         mp.Retry(**kwargs)
+
+
+@pytest.mark.parametrize("backoff", ["exponential", "linear", "constant"])
+def test_a_first_wait_as_long_as_the_cap_is_taken_and_retry_backoff_keeps_0_2s_cap(backoff: str) -> None:
+    # Retry refuses a wait_initial past wait_max; one equal to it waits that long each time.
+    assert [mp.Retry(on=Exception, wait_initial=100, wait_max=100, wait_jitter=0).wait(n) for n in (1, 2)] == [100, 100]
+    # retry_backoff's documented cap of 0.2 stays: its calls keep working, every wait max_delay.
+    decorated = mp.retry_backoff(max_attempts=3, backoff=backoff, initial_delay=120, max_delay=60)(abs)
+    assert [decorated.__makeparallel_retry__.wait(n) for n in (1, 2)] == [60, 60]
 
 
 def test_retry_option_must_be_a_policy() -> None:
@@ -504,7 +523,7 @@ def test_an_executor_task_ended_as_it_waits_to_retry_a_timeout_leaves_nothing_be
     mp.add_task_listener(tell)
     try:
         with OutOfProcessThreads(1) as executor:
-            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=3, wait_initial=600, wait_jitter=0)
+            retry = mp.Retry(on=mp.TaskTimeoutError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0)
             handle = mp.parallel(backend=executor, timeout=0.1, retry=retry)(waits_for_late)()
             assert retrying.wait(30)
             if end == "cancel":
@@ -782,7 +801,10 @@ def test_waiting_retries_hold_no_worker_and_cancel_cleanly(events: list[mp.TaskE
     mp.add_task_listener(note_retry)
     try:
 
-        @mp.parallel(name="always_down", retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=600, wait_jitter=0))
+        @mp.parallel(
+            name="always_down",
+            retry=mp.Retry(on=ConnectionError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0),
+        )
         def always_down() -> None:
             raise ConnectionError("down")
 
@@ -1090,7 +1112,7 @@ def test_a_late_attempt_counts_as_stuck_from_its_retry_until_it_returns(gate: th
     resize(1)
     started = threading.Event()
 
-    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2, wait_initial=30, wait_jitter=0))
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2, wait_initial=30, wait_max=30, wait_jitter=0))
     def deaf() -> str:
         started.set()
         assert gate.wait(30)
@@ -2315,7 +2337,7 @@ def test_shutdown_ends_waiting_retries_with_their_last_error_at_once() -> None:
         if event.kind == "retry":
             waiting.set()
 
-    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=3, wait_initial=600, wait_jitter=0))
+    @mp.parallel(retry=mp.Retry(on=ConnectionError, attempts=3, timeout=None, wait_initial=600, wait_max=600, wait_jitter=0))
     def down() -> None:
         raise ConnectionError("still down")
 

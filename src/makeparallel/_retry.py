@@ -162,8 +162,9 @@ class Retry:
             first start; no attempt starts after it. ``None``: no limit.
             Whichever of ``attempts`` and ``timeout`` comes first stops it;
             stopped by ``timeout``, the final error's note says so.
-        wait_initial: seconds before the second attempt (without jitter).
-        wait_max: the longest wait, in seconds.
+        wait_initial: seconds before the second attempt (without jitter); at
+            most ``wait_max``.
+        wait_max: the longest wait, in seconds; at least ``wait_initial``.
         wait_jitter: at most this many seconds are added at random to each wait,
             so that many callers retrying together spread out.
         wait_exp_base: the factor by which the wait grows per attempt (1 keeps it
@@ -173,7 +174,10 @@ class Retry:
         TypeError: ``on`` is not an exception type, a tuple of them or a callable;
             a number is of the wrong type.
         ValueError: ``attempts`` < 1, a negative or infinite number of seconds,
-            ``wait_exp_base`` below 1 or infinite, an empty ``on`` tuple, or
+            ``wait_initial`` longer than ``wait_max`` (the default 5 s too:
+            pass a larger ``wait_max`` with a long first wait; every wait
+            would be cut to it), ``wait_exp_base`` below 1 or infinite, an
+            empty ``on`` tuple, or
             ``on`` names a type that is never retried (``SystemExit``,
             ``KeyboardInterrupt``, ``GeneratorExit``, ``asyncio.CancelledError``,
             ``TaskCancelledError``, or a subclass of one), alone or in its tuple.
@@ -210,6 +214,13 @@ class Retry:
             value = getattr(self, name)
             if value is not None and type(value) not in (int, float):
                 object.__setattr__(self, name, as_seconds(value))
+        if self.wait_initial > self.wait_max:
+            # Capped silently (as tenacity and stamina cap it), Retry(wait_initial=100) waited 5 s each time.
+            raise ValueError(
+                f"wait_initial must be <= wait_max (the longest wait), got wait_initial={self.wait_initial:g} and "
+                f"wait_max={self.wait_max:g}: every wait would be cut to {self.wait_max:g} s. Pass "
+                f"wait_max={self.wait_initial:g} or more (its default is 5), or a smaller wait_initial"
+            )
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``on`` asks to retry ``error``, before counting attempts or time."""

@@ -30,7 +30,7 @@ from ._interruptible import bounded
 from ._notes import add_note
 from ._retry import Attempts, Retry, _LinearRetry
 from ._task_context import CancellationPoint, current_task
-from ._validation import check_count
+from ._validation import check_count, is_real
 
 __all__ = ["RetryingFunction", "retry", "retry_backoff"]
 
@@ -319,7 +319,9 @@ def retry_backoff(
 
     The wait after attempt n is ``initial_delay * 2 ** (n - 1)`` (``"exponential"``),
     ``initial_delay * n`` (``"linear"``) or ``initial_delay`` (``"constant"``), at
-    most ``max_delay``; no jitter. Every ``Exception`` is retried. Over or under
+    most ``max_delay``; no jitter. An ``initial_delay`` past ``max_delay`` waits
+    ``max_delay`` each time, as in 0.2 (:class:`Retry` refuses a ``wait_initial``
+    past its ``wait_max``). Every ``Exception`` is retried. Over or under
     ``@parallel`` it becomes the task's ``retry=`` policy, whose waits hold no worker.
     Inside a task, its cancel or timeout ends the wait, as for :func:`retry`.
 
@@ -342,6 +344,8 @@ def retry_backoff(
     if backoff not in BACKOFFS:
         raise ValueError(f"backoff must be one of {', '.join(map(repr, BACKOFFS))}, got {backoff!r}")
     kind = _LinearRetry if backoff == "linear" else Retry
+    if is_real(initial_delay) and is_real(max_delay) and initial_delay > max_delay:
+        initial_delay = max_delay  # 0.2's cap, as documented: every wait is max_delay (Retry refuses this)
     try:
         policy = kind(
             on=Exception,
