@@ -116,7 +116,8 @@ def test_success_callbacks_run_once_on_the_completing_thread(gate: threading.Eve
     assert recorders["done"].threads == [task.thread]
     assert task.thread != threading.get_ident()
     assert recorders["error"].calls == []
-    assert recorders["progress"].calls == []  # no progress was reported
+    assert recorders["progress"].args == [(1.0,)]  # no report came: the success alone
+    assert recorders["progress"].threads == [task.thread]
     # Asking again fires nothing again.
     assert handle.get() == 41
     handle.exception()
@@ -430,6 +431,91 @@ def test_progress_callback_registered_after_a_failure_without_reports_is_not_cal
 
 
 # -- progress callbacks while running --------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("reports", [(), (0.5,), (0.25, 1.0)], ids=["no report", "half", "to the end"])
+@pytest.mark.parametrize("added", ["before it starts", "while it runs", "once it ended"])
+def test_every_progress_callback_sees_a_success_end_at_1_once(
+    gate: threading.Event, added: str, reports: tuple[float, ...]
+) -> None:
+    # One added while the task ran was left at its last report (0.5), or never called
+    # where none came, while get_progress() said 1.0 and one added after the end got
+    # 1.0: whenever it is added, a callback now sees a success end at 1.0, and only
+    # once where the task's own last report said 1.0 already.
+    held = hold_the_pool(gate) if added == "before it starts" else []
+    reported = threading.Event()
+    finish = threading.Event()
+
+    @mp.parallel(backend="thread")
+    def work() -> None:
+        for fraction in reports:
+            mp.report_progress(fraction)
+        reported.set()
+        assert finish.wait(10), "the test never let the task finish"
+
+    handle = work()
+    recorder = Recorder()
+    announced = threading.Event()
+    if added == "before it starts":
+        handle.on_progress(recorder)
+        gate.set()
+        expected = [*reports]
+    elif added == "while it runs":
+        assert reported.wait(10)
+        handle.on_progress(recorder)
+        expected = [*reports[-1:]]  # called at once with the last report, if one came
+    if added != "once it ended":
+        handle.add_done_callback(lambda _: announced.set())  # run after the recorder, on the same thread
+    finish.set()
+    handle.get(10)
+    if added == "once it ended":
+        handle.on_progress(recorder)
+        expected = []
+    else:
+        assert announced.wait(10)
+    expected += [] if expected[-1:] == [1.0] else [1.0]
+    assert recorder.args == [(fraction,) for fraction in expected]
+    for blocker in held:
+        blocker.get(10)
+
+
+@pytest.mark.timeout(30)
+def test_a_success_while_a_progress_callback_is_called_reaches_it_next_from_that_thread(
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The thread that calls it as the task succeeds (here, the one adding it, with the last
+    # report) calls it with 1.0 next: never on two threads at once, nor 1.0 before 0.5.
+    reported = threading.Event()
+    completed = threading.Event()
+    complete_progress = _handle.AsyncHandle._complete_progress
+
+    def complete_then_say_so(handle: mp.AsyncHandle[Any], listener: Any) -> None:
+        complete_progress(handle, listener)
+        completed.set()
+
+    monkeypatch.setattr(_handle.AsyncHandle, "_complete_progress", complete_then_say_so)
+
+    @mp.parallel(backend="thread")
+    def work() -> None:
+        mp.report_progress(0.5)
+        reported.set()
+        assert gate.wait(10), "the test never opened the gate"
+
+    handle = work()
+    assert reported.wait(10)
+    recorder = Recorder()
+
+    def slow(fraction: float) -> None:
+        recorder(fraction)
+        if len(recorder.calls) == 1:
+            gate.set()  # the task succeeds while this call runs
+            assert completed.wait(10)
+
+    handle.on_progress(slow)
+    assert recorder.args == [(0.5,), (1.0,)]
+    assert recorder.threads == [threading.get_ident()] * 2
+    handle.get(10)
 
 
 @pytest.mark.timeout(10)

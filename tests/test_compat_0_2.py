@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pool_helpers import Flags, hold_the_pool, poll_until_stopped
+from pool_helpers import Flags, hold_the_pool, poll_until_stopped, wait_until
 
 import makeparallel as mp
 
@@ -504,7 +504,8 @@ def test_report_progress_with_0_2_keywords_and_a_task_id(gate: threading.Event) 
     handle.on_progress(lambda p: reports.append((p, handle.get_progress_message())))
     gate.set()
     assert handle.get() == "ok"
-    assert reports == [(0.25, None), (0.5, None), (0.75, None), (0.8, "a message")]
+    assert wait_until(lambda: len(reports) == 5), reports  # the success's 1.0 comes from the task's thread
+    assert reports == [(0.25, None), (0.5, None), (0.75, None), (0.8, "a message"), (1.0, "a message")]
 
 
 def test_report_progress_for_a_task_from_a_thread_it_started() -> None:

@@ -688,10 +688,11 @@ class AsyncHandle(Generic[T_co]):
     def on_progress(self, callback: Callable[[float], object]) -> AsyncHandle[T_co]:
         """Call ``callback(fraction)`` at each progress report; at once with the last one if one came already.
 
-        Added once the task ended, it is called at once with what
-        :meth:`get_progress` says: 1.0 if the task succeeded (whatever it
-        reported last, or without a report), else its last report, and not at
-        all where none came.
+        A success ends the calls with 1.0, as :meth:`get_progress` then says,
+        whenever the callback was added: once, where the task's last report
+        said 1.0 already. Added once the task ended, it is called at once with
+        what :meth:`get_progress` says: 1.0 if the task succeeded, else its last
+        report, and not at all where none came.
 
         Raises:
             TypeError: ``callback`` is not callable, or calling it makes what
@@ -1328,11 +1329,13 @@ class AsyncHandle(Generic[T_co]):
         interrupt: KeyboardInterrupt | None = None
         try:
             for kind, callback in callbacks or ():
-                if kind != _ON_PROGRESS:
-                    try:
+                try:
+                    if kind != _ON_PROGRESS:
                         self._invoke(kind, callback)
-                    except KeyboardInterrupt as error:
-                        interrupt = interrupt or error
+                    elif self._state == SUCCEEDED and self._progress != 1.0:  # a success its last report did not say
+                        self._complete_progress(callback)
+                except KeyboardInterrupt as error:
+                    interrupt = interrupt or error
         finally:
             for waiter in waiters or ():
                 waiter.release()
@@ -1705,6 +1708,23 @@ class AsyncHandle(Generic[T_co]):
                     return
                 listener.pending = None
             fraction = pending
+
+    def _complete_progress(self, listener: _ProgressListener) -> None:
+        """Call a succeeded task's ``listener`` with 1.0, its final progress, after the reports it was called with.
+
+        As ``get_progress()`` says 1.0 once the task succeeded, so the callback
+        sees its progress end there, whenever it was added: one added while
+        the task ran was otherwise left at its last report, or never called.
+        Through the listener's claim, as a report is (:meth:`_deliver_progress`):
+        a thread that calls it now, with a report or as it was added, calls it
+        with 1.0 next.
+        """
+        with self._backend._lock:
+            if listener.busy:
+                listener.pending = 1.0
+                return
+            listener.busy = True
+        self._deliver_progress(listener, 1.0)
 
     # -- callbacks and errors ---------------------------------------------------------
 
