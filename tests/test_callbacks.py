@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -821,6 +822,53 @@ def test_an_async_callback_is_a_type_error_and_not_kept(
     handle.wait(5)
     wanted = 0 if register == "on_error" else 1
     assert recorder.wait_for(wanted) and len(recorder.calls) == wanted
+
+
+def generator_callback(*args: Any) -> Iterator[Any]:
+    """A callback that yields: called, it would only make a generator, none of its body run."""
+    yield args
+
+
+class GeneratorCallback:
+    """An object whose ``__call__`` yields."""
+
+    def __call__(self, *args: Any) -> Iterator[Any]:
+        yield args
+
+
+@pytest.mark.parametrize(
+    ("register", "callback"),
+    [
+        *[
+            pytest.param(register, callback, id=f"{register}-{kind}")
+            for register in ("on_complete", "on_error", "on_progress")
+            for kind, callback in [
+                ("generator-function", generator_callback),
+                ("partial-of-generator-function", functools.partial(generator_callback)),
+                ("generator-call", GeneratorCallback()),
+            ]
+        ],
+        pytest.param("add_done_callback", generator_callback, id="add_done_callback-generator-function"),
+    ],
+)
+@pytest.mark.parametrize("ended", [False, True], ids=["before-its-end", "after-its-end"])
+def test_a_generator_callback_is_a_type_error_and_not_kept(
+    gate: threading.Event, register: str, callback: Any, ended: bool
+) -> None:
+    # Called as the task ends or reports, it only made a generator that nobody iterates: none of
+    # its body ran, and nothing said so. Refused as an async callback is.
+    handle = _reporting_task(gate)(register == "on_error")
+    if ended:
+        gate.set()
+        handle.wait(5)
+    pattern = rf"{register}\(.*\) is a generator function: called .*, it would only make a generator that nobody iterates"
+    with pytest.raises(TypeError, match=pattern):
+        getattr(handle, register)(callback)
+    recorder = Recorder()
+    getattr(handle, register)(recorder)  # a plain one still is, and runs
+    gate.set()
+    handle.wait(5)
+    assert recorder.wait_for(1)
 
 
 class Made:

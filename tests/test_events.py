@@ -1270,6 +1270,11 @@ class AsyncListener:
         """Nothing: never awaited."""
 
 
+def generator_listener(event: mp.TaskEvent) -> Iterator[mp.TaskEvent]:
+    """A listener that yields: called, it would only make a generator, none of its body run."""
+    yield event
+
+
 @pytest.mark.parametrize(
     ("listener", "pattern"),
     [
@@ -1277,6 +1282,9 @@ class AsyncListener:
         pytest.param(functools.partial(MadeFromEvent), r"is a class: .*MadeFromEvent object", id="partial-of-a-class"),
         pytest.param(async_listener, r"is an async function: .*a coroutine that nobody awaits", id="async-def"),
         pytest.param(AsyncListener(), r"is an async function: .*a coroutine that nobody awaits", id="async-call"),
+        pytest.param(
+            generator_listener, r"is a generator function: .*a generator that nobody iterates", id="generator-function"
+        ),
     ],
 )
 def test_a_listener_whose_call_makes_what_nothing_uses_is_a_type_error_and_not_added(

@@ -376,6 +376,46 @@ def test_an_async_progress_callable_is_a_type_error_at_the_call(option: Any, nam
     assert_refused_at_each_call(option, pattern, imap_items=numbers(5))
 
 
+def generator_display(done: int, total: int | None) -> Iterator[int]:
+    """A display that yields: called, it would only make a generator, none of its body run."""
+    yield done
+
+
+class GeneratorDisplay:
+    """An object whose ``__call__`` yields: called, it too only makes a generator."""
+
+    def __call__(self, done: int, total: int | None) -> Iterator[int]:
+        yield done
+
+    def show(self, done: int, total: int | None) -> Iterator[int]:
+        yield done
+
+
+# Every way of giving a callable that makes a generator when called, and what its error names.
+GENERATOR_CALLABLES = [
+    pytest.param(generator_display, "generator_display", id="generator-function"),
+    pytest.param(functools.partial(generator_display), "generator_display", id="partial-of-generator-function"),
+    pytest.param(GeneratorDisplay(), "GeneratorDisplay", id="generator-call"),
+    pytest.param(functools.partial(functools.partial(GeneratorDisplay())), "GeneratorDisplay", id="partial-of-partial"),
+    pytest.param(GeneratorDisplay().show, "GeneratorDisplay.show", id="generator-method"),
+]
+
+
+@pytest.mark.parametrize(("option", "named"), GENERATOR_CALLABLES)
+def test_a_generator_progress_callable_is_a_type_error_before_any_task_runs(option: Any, named: str) -> None:
+    # Called after each chunk, it made a generator that nobody iterates: the map ran to its end and
+    # showed nothing, with no error and no warning. Refused at the call now, as an async one is.
+    pattern = (
+        rf"progress=.*{named}.* is a generator function: .*a generator that nobody iterates, and show "
+        r"nothing\. Pass a plain function\(done, total\).*progress=True, or a dict of tqdm options"
+    )
+    assert_refused_at_each_call(option, pattern, imap_items=numbers(5))
+    ran: list[int] = []
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(ran.append, range(5), progress=option)
+    assert ran == []
+
+
 # -- task-side progress ------------------------------------------------------------------------------
 
 

@@ -171,8 +171,9 @@ def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
     Raises:
         TypeError: ``listener`` is not callable, or calling it makes what nothing
             would use, as the handle's callbacks refuse it: an object (a class),
-            or a coroutine or an async generator (an ``async def`` function, an
-            object whose ``__call__`` is one); also behind ``functools.partial``.
+            a coroutine or an async generator (an ``async def`` function, an
+            object whose ``__call__`` is one), or a generator (a function that
+            yields); also behind ``functools.partial``.
     """
     global listeners
     if not callable(listener):

@@ -60,7 +60,7 @@ from ._states import (
     UNCLAIMED,
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
-from ._validation import ASYNC_CODE as _ASYNC_CODE
+from ._validation import UNRUN_CODE as _UNRUN_CODE
 from ._validation import check_seconds, check_wait_timeout, refuse_unused_call
 from ._yielding_lock import wait_while_held
 from .errors import (
@@ -697,9 +697,9 @@ class AsyncHandle(Generic[T_co]):
         Raises:
             TypeError: ``callback`` is not callable, or calling it makes what
                 nothing would use, as ``progress=`` refuses it: an object (a
-                class), or a coroutine or an async generator (an ``async def``
-                function, an object whose ``__call__`` is one); also behind
-                ``functools.partial``.
+                class), a coroutine or an async generator (an ``async def``
+                function, an object whose ``__call__`` is one), or a generator
+                (a function that yields); also behind ``functools.partial``.
         """
         refuse_unused_call(
             "on_progress", callback, "at each progress report", "function(fraction)", _ENDS_OR_REPORTS
@@ -717,9 +717,9 @@ class AsyncHandle(Generic[T_co]):
         looks: that loop's close ends it with ``ShutdownError``.
 
         Raises:
-            TypeError: ``fn`` is not callable, or is an ``async def`` function,
-                whose call only makes a coroutine or an async generator that
-                nothing awaits. (Only a function is looked at, not a method or
+            TypeError: ``fn`` is not callable, or is an ``async def`` function
+                or a generator function, whose call only makes a coroutine or
+                a generator that nothing awaits or iterates. (Only a function is looked at, not a method or
                 an object, where :meth:`on_complete` looks at any callable: the
                 library's own collectors add a callback to each task.)
             RuntimeError: ``fn`` is asyncio's, and the task's coroutine runs on a
@@ -728,7 +728,7 @@ class AsyncHandle(Generic[T_co]):
         # asyncio's is a plain function (asyncio.wait's _on_completion): the library's
         # own collectors pass bound methods, and pay one type check.
         if type(fn) is FunctionType:
-            if fn.__code__.co_flags & _ASYNC_CODE:
+            if fn.__code__.co_flags & _UNRUN_CODE:
                 refuse_unused_call("add_done_callback", fn, "as the task ends", "function(handle)", _ENDS_OR_REPORTS)
             if type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
                 from ._await import on_its_loop  # asyncio is imported already

@@ -89,10 +89,10 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
         TypeError: ``option`` is neither a bool, a mapping of tqdm options nor a
             callable; or the mapping names an argument tqdm does not take, or
             ``iterable``, which the library feeds itself, or a ``total`` that is
-            not an int or ``None``; or the callable is a class (``tqdm`` itself)
-            or an ``async def`` function (a coroutine or an async generator
-            function), or a ``functools.partial`` of one, none of which
-            displays anything when called.
+            not an int or ``None``; or the callable is a class (``tqdm`` itself),
+            an ``async def`` function (a coroutine or an async generator
+            function) or a generator function, or a ``functools.partial`` of
+            one, none of which displays anything when called.
         ValueError: the mapping's ``total`` is negative, or the input has a
             length (``length`` is not ``None``) and ``total`` is another.
     """
@@ -123,12 +123,11 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
         kind, what = made
         # tqdm's own class is the likely class (tqdm.contrib.concurrent takes tqdm_class=): called
         # after each chunk, once the work was done, it would make a bar per chunk, or fail there.
-        bar = '; for a tqdm bar pass progress=True, or a dict of tqdm options (progress={"desc": "resizing"})'
         raise TypeError(
             f"progress={getattr(option, '__qualname__', option)} is {kind}: called after each "
             f"chunk, it would only make {what}, and show nothing. Pass a plain "
-            f"function(done, total); it runs on the thread that called the map, or gather"
-            f"{bar if kind == 'a class' else ''}"
+            f"function(done, total); it runs on the thread that called the map, or gather; "
+            'for a tqdm bar pass progress=True, or a dict of tqdm options (progress={"desc": "resizing"})'
         )
 
 

@@ -141,6 +141,8 @@ def check_finite_seconds(value: Any, name: str, allow_none: bool = False) -> flo
 
 # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR, without importing inspect.
 ASYNC_CODE = 0x80 | 0x200
+# And inspect.CO_GENERATOR: a function with any of these runs none of its body when called.
+UNRUN_CODE = ASYNC_CODE | 0x20
 # What calling a class runs, unless its metaclass has a __call__ of its own: it makes an object.
 _MAKES_AN_OBJECT = type.__call__
 # Callables written in C, which no async def makes.
@@ -157,7 +159,8 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
     object's ``__call__`` is (an ``Enum``'s looks a member up). An ``async
     def`` function or method, or an object whose ``__call__`` is one, makes a
     coroutine; one that yields makes an async generator, which is not even
-    warned of. Each also behind ``functools.partial``, however deep:
+    warned of, and a plain function that yields a generator, whose body never
+    runs either. Each also behind ``functools.partial``, however deep:
     ``inspect.iscoroutinefunction`` looks through a partial to a function,
     but not to such an object.
     """
@@ -168,7 +171,7 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
         plain = plain.func
     if type(plain) is MethodType:
         plain = plain.__func__
-    if type(plain) is FunctionType and not plain.__code__.co_flags & ASYNC_CODE and not plain.__dict__:
+    if type(plain) is FunctionType and not plain.__code__.co_flags & UNRUN_CODE and not plain.__dict__:
         return None  # a plain function or method (or a partial of one), as most callbacks are: ~0.1 us
     import inspect  # only where a callback or display is checked: importing the package does not pay for it
 
@@ -188,6 +191,8 @@ def unused_call_kind(fn: Any) -> tuple[str, str] | None:
         return "an async function", "a coroutine that nobody awaits"
     if any(inspect.isasyncgenfunction(each) for each in read):
         return "an async generator function", "an async generator that nobody iterates"
+    if any(inspect.isgeneratorfunction(each) for each in read):
+        return "a generator function", "a generator that nobody iterates"
     return None
 
 
@@ -197,7 +202,7 @@ def refuse_unused_call(method: str, callback: Any, when: str, plain: str, runs_o
     A callback or a listener is called on a plain thread, and nothing awaits
     or iterates what it returns: a class made an object, an async function a
     coroutine that did nothing, with a ``RuntimeWarning`` far from the mistake
-    (none for an async generator). ``method`` names the call that registers
+    (none for a generator, async or not). ``method`` names the call that registers
     it, ``when`` says when it is called, ``plain`` what to pass instead and
     ``runs_on`` the thread it runs on.
     """
