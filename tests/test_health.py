@@ -249,11 +249,41 @@ def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
         assert wait_until(lambda: mp.get_process_pool_info()["held_tasks"] >= 1, 10)  # given to it, held here
         report = mp.health(memory_limit_percent=100.0)
         pool = report["pools"]["process"]
-        assert pool["queued_tasks"] + pool["held_tasks"] == 2
+        assert pool["queued_tasks"] == 2  # those held for it among them
         waiting = "process pool: 2 task(s) wait for workers starting for over 60 s (initializer hang_in_initializer)"
         assert pool_reasons(report) == [f"{waiting}, and none is ready"]
         assert report["status"] == "unhealthy"
         assert report["ready"] is False and report["live"] is True
+    finally:
+        assert mp.shutdown(timeout_secs=10, cancel_pending=True)
+        mp.reset_shutdown()
+        mp.configure_process_pool(initializer=None)
+    assert all(handle.status == "cancelled" for handle in handles)
+    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+
+
+@pytest.mark.timeout(60)
+def test_tasks_held_for_a_starting_worker_count_as_queued_in_the_gauges_as_in_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given to a worker still starting, a task is held in this process, not begun (its handle says
+    # pending), and health() counted it as waiting; the pool's queued_tasks and the function's
+    # metrics (which the Prometheus and StatsD gauges read) left it out, the metrics as running.
+    clock, pid = one_worker_stuck_in_its_initializer(tmp_path, monkeypatch)
+    name = unique_name("health-held")
+    try:
+        handles = [mp.parallel(backend="process", name=name)(abs)(-x) for x in (1, 2)]
+        assert wait_until(lambda: mp.get_process_pool_info()["held_tasks"] >= 1, 10)  # given to it, held here
+        assert not any(handle.running() for handle in handles)
+        pool = mp.get_process_pool_info()
+        assert pool["queued_tasks"] == 2, pool
+        metrics = mp.get_metrics(name)
+        assert metrics is not None
+        assert (metrics.queued_tasks, metrics.running_tasks) == (2, 0)
+        clock[0] += _health.SLOW_START + 1.0
+        report = mp.health(memory_limit_percent=100.0)
+        assert report["pools"]["process"]["queued_tasks"] == 2
+        assert any("2 task(s) wait for workers starting" in reason for reason in pool_reasons(report))
     finally:
         assert mp.shutdown(timeout_secs=10, cancel_pending=True)
         mp.reset_shutdown()

@@ -1536,7 +1536,7 @@ def test_a_forced_cancel_while_the_template_hangs_as_it_starts_holds_nothing_up(
         mp.configure_process_pool(2)
         handles = [mp.parallel(backend="process")(abs)(-1) for _ in range(2)]
         assert wait_until(lambda: os.path.exists({str(tmp_path / "template-starting")!r}), 30)
-        given = lambda info: (info["queued_tasks"], info["starting_workers"]) == (0, 2)  # to workers not forked
+        given = lambda info: (info["held_tasks"], info["starting_workers"]) == (2, 2)  # to workers not forked
         assert wait_until(lambda: given(mp.get_process_pool_info()), 30)
         assert handles[0].cancel(force=True)
         print(mp.shutdown(0), psutil.Process().children())  # its worker, not forked, is stopped

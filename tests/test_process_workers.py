@@ -730,7 +730,7 @@ def hold_a_task_for_the_starting_worker(
     blocking = task(flags, "block", "go on")
     assert flags.wait("block started", 30)
     held = task(flags, name, priority=priority)
-    assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+    assert wait_until(lambda: info()["held_tasks"] == 1, 30), info()
     return blocking, held
 
 
@@ -762,7 +762,7 @@ def test_a_task_held_for_a_starting_worker_has_a_new_worker_start_when_the_ready
         blocking = on_process(exit_when_released)(flags)
         assert flags.wait("block started", 30) and started.exists()
         held = on_process(os.getpid)()
-        assert wait_until(lambda: info()["queued_tasks"] == 0, 30), info()
+        assert wait_until(lambda: info()["held_tasks"] == 1, 30), info()
         flags.set("die")
         with pytest.raises(mp.WorkerCrashedError, match="exit code 3"):
             blocking.get(timeout=30)

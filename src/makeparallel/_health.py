@@ -220,7 +220,7 @@ def _slow_start_reason(name: str, info: dict[str, Any]) -> str | None:
     runs = info.get("longest_start_initializer")
     initializer = f" (initializer {runs})" if runs else ""
     if _waits_on_start(info):
-        waiting = info.get("queued_tasks", 0) + info.get("held_tasks", 0)
+        waiting = info.get("queued_tasks", 0)  # those held for the workers starting among them
         return f"{name} pool: {waiting} task(s) wait for workers starting for over {SLOW_START:g} s{initializer}, and none is ready"
     ready = info.get("ready_workers") or "none"
     return f"{name} pool: {info['starting_workers']} worker(s) starting for over {SLOW_START:g} s{initializer}, {ready} ready"
@@ -228,7 +228,7 @@ def _slow_start_reason(name: str, info: dict[str, Any]) -> str | None:
 
 def _waits_on_start(info: dict[str, Any]) -> bool:
     """Whether tasks wait for a worker while none is ready: they wait on those starting."""
-    return not info.get("ready_workers") and bool(info.get("queued_tasks", 0) + info.get("held_tasks", 0))
+    return not info.get("ready_workers") and bool(info.get("queued_tasks", 0))
 
 
 def _broken_reasons(name: str, info: dict[str, Any]) -> list[str]:

@@ -786,7 +786,8 @@ def get_process_pool_info() -> dict[str, Any]:
     ``"busy_workers"`` counts the ready workers with tasks; ``"starting_workers"``
     those still starting (forked, their initializer running): the tasks given to
     one are held in this process and have not begun, so it is not busy.
-    ``"held_tasks"`` counts those tasks, and ``"longest_start_s"`` says for how
+    ``"held_tasks"`` counts those tasks, which ``"queued_tasks"`` (the tasks
+    accepted and not begun) counts too, and ``"longest_start_s"`` says for how
     many seconds the worker starting longest has been starting (``None``: none is);
     ``"longest_start_initializer"`` names the initializer that worker runs
     (``None``: none is starting, or it runs none), which is not the pool's

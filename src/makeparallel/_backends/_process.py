@@ -495,7 +495,8 @@ class ProcessBackend(QueueingBackend):
                 # finish it). The pool's, named, was a new one its replacements had run in no time.
                 "longest_start_initializer": (longest.initializer or None) if longest is not None else None,
                 "held_tasks": sum(len(w.held[0]) for w in starting if w.held is not None),
-                "queued_tasks": self._queued,
+                # Those held too: not begun, as their handles say.
+                "queued_tasks": self._queued + len(self._held_for_workers_locked()),
                 "active_tasks": self._active,
                 "worker_restarts": sum(self._restarts.values()),
                 "worker_restart_reasons": dict(self._restarts),
@@ -673,6 +674,25 @@ class ProcessBackend(QueueingBackend):
 
     def _holds_locked(self, handle: AsyncHandle[Any]) -> bool:
         return any(worker.held is not None and handle in worker.held[0] for worker in self._workers)
+
+    def _held_for_workers_locked(self) -> list[AsyncHandle[Any]]:
+        """The tasks given to workers still starting, held here until they are ready: not begun.
+
+        Claimed from the queue (``RUNNING``), they are no longer counted in it,
+        but their handles say pending (``AsyncHandle._seen_state``), and
+        ``health()`` counts them as waiting: the queued counts include them, so
+        the gauges read what the handles say. One cancelled while held is not.
+        """
+        return [h for w in self._workers if w.held is not None for h in w.held[0] if h._state == RUNNING]
+
+    def queued_by_name(self) -> dict[str, int]:
+        """The queued tasks by function name, with those held for workers still starting."""
+        counts = super().queued_by_name()
+        with self._lock:
+            for handle in self._held_for_workers_locked():
+                name = handle._observer.name
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         # A task's own timeout kills the worker running it at once, as a forced cancel does.
