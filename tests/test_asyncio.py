@@ -15,6 +15,7 @@ import functools
 import gc
 import inspect
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 import makeparallel as mp
-from async_helpers import request_id, tenant
+from async_helpers import raise_it, request_id, tenant
 from makeparallel.testing import wait_until_idle
 from pool_helpers import Flags, hold_the_pool, poll_until_stopped, resize, wait_until
 
@@ -3125,6 +3126,80 @@ def test_gather_async_timeout_leaves_the_tasks_running(gate: threading.Event) ->
     assert not handle.done()
     gate.set()
     handle.get(10)
+
+
+# Every way an await of the library times out, each waiting on tasks that poll ``gate``.
+ASYNC_TIMEOUTS: dict[str, Callable[[threading.Event], Awaitable[object]]] = {
+    "gather_async(timeout=)": lambda gate: mp.gather_async([mp.parallel(poll_until_stopped)(gate)], timeout=0.01),
+    "gather_async of a task past its own timeout": lambda gate: mp.gather_async(
+        [mp.parallel(poll_until_stopped).options(timeout=0.01)(gate)]
+    ),
+    "await of a task past its own timeout": lambda gate: mp.parallel(poll_until_stopped).options(timeout=0.01)(gate),
+    "async for over as_completed(timeout=)": lambda gate: _read_async(
+        mp.as_completed([mp.parallel(poll_until_stopped)(gate)], timeout=0.01)
+    ),
+    "async for over imap(timeout=), in order": lambda gate: _read_async(
+        mp.imap(poll_until_stopped, [gate], timeout=0.01)
+    ),
+    "async for over imap(timeout=), as they end": lambda gate: _read_async(
+        mp.imap(poll_until_stopped, [gate], timeout=0.01, ordered=False)
+    ),
+}
+
+
+async def _read_async(iterable: Any) -> None:
+    async for _ in iterable:
+        pass
+
+
+async def _async_timeout_of(wait: Callable[[threading.Event], Awaitable[object]], gate: threading.Event) -> Exception:
+    try:
+        await wait(gate)
+    except asyncio.TimeoutError as error:
+        return error
+    raise AssertionError("the await did not time out")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("wait", ASYNC_TIMEOUTS.values(), ids=ASYNC_TIMEOUTS)
+def test_except_asyncio_timeout_error_catches_the_timeouts_of_the_librarys_awaits(
+    wait: Callable[[threading.Event], Awaitable[object]], gate: threading.Event
+) -> None:
+    """On Python 3.10 ``asyncio.TimeoutError`` is no ``TimeoutError``: the library's awaits raised one it missed.
+
+    From 3.11 they are one class. Each error stays a ``TaskTimeoutError``, a
+    ``TimeoutError`` and a ``concurrent.futures.TimeoutError``, and pickles as itself.
+    """
+    error = run(_async_timeout_of(wait, gate))
+    gate.set()
+    assert isinstance(error, mp.TaskTimeoutError)
+    assert isinstance(error, TimeoutError) and isinstance(error, cf.TimeoutError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and copy.args == error.args
+
+
+class _OwnTimeout(mp.TaskTimeoutError):
+    """A user's subclass: awaited, it keeps its class."""
+
+
+def test_an_await_leaves_a_users_subclass_of_task_timeout_error_as_it_is() -> None:
+    async def main() -> None:
+        with pytest.raises(_OwnTimeout):
+            await mp.parallel(raise_it)(_OwnTimeout("the user's own"))
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_an_async_timeout_crosses_to_a_worker_process_and_back_as_itself(gate: threading.Event) -> None:
+    async def main() -> None:
+        error = await _async_timeout_of(ASYNC_TIMEOUTS["gather_async(timeout=)"], gate)
+        gate.set()
+        with pytest.raises(asyncio.TimeoutError) as raised:
+            await mp.parallel(raise_it).options(backend="process")(error)
+        assert type(raised.value) is type(error) and raised.value.args == error.args
+
+    run(main())
 
 
 @pytest.mark.timeout(30)

@@ -146,7 +146,8 @@ class AsyncCompletions:
         thousands of ended tasks never stalls the other coroutines.
 
         Raises:
-            TaskTimeoutError: the ``timeout`` given at construction passed,
+            TaskTimeoutError: the ``timeout`` given at construction passed
+                (an ``asyncio.TimeoutError`` too, on Python 3.10 as on 3.11+),
                 and no task not yet taken had ended by then.
             CompletionsClosed: :meth:`close` was called, before or while it waited.
         """
@@ -177,7 +178,10 @@ class AsyncCompletions:
                 with self._lock:
                     ended_in_time = bool(self._ended)
                 if not ended_in_time:
-                    raise collect_timeout_error(self._timeout, self.outstanding, self._total) from None
+                    from ._await import asyncio_timeout
+
+                    timed_out = collect_timeout_error(self._timeout, self.outstanding, self._total)
+                    raise asyncio_timeout(timed_out) from None
             finally:
                 if watch is not None:
                     watch.stop()
@@ -360,7 +364,8 @@ async def gather_async(
             is not a number of seconds or ``None``.
         ValueError: ``on_error`` is not one of its three values, or
             ``timeout`` is negative or NaN.
-        TaskTimeoutError: ``timeout`` passed; the tasks go on.
+        TaskTimeoutError: ``timeout`` passed; the tasks go on. It is an
+            ``asyncio.TimeoutError`` too, on Python 3.10 as on 3.11+.
         asyncio.CancelledError: the awaiting coroutine was cancelled; every task
             not yet ended is cancelled too.
         RuntimeError: no asyncio event loop runs (under trio, for one); or
@@ -399,7 +404,9 @@ async def gather_async(
         # The countdown may have finished before the loop heard of it: the tasks
         # ended on time (all of them before a timeout of 0), only the wake-up did not.
         if not countdown.finished():
-            raise collect_timeout_error(timeout, *unfinished_of(items)) from None
+            from ._await import asyncio_timeout
+
+            raise asyncio_timeout(collect_timeout_error(timeout, *unfinished_of(items))) from None
     except asyncio.CancelledError:
         from ._await import cancel_crossing
 

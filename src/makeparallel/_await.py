@@ -28,12 +28,20 @@ looks at the task's loop as it begins, and then every ``SLICE`` seconds on a tim
 its own loop (:class:`LoopWatch`), as the blocking waits look between their slices:
 a task whose loop closed ends with ``ShutdownError``. Every other await costs one
 test of an empty dictionary.
+
+A timeout that an await of this library raises (``gather_async``'s,
+``as_completed``'s, an ``async for`` over ``imap``'s, the awaited task's own) is an
+``asyncio.TimeoutError`` too, as ``except asyncio.TimeoutError`` around
+``asyncio.wait_for`` expects: from Python 3.11 that is the builtin ``TimeoutError``,
+which ``TaskTimeoutError`` subclasses; on 3.10 it is a class apart, and
+:func:`asyncio_timeout` makes the error a subclass that has it among its bases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import weakref
 from collections import deque
@@ -44,12 +52,14 @@ from ._backends._base import WorkerPlace, pool_of_this_thread
 from ._coroutines import check_the_loop_of, end_those_of_closed_loops, on_callers_loops
 from ._interruptible import SLICE
 from ._states import SUCCEEDED
+from .errors import TaskTimeoutError
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
 __all__ = [
     "LoopWatch",
+    "asyncio_timeout",
     "cancel_crossing",
     "ended",
     "lend_place_until",
@@ -62,6 +72,31 @@ __all__ = [
 ]
 
 _BATCH = 256  # awaits woken per turn of the loop, at most
+
+if sys.version_info >= (3, 11):  # asyncio.TimeoutError is TimeoutError, a base of TaskTimeoutError
+
+    def asyncio_timeout(error: TaskTimeoutError) -> TaskTimeoutError:
+        """``error``, which ``except asyncio.TimeoutError`` catches already."""
+        return error
+
+else:
+
+    class AsyncioTaskTimeoutError(TaskTimeoutError, asyncio.TimeoutError):
+        """A ``TaskTimeoutError`` raised by an await, on Python 3.10: an ``asyncio.TimeoutError`` too.
+
+        Defined here, where asyncio is loaded, so that ``import makeparallel``
+        does not load it for ``errors``. Pickled by reference to this module.
+        """
+
+    def asyncio_timeout(error: TaskTimeoutError) -> TaskTimeoutError:
+        """``error``, made an :class:`AsyncioTaskTimeoutError` in place; a subclass of the user's is left as it is.
+
+        In place: the error keeps its notes, traceback and cause, and a task's
+        error stays the one object that ``get()`` raises too.
+        """
+        if type(error) is TaskTimeoutError:
+            error.__class__ = AsyncioTaskTimeoutError
+        return error
 
 
 class _LoopWaker:

@@ -773,10 +773,18 @@ class AsyncHandle(Generic[T_co]):
         passed on, looked like the cancellation of the awaiting coroutine:
         ``except Exception`` let it through, and a ``TaskGroup`` or
         ``asyncio.gather`` took that coroutine as cancelled, where nothing
-        cancelled it (as ``asyncio.to_thread`` passes it on).
+        cancelled it (as ``asyncio.to_thread`` passes it on). A ``TaskTimeoutError``
+        is made an ``asyncio.TimeoutError`` too (``_await.asyncio_timeout``): on
+        Python 3.10 that is a class apart, which ``except asyncio.TimeoutError``
+        around the await names.
         """
         try:
             return self.get()
+        except TaskTimeoutError as error:
+            from ._await import asyncio_timeout  # (loaded: something awaits)
+
+            asyncio_timeout(error)
+            raise
         except StopIteration as error:
             raise RuntimeError(
                 f"task {self._id} ({self.name}) raised StopIteration, which no await can pass on (PEP 479); "

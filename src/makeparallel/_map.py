@@ -1526,12 +1526,12 @@ class _Mapper:
                         # It may have ended in time, its wake-up not yet run by the loop (always
                         # so with no time left): handed out, as chunks() hands it out.
                         if not entry[0].is_ready():
-                            self._time_out()
+                            self._time_out_async()
                 else:
                     try:
                         done = await self._completions.next()  # type: ignore[union-attr]
                     except TaskTimeoutError:
-                        self._time_out()
+                        self._time_out_async()
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
                 try:
                     chunk, taken = self._take(entry)
@@ -2112,6 +2112,16 @@ class _Mapper:
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _time_out_async(self) -> NoReturn:
+        """:meth:`_time_out` for ``async for``: its error is an ``asyncio.TimeoutError`` too, on 3.10 as on 3.11+."""
+        try:
+            self._time_out()
+        except TaskTimeoutError as error:
+            from ._await import asyncio_timeout
+
+            asyncio_timeout(error)
+            raise
 
     def _time_out(self) -> NoReturn:
         """End the map at its deadline; its chunks in flight end timed out.
