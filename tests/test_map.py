@@ -857,6 +857,37 @@ def test_a_map_on_the_sync_backend_times_out_between_its_chunks(entry: str) -> N
     assert ran == list(range(len(ran)))
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("entry", ["parallel_map", "imap", "async imap"])
+@pytest.mark.parametrize(
+    ("items", "chunksize"), [(1, None), (3, 5), (4, 2)], ids=["one item", "one chunk", "the last of two chunks"]
+)
+def test_a_map_on_the_sync_backend_times_out_in_its_last_chunk(
+    entry: str, items: int, chunksize: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deadline was looked at only before each chunk: where the rest of the input fitted
+    # one chunk, none came after the one that ran past it, and the map returned its results.
+    clock = FakeClock()
+    monkeypatch.setattr(_map, "time", types.SimpleNamespace(perf_counter=time.perf_counter, monotonic=clock.read))
+
+    def the_last_works_past_the_deadline(x: int) -> int:
+        if x == items - 1:
+            clock.work(60)
+        return x
+
+    async def collect() -> list[int]:
+        return [x async for x in mp.imap(the_last_works_past_the_deadline, range(items), **options)]
+
+    options: dict[str, Any] = {"chunksize": chunksize, "backend": "sync", "timeout": 10}
+    with pytest.raises(mp.TaskTimeoutError, match="the map timed out after 10 s"):
+        if entry == "parallel_map":
+            mp.parallel_map(the_last_works_past_the_deadline, range(items), **options)
+        elif entry == "imap":
+            list(mp.imap(the_last_works_past_the_deadline, range(items), **options))
+        else:
+            asyncio.run(collect())
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("over", ["a list read to its end", "a longer list", "an iterator"])
 def test_a_map_that_times_out_says_how_many_items_ended_were_in_flight_and_never_started(over: str) -> None:

@@ -479,7 +479,8 @@ def imap(
             item per worker plus one; see "Memory" below).
         timeout: seconds for the whole map; then the rest is cancelled and
             ``TaskTimeoutError`` raised. On the ``"sync"`` backend, whose
-            chunks run inline to their end, it is checked between chunks. It
+            chunks run inline to their end, it is checked as each chunk
+            ends: one that ends past it times the map out, the last one too. It
             bounds each chunk's wait for a slot under
             ``mp.set_max_concurrent_tasks`` and the function's
             ``max_concurrent`` too: a chunk with no slot by then is never
@@ -1729,6 +1730,7 @@ class _Mapper:
             entry = self._start_chunk(items[low:high], start + low, budget)
             assert entry is not None  # it waits for its slot
             self._in_flight.insert(place + offset, entry)
+        self._time_out_past_deadline()  # (as they may have run here: see the method)
 
     def _continue(self, place: int, items: Sequence[Any], start: int) -> None:
         """Run the items a chunk left at its time budget, at its ``place`` in flight, in chunks of the measured size.
@@ -1794,8 +1796,7 @@ class _Mapper:
         A map's new chunk is sent so (:meth:`_send`): that error does not say
         which item is at fault, which :meth:`_send_before_unsendable` finds.
         """
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._time_out()
+        self._time_out_past_deadline()
         handle: AsyncHandle[list[Any]] | None
         try:
             handle = (task or self._chunk_task)._submit_until(
@@ -1895,6 +1896,7 @@ class _Mapper:
         self._in_flight.append(entry)
         self._read += len(chunk)
         self._items_in_flight += len(chunk)
+        self._time_out_past_deadline()  # (as the chunk may have run here: see the method)
         return True
 
     def _send_before_unsendable(
@@ -2112,6 +2114,18 @@ class _Mapper:
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _time_out_past_deadline(self) -> None:
+        """End the map with :meth:`_time_out` if its deadline passed; before a chunk is submitted, and after.
+
+        Before: none starts past it. After: on the ``"sync"`` backend a chunk runs
+        as it is submitted, to its end, and the map's waits for it return at
+        once; checked only before the next, a chunk that ended past the deadline
+        with none after it (the input's last) was handed out as if in time,
+        where on the other backends the wait for it ends at the deadline.
+        """
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._time_out()
 
     def _time_out_async(self) -> NoReturn:
         """:meth:`_time_out` for ``async for``: its error is an ``asyncio.TimeoutError`` too, on 3.10 as on 3.11+."""
