@@ -167,11 +167,18 @@ def returns_a_lock() -> threading.Lock:
     return threading.Lock()
 
 
+def unfetched(handle: mp.AsyncHandle[Any]) -> str:
+    """The start of the error of task ``handle``, whose result could not be fetched: it names the task."""
+    return f"the result of task {handle.get_task_id()} ({handle.name}) could not be fetched from its Dask worker: "
+
+
 def test_a_result_dask_cannot_serialize_fails_the_task() -> None:
     # The handle stayed pending for good: Dask's own executor never ended its future.
     handle = mp.parallel(backend="dask")(returns_a_lock)()
-    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker") as caught:
+    with pytest.raises(mp.TaskSerializationError) as caught:
         handle.get(timeout=30)
+    assert str(caught.value).startswith(unfetched(handle))  # it said "the result of a task", naming none
+    assert handle.name == "returns_a_lock"
     assert "lock" in str(caught.value.__cause__)
     assert mp.parallel(backend="dask")(square)(5).get(timeout=60) == 25  # the cluster serves on
 
@@ -226,8 +233,9 @@ def test_a_result_whose_serialization_raises_fails_the_task(client: Client, step
     # event loop (and the scheduler of a LocalCluster in this process).
     workers = client.run(os.getpid)
     handle = mp.parallel(backend="dask")(returns_unsendable)(step, kind)
-    with pytest.raises(mp.TaskSerializationError, match="could not be fetched from its Dask worker") as caught:
+    with pytest.raises(mp.TaskSerializationError) as caught:
         handle.get(timeout=60)
+    assert str(caught.value).startswith(unfetched(handle))
     assert f"{kind.__name__}: raised as the result was {step}" in str(caught.value)
     if step == "pickled":
         assert "RaisesAsPickled" in str(caught.value)  # the result's class
@@ -473,11 +481,12 @@ def waits_for_a_list_with_a_lock(x: int) -> list[Any]:
 
 def test_a_tasks_own_list_that_cannot_be_sent_names_a_public_error() -> None:
     # Its message named ItemsUnsent, a class of the Dask backend's internals, where it said PicklingError.
+    handle = mp.parallel(backend="dask")(returns_a_list_with_a_lock)()
     with pytest.raises(mp.TaskSerializationError) as caught:
-        mp.parallel(backend="dask")(returns_a_list_with_a_lock)().get(timeout=60)
+        handle.get(timeout=60)
     assert str(caught.value).startswith(
-        "the result of a task could not be fetched from its Dask worker: PicklingError: the task's result, a list, "
-        "could not be pickled on its Dask worker: item 1 of it cannot be: TypeError: cannot pickle '_thread.lock' object."
+        f"{unfetched(handle)}PicklingError: the task's result, a list, could not be pickled on its Dask "
+        "worker: item 1 of it cannot be: TypeError: cannot pickle '_thread.lock' object."
     )
     assert isinstance(caught.value.__cause__, pickle.PicklingError)
 

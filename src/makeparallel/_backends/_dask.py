@@ -27,7 +27,8 @@ What differs from other executors that run elsewhere:
   and the cancels go to that loop, and come once it runs again.
 * A client closed while tasks run fails them with ``ShutdownError``.
 * A result that Dask cannot fetch from its worker (one it cannot serialize, a
-  lock say) fails the task with ``TaskSerializationError``, Dask's error chained.
+  lock say) fails the task with ``TaskSerializationError`` naming it (its id
+  and function), Dask's error chained.
   So does one whose pickling, or unpickling here, raises a ``BaseException``
   (a ``__reduce__`` that calls ``sys.exit()``): each result travels in a
   :class:`SentResult`, which turns that into an error of the result. A map's
@@ -95,6 +96,7 @@ __all__ = [
     "ClientExecutor",
     "DaskBackend",
     "ItemsUnsent",
+    "ResultUnfetched",
     "SentResult",
     "TaskFuture",
     "run_on_worker",
@@ -313,6 +315,8 @@ class DaskBackend(ExecutorBackend):
         return super().cancelled_by_executor(handle, future)
 
     def translate_error(self, handle: AsyncHandle[Any], error: BaseException) -> BaseException:
+        if isinstance(error, ResultUnfetched):
+            return _fetch_failure(handle, error.error)
         if isinstance(error, KilledWorker):
             crashed = WorkerCrashedError(
                 f"the Dask workers running task {handle._id} ({handle.name}) died, as many "
@@ -491,7 +495,7 @@ async def _settle(
         if dask_future.status == "cancelled" or client.status in ("closing", "closed"):
             future.cancel()
         elif dask_future.status == "finished":
-            _end(future, _fetch_failure(error))
+            _end(future, ResultUnfetched(error))
         else:
             _end(future, error)
         if isinstance(error, asyncio.CancelledError) and dask_future.status != "cancelled":
@@ -500,16 +504,28 @@ async def _settle(
         if value.failure is None:
             _end(future, None, value.value)
         else:
-            _end(future, _fetch_failure(value.failure))
+            _end(future, ResultUnfetched(value.failure))
 
 
-def _fetch_failure(error: BaseException) -> TaskSerializationError:
-    """The ``TaskSerializationError`` of a task whose result could not come here, ``error`` saying why."""
+class ResultUnfetched(Exception):
+    """What ends a task's future where its result, computed, could not come here; ``error`` says why.
+
+    The future knows no task: :meth:`DaskBackend.translate_error`, which has
+    the handle, makes it the task's ``TaskSerializationError`` (:func:`_fetch_failure`).
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _fetch_failure(handle: AsyncHandle[Any], error: BaseException) -> TaskSerializationError:
+    """The ``TaskSerializationError`` of task ``handle``, whose result could not come here, ``error`` saying why."""
     # ItemsUnsent is a PicklingError: named so, as a list that fails whole always was
     # (a task's own list; a map's chunk reads it in after_unreadable, never this message).
     kind = "PicklingError" if isinstance(error, ItemsUnsent) else type(error).__name__
     failure = TaskSerializationError(
-        f"the result of a task could not be fetched from its Dask worker: {kind}: "
+        f"the result of task {handle._id} ({handle.name}) could not be fetched from its Dask worker: {kind}: "
         f"{error}. Return data Dask can serialize (picklable), or use backend='thread'"
     )
     failure.__cause__ = error
