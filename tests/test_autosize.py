@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -55,7 +57,7 @@ def test_the_sizer_measures_cpu_against_wall_time() -> None:
     sizes: list[int] = []
     sizer = AutoSizer(
         AutoSizePolicy(2, 16), lambda: load[0], sizes.append, cores=2,
-        activity=None, cpu_clock=lambda: cpu[0], clock=lambda: now[0],
+        activity=None, cpu_clock=lambda: cpu[0], clock=lambda: now[0], gil_held=lambda: False,
     )
     sizer.step()  # the first sample only sets the baseline
     now[0], cpu[0] = 0.1, 0.19  # 2 busy workers used 95% of 2 cores: computing
@@ -73,11 +75,13 @@ class FakeThreads:
         self.runnable: set[int] = set()
         self.load = (queued, busy)
         self.sizes: list[int] = []
+        self.gil_held: list[bool] = []  # what the sizer's next asks for the GIL find; then free
 
     def sizer(self, base: int = 2, bound: int = 16) -> AutoSizer:
         return AutoSizer(
             AutoSizePolicy(base, bound), lambda: self.load, self.sizes.append, cores=2,
             activity=lambda: dict(self.active), runnable=lambda tid: tid in self.runnable, clock=lambda: self.now,
+            gil_held=lambda: self.gil_held.pop(0) if self.gil_held else False,
         )
 
     def advance(self, seconds: float, **shares: float) -> None:
@@ -181,6 +185,135 @@ def test_an_interval_that_was_partly_idle_is_not_judged() -> None:
     assert sizer.step() == 2
     threads.advance(0.03, t1=1.0, t2=1.0)
     assert sizer.step() == 2 and threads.sizes == []
+
+
+def test_threads_waiting_for_the_gil_do_not_grow_the_pool() -> None:
+    # Two threads running Python take turns on the GIL: each is active half the
+    # time, as a thread half waiting for I/O is, and the pool grew to the whole queue.
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.gil_held = [True] * 40
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()
+    for _ in range(30):  # the window starts again every 0.3 s: each is judged alike
+        threads.advance(0.03, t1=0.5, t2=0.5)
+        assert sizer.step() == 2
+    assert threads.sizes == []
+
+
+@pytest.mark.parametrize(
+    ("asks", "grows"),
+    [
+        ([False, False, False, False], True),  # I/O: the GIL is free
+        ([True, False, False, False], True),  # held at a quarter of the asks: a task's own bit of Python
+        ([True, True, False, False, False], False),  # held at more than a quarter
+        ([True, False, True, True], False),  # one free ask between threads that compute
+        ([False, False], False),  # too few asks to tell
+    ],
+    ids=["free", "held a quarter", "held more", "free once", "two asks"],
+)
+def test_the_pool_grows_only_where_the_gil_was_free_in_the_window(asks: list[bool], grows: bool) -> None:
+    threads = FakeThreads()
+    sizer = threads.sizer()
+    threads.gil_held = list(asks)
+    threads.advance(0.0, t1=0.0, t2=0.0)
+    sizer.step()  # the window's first ask
+    for _ in asks[1:]:  # the last one 31 ms on, where a clearly blocked worker is judged
+        threads.advance(0.031 / (len(asks) - 1), t1=1.0, t2=0.1)
+        sizer.step()
+    assert threads.sizes == ([12] if grows else [])
+
+
+@contextlib.contextmanager
+def threads_running_python(count: int) -> Iterator[None]:
+    """``count`` threads that hold the GIL but for the switches they are made to make."""
+    stop = threading.Event()
+    started = threading.Barrier(count + 1)
+
+    def compute() -> None:
+        started.wait(30)
+        while not stop.is_set():
+            sum(range(1000))
+
+    threads = [threading.Thread(target=compute) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        started.wait(30)
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_gil_was_held_tells_a_thread_running_python_from_none() -> None:
+    def held_in(asks: int) -> int:
+        held = 0
+        for _ in range(asks):
+            # Apart, as the sizer asks: at once after an ask, the thread that just let go
+            # may not have run yet to take the GIL back (4 in 20 held on the loaded machine).
+            threading.Event().wait(_autosize.BUSY_INTERVAL)
+            held += _autosize.gil_was_held()
+        return held
+
+    assert held_in(20) < 10  # only this thread: the GIL comes back at once
+    with threads_running_python(1):
+        assert held_in(20) > 10  # the other holds it until made to let go, a switch interval on
+
+
+def test_workers_that_look_blocked_beside_python_holding_the_gil_do_not_grow_the_pool() -> None:
+    # The GIL asked for for real, with two threads running Python; their activity
+    # faked as the old sizer saw such threads: each active half the time, asleep.
+    threads = FakeThreads()
+    sizer = AutoSizer(
+        AutoSizePolicy(2, 16), lambda: threads.load, threads.sizes.append, cores=2,
+        activity=lambda: dict(threads.active), runnable=lambda tid: False, clock=lambda: threads.now,
+    )
+    with threads_running_python(2):
+        threads.advance(0.0, t1=0.0, t2=0.0)
+        sizer.step()
+        for _ in range(20):  # two windows of 0.3 s
+            threads.advance(0.03, t1=0.5, t2=0.5)
+            sizer.step()
+    assert threads.sizes == []
+
+
+def test_a_real_pool_does_not_grow_for_tasks_that_run_python() -> None:
+    """A stream of pure-Python tasks grew an "auto" pool to 29-64 threads, no faster."""
+    backend = _runtime.get_backend("thread")
+    assert isinstance(backend, ThreadBackend)
+    mp.configure_thread_pool(num_threads="auto")
+    sizer = backend._autosizer
+    assert sizer is not None
+    cores = default_thread_count()
+    decide = sizer.policy.decide
+    samples_queued = 0
+    judged = threading.Event()
+
+    def counted(now: float, queued: int, busy: int, cpu_fraction: float) -> int:
+        nonlocal samples_queued
+        size = decide(now, queued, busy, cpu_fraction)
+        samples_queued += queued > 0
+        if samples_queued >= 30 or size > cores:  # a few windows of 0.3 s, or it grew
+            judged.set()
+        return size
+
+    sizer.policy.decide = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    @mp.parallel
+    def compute() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    handles = [compute() for _ in range(cores + 30)]  # 30 queued
+    try:
+        assert judged.wait(30)
+    finally:
+        stop.set()
+    mp.gather(handles, timeout=30)
+    assert mp.get_thread_pool_info()["num_threads"] == cores
 
 
 def test_a_queued_task_wakes_an_idle_sizer(monkeypatch: pytest.MonkeyPatch) -> None:
