@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -129,6 +130,48 @@ def test_thread_tasks_feed_the_watch_of_their_function() -> None:
         for _ in range(20):  # each pair gives one or two overlapping samples: 16 needed
             assert all(h.wait(10) for h in [pair(), pair()])
     assert not watch.active  # it measured enough overlapping tasks and decided
+
+
+@pytest.mark.parametrize(
+    ("tasks", "seconds", "decides"),
+    [
+        pytest.param(8, 0.080, True, id="eight tasks of 80 ms: 0.32 s of them"),
+        pytest.param(4, 0.060, True, id="four of 60 ms: 0.12 s"),
+        pytest.param(3, 0.080, False, id="three: too few"),
+        pytest.param(8, 0.010, False, id="eight of 10 ms: 40 ms of them"),
+    ],
+)
+def test_a_few_long_tasks_are_judged_without_sixteen(tasks: int, seconds: float, decides: bool) -> None:
+    # Eight GIL-bound tasks of 80 ms on two threads, or an imap of eight or nine chunks,
+    # never made the 16 samples the watch waited for: no warning, ever.
+    watch = GilWatch("few-and-long")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(tasks):  # two at a time, one core between them
+            start = (i // 2) * seconds
+            watch.record(start, start + seconds, seconds / 2, True)
+    assert watch.active is not decides
+    assert [w.category for w in caught] == ([mp.GilBoundWarning] if decides else [])
+
+
+def test_four_pairs_of_long_thread_tasks_are_judged() -> None:
+    meet = threading.Barrier(2)
+
+    @mp.parallel(backend="thread", name="gil-watch-few-and-long")
+    def pair() -> None:
+        meet.wait(5)  # two at once: overlapping by construction
+        end = time.perf_counter() + 0.06  # pure Python for 60 ms at least
+        while time.perf_counter() < end:
+            pass
+
+    mp.configure_thread_pool(2)
+    watch = pair._spec.cpu_watch
+    assert watch is not None and watch.active
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mp.GilBoundWarning)
+        for _ in range(4):
+            assert all(h.wait(10) for h in [pair(), pair()])
+    assert not watch.active  # eight samples, 0.24 s of them: it decided
 
 
 def test_a_busy_machine_is_not_blamed_on_the_gil(

@@ -12,7 +12,8 @@ both the speed-up and the tasks at once, so that GIL-releasing work on more
 threads than cores looked GIL-bound and GIL-bound work looked as if it ran alone.
 
 Each decorated function watches its first tasks that ran alongside others and
-took at least a millisecond, decides once, and stops measuring. On a
+took at least a millisecond (16 of them, or at least 4 that ran for a tenth of
+a second together), decides once, and stops measuring. On a
 free-threaded build nothing is watched.
 
 The cores kept busy are the speed-up only for work that computes all the time.
@@ -58,6 +59,7 @@ __all__ = ["DECORATOR_REMEDY", "EXECUTOR_REMEDY", "MAP_REMEDY", "GilBoundWarning
 _log = logging.getLogger("makeparallel")
 
 _SAMPLES = 16  # overlapping tasks to look at before deciding
+_FEWEST_SAMPLES = 4  # or as few as this, where they ran for _load.MIN_WINDOW together
 _GIVE_UP_AFTER = 1_000  # tasks seen without enough samples (too short, or alone)
 _MIN_TASK_SECONDS = 0.001
 _ALONE_SAMPLES = 3  # tasks that ran alone, at least, before their share of a core counts
@@ -136,12 +138,13 @@ class GilWatch:
                 self._cpu += cpu
                 self._wall += ended - started
                 self._spans.append((started, ended))
-            if self._samples < _SAMPLES and self._seen < _GIVE_UP_AFTER:
+            enough = self._samples >= _SAMPLES or self._ran_long_enough()
+            if not enough and self._seen < _GIVE_UP_AFTER:
                 return
             if self._seen < _GIVE_UP_AFTER and self._load is not None and self._load.window() < _load.MIN_WINDOW:
                 return  # a burst too brief for the CPU counters: sample on until the load can be told
             self.active = False
-            if self._samples < _SAMPLES:
+            if not enough:
                 return
             span = _busy_time(self._spans)
             self._spans = []
@@ -156,6 +159,18 @@ class GilWatch:
             and not self._machine_busy(concurrency)
         ):
             self._warn(cores, speedup, concurrency)
+
+    def _ran_long_enough(self) -> bool:
+        """Whether a few samples ran for ``_load.MIN_WINDOW`` together: evidence enough without 16.
+
+        Eight tasks of 80 ms, or a map of eight chunks, never gave 16 samples,
+        and were never judged; sixteen of a few milliseconds cover less time.
+        """
+        return (
+            self._samples >= _FEWEST_SAMPLES
+            and self._wall >= _load.MIN_WINDOW  # the union is never longer: most calls stop here
+            and _busy_time(self._spans) >= _load.MIN_WINDOW
+        )
 
     def _alone_share(self) -> float:
         """The share of a core a task used running alone: the median of the first few, else 1 (it computes)."""
