@@ -1055,8 +1055,26 @@ class PicklesOnTurns:
             ),
             4,
         ),
+        (
+            3,
+            PicklesOnTurns({2}, always_after=True, error=RecursionError),
+            (
+                r"calls 3 to 5 of Executor\.map could not be sent to a worker process: they nest too deep to pickle "
+                r"\(.*recursion.*\), though each argument alone can be pickled.*sys\.setrecursionlimit"
+            ),
+            3,
+        ),
+        (
+            1,
+            PicklesOnTurns({2}, always_after=True, error=RecursionError),
+            (
+                r"call 4 of Executor\.map could not be sent to a worker process: it nests too deep to pickle "
+                r"\(.*recursion.*\), though each argument alone can be pickled.*sys\.setrecursionlimit"
+            ),
+            4,
+        ),
     ],
-    ids=["in its chunk", "in its call", "not twice", "too deep"],
+    ids=["in its chunk", "in its call", "not twice", "too deep", "too deep as sent", "too deep as sent alone"],
 )
 def test_a_call_that_pickles_only_alone_is_named_by_its_index_and_value(
     chunksize: int, argument: PicklesOnTurns, pattern: str, before: int

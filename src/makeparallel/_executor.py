@@ -1215,9 +1215,11 @@ def _unsendable_call(
     can be, the first call that cannot be pickled with the calls before it
     in the chunk (found by halving, as ``parallel_map`` finds an item: a
     recursion limit reached by the chunk as a whole, an object whose pickling
-    fails once it was seen in the same pickle). Where the chunk pickles now
-    (its failure does not repeat), no call can be named: offset 0 and an
-    error naming the chunk's calls. The submission's error named the task's
+    fails once it was seen in the same pickle). Where the chunk pickles now,
+    no call can be named: offset 0 and an error naming the chunk's calls,
+    which says they nest too deep where the submission reached the recursion
+    limit (the task sent wraps them deeper than this test does), else that
+    their failure does not repeat. The submission's error named the task's
     own arguments (``argument 1 (tuple)`` for a chunk, ``task 12`` for a
     call): not what the map was given.
 
@@ -1243,8 +1245,16 @@ def _unsendable_call(
     calls = f"call {first}" if len(chunk) == 1 else f"calls {first} to {first + len(chunk) - 1}"
     low, high = 0, len(chunk)  # the first `low` calls pickle together (none do, trivially); the first `high` do not
     failed = _chunk_problem(fn, chunk, high)
+    cause = error.__cause__ or error
+    if failed is None and _too_deep(error):
+        # The task sent wraps its calls in more levels than this test of them: too deep there only.
+        return 0, _unsendable(
+            f"{calls} of Executor.map could not be sent to a worker process: "
+            f"{'it nests' if len(chunk) == 1 else 'they nest'} too deep to pickle ({type(cause).__name__}: {cause}), "
+            f"though each argument alone can be pickled. {_TOO_DEEP}",
+            error,
+        )
     if failed is None:
-        cause = error.__cause__ or error
         return 0, _unsendable(
             f"{calls} of Executor.map could not be sent to a worker process ({type(cause).__name__}: {cause}), "
             f"though each argument alone can be pickled, and {'it' if len(chunk) == 1 else 'they'} could be "
