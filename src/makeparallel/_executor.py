@@ -59,6 +59,13 @@ from ._interruptible import bounded
 from ._process_chunks import UNREPLACED, disown_worker_death, short_repr, template_died
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
 from ._task_context import current_task
+from ._unsendable_chunk import (
+    TOO_DEEP,
+    caused,
+    first_unsendable_together,
+    refuse_unsendable_function,
+    too_deep,
+)
 from ._validation import as_seconds, check_count, check_wait_timeout, is_real
 from ._worker_reductions import for_worker_functions
 from .errors import (
@@ -1228,7 +1235,6 @@ def _unsendable_call(
             (tried first, as a chunk pickles it first): every call would fail.
     """
     from . import _serialization  # on this failure path only
-    from ._map import _TOO_DEEP, _chunk_problem, _too_deep, refuse_unsendable_function
 
     refuse_unsendable_function(fn, f"the function {_describe(fn)} of Executor.map", error)
     for offset, args in enumerate(chunk):
@@ -1236,26 +1242,25 @@ def _unsendable_call(
             try:
                 _serialization.dumps(value)
             except Exception as problem:
-                return offset, _unsendable(
+                return offset, caused(
                     f"argument {position} ({short_repr(value)}) of call {first + offset} of Executor.map "
                     f"cannot be sent to a worker process: {type(problem).__name__}: {problem}. Every "
                     "argument must be picklable; backend='thread' needs no pickling",
                     error,
                 )
     calls = f"call {first}" if len(chunk) == 1 else f"calls {first} to {first + len(chunk) - 1}"
-    low, high = 0, len(chunk)  # the first `low` calls pickle together (none do, trivially); the first `high` do not
-    failed = _chunk_problem(fn, chunk, high)
+    found = first_unsendable_together(fn, chunk)
     cause = error.__cause__ or error
-    if failed is None and _too_deep(error):
+    if found is None and too_deep(error):
         # The task sent wraps its calls in more levels than this test of them: too deep there only.
-        return 0, _unsendable(
+        return 0, caused(
             f"{calls} of Executor.map could not be sent to a worker process: "
             f"{'it nests' if len(chunk) == 1 else 'they nest'} too deep to pickle ({type(cause).__name__}: {cause}), "
-            f"though each argument alone can be pickled. {_TOO_DEEP}",
+            f"though each argument alone can be pickled. {TOO_DEEP}",
             error,
         )
-    if failed is None:
-        return 0, _unsendable(
+    if found is None:
+        return 0, caused(
             f"{calls} of Executor.map could not be sent to a worker process ({type(cause).__name__}: {cause}), "
             f"though each argument alone can be pickled, and {'it' if len(chunk) == 1 else 'they'} could be "
             "when tried again: their pickling does not fail the same way twice (an object whose pickling "
@@ -1263,41 +1268,28 @@ def _unsendable_call(
             "backend='thread', which needs no pickling",
             error,
         )
-    while high - low > 1:
-        middle = (low + high) // 2
-        found = _chunk_problem(fn, chunk, middle)
-        if found is None:
-            low = middle
-        else:
-            high, failed = middle, found
+    low, failed = found
     at = f"call {first + low} ({short_repr(chunk[low])}) of Executor.map"
-    if _too_deep(failed):
-        return low, _unsendable(
+    if too_deep(failed):
+        return low, caused(
             f"{at} cannot be sent to a worker process: it nests too deep to pickle "
-            f"({type(failed).__name__}: {failed}), though each argument alone can be pickled. {_TOO_DEEP}",
+            f"({type(failed).__name__}: {failed}), though each argument alone can be pickled. {TOO_DEEP}",
             error,
         )
     failure = f"{type(failed).__name__}: {failed}"
     if len(chunk) == 1:
-        return 0, _unsendable(
+        return 0, caused(
             f"{at} cannot be sent to a worker process: its arguments cannot be pickled together, though each "
             f"alone can be: {failure}. Every call must be picklable; backend='thread' needs no pickling",
             error,
         )
-    return low, _unsendable(
+    return low, caused(
         f"{at} cannot be sent to a worker process with the calls before it in its chunk (calls {first} to "
         f"{first + low}): {failure}. Each of its arguments alone can be pickled, but a chunk's calls are pickled together (a "
         "recursion limit reached by the chunk as a whole, an object shared by calls that pickles only "
         "once); pass chunksize=1 to send each call alone, or use backend='thread', which needs no pickling",
         error,
     )
-
-
-def _unsendable(message: str, cause: TaskSerializationError) -> TaskSerializationError:
-    """A ``TaskSerializationError`` saying ``message``, with ``cause`` (the submission's) as its cause."""
-    failure = TaskSerializationError(message)
-    failure.__cause__ = cause
-    return failure
 
 
 def _unsendable_single_call(

@@ -92,6 +92,13 @@ from ._progress import Progress, ProgressOption, check_progress, open_progress
 from ._runtime import BackendOption, check_backend, get_backend, global_limiter
 from ._states import PENDING, RUNNING, SUCCEEDED, TIMED_OUT
 from ._task_context import current_task
+from ._unsendable_chunk import (
+    TOO_DEEP,
+    caused,
+    first_unsendable_together,
+    refuse_unsendable_function,
+    too_deep,
+)
 from ._validation import check_count, check_wait_timeout
 from ._process_chunks import Failure as _Failure
 from ._process_chunks import (
@@ -1253,22 +1260,21 @@ def _unsendable_item(
         try:
             _serialization.dumps(item)
         except Exception as problem:
-            return offset, _caused(
+            return offset, caused(
                 f"{describe_item(start + offset, item)} of the map cannot be sent to a worker process: "
                 f"{_described(problem)}. Every item must be picklable; backend='thread' needs no pickling",
                 error,
             )
-    low, high = 0, len(items)  # the first `low` pickle together (none do, trivially); the first `high` do not
-    failed = _chunk_problem(fn, items, high)
-    if failed is None and _too_deep(error):
-        return 0, _caused(
+    found = first_unsendable_together(fn, items)
+    if found is None and too_deep(error):
+        return 0, caused(
             f"the chunk of items {start} to {start + len(items) - 1} of the map could not be sent to a worker "
             f"process: it nests too deep to pickle ({_described(error.__cause__ or error)}), though each item "
-            f"alone can be pickled. {_TOO_DEEP}",
+            f"alone can be pickled. {TOO_DEEP}",
             error,
         )
-    if failed is None:
-        return 0, _caused(
+    if found is None:
+        return 0, caused(
             f"the chunk of items {start} to {start + len(items) - 1} of the map could not be sent to a worker "
             f"process ({_described(error.__cause__ or error)}), though each item alone can be pickled, and the "
             "chunk could be when tried again: its pickling does not fail the same way twice (an object whose "
@@ -1276,20 +1282,14 @@ def _unsendable_item(
             "chunksize=1 to send each item alone, or use backend='thread', which needs no pickling",
             error,
         )
-    while high - low > 1:
-        middle = (low + high) // 2
-        found = _chunk_problem(fn, items, middle)
-        if found is None:
-            low = middle
-        else:
-            high, failed = middle, found
-    if _too_deep(failed):
-        return low, _caused(
+    low, failed = found
+    if too_deep(failed):
+        return low, caused(
             f"{describe_item(start + low, items[low])} of the map cannot be sent to a worker process in its "
-            f"chunk: it nests too deep to pickle ({_described(failed)}), though alone it can be pickled. {_TOO_DEEP}",
+            f"chunk: it nests too deep to pickle ({_described(failed)}), though alone it can be pickled. {TOO_DEEP}",
             error,
         )
-    return low, _caused(
+    return low, caused(
         f"{describe_item(start + low, items[low])} of the map cannot be sent to a worker process with the "
         f"items before it in its chunk (items {start} to {start + low}): {_described(failed)}. Alone it "
         "can be pickled, but a chunk's items are pickled together (a recursion limit reached by the chunk "
@@ -1299,68 +1299,9 @@ def _unsendable_item(
     )
 
 
-def _chunk_problem(fn: Callable[[Any], Any], items: Sequence[Any], count: int) -> Exception | None:
-    """What pickling the map's function with the first ``count`` of ``items``, as a chunk's task does, raises; ``None`` if nothing."""
-    from . import _serialization
-
-    try:
-        _serialization.dumps((fn, list(items[:count])))
-    except Exception as problem:  # noqa: BLE001  # pickling runs the items' own code: whatever it raises, they fail
-        return problem
-    return None
-
-
-# Said of a chunk whose pickling reached the recursion limit though each item alone did not: sending
-# each alone (chunksize=1) wraps it as deep, and fails alike.
-_TOO_DEEP = (
-    "A task's call wraps its items in a few more levels, pickled further down the stack: an item nested "
-    "nearly as deep as Python's recursion limit pickles alone but not there. Nest the items less deeply, "
-    "raise the limit (sys.setrecursionlimit), or use backend='thread', which needs no pickling"
-)
-
-
-def _too_deep(problem: BaseException | None) -> bool:
-    """Whether ``problem`` (or what caused it) is a ``RecursionError``: pickling went too deep.
-
-    cloudpickle raises a ``PicklingError`` caused by it; the plain pickler raises it as it is.
-    """
-    seen = 0
-    while problem is not None and seen < 8:
-        if isinstance(problem, RecursionError):
-            return True
-        problem, seen = problem.__cause__, seen + 1
-    return False
-
-
 def _described(problem: BaseException) -> str:
     """``RecursionError: maximum recursion depth exceeded``: an error, as a message quotes it."""
     return f"{type(problem).__name__}: {problem}"
-
-
-def _caused(message: str, cause: TaskSerializationError) -> TaskSerializationError:
-    """A ``TaskSerializationError`` saying ``message``, with ``cause`` (the submission's) as its cause."""
-    failure = TaskSerializationError(message)
-    failure.__cause__ = cause
-    return failure
-
-
-def refuse_unsendable_function(fn: Callable[..., Any], named: str, error: TaskSerializationError) -> None:
-    """Raise a ``TaskSerializationError`` saying ``named`` (the map's function) cannot be pickled, where it cannot.
-
-    Tried before a chunk's items: a chunk task pickles its function first, so
-    then every chunk would fail, whatever its items. ``error`` (the chunk's) is
-    kept as the cause.
-    """
-    from . import _serialization
-
-    try:
-        _serialization.dumps(fn)
-    except Exception as problem:
-        raise TaskSerializationError(
-            f"{named} cannot be sent to a worker process: {type(problem).__name__}: {problem}. It must be "
-            "picklable, and so must what it holds (a bound method's object, a closure's values); "
-            "backend='thread' needs no pickling"
-        ) from error
 
 
 def _ran_for(handle: AsyncHandle[list[Any]], results: list[Any]) -> float:
