@@ -791,6 +791,43 @@ def test_an_mp_executors_calls_count_in_the_metrics_as_their_handles_say(
         assert mp.gather([first, second], timeout=30) == ["first", "second"]
 
 
+@pytest.mark.timeout(60)
+def test_a_call_held_for_an_mp_executors_starting_worker_counts_as_its_handle_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its handle says running from its submission, as on any executor elsewhere.
+
+    The task that carries it, given to the pool's worker as it starts, is held in
+    this process until the worker is ready; the pool counted it among the function's
+    queued tasks, as it counts a task of its own held so: the running call read as
+    queued. The pool's own info still shows it queued there.
+    """
+    from makeparallel import _serialization
+
+    reached, ready = threading.Event(), threading.Event()
+    take_worker_finders = _serialization.take_worker_finders
+
+    def ready_once_let(finders: Any) -> None:  # the pool's loop thread, on the worker's "ready"
+        reached.set()
+        assert ready.wait(30)
+        take_worker_finders(finders)
+
+    monkeypatch.setattr(_serialization, "take_worker_finders", ready_once_let)
+    name = f"adapter_held_{uuid.uuid4().hex}"
+    with mp.Executor(backend="process", max_workers=1) as pool:
+        handle = mp.parallel(backend=pool, name=name)(square)(3)
+        try:
+            assert reached.wait(30)
+            info = _runtime.pool_infos()[f"Executor-{id(pool):x}"]
+            assert (info["held_tasks"], info["queued_tasks"]) == (1, 1)
+            assert handle.status == "running"
+            metrics = mp.get_metrics(name)
+            assert metrics is not None and (metrics.running_tasks, metrics.queued_tasks) == (1, 0)
+        finally:
+            ready.set()
+        assert handle.get(timeout=30) == 9
+
+
 def test_tasks_the_executor_has_not_started_count_as_queued(gate: threading.Event) -> None:
     """Their handles say pending; their metrics said running, with nothing queued."""
     name = f"adapter_queued_{uuid.uuid4().hex}"
