@@ -569,3 +569,17 @@ def exit_waits():
         frame = frame.f_back
     return frame is not None
 """
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs, stopped or not: neither gone nor a zombie.
+
+    One read: ``psutil.pid_exists(pid)`` then ``psutil.Process(pid)`` raised
+    ``NoSuchProcess`` where the process was reaped in between.
+    """
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

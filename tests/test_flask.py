@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 import makeparallel as mp
 from makeparallel import _runtime
-from pool_helpers import EXIT_WAITS, wait_until
+from pool_helpers import EXIT_WAITS, process_alive, wait_until
 from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, werkzeug_server
 from web_tasks import count_primes
 
@@ -408,7 +407,7 @@ def test_the_pools_shut_down_at_interpreter_exit_not_per_request() -> None:
     assert len(workers) == 2
 
     def gone() -> bool:
-        return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in workers)
+        return not any(process_alive(pid) for pid in workers)
 
     assert wait_until(gone, 30), "a worker process outlived the app"
 

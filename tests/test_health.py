@@ -14,14 +14,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import makeparallel as mp
 from fake_cgroup import fake_cgroup
 from makeparallel import _health, _memory_budget
 from makeparallel._backends import _process
-from pool_helpers import fresh_process_pool, wait_until
+from pool_helpers import fresh_process_pool, process_alive, wait_until
 
 KEYS = {"status", "live", "ready", "reasons", "pools", "memory_percent"}
 
@@ -259,7 +258,7 @@ def test_tasks_waiting_on_a_worker_stuck_in_its_initializer_make_it_unhealthy(
         mp.reset_shutdown()
         mp.configure_process_pool(initializer=None)
     assert all(handle.status == "cancelled" for handle in handles)
-    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+    assert wait_until(lambda: not process_alive(pid), 30)
 
 
 @pytest.mark.timeout(60)
@@ -289,7 +288,7 @@ def test_tasks_held_for_a_starting_worker_count_as_queued_in_the_gauges_as_in_he
         mp.reset_shutdown()
         mp.configure_process_pool(initializer=None)
     assert all(handle.status == "cancelled" for handle in handles)
-    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+    assert wait_until(lambda: not process_alive(pid), 30)
 
 
 def set_up_quickly() -> None:
@@ -316,7 +315,7 @@ def test_a_slow_start_names_the_initializer_the_stuck_worker_runs_not_the_one_th
         assert (pool["initializer"], pool["longest_start_initializer"]) == ("set_up_quickly", "hang_in_initializer")
     finally:
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 30)
+        assert wait_until(lambda: not process_alive(pid), 30)
         mp.configure_process_pool(initializer=None)
     assert wait_until(lambda: mp.get_process_pool_info()["longest_start_initializer"] is None, 30)  # its end seen
 

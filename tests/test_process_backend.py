@@ -44,6 +44,7 @@ from pool_helpers import (
     earlier_items_alive,
     fresh_process_pool,
     mark_then_wait,
+    process_alive,
     send_tasks_ahead,
     the_pool_goes_on_beside,
     wait_until,
@@ -765,10 +766,10 @@ def test_a_worker_that_reads_nothing_holds_up_only_the_task_sent_to_it(tmp_path:
         assert not mp.shutdown(1)  # the large task never ran: it fails
         assert time.monotonic() - started < 30
         assert isinstance(large.exception(timeout=30), mp.ShutdownError)
-        assert wait_until(lambda: not _process_alive(stopped_pid), 30)  # killed, stopped as it was
+        assert wait_until(lambda: not process_alive(stopped_pid), 30)  # killed, stopped as it was
     finally:
         flags.set("busy-go")
-        if stopped_pid is not None and _process_alive(stopped_pid):
+        if stopped_pid is not None and process_alive(stopped_pid):
             os.kill(stopped_pid, signal.SIGKILL)
         mp.reset_shutdown()
 
@@ -801,16 +802,6 @@ def test_no_task_is_sent_ahead_behind_a_message_still_waiting_to_go(tmp_path: Pa
         os.kill(worker.process.pid, signal.SIGCONT)
     assert large.get(timeout=60) == 4 * 2**20 + worker.direct_bytes
     assert all(handle.cancelled() for handle in short) and on_process(abs)(-7).get(timeout=30) == 7
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs, stopped or not (not a zombie nor gone)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_a_task_that_fits_an_idle_workers_socket_goes_from_the_submitting_thread(

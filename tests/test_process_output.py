@@ -380,6 +380,10 @@ def test_writes_from_several_threads_of_a_task_all_arrive_whole() -> None:
 
 
 def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost() -> None:
+    # A timeout counts from the task's unpickling, which imports this module in a fresh
+    # worker: on a busy machine that took the whole second, and the task printed nothing.
+    fresh_process_pool(1)
+    assert on_process(say_hi)(0).get(timeout=30) == 0  # its one worker has imported it
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         handle = on_process(print_then_hang)(timeout=1.0)
