@@ -1352,6 +1352,44 @@ def test_the_progress_of_a_thread_an_earlier_attempt_started_is_dropped(
 
 
 @pytest.mark.timeout(60)
+def test_an_id_a_late_attempt_asks_for_after_its_retry_started_reports_nothing() -> None:
+    # The attempt timed out and goes on; asked now, its id is still its own attempt's, not the
+    # retry's: it was read from the handle's current start, and its thread's reports counted.
+    resize(2)
+    retry_running = threading.Event()
+    helper_reported = threading.Event()
+    helpers: list[threading.Thread] = []
+    seen_by_the_retry: list[tuple[float, str | None]] = []
+
+    def report(task_id: int) -> None:
+        mp.report_progress(0.9, "the late attempt's thread", task_id=task_id)
+        helper_reported.set()
+
+    @mp.parallel(timeout=0.2, retry=mp.Retry(on=mp.TaskTimeoutError, attempts=2))
+    def asks_late() -> None:
+        if not helpers:
+            helpers.append(threading.current_thread())
+            assert retry_running.wait(30)  # deaf to its timeout: no check_cancelled()
+            helper = threading.Thread(target=report, args=(mp.get_current_task_id(),))
+            helpers.append(helper)
+            helper.start()
+            return
+        mp.report_progress(0.1, "the retry")
+        retry_running.set()
+        assert helper_reported.wait(30)
+        task = current_task()
+        assert task is not None
+        seen_by_the_retry.append((task.get_progress(), task.get_progress_message()))
+
+    with no_retry_waits():
+        handle = asks_late()
+        handle.get(timeout=30)
+    helpers[1].join(30)
+    assert seen_by_the_retry == [(0.1, "the retry")]
+    assert handle.attempts == 2
+
+
+@pytest.mark.timeout(60)
 def test_the_coroutine_of_an_attempt_that_timed_out_and_was_retried_is_cancelled() -> None:
     # Only the last attempt's was, as the handle ended: with one worker thread, the first
     # attempt's coroutine held it to its end, and the retry waited behind it.

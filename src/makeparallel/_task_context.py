@@ -52,7 +52,7 @@ class _AttemptTaskId(int):
     copy knows no attempt, and reports as the id always did.
     """
 
-    started: float | None  # the attempt's start, the handle's ``_started_at`` object as it ran
+    started: float | None  # the start of the attempt that asked, the handle's ``_started_at`` object as it ran
 
     def __reduce__(self) -> tuple[type[int], tuple[int]]:
         return (int, (int(self),))
@@ -80,7 +80,9 @@ def get_current_task_id() -> int | None:
     if getattr(getattr(task, "_observer", None), "retry", None) is None:  # one attempt: the id is all there is
         return task_id
     given = _AttemptTaskId(task_id)
-    given.started = task._started_at
+    # This thread's attempt: one that timed out goes on, and asked late, the handle's start is its retry's.
+    started = task._retried_attempt_started_here()
+    given.started = task._started_at if started is None else started
     return given
 
 
