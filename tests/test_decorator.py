@@ -623,16 +623,16 @@ def test_bad_max_concurrent_is_rejected(max_concurrent: object, error: type[Exce
         mp.parallel(max_concurrent=max_concurrent)
 
 
-@pytest.mark.parametrize("name", ["", 3, b"bytes"])
-def test_bad_name_is_rejected(name: object) -> None:
-    with pytest.raises(TypeError, match="name"):
+@pytest.mark.parametrize(("name", "error"), [("", ValueError), (3, TypeError), (b"bytes", TypeError)])
+def test_bad_name_is_rejected(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="name"):
         mp.parallel(name=name)
 
     @mp.parallel
     def work() -> None:
         pass
 
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(error, match="name"):
         work.options(name=name)
 
 

@@ -780,12 +780,17 @@ def test_profiled_refuses_a_name_that_is_no_str_as_parallel_does() -> None:
     # name=5 was taken: its record was keyed by the int, which no get_metrics()
     # found, and every Prometheus scrape then failed on it ("'int' object has no
     # attribute 'replace'"); name="" fell back to the __qualname__ silently.
+    # An empty str is of the right type: a ValueError, as CircuitBreaker(name="") is.
+    made = mp.parallel(abs)
     before = set(mp.get_all_metrics())
-    for bad in (5, b"work", ""):
-        with pytest.raises(TypeError, match=rf"name must be a non-empty str, got {re.escape(repr(bad))}"):
+    for bad, error in ((5, TypeError), (b"work", TypeError), ("", ValueError)):
+        words = rf"^name must be a non-empty str \(name='fetch_page'\), or left out for the function's __qualname__, got {re.escape(repr(bad))}$"
+        with pytest.raises(error, match=words):
             mp.profiled(name=bad)  # type: ignore[call-overload]
-        with pytest.raises(TypeError, match=rf"name must be a non-empty str, got {re.escape(repr(bad))}"):
+        with pytest.raises(error, match=words):
             mp.parallel(name=bad)  # type: ignore[call-overload]  # the same check, the same words
+        with pytest.raises(error, match=words):
+            made.options(name=bad)
     # A name passed where the function goes says where it belongs.
     with pytest.raises(TypeError, match=r"needs a callable, got 'work'.*@profiled\(name='work'\)"):
         mp.profiled("work")  # type: ignore[call-overload]

@@ -37,7 +37,13 @@ from ._gil_watch import GilWatch
 from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, HELD, PENDING, SUCCEEDED
-from ._validation import check_count, check_priority, check_task_timeout, code_is_real
+from ._validation import (
+    check_count,
+    check_name,
+    check_priority,
+    check_task_timeout,
+    code_is_real,
+)
 from ._worker_reductions import for_worker_functions, for_workers
 from .errors import CircuitOpenError, ShutdownError, TaskSerializationError
 
@@ -376,9 +382,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         checked["circuit_breaker"] = check_breaker(options["circuit_breaker"])
     if options.get("max_concurrent") is not None:
         checked["max_concurrent"] = check_count(options["max_concurrent"], "max_concurrent")
-    name = options.get("name")
-    if name is not None and (not isinstance(name, str) or not name):
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    check_name(options.get("name"))
     if options.get("async_cancel") is not None:
         _runtime.check_async_cancel(options["async_cancel"])
     return checked

@@ -31,6 +31,7 @@ from ._runtime import (
     queued_by_name,
     refuse_under_a_held_lock,
 )
+from ._validation import check_name
 from ._worker_reductions import for_worker_functions
 
 if TYPE_CHECKING:
@@ -513,13 +514,14 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
             ``partial(<its function's>)``, a callable object's its class's).
 
     Raises:
-        TypeError: ``fn`` is not callable, or ``name`` is not a non-empty ``str``
+        TypeError: ``fn`` is not callable, or ``name`` is not a ``str``
             (checked as ``@parallel`` checks it: a record named otherwise is
             found by no lookup, and its label broke every Prometheus scrape),
             or ``fn`` is a generator or async generator function (or wraps
             one, as ``@parallel`` judges it): a call only creates the
             generator, and what a measure of it would count is not the work,
             which runs as the caller iterates it.
+        ValueError: ``name`` is the empty string.
 
     Profiled twice:
         A function that is ``@profiled`` already (twice over, or by two
@@ -547,8 +549,7 @@ def profiled(fn: F | None = None, /, *, name: str | None = None) -> F | Callable
         backend), by value otherwise (a function of the main script), and is
         measured where it is unpickled, in that process's records.
     """
-    if name is not None and (not isinstance(name, str) or not name):
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    check_name(name)
 
     def decorate(function: F) -> F:
         parallel = _parallel_kind(function)

@@ -23,6 +23,7 @@ __all__ = [
     "as_seconds",
     "check_count",
     "check_finite_seconds",
+    "check_name",
     "check_priority",
     "check_seconds",
     "check_task_timeout",
@@ -264,3 +265,16 @@ def check_count(value: Any, name: str, least: int = 1, alternatives: str = "") -
     if count < least:
         raise ValueError(f"{name} must be an int >= {least}{alternatives}, got {shown(value)}")
     return count
+
+
+def check_name(name: Any) -> None:
+    """Refuse a ``name=`` of ``@parallel`` or ``@profiled`` that no record could be found by: no ``str``, or empty.
+
+    Raises:
+        TypeError: ``name`` is neither ``None`` nor a ``str``.
+        ValueError: ``name`` is the empty string.
+    """
+    if name is None or (isinstance(name, str) and name):
+        return
+    wrong = f"name must be a non-empty str (name='fetch_page'), or left out for the function's __qualname__, got {name!r}"
+    raise ValueError(wrong) if isinstance(name, str) else TypeError(wrong)
