@@ -2260,6 +2260,11 @@ def test_legacy_decorators_refuse_a_generator_function(legacy: str, fn: Any, kin
         (lambda: mp.retry_backoff(backoff="fibonacci"), ValueError, "backoff must be one of"),
         (lambda: mp.retry_backoff(initial_delay=-1), ValueError, "initial_delay"),
         (lambda: mp.retry_backoff(max_delay="x"), TypeError, "max_delay"),
+        # Past max_delay, a delay is cut to it (0.2's cap) only where both are valid: cut first,
+        # an infinite one was taken, and a bad max_delay was blamed on initial_delay.
+        (lambda: mp.retry_backoff(initial_delay=math.inf, max_delay=10), ValueError, r"^initial_delay .*, got inf$"),
+        (lambda: mp.retry_backoff(initial_delay=5, max_delay=-1), ValueError, r"^max_delay .*, got -1$"),
+        (lambda: mp.retry_backoff(initial_delay=-1, max_delay=-2), ValueError, r"^initial_delay .*, got -1$"),
     ],
 )
 def test_legacy_decorators_check_their_arguments(call: Any, error: type[Exception], pattern: str) -> None:

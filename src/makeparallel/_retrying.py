@@ -10,6 +10,7 @@ Their ``on`` is ``Exception``, as in 0.2.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -344,8 +345,10 @@ def retry_backoff(
     if backoff not in BACKOFFS:
         raise ValueError(f"backoff must be one of {', '.join(map(repr, BACKOFFS))}, got {backoff!r}")
     kind = _LinearRetry if backoff == "linear" else Retry
-    if is_real(initial_delay) and is_real(max_delay) and initial_delay > max_delay:
-        initial_delay = max_delay  # 0.2's cap, as documented: every wait is max_delay (Retry refuses this)
+    # 0.2's cap, as documented: every wait is max_delay (Retry refuses this). Only between valid
+    # delays: an infinite initial_delay was taken, and a negative max_delay blamed on initial_delay.
+    if is_real(initial_delay) and is_real(max_delay) and 0 <= max_delay < initial_delay < math.inf:
+        initial_delay = max_delay
     try:
         policy = kind(
             on=Exception,
