@@ -69,7 +69,9 @@ def get_current_task_id() -> int | None:
     ``report_progress(fraction, task_id)`` with this id reports for this task
     from any thread (one the task started, for instance). In a task with a
     retry policy it reports for the attempt that gave it: once the task is
-    retried, the reports of threads an earlier attempt started are dropped.
+    retried, the reports of threads an earlier attempt started are dropped
+    (in a worker process the id is a plain ``int``: there a thread of an
+    attempt that failed still reports while the retry runs in that worker).
     """
     task = current_task()
     if task is None:
@@ -199,7 +201,8 @@ def report_progress(
             does for a task that has ended (cancelled or timed out, its code
             may still run and report), and for an id an attempt of a retried
             task gave once the task was retried: a thread that attempt started
-            may still run and report, as the next attempt runs.
+            may still run and report, as the next attempt runs (not in a
+            worker process, as :func:`get_current_task_id` says).
 
     Raises:
         TypeError: ``fraction`` is missing or not a real number (an ``int``,
