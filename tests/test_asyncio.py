@@ -14,11 +14,13 @@ import contextvars
 import functools
 import gc
 import inspect
+import itertools
 import os
 import pickle
 import subprocess
 import sys
 import threading
+import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ import pytest
 
 import makeparallel as mp
 from async_helpers import raise_it, request_id, tenant
+from makeparallel import _map
 from makeparallel.testing import wait_until_idle
 from pool_helpers import Flags, hold_the_pool, poll_until_stopped, resize, wait_until
 
@@ -3200,6 +3203,43 @@ def test_an_async_timeout_crosses_to_a_worker_process_and_back_as_itself(gate: t
         assert type(raised.value) is type(error) and raised.value.args == error.args
 
     run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("backend", "past_it"),
+    [("sync", "in its chunk"), ("sync", "in the loop's body"), ("thread", "in the loop's body")],
+    ids=["its last chunk, run inline", "the loop's body, on sync", "the loop's body, on threads"],
+)
+def test_an_async_imap_past_its_deadline_outside_its_waits_raises_an_asyncio_timeout_error(
+    backend: str, past_it: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The map looks at its deadline as it submits a chunk too: there, on 3.10, its error was a plain ``TaskTimeoutError``.
+
+    So it was where a chunk of the ``"sync"`` backend ran past the deadline, or
+    the ``async for`` loop's body did, before the next chunk was submitted.
+    """
+    now = [0.0]  # the map's clock: it moves only as told
+    monkeypatch.setattr(_map, "time", types.SimpleNamespace(perf_counter=_map.time.perf_counter, monotonic=lambda: now[0]))
+
+    def works_past_the_deadline(x: int) -> int:
+        now[0] += 60
+        return x
+
+    async def read() -> Exception:
+        try:
+            if past_it == "in its chunk":
+                async for _ in mp.imap(works_past_the_deadline, [1], backend=backend, timeout=20):
+                    pass
+            else:
+                async for _ in mp.imap(abs, itertools.count(), chunksize=1, backend=backend, timeout=20):
+                    now[0] += 60  # then the map submits its next chunk
+        except asyncio.TimeoutError as error:
+            return error
+        raise AssertionError("the map did not time out")
+
+    error = run(read())
+    assert isinstance(error, mp.TaskTimeoutError) and str(error).startswith("the map timed out after 20 s")
 
 
 @pytest.mark.timeout(30)

@@ -1384,6 +1384,7 @@ class _Mapper:
         self._chunk_items: dict[int, tuple[int, Sequence[Any], float | None]] = {}
         self._went_on: set[int] = set()  # chunks in flight whose rest went on before their turn (_go_on)
         self._closed_elsewhere = False  # closed from another thread than the one iterating (close_elsewhere)
+        self._read_by_async_for = False  # (chunks_async): its timeout is an asyncio.TimeoutError too (_time_out)
         # Chunks in flight that are the last piece of the rest of a chunk that stopped at its time budget,
         # under a budget again (_continue): its items are slow, and it ends only after its first one. The
         # map's thread never runs one itself: while it ran that item no other chunk that stopped went on
@@ -1454,6 +1455,7 @@ class _Mapper:
         from ._await import cancel_crossing, ended
 
         finished = cancelled = False
+        self._read_by_async_for = True
         self._progress = open_progress(self._progress_option, self._total, self._name)
         try:
             if not self._ordered:
@@ -1468,12 +1470,12 @@ class _Mapper:
                         # It may have ended in time, its wake-up not yet run by the loop (always
                         # so with no time left): handed out, as chunks() hands it out.
                         if not entry[0].is_ready():
-                            self._time_out_async()
+                            self._time_out()
                 else:
                     try:
                         done = await self._completions.next()  # type: ignore[union-attr]
                     except TaskTimeoutError:
-                        self._time_out_async()
+                        self._time_out()
                     entry = next(entry for entry in self._in_flight if entry[0] is done)
                 try:
                     chunk, taken = self._take(entry)
@@ -2068,16 +2070,6 @@ class _Mapper:
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
 
-    def _time_out_async(self) -> NoReturn:
-        """:meth:`_time_out` for ``async for``: its error is an ``asyncio.TimeoutError`` too, on 3.10 as on 3.11+."""
-        try:
-            self._time_out()
-        except TaskTimeoutError as error:
-            from ._await import asyncio_timeout
-
-            asyncio_timeout(error)
-            raise
-
     def _time_out(self) -> NoReturn:
         """End the map at its deadline; its chunks in flight end timed out.
 
@@ -2095,6 +2087,11 @@ class _Mapper:
         own stop (``"stopped"`` in ``worker_restart_reasons``), as for an
         item's error or Ctrl-C, not an incident for ``health()``: two maps
         that met their deadlines made a pool of two workers "degraded".
+
+        Read by ``async for``, the map raises an ``asyncio.TimeoutError`` too,
+        on 3.10 as on 3.11+ (``_await.asyncio_timeout``), wherever it met its
+        deadline: in its wait for a chunk, or as it submitted one (past the
+        loop's body, or a chunk run inline on the ``"sync"`` backend).
         """
         unfinished = self._items_in_flight
         handles = [handle for handle, _ in self._in_flight]
@@ -2110,7 +2107,12 @@ class _Mapper:
             rest = ", and the rest of the input was not read"
         else:
             rest = f", and the other {left} never started"
-        raise TaskTimeoutError(
+        timed_out = TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s with {self._read - unfinished} item(s) done: "
             f"the {unfinished} in flight timed out with it (those that had ended lose their results){rest}"
         )
+        if self._read_by_async_for:
+            from ._await import asyncio_timeout
+
+            asyncio_timeout(timed_out)
+        raise timed_out
