@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -224,30 +226,45 @@ def test_the_pool_grows_only_where_the_gil_was_free_in_the_window(asks: list[boo
     assert threads.sizes == ([12] if grows else [])
 
 
+def _sleep_holding_the_gil() -> Callable[[], None]:
+    """A 20 ms sleep in C that keeps the GIL: ``ctypes.PyDLL`` calls do not let go of it."""
+    if sys.platform == "win32":
+        sleep_ms = ctypes.PyDLL("kernel32").Sleep
+        return lambda: sleep_ms(20)
+    sleep_us = ctypes.PyDLL(None).usleep
+    return lambda: sleep_us(20_000)
+
+
 @contextlib.contextmanager
-def threads_running_python(count: int) -> Iterator[None]:
-    """``count`` threads that hold the GIL but for the switches they are made to make."""
+def a_thread_holding_the_gil() -> Iterator[None]:
+    """A thread that holds the GIL, as one running Python does, and lets go only when made to.
+
+    It holds it asleep, not computing: a thread running Python that was made to let
+    go waits for a CPU to take it back, and on a loaded machine asks made meanwhile
+    found the GIL free (3 runs in 20 of each test beside a CPU hog). One only: two
+    handed it to each other, and this thread waited for it for good. It yields once
+    the thread has run.
+    """
     stop = threading.Event()
-    started = threading.Barrier(count + 1)
+    running = threading.Event()
+    hold = _sleep_holding_the_gil()
 
-    def compute() -> None:
-        started.wait(30)
+    def keep_the_gil() -> None:
+        running.set()
         while not stop.is_set():
-            sum(range(1000))
+            hold()
 
-    threads = [threading.Thread(target=compute) for _ in range(count)]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=keep_the_gil)
+    thread.start()
     try:
-        started.wait(30)
+        assert running.wait(30)
         yield
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(30)
+        thread.join(30)
 
 
-def test_gil_was_held_tells_a_thread_running_python_from_none() -> None:
+def test_gil_was_held_tells_a_thread_holding_the_gil_from_none() -> None:
     def held_in(asks: int) -> int:
         held = 0
         for _ in range(asks):
@@ -258,22 +275,25 @@ def test_gil_was_held_tells_a_thread_running_python_from_none() -> None:
         return held
 
     assert held_in(20) < 10  # only this thread: the GIL comes back at once
-    with threads_running_python(1):
+    with a_thread_holding_the_gil():
         assert held_in(20) > 10  # the other holds it until made to let go, a switch interval on
 
 
-def test_workers_that_look_blocked_beside_python_holding_the_gil_do_not_grow_the_pool() -> None:
-    # The GIL asked for for real, with two threads running Python; their activity
-    # faked as the old sizer saw such threads: each active half the time, asleep.
+def test_workers_that_look_blocked_beside_a_thread_holding_the_gil_do_not_grow_the_pool() -> None:
+    # The GIL asked for for real, held by another thread as by Python code; the activity of two
+    # workers faked as the old sizer saw threads running Python: each active half the time, asleep.
     threads = FakeThreads()
     sizer = AutoSizer(
         AutoSizePolicy(2, 16), lambda: threads.load, threads.sizes.append, cores=2,
         activity=lambda: dict(threads.active), runnable=lambda tid: False, clock=lambda: threads.now,
     )
-    with threads_running_python(2):
+    with a_thread_holding_the_gil():
         threads.advance(0.0, t1=0.0, t2=0.0)
         sizer.step()
         for _ in range(20):  # two windows of 0.3 s
+            # Apart, as the sizer asks: at once after an ask, the other thread may not have
+            # taken the GIL back yet (8 runs in 150 grew, beside a CPU hog).
+            threading.Event().wait(_autosize.BUSY_INTERVAL)
             threads.advance(0.03, t1=0.5, t2=0.5)
             sizer.step()
     assert threads.sizes == []
