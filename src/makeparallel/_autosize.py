@@ -28,9 +28,10 @@ a 1/n share, and a stream of such tasks grew the pool to 29-64 threads, no
 faster. Each sample that could grow the pool also lets go of the GIL and takes
 it back (:func:`gil_was_held`): where the pool's threads run Python, another
 thread holds it through a whole switch interval nearly every time (97-99 in
-100, 2 to 32 threads, on the loaded 2-core machine); where they wait for I/O
-or run C code that releases it, nearly never (none in 500 beside sleeping
-threads, 1-2 in 100 beside hashing ones that also wait). The pool grows only
+100, 2 to 32 threads, on the loaded 2-core machine; 34-55 where other
+processes keep the CPUs busy, and the activity check holds the pool there);
+where they wait for I/O or run C code that releases it, nearly never (none in
+500 beside sleeping threads, 1-2 in 100 beside hashing ones that also wait). The pool grows only
 where at least 3 of the window's asks found the GIL free and no more than a
 quarter found it held: more threads only lengthen the queue for the GIL.
 """
