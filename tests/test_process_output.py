@@ -389,10 +389,10 @@ def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost() -> None:
         handle = on_process(print_then_hang)(timeout=1.0)
         with pytest.raises(mp.TaskTimeoutError):
             handle.get(timeout=30)
-        # The worker flushes at SIGTERM, after the handle timed out: wait for the relay.
-        arrived = wait_until(lambda: "a partial line" in out.getvalue(), 10)
-    assert arrived, out.getvalue()
-    assert out.getvalue() == "a whole line\na partial line"
+        # The worker flushes at SIGTERM; the handle times out once that is written,
+        # so what the task printed is in the redirect when get() raises, as for a result.
+        printed = out.getvalue()
+    assert printed == "a whole line\na partial line"
 
 
 C_LEVEL_SCRIPT = """

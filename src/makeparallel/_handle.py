@@ -223,6 +223,7 @@ class AsyncHandle(Generic[T_co]):
         "_stop_event",
         "_submitted_at",
         "_timeout",
+        "_timeout_stopping",
         "_value",
         "_waiters",
     )
@@ -230,6 +231,8 @@ class AsyncHandle(Generic[T_co]):
     _payload: Any  # the pickled call, set by the process backend only
     _retry: Attempts  # set at the first retry only: reading it costs nothing before
     _event_order: Any  # set as "submitted" is told, where a listener listens (``_events``)
+    # The error of a timeout whose backend stops the task before it ends (``_expire``); set then only.
+    _timeout_stopping: TaskTimeoutError | None
 
     def __init__(
         self,
@@ -615,6 +618,10 @@ class AsyncHandle(Generic[T_co]):
         """End the unfinished task as ``state``: ``CANCELLED``, or ``TIMED_OUT`` with its map (:func:`time_out_all`)."""
         if self._state == PENDING:
             self._code_done = True  # it will never run
+        error = getattr(self, "_timeout_stopping", None)
+        if error is not None:  # its own timeout came first: its worker is being stopped (_expire)
+            self._timeout_stopping = None
+            return self._settle_locked(TIMED_OUT, error)
         return self._settle_locked(state, self._stop_error(state))
 
     def _stop_error(self, state: int) -> TaskCancelledError | TaskTimeoutError:
@@ -999,7 +1006,18 @@ class AsyncHandle(Generic[T_co]):
             self._after_settle(announce)
 
     def _expire(self) -> None:
-        """The deadline passed: end the handle if the task is still running."""
+        """The deadline passed: end the handle if the task is still running.
+
+        A backend that stops the task first (a process worker, killed) has the
+        handle timed out once what the task wrote before it was stopped has been
+        written (:meth:`_time_out_stopped`), or its grace period is over: this
+        is called again then. A waiter woken before saw the error while the
+        output was still on its way, and it went to whatever ``sys.stdout`` was
+        by the time it came (the next task's ``redirect_stdout``).
+        """
+        if getattr(self, "_timeout_stopping", None) is not None:
+            self._time_out_stopped()  # the grace is over, what the task wrote or not
+            return
         backend = self._backend
         error = None
         record: Attempts | None = getattr(self, "_retry", None)
@@ -1020,10 +1038,19 @@ class AsyncHandle(Generic[T_co]):
             if error is None:
                 error = self._timeout_error()
             retry = self._observer.retry
+            grace = None
             if retry is not None and retry.retries(error) and self._retry_later_locked(error, timed_out=True):
                 announce: _Announcement | None = _RETRYING
             else:
-                announce = self._settle_locked(TIMED_OUT, error)
+                grace = backend._stops_before_timing_out_locked(self)
+                if grace is None:
+                    announce = self._settle_locked(TIMED_OUT, error)
+                else:
+                    self._timeout_stopping = error
+        if grace is not None:
+            _deadlines.schedule(self, _now() + grace, weakly=True)  # times it out if the backend has not by then
+            backend._abandoned(self)
+            return
         self._after_settle_aside(announce)
         wake_waits_of(self)  # (retried: the attempt is over, its handle not)
         if announce is _RETRYING:
@@ -1033,6 +1060,29 @@ class AsyncHandle(Generic[T_co]):
             backend._abandoned(self, True)  # stop the late attempt where a backend can
             return
         backend._abandoned(self)
+
+    def _time_out_stopped(self) -> None:
+        """Time the task out, its backend having stopped it at its deadline (:meth:`_expire`).
+
+        The backend calls it once the output the stopped task wrote before it
+        ended has been written; the deadline thread at the end of the grace
+        period, whatever came of it. The task may have ended otherwise
+        meanwhile (cancelled, or its result came as it was stopped: that is
+        dropped, the task timed out), and the second call does nothing.
+        """
+        lock = self._backend._lock
+        if lock.locked():
+            wait_while_held(lock)
+        with lock:  # (as in _settle_judged: the main thread may be here)
+            error = getattr(self, "_timeout_stopping", None)
+            if error is None:
+                return
+            self._timeout_stopping = None
+            if self._state != RUNNING:
+                return
+            announce = self._settle_locked(TIMED_OUT, error)
+        self._after_settle_aside(announce)
+        wake_waits_of(self)
 
     def _spent(self) -> bool:
         """Whether the task ended: its deadline's :meth:`_expire` does nothing then (:func:`._deadlines.end`)."""

@@ -442,6 +442,16 @@ class Backend:
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         """A running task was timed out or cancelled; ``force`` asks to kill it if possible."""
 
+    def _stops_before_timing_out_locked(self, handle: AsyncHandle[Any]) -> float | None:
+        """Seconds this backend takes at most to stop ``handle``, past its timeout, before it is timed out; under the lock.
+
+        ``None``: the handle times out now (a thread cannot be stopped). A
+        backend that kills the task's process times it out itself, with
+        ``handle._time_out_stopped()``, once what the task wrote has been
+        written; the handle's deadline does it at the end of these seconds.
+        """
+        return None
+
     def _let_go_of_queued(self) -> None:
         """Tasks of this backend ended while queued (cancelled, timed out with their map): called after the lock.
 

@@ -283,6 +283,11 @@ def _runs(worker: _Worker, handle: AsyncHandle[Any]) -> bool:
     return worker.outstanding[0] is handle and all(other._id != started for other in worker.outstanding)
 
 
+def _timing_out(handle: AsyncHandle[Any]) -> bool:
+    """Whether ``handle`` met its timeout and times out once its worker is stopped (``_stops_before_timing_out_locked``)."""
+    return getattr(handle, "_timeout_stopping", None) is not None
+
+
 def _after_failed_start(gave_up: bool, unreplaced: bool = False) -> str:
     """What the pool does after a failed start, for the error that reports it.
 
@@ -703,7 +708,25 @@ class ProcessBackend(QueueingBackend):
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         # A task's own timeout kills the worker running it at once, as a forced cancel does.
-        self._abandon(handle, force or handle._state == TIMED_OUT, force)
+        self._abandon(handle, force or handle._state == TIMED_OUT or _timing_out(handle), force)
+
+    def _stops_before_timing_out_locked(self, handle: AsyncHandle[Any]) -> float | None:
+        """The grace of the kill, where a worker runs ``handle``: it times out once that worker's output is written.
+
+        What the task printed up to its timeout comes as the worker handles
+        the ``SIGTERM`` (its handler flushes the partial line), before its
+        pipe's end of file (or a result it sent as it was stopped): the
+        handle is timed out there (``_worker_died``, ``_take``), so that a
+        ``redirect_stdout`` around ``get()`` holds it as for a task that
+        returned. A worker deaf to the signal is killed at the end of the
+        grace, and the handle's deadline times it out then in any case.
+        """
+        worker = next((w for w in self._workers if handle in w.outstanding), None)
+        if worker is None or worker.exited or not _runs(worker, handle):
+            return None
+        if worker.held is not None and handle in worker.held[0]:
+            return None
+        return _TERMINATE_GRACE
 
     def _abandoned_all(self, handles: list[AsyncHandle[Any]]) -> None:
         """Running tasks ended together (``cancel_all``, ``time_out_all``): each asked to stop, none killed here.
@@ -734,7 +757,7 @@ class ProcessBackend(QueueingBackend):
                 return
             if kill and _runs(worker, handle):
                 # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
-                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT)
+                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT) or _timing_out(handle)
                 self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
             else:  # ask it to stop at its next check_cancelled(), or never to start
                 self._control.append((worker, ("cancel", handle._id, handle._value)))
@@ -1690,8 +1713,14 @@ class ProcessBackend(QueueingBackend):
                         spared = bool(worker.spared) and handle._id in worker.spared
                         if spared:
                             worker.spared.discard(handle._id)
-                        stale = (worker.killing or spared) and self._retried_elsewhere_locked(handle)
-                    if not stale:
+                        stopped = worker.killing or spared
+                        stale = stopped and self._retried_elsewhere_locked(handle)
+                    if stopped and _timing_out(handle):  # it ended as it was stopped at its timeout
+                        if self._partials:
+                            self._partials.pop(handle._id, None)
+                        handle._code_returned()
+                        handle._time_out_stopped()
+                    elif not stale:
                         self._settle(handle, ok, data, buffers, seconds)
             elif kind == "progress":
                 _, task_id, fraction, text = message
@@ -1920,6 +1949,8 @@ class ProcessBackend(QueueingBackend):
             for handle in outstanding:
                 if handle._state == RUNNING:
                     handle._finish(FAILED, init_failure())
+        elif outstanding and _timing_out(outstanding[0]):  # what it wrote as it was stopped came first
+            outstanding[0]._time_out_stopped()
         elif outstanding and outstanding[0]._state == RUNNING and not retried:
             handle = outstanding[0]
             error: Exception
