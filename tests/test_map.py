@@ -913,11 +913,41 @@ def test_a_map_that_times_out_says_how_many_items_ended_were_in_flight_and_never
     done, in_flight = map(int, counts.groups())
     assert done <= 3 and in_flight >= 1, message
     if over == "a list read to its end":
-        assert done + in_flight == total and message.endswith("(those that had ended lose their results)"), message
+        assert done + in_flight == total and " were cut off" in message and "never started" not in message, message
     elif over == "a longer list":
         assert message.endswith(f", and the other {total - done - in_flight} never started"), message
     else:
         assert message.endswith(", and the rest of the input was not read"), message
+
+
+_SEVEN_RELEASED = threading.Event()
+
+
+def hang_at_seven(x: int) -> int:
+    if x == 7:
+        assert _SEVEN_RELEASED.wait(60)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_timed_out_map_counts_the_chunks_that_ended_behind_the_one_that_hangs(backend: str) -> None:
+    # The second chunk ended long before the deadline, its results waiting behind the first
+    # chunk's, whose item 7 hangs: the message said "the 20 in flight timed out", as if none had.
+    _SEVEN_RELEASED.clear()
+    if backend == "thread":
+        mp.configure_thread_pool(2)
+    else:
+        mp.configure_process_pool(2)
+    try:
+        with pytest.raises(mp.TaskTimeoutError) as raised:
+            mp.parallel_map(hang_at_seven, range(20), backend=backend, chunksize=10, timeout=3)
+    finally:
+        _SEVEN_RELEASED.set()  # (a worker process has its own, never set: the map's timeout stops it)
+    message = str(raised.value)
+    assert message.endswith(
+        "with 0 item(s) done: the 20 in flight timed out with it: "
+        "10 had ended and lose their results, 10 were cut off (running: items 0-9)"
+    ), message
 
 
 def cheap_then_slow(clock: FakeClock, cheap: int) -> Any:

@@ -2070,6 +2070,28 @@ class _Mapper:
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._time_out()
 
+    def _cut_off(self) -> tuple[int, str]:
+        """How many items in flight the timeout cuts off (their chunks had not ended), and those still running.
+
+        Chunks in flight end in any order, and are read in order: where one
+        item hangs, the chunks after it have ended, and the map's error said
+        all of the items in flight were stopped. The running ones are named
+        by their items (which of a chunk's items ran, its worker alone knows).
+        """
+        count = 0
+        ranges = []
+        for handle, size in self._in_flight:
+            if handle._state >= SUCCEEDED:
+                continue
+            count += size
+            if handle._state == RUNNING:
+                start = self._chunk_items[id(handle)][0]  # (every chunk in flight has its entry)
+                ranges.append(f"item {start}" if size == 1 else f"items {start}-{start + size - 1}")
+        if not ranges:
+            return count, ""
+        more = f" and {len(ranges) - 3} more chunk(s)" if len(ranges) > 3 else ""
+        return count, f" (running: {', '.join(ranges[:3])}{more})"
+
     def _time_out(self) -> NoReturn:
         """End the map at its deadline; its chunks in flight end timed out.
 
@@ -2095,6 +2117,7 @@ class _Mapper:
         """
         unfinished = self._items_in_flight
         handles = [handle for handle, _ in self._in_flight]
+        cut_off = self._cut_off()  # (before they all end timed out)
         time_out_all(handles)  # together: one by one, each running chunk on threads had a thread replace it
         for handle in handles:
             if not handle._code_done:  # its code still runs: on processes, its worker is replaced
@@ -2107,9 +2130,11 @@ class _Mapper:
             rest = ", and the rest of the input was not read"
         else:
             rest = f", and the other {left} never started"
+        count, running = cut_off
         timed_out = TaskTimeoutError(
             f"the map timed out after {self._timeout:g} s with {self._read - unfinished} item(s) done: "
-            f"the {unfinished} in flight timed out with it (those that had ended lose their results){rest}"
+            f"the {unfinished} in flight timed out with it: {unfinished - count} had ended and lose their "
+            f"results, {count} were cut off{running}{rest}"
         )
         if self._read_by_async_for:
             from ._await import asyncio_timeout
