@@ -416,6 +416,62 @@ def test_a_generator_progress_callable_is_a_type_error_before_any_task_runs(opti
     assert ran == []
 
 
+class CountsOnly:
+    """A display whose ``__call__`` and method take the count alone: the map calls them with (done, total)."""
+
+    def __call__(self, done: int) -> None:
+        """Never called: refused at the map's call."""
+
+    def show(self, done: int) -> None:
+        """Never called: refused at the map's call."""
+
+
+def three_places(done: int, total: int | None, out: list[int]) -> None:
+    """A display that needs a third argument, unless a partial gives it."""
+    out.append(done)
+
+
+# Every way of giving a display that cannot take (done, total), and why inspect says it cannot.
+UNFITTING_DISPLAYS = [
+    pytest.param(lambda done: None, "too many positional arguments", id="one-argument"),
+    pytest.param(three_places, "missing a required argument: 'out'", id="three-arguments"),
+    pytest.param(lambda done, total, *, style: None, "missing a required (keyword-only )?argument: 'style'", id="keyword-only"),
+    pytest.param(CountsOnly(), "too many positional arguments", id="object-call"),
+    pytest.param(CountsOnly().show, "too many positional arguments", id="method"),
+    pytest.param(functools.partial(three_places, 1, None), "too many positional arguments", id="partial"),
+    pytest.param([].append, "too many positional arguments", id="builtin-method"),
+]
+
+
+@pytest.mark.parametrize(("option", "why"), UNFITTING_DISPLAYS)
+def test_a_progress_callable_that_cannot_take_done_and_total_is_a_type_error_before_any_task_runs(
+    option: Any, why: str
+) -> None:
+    # Called as option(done, total) after the first chunk, it failed there, deep in the map, its work done.
+    pattern = (
+        r"progress must take 2 positional arguments \(done, total\), as it is called after each chunk of a map, "
+        rf"or each task gathered; .* cannot: {why}\. Pass a function of \(done, total\)"
+    )
+    assert_refused_at_each_call(option, pattern)
+    ran: list[int] = []
+    with pytest.raises(TypeError, match=pattern):
+        mp.parallel_map(ran.append, range(5), progress=option)
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param(lambda *report: None, id="varargs"),
+        pytest.param(lambda done, total=None, scale=1: None, id="defaults"),
+        pytest.param(functools.partial(three_places, out=[]), id="partial"),
+        pytest.param(print, id="builtin"),  # (one with no signature to read is taken: it may fit)
+    ],
+)
+def test_a_progress_callable_that_takes_done_and_total_is_called(option: Any) -> None:
+    assert mp.parallel_map(double, range(3), progress=option) == [0, 2, 4]
+
+
 # -- task-side progress ------------------------------------------------------------------------------
 
 

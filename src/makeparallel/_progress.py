@@ -29,7 +29,12 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-from ._validation import as_integer, check_count, unused_call_kind
+from ._validation import (
+    as_integer,
+    check_count,
+    refuse_unfitting_call,
+    unused_call_kind,
+)
 
 __all__ = ["GATHERED", "Progress", "ProgressOption", "check_progress", "open_progress"]
 
@@ -92,7 +97,9 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             not an int or ``None``; or the callable is a class (``tqdm`` itself),
             an ``async def`` function (a coroutine or an async generator
             function) or a generator function, or a ``functools.partial`` of
-            one, none of which displays anything when called.
+            one, none of which displays anything when called; or the
+            callable cannot take ``(done, total)`` (its signature says so;
+            one that has none, as some builtins, is taken).
         ValueError: the mapping's ``total`` is negative, or the input has a
             length (``length`` is not ``None``) and ``total`` is another.
     """
@@ -129,6 +136,8 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             f"function(done, total); it runs on the thread that called the map, or gather; "
             'for a tqdm bar pass progress=True, or a dict of tqdm options (progress={"desc": "resizing"})'
         )
+    else:
+        refuse_unfitting_call("progress", option, "done, total", "after each chunk of a map, or each task gathered")
 
 
 def open_progress(

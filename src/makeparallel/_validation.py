@@ -30,6 +30,7 @@ __all__ = [
     "check_wait_timeout",
     "code_is_real",
     "is_real",
+    "refuse_unfitting_call",
     "refuse_unused_call",
     "shown",
     "unused_call_kind",
@@ -213,6 +214,64 @@ def refuse_unused_call(method: str, callback: Any, when: str, plain: str, runs_o
             f"{method}({getattr(callback, '__qualname__', callback)}) is {made[0]}: called {when}, it would "
             f"only make {made[1]}, and do nothing. Pass a plain {plain}; it runs on {runs_on} "
             "(to reach an event loop from there, use loop.call_soon_threadsafe)"
+        )
+
+
+# inspect.CO_VARARGS, without importing inspect.
+_VARARGS = 0x04
+
+
+def call_misfit(fn: Any, count: int) -> str | None:
+    """Why ``fn`` cannot be called with ``count`` positional arguments, as ``inspect`` says; ``None`` where it can.
+
+    Also ``None`` where no signature can be read (some builtins): such a
+    callable is taken, as it may fit. A plain function or a method of one, as
+    most callbacks are, is read from its code (~0.2 us); anything else (a
+    ``functools.partial``, an object with ``__call__``, a decorated function,
+    a mock) through ``inspect.signature``, imported only then.
+    """
+    plain, given = fn, count
+    if type(plain) is MethodType:
+        plain, given = plain.__func__, count + 1
+    if type(plain) is FunctionType and not plain.__dict__:  # no __wrapped__ nor __signature__ to follow
+        code = plain.__code__
+        required = code.co_argcount - len(plain.__defaults__ or ())
+        keyword_only_defaults = len(plain.__kwdefaults__ or ())
+        if (
+            required <= given
+            and (given <= code.co_argcount or code.co_flags & _VARARGS)
+            and keyword_only_defaults == code.co_kwonlyargcount
+        ):
+            return None
+    import inspect  # only for a callable its code does not vouch for: importing the package does not pay for it
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    try:
+        signature.bind(*range(count))
+    except TypeError as misfit:
+        return str(misfit)
+    return None
+
+
+def refuse_unfitting_call(what: str, fn: Any, arguments: str, when: str) -> None:
+    """Raise ``TypeError`` at the call that passed ``fn`` where it cannot take the arguments the library calls it with.
+
+    The library calls a callback, a listener or a display later, on a thread
+    of its own, where a ``TypeError`` of its arity came after the work (a
+    map's first chunk), or only in the log. ``what`` names it (``"progress"``),
+    ``arguments`` the arguments it gets (``"done, total"``), and ``when`` when
+    it is called (:func:`call_misfit` says why it does not fit).
+    """
+    count = arguments.count(",") + 1
+    why = call_misfit(fn, count)
+    if why is not None:
+        raise TypeError(
+            f"{what} must take {count} positional argument{'s' if count > 1 else ''} ({arguments}), as it is called "
+            f"{when}; {getattr(fn, '__qualname__', fn)!s} cannot: {why}. Pass a function of ({arguments}), as "
+            f"lambda {arguments}: ..."
         )
 
 
