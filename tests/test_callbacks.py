@@ -659,6 +659,67 @@ def test_non_callable_is_rejected_before_the_end(gate: threading.Event) -> None:
     assert handle.get(5) == "done"
 
 
+class TakesTwo:
+    """A callback object and method that need two arguments, where the handle passes one."""
+
+    def __call__(self, value: Any, extra: Any) -> None:
+        """Never called: refused as it is added."""
+
+    def record(self, value: Any, extra: Any) -> None:
+        """Never called: refused as it is added."""
+
+
+# Each registration, with what it passes the callback; and each way of giving a callback that cannot take it.
+REGISTRATIONS = [("on_complete", "result"), ("on_error", "error"), ("on_progress", "fraction")]
+UNFITTING_CALLBACKS = [
+    pytest.param(lambda: None, "too many positional arguments", id="no-argument"),
+    pytest.param(lambda value, extra: None, "missing a required argument: 'extra'", id="two-arguments"),
+    pytest.param(TakesTwo(), "missing a required argument: 'extra'", id="object-call"),
+    pytest.param(TakesTwo().record, "missing a required argument: 'extra'", id="method"),
+    pytest.param(functools.partial(lambda a, b, c: None, 1), "missing a required argument: 'c'", id="partial"),
+]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("method", "argument"), REGISTRATIONS, ids=[method for method, _ in REGISTRATIONS])
+@pytest.mark.parametrize(("callback", "why"), UNFITTING_CALLBACKS)
+def test_a_callback_that_cannot_take_its_argument_is_refused_as_it_is_added(
+    backend: str, method: str, argument: str, callback: Any, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Taken, it raised TypeError as it was called, which was only logged, at each call.
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        mp.report_progress(0.5)
+        return 1
+
+    handle = work()
+    pattern = (
+        rf"{method}'s callback must take 1 positional argument \({argument}\), as it is called .*; .* cannot: "
+        rf"{why}\. Pass a function of \({argument}\)"
+    )
+    with pytest.raises(TypeError, match=pattern):
+        getattr(handle, method)(callback)
+    assert handle.get(5) == 1
+    with pytest.raises(TypeError, match=pattern):  # after the end too, where it would be called at once
+        getattr(handle, method)(callback)
+    assert not [record for record in caplog.records if record.name == "makeparallel"]
+
+
+def test_a_done_callback_function_that_cannot_take_the_handle_is_refused(backend: str) -> None:
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    pattern = r"add_done_callback's fn must take 1 positional argument \(handle\).* cannot: too many positional arguments"
+    with pytest.raises(TypeError, match=pattern):
+        handle.add_done_callback(lambda: None)
+    seen: list[Any] = []
+    handle.add_done_callback(lambda done, *_: seen.append(done))
+    assert handle.get(5) == 1
+    assert seen == [handle]  # get() returns once every callback ran
+
+
 def test_registration_methods_chain(backend: str) -> None:
     @mp.parallel(backend=backend)
     def work() -> int:

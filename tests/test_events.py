@@ -518,6 +518,22 @@ def test_a_non_callable_listener_raises_type_error(not_callable: Any) -> None:
         mp.add_task_listener(not_callable)
 
 
+@pytest.mark.parametrize(
+    ("listener", "why"),
+    [
+        pytest.param(lambda: None, "too many positional arguments", id="no-argument"),
+        pytest.param(lambda event, sink: None, "missing a required argument: 'sink'", id="two-arguments"),
+    ],
+)
+def test_a_listener_that_cannot_take_the_event_raises_type_error_and_is_not_added(listener: Any, why: str) -> None:
+    # Added, it raised TypeError at every event of every task, which was only logged.
+    with pytest.raises(
+        TypeError, match=rf"a task listener must take 1 positional argument \(event\), .* cannot: {why}"
+    ):
+        mp.add_task_listener(listener)
+    assert listener not in _events.listeners
+
+
 def test_task_event_is_a_value() -> None:
     event = mp.TaskEvent(
         kind="retry", task_id=1, name="f", status="pending", time=0.0, queue_wait=None, duration=None,

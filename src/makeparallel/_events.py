@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._states import STATE_NAMES, SUCCEEDED
-from ._validation import refuse_unused_call
+from ._validation import refuse_unfitting_call, refuse_unused_call
 
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
@@ -173,7 +173,8 @@ def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
             would use, as the handle's callbacks refuse it: an object (a class),
             a coroutine or an async generator (an ``async def`` function, an
             object whose ``__call__`` is one), or a generator (a function that
-            yields); also behind ``functools.partial``.
+            yields); also behind ``functools.partial``; or its signature cannot
+            take one argument (one with no signature to read is taken).
     """
     global listeners
     if not callable(listener):
@@ -181,6 +182,7 @@ def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
     refuse_unused_call(
         "add_task_listener", listener, "at each task event", "function(event)", "the thread where it happens"
     )
+    refuse_unfitting_call("a task listener", listener, "event", "at each task event")
     with _lock:
         listeners = (*listeners, listener)
 

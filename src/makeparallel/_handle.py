@@ -61,7 +61,12 @@ from ._states import (
 )
 from ._task_context import CancellationPoint, _local, blocked, wake_waits_of
 from ._validation import UNRUN_CODE as _UNRUN_CODE
-from ._validation import check_seconds, check_wait_timeout, refuse_unused_call
+from ._validation import (
+    check_seconds,
+    check_wait_timeout,
+    refuse_unfitting_call,
+    refuse_unused_call,
+)
 from ._yielding_lock import wait_while_held
 from .errors import (
     ShutdownError,
@@ -676,9 +681,11 @@ class AsyncHandle(Generic[T_co]):
         """Call ``callback(result)`` once, if and when the task succeeds. Returns the handle.
 
         Raises:
-            TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
+            TypeError: ``callback`` is not callable, or is a class or async
+                (see :meth:`on_progress`), or cannot take one argument.
         """
         refuse_unused_call("on_complete", callback, "as the task succeeds", "function(result)", _ENDS_OR_REPORTS)
+        refuse_unfitting_call("on_complete's callback", callback, "result", "as the task succeeds")
         self._register(_ON_COMPLETE, callback)
         return self
 
@@ -686,9 +693,11 @@ class AsyncHandle(Generic[T_co]):
         """Call ``callback(error)`` once, if and when the task fails, times out or is cancelled.
 
         Raises:
-            TypeError: ``callback`` is not callable, or is a class or async (see :meth:`on_progress`).
+            TypeError: ``callback`` is not callable, or is a class or async
+                (see :meth:`on_progress`), or cannot take one argument.
         """
         refuse_unused_call("on_error", callback, "as the task fails", "function(error)", _ENDS_OR_REPORTS)
+        refuse_unfitting_call("on_error's callback", callback, "error", "as the task fails")
         self._register(_ON_ERROR, callback)
         return self
 
@@ -706,11 +715,14 @@ class AsyncHandle(Generic[T_co]):
                 nothing would use, as ``progress=`` refuses it: an object (a
                 class), a coroutine or an async generator (an ``async def``
                 function, an object whose ``__call__`` is one), or a generator
-                (a function that yields); also behind ``functools.partial``.
+                (a function that yields); also behind ``functools.partial``;
+                or its signature cannot take one argument (one with no
+                signature to read, as some builtins, is taken).
         """
         refuse_unused_call(
             "on_progress", callback, "at each progress report", "function(fraction)", _ENDS_OR_REPORTS
         )
+        refuse_unfitting_call("on_progress's callback", callback, "fraction", "at each progress report")
         self._register(_ON_PROGRESS, callback)
         return self
 
@@ -726,7 +738,8 @@ class AsyncHandle(Generic[T_co]):
         Raises:
             TypeError: ``fn`` is not callable, or is an ``async def`` function
                 or a generator function, whose call only makes a coroutine or
-                a generator that nothing awaits or iterates. (Only a function is looked at, not a method or
+                a generator that nothing awaits or iterates, or that cannot
+                take one argument. (Only a function is looked at, not a method or
                 an object, where :meth:`on_complete` looks at any callable: the
                 library's own collectors add a callback to each task.)
             RuntimeError: ``fn`` is asyncio's, and the task's coroutine runs on a
@@ -737,6 +750,7 @@ class AsyncHandle(Generic[T_co]):
         if type(fn) is FunctionType:
             if fn.__code__.co_flags & _UNRUN_CODE:
                 refuse_unused_call("add_done_callback", fn, "as the task ends", "function(handle)", _ENDS_OR_REPORTS)
+            refuse_unfitting_call("add_done_callback's fn", fn, "handle", "as the task ends")
             if type(fn.__module__) is str and fn.__module__.partition(".")[0] == "asyncio":
                 from ._await import on_its_loop  # asyncio is imported already
 
