@@ -3206,6 +3206,56 @@ def test_an_async_timeout_crosses_to_a_worker_process_and_back_as_itself(gate: t
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False], ids=["in order", "as they end"])
+@pytest.mark.parametrize("backend", ["thread", "sync", "process"])
+def test_an_items_own_task_timeout_error_through_an_async_imap_is_an_asyncio_timeout_error(
+    backend: str, ordered: bool
+) -> None:
+    """As an await of the item's task would raise it: on 3.10 ``except asyncio.TimeoutError`` missed it."""
+    own = mp.TaskTimeoutError("the item's own wait timed out")
+
+    async def read() -> BaseException:
+        try:
+            async for _ in mp.imap(raise_it, [own], backend=backend, ordered=ordered):
+                pass
+        except asyncio.TimeoutError as error:
+            return error
+        raise AssertionError("the map raised nothing")
+
+    error = run(read())
+    assert isinstance(error, mp.TaskTimeoutError) and error.args == own.args
+
+
+@pytest.mark.timeout(30)
+def test_check_cancelled_in_an_async_task_past_its_timeout_raises_an_asyncio_timeout_error(
+    gate: threading.Event,
+) -> None:
+    """On Python 3.10 ``except asyncio.TimeoutError`` in the task missed its own timeout, which it catches from 3.11."""
+    seen: list[BaseException | None] = []
+    looked = threading.Event()
+
+    @mp.parallel(timeout=0.05)
+    async def crawl() -> None:
+        gate.wait(20)  # opened once the task timed out
+        try:
+            mp.check_cancelled()
+        except asyncio.TimeoutError as error:
+            seen.append(error)
+        except BaseException as missed:
+            seen.append(missed)
+            raise
+        finally:
+            looked.set()
+
+    handle = crawl()
+    with pytest.raises(mp.TaskTimeoutError):
+        handle.get(20)
+    gate.set()
+    assert looked.wait(20)
+    assert isinstance(seen[0], asyncio.TimeoutError) and isinstance(seen[0], mp.TaskTimeoutError)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("backend", "past_it"),
     [("sync", "in its chunk"), ("sync", "in the loop's body"), ("thread", "in the loop's body")],

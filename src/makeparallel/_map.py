@@ -1452,7 +1452,7 @@ class _Mapper:
         import asyncio
 
         from ._async_collect import AsyncCompletions
-        from ._await import cancel_crossing, ended
+        from ._await import asyncio_timeout, cancel_crossing, ended
 
         finished = cancelled = False
         self._read_by_async_for = True
@@ -1490,6 +1490,8 @@ class _Mapper:
                         raise _stop_async_iteration_failure(error) from error
                     if isinstance(error, asyncio.CancelledError):  # the item's own: _take() awaits nothing
                         raise _stop_async_iteration_failure(error, CANCELLED_ERROR) from error
+                    if isinstance(error, TaskTimeoutError):  # the item's own, as an await of its task raises it
+                        asyncio_timeout(error)
                     raise
                 yield chunk
                 self._items_in_flight -= taken

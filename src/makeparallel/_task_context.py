@@ -98,11 +98,35 @@ def check_cancelled() -> None:
 
     Raises:
         TaskCancelledError: the task was cancelled.
-        TaskTimeoutError: the task ran past its timeout.
+        TaskTimeoutError: the task ran past its timeout. Raised where an event
+            loop runs (in an ``async def`` task), it is an
+            ``asyncio.TimeoutError`` too, on Python 3.10 as from 3.11, where
+            that is ``TimeoutError`` (``_await.asyncio_timeout``).
     """
     task = current_task()
     if task is not None:
-        task._raise_if_stopped()
+        try:
+            task._raise_if_stopped()
+        except Exception as stopped:
+            _timeout_for_asyncio_code(stopped)
+            raise
+
+
+def _timeout_for_asyncio_code(error: Exception) -> None:
+    """Make ``error``, a ``TaskTimeoutError`` raised where an event loop runs, an ``asyncio.TimeoutError`` too.
+
+    From Python 3.11 it is one (``TimeoutError``); on 3.10 ``except
+    asyncio.TimeoutError`` in an ``async def`` task missed its own timeout,
+    which it catches from 3.11 (``_await.asyncio_timeout``). Imports only
+    here: a worker imports this module before its first task.
+    """
+    from ._coroutines import running_loop
+    from .errors import TaskTimeoutError
+
+    if isinstance(error, TaskTimeoutError) and running_loop() is not None:
+        from ._await import asyncio_timeout  # (asyncio is loaded: a loop runs)
+
+        asyncio_timeout(error)
 
 
 class CancellationPoint:
