@@ -1772,15 +1772,24 @@ def test_a_ctrl_c_as_exit_waits_ends_the_program_with_status_0(backend: str) -> 
     assert "Traceback" not in result.stderr, result.stderr
 
 
-# A service's SIGTERM handler raises SystemExit, as the README advises; the service
-# manager's SIGTERM comes as exit waits for a task that never ends (the program ended
-# normally, or after a first SIGTERM). The handler runs on the main thread, in exit's wait.
+# A service's SIGTERM handler raises SystemExit, as the README advises, or an error of
+# its own; the service manager's SIGTERM comes as exit waits for a task that never ends
+# (the program ended normally, or after a first SIGTERM). The handler runs on the main
+# thread, in exit's wait.
 SIGTERM_AS_EXIT_WAITS = """
 import signal, sys, threading, time
 import makeparallel as mp
 from makeparallel import _runtime
 
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+class Terminated(Exception):
+    pass
+
+def on_sigterm(signum, frame):
+    if sys.argv[2] == "SystemExit":
+        sys.exit(0)
+    raise Terminated("SIGTERM")
+
+signal.signal(signal.SIGTERM, on_sigterm)
 mp.configure(exit_timeout=60)
 never = threading.Event()
 """ + EXIT_WAITS + """
@@ -1806,17 +1815,19 @@ threading.Thread(target=say_when_exit_waits, daemon=True).start()
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGTERM to a child process (POSIX)")
+@pytest.mark.parametrize("raised", ["SystemExit", "Terminated"])
 @pytest.mark.parametrize("backend", ["thread", "process", "flask"])
-def test_a_signal_handlers_system_exit_as_exit_waits_abandons_the_tasks_with_a_warning_and_no_traceback(
-    backend: str,
+def test_a_signal_handlers_exit_or_error_as_exit_waits_abandons_the_tasks_with_a_warning(
+    backend: str, raised: str
 ) -> None:
     if backend == "flask":
         pytest.importorskip("flask")
         pytest.importorskip("prometheus_client")
     # It went up through exit's hook: Python printed it as ignored with the library's frames,
-    # and the hook's rest was skipped (the workers' stop, the exporters' last flush).
+    # and the hook's rest was skipped (the workers' stop, the exporters' last flush). The
+    # handler's own error (not SystemExit) is logged once, with its traceback.
     child = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_AS_EXIT_WAITS, backend],
+        [sys.executable, "-c", SIGTERM_AS_EXIT_WAITS, backend, raised],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1832,12 +1843,18 @@ def test_a_signal_handlers_system_exit_as_exit_waits_abandons_the_tasks_with_a_w
             child.kill()
             child.communicate()
     assert (child.returncode, stdout) == (0, ""), stderr
-    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    if raised == "SystemExit":
+        assert "Traceback" not in stderr, stderr
+    else:
+        wait = "the makeparallel.flask extension's shutdown" if backend == "flask" else "the wait for the tasks"
+        assert f"makeparallel: {wait} at interpreter exit was ended by Terminated: SIGTERM" in stderr, stderr
+        assert stderr.count("Traceback") == 1 and stderr.count("Terminated: SIGTERM\n") == 1, stderr
     abandoned = "1 task(s) still unfinished at interpreter exit were abandoned "
     if backend == "flask":  # (the extension's shutdown waited, not exit's own wait)
         abandoned += "while the makeparallel.flask extension's shutdown still waited for them"
     else:
-        abandoned += "after SystemExit ended the wait for them"
+        abandoned += f"after {raised} ended the wait for them"
     assert abandoned in stderr, stderr
     assert stderr.endswith("flushed\n"), stderr
 

@@ -421,6 +421,31 @@ def forget_after_exit(hook: Callable[[], None]) -> None:
             _after_exit.remove(hook)
 
 
+def report_error_ending_exit_wait(error: BaseException, wait: str) -> None:
+    """Log ``error``, which ended ``wait`` at interpreter exit, once, with its traceback; not Ctrl-C nor ``SystemExit``.
+
+    Those two end a wait at exit as they are meant to, and the warning of the
+    tasks abandoned names them. Another is a signal handler's own exception
+    (a service whose SIGTERM handler raises one of its own), or a fault: left
+    to go up through the exit hook, Python printed it as ignored, among the
+    library's frames, and the hook's rest was skipped (the workers' stop,
+    the exporters' last flush).
+    """
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return
+    _log.error(
+        "makeparallel: %s at interpreter exit was ended by %s, raised in it (by a signal handler, where the "
+        "traceback ends in one); exit goes on",
+        wait, _short_error(error), exc_info=error,
+    )
+
+
+def _short_error(error: BaseException) -> str:
+    """``error`` as its type and message: ``Terminated: SIGTERM``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _run_after_exit_hooks(hooks: list[Callable[[], None]]) -> bool:
     """Run ``hooks`` (:func:`_run_after_exit`); return whether a Ctrl-C (or a signal handler's ``SystemExit``) did not end the run.
 
@@ -1324,15 +1349,16 @@ def _deferred_pending() -> bool:
 def _join_at_exit(thread: threading.Thread) -> None:
     """At exit, wait in slices for a deferred :func:`reset_shutdown` going on in ``thread``; a Ctrl-C ends the wait.
 
-    So does a signal handler's ``SystemExit`` (SIGTERM), as in the other waits
-    at exit: it went up through this hook, printed as ignored with the library's frames.
+    So does a signal handler's ``SystemExit`` (SIGTERM), or an error of its own
+    (logged: :func:`report_error_ending_exit_wait`), as in the other waits at
+    exit: it went up through this hook, printed as ignored with the library's frames.
     """
     if ending_on_interrupt():
         return
     try:
         _interruptible.join(thread, None)
-    except (KeyboardInterrupt, SystemExit):
-        pass
+    except BaseException as error:  # noqa: BLE001  # logged there, unless Ctrl-C's or SystemExit's
+        report_error_ending_exit_wait(error, "the wait for a reset_shutdown() deferred by a signal handler")
 
 
 def _refuse_to_wait_blind_here(call: str, then: str, pools: Callable[[], list[Backend]] = _all_backends) -> None:
@@ -1489,8 +1515,8 @@ class ShutdownCall:
             _interruptible.join(thread, None)
         except KeyboardInterrupt:
             self.interrupted()
-        except SystemExit:  # a signal handler's (SIGTERM): exit's warning says this wait had not ended
-            pass
+        except BaseException as error:  # noqa: BLE001  # a signal handler's (SIGTERM): exit's warning says this wait had not ended
+            report_error_ending_exit_wait(error, f"the wait for {self.by}, deferred by a signal handler")
 
     def interrupted(self) -> None:
         """A Ctrl-C ended the wait for this shutdown: exit's warning says so, and advises no longer timeout.
@@ -1714,21 +1740,23 @@ def _at_exit() -> None:
     end_those_of_closed_loops()  # (before its count of the tasks left, too)
     try:
         reopen = _wait_or_abandon(backends, _executor_pools())
-    except (KeyboardInterrupt, SystemExit):
+    except BaseException as error:  # noqa: BLE001  # logged there, unless Ctrl-C's or SystemExit's
         # Ctrl-C as exit abandons the tasks (a second one after the Ctrl-C that ended
         # the program, while a large batch is cancelled): the user will not wait, and
         # the error would only be printed as ignored, with the workers not stopped.
-        # Likewise a signal handler's SystemExit (a second SIGTERM, as the warning of
-        # the tasks a first one abandoned is written): it skipped the exporters' flush too.
+        # Likewise a signal handler's SystemExit, or its own error (a second SIGTERM, as the
+        # warning of the tasks a first one abandoned is written): it skipped the exporters' flush too.
+        report_error_ending_exit_wait(error, "the abandoning of the tasks")
         reopen = False
     # No orphaned or zombie worker process; every pool's stopped at once.
     try:
         terminate_all(_every_pool())
-    except (KeyboardInterrupt, SystemExit):  # (SystemExit: a signal handler's, as in the wait)
+    except BaseException as error:  # noqa: BLE001  # (SystemExit or another error: a signal handler's, as in the wait)
         # Ctrl-C as the workers stop (a second one after the Ctrl-C that ended the
         # program, or one while a worker deaf to SIGTERM takes its two grace periods):
         # the user will not wait. A worker not stopped yet dies with this process (its
         # parent-death signal); the error would only be printed as ignored.
+        report_error_ending_exit_wait(error, "the stop of the worker processes")
         reopen = False
     coroutines = sys.modules.get("makeparallel._coroutines")
     if coroutines is not None:  # before finalization, where the daemon workers' loops could not be closed
@@ -1773,11 +1801,12 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
             # Ctrl-C while exit waited: the user will not wait, and the error would
             # only be printed as ignored, with the workers left running until the end.
             _abandon_on_interrupt(_every_pool())
-        except SystemExit:
+        except BaseException as error:  # noqa: BLE001  # logged there, unless SystemExit
             # Likewise a signal handler's sys.exit() (SIGTERM from a service manager, as
-            # the README advises): printed as ignored with the library's frames, it also
-            # skipped the workers' stop and the exporters' last flush.
-            _abandon_on_interrupt(_every_pool(), "after SystemExit ended the wait for them")
+            # the README advises), or an error of its own: printed as ignored with the
+            # library's frames, it also skipped the workers' stop and the exporters' last flush.
+            report_error_ending_exit_wait(error, "the wait for the tasks")
+            _abandon_on_interrupt(_every_pool(), f"after {type(error).__name__} ended the wait for them")
         else:
             if not idle:
                 _log_abandoned(_every_pool(), f"after waiting {timeout:g} s", _advice_after_exit_timeout)
@@ -1786,7 +1815,7 @@ def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
 
 
 def _abandon_on_interrupt(backends: list[Backend], when: str = "after Ctrl-C") -> None:
-    """Ctrl-C ended the program, or its wait at exit (or ``SystemExit`` did, ``when`` says): what has not started never will."""
+    """Ctrl-C ended the program, or its wait at exit (or another error did, ``when`` says): what has not started never will."""
     for backend in backends:
         backend.close(cancel_pending=True)
     if _unfinished(backends):

@@ -259,8 +259,10 @@ class MakeParallel:
             self.shutdown()
         except KeyboardInterrupt:
             pass  # the library's exit hook then abandons what is left, with a warning that says Ctrl-C ended this wait
-        except SystemExit:
-            pass  # a signal handler's (SIGTERM): that warning says this wait had not ended; no traceback of the hook
+        except BaseException as error:  # noqa: BLE001  # logged there, unless SystemExit
+            # A signal handler's SystemExit (SIGTERM), or its own error (logged once, with its traceback):
+            # that warning says this wait had not ended; no traceback of the hook.
+            _runtime.report_error_ending_exit_wait(error, "the makeparallel.flask extension's shutdown")
 
     def shutdown(self) -> bool:
         """Shut the library down as configured; return whether every task ended in time.
