@@ -1701,6 +1701,95 @@ def test_exit_does_not_wait_for_a_task_whose_coroutines_loop_closed(script: str)
     assert "still unfinished at interpreter exit" not in completed.stderr, completed.stderr
 
 
+# An `async for` over an imap, left reading on a loop then closed, in a task held in a global:
+# the task's coroutine is closed as the interpreter clears the modules, after the exit hook.
+# From Python 3.13 that close reaches the map's generators, whose stop of the chunks in flight
+# imported as it went: "Exception ignored ... ImportError: sys.meta_path is None".
+_EXIT_WITH_AN_ASYNC_FOR_LEFT_ON_A_CLOSED_LOOP = """import asyncio, sys, threading
+import makeparallel as mp
+
+def held_back(i):
+    if i:
+        threading.Event().wait(0.2)
+    return i
+
+async def read_on(results, first):
+    async for _ in results:
+        if not first.done():
+            first.set_result(None)
+
+async def start():
+    first = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(read_on(mp.imap(held_back, range(20), backend=sys.argv[1]), first))
+    await first
+    return task
+
+loop = asyncio.new_event_loop()
+reading = loop.run_until_complete(start())
+loop.close()
+print("closed")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_async_for_left_on_a_closed_loop_exits_without_an_error(backend: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _EXIT_WITH_AN_ASYNC_FOR_LEFT_ON_A_CLOSED_LOOP, backend]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["closed"]
+    assert "Exception ignored" not in completed.stderr and "ImportError" not in completed.stderr, completed.stderr
+
+
+# What that close finds on every Python, made here: no module left to import (sys.modules
+# cleared, sys.meta_path None), as the map's async generator is closed. Stopping the chunks in
+# flight imported a module of the library's, and failed.
+_CLOSE_AN_ASYNC_IMAP_WITH_NOTHING_TO_IMPORT = """import asyncio, sys, threading
+import makeparallel as mp
+
+gate = threading.Event()
+
+def held_back(i):
+    if i:
+        gate.wait(30)
+    return i
+
+async def read_one(results):
+    async for _ in results:
+        return
+
+results = aiter(mp.imap(held_back, range(20), chunksize=1))
+loop = asyncio.new_event_loop()
+loop.run_until_complete(read_one(results))
+loop.close()
+modules, finders = dict(sys.modules), sys.meta_path
+sys.modules.clear()
+sys.meta_path = None
+try:
+    closing = results.aclose()
+    try:
+        closing.send(None)
+    except StopIteration:
+        pass
+finally:
+    sys.meta_path = finders
+    sys.modules.update(modules)
+    gate.set()
+print("closed")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_async_imaps_close_imports_nothing() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(mp.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", _CLOSE_AN_ASYNC_IMAP_WITH_NOTHING_TO_IMPORT]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=50, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["closed"]
+    assert completed.stderr == "", completed.stderr
+
+
 _EXIT_AS_A_TASKS_LOOP_CLOSES = """import asyncio, threading
 import makeparallel as mp
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._backends._base import WorkerPlace, pool_of_this_thread
 from ._coroutines import check_the_loop_of, end_those_of_closed_loops, on_callers_loops
+from ._handle import cancel_all
 from ._interruptible import SLICE
 from ._states import SUCCEEDED
 from .errors import TaskTimeoutError
@@ -429,9 +430,6 @@ def cancel_crossing(handles: list[AsyncHandle[Any]]) -> None:
     stopped as ``handle.cancel(force=True)`` stops them; the rest are cancelled
     together, in one round of their backend's lock (``cancel_all``).
     """
-    from ._handle import cancel_all
-    from ._states import SUCCEEDED
-
     forced_by_function: dict[int, bool] = {}
     together: list[AsyncHandle[Any]] = []
     for handle in handles:

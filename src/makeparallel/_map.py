@@ -1510,7 +1510,8 @@ class _Mapper:
         finally:
             if cancelled:  # as a cancelled await stops its task (async_cancel)
                 cancel_crossing([handle for handle, _ in self._in_flight])
-            elif not finished:  # an error, a timeout, or the consumer stopped: as chunks() stops them
+            elif not finished and not sys.is_finalizing():  # (at teardown: as in chunks())
+                # an error, a timeout, or the consumer stopped: as chunks() stops them
                 cancel_and_stop([handle for handle, _ in self._in_flight])
             if self._progress is not None:
                 self._progress.close()

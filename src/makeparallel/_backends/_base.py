@@ -478,8 +478,6 @@ class Backend:
         lost are reported at once (see ``makeparallel._handle.cancel_all``
         and ``time_out_all``).
         """
-        from .._handle import end_queued_locked  # (a cycle: handles import this module)
-
         ended: list[tuple[AsyncHandle[Any], Any]] = []
         running: list[AsyncHandle[Any]] = []
         queued: list[AsyncHandle[Any]] = []  # nobody waits: ended in bulk, then those without callbacks
@@ -507,7 +505,7 @@ class Backend:
                     if previous == RUNNING:
                         running.append(handle)
                 if queued:
-                    queued, told = end_queued_locked(queued, state)
+                    queued, told = _handle.end_queued_locked(queued, state)
                     self._cancelled_queued_locked([*queued, *(handle for handle, _ in told)])
                     ended += told
             self._announce_cancelled(ended)
@@ -600,3 +598,9 @@ class _RetryDue:
     def give_up(self) -> None:
         """Shutdown: end the task with its last error now, rather than at its due time."""
         self.handle._give_up_retrying(SHUT_DOWN)
+
+
+# Last, as a module (handles import this one first, and find it whole): bound at import, not
+# in the call. Imported there, a cancel as the interpreter tore down (an unfinished map's
+# close, run by its collection) failed with "ImportError: sys.meta_path is None".
+from .. import _handle
