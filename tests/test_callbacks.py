@@ -720,6 +720,35 @@ def test_a_done_callback_function_that_cannot_take_the_handle_is_refused(backend
     assert seen == [handle]  # get() returns once every callback ran
 
 
+def passing_context(fn: Any) -> Any:
+    """A decorator that passes ``fn`` an argument of its own first, as click's ``pass_obj`` does."""
+
+    @functools.wraps(fn)  # (copies fn's signature, the one the wrapper's caller does not see)
+    def wrapper(*args: Any) -> Any:
+        return fn("context", *args)
+
+    return wrapper
+
+
+def test_a_decorated_callback_is_read_by_its_wrapper(backend: str) -> None:
+    # Read through __wrapped__, record(context, value) seemed to need two arguments: it was refused.
+    seen: list[tuple[str, Any]] = []
+
+    @passing_context
+    def record(context: str, value: Any) -> None:
+        seen.append((context, value))
+
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    handle = work()
+    handle.on_complete(record)
+    handle.add_done_callback(record)
+    assert handle.get(5) == 1
+    assert seen == [("context", 1), ("context", handle)]  # get() returns once every callback ran
+
+
 def test_registration_methods_chain(backend: str) -> None:
     @mp.parallel(backend=backend)
     def work() -> int:

@@ -472,6 +472,25 @@ def test_a_progress_callable_that_takes_done_and_total_is_called(option: Any) ->
     assert mp.parallel_map(double, range(3), progress=option) == [0, 2, 4]
 
 
+def test_a_decorated_progress_callable_is_read_by_its_wrapper() -> None:
+    # Read through __wrapped__, show(style, done, total) seemed to need three arguments: it was refused.
+    shown: list[tuple[str, int, int | None]] = []
+
+    def styled(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)  # (copies fn's signature, the one the map does not call)
+        def wrapper(*report: Any) -> None:
+            fn("plain", *report)
+
+        return wrapper
+
+    @styled
+    def show(style: str, done: int, total: int | None) -> None:
+        shown.append((style, done, total))
+
+    assert mp.parallel_map(double, range(3), chunksize=3, progress=show) == [0, 2, 4]
+    assert shown == [("plain", 3, 3)]
+
+
 # -- task-side progress ------------------------------------------------------------------------------
 
 

@@ -269,11 +269,16 @@ def _fits_by_its_code(fn: Any, count: int) -> bool:
 
 
 def _misfit_as_inspect_says(fn: Any, count: int) -> str | None:
-    """:func:`call_misfit` through ``inspect.signature(fn).bind``."""
+    """:func:`call_misfit` through ``inspect.signature(fn, follow_wrapped=False).bind``.
+
+    A decorated function is read by its wrapper, which a call runs first, not
+    by the ``__wrapped__`` function whose signature ``functools.wraps`` copies:
+    a wrapper may pass it arguments of its own (``f(ctx, *args)``) or drop some.
+    """
     import inspect  # only here: importing the package does not pay for it
 
     try:
-        signature = inspect.signature(fn)
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):  # no signature to read
         return None
     try:
