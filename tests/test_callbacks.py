@@ -8,9 +8,12 @@ registered after it.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import functools
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +28,7 @@ from pool_helpers import (
 )
 
 import makeparallel as mp
-from makeparallel import _handle
+from makeparallel import _handle, _validation
 
 BACKENDS = ["thread", "sync"]
 
@@ -747,6 +750,36 @@ def test_a_decorated_callback_is_read_by_its_wrapper(backend: str) -> None:
     handle.add_done_callback(record)
     assert handle.get(5) == 1
     assert seen == [("context", 1), ("context", handle)]  # get() returns once every callback ran
+
+
+def test_a_c_method_is_read_as_its_own_class_s_not_as_another_of_the_same_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What inspect said of a C method was kept under its owner's type and name: the owner of each
+    # class method is a class, of type 'type', so datetime's fromtimestamp was read as date's.
+    monkeypatch.setattr(_validation, "_c_misfits", type(_validation._c_misfits)())  # neither read yet
+    with pytest.raises(TypeError, match="cannot: too many positional arguments"):
+        _validation.refuse_unfitting_call("progress", datetime.date.fromtimestamp, "done, total", "after each chunk")
+    _validation.refuse_unfitting_call("progress", datetime.datetime.fromtimestamp, "done, total", "after each chunk")
+
+
+def test_a_c_method_given_as_a_callback_does_not_keep_its_class(backend: str) -> None:
+    # What inspect said of it was kept under its class, for good: a class made per call stayed too.
+    @mp.parallel(backend=backend)
+    def work() -> int:
+        return 1
+
+    def collect_one() -> weakref.ref[type]:
+        class Results(list[int]):
+            """Made at each call, as a local class is."""
+
+        results = Results()
+        handle = work().on_complete(results.append)
+        assert handle.get(5) == 1
+        assert results == [1]  # get() returns once every callback ran
+        return weakref.ref(Results)
+
+    made = collect_one()
+    gc.collect()  # (a class is in reference cycles of its own)
+    assert made() is None
 
 
 def test_registration_methods_chain(backend: str) -> None:

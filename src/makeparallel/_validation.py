@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import weakref
 from types import (
     BuiltinFunctionType,
     FunctionType,
@@ -220,9 +221,10 @@ def refuse_unused_call(method: str, callback: Any, when: str, plain: str, runs_o
 
 # inspect.CO_VARARGS, without importing inspect.
 _VARARGS = 0x04
-# What inspect said of a callable written in C, by its owner's type and name, and the count asked:
+# What inspect said of a callable written in C, under the class or module it belongs to, held weakly
+# (a class made per call goes with its last object), then by its kind, name and the count asked:
 # reading its text signature took 180 us for a list's append, given as a callback for each task.
-_c_misfits: dict[tuple[Any, int], str | None] = {}
+_c_misfits: weakref.WeakKeyDictionary[Any, dict[tuple[type, str, int], str | None]] = weakref.WeakKeyDictionary()
 
 
 def call_misfit(fn: Any, count: int) -> str | None:
@@ -232,20 +234,32 @@ def call_misfit(fn: Any, count: int) -> str | None:
     callable is taken, as it may fit. What most callbacks are, a plain
     function, a method of one, an object whose class's ``__call__`` is one,
     or a ``functools.partial`` of these, is read from its code (~0.3 us); a
-    callable written in C through ``inspect`` once per owner type and name;
-    anything else (a decorated function, a class) through ``inspect``, which
-    takes 30 us and more, imported only then.
+    callable written in C through ``inspect`` once per class or module it
+    belongs to, kind and name; anything else (a decorated function, a class)
+    through ``inspect``, which takes 30 us and more, imported only then.
     """
     if _fits_by_its_code(fn, count):
         return None
     if type(fn) not in _NEVER_ASYNC:
         return _misfit_as_inspect_says(fn, count)
+    # What it belongs to: an object's class, a class (a class method's) or a module, as it is bound; an
+    # unbound method's class. Not the class of any owner: all classes are types, and date.fromtimestamp
+    # takes one argument where datetime.fromtimestamp takes two.
     owner = getattr(fn, "__self__", None)
-    key = (fn if owner is None or type(owner) is ModuleType else (type(owner), fn.__name__), count)
+    if owner is None:
+        owner = getattr(fn, "__objclass__", None)
+    elif not isinstance(owner, (type, ModuleType)):
+        owner = type(owner)
+    if owner is None:
+        return _misfit_as_inspect_says(fn, count)
+    known = _c_misfits.get(owner)
+    if known is None:
+        known = _c_misfits[owner] = {}
+    key = (type(fn), fn.__name__, count)  # (bound or not: list.append takes the list first, [].append not)
     try:
-        return _c_misfits[key]
+        return known[key]
     except KeyError:
-        why = _c_misfits[key] = _misfit_as_inspect_says(fn, count)
+        why = known[key] = _misfit_as_inspect_says(fn, count)
         return why
 
 
