@@ -506,7 +506,7 @@ def _cancel_when_stopped(task: Any, loop: Any, future: Any) -> Callable[[], None
             # its worker. Cancelled here, on its loop's thread, it never starts, as a queued task.
             future.cancel()
     elif task is not None:  # a handle: it ends when stopped, and at the end
-        task.add_done_callback(cancel)
+        task._add_own_done_callback(cancel)
     return cancel
 
 
