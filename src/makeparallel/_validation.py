@@ -8,14 +8,12 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import weakref
 from types import (
     BuiltinFunctionType,
     FunctionType,
     MethodDescriptorType,
     MethodType,
     MethodWrapperType,
-    ModuleType,
     WrapperDescriptorType,
 )
 from typing import Any
@@ -221,46 +219,23 @@ def refuse_unused_call(method: str, callback: Any, when: str, plain: str, runs_o
 
 # inspect.CO_VARARGS, without importing inspect.
 _VARARGS = 0x04
-# What inspect said of a callable written in C, under the class or module it belongs to, held weakly
-# (a class made per call goes with its last object), then by its kind, name and the count asked:
-# reading its text signature took 180 us for a list's append, given as a callback for each task.
-_c_misfits: weakref.WeakKeyDictionary[Any, dict[tuple[type, str, int], str | None]] = weakref.WeakKeyDictionary()
 
 
 def call_misfit(fn: Any, count: int) -> str | None:
     """Why ``fn`` cannot be called with ``count`` positional arguments, as ``inspect`` says; ``None`` where it can.
 
-    Also ``None`` where no signature can be read (some builtins): such a
-    callable is taken, as it may fit. What most callbacks are, a plain
-    function, a method of one, an object whose class's ``__call__`` is one,
-    or a ``functools.partial`` of these, is read from its code (~0.3 us); a
-    callable written in C through ``inspect`` once per class or module it
-    belongs to, kind and name; anything else (a decorated function, a class)
-    through ``inspect``, which takes 30 us and more, imported only then.
+    Also ``None`` where no signature can be read (some builtins), and for a
+    callable written in C (a list's ``append``, a queue's ``put``): such a
+    callable is taken, as it may fit, where reading a C method's text
+    signature took 180 us, for a callback added to each task. What most
+    callbacks are, a plain function, a method of one, an object whose class's
+    ``__call__`` is one, or a ``functools.partial`` of these, is read from its
+    code (~0.3 us); anything else (a decorated function, a class) through
+    ``inspect``, which takes 30 us and more, imported only then.
     """
-    if _fits_by_its_code(fn, count):
+    if _fits_by_its_code(fn, count) or type(fn) in _NEVER_ASYNC:
         return None
-    if type(fn) not in _NEVER_ASYNC:
-        return _misfit_as_inspect_says(fn, count)
-    # What it belongs to: an object's class, a class (a class method's) or a module, as it is bound; an
-    # unbound method's class. Not the class of any owner: all classes are types, and date.fromtimestamp
-    # takes one argument where datetime.fromtimestamp takes two.
-    owner = getattr(fn, "__self__", None)
-    if owner is None:
-        owner = getattr(fn, "__objclass__", None)
-    elif not isinstance(owner, (type, ModuleType)):
-        owner = type(owner)
-    if owner is None:
-        return _misfit_as_inspect_says(fn, count)
-    known = _c_misfits.get(owner)
-    if known is None:
-        known = _c_misfits[owner] = {}
-    key = (type(fn), fn.__name__, count)  # (bound or not: list.append takes the list first, [].append not)
-    try:
-        return known[key]
-    except KeyError:
-        why = known[key] = _misfit_as_inspect_says(fn, count)
-        return why
+    return _misfit_as_inspect_says(fn, count)
 
 
 def _fits_by_its_code(fn: Any, count: int) -> bool:
