@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -107,3 +108,63 @@ def test_wait_until_idle_in_a_process_executors_callback_is_refused_as_in_a_proc
     assert len(refusals) == 2
     assert "wait_until_idle(timeout=None) called in a process task's callback" in refusals[0]
     assert "wait_until_idle(timeout=5) called in a process task's callback" in refusals[1]
+
+
+def _main_thread_waits_in(function_name: str) -> bool:
+    """Whether the main thread's stack is inside a call of ``function_name`` now."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None and frame.f_code.co_name != function_name:
+        frame = frame.f_back
+    return frame is not None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("limit", ["max_concurrent", "set_max_concurrent_tasks"])
+def test_wait_until_idle_waits_for_a_call_handed_a_slot_as_a_task_ended(limit: str, gate: threading.Event) -> None:
+    # A call blocked for a slot of a limit is handed one as the task holding it
+    # ends, and makes its task only then: every pool is idle in between, and
+    # wait_until_idle() returned True with that task not yet run.
+    ran: list[str] = []
+    first_started = threading.Event()
+    idle_returned = threading.Event()
+
+    @mp.parallel(max_concurrent=1 if limit == "max_concurrent" else None)
+    def work(name: str) -> None:
+        if name == "first":
+            first_started.set()
+            assert gate.wait(30)
+        ran.append(name)
+
+    def between_the_slot_and_the_submit(event: mp.TaskEvent) -> None:
+        # The producer holds its slot and has no task yet: held there until the
+        # main thread waits for the slot to be free, or wait_until_idle() returned.
+        if event.kind == "submitted" and threading.current_thread().name == "producer":
+            for _ in range(3000):
+                if idle_returned.wait(0.01) or _main_thread_waits_in("wait_free"):
+                    return
+
+    if limit == "set_max_concurrent_tasks":
+        mp.set_max_concurrent_tasks(1)
+    limiter = work._spec.limiter or _runtime.global_limiter
+    mp.add_task_listener(between_the_slot_and_the_submit)
+    producer = threading.Thread(target=work, args=("second",), name="producer")
+    try:
+        first = work("first")
+        assert first_started.wait(10)
+        producer.start()
+        for _ in range(1000):  # until the producer waits for the slot
+            if limiter._waiters:
+                break
+            threading.Event().wait(0.01)
+        assert limiter._waiters
+        gate.set()  # the first task ends, handing its slot to the producer
+        assert wait_until_idle(30)
+        idle_returned.set()
+        assert ran == ["first", "second"]
+        first.get(timeout=10)
+    finally:
+        idle_returned.set()
+        gate.set()
+        producer.join(10)
+        mp.remove_task_listener(between_the_slot_and_the_submit)
+        mp.set_max_concurrent_tasks(None)

@@ -1059,9 +1059,12 @@ def wait_until_idle(timeout: float | None = None) -> bool:
     ``executor=`` argument, ``loop.run_in_executor``) and does not wait for
     its futures is waited for too. (:func:`shutdown` waits for the
     runtime's alone: it leaves an ``Executor`` to its own ``shutdown``.)
-    It returns as the last task ends, when that task's callbacks
-    (``on_complete``, a future's ``add_done_callback``) and task listeners
-    may still run: what they record needs a wait of its own.
+    A call on another thread blocked for a slot of a limit (``max_concurrent``,
+    :func:`set_max_concurrent_tasks`) and handed one as a task ends is waited
+    for too, as at interpreter exit: it makes its task only then, the pools
+    idle in between. It returns as the last task ends, when that task's
+    callbacks (``on_complete``, a future's ``add_done_callback``) and task
+    listeners may still run: what they record needs a wait of its own.
 
     Args:
         timeout: the longest to wait, in seconds; ``None`` waits as long as it takes.
@@ -1080,18 +1083,23 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             the results) whatever the timeout while that pool has a task
             unfinished, as the wait could see none of them end.
     """
-    return _wait_for_every_task(_every_pool, timeout)
+    return _wait_idle_and_slots_free(_every_pool, _checked_wait_for_every_task(_every_pool, timeout))
 
 
 def _wait_for_every_task(pools: Callable[[], list[Backend]], timeout: float | None) -> bool:
-    """:func:`wait_until_idle` for the tasks of ``pools()``: its checks, its refusals, its wait."""
+    """:func:`shutdown`'s wait for the tasks of ``pools()``: the checks and refusals of :func:`wait_until_idle`, then :func:`_wait_idle`."""
+    return _wait_idle(pools, _checked_wait_for_every_task(pools, timeout))
+
+
+def _checked_wait_for_every_task(pools: Callable[[], list[Backend]], timeout: float | None) -> float | None:
+    """``timeout`` checked for a wait for every task of ``pools()``; raises where that wait could never end (:func:`wait_until_idle`)."""
     timeout = check_wait_timeout(timeout)
     if timeout is None or timeout == math.inf:  # math.inf waits as long as None does
         bound = "a timeout" if timeout is None else "a finite timeout"
         _refuse_to_wait_for_good_here(f"wait_until_idle(timeout={timeout})", "", bound, pools)
     else:
         _refuse_to_wait_blind_here(f"wait_until_idle(timeout={timeout:g})", ", and return False", pools)
-    return _wait_idle(pools, timeout)
+    return timeout
 
 
 def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
@@ -1109,6 +1117,24 @@ def _wait_idle(backends: Callable[[], list[Backend]], timeout: float | None) -> 
             if not backend.wait_idle(remaining):
                 return False
         if not _active(backends()):  # listed again: one made during the pass counts too
+            return True
+
+
+def _wait_idle_and_slots_free(backends: Callable[[], list[Backend]], timeout: float | None) -> bool:
+    """:func:`_wait_idle`, then until no slot of any limit is taken, or ``timeout`` seconds pass; return whether both.
+
+    A call blocked for a slot of a limit is handed one as a task ends, and
+    makes its task only then: every pool is idle in between, and a wait for
+    the pools alone returned before that task was made (``Limiter.wait_free``).
+    Its task may hand its slot on in turn: waited for again until one pass
+    finds nothing left.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not _wait_idle(backends, remaining) or not _wait_slots_free(deadline):
+            return False
+        if not _active(backends()) and not _slots_taken():
             return True
 
 
