@@ -742,6 +742,29 @@ def test_there_is_no_makeParallel_module() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("memoize", "functools.cache"),
+        ("memoize_fast", "functools.cache"),
+        ("retry_cached", "functools.cache"),
+        ("parallel_with_deps", "step2(h1.get())"),
+        ("ParallelWithDeps", "step2(h1.get())"),
+        ("timer", "makeparallel.profiled"),
+        ("CallCounter", "makeparallel.profiled"),
+    ],
+)
+def test_a_name_of_0_2_not_offered_says_what_to_use_instead(name: str, instead: str) -> None:
+    # Python's own message named only the name: 0.2 code using mp.memoize failed
+    # without a word of the migration guide, which says what to use instead.
+    with pytest.raises(AttributeError) as raised:
+        getattr(mp, name)
+    message = str(raised.value)
+    assert message.startswith(f"module 'makeparallel' has no attribute {name!r}: makeparallel 0.2's {name} is not offered")
+    assert instead in message and "docs/migrating-from-0.2.md" in message
+    assert not hasattr(mp, name)
+
+
+@pytest.mark.parametrize(
     ("decorator", "call"),
     [
         pytest.param(mp.retry, r"@retry\(max_retries=3\)", id="retry"),

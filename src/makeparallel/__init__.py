@@ -235,7 +235,10 @@ if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an err
         try:
             module_name, attribute = _LAZY[name]
         except KeyError:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+            # Of a name of makeparallel 0.2, the error says what to use instead.
+            from ._compat import not_offered
+
+            raise not_offered(__name__, name) from None
         # __import__, not importlib.import_module: importlib itself would cost an import.
         module = __import__(f"{__name__}.{module_name}", fromlist=[attribute])
         value = getattr(module, attribute)
