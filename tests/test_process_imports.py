@@ -546,6 +546,27 @@ def test_a_module_replaced_in_sys_modules_reads_as_a_change_though_at_the_same_a
         sys.modules.pop(name, None)
 
 
+def test_modules_are_read_through_an_import_on_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last module was read with next(reversed(sys.modules)): a thread that imported between
+    # the two calls made next() raise "dictionary changed size during iteration", and the task
+    # submitted failed with it. Here sys.modules changes as it is first read, as then.
+    from makeparallel import _serialization
+
+    class ImportedMeanwhile(dict[str, Any]):
+        read = 0
+
+        def __reversed__(self) -> Iterator[str]:
+            self.read += 1
+            if self.read == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return super().__reversed__()
+
+    modules = ImportedMeanwhile(sys.modules)
+    monkeypatch.setattr(sys, "modules", modules)
+    count, last, _ = _serialization.modules_now()
+    assert (count, last, modules.read) == (len(modules), next(reversed(list(modules))), 2)
+
+
 def test_a_task_that_pickles_no_module_still_has_the_pins(through_the_working_directory: tuple[str, Path]) -> None:
     # A C function's call asks nothing about modules: the pins were never asked under
     # this sys.path, and the workers found the module in their own directory.

@@ -1337,7 +1337,12 @@ def modules_now() -> tuple[int, str | None, Any]:
     count unchanged, could get the freed one's address, and read as the same.
     """
     modules = sys.modules
-    last = next(reversed(modules), None)
+    while True:
+        try:
+            last = next(reversed(modules), None)
+            break
+        except RuntimeError:  # "dictionary changed size during iteration": a thread imported as it was read
+            continue
     module = modules.get(last)  # type: ignore[arg-type]
     try:
         held: Any = weakref.ref(module)
