@@ -283,11 +283,6 @@ def _runs(worker: _Worker, handle: AsyncHandle[Any]) -> bool:
     return worker.outstanding[0] is handle and all(other._id != started for other in worker.outstanding)
 
 
-def _timing_out(handle: AsyncHandle[Any]) -> bool:
-    """Whether ``handle`` met its timeout and times out once its worker is stopped (``_stops_before_timing_out_locked``)."""
-    return getattr(handle, "_timeout_stopping", None) is not None
-
-
 def _after_failed_start(gave_up: bool, unreplaced: bool = False) -> str:
     """What the pool does after a failed start, for the error that reports it.
 
@@ -708,7 +703,7 @@ class ProcessBackend(QueueingBackend):
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         # A task's own timeout kills the worker running it at once, as a forced cancel does.
-        self._abandon(handle, force or handle._state == TIMED_OUT or _timing_out(handle), force)
+        self._abandon(handle, force or handle._state == TIMED_OUT or handle._timing_out(), force)
 
     def _stops_before_timing_out_locked(self, handle: AsyncHandle[Any]) -> float | None:
         """The grace of the kill, where a worker runs ``handle``: it times out once that worker's output is written.
@@ -757,7 +752,7 @@ class ProcessBackend(QueueingBackend):
                 return
             if kill and _runs(worker, handle):
                 # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
-                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT) or _timing_out(handle)
+                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT) or handle._timing_out()
                 self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
             else:  # ask it to stop at its next check_cancelled(), or never to start
                 self._control.append((worker, ("cancel", handle._id, handle._value)))
@@ -1715,7 +1710,7 @@ class ProcessBackend(QueueingBackend):
                             worker.spared.discard(handle._id)
                         stopped = worker.killing or spared
                         stale = stopped and self._retried_elsewhere_locked(handle)
-                    if stopped and _timing_out(handle):  # it ended as it was stopped at its timeout
+                    if stopped and handle._timing_out():  # it ended as it was stopped at its timeout
                         if self._partials:
                             self._partials.pop(handle._id, None)
                         handle._code_returned()
@@ -1949,7 +1944,7 @@ class ProcessBackend(QueueingBackend):
             for handle in outstanding:
                 if handle._state == RUNNING:
                     handle._finish(FAILED, init_failure())
-        elif outstanding and _timing_out(outstanding[0]):  # what it wrote as it was stopped came first
+        elif outstanding and outstanding[0]._timing_out():  # what it wrote as it was stopped came first
             outstanding[0]._time_out_stopped()
         elif outstanding and outstanding[0]._state == RUNNING and not retried:
             handle = outstanding[0]
