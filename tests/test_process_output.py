@@ -15,6 +15,7 @@ import ctypes
 import io
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -26,8 +27,17 @@ from typing import Any
 import pytest
 
 import makeparallel as mp
+from makeparallel import _runtime
 from makeparallel._backends import _process
-from pool_helpers import Flags, fresh_process_pool, mark_then_wait, send_tasks_ahead, the_pool_goes_on_beside, wait_until
+from pool_helpers import (
+    Flags,
+    fresh_process_pool,
+    mark_then_wait,
+    send_tasks_ahead,
+    the_pool_goes_on_beside,
+    wait_for_flag,
+    wait_until,
+)
 from test_process_faults import run_script
 
 pytestmark = [
@@ -393,6 +403,68 @@ def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost() -> None:
         # so what the task printed is in the redirect when get() raises, as for a result.
         printed = out.getvalue()
     assert printed == "a whole line\na partial line"
+
+
+def deaf_to_sigterm_until_go(flags: Flags) -> None:
+    """Ignore ``SIGTERM`` (the worker outlives its timeout's kill) until flag ``go``, then die of it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    flags.set("deaf")
+    assert flags.wait_for_release("go", 50)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_cancel_while_a_timed_out_worker_is_stopped_ends_the_task_timed_out_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past its deadline the handle waits (at most the kill's grace) for the stopped worker's
+    # output; a cancel then ends it as its own timeout had, and wakes its waiter now.
+    monkeypatch.setattr(_process, "_TERMINATE_GRACE", 50.0)  # the window stays open for the test
+    fresh_process_pool(1)
+    assert on_process(say_hi)(0).get(timeout=30) == 0  # its one worker has imported this module
+    flags = Flags(str(tmp_path))
+    try:
+        handle = on_process(deaf_to_sigterm_until_go)(flags, timeout=2.0)
+        assert flags.wait("deaf", 30)
+        assert wait_until(handle._timing_out, 30)  # its deadline passed: its worker is being stopped
+        woken: list[BaseException | None] = []
+
+        def wait() -> None:
+            try:
+                woken.append(handle.exception())
+            except BaseException as error:  # noqa: BLE001  # a cancellation raised: looked at below
+                woken.append(error)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert wait_until(lambda: bool(handle._waiters), 30)
+        assert handle.cancel()
+        waiter.join(30)  # woken by the cancel, not at the end of the grace
+        assert not waiter.is_alive() and isinstance(woken[0], mp.TaskTimeoutError), woken
+        assert "cancelled" not in str(woken[0]), woken
+    finally:
+        flags.set("go")
+
+
+def test_a_timed_out_task_whose_worker_never_ends_times_out_at_the_end_of_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backend never learns that the worker stopped (here it is not even asked to stop
+    # it): the handle's deadline times it out at the end of the grace, so no waiter hangs.
+    monkeypatch.setattr(_process, "_TERMINATE_GRACE", 0.5)
+    fresh_process_pool(1)
+    assert on_process(say_hi)(0).get(timeout=30) == 0
+    backend = _runtime.get_backend("process")
+    monkeypatch.setattr(backend, "_abandoned", lambda handle, force=False: None)
+    flags = Flags(str(tmp_path))
+    try:
+        handle = on_process(wait_for_flag)(flags, "go", timeout=1.0)
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+        assert handle.done(), "the wait gave up: the handle never timed out"
+    finally:
+        flags.set("go")
+    assert on_process(say_hi)(1).get(timeout=30) == 1
 
 
 C_LEVEL_SCRIPT = """
