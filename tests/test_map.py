@@ -930,18 +930,39 @@ def hang_at_seven(x: int) -> int:
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
-def test_a_timed_out_map_counts_the_chunks_that_ended_behind_the_one_that_hangs(backend: str) -> None:
-    # The second chunk ended long before the deadline, its results waiting behind the first
+def test_a_timed_out_map_counts_the_chunks_that_ended_behind_the_one_that_hangs(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second chunk ended before the deadline, its results waiting behind the first
     # chunk's, whose item 7 hangs: the message said "the 20 in flight timed out", as if none had.
+    # The map waits for its head chunk only once the second chunk ended, however long a
+    # cold worker takes to run it: past the deadline by then, the map times out at once.
     _SEVEN_RELEASED.clear()
+    second_ended = threading.Event()
+
+    def listen(event: mp.TaskEvent) -> None:
+        if event.kind == "finished" and event.status == "succeeded":
+            second_ended.set()
+
     if backend == "thread":
         mp.configure_thread_pool(2)
     else:
         mp.configure_process_pool(2)
+    # Warm, so that the deadline does not pass as the second chunk is sent.
+    assert mp.parallel_map(hang_at_seven, [0, 1], backend=backend, chunksize=1) == [0, 1]
+    remaining = _map._Mapper._remaining
+
+    def remaining_once_the_second_chunk_ended(mapper: Any) -> float | None:
+        assert second_ended.wait(30)
+        return remaining(mapper)
+
+    monkeypatch.setattr(_map._Mapper, "_remaining", remaining_once_the_second_chunk_ended)
+    mp.add_task_listener(listen)
     try:
         with pytest.raises(mp.TaskTimeoutError) as raised:
-            mp.parallel_map(hang_at_seven, range(20), backend=backend, chunksize=10, timeout=3)
+            mp.parallel_map(hang_at_seven, range(20), backend=backend, chunksize=10, timeout=1)
     finally:
+        mp.remove_task_listener(listen)
         _SEVEN_RELEASED.set()  # (a worker process has its own, never set: the map's timeout stops it)
     message = str(raised.value)
     assert message.endswith(
