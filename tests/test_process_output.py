@@ -467,6 +467,35 @@ def test_a_timed_out_task_whose_worker_never_ends_times_out_at_the_end_of_the_gr
     assert on_process(say_hi)(1).get(timeout=30) == 1
 
 
+def fail_after_flag(flags: Flags, name: str) -> str:
+    assert flags.wait(name, 30)
+    raise ValueError("ended after its deadline")
+
+
+@pytest.mark.parametrize("task", [wait_for_flag, fail_after_flag], ids=["success", "failure"])
+def test_an_outcome_read_after_the_deadline_before_the_stop_times_the_task_out(
+    task: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deadline sets the timeout aside and the worker's stop follows, outside the lock: a
+    # result read in between was settled as the task's outcome, a failure retried with the
+    # timeout still waiting. The timeout came first: the outcome is dropped, as one read after.
+    monkeypatch.setattr(_process, "_TERMINATE_GRACE", 50.0)
+    fresh_process_pool(1)
+    assert on_process(say_hi)(0).get(timeout=30) == 0
+    backend = _runtime.get_backend("process")
+    monkeypatch.setattr(backend, "_abandoned", lambda handle, force=False: None)  # the stop never comes
+    flags = Flags(str(tmp_path))
+    try:
+        handle = on_process(task)(flags, "go", timeout=0.5)
+        assert wait_until(handle._timing_out, 30)
+        flags.set("go")  # the task ends, its outcome sent
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+    finally:
+        flags.set("go")
+    assert on_process(say_hi)(1).get(timeout=30) == 1
+
+
 C_LEVEL_SCRIPT = """
 import os, signal, sys
 import makeparallel as mp

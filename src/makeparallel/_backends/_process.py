@@ -1710,7 +1710,7 @@ class ProcessBackend(QueueingBackend):
                             worker.spared.discard(handle._id)
                         stopped = worker.killing or spared
                         stale = stopped and self._retried_elsewhere_locked(handle)
-                    if stopped and handle._timing_out():  # it ended as it was stopped at its timeout
+                    if handle._timing_out():  # it ended at its timeout, stopped or about to be: that came first
                         if self._partials:
                             self._partials.pop(handle._id, None)
                         handle._code_returned()
