@@ -764,6 +764,24 @@ def test_a_name_of_0_2_not_offered_says_what_to_use_instead(name: str, instead: 
     assert not hasattr(mp, name)
 
 
+def test_another_name_the_package_lacks_is_looked_up_as_the_interpreter_tears_down_imports() -> None:
+    # The error of every name the package lacks was made by a module imported on the first miss:
+    # as the interpreter tears down imports (sys.meta_path None, made here), hasattr(mp, name) in a
+    # __del__ or an exit hook raised "ImportError: sys.meta_path is None" instead of returning False.
+    code = (
+        "import sys\n"
+        "import makeparallel as mp\n"
+        "sys.meta_path = None\n"
+        "print(hasattr(mp, 'no_such_name'), getattr(mp, 'no_such_name', 'default'))\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKEPARALLEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "default"]
+
+
 @pytest.mark.parametrize(
     ("decorator", "call"),
     [

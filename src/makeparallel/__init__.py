@@ -225,6 +225,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "wait": ("_collect", "wait"),
 }
 
+#: makeparallel 0.2's names not offered here, whose error says what to use instead (``_compat.not_offered``).
+_NOT_OFFERED_FROM_0_2 = frozenset(
+    ("memoize", "memoize_fast", "retry_cached", "parallel_with_deps", "ParallelWithDeps", "timer", "CallCounter")
+)
 
 if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an error there
 
@@ -235,10 +239,12 @@ if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name stays an err
         try:
             module_name, attribute = _LAZY[name]
         except KeyError:
-            # Of a name of makeparallel 0.2, the error says what to use instead.
-            from ._compat import not_offered
+            if name in _NOT_OFFERED_FROM_0_2:  # the error says what to use instead
+                from ._compat import not_offered
 
-            raise not_offered(__name__, name) from None
+                raise not_offered(__name__, name) from None
+            # Made here, importing nothing: hasattr() as the interpreter tears down imports is False still.
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
         # __import__, not importlib.import_module: importlib itself would cost an import.
         module = __import__(f"{__name__}.{module_name}", fromlist=[attribute])
         value = getattr(module, attribute)

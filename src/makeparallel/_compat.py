@@ -17,7 +17,8 @@ _CACHING = "caching is outside this library's scope: use functools.cache"
 _DEPENDENCIES = "task dependencies are outside this library's scope: pass a result on, step2(h1.get())"
 _TIMING = "@makeparallel.profiled counts and times calls: makeparallel.get_metrics(name).total_tasks"
 
-#: Each name of makeparallel 0.2 not offered here, with what to use instead.
+#: Each name of makeparallel 0.2 not offered here, with what to use instead (the package's
+#: ``_NOT_OFFERED_FROM_0_2`` lists the same names).
 _NOT_OFFERED = {
     "memoize": _CACHING,
     "memoize_fast": _CACHING,
@@ -30,17 +31,19 @@ _NOT_OFFERED = {
 
 
 def not_offered(module: str, name: str) -> AttributeError:
-    """The error for ``module.name``, a name that ``module`` lacks: for a name of 0.2, it says what to use instead.
+    """The error for ``module.name``, a name of 0.2 that ``module`` lacks: it says what to use instead.
 
     Python's own message named only the name, so 0.2 code using ``mp.memoize``
     failed without a word of the migration. (``from makeparallel import
     memoize`` still raises Python's ``ImportError``, which drops this message.)
+    The package asks only for the names of :data:`_NOT_OFFERED`: its error for
+    any other imports nothing, as it may be asked while the interpreter tears
+    down imports.
     """
-    message = f"module {module!r} has no attribute {name!r}"
-    instead = _NOT_OFFERED.get(name)
-    if instead is not None:
-        message += f": makeparallel 0.2's {name} is not offered; {instead} (see docs/migrating-from-0.2.md)"
-    return AttributeError(message)
+    return AttributeError(
+        f"module {module!r} has no attribute {name!r}: makeparallel 0.2's {name} is not offered; "
+        f"{_NOT_OFFERED[name]} (see docs/migrating-from-0.2.md)"
+    )
 
 
 def start_priority_worker() -> None:
