@@ -174,7 +174,7 @@ def add_task_listener(listener: Callable[[TaskEvent], object]) -> None:
             a coroutine or an async generator (an ``async def`` function, an
             object whose ``__call__`` is one), or a generator (a function that
             yields); also behind ``functools.partial``; or its signature cannot
-            take one argument (one with no signature to read is taken).
+            take one argument (one written in C, or with no signature to read, is taken).
     """
     global listeners
     if not callable(listener):

@@ -711,8 +711,8 @@ class AsyncHandle(Generic[T_co]):
                 class), a coroutine or an async generator (an ``async def``
                 function, an object whose ``__call__`` is one), or a generator
                 (a function that yields); also behind ``functools.partial``;
-                or its signature cannot take one argument (one with no
-                signature to read, as some builtins, is taken).
+                or its signature cannot take one argument (one written in C,
+                as a list's ``append``, or with no signature to read is taken).
         """
         refuse_unused_call(
             "on_progress", callback, "at each progress report", "function(fraction)", _ENDS_OR_REPORTS

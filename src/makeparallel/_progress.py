@@ -99,7 +99,7 @@ def check_progress(option: ProgressOption, length: int | None = None, counted: s
             function) or a generator function, or a ``functools.partial`` of
             one, none of which displays anything when called; or the
             callable cannot take ``(done, total)`` (its signature says so;
-            one that has none, as some builtins, is taken).
+            one written in C, or that has none, is taken).
         ValueError: the mapping's ``total`` is negative, or the input has a
             length (``length`` is not ``None``) and ``total`` is another.
     """
