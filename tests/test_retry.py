@@ -2548,6 +2548,48 @@ def pool_threads_died(backend: str) -> int:
     return int(mp.get_thread_pool_info()["dead_threads"])
 
 
+async def _async_predicate(error: BaseException) -> bool:
+    return False
+
+
+def _yielding_predicate(error: BaseException) -> Any:
+    yield error
+
+
+@pytest.mark.parametrize("policy", ["retry", "breaker"])
+@pytest.mark.parametrize(
+    ("on", "pattern"),
+    [
+        pytest.param(_async_predicate, r"^on=_async_predicate is an async function: .* always true\. Pass a plain", id="async"),
+        pytest.param(_yielding_predicate, r"^on=_yielding_predicate is a generator function: .* always true", id="generator"),
+        pytest.param(lambda: True, r"^on must take 1 positional argument \(exc\).* too many positional arguments", id="none"),
+        pytest.param(lambda exc, why: True, r"^on must take 1 positional argument \(exc\).* missing a required", id="two"),
+    ],
+)
+def test_a_predicate_that_cannot_answer_is_refused_as_the_policy_is_made(policy: str, on: Any, pattern: str) -> None:
+    # Asked with each error: an async predicate's coroutine was always true, so every error was
+    # retried (and "never awaited" warned); one that could not take the error failed at each.
+    with pytest.raises(TypeError, match=pattern):
+        if policy == "retry":
+            mp.Retry(on=on)
+        else:
+            mp.CircuitBreaker("dependency", on=on)
+
+
+@pytest.mark.parametrize(
+    "on",
+    [
+        pytest.param(lambda exc: True, id="function"),
+        pytest.param(lambda exc, *more: True, id="varargs"),
+        pytest.param(functools.partial(lambda kind, exc: isinstance(exc, kind), ValueError), id="partial"),
+        pytest.param(callable, id="builtin"),
+    ],
+)
+def test_a_predicate_that_takes_the_error_is_taken(on: Any) -> None:
+    assert mp.Retry(on=on).on is on
+    assert mp.CircuitBreaker("dependency", on=on).on is on
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["thread", "process", "sync"])
 @pytest.mark.parametrize("predicate", [predicate_that_raises, predicate_that_raises_a_base_exception])

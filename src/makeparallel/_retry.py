@@ -30,7 +30,9 @@ from ._validation import (
     check_count,
     check_finite_seconds,
     is_real,
+    refuse_unfitting_call,
     shown,
+    unused_call_kind,
 )
 from .errors import CircuitOpenError, TaskCancelledError, TaskTimeoutError
 
@@ -91,6 +93,9 @@ def _check_on(
 ) -> None:
     """Check ``on``: an exception type, a tuple of them, or a predicate; ``never`` says why a type named can never apply.
 
+    A predicate must be a plain function of the error: an async one, or one
+    that cannot take it, is refused here, not at each error.
+
     A type can never apply where each of its errors is one of ``stopped``
     (a cancellation, ``TaskCancelledError``; for a breaker, a shutdown's
     ``ShutdownError`` too) or no ``Exception`` (``SystemExit``,
@@ -119,6 +124,15 @@ def _check_on(
         return
     if not callable(on):
         raise TypeError(f"on must be an exception type, a tuple of them or a predicate f(exc) -> bool, got {on!r}")
+    # Asked with each error as it comes: an async predicate's coroutine was always true (every error
+    # retried or counted, "never awaited" warned), one that could not take the error failed each time.
+    made = unused_call_kind(on)
+    if made is not None:
+        raise TypeError(
+            f"on={getattr(on, '__qualname__', on)!s} is {made[0]}: asked about each error, it would only make "
+            f"{made[1]}, which is always true. Pass a plain predicate f(exc) -> bool"
+        )
+    refuse_unfitting_call("on", on, "exc", "with each error, as a predicate f(exc) -> bool")
 
 
 def _shown_safely(value: Any) -> str:
