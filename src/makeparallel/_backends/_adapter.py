@@ -52,7 +52,7 @@ from .._remote_errors import CarriedError, described, linked_errors
 from .._states import CANCELLED, FAILED, HELD, INLINE, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED, UNCLAIMED
 from .._task_context import _local
 from ..errors import ShutdownError, TaskCancelledError, TaskError, TaskSerializationError, WorkerCrashedError
-from ._base import COROUTINE_CANCELLED, Backend
+from ._base import COROUTINE_CANCELLED, Backend, counted_by_name
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -155,13 +155,8 @@ class ExecutorBackend(Backend):
         count the task that carries it (it read as queued while its handle
         said running).
         """
-        counts: dict[str, int] = {}
         with self._lock:
-            for handle in self._futures:
-                if handle._state == PENDING:
-                    name = handle._observer.name
-                    counts[name] = counts.get(name, 0) + 1
-        return counts
+            return counted_by_name(self._unstarted_locked())
 
     def active_count_beside(self, pools: list[Backend]) -> int:
         """Of the tasks accepted and not ended, those that the pool of an ``mp.Executor`` among ``pools`` does not count too.

@@ -24,11 +24,20 @@ from .._states import CANCELLED, PENDING, RETRY_WAIT, RUNNING, SUCCEEDED
 from ..errors import ShutdownError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .._handle import AsyncHandle
 
-__all__ = ["Backend", "BlockingWait", "pool_of_this_thread", "terminate_all"]
+__all__ = ["Backend", "BlockingWait", "counted_by_name", "pool_of_this_thread", "terminate_all"]
+
+
+def counted_by_name(handles: Iterable[AsyncHandle[Any]]) -> dict[str, int]:
+    """How many of ``handles`` each function has, by its name: a pool's :meth:`Backend.queued_by_name`."""
+    counts: dict[str, int] = {}
+    for handle in handles:
+        name = handle._observer.name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 #: Why a task waiting to retry ends with its last error at shutdown (its retry record's note says).
 SHUT_DOWN = "makeparallel was shut down"

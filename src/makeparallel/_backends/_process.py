@@ -685,21 +685,9 @@ class ProcessBackend(QueueingBackend):
         """
         return [h for w in self._workers if w.held is not None for h in w.held[0] if h._state == RUNNING]
 
-    def queued_by_name(self) -> dict[str, int]:
-        """The queued tasks by function name, with those held for workers still starting; not ``unseen`` ones.
-
-        An ``mp.Executor``'s task that carries an adapter's is left out here
-        too, held or queued: the adapter counts the task carried, running
-        from its submission, as its handle says.
-        """
-        counts = super().queued_by_name()
-        with self._lock:
-            for handle in self._held_for_workers_locked():
-                if handle._observer.unseen:
-                    continue
-                name = handle._observer.name
-                counts[name] = counts.get(name, 0) + 1
-        return counts
+    def _not_begun_locked(self) -> list[AsyncHandle[Any]]:
+        """With those held for workers still starting: an ``mp.Executor``'s carrier among them is left out too (``unseen``)."""
+        return super()._not_begun_locked() + self._held_for_workers_locked()
 
     def _abandoned(self, handle: AsyncHandle[Any], force: bool = False) -> None:
         # A task's own timeout kills the worker running it at once, as a forced cancel does.

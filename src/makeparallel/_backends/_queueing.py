@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .._states import HELD, INLINE, ON_WORKER, PENDING, RUNNING, UNCLAIMED
-from ._base import Backend
+from ._base import Backend, counted_by_name
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -120,18 +120,12 @@ class QueueingBackend(Backend):
         running from its submission. Counted here too, a call to a process
         ``mp.Executor`` whose handle said running read as queued in its metrics.
         """
-        counts: dict[str, int] = {}
         with self._lock:
-            for handle in self._pending_locked():
-                if handle._observer.unseen:
-                    continue
-                name = handle._observer.name
-                counts[name] = counts.get(name, 0) + 1
-            for handle in list(self._held):
-                if handle._state == PENDING and handle._on_worker == HELD:
-                    name = handle._observer.name
-                    counts[name] = counts.get(name, 0) + 1
-        return counts
+            return counted_by_name(handle for handle in self._not_begun_locked() if not handle._observer.unseen)
+
+    def _not_begun_locked(self) -> list[AsyncHandle[Any]]:
+        """The tasks accepted whose handles say pending, that :meth:`queued_by_name` counts: queued, or held for a slot."""
+        return self._unstarted_locked()
 
     def _pending_locked(self) -> list[AsyncHandle[Any]]:
         return [h for q in self._queues.values() for h in q if h._state == PENDING]

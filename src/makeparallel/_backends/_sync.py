@@ -26,7 +26,7 @@ from .._coroutines import (
 )
 from .._states import FAILED, HELD, PENDING, RETRY_WAIT, RUNNING, UNCLAIMED
 from ..errors import ShutdownError
-from ._base import COROUTINE_CANCELLED, SHUT_DOWN, Backend
+from ._base import COROUTINE_CANCELLED, SHUT_DOWN, Backend, counted_by_name
 
 if TYPE_CHECKING:
     from .._handle import AsyncHandle
@@ -92,13 +92,12 @@ class SyncBackend(Backend):
         otherwise. (The waits of the coroutines on their callers' loops are on
         the deadline heap, where the read finds them.)
         """
-        counts: dict[str, int] = {}
         with self._lock:
-            for handle in [*self._held, *self._inline]:
-                if (handle._state == PENDING and handle._on_worker == HELD) or handle._state == RETRY_WAIT:
-                    name = handle._observer.name
-                    counts[name] = counts.get(name, 0) + 1
-        return counts
+            return counted_by_name(
+                handle
+                for handle in [*self._held, *self._inline]
+                if (handle._state == PENDING and handle._on_worker == HELD) or handle._state == RETRY_WAIT
+            )
 
     def hold(self, handle: AsyncHandle[Any]) -> None:
         """Accept a call over a limit on a running event loop: it runs there once admitted (:meth:`release_held`).
