@@ -17,6 +17,7 @@ replaced (``cancel_and_stop``): what the user stopped does not go on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
@@ -56,6 +57,7 @@ __all__ = [
     "collect_timeout_error",
     "gather",
     "read_elsewhere",
+    "reading_alone",
     "stop_following",
     "taken",
     "unfinished_of",
@@ -553,14 +555,10 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
         Raises:
             RuntimeError: another thread's first ``next()`` makes it at this moment.
         """
-        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
-            raise read_elsewhere("as_completed()")
-        try:
+        with reading_alone(self._starting, "as_completed()"):
             if self._iterator is None:
                 self._iterator = _yield_completed(self._pending, self._timeout)
             return self._iterator
-        finally:
-            self._starting.release()
 
     def __aiter__(self) -> AsyncIterator[AsyncHandle[T]]:  # noqa: PYI034  # (not self: see MapIterator)
         """The async generator ``async for`` reads, which ``anext()`` on this object reads too; one per call."""
@@ -608,6 +606,22 @@ class Completed(Iterator[AsyncHandle[T]], AsyncIterator[AsyncHandle[T]]):
             self._closer = Closer()
             self._async_iterator = as_completed_async(self._pending, self._timeout, self._closer)
         return self._async_iterator
+
+
+@contextlib.contextmanager
+def reading_alone(starting: threading.Lock, made_by: str) -> Iterator[None]:
+    """Hold ``starting`` while a first read makes the generator of an iterator of ``made_by``, alone.
+
+    Raises:
+        RuntimeError: another thread's first read holds it, making that
+            generator at this moment (:func:`read_elsewhere`).
+    """
+    if not starting.acquire(blocking=False):  # (that thread reads it next: not for two)
+        raise read_elsewhere(made_by)
+    try:
+        yield
+    finally:
+        starting.release()
 
 
 def read_elsewhere(made_by: str) -> RuntimeError:

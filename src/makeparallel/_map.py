@@ -70,7 +70,7 @@ from typing import Any, Literal, NoReturn, TypeGuard, TypeVar, Union, overload
 from ._admission import Limiter, NoSlotInTime, ResultReady, UntilReady
 from ._backends._base import Backend
 from ._chunk_task import Awaited, run_chunk
-from ._collect import Completions, OnError, check_on_error, read_elsewhere
+from ._collect import Completions, OnError, check_on_error, read_elsewhere, reading_alone
 from ._decorators import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -604,9 +604,7 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
             RuntimeError: it is iterated with ``async for`` already, or another
                 thread's first ``next()`` makes it at this moment.
         """
-        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
-            raise read_elsewhere("imap()")
-        try:
+        with reading_alone(self._starting, "imap()"):
             if self._results is None:
                 if self._async_results is not None:
                     raise RuntimeError("this imap is iterated with `async for` already")
@@ -614,8 +612,6 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
                 if self._closed:  # close() on another thread may have found none yet: see _closed_as_started
                     self._closed_as_started()
             return self._results
-        finally:
-            self._starting.release()
 
     def _closed_as_started(self) -> None:
         """A first read made its generator as ``close()`` came on another thread: no map starts.
@@ -732,9 +728,7 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
         """
         if self._async_results is not None:
             return self._async_results
-        if not self._starting.acquire(blocking=False):  # (that thread reads it next: not for two)
-            raise read_elsewhere("imap()")
-        try:
+        with reading_alone(self._starting, "imap()"):
             if self._async_results is not None:
                 return self._async_results
             if self._closed_unstarted:
@@ -746,8 +740,6 @@ class MapIterator(Iterator[R], AsyncIterator[R]):
                 if self._closed:  # close() on another thread may have found none yet, as for next()
                     self._closed_as_started()
             return self._async_results
-        finally:
-            self._starting.release()
 
 
 def _no_results() -> Iterator[Any]:
