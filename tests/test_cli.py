@@ -243,6 +243,13 @@ def test_usage_errors_exit_with_2(argv: list[str], capsys: pytest.CaptureFixture
     assert "usage: makeparallel" in capsys.readouterr().err
 
 
+def test_version_prints_the_package_version_and_exits_with_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"makeparallel {mp.__version__}\n"
+
+
 def test_python_dash_m_runs_info() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "makeparallel", "info", "--json"],

@@ -1,4 +1,4 @@
-"""The command line: ``makeparallel demo`` and ``makeparallel info``.
+"""The command line: ``makeparallel demo``, ``makeparallel info`` and ``makeparallel --version``.
 
 Also runs as ``python -m makeparallel``. ``demo`` measures, on this machine, what
 threads and processes speed up and what they do not, printing each row as it is
@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="makeparallel",
         description="Run Python functions in parallel on one machine: tools for this machine.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks cancelled, so that exit neither waits for them nor warns of them.
 
     Raises:
-        SystemExit: with code 2 on a usage error (argparse prints the usage).
+        SystemExit: with code 2 on a usage error (argparse prints the usage);
+            with code 0 after ``--help`` or ``--version`` (``makeparallel 0.3.0``)
+            printed what they print.
     """
     arguments = _parser().parse_args(argv)
     # sys.stdout is None where descriptor 1 was closed as Python started: print() writes nothing there.
