@@ -366,6 +366,33 @@ def test_a_breaker_forced_open_says_so_not_a_rate(clock: FakeClock, options: dic
         breaker.reset()
 
 
+@pytest.mark.parametrize(
+    ("calls_before", "state", "rate"),
+    [
+        ([], "closed", 0.0),
+        ([True] * 4 + [False] * 2 + [True, False, False, False], "closed", 0.25),  # opened at 100%, closed, 1 of 4 since
+        ([True] * 4, "open", 1.0),
+        ([True] * 4 + [False], "half_open", 0.0),  # one trial in, which succeeded
+    ],
+    ids=["never opened", "opened and closed since", "opened by failures", "half-open"],
+)
+def test_a_breaker_forced_open_refuses_with_the_window_failure_rate(
+    clock: FakeClock, calls_before: list[bool], state: str, rate: float
+) -> None:
+    # Its refusals carried the rate of its last opening (100%, closed since) as failure_rate.
+    breaker = breaker_for(clock)
+    pay = guarded(breaker)
+    for number, fail in enumerate(calls_before):
+        if number == 4:
+            clock.now += 30  # the recovery time: the next calls are trials
+        pay(fail).exception(timeout=30)
+    assert breaker.state == state
+    breaker.force_open()
+    error = pay(False).exception(timeout=30)
+    assert isinstance(error, mp.CircuitOpenError) and "forced open" in str(error)
+    assert error.failure_rate == breaker.statistics().failure_rate == rate
+
+
 def test_state_changes_are_circuit_events(clock: FakeClock) -> None:
     breaker = breaker_for(clock, name="events_breaker")
     pay = guarded(breaker, backend="thread")

@@ -283,7 +283,7 @@ class CircuitBreaker:
             return CircuitStatistics(
                 name=self.name,
                 state=self._state,
-                failure_rate=self._failures / self._buffered if self._buffered else 0.0,
+                failure_rate=self._failure_rate_locked(),
                 slow_call_rate=self._slows / self._buffered if self._buffered else 0.0,
                 buffered_calls=self._buffered,
                 successful_calls=self._successful,
@@ -565,6 +565,10 @@ class CircuitBreaker:
         self._round += 1
         self._opened_at = self._clock()
 
+    def _failure_rate_locked(self) -> float:
+        """Failed calls over the calls in the window now (0.0 while it is empty)."""
+        return self._failures / self._buffered if self._buffered else 0.0
+
     def _next_attempt_wall_locked(self) -> float | None:
         if self._state is not CircuitState.OPEN or self._forced:
             return None
@@ -578,11 +582,14 @@ class CircuitBreaker:
             when = f"it is half-open and its {self.half_open_calls} trial call(s) are taken"
         else:
             when = f"it lets trial calls through again in {max(0.0, retry_at - time.time()):.1f} s"
+        # Forced open, no rate opened it: the window's, as statistics() gives it. The rate that
+        # opened it last was no reason, and could be from an opening long since closed.
+        failure_rate = self._failure_rate_locked() if self._forced else self._last_rate
         return CircuitOpenError(
             f"circuit breaker {self.name!r} is open ({self.why_open(self._last_rate, self._last_slow_rate)}): the call was "
             f"refused and did not run; {when}",
             breaker=self.name,
-            failure_rate=self._last_rate,
+            failure_rate=failure_rate,
             retry_at=retry_at,
         )
 

@@ -101,6 +101,12 @@ class CircuitOpenError(TaskError):
     failure rate that opened it (0 to 1), ``retry_at`` the ``time.time()`` at
     which it lets trial calls through again (``None`` when forced open, and when
     half-open with its trial calls all taken: no time is known then).
+
+    Forced open (``force_open()``), no rate opened it: ``failure_rate`` is then
+    the rate of the breaker's window as it refused the call, what
+    ``statistics().failure_rate`` reads (0.0 with no call in it), not the rate
+    that opened it before, which may have closed since; the message says
+    "forced open", as ``health()`` does.
     """
 
     def __init__(self, message: str, breaker: str = "", failure_rate: float = 0.0, retry_at: float | None = None) -> None:
