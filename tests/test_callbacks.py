@@ -14,7 +14,7 @@ import gc
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -721,6 +721,97 @@ def test_a_done_callback_function_that_cannot_take_the_handle_is_refused(backend
     handle.add_done_callback(lambda done, *_: seen.append(done))
     assert handle.get(5) == 1
     assert seen == [handle]  # get() returns once every callback ran
+
+
+def taking(count: int, record: Callable[..., None]) -> Callable[..., None]:
+    """A function of exactly ``count`` positional arguments (0 to 4), which hands them to ``record``."""
+
+    def none() -> None:
+        record()
+
+    def one(a: Any) -> None:
+        record(a)
+
+    def two(a: Any, b: Any) -> None:
+        record(a, b)
+
+    def three(a: Any, b: Any, c: Any) -> None:
+        record(a, b, c)
+
+    def four(a: Any, b: Any, c: Any, d: Any) -> None:
+        record(a, b, c, d)
+
+    return (none, one, two, three, four)[count]
+
+
+def called_through(kind: str, count: int, record: Callable[..., None]) -> Any:
+    """An object whose class's ``__call__`` is of ``kind`` and takes ``count`` arguments as a call passes them."""
+    if kind == "staticmethod":
+        call: Any = staticmethod(taking(count, record))
+    elif kind == "classmethod":  # the class comes first
+        call = classmethod(taking(count + 1, lambda cls, *args: record(*args)))
+    else:  # an object of its own, no descriptor: called as it is, with no self
+        call = type("Inner", (), {"__call__": taking(count + 1, lambda inner, *args: record(*args))})()
+    return type("Outer", (), {"__call__": call})()
+
+
+def listening(listener: Any) -> None:
+    mp.add_task_listener(listener)
+    try:
+        mp.parallel(backend="sync")(abs)(-1).wait(5)
+    finally:
+        mp.remove_task_listener(listener)
+
+
+def _ended(fail: bool) -> mp.AsyncHandle[int]:
+    def work() -> int:
+        if fail:
+            raise ValueError("failed")
+        return 1
+
+    handle = mp.parallel(backend="sync")(work)()
+    handle.wait(5)
+    return handle
+
+
+# Each way the library takes a callable it calls later: how many arguments it passes, and a
+# registration that has it called (at once, for a handle that has ended).
+CALLED_LATER: dict[str, tuple[int, Callable[[Any], object]]] = {
+    "on_complete": (1, lambda fn: _ended(False).on_complete(fn)),
+    "on_error": (1, lambda fn: _ended(True).on_error(fn)),
+    "on_progress": (1, lambda fn: _ended(False).on_progress(fn)),
+    "add_done_callback": (1, lambda fn: _ended(False).add_done_callback(fn)),
+    "progress=": (2, lambda fn: mp.parallel_map(abs, [-1, -2], progress=fn)),
+    "add_task_listener": (1, listening),
+}
+CALL_KINDS = ["staticmethod", "classmethod", "callable object"]
+
+
+@pytest.mark.parametrize("kind", CALL_KINDS)
+@pytest.mark.parametrize("taken_by", list(CALLED_LATER))
+def test_an_object_whose_call_is_no_plain_method_is_taken_where_it_fits(kind: str, taken_by: str) -> None:
+    # inspect reads an object's __call__ less its first parameter, as if it took self: an object
+    # whose __call__ is a staticmethod, a classmethod or an object of its own was refused, though
+    # calling it works.
+    count, register = CALLED_LATER[taken_by]
+    seen: list[tuple[Any, ...]] = []
+    register(called_through(kind, count, lambda *args: seen.append(args)))
+    assert seen and {len(args) for args in seen} == {count}
+
+
+@pytest.mark.parametrize(("more", "why"), [(1, "missing a required argument"), (-1, "too many positional arguments")])
+@pytest.mark.parametrize("kind", CALL_KINDS)
+@pytest.mark.parametrize("taken_by", [name for name in CALLED_LATER if name != "add_done_callback"])
+def test_an_object_whose_call_is_no_plain_method_is_refused_where_it_does_not_fit(
+    kind: str, taken_by: str, more: int, why: str
+) -> None:
+    # Read from its code as a method, a staticmethod's function taking one argument more was taken.
+    # (add_done_callback reads a function only.)
+    count, register = CALLED_LATER[taken_by]
+    seen: list[tuple[Any, ...]] = []
+    with pytest.raises(TypeError, match=rf"must take {count} positional arguments? \(.*; .* cannot: {why}"):
+        register(called_through(kind, count + more, lambda *args: seen.append(args)))
+    assert seen == []
 
 
 def passing_context(fn: Any) -> Any:

@@ -230,8 +230,10 @@ def call_misfit(fn: Any, count: int) -> str | None:
     signature took 180 us, for a callback added to each task. What most
     callbacks are, a plain function, a method of one, an object whose class's
     ``__call__`` is one, or a ``functools.partial`` of these, is read from its
-    code (~0.3 us); anything else (a decorated function, a class) through
-    ``inspect``, which takes 30 us and more, imported only then.
+    code (~0.3 us); anything else (a decorated function, a class, an object
+    whose ``__call__`` is a ``staticmethod`` or a ``classmethod``) through
+    ``inspect``, which takes 30 us and more, imported only then, with such a
+    ``__call__`` bound as a call binds it (:func:`_as_called`).
     """
     if _fits_by_its_code(fn, count) or type(fn) in _NEVER_ASYNC:
         return None
@@ -245,7 +247,12 @@ def _fits_by_its_code(fn: Any, count: int) -> bool:
         fn = fn.func
     if type(fn) is MethodType:
         fn, count = fn.__func__, count + 1
-    elif type(fn) is not FunctionType and type(call := type(fn).__call__) is FunctionType:
+    elif (
+        type(fn) is not FunctionType
+        and type(call := type(fn).__call__) is FunctionType
+        # Its class's own (as most are), or one it inherits: not a staticmethod's function, which takes no self.
+        and (type(fn).__dict__.get("__call__") is call or _on_its_class(fn, "__call__") is call)
+    ):
         fn, count = call, count + 1  # an object: its class's __call__, as calling it runs
     if type(fn) is not FunctionType or fn.__dict__:  # (a __wrapped__ or __signature__ says more: inspect)
         return False
@@ -267,7 +274,7 @@ def _misfit_as_inspect_says(fn: Any, count: int) -> str | None:
     import inspect  # only here: importing the package does not pay for it
 
     try:
-        signature = inspect.signature(fn, follow_wrapped=False)
+        signature = inspect.signature(_as_called(fn), follow_wrapped=False)
     except (TypeError, ValueError):  # no signature to read
         return None
     try:
@@ -275,6 +282,42 @@ def _misfit_as_inspect_says(fn: Any, count: int) -> str | None:
     except TypeError as misfit:
         return str(misfit)
     return None
+
+
+def _on_its_class(fn: Any, name: str) -> Any:
+    """The attribute ``name`` of the class of ``fn``, unbound, where a call looks it up; ``None`` where absent.
+
+    Read from the classes' ``__dict__`` along the MRO, as a call reads it (not
+    the instance's own), and not by ``getattr``, which unwraps a
+    ``staticmethod`` into a function that looks like one taking ``self``.
+    """
+    for klass in type(fn).__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def _as_called(fn: Any) -> Any:
+    """``fn`` for ``inspect`` to read: where it is an object, its class's ``__call__`` bound as a call binds it.
+
+    ``inspect.signature`` reads an object by its class's ``__call__`` less the
+    first parameter, taken for ``self``. A call binds that ``__call__`` by its
+    kind: a ``staticmethod`` takes no ``self``, a ``classmethod`` takes the
+    class, and a callable that is no descriptor (an object of its own) is
+    called as it is. Read so, such an object was refused though calling it
+    works. Bound here as a call binds it, behind partials and bound methods too;
+    any other ``__call__`` (a function, a property) is left to ``inspect``.
+    """
+    if type(fn) is functools.partial:
+        return functools.partial(_as_called(fn.func), *fn.args, **fn.keywords)
+    if type(fn) is MethodType:
+        return MethodType(_as_called(fn.__func__), fn.__self__)
+    call = _on_its_class(fn, "__call__")
+    if type(call) is staticmethod or type(call) is classmethod:
+        return _as_called(call.__get__(fn, type(fn)))
+    if call is not None and not hasattr(type(call), "__get__"):
+        return _as_called(call)
+    return fn
 
 
 def refuse_unfitting_call(what: str, fn: Any, arguments: str, when: str) -> None:
