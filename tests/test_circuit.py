@@ -787,6 +787,16 @@ def test_a_copy_of_a_guarded_method_is_bound_as_a_copy_of_a_method_is(clock: Fak
         ({"on": int}, TypeError, "on must be"),
         ({"on": ()}, ValueError, r"^on must name at least one exception type, got an empty tuple: name the errors .*on=ConnectionError"),
         ({"clock": 3}, TypeError, r"^clock must be a callable returning seconds, got 3$"),
+        # Taken, it raised TypeError from the call that opened the breaker, and from every call after.
+        (
+            {"clock": lambda now: now},
+            TypeError,
+            (
+                r"^clock must take no arguments, as it is called for the time in seconds as the breaker opens and while "
+                r"it is open; <lambda> cannot: missing a required argument: 'now'\. Pass a function of no arguments, "
+                r"as lambda: \.\.\.$"
+            ),
+        ),
     ],
 )
 def test_bad_input_names_the_argument(kwargs: dict[str, Any], error: type[Exception], pattern: str) -> None:

@@ -41,7 +41,13 @@ from . import _at_fork_in_child, _deadlines, _events
 from ._predicates import ask
 from ._retry import NEVER_COUNTED, RetryOn, _check_on
 from ._runtime import refuse_under_a_held_lock
-from ._validation import check_count, check_finite_seconds, is_real, shown
+from ._validation import (
+    check_count,
+    check_finite_seconds,
+    is_real,
+    refuse_unfitting_call,
+    shown,
+)
 from .errors import CircuitOpenError, ShutdownError, TaskCancelledError
 
 __all__ = ["CircuitBreaker", "CircuitState", "CircuitStatistics", "all_breakers", "labelled_breakers"]
@@ -181,12 +187,14 @@ class CircuitBreaker:
             ``on`` as any error. An error
             whose predicate raises counts as a failure, and a note on it gives
             the predicate's error.
-        clock: the monotonic clock, in seconds (for tests).
+        clock: the monotonic clock, a function of no arguments that returns
+            seconds (for tests).
 
     Raises:
         TypeError: an argument of the wrong type (``name`` no ``str``, a
             rate or a number of seconds no number, ``on`` no exception type,
-            tuple of them or callable), naming it.
+            tuple of them or callable, ``clock`` no callable or one whose
+            signature cannot be called with no arguments), naming it.
         ValueError: an argument of the right type out of range (an empty
             ``name``, a rate outside (0, 1], a count below 1, seconds
             negative or infinite, an empty ``on`` tuple), naming it and the
@@ -234,6 +242,9 @@ class CircuitBreaker:
         self.on = on
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, got {clock!r}")
+        # First called as the breaker opens: its TypeError came from the call that opened it, and
+        # from every call after, the breaker open for good.
+        refuse_unfitting_call("clock", clock, "", "for the time in seconds as the breaker opens and while it is open")
         self._clock = clock
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED

@@ -326,16 +326,18 @@ def refuse_unfitting_call(what: str, fn: Any, arguments: str, when: str) -> None
     The library calls a callback, a listener or a display later, on a thread
     of its own, where a ``TypeError`` of its arity came after the work (a
     map's first chunk), or only in the log. ``what`` names it (``"progress"``),
-    ``arguments`` the arguments it gets (``"done, total"``), and ``when`` when
-    it is called (:func:`call_misfit` says why it does not fit).
+    ``arguments`` the arguments it gets (``"done, total"``; ``""`` for none, as
+    a clock), and ``when`` when it is called (:func:`call_misfit` says why it
+    does not fit).
     """
-    count = arguments.count(",") + 1
+    count = arguments.count(",") + 1 if arguments else 0
     why = call_misfit(fn, count)
     if why is not None:
+        takes = f"{count} positional argument{'s' if count > 1 else ''} ({arguments})" if count else "no arguments"
         raise TypeError(
-            f"{what} must take {count} positional argument{'s' if count > 1 else ''} ({arguments}), as it is called "
-            f"{when}; {getattr(fn, '__qualname__', fn)!s} cannot: {why}. Pass a function of ({arguments}), as "
-            f"lambda {arguments}: ..."
+            f"{what} must take {takes}, as it is called {when}; {getattr(fn, '__qualname__', fn)!s} cannot: {why}. "
+            f"Pass a function of {f'({arguments})' if count else 'no arguments'}, as "
+            f"lambda{f' {arguments}' if count else ''}: ..."
         )
 
 
