@@ -1911,6 +1911,58 @@ def test_a_second_sigterm_as_exit_abandons_the_tasks_still_stops_the_workers_and
     assert result.stderr.endswith("flushed\n"), result.stderr
 
 
+# A SIGTERM handler raises an exception of its own, no Exception (as KeyboardInterrupt is
+# not), as an exporter's last flush runs at exit; another exporter flushes after it.
+SIGTERM_AS_AN_EXPORTER_FLUSHES = """
+import signal, sys, threading
+import makeparallel as mp
+from makeparallel import _runtime
+
+class Stop(BaseException):
+    pass
+
+def on_sigterm(signum, frame):
+    raise Stop("SIGTERM")
+
+def flush_ended_by_sigterm():
+    signal.raise_signal(signal.SIGTERM)
+    threading.Event().wait(30)  # (its handler raises before this wait, or in it)
+    print("not ended", file=sys.stderr, flush=True)
+
+signal.signal(signal.SIGTERM, on_sigterm)
+if sys.argv[1] == "pool":  # the hooks run in the pools' exit hook; else atexit runs each
+    mp.parallel(abs)(-1).result()
+_runtime.after_pools_at_exit(flush_ended_by_sigterm)
+_runtime.after_pools_at_exit(lambda: print("flushed", file=sys.stderr, flush=True))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="a SIGTERM handler (POSIX)")
+@pytest.mark.parametrize("pool", ["pool", "no pool"])
+def test_a_signal_handlers_base_exception_in_an_exit_flush_is_logged_and_the_other_flushes_run(pool: str) -> None:
+    # It went up through the exit hook: Python printed it as ignored with the library's frames,
+    # and the exporters' flushes after it were skipped.
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AS_AN_EXPORTER_FLUSHES, pool],
+        check=False,
+        timeout=40,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    stderr = result.stderr
+    assert result.returncode == 0, stderr
+    assert "Exception ignored" not in stderr and "not ended" not in stderr, stderr
+    assert re.search(
+        r"makeparallel: the exit hook <function flush_ended_by_sigterm at \w+> at interpreter exit was ended by "
+        r"Stop: SIGTERM, raised in it \(by a signal handler, where the traceback ends in one\); exit goes on\n",
+        stderr,
+    ), stderr
+    assert stderr.count("Traceback") == 1 and stderr.count("Stop: SIGTERM\n") == 1, stderr
+    assert stderr.count("flushed\n") == 1, stderr
+
+
 # A handler's "reload" (shutdown, then reset), both deferred as it interrupted a submission,
 # behind a task that never ends: exit waits for the reset, then for the shutdown. The service
 # manager's SIGTERM comes in each wait; the program's handler raises SystemExit.

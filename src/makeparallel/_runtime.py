@@ -466,15 +466,26 @@ def _run_after_exit_hooks(hooks: list[Callable[[], None]]) -> bool:
 
 
 def _run_after_exit(hook: Callable[[], None]) -> None:
-    """Run ``hook`` once, unless taken back; the others' run goes on whatever it raises."""
+    """Run ``hook`` once, unless taken back; the others' run goes on whatever it raises but Ctrl-C or ``SystemExit``.
+
+    Those two end the run (:func:`_run_after_exit_hooks`). Another error that
+    is no ``Exception`` (a signal handler's own, as the flush waited on the
+    network) is logged once, as it is where it ends a wait at exit
+    (:func:`report_error_ending_exit_wait`): it went up through the exit
+    hook, printed as ignored, and the flushes after it were skipped.
+    """
     with _lock:
         if hook not in _after_exit:
             return
         _after_exit.remove(hook)
     try:
         hook()
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except Exception:
         _log.exception("an exit hook of makeparallel failed: %r", hook)
+    except BaseException as error:  # noqa: BLE001  # logged there
+        report_error_ending_exit_wait(error, f"the exit hook {hook!r}")
 
 
 def report_pools(pools: Callable[[], dict[str, Backend]]) -> None:
