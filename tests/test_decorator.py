@@ -418,6 +418,30 @@ def test_a_c_function_claims_only_the_options_it_names(fn: Callable[..., Any], c
     assert own_parameters(fn, ("timeout", "priority")) == claimed
 
 
+def object_called_through(kind: str) -> Any:
+    """An object whose class's ``__call__`` is of ``kind`` and takes ``(timeout, priority)`` as a call passes them."""
+
+    def call(timeout: Any, priority: Any = None) -> tuple[Any, Any]:
+        return timeout, priority
+
+    if kind == "staticmethod":
+        method: Any = staticmethod(call)
+    elif kind == "classmethod":  # the class comes first
+        method = classmethod(lambda cls, timeout, priority=None: call(timeout, priority))
+    else:  # an object of its own, no descriptor: called as it is, with no self
+        method = type("Inner", (), {"__call__": lambda inner, timeout, priority=None: call(timeout, priority)})()
+    return type("Outer", (), {"__call__": method})()
+
+
+@pytest.mark.parametrize("kind", ["staticmethod", "classmethod", "callable object"])
+def test_an_object_whose_call_is_no_plain_method_keeps_its_own_options(backend: str, kind: str) -> None:
+    # inspect reads an object's __call__ less its first parameter, as if it took self: the
+    # timeout of such a __call__ was not read as its own, and the library took timeout= away.
+    obj = object_called_through(kind)
+    assert own_parameters(obj, ("timeout", "priority")) == {"timeout", "priority"}
+    assert mp.parallel(backend=backend)(obj)(timeout=-1, priority="high").get(5) == (-1, "high")
+
+
 def test_a_c_function_takes_the_call_time_options(backend: str) -> None:
     negate_abs = mp.parallel(backend=backend)(abs)
     assert negate_abs(-3, timeout=30, priority=1).get(5) == 3

@@ -38,6 +38,7 @@ from ._handle import AsyncHandle
 from ._metrics import FOLD_AT, Counts, FunctionMetrics, metrics_for
 from ._states import CANCELLED, FAILED, HELD, PENDING, SUCCEEDED
 from ._validation import (
+    as_called,
     check_count,
     check_name,
     check_priority,
@@ -412,6 +413,8 @@ def own_parameters(fn: Callable[..., Any], names: tuple[str, ...]) -> set[str]:
     """Which of ``names`` ``fn`` takes as a named parameter (so the library must not).
 
     ``**kwargs`` does not count: only a parameter that names itself claims a name.
+    A callable object is read by its class's ``__call__`` bound as a call binds
+    it (:func:`as_called`): a ``staticmethod``'s first parameter is no ``self``.
     """
     code = _plain_code(fn)
     if code is not None:  # co_varnames: positional parameters, keyword-only ones, then the rest
@@ -426,7 +429,7 @@ def own_parameters(fn: Callable[..., Any], names: tuple[str, ...]) -> set[str]:
     import inspect
 
     try:
-        parameters = inspect.signature(fn).parameters.values()
+        parameters = inspect.signature(as_called(fn)).parameters.values()
     except (TypeError, ValueError):  # some builtins have no signature
         return set()
     return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name in names}

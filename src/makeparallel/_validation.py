@@ -19,6 +19,7 @@ from types import (
 from typing import Any
 
 __all__ = [
+    "as_called",
     "as_integer",
     "as_seconds",
     "check_count",
@@ -233,7 +234,7 @@ def call_misfit(fn: Any, count: int) -> str | None:
     code (~0.3 us); anything else (a decorated function, a class, an object
     whose ``__call__`` is a ``staticmethod`` or a ``classmethod``) through
     ``inspect``, which takes 30 us and more, imported only then, with such a
-    ``__call__`` bound as a call binds it (:func:`_as_called`).
+    ``__call__`` bound as a call binds it (:func:`as_called`).
     """
     if _fits_by_its_code(fn, count) or type(fn) in _NEVER_ASYNC:
         return None
@@ -274,7 +275,7 @@ def _misfit_as_inspect_says(fn: Any, count: int) -> str | None:
     import inspect  # only here: importing the package does not pay for it
 
     try:
-        signature = inspect.signature(_as_called(fn), follow_wrapped=False)
+        signature = inspect.signature(as_called(fn), follow_wrapped=False)
     except (TypeError, ValueError):  # no signature to read
         return None
     try:
@@ -297,7 +298,7 @@ def _on_its_class(fn: Any, name: str) -> Any:
     return None
 
 
-def _as_called(fn: Any) -> Any:
+def as_called(fn: Any) -> Any:
     """``fn`` for ``inspect`` to read: where it is an object, its class's ``__call__`` bound as a call binds it.
 
     ``inspect.signature`` reads an object by its class's ``__call__`` less the
@@ -309,14 +310,14 @@ def _as_called(fn: Any) -> Any:
     any other ``__call__`` (a function, a property) is left to ``inspect``.
     """
     if type(fn) is functools.partial:
-        return functools.partial(_as_called(fn.func), *fn.args, **fn.keywords)
+        return functools.partial(as_called(fn.func), *fn.args, **fn.keywords)
     if type(fn) is MethodType:
-        return MethodType(_as_called(fn.__func__), fn.__self__)
+        return MethodType(as_called(fn.__func__), fn.__self__)
     call = _on_its_class(fn, "__call__")
     if type(call) is staticmethod or type(call) is classmethod:
-        return _as_called(call.__get__(fn, type(fn)))
+        return as_called(call.__get__(fn, type(fn)))
     if call is not None and not hasattr(type(call), "__get__"):
-        return _as_called(call)
+        return as_called(call)
     return fn
 
 
