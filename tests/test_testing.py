@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 import threading
 from pathlib import Path
@@ -168,3 +170,60 @@ def test_wait_until_idle_waits_for_a_call_handed_a_slot_as_a_task_ended(limit: s
         producer.join(10)
         mp.remove_task_listener(between_the_slot_and_the_submit)
         mp.set_max_concurrent_tasks(None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [None, math.inf])
+@pytest.mark.parametrize("limit", [None, "max_concurrent", "set_max_concurrent_tasks"])
+@pytest.mark.parametrize(
+    ("kind", "backend", "refusal"),
+    [
+        ("submitted", "thread", r'called in a task listener told "submitted" of task \d+ \(\S*work\), which is submitted only'),
+        ("submitted", "sync", r'called in a task listener told "submitted" of task \d+ \(\S*work\), which is submitted only'),
+        ("started", "thread", r"called inside task \d+ \(\S*work\), whose own end it waits for"),
+        ("started", "sync", r"called inside task \d+ \(\S*work\), whose own end it waits for"),
+        ("finished", "thread", r"called on a thread pool's worker"),
+        ("finished", "sync", None),  # told on the caller's thread once the task freed its slot: nothing to wait for
+    ],
+)
+def test_wait_until_idle_without_a_timeout_in_a_task_listener_never_waits_for_good(
+    kind: str, backend: str, refusal: str | None, limit: str | None, timeout: float | None
+) -> None:
+    # Told "submitted", the task is submitted once the listeners return, and
+    # holds its slot of a limit meanwhile: wait_until_idle() waited for that
+    # slot to be free, for good.
+    outcomes: list[object] = []
+    told = threading.Event()
+
+    def wait_for_every_task(event: mp.TaskEvent) -> None:
+        if event.kind != kind or told.is_set():
+            return
+        try:
+            outcomes.append(wait_until_idle(timeout))
+        except RuntimeError as error:
+            outcomes.append(error)
+        told.set()
+
+    def work(x: int) -> int:
+        return abs(x)
+
+    if limit == "set_max_concurrent_tasks":
+        mp.set_max_concurrent_tasks(1)
+    function = mp.parallel(backend=backend, max_concurrent=1 if limit == "max_concurrent" else None)(work)
+    results: list[int] = []
+    submitter = threading.Thread(target=lambda: results.append(function(-1).get(timeout=30)), name="submitter")
+    mp.add_task_listener(wait_for_every_task)
+    try:
+        submitter.start()
+        submitter.join(30)
+        assert not submitter.is_alive(), f"wait_until_idle() in a {kind!r} listener waited for good"
+        assert told.wait(30)
+    finally:
+        mp.remove_task_listener(wait_for_every_task)
+    assert results == [1]
+    if refusal is None:
+        assert outcomes == [True]
+    else:
+        assert len(outcomes) == 1 and isinstance(outcomes[0], RuntimeError), outcomes
+        bound = "a timeout" if timeout is None else "a finite timeout"
+        assert re.search(rf"wait_until_idle\(timeout={timeout}\) {refusal}.*Give it {bound}", str(outcomes[0]))

@@ -42,7 +42,15 @@ from ._validation import refuse_unfitting_call, refuse_unused_call
 if TYPE_CHECKING:
     from ._handle import AsyncHandle
 
-__all__ = ["TaskEvent", "add_task_listener", "emit", "emit_circuit", "listeners", "remove_task_listener"]
+__all__ = [
+    "TaskEvent",
+    "add_task_listener",
+    "emit",
+    "emit_circuit",
+    "listeners",
+    "remove_task_listener",
+    "submitted_told_here",
+]
 
 _log = logging.getLogger("makeparallel")
 _lock = threading.Lock()
@@ -209,7 +217,12 @@ def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
     event = _event(kind, handle, details)
     if kind == "submitted":  # before the task is submitted: no other thread has it yet
         handle._event_order = _Order()
-        _tell(event, listeners)
+        told = _submitting.handle  # (a listener that submits a task is told of it inside)
+        _submitting.handle = handle
+        try:
+            _tell(event, listeners)
+        finally:
+            _submitting.handle = told
         return
     order = getattr(handle, "_event_order", None)
     if order is None:  # submitted before any listener was added: told as it comes
@@ -245,6 +258,24 @@ def emit(kind: str, handle: AsyncHandle[Any], **details: Any) -> None:
         raise
     if interrupt is not None:
         raise interrupt
+
+
+class _Submitting(threading.local):
+    handle: AsyncHandle[Any] | None = None
+
+
+#: The task whose "submitted" event this thread tells now, if any (:func:`submitted_told_here`).
+_submitting = _Submitting()
+
+
+def submitted_told_here() -> AsyncHandle[Any] | None:
+    """The task whose "submitted" event the listeners are told on this thread now, or ``None``.
+
+    That task is submitted once they return, holding its slots of the limits
+    meanwhile: a wait for every task there (``wait_until_idle()``) could never
+    see it end.
+    """
+    return _submitting.handle
 
 
 class _Order:

@@ -1092,9 +1092,39 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             comes to: a task it ran in place there returned one); and in a
             process task's callback (on the pool's loop thread, which reads
             the results) whatever the timeout while that pool has a task
-            unfinished, as the wait could see none of them end.
+            unfinished, as the wait could see none of them end. Also
+            ``timeout`` ``None`` (or ``math.inf``) in a task listener told
+            ``"submitted"``: that task is submitted once the listeners return,
+            and its slot of a limit is taken meanwhile.
+
+    In a ``"submitted"`` listener a finite ``timeout`` runs out (``False``)
+    where a limit applies to that task, as inside a task.
     """
-    return _wait_idle_and_slots_free(_every_pool, _checked_wait_for_every_task(_every_pool, timeout))
+    timeout = _checked_wait_for_every_task(_every_pool, timeout)
+    if timeout is None or timeout == math.inf:
+        bound = "a timeout" if timeout is None else "a finite timeout"
+        _refuse_to_wait_in_a_submitted_listener(f"wait_until_idle(timeout={timeout})", bound)
+    return _wait_idle_and_slots_free(_every_pool, timeout)
+
+
+def _refuse_to_wait_in_a_submitted_listener(call: str, bound: str) -> None:
+    """Raise ``RuntimeError`` where this thread tells a task listener ``"submitted"``: a wait for every task (``call``) there waits for good.
+
+    The task is submitted only once the listeners return, and holds its slot
+    of a limit (``max_concurrent``, :func:`set_max_concurrent_tasks`) from
+    before: the wait for every slot to be free outlived it, for good. Refused
+    with no limit too, where the wait would return ``True`` with that task
+    about to run: the same listener, the same answer.
+    """
+    events = sys.modules.get("makeparallel._events")  # not loaded: no listener was ever told
+    told = None if events is None else events.submitted_told_here()
+    if told is None:
+        return
+    raise RuntimeError(
+        f'{call} called in a task listener told "submitted" of task {told.get_task_id()} ({told.name}), '
+        f"which is submitted only once the listeners return: the wait could never see it end. Give it {bound}, "
+        "or call it from your program's own thread"
+    )
 
 
 def _wait_for_every_task(pools: Callable[[], list[Backend]], timeout: float | None) -> bool:
