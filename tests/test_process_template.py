@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 import makeparallel as mp
-from makeparallel._backends import _process
+from makeparallel._backends import _interpreter_options, _process
 from makeparallel._backends._crash_journal import create_journal
 from makeparallel._backends._socketpair import blocking_socketpair
 from makeparallel._backends._template import Template, template_available
@@ -2710,6 +2710,62 @@ def test_a_worker_runs_with_the_programs_interpreter_options(template: bool) -> 
     program, worker = json.loads(out[0])
     assert program[:4] == [2, 1, 1, 1]  # the options took, in the program
     assert worker == program
+
+
+@both_ways
+@pytest.mark.parametrize(
+    ("seed", "options", "random"),
+    [("0", ("-R",), True), ("123", ("-BR",), True), ("0", (), False), ("123", (), False)],
+)
+def test_a_worker_hashes_with_a_random_secret_where_the_program_does(
+    template: bool, seed: str, options: tuple[str, ...], random: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # python -R hashes with a random secret whatever PYTHONHASHSEED says; its workers,
+    # started without -R, hashed with the seed: hash("abc") the same in every run. A
+    # seed without -R still reaches them: the program's hashes and theirs are equal.
+    monkeypatch.setenv("PYTHONHASHSEED", seed)
+    script = """
+        import sys
+        import makeparallel as mp
+
+        def hashing():
+            return sys.flags.hash_randomization, hash("abc")
+
+        print(*hashing(), *mp.parallel(backend="process")(hashing)().get(timeout=30))
+        """
+    runs = [run_fresh(script, options=options, template=template) for _ in range(2)]
+    for program_flag, program_hash, worker_flag, worker_hash in runs:
+        assert worker_flag == program_flag
+        assert (worker_hash == program_hash) is not random
+    assert (runs[0][3] == runs[1][3]) is not random
+
+
+@pytest.mark.parametrize(
+    ("command_line", "given"),
+    [
+        (["python", "-R", "program.py"], True),
+        (["python", "-BRO", "-c", "pass"], True),
+        (["python", "-W", "ignore", "-X", "dev", "-R", "-m", "module"], True),
+        (["python", "-Wignore", "-Xdev", "-R", "-c", "pass"], True),
+        (["python", "--check-hash-based-pycs", "always", "-R", "-"], True),
+        (["python", "-W", "-R", "program.py"], False),  # -W's value
+        (["python", "-X", "-R", "program.py"], False),  # -X's value
+        (["python", "--check-hash-based-pycs", "-R", "program.py"], False),  # its value
+        (["python", "-cR"], False),  # the command
+        (["python", "-c", "pass", "-R"], False),  # the program's arguments, from here on
+        (["python", "-m", "module", "-R"], False),
+        (["python", "program.py", "-R"], False),
+        (["python", "-", "-R"], False),
+        (["python", "--", "program.py", "-R"], False),
+        (["python", "-O"], False),
+        ([], False),  # an embedding program's
+    ],
+)
+def test_the_R_option_is_read_from_the_command_line_as_the_interpreter_reads_it(
+    command_line: list[str], given: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "orig_argv", command_line)
+    assert _interpreter_options._started_with_random_hashes() is given
 
 
 def test_a_worker_finds_modules_in_a_folder_of_sys_path_made_after_the_template_started() -> None:

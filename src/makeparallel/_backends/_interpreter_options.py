@@ -11,6 +11,19 @@ first process task about 3 ms). Options set through the environment
 (``PYTHONOPTIMIZE``, ``PYTHONDONTWRITEBYTECODE``...) are passed as well, which
 changes nothing: the new interpreter would read them from the same environment.
 
+``-R`` is passed too, where the program was started with it, which
+``subprocess`` leaves out (since Python 3.3): with ``PYTHONHASHSEED`` set (to
+0, or a seed), ``python -R`` hashes with a random secret, and a worker
+without it hashed with the seed, ``hash("abc")`` the same in every run; a
+program that asked for random hashes (against hash flooding by its input)
+had its tasks run without them. ``sys.flags.hash_randomization`` cannot say
+whether it was given (it is 1 without ``-R`` too, by default and with a seed
+other than 0), and passed for it, it overrode the seed of a program that
+set one: so ``-R`` is looked for on the interpreter's own command line
+(:func:`_started_with_random_hashes`). A worker forked from the template
+hashes with the template's secret, random too but not the program's, as
+two programs started with ``-R`` do.
+
 A ``-W`` option that names a package's warning class
 (``-W ignore::numpy.exceptions.ComplexWarning``) makes the template import that
 package as it starts, as the program did as it started; NumPy's BLAS then
@@ -75,7 +88,38 @@ def interpreter_options() -> list[str]:
     for name, value in xoptions.items():
         if name != "dev":
             options += ["-X", name if value is True else f"{name}={value}"]
+    if flags.hash_randomization and _started_with_random_hashes():
+        options.append("-R")
     return options
+
+
+def _started_with_random_hashes() -> bool:
+    """Whether ``-R`` is among the options of this interpreter's command line (``sys.orig_argv``), read as the interpreter reads them.
+
+    The options end at the first argument that is not one (the script), a
+    lone ``-`` or ``--``, and with ``-c`` or ``-m`` (what follows is the
+    program's); ``-W`` and ``-X`` take a value, in the same argument or the
+    next, as the long option ``--check-hash-based-pycs`` does in the next.
+    """
+    arguments = iter(sys.orig_argv[1:])
+    for argument in arguments:
+        if argument == "--check-hash-based-pycs":
+            next(arguments, None)
+            continue
+        if argument in ("-", "--") or not argument.startswith("-"):
+            return False
+        if argument.startswith("--"):  # --help, --version...
+            continue
+        for position, letter in enumerate(argument[1:], start=2):
+            if letter == "R":
+                return True
+            if letter in "cm":
+                return False
+            if letter in "WX":
+                if position == len(argument):  # its value is the next argument
+                    next(arguments, None)
+                break
+    return False
 
 
 def path_arguments(path: list[Any]) -> list[str]:
