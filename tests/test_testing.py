@@ -184,6 +184,9 @@ def test_wait_until_idle_waits_for_a_call_handed_a_slot_as_a_task_ended(limit: s
         ("started", "sync", r"called inside task \d+ \(\S*work\), whose own end it waits for"),
         ("finished", "thread", r"called on a thread pool's worker"),
         ("finished", "sync", None),  # told on the caller's thread once the task freed its slot: nothing to wait for
+        ("retry", "thread", r"called on a thread pool's worker"),
+        # Told on the caller's thread, which runs the next attempt once the listeners return.
+        ("retry", "sync", r"called on the thread that runs the next attempt of task \d+ \(\S*work\), which waits to retry"),
     ],
 )
 def test_wait_until_idle_without_a_timeout_in_a_task_listener_never_waits_for_good(
@@ -191,7 +194,8 @@ def test_wait_until_idle_without_a_timeout_in_a_task_listener_never_waits_for_go
 ) -> None:
     # Told "submitted", the task is submitted once the listeners return, and
     # holds its slot of a limit meanwhile: wait_until_idle() waited for that
-    # slot to be free, for good.
+    # slot to be free, for good. Told "retry" on the "sync" backend, it waited
+    # for an attempt that its own thread runs once the listeners return.
     outcomes: list[object] = []
     told = threading.Event()
 
@@ -204,14 +208,22 @@ def test_wait_until_idle_without_a_timeout_in_a_task_listener_never_waits_for_go
             outcomes.append(error)
         told.set()
 
+    attempts: list[int] = []
+
     def work(x: int) -> int:
+        attempts.append(x)
+        if kind == "retry" and len(attempts) == 1:
+            raise ValueError("the first attempt fails")
         return abs(x)
 
     if limit == "set_max_concurrent_tasks":
         mp.set_max_concurrent_tasks(1)
-    function = mp.parallel(backend=backend, max_concurrent=1 if limit == "max_concurrent" else None)(work)
+    retry = mp.Retry(attempts=2, on=ValueError, wait_initial=0) if kind == "retry" else None
+    function = mp.parallel(backend=backend, max_concurrent=1 if limit == "max_concurrent" else None, retry=retry)(work)
     results: list[int] = []
-    submitter = threading.Thread(target=lambda: results.append(function(-1).get(timeout=30)), name="submitter")
+    submitter = threading.Thread(
+        target=lambda: results.append(function(-1).get(timeout=30)), name="submitter", daemon=True
+    )
     mp.add_task_listener(wait_for_every_task)
     try:
         submitter.start()

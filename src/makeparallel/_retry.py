@@ -388,6 +388,9 @@ class Attempts:
     #: The starts of the attempts retried past their timeout whose pool workers still run them,
     #: each counted as a stuck worker until it returns (the thread pool's ``_schedule_retry_locked``).
     late_on_workers: list[float] = field(default_factory=list)
+    #: The thread (its ident) that runs the next attempt once the wait is over, where that is the
+    #: task's caller: a ``"sync"`` task run inline (``SyncBackend._schedule_retry_locked``).
+    caller: int | None = None
 
     def out_of_time(self, timeout: float | None, now: float, wait: float) -> bool:
         """Whether the next attempt, ``wait`` seconds after ``now``, would start past ``timeout`` (the policy's); if so, say why.

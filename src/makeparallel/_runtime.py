@@ -1095,7 +1095,9 @@ def wait_until_idle(timeout: float | None = None) -> bool:
             unfinished, as the wait could see none of them end. Also
             ``timeout`` ``None`` (or ``math.inf``) in a task listener told
             ``"submitted"``: that task is submitted once the listeners return,
-            and its slot of a limit is taken meanwhile.
+            and its slot of a limit is taken meanwhile; and in one told
+            ``"retry"`` of a ``"sync"`` task on its caller's thread, which runs
+            the next attempt once the listeners return.
 
     In a ``"submitted"`` listener a finite ``timeout`` runs out (``False``)
     where a limit applies to that task, as inside a task.
@@ -1104,6 +1106,7 @@ def wait_until_idle(timeout: float | None = None) -> bool:
     if timeout is None or timeout == math.inf:
         bound = "a timeout" if timeout is None else "a finite timeout"
         _refuse_to_wait_in_a_submitted_listener(f"wait_until_idle(timeout={timeout})", bound)
+        _refuse_to_wait_where_a_retry_runs_next(f"wait_until_idle(timeout={timeout})", bound)
     return _wait_idle_and_slots_free(_every_pool, timeout)
 
 
@@ -1124,6 +1127,25 @@ def _refuse_to_wait_in_a_submitted_listener(call: str, bound: str) -> None:
         f'{call} called in a task listener told "submitted" of task {told.get_task_id()} ({told.name}), '
         f"which is submitted only once the listeners return: the wait could never see it end. Give it {bound}, "
         "or call it from your program's own thread"
+    )
+
+
+def _refuse_to_wait_where_a_retry_runs_next(call: str, bound: str) -> None:
+    """Raise ``RuntimeError`` where this thread runs the next attempt of a task waiting to retry: a wait for every task (``call``) there waits for good.
+
+    A ``"sync"`` task's caller runs its attempts, and is told its ``"retry"``
+    listeners before the wait: the next attempt could only start once the wait
+    returned. :func:`shutdown` is not refused there: it ends the tasks waiting
+    to retry first, as it ends a pool's.
+    """
+    retrying = next((task for pool in _every_pool() if (task := pool.retries_here()) is not None), None)
+    if retrying is None:
+        return
+    raise RuntimeError(
+        f"{call} called on the thread that runs the next attempt of task {retrying.get_task_id()} "
+        f'({retrying.name}), which waits to retry: the "sync" backend runs a task\'s attempts in the call that '
+        'submitted it, and tells its "retry" listeners there before the wait, so the wait could never see it '
+        f"end. Give it {bound}, or wait once that call returned"
     )
 
 

@@ -178,6 +178,15 @@ class Backend:
         loop = self._loop
         return loop is not None and loop is threading.current_thread()
 
+    def retries_here(self) -> AsyncHandle[Any] | None:
+        """A task of this pool waiting to retry whose next attempt only this thread runs, once free; else ``None``.
+
+        Only the ``"sync"`` pool has one (``SyncBackend.retries_here``): a pool's
+        retry waits on the deadline heap. Asked without the lock, as a wait
+        for every task asks, maybe in a signal handler whose interrupted code holds it.
+        """
+        return None
+
     def wait_refused_here(self, handle: AsyncHandle[Any]) -> str:
         """Why a wait for ``handle`` is refused where :meth:`reads_results_here` holds, and what to do instead."""
         return (

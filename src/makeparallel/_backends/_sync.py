@@ -12,11 +12,12 @@ pool's does, leaving the loop free, and that loop runs its next attempt
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _held_on_loop
+from .. import _deadlines, _held_on_loop
 from .._coroutines import (
     LOOP_CLOSED,
     held_on,
@@ -84,6 +85,16 @@ class SyncBackend(Backend):
         finally:
             with self._lock:
                 self._inline.discard(handle)
+
+    def retries_here(self) -> AsyncHandle[Any] | None:
+        """A task that waits to retry in its caller, this thread, which runs its next attempt once free; else ``None``.
+
+        Its "retry" listeners are told there, before the wait: a wait there for
+        every task could never see it end.
+        """
+        here = threading.get_ident()
+        inline = tuple(self._inline)  # (a copy in one C call, without the lock: see Backend.retries_here)
+        return next((handle for handle in inline if handle._state == RETRY_WAIT and handle._retry.caller == here), None)
 
     def queued_by_name(self) -> dict[str, int]:
         """Tasks not started, by name: those held for their slots, and the calls waiting to retry in their callers.
@@ -300,8 +311,10 @@ class SyncBackend(Backend):
                 break
 
     def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
-        if handle in self._inline:
-            return  # its caller waits, and runs the next attempt (_retry_here)
+        if handle in self._inline:  # its caller waits, and runs the next attempt (_retry_here)
+            if threading.current_thread() is not _deadlines._thread:  # (a timeout's retry is decided there)
+                handle._retry.caller = threading.get_ident()  # settled in the caller: see retries_here
+            return
         # A coroutine on its caller's running loop, which nobody waits for here: the
         # deadline thread resumes it when due, on that loop (_resume), whose close
         # ends it meanwhile (the waits for it look: _coroutines.waiting_on).
