@@ -239,3 +239,23 @@ def test_wait_until_idle_without_a_timeout_in_a_task_listener_never_waits_for_go
         assert len(outcomes) == 1 and isinstance(outcomes[0], RuntimeError), outcomes
         bound = "a timeout" if timeout is None else "a finite timeout"
         assert re.search(rf"wait_until_idle\(timeout={timeout}\) {refusal}.*Give it {bound}", str(outcomes[0]))
+
+
+def test_the_refusal_in_a_submitted_listener_says_to_wait_once_the_submission_returned() -> None:
+    # The listener runs on the thread that submits, here the program's own: the
+    # advice to call it "from your program's own thread" sent the reader where it was.
+    refusals: list[str] = []
+
+    def wait_for_every_task(event: mp.TaskEvent) -> None:
+        if event.kind == "submitted":
+            with pytest.raises(RuntimeError) as refusal:
+                wait_until_idle()
+            refusals.append(str(refusal.value))
+
+    mp.add_task_listener(wait_for_every_task)
+    try:
+        assert mp.parallel(backend="sync")(abs)(-1).get() == 1
+    finally:
+        mp.remove_task_listener(wait_for_every_task)
+    assert len(refusals) == 1
+    assert refusals[0].endswith("Give it a timeout, or wait once the call that submitted the task returned")

@@ -1126,7 +1126,7 @@ def _refuse_to_wait_in_a_submitted_listener(call: str, bound: str) -> None:
     raise RuntimeError(
         f'{call} called in a task listener told "submitted" of task {told.get_task_id()} ({told.name}), '
         f"which is submitted only once the listeners return: the wait could never see it end. Give it {bound}, "
-        "or call it from your program's own thread"
+        "or wait once the call that submitted the task returned"
     )
 
 
