@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import re
 import socket
 import sys
@@ -460,3 +461,21 @@ def test_registering_twice_says_the_collector_is_there_already_and_what_to_do() 
     assert "register it once per registry" in message
     assert "Duplicated timeseries" not in message
     assert isinstance(raised.value.__cause__, ValueError)  # prometheus_client's refusal, chained
+
+
+@pytest.mark.timeout(30)
+def test_a_name_with_a_lone_surrogate_is_served_escaped_and_the_scrape_keeps_every_other_metric(
+    exposition: Exposition,
+) -> None:
+    # os.fsdecode() of a file name that is not UTF-8 (b"\xff") holds a lone surrogate, which
+    # UTF-8 cannot encode: the page could not be written and every scrape failed (HTTP 500).
+    undecodable = unique_name("resize") + os.fsdecode(b"\xff.png")
+    plain, _ = completed_once("prometheus-plain")
+    mp.parallel(backend="sync", name=undecodable)(abs)(-1).get(5)
+    breaker = mp.CircuitBreaker(os.fsdecode(b"db-\xfe"))
+    _, samples = exposition.samples()
+    escaped = undecodable.encode("utf-8", "backslashreplace").decode()
+    assert samples[("makeparallel_tasks_total", labels(function=escaped, status="completed"))] == 1
+    assert samples[("makeparallel_tasks_total", labels(function=plain, status="completed"))] == 1
+    assert samples[("makeparallel_circuit_state", labels(breaker="db-\\udcfe", state="closed"))] == 1
+    del breaker

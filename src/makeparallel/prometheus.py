@@ -118,7 +118,8 @@ def _families(snapshot: dict[str, Any]) -> Iterator[Any]:
         "Time tasks waited for a worker: from submission (a retry: from when it was due) to start",
         labels=["function"],
     )
-    for name, metrics in functions.items():
+    for function, metrics in functions.items():
+        name = _label(function)
         for status, field in _STATUSES:
             ended.add_metric([name, status], metrics[field])
         submitted.add_metric([name], metrics["total_tasks"])
@@ -134,6 +135,16 @@ def _families(snapshot: dict[str, Any]) -> Iterator[Any]:
     yield from _pool_metrics(snapshot["pools"])
     yield from _circuit_metrics(snapshot["circuit_breakers"])
     yield from _memory_metrics(snapshot["memory_limit"])
+
+
+def _label(value: str) -> str:
+    """``value`` as a label value UTF-8 can encode: a lone surrogate as its escape (``\\udcff``).
+
+    A name made of ``os.fsdecode()`` of a file name that is not UTF-8 holds one,
+    and ``prometheus_client`` writes the whole page in UTF-8: one such name
+    failed every scrape (HTTP 500), every other metric with it.
+    """
+    return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _buckets(pairs: list[list[Any]]) -> list[tuple[str, float]]:
@@ -182,7 +193,8 @@ def _circuit_metrics(breakers: dict[str, dict[str, Any]]) -> Iterator[Any]:
     calls = CounterMetricFamily(
         "makeparallel_circuit_calls", "Calls through the circuit breaker, by outcome", labels=["breaker", "kind"]
     )
-    for name, stats in breakers.items():
+    for label, stats in breakers.items():
+        name = _label(label)
         for value in _CIRCUIT_STATES:
             state.add_metric([name, value], 1.0 if stats["state"] == value else 0.0)
         for kind, field in _CIRCUIT_CALLS:
