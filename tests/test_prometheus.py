@@ -269,6 +269,16 @@ def test_without_prometheus_client_register_names_the_extra(monkeypatch: pytest.
         mp_prometheus.start_http_server(0)
 
 
+@pytest.mark.parametrize("registry", [9100, "127.0.0.1", CollectorRegistry])
+def test_a_registry_that_is_no_registry_is_refused_saying_what_to_pass(registry: Any) -> None:
+    # register(9100), as if it served a port, failed with "AttributeError: 'int' object has no
+    # attribute 'register'", from prometheus_client's registry call, naming neither argument.
+    with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*, got .*start_http_server\(port\)"):
+        mp_prometheus.register(registry)
+    with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*, got "):
+        mp_prometheus.start_http_server(0, registry=registry)
+
+
 def test_the_module_imports_without_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     monkeypatch.delitem(sys.modules, "makeparallel.prometheus")  # put back afterwards

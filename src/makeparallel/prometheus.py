@@ -218,6 +218,9 @@ def register(registry: Any = None) -> MakeparallelCollector:
     """Register a collector with ``registry`` (default: the global one); return it.
 
     Raises:
+        TypeError: ``registry`` is no registry (a port, as if this served
+            one: that is :func:`start_http_server`; or the registry class
+            itself, not an instance).
         ValueError: ``registry`` has makeparallel's collector already (each
             metric would be served twice), or another collector of one of the
             same metric names (the application's own ``makeparallel_tasks``).
@@ -225,7 +228,7 @@ def register(registry: Any = None) -> MakeparallelCollector:
     """
     client = _client()
     collector = MakeparallelCollector()
-    registry = registry if registry is not None else client.REGISTRY
+    registry = _registry(client, registry)
     try:
         registry.register(collector)
     except ValueError as error:
@@ -255,8 +258,9 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
 
     Raises:
         TypeError: ``port`` is not an integer (nor is a ``str``: convert
-            it with ``int()``), or ``addr`` is not a ``str`` (``None`` too,
-            which ``prometheus_client`` binds as every interface).
+            it with ``int()``), ``addr`` is not a ``str`` (``None`` too,
+            which ``prometheus_client`` binds as every interface), or
+            ``registry`` is no registry (the class, not an instance).
         ValueError: ``port`` is outside 0 to 65535 (0: any free port),
             ``addr`` is empty, or ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
@@ -285,7 +289,7 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
             f"serves this host only; '0.0.0.0' or '::' every interface), got {addr!r}"
         )
         raise ValueError(wrong) if isinstance(addr, str) else TypeError(wrong)
-    registry = registry if registry is not None else client.REGISTRY
+    registry = _registry(client, registry)
     _register_once(registry)
     try:
         return client.start_http_server(port, addr=addr, registry=registry)
@@ -295,6 +299,24 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
         if error.errno is None:
             raise
         raise type(error)(error.errno, f"cannot serve /metrics on {addr} port {port}: {error.strerror}") from error
+
+
+def _registry(client: Any, registry: Any) -> Any:
+    """``registry``, or the global one for ``None``.
+
+    Raises:
+        TypeError: ``registry`` has no ``register`` method to call (a port
+            given as if it were served): prometheus_client's own error,
+            ``'int' object has no attribute 'register'``, named neither.
+    """
+    if registry is None:
+        return client.REGISTRY
+    if isinstance(registry, type) or not callable(getattr(registry, "register", None)):
+        raise TypeError(
+            "registry must be a prometheus_client registry (a CollectorRegistry(), or None for the "
+            f"global one), got {registry!r}: to serve the metrics on a port, call start_http_server(port)"
+        )
+    return registry
 
 
 def _register_once(registry: Any) -> None:
