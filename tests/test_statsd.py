@@ -935,6 +935,8 @@ def test_bad_interval_is_rejected(interval: Any) -> None:
         ({"prefix": "line\nbreak"}, ValueError, "prefix must be metric name labels"),
         ({"prefix": "myapp..makeparallel"}, ValueError, "an empty label"),  # a path segment of nothing
         ({"prefix": ".myapp"}, ValueError, "an empty label"),
+        # os.fsdecode() of bytes that are not UTF-8 (an environment variable's): no line could be encoded.
+        ({"prefix": "myapp\udcff"}, ValueError, r"prefix must be encodable in UTF-8 .*'myapp\\udcff'"),
     ],
 )
 def test_a_bad_address_or_prefix_is_refused_at_construction(arguments: dict[str, Any], error: type, message: str) -> None:

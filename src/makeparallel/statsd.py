@@ -132,8 +132,9 @@ class StatsdExporter:
         ValueError: ``host`` is empty or cannot be a host name (an empty
             label, one over 63 characters, a port or brackets or spaces in
             it), ``port`` outside 1 to 65535, ``prefix`` with a ``:``,
-            ``|``, ``@``, a space or an empty label (``"a..b"``) in it, or
-            ``interval`` not a finite number above 0.
+            ``|``, ``@``, a space or an empty label (``"a..b"``) in it or that
+            UTF-8 cannot encode (a lone surrogate), or ``interval`` not a
+            finite number above 0.
 
     Resolution:
         ``host`` is looked up (``socket.getaddrinfo``) at the first flush and
@@ -186,6 +187,14 @@ class StatsdExporter:
                 f"prefix must be metric name labels joined by dots, without ':', '|', '@' or spaces, got {prefix!r}: "
                 "they are the StatsD line's separators (use '_' instead)"
             )
+        try:
+            prefix.encode("utf-8")  # as every line is sent
+        except UnicodeEncodeError:
+            # A lone surrogate (os.fsdecode() of bytes that are not UTF-8): every flush failed, logged each time.
+            raise ValueError(
+                f"prefix must be encodable in UTF-8 (no lone surrogates, which os.fsdecode() makes of bytes "
+                f"that are not UTF-8), got {prefix!r}: decode it from bytes with errors='replace'"
+            ) from None
         if prefix and "" in prefix.split("."):
             raise ValueError(f"prefix must be metric name labels joined by dots, got {prefix!r}, which has an empty label")
         self._host, self._port = host, checked_port
