@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import makeparallel as mp
 from pool_helpers import Flags, process_alive, wait_until
 from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, uvicorn_server
-from web_tasks import count_primes, wait_until_released
+from web_tasks import count_primes, refuse_to_start, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
 from makeparallel.fastapi import CancelOnDisconnect, lifespan, router  # noqa: E402
@@ -276,6 +277,34 @@ def test_health_routes_follow_the_status_rules(gate: threading.Event) -> None:
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/plain")
             assert 'makeparallel_tasks_total{function="test_health_routes_follow_the_status_rules.<locals>.<lambda>",status="completed"} 1.0' in page.text
+
+
+def test_health_routes_answer_a_reason_that_utf8_cannot_encode_escaped() -> None:
+    # A file name that is not UTF-8 (os.fsdecode(b"\xff")) in a pool's error holds a lone surrogate:
+    # Starlette wrote the JSON body in UTF-8, so both probes failed with an HTTP 500, the liveness
+    # probe of a process that was live too, where Flask's jsonify escapes it.
+    path = os.fsdecode(b"model-\xff.bin")
+    mp.configure_process_pool(num_workers=1, initializer=refuse_to_start, initargs=(path,))
+    try:
+        task = mp.parallel(backend="process")(abs)
+        for _ in range(10):  # the pool gives up after a few failed starts in a row
+            if mp.get_process_pool_info()["refusing_tasks"]:
+                break
+            with pytest.raises(mp.WorkerCrashedError, match="cannot load model-"):
+                task(-1).get(60)
+        assert mp.get_process_pool_info()["refusing_tasks"]
+        app = fastapi.FastAPI()
+        app.include_router(router())
+        with uvicorn_server(app) as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+            ready = client.get("/health/ready")
+            assert ready.status_code == 503, ready.text
+            assert "\\udcff" in ready.text  # escaped in the body: it is ASCII
+            assert any(f"cannot load {path}" in reason for reason in ready.json()["reasons"])
+            live = client.get("/health/live")
+            assert live.status_code == 200, live.text
+            assert live.json()["status"] == "unhealthy"
+    finally:
+        mp.configure_process_pool(initializer=None)
 
 
 @pytest.mark.parametrize("fault", ["thread", "process"])

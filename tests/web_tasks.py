@@ -24,3 +24,8 @@ def wait_until_released(flags: Flags, name: str) -> int:
     flags.set(f"started-{name}", str(os.getpid()))
     flags.wait_for_release("never", 60)
     return os.getpid()
+
+
+def refuse_to_start(path: str) -> None:
+    """A worker initializer that fails naming ``path``, as one that cannot load a file says."""
+    raise RuntimeError(f"cannot load {path}")

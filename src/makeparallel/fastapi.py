@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -367,6 +368,19 @@ async def _workers_ready() -> None:
     )
 
 
+class _HealthResponse(JSONResponse):
+    """A health report as JSON with every non-ASCII character escaped, as Flask's ``jsonify`` writes it.
+
+    Starlette writes JSON in UTF-8, which a lone surrogate cannot be: a file
+    name that is not UTF-8 (``os.fsdecode(b"\\xff")``) in a pool's error, the
+    report's reason, failed both probes with an HTTP 500, the liveness probe
+    of a live process too.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = False) -> APIRouter:
     """An ``APIRouter`` with ``GET /health/live``, ``/health/ready`` and ``/metrics``.
 
@@ -402,13 +416,13 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
     async def live() -> JSONResponse:
         """200 while the library makes progress, else 503."""
         code, body = health_answer("live")
-        return JSONResponse(body, status_code=code)
+        return _HealthResponse(body, status_code=code)
 
     @routes.get("/health/ready")
     async def ready() -> JSONResponse:
         """503 only when the library cannot take work; degraded answers 200."""
         code, body = health_answer("ready")
-        return JSONResponse(body, status_code=code)
+        return _HealthResponse(body, status_code=code)
 
     @routes.get("/metrics")
     async def metrics() -> Response:
