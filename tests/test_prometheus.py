@@ -392,13 +392,24 @@ def test_a_port_that_cannot_be_bound_is_refused_saying_why(port: Any, error: typ
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(("addr", "error"), [(None, TypeError), (b"127.0.0.1", TypeError), (8080, TypeError), ("", ValueError)])
+@pytest.mark.parametrize(
+    ("addr", "error"),
+    [
+        (None, TypeError),
+        (b"127.0.0.1", TypeError),
+        (8080, TypeError),
+        ("", ValueError),
+        (os.fsdecode(b"metrics-\xff"), ValueError),  # an environment variable's bytes that are not UTF-8
+        ("metrics..local", ValueError),  # an empty label
+    ],
+)
 def test_an_address_that_is_no_host_is_refused_rather_than_served_on_every_interface(addr: Any, error: type) -> None:
     # addr=None (an unset environment variable: addr=os.environ.get(...)) was
     # passed on, and prometheus_client bound it as the wildcard: the metrics
     # were served on every interface, where the default is loopback so that
     # exposing them is deliberate. "" failed in getaddrinfo, the collector
-    # registered already.
+    # registered already; a name the socket cannot encode (IDNA) with a bare
+    # "UnicodeError: encoding with 'idna' codec failed", naming no address.
     registry = CollectorRegistry()
     with pytest.raises(error, match=r"addr must be a host name or address, a non-empty str .*'0\.0\.0\.0'.*, got"):
         mp_prometheus.start_http_server(0, addr=addr, registry=registry)

@@ -262,7 +262,8 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
             which ``prometheus_client`` binds as every interface), or
             ``registry`` is no registry (the class, not an instance).
         ValueError: ``port`` is outside 0 to 65535 (0: any free port),
-            ``addr`` is empty, or ``registry`` has another collector of one of the library's
+            ``addr`` is empty or no name the socket can encode (an empty
+            label, a lone surrogate), or ``registry`` has another collector of one of the library's
             metric names (the application's own ``makeparallel_tasks``):
             served, the page would have none of the library's metrics.
         OSError: ``addr:port`` cannot be bound (a server listens there
@@ -289,6 +290,13 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
             f"serves this host only; '0.0.0.0' or '::' every interface), got {addr!r}"
         )
         raise ValueError(wrong) if isinstance(addr, str) else TypeError(wrong)
+    try:
+        addr.encode("idna")  # as the socket encodes it: its bare UnicodeError named no address
+    except UnicodeError as error:
+        raise ValueError(
+            "addr must be a host name or address, a non-empty str (the default '127.0.0.1' serves this "
+            f"host only; '0.0.0.0' or '::' every interface), got {addr!r} ({error})"
+        ) from None
     registry = _registry(client, registry)
     _register_once(registry)
     try:
