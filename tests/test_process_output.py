@@ -29,10 +29,12 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends import _process
+from makeparallel.testing import no_retry_waits
 from pool_helpers import (
     Flags,
     fresh_process_pool,
     mark_then_wait,
+    process_alive,
     send_tasks_ahead,
     the_pool_goes_on_beside,
     wait_for_flag,
@@ -761,6 +763,72 @@ def test_a_worker_that_crashed_as_its_output_was_written_before_a_shutdown_repor
             assert wait_until(lambda: stream.getvalue() == "a line\n", 30)  # (shut down, it did not wait for it)
     finally:
         mp.reset_shutdown()
+
+
+def print_then_end_or_wait(flags: Flags, ending: str) -> str:
+    """Its first attempt prints a line, reports progress, then returns or crashes; a later one says so and waits for "retry-go"."""
+    if not flags.is_set("first"):
+        flags.set("first")
+        print("a line")
+        sys.stdout.flush()
+        mp.report_progress(0.5, "first attempt")
+        if ending == "crashed":
+            os._exit(3)
+        return "first attempt"
+    flags.set("retry", str(os.getpid()))
+    assert flags.wait_for_release("retry-go")
+    return "retry"
+
+
+def time_out_now(handle: mp.AsyncHandle[Any]) -> None:
+    """Have the attempt ``handle`` runs meet its timeout now, as if it had started that long ago."""
+    from makeparallel import _deadlines
+
+    with handle._backend._lock:
+        handle._started_at -= handle._timeout  # type: ignore[operator]
+    _deadlines.schedule(handle, time.perf_counter(), weakly=True)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("after", ["returned", "crashed", "cancelled with force", "timed out"])
+def test_an_attempt_retried_as_its_worker_ended_is_not_the_retrys(tmp_path: Path, after: str) -> None:
+    # The attempt timed out after its worker had ended on its own (recycled, or crashed),
+    # its line still being written: there was nothing to kill, and the pool kept no mark
+    # that the attempt was over. Its late progress and result then reached the retry as it
+    # ran, or its worker's crash failed it; a forced cancel, or the retry's own timeout,
+    # found the ended worker first and killed none, the retry running on.
+    mp.configure_process_pool(1, max_tasks_per_child=1)
+    flags = Flags(str(tmp_path))
+    policy = mp.Retry(on=mp.TaskTimeoutError, attempts=2, timeout=None)
+    task = mp.parallel(backend="process", timeout=600, retry=policy)(print_then_end_or_wait)
+    ending = "crashed" if after == "crashed" else "returned"
+    try:
+        with blocked_stdout() as stream, no_retry_waits():
+            handle = task(flags, ending)
+            assert stream.writing.wait(30) and wait_until(lambda: all_exited([handle]), 30)
+            backend = handle._backend
+            [ended] = [w for w in backend._workers if w.exited]
+            time_out_now(handle)  # (a real timeout would race the worker's end)
+            assert flags.wait("retry", 30)
+            pid = int(flags.read("retry"))
+            if after in ("returned", "crashed"):
+                stream.release.set()
+                assert wait_until(lambda: ended not in backend._workers, 30)  # its result or crash read
+                assert not handle.done()
+                assert (handle.get_progress(), handle.get_progress_message()) == (0.0, None)
+                flags.set("retry-go")
+                assert handle.get(timeout=30) == "retry" and handle.attempts == 2
+                return
+            if after == "cancelled with force":
+                assert handle.cancel(force=True)
+            else:
+                time_out_now(handle)
+                with pytest.raises(mp.TaskTimeoutError):
+                    handle.get(timeout=30)
+            assert wait_until(lambda: not process_alive(pid), 30)  # the retry's worker, not the one that ended
+    finally:
+        flags.set("teardown")
+        mp.configure_process_pool(max_tasks_per_child=None)
 
 
 def print_then_exit_once(folder: str) -> None:

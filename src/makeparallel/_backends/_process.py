@@ -190,8 +190,8 @@ class _Worker:
         "ahead", "cancels_unsent", "configured_at", "conn", "cpu_share", "decoders", "delivering", "delivery",
         "direct_bytes", "exit_by", "exited",
         "forced", "held", "init_error", "initializer", "journal", "kill_at", "killing", "leaving", "memory_probe",
-        "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "returned_at", "send_lock",
-        "sent", "spared", "start_round", "started_at", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
+        "output_failed", "outstanding", "path", "process", "ready", "refused", "retiring", "retried", "returned_at",
+        "send_lock", "sent", "start_round", "started_at", "stop_for", "stop_reason", "stop_task", "thread_limits", "too_many_threads",
         "undelivered", "waiting", "writing",
     )
 
@@ -217,7 +217,9 @@ class _Worker:
         # stop_reason before: a kill that finds that task ended is called off (_spare_locked).
         # None: killed whatever it runs.
         self.stop_for: tuple[AsyncHandle[Any], str] | None = None
-        self.spared: set[int] = set()  # the ids of such tasks: a late result of theirs is a stale attempt's
+        # The tasks whose attempt here timed out and was retried (_schedule_retry_locked): what
+        # it still sends of them (result, crash, progress) is that attempt's, never the retry's.
+        self.retried: set[int] = set()
         # Tasks sent ahead that a forced cancel found not started, and sent a plain cancel:
         # killed for if they start before the worker reads it (_kill_forced).
         self.forced: list[AsyncHandle[Any]] = []
@@ -704,7 +706,7 @@ class ProcessBackend(QueueingBackend):
         returned. A worker deaf to the signal is killed at the end of the
         grace, and the handle's deadline times it out then in any case.
         """
-        worker = next((w for w in self._workers if handle in w.outstanding), None)
+        worker = self._running_on_locked(handle)
         if worker is None or worker.exited or not _runs(worker, handle):
             return None
         if worker.held is not None and handle in worker.held[0]:
@@ -730,23 +732,54 @@ class ProcessBackend(QueueingBackend):
         never to start it, and ``force`` kills it if it starts the task first.
         """
         with self._lock:
-            worker: _Worker | None = next((w for w in self._workers if handle in w.outstanding), None)
+            worker = self._running_on_locked(handle)
             if worker is None:
                 return
-            if worker.held is not None and handle in worker.held[0]:  # never sent: it leaves them now
-                self._drop_held_locked(worker, handle)
-                return
-            if worker.exited:  # ended already: nothing to stop (it is read to its end as it is)
-                return
-            if kill and _runs(worker, handle):
-                # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
-                timed_out = handle._state in (TIMED_OUT, RETRY_WAIT) or handle._timing_out()
-                self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
-            else:  # ask it to stop at its next check_cancelled(), or never to start
-                self._control.append((worker, ("cancel", handle._id, handle._value)))
-                if force:  # it may start before the worker reads that
-                    worker.forced.append(handle)
+            self._stop_on_locked(worker, handle, kill, force)
         self._wake()
+
+    def _stop_on_locked(self, worker: _Worker, handle: AsyncHandle[Any], kill: bool, force: bool) -> None:
+        """Stop the attempt of ``handle`` that ``worker`` holds, as :meth:`_abandon` says; the loop is to be woken."""
+        if worker.held is not None and handle in worker.held[0]:  # never sent: it leaves them now
+            self._drop_held_locked(worker, handle)
+            return
+        if worker.exited:  # ended already: nothing to stop (it is read to its end as it is)
+            return
+        if kill and _runs(worker, handle):
+            # (A timeout a retry follows leaves the handle waiting for it, not timed out.)
+            timed_out = handle._state in (TIMED_OUT, RETRY_WAIT) or handle._timing_out()
+            self._kill_for_locked(worker, handle, "timed out" if timed_out else "cancelled")
+        else:  # ask it to stop at its next check_cancelled(), or never to start
+            self._control.append((worker, ("cancel", handle._id, handle._value)))
+            if force:  # it may start before the worker reads that
+                worker.forced.append(handle)
+
+    def _running_on_locked(self, handle: AsyncHandle[Any]) -> _Worker | None:
+        """The worker given the attempt of ``handle`` under way, if any: not one still holding an attempt retried since."""
+        return next((w for w in self._workers if handle in w.outstanding and handle._id not in w.retried), None)
+
+    def _schedule_retry_locked(self, handle: AsyncHandle[Any], due: float) -> None:
+        """Mark the attempt retried as over where a worker still holds it, and stop it there as a timeout does.
+
+        Only an attempt that timed out is still held as its task is retried (a
+        failure is retried as its worker's message is read). Whatever that
+        worker still sends of the task (its late result, its crash, its
+        progress) is that attempt's, and dropped (``retried``); asked which
+        worker runs the task (a forced cancel, the retry's own timeout), the
+        pool looks past it. Before, a late outcome was told apart only while
+        its worker was being killed or had its kill called off, and only once
+        the retry ran on another worker: an attempt whose worker had ended on
+        its own as its output was written (recycled, or crashed), nothing left
+        to kill, settled the retry with its result or failed it with its crash,
+        and a forced cancel or the retry's timeout found that worker first and
+        killed none.
+        """
+        for worker in self._workers:
+            if handle in worker.outstanding and handle._id not in worker.retried:
+                worker.retried.add(handle._id)
+                self._stop_on_locked(worker, handle, True, True)
+                self._wake()
+        super()._schedule_retry_locked(handle, due)
 
     def _kill_for_locked(self, worker: _Worker, handle: AsyncHandle[Any], reason: str) -> None:
         """Kill ``worker`` for ``handle``, which it runs or starts next; ``reason`` is counted as its restart's.
@@ -1693,22 +1726,22 @@ class ProcessBackend(QueueingBackend):
                     buffers = [worker.conn.recv_frame() for _ in sizes]
                     with self._lock:
                         handle = worker.outstanding.popleft()
-                        spared = bool(worker.spared) and handle._id in worker.spared
-                        if spared:
-                            worker.spared.discard(handle._id)
-                        stopped = worker.killing or spared
-                        stale = stopped and self._retried_elsewhere_locked(handle)
+                        stale = bool(worker.retried) and handle._id in worker.retried
+                        if stale:
+                            worker.retried.discard(handle._id)
+                    if stale:  # an attempt that timed out and was retried: the retry's outcome is its own
+                        continue
                     if handle._timing_out():  # it ended at its timeout, stopped or about to be: that came first
                         if self._partials:
                             self._partials.pop(handle._id, None)
                         handle._code_returned()
                         handle._time_out_stopped()
-                    elif not stale:
+                    else:
                         self._settle(handle, ok, data, buffers, seconds)
             elif kind == "progress":
                 _, task_id, fraction, text = message
                 running = [h for h in worker.outstanding if h._id == task_id]
-                if running and running[0]._state == RUNNING:
+                if running and running[0]._state == RUNNING and not (worker.retried and task_id in worker.retried):
                     running[0]._report_progress(fraction, text)
             elif kind == "log":
                 _, attributes, extras, metadata, owner = message
@@ -1863,6 +1896,11 @@ class ProcessBackend(QueueingBackend):
             outstanding = list(worker.outstanding)
             worker.outstanding.clear()
             worker.held = None  # in outstanding, never sent: they never started
+            # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
+            # exits: one that died with a task still running crashed, whatever it was to do next.
+            crashed = worker.leaving and not worker.killing and bool(outstanding)
+            if worker.retried:  # an attempt that timed out and was retried: its end is not the retry's
+                outstanding = [handle for handle in outstanding if handle._id not in worker.retried]
             # Started before the pool was last configured, which users do once they fixed what made
             # workers fail to start, its failure is the old configuration's: the tasks submitted
             # since run elsewhere (they failed with its old initializer error), and it counts as no
@@ -1884,9 +1922,6 @@ class ProcessBackend(QueueingBackend):
                 for handle in reversed(outstanding[1:]):  # sent behind the running one: never started
                     if handle._state == RUNNING:
                         self._requeue_locked(handle)
-            # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
-            # exits: one that died with a task still running crashed, whatever it was to do next.
-            crashed = worker.leaving and not worker.killing and bool(outstanding)
             unreplaced = self._starts_none_locked()
             restart = None  # counted once the worker is reaped, unless the system refused it its start
             if not self._terminating and not unreplaced and (crashed or not worker.retiring):
@@ -1923,7 +1958,6 @@ class ProcessBackend(QueueingBackend):
                     self._start_refused_locked(refused)
                     if there:
                         self._start_refused_at = _now()  # not asked again at once: this refusal's report woke the loop
-            retried = bool(outstanding) and worker.killing and self._retried_elsewhere_locked(outstanding[0])
             if never_started and init_failure is None and not terminating and outstanding[0]._state == RUNNING:
                 # It died before it started the task (killed while idle, or with
                 # its template): the task is not to blame, and runs elsewhere.
@@ -1934,7 +1968,7 @@ class ProcessBackend(QueueingBackend):
                     handle._finish(FAILED, init_failure())
         elif outstanding and outstanding[0]._timing_out():  # what it wrote as it was stopped came first
             outstanding[0]._time_out_stopped()
-        elif outstanding and outstanding[0]._state == RUNNING and not retried:
+        elif outstanding and outstanding[0]._state == RUNNING:
             handle = outstanding[0]
             error: Exception
             if terminating and never_started:
@@ -2149,10 +2183,6 @@ class ProcessBackend(QueueingBackend):
         """Whether a worker is there that takes tasks: one not leaving, retiring or being killed."""
         return any(not (w.leaving or w.retiring or w.killing) for w in self._workers)
 
-    def _retried_elsewhere_locked(self, handle: AsyncHandle[Any]) -> bool:
-        """Whether a timed-out ``handle``'s next attempt already runs on another worker."""
-        return any(handle in w.outstanding for w in self._workers)
-
     def _end_overdue_exits(self) -> None:
         """Kill each worker told to stop that has not exited ``_EXIT_GRACE`` seconds after its tasks ended.
 
@@ -2290,15 +2320,13 @@ class ProcessBackend(QueueingBackend):
         A timeout or a forced cancel as the task returned had its worker killed
         once it ran the next task sent to it, which then failed as crashed;
         with a retry, the stopped attempt's result, read late, is dropped
-        (``spared``). The journal says so before the worker is sent another
+        (``retried``). The journal says so before the worker is sent another
         task: a signal still on its way (through a busy template) is declined
         whenever it comes, and none is left naming a task as if its kill were
         still on (:meth:`JournalReader.call_off`).
         """
         assert worker.stop_for is not None
-        task, worker.stop_reason = worker.stop_for
-        if task in worker.outstanding:  # its result not read yet
-            worker.spared.add(task._id)
+        _, worker.stop_reason = worker.stop_for
         worker.journal.call_off()
         worker.killing = False
         worker.kill_at = worker.stop_for = None
