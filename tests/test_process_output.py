@@ -831,6 +831,67 @@ def test_an_attempt_retried_as_its_worker_ended_is_not_the_retrys(tmp_path: Path
         mp.configure_process_pool(max_tasks_per_child=None)
 
 
+def print_then_wait_to_be_stopped(flags: Flags) -> None:
+    """Prints a line, then waits until its worker is stopped (or the test's teardown)."""
+    print("a line")
+    sys.stdout.flush()
+    assert flags.wait_for_release("teardown", 60)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    ("ending", "cancelled"),
+    [
+        ("killed", "in the retry's wait"),
+        ("returned", "in the retry's wait"),
+        ("crashed", "in the retry's wait"),
+        ("returned", "before it ended"),
+        ("crashed", "as the retry runs"),
+    ],
+)
+def test_cancel_with_timeout_sees_the_end_of_an_attempt_retried(tmp_path: Path, ending: str, cancelled: str) -> None:
+    # What the worker of an attempt that timed out and was retried still sends is dropped;
+    # with it went the mark that the attempt's code had returned, as its result was read or
+    # its worker ended. Cancelled as it waited to retry, the task had cancel_with_timeout()
+    # wait its whole timeout and say that its code still ran. Once the retry runs, its code
+    # is the one waited for, whatever the late attempt does.
+    flags = Flags(str(tmp_path))
+    wait = 0.0 if cancelled == "as the retry runs" else 600.0
+    policy = mp.Retry(on=mp.TaskTimeoutError, attempts=2, timeout=None, wait_initial=wait, wait_max=wait, wait_jitter=0.0)
+    try:
+        if ending == "killed":  # by the pool, at its timeout
+            mp.configure_process_pool(1)
+            handle = mp.parallel(backend="process", timeout=1.0, retry=policy)(print_then_wait_to_be_stopped)(flags)
+            assert wait_until(lambda: handle.status == "waiting to retry", 30)
+            assert handle.cancel_with_timeout(30) is True
+            return
+        # Its worker ends on its own as its line waits to be written: its end comes once that is.
+        mp.configure_process_pool(1, max_tasks_per_child=1)
+        task = mp.parallel(backend="process", timeout=600, retry=policy)(print_then_end_or_wait)
+        with blocked_stdout() as stream:
+            handle = task(flags, ending)
+            assert stream.writing.wait(30) and wait_until(lambda: all_exited([handle]), 30)
+            backend = handle._backend
+            [ended] = [w for w in backend._workers if w.exited]
+            time_out_now(handle)
+            if cancelled == "as the retry runs":
+                assert flags.wait("retry", 30)
+                stream.release.set()
+                assert wait_until(lambda: ended not in backend._workers, 30)  # its crash read
+                assert handle.cancel_with_timeout(0.05) is False  # the retry waits for "retry-go"
+                flags.set("retry-go")
+                assert handle.cancel_with_timeout(30) is True
+                return
+            assert wait_until(lambda: handle.status == "waiting to retry", 30)
+            if cancelled == "before it ended":
+                assert handle.cancel()
+            stream.release.set()
+            assert handle.cancel_with_timeout(30) is True
+    finally:
+        flags.set("teardown")
+        mp.configure_process_pool(max_tasks_per_child=None)
+
+
 def print_then_exit_once(folder: str) -> None:
     """An initializer: the first worker's prints a line, then ends its process."""
     marker = os.path.join(folder, "first")

@@ -781,6 +781,19 @@ class ProcessBackend(QueueingBackend):
                 self._wake()
         super()._schedule_retry_locked(handle, due)
 
+    def _late_attempt_ended_locked(self, handle: AsyncHandle[Any]) -> None:
+        """An attempt of ``handle`` retried while a worker held it ended there: its result was read, or its worker ended.
+
+        Its code is the task's code under way until a later attempt is queued:
+        while the task waits to retry, or once it was cancelled in that wait, its
+        end wakes ``cancel_with_timeout``. (Dropped with the rest of what that
+        worker sent, it left the wait to run out, saying the code still ran.) Not
+        once another attempt is queued, or still held by a worker: that one's
+        code is what is waited for.
+        """
+        if handle._state != PENDING and not any(handle in w.outstanding for w in self._workers):
+            handle._code_returned()
+
     def _kill_for_locked(self, worker: _Worker, handle: AsyncHandle[Any], reason: str) -> None:
         """Kill ``worker`` for ``handle``, which it runs or starts next; ``reason`` is counted as its restart's.
 
@@ -1729,6 +1742,7 @@ class ProcessBackend(QueueingBackend):
                         stale = bool(worker.retried) and handle._id in worker.retried
                         if stale:
                             worker.retried.discard(handle._id)
+                            self._late_attempt_ended_locked(handle)
                     if stale:  # an attempt that timed out and was retried: the retry's outcome is its own
                         continue
                     if handle._timing_out():  # it ended at its timeout, stopped or about to be: that came first
@@ -1899,7 +1913,9 @@ class ProcessBackend(QueueingBackend):
             # Recycled (max_tasks_per_child, a new set-up...), a worker finishes its tasks, then
             # exits: one that died with a task still running crashed, whatever it was to do next.
             crashed = worker.leaving and not worker.killing and bool(outstanding)
-            if worker.retried:  # an attempt that timed out and was retried: its end is not the retry's
+            # An attempt that timed out and was retried: its end is not the retry's.
+            late = [handle for handle in outstanding if handle._id in worker.retried] if worker.retried else []
+            if late:
                 outstanding = [handle for handle in outstanding if handle._id not in worker.retried]
             # Started before the pool was last configured, which users do once they fixed what made
             # workers fail to start, its failure is the old configuration's: the tasks submitted
@@ -1945,6 +1961,8 @@ class ProcessBackend(QueueingBackend):
             self._close_template_if_outdated(worker.process.template)
         with self._lock:
             self._dying -= 1  # its death is counted in the same look at info()
+            for handle in late:
+                self._late_attempt_ended_locked(handle)
             if restart is not None and refused is None and not declined:  # no restart: it never started
                 self._restarts[restart] = self._restarts.get(restart, 0) + 1
                 if restart not in ("max_tasks_per_child", "stopped"):  # asked for (the configuration, a stop): no incident
