@@ -29,6 +29,7 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from makeparallel._backends import _process
+from makeparallel._handle import cancel_and_stop
 from makeparallel.testing import no_retry_waits
 from pool_helpers import (
     Flags,
@@ -790,13 +791,14 @@ def time_out_now(handle: mp.AsyncHandle[Any]) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("after", ["returned", "crashed", "cancelled with force", "timed out"])
+@pytest.mark.parametrize("after", ["returned", "crashed", "cancelled with force", "timed out", "stopped as a whole"])
 def test_an_attempt_retried_as_its_worker_ended_is_not_the_retrys(tmp_path: Path, after: str) -> None:
     # The attempt timed out after its worker had ended on its own (recycled, or crashed),
     # its line still being written: there was nothing to kill, and the pool kept no mark
     # that the attempt was over. Its late progress and result then reached the retry as it
-    # ran, or its worker's crash failed it; a forced cancel, or the retry's own timeout,
-    # found the ended worker first and killed none, the retry running on.
+    # ran, or its worker's crash failed it; a forced cancel, the retry's own timeout, or
+    # its stop with a group that failed, found the ended worker first and killed none,
+    # the retry running on.
     mp.configure_process_pool(1, max_tasks_per_child=1)
     flags = Flags(str(tmp_path))
     policy = mp.Retry(on=mp.TaskTimeoutError, attempts=2, timeout=None)
@@ -821,6 +823,8 @@ def test_an_attempt_retried_as_its_worker_ended_is_not_the_retrys(tmp_path: Path
                 return
             if after == "cancelled with force":
                 assert handle.cancel(force=True)
+            elif after == "stopped as a whole":
+                assert cancel_and_stop([handle]) == 1  # what a group that failed, or Ctrl-C in gather(), does
             else:
                 time_out_now(handle)
                 with pytest.raises(mp.TaskTimeoutError):

@@ -765,14 +765,15 @@ class ProcessBackend(QueueingBackend):
         failure is retried as its worker's message is read). Whatever that
         worker still sends of the task (its late result, its crash, its
         progress) is that attempt's, and dropped (``retried``); asked which
-        worker runs the task (a forced cancel, the retry's own timeout), the
-        pool looks past it. Before, a late outcome was told apart only while
-        its worker was being killed or had its kill called off, and only once
-        the retry ran on another worker: an attempt whose worker had ended on
-        its own as its output was written (recycled, or crashed), nothing left
-        to kill, settled the retry with its result or failed it with its crash,
-        and a forced cancel or the retry's timeout found that worker first and
-        killed none.
+        worker runs the task (a forced cancel, the retry's own timeout, its
+        stop with a group: :meth:`_stop_abandoned`), the pool looks past it.
+        Before, a late outcome was told apart only while its worker was being
+        killed or had its kill called off, and only once the retry ran on
+        another worker: an attempt whose worker had ended on its own as its
+        output was written (recycled, or crashed), nothing left to kill,
+        settled the retry with its result or failed it with its crash, and a
+        forced cancel, the retry's timeout or its stop with a group found that
+        worker first and killed none.
         """
         for worker in self._workers:
             if handle in worker.outstanding and handle._id not in worker.retried:
@@ -817,8 +818,10 @@ class ProcessBackend(QueueingBackend):
         error) had its pool reported in a restart storm of crashes or timeouts.
         """
         with self._lock:
-            worker = next((w for w in self._workers if handle in w.outstanding and _runs(w, handle)), None)
-            if worker is None or worker.exited or (worker.held is not None and handle in worker.held[0]):
+            worker = self._running_on_locked(handle)  # not one still holding an attempt retried since
+            if worker is None or worker.exited or not _runs(worker, handle):
+                return
+            if worker.held is not None and handle in worker.held[0]:
                 return
             if worker.killing and (worker.stop_for is None or worker.stop_for[0] is handle):
                 return
