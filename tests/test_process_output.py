@@ -143,9 +143,10 @@ def partial_line() -> str:
     return "done"
 
 
-def print_then_hang() -> None:
+def print_then_hang(flags: Flags) -> None:
     print("a whole line")
     print("a partial line", end="")
+    flags.set("printed")
     time.sleep(60)  # stopped at its timeout
 
 
@@ -392,20 +393,53 @@ def test_writes_from_several_threads_of_a_task_all_arrive_whole() -> None:
     assert sorted(out.getvalue().splitlines()) == sorted(f"{t}-{i}" for t in "ab" for i in range(200))
 
 
-def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost() -> None:
-    # A timeout counts from the task's unpickling, which imports this module in a fresh
-    # worker: on a busy machine that took the whole second, and the task printed nothing.
+def test_output_of_a_worker_stopped_at_a_timeout_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its timeout comes once it printed: a real one of a second passed on a busy machine
+    # before the task printed its partial line (or anything, as its worker imported this
+    # module). And the kill's grace outlasts a busy machine: the SIGTERM reaches a forked
+    # worker through its template, which may run a second later; past the grace the handle
+    # timed out without the line the worker flushes as it handles the signal.
+    monkeypatch.setattr(_process, "_TERMINATE_GRACE", 30.0)
     fresh_process_pool(1)
-    assert on_process(say_hi)(0).get(timeout=30) == 0  # its one worker has imported it
+    flags = Flags(str(tmp_path))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        handle = on_process(print_then_hang)(timeout=1.0)
+        handle = on_process(print_then_hang)(flags, timeout=600)
+        assert flags.wait("printed", 30)
+        # Its whole line written, its start was read before it: the timeout is not moved on.
+        assert wait_until(lambda: out.getvalue() == "a whole line\n", 30)
+        time_out_now(handle)
         with pytest.raises(mp.TaskTimeoutError):
             handle.get(timeout=30)
         # The worker flushes at SIGTERM; the handle times out once that is written,
         # so what the task printed is in the redirect when get() raises, as for a result.
         printed = out.getvalue()
     assert printed == "a whole line\na partial line"
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_stopped_at_a_timeout_as_its_output_is_written_times_its_task_out_after_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ended as its first line was still being written, the worker had the rest of its
+    # output (the partial line it flushed at its SIGTERM) read and put behind that line;
+    # its task timed out at once, its waiter had the error before the line was written,
+    # and the line went to whatever sys.stdout was by then.
+    monkeypatch.setattr(_process, "_TERMINATE_GRACE", 30.0)  # the handle's deadline waits for the stream
+    fresh_process_pool(1)
+    flags = Flags(str(tmp_path))
+    with blocked_stdout() as stream:
+        handle = on_process(print_then_hang)(flags, timeout=600)
+        assert flags.wait("printed", 30) and stream.writing.wait(30)  # (its start was read before its line)
+        [stopped] = handle._backend._workers
+        time_out_now(handle)
+        assert wait_until(lambda: stopped not in handle._backend._workers, 30)
+        assert on_process(os.getpid)().get(timeout=30) != stopped.process.pid  # the loop went past its end
+        assert not handle.done()  # its output is still being written
+        stream.release.set()
+        with pytest.raises(mp.TaskTimeoutError):
+            handle.get(timeout=30)
+        assert stream.getvalue() == "a whole line\na partial line"
 
 
 def deaf_to_sigterm_until_go(flags: Flags) -> None:

@@ -1608,13 +1608,15 @@ class ProcessBackend(QueueingBackend):
         The loop reads nothing of such a worker, its end of file included: one
         killed at its task's timeout as it printed into a blocked stream was
         never replaced, and the pool counted it live and busy for good. One the
-        pool stopped (at a timeout, a forced cancel) had its task settled then:
-        what it wrote before it ended is read now, without waiting, and
-        delivered after the rest. One that ended on its own (recycled, crashed)
-        is read to its end once its output is delivered, as ever: its result, or
-        its crash, comes after what it printed. Meanwhile it leaves the pool:
-        kept there, one that crashed as it printed into a blocked stream held
-        its place until the stream was read, and a pool of one ran no task.
+        pool stopped (at a timeout, a forced cancel) had its task settled then,
+        or has it timed out once its output is written: what it wrote before
+        it ended is read now, without waiting, and delivered after the rest,
+        the timeout after that (:meth:`_time_out_after_output`). One that ended
+        on its own (recycled, crashed) is read to its end once its output is
+        delivered, as ever: its result, or its crash, comes after what it
+        printed. Meanwhile it leaves the pool: kept there, one that crashed as
+        it printed into a blocked stream held its place until the stream was
+        read, and a pool of one ran no task.
         """
         for worker in [w for w in self._workers if w.delivering and not w.exited]:
             if worker.process.poll() is None:
@@ -1988,7 +1990,7 @@ class ProcessBackend(QueueingBackend):
                 if handle._state == RUNNING:
                     handle._finish(FAILED, init_failure())
         elif outstanding and outstanding[0]._timing_out():  # what it wrote as it was stopped came first
-            outstanding[0]._time_out_stopped()
+            self._time_out_after_output(worker, outstanding[0])
         elif outstanding and outstanding[0]._state == RUNNING:
             handle = outstanding[0]
             error: Exception
@@ -2029,6 +2031,24 @@ class ProcessBackend(QueueingBackend):
             if handle._state != PENDING:  # not put back in the queue: it runs nowhere now
                 handle._code_returned()
         self._wake()
+
+    @staticmethod
+    def _time_out_after_output(worker: _Worker, handle: AsyncHandle[Any]) -> None:
+        """Time out ``handle``, its ``worker`` stopped at its timeout and gone, once what that worker wrote is written.
+
+        A worker that ended as its output was still being delivered had the
+        rest of it read and put behind (:meth:`_read_what_is_left`): the handle
+        is timed out on the worker's Delivery thread, after that. Timed out at
+        once, its waiter had the error before the task's last lines, which
+        went to whatever ``sys.stdout`` was by the time they were written. A
+        stream that stays blocked holds it no longer than the kill's grace: its
+        deadline times it out then (:meth:`_stops_before_timing_out_locked`).
+        """
+        if not worker.delivering or worker.delivery is None:
+            handle._time_out_stopped()
+            return
+        worker.delivery.put(worker, [handle._time_out_stopped])
+        worker.delivery.stop()  # (again: its thread may have ended as the batches before were delivered)
 
     @staticmethod
     def _journaled(
