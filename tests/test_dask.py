@@ -24,6 +24,7 @@ from typing import Any
 
 import dask
 import pytest
+from dask.utils import key_split
 from distributed import Client, LocalCluster
 from distributed.scheduler import KilledWorker
 from pool_helpers import CalledBack, Flags, wait_for_flag, wait_until
@@ -787,6 +788,22 @@ def test_a_cancel_in_a_dask_tasks_callback_cancels_the_dask_future(cluster: Loca
         flags.set("queued")
         flags.set("release")
     assert other.get(timeout=60) == "release"
+
+
+def test_a_task_is_keyed_on_the_cluster_by_its_name(cluster: LocalCluster, flags: Flags) -> None:
+    # Every task was keyed "call_remotely-<uuid>", after the library's runner: Dask's dashboard
+    # (task stream, progress bars) and its logs named no function of the program.
+    known = set(cluster.scheduler.tasks)
+    handles = [
+        mp.parallel(backend="dask")(wait_for_flag)(flags, "release"),
+        mp.parallel(backend="dask", name="resize ✓")(wait_for_flag)(flags, "release"),
+    ]
+    try:
+        assert wait_until(lambda: len(new_keys(cluster, known)) == 2, 30)
+        assert sorted(key_split(key) for key in new_keys(cluster, known)) == ["resize ✓", "wait_for_flag"]
+    finally:
+        flags.set("release")
+    assert mp.gather(handles, timeout=60) == ["release", "release"]
 
 
 def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:

@@ -288,6 +288,10 @@ class DaskBackend(ExecutorBackend):
                 if future.dask_future.key in unfinished:
                     self._cancel_unstarted(future)
 
+    def _carry(self, handle: AsyncHandle[Any], call: tuple[Any, ...]) -> Any:
+        # Keyed by the task's name (its function's, or name=): every call travels in call_remotely.
+        return self._executor.submit_named(handle.name, *call)
+
     def is_closed_error(self, error: Exception) -> bool:
         return isinstance(error, ClosedClientError) or super().is_closed_error(error)
 
@@ -348,8 +352,16 @@ class ClientExecutor(concurrent.futures.Executor):
         return f"<Dask executor of {self._client!r}>"
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        # Keyed as Dask keys a call of fn with pure=False, though run_on_worker runs it.
-        key = f"{funcname(fn)}-{uuid.uuid4()}"
+        return self.submit_named(funcname(fn), fn, *args, **kwargs)
+
+    def submit_named(self, name: str, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """:meth:`submit`, keyed on the cluster as Dask keys a call of a function called ``name`` with ``pure=False``.
+
+        Dask's dashboard (task stream, progress bars) and its logs name a
+        task by its key's prefix: a task's is its name (``DaskBackend._carry``),
+        not that of :func:`call_remotely`, which carries every task's call.
+        """
+        key = f"{name}-{uuid.uuid4()}"
         dask_future = self._client.submit(run_on_worker, _sender(), fn, *args, key=key, pure=False, **kwargs)
         future = TaskFuture(dask_future)
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
