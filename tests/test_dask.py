@@ -1056,6 +1056,35 @@ def test_shutdown_without_a_timeout_in_a_task_of_an_in_process_cluster_is_refuse
             mp.configure(dask_client=previous)
 
 
+@pytest.mark.timeout(120)
+def test_a_cluster_that_grows_is_counted_as_it_is_now(flags: Flags) -> None:
+    # The threads were counted once, as the client was first used: on a cluster scaled up
+    # since (cluster.scale, adapt()), health() reported one worker, the tasks running on the
+    # others as queued, and a map kept as few chunks in flight as one worker needs.
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as here,
+        Client(here, set_as_default=False) as client,
+    ):
+        previous = _runtime._dask_client
+        mp.configure(dask_client=client)
+        try:
+            assert mp.parallel(backend="dask")(square)(2).get(timeout=60) == 4
+            assert mp.health()["pools"]["dask"]["num_workers"] == 1
+            here.scale(3)
+            client.wait_for_workers(3, timeout=60)
+            assert wait_until(lambda: mp.health()["pools"]["dask"]["num_workers"] == 3, 30)
+            handles = [mp.parallel(backend="dask")(wait_for_flag)(flags, "release") for _ in range(3)]
+            try:
+                assert wait_until(lambda: len(processing(here)) == 3, 30)
+                pool = mp.health()["pools"]["dask"]
+                assert (pool["busy_workers"], pool["queued_tasks"]) == (3, 0)
+            finally:
+                flags.set("release")
+            assert mp.gather(handles, timeout=60) == ["release"] * 3
+        finally:
+            mp.configure(dask_client=previous)
+
+
 def test_closing_the_client_fails_its_running_tasks(cluster: LocalCluster, client: Client, flags: Flags) -> None:
     second = Client(cluster, set_as_default=False)
     mp.configure(dask_client=second)

@@ -225,18 +225,30 @@ class DaskBackend(ExecutorBackend):
         return future.dask_future.client if isinstance(future, TaskFuture) else self._client
 
     def reported_worker_count(self) -> int:
-        """The cluster's threads as last counted (1 before a client is found).
+        """The cluster's threads as the bound client last heard (1 before a client is found).
 
         A health check neither looks for a client nor fails without one: it
         raised "found no Dask client" out of ``health()``, and with a client
         current it waited forever for the lock that ``info()`` held.
         """
-        return self._workers
+        return self._threads_now()
 
     def worker_count(self) -> int:
         if self._client is None:
             self._bind()  # a map sizes its chunks before its first task
-        return self._workers
+        return self._threads_now()
+
+    def _threads_now(self) -> int:
+        """The cluster's threads as the bound client last heard from its scheduler (:func:`_threads_heard`), else as counted at the binding.
+
+        Counted at the binding alone, a cluster scaled since (``cluster.scale``,
+        ``adapt()``) kept its first size: ``health()`` reported the tasks
+        running on the new workers as queued, and a map kept as few chunks in
+        flight as the first workers needed.
+        """
+        client = self._client
+        heard = None if client is None else _threads_heard(client)
+        return self._workers if heard is None else max(1, heard)
 
     def _bind(self) -> None:
         """Use the configured client, else the current one; a new client gets a new executor."""
@@ -399,7 +411,22 @@ def _thread_count(client: distributed.Client) -> int:
     loop = running_loop()
     if loop is None or not _fetches_on(client, loop):
         return sum(client.nthreads().values())  # type: ignore[no-untyped-call]
-    info = client.scheduler_info()
+    return _threads_in(client.scheduler_info())
+
+
+def _threads_heard(client: distributed.Client) -> int | None:
+    """The threads of ``client``'s workers as it last heard, without a round trip; None where it heard nothing yet.
+
+    A client asks its scheduler every ``distributed.client.scheduler-info-interval``
+    (2 s) and keeps the answer, which its ``scheduler_info()`` gives on its own
+    loop; elsewhere that call asks again, a round trip, so the kept answer is read.
+    """
+    info = getattr(client, "_scheduler_identity", None)
+    return _threads_in(info) if info else None
+
+
+def _threads_in(info: Any) -> int:
+    """The threads of the workers in a scheduler's ``identity()``: its total, or the sum of those it lists."""
     total = info.get("total_threads")
     return int(total) if total is not None else sum(worker.get("nthreads", 0) for worker in info.get("workers", {}).values())
 
