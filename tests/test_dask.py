@@ -1202,6 +1202,30 @@ def test_health_reports_a_dask_pool_that_has_not_found_its_client(client: Client
         mp.configure(dask_client=client)
 
 
+def test_health_reports_a_dask_pool_that_finds_no_client_as_failing_every_task(client: Client) -> None:
+    # Its current client closed (a `with Client(...)` block left), every task was refused with
+    # "found no Dask client" while health() said ok, as it once did for a closed client.
+    _runtime._dask_client = None
+    _runtime._backends.pop("dask", None)
+    try:
+        with client.as_current():
+            assert mp.parallel(backend="dask")(square)(3).get(timeout=60) == 9
+        assert mp.health()["status"] == "ok"
+        with pytest.raises(RuntimeError, match="found no Dask client"):
+            mp.parallel(backend="dask")(square)(2)
+        report = mp.health()
+        assert report["status"] == "unhealthy" and not report["ready"]
+        assert any(
+            reason.startswith("dask pool fails every task: backend='dask' found no Dask client")
+            for reason in report["reasons"]
+        ), report["reasons"]
+        with client.as_current():
+            assert mp.parallel(backend="dask")(square)(4).get(timeout=60) == 16
+        assert mp.health()["status"] == "ok"  # ready again once a client takes the tasks
+    finally:
+        mp.configure(dask_client=client)
+
+
 def test_a_retry_that_finds_no_client_ends_the_task_with_its_last_error(client: Client, flags: Flags) -> None:
     # The retry failed the task with the RuntimeError alone, its note listing a
     # second attempt that never ran: what the task itself had raised was lost.

@@ -55,6 +55,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -251,8 +252,18 @@ class DaskBackend(ExecutorBackend):
         return self._workers if heard is None else max(1, heard)
 
     def _bind(self) -> None:
-        """Use the configured client, else the current one; a new client gets a new executor."""
-        client = self._configured if self._configured is not None else _current_client()
+        """Use the configured client, else the current one; a new client gets a new executor.
+
+        Where none is found, ``health()`` reports every task refused, as for
+        a closed client (:meth:`refusing`): with its current client closed (a
+        ``with Client(...)`` block left), every task failed "found no Dask
+        client" while it said ok.
+        """
+        try:
+            client = self._configured if self._configured is not None else _current_client()
+        except RuntimeError as missing:
+            self._refused = (str(missing), time.monotonic())
+            raise
         if client is self._client:
             return
         executor = ClientExecutor(client)
