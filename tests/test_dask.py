@@ -806,6 +806,29 @@ def test_a_task_is_keyed_on_the_cluster_by_its_name(cluster: LocalCluster, flags
     assert mp.gather(handles, timeout=60) == ["release", "release"]
 
 
+def test_a_task_whose_name_holds_a_lone_surrogate_is_keyed_with_its_escape(
+    cluster: LocalCluster, client: Client, flags: Flags
+) -> None:
+    # The key, no UTF-8, failed to encode as the client sent the task: the client's connection to
+    # its scheduler broke, and every task of the client in flight ended cancelled.
+    own = Client(cluster, set_as_default=False)  # the module's client is not the one broken
+    mp.configure(dask_client=own)
+    known = set(cluster.scheduler.tasks)
+    try:
+        other = mp.parallel(backend="dask")(wait_for_flag)(flags, "release")
+        assert wait_until(lambda: len(new_keys(cluster, known)) == 1, 30)
+        named = mp.parallel(backend="dask", name="report \udcff.csv")(wait_for_flag)(flags, "release")
+        try:
+            assert wait_until(lambda: len(new_keys(cluster, known)) == 2, 30)
+            assert sorted(key_split(key) for key in new_keys(cluster, known)) == ["report \\udcff.csv", "wait_for_flag"]
+        finally:
+            flags.set("release")
+        assert mp.gather([other, named], timeout=60) == ["release", "release"]
+    finally:
+        mp.configure(dask_client=client)
+        own.close()
+
+
 def new_keys(cluster: LocalCluster, known: set[Any]) -> list[Any]:
     return [key for key in list(cluster.scheduler.tasks) if key not in known]
 

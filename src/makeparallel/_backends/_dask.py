@@ -384,13 +384,24 @@ class ClientExecutor(concurrent.futures.Executor):
         task by its key's prefix: a task's is its name (``DaskBackend._carry``),
         not that of :func:`call_remotely`, which carries every task's call.
         """
-        key = f"{name}-{uuid.uuid4()}"
+        key = f"{_key_prefix(name)}-{uuid.uuid4()}"
         dask_future = self._client.submit(run_on_worker, _sender(), fn, *args, key=key, pure=False, **kwargs)
         future = TaskFuture(dask_future)
         future.add_done_callback(functools.partial(_cancel_when_cancelled, dask_future))
         loop = self._client.loop  # a client has its loop from its start
         loop.add_callback(_settle, self._client, dask_future, future)  # type: ignore[union-attr]
         return future
+
+
+def _key_prefix(name: str) -> str:
+    """``name`` as a Dask key's prefix: a lone surrogate written as its escape (``\\udcff``).
+
+    Dask sends keys as UTF-8, which has no lone surrogate: a name that held
+    one (a path decoded with ``surrogateescape``) failed to encode as the
+    client sent the task, which broke the client's connection to its
+    scheduler and ended every task of the client in flight cancelled.
+    """
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
