@@ -247,6 +247,28 @@ def test_the_router_refuses_a_prefix_that_is_no_path(prefix: Any, error: type[Ex
         router(prefix=prefix)
 
 
+def test_the_routes_answer_head_as_flasks_do() -> None:
+    # FastAPI answered HEAD with 405 (Flask and Starlette take it for every GET route):
+    # an uptime monitor that probes with HEAD saw the service down.
+    app = fastapi.FastAPI()
+    app.include_router(router(include_in_schema=True))
+    with uvicorn_server(app) as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+        for route in ("/health/live", "/health/ready", "/metrics"):
+            head = client.head(route)
+            assert head.status_code == 200, route
+            assert head.content == b""
+            assert head.headers["content-type"] == client.get(route).headers["content-type"]
+        mp.shutdown(timeout_secs=10)
+        assert client.head("/health/ready").status_code == 503  # answered as GET is
+        mp.reset_shutdown()
+        paths = client.get("/openapi.json").json()["paths"]  # listed once, as GET: no duplicate operation id
+    assert {path: list(operations) for path, operations in paths.items()} == {
+        "/health/live": ["get"],
+        "/health/ready": ["get"],
+        "/metrics": ["get"],
+    }
+
+
 def test_health_routes_follow_the_status_rules(gate: threading.Event) -> None:
     app = fastapi.FastAPI(lifespan=lifespan(shutdown_timeout=10))
     app.include_router(router(prefix="/ops"))

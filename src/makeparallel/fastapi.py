@@ -382,7 +382,7 @@ class _HealthResponse(JSONResponse):
 
 
 def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = False) -> APIRouter:
-    """An ``APIRouter`` with ``GET /health/live``, ``/health/ready`` and ``/metrics``.
+    """An ``APIRouter`` with ``GET /health/live``, ``/health/ready`` and ``/metrics``, and ``HEAD`` for each.
 
     Args:
         prefix: a path prefix for the three routes (``""``: at the root), as
@@ -430,6 +430,11 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
         """The library's metrics in the Prometheus text format."""
         return Response(metrics_page(served), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    # HEAD too, as Flask and Starlette answer it for every GET route: uptime monitors
+    # probe with it, and FastAPI answered 405. Kept out of the schema, where it would
+    # repeat the GET's operation id.
+    for path, endpoint in (("/health/live", live), ("/health/ready", ready), ("/metrics", metrics)):
+        routes.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return routes
 
 
