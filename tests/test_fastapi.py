@@ -700,6 +700,31 @@ def test_options_are_checked_at_once() -> None:
         lifespan(cancel_pending="false")  # type: ignore[arg-type]
 
 
+async def _undecorated(app: Any) -> AsyncIterator[None]:
+    yield
+
+
+@contextlib.asynccontextmanager
+async def _decorated(app: Any) -> AsyncIterator[None]:
+    yield
+
+
+@pytest.mark.parametrize(
+    ("app_lifespan", "message"),
+    [
+        (_undecorated, "decorate it with @contextlib.asynccontextmanager"),
+        (_decorated(None), "pass the function itself, not its call"),
+        ("my_lifespan", "got 'my_lifespan'"),
+    ],
+    ids=["undecorated", "called", "a string"],
+)
+def test_an_app_lifespan_that_is_no_lifespan_function_is_refused_at_once(app_lifespan: Any, message: str) -> None:
+    # Each failed only at start-up, with the pools configured, in words that named no argument.
+    with pytest.raises(TypeError, match="app_lifespan must be a lifespan function") as refused:
+        lifespan(app_lifespan=app_lifespan)
+    assert message in str(refused.value)
+
+
 def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
     import sys

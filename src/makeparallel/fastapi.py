@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import signal
@@ -137,7 +138,10 @@ def lifespan(
         A function of the app that returns an async context manager.
 
     Raises:
-        ValueError, TypeError: an option is invalid (at once, not at start-up).
+        ValueError, TypeError: an option is invalid (at once, not at start-up);
+            TypeError also where ``app_lifespan`` is no lifespan function: the
+            context manager one returns, or an async generator function not
+            decorated with ``@contextlib.asynccontextmanager``.
         ImportError, RuntimeError: ``backend`` cannot run here (at once too):
             ``"dask"`` where distributed is not installed, ``"interpreter"``
             before Python 3.14.
@@ -161,6 +165,8 @@ def lifespan(
     for name, switch in (("prestart", prestart), ("cancel_pending", cancel_pending)):
         if not isinstance(switch, bool):  # the string "false" (from the environment) read as true
             raise TypeError(f"{name} must be a bool, got {switch!r}")
+    if app_lifespan is not None:
+        _check_app_lifespan(app_lifespan)
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
@@ -197,6 +203,24 @@ def lifespan(
                 await _shut_down_off_the_loop(shutdown_timeout, cancel_pending, stopping)
 
     return run
+
+
+def _check_app_lifespan(app_lifespan: Any) -> None:
+    """Raise TypeError unless ``app_lifespan`` looks like a lifespan function (the app to an async context manager).
+
+    Each mistake failed only at start-up, with the pools configured, and
+    said nothing of the argument: an undecorated async generator function
+    (``'async_generator' object does not support the asynchronous context
+    manager protocol``), or the context manager such a function returns
+    (``my_lifespan(app)``, whose call then decorated the app).
+    """
+    rule = "app_lifespan must be a lifespan function, which takes the app and returns an async context manager"
+    if isinstance(app_lifespan, AbstractAsyncContextManager):
+        raise TypeError(f"{rule}, got the context manager {app_lifespan!r}: pass the function itself, not its call")
+    if inspect.isasyncgenfunction(app_lifespan):
+        raise TypeError(f"{rule}, got the async generator function {app_lifespan!r}: decorate it with @contextlib.asynccontextmanager")
+    if not callable(app_lifespan):
+        raise TypeError(f"{rule}, got {app_lifespan!r}")
 
 
 async def _counted_and_reopened_once_no_shutdown_runs() -> None:
