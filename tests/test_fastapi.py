@@ -25,6 +25,7 @@ from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdo
 from web_tasks import count_primes, refuse_to_start, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
+prometheus_registry = pytest.importorskip("prometheus_client.registry")
 from makeparallel.fastapi import CancelOnDisconnect, lifespan, router  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -245,6 +246,18 @@ def test_the_router_takes_a_prefix_as_flask_does(prefix: str, path: str) -> None
 def test_the_router_refuses_a_prefix_that_is_no_path(prefix: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match=r'prefix must be "" or a path that starts with "/"'):
         router(prefix=prefix)
+
+
+@pytest.mark.parametrize(
+    "registry",
+    [prometheus_registry, "default", 9100, prometheus_registry.CollectorRegistry],
+    ids=["module", "str", "port", "class"],
+)
+def test_the_router_refuses_what_is_no_registry_saying_none_makes_one_of_its_own(registry: Any) -> None:
+    # Refused by register(), whose message offered None for the global registry: the router's None
+    # serves a registry of its own. Before that check, an AttributeError from inside the library.
+    with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*or None for one of its own.*, got "):
+        router(registry=registry)
 
 
 def test_the_routes_answer_head_as_flasks_do() -> None:

@@ -149,7 +149,10 @@ def test_an_app_set_up_twice_is_refused_and_nothing_is_applied(second: str) -> N
     assert mp.get_thread_pool_info()["num_threads"] == before
 
 
-@pytest.mark.parametrize("failure", ["a registry with another collector", "an app that served a request", "a blueprint of its name"])
+@pytest.mark.parametrize(
+    "failure",
+    ["a registry with another collector", "no registry", "an app that served a request", "a blueprint of its name"],
+)
 def test_a_set_up_that_failed_applies_nothing_and_may_be_tried_again(failure: str) -> None:
     """The extension was recorded before its blueprint was made and registered: where either
     failed, the pools were resized, and a second try, the cause fixed, was refused as a
@@ -162,6 +165,9 @@ def test_a_set_up_that_failed_applies_nothing_and_may_be_tried_again(failure: st
         registry = prometheus_client.CollectorRegistry()
         prometheus_client.Gauge("makeparallel_tasks_running", "not the library's", registry=registry)
         raised: Any = (ValueError, "the registry has another collector of makeparallel's metric names")
+    elif failure == "no registry":  # the module, not its CollectorRegistry
+        registry = prometheus_client.registry
+        raised = (TypeError, r"registry must be a prometheus_client registry .*or None for one of its own.*, got <module")
     elif failure == "an app that served a request":
         app.add_url_rule("/", "index", lambda: "hello")
         assert app.test_client().get("/").status_code == 200
@@ -173,7 +179,7 @@ def test_a_set_up_that_failed_applies_nothing_and_may_be_tried_again(failure: st
         MakeParallel(app, registry=registry)
     assert "makeparallel" not in app.extensions
     assert mp.get_thread_pool_info()["num_threads"] == before
-    if failure == "a registry with another collector":
+    if failure in ("a registry with another collector", "no registry"):
         extension = MakeParallel(app)  # a registry of its own
         assert app.test_client().get("/metrics").status_code == 200
     else:

@@ -41,7 +41,7 @@ def metrics_registry(registry: Any = None) -> Any:
         ValueError: ``registry`` has another collector of the library's metric
             names: the library's metrics would not be served.
     """
-    from makeparallel.prometheus import _register_once
+    from makeparallel.prometheus import _check_registry, _register_once
 
     try:
         import prometheus_client
@@ -49,6 +49,8 @@ def metrics_registry(registry: Any = None) -> Any:
         raise ImportError('serving /metrics needs prometheus-client: pip install "makeparallel[prometheus]"') from error
     if registry is None:
         registry = prometheus_client.CollectorRegistry()
+    else:
+        _check_registry(registry, "one of its own")
     _register_once(registry)  # registered already: its metrics are served once, as they should be
     return registry
 

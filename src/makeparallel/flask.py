@@ -140,6 +140,7 @@ class MakeParallel:
         app: the Flask app to set up now, or ``None`` to call :meth:`init_app` later.
         registry: the ``prometheus_client`` registry to serve at ``/metrics``
             (the library's collector is added to it); default: one of its own.
+            Checked where the routes are made (:meth:`init_app`, :meth:`blueprint`).
     """
 
     def __init__(self, app: Flask | None = None, *, registry: Any = None) -> None:

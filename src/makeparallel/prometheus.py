@@ -228,7 +228,10 @@ def register(registry: Any = None) -> MakeparallelCollector:
     """
     client = _client()
     collector = MakeparallelCollector()
-    registry = _registry(client, registry)
+    if registry is None:
+        registry = client.REGISTRY
+    else:
+        _check_registry(registry, "the global one, prometheus_client.REGISTRY")
     try:
         registry.register(collector)
     except ValueError as error:
@@ -297,7 +300,10 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
             "addr must be a host name or address, a non-empty str (the default '127.0.0.1' serves this "
             f"host only; '0.0.0.0' or '::' every interface), got {addr!r} ({error})"
         ) from None
-    registry = _registry(client, registry)
+    if registry is None:
+        registry = client.REGISTRY
+    else:
+        _check_registry(registry, "the global one, prometheus_client.REGISTRY")
     _register_once(registry)
     try:
         return client.start_http_server(port, addr=addr, registry=registry)
@@ -309,22 +315,19 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
         raise type(error)(error.errno, f"cannot serve /metrics on {addr} port {port}: {error.strerror}") from error
 
 
-def _registry(client: Any, registry: Any) -> Any:
-    """``registry``, or the global one for ``None``.
+def _check_registry(registry: Any, default: str) -> None:
+    """Raise ``TypeError`` where ``registry`` is no registry; ``default`` says what ``None`` gives.
 
-    Raises:
-        TypeError: ``registry`` has no ``register`` method to call (a port
-            given as if it were served): prometheus_client's own error,
-            ``'int' object has no attribute 'register'``, named neither.
+    Shared by :func:`register`, :func:`start_http_server` and the web routes,
+    each naming its own default. What was no registry (a port given as if it
+    were served) failed inside prometheus_client, ``'int' object has no
+    attribute 'register'``, naming neither the argument nor the fix.
     """
-    if registry is None:
-        return client.REGISTRY
     if isinstance(registry, type) or not callable(getattr(registry, "register", None)):
         raise TypeError(
-            "registry must be a prometheus_client registry (a CollectorRegistry(), or None for the "
-            f"global one), got {registry!r}: to serve the metrics on a port, call start_http_server(port)"
+            f"registry must be a prometheus_client registry (a CollectorRegistry(), or None for {default}), "
+            f"got {registry!r}: to serve the metrics on a port, call start_http_server(port)"
         )
-    return registry
 
 
 def _register_once(registry: Any) -> None:
