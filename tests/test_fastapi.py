@@ -21,7 +21,13 @@ import pytest
 
 import makeparallel as mp
 from pool_helpers import Flags, process_alive, wait_until
-from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, uvicorn_server
+from web_helpers import (
+    WrappedRegistry,
+    check_live_fails_for_good,
+    run_fresh_interpreter,
+    shutdown_begun_after_the_look,
+    uvicorn_server,
+)
 from web_tasks import count_primes, refuse_to_start, wait_until_released
 
 fastapi = pytest.importorskip("fastapi")
@@ -258,6 +264,16 @@ def test_the_router_refuses_what_is_no_registry_saying_none_makes_one_of_its_own
     # serves a registry of its own. Before that check, an AttributeError from inside the library.
     with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*or None for one of its own.*, got "):
         router(registry=registry)
+
+
+def test_the_router_serves_a_registry_of_another_kind() -> None:
+    # Read by its register() and collect(), not by its class: a check of the class would refuse a
+    # registry that the routes served before any check, and start_http_server() serves.
+    app = fastapi.FastAPI()
+    app.include_router(router(registry=WrappedRegistry()))
+    with uvicorn_server(app) as (base, _), httpx.Client(base_url=base, timeout=30) as client:
+        page = client.get("/metrics")
+    assert page.status_code == 200 and "makeparallel_tasks_total" in page.text
 
 
 def test_the_routes_answer_head_as_flasks_do() -> None:

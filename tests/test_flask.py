@@ -16,7 +16,13 @@ import pytest
 import makeparallel as mp
 from makeparallel import _runtime
 from pool_helpers import EXIT_WAITS, process_alive, wait_until
-from web_helpers import check_live_fails_for_good, run_fresh_interpreter, shutdown_begun_after_the_look, werkzeug_server
+from web_helpers import (
+    WrappedRegistry,
+    check_live_fails_for_good,
+    run_fresh_interpreter,
+    shutdown_begun_after_the_look,
+    werkzeug_server,
+)
 from web_tasks import count_primes
 
 flask = pytest.importorskip("flask")
@@ -79,6 +85,15 @@ def test_extension_conventions_and_the_test_client(gate: threading.Event) -> Non
     page = client.get("/ops/metrics")
     assert page.status_code == 200 and page.content_type.startswith("text/plain")
     assert "makeparallel_tasks_total" in page.get_data(as_text=True)
+
+
+def test_a_registry_of_another_kind_is_served() -> None:
+    # Read by its register() and collect(), not by its class: a check of the class would refuse a
+    # registry that the extension served before any check, and start_http_server() serves.
+    app = make_app()
+    MakeParallel(app, registry=WrappedRegistry())
+    page = app.test_client().get("/metrics")
+    assert page.status_code == 200 and "makeparallel_tasks_total" in page.get_data(as_text=True)
 
 
 def test_an_app_set_up_after_a_shutdown_takes_tasks_again() -> None:

@@ -269,14 +269,42 @@ def test_without_prometheus_client_register_names_the_extra(monkeypatch: pytest.
         mp_prometheus.start_http_server(0)
 
 
-@pytest.mark.parametrize("registry", [9100, "127.0.0.1", CollectorRegistry])
-def test_a_registry_that_is_no_registry_is_refused_saying_what_to_pass(registry: Any) -> None:
-    # register(9100), as if it served a port, failed with "AttributeError: 'int' object has no
-    # attribute 'register'", from prometheus_client's registry call, naming neither argument.
-    with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*, got .*start_http_server\(port\)"):
-        mp_prometheus.register(registry)
-    with pytest.raises(TypeError, match=r"registry must be a prometheus_client registry .*, got "):
-        mp_prometheus.start_http_server(0, registry=registry)
+class _RegistryWithoutCollect:
+    """Takes the collector, but no page can be made of it: ``generate_latest`` calls ``collect()``."""
+
+    def register(self, collector: Any) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", ["register", "start_http_server"])
+@pytest.mark.parametrize(
+    "registry",
+    [
+        9100,
+        "127.0.0.1",
+        "default",
+        CollectorRegistry,
+        importlib.import_module("prometheus_client.registry"),
+        CollectorRegistry().restricted_registry([]),
+        _RegistryWithoutCollect(),
+    ],
+    ids=["port", "addr", "name", "class", "module", "restricted", "without-collect"],
+)
+def test_a_registry_that_is_no_registry_is_refused_saying_what_to_pass(call: str, registry: Any) -> None:
+    # Each failed inside prometheus_client, naming no argument: register(9100), as if it served a
+    # port, with "'int' object has no attribute 'register'", the class with a missing argument.
+    # One without collect() was taken, and every scrape of it failed.
+    message = (
+        r"registry must be a prometheus_client registry \(a CollectorRegistry\(\), or an object with its register\(\) "
+        r"and collect\(\)\), or None for the global one, prometheus_client.REGISTRY, got .*: "
+        r"to serve the metrics on a port, call start_http_server\(port\)"
+    )
+    with pytest.raises(TypeError, match=message):
+        if call == "register":
+            mp_prometheus.register(registry)
+        else:
+            mp_prometheus.start_http_server(0, registry=registry)
 
 
 def test_the_module_imports_without_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:

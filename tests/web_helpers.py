@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -213,3 +213,18 @@ def shutdown_begun_after_the_look(monkeypatch: Any, shut_down: Callable[[], obje
         shutting_down = [thread for thread in threading.enumerate() if thread.name == "shutting-down"]
         for thread in shutting_down:
             thread.join(30)
+
+
+class WrappedRegistry:
+    """A Prometheus registry of another kind: not a ``CollectorRegistry``, with its ``register()`` and ``collect()``."""
+
+    def __init__(self) -> None:
+        import prometheus_client
+
+        self.inner = prometheus_client.CollectorRegistry()
+
+    def register(self, collector: Any) -> None:
+        self.inner.register(collector)
+
+    def collect(self) -> Iterable[Any]:
+        return self.inner.collect()

@@ -36,8 +36,8 @@ def metrics_registry(registry: Any = None) -> Any:
 
     Raises:
         ImportError: prometheus-client is not installed.
-        TypeError: ``registry`` is no ``prometheus_client`` registry (a port,
-            the registry class).
+        TypeError: ``registry`` is no ``prometheus_client`` registry, with
+            ``register()`` and ``collect()`` (a port, the registry class).
         ValueError: ``registry`` has another collector of the library's metric
             names: the library's metrics would not be served.
     """

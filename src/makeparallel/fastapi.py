@@ -423,7 +423,8 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
     Raises:
         ImportError: prometheus-client is not installed.
         TypeError: ``prefix`` is not a string, or ``registry`` is no
-            ``prometheus_client`` registry (a port, the registry class).
+            ``prometheus_client`` registry, with ``register()`` and
+            ``collect()`` (a port, the registry class).
         ValueError: ``prefix`` is neither ``""`` nor a path that starts with
             ``"/"``; or ``registry`` has another collector of one of the
             library's metric names: ``/metrics`` would serve none of the library's.

@@ -167,8 +167,8 @@ class MakeParallel:
                 message names the setting; none of them is applied then);
                 ValueError also where the registry has another collector of one
                 of the library's metric names, and TypeError where it is no
-                registry (a port): nothing applied, and the app may be set up
-                again, the cause fixed.
+                registry, with ``register()`` and ``collect()`` (a port):
+                nothing applied, and the app may be set up again, the cause fixed.
             AssertionError, ValueError: Flask's own, refusing the blueprint:
                 the app served a request already (set it up before, or set
                 ``MAKEPARALLEL_ROUTES`` to ``False``), or has a blueprint named
@@ -284,8 +284,8 @@ class MakeParallel:
 
         Raises:
             ImportError: prometheus-client is not installed.
-            TypeError: the registry is no ``prometheus_client`` registry (a
-                port, the registry class).
+            TypeError: the registry is no ``prometheus_client`` registry, with
+                ``register()`` and ``collect()`` (a port, the registry class).
             ValueError: the registry has another collector of one of the
                 library's metric names: ``/metrics`` would serve none of the library's.
         """

@@ -218,9 +218,10 @@ def register(registry: Any = None) -> MakeparallelCollector:
     """Register a collector with ``registry`` (default: the global one); return it.
 
     Raises:
-        TypeError: ``registry`` is no registry (a port, as if this served
-            one: that is :func:`start_http_server`; or the registry class
-            itself, not an instance).
+        TypeError: ``registry`` is no registry, with ``register()`` and
+            ``collect()`` (a port, as if this served one: that is
+            :func:`start_http_server`; the ``prometheus_client.registry``
+            module; or the registry class itself, not an instance).
         ValueError: ``registry`` has makeparallel's collector already (each
             metric would be served twice), or another collector of one of the
             same metric names (the application's own ``makeparallel_tasks``).
@@ -263,7 +264,8 @@ def start_http_server(port: int, addr: str = "127.0.0.1", registry: Any = None) 
         TypeError: ``port`` is not an integer (nor is a ``str``: convert
             it with ``int()``), ``addr`` is not a ``str`` (``None`` too,
             which ``prometheus_client`` binds as every interface), or
-            ``registry`` is no registry (the class, not an instance).
+            ``registry`` is no registry, with ``register()`` and ``collect()``
+            (the class, not an instance): nothing is served.
         ValueError: ``port`` is outside 0 to 65535 (0: any free port),
             ``addr`` is empty or no name the socket can encode (an empty
             label, a lone surrogate), or ``registry`` has another collector of one of the library's
@@ -319,14 +321,23 @@ def _check_registry(registry: Any, default: str) -> None:
     """Raise ``TypeError`` where ``registry`` is no registry; ``default`` says what ``None`` gives.
 
     Shared by :func:`register`, :func:`start_http_server` and the web routes,
-    each naming its own default. What was no registry (a port given as if it
-    were served) failed inside prometheus_client, ``'int' object has no
-    attribute 'register'``, naming neither the argument nor the fix.
+    each naming its own default. A registry is read by the two methods used,
+    ``register()`` and ``collect()``, not by its class: a registry of another
+    kind (a wrapper of a ``CollectorRegistry``) is served as one. What lacks
+    ``register()`` (a port given as if it were served, the
+    ``prometheus_client.registry`` module, a ``RestrictedRegistry``) failed
+    inside prometheus_client, ``'int' object has no attribute 'register'``,
+    naming neither the argument nor the fix; what lacks ``collect()`` was
+    taken, and failed every scrape. The class ``CollectorRegistry`` has both,
+    unbound: it is refused too.
     """
-    if isinstance(registry, type) or not callable(getattr(registry, "register", None)):
+    if isinstance(registry, type) or not (
+        callable(getattr(registry, "register", None)) and callable(getattr(registry, "collect", None))
+    ):
         raise TypeError(
-            f"registry must be a prometheus_client registry (a CollectorRegistry(), or None for {default}), "
-            f"got {registry!r}: to serve the metrics on a port, call start_http_server(port)"
+            "registry must be a prometheus_client registry (a CollectorRegistry(), or an object with its "
+            f"register() and collect()), or None for {default}, got {registry!r}: to serve the metrics on "
+            "a port, call start_http_server(port)"
         )
 
 
