@@ -754,6 +754,28 @@ def test_an_app_lifespan_that_is_no_lifespan_function_is_refused_at_once(app_lif
     assert message in str(refused.value)
 
 
+class _OwnLifespan:
+    """An async context manager that is its own lifespan function: calling it with the app returns it."""
+
+    def __call__(self, app: Any) -> _OwnLifespan:
+        return self
+
+    async def __aenter__(self) -> dict[str, str]:
+        return {"greeting": "hello"}
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+def test_an_async_context_manager_that_takes_the_app_when_called_is_a_lifespan_function() -> None:
+    # Refused as "the context manager a lifespan function returns", though Starlette's lifespan= takes it.
+    async def state() -> Any:
+        async with lifespan(app_lifespan=_OwnLifespan(), shutdown_timeout=10)(fastapi.FastAPI()) as state:
+            return state
+
+    assert asyncio.run(state()) == {"greeting": "hello"}
+
+
 def test_a_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
     import sys

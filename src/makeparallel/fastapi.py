@@ -215,7 +215,11 @@ def _check_app_lifespan(app_lifespan: Any) -> None:
     (``my_lifespan(app)``, whose call then decorated the app).
     """
     rule = "app_lifespan must be a lifespan function, which takes the app and returns an async context manager"
-    if isinstance(app_lifespan, AbstractAsyncContextManager):
+    # Such a call returns a context manager that is callable too, as a decorator of functions: refused
+    # by that. Another that is callable (its __call__ takes the app) is a lifespan function, as Starlette's.
+    if isinstance(app_lifespan, AbstractAsyncContextManager) and (
+        isinstance(app_lifespan, contextlib.AsyncContextDecorator) or not callable(app_lifespan)
+    ):
         raise TypeError(f"{rule}, got the context manager {app_lifespan!r}: pass the function itself, not its call")
     if inspect.isasyncgenfunction(app_lifespan):
         raise TypeError(f"{rule}, got the async generator function {app_lifespan!r}: decorate it with @contextlib.asynccontextmanager")
