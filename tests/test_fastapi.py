@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -738,20 +739,44 @@ async def _decorated(app: Any) -> AsyncIterator[None]:
     yield
 
 
+def _generator(app: Any) -> Iterator[None]:
+    yield
+
+
+async def _not_yielding(app: Any) -> None:
+    return None
+
+
+class _UndecoratedCall:
+    async def __call__(self, app: Any) -> AsyncIterator[None]:
+        yield
+
+
+_UNDECORATED_CALL = _UndecoratedCall()
+_CALLED = _decorated(None)
+
+
+_DECORATE = ": pass an async def that yields once (what it yields is the state), decorated with @contextlib.asynccontextmanager"
+
+
 @pytest.mark.parametrize(
-    ("app_lifespan", "message"),
+    ("app_lifespan", "said"),
     [
-        (_undecorated, "decorate it with @contextlib.asynccontextmanager"),
-        (_decorated(None), "pass the function itself, not its call"),
+        (_undecorated, f"got an async generator function, {_undecorated!r}{_DECORATE}"),
+        (functools.partial(_undecorated), f"got an async generator function, functools.partial({_undecorated!r}){_DECORATE}"),
+        (_UNDECORATED_CALL, f"got an async generator function, {_UNDECORATED_CALL!r}{_DECORATE}"),
+        (_generator, f"got a generator function, {_generator!r}{_DECORATE}"),
+        (_not_yielding, f"got an async function, {_not_yielding!r}{_DECORATE}"),
+        (_CALLED, f"got the context manager {_CALLED!r}: pass the function itself, not its call"),
         ("my_lifespan", "got 'my_lifespan'"),
     ],
-    ids=["undecorated", "called", "a string"],
+    ids=["undecorated", "a partial of one", "an object whose __call__ is one", "a generator function", "an async def", "called", "a string"],
 )
-def test_an_app_lifespan_that_is_no_lifespan_function_is_refused_at_once(app_lifespan: Any, message: str) -> None:
+def test_an_app_lifespan_that_is_no_lifespan_function_is_refused_at_once(app_lifespan: Any, said: str) -> None:
     # Each failed only at start-up, with the pools configured, in words that named no argument.
     with pytest.raises(TypeError, match="app_lifespan must be a lifespan function") as refused:
         lifespan(app_lifespan=app_lifespan)
-    assert message in str(refused.value)
+    assert said in str(refused.value)
 
 
 class _OwnLifespan:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import signal
@@ -57,7 +56,7 @@ import makeparallel as mp
 from ._interruptible import SLICE
 from . import _runtime
 from ._runtime import ShutdownCall
-from ._validation import as_integer, check_count, check_wait_timeout
+from ._validation import as_integer, check_count, check_wait_timeout, unused_call_kind
 from ._web_health import PROMETHEUS_CONTENT_TYPE, health_answer, metrics_page, metrics_registry
 
 try:
@@ -141,7 +140,8 @@ def lifespan(
         ValueError, TypeError: an option is invalid (at once, not at start-up);
             TypeError also where ``app_lifespan`` is no lifespan function: the
             context manager one returns, or an async generator function not
-            decorated with ``@contextlib.asynccontextmanager``.
+            decorated with ``@contextlib.asynccontextmanager`` (a generator
+            function, an ``async def`` that does not yield too).
         ImportError, RuntimeError: ``backend`` cannot run here (at once too):
             ``"dask"`` where distributed is not installed, ``"interpreter"``
             before Python 3.14.
@@ -211,8 +211,11 @@ def _check_app_lifespan(app_lifespan: Any) -> None:
     Each mistake failed only at start-up, with the pools configured, and
     said nothing of the argument: an undecorated async generator function
     (``'async_generator' object does not support the asynchronous context
-    manager protocol``), or the context manager such a function returns
-    (``my_lifespan(app)``, whose call then decorated the app).
+    manager protocol``), a plain generator function or an ``async def``
+    that does not yield (the same, of a generator or a coroutine), each also
+    as an object's ``__call__`` or behind ``functools.partial``; or the
+    context manager such a function returns (``my_lifespan(app)``, whose
+    call then decorated the app).
     """
     rule = "app_lifespan must be a lifespan function, which takes the app and returns an async context manager"
     # Such a call returns a context manager that is callable too, as a decorator of functions: refused
@@ -221,10 +224,14 @@ def _check_app_lifespan(app_lifespan: Any) -> None:
         isinstance(app_lifespan, contextlib.AsyncContextDecorator) or not callable(app_lifespan)
     ):
         raise TypeError(f"{rule}, got the context manager {app_lifespan!r}: pass the function itself, not its call")
-    if inspect.isasyncgenfunction(app_lifespan):
-        raise TypeError(f"{rule}, got the async generator function {app_lifespan!r}: decorate it with @contextlib.asynccontextmanager")
     if not callable(app_lifespan):
         raise TypeError(f"{rule}, got {app_lifespan!r}")
+    made = unused_call_kind(app_lifespan)
+    if made is not None and made[0] != "a class":  # a class may make an async context manager: taken
+        raise TypeError(
+            f"{rule}, got {made[0]}, {app_lifespan!r}: pass an async def that yields once (what it yields "
+            "is the state), decorated with @contextlib.asynccontextmanager"
+        )
 
 
 async def _counted_and_reopened_once_no_shutdown_runs() -> None:
