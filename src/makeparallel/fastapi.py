@@ -467,8 +467,9 @@ def router(*, prefix: str = "", registry: Any = None, include_in_schema: bool = 
         return Response(metrics_page(served), media_type=PROMETHEUS_CONTENT_TYPE)
 
     # HEAD too, as Flask and Starlette answer it for every GET route: uptime monitors
-    # probe with it, and FastAPI answered 405. Kept out of the schema, where it would
-    # repeat the GET's operation id.
+    # probe with it, and FastAPI answered 405. Kept out of the schema, where each would add
+    # an operation that only repeats the GET, and repeat its operation id too under a
+    # generate_unique_id_function that reads the route's name only (FastAPI's own adds the method).
     for path, endpoint in (("/health/live", live), ("/health/ready", ready), ("/metrics", metrics)):
         routes.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return routes
