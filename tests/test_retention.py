@@ -135,6 +135,25 @@ def test_a_task_run_inline_leaves_nothing_in_the_queue(gate: Any) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_the_deadline_thread_keeps_no_retried_task_once_it_started_its_attempt() -> None:
+    # The thread kept the heap entry it had taken last, and the task with it, until the
+    # next deadline came: a retried task's result lived on with nothing else due.
+    attempts = iter(range(2))
+
+    def flaky() -> set[int]:
+        if next(attempts) == 0:
+            raise ConnectionError("reset")
+        return make_result(1)
+
+    retry = mp.Retry(on=ConnectionError, attempts=2, wait_initial=0, wait_jitter=0)
+    handle = mp.parallel(backend="thread", retry=retry)(flaky)()
+    ref = weakref.ref(handle.get(timeout=10))
+    assert handle.attempts == 2
+    del handle
+    assert wait_until(lambda: gone(ref)), gc.get_referrers(ref())
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
 def test_imap_keeps_no_item_it_handed_out(ordered: bool) -> None:
     items = mp.imap(make_result, range(40), chunksize=10, ordered=ordered, backend="thread")

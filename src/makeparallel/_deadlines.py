@@ -174,6 +174,9 @@ def _watch() -> None:
                         _, order, ref = heapq.heappop(_heap)
                         handle = ref()
                         _held.pop(order, None)
+                        # Its closure holds a retry's task: kept here, it lived on, result and all,
+                        # until the next deadline came, however long after the task ended.
+                        del ref
                         break
                     if _ending:
                         delay = min(delay, _LOOK_AGAIN_WITHIN)
