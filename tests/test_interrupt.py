@@ -849,7 +849,7 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
         return x
 
     handles = [held(i) for i in range(10)]
-    real_add = mp.AsyncHandle.add_done_callback
+    real_add = mp.AsyncHandle._add_own_done_callback  # what gather follows each handle with
     followed = 0
 
     def add_then_interrupt(self: mp.AsyncHandle[Any], fn: Callable[..., object]) -> None:
@@ -860,7 +860,7 @@ def test_an_interrupt_while_gather_sets_up_still_cancels_the_tasks(
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(mp.AsyncHandle, "add_done_callback", add_then_interrupt)
+        patch.setattr(mp.AsyncHandle, "_add_own_done_callback", add_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             mp.gather(handles)
     states = [h.status for h in handles]

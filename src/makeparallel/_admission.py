@@ -710,7 +710,7 @@ class PendingAdmission:
             try:
                 if not self._limiters[0].acquire_or_defer(self):
                     # Told of the task's end from now on; at once if it ended already.
-                    self._handle.add_done_callback(self._ended)
+                    self._handle._add_own_done_callback(self._ended)
                     return
             except ShutdownError as error:
                 self._fail(error)

@@ -38,6 +38,7 @@ from ._collect import (
     _as_handles,
     check_on_error,
     collect_timeout_error,
+    results_of,
     stop_following,
     taken,
     unfinished_of,
@@ -116,7 +117,7 @@ class AsyncCompletions:
         if handle.done():
             self._ended.append(handle)  # on the loop: nobody waits meanwhile
         else:
-            handle.add_done_callback(self.callback)
+            handle._add_own_done_callback(self.callback)
 
     def _on_end(self, handle: AsyncHandle[Any]) -> None:
         """A followed task ended (on the thread that ended it): wake the consumer if it waits."""
@@ -242,7 +243,7 @@ class _Countdown:
         if handle.done():
             self.ended(handle)
         else:
-            handle.add_done_callback(self.callback)
+            handle._add_own_done_callback(self.callback)
 
     def finished(self) -> bool:
         """Whether the future is, or is about to be, done: every task ended, or the first failed."""
@@ -419,6 +420,4 @@ async def gather_async(
         countdown.drop()
     if countdown.failed is not None:
         countdown.failed._awaited_result()  # raises the task's error, with its note
-    if on_error == "skip":
-        return [h._value for h in items if h._state == SUCCEEDED]
-    return [h._value if h._state == SUCCEEDED else None for h in items]
+    return results_of(items, on_error)

@@ -450,7 +450,7 @@ def ended(handle: AsyncHandle[Any]) -> asyncio.Future[None]:
     """A future of the running loop that is done once ``handle`` ended (nothing is cancelled with it)."""
     loop = running_loop_or_explain()
     future: asyncio.Future[None] = loop.create_future()
-    handle.add_done_callback(functools.partial(waker_for(loop).deliver, wake, future))
+    handle._add_own_done_callback(functools.partial(waker_for(loop).deliver, wake, future))
     lend_place_until(future)
     return future
 

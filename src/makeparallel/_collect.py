@@ -58,6 +58,7 @@ __all__ = [
     "gather",
     "read_elsewhere",
     "reading_alone",
+    "results_of",
     "stop_following",
     "taken",
     "unfinished_of",
@@ -250,7 +251,7 @@ class Completions:
             if len(candidates) > 2 * self.outstanding + 16:  # mostly ended ones: drop them
                 self._candidates = candidates = deque(r for r in candidates if _pending(r))
             candidates.append(weakref.ref(handle))
-        handle.add_done_callback(self._put)
+        handle._add_own_done_callback(self._put)
 
     def refuse_to_wait_for_all_and_itself(self) -> None:
         """For a wait that needs every handle's end: raise ``RuntimeError`` at once where the collecting task is one.
@@ -456,6 +457,19 @@ def gather(
             bar.close()
     if failed is not None:  # raised here: a task's own KeyboardInterrupt is its failure, not Ctrl-C at this wait
         failed.get()  # raises the task's error, with its note
+    return results_of(items, on_error)
+
+
+def results_of(items: list[AsyncHandle[Any]], on_error: OnError) -> list[Any]:
+    """The results of ``items``, all ended, as ``gather`` returns them: a failure left out or ``None``, as ``on_error`` says.
+
+    The failures it leaves out, the caller asked it to: each counts as read,
+    and is not logged as unread when its handle is collected (``_outcome_taken``).
+    """
+    if on_error != "raise":  # (with "raise", none failed)
+        for handle in items:
+            if handle._state != SUCCEEDED:
+                handle._outcome_taken()
     if on_error == "skip":
         return [h._value for h in items if h._state == SUCCEEDED]
     return [h._value if h._state == SUCCEEDED else None for h in items]

@@ -102,6 +102,7 @@ class TaskSpec:
         "limiter",
         "metrics",
         "name",
+        "owned",
         "priority",
         "retry",
         "timeout",
@@ -133,6 +134,7 @@ class TaskSpec:
         self.metrics: FunctionMetrics = metrics_for(name, function_name)
         self._last_shard: tuple[Any, Counts] = (None, self.metrics.counted())  # no lock is None
         self.cpu_watch = None if _runtime.free_threaded() else GilWatch(name)
+        self.owned = False  # (TaskObserver.owned) true for a map's chunks: the map reads their outcomes
 
     @property
     def async_cancel_forced(self) -> bool:
@@ -843,6 +845,9 @@ def withdraw(handle: AsyncHandle[Any], backend: Backend, error: BaseException) -
         handle.cancel()  # accepted: its end frees the slots, like any other
         return
     if handle._state != PENDING:  # taken: it runs, waits to retry, or ended
+        # One that ended already (its executor refused it as sent, the call raising that) lost
+        # no error: its caller has it, and never had the handle to read it from.
+        handle._outcome_taken()
         return
     for limiter in handle._permits:
         limiter.release()

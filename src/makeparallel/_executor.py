@@ -54,7 +54,7 @@ from ._decorators import (
     withdraw,
 )
 from ._gil_watch import EXECUTOR_REMEDY
-from ._handle import _ON_DONE, AsyncHandle
+from ._handle import _ON_DONE_OWN, AsyncHandle
 from ._interruptible import bounded
 from ._process_chunks import UNREPLACED, disown_worker_death, short_repr, template_died
 from ._states import CANCELLED, HELD, PENDING, RUNNING, SUCCEEDED
@@ -527,7 +527,7 @@ class Executor(concurrent.futures.Executor):
         backend = self._backend
         handle: AsyncHandle[T] = AsyncHandle(fn, args, kwargs, contextvars.copy_context(), spec, backend, spec.priority)
         future = ExecutorFuture(handle)
-        handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
+        handle._callbacks = [(_ON_DONE_OWN, future._follow)]  # before anyone else can see it
         if self._shut_down:
             raise self._refusal()
         limiter = _runtime.global_limiter
@@ -585,7 +585,7 @@ class Executor(concurrent.futures.Executor):
         backend = self._backend
         handle: AsyncHandle[Any] = AsyncHandle(fn, args, {}, contextvars.copy_context(), carrier, backend, task._priority)
         future = ExecutorFuture(handle)
-        handle._callbacks = [(_ON_DONE, future._follow)]  # before anyone else can see it
+        handle._callbacks = [(_ON_DONE_OWN, future._follow)]  # before anyone else can see it
         try:
             backend.submit(handle)
         except BaseException as error:
@@ -914,6 +914,7 @@ class _Carrier:
     retry = None
     breaker = None
     unseen = True
+    owned = True  # its future hands each outcome to the adapter, which ends the task carried with it
 
     def __init__(self, name: str, function_name: str) -> None:
         self.name = name

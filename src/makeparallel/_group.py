@@ -309,7 +309,7 @@ class ParallelContext:
             if counted:  # it raised, or a Ctrl-C landed before its task was appended
                 with self._lock:
                     self._made_one_locked(here)
-        handle.add_done_callback(self._task_ended)
+        handle._add_own_done_callback(self._task_ended)
         if ended_meanwhile:  # as the task was made: the group cancelled its tasks without this one
             cancel_and_stop([handle])
         return handle

@@ -88,8 +88,10 @@ __all__ = ["AsyncHandle", "TaskObserver", "cancel_all", "cancel_and_stop", "stop
 # mix in one list given to gather, wait or as_completed.
 T_co = TypeVar("T_co", covariant=True)
 
-# Callback kinds, kept with each callback in one list.
-_ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE = range(4)
+# Callback kinds, kept with each callback in one list. _ON_DONE: the caller's, through
+# add_done_callback, which hands it the task's outcome; _ON_DONE_OWN: the library's own,
+# which reads what it needs itself (a collector's, an await's, a group's).
+_ON_COMPLETE, _ON_ERROR, _ON_PROGRESS, _ON_DONE, _ON_DONE_OWN = range(5)
 # Where a callback runs, for the error that refuses one.
 _ENDS_OR_REPORTS = "the thread that ends the task or reports its progress"
 
@@ -133,6 +135,9 @@ class TaskObserver(Protocol):
     breaker: Any
     #: Whether listeners are told nothing of the tasks: true only for those that run another task, told already.
     unseen: bool
+    #: Whether the tasks are the library's own (a map's chunks, an executor's carriers), whose outcomes
+    #: it reads or drops itself: a failure of one that nobody read is not logged as its handle is collected.
+    owned: bool
 
     def task_submitted(self, handle: AsyncHandle[Any]) -> None:
         """Called once per accepted task, under the backend lock: keep it short."""
@@ -183,7 +188,11 @@ class AsyncHandle(Generic[T_co]):
         An exception raised by the task comes back from ``get()`` as itself, same
         type and traceback, with a note naming the task id, function, elapsed time
         and metadata. The library's own outcomes are ``TaskTimeoutError`` and
-        ``TaskCancelledError``.
+        ``TaskCancelledError``. An error nobody read (``get()``, ``exception()``,
+        ``await``, a ``gather``, an ``on_error`` or ``add_done_callback``
+        callback) by the time the handle is garbage collected is logged once,
+        at ERROR on the ``makeparallel`` logger with its traceback; a
+        cancellation never is.
 
     Callbacks:
         ``on_complete``, ``on_error``, ``on_progress`` and ``add_done_callback`` run
@@ -861,6 +870,7 @@ class AsyncHandle(Generic[T_co]):
             and isinstance(value, (KeyboardInterrupt, SystemExit))
             and threading.current_thread() is threading.main_thread()
         ):
+            self._outcome_taken()  # raised to the program here: no error lost
             raise value
 
     def _execute(self, here: dict[str, Any]) -> tuple[int, Any, float | None]:
@@ -1140,10 +1150,13 @@ class AsyncHandle(Generic[T_co]):
         was_pending = self._state == PENDING
         # The value first: get() reads the state without the lock, then the value.
         self._value = value
-        if state == FAILED:
-            # Its traceback now: another task that raised the same error (its get()) has it
-            # raised again from that one's own, and this one's first read would list that reader.
-            self._origin = (value.__traceback__,)
+        if state >= FAILED:  # (one test, as for a failure alone: a success pays nothing more)
+            if state == FAILED:
+                # Its traceback now: another task that raised the same error (its get()) has it
+                # raised again from that one's own, and this one's first read would list that reader.
+                self._origin = (value.__traceback__,)
+            if state != CANCELLED:
+                self._log_if_dropped_unread()  # before the state: a reader that sees the end may take it
         self._state = state
         self._finished_at = _now()
         # Drop the references the task held, so a kept handle keeps nothing alive.
@@ -1296,6 +1309,7 @@ class AsyncHandle(Generic[T_co]):
         """
         self._reject(error)
         self._started_at = self._finished_at
+        self._log_if_dropped_unread()
 
     def _interrupted_unsubmitted(self) -> None:
         """End as cancelled a task a Ctrl-C interrupted before any backend had it: as it was told submitted, or as it was held.
@@ -1507,7 +1521,7 @@ class AsyncHandle(Generic[T_co]):
         task = getattr(_local, "task", None)
         # Held for another loop than this thread's, it ends as that loop closes, which nothing tells of.
         between = functools.partial(end_those_of_closed_loops, (self,)) if self in on_callers_loops else None
-        self.add_done_callback(put)
+        self._add_own_done_callback(put)
         try:
             with CancellationPoint(task, put, None), BlockingWait(), _held_on_loop.listening(loop, wake):
                 while self._state < SUCCEEDED:
@@ -1831,9 +1845,10 @@ class AsyncHandle(Generic[T_co]):
 
         Each ``async def`` task, and each item of a map of one, adds one
         (``_coroutines._cancel_when_stopped``): reading its signature cost
-        them 0.4 us.
+        them 0.4 us. Its call hands the outcome to nobody: a failure it sees
+        is still logged if nobody reads it (:class:`_UnreadFailure`).
         """
-        self._register(_ON_DONE, fn)
+        self._register(_ON_DONE_OWN, fn)
 
     def _forget_done_callback(self, callback: Callable[..., Any]) -> bool:
         """Remove a done-callback registered with ``add_done_callback``, if the task has not ended; return whether it did.
@@ -1847,7 +1862,7 @@ class AsyncHandle(Generic[T_co]):
             if callbacks is None:
                 return False
             for index, (kind, registered) in enumerate(callbacks):
-                if kind == _ON_DONE and registered is callback:
+                if (kind == _ON_DONE or kind == _ON_DONE_OWN) and registered is callback:
                     del callbacks[index]
                     return True
             return False
@@ -1855,7 +1870,11 @@ class AsyncHandle(Generic[T_co]):
     def _invoke(self, kind: int, callback: Callable[..., Any]) -> None:
         state = self._state
         try:
-            if kind == _ON_DONE:
+            if kind == _ON_DONE_OWN:
+                callback(self)
+            elif kind == _ON_DONE:
+                if type(self) is _UnreadFailure:  # the caller has the handle, and its error with it
+                    self._outcome_taken()
                 callback(self)
             elif kind == _ON_PROGRESS:
                 # The last report: the event being replayed. A callback added once the task
@@ -1885,6 +1904,27 @@ class AsyncHandle(Generic[T_co]):
             _log.exception("callback %r of task %d (%s) raised", callback, self._id, self.name)
         except Exception:  # logging's last resort raises where sys.stderr was closed: the thread goes on
             pass
+
+    def _log_if_dropped_unread(self) -> None:
+        """The task failed: have its handle log the error as it is collected, if nobody read it by then.
+
+        It becomes an :class:`_UnreadFailure`. Not a handle of another subclass,
+        which keeps its class, nor one of the library's own tasks
+        (``TaskObserver.owned``), whose outcomes the library reads or drops itself.
+        """
+        if type(self) is AsyncHandle and not self._observer.owned:
+            self.__class__ = _UnreadFailure
+
+    def _outcome_taken(self) -> None:
+        """Someone took the failed task's outcome without its error being handed out: its collection logs nothing.
+
+        A callback of ``add_done_callback`` (it is given the handle),
+        ``gather(on_error="skip")`` or ``"none"`` (the caller said to drop
+        failures), a Ctrl-C the task raised again to the program. Handing the
+        error out needs no call: ``_origin`` says it was (:class:`_UnreadFailure`).
+        """
+        if type(self) is _UnreadFailure:
+            self.__class__ = AsyncHandle  # type: ignore[assignment]  # (mypy reads self as the subclass here)
 
     def _error_for_caller(self) -> BaseException:
         """The task's error; a user's exception, or a timeout after retries, gets its note the first time out.
@@ -1941,6 +1981,48 @@ class AsyncHandle(Generic[T_co]):
             )
             record.last_error = self._value
         return f"{note}\n{record.describe()}"
+
+
+class _UnreadFailure(AsyncHandle[Any]):
+    """The handle of a task that failed or timed out: collected before anyone read its error, it logs it.
+
+    A task failed, and its handle dropped unread (fire and forget), lost its
+    error without a word; asyncio logs "Task exception was never retrieved" for
+    the same. The handle changes to this class as its task fails
+    (``AsyncHandle._log_if_dropped_unread``), so that only a failure pays for a
+    finalizer: a ``__del__`` on ``AsyncHandle`` itself would cost every task a call.
+    Same slots, so the assignment is allowed. Whether the error was handed
+    out is what ``_origin`` says already: a failure not handed out holds a
+    1-tuple there, and a timeout's error the library made ``_UNSET``. What
+    takes the outcome without handing the error out turns the handle back into
+    an ``AsyncHandle`` (``_outcome_taken``).
+    """
+
+    __slots__ = ()
+
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # Bound at definition: as the interpreter ends, the module's names may be gone, and
+        # logging with them. Whatever fails here is dropped: a finalizer's error is printed
+        # with a traceback, from whatever code the collection interrupted.
+        if _finalizing():
+            return
+        try:
+            origin = self._origin
+            if (origin is not _UNSET and type(origin) is not tuple) or self._id < _fork_child.boundary:
+                return  # handed out; or a task of the process that forked this one, which tells of it
+            error = self._value
+            raised_from = origin[0] if type(origin) is tuple else error.__traceback__
+            _log.error(
+                "makeparallel: task %d (%s) %s and its error was never retrieved: its handle was dropped "
+                "unread. Read the outcome (handle.get(), handle.exception(), await handle, mp.gather), "
+                "or add handle.on_error(callback) to handle errors nobody waits for",
+                self._id,
+                self._observer.name,
+                STATE_NAMES[self._state],
+                exc_info=(type(error), error, raised_from),
+            )
+        except Exception:  # noqa: BLE001, S110  # logging's last resort raises where sys.stderr was closed: nothing may leave a finalizer
+            pass
 
 
 _EXECUTE = AsyncHandle._execute.__code__

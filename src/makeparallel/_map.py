@@ -835,6 +835,12 @@ def _new_chunk_runner(
     watch = runner._spec.cpu_watch
     if watch is not None:
         watch.remedy = MAP_REMEDY
+    return _owned(runner)
+
+
+def _owned(runner: ParallelFunction[..., list[Any]]) -> ParallelFunction[..., list[Any]]:
+    """``runner``, whose tasks' failures the map reads, or drops as it stops: none is logged as unread (``TaskObserver.owned``)."""
+    runner._spec.owned = True
     return runner
 
 
@@ -1188,7 +1194,7 @@ def _make_sure_it_unpickles(fn: Callable[[Any], Any], chunk_task: ParallelFuncti
 
 def _probe_task(chunk_task: ParallelFunction[..., list[Any]]) -> ParallelFunction[..., list[Any]]:
     """``chunk_task`` for a chunk of no items: it runs before any chunk of items queued."""
-    return chunk_task.options(priority=_PROBE_PRIORITY)
+    return _owned(chunk_task.options(priority=_PROBE_PRIORITY))
 
 
 def _halves(count: int, budget: float | None) -> list[tuple[int, int, float | None]]:
