@@ -108,6 +108,9 @@ _now = time.perf_counter
 _run_in = Context.run  # called unbound: context.run made a bound method per task
 _allocate_lock = threading.Lock
 _task_ids = itertools.count(1)
+#: Whether a handle became an ``_UnreadFailure`` since the start: exit then collects garbage
+#: once, so that one dropped in a reference cycle logs (``_runtime._collect_failures_dropped_unread``).
+failed_unread = False
 # ``_origin`` until the task fails, or its error (one the library made) is first handed out.
 _UNSET: Any = object()
 # ``_origin`` of a failure not handed out yet is a 1-tuple of the traceback it ended with (no
@@ -1913,7 +1916,9 @@ class AsyncHandle(Generic[T_co]):
         (``TaskObserver.owned``), whose outcomes the library reads or drops itself.
         """
         if type(self) is AsyncHandle and not self._observer.owned:
+            global failed_unread
             self.__class__ = _UnreadFailure
+            failed_unread = True
 
     def _outcome_taken(self) -> None:
         """Someone took the failed task's outcome without its error being handed out: its collection logs nothing.

@@ -15,6 +15,7 @@ uncaught Ctrl-C ends the program (then queued tasks are cancelled).
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import math
 import os
@@ -1852,12 +1853,27 @@ def _at_exit() -> None:
         coroutines.close_idle_loops()
     if not _run_after_exit_hooks(list(_after_exit)):  # the exporters' last flush: every task counted now
         reopen = False  # Ctrl-C there: the pools are left stopped
+    _collect_failures_dropped_unread()  # the tasks ended: a failure the wait saw end is among them
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
         # which die with the program (their parent-death signal). Left stopped, it failed them.
         for backend in backends:
             backend.reopen()
+
+
+def _collect_failures_dropped_unread() -> None:
+    """Collect garbage once, where a task failed unread: a handle dropped in a reference cycle logs its error now.
+
+    Left to the interpreter's last collection, such a handle was freed as the
+    interpreter finalized, when its finalizer logs nothing (logging may be gone):
+    a short script's failed tasks, fired and forgotten, went without a word. Only
+    where a task failed unread since the start (``_handle.failed_unread``): a
+    program whose tasks all succeeded, or that never ran one, pays for no collection.
+    """
+    handles = sys.modules.get("makeparallel._handle")
+    if handles is not None and handles.failed_unread:
+        gc.collect()
 
 
 def _wait_or_abandon(backends: list[Backend], executors: list[Backend]) -> bool:
