@@ -24,7 +24,7 @@ import textwrap
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -119,6 +119,43 @@ def test_a_failed_task_dropped_unread_logs_its_error_once(
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ValueError)
     assert "not a number" in str(record.exc_info[1])
+
+
+@pytest.fixture
+def no_collection() -> Iterator[None]:
+    """No automatic garbage collection while the test runs: what it frees, reference counting frees."""
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
+
+
+def _fails(text: str) -> int:
+    raise ValueError(f"not a number: {text}")
+
+
+async def _fails_async(text: str) -> int:
+    raise ValueError(f"not a number: {text}")
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["gil watched", "unwatched"])
+@pytest.mark.parametrize("fn", [_fails, int, _fails_async], ids=["function", "builtin", "async function"])
+@pytest.mark.usefixtures("no_collection")
+def test_a_failed_thread_task_dropped_unread_logs_as_its_handle_is_dropped(
+    watched: bool, fn: Callable[[str], Any], failed: Failed, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The error's traceback held the frames that ran the task, and those the handle: a cycle,
+    # freed, and its error logged, only at the collector's next pass, however long after.
+    # A function's first tasks run measured by the GIL watch, through a frame of their own.
+    task = mp.parallel(backend="thread")(fn)
+    if not watched:
+        task._spec.cpu_watch = None
+    handle = ended(task("x"))
+    assert failed.refs
+    del handle
+    assert wait_until(lambda: all(ref() is None for _, ref in failed.refs), 30), "only a collection frees it"
+    assert len([record for record in caplog.records if told_unread(record) in failed.ids()]) == 1
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
-from types import CoroutineType, FrameType, FunctionType
+from types import CoroutineType, FrameType, FunctionType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from . import _deadlines, _events, _fork_child, _held_on_loop, _interruptible
@@ -1157,7 +1157,10 @@ class AsyncHandle(Generic[T_co]):
             if state == FAILED:
                 # Its traceback now: another task that raised the same error (its get()) has it
                 # raised again from that one's own, and this one's first read would list that reader.
-                self._origin = (value.__traceback__,)
+                traceback = value.__traceback__
+                self._origin = (traceback,)
+                if traceback is not None and traceback.tb_frame.f_code is _EXECUTE:
+                    _clear_frames_that_ran_it(traceback)
             if state != CANCELLED:
                 self._log_if_dropped_unread()  # before the state: a reader that sees the end may take it
         self._state = state
@@ -2031,6 +2034,35 @@ class _UnreadFailure(AsyncHandle[Any]):
 
 
 _EXECUTE = AsyncHandle._execute.__code__
+
+
+def _clear_frames_that_ran_it(traceback: TracebackType | None) -> None:
+    """Clear the locals of the library's frames atop a failed task's traceback: ``_execute``'s, and those it called down to the task's code.
+
+    They ran the task and returned, and their locals held the handle (``self``),
+    the task's arguments and context. Kept by the error that the handle keeps,
+    they made a reference cycle: a handle dropped unread was freed, and its
+    error logged, only at the collector's next pass, and a kept failed handle
+    kept those locals alive. A cleared frame still gives the traceback its file, line
+    and code: what is printed is the same. The frames of the task's own code
+    keep their locals, for a debugger's post-mortem.
+
+    Each frame also keeps its caller's (``f_back``), locals and all once it
+    returns: a pool worker's loop, which lets go of the task it settled, and
+    ``_execute_watched``, which drops the handle before it returns. A task run
+    where it is submitted (``"sync"``) or inline by a wait is still in a cycle:
+    its callers, the submission's frames, hold the handle as they return, after
+    this runs.
+    """
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if not frame.f_globals.get("__name__", "").startswith("makeparallel."):
+            return
+        try:
+            frame.clear()
+        except RuntimeError:  # still running: another task raised the same error object meanwhile
+            return
+        traceback = traceback.tb_next
 
 
 def _attempt_started_here(handle: AsyncHandle[Any]) -> float | None:

@@ -859,6 +859,9 @@ class ThreadBackend(QueueingBackend):
         outcome = handle._execute(_local.__dict__)
         overlapping = overlapping or self._busy > 1
         watch.record(handle._started_at, time.perf_counter(), time.thread_time() - cpu, overlapping)
+        # A failed task's traceback keeps this frame as it returns (its _execute's caller, f_back),
+        # locals and all: not the handle with it, which its error would refer back to.
+        del handle
         return outcome
 
     def _work(self, park: threading.Lock) -> None:
