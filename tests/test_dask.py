@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import pickle
@@ -19,6 +20,7 @@ import sys
 import threading
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,6 +164,27 @@ def test_errors_keep_their_type_and_the_remote_traceback() -> None:
     frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
     assert "fail" in frames  # the worker's frame, carried back by Dask
     assert any("'batch': 7" in note for note in getattr(caught.value, "__notes__", []))
+
+
+def test_a_failed_task_whose_handle_is_dropped_is_freed_and_logs_its_unread_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client keeps the error a Dask future failed with, whose traceback kept the frame that
+    # fetched it, and that frame the task's future, whose callback holds the handle: a failure
+    # dropped unread was kept until the client closed, and never logged.
+    handle = mp.parallel(backend="dask")(fail)("missing")
+    assert handle.wait(60)
+    task_id = handle.get_task_id()
+    ref = weakref.ref(handle)
+    del handle
+
+    def freed() -> bool:
+        gc.collect()
+        return ref() is None
+
+    assert wait_until(freed, 30), "the failed task's handle is kept alive"
+    told = [r.args for r in caplog.records if r.name == "makeparallel" and "never retrieved" in r.getMessage()]
+    assert len([args for args in told if isinstance(args, tuple) and args[0] == task_id]) == 1
 
 
 def returns_a_lock() -> threading.Lock:

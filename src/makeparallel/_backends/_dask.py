@@ -559,6 +559,10 @@ async def _settle(
             _end(future, ResultUnfetched(error))
         else:
             _end(future, error)
+        # The client keeps the error the Dask future failed with, and the fetch left this frame in
+        # its traceback, locals and all: the task's future holds the handle (its done-callback),
+        # which lived on as long as the client did, and a failure dropped unread was never logged.
+        del future
         if isinstance(error, asyncio.CancelledError) and dask_future.status != "cancelled":
             raise  # the loop's own cancellation of this coroutine, not the task's
     else:  # a SentResult: its result, or why it could not travel (this task's alone)
