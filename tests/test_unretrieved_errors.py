@@ -500,6 +500,29 @@ def test_handles_dropped_unread_in_a_cycle_are_logged_at_exit_and_those_alive_pr
     assert "Exception ignored" not in result.stderr, result.stderr
 
 
+DROPPED_ON_AN_EXECUTOR_AT_EXIT = """
+import concurrent.futures, gc
+gc.disable()  # no collection runs before exit but the library's own
+import makeparallel as mp
+
+def fails():
+    raise ValueError("never read on an executor")
+
+pool = concurrent.futures.ThreadPoolExecutor(1)
+mp.parallel(backend=pool)(fails)()  # run inline by the executor's thread: its handle is in a cycle
+print("dropped")
+"""
+
+
+def test_a_failure_dropped_unread_on_an_executor_given_as_backend_is_logged_at_exit() -> None:
+    # Only an executor's adapter: the runtime's exit hook, which collects, was never registered.
+    result = _run_script(DROPPED_ON_AN_EXECUTOR_AT_EXIT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "dropped\n"
+    assert result.stderr.count(NEVER_RETRIEVED) == 1, result.stderr
+    assert "never read on an executor" in result.stderr, result.stderr
+
+
 NO_FAILURE_AT_EXIT = """
 import gc, sys
 gc.disable()

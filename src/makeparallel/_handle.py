@@ -2050,9 +2050,9 @@ def _clear_frames_that_ran_it(traceback: TracebackType | None) -> None:
     Each frame also keeps its caller's (``f_back``), locals and all once it
     returns: a pool worker's loop, which lets go of the task it settled, and
     ``_execute_watched``, which drops the handle before it returns. A task run
-    where it is submitted (``"sync"``) or inline by a wait is still in a cycle:
-    its callers, the submission's frames, hold the handle as they return, after
-    this runs.
+    where it is submitted (``"sync"``), inline by a wait, or by an executor given
+    as ``backend=`` is still in a cycle: its callers hold the handle as they
+    return, after this runs.
     """
     while traceback is not None:
         frame = traceback.tb_frame

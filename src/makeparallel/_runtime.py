@@ -158,6 +158,7 @@ _thread_pool_configured = False  # configure_thread_pool() was called
 _pool_settings: dict[str, Any] = {}
 _inherited_settings: dict[str, Any] = {}
 _exit_hook_registered = False
+_exit_collection_registered = False  # _collect_failures_dropped_unread, with the pools' hook or an executor's adapter
 _also_at_exit: list[Callable[[], list[Backend]]] = []  # more pools exit stops (stop_at_exit), executors'
 _also_reported: list[Callable[[], dict[str, Backend]]] = []  # more pools pool_infos() lists (report_pools), executors'
 _after_exit: list[Callable[[], None]] = []  # run at exit once the pools stopped (after_pools_at_exit): exporters' last flush
@@ -337,6 +338,7 @@ def _adapter_for(executor: concurrent.futures.Executor) -> Backend:
             if _shut_down:
                 adapter.close(cancel_pending=False)
             _adapters[id(executor)] = adapter
+            _register_exit_collection_locked()  # its tasks run inline on the executor's threads: in cycles once failed
         return adapter
 
 
@@ -380,8 +382,22 @@ def _create(name: str, factory: Callable[[], Backend] | None = None) -> Backend:
 def _register_exit_hook_locked() -> None:
     global _exit_hook_registered
     if not _exit_hook_registered:
+        _register_exit_collection_locked()  # first: atexit runs the last registered first, this after _at_exit
         atexit.register(_at_exit)
         _exit_hook_registered = True
+
+
+def _register_exit_collection_locked() -> None:
+    """Have exit run :func:`_collect_failures_dropped_unread`, once: after the pools' exit hook, where there is one.
+
+    A program whose tasks run only on executors it gave as ``backend=`` has no
+    pools' hook: the executors wait for their tasks themselves, before any exit
+    hook (``threading``'s own exit), and their adapters register this alone.
+    """
+    global _exit_collection_registered
+    if not _exit_collection_registered:
+        atexit.register(_collect_failures_dropped_unread)
+        _exit_collection_registered = True
 
 
 def stop_at_exit(pools: Callable[[], list[Backend]]) -> None:
@@ -1853,7 +1869,6 @@ def _at_exit() -> None:
         coroutines.close_idle_loops()
     if not _run_after_exit_hooks(list(_after_exit)):  # the exporters' last flush: every task counted now
         reopen = False  # Ctrl-C there: the pools are left stopped
-    _collect_failures_dropped_unread()  # the tasks ended: a failure the wait saw end is among them
     if reopen:
         # The program's exit hooks registered before the first pool run after this one, and
         # may still submit tasks, as on threads: a process pool then starts new workers,
@@ -1863,13 +1878,14 @@ def _at_exit() -> None:
 
 
 def _collect_failures_dropped_unread() -> None:
-    """Collect garbage once, where a task failed unread: a handle dropped in a reference cycle logs its error now.
+    """At exit, once the tasks ended, collect garbage once where a task failed unread: a handle dropped in a reference cycle logs its error now.
 
     Left to the interpreter's last collection, such a handle was freed as the
     interpreter finalized, when its finalizer logs nothing (logging may be gone):
     a short script's failed tasks, fired and forgotten, went without a word. Only
     where a task failed unread since the start (``_handle.failed_unread``): a
-    program whose tasks all succeeded, or that never ran one, pays for no collection.
+    program whose tasks all succeeded pays for no collection. It runs after
+    :func:`_at_exit`, so a failure that exit's wait saw end is among them.
     """
     handles = sys.modules.get("makeparallel._handle")
     if handles is not None and handles.failed_unread:
