@@ -456,7 +456,7 @@ class HeldHandle:
         # cycles left made the collector run at any call, where Ctrl-C landed (a WeakSet's removal).
         self.done_callbacks: list[Callable[[Any], object]] = []
 
-    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+    def _add_own_done_callback(self, fn: Callable[[Any], object]) -> None:
         self.done_callbacks.append(fn)
 
     def cancel(self) -> None:
