@@ -383,14 +383,15 @@ def _busy(m: Measurement) -> bool:
 
 
 def _why_low(m: Measurement, report: DemoReport) -> str:
+    # One usable CPU first: a quieter machine gives it no more, whatever load the others' CPUs had.
+    if report.cpus < 2:
+        return "this process may use a single CPU, so nothing can run in parallel here"
     if _busy(m):
         return (
             f"other processes kept about {m.others_cpus:.1f} of this machine's "
             f"{report.host_cpus} CPUs busy meanwhile, so this figure is low: run the demo "
             "again when the machine is quieter"
         )
-    if report.cpus < 2:
-        return "this process may use a single CPU, so nothing can run in parallel here"
     if m.workload.backend == "process":
         return (
             "with no other load measured, the cost of sending arguments and results "
@@ -458,7 +459,7 @@ def explain(m: Measurement, report: DemoReport) -> str:
 def _notes(report: DemoReport) -> list[str]:
     notes = [explain(m, report) for m in report.measurements]
     loads = [m.others_cpus for m in report.measurements if m.others_cpus is not None]
-    if loads and max(loads) >= BUSY_CPUS:
+    if loads and max(loads) >= BUSY_CPUS and report.cpus >= 2:
         notes.append(
             f"the machine was busy: other processes used up to {max(loads):.1f} of its "
             f"{report.host_cpus} CPUs while the demo ran, so every speed-up above is lower "
