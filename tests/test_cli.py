@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -103,6 +104,44 @@ def test_info_explains_a_bad_backend_in_the_environment(
     assert captured.out == ""
     assert "MAKEPARALLEL_BACKEND must be one of 'thread', 'process', 'sync', 'auto'," in captured.err
     assert "got 'warp-drive'" in captured.err
+
+
+def _without_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "distributed" else find_spec(name, *rest))
+
+
+_UNRUNNABLE_BACKENDS = [
+    pytest.param(
+        "interpreter", lambda monkeypatch: None, "backend='interpreter' needs Python 3.14 or newer",
+        marks=pytest.mark.skipif(sys.version_info >= (3, 14), reason="this Python has the interpreter pool"),
+        id="interpreter",
+    ),
+    pytest.param("dask", _without_distributed, 'pip install "makeparallel[dask]"', id="dask"),
+]
+
+
+@pytest.mark.parametrize(("backend", "setup", "reason"), _UNRUNNABLE_BACKENDS)
+@pytest.mark.parametrize("argv", [["info"], ["info", "--json"]])
+def test_info_explains_a_backend_in_the_environment_that_this_python_cannot_run(
+    backend: str, setup: Callable[[pytest.MonkeyPatch], None], reason: str, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It reported that backend as the default, with exit code 0 and no word of
+    # it, though the first task of every function that names none fails.
+    setup(monkeypatch)
+    monkeypatch.setenv("MAKEPARALLEL_BACKEND", backend)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        "makeparallel info: error: the environment variable MAKEPARALLEL_BACKEND names a backend this Python cannot run: "
+    ), captured.err
+    assert reason in captured.err
+    usable = captured.err.rpartition("; set it to one of ")[2]
+    assert usable.startswith("'thread', 'process', 'sync', 'auto'") and usable.endswith(", or unset it\n"), captured.err
+    assert repr(backend) not in usable, captured.err
 
 
 def test_demo_quick_prints_both_workloads_and_their_speedups(
