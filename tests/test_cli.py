@@ -178,6 +178,7 @@ def test_demo_prints_each_row_before_measuring_the_next(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(_demo, "_measure", watched)
     report = _demo.run_demo(quick=True, out=out)
+    assert report.quick
     assert len(seen_when_measuring) == 3
     labels = [m.workload.label for m in report.measurements]
     for index, seen in enumerate(seen_when_measuring):
@@ -272,6 +273,18 @@ def test_on_a_single_cpu_the_load_of_the_others_is_not_blamed(workload: _demo.Wo
     notes = " ".join(_demo._notes(report))
     assert "the machine was busy" not in notes, notes
     assert "a single thread (this process may use one core)" in notes, notes
+
+
+@pytest.mark.parametrize("workload", [HASHING, LOOP_IN_PROCESSES], ids=["threads", "processes"])
+def test_a_low_speed_up_with_quick_sizes_is_blamed_on_the_sizes(workload: _demo.Workload) -> None:
+    # `demo --quick` times a few milliseconds, too short a window to measure the load (None):
+    # it said "no other load was measured, so this is what this machine gives this work" of
+    # 0.74x for hashing on a quiet machine that gives it 2x.
+    measured = timed(workload, 0.74, others=None)
+    report = dataclasses.replace(report_of(measured), quick=True)
+    words = _demo.explain(measured, report)
+    assert "measured only 0.74x; --quick's sizes are too small to measure a speed-up: run the demo without --quick" in words, words
+    assert "no other load" not in words and "this machine gives" not in words, words
 
 
 def test_pure_python_on_threads_under_the_gil() -> None:

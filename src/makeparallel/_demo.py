@@ -113,6 +113,8 @@ class DemoReport:
     """CPUs this process may use (:func:`makeparallel._cpus.usable_cpus`)."""
     host_cpus: int = 1
     """Logical CPUs of the machine: the load of other processes is counted in these."""
+    quick: bool = False
+    """Measured with ``--quick``'s sizes: milliseconds, too short to tell a speed-up or the load."""
 
 
 def gil_enabled() -> bool:
@@ -302,6 +304,7 @@ def run_demo(quick: bool = False, out: TextIO | None = None) -> DemoReport:
         measurements=tuple(measurements),
         cpus=cpus.cpus,
         host_cpus=psutil.cpu_count() or cpus.cpus,
+        quick=quick,
     )
     show.line("")
     for line in _notes(report):
@@ -386,6 +389,8 @@ def _why_low(m: Measurement, report: DemoReport) -> str:
     # One usable CPU first: a quieter machine gives it no more, whatever load the others' CPUs had.
     if report.cpus < 2:
         return "this process may use a single CPU, so nothing can run in parallel here"
+    if report.quick:  # a few milliseconds: start-up and noise, and too short a window to measure the load
+        return "--quick's sizes are too small to measure a speed-up: run the demo without --quick to measure one"
     if _busy(m):
         return (
             f"other processes kept about {m.others_cpus:.1f} of this machine's "
