@@ -375,19 +375,51 @@ def test_linux_reports_a_computing_thread_as_active_and_runnable() -> None:
     try:
         assert started.wait(30)
         busy, idle = computing.native_id, waiting.native_id
+        threads = [computing, waiting]
         assert busy is not None and idle is not None
         # Measured from once it sleeps: its start, waiting its turn on a loaded machine, counted 13 ms.
         assert wait_until(lambda: not _autosize.thread_is_runnable(idle), 30)
-        before = _autosize.pool_thread_activity()
+        before = _autosize.pool_thread_activity(threads)
         assert busy in before and idle in before
-        assert wait_until(lambda: _autosize.pool_thread_activity()[busy] > before[busy] + 0.01, 30)
-        assert _autosize.pool_thread_activity()[idle] - before[idle] < 0.01
+        assert wait_until(lambda: _autosize.pool_thread_activity(threads)[busy] > before[busy] + 0.01, 30)
+        assert _autosize.pool_thread_activity(threads)[idle] - before[idle] < 0.01
         assert not _autosize.thread_is_runnable(idle)
         assert _autosize.thread_is_runnable(threading.get_native_id())  # this one runs now
     finally:
         stop.set()
         computing.join(30)
         waiting.join(30)
+
+
+def test_the_sizer_measures_its_own_pools_threads_not_an_executors(gate: threading.Event) -> None:
+    # An Executor's threads are named as the pool's are: taken for the pool's busy
+    # workers where they computed, they kept a pool of waiting tasks from growing.
+    if not _autosize._SCHEDSTAT:
+        pytest.skip("per-thread scheduler statistics are Linux's")
+    backend = _runtime.get_backend("thread")
+    assert isinstance(backend, ThreadBackend)
+    mp.configure_thread_pool(num_threads="auto")
+    in_pool: list[int] = []
+    in_executor: list[int] = []
+    waiting = threading.Semaphore(0)
+
+    def wait_for_gate(seen: list[int]) -> None:
+        seen.append(threading.get_native_id())
+        waiting.release()
+        assert gate.wait(60)
+
+    handle = mp.parallel(wait_for_gate)(in_pool)
+    with mp.Executor(max_workers=1) as executor:
+        future = executor.submit(wait_for_gate, in_executor)
+        assert waiting.acquire(timeout=30) and waiting.acquire(timeout=30)
+        sizer = backend._autosizer
+        assert sizer is not None and sizer._activity is not None
+        measured = sizer._activity()
+        gate.set()
+        future.result(timeout=30)
+    handle.get(timeout=30)
+    assert in_pool[0] in measured
+    assert in_executor[0] not in measured
 
 
 def test_a_real_pool_grows_while_its_tasks_wait(gate: threading.Event) -> None:

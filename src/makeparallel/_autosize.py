@@ -42,12 +42,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _interruptible
 
-__all__ = ["AutoSizePolicy", "AutoSizer"]
+__all__ = ["AutoSizePolicy", "AutoSizer", "activity_of"]
 
 INTERVAL = 0.1  # seconds between samples while nothing is queued
 BUSY_INTERVAL = 0.01  # and while tasks are queued: waiting work gains most from growing early
@@ -97,19 +97,23 @@ class AutoSizePolicy:
         return self.size
 
 
-def pool_thread_activity(prefix: str = "makeparallel-thread-") -> dict[int, float]:
-    """Seconds each pool thread has run or been ready to run (waiting for a CPU), by native id.
+def pool_thread_activity(threads: Iterable[threading.Thread]) -> dict[int, float]:
+    """Seconds each of ``threads`` (a pool's workers) has run or been ready to run (waiting for a CPU), by native id.
 
     Linux counts both in ``/proc/self/task/<tid>/schedstat`` (on-CPU and
     run-queue ns, the first two fields). Their sum tells a thread that waits
     for I/O (it grows slowly) from one that computes, even while other
     processes keep the CPUs busy (it grows with the wall clock either way);
     ``time.process_time()`` alone tells neither.
+
+    The pool's own threads, not every ``makeparallel-thread-N``: an
+    ``Executor``'s threads are named alike, and where they computed, the
+    sizer took them for its busy workers and the pool never grew.
     """
     active: dict[int, float] = {}
-    for thread in threading.enumerate():
+    for thread in threads:
         tid = thread.native_id
-        if tid is None or not thread.name.startswith(prefix):
+        if tid is None:  # not started yet
             continue
         try:
             with open(f"/proc/self/task/{tid}/schedstat", "rb") as stats:
@@ -152,6 +156,13 @@ _SCHEDSTAT = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/scheds
 Activity = Callable[[], dict[int, float]]
 
 
+def activity_of(threads: Callable[[], Iterable[threading.Thread]]) -> Activity | None:
+    """The per-thread activity of the pool whose worker threads ``threads()`` returns; ``None`` without ``schedstat``."""
+    if not _SCHEDSTAT:
+        return None
+    return lambda: pool_thread_activity(threads())
+
+
 class AutoSizer:
     """Samples a pool and resizes it by an :class:`AutoSizePolicy`.
 
@@ -160,9 +171,9 @@ class AutoSizer:
         sample: returns ``(queued, busy)`` of the pool.
         resize: sets the pool's size.
         cores: the usable cores.
-        activity: per-thread activity (:func:`pool_thread_activity`, the
-            default where Linux provides it), or ``None`` to judge by
-            ``cpu_clock`` for the whole process.
+        activity: per-thread activity of the pool's threads (:func:`activity_of`,
+            where Linux provides it), or ``None`` to judge by ``cpu_clock`` for
+            the whole process.
         runnable: whether a thread is running or ready to run now: one that
             looks idle by ``activity`` but is, was kept waiting for a CPU.
         cpu_clock: CPU seconds of the process, without ``activity``.
@@ -179,7 +190,7 @@ class AutoSizer:
         sample: Callable[[], tuple[int, int]],
         resize: Callable[[int], None],
         cores: int,
-        activity: Activity | None = pool_thread_activity if _SCHEDSTAT else None,
+        activity: Activity | None = None,
         runnable: Callable[[int], bool] = thread_is_runnable,
         cpu_clock: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,

@@ -100,6 +100,7 @@ def _reset_after_fork() -> None:
         pool._abandoned_waiters = []
         pool._retired = []
         pool._retire_waiters = []
+        pool._threads = []
         pool._autosizer = None
         pool._sizer_stopped = False
         pool._drop_queues_after_fork()
@@ -237,6 +238,9 @@ class ThreadBackend(QueueingBackend):
         # waits of end_threads() for the rest to leave, woken as each one does.
         self._retired: list[threading.Thread] = []
         self._retire_waiters: list[threading.Lock] = []
+        # This pool's worker threads, those ended dropped as one starts: what num_threads="auto"
+        # measures, not the threads of an Executor's pool, named alike.
+        self._threads: list[threading.Thread] = []
 
     # -- configuration ---------------------------------------------------------------
 
@@ -273,11 +277,14 @@ class ThreadBackend(QueueingBackend):
         self.configure(num_threads, ...)
 
     def _start_autosizer(self) -> None:
-        from .._autosize import AutoSizePolicy, AutoSizer
+        from .._autosize import AutoSizePolicy, AutoSizer, activity_of
 
         self._stop_autosizer()
         cores = default_thread_count()
-        sizer = AutoSizer(AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores)
+        sizer = AutoSizer(
+            AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores,
+            activity_of(lambda: self._threads),
+        )
         with self._lock:  # as _stop_autosizer() swaps it
             # The sizer of an "auto" call from another thread, set since the stop above: it is
             # replaced, and stopped here (left, its thread sampled for good, sizing nothing).
@@ -790,6 +797,8 @@ class ThreadBackend(QueueingBackend):
                         thread.start()
                     finally:
                         threading.stack_size(previous)
+                with self._lock:
+                    self._threads = [*(known for known in self._threads if known.is_alive()), thread]
                 started += 1
                 running = None
         except BaseException as error:
