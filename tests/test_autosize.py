@@ -422,6 +422,33 @@ def test_the_sizer_measures_its_own_pools_threads_not_an_executors(gate: threadi
     assert in_executor[0] not in measured
 
 
+def test_the_pool_lists_no_worker_that_ended(gate: threading.Event) -> None:
+    # The sizer measures the listed threads by id, and Linux gives an ended thread's id to a
+    # later thread once ids wrap (at pid_max): an Executor's, measured as the pool's worker.
+    backend = _runtime.get_backend("thread")
+    assert isinstance(backend, ThreadBackend)
+    mp.configure_thread_pool(num_threads=4)
+    workers: set[threading.Thread] = set()
+    started = threading.Semaphore(0)
+
+    def hold() -> None:
+        workers.add(threading.current_thread())
+        started.release()
+        assert gate.wait(60)
+
+    handles = [mp.parallel(hold)() for _ in range(4)]
+    for _ in range(4):
+        assert started.acquire(timeout=30)
+    mp.configure_thread_pool(num_threads=1)  # three of them retire as their task returns
+    gate.set()
+    for handle in handles:
+        handle.get(timeout=30)
+    assert wait_until(lambda: sum(thread.is_alive() for thread in workers) <= 1, 30)
+    with backend._lock:
+        listed = list(backend._threads)
+    assert all(thread.is_alive() for thread in listed)
+
+
 def test_a_real_pool_grows_while_its_tasks_wait(gate: threading.Event) -> None:
     backend = _runtime.get_backend("thread")
     assert isinstance(backend, ThreadBackend)

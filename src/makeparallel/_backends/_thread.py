@@ -100,7 +100,7 @@ def _reset_after_fork() -> None:
         pool._abandoned_waiters = []
         pool._retired = []
         pool._retire_waiters = []
-        pool._threads = []
+        pool._threads = set()
         pool._autosizer = None
         pool._sizer_stopped = False
         pool._drop_queues_after_fork()
@@ -238,9 +238,9 @@ class ThreadBackend(QueueingBackend):
         # waits of end_threads() for the rest to leave, woken as each one does.
         self._retired: list[threading.Thread] = []
         self._retire_waiters: list[threading.Lock] = []
-        # This pool's worker threads, those ended dropped as one starts: what num_threads="auto"
-        # measures, not the threads of an Executor's pool, named alike.
-        self._threads: list[threading.Thread] = []
+        # This pool's worker threads, each from before its start until it leaves its loop: what
+        # num_threads="auto" measures, not the threads of an Executor's pool, named alike.
+        self._threads: set[threading.Thread] = set()
 
     # -- configuration ---------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class ThreadBackend(QueueingBackend):
         cores = default_thread_count()
         sizer = AutoSizer(
             AutoSizePolicy(cores), self._load, lambda size: self._resize(size, ..., sizer=sizer), cores,
-            activity_of(lambda: self._threads),
+            activity_of(self._worker_threads),
         )
         with self._lock:  # as _stop_autosizer() swaps it
             # The sizer of an "auto" call from another thread, set since the stop above: it is
@@ -332,6 +332,10 @@ class ThreadBackend(QueueingBackend):
         if sizer is not None:
             sizer.stop()
             sizer.join(_SIZER_ENDS_WITHIN)
+
+    def _worker_threads(self) -> list[threading.Thread]:
+        with self._lock:
+            return list(self._threads)
 
     def _load(self) -> tuple[int, int]:
         with self._lock:
@@ -533,9 +537,13 @@ class ThreadBackend(QueueingBackend):
             self._retired = [thread for thread in self._retired if thread.is_alive()]
 
     def _leaves_locked(self) -> None:
-        """This worker leaves its loop: kept for :meth:`end_threads` to join (those ended since are let go), which is woken."""
+        """This worker leaves its loop: kept for :meth:`end_threads` to join (those ended since are let go), which is woken.
+
+        No longer measured by ``num_threads="auto"``: once it ends, Linux gives its id to a later thread.
+        """
         self._retired = [thread for thread in self._retired if thread.is_alive()]
         self._retired.append(threading.current_thread())
+        self._threads.discard(threading.current_thread())
         if self._retire_waiters:
             _interruptible.wake(self._retire_waiters)
 
@@ -774,6 +782,7 @@ class ThreadBackend(QueueingBackend):
         global _stack_size_outside
         count = started = 0
         running: threading.Event | None = None  # set by the thread being started as it begins
+        listed: threading.Thread | None = None  # the thread being started, listed before: it may leave at once
         try:  # around the loop: a Ctrl-C lands at any call, Thread() included, and at the loop's turn
             if wanted <= 0:
                 return
@@ -790,6 +799,9 @@ class ThreadBackend(QueueingBackend):
                     name=f"makeparallel-thread-{next(_thread_numbers)}",
                     daemon=True,
                 )
+                listed = thread
+                with self._lock:
+                    self._threads.add(thread)
                 with _stack_size_lock:
                     _stack_size_outside = previous = threading.stack_size(self._stack_size or 0)
                     try:
@@ -797,10 +809,8 @@ class ThreadBackend(QueueingBackend):
                         thread.start()
                     finally:
                         threading.stack_size(previous)
-                with self._lock:
-                    self._threads = [*(known for known in self._threads if known.is_alive()), thread]
                 started += 1
-                running = None
+                running = listed = None
         except BaseException as error:
             # This worker and the rest were counted but never started: keep the count honest.
             # A Ctrl-C inside start() may land once the thread runs (start() then waits for
@@ -808,6 +818,8 @@ class ThreadBackend(QueueingBackend):
             runs = running is not None and not isinstance(error, RuntimeError) and _began(running)
             with self._lock:
                 self._workers -= count - started - runs
+                if listed is not None and not runs:
+                    self._threads.discard(listed)
             if not isinstance(error, RuntimeError) or (refusal_raises and not _interpreter_exiting()):
                 raise  # Ctrl-C landed here, or the caller is told of the refusal
             self._end_queued_if_no_worker(error)
