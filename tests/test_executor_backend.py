@@ -1206,6 +1206,41 @@ def test_dask_backend_names_the_extra_it_needs_where_distributed_is_missing(monk
         mp.parallel(backend="dask")(square)
 
 
+def _without_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # an import of it fails, as where it is not installed
+
+
+_UNRUNNABLE_FROM_THE_ENVIRONMENT = [
+    pytest.param(
+        "interpreter", lambda monkeypatch: None, "backend='interpreter' needs Python 3.14 or newer",
+        marks=pytest.mark.skipif(sys.version_info >= (3, 14), reason="this Python has the interpreter pool"),
+        id="interpreter",
+    ),
+    pytest.param("dask", _without_distributed, 'pip install "makeparallel[dask]"', id="dask"),
+]
+
+
+@pytest.mark.parametrize(("backend", "setup", "reason"), _UNRUNNABLE_FROM_THE_ENVIRONMENT)
+def test_a_default_backend_from_the_environment_that_this_python_cannot_run_names_the_variable(
+    backend: str, setup: Any, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked by name only, every call of a function that names no backend failed with
+    # "backend='interpreter' needs ...", a backend= its code never passed.
+    setup(monkeypatch)
+    monkeypatch.setenv("MAKEPARALLEL_BACKEND", backend)
+    _runtime.use_default_backend(None)  # looked up afresh, from the environment
+    message = rf"^the environment variable MAKEPARALLEL_BACKEND names a backend this Python cannot run: .*{re.escape(reason)}.*; set it to one of 'thread', 'process', 'sync', 'auto'"
+    with pytest.raises(ValueError, match=message):
+        mp.parallel(square)(3)
+    with pytest.raises(ValueError, match=message):
+        mp.parallel_map(square, [1, 2])
+    with pytest.raises(ValueError, match=message):
+        _runtime.default_backend_name()
+    assert _runtime._default_instance is None  # nothing kept: the next call checks again
+    monkeypatch.setenv("MAKEPARALLEL_BACKEND", "sync")  # set right, the next call runs
+    assert mp.parallel(square)(3).get(timeout=60) == 9
+
+
 @pytest.mark.skipif(sys.version_info < (3, 14), reason="the interpreter pool exists from 3.14")
 def test_interpreter_backend_runs_tasks_in_sub_interpreters() -> None:  # pragma: no cover - 3.14+
     assert mp.parallel(backend="interpreter")(square)(9).get(timeout=60) == 81

@@ -21,7 +21,7 @@ from . import __version__, get_process_pool_info, get_thread_pool_info
 from ._cpus import usable_cpus
 from ._memory_budget import memory_budget
 from ._demo import free_threaded_build, gil_enabled, run_demo
-from ._runtime import ENV_BACKEND, BACKEND_NAMES, available_backend_names, check_backend, default_backend_name
+from ._runtime import available_backend_names, default_backend_name
 
 __all__ = ["collect_info", "main"]
 
@@ -43,7 +43,6 @@ def collect_info() -> dict[str, Any]:
             backend, or one this Python cannot run (``"interpreter"`` before
             Python 3.14, ``"dask"`` without distributed).
     """
-    default = _default_backend()
     cpus = usable_cpus()
     return {
         "makeparallel_version": __version__,
@@ -56,30 +55,11 @@ def collect_info() -> dict[str, Any]:
         "usable_cores_source": cpus.source,
         "physical_cores": psutil.cpu_count(logical=False),
         "memory": _memory(),
-        "default_backend": default,
+        "default_backend": default_backend_name(),
         "backends": available_backend_names(),
         "thread_pool": get_thread_pool_info(),
         "process_pool": get_process_pool_info(),
     }
-
-
-def _default_backend() -> str:
-    """The default backend's name, checked as ``backend=`` is: the environment's is only checked by name.
-
-    Reported as it was, an unavailable one passed for the default that every
-    task would use, when its first task would fail.
-    """
-    name = default_backend_name()
-    if name in BACKEND_NAMES:
-        try:
-            check_backend(name)
-        except (RuntimeError, ImportError) as error:
-            usable = ", ".join(repr(each) for each in available_backend_names())
-            raise ValueError(
-                f"the environment variable {ENV_BACKEND} names a backend this Python cannot run: "
-                f"{error}; set it to one of {usable}, or unset it"
-            ) from None
-    return name
 
 
 _CPU_SOURCES = {

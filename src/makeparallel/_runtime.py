@@ -263,14 +263,39 @@ def _check_dask_available() -> None:
 def default_backend() -> BackendOption:
     """The backend used when none is named: configure(), then the environment.
 
-    The environment variable is read when the default backend is first needed.
+    The environment variable is read when the default backend is first needed
+    (once, while it stays the default: the hot path keeps the backend found).
+
+    Raises:
+        ValueError: ``MAKEPARALLEL_BACKEND`` names no backend, or one this
+            Python cannot run (``"interpreter"`` before Python 3.14, ``"dask"``
+            without distributed).
     """
     if _default_backend is not None:
         return _default_backend
     from_env = os.environ.get(ENV_BACKEND)
     if from_env:
-        return check_backend_name(from_env, f"the environment variable {ENV_BACKEND}")
+        return _backend_from_environment(from_env)
     return "thread"
+
+
+def _backend_from_environment(name: str) -> str:
+    """``MAKEPARALLEL_BACKEND``, checked as ``backend=`` is, with an error that names the variable.
+
+    Checked by name only, ``interpreter`` on Python 3.11 passed, and every call
+    of a function that names no backend failed with "backend='interpreter'
+    needs...", an argument its code never passed.
+    """
+    source = f"the environment variable {ENV_BACKEND}"
+    check_backend_name(name, source)
+    try:
+        check_backend(name, source)
+    except (RuntimeError, ImportError) as error:
+        usable = ", ".join(repr(each) for each in available_backend_names())
+        raise ValueError(
+            f"{source} names a backend this Python cannot run: {error}; set it to one of {usable}, or unset it"
+        ) from None
+    return name
 
 
 def default_backend_name() -> str:
