@@ -464,7 +464,8 @@ def explain(m: Measurement, report: DemoReport) -> str:
 def _notes(report: DemoReport) -> list[str]:
     notes = [explain(m, report) for m in report.measurements]
     loads = [m.others_cpus for m in report.measurements if m.others_cpus is not None]
-    if loads and max(loads) >= BUSY_CPUS and report.cpus >= 2:
+    # Not on one CPU, nor at --quick's sizes: a quiet machine would not give either a higher speed-up.
+    if loads and max(loads) >= BUSY_CPUS and report.cpus >= 2 and not report.quick:
         notes.append(
             f"the machine was busy: other processes used up to {max(loads):.1f} of its "
             f"{report.host_cpus} CPUs while the demo ran, so every speed-up above is lower "
