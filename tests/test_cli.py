@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from unrunnable_backends import UNRUNNABLE_BACKENDS
 
 import makeparallel as mp
 from makeparallel.__main__ import main
@@ -106,24 +107,7 @@ def test_info_explains_a_bad_backend_in_the_environment(
     assert "got 'warp-drive'" in captured.err
 
 
-def _without_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "distributed" else find_spec(name, *rest))
-
-
-_UNRUNNABLE_BACKENDS = [
-    pytest.param(
-        "interpreter", lambda monkeypatch: None, "backend='interpreter' needs Python 3.14 or newer",
-        marks=pytest.mark.skipif(sys.version_info >= (3, 14), reason="this Python has the interpreter pool"),
-        id="interpreter",
-    ),
-    pytest.param("dask", _without_distributed, 'pip install "makeparallel[dask]"', id="dask"),
-]
-
-
-@pytest.mark.parametrize(("backend", "setup", "reason"), _UNRUNNABLE_BACKENDS)
+@pytest.mark.parametrize(("backend", "setup", "reason"), UNRUNNABLE_BACKENDS)
 @pytest.mark.parametrize("argv", [["info"], ["info", "--json"]])
 def test_info_explains_a_backend_in_the_environment_that_this_python_cannot_run(
     backend: str, setup: Callable[[pytest.MonkeyPatch], None], reason: str, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

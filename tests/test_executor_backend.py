@@ -28,6 +28,7 @@ import pytest
 from chained_errors import explicit_cause, implicit_context, suppressed_context
 from loky import get_reusable_executor
 from pool_helpers import Flags, mark_then_wait, wait_for_flag, wait_until
+from unrunnable_backends import UNRUNNABLE_BACKENDS
 
 import makeparallel as mp
 from makeparallel import _runtime
@@ -1206,21 +1207,7 @@ def test_dask_backend_names_the_extra_it_needs_where_distributed_is_missing(monk
         mp.parallel(backend="dask")(square)
 
 
-def _without_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "distributed", None)  # an import of it fails, as where it is not installed
-
-
-_UNRUNNABLE_FROM_THE_ENVIRONMENT = [
-    pytest.param(
-        "interpreter", lambda monkeypatch: None, "backend='interpreter' needs Python 3.14 or newer",
-        marks=pytest.mark.skipif(sys.version_info >= (3, 14), reason="this Python has the interpreter pool"),
-        id="interpreter",
-    ),
-    pytest.param("dask", _without_distributed, 'pip install "makeparallel[dask]"', id="dask"),
-]
-
-
-@pytest.mark.parametrize(("backend", "setup", "reason"), _UNRUNNABLE_FROM_THE_ENVIRONMENT)
+@pytest.mark.parametrize(("backend", "setup", "reason"), UNRUNNABLE_BACKENDS)
 def test_a_default_backend_from_the_environment_that_this_python_cannot_run_names_the_variable(
     backend: str, setup: Any, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
